@@ -1,0 +1,58 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := contracts/evm/node_modules/.installed
+
+.PHONY: setup demo test test-unit test-integration test-e2e lint format typecheck proto contracts bench clean
+
+setup: $(STAMP) $(NODE_STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PY) >/dev/null || PY=python3; $${PY:-$(PY)} -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $@
+
+$(NODE_STAMP): contracts/evm/package.json contracts/evm/package-lock.json
+	cd contracts/evm && npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m bridge.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest -m unit
+
+test-integration: setup
+	$(BIN)/python -m pytest -m integration
+
+test-e2e: setup
+	$(BIN)/python -m pytest -m e2e
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: setup
+	$(BIN)/mypy
+
+proto: setup
+	$(BIN)/python -m bridge.tools.gen_proto
+
+contracts: setup
+	$(BIN)/python -m bridge.tools.build_contracts
+
+bench: setup
+	$(BIN)/python bench/transfers.py
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

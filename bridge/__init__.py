@@ -1,0 +1,1 @@
+"""KSTB: a cross-ledger bridge for regulated security tokens."""

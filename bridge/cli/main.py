@@ -1,0 +1,155 @@
+"""``bridge transfer submit|get|list|watch``: the TransferService from a terminal.
+
+Exit codes: 0 success, 1 the server refused (its status and message are printed),
+2 usage errors. ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+
+STATE_NAMES = {
+    v.number: v.name.removeprefix("TRANSFER_STATE_")
+    for v in transfer_pb2.DESCRIPTOR.enum_types_by_name["TransferState"].values
+}
+
+
+def _stub(target: str) -> tuple[grpc.Channel, transfer_pb2_grpc.TransferServiceStub]:
+    channel = grpc.insecure_channel(target)
+    return channel, transfer_pb2_grpc.TransferServiceStub(channel)
+
+
+def _show(t: transfer_pb2.Transfer, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(MessageToDict(t, preserving_proto_field_name=True), sort_keys=True))
+        return
+    print(
+        f"{t.transfer_id}  {STATE_NAMES.get(t.state, '?'):<15} {t.amount} {t.security_id}"
+        f"  {t.source_ledger}:{t.sender} -> {t.target_ledger}:{t.recipient}"
+    )
+    if t.reason:
+        print(f"    {t.reason}")
+    for step, tx in sorted(t.transactions.items()):
+        print(f"    {step:<8} {tx}")
+
+
+def _submit(stub: Any, a: argparse.Namespace) -> None:
+    resp = stub.SubmitTransfer(
+        transfer_pb2.SubmitTransferRequest(
+            idempotency_key=a.idempotency_key or str(uuid.uuid4()),
+            security_id=a.security,
+            source_ledger=a.source,
+            target_ledger=a.target,
+            sender=a.sender,
+            recipient=a.recipient,
+            amount=a.amount,
+        ),
+        timeout=a.timeout,
+    )
+    if not a.json:
+        print("created" if resp.created else "already submitted with this idempotency key")
+    _show(resp.transfer, a.json)
+
+
+def _get(stub: Any, a: argparse.Namespace) -> None:
+    _show(
+        stub.GetTransfer(
+            transfer_pb2.GetTransferRequest(transfer_id=a.transfer_id), timeout=a.timeout
+        ),
+        a.json,
+    )
+
+
+def _list(stub: Any, a: argparse.Namespace) -> None:
+    state = transfer_pb2.TRANSFER_STATE_UNSPECIFIED
+    if a.state:
+        key = "TRANSFER_STATE_" + a.state.upper()
+        state = transfer_pb2.TransferState.Value(key)
+    token = ""
+    while True:
+        resp = stub.ListTransfers(
+            transfer_pb2.ListTransfersRequest(
+                state=state, security_id=a.security or "", page_size=a.page_size, page_token=token
+            ),
+            timeout=a.timeout,
+        )
+        for t in resp.transfers:
+            _show(t, a.json)
+        token = resp.next_page_token
+        if not token or not a.all:
+            break
+
+
+def _watch(stub: Any, a: argparse.Namespace) -> None:
+    for u in stub.WatchTransfer(transfer_pb2.WatchTransferRequest(transfer_id=a.transfer_id)):
+        if a.json:
+            print(json.dumps(MessageToDict(u, preserving_proto_field_name=True), sort_keys=True))
+        else:
+            at = u.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+            print(f"{u.sequence:>3} {at} {STATE_NAMES.get(u.state, '?'):<15} {u.detail}")
+        sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    p.add_argument("--coordinator", default="127.0.0.1:50051", help="host:port of the coordinator")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    top = p.add_subparsers(dest="group", required=True)
+    tr = top.add_parser("transfer", help="submit and follow transfers").add_subparsers(
+        dest="cmd", required=True
+    )
+    s = tr.add_parser("submit", help="move units to another ledger")
+    s.add_argument("--security", required=True, help="ISIN")
+    s.add_argument("--from", dest="source", required=True, help="source ledger id")
+    s.add_argument("--to", dest="target", required=True, help="target ledger id")
+    s.add_argument("--sender", required=True)
+    s.add_argument("--recipient", required=True)
+    s.add_argument("--amount", required=True)
+    s.add_argument("--idempotency-key", help="default: a fresh UUID")
+    s.set_defaults(run=_submit)
+    g = tr.add_parser("get", help="show one transfer")
+    g.add_argument("transfer_id")
+    g.set_defaults(run=_get)
+    ls = tr.add_parser("list", help="list transfers")
+    ls.add_argument("--state", help="e.g. committed, aborted, submitted")
+    ls.add_argument("--security")
+    ls.add_argument("--page-size", type=int, default=100)
+    ls.add_argument("--all", action="store_true", help="follow every page")
+    ls.set_defaults(run=_list)
+    w = tr.add_parser("watch", help="stream a transfer's state changes until terminal")
+    w.add_argument("transfer_id")
+    w.set_defaults(run=_watch)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    channel, stub = _stub(args.coordinator)
+    try:
+        args.run(stub, args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Configuration files (TOML) for every daemon, parsed into typed, validated dataclasses.
+
+``network.toml`` is public and shared by all components: ledgers, securities and the
+committee. Each daemon has its own file naming its network file, listen address, key file
+and state database. Secrets never appear in these files, only paths to 0600 key files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.domain.committee import Committee
+from bridge.domain.errors import InvalidInput
+from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+
+LEDGER_KINDS = ("evm",)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """How to reach one ledger and its bridge endpoint."""
+
+    id: LedgerId
+    kind: str
+    rpc_url: str
+    bridge: str
+    chain_id: int
+    finality_depth: int
+    block_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """The public description of the bridge network."""
+
+    committee: Committee
+    ledgers: Mapping[str, LedgerConfig]
+    securities: Mapping[str, SecurityId]
+
+    def ledger(self, name: str) -> LedgerConfig:
+        """The named ledger; raises KeyError if it is not configured."""
+        return self.ledgers[name]
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """The coordinator daemon."""
+
+    network: NetworkConfig
+    listen: str
+    database: Path
+    relayers: Mapping[str, str]
+    verifiers: tuple[str, ...]
+    transfer_ttl: int
+    rpc_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RelayerConfig:
+    """One chain operator's relayer for one ledger."""
+
+    network: NetworkConfig
+    ledger: str
+    listen: str
+    coordinator: str
+    key_file: Path
+    state_db: Path
+    poll_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierConfig:
+    """One committee member."""
+
+    network: NetworkConfig
+    listen: str
+    key_file: Path
+    vote_db: Path
+    # The member's own ledger connections (defaults: the network file's rpc_url).
+    rpc_overrides: Mapping[str, str]
+
+
+def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in table:
+        raise InvalidInput(f"{where}: missing required key {key!r}")
+    return table[key]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _rel(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else (base / p)
+
+
+def load_network(path: Path) -> NetworkConfig:
+    """Parse and validate a network file."""
+    raw = _read(path)
+    c = _req(raw, "committee", str(path))
+    members = tuple(parse_evm_address(m) for m in _req(c, "members", "committee"))
+    committee = Committee(
+        epoch=int(_req(c, "epoch", "committee")),
+        threshold=int(_req(c, "threshold", "committee")),
+        members=members,
+    )
+    ledgers: dict[str, LedgerConfig] = {}
+    for item in raw.get("ledgers", []):
+        lid = LedgerId(str(_req(item, "id", "ledger")))
+        kind = str(_req(item, "kind", f"ledger {lid}"))
+        if kind not in LEDGER_KINDS:
+            raise InvalidInput(f"ledger {lid}: unsupported kind {kind!r}")
+        if lid.name in ledgers:
+            raise InvalidInput(f"ledger {lid} configured twice")
+        ledgers[lid.name] = LedgerConfig(
+            id=lid,
+            kind=kind,
+            rpc_url=str(_req(item, "rpc_url", f"ledger {lid}")),
+            bridge=str(_req(item, "bridge", f"ledger {lid}")),
+            chain_id=int(item.get("chain_id", 0)),
+            finality_depth=int(item.get("finality_depth", 0)),
+            block_interval=float(item.get("block_interval", 1.0)),
+        )
+    securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
+    return NetworkConfig(committee=committee, ledgers=ledgers, securities=securities)
+
+
+def load_coordinator(path: Path) -> CoordinatorConfig:
+    """Parse a coordinator file."""
+    raw = _read(path)
+    base = path.parent
+    network = load_network(_rel(base, _req(raw, "network", str(path))))
+    relayers = dict(_req(raw, "relayers", str(path)))
+    for name in relayers:
+        if name not in network.ledgers:
+            raise InvalidInput(f"relayer for unknown ledger {name!r}")
+    return CoordinatorConfig(
+        network=network,
+        listen=str(_req(raw, "listen", str(path))),
+        database=_rel(base, _req(raw, "database", str(path))),
+        relayers=relayers,
+        verifiers=tuple(_req(raw, "verifiers", str(path))),
+        transfer_ttl=int(raw.get("transfer_ttl", 300)),
+        rpc_timeout=float(raw.get("rpc_timeout", 30.0)),
+    )
+
+
+def load_relayer(path: Path) -> RelayerConfig:
+    """Parse a relayer file."""
+    raw = _read(path)
+    base = path.parent
+    network = load_network(_rel(base, _req(raw, "network", str(path))))
+    ledger = str(_req(raw, "ledger", str(path)))
+    if ledger not in network.ledgers:
+        raise InvalidInput(f"relayer for unknown ledger {ledger!r}")
+    return RelayerConfig(
+        network=network,
+        ledger=ledger,
+        listen=str(_req(raw, "listen", str(path))),
+        coordinator=str(_req(raw, "coordinator", str(path))),
+        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        state_db=_rel(base, _req(raw, "state_db", str(path))),
+        poll_interval=float(raw.get("poll_interval", 0.2)),
+    )
+
+
+def load_verifier(path: Path) -> VerifierConfig:
+    """Parse a verifier file."""
+    raw = _read(path)
+    base = path.parent
+    return VerifierConfig(
+        network=load_network(_rel(base, _req(raw, "network", str(path)))),
+        listen=str(_req(raw, "listen", str(path))),
+        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        vote_db=_rel(base, _req(raw, "vote_db", str(path))),
+        rpc_overrides=dict(raw.get("rpc_overrides", {})),
+    )
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """Serialise the subset of TOML these files use (scalars, lists, tables, table arrays)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str | Path):
+            s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+            return f'"{s}"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def is_table_array(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    lines: list[str] = []
+    simple = {k: v for k, v in data.items() if not isinstance(v, Mapping) and not is_table_array(v)}
+    lines += [f"{k} = {scalar(v)}" for k, v in simple.items()]
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            lines += ["", f"[{k}]"] + [f'"{kk}" = {scalar(vv)}' for kk, vv in v.items()]
+        elif is_table_array(v):
+            for item in v:
+                lines += ["", f"[[{k}]]"] + [f"{kk} = {scalar(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"

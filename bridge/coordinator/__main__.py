@@ -1,0 +1,69 @@
+"""``bridge-coordinator --config coordinator.toml``: run the coordinator until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge.config import load_coordinator
+from bridge.coordinator.clients import CommitteeClient, RelayerGateway
+from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.service import EventSinkServicer, TransferServicer
+from bridge.coordinator.store import SqliteTransferStore
+from bridge.logfields import configure
+from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+
+
+async def run(config_path: Path) -> None:
+    """Run the coordinator described by ``config_path`` until SIGTERM/SIGINT."""
+    cfg = load_coordinator(config_path)
+    log = configure("coordinator")
+    store = SqliteTransferStore(cfg.database)
+    relayers = {
+        name: RelayerGateway(name, target, cfg.rpc_timeout) for name, target in cfg.relayers.items()
+    }
+    committee = CommitteeClient(cfg.network.committee, cfg.verifiers, cfg.rpc_timeout)
+    coordinator = Coordinator(cfg.network, store, relayers, committee, cfg.transfer_ttl)
+    transfers = TransferServicer(cfg.network, coordinator, store)
+    sink = EventSinkServicer(coordinator)
+    server = BridgeServer(
+        cfg.listen,
+        [
+            transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+            events_pb2.DESCRIPTOR.services_by_name["LedgerEventSink"].full_name,
+        ],
+        [
+            lambda s: transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfers, s),
+            lambda s: events_pb2_grpc.add_LedgerEventSinkServicer_to_server(sink, s),
+        ],
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    resumed = await coordinator.start()
+    log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await coordinator.stop()
+        for r in relayers.values():
+            await r.close()
+        await committee.close()
+        store.close()
+        log.info("coordinator stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="bridge-coordinator", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.config))
+
+
+if __name__ == "__main__":
+    main()

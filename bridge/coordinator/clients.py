@@ -1,0 +1,189 @@
+"""The coordinator's gRPC clients: one gateway per relayer, and the committee."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
+from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidCertificate,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+)
+from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
+from bridge.domain.terms import TransferTerms
+from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+
+_TRANSIENT = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+
+def translate(exc: grpc.aio.AioRpcError, who: str) -> BridgeError:
+    """Turn a gRPC failure from ``who`` into a domain error."""
+    code, msg = exc.code(), exc.details() or ""
+    if code in _TRANSIENT:
+        return Unavailable(f"{who} unreachable ({code.name.lower()}): {msg}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        name, _, detail = msg.partition(":")
+        return LedgerRejected(name.strip(), detail.strip())
+    return BridgeError(f"{who}: {code.name} {msg}")
+
+
+class RelayerGateway:
+    """Talks to one ledger's relayer; the coordinator never touches a ledger directly."""
+
+    def __init__(self, ledger: str, target: str, timeout: float) -> None:
+        self.ledger = ledger
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = relayer_pb2_grpc.RelayerServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def get_leg(self, transfer_id: bytes, leg: Leg) -> LegStatus:
+        """A leg's state at the ledger's finalized height."""
+        try:
+            m = await self._stub.GetLeg(
+                relayer_pb2.GetLegRequest(transfer_id=transfer_id, leg=int(leg)),  # type: ignore[arg-type]
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return leg_status_from_pb(m)
+
+    async def holder(self, security: str, holder: str) -> HolderStatus:
+        """A holder's standing on this ledger."""
+        try:
+            m = await self._stub.GetHolder(
+                relayer_pb2.GetHolderRequest(security_id=security, holder=holder),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return HolderStatus(
+            m.security_registered,
+            int(m.balance or "0"),
+            m.receive_status,
+            m.eligible,
+            m.frozen,
+            m.paused,
+        )
+
+    async def submit(
+        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+    ) -> TxOutcome:
+        """Apply one step (idempotent on the relayer side)."""
+        req = relayer_pb2.SubmitRequest(action=int(action), terms=terms_to_pb(terms))  # type: ignore[arg-type]
+        if certificate is not None:
+            req.certificate.CopyFrom(signatures_to_pb(certificate))
+        try:
+            m = await self._stub.Submit(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerDomain:
+    """Where one ledger verifies claims (its id word and bridge word)."""
+
+    name: str
+    ledger_word: bytes
+    bridge_word: bytes
+
+
+class CommitteeClient:
+    """Gathers t-of-n certificates, checking every signature before counting it."""
+
+    def __init__(self, committee: Committee, endpoints: Sequence[str], timeout: float) -> None:
+        self.committee = committee
+        self._channels = [grpc.aio.insecure_channel(e) for e in endpoints]
+        self._stubs = [verifier_pb2_grpc.VerifierServiceStub(c) for c in self._channels]
+        self._endpoints = list(endpoints)
+        self._timeout = timeout
+
+    async def certify(
+        self, kind: ClaimKind, terms: TransferTerms, ledgers: Sequence[LedgerDomain]
+    ) -> Mapping[str, SignatureSet]:
+        """Return a certificate per ledger, as soon as t members have validly signed for all.
+
+        Raises PreconditionFailed with the members' refusals when a quorum is impossible,
+        Unavailable when too many members cannot be reached.
+        """
+        claim = Claim(kind=kind, transfer_id=terms.transfer_id, terms_hash=terms.terms_hash)
+        digests = {
+            d.name: claim_digest(
+                ClaimDomain(d.ledger_word, d.bridge_word, self.committee.epoch), claim
+            )
+            for d in ledgers
+        }
+        request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
+        sigs: dict[str, list[bytes]] = {name: [] for name in digests}
+        refusals: list[str] = []
+        unreachable: list[str] = []
+        tasks = [
+            asyncio.ensure_future(stub.SignClaim(request, timeout=self._timeout))
+            for stub in self._stubs
+        ]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                try:
+                    resp = await fut
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _TRANSIENT:
+                        unreachable.append(exc.code().name.lower())
+                    else:
+                        refusals.append(exc.details() or exc.code().name)
+                    continue
+                for s in resp.signatures:
+                    if s.ledger_id in sigs and s.digest == digests[s.ledger_id]:
+                        sigs[s.ledger_id].append(s.signature)
+                certs = self._try_assemble(digests, sigs)
+                if certs is not None:
+                    return certs
+        finally:
+            for t in tasks:
+                t.cancel()
+        need = self.committee.threshold
+        if refusals and len(refusals) > len(self._stubs) - need:
+            raise PreconditionFailed(
+                f"committee refused {kind.name}: " + "; ".join(sorted(set(refusals)))
+            )
+        if unreachable:
+            raise Unavailable(
+                f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable,"
+                f" {len(refusals)} refused; need {need}"
+                + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
+            )
+        raise PreconditionFailed(f"committee did not reach {need} valid signatures for {kind.name}")
+
+    def _try_assemble(
+        self, digests: Mapping[str, bytes], sigs: Mapping[str, list[bytes]]
+    ) -> dict[str, SignatureSet] | None:
+        out: dict[str, SignatureSet] = {}
+        for name, digest in digests.items():
+            try:
+                cert = assemble_certificate(self.committee, digest, sigs[name])
+            except InvalidCertificate:
+                return None
+            out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))
+        return out
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for c in self._channels:
+            await c.close(None)

@@ -1,0 +1,443 @@
+"""The two-phase-commit driver: one supervised task per unfinished transfer.
+
+Each task loops: read both legs at finality and the durable decision, derive the next
+step (:func:`bridge.domain.transfer.next_step`), apply it idempotently, record the
+outcome. A crash anywhere is recovered by running the same loop again on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+
+from bridge.config import NetworkConfig
+from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
+from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
+from bridge.coordinator.store import TransferStore
+from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import (
+    BridgeError,
+    Conflict,
+    LedgerRejected,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
+from bridge.domain.ids import SecurityId
+from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
+from bridge.ledgers.addresses import codec_for
+from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX, get_logger
+
+_STEP_NAMES = {
+    (Action.LOCK, Leg.OUTBOUND): "lock",
+    (Action.PREPARE, Leg.INBOUND): "prepare",
+    (Action.MARK_EXPIRED, Leg.INBOUND): "expire",
+    (Action.COMMIT, Leg.OUTBOUND): "burn",
+    (Action.COMMIT, Leg.INBOUND): "mint",
+    (Action.ABORT, Leg.OUTBOUND): "release",
+    (Action.ABORT, Leg.INBOUND): "abort",
+}
+
+
+# Contract refusals that prove the lock did not and cannot happen for these terms.
+DEFINITIVE_LOCK_REFUSALS = frozenset(
+    {
+        "InsufficientBalance",
+        "HolderFrozen",
+        "HolderNotEligible",
+        "TokenPaused",
+        "DeadlinePassed",
+        "UnknownSecurity",
+        "ZeroAmount",
+        "WrongLedger",
+    }
+)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Coordinator:
+    """Accepts transfers and drives each to exactly one terminal state."""
+
+    def __init__(
+        self,
+        network: NetworkConfig,
+        store: TransferStore,
+        relayers: Mapping[str, RelayerGateway],
+        committee: CommitteeClient,
+        transfer_ttl: int,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._network = network
+        self._store = store
+        self._relayers = dict(relayers)
+        self._committee = committee
+        self._ttl = transfer_ttl
+        self._max_backoff = max_backoff
+        self._domains = {
+            name: LedgerDomain(name, lc.id.word, codec_for(lc.kind).parse(lc.bridge))
+            for name, lc in network.ledgers.items()
+        }
+        self._ledger_by_word = {d.ledger_word: name for name, d in self._domains.items()}
+        self._tasks: dict[bytes, asyncio.Task[None]] = {}
+        self._wakeups: dict[bytes, asyncio.Event] = {}
+        self._changed = asyncio.Condition()
+        self._log = get_logger()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> int:
+        """Resume every unfinished transfer from the log; returns how many."""
+        unfinished = await self._store.unfinished()
+        for record in unfinished:
+            self._spawn(record.transfer_id)
+        self._log.info("coordinator resumed unfinished transfers", count=len(unfinished))
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        """Cancel the drivers (their work is durable and resumes on the next start)."""
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    def _spawn(self, tid: bytes) -> None:
+        task = self._tasks.get(tid)
+        if task is None or task.done():
+            self._wakeups[tid] = asyncio.Event()
+            self._tasks[tid] = asyncio.create_task(
+                self._drive(tid), name=f"transfer-{tid.hex()[:12]}"
+            )
+
+    def wake(self, tid: bytes) -> None:
+        """Make the transfer's driver re-read the ledgers now."""
+        ev = self._wakeups.get(tid)
+        if ev is not None:
+            ev.set()
+
+    async def idle(self) -> bool:
+        """True when no transfer is being driven (used by tests and the demo)."""
+        return all(t.done() for t in self._tasks.values())
+
+    # -- the brokerage API -----------------------------------------------------------------
+    async def submit(self, request: TransferRequest) -> tuple[TransferRecord, bool]:
+        """Record a new transfer (or return the one with the same idempotency key).
+
+        Pre-checks the sender's balance and standing and that both tokens are registered
+        and not paused; the recipient's eligibility is decided on the target ledger.
+        """
+        existing = await self._existing(request)
+        if existing is not None:
+            return existing, False
+        await self._precheck(request)
+        src, dst = self._domains[request.source_ledger], self._domains[request.target_ledger]
+        now = time.time()
+        terms = TransferTerms(
+            nonce=secrets.token_bytes(32),
+            security=SecurityId(request.security).word,
+            amount=request.amount,
+            src_ledger=src.ledger_word,
+            src_bridge=src.bridge_word,
+            dst_ledger=dst.ledger_word,
+            dst_bridge=dst.bridge_word,
+            sender=codec_for(self._network.ledgers[request.source_ledger].kind).parse(
+                request.sender
+            ),
+            recipient=codec_for(self._network.ledgers[request.target_ledger].kind).parse(
+                request.recipient
+            ),
+            deadline=int(now) + self._ttl,
+        )
+        record = TransferRecord(
+            transfer_id=terms.transfer_id,
+            request=request,
+            terms=terms,
+            state=TransferState.SUBMITTED,
+            reason="locking units on the source ledger",
+            created_at=now,
+            updated_at=now,
+        )
+        stored, created = await self._store.create(record)
+        if not created:
+            if stored.request.fingerprint() != request.fingerprint():
+                raise Conflict("idempotency_key was already used for a different transfer")
+            return stored, False
+        self._log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
+        self._spawn(stored.transfer_id)
+        await self._notify()
+        return stored, True
+
+    async def _existing(self, request: TransferRequest) -> TransferRecord | None:
+        record = await self._store.get_by_key(request.idempotency_key)
+        if record is not None and record.request.fingerprint() != request.fingerprint():
+            raise Conflict("idempotency_key was already used for a different transfer")
+        return record
+
+    async def _precheck(self, request: TransferRequest) -> None:
+        src = self._relayers[request.source_ledger]
+        dst = self._relayers[request.target_ledger]
+        try:
+            sender, target = await asyncio.gather(
+                src.holder(request.security, request.sender),
+                dst.holder(request.security, request.recipient),
+            )
+        except LedgerRejected as exc:
+            raise PreconditionFailed(str(exc)) from exc
+        if not sender.security_registered:
+            raise PreconditionFailed(
+                f"security {request.security} is not issued on ledger {request.source_ledger}"
+            )
+        if not target.security_registered:
+            raise PreconditionFailed(
+                f"security {request.security} is not issued on ledger {request.target_ledger}"
+            )
+        if sender.paused:
+            raise PreconditionFailed(f"{request.security} is paused on {request.source_ledger}")
+        if target.paused:
+            raise PreconditionFailed(f"{request.security} is paused on {request.target_ledger}")
+        if sender.frozen:
+            raise PreconditionFailed(f"sender is frozen on {request.source_ledger}")
+        if not sender.eligible:
+            raise PreconditionFailed(f"sender is not an eligible holder on {request.source_ledger}")
+        if sender.balance < request.amount:
+            raise PreconditionFailed(
+                f"insufficient balance: sender holds {sender.balance},"
+                f" transfer needs {request.amount}"
+            )
+
+    async def get(self, tid: bytes) -> TransferRecord:
+        """The transfer or NotFound."""
+        record = await self._store.get(tid)
+        if record is None:
+            raise NotFound(f"transfer 0x{tid.hex()} does not exist")
+        return record
+
+    async def watch(self, tid: bytes) -> AsyncIterator[TransferUpdate]:
+        """Every update of the transfer from the first, ending after the terminal one."""
+        await self.get(tid)
+        last = 0
+        while True:
+            for update in await self._store.history(tid, last):
+                last = update.sequence
+                yield update
+                if update.state.terminal:
+                    return
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- ledger events ---------------------------------------------------------------------
+    async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
+        """Record relayer-delivered events (deduplicated) and wake the transfers they touch.
+
+        A LOCKED event for an unknown transfer (a holder locking directly on-chain) is
+        adopted as a new transfer.
+        """
+        if ledger not in self._domains:
+            raise NotFound(f"ledger {ledger!r} is not connected")
+        fresh = await self._store.record_events(ledger, events, scanned)
+        for e in fresh:
+            if e.transfer_id in self._tasks:
+                self.wake(e.transfer_id)
+            elif e.state is LegState.LOCKED and e.terms is not None:
+                await self._adopt(ledger, e)
+        return len(fresh)
+
+    async def _adopt(self, ledger: str, event: LedgerEvent) -> None:
+        terms = event.terms
+        assert terms is not None
+        known = await self._store.get(event.transfer_id)
+        if known is not None:
+            if known.state is TransferState.FAILED:
+                # A lock landed after we concluded it could not: never leave units in escrow.
+                self._log.error("lock found for a failed transfer; resuming it",
+                                **{TRANSFER: "0x" + event.transfer_id.hex()})  # fmt: skip
+                await self._store.set_state(
+                    event.transfer_id, TransferState.SOURCE_LOCKED,
+                    "lock found on-chain after failure; resuming", "resumed",
+                )  # fmt: skip
+                self._spawn(event.transfer_id)
+            return
+        dst = self._ledger_by_word.get(terms.dst_ledger)
+        if dst is None or terms.src_ledger != self._domains[ledger].ledger_word:
+            self._log.warning("ignoring lock towards an unknown ledger", **{LEDGER: ledger})
+            return
+        request = TransferRequest(
+            idempotency_key=f"onchain:0x{event.transfer_id.hex()}",
+            security=SecurityId.from_word(terms.security).isin,
+            source_ledger=ledger,
+            target_ledger=dst,
+            sender=codec_for(self._network.ledgers[ledger].kind).format(terms.sender),
+            recipient="0x" + terms.recipient.hex(),
+            amount=terms.amount,
+        )
+        now = time.time()
+        record = TransferRecord(
+            event.transfer_id, request, terms, TransferState.SOURCE_LOCKED,
+            "locked directly on-chain by the holder", now, now,
+        )  # fmt: skip
+        _, created = await self._store.create(record)
+        if created:
+            await self._store.add_transaction(event.transfer_id, "lock", event.tx_id)
+            self._spawn(event.transfer_id)
+
+    # -- the driver ------------------------------------------------------------------------
+    async def _drive(self, tid: bytes) -> None:
+        failures = 0
+        since: float | None = None
+        wakeup = self._wakeups[tid]
+        log = self._log.bind(**{TRANSFER: "0x" + tid.hex()})
+        while True:
+            record = await self._store.get(tid)
+            if record is None or record.state.terminal:
+                break
+            try:
+                if await self._advance(record):
+                    break
+                failures, since = 0, None
+                continue
+            except asyncio.CancelledError:
+                raise
+            except (Unavailable, LedgerRejected, PreconditionFailed, BridgeError) as exc:
+                failures += 1
+                since = since or time.time()
+                reason = self._waiting_reason(exc, since)
+                await self._store.set_reason(tid, reason)
+                log.warning("transfer waiting", **{REASON: reason, ERROR: type(exc).__name__})
+            except Exception as exc:
+                failures += 1
+                since = since or time.time()
+                await self._store.set_reason(tid, f"internal error, retrying: {type(exc).__name__}")
+                log.exception("driver error")
+            delay = min(self._max_backoff, 0.25 * 2 ** min(failures, 8))
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+        self._tasks.pop(tid, None)
+        self._wakeups.pop(tid, None)
+
+    @staticmethod
+    def _waiting_reason(exc: BaseException, since: float) -> str:
+        if isinstance(exc, Unavailable):
+            return f"waiting since {_iso(since)}: {exc}"
+        if isinstance(exc, LedgerRejected):
+            return f"waiting since {_iso(since)}: ledger refused the step ({exc})"
+        return f"waiting since {_iso(since)}: {exc}"
+
+    async def _advance(self, record: TransferRecord) -> bool:
+        """Take one step; return True when the transfer is terminal."""
+        terms, tid = record.terms, record.transfer_id
+        src_name, dst_name = record.request.source_ledger, record.request.target_ledger
+        src, dst = self._relayers[src_name], self._relayers[dst_name]
+        decision = await self._store.decision(tid)
+        source, target = await asyncio.gather(
+            src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
+        )
+        step = next_step(decision.kind if decision else None, source.state, target.state)
+        reason = self._describe(step, target.state, target.reason)
+        await self._set_state(record, step.state, reason)
+        if step.step is StepKind.DONE:
+            return True
+        if step.step is StepKind.LOCK:
+            try:
+                out = await src.submit(Action.LOCK, terms, None)
+            except LedgerRejected as exc:
+                if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
+                    raise  # e.g. a racing duplicate: re-read the leg and go on
+                await self._set_state(
+                    record, TransferState.FAILED, f"source ledger refused the lock: {exc}"
+                )
+                return True
+            await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
+            return False
+        if step.step is StepKind.PREPARE:
+            action = Action.MARK_EXPIRED if time.time() > terms.deadline else Action.PREPARE
+            certs = await self._committee.certify(
+                ClaimKind.LOCKED, terms, [self._domains[dst_name]]
+            )
+            out = await dst.submit(action, terms, certs[dst_name])
+            await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
+            return False
+        if step.step is StepKind.CERTIFY:
+            assert step.claim is not None
+            certs = await self._committee.certify(
+                step.claim, terms, [self._domains[src_name], self._domains[dst_name]]
+            )
+            await self._store.record_decision(tid, Decision(step.claim, certs))
+            return False
+        assert decision is not None
+        assert step.step is StepKind.APPLY
+        jobs = []
+        if step.source_action is not None:
+            jobs.append(self._apply(src, step.source_action, Leg.OUTBOUND, record, decision))
+        if step.target_action is not None:
+            jobs.append(self._apply(dst, step.target_action, Leg.INBOUND, record, decision))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return False
+
+    async def _apply(
+        self,
+        gateway: RelayerGateway,
+        action: Action,
+        leg: Leg,
+        record: TransferRecord,
+        decision: Decision,
+    ) -> None:
+        out = await gateway.submit(action, record.terms, decision.certificates[gateway.ledger])
+        await self._record_tx(record.transfer_id, action, leg, out.tx_id)
+
+    async def _record_tx(self, tid: bytes, action: Action, leg: Leg, tx_id: str) -> None:
+        if tx_id:
+            await self._store.add_transaction(tid, _STEP_NAMES[(action, leg)], tx_id)
+            self._log.info(
+                "step applied", **{TRANSFER: "0x" + tid.hex(), TX: tx_id, STATE: action.name}
+            )
+
+    @staticmethod
+    def _describe(step: NextStep, target: LegState, reason_code: int) -> str:
+        refused = target in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
+        why = ""
+        if target is LegState.REJECTED:
+            why = f"target rejected: {RejectReason.describe(reason_code)}"
+        elif target is LegState.EXPIRED:
+            why = "target did not prepare before the deadline"
+        texts = {
+            TransferState.SUBMITTED: "locking units on the source ledger",
+            TransferState.SOURCE_LOCKED: (
+                f"{why}; gathering the ABORT certificate" if refused
+                else "units in escrow; preparing the target ledger"
+            ),
+            TransferState.TARGET_PREPARED: "target prepared; gathering the COMMIT certificate",
+            TransferState.COMMITTING: "COMMIT certified; burning on source, minting on target",
+            TransferState.COMMITTED: "minted on the target, burned on the source",
+            TransferState.ABORTING: f"ABORT certified{' (' + why + ')' if why else ''}; releasing",
+            TransferState.ABORTED: f"units released to the sender{' (' + why + ')' if why else ''}",
+        }  # fmt: skip
+        return texts.get(step.state, "")
+
+    async def _set_state(self, record: TransferRecord, state: TransferState, reason: str) -> None:
+        if record.state is state and record.reason == reason:
+            return
+        await self._store.set_state(record.transfer_id, state, reason, reason)
+        if record.state is not state:
+            self._log.info(
+                "transfer state",
+                **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
+            )
+            await self._notify()

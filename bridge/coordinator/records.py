@@ -1,0 +1,65 @@
+"""The coordinator's durable records (plain dataclasses; the store persists them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bridge.domain.claims import ClaimKind
+from bridge.domain.legs import SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """A validated SubmitTransfer request, in domain terms."""
+
+    idempotency_key: str
+    security: str
+    source_ledger: str
+    target_ledger: str
+    sender: str
+    recipient: str
+    amount: int
+
+    def fingerprint(self) -> str:
+        """A canonical text of every field but the key, to detect key reuse."""
+        return "|".join(
+            [self.security, self.source_ledger, self.target_ledger, self.sender.lower(),
+             self.recipient.lower(), str(self.amount)]
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """One transfer as the coordinator has durably recorded it."""
+
+    transfer_id: bytes
+    request: TransferRequest
+    terms: TransferTerms
+    state: TransferState
+    reason: str
+    created_at: float
+    updated_at: float
+    decision: ClaimKind | None = None
+    transactions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferUpdate:
+    """One entry of a transfer's history (sequence starts at 1)."""
+
+    transfer_id: bytes
+    sequence: int
+    state: TransferState
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A committee-certified decision with its per-ledger certificates."""
+
+    kind: ClaimKind
+    certificates: Mapping[str, SignatureSet]

@@ -1,0 +1,85 @@
+"""Validation of brokerage requests: every rule that needs no ledger, with precise errors."""
+
+from __future__ import annotations
+
+import re
+
+from bridge.config import NetworkConfig
+from bridge.coordinator.records import TransferRequest
+from bridge.domain.errors import InvalidInput, NotFound
+from bridge.domain.ids import is_valid_isin
+from bridge.domain.terms import UINT256_MAX
+from bridge.ledgers.addresses import codec_for
+
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+_AMOUNT_RE = re.compile(r"^[0-9]+$")
+
+
+def parse_amount(text: str) -> int:
+    """Parse a decimal unit amount in 1..2**256-1."""
+    text = text.strip()
+    if text.startswith("-"):
+        raise InvalidInput("amount must be positive, got a negative number")
+    if not _AMOUNT_RE.match(text):
+        raise InvalidInput(f"amount {text!r} is not a decimal integer")
+    if len(text) > 80:
+        raise InvalidInput("amount exceeds 2^256-1")
+    value = int(text)
+    if value == 0:
+        raise InvalidInput("amount must be at least 1")
+    if value > UINT256_MAX:
+        raise InvalidInput("amount exceeds 2^256-1")
+    return value
+
+
+def validate_request(
+    network: NetworkConfig,
+    *,
+    idempotency_key: str,
+    security: str,
+    source_ledger: str,
+    target_ledger: str,
+    sender: str,
+    recipient: str,
+    amount: str,
+) -> TransferRequest:
+    """Return a normalised request, or raise InvalidInput / NotFound naming the field."""
+    if not _KEY_RE.match(idempotency_key):
+        raise InvalidInput("idempotency_key must be 1-128 printable ASCII characters")
+    if not security:
+        raise InvalidInput("security_id is required")
+    if not is_valid_isin(security):
+        raise InvalidInput(f"security_id {security!r} is not a valid ISIN")
+    if security not in network.securities:
+        raise NotFound(f"security {security} is not registered with the bridge")
+    for field, name in (("source_ledger", source_ledger), ("target_ledger", target_ledger)):
+        if not name:
+            raise InvalidInput(f"{field} is required")
+        if name not in network.ledgers:
+            raise NotFound(f"{field} {name!r} is not a connected ledger")
+    if source_ledger == target_ledger:
+        raise InvalidInput("source_ledger and target_ledger must differ")
+    value = parse_amount(amount)
+    src_codec = codec_for(network.ledgers[source_ledger].kind)
+    dst_codec = codec_for(network.ledgers[target_ledger].kind)
+    try:
+        sender_word = src_codec.parse(sender)
+    except InvalidInput as exc:
+        raise InvalidInput(f"sender: {exc}") from None
+    try:
+        recipient_word = dst_codec.parse(recipient)
+    except InvalidInput as exc:
+        raise InvalidInput(f"recipient: {exc}") from None
+    if not any(sender_word):
+        raise InvalidInput("sender must not be the zero address")
+    if not any(recipient_word):
+        raise InvalidInput("recipient must not be the zero address")
+    return TransferRequest(
+        idempotency_key=idempotency_key,
+        security=security,
+        source_ledger=source_ledger,
+        target_ledger=target_ledger,
+        sender=src_codec.format(sender_word),
+        recipient=dst_codec.format(recipient_word),
+        amount=value,
+    )

@@ -1,0 +1,423 @@
+"""The coordinator's durable log behind an interface (SQLite now, PostgreSQL later)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge.coordinator.records import (
+    Decision,
+    TransferRecord,
+    TransferRequest,
+    TransferUpdate,
+)
+from bridge.domain.claims import ClaimKind
+from bridge.domain.legs import LedgerEvent, SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+
+
+class TransferStore(Protocol):
+    """Durable, transactional storage of transfers, their history and decisions.
+
+    Every method is atomic; a method that returns has made its effect durable.
+    """
+
+    async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
+        """Insert ``record`` unless its idempotency key exists; return the stored one and
+        whether it was created."""
+        ...
+
+    async def get(self, transfer_id: bytes) -> TransferRecord | None:
+        """The transfer, or None."""
+        ...
+
+    async def get_by_key(self, idempotency_key: str) -> TransferRecord | None:
+        """The transfer created with this idempotency key, or None."""
+        ...
+
+    async def list_transfers(
+        self, state: TransferState | None, security: str | None, limit: int, after: int
+    ) -> tuple[list[TransferRecord], int]:
+        """Transfers in creation order after cursor ``after``; returns the next cursor (0: end)."""
+        ...
+
+    async def unfinished(self) -> list[TransferRecord]:
+        """Every transfer not yet terminal."""
+        ...
+
+    async def set_state(
+        self, transfer_id: bytes, state: TransferState, reason: str, detail: str
+    ) -> TransferRecord:
+        """Change state/reason; appends a history entry when the state changes."""
+        ...
+
+    async def set_reason(self, transfer_id: bytes, reason: str) -> None:
+        """Record why the transfer waits, without a history entry."""
+        ...
+
+    async def add_transaction(self, transfer_id: bytes, step: str, tx_id: str) -> None:
+        """Remember the ledger transaction that applied ``step``."""
+        ...
+
+    async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
+        """Store the first decision for a transfer; returns the stored one (never replaced)."""
+        ...
+
+    async def decision(self, transfer_id: bytes) -> Decision | None:
+        """The recorded decision, if any."""
+        ...
+
+    async def history(self, transfer_id: bytes, after: int) -> list[TransferUpdate]:
+        """History entries with sequence greater than ``after``."""
+        ...
+
+    async def record_events(
+        self, ledger: str, events: Sequence[LedgerEvent], scanned: int
+    ) -> list[LedgerEvent]:
+        """Store events not seen before (dedupe by ledger position); return the new ones."""
+        ...
+
+    async def scanned_height(self, ledger: str) -> int | None:
+        """The highest height a relayer has reported as scanned."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transfers (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  transfer_id BLOB NOT NULL UNIQUE,
+  idempotency_key TEXT NOT NULL UNIQUE,
+  request TEXT NOT NULL,
+  terms TEXT NOT NULL,
+  security TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  transactions TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state);
+CREATE TABLE IF NOT EXISTS transfer_updates (
+  transfer_id BLOB NOT NULL,
+  sequence INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  detail TEXT NOT NULL,
+  at REAL NOT NULL,
+  PRIMARY KEY (transfer_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+  transfer_id BLOB PRIMARY KEY,
+  kind INTEGER NOT NULL,
+  certificates TEXT NOT NULL,
+  at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_events (
+  ledger TEXT NOT NULL,
+  height INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  transfer_id BLOB NOT NULL,
+  leg INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  tx_id TEXT NOT NULL,
+  PRIMARY KEY (ledger, height, idx)
+);
+CREATE TABLE IF NOT EXISTS ledger_progress (
+  ledger TEXT PRIMARY KEY,
+  scanned INTEGER NOT NULL
+);
+"""
+
+
+def _terms_json(t: TransferTerms) -> str:
+    return json.dumps(
+        {
+            k: (v.hex() if isinstance(v, bytes) else v)
+            for k, v in zip(_TERMS_FIELDS, t.as_abi_tuple(), strict=True)
+        }
+    )
+
+
+_TERMS_FIELDS = (
+    "nonce", "security", "amount", "src_ledger", "src_bridge",
+    "dst_ledger", "dst_bridge", "sender", "recipient", "deadline",
+)  # fmt: skip
+
+
+def _terms_from_json(text: str) -> TransferTerms:
+    raw = json.loads(text)
+    w = {k: bytes.fromhex(raw[k]) for k in _TERMS_FIELDS if k not in ("amount", "deadline")}
+    return TransferTerms(
+        nonce=w["nonce"],
+        security=w["security"],
+        amount=int(raw["amount"]),
+        src_ledger=w["src_ledger"],
+        src_bridge=w["src_bridge"],
+        dst_ledger=w["dst_ledger"],
+        dst_bridge=w["dst_bridge"],
+        sender=w["sender"],
+        recipient=w["recipient"],
+        deadline=int(raw["deadline"]),
+    )
+
+
+class SqliteTransferStore:
+    """TransferStore on one SQLite file (WAL, fsync per commit); one writer process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self._lock)
+
+    def _row(self, row: tuple[Any, ...] | None) -> TransferRecord | None:
+        if row is None:
+            return None
+        (tid, request, terms, state, reason, created, updated, txs) = row
+        decision_row = self._db.execute(
+            "SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)
+        ).fetchone()
+        return TransferRecord(
+            transfer_id=bytes(tid),
+            request=TransferRequest(**json.loads(str(request))),
+            terms=_terms_from_json(str(terms)),
+            state=TransferState(int(state)),
+            reason=str(reason),
+            created_at=float(created),
+            updated_at=float(updated),
+            decision=ClaimKind(int(decision_row[0])) if decision_row else None,
+            transactions=json.loads(str(txs)),
+        )
+
+    _COLS = "transfer_id, request, terms, state, reason, created_at, updated_at, transactions"
+
+    async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
+        """See TransferStore.create."""
+        r = record.request
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO transfers (transfer_id, idempotency_key, request, terms,"
+                " security, state, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    record.transfer_id,
+                    r.idempotency_key,
+                    json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
+                    _terms_json(record.terms),
+                    r.security,
+                    int(record.state),
+                    record.reason,
+                    record.created_at,
+                    record.updated_at,
+                ),
+            )
+            created = cur.rowcount == 1
+            if created:
+                db.execute(
+                    "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
+                    (record.transfer_id, int(record.state), "accepted", record.created_at),
+                )
+            row = db.execute(
+                f"SELECT {self._COLS} FROM transfers WHERE idempotency_key = ?",  # noqa: S608
+                (r.idempotency_key,),
+            ).fetchone()
+        stored = self._row(row)
+        assert stored is not None
+        return stored, created
+
+    async def get(self, transfer_id: bytes) -> TransferRecord | None:
+        """See TransferStore.get."""
+        row = self._db.execute(
+            f"SELECT {self._COLS} FROM transfers WHERE transfer_id = ?",  # noqa: S608
+            (transfer_id,),
+        ).fetchone()
+        return self._row(row)
+
+    async def get_by_key(self, idempotency_key: str) -> TransferRecord | None:
+        """See TransferStore.get_by_key."""
+        row = self._db.execute(
+            f"SELECT {self._COLS} FROM transfers WHERE idempotency_key = ?",  # noqa: S608
+            (idempotency_key,),
+        ).fetchone()
+        return self._row(row)
+
+    async def list_transfers(
+        self, state: TransferState | None, security: str | None, limit: int, after: int
+    ) -> tuple[list[TransferRecord], int]:
+        """See TransferStore.list."""
+        sql = f"SELECT seq, {self._COLS} FROM transfers WHERE seq > ?"  # noqa: S608
+        args: list[object] = [after]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(int(state))
+        if security:
+            sql += " AND security = ?"
+            args.append(security)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit + 1)
+        rows = self._db.execute(sql, args).fetchall()
+        records = [r for r in (self._row(tuple(row[1:])) for row in rows[:limit]) if r is not None]
+        cursor = int(rows[limit - 1][0]) if len(rows) > limit else 0
+        return records, cursor
+
+    async def unfinished(self) -> list[TransferRecord]:
+        """See TransferStore.unfinished."""
+        terminal = [int(s) for s in TransferState if s.terminal]
+        rows = self._db.execute(
+            f"SELECT {self._COLS} FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",  # noqa: S608
+            terminal,
+        ).fetchall()
+        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    async def set_state(
+        self, transfer_id: bytes, state: TransferState, reason: str, detail: str
+    ) -> TransferRecord:
+        """See TransferStore.set_state."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state FROM transfers WHERE transfer_id = ?", (transfer_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(transfer_id.hex())
+            db.execute(
+                "UPDATE transfers SET state = ?, reason = ?, updated_at = ? WHERE transfer_id = ?",
+                (int(state), reason, now, transfer_id),
+            )
+            if int(row[0]) != int(state):
+                (seq,) = db.execute(
+                    "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates"
+                    " WHERE transfer_id = ?",
+                    (transfer_id,),
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
+                    (transfer_id, seq, int(state), detail, now),
+                )
+        record = await self.get(transfer_id)
+        assert record is not None
+        return record
+
+    async def set_reason(self, transfer_id: bytes, reason: str) -> None:
+        """See TransferStore.set_reason."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE transfers SET reason = ?, updated_at = ?"
+                " WHERE transfer_id = ? AND reason != ?",
+                (reason, time.time(), transfer_id, reason),
+            )
+
+    async def add_transaction(self, transfer_id: bytes, step: str, tx_id: str) -> None:
+        """See TransferStore.add_transaction."""
+        with self._tx() as db:
+            (txs,) = db.execute(
+                "SELECT transactions FROM transfers WHERE transfer_id = ?", (transfer_id,)
+            ).fetchone()
+            current = json.loads(txs)
+            if current.get(step) == tx_id:
+                return
+            current[step] = tx_id
+            db.execute(
+                "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
+                (json.dumps(current, sort_keys=True), transfer_id),
+            )
+
+    async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
+        """See TransferStore.record_decision."""
+        certs = {
+            ledger: {"epoch": s.epoch, "signatures": [x.hex() for x in s.signatures]}
+            for ledger, s in decision.certificates.items()
+        }
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?)",
+                (transfer_id, int(decision.kind), json.dumps(certs, sort_keys=True), time.time()),
+            )
+        stored = await self.decision(transfer_id)
+        assert stored is not None
+        return stored
+
+    async def decision(self, transfer_id: bytes) -> Decision | None:
+        """See TransferStore.decision."""
+        row = self._db.execute(
+            "SELECT kind, certificates FROM decisions WHERE transfer_id = ?", (transfer_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        certs = {
+            ledger: SignatureSet(c["epoch"], tuple(bytes.fromhex(x) for x in c["signatures"]))
+            for ledger, c in json.loads(row[1]).items()
+        }
+        return Decision(kind=ClaimKind(int(row[0])), certificates=certs)
+
+    async def history(self, transfer_id: bytes, after: int) -> list[TransferUpdate]:
+        """See TransferStore.history."""
+        rows = self._db.execute(
+            "SELECT sequence, state, detail, at FROM transfer_updates"
+            " WHERE transfer_id = ? AND sequence > ? ORDER BY sequence",
+            (transfer_id, after),
+        ).fetchall()
+        return [
+            TransferUpdate(transfer_id, int(s), TransferState(int(st)), str(d), float(at))
+            for (s, st, d, at) in rows
+        ]
+
+    async def record_events(
+        self, ledger: str, events: Sequence[LedgerEvent], scanned: int
+    ) -> list[LedgerEvent]:
+        """See TransferStore.record_events."""
+        fresh: list[LedgerEvent] = []
+        with self._tx() as db:
+            for e in events:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (ledger, e.position.height, e.position.index, e.transfer_id, int(e.leg),
+                     int(e.state), e.tx_id),
+                )  # fmt: skip
+                if cur.rowcount == 1:
+                    fresh.append(e)
+            db.execute(
+                "INSERT INTO ledger_progress VALUES (?, ?) ON CONFLICT(ledger) DO UPDATE"
+                " SET scanned = MAX(scanned, excluded.scanned)",
+                (ledger, scanned),
+            )
+        return fresh
+
+    async def scanned_height(self, ledger: str) -> int | None:
+        """See TransferStore.scanned_height."""
+        row = self._db.execute(
+            "SELECT scanned FROM ledger_progress WHERE ledger = ?", (ledger,)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db = db
+        self._lock = lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

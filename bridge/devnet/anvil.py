@@ -1,0 +1,133 @@
+"""Anvil ledgers (npm ``@foundry-rs/anvil``, pinned) started as local processes.
+
+Keys are never fixed: accounts are generated at run time and funded with
+``anvil_setBalance``, so no private key lives in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coincurve import PrivateKey
+
+from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
+from bridge.domain.committee import address_of_public_key
+
+ANVIL_BIN = (
+    REPO_ROOT
+    / "contracts"
+    / "evm"
+    / "node_modules"
+    / "@foundry-rs"
+    / "anvil-linux-amd64"
+    / "bin"
+    / "anvil"
+)
+
+
+def anvil_binary() -> Path:
+    """Path of the pinned anvil binary; raises with the install hint if missing."""
+    override = os.environ.get("KSTB_ANVIL")
+    path = Path(override) if override else ANVIL_BIN
+    if not path.exists():
+        raise FileNotFoundError(f"anvil not found at {path}; run `make setup`")
+    return path
+
+
+@dataclass(frozen=True)
+class DevAccount:
+    """A runtime-generated secp256k1 account (test use only)."""
+
+    private_key: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> DevAccount:
+        """A fresh random account."""
+        return cls(secrets.token_bytes(32))
+
+    @property
+    def address(self) -> str:
+        """EIP-55 checksummed address."""
+        from eth_utils.address import to_checksum_address
+
+        pub = PrivateKey(self.private_key).public_key.format(compressed=False)
+        return str(to_checksum_address(address_of_public_key(pub)))
+
+    @property
+    def key_hex(self) -> str:
+        """0x-prefixed private key, for writing to a key file with mode 0600."""
+        return "0x" + self.private_key.hex()
+
+
+def write_key_file(path: Path, account: DevAccount) -> None:
+    """Write a private key file readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(account.key_hex + "\n")
+
+
+@dataclass
+class AnvilNode:
+    """One anvil ledger on 127.0.0.1; ``block_time`` 0 mines a block per transaction."""
+
+    name: str
+    chain_id: int
+    block_time: float
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def rpc_url(self) -> str:
+        """HTTP JSON-RPC endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AnvilNode:
+        """Start anvil and wait for its RPC; returns self."""
+        argv = [
+            str(anvil_binary()),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--chain-id", str(self.chain_id),
+            "--accounts", "0",
+            "--order", "fifo",
+        ]  # fmt: skip
+        if self.block_time > 0:  # otherwise anvil mines one block per transaction
+            argv += ["--block-time", _fmt_block_time(self.block_time)]
+        self.process = ManagedProcess(
+            name=f"anvil-{self.name}", argv=argv, log_path=self.workdir / f"anvil-{self.name}.log"
+        ).start()
+        self.process.wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        """Stop the ledger process."""
+        if self.process is not None:
+            self.process.stop()
+
+    def rpc(self, method: str, params: list[Any]) -> Any:
+        """A raw JSON-RPC call (test and setup use)."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        req = urllib.request.Request(  # noqa: S310 - a loopback http URL this class built
+            self.rpc_url, body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL we built
+            reply = json.loads(resp.read())
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def fund(self, address: str, wei: int = 10**21) -> None:
+        """Give ``address`` a balance (anvil_setBalance)."""
+        self.rpc("anvil_setBalance", [address, hex(wei)])
+
+
+def _fmt_block_time(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)

@@ -1,0 +1,253 @@
+"""A whole local bridge network as real processes: anvil ledgers with deployed contracts,
+a t-of-n verifier committee, one relayer per ledger and the coordinator.
+
+Every key is generated at run time and written 0600 under the work directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from web3 import Web3
+from web3.contract import Contract
+
+from bridge.config import dump_toml
+from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.processes import ManagedProcess, free_port, wait_until
+from bridge.domain.committee import Committee
+from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.ledgers.evm import deploy
+
+DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
+
+
+@dataclass
+class LedgerHandle:
+    """One running ledger with its bridge endpoint and security tokens."""
+
+    name: str
+    node: AnvilNode
+    admin: DevAccount
+    relayer: DevAccount
+    endpoint: Contract
+    tokens: dict[str, Contract] = field(default_factory=dict)
+
+    @property
+    def w3(self) -> Web3:
+        """A synchronous web3 for setup and assertions."""
+        return deploy.connect(self.node.rpc_url)
+
+    def balance(self, isin: str, holder: str) -> int:
+        """A holder's balance of ``isin`` on this ledger (latest block)."""
+        return int(self.tokens[isin].functions.balanceOf(Web3.to_checksum_address(holder)).call())
+
+    def total_supply(self, isin: str) -> int:
+        """The token's total supply on this ledger."""
+        return int(self.tokens[isin].functions.totalSupply().call())
+
+    def escrowed(self, isin: str) -> int:
+        """Units held in the bridge's escrow on this ledger."""
+        return int(self.tokens[isin].functions.balanceOf(self.endpoint.address).call())
+
+    def make_holder(self, isin: str, units: int = 0) -> DevAccount:
+        """A new eligible holder, optionally issued ``units``."""
+        holder = DevAccount.generate()
+        token = self.tokens[isin]
+        deploy.set_eligible(self.w3, self.admin.private_key, token, holder.address, True)
+        if units:
+            deploy.issue(self.w3, self.admin.private_key, token, holder.address, units)
+        return holder
+
+
+@dataclass
+class LocalSystem:
+    """Ledgers, committee, relayers and coordinator on 127.0.0.1 under ``workdir``."""
+
+    workdir: Path
+    ledger_names: Sequence[tuple[str, int]] = (("brokerage-a", 31001), ("brokerage-b", 31002))
+    block_time: float = 1.0
+    committee_size: int = 4
+    threshold: int = 3
+    isins: Sequence[str] = (DEMO_ISIN,)
+    transfer_ttl: int = 120
+    ledgers: dict[str, LedgerHandle] = field(default_factory=dict)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    verifier_keys: list[DevAccount] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    committee: Committee | None = None
+
+    # -- ledgers ---------------------------------------------------------------------------
+    def start_ledgers(self) -> None:
+        """Start anvil per ledger, deploy the bridge and tokens, grant the relayer role."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        keys = sorted(
+            (DevAccount.generate() for _ in range(self.committee_size)),
+            key=lambda a: parse_evm_address(a.address),
+        )
+        self.verifier_keys = keys
+        self.committee = Committee(
+            epoch=1,
+            threshold=self.threshold,
+            members=tuple(parse_evm_address(k.address) for k in keys),
+        )
+        for name, chain_id in self.ledger_names:
+            node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
+            admin, relayer = DevAccount.generate(), DevAccount.generate()
+            node.fund(admin.address)
+            node.fund(relayer.address)
+            w3 = deploy.connect(node.rpc_url)
+            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), self.committee)
+            deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+            handle = LedgerHandle(name, node, admin, relayer, endpoint)
+            for isin in self.isins:
+                token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
+                deploy.register_security(w3, admin.private_key, endpoint, token)
+                handle.tokens[isin] = token
+            self.ledgers[name] = handle
+
+    # -- configuration ---------------------------------------------------------------------
+    def _network_file(self) -> Path:
+        assert self.committee is not None
+        path = self.workdir / "network.toml"
+        path.write_text(
+            dump_toml(
+                {
+                    "committee": {
+                        "epoch": self.committee.epoch,
+                        "threshold": self.committee.threshold,
+                        "members": [k.address for k in self.verifier_keys],
+                    },
+                    "securities": {"isins": list(self.isins)},
+                    "ledgers": [
+                        {
+                            "id": h.name,
+                            "kind": "evm",
+                            "rpc_url": h.node.rpc_url,
+                            "bridge": h.endpoint.address,
+                            "chain_id": h.node.chain_id,
+                            "finality_depth": 0,
+                            "block_interval": self.block_time,
+                        }
+                        for h in self.ledgers.values()
+                    ],
+                }
+            )
+        )
+        return path
+
+    def write_configs(self) -> None:
+        """Write network, coordinator, relayer and verifier files plus 0600 key files."""
+        self._network_file()
+        self.ports["coordinator"] = free_port()
+        verifiers = []
+        for i, key in enumerate(self.verifier_keys):
+            port = self.ports[f"verifier-{i}"] = free_port()
+            write_key_file(self.workdir / "keys" / f"verifier-{i}.key", key)
+            (self.workdir / f"verifier-{i}.toml").write_text(
+                dump_toml(
+                    {
+                        "network": "network.toml",
+                        "listen": f"127.0.0.1:{port}",
+                        "key_file": f"keys/verifier-{i}.key",
+                        "vote_db": f"state/verifier-{i}.sqlite",
+                    }
+                )
+            )
+            verifiers.append(f"127.0.0.1:{port}")
+        relayers = {}
+        for name, h in self.ledgers.items():
+            port = self.ports[f"relayer-{name}"] = free_port()
+            write_key_file(self.workdir / "keys" / f"relayer-{name}.key", h.relayer)
+            (self.workdir / f"relayer-{name}.toml").write_text(
+                dump_toml(
+                    {
+                        "network": "network.toml",
+                        "ledger": name,
+                        "listen": f"127.0.0.1:{port}",
+                        "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
+                        "key_file": f"keys/relayer-{name}.key",
+                        "state_db": f"state/relayer-{name}.sqlite",
+                        "poll_interval": min(0.2, self.block_time / 5),
+                    }
+                )
+            )
+            relayers[name] = f"127.0.0.1:{port}"
+        (self.workdir / "coordinator.toml").write_text(
+            dump_toml(
+                {
+                    "network": "network.toml",
+                    "listen": f"127.0.0.1:{self.ports['coordinator']}",
+                    "database": "state/coordinator.sqlite",
+                    "transfer_ttl": self.transfer_ttl,
+                    "verifiers": verifiers,
+                    "relayers": relayers,
+                }
+            )
+        )
+
+    # -- processes -------------------------------------------------------------------------
+    def _process(self, name: str, module: str, config: str) -> ManagedProcess:
+        proc = ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", module, "--config", str(self.workdir / config)],
+            log_path=self.workdir / "logs" / f"{name}.log",
+            env={"KSTB_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"},
+        )
+        self.processes[name] = proc
+        return proc
+
+    def start_process(self, name: str) -> None:
+        """(Re)start one bridge process by name and wait until it listens."""
+        if name == "coordinator":
+            proc = self._process(name, "bridge.coordinator", "coordinator.toml")
+        elif name.startswith("relayer-"):
+            proc = self._process(name, "relayers", f"{name}.toml")
+        elif name.startswith("verifier-"):
+            proc = self._process(name, "verifiers", f"{name}.toml")
+        else:
+            raise KeyError(name)
+        proc.start().wait_port(self.ports[name])
+
+    def start_bridge(self) -> None:
+        """Start verifiers, coordinator and relayers as separate processes."""
+        for i in range(len(self.verifier_keys)):
+            self.start_process(f"verifier-{i}")
+        self.start_process("coordinator")
+        for name in self.ledgers:
+            self.start_process(f"relayer-{name}")
+
+    def start(self) -> LocalSystem:
+        """Everything: ledgers, configuration and bridge processes."""
+        self.start_ledgers()
+        self.write_configs()
+        self.start_bridge()
+        return self
+
+    @property
+    def coordinator_target(self) -> str:
+        """host:port of the coordinator's gRPC server."""
+        return f"127.0.0.1:{self.ports['coordinator']}"
+
+    def stop(self) -> None:
+        """Stop bridge processes (coordinator first), then the ledgers."""
+        order = ["coordinator", *[n for n in self.processes if n != "coordinator"]]
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is not None:
+                proc.stop()
+        for h in self.ledgers.values():
+            h.node.stop()
+
+    def wait_processes_alive(self, timeout: float = 10.0) -> None:
+        """Fail with the log tail of any bridge process that died."""
+
+        def ok() -> bool:
+            for p in self.processes.values():
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} died:\n{p.tail()}")
+            return True
+
+        wait_until(ok, timeout, "bridge processes")

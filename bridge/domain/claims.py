@@ -1,0 +1,61 @@
+"""Committee claims and their domain-separated digests.
+
+A claim is signed once per verifying ledger: the digest binds the protocol version, the
+ledger id, the bridge contract on that ledger and the committee epoch, so a signature can
+never be replayed on another ledger, another contract or under another committee.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bridge.domain.hashing import abi_encode, keccak256, tag
+
+CLAIM_TAG = tag("KSTB/claim/v1")
+PROTOCOL_VERSION = 1
+
+
+class ClaimKind(enum.IntEnum):
+    """What the committee asserts; values are shared with the contracts."""
+
+    LOCKED = 1
+    COMMIT = 2
+    ABORT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDomain:
+    """Where a signature is valid: one bridge contract on one ledger, one committee epoch."""
+
+    ledger: bytes
+    contract: bytes
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An assertion about one transfer, bound to the transfer's terms hash."""
+
+    kind: ClaimKind
+    transfer_id: bytes
+    terms_hash: bytes
+
+
+def claim_digest(domain: ClaimDomain, claim: Claim) -> bytes:
+    """Return the 32-byte digest a committee member signs for ``claim`` in ``domain``."""
+    return keccak256(
+        abi_encode(
+            ["bytes32", "uint16", "bytes32", "bytes32", "uint64", "uint8", "bytes32", "bytes32"],
+            [
+                CLAIM_TAG,
+                PROTOCOL_VERSION,
+                domain.ledger,
+                domain.contract,
+                domain.epoch,
+                int(claim.kind),
+                claim.transfer_id,
+                claim.terms_hash,
+            ],
+        )
+    )

@@ -1,0 +1,107 @@
+"""Identifiers: ledgers, securities (ISIN) and account addresses as 32-byte words."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bridge.domain.errors import InvalidInput
+from bridge.domain.hashing import keccak256
+
+_ISIN_RE = re.compile(r"^[A-Z]{2}[A-Z0-9]{9}[0-9]$")
+_LEDGER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def isin_check_digit(body: str) -> int:
+    """Return the ISO 6166 check digit for the first 11 characters of an ISIN."""
+    digits = "".join(str(int(c, 36)) for c in body)
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return (10 - total % 10) % 10
+
+
+def is_valid_isin(value: str) -> bool:
+    """True when ``value`` is a well-formed ISIN with a correct check digit."""
+    return bool(_ISIN_RE.match(value)) and isin_check_digit(value[:11]) == int(value[11])
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityId:
+    """A security, identified by its ISIN; on ledgers it is the ISIN's ASCII, right-padded."""
+
+    isin: str
+
+    def __post_init__(self) -> None:
+        if not is_valid_isin(self.isin):
+            raise InvalidInput(f"security id {self.isin!r} is not a valid ISIN")
+
+    @property
+    def word(self) -> bytes:
+        """The 32-byte on-ledger form."""
+        return self.isin.encode("ascii").ljust(32, b"\0")
+
+    @classmethod
+    def from_word(cls, word: bytes) -> SecurityId:
+        """Inverse of :attr:`word`; raises InvalidInput for anything that is not an ISIN."""
+        try:
+            text = word.rstrip(b"\0").decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput("security word is not ASCII") from exc
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.isin
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerId:
+    """A connected ledger's stable name (e.g. ``brokerage-a``); on ledgers, keccak256(name)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not _LEDGER_RE.match(self.name):
+            raise InvalidInput(
+                f"ledger id {self.name!r} must be 1-63 lowercase letters, digits or '-'"
+            )
+
+    @property
+    def word(self) -> bytes:
+        """The 32-byte on-ledger form."""
+        return keccak256(self.name.encode("utf-8"))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def evm_address_word(address: str) -> bytes:
+    """Return an EVM address left-padded to a 32-byte word (as ``bytes32(uint256(uint160(a)))``)."""
+    raw = parse_evm_address(address)
+    return b"\0" * 12 + raw
+
+
+def parse_evm_address(address: str) -> bytes:
+    """Parse a 0x-prefixed 20-byte hex address; mixed case must be a valid EIP-55 checksum."""
+    from eth_utils.address import is_checksum_address
+
+    if not isinstance(address, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+        raise InvalidInput(f"{address!r} is not a 0x-prefixed 20-byte hex address")
+    body = address[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(address):
+        raise InvalidInput(f"{address!r} has an invalid EIP-55 checksum")
+    return bytes.fromhex(body)
+
+
+def word_to_evm_address(word: bytes) -> str:
+    """Inverse of :func:`evm_address_word`, returning the EIP-55 checksummed address."""
+    from eth_utils.address import to_checksum_address
+
+    if len(word) != 32 or any(word[:12]):
+        raise InvalidInput("word does not hold an EVM address")
+    return str(to_checksum_address(word[12:]))

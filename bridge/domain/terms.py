@@ -1,0 +1,126 @@
+"""Transfer terms and the identifiers and hashes derived from them.
+
+``transfer_id = keccak256(abi.encode(TRANSFER_TAG, src_ledger, src_bridge, nonce))`` makes
+a transfer globally unique by its source ledger, source bridge and a source nonce.
+``terms_hash`` binds every economic term; claims sign the terms hash, so a certificate
+for one transfer can never authorise different terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.domain.errors import InvalidInput
+from bridge.domain.hashing import abi_encode, keccak256, tag
+
+TRANSFER_TAG = tag("KSTB/transfer-id/v1")
+TERMS_TAG = tag("KSTB/terms/v1")
+UINT256_MAX = 2**256 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def _word(name: str, value: bytes) -> bytes:
+    if not isinstance(value, bytes | bytearray) or len(value) != 32:
+        raise InvalidInput(f"{name} must be 32 bytes")
+    return bytes(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTerms:
+    """Everything the ledgers and the committee agree on for one transfer (immutable)."""
+
+    nonce: bytes
+    security: bytes
+    amount: int
+    src_ledger: bytes
+    src_bridge: bytes
+    dst_ledger: bytes
+    dst_bridge: bytes
+    sender: bytes
+    recipient: bytes
+    deadline: int
+
+    def __post_init__(self) -> None:
+        for name in (
+            "nonce",
+            "security",
+            "src_ledger",
+            "src_bridge",
+            "dst_ledger",
+            "dst_bridge",
+            "sender",
+            "recipient",
+        ):
+            _word(name, getattr(self, name))
+        if not 0 < self.amount <= UINT256_MAX:
+            raise InvalidInput("amount must be between 1 and 2**256-1")
+        if not 0 <= self.deadline <= UINT64_MAX:
+            raise InvalidInput("deadline must fit in uint64")
+        if self.src_ledger == self.dst_ledger:
+            raise InvalidInput("source and target ledger must differ")
+
+    @property
+    def transfer_id(self) -> bytes:
+        """The globally unique transfer id."""
+        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
+
+    @property
+    def terms_hash(self) -> bytes:
+        """The digest binding every term; what the committee signs."""
+        return keccak256(
+            abi_encode(
+                [
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "uint256",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "bytes32",
+                    "uint64",
+                ],
+                [
+                    TERMS_TAG,
+                    self.transfer_id,
+                    self.security,
+                    self.amount,
+                    self.src_ledger,
+                    self.src_bridge,
+                    self.dst_ledger,
+                    self.dst_bridge,
+                    self.sender,
+                    self.recipient,
+                    self.deadline,
+                ],
+            )
+        )
+
+    def as_abi_tuple(
+        self,
+    ) -> tuple[bytes, bytes, int, bytes, bytes, bytes, bytes, bytes, bytes, int]:
+        """The Solidity ``Terms`` struct as a tuple, in declaration order."""
+        return (
+            self.nonce,
+            self.security,
+            self.amount,
+            self.src_ledger,
+            self.src_bridge,
+            self.dst_ledger,
+            self.dst_bridge,
+            self.sender,
+            self.recipient,
+            self.deadline,
+        )
+
+
+def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
+    """Return the transfer id for a source ledger, source bridge and source nonce."""
+    return keccak256(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "bytes32"],
+            [TRANSFER_TAG, src_ledger, src_bridge, nonce],
+        )
+    )

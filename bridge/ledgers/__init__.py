@@ -1,0 +1,1 @@
+"""Ledger adapters: one interface, one implementation per ledger kind."""

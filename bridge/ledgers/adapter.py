@@ -1,0 +1,95 @@
+"""The one interface every ledger kind implements (EVM now, Fabric next).
+
+Daemons depend only on these Protocols and pick an implementation from configuration.
+Every read is at the ledger's *finalized* height: nothing a caller sees can be reverted.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.legs import (
+    Action,
+    EventPosition,
+    HolderStatus,
+    LedgerEvent,
+    Leg,
+    LegStatus,
+    SignatureSet,
+    TxOutcome,
+)
+from bridge.domain.terms import TransferTerms
+
+
+class LedgerReader(Protocol):
+    """Read-only, finality-aware access to one ledger's bridge endpoint (no keys needed)."""
+
+    @property
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The ledger kind, e.g. ``evm``."""
+        ...
+
+    @property
+    def bridge_word(self) -> bytes:
+        """The bridge endpoint's identity as a 32-byte word (what digests bind)."""
+        ...
+
+    def parse_address(self, text: str) -> bytes:
+        """Parse a holder address in this ledger's native format into a 32-byte word.
+
+        Raises InvalidInput with a precise message for anything malformed.
+        """
+        ...
+
+    def format_address(self, word: bytes) -> str:
+        """Inverse of :meth:`parse_address`."""
+        ...
+
+    async def finalized_height(self) -> int:
+        """The highest block that can no longer be reverted."""
+        ...
+
+    async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
+        """Every bridge event after ``after`` up to ``up_to_height`` inclusive, in ledger order.
+
+        ``up_to_height`` must not exceed :meth:`finalized_height`.
+        """
+        ...
+
+    async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
+        """A leg's state at ``height`` (default: the finalized height)."""
+        ...
+
+    async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
+        """A holder's balance and standing at the finalized height."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class LedgerAdapter(LedgerReader, Protocol):
+    """A LedgerReader that can also apply protocol steps with the operator's identity."""
+
+    @property
+    def operator(self) -> str:
+        """The operator account transactions are sent from."""
+        ...
+
+    async def submit(
+        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+    ) -> TxOutcome:
+        """Apply one step and wait until it is included and final.
+
+        Idempotent: when the step is already applied with the same terms the result has
+        ``already_applied`` set and nothing is sent. A step the ledger refuses raises
+        LedgerRejected naming the contract's reason; transient faults raise Unavailable.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""EVM ledgers (anvil, Hyperledger Besu, Kaia): contracts, deployment and the adapter."""

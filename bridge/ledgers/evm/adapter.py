@@ -1,0 +1,398 @@
+"""The ledger adapter for EVM chains (anvil, Hyperledger Besu, Kaia) over JSON-RPC.
+
+Finality is modelled by ``finality_depth`` (0 for BFT chains with immediate finality).
+Writes go through one :class:`NonceManager` per key and are idempotent: each step first
+checks the leg's state and sends nothing when the step was already applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from eth_account import Account
+from eth_typing import ChecksumAddress, HexAddress, HexStr
+from hexbytes import HexBytes
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    TransactionNotFound,
+    Web3RPCError,
+)
+
+from bridge.config import LedgerConfig
+from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.ids import (
+    LedgerId,
+    SecurityId,
+    evm_address_word,
+    parse_evm_address,
+    word_to_evm_address,
+)
+from bridge.domain.legs import (
+    Action,
+    EventPosition,
+    HolderStatus,
+    LedgerEvent,
+    Leg,
+    LegState,
+    LegStatus,
+    SignatureSet,
+    TxOutcome,
+    leg_state_from_ledger,
+)
+from bridge.domain.terms import TransferTerms
+from bridge.ledgers.evm.artifacts import load_abi
+from bridge.ledgers.evm.nonces import NonceManager
+from bridge.ledgers.evm.revert import decode_revert
+
+T = TypeVar("T")
+_LOG_CHUNK = 2_000
+_GAS_HEADROOM = 1.25
+_NONCE_ERRORS = ("nonce too low", "already known", "nonce too high", "replacement transaction")
+
+# States in which a step has nothing left to do on this leg.
+_DONE: dict[tuple[Action, Leg], frozenset[LegState]] = {
+    (Action.LOCK, Leg.OUTBOUND): frozenset({LegState.LOCKED, LegState.BURNED, LegState.RELEASED}),
+    (Action.PREPARE, Leg.INBOUND): frozenset(
+        {LegState.PREPARED, LegState.REJECTED, LegState.EXPIRED, LegState.MINTED, LegState.ABORTED}
+    ),
+    (Action.MARK_EXPIRED, Leg.INBOUND): frozenset(
+        {LegState.PREPARED, LegState.REJECTED, LegState.EXPIRED, LegState.MINTED, LegState.ABORTED}
+    ),
+    (Action.COMMIT, Leg.OUTBOUND): frozenset({LegState.BURNED}),
+    (Action.COMMIT, Leg.INBOUND): frozenset({LegState.MINTED}),
+    (Action.ABORT, Leg.OUTBOUND): frozenset({LegState.RELEASED}),
+    (Action.ABORT, Leg.INBOUND): frozenset({LegState.ABORTED}),
+}
+_FUNCTION = {
+    Action.LOCK: "lock",
+    Action.PREPARE: "prepare",
+    Action.MARK_EXPIRED: "markExpired",
+    Action.COMMIT: "commit",
+    Action.ABORT: "abort",
+}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientError | ConnectionError | asyncio.TimeoutError | OSError)
+
+
+class EvmAdapter:
+    """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need ``private_key``."""
+
+    def __init__(self, config: LedgerConfig, private_key: bytes | None = None) -> None:
+        self._cfg = config
+        self._w3 = AsyncWeb3(AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10}))
+        self._bridge_address = word_to_evm_address(evm_address_word(config.bridge))
+        self._bridge = self._w3.eth.contract(
+            address=ChecksumAddress(HexAddress(HexStr(self._bridge_address))),
+            abi=load_abi("BridgeEndpoint"),
+        )
+        self._token_abi = load_abi("SecurityToken")
+        self._account = Account.from_key(private_key) if private_key is not None else None
+        self._key = private_key
+        self._nonces = NonceManager(self._pending_count)
+        self._tokens: dict[str, str] = {}
+        self._poll = max(0.05, min(0.25, config.block_interval / 10))
+
+    # -- identity ----------------------------------------------------------------------
+    @property
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+        return self._cfg.id
+
+    @property
+    def kind(self) -> str:
+        """Always ``evm``."""
+        return "evm"
+
+    @property
+    def bridge_word(self) -> bytes:
+        """The bridge endpoint address as a 32-byte word."""
+        return evm_address_word(self._bridge_address)
+
+    @property
+    def operator(self) -> str:
+        """The sending account, or empty for a read-only adapter."""
+        return str(self._account.address) if self._account is not None else ""
+
+    def parse_address(self, text: str) -> bytes:
+        """Parse a 0x address (EIP-55 checked when mixed case) into a 32-byte word."""
+        return evm_address_word(text)
+
+    def format_address(self, word: bytes) -> str:
+        """The EIP-55 address held in a 32-byte word."""
+        return word_to_evm_address(word)
+
+    # -- reads ---------------------------------------------------------------------------
+    async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except Exception as exc:
+            if _is_transient(exc):
+                raise Unavailable(f"ledger {self.ledger} unreachable during {what}: {exc}") from exc
+            raise
+
+    async def finalized_height(self) -> int:
+        """Latest block minus the configured finality depth."""
+        latest = await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
+        return max(0, int(latest) - self._cfg.finality_depth)
+
+    async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
+        """Bridge leg transitions after ``after`` through ``up_to_height``, in ledger order."""
+        start = after.height if after is not None else 0
+        out: list[LedgerEvent] = []
+        locked_terms: dict[bytes, TransferTerms] = {}
+        leg_event = self._bridge.events.LegStateChanged()
+        locked_event = self._bridge.events.TransferLocked()
+        locked_topic = HexBytes(locked_event.topic)
+        topics = [[leg_event.topic, locked_event.topic]]
+        lo = start
+        while lo <= up_to_height:
+            hi = min(up_to_height, lo + _LOG_CHUNK - 1)
+            logs = await self._get_logs(lo, hi, topics)
+            for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
+                pos = EventPosition(int(log["blockNumber"]), int(log["logIndex"]))
+                topic0 = bytes(log["topics"][0])
+                if topic0 == locked_topic:
+                    decoded = locked_event.process_log(log)
+                    terms = _terms_from_event(decoded["args"]["terms"])
+                    locked_terms[bytes(decoded["args"]["transferId"])] = terms
+                    continue
+                if after is not None and pos <= after:
+                    continue
+                args = leg_event.process_log(log)["args"]
+                leg = Leg.OUTBOUND if int(args["leg"]) == 0 else Leg.INBOUND
+                state = leg_state_from_ledger(leg, int(args["state"]))
+                tid = bytes(args["transferId"])
+                out.append(
+                    LedgerEvent(
+                        ledger=self.ledger.name,
+                        position=pos,
+                        block_hash=bytes(log["blockHash"]),
+                        tx_id="0x" + bytes(log["transactionHash"]).hex(),
+                        transfer_id=tid,
+                        leg=leg,
+                        state=state,
+                        reason=int(args["reason"]),
+                        terms_hash=bytes(args["termsHash"]),
+                        terms=locked_terms.get(tid) if state is LegState.LOCKED else None,
+                    )
+                )
+            lo = hi + 1
+        return out
+
+    async def _get_logs(self, lo: int, hi: int, topics: Any) -> list[Any]:
+        params: Any = {"address": self._bridge_address, "fromBlock": lo, "toBlock": hi}
+        params["topics"] = topics
+        return list(await self._rpc("eth_getLogs", lambda: self._w3.eth.get_logs(params)))
+
+    async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
+        """A leg's state at ``height`` (default: finalized)."""
+        at = height if height is not None else await self.finalized_height()
+        fn = (
+            self._bridge.functions.outbound
+            if leg is Leg.OUTBOUND
+            else self._bridge.functions.inbound
+        )
+        res = await self._rpc("leg query", lambda: fn(transfer_id).call(block_identifier=at))
+        reason = int(res[4]) if leg is Leg.INBOUND else 0
+        return LegStatus(
+            state=leg_state_from_ledger(leg, int(res[0])),
+            terms_hash=bytes(res[1]),
+            reason=reason,
+            height=at,
+        )
+
+    async def _token(self, security: SecurityId, at: int) -> str | None:
+        cached = self._tokens.get(security.isin)
+        if cached is not None:
+            return cached
+        addr = await self._rpc(
+            "tokenOf",
+            lambda: self._bridge.functions.tokenOf(security.word).call(block_identifier=at),
+        )
+        if int(addr, 16) == 0:
+            return None
+        self._tokens[security.isin] = str(addr)
+        return str(addr)
+
+    async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
+        """Balance, eligibility, freeze and pause at the finalized height."""
+        at = await self.finalized_height()
+        token_addr = await self._token(security, at)
+        if token_addr is None:
+            return HolderStatus(False, 0, 1, False, False, False)
+        token = self._w3.eth.contract(address=token_addr, abi=self._token_abi)  # type: ignore[call-overload]
+        who = word_to_evm_address(holder)
+        f = token.functions
+        balance, status, eligible, frozen, paused = await self._rpc(
+            "holder query",
+            lambda: asyncio.gather(
+                f.balanceOf(who).call(block_identifier=at),
+                f.receiveStatus(who).call(block_identifier=at),
+                f.isEligible(who).call(block_identifier=at),
+                f.isFrozen(who).call(block_identifier=at),
+                f.paused().call(block_identifier=at),
+            ),
+        )
+        return HolderStatus(
+            True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
+        )
+
+    # -- writes --------------------------------------------------------------------------
+    def _leg_here(self, terms: TransferTerms) -> Leg:
+        if terms.src_ledger == self.ledger.word and terms.src_bridge == self.bridge_word:
+            return Leg.OUTBOUND
+        if terms.dst_ledger == self.ledger.word and terms.dst_bridge == self.bridge_word:
+            return Leg.INBOUND
+        raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self.ledger}")
+
+    async def _pending_count(self) -> int:
+        assert self._account is not None
+        addr = self._account.address
+        return int(
+            await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "pending"))
+        )
+
+    async def submit(
+        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+    ) -> TxOutcome:
+        """Apply ``action`` for ``terms``; idempotent, waits until the block is final."""
+        if self._account is None or self._key is None:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+        leg = self._leg_here(terms)
+        done = _DONE.get((action, leg))
+        if done is None:
+            raise LedgerRejected("WrongLeg", f"{action.name} does not apply to the {leg.name} leg")
+        current = await self.get_leg(terms.transfer_id, leg, height=await self._latest())
+        if current.state in done:
+            if current.terms_hash != terms.terms_hash:
+                raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
+            return TxOutcome(tx_id="", height=current.height, already_applied=True)
+        if action is not Action.LOCK and certificate is None:
+            raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
+        args: list[Any] = [terms.as_abi_tuple()]
+        if certificate is not None and action is not Action.LOCK:
+            args.append((certificate.epoch, b"".join(certificate.signatures)))
+        fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
+        tx_hash = await self._send(fn)
+        height = await self._await_final(tx_hash)
+        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _latest(self) -> int:
+        return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
+
+    async def _send(self, fn: Any) -> bytes:
+        assert self._account is not None
+        sender = self._account.address
+        try:
+            gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise self._rejection(exc) from exc
+        gas_price = await self._rpc("gas_price", lambda: self._w3.eth.gas_price)
+        async with self._nonces.lock:
+            for attempt in range(3):
+                nonce = await self._nonces.current()
+                tx = await fn.build_transaction(
+                    {
+                        "from": sender,
+                        "nonce": nonce,
+                        "gas": int(gas * _GAS_HEADROOM),
+                        "gasPrice": int(gas_price * 2),
+                        "chainId": self._cfg.chain_id,
+                    }
+                )
+                raw = bytes(self._account.sign_transaction(tx).raw_transaction)
+                try:
+                    tx_hash = await self._send_raw(raw)
+                except Web3RPCError as exc:
+                    if attempt < 2 and any(m in str(exc).lower() for m in _NONCE_ERRORS):
+                        await self._nonces.resync()
+                        continue
+                    # Not a refusal by the contract: the caller may retry (steps are idempotent).
+                    raise Unavailable(
+                        f"ledger {self.ledger} did not accept the transaction: {exc}"
+                    ) from exc
+                self._nonces.consumed()
+                return bytes(tx_hash)
+        raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
+
+    async def _send_raw(self, raw: bytes) -> bytes:
+        return bytes(await self._rpc("send", lambda: self._w3.eth.send_raw_transaction(raw)))
+
+    def _rejection(self, exc: ContractCustomError | ContractLogicError) -> LedgerRejected:
+        data = exc.data
+        if isinstance(data, str) and data.startswith("0x"):
+            name, detail = decode_revert(bytes.fromhex(data[2:]))
+            return LedgerRejected(name, detail)
+        return LedgerRejected("Reverted", str(exc))
+
+    async def _await_final(self, tx_hash: bytes, limit_s: float = 120.0) -> int:
+        """Wait for the receipt, then for its block to be final; return the block height."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        height: int | None = None
+        while loop.time() < give_up:
+            if height is None:
+                try:
+                    receipt = await self._rpc(
+                        "receipt",
+                        lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
+                    )
+                except TransactionNotFound:
+                    receipt = None
+                if receipt is not None:
+                    if int(receipt["status"]) != 1:
+                        # State changed between simulation and inclusion; re-reading the leg
+                        # decides what happens next, so this is retryable, not a refusal.
+                        raise Unavailable(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+                    height = int(receipt["blockNumber"])
+            if height is not None and await self.finalized_height() >= height:
+                return height
+            await asyncio.sleep(self._poll)
+        raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._w3.provider.disconnect()
+
+
+_TERMS_KEYS = (
+    "nonce", "securityId", "amount", "srcLedgerId", "srcBridge",
+    "dstLedgerId", "dstBridge", "sender", "recipient", "deadline",
+)  # fmt: skip
+
+
+def _terms_from_event(raw: Any) -> TransferTerms:
+    """Terms from a decoded ``Terms`` struct (web3 returns a mapping or a tuple)."""
+    v = [raw[k] for k in _TERMS_KEYS] if hasattr(raw, "keys") else list(raw)
+    return TransferTerms(
+        nonce=bytes(v[0]),
+        security=bytes(v[1]),
+        amount=int(v[2]),
+        src_ledger=bytes(v[3]),
+        src_bridge=bytes(v[4]),
+        dst_ledger=bytes(v[5]),
+        dst_bridge=bytes(v[6]),
+        sender=bytes(v[7]),
+        recipient=bytes(v[8]),
+        deadline=int(v[9]),
+    )
+
+
+def open_reader(config: LedgerConfig) -> EvmAdapter:
+    """A read-only adapter (verifiers)."""
+    return EvmAdapter(config)
+
+
+def parse_key(text: str) -> bytes:
+    """Parse a hex private key (0x optional)."""
+    return bytes.fromhex(text.strip().removeprefix("0x"))
+
+
+__all__ = ["EvmAdapter", "open_reader", "parse_evm_address", "parse_key"]

@@ -1,0 +1,63 @@
+"""The one place that defines structured-log field names, and logging setup.
+
+JSON lines in production (``KSTB_LOG_FORMAT=json``, the default when stderr is not a
+terminal), ``key=value`` in a terminal. Never log key material: signers have no
+accessor for it and key files are only ever passed as paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+COMPONENT = "component"
+LEDGER = "ledger"
+TRANSFER = "transfer_id"
+STATE = "state"
+ACTION = "action"
+TX = "tx_id"
+HEIGHT = "height"
+REASON = "reason"
+PEER = "peer"
+SIGNER = "signer"
+EPOCH = "epoch"
+COUNT = "count"
+ERROR = "error"
+ELAPSED = "elapsed_s"
+
+
+def configure(component: str, level: str | None = None) -> structlog.stdlib.BoundLogger:
+    """Configure structlog once for this process and return a logger bound to ``component``."""
+    fmt = os.environ.get("KSTB_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
+    )
+    lvl = getattr(
+        logging, (level or os.environ.get("KSTB_LOG_LEVEL", "INFO")).upper(), logging.INFO
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    log: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**{COMPONENT: component})
+    return log
+
+
+def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
+    """A logger with extra bound fields (use the constants above as keys)."""
+    log: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**bound)
+    return log

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every daemon: servers, error mapping, wire conversion."""

@@ -1,0 +1,51 @@
+"""A gRPC server with health checking and reflection, bound to one address."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+class BridgeServer:
+    """An asyncio gRPC server that serves health (per service) and server reflection."""
+
+    def __init__(self, listen: str, service_names: Iterable[str], registrars: Iterable[Registrar]):
+        self._listen = listen
+        self._names = list(service_names)
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        for register in registrars:
+            register(self.server)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped re-export
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self._names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot bind {listen}")
+
+    async def start(self) -> None:
+        """Start serving and mark every service SERVING."""
+        await self.server.start()
+        for name in [*self._names, ""]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Mark NOT_SERVING, then stop accepting and drain in-flight calls."""
+        for name in [*self._names, ""]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {BridgeTypes} from "./BridgeTypes.sol";
+import {IBridgeEndpoint} from "./IBridgeEndpoint.sol";
+import {SecurityToken} from "./SecurityToken.sol";
+
+/// The EVM side of the KSTB two-phase commit: the source of outbound legs (lock, then burn or
+/// release) and the target of inbound legs (prepare or reject, then mint or abort).
+///
+/// Every leg transition after `lock` needs a certificate of the current committee over a
+/// claim digest bound to this ledger, this contract and the committee epoch (see
+/// `BridgeTypes.claimDigest`), so a relayer can only deliver decisions, never make them.
+/// State changes are recorded before any call to the token (checks-effects-interactions);
+/// tokens are registered once and trusted not to re-enter.
+contract BridgeEndpoint is IBridgeEndpoint {
+    /// secp256k1n / 2: signatures with a larger `s` are malleable twins and are refused.
+    uint256 private constant HALF_CURVE_ORDER =
+        0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+    uint256 private constant SIGNATURE_LENGTH = 65;
+    uint8 private constant LEG_OUT = 0;
+    uint8 private constant LEG_IN = 1;
+    uint8 private constant REASON_UNKNOWN_SECURITY = 1;
+    uint8 private constant REASON_INVALID_RECIPIENT = 5;
+
+    struct OutLeg {
+        OutState state;
+        bytes32 termsHash;
+        uint256 amount;
+        bytes32 securityId;
+    }
+
+    struct InLeg {
+        InState state;
+        uint8 reason;
+        bytes32 termsHash;
+        uint256 amount;
+        bytes32 securityId;
+    }
+
+    bytes32 public immutable override ledgerId;
+    address public immutable override admin;
+
+    mapping(address => bool) public override isRelayer;
+    mapping(bytes32 => address) public override tokenOf;
+    /// Units prepared (promised to recipients) but not yet minted, per security.
+    mapping(bytes32 => uint256) public override preparedTotal;
+
+    mapping(bytes32 => OutLeg) private _out;
+    mapping(bytes32 => InLeg) private _in;
+
+    // Committee. Only the current epoch verifies. Membership is keyed by epoch so that a
+    // future rotation only has to call `_installCommittee` with the next epoch.
+    uint64 private _epoch;
+    uint8 private _threshold;
+    address[] private _members;
+    mapping(uint64 => mapping(address => bool)) private _isMember;
+
+    modifier onlyAdmin() {
+        if (msg.sender != admin) revert NotAdmin();
+        _;
+    }
+
+    modifier onlyRelayer() {
+        if (!isRelayer[msg.sender]) revert NotRelayer();
+        _;
+    }
+
+    /// Guarantees: the committee has 1 <= threshold, 2*threshold > n, members nonzero and
+    /// strictly ascending (so distinct), epoch >= 1; reverts InvalidCommittee otherwise.
+    constructor(
+        bytes32 ledgerId_,
+        address admin_,
+        address[] memory members,
+        uint8 threshold,
+        uint64 epoch
+    ) {
+        if (admin_ == address(0)) revert ZeroAddress();
+        ledgerId = ledgerId_;
+        admin = admin_;
+        _installCommittee(epoch, threshold, members);
+    }
+
+    // ------------------------------------------------------------------ administration
+
+    /// Enables or disables `relayer`. Relayers can only submit certified leg transitions
+    /// (and locks); they cannot change configuration.
+    function setRelayer(address relayer, bool enabled) external override onlyAdmin {
+        if (relayer == address(0)) revert ZeroAddress();
+        isRelayer[relayer] = enabled;
+        emit RelayerSet(relayer, enabled);
+    }
+
+    /// Binds `securityId` to `token`, once and for all. Guarantees: the token reports the same
+    /// security id, and the mapping never changes afterwards (so a prepared transfer always
+    /// mints on the token it was checked against).
+    function registerSecurity(bytes32 securityId, address token) external override onlyAdmin {
+        if (token == address(0)) revert ZeroAddress();
+        address existing = tokenOf[securityId];
+        if (existing != address(0)) revert SecurityAlreadyRegistered(securityId, existing);
+        if (SecurityToken(token).securityId() != securityId) {
+            revert SecurityMismatch(securityId, token);
+        }
+        tokenOf[securityId] = token;
+        emit SecurityRegistered(securityId, token);
+    }
+
+    /// The current committee: the only one whose certificates are accepted.
+    function committee()
+        external
+        view
+        override
+        returns (uint64 epoch, uint8 threshold, address[] memory members)
+    {
+        return (_epoch, _threshold, _members);
+    }
+
+    // ------------------------------------------------------------------ source side
+
+    /// Escrows `t.amount` of the sender's units for transfer `transferIdOf(t)`.
+    /// Caller: a relayer, or the sender itself. Guarantees on success: `t` names this ledger
+    /// and this contract as source and another ledger as target, the amount is nonzero, the
+    /// deadline is in the future, the security is registered, the id was never used here,
+    /// and the units now sit in this contract's token balance (outbound state Locked).
+    function lock(BridgeTypes.Terms calldata t) external override returns (bytes32 transferId) {
+        (bool senderOk, address sender) = _evmAddress(t.sender);
+        if (!isRelayer[msg.sender] && (!senderOk || msg.sender != sender)) revert NotSender();
+        if (!_isSource(t) || t.dstLedgerId == ledgerId) revert WrongLedger();
+        if (t.amount == 0) revert ZeroAmount();
+        if (t.deadline <= block.timestamp) revert DeadlinePassed(t.deadline, block.timestamp);
+        if (!senderOk) revert InvalidSender(t.sender);
+        SecurityToken token = _token(t.securityId);
+
+        transferId = BridgeTypes.transferId(t);
+        OutLeg storage leg = _out[transferId];
+        if (leg.state != OutState.None) revert TransferExists(transferId);
+        bytes32 hash = BridgeTypes.termsHash(t, transferId);
+
+        leg.state = OutState.Locked;
+        leg.termsHash = hash;
+        leg.amount = t.amount;
+        leg.securityId = t.securityId;
+        emit TransferLocked(transferId, t.securityId, t, hash);
+        _emitOut(transferId, leg);
+
+        token.bridgeEscrow(sender, t.amount);
+    }
+
+    /// Finishes a source or target leg with a COMMIT certificate over `t`.
+    /// Source (outbound, Locked): burns the escrowed units -> Burned.
+    /// Target (inbound, Prepared): mints to the recipient -> Minted.
+    /// Guarantees: relayer caller, valid current-epoch COMMIT certificate, the stored terms
+    /// hash equals `t`'s, and each leg finishes at most once (anything else is BadState).
+    function commit(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert)
+        external
+        override
+        onlyRelayer
+    {
+        bytes32 id = BridgeTypes.transferId(t);
+        bytes32 hash = BridgeTypes.termsHash(t, id);
+        _verifyCertificate(cert, BridgeTypes.CLAIM_COMMIT, id, hash);
+
+        if (_isSource(t)) {
+            OutLeg storage leg = _out[id];
+            if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
+            if (leg.termsHash != hash) revert TermsMismatch(id);
+            leg.state = OutState.Burned;
+            _emitOut(id, leg);
+            _token(leg.securityId).bridgeBurn(leg.amount);
+        } else if (_isTarget(t)) {
+            InLeg storage leg = _in[id];
+            if (leg.state != InState.Prepared) revert BadState(id, uint8(leg.state));
+            if (leg.termsHash != hash) revert TermsMismatch(id);
+            leg.state = InState.Minted;
+            preparedTotal[leg.securityId] -= leg.amount;
+            _emitIn(id, leg);
+            (, address recipient) = _evmAddress(t.recipient); // validated at prepare
+            _token(leg.securityId).bridgeMint(recipient, leg.amount);
+        } else {
+            revert WrongLedger();
+        }
+    }
+
+    /// Finishes a source or target leg with an ABORT certificate over `t`.
+    /// Source (Locked): returns the escrow to the sender -> Released.
+    /// Target: Prepared, Rejected, Expired or None -> Aborted (None records a tombstone so a
+    /// late prepare cannot succeed). Guarantees: relayer caller, valid current-epoch ABORT
+    /// certificate, matching terms hash, Burned/Released/Minted/Aborted are final.
+    function abort(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert)
+        external
+        override
+        onlyRelayer
+    {
+        bytes32 id = BridgeTypes.transferId(t);
+        bytes32 hash = BridgeTypes.termsHash(t, id);
+        _verifyCertificate(cert, BridgeTypes.CLAIM_ABORT, id, hash);
+
+        if (_isSource(t)) {
+            OutLeg storage leg = _out[id];
+            if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
+            if (leg.termsHash != hash) revert TermsMismatch(id);
+            leg.state = OutState.Released;
+            _emitOut(id, leg);
+            (, address sender) = _evmAddress(t.sender); // validated at lock
+            _token(leg.securityId).bridgeRelease(sender, leg.amount);
+        } else if (_isTarget(t)) {
+            InLeg storage leg = _in[id];
+            InState state = leg.state;
+            if (state == InState.Minted || state == InState.Aborted) {
+                revert BadState(id, uint8(state));
+            }
+            if (state == InState.None) {
+                leg.termsHash = hash;
+                leg.amount = t.amount;
+                leg.securityId = t.securityId;
+            } else if (leg.termsHash != hash) {
+                revert TermsMismatch(id);
+            }
+            if (state == InState.Prepared) preparedTotal[leg.securityId] -= leg.amount;
+            leg.state = InState.Aborted;
+            _emitIn(id, leg);
+        } else {
+            revert WrongLedger();
+        }
+    }
+
+    // ------------------------------------------------------------------ target side
+
+    /// Records the target leg of a locked transfer, given a LOCKED certificate.
+    /// Guarantees: relayer caller, `t` targets this ledger and contract, no earlier inbound
+    /// record, valid current-epoch LOCKED certificate. The outcome is recorded, never
+    /// reverted: Prepared (the recipient may receive now; the amount is added to
+    /// `preparedTotal`) or Rejected with reason 1 unknown security, 2 not eligible,
+    /// 3 frozen, 4 paused, 5 invalid recipient.
+    function prepare(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata lockedCert)
+        external
+        override
+        onlyRelayer
+    {
+        if (!_isTarget(t)) revert WrongLedger();
+        if (t.amount == 0) revert ZeroAmount();
+        bytes32 id = BridgeTypes.transferId(t);
+        InLeg storage leg = _in[id];
+        if (leg.state != InState.None) revert BadState(id, uint8(leg.state));
+        bytes32 hash = BridgeTypes.termsHash(t, id);
+        _verifyCertificate(lockedCert, BridgeTypes.CLAIM_LOCKED, id, hash);
+        uint8 reason = _receiveCheck(t);
+
+        leg.termsHash = hash;
+        leg.amount = t.amount;
+        leg.securityId = t.securityId;
+        leg.reason = reason;
+        if (reason == 0) {
+            leg.state = InState.Prepared;
+            preparedTotal[t.securityId] += t.amount;
+        } else {
+            leg.state = InState.Rejected;
+        }
+        _emitIn(id, leg);
+    }
+
+    /// Records that a locked transfer was not prepared here before its deadline.
+    /// Guarantees: relayer caller, `t` targets this ledger and contract, no earlier inbound
+    /// record, valid current-epoch LOCKED certificate, and block.timestamp > t.deadline.
+    function markExpired(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata lockedCert)
+        external
+        override
+        onlyRelayer
+    {
+        if (!_isTarget(t)) revert WrongLedger();
+        bytes32 id = BridgeTypes.transferId(t);
+        InLeg storage leg = _in[id];
+        if (leg.state != InState.None) revert BadState(id, uint8(leg.state));
+        bytes32 hash = BridgeTypes.termsHash(t, id);
+        _verifyCertificate(lockedCert, BridgeTypes.CLAIM_LOCKED, id, hash);
+        if (block.timestamp <= t.deadline) revert NotExpired(t.deadline, block.timestamp);
+
+        leg.termsHash = hash;
+        leg.amount = t.amount;
+        leg.securityId = t.securityId;
+        leg.state = InState.Expired;
+        _emitIn(id, leg);
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// The outbound (source) leg of `transferId`; state is an OutState value.
+    function outbound(bytes32 transferId)
+        external
+        view
+        override
+        returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId)
+    {
+        OutLeg storage leg = _out[transferId];
+        return (uint8(leg.state), leg.termsHash, leg.amount, leg.securityId);
+    }
+
+    /// The inbound (target) leg of `transferId`; state is an InState value.
+    function inbound(bytes32 transferId)
+        external
+        view
+        override
+        returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId, uint8 reason)
+    {
+        InLeg storage leg = _in[transferId];
+        return (uint8(leg.state), leg.termsHash, leg.amount, leg.securityId, leg.reason);
+    }
+
+    /// `BridgeTypes.transferId(t)`.
+    function transferIdOf(BridgeTypes.Terms calldata t) external pure override returns (bytes32) {
+        return BridgeTypes.transferId(t);
+    }
+
+    /// `BridgeTypes.termsHash(t, transferIdOf(t))`.
+    function termsHashOf(BridgeTypes.Terms calldata t) external pure override returns (bytes32) {
+        return BridgeTypes.termsHash(t, BridgeTypes.transferId(t));
+    }
+
+    /// The digest a committee member of `epoch` signs for a claim this contract verifies.
+    function claimDigestOf(uint64 epoch, uint8 kind, bytes32 transferId, bytes32 termsHash)
+        external
+        view
+        override
+        returns (bytes32)
+    {
+        return BridgeTypes.claimDigest(ledgerId, address(this), epoch, kind, transferId, termsHash);
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// The rotation seam: validates and installs the committee of `epoch`.
+    function _installCommittee(uint64 epoch, uint8 threshold, address[] memory members) internal {
+        uint256 n = members.length;
+        if (epoch == 0 || threshold == 0 || 2 * uint256(threshold) <= n) revert InvalidCommittee();
+        address previous = address(0);
+        for (uint256 i = 0; i < n; ++i) {
+            if (members[i] <= previous) revert InvalidCommittee(); // also rejects address(0)
+            previous = members[i];
+            _isMember[epoch][members[i]] = true;
+        }
+        _epoch = epoch;
+        _threshold = threshold;
+        _members = members;
+    }
+
+    /// Reverts unless `cert` holds >= threshold valid signatures over the claim digest of
+    /// (`kind`, `id`, `hash`) for this ledger, this contract and the current epoch, from
+    /// distinct members in strictly ascending address order.
+    function _verifyCertificate(
+        BridgeTypes.Certificate calldata cert,
+        uint8 kind,
+        bytes32 id,
+        bytes32 hash
+    ) internal view {
+        uint64 epoch = _epoch;
+        if (cert.epoch != epoch) revert WrongEpoch(cert.epoch, epoch);
+        bytes calldata sigs = cert.signatures;
+        if (sigs.length % SIGNATURE_LENGTH != 0) revert MalformedSignatures();
+        uint256 count = sigs.length / SIGNATURE_LENGTH;
+        if (count < _threshold) revert TooFewSignatures(count, _threshold);
+
+        bytes32 digest = BridgeTypes.claimDigest(ledgerId, address(this), epoch, kind, id, hash);
+        address previous = address(0);
+        for (uint256 i = 0; i < count; ++i) {
+            uint256 at = i * SIGNATURE_LENGTH;
+            address signer = _recover(digest, sigs[at:at + SIGNATURE_LENGTH], i);
+            if (signer <= previous) revert SignersNotAscending(i);
+            if (!_isMember[epoch][signer]) revert NotCommitteeMember(signer);
+            previous = signer;
+        }
+    }
+
+    /// ecrecover over the raw digest (no eth_sign prefix), refusing high-s and bad v.
+    function _recover(bytes32 digest, bytes calldata sig, uint256 index)
+        private
+        pure
+        returns (address signer)
+    {
+        bytes32 r = bytes32(sig[0:32]);
+        bytes32 s = bytes32(sig[32:64]);
+        uint8 v = uint8(sig[64]);
+        if (uint256(s) > HALF_CURVE_ORDER || (v != 27 && v != 28)) revert InvalidSignature(index);
+        signer = ecrecover(digest, v, r, s);
+        if (signer == address(0)) revert InvalidSignature(index);
+    }
+
+    /// The Prepared/Rejected decision: 0, or the rejection reason.
+    function _receiveCheck(BridgeTypes.Terms calldata t) private view returns (uint8) {
+        address token = tokenOf[t.securityId];
+        if (token == address(0)) return REASON_UNKNOWN_SECURITY;
+        (bool ok, address recipient) = _evmAddress(t.recipient);
+        if (!ok) return REASON_INVALID_RECIPIENT;
+        return SecurityToken(token).receiveStatus(recipient);
+    }
+
+    function _isSource(BridgeTypes.Terms calldata t) private view returns (bool) {
+        return t.srcLedgerId == ledgerId && t.srcBridge == _selfWord();
+    }
+
+    function _isTarget(BridgeTypes.Terms calldata t) private view returns (bool) {
+        return t.dstLedgerId == ledgerId && t.dstBridge == _selfWord();
+    }
+
+    function _selfWord() private view returns (bytes32) {
+        return bytes32(uint256(uint160(address(this))));
+    }
+
+    function _token(bytes32 securityId) private view returns (SecurityToken) {
+        address token = tokenOf[securityId];
+        if (token == address(0)) revert UnknownSecurity(securityId);
+        return SecurityToken(token);
+    }
+
+    /// (true, a) when `word` is a nonzero EVM address left-padded with zero bytes.
+    function _evmAddress(bytes32 word) private pure returns (bool ok, address a) {
+        if (uint256(word) >> 160 != 0) return (false, address(0));
+        a = address(uint160(uint256(word)));
+        ok = a != address(0);
+    }
+
+    function _emitOut(bytes32 id, OutLeg storage leg) private {
+        emit LegStateChanged(
+            id, leg.securityId, LEG_OUT, uint8(leg.state), 0, leg.termsHash, leg.amount
+        );
+    }
+
+    function _emitIn(bytes32 id, InLeg storage leg) private {
+        emit LegStateChanged(
+            id, leg.securityId, LEG_IN, uint8(leg.state), leg.reason, leg.termsHash, leg.amount
+        );
+    }
+}

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+/// Shared types of the KSTB bridge protocol. The Python package `bridge.domain`
+/// computes the same identifiers and digests byte for byte.
+library BridgeTypes {
+    /// keccak256("KSTB/transfer-id/v1")
+    bytes32 internal constant TRANSFER_TAG = keccak256("KSTB/transfer-id/v1");
+    /// keccak256("KSTB/terms/v1")
+    bytes32 internal constant TERMS_TAG = keccak256("KSTB/terms/v1");
+    /// keccak256("KSTB/claim/v1")
+    bytes32 internal constant CLAIM_TAG = keccak256("KSTB/claim/v1");
+    uint16 internal constant PROTOCOL_VERSION = 1;
+
+    uint8 internal constant CLAIM_LOCKED = 1;
+    uint8 internal constant CLAIM_COMMIT = 2;
+    uint8 internal constant CLAIM_ABORT = 3;
+
+    /// Everything the ledgers and the committee agree on for one transfer.
+    /// Addresses are 32-byte words (EVM: bytes32(uint256(uint160(a)))).
+    struct Terms {
+        bytes32 nonce;
+        bytes32 securityId; // ISIN ASCII, right-padded with zero bytes
+        uint256 amount;
+        bytes32 srcLedgerId; // keccak256(ledger name)
+        bytes32 srcBridge;
+        bytes32 dstLedgerId;
+        bytes32 dstBridge;
+        bytes32 sender;
+        bytes32 recipient;
+        uint64 deadline; // unix seconds
+    }
+
+    /// A committee certificate: concatenated 65-byte (r, s, v) signatures,
+    /// strictly ascending by signer address, all from committee `epoch`.
+    struct Certificate {
+        uint64 epoch;
+        bytes signatures;
+    }
+
+    function transferId(Terms calldata t) internal pure returns (bytes32) {
+        return keccak256(abi.encode(TRANSFER_TAG, t.srcLedgerId, t.srcBridge, t.nonce));
+    }
+
+    function termsHash(Terms calldata t, bytes32 id) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                TERMS_TAG,
+                id,
+                t.securityId,
+                t.amount,
+                t.srcLedgerId,
+                t.srcBridge,
+                t.dstLedgerId,
+                t.dstBridge,
+                t.sender,
+                t.recipient,
+                t.deadline
+            )
+        );
+    }
+
+    function claimDigest(
+        bytes32 ledgerId,
+        address bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 id,
+        bytes32 hash
+    ) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                CLAIM_TAG,
+                PROTOCOL_VERSION,
+                ledgerId,
+                bytes32(uint256(uint160(bridge))),
+                epoch,
+                kind,
+                id,
+                hash
+            )
+        );
+    }
+}

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {BridgeTypes} from "./BridgeTypes.sol";
+
+/// The ledger side of the KSTB two-phase commit. One endpoint per ledger; it is both
+/// the source (outbound legs) and the target (inbound legs) of transfers.
+interface IBridgeEndpoint {
+    /// Outbound (source) leg: None -> Locked -> Burned | Released.
+    enum OutState { None, Locked, Burned, Released }
+    /// Inbound (target) leg: None -> Prepared | Rejected | Expired; Prepared -> Minted | Aborted;
+    /// Rejected | Expired -> Aborted.
+    enum InState { None, Prepared, Rejected, Expired, Minted, Aborted }
+
+    /// Why a target refused to prepare (0 = none).
+    /// 1 UnknownSecurity, 2 RecipientNotEligible, 3 RecipientFrozen, 4 TokenPaused,
+    /// 5 InvalidRecipient (the recipient word is not a nonzero EVM address)
+    event TransferLocked(bytes32 indexed transferId, bytes32 indexed securityId, BridgeTypes.Terms terms, bytes32 termsHash);
+    /// Emitted on every leg transition. leg: 0 outbound, 1 inbound. state: OutState or InState value.
+    event LegStateChanged(
+        bytes32 indexed transferId,
+        bytes32 indexed securityId,
+        uint8 leg,
+        uint8 state,
+        uint8 reason,
+        bytes32 termsHash,
+        uint256 amount
+    );
+    event SecurityRegistered(bytes32 indexed securityId, address token);
+    event RelayerSet(address indexed relayer, bool enabled);
+
+    error NotAdmin();
+    error NotRelayer();
+    error NotSender();
+    error WrongLedger();
+    error UnknownSecurity(bytes32 securityId);
+    error ZeroAmount();
+    error TransferExists(bytes32 transferId);
+    error BadState(bytes32 transferId, uint8 state);
+    error TermsMismatch(bytes32 transferId);
+    error WrongEpoch(uint64 got, uint64 current);
+    error TooFewSignatures(uint256 got, uint256 threshold);
+    error MalformedSignatures();
+    error InvalidSignature(uint256 index);
+    error SignersNotAscending(uint256 index);
+    error NotCommitteeMember(address signer);
+    error NotExpired(uint64 deadline, uint256 nowTs);
+    error DeadlinePassed(uint64 deadline, uint256 nowTs);
+    error InvalidSender(bytes32 sender);
+    error SecurityAlreadyRegistered(bytes32 securityId, address token);
+    error SecurityMismatch(bytes32 securityId, address token);
+    error InvalidCommittee();
+    error ZeroAddress();
+
+    // --- administration (least privilege: admin configures, relayers only move legs) ---
+    function ledgerId() external view returns (bytes32);
+    function admin() external view returns (address);
+    function setRelayer(address relayer, bool enabled) external; // onlyAdmin
+    function isRelayer(address account) external view returns (bool);
+    function registerSecurity(bytes32 securityId, address token) external; // onlyAdmin
+    function tokenOf(bytes32 securityId) external view returns (address);
+    function committee() external view returns (uint64 epoch, uint8 threshold, address[] memory members);
+
+    // --- source side ---
+    /// Escrow `amount` of the sender's units. Caller: a relayer, or the sender itself.
+    function lock(BridgeTypes.Terms calldata t) external returns (bytes32 transferId);
+    /// Burn escrowed units (COMMIT certificate) or release them to the sender (ABORT).
+    function commit(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert) external;
+    function abort(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert) external;
+
+    // --- target side ---
+    /// With a LOCKED certificate: Prepared if the recipient may receive, else Rejected(reason).
+    function prepare(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata lockedCert) external;
+    /// With a LOCKED certificate, after the deadline, if not prepared: the Expired marker.
+    function markExpired(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata lockedCert) external;
+
+    // --- queries ---
+    function outbound(bytes32 transferId) external view returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId);
+    function inbound(bytes32 transferId) external view returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId, uint8 reason);
+    function preparedTotal(bytes32 securityId) external view returns (uint256);
+
+    // --- digests (the Python side must reproduce these byte for byte) ---
+    function transferIdOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);
+    function termsHashOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);
+    /// The digest committee members sign for a claim verified by this endpoint.
+    function claimDigestOf(uint64 epoch, uint8 kind, bytes32 transferId, bytes32 termsHash)
+        external
+        view
+        returns (bytes32);
+}

@@ -1,0 +1,91 @@
+"""``bridge-relayer --config relayer.toml``: run one ledger's relayer until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from bridge.config import load_relayer
+from bridge.domain.legs import LedgerEvent
+from bridge.domain.signer import read_key_file
+from bridge.ledgers.factory import open_adapter
+from bridge.logfields import LEDGER, configure
+from bridge.rpc.convert import event_to_pb
+from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
+from relayers.checkpoint import CheckpointStore
+from relayers.service import RelayerServicer
+from relayers.watcher import EventWatcher
+
+
+class CoordinatorSink:
+    """Delivers events to the coordinator's LedgerEventSink over gRPC."""
+
+    def __init__(self, target: str, timeout: float = 10.0) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = events_pb2_grpc.LedgerEventSinkStub(self._channel)
+        self._timeout = timeout
+
+    async def deliver(
+        self, ledger: str, events: Sequence[LedgerEvent], scanned_height: int
+    ) -> None:
+        """Returns only once the coordinator has durably accepted the batch."""
+        await self._stub.DeliverEvents(
+            events_pb2.DeliverEventsRequest(
+                ledger_id=ledger,
+                events=[event_to_pb(e) for e in events],
+                scanned_height=scanned_height,
+            ),
+            timeout=self._timeout,
+        )
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+
+async def run(config_path: Path) -> None:
+    """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
+    cfg = load_relayer(config_path)
+    log = configure("relayer").bind(**{LEDGER: cfg.ledger})
+    adapter = open_adapter(cfg.network.ledger(cfg.ledger), read_key_file(cfg.key_file))
+    server = BridgeServer(
+        cfg.listen,
+        [relayer_pb2.DESCRIPTOR.services_by_name["RelayerService"].full_name],
+        [
+            lambda s: relayer_pb2_grpc.add_RelayerServiceServicer_to_server(
+                RelayerServicer(adapter), s
+            )
+        ],
+    )
+    sink = CoordinatorSink(cfg.coordinator)
+    checkpoints = CheckpointStore(cfg.state_db, cfg.ledger)
+    watcher = EventWatcher(adapter, sink, checkpoints, cfg.poll_interval)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    log.info("relayer started", listen=cfg.listen, operator=adapter.operator, port=server.port)
+    try:
+        await watcher.run(stop)
+    finally:
+        await server.stop()
+        await sink.close()
+        await adapter.close()
+        checkpoints.close()
+        log.info("relayer stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="bridge-relayer", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The relayer's gRPC service: ledger queries and idempotent protocol steps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from bridge.domain.errors import InvalidInput, Unavailable
+from bridge.domain.ids import SecurityId
+from bridge.domain.legs import Action
+from bridge.ledgers.adapter import LedgerAdapter
+from bridge.logfields import ACTION, LEDGER, TRANSFER, TX, get_logger
+from bridge.rpc.convert import (
+    leg_from_pb,
+    leg_status_to_pb,
+    signatures_from_pb,
+    terms_from_pb,
+)
+from bridge.rpc.errors import Context, grpc_errors
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc
+
+
+class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
+    """Serves one ledger through its adapter; concurrent identical steps are serialised."""
+
+    def __init__(self, adapter: LedgerAdapter, submit_attempts: int = 5) -> None:
+        self._adapter = adapter
+        self._locks: defaultdict[tuple[int, bytes], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._attempts = submit_attempts
+        self._log = get_logger(**{LEDGER: adapter.ledger.name})
+
+    @grpc_errors
+    async def GetLedgerInfo(
+        self, request: relayer_pb2.GetLedgerInfoRequest, context: Context
+    ) -> relayer_pb2.LedgerInfo:
+        """The ledger's identity and finalized height."""
+        return relayer_pb2.LedgerInfo(
+            ledger_id=self._adapter.ledger.name,
+            kind=self._adapter.kind,
+            bridge=self._adapter.bridge_word,
+            finalized_height=await self._adapter.finalized_height(),
+            operator=self._adapter.operator,
+        )
+
+    @grpc_errors
+    async def GetLeg(
+        self, request: relayer_pb2.GetLegRequest, context: Context
+    ) -> relayer_pb2.LegStatus:
+        """A leg's state at the finalized height."""
+        if len(request.transfer_id) != 32:
+            raise InvalidInput("transfer_id must be 32 bytes")
+        status = await self._adapter.get_leg(request.transfer_id, leg_from_pb(request.leg))
+        return leg_status_to_pb(status)
+
+    @grpc_errors
+    async def GetHolder(
+        self, request: relayer_pb2.GetHolderRequest, context: Context
+    ) -> relayer_pb2.HolderStatus:
+        """A holder's balance and standing for one security."""
+        security = SecurityId(request.security_id)
+        holder = self._adapter.parse_address(request.holder)
+        s = await self._adapter.holder_status(security, holder)
+        return relayer_pb2.HolderStatus(
+            security_registered=s.security_registered,
+            balance=str(s.balance),
+            receive_status=s.receive_status,
+            frozen=s.frozen,
+            paused=s.paused,
+            eligible=s.eligible,
+        )
+
+    @grpc_errors
+    async def Submit(
+        self, request: relayer_pb2.SubmitRequest, context: Context
+    ) -> relayer_pb2.SubmitResponse:
+        """Apply one step; retried on transient ledger faults because every step is idempotent."""
+        try:
+            action = Action(request.action)
+        except ValueError:
+            raise InvalidInput(
+                "action must be one of LOCK, PREPARE, MARK_EXPIRED, COMMIT, ABORT"
+            ) from None
+        terms = terms_from_pb(request.terms)
+        cert = signatures_from_pb(request.certificate) if request.HasField("certificate") else None
+        async with self._locks[(int(action), terms.transfer_id)]:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                reraise=True,
+            ):
+                with attempt:
+                    outcome = await self._adapter.submit(action, terms, cert)
+        self._log.info(
+            "step applied" if not outcome.already_applied else "step already applied",
+            **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},
+        )
+        self._locks.pop((int(action), terms.transfer_id), None)
+        return relayer_pb2.SubmitResponse(
+            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
+        )

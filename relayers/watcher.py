@@ -1,0 +1,90 @@
+"""Watch one ledger's bridge events at finality and deliver them, at least once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from bridge.domain.errors import Unavailable
+from bridge.domain.legs import EventPosition, LedgerEvent
+from bridge.ledgers.adapter import LedgerReader
+from bridge.logfields import COUNT, ERROR, HEIGHT, LEDGER, get_logger
+from relayers.checkpoint import END_OF_BLOCK, CheckpointStore
+
+BATCH = 256
+
+
+class EventSink(Protocol):
+    """Where events go (the coordinator). Returning means durably accepted."""
+
+    async def deliver(
+        self, ledger: str, events: Sequence[LedgerEvent], scanned_height: int
+    ) -> None:
+        """Hand over events; raise if they were not accepted."""
+        ...
+
+
+class EventWatcher:
+    """Scans finalized blocks from the checkpoint, delivers, then advances the checkpoint.
+
+    A crash between delivery and checkpoint re-delivers the same events (the coordinator
+    deduplicates them); a crash before delivery loses nothing because the checkpoint
+    has not moved.
+    """
+
+    def __init__(
+        self,
+        reader: LedgerReader,
+        sink: EventSink,
+        checkpoints: CheckpointStore,
+        poll_interval: float,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._reader = reader
+        self._sink = sink
+        self._checkpoints = checkpoints
+        self._poll = poll_interval
+        self._max_backoff = max_backoff
+        self._log = get_logger(**{LEDGER: reader.ledger.name})
+        self.delivered = 0
+
+    async def step(self) -> int:
+        """Deliver everything newly final once; return how many events went out."""
+        position = self._checkpoints.load()
+        final = await self._reader.finalized_height()
+        if position is not None and final <= position.height and position.index == END_OF_BLOCK:
+            return 0
+        events = await self._reader.events(position, final)
+        for start in range(0, len(events), BATCH):
+            chunk = events[start : start + BATCH]
+            last = chunk[-1].position
+            await self._sink.deliver(self._reader.ledger.name, chunk, last.height)
+            self._checkpoints.save(last)
+        if not events:  # still report progress, so the coordinator can say what it waits for
+            await self._sink.deliver(self._reader.ledger.name, [], final)
+        self._checkpoints.save(EventPosition(final, END_OF_BLOCK))
+        if events:
+            self._log.info("events delivered", **{COUNT: len(events), HEIGHT: final})
+        self.delivered += len(events)
+        return len(events)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until ``stop`` is set, backing off while the ledger or coordinator is down."""
+        backoff = self._poll
+        while not stop.is_set():
+            try:
+                await self.step()
+                backoff = self._poll
+            except (Unavailable, grpc.aio.AioRpcError, OSError) as exc:
+                self._log.warning("delivery paused, will retry", **{ERROR: str(exc)[:300]})
+                backoff = min(self._max_backoff, backoff * 2)
+            except Exception:
+                # Never skip past an event we could not handle: the checkpoint stays put.
+                self._log.exception("event scan failed, will retry")
+                backoff = min(self._max_backoff, backoff * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)

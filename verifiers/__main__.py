@@ -1,0 +1,59 @@
+"""``bridge-verifier --config verifier.toml``: run one committee member until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge.config import load_verifier
+from bridge.domain.signer import LocalKeySigner
+from bridge.ledgers.factory import open_reader
+from bridge.logfields import configure
+from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.v1 import verifier_pb2, verifier_pb2_grpc
+from verifiers.service import VerifierServicer
+from verifiers.votes import VoteLog
+
+
+async def run(config_path: Path) -> None:
+    """Run the member described by ``config_path`` until SIGTERM/SIGINT."""
+    cfg = load_verifier(config_path)
+    signer = LocalKeySigner.from_key_file(cfg.key_file)
+    log = configure("verifier").bind(signer="0x" + signer.address.hex())
+    readers = {
+        lc.id.word: open_reader(lc, cfg.rpc_overrides.get(name))
+        for name, lc in cfg.network.ledgers.items()
+    }
+    votes = VoteLog(cfg.vote_db)
+    servicer = VerifierServicer(signer, cfg.network.committee, readers, votes)
+    server = BridgeServer(
+        cfg.listen,
+        [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
+        [lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s)],
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    log.info("verifier started", listen=cfg.listen, port=server.port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        for reader in readers.values():
+            await reader.close()
+        votes.close()
+        log.info("verifier stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="bridge-verifier", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.config))
+
+
+if __name__ == "__main__":
+    main()
