@@ -7,13 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-
 from bridge.config import load_relayer
 from bridge.domain.legs import LedgerEvent
 from bridge.domain.signer import read_key_file
 from bridge.ledgers.factory import open_adapter
 from bridge.logfields import LEDGER, configure
+from bridge.rpc.channels import internal_channel
 from bridge.rpc.convert import event_to_pb
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
@@ -26,7 +25,7 @@ class CoordinatorSink:
     """Delivers events to the coordinator's LedgerEventSink over gRPC."""
 
     def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = internal_channel(target)
         self._stub = events_pb2_grpc.LedgerEventSinkStub(self._channel)
         self._timeout = timeout
 

@@ -19,6 +19,7 @@ from bridge.domain.errors import (
 )
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
 from bridge.domain.terms import TransferTerms
+from bridge.rpc.channels import internal_channel
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
@@ -46,7 +47,7 @@ class RelayerGateway:
 
     def __init__(self, ledger: str, target: str, timeout: float) -> None:
         self.ledger = ledger
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = internal_channel(target)
         self._stub = relayer_pb2_grpc.RelayerServiceStub(self._channel)
         self._timeout = timeout
 
@@ -111,7 +112,7 @@ class CommitteeClient:
 
     def __init__(self, committee: Committee, endpoints: Sequence[str], timeout: float) -> None:
         self.committee = committee
-        self._channels = [grpc.aio.insecure_channel(e) for e in endpoints]
+        self._channels = [internal_channel(e) for e in endpoints]
         self._stubs = [verifier_pb2_grpc.VerifierServiceStub(c) for c in self._channels]
         self._endpoints = list(endpoints)
         self._timeout = timeout

@@ -60,6 +60,15 @@ DEFINITIVE_LOCK_REFUSALS = frozenset(
 )
 
 
+def _refusal(target: LegState, reason_code: int) -> str:
+    """Why a target leg refused, in words ('' when it did not)."""
+    if target is LegState.REJECTED or reason_code:
+        return f"target rejected: {RejectReason.describe(reason_code)}"
+    if target is LegState.EXPIRED:
+        return "target did not prepare before the deadline"
+    return ""
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -347,7 +356,7 @@ class Coordinator:
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
         step = next_step(decision.kind if decision else None, source.state, target.state)
-        reason = self._describe(step, target.state, target.reason)
+        reason = self._describe(step, target.state, target.reason, decision)
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True
@@ -376,7 +385,8 @@ class Coordinator:
             certs = await self._committee.certify(
                 step.claim, terms, [self._domains[src_name], self._domains[dst_name]]
             )
-            await self._store.record_decision(tid, Decision(step.claim, certs))
+            cause = _refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
+            await self._store.record_decision(tid, Decision(step.claim, certs, cause))
             return False
         assert decision is not None
         assert step.step is StepKind.APPLY
@@ -410,13 +420,11 @@ class Coordinator:
             )
 
     @staticmethod
-    def _describe(step: NextStep, target: LegState, reason_code: int) -> str:
+    def _describe(
+        step: NextStep, target: LegState, reason_code: int, decision: Decision | None
+    ) -> str:
         refused = target in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
-        why = ""
-        if target is LegState.REJECTED:
-            why = f"target rejected: {RejectReason.describe(reason_code)}"
-        elif target is LegState.EXPIRED:
-            why = "target did not prepare before the deadline"
+        why = decision.cause if decision is not None else _refusal(target, reason_code)
         texts = {
             TransferState.SUBMITTED: "locking units on the source ledger",
             TransferState.SOURCE_LOCKED: (

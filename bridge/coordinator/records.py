@@ -63,3 +63,5 @@ class Decision:
 
     kind: ClaimKind
     certificates: Mapping[str, SignatureSet]
+    # Why the committee decided so, for people (e.g. "target rejected: ...").
+    cause: str = ""

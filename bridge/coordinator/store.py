@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS decisions (
   transfer_id BLOB PRIMARY KEY,
   kind INTEGER NOT NULL,
   certificates TEXT NOT NULL,
+  cause TEXT NOT NULL,
   at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_events (
@@ -343,8 +344,14 @@ class SqliteTransferStore:
         }
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?)",
-                (transfer_id, int(decision.kind), json.dumps(certs, sort_keys=True), time.time()),
+                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?)",
+                (
+                    transfer_id,
+                    int(decision.kind),
+                    json.dumps(certs, sort_keys=True),
+                    decision.cause,
+                    time.time(),
+                ),
             )
         stored = await self.decision(transfer_id)
         assert stored is not None
@@ -353,7 +360,8 @@ class SqliteTransferStore:
     async def decision(self, transfer_id: bytes) -> Decision | None:
         """See TransferStore.decision."""
         row = self._db.execute(
-            "SELECT kind, certificates FROM decisions WHERE transfer_id = ?", (transfer_id,)
+            "SELECT kind, certificates, cause FROM decisions WHERE transfer_id = ?",
+            (transfer_id,),
         ).fetchone()
         if row is None:
             return None
@@ -361,7 +369,7 @@ class SqliteTransferStore:
             ledger: SignatureSet(c["epoch"], tuple(bytes.fromhex(x) for x in c["signatures"]))
             for ledger, c in json.loads(row[1]).items()
         }
-        return Decision(kind=ClaimKind(int(row[0])), certificates=certs)
+        return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
 
     async def history(self, transfer_id: bytes, after: int) -> list[TransferUpdate]:
         """See TransferStore.history."""
