@@ -7,6 +7,7 @@ and state database. Secrets never appear in these files, only paths to 0600 key 
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -192,8 +193,7 @@ def dump_toml(data: Mapping[str, Any]) -> str:
         if isinstance(v, int | float):
             return repr(v)
         if isinstance(v, str | Path):
-            s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-            return f'"{s}"'
+            return json.dumps(str(v))  # JSON string escapes are valid TOML basic strings
         if isinstance(v, list | tuple):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -13,15 +13,15 @@ from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
 from bridge.domain.legs import LegState, LegStatus, RejectReason
 
-ZERO = b"\0" * 32
-
 
 class ClaimRefused(PreconditionFailed):
     """The ledgers do not (yet) support the requested claim."""
 
 
 def _matches(status: LegStatus, terms_hash: bytes, leg: str) -> None:
-    if status.state is not LegState.NONE and status.terms_hash not in (terms_hash, ZERO):
+    # Every ledger stores the terms hash with any non-NONE leg state (including the
+    # ABORTED tombstone), so anything else is a mismatch, never a wildcard.
+    if status.state is not LegState.NONE and status.terms_hash != terms_hash:
         raise ClaimRefused(f"{leg} leg holds different terms for this transfer id")
 
 

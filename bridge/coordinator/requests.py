@@ -20,7 +20,7 @@ def parse_amount(text: str) -> int:
     text = text.strip()
     if text.startswith("-"):
         raise InvalidInput("amount must be positive, got a negative number")
-    if not _AMOUNT_RE.match(text):
+    if not _AMOUNT_RE.fullmatch(text):
         raise InvalidInput(f"amount {text!r} is not a decimal integer")
     if len(text) > 80:
         raise InvalidInput("amount exceeds 2^256-1")
@@ -44,7 +44,7 @@ def validate_request(
     amount: str,
 ) -> TransferRequest:
     """Return a normalised request, or raise InvalidInput / NotFound naming the field."""
-    if not _KEY_RE.match(idempotency_key):
+    if not _KEY_RE.fullmatch(idempotency_key):
         raise InvalidInput("idempotency_key must be 1-128 printable ASCII characters")
     if not security:
         raise InvalidInput("security_id is required")

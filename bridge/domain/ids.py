@@ -28,7 +28,7 @@ def isin_check_digit(body: str) -> int:
 
 def is_valid_isin(value: str) -> bool:
     """True when ``value`` is a well-formed ISIN with a correct check digit."""
-    return bool(_ISIN_RE.match(value)) and isin_check_digit(value[:11]) == int(value[11])
+    return bool(_ISIN_RE.fullmatch(value)) and isin_check_digit(value[:11]) == int(value[11])
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class LedgerId:
     name: str
 
     def __post_init__(self) -> None:
-        if not _LEDGER_RE.match(self.name):
+        if not _LEDGER_RE.fullmatch(self.name):
             raise InvalidInput(
                 f"ledger id {self.name!r} must be 1-63 lowercase letters, digits or '-'"
             )

@@ -84,9 +84,11 @@ def leg_status_to_pb(s: LegStatus) -> relayer_pb2.LegStatus:
 
 def leg_status_from_pb(m: relayer_pb2.LegStatus) -> LegStatus:
     """A leg status from its message."""
-    return LegStatus(
-        state=LegState(m.state), terms_hash=m.terms_hash, reason=m.reason, height=m.height
-    )
+    try:
+        state = LegState(m.state)
+    except ValueError:
+        raise InvalidInput(f"unknown leg state {m.state}") from None
+    return LegStatus(state=state, terms_hash=m.terms_hash, reason=m.reason, height=m.height)
 
 
 def event_to_pb(e: LedgerEvent) -> events_pb2.LedgerEvent:

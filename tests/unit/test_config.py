@@ -1,0 +1,294 @@
+"""TOML configuration: the network file, daemon files and the minimal TOML writer."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import (
+    dump_toml,
+    load_coordinator,
+    load_network,
+    load_relayer,
+    load_verifier,
+)
+from bridge.domain.errors import InvalidInput
+from bridge.domain.ids import LedgerId, SecurityId
+
+pytestmark = pytest.mark.unit
+
+MEMBERS = [
+    "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+    "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+    "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+]
+
+
+def network_data(**committee: Any) -> dict[str, Any]:
+    return {
+        "committee": {"epoch": 2, "threshold": 3, "members": MEMBERS, **committee},
+        "securities": {"isins": ["KR7005930003", "US0378331005"]},
+        "ledgers": [
+            {
+                "id": "brokerage-a",
+                "kind": "evm",
+                "rpc_url": "http://127.0.0.1:8545",
+                "bridge": "0x1111111111111111111111111111111111111111",
+                "chain_id": 31337,
+                "finality_depth": 2,
+                "block_interval": 0.5,
+            },
+            {
+                "id": "brokerage-b",
+                "kind": "evm",
+                "rpc_url": "http://127.0.0.1:8546",
+                "bridge": "0x2222222222222222222222222222222222222222",
+            },
+        ],
+    }
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(dump_toml(data))
+    return path
+
+
+# -- load_network --------------------------------------------------------------------------
+
+
+def test_load_network_happy_path(tmp_path: Path) -> None:
+    net = load_network(write(tmp_path / "network.toml", network_data()))
+    assert net.committee.epoch == 2
+    assert net.committee.threshold == 3
+    assert net.committee.members == tuple(bytes.fromhex(m[2:]) for m in MEMBERS)
+    assert list(net.ledgers) == ["brokerage-a", "brokerage-b"]
+    a = net.ledger("brokerage-a")
+    assert a.id == LedgerId("brokerage-a")
+    assert (a.kind, a.rpc_url, a.chain_id, a.finality_depth, a.block_interval) == (
+        "evm",
+        "http://127.0.0.1:8545",
+        31337,
+        2,
+        0.5,
+    )
+    assert a.bridge == "0x1111111111111111111111111111111111111111"
+    b = net.ledger("brokerage-b")
+    assert (b.chain_id, b.finality_depth, b.block_interval) == (0, 0, 1.0)  # defaults
+    assert dict(net.securities) == {
+        "KR7005930003": SecurityId("KR7005930003"),
+        "US0378331005": SecurityId("US0378331005"),
+    }
+    with pytest.raises(KeyError):
+        net.ledger("brokerage-z")
+
+
+def test_load_network_without_ledgers_or_securities(tmp_path: Path) -> None:
+    data = network_data()
+    del data["ledgers"], data["securities"]
+    net = load_network(write(tmp_path / "n.toml", data))
+    assert dict(net.ledgers) == {}
+    assert dict(net.securities) == {}
+
+
+def test_missing_committee(tmp_path: Path) -> None:
+    data = network_data()
+    del data["committee"]
+    path = write(tmp_path / "n.toml", data)
+    with pytest.raises(InvalidInput, match="missing required key 'committee'"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("key", ["epoch", "threshold", "members"])
+def test_missing_committee_key(tmp_path: Path, key: str) -> None:
+    data = network_data()
+    del data["committee"][key]
+    with pytest.raises(InvalidInput, match=f"committee: missing required key '{key}'"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+@pytest.mark.parametrize("key", ["kind", "rpc_url", "bridge"])
+def test_missing_ledger_key(tmp_path: Path, key: str) -> None:
+    data = network_data()
+    del data["ledgers"][0][key]
+    with pytest.raises(InvalidInput, match=f"ledger brokerage-a: missing required key '{key}'"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_missing_ledger_id(tmp_path: Path) -> None:
+    data = network_data()
+    del data["ledgers"][1]["id"]
+    with pytest.raises(InvalidInput, match="ledger: missing required key 'id'"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_unknown_ledger_kind(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"][1]["kind"] = "fabric"
+    with pytest.raises(InvalidInput, match="ledger brokerage-b: unsupported kind 'fabric'"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_duplicate_ledger_id(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"][1]["id"] = "brokerage-a"
+    with pytest.raises(InvalidInput, match="ledger brokerage-a configured twice"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_invalid_ledger_name(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"][0]["id"] = "Brokerage_A"
+    with pytest.raises(InvalidInput, match="ledger id 'Brokerage_A'"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_invalid_isin_in_securities(tmp_path: Path) -> None:
+    data = network_data()
+    data["securities"]["isins"].append("US0378331006")
+    with pytest.raises(InvalidInput, match="'US0378331006' is not a valid ISIN"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_invalid_member_address(tmp_path: Path) -> None:
+    data = network_data(members=[*MEMBERS[:3], "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"])
+    with pytest.raises(InvalidInput, match="invalid EIP-55 checksum"):
+        load_network(write(tmp_path / "n.toml", data))
+
+
+def test_committee_rules_apply(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="threshold must exceed n/2"):
+        load_network(write(tmp_path / "n.toml", network_data(threshold=2)))
+    with pytest.raises(InvalidInput, match="epoch starts at 1"):
+        load_network(write(tmp_path / "n.toml", network_data(epoch=0)))
+
+
+# -- daemon files --------------------------------------------------------------------------
+
+
+def test_daemon_files_resolve_relative_paths(tmp_path: Path) -> None:
+    write(tmp_path / "network.toml", network_data())
+    coord = load_coordinator(
+        write(
+            tmp_path / "coordinator.toml",
+            {
+                "network": "network.toml",
+                "listen": "127.0.0.1:7000",
+                "database": "state/coordinator.sqlite",
+                "verifiers": ["127.0.0.1:7101", "127.0.0.1:7102"],
+                "relayers": {"brokerage-a": "127.0.0.1:7201"},
+            },
+        )
+    )
+    assert coord.database == tmp_path / "state" / "coordinator.sqlite"
+    assert coord.verifiers == ("127.0.0.1:7101", "127.0.0.1:7102")
+    assert dict(coord.relayers) == {"brokerage-a": "127.0.0.1:7201"}
+    assert (coord.transfer_ttl, coord.rpc_timeout) == (300, 30.0)
+
+    relayer = load_relayer(
+        write(
+            tmp_path / "relayer.toml",
+            {
+                "network": str(tmp_path / "network.toml"),  # absolute stays absolute
+                "ledger": "brokerage-b",
+                "listen": "127.0.0.1:7202",
+                "coordinator": "127.0.0.1:7000",
+                "key_file": "keys/relayer.key",
+                "state_db": "/var/lib/relayer.sqlite",
+            },
+        )
+    )
+    assert relayer.key_file == tmp_path / "keys" / "relayer.key"
+    assert relayer.state_db == Path("/var/lib/relayer.sqlite")
+    assert relayer.poll_interval == 0.2
+
+    verifier = load_verifier(
+        write(
+            tmp_path / "verifier.toml",
+            {
+                "network": "network.toml",
+                "listen": "127.0.0.1:7101",
+                "key_file": "keys/v0.key",
+                "vote_db": "state/v0.sqlite",
+            },
+        )
+    )
+    assert verifier.vote_db == tmp_path / "state" / "v0.sqlite"
+    assert dict(verifier.rpc_overrides) == {}
+
+
+def test_relayer_for_unknown_ledger(tmp_path: Path) -> None:
+    write(tmp_path / "network.toml", network_data())
+    path = write(
+        tmp_path / "relayer.toml",
+        {
+            "network": "network.toml",
+            "ledger": "brokerage-z",
+            "listen": "x",
+            "coordinator": "y",
+            "key_file": "k",
+            "state_db": "s",
+        },
+    )
+    with pytest.raises(InvalidInput, match="relayer for unknown ledger 'brokerage-z'"):
+        load_relayer(path)
+
+
+def test_coordinator_relayer_for_unknown_ledger(tmp_path: Path) -> None:
+    write(tmp_path / "network.toml", network_data())
+    path = write(
+        tmp_path / "c.toml",
+        {
+            "network": "network.toml",
+            "listen": "x",
+            "database": "d",
+            "verifiers": [],
+            "relayers": {"brokerage-z": "127.0.0.1:1"},
+        },
+    )
+    with pytest.raises(InvalidInput, match="relayer for unknown ledger 'brokerage-z'"):
+        load_coordinator(path)
+
+
+# -- dump_toml -----------------------------------------------------------------------------
+
+
+def test_dump_toml_round_trips_network_shape() -> None:
+    data = network_data()
+    assert tomllib.loads(dump_toml(data)) == data
+
+
+def test_dump_toml_round_trips_scalars_and_nested_table() -> None:
+    data: dict[str, Any] = {
+        "name": 'quote " and back\\slash',
+        "flag": True,
+        "off": False,
+        "count": 7,
+        "ratio": 0.25,
+        "big": 2**62,
+        "empty": [],
+        "mixed": [1, 2, 3],
+        "path": Path("/tmp/x y/state.sqlite"),
+        "relayers": {"brokerage-a": "127.0.0.1:1", "brokerage-b": "127.0.0.1:2"},
+    }
+    parsed = tomllib.loads(dump_toml(data))
+    assert parsed == {**data, "path": "/tmp/x y/state.sqlite"}
+
+
+def test_dump_toml_writes_simple_keys_before_tables() -> None:
+    text = dump_toml({"table": {"k": 1}, "top": "v"})
+    assert text.index('top = "v"') < text.index("[table]")
+    assert tomllib.loads(text) == {"table": {"k": 1}, "top": "v"}
+
+
+def test_dump_toml_refuses_unsupported_values() -> None:
+    with pytest.raises(TypeError, match="cannot write NoneType to TOML"):
+        dump_toml({"x": None})
+
+
+def test_dump_toml_escapes_control_characters() -> None:
+    data = {"note": "line one\nline two"}
+    assert tomllib.loads(dump_toml(data)) == data

@@ -1,0 +1,337 @@
+"""The coordinator's SQLite store: idempotent creation, history, decisions, events, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
+from bridge.coordinator.store import SqliteTransferStore
+from bridge.domain.claims import ClaimKind
+from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+
+pytestmark = pytest.mark.unit
+
+SENDER = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+RECIPIENT = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
+
+
+def w(byte: int) -> bytes:
+    return bytes([byte]) * 32
+
+
+def make_record(
+    n: int,
+    *,
+    key: str | None = None,
+    security: str = "KR7005930003",
+    state: TransferState = TransferState.SUBMITTED,
+    amount: int = 100,
+) -> TransferRecord:
+    terms = TransferTerms(
+        nonce=n.to_bytes(32, "big"),
+        security=security.encode().ljust(32, b"\0"),
+        amount=amount,
+        src_ledger=w(0xA0),
+        src_bridge=w(0xB0),
+        dst_ledger=w(0xA1),
+        dst_bridge=w(0xB1),
+        sender=b"\0" * 12 + bytes.fromhex(SENDER[2:]),
+        recipient=b"\0" * 12 + bytes.fromhex(RECIPIENT[2:]),
+        deadline=1_800_000_000 + n,
+    )
+    request = TransferRequest(
+        idempotency_key=key if key is not None else f"key-{n}",
+        security=security,
+        source_ledger="brokerage-a",
+        target_ledger="brokerage-b",
+        sender=SENDER,
+        recipient=RECIPIENT,
+        amount=amount,
+    )
+    return TransferRecord(
+        transfer_id=terms.transfer_id,
+        request=request,
+        terms=terms,
+        state=state,
+        reason="accepted",
+        created_at=1000.0 + n,
+        updated_at=1000.0 + n,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "coordinator.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SqliteTransferStore]:
+    s = SqliteTransferStore(db_path)
+    yield s
+    s.close()
+
+
+def event(tid: bytes, height: int, index: int, state: LegState = LegState.LOCKED) -> LedgerEvent:
+    return LedgerEvent(
+        ledger="brokerage-a",
+        position=EventPosition(height, index),
+        block_hash=w(height % 256),
+        tx_id=f"0x{height:04x}{index:04x}",
+        transfer_id=tid,
+        leg=Leg.OUTBOUND,
+        state=state,
+        reason=0,
+        terms_hash=w(0xEE),
+    )
+
+
+# -- create / get --------------------------------------------------------------------------
+
+
+async def test_create_then_get(store: SqliteTransferStore) -> None:
+    rec = make_record(1, amount=2**256 - 1)
+    stored, created = await store.create(rec)
+    assert created
+    assert stored == rec
+    assert await store.get(rec.transfer_id) == rec
+    assert await store.get_by_key("key-1") == rec
+    assert await store.get(w(0x99)) is None
+    assert await store.get_by_key("nope") is None
+
+
+async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
+    original = make_record(1, key="order-7")
+    await store.create(original)
+    retry = make_record(2, key="order-7", amount=555)  # other terms, same key
+    stored, created = await store.create(retry)
+    assert created is False
+    assert stored == original
+    assert await store.get(retry.transfer_id) is None
+    history = await store.history(original.transfer_id, 0)
+    assert [(h.sequence, h.state, h.detail) for h in history] == [
+        (1, TransferState.SUBMITTED, "accepted")
+    ]
+
+
+async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> None:
+    rec = make_record(3, state=TransferState.SOURCE_LOCKED)
+    await store.create(rec)
+    (entry,) = await store.history(rec.transfer_id, 0)
+    assert (entry.transfer_id, entry.sequence, entry.state, entry.at) == (
+        rec.transfer_id,
+        1,
+        TransferState.SOURCE_LOCKED,
+        1003.0,
+    )
+
+
+# -- state and history ---------------------------------------------------------------------
+
+
+async def test_set_state_appends_history_only_on_change(store: SqliteTransferStore) -> None:
+    rec = make_record(1)
+    await store.create(rec)
+    tid = rec.transfer_id
+    r = await store.set_state(tid, TransferState.SOURCE_LOCKED, "locked", "lock seen")
+    assert (r.state, r.reason) == (TransferState.SOURCE_LOCKED, "locked")
+    r = await store.set_state(tid, TransferState.SOURCE_LOCKED, "still locked", "ignored")
+    assert r.reason == "still locked"
+    await store.set_state(tid, TransferState.TARGET_PREPARED, "prepared", "prepare seen")
+    await store.set_state(tid, TransferState.COMMITTING, "", "commit certified")
+    history = await store.history(tid, 0)
+    assert [(h.sequence, h.state, h.detail) for h in history] == [
+        (1, TransferState.SUBMITTED, "accepted"),
+        (2, TransferState.SOURCE_LOCKED, "lock seen"),
+        (3, TransferState.TARGET_PREPARED, "prepare seen"),
+        (4, TransferState.COMMITTING, "commit certified"),
+    ]
+    assert [h.sequence for h in await store.history(tid, 2)] == [3, 4]
+    assert await store.history(tid, 4) == []
+
+
+async def test_history_sequences_are_per_transfer(store: SqliteTransferStore) -> None:
+    a, b = make_record(1), make_record(2)
+    await store.create(a)
+    await store.create(b)
+    await store.set_state(a.transfer_id, TransferState.SOURCE_LOCKED, "", "a")
+    await store.set_state(b.transfer_id, TransferState.FAILED, "", "b")
+    assert [h.sequence for h in await store.history(b.transfer_id, 0)] == [1, 2]
+    assert [h.detail for h in await store.history(a.transfer_id, 0)] == ["accepted", "a"]
+
+
+async def test_set_state_of_unknown_transfer_raises(store: SqliteTransferStore) -> None:
+    with pytest.raises(KeyError):
+        await store.set_state(w(0x42), TransferState.FAILED, "", "")
+    # The failed transaction was rolled back and the store is still usable.
+    _, created = await store.create(make_record(1))
+    assert created
+
+
+async def test_set_reason_and_transactions(store: SqliteTransferStore) -> None:
+    rec = make_record(1)
+    await store.create(rec)
+    await store.set_reason(rec.transfer_id, "waiting for finality")
+    await store.add_transaction(rec.transfer_id, "lock", "0xaa")
+    await store.add_transaction(rec.transfer_id, "prepare", "0xbb")
+    await store.add_transaction(rec.transfer_id, "lock", "0xcc")
+    got = await store.get(rec.transfer_id)
+    assert got is not None
+    assert got.reason == "waiting for finality"
+    assert got.state is TransferState.SUBMITTED
+    assert dict(got.transactions) == {"lock": "0xcc", "prepare": "0xbb"}
+    assert len(await store.history(rec.transfer_id, 0)) == 1
+
+
+# -- decisions -----------------------------------------------------------------------------
+
+
+async def test_record_decision_keeps_the_first(store: SqliteTransferStore) -> None:
+    rec = make_record(1)
+    await store.create(rec)
+    tid = rec.transfer_id
+    assert await store.decision(tid) is None
+    commit = Decision(
+        ClaimKind.COMMIT,
+        {
+            "brokerage-a": SignatureSet(2, (b"\x01" * 65, b"\x02" * 65)),
+            "brokerage-b": SignatureSet(2, (b"\x03" * 65,)),
+        },
+    )
+    abort = Decision(ClaimKind.ABORT, {"brokerage-a": SignatureSet(2, (b"\x09" * 65,))})
+    assert await store.record_decision(tid, commit) == commit
+    assert await store.record_decision(tid, abort) == commit
+    assert await store.decision(tid) == commit
+    got = await store.get(tid)
+    assert got is not None
+    assert got.decision is ClaimKind.COMMIT
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+async def test_record_events_dedupes_by_position(store: SqliteTransferStore) -> None:
+    tid = w(0x01)
+    e1, e2, e3 = event(tid, 10, 0), event(tid, 10, 1), event(tid, 11, 0)
+    assert await store.record_events("brokerage-a", [e1, e2], scanned=10) == [e1, e2]
+    # Re-delivery of e2 (same position, even with other content) is not fresh.
+    again = event(w(0x02), 10, 1, LegState.RELEASED)
+    assert await store.record_events("brokerage-a", [again, e3], scanned=11) == [e3]
+    assert await store.record_events("brokerage-a", [e1, e2, e3], scanned=11) == []
+    # The same position on another ledger is a different event.
+    assert await store.record_events("brokerage-b", [e1], scanned=10) == [e1]
+
+
+async def test_scanned_height_never_decreases(store: SqliteTransferStore) -> None:
+    assert await store.scanned_height("brokerage-a") is None
+    await store.record_events("brokerage-a", [], scanned=20)
+    assert await store.scanned_height("brokerage-a") == 20
+    await store.record_events("brokerage-a", [], scanned=15)
+    assert await store.scanned_height("brokerage-a") == 20
+    await store.record_events("brokerage-a", [], scanned=21)
+    assert await store.scanned_height("brokerage-a") == 21
+    assert await store.scanned_height("brokerage-b") is None
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+async def test_list_paginates_in_creation_order(store: SqliteTransferStore) -> None:
+    recs = [make_record(n) for n in range(1, 6)]
+    for r in recs:
+        await store.create(r)
+    page1, cursor1 = await store.list_transfers(None, None, 2, 0)
+    assert [r.request.idempotency_key for r in page1] == ["key-1", "key-2"]
+    assert cursor1 != 0
+    page2, cursor2 = await store.list_transfers(None, None, 2, cursor1)
+    assert [r.request.idempotency_key for r in page2] == ["key-3", "key-4"]
+    assert cursor2 != 0
+    page3, cursor3 = await store.list_transfers(None, None, 2, cursor2)
+    assert [r.request.idempotency_key for r in page3] == ["key-5"]
+    assert cursor3 == 0
+
+
+async def test_list_exact_fit_has_no_next_page(store: SqliteTransferStore) -> None:
+    for n in range(1, 5):
+        await store.create(make_record(n))
+    page, cursor = await store.list_transfers(None, None, 4, 0)
+    assert len(page) == 4
+    assert cursor == 0
+    page, cursor = await store.list_transfers(None, None, 10, 0)
+    assert (len(page), cursor) == (4, 0)
+
+
+async def test_list_filters_by_state_and_security(store: SqliteTransferStore) -> None:
+    await store.create(make_record(1, security="KR7005930003"))
+    await store.create(make_record(2, security="US0378331005"))
+    await store.create(make_record(3, security="KR7005930003"))
+    await store.create(make_record(4, security="US0378331005"))
+    r3 = make_record(3)
+    await store.set_state(r3.transfer_id, TransferState.COMMITTED, "", "done")
+
+    kr, _ = await store.list_transfers(None, "KR7005930003", 10, 0)
+    assert [r.request.idempotency_key for r in kr] == ["key-1", "key-3"]
+    done, _ = await store.list_transfers(TransferState.COMMITTED, None, 10, 0)
+    assert [r.request.idempotency_key for r in done] == ["key-3"]
+    both, _ = await store.list_transfers(TransferState.SUBMITTED, "US0378331005", 10, 0)
+    assert [r.request.idempotency_key for r in both] == ["key-2", "key-4"]
+    none, cursor = await store.list_transfers(TransferState.ABORTED, None, 10, 0)
+    assert (none, cursor) == ([], 0)
+
+    # Pagination with a filter: the cursor skips filtered-out rows correctly.
+    us1, c = await store.list_transfers(None, "US0378331005", 1, 0)
+    assert [r.request.idempotency_key for r in us1] == ["key-2"]
+    us2, c = await store.list_transfers(None, "US0378331005", 1, c)
+    assert [r.request.idempotency_key for r in us2] == ["key-4"]
+    assert c == 0
+
+
+async def test_unfinished_excludes_terminal(store: SqliteTransferStore) -> None:
+    states = [
+        TransferState.SUBMITTED,
+        TransferState.COMMITTED,
+        TransferState.COMMITTING,
+        TransferState.ABORTED,
+        TransferState.FAILED,
+        TransferState.ABORTING,
+    ]
+    for n, state in enumerate(states, start=1):
+        await store.create(make_record(n, state=state))
+    unfinished = await store.unfinished()
+    assert [r.request.idempotency_key for r in unfinished] == ["key-1", "key-3", "key-6"]
+    await store.set_state(make_record(3).transfer_id, TransferState.COMMITTED, "", "done")
+    assert [r.request.idempotency_key for r in await store.unfinished()] == ["key-1", "key-6"]
+
+
+# -- durability ----------------------------------------------------------------------------
+
+
+async def test_data_survives_reopening(db_path: Path) -> None:
+    rec = make_record(1)
+    first = SqliteTransferStore(db_path)
+    await first.create(rec)
+    await first.set_state(rec.transfer_id, TransferState.COMMITTING, "r", "d")
+    await first.record_decision(
+        rec.transfer_id, Decision(ClaimKind.COMMIT, {"brokerage-a": SignatureSet(1, ())})
+    )
+    await first.record_events("brokerage-a", [event(rec.transfer_id, 5, 0)], scanned=5)
+    first.close()
+
+    second = SqliteTransferStore(db_path)
+    try:
+        got = await second.get(rec.transfer_id)
+        assert got is not None
+        assert got.terms == rec.terms
+        assert got.request == rec.request
+        assert (got.state, got.decision) == (TransferState.COMMITTING, ClaimKind.COMMIT)
+        assert [h.sequence for h in await second.history(rec.transfer_id, 0)] == [1, 2]
+        assert await second.scanned_height("brokerage-a") == 5
+        assert await second.record_events("brokerage-a", [event(rec.transfer_id, 5, 0)], 5) == []
+        _, created = await second.create(make_record(9, key="key-1"))
+        assert created is False
+    finally:
+        second.close()
