@@ -10,7 +10,7 @@ NODE_STAMP := contracts/evm/node_modules/.installed
 setup: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	@command -v $(PY) >/dev/null || PY=python3; $${PY:-$(PY)} -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	@touch $@
