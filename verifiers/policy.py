@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
-from bridge.domain.legs import LegState, LegStatus, RejectReason
+from bridge.domain.legs import LegState, LegStatus
 
 
 class ClaimRefused(PreconditionFailed):
@@ -54,8 +54,3 @@ def check_claim(kind: ClaimKind, terms_hash: bytes, source: LegStatus, target: L
             f"target leg is {dst.name} at height {target.height}: nothing to abort on"
         )
     raise ClaimRefused(f"unknown claim kind {kind}")
-
-
-def describe_rejection(target: LegStatus) -> str:
-    """Why a target leg refused, for operators."""
-    return RejectReason.describe(target.reason)

@@ -98,7 +98,7 @@ class Coordinator:
         self._ledger_by_word = {d.ledger_word: name for name, d in self._domains.items()}
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
         self._wakeups: dict[bytes, asyncio.Event] = {}
-        self._changed = asyncio.Condition()
+        self._watchers: dict[bytes, set[asyncio.Event]] = {}
         self._log = get_logger()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -132,10 +132,6 @@ class Coordinator:
         ev = self._wakeups.get(tid)
         if ev is not None:
             ev.set()
-
-    async def idle(self) -> bool:
-        """True when no transfer is being driven (used by tests and the demo)."""
-        return all(t.done() for t in self._tasks.values())
 
     # -- the brokerage API -----------------------------------------------------------------
     async def submit(self, request: TransferRequest) -> tuple[TransferRecord, bool]:
@@ -182,7 +178,6 @@ class Coordinator:
             return stored, False
         self._log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
         self._spawn(stored.transfer_id)
-        await self._notify()
         return stored, True
 
     async def _existing(self, request: TransferRequest) -> TransferRecord | None:
@@ -233,20 +228,30 @@ class Coordinator:
     async def watch(self, tid: bytes) -> AsyncIterator[TransferUpdate]:
         """Every update of the transfer from the first, ending after the terminal one."""
         await self.get(tid)
-        last = 0
-        while True:
-            for update in await self._store.history(tid, last):
-                last = update.sequence
-                yield update
-                if update.state.terminal:
-                    return
-            async with self._changed:
+        changed = asyncio.Event()
+        self._watchers.setdefault(tid, set()).add(changed)
+        try:
+            last = 0
+            while True:
+                changed.clear()
+                for update in await self._store.history(tid, last):
+                    last = update.sequence
+                    yield update
+                    if update.state.terminal:
+                        return
+                # The timeout only bounds the wait should a notification ever be missed.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                    await asyncio.wait_for(changed.wait(), timeout=5.0)
+        finally:
+            waiting = self._watchers.get(tid)
+            if waiting is not None:
+                waiting.discard(changed)
+                if not waiting:
+                    del self._watchers[tid]
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self, tid: bytes) -> None:
+        for event in self._watchers.get(tid, ()):
+            event.set()
 
     # -- ledger events ---------------------------------------------------------------------
     async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
@@ -278,6 +283,7 @@ class Coordinator:
                     event.transfer_id, TransferState.SOURCE_LOCKED,
                     "lock found on-chain after failure; resuming", "resumed",
                 )  # fmt: skip
+                self._notify(event.transfer_id)
                 self._spawn(event.transfer_id)
             return
         dst = self._ledger_by_word.get(terms.dst_ledger)
@@ -448,4 +454,4 @@ class Coordinator:
                 "transfer state",
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
             )
-            await self._notify()
+            self._notify(record.transfer_id)

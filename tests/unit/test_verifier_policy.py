@@ -8,8 +8,8 @@ import pytest
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import BridgeError, PreconditionFailed
-from bridge.domain.legs import INBOUND_STATES, OUTBOUND_STATES, LegState, LegStatus
-from verifiers.policy import ClaimRefused, check_claim, describe_rejection
+from bridge.domain.legs import INBOUND_STATES, OUTBOUND_STATES, LegState, LegStatus, RejectReason
+from verifiers.policy import ClaimRefused, check_claim
 
 pytestmark = pytest.mark.unit
 
@@ -150,5 +150,5 @@ def test_claim_refused_is_a_precondition_failure() -> None:
         (99, "reason code 99"),
     ],
 )
-def test_describe_rejection(reason: int, text: str) -> None:
-    assert describe_rejection(leg(S.REJECTED, reason=reason)) == text
+def test_reject_reason_describe(reason: int, text: str) -> None:
+    assert RejectReason.describe(reason) == text

@@ -29,7 +29,6 @@ from bridge.domain.ids import (
     LedgerId,
     SecurityId,
     evm_address_word,
-    parse_evm_address,
     word_to_evm_address,
 )
 from bridge.domain.legs import (
@@ -383,16 +382,3 @@ def _terms_from_event(raw: Any) -> TransferTerms:
         recipient=bytes(v[8]),
         deadline=int(v[9]),
     )
-
-
-def open_reader(config: LedgerConfig) -> EvmAdapter:
-    """A read-only adapter (verifiers)."""
-    return EvmAdapter(config)
-
-
-def parse_key(text: str) -> bytes:
-    """Parse a hex private key (0x optional)."""
-    return bytes.fromhex(text.strip().removeprefix("0x"))
-
-
-__all__ = ["EvmAdapter", "open_reader", "parse_evm_address", "parse_key"]
