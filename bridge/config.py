@@ -119,12 +119,15 @@ def load_network(path: Path) -> NetworkConfig:
             raise InvalidInput(f"ledger {lid}: unsupported kind {kind!r}")
         if lid.name in ledgers:
             raise InvalidInput(f"ledger {lid} configured twice")
+        chain_id = int(item.get("chain_id", 0))
+        if kind == "evm" and chain_id <= 0:
+            raise InvalidInput(f"ledger {lid}: an EVM ledger needs its chain_id")
         ledgers[lid.name] = LedgerConfig(
             id=lid,
             kind=kind,
             rpc_url=str(_req(item, "rpc_url", f"ledger {lid}")),
             bridge=str(_req(item, "bridge", f"ledger {lid}")),
-            chain_id=int(item.get("chain_id", 0)),
+            chain_id=chain_id,
             finality_depth=int(item.get("finality_depth", 0)),
             block_interval=float(item.get("block_interval", 1.0)),
         )
@@ -141,6 +144,9 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
     for name in relayers:
         if name not in network.ledgers:
             raise InvalidInput(f"relayer for unknown ledger {name!r}")
+    for name in network.ledgers:
+        if name not in relayers:
+            raise InvalidInput(f"no relayer configured for ledger {name!r}")
     return CoordinatorConfig(
         network=network,
         listen=str(_req(raw, "listen", str(path))),

@@ -53,7 +53,8 @@ def configure(component: str, level: str | None = None) -> structlog.stdlib.Boun
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    log: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**{COMPONENT: component})
+    structlog.contextvars.bind_contextvars(**{COMPONENT: component})
+    log: structlog.stdlib.BoundLogger = structlog.get_logger()
     return log
 
 

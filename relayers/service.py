@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import contextlib
+from collections.abc import AsyncIterator, Hashable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -22,12 +23,37 @@ from bridge.rpc.errors import Context, grpc_errors
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc
 
 
+class KeyedLock:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold the lock for ``key``."""
+        lock, users = self._entries.get(key, (asyncio.Lock(), 0))
+        self._entries[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._entries[key]
+            if users == 1:
+                del self._entries[key]
+            else:
+                self._entries[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
     """Serves one ledger through its adapter; concurrent identical steps are serialised."""
 
     def __init__(self, adapter: LedgerAdapter, submit_attempts: int = 5) -> None:
         self._adapter = adapter
-        self._locks: defaultdict[tuple[int, bytes], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = KeyedLock()
         self._attempts = submit_attempts
         self._log = get_logger(**{LEDGER: adapter.ledger.name})
 
@@ -84,7 +110,7 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             ) from None
         terms = terms_from_pb(request.terms)
         cert = signatures_from_pb(request.certificate) if request.HasField("certificate") else None
-        async with self._locks[(int(action), terms.transfer_id)]:
+        async with self._locks.hold((int(action), terms.transfer_id)):
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(Unavailable),
                 stop=stop_after_attempt(self._attempts),
@@ -97,7 +123,6 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             "step applied" if not outcome.already_applied else "step already applied",
             **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},
         )
-        self._locks.pop((int(action), terms.transfer_id), None)
         return relayer_pb2.SubmitResponse(
             tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
         )

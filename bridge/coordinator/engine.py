@@ -22,6 +22,7 @@ from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
     BridgeError,
     Conflict,
+    InvalidInput,
     LedgerRejected,
     NotFound,
     PreconditionFailed,
@@ -286,17 +287,24 @@ class Coordinator:
                 self._notify(event.transfer_id)
                 self._spawn(event.transfer_id)
             return
+        if terms.transfer_id != event.transfer_id or terms.terms_hash != event.terms_hash:
+            self._log.error("event terms do not hash to its ids; ignored", **{LEDGER: ledger})
+            return
         dst = self._ledger_by_word.get(terms.dst_ledger)
         if dst is None or terms.src_ledger != self._domains[ledger].ledger_word:
             self._log.warning("ignoring lock towards an unknown ledger", **{LEDGER: ledger})
             return
+        try:
+            recipient = codec_for(self._network.ledgers[dst].kind).format(terms.recipient)
+        except InvalidInput:
+            recipient = "0x" + terms.recipient.hex()  # the target will reject it; show it raw
         request = TransferRequest(
             idempotency_key=f"onchain:0x{event.transfer_id.hex()}",
             security=SecurityId.from_word(terms.security).isin,
             source_ledger=ledger,
             target_ledger=dst,
             sender=codec_for(self._network.ledgers[ledger].kind).format(terms.sender),
-            recipient="0x" + terms.recipient.hex(),
+            recipient=recipient,
             amount=terms.amount,
         )
         now = time.time()

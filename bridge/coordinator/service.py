@@ -102,7 +102,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             after = int(request.page_token) if request.page_token else 0
         except ValueError:
             raise InvalidInput("page_token is not a token this server issued") from None
-        state = TransferState(request.state) if request.state else None
+        try:
+            state = TransferState(request.state) if request.state else None
+        except ValueError:
+            raise InvalidInput(f"unknown state filter {request.state}") from None
         records, cursor = await self._store.list_transfers(
             state, request.security_id or None, size, after
         )

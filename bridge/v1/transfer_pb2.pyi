@@ -77,7 +77,7 @@ class SubmitTransferRequest(_message.Message):
     RECIPIENT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Client-chosen, unique per request (1-128 printable ASCII characters)."""
+    """Client-chosen, unique per request: 1-128 printable ASCII characters, no spaces."""
     security_id: _builtins.str
     """ISIN, e.g. KR7005930003."""
     source_ledger: _builtins.str

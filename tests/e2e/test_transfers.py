@@ -237,6 +237,13 @@ def test_unknown_and_malformed_transfer_ids(stub) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         stub.ListTransfers(S.ListTransfersRequest(page_size=501), timeout=10)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ListTransfers(S.ListTransfersRequest(state=99), timeout=10)  # type: ignore[arg-type]
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "state filter" in exc.value.details()
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ListTransfers(S.ListTransfersRequest(page_token="not-a-token"), timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_every_server_has_health_and_reflection(system: LocalSystem) -> None:

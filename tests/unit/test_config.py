@@ -47,6 +47,7 @@ def network_data(**committee: Any) -> dict[str, Any]:
                 "kind": "evm",
                 "rpc_url": "http://127.0.0.1:8546",
                 "bridge": "0x2222222222222222222222222222222222222222",
+                "chain_id": 31338,
             },
         ],
     }
@@ -77,7 +78,7 @@ def test_load_network_happy_path(tmp_path: Path) -> None:
     )
     assert a.bridge == "0x1111111111111111111111111111111111111111"
     b = net.ledger("brokerage-b")
-    assert (b.chain_id, b.finality_depth, b.block_interval) == (0, 0, 1.0)  # defaults
+    assert (b.chain_id, b.finality_depth, b.block_interval) == (31338, 0, 1.0)  # defaults
     assert dict(net.securities) == {
         "KR7005930003": SecurityId("KR7005930003"),
         "US0378331005": SecurityId("US0378331005"),
@@ -179,13 +180,16 @@ def test_daemon_files_resolve_relative_paths(tmp_path: Path) -> None:
                 "listen": "127.0.0.1:7000",
                 "database": "state/coordinator.sqlite",
                 "verifiers": ["127.0.0.1:7101", "127.0.0.1:7102"],
-                "relayers": {"brokerage-a": "127.0.0.1:7201"},
+                "relayers": {"brokerage-a": "127.0.0.1:7201", "brokerage-b": "127.0.0.1:7202"},
             },
         )
     )
     assert coord.database == tmp_path / "state" / "coordinator.sqlite"
     assert coord.verifiers == ("127.0.0.1:7101", "127.0.0.1:7102")
-    assert dict(coord.relayers) == {"brokerage-a": "127.0.0.1:7201"}
+    assert dict(coord.relayers) == {
+        "brokerage-a": "127.0.0.1:7201",
+        "brokerage-b": "127.0.0.1:7202",
+    }
     assert (coord.transfer_ttl, coord.rpc_timeout) == (300, 30.0)
 
     relayer = load_relayer(
@@ -251,6 +255,33 @@ def test_coordinator_relayer_for_unknown_ledger(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidInput, match="relayer for unknown ledger 'brokerage-z'"):
         load_coordinator(path)
+
+
+def test_coordinator_needs_a_relayer_for_every_ledger(tmp_path: Path) -> None:
+    write(tmp_path / "network.toml", network_data())
+    path = write(
+        tmp_path / "c.toml",
+        {
+            "network": "network.toml",
+            "listen": "x",
+            "database": "d",
+            "verifiers": [],
+            "relayers": {"brokerage-a": "127.0.0.1:1"},
+        },
+    )
+    with pytest.raises(InvalidInput, match="no relayer configured for ledger 'brokerage-b'"):
+        load_coordinator(path)
+
+
+@pytest.mark.parametrize("chain_id", [None, 0, -1])
+def test_evm_ledger_needs_a_chain_id(tmp_path: Path, chain_id: int | None) -> None:
+    data = network_data()
+    if chain_id is None:
+        del data["ledgers"][1]["chain_id"]
+    else:
+        data["ledgers"][1]["chain_id"] = chain_id
+    with pytest.raises(InvalidInput, match="brokerage-b: an EVM ledger needs its chain_id"):
+        load_network(write(tmp_path / "network.toml", data))
 
 
 # -- dump_toml -----------------------------------------------------------------------------

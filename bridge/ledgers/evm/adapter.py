@@ -85,7 +85,12 @@ class EvmAdapter:
 
     def __init__(self, config: LedgerConfig, private_key: bytes | None = None) -> None:
         self._cfg = config
-        self._w3 = AsyncWeb3(AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10}))
+        self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
+        # No default middleware: every transaction field is set explicitly, results are
+        # read by key, and web3's validation middleware would add two eth_chainId calls
+        # to every eth_call (the chain id is configuration here).
+        self._w3 = AsyncWeb3(self._provider, middleware=[])
+        self._session: aiohttp.ClientSession | None = None
         self._bridge_address = word_to_evm_address(evm_address_word(config.bridge))
         self._bridge = self._w3.eth.contract(
             address=ChecksumAddress(HexAddress(HexStr(self._bridge_address))),
@@ -129,6 +134,13 @@ class EvmAdapter:
 
     # -- reads ---------------------------------------------------------------------------
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self._session is None:
+            # One keep-alive connection pool per adapter (web3's default closes each one).
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32, limit_per_host=32),
+                timeout=aiohttp.ClientTimeout(total=10),
+            )
+            await self._provider.cache_async_session(self._session)
         try:
             return await call()
         except Exception as exc:
@@ -272,7 +284,9 @@ class EvmAdapter:
         if current.state in done:
             if current.terms_hash != terms.terms_hash:
                 raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
-            return TxOutcome(tx_id="", height=current.height, already_applied=True)
+            # Applied, perhaps by an earlier attempt: report it only once it is final.
+            final = await self._await_leg_final(terms.transfer_id, leg, done)
+            return TxOutcome(tx_id="", height=final, already_applied=True)
         if action is not Action.LOCK and certificate is None:
             raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
         args: list[Any] = [terms.as_abi_tuple()]
@@ -282,6 +296,18 @@ class EvmAdapter:
         tx_hash = await self._send(fn)
         height = await self._await_final(tx_hash)
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _await_leg_final(
+        self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        while loop.time() < give_up:
+            status = await self.get_leg(transfer_id, leg)
+            if status.state in done:
+                return status.height
+            await asyncio.sleep(self._poll)
+        raise Unavailable(f"step on {self.ledger} not final after {limit_s:.0f}s")
 
     async def _latest(self) -> int:
         return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
@@ -358,7 +384,9 @@ class EvmAdapter:
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        await self._w3.provider.disconnect()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 _TERMS_KEYS = (

@@ -9,7 +9,7 @@ interface IBridgeEndpoint {
     /// Outbound (source) leg: None -> Locked -> Burned | Released.
     enum OutState { None, Locked, Burned, Released }
     /// Inbound (target) leg: None -> Prepared | Rejected | Expired; Prepared -> Minted | Aborted;
-    /// Rejected | Expired -> Aborted.
+    /// Rejected | Expired | None -> Aborted (None -> Aborted is a tombstone blocking a late prepare).
     enum InState { None, Prepared, Rejected, Expired, Minted, Aborted }
 
     /// Why a target refused to prepare (0 = none).

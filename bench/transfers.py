@@ -1,0 +1,755 @@
+"""Open-loop load benchmark of cross-ledger transfers through the coordinator's gRPC API.
+
+The script starts its own :class:`~bridge.devnet.system.LocalSystem` (two anvil ledgers,
+a 3-of-4 verifier committee, one relayer per ledger and the coordinator, all as real
+processes) under ``.run/bench/``, creates ``--holders`` holders that are eligible on both
+ledgers and hold units on both, and then offers ``--transfers`` transfers at ``--rate``
+per second. Submissions are open-loop: transfer ``i`` is submitted at ``i / rate`` seconds
+whether or not earlier transfers have finished, so a slow bridge shows up as growing
+latency, not as a lower offered load.
+
+What is measured, per transfer (grpc.aio client, one WatchTransfer stream per transfer):
+
+- end-to-end latency: from the SubmitTransfer call until the terminal update
+  (COMMITTED) arrives on the watch stream, by the client's monotonic clock;
+- the time of every state (SUBMITTED, SOURCE_LOCKED, TARGET_PREPARED, COMMITTING,
+  COMMITTED), taken from the coordinator's ``at`` timestamps (same host clock), which
+  gives the phase breakdown without the delay of the watch stream itself.
+
+Reported: counts per outcome, latency percentiles in seconds and in block intervals,
+the goal check "p50 <= 3 block intervals + 0.5 s", the achieved submission rate, the
+sustained throughput, the p50 of each phase, the CPU used by every process while the load
+ran (``--cpu``, from ``/proc/<pid>/stat``) and a conservation check: total supply over
+both ledgers equals what was issued, escrow is empty and every holder's balance matches
+the committed transfers. Every wait is bounded and everything is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from eth_account import Account
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+from web3.types import Nonce, TxParams
+
+from bridge.cli.main import STATE_NAMES
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.processes import REPO_ROOT
+from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
+from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+
+if TYPE_CHECKING:
+    from bridge.v1.transfer_pb2_grpc import TransferServiceAsyncStub
+
+LEDGER_A, LEDGER_B = "brokerage-a", "brokerage-b"
+UNITS_PER_HOLDER = 1_000_000  # issued to every holder on each ledger
+SETUP_GAS = 300_000  # explicit, so a batch can be sent before its predecessors are mined
+RECEIPT_TIMEOUT = 60.0
+SUBMIT_TIMEOUT = 30.0
+LOAD_MARGIN = 30.0  # the whole load phase ends by N / rate + --timeout + this
+PHASES = (
+    ("SUBMITTED", "SOURCE_LOCKED"),
+    ("SOURCE_LOCKED", "TARGET_PREPARED"),
+    ("TARGET_PREPARED", "COMMITTING"),
+    ("COMMITTING", "COMMITTED"),
+)
+TERMINAL = frozenset({"COMMITTED", "ABORTED", "FAILED"})
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- configuration and results ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """Command-line options."""
+
+    transfers: int
+    rate: float
+    block_time: float
+    timeout: float
+    directions: str
+    holders: int
+    settle: float
+    cpu: bool
+    baseline: float
+    json_path: Path | None
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """One planned transfer: when (seconds after the start) and what."""
+
+    index: int
+    at: float
+    source: str
+    target: str
+    sender: str
+    recipient: str
+    amount: int
+
+
+@dataclass
+class TransferResult:
+    """What the client saw of one transfer; times are seconds after its SubmitTransfer call."""
+
+    spec: TransferSpec
+    outcome: str = "pending"  # committed | aborted | failed | timed-out | error
+    transfer_id: str = ""
+    submit_start: float = 0.0  # monotonic, seconds after the load started
+    submit_rpc: float | None = None  # SubmitTransfer round trip
+    end_to_end: float | None = None  # terminal update observed on the watch stream
+    state_at: dict[str, float] = field(default_factory=dict)  # coordinator timestamps
+    final_state: str = ""  # after the settle phase, for the balance check
+    error: str = ""
+
+
+# -- machine ---------------------------------------------------------------------------------
+def machine_note() -> dict[str, Any]:
+    """CPU count, model and Python version of this host."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# -- system setup ----------------------------------------------------------------------------
+def _send_batch(w3: Web3, private_key: bytes, calls: Sequence[ContractFunction]) -> None:
+    """Send ``calls`` with consecutive nonces at once, then wait for every receipt.
+
+    With anvil's FIFO ordering they are mined in nonce order, so an ``issue`` may follow the
+    ``setEligible`` it depends on in the same block.
+    """
+    sender = Account.from_key(private_key)
+    nonce = w3.eth.get_transaction_count(sender.address, "pending")
+    chain_id = w3.eth.chain_id
+    hashes = []
+    for offset, call in enumerate(calls):
+        params: TxParams = {
+            "from": sender.address,
+            "nonce": Nonce(nonce + offset),
+            "gas": SETUP_GAS,
+            "chainId": chain_id,
+        }
+        tx = call.build_transaction(params)
+        hashes.append(w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction))
+    for tx_hash in hashes:
+        receipt = w3.eth.wait_for_transaction_receipt(
+            tx_hash, timeout=RECEIPT_TIMEOUT, poll_latency=0.05
+        )
+        if receipt["status"] != 1:
+            raise RuntimeError(f"setup transaction 0x{bytes(tx_hash).hex()} reverted")
+
+
+def fund_holders(ledger: LedgerHandle, holders: Sequence[DevAccount], units: int) -> None:
+    """Make every holder eligible on ``ledger`` and issue it ``units``."""
+    token = ledger.tokens[DEMO_ISIN]
+    calls: list[ContractFunction] = []
+    for h in holders:
+        address = Web3.to_checksum_address(h.address)
+        calls += [token.functions.setEligible(address, True), token.functions.issue(address, units)]
+    _send_batch(ledger.w3, ledger.admin.private_key, calls)
+
+
+def start_system(system: LocalSystem, opts: Options) -> list[DevAccount]:
+    """Start ledgers and bridge processes; returns the funded holders.
+
+    The caller must call ``system.stop()`` even when this raises.
+    """
+    _say(f"starting ledgers ({system.block_time:g} s blocks) under {system.workdir} ...")
+    system.start_ledgers()
+    holders = [DevAccount.generate() for _ in range(opts.holders)]
+    for ledger in system.ledgers.values():
+        fund_holders(ledger, holders, UNITS_PER_HOLDER)
+    _say(f"  {len(holders)} holders eligible on both ledgers, {UNITS_PER_HOLDER} units each")
+    system.write_configs()
+    system.start_bridge()
+    system.wait_processes_alive(timeout=2.0)
+    _say(f"  4 verifiers (t=3), 2 relayers and the coordinator on {system.coordinator_target}")
+    return holders
+
+
+def plan(opts: Options, holders: Sequence[DevAccount]) -> list[TransferSpec]:
+    """The offered load: evenly spaced, alternating directions, rotating holders."""
+    specs = []
+    for i in range(opts.transfers):
+        forward = opts.directions == "a2b" or i % 2 == 0
+        source, target = (LEDGER_A, LEDGER_B) if forward else (LEDGER_B, LEDGER_A)
+        sender = holders[(i // 2) % len(holders)]
+        recipient = holders[(i // 2 + 1) % len(holders)]
+        specs.append(
+            TransferSpec(
+                i, i / opts.rate, source, target, sender.address, recipient.address, 1 + i % 5
+            )
+        )
+    return specs
+
+
+# -- CPU sampling ----------------------------------------------------------------------------
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _host_cpu() -> tuple[float, float, float]:
+    """(busy, iowait, total) jiffies of the whole host, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle, iowait, total = values[3], values[4], sum(values[:8])
+    return total - idle - iowait, iowait, total
+
+
+def process_pids(system: LocalSystem) -> dict[str, int]:
+    """Every process of the run by name, this benchmark client included."""
+    pids = {name: proc.pid for name, proc in system.processes.items()}
+    for name, ledger in system.ledgers.items():
+        if ledger.node.process is not None:
+            pids[f"anvil-{name}"] = ledger.node.process.pid
+    pids["bench-client"] = os.getpid()
+    return pids
+
+
+Sample = tuple[float, dict[str, float], tuple[float, float, float]]
+
+
+def _rates(a: Sample, b: Sample, name: str) -> float | None:
+    """% of one core ``name`` used between two samples."""
+    if name not in a[1] or name not in b[1] or b[0] <= a[0]:
+        return None
+    return (b[1][name] - a[1][name]) / (b[0] - a[0]) * 100
+
+
+@dataclass
+class CpuSampler:
+    """Samples per-process and host CPU: an idle baseline, then once per ``interval``."""
+
+    pids: dict[str, int]
+    interval: float = 1.0
+    idle: tuple[Sample, Sample] | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+    def snapshot(self) -> Sample:
+        """CPU-seconds of every process and host jiffies, now."""
+        procs = {n: s for n, p in self.pids.items() if (s := _proc_cpu_seconds(p)) is not None}
+        return time.monotonic(), procs, _host_cpu()
+
+    async def baseline(self, seconds: float) -> None:
+        """Measure what the idle system uses (pollers, block production)."""
+        first = self.snapshot()
+        await asyncio.sleep(seconds)
+        self.idle = (first, self.snapshot())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample until ``stop`` is set (and once more at the end)."""
+        self.samples.append(self.snapshot())
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+            self.samples.append(self.snapshot())
+
+    def _row(self, name: str, wall: float, committed: int) -> dict[str, float] | None:
+        first, last = self.samples[0], self.samples[-1]
+        if name not in first[1] or name not in last[1]:
+            return None
+        used = last[1][name] - first[1][name]
+        pairs = zip(self.samples, self.samples[1:], strict=False)
+        peaks = [r for a, b in pairs if (r := _rates(a, b, name)) is not None]
+        idle = _rates(*self.idle, name) if self.idle else None
+        return {
+            "cpu_s": used,
+            "avg_pct": used / wall * 100,
+            "peak_pct": max(peaks, default=0.0),
+            "idle_pct": idle if idle is not None else float("nan"),
+            "cpu_ms_per_commit": used / committed * 1000 if committed else float("nan"),
+        }
+
+    def table(self, committed: int) -> dict[str, Any]:
+        """Per process: CPU-s, avg/peak/idle % of one core, CPU per committed transfer;
+        the host's busy share, other processes' CPU, and a CPU-bound capacity estimate."""
+        if len(self.samples) < 2:
+            return {}
+        (t0, _, h0), (t1, _, h1) = self.samples[0], self.samples[-1]
+        wall = t1 - t0
+        rows = {n: r for n in self.pids if (r := self._row(n, wall, committed)) is not None}
+        total = max(1.0, h1[2] - h0[2])
+        host_busy_s = (h1[0] - h0[0]) / _CLK_TCK
+        bridge_s = sum(r["cpu_s"] for n, r in rows.items() if n != "bench-client")
+        ours_s = sum(r["cpu_s"] for r in rows.values())
+        pairs = zip(self.samples, self.samples[1:], strict=False)
+        busy = [(b[2][0] - a[2][0]) / max(1.0, b[2][2] - a[2][2]) * 100 for a, b in pairs]
+        cores = len(os.sched_getaffinity(0))
+        return {
+            "window_s": wall,
+            "processes": dict(sorted(rows.items(), key=lambda kv: -kv[1]["cpu_s"])),
+            "bridge_cpu_s": bridge_s,
+            "other_processes_cpu_s": max(0.0, host_busy_s - ours_s),
+            "host_busy_pct": (h1[0] - h0[0]) / total * 100,
+            "host_iowait_pct": (h1[1] - h0[1]) / total * 100,
+            "host_intervals_ge_95pct": sum(b >= 95 for b in busy) / max(1, len(busy)),
+            "capacity_per_s": cores * committed / bridge_s if bridge_s and committed else None,
+            "cores": cores,
+        }
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def rpc_counts(log: Path, offset: int) -> Counter[str]:
+    """JSON-RPC methods anvil logged after byte ``offset`` (one method name per line)."""
+    with contextlib.suppress(OSError), log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+        return Counter(
+            line for line in text.splitlines() if line.startswith(("eth_", "anvil_", "net_"))
+        )
+    return Counter()
+
+
+def anvil_logs(system: LocalSystem) -> dict[str, Path]:
+    """Each ledger's anvil log, where anvil prints every JSON-RPC method it serves."""
+    return {
+        name: h.node.process.log_path
+        for name, h in system.ledgers.items()
+        if h.node.process is not None
+    }
+
+
+# -- load ------------------------------------------------------------------------------------
+def _request(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
+    return transfer_pb2.SubmitTransferRequest(
+        idempotency_key=f"bench-{uuid.uuid4()}",
+        security_id=DEMO_ISIN,
+        source_ledger=spec.source,
+        target_ledger=spec.target,
+        sender=spec.sender,
+        recipient=spec.recipient,
+        amount=str(spec.amount),
+    )
+
+
+async def _submit_and_watch(
+    stub: TransferServiceAsyncStub, result: TransferResult, deadline: float
+) -> None:
+    """SubmitTransfer, then follow its WatchTransfer stream to a terminal state."""
+    loop = asyncio.get_running_loop()
+    start, wall = loop.time(), time.time()
+    response = await stub.SubmitTransfer(
+        _request(result.spec), timeout=min(SUBMIT_TIMEOUT, deadline - start)
+    )
+    result.submit_rpc = loop.time() - start
+    result.transfer_id = response.transfer.transfer_id
+    watch = stub.WatchTransfer(
+        transfer_pb2.WatchTransferRequest(transfer_id=result.transfer_id),
+        timeout=max(0.1, deadline - loop.time()),
+    )
+    async for update in watch:  # the server ends the stream after the terminal update
+        name = STATE_NAMES.get(update.state, str(update.state))
+        result.state_at[name] = update.at.ToNanoseconds() / 1e9 - wall
+        if name in TERMINAL:
+            result.end_to_end = loop.time() - start
+            result.outcome = "committed" if name == "COMMITTED" else name.lower()
+            result.final_state = name
+    if not result.final_state:
+        result.outcome, result.error = "error", "watch stream ended before a terminal state"
+
+
+async def run_one(
+    stub: TransferServiceAsyncStub, spec: TransferSpec, t0: float, budget: float
+) -> TransferResult:
+    """Wait for the spec's slot, then run it within ``budget`` seconds; never raises."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, t0 + spec.at - loop.time()))
+    result = TransferResult(spec, submit_start=loop.time() - t0)
+    deadline = loop.time() + budget
+    try:
+        async with asyncio.timeout_at(deadline):
+            await _submit_and_watch(stub, result, deadline)
+    except TimeoutError:
+        result.outcome = "timed-out"
+    except grpc.aio.AioRpcError as exc:
+        timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        result.outcome = "timed-out" if timed_out else "error"
+        result.error = f"{exc.code().name}: {exc.details()}"
+    return result
+
+
+async def run_load(
+    target: str, specs: Sequence[TransferSpec], opts: Options, sampler: CpuSampler | None
+) -> tuple[list[TransferResult], float]:
+    """Offer every spec on schedule; returns the results and the load start (monotonic)."""
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        sampling = asyncio.create_task(sampler.run(stop)) if sampler else None
+        t0 = asyncio.get_running_loop().time()
+        bound = (specs[-1].at if specs else 0.0) + opts.timeout + LOAD_MARGIN
+        try:
+            async with asyncio.timeout(bound):
+                results = await asyncio.gather(*(run_one(stub, s, t0, opts.timeout) for s in specs))
+        finally:
+            stop.set()
+            if sampling is not None:
+                await sampling
+    return list(results), t0
+
+
+async def settle(target: str, results: Sequence[TransferResult], limit: float) -> None:
+    """Poll transfers that were not seen terminal until they are, for up to ``limit`` s."""
+    pending = [r for r in results if r.transfer_id and not r.final_state]
+    if not pending:
+        return
+    _say(f"settling {len(pending)} transfers not seen terminal (up to {limit:g} s) ...")
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + limit
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        while pending and loop.time() < give_up:
+            for r in pending:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    t = await stub.GetTransfer(
+                        transfer_pb2.GetTransferRequest(transfer_id=r.transfer_id), timeout=5
+                    )
+                    if STATE_NAMES.get(t.state) in TERMINAL:
+                        r.final_state = STATE_NAMES[t.state]
+            pending = [r for r in pending if not r.final_state]
+            if pending:
+                await asyncio.sleep(1.0)
+
+
+# -- conservation ----------------------------------------------------------------------------
+def expected_balances(
+    holders: Sequence[DevAccount], results: Sequence[TransferResult]
+) -> dict[tuple[str, str], int]:
+    """Each (ledger, holder) balance implied by the committed transfers."""
+    expected = {(ledger, h.address): UNITS_PER_HOLDER for ledger in (LEDGER_A, LEDGER_B)
+                for h in holders}  # fmt: skip
+    for r in results:
+        if r.final_state == "COMMITTED":
+            s = r.spec
+            expected[(s.source, s.sender)] -= s.amount
+            expected[(s.target, s.recipient)] += s.amount
+    return expected
+
+
+def conservation(
+    system: LocalSystem, holders: Sequence[DevAccount], results: Sequence[TransferResult]
+) -> dict[str, Any]:
+    """Supply over both ledgers vs issued, escrow per ledger, holders' balances."""
+    issued = UNITS_PER_HOLDER * len(holders) * len(system.ledgers)
+    supply = {n: h.total_supply(DEMO_ISIN) for n, h in system.ledgers.items()}
+    escrow = {n: h.escrowed(DEMO_ISIN) for n, h in system.ledgers.items()}
+    mismatched = [
+        f"{ledger}:{holder} has {got}, expected {want}"
+        for (ledger, holder), want in expected_balances(holders, results).items()
+        if (got := system.ledgers[ledger].balance(DEMO_ISIN, holder)) != want
+    ]
+    unsettled = sum(1 for r in results if r.transfer_id and not r.final_state)
+    ok = sum(supply.values()) == issued and not any(escrow.values()) and not mismatched
+    return {
+        "issued": issued,
+        "supply": supply,
+        "total_supply": sum(supply.values()),
+        "escrow": escrow,
+        "balance_mismatches": mismatched,
+        "unsettled_transfers": unsettled,
+        "ok": ok,
+    }
+
+
+# -- statistics ------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _phase_p50(committed: Sequence[TransferResult]) -> dict[str, float]:
+    phases: dict[str, list[float]] = {"submit call -> SUBMITTED": []}
+    for r in committed:
+        if "SUBMITTED" in r.state_at:
+            phases["submit call -> SUBMITTED"].append(r.state_at["SUBMITTED"])
+        for a, b in PHASES:
+            if a in r.state_at and b in r.state_at:
+                phases.setdefault(f"{a} -> {b}", []).append(r.state_at[b] - r.state_at[a])
+        if r.end_to_end is not None and "COMMITTED" in r.state_at:
+            phases.setdefault("COMMITTED -> seen by watch", []).append(
+                r.end_to_end - r.state_at["COMMITTED"]
+            )
+    return {k: statistics.median(v) for k, v in phases.items() if v}
+
+
+def summarize(results: Sequence[TransferResult], opts: Options) -> dict[str, Any]:
+    """Counts, latency percentiles, goal check, rates and phase breakdown."""
+    counts = {k: 0 for k in ("committed", "aborted", "failed", "timed-out", "error")}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    committed = [r for r in results if r.outcome == "committed"]
+    e2e = [r.end_to_end for r in committed if r.end_to_end is not None]
+    latency = {f"p{q}": percentile(e2e, q) for q in (50, 95, 99)}
+    latency["max"] = max(e2e, default=float("nan"))
+    starts = [r.submit_start for r in results]
+    span = max(starts) - min(starts) if starts else 0.0
+    finishes = [r.submit_start + (r.end_to_end or 0.0) for r in committed]
+    busy = (max(finishes) - min(starts)) if finishes else 0.0
+    goal = 3 * opts.block_time + 0.5
+    return {
+        "counts": counts,
+        "latency_s": latency,
+        "latency_blocks": {k: v / opts.block_time for k, v in latency.items()},
+        "goal_s": goal,
+        "goal_ratio": latency["p50"] / goal,
+        "goal_met": latency["p50"] <= goal,
+        "submit_rpc_p50_s": percentile([r.submit_rpc for r in results if r.submit_rpc], 50),
+        "submit_rpc_p99_s": percentile([r.submit_rpc for r in results if r.submit_rpc], 99),
+        "achieved_submit_rate": (len(starts) - 1) / span if span > 0 else float("nan"),
+        "throughput_per_s": len(committed) / busy if busy > 0 else float("nan"),
+        "phase_p50_s": _phase_p50(committed),
+        "errors": sorted({r.error for r in results if r.error})[:10],
+    }
+
+
+# -- output ----------------------------------------------------------------------------------
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _lines_summary(s: dict[str, Any], block_time: float) -> Iterator[str]:
+    c = s["counts"]
+    yield (
+        f"outcomes: committed={c['committed']} aborted={c['aborted']} failed={c['failed']}"
+        f" timed-out={c['timed-out']} error={c['error']}"
+    )
+    for e in s["errors"]:
+        yield f"  error: {e}"
+    lat, blk = s["latency_s"], s["latency_blocks"]
+    yield "end-to-end latency (committed):   p50      p95      p99      max"
+    yield "  seconds        " + "".join(f"{lat[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
+    yield "  block intervals" + "".join(f"{blk[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
+    verdict = "MET" if s["goal_met"] else "MISSED"
+    yield (
+        f"goal p50 <= 3 blocks + 0.5 s = {s['goal_s']:.2f} s: p50 {lat['p50']:.2f} s,"
+        f" ratio {s['goal_ratio']:.2f} -> {verdict}"
+    )
+    yield (
+        f"SubmitTransfer rpc: p50 {s['submit_rpc_p50_s']:.3f} s, p99 {s['submit_rpc_p99_s']:.3f} s"
+    )
+    yield f"achieved submission rate: {s['achieved_submit_rate']:.2f} /s"
+    yield f"sustained throughput: {s['throughput_per_s']:.2f} committed/s"
+    yield "phase breakdown (p50, committed transfers):"
+    for name, v in s["phase_p50_s"].items():
+        yield f"  {name:<36} {v:7.2f} s  {v / block_time:6.2f} blocks"
+
+
+def _lines_cpu(cpu: dict[str, Any]) -> Iterator[str]:
+    yield f"CPU while the load ran ({cpu['window_s']:.1f} s window; 100% = one core):"
+    yield (
+        f"  {'process':<22} {'cpu-s':>8} {'avg %':>7} {'peak %':>7} {'idle %':>7} {'ms/commit':>10}"
+    )
+    for name, r in cpu["processes"].items():
+        yield (
+            f"  {name:<22} {r['cpu_s']:8.2f} {r['avg_pct']:7.1f} {r['peak_pct']:7.1f}"
+            f" {r['idle_pct']:7.1f} {r['cpu_ms_per_commit']:10.1f}"
+        )
+    yield f"  {'other host processes':<22} {cpu['other_processes_cpu_s']:8.2f}"
+    yield (
+        f"  host: busy {cpu['host_busy_pct']:.1f}% of all cores, iowait"
+        f" {cpu['host_iowait_pct']:.1f}%, {cpu['host_intervals_ge_95pct']:.0%} of 1 s"
+        " intervals >= 95% busy"
+    )
+    if cpu["capacity_per_s"] is not None:
+        yield (
+            f"  bridge processes used {cpu['bridge_cpu_s']:.1f} CPU-s: CPU-bound capacity"
+            f" on {cpu['cores']} cores ~ {cpu['capacity_per_s']:.1f} transfers/s"
+        )
+
+
+def _lines_rpc(rpc: dict[str, dict[str, int]], committed: int) -> Iterator[str]:
+    yield "anvil JSON-RPC requests served during the load (per committed transfer):"
+    for ledger, counts in rpc.items():
+        total = sum(counts.values())
+        top = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+        per = f"{total / committed:.1f}" if committed else "-"
+        yield f"  {ledger:<12} {total:7d} ({per}/transfer): {top}"
+
+
+def _lines_conservation(c: dict[str, Any]) -> Iterator[str]:
+    supply = ", ".join(f"{n}={v}" for n, v in c["supply"].items())
+    escrow = ", ".join(f"{n}={v}" for n, v in c["escrow"].items())
+    yield (
+        f"conservation: issued {c['issued']}, total supply {c['total_supply']} ({supply});"
+        f" escrow {escrow}; balance mismatches {len(c['balance_mismatches'])};"
+        f" unsettled {c['unsettled_transfers']} -> {'OK' if c['ok'] else 'VIOLATED'}"
+    )
+    for m in c["balance_mismatches"][:10]:
+        yield f"  {m}"
+
+
+def report(
+    machine: dict[str, Any],
+    opts: Options,
+    summary: dict[str, Any],
+    m: Measurement,
+    cons: dict[str, Any],
+) -> None:
+    """Print everything."""
+    _say()
+    _say(f"machine: {machine['nproc']} cpus ({machine['cpu_model']}), python {machine['python']}")
+    _say(
+        f"config: {opts.transfers} transfers at {opts.rate:g}/s offered (open loop),"
+        f" directions={opts.directions}, {opts.holders} holders, block time"
+        f" {opts.block_time:g} s, per-transfer timeout {opts.timeout:g} s"
+    )
+    for line in _lines_summary(summary, opts.block_time):
+        _say(line)
+    if m.cpu:
+        for line in _lines_cpu(m.cpu):
+            _say(line)
+    for line in _lines_rpc(m.rpc, summary["counts"]["committed"]):
+        _say(line)
+    for line in _lines_conservation(cons):
+        _say(line)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON (NaN written as null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and v != v:  # NaN
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(payload), indent=2, default=str) + "\n")
+    _say(f"results written to {path}")
+
+
+# -- main ------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--transfers", type=int, default=40, help="transfers to offer (default 40)")
+    p.add_argument("--rate", type=float, default=2.0, help="offered transfers/s (default 2)")
+    p.add_argument("--block-time", type=float, default=1.0, help="anvil block time s (1.0)")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-transfer timeout s (120)")
+    p.add_argument("--directions", choices=("both", "a2b"), default="both")
+    p.add_argument("--holders", type=int, default=8, help="holders on both ledgers (8)")
+    p.add_argument("--settle", type=float, default=60.0, help="max s to let stragglers finish")
+    p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample per-process CPU (default on)")  # fmt: skip
+    p.add_argument("--baseline", type=float, default=3.0, help="idle CPU sample s before load")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    a = p.parse_args(argv)
+    if a.transfers < 1 or a.rate <= 0 or a.block_time <= 0 or a.timeout <= 0 or a.holders < 2:
+        p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
+    return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, a.holders,
+                   a.settle, a.cpu, a.baseline, a.json)  # fmt: skip
+
+
+@dataclass
+class Measurement:
+    """Everything one run produced."""
+
+    results: list[TransferResult]
+    cpu: dict[str, Any] | None
+    rpc: dict[str, dict[str, int]]
+
+
+async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
+    """Run the load (with the CPU sampler and RPC counting), then let stragglers settle."""
+    sampler = CpuSampler(process_pids(system)) if opts.cpu else None
+    if sampler is not None and opts.baseline > 0:
+        _say(f"measuring the idle system's CPU for {opts.baseline:g} s ...")
+        await sampler.baseline(opts.baseline)
+    logs = anvil_logs(system)
+    offsets = {name: _log_size(path) for name, path in logs.items()}
+    specs = plan(opts, holders)
+    _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
+    results, _ = await run_load(system.coordinator_target, specs, opts, sampler)
+    rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
+    await settle(system.coordinator_target, results, opts.settle)
+    committed = sum(r.outcome == "committed" for r in results)
+    return Measurement(results, sampler.table(committed) if sampler else None, rpc)
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code (0 unless setup or the run failed)."""
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    root = REPO_ROOT / ".run" / "bench"
+    workdir = root / time.strftime("run-%Y%m%d-%H%M%S")
+    system = LocalSystem(workdir, block_time=opts.block_time)
+    try:
+        holders = start_system(system, opts)
+        m = asyncio.run(measure(system, holders, opts))
+        system.wait_processes_alive(timeout=1.0)
+        cons = conservation(system, holders, m.results)
+        summary = summarize(m.results, opts)
+        machine = machine_note()
+        report(machine, opts, summary, m, cons)
+        if opts.json_path is not None:
+            payload = {"machine": machine, "config": asdict(opts), "summary": summary,
+                       "cpu": m.cpu, "anvil_rpc": m.rpc, "conservation": cons,
+                       "transfers": [asdict(r) for r in m.results]}  # fmt: skip
+            write_json(opts.json_path, payload)
+        return 0
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:
+        _say(f"benchmark failed: {type(exc).__name__}: {exc}")
+        for proc in system.processes.values():
+            if not proc.alive():
+                _say(f"--- {proc.name} exited; last log lines:\n{proc.tail()}")
+        return 1
+    finally:
+        _say(f"stopping the system (logs kept in {workdir}) ...")
+        system.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
