@@ -11,7 +11,9 @@ setup: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	@# The lock pins every transitive dependency, so it is installed without resolution:
+	@# hyperledger-fabric-protos declares protobuf<6 but its gencode runs on our protobuf 7.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	@touch $@
 
