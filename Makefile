@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup demo test test-unit test-integration test-e2e lint format typecheck proto contracts bench clean
+.PHONY: setup fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -21,20 +21,27 @@ $(NODE_STAMP): contracts/evm/package.json contracts/evm/package-lock.json
 	cd contracts/evm && npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Native Hyperledger Fabric binaries, built with the Go toolchain into .cache/fabric/<version>.
+fabric:
+	bash deploy/fabric/build.sh
+
 demo: setup
 	$(BIN)/python -m bridge.demo
 
-test: setup
+test: setup fabric
 	$(BIN)/python -m pytest
 
 test-unit: setup
 	$(BIN)/python -m pytest -m unit
 
-test-integration: setup
+test-integration: setup fabric
 	$(BIN)/python -m pytest -m integration
 
 test-e2e: setup
 	$(BIN)/python -m pytest -m e2e
+
+test-fabric: setup fabric
+	$(BIN)/python -m pytest -m fabric
 
 lint: setup
 	$(BIN)/ruff check .

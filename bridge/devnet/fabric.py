@@ -1,0 +1,860 @@
+"""A native Hyperledger Fabric network (no Docker) for tests and the demo.
+
+One etcdraft orderer (``OrdererMSP``) and two peer orgs (``Org1MSP``, ``Org2MSP``, one peer
+each), all on 127.0.0.1 with TLS, joined to one application channel (``bridge``) through the
+channel participation API. Chaincode runs only as a service (CCaaS): the peers dial the
+chaincode's gRPC server through the external builder in ``deploy/fabric/ccaas_builder``.
+
+Guarantees:
+
+- every listener binds 127.0.0.1; ports are picked free on first start and kept in
+  ``<workdir>/network.json``, because the orderer address is written into the channel's
+  genesis block: a restart on the same work dir reuses them (and fails clearly if one is taken);
+- ``start()`` is idempotent: crypto material, the genesis block and channel membership are made
+  only when missing, and a running network is left alone;
+- every wait is bounded and fails with a ``TimeoutError``/``FabricError`` that carries the log
+  tail of the process concerned;
+- ``stop()`` stops only the processes this object started, by pid (SIGTERM, then SIGKILL).
+
+The binaries come from ``deploy/fabric/build.sh`` (Go toolchain, pinned release, cached in
+``.cache/fabric/<version>/bin``); ``start()`` runs it when they are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
+
+FABRIC_VERSION = "2.5.9"
+"""The Fabric release built by ``deploy/fabric/build.sh`` (see the pin there)."""
+
+FABRIC_DEPLOY_DIR = REPO_ROOT / "deploy" / "fabric"
+BUILD_SCRIPT = FABRIC_DEPLOY_DIR / "build.sh"
+CCAAS_BUILDER_DIR = FABRIC_DEPLOY_DIR / "ccaas_builder"
+FABRIC_TOOLS = ("peer", "orderer", "configtxgen", "cryptogen", "osnadmin")
+DEFAULT_CHANNEL = "bridge"
+ORDERER_MSP_ID = "OrdererMSP"
+BOTH_ORGS_POLICY = "AND('Org1MSP.peer','Org2MSP.peer')"
+"""The endorsement policy every chaincode deployed here gets: both orgs must endorse."""
+
+START_TIMEOUT = 60.0
+CLI_TIMEOUT = 60.0
+
+
+class FabricError(RuntimeError):
+    """A Fabric command or process failed; the message carries its output or log tail."""
+
+
+def fabric_bin_dir() -> Path:
+    """Where the Fabric binaries are: ``$KSTB_FABRIC_BIN`` or the versioned build cache."""
+    override = os.environ.get("KSTB_FABRIC_BIN")
+    if override:
+        return Path(override)
+    return REPO_ROOT / ".cache" / "fabric" / FABRIC_VERSION / "bin"
+
+
+def ensure_fabric_binaries(build: bool = True) -> Path:
+    """Return the binary dir, running ``deploy/fabric/build.sh`` first if a binary is missing.
+
+    With ``build=False`` a missing binary raises ``FileNotFoundError`` naming the build command.
+    """
+    bin_dir = fabric_bin_dir()
+    missing = [t for t in FABRIC_TOOLS if not (bin_dir / t).is_file()]
+    if not missing:
+        return bin_dir
+    if not build or os.environ.get("KSTB_FABRIC_BIN"):
+        raise FileNotFoundError(
+            f"Fabric binaries {missing} not found in {bin_dir}; build them with "
+            f"`bash deploy/fabric/build.sh` (needs Go >= 1.24 and the Go module proxy)"
+        )
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise FabricError(
+            f"deploy/fabric/build.sh failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    still = [t for t in FABRIC_TOOLS if not (bin_dir / t).is_file()]
+    if still:
+        raise FabricError(f"deploy/fabric/build.sh ran but {still} are still missing in {bin_dir}")
+    return bin_dir
+
+
+CHAINCODE_REQUIREMENTS = FABRIC_DEPLOY_DIR / "chaincode-requirements.txt"
+
+
+def chaincode_python() -> Path:
+    """The interpreter of the chaincode venv (``$KSTB_CHAINCODE_PYTHON`` overrides)."""
+    override = os.environ.get("KSTB_CHAINCODE_PYTHON")
+    if override:
+        return Path(override)
+    return REPO_ROOT / ".cache" / "fabric" / "chaincode-venv" / "bin" / "python"
+
+
+def ensure_chaincode_python(base_python: str | None = None) -> Path:
+    """Return the chaincode venv's python, creating it from the pinned requirements if needed.
+
+    The venv is separate from the project's: fabric-chaincode-python pins protobuf < 6. It is
+    rebuilt when ``deploy/fabric/chaincode-requirements.txt`` changes (hash stamp).
+    """
+    python = chaincode_python()
+    if os.environ.get("KSTB_CHAINCODE_PYTHON"):
+        return python
+    venv = python.parent.parent
+    digest = hashlib.sha256(CHAINCODE_REQUIREMENTS.read_bytes()).hexdigest()
+    stamp = venv / ".requirements.sha256"
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return python
+    base = base_python or _base_python()
+    shutil.rmtree(venv, ignore_errors=True)
+    for argv in (
+        [base, "-m", "venv", str(venv)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+            str(CHAINCODE_REQUIREMENTS),
+        ],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FabricError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
+    stamp.write_text(digest + "\n")
+    return python
+
+
+def _base_python() -> str:
+    """A real (non-venv) Python 3.11 interpreter to build the chaincode venv from."""
+    import sys
+
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+@dataclass(frozen=True)
+class FabricOrg:
+    """A peer organisation with one peer, as laid out in the network's work dir."""
+
+    name: str
+    """``Org1`` or ``Org2``."""
+    msp_id: str
+    domain: str
+    peer_port: int
+    chaincode_port: int
+    operations_port: int
+    crypto_dir: Path
+    """``<workdir>/crypto/peerOrganizations/<domain>``."""
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's name in its certificates."""
+        return f"peer0.{self.domain}"
+
+    @property
+    def peer_endpoint(self) -> str:
+        """``127.0.0.1:port`` of the peer (endorser, deliver and Gateway services)."""
+        return f"127.0.0.1:{self.peer_port}"
+
+    @property
+    def peer_tls_dir(self) -> Path:
+        """The peer's TLS server material (server.crt, server.key, ca.crt)."""
+        return self.crypto_dir / "peers" / self.peer_host / "tls"
+
+    @property
+    def tls_ca_cert(self) -> Path:
+        """The org's TLS CA certificate: the root to trust when dialling its peer."""
+        return self.crypto_dir / "tlsca" / f"tlsca.{self.domain}-cert.pem"
+
+    @property
+    def peer_msp_dir(self) -> Path:
+        """The peer's own signing MSP."""
+        return self.crypto_dir / "peers" / self.peer_host / "msp"
+
+    def user_msp_dir(self, user: str = "User1") -> Path:
+        """An identity's MSP dir; ``user`` is ``User1`` (client role) or ``Admin``."""
+        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "msp"
+
+    def user_cert(self, user: str = "User1") -> Path:
+        """The identity's X.509 signing certificate (PEM), for a Gateway client."""
+        return self.user_msp_dir(user) / "signcerts" / f"{user}@{self.domain}-cert.pem"
+
+    def user_key(self, user: str = "User1") -> Path:
+        """The identity's private key (PEM, PKCS#8, ECDSA P-256), for a Gateway client."""
+        keys = sorted((self.user_msp_dir(user) / "keystore").glob("*_sk"))
+        if not keys:
+            raise FileNotFoundError(f"no private key under {self.user_msp_dir(user)}/keystore")
+        return keys[0]
+
+    @property
+    def admin_msp_dir(self) -> Path:
+        """The org admin's MSP (used for channel join and chaincode lifecycle)."""
+        return self.user_msp_dir("Admin")
+
+
+class FabricNetwork:
+    """The dev Fabric network in ``workdir`` (see the module docstring for its guarantees)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        channel: str = DEFAULT_CHANNEL,
+        build_if_missing: bool = True,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.workdir = workdir.resolve()
+        self.channel = channel
+        self.build_if_missing = build_if_missing
+        self.start_timeout = start_timeout
+        self.ports = self._load_or_pick_ports()
+        self.orgs: dict[str, FabricOrg] = {
+            name: FabricOrg(
+                name=name,
+                msp_id=f"{name}MSP",
+                domain=f"{name.lower()}.example.com",
+                peer_port=self.ports[f"{name.lower()}_peer"],
+                chaincode_port=self.ports[f"{name.lower()}_chaincode"],
+                operations_port=self.ports[f"{name.lower()}_operations"],
+                crypto_dir=self.workdir
+                / "crypto"
+                / "peerOrganizations"
+                / f"{name.lower()}.example.com",
+            )
+            for name in ("Org1", "Org2")
+        }
+        self._orderer: ManagedProcess | None = None
+        self._peers: dict[str, ManagedProcess] = {}
+        self._bin: Path | None = None
+        self._log_offsets: dict[str, int] = {}
+        self.last_start_seconds: float | None = None
+        """Wall time of the last ``start()`` that brought the network up."""
+
+    # ----------------------------------------------------------------- layout & properties
+
+    def _load_or_pick_ports(self) -> dict[str, int]:
+        path = self.workdir / "network.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return {str(k): int(v) for k, v in data["ports"].items()}
+        names = ["orderer", "orderer_cluster", "orderer_admin", "orderer_operations"]
+        for org in ("org1", "org2"):
+            names += [f"{org}_peer", f"{org}_chaincode", f"{org}_operations"]
+        ports: dict[str, int] = {}
+        while len(ports) < len(names):
+            port = free_port()
+            if port not in ports.values():
+                ports[names[len(ports)]] = port
+        return ports
+
+    @property
+    def msp_ids(self) -> list[str]:
+        """The peer orgs' MSP ids, ``["Org1MSP", "Org2MSP"]``."""
+        return [org.msp_id for org in self.orgs.values()]
+
+    def org(self, name_or_msp: str) -> FabricOrg:
+        """An org by name (``Org1``) or MSP id (``Org1MSP``)."""
+        for org in self.orgs.values():
+            if name_or_msp in (org.name, org.msp_id):
+                return org
+        raise KeyError(name_or_msp)
+
+    @property
+    def gateway_endpoints(self) -> dict[str, str]:
+        """MSP id -> ``127.0.0.1:port`` of that org's peer, which serves the Gateway API."""
+        return {org.msp_id: org.peer_endpoint for org in self.orgs.values()}
+
+    @property
+    def tls_ca_certs(self) -> dict[str, Path]:
+        """MSP id -> TLS CA certificate to trust for that org's peer (and ``OrdererMSP``)."""
+        certs = {org.msp_id: org.tls_ca_cert for org in self.orgs.values()}
+        certs[ORDERER_MSP_ID] = self.orderer_tls_ca_cert
+        return certs
+
+    @property
+    def orderer_endpoint(self) -> str:
+        """``127.0.0.1:port`` of the orderer's broadcast/deliver service (TLS)."""
+        return f"127.0.0.1:{self.ports['orderer']}"
+
+    @property
+    def orderer_admin_endpoint(self) -> str:
+        """``127.0.0.1:port`` of the orderer's channel participation API (mutual TLS)."""
+        return f"127.0.0.1:{self.ports['orderer_admin']}"
+
+    @property
+    def _orderer_org_dir(self) -> Path:
+        return self.workdir / "crypto" / "ordererOrganizations" / "example.com"
+
+    @property
+    def orderer_tls_ca_cert(self) -> Path:
+        """The orderer org's TLS CA certificate."""
+        return self._orderer_org_dir / "tlsca" / "tlsca.example.com-cert.pem"
+
+    @property
+    def _orderer_node_dir(self) -> Path:
+        return self._orderer_org_dir / "orderers" / "orderer.example.com"
+
+    @property
+    def genesis_block(self) -> Path:
+        """The channel's genesis (config) block."""
+        return self.workdir / "channel" / f"{self.channel}.block"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where each process's log is written."""
+        return self.workdir / "logs"
+
+    @property
+    def running(self) -> bool:
+        """True while the orderer and both peers run."""
+        procs = [self._orderer, *self._peers.values()]
+        return len(self._peers) == len(self.orgs) and all(
+            p is not None and p.alive() for p in procs
+        )
+
+    def pids(self) -> dict[str, int]:
+        """Name -> pid of each process this object started and that still runs."""
+        procs = [p for p in (self._orderer, *self._peers.values()) if p is not None and p.alive()]
+        return {p.name: p.pid for p in procs}
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> FabricNetwork:
+        """Bring the network up and the channel joined by the orderer and both peers.
+
+        Idempotent; builds the binaries first if they are missing (unless
+        ``build_if_missing=False``). On failure, everything started here is stopped again.
+        """
+        if self.running:
+            return self
+        began = time.monotonic()
+        self._bin = ensure_fabric_binaries(self.build_if_missing)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._check_ports_free()
+        (self.workdir / "network.json").write_text(
+            json.dumps(
+                {"fabric": FABRIC_VERSION, "channel": self.channel, "ports": self.ports}, indent=2
+            )
+        )
+        try:
+            self._generate_artifacts()
+            self._start_orderer()
+            self._orderer_join()
+            for org in self.orgs.values():
+                self._start_peer(org)
+            for org in self.orgs.values():
+                self._peer_join(org)
+            self._wait_gossip()
+        except BaseException:
+            self.stop()
+            raise
+        self.last_start_seconds = time.monotonic() - began
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the peers, then the orderer, by pid (SIGTERM, SIGKILL after ``grace``)."""
+        for proc in self._peers.values():
+            proc.stop(grace)
+        if self._orderer is not None:
+            self._orderer.stop(grace)
+
+    def __enter__(self) -> FabricNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _check_ports_free(self) -> None:
+        taken = {name: port for name, port in self.ports.items() if port_open(port)}
+        if taken:
+            raise FabricError(
+                f"ports of {self.workdir} are in use: {taken}; is another FabricNetwork on "
+                f"this work dir still running? (stop it, or use a fresh work dir)"
+            )
+
+    # ---------------------------------------------------------------------- artifacts
+
+    def _tool(self, name: str) -> str:
+        assert self._bin is not None
+        return str(self._bin / name)
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT,
+        what: str = "",
+    ) -> str:
+        """Run a Fabric CLI command; return its combined output or raise ``FabricError``."""
+        full_env = dict(os.environ)
+        for key in [k for k in full_env if k.startswith(("CORE_", "ORDERER_", "FABRIC_"))]:
+            del full_env[key]
+        if env:
+            full_env.update(env)
+        try:
+            result = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                env=full_env,
+                cwd=self.workdir,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s: {what or argv[0]}: {' '.join(argv)}"
+            ) from exc
+        out = (result.stdout or "") + (result.stderr or "")
+        if result.returncode != 0:
+            raise FabricError(
+                f"{what or argv[0]} failed ({result.returncode}): {' '.join(argv)}\n{out[-4000:]}"
+            )
+        return out
+
+    def _render(self, template: str, dest: Path, values: Mapping[str, object]) -> None:
+        text = Template((FABRIC_DEPLOY_DIR / template).read_text())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text.safe_substitute({k: str(v) for k, v in values.items()}))
+
+    def _generate_artifacts(self) -> None:
+        if not (self.workdir / "crypto" / "peerOrganizations").is_dir():
+            tmp = self.workdir / "crypto.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._run(
+                [
+                    self._tool("cryptogen"),
+                    "generate",
+                    f"--config={FABRIC_DEPLOY_DIR / 'crypto-config.yaml'}",
+                    f"--output={tmp}",
+                ],
+                what="cryptogen",
+            )
+            tmp.rename(self.workdir / "crypto")
+        if not self.genesis_block.exists():
+            self._render(
+                "configtx.yaml",
+                self.workdir / "configtx.yaml",
+                {
+                    "orderer_port": self.ports["orderer"],
+                    "orderer_cluster_port": self.ports["orderer_cluster"],
+                    "org1_peer_port": self.ports["org1_peer"],
+                    "org2_peer_port": self.ports["org2_peer"],
+                },
+            )
+            self.genesis_block.parent.mkdir(parents=True, exist_ok=True)
+            tmp_block = self.genesis_block.with_suffix(".tmp")
+            self._run(
+                [
+                    self._tool("configtxgen"),
+                    "-profile",
+                    "BridgeChannel",
+                    "-channelID",
+                    self.channel,
+                    "-outputBlock",
+                    str(tmp_block),
+                ],
+                env={"FABRIC_CFG_PATH": str(self.workdir)},
+                what="configtxgen",
+            )
+            tmp_block.rename(self.genesis_block)
+
+    # ------------------------------------------------------------------------ orderer
+
+    def _start_orderer(self) -> None:
+        cfg_dir = self.workdir / "orderer"
+        self._render(
+            "orderer.yaml",
+            cfg_dir / "orderer.yaml",
+            {
+                "orderer_port": self.ports["orderer"],
+                "cluster_port": self.ports["orderer_cluster"],
+                "admin_port": self.ports["orderer_admin"],
+                "operations_port": self.ports["orderer_operations"],
+                "tls_dir": self._orderer_node_dir / "tls",
+                "msp_dir": self._orderer_node_dir / "msp",
+                "data_dir": cfg_dir / "data",
+            },
+        )
+        proc = ManagedProcess(
+            name="fabric-orderer",
+            argv=[self._tool("orderer")],
+            log_path=self.logs_dir / "orderer.log",
+            env={"FABRIC_CFG_PATH": str(cfg_dir), "FABRIC_LOGGING_SPEC": "info"},
+            cwd=cfg_dir,
+        )
+        self._orderer = self._launch(proc)
+        proc.wait_port(self.ports["orderer_admin"], self.start_timeout)
+        proc.wait_port(self.ports["orderer"], self.start_timeout)
+
+    def _launch(self, proc: ManagedProcess) -> ManagedProcess:
+        """Start ``proc``, remembering where its (appended) log starts for this run."""
+        self._log_offsets[proc.name] = proc.log_path.stat().st_size if proc.log_path.exists() else 0
+        return proc.start()
+
+    def _osnadmin(self, *args: str) -> str:
+        admin_tls = self._orderer_org_dir / "users" / "Admin@example.com" / "tls"
+        return self._run(
+            [
+                self._tool("osnadmin"),
+                "channel",
+                *args,
+                "-o",
+                self.orderer_admin_endpoint,
+                "--ca-file",
+                str(self.orderer_tls_ca_cert),
+                "--client-cert",
+                str(admin_tls / "client.crt"),
+                "--client-key",
+                str(admin_tls / "client.key"),
+            ],
+            what=f"osnadmin channel {args[0]}",
+        )
+
+    def _orderer_join(self) -> None:
+        assert self._orderer is not None
+        listing = self._osnadmin("list")
+        if f'"name": "{self.channel}"' not in listing:
+            self._osnadmin(
+                "join", "--channelID", self.channel, "--config-block", str(self.genesis_block)
+            )
+        # A single-node raft elects itself after its election timeout; lifecycle transactions
+        # fail ("no Raft leader") until then, so wait for the election to be logged.
+        self._wait_log(self._orderer, "Raft leader changed: 0 -> ", "orderer raft leader")
+
+    def _wait_log(self, proc: ManagedProcess, needle: str, what: str, *also: str) -> None:
+        """Wait until one line of ``proc``'s log contains ``needle`` and every one of ``also``."""
+
+        def seen() -> bool:
+            if not proc.alive():
+                raise FabricError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                with proc.log_path.open("rb") as log:
+                    log.seek(self._log_offsets.get(proc.name, 0))
+                    text = log.read().decode(errors="replace")
+            except FileNotFoundError:
+                return False
+            return any(
+                needle in line and all(a in line for a in also) for line in text.splitlines()
+            )
+
+        try:
+            wait_until(seen, self.start_timeout, what, interval=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- {proc.name} log tail ---\n{proc.tail()}") from exc
+
+    # -------------------------------------------------------------------------- peers
+
+    def _start_peer(self, org: FabricOrg) -> None:
+        cfg_dir = self.workdir / org.name.lower()
+        self._render(
+            "core.yaml",
+            cfg_dir / "core.yaml",
+            {
+                "peer_id": org.peer_host,
+                "peer_port": org.peer_port,
+                "chaincode_port": org.chaincode_port,
+                "operations_port": org.operations_port,
+                "tls_dir": org.peer_tls_dir,
+                "tls_root_bundle": self._tls_root_bundle(),
+                "msp_dir": org.peer_msp_dir,
+                "msp_id": org.msp_id,
+                "data_dir": cfg_dir / "data",
+                "ccaas_builder_dir": CCAAS_BUILDER_DIR,
+            },
+        )
+        proc = ManagedProcess(
+            name=f"fabric-peer-{org.name.lower()}",
+            argv=[self._tool("peer"), "node", "start"],
+            log_path=self.logs_dir / f"peer-{org.name.lower()}.log",
+            env={"FABRIC_CFG_PATH": str(cfg_dir), "FABRIC_LOGGING_SPEC": "info"},
+            cwd=cfg_dir,
+        )
+        self._peers[org.name] = self._launch(proc)
+        proc.wait_port(org.peer_port, self.start_timeout)
+        self._wait_healthz(proc, org.operations_port)
+
+    def _tls_root_bundle(self) -> Path:
+        """One PEM file with every org's TLS CA (peers' and orderer's)."""
+        bundle = self.workdir / "tls-roots.pem"
+        pems = [org.tls_ca_cert.read_text() for org in self.orgs.values()]
+        pems.append(self.orderer_tls_ca_cert.read_text())
+        bundle.write_text("".join(pems))
+        return bundle
+
+    def _wait_healthz(self, proc: ManagedProcess, port: int) -> None:
+        url = f"http://127.0.0.1:{port}/healthz"
+
+        def healthy() -> bool:
+            if not proc.alive():
+                raise FabricError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    return int(resp.status) == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        try:
+            wait_until(healthy, self.start_timeout, f"{proc.name} /healthz", interval=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- {proc.name} log tail ---\n{proc.tail()}") from exc
+
+    def peer_env(self, org: FabricOrg | str, user: str = "Admin") -> dict[str, str]:
+        """Environment for the ``peer`` CLI acting as ``user`` of ``org`` against its peer."""
+        o = org if isinstance(org, FabricOrg) else self.org(org)
+        return {
+            "FABRIC_CFG_PATH": str(self.workdir / o.name.lower()),
+            "CORE_PEER_LOCALMSPID": o.msp_id,
+            "CORE_PEER_MSPCONFIGPATH": str(o.user_msp_dir(user)),
+            "CORE_PEER_ADDRESS": o.peer_endpoint,
+            "CORE_PEER_TLS_ENABLED": "true",
+            "CORE_PEER_TLS_ROOTCERT_FILE": str(o.tls_ca_cert),
+            "FABRIC_LOGGING_SPEC": "warning",
+        }
+
+    def peer_cli(
+        self,
+        org: FabricOrg | str,
+        args: Sequence[str],
+        user: str = "Admin",
+        timeout: float = CLI_TIMEOUT,
+    ) -> str:
+        """Run ``peer <args>`` as ``user`` of ``org``; return its output or raise FabricError."""
+        if self._bin is None:
+            self._bin = ensure_fabric_binaries(self.build_if_missing)
+        return self._run(
+            [self._tool("peer"), *args],
+            env=self.peer_env(org, user),
+            timeout=timeout,
+            what=f"peer {' '.join(args[:3])}",
+        )
+
+    def _peer_join(self, org: FabricOrg) -> None:
+        joined = self.peer_cli(org, ["channel", "list"])
+        if self.channel not in joined.split():
+            self.peer_cli(org, ["channel", "join", "-b", str(self.genesis_block)])
+        proc = self._peers[org.name]
+
+        def has_block() -> bool:
+            if not proc.alive():
+                raise FabricError(f"{proc.name} exited:\n{proc.tail()}")
+            info = self.peer_cli(org, ["channel", "getinfo", "-c", self.channel])
+            return '"height":' in info and '"height":0' not in info
+
+        try:
+            wait_until(has_block, self.start_timeout, f"{org.name} peer ledger", interval=0.2)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- {proc.name} log tail ---\n{proc.tail()}") from exc
+
+    def _wait_gossip(self) -> None:
+        """Wait until each peer sees the other org's peer (needed by Gateway discovery)."""
+        for org in self.orgs.values():
+            others = [o for o in self.orgs.values() if o is not org]
+            proc = self._peers[org.name]
+            for other in others:
+                self._wait_log(
+                    proc,
+                    "peers went online",
+                    f"{org.name} gossip sees {other.name}",
+                    other.peer_endpoint,
+                )
+
+    def orderer_args(self) -> list[str]:
+        """``peer`` CLI flags that address the orderer with TLS."""
+        return ["-o", self.orderer_endpoint, "--tls", "--cafile", str(self.orderer_tls_ca_cert)]
+
+    def endorsing_peer_args(self) -> list[str]:
+        """``peer`` CLI flags naming every org's peer (with its TLS root) as endorsers."""
+        args: list[str] = []
+        for org in self.orgs.values():
+            args += [
+                "--peerAddresses",
+                org.peer_endpoint,
+                "--tlsRootCertFiles",
+                str(org.tls_ca_cert),
+            ]
+        return args
+
+    # ----------------------------------------------------------------------- chaincode
+
+    @staticmethod
+    def ccaas_package(name: str, chaincode_address: str, version: str = "1.0") -> bytes:
+        """The CCaaS package bytes (deterministic for the same inputs).
+
+        ``code.tar.gz`` holds ``connection.json`` ({address, dial_timeout, tls_required:
+        false}); the outer ``.tar.gz`` holds ``metadata.json`` ({type: ccaas, label}) and it.
+        """
+        label = f"{name}_{version}"
+        connection = {"address": chaincode_address, "dial_timeout": "10s", "tls_required": False}
+        metadata = {"type": "ccaas", "label": label}
+        code = _targz({"connection.json": json.dumps(connection).encode()})
+        return _targz({"metadata.json": json.dumps(metadata).encode(), "code.tar.gz": code})
+
+    @classmethod
+    def ccaas_package_id(cls, name: str, chaincode_address: str, version: str = "1.0") -> str:
+        """The package id (``label:sha256``) that ``deploy_ccaas`` returns for these inputs."""
+        pkg = cls.ccaas_package(name, chaincode_address, version)
+        return f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
+
+    def committed(self, name: str) -> dict[str, object] | None:
+        """The committed definition of chaincode ``name`` (as JSON), or None."""
+        try:
+            out = self.peer_cli(
+                "Org1",
+                [
+                    "lifecycle",
+                    "chaincode",
+                    "querycommitted",
+                    "-C",
+                    self.channel,
+                    "-n",
+                    name,
+                    "-O",
+                    "json",
+                ],
+            )
+        except FabricError as exc:
+            if "404" in str(exc) or "not found" in str(exc):
+                return None
+            raise
+        data: dict[str, object] = json.loads(out[out.index("{") :])
+        return data
+
+    def deploy_ccaas(self, name: str, chaincode_address: str, version: str = "1.0") -> str:
+        """Install, approve (both orgs) and commit a chaincode-as-a-service; return its package id.
+
+        The definition's endorsement policy is ``AND('Org1MSP.peer','Org2MSP.peer')``. Returns
+        once the definition is committed on both peers. Idempotent: an identical committed
+        definition is left as is; a changed one is committed with the next sequence. The
+        chaincode server itself is started by the caller, with ``CHAINCODE_ID`` = the returned
+        package id, listening at ``chaincode_address`` (the peers dial it on first use).
+        """
+        pkg = self.ccaas_package(name, chaincode_address, version)
+        package_id = f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
+        pkg_path = self.workdir / "chaincode" / f"{name}_{version}.tar.gz"
+        pkg_path.parent.mkdir(parents=True, exist_ok=True)
+        pkg_path.write_bytes(pkg)
+
+        sequence = 1
+        current = self.committed(name)
+        if current is not None:
+            if current.get("version") == version and self._approved_package(name) == package_id:
+                return package_id
+            seq = current.get("sequence", 0)
+            sequence = (seq if isinstance(seq, int) else 0) + 1
+
+        for org in self.orgs.values():
+            installed = self.peer_cli(org, ["lifecycle", "chaincode", "queryinstalled"])
+            if package_id not in installed:
+                self.peer_cli(org, ["lifecycle", "chaincode", "install", str(pkg_path)])
+        definition = [
+            "--channelID",
+            self.channel,
+            "--name",
+            name,
+            "--version",
+            version,
+            "--sequence",
+            str(sequence),
+            "--signature-policy",
+            BOTH_ORGS_POLICY,
+        ]
+        for org in self.orgs.values():
+            self._lifecycle_tx(org, ["approveformyorg", *definition, "--package-id", package_id])
+        self._lifecycle_tx(self.orgs["Org1"], ["commit", *self.endorsing_peer_args(), *definition])
+        for org in self.orgs.values():
+            wait_until(
+                functools.partial(self._committed_on, org, name, sequence),
+                self.start_timeout,
+                f"chaincode {name} seq {sequence} committed on {org.name}",
+                interval=0.2,
+            )
+        return package_id
+
+    def _approved_package(self, name: str) -> str | None:
+        out = self.peer_cli(
+            "Org1",
+            [
+                "lifecycle",
+                "chaincode",
+                "queryapproved",
+                "-C",
+                self.channel,
+                "-n",
+                name,
+                "-O",
+                "json",
+            ],
+        )
+        data = json.loads(out[out.index("{") :])
+        source = data.get("source", {})
+        pkg = source.get("Type", {}).get("LocalPackage", {}).get("package_id")
+        return str(pkg) if pkg else None
+
+    def _committed_on(self, org: FabricOrg, name: str, sequence: int) -> bool:
+        out = self.peer_cli(
+            org,
+            [
+                "lifecycle",
+                "chaincode",
+                "querycommitted",
+                "-C",
+                self.channel,
+                "-n",
+                name,
+                "-O",
+                "json",
+            ],
+        )
+        data = json.loads(out[out.index("{") :])
+        return int(data.get("sequence", 0)) >= sequence
+
+    def _lifecycle_tx(
+        self, org: FabricOrg, args: Sequence[str], attempts: int = 20, delay: float = 0.5
+    ) -> str:
+        """``peer lifecycle chaincode <args>`` through the orderer, retried while it has no
+        raft leader yet (SERVICE_UNAVAILABLE); other errors are raised at once."""
+        argv = ["lifecycle", "chaincode", args[0], *self.orderer_args(), *args[1:]]
+        for i in range(attempts):
+            try:
+                return self.peer_cli(org, argv)
+            except FabricError as exc:
+                transient = "SERVICE_UNAVAILABLE" in str(exc) or "no Raft leader" in str(exc)
+                if not transient or i == attempts - 1:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _targz(files: Mapping[str, bytes]) -> bytes:
+    """A gzip'd tar of ``files`` with fixed metadata, so equal inputs give equal bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
