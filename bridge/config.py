@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,18 @@ from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 
-LEDGER_KINDS = ("evm",)
+LEDGER_KINDS = ("evm", "fabric")
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
-    """How to reach one ledger and its bridge endpoint."""
+    """How to reach one ledger and its bridge endpoint.
+
+    EVM: ``rpc_url`` is the JSON-RPC URL and ``bridge`` the endpoint contract address.
+    Fabric: ``rpc_url`` is a peer's Gateway ``host:port`` and ``bridge`` the chaincode
+    name on ``channel``; TLS is verified against ``tls_ca`` (``tls_server_name``
+    overrides the name checked in the peer's certificate).
+    """
 
     id: LedgerId
     kind: str
@@ -32,6 +38,18 @@ class LedgerConfig:
     chain_id: int
     finality_depth: int
     block_interval: float
+    channel: str = ""
+    tls_ca: Path | None = None
+    tls_server_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A daemon's identity on one ledger: a key file, and for Fabric an MSP certificate."""
+
+    key_file: Path
+    cert_file: Path | None = None
+    msp_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,13 @@ class RelayerConfig:
     key_file: Path
     state_db: Path
     poll_interval: float
+    cert_file: Path | None = None
+    msp_id: str = ""
+
+    @property
+    def credentials(self) -> Credentials:
+        """The operator's ledger identity."""
+        return Credentials(self.key_file, self.cert_file, self.msp_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,8 @@ class VerifierConfig:
     vote_db: Path
     # The member's own ledger connections (defaults: the network file's rpc_url).
     rpc_overrides: Mapping[str, str]
+    # Read-only client identities for Fabric ledgers (Fabric signs every query).
+    fabric_identities: Mapping[str, Credentials] = field(default_factory=dict)
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -122,6 +149,10 @@ def load_network(path: Path) -> NetworkConfig:
         chain_id = int(item.get("chain_id", 0))
         if kind == "evm" and chain_id <= 0:
             raise InvalidInput(f"ledger {lid}: an EVM ledger needs its chain_id")
+        channel = str(item.get("channel", ""))
+        tls_ca = item.get("tls_ca")
+        if kind == "fabric" and (not channel or not tls_ca):
+            raise InvalidInput(f"ledger {lid}: a Fabric ledger needs channel and tls_ca")
         ledgers[lid.name] = LedgerConfig(
             id=lid,
             kind=kind,
@@ -130,6 +161,9 @@ def load_network(path: Path) -> NetworkConfig:
             chain_id=chain_id,
             finality_depth=int(item.get("finality_depth", 0)),
             block_interval=float(item.get("block_interval", 1.0)),
+            channel=channel,
+            tls_ca=_rel(path.parent, str(tls_ca)) if tls_ca else None,
+            tls_server_name=str(item.get("tls_server_name", "")),
         )
     securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
     return NetworkConfig(committee=committee, ledgers=ledgers, securities=securities)
@@ -174,6 +208,8 @@ def load_relayer(path: Path) -> RelayerConfig:
         key_file=_rel(base, _req(raw, "key_file", str(path))),
         state_db=_rel(base, _req(raw, "state_db", str(path))),
         poll_interval=float(raw.get("poll_interval", 0.2)),
+        cert_file=_rel(base, raw["cert_file"]) if "cert_file" in raw else None,
+        msp_id=str(raw.get("msp_id", "")),
     )
 
 
@@ -187,6 +223,14 @@ def load_verifier(path: Path) -> VerifierConfig:
         key_file=_rel(base, _req(raw, "key_file", str(path))),
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
         rpc_overrides=dict(raw.get("rpc_overrides", {})),
+        fabric_identities={
+            name: Credentials(
+                key_file=_rel(base, _req(ident, "key_file", f"fabric identity {name}")),
+                cert_file=_rel(base, _req(ident, "cert_file", f"fabric identity {name}")),
+                msp_id=str(_req(ident, "msp_id", f"fabric identity {name}")),
+            )
+            for name, ident in raw.get("fabric_identities", {}).items()
+        },
     )
 
 
@@ -202,6 +246,8 @@ def dump_toml(data: Mapping[str, Any]) -> str:
             return json.dumps(str(v))  # JSON string escapes are valid TOML basic strings
         if isinstance(v, list | tuple):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, Mapping):  # an inline table
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
     def is_table_array(v: Any) -> bool:

@@ -128,8 +128,8 @@ def test_missing_ledger_id(tmp_path: Path) -> None:
 
 def test_unknown_ledger_kind(tmp_path: Path) -> None:
     data = network_data()
-    data["ledgers"][1]["kind"] = "fabric"
-    with pytest.raises(InvalidInput, match="ledger brokerage-b: unsupported kind 'fabric'"):
+    data["ledgers"][1]["kind"] = "corda"
+    with pytest.raises(InvalidInput, match="ledger brokerage-b: unsupported kind 'corda'"):
         load_network(write(tmp_path / "n.toml", data))
 
 
@@ -323,3 +323,89 @@ def test_dump_toml_refuses_unsupported_values() -> None:
 def test_dump_toml_escapes_control_characters() -> None:
     data = {"note": "line one\nline two"}
     assert tomllib.loads(dump_toml(data)) == data
+
+
+def fabric_ledger(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": "brokerage-f",
+        "kind": "fabric",
+        "rpc_url": "127.0.0.1:7051",
+        "bridge": "kstb",
+        "channel": "bridge",
+        "tls_ca": "fabric/tlsca.pem",
+        "tls_server_name": "peer0.org1.example.com",
+        **extra,
+    }
+
+
+def test_fabric_ledger_settings(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"].append(fabric_ledger())
+    net = load_network(write(tmp_path / "network.toml", data))
+    f = net.ledger("brokerage-f")
+    assert (f.kind, f.rpc_url, f.bridge, f.channel) == (
+        "fabric",
+        "127.0.0.1:7051",
+        "kstb",
+        "bridge",
+    )
+    assert f.tls_ca == tmp_path / "fabric" / "tlsca.pem"
+    assert f.tls_server_name == "peer0.org1.example.com"
+    assert f.chain_id == 0
+
+
+@pytest.mark.parametrize("missing", ["channel", "tls_ca"])
+def test_fabric_ledger_needs_channel_and_tls(tmp_path: Path, missing: str) -> None:
+    data = network_data()
+    ledger = fabric_ledger()
+    del ledger[missing]
+    data["ledgers"].append(ledger)
+    with pytest.raises(InvalidInput, match="brokerage-f: a Fabric ledger needs channel and tls_ca"):
+        load_network(write(tmp_path / "network.toml", data))
+
+
+def test_verifier_fabric_identities_and_relayer_certificate(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"].append(fabric_ledger())
+    write(tmp_path / "network.toml", data)
+    verifier = load_verifier(
+        write(
+            tmp_path / "verifier.toml",
+            {
+                "network": "network.toml",
+                "listen": "127.0.0.1:7101",
+                "key_file": "keys/v0.key",
+                "vote_db": "state/v0.sqlite",
+                "fabric_identities": {
+                    "brokerage-f": {
+                        "msp_id": "Org1MSP",
+                        "cert_file": "f/c.pem",
+                        "key_file": "f/k.pem",
+                    }
+                },
+            },
+        )
+    )
+    ident = verifier.fabric_identities["brokerage-f"]
+    assert (ident.msp_id, ident.cert_file, ident.key_file) == (
+        "Org1MSP",
+        tmp_path / "f" / "c.pem",
+        tmp_path / "f" / "k.pem",
+    )
+    relayer = load_relayer(
+        write(
+            tmp_path / "relayer.toml",
+            {
+                "network": "network.toml",
+                "ledger": "brokerage-f",
+                "listen": "127.0.0.1:7202",
+                "coordinator": "127.0.0.1:7000",
+                "key_file": "f/k.pem",
+                "cert_file": "f/c.pem",
+                "msp_id": "Org1MSP",
+                "state_db": "r.sqlite",
+            },
+        )
+    )
+    assert relayer.credentials.cert_file == tmp_path / "f" / "c.pem"
+    assert relayer.credentials.msp_id == "Org1MSP"
