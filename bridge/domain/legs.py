@@ -77,6 +77,26 @@ class Action(enum.IntEnum):
     ABORT = 5
 
 
+_PAST_PREPARE = frozenset(
+    {LegState.PREPARED, LegState.REJECTED, LegState.EXPIRED, LegState.MINTED, LegState.ABORTED}
+)
+
+STEP_DONE: dict[tuple[Action, Leg], frozenset[LegState]] = {
+    (Action.LOCK, Leg.OUTBOUND): frozenset({LegState.LOCKED, LegState.BURNED, LegState.RELEASED}),
+    (Action.PREPARE, Leg.INBOUND): _PAST_PREPARE,
+    (Action.MARK_EXPIRED, Leg.INBOUND): _PAST_PREPARE,
+    (Action.COMMIT, Leg.OUTBOUND): frozenset({LegState.BURNED}),
+    (Action.COMMIT, Leg.INBOUND): frozenset({LegState.MINTED}),
+    (Action.ABORT, Leg.OUTBOUND): frozenset({LegState.RELEASED}),
+    (Action.ABORT, Leg.INBOUND): frozenset({LegState.ABORTED}),
+}
+"""For each step and the leg it acts on, the leg states in which it has nothing left to do.
+
+Every adapter consults this before sending anything: it is what makes steps idempotent.
+A step absent from the table does not apply to that leg.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LegStatus:
     """A leg as seen at a finalized height."""

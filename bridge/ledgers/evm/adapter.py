@@ -32,6 +32,7 @@ from bridge.domain.ids import (
     word_to_evm_address,
 )
 from bridge.domain.legs import (
+    STEP_DONE,
     Action,
     EventPosition,
     HolderStatus,
@@ -53,20 +54,6 @@ _LOG_CHUNK = 2_000
 _GAS_HEADROOM = 1.25
 _NONCE_ERRORS = ("nonce too low", "already known", "nonce too high", "replacement transaction")
 
-# States in which a step has nothing left to do on this leg.
-_DONE: dict[tuple[Action, Leg], frozenset[LegState]] = {
-    (Action.LOCK, Leg.OUTBOUND): frozenset({LegState.LOCKED, LegState.BURNED, LegState.RELEASED}),
-    (Action.PREPARE, Leg.INBOUND): frozenset(
-        {LegState.PREPARED, LegState.REJECTED, LegState.EXPIRED, LegState.MINTED, LegState.ABORTED}
-    ),
-    (Action.MARK_EXPIRED, Leg.INBOUND): frozenset(
-        {LegState.PREPARED, LegState.REJECTED, LegState.EXPIRED, LegState.MINTED, LegState.ABORTED}
-    ),
-    (Action.COMMIT, Leg.OUTBOUND): frozenset({LegState.BURNED}),
-    (Action.COMMIT, Leg.INBOUND): frozenset({LegState.MINTED}),
-    (Action.ABORT, Leg.OUTBOUND): frozenset({LegState.RELEASED}),
-    (Action.ABORT, Leg.INBOUND): frozenset({LegState.ABORTED}),
-}
 _FUNCTION = {
     Action.LOCK: "lock",
     Action.PREPARE: "prepare",
@@ -277,7 +264,7 @@ class EvmAdapter:
         if self._account is None or self._key is None:
             raise LedgerRejected("ReadOnly", "this adapter has no operator key")
         leg = self._leg_here(terms)
-        done = _DONE.get((action, leg))
+        done = STEP_DONE.get((action, leg))
         if done is None:
             raise LedgerRejected("WrongLeg", f"{action.name} does not apply to the {leg.name} leg")
         current = await self.get_leg(terms.transfer_id, leg, height=await self._latest())
