@@ -9,7 +9,6 @@ from pathlib import Path
 
 from bridge.config import load_relayer
 from bridge.domain.legs import LedgerEvent
-from bridge.domain.signer import read_key_file
 from bridge.ledgers.factory import open_adapter
 from bridge.logfields import LEDGER, configure
 from bridge.rpc.channels import internal_channel
@@ -51,7 +50,7 @@ async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
-    adapter = open_adapter(cfg.network.ledger(cfg.ledger), read_key_file(cfg.key_file))
+    adapter = open_adapter(cfg.network.ledger(cfg.ledger), cfg.credentials)
     server = BridgeServer(
         cfg.listen,
         [relayer_pb2.DESCRIPTOR.services_by_name["RelayerService"].full_name],

@@ -23,7 +23,7 @@ async def run(config_path: Path) -> None:
     signer = LocalKeySigner.from_key_file(cfg.key_file)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
     readers = {
-        lc.id.word: open_reader(lc, cfg.rpc_overrides.get(name))
+        lc.id.word: open_reader(lc, cfg.fabric_identities.get(name), cfg.rpc_overrides.get(name))
         for name, lc in cfg.network.ledgers.items()
     }
     votes = VoteLog(cfg.vote_db)

@@ -33,6 +33,7 @@ from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
+from bridge.ledgers.factory import bridge_word_of
 from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX, get_logger
 
 _STEP_NAMES = {
@@ -93,7 +94,7 @@ class Coordinator:
         self._ttl = transfer_ttl
         self._max_backoff = max_backoff
         self._domains = {
-            name: LedgerDomain(name, lc.id.word, codec_for(lc.kind).parse(lc.bridge))
+            name: LedgerDomain(name, lc.id.word, bridge_word_of(lc))
             for name, lc in network.ledgers.items()
         }
         self._ledger_by_word = {d.ledger_word: name for name, d in self._domains.items()}

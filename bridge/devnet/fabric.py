@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -97,58 +98,14 @@ def ensure_fabric_binaries(build: bool = True) -> Path:
     return bin_dir
 
 
-CHAINCODE_REQUIREMENTS = FABRIC_DEPLOY_DIR / "chaincode-requirements.txt"
-
-
 def chaincode_python() -> Path:
-    """The interpreter of the chaincode venv (``$KSTB_CHAINCODE_PYTHON`` overrides)."""
-    override = os.environ.get("KSTB_CHAINCODE_PYTHON")
-    if override:
-        return Path(override)
-    return REPO_ROOT / ".cache" / "fabric" / "chaincode-venv" / "bin" / "python"
+    """The interpreter that serves chaincode (``$KSTB_CHAINCODE_PYTHON`` overrides).
 
-
-def ensure_chaincode_python(base_python: str | None = None) -> Path:
-    """Return the chaincode venv's python, creating it from the pinned requirements if needed.
-
-    The venv is separate from the project's: fabric-chaincode-python pins protobuf < 6. It is
-    rebuilt when ``deploy/fabric/chaincode-requirements.txt`` changes (hash stamp).
+    The project's own environment: requirements.lock pins fabric-chaincode-python and the
+    chaincode's crypto dependencies alongside everything else.
     """
-    python = chaincode_python()
-    if os.environ.get("KSTB_CHAINCODE_PYTHON"):
-        return python
-    venv = python.parent.parent
-    digest = hashlib.sha256(CHAINCODE_REQUIREMENTS.read_bytes()).hexdigest()
-    stamp = venv / ".requirements.sha256"
-    if python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
-        return python
-    base = base_python or _base_python()
-    shutil.rmtree(venv, ignore_errors=True)
-    for argv in (
-        [base, "-m", "venv", str(venv)],
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "-r",
-            str(CHAINCODE_REQUIREMENTS),
-        ],
-    ):
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise FabricError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
-    stamp.write_text(digest + "\n")
-    return python
-
-
-def _base_python() -> str:
-    """A real (non-venv) Python 3.11 interpreter to build the chaincode venv from."""
-    import sys
-
-    return getattr(sys, "_base_executable", None) or sys.executable
+    override = os.environ.get("KSTB_CHAINCODE_PYTHON")
+    return Path(override) if override else Path(sys.executable)
 
 
 @dataclass(frozen=True)

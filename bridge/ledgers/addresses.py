@@ -32,7 +32,13 @@ class EvmAddressCodec:
         return word_to_evm_address(word)
 
 
-_CODECS: dict[str, AddressCodec] = {"evm": EvmAddressCodec()}
+def _codecs() -> dict[str, AddressCodec]:
+    from bridge.ledgers.fabric.addresses import FabricAddressCodec
+
+    return {"evm": EvmAddressCodec(), "fabric": FabricAddressCodec()}
+
+
+_CODECS = _codecs()
 
 
 def codec_for(kind: str) -> AddressCodec:

@@ -2,25 +2,67 @@
 
 from __future__ import annotations
 
-from bridge.config import LedgerConfig
+from dataclasses import replace
+
+from bridge.config import Credentials, LedgerConfig
 from bridge.domain.errors import InvalidInput
+from bridge.domain.ids import evm_address_word
+from bridge.domain.signer import read_key_file
 from bridge.ledgers.adapter import LedgerAdapter, LedgerReader
 
 
-def open_reader(config: LedgerConfig, rpc_override: str | None = None) -> LedgerReader:
-    """A read-only adapter for ``config`` (optionally through the caller's own endpoint)."""
-    return open_adapter(config, None, rpc_override)
+def bridge_word_of(config: LedgerConfig) -> bytes:
+    """The bridge endpoint's 32-byte identity on ``config``'s ledger (what claim digests bind)."""
+    if config.kind == "evm":
+        return evm_address_word(config.bridge)
+    if config.kind == "fabric":
+        from bridge.ledgers.fabric.adapter import fabric_bridge_word
+
+        return fabric_bridge_word(config.channel, config.bridge)
+    raise InvalidInput(f"no bridge endpoint format for ledger kind {config.kind!r}")
+
+
+def open_reader(
+    config: LedgerConfig, credentials: Credentials | None = None, rpc_override: str | None = None
+) -> LedgerReader:
+    """A read-only adapter (verifiers). Fabric needs ``credentials``: it signs every query."""
+    return _open(config, credentials, rpc_override, writable=False)
 
 
 def open_adapter(
-    config: LedgerConfig, private_key: bytes | None, rpc_override: str | None = None
+    config: LedgerConfig, credentials: Credentials, rpc_override: str | None = None
 ) -> LedgerAdapter:
-    """An adapter that signs with ``private_key`` (None: read-only)."""
-    if config.kind == "evm":
-        from dataclasses import replace
+    """An adapter that applies steps with the operator identity in ``credentials``."""
+    return _open(config, credentials, rpc_override, writable=True)
 
+
+def _open(
+    config: LedgerConfig,
+    credentials: Credentials | None,
+    rpc_override: str | None,
+    writable: bool,
+) -> LedgerAdapter:
+    cfg = replace(config, rpc_url=rpc_override) if rpc_override else config
+    if cfg.kind == "evm":
         from bridge.ledgers.evm.adapter import EvmAdapter
 
-        cfg = replace(config, rpc_url=rpc_override) if rpc_override else config
-        return EvmAdapter(cfg, private_key)
-    raise InvalidInput(f"no adapter for ledger kind {config.kind!r}")
+        key = read_key_file(credentials.key_file) if writable and credentials else None
+        return EvmAdapter(cfg, key)
+    if cfg.kind == "fabric":
+        from bridge.ledgers.fabric.adapter import FabricAdapter
+        from bridge.ledgers.fabric.gateway import GatewayClient
+        from bridge.ledgers.fabric.identity import SigningIdentity
+
+        if credentials is None or credentials.cert_file is None or not credentials.msp_id:
+            raise InvalidInput(f"ledger {cfg.id}: Fabric needs an MSP id, certificate and key")
+        if cfg.tls_ca is None:
+            raise InvalidInput(f"ledger {cfg.id}: Fabric needs tls_ca")
+        identity = SigningIdentity.from_files(
+            credentials.msp_id, credentials.cert_file, credentials.key_file
+        )
+        client = GatewayClient(
+            cfg.rpc_url, cfg.tls_ca, cfg.tls_server_name or None, identity, cfg.channel
+        )
+        operator = identity.chaincode_identity() if writable else ""
+        return FabricAdapter(cfg.id, client, cfg.bridge, operator)
+    raise InvalidInput(f"no adapter for ledger kind {cfg.kind!r}")

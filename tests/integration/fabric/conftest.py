@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devnet.fabric import FabricNetwork, ensure_chaincode_python
+from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import ManagedProcess, free_port
 
 CHAINCODE_SOURCE = Path(__file__).with_name("kv_chaincode.py")
@@ -44,7 +44,7 @@ def fabric_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricN
 @pytest.fixture(scope="session")
 def kv_chaincode(fabric_network: FabricNetwork) -> Iterator[DeployedChaincode]:
     """kv_chaincode.py deployed as ``kv`` (both orgs must endorse) and served on a free port."""
-    python = ensure_chaincode_python()
+    python = chaincode_python()
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     package_id = fabric_network.deploy_ccaas("kv", address)

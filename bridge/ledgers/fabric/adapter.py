@@ -1,0 +1,265 @@
+"""The ledger adapter for the bridge chaincode on a Hyperledger Fabric channel.
+
+Fabric orders with a crash/Byzantine fault tolerant orderer and never forks: a block that a
+peer has committed is final. So ``finalized_height()`` is the peer's height minus one (the
+last committed block) and every read of committed state is a final read.
+
+Reads go through the Gateway's Evaluate (committed world state of the gateway's peer);
+events through the peer's Deliver service (full blocks, bounded ranges; only VALID
+transactions count, checked against each block's TRANSACTIONS_FILTER). Writes go through
+Endorse/Submit/CommitStatus and are idempotent: each step first reads the leg and sends
+nothing when it is already applied with the same terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bridge.domain.errors import InvalidInput, LedgerRejected
+from bridge.domain.hashing import keccak256
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.legs import (
+    STEP_DONE,
+    Action,
+    EventPosition,
+    HolderStatus,
+    LedgerEvent,
+    Leg,
+    LegState,
+    LegStatus,
+    SignatureSet,
+    TxOutcome,
+    leg_state_from_ledger,
+)
+from bridge.domain.terms import TransferTerms
+from bridge.ledgers.fabric import codec
+from bridge.ledgers.fabric.addresses import FabricAddressCodec
+from bridge.ledgers.fabric.gateway import DeliveredEvent, GatewayClient
+
+EVENT_NAME = "LegStateChanged"
+"""The chaincode event every leg transition emits."""
+DELIVER_CHUNK = 500
+"""Blocks per Deliver request when scanning for events."""
+
+FUNCTIONS: Mapping[Action, str] = {
+    Action.LOCK: "Lock",
+    Action.PREPARE: "Prepare",
+    Action.MARK_EXPIRED: "MarkExpired",
+    Action.COMMIT: "Commit",
+    Action.ABORT: "Abort",
+}
+"""The chaincode function applying each step: ``Lock(terms)``, the others
+``(terms, certificate)``, all as JSON strings."""
+
+_ADDRESSES = FabricAddressCodec()
+
+
+def fabric_bridge_word(channel: str, chaincode: str) -> bytes:
+    """The bridge endpoint's 32-byte identity: keccak256("fabric:" + channel + ":" + chaincode)."""
+    return keccak256(b"fabric:" + channel.encode("utf-8") + b":" + chaincode.encode("utf-8"))
+
+
+class FabricAdapter:
+    """LedgerAdapter for the bridge chaincode ``chaincode`` on ``client``'s channel.
+
+    ``operator`` names the submitting identity in logs and outcomes (use
+    :meth:`SigningIdentity.chaincode_identity`, the form the chaincode's relayer list holds);
+    an empty operator makes the adapter read-only (:meth:`submit` refuses with ``ReadOnly``),
+    although Fabric needs a client identity even to read.
+    """
+
+    def __init__(
+        self, ledger: LedgerId, client: GatewayClient, chaincode: str, operator: str = ""
+    ) -> None:
+        if not chaincode:
+            raise InvalidInput("a chaincode name is required")
+        self._ledger = ledger
+        self._client = client
+        self._chaincode = chaincode
+        self._operator = operator
+        self._bridge_word = fabric_bridge_word(client.channel, chaincode)
+
+    # -- identity ----------------------------------------------------------------------
+    @property
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+        return self._ledger
+
+    @property
+    def kind(self) -> str:
+        """Always ``fabric``."""
+        return "fabric"
+
+    @property
+    def bridge_word(self) -> bytes:
+        """keccak256("fabric:" + channel + ":" + chaincode)."""
+        return self._bridge_word
+
+    @property
+    def operator(self) -> str:
+        """The submitting identity's name, or empty for a read-only adapter."""
+        return self._operator
+
+    @property
+    def chaincode(self) -> str:
+        """The bridge chaincode's name on the channel."""
+        return self._chaincode
+
+    @property
+    def client(self) -> GatewayClient:
+        """The Gateway client (shared; closed by :meth:`close`)."""
+        return self._client
+
+    def parse_address(self, text: str) -> bytes:
+        """``0x`` + 40 hex digits (any case) into a 32-byte word (12 zero bytes + 20 bytes)."""
+        return _ADDRESSES.parse(text)
+
+    def format_address(self, word: bytes) -> str:
+        """A word back to lowercase ``0x`` + 40 hex digits."""
+        return _ADDRESSES.format(word)
+
+    # -- reads ---------------------------------------------------------------------------
+    async def finalized_height(self) -> int:
+        """The last committed block (Fabric commits are final): chain height minus one."""
+        return max(0, await self._client.block_height() - 1)
+
+    async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
+        """Every ``LegStateChanged`` event after ``after`` through block ``up_to_height``.
+
+        Positions are (block number, ordinal of the chaincode's event among the block's VALID
+        transactions); events of transactions that failed validation are never returned.
+        Complete and duplicate-free for any ``after``: resuming from the last returned
+        position yields exactly the events that follow it. ``up_to_height`` must not exceed
+        :meth:`finalized_height`. A payload that does not parse raises ValueError (the caller
+        must not skip past it).
+        """
+        start = after.height if after is not None else 0
+        out: list[LedgerEvent] = []
+        lo = start
+        while lo <= up_to_height:
+            hi = min(up_to_height, lo + DELIVER_CHUNK - 1)
+            for delivered in await self._client.block_events(self._chaincode, lo, hi):
+                position = EventPosition(delivered.block_number, delivered.ordinal)
+                if delivered.event_name != EVENT_NAME:
+                    continue
+                if after is not None and position <= after:
+                    continue
+                out.append(self._event(position, delivered))
+            lo = hi + 1
+        return out
+
+    def _event(self, position: EventPosition, delivered: DeliveredEvent) -> LedgerEvent:
+        what = f"{EVENT_NAME} event in tx {delivered.tx_id}"
+        data = codec.object_from_json(delivered.payload, what)
+        leg = codec.leg_from_index(codec.field(data, "leg", what))
+        state = leg_state_from_ledger(
+            leg, codec.int_from_json(codec.field(data, "state", what), "state")
+        )
+        terms_hash = codec.word_from_json(codec.field(data, "terms_hash", what), "terms_hash")
+        terms: TransferTerms | None = None
+        raw_terms = data.get("terms")
+        if state is LegState.LOCKED and raw_terms:
+            terms = codec.terms_from_json(raw_terms)
+            if terms.terms_hash != terms_hash:
+                raise ValueError(f"{what}: terms do not hash to the event's terms_hash")
+        return LedgerEvent(
+            ledger=self._ledger.name,
+            position=position,
+            block_hash=delivered.block_hash,
+            tx_id=delivered.tx_id,
+            transfer_id=codec.word_from_json(codec.field(data, "transfer_id", what), "transfer_id"),
+            leg=leg,
+            state=state,
+            reason=codec.int_from_json(data.get("reason", 0), "reason"),
+            terms_hash=terms_hash,
+            terms=terms,
+        )
+
+    async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
+        """A leg's latest committed state (final: Fabric never reverts a commit).
+
+        Fabric cannot read state as of a past block: ``height``, when given, is only echoed as
+        the reported height. Without it the finalized height is read *before* the state, so
+        the state includes every block up to the reported height (and possibly later ones).
+        """
+        at = height if height is not None else await self.finalized_height()
+        raw = await self._client.evaluate(
+            self._chaincode, "GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)]
+        )
+        data = codec.object_from_json(raw, "GetLeg answer")
+        state = codec.int_from_json(codec.field(data, "state", "GetLeg answer"), "state")
+        terms_hash = data.get("terms_hash") or "0x" + "00" * 32
+        return LegStatus(
+            state=leg_state_from_ledger(leg, state),
+            terms_hash=codec.word_from_json(terms_hash, "terms_hash"),
+            reason=codec.int_from_json(data.get("reason", 0), "reason"),
+            height=at,
+        )
+
+    async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
+        """Registration, balance, receive status, eligibility, freeze and pause (committed).
+
+        ``holder`` must be a Fabric address word (12 zero bytes + 20); InvalidInput otherwise.
+        """
+        raw = await self._client.evaluate(
+            self._chaincode, "HolderStatus", [security.isin, self.format_address(holder)]
+        )
+        return codec.holder_from_json(raw)
+
+    # -- writes --------------------------------------------------------------------------
+    def _leg_here(self, terms: TransferTerms) -> Leg:
+        if terms.src_ledger == self._ledger.word and terms.src_bridge == self._bridge_word:
+            return Leg.OUTBOUND
+        if terms.dst_ledger == self._ledger.word and terms.dst_bridge == self._bridge_word:
+            return Leg.INBOUND
+        raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self._ledger}")
+
+    async def submit(
+        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+    ) -> TxOutcome:
+        """Apply ``action`` for ``terms`` and wait for a VALID commit (final on Fabric).
+
+        Idempotent: when the leg already shows the step applied with the same terms hash,
+        nothing is sent and ``already_applied`` is set; other terms raise
+        ``LedgerRejected("TermsMismatch")``. A refusal by the chaincode raises LedgerRejected
+        with the chaincode's error name, unless a re-read shows that a concurrent submission
+        applied the step meanwhile (then ``already_applied``). Transport faults and read
+        conflicts raise Unavailable; a retry is safe.
+        """
+        if not self._operator:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+        leg = self._leg_here(terms)
+        done = STEP_DONE.get((action, leg))
+        if done is None:
+            raise LedgerRejected("WrongLeg", f"{action.name} does not apply to the {leg.name} leg")
+        applied = await self._already_applied(terms, leg, done)
+        if applied is not None:
+            return applied
+        if action is not Action.LOCK and certificate is None:
+            raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
+        args = [codec.terms_to_json(terms)]
+        if action is not Action.LOCK:
+            assert certificate is not None
+            args.append(codec.certificate_to_json(certificate))
+        try:
+            result = await self._client.submit(self._chaincode, FUNCTIONS[action], args)
+        except LedgerRejected:
+            applied = await self._already_applied(terms, leg, done)
+            if applied is not None:
+                return applied
+            raise
+        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _already_applied(
+        self, terms: TransferTerms, leg: Leg, done: frozenset[LegState]
+    ) -> TxOutcome | None:
+        current = await self.get_leg(terms.transfer_id, leg)
+        if current.state not in done:
+            return None
+        if current.terms_hash != terms.terms_hash:
+            raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
+        return TxOutcome(tx_id="", height=current.height, already_applied=True)
+
+    async def close(self) -> None:
+        """Close the Gateway client's connection."""
+        await self._client.close()

@@ -1,0 +1,172 @@
+"""The bridge chaincode's JSON formats (fixed by the chaincode) and their Python values.
+
+Every 32-byte word is ``"0x"`` + 64 lowercase hex digits, amounts are decimal strings (they
+may exceed 2**53), deadlines and enums are JSON integers. The ``*_from_json`` functions
+reject malformed input with ``ValueError`` naming the field; ``*_to_json`` output parses back
+to an equal value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.domain.legs import HolderStatus, Leg, SignatureSet
+from bridge.domain.terms import TransferTerms
+
+_WORD_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_SIG_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+_DEC_RE = re.compile(r"^[0-9]+$")
+SIGNATURE_SIZE = 65
+_TERM_WORDS = (
+    "nonce", "security", "src_ledger", "src_bridge", "dst_ledger", "dst_bridge",
+    "sender", "recipient",
+)  # fmt: skip
+
+
+def word_hex(word: bytes) -> str:
+    """A 32-byte word as ``0x`` + 64 lowercase hex digits."""
+    if len(word) != 32:
+        raise ValueError("a word is 32 bytes")
+    return "0x" + bytes(word).hex()
+
+
+def word_from_json(value: object, field: str) -> bytes:
+    """Parse ``0x`` + 64 hex digits (any case) into 32 bytes."""
+    if not isinstance(value, str) or not _WORD_RE.fullmatch(value):
+        raise ValueError(f"{field} must be 0x followed by 64 hex digits, got {value!r}")
+    return bytes.fromhex(value[2:])
+
+
+def int_from_json(value: object, field: str) -> int:
+    """A non-negative integer given as a JSON number or a decimal string."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be an integer, got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and _DEC_RE.fullmatch(value):
+        return int(value)
+    raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+
+
+def _object(raw: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    if isinstance(raw, Mapping):
+        return raw
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    return data
+
+
+def _field(data: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in data:
+        raise ValueError(f"{what} lacks {name!r}")
+    return data[name]
+
+
+def _dumps(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def terms_to_dict(terms: TransferTerms) -> dict[str, Any]:
+    """The chaincode's Terms object for ``terms``."""
+    out: dict[str, Any] = {name: word_hex(getattr(terms, name)) for name in _TERM_WORDS}
+    out["amount"] = str(terms.amount)
+    out["deadline"] = terms.deadline
+    return out
+
+
+def terms_to_json(terms: TransferTerms) -> str:
+    """Terms JSON: words as 0x-hex, ``amount`` a decimal string, ``deadline`` an integer."""
+    return _dumps(terms_to_dict(terms))
+
+
+def terms_from_json(raw: str | bytes | Mapping[str, Any]) -> TransferTerms:
+    """Parse Terms JSON (text or an already decoded object); ValueError when malformed.
+
+    Also raises InvalidInput (from :class:`TransferTerms`) for values the domain forbids.
+    """
+    data = _object(raw, "terms")
+    words = {name: word_from_json(_field(data, name, "terms"), name) for name in _TERM_WORDS}
+    return TransferTerms(
+        amount=int_from_json(_field(data, "amount", "terms"), "amount"),
+        deadline=int_from_json(_field(data, "deadline", "terms"), "deadline"),
+        **words,
+    )
+
+
+def certificate_to_json(certificate: SignatureSet) -> str:
+    """Certificate JSON: ``{"epoch": int, "signatures": ["0x" + 130 hex, ...]}`` (order kept)."""
+    for sig in certificate.signatures:
+        if len(sig) != SIGNATURE_SIZE:
+            raise ValueError("a committee signature is 65 bytes (r || s || v)")
+    return _dumps(
+        {
+            "epoch": certificate.epoch,
+            "signatures": ["0x" + bytes(s).hex() for s in certificate.signatures],
+        }
+    )
+
+
+def certificate_from_json(raw: str | bytes | Mapping[str, Any]) -> SignatureSet:
+    """Parse Certificate JSON; ValueError when malformed."""
+    data = _object(raw, "certificate")
+    sigs = _field(data, "signatures", "certificate")
+    if not isinstance(sigs, list):
+        raise ValueError("certificate signatures must be a list")
+    out: list[bytes] = []
+    for s in sigs:
+        if not isinstance(s, str) or not _SIG_RE.fullmatch(s):
+            raise ValueError(f"signature must be 0x followed by 130 hex digits, got {s!r}")
+        out.append(bytes.fromhex(s[2:]))
+    return SignatureSet(int_from_json(_field(data, "epoch", "certificate"), "epoch"), tuple(out))
+
+
+def leg_name(leg: Leg) -> str:
+    """The chaincode's name for a leg: ``outbound`` or ``inbound``."""
+    return "outbound" if leg is Leg.OUTBOUND else "inbound"
+
+
+def leg_from_index(value: object) -> Leg:
+    """The event payload's leg index: 0 is OUTBOUND, 1 is INBOUND."""
+    index = int_from_json(value, "leg")
+    if index not in (0, 1):
+        raise ValueError(f"leg must be 0 or 1, got {index}")
+    return Leg.OUTBOUND if index == 0 else Leg.INBOUND
+
+
+def holder_from_json(raw: str | bytes | Mapping[str, Any]) -> HolderStatus:
+    """Parse the HolderStatus answer; ValueError when malformed."""
+    data = _object(raw, "holder status")
+
+    def flag(name: str) -> bool:
+        value = _field(data, name, "holder status")
+        if not isinstance(value, bool):
+            raise ValueError(f"holder status {name} must be a boolean, got {value!r}")
+        return value
+
+    return HolderStatus(
+        security_registered=flag("registered"),
+        balance=int_from_json(_field(data, "balance", "holder status"), "balance"),
+        receive_status=int_from_json(
+            _field(data, "receive_status", "holder status"), "receive_status"
+        ),
+        eligible=flag("eligible"),
+        frozen=flag("frozen"),
+        paused=flag("paused"),
+    )
+
+
+def object_from_json(raw: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """A JSON object (ValueError when ``raw`` is not one)."""
+    return _object(raw, what)
+
+
+def field(data: Mapping[str, Any], name: str, what: str) -> Any:
+    """``data[name]``; ValueError naming ``what`` when absent."""
+    return _field(data, name, what)

@@ -1,0 +1,276 @@
+"""The fabric-chaincode-python glue: peer messages -> ``protocol.execute`` -> responses.
+
+Responsibilities:
+
+- identify the caller from the proposal's creator (``<mspid>:<sha256 hex of the cert PEM>``)
+  and the channel, and (for ``Init``) the name the chaincode is invoked under;
+- run the synchronous protocol in a worker thread whose key-value reads and writes are
+  bridged to the shim's async ``GetState``/``PutState`` on the event loop;
+- map ``ChaincodeError`` to an error response whose message is ``"<ErrorName>: <detail>"``
+  and a success to a response whose payload is the JSON result;
+- attach the (single) chaincode event to the COMPLETED message.
+
+Work-arounds for fabric-chaincode-python 2.5.4 (see :class:`KstbHandler`):
+
+- its Handler never copies ``stub.set_event`` events into the COMPLETED message, so events
+  would be silently lost;
+- ``stub.get_state`` returns the payload of the peer's reply even when the reply is an
+  ERROR message, so an error text could be read as a value;
+- an exception raised by the chaincode kills the handling task without any reply, leaving
+  the peer waiting for its execute timeout;
+- it handles every peer message in its own task, and those tasks write to the gRPC stream
+  concurrently; grpc.aio allows one write at a time, so with two proposals in flight a write
+  fails (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS). Writes are serialized here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+import grpc
+from fabric_chaincode_python.fabric_shim.handler import Handler
+from fabric_chaincode_python.fabric_shim.interfaces import Chaincode
+from fabric_chaincode_python.fabric_shim.iterators import StateQueryIterator
+from fabric_chaincode_python.fabric_shim.response import ResponseCode, error, success
+from fabric_chaincode_python.fabric_shim.stub import ChaincodeStub
+from fabric_protos.ledger.queryresult import kv_query_result_pb2 as kv_pb2
+from fabric_protos.peer import chaincode_pb2 as cc_pb2
+from fabric_protos.peer import chaincode_shim_pb2 as shim_pb2
+from fabric_protos.peer import chaincode_shim_pb2_grpc as shim_grpc
+from fabric_protos.peer import proposal_response_pb2 as pr_pb2
+
+from kstb_chaincode.protocol import ChaincodeError, Context, execute, identity_of
+
+LOG = logging.getLogger("kstb_chaincode")
+STATE_TIMEOUT = 60.0
+"""Seconds a worker thread waits for one GetState/PutState round trip to the peer."""
+
+
+class _StubStore:
+    """``protocol.KeyValue`` over a stub, callable from a worker thread (not the loop)."""
+
+    def __init__(self, stub: ChaincodeStub, loop: asyncio.AbstractEventLoop) -> None:
+        self._stub = stub
+        self._loop = loop
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(STATE_TIMEOUT)
+
+    def get(self, key: str) -> bytes | None:
+        handler = self._stub.client
+        if isinstance(handler, KstbHandler):
+            value = self._call(
+                handler.get_state_checked(key, self._stub.channel_id, self._stub.tx_id)
+            )
+        else:
+            value = self._call(self._stub.get_state(key))
+        return bytes(value) if value else None
+
+    def put(self, key: str, value: bytes) -> None:
+        _check(self._call(self._stub.put_state(key, value)), "PutState", key)
+
+    def delete(self, key: str) -> None:
+        _check(self._call(self._stub.delete_state(key)), "DelState", key)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        return list(self._call(self._scan(prefix)))
+
+    async def _scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        # All protocol keys are printable ASCII (< 0x7f), so [prefix, prefix + DEL) is the
+        # prefix range. The reply is checked before the shim's iterator parses it.
+        stub = self._stub
+        raw = await stub.client.handle_get_state_by_range(
+            "", prefix, prefix + "\x7f", stub.channel_id, stub.tx_id
+        )
+        _check(raw, "GetStateByRange", prefix)
+        iterator = StateQueryIterator(
+            handler=stub.client,
+            channel_id=stub.channel_id,
+            tx_id=stub.tx_id,
+            initial_response=raw,
+            response_factory=shim_pb2.QueryResponse.FromString,
+            parser=lambda qrb: kv_pb2.KV.FromString(qrb.resultBytes),
+        )
+        return [(str(kv.key), bytes(kv.value)) async for kv in iterator]
+
+
+def _check(reply: Any, what: str, key: str) -> None:
+    if getattr(reply, "type", None) == shim_pb2.ChaincodeMessage.ERROR:
+        raise RuntimeError(f"{what} {key}: {bytes(reply.payload).decode(errors='replace')}")
+
+
+def caller_identity(stub: ChaincodeStub) -> str:
+    """The creator of the proposal as ``<mspid>:<sha256 hex of its certificate PEM>``."""
+    creator = stub.get_creator() or {}
+    mspid, id_bytes = creator.get("mspid"), creator.get("idBytes")
+    if not mspid or not id_bytes:
+        raise ChaincodeError("NoIdentity", "the proposal carries no creator")
+    return identity_of(str(mspid), bytes(id_bytes))
+
+
+def invoked_chaincode_name(stub: ChaincodeStub) -> str | None:
+    """The chaincode name the proposal addresses (None when it cannot be read)."""
+    try:
+        decoded = stub.signed_proposal_pb
+        payload = decoded["proposal"]["payload"]
+        spec = cc_pb2.ChaincodeInvocationSpec.FromString(payload.input)
+        name = spec.chaincode_spec.chaincode_id.name
+    except Exception:  # no proposal (e.g. a bare test message): no check
+        return None
+    return str(name) or None
+
+
+class KstbChaincode(Chaincode):
+    """The bridge chaincode. ``init`` (an ``--isInit`` call) and ``invoke`` dispatch alike."""
+
+    @staticmethod
+    async def init(stub: ChaincodeStub) -> pr_pb2.Response:
+        """Same as :meth:`invoke`: the function name decides (``Init`` configures)."""
+        return await KstbChaincode.invoke(stub)
+
+    @staticmethod
+    async def invoke(stub: ChaincodeStub) -> pr_pb2.Response:
+        """Run one call of the protocol; see the module docstring."""
+        try:
+            function, params = stub.get_function_and_parameters()
+        except Exception as exc:  # no args, or arguments that are not UTF-8
+            return error(f"InvalidArgument: {exc}")
+        events: list[tuple[str, bytes]] = []
+        try:
+            ctx = Context(
+                caller=caller_identity(stub),
+                channel_id=str(stub.get_channel_id() or ""),
+                chaincode_name=invoked_chaincode_name(stub),
+            )
+            loop = asyncio.get_running_loop()
+            run = functools.partial(
+                execute,
+                _StubStore(stub, loop),
+                ctx,
+                function,
+                list(params),
+                lambda name, payload: events.append((name, payload)),
+            )
+            result = await loop.run_in_executor(None, run)
+        except ChaincodeError as exc:
+            LOG.info("%s %s refused: %s", stub.get_txid(), function, exc)
+            return error(str(exc))
+        except Exception as exc:
+            LOG.exception("%s %s failed", stub.get_txid(), function)
+            return error(f"Internal: {type(exc).__name__}: {exc}")
+        for name, payload in events:
+            stub.set_event(name, payload)
+        LOG.info("%s %s ok", stub.get_txid(), function)
+        return success(result)
+
+
+class _SerializedWriter:
+    """The servicer context with one ``write`` at a time (grpc.aio's rule for a stream)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._lock = asyncio.Lock()
+
+    async def write(self, message: Any) -> None:
+        async with self._lock:
+            await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class KstbHandler(Handler):  # type: ignore[misc]
+    """The shim's Handler with the fixes listed in the module docstring."""
+
+    async def chat_with_peer(self, stream: Any, context: Any) -> Any:
+        """The shim's loop, over a context whose writes are serialized."""
+        return await super().chat_with_peer(stream, _SerializedWriter(context))
+
+    async def get_state_checked(self, key: str, channel_id: str, tx_id: str) -> bytes:
+        """GetState that raises on an ERROR reply instead of returning the error text."""
+        request = shim_pb2.GetState(key=key, collection="")
+        msg = shim_pb2.ChaincodeMessage(
+            type=shim_pb2.ChaincodeMessage.GET_STATE,
+            payload=request.SerializeToString(),
+            txid=tx_id,
+            channel_id=channel_id,
+        )
+        reply = await self._Handler__ask_peer_and_listen(msg, "GetState")
+        if reply.type != shim_pb2.ChaincodeMessage.RESPONSE:
+            raise RuntimeError(f"GetState {key}: {bytes(reply.payload).decode(errors='replace')}")
+        return bytes(reply.payload)
+
+    async def handle_stub_interaction(self, msg: Any, action: str = "Invoke") -> None:
+        """Call the chaincode; always answer COMPLETED, with the event on success."""
+        stub: ChaincodeStub | None = None
+        try:
+            cc_input = cc_pb2.ChaincodeInput()
+            cc_input.ParseFromString(msg.payload)
+            stub = ChaincodeStub(self, msg.channel_id, msg.txid, cc_input, msg.proposal)
+            if (action or "").lower() == "init":
+                resp = await self.chaincode.init(stub)
+            else:
+                resp = await self.chaincode.invoke(stub)
+            if not resp or not resp.status:
+                resp = pr_pb2.Response(status=ResponseCode.ERROR, message="Internal: no response")
+        except Exception as exc:
+            LOG.exception("[%s] chaincode call failed", msg.txid)
+            resp = pr_pb2.Response(status=ResponseCode.ERROR, message=f"Internal: {exc}")
+        completed = shim_pb2.ChaincodeMessage(
+            type=shim_pb2.ChaincodeMessage.COMPLETED,
+            payload=resp.SerializeToString(),
+            txid=msg.txid,
+            channel_id=msg.channel_id,
+        )
+        if resp.status < ResponseCode.ERRORTHRESHOLD and stub is not None:
+            events = stub.get_events()
+            if events:  # Fabric carries one event per transaction; the protocol emits <= 1
+                completed.chaincode_event.CopyFrom(events[-1])
+        await self.context.write(completed)
+
+
+class KstbService(shim_grpc.ChaincodeServicer):  # type: ignore[misc]
+    """The CCaaS gRPC service: the peer dials in and chats over ``Connect``."""
+
+    def __init__(self, chaincode_id: str, chaincode: Chaincode) -> None:
+        self._ccid = chaincode_id
+        self._cc = chaincode
+
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """One peer connection: register, then serve its messages until it hangs up."""
+        try:
+            await KstbHandler(self._ccid, self._cc).chat_with_peer(request_iterator, context)
+        except asyncio.CancelledError:
+            LOG.info("peer connection cancelled")
+
+
+async def serve(
+    address: str,
+    chaincode_id: str,
+    tls_key: bytes | None = None,
+    tls_cert: bytes | None = None,
+    client_ca: bytes | None = None,
+) -> None:
+    """Serve the chaincode at ``address`` (``host:port``) until cancelled or SIGTERM.
+
+    Without ``tls_key``/``tls_cert`` the server is plaintext (the devnet's CCaaS packages set
+    ``tls_required: false``); with ``client_ca`` it also requires the peer's client cert.
+    """
+    server = grpc.aio.server()
+    if tls_key and tls_cert:
+        creds = grpc.ssl_server_credentials(
+            [(tls_key, tls_cert)], client_ca, require_client_auth=client_ca is not None
+        )
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    shim_grpc.add_ChaincodeServicer_to_server(KstbService(chaincode_id, KstbChaincode()), server)
+    await server.start()
+    LOG.warning("kstb chaincode %s serving on %s (port %d)", chaincode_id, address, port)
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(3)

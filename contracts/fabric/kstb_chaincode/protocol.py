@@ -1,0 +1,1174 @@
+"""The ledger side of the KSTB protocol on Fabric: token controls and bridge legs, pure logic.
+
+This module is the Fabric twin of ``contracts/evm/src/BridgeEndpoint.sol`` and
+``SecurityToken.sol``: the same checks, in the same order, with the same error names and the
+same digests, byte for byte. It does no I/O and imports nothing from Fabric; the world state
+is a tiny key-value interface (:class:`KeyValue`) and events go to a callback, so the whole
+state machine is unit-testable. ``kstb_chaincode.chaincode`` binds it to the Fabric shim.
+
+Determinism (every endorsing peer must compute the same write set): no clock, no randomness,
+no floating point, no iteration over unordered containers that reaches the output; JSON is
+written with ``sort_keys`` and compact separators; amounts are Python ints stored as decimal
+strings; amounts and balances are bounded to ``< 2**256`` like the EVM's uint256 (the EVM's
+bound on totalSupply is not enforced: it would need a per-security counter, see Keys).
+
+Atomicity: :func:`execute` runs a call over a write buffer and an event buffer. Only a call
+that succeeds writes (in sorted key order) and emits; a failing call leaves the store
+untouched, like an EVM revert. Fabric would discard the write set of a failed proposal
+anyway; the buffer also gives read-your-writes, which Fabric's ``GetState`` does not.
+
+Keys (all ASCII): ``config``, ``committee``, ``relayer/<identity>``, ``security/<word>``,
+``holder/<word>/<address>``, ``out/<transfer id>``, ``in/<transfer id>``, and the index
+entries ``escrow/<word>/<transfer id>`` (a Locked outbound leg) and
+``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on
+(hex without 0x). There are deliberately no per-security counters: a counter would be a hot
+key that every leg transaction of the security reads and writes, so two of them in one block
+would conflict (MVCC_READ_CONFLICT). Transactions touch only their holder and their transfer;
+``Supply`` (a query) sums holders and index entries with range scans instead.
+
+Error messages are ``"<ErrorName>: <detail>"``; the detail uses the EVM adapter's
+``name=value, ...`` form (bytes and addresses as lowercase 0x-hex).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coincurve import PublicKey
+from Crypto.Hash import keccak as _keccak
+
+# ----------------------------------------------------------------------------- constants
+
+UINT256_LIMIT = 2**256
+UINT64_LIMIT = 2**64
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+HALF_CURVE_ORDER = SECP256K1_N // 2
+SIGNATURE_LENGTH = 65
+PROTOCOL_VERSION = 1
+
+CLAIM_LOCKED = 1
+CLAIM_COMMIT = 2
+CLAIM_ABORT = 3
+
+LEG_OUT = 0
+LEG_IN = 1
+
+# OutState (IBridgeEndpoint.OutState)
+OUT_NONE, OUT_LOCKED, OUT_BURNED, OUT_RELEASED = 0, 1, 2, 3
+# InState (IBridgeEndpoint.InState)
+IN_NONE, IN_PREPARED, IN_REJECTED, IN_EXPIRED, IN_MINTED, IN_ABORTED = 0, 1, 2, 3, 4, 5
+
+# Rejection reasons / receive status codes (SecurityToken.receiveStatus, 1 and 5 endpoint-only).
+RECEIVE_OK = 0
+REASON_UNKNOWN_SECURITY = 1
+RECEIVE_NOT_ELIGIBLE = 2
+RECEIVE_FROZEN = 3
+RECEIVE_PAUSED = 4
+REASON_INVALID_RECIPIENT = 5
+
+EVENT_NAME = "LegStateChanged"
+
+_HEX_WORD = re.compile(r"0x[0-9a-fA-F]{64}")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_HEX_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_LEDGER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_CHAINCODE_NAME = re.compile(r"[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*")
+_ISIN = re.compile(r"[A-Z]{2}[A-Z0-9]{9}[0-9]")
+_IDENTITY = re.compile(r"[^\s:/]+:[0-9a-f]{64}")
+
+ZERO_WORD = bytes(32)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class ChaincodeError(Exception):
+    """A refused call. ``name`` is the EVM error name (or InvalidArgument & co.)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}")
+        self.name = name
+        self.detail = detail
+
+
+def _invalid(detail: str) -> ChaincodeError:
+    return ChaincodeError("InvalidArgument", detail)
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def keccak256(data: bytes) -> bytes:
+    """Keccak-256 (Ethereum's, not SHA3-256)."""
+    return _keccak.new(digest_bits=256, data=data).digest()
+
+
+def _tag(name: str) -> bytes:
+    return keccak256(name.encode("ascii"))
+
+
+TRANSFER_TAG = _tag("KSTB/transfer-id/v1")
+TERMS_TAG = _tag("KSTB/terms/v1")
+CLAIM_TAG = _tag("KSTB/claim/v1")
+
+
+def abi_word(value: bytes | int, bits: int = 256) -> bytes:
+    """One static ABI word: bytes32 as is, ``uint<bits>`` big-endian left-padded to 32 bytes."""
+    if isinstance(value, bytes):
+        if len(value) != 32:
+            raise ValueError("bytes32 must be 32 bytes")
+        return value
+    if not 0 <= value < 2**bits:
+        raise ValueError(f"{value} does not fit uint{bits}")
+    return value.to_bytes(32, "big")
+
+
+def abi_encode_static(*words: bytes) -> bytes:
+    """``abi.encode`` of static values already converted by :func:`abi_word`."""
+    return b"".join(words)
+
+
+def ledger_word(ledger_name: str) -> bytes:
+    """keccak256(ledger name), like ``LedgerId.word``."""
+    return keccak256(ledger_name.encode("utf-8"))
+
+
+def bridge_word(channel_id: str, chaincode_name: str) -> bytes:
+    """The endpoint's 32-byte bridge id: keccak256("fabric:<channel>:<chaincode>")."""
+    return keccak256(b"fabric:" + channel_id.encode("utf-8") + b":" + chaincode_name.encode())
+
+
+def security_word(isin: str) -> bytes:
+    """The ISIN as ASCII right-padded with zero bytes, like ``SecurityId.word``."""
+    if not isinstance(isin, str) or not _ISIN.fullmatch(isin) or not _isin_checks(isin):
+        raise _invalid(f"security id {isin!r} is not a valid ISIN")
+    return isin.encode("ascii").ljust(32, b"\0")
+
+
+def _isin_checks(isin: str) -> bool:
+    digits = "".join(str(int(c, 36)) for c in isin[:11])
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return (10 - total % 10) % 10 == int(isin[11])
+
+
+def parse_holder(text: str) -> bytes:
+    """A Fabric holder account ``0x`` + 40 hex (any case) -> its 20 bytes."""
+    if not isinstance(text, str) or not _HEX_ADDRESS.fullmatch(text):
+        raise _invalid(f"holder {text!r} is not 0x followed by 40 hex digits")
+    return bytes.fromhex(text[2:])
+
+
+def holder_word(address: bytes) -> bytes:
+    """12 zero bytes + the 20-byte account id."""
+    return bytes(12) + address
+
+
+def _address_of_word(word: bytes) -> bytes | None:
+    """The 20-byte account of ``word``, or None when it is not a nonzero left-padded address."""
+    if any(word[:12]) or not any(word[12:]):
+        return None
+    return word[12:]
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+# ----------------------------------------------------------------------------- terms
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """``BridgeTypes.Terms``: words are 32 bytes; ``amount`` < 2**256, ``deadline`` < 2**64."""
+
+    nonce: bytes
+    security: bytes
+    amount: int
+    src_ledger: bytes
+    src_bridge: bytes
+    dst_ledger: bytes
+    dst_bridge: bytes
+    sender: bytes
+    recipient: bytes
+    deadline: int
+
+    @property
+    def transfer_id(self) -> bytes:
+        """``BridgeTypes.transferId``."""
+        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
+
+    @property
+    def terms_hash(self) -> bytes:
+        """``BridgeTypes.termsHash(t, transferId(t))``."""
+        return keccak256(
+            abi_encode_static(
+                TERMS_TAG,
+                self.transfer_id,
+                self.security,
+                abi_word(self.amount),
+                self.src_ledger,
+                self.src_bridge,
+                self.dst_ledger,
+                self.dst_bridge,
+                self.sender,
+                self.recipient,
+                abi_word(self.deadline, 64),
+            )
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical terms JSON object (lowercase hex, decimal amount)."""
+        return {
+            "nonce": _hex(self.nonce),
+            "security": _hex(self.security),
+            "amount": str(self.amount),
+            "src_ledger": _hex(self.src_ledger),
+            "src_bridge": _hex(self.src_bridge),
+            "dst_ledger": _hex(self.dst_ledger),
+            "dst_bridge": _hex(self.dst_bridge),
+            "sender": _hex(self.sender),
+            "recipient": _hex(self.recipient),
+            "deadline": self.deadline,
+        }
+
+
+_WORD_FIELDS = (
+    "nonce",
+    "security",
+    "src_ledger",
+    "src_bridge",
+    "dst_ledger",
+    "dst_bridge",
+    "sender",
+    "recipient",
+)
+_TERMS_FIELDS = frozenset((*_WORD_FIELDS, "amount", "deadline"))
+
+
+def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
+    """``keccak256(abi.encode(TRANSFER_TAG, srcLedgerId, srcBridge, nonce))``."""
+    return keccak256(abi_encode_static(TRANSFER_TAG, src_ledger, src_bridge, nonce))
+
+
+def claim_digest(
+    ledger: bytes, bridge: bytes, epoch: int, kind: int, tid: bytes, thash: bytes
+) -> bytes:
+    """``BridgeTypes.claimDigest``: what committee members sign for this endpoint."""
+    return keccak256(
+        abi_encode_static(
+            CLAIM_TAG,
+            abi_word(PROTOCOL_VERSION, 16),
+            ledger,
+            bridge,
+            abi_word(epoch, 64),
+            abi_word(kind, 8),
+            tid,
+            thash,
+        )
+    )
+
+
+def _parse_word(name: str, value: object) -> bytes:
+    if not isinstance(value, str) or not _HEX_WORD.fullmatch(value):
+        raise _invalid(f"{name} must be 0x followed by 64 hex digits")
+    return bytes.fromhex(value[2:])
+
+
+def _parse_decimal(name: str, value: object, limit: int = UINT256_LIMIT) -> int:
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value) or len(value) > 80:
+        raise _invalid(f"{name} must be a decimal string")
+    number = int(value)
+    if number >= limit:
+        raise _invalid(f"{name} must be below 2**{limit.bit_length() - 1}")
+    return number
+
+
+def _loads(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise _invalid(f"{name} is not valid JSON") from None
+
+
+def parse_terms(text: str) -> Terms:
+    """Parse the terms JSON argument (see the module docs of ``kstb_chaincode``)."""
+    obj = _loads("terms", text)
+    if not isinstance(obj, dict) or set(obj) != _TERMS_FIELDS:
+        raise _invalid(f"terms must be an object with exactly the keys {sorted(_TERMS_FIELDS)}")
+    words = {f: _parse_word(f, obj[f]) for f in _WORD_FIELDS}
+    deadline = obj["deadline"]
+    if type(deadline) is not int or not 0 <= deadline < UINT64_LIMIT:
+        raise _invalid("deadline must be an integer in uint64 range")
+    return Terms(amount=_parse_decimal("amount", obj["amount"]), deadline=deadline, **words)
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """``BridgeTypes.Certificate`` with the signatures split (each should be 65 bytes).
+
+    ``signatures`` is None when they were not a list of 0x-hex strings: verification then
+    fails with MalformedSignatures, after the epoch check, as on the EVM.
+    """
+
+    epoch: int
+    signatures: tuple[bytes, ...] | None
+
+
+def parse_certificate(text: str) -> Certificate:
+    """``{"epoch": <int>, "signatures": ["0x<130 hex>", ...]}``.
+
+    A certificate that is not such an object, or whose epoch is not a uint64, is an
+    InvalidArgument; signatures that are not a list of 0x-hex byte strings fail verification
+    with MalformedSignatures (the EVM's error for a blob that does not split into 65-byte
+    parts). A listed signature that is not 65 bytes is InvalidSignature(index).
+    """
+    obj = _loads("certificate", text)
+    if not isinstance(obj, dict) or set(obj) != {"epoch", "signatures"}:
+        raise _invalid("certificate must be an object with exactly the keys epoch, signatures")
+    epoch = obj["epoch"]
+    if type(epoch) is not int or not 0 <= epoch < UINT64_LIMIT:
+        raise _invalid("certificate epoch must be an integer in uint64 range")
+    sigs = obj["signatures"]
+    if not isinstance(sigs, list) or not all(
+        isinstance(s, str) and _HEX_SIGNATURE.fullmatch(s) for s in sigs
+    ):
+        return Certificate(epoch=epoch, signatures=None)
+    return Certificate(epoch=epoch, signatures=tuple(bytes.fromhex(s[2:]) for s in sigs))
+
+
+def recover_signer(digest: bytes, signature: bytes) -> bytes | None:
+    """The 20-byte address that signed ``digest`` (EVM ``ecrecover`` rules), or None.
+
+    None for: not 65 bytes, v not 27/28, r or s out of range, high s (malleable twin),
+    or no recoverable public key.
+    """
+    if len(signature) != SIGNATURE_LENGTH:
+        return None
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    v = signature[64]
+    if v not in (27, 28) or not 0 < r < SECP256K1_N or not 0 < s <= HALF_CURVE_ORDER:
+        return None
+    try:
+        pub = PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), digest, hasher=None
+        )
+    except Exception:  # coincurve raises a bare Exception when recovery fails
+        return None
+    return keccak256(pub.format(compressed=False)[1:])[12:]
+
+
+# ----------------------------------------------------------------------------- store
+
+
+class KeyValue(Protocol):
+    """The world state as the protocol sees it."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when absent."""
+        ...
+
+    def put(self, key: str, value: bytes) -> None:
+        """Set ``key`` (values are never empty)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (absent keys are fine)."""
+        ...
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, ascending by key.
+
+        Only queries scan (a range read in a transaction would be re-checked for phantoms at
+        commit and conflict with any concurrent insert into the range).
+        """
+        ...
+
+
+class MemoryStore:
+    """A dict-backed :class:`KeyValue` (tests, simulations)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None."""
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        """Set ``key``."""
+        self.data[key] = bytes(value)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
+        self.data.pop(key, None)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Keys starting with ``prefix``, ascending."""
+        return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+
+
+class _Buffer:
+    """Read-your-writes over a backing store; nothing reaches it before :meth:`flush`."""
+
+    def __init__(self, backing: KeyValue) -> None:
+        self._backing = backing
+        self._writes: dict[str, bytes | None] = {}  # None: deleted
+
+    def get(self, key: str) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        value = self._backing.get(key)
+        return value if value else None  # Fabric returns b"" for a missing key
+
+    def put(self, key: str, value: bytes) -> None:
+        if not value:
+            raise ValueError("empty values are indistinguishable from absent keys")
+        self._writes[key] = value
+
+    def delete(self, key: str) -> None:
+        self._writes[key] = None
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        merged = dict(self._backing.scan(prefix))
+        for key, value in self._writes.items():
+            if key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
+    def flush(self) -> None:
+        for key in sorted(self._writes):
+            value = self._writes[key]
+            if value is None:
+                self._backing.delete(key)
+            else:
+                self._backing.put(key, value)
+
+
+def canonical_json(value: object) -> bytes:
+    """Deterministic JSON bytes: sorted keys, compact separators, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+# ----------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who calls, and where.
+
+    ``caller`` is ``"<mspid>:<sha256 hex of the certificate PEM>"``. ``chaincode_name``, when
+    known from the proposal, is checked against the name given to ``Init``.
+    """
+
+    caller: str
+    channel_id: str
+    chaincode_name: str | None = None
+
+
+def identity_of(mspid: str, cert_pem: bytes) -> str:
+    """The identity string of a Fabric creator: ``<mspid>:<sha256 hex of its cert PEM>``."""
+    return f"{mspid}:{hashlib.sha256(cert_pem).hexdigest()}"
+
+
+Emit = Callable[[str, bytes], None]
+
+
+# ----------------------------------------------------------------------------- the endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    ledger_name: str
+    chaincode_name: str
+    channel_id: str
+    ledger_word: bytes
+    bridge_word: bytes
+    admin: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Committee:
+    epoch: int
+    threshold: int
+    members: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class _Holder:
+    balance: int = 0
+    eligible: bool = False
+    frozen: bool = False
+
+
+@dataclass(slots=True)
+class _Leg:
+    state: int = 0
+    terms_hash: bytes = ZERO_WORD
+    amount: int = 0
+    security: bytes = ZERO_WORD
+    reason: int = 0
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise _invalid(f"{name} must be 'true' or 'false'")
+
+
+def _parse_committee(text: str) -> _Committee:
+    """The EVM constructor's rules (plus threshold <= n): InvalidCommittee otherwise."""
+    obj = _loads("committee", text)
+    if not isinstance(obj, dict) or set(obj) != {"epoch", "threshold", "members"}:
+        raise ChaincodeError(
+            "InvalidCommittee", "expected an object with exactly epoch, threshold, members"
+        )
+    epoch, threshold, raw = obj["epoch"], obj["threshold"], obj["members"]
+    if type(epoch) is not int or not 1 <= epoch < UINT64_LIMIT:
+        raise ChaincodeError("InvalidCommittee", "epoch must be an integer in 1..2**64-1")
+    if not isinstance(raw, list) or not all(
+        isinstance(m, str) and _HEX_ADDRESS.fullmatch(m) for m in raw
+    ):
+        raise ChaincodeError("InvalidCommittee", "members must be 0x-prefixed 20-byte addresses")
+    members = tuple(bytes.fromhex(m[2:]) for m in raw)
+    n = len(members)
+    if type(threshold) is not int or not 1 <= threshold <= min(n, 255) or 2 * threshold <= n:
+        raise ChaincodeError(
+            "InvalidCommittee", f"threshold={threshold!r} needs 1 <= t <= n and 2t > n (n={n})"
+        )
+    previous = bytes(20)
+    for i, member in enumerate(members):
+        if member <= previous:  # also refuses the zero address
+            raise ChaincodeError(
+                "InvalidCommittee", f"members must be nonzero and strictly ascending (index={i})"
+            )
+        previous = member
+    return _Committee(epoch, threshold, members)
+
+
+class Endpoint:
+    """One call's view of the bridge endpoint and its tokens over a (buffered) store."""
+
+    def __init__(self, store: KeyValue, ctx: Context, emit: Emit) -> None:
+        self._kv = store
+        self._ctx = ctx
+        self._emit = emit
+        self._cfg: _Config | None = None
+
+    # ------------------------------------------------------------------ storage helpers
+
+    def _get_json(self, key: str) -> Any:
+        raw = self._kv.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def _put_json(self, key: str, value: object) -> None:
+        self._kv.put(key, canonical_json(value))
+
+    def _sum(self, prefix: str) -> int:
+        return sum(int(value) for _, value in self._kv.scan(prefix))
+
+    def _total_supply(self, sec: bytes) -> int:
+        """Like the EVM token's totalSupply: every holder's units plus the bridge escrow."""
+        holders = sum(
+            int(json.loads(value)["balance"]) for _, value in self._kv.scan(f"holder/{sec.hex()}/")
+        )
+        return holders + self._sum(f"escrow/{sec.hex()}/")
+
+    @property
+    def cfg(self) -> _Config:
+        if self._cfg is None:
+            obj = self._get_json("config")
+            if obj is None:
+                raise ChaincodeError("NotInitialized", "call Init first")
+            self._cfg = _Config(
+                ledger_name=obj["ledger_name"],
+                chaincode_name=obj["chaincode_name"],
+                channel_id=obj["channel_id"],
+                ledger_word=bytes.fromhex(obj["ledger_word"][2:]),
+                bridge_word=bytes.fromhex(obj["bridge_word"][2:]),
+                admin=obj["admin"],
+            )
+        return self._cfg
+
+    def _committee(self) -> _Committee:
+        obj = self._get_json("committee")
+        return _Committee(
+            obj["epoch"], obj["threshold"], tuple(bytes.fromhex(m[2:]) for m in obj["members"])
+        )
+
+    def _is_relayer(self, identity: str) -> bool:
+        return self._get_json(f"relayer/{identity}") is True
+
+    def _registered(self, sec: bytes) -> dict[str, Any] | None:
+        obj = self._get_json(f"security/{sec.hex()}")
+        return obj if isinstance(obj, dict) else None
+
+    def _holder(self, sec: bytes, address: bytes) -> _Holder:
+        obj = self._get_json(f"holder/{sec.hex()}/{address.hex()}")
+        if obj is None:
+            return _Holder()
+        return _Holder(int(obj["balance"]), bool(obj["eligible"]), bool(obj["frozen"]))
+
+    def _put_holder(self, sec: bytes, address: bytes, h: _Holder) -> None:
+        if not 0 <= h.balance < UINT256_LIMIT:
+            raise ChaincodeError("Overflow", f"balance of {_hex(address)} outside uint256")
+        self._put_json(
+            f"holder/{sec.hex()}/{address.hex()}",
+            {"balance": str(h.balance), "eligible": h.eligible, "frozen": h.frozen},
+        )
+
+    def _leg(self, direction: str, tid: bytes) -> _Leg:
+        obj = self._get_json(f"{direction}/{tid.hex()}")
+        if obj is None:
+            return _Leg()
+        return _Leg(
+            state=int(obj["state"]),
+            terms_hash=bytes.fromhex(obj["terms_hash"][2:]),
+            amount=int(obj["amount"]),
+            security=bytes.fromhex(obj["security"][2:]),
+            reason=int(obj["reason"]),
+        )
+
+    def _put_leg(self, direction: str, tid: bytes, leg: _Leg, terms: Terms | None = None) -> None:
+        record = _leg_json(leg)
+        self._put_json(f"{direction}/{tid.hex()}", record)
+        event: dict[str, Any] = {
+            **record,
+            "transfer_id": _hex(tid),
+            "leg": LEG_OUT if direction == "out" else LEG_IN,
+        }
+        if terms is not None:
+            event["terms"] = terms.to_json()
+        self._emit(EVENT_NAME, canonical_json(event))
+
+    # ------------------------------------------------------------------ guards
+
+    def _require_init(self) -> None:
+        """NotInitialized before anything else."""
+        _ = self.cfg
+
+    def _only_admin(self) -> None:
+        if self._ctx.caller != self.cfg.admin:
+            raise ChaincodeError("NotAdmin", f"caller={self._ctx.caller}")
+
+    def _only_relayer(self) -> None:
+        self._require_init()
+        if not self._is_relayer(self._ctx.caller):
+            raise ChaincodeError("NotRelayer", f"caller={self._ctx.caller}")
+
+    def _is_source(self, t: Terms) -> bool:
+        return t.src_ledger == self.cfg.ledger_word and t.src_bridge == self.cfg.bridge_word
+
+    def _is_target(self, t: Terms) -> bool:
+        return t.dst_ledger == self.cfg.ledger_word and t.dst_bridge == self.cfg.bridge_word
+
+    def _token(self, sec: bytes) -> dict[str, Any]:
+        token = self._registered(sec)
+        if token is None:
+            raise ChaincodeError("UnknownSecurity", f"securityId={_hex(sec)}")
+        return token
+
+    def _require_compliant(self, address: bytes, h: _Holder) -> None:
+        if not h.eligible:
+            raise ChaincodeError("HolderNotEligible", f"holder={_hex(address)}")
+        if h.frozen:
+            raise ChaincodeError("HolderFrozen", f"holder={_hex(address)}")
+
+    @staticmethod
+    def _require_nonzero(amount: int) -> None:
+        if amount == 0:
+            raise ChaincodeError("ZeroAmount", "amount=0")
+
+    @staticmethod
+    def _require_balance(address: bytes, h: _Holder, amount: int) -> None:
+        if h.balance < amount:
+            raise ChaincodeError(
+                "InsufficientBalance",
+                f"holder={_hex(address)}, balance={h.balance}, needed={amount}",
+            )
+
+    def _verify_certificate(self, cert: Certificate, kind: int, tid: bytes, thash: bytes) -> None:
+        """``BridgeEndpoint._verifyCertificate``, check for check and in the same order."""
+        committee = self._committee()
+        if cert.epoch != committee.epoch:
+            raise ChaincodeError("WrongEpoch", f"got={cert.epoch}, current={committee.epoch}")
+        if cert.signatures is None:
+            raise ChaincodeError("MalformedSignatures", "signatures must be a list of 0x-hex")
+        count = len(cert.signatures)
+        if count < committee.threshold:
+            raise ChaincodeError(
+                "TooFewSignatures", f"got={count}, threshold={committee.threshold}"
+            )
+        digest = claim_digest(
+            self.cfg.ledger_word, self.cfg.bridge_word, committee.epoch, kind, tid, thash
+        )
+        previous = bytes(20)
+        for i, sig in enumerate(cert.signatures):
+            signer = recover_signer(digest, sig)
+            if signer is None:
+                raise ChaincodeError("InvalidSignature", f"index={i}")
+            if signer <= previous:
+                raise ChaincodeError("SignersNotAscending", f"index={i}")
+            if signer not in committee.members:
+                raise ChaincodeError("NotCommitteeMember", f"signer={_hex(signer)}")
+            previous = signer
+
+    def _receive_check(self, t: Terms) -> int:
+        token = self._registered(t.security)
+        if token is None:
+            return REASON_UNKNOWN_SECURITY
+        recipient = _address_of_word(t.recipient)
+        if recipient is None:
+            return REASON_INVALID_RECIPIENT
+        return self._receive_status(t.security, token, recipient)
+
+    def _receive_status(self, sec: bytes, token: Mapping[str, Any], address: bytes) -> int:
+        """``SecurityToken.receiveStatus``: paused, then eligibility, then freeze."""
+        if token["paused"]:
+            return RECEIVE_PAUSED
+        h = self._holder(sec, address)
+        if not h.eligible:
+            return RECEIVE_NOT_ELIGIBLE
+        if h.frozen:
+            return RECEIVE_FROZEN
+        return RECEIVE_OK
+
+    # ------------------------------------------------------------------ administration
+
+    def init(self, ledger_name: str, chaincode_name: str, committee_json: str) -> object:
+        """Configure the endpoint once; the caller becomes admin."""
+        if self._kv.get("config") is not None:
+            raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
+        if not _LEDGER_NAME.fullmatch(ledger_name):
+            raise _invalid(f"ledger name {ledger_name!r}: 1-63 lowercase letters, digits or '-'")
+        if not _CHAINCODE_NAME.fullmatch(chaincode_name):
+            raise _invalid(f"chaincode name {chaincode_name!r} is not a Fabric chaincode name")
+        known = self._ctx.chaincode_name
+        if known is not None and known != chaincode_name:
+            raise _invalid(f"this chaincode is invoked as {known!r}, not {chaincode_name!r}")
+        if not self._ctx.channel_id:
+            raise _invalid("no channel id")
+        committee = _parse_committee(committee_json)
+        config = {
+            "ledger_name": ledger_name,
+            "chaincode_name": chaincode_name,
+            "channel_id": self._ctx.channel_id,
+            "ledger_word": _hex(ledger_word(ledger_name)),
+            "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
+            "admin": self._ctx.caller,
+        }
+        self._put_json("config", config)
+        self._put_json("committee", _committee_json(committee))
+        return self.info()
+
+    def set_relayer(self, identity: str, enabled: str) -> object:
+        """Enable or disable a relayer identity (``<mspid>:<sha256 hex>``)."""
+        self._only_admin()
+        on = _parse_bool("enabled", enabled)
+        if not _IDENTITY.fullmatch(identity):
+            raise _invalid(f"identity {identity!r} is not '<mspid>:<64 lowercase hex>'")
+        self._put_json(f"relayer/{identity}", on)
+        return {"identity": identity, "enabled": on}
+
+    def register_security(self, isin: str) -> object:
+        """Register a security once (its token lives in this chaincode)."""
+        self._only_admin()
+        sec = security_word(isin)
+        if self._registered(sec) is not None:
+            raise ChaincodeError("SecurityAlreadyRegistered", f"securityId={_hex(sec)}")
+        self._put_json(f"security/{sec.hex()}", {"isin": isin, "paused": False})
+        return {"isin": isin, "security": _hex(sec)}
+
+    def _admin_holder(self, isin: str, holder: str) -> tuple[bytes, dict[str, Any], bytes]:
+        self._only_admin()
+        sec = security_word(isin)
+        address = parse_holder(holder)
+        token = self._token(sec)
+        if not any(address):
+            raise ChaincodeError("ZeroAddress", "holder=0x" + "00" * 20)
+        return sec, token, address
+
+    def set_eligible(self, isin: str, holder: str, value: str) -> object:
+        """Add a holder to (or remove it from) the security's eligibility list."""
+        sec, _, address = self._admin_holder(isin, holder)
+        on = _parse_bool("eligible", value)
+        h = self._holder(sec, address)
+        h.eligible = on
+        self._put_holder(sec, address, h)
+        return self.holder_status(isin, holder)
+
+    def set_frozen(self, isin: str, holder: str, value: str) -> object:
+        """Freeze (or unfreeze) a holder of the security."""
+        sec, _, address = self._admin_holder(isin, holder)
+        on = _parse_bool("frozen", value)
+        h = self._holder(sec, address)
+        h.frozen = on
+        self._put_holder(sec, address, h)
+        return self.holder_status(isin, holder)
+
+    def set_paused(self, isin: str, value: str) -> object:
+        """Pause (or unpause) the security: no issue, no lock; prepares are rejected (4)."""
+        self._only_admin()
+        sec = security_word(isin)
+        token = self._token(sec)
+        token["paused"] = _parse_bool("paused", value)
+        self._put_json(f"security/{sec.hex()}", token)
+        return {"isin": isin, "paused": token["paused"]}
+
+    def issue(self, isin: str, holder: str, amount_text: str) -> object:
+        """``SecurityToken.issue``: not paused, holder eligible and not frozen."""
+        sec, token, address = self._admin_holder(isin, holder)
+        amount = _parse_decimal("amount", amount_text)
+        self._require_nonzero(amount)
+        if token["paused"]:
+            raise ChaincodeError("TokenPaused", f"securityId={_hex(sec)}")
+        h = self._holder(sec, address)
+        self._require_compliant(address, h)
+        h.balance += amount
+        self._put_holder(sec, address, h)
+        return self.holder_status(isin, holder)
+
+    def redeem(self, isin: str, holder: str, amount_text: str) -> object:
+        """``SecurityToken.redeem``: no compliance checks; never touches the bridge escrow."""
+        sec, _, address = self._admin_holder(isin, holder)
+        amount = _parse_decimal("amount", amount_text)
+        self._require_nonzero(amount)
+        h = self._holder(sec, address)
+        self._require_balance(address, h, amount)
+        h.balance -= amount
+        self._put_holder(sec, address, h)
+        return self.holder_status(isin, holder)
+
+    # ------------------------------------------------------------------ source side
+
+    def lock(self, terms_json: str) -> object:
+        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock)."""
+        self._only_relayer()
+        t = parse_terms(terms_json)
+        if not self._is_source(t) or t.dst_ledger == self.cfg.ledger_word:
+            raise ChaincodeError("WrongLedger", "terms do not name this endpoint as source")
+        self._require_nonzero(t.amount)
+        sender = _address_of_word(t.sender)
+        if sender is None:
+            raise ChaincodeError("InvalidSender", f"sender={_hex(t.sender)}")
+        token = self._token(t.security)
+        tid = t.transfer_id
+        if self._leg("out", tid).state != OUT_NONE:
+            raise ChaincodeError("TransferExists", f"transferId={_hex(tid)}")
+        # SecurityToken.bridgeEscrow
+        if token["paused"]:
+            raise ChaincodeError("TokenPaused", f"securityId={_hex(t.security)}")
+        h = self._holder(t.security, sender)
+        self._require_compliant(sender, h)
+        self._require_balance(sender, h, t.amount)
+        h.balance -= t.amount
+        self._put_holder(t.security, sender, h)
+        self._kv.put(f"escrow/{t.security.hex()}/{tid.hex()}", str(t.amount).encode())
+        leg = _Leg(OUT_LOCKED, t.terms_hash, t.amount, t.security)
+        self._put_leg("out", tid, leg, terms=t)
+        return {"transfer_id": _hex(tid), **_leg_json(leg)}
+
+    def commit(self, terms_json: str, cert_json: str) -> object:
+        """COMMIT: outbound Locked -> Burned, inbound Prepared -> Minted."""
+        self._only_relayer()
+        t = parse_terms(terms_json)
+        cert = parse_certificate(cert_json)
+        tid, thash = t.transfer_id, t.terms_hash
+        self._verify_certificate(cert, CLAIM_COMMIT, tid, thash)
+        sec = t.security
+        if self._is_source(t):
+            leg = self._leg("out", tid)
+            self._require_state(tid, leg, OUT_LOCKED)
+            self._require_hash(tid, leg, thash)
+            leg.state = OUT_BURNED
+            sec = leg.security
+            self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")  # burned
+            self._put_leg("out", tid, leg)
+        elif self._is_target(t):
+            leg = self._leg("in", tid)
+            self._require_state(tid, leg, IN_PREPARED)
+            self._require_hash(tid, leg, thash)
+            leg.state = IN_MINTED
+            sec = leg.security
+            self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
+            # bridgeMint: no compliance re-check (done at prepare); recipient validated there.
+            recipient = _address_of_word(t.recipient)
+            assert recipient is not None  # Prepared implies a valid recipient
+            h = self._holder(sec, recipient)
+            h.balance += leg.amount
+            self._put_holder(sec, recipient, h)
+            self._put_leg("in", tid, leg)
+        else:
+            raise ChaincodeError("WrongLedger", "terms do not involve this endpoint")
+        return {"transfer_id": _hex(tid), **_leg_json(leg)}
+
+    def abort(self, terms_json: str, cert_json: str) -> object:
+        """ABORT: outbound Locked -> Released; inbound Prepared|Rejected|Expired|None -> Aborted."""
+        self._only_relayer()
+        t = parse_terms(terms_json)
+        cert = parse_certificate(cert_json)
+        tid, thash = t.transfer_id, t.terms_hash
+        self._verify_certificate(cert, CLAIM_ABORT, tid, thash)
+        if self._is_source(t):
+            leg = self._leg("out", tid)
+            self._require_state(tid, leg, OUT_LOCKED)
+            self._require_hash(tid, leg, thash)
+            leg.state = OUT_RELEASED
+            sec = leg.security
+            self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")
+            sender = _address_of_word(t.sender)
+            assert sender is not None  # validated at lock
+            # bridgeRelease: no compliance checks, a release must always succeed.
+            h = self._holder(sec, sender)
+            h.balance += leg.amount
+            self._put_holder(sec, sender, h)
+            self._put_leg("out", tid, leg)
+        elif self._is_target(t):
+            leg = self._leg("in", tid)
+            if leg.state in (IN_MINTED, IN_ABORTED):
+                raise ChaincodeError("BadState", f"transferId={_hex(tid)}, state={leg.state}")
+            if leg.state == IN_NONE:  # a tombstone: a late prepare can no longer succeed
+                leg.terms_hash, leg.amount, leg.security = thash, t.amount, t.security
+            else:
+                self._require_hash(tid, leg, thash)
+            if leg.state == IN_PREPARED:
+                self._kv.delete(f"prepared/{leg.security.hex()}/{tid.hex()}")
+            leg.state = IN_ABORTED
+            self._put_leg("in", tid, leg)
+        else:
+            raise ChaincodeError("WrongLedger", "terms do not involve this endpoint")
+        return {"transfer_id": _hex(tid), **_leg_json(leg)}
+
+    @staticmethod
+    def _require_state(tid: bytes, leg: _Leg, state: int) -> None:
+        if leg.state != state:
+            raise ChaincodeError("BadState", f"transferId={_hex(tid)}, state={leg.state}")
+
+    @staticmethod
+    def _require_hash(tid: bytes, leg: _Leg, thash: bytes) -> None:
+        if leg.terms_hash != thash:
+            raise ChaincodeError("TermsMismatch", f"transferId={_hex(tid)}")
+
+    # ------------------------------------------------------------------ target side
+
+    def _inbound_start(
+        self, terms_json: str, cert_json: str, zero_check: bool
+    ) -> tuple[Terms, bytes, _Leg]:
+        self._only_relayer()
+        t = parse_terms(terms_json)
+        cert = parse_certificate(cert_json)
+        if not self._is_target(t):
+            raise ChaincodeError("WrongLedger", "terms do not name this endpoint as target")
+        if zero_check:
+            self._require_nonzero(t.amount)
+        tid = t.transfer_id
+        leg = self._leg("in", tid)
+        self._require_state(tid, leg, IN_NONE)
+        self._verify_certificate(cert, CLAIM_LOCKED, tid, t.terms_hash)
+        return t, tid, leg
+
+    def prepare(self, terms_json: str, cert_json: str) -> object:
+        """LOCKED certificate -> Prepared, or Rejected(reason) (a recorded outcome, no error)."""
+        t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=True)
+        reason = self._receive_check(t)
+        leg.terms_hash, leg.amount, leg.security, leg.reason = (
+            t.terms_hash,
+            t.amount,
+            t.security,
+            reason,
+        )
+        if reason == 0:
+            leg.state = IN_PREPARED
+            self._kv.put(f"prepared/{t.security.hex()}/{tid.hex()}", str(t.amount).encode())
+        else:
+            leg.state = IN_REJECTED
+        self._put_leg("in", tid, leg)
+        return {"transfer_id": _hex(tid), **_leg_json(leg)}
+
+    def mark_expired(self, terms_json: str, cert_json: str) -> object:
+        """LOCKED certificate, no inbound record -> Expired.
+
+        Unlike the EVM endpoint there is NO clock check: Fabric chaincode has no trustworthy
+        clock (the proposal timestamp is chosen by the client). The outcome is decided by this
+        ledger's ordering: whichever of Prepare and MarkExpired is ordered first wins, the
+        other fails with BadState. The coordinator only asks for the marker after the
+        deadline, and verifiers certify ABORT only from a finalized Expired/Rejected/Aborted.
+        """
+        t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=False)
+        leg.terms_hash, leg.amount, leg.security = t.terms_hash, t.amount, t.security
+        leg.state = IN_EXPIRED
+        self._put_leg("in", tid, leg)
+        return {"transfer_id": _hex(tid), **_leg_json(leg)}
+
+    # ------------------------------------------------------------------ queries
+
+    def get_leg(self, tid_hex: str, direction: str) -> object:
+        """A leg record: ``{"state", "terms_hash", "amount", "security", "reason"}``."""
+        tid = _parse_word("transfer_id", tid_hex)
+        if direction not in ("outbound", "inbound"):
+            raise _invalid("leg must be 'outbound' or 'inbound'")
+        self._require_init()
+        return _leg_json(self._leg("out" if direction == "outbound" else "in", tid))
+
+    def holder_status(self, isin: str, holder: str) -> object:
+        """A holder's standing: registered, balance, receive_status, eligible, frozen, paused."""
+        self._require_init()
+        sec = security_word(isin)
+        address = parse_holder(holder)
+        token = self._registered(sec)
+        h = self._holder(sec, address)
+        if token is None:
+            status = REASON_UNKNOWN_SECURITY
+        elif not any(address):
+            status = REASON_INVALID_RECIPIENT
+        else:
+            status = self._receive_status(sec, token, address)
+        return {
+            "registered": token is not None,
+            "balance": str(h.balance),
+            "receive_status": status,
+            "eligible": h.eligible,
+            "frozen": h.frozen,
+            "paused": bool(token and token["paused"]),
+        }
+
+    def supply(self, isin: str) -> object:
+        """``{"total_supply", "escrowed", "prepared"}`` (zeros for an unregistered security)."""
+        self._require_init()
+        sec = security_word(isin)
+        return {
+            "total_supply": str(self._total_supply(sec)),
+            "escrowed": str(self._sum(f"escrow/{sec.hex()}/")),
+            "prepared": str(self._sum(f"prepared/{sec.hex()}/")),
+        }
+
+    def committee(self) -> object:
+        """The current committee: epoch, threshold, members (lowercase 0x addresses)."""
+        self._require_init()
+        return _committee_json(self._committee())
+
+    def info(self) -> object:
+        """The endpoint's identity: ledger and bridge words, names, channel and admin."""
+        cfg = self.cfg
+        return {
+            "ledger_word": _hex(cfg.ledger_word),
+            "bridge_word": _hex(cfg.bridge_word),
+            "ledger_name": cfg.ledger_name,
+            "chaincode_name": cfg.chaincode_name,
+            "channel_id": cfg.channel_id,
+            "admin": cfg.admin,
+        }
+
+    def is_relayer(self, identity: str) -> object:
+        """Whether ``identity`` may move legs."""
+        self._require_init()
+        return {"identity": identity, "relayer": self._is_relayer(identity)}
+
+    def who_am_i(self) -> object:
+        """The caller's identity string (what SetRelayer expects)."""
+        return {"identity": self._ctx.caller}
+
+    def digests(self, terms_json: str) -> object:
+        """``transferIdOf`` and ``termsHashOf`` of a terms JSON (no state needed)."""
+        t = parse_terms(terms_json)
+        return {"transfer_id": _hex(t.transfer_id), "terms_hash": _hex(t.terms_hash)}
+
+    def claim_digest_of(self, epoch: str, kind: str, tid_hex: str, thash_hex: str) -> object:
+        """``claimDigestOf``: the digest committee members sign for this endpoint."""
+        cfg = self.cfg
+        digest = claim_digest(
+            cfg.ledger_word,
+            cfg.bridge_word,
+            _parse_decimal("epoch", epoch, UINT64_LIMIT),
+            _parse_decimal("kind", kind, 256),
+            _parse_word("transfer_id", tid_hex),
+            _parse_word("terms_hash", thash_hex),
+        )
+        return {"digest": _hex(digest)}
+
+
+def _leg_json(leg: _Leg) -> dict[str, Any]:
+    return {
+        "state": leg.state,
+        "terms_hash": _hex(leg.terms_hash),
+        "amount": str(leg.amount),
+        "security": _hex(leg.security),
+        "reason": leg.reason,
+    }
+
+
+def _committee_json(c: _Committee) -> dict[str, Any]:
+    return {"epoch": c.epoch, "threshold": c.threshold, "members": [_hex(m) for m in c.members]}
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+# function name -> (method name, number of string arguments, changes state)
+FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
+    "Init": ("init", 3, True),
+    "SetRelayer": ("set_relayer", 2, True),
+    "RegisterSecurity": ("register_security", 1, True),
+    "SetEligible": ("set_eligible", 3, True),
+    "SetFrozen": ("set_frozen", 3, True),
+    "SetPaused": ("set_paused", 2, True),
+    "Issue": ("issue", 3, True),
+    "Redeem": ("redeem", 3, True),
+    "Lock": ("lock", 1, True),
+    "Prepare": ("prepare", 2, True),
+    "MarkExpired": ("mark_expired", 2, True),
+    "Commit": ("commit", 2, True),
+    "Abort": ("abort", 2, True),
+    "GetLeg": ("get_leg", 2, False),
+    "HolderStatus": ("holder_status", 2, False),
+    "Supply": ("supply", 1, False),
+    "Committee": ("committee", 0, False),
+    "Info": ("info", 0, False),
+    "IsRelayer": ("is_relayer", 1, False),
+    "WhoAmI": ("who_am_i", 0, False),
+    "Digests": ("digests", 1, False),
+    "ClaimDigest": ("claim_digest_of", 4, False),
+}
+
+
+def execute(store: KeyValue, ctx: Context, function: str, args: Sequence[str], emit: Emit) -> bytes:
+    """Run one chaincode call; return its JSON result or raise :class:`ChaincodeError`.
+
+    The store is written, and ``emit`` called (at most once, for a leg transition), only
+    when the call succeeds.
+    """
+    entry = FUNCTIONS.get(function)
+    if entry is None:
+        raise ChaincodeError("UnknownFunction", f"function={function!r}")
+    method, arity, _ = entry
+    if len(args) != arity:
+        raise _invalid(f"{function} takes {arity} arguments, got {len(args)}")
+    if not all(isinstance(a, str) for a in args):
+        raise _invalid("arguments must be strings")
+    buffer = _Buffer(store)
+    events: list[tuple[str, bytes]] = []
+    endpoint = Endpoint(buffer, ctx, lambda name, payload: events.append((name, payload)))
+    result = getattr(endpoint, method)(*args)
+    if len(events) > 1:  # Fabric carries one event per transaction
+        raise AssertionError(f"{function} produced {len(events)} events")
+    buffer.flush()
+    for name, payload in events:
+        emit(name, payload)
+    return canonical_json(result)

@@ -1,0 +1,399 @@
+"""The Fabric adapter and Gateway client against the native network and the real chaincode.
+
+The bridge chaincode (contracts/fabric/kstb_chaincode) runs as a service from the project's
+own interpreter (``python -m kstb_chaincode``); the definition needs both orgs to endorse.
+Org1's User1 administers the endpoint; Org2's User1 is the relayer and talks to Org2's peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
+from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
+from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.legs import Action, EventPosition, Leg, LegState, RejectReason, SignatureSet
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.terms import TransferTerms
+from bridge.ledgers.fabric.adapter import FabricAdapter
+from bridge.ledgers.fabric.gateway import GatewayClient, TransactionInvalid
+from bridge.ledgers.fabric.identity import SigningIdentity
+
+pytestmark = [pytest.mark.integration, pytest.mark.fabric]
+
+CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
+CHAINCODE = "kstb"
+LEDGER = LedgerId("fabric-a")
+OTHER = LedgerId("evm-b")
+ISIN = "US0378331005"
+SECURITY = SecurityId(ISIN)
+
+if not (CHAINCODE_DIR / "kstb_chaincode" / "__main__.py").is_file():
+    pytest.skip("contracts/fabric/kstb_chaincode is not there yet", allow_module_level=True)
+
+
+@dataclass
+class BridgeEnv:
+    """The deployed bridge chaincode and everything needed to drive it."""
+
+    net: FabricNetwork
+    signers: list[LocalKeySigner]
+    committee: Committee
+
+    def identity(self, org: str) -> SigningIdentity:
+        o = self.net.org(org)
+        return SigningIdentity.from_files(o.msp_id, o.user_cert(), o.user_key())
+
+    def client(self, org: str, **kw: float) -> GatewayClient:
+        o = self.net.org(org)
+        return GatewayClient(
+            o.peer_endpoint, o.tls_ca_cert, o.peer_host, self.identity(org), self.net.channel, **kw
+        )
+
+    def adapter(self, org: str = "Org2", operator: str = "Org2MSP/User1") -> FabricAdapter:
+        return FabricAdapter(LEDGER, self.client(org), CHAINCODE, operator)
+
+    def cert(self, kind: ClaimKind, terms: TransferTerms, bridge: bytes) -> SignatureSet:
+        domain = ClaimDomain(LEDGER.word, bridge, self.committee.epoch)
+        digest = claim_digest(domain, Claim(kind, terms.transfer_id, terms.terms_hash))
+        c = assemble_certificate(
+            self.committee, digest, [s.sign_digest(digest) for s in self.signers]
+        )
+        return SignatureSet(c.epoch, tuple(v.signature for v in c.votes))
+
+
+@pytest.fixture(scope="module")
+def kstb_process(fabric_network: FabricNetwork) -> Iterator[ManagedProcess]:
+    """The bridge chaincode deployed as ``kstb`` and served from this interpreter."""
+    address = f"127.0.0.1:{free_port()}"
+    package_id = fabric_network.deploy_ccaas(CHAINCODE, address)
+    proc = ManagedProcess(
+        name="chaincode-kstb",
+        argv=[sys.executable, "-m", "kstb_chaincode"],
+        log_path=fabric_network.logs_dir / "chaincode-kstb.log",
+        env={
+            "PYTHONPATH": str(CHAINCODE_DIR),
+            "CHAINCODE_SERVER_ADDRESS": address,
+            "CORE_CHAINCODE_ID": package_id,
+        },
+    ).start()
+    try:
+        proc.wait_port(int(address.rsplit(":", 1)[1]), timeout=30)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+async def env(fabric_network: FabricNetwork, kstb_process: ManagedProcess) -> BridgeEnv:
+    """The endpoint initialised (Org1 admin), Org2's user a relayer, the security registered."""
+    signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)]
+    members = tuple(sorted(s.address for s in signers))
+    committee = Committee(epoch=1, threshold=3, members=members)
+    e = BridgeEnv(fabric_network, signers, committee)
+    admin = e.client("Org1")
+    committee_json = json.dumps(
+        {"epoch": 1, "threshold": 3, "members": ["0x" + m.hex() for m in members]}
+    )
+    info = json.loads(await admin.evaluate(CHAINCODE, "WhoAmI"))
+    if info["identity"] != admin.identity.chaincode_identity():
+        raise AssertionError("the chaincode identifies callers differently than assumed")
+    await admin.submit(CHAINCODE, "Init", [LEDGER.name, CHAINCODE, committee_json])
+    relayer = e.identity("Org2").chaincode_identity()
+    await admin.submit(CHAINCODE, "SetRelayer", [relayer, "true"])
+    await admin.submit(CHAINCODE, "RegisterSecurity", [ISIN])
+    await admin.close()
+    return e
+
+
+async def _holder(env: BridgeEnv, amount: int) -> bytes:
+    """A fresh eligible holder of ``amount`` units; returns its word."""
+    address = "0x" + secrets.token_hex(20)
+    admin = env.client("Org1")
+    await admin.submit(CHAINCODE, "SetEligible", [ISIN, address, "true"])
+    if amount:
+        await admin.submit(CHAINCODE, "Issue", [ISIN, address, str(amount)])
+    await admin.close()
+    return bytes(12) + bytes.fromhex(address[2:])
+
+
+def _outbound(adapter: FabricAdapter, sender: bytes, amount: int) -> TransferTerms:
+    return TransferTerms(
+        nonce=secrets.token_bytes(32),
+        security=SECURITY.word,
+        amount=amount,
+        src_ledger=LEDGER.word,
+        src_bridge=adapter.bridge_word,
+        dst_ledger=OTHER.word,
+        dst_bridge=secrets.token_bytes(32),
+        sender=sender,
+        recipient=bytes(12) + secrets.token_bytes(20),
+        deadline=2_000_000_000,
+    )
+
+
+def _inbound(adapter: FabricAdapter, recipient: bytes, amount: int) -> TransferTerms:
+    return TransferTerms(
+        nonce=secrets.token_bytes(32),
+        security=SECURITY.word,
+        amount=amount,
+        src_ledger=OTHER.word,
+        src_bridge=secrets.token_bytes(32),
+        dst_ledger=LEDGER.word,
+        dst_bridge=adapter.bridge_word,
+        sender=bytes(12) + secrets.token_bytes(20),
+        recipient=recipient,
+        deadline=2_000_000_000,
+    )
+
+
+@pytest.fixture
+async def relayer(env: BridgeEnv) -> AsyncIterator[FabricAdapter]:
+    adapter = env.adapter()
+    yield adapter
+    await adapter.close()
+
+
+async def test_evaluate_submit_round_trip_and_height_grows(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    h0 = await relayer.finalized_height()
+    holder = await _holder(env, 0)
+    before = await relayer.holder_status(SECURITY, holder)
+    assert before.security_registered and before.eligible and before.balance == 0
+    admin = env.client("Org1")
+    result = await admin.submit(CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "25"])
+    await admin.close()
+    assert result.code == 0 and len(result.tx_id) == 64
+    assert result.block_number > h0
+    assert await relayer.finalized_height() >= result.block_number
+    after = await relayer.holder_status(SECURITY, holder)
+    assert after.balance == 25
+
+
+async def test_lock_is_idempotent_and_its_event_carries_the_terms(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    start = await relayer.finalized_height()
+    sender = await _holder(env, 10)
+    t = _outbound(relayer, sender, 10)
+    lock = await relayer.submit(Action.LOCK, t, None)
+    assert not lock.already_applied and lock.height > start
+    status = await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
+    assert status.state is LegState.LOCKED and status.terms_hash == t.terms_hash
+    again = await relayer.submit(Action.LOCK, t, None)
+    assert again.already_applied and again.tx_id == ""
+    assert (await relayer.holder_status(SECURITY, sender)).balance == 0, "escrowed once"
+
+    other = replace(t, deadline=t.deadline + 1)
+    with pytest.raises(LedgerRejected, match="TermsMismatch"):
+        await relayer.submit(Action.LOCK, other, None)
+
+    commit = env.cert(ClaimKind.COMMIT, t, relayer.bridge_word)
+    burned = await relayer.submit(Action.COMMIT, t, commit)
+    assert not burned.already_applied
+    assert (await relayer.submit(Action.COMMIT, t, commit)).already_applied
+
+    final = await relayer.finalized_height()
+    events = [e for e in await relayer.events(None, final) if e.transfer_id == t.transfer_id]
+    assert [e.state for e in events] == [LegState.LOCKED, LegState.BURNED]
+    assert events[0].terms == t and events[1].terms is None
+    assert events[0].tx_id == lock.tx_id and events[0].position.height == lock.height
+    assert events[1].tx_id == burned.tx_id
+    assert all(e.leg is Leg.OUTBOUND and e.ledger == LEDGER.name for e in events)
+    assert all(len(e.block_hash) == 32 for e in events)
+
+
+async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: FabricAdapter) -> None:
+    recipient = await _holder(env, 0)
+    t = _inbound(relayer, recipient, 7)
+    locked = env.cert(ClaimKind.LOCKED, t, relayer.bridge_word)
+    await relayer.submit(Action.PREPARE, t, locked)
+    assert (await relayer.submit(Action.PREPARE, t, locked)).already_applied
+    assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.PREPARED
+    await relayer.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, relayer.bridge_word))
+    assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.MINTED
+    assert (await relayer.holder_status(SECURITY, recipient)).balance == 7
+
+    stranger = bytes(12) + secrets.token_bytes(20)  # never made eligible
+    r = _inbound(relayer, stranger, 3)
+    await relayer.submit(Action.PREPARE, r, env.cert(ClaimKind.LOCKED, r, relayer.bridge_word))
+    leg = await relayer.get_leg(r.transfer_id, Leg.INBOUND)
+    assert leg.state is LegState.REJECTED
+    assert leg.reason == RejectReason.RECIPIENT_NOT_ELIGIBLE
+    final = await relayer.finalized_height()
+    ev = [e for e in await relayer.events(None, final) if e.transfer_id == r.transfer_id]
+    assert [(e.leg, e.state, e.reason) for e in ev] == [(Leg.INBOUND, LegState.REJECTED, 2)]
+
+
+async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    sender = await _holder(env, 3)
+    t = _outbound(relayer, sender, 5)
+    with pytest.raises(LedgerRejected) as info:
+        await relayer.submit(Action.LOCK, t, None)
+    assert info.value.reason == "InsufficientBalance"
+    assert "balance=3" in info.value.detail
+    assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+
+    ok = _outbound(relayer, sender, 3)
+    bad = SignatureSet(99, env.cert(ClaimKind.COMMIT, ok, relayer.bridge_word).signatures)
+    with pytest.raises(LedgerRejected, match="WrongEpoch"):
+        await relayer.client.evaluate(CHAINCODE, "Commit", [_json_terms(ok), _json_cert(bad)])
+
+    admin_only = env.client("Org2")  # the relayer is not the admin
+    with pytest.raises(LedgerRejected) as info:
+        await admin_only.submit(CHAINCODE, "RegisterSecurity", ["US5949181045"])
+    assert info.value.reason == "NotAdmin"
+    await admin_only.close()
+
+    read_only = FabricAdapter(LEDGER, env.client("Org1"), CHAINCODE, "")
+    with pytest.raises(LedgerRejected, match="ReadOnly"):
+        await read_only.submit(Action.LOCK, ok, None)
+    await read_only.close()
+
+
+def _json_terms(t: TransferTerms) -> str:
+    from bridge.ledgers.fabric.codec import terms_to_json
+
+    return terms_to_json(t)
+
+
+def _json_cert(c: SignatureSet) -> str:
+    from bridge.ledgers.fabric.codec import certificate_to_json
+
+    return certificate_to_json(c)
+
+
+async def test_events_resume_without_loss_or_duplicates_across_restart(
+    env: BridgeEnv,
+) -> None:
+    first = env.adapter()
+    checkpoint = EventPosition(await first.finalized_height(), 1 << 30)  # end of that block
+    sender = await _holder(env, 100)
+    transfers = [_outbound(first, sender, 1 + i) for i in range(4)]
+    for t in transfers[:2]:
+        await first.submit(Action.LOCK, t, None)
+    mid = await first.finalized_height()
+    part1 = await first.events(checkpoint, mid)
+    await first.close()  # "restart": a new client and adapter resume from the last position
+
+    second = env.adapter()
+    for t in transfers[2:]:
+        await second.submit(Action.LOCK, t, None)
+    await second.submit(
+        Action.ABORT, transfers[0], env.cert(ClaimKind.ABORT, transfers[0], second.bridge_word)
+    )
+    final = await second.finalized_height()
+    resume_from = part1[-1].position
+    part2 = await second.events(resume_from, final)
+    whole = await second.events(checkpoint, final)
+
+    assert part1 + part2 == whole
+    keys = [(e.position, e.tx_id) for e in whole]
+    assert len(set(keys)) == len(keys) and keys == sorted(keys)
+    ours = [(e.transfer_id, e.state) for e in whole if e.transfer_id in _ids(transfers)]
+    expected = [(t.transfer_id, LegState.LOCKED) for t in transfers]
+    expected.append((transfers[0].transfer_id, LegState.RELEASED))
+    assert ours == expected
+    assert await second.events(whole[-1].position, final) == []
+
+    # The live Gateway stream sees the same events, in the same order.
+    streamed: list[tuple[int, str]] = []
+    async with aclosing(second.client.chaincode_events(CHAINCODE, checkpoint.height)) as stream:
+        async for ev in stream:
+            streamed.append((ev.block_number, ev.tx_id))
+            if len(streamed) == len(whole):
+                break
+    assert streamed == [(e.position.height, e.tx_id) for e in whole]
+    await second.close()
+
+
+def _ids(transfers: list[TransferTerms]) -> set[bytes]:
+    return {t.transfer_id for t in transfers}
+
+
+async def test_read_conflicts_are_retryable_and_leave_no_event(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    sender = await _holder(env, 10)
+    first, second = (_outbound(relayer, sender, 1) for _ in range(2))
+    start = await relayer.finalized_height()
+    client = relayer.client
+    # Both endorsed against the same state (the holder's balance), then both ordered.
+    a = await client.endorse(CHAINCODE, "Lock", [_json_terms(first)])
+    b = await client.endorse(CHAINCODE, "Lock", [_json_terms(second)])
+    assert json.loads(a.result)["transfer_id"] == "0x" + first.transfer_id.hex()
+    ok = await client.submit_prepared(a)
+    with pytest.raises(TransactionInvalid) as info:
+        await client.submit_prepared(b)
+    conflict = info.value
+    assert isinstance(conflict, Unavailable) and not isinstance(conflict, LedgerRejected)
+    assert conflict.code_name == "MVCC_READ_CONFLICT" and conflict.tx_id == b.tx_id
+
+    final = await relayer.finalized_height()
+    assert conflict.block_number <= final
+    seen = {e.tx_id for e in await relayer.events(EventPosition(start, 1 << 30), final)}
+    assert ok.tx_id in seen
+    assert b.tx_id not in seen, "events of invalid transactions never appear"
+    assert (await relayer.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    # The retry (re-read, then submit) applies it exactly once.
+    retry = await relayer.submit(Action.LOCK, second, None)
+    assert not retry.already_applied
+    assert (await relayer.submit(Action.LOCK, second, None)).already_applied
+    assert (await relayer.holder_status(SECURITY, sender)).balance == 8
+
+    # The Gateway's live stream skips the invalid transaction too.
+    streamed: list[str] = []
+    async with aclosing(client.chaincode_events(CHAINCODE, start + 1)) as stream:
+        async for ev in stream:
+            streamed.append(ev.tx_id)
+            if ev.tx_id == retry.tx_id:
+                break
+    assert ok.tx_id in streamed and b.tx_id not in streamed
+
+
+async def test_concurrent_submissions_from_one_relayer(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    holders = [await _holder(env, 5) for _ in range(4)]
+    terms = [_outbound(relayer, h, 5) for h in holders]
+    results = await asyncio.gather(*(relayer.submit(Action.LOCK, t, None) for t in terms))
+    assert all(not r.already_applied for r in results)
+    for t in terms:
+        assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+
+
+async def test_unreachable_peer_is_unavailable(env: BridgeEnv, tmp_path: Path) -> None:
+    org = env.net.org("Org1")
+    dead = GatewayClient(
+        f"127.0.0.1:{free_port()}",
+        org.tls_ca_cert,
+        org.peer_host,
+        env.identity("Org1"),
+        env.net.channel,
+        timeout=3.0,
+    )
+    adapter = FabricAdapter(LEDGER, dead, CHAINCODE, "Org1MSP/User1")
+    with pytest.raises(Unavailable) as info:
+        await adapter.finalized_height()
+    assert not isinstance(info.value, LedgerRejected)
+    sender = bytes(12) + secrets.token_bytes(20)
+    with pytest.raises(Unavailable):
+        await adapter.submit(Action.LOCK, _outbound(adapter, sender, 1), None)
+    with pytest.raises(Unavailable):
+        await adapter.events(None, 3)
+    await adapter.close()

@@ -1,0 +1,377 @@
+"""Fabric Gateway client building blocks: identity, proposals, signatures, JSON, addresses."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
+from bridge.domain.hashing import keccak256
+from bridge.domain.ids import LedgerId
+from bridge.domain.legs import HolderStatus, Leg, SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.ledgers.fabric import codec
+from bridge.ledgers.fabric._protos import (
+    chaincode_pb2,
+    common_pb2,
+    gateway_pb2,
+    identities_pb2,
+    proposal_pb2,
+)
+from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
+from bridge.ledgers.fabric.addresses import FabricAddressCodec
+from bridge.ledgers.fabric.gateway import (
+    GatewayClient,
+    block_header_hash,
+    build_proposal,
+    build_seek_envelope,
+    chaincode_refusal,
+    map_rpc_error,
+    sign_proposal,
+    transaction_id,
+)
+from bridge.ledgers.fabric.identity import (
+    P256_HALF_ORDER,
+    P256_ORDER,
+    SigningIdentity,
+    low_s,
+    read_pem_key_file,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _write_identity(tmp: Path, mode: int = 0o600) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "User1@org1.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "priv_sk"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(key_path, mode)
+    return cert_path, key_path, key
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> SigningIdentity:
+    cert, key, _ = _write_identity(tmp_path)
+    return SigningIdentity.from_files("Org1MSP", cert, key)
+
+
+def _terms() -> TransferTerms:
+    return TransferTerms(
+        nonce=secrets.token_bytes(32),
+        security=b"US0378331005".ljust(32, b"\0"),
+        amount=2**200 + 7,
+        src_ledger=LedgerId("fabric-a").word,
+        src_bridge=fabric_bridge_word("bridge", "kstb"),
+        dst_ledger=LedgerId("evm-b").word,
+        dst_bridge=bytes(12) + secrets.token_bytes(20),
+        sender=bytes(12) + secrets.token_bytes(20),
+        recipient=bytes(12) + secrets.token_bytes(20),
+        deadline=1_900_000_000,
+    )
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def test_serialized_identity_round_trips(identity: SigningIdentity, tmp_path: Path) -> None:
+    decoded = identities_pb2.SerializedIdentity.FromString(identity.serialized())
+    assert decoded.mspid == "Org1MSP"
+    assert bytes(decoded.id_bytes) == (tmp_path / "cert.pem").read_bytes()
+    assert x509.load_pem_x509_certificate(bytes(decoded.id_bytes)) == identity.certificate
+    pem = (tmp_path / "cert.pem").read_bytes()
+    assert identity.chaincode_identity() == f"Org1MSP:{hashlib.sha256(pem).hexdigest()}"
+
+
+def test_signatures_are_low_s_and_verify(identity: SigningIdentity) -> None:
+    for i in range(64):  # about half of raw ECDSA signatures are high-S
+        message = f"message {i}".encode()
+        sig = identity.sign(message)
+        _, s = decode_dss_signature(sig)
+        assert s <= P256_HALF_ORDER
+        identity.public_key.verify(sig, message, ec.ECDSA(hashes.SHA256()))
+
+
+def test_low_s_flips_only_high_s() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    flipped = 0
+    for i in range(32):
+        raw = key.sign(bytes([i]), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(raw)
+        r2, s2 = decode_dss_signature(low_s(raw))
+        assert r2 == r and s2 == (s if s <= P256_HALF_ORDER else P256_ORDER - s)
+        flipped += s2 != s
+        key.public_key().verify(low_s(raw), bytes([i]), ec.ECDSA(hashes.SHA256()))
+    assert flipped > 0
+
+
+def test_key_file_must_be_private(tmp_path: Path) -> None:
+    _, key, _ = _write_identity(tmp_path, mode=0o644)
+    with pytest.raises(InvalidInput, match="chmod 600"):
+        read_pem_key_file(key)
+
+
+def test_key_must_match_certificate(tmp_path: Path) -> None:
+    cert, _, _ = _write_identity(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key, _ = _write_identity(other)
+    with pytest.raises(InvalidInput, match="does not belong"):
+        SigningIdentity.from_files("Org1MSP", cert, other_key)
+
+
+def test_non_p256_key_is_refused(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    path = tmp_path / "k"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(path, 0o600)
+    with pytest.raises(InvalidInput, match="P-256"):
+        read_pem_key_file(path)
+
+
+def test_identity_never_shows_its_key(identity: SigningIdentity, tmp_path: Path) -> None:
+    key_pem = (tmp_path / "priv_sk").read_text()
+    body = "".join(key_pem.strip().splitlines()[1:-1])
+    for text in (repr(identity), str(identity)):
+        assert "Org1MSP" in text and "User1@org1" in text
+        assert body[:16] not in text and "PRIVATE" not in text
+    with pytest.raises(TypeError):
+        __import__("pickle").dumps(identity)
+
+
+# -- proposals ------------------------------------------------------------------------------
+
+
+def test_transaction_id_is_sha256_of_nonce_and_creator(identity: SigningIdentity) -> None:
+    nonce = bytes(range(24))
+    creator = identity.serialized()
+    assert transaction_id(nonce, creator) == hashlib.sha256(nonce + creator).hexdigest()
+    tx_id, proposal = build_proposal("bridge", "kstb", "Lock", ["{}", b"\x00\x01"], creator, nonce)
+    assert tx_id == hashlib.sha256(nonce + creator).hexdigest()
+
+    header = common_pb2.Header.FromString(proposal.header)
+    channel_header = common_pb2.ChannelHeader.FromString(header.channel_header)
+    assert channel_header.type == common_pb2.HeaderType.ENDORSER_TRANSACTION
+    assert channel_header.channel_id == "bridge"
+    assert channel_header.tx_id == tx_id
+    assert channel_header.timestamp.seconds > 1_600_000_000
+    ext = proposal_pb2.ChaincodeHeaderExtension.FromString(channel_header.extension)
+    assert ext.chaincode_id.name == "kstb"
+    signature_header = common_pb2.SignatureHeader.FromString(header.signature_header)
+    assert bytes(signature_header.creator) == creator and bytes(signature_header.nonce) == nonce
+
+    payload = proposal_pb2.ChaincodeProposalPayload.FromString(proposal.payload)
+    spec = chaincode_pb2.ChaincodeInvocationSpec.FromString(payload.input).chaincode_spec
+    assert spec.chaincode_id.name == "kstb"
+    assert list(spec.input.args) == [b"Lock", b"{}", b"\x00\x01"]
+
+
+def test_signed_proposal_verifies(identity: SigningIdentity) -> None:
+    _, proposal = build_proposal(
+        "bridge", "kstb", "GetLeg", ["a"], identity.serialized(), b"n" * 24
+    )
+    signed = sign_proposal(proposal, identity)
+    assert bytes(signed.proposal_bytes) == proposal.SerializeToString()
+    identity.public_key.verify(
+        bytes(signed.signature), bytes(signed.proposal_bytes), ec.ECDSA(hashes.SHA256())
+    )
+
+
+def test_seek_envelope_is_signed_deliver_request(identity: SigningIdentity) -> None:
+    env = build_seek_envelope("bridge", identity, 3, 9)
+    identity.public_key.verify(bytes(env.signature), bytes(env.payload), ec.ECDSA(hashes.SHA256()))
+    payload = common_pb2.Payload.FromString(env.payload)
+    ch = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+    assert ch.type == common_pb2.HeaderType.DELIVER_SEEK_INFO and ch.channel_id == "bridge"
+    from bridge.ledgers.fabric._protos import ab_pb2
+
+    seek = ab_pb2.SeekInfo.FromString(payload.data)
+    assert (seek.start.specified.number, seek.stop.specified.number) == (3, 9)
+
+
+def test_block_header_hash_matches_fabric_asn1() -> None:
+    header = common_pb2.BlockHeader(number=1, previous_hash=b"\x01" * 32, data_hash=b"\x02" * 32)
+    der = (
+        bytes([0x30, 3 + 34 + 34, 0x02, 0x01, 0x01, 0x04, 32])
+        + b"\x01" * 32
+        + bytes([0x04, 32])
+        + b"\x02" * 32
+    )
+    assert block_header_hash(header) == hashlib.sha256(der).digest()
+    # 128 needs a leading zero byte to stay a positive DER INTEGER.
+    big = common_pb2.BlockHeader(number=128, previous_hash=b"", data_hash=b"")
+    assert (
+        block_header_hash(big)
+        == hashlib.sha256(bytes([0x30, 8, 0x02, 0x02, 0x00, 0x80, 0x04, 0x00, 0x04, 0x00])).digest()
+    )
+
+
+# -- error mapping ---------------------------------------------------------------------------
+
+
+def test_chaincode_refusal_parsing() -> None:
+    r = chaincode_refusal("chaincode response 500, InsufficientBalance: holder=0xab, balance=3")
+    assert r is not None and (r.reason, r.detail) == (
+        "InsufficientBalance",
+        "holder=0xab, balance=3",
+    )
+    plain = chaincode_refusal("chaincode response 500, no value for x: y")
+    assert plain is not None and plain.reason == "ChaincodeError"
+    assert chaincode_refusal("chaincode response 200, OK: fine") is None
+    assert chaincode_refusal("failed to connect: connection refused") is None
+
+
+class _FakeRpcError(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode, details: str, trailer: bytes | None) -> None:
+        md = grpc.aio.Metadata()
+        if trailer is not None:
+            md.add("grpc-status-details-bin", trailer)
+        super().__init__(code, grpc.aio.Metadata(), md, details, None)
+
+
+def _status_with_details(*messages: str) -> bytes:
+    from bridge.ledgers.fabric.gateway import _RichStatus
+
+    status = _RichStatus(code=10, message="failed to endorse")
+    for m in messages:
+        detail = gateway_pb2.ErrorDetail(address="127.0.0.1:7051", msp_id="Org1MSP", message=m)
+        item = status.details.add()
+        item.type_url = "type.googleapis.com/gateway.ErrorDetail"
+        item.value = detail.SerializeToString()
+    return bytes(status.SerializeToString())
+
+
+def test_endorsement_failure_with_chaincode_error_is_a_rejection() -> None:
+    trailer = _status_with_details("chaincode response 500, TransferExists: transferId=0x01")
+    exc = _FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse transaction", trailer)
+    mapped = map_rpc_error(exc, "submit", "peer:1")
+    assert isinstance(mapped, LedgerRejected)
+    assert (mapped.reason, mapped.detail) == ("TransferExists", "transferId=0x01")
+
+
+def test_internal_chaincode_faults_are_unavailable() -> None:
+    trailer = _status_with_details("chaincode response 500, Internal: Exception: boom")
+    exc = _FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse transaction", trailer)
+    mapped = map_rpc_error(exc, "submit", "peer:1")
+    assert isinstance(mapped, Unavailable) and not isinstance(mapped, LedgerRejected)
+    assert "boom" in str(mapped)
+
+
+def test_transport_failures_are_unavailable() -> None:
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        mapped = map_rpc_error(_FakeRpcError(code, "connection refused", None), "x", "peer:1")
+        assert isinstance(mapped, Unavailable) and not isinstance(mapped, LedgerRejected)
+    trailer = _status_with_details("failed to connect to peer: connection refused")
+    mapped = map_rpc_error(
+        _FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse", trailer), "x", "peer:1"
+    )
+    assert isinstance(mapped, Unavailable) and "connection refused" in str(mapped)
+
+
+# -- JSON formats and addresses --------------------------------------------------------------
+
+
+def test_terms_json_round_trip() -> None:
+    t = _terms()
+    text = codec.terms_to_json(t)
+    data = json.loads(text)
+    assert data["amount"] == str(2**200 + 7) and data["deadline"] == 1_900_000_000
+    assert data["nonce"] == "0x" + t.nonce.hex() and len(data) == 10
+    assert codec.terms_from_json(text) == t
+    assert codec.terms_from_json(data) == t
+    data["sender"] = data["sender"].upper().replace("0X", "0x")
+    assert codec.terms_from_json(data) == t
+    with pytest.raises(ValueError, match="recipient"):
+        codec.terms_from_json({**data, "recipient": "0x12"})
+    with pytest.raises(ValueError, match="lacks 'deadline'"):
+        codec.terms_from_json({k: v for k, v in data.items() if k != "deadline"})
+
+
+def test_certificate_json_round_trip() -> None:
+    cert = SignatureSet(7, (b"\x01" * 65, b"\x02" * 65))
+    text = codec.certificate_to_json(cert)
+    assert json.loads(text) == {"epoch": 7, "signatures": ["0x" + "01" * 65, "0x" + "02" * 65]}
+    assert codec.certificate_from_json(text) == cert
+    with pytest.raises(ValueError, match="65 bytes"):
+        codec.certificate_to_json(SignatureSet(1, (b"\x00" * 64,)))
+
+
+def test_holder_status_json() -> None:
+    raw = json.dumps(
+        {
+            "registered": True,
+            "balance": "12",
+            "receive_status": 0,
+            "eligible": True,
+            "frozen": False,
+            "paused": False,
+        }
+    )
+    assert codec.holder_from_json(raw) == HolderStatus(True, 12, 0, True, False, False)
+    assert codec.leg_name(Leg.INBOUND) == "inbound"
+    assert codec.leg_from_index(0) is Leg.OUTBOUND and codec.leg_from_index(1) is Leg.INBOUND
+    with pytest.raises(ValueError, match="leg must be 0 or 1"):
+        codec.leg_from_index(2)
+
+
+def test_address_codec() -> None:
+    c = FabricAddressCodec()
+    raw = secrets.token_bytes(20)
+    text = "0x" + raw.hex().upper()
+    word = c.parse(text)
+    assert word == bytes(12) + raw
+    assert c.format(word) == "0x" + raw.hex()
+    assert c.parse(c.format(word)) == word
+    for bad in ("", "0x", raw.hex(), "0x" + raw.hex() + "00", "0x" + "g" * 40):
+        with pytest.raises(InvalidInput):
+            c.parse(bad)
+    with pytest.raises(InvalidInput):
+        c.format(b"\x01" * 32)
+    with pytest.raises(InvalidInput):
+        c.format(raw)
+
+
+def test_adapter_identity_needs_no_connection(identity: SigningIdentity, tmp_path: Path) -> None:
+    client = GatewayClient("127.0.0.1:1", tmp_path / "none.pem", None, identity, "bridge")
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org1MSP/User1")
+    assert adapter.kind == "fabric"
+    assert adapter.bridge_word == keccak256(b"fabric:bridge:kstb")
+    assert adapter.operator == "Org1MSP/User1"
+    word = adapter.parse_address("0x" + "Ab" * 20)
+    assert adapter.format_address(word) == "0x" + "ab" * 20
