@@ -10,12 +10,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from web3 import Web3
 from web3.contract import Contract
 
 from bridge.config import dump_toml
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
@@ -52,6 +54,10 @@ class LedgerHandle:
         """Units held in the bridge's escrow on this ledger."""
         return int(self.tokens[isin].functions.balanceOf(self.endpoint.address).call())
 
+    def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
+        """Add ``holder`` to (or remove it from) the eligible holders."""
+        deploy.set_eligible(self.w3, self.admin.private_key, self.tokens[isin], holder, eligible)
+
     def make_holder(self, isin: str, units: int = 0) -> DevAccount:
         """A new eligible holder, optionally issued ``units``."""
         holder = DevAccount.generate()
@@ -73,7 +79,9 @@ class LocalSystem:
     threshold: int = 3
     isins: Sequence[str] = (DEMO_ISIN,)
     transfer_ttl: int = 120
+    fabric_ledger_names: Sequence[str] = ()
     ledgers: dict[str, LedgerHandle] = field(default_factory=dict)
+    fabric: dict[str, FabricBridgeLedger] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     verifier_keys: list[DevAccount] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -107,6 +115,19 @@ class LocalSystem:
                 deploy.register_security(w3, admin.private_key, endpoint, token)
                 handle.tokens[isin] = token
             self.ledgers[name] = handle
+        for name in self.fabric_ledger_names:
+            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
+                self.committee, self.isins
+            )
+
+    def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
+        """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
+        return self.ledgers[name] if name in self.ledgers else self.fabric[name]
+
+    @property
+    def all_ledgers(self) -> list[str]:
+        """Every ledger name, EVM first."""
+        return [*self.ledgers, *self.fabric]
 
     # -- configuration ---------------------------------------------------------------------
     def _network_file(self) -> Path:
@@ -132,7 +153,8 @@ class LocalSystem:
                             "block_interval": self.block_time,
                         }
                         for h in self.ledgers.values()
-                    ],
+                    ]
+                    + [f.ledger_entry() for f in self.fabric.values()],
                 }
             )
         )
@@ -143,19 +165,26 @@ class LocalSystem:
         self._network_file()
         self.ports["coordinator"] = free_port()
         verifiers = []
+        fabric_identities = {
+            name: {
+                "msp_id": f.verifier_credentials.msp_id,
+                "cert_file": str(f.verifier_credentials.cert_file),
+                "key_file": str(f.verifier_credentials.key_file),
+            }
+            for name, f in self.fabric.items()
+        }
         for i, key in enumerate(self.verifier_keys):
             port = self.ports[f"verifier-{i}"] = free_port()
             write_key_file(self.workdir / "keys" / f"verifier-{i}.key", key)
-            (self.workdir / f"verifier-{i}.toml").write_text(
-                dump_toml(
-                    {
-                        "network": "network.toml",
-                        "listen": f"127.0.0.1:{port}",
-                        "key_file": f"keys/verifier-{i}.key",
-                        "vote_db": f"state/verifier-{i}.sqlite",
-                    }
-                )
-            )
+            verifier: dict[str, Any] = {
+                "network": "network.toml",
+                "listen": f"127.0.0.1:{port}",
+                "key_file": f"keys/verifier-{i}.key",
+                "vote_db": f"state/verifier-{i}.sqlite",
+            }
+            if fabric_identities:
+                verifier["fabric_identities"] = fabric_identities
+            (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
             verifiers.append(f"127.0.0.1:{port}")
         relayers = {}
         for name, h in self.ledgers.items():
@@ -171,6 +200,25 @@ class LocalSystem:
                         "key_file": f"keys/relayer-{name}.key",
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
+                    }
+                )
+            )
+            relayers[name] = f"127.0.0.1:{port}"
+        for name, f in self.fabric.items():
+            port = self.ports[f"relayer-{name}"] = free_port()
+            creds = f.relayer_credentials
+            (self.workdir / f"relayer-{name}.toml").write_text(
+                dump_toml(
+                    {
+                        "network": "network.toml",
+                        "ledger": name,
+                        "listen": f"127.0.0.1:{port}",
+                        "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
+                        "key_file": str(creds.key_file),
+                        "cert_file": str(creds.cert_file),
+                        "msp_id": creds.msp_id,
+                        "state_db": f"state/relayer-{name}.sqlite",
+                        "poll_interval": 0.1,
                     }
                 )
             )
@@ -216,7 +264,7 @@ class LocalSystem:
         for i in range(len(self.verifier_keys)):
             self.start_process(f"verifier-{i}")
         self.start_process("coordinator")
-        for name in self.ledgers:
+        for name in self.all_ledgers:
             self.start_process(f"relayer-{name}")
 
     def start(self) -> LocalSystem:
@@ -240,6 +288,8 @@ class LocalSystem:
                 proc.stop()
         for h in self.ledgers.values():
             h.node.stop()
+        for f in self.fabric.values():
+            f.stop()
 
     def wait_processes_alive(self, timeout: float = 10.0) -> None:
         """Fail with the log tail of any bridge process that died."""

@@ -1,0 +1,215 @@
+"""A Fabric ledger running the bridge chaincode, for the demo, the tests and benchmarks.
+
+Roles on the dev network: Org1's Admin administers the endpoint (the issuer side), Org1's
+User1 is the chain operator's relayer (through Org1's peer), and Org2's User1 is the
+committee's read-only identity (through Org2's peer, so verifiers never share the
+relayer's connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.config import Credentials
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.fabric import FabricNetwork, chaincode_python
+from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
+from bridge.domain.committee import Committee
+from bridge.ledgers.fabric.adapter import fabric_bridge_word
+from bridge.ledgers.fabric.gateway import GatewayClient
+from bridge.ledgers.fabric.identity import SigningIdentity
+
+CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
+T = TypeVar("T")
+
+
+def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
+    """Deploy the bridge chaincode as ``name`` (both orgs endorse) and serve it; returns the
+    chaincode server process once it listens."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    package_id = net.deploy_ccaas(name, address)
+    proc = ManagedProcess(
+        name=f"chaincode-{name}",
+        argv=[str(chaincode_python()), "-m", "kstb_chaincode"],
+        log_path=net.logs_dir / f"chaincode-{name}.log",
+        env={
+            "PYTHONPATH": str(CHAINCODE_DIR),
+            "CHAINCODE_SERVER_ADDRESS": address,
+            "CORE_CHAINCODE_ID": package_id,
+        },
+    ).start()
+    proc.wait_port(port, timeout=30)
+    return proc
+
+
+@dataclass
+class FabricBridgeLedger:
+    """One Fabric ledger with the bridge chaincode, and synchronous admin helpers.
+
+    The helpers mirror the EVM devnet handle (``make_holder``, ``balance``, ...), so tests
+    and the demo treat both kinds alike.
+    """
+
+    name: str
+    workdir: Path
+    chaincode: str = "kstb"
+    network: FabricNetwork | None = None
+    process: ManagedProcess | None = None
+    isins: list[str] = field(default_factory=list)
+
+    @property
+    def net(self) -> FabricNetwork:
+        """The running network."""
+        assert self.network is not None, "start() first"
+        return self.network
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, committee: Committee, isins: Sequence[str]) -> FabricBridgeLedger:
+        """Start the network, deploy and initialise the chaincode, register ``isins``, and
+        grant the relayer identity its role."""
+        self.network = FabricNetwork(self.workdir / f"fabric-{self.name}").start()
+        self.process = start_bridge_chaincode(self.net, self.chaincode)
+        committee_json = json.dumps(
+            {
+                "epoch": committee.epoch,
+                "threshold": committee.threshold,
+                "members": ["0x" + m.hex() for m in committee.members],
+            }
+        )
+        relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
+        self._admin_calls(
+            [("Init", [self.name, self.chaincode, committee_json])]
+            + [("RegisterSecurity", [isin]) for isin in isins]
+            + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
+        )
+        self.isins = list(isins)
+        return self
+
+    def stop(self) -> None:
+        """Stop the chaincode server and the network."""
+        if self.process is not None:
+            self.process.stop()
+        if self.network is not None:
+            self.network.stop()
+
+    # -- identities and configuration ------------------------------------------------------
+    def _credentials(self, org: str, user: str) -> Credentials:
+        o = self.net.org(org)
+        return Credentials(key_file=o.user_key(user), cert_file=o.user_cert(user), msp_id=o.msp_id)
+
+    @staticmethod
+    def _files(c: Credentials) -> dict[str, Any]:
+        return {"msp_id": c.msp_id, "cert_path": c.cert_file, "key_path": c.key_file}
+
+    @property
+    def relayer_credentials(self) -> Credentials:
+        """The chain operator's relayer identity (Org1 User1)."""
+        return self._credentials("Org1", "User1")
+
+    @property
+    def verifier_credentials(self) -> Credentials:
+        """The committee's read-only identity (Org2 User1)."""
+        return self._credentials("Org2", "User1")
+
+    @property
+    def bridge_word(self) -> bytes:
+        """The endpoint's identity in claim digests."""
+        return fabric_bridge_word(self.net.channel, self.chaincode)
+
+    def ledger_entry(self, org: str = "Org1", block_interval: float = 0.25) -> dict[str, Any]:
+        """This ledger's ``[[ledgers]]`` entry for network.toml (reached through ``org``'s peer)."""
+        o = self.net.org(org)
+        return {
+            "id": self.name,
+            "kind": "fabric",
+            "rpc_url": o.peer_endpoint,
+            "bridge": self.chaincode,
+            "channel": self.net.channel,
+            "tls_ca": str(o.tls_ca_cert),
+            "tls_server_name": o.peer_host,
+            "block_interval": block_interval,
+        }
+
+    def endpoint_of(self, org: str) -> str:
+        """``org``'s peer Gateway endpoint."""
+        return self.net.org(org).peer_endpoint
+
+    # -- synchronous helpers (one short-lived client per call) -----------------------------
+    def _run(self, make: Any) -> Any:
+        async def go() -> Any:
+            o = self.net.org("Org1")
+            ident = SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
+            client = GatewayClient(
+                o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, self.net.channel
+            )
+            try:
+                return await make(client)
+            finally:
+                await client.close()
+
+        return _run_sync(go())
+
+    def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
+        async def run(client: GatewayClient) -> None:
+            for fn, args in calls:
+                await client.submit(self.chaincode, fn, list(args))
+
+        self._run(run)
+
+    def _query(self, fn: str, *args: str) -> Any:
+        async def run(client: GatewayClient) -> Any:
+            return json.loads(await client.evaluate(self.chaincode, fn, list(args)))
+
+        return self._run(run)
+
+    def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
+        """Add ``holder`` to (or remove it from) the eligible holders."""
+        self._admin_calls(
+            [("SetEligible", [isin, holder.lower(), "true" if eligible else "false"])]
+        )
+
+    def set_frozen(self, isin: str, holder: str, frozen: bool = True) -> None:
+        """Freeze or unfreeze ``holder``."""
+        self._admin_calls([("SetFrozen", [isin, holder.lower(), "true" if frozen else "false"])])
+
+    def set_paused(self, isin: str, paused: bool) -> None:
+        """Pause or unpause the security on this ledger."""
+        self._admin_calls([("SetPaused", [isin, "true" if paused else "false"])])
+
+    def make_holder(self, isin: str, units: int = 0) -> DevAccount:
+        """A new eligible holder (its address is a 20-byte account id), issued ``units``."""
+        holder = DevAccount.generate()
+        calls: list[tuple[str, Sequence[str]]] = [
+            ("SetEligible", [isin, holder.address.lower(), "true"])
+        ]
+        if units:
+            calls.append(("Issue", [isin, holder.address.lower(), str(units)]))
+        self._admin_calls(calls)
+        return holder
+
+    def issue(self, isin: str, holder: str, units: int) -> None:
+        """Issue ``units`` to an eligible holder."""
+        self._admin_calls([("Issue", [isin, holder.lower(), str(units)])])
+
+    def balance(self, isin: str, holder: str) -> int:
+        """A holder's balance."""
+        return int(self._query("HolderStatus", isin, holder.lower())["balance"])
+
+    def total_supply(self, isin: str) -> int:
+        """Units in existence on this ledger (holders and escrow)."""
+        return int(self._query("Supply", isin)["total_supply"])
+
+    def escrowed(self, isin: str) -> int:
+        """Units held in the bridge's escrow."""
+        return int(self._query("Supply", isin)["escrowed"])
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code (its own event loop)."""
+    return asyncio.run(coro)
