@@ -25,7 +25,7 @@ $(NODE_STAMP): contracts/evm/package.json contracts/evm/package-lock.json
 fabric:
 	bash deploy/fabric/build.sh
 
-demo: setup
+demo: setup fabric
 	$(BIN)/python -m bridge.demo
 
 test: setup fabric

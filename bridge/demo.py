@@ -1,5 +1,7 @@
-"""``make demo``: two brokerage ledgers, a 3-of-4 committee, relayers and the coordinator
-as separate processes; units move A -> B and back through the gRPC API.
+"""``make demo``: three brokerage ledgers (two anvil EVM chains and a native Hyperledger
+Fabric network), a 3-of-4 committee, one relayer per ledger and the coordinator as separate
+processes; units move over each kind of lane through the gRPC API:
+A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to EVM).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from bridge.cli.main import STATE_NAMES
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.processes import REPO_ROOT
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
-from bridge.ledgers.evm import deploy
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+
+EVM_A, EVM_B, FABRIC = "brokerage-a", "brokerage-b", "brokerage-f"
+# (source, target, units): one lane of each kind.
+LANES = ((EVM_A, EVM_B, 250), (EVM_B, FABRIC, 100), (FABRIC, EVM_A, 40))
 
 
 def _say(text: str) -> None:
@@ -27,12 +32,15 @@ def _say(text: str) -> None:
 
 def _balances(system: LocalSystem, holder: DevAccount, label: str) -> None:
     _say(f"  balances {label}:")
-    for name, h in system.ledgers.items():
+    total = 0
+    for name in system.all_ledgers:
+        h = system.handle(name)
+        supply = h.total_supply(DEMO_ISIN)
+        total += supply
         _say(
             f"    {name:<12} holder={h.balance(DEMO_ISIN, holder.address):>5}"
-            f"  escrow={h.escrowed(DEMO_ISIN):>4}  total supply={h.total_supply(DEMO_ISIN):>5}"
+            f"  escrow={h.escrowed(DEMO_ISIN):>4}  total supply={supply:>5}"
         )
-    total = sum(h.total_supply(DEMO_ISIN) for h in system.ledgers.values())
     _say(f"    all ledgers  total supply={total}")
 
 
@@ -75,35 +83,40 @@ def main() -> int:
     args = parser.parse_args()
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
-    system = LocalSystem(args.workdir, block_time=args.block_time)
+    system = LocalSystem(args.workdir, block_time=args.block_time, fabric_ledger_names=(FABRIC,))
     try:
-        _say("starting two anvil ledgers (1 s blocks) and deploying the bridge contracts ...")
+        _say("starting two anvil ledgers (1 s blocks) and a native Fabric network ...")
         system.start_ledgers()
-        a, b = system.ledgers["brokerage-a"], system.ledgers["brokerage-b"]
-        holder = a.make_holder(DEMO_ISIN, units=1_000)
-        deploy.set_eligible(b.w3, b.admin.private_key, b.tokens[DEMO_ISIN], holder.address, True)
+        a, b, f = system.ledgers[EVM_A], system.ledgers[EVM_B], system.fabric[FABRIC]
         for h in (a, b):
-            _say(f"  {h.name}: chain id {h.node.chain_id}, rpc {h.node.rpc_url}")
+            _say(f"  {h.name}: EVM chain id {h.node.chain_id}, rpc {h.node.rpc_url}")
             _say(f"    bridge endpoint {h.endpoint.address}")
-        _say(f"  security {DEMO_ISIN} registered on both ledgers")
-        _say(f"  1000 units issued to {holder.address} on brokerage-a")
-        _say("starting 4 verifiers (t=3), 2 relayers and the coordinator as processes ...")
+        _say(f"  {FABRIC}: Fabric channel {f.net.channel}, two orgs, Raft orderer")
+        _say(f"    bridge chaincode {f.chaincode!r} (endorsement by both orgs)")
+        holder = a.make_holder(DEMO_ISIN, units=1_000)
+        for other in (b, f):
+            other.set_eligible(DEMO_ISIN, holder.address)
+        _say(f"  security {DEMO_ISIN} registered on all three ledgers")
+        _say(f"  1000 units issued to {holder.address} on {EVM_A}")
+        _say("starting 4 verifiers (t=3), 3 relayers and the coordinator as processes ...")
         system.write_configs()
         system.start_bridge()
         _say(f"  coordinator on {system.coordinator_target}; logs in {args.workdir / 'logs'}")
         _balances(system, holder, "before")
         with grpc.insecure_channel(system.coordinator_target) as channel:
             stub = transfer_pb2_grpc.TransferServiceStub(channel)
-            _transfer(stub, "brokerage-a", "brokerage-b", holder, 250)
-            _balances(system, holder, "after A -> B")
-            _transfer(stub, "brokerage-b", "brokerage-a", holder, 100)
-            _balances(system, holder, "after B -> A")
-        expected = {"brokerage-a": 850, "brokerage-b": 150}
+            for src, dst, units in LANES:
+                _transfer(stub, src, dst, holder, units)
+                _balances(system, holder, f"after {src} -> {dst}")
+        expected = {EVM_A: 790, EVM_B: 150, FABRIC: 60}
         for name, units in expected.items():
-            got = system.ledgers[name].balance(DEMO_ISIN, holder.address)
+            got = system.handle(name).balance(DEMO_ISIN, holder.address)
             if got != units:
                 raise SystemExit(f"{name}: holder has {got}, expected {units}")
-        _say("\ndemo complete: 1000 units in total, 850 on brokerage-a, 150 on brokerage-b")
+        total = sum(system.handle(n).total_supply(DEMO_ISIN) for n in system.all_ledgers)
+        if total != 1_000:
+            raise SystemExit(f"total supply across ledgers is {total}, expected 1000")
+        _say(f"\ndemo complete: 1000 units in total: {expected}")
         return 0
     except Exception as exc:
         _say(f"demo failed: {exc}")
