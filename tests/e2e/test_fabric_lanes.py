@@ -17,6 +17,7 @@ from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
+from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fabric]
 
@@ -51,23 +52,32 @@ def ledgers(s: LocalSystem) -> tuple[LedgerHandle, FabricBridgeLedger]:
 
 
 def submit(stub, sender: str, recipient: str, amount: int, src: str, dst: str) -> str:
-    resp = stub.SubmitTransfer(
-        S.SubmitTransferRequest(
-            idempotency_key=str(uuid.uuid4()),
-            security_id=DEMO_ISIN,
-            source_ledger=src,
-            target_ledger=dst,
-            sender=sender,
-            recipient=recipient,
-            amount=str(amount),
-        ),
-        timeout=30,
+    """Submit as a brokerage would: UNAVAILABLE is retried with the same idempotency key."""
+    request = S.SubmitTransferRequest(
+        idempotency_key=str(uuid.uuid4()),
+        security_id=DEMO_ISIN,
+        source_ledger=src,
+        target_ledger=dst,
+        sender=sender,
+        recipient=recipient,
+        amount=str(amount),
     )
-    return resp.transfer.transfer_id
+
+    def attempt() -> str | None:
+        try:
+            return stub.SubmitTransfer(request, timeout=30).transfer.transfer_id
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise
+
+    return eventually_sync(attempt, 20, "SubmitTransfer to be accepted", interval=0.2)
 
 
 def final_state(stub, tid: str) -> list[int]:
-    return [u.state for u in stub.WatchTransfer(S.WatchTransferRequest(transfer_id=tid), timeout=120)]
+    return [
+        u.state for u in stub.WatchTransfer(S.WatchTransferRequest(transfer_id=tid), timeout=120)
+    ]
 
 
 def supply(s: LocalSystem) -> int:
@@ -82,7 +92,10 @@ def test_evm_to_fabric_and_back(mixed: LocalSystem, stub) -> None:
     before = supply(mixed)
     out = submit(stub, holder.address, holder.address, 30, EVM, FAB)
     assert final_state(stub, out)[-1] == S.TRANSFER_STATE_COMMITTED
-    assert (evm.balance(DEMO_ISIN, holder.address), fab.balance(DEMO_ISIN, holder.address)) == (20, 30)
+    assert (evm.balance(DEMO_ISIN, holder.address), fab.balance(DEMO_ISIN, holder.address)) == (
+        20,
+        30,
+    )
     back = submit(stub, holder.address.lower(), holder.address, 12, FAB, EVM)
     states = final_state(stub, back)
     assert states == [
@@ -92,7 +105,10 @@ def test_evm_to_fabric_and_back(mixed: LocalSystem, stub) -> None:
         S.TRANSFER_STATE_COMMITTING,
         S.TRANSFER_STATE_COMMITTED,
     ]
-    assert (evm.balance(DEMO_ISIN, holder.address), fab.balance(DEMO_ISIN, holder.address)) == (32, 18)
+    assert (evm.balance(DEMO_ISIN, holder.address), fab.balance(DEMO_ISIN, holder.address)) == (
+        32,
+        18,
+    )
     assert supply(mixed) == before
     assert evm.escrowed(DEMO_ISIN) == fab.escrowed(DEMO_ISIN) == 0
 
@@ -125,7 +141,9 @@ def test_fabric_sender_refusal_is_precise(mixed: LocalSystem, stub) -> None:
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_fabric_relayer_killed_mid_stream_loses_and_duplicates_nothing(mixed: LocalSystem, stub) -> None:
+def test_fabric_relayer_killed_mid_stream_loses_and_duplicates_nothing(
+    mixed: LocalSystem, stub
+) -> None:
     """SIGKILL the Fabric relayer while transfers from Fabric are in flight; after restart
     every transfer completes exactly once (no lost or duplicated mint)."""
     evm, fab = ledgers(mixed)

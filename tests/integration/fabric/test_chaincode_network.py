@@ -33,6 +33,8 @@ CHAINCODE = "kstbnet"  # its own instance: test_fabric_adapter.py deploys "kstb"
 LEDGER = "fabric-test"
 ISIN = SecurityId("KR7005930003")
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
+
+
 @dataclass
 class Bridge:
     net: FabricNetwork
