@@ -37,7 +37,7 @@ test-unit: setup
 test-integration: setup fabric
 	$(BIN)/python -m pytest -m integration
 
-test-e2e: setup
+test-e2e: setup fabric
 	$(BIN)/python -m pytest -m e2e
 
 test-fabric: setup fabric

@@ -1,12 +1,15 @@
 """Open-loop load benchmark of cross-ledger transfers through the coordinator's gRPC API.
 
-The script starts its own :class:`~bridge.devnet.system.LocalSystem` (two anvil ledgers,
-a 3-of-4 verifier committee, one relayer per ledger and the coordinator, all as real
-processes) under ``.run/bench/``, creates ``--holders`` holders that are eligible on both
-ledgers and hold units on both, and then offers ``--transfers`` transfers at ``--rate``
-per second. Submissions are open-loop: transfer ``i`` is submitted at ``i / rate`` seconds
-whether or not earlier transfers have finished, so a slow bridge shows up as growing
-latency, not as a lower offered load.
+The script starts its own :class:`~bridge.devnet.system.LocalSystem` (the ledgers of
+``--lanes``: two anvil ledgers, or one anvil ledger and a native Fabric network, or both
+anvils and Fabric; a 3-of-4 verifier committee, one relayer per ledger and the
+coordinator, all as real processes) under ``.run/bench/``, creates ``--holders`` holders
+that are eligible on every ledger and hold units on every ledger, measures each ledger's
+own commit time (``--commit-samples`` sequential admin writes), and then offers
+``--transfers`` transfers at ``--rate`` per second, alternating over the lanes.
+Submissions are open-loop: transfer ``i`` is submitted at ``i / rate`` seconds whether or
+not earlier transfers have finished, so a slow bridge shows up as growing latency, not as
+a lower offered load.
 
 What is measured, per transfer (grpc.aio client, one WatchTransfer stream per transfer):
 
@@ -16,12 +19,16 @@ What is measured, per transfer (grpc.aio client, one WatchTransfer stream per tr
   COMMITTED), taken from the coordinator's ``at`` timestamps (same host clock), which
   gives the phase breakdown without the delay of the watch stream itself.
 
-Reported: counts per outcome, latency percentiles in seconds and in block intervals,
-the goal check "p50 <= 3 block intervals + 0.5 s", the achieved submission rate, the
-sustained throughput, the p50 of each phase, the CPU used by every process while the load
-ran (``--cpu``, from ``/proc/<pid>/stat``) and a conservation check: total supply over
-both ledgers equals what was issued, escrow is empty and every holder's balance matches
-the committed transfers. Every wait is bounded and everything is stopped on exit.
+Reported: counts per outcome, latency percentiles in seconds (and, with ``--lanes evm``,
+in block intervals with the goal check "p50 <= 3 block intervals + 0.5 s"), the achieved
+submission rate, the sustained throughput, the p50 of each phase; per lane: latency
+percentiles in seconds and in each ledger's own block/batch interval (EVM: ``--block-time``;
+Fabric: the orderer's BatchTimeout from ``deploy/fabric/configtx.yaml``), the phase p50s and
+the bridge's overhead at p50 over the ledgers' own commit times (goal <= 0.5 s); the CPU used
+by every process while the load ran (``--cpu``, from ``/proc/<pid>/stat``; Fabric peers,
+orderer and chaincode server included) and a conservation check: total supply over all
+ledgers equals what was issued, escrow is empty and every holder's balance matches the
+committed transfers. Every wait is bounded and everything is stopped on exit.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import contextlib
 import json
 import os
 import platform
+import random
+import re
 import signal
 import statistics
 import sys
@@ -51,14 +60,34 @@ from web3.types import Nonce, TxParams
 
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.fabric import FABRIC_DEPLOY_DIR
+from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import REPO_ROOT
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
+from bridge.ledgers.evm import deploy
+from bridge.ledgers.fabric.gateway import GatewayClient
+from bridge.ledgers.fabric.identity import SigningIdentity
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 if TYPE_CHECKING:
     from bridge.v1.transfer_pb2_grpc import TransferServiceAsyncStub
 
-LEDGER_A, LEDGER_B = "brokerage-a", "brokerage-b"
+LEDGER_A, LEDGER_B, LEDGER_F = "brokerage-a", "brokerage-b", "brokerage-f"
+Lane = tuple[str, str]
+# --lanes: the lanes transfers alternate over, and the ledgers to start (anvil, Fabric).
+LANE_SETS: dict[str, tuple[Lane, ...]] = {
+    "evm": ((LEDGER_A, LEDGER_B), (LEDGER_B, LEDGER_A)),
+    "fabric": ((LEDGER_A, LEDGER_F), (LEDGER_F, LEDGER_A)),
+    "all": ((LEDGER_A, LEDGER_B), (LEDGER_B, LEDGER_F), (LEDGER_F, LEDGER_A)),
+}
+LAYOUTS: dict[str, tuple[tuple[tuple[str, int], ...], tuple[str, ...]]] = {
+    "evm": (((LEDGER_A, 31001), (LEDGER_B, 31002)), ()),
+    "fabric": (((LEDGER_A, 31001),), (LEDGER_F,)),
+    "all": (((LEDGER_A, 31001), (LEDGER_B, 31002)), (LEDGER_F,)),
+}
+CONFIGTX = FABRIC_DEPLOY_DIR / "configtx.yaml"
+OVERHEAD_GOAL = 0.5  # s the bridge may add at p50 over the ledgers' own commit times
+COMMIT_PROBE_TIMEOUT = 180.0  # bound on each ledger's commit-time measurement
 UNITS_PER_HOLDER = 1_000_000  # issued to every holder on each ledger
 SETUP_GAS = 300_000  # explicit, so a batch can be sent before its predecessors are mined
 RECEIPT_TIMEOUT = 60.0
@@ -84,6 +113,8 @@ class Options:
     block_time: float
     timeout: float
     directions: str
+    lanes: str
+    commit_samples: int
     holders: int
     settle: float
     cpu: bool
@@ -174,38 +205,241 @@ def fund_holders(ledger: LedgerHandle, holders: Sequence[DevAccount], units: int
     _send_batch(ledger.w3, ledger.admin.private_key, calls)
 
 
+def fabric_admin_client(ledger: FabricBridgeLedger) -> GatewayClient:
+    """A Gateway client of Org1's peer signing as Org1's Admin (the endpoint's administrator),
+    like the ledger's own helpers, but kept for many calls; the caller closes it."""
+    org = ledger.net.org("Org1")
+    ident = SigningIdentity.from_msp_dir(org.msp_id, org.admin_msp_dir)
+    return GatewayClient(
+        org.peer_endpoint, org.tls_ca_cert, org.peer_host, ident, ledger.net.channel
+    )
+
+
+def fund_fabric_holders(
+    ledger: FabricBridgeLedger, holders: Sequence[DevAccount], units: int
+) -> None:
+    """Make every holder eligible on the Fabric ledger, then issue it ``units``.
+
+    Each wave is submitted concurrently (one holder record per transaction, so no MVCC
+    conflicts inside a wave); the issue wave follows the eligibility wave's commits.
+    """
+
+    async def go() -> None:
+        client = fabric_admin_client(ledger)
+        try:
+            async with asyncio.timeout(RECEIPT_TIMEOUT * 2):
+                for fn, extra in (("SetEligible", "true"), ("Issue", str(units))):
+                    await asyncio.gather(
+                        *(
+                            client.submit(
+                                ledger.chaincode, fn, [DEMO_ISIN, h.address.lower(), extra]
+                            )
+                            for h in holders
+                        )
+                    )
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def make_system(workdir: Path, opts: Options) -> LocalSystem:
+    """The (not yet started) system with the ledgers ``--lanes`` needs."""
+    evm, fabric = LAYOUTS[opts.lanes]
+    return LocalSystem(
+        workdir, ledger_names=evm, fabric_ledger_names=fabric, block_time=opts.block_time
+    )
+
+
 def start_system(system: LocalSystem, opts: Options) -> list[DevAccount]:
     """Start ledgers and bridge processes; returns the funded holders.
 
     The caller must call ``system.stop()`` even when this raises.
     """
-    _say(f"starting ledgers ({system.block_time:g} s blocks) under {system.workdir} ...")
+    fabric = (
+        f" and Fabric {', '.join(system.fabric_ledger_names)}" if system.fabric_ledger_names else ""
+    )
+    evm = ", ".join(n for n, _ in system.ledger_names)
+    _say(
+        f"starting anvil {evm} ({system.block_time:g} s blocks){fabric} under {system.workdir} ..."
+    )
+    began = time.monotonic()
     system.start_ledgers()
+    _say(f"  ledgers up in {time.monotonic() - began:.1f} s")
     holders = [DevAccount.generate() for _ in range(opts.holders)]
     for ledger in system.ledgers.values():
         fund_holders(ledger, holders, UNITS_PER_HOLDER)
-    _say(f"  {len(holders)} holders eligible on both ledgers, {UNITS_PER_HOLDER} units each")
+    for fab in system.fabric.values():
+        fund_fabric_holders(fab, holders, UNITS_PER_HOLDER)
+    _say(
+        f"  {len(holders)} holders eligible on {', '.join(system.all_ledgers)},"
+        f" {UNITS_PER_HOLDER} units each on each"
+    )
     system.write_configs()
     system.start_bridge()
     system.wait_processes_alive(timeout=2.0)
-    _say(f"  4 verifiers (t=3), 2 relayers and the coordinator on {system.coordinator_target}")
+    _say(
+        f"  4 verifiers (t=3), {len(system.all_ledgers)} relayers and the coordinator on"
+        f" {system.coordinator_target}"
+    )
     return holders
 
 
+def lanes_of(opts: Options) -> tuple[Lane, ...]:
+    """The lanes transfers alternate over."""
+    if opts.lanes == "evm" and opts.directions == "a2b":
+        return ((LEDGER_A, LEDGER_B),)
+    return LANE_SETS[opts.lanes]
+
+
+def lane_name(lane: Lane) -> str:
+    """``source->target``."""
+    return f"{lane[0]}->{lane[1]}"
+
+
 def plan(opts: Options, holders: Sequence[DevAccount]) -> list[TransferSpec]:
-    """The offered load: evenly spaced, alternating directions, rotating holders."""
+    """The offered load: evenly spaced, alternating over the lanes, rotating holders."""
+    lanes = lanes_of(opts)
+    group = 2 if opts.lanes == "evm" else len(lanes)  # evm: the historical rotation
     specs = []
     for i in range(opts.transfers):
-        forward = opts.directions == "a2b" or i % 2 == 0
-        source, target = (LEDGER_A, LEDGER_B) if forward else (LEDGER_B, LEDGER_A)
-        sender = holders[(i // 2) % len(holders)]
-        recipient = holders[(i // 2 + 1) % len(holders)]
+        source, target = lanes[i % len(lanes)]
+        sender = holders[(i // group) % len(holders)]
+        recipient = holders[(i // group + 1) % len(holders)]
         specs.append(
             TransferSpec(
                 i, i / opts.rate, source, target, sender.address, recipient.address, 1 + i % 5
             )
         )
     return specs
+
+
+# -- ledger intervals and commit times -------------------------------------------------------
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds of a Go duration such as ``250ms``, ``2s`` or ``1m30s``."""
+    parts = re.findall(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def batch_timeout(path: Path) -> tuple[float, str, int]:
+    """The orderer's BatchTimeout in ``path`` (a configtx.yaml): (seconds, as written, line)."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        m = re.match(r"\s*BatchTimeout:\s*(\S+)\s*(#.*)?$", line)
+        if m:
+            return parse_go_duration(m.group(1).strip("\"'")), m.group(1), number
+    raise ValueError(f"no BatchTimeout in {path}")
+
+
+def ledger_intervals(system: LocalSystem) -> dict[str, dict[str, Any]]:
+    """Each ledger's own block (EVM) or batch (Fabric) interval, and where it came from."""
+    out: dict[str, dict[str, Any]] = {
+        name: {"kind": "block", "seconds": system.block_time, "source": "--block-time"}
+        for name in system.ledgers
+    }
+    for name, fab in system.fabric.items():
+        seconds, written, line = batch_timeout(CONFIGTX)
+        source = f"orderer BatchTimeout: {written} ({CONFIGTX.relative_to(REPO_ROOT)}:{line})"
+        rendered = fab.net.workdir / "configtx.yaml"
+        with contextlib.suppress(OSError, ValueError):
+            used = batch_timeout(rendered)[0]
+            source += "; same in the network's rendered copy" if used == seconds else ""
+            if used != seconds:
+                source += f"; the running network's {rendered} says {used:g} s (used)"
+                seconds = used
+        out[name] = {"kind": "batch", "seconds": seconds, "source": source}
+    return out
+
+
+def _stats(samples: Sequence[float]) -> dict[str, Any]:
+    return {
+        "n": len(samples),
+        "p50": percentile(samples, 50),
+        "p95": percentile(samples, 95),
+        "max": max(samples, default=float("nan")),
+        "samples_s": [round(x, 4) for x in samples],
+    }
+
+
+def time_evm_commits(ledger: LedgerHandle, n: int, random_phase: bool = False) -> list[float]:
+    """Seconds of ``n`` sequential ``deploy.set_eligible`` calls, each waiting for its receipt.
+
+    Back to back, each write is sent just after the block that mined its predecessor, so it
+    waits a whole block (the worst case). With ``random_phase`` a random pause in
+    [0, block time) precedes each write (not timed), as for a bridge step triggered by
+    another ledger's commit.
+    """
+    w3, token = ledger.w3, ledger.tokens[DEMO_ISIN]
+    rng = random.Random(n)
+    samples = []
+    for _ in range(n):
+        who = DevAccount.generate().address
+        if random_phase:
+            time.sleep(rng.uniform(0.0, ledger.node.block_time))
+        began = time.perf_counter()
+        deploy.set_eligible(w3, ledger.admin.private_key, token, who, True)
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def time_fabric_submits(ledger: FabricBridgeLedger, n: int) -> list[float]:
+    """Seconds of ``n`` sequential ``GatewayClient.submit`` of SetEligible on one client
+    (endorse by both orgs, order, wait for the VALID commit); one untimed warm-up first."""
+
+    async def go() -> list[float]:
+        client = fabric_admin_client(ledger)
+        samples = []
+        try:
+            async with asyncio.timeout(COMMIT_PROBE_TIMEOUT):
+                for i in range(n + 1):
+                    args = [DEMO_ISIN, DevAccount.generate().address.lower(), "true"]
+                    began = time.perf_counter()
+                    await client.submit(ledger.chaincode, "SetEligible", args)
+                    if i:
+                        samples.append(time.perf_counter() - began)
+        finally:
+            await client.close()
+        return samples
+
+    return asyncio.run(go())
+
+
+def time_fabric_helper(ledger: FabricBridgeLedger, n: int) -> list[float]:
+    """Seconds of ``n`` sequential ``FabricBridgeLedger.set_eligible`` (a new client each)."""
+    samples = []
+    for _ in range(n):
+        who = DevAccount.generate().address
+        began = time.perf_counter()
+        ledger.set_eligible(DEMO_ISIN, who)
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def measure_commits(system: LocalSystem, n: int) -> dict[str, dict[str, Any]]:
+    """Each ledger's own commit time: ``n`` sequential admin writes, bridge idle.
+
+    EVM: ``deploy.set_eligible`` (send, then poll the receipt every 20 ms). Fabric:
+    ``GatewayClient.submit`` on one warm client (the commit time used for the floor), and
+    ``FabricBridgeLedger.set_eligible`` for comparison (it also builds a client per call).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, ledger in system.ledgers.items():
+        out[name] = {"method": "deploy.set_eligible (waits for the receipt), back to back"}
+        out[name] |= _stats(time_evm_commits(ledger, n))
+        out[name]["random_phase"] = {
+            "method": "deploy.set_eligible after a random pause in [0, block time)"
+        } | _stats(time_evm_commits(ledger, n, random_phase=True))
+    for name, fab in system.fabric.items():
+        out[name] = {"method": "GatewayClient.submit SetEligible (one warm client)"}
+        out[name] |= _stats(time_fabric_submits(fab, n))
+        out[name]["with_client_setup"] = {
+            "method": "FabricBridgeLedger.set_eligible (new client per call)"
+        } | _stats(time_fabric_helper(fab, n))
+    return out
 
 
 # -- CPU sampling ----------------------------------------------------------------------------
@@ -232,6 +466,12 @@ def process_pids(system: LocalSystem) -> dict[str, int]:
     for name, ledger in system.ledgers.items():
         if ledger.node.process is not None:
             pids[f"anvil-{name}"] = ledger.node.process.pid
+    for name, fab in system.fabric.items():
+        prefix = f"{name}:" if len(system.fabric) > 1 else ""
+        if fab.network is not None:
+            pids |= {prefix + proc: pid for proc, pid in fab.net.pids().items()}
+        if fab.process is not None and fab.process.alive():
+            pids[prefix + fab.process.name] = fab.process.pid
     pids["bench-client"] = os.getpid()
     return pids
 
@@ -450,11 +690,10 @@ async def settle(target: str, results: Sequence[TransferResult], limit: float) -
 
 # -- conservation ----------------------------------------------------------------------------
 def expected_balances(
-    holders: Sequence[DevAccount], results: Sequence[TransferResult]
+    ledgers: Sequence[str], holders: Sequence[DevAccount], results: Sequence[TransferResult]
 ) -> dict[tuple[str, str], int]:
     """Each (ledger, holder) balance implied by the committed transfers."""
-    expected = {(ledger, h.address): UNITS_PER_HOLDER for ledger in (LEDGER_A, LEDGER_B)
-                for h in holders}  # fmt: skip
+    expected = {(ledger, h.address): UNITS_PER_HOLDER for ledger in ledgers for h in holders}
     for r in results:
         if r.final_state == "COMMITTED":
             s = r.spec
@@ -466,14 +705,16 @@ def expected_balances(
 def conservation(
     system: LocalSystem, holders: Sequence[DevAccount], results: Sequence[TransferResult]
 ) -> dict[str, Any]:
-    """Supply over both ledgers vs issued, escrow per ledger, holders' balances."""
-    issued = UNITS_PER_HOLDER * len(holders) * len(system.ledgers)
-    supply = {n: h.total_supply(DEMO_ISIN) for n, h in system.ledgers.items()}
-    escrow = {n: h.escrowed(DEMO_ISIN) for n, h in system.ledgers.items()}
+    """Supply over all ledgers (EVM and Fabric) vs issued, escrow per ledger, holders'
+    balances on every ledger."""
+    ledgers = system.all_ledgers
+    issued = UNITS_PER_HOLDER * len(holders) * len(ledgers)
+    supply = {n: system.handle(n).total_supply(DEMO_ISIN) for n in ledgers}
+    escrow = {n: system.handle(n).escrowed(DEMO_ISIN) for n in ledgers}
     mismatched = [
         f"{ledger}:{holder} has {got}, expected {want}"
-        for (ledger, holder), want in expected_balances(holders, results).items()
-        if (got := system.ledgers[ledger].balance(DEMO_ISIN, holder)) != want
+        for (ledger, holder), want in expected_balances(ledgers, holders, results).items()
+        if (got := system.handle(ledger).balance(DEMO_ISIN, holder)) != want
     ]
     unsettled = sum(1 for r in results if r.transfer_id and not r.final_state)
     ok = sum(supply.values()) == issued and not any(escrow.values()) and not mismatched
@@ -545,12 +786,67 @@ def summarize(results: Sequence[TransferResult], opts: Options) -> dict[str, Any
     }
 
 
+def summarize_lanes(
+    results: Sequence[TransferResult],
+    lanes: Sequence[Lane],
+    intervals: dict[str, dict[str, Any]],
+    commits: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Per lane: latency percentiles (s and per ledger interval), the phase p50s, the floor of
+    three sequential ledger writes from the measured commit times, and the bridge's overhead
+    at p50 over that floor."""
+    out: dict[str, dict[str, Any]] = {}
+    for lane in lanes:
+        source, target = lane
+        mine = [r for r in results if (r.spec.source, r.spec.target) == lane]
+        committed = [r for r in mine if r.outcome == "committed"]
+        e2e = [r.end_to_end for r in committed if r.end_to_end is not None]
+        latency = {f"p{q}": percentile(e2e, q) for q in (50, 95, 99)}
+        latency["max"] = max(e2e, default=float("nan"))
+        src, tgt = commits[source]["p50"], commits[target]["p50"]
+        floor = src + tgt + max(src, tgt)
+        overhead = latency["p50"] - floor
+        # the same with EVM writes at a random block phase (Fabric: the same numbers)
+        src_r, tgt_r = (commits[x].get("random_phase", commits[x])["p50"] for x in lane)
+        floor_r = src_r + tgt_r + max(src_r, tgt_r)
+        out[lane_name(lane)] = {
+            "source": source,
+            "target": target,
+            "offered": len(mine),
+            "committed": len(committed),
+            "latency_s": latency,
+            "latency_intervals": {
+                ledger: {k: v / intervals[ledger]["seconds"] for k, v in latency.items()}
+                for ledger in dict.fromkeys(lane)
+            },
+            "floor_s": floor,
+            "floor_terms_s": {
+                "source_commit": src,
+                "target_commit": tgt,
+                "both_commit": max(src, tgt),
+            },
+            "overhead_p50_s": overhead,
+            "overhead_goal_s": OVERHEAD_GOAL,
+            "overhead_goal_met": overhead <= OVERHEAD_GOAL,
+            "floor_random_phase_s": floor_r,
+            "floor_random_phase_terms_s": {
+                "source_commit": src_r,
+                "target_commit": tgt_r,
+                "both_commit": max(src_r, tgt_r),
+            },
+            "overhead_p50_random_phase_s": latency["p50"] - floor_r,
+            "overhead_random_phase_goal_met": latency["p50"] - floor_r <= OVERHEAD_GOAL,
+            "phase_p50_s": _phase_p50(committed),
+        }
+    return out
+
+
 # -- output ----------------------------------------------------------------------------------
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _lines_summary(s: dict[str, Any], block_time: float) -> Iterator[str]:
+def _lines_summary(s: dict[str, Any], block_time: float, blocks: bool) -> Iterator[str]:
     c = s["counts"]
     yield (
         f"outcomes: committed={c['committed']} aborted={c['aborted']} failed={c['failed']}"
@@ -559,22 +855,104 @@ def _lines_summary(s: dict[str, Any], block_time: float) -> Iterator[str]:
     for e in s["errors"]:
         yield f"  error: {e}"
     lat, blk = s["latency_s"], s["latency_blocks"]
-    yield "end-to-end latency (committed):   p50      p95      p99      max"
-    yield "  seconds        " + "".join(f"{lat[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
-    yield "  block intervals" + "".join(f"{blk[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
-    verdict = "MET" if s["goal_met"] else "MISSED"
-    yield (
-        f"goal p50 <= 3 blocks + 0.5 s = {s['goal_s']:.2f} s: p50 {lat['p50']:.2f} s,"
-        f" ratio {s['goal_ratio']:.2f} -> {verdict}"
-    )
+    yield "end-to-end latency (committed, all lanes):   p50      p95      p99      max"
+    yield "  seconds" + " " * 27 + "".join(f"{lat[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
+    if blocks:
+        yield (
+            "  block intervals"
+            + " " * 19
+            + "".join(f"{blk[k]:9.2f}" for k in ("p50", "p95", "p99", "max"))
+        )
+        verdict = "MET" if s["goal_met"] else "MISSED"
+        yield (
+            f"goal p50 <= 3 blocks + 0.5 s = {s['goal_s']:.2f} s: p50 {lat['p50']:.2f} s,"
+            f" ratio {s['goal_ratio']:.2f} -> {verdict}"
+        )
     yield (
         f"SubmitTransfer rpc: p50 {s['submit_rpc_p50_s']:.3f} s, p99 {s['submit_rpc_p99_s']:.3f} s"
     )
     yield f"achieved submission rate: {s['achieved_submit_rate']:.2f} /s"
     yield f"sustained throughput: {s['throughput_per_s']:.2f} committed/s"
-    yield "phase breakdown (p50, committed transfers):"
+    yield "phase breakdown (p50, committed transfers, all lanes):"
     for name, v in s["phase_p50_s"].items():
-        yield f"  {name:<36} {v:7.2f} s  {v / block_time:6.2f} blocks"
+        tail = f"  {v / block_time:6.2f} blocks" if blocks else ""
+        yield f"  {name:<36} {v:7.2f} s{tail}"
+
+
+def _lines_ledgers(
+    intervals: dict[str, dict[str, Any]], commits: dict[str, dict[str, Any]]
+) -> Iterator[str]:
+    yield "ledger intervals:"
+    for name, iv in intervals.items():
+        yield f"  {name:<12} {iv['kind']} {iv['seconds']:.3f} s   from {iv['source']}"
+    n = next(iter(commits.values()))["n"] if commits else 0
+    yield f"ledger commit time ({n} sequential admin writes each, before the load):"
+    yield f"  {'ledger':<12} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'p50/interval':>13}  method"
+    for name, c in commits.items():
+        rows = [(c, "floor")]
+        if "random_phase" in c:
+            rows.append((c["random_phase"], "random-phase floor"))
+        if "with_client_setup" in c:
+            rows.append((c["with_client_setup"], "not used"))
+        for i, (r, use) in enumerate(rows):
+            label = name if i == 0 else ""
+            ratio = r["p50"] / intervals[name]["seconds"]
+            yield (
+                f"  {label:<12} {r['p50']:7.3f} {r['p95']:7.3f} {r['max']:7.3f} {ratio:13.2f}"
+                f"  {r['method']} [{use}]"
+            )
+
+
+def _short(lane: str) -> str:
+    return lane.replace("brokerage-", "").upper()
+
+
+def _lines_lanes(
+    lanes: dict[str, dict[str, Any]], intervals: dict[str, dict[str, Any]]
+) -> Iterator[str]:
+    keys = ("p50", "p95", "p99", "max")
+    yield f"per lane, end-to-end latency (committed):  {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"
+    for name, ln in lanes.items():
+        yield f"  {name}: {ln['committed']}/{ln['offered']} committed"
+        lat = ln["latency_s"]
+        yield f"    {'seconds':<38}" + "".join(f" {lat[k]:8.2f}" for k in keys)
+        for ledger, mult in ln["latency_intervals"].items():
+            iv = intervals[ledger]
+            label = f"x {ledger} {iv['kind']} ({iv['seconds']:g} s)"
+            yield f"    {label:<38}" + "".join(f" {mult[k]:8.2f}" for k in keys)
+    names = list(lanes)
+    phases = list(dict.fromkeys(p for ln in lanes.values() for p in ln["phase_p50_s"]))
+    yield "per lane, phase p50 (s):" + " " * 16 + "".join(f" {_short(n):>8}" for n in names)
+    for ph in phases:
+        cells = "".join(
+            f" {lanes[n]['phase_p50_s'][ph]:8.2f}"
+            if ph in lanes[n]["phase_p50_s"]
+            else f" {'-':>8}"
+            for n in names
+        )
+        yield f"  {ph:<38}{cells}"
+    yield (
+        f"bridge overhead at p50 = e2e p50 - floor, floor = source + target +"
+        f" max(source, target) commit p50 (goal <= {OVERHEAD_GOAL:g} s):"
+    )
+    for name, ln in lanes.items():
+        t = ln["floor_terms_s"]
+        verdict = "MET" if ln["overhead_goal_met"] else "MISSED"
+        yield (
+            f"  {name:<26} e2e {ln['latency_s']['p50']:.2f} - floor {ln['floor_s']:.2f}"
+            f" ({t['source_commit']:.2f} + {t['target_commit']:.2f} + {t['both_commit']:.2f})"
+            f" = {ln['overhead_p50_s']:+.2f} s -> {verdict}"
+        )
+    yield "  with EVM commits at a random block phase (the writes a bridge step triggers):"
+    for name, ln in lanes.items():
+        t = ln["floor_random_phase_terms_s"]
+        verdict = "MET" if ln["overhead_random_phase_goal_met"] else "MISSED"
+        yield (
+            f"  {name:<26} e2e {ln['latency_s']['p50']:.2f} - floor"
+            f" {ln['floor_random_phase_s']:.2f} ({t['source_commit']:.2f} +"
+            f" {t['target_commit']:.2f} + {t['both_commit']:.2f})"
+            f" = {ln['overhead_p50_random_phase_s']:+.2f} s -> {verdict}"
+        )
 
 
 def _lines_cpu(cpu: dict[str, Any]) -> Iterator[str]:
@@ -631,12 +1009,17 @@ def report(
     """Print everything."""
     _say()
     _say(f"machine: {machine['nproc']} cpus ({machine['cpu_model']}), python {machine['python']}")
+    lanes = ", ".join(lane_name(lane) for lane in lanes_of(opts))
     _say(
         f"config: {opts.transfers} transfers at {opts.rate:g}/s offered (open loop),"
-        f" directions={opts.directions}, {opts.holders} holders, block time"
+        f" lanes={opts.lanes} ({lanes}), {opts.holders} holders, block time"
         f" {opts.block_time:g} s, per-transfer timeout {opts.timeout:g} s"
     )
-    for line in _lines_summary(summary, opts.block_time):
+    for line in _lines_ledgers(m.intervals, m.commits):
+        _say(line)
+    for line in _lines_summary(summary, opts.block_time, blocks=opts.lanes == "evm"):
+        _say(line)
+    for line in _lines_lanes(summary["lanes"], m.intervals):
         _say(line)
     if m.cpu:
         for line in _lines_cpu(m.cpu):
@@ -672,8 +1055,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--rate", type=float, default=2.0, help="offered transfers/s (default 2)")
     p.add_argument("--block-time", type=float, default=1.0, help="anvil block time s (1.0)")
     p.add_argument("--timeout", type=float, default=120.0, help="per-transfer timeout s (120)")
-    p.add_argument("--directions", choices=("both", "a2b"), default="both")
-    p.add_argument("--holders", type=int, default=8, help="holders on both ledgers (8)")
+    p.add_argument("--lanes", choices=tuple(LANE_SETS), default="evm",
+                   help="evm: A<->B (default); fabric: A->F, F->A (one anvil, one Fabric);\n"
+                        "all: A->B, B->F, F->A (two anvils and Fabric)")  # fmt: skip
+    p.add_argument("--directions", choices=("both", "a2b"), default="both",
+                   help="--lanes evm only: both (A->B, B->A) or a2b")  # fmt: skip
+    p.add_argument("--commit-samples", type=int, default=10,
+                   help="admin writes timed per ledger before the load (10)")  # fmt: skip
+    p.add_argument("--holders", type=int, default=8, help="holders on every ledger (8)")
     p.add_argument("--settle", type=float, default=60.0, help="max s to let stragglers finish")
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True,
                    help="sample per-process CPU (default on)")  # fmt: skip
@@ -682,8 +1071,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     a = p.parse_args(argv)
     if a.transfers < 1 or a.rate <= 0 or a.block_time <= 0 or a.timeout <= 0 or a.holders < 2:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
-    return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, a.holders,
-                   a.settle, a.cpu, a.baseline, a.json)  # fmt: skip
+    if a.commit_samples < 1:
+        p.error("need --commit-samples >= 1")
+    if a.directions != "both" and a.lanes != "evm":
+        p.error("--directions applies to --lanes evm only")
+    return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, a.lanes,
+                   a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json)  # fmt: skip
 
 
 @dataclass
@@ -693,6 +1086,8 @@ class Measurement:
     results: list[TransferResult]
     cpu: dict[str, Any] | None
     rpc: dict[str, dict[str, int]]
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    commits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
@@ -722,17 +1117,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     root = REPO_ROOT / ".run" / "bench"
     workdir = root / time.strftime("run-%Y%m%d-%H%M%S")
-    system = LocalSystem(workdir, block_time=opts.block_time)
+    system = make_system(workdir, opts)
     try:
         holders = start_system(system, opts)
+        intervals = ledger_intervals(system)
+        _say(f"timing {opts.commit_samples} sequential admin writes per ledger ...")
+        commits = measure_commits(system, opts.commit_samples)
         m = asyncio.run(measure(system, holders, opts))
+        m.intervals, m.commits = intervals, commits
         system.wait_processes_alive(timeout=1.0)
         cons = conservation(system, holders, m.results)
         summary = summarize(m.results, opts)
+        summary["lanes"] = summarize_lanes(m.results, lanes_of(opts), intervals, commits)
         machine = machine_note()
         report(machine, opts, summary, m, cons)
         if opts.json_path is not None:
             payload = {"machine": machine, "config": asdict(opts), "summary": summary,
+                       "ledger_intervals": intervals, "ledger_commit_s": commits,
                        "cpu": m.cpu, "anvil_rpc": m.rpc, "conservation": cons,
                        "transfers": [asdict(r) for r in m.results]}  # fmt: skip
             write_json(opts.json_path, payload)

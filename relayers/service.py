@@ -6,13 +6,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Hashable
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import SecurityId
 from bridge.domain.legs import Action
 from bridge.ledgers.adapter import LedgerAdapter
-from bridge.logfields import ACTION, LEDGER, TRANSFER, TX, get_logger
+from bridge.logfields import ACTION, COUNT, ERROR, LEDGER, TRANSFER, TX, get_logger
 from bridge.rpc.convert import (
     leg_from_pb,
     leg_status_to_pb,
@@ -56,6 +62,13 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         self._locks = KeyedLock()
         self._attempts = submit_attempts
         self._log = get_logger(**{LEDGER: adapter.ledger.name})
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self._log.warning(
+            "step failed transiently, retrying",
+            **{ERROR: str(exc)[:300], COUNT: state.attempt_number},
+        )
 
     @grpc_errors
     async def GetLedgerInfo(
@@ -115,6 +128,7 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
                 retry=retry_if_exception_type(Unavailable),
                 stop=stop_after_attempt(self._attempts),
                 wait=wait_exponential(multiplier=0.2, max=3),
+                before_sleep=self._log_retry,
                 reraise=True,
             ):
                 with attempt:

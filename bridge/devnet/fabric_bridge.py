@@ -1,9 +1,9 @@
 """A Fabric ledger running the bridge chaincode, for the demo, the tests and benchmarks.
 
 Roles on the dev network: Org1's Admin administers the endpoint (the issuer side), Org1's
-User1 is the chain operator's relayer (through Org1's peer), and Org2's User1 is the
-committee's read-only identity (through Org2's peer, so verifiers never share the
-relayer's connection).
+User1 is the chain operator's relayer, and Org2's User1 is the committee's read-only
+identity. Everyone reaches the ledger through Org1's peer (the one in network.toml), each
+over its own connection with its own identity.
 """
 
 from __future__ import annotations
@@ -46,6 +46,32 @@ def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
     ).start()
     proc.wait_port(port, timeout=30)
     return proc
+
+
+async def wait_for_peers(net: FabricNetwork, block_number: int, limit_s: float = 15.0) -> None:
+    """Wait until every org's peer has committed ``block_number``.
+
+    A submit returns once the gateway's own peer committed; the next transaction is endorsed
+    by both orgs' peers, and one that lags a block behind would endorse on stale state.
+    """
+    clients = []
+    for org in ("Org1", "Org2"):
+        o = net.org(org)
+        ident = SigningIdentity.from_files(o.msp_id, o.user_cert(), o.user_key())
+        clients.append(
+            GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, net.channel)
+        )
+    try:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        for client in clients:
+            while await client.block_height() <= block_number:
+                if loop.time() > give_up:
+                    raise TimeoutError(f"peers did not reach block {block_number} in {limit_s}s")
+                await asyncio.sleep(0.02)
+    finally:
+        for client in clients:
+            await client.close()
 
 
 @dataclass
@@ -158,7 +184,8 @@ class FabricBridgeLedger:
     def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
-                await client.submit(self.chaincode, fn, list(args))
+                result = await client.submit(self.chaincode, fn, list(args))
+                await wait_for_peers(self.net, result.block_number)
 
         self._run(run)
 

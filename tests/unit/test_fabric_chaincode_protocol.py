@@ -56,6 +56,10 @@ def word_of(holder: str) -> bytes:
     return bytes(12) + bytes.fromhex(holder[2:])
 
 
+# Identities whose certificates carry the NodeOU "admin" role (organisation admins).
+ORG_ADMINS: set[str] = set()
+
+
 @dataclass
 class Ledger:
     """One chaincode instance: its store, configuration and the events it emitted."""
@@ -76,7 +80,13 @@ class Ledger:
         return keccak256(f"fabric:{self.channel}:{self.chaincode}".encode())
 
     def call(self, caller: str, fn: str, *args: str) -> Any:
-        ctx = p.Context(caller=caller, channel_id=self.channel, chaincode_name=self.chaincode)
+        roles = frozenset({"admin"}) if caller in ORG_ADMINS else frozenset({"client"})
+        ctx = p.Context(
+            caller=caller,
+            channel_id=self.channel,
+            chaincode_name=self.chaincode,
+            caller_roles=roles,
+        )
         out = p.execute(
             self.store,
             ctx,
@@ -124,6 +134,7 @@ def env() -> Env:
         (LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)), key=lambda s: s.address
     )
     admin, relayer, stranger = identity("Org1MSP"), identity("Org2MSP"), identity("Org1MSP")
+    ORG_ADMINS.add(admin)
     e = Env(
         admin=admin,
         relayer=relayer,
@@ -999,3 +1010,15 @@ def test_leg_transactions_of_one_security_do_not_conflict(env: Env) -> None:
         assert not s1.writes & (s2.reads | s2.writes)
         assert not s2.writes & (s1.reads | s1.writes)
     assert supply(env.a)["escrowed"] == 0 and supply(env.b)["prepared"] == 0
+
+
+def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
+    """A channel member racing to call Init first must not become the endpoint's admin."""
+    fresh = Ledger("fabric-z", "kstb")
+    for who in (env.stranger, env.relayer):
+        with pytest.raises(p.ChaincodeError) as exc:
+            fresh.call(who, "Init", fresh.name, fresh.chaincode, committee_json(env.signers))
+        assert exc.value.name == "NotAdmin"
+    assert fresh.store.get("config") is None
+    info = fresh.call(env.admin, "Init", fresh.name, fresh.chaincode, committee_json(env.signers))
+    assert info["admin"] == env.admin

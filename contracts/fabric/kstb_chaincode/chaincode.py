@@ -31,6 +31,8 @@ import logging
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from fabric_chaincode_python.fabric_shim.handler import Handler
 from fabric_chaincode_python.fabric_shim.interfaces import Chaincode
 from fabric_chaincode_python.fabric_shim.iterators import StateQueryIterator
@@ -104,11 +106,27 @@ def _check(reply: Any, what: str, key: str) -> None:
 
 def caller_identity(stub: ChaincodeStub) -> str:
     """The creator of the proposal as ``<mspid>:<sha256 hex of its certificate PEM>``."""
+    mspid, id_bytes = _creator(stub)
+    return identity_of(mspid, id_bytes)
+
+
+def caller_roles(stub: ChaincodeStub) -> frozenset[str]:
+    """The NodeOU roles (organisational units) in the creator's certificate."""
+    _, id_bytes = _creator(stub)
+    try:
+        cert = x509.load_pem_x509_certificate(id_bytes)
+    except ValueError:
+        return frozenset()
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return frozenset(str(u.value).lower() for u in units)
+
+
+def _creator(stub: ChaincodeStub) -> tuple[str, bytes]:
     creator = stub.get_creator() or {}
     mspid, id_bytes = creator.get("mspid"), creator.get("idBytes")
     if not mspid or not id_bytes:
         raise ChaincodeError("NoIdentity", "the proposal carries no creator")
-    return identity_of(str(mspid), bytes(id_bytes))
+    return str(mspid), bytes(id_bytes)
 
 
 def invoked_chaincode_name(stub: ChaincodeStub) -> str | None:
@@ -144,6 +162,7 @@ class KstbChaincode(Chaincode):
                 caller=caller_identity(stub),
                 channel_id=str(stub.get_channel_id() or ""),
                 chaincode_name=invoked_chaincode_name(stub),
+                caller_roles=caller_roles(stub),
             )
             loop = asyncio.get_running_loop()
             run = functools.partial(

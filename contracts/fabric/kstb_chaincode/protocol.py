@@ -474,12 +474,14 @@ class Context:
     """Who calls, and where.
 
     ``caller`` is ``"<mspid>:<sha256 hex of the certificate PEM>"``. ``chaincode_name``, when
-    known from the proposal, is checked against the name given to ``Init``.
+    known from the proposal, is checked against the name given to ``Init``. ``caller_roles``
+    are the Fabric NodeOU roles in the caller's certificate (``admin``, ``client``, ...).
     """
 
     caller: str
     channel_id: str
     chaincode_name: str | None = None
+    caller_roles: frozenset[str] = frozenset()
 
 
 def identity_of(mspid: str, cert_pem: bytes) -> str:
@@ -754,9 +756,15 @@ class Endpoint:
     # ------------------------------------------------------------------ administration
 
     def init(self, ledger_name: str, chaincode_name: str, committee_json: str) -> object:
-        """Configure the endpoint once; the caller becomes admin."""
+        """Configure the endpoint once; the caller, an organisation admin, becomes its admin.
+
+        Only a certificate with the NodeOU ``admin`` role may initialise: a plain channel
+        member racing to call ``Init`` first cannot seize the endpoint.
+        """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
+        if "admin" not in self._ctx.caller_roles:
+            raise ChaincodeError("NotAdmin", "Init needs an organisation admin certificate")
         if not _LEDGER_NAME.fullmatch(ledger_name):
             raise _invalid(f"ledger name {ledger_name!r}: 1-63 lowercase letters, digits or '-'")
         if not _CHAINCODE_NAME.fullmatch(chaincode_name):

@@ -53,7 +53,11 @@ class BridgeEnv:
     committee: Committee
 
     def identity(self, org: str) -> SigningIdentity:
+        """Org1's Admin administers the endpoint (Init needs an admin certificate);
+        Org2's User1 is the relayer."""
         o = self.net.org(org)
+        if org == "Org1":
+            return SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
         return SigningIdentity.from_files(o.msp_id, o.user_cert(), o.user_key())
 
     def client(self, org: str, **kw: float) -> GatewayClient:
