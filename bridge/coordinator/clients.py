@@ -13,7 +13,9 @@ from bridge.domain.committee import Committee, assemble_certificate
 from bridge.domain.errors import (
     BridgeError,
     InvalidCertificate,
+    InvalidInput,
     LedgerRejected,
+    NotFound,
     PreconditionFailed,
     Unavailable,
 )
@@ -39,7 +41,12 @@ def translate(exc: grpc.aio.AioRpcError, who: str) -> BridgeError:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         name, _, detail = msg.partition(":")
         return LedgerRejected(name.strip(), detail.strip())
-    return BridgeError(f"{who}: {code.name} {msg}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(f"{who}: {msg}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"{who}: {msg}")
+    # INTERNAL, UNKNOWN, UNIMPLEMENTED...: the peer failed, not our request; retry later.
+    return Unavailable(f"{who} failed ({code.name.lower()}): {msg}")
 
 
 class RelayerGateway:

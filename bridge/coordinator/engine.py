@@ -57,7 +57,8 @@ DEFINITIVE_LOCK_REFUSALS = frozenset(
         "DeadlinePassed",
         "UnknownSecurity",
         "ZeroAmount",
-        "WrongLedger",
+        # Not WrongLedger: our terms come from configuration, so it means a configuration
+        # mismatch, which an operator fixes; the transfer waits with the reason.
     }
 )
 
@@ -101,19 +102,39 @@ class Coordinator:
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
         self._wakeups: dict[bytes, asyncio.Event] = {}
         self._watchers: dict[bytes, set[asyncio.Event]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
         self._log = get_logger()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> int:
-        """Resume every unfinished transfer from the log; returns how many."""
+        """Resume every unfinished transfer from the log; returns how many.
+
+        A supervisor then re-checks the log periodically and restarts any driver that is
+        missing, so no unfinished transfer is left without one.
+        """
+        resumed = await self._respawn_unfinished()
+        self._log.info("coordinator resumed unfinished transfers", count=resumed)
+        self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+        return resumed
+
+    async def _respawn_unfinished(self) -> int:
         unfinished = await self._store.unfinished()
         for record in unfinished:
             self._spawn(record.transfer_id)
-        self._log.info("coordinator resumed unfinished transfers", count=len(unfinished))
         return len(unfinished)
+
+    async def _supervise(self, every: float = 15.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._respawn_unfinished()
+            except Exception:
+                self._log.exception("supervisor sweep failed")
 
     async def stop(self) -> None:
         """Cancel the drivers (their work is durable and resumes on the next start)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
@@ -264,36 +285,70 @@ class Coordinator:
         """
         if ledger not in self._domains:
             raise NotFound(f"ledger {ledger!r} is not connected")
+        # Act first, then record the events as seen: acting is idempotent, so a crash in
+        # between only means the relayer's re-delivery is acted on again, never skipped.
+        for e in events:
+            try:
+                await self._on_event(ledger, e)
+            except BridgeError as exc:
+                self._log.error(
+                    "ledger event not actionable",
+                    **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), ERROR: str(exc)},
+                )
         fresh = await self._store.record_events(ledger, events, scanned)
-        for e in fresh:
-            if e.transfer_id in self._tasks:
-                self.wake(e.transfer_id)
-            elif e.state is LegState.LOCKED and e.terms is not None:
-                await self._adopt(ledger, e)
         return len(fresh)
+
+    async def _on_event(self, ledger: str, event: LedgerEvent) -> None:
+        record = await self._store.get(event.transfer_id)
+        if record is None:
+            if event.state is LegState.LOCKED and event.terms is not None:
+                await self._adopt(ledger, event)
+            return
+        if not record.state.terminal:
+            self._spawn(event.transfer_id)  # replaces a driver that died
+            self.wake(event.transfer_id)
+        elif record.state is TransferState.FAILED and event.state is LegState.LOCKED:
+            await self._resume_failed(record, event)
+
+    async def _resume_failed(self, record: TransferRecord, event: LedgerEvent) -> None:
+        """A lock landed after we concluded it could not: never leave units in escrow."""
+        tid = record.transfer_id
+        if event.terms_hash != record.terms.terms_hash:
+            self._log.error(
+                "a lock with other terms holds this transfer id; operator attention needed",
+                **{TRANSFER: "0x" + tid.hex(), TX: event.tx_id},
+            )
+            return
+        self._log.error(
+            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
+        )
+        await self._store.set_state(
+            tid,
+            TransferState.SOURCE_LOCKED,
+            "lock found on-chain after failure; resuming",
+            "resumed",
+        )
+        self._notify(tid)
+        self._spawn(tid)
 
     async def _adopt(self, ledger: str, event: LedgerEvent) -> None:
         terms = event.terms
         assert terms is not None
-        known = await self._store.get(event.transfer_id)
-        if known is not None:
-            if known.state is TransferState.FAILED:
-                # A lock landed after we concluded it could not: never leave units in escrow.
-                self._log.error("lock found for a failed transfer; resuming it",
-                                **{TRANSFER: "0x" + event.transfer_id.hex()})  # fmt: skip
-                await self._store.set_state(
-                    event.transfer_id, TransferState.SOURCE_LOCKED,
-                    "lock found on-chain after failure; resuming", "resumed",
-                )  # fmt: skip
-                self._notify(event.transfer_id)
-                self._spawn(event.transfer_id)
-            return
         if terms.transfer_id != event.transfer_id or terms.terms_hash != event.terms_hash:
             self._log.error("event terms do not hash to its ids; ignored", **{LEDGER: ledger})
             return
         dst = self._ledger_by_word.get(terms.dst_ledger)
-        if dst is None or terms.src_ledger != self._domains[ledger].ledger_word:
-            self._log.warning("ignoring lock towards an unknown ledger", **{LEDGER: ledger})
+        if (
+            dst is None
+            or terms.src_ledger != self._domains[ledger].ledger_word
+            or terms.dst_bridge != self._domains[dst].bridge_word
+        ):
+            # The committee cannot certify it either: units escrowed towards an endpoint we
+            # do not know need an operator (see docs/architecture.md, known limitations).
+            self._log.error(
+                "lock towards an unknown ledger or bridge endpoint; not adopted",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
+            )
             return
         try:
             recipient = codec_for(self._network.ledgers[dst].kind).format(terms.recipient)
@@ -325,10 +380,10 @@ class Coordinator:
         wakeup = self._wakeups[tid]
         log = self._log.bind(**{TRANSFER: "0x" + tid.hex()})
         while True:
-            record = await self._store.get(tid)
-            if record is None or record.state.terminal:
-                break
             try:
+                record = await self._store.get(tid)
+                if record is None or record.state.terminal:
+                    break
                 if await self._advance(record):
                     break
                 failures, since = 0, None
@@ -339,13 +394,17 @@ class Coordinator:
                 failures += 1
                 since = since or time.time()
                 reason = self._waiting_reason(exc, since)
-                await self._store.set_reason(tid, reason)
                 log.warning("transfer waiting", **{REASON: reason, ERROR: type(exc).__name__})
+                with contextlib.suppress(Exception):
+                    await self._store.set_reason(tid, reason)
             except Exception as exc:
                 failures += 1
                 since = since or time.time()
-                await self._store.set_reason(tid, f"internal error, retrying: {type(exc).__name__}")
                 log.exception("driver error")
+                with contextlib.suppress(Exception):
+                    await self._store.set_reason(
+                        tid, f"internal error, retrying: {type(exc).__name__}"
+                    )
             delay = min(self._max_backoff, 0.25 * 2 ** min(failures, 8))
             wakeup.clear()
             with contextlib.suppress(TimeoutError):
@@ -370,6 +429,17 @@ class Coordinator:
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
+        if decision is None:
+            for status, ledger in ((source, src_name), (target, dst_name)):
+                if status.state is not LegState.NONE and status.terms_hash != terms.terms_hash:
+                    # Another lock took this transfer id first: ours never happened.
+                    await self._set_state(
+                        record,
+                        TransferState.FAILED,
+                        f"transfer id is held on {ledger} by other terms; this request moved "
+                        "nothing",
+                    )
+                    return True
         step = next_step(decision.kind if decision else None, source.state, target.state)
         reason = self._describe(step, target.state, target.reason, decision)
         await self._set_state(record, step.state, reason)
@@ -381,6 +451,8 @@ class Coordinator:
             except LedgerRejected as exc:
                 if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
                     raise  # e.g. a racing duplicate: re-read the leg and go on
+                if (await src.get_leg(tid, Leg.OUTBOUND)).state is not LegState.NONE:
+                    return False  # an earlier attempt landed after all
                 await self._set_state(
                     record, TransferState.FAILED, f"source ledger refused the lock: {exc}"
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.config import NetworkConfig
@@ -13,6 +14,7 @@ from bridge.coordinator.requests import validate_request
 from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import BridgeError, InvalidInput
 from bridge.domain.transfer import TransferState
+from bridge.logfields import get_logger
 from bridge.rpc.convert import event_from_pb
 from bridge.rpc.errors import Context, grpc_errors, status_for
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
@@ -124,6 +126,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 yield await self._update_to_pb(update)
         except BridgeError as exc:
             await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            get_logger().exception("unhandled error in WatchTransfer")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)
