@@ -19,6 +19,7 @@ from bridge.domain.legs import (
     SignatureSet,
     TxOutcome,
 )
+from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 
 
@@ -68,6 +69,16 @@ class LedgerReader(Protocol):
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """A holder's balance and standing at the finalized height."""
+        ...
+
+    async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
+        """The security's supply figures on this ledger at one finalized height.
+
+        ``height`` defaults to the finalized height; the reading carries that height and the
+        hash of its block, and every figure is the state as of that block. A height above the
+        finalized height, or one the ledger kind cannot read, raises InvalidInput; a security
+        not registered with the bridge endpoint raises NotFound.
+        """
         ...
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -43,6 +44,7 @@ from bridge.ledgers.evm.deploy import (
     set_paused,
     set_relayer,
 )
+from bridge.ledgers.evm.revert import decode_revert
 
 pytestmark = pytest.mark.integration
 
@@ -255,6 +257,8 @@ def snapshot(env: Env, t: TransferTerms | None = None) -> dict[str, Any]:
         "escrow@B": bal_b(b.endpoint.address).call(),
         "supply@B": b.token.functions.totalSupply().call(),
         "prepared@B": b.endpoint.functions.preparedTotal(ISIN.word).call(),
+        "counters@A": counters(a),
+        "counters@B": counters(b),
     }
     if t is not None:
         snap["out"] = out_leg(env, t)
@@ -262,6 +266,30 @@ def snapshot(env: Env, t: TransferTerms | None = None) -> dict[str, Any]:
         snap["b_out"] = list(b.endpoint.functions.outbound(t.transfer_id).call())
         snap["a_in"] = list(a.endpoint.functions.inbound(t.transfer_id).call())
     return snap
+
+
+def counters(on: Ledger) -> tuple[int, int, int, int]:
+    """(burnedOut, mintedIn) of the security, and of an unregistered id (always 0, 0)."""
+    fns = on.endpoint.functions
+    other = SecurityId("KR7005930003").word
+    return (
+        fns.burnedOut(ISIN.word).call(),
+        fns.mintedIn(ISIN.word).call(),
+        fns.burnedOut(other).call(),
+        fns.mintedIn(other).call(),
+    )
+
+
+def supply_of(on: Ledger, block: int | str = "latest") -> dict[str, int]:
+    names = ("total_supply", "escrowed", "prepared", "burned_out", "minted_in")
+    values = on.endpoint.functions.supplyOf(ISIN.word).call(block_identifier=block)
+    return dict(zip(names, (int(v) for v in values), strict=True))
+
+
+def net_issued(on: Ledger) -> int:
+    """``totalSupply + burnedOut - mintedIn``: what was issued on ``on`` outside the bridge."""
+    s = supply_of(on)
+    return s["total_supply"] + s["burned_out"] - s["minted_in"]
 
 
 def locked(env: Env, **kw: Any) -> TransferTerms:
@@ -730,4 +758,112 @@ def test_lock_twice_is_refused(env: Env) -> None:
     before = snapshot(env, t)
     reverts(env, "TransferExists", env.a.endpoint.functions.lock(t.as_abi_tuple()), env.alice)
     assert snapshot(env, t) == before
+    finish(env, env.a, ClaimKind.ABORT, t)
+
+
+# --------------------------------------------------------------------------- supply
+
+
+def test_supply_of_reports_the_token_escrow_and_counters(env: Env) -> None:
+    t = locked(env, amount=3)  # something in escrow on A
+    prepare(env, t)  # and something prepared on B
+    for on in (env.a, env.b):
+        fns = on.endpoint.functions
+        assert supply_of(on) == {
+            "total_supply": on.token.functions.totalSupply().call(),
+            "escrowed": on.token.functions.balanceOf(on.endpoint.address).call(),
+            "prepared": fns.preparedTotal(ISIN.word).call(),
+            "burned_out": fns.burnedOut(ISIN.word).call(),
+            "minted_in": fns.mintedIn(ISIN.word).call(),
+        }
+    assert supply_of(env.a)["escrowed"] >= 3 and supply_of(env.b)["prepared"] >= 3
+    unknown = SecurityId("KR7005930003")
+    with pytest.raises(ContractCustomError) as info:
+        env.a.endpoint.functions.supplyOf(unknown.word).call()
+    assert decode_revert(bytes.fromhex(str(info.value.data)[2:])) == (
+        "UnknownSecurity",
+        f"securityId=0x{unknown.word.hex()}",
+    )
+    finish(env, env.b, ClaimKind.ABORT, t)
+    finish(env, env.a, ClaimKind.ABORT, t)
+
+
+def test_counters_move_exactly_with_the_commit_on_each_side(env: Env) -> None:
+    base_a, base_b = supply_of(env.a), supply_of(env.b)
+    counters_a, counters_b = counters(env.a), counters(env.b)
+    issued_a, issued_b = net_issued(env.a), net_issued(env.b)
+    t = locked(env, amount=25)
+    assert (counters(env.a), counters(env.b)) == (counters_a, counters_b)
+    prepare(env, t)
+    assert (counters(env.a), counters(env.b)) == (counters_a, counters_b)
+    assert (net_issued(env.a), net_issued(env.b)) == (issued_a, issued_b)
+
+    finish(env, env.b, ClaimKind.COMMIT, t)  # the target commits first: minted, A unchanged
+    b1 = supply_of(env.b)
+    assert (b1["burned_out"], b1["minted_in"]) == (base_b["burned_out"], base_b["minted_in"] + 25)
+    assert counters(env.a) == counters_a
+    assert net_issued(env.b) == issued_b
+
+    finish(env, env.a, ClaimKind.COMMIT, t)
+    a1 = supply_of(env.a)
+    assert (a1["burned_out"], a1["minted_in"]) == (base_a["burned_out"] + 25, base_a["minted_in"])
+    assert a1["total_supply"] == base_a["total_supply"] - 25
+    assert supply_of(env.b)["total_supply"] == base_b["total_supply"] + 25
+    assert (net_issued(env.a), net_issued(env.b)) == (issued_a, issued_b)
+    # the other security's counters never move
+    assert counters(env.a)[2:] == counters(env.b)[2:] == (0, 0)
+    # a replayed commit is refused and counts nothing twice
+    before = snapshot(env, t)
+    for on in (env.a, env.b):
+        fn = on.endpoint.functions.commit(t.as_abi_tuple(), cert(env, on, ClaimKind.COMMIT, t))
+        reverts(env, "BadState", fn)
+    assert snapshot(env, t) == before
+
+
+def test_counters_do_not_move_on_abort_release_reject_or_expiry(env: Env) -> None:
+    before = (supply_of(env.a), supply_of(env.b), counters(env.a), counters(env.b))
+    issued = (net_issued(env.a), net_issued(env.b))
+    aborted = prepared(env, amount=7)  # Prepared -> Aborted, Locked -> Released
+    finish(env, env.b, ClaimKind.ABORT, aborted)
+    finish(env, env.a, ClaimKind.ABORT, aborted)
+    assert (net_issued(env.a), net_issued(env.b)) == issued
+    rejected = locked(env, amount=3, recipient=evm_address_word(env.carol.address))
+    prepare(env, rejected)  # Rejected -> Aborted
+    assert in_leg(env, rejected)[0] == REJECTED
+    finish(env, env.b, ClaimKind.ABORT, rejected)
+    finish(env, env.a, ClaimKind.ABORT, rejected)
+    tomb = locked(env, amount=2)  # None -> Aborted (tombstone)
+    finish(env, env.b, ClaimKind.ABORT, tomb)
+    finish(env, env.a, ClaimKind.ABORT, tomb)
+    expired = locked(env, amount=1, deadline=now(env) + 60)  # Expired -> Aborted
+    time_travel(env, 120)
+    mark = env.b.endpoint.functions.markExpired(
+        expired.as_abi_tuple(), cert(env, env.b, ClaimKind.LOCKED, expired)
+    )
+    tx(env, mark)
+    finish(env, env.b, ClaimKind.ABORT, expired)
+    finish(env, env.a, ClaimKind.ABORT, expired)
+    assert (supply_of(env.a), supply_of(env.b), counters(env.a), counters(env.b)) == before
+    assert (net_issued(env.a), net_issued(env.b)) == issued
+
+
+def test_issue_outside_the_bridge_changes_net_issued_by_exactly_that(env: Env) -> None:
+    t = prepared(env, amount=40)
+    finish(env, env.a, ClaimKind.COMMIT, t)  # in flight: burned on A, still prepared on B
+    issued_a, issued_b = net_issued(env.a), net_issued(env.b)
+    key = env.admin.private_key
+    issue(env.w3, key, env.b.token, env.bob.address, 11)
+    assert (net_issued(env.a), net_issued(env.b)) == (issued_a, issued_b + 11)
+    send_tx(env.w3, key, env.a.token.functions.redeem(env.alice.address, 6))
+    assert (net_issued(env.a), net_issued(env.b)) == (issued_a - 6, issued_b + 11)
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert (net_issued(env.a), net_issued(env.b)) == (issued_a - 6, issued_b + 11)
+
+
+def test_supply_of_reads_past_blocks(env: Env) -> None:
+    h0 = env.w3.eth.block_number
+    past = supply_of(env.a, h0)
+    t = locked(env, amount=5)
+    assert supply_of(env.a, h0) == past
+    assert supply_of(env.a)["escrowed"] == past["escrowed"] + 5
     finish(env, env.a, ClaimKind.ABORT, t)

@@ -493,8 +493,16 @@ def test_commit_path_moves_units_from_a_to_b(env: Env) -> None:
     assert in_leg(env, t)["state"] == MINTED
     assert balance(env.a, env.alice) == alice0 - 25
     assert balance(env.b, env.bob) == bob0 + 25
-    assert supply(env.a) == {**sup_a0, "total_supply": sup_a0["total_supply"] - 25}
-    assert supply(env.b) == {**sup_b0, "total_supply": sup_b0["total_supply"] + 25}
+    assert supply(env.a) == {
+        **sup_a0,
+        "total_supply": sup_a0["total_supply"] - 25,
+        "burned_out": sup_a0["burned_out"] + 25,
+    }
+    assert supply(env.b) == {
+        **sup_b0,
+        "total_supply": sup_b0["total_supply"] + 25,
+        "minted_in": sup_b0["minted_in"] + 25,
+    }
     # exactly one event per leg transaction, in order
     assert [(e["leg"], e["state"]) for _, e in env.a.events] == [(0, LOCKED), (0, BURNED)]
     assert [(e["leg"], e["state"]) for _, e in env.b.events] == [(1, PREPARED), (1, MINTED)]
@@ -948,11 +956,7 @@ def test_issue_redeem_and_holder_status(env: Env) -> None:
         "frozen": False,
         "paused": False,
     }
-    assert a.call(env.stranger, "Supply", OTHER_ISIN.isin) == {
-        "total_supply": "0",
-        "escrowed": "0",
-        "prepared": "0",
-    }
+    rejects(env, a, "UnknownSecurity", env.stranger, "Supply", OTHER_ISIN.isin)
     frozen = env.b.call(env.stranger, "HolderStatus", ISIN.isin, env.dave)
     assert (frozen["receive_status"], frozen["frozen"]) == (3, True)
     assert env.b.call(env.stranger, "HolderStatus", ISIN.isin, env.carol)["receive_status"] == 2
@@ -1022,3 +1026,184 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
     assert fresh.store.get("config") is None
     info = fresh.call(env.admin, "Init", fresh.name, fresh.chaincode, committee_json(env.signers))
     assert info["admin"] == env.admin
+
+
+# --------------------------------------------------------------------------- supply counters
+
+
+def net_issued(on: Ledger) -> int:
+    """``total_supply + burned_out - minted_in``: what was issued here outside the bridge."""
+    s = supply(on)
+    return s["total_supply"] + s["burned_out"] - s["minted_in"]
+
+
+def counters(on: Ledger) -> tuple[int, int]:
+    s = supply(on)
+    return s["burned_out"], s["minted_in"]
+
+
+def test_supply_reports_cumulative_counters_as_decimal_strings(env: Env) -> None:
+    raw = env.a.call(env.stranger, "Supply", ISIN.isin)
+    assert raw == {
+        "total_supply": "10000",
+        "escrowed": "0",
+        "prepared": "0",
+        "burned_out": "0",
+        "minted_in": "0",
+    }
+    detail = rejects(env, env.a, "UnknownSecurity", env.stranger, "Supply", OTHER_ISIN.isin)
+    assert detail == "securityId=0x" + OTHER_ISIN.word.hex()
+    rejects(env, env.a, "InvalidArgument", env.stranger, "Supply", "NOTANISIN")
+
+
+def test_counters_move_exactly_with_each_commit(env: Env) -> None:
+    assert (net_issued(env.a), net_issued(env.b)) == (10_000, 0)
+    t = make_terms(env, amount=25)
+    lock(env, t)
+    assert counters(env.a) == (0, 0) and counters(env.b) == (0, 0)
+    prepare(env, t)
+    assert counters(env.a) == (0, 0) and counters(env.b) == (0, 0)
+    finish(env, env.b, ClaimKind.COMMIT, t)  # the target may commit first
+    assert counters(env.b) == (0, 25) and counters(env.a) == (0, 0)
+    assert net_issued(env.b) == 0
+    finish(env, env.a, ClaimKind.COMMIT, t)
+    assert counters(env.a) == (25, 0) and counters(env.b) == (0, 25)
+    assert (net_issued(env.a), net_issued(env.b)) == (10_000, 0)
+    # one permanent entry per committed leg, keyed by the transfer
+    sec, tid = ISIN.word.hex(), t.transfer_id.hex()
+    assert env.a.store.get(f"burned/{sec}/{tid}") == b"25"
+    assert env.b.store.get(f"minted/{sec}/{tid}") == b"25"
+    # a replayed commit is refused and counts nothing twice
+    rejects(
+        env, env.a, "BadState", env.relayer, "Commit", tj(t), cert(env, env.a, ClaimKind.COMMIT, t)
+    )
+    rejects(
+        env, env.b, "BadState", env.relayer, "Commit", tj(t), cert(env, env.b, ClaimKind.COMMIT, t)
+    )
+
+    # A second transfer sums with the first; the way back B -> A counts on the other side.
+    t2 = make_terms(env, amount=7)
+    lock(env, t2)
+    prepare(env, t2)
+    finish(env, env.a, ClaimKind.COMMIT, t2)
+    finish(env, env.b, ClaimKind.COMMIT, t2)
+    assert counters(env.a) == (32, 0) and counters(env.b) == (0, 32)
+    back = dataclass_replace(
+        make_terms(env, amount=4, src=env.b, dst=env.a, recipient=word_of(env.alice)),
+        sender=word_of(env.bob),
+    )
+    env.b.call(env.relayer, "Lock", tj(back))
+    env.a.call(env.relayer, "Prepare", tj(back), cert(env, env.a, ClaimKind.LOCKED, back))
+    finish(env, env.b, ClaimKind.COMMIT, back)
+    finish(env, env.a, ClaimKind.COMMIT, back)
+    assert counters(env.a) == (32, 4) and counters(env.b) == (4, 32)
+    assert (net_issued(env.a), net_issued(env.b)) == (10_000, 0)
+    in_transit = sum(
+        s["escrowed"] + s["burned_out"] - s["minted_in"] for s in (supply(env.a), supply(env.b))
+    )
+    assert in_transit == 0  # every transfer finished on both sides
+
+
+def test_counters_do_not_move_on_abort_release_reject_or_expiry(env: Env) -> None:
+    before = (supply(env.a), supply(env.b))
+    aborted = prepared(env, amount=7)  # Prepared -> Aborted, Locked -> Released
+    finish(env, env.b, ClaimKind.ABORT, aborted)
+    finish(env, env.a, ClaimKind.ABORT, aborted)
+    rejected = locked(env, recipient=word_of(env.carol), amount=3)  # Rejected -> Aborted
+    prepare(env, rejected)
+    assert in_leg(env, rejected)["state"] == REJECTED
+    finish(env, env.b, ClaimKind.ABORT, rejected)
+    finish(env, env.a, ClaimKind.ABORT, rejected)
+    expired = locked(env, amount=2)  # Expired -> Aborted
+    env.b.call(env.relayer, "MarkExpired", tj(expired), cert(env, env.b, ClaimKind.LOCKED, expired))
+    finish(env, env.b, ClaimKind.ABORT, expired)
+    finish(env, env.a, ClaimKind.ABORT, expired)
+    tomb = locked(env, amount=1)  # None -> Aborted (tombstone)
+    finish(env, env.b, ClaimKind.ABORT, tomb)
+    finish(env, env.a, ClaimKind.ABORT, tomb)
+    assert (supply(env.a), supply(env.b)) == before
+    assert not any(
+        k.startswith(("burned/", "minted/")) for led in env.ledgers() for k in led.store.data
+    )
+
+
+def test_issue_outside_the_bridge_changes_net_issued_by_exactly_that(env: Env) -> None:
+    t = prepared(env, amount=40)
+    finish(env, env.a, ClaimKind.COMMIT, t)  # committed on A, still prepared on B
+    assert (net_issued(env.a), net_issued(env.b)) == (10_000, 0)
+    env.b.call(env.admin, "Issue", ISIN.isin, env.bob, "11")
+    assert (net_issued(env.a), net_issued(env.b)) == (10_000, 11)
+    env.a.call(env.admin, "Redeem", ISIN.isin, env.alice, "6")
+    assert (net_issued(env.a), net_issued(env.b)) == (9_994, 11)
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert (net_issued(env.a), net_issued(env.b)) == (9_994, 11)
+
+
+def test_counters_are_per_security(env: Env) -> None:
+    env.a.call(env.admin, "RegisterSecurity", OTHER_ISIN.isin)
+    env.b.call(env.admin, "RegisterSecurity", OTHER_ISIN.isin)
+    env.a.call(env.admin, "SetEligible", OTHER_ISIN.isin, env.alice, "true")
+    env.a.call(env.admin, "Issue", OTHER_ISIN.isin, env.alice, "9")
+    env.b.call(env.admin, "SetEligible", OTHER_ISIN.isin, env.bob, "true")
+    t = make_terms(env, amount=9, security=OTHER_ISIN.word)
+    lock(env, t)
+    prepare(env, t)
+    finish(env, env.a, ClaimKind.COMMIT, t)
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert counters(env.a) == (0, 0) and counters(env.b) == (0, 0)
+    other = {k: int(v) for k, v in env.a.call("x:y", "Supply", OTHER_ISIN.isin).items()}
+    assert (other["total_supply"], other["burned_out"], other["minted_in"]) == (0, 9, 0)
+
+
+def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit(
+    env: Env,
+) -> None:
+    """The counters are per-transfer keys: committing (or aborting) two transfers of one
+    security in one block writes no key the other reads or writes, and each commit writes
+    exactly its own leg, index and counter entries (plus the recipient holder on mint)."""
+    erin, fred = account(), account()
+    env.a.call(env.admin, "SetEligible", ISIN.isin, erin, "true")
+    env.a.call(env.admin, "Issue", ISIN.isin, erin, "50")
+    env.b.call(env.admin, "SetEligible", ISIN.isin, fred, "true")
+    sec = ISIN.word.hex()
+
+    def traced(on: Ledger, fn: str, *args: str) -> TracingStore:
+        store = TracingStore(on.store.data)
+        ctx = p.Context(caller=env.relayer, channel_id=on.channel, chaincode_name=on.chaincode)
+        p.execute(store, ctx, fn, list(args), lambda *_: None)
+        return store
+
+    def pair(kind: ClaimKind) -> tuple[TransferTerms, TransferTerms]:
+        t1 = make_terms(env, amount=3)
+        t2 = dataclass_replace(
+            make_terms(env, amount=4, recipient=word_of(fred)), sender=word_of(erin)
+        )
+        for t in (t1, t2):
+            traced(env.a, "Lock", tj(t))
+            traced(env.b, "Prepare", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
+        fn = "Commit" if kind is ClaimKind.COMMIT else "Abort"
+        for on in (env.b, env.a):
+            s1 = traced(on, fn, tj(t1), cert(env, on, kind, t1))
+            s2 = traced(on, fn, tj(t2), cert(env, on, kind, t2))
+            assert not s1.writes & (s2.reads | s2.writes)
+            assert not s2.writes & (s1.reads | s1.writes)
+            if kind is ClaimKind.COMMIT:
+                for s, t in ((s1, t1), (s2, t2)):
+                    tid = t.transfer_id.hex()
+                    if on is env.a:
+                        expected = {f"out/{tid}", f"escrow/{sec}/{tid}", f"burned/{sec}/{tid}"}
+                    else:
+                        recipient = t.recipient[12:].hex()
+                        expected = {
+                            f"in/{tid}",
+                            f"prepared/{sec}/{tid}",
+                            f"minted/{sec}/{tid}",
+                            f"holder/{sec}/{recipient}",
+                        }
+                    assert s.writes == expected
+        return t1, t2
+
+    pair(ClaimKind.COMMIT)
+    assert counters(env.a) == (7, 0) and counters(env.b) == (0, 7)
+    pair(ClaimKind.ABORT)
+    assert counters(env.a) == (7, 0) and counters(env.b) == (0, 7)

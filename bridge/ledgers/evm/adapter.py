@@ -17,6 +17,7 @@ from eth_typing import ChecksumAddress, HexAddress, HexStr
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
+    BadFunctionCallOutput,
     ContractCustomError,
     ContractLogicError,
     TransactionNotFound,
@@ -24,7 +25,7 @@ from web3.exceptions import (
 )
 
 from bridge.config import LedgerConfig
-from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -44,6 +45,7 @@ from bridge.domain.legs import (
     TxOutcome,
     leg_state_from_ledger,
 )
+from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
@@ -240,6 +242,42 @@ class EvmAdapter:
         )
         return HolderStatus(
             True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
+        )
+
+    async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
+        """``supplyOf(security)`` as of block ``height`` (default: finalized) and its hash.
+
+        Both the call and the block lookup name the block by number; with a finality depth
+        that covers the chain's reorganisations the pair is of one block. InvalidInput for a
+        height above the finalized one; NotFound when the security is not registered (or the
+        endpoint did not exist yet) at that height.
+        """
+        final = await self.finalized_height()
+        at = final if height is None else height
+        if not 0 <= at <= final:
+            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
+        fn = self._bridge.functions.supplyOf(security.word)
+        try:
+            res = await self._rpc("supplyOf", lambda: fn.call(block_identifier=at))
+        except (ContractCustomError, ContractLogicError) as exc:
+            rejection = self._rejection(exc)
+            if rejection.reason == "UnknownSecurity":
+                raise NotFound(
+                    f"security {security.isin} is not registered on {self.ledger} at {at}"
+                ) from exc
+            raise rejection from exc
+        except BadFunctionCallOutput as exc:  # no code at the endpoint's address yet
+            raise NotFound(f"no bridge endpoint on {self.ledger} at height {at}") from exc
+        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        return SupplyReading(
+            ledger=self.ledger.name,
+            height=int(block["number"]),
+            block_hash=bytes(block["hash"]),
+            total_supply=int(res[0]),
+            escrowed=int(res[1]),
+            prepared=int(res[2]),
+            burned_out=int(res[3]),
+            minted_in=int(res[4]),
         )
 
     # -- writes --------------------------------------------------------------------------

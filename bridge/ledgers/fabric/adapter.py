@@ -14,8 +14,9 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import aclosing
 
-from bridge.domain.errors import InvalidInput, LedgerRejected
+from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
@@ -31,15 +32,19 @@ from bridge.domain.legs import (
     TxOutcome,
     leg_state_from_ledger,
 )
+from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
+from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.gateway import DeliveredEvent, GatewayClient
+from bridge.ledgers.fabric.gateway import DeliveredEvent, GatewayClient, block_header_hash
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
 DELIVER_CHUNK = 500
 """Blocks per Deliver request when scanning for events."""
+SUPPLY_ATTEMPTS = 5
+"""Reads of ``Supply`` before giving up when every one raced a new block."""
 
 FUNCTIONS: Mapping[Action, str] = {
     Action.LOCK: "Lock",
@@ -205,6 +210,68 @@ class FabricAdapter:
             self._chaincode, "HolderStatus", [security.isin, self.format_address(holder)]
         )
         return codec.holder_from_json(raw)
+
+    async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
+        """The ``Supply`` figures at the finalized height, with that block's header hash.
+
+        Fabric cannot read state as of a past block, so this reads the chain info (height and
+        the last block's hash), evaluates ``Supply``, and reads the chain info again; when a
+        block was committed in between it tries again (``SUPPLY_ATTEMPTS`` times, then
+        Unavailable). The peer updates its state database and its block height under one
+        lock, so equal heights around the query mean the figures are those of that block.
+        (All three reads go to the gateway's peer, like :meth:`finalized_height`.)
+
+        ``height``, when given, must be the current finalized height: a lower one raises
+        InvalidInput (Fabric cannot read supply at a past height), as does a higher one.
+        An unregistered security raises NotFound.
+        """
+        for _ in range(SUPPLY_ATTEMPTS):
+            chain_height, block_hash = await self._chain_info()
+            final = max(0, chain_height - 1)
+            if height is not None and height < final:
+                raise InvalidInput("Fabric cannot read supply at a past height")
+            if height is not None and height > final:
+                raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
+            try:
+                raw = await self._client.evaluate(self._chaincode, "Supply", [security.isin])
+            except LedgerRejected as exc:
+                if exc.reason == "UnknownSecurity":
+                    raise NotFound(
+                        f"security {security.isin} is not registered on {self._ledger}"
+                    ) from exc
+                raise
+            after, _ = await self._chain_info()
+            if after != chain_height:
+                continue
+            figures = codec.supply_from_json(raw)
+            if len(block_hash) != 32:  # a peer that does not report it: read the header
+                block_hash = await self._block_hash(final)
+            return SupplyReading(
+                ledger=self._ledger.name,
+                height=final,
+                block_hash=block_hash,
+                total_supply=figures["total_supply"],
+                escrowed=figures["escrowed"],
+                prepared=figures["prepared"],
+                burned_out=figures["burned_out"],
+                minted_in=figures["minted_in"],
+            )
+        raise Unavailable(
+            f"{self._ledger}: a block was committed during each of {SUPPLY_ATTEMPTS} supply reads"
+        )
+
+    async def _chain_info(self) -> tuple[int, bytes]:
+        """The channel height and the header hash of its last block, read together."""
+        raw = await self._client.evaluate("qscc", "GetChainInfo", [self._client.channel])
+        info = ledger_pb2.BlockchainInfo.FromString(raw)
+        return int(info.height), bytes(info.currentBlockHash)
+
+    async def _block_hash(self, number: int) -> bytes:
+        """The header hash of block ``number``, read through Deliver."""
+        async with aclosing(self._client.blocks(number, number)) as blocks:
+            async for block in blocks:
+                return block_header_hash(block.header)
+        raise Unavailable(f"{self._ledger}: block {number} was not delivered")
 
     # -- writes --------------------------------------------------------------------------
     def _leg_here(self, terms: TransferTerms) -> Leg:

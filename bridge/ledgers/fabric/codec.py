@@ -170,3 +170,13 @@ def object_from_json(raw: str | bytes | Mapping[str, Any], what: str) -> Mapping
 def field(data: Mapping[str, Any], name: str, what: str) -> Any:
     """``data[name]``; ValueError naming ``what`` when absent."""
     return _field(data, name, what)
+
+
+SUPPLY_FIELDS = ("total_supply", "escrowed", "prepared", "burned_out", "minted_in")
+"""The figures of the chaincode's ``Supply`` answer, each a decimal string."""
+
+
+def supply_from_json(raw: str | bytes | Mapping[str, Any]) -> dict[str, int]:
+    """Parse the ``Supply`` answer into its five figures; ValueError when malformed."""
+    data = _object(raw, "supply")
+    return {name: int_from_json(_field(data, name, "supply"), name) for name in SUPPLY_FIELDS}

@@ -45,6 +45,12 @@ contract BridgeEndpoint is IBridgeEndpoint {
     mapping(bytes32 => address) public override tokenOf;
     /// Units prepared (promised to recipients) but not yet minted, per security.
     mapping(bytes32 => uint256) public override preparedTotal;
+    /// Units ever burned by committed outbound legs (Locked -> Burned), per security.
+    /// Cumulative: never decreases. Used by the supply identity (see `supplyOf`).
+    mapping(bytes32 => uint256) public override burnedOut;
+    /// Units ever minted by committed inbound legs (Prepared -> Minted), per security.
+    /// Cumulative: never decreases.
+    mapping(bytes32 => uint256) public override mintedIn;
 
     mapping(bytes32 => OutLeg) private _out;
     mapping(bytes32 => InLeg) private _in;
@@ -165,6 +171,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
             leg.state = OutState.Burned;
+            burnedOut[leg.securityId] += leg.amount;
             _emitOut(id, leg);
             _token(leg.securityId).bridgeBurn(leg.amount);
         } else if (_isTarget(t)) {
@@ -173,6 +180,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             if (leg.termsHash != hash) revert TermsMismatch(id);
             leg.state = InState.Minted;
             preparedTotal[leg.securityId] -= leg.amount;
+            mintedIn[leg.securityId] += leg.amount;
             _emitIn(id, leg);
             (, address recipient) = _evmAddress(t.recipient); // validated at prepare
             _token(leg.securityId).bridgeMint(recipient, leg.amount);
@@ -304,6 +312,32 @@ contract BridgeEndpoint is IBridgeEndpoint {
     {
         InLeg storage leg = _in[transferId];
         return (uint8(leg.state), leg.termsHash, leg.amount, leg.securityId, leg.reason);
+    }
+
+    /// Supply figures of `securityId` at this block: the registered token's `totalSupply`,
+    /// the bridge's escrow (`token.balanceOf(this)`), `preparedTotal`, and the cumulative
+    /// `burnedOut` and `mintedIn`. What was issued on this ledger outside the bridge is
+    /// `totalSupply + burnedOut - mintedIn`. Reverts UnknownSecurity for an unregistered id.
+    function supplyOf(bytes32 securityId)
+        external
+        view
+        override
+        returns (
+            uint256 totalSupply,
+            uint256 escrowed,
+            uint256 prepared,
+            uint256 burned,
+            uint256 minted
+        )
+    {
+        SecurityToken token = _token(securityId);
+        return (
+            token.totalSupply(),
+            token.balanceOf(address(this)),
+            preparedTotal[securityId],
+            burnedOut[securityId],
+            mintedIn[securityId]
+        );
     }
 
     /// `BridgeTypes.transferId(t)`.

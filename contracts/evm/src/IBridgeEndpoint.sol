@@ -78,6 +78,22 @@ interface IBridgeEndpoint {
     function outbound(bytes32 transferId) external view returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId);
     function inbound(bytes32 transferId) external view returns (uint8 state, bytes32 termsHash, uint256 amount, bytes32 securityId, uint8 reason);
     function preparedTotal(bytes32 securityId) external view returns (uint256);
+    /// Cumulative units burned by committed outbound legs (Locked -> Burned); never decreases.
+    function burnedOut(bytes32 securityId) external view returns (uint256);
+    /// Cumulative units minted by committed inbound legs (Prepared -> Minted); never decreases.
+    function mintedIn(bytes32 securityId) external view returns (uint256);
+    /// One consistent read of a registered security's supply figures (reverts UnknownSecurity):
+    /// token totalSupply, escrow held by this endpoint, preparedTotal, burnedOut, mintedIn.
+    function supplyOf(bytes32 securityId)
+        external
+        view
+        returns (
+            uint256 totalSupply,
+            uint256 escrowed,
+            uint256 prepared,
+            uint256 burned,
+            uint256 minted
+        );
 
     // --- digests (the Python side must reproduce these byte for byte) ---
     function transferIdOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);

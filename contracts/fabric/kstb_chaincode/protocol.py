@@ -20,11 +20,14 @@ anyway; the buffer also gives read-your-writes, which Fabric's ``GetState`` does
 Keys (all ASCII): ``config``, ``committee``, ``relayer/<identity>``, ``security/<word>``,
 ``holder/<word>/<address>``, ``out/<transfer id>``, ``in/<transfer id>``, and the index
 entries ``escrow/<word>/<transfer id>`` (a Locked outbound leg) and
-``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on
-(hex without 0x). There are deliberately no per-security counters: a counter would be a hot
-key that every leg transaction of the security reads and writes, so two of them in one block
-would conflict (MVCC_READ_CONFLICT). Transactions touch only their holder and their transfer;
-``Supply`` (a query) sums holders and index entries with range scans instead.
+``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on,
+and the permanent entries ``burned/<word>/<transfer id>`` (an outbound leg committed, Burned)
+and ``minted/<word>/<transfer id>`` (an inbound leg committed, Minted), written by Commit and
+never deleted (hex without 0x). There are deliberately no per-security counters: a counter
+would be a hot key that every leg transaction of the security reads and writes, so two of
+them in one block would conflict (MVCC_READ_CONFLICT). Transactions touch only their holder
+and their transfer; ``Supply`` (a query) sums holders and index entries with range scans
+instead, so its cost grows with the number of holders and of committed transfers.
 
 Error messages are ``"<ErrorName>: <detail>"``; the detail uses the EVM adapter's
 ``name=value, ...`` form (bytes and addresses as lowercase 0x-hex).
@@ -909,6 +912,8 @@ class Endpoint:
             leg.state = OUT_BURNED
             sec = leg.security
             self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")  # burned
+            # The cumulative burned_out term of Supply: one key per transfer, never a counter.
+            self._kv.put(f"burned/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
             self._put_leg("out", tid, leg)
         elif self._is_target(t):
             leg = self._leg("in", tid)
@@ -917,6 +922,8 @@ class Endpoint:
             leg.state = IN_MINTED
             sec = leg.security
             self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
+            # The cumulative minted_in term of Supply: one key per transfer, never a counter.
+            self._kv.put(f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
             # bridgeMint: no compliance re-check (done at prepare); recipient validated there.
             recipient = _address_of_word(t.recipient)
             assert recipient is not None  # Prepared implies a valid recipient
@@ -1059,13 +1066,27 @@ class Endpoint:
         }
 
     def supply(self, isin: str) -> object:
-        """``{"total_supply", "escrowed", "prepared"}`` (zeros for an unregistered security)."""
+        """``BridgeEndpoint.supplyOf``: the supply figures of a registered security.
+
+        ``{"total_supply", "escrowed", "prepared", "burned_out", "minted_in"}`` as decimal
+        strings; ``burned_out``/``minted_in`` are cumulative (everything ever burned by a
+        committed outbound leg / minted by a committed inbound leg). UnknownSecurity for an
+        unregistered security, like the EVM view.
+
+        Cost: every figure is a range scan (no hot counter keys, see Keys), so one call reads
+        O(holders + open legs + committed transfers) keys of the security; the burned/minted
+        entries are never deleted, so that part grows with every transfer ever committed.
+        A query only: transactions never call this (a range read would phantom-conflict).
+        """
         self._require_init()
         sec = security_word(isin)
+        self._token(sec)
         return {
             "total_supply": str(self._total_supply(sec)),
             "escrowed": str(self._sum(f"escrow/{sec.hex()}/")),
             "prepared": str(self._sum(f"prepared/{sec.hex()}/")),
+            "burned_out": str(self._sum(f"burned/{sec.hex()}/")),
+            "minted_in": str(self._sum(f"minted/{sec.hex()}/")),
         }
 
     def committee(self) -> object:

@@ -233,6 +233,8 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
             "total_supply": "100",
             "escrowed": "10",
             "prepared": "0",
+            "burned_out": "0",
+            "minted_in": "0",
         }
     # the Lock's chaincode event is in the block (the shim alone would have dropped it)
     cc_id, name, payload = bridge.newest_chaincode_event(tmp_path)

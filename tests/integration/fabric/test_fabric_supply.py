@@ -1,0 +1,228 @@
+"""Supply readings through the Fabric adapter, on the native network with the real chaincode.
+
+The chaincode runs as its own instance (``kstbsupply``) on the session's network. Org1's
+Admin administers it and Org1's User1 is the relayer (both through Org1's peer).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import pytest
+
+from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.fabric_bridge import start_bridge_chaincode, wait_for_peers
+from bridge.devnet.processes import ManagedProcess
+from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
+from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.errors import InvalidInput, NotFound
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.legs import Action, SignatureSet
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.supply import SupplyReading, balance
+from bridge.domain.terms import TransferTerms
+from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
+from bridge.ledgers.fabric.gateway import GatewayClient, block_header_hash
+from bridge.ledgers.fabric.identity import SigningIdentity
+
+pytestmark = [pytest.mark.integration, pytest.mark.fabric]
+
+CHAINCODE = "kstbsupply"  # its own instance on the shared session network
+LEDGER = LedgerId("fabric-supply")
+OTHER = LedgerId("evm-other")
+ISIN = "KR7005930003"
+SECURITY = SecurityId(ISIN)
+CLAIMS = {
+    Action.PREPARE: ClaimKind.LOCKED,
+    Action.COMMIT: ClaimKind.COMMIT,
+    Action.ABORT: ClaimKind.ABORT,
+}
+
+
+@dataclass
+class Env:
+    net: FabricNetwork
+    signers: list[LocalKeySigner]
+    committee: Committee
+
+    def client(self, user: str = "User1") -> GatewayClient:
+        o = self.net.org("Org1")
+        ident = (
+            SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
+            if user == "Admin"
+            else SigningIdentity.from_files(o.msp_id, o.user_cert(user), o.user_key(user))
+        )
+        return GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, self.net.channel)
+
+    @property
+    def bridge(self) -> bytes:
+        return fabric_bridge_word(self.net.channel, CHAINCODE)
+
+    def cert(self, kind: ClaimKind, t: TransferTerms) -> SignatureSet:
+        domain = ClaimDomain(LEDGER.word, self.bridge, self.committee.epoch)
+        digest = claim_digest(domain, Claim(kind, t.transfer_id, t.terms_hash))
+        c = assemble_certificate(
+            self.committee, digest, [s.sign_digest(digest) for s in self.signers]
+        )
+        return SignatureSet(c.epoch, tuple(v.signature for v in c.votes))
+
+
+@pytest.fixture(scope="module")
+def chaincode(fabric_network: FabricNetwork) -> Iterator[ManagedProcess]:
+    proc = start_bridge_chaincode(fabric_network, CHAINCODE)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def submit(net: FabricNetwork, client: GatewayClient, fn: str, *args: str) -> int:
+    """Submit and wait until both orgs' peers committed it; return its block."""
+    result = await client.submit(CHAINCODE, fn, list(args))
+    await wait_for_peers(net, result.block_number)
+    return result.block_number
+
+
+@pytest.fixture(scope="module")
+async def env(fabric_network: FabricNetwork, chaincode: ManagedProcess) -> Env:
+    signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)]
+    committee = Committee(1, 3, tuple(sorted(s.address for s in signers)))
+    e = Env(fabric_network, signers, committee)
+    admin, relayer = e.client("Admin"), e.client("User1")
+    members = ["0x" + m.hex() for m in committee.members]
+    committee_json = json.dumps({"epoch": 1, "threshold": 3, "members": members})
+    await submit(e.net, admin, "Init", LEDGER.name, CHAINCODE, committee_json)
+    await submit(e.net, admin, "SetRelayer", relayer.identity.chaincode_identity(), "true")
+    await submit(e.net, admin, "RegisterSecurity", ISIN)
+    await admin.close()
+    await relayer.close()
+    return e
+
+
+@pytest.fixture
+async def adapter(env: Env) -> AsyncIterator[FabricAdapter]:
+    a = FabricAdapter(LEDGER, env.client("User1"), CHAINCODE, "Org1MSP/User1")
+    yield a
+    await a.close()
+
+
+async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerms) -> None:
+    kind = CLAIMS.get(action)
+    outcome = await adapter.submit(action, t, env.cert(kind, t) if kind is not None else None)
+    await wait_for_peers(env.net, outcome.height)
+
+
+async def holder(env: Env, units: int) -> bytes:
+    address = "0x" + secrets.token_hex(20)
+    admin = env.client("Admin")
+    await submit(env.net, admin, "SetEligible", ISIN, address, "true")
+    if units:
+        await submit(env.net, admin, "Issue", ISIN, address, str(units))
+    await admin.close()
+    return bytes(12) + bytes.fromhex(address[2:])
+
+
+def outbound(env: Env, sender: bytes, amount: int) -> TransferTerms:
+    return TransferTerms(
+        secrets.token_bytes(32), SECURITY.word, amount, LEDGER.word, env.bridge,
+        OTHER.word, secrets.token_bytes(32), sender, bytes(12) + secrets.token_bytes(20),
+        2_000_000_000,
+    )  # fmt: skip
+
+
+def inbound(env: Env, recipient: bytes, amount: int) -> TransferTerms:
+    return TransferTerms(
+        secrets.token_bytes(32), SECURITY.word, amount, OTHER.word, secrets.token_bytes(32),
+        LEDGER.word, env.bridge, bytes(12) + secrets.token_bytes(20), recipient, 2_000_000_000,
+    )  # fmt: skip
+
+
+async def header_hash(client: GatewayClient, number: int) -> bytes:
+    async with aclosing(client.blocks(number, number)) as blocks:
+        hashes = [block_header_hash(b.header) async for b in blocks]
+    assert len(hashes) == 1
+    return hashes[0]
+
+
+def figures(r: SupplyReading) -> tuple[int, int, int, int, int]:
+    return (r.total_supply, r.escrowed, r.prepared, r.burned_out, r.minted_in)
+
+
+async def test_supply_counts_issue_lock_commit_and_names_its_block(
+    env: Env, adapter: FabricAdapter
+) -> None:
+    start = await adapter.supply(SECURITY)
+    assert figures(start) == (0, 0, 0, 0, 0)
+    assert start.ledger == LEDGER.name
+    assert start.height == await adapter.finalized_height()
+
+    alice = await holder(env, 50)
+    registered = {LEDGER.name: 50}
+    assert figures(await adapter.supply(SECURITY)) == (50, 0, 0, 0, 0)
+
+    t = outbound(env, alice, 20)
+    await step(env, adapter, Action.LOCK, t)
+    locked = await adapter.supply(SECURITY)
+    assert figures(locked) == (50, 20, 0, 0, 0)
+    assert balance([locked], registered).holds
+
+    await step(env, adapter, Action.COMMIT, t)
+    burned = await adapter.supply(SECURITY)
+    assert figures(burned) == (30, 0, 0, 20, 0)
+    assert burned.net_issued == 50 and burned.in_transit == 20
+    cut = balance([burned], registered)
+    assert cut.holds and (cut.free, cut.in_transit) == (30, 20)
+
+    # The reading names the real block: its header hash, read back through Deliver.
+    assert burned.height > locked.height > start.height
+    assert len(burned.block_hash) == 32
+    assert burned.block_hash == await header_hash(adapter.client, burned.height)
+    assert start.block_hash == await header_hash(adapter.client, start.height)
+
+    # Inbound: prepared, then minted; a Fabric ledger may receive units it never issued.
+    back = inbound(env, alice, 7)
+    await step(env, adapter, Action.PREPARE, back)
+    assert figures(await adapter.supply(SECURITY)) == (30, 0, 7, 20, 0)
+    await step(env, adapter, Action.COMMIT, back)
+    minted = await adapter.supply(SECURITY)
+    assert figures(minted) == (37, 0, 0, 20, 7)
+    assert minted.net_issued == 50 and minted.in_transit == 13
+    assert balance([minted], registered).holds
+
+    # An issue outside the register is a discrepancy here.
+    admin = env.client("Admin")
+    await submit(env.net, admin, "Issue", ISIN, adapter.format_address(alice), "5")
+    await admin.close()
+    off = balance([await adapter.supply(SECURITY)], registered)
+    assert (off.discrepancy, off.ledger_discrepancies) == (5, {LEDGER.name: 5})
+
+
+async def test_abort_moves_no_counter(env: Env, adapter: FabricAdapter) -> None:
+    sender = await holder(env, 9)
+    before = await adapter.supply(SECURITY)
+    t = outbound(env, sender, 9)
+    await step(env, adapter, Action.LOCK, t)
+    await step(env, adapter, Action.ABORT, t)
+    tomb = inbound(env, sender, 4)  # None -> Aborted on the inbound side
+    await step(env, adapter, Action.ABORT, tomb)
+    after = await adapter.supply(SECURITY)
+    assert figures(after) == figures(before)
+    assert after.height > before.height
+
+
+async def test_only_the_current_height_can_be_read(env: Env, adapter: FabricAdapter) -> None:
+    now = await adapter.supply(SECURITY)
+    again = await adapter.supply(SECURITY, height=now.height)  # the current height is fine
+    assert again == now
+    await holder(env, 0)  # a new block
+    with pytest.raises(InvalidInput, match="Fabric cannot read supply at a past height"):
+        await adapter.supply(SECURITY, height=now.height)
+    later = await adapter.supply(SECURITY)
+    with pytest.raises(InvalidInput):
+        await adapter.supply(SECURITY, height=later.height + 10)
+    with pytest.raises(NotFound):
+        await adapter.supply(SecurityId("US0378331005"))
