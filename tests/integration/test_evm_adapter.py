@@ -205,3 +205,24 @@ async def test_unreachable_ledger_is_unavailable_not_an_error(two_ledgers: TwoLe
     with pytest.raises(Unavailable):
         await dead.finalized_height()
     await dead.close()
+
+
+async def test_a_dropped_transaction_does_not_wedge_later_sends(two_ledgers: TwoLedgers) -> None:
+    """The node evicts a pending transaction: the adapter re-reads its nonce instead of
+    queueing every later transaction behind the gap."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=1.5)
+    alice, bob = env.a.holder(2), env.b.holder()
+    first, second = env.terms(alice, bob, 1), env.terms(alice, bob, 1)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        with pytest.raises(Unavailable):
+            await a.submit(Action.LOCK, first, None)
+        env.node.rpc("anvil_dropAllTransactions", [])
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    out = await a.submit(Action.LOCK, second, None)
+    assert not out.already_applied
+    assert (await a.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    assert (await a.get_leg(first.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    await a.close()

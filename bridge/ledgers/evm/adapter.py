@@ -72,8 +72,11 @@ def _is_transient(exc: BaseException) -> bool:
 class EvmAdapter:
     """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need ``private_key``."""
 
-    def __init__(self, config: LedgerConfig, private_key: bytes | None = None) -> None:
+    def __init__(
+        self, config: LedgerConfig, private_key: bytes | None = None, confirm_s: float = 120.0
+    ) -> None:
         self._cfg = config
+        self._confirm_s = confirm_s
         self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
         # No default middleware: every transaction field is set explicitly, results are
         # read by key, and web3's validation middleware would add two eth_chainId calls
@@ -319,7 +322,13 @@ class EvmAdapter:
             args.append((certificate.epoch, b"".join(certificate.signatures)))
         fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
         tx_hash = await self._send(fn)
-        height = await self._await_final(tx_hash)
+        try:
+            height = await self._await_final(tx_hash, self._confirm_s)
+        except Unavailable:
+            # The node may drop it: the next send re-reads the nonce first, so later
+            # transactions never queue behind a gap. The retry re-checks the leg first.
+            self._nonces.suspect()
+            raise
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
 
     async def _await_leg_final(

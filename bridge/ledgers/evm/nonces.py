@@ -24,6 +24,10 @@ class NonceManager:
             self._next = await self._fetch()
         return self._next
 
+    def suspect(self) -> None:
+        """A sent transaction went missing: re-read the count before the next send."""
+        self._next = None
+
     def consumed(self) -> None:
         """Record that the current nonce was accepted by the ledger."""
         assert self._next is not None
