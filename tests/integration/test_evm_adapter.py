@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import replace
 
 import pytest
@@ -225,4 +226,23 @@ async def test_a_dropped_transaction_does_not_wedge_later_sends(two_ledgers: Two
     assert not out.already_applied
     assert (await a.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
     assert (await a.get_leg(first.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    await a.close()
+
+
+async def test_cancelled_reads_never_wedge_the_adapter(two_ledgers: TwoLedgers) -> None:
+    """web3 8's session lock breaks when a request is cancelled while waiting for it, after
+    which every later request of the process hangs. Callers cancel requests routinely (the
+    coordinator cancels the slower verifiers once it has a quorum), so the adapter must not
+    let a cancellation reach web3."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config())
+    tid = secrets.token_bytes(32)
+    for _ in range(20):
+        tasks = [asyncio.create_task(a.get_leg(tid, Leg.OUTBOUND)) for _ in range(40)]
+        await asyncio.sleep(0.002)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    status = await asyncio.wait_for(a.get_leg(tid, Leg.OUTBOUND), timeout=10)
+    assert status.state is LegState.NONE
     await a.close()

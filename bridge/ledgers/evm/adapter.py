@@ -65,6 +65,12 @@ _FUNCTION = {
 }
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume a shielded call's outcome once nobody awaits it (no 'never retrieved')."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | ConnectionError | asyncio.TimeoutError | OSError)
 
@@ -126,6 +132,19 @@ class EvmAdapter:
 
     # -- reads ---------------------------------------------------------------------------
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one web3 call, shielded from the caller's cancellation.
+
+        web3 8 guards its session cache with a threading lock acquired in a thread pool; a
+        request cancelled while waiting for it releases a lock it does not hold and leaves
+        the lock taken for good, hanging every later request in the process. A cancelled
+        caller therefore stops waiting while the call itself runs to completion (bounded
+        by the HTTP timeout) in the background.
+        """
+        task = asyncio.ensure_future(self._rpc_unshielded(what, call))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _rpc_unshielded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         if self._session is None:
             # One keep-alive connection pool per adapter (web3's default closes each one).
             self._session = aiohttp.ClientSession(

@@ -1,0 +1,193 @@
+"""Chaos, bounded: SIGKILL and restart the coordinator, relayers and verifiers at random
+while transfers run in both directions; afterwards nothing is lost or duplicated.
+
+Asserts: every transfer reaches a terminal state; each holder's balances equal what the
+sequence of outcomes implies (committed moves, aborted and failed do not); total supply
+is conserved; no escrow is left; one transfer per idempotency key. Prints a summary.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.v1 import transfer_pb2 as S
+from bridge.v1 import transfer_pb2_grpc
+from tests.support import eventually_sync
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+A, B = "brokerage-a", "brokerage-b"
+TRANSFERS = 40
+UNITS = 100
+TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
+
+
+@pytest.fixture(scope="module")
+def chaos_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    s = LocalSystem(Path(tmp_path_factory.mktemp("chaos")), block_time=0.5, transfer_ttl=120)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@dataclass
+class Planned:
+    key: str
+    holder: DevAccount
+    recipient: str
+    src: str
+    dst: str
+    amount: int
+    eligible: bool
+
+
+class Chaos(threading.Thread):
+    """Kills one random component every 1.5-3 s and restarts it 0.5-2 s later.
+
+    At most one verifier is down at a time (n - t = 1 with n=4, t=3).
+    """
+
+    def __init__(self, system: LocalSystem, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.system = system
+        self.rng = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.kills: Counter[str] = Counter()
+        self.recoveries: list[float] = []
+
+    def run(self) -> None:
+        names = ["coordinator", f"relayer-{A}", f"relayer-{B}"] + [
+            f"verifier-{i}" for i in range(len(self.system.verifier_keys))
+        ]
+        while not self.stop_event.wait(self.rng.uniform(1.5, 3.0)):
+            name = self.rng.choice(names)
+            kind = name.split("-")[0]
+            self.system.processes[name].kill9()
+            self.kills[kind] += 1
+            time.sleep(self.rng.uniform(0.5, 2.0))
+            started = time.monotonic()
+            self.system.start_process(name)
+            self.recoveries.append(time.monotonic() - started)
+
+
+def submit(system: LocalSystem, req: S.SubmitTransferRequest) -> str:
+    """As a brokerage would: retry UNAVAILABLE with the same idempotency key."""
+
+    def attempt() -> str | None:
+        try:
+            with grpc.insecure_channel(system.coordinator_target) as ch:
+                stub = transfer_pb2_grpc.TransferServiceStub(ch)
+                return stub.SubmitTransfer(req, timeout=10).transfer.transfer_id
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return None
+            raise
+
+    return eventually_sync(attempt, 60, f"SubmitTransfer {req.idempotency_key}", interval=0.3)
+
+
+def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSystem) -> None:
+    s = chaos_system
+    rng = random.Random(20261121)
+    a, b = s.ledgers[A], s.ledgers[B]
+    holders = [a.make_holder(DEMO_ISIN, UNITS) for _ in range(6)]
+    for h in holders:
+        b.set_eligible(DEMO_ISIN, h.address)
+        b.node.fund(h.address)
+    outsider = DevAccount.generate()  # eligible nowhere: transfers to it abort
+    supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+    # Transfers A -> B of at most UNITS // 10 units each, never more than a holder has:
+    # every planned transfer is accepted, so every outcome is the system's, not the plan's.
+    plan: list[Planned] = []
+    for _ in range(TRANSFERS):
+        h = rng.choice(holders)
+        eligible = rng.random() > 0.15
+        plan.append(
+            Planned(
+                str(uuid.uuid4()),
+                h,
+                h.address if eligible else outsider.address,
+                A,
+                B,
+                rng.randint(1, UNITS // 10),
+                eligible,
+            )
+        )
+    planned = Counter[str]()
+    for p in plan:
+        planned[p.holder.address] += p.amount
+    assert max(planned.values()) <= UNITS, "the plan would overdraw a holder"
+    chaos = Chaos(s, seed=7)
+    chaos.start()
+    tids: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        for p in plan:
+            req = S.SubmitTransferRequest(
+                idempotency_key=p.key, security_id=DEMO_ISIN, source_ledger=p.src,
+                target_ledger=p.dst, sender=p.holder.address, recipient=p.recipient,
+                amount=str(p.amount),
+            )  # fmt: skip
+            tids[p.key] = submit(s, req)
+            time.sleep(0.3)
+    finally:
+        chaos.stop_event.set()
+        chaos.join(timeout=30)
+    for name, proc in s.processes.items():
+        if not proc.alive():
+            s.start_process(name)
+
+    def states() -> dict[str, int] | None:
+        out: dict[str, int] = {}
+        try:
+            with grpc.insecure_channel(s.coordinator_target) as ch:
+                stub = transfer_pb2_grpc.TransferServiceStub(ch)
+                for key, tid in tids.items():
+                    out[key] = stub.GetTransfer(
+                        S.GetTransferRequest(transfer_id=tid), timeout=10
+                    ).state
+        except grpc.RpcError:
+            return None
+        return out if all(v in TERMINAL for v in out.values()) else None
+
+    final = eventually_sync(states, 240, "every transfer to reach a terminal state", interval=1.0)
+    elapsed = time.monotonic() - started
+    outcomes = Counter(
+        S.TransferState.Name(v).removeprefix("TRANSFER_STATE_") for v in final.values()
+    )
+    moved: Counter[str] = Counter()
+    for p in plan:
+        if final[p.key] == S.TRANSFER_STATE_COMMITTED:
+            assert p.eligible, "a transfer to an ineligible recipient committed"
+            moved[p.holder.address] += p.amount
+    for h in holders:
+        assert a.balance(DEMO_ISIN, h.address) == UNITS - moved[h.address], (
+            "units lost or doubled on A"
+        )
+        assert b.balance(DEMO_ISIN, h.address) == moved[h.address], "units lost or doubled on B"
+    assert b.balance(DEMO_ISIN, outsider.address) == 0
+    assert a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN) == supply
+    assert a.escrowed(DEMO_ISIN) == 0
+    assert b.escrowed(DEMO_ISIN) == 0
+    assert len(set(tids.values())) == len(plan), "one transfer per idempotency key"
+    print(
+        f"\nchaos summary: {len(plan)} transfers in {elapsed:.0f} s;"
+        f" kills {dict(chaos.kills)} ({sum(chaos.kills.values())} in all);"
+        f" outcomes {dict(outcomes)};"
+        f" max restart-to-listening {max(chaos.recoveries, default=0):.1f} s"
+    )
+    assert sum(chaos.kills.values()) >= 5, "the chaos scheduler did not inject enough faults"
