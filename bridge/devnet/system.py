@@ -58,6 +58,10 @@ class LedgerHandle:
         """Add ``holder`` to (or remove it from) the eligible holders."""
         deploy.set_eligible(self.w3, self.admin.private_key, self.tokens[isin], holder, eligible)
 
+    def issue(self, isin: str, holder: str, units: int) -> None:
+        """Issue ``units`` to an eligible holder (the issuer's own act, outside the bridge)."""
+        deploy.issue(self.w3, self.admin.private_key, self.tokens[isin], holder, units)
+
     def make_holder(self, isin: str, units: int = 0) -> DevAccount:
         """A new eligible holder, optionally issued ``units``."""
         holder = DevAccount.generate()

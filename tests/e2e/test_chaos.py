@@ -9,7 +9,6 @@ is conserved; no escrow is left; one transfer per idempotency key. Prints a summ
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -21,6 +20,8 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.chaos import ChaosScheduler
+from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
@@ -55,51 +56,6 @@ class Planned:
     eligible: bool
 
 
-class Chaos(threading.Thread):
-    """Kills one random component every 1.5-3 s and restarts it 0.5-2 s later.
-
-    At most one verifier is down at a time (n - t = 1 with n=4, t=3).
-    """
-
-    def __init__(self, system: LocalSystem, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.system = system
-        self.rng = random.Random(seed)
-        self.stop_event = threading.Event()
-        self.kills: Counter[str] = Counter()
-        self.recoveries: list[float] = []
-
-    def run(self) -> None:
-        names = ["coordinator", f"relayer-{A}", f"relayer-{B}"] + [
-            f"verifier-{i}" for i in range(len(self.system.verifier_keys))
-        ]
-        while not self.stop_event.wait(self.rng.uniform(1.5, 3.0)):
-            name = self.rng.choice(names)
-            kind = name.split("-")[0]
-            self.system.processes[name].kill9()
-            self.kills[kind] += 1
-            time.sleep(self.rng.uniform(0.5, 2.0))
-            started = time.monotonic()
-            self.system.start_process(name)
-            self.recoveries.append(time.monotonic() - started)
-
-
-def submit(system: LocalSystem, req: S.SubmitTransferRequest) -> str:
-    """As a brokerage would: retry UNAVAILABLE with the same idempotency key."""
-
-    def attempt() -> str | None:
-        try:
-            with grpc.insecure_channel(system.coordinator_target) as ch:
-                stub = transfer_pb2_grpc.TransferServiceStub(ch)
-                return stub.SubmitTransfer(req, timeout=10).transfer.transfer_id
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return None
-            raise
-
-    return eventually_sync(attempt, 60, f"SubmitTransfer {req.idempotency_key}", interval=0.3)
-
-
 def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSystem) -> None:
     s = chaos_system
     rng = random.Random(20261121)
@@ -131,7 +87,7 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     for p in plan:
         planned[p.holder.address] += p.amount
     assert max(planned.values()) <= UNITS, "the plan would overdraw a holder"
-    chaos = Chaos(s, seed=7)
+    chaos = ChaosScheduler(s, seed=7)
     chaos.start()
     tids: dict[str, str] = {}
     started = time.monotonic()
@@ -142,11 +98,10 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
                 target_ledger=p.dst, sender=p.holder.address, recipient=p.recipient,
                 amount=str(p.amount),
             )  # fmt: skip
-            tids[p.key] = submit(s, req)
+            tids[p.key] = submit_retrying(s.coordinator_target, req)
             time.sleep(0.3)
     finally:
-        chaos.stop_event.set()
-        chaos.join(timeout=30)
+        faults = chaos.stop()
     for name, proc in s.processes.items():
         if not proc.alive():
             s.start_process(name)
@@ -186,8 +141,8 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     assert len(set(tids.values())) == len(plan), "one transfer per idempotency key"
     print(
         f"\nchaos summary: {len(plan)} transfers in {elapsed:.0f} s;"
-        f" kills {dict(chaos.kills)} ({sum(chaos.kills.values())} in all);"
+        f" kills {dict(faults.kills)} ({sum(faults.kills.values())} in all);"
         f" outcomes {dict(outcomes)};"
-        f" max restart-to-listening {max(chaos.recoveries, default=0):.1f} s"
+        f" restart-to-listening {faults.restart_seconds}"
     )
-    assert sum(chaos.kills.values()) >= 5, "the chaos scheduler did not inject enough faults"
+    assert sum(faults.kills.values()) >= 5, "the chaos scheduler did not inject enough faults"

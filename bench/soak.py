@@ -1,0 +1,217 @@
+"""Soak: many transfers in both directions while components are killed and ledgers stall.
+
+Starts its own LocalSystem (two anvil ledgers, 4 verifiers with t = 3, two relayers, the
+coordinator) under ``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second
+in both directions (about one in ten to an ineligible recipient, which must abort); while
+they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers
+and stalls ledgers (no blocks) for a while. Afterwards it checks, and prints as a table:
+every transfer terminal, each holder's balances exactly as the outcomes imply, supply
+conserved, no escrow left, one transfer per idempotency key. Exit code 1 on a violation.
+
+    .venv/bin/python bench/soak.py --transfers 1000 --rate 4 --json .run/soak/result.json
+
+Bounded: every wait has a limit; everything is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.chaos import ChaosScheduler
+from bridge.devnet.client import submit_retrying
+from bridge.devnet.processes import REPO_ROOT
+from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.v1 import transfer_pb2 as S
+from bridge.v1 import transfer_pb2_grpc
+
+A, B = "brokerage-a", "brokerage-b"
+UNITS = 1_000_000
+TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One planned transfer."""
+
+    key: str
+    holder: str
+    recipient: str
+    src: str
+    dst: str
+    amount: int
+
+
+def plan_moves(n: int, holders: list[DevAccount], outsider: str, seed: int) -> list[Move]:
+    """Random directions, holders and amounts (never enough to overdraw anyone)."""
+    rng = random.Random(seed)
+    moves = []
+    for _ in range(n):
+        h = rng.choice(holders).address
+        src, dst = (A, B) if rng.random() < 0.5 else (B, A)
+        to = outsider if rng.random() < 0.1 else h
+        moves.append(Move(str(uuid.uuid4()), h, to, src, dst, rng.randint(1, 10)))
+    return moves
+
+
+def wait_terminal(target: str, limit_s: float) -> dict[str, int]:
+    """Poll ListTransfers until every transfer is terminal; idempotency key -> state."""
+    give_up = time.monotonic() + limit_s
+    while True:
+        states: dict[str, int] = {}
+        try:
+            with grpc.insecure_channel(target) as ch:
+                stub = transfer_pb2_grpc.TransferServiceStub(ch)
+                token = ""
+                while True:
+                    page = stub.ListTransfers(
+                        S.ListTransfersRequest(page_size=500, page_token=token), timeout=30
+                    )
+                    states.update({t.idempotency_key: t.state for t in page.transfers})
+                    token = page.next_page_token
+                    if not token:
+                        break
+        except grpc.RpcError:
+            states = {}
+        if states and all(s in TERMINAL for s in states.values()):
+            return states
+        if time.monotonic() > give_up:
+            open_ = sum(1 for s in states.values() if s not in TERMINAL)
+            raise TimeoutError(f"{open_} transfers still open after {limit_s:.0f} s")
+        time.sleep(1.0)
+
+
+def check(
+    system: LocalSystem, moves: list[Move], states: dict[str, int], holders: list[DevAccount],
+    outsider: str, supply: int,
+) -> list[str]:  # fmt: skip
+    """Every invariant, as a list of violations (empty: all hold)."""
+    bad: list[str] = []
+    expected = {(h.address, led): UNITS for h in holders for led in (A, B)}
+    for m in moves:
+        state = states.get(m.key)
+        if state is None:
+            bad.append(f"transfer {m.key} missing")
+        elif state == S.TRANSFER_STATE_COMMITTED:
+            if m.recipient == outsider:
+                bad.append(f"transfer {m.key} to an ineligible recipient committed")
+            expected[(m.holder, m.src)] -= m.amount
+            expected[(m.holder, m.dst)] += m.amount
+    for (holder, led), units in expected.items():
+        got = system.ledgers[led].balance(DEMO_ISIN, holder)
+        if got != units:
+            bad.append(f"{holder} on {led}: {got} units, outcomes imply {units}")
+    for led in (A, B):
+        if system.ledgers[led].balance(DEMO_ISIN, outsider):
+            bad.append(f"the ineligible outsider holds units on {led}")
+        if system.ledgers[led].escrowed(DEMO_ISIN):
+            bad.append(f"escrow left on {led}")
+    total = sum(system.ledgers[led].total_supply(DEMO_ISIN) for led in (A, B))
+    if total != supply:
+        bad.append(f"total supply {total} != {supply}")
+    if len(states) != len(moves):
+        bad.append(f"{len(states)} transfers for {len(moves)} idempotency keys")
+    return bad
+
+
+def main() -> int:
+    """Run the soak; returns the exit code."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--transfers", type=int, default=200)
+    p.add_argument("--rate", type=float, default=4.0, help="offered transfers per second")
+    p.add_argument("--block-time", type=float, default=1.0)
+    p.add_argument("--holders", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-stalls", action="store_true", help="only kill processes")
+    p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
+    system = LocalSystem(workdir, block_time=args.block_time, transfer_ttl=600)
+    try:
+        print(f"starting the system under {workdir} ...", flush=True)
+        system.start()
+        a, b = system.ledgers[A], system.ledgers[B]
+        holders = [a.make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
+        for h in holders:
+            b.set_eligible(DEMO_ISIN, h.address)
+            b.issue(DEMO_ISIN, h.address, UNITS)
+        outsider = DevAccount.generate().address
+        supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+        moves = plan_moves(args.transfers, holders, outsider, args.seed)
+        chaos = ChaosScheduler(system, seed=args.seed, stall_ledgers=not args.no_stalls)
+        print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
+        started = time.monotonic()
+        chaos.start()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            futures = []
+            for i, m in enumerate(moves):
+                time.sleep(max(0.0, started + i / args.rate - time.monotonic()))
+                req = S.SubmitTransferRequest(
+                    idempotency_key=m.key, security_id=DEMO_ISIN, source_ledger=m.src,
+                    target_ledger=m.dst, sender=m.holder, recipient=m.recipient,
+                    amount=str(m.amount),
+                )  # fmt: skip
+                futures.append(pool.submit(submit_retrying, system.coordinator_target, req, 120))
+            for f in futures:
+                f.result()
+        faults = chaos.stop()
+        for name, proc in system.processes.items():
+            if not proc.alive():
+                system.start_process(name)
+        states = wait_terminal(system.coordinator_target, args.settle)
+        recovered = time.monotonic() - faults.last_fault_at
+        elapsed = time.monotonic() - started
+        violations = check(system, moves, states, holders, outsider, supply)
+        outcomes = Counter(
+            S.TransferState.Name(S.TransferState.ValueType(s)).removeprefix("TRANSFER_STATE_")
+            for s in states.values()
+        )
+        rows: list[tuple[str, Any]] = [
+            ("transfers", len(moves)),
+            *((f"  {k.lower()}", v) for k, v in sorted(outcomes.items())),
+            ("process kills", sum(faults.kills.values())),
+            *((f"  {k}", v) for k, v in sorted(faults.kills.items())),
+            ("ledger stalls", sum(faults.stalls.values())),
+            *((f"  {k}", v) for k, v in sorted(faults.stalls.items())),
+            *(
+                (f"max restart-to-listening, {k} (s)", f"{v:.1f}")
+                for k, v in sorted(faults.restart_seconds.items())
+            ),
+            ("all terminal after the last fault (s)", f"{recovered:.1f}"),
+            ("elapsed (s)", f"{elapsed:.1f}"),
+            ("invariants", "HOLD" if not violations else f"{len(violations)} VIOLATED"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        print()
+        for k, v in rows:
+            print(f"{k:<{width}}  {v}")
+        for v in violations[:20]:
+            print("  violation:", v)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps({k.strip(): v for k, v in rows} | {"violations": violations}, indent=2)
+            )
+        return 0 if not violations else 1
+    finally:
+        print(f"stopping (logs in {workdir / 'logs'}) ...", flush=True)
+        system.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
