@@ -341,13 +341,7 @@ class EvmAdapter:
             args.append((certificate.epoch, b"".join(certificate.signatures)))
         fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
         tx_hash = await self._send(fn)
-        try:
-            height = await self._await_final(tx_hash, self._confirm_s)
-        except Unavailable:
-            # The node may drop it: the next send re-reads the nonce first, so later
-            # transactions never queue behind a gap. The retry re-checks the leg first.
-            self._nonces.suspect()
-            raise
+        height = await self._await_final(tx_hash, self._confirm_s)
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
 
     async def _await_leg_final(
@@ -375,7 +369,10 @@ class EvmAdapter:
         gas_price = await self._rpc("gas_price", lambda: self._w3.eth.gas_price)
         async with self._nonces.lock:
             for attempt in range(3):
-                nonce = await self._nonces.current()
+                # Re-read the account's next nonce from the node on every send: a
+                # transaction the node lost (evicted, or sent by a cancelled call) leaves
+                # a gap that must be refilled, or everything after it queues forever.
+                nonce = await self._nonces.next_nonce()
                 tx = await fn.build_transaction(
                     {
                         "from": sender,
@@ -390,13 +387,11 @@ class EvmAdapter:
                     tx_hash = await self._send_raw(raw)
                 except Web3RPCError as exc:
                     if attempt < 2 and any(m in str(exc).lower() for m in _NONCE_ERRORS):
-                        await self._nonces.resync()
-                        continue
+                        continue  # raced another writer of this key: read the count again
                     # Not a refusal by the contract: the caller may retry (steps are idempotent).
                     raise Unavailable(
                         f"ledger {self.ledger} did not accept the transaction: {exc}"
                     ) from exc
-                self._nonces.consumed()
                 return bytes(tx_hash)
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
 

@@ -1,4 +1,4 @@
-"""One nonce owner per sending key: serialised allocation, resync on nonce errors."""
+"""One nonce owner per sending key: serialised sends, each nonce read from the node."""
 
 from __future__ import annotations
 
@@ -7,33 +7,18 @@ from collections.abc import Awaitable, Callable
 
 
 class NonceManager:
-    """Hands out consecutive nonces for one account; the only writer of that account.
+    """Serialises one account's sends and takes every nonce from the node's pending count.
 
-    A nonce is consumed only when the send that used it succeeded; :meth:`resync`
-    re-reads the ledger's pending count after a "nonce too low" / "already known" error.
+    Holding :attr:`lock` from reading the nonce until the node has accepted the transaction
+    means this process never uses a nonce twice; reading the node's count for every send
+    (rather than counting locally) means a transaction the node lost, or one sent by a
+    call whose caller gave up, can never leave a gap that later transactions queue behind.
     """
 
     def __init__(self, fetch_pending_count: Callable[[], Awaitable[int]]) -> None:
         self._fetch = fetch_pending_count
-        self._next: int | None = None
         self.lock = asyncio.Lock()
 
-    async def current(self) -> int:
+    async def next_nonce(self) -> int:
         """The nonce the next send must use (call with :attr:`lock` held)."""
-        if self._next is None:
-            self._next = await self._fetch()
-        return self._next
-
-    def suspect(self) -> None:
-        """A sent transaction went missing: re-read the count before the next send."""
-        self._next = None
-
-    def consumed(self) -> None:
-        """Record that the current nonce was accepted by the ledger."""
-        assert self._next is not None
-        self._next += 1
-
-    async def resync(self) -> int:
-        """Forget the local counter and re-read it from the ledger."""
-        self._next = await self._fetch()
-        return self._next
+        return await self._fetch()
