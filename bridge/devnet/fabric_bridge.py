@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bridge.config import Credentials
 from bridge.devnet.anvil import DevAccount
@@ -25,7 +25,6 @@ from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
 
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
-T = TypeVar("T")
 
 
 def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
@@ -179,7 +178,7 @@ class FabricBridgeLedger:
             finally:
                 await client.close()
 
-        return _run_sync(go())
+        return asyncio.run(go())
 
     def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
         async def run(client: GatewayClient) -> None:
@@ -235,8 +234,3 @@ class FabricBridgeLedger:
     def escrowed(self, isin: str) -> int:
         """Units held in the bridge's escrow."""
         return int(self._query("Supply", isin)["escrowed"])
-
-
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from synchronous code (its own event loop)."""
-    return asyncio.run(coro)

@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.client import submit_retrying
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
-from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fabric]
 
@@ -51,8 +51,10 @@ def ledgers(s: LocalSystem) -> tuple[LedgerHandle, FabricBridgeLedger]:
     return s.ledgers[EVM], s.fabric[FAB]
 
 
-def submit(stub, sender: str, recipient: str, amount: int, src: str, dst: str) -> str:
-    """Submit as a brokerage would: UNAVAILABLE is retried with the same idempotency key."""
+def submit(
+    system: LocalSystem, sender: str, recipient: str, amount: int, src: str, dst: str
+) -> str:
+    """Submit as a brokerage would (UNAVAILABLE retried with the same idempotency key)."""
     request = S.SubmitTransferRequest(
         idempotency_key=str(uuid.uuid4()),
         security_id=DEMO_ISIN,
@@ -62,16 +64,7 @@ def submit(stub, sender: str, recipient: str, amount: int, src: str, dst: str) -
         recipient=recipient,
         amount=str(amount),
     )
-
-    def attempt() -> str | None:
-        try:
-            return stub.SubmitTransfer(request, timeout=30).transfer.transfer_id
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                return None
-            raise
-
-    return eventually_sync(attempt, 20, "SubmitTransfer to be accepted", interval=0.2)
+    return submit_retrying(system.coordinator_target, request, limit_s=20)
 
 
 def final_state(stub, tid: str) -> list[int]:
@@ -90,13 +83,13 @@ def test_evm_to_fabric_and_back(mixed: LocalSystem, stub) -> None:
     holder = evm.make_holder(DEMO_ISIN, 50)
     fab.set_eligible(DEMO_ISIN, holder.address)
     before = supply(mixed)
-    out = submit(stub, holder.address, holder.address, 30, EVM, FAB)
+    out = submit(mixed, holder.address, holder.address, 30, EVM, FAB)
     assert final_state(stub, out)[-1] == S.TRANSFER_STATE_COMMITTED
     assert (evm.balance(DEMO_ISIN, holder.address), fab.balance(DEMO_ISIN, holder.address)) == (
         20,
         30,
     )
-    back = submit(stub, holder.address.lower(), holder.address, 12, FAB, EVM)
+    back = submit(mixed, holder.address.lower(), holder.address, 12, FAB, EVM)
     states = final_state(stub, back)
     assert states == [
         S.TRANSFER_STATE_SUBMITTED,
@@ -118,7 +111,7 @@ def test_ineligible_recipient_on_fabric_aborts_and_releases(mixed: LocalSystem, 
     holder = evm.make_holder(DEMO_ISIN, 10)
     outsider = DevAccount.generate()  # not eligible on the Fabric ledger
     before = supply(mixed)
-    tid = submit(stub, holder.address, outsider.address, 10, EVM, FAB)
+    tid = submit(mixed, holder.address, outsider.address, 10, EVM, FAB)
     states = final_state(stub, tid)
     assert states[-1] == S.TRANSFER_STATE_ABORTED
     assert S.TRANSFER_STATE_COMMITTING not in states
@@ -133,11 +126,11 @@ def test_fabric_sender_refusal_is_precise(mixed: LocalSystem, stub) -> None:
     _, fab = ledgers(mixed)
     holder = fab.make_holder(DEMO_ISIN, 3)
     with pytest.raises(grpc.RpcError) as exc:
-        submit(stub, holder.address, holder.address, 4, FAB, EVM)
+        submit(mixed, holder.address, holder.address, 4, FAB, EVM)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "insufficient balance" in exc.value.details()
     with pytest.raises(grpc.RpcError) as exc:
-        submit(stub, "0x1234", holder.address, 1, FAB, EVM)
+        submit(mixed, "0x1234", holder.address, 1, FAB, EVM)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -151,10 +144,10 @@ def test_fabric_relayer_killed_mid_stream_loses_and_duplicates_nothing(
     for h in holders:
         evm.set_eligible(DEMO_ISIN, h.address)
     before = supply(mixed)
-    tids = [submit(stub, h.address, h.address, 5, FAB, EVM) for h in holders[:2]]
+    tids = [submit(mixed, h.address, h.address, 5, FAB, EVM) for h in holders[:2]]
     mixed.processes[f"relayer-{FAB}"].kill9()
     mixed.start_process(f"relayer-{FAB}")
-    tids += [submit(stub, h.address, h.address, 5, FAB, EVM) for h in holders[2:]]
+    tids += [submit(mixed, h.address, h.address, 5, FAB, EVM) for h in holders[2:]]
     mixed.processes[f"relayer-{FAB}"].kill9()
     mixed.start_process(f"relayer-{FAB}")
     for tid in tids:
