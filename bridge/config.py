@@ -59,6 +59,8 @@ class NetworkConfig:
     committee: Committee
     ledgers: Mapping[str, LedgerConfig]
     securities: Mapping[str, SecurityId]
+    supply_operators: frozenset[bytes] = frozenset()
+    """Addresses whose signatures authorise registered issuance and hold releases."""
 
     def ledger(self, name: str) -> LedgerConfig:
         """The named ledger; raises KeyError if it is not configured."""
@@ -76,6 +78,10 @@ class CoordinatorConfig:
     verifiers: tuple[str, ...]
     transfer_ttl: int
     rpc_timeout: float
+    supply_heartbeat: float = 30.0
+    """Seconds after which an unchanged security is attested again (0: only on change)."""
+    instruction_max_age: float = 600.0
+    """Operator instructions older than this (seconds) are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,13 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.load(fh)
 
 
+def _non_negative(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = float(table.get(key, default))
+    if value < 0:
+        raise InvalidInput(f"{where}: {key} must not be negative")
+    return value
+
+
 def _rel(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else (base / p)
@@ -166,7 +179,10 @@ def load_network(path: Path) -> NetworkConfig:
             tls_server_name=str(item.get("tls_server_name", "")),
         )
     securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
-    return NetworkConfig(committee=committee, ledgers=ledgers, securities=securities)
+    operators = frozenset(parse_evm_address(a) for a in raw.get("supply", {}).get("operators", []))
+    return NetworkConfig(
+        committee=committee, ledgers=ledgers, securities=securities, supply_operators=operators
+    )
 
 
 def load_coordinator(path: Path) -> CoordinatorConfig:
@@ -189,6 +205,8 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
         verifiers=tuple(_req(raw, "verifiers", str(path))),
         transfer_ttl=int(raw.get("transfer_ttl", 300)),
         rpc_timeout=float(raw.get("rpc_timeout", 30.0)),
+        supply_heartbeat=_non_negative(raw, "supply_heartbeat", 30.0, str(path)),
+        instruction_max_age=_non_negative(raw, "instruction_max_age", 600.0, str(path)),
     )
 
 

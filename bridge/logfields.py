@@ -28,6 +28,8 @@ EPOCH = "epoch"
 COUNT = "count"
 ERROR = "error"
 ELAPSED = "elapsed_s"
+SECURITY = "security"
+SEQUENCE = "sequence"
 
 
 def configure(component: str, level: str | None = None) -> structlog.stdlib.BoundLogger:

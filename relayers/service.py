@@ -26,7 +26,8 @@ from bridge.rpc.convert import (
     terms_from_pb,
 )
 from bridge.rpc.errors import Context, grpc_errors
-from bridge.v1 import relayer_pb2, relayer_pb2_grpc
+from bridge.rpc.supply_convert import reading_to_pb
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc, supply_pb2
 
 
 class KeyedLock:
@@ -109,6 +110,15 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             paused=s.paused,
             eligible=s.eligible,
         )
+
+    @grpc_errors
+    async def GetLedgerSupply(
+        self, request: relayer_pb2.GetLedgerSupplyRequest, context: Context
+    ) -> supply_pb2.LedgerSupply:
+        """One security's supply figures at the finalized height (or the one asked for)."""
+        security = SecurityId(request.security_id)
+        reading = await self._adapter.supply(security, request.height or None)
+        return reading_to_pb(reading)
 
     @grpc_errors
     async def Submit(

@@ -14,6 +14,7 @@ from bridge.logfields import configure
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.service import VerifierServicer
+from verifiers.supply_log import SupplyLog
 from verifiers.votes import VoteLog
 
 
@@ -27,7 +28,15 @@ async def run(config_path: Path) -> None:
         for name, lc in cfg.network.ledgers.items()
     }
     votes = VoteLog(cfg.vote_db)
-    servicer = VerifierServicer(signer, cfg.network.committee, readers, votes)
+    supply_log = SupplyLog(cfg.vote_db)
+    servicer = VerifierServicer(
+        signer,
+        cfg.network.committee,
+        readers,
+        votes,
+        supply_log,
+        cfg.network.supply_operators,
+    )
     server = BridgeServer(
         cfg.listen,
         [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
@@ -44,6 +53,7 @@ async def run(config_path: Path) -> None:
         for reader in readers.values():
             await reader.close()
         votes.close()
+        supply_log.close()
         log.info("verifier stopped")
 
 

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee
-from bridge.domain.errors import InvalidInput, NotFound
+from bridge.domain.errors import InvalidInput, NotFound, PreconditionFailed
+from bridge.domain.ids import SecurityId
+from bridge.domain.issuance import Registration, verify_instruction
 from bridge.domain.legs import Leg
 from bridge.domain.signer import Signer
+from bridge.domain.supply import SupplyReading, SupplyRecord, make_record
 from bridge.ledgers.adapter import LedgerReader
-from bridge.logfields import STATE, TRANSFER, get_logger
+from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
+from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.policy import check_claim
+from verifiers.supply_log import SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
 
@@ -28,8 +34,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         committee: Committee,
         readers: Mapping[bytes, LedgerReader],
         votes: VoteLog,
+        supply_log: SupplyLog | None = None,
+        supply_operators: Collection[bytes] = (),
+        max_clock_skew: float = 60.0,
+        max_height_lag: int = 64,
     ) -> None:
         self._signer = signer
+        self._supply_log = supply_log
+        self._operators = frozenset(supply_operators)
+        self._max_skew_ms = int(max_clock_skew * 1000)
+        self._max_lag = max_height_lag
+        self._readers_by_name = {r.ledger.name: r for r in readers.values()}
         self._committee = committee
         self._readers = dict(readers)
         self._votes = votes
@@ -95,3 +110,121 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             )
         self._log.info("claim signed", **{TRANSFER: "0x" + tid.hex(), STATE: kind.name})
         return out
+
+    @grpc_errors
+    async def SignSupply(
+        self, request: verifier_pb2.SignSupplyRequest, context: Context
+    ) -> verifier_pb2.SignSupplyResponse:
+        """Sign a supply record if this member's own reads at its heights rebuild it exactly.
+
+        Checks, in order: the registration is signed by a supply operator and is the one
+        the record names; the record covers exactly the registered ledgers and no watched
+        ledger where the security exists is left out; it is fresh; every ledger reads the
+        same figures and block hash at the record's height; the record, rebuilt from those
+        reads, has the same digest; and nothing goes back against what was signed before.
+        """
+        if self._supply_log is None:
+            raise PreconditionFailed("this member does not attest supply")
+        proposed = record_from_pb(request.record)
+        registration, op_sig = registration_from_pb(request.registration)
+        self._check_registration(proposed, registration, op_sig)
+        now_ms = int(time.time() * 1000)
+        if abs(now_ms - proposed.produced_at_ms) > self._max_skew_ms:
+            raise SupplyRefused("record timestamp is too far from this member's clock")
+        if proposed.epoch != self._committee.epoch:
+            raise SupplyRefused(
+                f"record epoch {proposed.epoch} is not committee epoch {self._committee.epoch}"
+            )
+        security = SecurityId(proposed.security)
+        mine = await asyncio.gather(
+            *(self._read_at(security, r) for r in proposed.readings),
+            *(
+                self._check_absent(security, name)
+                for name in self._readers_by_name
+                if name not in dict(registration.totals)
+            ),
+        )
+        readings = [r for r in mine if r is not None]
+        rebuilt = make_record(
+            security=proposed.security,
+            sequence=proposed.sequence,
+            previous_hash=proposed.previous_hash,
+            epoch=self._committee.epoch,
+            produced_at_ms=proposed.produced_at_ms,
+            readings=readings,
+            registered=dict(registration.totals),
+            registration_version=registration.version,
+            partition=proposed.partition,
+        )
+        if rebuilt.digest != proposed.digest:
+            raise SupplyRefused("the record's identity figures do not follow from its readings")
+        self._supply_log.check_and_record(rebuilt)
+        signature = self._signer.sign_digest(rebuilt.digest)
+        self._log.info(
+            "supply record signed",
+            **{SECURITY: proposed.security, SEQUENCE: proposed.sequence},
+        )
+        return verifier_pb2.SignSupplyResponse(
+            signer=self._signer.address, digest=rebuilt.digest, signature=signature
+        )
+
+    def _check_registration(
+        self, record: SupplyRecord, registration: Registration, signature: bytes
+    ) -> None:
+        verify_instruction(self._operators, registration, signature)
+        if registration.security != record.security:
+            raise SupplyRefused("the registration is for another security")
+        if registration.version != record.registration_version:
+            raise SupplyRefused(
+                f"record names registration version {record.registration_version},"
+                f" the registration sent is version {registration.version}"
+            )
+        if registration.totals != record.registered:
+            raise SupplyRefused("record's registered figures are not the registration's")
+        assert self._supply_log is not None
+        floor = self._supply_log.registration_version(record.security)
+        if registration.version < floor:
+            raise SupplyRefused(
+                f"registration version {registration.version} is older than version {floor}"
+                " this member already attested"
+            )
+        ledgers = [r.ledger for r in record.readings]
+        if ledgers != [name for name, _ in registration.totals]:
+            raise SupplyRefused("record must read exactly the ledgers the registration names")
+        for name in ledgers:
+            if name not in self._readers_by_name:
+                raise NotFound(f"ledger {name} is not a ledger this member watches")
+
+    async def _read_at(self, security: SecurityId, proposed: SupplyReading) -> SupplyReading:
+        reader = self._readers_by_name[proposed.ledger]
+        final = await reader.finalized_height()
+        if proposed.height > final:
+            raise SupplyRefused(
+                f"{proposed.ledger}: height {proposed.height} is not final here yet ({final})"
+            )
+        if final - proposed.height > self._max_lag:
+            raise SupplyRefused(
+                f"{proposed.ledger}: height {proposed.height} is {final - proposed.height}"
+                f" blocks old (at most {self._max_lag})"
+            )
+        try:
+            mine = await reader.supply(security, proposed.height)
+        except InvalidInput as exc:  # e.g. Fabric committed a block since the proposal
+            raise SupplyRefused(
+                f"{proposed.ledger}: cannot read at {proposed.height}: {exc}"
+            ) from None
+        if mine != proposed:
+            raise SupplyRefused(
+                f"{proposed.ledger} at height {proposed.height} reads differently here"
+                + ("" if mine.block_hash == proposed.block_hash else " (other block hash)")
+            )
+        return mine
+
+    async def _check_absent(self, security: SecurityId, ledger: str) -> None:
+        try:
+            await self._readers_by_name[ledger].supply(security)
+        except NotFound:
+            return
+        raise SupplyRefused(
+            f"{security.isin} exists on {ledger}, which the registration leaves out"
+        )

@@ -10,11 +10,21 @@ from pathlib import Path
 from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqliteTransferStore
+from bridge.coordinator.supply_service import SupplyServicer
+from bridge.coordinator.supply_store import SqliteSupplyStore
 from bridge.logfields import configure
 from bridge.rpc.server import BridgeServer, install_stop_signals
-from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+from bridge.v1 import (
+    events_pb2,
+    events_pb2_grpc,
+    supply_pb2,
+    supply_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
 
 
 async def run(config_path: Path) -> None:
@@ -26,34 +36,51 @@ async def run(config_path: Path) -> None:
         name: RelayerGateway(name, target, cfg.rpc_timeout) for name, target in cfg.relayers.items()
     }
     committee = CommitteeClient(cfg.network.committee, cfg.verifiers, cfg.rpc_timeout)
-    coordinator = Coordinator(cfg.network, store, relayers, committee, cfg.transfer_ttl)
+    supply_store = SqliteSupplyStore(cfg.database)
+    publisher = SupplyPublisher(
+        cfg.network,
+        supply_store,
+        relayers,
+        committee,
+        cfg.supply_heartbeat,
+        cfg.instruction_max_age,
+    )
+    coordinator = Coordinator(
+        cfg.network, store, relayers, committee, cfg.transfer_ttl, supply=publisher
+    )
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
+    supply = SupplyServicer(publisher)
     server = BridgeServer(
         cfg.listen,
         [
             transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
             events_pb2.DESCRIPTOR.services_by_name["LedgerEventSink"].full_name,
+            supply_pb2.DESCRIPTOR.services_by_name["SupplyService"].full_name,
         ],
         [
             lambda s: transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfers, s),
             lambda s: events_pb2_grpc.add_LedgerEventSinkServicer_to_server(sink, s),
+            lambda s: supply_pb2_grpc.add_SupplyServiceServicer_to_server(supply, s),
         ],
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
     await server.start()
     resumed = await coordinator.start()
+    await publisher.start()
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
         await stop.wait()
     finally:
         await server.stop()
         await coordinator.stop()
+        await publisher.stop()
         for r in relayers.values():
             await r.close()
         await committee.close()
         store.close()
+        supply_store.close()
         log.info("coordinator stopped")
 
 

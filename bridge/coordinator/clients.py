@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.committee import Committee, assemble_certificate, verify_vote
 from bridge.domain.errors import (
     BridgeError,
     InvalidCertificate,
@@ -19,10 +19,14 @@ from bridge.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from bridge.domain.ids import SecurityId
+from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
+from bridge.domain.supply import SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.rpc.channels import internal_channel
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
 _TRANSIENT = (
@@ -86,6 +90,20 @@ class RelayerGateway:
             m.frozen,
             m.paused,
         )
+
+    async def supply(self, security: SecurityId) -> SupplyReading:
+        """The security's figures on this ledger at its finalized height."""
+        try:
+            m = await self._stub.GetLedgerSupply(
+                relayer_pb2.GetLedgerSupplyRequest(security_id=security.isin),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        reading = reading_from_pb(m)
+        if reading.ledger != self.ledger:
+            raise Unavailable(f"relayer of {self.ledger} answered for ledger {reading.ledger}")
+        return reading
 
     async def submit(
         self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
@@ -178,6 +196,61 @@ class CommitteeClient:
                 + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
             )
         raise PreconditionFailed(f"committee did not reach {need} valid signatures for {kind.name}")
+
+    async def sign_supply(
+        self, record: SupplyRecord, registration: Registration, operator_signature: bytes
+    ) -> tuple[bytes, ...]:
+        """Return t valid member signatures over ``record``'s digest, in signer order.
+
+        Every member re-reads the ledgers at the record's heights and signs only the same
+        record. Raises PreconditionFailed when a quorum is impossible (the refusals say
+        why, e.g. a Fabric block committed in between) and Unavailable when too many
+        members cannot be reached.
+        """
+        request = verifier_pb2.SignSupplyRequest(
+            record=record_to_pb(record),
+            registration=registration_to_pb(registration, operator_signature),
+        )
+        digest = record.digest
+        valid: dict[bytes, bytes] = {}
+        refusals: list[str] = []
+        unreachable = 0
+        tasks = [
+            asyncio.ensure_future(stub.SignSupply(request, timeout=self._timeout))
+            for stub in self._stubs
+        ]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                try:
+                    resp = await fut
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _TRANSIENT:
+                        unreachable += 1
+                    else:
+                        refusals.append(exc.details() or exc.code().name)
+                    continue
+                try:
+                    vote = verify_vote(self.committee, digest, resp.signature)
+                except InvalidCertificate as exc:
+                    refusals.append(f"invalid signature from 0x{resp.signer.hex()}: {exc}")
+                    continue
+                valid.setdefault(vote.signer, vote.signature)
+                if len(valid) >= self.committee.threshold:
+                    return tuple(valid[k] for k in sorted(valid))
+        finally:
+            for t in tasks:
+                t.cancel()
+        need = self.committee.threshold
+        summary = "; ".join(sorted(set(refusals)))
+        if unreachable and len(self._stubs) - unreachable < need:
+            raise Unavailable(
+                f"committee: {unreachable} of {len(self._stubs)} members unreachable"
+                + (f" ({summary})" if summary else "")
+            )
+        raise PreconditionFailed(
+            f"committee did not sign supply record {record.security}#{record.sequence}: "
+            + (summary or "too few valid signatures")
+        )
 
     def _try_assemble(
         self, digests: Mapping[str, bytes], sigs: Mapping[str, list[bytes]]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
+from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
 from bridge.coordinator.store import TransferStore
 from bridge.domain.claims import ClaimKind
@@ -87,6 +88,7 @@ class Coordinator:
         committee: CommitteeClient,
         transfer_ttl: int,
         max_backoff: float = 10.0,
+        supply: SupplyPublisher | None = None,
     ) -> None:
         self._network = network
         self._store = store
@@ -94,6 +96,7 @@ class Coordinator:
         self._committee = committee
         self._ttl = transfer_ttl
         self._max_backoff = max_backoff
+        self._supply = supply
         self._domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc))
             for name, lc in network.ledgers.items()
@@ -166,6 +169,12 @@ class Coordinator:
         existing = await self._existing(request)
         if existing is not None:
             return existing, False
+        if self._supply is not None:
+            refusal = await self._supply.refusal(
+                request.security, (request.source_ledger, request.target_ledger)
+            )
+            if refusal is not None:
+                raise PreconditionFailed(refusal)
         await self._precheck(request)
         src, dst = self._domains[request.source_ledger], self._domains[request.target_ledger]
         now = time.time()
@@ -288,6 +297,8 @@ class Coordinator:
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
         for e in events:
+            if self._supply is not None and (security := await self._security_of(e)):
+                self._supply.touch(security)
             try:
                 await self._on_event(ledger, e)
             except BridgeError as exc:
@@ -297,6 +308,15 @@ class Coordinator:
                 )
         fresh = await self._store.record_events(ledger, events, scanned)
         return len(fresh)
+
+    async def _security_of(self, event: LedgerEvent) -> str | None:
+        if event.terms is not None:
+            try:
+                return SecurityId.from_word(event.terms.security).isin
+            except InvalidInput:
+                return None
+        record = await self._store.get(event.transfer_id)
+        return record.request.security if record is not None else None
 
     async def _on_event(self, ledger: str, event: LedgerEvent) -> None:
         record = await self._store.get(event.transfer_id)

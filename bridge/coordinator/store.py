@@ -182,8 +182,8 @@ class SqliteTransferStore:
         """Close the database."""
         self._db.close()
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._db, self._lock)
+    def _tx(self) -> SqliteTransaction:
+        return SqliteTransaction(self._db, self._lock)
 
     def _row(self, row: tuple[Any, ...] | None) -> TransferRecord | None:
         if row is None:
@@ -412,8 +412,8 @@ class SqliteTransferStore:
         return int(row[0]) if row else None
 
 
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+class SqliteTransaction:
+    """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
 
     def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
         self._db = db

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,8 @@ class FabricBridgeLedger:
     network: FabricNetwork | None = None
     process: ManagedProcess | None = None
     isins: list[str] = field(default_factory=list)
+    before_issue: Callable[[str, int], None] | None = None
+    """Called with (isin, units) before any issue: the devnet registers the issuance."""
 
     @property
     def net(self) -> FabricNetwork:
@@ -215,12 +217,17 @@ class FabricBridgeLedger:
             ("SetEligible", [isin, holder.address.lower(), "true"])
         ]
         if units:
+            if self.before_issue is not None:
+                self.before_issue(isin, units)
             calls.append(("Issue", [isin, holder.address.lower(), str(units)]))
         self._admin_calls(calls)
         return holder
 
-    def issue(self, isin: str, holder: str, units: int) -> None:
-        """Issue ``units`` to an eligible holder."""
+    def issue(self, isin: str, holder: str, units: int, register: bool = True) -> None:
+        """Issue ``units`` to an eligible holder (``register=False``: without telling the
+        depository, i.e. an out-of-band issue the supply feed must catch)."""
+        if register and self.before_issue is not None:
+            self.before_issue(isin, units)
         self._admin_calls([("Issue", [isin, holder.lower(), str(units)])])
 
     def balance(self, isin: str, holder: str) -> int:

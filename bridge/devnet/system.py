@@ -7,11 +7,12 @@ Every key is generated at run time and written 0600 under the work directory.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from web3 import Web3
 from web3.contract import Contract
 
@@ -21,7 +22,9 @@ from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.domain.signer import LocalKeySigner
 from bridge.ledgers.evm import deploy
+from bridge.supply_client import SupplyOperator
 
 DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
 
@@ -36,6 +39,8 @@ class LedgerHandle:
     relayer: DevAccount
     endpoint: Contract
     tokens: dict[str, Contract] = field(default_factory=dict)
+    before_issue: Callable[[str, int], None] | None = None
+    """Called with (isin, units) before any issue: the devnet registers the issuance."""
 
     @property
     def w3(self) -> Web3:
@@ -58,8 +63,11 @@ class LedgerHandle:
         """Add ``holder`` to (or remove it from) the eligible holders."""
         deploy.set_eligible(self.w3, self.admin.private_key, self.tokens[isin], holder, eligible)
 
-    def issue(self, isin: str, holder: str, units: int) -> None:
-        """Issue ``units`` to an eligible holder (the issuer's own act, outside the bridge)."""
+    def issue(self, isin: str, holder: str, units: int, register: bool = True) -> None:
+        """Issue ``units`` to an eligible holder (the issuer's own act, outside the bridge);
+        ``register=False`` skips registering it with the depository (out-of-band)."""
+        if register and self.before_issue is not None:
+            self.before_issue(isin, units)
         deploy.issue(self.w3, self.admin.private_key, self.tokens[isin], holder, units)
 
     def make_holder(self, isin: str, units: int = 0) -> DevAccount:
@@ -68,7 +76,7 @@ class LedgerHandle:
         token = self.tokens[isin]
         deploy.set_eligible(self.w3, self.admin.private_key, token, holder.address, True)
         if units:
-            deploy.issue(self.w3, self.admin.private_key, token, holder.address, units)
+            self.issue(isin, holder.address, units)
         return holder
 
 
@@ -83,6 +91,7 @@ class LocalSystem:
     threshold: int = 3
     isins: Sequence[str] = (DEMO_ISIN,)
     transfer_ttl: int = 120
+    supply_heartbeat: float = 5.0
     fabric_ledger_names: Sequence[str] = ()
     ledgers: dict[str, LedgerHandle] = field(default_factory=dict)
     fabric: dict[str, FabricBridgeLedger] = field(default_factory=dict)
@@ -90,6 +99,7 @@ class LocalSystem:
     verifier_keys: list[DevAccount] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     committee: Committee | None = None
+    supply_operator: DevAccount = field(default_factory=DevAccount.generate)
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -146,6 +156,7 @@ class LocalSystem:
                         "members": [k.address for k in self.verifier_keys],
                     },
                     "securities": {"isins": list(self.isins)},
+                    "supply": {"operators": [self.supply_operator.address]},
                     "ledgers": [
                         {
                             "id": h.name,
@@ -167,6 +178,7 @@ class LocalSystem:
     def write_configs(self) -> None:
         """Write network, coordinator, relayer and verifier files plus 0600 key files."""
         self._network_file()
+        write_key_file(self.workdir / "keys" / "supply-operator.key", self.supply_operator)
         self.ports["coordinator"] = free_port()
         verifiers = []
         fabric_identities = {
@@ -234,6 +246,7 @@ class LocalSystem:
                     "listen": f"127.0.0.1:{self.ports['coordinator']}",
                     "database": "state/coordinator.sqlite",
                     "transfer_ttl": self.transfer_ttl,
+                    "supply_heartbeat": self.supply_heartbeat,
                     "verifiers": verifiers,
                     "relayers": relayers,
                 }
@@ -270,6 +283,40 @@ class LocalSystem:
         self.start_process("coordinator")
         for name in self.all_ledgers:
             self.start_process(f"relayer-{name}")
+        self.register_issuance()
+
+    # -- the depository's register ------------------------------------------------------------
+    def operator_client(self) -> SupplyOperator:
+        """A supply-operator client holding the devnet's operator key."""
+        return SupplyOperator(
+            self.coordinator_target, LocalKeySigner(self.supply_operator.private_key)
+        )
+
+    def register_issuance(self) -> None:
+        """Register what each ledger has issued of every security (unless registered), and
+        register every later devnet issue before it happens."""
+        op = self.operator_client()
+        try:
+            for isin in self.isins:
+                if op.registration(isin) is None:
+                    totals = {n: self.handle(n).total_supply(isin) for n in self.all_ledgers}
+                    op.register(isin, totals, "devnet genesis")
+        finally:
+            op.close()
+        for name in self.all_ledgers:
+            self.handle(name).before_issue = self._registrar(name)
+
+    def _registrar(self, ledger: str) -> Callable[[str, int], None]:
+        def register(isin: str, units: int) -> None:
+            op = self.operator_client()
+            try:
+                wait_until(
+                    lambda: _try_adjust(op, isin, ledger, units), 60.0, "issuance registered"
+                )
+            finally:
+                op.close()
+
+        return register
 
     def start(self) -> LocalSystem:
         """Everything: ledgers, configuration and bridge processes."""
@@ -305,3 +352,14 @@ class LocalSystem:
             return True
 
         wait_until(ok, timeout, "bridge processes")
+
+
+def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:
+    """One attempt to register an issue; False while the coordinator is unreachable."""
+    try:
+        op.adjust(isin, ledger, units, "devnet issue")
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return False
+        raise
+    return True

@@ -130,6 +130,8 @@ class SupplyRecord:
     produced_at_ms: int
     readings: tuple[SupplyReading, ...]
     registered: tuple[tuple[str, int], ...]
+    registration_version: int
+    """The version of the operator-signed registration ``registered`` comes from."""
     in_transit: int
     discrepancy: int
     ledger_discrepancies: tuple[tuple[str, int], ...]
@@ -158,6 +160,7 @@ class SupplyRecord:
                 for r in self.readings
             ],
             "registered": {name: str(units) for name, units in self.registered},
+            "registration_version": self.registration_version,
             "in_transit": str(self.in_transit),
             "discrepancy": str(self.discrepancy),
             "ledger_discrepancies": {name: str(d) for name, d in self.ledger_discrepancies},
@@ -178,6 +181,7 @@ def make_record(
     produced_at_ms: int,
     readings: Sequence[SupplyReading],
     registered: Mapping[str, int],
+    registration_version: int = 0,
     partition: str = "",
 ) -> SupplyRecord:
     """Build the record for one cut; the identity's result is computed here, not supplied."""
@@ -192,6 +196,7 @@ def make_record(
         produced_at_ms=produced_at_ms,
         readings=ordered,
         registered=tuple(sorted(registered.items())),
+        registration_version=registration_version,
         in_transit=result.in_transit,
         discrepancy=result.discrepancy,
         ledger_discrepancies=tuple(sorted(result.ledger_discrepancies.items())),
@@ -204,6 +209,19 @@ class SignedRecord:
 
     record: SupplyRecord
     signatures: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """A signed record as the feed delivers it, with the coordinator's view of it
+    (alerts and hold: policy, not part of what the committee signs)."""
+
+    feed_sequence: int
+    signed: SignedRecord
+    alerts: tuple[str, ...]
+    held: bool
+    hold_reason: str
+    published_at: float
 
 
 def verify_records(
@@ -232,6 +250,11 @@ def verify_records(
         expected_prev = prev.digest if prev is not None else GENESIS_HASH
         if r.previous_hash != expected_prev:
             failures.append(f"{where}: previous_hash does not name the preceding record")
+        if prev is not None and r.registration_version < prev.registration_version:
+            failures.append(
+                f"{where}: registration version went back from {prev.registration_version}"
+                f" to {r.registration_version}"
+            )
         if r.epoch != committee.epoch:
             failures.append(
                 f"{where}: signed under epoch {r.epoch}, committee epoch is {committee.epoch}"
@@ -256,3 +279,126 @@ def verify_records(
                 failures.append(f"{where}: the stated identity does not match its own figures")
         prev = r
     return failures
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, str) or not value.lstrip("-").isdigit():
+        raise InvalidInput(f"{what} must be a decimal string")
+    return int(value)
+
+
+def _hash32(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) != 66:
+        raise InvalidInput(f"{what} must be 0x and 64 hex digits")
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        raise InvalidInput(f"{what} must be 0x and 64 hex digits") from None
+
+
+def record_from_canonical(data: bytes) -> SupplyRecord:
+    """Parse a record's canonical bytes back; the result's ``canonical()`` equals ``data``.
+
+    Raises InvalidInput for anything that is not a canonical record (including a ``free``
+    figure that disagrees with ``total_supply - escrowed``).
+    """
+    try:
+        body = json.loads(data)
+        readings = []
+        for item in body["ledgers"]:
+            r = SupplyReading(
+                ledger=str(item["ledger"]),
+                height=int(item["height"]),
+                block_hash=_hash32(item["block_hash"], "block_hash"),
+                total_supply=_int(item["total_supply"], "total_supply"),
+                escrowed=_int(item["escrowed"], "escrowed"),
+                prepared=_int(item["prepared"], "prepared"),
+                burned_out=_int(item["burned_out"], "burned_out"),
+                minted_in=_int(item["minted_in"], "minted_in"),
+            )
+            if _int(item["free"], "free") != r.free:
+                raise InvalidInput(f"ledger {r.ledger}: free is not total_supply - escrowed")
+            readings.append(r)
+        record = SupplyRecord(
+            security=str(body["security"]),
+            partition=str(body["partition"]),
+            sequence=int(body["sequence"]),
+            previous_hash=_hash32(body["previous_hash"], "previous_hash"),
+            epoch=int(body["epoch"]),
+            produced_at_ms=int(body["produced_at_ms"]),
+            readings=tuple(readings),
+            registered=tuple(
+                sorted((k, _int(v, "registered")) for k, v in body["registered"].items())
+            ),
+            registration_version=int(body["registration_version"]),
+            in_transit=_int(body["in_transit"], "in_transit"),
+            discrepancy=_int(body["discrepancy"], "discrepancy"),
+            ledger_discrepancies=tuple(
+                sorted(
+                    (k, _int(v, "ledger discrepancy"))
+                    for k, v in body["ledger_discrepancies"].items()
+                )
+            ),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"not a canonical supply record: {exc!r}") from None
+    if record.canonical() != data:
+        raise InvalidInput("supply record bytes are not in canonical form")
+    return record
+
+
+# -- the hold policy ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What the coordinator makes of one record (policy, not part of what is signed)."""
+
+    hold_reasons: tuple[str, ...]
+    """Discrepancies no registered issuance or redemption explains: the security is held."""
+    notes: tuple[str, ...]
+    """Registered issuance or redemption not yet seen on its ledger: reported, no hold."""
+    confirmed: Mapping[str, int]
+    """Per ledger, the registered units the record confirms (where it does)."""
+
+    @property
+    def alerts(self) -> tuple[str, ...]:
+        """Everything the depository should read about this record, hold reasons first."""
+        return self.hold_reasons + self.notes
+
+
+def assess(record: SupplyRecord, confirmed: Mapping[str, int]) -> Assessment:
+    """Judge each ledger of ``record`` against its registration.
+
+    ``confirmed`` is, per ledger, the registered figure an earlier record last matched. A
+    ledger whose net issuance equals its registered units is confirmed. One that lies
+    between the confirmed and the newly registered figure is an issuance or redemption
+    the operator registered and the issuer has not finished: a note, not a hold. Anything
+    else means units appeared or vanished outside the bridge: a hold reason naming the
+    ledger and the amount.
+    """
+    registered = dict(record.registered)
+    holds: list[str] = []
+    notes: list[str] = []
+    settled: dict[str, int] = {}
+    for r in record.readings:
+        reg = registered[r.ledger]
+        net = r.net_issued
+        if net == reg:
+            settled[r.ledger] = reg
+            continue
+        prior = confirmed.get(r.ledger, reg)
+        if min(prior, reg) <= net <= max(prior, reg):
+            verb = "issuance" if reg > prior else "redemption"
+            notes.append(
+                f"{r.ledger}: registered {verb} pending, {abs(reg - net)} units still to"
+                f" {'issue' if reg > net else 'redeem'} (height {r.height})"
+            )
+            continue
+        diff = net - reg
+        holds.append(
+            f"supply discrepancy on {r.ledger}: {diff:+d} units"
+            f" {'appeared' if diff > 0 else 'vanished'} outside the bridge"
+            f" (net issued {net}, registered {reg}, height {r.height})"
+        )
+    return Assessment(tuple(holds), tuple(notes), settled)

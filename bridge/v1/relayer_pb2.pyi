@@ -250,3 +250,26 @@ class SubmitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
+
+@_typing.final
+class GetLedgerSupplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECURITY_ID_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    security_id: _builtins.str
+    height: _builtins.int
+    """0: the finalized height."""
+    def __init__(
+        self,
+        *,
+        security_id: _builtins.str = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "security_id", b"security_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerSupplyRequest: _TypeAlias = GetLedgerSupplyRequest  # noqa: Y015

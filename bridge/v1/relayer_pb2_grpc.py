@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from bridge.v1 import relayer_pb2 as bridge_dot_v1_dot_relayer__pb2
+from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -56,6 +57,11 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.GetLedgerSupply = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetLedgerSupply',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_supply__pb2.LedgerSupply.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -91,6 +97,13 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLedgerSupply(self, request, context):
+        """One security's supply figures at the finalized height (or at a given finalized height).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.SerializeToString,
+            ),
+            'GetLedgerSupply': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedgerSupply,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_supply__pb2.LedgerSupply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class RelayerService:
             '/bridge.v1.RelayerService/Submit',
             bridge_dot_v1_dot_relayer__pb2.SubmitRequest.SerializeToString,
             bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedgerSupply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetLedgerSupply',
+            bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.SerializeToString,
+            bridge_dot_v1_dot_supply__pb2.LedgerSupply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from bridge.v1 import relayer_pb2 as _relayer_pb2
+from bridge.v1 import supply_pb2 as _supply_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -44,6 +45,8 @@ class RelayerServiceStub:
     """Apply one protocol step on this ledger. Idempotent: a step already applied with the
     same terms returns OK with already_applied set.
     """
+    GetLedgerSupply: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]
+    """One security's supply figures at the finalized height (or at a given finalized height)."""
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -61,6 +64,8 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """Apply one protocol step on this ledger. Idempotent: a step already applied with the
     same terms returns OK with already_applied set.
     """
+    GetLedgerSupply: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]  # type: ignore[assignment]
+    """One security's supply figures at the finalized height (or at a given finalized height)."""
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each chain operator's relayer, called by the coordinator.
@@ -99,5 +104,13 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Apply one protocol step on this ledger. Idempotent: a step already applied with the
         same terms returns OK with already_applied set.
         """
+
+    @_abc_1.abstractmethod
+    def GetLedgerSupply(
+        self,
+        request: _relayer_pb2.GetLedgerSupplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_supply_pb2.LedgerSupply, _abc.Awaitable[_supply_pb2.LedgerSupply]]:
+        """One security's supply figures at the finalized height (or at a given finalized height)."""
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from bridge.v1 import common_pb2 as _common_pb2
+from bridge.v1 import supply_pb2 as _supply_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -134,3 +135,54 @@ class SignClaimResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignClaimResponse: _TypeAlias = SignClaimResponse  # noqa: Y015
+
+@_typing.final
+class SignSupplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    REGISTRATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> _supply_pb2.SupplyRecord: ...
+    @_builtins.property
+    def registration(self) -> _supply_pb2.SignedRegistration:
+        """The operator-signed registration the record's registered figures come from."""
+
+    def __init__(
+        self,
+        *,
+        record: _supply_pb2.SupplyRecord | None = ...,
+        registration: _supply_pb2.SignedRegistration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "registration", b"registration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "registration", b"registration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignSupplyRequest: _TypeAlias = SignSupplyRequest  # noqa: Y015
+
+@_typing.final
+class SignSupplyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNER_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    signer: _builtins.bytes
+    digest: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        signer: _builtins.bytes = ...,
+        digest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "signature", b"signature", "signer", b"signer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignSupplyResponse: _TypeAlias = SignSupplyResponse  # noqa: Y015

@@ -46,6 +46,11 @@ class VerifierServiceStub:
                 request_serializer=bridge_dot_v1_dot_verifier__pb2.SignClaimRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignClaimResponse.FromString,
                 _registered_method=True)
+        self.SignSupply = channel.unary_unary(
+                '/bridge.v1.VerifierService/SignSupply',
+                request_serializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.FromString,
+                _registered_method=True)
 
 
 class VerifierServiceServicer:
@@ -65,6 +70,14 @@ class VerifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignSupply(self, request, context):
+        """Sign a proposed supply record if this member's own reads at its heights produce the
+        same record; never signs a lower sequence, or lower heights, than it signed before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_VerifierServiceServicer_to_server(servicer, server):
                     servicer.SignClaim,
                     request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignClaimRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_verifier__pb2.SignClaimResponse.SerializeToString,
+            ),
+            'SignSupply': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignSupply,
+                    request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class VerifierService:
             '/bridge.v1.VerifierService/SignClaim',
             bridge_dot_v1_dot_verifier__pb2.SignClaimRequest.SerializeToString,
             bridge_dot_v1_dot_verifier__pb2.SignClaimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignSupply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.VerifierService/SignSupply',
+            bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.SerializeToString,
+            bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.FromString,
             options,
             channel_credentials,
             insecure,

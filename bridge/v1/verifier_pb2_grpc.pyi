@@ -37,6 +37,10 @@ class VerifierServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VerifierServiceAsyncStub: ...
     GetIdentity: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.GetIdentityRequest, _verifier_pb2.VerifierIdentity]
     SignClaim: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]
+    SignSupply: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]
+    """Sign a proposed supply record if this member's own reads at its heights produce the
+    same record; never signs a lower sequence, or lower heights, than it signed before.
+    """
 
 @_typing.type_check_only
 class VerifierServiceAsyncStub(VerifierServiceStub):
@@ -47,6 +51,10 @@ class VerifierServiceAsyncStub(VerifierServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetIdentity: _aio.UnaryUnaryMultiCallable[_verifier_pb2.GetIdentityRequest, _verifier_pb2.VerifierIdentity]  # type: ignore[assignment]
     SignClaim: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]  # type: ignore[assignment]
+    SignSupply: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]  # type: ignore[assignment]
+    """Sign a proposed supply record if this member's own reads at its heights produce the
+    same record; never signs a lower sequence, or lower heights, than it signed before.
+    """
 
 class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each committee member. A verifier reads the ledgers itself and
@@ -66,5 +74,15 @@ class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _verifier_pb2.SignClaimRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verifier_pb2.SignClaimResponse, _abc.Awaitable[_verifier_pb2.SignClaimResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SignSupply(
+        self,
+        request: _verifier_pb2.SignSupplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifier_pb2.SignSupplyResponse, _abc.Awaitable[_verifier_pb2.SignSupplyResponse]]:
+        """Sign a proposed supply record if this member's own reads at its heights produce the
+        same record; never signs a lower sequence, or lower heights, than it signed before.
+        """
 
 def add_VerifierServiceServicer_to_server(servicer: VerifierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

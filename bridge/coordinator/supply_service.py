@@ -1,0 +1,84 @@
+"""The coordinator's SupplyService: the depository's feed and the supply operator's calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from bridge.coordinator.publisher import SupplyPublisher
+from bridge.domain.errors import BridgeError
+from bridge.domain.ids import SecurityId
+from bridge.logfields import get_logger
+from bridge.rpc.errors import Context, grpc_errors, status_for
+from bridge.rpc.supply_convert import (
+    attestation_to_pb,
+    registration_from_pb,
+    registration_to_pb,
+    release_from_pb,
+)
+from bridge.v1 import supply_pb2, supply_pb2_grpc
+
+
+def _security(text: str) -> str:
+    return SecurityId(text).isin  # InvalidInput for a malformed ISIN
+
+
+class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
+    """Serves committee-signed records; operator calls are checked against operator keys."""
+
+    def __init__(self, publisher: SupplyPublisher) -> None:
+        self._publisher = publisher
+
+    @grpc_errors
+    async def GetSupply(
+        self, request: supply_pb2.GetSupplyRequest, context: Context
+    ) -> supply_pb2.GetSupplyResponse:
+        """The latest record of one security (NOT_FOUND if none yet) or of every one."""
+        security = _security(request.security_id) if request.security_id else None
+        attestations = await self._publisher.latest(security)
+        return supply_pb2.GetSupplyResponse(
+            attestations=[attestation_to_pb(a) for a in attestations]
+        )
+
+    async def StreamAttestations(
+        self, request: supply_pb2.StreamAttestationsRequest, context: Context
+    ) -> AsyncIterator[supply_pb2.Attestation]:
+        """Every record from ``from_sequence`` on, then live ones, until the client leaves."""
+        try:
+            security = _security(request.security_id) if request.security_id else None
+            async for a in self._publisher.stream(security, request.from_sequence):
+                yield attestation_to_pb(a)
+        except BridgeError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            get_logger().exception("unhandled error in StreamAttestations")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    @grpc_errors
+    async def GetRegistration(
+        self, request: supply_pb2.GetRegistrationRequest, context: Context
+    ) -> supply_pb2.SignedRegistration:
+        """The registration in force, with its operator signature."""
+        stored = await self._publisher.registration(_security(request.security_id))
+        return registration_to_pb(stored.registration, stored.signature)
+
+    @grpc_errors
+    async def RegisterIssuance(
+        self, request: supply_pb2.SignedRegistration, context: Context
+    ) -> supply_pb2.RegisterIssuanceResponse:
+        """Replace a security's registered issuance (idempotent for an exact repeat)."""
+        registration, signature = registration_from_pb(request)
+        await self._publisher.register(registration, signature)
+        return supply_pb2.RegisterIssuanceResponse(version=registration.version)
+
+    @grpc_errors
+    async def ReleaseHold(
+        self, request: supply_pb2.SignedHoldRelease, context: Context
+    ) -> supply_pb2.ReleaseHoldResponse:
+        """Lift a discrepancy hold once the latest record balances."""
+        release, signature = release_from_pb(request)
+        await self._publisher.release(release, signature)
+        return supply_pb2.ReleaseHoldResponse()

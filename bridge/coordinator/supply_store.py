@@ -1,0 +1,377 @@
+"""The coordinator's durable supply feed: registrations, signed records, holds.
+
+One SQLite file (the coordinator's database) behind the :class:`SupplyStore` interface.
+Every method is one transaction; a method that returns has made its effect durable, so a
+record is in the feed before any subscriber sees it and survives a kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge.coordinator.store import SqliteTransaction
+from bridge.domain.errors import NotFound, PreconditionFailed
+from bridge.domain.issuance import HoldRelease, Registration
+from bridge.domain.supply import (
+    Assessment,
+    Attestation,
+    SignedRecord,
+    record_from_canonical,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """New transfers of a security are refused until an operator releases this."""
+
+    security: str
+    raised_by: int
+    """The record sequence that raised it (what a HoldRelease must name)."""
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRegistration:
+    """A registration in force and the operator signature that authorised it."""
+
+    registration: Registration
+    signature: bytes
+    operator: bytes
+
+
+class SupplyStore(Protocol):
+    """Durable supply state; see the module docstring."""
+
+    async def registration(self, security: str) -> StoredRegistration | None:
+        """The registration in force, or None."""
+        ...
+
+    async def register(self, stored: StoredRegistration) -> bool:
+        """Apply a registration whose version is one more than the one in force.
+
+        Returns False (changing nothing) when this exact registration is already in force;
+        raises PreconditionFailed for any other version.
+        """
+        ...
+
+    async def registered_securities(self) -> list[str]:
+        """Every security with a registration."""
+        ...
+
+    async def confirmed(self, security: str) -> dict[str, int]:
+        """Per ledger, the registered units the last records confirmed."""
+        ...
+
+    async def append(self, signed: SignedRecord, assessment: Assessment, now: float) -> Attestation:
+        """Append the next record of its security (sequence = latest + 1, else
+        PreconditionFailed); apply the assessment (confirmations, a new hold)."""
+        ...
+
+    async def latest(self, security: str) -> Attestation | None:
+        """The security's latest record, or None."""
+        ...
+
+    async def feed(self, after: int, limit: int) -> list[Attestation]:
+        """Records of every security with feed position greater than ``after``."""
+        ...
+
+    async def security_feed(self, security: str, after: int, limit: int) -> list[Attestation]:
+        """The security's records with sequence greater than ``after``."""
+        ...
+
+    async def hold(self, security: str) -> Hold | None:
+        """The security's hold, or None."""
+        ...
+
+    async def release(self, release: HoldRelease, operator: bytes) -> None:
+        """Lift the hold named by ``release``: NotFound if there is none, PreconditionFailed
+        if it names another record or the latest record still has a hold reason."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS supply_registrations (
+  security TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  signature BLOB NOT NULL,
+  operator BLOB NOT NULL,
+  at REAL NOT NULL,
+  PRIMARY KEY (security, version)
+);
+CREATE TABLE IF NOT EXISTS supply_confirmed (
+  security TEXT NOT NULL,
+  ledger TEXT NOT NULL,
+  units TEXT NOT NULL,
+  PRIMARY KEY (security, ledger)
+);
+CREATE TABLE IF NOT EXISTS supply_records (
+  feed_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  security TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  digest BLOB NOT NULL,
+  body BLOB NOT NULL,
+  signatures TEXT NOT NULL,
+  alerts TEXT NOT NULL,
+  clean INTEGER NOT NULL,
+  held INTEGER NOT NULL,
+  hold_reason TEXT NOT NULL,
+  at REAL NOT NULL,
+  UNIQUE (security, sequence)
+);
+CREATE TABLE IF NOT EXISTS supply_holds (
+  security TEXT PRIMARY KEY,
+  raised_by INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS supply_releases (
+  security TEXT NOT NULL,
+  raised_by INTEGER NOT NULL,
+  operator BLOB NOT NULL,
+  note TEXT NOT NULL,
+  at REAL NOT NULL
+);
+"""
+
+_REG_COLS = "body, signature, operator"
+_REC_COLS = "feed_seq, body, signatures, alerts, held, hold_reason, at"
+
+
+def _reg_json(r: Registration) -> str:
+    return json.dumps(
+        {
+            "security": r.security,
+            "version": r.version,
+            "totals": [[name, str(units)] for name, units in r.totals],
+            "issued_at_ms": r.issued_at_ms,
+            "note": r.note,
+        }
+    )
+
+
+def _reg_from_row(row: tuple[Any, ...]) -> StoredRegistration:
+    raw = json.loads(row[0])
+    reg = Registration(
+        raw["security"],
+        int(raw["version"]),
+        tuple((str(n), int(u)) for n, u in raw["totals"]),
+        int(raw["issued_at_ms"]),
+        str(raw["note"]),
+    )
+    return StoredRegistration(reg, bytes(row[1]), bytes(row[2]))
+
+
+def _attestation(row: tuple[Any, ...]) -> Attestation:
+    feed_seq, body, sigs, alerts, held, hold_reason, at = row
+    return Attestation(
+        feed_sequence=int(feed_seq),
+        signed=SignedRecord(
+            record_from_canonical(bytes(body)), tuple(bytes.fromhex(s) for s in json.loads(sigs))
+        ),
+        alerts=tuple(json.loads(alerts)),
+        held=bool(held),
+        hold_reason=str(hold_reason),
+        published_at=float(at),
+    )
+
+
+class SqliteSupplyStore:
+    """SupplyStore on the coordinator's SQLite file (WAL, fsync per commit)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def _begin(self) -> SqliteTransaction:
+        return SqliteTransaction(self._db, self._lock)
+
+    async def registration(self, security: str) -> StoredRegistration | None:
+        """See SupplyStore.registration."""
+        row = self._db.execute(
+            f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
+            " ORDER BY version DESC LIMIT 1",
+            (security,),
+        ).fetchone()
+        return _reg_from_row(row) if row else None
+
+    async def register(self, stored: StoredRegistration) -> bool:
+        """See SupplyStore.register."""
+        reg = stored.registration
+        with self._begin() as db:
+            row = db.execute(
+                f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
+                " ORDER BY version DESC LIMIT 1",
+                (reg.security,),
+            ).fetchone()
+            current = _reg_from_row(row) if row else None
+            if current is not None and current.registration.digest == reg.digest:
+                return False
+            in_force = current.registration.version if current else 0
+            if reg.version != in_force + 1:
+                raise PreconditionFailed(
+                    f"registration version {in_force} of {reg.security} is in force;"
+                    f" the next must be version {in_force + 1}, not {reg.version}"
+                )
+            db.execute(
+                "INSERT INTO supply_registrations VALUES (?, ?, ?, ?, ?, ?)",
+                (reg.security, reg.version, _reg_json(reg), stored.signature, stored.operator,
+                 time.time()),
+            )  # fmt: skip
+            known = {
+                str(name)
+                for (name,) in db.execute(
+                    "SELECT ledger FROM supply_confirmed WHERE security = ?", (reg.security,)
+                )
+            }
+            for name, units in reg.totals:
+                if name in known:
+                    continue
+                # A first registration states what exists; a ledger added later starts at 0
+                # (its units are an issuance still to come).
+                start = units if current is None else 0
+                db.execute(
+                    "INSERT INTO supply_confirmed VALUES (?, ?, ?)",
+                    (reg.security, name, str(start)),
+                )
+        return True
+
+    async def registered_securities(self) -> list[str]:
+        """See SupplyStore.registered_securities."""
+        rows = self._db.execute("SELECT DISTINCT security FROM supply_registrations").fetchall()
+        return [str(r[0]) for r in rows]
+
+    async def confirmed(self, security: str) -> dict[str, int]:
+        """See SupplyStore.confirmed."""
+        rows = self._db.execute(
+            "SELECT ledger, units FROM supply_confirmed WHERE security = ?", (security,)
+        ).fetchall()
+        return {str(name): int(units) for name, units in rows}
+
+    async def append(self, signed: SignedRecord, assessment: Assessment, now: float) -> Attestation:
+        """See SupplyStore.append."""
+        record = signed.record
+        with self._begin() as db:
+            (latest,) = db.execute(
+                "SELECT COALESCE(MAX(sequence), 0) FROM supply_records WHERE security = ?",
+                (record.security,),
+            ).fetchone()
+            if record.sequence != int(latest) + 1:
+                raise PreconditionFailed(
+                    f"record {record.security}#{record.sequence} does not follow #{latest}"
+                )
+            for name, units in assessment.confirmed.items():
+                db.execute(
+                    "INSERT INTO supply_confirmed VALUES (?, ?, ?) ON CONFLICT(security, ledger)"
+                    " DO UPDATE SET units = excluded.units",
+                    (record.security, name, str(units)),
+                )
+            if assessment.hold_reasons:
+                db.execute(
+                    "INSERT OR IGNORE INTO supply_holds VALUES (?, ?, ?, ?)",
+                    (record.security, record.sequence, "; ".join(assessment.hold_reasons), now),
+                )
+            hold = db.execute(
+                "SELECT raised_by, reason FROM supply_holds WHERE security = ?",
+                (record.security,),
+            ).fetchone()
+            hold_reason = f"held since record #{hold[0]}: {hold[1]}" if hold else ""
+            cur = db.execute(
+                "INSERT INTO supply_records (security, sequence, digest, body, signatures,"
+                " alerts, clean, held, hold_reason, at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.security,
+                    record.sequence,
+                    record.digest,
+                    record.canonical(),
+                    json.dumps([s.hex() for s in signed.signatures]),
+                    json.dumps(list(assessment.alerts)),
+                    int(not assessment.hold_reasons),
+                    int(hold is not None),
+                    hold_reason,
+                    now,
+                ),
+            )
+            feed_seq = int(cur.lastrowid or 0)
+        return Attestation(feed_seq, signed, assessment.alerts, hold is not None, hold_reason, now)
+
+    async def latest(self, security: str) -> Attestation | None:
+        """See SupplyStore.latest."""
+        row = self._db.execute(
+            f"SELECT {_REC_COLS} FROM supply_records WHERE security = ?"  # noqa: S608
+            " ORDER BY sequence DESC LIMIT 1",
+            (security,),
+        ).fetchone()
+        return _attestation(row) if row else None
+
+    async def feed(self, after: int, limit: int) -> list[Attestation]:
+        """See SupplyStore.feed."""
+        rows = self._db.execute(
+            f"SELECT {_REC_COLS} FROM supply_records WHERE feed_seq > ?"  # noqa: S608
+            " ORDER BY feed_seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [_attestation(r) for r in rows]
+
+    async def security_feed(self, security: str, after: int, limit: int) -> list[Attestation]:
+        """See SupplyStore.security_feed."""
+        rows = self._db.execute(
+            f"SELECT {_REC_COLS} FROM supply_records"  # noqa: S608
+            " WHERE security = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            (security, after, limit),
+        ).fetchall()
+        return [_attestation(r) for r in rows]
+
+    async def hold(self, security: str) -> Hold | None:
+        """See SupplyStore.hold."""
+        row = self._db.execute(
+            "SELECT raised_by, reason, at FROM supply_holds WHERE security = ?", (security,)
+        ).fetchone()
+        return Hold(security, int(row[0]), str(row[1]), float(row[2])) if row else None
+
+    async def release(self, release: HoldRelease, operator: bytes) -> None:
+        """See SupplyStore.release."""
+        with self._begin() as db:
+            hold = db.execute(
+                "SELECT raised_by FROM supply_holds WHERE security = ?", (release.security,)
+            ).fetchone()
+            if hold is None:
+                raise NotFound(f"{release.security} is not held")
+            if int(hold[0]) != release.hold_sequence:
+                raise PreconditionFailed(
+                    f"the hold on {release.security} was raised by record #{hold[0]},"
+                    f" not #{release.hold_sequence}"
+                )
+            latest = db.execute(
+                "SELECT sequence, clean, alerts FROM supply_records WHERE security = ?"
+                " ORDER BY sequence DESC LIMIT 1",
+                (release.security,),
+            ).fetchone()
+            if latest is None or not int(latest[1]):
+                reasons = "; ".join(json.loads(latest[2])) if latest else "no record"
+                raise PreconditionFailed(
+                    f"the latest record of {release.security} (#{latest[0] if latest else 0})"
+                    f" still shows a discrepancy: {reasons}. Register the issuance or reverse"
+                    " it, wait for a record without it, then release"
+                )
+            db.execute("DELETE FROM supply_holds WHERE security = ?", (release.security,))
+            db.execute(
+                "INSERT INTO supply_releases VALUES (?, ?, ?, ?, ?)",
+                (release.security, release.hold_sequence, operator, release.note, time.time()),
+            )
