@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -42,7 +43,7 @@ from bridge.domain.supply import (
 )
 from bridge.logfields import ERROR, REASON, SECURITY, SEQUENCE, get_logger
 
-PUBLISH_ATTEMPTS = 6
+PUBLISH_ATTEMPTS = 12
 FEED_PAGE = 500
 
 
@@ -149,8 +150,10 @@ class SupplyPublisher:
             except Exception:
                 self._log.exception("supply publication failed", **{SECURITY: security})
                 return
-            await asyncio.sleep(delay)
-            delay = min(1.0, delay * 2)
+            # Jittered: a Fabric ledger that commits a block between the proposal and a
+            # member's read refuses the cut; the next attempt proposes a fresh one.
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(0.5, delay * 2)
 
     # -- one record ----------------------------------------------------------------------
     async def publish(self, security: str, force: bool = True) -> Attestation | None:

@@ -1,0 +1,205 @@
+"""``bridge supply get|watch|verify|register|release``: the supply feed from a terminal.
+
+``watch`` and ``verify`` check every record against the committee in the public network
+file (signatures, hash chain, identity) and say what failed. Exit codes: 0 verified and
+balanced; 1 a record failed verification or the server refused; 3 every record verified
+but some show a discrepancy (units created or destroyed outside the bridge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bridge.config import load_network
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.supply import Attestation
+from bridge.supply_client import FeedVerifier, SupplyFeed, SupplyOperator, Verdict, watch
+
+EXIT_OK, EXIT_FAILED, EXIT_DISCREPANCY = 0, 1, 3
+
+
+def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``supply`` command group."""
+    sp = top.add_parser("supply", help="the depository's supply feed").add_subparsers(
+        dest="cmd", required=True
+    )
+    g = sp.add_parser("get", help="latest record of one security, or of all")
+    g.add_argument("--security", default="")
+    g.add_argument("--network", type=Path, help="verify against this network file's committee")
+    w = sp.add_parser("watch", help="follow the feed, verifying every record")
+    w.add_argument("--network", type=Path, required=True)
+    w.add_argument("--from", dest="start", type=int, default=1, help="feed position")
+    w.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    v = sp.add_parser("verify", help="verify the whole feed up to now, from the first record")
+    v.add_argument("--network", type=Path, required=True)
+    r = sp.add_parser("register", help="operator: register the units issued per ledger")
+    r.add_argument("--key-file", type=Path, required=True, help="supply operator key (0600)")
+    r.add_argument("--security", required=True)
+    r.add_argument(
+        "--units", action="append", required=True, metavar="LEDGER=N", help="repeat per ledger"
+    )
+    r.add_argument("--note", default="")
+    rel = sp.add_parser("release", help="operator: release a discrepancy hold")
+    rel.add_argument("--key-file", type=Path, required=True)
+    rel.add_argument("--security", required=True)
+    rel.add_argument("--hold", type=int, required=True, help="record sequence that raised it")
+    rel.add_argument("--note", default="")
+
+
+def _line(v: Verdict) -> str:
+    a = v.attestation
+    r = a.signed.record
+    at = datetime.fromtimestamp(r.produced_at_ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+    cut = " ".join(f"{x.ledger}@{x.height}" for x in r.readings)
+    status = "VERIFIED" if v.ok else "FAILED"
+    free = sum(x.free for x in r.readings)
+    out = (
+        f"#{a.feed_sequence:<6} {r.security}#{r.sequence:<5} {at} {status:<8}"
+        f" free={free} in_transit={r.in_transit} registered={sum(u for _, u in r.registered)}"
+        f" [{cut}]"
+    )
+    out += "".join(f"\n    FAILED: {f}" for f in v.failures)
+    out += "".join(f"\n    DISCREPANCY: {d}" for d in v.discrepancies)
+    out += "".join(f"\n    alert: {x}" for x in a.alerts)
+    if a.held:
+        out += f"\n    HELD: {a.hold_reason}"
+    return out
+
+
+def _as_json(v: Verdict) -> str:
+    a = v.attestation
+    r = a.signed.record
+    return json.dumps(
+        {
+            "feed_sequence": a.feed_sequence,
+            "record": json.loads(r.canonical()),
+            "digest": "0x" + r.digest.hex(),
+            "verified": v.ok,
+            "failures": list(v.failures),
+            "discrepancies": list(v.discrepancies),
+            "alerts": list(a.alerts),
+            "held": a.held,
+            "hold_reason": a.hold_reason,
+        },
+        sort_keys=True,
+    )
+
+
+def _print(v: Verdict, as_json: bool) -> None:
+    print(_as_json(v) if as_json else _line(v))
+    sys.stdout.flush()
+
+
+def _exit_code(verdicts: list[Verdict]) -> int:
+    if any(not v.ok for v in verdicts):
+        return EXIT_FAILED
+    return EXIT_DISCREPANCY if any(v.discrepancies for v in verdicts) else EXIT_OK
+
+
+async def _get(a: argparse.Namespace) -> int:
+    feed = SupplyFeed(a.coordinator, a.timeout)
+    try:
+        found: list[Attestation] = await feed.latest(a.security)
+    finally:
+        await feed.close()
+    if a.network is None:
+        verdicts = [Verdict(x, ("not verified: pass --network",), ()) for x in found]
+    else:
+        committee = load_network(a.network).committee
+        verdicts = [FeedVerifier(committee, from_genesis=False).check(x) for x in found]
+    for v in verdicts:
+        _print(v, a.json)
+    return _exit_code(verdicts) if a.network else EXIT_OK
+
+
+async def _watch(a: argparse.Namespace) -> int:
+    verifier = FeedVerifier(load_network(a.network).committee, from_genesis=a.start <= 1)
+    seen: list[Verdict] = []
+    async for v in watch(a.coordinator, verifier, a.start):
+        _print(v, a.json)
+        seen.append(v)
+        if a.count and len(seen) >= a.count:
+            break
+    return _exit_code(seen)
+
+
+async def _verify(a: argparse.Namespace) -> int:
+    verifier = FeedVerifier(load_network(a.network).committee)
+    feed = SupplyFeed(a.coordinator, a.timeout)
+    verdicts: list[Verdict] = []
+    try:
+        latest = await feed.latest()
+        end = max((x.feed_sequence for x in latest), default=0)
+        if end:
+            async for att in feed.stream("", 1):
+                v = verifier.check(att)
+                verdicts.append(v)
+                if not v.ok or v.discrepancies or a.json:
+                    _print(v, a.json)
+                if att.feed_sequence >= end:
+                    break
+    finally:
+        await feed.close()
+    bad = sum(1 for v in verdicts if not v.ok)
+    off = sum(1 for v in verdicts if v.discrepancies)
+    if not a.json:
+        print(
+            f"{len(verdicts)} records of {len(verifier.last)} securities checked:"
+            f" {bad} failed verification, {off} show a discrepancy"
+        )
+    return _exit_code(verdicts)
+
+
+def _parse_units(items: list[str]) -> Mapping[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, units = item.partition("=")
+        if not sep or not name or not units.isdigit():
+            raise ValueError(f"--units takes LEDGER=N with N a whole number, got {item!r}")
+        if name in out:
+            raise ValueError(f"ledger {name} given twice")
+        out[name] = int(units)
+    return out
+
+
+def _register(a: argparse.Namespace) -> int:
+    totals = _parse_units(a.units)
+    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    try:
+        reg = op.register(a.security, totals, a.note)
+    finally:
+        op.close()
+    print(f"registered {reg.security} version {reg.version}: total {reg.total}")
+    return EXIT_OK
+
+
+def _release(a: argparse.Namespace) -> int:
+    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    try:
+        op.release(a.security, a.hold, a.note)
+    finally:
+        op.close()
+    print(f"hold on {a.security} (raised by record #{a.hold}) released")
+    return EXIT_OK
+
+
+def run(a: argparse.Namespace) -> int:
+    """Run one ``supply`` command; returns the exit code."""
+    if a.cmd == "get":
+        return asyncio.run(_get(a))
+    if a.cmd == "watch":
+        try:
+            return asyncio.run(_watch(a))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    if a.cmd == "verify":
+        return asyncio.run(_verify(a))
+    if a.cmd == "register":
+        return _register(a)
+    return _release(a)
