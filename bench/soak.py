@@ -6,7 +6,9 @@ in both directions (about one in ten to an ineligible recipient, which must abor
 they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers
 and stalls ledgers (no blocks) for a while. Afterwards it checks, and prints as a table:
 every transfer terminal, each holder's balances exactly as the outcomes imply, supply
-conserved, no escrow left, one transfer per idempotency key. Exit code 1 on a violation.
+conserved, no escrow left, one transfer per idempotency key, and every supply record
+produced meanwhile verified against the committee with the identity holding (no
+discrepancy). Exit code 1 on a violation.
 
     .venv/bin/python bench/soak.py --transfers 1000 --rate 4 --json .run/soak/result.json
 
@@ -16,6 +18,7 @@ Bounded: every wait has a limit; everything is stopped on exit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import sys
@@ -34,6 +37,7 @@ from bridge.devnet.chaos import ChaosScheduler
 from bridge.devnet.client import submit_retrying
 from bridge.devnet.processes import REPO_ROOT
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
 
@@ -152,6 +156,8 @@ def main() -> int:
             b.issue(DEMO_ISIN, h.address, UNITS)
         outsider = DevAccount.generate().address
         supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+        target = system.coordinator_target
+        feed_start = asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120))
         moves = plan_moves(args.transfers, holders, outsider, args.seed)
         chaos = ChaosScheduler(system, seed=args.seed, stall_ledgers=not args.no_stalls)
         print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
@@ -177,6 +183,13 @@ def main() -> int:
         recovered = time.monotonic() - faults.last_fault_at
         elapsed = time.monotonic() - started
         violations = check(system, moves, states, holders, outsider, supply)
+        # The supply identity in every attestation produced under the faults.
+        asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120))
+        assert system.committee is not None
+        records, feed_problems = asyncio.run(
+            audit_feed(target, system.committee, feed_start, DEMO_ISIN, limit_s=300)
+        )
+        violations += feed_problems
         outcomes = Counter(
             S.TransferState.Name(S.TransferState.ValueType(s)).removeprefix("TRANSFER_STATE_")
             for s in states.values()
@@ -194,6 +207,7 @@ def main() -> int:
             ),
             ("all terminal after the last fault (s)", f"{recovered:.1f}"),
             ("elapsed (s)", f"{elapsed:.1f}"),
+            ("supply records verified", records),
             ("invariants", "HOLD" if not violations else f"{len(violations)} VIOLATED"),
         ]
         width = max(len(k) for k, _ in rows)

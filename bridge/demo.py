@@ -7,6 +7,7 @@ A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to EVM).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import sys
 import time
@@ -16,9 +17,11 @@ from pathlib import Path
 import grpc
 
 from bridge.cli.main import STATE_NAMES
+from bridge.cli.supply import describe
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.processes import REPO_ROOT
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.supply_client import FeedVerifier, SupplyFeed
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 EVM_A, EVM_B, FABRIC = "brokerage-a", "brokerage-b", "brokerage-f"
@@ -75,6 +78,26 @@ def _transfer(
     return tid
 
 
+async def _verified_feed(system: LocalSystem) -> int:
+    """Print every supply record, verified as the depository would; return the failures."""
+    assert system.committee is not None
+    verifier = FeedVerifier(system.committee)
+    feed = SupplyFeed(system.coordinator_target)
+    failures = 0
+    try:
+        end = max(a.feed_sequence for a in await feed.latest())
+        async with asyncio.timeout(60):
+            async for a in feed.stream("", 1):
+                verdict = verifier.check(a)
+                failures += not verdict.ok
+                _say("  " + describe(verdict).replace("\n", "\n  "))
+                if a.feed_sequence >= end:
+                    break
+    finally:
+        await feed.close()
+    return failures
+
+
 def main() -> int:
     """Run the demo; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -116,6 +139,9 @@ def main() -> int:
         total = sum(system.handle(n).total_supply(DEMO_ISIN) for n in system.all_ledgers)
         if total != 1_000:
             raise SystemExit(f"total supply across ledgers is {total}, expected 1000")
+        _say("\nsupply feed (every record verified against the committee, as the depository does):")
+        if asyncio.run(_verified_feed(system)):
+            raise SystemExit("a supply record failed verification")
         _say(f"\ndemo complete: 1000 units in total: {expected}")
         return 0
     except Exception as exc:

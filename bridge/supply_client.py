@@ -219,3 +219,56 @@ class SupplyOperator:
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
+
+
+async def audit_feed(
+    target: str, committee: Committee, start: int, security: str = "", limit_s: float = 60.0
+) -> tuple[int, list[str]]:
+    """Verify the feed from feed position ``start`` up to its current end.
+
+    Returns how many records of ``security`` (all when empty) were checked, and every
+    violation: a verification failure, or a signed record that does not balance. The first
+    record of each security is taken as its anchor (``from_genesis`` off).
+    """
+    verifier = FeedVerifier(committee, from_genesis=start <= 1)
+    feed = SupplyFeed(target)
+    checked, problems = 0, []
+    try:
+        end = max((a.feed_sequence for a in await feed.latest()), default=0)
+        if end < start:
+            return 0, []
+        async with asyncio.timeout(limit_s):
+            async for a in feed.stream("", start):
+                if not security or a.signed.record.security == security:
+                    verdict = verifier.check(a)
+                    checked += 1
+                    problems += [f"feed #{a.feed_sequence}: {f}" for f in verdict.failures]
+                    problems += [f"feed #{a.feed_sequence}: {d}" for d in verdict.discrepancies]
+                if a.feed_sequence >= end:
+                    break
+    finally:
+        await feed.close()
+    return checked, problems
+
+
+async def settled_position(target: str, security: str, after: float, limit_s: float) -> int:
+    """The feed position of the first record of ``security`` published after ``after``
+    (a ``time.time()``) that shows nothing in escrow or prepared and no discrepancy."""
+    feed = SupplyFeed(target)
+    try:
+        async with asyncio.timeout(limit_s):
+            while True:
+                try:
+                    latest = await feed.latest(security)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                        raise
+                    latest = []
+                for a in latest:
+                    r = a.signed.record
+                    quiet = all(x.escrowed == 0 and x.prepared == 0 for x in r.readings)
+                    if a.published_at > after and quiet and not r.ledger_discrepancies:
+                        return a.feed_sequence
+                await asyncio.sleep(0.3)
+    finally:
+        await feed.close()

@@ -55,10 +55,11 @@ class SupplyLog:
             ).fetchone()
             if row is not None:
                 last_seq, last_digest, last_heights, last_version = row
+                before = json.loads(last_heights)
                 if bytes(last_digest) != record.digest:
-                    self._refuse_regression(
-                        record, int(last_seq), json.loads(last_heights), int(last_version)
-                    )
+                    self._refuse_regression(record, int(last_seq), before, int(last_version))
+                # Remember every ledger ever attested, even one a later record leaves out.
+                heights = {**before, **heights}
             self._db.execute(
                 "INSERT INTO supply_signed VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(security)"
                 " DO UPDATE SET sequence = excluded.sequence, digest = excluded.digest,"

@@ -52,7 +52,8 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rel.add_argument("--note", default="")
 
 
-def _line(v: Verdict) -> str:
+def describe(v: Verdict) -> str:
+    """One verdict in words: a summary line, then failures, discrepancies and alerts."""
     a = v.attestation
     r = a.signed.record
     at = datetime.fromtimestamp(r.produced_at_ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -92,7 +93,7 @@ def _as_json(v: Verdict) -> str:
 
 
 def _print(v: Verdict, as_json: bool) -> None:
-    print(_as_json(v) if as_json else _line(v))
+    print(_as_json(v) if as_json else describe(v))
     sys.stdout.flush()
 
 

@@ -41,7 +41,7 @@ from bridge.domain.supply import (
     assess,
     make_record,
 )
-from bridge.logfields import ERROR, REASON, SECURITY, SEQUENCE, get_logger
+from bridge.logfields import ELAPSED, ERROR, REASON, SECURITY, SEQUENCE, get_logger
 
 PUBLISH_ATTEMPTS = 12
 FEED_PAGE = 500
@@ -159,6 +159,7 @@ class SupplyPublisher:
     async def publish(self, security: str, force: bool = True) -> Attestation | None:
         """Produce, sign and append the next record of ``security``; None when nothing
         changed since the last record and ``force`` is off, or it is not registered."""
+        began = time.monotonic()
         stored = await self._store.registration(security)
         if stored is None:
             return None
@@ -192,6 +193,14 @@ class SupplyPublisher:
             SignedRecord(record, signatures), assessment, time.time()
         )
         self._last_published[security] = attestation.published_at
+        self._log.info(
+            "supply record published",
+            **{
+                SECURITY: security,
+                SEQUENCE: record.sequence,
+                ELAPSED: round(time.monotonic() - began, 4),
+            },
+        )
         if assessment.hold_reasons:
             self._log.error(
                 "SUPPLY DISCREPANCY: transfers of this security are held",

@@ -57,6 +57,8 @@ class Registration:
         names = [name for name, _ in self.totals]
         if not names:
             raise InvalidInput("a registration names at least one ledger")
+        if any(not name for name in names):
+            raise InvalidInput("registration ledger ids must not be empty")
         if names != sorted(set(names)):
             raise InvalidInput("registration ledgers must be sorted and distinct")
         if any(units < 0 for _, units in self.totals):
@@ -144,7 +146,8 @@ def verify_instruction(
 
 
 def check_fresh(instruction: Registration | HoldRelease, now_ms: int, max_age_ms: int) -> None:
-    """Refuse an instruction issued more than ``max_age_ms`` ago or in the future."""
+    """Refuse an instruction issued more than ``max_age_ms`` ago, or dated more than
+    ``max_age_ms`` ahead (the same window absorbs clock skew both ways)."""
     age = now_ms - instruction.issued_at_ms
     if age > max_age_ms:
         raise InvalidInput(f"instruction expired: issued {age // 1000} s ago")

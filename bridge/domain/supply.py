@@ -88,8 +88,8 @@ class SupplyBalance:
 def balance(readings: Sequence[SupplyReading], registered: Mapping[str, int]) -> SupplyBalance:
     """Evaluate the identity for one security; ``registered`` is issuance per ledger.
 
-    Every reading's ledger must appear in ``registered`` (0 when nothing was issued there)
-    and no ledger may be read twice.
+    The cut must read exactly the registered ledgers (0 where nothing was issued), each
+    once: a ledger left out could hide a discrepancy.
     """
     names = [r.ledger for r in readings]
     if len(set(names)) != len(names):
@@ -97,6 +97,9 @@ def balance(readings: Sequence[SupplyReading], registered: Mapping[str, int]) ->
     missing = [n for n in names if n not in registered]
     if missing:
         raise InvalidInput(f"no registered issuance for ledgers {missing}")
+    unread = sorted(set(registered) - set(names))
+    if unread:
+        raise InvalidInput(f"registered ledgers {unread} are not read in this cut")
     free = sum(r.free for r in readings)
     in_transit = sum(r.in_transit for r in readings)
     total = sum(registered.values())
@@ -340,7 +343,7 @@ def record_from_canonical(data: bytes) -> SupplyRecord:
                 )
             ),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise InvalidInput(f"not a canonical supply record: {exc!r}") from None
     if record.canonical() != data:
         raise InvalidInput("supply record bytes are not in canonical form")

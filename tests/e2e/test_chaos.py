@@ -8,6 +8,7 @@ is conserved; no escrow is left; one transfer per idempotency key. Prints a summ
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -23,6 +24,7 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.chaos import ChaosScheduler
 from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
 from tests.support import eventually_sync
@@ -66,6 +68,7 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
         b.node.fund(h.address)
     outsider = DevAccount.generate()  # eligible nowhere: transfers to it abort
     supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+    feed_start = asyncio.run(settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60))
     # Transfers A -> B of at most UNITS // 10 units each, never more than a holder has:
     # every planned transfer is accepted, so every outcome is the system's, not the plan's.
     plan: list[Planned] = []
@@ -139,10 +142,18 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     assert a.escrowed(DEMO_ISIN) == 0
     assert b.escrowed(DEMO_ISIN) == 0
     assert len(set(tids.values())) == len(plan), "one transfer per idempotency key"
+    # The supply identity held in every attestation, across coordinator and verifier kills.
+    asyncio.run(settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60))
+    assert s.committee is not None
+    checked, violations = asyncio.run(
+        audit_feed(s.coordinator_target, s.committee, feed_start, DEMO_ISIN)
+    )
+    assert not violations, violations
+    assert checked >= 5, "records were produced while transfers ran"
     print(
         f"\nchaos summary: {len(plan)} transfers in {elapsed:.0f} s;"
         f" kills {dict(faults.kills)} ({sum(faults.kills.values())} in all);"
         f" outcomes {dict(outcomes)};"
-        f" restart-to-listening {faults.restart_seconds}"
+        f" restart-to-listening {faults.restart_seconds}; {checked} supply records verified"
     )
     assert sum(faults.kills.values()) >= 5, "the chaos scheduler did not inject enough faults"
