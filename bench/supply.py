@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -102,16 +103,11 @@ class BlockClock(threading.Thread):
             self.stop.wait(0.01)
 
 
-async def subscribe(target: str, out: list[tuple[float, Any]], stop: asyncio.Event) -> None:
-    """Append (arrival time, attestation) for every record of the feed until ``stop``."""
+async def subscribe(target: str, out: list[tuple[float, Any]]) -> None:
+    """Append (arrival time, attestation) for every record of the feed until cancelled."""
     feed = SupplyFeed(target)
     try:
-        stream = feed.stream("", 1)
-        while not stop.is_set():
-            try:
-                a = await asyncio.wait_for(anext(stream), timeout=0.5)
-            except TimeoutError:
-                continue
+        async for a in feed.stream("", 1):
             out.append((time.time(), a))
     finally:
         await feed.close()
@@ -135,8 +131,7 @@ def run_lag(a: argparse.Namespace) -> dict[str, Any]:
         arrivals: list[tuple[float, Any]] = []
 
         async def drive() -> list[str]:
-            stop = asyncio.Event()
-            sub = asyncio.create_task(subscribe(system.coordinator_target, arrivals, stop))
+            sub = asyncio.create_task(subscribe(system.coordinator_target, arrivals))
             t0, tids = time.monotonic(), []
             for i in range(a.transfers):
                 await asyncio.sleep(max(0.0, t0 + i / a.rate - time.monotonic()))
@@ -156,8 +151,9 @@ def run_lag(a: argparse.Namespace) -> dict[str, Any]:
                 )
             await asyncio.to_thread(wait_terminal, system.coordinator_target, tids)
             await asyncio.sleep(3 * a.block_time + 2)  # the last records arrive
-            stop.set()
-            await sub
+            sub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sub
             return tids
 
         tids = asyncio.run(drive())
