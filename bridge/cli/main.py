@@ -1,4 +1,4 @@
-"""``bridge transfer submit|get|list|watch`` and ``bridge supply ...`` from a terminal.
+"""``bridge transfer ...``, ``bridge supply ...`` and ``bridge operator ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
 2 usage errors. ``--json`` prints machine-readable output.
@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
 from bridge.domain.errors import BridgeError
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
@@ -134,15 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("transfer_id")
     w.set_defaults(run=_watch)
     supply_cli.add_parser(top)
+    operator_cli.add_parser(top)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
-    if args.group == "supply":
+    if args.group in ("supply", "operator"):
         try:
-            return supply_cli.run(args)
+            return supply_cli.run(args) if args.group == "supply" else operator_cli.run(args)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

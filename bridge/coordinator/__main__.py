@@ -10,6 +10,7 @@ from pathlib import Path
 from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.operator_service import OperatorServicer
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqliteTransferStore
@@ -20,6 +21,8 @@ from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import (
     events_pb2,
     events_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
     supply_pb2,
     supply_pb2_grpc,
     transfer_pb2,
@@ -35,7 +38,9 @@ async def run(config_path: Path) -> None:
     relayers = {
         name: RelayerGateway(name, target, cfg.rpc_timeout) for name, target in cfg.relayers.items()
     }
-    committee = CommitteeClient(cfg.network.committee, cfg.verifiers, cfg.rpc_timeout)
+    committee = CommitteeClient(
+        cfg.network.committee, cfg.verifiers, cfg.rpc_timeout, store.record_misbehaviour
+    )
     supply_store = SqliteSupplyStore(cfg.database)
     publisher = SupplyPublisher(
         cfg.network,
@@ -51,17 +56,20 @@ async def run(config_path: Path) -> None:
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher)
+    operator = OperatorServicer(coordinator, store)
     server = BridgeServer(
         cfg.listen,
         [
             transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
             events_pb2.DESCRIPTOR.services_by_name["LedgerEventSink"].full_name,
             supply_pb2.DESCRIPTOR.services_by_name["SupplyService"].full_name,
+            operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
         ],
         [
             lambda s: transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfers, s),
             lambda s: events_pb2_grpc.add_LedgerEventSinkServicer_to_server(sink, s),
             lambda s: supply_pb2_grpc.add_SupplyServiceServicer_to_server(supply, s),
+            lambda s: operator_pb2_grpc.add_OperatorServiceServicer_to_server(operator, s),
         ],
     )
     stop = asyncio.Event()

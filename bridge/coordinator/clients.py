@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
+from bridge.coordinator.records import Misbehaviour
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate, verify_vote
+from bridge.domain.committee import Committee, assemble_certificate, recover_signer, verify_vote
 from bridge.domain.errors import (
     BridgeError,
     InvalidCertificate,
@@ -24,6 +28,7 @@ from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
 from bridge.domain.supply import SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
+from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import internal_channel
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
@@ -132,15 +137,78 @@ class LedgerDomain:
     bridge_word: bytes
 
 
-class CommitteeClient:
-    """Gathers t-of-n certificates, checking every signature before counting it."""
+MisbehaviourSink = Callable[[Misbehaviour], Awaitable[None]]
 
-    def __init__(self, committee: Committee, endpoints: Sequence[str], timeout: float) -> None:
+
+class CommitteeClient:
+    """Gathers t-of-n certificates, checking every signature before counting it.
+
+    A member's response that carries a signature over another digest than the one asked
+    for, or an invalid signature, is not counted and is reported to ``on_misbehaviour``
+    with the evidence.
+    """
+
+    def __init__(
+        self,
+        committee: Committee,
+        endpoints: Sequence[str],
+        timeout: float,
+        on_misbehaviour: MisbehaviourSink | None = None,
+    ) -> None:
         self.committee = committee
         self._channels = [internal_channel(e) for e in endpoints]
         self._stubs = [verifier_pb2_grpc.VerifierServiceStub(c) for c in self._channels]
         self._endpoints = list(endpoints)
         self._timeout = timeout
+        self._on_misbehaviour = on_misbehaviour
+        self._log = get_logger()
+
+    async def _report(
+        self,
+        endpoint: str,
+        kind: str,
+        subject: str,
+        detail: str,
+        expected: bytes,
+        signed: bytes,
+        signature: bytes,
+    ) -> None:
+        try:
+            member = recover_signer(signed, signature)
+        except InvalidCertificate:
+            member = b""
+        incident = Misbehaviour(
+            member, endpoint, kind, subject, detail, expected, signed, signature, time.time()
+        )
+        self._log.error(
+            "committee member misbehaved",
+            **{SIGNER: "0x" + member.hex(), PEER: endpoint, REASON: f"{kind}: {detail}"},
+        )
+        if self._on_misbehaviour is not None:
+            try:
+                await self._on_misbehaviour(incident)
+            except Exception:
+                self._log.exception("could not record misbehaviour")
+
+    async def _ask_all(
+        self, call: Callable[[verifier_pb2_grpc.VerifierServiceStub], Any]
+    ) -> AsyncGenerator[tuple[str, Any], None]:
+        """Each member's answer (or RPC error) as it arrives; the rest are cancelled when
+        the caller stops iterating."""
+
+        async def one(i: int) -> tuple[str, Any]:
+            try:
+                return self._endpoints[i], await call(self._stubs[i])
+            except grpc.aio.AioRpcError as exc:
+                return self._endpoints[i], exc
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(self._stubs))]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                yield await fut
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def certify(
         self, kind: ClaimKind, terms: TransferTerms, ledgers: Sequence[LedgerDomain]
@@ -157,33 +225,43 @@ class CommitteeClient:
             )
             for d in ledgers
         }
+        subject = f"{kind.name} for transfer 0x{terms.transfer_id.hex()}"
         request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
         sigs: dict[str, list[bytes]] = {name: [] for name in digests}
         refusals: list[str] = []
         unreachable: list[str] = []
-        tasks = [
-            asyncio.ensure_future(stub.SignClaim(request, timeout=self._timeout))
-            for stub in self._stubs
-        ]
-        try:
-            for fut in asyncio.as_completed(tasks):
-                try:
-                    resp = await fut
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in _TRANSIENT:
-                        unreachable.append(exc.code().name.lower())
+        answers = self._ask_all(lambda stub: stub.SignClaim(request, timeout=self._timeout))
+        async with aclosing(answers):
+            async for endpoint, resp in answers:
+                if isinstance(resp, grpc.aio.AioRpcError):
+                    if resp.code() in _TRANSIENT:
+                        unreachable.append(resp.code().name.lower())
                     else:
-                        refusals.append(exc.details() or exc.code().name)
+                        refusals.append(resp.details() or resp.code().name)
                     continue
                 for s in resp.signatures:
-                    if s.ledger_id in sigs and s.digest == digests[s.ledger_id]:
-                        sigs[s.ledger_id].append(s.signature)
+                    if s.ledger_id not in sigs:
+                        continue
+                    expected = digests[s.ledger_id]
+                    if s.digest != expected:
+                        await self._report(
+                            endpoint, "wrong-digest", subject,
+                            f"signed another digest than the {kind.name} claim on"
+                            f" {s.ledger_id}", expected, s.digest, s.signature,
+                        )  # fmt: skip
+                        continue
+                    try:
+                        verify_vote(self.committee, expected, s.signature)
+                    except InvalidCertificate as exc:
+                        await self._report(
+                            endpoint, "invalid-signature", subject, str(exc), expected,
+                            s.digest, s.signature,
+                        )  # fmt: skip
+                        continue
+                    sigs[s.ledger_id].append(s.signature)
                 certs = self._try_assemble(digests, sigs)
                 if certs is not None:
                     return certs
-        finally:
-            for t in tasks:
-                t.cancel()
         need = self.committee.threshold
         if refusals and len(refusals) > len(self._stubs) - need:
             raise PreconditionFailed(
@@ -212,34 +290,37 @@ class CommitteeClient:
             registration=registration_to_pb(registration, operator_signature),
         )
         digest = record.digest
+        subject = f"supply record {record.security}#{record.sequence}"
         valid: dict[bytes, bytes] = {}
         refusals: list[str] = []
         unreachable = 0
-        tasks = [
-            asyncio.ensure_future(stub.SignSupply(request, timeout=self._timeout))
-            for stub in self._stubs
-        ]
-        try:
-            for fut in asyncio.as_completed(tasks):
-                try:
-                    resp = await fut
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in _TRANSIENT:
+        answers = self._ask_all(lambda stub: stub.SignSupply(request, timeout=self._timeout))
+        async with aclosing(answers):
+            async for endpoint, resp in answers:
+                if isinstance(resp, grpc.aio.AioRpcError):
+                    if resp.code() in _TRANSIENT:
                         unreachable += 1
                     else:
-                        refusals.append(exc.details() or exc.code().name)
+                        refusals.append(resp.details() or resp.code().name)
+                    continue
+                if resp.digest != digest:
+                    await self._report(
+                        endpoint, "wrong-supply-digest", subject,
+                        "signed another digest than the proposed record", digest,
+                        resp.digest, resp.signature,
+                    )  # fmt: skip
                     continue
                 try:
                     vote = verify_vote(self.committee, digest, resp.signature)
                 except InvalidCertificate as exc:
-                    refusals.append(f"invalid signature from 0x{resp.signer.hex()}: {exc}")
+                    await self._report(
+                        endpoint, "invalid-signature", subject, str(exc), digest, resp.digest,
+                        resp.signature,
+                    )  # fmt: skip
                     continue
                 valid.setdefault(vote.signer, vote.signature)
                 if len(valid) >= self.committee.threshold:
                     return tuple(valid[k] for k in sorted(valid))
-        finally:
-            for t in tasks:
-                t.cancel()
         need = self.committee.threshold
         summary = "; ".join(sorted(set(refusals)))
         if unreachable and len(self._stubs) - unreachable < need:

@@ -285,6 +285,65 @@ class Coordinator:
         for event in self._watchers.get(tid, ()):
             event.set()
 
+    # -- operator tooling --------------------------------------------------------------------
+    async def stuck(self, min_age: float, limit: int) -> list[TransferRecord]:
+        """Unfinished transfers older than ``min_age`` seconds, oldest first (each record's
+        ``reason`` says why it waits)."""
+        return await self._store.stuck(time.time() - min_age, limit)
+
+    async def retry(self, tid: bytes) -> TransferRecord:
+        """Re-read the ledgers and try the next step of an unfinished transfer now."""
+        record = await self.get(tid)
+        if record.state.terminal:
+            raise PreconditionFailed(f"transfer is {record.state.name}; nothing to retry")
+        self._spawn(tid)
+        self.wake(tid)
+        self._log.warning("operator retry", **{TRANSFER: "0x" + tid.hex()})
+        return record
+
+    async def abort(self, tid: bytes) -> TransferRecord:
+        """Abort through a certified ABORT where the ledgers allow one; otherwise raise
+        PreconditionFailed saying when (or that) they will.
+
+        Never moves units itself: the driver gathers the ABORT certificate (members sign it
+        only when the target refused or expired, or the source was released) and applies it.
+        """
+        record = await self.get(tid)
+        if record.state is TransferState.ABORTED or record.state is TransferState.ABORTING:
+            return record
+        if record.state.terminal:
+            raise PreconditionFailed(f"transfer is {record.state.name}; it cannot be aborted")
+        decision = await self._store.decision(tid)
+        if decision is not None and decision.kind is ClaimKind.COMMIT:
+            raise PreconditionFailed("COMMIT is certified: the transfer completes")
+        src = self._relayers[record.request.source_ledger]
+        dst = self._relayers[record.request.target_ledger]
+        source, target = await asyncio.gather(
+            src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
+        )
+        if target.state in (LegState.PREPARED, LegState.MINTED) or source.state is (
+            LegState.BURNED
+        ):
+            raise PreconditionFailed(
+                f"the target leg is {target.state.name}: a prepared transfer always commits"
+            )
+        refused = target.state in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
+        if not refused and source.state is not LegState.RELEASED:
+            if source.state is LegState.NONE:
+                raise PreconditionFailed(
+                    "nothing is locked on the source yet; the transfer fails by itself if the"
+                    " lock is refused"
+                )
+            if time.time() <= record.terms.deadline:
+                raise PreconditionFailed(
+                    f"the target may still prepare until the deadline"
+                    f" {_iso(record.terms.deadline)}; after it the transfer aborts by itself"
+                )
+        self._log.warning("operator abort", **{TRANSFER: "0x" + tid.hex()})
+        self._spawn(tid)
+        self.wake(tid)
+        return record
+
     # -- ledger events ---------------------------------------------------------------------
     async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
         """Record relayer-delivered events (deduplicated) and wake the transfers they touch.

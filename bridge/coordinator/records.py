@@ -65,3 +65,22 @@ class Decision:
     certificates: Mapping[str, SignatureSet]
     # Why the committee decided so, for people (e.g. "target rejected: ...").
     cause: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    """A committee member caught signing what it was not asked to, with the evidence.
+
+    ``signature`` over ``signed_digest`` recovers to ``member`` (empty when it recovers to
+    no one), so anyone can check the evidence without trusting the coordinator.
+    """
+
+    member: bytes
+    endpoint: str
+    kind: str
+    subject: str
+    detail: str
+    expected_digest: bytes
+    signed_digest: bytes
+    signature: bytes
+    at: float

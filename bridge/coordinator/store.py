@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from bridge.coordinator.records import (
     Decision,
+    Misbehaviour,
     TransferRecord,
     TransferRequest,
     TransferUpdate,
@@ -87,6 +88,18 @@ class TransferStore(Protocol):
         """The highest height a relayer has reported as scanned."""
         ...
 
+    async def stuck(self, created_before: float, limit: int) -> list[TransferRecord]:
+        """Unfinished transfers created before ``created_before``, oldest first."""
+        ...
+
+    async def record_misbehaviour(self, incident: Misbehaviour) -> None:
+        """Keep evidence of a committee member's misbehaviour."""
+        ...
+
+    async def misbehaviour(self, limit: int) -> list[Misbehaviour]:
+        """The most recent incidents, newest first."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -127,6 +140,18 @@ CREATE TABLE IF NOT EXISTS ledger_events (
   state INTEGER NOT NULL,
   tx_id TEXT NOT NULL,
   PRIMARY KEY (ledger, height, idx)
+);
+CREATE TABLE IF NOT EXISTS misbehaviour (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  member BLOB NOT NULL,
+  endpoint TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  expected_digest BLOB NOT NULL,
+  signed_digest BLOB NOT NULL,
+  signature BLOB NOT NULL,
+  at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger_progress (
   ledger TEXT PRIMARY KEY,
@@ -410,6 +435,40 @@ class SqliteTransferStore:
             "SELECT scanned FROM ledger_progress WHERE ledger = ?", (ledger,)
         ).fetchone()
         return int(row[0]) if row else None
+
+    async def stuck(self, created_before: float, limit: int) -> list[TransferRecord]:
+        """See TransferStore.stuck."""
+        terminal = [int(s) for s in TransferState if s.terminal]
+        rows = self._db.execute(
+            f"SELECT {self._COLS} FROM transfers WHERE state NOT IN (?,?,?)"  # noqa: S608
+            " AND created_at < ? ORDER BY seq LIMIT ?",
+            [*terminal, created_before, limit],
+        ).fetchall()
+        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    async def record_misbehaviour(self, incident: Misbehaviour) -> None:
+        """See TransferStore.record_misbehaviour."""
+        m = incident
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO misbehaviour (member, endpoint, kind, subject, detail,"
+                " expected_digest, signed_digest, signature, at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (m.member, m.endpoint, m.kind, m.subject, m.detail, m.expected_digest,
+                 m.signed_digest, m.signature, m.at),
+            )  # fmt: skip
+
+    async def misbehaviour(self, limit: int) -> list[Misbehaviour]:
+        """See TransferStore.misbehaviour."""
+        rows = self._db.execute(
+            "SELECT member, endpoint, kind, subject, detail, expected_digest, signed_digest,"
+            " signature, at FROM misbehaviour ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            Misbehaviour(bytes(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), bytes(r[5]),
+                         bytes(r[6]), bytes(r[7]), float(r[8]))
+            for r in rows
+        ]  # fmt: skip
 
 
 class SqliteTransaction:

@@ -1,0 +1,93 @@
+"""``bridge operator stuck|retry|abort|misbehaviour``: the bridge operator's tools.
+
+``abort`` never moves units around the protocol: it starts a committee-certified ABORT
+where the ledgers allow one, and otherwise prints why not (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2
+
+STATE_NAMES = {
+    v.number: v.name.removeprefix("TRANSFER_STATE_")
+    for v in transfer_pb2.DESCRIPTOR.enum_types_by_name["TransferState"].values
+}
+
+
+def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``operator`` command group."""
+    op = top.add_parser("operator", help="stuck transfers, retry, abort, evidence")
+    sp = op.add_subparsers(dest="cmd", required=True)
+    st = sp.add_parser("stuck", help="unfinished transfers older than --min-age, with reasons")
+    st.add_argument("--min-age", type=int, default=60, help="seconds since submission (60)")
+    st.add_argument("--limit", type=int, default=100)
+    commands = (
+        ("retry", "re-run a transfer's next step now"),
+        ("abort", "abort through a certified ABORT (if the ledgers allow)"),
+    )
+    for name, text in commands:
+        c = sp.add_parser(name, help=text)
+        c.add_argument("transfer_id")
+    m = sp.add_parser("misbehaviour", help="committee members caught misbehaving")
+    m.add_argument("--limit", type=int, default=100)
+
+
+def _print(message: object, as_json: bool, line: str) -> None:
+    if as_json:
+        print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), sort_keys=True))  # type: ignore[arg-type]
+    else:
+        print(line)
+
+
+def _transfer_line(t: transfer_pb2.Transfer) -> str:
+    created = t.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"{t.transfer_id}  {STATE_NAMES.get(t.state, '?'):<15} created {created}"
+        f"  {t.amount} {t.security_id} {t.source_ledger} -> {t.target_ledger}\n    {t.reason}"
+    )
+
+
+def run(a: argparse.Namespace) -> int:
+    """Run one ``operator`` command; returns the exit code."""
+    with grpc.insecure_channel(a.coordinator) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        if a.cmd == "stuck":
+            resp = stub.ListStuckTransfers(
+                operator_pb2.ListStuckTransfersRequest(min_age_seconds=a.min_age, limit=a.limit),
+                timeout=a.timeout,
+            )
+            for t in resp.transfers:
+                _print(t, a.json, _transfer_line(t))
+            if not a.json:
+                print(f"{len(resp.transfers)} unfinished transfers older than {a.min_age} s")
+        elif a.cmd == "retry":
+            t = stub.RetryTransfer(
+                operator_pb2.RetryTransferRequest(transfer_id=a.transfer_id), timeout=a.timeout
+            )
+            _print(t, a.json, "retry started\n" + _transfer_line(t))
+        elif a.cmd == "abort":
+            t = stub.AbortTransfer(
+                operator_pb2.AbortTransferRequest(transfer_id=a.transfer_id), timeout=a.timeout
+            )
+            _print(t, a.json, "abort started\n" + _transfer_line(t))
+        else:
+            incidents = stub.ListMisbehaviour(
+                operator_pb2.ListMisbehaviourRequest(limit=a.limit), timeout=a.timeout
+            ).incidents
+            for i in incidents:
+                at = i.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                _print(
+                    i,
+                    a.json,
+                    f"{at}  member 0x{i.member.hex()} at {i.endpoint}: {i.kind} ({i.subject})"
+                    f"\n    {i.detail}\n    expected digest 0x{i.expected_digest.hex()}"
+                    f"\n    signed digest   0x{i.signed_digest.hex()}"
+                    f"\n    signature       0x{i.signature.hex()}",
+                )
+    return 0
