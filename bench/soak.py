@@ -1,7 +1,8 @@
 """Soak: many transfers in both directions while components are killed and ledgers stall.
 
-Starts its own LocalSystem (two anvil ledgers, 4 verifiers with t = 3, two relayers, the
-coordinator) under ``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second
+Starts its own LocalSystem (two anvil ledgers, with ``--fabric`` also a native Fabric
+network, 4 verifiers with t = 3, a relayer per ledger, the coordinator) under
+``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second over every lane
 in both directions (about one in ten to an ineligible recipient, which must abort); while
 they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers
 and stalls ledgers (no blocks) for a while. Afterwards it checks, and prints as a table:
@@ -41,7 +42,7 @@ from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
 
-A, B = "brokerage-a", "brokerage-b"
+A, B, F = "brokerage-a", "brokerage-b", "brokerage-f"
 UNITS = 1_000_000
 TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
 
@@ -58,13 +59,15 @@ class Move:
     amount: int
 
 
-def plan_moves(n: int, holders: list[DevAccount], outsider: str, seed: int) -> list[Move]:
-    """Random directions, holders and amounts (never enough to overdraw anyone)."""
+def plan_moves(
+    n: int, holders: list[DevAccount], outsider: str, seed: int, ledgers: list[str]
+) -> list[Move]:
+    """Random lanes, holders and amounts (never enough to overdraw anyone)."""
     rng = random.Random(seed)
     moves = []
     for _ in range(n):
-        h = rng.choice(holders).address
-        src, dst = (A, B) if rng.random() < 0.5 else (B, A)
+        h = rng.choice(holders).address.lower()
+        src, dst = rng.sample(ledgers, 2)
         to = outsider if rng.random() < 0.1 else h
         moves.append(Move(str(uuid.uuid4()), h, to, src, dst, rng.randint(1, 10)))
     return moves
@@ -103,7 +106,8 @@ def check(
 ) -> list[str]:  # fmt: skip
     """Every invariant, as a list of violations (empty: all hold)."""
     bad: list[str] = []
-    expected = {(h.address, led): UNITS for h in holders for led in (A, B)}
+    ledgers = system.all_ledgers
+    expected = {(h.address.lower(), led): UNITS for h in holders for led in ledgers}
     for m in moves:
         state = states.get(m.key)
         if state is None:
@@ -114,15 +118,15 @@ def check(
             expected[(m.holder, m.src)] -= m.amount
             expected[(m.holder, m.dst)] += m.amount
     for (holder, led), units in expected.items():
-        got = system.ledgers[led].balance(DEMO_ISIN, holder)
+        got = system.handle(led).balance(DEMO_ISIN, holder)
         if got != units:
             bad.append(f"{holder} on {led}: {got} units, outcomes imply {units}")
-    for led in (A, B):
-        if system.ledgers[led].balance(DEMO_ISIN, outsider):
+    for led in ledgers:
+        if system.handle(led).balance(DEMO_ISIN, outsider):
             bad.append(f"the ineligible outsider holds units on {led}")
-        if system.ledgers[led].escrowed(DEMO_ISIN):
+        if system.handle(led).escrowed(DEMO_ISIN):
             bad.append(f"escrow left on {led}")
-    total = sum(system.ledgers[led].total_supply(DEMO_ISIN) for led in (A, B))
+    total = sum(system.handle(led).total_supply(DEMO_ISIN) for led in ledgers)
     if total != supply:
         bad.append(f"total supply {total} != {supply}")
     if len(states) != len(moves):
@@ -141,24 +145,33 @@ def main() -> int:
     p.add_argument("--holders", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-stalls", action="store_true", help="only kill processes")
+    p.add_argument(
+        "--fabric", action="store_true", help="add a native Fabric ledger (lanes to/from it)"
+    )
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
-    system = LocalSystem(workdir, block_time=args.block_time, transfer_ttl=600)
+    system = LocalSystem(
+        workdir,
+        block_time=args.block_time,
+        transfer_ttl=600,
+        fabric_ledger_names=(F,) if args.fabric else (),
+    )
     try:
         print(f"starting the system under {workdir} ...", flush=True)
         system.start()
-        a, b = system.ledgers[A], system.ledgers[B]
-        holders = [a.make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
+        ledgers = system.all_ledgers
+        holders = [system.ledgers[A].make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
         for h in holders:
-            b.set_eligible(DEMO_ISIN, h.address)
-            b.issue(DEMO_ISIN, h.address, UNITS)
-        outsider = DevAccount.generate().address
-        supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+            for led in ledgers[1:]:
+                system.handle(led).set_eligible(DEMO_ISIN, h.address)
+                system.handle(led).issue(DEMO_ISIN, h.address, UNITS)
+        outsider = DevAccount.generate().address.lower()
+        supply = sum(system.handle(led).total_supply(DEMO_ISIN) for led in ledgers)
         target = system.coordinator_target
         feed_start = asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120))
-        moves = plan_moves(args.transfers, holders, outsider, args.seed)
+        moves = plan_moves(args.transfers, holders, outsider, args.seed, ledgers)
         chaos = ChaosScheduler(system, seed=args.seed, stall_ledgers=not args.no_stalls)
         print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
         started = time.monotonic()
