@@ -4,8 +4,9 @@ Starts its own LocalSystem (two anvil ledgers, with ``--fabric`` also a native F
 network, 4 verifiers with t = 3, a relayer per ledger, the coordinator) under
 ``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second over every lane
 in both directions (about one in ten to an ineligible recipient, which must abort); while
-they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers
-and stalls ledgers (no blocks) for a while. Afterwards it checks, and prints as a table:
+they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers,
+stalls EVM ledgers (no blocks) and takes a Fabric ledger's gateway peer down (SIGKILL, then a
+restart on its ledger data) for a while. Afterwards it checks, and prints as a table:
 every transfer terminal, each holder's balances exactly as the outcomes imply, supply
 conserved, no escrow left, one transfer per idempotency key, and every supply record
 produced meanwhile verified against the committee with the identity holding (no
@@ -212,7 +213,7 @@ def main() -> int:
             *((f"  {k.lower()}", v) for k, v in sorted(outcomes.items())),
             ("process kills", sum(faults.kills.values())),
             *((f"  {k}", v) for k, v in sorted(faults.kills.items())),
-            ("ledger stalls", sum(faults.stalls.values())),
+            ("ledger stalls and outages", sum(faults.stalls.values())),
             *((f"  {k}", v) for k, v in sorted(faults.stalls.items())),
             *(
                 (f"max restart-to-listening, {k} (s)", f"{v:.1f}")

@@ -31,7 +31,9 @@ class ChaosScheduler(threading.Thread):
 
     Faults: SIGKILL of the coordinator, a relayer or a verifier followed by a restart after
     ``down`` seconds; with ``stall_ledgers``, an EVM ledger that stops producing blocks for
-    ``down`` seconds. Every fault is undone before the next one starts.
+    ``down`` seconds, and a Fabric ledger whose gateway peer (the one relayers and verifiers
+    use) is SIGKILLed and restarted on its ledger data after ``down`` seconds: a real node
+    outage. Every fault is undone before the next one starts.
     """
 
     def __init__(
@@ -61,7 +63,8 @@ class ChaosScheduler(threading.Thread):
         names = ["coordinator", *(f"relayer-{n}" for n in self.system.all_ledgers)]
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         if self.stall_ledgers:
-            names += [f"ledger-{n}" for n in self.system.ledgers]  # EVM ledgers only
+            names += [f"ledger-{n}" for n in self.system.ledgers]
+            names += [f"peer-{n}" for n in self.system.fabric]
         return names
 
     def run(self) -> None:
@@ -78,6 +81,19 @@ class ChaosScheduler(threading.Thread):
                 time.sleep(pause)
                 # anvil takes whole seconds here; sub-second ledgers resume at 1 s blocks
                 node.rpc("evm_setIntervalMining", [max(1, round(self.system.block_time))])
+                continue
+            if name.startswith("peer-"):
+                net = self.system.fabric[name.removeprefix("peer-")].net
+                org = next(iter(net.orgs))  # the gateway peer of the devnet (Org1)
+                net.kill_peer(org)
+                self.log.stalls[name] += 1
+                time.sleep(pause)
+                started = time.monotonic()
+                net.restart_peer(org)
+                took = time.monotonic() - started
+                self.log.restart_seconds["peer"] = max(
+                    self.log.restart_seconds.get("peer", 0.0), took
+                )
                 continue
             kind = name.split("-")[0]
             self.system.processes[name].kill9()

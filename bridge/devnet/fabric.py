@@ -520,6 +520,18 @@ class FabricNetwork:
 
     # -------------------------------------------------------------------------- peers
 
+    def kill_peer(self, org_name: str) -> None:
+        """SIGKILL one organisation's peer (its ledger stays on disk), to simulate an outage."""
+        self._peers[org_name].kill9()
+
+    def restart_peer(self, org_name: str) -> None:
+        """Start a killed peer again on the same ledger data and wait until it is healthy.
+
+        It needs no channel join: it recovers its ledger from disk and catches up from the
+        orderer.
+        """
+        self._start_peer(self.orgs[org_name])
+
     def _start_peer(self, org: FabricOrg) -> None:
         cfg_dir = self.workdir / org.name.lower()
         self._render(
