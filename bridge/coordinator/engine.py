@@ -89,6 +89,7 @@ class Coordinator:
         transfer_ttl: int,
         max_backoff: float = 10.0,
         supply: SupplyPublisher | None = None,
+        sweep_every: float = 15.0,
     ) -> None:
         self._network = network
         self._store = store
@@ -97,6 +98,7 @@ class Coordinator:
         self._ttl = transfer_ttl
         self._max_backoff = max_backoff
         self._supply = supply
+        self._sweep_every = sweep_every
         self._domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc))
             for name, lc in network.ledgers.items()
@@ -113,7 +115,9 @@ class Coordinator:
         """Resume every unfinished transfer from the log; returns how many.
 
         A supervisor then re-checks the log periodically and restarts any driver that is
-        missing, so no unfinished transfer is left without one.
+        missing, so no unfinished transfer is left without one. It also re-reads the source
+        leg of recently FAILED transfers, so a lock that lands after the coordinator
+        concluded it could not (and whose event was missed) is still driven to an end.
         """
         resumed = await self._respawn_unfinished()
         self._log.info("coordinator resumed unfinished transfers", count=resumed)
@@ -126,13 +130,27 @@ class Coordinator:
             self._spawn(record.transfer_id)
         return len(unfinished)
 
-    async def _supervise(self, every: float = 15.0) -> None:
+    async def _supervise(self) -> None:
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self._sweep_every)
             try:
                 await self._respawn_unfinished()
+                await self._recheck_failed()
             except Exception:
                 self._log.exception("supervisor sweep failed")
+
+    async def _recheck_failed(self) -> None:
+        # A lock can land until the transfer's deadline (later on Fabric, which has no clock):
+        # look back one transfer lifetime and ten minutes more.
+        since = time.time() - self._ttl - 600
+        for record in await self._store.failed_since(since):
+            relayer = self._relayers[record.request.source_ledger]
+            try:
+                source = await relayer.get_leg(record.transfer_id, Leg.OUTBOUND)
+            except BridgeError:
+                continue  # the ledger is unreachable: the next sweep tries again
+            if source.state is LegState.LOCKED:
+                await self._resume_failed(record, source.terms_hash, "")
 
     async def stop(self) -> None:
         """Cancel the drivers (their work is durable and resumes on the next start)."""
@@ -387,15 +405,15 @@ class Coordinator:
             self._spawn(event.transfer_id)  # replaces a driver that died
             self.wake(event.transfer_id)
         elif record.state is TransferState.FAILED and event.state is LegState.LOCKED:
-            await self._resume_failed(record, event)
+            await self._resume_failed(record, event.terms_hash, event.tx_id)
 
-    async def _resume_failed(self, record: TransferRecord, event: LedgerEvent) -> None:
+    async def _resume_failed(self, record: TransferRecord, terms_hash: bytes, tx_id: str) -> None:
         """A lock landed after we concluded it could not: never leave units in escrow."""
         tid = record.transfer_id
-        if event.terms_hash != record.terms.terms_hash:
+        if terms_hash != record.terms.terms_hash:
             self._log.error(
                 "a lock with other terms holds this transfer id; operator attention needed",
-                **{TRANSFER: "0x" + tid.hex(), TX: event.tx_id},
+                **{TRANSFER: "0x" + tid.hex(), TX: tx_id},
             )
             return
         self._log.error(

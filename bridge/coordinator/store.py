@@ -92,6 +92,10 @@ class TransferStore(Protocol):
         """Unfinished transfers created before ``created_before``, oldest first."""
         ...
 
+    async def failed_since(self, updated_after: float) -> list[TransferRecord]:
+        """FAILED transfers last updated after ``updated_after``."""
+        ...
+
     async def record_misbehaviour(self, incident: Misbehaviour) -> None:
         """Keep evidence of a committee member's misbehaviour."""
         ...
@@ -443,6 +447,15 @@ class SqliteTransferStore:
             f"SELECT {self._COLS} FROM transfers WHERE state NOT IN (?,?,?)"  # noqa: S608
             " AND created_at < ? ORDER BY seq LIMIT ?",
             [*terminal, created_before, limit],
+        ).fetchall()
+        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+    async def failed_since(self, updated_after: float) -> list[TransferRecord]:
+        """See TransferStore.failed_since."""
+        rows = self._db.execute(
+            f"SELECT {self._COLS} FROM transfers WHERE state = ? AND updated_at > ?"  # noqa: S608
+            " ORDER BY seq",
+            (int(TransferState.FAILED), updated_after),
         ).fetchall()
         return [r for r in (self._row(row) for row in rows) if r is not None]
 

@@ -118,7 +118,8 @@ async def coordinator(tmp_path: Path):
     network = load_network(tmp_path / "network.toml")
     store = SqliteTransferStore(tmp_path / "c.sqlite")
     relayers = {"a": FakeRelayer("a"), "b": FakeRelayer("b")}
-    c = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60, max_backoff=0.2)  # type: ignore[arg-type]
+    c = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60, max_backoff=0.2,  # type: ignore[arg-type]
+                    sweep_every=0.1)  # fmt: skip
     await c.start()
     yield c, relayers, store
     await c.stop()
@@ -207,3 +208,38 @@ async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> Non
     await c.on_events("a", [adopted], 4)
     assert await store.get(good.transfer_id) is not None
     assert await c.on_events("a", [adopted], 4) == 0, "re-delivery is deduplicated"
+
+
+async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinator) -> None:
+    """The lock was refused, then an earlier attempt lands and its event is never seen:
+    the supervisor's sweep re-reads the source leg and drives the transfer to an end."""
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    record, _ = await c.submit(request("k4"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].lock_refusal = None
+    relayers["a"].legs[(record.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, record.terms.terms_hash, 0, 3
+    )
+
+    async def committed() -> bool:
+        r = await store.get(record.transfer_id)
+        return r is not None and r.state is TransferState.COMMITTED
+
+    await eventually(committed, 10, "the late lock committed", interval=0.05)
+    assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
+
+
+async def test_a_lock_with_other_terms_after_failed_is_not_adopted(coordinator) -> None:
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    record, _ = await c.submit(request("k5"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].legs[(record.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, secrets.token_bytes(32), 0, 3
+    )
+    await c._recheck_failed()  # what a sweep does
+    got = await store.get(record.transfer_id)
+    assert got is not None
+    assert got.state is TransferState.FAILED, "other terms are never driven as ours"
+    assert relayers["b"].submitted == []
