@@ -1,7 +1,8 @@
 """Fault injection for a LocalSystem: SIGKILL and restart components, stall ledgers.
 
-Used by the bounded chaos test and the soak script. Faults are drawn from a seeded RNG;
-at most ``n - t`` verifiers are down at once, so the committee can always reach a quorum.
+Used by the bounded chaos test and the soak script. Faults are drawn from a seeded RNG and
+injected one at a time (each undone before the next), so at most one verifier is down at
+once: within ``n - t`` for any committee with ``t < n``, and the committee keeps a quorum.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Chaos, bounded: SIGKILL and restart the coordinator, relayers and verifiers at random
-while transfers run in both directions; afterwards nothing is lost or duplicated.
+while transfers run from A to B (some to an ineligible recipient, which abort); afterwards
+nothing is lost or duplicated and every supply record verifies and balances.
+``bench/soak.py`` runs the same faults longer, over every lane, with ledger outages.
 
 Asserts: every transfer reaches a terminal state; each holder's balances equal what the
 sequence of outcomes implies (committed moves, aborted and failed do not); total supply
