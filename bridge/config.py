@@ -41,6 +41,8 @@ class LedgerConfig:
     channel: str = ""
     tls_ca: Path | None = None
     tls_server_name: str = ""
+    max_gas_price_gwei: float = 1000.0
+    """EVM: the most a relayer pays per unit of gas; above it a step waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,7 @@ def load_network(path: Path) -> NetworkConfig:
             channel=channel,
             tls_ca=_rel(path.parent, str(tls_ca)) if tls_ca else None,
             tls_server_name=str(item.get("tls_server_name", "")),
+            max_gas_price_gwei=_non_negative(item, "max_gas_price_gwei", 1000.0, f"ledger {lid}"),
         )
     securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
     operators = frozenset(parse_evm_address(a) for a in raw.get("supply", {}).get("operators", []))

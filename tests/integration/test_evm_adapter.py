@@ -246,3 +246,23 @@ async def test_cancelled_reads_never_wedge_the_adapter(two_ledgers: TwoLedgers) 
     status = await asyncio.wait_for(a.get_leg(tid, Leg.OUTBOUND), timeout=10)
     assert status.state is LegState.NONE
     await a.close()
+
+
+async def test_the_price_paid_does_not_compound_when_the_relayer_is_all_the_traffic(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """The soak drained a relayer's 1,000 ETH: it bid twice the node's suggested price, the
+    node derived its suggestion from recent prices (its own), and the price doubled block
+    after block to 10^6 gwei. The fee must follow the base fee, not its own history."""
+    env = two_ledgers
+    a, _ = adapters(env)
+    bob = env.b.holder()
+    paid = []
+    for _ in range(12):
+        out = await a.submit(Action.LOCK, env.terms(env.a.holder(1), bob, 1), None)
+        receipt = env.a.w3.eth.get_transaction_receipt(out.tx_id)
+        paid.append(int(receipt["effectiveGasPrice"]))
+    await a.close()
+    assert max(paid) <= 2 * max(paid[:3]), f"prices paid grew: {paid}"
+    cap = int(env.a.config().max_gas_price_gwei * 10**9)
+    assert all(p <= cap for p in paid)

@@ -366,7 +366,7 @@ class EvmAdapter:
             gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._rejection(exc) from exc
-        gas_price = await self._rpc("gas_price", lambda: self._w3.eth.gas_price)
+        fees = await self._fees()
         async with self._nonces.lock:
             for attempt in range(3):
                 # Re-read the account's next nonce from the node on every send: a
@@ -378,7 +378,7 @@ class EvmAdapter:
                         "from": sender,
                         "nonce": nonce,
                         "gas": int(gas * _GAS_HEADROOM),
-                        "gasPrice": int(gas_price * 2),
+                        **fees,
                         "chainId": self._cfg.chain_id,
                     }
                 )
@@ -394,6 +394,28 @@ class EvmAdapter:
                     ) from exc
                 return bytes(tx_hash)
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
+
+    async def _fees(self) -> dict[str, int]:
+        """The fee fields of a transaction, capped at ``max_gas_price_gwei``.
+
+        With a base fee (EIP-1559): a tip of the node's suggestion and a fee cap of twice
+        the base fee plus the tip, so the price paid follows the protocol's base fee. Without
+        one: the node's gas price as it is. Never a multiple of the node's suggestion: on a
+        ledger where the relayer is most of the traffic, the suggestion is derived from the
+        relayer's own recent prices, and bidding above it compounds block after block.
+        """
+        cap = int(self._cfg.max_gas_price_gwei * 10**9)
+        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block("latest"))
+        base = block.get("baseFeePerGas")
+        if base is None:
+            price = int(await self._rpc("gas_price", lambda: self._w3.eth.gas_price))
+            return {"gasPrice": min(price, cap)}
+        tip = int(await self._rpc("max_priority_fee", lambda: self._w3.eth.max_priority_fee))
+        tip = min(tip, cap)
+        return {
+            "maxFeePerGas": min(2 * int(base) + tip, cap),
+            "maxPriorityFeePerGas": tip,
+        }
 
     async def _send_raw(self, raw: bytes) -> bytes:
         return bytes(await self._rpc("send", lambda: self._w3.eth.send_raw_transaction(raw)))
