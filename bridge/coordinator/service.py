@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.config import NetworkConfig
@@ -12,11 +11,10 @@ from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import validate_request
 from bridge.coordinator.store import TransferStore
-from bridge.domain.errors import BridgeError, InvalidInput
+from bridge.domain.errors import InvalidInput
 from bridge.domain.transfer import TransferState
-from bridge.logfields import get_logger
 from bridge.rpc.convert import event_from_pb
-from bridge.rpc.errors import Context, grpc_errors, status_for
+from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 MAX_PAGE = 500
@@ -116,21 +114,14 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             next_page_token=str(cursor) if cursor else "",
         )
 
+    @grpc_stream_errors
     async def WatchTransfer(
         self, request: transfer_pb2.WatchTransferRequest, context: Context
     ) -> AsyncIterator[transfer_pb2.TransferUpdate]:
         """Stream every state change from the first until the terminal one."""
-        try:
-            tid = parse_transfer_id(request.transfer_id)
-            async for update in self._coordinator.watch(tid):
-                yield await self._update_to_pb(update)
-        except BridgeError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            get_logger().exception("unhandled error in WatchTransfer")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        tid = parse_transfer_id(request.transfer_id)
+        async for update in self._coordinator.watch(tid):
+            yield await self._update_to_pb(update)
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from bridge.coordinator.publisher import SupplyPublisher
-from bridge.domain.errors import BridgeError
 from bridge.domain.ids import SecurityId
-from bridge.logfields import get_logger
-from bridge.rpc.errors import Context, grpc_errors, status_for
+from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
 from bridge.rpc.supply_convert import (
     attestation_to_pb,
     registration_from_pb,
@@ -41,21 +37,14 @@ class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
             attestations=[attestation_to_pb(a) for a in attestations]
         )
 
+    @grpc_stream_errors
     async def StreamAttestations(
         self, request: supply_pb2.StreamAttestationsRequest, context: Context
     ) -> AsyncIterator[supply_pb2.Attestation]:
         """Every record from ``from_sequence`` on, then live ones, until the client leaves."""
-        try:
-            security = _security(request.security_id) if request.security_id else None
-            async for a in self._publisher.stream(security, request.from_sequence):
-                yield attestation_to_pb(a)
-        except BridgeError as exc:
-            await context.abort(status_for(exc), str(exc))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            get_logger().exception("unhandled error in StreamAttestations")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        security = _security(request.security_id) if request.security_id else None
+        async for a in self._publisher.stream(security, request.from_sequence):
+            yield attestation_to_pb(a)
 
     @grpc_errors
     async def GetRegistration(

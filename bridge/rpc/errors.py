@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -63,3 +63,25 @@ def grpc_errors(method: F) -> F:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
     return cast(F, wrapper)
+
+
+S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
+
+
+def grpc_stream_errors(method: S) -> S:
+    """:func:`grpc_errors` for server-streaming methods (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except BridgeError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            get_logger().exception("unhandled error in stream", **{ERROR: repr(exc)})
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    return cast(S, wrapper)
