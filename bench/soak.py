@@ -37,7 +37,7 @@ import grpc
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.chaos import ChaosScheduler
 from bridge.devnet.client import submit_retrying
-from bridge.devnet.processes import REPO_ROOT
+from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import transfer_pb2 as S
@@ -152,6 +152,7 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    exit_on_sigterm()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
     system = LocalSystem(
         workdir,

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
 from bridge.devnet.client import submit_retrying
+from bridge.devnet.processes import exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.ids import isin_check_digit
 from bridge.domain.issuance import Registration
@@ -312,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-lag", action="store_true", help="only the scale measurement")
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
     a = p.parse_args(argv)
+    exit_on_sigterm()
     machine = {
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),

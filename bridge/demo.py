@@ -19,7 +19,7 @@ import grpc
 from bridge.cli.main import STATE_NAMES
 from bridge.cli.supply import describe
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.processes import REPO_ROOT
+from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import FeedVerifier, SupplyFeed
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
@@ -104,6 +104,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "demo")
     parser.add_argument("--block-time", type=float, default=1.0)
     args = parser.parse_args()
+    exit_on_sigterm()
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     system = LocalSystem(args.workdir, block_time=args.block_time, fabric_ledger_names=(FABRIC,))

@@ -1,7 +1,8 @@
 """Fixtures for the native Fabric network (see bridge/devnet/fabric.py).
 
 ``fabric_network`` starts one network per test session in a temporary dir and stops it by
-pid at the end; ``kv_chaincode`` deploys the Python CCaaS chaincode in kv_chaincode.py on it.
+pid at the end; ``kv_chaincode`` deploys the Python CCaaS chaincode in kv_chaincode.py on it;
+``bridge_chaincode`` serves the bridge chaincode under the test module's ``CHAINCODE`` name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
+from bridge.devnet.fabric_bridge import start_bridge_chaincode
 from bridge.devnet.processes import ManagedProcess, free_port
 
 CHAINCODE_SOURCE = Path(__file__).with_name("kv_chaincode.py")
@@ -57,5 +59,18 @@ def kv_chaincode(fabric_network: FabricNetwork) -> Iterator[DeployedChaincode]:
     try:
         proc.wait_port(int(address.rsplit(":", 1)[1]), timeout=30)
         yield DeployedChaincode("kv", package_id, address, proc, time.monotonic() - started)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def bridge_chaincode(
+    fabric_network: FabricNetwork, request: pytest.FixtureRequest
+) -> Iterator[ManagedProcess]:
+    """The bridge chaincode deployed (both orgs endorse) as the requesting module's
+    ``CHAINCODE`` and served from this interpreter, one instance per module."""
+    proc = start_bridge_chaincode(fabric_network, request.module.CHAINCODE)
+    try:
+        yield proc
     finally:
         proc.stop()

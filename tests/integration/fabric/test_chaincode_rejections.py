@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import start_bridge_chaincode, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
-from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import SECP256K1_N, Committee
+from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import SECP256K1_N
 from bridge.domain.errors import LedgerRejected
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Leg, LegState, RejectReason
@@ -27,7 +25,8 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
 from bridge.ledgers.fabric.gateway import GatewayClient
-from bridge.ledgers.fabric.identity import SigningIdentity
+from tests.integration.fabric.support import BridgeEnv as Env
+from tests.integration.fabric.support import submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -37,69 +36,13 @@ OTHER = LedgerId("evm-other")
 ISIN = "KR7005930003"
 
 
-@dataclass
-class Env:
-    net: FabricNetwork
-    signers: list[LocalKeySigner]
-    committee: Committee
-
-    def client(self, org: str = "Org1", user: str = "User1") -> GatewayClient:
-        o = self.net.org(org)
-        ident = (
-            SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
-            if user == "Admin"
-            else SigningIdentity.from_files(o.msp_id, o.user_cert(user), o.user_key(user))
-        )
-        return GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, self.net.channel)
-
-    @property
-    def bridge(self) -> bytes:
-        return fabric_bridge_word(self.net.channel, CHAINCODE)
-
-    def sigs(
-        self,
-        kind: ClaimKind,
-        t: TransferTerms,
-        *,
-        ledger: bytes | None = None,
-        bridge: bytes | None = None,
-        epoch: int = 1,
-        signers: list[LocalKeySigner] | None = None,
-    ) -> list[bytes]:
-        domain = ClaimDomain(ledger or LEDGER.word, bridge or self.bridge, epoch)
-        digest = claim_digest(domain, Claim(kind, t.transfer_id, t.terms_hash))
-        chosen = signers if signers is not None else self.signers[:3]
-        return [s.sign_digest(digest) for s in sorted(chosen, key=lambda s: s.address)]
-
-
 def cert_json(sigs: list[bytes], epoch: int = 1) -> str:
     return json.dumps({"epoch": epoch, "signatures": ["0x" + s.hex() for s in sigs]})
 
 
 @pytest.fixture(scope="module")
-def chaincode(fabric_network: FabricNetwork) -> Iterator[ManagedProcess]:
-    proc = start_bridge_chaincode(fabric_network, CHAINCODE)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-async def env(fabric_network: FabricNetwork, chaincode: ManagedProcess) -> Env:
-    signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)]
-    committee = Committee(1, 3, tuple(sorted(s.address for s in signers)))
-    e = Env(fabric_network, signers, committee)
-    admin = e.client("Org1", "Admin")
-    members = ["0x" + m.hex() for m in committee.members]
-    committee_json = json.dumps({"epoch": 1, "threshold": 3, "members": members})
-    await submit(e.net, admin, "Init", LEDGER.name, CHAINCODE, committee_json)
-    relayer = e.client("Org1", "User1")
-    await submit(e.net, admin, "SetRelayer", relayer.identity.chaincode_identity(), "true")
-    await submit(e.net, admin, "RegisterSecurity", ISIN)
-    await admin.close()
-    await relayer.close()
-    return e
+async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -> Env:
+    return await Env.new(fabric_network, CHAINCODE, LEDGER).init(ISIN)
 
 
 @pytest.fixture
@@ -118,8 +61,7 @@ async def relayer(env: Env) -> AsyncIterator[GatewayClient]:
 
 async def submit(net: FabricNetwork, client: GatewayClient, fn: str, *args: str) -> None:
     """Submit and wait until both orgs' peers committed it (the next call reads it)."""
-    result = await client.submit(CHAINCODE, fn, list(args))
-    await wait_for_peers(net, result.block_number)
+    await submit_and_wait(net, client, CHAINCODE, fn, *args)
 
 
 async def holder(env: Env, admin: GatewayClient, units: int = 0, eligible: bool = True) -> str:

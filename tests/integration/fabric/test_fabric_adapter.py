@@ -10,30 +10,27 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
-from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate
+from bridge.devnet.fabric_bridge import CHAINCODE_DIR
+from bridge.devnet.processes import ManagedProcess, free_port
+from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, EventPosition, Leg, LegState, RejectReason, SignatureSet
-from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, TransactionInvalid
-from bridge.ledgers.fabric.identity import SigningIdentity
+from tests.integration.fabric.support import BridgeEnv, committee_json, signing_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
-CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 CHAINCODE = "kstb"
 LEDGER = LedgerId("fabric-a")
 OTHER = LedgerId("evm-b")
@@ -44,78 +41,16 @@ if not (CHAINCODE_DIR / "kstb_chaincode" / "__main__.py").is_file():
     pytest.skip("contracts/fabric/kstb_chaincode is not there yet", allow_module_level=True)
 
 
-@dataclass
-class BridgeEnv:
-    """The deployed bridge chaincode and everything needed to drive it."""
-
-    net: FabricNetwork
-    signers: list[LocalKeySigner]
-    committee: Committee
-
-    def identity(self, org: str) -> SigningIdentity:
-        """Org1's Admin administers the endpoint (Init needs an admin certificate);
-        Org2's User1 is the relayer."""
-        o = self.net.org(org)
-        if org == "Org1":
-            return SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
-        return SigningIdentity.from_files(o.msp_id, o.user_cert(), o.user_key())
-
-    def client(self, org: str, **kw: float) -> GatewayClient:
-        o = self.net.org(org)
-        return GatewayClient(
-            o.peer_endpoint, o.tls_ca_cert, o.peer_host, self.identity(org), self.net.channel, **kw
-        )
-
-    def adapter(self, org: str = "Org2", operator: str = "Org2MSP/User1") -> FabricAdapter:
-        return FabricAdapter(LEDGER, self.client(org), CHAINCODE, operator)
-
-    def cert(self, kind: ClaimKind, terms: TransferTerms, bridge: bytes) -> SignatureSet:
-        domain = ClaimDomain(LEDGER.word, bridge, self.committee.epoch)
-        digest = claim_digest(domain, Claim(kind, terms.transfer_id, terms.terms_hash))
-        c = assemble_certificate(
-            self.committee, digest, [s.sign_digest(digest) for s in self.signers]
-        )
-        return SignatureSet(c.epoch, tuple(v.signature for v in c.votes))
-
-
 @pytest.fixture(scope="module")
-def kstb_process(fabric_network: FabricNetwork) -> Iterator[ManagedProcess]:
-    """The bridge chaincode deployed as ``kstb`` and served from this interpreter."""
-    address = f"127.0.0.1:{free_port()}"
-    package_id = fabric_network.deploy_ccaas(CHAINCODE, address)
-    proc = ManagedProcess(
-        name="chaincode-kstb",
-        argv=[sys.executable, "-m", "kstb_chaincode"],
-        log_path=fabric_network.logs_dir / "chaincode-kstb.log",
-        env={
-            "PYTHONPATH": str(CHAINCODE_DIR),
-            "CHAINCODE_SERVER_ADDRESS": address,
-            "CORE_CHAINCODE_ID": package_id,
-        },
-    ).start()
-    try:
-        proc.wait_port(int(address.rsplit(":", 1)[1]), timeout=30)
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-async def env(fabric_network: FabricNetwork, kstb_process: ManagedProcess) -> BridgeEnv:
+async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -> BridgeEnv:
     """The endpoint initialised (Org1 admin), Org2's user a relayer, the security registered."""
-    signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)]
-    members = tuple(sorted(s.address for s in signers))
-    committee = Committee(epoch=1, threshold=3, members=members)
-    e = BridgeEnv(fabric_network, signers, committee)
-    admin = e.client("Org1")
-    committee_json = json.dumps(
-        {"epoch": 1, "threshold": 3, "members": ["0x" + m.hex() for m in members]}
-    )
+    e = BridgeEnv.new(fabric_network, CHAINCODE, LEDGER)
+    admin = e.client("Org1", "Admin")
     info = json.loads(await admin.evaluate(CHAINCODE, "WhoAmI"))
     if info["identity"] != admin.identity.chaincode_identity():
         raise AssertionError("the chaincode identifies callers differently than assumed")
-    await admin.submit(CHAINCODE, "Init", [LEDGER.name, CHAINCODE, committee_json])
-    relayer = e.identity("Org2").chaincode_identity()
+    await admin.submit(CHAINCODE, "Init", [LEDGER.name, CHAINCODE, committee_json(e.committee)])
+    relayer = signing_identity(e.net, "Org2").chaincode_identity()
     await admin.submit(CHAINCODE, "SetRelayer", [relayer, "true"])
     await admin.submit(CHAINCODE, "RegisterSecurity", [ISIN])
     await admin.close()
@@ -125,12 +60,17 @@ async def env(fabric_network: FabricNetwork, kstb_process: ManagedProcess) -> Br
 async def _holder(env: BridgeEnv, amount: int) -> bytes:
     """A fresh eligible holder of ``amount`` units; returns its word."""
     address = "0x" + secrets.token_hex(20)
-    admin = env.client("Org1")
+    admin = env.client("Org1", "Admin")
     await admin.submit(CHAINCODE, "SetEligible", [ISIN, address, "true"])
     if amount:
         await admin.submit(CHAINCODE, "Issue", [ISIN, address, str(amount)])
     await admin.close()
     return bytes(12) + bytes.fromhex(address[2:])
+
+
+def _adapter(env: BridgeEnv) -> FabricAdapter:
+    """Org2's User1, the relayer, through Org2's peer."""
+    return FabricAdapter(LEDGER, env.client("Org2", "User1"), CHAINCODE, "Org2MSP/User1")
 
 
 def _outbound(adapter: FabricAdapter, sender: bytes, amount: int) -> TransferTerms:
@@ -165,7 +105,7 @@ def _inbound(adapter: FabricAdapter, recipient: bytes, amount: int) -> TransferT
 
 @pytest.fixture
 async def relayer(env: BridgeEnv) -> AsyncIterator[FabricAdapter]:
-    adapter = env.adapter()
+    adapter = _adapter(env)
     yield adapter
     await adapter.close()
 
@@ -177,7 +117,7 @@ async def test_evaluate_submit_round_trip_and_height_grows(
     holder = await _holder(env, 0)
     before = await relayer.holder_status(SECURITY, holder)
     assert before.security_registered and before.eligible and before.balance == 0
-    admin = env.client("Org1")
+    admin = env.client("Org1", "Admin")
     result = await admin.submit(CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "25"])
     await admin.close()
     assert result.code == 0 and len(result.tx_id) == 64
@@ -258,13 +198,13 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
     with pytest.raises(LedgerRejected, match="WrongEpoch"):
         await relayer.client.evaluate(CHAINCODE, "Commit", [_json_terms(ok), _json_cert(bad)])
 
-    admin_only = env.client("Org2")  # the relayer is not the admin
+    admin_only = env.client("Org2", "User1")  # the relayer is not the admin
     with pytest.raises(LedgerRejected) as info:
         await admin_only.submit(CHAINCODE, "RegisterSecurity", ["US5949181045"])
     assert info.value.reason == "NotAdmin"
     await admin_only.close()
 
-    read_only = FabricAdapter(LEDGER, env.client("Org1"), CHAINCODE, "")
+    read_only = FabricAdapter(LEDGER, env.client("Org1", "Admin"), CHAINCODE, "")
     with pytest.raises(LedgerRejected, match="ReadOnly"):
         await read_only.submit(Action.LOCK, ok, None)
     await read_only.close()
@@ -285,7 +225,7 @@ def _json_cert(c: SignatureSet) -> str:
 async def test_events_resume_without_loss_or_duplicates_across_restart(
     env: BridgeEnv,
 ) -> None:
-    first = env.adapter()
+    first = _adapter(env)
     checkpoint = EventPosition(await first.finalized_height(), 1 << 30)  # end of that block
     sender = await _holder(env, 100)
     transfers = [_outbound(first, sender, 1 + i) for i in range(4)]
@@ -295,7 +235,7 @@ async def test_events_resume_without_loss_or_duplicates_across_restart(
     part1 = await first.events(checkpoint, mid)
     await first.close()  # "restart": a new client and adapter resume from the last position
 
-    second = env.adapter()
+    second = _adapter(env)
     for t in transfers[2:]:
         await second.submit(Action.LOCK, t, None)
     await second.submit(
@@ -387,7 +327,7 @@ async def test_unreachable_peer_is_unavailable(env: BridgeEnv, tmp_path: Path) -
         f"127.0.0.1:{free_port()}",
         org.tls_ca_cert,
         org.peer_host,
-        env.identity("Org1"),
+        signing_identity(env.net, "Org1", "Admin"),
         env.net.channel,
         timeout=3.0,
     )

@@ -6,28 +6,25 @@ Admin administers it and Org1's User1 is the relayer (both through Org1's peer).
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import start_bridge_chaincode, wait_for_peers
+from bridge.devnet.fabric_bridge import wait_for_peers
 from bridge.devnet.processes import ManagedProcess
-from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import InvalidInput, NotFound
 from bridge.domain.ids import LedgerId, SecurityId
-from bridge.domain.legs import Action, SignatureSet
-from bridge.domain.signer import LocalKeySigner
+from bridge.domain.legs import Action
 from bridge.domain.supply import SupplyReading, balance
 from bridge.domain.terms import TransferTerms
-from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
+from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, block_header_hash
-from bridge.ledgers.fabric.identity import SigningIdentity
+from tests.integration.fabric.support import BridgeEnv as Env
+from tests.integration.fabric.support import submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -43,69 +40,19 @@ CLAIMS = {
 }
 
 
-@dataclass
-class Env:
-    net: FabricNetwork
-    signers: list[LocalKeySigner]
-    committee: Committee
-
-    def client(self, user: str = "User1") -> GatewayClient:
-        o = self.net.org("Org1")
-        ident = (
-            SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
-            if user == "Admin"
-            else SigningIdentity.from_files(o.msp_id, o.user_cert(user), o.user_key(user))
-        )
-        return GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, self.net.channel)
-
-    @property
-    def bridge(self) -> bytes:
-        return fabric_bridge_word(self.net.channel, CHAINCODE)
-
-    def cert(self, kind: ClaimKind, t: TransferTerms) -> SignatureSet:
-        domain = ClaimDomain(LEDGER.word, self.bridge, self.committee.epoch)
-        digest = claim_digest(domain, Claim(kind, t.transfer_id, t.terms_hash))
-        c = assemble_certificate(
-            self.committee, digest, [s.sign_digest(digest) for s in self.signers]
-        )
-        return SignatureSet(c.epoch, tuple(v.signature for v in c.votes))
-
-
-@pytest.fixture(scope="module")
-def chaincode(fabric_network: FabricNetwork) -> Iterator[ManagedProcess]:
-    proc = start_bridge_chaincode(fabric_network, CHAINCODE)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 async def submit(net: FabricNetwork, client: GatewayClient, fn: str, *args: str) -> int:
     """Submit and wait until both orgs' peers committed it; return its block."""
-    result = await client.submit(CHAINCODE, fn, list(args))
-    await wait_for_peers(net, result.block_number)
-    return result.block_number
+    return await submit_and_wait(net, client, CHAINCODE, fn, *args)
 
 
 @pytest.fixture(scope="module")
-async def env(fabric_network: FabricNetwork, chaincode: ManagedProcess) -> Env:
-    signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)]
-    committee = Committee(1, 3, tuple(sorted(s.address for s in signers)))
-    e = Env(fabric_network, signers, committee)
-    admin, relayer = e.client("Admin"), e.client("User1")
-    members = ["0x" + m.hex() for m in committee.members]
-    committee_json = json.dumps({"epoch": 1, "threshold": 3, "members": members})
-    await submit(e.net, admin, "Init", LEDGER.name, CHAINCODE, committee_json)
-    await submit(e.net, admin, "SetRelayer", relayer.identity.chaincode_identity(), "true")
-    await submit(e.net, admin, "RegisterSecurity", ISIN)
-    await admin.close()
-    await relayer.close()
-    return e
+async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -> Env:
+    return await Env.new(fabric_network, CHAINCODE, LEDGER).init(ISIN)
 
 
 @pytest.fixture
 async def adapter(env: Env) -> AsyncIterator[FabricAdapter]:
-    a = FabricAdapter(LEDGER, env.client("User1"), CHAINCODE, "Org1MSP/User1")
+    a = FabricAdapter(LEDGER, env.client("Org1", "User1"), CHAINCODE, "Org1MSP/User1")
     yield a
     await a.close()
 
@@ -118,7 +65,7 @@ async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerm
 
 async def holder(env: Env, units: int) -> bytes:
     address = "0x" + secrets.token_hex(20)
-    admin = env.client("Admin")
+    admin = env.client("Org1", "Admin")
     await submit(env.net, admin, "SetEligible", ISIN, address, "true")
     if units:
         await submit(env.net, admin, "Issue", ISIN, address, str(units))
@@ -194,7 +141,7 @@ async def test_supply_counts_issue_lock_commit_and_names_its_block(
     assert balance([minted], registered).holds
 
     # An issue outside the register is a discrepancy here.
-    admin = env.client("Admin")
+    admin = env.client("Org1", "Admin")
     await submit(env.net, admin, "Issue", ISIN, adapter.format_address(alice), "5")
     await admin.close()
     off = balance([await adapter.supply(SECURITY)], registered)
