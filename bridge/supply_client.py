@@ -67,11 +67,9 @@ class FeedVerifier:
         """Verify one attestation; remember it as its security's last record when it passes."""
         record = attestation.signed.record
         previous = self.last.get(record.security)
-        failures = verify_records([attestation.signed], self.committee, after=previous)
-        if previous is None and not self.from_genesis:
-            failures = [
-                f for f in failures if "expected sequence" not in f and "previous_hash" not in f
-            ]
+        failures = verify_records(
+            [attestation.signed], self.committee, after=previous, from_genesis=self.from_genesis
+        )
         discrepancies = tuple(
             f"{record.security}#{record.sequence}: {units:+d} units on {ledger}"
             for ledger, units in record.ledger_discrepancies

@@ -374,10 +374,11 @@ class Coordinator:
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
         for e in events:
-            if self._supply is not None and (security := await self._security_of(e)):
+            record = await self._store.get(e.transfer_id)
+            if self._supply is not None and (security := self._security_of(e, record)):
                 self._supply.touch(security)
             try:
-                await self._on_event(ledger, e)
+                await self._on_event(ledger, e, record)
             except BridgeError as exc:
                 self._log.error(
                     "ledger event not actionable",
@@ -386,17 +387,20 @@ class Coordinator:
         fresh = await self._store.record_events(ledger, events, scanned)
         return len(fresh)
 
-    async def _security_of(self, event: LedgerEvent) -> str | None:
+    @staticmethod
+    def _security_of(event: LedgerEvent, record: TransferRecord | None) -> str | None:
+        if record is not None:
+            return record.request.security
         if event.terms is not None:
             try:
                 return SecurityId.from_word(event.terms.security).isin
             except InvalidInput:
                 return None
-        record = await self._store.get(event.transfer_id)
-        return record.request.security if record is not None else None
+        return None
 
-    async def _on_event(self, ledger: str, event: LedgerEvent) -> None:
-        record = await self._store.get(event.transfer_id)
+    async def _on_event(
+        self, ledger: str, event: LedgerEvent, record: TransferRecord | None
+    ) -> None:
         if record is None:
             if event.state is LegState.LOCKED and event.terms is not None:
                 await self._adopt(ledger, event)

@@ -202,25 +202,24 @@ class SqliteSupplyStore:
     def _begin(self) -> SqliteTransaction:
         return SqliteTransaction(self._db, self._lock)
 
-    async def registration(self, security: str) -> StoredRegistration | None:
-        """See SupplyStore.registration."""
-        row = self._db.execute(
+    @staticmethod
+    def _in_force(db: sqlite3.Connection, security: str) -> StoredRegistration | None:
+        row = db.execute(
             f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
             " ORDER BY version DESC LIMIT 1",
             (security,),
         ).fetchone()
         return _reg_from_row(row) if row else None
 
+    async def registration(self, security: str) -> StoredRegistration | None:
+        """See SupplyStore.registration."""
+        return self._in_force(self._db, security)
+
     async def register(self, stored: StoredRegistration) -> bool:
         """See SupplyStore.register."""
         reg = stored.registration
         with self._begin() as db:
-            row = db.execute(
-                f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
-                " ORDER BY version DESC LIMIT 1",
-                (reg.security,),
-            ).fetchone()
-            current = _reg_from_row(row) if row else None
+            current = self._in_force(db, reg.security)
             if current is not None and current.registration.digest == reg.digest:
                 return False
             in_force = current.registration.version if current else 0

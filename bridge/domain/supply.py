@@ -228,7 +228,10 @@ class Attestation:
 
 
 def verify_records(
-    records: Sequence[SignedRecord], committee: Committee, after: SupplyRecord | None = None
+    records: Sequence[SignedRecord],
+    committee: Committee,
+    after: SupplyRecord | None = None,
+    from_genesis: bool = True,
 ) -> list[str]:
     """Check a stream of one security's records the way the depository must; return every
     failure found, in words (empty: all good).
@@ -236,22 +239,25 @@ def verify_records(
     Checks: t-of-n valid, distinct member signatures over each digest (epoch = the
     committee's); sequences contiguous from ``after`` (or from 1); each ``previous_hash``
     names the previous record; one security per stream; the identity recomputed from the
-    record's own figures equals what it states.
+    record's own figures equals what it states. With no ``after`` and ``from_genesis``
+    off, the first record anchors the chain (its sequence and ``previous_hash`` are taken
+    as they are; everything else is still checked).
     """
     failures: list[str] = []
     prev = after
-    for signed in records:
+    for i, signed in enumerate(records):
         r = signed.record
         where = f"record {r.security}#{r.sequence}"
         if prev is not None and r.security != prev.security:
             failures.append(f"{where}: belongs to another security than #{prev.sequence}")
+        anchor = i == 0 and prev is None and not from_genesis
         expected_seq = prev.sequence + 1 if prev is not None else 1
-        if r.sequence != expected_seq:
+        if r.sequence != expected_seq and not anchor:
             failures.append(
                 f"{where}: expected sequence {expected_seq} (records dropped or reordered)"
             )
         expected_prev = prev.digest if prev is not None else GENESIS_HASH
-        if r.previous_hash != expected_prev:
+        if r.previous_hash != expected_prev and not anchor:
             failures.append(f"{where}: previous_hash does not name the preceding record")
         if prev is not None and r.registration_version < prev.registration_version:
             failures.append(
