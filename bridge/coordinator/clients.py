@@ -145,7 +145,7 @@ class CommitteeClient:
 
     A member's response that carries a signature over another digest than the one asked
     for, or an invalid signature, is not counted and is reported to ``on_misbehaviour``
-    with the evidence.
+    with the evidence; answers arriving after the quorum are still examined.
     """
 
     def __init__(
@@ -161,6 +161,7 @@ class CommitteeClient:
         self._endpoints = list(endpoints)
         self._timeout = timeout
         self._on_misbehaviour = on_misbehaviour
+        self._late: set[asyncio.Task[None]] = set()
         self._log = get_logger()
 
     async def _report(
@@ -191,10 +192,17 @@ class CommitteeClient:
                 self._log.exception("could not record misbehaviour")
 
     async def _ask_all(
-        self, call: Callable[[verifier_pb2_grpc.VerifierServiceStub], Any]
+        self,
+        call: Callable[[verifier_pb2_grpc.VerifierServiceStub], Any],
+        examine: Callable[[str, Any], Awaitable[None]],
     ) -> AsyncGenerator[tuple[str, Any], None]:
-        """Each member's answer (or RPC error) as it arrives; the rest are cancelled when
-        the caller stops iterating."""
+        """Each member's answer (or RPC error) as it arrives.
+
+        Answers still outstanding when the caller stops iterating (a quorum was reached)
+        are not cancelled: they are awaited in the background (each call has its timeout)
+        and passed to ``examine``, so a member that answers last is still checked and, if
+        it misbehaved, reported.
+        """
 
         async def one(i: int) -> tuple[str, Any]:
             try:
@@ -202,13 +210,30 @@ class CommitteeClient:
             except grpc.aio.AioRpcError as exc:
                 return self._endpoints[i], exc
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(self._stubs))]
+        tasks = {asyncio.create_task(one(i)) for i in range(len(self._stubs))}
+        seen: set[asyncio.Task[tuple[str, Any]]] = set()
         try:
-            for fut in asyncio.as_completed(tasks):
-                yield await fut
+            while len(seen) < len(tasks):
+                done, _ = await asyncio.wait(tasks - seen, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    seen.add(fut)
+                    yield fut.result()
         finally:
-            for t in tasks:
-                t.cancel()
+            rest = tasks - seen
+            if rest:
+                drain = asyncio.create_task(self._examine_late(rest, examine))
+                self._late.add(drain)
+                drain.add_done_callback(self._late.discard)
+
+    async def _examine_late(
+        self,
+        pending: set[asyncio.Task[tuple[str, Any]]],
+        examine: Callable[[str, Any], Awaitable[None]],
+    ) -> None:
+        for fut in asyncio.as_completed(pending):
+            endpoint, resp = await fut
+            if not isinstance(resp, grpc.aio.AioRpcError):
+                await examine(endpoint, resp)
 
     async def certify(
         self, kind: ClaimKind, terms: TransferTerms, ledgers: Sequence[LedgerDomain]
@@ -230,7 +255,32 @@ class CommitteeClient:
         sigs: dict[str, list[bytes]] = {name: [] for name in digests}
         refusals: list[str] = []
         unreachable: list[str] = []
-        answers = self._ask_all(lambda stub: stub.SignClaim(request, timeout=self._timeout))
+
+        async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
+            for s in resp.signatures:
+                if s.ledger_id not in sigs:
+                    continue
+                expected = digests[s.ledger_id]
+                if s.digest != expected:
+                    await self._report(
+                        endpoint, "wrong-digest", subject,
+                        f"signed another digest than the {kind.name} claim on {s.ledger_id}",
+                        expected, s.digest, s.signature,
+                    )  # fmt: skip
+                    continue
+                try:
+                    verify_vote(self.committee, expected, s.signature)
+                except InvalidCertificate as exc:
+                    await self._report(
+                        endpoint, "invalid-signature", subject, str(exc), expected,
+                        s.digest, s.signature,
+                    )  # fmt: skip
+                    continue
+                sigs[s.ledger_id].append(s.signature)
+
+        answers = self._ask_all(
+            lambda stub: stub.SignClaim(request, timeout=self._timeout), examine
+        )
         async with aclosing(answers):
             async for endpoint, resp in answers:
                 if isinstance(resp, grpc.aio.AioRpcError):
@@ -239,26 +289,7 @@ class CommitteeClient:
                     else:
                         refusals.append(resp.details() or resp.code().name)
                     continue
-                for s in resp.signatures:
-                    if s.ledger_id not in sigs:
-                        continue
-                    expected = digests[s.ledger_id]
-                    if s.digest != expected:
-                        await self._report(
-                            endpoint, "wrong-digest", subject,
-                            f"signed another digest than the {kind.name} claim on"
-                            f" {s.ledger_id}", expected, s.digest, s.signature,
-                        )  # fmt: skip
-                        continue
-                    try:
-                        verify_vote(self.committee, expected, s.signature)
-                    except InvalidCertificate as exc:
-                        await self._report(
-                            endpoint, "invalid-signature", subject, str(exc), expected,
-                            s.digest, s.signature,
-                        )  # fmt: skip
-                        continue
-                    sigs[s.ledger_id].append(s.signature)
+                await examine(endpoint, resp)
                 certs = self._try_assemble(digests, sigs)
                 if certs is not None:
                     return certs
@@ -294,7 +325,28 @@ class CommitteeClient:
         valid: dict[bytes, bytes] = {}
         refusals: list[str] = []
         unreachable = 0
-        answers = self._ask_all(lambda stub: stub.SignSupply(request, timeout=self._timeout))
+
+        async def examine(endpoint: str, resp: verifier_pb2.SignSupplyResponse) -> None:
+            if resp.digest != digest:
+                await self._report(
+                    endpoint, "wrong-supply-digest", subject,
+                    "signed another digest than the proposed record", digest,
+                    resp.digest, resp.signature,
+                )  # fmt: skip
+                return
+            try:
+                vote = verify_vote(self.committee, digest, resp.signature)
+            except InvalidCertificate as exc:
+                await self._report(
+                    endpoint, "invalid-signature", subject, str(exc), digest, resp.digest,
+                    resp.signature,
+                )  # fmt: skip
+                return
+            valid.setdefault(vote.signer, vote.signature)
+
+        answers = self._ask_all(
+            lambda stub: stub.SignSupply(request, timeout=self._timeout), examine
+        )
         async with aclosing(answers):
             async for endpoint, resp in answers:
                 if isinstance(resp, grpc.aio.AioRpcError):
@@ -303,22 +355,7 @@ class CommitteeClient:
                     else:
                         refusals.append(resp.details() or resp.code().name)
                     continue
-                if resp.digest != digest:
-                    await self._report(
-                        endpoint, "wrong-supply-digest", subject,
-                        "signed another digest than the proposed record", digest,
-                        resp.digest, resp.signature,
-                    )  # fmt: skip
-                    continue
-                try:
-                    vote = verify_vote(self.committee, digest, resp.signature)
-                except InvalidCertificate as exc:
-                    await self._report(
-                        endpoint, "invalid-signature", subject, str(exc), digest, resp.digest,
-                        resp.signature,
-                    )  # fmt: skip
-                    continue
-                valid.setdefault(vote.signer, vote.signature)
+                await examine(endpoint, resp)
                 if len(valid) >= self.committee.threshold:
                     return tuple(valid[k] for k in sorted(valid))
         need = self.committee.threshold
@@ -346,6 +383,8 @@ class CommitteeClient:
         return out
 
     async def close(self) -> None:
-        """Close every channel."""
+        """Stop examining late answers and close every channel."""
+        for t in list(self._late):
+            t.cancel()
         for c in self._channels:
             await c.close(None)
