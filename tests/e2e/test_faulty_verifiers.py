@@ -9,7 +9,8 @@ as evidence that anyone can check.
 
 The operator tools are exercised on a transfer whose target relayer is down: it is listed
 as stuck with its reason; an abort is refused before the deadline (the target may still
-prepare) and goes through a certified ABORT after it.
+prepare) and goes through a certified ABORT after it. An honest member is hung (SIGSTOP)
+until the relayer is down, so no LOCKED certificate, and so no prepare, can get there first.
 """
 
 from __future__ import annotations
@@ -227,13 +228,22 @@ def test_operator_lists_stuck_transfers_and_aborts_only_through_the_ledgers(
     a, b = s.ledgers[A], s.ledgers[B]
     holder = a.make_holder(DEMO_ISIN, 10)
     b.set_eligible(DEMO_ISIN, holder.address)
-    tid = submit(s, holder.address, holder.address, 10)
+    # With one honest member hung, the rogue's signatures leave the committee one short of
+    # t: the lock lands, but no LOCKED certificate (hence no prepare) can exist until the
+    # target relayer is down. Killing the relayer on seeing SOURCE_LOCKED alone would race
+    # a prepare already on its way to the target ledger.
+    honest = s.processes["verifier-0"]
+    honest.pause()
+    try:
+        tid = submit(s, holder.address, holder.address, 10)
 
-    def locked() -> bool:
-        return state_of(s, tid).state == S.TRANSFER_STATE_SOURCE_LOCKED
+        def locked() -> bool:
+            return state_of(s, tid).state == S.TRANSFER_STATE_SOURCE_LOCKED
 
-    eventually_sync(locked, 30, "units locked on the source")
-    s.processes[f"relayer-{B}"].kill9()  # the target cannot prepare now
+        eventually_sync(locked, 30, "units locked on the source")
+        s.processes[f"relayer-{B}"].kill9()  # the target cannot prepare now
+    finally:
+        honest.resume()
     with grpc.insecure_channel(s.coordinator_target) as ch:
         op = operator_pb2_grpc.OperatorServiceStub(ch)
 
