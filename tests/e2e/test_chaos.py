@@ -105,6 +105,9 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
             )  # fmt: skip
             tids[p.key] = submit_retrying(s.coordinator_target, req)
             time.sleep(0.3)
+        # Slow restarts on a loaded machine can stretch the schedule past the submissions;
+        # keep injecting (transfers are still in flight) until enough faults happened.
+        eventually_sync(lambda: sum(chaos.log.kills.values()) >= 5, 120, "five kills", interval=0.5)
     finally:
         faults = chaos.stop()
     for name, proc in s.processes.items():

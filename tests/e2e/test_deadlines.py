@@ -1,7 +1,7 @@
 """Deadlines: a transfer whose target cannot prepare in time ends ABORTED, units released.
 
-The target ledger stops producing blocks after the source lock, so the prepare sits in its
-mempool past the deadline; the pending transaction is then dropped and the target's
+The target ledger stops producing blocks before the transfer is submitted (its state can
+still be read), so after the source lock the prepare sits in its mempool past the deadline; the pending transaction is then dropped and the target's
 relayer restarted. The coordinator asks for the on-ledger EXPIRED marker instead of a
 prepare, the committee certifies ABORT from it, and the source releases the units.
 Nothing is minted.
@@ -28,7 +28,7 @@ from tests.support import eventually_sync
 pytestmark = pytest.mark.e2e
 
 A, B = "brokerage-a", "brokerage-b"
-TTL = 6
+TTL = 15  # long enough for a lock on a loaded machine; B is stalled anyway
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: Loca
     b.set_eligible(DEMO_ISIN, holder.address)
     supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
     relayer = f"relayer-{B}"
+    # The target stops producing blocks before the transfer exists: its prepare can be sent
+    # but never lands before the deadline, whatever the timing.
+    b.node.rpc("evm_setIntervalMining", [0])
     with grpc.insecure_channel(s.coordinator_target) as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
@@ -65,7 +68,6 @@ def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: Loca
         )
         tid = resp.transfer.transfer_id
         deadline = resp.transfer.deadline.seconds
-        b.node.rpc("evm_setIntervalMining", [0])  # the target stops producing blocks
 
         def stalled_on_the_target() -> bool:
             t = stub.GetTransfer(S.GetTransferRequest(transfer_id=tid), timeout=10)

@@ -16,6 +16,7 @@ from bridge.domain.legs import Action, Leg, LegState, RejectReason
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
 from tests.integration.conftest import ISIN, TwoLedgers, address_word
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +173,11 @@ async def test_finality_depth_hides_recent_blocks(two_ledgers: TwoLedgers) -> No
     t = env.terms(alice, bob, 1)
     shallow = EvmAdapter(env.a.config(), env.a.relayer.private_key)
     submit = asyncio.create_task(shallow.submit(Action.LOCK, t, None))
-    await asyncio.sleep(0.5)
+
+    async def mined() -> bool:  # at depth 0: the lock's block exists
+        return (await shallow.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+
+    await eventually(mined, 30, "the lock mined at depth 0")
     assert (await deep.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
     env.node.rpc("anvil_mine", [hex(3)])
     await submit

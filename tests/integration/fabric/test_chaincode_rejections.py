@@ -226,8 +226,8 @@ async def test_release_after_burn_is_refused(
     alice = await holder(env, admin, 2)
     t = outbound(env, alice, 2)
     await submit(env.net, relayer, "Lock", codec.terms_to_json(t))
-    await relayer.submit(
-        CHAINCODE, "Commit", [codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.COMMIT, t))]
+    await submit(
+        env.net, relayer, "Commit", codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.COMMIT, t))
     )
     abort = cert_json(env.sigs(ClaimKind.ABORT, t))
     await refused(relayer, "BadState", "Abort", codec.terms_to_json(t), abort)
@@ -253,8 +253,12 @@ async def test_compliance_failures_are_recorded_rejections(
         await submit(env.net, admin, "SetPaused", ISIN, "true")
     try:
         t = inbound(env, bob, 1)
-        await relayer.submit(
-            CHAINCODE, "Prepare", [codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.LOCKED, t))]
+        await submit(
+            env.net,
+            relayer,
+            "Prepare",
+            codec.terms_to_json(t),
+            cert_json(env.sigs(ClaimKind.LOCKED, t)),
         )
     finally:
         if setup == "paused":
@@ -262,8 +266,8 @@ async def test_compliance_failures_are_recorded_rejections(
     assert await leg(relayer, t, Leg.INBOUND) == (LegState.REJECTED, int(reason))
     commit = cert_json(env.sigs(ClaimKind.COMMIT, t))
     await refused(relayer, "BadState", "Commit", codec.terms_to_json(t), commit)
-    await relayer.submit(
-        CHAINCODE, "Abort", [codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.ABORT, t))]
+    await submit(
+        env.net, relayer, "Abort", codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.ABORT, t))
     )
     assert await leg(relayer, t, Leg.INBOUND) == (LegState.ABORTED, int(reason))
     assert await balance(relayer, bob) == 0

@@ -18,16 +18,29 @@ from pathlib import Path
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import CHAINCODE_DIR
+from bridge.devnet.fabric_bridge import CHAINCODE_DIR, wait_for_peers
 from bridge.devnet.processes import ManagedProcess, free_port
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
-from bridge.domain.legs import Action, EventPosition, Leg, LegState, RejectReason, SignatureSet
+from bridge.domain.legs import (
+    Action,
+    EventPosition,
+    Leg,
+    LegState,
+    RejectReason,
+    SignatureSet,
+    TxOutcome,
+)
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, TransactionInvalid
-from tests.integration.fabric.support import BridgeEnv, committee_json, signing_identity
+from tests.integration.fabric.support import (
+    BridgeEnv,
+    committee_json,
+    signing_identity,
+    submit_and_wait,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -49,10 +62,13 @@ async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -
     info = json.loads(await admin.evaluate(CHAINCODE, "WhoAmI"))
     if info["identity"] != admin.identity.chaincode_identity():
         raise AssertionError("the chaincode identifies callers differently than assumed")
-    await admin.submit(CHAINCODE, "Init", [LEDGER.name, CHAINCODE, committee_json(e.committee)])
+    net = e.net
+    await submit_and_wait(
+        net, admin, CHAINCODE, "Init", LEDGER.name, CHAINCODE, committee_json(e.committee)
+    )
     relayer = signing_identity(e.net, "Org2").chaincode_identity()
-    await admin.submit(CHAINCODE, "SetRelayer", [relayer, "true"])
-    await admin.submit(CHAINCODE, "RegisterSecurity", [ISIN])
+    await submit_and_wait(net, admin, CHAINCODE, "SetRelayer", relayer, "true")
+    await submit_and_wait(net, admin, CHAINCODE, "RegisterSecurity", ISIN)
     await admin.close()
     return e
 
@@ -61,11 +77,28 @@ async def _holder(env: BridgeEnv, amount: int) -> bytes:
     """A fresh eligible holder of ``amount`` units; returns its word."""
     address = "0x" + secrets.token_hex(20)
     admin = env.client("Org1", "Admin")
-    await admin.submit(CHAINCODE, "SetEligible", [ISIN, address, "true"])
+    await submit_and_wait(env.net, admin, CHAINCODE, "SetEligible", ISIN, address, "true")
     if amount:
-        await admin.submit(CHAINCODE, "Issue", [ISIN, address, str(amount)])
+        await submit_and_wait(env.net, admin, CHAINCODE, "Issue", ISIN, address, str(amount))
     await admin.close()
     return bytes(12) + bytes.fromhex(address[2:])
+
+
+async def _step(
+    env: BridgeEnv,
+    adapter: FabricAdapter,
+    action: Action,
+    t: TransferTerms,
+    cert: SignatureSet | None,
+) -> TxOutcome:
+    """Submit through the relayer's peer and wait until both orgs' peers committed it.
+
+    A submit returns once the gateway's own peer committed; the next write is endorsed by
+    both orgs, and a peer still a block behind would endorse it on stale state.
+    """
+    out = await adapter.submit(action, t, cert)
+    await wait_for_peers(env.net, out.height)
+    return out
 
 
 def _adapter(env: BridgeEnv) -> FabricAdapter:
@@ -122,6 +155,7 @@ async def test_evaluate_submit_round_trip_and_height_grows(
     await admin.close()
     assert result.code == 0 and len(result.tx_id) == 64
     assert result.block_number > h0
+    await wait_for_peers(env.net, result.block_number)  # written through Org1, read via Org2
     assert await relayer.finalized_height() >= result.block_number
     after = await relayer.holder_status(SECURITY, holder)
     assert after.balance == 25
@@ -133,7 +167,7 @@ async def test_lock_is_idempotent_and_its_event_carries_the_terms(
     start = await relayer.finalized_height()
     sender = await _holder(env, 10)
     t = _outbound(relayer, sender, 10)
-    lock = await relayer.submit(Action.LOCK, t, None)
+    lock = await _step(env, relayer, Action.LOCK, t, None)
     assert not lock.already_applied and lock.height > start
     status = await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
     assert status.state is LegState.LOCKED and status.terms_hash == t.terms_hash
@@ -146,7 +180,7 @@ async def test_lock_is_idempotent_and_its_event_carries_the_terms(
         await relayer.submit(Action.LOCK, other, None)
 
     commit = env.cert(ClaimKind.COMMIT, t, relayer.bridge_word)
-    burned = await relayer.submit(Action.COMMIT, t, commit)
+    burned = await _step(env, relayer, Action.COMMIT, t, commit)
     assert not burned.already_applied
     assert (await relayer.submit(Action.COMMIT, t, commit)).already_applied
 
@@ -164,16 +198,16 @@ async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: Fab
     recipient = await _holder(env, 0)
     t = _inbound(relayer, recipient, 7)
     locked = env.cert(ClaimKind.LOCKED, t, relayer.bridge_word)
-    await relayer.submit(Action.PREPARE, t, locked)
+    await _step(env, relayer, Action.PREPARE, t, locked)
     assert (await relayer.submit(Action.PREPARE, t, locked)).already_applied
     assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.PREPARED
-    await relayer.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, relayer.bridge_word))
+    await _step(env, relayer, Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, relayer.bridge_word))
     assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.MINTED
     assert (await relayer.holder_status(SECURITY, recipient)).balance == 7
 
     stranger = bytes(12) + secrets.token_bytes(20)  # never made eligible
     r = _inbound(relayer, stranger, 3)
-    await relayer.submit(Action.PREPARE, r, env.cert(ClaimKind.LOCKED, r, relayer.bridge_word))
+    await _step(env, relayer, Action.PREPARE, r, env.cert(ClaimKind.LOCKED, r, relayer.bridge_word))
     leg = await relayer.get_leg(r.transfer_id, Leg.INBOUND)
     assert leg.state is LegState.REJECTED
     assert leg.reason == RejectReason.RECIPIENT_NOT_ELIGIBLE
@@ -230,17 +264,16 @@ async def test_events_resume_without_loss_or_duplicates_across_restart(
     sender = await _holder(env, 100)
     transfers = [_outbound(first, sender, 1 + i) for i in range(4)]
     for t in transfers[:2]:
-        await first.submit(Action.LOCK, t, None)
+        await _step(env, first, Action.LOCK, t, None)
     mid = await first.finalized_height()
     part1 = await first.events(checkpoint, mid)
     await first.close()  # "restart": a new client and adapter resume from the last position
 
     second = _adapter(env)
     for t in transfers[2:]:
-        await second.submit(Action.LOCK, t, None)
-    await second.submit(
-        Action.ABORT, transfers[0], env.cert(ClaimKind.ABORT, transfers[0], second.bridge_word)
-    )
+        await _step(env, second, Action.LOCK, t, None)
+    abort = env.cert(ClaimKind.ABORT, transfers[0], second.bridge_word)
+    await _step(env, second, Action.ABORT, transfers[0], abort)
     final = await second.finalized_height()
     resume_from = part1[-1].position
     part2 = await second.events(resume_from, final)
@@ -294,6 +327,7 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
     assert ok.tx_id in seen
     assert b.tx_id not in seen, "events of invalid transactions never appear"
     assert (await relayer.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    await wait_for_peers(env.net, conflict.block_number)  # both orgs hold the first lock
     # The retry (re-read, then submit) applies it exactly once.
     retry = await relayer.submit(Action.LOCK, second, None)
     assert not retry.already_applied
