@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId
-from bridge.domain.legs import HolderStatus, Leg, SignatureSet
+from bridge.domain.legs import Action, HolderStatus, Leg, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric._protos import (
@@ -375,3 +375,60 @@ def test_adapter_identity_needs_no_connection(identity: SigningIdentity, tmp_pat
     assert adapter.operator == "Org1MSP/User1"
     word = adapter.parse_address("0x" + "Ab" * 20)
     assert adapter.format_address(word) == "0x" + "ab" * 20
+
+
+class _SplitPeers:
+    """A Gateway client whose endorsing peers refuse a Lock; its own peer may or may not."""
+
+    channel = "bridge"
+
+    def __init__(self, own_peer_refuses: bool) -> None:
+        self.own_peer_refuses = own_peer_refuses
+        self.evaluated: list[str] = []
+
+    async def block_height(self) -> int:
+        return 10
+
+    async def evaluate(self, chaincode: str, function: str, args: list[str]) -> bytes:
+        self.evaluated.append(function)
+        if function == "GetLeg":
+            return b'{"state": 0}'
+        if self.own_peer_refuses:
+            raise LedgerRejected("InsufficientBalance", "balance=0")
+        return b"{}"
+
+    async def submit(self, chaincode: str, function: str, args: list[str]) -> object:
+        raise LedgerRejected("InsufficientBalance", "balance=0")
+
+
+def _lock_terms(adapter: FabricAdapter) -> TransferTerms:
+    return TransferTerms(
+        nonce=secrets.token_bytes(32),
+        security=secrets.token_bytes(32),
+        amount=5,
+        src_ledger=LedgerId("fabric-a").word,
+        src_bridge=adapter.bridge_word,
+        dst_ledger=LedgerId("evm-b").word,
+        dst_bridge=secrets.token_bytes(32),
+        sender=bytes(12) + secrets.token_bytes(20),
+        recipient=bytes(12) + secrets.token_bytes(20),
+        deadline=2_000_000_000,
+    )
+
+
+async def test_a_refusal_the_gateways_peer_does_not_share_is_retryable() -> None:
+    client = _SplitPeers(own_peer_refuses=False)
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="another peer is behind") as info:
+        await adapter.submit(Action.LOCK, _lock_terms(adapter), None)
+    assert not isinstance(info.value, LedgerRejected), "a lagging peer is not the ledger's no"
+    assert "InsufficientBalance" in str(info.value)
+    assert client.evaluated[-1] == "Lock", "the refused call was simulated on the own peer"
+
+
+async def test_a_refusal_the_gateways_peer_shares_is_the_ledgers_decision() -> None:
+    client = _SplitPeers(own_peer_refuses=True)
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
+    with pytest.raises(LedgerRejected) as info:
+        await adapter.submit(Action.LOCK, _lock_terms(adapter), None)
+    assert info.value.reason == "InsufficientBalance"

@@ -290,8 +290,9 @@ class FabricAdapter:
         nothing is sent and ``already_applied`` is set; other terms raise
         ``LedgerRejected("TermsMismatch")``. A refusal by the chaincode raises LedgerRejected
         with the chaincode's error name, unless a re-read shows that a concurrent submission
-        applied the step meanwhile (then ``already_applied``). Transport faults and read
-        conflicts raise Unavailable; a retry is safe.
+        applied the step meanwhile (then ``already_applied``) or the gateway's own peer would
+        accept it (an endorsing peer lags: Unavailable). Transport faults and read conflicts
+        raise Unavailable; a retry is safe.
         """
         if not self._operator:
             raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
@@ -310,12 +311,33 @@ class FabricAdapter:
             args.append(codec.certificate_to_json(certificate))
         try:
             result = await self._client.submit(self._chaincode, FUNCTIONS[action], args)
-        except LedgerRejected:
+        except LedgerRejected as refusal:
             applied = await self._already_applied(terms, leg, done)
             if applied is not None:
                 return applied
+            await self._confirm_refusal(action, args, refusal)
             raise
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _confirm_refusal(
+        self, action: Action, args: list[str], refusal: LedgerRejected
+    ) -> None:
+        """Raise Unavailable unless the gateway's own peer refuses ``action`` too.
+
+        Every org's peer endorses a submission, and a submit returns once the gateway's
+        peer has committed: another org's peer may still be a block behind and refuse on
+        state this adapter has already read (a balance just minted, say). Callers treat a
+        refusal as the ledger's decision (a refused lock fails its transfer), so a refusal
+        that the reading peer does not share is reported as retryable instead.
+        """
+        try:
+            await self._client.evaluate(self._chaincode, FUNCTIONS[action], args)
+        except LedgerRejected:
+            return  # the ledger's decision, as far as this adapter can see
+        raise Unavailable(
+            f"{self._ledger}: {action.name} refused by an endorsing peer ({refusal}) but"
+            " accepted by the gateway's peer; another peer is behind, retry"
+        ) from refusal
 
     async def _already_applied(
         self, terms: TransferTerms, leg: Leg, done: frozenset[LegState]
