@@ -5,11 +5,11 @@ network, 4 verifiers with t = 3, a relayer per ledger, the coordinator) under
 ``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second over every lane
 in both directions (about one in ten to an ineligible recipient, which must abort); while
 they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers,
-stalls EVM ledgers (no blocks) and takes a Fabric ledger's gateway peer down (SIGKILL, then a
-restart on its ledger data) for a while. Afterwards it checks, and prints as a table:
-every transfer terminal, each holder's balances exactly as the outcomes imply, supply
-conserved, no escrow left, one transfer per idempotency key, and every supply record
-produced meanwhile verified against the committee with the identity holding (no
+stalls EVM ledgers (no blocks) and takes a Fabric ledger's gateway peer, orderer or chaincode
+server down (SIGKILL, then a restart on its data) for a while. Afterwards it checks, and
+prints as a table: every transfer terminal, each holder's balances exactly as the outcomes
+imply, supply conserved, no escrow left, one transfer per idempotency key, and every supply
+record produced meanwhile verified against the committee with the identity holding (no
 discrepancy). Exit code 1 on a violation.
 
     .venv/bin/python bench/soak.py --transfers 1000 --rate 4 --json .run/soak/result.json

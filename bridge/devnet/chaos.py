@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 from bridge.devnet.system import LocalSystem
 
+FABRIC_NODES = ("peer", "orderer", "chaincode")
+"""The Fabric processes the scheduler takes down (with ``stall_ledgers``)."""
+
 
 @dataclass
 class FaultLog:
@@ -32,9 +35,10 @@ class ChaosScheduler(threading.Thread):
 
     Faults: SIGKILL of the coordinator, a relayer or a verifier followed by a restart after
     ``down`` seconds; with ``stall_ledgers``, an EVM ledger that stops producing blocks for
-    ``down`` seconds, and a Fabric ledger whose gateway peer (the one relayers and verifiers
-    use) is SIGKILLed and restarted on its ledger data after ``down`` seconds: a real node
-    outage. Every fault is undone before the next one starts.
+    ``down`` seconds, and real Fabric node outages: the gateway peer (the one relayers and
+    verifiers use) or the orderer SIGKILLed and restarted on its data, or the chaincode
+    server SIGKILLed and served again, each after ``down`` seconds. Every fault is undone
+    before the next one starts.
     """
 
     def __init__(
@@ -65,7 +69,8 @@ class ChaosScheduler(threading.Thread):
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         if self.stall_ledgers:
             names += [f"ledger-{n}" for n in self.system.ledgers]
-            names += [f"peer-{n}" for n in self.system.fabric]
+            for kind in FABRIC_NODES:
+                names += [f"{kind}-{n}" for n in self.system.fabric]
         return names
 
     def run(self) -> None:
@@ -83,18 +88,10 @@ class ChaosScheduler(threading.Thread):
                 # anvil takes whole seconds here; sub-second ledgers resume at 1 s blocks
                 node.rpc("evm_setIntervalMining", [max(1, round(self.system.block_time))])
                 continue
-            if name.startswith("peer-"):
-                net = self.system.fabric[name.removeprefix("peer-")].net
-                org = next(iter(net.orgs))  # the gateway peer of the devnet (Org1)
-                net.kill_peer(org)
+            kind, _, ledger = name.partition("-")
+            if kind in FABRIC_NODES:
+                self._fabric_outage(kind, ledger, pause)
                 self.log.stalls[name] += 1
-                time.sleep(pause)
-                started = time.monotonic()
-                net.restart_peer(org)
-                took = time.monotonic() - started
-                self.log.restart_seconds["peer"] = max(
-                    self.log.restart_seconds.get("peer", 0.0), took
-                )
                 continue
             kind = name.split("-")[0]
             self.system.processes[name].kill9()
@@ -104,3 +101,23 @@ class ChaosScheduler(threading.Thread):
             self.system.start_process(name)
             took = time.monotonic() - started
             self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
+
+    def _fabric_outage(self, kind: str, ledger: str, pause: float) -> None:
+        fabric = self.system.fabric[ledger]
+        org = next(iter(fabric.net.orgs))  # the gateway peer of the devnet (Org1)
+        if kind == "peer":
+            fabric.net.kill_peer(org)
+        elif kind == "orderer":
+            fabric.net.kill_orderer()
+        else:
+            fabric.kill_chaincode()
+        time.sleep(pause)
+        started = time.monotonic()
+        if kind == "peer":
+            fabric.net.restart_peer(org)
+        elif kind == "orderer":
+            fabric.net.restart_orderer()
+        else:
+            fabric.restart_chaincode()
+        took = time.monotonic() - started
+        self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)

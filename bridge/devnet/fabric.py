@@ -462,6 +462,19 @@ class FabricNetwork:
         proc.wait_port(self.ports["orderer_admin"], self.start_timeout)
         proc.wait_port(self.ports["orderer"], self.start_timeout)
 
+    def kill_orderer(self) -> None:
+        """SIGKILL the orderer (its ledger and Raft log stay on disk), to simulate an outage."""
+        if self._orderer is not None:
+            self._orderer.kill9()
+
+    def restart_orderer(self) -> None:
+        """Start a killed orderer again on the same data and wait until it serves.
+
+        It needs no channel join: the channel participation API restores joined channels
+        from the orderer's ledger.
+        """
+        self._start_orderer()
+
     def _launch(self, proc: ManagedProcess) -> ManagedProcess:
         """Start ``proc``, remembering where its (appended) log starts for this run."""
         self._log_offsets[proc.name] = proc.log_path.stat().st_size if proc.log_path.exists() else 0

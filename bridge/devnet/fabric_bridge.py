@@ -118,6 +118,18 @@ class FabricBridgeLedger:
         self.isins = list(isins)
         return self
 
+    def kill_chaincode(self) -> None:
+        """SIGKILL the chaincode server (chaincode as a service: its state is on the peers)."""
+        if self.process is not None:
+            self.process.kill9()
+
+    def restart_chaincode(self) -> None:
+        """Serve the chaincode again at the address the peers know and wait until it listens."""
+        assert self.process is not None, "start() first"
+        self.process.start()
+        address = (self.process.env or {})["CHAINCODE_SERVER_ADDRESS"]
+        self.process.wait_port(int(address.rsplit(":", 1)[1]), timeout=30)
+
     def stop(self) -> None:
         """Stop the chaincode server and the network."""
         if self.process is not None:
