@@ -234,6 +234,44 @@ async def test_a_dropped_transaction_does_not_wedge_later_sends(two_ledgers: Two
     await a.close()
 
 
+async def test_a_retried_step_waits_for_its_pending_transaction(two_ledgers: TwoLedgers) -> None:
+    """A stalled ledger: the first attempt's lock is pending when the retry comes. The retry
+    must wait for it, not send a second lock that would revert (and cost gas) once the
+    first is mined."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=1.5)
+    alice, bob = env.a.holder(1), env.b.holder()
+    t = env.terms(alice, bob, 1)
+    relayer = env.a.relayer.address
+    mined_before = env.a.w3.eth.get_transaction_count(relayer)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        for _ in range(2):  # the first attempt, then a retry while it is still pending
+            with pytest.raises(Unavailable, match="not final"):
+                await a.submit(Action.LOCK, t, None)
+        pending = env.a.w3.eth.get_transaction_count(relayer, "pending")
+        assert pending == mined_before + 1, "the retry sent a second transaction"
+        env.node.rpc("anvil_mine", [hex(1)])
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    assert (await a.submit(Action.LOCK, t, None)).already_applied
+    assert env.a.w3.eth.get_transaction_count(relayer) == mined_before + 1, "one lock sent"
+    assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+
+    # A pending transaction the node drops is not waited for: the retry sends anew.
+    u = env.terms(env.a.holder(1), bob, 1)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        with pytest.raises(Unavailable, match="not final"):
+            await a.submit(Action.LOCK, u, None)
+        env.node.rpc("anvil_dropAllTransactions", [])
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    assert not (await a.submit(Action.LOCK, u, None)).already_applied
+    assert (await a.get_leg(u.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    await a.close()
+
+
 async def test_cancelled_reads_never_wedge_the_adapter(two_ledgers: TwoLedgers) -> None:
     """web3 8's session lock breaks when a request is cancelled while waiting for it, after
     which every later request of the process hangs. Callers cancel requests routinely (the

@@ -8,6 +8,7 @@ checks the leg's state and sends nothing when the step was already applied.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -75,6 +76,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | ConnectionError | asyncio.TimeoutError | OSError)
 
 
+_MAX_TRACKED = 4096
+"""Sent transactions remembered for retries; the oldest are forgotten first."""
+
+
 class EvmAdapter:
     """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need ``private_key``."""
 
@@ -98,6 +103,9 @@ class EvmAdapter:
         self._account = Account.from_key(private_key) if private_key is not None else None
         self._key = private_key
         self._nonces = NonceManager(self._pending_count)
+        # The last transaction sent per (action, transfer id), until it is final: a retried
+        # step waits for it while the node still holds it instead of sending another one.
+        self._sent: OrderedDict[tuple[Action, bytes], bytes] = OrderedDict()
         self._tokens: dict[str, str] = {}
         self._poll = max(0.05, min(0.25, config.block_interval / 10))
 
@@ -320,7 +328,12 @@ class EvmAdapter:
     async def submit(
         self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
     ) -> TxOutcome:
-        """Apply ``action`` for ``terms``; idempotent, waits until the block is final."""
+        """Apply ``action`` for ``terms``; idempotent, waits until the block is final.
+
+        A step whose earlier attempt's transaction is still pending on the node (a stalled
+        ledger, a caller that gave up waiting) waits for that transaction rather than
+        sending a second one, which would revert once the first is mined and cost gas.
+        """
         if self._account is None or self._key is None:
             raise LedgerRejected("ReadOnly", "this adapter has no operator key")
         leg = self._leg_here(terms)
@@ -339,10 +352,30 @@ class EvmAdapter:
         args: list[Any] = [terms.as_abi_tuple()]
         if certificate is not None and action is not Action.LOCK:
             args.append((certificate.epoch, b"".join(certificate.signatures)))
-        fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
-        tx_hash = await self._send(fn)
+        key = (action, terms.transfer_id)
+        earlier = self._sent.get(key)
+        if earlier is not None and await self._is_pending(earlier):
+            tx_hash = earlier
+        else:
+            fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
+            tx_hash = await self._send(fn)
+            self._sent[key] = tx_hash
+            while len(self._sent) > _MAX_TRACKED:
+                self._sent.popitem(last=False)
         height = await self._await_final(tx_hash, self._confirm_s)
+        self._sent.pop(key, None)
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _is_pending(self, tx_hash: bytes) -> bool:
+        """True while the node holds ``tx_hash`` unmined (False once mined or dropped)."""
+        try:
+            tx = await self._rpc(
+                "transaction",
+                lambda: self._w3.eth.get_transaction(tx_hash),  # type: ignore[arg-type]
+            )
+        except TransactionNotFound:
+            return False
+        return tx.get("blockNumber") is None
 
     async def _await_leg_final(
         self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0
