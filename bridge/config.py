@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,32 @@ class LedgerConfig:
     tls_server_name: str = ""
     max_gas_price_gwei: float = 1000.0
     """EVM: the most a relayer pays per unit of gas; above it a step waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEndpoint:
+    """A member's own connection to a ledger, in place of the network file's ``rpc_url``.
+
+    For Fabric, a peer of another organisation has its own TLS CA and host name: with
+    ``tls_ca`` set, ``tls_ca`` and ``tls_server_name`` both come from here (an empty name
+    means the host in ``url``); without it, the network file's TLS settings stay.
+    """
+
+    url: str
+    tls_ca: Path | None = None
+    tls_server_name: str = ""
+
+    def apply(self, config: LedgerConfig) -> LedgerConfig:
+        """``config`` reached through this endpoint; TLS settings on an EVM ledger are refused."""
+        if self.tls_ca is None:
+            if self.tls_server_name:
+                raise InvalidInput(f"ledger {config.id}: tls_server_name needs tls_ca")
+            return replace(config, rpc_url=self.url)
+        if config.kind != "fabric":
+            raise InvalidInput(f"ledger {config.id}: tls_ca applies to Fabric ledgers only")
+        return replace(
+            config, rpc_url=self.url, tls_ca=self.tls_ca, tls_server_name=self.tls_server_name
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +141,7 @@ class VerifierConfig:
     key_file: Path
     vote_db: Path
     # The member's own ledger connections (defaults: the network file's rpc_url).
-    rpc_overrides: Mapping[str, str]
+    rpc_overrides: Mapping[str, LedgerEndpoint]
     # Read-only client identities for Fabric ledgers (Fabric signs every query).
     fabric_identities: Mapping[str, Credentials] = field(default_factory=dict)
 
@@ -234,6 +260,26 @@ def load_relayer(path: Path) -> RelayerConfig:
     )
 
 
+_ENDPOINT_KEYS = frozenset({"url", "tls_ca", "tls_server_name"})
+
+
+def _endpoint(base: Path, name: str, value: Any) -> LedgerEndpoint:
+    """``rpc_overrides.<name>``: a URL, or a table with ``url`` and (Fabric) TLS settings."""
+    where = f"rpc_overrides.{name}"
+    if isinstance(value, str):
+        return LedgerEndpoint(value)
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: a URL or a table with url, tls_ca, tls_server_name")
+    unknown = sorted(set(value) - _ENDPOINT_KEYS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {unknown}")
+    return LedgerEndpoint(
+        url=str(_req(value, "url", where)),
+        tls_ca=_rel(base, value["tls_ca"]) if "tls_ca" in value else None,
+        tls_server_name=str(value.get("tls_server_name", "")),
+    )
+
+
 def load_verifier(path: Path) -> VerifierConfig:
     """Parse a verifier file."""
     raw = _read(path)
@@ -243,7 +289,10 @@ def load_verifier(path: Path) -> VerifierConfig:
         listen=str(_req(raw, "listen", str(path))),
         key_file=_rel(base, _req(raw, "key_file", str(path))),
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
-        rpc_overrides=dict(raw.get("rpc_overrides", {})),
+        rpc_overrides={
+            name: _endpoint(base, name, value)
+            for name, value in raw.get("rpc_overrides", {}).items()
+        },
         fabric_identities={
             name: Credentials(
                 key_file=_rel(base, _req(ident, "key_file", f"fabric identity {name}")),

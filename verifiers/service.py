@@ -24,6 +24,9 @@ from verifiers.policy import check_claim
 from verifiers.supply_log import SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
+CATCH_UP_S = 2.0
+"""How long a member waits for its own node to reach a proposed supply height."""
+
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     """Signs only what this member's own finalized reads of both ledgers support."""
@@ -198,6 +201,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     async def _read_at(self, security: SecurityId, proposed: SupplyReading) -> SupplyReading:
         reader = self._readers_by_name[proposed.ledger]
         final = await reader.finalized_height()
+        # This member's node may be a block behind the coordinator's: give it a moment.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + CATCH_UP_S
+        while proposed.height > final and loop.time() < give_up:
+            await asyncio.sleep(0.05)
+            final = await reader.finalized_height()
         if proposed.height > final:
             raise SupplyRefused(
                 f"{proposed.ledger}: height {proposed.height} is not final here yet ({final})"

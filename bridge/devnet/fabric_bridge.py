@@ -179,6 +179,15 @@ class FabricBridgeLedger:
         """``org``'s peer Gateway endpoint."""
         return self.net.org(org).peer_endpoint
 
+    def endpoint_override(self, org: str) -> dict[str, Any]:
+        """A verifier's ``rpc_overrides`` entry for reading through ``org``'s peer."""
+        o = self.net.org(org)
+        return {
+            "url": o.peer_endpoint,
+            "tls_ca": str(o.tls_ca_cert),
+            "tls_server_name": o.peer_host,
+        }
+
     # -- synchronous helpers (one short-lived client per call) -----------------------------
     def _run(self, make: Any) -> Any:
         async def go() -> Any:

@@ -200,6 +200,12 @@ class LocalSystem:
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
+            if i % 2 and self.fabric:
+                # Every other member reads Fabric through the second organisation's peer,
+                # so no single peer is every member's view of the ledger.
+                verifier["rpc_overrides"] = {
+                    name: f.endpoint_override("Org2") for name, f in self.fabric.items()
+                }
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
             verifiers.append(f"127.0.0.1:{port}")
         relayers = {}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from bridge.config import Credentials, LedgerConfig
+from bridge.config import Credentials, LedgerConfig, LedgerEndpoint
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import evm_address_word
 from bridge.domain.signer import read_key_file
@@ -23,26 +21,29 @@ def bridge_word_of(config: LedgerConfig) -> bytes:
 
 
 def open_reader(
-    config: LedgerConfig, credentials: Credentials | None = None, rpc_override: str | None = None
+    config: LedgerConfig,
+    credentials: Credentials | None = None,
+    endpoint: LedgerEndpoint | None = None,
 ) -> LedgerReader:
-    """A read-only adapter (verifiers). Fabric needs ``credentials``: it signs every query."""
-    return _open(config, credentials, rpc_override, writable=False)
+    """A read-only adapter (verifiers), through ``endpoint`` when given. Fabric needs
+    ``credentials``: it signs every query."""
+    return _open(config, credentials, endpoint, writable=False)
 
 
 def open_adapter(
-    config: LedgerConfig, credentials: Credentials, rpc_override: str | None = None
+    config: LedgerConfig, credentials: Credentials, endpoint: LedgerEndpoint | None = None
 ) -> LedgerAdapter:
     """An adapter that applies steps with the operator identity in ``credentials``."""
-    return _open(config, credentials, rpc_override, writable=True)
+    return _open(config, credentials, endpoint, writable=True)
 
 
 def _open(
     config: LedgerConfig,
     credentials: Credentials | None,
-    rpc_override: str | None,
+    endpoint: LedgerEndpoint | None,
     writable: bool,
 ) -> LedgerAdapter:
-    cfg = replace(config, rpc_url=rpc_override) if rpc_override else config
+    cfg = endpoint.apply(config) if endpoint is not None else config
     if cfg.kind == "evm":
         from bridge.ledgers.evm.adapter import EvmAdapter
 

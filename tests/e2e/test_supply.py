@@ -477,6 +477,16 @@ def test_verifier_refuses_forged_replayed_and_incomplete_records(system: LocalSy
         e = refused(lambda r: replace(fresh(r), readings=r.readings[:-1]))
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "exactly the ledgers" in e.details()
+        e = refused(
+            lambda r: replace(
+                fresh(r),
+                readings=tuple(
+                    replace(x, height=x.height + 1_000) if x.ledger == A else x for x in r.readings
+                ),
+            )
+        )  # the member waits a moment for its node, then refuses
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "is not final here yet" in e.details()
         e = refused(lambda r: replace(fresh(r), produced_at_ms=r.produced_at_ms - 3_600_000))
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "clock" in e.details()
         stranger = LocalKeySigner(DevAccount.generate().private_key)

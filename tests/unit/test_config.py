@@ -409,3 +409,75 @@ def test_verifier_fabric_identities_and_relayer_certificate(tmp_path: Path) -> N
     )
     assert relayer.credentials.cert_file == tmp_path / "f" / "c.pem"
     assert relayer.credentials.msp_id == "Org1MSP"
+
+
+def _verifier_with(tmp_path: Path, overrides: dict[str, Any]) -> Any:
+    data = network_data()
+    data["ledgers"].append(fabric_ledger())
+    write(tmp_path / "network.toml", data)
+    return load_verifier(
+        write(
+            tmp_path / "verifier.toml",
+            {
+                "network": "network.toml",
+                "listen": "127.0.0.1:7101",
+                "key_file": "keys/v0.key",
+                "vote_db": "state/v0.sqlite",
+                "rpc_overrides": overrides,
+            },
+        )
+    )
+
+
+def test_verifier_reads_through_its_own_nodes(tmp_path: Path) -> None:
+    verifier = _verifier_with(
+        tmp_path,
+        {
+            "brokerage-a": "http://10.0.0.9:8545",
+            "brokerage-f": {
+                "url": "127.0.0.1:9051",
+                "tls_ca": "org2/tlsca.pem",
+                "tls_server_name": "peer0.org2.example.com",
+            },
+        },
+    )
+    net = verifier.network
+    evm = verifier.rpc_overrides["brokerage-a"].apply(net.ledger("brokerage-a"))
+    assert evm.rpc_url == "http://10.0.0.9:8545"
+    assert evm.bridge == net.ledger("brokerage-a").bridge
+    fab = verifier.rpc_overrides["brokerage-f"].apply(net.ledger("brokerage-f"))
+    assert (fab.rpc_url, fab.tls_ca, fab.tls_server_name) == (
+        "127.0.0.1:9051",
+        tmp_path / "org2" / "tlsca.pem",
+        "peer0.org2.example.com",
+    )
+    assert (fab.channel, fab.bridge) == ("bridge", "kstb")
+    # Only the address: the network file's TLS settings stay.
+    same_org = _verifier_with(tmp_path, {"brokerage-f": "127.0.0.1:7052"})
+    kept = same_org.rpc_overrides["brokerage-f"].apply(net.ledger("brokerage-f"))
+    assert (kept.rpc_url, kept.tls_ca, kept.tls_server_name) == (
+        "127.0.0.1:7052",
+        tmp_path / "fabric" / "tlsca.pem",
+        "peer0.org1.example.com",
+    )
+
+
+@pytest.mark.parametrize(
+    ("ledger", "override", "message"),
+    [
+        ("brokerage-f", {"url": "h:1", "tls_cafile": "x"}, r"unknown keys \['tls_cafile'\]"),
+        ("brokerage-f", {"tls_ca": "x"}, "missing required key 'url'"),
+        ("brokerage-f", 7051, "a URL or a table"),
+        ("brokerage-a", {"url": "http://h", "tls_ca": "x"}, "tls_ca applies to Fabric"),
+        ("brokerage-f", {"url": "h:1", "tls_server_name": "p"}, "tls_server_name needs tls_ca"),
+    ],
+)
+def test_verifier_endpoint_mistakes_are_refused(
+    tmp_path: Path, ledger: str, override: Any, message: str
+) -> None:
+    def load_and_apply() -> None:
+        verifier = _verifier_with(tmp_path, {ledger: override})
+        verifier.rpc_overrides[ledger].apply(verifier.network.ledger(ledger))
+
+    with pytest.raises(InvalidInput, match=message):
+        load_and_apply()
