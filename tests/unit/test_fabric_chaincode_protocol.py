@@ -1207,3 +1207,51 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
     assert counters(env.a) == (7, 0) and counters(env.b) == (0, 7)
     pair(ClaimKind.ABORT)
     assert counters(env.a) == (7, 0) and counters(env.b) == (0, 7)
+
+
+class _RecordingStore(p.MemoryStore):
+    """A store that notes every key read and every prefix scanned."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        super().__init__()
+        self.data = dict(data)
+        self.gets: list[str] = []
+        self.scans: list[str] = []
+
+    def get(self, key: str) -> bytes | None:
+        self.gets.append(key)
+        return super().get(key)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        self.scans.append(prefix)
+        return super().scan(prefix)
+
+
+def test_supply_reads_only_the_keys_the_adapter_replays(env: Env) -> None:
+    """FabricAdapter.supply answers a past height when no later block wrote a key that
+    ``codec.is_supply_key`` names: that must be every key ``Supply`` reads (besides the
+    write-once ``config``), or a change could go unseen."""
+    from bridge.ledgers.fabric.codec import is_supply_key
+
+    t = make_terms(env, amount=25)
+    lock(env, t)
+    prepare(env, t)
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    for ledger in env.ledgers():
+        store = _RecordingStore(ledger.store.data)
+        ctx = p.Context(
+            caller=env.stranger,
+            channel_id=ledger.channel,
+            chaincode_name=ledger.chaincode,
+            caller_roles=frozenset({"client"}),
+        )
+        p.execute(store, ctx, "Supply", [ISIN.isin], lambda name, payload: None)
+        assert store.scans, "Supply scans key ranges"
+        for key in store.gets:
+            assert key == "config" or is_supply_key(key, ISIN.word), key
+        for prefix in store.scans:
+            assert prefix.endswith("/") and is_supply_key(prefix + "00", ISIN.word), prefix
+        # ... and every key the security's transfers wrote is one of them.
+        for key in ledger.store.data:
+            if ISIN.word.hex() in key and not key.startswith(("outbound/", "inbound/")):
+                assert is_supply_key(key, ISIN.word), key

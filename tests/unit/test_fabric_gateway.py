@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
 from bridge.domain.hashing import keccak256
-from bridge.domain.ids import LedgerId
+from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, HolderStatus, Leg, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
@@ -28,16 +28,22 @@ from bridge.ledgers.fabric._protos import (
     common_pb2,
     gateway_pb2,
     identities_pb2,
+    kv_rwset_pb2,
     proposal_pb2,
+    proposal_response_pb2,
+    rwset_pb2,
+    transaction_pb2,
 )
 from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
+from bridge.ledgers.fabric.codec import is_supply_key
 from bridge.ledgers.fabric.gateway import (
     GatewayClient,
     block_header_hash,
     build_proposal,
     build_seek_envelope,
     chaincode_refusal,
+    keys_written_in_block,
     map_rpc_error,
     sign_proposal,
     transaction_id,
@@ -240,6 +246,73 @@ def test_block_header_hash_matches_fabric_asn1() -> None:
         block_header_hash(big)
         == hashlib.sha256(bytes([0x30, 8, 0x02, 0x02, 0x00, 0x80, 0x04, 0x00, 0x04, 0x00])).digest()
     )
+
+
+def _endorser_tx(writes: dict[str, list[str]]) -> bytes:
+    """An endorser transaction envelope whose one action writes ``namespace -> keys``."""
+    results = rwset_pb2.TxReadWriteSet(
+        ns_rwset=[
+            rwset_pb2.NsReadWriteSet(
+                namespace=ns,
+                rwset=kv_rwset_pb2.KVRWSet(
+                    writes=[kv_rwset_pb2.KVWrite(key=k, value=b"1") for k in keys]
+                ).SerializeToString(),
+            )
+            for ns, keys in writes.items()
+        ]
+    ).SerializeToString()
+    prp = proposal_response_pb2.ProposalResponsePayload(
+        extension=proposal_pb2.ChaincodeAction(results=results).SerializeToString()
+    )
+    cap = transaction_pb2.ChaincodeActionPayload(
+        action=transaction_pb2.ChaincodeEndorsedAction(
+            proposal_response_payload=prp.SerializeToString()
+        )
+    )
+    tx = transaction_pb2.Transaction(
+        actions=[transaction_pb2.TransactionAction(payload=cap.SerializeToString())]
+    )
+    header = common_pb2.ChannelHeader(type=common_pb2.HeaderType.ENDORSER_TRANSACTION)
+    payload = common_pb2.Payload(
+        header=common_pb2.Header(channel_header=header.SerializeToString()),
+        data=tx.SerializeToString(),
+    )
+    return common_pb2.Envelope(payload=payload.SerializeToString()).SerializeToString()
+
+
+def _block(txs: list[bytes], flags: bytes | None) -> object:
+    block = common_pb2.Block(header=common_pb2.BlockHeader(number=9))
+    block.data.data.extend(txs)
+    metadata = [b""] * 5
+    if flags is not None:
+        metadata[common_pb2.BlockMetadataIndex.TRANSACTIONS_FILTER] = flags
+    block.metadata.metadata.extend(metadata)
+    return block
+
+
+def test_keys_written_by_valid_transactions_of_one_chaincode() -> None:
+    sec = SecurityId("KR7005930003").word.hex()
+    txs = [
+        _endorser_tx({"kstb": [f"holder/{sec}/ab", "relayer/x"], "lscc": ["kstb"]}),
+        _endorser_tx({"kstb": [f"escrow/{sec}/01"]}),  # invalid below: never counted
+        _endorser_tx({"other": [f"holder/{sec}/cd"]}),
+    ]
+    block = _block(txs, bytes([0, 11, 0]))  # 11 = MVCC_READ_CONFLICT
+    assert keys_written_in_block(block, "kstb") == [f"holder/{sec}/ab", "relayer/x"]
+    assert keys_written_in_block(block, "other") == [f"holder/{sec}/cd"]
+    assert keys_written_in_block(_block(txs, None), "kstb") == [], "not validated yet"
+
+
+def test_supply_keys_are_those_of_the_security() -> None:
+    word = SecurityId("KR7005930003").word
+    sec, other = word.hex(), SecurityId("US0378331005").word.hex()
+    for key in (f"security/{sec}", f"holder/{sec}/ab", f"escrow/{sec}/01",
+                f"prepared/{sec}/01", f"burned/{sec}/01", f"minted/{sec}/01"):  # fmt: skip
+        assert is_supply_key(key, word), key
+    for key in (f"security/{other}", f"holder/{other}/ab", f"outbound/{sec}",
+                f"inbound/{sec}", f"relayer/{sec}", "config", "committee",
+                f"holder/{sec}", f"security/{sec}/x"):  # fmt: skip
+        assert not is_supply_key(key, word), key
 
 
 # -- error mapping ---------------------------------------------------------------------------

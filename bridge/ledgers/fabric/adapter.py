@@ -37,13 +37,20 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.gateway import DeliveredEvent, GatewayClient, block_header_hash
+from bridge.ledgers.fabric.gateway import (
+    DeliveredEvent,
+    GatewayClient,
+    block_header_hash,
+    keys_written_in_block,
+)
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
 DELIVER_CHUNK = 500
 """Blocks per Deliver request when scanning for events."""
 SUPPLY_ATTEMPTS = 5
+SUPPLY_REPLAY_BLOCKS = 128
+"""How far back :meth:`FabricAdapter.supply` answers by replaying the blocks since."""
 """Reads of ``Supply`` before giving up when every one raced a new block."""
 
 FUNCTIONS: Mapping[Action, str] = {
@@ -221,15 +228,21 @@ class FabricAdapter:
         lock, so equal heights around the query mean the figures are those of that block.
         (All three reads go to the gateway's peer, like :meth:`finalized_height`.)
 
-        ``height``, when given, must be the current finalized height: a lower one raises
-        InvalidInput (Fabric cannot read supply at a past height), as does a higher one.
+        A past ``height`` (at most SUPPLY_REPLAY_BLOCKS back) is answered with the current
+        figures when no VALID transaction in the blocks after it wrote a key that ``Supply``
+        reads for this security (``codec.is_supply_key``): then the figures at ``height``
+        are the current ones. Otherwise, or further back, InvalidInput ("Fabric cannot read
+        supply at a past height: ..."); a height not yet finalized is InvalidInput too.
         An unregistered security raises NotFound.
         """
         for _ in range(SUPPLY_ATTEMPTS):
             chain_height, block_hash = await self._chain_info()
             final = max(0, chain_height - 1)
-            if height is not None and height < final:
-                raise InvalidInput("Fabric cannot read supply at a past height")
+            if height is not None and height < final - SUPPLY_REPLAY_BLOCKS:
+                raise InvalidInput(
+                    f"Fabric cannot read supply at a past height: {height} is more than"
+                    f" {SUPPLY_REPLAY_BLOCKS} blocks behind {final}"
+                )
             if height is not None and height > final:
                 raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
             try:
@@ -244,11 +257,15 @@ class FabricAdapter:
             if after != chain_height:
                 continue
             figures = codec.supply_from_json(raw)
-            if len(block_hash) != 32:  # a peer that does not report it: read the header
+            at = final
+            if height is not None and height < final:
+                block_hash = await self._unchanged_since(security, height, final)
+                at = height
+            elif len(block_hash) != 32:  # a peer that does not report it: read the header
                 block_hash = await self._block_hash(final)
             return SupplyReading(
                 ledger=self._ledger.name,
-                height=final,
+                height=at,
                 block_hash=block_hash,
                 total_supply=figures["total_supply"],
                 escrowed=figures["escrowed"],
@@ -265,6 +282,26 @@ class FabricAdapter:
         raw = await self._client.evaluate("qscc", "GetChainInfo", [self._client.channel])
         info = ledger_pb2.BlockchainInfo.FromString(raw)
         return int(info.height), bytes(info.currentBlockHash)
+
+    async def _unchanged_since(self, security: SecurityId, height: int, final: int) -> bytes:
+        """Block ``height``'s header hash, once blocks ``height + 1 .. final`` are shown to
+        write no key of ``security``'s supply; InvalidInput naming the block otherwise."""
+        block_hash = b""
+        async with aclosing(self._client.blocks(height, final)) as blocks:
+            async for block in blocks:
+                number = int(block.header.number)
+                if number == height:
+                    block_hash = block_header_hash(block.header)
+                    continue
+                written = keys_written_in_block(block, self._chaincode)
+                if any(codec.is_supply_key(k, security.word) for k in written):
+                    raise InvalidInput(
+                        f"Fabric cannot read supply at a past height: block {number} changed"
+                        f" {security.isin} after {height}"
+                    )
+                if number == final:
+                    return block_hash
+        raise Unavailable(f"{self._ledger}: blocks {height}..{final} were not delivered")
 
     async def _block_hash(self, number: int) -> bytes:
         """The header hash of block ``number``, read through Deliver."""

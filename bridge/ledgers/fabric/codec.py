@@ -180,3 +180,22 @@ def supply_from_json(raw: str | bytes | Mapping[str, Any]) -> dict[str, int]:
     """Parse the ``Supply`` answer into its five figures; ValueError when malformed."""
     data = _object(raw, "supply")
     return {name: int_from_json(_field(data, name, "supply"), name) for name in SUPPLY_FIELDS}
+
+
+SUPPLY_KEY_PREFIXES = ("holder", "escrow", "prepared", "burned", "minted")
+"""World-state key families the chaincode's ``Supply`` scans, each ``<family>/<security>/``."""
+
+
+def is_supply_key(key: str, security: bytes) -> bool:
+    """True when the chaincode's ``Supply`` answer for ``security`` reads ``key``.
+
+    ``Supply`` reads ``security/<id>`` and scans ``<family>/<id>/`` for each family in
+    SUPPLY_KEY_PREFIXES (``<id>`` is the 32-byte security word in lowercase hex); a block
+    that writes none of these keys leaves the answer unchanged. A unit test checks this
+    against the chaincode's read set.
+    """
+    sec = security.hex()
+    if key == f"security/{sec}":
+        return True
+    family, sep, rest = key.partition("/")
+    return bool(sep) and family in SUPPLY_KEY_PREFIXES and rest.startswith(f"{sec}/")

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -45,9 +45,11 @@ from bridge.ledgers.fabric._protos import (
     events_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
+    kv_rwset_pb2,
     ledger_pb2,
     proposal_pb2,
     proposal_response_pb2,
+    rwset_pb2,
     transaction_pb2,
 )
 from bridge.ledgers.fabric.identity import SigningIdentity
@@ -260,17 +262,15 @@ def build_seek_envelope(
     return common_pb2.Envelope(payload=payload, signature=identity.sign(payload))
 
 
-def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent]:
-    """The chaincode events of ``chaincode`` in ``block``'s VALID transactions, in block order.
+def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
+    """The ``ChaincodeAction`` of every action of ``block``'s VALID endorser transactions.
 
     A transaction's validity is its byte in the block's TRANSACTIONS_FILTER metadata; a block
     without that metadata (not yet validated) yields nothing.
     """
-    number = int(block.header.number)
     metadata = block.metadata.metadata
     index = common_pb2.BlockMetadataIndex.TRANSACTIONS_FILTER
     flags = bytes(metadata[index]) if len(metadata) > index else b""
-    out: list[ChaincodeEvent] = []
     for i, raw in enumerate(block.data.data):
         if i >= len(flags) or flags[i] != TX_VALID:
             continue
@@ -284,17 +284,34 @@ def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent
             prp = proposal_response_pb2.ProposalResponsePayload.FromString(
                 cap.action.proposal_response_payload
             )
-            cc_action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
-            if not cc_action.events:
-                continue
-            event = chaincode_event_pb2.ChaincodeEvent.FromString(cc_action.events)
-            if event.chaincode_id != chaincode:
-                continue
-            out.append(
-                ChaincodeEvent(
-                    number, str(event.tx_id), str(event.event_name), bytes(event.payload)
-                )
-            )
+            yield proposal_pb2.ChaincodeAction.FromString(prp.extension)
+
+
+def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent]:
+    """The chaincode events of ``chaincode`` in ``block``'s VALID transactions, in block order
+    (a block not yet validated yields nothing)."""
+    number = int(block.header.number)
+    out: list[ChaincodeEvent] = []
+    for cc_action in _valid_chaincode_actions(block):
+        if not cc_action.events:
+            continue
+        event = chaincode_event_pb2.ChaincodeEvent.FromString(cc_action.events)
+        if event.chaincode_id != chaincode:
+            continue
+        out.append(
+            ChaincodeEvent(number, str(event.tx_id), str(event.event_name), bytes(event.payload))
+        )
+    return out
+
+
+def keys_written_in_block(block: Any, chaincode: str) -> list[str]:
+    """The world-state keys of ``chaincode`` written or deleted by ``block``'s VALID
+    transactions, in block order (a block not yet validated yields nothing)."""
+    out: list[str] = []
+    for cc_action in _valid_chaincode_actions(block):
+        for ns in rwset_pb2.TxReadWriteSet.FromString(cc_action.results).ns_rwset:
+            if ns.namespace == chaincode:
+                out.extend(str(w.key) for w in kv_rwset_pb2.KVRWSet.FromString(ns.rwset).writes)
     return out
 
 

@@ -33,6 +33,7 @@ LEDGER = LedgerId("fabric-supply")
 OTHER = LedgerId("evm-other")
 ISIN = "KR7005930003"
 SECURITY = SecurityId(ISIN)
+UNRELATED = "KR7000660001"  # another security on the same instance
 CLAIMS = {
     Action.PREPARE: ClaimKind.LOCKED,
     Action.COMMIT: ClaimKind.COMMIT,
@@ -161,15 +162,33 @@ async def test_abort_moves_no_counter(env: Env, adapter: FabricAdapter) -> None:
     assert after.height > before.height
 
 
-async def test_only_the_current_height_can_be_read(env: Env, adapter: FabricAdapter) -> None:
+async def test_a_past_height_reads_only_while_the_security_is_unchanged_since(
+    env: Env, adapter: FabricAdapter
+) -> None:
+    """Fabric reads only current state; a past height is answered by replaying the blocks
+    since it: blocks that write none of the security's supply keys leave it readable."""
     now = await adapter.supply(SECURITY)
-    again = await adapter.supply(SECURITY, height=now.height)  # the current height is fine
-    assert again == now
-    await holder(env, 0)  # a new block
-    with pytest.raises(InvalidInput, match="Fabric cannot read supply at a past height"):
+    assert await adapter.supply(SECURITY, height=now.height) == now  # the current height
+    admin = env.client("Org1", "Admin")
+    try:  # blocks that touch another security only
+        await submit(env.net, admin, "RegisterSecurity", UNRELATED)
+        last = await submit(
+            env.net, admin, "SetEligible", UNRELATED, "0x" + secrets.token_hex(20), "true"
+        )
+    finally:
+        await admin.close()
+    assert last > now.height
+    assert await adapter.supply(SECURITY, height=now.height) == now, "same figures, block, hash"
+    current = await adapter.supply(SECURITY)
+    assert current.height >= last and current.total_supply == now.total_supply
+
+    await holder(env, 5)  # blocks that change this security's supply keys
+    with pytest.raises(InvalidInput, match="Fabric cannot read supply at a past height") as exc:
         await adapter.supply(SECURITY, height=now.height)
+    assert f"changed {ISIN} after {now.height}" in str(exc.value)
     later = await adapter.supply(SECURITY)
-    with pytest.raises(InvalidInput):
+    assert later.total_supply == now.total_supply + 5
+    with pytest.raises(InvalidInput, match="not finalized"):
         await adapter.supply(SECURITY, height=later.height + 10)
     with pytest.raises(NotFound):
         await adapter.supply(SecurityId("US0378331005"))
