@@ -266,15 +266,18 @@ _ENDPOINT_KEYS = frozenset({"url", "tls_ca", "tls_server_name"})
 def _endpoint(base: Path, name: str, value: Any) -> LedgerEndpoint:
     """``rpc_overrides.<name>``: a URL, or a table with ``url`` and (Fabric) TLS settings."""
     where = f"rpc_overrides.{name}"
-    if isinstance(value, str):
+    if isinstance(value, str) and value:
         return LedgerEndpoint(value)
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}: a URL or a table with url, tls_ca, tls_server_name")
     unknown = sorted(set(value) - _ENDPOINT_KEYS)
     if unknown:
         raise InvalidInput(f"{where}: unknown keys {unknown}")
+    url = str(_req(value, "url", where))
+    if not url:
+        raise InvalidInput(f"{where}: url is empty")
     return LedgerEndpoint(
-        url=str(_req(value, "url", where)),
+        url=url,
         tls_ca=_rel(base, value["tls_ca"]) if "tls_ca" in value else None,
         tls_server_name=str(value.get("tls_server_name", "")),
     )

@@ -272,6 +272,29 @@ async def test_a_retried_step_waits_for_its_pending_transaction(two_ledgers: Two
     await a.close()
 
 
+async def test_a_step_queued_behind_a_nonce_gap_is_sent_again(two_ledgers: TwoLedgers) -> None:
+    """The node lost the transaction before ours (a geth pool eviction): ours is queued
+    behind the gap and is never mined by itself. The retry must not wait for it but send
+    again, which fills the gap."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=1.5)
+    t = env.terms(env.a.holder(1), env.b.holder(), 1)
+    relayer = env.a.relayer
+    nonce = env.a.w3.eth.get_transaction_count(relayer.address, "pending")
+    tx = env.a.endpoint.functions.lock(t.as_abi_tuple()).build_transaction(
+        {"from": relayer.address, "nonce": nonce + 1, "gas": 500_000,
+         "gasPrice": env.a.w3.eth.gas_price, "chainId": env.a.w3.eth.chain_id}
+    )  # fmt: skip
+    signed = env.a.w3.eth.account.sign_transaction(tx, relayer.private_key)
+    queued = env.a.w3.eth.send_raw_transaction(signed.raw_transaction)
+    a._sent[(Action.LOCK, t.transfer_id)] = bytes(queued)  # an earlier attempt's, as tracked
+    assert not await a._is_pending(bytes(queued)), "queued behind a gap is not pending"
+    out = await a.submit(Action.LOCK, t, None)
+    assert not out.already_applied and out.tx_id != "0x" + bytes(queued).hex()
+    assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    await a.close()
+
+
 async def test_cancelled_reads_never_wedge_the_adapter(two_ledgers: TwoLedgers) -> None:
     """web3 8's session lock breaks when a request is cancelled while waiting for it, after
     which every later request of the process hangs. Callers cancel requests routinely (the

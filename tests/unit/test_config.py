@@ -470,6 +470,8 @@ def test_verifier_reads_through_its_own_nodes(tmp_path: Path) -> None:
         ("brokerage-f", 7051, "a URL or a table"),
         ("brokerage-a", {"url": "http://h", "tls_ca": "x"}, "tls_ca applies to Fabric"),
         ("brokerage-f", {"url": "h:1", "tls_server_name": "p"}, "tls_server_name needs tls_ca"),
+        ("brokerage-a", "", "a URL or a table"),
+        ("brokerage-f", {"url": ""}, "url is empty"),
     ],
 )
 def test_verifier_endpoint_mistakes_are_refused(

@@ -455,8 +455,9 @@ class _SplitPeers:
 
     channel = "bridge"
 
-    def __init__(self, own_peer_refuses: bool) -> None:
+    def __init__(self, own_peer_refuses: bool, invalidated: str = "") -> None:
         self.own_peer_refuses = own_peer_refuses
+        self.invalidated = invalidated  # a validation code after ordering, instead
         self.evaluated: list[str] = []
 
     async def block_height(self) -> int:
@@ -470,8 +471,13 @@ class _SplitPeers:
             raise LedgerRejected("InsufficientBalance", "balance=0")
         return b"{}"
 
-    async def submit(self, chaincode: str, function: str, args: list[str]) -> object:
+    async def endorse(self, chaincode: str, function: str, args: list[str]) -> object:
+        if self.invalidated:
+            return object()
         raise LedgerRejected("InsufficientBalance", "balance=0")
+
+    async def submit_prepared(self, prepared: object) -> object:
+        raise LedgerRejected(self.invalidated, "transaction invalid in block 12")
 
 
 def _lock_terms(adapter: FabricAdapter) -> TransferTerms:
@@ -497,6 +503,15 @@ async def test_a_refusal_the_gateways_peer_does_not_share_is_retryable() -> None
     assert not isinstance(info.value, LedgerRejected), "a lagging peer is not the ledger's no"
     assert "InsufficientBalance" in str(info.value)
     assert client.evaluated[-1] == "Lock", "the refused call was simulated on the own peer"
+
+
+async def test_a_validation_failure_after_ordering_is_not_second_guessed() -> None:
+    client = _SplitPeers(own_peer_refuses=False, invalidated="ENDORSEMENT_POLICY_FAILURE")
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
+    with pytest.raises(LedgerRejected) as info:
+        await adapter.submit(Action.LOCK, _lock_terms(adapter), None)
+    assert info.value.reason == "ENDORSEMENT_POLICY_FAILURE"
+    assert "Lock" not in client.evaluated, "no simulation: the peers did not disagree"
 
 
 async def test_a_refusal_the_gateways_peer_shares_is_the_ledgers_decision() -> None:

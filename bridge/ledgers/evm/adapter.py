@@ -367,7 +367,8 @@ class EvmAdapter:
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
 
     async def _is_pending(self, tx_hash: bytes) -> bool:
-        """True while the node holds ``tx_hash`` unmined (False once mined or dropped)."""
+        """True while the node holds ``tx_hash`` unmined and executable: False once mined or
+        dropped, or while it is queued behind a nonce gap (a new send fills the gap)."""
         try:
             tx = await self._rpc(
                 "transaction",
@@ -375,7 +376,9 @@ class EvmAdapter:
             )
         except TransactionNotFound:
             return False
-        return tx.get("blockNumber") is None
+        if tx.get("blockNumber") is not None:
+            return False
+        return int(tx["nonce"]) < await self._pending_count()
 
     async def _await_leg_final(
         self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0

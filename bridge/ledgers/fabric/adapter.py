@@ -41,6 +41,7 @@ from bridge.ledgers.fabric.gateway import (
     DeliveredEvent,
     GatewayClient,
     block_header_hash,
+    block_validated,
     keys_written_in_block,
 )
 
@@ -49,9 +50,9 @@ EVENT_NAME = "LegStateChanged"
 DELIVER_CHUNK = 500
 """Blocks per Deliver request when scanning for events."""
 SUPPLY_ATTEMPTS = 5
+"""Reads of ``Supply`` before giving up when every one raced a new block."""
 SUPPLY_REPLAY_BLOCKS = 128
 """How far back :meth:`FabricAdapter.supply` answers by replaying the blocks since."""
-"""Reads of ``Supply`` before giving up when every one raced a new block."""
 
 FUNCTIONS: Mapping[Action, str] = {
     Action.LOCK: "Lock",
@@ -293,6 +294,8 @@ class FabricAdapter:
                 if number == height:
                     block_hash = block_header_hash(block.header)
                     continue
+                if not block_validated(block):  # cannot tell which writes count
+                    raise Unavailable(f"{self._ledger}: block {number} carries no validity flags")
                 written = keys_written_in_block(block, self._chaincode)
                 if any(codec.is_supply_key(k, security.word) for k in written):
                     raise InvalidInput(
@@ -347,12 +350,19 @@ class FabricAdapter:
             assert certificate is not None
             args.append(codec.certificate_to_json(certificate))
         try:
-            result = await self._client.submit(self._chaincode, FUNCTIONS[action], args)
-        except LedgerRejected as refusal:
+            prepared = await self._client.endorse(self._chaincode, FUNCTIONS[action], args)
+        except LedgerRejected as refusal:  # the chaincode refused on some endorser's state
             applied = await self._already_applied(terms, leg, done)
             if applied is not None:
                 return applied
             await self._confirm_refusal(action, args, refusal)
+            raise
+        try:
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected:  # ordered, then invalidated (a validation code)
+            applied = await self._already_applied(terms, leg, done)
+            if applied is not None:
+                return applied
             raise
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
 
@@ -365,7 +375,8 @@ class FabricAdapter:
         peer has committed: another org's peer may still be a block behind and refuse on
         state this adapter has already read (a balance just minted, say). Callers treat a
         refusal as the ledger's decision (a refused lock fails its transfer), so a refusal
-        that the reading peer does not share is reported as retryable instead.
+        that the reading peer does not share is reported as retryable instead. Only for
+        refusals at endorsement: a validation code after ordering is not a peer's view.
         """
         try:
             await self._client.evaluate(self._chaincode, FUNCTIONS[action], args)

@@ -262,6 +262,15 @@ def build_seek_envelope(
     return common_pb2.Envelope(payload=payload, signature=identity.sign(payload))
 
 
+def block_validated(block: Any) -> bool:
+    """True when ``block`` carries a validity flag for every transaction (committed blocks
+    do; without them no transaction of it counts)."""
+    metadata = block.metadata.metadata
+    index = common_pb2.BlockMetadataIndex.TRANSACTIONS_FILTER
+    flags = bytes(metadata[index]) if len(metadata) > index else b""
+    return len(flags) >= len(block.data.data)
+
+
 def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
     """The ``ChaincodeAction`` of every action of ``block``'s VALID endorser transactions.
 
