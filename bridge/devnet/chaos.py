@@ -35,10 +35,10 @@ class ChaosScheduler(threading.Thread):
 
     Faults: SIGKILL of the coordinator, a relayer or a verifier followed by a restart after
     ``down`` seconds; with ``stall_ledgers``, an EVM ledger that stops producing blocks for
-    ``down`` seconds, and real Fabric node outages: the gateway peer (the one relayers and
-    verifiers use) or the orderer SIGKILLed and restarted on its data, or the chaincode
-    server SIGKILLed and served again, each after ``down`` seconds. Every fault is undone
-    before the next one starts.
+    ``down`` seconds, and real Fabric node outages: Org1's peer (the one in network.toml,
+    used by the relayer and half the members) or the orderer SIGKILLed and restarted on its
+    data, or the chaincode server SIGKILLed and served again, each after ``down`` seconds.
+    Every fault is undone before the next one starts.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class ChaosScheduler(threading.Thread):
 
     def _fabric_outage(self, kind: str, ledger: str, pause: float) -> None:
         fabric = self.system.fabric[ledger]
-        org = next(iter(fabric.net.orgs))  # the gateway peer of the devnet (Org1)
+        org = next(iter(fabric.net.orgs))  # Org1: the peer in network.toml
         if kind == "peer":
             fabric.net.kill_peer(org)
         elif kind == "orderer":
