@@ -11,7 +11,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from bridge.devnet.system import LocalSystem
 
@@ -88,36 +90,30 @@ class ChaosScheduler(threading.Thread):
                 # anvil takes whole seconds here; sub-second ledgers resume at 1 s blocks
                 node.rpc("evm_setIntervalMining", [max(1, round(self.system.block_time))])
                 continue
-            kind, _, ledger = name.partition("-")
+            kind, _, target = name.partition("-")
             if kind in FABRIC_NODES:
-                self._fabric_outage(kind, ledger, pause)
+                kill, restart = self._fabric_node(kind, target)
                 self.log.stalls[name] += 1
-                continue
-            kind = name.split("-")[0]
-            self.system.processes[name].kill9()
-            self.log.kills[kind] += 1
+            else:
+                kill = self.system.processes[name].kill9
+                restart = partial(self.system.start_process, name)
+                self.log.kills[kind] += 1
+            kill()
             time.sleep(pause)
             started = time.monotonic()
-            self.system.start_process(name)
+            restart()
             took = time.monotonic() - started
             self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
 
-    def _fabric_outage(self, kind: str, ledger: str, pause: float) -> None:
+    def _fabric_node(
+        self, kind: str, ledger: str
+    ) -> tuple[Callable[[], object], Callable[[], object]]:
+        """How to take ``kind`` of ``ledger``'s Fabric network down, and bring it back."""
         fabric = self.system.fabric[ledger]
-        org = next(iter(fabric.net.orgs))  # Org1: the peer in network.toml
+        net = fabric.net
+        org = next(iter(net.orgs))  # Org1: the peer in network.toml
         if kind == "peer":
-            fabric.net.kill_peer(org)
-        elif kind == "orderer":
-            fabric.net.kill_orderer()
-        else:
-            fabric.kill_chaincode()
-        time.sleep(pause)
-        started = time.monotonic()
-        if kind == "peer":
-            fabric.net.restart_peer(org)
-        elif kind == "orderer":
-            fabric.net.restart_orderer()
-        else:
-            fabric.restart_chaincode()
-        took = time.monotonic() - started
-        self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
+            return partial(net.kill_peer, org), partial(net.restart_peer, org)
+        if kind == "orderer":
+            return net.kill_orderer, net.restart_orderer
+        return fabric.kill_chaincode, fabric.restart_chaincode

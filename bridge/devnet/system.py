@@ -331,6 +331,17 @@ class LocalSystem:
         self.start_bridge()
         return self
 
+    def __enter__(self) -> LocalSystem:
+        """Start everything; whatever did start is stopped again if starting fails."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def coordinator_target(self) -> str:
         """host:port of the coordinator's gRPC server."""

@@ -17,12 +17,8 @@ BLOCK_TIME = 0.5
 @pytest.fixture(scope="package")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     """A running system shared by the e2e tests (each test uses fresh holders)."""
-    s = LocalSystem(tmp_path_factory.mktemp("e2e"), block_time=BLOCK_TIME, transfer_ttl=60)
-    try:
-        s.start()
+    with LocalSystem(tmp_path_factory.mktemp("e2e"), block_time=BLOCK_TIME, transfer_ttl=60) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

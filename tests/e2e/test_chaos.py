@@ -41,12 +41,8 @@ TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STA
 
 @pytest.fixture(scope="module")
 def chaos_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    s = LocalSystem(Path(tmp_path_factory.mktemp("chaos")), block_time=0.5, transfer_ttl=120)
-    try:
-        s.start()
+    with LocalSystem(Path(tmp_path_factory.mktemp("chaos")), block_time=0.5, transfer_ttl=120) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @dataclass

@@ -34,12 +34,10 @@ TTL = 15  # long enough for a lock on a loaded machine; B is stalled anyway
 @pytest.fixture(scope="module")
 def short_deadlines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     """A system whose transfers must prepare within TTL seconds."""
-    s = LocalSystem(Path(tmp_path_factory.mktemp("deadlines")), block_time=0.5, transfer_ttl=TTL)
-    try:
-        s.start()
+    with LocalSystem(
+        Path(tmp_path_factory.mktemp("deadlines")), block_time=0.5, transfer_ttl=TTL
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: LocalSystem) -> None:

@@ -27,18 +27,14 @@ EVM, FAB = "brokerage-a", "brokerage-f"
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     """One anvil ledger and one Fabric ledger behind one bridge."""
-    s = LocalSystem(
+    with LocalSystem(
         Path(tmp_path_factory.mktemp("mixed")),
         ledger_names=((EVM, 31001),),
         fabric_ledger_names=(FAB,),
         block_time=0.5,
         transfer_ttl=60,
-    )
-    try:
-        s.start()
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

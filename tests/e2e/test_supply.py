@@ -50,7 +50,7 @@ OTHER_ISIN = "KR5701ES0024"  # held by the out-of-band tests, so the others are 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    s = LocalSystem(
+    with LocalSystem(
         Path(tmp_path_factory.mktemp("supply")),
         ledger_names=((A, 31001), (B, 31002)),
         fabric_ledger_names=(F,),
@@ -58,12 +58,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
         block_time=0.5,
         transfer_ttl=60,
         supply_heartbeat=2.0,
-    )
-    try:
-        s.start()
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

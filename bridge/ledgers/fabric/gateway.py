@@ -265,10 +265,15 @@ def build_seek_envelope(
 def block_validated(block: Any) -> bool:
     """True when ``block`` carries a validity flag for every transaction (committed blocks
     do; without them no transaction of it counts)."""
+    return len(_validity_flags(block)) >= len(block.data.data)
+
+
+def _validity_flags(block: Any) -> bytes:
+    """One validation code per transaction (the TRANSACTIONS_FILTER metadata), or b"" when
+    the block was not validated."""
     metadata = block.metadata.metadata
     index = common_pb2.BlockMetadataIndex.TRANSACTIONS_FILTER
-    flags = bytes(metadata[index]) if len(metadata) > index else b""
-    return len(flags) >= len(block.data.data)
+    return bytes(metadata[index]) if len(metadata) > index else b""
 
 
 def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
@@ -277,9 +282,7 @@ def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
     A transaction's validity is its byte in the block's TRANSACTIONS_FILTER metadata; a block
     without that metadata (not yet validated) yields nothing.
     """
-    metadata = block.metadata.metadata
-    index = common_pb2.BlockMetadataIndex.TRANSACTIONS_FILTER
-    flags = bytes(metadata[index]) if len(metadata) > index else b""
+    flags = _validity_flags(block)
     for i, raw in enumerate(block.data.data):
         if i >= len(flags) or flags[i] != TX_VALID:
             continue

@@ -16,13 +16,16 @@ from bridge.devnet.fabric import FabricNetwork
 from bridge.devnet.fabric_bridge import wait_for_peers
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, assemble_certificate
-from bridge.domain.ids import LedgerId
+from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import fabric_bridge_word
 from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
+
+OTHER_LEDGER = LedgerId("evm-b")
+"""The other side of the terms that BridgeEnv makes, unless a test names another."""
 
 
 def signing_identity(net: FabricNetwork, org: str = "Org1", user: str = "User1") -> SigningIdentity:
@@ -156,3 +159,54 @@ class BridgeEnv:
             await admin.close()
             await relayer.close()
         return self
+
+    async def holder(self, isin: str, units: int = 0) -> bytes:
+        """A fresh holder made eligible for ``isin`` and issued ``units`` by Org1's Admin,
+        each committed on both peers; returns its word."""
+        address = "0x" + secrets.token_hex(20)
+        admin = self.client("Org1", "Admin")
+        try:
+            await submit_and_wait(
+                self.net, admin, self.chaincode, "SetEligible", isin, address, "true"
+            )
+            if units:
+                await submit_and_wait(
+                    self.net, admin, self.chaincode, "Issue", isin, address, str(units)
+                )
+        finally:
+            await admin.close()
+        return bytes(12) + bytes.fromhex(address[2:])
+
+    def outbound(
+        self, security: SecurityId, sender: bytes, amount: int, other: LedgerId = OTHER_LEDGER
+    ) -> TransferTerms:
+        """Fresh terms moving ``amount`` from ``sender`` here to a random holder on ``other``."""
+        return TransferTerms(
+            nonce=secrets.token_bytes(32),
+            security=security.word,
+            amount=amount,
+            src_ledger=self.ledger.word,
+            src_bridge=self.bridge,
+            dst_ledger=other.word,
+            dst_bridge=secrets.token_bytes(32),
+            sender=sender,
+            recipient=bytes(12) + secrets.token_bytes(20),
+            deadline=2_000_000_000,
+        )
+
+    def inbound(
+        self, security: SecurityId, recipient: bytes, amount: int, other: LedgerId = OTHER_LEDGER
+    ) -> TransferTerms:
+        """Fresh terms moving ``amount`` from a random holder on ``other`` to ``recipient``."""
+        return TransferTerms(
+            nonce=secrets.token_bytes(32),
+            security=security.word,
+            amount=amount,
+            src_ledger=other.word,
+            src_bridge=secrets.token_bytes(32),
+            dst_ledger=self.ledger.word,
+            dst_bridge=self.bridge,
+            sender=bytes(12) + secrets.token_bytes(20),
+            recipient=recipient,
+            deadline=2_000_000_000,
+        )

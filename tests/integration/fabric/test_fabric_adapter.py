@@ -46,7 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
 CHAINCODE = "kstb"
 LEDGER = LedgerId("fabric-a")
-OTHER = LedgerId("evm-b")
 ISIN = "US0378331005"
 SECURITY = SecurityId(ISIN)
 
@@ -73,17 +72,6 @@ async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -
     return e
 
 
-async def _holder(env: BridgeEnv, amount: int) -> bytes:
-    """A fresh eligible holder of ``amount`` units; returns its word."""
-    address = "0x" + secrets.token_hex(20)
-    admin = env.client("Org1", "Admin")
-    await submit_and_wait(env.net, admin, CHAINCODE, "SetEligible", ISIN, address, "true")
-    if amount:
-        await submit_and_wait(env.net, admin, CHAINCODE, "Issue", ISIN, address, str(amount))
-    await admin.close()
-    return bytes(12) + bytes.fromhex(address[2:])
-
-
 async def _step(
     env: BridgeEnv,
     adapter: FabricAdapter,
@@ -106,36 +94,6 @@ def _adapter(env: BridgeEnv) -> FabricAdapter:
     return FabricAdapter(LEDGER, env.client("Org2", "User1"), CHAINCODE, "Org2MSP/User1")
 
 
-def _outbound(adapter: FabricAdapter, sender: bytes, amount: int) -> TransferTerms:
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SECURITY.word,
-        amount=amount,
-        src_ledger=LEDGER.word,
-        src_bridge=adapter.bridge_word,
-        dst_ledger=OTHER.word,
-        dst_bridge=secrets.token_bytes(32),
-        sender=sender,
-        recipient=bytes(12) + secrets.token_bytes(20),
-        deadline=2_000_000_000,
-    )
-
-
-def _inbound(adapter: FabricAdapter, recipient: bytes, amount: int) -> TransferTerms:
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SECURITY.word,
-        amount=amount,
-        src_ledger=OTHER.word,
-        src_bridge=secrets.token_bytes(32),
-        dst_ledger=LEDGER.word,
-        dst_bridge=adapter.bridge_word,
-        sender=bytes(12) + secrets.token_bytes(20),
-        recipient=recipient,
-        deadline=2_000_000_000,
-    )
-
-
 @pytest.fixture
 async def relayer(env: BridgeEnv) -> AsyncIterator[FabricAdapter]:
     adapter = _adapter(env)
@@ -147,7 +105,7 @@ async def test_evaluate_submit_round_trip_and_height_grows(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
     h0 = await relayer.finalized_height()
-    holder = await _holder(env, 0)
+    holder = await env.holder(ISIN, 0)
     before = await relayer.holder_status(SECURITY, holder)
     assert before.security_registered and before.eligible and before.balance == 0
     admin = env.client("Org1", "Admin")
@@ -165,8 +123,8 @@ async def test_lock_is_idempotent_and_its_event_carries_the_terms(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
     start = await relayer.finalized_height()
-    sender = await _holder(env, 10)
-    t = _outbound(relayer, sender, 10)
+    sender = await env.holder(ISIN, 10)
+    t = env.outbound(SECURITY, sender, 10)
     lock = await _step(env, relayer, Action.LOCK, t, None)
     assert not lock.already_applied and lock.height > start
     status = await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
@@ -195,8 +153,8 @@ async def test_lock_is_idempotent_and_its_event_carries_the_terms(
 
 
 async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: FabricAdapter) -> None:
-    recipient = await _holder(env, 0)
-    t = _inbound(relayer, recipient, 7)
+    recipient = await env.holder(ISIN, 0)
+    t = env.inbound(SECURITY, recipient, 7)
     locked = env.cert(ClaimKind.LOCKED, t, relayer.bridge_word)
     await _step(env, relayer, Action.PREPARE, t, locked)
     assert (await relayer.submit(Action.PREPARE, t, locked)).already_applied
@@ -206,7 +164,7 @@ async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: Fab
     assert (await relayer.holder_status(SECURITY, recipient)).balance == 7
 
     stranger = bytes(12) + secrets.token_bytes(20)  # never made eligible
-    r = _inbound(relayer, stranger, 3)
+    r = env.inbound(SECURITY, stranger, 3)
     await _step(env, relayer, Action.PREPARE, r, env.cert(ClaimKind.LOCKED, r, relayer.bridge_word))
     leg = await relayer.get_leg(r.transfer_id, Leg.INBOUND)
     assert leg.state is LegState.REJECTED
@@ -219,15 +177,15 @@ async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: Fab
 async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
-    sender = await _holder(env, 3)
-    t = _outbound(relayer, sender, 5)
+    sender = await env.holder(ISIN, 3)
+    t = env.outbound(SECURITY, sender, 5)
     with pytest.raises(LedgerRejected) as info:
         await relayer.submit(Action.LOCK, t, None)
     assert info.value.reason == "InsufficientBalance"
     assert "balance=3" in info.value.detail
     assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
 
-    ok = _outbound(relayer, sender, 3)
+    ok = env.outbound(SECURITY, sender, 3)
     bad = SignatureSet(99, env.cert(ClaimKind.COMMIT, ok, relayer.bridge_word).signatures)
     with pytest.raises(LedgerRejected, match="WrongEpoch"):
         await relayer.client.evaluate(CHAINCODE, "Commit", [_json_terms(ok), _json_cert(bad)])
@@ -261,8 +219,8 @@ async def test_events_resume_without_loss_or_duplicates_across_restart(
 ) -> None:
     first = _adapter(env)
     checkpoint = EventPosition(await first.finalized_height(), 1 << 30)  # end of that block
-    sender = await _holder(env, 100)
-    transfers = [_outbound(first, sender, 1 + i) for i in range(4)]
+    sender = await env.holder(ISIN, 100)
+    transfers = [env.outbound(SECURITY, sender, 1 + i) for i in range(4)]
     for t in transfers[:2]:
         await _step(env, first, Action.LOCK, t, None)
     mid = await first.finalized_height()
@@ -306,8 +264,8 @@ def _ids(transfers: list[TransferTerms]) -> set[bytes]:
 async def test_read_conflicts_are_retryable_and_leave_no_event(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
-    sender = await _holder(env, 10)
-    first, second = (_outbound(relayer, sender, 1) for _ in range(2))
+    sender = await env.holder(ISIN, 10)
+    first, second = (env.outbound(SECURITY, sender, 1) for _ in range(2))
     start = await relayer.finalized_height()
     client = relayer.client
     # Both endorsed against the same state (the holder's balance), then both ordered.
@@ -347,8 +305,8 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
 async def test_concurrent_submissions_from_one_relayer(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
-    holders = [await _holder(env, 5) for _ in range(4)]
-    terms = [_outbound(relayer, h, 5) for h in holders]
+    holders = [await env.holder(ISIN, 5) for _ in range(4)]
+    terms = [env.outbound(SECURITY, h, 5) for h in holders]
     results = await asyncio.gather(*(relayer.submit(Action.LOCK, t, None) for t in terms))
     assert all(not r.already_applied for r in results)
     for t in terms:
@@ -371,7 +329,7 @@ async def test_unreachable_peer_is_unavailable(env: BridgeEnv, tmp_path: Path) -
     assert not isinstance(info.value, LedgerRejected)
     sender = bytes(12) + secrets.token_bytes(20)
     with pytest.raises(Unavailable):
-        await adapter.submit(Action.LOCK, _outbound(adapter, sender, 1), None)
+        await adapter.submit(Action.LOCK, env.outbound(SECURITY, sender, 1), None)
     with pytest.raises(Unavailable):
         await adapter.events(None, 3)
     await adapter.close()

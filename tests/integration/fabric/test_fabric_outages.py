@@ -9,7 +9,6 @@ state lost (it lives on the peers). The peer outage is covered by ``bench/soak.p
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, Leg, LegState, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
-from tests.integration.fabric.support import BridgeEnv, submit_and_wait
+from tests.integration.fabric.support import BridgeEnv
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
@@ -72,32 +71,6 @@ async def relayer(env: BridgeEnv) -> AsyncIterator[FabricAdapter]:
     await adapter.close()
 
 
-async def holder(env: BridgeEnv, units: int) -> bytes:
-    address = "0x" + secrets.token_hex(20)
-    admin = env.client("Org1", "Admin")
-    try:
-        await submit_and_wait(env.net, admin, CHAINCODE, "SetEligible", ISIN, address, "true")
-        await submit_and_wait(env.net, admin, CHAINCODE, "Issue", ISIN, address, str(units))
-    finally:
-        await admin.close()
-    return bytes(12) + bytes.fromhex(address[2:])
-
-
-def outbound(adapter: FabricAdapter, sender: bytes, amount: int) -> TransferTerms:
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SECURITY.word,
-        amount=amount,
-        src_ledger=LEDGER.word,
-        src_bridge=adapter.bridge_word,
-        dst_ledger=LedgerId("evm-b").word,
-        dst_bridge=secrets.token_bytes(32),
-        sender=sender,
-        recipient=bytes(12) + secrets.token_bytes(20),
-        deadline=2_000_000_000,
-    )
-
-
 async def lock_when_possible(adapter: FabricAdapter, t: TransferTerms) -> TxOutcome:
     """Retry the lock on Unavailable, as the relayer and coordinator do; a refusal fails."""
 
@@ -115,8 +88,8 @@ async def lock_when_possible(adapter: FabricAdapter, t: TransferTerms) -> TxOutc
 async def test_orderer_outage_writes_are_unavailable_then_apply_once(
     env: BridgeEnv, relayer: FabricAdapter
 ) -> None:
-    sender = await holder(env, 10)
-    t = outbound(relayer, sender, 4)
+    sender = await env.holder(ISIN, 10)
+    t = env.outbound(SECURITY, sender, 4)
     height = await relayer.finalized_height()
     env.net.kill_orderer()
     try:
@@ -146,8 +119,8 @@ async def test_orderer_outage_writes_are_unavailable_then_apply_once(
 async def test_chaincode_server_outage_is_unavailable_then_recovers(
     env: BridgeEnv, relayer: FabricAdapter, server: ManagedProcess
 ) -> None:
-    sender = await holder(env, 5)
-    t = outbound(relayer, sender, 5)
+    sender = await env.holder(ISIN, 5)
+    t = env.outbound(SECURITY, sender, 5)
     server.kill9()
     try:
         with pytest.raises(Unavailable) as read:

@@ -64,31 +64,6 @@ async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerm
     await wait_for_peers(env.net, outcome.height)
 
 
-async def holder(env: Env, units: int) -> bytes:
-    address = "0x" + secrets.token_hex(20)
-    admin = env.client("Org1", "Admin")
-    await submit(env.net, admin, "SetEligible", ISIN, address, "true")
-    if units:
-        await submit(env.net, admin, "Issue", ISIN, address, str(units))
-    await admin.close()
-    return bytes(12) + bytes.fromhex(address[2:])
-
-
-def outbound(env: Env, sender: bytes, amount: int) -> TransferTerms:
-    return TransferTerms(
-        secrets.token_bytes(32), SECURITY.word, amount, LEDGER.word, env.bridge,
-        OTHER.word, secrets.token_bytes(32), sender, bytes(12) + secrets.token_bytes(20),
-        2_000_000_000,
-    )  # fmt: skip
-
-
-def inbound(env: Env, recipient: bytes, amount: int) -> TransferTerms:
-    return TransferTerms(
-        secrets.token_bytes(32), SECURITY.word, amount, OTHER.word, secrets.token_bytes(32),
-        LEDGER.word, env.bridge, bytes(12) + secrets.token_bytes(20), recipient, 2_000_000_000,
-    )  # fmt: skip
-
-
 async def header_hash(client: GatewayClient, number: int) -> bytes:
     async with aclosing(client.blocks(number, number)) as blocks:
         hashes = [block_header_hash(b.header) async for b in blocks]
@@ -108,11 +83,11 @@ async def test_supply_counts_issue_lock_commit_and_names_its_block(
     assert start.ledger == LEDGER.name
     assert start.height == await adapter.finalized_height()
 
-    alice = await holder(env, 50)
+    alice = await env.holder(ISIN, 50)
     registered = {LEDGER.name: 50}
     assert figures(await adapter.supply(SECURITY)) == (50, 0, 0, 0, 0)
 
-    t = outbound(env, alice, 20)
+    t = env.outbound(SECURITY, alice, 20, OTHER)
     await step(env, adapter, Action.LOCK, t)
     locked = await adapter.supply(SECURITY)
     assert figures(locked) == (50, 20, 0, 0, 0)
@@ -132,7 +107,7 @@ async def test_supply_counts_issue_lock_commit_and_names_its_block(
     assert start.block_hash == await header_hash(adapter.client, start.height)
 
     # Inbound: prepared, then minted; a Fabric ledger may receive units it never issued.
-    back = inbound(env, alice, 7)
+    back = env.inbound(SECURITY, alice, 7, OTHER)
     await step(env, adapter, Action.PREPARE, back)
     assert figures(await adapter.supply(SECURITY)) == (30, 0, 7, 20, 0)
     await step(env, adapter, Action.COMMIT, back)
@@ -150,12 +125,12 @@ async def test_supply_counts_issue_lock_commit_and_names_its_block(
 
 
 async def test_abort_moves_no_counter(env: Env, adapter: FabricAdapter) -> None:
-    sender = await holder(env, 9)
+    sender = await env.holder(ISIN, 9)
     before = await adapter.supply(SECURITY)
-    t = outbound(env, sender, 9)
+    t = env.outbound(SECURITY, sender, 9, OTHER)
     await step(env, adapter, Action.LOCK, t)
     await step(env, adapter, Action.ABORT, t)
-    tomb = inbound(env, sender, 4)  # None -> Aborted on the inbound side
+    tomb = env.inbound(SECURITY, sender, 4, OTHER)  # None -> Aborted on the inbound side
     await step(env, adapter, Action.ABORT, tomb)
     after = await adapter.supply(SECURITY)
     assert figures(after) == figures(before)
@@ -182,7 +157,7 @@ async def test_a_past_height_reads_only_while_the_security_is_unchanged_since(
     current = await adapter.supply(SECURITY)
     assert current.height >= last and current.total_supply == now.total_supply
 
-    await holder(env, 5)  # blocks that change this security's supply keys
+    await env.holder(ISIN, 5)  # blocks that change this security's supply keys
     with pytest.raises(InvalidInput, match="Fabric cannot read supply at a past height") as exc:
         await adapter.supply(SECURITY, height=now.height)
     assert f"changed {ISIN} after {now.height}" in str(exc.value)
