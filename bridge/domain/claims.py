@@ -10,18 +10,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from bridge.domain.hashing import abi_encode, keccak256, tag
+from bridge.core import digests as core
+from bridge.core.digests import CLAIM_TAG, PROTOCOL_VERSION
 
-CLAIM_TAG = tag("KSTB/claim/v1")
-PROTOCOL_VERSION = 1
+__all__ = ["CLAIM_TAG", "PROTOCOL_VERSION", "Claim", "ClaimDomain", "ClaimKind", "claim_digest"]
 
 
 class ClaimKind(enum.IntEnum):
     """What the committee asserts; values are shared with the contracts."""
 
-    LOCKED = 1
-    COMMIT = 2
-    ABORT = 3
+    LOCKED = core.CLAIM_LOCKED
+    COMMIT = core.CLAIM_COMMIT
+    ABORT = core.CLAIM_ABORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +44,11 @@ class Claim:
 
 def claim_digest(domain: ClaimDomain, claim: Claim) -> bytes:
     """Return the 32-byte digest a committee member signs for ``claim`` in ``domain``."""
-    return keccak256(
-        abi_encode(
-            ["bytes32", "uint16", "bytes32", "bytes32", "uint64", "uint8", "bytes32", "bytes32"],
-            [
-                CLAIM_TAG,
-                PROTOCOL_VERSION,
-                domain.ledger,
-                domain.contract,
-                domain.epoch,
-                int(claim.kind),
-                claim.transfer_id,
-                claim.terms_hash,
-            ],
-        )
+    return core.claim_digest(
+        domain.ledger,
+        domain.contract,
+        domain.epoch,
+        int(claim.kind),
+        claim.transfer_id,
+        claim.terms_hash,
     )

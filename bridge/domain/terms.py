@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.core import digests as core
+from bridge.core.digests import TERMS_TAG, TRANSFER_TAG
 from bridge.domain.errors import InvalidInput
-from bridge.domain.hashing import abi_encode, keccak256, tag
 
-TRANSFER_TAG = tag("KSTB/transfer-id/v1")
-TERMS_TAG = tag("KSTB/terms/v1")
+__all__ = ["TERMS_TAG", "TRANSFER_TAG", "UINT256_MAX", "UINT64_MAX", "TransferTerms", "transfer_id"]
 UINT256_MAX = 2**256 - 1
 UINT64_MAX = 2**64 - 1
 
@@ -67,36 +67,7 @@ class TransferTerms:
     @property
     def terms_hash(self) -> bytes:
         """The digest binding every term; what the committee signs."""
-        return keccak256(
-            abi_encode(
-                [
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "uint256",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "uint64",
-                ],
-                [
-                    TERMS_TAG,
-                    self.transfer_id,
-                    self.security,
-                    self.amount,
-                    self.src_ledger,
-                    self.src_bridge,
-                    self.dst_ledger,
-                    self.dst_bridge,
-                    self.sender,
-                    self.recipient,
-                    self.deadline,
-                ],
-            )
-        )
+        return core.terms_hash(self)
 
     def as_abi_tuple(
         self,
@@ -118,9 +89,4 @@ class TransferTerms:
 
 def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
     """Return the transfer id for a source ledger, source bridge and source nonce."""
-    return keccak256(
-        abi_encode(
-            ["bytes32", "bytes32", "bytes32", "bytes32"],
-            [TRANSFER_TAG, src_ledger, src_bridge, nonce],
-        )
-    )
+    return core.transfer_id(src_ledger, src_bridge, nonce)

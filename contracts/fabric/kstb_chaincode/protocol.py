@@ -42,21 +42,63 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coincurve import PublicKey
-from Crypto.Hash import keccak as _keccak
+from kstb_chaincode.core import digests as _digests
+from kstb_chaincode.core import words as _words
+from kstb_chaincode.core.digests import (
+    CLAIM_ABORT,
+    CLAIM_COMMIT,
+    CLAIM_LOCKED,
+    PROTOCOL_VERSION,
+    WORD_FIELDS,
+    claim_digest,
+    transfer_id,
+)
+from kstb_chaincode.core.hashing import keccak256
+from kstb_chaincode.core.reasons import ErrorReason, ProtocolError
+from kstb_chaincode.core.signatures import (
+    HALF_CURVE_ORDER,
+    SECP256K1_N,
+    SIGNATURE_LENGTH,
+    check_certificate,
+)
+from kstb_chaincode.core.signatures import recover_signer as _core_recover
+from kstb_chaincode.core.words import fabric_bridge_word as bridge_word
+from kstb_chaincode.core.words import ledger_word
+
+__all__ = [
+    "CLAIM_ABORT",
+    "CLAIM_COMMIT",
+    "CLAIM_LOCKED",
+    "HALF_CURVE_ORDER",
+    "PROTOCOL_VERSION",
+    "SECP256K1_N",
+    "SIGNATURE_LENGTH",
+    "ChaincodeError",
+    "Context",
+    "Endpoint",
+    "ErrorReason",
+    "KeyValue",
+    "MemoryStore",
+    "Terms",
+    "bridge_word",
+    "canonical_json",
+    "claim_digest",
+    "execute",
+    "identity_of",
+    "keccak256",
+    "ledger_word",
+    "parse_certificate",
+    "parse_holder",
+    "parse_terms",
+    "recover_signer",
+    "security_word",
+    "transfer_id",
+]
 
 # ----------------------------------------------------------------------------- constants
 
-UINT256_LIMIT = 2**256
-UINT64_LIMIT = 2**64
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-HALF_CURVE_ORDER = SECP256K1_N // 2
-SIGNATURE_LENGTH = 65
-PROTOCOL_VERSION = 1
-
-CLAIM_LOCKED = 1
-CLAIM_COMMIT = 2
-CLAIM_ABORT = 3
+UINT256_LIMIT = _digests.UINT256_LIMIT
+UINT64_LIMIT = _digests.UINT64_LIMIT
 
 LEG_OUT = 0
 LEG_IN = 1
@@ -82,7 +124,6 @@ _HEX_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _LEDGER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _CHAINCODE_NAME = re.compile(r"[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*")
-_ISIN = re.compile(r"[A-Z]{2}[A-Z0-9]{9}[0-9]")
 _IDENTITY = re.compile(r"[^\s:/]+:[0-9a-f]{64}")
 
 ZERO_WORD = bytes(32)
@@ -104,67 +145,18 @@ def _invalid(detail: str) -> ChaincodeError:
     return ChaincodeError("InvalidArgument", detail)
 
 
-# ----------------------------------------------------------------------------- hashing
+# ----------------------------------------------------------------------------- words
 
-
-def keccak256(data: bytes) -> bytes:
-    """Keccak-256 (Ethereum's, not SHA3-256)."""
-    return _keccak.new(digest_bits=256, data=data).digest()
-
-
-def _tag(name: str) -> bytes:
-    return keccak256(name.encode("ascii"))
-
-
-TRANSFER_TAG = _tag("KSTB/transfer-id/v1")
-TERMS_TAG = _tag("KSTB/terms/v1")
-CLAIM_TAG = _tag("KSTB/claim/v1")
-
-
-def abi_word(value: bytes | int, bits: int = 256) -> bytes:
-    """One static ABI word: bytes32 as is, ``uint<bits>`` big-endian left-padded to 32 bytes."""
-    if isinstance(value, bytes):
-        if len(value) != 32:
-            raise ValueError("bytes32 must be 32 bytes")
-        return value
-    if not 0 <= value < 2**bits:
-        raise ValueError(f"{value} does not fit uint{bits}")
-    return value.to_bytes(32, "big")
-
-
-def abi_encode_static(*words: bytes) -> bytes:
-    """``abi.encode`` of static values already converted by :func:`abi_word`."""
-    return b"".join(words)
-
-
-def ledger_word(ledger_name: str) -> bytes:
-    """keccak256(ledger name), like ``LedgerId.word``."""
-    return keccak256(ledger_name.encode("utf-8"))
-
-
-def bridge_word(channel_id: str, chaincode_name: str) -> bytes:
-    """The endpoint's 32-byte bridge id: keccak256("fabric:<channel>:<chaincode>")."""
-    return keccak256(b"fabric:" + channel_id.encode("utf-8") + b":" + chaincode_name.encode())
+# Digests, words and the certificate rule come from the vendored protocol core
+# (``kstb_chaincode.core``, generated from ``bridge/core``): one copy of the arithmetic.
 
 
 def security_word(isin: str) -> bytes:
     """The ISIN as ASCII right-padded with zero bytes, like ``SecurityId.word``."""
-    if not isinstance(isin, str) or not _ISIN.fullmatch(isin) or not _isin_checks(isin):
-        raise _invalid(f"security id {isin!r} is not a valid ISIN")
-    return isin.encode("ascii").ljust(32, b"\0")
-
-
-def _isin_checks(isin: str) -> bool:
-    digits = "".join(str(int(c, 36)) for c in isin[:11])
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return (10 - total % 10) % 10 == int(isin[11])
+    try:
+        return _words.security_word(isin)
+    except ValueError:
+        raise _invalid(f"security id {isin!r} is not a valid ISIN") from None
 
 
 def parse_holder(text: str) -> bytes:
@@ -179,11 +171,7 @@ def holder_word(address: bytes) -> bytes:
     return bytes(12) + address
 
 
-def _address_of_word(word: bytes) -> bytes | None:
-    """The 20-byte account of ``word``, or None when it is not a nonzero left-padded address."""
-    if any(word[:12]) or not any(word[12:]):
-        return None
-    return word[12:]
+_address_of_word = _words.address_of_word
 
 
 def _hex(data: bytes) -> str:
@@ -193,95 +181,20 @@ def _hex(data: bytes) -> str:
 # ----------------------------------------------------------------------------- terms
 
 
-@dataclass(frozen=True, slots=True)
-class Terms:
-    """``BridgeTypes.Terms``: words are 32 bytes; ``amount`` < 2**256, ``deadline`` < 2**64."""
-
-    nonce: bytes
-    security: bytes
-    amount: int
-    src_ledger: bytes
-    src_bridge: bytes
-    dst_ledger: bytes
-    dst_bridge: bytes
-    sender: bytes
-    recipient: bytes
-    deadline: int
-
-    @property
-    def transfer_id(self) -> bytes:
-        """``BridgeTypes.transferId``."""
-        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
-
-    @property
-    def terms_hash(self) -> bytes:
-        """``BridgeTypes.termsHash(t, transferId(t))``."""
-        return keccak256(
-            abi_encode_static(
-                TERMS_TAG,
-                self.transfer_id,
-                self.security,
-                abi_word(self.amount),
-                self.src_ledger,
-                self.src_bridge,
-                self.dst_ledger,
-                self.dst_bridge,
-                self.sender,
-                self.recipient,
-                abi_word(self.deadline, 64),
-            )
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The canonical terms JSON object (lowercase hex, decimal amount)."""
-        return {
-            "nonce": _hex(self.nonce),
-            "security": _hex(self.security),
-            "amount": str(self.amount),
-            "src_ledger": _hex(self.src_ledger),
-            "src_bridge": _hex(self.src_bridge),
-            "dst_ledger": _hex(self.dst_ledger),
-            "dst_bridge": _hex(self.dst_bridge),
-            "sender": _hex(self.sender),
-            "recipient": _hex(self.recipient),
-            "deadline": self.deadline,
-        }
+Terms = _digests.Terms
+"""``BridgeTypes.Terms`` (the core's): ``transfer_id`` and ``terms_hash`` are properties."""
 
 
-_WORD_FIELDS = (
-    "nonce",
-    "security",
-    "src_ledger",
-    "src_bridge",
-    "dst_ledger",
-    "dst_bridge",
-    "sender",
-    "recipient",
-)
+def terms_to_json(t: Terms) -> dict[str, Any]:
+    """The canonical terms JSON object (lowercase hex, decimal amount)."""
+    obj: dict[str, Any] = {name: _hex(getattr(t, name)) for name in _WORD_FIELDS}
+    obj["amount"] = str(t.amount)
+    obj["deadline"] = t.deadline
+    return obj
+
+
+_WORD_FIELDS = WORD_FIELDS
 _TERMS_FIELDS = frozenset((*_WORD_FIELDS, "amount", "deadline"))
-
-
-def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
-    """``keccak256(abi.encode(TRANSFER_TAG, srcLedgerId, srcBridge, nonce))``."""
-    return keccak256(abi_encode_static(TRANSFER_TAG, src_ledger, src_bridge, nonce))
-
-
-def claim_digest(
-    ledger: bytes, bridge: bytes, epoch: int, kind: int, tid: bytes, thash: bytes
-) -> bytes:
-    """``BridgeTypes.claimDigest``: what committee members sign for this endpoint."""
-    return keccak256(
-        abi_encode_static(
-            CLAIM_TAG,
-            abi_word(PROTOCOL_VERSION, 16),
-            ledger,
-            bridge,
-            abi_word(epoch, 64),
-            abi_word(kind, 8),
-            tid,
-            thash,
-        )
-    )
 
 
 def _parse_word(name: str, value: object) -> bytes:
@@ -353,25 +266,15 @@ def parse_certificate(text: str) -> Certificate:
 
 
 def recover_signer(digest: bytes, signature: bytes) -> bytes | None:
-    """The 20-byte address that signed ``digest`` (EVM ``ecrecover`` rules), or None.
+    """The 20-byte address that signed ``digest`` (the core's ``ecrecover`` rules), or None.
 
     None for: not 65 bytes, v not 27/28, r or s out of range, high s (malleable twin),
     or no recoverable public key.
     """
-    if len(signature) != SIGNATURE_LENGTH:
-        return None
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    v = signature[64]
-    if v not in (27, 28) or not 0 < r < SECP256K1_N or not 0 < s <= HALF_CURVE_ORDER:
-        return None
     try:
-        pub = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), digest, hasher=None
-        )
-    except Exception:  # coincurve raises a bare Exception when recovery fails
+        return _core_recover(digest, signature)
+    except ProtocolError:
         return None
-    return keccak256(pub.format(compressed=False)[1:])[12:]
 
 
 # ----------------------------------------------------------------------------- store
@@ -661,7 +564,7 @@ class Endpoint:
             "leg": LEG_OUT if direction == "out" else LEG_IN,
         }
         if terms is not None:
-            event["terms"] = terms.to_json()
+            event["terms"] = terms_to_json(terms)
         self._emit(EVENT_NAME, canonical_json(event))
 
     # ------------------------------------------------------------------ guards
@@ -711,30 +614,22 @@ class Endpoint:
             )
 
     def _verify_certificate(self, cert: Certificate, kind: int, tid: bytes, thash: bytes) -> None:
-        """``BridgeEndpoint._verifyCertificate``, check for check and in the same order."""
+        """``BridgeEndpoint._verifyCertificate``: the core's acceptance rule, in its order."""
         committee = self._committee()
-        if cert.epoch != committee.epoch:
-            raise ChaincodeError("WrongEpoch", f"got={cert.epoch}, current={committee.epoch}")
-        if cert.signatures is None:
-            raise ChaincodeError("MalformedSignatures", "signatures must be a list of 0x-hex")
-        count = len(cert.signatures)
-        if count < committee.threshold:
-            raise ChaincodeError(
-                "TooFewSignatures", f"got={count}, threshold={committee.threshold}"
-            )
         digest = claim_digest(
             self.cfg.ledger_word, self.cfg.bridge_word, committee.epoch, kind, tid, thash
         )
-        previous = bytes(20)
-        for i, sig in enumerate(cert.signatures):
-            signer = recover_signer(digest, sig)
-            if signer is None:
-                raise ChaincodeError("InvalidSignature", f"index={i}")
-            if signer <= previous:
-                raise ChaincodeError("SignersNotAscending", f"index={i}")
-            if signer not in committee.members:
-                raise ChaincodeError("NotCommitteeMember", f"signer={_hex(signer)}")
-            previous = signer
+        try:
+            check_certificate(
+                digest,
+                cert.epoch,
+                committee.epoch,
+                committee.threshold,
+                committee.members,
+                cert.signatures,
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
 
     def _receive_check(self, t: Terms) -> int:
         token = self._registered(t.security)
