@@ -48,11 +48,16 @@ def _balances(system: LocalSystem, holder: DevAccount, label: str) -> None:
 
 
 def _transfer(
-    stub: transfer_pb2_grpc.TransferServiceStub, src: str, dst: str, holder: DevAccount, amount: int
+    system: LocalSystem,
+    stub: transfer_pb2_grpc.TransferServiceStub,
+    src: str,
+    dst: str,
+    holder: DevAccount,
+    amount: int,
 ) -> str:
-    _say(f"\n> transfer {amount} {DEMO_ISIN} {src} -> {dst}")
+    _say(f"\n> transfer {amount} {DEMO_ISIN} {src} -> {dst} (instructed by {src}'s brokerage)")
     start = time.monotonic()
-    resp = stub.SubmitTransfer(
+    request = system.brokerage.instruct(
         transfer_pb2.SubmitTransferRequest(
             idempotency_key=str(uuid.uuid4()),
             security_id=DEMO_ISIN,
@@ -61,9 +66,9 @@ def _transfer(
             sender=holder.address,
             recipient=holder.address,
             amount=str(amount),
-        ),
-        timeout=30,
+        )
     )
+    resp = stub.SubmitTransfer(request, timeout=30)
     tid = resp.transfer.transfer_id
     _say(f"  transfer id {tid}")
     final = 0
@@ -130,7 +135,7 @@ def main() -> int:
         with grpc.insecure_channel(system.coordinator_target) as channel:
             stub = transfer_pb2_grpc.TransferServiceStub(channel)
             for src, dst, units in LANES:
-                _transfer(stub, src, dst, holder, units)
+                _transfer(system, stub, src, dst, holder, units)
                 _balances(system, holder, f"after {src} -> {dst}")
         expected = {EVM_A: 790, EVM_B: 150, FABRIC: 60}
         for name, units in expected.items():

@@ -5,6 +5,12 @@
   (or already MINTED), both with these terms.
 - ABORT: the target leg is finalized REJECTED, EXPIRED or ABORTED, or the source leg is
   already RELEASED; never while the target is PREPARED or MINTED or the source BURNED.
+
+Protocol v2: LOCKED and COMMIT need the lock to have been *instructed*: the terms'
+instructor is an instruction key registered for the source ledger in the network file, or
+(EVM source only) the sender itself. The ledger has already checked the instruction's
+signature, so the member checks only the instructor's authority. An uninstructed lock may be
+ABORTed (also while the target leg is still NONE) so the escrow returns to its holder.
 """
 
 from __future__ import annotations
@@ -25,11 +31,55 @@ def _matches(status: LegStatus, terms_hash: bytes, leg: str) -> None:
         raise ClaimRefused(f"{leg} leg holds different terms for this transfer id")
 
 
-def check_claim(kind: ClaimKind, terms_hash: bytes, source: LegStatus, target: LegStatus) -> None:
-    """Return if ``kind`` may be signed given both legs' finalized states; else ClaimRefused."""
+class UninstructedLock(ClaimRefused):
+    """The lock's instructor has no authority over the source ledger's accounts."""
+
+
+def is_instructed(
+    instruction_keys: frozenset[bytes], source_kind: str, sender: bytes, instructor: bytes
+) -> bool:
+    """True when ``instructor`` (a terms word) may have instructed a lock of ``sender``'s units.
+
+    SECURITY: a registered instruction key of the source ledger, or on an EVM source the
+    sender itself (a holder-direct lock, which only the holder's own transaction or
+    signature can make).
+    """
+    if len(instructor) != 32 or any(instructor[:12]) or not any(instructor[12:]):
+        return False
+    if instructor[12:] in instruction_keys:
+        return True
+    return source_kind == "evm" and instructor == sender
+
+
+def check_claim(
+    kind: ClaimKind,
+    terms_hash: bytes,
+    source: LegStatus,
+    target: LegStatus,
+    *,
+    instructed: bool,
+) -> None:
+    """Return if ``kind`` may be signed given both legs' finalized states; else ClaimRefused.
+
+    ``instructed`` is :func:`is_instructed` of the terms: without it LOCKED and COMMIT are
+    refused (UninstructedLock) and ABORT is also allowed while the target leg is NONE.
+    """
     _matches(source, terms_hash, "source")
     _matches(target, terms_hash, "target")
     src, dst = source.state, target.state
+    if not instructed:
+        if kind is not ClaimKind.ABORT:
+            raise UninstructedLock(
+                "the lock's instructor is not an instruction key registered for the source"
+                " ledger (nor the sender on an EVM source): no brokerage instructed it"
+            )
+        if src is LegState.BURNED or dst in (LegState.PREPARED, LegState.MINTED):
+            raise ClaimRefused(
+                f"cannot abort: source {src.name}, target {dst.name} (a prepared transfer commits)"
+            )
+        if src in (LegState.LOCKED, LegState.RELEASED):
+            return
+        raise ClaimRefused(f"source leg is {src.name}: nothing to abort")
     if kind is ClaimKind.LOCKED:
         if src is not LegState.LOCKED:
             raise ClaimRefused(f"source leg is {src.name} at height {source.height}, not LOCKED")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
+from bridge.coordinator.requests import check_instruction
 from bridge.coordinator.store import TransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
@@ -30,8 +30,8 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
+from bridge.domain.instructions import Instruction
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
-from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
 from bridge.ledgers.factory import bridge_word_of
@@ -100,7 +100,7 @@ class Coordinator:
         self._supply = supply
         self._sweep_every = sweep_every
         self._domains = {
-            name: LedgerDomain(name, lc.id.word, bridge_word_of(lc))
+            name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
             for name, lc in network.ledgers.items()
         }
         self._ledger_by_word = {d.ledger_word: name for name, d in self._domains.items()}
@@ -178,14 +178,24 @@ class Coordinator:
             ev.set()
 
     # -- the brokerage API -----------------------------------------------------------------
-    async def submit(self, request: TransferRequest) -> tuple[TransferRecord, bool]:
+    async def submit(
+        self, request: TransferRequest, instruction: Instruction
+    ) -> tuple[TransferRecord, bool]:
         """Record a new transfer (or return the one with the same idempotency key).
 
-        Pre-checks the sender's balance and standing and that both tokens are registered
-        and not paused; the recipient's eligibility is decided on the target ledger.
+        SECURITY: the brokerage's instruction is checked first (registered instructor for
+        the source ledger, its signature over exactly these terms, deadline bounds); nothing
+        is recorded for a refused one. The coordinator chooses no term: the nonce and the
+        deadline are the instructor's. Pre-checks the sender's balance and standing and that
+        both tokens are registered and not paused; the recipient's eligibility is decided on
+        the target ledger.
         """
+        now = time.time()
+        terms = check_instruction(self._network, request, instruction, now=now, ttl=self._ttl)
         existing = await self._existing(request)
         if existing is not None:
+            if existing.terms != terms:
+                raise Conflict("idempotency_key was already used with other instructed terms")
             return existing, False
         if self._supply is not None:
             refusal = await self._supply.refusal(
@@ -194,24 +204,6 @@ class Coordinator:
             if refusal is not None:
                 raise PreconditionFailed(refusal)
         await self._precheck(request)
-        src, dst = self._domains[request.source_ledger], self._domains[request.target_ledger]
-        now = time.time()
-        terms = TransferTerms(
-            nonce=secrets.token_bytes(32),
-            security=SecurityId(request.security).word,
-            amount=request.amount,
-            src_ledger=src.ledger_word,
-            src_bridge=src.bridge_word,
-            dst_ledger=dst.ledger_word,
-            dst_bridge=dst.bridge_word,
-            sender=codec_for(self._network.ledgers[request.source_ledger].kind).parse(
-                request.sender
-            ),
-            recipient=codec_for(self._network.ledgers[request.target_ledger].kind).parse(
-                request.recipient
-            ),
-            deadline=int(now) + self._ttl,
-        )
         record = TransferRecord(
             transfer_id=terms.transfer_id,
             request=request,
@@ -220,10 +212,11 @@ class Coordinator:
             reason="locking units on the source ledger",
             created_at=now,
             updated_at=now,
+            instruction=instruction.signature,
         )
         stored, created = await self._store.create(record)
         if not created:
-            if stored.request.fingerprint() != request.fingerprint():
+            if stored.request.fingerprint() != request.fingerprint() or stored.terms != terms:
                 raise Conflict("idempotency_key was already used for a different transfer")
             return stored, False
         self._log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
@@ -548,7 +541,7 @@ class Coordinator:
             return True
         if step.step is StepKind.LOCK:
             try:
-                out = await src.submit(Action.LOCK, terms, None)
+                out = await src.submit(Action.LOCK, terms, None, record.instruction)
             except LedgerRejected as exc:
                 if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
                     raise  # e.g. a racing duplicate: re-read the leg and go on

@@ -44,6 +44,8 @@ class TransferRecord:
     updated_at: float
     decision: ClaimKind | None = None
     transactions: Mapping[str, str] = field(default_factory=dict)
+    instruction: bytes = b""
+    """The instructor's signature over the terms, passed to the source ledger's LOCK."""
 
 
 @dataclass(frozen=True, slots=True)

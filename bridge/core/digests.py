@@ -1,22 +1,32 @@
-"""Transfer ids, terms hashes and claim digests: what ledgers store and committees sign.
+"""Transfer ids, terms hashes, claim and instruction digests (protocol version 2).
 
-``transfer_id = keccak256(abi.encode(TRANSFER_TAG, src_ledger, src_bridge, nonce))``;
-``terms_hash`` binds every economic term and the transfer id; a claim digest binds the
-protocol version, the verifying ledger, its bridge contract and the committee epoch to one
-claim about one transfer's terms hash, so a signature cannot be replayed anywhere else.
+- ``transfer_id = keccak256(abi.encode(TRANSFER_TAG, src_ledger, src_bridge, sender,
+  instructor, nonce))``: bound to the sender and the instructing brokerage, so nobody else
+  can occupy (squat) a transfer id that a brokerage will use for its client;
+- ``terms_hash`` binds every term, the instructor included, and the transfer id;
+- a claim digest binds the protocol version, the network (EVM chain id, Fabric channel
+  genesis hash), the verifying ledger, its bridge contract and the committee epoch to one
+  claim about one terms hash, so a signature cannot be replayed anywhere else, not even on
+  a staging deployment that reused names and keys;
+- an instruction digest binds the protocol version and the source ledger's network to a
+  terms hash: the brokerage's instruction key signs it to authorise the lock.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .hashing import encode, keccak256, tag, uint, word32
 
-PROTOCOL_VERSION = 1
-TRANSFER_TAG = tag("KSTB/transfer-id/v1")
-TERMS_TAG = tag("KSTB/terms/v1")
-CLAIM_TAG = tag("KSTB/claim/v1")
+PROTOCOL_VERSION = 2
+TRANSFER_TAG = tag("KSTB/transfer-id/v2")
+TERMS_TAG = tag("KSTB/terms/v2")
+CLAIM_TAG = tag("KSTB/claim/v2")
+INSTRUCTION_TAG = tag("KSTB/instruction/v2")
 
 CLAIM_LOCKED = 1
 CLAIM_COMMIT = 2
@@ -48,6 +58,8 @@ class TermsFields(Protocol):
     @property
     def recipient(self) -> bytes: ...
     @property
+    def instructor(self) -> bytes: ...
+    @property
     def deadline(self) -> int: ...
 
 
@@ -68,6 +80,7 @@ class Terms:
     dst_bridge: bytes
     sender: bytes
     recipient: bytes
+    instructor: bytes
     deadline: int
 
     def __post_init__(self) -> None:
@@ -79,7 +92,9 @@ class Terms:
     @property
     def transfer_id(self) -> bytes:
         """``BridgeTypes.transferId``."""
-        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
+        return transfer_id(
+            self.src_ledger, self.src_bridge, self.sender, self.instructor, self.nonce
+        )
 
     @property
     def terms_hash(self) -> bytes:
@@ -96,22 +111,35 @@ WORD_FIELDS = (
     "dst_bridge",
     "sender",
     "recipient",
+    "instructor",
 )
 """The ``bytes32`` fields of :class:`Terms`, in declaration order."""
 
 
-def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
-    """``keccak256(abi.encode(TRANSFER_TAG, srcLedgerId, srcBridge, nonce))``."""
-    return keccak256(encode(TRANSFER_TAG, word32(src_ledger), word32(src_bridge), word32(nonce)))
+def transfer_id(
+    src_ledger: bytes, src_bridge: bytes, sender: bytes, instructor: bytes, nonce: bytes
+) -> bytes:
+    """``keccak256(abi.encode(TRANSFER_TAG, srcLedgerId, srcBridge, sender, instructor,
+    nonce))``."""
+    return keccak256(
+        encode(
+            TRANSFER_TAG,
+            word32(src_ledger),
+            word32(src_bridge),
+            word32(sender),
+            word32(instructor),
+            word32(nonce),
+        )
+    )
 
 
 def terms_hash(t: TermsFields) -> bytes:
     """``keccak256(abi.encode(TERMS_TAG, id, security, amount, src, srcBridge, dst,
-    dstBridge, sender, recipient, uint64 deadline))``."""
+    dstBridge, sender, recipient, instructor, uint64 deadline))``."""
     return keccak256(
         encode(
             TERMS_TAG,
-            transfer_id(t.src_ledger, t.src_bridge, t.nonce),
+            transfer_id(t.src_ledger, t.src_bridge, t.sender, t.instructor, t.nonce),
             word32(t.security),
             uint(t.amount),
             word32(t.src_ledger),
@@ -120,19 +148,25 @@ def terms_hash(t: TermsFields) -> bytes:
             word32(t.dst_bridge),
             word32(t.sender),
             word32(t.recipient),
+            word32(t.instructor),
             uint(t.deadline, 64),
         )
     )
 
 
 def claim_digest(
-    ledger: bytes, bridge: bytes, epoch: int, kind: int, tid: bytes, thash: bytes
+    network: bytes, ledger: bytes, bridge: bytes, epoch: int, kind: int, tid: bytes, thash: bytes
 ) -> bytes:
-    """``BridgeTypes.claimDigest``: what a committee member signs for one endpoint."""
+    """``BridgeTypes.claimDigest``: what a committee member signs for one endpoint.
+
+    ``keccak256(abi.encode(CLAIM_TAG, uint16 2, network, ledger, bridge, uint64 epoch,
+    uint8 kind, transferId, termsHash))``.
+    """
     return keccak256(
         encode(
             CLAIM_TAG,
             uint(PROTOCOL_VERSION, 16),
+            word32(network),
             word32(ledger),
             word32(bridge),
             uint(epoch, 64),
@@ -141,3 +175,23 @@ def claim_digest(
             word32(thash),
         )
     )
+
+
+def instruction_digest(network: bytes, thash: bytes) -> bytes:
+    """What the instructing brokerage signs to authorise a lock of the terms ``thash``.
+
+    ``keccak256(abi.encode(INSTRUCTION_TAG, uint16 2, network, termsHash))`` where
+    ``network`` is the SOURCE ledger's network word; signed raw (no EIP-191 prefix), with
+    the same signature rules as committee signatures.
+    """
+    return keccak256(
+        encode(INSTRUCTION_TAG, uint(PROTOCOL_VERSION, 16), word32(network), word32(thash))
+    )
+
+
+def init_parameters_digest(args: Sequence[str]) -> str:
+    """SHA-256 (hex) of a Fabric endpoint's ``Init`` arguments, as pinned in each
+    organisation's chaincode server (``KSTB_INIT_PARAMS_SHA256``): the JSON array of the
+    arguments, compact, ASCII."""
+    text = json.dumps(list(args), separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()

@@ -720,7 +720,13 @@ class FabricNetwork:
         data: dict[str, object] = json.loads(out[out.index("{") :])
         return data
 
-    def deploy_ccaas(self, name: str, chaincode_address: str, version: str = "1.0") -> str:
+    def deploy_ccaas(
+        self,
+        name: str,
+        chaincode_address: str,
+        version: str = "1.0",
+        init_required: bool = False,
+    ) -> str:
         """Install, approve (both orgs) and commit a chaincode-as-a-service; return its package id.
 
         The definition's endorsement policy is ``AND('Org1MSP.peer','Org2MSP.peer')``. Returns
@@ -758,6 +764,7 @@ class FabricNetwork:
             str(sequence),
             "--signature-policy",
             BOTH_ORGS_POLICY,
+            *(["--init-required"] if init_required else []),
         ]
         for org in self.orgs.values():
             self._lifecycle_tx(org, ["approveformyorg", *definition, "--package-id", package_id])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Credentials
+from bridge.core.digests import init_parameters_digest
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
@@ -27,12 +28,26 @@ from bridge.ledgers.fabric.identity import SigningIdentity
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 
 
-def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
+INIT_PIN_ENV = "KSTB_INIT_PARAMS_SHA256"
+
+
+def start_bridge_chaincode(
+    net: FabricNetwork, name: str, init_args: Sequence[str] | None = None
+) -> ManagedProcess:
     """Deploy the bridge chaincode as ``name`` (both orgs endorse) and serve it; returns the
-    chaincode server process once it listens."""
+    chaincode server process once it listens.
+
+    With ``init_args`` the definition is committed with ``--init-required`` and the server
+    is pinned to exactly those Init arguments (``KSTB_INIT_PARAMS_SHA256``): the first
+    invocation must be that Init, and no other Init is accepted. (The devnet serves both
+    organisations' peers from one server, so one pin stands for both; in production each
+    organisation runs its own server pinned to what it agreed to.) Without ``init_args`` no
+    pin is set and Init is refused (WrongInitParameters).
+    """
     port = free_port()
     address = f"127.0.0.1:{port}"
-    package_id = net.deploy_ccaas(name, address)
+    package_id = net.deploy_ccaas(name, address, init_required=init_args is not None)
+    pin = {INIT_PIN_ENV: init_parameters_digest(list(init_args))} if init_args is not None else {}
     proc = ManagedProcess(
         name=f"chaincode-{name}",
         argv=[str(chaincode_python()), "-m", "kstb_chaincode"],
@@ -41,6 +56,7 @@ def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
             "PYTHONPATH": str(CHAINCODE_DIR),
             "CHAINCODE_SERVER_ADDRESS": address,
             "CORE_CHAINCODE_ID": package_id,
+            **pin,
         },
     ).start()
     proc.wait_port(port, timeout=30)
@@ -89,6 +105,8 @@ class FabricBridgeLedger:
     isins: list[str] = field(default_factory=list)
     before_issue: Callable[[str, int], None] | None = None
     """Called with (isin, units) before any issue: the devnet registers the issuance."""
+    genesis_hash: bytes = b""
+    """The channel's genesis block hash: this ledger's network word (protocol v2)."""
 
     @property
     def net(self) -> FabricNetwork:
@@ -101,7 +119,7 @@ class FabricBridgeLedger:
         """Start the network, deploy and initialise the chaincode, register ``isins``, and
         grant the relayer identity its role."""
         self.network = FabricNetwork(self.workdir / f"fabric-{self.name}").start()
-        self.process = start_bridge_chaincode(self.net, self.chaincode)
+        self.genesis_hash = self._run(lambda client: client.genesis_hash())
         committee_json = json.dumps(
             {
                 "epoch": committee.epoch,
@@ -109,9 +127,11 @@ class FabricBridgeLedger:
                 "members": ["0x" + m.hex() for m in committee.members],
             }
         )
+        init_args = [self.name, self.chaincode, committee_json, "0x" + self.genesis_hash.hex()]
+        self.process = start_bridge_chaincode(self.net, self.chaincode, init_args)
         relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
         self._admin_calls(
-            [("Init", [self.name, self.chaincode, committee_json])]
+            [("Init", init_args)]
             + [("RegisterSecurity", [isin]) for isin in isins]
             + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
         )
@@ -173,6 +193,7 @@ class FabricBridgeLedger:
             "tls_ca": str(o.tls_ca_cert),
             "tls_server_name": o.peer_host,
             "block_interval": block_interval,
+            "genesis_hash": "0x" + self.genesis_hash.hex(),
         }
 
     def endpoint_of(self, org: str) -> str:
@@ -206,7 +227,8 @@ class FabricBridgeLedger:
     def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
-                result = await client.submit(self.chaincode, fn, list(args))
+                # Init is the definition's one --init-required invocation.
+                result = await client.submit(self.chaincode, fn, list(args), is_init=fn == "Init")
                 await wait_for_peers(self.net, result.block_number)
 
         self._run(run)

@@ -16,8 +16,9 @@ import grpc
 from web3 import Web3
 from web3.contract import Contract
 
-from bridge.config import dump_toml
+from bridge.config import NetworkConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.client import Brokerage, submit_retrying
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
@@ -25,6 +26,7 @@ from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.ledgers.evm import deploy
 from bridge.supply_client import SupplyOperator
+from bridge.v1 import transfer_pb2
 
 DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
 
@@ -100,6 +102,9 @@ class LocalSystem:
     ports: dict[str, int] = field(default_factory=dict)
     committee: Committee | None = None
     supply_operator: DevAccount = field(default_factory=DevAccount.generate)
+    instruction_keys: dict[str, DevAccount] = field(default_factory=dict)
+    """Per ledger, the instruction key of the brokerage that manages its accounts."""
+    _brokerage: Brokerage | None = None
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -143,6 +148,36 @@ class LocalSystem:
         """Every ledger name, EVM first."""
         return [*self.ledgers, *self.fabric]
 
+    # -- brokerages (protocol v2 instructions) -----------------------------------------------
+    def instruction_key(self, ledger: str) -> DevAccount:
+        """The devnet brokerage's instruction key for ``ledger`` (generated once, written 0600)."""
+        key = self.instruction_keys.get(ledger)
+        if key is None:
+            key = self.instruction_keys[ledger] = DevAccount.generate()
+            write_key_file(self.workdir / "keys" / f"instruction-{ledger}.key", key)
+        return key
+
+    @property
+    def network(self) -> NetworkConfig:
+        """The network file as the daemons read it (after :meth:`write_configs`)."""
+        return load_network(self.workdir / "network.toml")
+
+    @property
+    def brokerage(self) -> Brokerage:
+        """Signs instructions with each source ledger's instruction key."""
+        if self._brokerage is None:
+            keys = {
+                name: LocalKeySigner(self.instruction_key(name).private_key)
+                for name in self.all_ledgers
+            }
+            self._brokerage = Brokerage(self.network, keys, ttl=max(30, self.transfer_ttl - 10))
+        return self._brokerage
+
+    def submit(self, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0) -> str:
+        """Instruct ``request`` as its source ledger's brokerage and submit it (retrying
+        transient faults with the same instruction); returns the transfer id."""
+        return submit_retrying(self.coordinator_target, self.brokerage.instruct(request), limit_s)
+
     # -- configuration ---------------------------------------------------------------------
     def _network_file(self) -> Path:
         assert self.committee is not None
@@ -157,6 +192,9 @@ class LocalSystem:
                     },
                     "securities": {"isins": list(self.isins)},
                     "supply": {"operators": [self.supply_operator.address]},
+                    "instruction_keys": {
+                        name: [self.instruction_key(name).address] for name in self.all_ledgers
+                    },
                     "ledgers": [
                         {
                             "id": h.name,

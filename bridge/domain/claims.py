@@ -1,8 +1,8 @@
 """Committee claims and their domain-separated digests.
 
 A claim is signed once per verifying ledger: the digest binds the protocol version, the
-ledger id, the bridge contract on that ledger and the committee epoch, so a signature can
-never be replayed on another ledger, another contract or under another committee.
+network, the ledger id, the bridge contract on that ledger and the committee epoch, so a
+signature can never be replayed on another network, ledger, contract or committee.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ class ClaimKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class ClaimDomain:
-    """Where a signature is valid: one bridge contract on one ledger, one committee epoch."""
+    """Where a signature is valid: one bridge contract on one ledger of one network, one
+    committee epoch. ``network`` is the ledger's network word (EVM: the chain id as a word;
+    Fabric: the channel's genesis block hash)."""
 
     ledger: bytes
     contract: bytes
     epoch: int
+    network: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class Claim:
 def claim_digest(domain: ClaimDomain, claim: Claim) -> bytes:
     """Return the 32-byte digest a committee member signs for ``claim`` in ``domain``."""
     return core.claim_digest(
+        domain.network,
         domain.ledger,
         domain.contract,
         domain.epoch,

@@ -23,7 +23,12 @@ from coincurve import PrivateKey
 from bridge.core import digests, words
 from bridge.core.hashing import keccak256
 from bridge.core.reasons import ProtocolError
-from bridge.core.signatures import SECP256K1_N, address_of_public_key, check_certificate
+from bridge.core.signatures import (
+    SECP256K1_N,
+    address_of_public_key,
+    check_certificate,
+    check_instruction,
+)
 
 VECTORS = Path(__file__).resolve().parents[1] / "core" / "vectors.json"
 
@@ -63,6 +68,7 @@ def _terms_cases() -> list[digests.Terms]:
         "dst_bridge": words.fabric_bridge_word("bridge", "kstb"),
         "sender": padded(0x51),
         "recipient": padded(0x52),
+        "instructor": bytes(12) + _address(vector_key(10)),
         "deadline": 1_700_000_000,
     }
     return [
@@ -70,6 +76,7 @@ def _terms_cases() -> list[digests.Terms]:
         digests.Terms(**{**base, "nonce": w(0x02)}),
         digests.Terms(**{**base, "amount": 2**256 - 1, "deadline": 2**64 - 1}),
         digests.Terms(**{**base, "amount": 1, "deadline": 0, "sender": padded(0x61)}),
+        digests.Terms(**{**base, "instructor": base["sender"]}),  # holder-direct (EVM)
     ]
 
 
@@ -99,6 +106,7 @@ def build() -> dict[str, Any]:
         "transfer": _hex(digests.TRANSFER_TAG),
         "terms": _hex(digests.TERMS_TAG),
         "claim": _hex(digests.CLAIM_TAG),
+        "instruction": _hex(digests.INSTRUCTION_TAG),
     }
     out["ledger_words"] = {n: _hex(words.ledger_word(n)) for n in ("evm-a", "fabric-b", "x")}
     out["security_words"] = {
@@ -127,8 +135,10 @@ def build() -> dict[str, Any]:
             ledger = words.ledger_word("evm-a")
             bridge = bytes(12) + bytes([0xC0 + i]) * 20
             epoch = 1 + i
+            network = words.evm_network_word(31337 + i)
             claims.append(
                 {
+                    "network": _hex(network),
                     "ledger": _hex(ledger),
                     "bridge": _hex(bridge),
                     "epoch": epoch,
@@ -137,13 +147,68 @@ def build() -> dict[str, Any]:
                     "terms_hash": _hex(t.terms_hash),
                     "digest": _hex(
                         digests.claim_digest(
-                            ledger, bridge, epoch, kind, t.transfer_id, t.terms_hash
+                            network, ledger, bridge, epoch, kind, t.transfer_id, t.terms_hash
                         )
                     ),
                 }
             )
     out["claims"] = claims
+    out["instructions"] = _instructions()
     out["certificates"] = _certificates()
+    return out
+
+
+def _instructions() -> list[dict[str, Any]]:
+    brokerage, stranger = vector_key(10), vector_key(11)
+    network = words.evm_network_word(31337)
+    other_network = words.evm_network_word(1)
+    t, other = _terms_cases()[0], _terms_cases()[1]
+    digest = digests.instruction_digest(network, t.terms_hash)
+    good = _sign(brokerage, digest)
+    s_int = int.from_bytes(good[32:64], "big")
+    high_s = good[:32] + (SECP256K1_N - s_int).to_bytes(32, "big") + bytes([55 - good[64]])
+    cases = [
+        ("signed by the instructor", good, None),
+        ("no instruction", b"", "MissingInstruction"),
+        ("signed by a stranger", _sign(stranger, digest), "InvalidInstruction"),
+        (
+            "signed for other terms",
+            _sign(brokerage, digests.instruction_digest(network, other.terms_hash)),
+            "InvalidInstruction",
+        ),
+        (
+            "signed for another network",
+            _sign(brokerage, digests.instruction_digest(other_network, t.terms_hash)),
+            "InvalidInstruction",
+        ),
+        ("high s twin", high_s, "InvalidInstruction"),
+        ("bad v", good[:64] + b"\x00", "InvalidInstruction"),
+        ("truncated", good[:64], "InvalidInstruction"),
+        (
+            "eip-191 prefixed",
+            _sign(brokerage, keccak256(b"\x19Ethereum Signed Message:\n32" + digest)),
+            "InvalidInstruction",
+        ),
+    ]
+    out = []
+    for name, sig, expect in cases:
+        try:
+            check_instruction(digest, t.instructor, sig)
+            got = None
+        except ProtocolError as exc:
+            got = exc.reason.value
+        assert got == expect, (name, got)
+        out.append(
+            {
+                "name": name,
+                "network": _hex(network),
+                "terms_hash": _hex(t.terms_hash),
+                "instructor": _hex(t.instructor),
+                "digest": _hex(digest),
+                "instruction": _hex(sig),
+                "expect": expect,
+            }
+        )
     return out
 
 

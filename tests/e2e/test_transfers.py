@@ -343,6 +343,7 @@ def test_holder_locking_directly_on_chain_is_carried_through(system: LocalSystem
         dst_bridge=evm_address_word(b.endpoint.address),
         sender=evm_address_word(h.address),
         recipient=evm_address_word(h.address),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=int(time.time()) + 120,
     )
     deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple()))

@@ -91,6 +91,7 @@ class TwoLedgers:
             dst_bridge=self.b.word,
             sender=evm_address_word(sender.address),
             recipient=evm_address_word(recipient.address),
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=int(time.time()) + ttl,
         )
 

@@ -171,6 +171,7 @@ def make_terms(
         dst_bridge=dst.bridge_word,
         sender=evm_address_word(env.alice.address),
         recipient=recipient if recipient is not None else evm_address_word(env.bob.address),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=deadline if deadline is not None else now(env) + 3_600,
     )
 
@@ -327,6 +328,7 @@ def test_python_digests_equal_the_contract_digests(env: Env) -> None:
             dst_bridge=secrets.token_bytes(32),
             sender=secrets.token_bytes(32),
             recipient=secrets.token_bytes(32),
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=rnd.randrange(0, 2**64),
         )
         for endpoint, ledger in (

@@ -43,6 +43,7 @@ def test_tags_and_words(package: str) -> None:
     assert b(VECTORS["tags"]["transfer"]) == digests.TRANSFER_TAG
     assert b(VECTORS["tags"]["terms"]) == digests.TERMS_TAG
     assert b(VECTORS["tags"]["claim"]) == digests.CLAIM_TAG
+    assert b(VECTORS["tags"]["instruction"]) == digests.INSTRUCTION_TAG
     for name, word in VECTORS["ledger_words"].items():
         assert words.ledger_word(name) == b(word)
     for isin, word in VECTORS["security_words"].items():
@@ -77,6 +78,7 @@ def test_claim_digests(package: str) -> None:
     assert VECTORS["claims"]
     for c in VECTORS["claims"]:
         got = digests.claim_digest(
+            b(c["network"]),
             b(c["ledger"]),
             b(c["bridge"]),
             c["epoch"],
@@ -85,6 +87,25 @@ def test_claim_digests(package: str) -> None:
             b(c["terms_hash"]),
         )
         assert got == b(c["digest"])
+
+
+@pytest.mark.parametrize("package", CORES)
+def test_instruction_digests_and_rule(package: str) -> None:
+    digests, signatures = core(package, "digests"), core(package, "signatures")
+    reasons = core(package, "reasons")
+    refused = 0
+    for case in VECTORS["instructions"]:
+        digest = digests.instruction_digest(b(case["network"]), b(case["terms_hash"]))
+        assert digest == b(case["digest"])
+        args = (digest, b(case["instructor"]), b(case["instruction"]))
+        if case["expect"] is None:
+            signatures.check_instruction(*args)
+            continue
+        refused += 1
+        with pytest.raises(reasons.ProtocolError) as info:
+            signatures.check_instruction(*args)
+        assert info.value.reason.value == case["expect"], case["name"]
+    assert refused >= 7
 
 
 @pytest.mark.parametrize("package", CORES)

@@ -61,7 +61,7 @@ FUNCTIONS: Mapping[Action, str] = {
     Action.COMMIT: "Commit",
     Action.ABORT: "Abort",
 }
-"""The chaincode function applying each step: ``Lock(terms)``, the others
+"""The chaincode function applying each step: ``Lock(terms, instruction)``, the others
 ``(terms, certificate)``, all as JSON strings."""
 
 _ADDRESSES = FabricAddressCodec()
@@ -132,6 +132,10 @@ class FabricAdapter:
         return _ADDRESSES.format(word)
 
     # -- reads ---------------------------------------------------------------------------
+    async def network_word(self) -> bytes:
+        """The channel's genesis block hash, read through this adapter's peer (Deliver)."""
+        return await self._client.genesis_hash()
+
     async def finalized_height(self) -> int:
         """The last committed block (Fabric commits are final): chain height minus one."""
         return max(0, await self._client.block_height() - 1)
@@ -322,7 +326,11 @@ class FabricAdapter:
         raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self._ledger}")
 
     async def submit(
-        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
         """Apply ``action`` for ``terms`` and wait for a VALID commit (final on Fabric).
 
@@ -346,7 +354,9 @@ class FabricAdapter:
         if action is not Action.LOCK and certificate is None:
             raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
         args = [codec.terms_to_json(terms)]
-        if action is not Action.LOCK:
+        if action is Action.LOCK:
+            args.append("0x" + instruction.hex())
+        else:
             assert certificate is not None
             args.append(codec.certificate_to_json(certificate))
         try:

@@ -7,4 +7,5 @@ chaincode-as-a-service (CCaaS) gRPC server. This package must not import ``bridg
 deployed on its own, next to a Fabric peer.
 """
 
-VERSION = "1.0.0"
+VERSION = "2.0.0"
+"""Chaincode version; 2.x speaks protocol v2 (instructions, network-bound claims)."""

@@ -51,6 +51,8 @@ from kstb_chaincode.core.digests import (
     PROTOCOL_VERSION,
     WORD_FIELDS,
     claim_digest,
+    init_parameters_digest,
+    instruction_digest,
     transfer_id,
 )
 from kstb_chaincode.core.hashing import keccak256
@@ -60,6 +62,7 @@ from kstb_chaincode.core.signatures import (
     SECP256K1_N,
     SIGNATURE_LENGTH,
     check_certificate,
+    check_instruction,
 )
 from kstb_chaincode.core.signatures import recover_signer as _core_recover
 from kstb_chaincode.core.words import fabric_bridge_word as bridge_word
@@ -85,11 +88,14 @@ __all__ = [
     "claim_digest",
     "execute",
     "identity_of",
+    "init_parameters_digest",
+    "instruction_digest",
     "keccak256",
     "ledger_word",
     "parse_certificate",
     "parse_holder",
     "parse_terms",
+    "terms_to_json",
     "recover_signer",
     "security_word",
     "transfer_id",
@@ -388,6 +394,9 @@ class Context:
     channel_id: str
     chaincode_name: str | None = None
     caller_roles: frozenset[str] = frozenset()
+    init_pin: str | None = None
+    """SHA-256 hex of the only ``Init`` arguments this chaincode server accepts
+    (``KSTB_INIT_PARAMS_SHA256``, set by the organisation that runs it); None: Init refused."""
 
 
 def identity_of(mspid: str, cert_pem: bytes) -> str:
@@ -408,6 +417,7 @@ class _Config:
     channel_id: str
     ledger_word: bytes
     bridge_word: bytes
+    network_word: bytes
     admin: str
 
 
@@ -512,6 +522,7 @@ class Endpoint:
                 channel_id=obj["channel_id"],
                 ledger_word=bytes.fromhex(obj["ledger_word"][2:]),
                 bridge_word=bytes.fromhex(obj["bridge_word"][2:]),
+                network_word=bytes.fromhex(obj["network_word"][2:]),
                 admin=obj["admin"],
             )
         return self._cfg
@@ -616,8 +627,9 @@ class Endpoint:
     def _verify_certificate(self, cert: Certificate, kind: int, tid: bytes, thash: bytes) -> None:
         """``BridgeEndpoint._verifyCertificate``: the core's acceptance rule, in its order."""
         committee = self._committee()
+        cfg = self.cfg
         digest = claim_digest(
-            self.cfg.ledger_word, self.cfg.bridge_word, committee.epoch, kind, tid, thash
+            cfg.network_word, cfg.ledger_word, cfg.bridge_word, committee.epoch, kind, tid, thash
         )
         try:
             check_certificate(
@@ -653,16 +665,33 @@ class Endpoint:
 
     # ------------------------------------------------------------------ administration
 
-    def init(self, ledger_name: str, chaincode_name: str, committee_json: str) -> object:
+    def init(
+        self, ledger_name: str, chaincode_name: str, committee_json: str, network_hex: str
+    ) -> object:
         """Configure the endpoint once; the caller, an organisation admin, becomes its admin.
 
-        Only a certificate with the NodeOU ``admin`` role may initialise: a plain channel
-        member racing to call ``Init`` first cannot seize the endpoint.
+        SECURITY: the arguments (ledger, chaincode name, committee, network word = the
+        channel's genesis block hash) must hash to the pin this chaincode server was started
+        with (``Context.init_pin``). Every organisation runs its own server with its own pin
+        and the endorsement policy needs all of them, so no single organisation's admin can
+        initialise the endpoint with a committee (or network) of its own choosing. Only a
+        certificate with the NodeOU ``admin`` role may initialise, and only once.
         """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
         if "admin" not in self._ctx.caller_roles:
             raise ChaincodeError("NotAdmin", "Init needs an organisation admin certificate")
+        pin = self._ctx.init_pin
+        if pin is None:
+            raise ChaincodeError(
+                "WrongInitParameters", "this chaincode server has no pinned Init parameters"
+            )
+        digest = init_parameters_digest([ledger_name, chaincode_name, committee_json, network_hex])
+        if digest != pin:
+            raise ChaincodeError("WrongInitParameters", f"sha256={digest}, pinned={pin} (refused)")
+        network = _parse_word("network", network_hex)
+        if not any(network):
+            raise _invalid("network word must not be zero")
         if not _LEDGER_NAME.fullmatch(ledger_name):
             raise _invalid(f"ledger name {ledger_name!r}: 1-63 lowercase letters, digits or '-'")
         if not _CHAINCODE_NAME.fullmatch(chaincode_name):
@@ -679,6 +708,7 @@ class Endpoint:
             "channel_id": self._ctx.channel_id,
             "ledger_word": _hex(ledger_word(ledger_name)),
             "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
+            "network_word": _hex(network),
             "admin": self._ctx.caller,
         }
         self._put_json("config", config)
@@ -765,10 +795,26 @@ class Endpoint:
 
     # ------------------------------------------------------------------ source side
 
-    def lock(self, terms_json: str) -> object:
-        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock)."""
+    def lock(self, terms_json: str, instruction_hex: str) -> object:
+        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock).
+
+        SECURITY: the lock carries the brokerage's instruction, a signature by
+        ``t.instructor`` over ``instruction_digest(network, termsHash)``; without it
+        (MissingInstruction) or with any other signature (InvalidInstruction) nothing is
+        escrowed, so a relayer alone cannot move a holder's units.
+        """
         self._only_relayer()
         t = parse_terms(terms_json)
+        if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
+            raise _invalid("instruction must be 0x-prefixed hex")
+        try:
+            check_instruction(
+                instruction_digest(self.cfg.network_word, t.terms_hash),
+                t.instructor,
+                bytes.fromhex(instruction_hex[2:]),
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
         if not self._is_source(t) or t.dst_ledger == self.cfg.ledger_word:
             raise ChaincodeError("WrongLedger", "terms do not name this endpoint as source")
         self._require_nonzero(t.amount)
@@ -995,6 +1041,7 @@ class Endpoint:
         return {
             "ledger_word": _hex(cfg.ledger_word),
             "bridge_word": _hex(cfg.bridge_word),
+            "network_word": _hex(cfg.network_word),
             "ledger_name": cfg.ledger_name,
             "chaincode_name": cfg.chaincode_name,
             "channel_id": cfg.channel_id,
@@ -1015,10 +1062,16 @@ class Endpoint:
         t = parse_terms(terms_json)
         return {"transfer_id": _hex(t.transfer_id), "terms_hash": _hex(t.terms_hash)}
 
+    def instruction_digest_of(self, terms_json: str) -> object:
+        """The digest the instructor of ``terms`` signs for a lock on this endpoint."""
+        t = parse_terms(terms_json)
+        return {"digest": _hex(instruction_digest(self.cfg.network_word, t.terms_hash))}
+
     def claim_digest_of(self, epoch: str, kind: str, tid_hex: str, thash_hex: str) -> object:
         """``claimDigestOf``: the digest committee members sign for this endpoint."""
         cfg = self.cfg
         digest = claim_digest(
+            cfg.network_word,
             cfg.ledger_word,
             cfg.bridge_word,
             _parse_decimal("epoch", epoch, UINT64_LIMIT),
@@ -1047,7 +1100,7 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 
 # function name -> (method name, number of string arguments, changes state)
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
-    "Init": ("init", 3, True),
+    "Init": ("init", 4, True),
     "SetRelayer": ("set_relayer", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
     "SetEligible": ("set_eligible", 3, True),
@@ -1055,7 +1108,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "SetPaused": ("set_paused", 2, True),
     "Issue": ("issue", 3, True),
     "Redeem": ("redeem", 3, True),
-    "Lock": ("lock", 1, True),
+    "Lock": ("lock", 2, True),
     "Prepare": ("prepare", 2, True),
     "MarkExpired": ("mark_expired", 2, True),
     "Commit": ("commit", 2, True),
@@ -1069,6 +1122,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "WhoAmI": ("who_am_i", 0, False),
     "Digests": ("digests", 1, False),
     "ClaimDigest": ("claim_digest_of", 4, False),
+    "InstructionDigest": ("instruction_digest_of", 1, False),
 }
 
 

@@ -191,6 +191,7 @@ class BridgeEnv:
             dst_bridge=secrets.token_bytes(32),
             sender=sender,
             recipient=bytes(12) + secrets.token_bytes(20),
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=2_000_000_000,
         )
 
@@ -208,5 +209,6 @@ class BridgeEnv:
             dst_bridge=self.bridge,
             sender=bytes(12) + secrets.token_bytes(20),
             recipient=recipient,
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=2_000_000_000,
         )

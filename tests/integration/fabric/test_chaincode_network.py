@@ -205,6 +205,7 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
             dst_bridge=bytes(12) + secrets.token_bytes(20),
             sender=bytes(12) + bytes.fromhex(alice[2:]),
             recipient=bytes(12) + secrets.token_bytes(20),
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=2_000_000_000,
         )
 
@@ -254,6 +255,7 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
         dst_bridge=bridge_word,
         sender=bytes(12) + secrets.token_bytes(20),
         recipient=bytes(12) + bytes.fromhex(bob[2:]),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=2_000_000_000,
     )
     digest = claim_digest(

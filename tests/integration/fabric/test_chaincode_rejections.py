@@ -73,6 +73,9 @@ async def holder(env: Env, admin: GatewayClient, units: int = 0, eligible: bool 
     return address
 
 
+INSTRUCTOR = bytes(12) + b"\x1e" * 20
+
+
 def word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(address[2:])
 
@@ -80,14 +83,15 @@ def word(address: str) -> bytes:
 def outbound(env: Env, sender: str, amount: int) -> TransferTerms:
     return TransferTerms(
         secrets.token_bytes(32), SecurityId(ISIN).word, amount, LEDGER.word, env.bridge,
-        OTHER.word, secrets.token_bytes(32), word(sender), secrets.token_bytes(32), 2_000_000_000,
+        OTHER.word, secrets.token_bytes(32), word(sender), secrets.token_bytes(32), INSTRUCTOR,
+        2_000_000_000,
     )  # fmt: skip
 
 
 def inbound(env: Env, recipient: str, amount: int) -> TransferTerms:
     return TransferTerms(
         secrets.token_bytes(32), SecurityId(ISIN).word, amount, OTHER.word, secrets.token_bytes(32),
-        LEDGER.word, env.bridge, secrets.token_bytes(32), word(recipient), 2_000_000_000,
+        LEDGER.word, env.bridge, secrets.token_bytes(32), word(recipient), INSTRUCTOR, 2_000_000_000,
     )  # fmt: skip
 
 

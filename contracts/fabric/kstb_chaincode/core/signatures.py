@@ -94,3 +94,26 @@ def check_certificate(
         if signer not in members:
             raise ProtocolError(ErrorReason.NOT_COMMITTEE_MEMBER, f"signer=0x{signer.hex()}")
         previous = signer
+
+
+def check_instruction(digest: bytes, instructor: bytes, instruction: bytes) -> None:
+    """Accept ``instruction`` only if it is a valid signature over ``digest`` by ``instructor``.
+
+    ``instructor`` is the terms' 32-byte instructor word (12 zero bytes + a 20-byte address).
+    Raises ProtocolError(MISSING_INSTRUCTION) for an empty instruction and
+    ProtocolError(INVALID_INSTRUCTION) for a malformed one, one that breaks the signature
+    rules, or one that recovers to any other address.
+    """
+    if not instruction:
+        raise ProtocolError(ErrorReason.MISSING_INSTRUCTION, "the lock carries no instruction")
+    if len(instructor) != 32 or any(instructor[:12]) or not any(instructor[12:]):
+        raise ProtocolError(ErrorReason.INVALID_INSTRUCTION, "instructor is not an address word")
+    try:
+        signer = recover_signer(digest, instruction)
+    except ProtocolError as exc:
+        raise ProtocolError(ErrorReason.INVALID_INSTRUCTION, exc.detail) from None
+    if signer != instructor[12:]:
+        raise ProtocolError(
+            ErrorReason.INVALID_INSTRUCTION,
+            f"signed by 0x{signer.hex()}, not the instructor 0x{instructor[12:].hex()}",
+        )
