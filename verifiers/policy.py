@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
+from bridge.domain.instructions import is_instructed
 from bridge.domain.legs import LegState, LegStatus
+
+__all__ = ["ClaimRefused", "UninstructedLock", "check_claim", "is_instructed"]
 
 
 class ClaimRefused(PreconditionFailed):
@@ -33,22 +36,6 @@ def _matches(status: LegStatus, terms_hash: bytes, leg: str) -> None:
 
 class UninstructedLock(ClaimRefused):
     """The lock's instructor has no authority over the source ledger's accounts."""
-
-
-def is_instructed(
-    instruction_keys: frozenset[bytes], source_kind: str, sender: bytes, instructor: bytes
-) -> bool:
-    """True when ``instructor`` (a terms word) may have instructed a lock of ``sender``'s units.
-
-    SECURITY: a registered instruction key of the source ledger, or on an EVM source the
-    sender itself (a holder-direct lock, which only the holder's own transaction or
-    signature can make).
-    """
-    if len(instructor) != 32 or any(instructor[:12]) or not any(instructor[12:]):
-        return False
-    if instructor[12:] in instruction_keys:
-        return True
-    return source_kind == "evm" and instructor == sender
 
 
 def check_claim(

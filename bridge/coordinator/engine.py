@@ -30,8 +30,9 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
-from bridge.domain.instructions import Instruction
+from bridge.domain.instructions import Instruction, is_instructed
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
+from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
 from bridge.ledgers.factory import bridge_word_of
@@ -52,6 +53,8 @@ _STEP_NAMES = {
 DEFINITIVE_LOCK_REFUSALS = frozenset(
     {
         "InsufficientBalance",
+        "MissingInstruction",
+        "InvalidInstruction",
         "HolderFrozen",
         "HolderNotEligible",
         "TokenPaused",
@@ -467,6 +470,15 @@ class Coordinator:
             await self._store.add_transaction(event.transfer_id, "lock", event.tx_id)
             self._spawn(event.transfer_id)
 
+    def _instructed(self, source_ledger: str, terms: TransferTerms) -> bool:
+        """Whether ``terms``' instructor has authority over the source ledger's accounts."""
+        return is_instructed(
+            self._network.instruction_keys.get(source_ledger, frozenset()),
+            self._network.ledgers[source_ledger].kind,
+            terms.sender,
+            terms.instructor,
+        )
+
     # -- the driver ------------------------------------------------------------------------
     async def _drive(self, tid: bytes) -> None:
         failures = 0
@@ -535,6 +547,16 @@ class Coordinator:
                     )
                     return True
         step = next_step(decision.kind if decision else None, source.state, target.state)
+        if step.step is StepKind.PREPARE and not self._instructed(src_name, terms):
+            # SECURITY: nobody certifies LOCKED for a lock no registered brokerage (nor, on
+            # EVM, the holder) instructed; the committee certifies ABORT instead, so the
+            # escrow goes back to its holder and the target is closed with a tombstone.
+            step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
+            await self._set_state(
+                record,
+                step.state,
+                "the lock was not instructed by a registered brokerage key: releasing it",
+            )
         reason = self._describe(step, target.state, target.reason, decision)
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:

@@ -25,6 +25,7 @@ __all__ = [
     "UnauthorisedInstructor",
     "instruction_digest",
     "instructor_word",
+    "is_instructed",
     "make_nonce",
     "sign_instruction",
     "verify_instruction",
@@ -99,3 +100,19 @@ def verify_instruction(network: bytes, terms: TransferTerms, signature: bytes) -
         core_sig.check_instruction(instruction_digest(network, terms), terms.instructor, signature)
     except ProtocolError as exc:
         raise InvalidInstruction(str(exc), exc.reason) from None
+
+
+def is_instructed(
+    instruction_keys: frozenset[bytes], source_kind: str, sender: bytes, instructor: bytes
+) -> bool:
+    """True when ``instructor`` (a terms word) may have instructed a lock of ``sender``'s units.
+
+    SECURITY: a registered instruction key of the source ledger, or on an EVM source the
+    sender itself (a holder-direct lock, which only the holder's own transaction or
+    signature can make).
+    """
+    if len(instructor) != 32 or any(instructor[:12]) or not any(instructor[12:]):
+        return False
+    if instructor[12:] in instruction_keys:
+        return True
+    return source_kind == "evm" and instructor == sender

@@ -343,10 +343,10 @@ def test_holder_locking_directly_on_chain_is_carried_through(system: LocalSystem
         dst_bridge=evm_address_word(b.endpoint.address),
         sender=evm_address_word(h.address),
         recipient=evm_address_word(h.address),
-        instructor=b"\0" * 12 + b"\x1e" * 20,
+        instructor=evm_address_word(h.address),  # holder-direct: the holder instructs itself
         deadline=int(time.time()) + 120,
     )
-    deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple()))
+    deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
     tid = "0x" + t.transfer_id.hex()
 
     def committed() -> bool:
@@ -369,9 +369,11 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         system.coordinator_target,
         "--json",
     ]
+    signed = ["--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
+              "--network", str(system.workdir / "network.toml")]  # fmt: skip
     out = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", B,
-         "--sender", holder.address, "--recipient", holder.address, "--amount", "3"],
+         "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     tid = json.loads(out.stdout)["transfer_id"]
@@ -385,11 +387,17 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
     assert json.loads(got.stdout)["state"] == "TRANSFER_STATE_COMMITTED"
     bad = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", A,
+         "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2, "refused before anything is signed or sent"
+    assert "must differ" in bad.stderr
+    unsigned = subprocess.run(
+        [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", B,
          "--sender", holder.address, "--recipient", holder.address, "--amount", "3"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert bad.returncode == 1
-    assert "INVALID_ARGUMENT" in bad.stderr
+    assert unsigned.returncode == 2 and "--instruction-key" in unsigned.stderr
 
 
 @pytest.fixture(autouse=True)
