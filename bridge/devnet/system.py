@@ -6,6 +6,7 @@ Every key is generated at run time and written 0600 under the work directory.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from bridge.devnet.client import Brokerage, submit_retrying
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
+from bridge.domain.errors import BridgeError
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.ledgers.evm import deploy
@@ -175,8 +177,12 @@ class LocalSystem:
 
     def submit(self, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0) -> str:
         """Instruct ``request`` as its source ledger's brokerage and submit it (retrying
-        transient faults with the same instruction); returns the transfer id."""
-        return submit_retrying(self.coordinator_target, self.brokerage.instruct(request), limit_s)
+        transient faults with the same instruction); returns the transfer id. A request the
+        brokerage will not sign (malformed) is sent as is, for the coordinator to refuse."""
+        if not request.HasField("instruction"):
+            with contextlib.suppress(BridgeError):
+                request = self.brokerage.instruct(request)
+        return submit_retrying(self.coordinator_target, request, limit_s)
 
     # -- configuration ---------------------------------------------------------------------
     def _network_file(self) -> Path:

@@ -13,7 +13,6 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
@@ -60,7 +59,7 @@ def submit(
         recipient=recipient,
         amount=str(amount),
     )
-    return submit_retrying(system.coordinator_target, request, limit_s=20)
+    return system.submit(request, limit_s=20)
 
 
 def final_state(stub, tid: str) -> list[int]:
