@@ -47,7 +47,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -598,14 +598,18 @@ def _request(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
     )
 
 
+Instruct = Callable[[transfer_pb2.SubmitTransferRequest], transfer_pb2.SubmitTransferRequest]
+"""Signs a request's instruction as its source ledger's brokerage (protocol v2)."""
+
+
 async def _submit_and_watch(
-    stub: TransferServiceAsyncStub, result: TransferResult, deadline: float
+    stub: TransferServiceAsyncStub, result: TransferResult, deadline: float, instruct: Instruct
 ) -> None:
     """SubmitTransfer, then follow its WatchTransfer stream to a terminal state."""
     loop = asyncio.get_running_loop()
     start, wall = loop.time(), time.time()
     response = await stub.SubmitTransfer(
-        _request(result.spec), timeout=min(SUBMIT_TIMEOUT, deadline - start)
+        instruct(_request(result.spec)), timeout=min(SUBMIT_TIMEOUT, deadline - start)
     )
     result.submit_rpc = loop.time() - start
     result.transfer_id = response.transfer.transfer_id
@@ -625,7 +629,7 @@ async def _submit_and_watch(
 
 
 async def run_one(
-    stub: TransferServiceAsyncStub, spec: TransferSpec, t0: float, budget: float
+    stub: TransferServiceAsyncStub, spec: TransferSpec, t0: float, budget: float, instruct: Instruct
 ) -> TransferResult:
     """Wait for the spec's slot, then run it within ``budget`` seconds; never raises."""
     loop = asyncio.get_running_loop()
@@ -634,7 +638,7 @@ async def run_one(
     deadline = loop.time() + budget
     try:
         async with asyncio.timeout_at(deadline):
-            await _submit_and_watch(stub, result, deadline)
+            await _submit_and_watch(stub, result, deadline, instruct)
     except TimeoutError:
         result.outcome = "timed-out"
     except grpc.aio.AioRpcError as exc:
@@ -645,7 +649,11 @@ async def run_one(
 
 
 async def run_load(
-    target: str, specs: Sequence[TransferSpec], opts: Options, sampler: CpuSampler | None
+    target: str,
+    specs: Sequence[TransferSpec],
+    opts: Options,
+    sampler: CpuSampler | None,
+    instruct: Instruct,
 ) -> tuple[list[TransferResult], float]:
     """Offer every spec on schedule; returns the results and the load start (monotonic)."""
     stop = asyncio.Event()
@@ -657,7 +665,9 @@ async def run_load(
         bound = (specs[-1].at if specs else 0.0) + opts.timeout + LOAD_MARGIN
         try:
             async with asyncio.timeout(bound):
-                results = await asyncio.gather(*(run_one(stub, s, t0, opts.timeout) for s in specs))
+                results = await asyncio.gather(
+                    *(run_one(stub, s, t0, opts.timeout, instruct) for s in specs)
+                )
         finally:
             stop.set()
             if sampling is not None:
@@ -1100,7 +1110,9 @@ async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Opti
     offsets = {name: _log_size(path) for name, path in logs.items()}
     specs = plan(opts, holders)
     _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
-    results, _ = await run_load(system.coordinator_target, specs, opts, sampler)
+    results, _ = await run_load(
+        system.coordinator_target, specs, opts, sampler, system.brokerage.instruct
+    )
     rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
     await settle(system.coordinator_target, results, opts.settle)
     committed = sum(r.outcome == "committed" for r in results)

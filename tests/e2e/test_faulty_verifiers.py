@@ -29,7 +29,6 @@ import pytest
 from bridge.cli.main import main as cli_main
 from bridge.config import load_network
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import recover_signer
@@ -130,8 +129,7 @@ def rogue_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
 
 
 def submit(s: LocalSystem, sender: str, recipient: str, amount: int) -> str:
-    return submit_retrying(
-        s.coordinator_target,
+    return s.submit(
         S.SubmitTransferRequest(
             idempotency_key=str(uuid.uuid4()),
             security_id=DEMO_ISIN,
