@@ -28,7 +28,19 @@ from bridge.ledgers.fabric.identity import SigningIdentity
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 
 
-INIT_PIN_ENV = "KSTB_INIT_PARAMS_SHA256"
+INIT_PIN_FILE_ENV = "KSTB_INIT_PARAMS_SHA256_FILE"
+
+
+def init_pin_file(net: FabricNetwork, name: str) -> Path:
+    """Where the devnet's chaincode server ``name`` reads its pinned Init digest."""
+    return net.workdir / "chaincode" / f"{name}.init-pin"
+
+
+def pin_init(net: FabricNetwork, name: str, init_args: Sequence[str]) -> None:
+    """Pin the Init arguments the organisations agreed to (the server reads it at Init)."""
+    path = init_pin_file(net, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(init_parameters_digest(list(init_args)) + "\n", encoding="ascii")
 
 
 def start_bridge_chaincode(
@@ -37,17 +49,20 @@ def start_bridge_chaincode(
     """Deploy the bridge chaincode as ``name`` (both orgs endorse) and serve it; returns the
     chaincode server process once it listens.
 
-    With ``init_args`` the definition is committed with ``--init-required`` and the server
-    is pinned to exactly those Init arguments (``KSTB_INIT_PARAMS_SHA256``): the first
-    invocation must be that Init, and no other Init is accepted. (The devnet serves both
-    organisations' peers from one server, so one pin stands for both; in production each
-    organisation runs its own server pinned to what it agreed to.) Without ``init_args`` no
-    pin is set and Init is refused (WrongInitParameters).
+    The definition is committed with ``--init-required``: the first invocation must be an
+    Init (``is_init``), and no other Init is accepted after it. The server accepts only the
+    Init arguments pinned in its pin file (:func:`pin_init`; given ``init_args`` they are
+    pinned now): Init is refused (WrongInitParameters) with any other arguments or before a
+    pin exists. (The devnet serves both organisations' peers from one server, so one pin
+    stands for both; in production each organisation runs its own server pinned to what it
+    agreed to, and the AND endorsement policy needs every one of them.)
     """
     port = free_port()
     address = f"127.0.0.1:{port}"
-    package_id = net.deploy_ccaas(name, address, init_required=init_args is not None)
-    pin = {INIT_PIN_ENV: init_parameters_digest(list(init_args))} if init_args is not None else {}
+    package_id = net.deploy_ccaas(name, address, init_required=True)
+    if init_args is not None:
+        pin_init(net, name, init_args)
+    pin = {INIT_PIN_FILE_ENV: str(init_pin_file(net, name))}
     proc = ManagedProcess(
         name=f"chaincode-{name}",
         argv=[str(chaincode_python()), "-m", "kstb_chaincode"],

@@ -11,7 +11,8 @@ Environment:
 - ``KSTB_INIT_PARAMS_SHA256``: the SHA-256 (hex) of the only ``Init`` arguments this server
   accepts (``init_parameters_digest`` of ``[ledger, chaincode, committee JSON, genesis hash]``);
   each organisation pins what it agreed to, so one admin alone cannot initialise the endpoint
-  with its own committee (Init is refused without a pin);
+  with its own committee (Init is refused without a pin); or ``KSTB_INIT_PARAMS_SHA256_FILE``,
+  a file holding it, read at each Init;
 - ``KSTB_CHAINCODE_LOG_LEVEL`` (default INFO) for this chaincode's own log lines.
 
 Run with ``PYTHONPATH=contracts/fabric`` in an environment that has fabric-chaincode-python,
