@@ -60,11 +60,12 @@ async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -
     """The endpoint initialised (Org1 admin), Org2's user a relayer, the security registered."""
     e = BridgeEnv.new(fabric_network, CHAINCODE, LEDGER)
     admin = e.client("Org1", "Admin")
+    net = e.net
+    # --init-required: nothing runs before the one Init (pinned by the organisations).
+    await initialise(net, admin, CHAINCODE, LEDGER, e.committee)
     info = json.loads(await admin.evaluate(CHAINCODE, "WhoAmI"))
     if info["identity"] != admin.identity.chaincode_identity():
         raise AssertionError("the chaincode identifies callers differently than assumed")
-    net = e.net
-    await initialise(net, admin, CHAINCODE, LEDGER, e.committee)
     relayer = signing_identity(e.net, "Org2").chaincode_identity()
     await submit_and_wait(net, admin, CHAINCODE, "SetRelayer", relayer, "true")
     await submit_and_wait(net, admin, CHAINCODE, "RegisterSecurity", ISIN)
