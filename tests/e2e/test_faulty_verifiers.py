@@ -107,7 +107,9 @@ def rogue_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
         s.start()
         network = load_network(s.workdir / "network.toml")
         domains = {
-            name: ClaimDomain(lc.id.word, bridge_word_of(lc), network.committee.epoch)
+            name: ClaimDomain(
+                lc.id.word, bridge_word_of(lc), network.committee.epoch, lc.network_word
+            )
             for name, lc in network.ledgers.items()
         }
         rogue_key = s.verifier_keys[3]
