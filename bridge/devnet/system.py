@@ -172,7 +172,7 @@ class LocalSystem:
                 name: LocalKeySigner(self.instruction_key(name).private_key)
                 for name in self.all_ledgers
             }
-            self._brokerage = Brokerage(self.network, keys, ttl=max(30, self.transfer_ttl - 10))
+            self._brokerage = Brokerage(self.network, keys, ttl=self.transfer_ttl)
         return self._brokerage
 
     def submit(self, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0) -> str:
