@@ -67,6 +67,8 @@ def init_pin() -> str | None:
         except OSError:
             return None
     return None
+
+
 STATE_TIMEOUT = 60.0
 """Seconds a worker thread waits for one GetState/PutState round trip to the peer."""
 
