@@ -547,17 +547,13 @@ class Coordinator:
                     )
                     return True
         step = next_step(decision.kind if decision else None, source.state, target.state)
+        reason = self._describe(step, target.state, target.reason, decision)
         if step.step is StepKind.PREPARE and not self._instructed(src_name, terms):
             # SECURITY: nobody certifies LOCKED for a lock no registered brokerage (nor, on
             # EVM, the holder) instructed; the committee certifies ABORT instead, so the
             # escrow goes back to its holder and the target is closed with a tombstone.
             step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
-            await self._set_state(
-                record,
-                step.state,
-                "the lock was not instructed by a registered brokerage key: releasing it",
-            )
-        reason = self._describe(step, target.state, target.reason, decision)
+            reason = "the lock was not instructed by a registered brokerage key: releasing it"
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True

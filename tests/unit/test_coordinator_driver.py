@@ -88,6 +88,8 @@ class FakeRelayer:
             (Action.PREPARE, Leg.INBOUND): LegState.PREPARED,
             (Action.COMMIT, Leg.OUTBOUND): LegState.BURNED,
             (Action.COMMIT, Leg.INBOUND): LegState.MINTED,
+            (Action.ABORT, Leg.OUTBOUND): LegState.RELEASED,
+            (Action.ABORT, Leg.INBOUND): LegState.ABORTED,
         }
         leg = Leg.OUTBOUND if terms.src_ledger == _word(self.ledger) else Leg.INBOUND
         self.legs[(tid, leg)] = LegStatus(after[(action, leg)], th, 0, 2)
@@ -95,9 +97,13 @@ class FakeRelayer:
 
 
 class FakeCommittee:
+    def __init__(self) -> None:
+        self.kinds: list[ClaimKind] = []
+
     async def certify(
         self, kind: ClaimKind, terms: TransferTerms, ledgers: list
     ) -> dict[str, SignatureSet]:
+        self.kinds.append(kind)
         return {d.name: SignatureSet(1, (b"\1" * 65,)) for d in ledgers}
 
 
@@ -358,3 +364,37 @@ async def test_idempotency_key_reused_with_another_instruction_is_a_conflict(coo
     other = instructed(c._network, req, nonce=b"\x42" * 32)
     with pytest.raises(Conflict, match="other instructed terms"):
         await c.submit(req, other)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("instructed", [False, True])
+async def test_an_uninstructed_lock_is_released_never_prepared(coordinator, instructed) -> None:
+    """A lock whose instructor has no authority (a rogue relayer's, say) is adopted from its
+    event and driven to ABORT: the committee is never asked for LOCKED, the target never
+    prepares, the escrow goes back to the holder."""
+    c, relayers, store = coordinator
+    rogue = LocalKeySigner(secrets.token_bytes(32))
+    instructor = BROKER_A.address if instructed else rogue.address
+    terms = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
+        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
+        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + instructor,
+        int(time.time()) + 60,
+    )  # fmt: skip
+    tid = terms.transfer_id
+    relayers["a"].legs[(tid, Leg.OUTBOUND)] = LegStatus(LegState.LOCKED, terms.terms_hash, 0, 3)
+    event = LedgerEvent(
+        "a", EventPosition(3, 0), b"\0" * 32, "0x01", tid, Leg.OUTBOUND, LegState.LOCKED, 0,
+        terms.terms_hash, terms,
+    )  # fmt: skip
+    assert await c.on_events("a", [event], 3) == 1
+    committee = c._committee
+    if instructed:
+        assert await final(store, tid) is TransferState.COMMITTED
+        assert committee.kinds[0] is ClaimKind.LOCKED
+        return
+    assert await final(store, tid) is TransferState.ABORTED
+    assert committee.kinds == [ClaimKind.ABORT], "never LOCKED"
+    assert relayers["b"].submitted == [Action.ABORT], "the target is tombstoned, not prepared"
+    assert relayers["a"].submitted == [Action.ABORT], "the escrow is released"
+    assert relayers["a"].legs[(tid, Leg.OUTBOUND)].state is LegState.RELEASED
