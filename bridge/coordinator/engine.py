@@ -17,7 +17,7 @@ from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
-from bridge.coordinator.requests import check_instruction
+from bridge.coordinator.requests import check_instruction, terms_for
 from bridge.coordinator.store import TransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
@@ -30,7 +30,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
-from bridge.domain.instructions import Instruction, is_instructed
+from bridge.domain.instructions import Instruction, is_instructed, verify_instruction
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
@@ -193,13 +193,20 @@ class Coordinator:
         both tokens are registered and not paused; the recipient's eligibility is decided on
         the target ledger.
         """
-        now = time.time()
-        terms = check_instruction(self._network, request, instruction, now=now, ttl=self._ttl)
         existing = await self._existing(request)
         if existing is not None:
+            # A retry: the same signed terms as recorded (its deadline may have passed since).
+            terms = terms_for(self._network, request, instruction)
+            verify_instruction(
+                self._network.ledgers[request.source_ledger].network_word,
+                terms,
+                instruction.signature,
+            )
             if existing.terms != terms:
                 raise Conflict("idempotency_key was already used with other instructed terms")
             return existing, False
+        now = time.time()
+        terms = check_instruction(self._network, request, instruction, now=now, ttl=self._ttl)
         if self._supply is not None:
             refusal = await self._supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)

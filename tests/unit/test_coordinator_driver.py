@@ -355,15 +355,30 @@ async def test_bad_instructions_are_refused_before_anything_is_recorded(
 
 
 @pytest.mark.security
-async def test_idempotency_key_reused_with_another_instruction_is_a_conflict(coordinator) -> None:
-    c, _, _ = coordinator
+async def test_idempotency_key_reused_with_another_instruction_is_a_conflict(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _, store = coordinator
     req = request("v2-conflict")
-    first, _ = await c.submit(req, instructed(c._network, req))
-    again, created = await c.submit(req, instructed(c._network, req))
+    signed = instructed(c._network, req)
+    first, _ = await c.submit(req, signed)
+    again, created = await c.submit(req, signed)
     assert not created and again.transfer_id == first.transfer_id
     other = instructed(c._network, req, nonce=b"\x42" * 32)
     with pytest.raises(Conflict, match="other instructed terms"):
         await c.submit(req, other)
+    forged = dataclasses.replace(
+        instructed(c._network, req),
+        signature=instructed(c._network, req, nonce=b"\x43" * 32).signature,
+    )
+    with pytest.raises(InvalidInstruction):
+        await c.submit(req, forged)
+    await final(store, first.transfer_id)
+    # The same request retried after its deadline: still the recorded transfer.
+    later = time.time() + 3600
+    monkeypatch.setattr("bridge.coordinator.engine.time.time", lambda: later)
+    record, created = await c.submit(req, signed)
+    assert not created and record.transfer_id == first.transfer_id
 
 
 @pytest.mark.security
