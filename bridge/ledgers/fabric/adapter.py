@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import aclosing
 
+from bridge.core import words as core_words
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
-from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -68,8 +68,9 @@ _ADDRESSES = FabricAddressCodec()
 
 
 def fabric_bridge_word(channel: str, chaincode: str) -> bytes:
-    """The bridge endpoint's 32-byte identity: keccak256("fabric:" + channel + ":" + chaincode)."""
-    return keccak256(b"fabric:" + channel.encode("utf-8") + b":" + chaincode.encode("utf-8"))
+    """The bridge endpoint's 32-byte identity: keccak256("fabric:" + channel + ":" + chaincode)
+    (the protocol core's rule)."""
+    return core_words.fabric_bridge_word(channel, chaincode)
 
 
 class FabricAdapter:
