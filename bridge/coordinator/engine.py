@@ -19,6 +19,7 @@ from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
 from bridge.coordinator.requests import check_instruction, terms_for
 from bridge.coordinator.store import TransferStore
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
     BridgeError,
@@ -50,17 +51,17 @@ _STEP_NAMES = {
 
 
 # Contract refusals that prove the lock did not and cannot happen for these terms.
-DEFINITIVE_LOCK_REFUSALS = frozenset(
+DEFINITIVE_LOCK_REFUSALS: frozenset[str] = frozenset(
     {
-        "InsufficientBalance",
-        "MissingInstruction",
-        "InvalidInstruction",
-        "HolderFrozen",
-        "HolderNotEligible",
-        "TokenPaused",
-        "DeadlinePassed",
-        "UnknownSecurity",
-        "ZeroAmount",
+        ErrorReason.INSUFFICIENT_BALANCE,
+        ErrorReason.MISSING_INSTRUCTION,
+        ErrorReason.INVALID_INSTRUCTION,
+        ErrorReason.HOLDER_FROZEN,
+        ErrorReason.HOLDER_NOT_ELIGIBLE,
+        ErrorReason.TOKEN_PAUSED,
+        ErrorReason.DEADLINE_PASSED,
+        ErrorReason.UNKNOWN_SECURITY,
+        ErrorReason.ZERO_AMOUNT,
         # Not WrongLedger: our terms come from configuration, so it means a configuration
         # mismatch, which an operator fixes; the transfer waits with the reason.
     }
