@@ -22,14 +22,18 @@ _SESSIONS_LOCK = threading.Lock()
 
 
 def token_session(module: Path, token_label: str, pin: bytes) -> TokenSession:
-    """The process's one logged-in session with ``token_label`` (PKCS#11 allows one login
-    per token per application, so every key on a token shares it)."""
+    """The process's one logged-in session with ``token_label``.
+
+    PKCS#11 allows one login per token per application and logs every session out when one
+    closes, so every key on a token shares this session. It is read-write because key
+    generation needs that; the daemons call no object-modifying function.
+    """
     from bridge.keys.pkcs11_token import TokenSession
 
     with _SESSIONS_LOCK:
         key = (module, token_label)
         if key not in _SESSIONS:
-            _SESSIONS[key] = TokenSession(module, token_label, pin)
+            _SESSIONS[key] = TokenSession(module, token_label, pin, rw=True)
         return _SESSIONS[key]
 
 
