@@ -3,15 +3,18 @@ every backend). PKCS#11 support is imported only when a token key is configured.
 
 from __future__ import annotations
 
+import argparse
 import threading
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.domain.signer import LocalKeySigner, Signer
+from bridge.keys.errors import KeyRefInvalid
 from bridge.keys.keystore import decrypt_keystore_v3, decrypt_pkcs8_pem
 from bridge.keys.p256 import LocalP256Signer, read_pem_key_file
 from bridge.keys.protocols import P256Signer
-from bridge.keys.reference import KeyRef, KeystoreKey, Pkcs11Key, PlainKeyFile
+from bridge.keys.reference import KeyRef, KeystoreKey, Pkcs11Key, PlainKeyFile, parse_key_ref
 from bridge.keys.secret import read_secret
 
 if TYPE_CHECKING:
@@ -66,3 +69,32 @@ def open_p256_signer(ref: KeyRef) -> P256Signer:
     from bridge.keys.pkcs11_token import Pkcs11P256Signer
 
     return Pkcs11P256Signer(_session_for(ref), ref.key_label)
+
+
+def load_key_config(path: Path) -> KeyRef:
+    """The key named by a small TOML file holding only ``key_file = ...`` or a ``[key]``
+    table (how client tools, e.g. the supply operator's, name a keystore or token key)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise KeyRefInvalid(f"{path}: cannot read key configuration: {exc}") from None
+    unknown = sorted(set(raw) - {"key_file", "key"})
+    if unknown:
+        raise KeyRefInvalid(f"{path}: unknown keys {unknown}")
+    return parse_key_ref(raw, path.parent, str(path))
+
+
+def add_key_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--key-file`` (plaintext, devnet) or ``--key-config`` (a key reference TOML file)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--key-file", type=Path, help="plaintext 0600 key file (devnet only)")
+    group.add_argument(
+        "--key-config", type=Path, help="TOML file with key_file or a [key] table (keystore/HSM)"
+    )
+
+
+def signer_from_arguments(args: argparse.Namespace) -> Signer:
+    """The secp256k1 signer named by :func:`add_key_arguments`' options."""
+    if args.key_config is not None:
+        return open_signer(load_key_config(args.key_config))
+    return open_signer(PlainKeyFile(args.key_file))

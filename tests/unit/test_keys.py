@@ -517,3 +517,76 @@ def test_cli_generate_keystore_prints_only_public_data(
     monkeypatch.setenv("KSTB_TEST_PASS", "wrong")
     assert keys_main(["show", "--keystore", str(tmp_path / "m.json"), *common]) == 2
     assert "wrong passphrase" in capsys.readouterr().err
+
+
+# -- client tools and the ledger factory -------------------------------------------------------
+
+
+def test_client_tools_take_a_key_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from bridge.keys.loader import add_key_arguments, load_key_config, signer_from_arguments
+
+    key = secrets.token_bytes(32)
+    fast_keystore(tmp_path / "op.json", key)
+    (tmp_path / "op.toml").write_text(
+        dump_toml({"key": {"keystore": "op.json", "passphrase_env": "KSTB_OP_PASS"}})
+    )
+    monkeypatch.setenv("KSTB_OP_PASS", PASS.decode())
+    parser = argparse.ArgumentParser()
+    add_key_arguments(parser)
+    signer = signer_from_arguments(parser.parse_args(["--key-config", str(tmp_path / "op.toml")]))
+    assert signer.address == LocalKeySigner(key).address
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--key-config", "a", "--key-file", "b"])
+    (tmp_path / "bad.toml").write_text('key_file = "k"\npassphrase = "x"\n')
+    with pytest.raises(KeyRefInvalid, match=r"bad\.toml: unknown keys \['passphrase'\]"):
+        load_key_config(tmp_path / "bad.toml")
+
+
+def test_fabric_reader_opens_its_identity_from_an_encrypted_key(tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from bridge.config import Credentials, LedgerConfig
+    from bridge.domain.ids import LedgerId
+    from bridge.ledgers.factory import open_reader
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reader")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_pkcs8_pem(tmp_path / "key.pem", key, PASS)
+    ref = KeystoreKey(tmp_path / "key.pem", SecretSource(file=private(tmp_path / "p", PASS)))
+    config = LedgerConfig(
+        id=LedgerId("fab"),
+        kind="fabric",
+        rpc_url="127.0.0.1:1",
+        bridge="bridge",
+        chain_id=0,
+        finality_depth=0,
+        block_interval=1.0,
+        channel="bridge",
+        tls_ca=tmp_path / "ca.pem",
+    )
+    creds = Credentials(None, tmp_path / "cert.pem", "Org1MSP", key=ref)
+    reader = open_reader(config, creds)
+    assert reader.ledger == LedgerId("fab")
+    wrong = KeystoreKey(tmp_path / "key.pem", SecretSource(file=private(tmp_path / "w", b"no")))
+    with pytest.raises(WrongPassphrase):
+        open_reader(config, Credentials(None, tmp_path / "cert.pem", "Org1MSP", key=wrong))
