@@ -87,8 +87,3 @@ def write_pkcs8_pem(path: Path, private_key: ec.EllipticCurvePrivateKey, passphr
         serialization.BestAvailableEncryption(passphrase),
     )
     write_private_file(path, data)
-
-
-def is_keystore_v3(path: Path) -> bool:
-    """True when ``path`` looks like a JSON keystore (decides the curve of a ``[key]`` table)."""
-    return path.suffix.lower() == ".json"
