@@ -334,9 +334,7 @@ def _transfer(system: LocalSystem, tid: bytes) -> transfer_pb2.Transfer | None:
     with grpc.insecure_channel(system.coordinator_target) as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         try:
-            return stub.GetTransfer(
-                S.GetTransferRequest(transfer_id="0x" + tid.hex()), timeout=10
-            ).transfer
+            return stub.GetTransfer(S.GetTransferRequest(transfer_id="0x" + tid.hex()), timeout=10)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
