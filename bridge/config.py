@@ -1,8 +1,10 @@
 """Configuration files (TOML) for every daemon, parsed into typed, validated dataclasses.
 
 ``network.toml`` is public and shared by all components: ledgers, securities and the
-committee. Each daemon has its own file naming its network file, listen address, key file
-and state database. Secrets never appear in these files, only paths to 0600 key files.
+committee. Each daemon has its own file naming its network file, listen address, signing key
+and state database. Secrets never appear in these files: a key is a 0600 ``key_file``
+(devnet) or a ``[key]`` table naming an encrypted keystore or a PKCS#11 token key, with its
+passphrase or PIN in a 0600 file or an environment variable (see :mod:`bridge.keys.reference`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
 
 LEDGER_KINDS = ("evm", "fabric")
 
@@ -73,11 +76,26 @@ class LedgerEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A daemon's identity on one ledger: a key file, and for Fabric an MSP certificate."""
+    """A daemon's identity on one ledger: a key (``key_file``, or ``key`` for a keystore or
+    token key, which wins), and for Fabric an MSP certificate."""
 
-    key_file: Path
+    key_file: Path | None
     cert_file: Path | None = None
     msp_id: str = ""
+    key: KeyRef | None = None
+
+    @property
+    def key_ref(self) -> KeyRef:
+        """Where the signing key lives; InvalidInput when no key is configured."""
+        return _key_ref(self.key, self.key_file)
+
+
+def _key_ref(key: KeyRef | None, key_file: Path | None) -> KeyRef:
+    if key is not None:
+        return key
+    if key_file is None:
+        raise InvalidInput("no signing key configured")
+    return PlainKeyFile(key_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +138,18 @@ class RelayerConfig:
     ledger: str
     listen: str
     coordinator: str
-    key_file: Path
+    key_file: Path | None
     state_db: Path
     poll_interval: float
     cert_file: Path | None = None
     msp_id: str = ""
+    key: KeyRef | None = None
+    """The account / identity key when given as a ``[key]`` table (keystore or token)."""
 
     @property
     def credentials(self) -> Credentials:
         """The operator's ledger identity."""
-        return Credentials(self.key_file, self.cert_file, self.msp_id)
+        return Credentials(self.key_file, self.cert_file, self.msp_id, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +158,19 @@ class VerifierConfig:
 
     network: NetworkConfig
     listen: str
-    key_file: Path
+    key_file: Path | None
     vote_db: Path
     # The member's own ledger connections (defaults: the network file's rpc_url).
     rpc_overrides: Mapping[str, LedgerEndpoint]
     # Read-only client identities for Fabric ledgers (Fabric signs every query).
     fabric_identities: Mapping[str, Credentials] = field(default_factory=dict)
+    key: KeyRef | None = None
+    """The member key when given as a ``[key]`` table (keystore or token)."""
+
+    @property
+    def member_key(self) -> KeyRef:
+        """Where the member's committee key lives."""
+        return _key_ref(self.key, self.key_file)
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -247,16 +274,18 @@ def load_relayer(path: Path) -> RelayerConfig:
     ledger = str(_req(raw, "ledger", str(path)))
     if ledger not in network.ledgers:
         raise InvalidInput(f"relayer for unknown ledger {ledger!r}")
+    key = parse_key_ref(raw, base, str(path))
     return RelayerConfig(
         network=network,
         ledger=ledger,
         listen=str(_req(raw, "listen", str(path))),
         coordinator=str(_req(raw, "coordinator", str(path))),
-        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
         state_db=_rel(base, _req(raw, "state_db", str(path))),
         poll_interval=float(raw.get("poll_interval", 0.2)),
         cert_file=_rel(base, raw["cert_file"]) if "cert_file" in raw else None,
         msp_id=str(raw.get("msp_id", "")),
+        key=None if isinstance(key, PlainKeyFile) else key,
     )
 
 
@@ -287,23 +316,41 @@ def load_verifier(path: Path) -> VerifierConfig:
     """Parse a verifier file."""
     raw = _read(path)
     base = path.parent
+    key = parse_key_ref(raw, base, str(path))
     return VerifierConfig(
         network=load_network(_rel(base, _req(raw, "network", str(path)))),
         listen=str(_req(raw, "listen", str(path))),
-        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
+        key=None if isinstance(key, PlainKeyFile) else key,
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
         rpc_overrides={
             name: _endpoint(base, name, value)
             for name, value in raw.get("rpc_overrides", {}).items()
         },
         fabric_identities={
-            name: Credentials(
-                key_file=_rel(base, _req(ident, "key_file", f"fabric identity {name}")),
-                cert_file=_rel(base, _req(ident, "cert_file", f"fabric identity {name}")),
-                msp_id=str(_req(ident, "msp_id", f"fabric identity {name}")),
-            )
+            name: _fabric_identity(path, name, ident)
             for name, ident in raw.get("fabric_identities", {}).items()
         },
+    )
+
+
+_IDENTITY_KEYS = frozenset({"key_file", "key", "cert_file", "msp_id"})
+
+
+def _fabric_identity(path: Path, name: str, ident: Any) -> Credentials:
+    """``fabric_identities.<name>``: ``msp_id``, ``cert_file`` and a key (file or ``[key]``)."""
+    where = f"fabric identity {name}"
+    if not isinstance(ident, dict):
+        raise InvalidInput(f"{path}: fabric_identities.{name} must be a table")
+    unknown = sorted(set(ident) - _IDENTITY_KEYS)
+    if unknown:
+        raise InvalidInput(f"{path}: fabric_identities.{name}: unknown keys {unknown}")
+    key = parse_key_ref(ident, path.parent, str(path), f"fabric_identities.{name}.")
+    return Credentials(
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
+        cert_file=_rel(path.parent, _req(ident, "cert_file", where)),
+        msp_id=str(_req(ident, "msp_id", where)),
+        key=None if isinstance(key, PlainKeyFile) else key,
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.config import load_verifier
-from bridge.domain.signer import LocalKeySigner
+from bridge.keys.loader import open_signer
 from bridge.ledgers.factory import open_reader
 from bridge.logfields import configure
 from bridge.rpc.server import BridgeServer, install_stop_signals
@@ -21,7 +21,8 @@ from verifiers.votes import VoteLog
 async def run(config_path: Path) -> None:
     """Run the member described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_verifier(config_path)
-    signer = LocalKeySigner.from_key_file(cfg.key_file)
+    # SECURITY: the member key stays in its keystore or token; only the Signer is held here.
+    signer = open_signer(cfg.member_key)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
     readers = {
         lc.id.word: open_reader(lc, cfg.fabric_identities.get(name), cfg.rpc_overrides.get(name))

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.config import load_network
-from bridge.domain.signer import LocalKeySigner
 from bridge.domain.supply import Attestation
+from bridge.keys.loader import add_key_arguments, signer_from_arguments
 from bridge.supply_client import (
     FeedStale,
     FeedVerifier,
@@ -65,14 +65,14 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     v = sp.add_parser("verify", help="verify the whole feed up to now, from the first record")
     v.add_argument("--network", type=Path, required=True)
     r = sp.add_parser("register", help="operator: register the units issued per ledger")
-    r.add_argument("--key-file", type=Path, required=True, help="supply operator key (0600)")
+    add_key_arguments(r)
     r.add_argument("--security", required=True)
     r.add_argument(
         "--units", action="append", required=True, metavar="LEDGER=N", help="repeat per ledger"
     )
     r.add_argument("--note", default="")
     rel = sp.add_parser("release", help="operator: release a discrepancy hold")
-    rel.add_argument("--key-file", type=Path, required=True)
+    add_key_arguments(rel)
     rel.add_argument("--security", required=True)
     rel.add_argument("--hold", type=int, required=True, help="record sequence that raised it")
     rel.add_argument("--note", default="")
@@ -243,7 +243,7 @@ def _parse_units(items: list[str]) -> Mapping[str, int]:
 
 def _register(a: argparse.Namespace) -> int:
     totals = _parse_units(a.units)
-    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout)
     try:
         reg = op.register(a.security, totals, a.note)
     finally:
@@ -253,7 +253,7 @@ def _register(a: argparse.Namespace) -> int:
 
 
 def _release(a: argparse.Namespace) -> int:
-    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout)
     try:
         op.release(a.security, a.hold, a.note)
     finally:

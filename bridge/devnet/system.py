@@ -1,7 +1,9 @@
 """A whole local bridge network as real processes: anvil ledgers with deployed contracts,
 a t-of-n verifier committee, one relayer per ledger and the coordinator.
 
-Every key is generated at run time and written 0600 under the work directory.
+Every key is generated at run time and written 0600 under the work directory; with
+``key_custody="pkcs11"`` the committee members' keys and the EVM relayer accounts are instead
+generated inside a SoftHSM2 token under the work directory and never leave it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from web3.contract import Contract
 
 from bridge.config import dump_toml
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
+from bridge.keys.reference import key_ref_to_toml
 from bridge.ledgers.evm import deploy
 from bridge.supply_client import SupplyOperator
 
@@ -100,29 +104,27 @@ class LocalSystem:
     ports: dict[str, int] = field(default_factory=dict)
     committee: Committee | None = None
     supply_operator: DevAccount = field(default_factory=DevAccount.generate)
+    key_custody: str = "file"
+    """``file``: 0600 plaintext key files (the devnet default); ``pkcs11``: member keys and EVM
+    relayer accounts are generated inside a SoftHSM2 token (``token``) and never leave it."""
+    token: DevToken | None = None
+    members: list[tuple[str, str]] = field(default_factory=list)
+    """(address, token key label or "") per verifier, in committee (address) order."""
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
         """Start anvil per ledger, deploy the bridge and tokens, grant the relayer role."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        keys = sorted(
-            (DevAccount.generate() for _ in range(self.committee_size)),
-            key=lambda a: parse_evm_address(a.address),
-        )
-        self.verifier_keys = keys
-        self.committee = Committee(
-            epoch=1,
-            threshold=self.threshold,
-            members=tuple(parse_evm_address(k.address) for k in keys),
-        )
+        committee = self.committee = self._start_custody()
         for name, chain_id in self.ledger_names:
             node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
             admin, relayer = DevAccount.generate(), DevAccount.generate()
+            relayer_address = self._relayer_address(name, relayer)
             node.fund(admin.address)
-            node.fund(relayer.address)
+            node.fund(relayer_address)
             w3 = deploy.connect(node.rpc_url)
-            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), self.committee)
-            deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), committee)
+            deploy.set_relayer(w3, admin.private_key, endpoint, relayer_address, True)
             handle = LedgerHandle(name, node, admin, relayer, endpoint)
             for isin in self.isins:
                 token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
@@ -130,9 +132,42 @@ class LocalSystem:
                 handle.tokens[isin] = token
             self.ledgers[name] = handle
         for name in self.fabric_ledger_names:
-            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
-                self.committee, self.isins
+            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(committee, self.isins)
+
+    def _start_custody(self) -> Committee:
+        """The committee's keys: 0600 files, or keys generated inside a SoftHSM2 token."""
+        if self.key_custody not in ("file", "pkcs11"):
+            raise ValueError(f"key_custody must be 'file' or 'pkcs11', not {self.key_custody!r}")
+        if self.key_custody == "pkcs11":
+            self.token = create_dev_token(self.workdir / "hsm")
+            labels = [f"verifier-{i}" for i in range(self.committee_size)]
+            made = [(to_checksum(self.token.generate(label)), label) for label in labels]
+            self.members = sorted(made, key=lambda m: parse_evm_address(m[0]))
+        else:
+            self.verifier_keys = sorted(
+                (DevAccount.generate() for _ in range(self.committee_size)),
+                key=lambda a: parse_evm_address(a.address),
             )
+            self.members = [(k.address, "") for k in self.verifier_keys]
+        return Committee(
+            epoch=1,
+            threshold=self.threshold,
+            members=tuple(parse_evm_address(a) for a, _ in self.members),
+        )
+
+    def _relayer_address(self, ledger: str, account: DevAccount) -> str:
+        """The relayer account of ``ledger``: ``account``, or a token key (pkcs11 custody)."""
+        if self.token is None:
+            return account.address
+        return to_checksum(self.token.generate(f"relayer-{ledger}"))
+
+    def _key_entry(self, key_file: str, label: str, account: DevAccount | None) -> dict[str, Any]:
+        """A daemon file's key entry: ``key_file`` (written 0600) or the token key ``label``."""
+        if self.token is not None:
+            return key_ref_to_toml(self.token.ref(label))
+        assert account is not None
+        write_key_file(self.workdir / key_file, account)
+        return {"key_file": key_file}
 
     def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
         """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
@@ -153,7 +188,7 @@ class LocalSystem:
                     "committee": {
                         "epoch": self.committee.epoch,
                         "threshold": self.committee.threshold,
-                        "members": [k.address for k in self.verifier_keys],
+                        "members": [address for address, _ in self.members],
                     },
                     "securities": {"isins": list(self.isins)},
                     "supply": {"operators": [self.supply_operator.address]},
@@ -189,13 +224,13 @@ class LocalSystem:
             }
             for name, f in self.fabric.items()
         }
-        for i, key in enumerate(self.verifier_keys):
+        for i, (_address, label) in enumerate(self.members):
             port = self.ports[f"verifier-{i}"] = free_port()
-            write_key_file(self.workdir / "keys" / f"verifier-{i}.key", key)
+            account = self.verifier_keys[i] if self.token is None else None
             verifier: dict[str, Any] = {
                 "network": "network.toml",
                 "listen": f"127.0.0.1:{port}",
-                "key_file": f"keys/verifier-{i}.key",
+                **self._key_entry(f"keys/verifier-{i}.key", label, account),
                 "vote_db": f"state/verifier-{i}.sqlite",
             }
             if fabric_identities:
@@ -211,7 +246,7 @@ class LocalSystem:
         relayers = {}
         for name, h in self.ledgers.items():
             port = self.ports[f"relayer-{name}"] = free_port()
-            write_key_file(self.workdir / "keys" / f"relayer-{name}.key", h.relayer)
+            key = self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", h.relayer)
             (self.workdir / f"relayer-{name}.toml").write_text(
                 dump_toml(
                     {
@@ -219,9 +254,9 @@ class LocalSystem:
                         "ledger": name,
                         "listen": f"127.0.0.1:{port}",
                         "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
-                        "key_file": f"keys/relayer-{name}.key",
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
+                        **key,
                     }
                 )
             )
@@ -265,7 +300,11 @@ class LocalSystem:
             name=name,
             argv=[sys.executable, "-m", module, "--config", str(self.workdir / config)],
             log_path=self.workdir / "logs" / f"{name}.log",
-            env={"KSTB_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"},
+            env={
+                "KSTB_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+                **(self.token.env() if self.token is not None else {}),
+            },
         )
         self.processes[name] = proc
         return proc
@@ -284,7 +323,7 @@ class LocalSystem:
 
     def start_bridge(self) -> None:
         """Start verifiers, coordinator and relayers as separate processes."""
-        for i in range(len(self.verifier_keys)):
+        for i in range(len(self.members)):
             self.start_process(f"verifier-{i}")
         self.start_process("coordinator")
         for name in self.all_ledgers:
@@ -369,6 +408,11 @@ class LocalSystem:
             return True
 
         wait_until(ok, timeout, "bridge processes")
+
+
+def to_checksum(address: bytes) -> str:
+    """EIP-55 form of a 20-byte address."""
+    return Web3.to_checksum_address(address)
 
 
 def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:

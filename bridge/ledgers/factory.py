@@ -5,7 +5,7 @@ from __future__ import annotations
 from bridge.config import Credentials, LedgerConfig, LedgerEndpoint
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import evm_address_word
-from bridge.domain.signer import read_key_file
+from bridge.keys.loader import open_signer
 from bridge.ledgers.adapter import LedgerAdapter, LedgerReader
 
 
@@ -47,8 +47,9 @@ def _open(
     if cfg.kind == "evm":
         from bridge.ledgers.evm.adapter import EvmAdapter
 
-        key = read_key_file(credentials.key_file) if writable and credentials else None
-        return EvmAdapter(cfg, key)
+        # SECURITY: the relayer account signs through the Signer seam (file, keystore, token).
+        signer = open_signer(credentials.key_ref) if writable and credentials else None
+        return EvmAdapter(cfg, signer=signer)
     if cfg.kind == "fabric":
         from bridge.ledgers.fabric.adapter import FabricAdapter
         from bridge.ledgers.fabric.gateway import GatewayClient
@@ -58,8 +59,8 @@ def _open(
             raise InvalidInput(f"ledger {cfg.id}: Fabric needs an MSP id, certificate and key")
         if cfg.tls_ca is None:
             raise InvalidInput(f"ledger {cfg.id}: Fabric needs tls_ca")
-        identity = SigningIdentity.from_files(
-            credentials.msp_id, credentials.cert_file, credentials.key_file
+        identity = SigningIdentity.from_key_ref(
+            credentials.msp_id, credentials.cert_file, credentials.key_ref
         )
         client = GatewayClient(
             cfg.rpc_url, cfg.tls_ca, cfg.tls_server_name or None, identity, cfg.channel

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
-from eth_account import Account
 from eth_typing import ChecksumAddress, HexAddress, HexStr
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
@@ -46,8 +46,10 @@ from bridge.domain.legs import (
     TxOutcome,
     leg_state_from_ledger,
 )
+from bridge.domain.signer import LocalKeySigner, Signer
 from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
+from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.revert import decode_revert
@@ -81,10 +83,20 @@ _MAX_TRACKED = 4096
 
 
 class EvmAdapter:
-    """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need ``private_key``."""
+    """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need a key.
+
+    The sending account is a :class:`~bridge.domain.signer.Signer` (``signer``: keystore or
+    PKCS#11 token) or, for the devnet and tests, a raw ``private_key`` wrapped in one; every
+    transaction is signed through it (:func:`bridge.keys.evm_tx.sign_transaction`).
+    """
 
     def __init__(
-        self, config: LedgerConfig, private_key: bytes | None = None, confirm_s: float = 120.0
+        self,
+        config: LedgerConfig,
+        private_key: bytes | None = None,
+        confirm_s: float = 120.0,
+        *,
+        signer: Signer | None = None,
     ) -> None:
         self._cfg = config
         self._confirm_s = confirm_s
@@ -100,8 +112,14 @@ class EvmAdapter:
             abi=load_abi("BridgeEndpoint"),
         )
         self._token_abi = load_abi("SecurityToken")
-        self._account = Account.from_key(private_key) if private_key is not None else None
-        self._key = private_key
+        if private_key is not None and signer is not None:
+            raise InvalidInput("give the EVM adapter a private key or a signer, not both")
+        self._signer: Signer | None = (
+            LocalKeySigner(private_key) if private_key is not None else signer
+        )
+        self._sender: ChecksumAddress | None = (
+            to_checksum_address(self._signer.address) if self._signer is not None else None
+        )
         self._nonces = NonceManager(self._pending_count)
         # The last transaction sent per (action, transfer id), until it is final: a retried
         # step waits for it while the node still holds it instead of sending another one.
@@ -128,7 +146,7 @@ class EvmAdapter:
     @property
     def operator(self) -> str:
         """The sending account, or empty for a read-only adapter."""
-        return str(self._account.address) if self._account is not None else ""
+        return str(self._sender) if self._sender is not None else ""
 
     def parse_address(self, text: str) -> bytes:
         """Parse a 0x address (EIP-55 checked when mixed case) into a 32-byte word."""
@@ -319,8 +337,8 @@ class EvmAdapter:
         raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self.ledger}")
 
     async def _pending_count(self) -> int:
-        assert self._account is not None
-        addr = self._account.address
+        assert self._sender is not None
+        addr = self._sender
         return int(
             await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "pending"))
         )
@@ -334,7 +352,7 @@ class EvmAdapter:
         ledger, a caller that gave up waiting) waits for that transaction rather than
         sending a second one, which would revert once the first is mined and cost gas.
         """
-        if self._account is None or self._key is None:
+        if self._signer is None:
             raise LedgerRejected("ReadOnly", "this adapter has no operator key")
         leg = self._leg_here(terms)
         done = STEP_DONE.get((action, leg))
@@ -396,8 +414,9 @@ class EvmAdapter:
         return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
 
     async def _send(self, fn: Any) -> bytes:
-        assert self._account is not None
-        sender = self._account.address
+        assert self._signer is not None
+        assert self._sender is not None
+        sender = self._sender
         try:
             gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
         except (ContractCustomError, ContractLogicError) as exc:
@@ -418,7 +437,8 @@ class EvmAdapter:
                         "chainId": self._cfg.chain_id,
                     }
                 )
-                raw = bytes(self._account.sign_transaction(tx).raw_transaction)
+                # SECURITY: signed through the Signer seam (the key may be in an HSM).
+                raw = sign_transaction(self._signer, tx)
                 try:
                     tx_hash = await self._send_raw(raw)
                 except Web3RPCError as exc:
