@@ -17,8 +17,9 @@ from web3 import Web3
 from web3.contract import Contract
 
 from bridge.config import dump_toml
-from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
+from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
@@ -100,6 +101,9 @@ class LocalSystem:
     ports: dict[str, int] = field(default_factory=dict)
     committee: Committee | None = None
     supply_operator: DevAccount = field(default_factory=DevAccount.generate)
+    evm_node_auth: bool = True
+    """EVM nodes behind the authenticating TLS proxy (``https`` + bearer token), as
+    production nodes are; False exposes anvil's plain http port to the components."""
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -117,6 +121,8 @@ class LocalSystem:
         )
         for name, chain_id in self.ledger_names:
             node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
+            if self.evm_node_auth:
+                node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))
             admin, relayer = DevAccount.generate(), DevAccount.generate()
             node.fund(admin.address)
             node.fund(relayer.address)
@@ -133,6 +139,25 @@ class LocalSystem:
             self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
                 self.committee, self.isins
             )
+
+    def _evm_node_ca(self) -> DevCA:
+        return DevCA(self.workdir / "ledger-tls" / "evm", "kstb devnet EVM node CA").ensure()
+
+    def _rpc_token_file(self, ledger: str) -> Path:
+        return self.workdir / "keys" / f"rpc-token-{ledger}"
+
+    def _ledger_auth(self, ledger: str, role: str) -> dict[str, str]:
+        """The ``[ledger_auth]`` table of a ``role`` (relayer/verifier) for ``ledger``."""
+        if ledger in self.fabric:
+            f = self.fabric[ledger]
+            auth = f.relayer_ledger_auth if role == "relayer" else f.verifier_ledger_auth
+            return {
+                "tls_cert_file": str(auth.tls_cert_file),
+                "tls_key_file": str(auth.tls_key_file),
+            }
+        if self.ledgers[ledger].node.proxy is not None:
+            return {"token_file": str(self._rpc_token_file(ledger))}
+        return {}
 
     def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
         """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
@@ -161,12 +186,13 @@ class LocalSystem:
                         {
                             "id": h.name,
                             "kind": "evm",
-                            "rpc_url": h.node.rpc_url,
+                            "rpc_url": h.node.public_rpc_url,
                             "bridge": h.endpoint.address,
                             "chain_id": h.node.chain_id,
                             "finality_depth": 0,
                             "block_interval": self.block_time,
                         }
+                        | ({"tls_ca": str(h.node.tls_ca)} if h.node.tls_ca else {})
                         for h in self.ledgers.values()
                     ]
                     + [f.ledger_entry() for f in self.fabric.values()],
@@ -200,6 +226,13 @@ class LocalSystem:
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
+            ledger_auth = {
+                name: auth
+                for name in self.all_ledgers
+                if (auth := self._ledger_auth(name, "verifier"))
+            }
+            if ledger_auth:
+                verifier["ledger_auth"] = ledger_auth
             if i % 2 and self.fabric:
                 # Every other member reads Fabric through the second organisation's peer,
                 # so no single peer is every member's view of the ledger.
@@ -223,6 +256,7 @@ class LocalSystem:
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -242,6 +276,7 @@ class LocalSystem:
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": 0.1,
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -369,6 +404,11 @@ class LocalSystem:
             return True
 
         wait_until(ok, timeout, "bridge processes")
+
+
+def _table(key: str, value: dict[str, str]) -> dict[str, Any]:
+    """``{key: value}`` when ``value`` is not empty, else nothing."""
+    return {key: value} if value else {}
 
 
 def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
@@ -236,10 +238,27 @@ def sign_proposal(proposal: Any, identity: SigningIdentity) -> Any:
     return proposal_pb2.SignedProposal(proposal_bytes=raw, signature=identity.sign(raw))
 
 
+def tls_cert_hash(cert_pem: bytes) -> bytes:
+    """SHA-256 of a certificate's DER encoding: what Fabric compares with the TLS client
+    certificate of the connection (``ChannelHeader.tls_cert_hash``)."""
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
+    ).digest()
+
+
 def build_seek_envelope(
-    channel: str, identity: SigningIdentity, start: int, stop: int, nonce: bytes | None = None
+    channel: str,
+    identity: SigningIdentity,
+    start: int,
+    stop: int,
+    nonce: bytes | None = None,
+    cert_hash: bytes = b"",
 ) -> Any:
-    """A signed DELIVER_SEEK_INFO ``common.Envelope`` asking for blocks ``start..stop``."""
+    """A signed DELIVER_SEEK_INFO ``common.Envelope`` asking for blocks ``start..stop``.
+
+    ``cert_hash`` (:func:`tls_cert_hash` of the TLS client certificate) binds the request to
+    the mutual-TLS connection; peers that require client TLS refuse a request without it.
+    """
     nonce = nonce if nonce is not None else new_nonce()
     creator = identity.serialized()
     channel_header = common_pb2.ChannelHeader(
@@ -248,6 +267,7 @@ def build_seek_envelope(
         tx_id=transaction_id(nonce, creator),
         timestamp=_timestamp(None),
         epoch=0,
+        tls_cert_hash=cert_hash,
     )
     header = common_pb2.Header(
         channel_header=channel_header.SerializeToString(),
@@ -504,6 +524,7 @@ class GatewayClient:
         self._timeout = timeout
         self._commit_timeout = commit_timeout
         self._grpc: grpc.aio.Channel | None = None
+        self._tls_cert_hash = b""
         self._gateway: Any = None  # gateway.GatewayStub (generated code, untyped)
         self._deliver: Any = None  # protos.DeliverStub
 
@@ -547,6 +568,7 @@ class GatewayClient:
             except OSError as exc:
                 raise Unavailable(f"TLS CA {self._tls_ca} unreadable: {exc}") from exc
             client_key, client_cert = self._client_tls()
+            self._tls_cert_hash = tls_cert_hash(client_cert) if client_cert else b""
             options: list[tuple[str, Any]] = [
                 ("grpc.max_receive_message_length", 100 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 60_000),
@@ -739,7 +761,9 @@ class GatewayClient:
         if stop < start:
             return
         _, deliver = self._stubs()
-        envelope = build_seek_envelope(self._channel_name, self._identity, start, stop)
+        envelope = build_seek_envelope(
+            self._channel_name, self._identity, start, stop, cert_hash=self._tls_cert_hash
+        )
         expected = start
         call = deliver.Deliver(iter([envelope]), timeout=self._timeout + (stop - start) * 0.05)
         try:
