@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import Credentials, LedgerAuth, LedgerConfig, dump_toml
-from bridge.devnet.anvil import write_key_file, write_token_file
+from bridge.devnet.anvil import DevAccount, write_key_file, write_token_file
 from bridge.devnet.ledger_tls import DevCA
 from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId
@@ -315,3 +315,34 @@ def test_a_relayer_pointed_at_the_right_ledger_gets_past_the_check(
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_a_verifier_reading_the_wrong_chain_refuses_to_start(
+    secured: Secured, tmp_path: Path
+) -> None:
+    _relayer_files(secured, tmp_path, chain_id=99_998)
+    member = DevAccount.generate()
+    write_key_file(tmp_path / "member.key", member)
+    config = tmp_path / "verifier.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "network": "network.toml",
+                "listen": "127.0.0.1:0",
+                "key_file": "member.key",
+                "vote_db": "votes.sqlite",
+                "ledger_auth": {secured.env.a.name: {"token_file": str(secured.token_file)}},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "verifiers", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "chain id mismatch: configured 99998" in proc.stderr
+    assert "verifier started" not in proc.stderr

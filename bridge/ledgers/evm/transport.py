@@ -78,8 +78,11 @@ class EvmTransport:
         """A verifying client context trusting only ``tls_ca``; None for the default one."""
         if self.tls_ca is None:
             return None
-        # SECURITY: verification stays on (hostname and chain); only the trust roots change.
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        # SECURITY: verification stays on (hostname and chain) and the configured CA is the
+        # only trust root: no system CAs are loaded (create_default_context would add them).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=str(self.tls_ca))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
