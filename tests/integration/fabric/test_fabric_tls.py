@@ -4,8 +4,11 @@ authentication); and the start-up check confirms the chaincode is the configured
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import os
+import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridge.config import Credentials, LedgerAuth, LedgerConfig
+from bridge.config import Credentials, LedgerAuth, LedgerConfig, dump_toml
 from bridge.devnet.fabric import FabricNetwork
 from bridge.devnet.fabric_bridge import CHAINCODE_DIR
 from bridge.devnet.ledger_tls import DevCA
@@ -353,3 +356,69 @@ async def _initialised(env: BridgeEnv) -> None:
         await c.close()
     if not info.get("ledger_name"):
         await env.init(ISIN)
+
+
+async def test_a_fabric_relayer_pointed_at_another_ledger_refuses_to_start(
+    env: BridgeEnv, tmp_path: Path
+) -> None:
+    await _initialised(env)
+    net = env.net
+    o = net.org("Org1")
+    (tmp_path / "network.toml").write_text(
+        dump_toml(
+            {
+                "committee": {
+                    "epoch": 1,
+                    "threshold": 3,
+                    "members": ["0x" + m.hex() for m in env.committee.members],
+                },
+                "ledgers": [
+                    {
+                        "id": "fabric-other",
+                        "kind": "fabric",
+                        "rpc_url": o.peer_endpoint,
+                        "bridge": CHAINCODE,
+                        "channel": net.channel,
+                        "tls_ca": str(o.tls_ca_cert),
+                        "tls_server_name": o.peer_host,
+                    }
+                ],
+            }
+        )
+    )
+    config = tmp_path / "relayer.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "network": "network.toml",
+                "ledger": "fabric-other",
+                "listen": "127.0.0.1:0",
+                "coordinator": "127.0.0.1:1",
+                "key_file": str(o.user_key()),
+                "cert_file": str(o.user_cert()),
+                "msp_id": o.msp_id,
+                "state_db": "relayer.sqlite",
+                "ledger_auth": {
+                    "tls_cert_file": str(o.user_tls_cert()),
+                    "tls_key_file": str(o.user_tls_key()),
+                },
+            }
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relayers",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    stderr = err.decode()
+    assert proc.returncode == 3, stderr[-2000:]
+    assert "wrong ledger, refusing to start" in stderr
+    assert (
+        f"chaincode ledger name mismatch: configured fabric-other, node reports {LEDGER.name}"
+        in stderr
+    )
