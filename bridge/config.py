@@ -43,6 +43,8 @@ class LedgerConfig:
     block_interval: float
     channel: str = ""
     tls_ca: Path | None = None
+    """Fabric: the peer's TLS CA (required). EVM: the CA of an ``https`` node (optional;
+    without it the system's trust store verifies the node)."""
     tls_server_name: str = ""
     max_gas_price_gwei: float = 1000.0
     """EVM: the most a relayer pays per unit of gas; above it a step waits."""
@@ -52,9 +54,10 @@ class LedgerConfig:
 class LedgerEndpoint:
     """A member's own connection to a ledger, in place of the network file's ``rpc_url``.
 
-    For Fabric, a peer of another organisation has its own TLS CA and host name: with
-    ``tls_ca`` set, ``tls_ca`` and ``tls_server_name`` both come from here (an empty name
-    means the host in ``url``); without it, the network file's TLS settings stay.
+    A node of another organisation has its own TLS CA and host name: with ``tls_ca`` set,
+    ``tls_ca`` and ``tls_server_name`` both come from here (an empty name means the host in
+    ``url``); without it, the network file's TLS settings stay. On EVM ``tls_ca`` verifies
+    an ``https`` JSON-RPC URL and ``tls_server_name`` is refused (the URL's host is checked).
     """
 
     url: str
@@ -67,11 +70,28 @@ class LedgerEndpoint:
             if self.tls_server_name:
                 raise InvalidInput(f"ledger {config.id}: tls_server_name needs tls_ca")
             return replace(config, rpc_url=self.url)
-        if config.kind != "fabric":
-            raise InvalidInput(f"ledger {config.id}: tls_ca applies to Fabric ledgers only")
+        if config.kind != "fabric" and self.tls_server_name:
+            raise InvalidInput(f"ledger {config.id}: tls_server_name applies to Fabric only")
+        if config.kind == "evm" and not self.url.startswith("https://"):
+            raise InvalidInput(f"ledger {config.id}: tls_ca needs an https:// url")
         return replace(
             config, rpc_url=self.url, tls_ca=self.tls_ca, tls_server_name=self.tls_server_name
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerAuth:
+    """How one daemon authenticates its connection to a ledger node (not its ledger identity).
+
+    EVM: ``token_file`` holds a bearer token (0600) sent as ``Authorization: Bearer <token>``
+    to a node that wants one (Besu JWT, an authenticating proxy); it needs an ``https`` URL.
+    Fabric: ``tls_cert_file``/``tls_key_file`` are the TLS client certificate and key (PEM,
+    key 0600) presented to peers that require client TLS (``peer.tls.clientAuthRequired``).
+    """
+
+    token_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +165,8 @@ class RelayerConfig:
     msp_id: str = ""
     key: KeyRef | None = None
     """The account / identity key when given as a ``[key]`` table (keystore or token)."""
+    ledger_auth: LedgerAuth = field(default_factory=LedgerAuth)
+    """``[ledger_auth]``: how this relayer authenticates to its ledger node."""
 
     @property
     def credentials(self) -> Credentials:
@@ -171,6 +193,9 @@ class VerifierConfig:
     def member_key(self) -> KeyRef:
         """Where the member's committee key lives."""
         return _key_ref(self.key, self.key_file)
+
+    # ``[ledger_auth.<ledger>]``: how this member authenticates to each ledger node.
+    ledger_auth: Mapping[str, LedgerAuth] = field(default_factory=dict)
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -221,10 +246,13 @@ def load_network(path: Path) -> NetworkConfig:
         tls_ca = item.get("tls_ca")
         if kind == "fabric" and (not channel or not tls_ca):
             raise InvalidInput(f"ledger {lid}: a Fabric ledger needs channel and tls_ca")
+        rpc_url = str(_req(item, "rpc_url", f"ledger {lid}"))
+        if kind == "evm" and tls_ca and not rpc_url.startswith("https://"):
+            raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
         ledgers[lid.name] = LedgerConfig(
             id=lid,
             kind=kind,
-            rpc_url=str(_req(item, "rpc_url", f"ledger {lid}")),
+            rpc_url=rpc_url,
             bridge=str(_req(item, "bridge", f"ledger {lid}")),
             chain_id=chain_id,
             finality_depth=int(item.get("finality_depth", 0)),
@@ -286,7 +314,42 @@ def load_relayer(path: Path) -> RelayerConfig:
         cert_file=_rel(base, raw["cert_file"]) if "cert_file" in raw else None,
         msp_id=str(raw.get("msp_id", "")),
         key=None if isinstance(key, PlainKeyFile) else key,
+        ledger_auth=_ledger_auth(
+            base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
+        ),
     )
+
+
+_LEDGER_AUTH_KEYS = frozenset({"token_file", "tls_cert_file", "tls_key_file"})
+
+
+def _ledger_auth(base: Path, ledger: LedgerConfig, value: Any, where: str) -> LedgerAuth:
+    """A ``[ledger_auth]`` table: ``token_file`` (EVM) or ``tls_cert_file``+``tls_key_file``
+    (Fabric). Keys of the other kind, unknown keys, half a TLS pair and a token for a plain
+    ``http://`` URL (it would travel in clear) are refused."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: a table with {sorted(_LEDGER_AUTH_KEYS)}")
+    unknown = sorted(set(value) - _LEDGER_AUTH_KEYS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {unknown}")
+    auth = LedgerAuth(
+        token_file=_rel(base, value["token_file"]) if "token_file" in value else None,
+        tls_cert_file=_rel(base, value["tls_cert_file"]) if "tls_cert_file" in value else None,
+        tls_key_file=_rel(base, value["tls_key_file"]) if "tls_key_file" in value else None,
+    )
+    if ledger.kind == "evm" and (auth.tls_cert_file or auth.tls_key_file):
+        raise InvalidInput(f"{where}: tls_cert_file/tls_key_file apply to Fabric ledgers only")
+    if ledger.kind == "fabric" and auth.token_file:
+        raise InvalidInput(f"{where}: token_file applies to EVM ledgers only")
+    if (auth.tls_cert_file is None) != (auth.tls_key_file is None):
+        raise InvalidInput(f"{where}: tls_cert_file and tls_key_file go together")
+    # SECURITY: a bearer token sent over plain http is readable by anyone on the path.
+    if auth.token_file is not None and not ledger.rpc_url.startswith("https://"):
+        raise InvalidInput(
+            f"{where}: token_file needs an https:// rpc_url for ledger {ledger.id} "
+            f"(the token would be sent in clear to {ledger.rpc_url})"
+        )
+    return auth
 
 
 _ENDPOINT_KEYS = frozenset({"url", "tls_ca", "tls_server_name"})
@@ -317,20 +380,29 @@ def load_verifier(path: Path) -> VerifierConfig:
     raw = _read(path)
     base = path.parent
     key = parse_key_ref(raw, base, str(path))
+    network = load_network(_rel(base, _req(raw, "network", str(path))))
+    overrides = {
+        name: _endpoint(base, name, value) for name, value in raw.get("rpc_overrides", {}).items()
+    }
+    auth: dict[str, LedgerAuth] = {}
+    for name, value in raw.get("ledger_auth", {}).items():
+        if name not in network.ledgers:
+            raise InvalidInput(f"ledger_auth for unknown ledger {name!r}")
+        lc = network.ledger(name)
+        reached = overrides[name].apply(lc) if name in overrides else lc
+        auth[name] = _ledger_auth(base, reached, value, f"ledger_auth.{name}")
     return VerifierConfig(
-        network=load_network(_rel(base, _req(raw, "network", str(path)))),
+        network=network,
         listen=str(_req(raw, "listen", str(path))),
         key_file=key.path if isinstance(key, PlainKeyFile) else None,
         key=None if isinstance(key, PlainKeyFile) else key,
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
-        rpc_overrides={
-            name: _endpoint(base, name, value)
-            for name, value in raw.get("rpc_overrides", {}).items()
-        },
+        rpc_overrides=overrides,
         fabric_identities={
             name: _fabric_identity(path, name, ident)
             for name, ident in raw.get("fabric_identities", {}).items()
         },
+        ledger_auth=auth,
     )
 
 

@@ -19,9 +19,10 @@ from web3 import Web3
 from web3.contract import Contract
 
 from bridge.config import dump_toml
-from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
 from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
+from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
@@ -110,6 +111,9 @@ class LocalSystem:
     token: DevToken | None = None
     members: list[tuple[str, str]] = field(default_factory=list)
     """(address, token key label or "") per verifier, in committee (address) order."""
+    evm_node_auth: bool = True
+    """EVM nodes behind the authenticating TLS proxy (``https`` + bearer token), as
+    production nodes are; False exposes anvil's plain http port to the components."""
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -118,6 +122,8 @@ class LocalSystem:
         committee = self.committee = self._start_custody()
         for name, chain_id in self.ledger_names:
             node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
+            if self.evm_node_auth:
+                node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))
             admin, relayer = DevAccount.generate(), DevAccount.generate()
             relayer_address = self._relayer_address(name, relayer)
             node.fund(admin.address)
@@ -169,6 +175,25 @@ class LocalSystem:
         write_key_file(self.workdir / key_file, account)
         return {"key_file": key_file}
 
+    def _evm_node_ca(self) -> DevCA:
+        return DevCA(self.workdir / "ledger-tls" / "evm", "kstb devnet EVM node CA").ensure()
+
+    def _rpc_token_file(self, ledger: str) -> Path:
+        return self.workdir / "keys" / f"rpc-token-{ledger}"
+
+    def _ledger_auth(self, ledger: str, role: str) -> dict[str, str]:
+        """The ``[ledger_auth]`` table of a ``role`` (relayer/verifier) for ``ledger``."""
+        if ledger in self.fabric:
+            f = self.fabric[ledger]
+            auth = f.relayer_ledger_auth if role == "relayer" else f.verifier_ledger_auth
+            return {
+                "tls_cert_file": str(auth.tls_cert_file),
+                "tls_key_file": str(auth.tls_key_file),
+            }
+        if self.ledgers[ledger].node.proxy is not None:
+            return {"token_file": str(self._rpc_token_file(ledger))}
+        return {}
+
     def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
         """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
         return self.ledgers[name] if name in self.ledgers else self.fabric[name]
@@ -196,12 +221,13 @@ class LocalSystem:
                         {
                             "id": h.name,
                             "kind": "evm",
-                            "rpc_url": h.node.rpc_url,
+                            "rpc_url": h.node.public_rpc_url,
                             "bridge": h.endpoint.address,
                             "chain_id": h.node.chain_id,
                             "finality_depth": 0,
                             "block_interval": self.block_time,
                         }
+                        | ({"tls_ca": str(h.node.tls_ca)} if h.node.tls_ca else {})
                         for h in self.ledgers.values()
                     ]
                     + [f.ledger_entry() for f in self.fabric.values()],
@@ -235,6 +261,13 @@ class LocalSystem:
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
+            ledger_auth = {
+                name: auth
+                for name in self.all_ledgers
+                if (auth := self._ledger_auth(name, "verifier"))
+            }
+            if ledger_auth:
+                verifier["ledger_auth"] = ledger_auth
             if i % 2 and self.fabric:
                 # Every other member reads Fabric through the second organisation's peer,
                 # so no single peer is every member's view of the ledger.
@@ -258,6 +291,7 @@ class LocalSystem:
                         "poll_interval": min(0.2, self.block_time / 5),
                         **key,
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -277,6 +311,7 @@ class LocalSystem:
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": 0.1,
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -413,6 +448,11 @@ class LocalSystem:
 def to_checksum(address: bytes) -> str:
     """EIP-55 form of a 20-byte address."""
     return Web3.to_checksum_address(address)
+
+
+def _table(key: str, value: dict[str, str]) -> dict[str, Any]:
+    """``{key: value}`` when ``value`` is not empty, else nothing."""
+    return {key: value} if value else {}
 
 
 def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:

@@ -53,6 +53,7 @@ from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.revert import decode_revert
+from bridge.ledgers.evm.transport import EvmTransport
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -97,9 +98,12 @@ class EvmAdapter:
         confirm_s: float = 120.0,
         *,
         signer: Signer | None = None,
+        transport: EvmTransport | None = None,
     ) -> None:
         self._cfg = config
         self._confirm_s = confirm_s
+        # How the node is reached: its TLS CA and the bearer token (none: plain settings).
+        self._transport = transport if transport is not None else EvmTransport()
         self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
         # No default middleware: every transaction field is set explicitly, results are
         # read by key, and web3's validation middleware would add two eth_chainId calls
@@ -173,10 +177,7 @@ class EvmAdapter:
     async def _rpc_unshielded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         if self._session is None:
             # One keep-alive connection pool per adapter (web3's default closes each one).
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32, limit_per_host=32),
-                timeout=aiohttp.ClientTimeout(total=10),
-            )
+            self._session = self._transport.session(limit=32, timeout_s=10)
             await self._provider.cache_async_session(self._session)
         try:
             return await call()
@@ -507,6 +508,16 @@ class EvmAdapter:
                 return height
             await asyncio.sleep(self._poll)
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    async def node_identity(self) -> tuple[int, bytes, bytes]:
+        """What the node says it is: ``(chain id, code at the bridge address, the endpoint's
+        ledgerId word)``; the word is empty when there is no code (nothing to ask)."""
+        chain_id = await self._rpc("eth_chainId", lambda: self._w3.eth.chain_id)
+        code = await self._rpc("eth_getCode", lambda: self._w3.eth.get_code(self._bridge.address))
+        if not code:
+            return int(chain_id), b"", b""
+        word = await self._rpc("ledgerId", lambda: self._bridge.functions.ledgerId().call())
+        return int(chain_id), bytes(code), bytes(word)
 
     async def close(self) -> None:
         """Close the HTTP session."""
