@@ -466,10 +466,18 @@ def chaincode_failure(message: str) -> BridgeError | None:
     return refusal
 
 
+_NOT_INITIALIZED_BY_PEER = "has not been initialized for this version, must call as init first"
+
+
 def map_rpc_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> BridgeError:
     """Translate a failed Gateway call per the module's error contract."""
     details = error_details(exc)
     code = exc.code()
+    texts = [d.message for d in details] + [exc.details() or ""]
+    if any(_NOT_INITIALIZED_BY_PEER in t for t in texts):
+        # A definition committed with --init-required (protocol v2) before its one Init:
+        # the peer refuses every other invocation, as the chaincode would (NotInitialized).
+        return LedgerRejected("NotInitialized", f"{what}: the chaincode awaits its Init")
     if code not in _TRANSPORT_CODES or details:
         for text in [d.message for d in details] + [exc.details() or ""]:
             failure = chaincode_failure(text)
