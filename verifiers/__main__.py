@@ -11,6 +11,7 @@ from bridge.config import load_verifier
 from bridge.domain.signer import LocalKeySigner
 from bridge.ledgers.factory import open_reader
 from bridge.logfields import configure
+from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.service import VerifierServicer
@@ -23,6 +24,7 @@ async def run(config_path: Path) -> None:
     cfg = load_verifier(config_path)
     signer = LocalKeySigner.from_key_file(cfg.key_file)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
+    security, audit = server_security("verifier", cfg.network, cfg.tls, cfg.audit_log)
     readers = {
         lc.id.word: open_reader(lc, cfg.fabric_identities.get(name), cfg.rpc_overrides.get(name))
         for name, lc in cfg.network.ledgers.items()
@@ -41,6 +43,7 @@ async def run(config_path: Path) -> None:
         cfg.listen,
         [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
         [lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s)],
+        security,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -54,6 +57,7 @@ async def run(config_path: Path) -> None:
             await reader.close()
         votes.close()
         supply_log.close()
+        audit.close()
         log.info("verifier stopped")
 
 

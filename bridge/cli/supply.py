@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bridge.cli import credentials
 from bridge.config import load_network
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.supply import Attestation
@@ -104,7 +105,7 @@ def _exit_code(verdicts: list[Verdict]) -> int:
 
 
 async def _get(a: argparse.Namespace) -> int:
-    feed = SupplyFeed(a.coordinator, a.timeout)
+    feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     try:
         found: list[Attestation] = await feed.latest(a.security)
     finally:
@@ -122,7 +123,7 @@ async def _get(a: argparse.Namespace) -> int:
 async def _watch(a: argparse.Namespace) -> int:
     verifier = FeedVerifier(load_network(a.network).committee, from_genesis=a.start <= 1)
     seen: list[Verdict] = []
-    async for v in watch(a.coordinator, verifier, a.start):
+    async for v in watch(a.coordinator, verifier, a.start, identity=credentials.identity(a)):
         _print(v, a.json)
         seen.append(v)
         if a.count and len(seen) >= a.count:
@@ -132,7 +133,7 @@ async def _watch(a: argparse.Namespace) -> int:
 
 async def _verify(a: argparse.Namespace) -> int:
     verifier = FeedVerifier(load_network(a.network).committee)
-    feed = SupplyFeed(a.coordinator, a.timeout)
+    feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     verdicts: list[Verdict] = []
     try:
         latest = await feed.latest()
@@ -171,7 +172,12 @@ def _parse_units(items: list[str]) -> Mapping[str, int]:
 
 def _register(a: argparse.Namespace) -> int:
     totals = _parse_units(a.units)
-    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    op = SupplyOperator(
+        a.coordinator,
+        LocalKeySigner.from_key_file(a.key_file),
+        a.timeout,
+        credentials.identity(a),
+    )
     try:
         reg = op.register(a.security, totals, a.note)
     finally:
@@ -181,7 +187,12 @@ def _register(a: argparse.Namespace) -> int:
 
 
 def _release(a: argparse.Namespace) -> int:
-    op = SupplyOperator(a.coordinator, LocalKeySigner.from_key_file(a.key_file), a.timeout)
+    op = SupplyOperator(
+        a.coordinator,
+        LocalKeySigner.from_key_file(a.key_file),
+        a.timeout,
+        credentials.identity(a),
+    )
     try:
         op.release(a.security, a.hold, a.note)
     finally:
