@@ -8,6 +8,7 @@ from typing import Protocol
 
 import grpc
 
+from bridge.domain.errors import BridgeError
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -91,7 +92,7 @@ class RoutedTransferStub:
         """Submit as the brokerage of ``request.source_ledger``."""
         try:
             channel = self._channel(f"brokerage:{request.source_ledger}")
-        except (KeyError, ValueError):
+        except (KeyError, BridgeError):  # no such brokerage in the devnet
             channel = self._channel(f"brokerage:{self._fallback}")
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         return stub.SubmitTransfer(request, timeout=timeout)
