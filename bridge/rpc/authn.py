@@ -53,6 +53,26 @@ def _read_revoked(path: str) -> frozenset[str]:
     return frozenset(out)
 
 
+def describe(pem: bytes) -> Principal | None:
+    """What a (refused) certificate claims, for the audit log only: O, OU, CN and the
+    fingerprint, unchecked. Never used to authorise anything."""
+    try:
+        leaf = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+
+    def first(oid: x509.ObjectIdentifier) -> str:
+        values = leaf.subject.get_attributes_for_oid(oid)
+        return str(values[0].value) if values else ""
+
+    return Principal(
+        org=first(NameOID.ORGANIZATION_NAME),
+        role="unauthenticated:" + first(NameOID.ORGANIZATIONAL_UNIT_NAME),
+        common_name=first(NameOID.COMMON_NAME),
+        fingerprint=fingerprint(leaf),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _CA:
     org: Organisation

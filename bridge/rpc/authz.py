@@ -15,7 +15,7 @@ import grpc
 
 from bridge.domain.errors import BridgeError
 from bridge.rpc.audit import AuditLog, AuditRecord, now
-from bridge.rpc.authn import Authenticator, Unauthenticated
+from bridge.rpc.authn import Authenticator, Unauthenticated, describe
 from bridge.rpc.roles import Principal
 from bridge.rpc.rules import DEVELOPMENT, RULES, Rule, TransferLedgers, role_allowed
 
@@ -89,6 +89,11 @@ class AuthorisationInterceptor(_InterceptorBase):
             raise Unauthenticated("no client certificate")
         return self._authn.principal(pems[0])
 
+    def _unauthenticated(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+        """For the audit record: who the refused certificate claimed to be, if anyone."""
+        pems = list(context.auth_context().get("x509_pem_cert") or [])
+        return describe(pems[0]) if pems else None
+
     async def _decide(
         self,
         method: str,
@@ -101,13 +106,14 @@ class AuthorisationInterceptor(_InterceptorBase):
             try:
                 principal = self._principal(context)
             except Unauthenticated as exc:
+                principal = self._unauthenticated(context)
                 raise _Denied(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
             if rule is None:
                 raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"no rule admits {method}")
             if not role_allowed(rule, principal):
                 raise _Denied(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"role {principal.role_value} may not call {method}",
+                    f"role {principal.role_text} may not call {method}",
                 )
             if rule.scope is not None and principal.role != DEVELOPMENT:
                 if request is None:  # fail closed: a streamed request cannot be scoped here
@@ -135,7 +141,7 @@ class AuthorisationInterceptor(_InterceptorBase):
             AuditRecord(
                 at=now(),
                 org=p.org if p else "",
-                role=str(p.role_value) if p and p.role != DEVELOPMENT else (p.role if p else ""),
+                role=p.role_text if p else "",
                 cn=p.common_name if p else "",
                 fingerprint=p.fingerprint if p else "",
                 peer=context.peer() or "",

@@ -108,5 +108,10 @@ class Principal:
         """The role as a value."""
         return Role(self.role, self.scope)
 
+    @property
+    def role_text(self) -> str:
+        """The role string as the certificate's OU carries it (not re-validated)."""
+        return f"{self.role}:{self.scope}" if self.scope else self.role
+
     def __str__(self) -> str:
-        return f"{self.org}/{self.role_value}"
+        return f"{self.org}/{self.role_text}"
