@@ -539,13 +539,19 @@ def test_cli_verifies_the_whole_feed(
     system: LocalSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
     network = str(system.workdir / "network.toml")
-    code = cli_main(["--coordinator", system.coordinator_target, "supply", "verify",
+    depository = system.certificate("depository")
+    tls = ["--tls-cert", str(depository.cert_file), "--tls-key", str(depository.key_file),
+           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem")]  # fmt: skip
+    # Without a certificate the CLI refuses plaintext (usage error, nothing sent).
+    assert cli_main(["--coordinator", system.coordinator_target, "supply", "get"]) == 2
+    assert "refusing a plaintext channel" in capsys.readouterr().err
+    code = cli_main(["--coordinator", system.coordinator_target, *tls, "supply", "verify",
                      "--network", network])  # fmt: skip
     out = capsys.readouterr().out
     # The out-of-band tests left signed discrepancies in the feed's history: exit 3, not 1.
     assert code in (0, 3), out
     assert "0 failed verification" in out
-    code = cli_main(["--coordinator", system.coordinator_target, "supply", "get",
+    code = cli_main(["--coordinator", system.coordinator_target, *tls, "supply", "get",
                      "--security", DEMO_ISIN, "--network", network])  # fmt: skip
     assert code == 0
     assert "VERIFIED" in capsys.readouterr().out
