@@ -248,6 +248,18 @@ class LocalSystem:
         e.g. ``system.channel("brokerage:brokerage-a")``, ``system.channel("depository")``."""
         return sync_channel(self.target_of(peer), self.identity(principal, peer, cert))
 
+    def cli_tls_args(self, principal: str, peer: str = "coordinator") -> list[str]:
+        """``bridge`` CLI options presenting ``principal``'s certificate to ``peer``."""
+        cert = self.certificate(principal)
+        cas = self.identity(principal, peer).roots
+        return [
+            "--tls-cert",
+            str(cert.cert_file),
+            "--tls-key",
+            str(cert.key_file),
+            *[arg for ca in cas for arg in ("--tls-ca", str(ca))],
+        ]
+
     def server_credentials(self, principal: str) -> grpc.ServerCredentials:
         """Static mTLS server credentials with ``principal``'s certificate, requiring a
         client certificate from any organisation (for test servers standing in for one)."""

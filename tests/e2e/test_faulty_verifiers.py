@@ -299,6 +299,9 @@ def test_operator_lists_stuck_transfers_and_aborts_only_through_the_ledgers(
         with pytest.raises(grpc.RpcError) as done:
             op.RetryTransfer(operator_pb2.RetryTransferRequest(transfer_id=tid), timeout=10)
         assert done.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    code = cli_main(["--coordinator", s.coordinator_target, "operator", "misbehaviour"])
+    code = cli_main(
+        ["--coordinator", s.coordinator_target, *s.cli_tls_args("bridge-operator"),
+         "operator", "misbehaviour"]
+    )  # fmt: skip
     assert code == 0
     assert s.verifier_keys[3].address.lower()[2:] in capsys.readouterr().out
