@@ -188,6 +188,23 @@ def test_no_unknown_or_expired_certificate_gets_through_the_handshake(
         assert health_check(ch) == grpc.StatusCode.OK
 
 
+def test_a_client_reaches_only_the_role_it_meant(system: LocalSystem) -> None:
+    """A channel meant for the coordinator refuses a relayer's (valid) certificate, and a
+    channel meant for relayer A refuses relayer B's: the server is checked by role."""
+    from bridge.rpc.channels import sync_channel
+
+    mismatched = [
+        (system.target_of(f"relayer:{A}"), "coordinator"),
+        (system.target_of(f"relayer:{B}"), f"relayer:{A}"),
+        (system.coordinator_target, system.member_role(0)),
+    ]
+    for target, meant in mismatched:
+        with sync_channel(target, system.identity("coordinator", meant)) as ch:
+            assert health_check(ch) == grpc.StatusCode.UNAVAILABLE, (target, meant)
+    with sync_channel(system.coordinator_target, system.identity("depository")) as ch:
+        assert health_check(ch) == grpc.StatusCode.OK
+
+
 def test_a_revoked_certificate_is_unauthenticated(system: LocalSystem) -> None:
     pki = system.pki
     assert pki is not None
