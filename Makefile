@@ -5,9 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts bench clean
+.PHONY: setup softhsm fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts bench clean
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) softhsm
+
+# SoftHSM2, the PKCS#11 token the key-custody tests use (Debian package softhsm2).
+# A no-op when the module is present; as root it installs with apt-get, otherwise via sudo.
+SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+softhsm:
+	@if [ ! -e "$(SOFTHSM_MODULE)" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	fi
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)

@@ -212,7 +212,13 @@ def fabric_admin_client(ledger: FabricBridgeLedger) -> GatewayClient:
     org = ledger.net.org("Org1")
     ident = SigningIdentity.from_msp_dir(org.msp_id, org.admin_msp_dir)
     return GatewayClient(
-        org.peer_endpoint, org.tls_ca_cert, org.peer_host, ident, ledger.net.channel
+        org.peer_endpoint,
+        org.tls_ca_cert,
+        org.peer_host,
+        ident,
+        ledger.net.channel,
+        tls_client_cert=org.user_tls_cert("Admin"),
+        tls_client_key=org.user_tls_key("Admin"),
     )
 
 

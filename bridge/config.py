@@ -1,8 +1,10 @@
 """Configuration files (TOML) for every daemon, parsed into typed, validated dataclasses.
 
 ``network.toml`` is public and shared by all components: ledgers, securities and the
-committee. Each daemon has its own file naming its network file, listen address, key file
-and state database. Secrets never appear in these files, only paths to 0600 key files.
+committee. Each daemon has its own file naming its network file, listen address, signing key
+and state database. Secrets never appear in these files: a key is a 0600 ``key_file``
+(devnet) or a ``[key]`` table naming an encrypted keystore or a PKCS#11 token key, with its
+passphrase or PIN in a 0600 file or an environment variable (see :mod:`bridge.keys.reference`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
 from bridge.rpc.roles import BROKERAGE, COORDINATOR, MEMBER, RELAYER, Role, parse_role, valid_org_id
 
 LEDGER_KINDS = ("evm", "fabric")
@@ -41,6 +44,8 @@ class LedgerConfig:
     block_interval: float
     channel: str = ""
     tls_ca: Path | None = None
+    """Fabric: the peer's TLS CA (required). EVM: the CA of an ``https`` node (optional;
+    without it the system's trust store verifies the node)."""
     tls_server_name: str = ""
     max_gas_price_gwei: float = 1000.0
     """EVM: the most a relayer pays per unit of gas; above it a step waits."""
@@ -50,9 +55,10 @@ class LedgerConfig:
 class LedgerEndpoint:
     """A member's own connection to a ledger, in place of the network file's ``rpc_url``.
 
-    For Fabric, a peer of another organisation has its own TLS CA and host name: with
-    ``tls_ca`` set, ``tls_ca`` and ``tls_server_name`` both come from here (an empty name
-    means the host in ``url``); without it, the network file's TLS settings stay.
+    A node of another organisation has its own TLS CA and host name: with ``tls_ca`` set,
+    ``tls_ca`` and ``tls_server_name`` both come from here (an empty name means the host in
+    ``url``); without it, the network file's TLS settings stay. On EVM ``tls_ca`` verifies
+    an ``https`` JSON-RPC URL and ``tls_server_name`` is refused (the URL's host is checked).
     """
 
     url: str
@@ -65,20 +71,52 @@ class LedgerEndpoint:
             if self.tls_server_name:
                 raise InvalidInput(f"ledger {config.id}: tls_server_name needs tls_ca")
             return replace(config, rpc_url=self.url)
-        if config.kind != "fabric":
-            raise InvalidInput(f"ledger {config.id}: tls_ca applies to Fabric ledgers only")
+        if config.kind != "fabric" and self.tls_server_name:
+            raise InvalidInput(f"ledger {config.id}: tls_server_name applies to Fabric only")
+        if config.kind == "evm" and not self.url.startswith("https://"):
+            raise InvalidInput(f"ledger {config.id}: tls_ca needs an https:// url")
         return replace(
             config, rpc_url=self.url, tls_ca=self.tls_ca, tls_server_name=self.tls_server_name
         )
 
 
 @dataclass(frozen=True, slots=True)
-class Credentials:
-    """A daemon's identity on one ledger: a key file, and for Fabric an MSP certificate."""
+class LedgerAuth:
+    """How one daemon authenticates its connection to a ledger node (not its ledger identity).
 
-    key_file: Path
+    EVM: ``token_file`` holds a bearer token (0600) sent as ``Authorization: Bearer <token>``
+    to a node that wants one (Besu JWT, an authenticating proxy); it needs an ``https`` URL.
+    Fabric: ``tls_cert_file``/``tls_key_file`` are the TLS client certificate and key (PEM,
+    key 0600) presented to peers that require client TLS (``peer.tls.clientAuthRequired``).
+    """
+
+    token_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A daemon's identity on one ledger: a key (``key_file``, or ``key`` for a keystore or
+    token key, which wins), and for Fabric an MSP certificate."""
+
+    key_file: Path | None
     cert_file: Path | None = None
     msp_id: str = ""
+    key: KeyRef | None = None
+
+    @property
+    def key_ref(self) -> KeyRef:
+        """Where the signing key lives; InvalidInput when no key is configured."""
+        return _key_ref(self.key, self.key_file)
+
+
+def _key_ref(key: KeyRef | None, key_file: Path | None) -> KeyRef:
+    if key is not None:
+        return key
+    if key_file is None:
+        raise InvalidInput("no signing key configured")
+    return PlainKeyFile(key_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +200,7 @@ class RelayerConfig:
     ledger: str
     listen: str
     coordinator: str
-    key_file: Path
+    key_file: Path | None
     state_db: Path
     poll_interval: float
     cert_file: Path | None = None
@@ -171,11 +209,15 @@ class RelayerConfig:
     """Mutual TLS for the server and the coordinator client."""
     audit_log: Path | None = None
     """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
+    key: KeyRef | None = None
+    """The account / identity key when given as a ``[key]`` table (keystore or token)."""
+    ledger_auth: LedgerAuth = field(default_factory=LedgerAuth)
+    """``[ledger_auth]``: how this relayer authenticates to its ledger node."""
 
     @property
     def credentials(self) -> Credentials:
         """The operator's ledger identity."""
-        return Credentials(self.key_file, self.cert_file, self.msp_id)
+        return Credentials(self.key_file, self.cert_file, self.msp_id, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +226,7 @@ class VerifierConfig:
 
     network: NetworkConfig
     listen: str
-    key_file: Path
+    key_file: Path | None
     vote_db: Path
     # The member's own ledger connections (defaults: the network file's rpc_url).
     rpc_overrides: Mapping[str, LedgerEndpoint]
@@ -194,6 +236,16 @@ class VerifierConfig:
     """Mutual TLS for the server."""
     audit_log: Path | None = None
     """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
+    key: KeyRef | None = None
+    """The member key when given as a ``[key]`` table (keystore or token)."""
+
+    @property
+    def member_key(self) -> KeyRef:
+        """Where the member's committee key lives."""
+        return _key_ref(self.key, self.key_file)
+
+    # ``[ledger_auth.<ledger>]``: how this member authenticates to each ledger node.
+    ledger_auth: Mapping[str, LedgerAuth] = field(default_factory=dict)
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -244,10 +296,13 @@ def load_network(path: Path) -> NetworkConfig:
         tls_ca = item.get("tls_ca")
         if kind == "fabric" and (not channel or not tls_ca):
             raise InvalidInput(f"ledger {lid}: a Fabric ledger needs channel and tls_ca")
+        rpc_url = str(_req(item, "rpc_url", f"ledger {lid}"))
+        if kind == "evm" and tls_ca and not rpc_url.startswith("https://"):
+            raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
         ledgers[lid.name] = LedgerConfig(
             id=lid,
             kind=kind,
-            rpc_url=str(_req(item, "rpc_url", f"ledger {lid}")),
+            rpc_url=rpc_url,
             bridge=str(_req(item, "bridge", f"ledger {lid}")),
             chain_id=chain_id,
             finality_depth=int(item.get("finality_depth", 0)),
@@ -417,19 +472,56 @@ def load_relayer(path: Path) -> RelayerConfig:
     ledger = str(_req(raw, "ledger", str(path)))
     if ledger not in network.ledgers:
         raise InvalidInput(f"relayer for unknown ledger {ledger!r}")
+    key = parse_key_ref(raw, base, str(path))
     return RelayerConfig(
         network=network,
         ledger=ledger,
         listen=str(_req(raw, "listen", str(path))),
         coordinator=str(_req(raw, "coordinator", str(path))),
-        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
         state_db=_rel(base, _req(raw, "state_db", str(path))),
         poll_interval=float(raw.get("poll_interval", 0.2)),
         cert_file=_rel(base, raw["cert_file"]) if "cert_file" in raw else None,
         msp_id=str(raw.get("msp_id", "")),
         tls=load_tls(raw, base, str(path)),
         audit_log=_audit_log(raw, base),
+        key=None if isinstance(key, PlainKeyFile) else key,
+        ledger_auth=_ledger_auth(
+            base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
+        ),
     )
+
+
+_LEDGER_AUTH_KEYS = frozenset({"token_file", "tls_cert_file", "tls_key_file"})
+
+
+def _ledger_auth(base: Path, ledger: LedgerConfig, value: Any, where: str) -> LedgerAuth:
+    """A ``[ledger_auth]`` table: ``token_file`` (EVM) or ``tls_cert_file``+``tls_key_file``
+    (Fabric). Keys of the other kind, unknown keys, half a TLS pair and a token for a plain
+    ``http://`` URL (it would travel in clear) are refused."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: a table with {sorted(_LEDGER_AUTH_KEYS)}")
+    unknown = sorted(set(value) - _LEDGER_AUTH_KEYS)
+    if unknown:
+        raise InvalidInput(f"{where}: unknown keys {unknown}")
+    auth = LedgerAuth(
+        token_file=_rel(base, value["token_file"]) if "token_file" in value else None,
+        tls_cert_file=_rel(base, value["tls_cert_file"]) if "tls_cert_file" in value else None,
+        tls_key_file=_rel(base, value["tls_key_file"]) if "tls_key_file" in value else None,
+    )
+    if ledger.kind == "evm" and (auth.tls_cert_file or auth.tls_key_file):
+        raise InvalidInput(f"{where}: tls_cert_file/tls_key_file apply to Fabric ledgers only")
+    if ledger.kind == "fabric" and auth.token_file:
+        raise InvalidInput(f"{where}: token_file applies to EVM ledgers only")
+    if (auth.tls_cert_file is None) != (auth.tls_key_file is None):
+        raise InvalidInput(f"{where}: tls_cert_file and tls_key_file go together")
+    # SECURITY: a bearer token sent over plain http is readable by anyone on the path.
+    if auth.token_file is not None and not ledger.rpc_url.startswith("https://"):
+        raise InvalidInput(
+            f"{where}: token_file needs an https:// rpc_url for ledger {ledger.id} "
+            f"(the token would be sent in clear to {ledger.rpc_url})"
+        )
+    return auth
 
 
 _ENDPOINT_KEYS = frozenset({"url", "tls_ca", "tls_server_name"})
@@ -459,25 +551,52 @@ def load_verifier(path: Path) -> VerifierConfig:
     """Parse a verifier file."""
     raw = _read(path)
     base = path.parent
+    key = parse_key_ref(raw, base, str(path))
+    network = load_network(_rel(base, _req(raw, "network", str(path))))
+    overrides = {
+        name: _endpoint(base, name, value) for name, value in raw.get("rpc_overrides", {}).items()
+    }
+    auth: dict[str, LedgerAuth] = {}
+    for name, value in raw.get("ledger_auth", {}).items():
+        if name not in network.ledgers:
+            raise InvalidInput(f"ledger_auth for unknown ledger {name!r}")
+        lc = network.ledger(name)
+        reached = overrides[name].apply(lc) if name in overrides else lc
+        auth[name] = _ledger_auth(base, reached, value, f"ledger_auth.{name}")
     return VerifierConfig(
-        network=load_network(_rel(base, _req(raw, "network", str(path)))),
+        network=network,
         listen=str(_req(raw, "listen", str(path))),
-        key_file=_rel(base, _req(raw, "key_file", str(path))),
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
+        key=None if isinstance(key, PlainKeyFile) else key,
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
-        rpc_overrides={
-            name: _endpoint(base, name, value)
-            for name, value in raw.get("rpc_overrides", {}).items()
-        },
+        rpc_overrides=overrides,
         fabric_identities={
-            name: Credentials(
-                key_file=_rel(base, _req(ident, "key_file", f"fabric identity {name}")),
-                cert_file=_rel(base, _req(ident, "cert_file", f"fabric identity {name}")),
-                msp_id=str(_req(ident, "msp_id", f"fabric identity {name}")),
-            )
+            name: _fabric_identity(path, name, ident)
             for name, ident in raw.get("fabric_identities", {}).items()
         },
         tls=load_tls(raw, base, str(path)),
         audit_log=_audit_log(raw, base),
+        ledger_auth=auth,
+    )
+
+
+_IDENTITY_KEYS = frozenset({"key_file", "key", "cert_file", "msp_id"})
+
+
+def _fabric_identity(path: Path, name: str, ident: Any) -> Credentials:
+    """``fabric_identities.<name>``: ``msp_id``, ``cert_file`` and a key (file or ``[key]``)."""
+    where = f"fabric identity {name}"
+    if not isinstance(ident, dict):
+        raise InvalidInput(f"{path}: fabric_identities.{name} must be a table")
+    unknown = sorted(set(ident) - _IDENTITY_KEYS)
+    if unknown:
+        raise InvalidInput(f"{path}: fabric_identities.{name}: unknown keys {unknown}")
+    key = parse_key_ref(ident, path.parent, str(path), f"fabric_identities.{name}.")
+    return Credentials(
+        key_file=key.path if isinstance(key, PlainKeyFile) else None,
+        cert_file=_rel(path.parent, _req(ident, "cert_file", where)),
+        msp_id=str(_req(ident, "msp_id", where)),
+        key=None if isinstance(key, PlainKeyFile) else key,
     )
 
 

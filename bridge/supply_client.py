@@ -7,11 +7,19 @@ and contiguous sequences, and the supply identity recomputed from the signed fig
 raises its own alert for any signed discrepancy, whatever the coordinator says.
 :func:`watch` follows the stream and resumes after a disconnect or a coordinator restart
 from the last position it verified, so nothing is skipped or seen twice.
+
+A feed that stops is itself an alarm: with ``max_age`` set, :meth:`FeedVerifier.alarms`
+reports a :class:`FeedStale` for every security whose latest verified record was produced
+longer ago than that (by the committee-checked ``produced_at_ms``, which a coordinator
+cannot refresh by re-sending an old record), and for a feed that delivered no record at
+all. :func:`watch_feed` interleaves those alarms with the verdicts, so a stalled stream
+never looks healthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +30,7 @@ from bridge.domain.committee import Committee
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
+from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
@@ -50,6 +59,67 @@ class Verdict:
         return not self.failures
 
 
+@dataclass(frozen=True, slots=True)
+class FeedStale:
+    """Alarm: a security's latest verified record is older than the allowed age, or no
+    record has arrived (``security`` empty: none of any security; ``last_sequence`` 0:
+    none of this one).
+
+    While it stands, the depository cannot tell whether units were issued out of band:
+    out-of-band issuance is no longer detected although transfers may still be admitted.
+    """
+
+    security: str
+    last_sequence: int
+    age_s: float
+    """Seconds since the latest record was produced (or since watching began)."""
+    max_age_s: float
+
+    def describe(self) -> str:
+        """The alarm in words."""
+        if not self.security:
+            return f"no supply record received for {self.age_s:.0f}s (max age {self.max_age_s:g}s)"
+        if not self.last_sequence:
+            return (
+                f"{self.security}: no record received for {self.age_s:.0f}s"
+                f" (max age {self.max_age_s:g}s)"
+            )
+        return (
+            f"{self.security}: latest record #{self.last_sequence} is {self.age_s:.0f}s old"
+            f" (max age {self.max_age_s:g}s)"
+        )
+
+
+def staleness(
+    latest: Mapping[str, SupplyRecord],
+    max_age: float,
+    now: float,
+    started_at: float,
+    expected: tuple[str, ...] = (),
+) -> list[FeedStale]:
+    """The alarms for ``latest`` verified records per security at ``now``: each record
+    produced more than ``max_age`` seconds ago; each ``expected`` security without one;
+    and no record at all (security "") once ``max_age`` has passed since ``started_at``.
+
+    Ages use the record's ``produced_at_ms``, which the members checked against their own
+    clocks when they signed; a verified record cannot be made to look fresh.
+    """
+    out: list[FeedStale] = []
+    since_start = now - started_at
+    if not latest and since_start > max_age:
+        out.append(FeedStale("", 0, since_start, max_age))
+    for security in sorted(set(latest) | set(expected)):
+        record = latest.get(security)
+        if record is None:
+            if latest and since_start > max_age:
+                out.append(FeedStale(security, 0, since_start, max_age))
+            continue
+        age = now - record.produced_at_ms / 1000
+        if age > max_age:
+            out.append(FeedStale(security, record.sequence, age, max_age))
+    return out
+
+
 @dataclass
 class FeedVerifier:
     """Verifies a feed record by record, keeping each security's last verified record.
@@ -57,12 +127,52 @@ class FeedVerifier:
     With ``from_genesis`` false, the first record seen of each security is taken as the
     chain's anchor (for a subscriber that starts mid-stream); its signatures and identity
     are still checked.
+
+    With ``max_age`` (seconds) set, :meth:`stale` and :meth:`alarms` report securities
+    whose latest verified record is older than that, securities in ``expected`` never
+    seen, and a feed with no record at all since ``started_at``.
     """
 
     committee: Committee
     from_genesis: bool = True
     last: dict[str, SupplyRecord] = field(default_factory=dict)
     last_feed_sequence: int = 0
+    max_age: float | None = None
+    expected: tuple[str, ...] = ()
+    started_at: float = field(default_factory=time.time)
+    _raised: dict[str, FeedStale] = field(default_factory=dict, repr=False)
+
+    def stale(self, now: float | None = None) -> list[FeedStale]:
+        """Every staleness alarm that holds at ``now`` (a ``time.time()``), by security
+        (see :func:`staleness`); none without ``max_age``."""
+        if self.max_age is None:
+            return []
+        return staleness(
+            self.last,
+            self.max_age,
+            time.time() if now is None else now,
+            self.started_at,
+            self.expected,
+        )
+
+    def alarms(self, now: float | None = None) -> list[FeedStale]:
+        """The alarms of :meth:`stale` raised since the last call (each logged once as an
+        error); a security whose feed is fresh again is logged as recovered."""
+        current = {a.security: a for a in self.stale(now)}
+        log = get_logger()
+        for security in sorted(set(self._raised) - set(current)):
+            del self._raised[security]
+            log.warning("supply feed fresh again", **{SECURITY: security or "*"})
+        raised = [a for key, a in current.items() if key not in self._raised]
+        for a in raised:
+            self._raised[a.security] = a
+            log.error(
+                "SUPPLY FEED STALE: out-of-band issuance is not being detected",
+                **{SECURITY: a.security or "*", SEQUENCE: a.last_sequence},
+                age_s=round(a.age_s, 1),
+                max_age_s=a.max_age_s,
+            )
+        return raised
 
     def check(self, attestation: Attestation) -> Verdict:
         """Verify one attestation; remember it as its security's last record when it passes."""
@@ -154,6 +264,56 @@ async def watch(
         finally:
             await feed.close()
         await asyncio.sleep(retry_delay)
+
+
+async def watch_feed(
+    target: str,
+    verifier: FeedVerifier,
+    start: int = 1,
+    retry_delay: float = 0.5,
+    give_up_after: float | None = None,
+    check_every: float = 1.0,
+    identity: ClientIdentity | None = None,
+) -> AsyncIterator[Verdict | FeedStale]:
+    """:func:`watch`, with a :class:`FeedStale` alarm whenever ``verifier.alarms`` raises
+    one (``verifier.max_age`` set): also while no record arrives at all, and while the
+    coordinator cannot be reached. Staleness is checked every ``check_every`` seconds
+    when no received record is waiting to be handed out.
+    """
+    queue: asyncio.Queue[Verdict | Exception] = asyncio.Queue(maxsize=1024)
+
+    async def pump() -> None:
+        try:
+            async for v in watch(
+                target, verifier, start, retry_delay, give_up_after, identity=identity
+            ):
+                await queue.put(v)
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump(), name="supply-watch")
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + check_every
+    try:
+        while True:
+            item: Verdict | Exception | None = None
+            with contextlib.suppress(TimeoutError):
+                item = await asyncio.wait_for(
+                    queue.get(), timeout=max(0.0, next_check - loop.time())
+                )
+            if isinstance(item, Exception):
+                raise item
+            if item is not None:
+                yield item
+            if loop.time() >= next_check:
+                next_check = loop.time() + check_every
+                if queue.empty():
+                    for alarm in verifier.alarms():
+                        yield alarm
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # -- supply operator calls (synchronous: used from scripts, the CLI and the devnet) ---------

@@ -10,6 +10,7 @@ from pathlib import Path
 from bridge.config import load_relayer
 from bridge.domain.legs import LedgerEvent
 from bridge.ledgers.factory import open_adapter
+from bridge.ledgers.startup import LedgerMismatch, check_reached
 from bridge.logfields import LEDGER, configure
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import event_to_pb
@@ -57,7 +58,15 @@ async def run(config_path: Path) -> None:
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
     security, audit = server_security(f"relayer-{cfg.ledger}", cfg.network, cfg.tls, cfg.audit_log)
-    adapter = open_adapter(cfg.network.ledger(cfg.ledger), cfg.credentials)
+    ledger_cfg = cfg.network.ledger(cfg.ledger)
+    adapter = open_adapter(ledger_cfg, cfg.credentials, auth=cfg.ledger_auth)
+    try:
+        # SECURITY: never relay for a node that is not the configured ledger.
+        reached = await check_reached(ledger_cfg, adapter)
+    except BaseException:
+        await adapter.close()
+        raise
+    log.info("ledger reached", kind=reached.kind, detail=reached.detail)
     server = BridgeServer(
         cfg.listen,
         [relayer_pb2.DESCRIPTOR.services_by_name["RelayerService"].full_name],
@@ -93,7 +102,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bridge-relayer", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(run(args.config))
+    try:
+        asyncio.run(run(args.config))
+    except LedgerMismatch as exc:
+        configure("relayer").error(
+            "wrong ledger, refusing to start",
+            ledger=exc.ledger,
+            what=exc.what,
+            expected=exc.expected,
+            found=exc.found,
+            error=str(exc),
+        )
+        raise SystemExit(EXIT_WRONG_LEDGER) from None
+
+
+EXIT_WRONG_LEDGER = 3
+"""Exit status when the node reached is not the configured ledger."""
 
 
 if __name__ == "__main__":

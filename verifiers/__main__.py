@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.config import load_verifier
-from bridge.domain.signer import LocalKeySigner
+from bridge.keys.loader import open_signer
 from bridge.ledgers.factory import open_reader
+from bridge.ledgers.startup import LedgerMismatch, check_reached
 from bridge.logfields import configure
 from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
@@ -22,13 +23,29 @@ from verifiers.votes import VoteLog
 async def run(config_path: Path) -> None:
     """Run the member described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_verifier(config_path)
-    signer = LocalKeySigner.from_key_file(cfg.key_file)
+    # SECURITY: the member key stays in its keystore or token; only the Signer is held here.
+    signer = open_signer(cfg.member_key)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
     security, audit = server_security("verifier", cfg.network, cfg.tls, cfg.audit_log)
     readers = {
-        lc.id.word: open_reader(lc, cfg.fabric_identities.get(name), cfg.rpc_overrides.get(name))
+        lc.id.word: open_reader(
+            lc,
+            cfg.fabric_identities.get(name),
+            cfg.rpc_overrides.get(name),
+            auth=cfg.ledger_auth.get(name),
+        )
         for name, lc in cfg.network.ledgers.items()
     }
+    try:
+        # SECURITY: a member certifies facts of the configured ledgers only; refuse to start
+        # when any node it reads is another chain, channel or endpoint.
+        for name, lc in cfg.network.ledgers.items():
+            reached = await check_reached(lc, readers[lc.id.word])
+            log.info("ledger reached", ledger=name, kind=reached.kind, detail=reached.detail)
+    except BaseException:
+        for reader in readers.values():
+            await reader.close()
+        raise
     votes = VoteLog(cfg.vote_db)
     supply_log = SupplyLog(cfg.vote_db)
     servicer = VerifierServicer(
@@ -66,7 +83,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bridge-verifier", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(run(args.config))
+    try:
+        asyncio.run(run(args.config))
+    except LedgerMismatch as exc:
+        configure("verifier").error(
+            "wrong ledger, refusing to start",
+            ledger=exc.ledger,
+            what=exc.what,
+            expected=exc.expected,
+            found=exc.found,
+            error=str(exc),
+        )
+        raise SystemExit(EXIT_WRONG_LEDGER) from None
+
+
+EXIT_WRONG_LEDGER = 3
+"""Exit status when a node reached is not the configured ledger."""
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
 from bridge.domain.legs import Leg
 from bridge.domain.signer import Signer
-from bridge.domain.supply import SupplyReading, SupplyRecord, make_record
+from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make_record
 from bridge.ledgers.adapter import LedgerReader
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.convert import terms_from_pb
@@ -21,7 +21,7 @@ from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.policy import check_claim
-from verifiers.supply_log import SupplyLog, SupplyRefused
+from verifiers.supply_log import SupplyLog, SupplyRefused, verify_anchor
 from verifiers.votes import VoteLog
 
 CATCH_UP_S = 2.0
@@ -124,11 +124,15 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         the record names; the record covers exactly the registered ledgers and no watched
         ledger where the security exists is left out; it is fresh; every ledger reads the
         same figures and block hash at the record's height; the record, rebuilt from those
-        reads, has the same digest; and nothing goes back against what was signed before.
+        reads, has the same digest; and it extends the chain this member signed without
+        anything going back (``verifiers/supply_log.py``: sequence = last + 1 over the last
+        digest, the tip again, sequence 1 first, or after a committee-certified
+        ``previous`` record). A refusal records nothing.
         """
         if self._supply_log is None:
             raise PreconditionFailed("this member does not attest supply")
         proposed = record_from_pb(request.record)
+        anchor = self._anchor(request)
         registration, op_sig = registration_from_pb(request.registration)
         self._check_registration(proposed, registration, op_sig)
         now_ms = int(time.time() * 1000)
@@ -161,7 +165,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         )
         if rebuilt.digest != proposed.digest:
             raise SupplyRefused("the record's identity figures do not follow from its readings")
-        self._supply_log.check_and_record(rebuilt)
+        self._supply_log.check_and_record(rebuilt, anchor)
         signature = self._signer.sign_digest(rebuilt.digest)
         self._log.info(
             "supply record signed",
@@ -169,6 +173,18 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         )
         return verifier_pb2.SignSupplyResponse(
             signer=self._signer.address, digest=rebuilt.digest, signature=signature
+        )
+
+    def _anchor(self, request: verifier_pb2.SignSupplyRequest) -> SupplyRecord | None:
+        """The request's ``previous`` record if the committee certified it (else refused)."""
+        if not request.HasField("previous"):
+            return None
+        previous = record_from_pb(request.previous)
+        # SECURITY: the anchor lets this member skip ahead, so it must carry t of n member
+        # signatures over its recomputed digest; the coordinator's word is not enough.
+        return verify_anchor(
+            SignedRecord(previous, tuple(bytes(s) for s in request.previous_signatures)),
+            self._committee,
         )
 
     def _check_registration(

@@ -1,8 +1,26 @@
 """The verifier's durable memory of the supply records it signed, per security.
 
-It never signs a lower sequence than it signed before, lower heights on any ledger, or an
-older registration version: a coordinator cannot make the committee rewrite history, and
-a replayed registration cannot roll the registered totals back.
+SECURITY: this is what keeps any caller from stalling the depository's feed. A member signs
+a security's record only where it extends the chain this member signed:
+
+- the next link: ``sequence = last + 1`` and ``previous_hash`` = the digest it last signed;
+- the tip again: ``sequence = last`` with the ``previous_hash`` of the record it last signed
+  (the coordinator re-proposes its tip with a fresher cut after a crash);
+- the first record of a security it never signed: ``sequence = 1`` over ``GENESIS_HASH``;
+- or a record after an *anchor*: a record the committee certified (t of n signatures,
+  checked by :func:`verify_anchor`) with ``sequence - 1`` and the digest the proposal
+  names, ahead of what this member signed. This is how a member that was down while the
+  others signed, that joined later, or that was restored from an older backup catches up.
+
+A jump (sequence 1,000,000,000 over a random hash), a fork of the previous link or a replay
+of an older sequence is refused, with a typed reason, and recorded nowhere, so the
+coordinator's real next record is still signed. Independently of the chain, it never signs
+lower heights on any ledger than it attested, or an older registration version.
+
+What this does not stop: anyone who may call ``SignSupply`` can propose *truthful* records
+(members re-read every figure) and so advance the members' chain past the coordinator's.
+That is closed by letting only the coordinator call ``SignSupply`` (mutual TLS and the role
+interceptor, ``bridge/rpc``), not by the sequencing rule.
 """
 
 from __future__ import annotations
@@ -12,19 +30,63 @@ import sqlite3
 import time
 from pathlib import Path
 
-from bridge.domain.errors import PreconditionFailed
-from bridge.domain.supply import SupplyRecord
+from bridge.domain.committee import Committee, verify_vote
+from bridge.domain.errors import InvalidCertificate, PreconditionFailed
+from bridge.domain.supply import GENESIS_HASH, SignedRecord, SupplyRecord
 
 
 class SupplyRefused(PreconditionFailed):
     """Signing this record would contradict what this member signed before."""
 
 
+class SupplyRegression(SupplyRefused):
+    """A lower sequence, a lower height on some ledger or an older registration version."""
+
+
+class SupplyOutOfSequence(SupplyRefused):
+    """The record does not extend this member's chain (a jump ahead or a first record
+    that is not sequence 1) and no certified anchor bridges the gap."""
+
+
+class SupplyChainBroken(SupplyRefused):
+    """The record's ``previous_hash`` is not the digest this member's chain continues from."""
+
+
+class SupplyAnchorInvalid(SupplyRefused):
+    """The anchor sent to bridge a gap is not a committee-certified predecessor."""
+
+
+def verify_anchor(previous: SignedRecord, committee: Committee) -> SupplyRecord:
+    """Return ``previous.record`` if at least ``threshold`` distinct members of
+    ``committee`` signed its digest under the committee's epoch; else SupplyAnchorInvalid.
+
+    The digest is recomputed from the record's fields, never taken from the wire.
+    """
+    record = previous.record
+    where = f"anchor {record.security}#{record.sequence}"
+    if record.epoch != committee.epoch:
+        raise SupplyAnchorInvalid(
+            f"{where}: signed under epoch {record.epoch}, committee epoch is {committee.epoch}"
+        )
+    signers: set[bytes] = set()
+    for sig in previous.signatures:
+        try:
+            signers.add(verify_vote(committee, record.digest, sig).signer)
+        except InvalidCertificate:
+            continue  # a bad signature does not count; enough good ones still certify
+    if len(signers) < committee.threshold:
+        raise SupplyAnchorInvalid(
+            f"{where}: {len(signers)} valid member signatures, threshold {committee.threshold}"
+        )
+    return record
+
+
 class SupplyLog:
-    """Per security: the last sequence, heights and registration version signed.
+    """Per security: the last sequence, its digest and previous_hash, the heights and the
+    registration version signed.
 
     ``check_and_record`` is one fsync'd SQLite transaction that completes before the
-    signature leaves the process.
+    signature leaves the process; a refusal writes nothing.
     """
 
     def __init__(self, path: Path) -> None:
@@ -38,33 +100,50 @@ class SupplyLog:
             " security TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest BLOB NOT NULL,"
             " heights TEXT NOT NULL, registration_version INTEGER NOT NULL, at REAL NOT NULL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(supply_signed)")}
+        if "previous_hash" not in columns:
+            # Logs written before the sequencing rule: NULL means "not remembered", and
+            # the tip is then re-signed only over a certified anchor.
+            self._db.execute("ALTER TABLE supply_signed ADD COLUMN previous_hash BLOB")
 
-    def check_and_record(self, record: SupplyRecord) -> None:
-        """Record ``record`` as signed, or raise SupplyRefused saying what it would undo.
+    def check_and_record(self, record: SupplyRecord, anchor: SupplyRecord | None = None) -> None:
+        """Record ``record`` as signed, or raise a SupplyRefused subclass saying why not.
 
-        The same sequence as the last one signed is allowed (the coordinator re-proposes
-        its tip after a crash), as long as no height or version goes back.
+        ``anchor``, when given, must already be verified as committee-certified
+        (:func:`verify_anchor`); it lets this member continue a chain it fell behind on.
         """
         heights = {r.ledger: r.height for r in record.readings}
         self._db.execute("BEGIN IMMEDIATE")
         try:
             row = self._db.execute(
-                "SELECT sequence, digest, heights, registration_version FROM supply_signed"
-                " WHERE security = ?",
+                "SELECT sequence, digest, heights, registration_version, previous_hash"
+                " FROM supply_signed WHERE security = ?",
                 (record.security,),
             ).fetchone()
-            if row is not None:
-                last_seq, last_digest, last_heights, last_version = row
+            if row is None:
+                self._check_first(record, anchor)
+            else:
+                last_seq, last_digest, last_heights, last_version, last_prev = row
                 before = json.loads(last_heights)
                 if bytes(last_digest) != record.digest:
                     self._refuse_regression(record, int(last_seq), before, int(last_version))
+                    self._check_chain(
+                        record,
+                        anchor,
+                        int(last_seq),
+                        bytes(last_digest),
+                        None if last_prev is None else bytes(last_prev),
+                    )
                 # Remember every ledger ever attested, even one a later record leaves out.
                 heights = {**before, **heights}
             self._db.execute(
-                "INSERT INTO supply_signed VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(security)"
+                "INSERT INTO supply_signed"
+                " (security, sequence, digest, heights, registration_version, at, previous_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(security)"
                 " DO UPDATE SET sequence = excluded.sequence, digest = excluded.digest,"
                 " heights = excluded.heights,"
-                " registration_version = excluded.registration_version, at = excluded.at",
+                " registration_version = excluded.registration_version, at = excluded.at,"
+                " previous_hash = excluded.previous_hash",
                 (
                     record.security,
                     record.sequence,
@@ -72,6 +151,7 @@ class SupplyLog:
                     json.dumps(heights, sort_keys=True),
                     record.registration_version,
                     time.time(),
+                    record.previous_hash,
                 ),
             )
             self._db.execute("COMMIT")
@@ -80,24 +160,94 @@ class SupplyLog:
             raise
 
     @staticmethod
+    def _anchors(record: SupplyRecord, anchor: SupplyRecord | None) -> bool:
+        """True if ``anchor`` is the certified record ``record`` directly follows."""
+        if anchor is None:
+            return False
+        where = f"{record.security}#{record.sequence}"
+        if anchor.security != record.security:
+            raise SupplyAnchorInvalid(f"{where}: the anchor is a record of another security")
+        if anchor.sequence + 1 != record.sequence:
+            raise SupplyAnchorInvalid(
+                f"{where}: the anchor is sequence {anchor.sequence}, not {record.sequence - 1}"
+            )
+        if anchor.digest != record.previous_hash:
+            raise SupplyAnchorInvalid(f"{where}: previous_hash does not name the anchor")
+        return True
+
+    @classmethod
+    def _check_first(cls, record: SupplyRecord, anchor: SupplyRecord | None) -> None:
+        where = f"{record.security}#{record.sequence}"
+        if record.sequence == 1:
+            if record.previous_hash != GENESIS_HASH:
+                raise SupplyChainBroken(f"{where}: the first record must chain to GENESIS_HASH")
+            return
+        if not cls._anchors(record, anchor):
+            raise SupplyOutOfSequence(
+                f"{where}: this member signed no record of this security; only sequence 1,"
+                " or a record after a committee-certified previous record, can start it"
+            )
+
+    @classmethod
+    def _check_chain(
+        cls,
+        record: SupplyRecord,
+        anchor: SupplyRecord | None,
+        last_seq: int,
+        last_digest: bytes,
+        last_prev: bytes | None,
+    ) -> None:
+        where = f"{record.security}#{record.sequence}"
+        if record.sequence == last_seq + 1 and record.previous_hash == last_digest:
+            return  # the next link
+        if record.sequence == last_seq and last_prev is not None:
+            if record.previous_hash == last_prev:
+                return  # the tip again, over the same previous record
+            raise SupplyChainBroken(
+                f"{where}: previous_hash is not that of the record #{last_seq} this member"
+                " signed (a fork of the chain)"
+            )
+        if record.sequence >= last_seq and cls._anchors(record, anchor):
+            # A certified predecessor at or beyond this member's tip: others went on while
+            # this member was away (sequence = last is only possible for a pre-migration tip).
+            return
+        if record.sequence == last_seq + 1:
+            raise SupplyChainBroken(
+                f"{where}: previous_hash is not the digest of record #{last_seq} this member"
+                " signed, and no certified previous record was sent"
+            )
+        raise SupplyOutOfSequence(
+            f"{where}: this member's last record of this security is #{last_seq}; the next"
+            f" it signs is #{last_seq + 1} (or #{last_seq} again), unless a certified"
+            f" previous record is sent"
+        )
+
+    @staticmethod
     def _refuse_regression(
         record: SupplyRecord, last_seq: int, last_heights: dict[str, int], last_version: int
     ) -> None:
         where = f"{record.security}#{record.sequence}"
         if record.sequence < last_seq:
-            raise SupplyRefused(f"{where}: already signed sequence {last_seq} of this security")
+            raise SupplyRegression(f"{where}: already signed sequence {last_seq} of this security")
         if record.registration_version < last_version:
-            raise SupplyRefused(
+            raise SupplyRegression(
                 f"{where}: registration version {record.registration_version} is older than"
                 f" version {last_version} already attested"
             )
         for r in record.readings:
             before = last_heights.get(r.ledger)
             if before is not None and r.height < before:
-                raise SupplyRefused(
+                raise SupplyRegression(
                     f"{where}: {r.ledger} height {r.height} is below height {before}"
                     " already attested"
                 )
+
+    def last(self, security: str) -> tuple[int, bytes] | None:
+        """The sequence and digest of the last record of ``security`` signed (None: none)."""
+        row = self._db.execute(
+            "SELECT sequence, digest FROM supply_signed WHERE security = ?", (security,)
+        ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
 
     def registration_version(self, security: str) -> int:
         """The highest registration version this member attested for ``security`` (0: none)."""

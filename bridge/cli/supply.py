@@ -3,7 +3,10 @@
 ``watch`` and ``verify`` check every record against the committee in the public network
 file (signatures, hash chain, identity) and say what failed. Exit codes: 0 verified and
 balanced; 1 a record failed verification or the server refused; 3 every record verified
-but some show a discrepancy (units created or destroyed outside the bridge).
+but some show a discrepancy (units created or destroyed outside the bridge); 4 the feed is
+stale: with ``--max-age``, a security's latest record is older than that, or no record
+arrived at all (``get`` checks the latest records once; ``watch`` prints a STALE line
+whenever an alarm is raised, and with ``--fail-on-stale`` stops at the first).
 """
 
 from __future__ import annotations
@@ -12,17 +15,26 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.cli import credentials
 from bridge.config import load_network
-from bridge.domain.signer import LocalKeySigner
 from bridge.domain.supply import Attestation
-from bridge.supply_client import FeedVerifier, SupplyFeed, SupplyOperator, Verdict, watch
+from bridge.keys.loader import add_key_arguments, signer_from_arguments
+from bridge.supply_client import (
+    FeedStale,
+    FeedVerifier,
+    SupplyFeed,
+    SupplyOperator,
+    Verdict,
+    staleness,
+    watch_feed,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_DISCREPANCY = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_DISCREPANCY, EXIT_STALE = 0, 1, 3, 4
 
 
 def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,21 +45,35 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g = sp.add_parser("get", help="latest record of one security, or of all")
     g.add_argument("--security", default="")
     g.add_argument("--network", type=Path, help="verify against this network file's committee")
+    g.add_argument(
+        "--max-age", type=float, default=None, help="seconds; older latest records exit 4"
+    )
     w = sp.add_parser("watch", help="follow the feed, verifying every record")
     w.add_argument("--network", type=Path, required=True)
     w.add_argument("--from", dest="start", type=int, default=1, help="feed position")
     w.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    w.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        help="seconds: alarm (STALE, exit 4) when a security's latest record is older,"
+        " or no record arrives",
+    )
+    w.add_argument(
+        "--expect", action="append", default=[], metavar="ISIN", help="alarm if never seen"
+    )
+    w.add_argument("--fail-on-stale", action="store_true", help="stop at the first alarm")
     v = sp.add_parser("verify", help="verify the whole feed up to now, from the first record")
     v.add_argument("--network", type=Path, required=True)
     r = sp.add_parser("register", help="operator: register the units issued per ledger")
-    r.add_argument("--key-file", type=Path, required=True, help="supply operator key (0600)")
+    add_key_arguments(r)
     r.add_argument("--security", required=True)
     r.add_argument(
         "--units", action="append", required=True, metavar="LEDGER=N", help="repeat per ledger"
     )
     r.add_argument("--note", default="")
     rel = sp.add_parser("release", help="operator: release a discrepancy hold")
-    rel.add_argument("--key-file", type=Path, required=True)
+    add_key_arguments(rel)
     rel.add_argument("--security", required=True)
     rel.add_argument("--hold", type=int, required=True, help="record sequence that raised it")
     rel.add_argument("--note", default="")
@@ -98,6 +124,26 @@ def _print(v: Verdict, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def _print_alarm(alarm: FeedStale, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "alarm": "stale",
+                    "security": alarm.security,
+                    "last_sequence": alarm.last_sequence,
+                    "age_s": round(alarm.age_s, 3),
+                    "max_age_s": alarm.max_age_s,
+                    "detail": alarm.describe(),
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        print(f"STALE: {alarm.describe()}")
+    sys.stdout.flush()
+
+
 def _exit_code(verdicts: list[Verdict]) -> int:
     if any(not v.ok for v in verdicts):
         return EXIT_FAILED
@@ -105,6 +151,8 @@ def _exit_code(verdicts: list[Verdict]) -> int:
 
 
 async def _get(a: argparse.Namespace) -> int:
+    if a.max_age is not None and a.network is None:
+        raise ValueError("--max-age needs --network: only verified records count as fresh")
     feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     try:
         found: list[Attestation] = await feed.latest(a.security)
@@ -117,18 +165,42 @@ async def _get(a: argparse.Namespace) -> int:
         verdicts = [FeedVerifier(committee, from_genesis=False).check(x) for x in found]
     for v in verdicts:
         _print(v, a.json)
-    return _exit_code(verdicts) if a.network else EXIT_OK
+    code = _exit_code(verdicts) if a.network else EXIT_OK
+    if a.max_age is not None and code == EXIT_OK:
+        # Only verified records count as fresh (--max-age requires --network).
+        latest = {v.attestation.signed.record.security: v.attestation.signed.record
+                  for v in verdicts if v.ok}  # fmt: skip
+        expected = (a.security,) if a.security else ()
+        alarms = staleness(latest, a.max_age, time.time(), 0.0, expected)
+        for alarm in alarms:
+            _print_alarm(alarm, a.json)
+        if alarms:
+            return EXIT_STALE
+    return code
 
 
 async def _watch(a: argparse.Namespace) -> int:
-    verifier = FeedVerifier(load_network(a.network).committee, from_genesis=a.start <= 1)
+    verifier = FeedVerifier(
+        load_network(a.network).committee,
+        from_genesis=a.start <= 1,
+        max_age=a.max_age,
+        expected=tuple(a.expect),
+    )
     seen: list[Verdict] = []
-    async for v in watch(a.coordinator, verifier, a.start, identity=credentials.identity(a)):
+    stale = False
+    async for v in watch_feed(a.coordinator, verifier, a.start, identity=credentials.identity(a)):
+        if isinstance(v, FeedStale):
+            _print_alarm(v, a.json)
+            stale = True
+            if a.fail_on_stale:
+                break
+            continue
         _print(v, a.json)
         seen.append(v)
         if a.count and len(seen) >= a.count:
             break
-    return _exit_code(seen)
+    code = _exit_code(seen)
+    return EXIT_STALE if stale and code == EXIT_OK else code
 
 
 async def _verify(a: argparse.Namespace) -> int:
@@ -172,12 +244,7 @@ def _parse_units(items: list[str]) -> Mapping[str, int]:
 
 def _register(a: argparse.Namespace) -> int:
     totals = _parse_units(a.units)
-    op = SupplyOperator(
-        a.coordinator,
-        LocalKeySigner.from_key_file(a.key_file),
-        a.timeout,
-        credentials.identity(a),
-    )
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout, credentials.identity(a))
     try:
         reg = op.register(a.security, totals, a.note)
     finally:
@@ -187,12 +254,7 @@ def _register(a: argparse.Namespace) -> int:
 
 
 def _release(a: argparse.Namespace) -> int:
-    op = SupplyOperator(
-        a.coordinator,
-        LocalKeySigner.from_key_file(a.key_file),
-        a.timeout,
-        credentials.identity(a),
-    )
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout, credentials.identity(a))
     try:
         op.release(a.security, a.hold, a.note)
     finally:

@@ -26,7 +26,7 @@ from bridge.domain.errors import (
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
-from bridge.domain.supply import SupplyReading, SupplyRecord
+from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
@@ -325,7 +325,11 @@ class CommitteeClient:
         raise PreconditionFailed(f"committee did not reach {need} valid signatures for {kind.name}")
 
     async def sign_supply(
-        self, record: SupplyRecord, registration: Registration, operator_signature: bytes
+        self,
+        record: SupplyRecord,
+        registration: Registration,
+        operator_signature: bytes,
+        previous: SignedRecord | None = None,
     ) -> tuple[bytes, ...]:
         """Return t valid member signatures over ``record``'s digest, in signer order.
 
@@ -338,6 +342,11 @@ class CommitteeClient:
             record=record_to_pb(record),
             registration=registration_to_pb(registration, operator_signature),
         )
+        if previous is not None:
+            # The record this one chains to, certified: a member that fell behind (down
+            # while the others signed, restored from a backup) continues from it.
+            request.previous.CopyFrom(record_to_pb(previous.record))
+            request.previous_signatures.extend(previous.signatures)
         digest = record.digest
         subject = f"supply record {record.security}#{record.sequence}"
         valid: dict[bytes, bytes] = {}

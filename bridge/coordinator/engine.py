@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.publisher import SupplyPublisher
-from bridge.coordinator.records import Decision, TransferRecord, TransferRequest, TransferUpdate
+from bridge.coordinator.records import (
+    Decision,
+    TransferOrigin,
+    TransferRecord,
+    TransferRequest,
+    TransferUpdate,
+)
 from bridge.coordinator.store import TransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
@@ -30,7 +36,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
-from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, RejectReason
+from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, LegStatus, RejectReason
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
@@ -62,6 +68,19 @@ DEFINITIVE_LOCK_REFUSALS = frozenset(
         # mismatch, which an operator fixes; the transfer waits with the reason.
     }
 )
+
+
+# Outbound leg states that prove a lock with the leg's terms hash happened (a leg leaves
+# LOCKED only for BURNED or RELEASED, keeping its terms hash).
+_LOCKED_OR_AFTER = frozenset({LegState.LOCKED, LegState.BURNED, LegState.RELEASED})
+
+ADOPTED_LOCK_GRACE_S = 120
+"""How long past its deadline an adopted transfer whose source shows no lock waits before
+it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes it)."""
+
+
+class EventNotConfirmed(PreconditionFailed):
+    """A LOCKED event that the source ledger, read at finality, does not confirm."""
 
 
 def _refusal(target: LegState, reason_code: int) -> str:
@@ -367,24 +386,39 @@ class Coordinator:
         """Record relayer-delivered events (deduplicated) and wake the transfers they touch.
 
         A LOCKED event for an unknown transfer (a holder locking directly on-chain) is
-        adopted as a new transfer.
+        adopted as a new transfer only after the source ledger, read at finality through
+        its relayer, shows that lock with the same terms hash. An event that does not check
+        out is logged and neither adopted nor recorded. Raises Unavailable (the relayer
+        delivers the batch again) when the ledger cannot be read to check an event.
         """
         if ledger not in self._domains:
             raise NotFound(f"ledger {ledger!r} is not connected")
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
+        kept: list[LedgerEvent] = []
         for e in events:
             record = await self._store.get(e.transfer_id)
-            if self._supply is not None and (security := self._security_of(e, record)):
-                self._supply.touch(security)
             try:
-                await self._on_event(ledger, e, record)
+                known = await self._on_event(ledger, e, record)
+            except Unavailable:
+                raise  # not acted on: the relayer re-delivers the batch
+            except EventNotConfirmed as exc:
+                self._log.error(
+                    "ledger event refused: the ledger does not show it; not adopted",
+                    **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), TX: e.tx_id,
+                       REASON: str(exc)},
+                )  # fmt: skip
+                continue
             except BridgeError as exc:
+                known = record is not None
                 self._log.error(
                     "ledger event not actionable",
                     **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), ERROR: str(exc)},
                 )
-        fresh = await self._store.record_events(ledger, events, scanned)
+            kept.append(e)
+            if known and self._supply is not None and (security := self._security_of(e, record)):
+                self._supply.touch(security)
+        fresh = await self._store.record_events(ledger, kept, scanned)
         return len(fresh)
 
     @staticmethod
@@ -400,16 +434,52 @@ class Coordinator:
 
     async def _on_event(
         self, ledger: str, event: LedgerEvent, record: TransferRecord | None
-    ) -> None:
+    ) -> bool:
+        """Act on one event; True when it concerns a transfer the coordinator drives."""
         if record is None:
             if event.state is LegState.LOCKED and event.terms is not None:
-                await self._adopt(ledger, event)
-            return
+                return await self._adopt(ledger, event)
+            return False
         if not record.state.terminal:
+            # A wake-up only: the driver reads both legs itself before any step.
             self._spawn(event.transfer_id)  # replaces a driver that died
             self.wake(event.transfer_id)
         elif record.state is TransferState.FAILED and event.state is LegState.LOCKED:
-            await self._resume_failed(record, event.terms_hash, event.tx_id)
+            if record.request.source_ledger != ledger:
+                raise EventNotConfirmed(
+                    f"a LOCKED event from {ledger} for a transfer whose source is"
+                    f" {record.request.source_ledger}"
+                )
+            # SECURITY: the event only says where to look; the resume needs the lock itself.
+            source = await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
+            await self._resume_failed(record, source.terms_hash, event.tx_id)
+        return True
+
+    async def _confirmed_lock(self, ledger: str, tid: bytes, terms_hash: bytes) -> LegStatus:
+        """The source leg of ``tid`` read at finality through ``ledger``'s relayer, if it
+        shows a lock (LOCKED, or BURNED/RELEASED after one) with ``terms_hash``; else
+        EventNotConfirmed. Unavailable when the ledger cannot be read.
+
+        SECURITY: this is what makes an event a hint rather than an authority. A caller
+        that reaches LedgerEventSink can claim any lock; only the ledger can confirm one.
+        A relayer of ``ledger`` that lies in GetLeg as well could still get a lock that
+        does not exist adopted; it gains nothing by it: the driver never locks for an
+        adopted transfer, and the verifiers read the ledgers themselves and certify LOCKED
+        only for a real lock (``verifiers/policy.py``), so no certificate and no step on
+        any ledger follows.
+        """
+        leg = await self._relayers[ledger].get_leg(tid, Leg.OUTBOUND)
+        if leg.state not in _LOCKED_OR_AFTER:
+            raise EventNotConfirmed(
+                f"the source leg on {ledger} is {leg.state.name} at its finalized height,"
+                " not a lock"
+            )
+        if leg.terms_hash != terms_hash:
+            raise EventNotConfirmed(
+                f"the lock on {ledger} has terms hash 0x{leg.terms_hash.hex()}, the event"
+                f" claims 0x{terms_hash.hex()}"
+            )
+        return leg
 
     async def _resume_failed(self, record: TransferRecord, terms_hash: bytes, tx_id: str) -> None:
         """A lock landed after we concluded it could not: never leave units in escrow."""
@@ -432,12 +502,13 @@ class Coordinator:
         self._notify(tid)
         self._spawn(tid)
 
-    async def _adopt(self, ledger: str, event: LedgerEvent) -> None:
+    async def _adopt(self, ledger: str, event: LedgerEvent) -> bool:
+        """Record the transfer of a holder-direct lock, origin ADOPTED, if the ledger shows
+        it; True when it is (or already was) recorded."""
         terms = event.terms
         assert terms is not None
         if terms.transfer_id != event.transfer_id or terms.terms_hash != event.terms_hash:
-            self._log.error("event terms do not hash to its ids; ignored", **{LEDGER: ledger})
-            return
+            raise EventNotConfirmed("the event's terms do not hash to its transfer id and hash")
         dst = self._ledger_by_word.get(terms.dst_ledger)
         if (
             dst is None
@@ -450,7 +521,9 @@ class Coordinator:
                 "lock towards an unknown ledger or bridge endpoint; not adopted",
                 **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
             )
-            return
+            return False
+        # SECURITY: adopt only what the source ledger shows (see _confirmed_lock).
+        await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
         try:
             recipient = codec_for(self._network.ledgers[dst].kind).format(terms.recipient)
         except InvalidInput:
@@ -468,11 +541,17 @@ class Coordinator:
         record = TransferRecord(
             event.transfer_id, request, terms, TransferState.SOURCE_LOCKED,
             "locked directly on-chain by the holder", now, now,
+            origin=TransferOrigin.ADOPTED,
         )  # fmt: skip
         _, created = await self._store.create(record)
         if created:
             await self._store.add_transaction(event.transfer_id, "lock", event.tx_id)
+            self._log.info(
+                "holder-direct lock adopted after reading it on the ledger",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
+            )
             self._spawn(event.transfer_id)
+        return True
 
     # -- the driver ------------------------------------------------------------------------
     async def _drive(self, tid: bytes) -> None:
@@ -542,6 +621,8 @@ class Coordinator:
                     )
                     return True
         step = next_step(decision.kind if decision else None, source.state, target.state)
+        if step.step is StepKind.LOCK and record.origin is not TransferOrigin.SUBMITTED:
+            return await self._no_lock_for_adopted(record)
         reason = self._describe(step, target.state, target.reason, decision)
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
@@ -588,6 +669,28 @@ class Coordinator:
             if isinstance(r, BaseException):
                 raise r
         return False
+
+    async def _no_lock_for_adopted(self, record: TransferRecord) -> bool:
+        """An adopted transfer whose source shows no lock: wait, then fail; never lock.
+
+        SECURITY: the terms of an adopted transfer came from a ledger event, not from a
+        brokerage, so the bridge must never be the one to escrow units under them. The lock
+        was read on the ledger before adoption; seeing none now means the relayer's view
+        went back (or lied). Past the deadline no lock can land any more: FAILED (a lock
+        that does show up later resumes it, after being read on the ledger again).
+        """
+        if time.time() > record.terms.deadline + ADOPTED_LOCK_GRACE_S:
+            await self._set_state(
+                record,
+                TransferState.FAILED,
+                "adopted from a ledger event, but the source ledger shows no lock with its"
+                " terms, and its deadline has passed; the bridge never locks for it",
+            )
+            return True
+        raise PreconditionFailed(
+            "adopted from a ledger event, but the source ledger shows no lock with its terms;"
+            " the bridge never locks for an adopted transfer"
+        )
 
     async def _apply(
         self,

@@ -187,7 +187,9 @@ class SupplyPublisher:
             registered=dict(reg.totals),
             registration_version=reg.version,
         )
-        signatures = await self._committee.sign_supply(record, reg, stored.signature)
+        signatures = await self._committee.sign_supply(
+            record, reg, stored.signature, latest.signed if latest else None
+        )
         assessment = assess(record, await self._store.confirmed(security))
         attestation = await self._store.append(
             SignedRecord(record, signatures), assessment, time.time()

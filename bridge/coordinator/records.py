@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.legs import SignatureSet
@@ -31,6 +32,16 @@ class TransferRequest:
         )  # fmt: skip
 
 
+class TransferOrigin(StrEnum):
+    """How the coordinator learned of a transfer (durable; decides whether it may lock)."""
+
+    SUBMITTED = "submitted"
+    """A brokerage called SubmitTransfer: the driver locks the source units itself."""
+    ADOPTED = "adopted"
+    """Adopted from a LOCKED ledger event after the coordinator read the lock on the ledger
+    (a holder locking directly): the driver never submits a LOCK for it."""
+
+
 @dataclass(frozen=True, slots=True)
 class TransferRecord:
     """One transfer as the coordinator has durably recorded it."""
@@ -44,6 +55,7 @@ class TransferRecord:
     updated_at: float
     decision: ClaimKind | None = None
     transactions: Mapping[str, str] = field(default_factory=dict)
+    origin: TransferOrigin = TransferOrigin.SUBMITTED
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
+    TransferOrigin,
     TransferRecord,
     TransferRequest,
     TransferUpdate,
@@ -213,6 +214,16 @@ class SqliteTransferStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
+        if "origin" not in columns:
+            # Added for event intake (issue 9): rows written before it were submitted ones
+            # or adoptions, which the key prefix "onchain:" told apart.
+            self._db.execute(
+                "ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'"
+            )
+            self._db.execute(
+                "UPDATE transfers SET origin = 'adopted' WHERE idempotency_key LIKE 'onchain:%'"
+            )
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -225,7 +236,7 @@ class SqliteTransferStore:
     def _row(self, row: tuple[Any, ...] | None) -> TransferRecord | None:
         if row is None:
             return None
-        (tid, request, terms, state, reason, created, updated, txs) = row
+        (tid, request, terms, state, reason, created, updated, txs, origin) = row
         decision_row = self._db.execute(
             "SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)
         ).fetchone()
@@ -239,9 +250,12 @@ class SqliteTransferStore:
             updated_at=float(updated),
             decision=ClaimKind(int(decision_row[0])) if decision_row else None,
             transactions=json.loads(str(txs)),
+            origin=TransferOrigin(str(origin)),
         )
 
-    _COLS = "transfer_id, request, terms, state, reason, created_at, updated_at, transactions"
+    _COLS = (
+        "transfer_id, request, terms, state, reason, created_at, updated_at, transactions, origin"
+    )
 
     async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
         """See TransferStore.create."""
@@ -249,7 +263,8 @@ class SqliteTransferStore:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO transfers (transfer_id, idempotency_key, request, terms,"
-                " security, state, reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                " security, state, reason, created_at, updated_at, origin)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.transfer_id,
                     r.idempotency_key,
@@ -260,6 +275,7 @@ class SqliteTransferStore:
                     record.reason,
                     record.created_at,
                     record.updated_at,
+                    record.origin.value,
                 ),
             )
             created = cur.rowcount == 1

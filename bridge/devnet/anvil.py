@@ -16,6 +16,8 @@ from typing import Any
 
 from coincurve import PrivateKey
 
+from bridge.devnet.evm_proxy import EvmRpcProxy
+from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
 from bridge.domain.committee import address_of_public_key
 
@@ -65,6 +67,15 @@ class DevAccount:
         return "0x" + self.private_key.hex()
 
 
+def write_token_file(path: Path) -> Path:
+    """Write a fresh random bearer token (hex) to ``path``, readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 def write_key_file(path: Path, account: DevAccount) -> None:
     """Write a private key file readable only by its owner."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,13 +92,41 @@ class AnvilNode:
     chain_id: int
     block_time: float
     workdir: Path
+    _ca: DevCA | None = field(default=None, repr=False)
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
+    proxy: EvmRpcProxy | None = None
+    """The authenticating TLS proxy in front of this node, once :meth:`secure` ran."""
 
     @property
     def rpc_url(self) -> str:
-        """HTTP JSON-RPC endpoint."""
+        """HTTP JSON-RPC endpoint of anvil itself (devnet setup and assertions only)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_rpc_url(self) -> str:
+        """The URL the bridge's components use: the proxy's https URL once secured."""
+        return self.proxy.url if self.proxy is not None else self.rpc_url
+
+    @property
+    def tls_ca(self) -> Path | None:
+        """The CA that verifies :attr:`public_rpc_url` (None while not secured)."""
+        return self._ca.cert_path if self.proxy is not None and self._ca is not None else None
+
+    def secure(self, ca: DevCA, token_file: Path) -> AnvilNode:
+        """Put an authenticating TLS proxy in front of the node (see ``evm_proxy``): a server
+        certificate for 127.0.0.1 from ``ca``, and the tokens in ``token_file`` (0600)."""
+        issued = ca.issue(f"evm-node-{self.name}", hosts=("127.0.0.1", "localhost"), server=True)
+        self._ca = ca
+        self.proxy = EvmRpcProxy(
+            name=self.name,
+            upstream=self.rpc_url,
+            cert=issued.cert,
+            key=issued.key,
+            token_file=token_file,
+            log_dir=self.workdir,
+        ).start()
+        return self
 
     def start(self) -> AnvilNode:
         """Start anvil and wait for its RPC; returns self."""
@@ -108,7 +147,9 @@ class AnvilNode:
         return self
 
     def stop(self) -> None:
-        """Stop the ledger process."""
+        """Stop the proxy (if any) and the ledger process."""
+        if self.proxy is not None:
+            self.proxy.stop()
         if self.process is not None:
             self.process.stop()
 

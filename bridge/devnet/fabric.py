@@ -1,9 +1,20 @@
 """A native Hyperledger Fabric network (no Docker) for tests and the demo.
 
 One etcdraft orderer (``OrdererMSP``) and two peer orgs (``Org1MSP``, ``Org2MSP``, one peer
-each), all on 127.0.0.1 with TLS, joined to one application channel (``bridge``) through the
-channel participation API. Chaincode runs only as a service (CCaaS): the peers dial the
+each), all on 127.0.0.1 with mutual TLS, joined to one application channel (``bridge``) through
+the channel participation API. Chaincode runs only as a service (CCaaS): the peers dial the
 chaincode's gRPC server through the external builder in ``deploy/fabric/ccaas_builder``.
+
+Transport security:
+
+- peers and the orderer require a TLS client certificate from one of the orgs' TLS CAs
+  (``clientAuthRequired``); the peer CLI presents the acting user's ``tls/client.crt``
+  (:meth:`FabricNetwork.peer_env`, :meth:`FabricNetwork.orderer_args`), Gateway clients the
+  same files (:meth:`FabricOrg.user_tls_cert`);
+- a chaincode deployed with ``tls=True`` is dialled over TLS with client authentication:
+  a devnet chaincode CA (:attr:`FabricNetwork.chaincode_ca`) issues the chaincode server's
+  certificate and one client certificate per peer; the package carries only the CA
+  certificate, and the external builder's ``release`` adds the peer's own client key pair.
 
 Guarantees:
 
@@ -40,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
 
 FABRIC_VERSION = "2.5.9"
@@ -155,6 +167,14 @@ class FabricOrg:
         """The identity's X.509 signing certificate (PEM), for a Gateway client."""
         return self.user_msp_dir(user) / "signcerts" / f"{user}@{self.domain}-cert.pem"
 
+    def user_tls_cert(self, user: str = "User1") -> Path:
+        """The identity's TLS client certificate (from the org's TLS CA), for mutual TLS."""
+        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "tls" / "client.crt"
+
+    def user_tls_key(self, user: str = "User1") -> Path:
+        """The key of :meth:`user_tls_cert` (PEM, 0600)."""
+        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "tls" / "client.key"
+
     def user_key(self, user: str = "User1") -> Path:
         """The identity's private key (PEM, PKCS#8, ECDSA P-256), for a Gateway client."""
         keys = sorted((self.user_msp_dir(user) / "keystore").glob("*_sk"))
@@ -268,6 +288,24 @@ class FabricNetwork:
     @property
     def _orderer_node_dir(self) -> Path:
         return self._orderer_org_dir / "orderers" / "orderer.example.com"
+
+    @property
+    def chaincode_ca(self) -> DevCA:
+        """The devnet CA of peer -> chaincode TLS (server certificate and peers' client
+        certificates); created with the other crypto material."""
+        return DevCA(self.workdir / "chaincode-tls", "kstb devnet chaincode TLS CA")
+
+    def chaincode_server_tls_env(self) -> dict[str, str]:
+        """Environment for a chaincode server with TLS that requires the peers' client
+        certificates (``CHAINCODE_TLS_*`` of ``kstb_chaincode``)."""
+        server = self.chaincode_ca.issue(
+            "chaincode-server", ("127.0.0.1", "localhost"), server=True
+        )
+        return {
+            "CHAINCODE_TLS_CERT_FILE": str(server.cert),
+            "CHAINCODE_TLS_KEY_FILE": str(server.key),
+            "CHAINCODE_TLS_CLIENT_CA_FILE": str(self.chaincode_ca.cert_path),
+        }
 
     @property
     def genesis_block(self) -> Path:
@@ -393,6 +431,9 @@ class FabricNetwork:
         dest.write_text(text.safe_substitute({k: str(v) for k, v in values.items()}))
 
     def _generate_artifacts(self) -> None:
+        self.chaincode_ca.ensure()
+        for org in self.orgs.values():
+            self.chaincode_ca.issue(f"peer-{org.name.lower()}", client=True)
         if not (self.workdir / "crypto" / "peerOrganizations").is_dir():
             tmp = self.workdir / "crypto.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -447,6 +488,7 @@ class FabricNetwork:
                 "admin_port": self.ports["orderer_admin"],
                 "operations_port": self.ports["orderer_operations"],
                 "tls_dir": self._orderer_node_dir / "tls",
+                "tls_root_bundle": self._tls_root_bundle(),
                 "msp_dir": self._orderer_node_dir / "msp",
                 "data_dir": cfg_dir / "data",
             },
@@ -563,11 +605,18 @@ class FabricNetwork:
                 "ccaas_builder_dir": CCAAS_BUILDER_DIR,
             },
         )
+        chaincode_client = self.chaincode_ca.issue(f"peer-{org.name.lower()}", client=True)
         proc = ManagedProcess(
             name=f"fabric-peer-{org.name.lower()}",
             argv=[self._tool("peer"), "node", "start"],
             log_path=self.logs_dir / f"peer-{org.name.lower()}.log",
-            env={"FABRIC_CFG_PATH": str(cfg_dir), "FABRIC_LOGGING_SPEC": "info"},
+            env={
+                "FABRIC_CFG_PATH": str(cfg_dir),
+                "FABRIC_LOGGING_SPEC": "info",
+                # Read by the ccaas builder's release step (core.yaml propagates them).
+                "KSTB_CCAAS_CLIENT_CERT": str(chaincode_client.cert),
+                "KSTB_CCAAS_CLIENT_KEY": str(chaincode_client.key),
+            },
             cwd=cfg_dir,
         )
         self._peers[org.name] = self._launch(proc)
@@ -600,7 +649,8 @@ class FabricNetwork:
             raise TimeoutError(f"{exc}\n--- {proc.name} log tail ---\n{proc.tail()}") from exc
 
     def peer_env(self, org: FabricOrg | str, user: str = "Admin") -> dict[str, str]:
-        """Environment for the ``peer`` CLI acting as ``user`` of ``org`` against its peer."""
+        """Environment for the ``peer`` CLI acting as ``user`` of ``org`` against its peer,
+        presenting ``user``'s TLS client certificate to every peer it dials."""
         o = org if isinstance(org, FabricOrg) else self.org(org)
         return {
             "FABRIC_CFG_PATH": str(self.workdir / o.name.lower()),
@@ -609,6 +659,9 @@ class FabricNetwork:
             "CORE_PEER_ADDRESS": o.peer_endpoint,
             "CORE_PEER_TLS_ENABLED": "true",
             "CORE_PEER_TLS_ROOTCERT_FILE": str(o.tls_ca_cert),
+            "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
+            "CORE_PEER_TLS_CLIENTCERT_FILE": str(o.user_tls_cert(user)),
+            "CORE_PEER_TLS_CLIENTKEY_FILE": str(o.user_tls_key(user)),
             "FABRIC_LOGGING_SPEC": "warning",
         }
 
@@ -659,9 +712,22 @@ class FabricNetwork:
                     other.peer_endpoint,
                 )
 
-    def orderer_args(self) -> list[str]:
-        """``peer`` CLI flags that address the orderer with TLS."""
-        return ["-o", self.orderer_endpoint, "--tls", "--cafile", str(self.orderer_tls_ca_cert)]
+    def orderer_args(self, org: FabricOrg | str = "Org1", user: str = "Admin") -> list[str]:
+        """``peer`` CLI flags that address the orderer with mutual TLS, presenting ``user``
+        of ``org``'s TLS client certificate."""
+        o = org if isinstance(org, FabricOrg) else self.org(org)
+        return [
+            "-o",
+            self.orderer_endpoint,
+            "--tls",
+            "--cafile",
+            str(self.orderer_tls_ca_cert),
+            "--clientauth",
+            "--certfile",
+            str(o.user_tls_cert(user)),
+            "--keyfile",
+            str(o.user_tls_key(user)),
+        ]
 
     def endorsing_peer_args(self) -> list[str]:
         """``peer`` CLI flags naming every org's peer (with its TLS root) as endorsers."""
@@ -678,22 +744,41 @@ class FabricNetwork:
     # ----------------------------------------------------------------------- chaincode
 
     @staticmethod
-    def ccaas_package(name: str, chaincode_address: str, version: str = "1.0") -> bytes:
+    def ccaas_package(
+        name: str, chaincode_address: str, version: str = "1.0", tls_root: bytes | None = None
+    ) -> bytes:
         """The CCaaS package bytes (deterministic for the same inputs).
 
         ``code.tar.gz`` holds ``connection.json`` ({address, dial_timeout, tls_required:
-        false}); the outer ``.tar.gz`` holds ``metadata.json`` ({type: ccaas, label}) and it.
+        false}, or with ``tls_root`` (the chaincode server's CA, PEM) tls_required and
+        client_auth_required true and root_cert; the peer's client key pair is added by the
+        builder's ``release``); the outer ``.tar.gz`` holds ``metadata.json`` ({type: ccaas,
+        label}) and it.
         """
         label = f"{name}_{version}"
-        connection = {"address": chaincode_address, "dial_timeout": "10s", "tls_required": False}
+        connection: dict[str, object] = {
+            "address": chaincode_address,
+            "dial_timeout": "10s",
+            "tls_required": False,
+        }
+        if tls_root is not None:
+            connection["tls_required"] = True
+            connection["client_auth_required"] = True
+            connection["root_cert"] = tls_root.decode("ascii")
         metadata = {"type": "ccaas", "label": label}
         code = _targz({"connection.json": json.dumps(connection).encode()})
         return _targz({"metadata.json": json.dumps(metadata).encode(), "code.tar.gz": code})
 
     @classmethod
-    def ccaas_package_id(cls, name: str, chaincode_address: str, version: str = "1.0") -> str:
+    def ccaas_package_id(
+        cls,
+        name: str,
+        chaincode_address: str,
+        version: str = "1.0",
+        tls_root: bytes | None = None,
+    ) -> str:
         """The package id (``label:sha256``) that ``deploy_ccaas`` returns for these inputs."""
-        pkg = cls.ccaas_package(name, chaincode_address, version)
+        pkg = cls.ccaas_package(name, chaincode_address, version, tls_root)
         return f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
 
     def committed(self, name: str) -> dict[str, object] | None:
@@ -720,8 +805,14 @@ class FabricNetwork:
         data: dict[str, object] = json.loads(out[out.index("{") :])
         return data
 
-    def deploy_ccaas(self, name: str, chaincode_address: str, version: str = "1.0") -> str:
+    def deploy_ccaas(
+        self, name: str, chaincode_address: str, version: str = "1.0", tls: bool = False
+    ) -> str:
         """Install, approve (both orgs) and commit a chaincode-as-a-service; return its package id.
+
+        With ``tls`` the peers dial the chaincode server over TLS, verify it against
+        :attr:`chaincode_ca` and present their own client certificates; serve it with
+        :meth:`chaincode_server_tls_env`.
 
         The definition's endorsement policy is ``AND('Org1MSP.peer','Org2MSP.peer')``. Returns
         once the definition is committed on both peers. Idempotent: an identical committed
@@ -729,7 +820,8 @@ class FabricNetwork:
         chaincode server itself is started by the caller, with ``CHAINCODE_ID`` = the returned
         package id, listening at ``chaincode_address`` (the peers dial it on first use).
         """
-        pkg = self.ccaas_package(name, chaincode_address, version)
+        tls_root = self.chaincode_ca.ensure().cert_path.read_bytes() if tls else None
+        pkg = self.ccaas_package(name, chaincode_address, version, tls_root)
         package_id = f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
         pkg_path = self.workdir / "chaincode" / f"{name}_{version}.tar.gz"
         pkg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -814,7 +906,7 @@ class FabricNetwork:
     ) -> str:
         """``peer lifecycle chaincode <args>`` through the orderer, retried while it has no
         raft leader yet (SERVICE_UNAVAILABLE); other errors are raised at once."""
-        argv = ["lifecycle", "chaincode", args[0], *self.orderer_args(), *args[1:]]
+        argv = ["lifecycle", "chaincode", args[0], *self.orderer_args(org), *args[1:]]
         for i in range(attempts):
             try:
                 return self.peer_cli(org, argv)

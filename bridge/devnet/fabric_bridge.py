@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.config import Credentials
+from bridge.config import Credentials, LedgerAuth
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
@@ -27,24 +27,48 @@ from bridge.ledgers.fabric.identity import SigningIdentity
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 
 
-def start_bridge_chaincode(net: FabricNetwork, name: str) -> ManagedProcess:
+def start_bridge_chaincode(net: FabricNetwork, name: str, tls: bool = True) -> ManagedProcess:
     """Deploy the bridge chaincode as ``name`` (both orgs endorse) and serve it; returns the
-    chaincode server process once it listens."""
+    chaincode server process once it listens.
+
+    With ``tls`` (the default) the server speaks TLS and accepts only clients with a
+    certificate from the network's chaincode CA: the two peers.
+    """
     port = free_port()
     address = f"127.0.0.1:{port}"
-    package_id = net.deploy_ccaas(name, address)
+    package_id = net.deploy_ccaas(name, address, tls=tls)
+    env = {
+        "PYTHONPATH": str(CHAINCODE_DIR),
+        "CHAINCODE_SERVER_ADDRESS": address,
+        "CORE_CHAINCODE_ID": package_id,
+    }
+    if tls:
+        env.update(net.chaincode_server_tls_env())
     proc = ManagedProcess(
         name=f"chaincode-{name}",
         argv=[str(chaincode_python()), "-m", "kstb_chaincode"],
         log_path=net.logs_dir / f"chaincode-{name}.log",
-        env={
-            "PYTHONPATH": str(CHAINCODE_DIR),
-            "CHAINCODE_SERVER_ADDRESS": address,
-            "CORE_CHAINCODE_ID": package_id,
-        },
+        env=env,
     ).start()
     proc.wait_port(port, timeout=30)
     return proc
+
+
+def org_gateway_client(
+    net: FabricNetwork, org: str, identity: SigningIdentity, user: str = "User1"
+) -> GatewayClient:
+    """A Gateway client to ``org``'s peer signing as ``identity``, presenting ``user``'s TLS
+    client certificate (the peers require one)."""
+    o = net.org(org)
+    return GatewayClient(
+        o.peer_endpoint,
+        o.tls_ca_cert,
+        o.peer_host,
+        identity,
+        net.channel,
+        tls_client_cert=o.user_tls_cert(user),
+        tls_client_key=o.user_tls_key(user),
+    )
 
 
 async def wait_for_peers(net: FabricNetwork, block_number: int, limit_s: float = 15.0) -> None:
@@ -57,9 +81,7 @@ async def wait_for_peers(net: FabricNetwork, block_number: int, limit_s: float =
     for org in ("Org1", "Org2"):
         o = net.org(org)
         ident = SigningIdentity.from_files(o.msp_id, o.user_cert(), o.user_key())
-        clients.append(
-            GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, net.channel)
-        )
+        clients.append(org_gateway_client(net, org, ident))
     try:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + limit_s
@@ -156,6 +178,21 @@ class FabricBridgeLedger:
         """The committee's read-only identity (Org2 User1)."""
         return self._credentials("Org2", "User1")
 
+    def ledger_auth(self, org: str, user: str = "User1") -> LedgerAuth:
+        """``[ledger_auth]`` for ``user`` of ``org``: its TLS client certificate and key."""
+        o = self.net.org(org)
+        return LedgerAuth(tls_cert_file=o.user_tls_cert(user), tls_key_file=o.user_tls_key(user))
+
+    @property
+    def relayer_ledger_auth(self) -> LedgerAuth:
+        """The relayer's TLS client certificate for the peers (Org1 User1)."""
+        return self.ledger_auth("Org1")
+
+    @property
+    def verifier_ledger_auth(self) -> LedgerAuth:
+        """The committee's TLS client certificate for the peers (Org2 User1)."""
+        return self.ledger_auth("Org2")
+
     @property
     def bridge_word(self) -> bytes:
         """The endpoint's identity in claim digests."""
@@ -193,9 +230,7 @@ class FabricBridgeLedger:
         async def go() -> Any:
             o = self.net.org("Org1")
             ident = SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
-            client = GatewayClient(
-                o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, self.net.channel
-            )
+            client = org_gateway_client(self.net, "Org1", ident, user="Admin")
             try:
                 return await make(client)
             finally:

@@ -1,7 +1,9 @@
 """A whole local bridge network as real processes: anvil ledgers with deployed contracts,
 a t-of-n verifier committee, one relayer per ledger and the coordinator.
 
-Every key is generated at run time and written 0600 under the work directory.
+Every key is generated at run time and written 0600 under the work directory; with
+``key_custody="pkcs11"`` the committee members' keys and the EVM relayer accounts are instead
+generated inside a SoftHSM2 token under the work directory and never leave it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from web3 import Web3
 from web3.contract import Contract
 
 from bridge.config import TlsConfig, dump_toml, load_network
-from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
+from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
+from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
+from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
+from bridge.keys.reference import key_ref_to_toml
 from bridge.ledgers.evm import deploy
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
@@ -106,29 +111,32 @@ class LocalSystem:
     supply_operator: DevAccount = field(default_factory=DevAccount.generate)
     pki: DevPki | None = None
     """Every organisation's CA and every certificate (made by :meth:`write_configs`)."""
+    key_custody: str = "file"
+    """``file``: 0600 plaintext key files (the devnet default); ``pkcs11``: member keys and EVM
+    relayer accounts are generated inside a SoftHSM2 token (``token``) and never leave it."""
+    token: DevToken | None = None
+    members: list[tuple[str, str]] = field(default_factory=list)
+    """(address, token key label or "") per verifier, in committee (address) order."""
+    evm_node_auth: bool = True
+    """EVM nodes behind the authenticating TLS proxy (``https`` + bearer token), as
+    production nodes are; False exposes anvil's plain http port to the components."""
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
         """Start anvil per ledger, deploy the bridge and tokens, grant the relayer role."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        keys = sorted(
-            (DevAccount.generate() for _ in range(self.committee_size)),
-            key=lambda a: parse_evm_address(a.address),
-        )
-        self.verifier_keys = keys
-        self.committee = Committee(
-            epoch=1,
-            threshold=self.threshold,
-            members=tuple(parse_evm_address(k.address) for k in keys),
-        )
+        committee = self.committee = self._start_custody()
         for name, chain_id in self.ledger_names:
             node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
+            if self.evm_node_auth:
+                node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))
             admin, relayer = DevAccount.generate(), DevAccount.generate()
+            relayer_address = self._relayer_address(name, relayer)
             node.fund(admin.address)
-            node.fund(relayer.address)
+            node.fund(relayer_address)
             w3 = deploy.connect(node.rpc_url)
-            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), self.committee)
-            deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), committee)
+            deploy.set_relayer(w3, admin.private_key, endpoint, relayer_address, True)
             handle = LedgerHandle(name, node, admin, relayer, endpoint)
             for isin in self.isins:
                 token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
@@ -136,9 +144,61 @@ class LocalSystem:
                 handle.tokens[isin] = token
             self.ledgers[name] = handle
         for name in self.fabric_ledger_names:
-            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
-                self.committee, self.isins
+            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(committee, self.isins)
+
+    def _start_custody(self) -> Committee:
+        """The committee's keys: 0600 files, or keys generated inside a SoftHSM2 token."""
+        if self.key_custody not in ("file", "pkcs11"):
+            raise ValueError(f"key_custody must be 'file' or 'pkcs11', not {self.key_custody!r}")
+        if self.key_custody == "pkcs11":
+            self.token = create_dev_token(self.workdir / "hsm")
+            labels = [f"verifier-{i}" for i in range(self.committee_size)]
+            made = [(to_checksum(self.token.generate(label)), label) for label in labels]
+            self.members = sorted(made, key=lambda m: parse_evm_address(m[0]))
+        else:
+            self.verifier_keys = sorted(
+                (DevAccount.generate() for _ in range(self.committee_size)),
+                key=lambda a: parse_evm_address(a.address),
             )
+            self.members = [(k.address, "") for k in self.verifier_keys]
+        return Committee(
+            epoch=1,
+            threshold=self.threshold,
+            members=tuple(parse_evm_address(a) for a, _ in self.members),
+        )
+
+    def _relayer_address(self, ledger: str, account: DevAccount) -> str:
+        """The relayer account of ``ledger``: ``account``, or a token key (pkcs11 custody)."""
+        if self.token is None:
+            return account.address
+        return to_checksum(self.token.generate(f"relayer-{ledger}"))
+
+    def _key_entry(self, key_file: str, label: str, account: DevAccount | None) -> dict[str, Any]:
+        """A daemon file's key entry: ``key_file`` (written 0600) or the token key ``label``."""
+        if self.token is not None:
+            return key_ref_to_toml(self.token.ref(label))
+        assert account is not None
+        write_key_file(self.workdir / key_file, account)
+        return {"key_file": key_file}
+
+    def _evm_node_ca(self) -> DevCA:
+        return DevCA(self.workdir / "ledger-tls" / "evm", "kstb devnet EVM node CA").ensure()
+
+    def _rpc_token_file(self, ledger: str) -> Path:
+        return self.workdir / "keys" / f"rpc-token-{ledger}"
+
+    def _ledger_auth(self, ledger: str, role: str) -> dict[str, str]:
+        """The ``[ledger_auth]`` table of a ``role`` (relayer/verifier) for ``ledger``."""
+        if ledger in self.fabric:
+            f = self.fabric[ledger]
+            auth = f.relayer_ledger_auth if role == "relayer" else f.verifier_ledger_auth
+            return {
+                "tls_cert_file": str(auth.tls_cert_file),
+                "tls_key_file": str(auth.tls_key_file),
+            }
+        if self.ledgers[ledger].node.proxy is not None:
+            return {"token_file": str(self._rpc_token_file(ledger))}
+        return {}
 
     def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
         """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
@@ -159,7 +219,7 @@ class LocalSystem:
                     "committee": {
                         "epoch": self.committee.epoch,
                         "threshold": self.committee.threshold,
-                        "members": [k.address for k in self.verifier_keys],
+                        "members": [address for address, _ in self.members],
                     },
                     "securities": {"isins": list(self.isins)},
                     "supply": {"operators": [self.supply_operator.address]},
@@ -167,12 +227,13 @@ class LocalSystem:
                         {
                             "id": h.name,
                             "kind": "evm",
-                            "rpc_url": h.node.rpc_url,
+                            "rpc_url": h.node.public_rpc_url,
                             "bridge": h.endpoint.address,
                             "chain_id": h.node.chain_id,
                             "finality_depth": 0,
                             "block_interval": self.block_time,
                         }
+                        | ({"tls_ca": str(h.node.tls_ca)} if h.node.tls_ca else {})
                         for h in self.ledgers.values()
                     ]
                     + [f.ledger_entry() for f in self.fabric.values()],
@@ -185,7 +246,7 @@ class LocalSystem:
     # -- mutual TLS --------------------------------------------------------------------------
     def member_role(self, i: int) -> str:
         """The role string of committee member ``i`` (``member:0x...``)."""
-        return f"member:{self.verifier_keys[i].address.lower()}"
+        return f"member:{self.members[i][0].lower()}"
 
     def _pki(self) -> DevPki:
         """One CA per organisation and every certificate (made once per system)."""
@@ -202,7 +263,7 @@ class LocalSystem:
             pki.organisation(name, [f"brokerage:{name}", f"relayer:{name}"])
             pki.issue(name, f"brokerage:{name}", f"brokerage-{name}")
             pki.issue(name, f"relayer:{name}", f"relayer-{name}")
-        for i in range(len(self.verifier_keys)):
+        for i in range(len(self.members)):
             pki.organisation(f"member-{i}", [self.member_role(i)])
             pki.issue(f"member-{i}", self.member_role(i), f"verifier-{i}")
         self.pki = pki
@@ -225,7 +286,7 @@ class LocalSystem:
         if role.kind == RELAYER:
             return f"127.0.0.1:{self.ports[f'relayer-{role.scope}']}"
         if role.kind == MEMBER:
-            for i in range(len(self.verifier_keys)):
+            for i in range(len(self.members)):
                 if self.member_role(i) == str(role):
                     return f"127.0.0.1:{self.ports[f'verifier-{i}']}"
         raise KeyError(peer)
@@ -291,19 +352,26 @@ class LocalSystem:
             }
             for name, f in self.fabric.items()
         }
-        for i, key in enumerate(self.verifier_keys):
+        for i, (address, label) in enumerate(self.members):
             port = self.ports[f"verifier-{i}"] = free_port()
-            write_key_file(self.workdir / "keys" / f"verifier-{i}.key", key)
+            account = self.verifier_keys[i] if self.token is None else None
             verifier: dict[str, Any] = {
                 "network": "network.toml",
                 "listen": f"127.0.0.1:{port}",
-                "key_file": f"keys/verifier-{i}.key",
+                **self._key_entry(f"keys/verifier-{i}.key", label, account),
                 "vote_db": f"state/verifier-{i}.sqlite",
                 "audit_log": f"audit/verifier-{i}.jsonl",
                 "tls": self.tls_table(self.member_role(i)),
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
+            ledger_auth = {
+                name: auth
+                for name in self.all_ledgers
+                if (auth := self._ledger_auth(name, "verifier"))
+            }
+            if ledger_auth:
+                verifier["ledger_auth"] = ledger_auth
             if i % 2 and self.fabric:
                 # Every other member reads Fabric through the second organisation's peer,
                 # so no single peer is every member's view of the ledger.
@@ -311,11 +379,11 @@ class LocalSystem:
                     name: f.endpoint_override("Org2") for name, f in self.fabric.items()
                 }
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
-            verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": key.address.lower()})
+            verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": address.lower()})
         relayers = {}
         for name, h in self.ledgers.items():
             port = self.ports[f"relayer-{name}"] = free_port()
-            write_key_file(self.workdir / "keys" / f"relayer-{name}.key", h.relayer)
+            key = self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", h.relayer)
             (self.workdir / f"relayer-{name}.toml").write_text(
                 dump_toml(
                     {
@@ -323,12 +391,13 @@ class LocalSystem:
                         "ledger": name,
                         "listen": f"127.0.0.1:{port}",
                         "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
-                        "key_file": f"keys/relayer-{name}.key",
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
                         "audit_log": f"audit/relayer-{name}.jsonl",
                         "tls": self.tls_table(f"relayer:{name}"),
+                        **key,
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -350,6 +419,7 @@ class LocalSystem:
                         "audit_log": f"audit/relayer-{name}.jsonl",
                         "tls": self.tls_table(f"relayer:{name}"),
                     }
+                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -375,7 +445,11 @@ class LocalSystem:
             name=name,
             argv=[sys.executable, "-m", module, "--config", str(self.workdir / config)],
             log_path=self.workdir / "logs" / f"{name}.log",
-            env={"KSTB_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"},
+            env={
+                "KSTB_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+                **(self.token.env() if self.token is not None else {}),
+            },
         )
         self.processes[name] = proc
         return proc
@@ -394,7 +468,7 @@ class LocalSystem:
 
     def start_bridge(self) -> None:
         """Start verifiers, coordinator and relayers as separate processes."""
-        for i in range(len(self.verifier_keys)):
+        for i in range(len(self.members)):
             self.start_process(f"verifier-{i}")
         self.start_process("coordinator")
         for name in self.all_ledgers:
@@ -481,6 +555,16 @@ class LocalSystem:
             return True
 
         wait_until(ok, timeout, "bridge processes")
+
+
+def to_checksum(address: bytes) -> str:
+    """EIP-55 form of a 20-byte address."""
+    return Web3.to_checksum_address(address)
+
+
+def _table(key: str, value: dict[str, str]) -> dict[str, Any]:
+    """``{key: value}`` when ``value`` is not empty, else nothing."""
+    return {key: value} if value else {}
 
 
 def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:

@@ -1,4 +1,5 @@
-"""Signers: the verifier's key sits behind this interface (an HSM or KMS can replace it)."""
+"""Signers: every secp256k1 key sits behind :class:`Signer`; :mod:`bridge.keys` provides the
+keystore and PKCS#11 (HSM) backends and opens the one a configuration names."""
 
 from __future__ import annotations
 
@@ -12,15 +13,22 @@ from bridge.domain.errors import InvalidInput
 
 
 def read_key_file(path: Path) -> bytes:
-    """Read a hex secp256k1 private key; refuses files readable by group or others."""
-    if path.stat().st_mode & 0o077:
-        raise InvalidInput(f"key file {path} must not be readable by group/others (chmod 600)")
+    """Read a plaintext hex secp256k1 private key (devnet form; see :mod:`bridge.keys` for
+    keystores and tokens).
+
+    Raises KeyFileExposed for a file readable by group or others, KeyFileInvalid for one
+    that does not hold a 32-byte hex key; both name the file, never its content.
+    """
+    from bridge.keys.errors import KeyFileInvalid
+    from bridge.keys.files import read_private_file
+
+    data = read_private_file(path, "key file")
     try:
-        raw = bytes.fromhex(path.read_text().strip().removeprefix("0x"))
-    except ValueError:
-        raise InvalidInput(f"key file {path} does not hold a hex key") from None
+        raw = bytes.fromhex(data.decode().strip().removeprefix("0x"))
+    except (ValueError, UnicodeDecodeError):
+        raise KeyFileInvalid(f"key file {path} does not hold a hex key") from None
     if len(raw) != 32:
-        raise InvalidInput(f"key file {path} does not hold a 32-byte key")
+        raise KeyFileInvalid(f"key file {path} does not hold a 32-byte key")
     return raw
 
 

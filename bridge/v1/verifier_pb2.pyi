@@ -142,21 +142,34 @@ class SignSupplyRequest(_message.Message):
 
     RECORD_FIELD_NUMBER: _builtins.int
     REGISTRATION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SIGNATURES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def record(self) -> _supply_pb2.SupplyRecord: ...
     @_builtins.property
     def registration(self) -> _supply_pb2.SignedRegistration:
         """The operator-signed registration the record's registered figures come from."""
 
+    @_builtins.property
+    def previous(self) -> _supply_pb2.SupplyRecord:
+        """The record this one chains to (the feed's latest), with its committee signatures;
+        unset for sequence 1. A member that did not sign it (it was down, joined later or was
+        restored from an older backup) checks its t-of-n signatures and continues from it.
+        """
+
+    @_builtins.property
+    def previous_signatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
         record: _supply_pb2.SupplyRecord | None = ...,
         registration: _supply_pb2.SignedRegistration | None = ...,
+        previous: _supply_pb2.SupplyRecord | None = ...,
+        previous_signatures: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "registration", b"registration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "record", b"record", "registration", b"registration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "registration", b"registration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "previous_signatures", b"previous_signatures", "record", b"record", "registration", b"registration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,7 +72,9 @@ class VerifierServiceServicer:
 
     def SignSupply(self, request, context):
         """Sign a proposed supply record if this member's own reads at its heights produce the
-        same record; never signs a lower sequence, or lower heights, than it signed before.
+        same record and it extends the chain this member signed: sequence = last + 1 with
+        previous_hash = the last signed digest, or the tip again (same previous_hash), or a
+        record after a certified `previous`. Never a lower sequence, or lower heights.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class VerifierServiceStub:
     SignClaim: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]
     SignSupply: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]
     """Sign a proposed supply record if this member's own reads at its heights produce the
-    same record; never signs a lower sequence, or lower heights, than it signed before.
+    same record and it extends the chain this member signed: sequence = last + 1 with
+    previous_hash = the last signed digest, or the tip again (same previous_hash), or a
+    record after a certified `previous`. Never a lower sequence, or lower heights.
     """
 
 @_typing.type_check_only
@@ -53,7 +55,9 @@ class VerifierServiceAsyncStub(VerifierServiceStub):
     SignClaim: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]  # type: ignore[assignment]
     SignSupply: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]  # type: ignore[assignment]
     """Sign a proposed supply record if this member's own reads at its heights produce the
-    same record; never signs a lower sequence, or lower heights, than it signed before.
+    same record and it extends the chain this member signed: sequence = last + 1 with
+    previous_hash = the last signed digest, or the tip again (same previous_hash), or a
+    record after a certified `previous`. Never a lower sequence, or lower heights.
     """
 
 class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -82,7 +86,9 @@ class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_verifier_pb2.SignSupplyResponse, _abc.Awaitable[_verifier_pb2.SignSupplyResponse]]:
         """Sign a proposed supply record if this member's own reads at its heights produce the
-        same record; never signs a lower sequence, or lower heights, than it signed before.
+        same record and it extends the chain this member signed: sequence = last + 1 with
+        previous_hash = the last signed digest, or the tip again (same previous_hash), or a
+        record after a certified `previous`. Never a lower sequence, or lower heights.
         """
 
 def add_VerifierServiceServicer_to_server(servicer: VerifierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

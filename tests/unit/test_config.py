@@ -468,7 +468,12 @@ def test_verifier_reads_through_its_own_nodes(tmp_path: Path) -> None:
         ("brokerage-f", {"url": "h:1", "tls_cafile": "x"}, r"unknown keys \['tls_cafile'\]"),
         ("brokerage-f", {"tls_ca": "x"}, "missing required key 'url'"),
         ("brokerage-f", 7051, "a URL or a table"),
-        ("brokerage-a", {"url": "http://h", "tls_ca": "x"}, "tls_ca applies to Fabric"),
+        ("brokerage-a", {"url": "http://h", "tls_ca": "x"}, "tls_ca needs an https:// url"),
+        (
+            "brokerage-a",
+            {"url": "https://h", "tls_ca": "x", "tls_server_name": "n"},
+            "tls_server_name applies to Fabric only",
+        ),
         ("brokerage-f", {"url": "h:1", "tls_server_name": "p"}, "tls_server_name needs tls_ca"),
         ("brokerage-a", "", "a URL or a table"),
         ("brokerage-f", {"url": ""}, "url is empty"),

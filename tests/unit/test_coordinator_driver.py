@@ -186,7 +186,7 @@ async def test_definitive_refusal_with_nothing_locked_fails(coordinator) -> None
 
 
 async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> None:
-    c, _, store = coordinator
+    c, relayers, store = coordinator
     terms = TransferTerms(
         secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"), b"\0" * 12 + b"\xaa" * 20,
         _word("b"), b"\0" * 12 + b"\xcc" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, 2**40,
@@ -205,6 +205,9 @@ async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> Non
         "a", EventPosition(4, 0), b"\0" * 32, "0x02", good.transfer_id, Leg.OUTBOUND,
         LegState.LOCKED, 0, good.terms_hash, good,
     )  # fmt: skip
+    relayers["a"].legs[(good.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, good.terms_hash, 0, 4
+    )  # adopted only once the ledger shows the lock (tests/unit/test_event_intake.py)
     await c.on_events("a", [adopted], 4)
     assert await store.get(good.transfer_id) is not None
     assert await c.on_events("a", [adopted], 4) == 0, "re-delivery is deduplicated"

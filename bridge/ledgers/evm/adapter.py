@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
-from eth_account import Account
 from eth_typing import ChecksumAddress, HexAddress, HexStr
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
@@ -46,11 +46,14 @@ from bridge.domain.legs import (
     TxOutcome,
     leg_state_from_ledger,
 )
+from bridge.domain.signer import LocalKeySigner, Signer
 from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
+from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.revert import decode_revert
+from bridge.ledgers.evm.transport import EvmTransport
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -81,13 +84,26 @@ _MAX_TRACKED = 4096
 
 
 class EvmAdapter:
-    """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need ``private_key``."""
+    """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need a key.
+
+    The sending account is a :class:`~bridge.domain.signer.Signer` (``signer``: keystore or
+    PKCS#11 token) or, for the devnet and tests, a raw ``private_key`` wrapped in one; every
+    transaction is signed through it (:func:`bridge.keys.evm_tx.sign_transaction`).
+    """
 
     def __init__(
-        self, config: LedgerConfig, private_key: bytes | None = None, confirm_s: float = 120.0
+        self,
+        config: LedgerConfig,
+        private_key: bytes | None = None,
+        confirm_s: float = 120.0,
+        *,
+        signer: Signer | None = None,
+        transport: EvmTransport | None = None,
     ) -> None:
         self._cfg = config
         self._confirm_s = confirm_s
+        # How the node is reached: its TLS CA and the bearer token (none: plain settings).
+        self._transport = transport if transport is not None else EvmTransport()
         self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
         # No default middleware: every transaction field is set explicitly, results are
         # read by key, and web3's validation middleware would add two eth_chainId calls
@@ -100,8 +116,14 @@ class EvmAdapter:
             abi=load_abi("BridgeEndpoint"),
         )
         self._token_abi = load_abi("SecurityToken")
-        self._account = Account.from_key(private_key) if private_key is not None else None
-        self._key = private_key
+        if private_key is not None and signer is not None:
+            raise InvalidInput("give the EVM adapter a private key or a signer, not both")
+        self._signer: Signer | None = (
+            LocalKeySigner(private_key) if private_key is not None else signer
+        )
+        self._sender: ChecksumAddress | None = (
+            to_checksum_address(self._signer.address) if self._signer is not None else None
+        )
         self._nonces = NonceManager(self._pending_count)
         # The last transaction sent per (action, transfer id), until it is final: a retried
         # step waits for it while the node still holds it instead of sending another one.
@@ -128,7 +150,7 @@ class EvmAdapter:
     @property
     def operator(self) -> str:
         """The sending account, or empty for a read-only adapter."""
-        return str(self._account.address) if self._account is not None else ""
+        return str(self._sender) if self._sender is not None else ""
 
     def parse_address(self, text: str) -> bytes:
         """Parse a 0x address (EIP-55 checked when mixed case) into a 32-byte word."""
@@ -155,10 +177,7 @@ class EvmAdapter:
     async def _rpc_unshielded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         if self._session is None:
             # One keep-alive connection pool per adapter (web3's default closes each one).
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=32, limit_per_host=32),
-                timeout=aiohttp.ClientTimeout(total=10),
-            )
+            self._session = self._transport.session(limit=32, timeout_s=10)
             await self._provider.cache_async_session(self._session)
         try:
             return await call()
@@ -319,8 +338,8 @@ class EvmAdapter:
         raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self.ledger}")
 
     async def _pending_count(self) -> int:
-        assert self._account is not None
-        addr = self._account.address
+        assert self._sender is not None
+        addr = self._sender
         return int(
             await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "pending"))
         )
@@ -334,7 +353,7 @@ class EvmAdapter:
         ledger, a caller that gave up waiting) waits for that transaction rather than
         sending a second one, which would revert once the first is mined and cost gas.
         """
-        if self._account is None or self._key is None:
+        if self._signer is None:
             raise LedgerRejected("ReadOnly", "this adapter has no operator key")
         leg = self._leg_here(terms)
         done = STEP_DONE.get((action, leg))
@@ -396,8 +415,9 @@ class EvmAdapter:
         return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
 
     async def _send(self, fn: Any) -> bytes:
-        assert self._account is not None
-        sender = self._account.address
+        assert self._signer is not None
+        assert self._sender is not None
+        sender = self._sender
         try:
             gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
         except (ContractCustomError, ContractLogicError) as exc:
@@ -418,7 +438,8 @@ class EvmAdapter:
                         "chainId": self._cfg.chain_id,
                     }
                 )
-                raw = bytes(self._account.sign_transaction(tx).raw_transaction)
+                # SECURITY: signed through the Signer seam (the key may be in an HSM).
+                raw = sign_transaction(self._signer, tx)
                 try:
                     tx_hash = await self._send_raw(raw)
                 except Web3RPCError as exc:
@@ -487,6 +508,16 @@ class EvmAdapter:
                 return height
             await asyncio.sleep(self._poll)
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    async def node_identity(self) -> tuple[int, bytes, bytes]:
+        """What the node says it is: ``(chain id, code at the bridge address, the endpoint's
+        ledgerId word)``; the word is empty when there is no code (nothing to ask)."""
+        chain_id = await self._rpc("eth_chainId", lambda: self._w3.eth.chain_id)
+        code = await self._rpc("eth_getCode", lambda: self._w3.eth.get_code(self._bridge.address))
+        if not code:
+            return int(chain_id), b"", b""
+        word = await self._rpc("ledgerId", lambda: self._bridge.functions.ledgerId().call())
+        return int(chain_id), bytes(code), bytes(word)
 
     async def close(self) -> None:
         """Close the HTTP session."""

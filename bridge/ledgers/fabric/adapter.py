@@ -13,6 +13,7 @@ nothing when it is already applied with the same terms.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from contextlib import aclosing
 
@@ -132,6 +133,18 @@ class FabricAdapter:
         return _ADDRESSES.format(word)
 
     # -- reads ---------------------------------------------------------------------------
+    async def endpoint_info(self) -> dict[str, str]:
+        """The chaincode's ``Info`` on the client's channel: ``ledger_name``,
+        ``channel_id``, ``chaincode_name``, ``ledger_word``, ``bridge_word`` (strings).
+
+        Raises ``LedgerRejected`` (``NotInitialized``, ...) as the chaincode answers.
+        """
+        raw = await self._client.evaluate(self._chaincode, "Info", [])
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise LedgerRejected("MalformedInfo", f"Info answered {raw[:200]!r}")
+        return {str(k): str(v) for k, v in info.items()}
+
     async def finalized_height(self) -> int:
         """The last committed block (Fabric commits are final): chain height minus one."""
         return max(0, await self._client.block_height() - 1)

@@ -2,7 +2,9 @@
 
 One :class:`GatewayClient` talks to one peer's Gateway service (Evaluate, Endorse, Submit,
 CommitStatus, ChaincodeEvents) and Deliver service (bounded block ranges) on one channel, as
-one :class:`~bridge.ledgers.fabric.identity.SigningIdentity`, over server-authenticated TLS.
+one :class:`~bridge.ledgers.fabric.identity.SigningIdentity`, over TLS that authenticates the
+peer (``tls_ca``) and, when given a TLS client certificate, this client to the peer (peers
+with ``peer.tls.clientAuthRequired`` refuse clients without one at the handshake).
 
 Error contract (what callers may rely on):
 
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-from bridge.domain.errors import BridgeError, LedgerRejected, Unavailable
+from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
 from bridge.ledgers.fabric._protos import (
     ab_pb2,
     chaincode_event_pb2,
@@ -234,10 +238,27 @@ def sign_proposal(proposal: Any, identity: SigningIdentity) -> Any:
     return proposal_pb2.SignedProposal(proposal_bytes=raw, signature=identity.sign(raw))
 
 
+def tls_cert_hash(cert_pem: bytes) -> bytes:
+    """SHA-256 of a certificate's DER encoding: what Fabric compares with the TLS client
+    certificate of the connection (``ChannelHeader.tls_cert_hash``)."""
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
+    ).digest()
+
+
 def build_seek_envelope(
-    channel: str, identity: SigningIdentity, start: int, stop: int, nonce: bytes | None = None
+    channel: str,
+    identity: SigningIdentity,
+    start: int,
+    stop: int,
+    nonce: bytes | None = None,
+    cert_hash: bytes = b"",
 ) -> Any:
-    """A signed DELIVER_SEEK_INFO ``common.Envelope`` asking for blocks ``start..stop``."""
+    """A signed DELIVER_SEEK_INFO ``common.Envelope`` asking for blocks ``start..stop``.
+
+    ``cert_hash`` (:func:`tls_cert_hash` of the TLS client certificate) binds the request to
+    the mutual-TLS connection; peers that require client TLS refuse a request without it.
+    """
     nonce = nonce if nonce is not None else new_nonce()
     creator = identity.serialized()
     channel_header = common_pb2.ChannelHeader(
@@ -246,6 +267,7 @@ def build_seek_envelope(
         tx_id=transaction_id(nonce, creator),
         timestamp=_timestamp(None),
         epoch=0,
+        tls_cert_hash=cert_hash,
     )
     header = common_pb2.Header(
         channel_header=channel_header.SerializeToString(),
@@ -484,15 +506,25 @@ class GatewayClient:
         *,
         timeout: float = 30.0,
         commit_timeout: float = 120.0,
+        tls_client_cert: Path | None = None,
+        tls_client_key: Path | None = None,
     ) -> None:
+        if (tls_client_cert is None) != (tls_client_key is None):
+            raise InvalidInput("a TLS client certificate and its key go together")
         self._endpoint = endpoint
         self._tls_ca = Path(tls_ca)
+        self._tls_client = (
+            (Path(tls_client_cert), Path(tls_client_key))
+            if tls_client_cert is not None and tls_client_key is not None
+            else None
+        )
         self._server_name = server_name
         self._identity = identity
         self._channel_name = channel
         self._timeout = timeout
         self._commit_timeout = commit_timeout
         self._grpc: grpc.aio.Channel | None = None
+        self._tls_cert_hash = b""
         self._gateway: Any = None  # gateway.GatewayStub (generated code, untyped)
         self._deliver: Any = None  # protos.DeliverStub
 
@@ -511,12 +543,32 @@ class GatewayClient:
         """The identity every request is signed with."""
         return self._identity
 
+    def _client_tls(self) -> tuple[bytes | None, bytes | None]:
+        """The TLS client key and certificate (PEM) to present, or ``(None, None)``.
+
+        The key file must be 0600 or stricter, like every key file.
+        """
+        if self._tls_client is None:
+            return None, None
+        cert_path, key_path = self._tls_client
+        # SECURITY: the TLS client key proves this client to peers that require client TLS.
+        try:
+            if key_path.stat().st_mode & 0o077:
+                raise InvalidInput(
+                    f"TLS client key {key_path} must not be readable by group/others (chmod 600)"
+                )
+            return key_path.read_bytes(), cert_path.read_bytes()
+        except OSError as exc:
+            raise Unavailable(f"TLS client certificate or key unreadable: {exc}") from exc
+
     def _stubs(self) -> tuple[Any, Any]:
         if self._gateway is None or self._deliver is None:
             try:
                 root = self._tls_ca.read_bytes()
             except OSError as exc:
                 raise Unavailable(f"TLS CA {self._tls_ca} unreadable: {exc}") from exc
+            client_key, client_cert = self._client_tls()
+            self._tls_cert_hash = tls_cert_hash(client_cert) if client_cert else b""
             options: list[tuple[str, Any]] = [
                 ("grpc.max_receive_message_length", 100 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 60_000),
@@ -524,7 +576,13 @@ class GatewayClient:
             if self._server_name:
                 options.append(("grpc.ssl_target_name_override", self._server_name))
             self._grpc = grpc.aio.secure_channel(
-                self._endpoint, grpc.ssl_channel_credentials(root_certificates=root), options
+                self._endpoint,
+                grpc.ssl_channel_credentials(
+                    root_certificates=root,
+                    private_key=client_key,
+                    certificate_chain=client_cert,
+                ),
+                options,
             )
             self._gateway = gateway_pb2_grpc.GatewayStub(self._grpc)
             self._deliver = events_pb2_grpc.DeliverStub(self._grpc)
@@ -703,7 +761,9 @@ class GatewayClient:
         if stop < start:
             return
         _, deliver = self._stubs()
-        envelope = build_seek_envelope(self._channel_name, self._identity, start, stop)
+        envelope = build_seek_envelope(
+            self._channel_name, self._identity, start, stop, cert_hash=self._tls_cert_hash
+        )
         expected = start
         call = deliver.Deliver(iter([envelope]), timeout=self._timeout + (stop - start) * 0.05)
         try:

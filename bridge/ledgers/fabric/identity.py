@@ -3,8 +3,10 @@
 Fabric verifies every proposal, transaction envelope and Gateway request against the
 certificate in the creator's ``msp.SerializedIdentity`` and rejects ECDSA signatures whose
 ``s`` lies in the upper half of the curve order; :meth:`SigningIdentity.sign` therefore always
-returns low-S DER signatures. The private key never leaves the object: it is not part of
-``repr``, ``str`` or any log line, and key files readable by group or others are refused.
+returns low-S DER signatures. The key sits behind a :class:`~bridge.keys.protocols.P256Signer`
+(a PEM file for the devnet, an encrypted PKCS#8 PEM, or a PKCS#11 token) and never leaves it:
+it is not part of ``repr``, ``str`` or any log line, and key files readable by group or others
+are refused.
 """
 
 from __future__ import annotations
@@ -13,58 +15,30 @@ import hashlib
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 
 from bridge.domain.errors import InvalidInput
+from bridge.keys.p256 import (
+    P256_HALF_ORDER,
+    P256_ORDER,
+    LocalP256Signer,
+    low_s,
+    read_pem_key_file,
+)
+from bridge.keys.protocols import P256Signer
+from bridge.keys.reference import KeyRef
 from bridge.ledgers.fabric._protos import identities_pb2
 
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-"""The order ``n`` of the NIST P-256 group."""
-P256_HALF_ORDER = P256_ORDER >> 1
-
-
-def low_s(signature: bytes) -> bytes:
-    """Return the DER ECDSA P-256 ``signature`` with ``s`` replaced by ``n - s`` when ``s > n/2``.
-
-    Both forms verify; Fabric accepts only the low one.
-    """
-    r, s = decode_dss_signature(signature)
-    if s > P256_HALF_ORDER:
-        s = P256_ORDER - s
-    return encode_dss_signature(r, s)
-
-
-def read_pem_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
-    """Load an unencrypted PEM (PKCS#8 or SEC1) ECDSA P-256 private key.
-
-    Refuses files readable by group or others (chmod 600), like
-    :func:`bridge.domain.signer.read_key_file`; raises InvalidInput naming the file and the
-    problem, never echoing key material.
-    """
-    if path.stat().st_mode & 0o077:
-        raise InvalidInput(f"key file {path} must not be readable by group/others (chmod 600)")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise InvalidInput(
-            f"key file {path} does not hold an unencrypted PEM private key"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise InvalidInput(f"key file {path} does not hold an ECDSA P-256 key")
-    return key
+__all__ = ["P256_HALF_ORDER", "P256_ORDER", "SigningIdentity", "low_s", "read_pem_key_file"]
 
 
 class SigningIdentity:
     """Signs for one Fabric identity; the certificate is public, the key never leaves.
 
-    Guarantees: the certificate's public key matches the private key (checked at
-    construction); :meth:`sign` returns DER ECDSA-SHA256 signatures with low ``s``;
+    Guarantees: the certificate's public key matches the signer's (checked at
+    construction); :meth:`sign` returns DER ECDSA-SHA256 signatures with low ``s``, made by
+    the :class:`P256Signer` (an in-memory key is wrapped in one);
     :meth:`serialized` is the exact ``msp.SerializedIdentity`` bytes Fabric expects as a
     creator (MSP id + the PEM certificate as given).
     """
@@ -72,7 +46,10 @@ class SigningIdentity:
     __slots__ = ("_cert", "_cert_pem", "_key", "_msp_id", "_serialized")
 
     def __init__(
-        self, msp_id: str, certificate_pem: bytes, private_key: ec.EllipticCurvePrivateKey
+        self,
+        msp_id: str,
+        certificate_pem: bytes,
+        private_key: ec.EllipticCurvePrivateKey | P256Signer,
     ) -> None:
         if not msp_id:
             raise InvalidInput("an MSP id is required")
@@ -80,15 +57,20 @@ class SigningIdentity:
             cert = x509.load_pem_x509_certificate(certificate_pem)
         except ValueError:
             raise InvalidInput("the certificate is not a PEM X.509 certificate") from None
+        signer: P256Signer = (
+            LocalP256Signer(private_key)
+            if isinstance(private_key, ec.EllipticCurvePrivateKey)
+            else private_key
+        )
         cert_key = cert.public_key()
         if not isinstance(cert_key, ec.EllipticCurvePublicKey) or cert_key.public_numbers() != (
-            private_key.public_key().public_numbers()
+            signer.public_key.public_numbers()
         ):
             raise InvalidInput("the private key does not belong to the certificate")
         self._msp_id = msp_id
         self._cert_pem = bytes(certificate_pem)
         self._cert = cert
-        self._key = private_key
+        self._key = signer
         self._serialized: bytes = identities_pb2.SerializedIdentity(
             mspid=msp_id, id_bytes=self._cert_pem
         ).SerializeToString()
@@ -97,6 +79,13 @@ class SigningIdentity:
     def from_files(cls, msp_id: str, cert_path: Path, key_path: Path) -> SigningIdentity:
         """Load a PEM certificate and a 0600 PEM P-256 key file (see :func:`read_pem_key_file`)."""
         return cls(msp_id, Path(cert_path).read_bytes(), read_pem_key_file(Path(key_path)))
+
+    @classmethod
+    def from_key_ref(cls, msp_id: str, cert_path: Path, key: KeyRef) -> SigningIdentity:
+        """Load a PEM certificate and open its key wherever ``key`` says (file, keystore, token)."""
+        from bridge.keys.loader import open_p256_signer
+
+        return cls(msp_id, Path(cert_path).read_bytes(), open_p256_signer(key))
 
     @classmethod
     def from_msp_dir(cls, msp_id: str, msp_dir: Path) -> SigningIdentity:
@@ -125,7 +114,7 @@ class SigningIdentity:
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The P-256 public key (for verifying this identity's signatures)."""
-        return self._key.public_key()
+        return self._key.public_key
 
     def serialized(self) -> bytes:
         """The ``msp.SerializedIdentity`` bytes (creator field of headers and requests)."""
@@ -133,7 +122,7 @@ class SigningIdentity:
 
     def sign(self, message: bytes) -> bytes:
         """DER ECDSA P-256 signature over SHA-256(``message``), normalised to low ``s``."""
-        return low_s(self._key.sign(message, ec.ECDSA(hashes.SHA256())))
+        return self._key.sign(message)
 
     def chaincode_identity(self) -> str:
         """``<msp id>:<sha256 hex of the certificate PEM>``: how the bridge chaincode names

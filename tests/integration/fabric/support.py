@@ -39,10 +39,21 @@ def signing_identity(net: FabricNetwork, org: str = "Org1", user: str = "User1")
 def gateway_client(
     net: FabricNetwork, org: str = "Org1", user: str = "User1", **kw: float
 ) -> GatewayClient:
-    """A Gateway client to ``org``'s peer as ``org``'s ``user``."""
+    """A Gateway client to ``org``'s peer as ``org``'s ``user``, with ``user``'s TLS client
+    certificate (the peers require one)."""
     o = net.org(org)
     ident = signing_identity(net, org, user)
-    return GatewayClient(o.peer_endpoint, o.tls_ca_cert, o.peer_host, ident, net.channel, **kw)
+    return GatewayClient(
+        o.peer_endpoint,
+        o.tls_ca_cert,
+        o.peer_host,
+        ident,
+        net.channel,
+        timeout=kw.get("timeout", 30.0),
+        commit_timeout=kw.get("commit_timeout", 120.0),
+        tls_client_cert=o.user_tls_cert(user),
+        tls_client_key=o.user_tls_key(user),
+    )
 
 
 def _digest(

@@ -1,0 +1,259 @@
+"""Event intake (issue 9 item 4): a ledger event is a hint, never an authority.
+
+The coordinator adopts a LOCKED event only after reading the lock on the source ledger at
+finality with the same terms hash, never locks for a transfer it learned of from an event,
+and resumes a FAILED transfer only for a lock the ledger shows. Pure logic with in-memory
+relayers; the real-ledger attack is in tests/e2e/test_security_feed.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.coordinator.engine import ADOPTED_LOCK_GRACE_S
+from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
+from bridge.coordinator.store import SqliteTransferStore
+from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.legs import Action, EventPosition, LedgerEvent, Leg, LegState, LegStatus
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+from tests.support import eventually
+from tests.unit import test_coordinator_driver as driver_tests
+from tests.unit.test_coordinator_driver import HOLDER, ISIN, FakeRelayer, _word, final, request
+
+pytestmark = [pytest.mark.unit, pytest.mark.security]
+
+coordinator = driver_tests.coordinator  # the fixture: in-memory relayers "a" and "b"
+
+
+A_BRIDGE = b"\0" * 12 + b"\xaa" * 20
+B_BRIDGE = b"\0" * 12 + b"\xbb" * 20
+
+
+def terms(deadline: int | None = None, amount: int = 3) -> TransferTerms:
+    return TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), amount, _word("a"), A_BRIDGE,
+        _word("b"), B_BRIDGE, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x66" * 20,
+        deadline if deadline is not None else int(time.time()) + 600,
+    )  # fmt: skip
+
+
+def locked_event(t: TransferTerms, height: int = 5, terms_hash: bytes | None = None) -> LedgerEvent:
+    return LedgerEvent(
+        "a", EventPosition(height, 0), b"\0" * 32, "0x" + secrets.token_hex(32), t.transfer_id,
+        Leg.OUTBOUND, LegState.LOCKED, 0, terms_hash or t.terms_hash, t,
+    )  # fmt: skip
+
+
+def show_lock(relayer: FakeRelayer, t: TransferTerms, terms_hash: bytes | None = None) -> None:
+    relayer.legs[(t.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, terms_hash or t.terms_hash, 0, 5
+    )
+
+
+def recorded_events(tmp_path: Path) -> int:
+    db = sqlite3.connect(tmp_path / "c.sqlite")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM ledger_events").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_a_forged_locked_event_for_a_lock_that_does_not_exist_is_not_adopted(
+    coordinator, tmp_path: Path
+) -> None:
+    c, relayers, store = coordinator
+    forged = terms(amount=10**6)
+    assert await c.on_events("a", [locked_event(forged)], 5) == 0
+    await asyncio.sleep(0.3)  # a driver, had one been started, would have locked by now
+    assert await store.get(forged.transfer_id) is None, "no transfer row"
+    assert relayers["a"].submitted == [], "no LOCK (nor anything) submitted"
+    assert relayers["b"].submitted == []
+    assert recorded_events(tmp_path) == 0, "the event is not recorded as seen"
+
+
+async def test_an_event_whose_terms_the_ledger_does_not_show_is_not_adopted(coordinator) -> None:
+    """A real lock exists for the id, but with other terms than the event claims."""
+    c, relayers, store = coordinator
+    real, claimed = terms(), terms()
+    claimed = TransferTerms(
+        real.nonce, claimed.security, 999, claimed.src_ledger, claimed.src_bridge,
+        claimed.dst_ledger, claimed.dst_bridge, claimed.sender, claimed.recipient,
+        claimed.deadline,
+    )  # fmt: skip
+    assert claimed.transfer_id == real.transfer_id and claimed.terms_hash != real.terms_hash
+    show_lock(relayers["a"], real)
+    assert await c.on_events("a", [locked_event(claimed)], 5) == 0
+    assert await store.get(real.transfer_id) is None
+    assert relayers["a"].submitted == []
+
+
+async def test_an_event_whose_terms_do_not_hash_to_its_ids_is_not_adopted(coordinator) -> None:
+    c, relayers, store = coordinator
+    t = terms()
+    show_lock(relayers["a"], t, terms_hash=b"\x42" * 32)
+    assert await c.on_events("a", [locked_event(t, terms_hash=b"\x42" * 32)], 5) == 0
+    assert await store.get(t.transfer_id) is None
+
+
+async def test_a_lock_the_ledger_shows_is_adopted_and_completes_without_a_bridge_lock(
+    coordinator,
+) -> None:
+    c, relayers, store = coordinator
+    t = terms()
+    show_lock(relayers["a"], t)
+    event = locked_event(t)
+    assert await c.on_events("a", [event], 5) == 1
+    record = await store.get(t.transfer_id)
+    assert record is not None
+    assert record.origin is TransferOrigin.ADOPTED
+    assert record.request.idempotency_key == f"onchain:0x{t.transfer_id.hex()}"
+    assert record.transactions["lock"] == event.tx_id
+    assert await final(store, t.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].submitted == [Action.COMMIT], "the holder locked; the bridge did not"
+    assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
+    assert await c.on_events("a", [event], 5) == 0, "re-delivery is deduplicated"
+
+
+async def test_a_relayer_that_cannot_read_the_ledger_gets_the_batch_refused(
+    coordinator, tmp_path: Path
+) -> None:
+    c, relayers, store = coordinator
+    t = terms()
+    show_lock(relayers["a"], t)
+    real_get_leg = relayers["a"].get_leg
+
+    async def down(tid: bytes, leg: Leg) -> LegStatus:
+        raise Unavailable("ledger a unreachable")
+
+    relayers["a"].get_leg = down  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await c.on_events("a", [locked_event(t)], 5)
+    assert await store.get(t.transfer_id) is None
+    assert recorded_events(tmp_path) == 0, "not recorded: the relayer delivers it again"
+    relayers["a"].get_leg = real_get_leg  # type: ignore[method-assign]
+    assert await c.on_events("a", [locked_event(t)], 5) == 1
+    assert await store.get(t.transfer_id) is not None
+
+
+async def _adopted(store: SqliteTransferStore, t: TransferTerms) -> TransferRecord:
+    now = time.time()
+    req = TransferRequest(f"onchain:0x{t.transfer_id.hex()}", ISIN, "a", "b", HOLDER, HOLDER, 3)
+    record = TransferRecord(
+        t.transfer_id, req, t, TransferState.SOURCE_LOCKED, "locked directly on-chain", now, now,
+        origin=TransferOrigin.ADOPTED,
+    )  # fmt: skip
+    stored, created = await store.create(record)
+    assert created
+    return stored
+
+
+async def test_the_driver_never_locks_for_an_adopted_transfer(coordinator) -> None:
+    """The source later reads NONE (the relayer's view went back, or it lies): wait."""
+    c, relayers, store = coordinator
+    t = terms()
+    await _adopted(store, t)
+    c._spawn(t.transfer_id)
+
+    async def waiting() -> str | None:
+        r = await store.get(t.transfer_id)
+        return r.reason if r is not None and "never locks" in r.reason else None
+
+    reason = await eventually(waiting, 10, "the adopted transfer to wait", interval=0.02)
+    assert "adopted from a ledger event, but the source ledger shows no lock" in reason
+    await asyncio.sleep(0.5)
+    record = await store.get(t.transfer_id)
+    assert record is not None and record.state is TransferState.SOURCE_LOCKED
+    assert relayers["a"].submitted == [], "never a LOCK"
+
+
+async def test_an_adopted_transfer_with_no_lock_past_its_deadline_fails(coordinator) -> None:
+    c, relayers, store = coordinator
+    t = terms(deadline=int(time.time()) - ADOPTED_LOCK_GRACE_S - 5)
+    await _adopted(store, t)
+    c._spawn(t.transfer_id)
+    assert await final(store, t.transfer_id) is TransferState.FAILED
+    record = await store.get(t.transfer_id)
+    assert record is not None
+    assert record.reason == (
+        "adopted from a ledger event, but the source ledger shows no lock with its terms,"
+        " and its deadline has passed; the bridge never locks for it"
+    )
+    assert relayers["a"].submitted == []
+
+
+async def test_origin_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    store = SqliteTransferStore(path)
+    t = terms()
+    await _adopted(store, t)
+    store.close()
+    again = SqliteTransferStore(path)
+    try:
+        got = await again.get(t.transfer_id)
+        assert got is not None and got.origin is TransferOrigin.ADOPTED
+        assert [r.origin for r in await again.unfinished()] == [TransferOrigin.ADOPTED]
+    finally:
+        again.close()
+
+
+async def test_a_store_written_before_origins_marks_old_adoptions(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    store = SqliteTransferStore(path)
+    t = terms()
+    await _adopted(store, t)
+    submitted, _ = await store.create(
+        TransferRecord(b"\x07" * 32, request("k-old"), terms(), TransferState.SUBMITTED, "",
+                       1.0, 1.0)
+    )  # fmt: skip
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE transfers DROP COLUMN origin")
+    db.commit()
+    db.close()
+    again = SqliteTransferStore(path)
+    try:
+        got = await again.get(t.transfer_id)
+        assert got is not None and got.origin is TransferOrigin.ADOPTED
+        other = await again.get(submitted.transfer_id)
+        assert other is not None and other.origin is TransferOrigin.SUBMITTED
+    finally:
+        again.close()
+
+
+async def test_a_forged_lock_event_does_not_resume_a_failed_transfer(coordinator) -> None:
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    record, _ = await c.submit(request("k-failed"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].lock_refusal = None
+    relayers["a"].submitted.clear()
+    t = record.terms
+    forged = LedgerEvent(
+        "a", EventPosition(9, 0), b"\0" * 32, "0xf0", t.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, t.terms_hash, t,
+    )  # fmt: skip
+    assert await c.on_events("a", [forged], 9) == 0
+    # From another ledger's relayer: refused, even where that relayer shows the lock.
+    show_lock(relayers["b"], t)
+    from_b = LedgerEvent(
+        "b", EventPosition(9, 0), b"\0" * 32, "0xf1", t.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, t.terms_hash, t,
+    )  # fmt: skip
+    assert await c.on_events("b", [from_b], 9) == 0
+    await asyncio.sleep(0.3)
+    got = await store.get(t.transfer_id)
+    assert got is not None and got.state is TransferState.FAILED
+    assert relayers["a"].submitted == [] and relayers["b"].submitted == []
+    # The real lock, seen on the ledger, does resume it (units never stay in escrow).
+    del relayers["b"].legs[(t.transfer_id, Leg.OUTBOUND)]
+    show_lock(relayers["a"], t)
+    assert await c.on_events("a", [forged], 9) == 1
+    assert await final(store, t.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].submitted == [Action.COMMIT], "resumed without locking again"

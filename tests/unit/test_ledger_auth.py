@@ -1,0 +1,272 @@
+"""How daemons authenticate to ledger nodes: `[ledger_auth]` parsing, token files, the EVM
+transport's headers and TLS trust, the devnet proxy's token check, and the Fabric client's
+TLS client certificate and Deliver binding (pure logic, no processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from bridge.config import LedgerAuth, LedgerConfig, dump_toml, load_relayer, load_verifier
+from bridge.devnet.evm_proxy import authorised, read_tokens
+from bridge.devnet.ledger_tls import DevCA
+from bridge.domain.errors import InvalidInput
+from bridge.domain.ids import LedgerId
+from bridge.ledgers.evm.transport import EvmTransport, read_token_file
+from bridge.ledgers.fabric._protos import common_pb2
+from bridge.ledgers.fabric.gateway import GatewayClient, build_seek_envelope, tls_cert_hash
+from bridge.ledgers.fabric.identity import SigningIdentity
+from bridge.ledgers.startup import LedgerMismatch
+from tests.unit.test_config import fabric_ledger, network_data
+
+pytestmark = [pytest.mark.unit, pytest.mark.security]
+
+TOKEN = "3f" * 32
+
+
+def token_file(tmp_path: Path, text: str = TOKEN + "\n", mode: int = 0o600) -> Path:
+    path = tmp_path / "rpc.token"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def network(tmp_path: Path, https: bool = True) -> Path:
+    data = network_data()
+    if https:
+        data["ledgers"][0]["rpc_url"] = "https://node-a.example:8545"
+        data["ledgers"][0]["tls_ca"] = "node-a-ca.pem"
+    data["ledgers"].append(fabric_ledger())
+    path = tmp_path / "network.toml"
+    path.write_text(dump_toml(data))
+    return path
+
+
+def relayer(tmp_path: Path, ledger: str, auth: dict[str, Any], https: bool = True) -> Any:
+    network(tmp_path, https)
+    path = tmp_path / "relayer.toml"
+    path.write_text(
+        dump_toml(
+            {
+                "network": "network.toml",
+                "ledger": ledger,
+                "listen": "127.0.0.1:1",
+                "coordinator": "127.0.0.1:2",
+                "key_file": "k",
+                "state_db": "s",
+                "ledger_auth": auth,
+            }
+        )
+    )
+    return load_relayer(path)
+
+
+# -- [ledger_auth] ---------------------------------------------------------------------------
+
+
+def test_relayer_ledger_auth_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    evm = relayer(tmp_path, "brokerage-a", {"token_file": "keys/token"})
+    assert evm.ledger_auth == LedgerAuth(token_file=tmp_path / "keys" / "token")
+    fab = relayer(tmp_path, "brokerage-f", {"tls_cert_file": "c.crt", "tls_key_file": "c.key"})
+    assert fab.ledger_auth == LedgerAuth(
+        tls_cert_file=tmp_path / "c.crt", tls_key_file=tmp_path / "c.key"
+    )
+    assert relayer(tmp_path, "brokerage-a", {}).ledger_auth == LedgerAuth()
+
+
+@pytest.mark.parametrize(
+    ("ledger", "auth", "https", "message"),
+    [
+        ("brokerage-a", {"token_file": "t"}, False, "token_file needs an https:// rpc_url"),
+        ("brokerage-a", {"tls_cert_file": "c", "tls_key_file": "k"}, True, "Fabric ledgers only"),
+        ("brokerage-f", {"token_file": "t"}, True, "token_file applies to EVM ledgers only"),
+        ("brokerage-f", {"tls_cert_file": "c"}, True, "go together"),
+        ("brokerage-f", {"tls_key_file": "k"}, True, "go together"),
+        ("brokerage-a", {"token": "t"}, True, r"unknown keys \['token'\]"),
+    ],
+    ids=["token-over-http", "tls-on-evm", "token-on-fabric", "cert-alone", "key-alone", "typo"],
+)
+def test_ledger_auth_mistakes_are_refused(
+    tmp_path: Path, ledger: str, auth: dict[str, Any], https: bool, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        relayer(tmp_path, ledger, auth, https)
+
+
+def test_network_refuses_tls_ca_for_a_plain_http_evm_node(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"][0]["tls_ca"] = "ca.pem"
+    path = tmp_path / "network.toml"
+    path.write_text(dump_toml(data))
+    network_file = tmp_path / "relayer.toml"
+    network_file.write_text(
+        dump_toml(
+            {
+                "network": "network.toml",
+                "ledger": "brokerage-a",
+                "listen": "l",
+                "coordinator": "c",
+                "key_file": "k",
+                "state_db": "s",
+            }
+        )
+    )
+    with pytest.raises(InvalidInput, match="tls_ca needs an https:// rpc_url"):
+        load_relayer(network_file)
+
+
+def _verifier(tmp_path: Path, extra: dict[str, Any]) -> Any:
+    network(tmp_path)
+    path = tmp_path / "verifier.toml"
+    path.write_text(
+        dump_toml(
+            {"network": "network.toml", "listen": "l", "key_file": "k", "vote_db": "v"} | extra
+        )
+    )
+    return load_verifier(path)
+
+
+def test_verifier_ledger_auth_per_ledger(tmp_path: Path) -> None:
+    v = _verifier(
+        tmp_path,
+        {
+            "ledger_auth": {
+                "brokerage-a": {"token_file": "tok-a"},
+                "brokerage-f": {"tls_cert_file": "f.crt", "tls_key_file": "f.key"},
+            }
+        },
+    )
+    assert v.ledger_auth["brokerage-a"].token_file == tmp_path / "tok-a"
+    assert v.ledger_auth["brokerage-f"].tls_key_file == tmp_path / "f.key"
+    assert "brokerage-b" not in v.ledger_auth
+
+
+def test_verifier_token_is_checked_against_the_url_it_actually_uses(tmp_path: Path) -> None:
+    # network.toml has https for brokerage-a, but this member's own node is plain http.
+    with pytest.raises(InvalidInput, match=r"token would be sent in clear to http://10\.0\.0\.9"):
+        _verifier(
+            tmp_path,
+            {
+                "rpc_overrides": {"brokerage-a": "http://10.0.0.9:8545"},
+                "ledger_auth": {"brokerage-a": {"token_file": "tok-a"}},
+            },
+        )
+    with pytest.raises(InvalidInput, match="ledger_auth for unknown ledger 'nowhere'"):
+        _verifier(tmp_path, {"ledger_auth": {"nowhere": {"token_file": "t"}}})
+
+
+# -- token files and the EVM transport -------------------------------------------------------
+
+
+def test_token_file_is_read_and_its_mode_enforced(tmp_path: Path) -> None:
+    assert read_token_file(token_file(tmp_path)) == TOKEN
+    with pytest.raises(InvalidInput, match="chmod 600"):
+        read_token_file(token_file(tmp_path, mode=0o640))
+    with pytest.raises(InvalidInput, match="one token without spaces"):
+        read_token_file(token_file(tmp_path, "two tokens\n"))
+    with pytest.raises(InvalidInput, match="one token without spaces"):
+        read_token_file(token_file(tmp_path, "\n"))
+    with pytest.raises(InvalidInput, match="unreadable"):
+        read_token_file(tmp_path / "missing")
+
+
+def _evm(url: str, tls_ca: Path | None = None) -> LedgerConfig:
+    return LedgerConfig(LedgerId("l"), "evm", url, "0x" + "11" * 20, 1, 0, 1.0, tls_ca=tls_ca)
+
+
+def test_transport_sends_the_token_only_over_https_and_never_shows_it(tmp_path: Path) -> None:
+    auth = LedgerAuth(token_file=token_file(tmp_path))
+    t = EvmTransport.for_ledger(_evm("https://n:1"), auth)
+    assert t.headers() == {"Authorization": f"Bearer {TOKEN}"}
+    assert TOKEN not in repr(t)
+    assert EvmTransport.for_ledger(_evm("https://n:1"), None).headers() == {}
+    with pytest.raises(InvalidInput, match="token needs an https:// rpc_url"):
+        EvmTransport.for_ledger(_evm("http://n:1"), auth)
+    with pytest.raises(InvalidInput, match="tls_ca needs an https:// rpc_url"):
+        EvmTransport.for_ledger(_evm("http://n:1", tmp_path / "ca.pem"), None)
+
+
+def test_transport_trusts_only_the_configured_ca_and_verifies_names(tmp_path: Path) -> None:
+    ca = DevCA(tmp_path / "ca", "test").ensure()
+    ctx = EvmTransport(tls_ca=ca.cert_path).ssl_context()
+    assert ctx is not None
+    assert ctx.check_hostname and ctx.verify_mode.name == "CERT_REQUIRED"
+    subjects = [c["subject"] for c in ctx.get_ca_certs()]
+    assert subjects == [((("commonName", "test"),),)]
+    assert EvmTransport().ssl_context() is None  # the system trust store
+
+
+# -- the devnet proxy's token check ----------------------------------------------------------
+
+
+def test_proxy_accepts_only_a_listed_bearer_token(tmp_path: Path) -> None:
+    tokens = read_tokens(token_file(tmp_path, f"{TOKEN}\nsecond-token\n"))
+    assert authorised(f"Bearer {TOKEN}", tokens)
+    assert authorised("Bearer second-token", tokens)
+    for header in (None, "", TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer ", "bearer x"):
+        assert not authorised(header, tokens), header
+    with pytest.raises(PermissionError):
+        read_tokens(token_file(tmp_path, mode=0o644))
+
+
+# -- Fabric: TLS client certificate and the Deliver binding ---------------------------------
+
+
+def _identity(tmp_path: Path) -> SigningIdentity:
+    ca = DevCA(tmp_path / "msp", "msp").ensure()
+    issued = ca.issue("user", client=True)
+    return SigningIdentity.from_files("Org1MSP", issued.cert, issued.key)
+
+
+def test_deliver_request_carries_the_tls_certificate_hash(tmp_path: Path) -> None:
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    issued = ca.issue("client", client=True)
+    pem = issued.cert.read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    assert tls_cert_hash(pem) == hashlib.sha256(der).digest()
+    env = build_seek_envelope("bridge", _identity(tmp_path), 1, 2, cert_hash=tls_cert_hash(pem))
+    payload = common_pb2.Payload.FromString(env.payload)
+    header = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+    assert header.tls_cert_hash == hashlib.sha256(der).digest()
+    unbound = build_seek_envelope("bridge", _identity(tmp_path), 1, 2)
+    header = common_pb2.ChannelHeader.FromString(
+        common_pb2.Payload.FromString(unbound.payload).header.channel_header
+    )
+    assert header.tls_cert_hash == b""
+
+
+def test_gateway_client_refuses_half_a_pair_and_a_loose_key(tmp_path: Path) -> None:
+    ident = _identity(tmp_path)
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    issued = ca.issue("client", client=True)
+    with pytest.raises(InvalidInput, match="go together"):
+        GatewayClient("h:1", ca.cert_path, None, ident, "c", tls_client_cert=issued.cert)
+    os.chmod(issued.key, 0o644)
+    client = GatewayClient(
+        "h:1",
+        ca.cert_path,
+        None,
+        ident,
+        "c",
+        tls_client_cert=issued.cert,
+        tls_client_key=issued.key,
+    )
+    with pytest.raises(InvalidInput, match="chmod 600"):
+        client._stubs()
+
+
+def test_ledger_mismatch_names_ledger_and_both_values() -> None:
+    err = LedgerMismatch("brokerage-a", "chain id", "31001", "1")
+    assert str(err) == "ledger brokerage-a: chain id mismatch: configured 31001, node reports 1"
+    assert (err.ledger, err.what, err.expected, err.found) == (
+        "brokerage-a",
+        "chain id",
+        "31001",
+        "1",
+    )
