@@ -122,6 +122,8 @@ def main() -> int:
         _say(f"  security {DEMO_ISIN} registered on all three ledgers")
         _say(f"  1000 units issued to {holder.address} on {EVM_A}")
         _say("starting 4 verifiers (t=3), 3 relayers and the coordinator as processes ...")
+        _say("  every gRPC port and client uses mutual TLS: one CA per organisation under")
+        _say(f"  {args.workdir / 'pki'}; every authorisation decision in {args.workdir / 'audit'}")
         system.write_configs()
         system.start_bridge()
         _say(f"  coordinator on {system.coordinator_target}; logs in {args.workdir / 'logs'}")
