@@ -60,6 +60,7 @@ from web3.types import Nonce, TxParams
 
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.client import AsyncRoutedTransferStub
 from bridge.devnet.fabric import FABRIC_DEPLOY_DIR
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import REPO_ROOT
@@ -651,13 +652,14 @@ async def run_one(
 
 
 async def run_load(
-    target: str, specs: Sequence[TransferSpec], opts: Options, sampler: CpuSampler | None
+    system: LocalSystem, specs: Sequence[TransferSpec], opts: Options, sampler: CpuSampler | None
 ) -> tuple[list[TransferResult], float]:
-    """Offer every spec on schedule; returns the results and the load start (monotonic)."""
+    """Offer every spec on schedule (each submitted over mTLS as its source ledger's
+    brokerage); returns the results and the load start (monotonic)."""
     stop = asyncio.Event()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = transfer_pb2_grpc.TransferServiceStub(channel)
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+    stub: Any = AsyncRoutedTransferStub(system)
+    try:
+        await asyncio.wait_for(stub.channel("depository").channel_ready(), timeout=10)
         sampling = asyncio.create_task(sampler.run(stop)) if sampler else None
         t0 = asyncio.get_running_loop().time()
         bound = (specs[-1].at if specs else 0.0) + opts.timeout + LOAD_MARGIN
@@ -668,10 +670,12 @@ async def run_load(
             stop.set()
             if sampling is not None:
                 await sampling
+    finally:
+        await stub.close()
     return list(results), t0
 
 
-async def settle(target: str, results: Sequence[TransferResult], limit: float) -> None:
+async def settle(system: LocalSystem, results: Sequence[TransferResult], limit: float) -> None:
     """Poll transfers that were not seen terminal until they are, for up to ``limit`` s."""
     pending = [r for r in results if r.transfer_id and not r.final_state]
     if not pending:
@@ -679,7 +683,7 @@ async def settle(target: str, results: Sequence[TransferResult], limit: float) -
     _say(f"settling {len(pending)} transfers not seen terminal (up to {limit:g} s) ...")
     loop = asyncio.get_running_loop()
     give_up = loop.time() + limit
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with system.aio_channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         while pending and loop.time() < give_up:
             for r in pending:
@@ -1106,9 +1110,9 @@ async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Opti
     offsets = {name: _log_size(path) for name, path in logs.items()}
     specs = plan(opts, holders)
     _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
-    results, _ = await run_load(system.coordinator_target, specs, opts, sampler)
+    results, _ = await run_load(system, specs, opts, sampler)
     rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
-    await settle(system.coordinator_target, results, opts.settle)
+    await settle(system, results, opts.settle)
     committed = sum(r.outcome == "committed" for r in results)
     return Measurement(results, sampler.table(committed) if sampler else None, rpc)
 

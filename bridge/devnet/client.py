@@ -3,26 +3,55 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
+from bridge.domain.errors import BridgeError
+from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+class ChannelSource(Protocol):
+    """Anything that opens an mTLS channel to the coordinator as a principal (LocalSystem)."""
+
+    def channel(self, principal: str) -> grpc.Channel:
+        """A channel holding ``principal``'s certificate (a role string)."""
+        ...
+
+
+Channels = ChannelSource | Callable[[str], grpc.Channel] | str
+"""A LocalSystem (or similar), a factory ``principal -> channel``, or a bare target
+(plaintext: development flag only)."""
+
+
+def brokerage_channel(channels: Channels, source_ledger: str) -> grpc.Channel:
+    """A channel as the brokerage of ``source_ledger`` (the only one that may submit a
+    transfer from it)."""
+    principal = f"brokerage:{source_ledger}"
+    if isinstance(channels, str):
+        return sync_channel(channels)
+    if callable(channels):
+        return channels(principal)
+    return channels.channel(principal)
+
+
 def submit_retrying(
-    target: str, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0
+    channels: Channels, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0
 ) -> str:
     """Submit as a brokerage should: retry UNAVAILABLE/DEADLINE_EXCEEDED with the same
     idempotency key (so a retry never creates a second transfer); return the transfer id.
 
+    The call is made as the brokerage of the request's source ledger.
     Raises the last RpcError for any other status, or TimeoutError after ``limit_s``.
     """
     give_up = time.monotonic() + limit_s
     while True:
         try:
-            with grpc.insecure_channel(target) as channel:
+            with brokerage_channel(channels, request.source_ledger) as channel:
                 stub = transfer_pb2_grpc.TransferServiceStub(channel)
                 return str(stub.SubmitTransfer(request, timeout=10).transfer.transfer_id)
         except grpc.RpcError as exc:
@@ -33,3 +62,90 @@ def submit_retrying(
                     f"SubmitTransfer {request.idempotency_key} not accepted"
                 ) from exc
             time.sleep(0.3)
+
+
+class RoutedTransferStub:
+    """TransferService calls made as the devnet's institutions would make them.
+
+    ``SubmitTransfer`` goes as the brokerage of the request's source ledger (the only one
+    allowed to), or of ``fallback_ledger`` when the request names no ledger the devnet
+    has a brokerage for; reads (Get/List/Watch) go as ``reader`` (the depository, which
+    reads every transfer, by default).
+    """
+
+    def __init__(
+        self, channels: ChannelSource, fallback_ledger: str, reader: str = "depository"
+    ) -> None:
+        self._source = channels
+        self._fallback = fallback_ledger
+        self._open: dict[str, grpc.Channel] = {}
+        self._reader = transfer_pb2_grpc.TransferServiceStub(self._channel(reader))
+
+    def _channel(self, principal: str) -> grpc.Channel:
+        if principal not in self._open:
+            self._open[principal] = self._source.channel(principal)
+        return self._open[principal]
+
+    def SubmitTransfer(
+        self, request: transfer_pb2.SubmitTransferRequest, timeout: float | None = None
+    ) -> transfer_pb2.SubmitTransferResponse:
+        """Submit as the brokerage of ``request.source_ledger``."""
+        try:
+            channel = self._channel(f"brokerage:{request.source_ledger}")
+        except (KeyError, BridgeError):  # no such brokerage in the devnet
+            channel = self._channel(f"brokerage:{self._fallback}")
+        stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        return stub.SubmitTransfer(request, timeout=timeout)
+
+    def __getattr__(self, name: str) -> object:
+        """GetTransfer, ListTransfers, WatchTransfer: as the reader."""
+        return getattr(self._reader, name)
+
+    def close(self) -> None:
+        """Close every channel."""
+        for ch in self._open.values():
+            ch.close()
+
+
+class AsyncChannelSource(Protocol):
+    """Anything that opens asyncio mTLS channels to the coordinator as a principal."""
+
+    def aio_channel(self, principal: str) -> grpc.aio.Channel:
+        """An asyncio channel holding ``principal``'s certificate."""
+        ...
+
+
+class AsyncRoutedTransferStub:
+    """:class:`RoutedTransferStub` for asyncio callers (benchmarks): SubmitTransfer as the
+    source ledger's brokerage, Get/List/Watch as ``reader``."""
+
+    def __init__(self, channels: AsyncChannelSource, reader: str = "depository") -> None:
+        self._source = channels
+        self._open: dict[str, grpc.aio.Channel] = {}
+        self._reader = reader
+
+    def channel(self, principal: str) -> grpc.aio.Channel:
+        """The (cached) channel of ``principal``."""
+        if principal not in self._open:
+            self._open[principal] = self._source.aio_channel(principal)
+        return self._open[principal]
+
+    def _stub(self, principal: str) -> transfer_pb2_grpc.TransferServiceAsyncStub:
+        return transfer_pb2_grpc.TransferServiceStub(self.channel(principal))
+
+    def SubmitTransfer(
+        self, request: transfer_pb2.SubmitTransferRequest, timeout: float | None = None
+    ) -> object:
+        """Submit as the brokerage of ``request.source_ledger`` (an awaitable call)."""
+        return self._stub(f"brokerage:{request.source_ledger}").SubmitTransfer(
+            request, timeout=timeout
+        )
+
+    def __getattr__(self, name: str) -> object:
+        """GetTransfer, ListTransfers, WatchTransfer: as the reader."""
+        return getattr(self._stub(self._reader), name)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for ch in self._open.values():
+            await ch.close(None)

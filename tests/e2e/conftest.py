@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
+from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.ledgers.evm import deploy
-from bridge.v1 import transfer_pb2_grpc
 
 BLOCK_TIME = 0.5
 
@@ -22,10 +21,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 
 @pytest.fixture
-def stub(system: LocalSystem) -> Iterator[transfer_pb2_grpc.TransferServiceStub]:
-    """A TransferService client."""
-    with grpc.insecure_channel(system.coordinator_target) as channel:
-        yield transfer_pb2_grpc.TransferServiceStub(channel)
+def stub(system: LocalSystem) -> Iterator[RoutedTransferStub]:
+    """A TransferService client: submits as the source ledger's brokerage (mTLS), reads as
+    the depository."""
+    routed = RoutedTransferStub(system, fallback_ledger=next(iter(system.ledgers)))
+    yield routed
+    routed.close()
 
 
 def eligible_everywhere(system: LocalSystem, address: str) -> None:

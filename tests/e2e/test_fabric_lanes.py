@@ -13,11 +13,10 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import submit_retrying
+from bridge.devnet.client import RoutedTransferStub, submit_retrying
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
-from bridge.v1 import transfer_pb2_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fabric]
 
@@ -38,9 +37,10 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 
 @pytest.fixture
-def stub(mixed: LocalSystem) -> Iterator[transfer_pb2_grpc.TransferServiceStub]:
-    with grpc.insecure_channel(mixed.coordinator_target) as channel:
-        yield transfer_pb2_grpc.TransferServiceStub(channel)
+def stub(mixed: LocalSystem) -> Iterator[RoutedTransferStub]:
+    routed = RoutedTransferStub(mixed, fallback_ledger=EVM)
+    yield routed
+    routed.close()
 
 
 def ledgers(s: LocalSystem) -> tuple[LedgerHandle, FabricBridgeLedger]:
@@ -60,7 +60,7 @@ def submit(
         recipient=recipient,
         amount=str(amount),
     )
-    return submit_retrying(system.coordinator_target, request, limit_s=20)
+    return submit_retrying(system, request, limit_s=20)
 
 
 def final_state(stub, tid: str) -> list[int]:
