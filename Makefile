@@ -53,6 +53,10 @@ test-e2e: setup fabric
 test-fabric: setup fabric
 	$(BIN)/python -m pytest -m fabric
 
+.PHONY: test-security
+test-security: setup fabric
+	$(BIN)/python -m pytest -m security
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

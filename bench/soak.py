@@ -73,13 +73,13 @@ def plan_moves(
     return moves
 
 
-def wait_terminal(target: str, limit_s: float) -> dict[str, int]:
+def wait_terminal(system: LocalSystem, limit_s: float) -> dict[str, int]:
     """Poll ListTransfers until every transfer is terminal; idempotency key -> state."""
     give_up = time.monotonic() + limit_s
     while True:
         states: dict[str, int] = {}
         try:
-            with grpc.insecure_channel(target) as ch:
+            with system.channel("depository") as ch:
                 stub = transfer_pb2_grpc.TransferServiceStub(ch)
                 token = ""
                 while True:
@@ -171,7 +171,10 @@ def main() -> int:
         outsider = DevAccount.generate().address.lower()
         supply = sum(system.handle(led).total_supply(DEMO_ISIN) for led in ledgers)
         target = system.coordinator_target
-        feed_start = asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120))
+        depository = system.identity("depository")
+        feed_start = asyncio.run(
+            settled_position(target, DEMO_ISIN, time.time(), 120, identity=depository)
+        )
         moves = plan_moves(args.transfers, holders, outsider, args.seed, ledgers)
         chaos = ChaosScheduler(system, seed=args.seed, stall_ledgers=not args.no_stalls)
         print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
@@ -193,15 +196,17 @@ def main() -> int:
         for name, proc in system.processes.items():
             if not proc.alive():
                 system.start_process(name)
-        states = wait_terminal(system.coordinator_target, args.settle)
+        states = wait_terminal(system, args.settle)
         recovered = time.monotonic() - faults.last_fault_at
         elapsed = time.monotonic() - started
         violations = check(system, moves, states, holders, outsider, supply)
         # The supply identity in every attestation produced under the faults.
-        asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120))
+        asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120, identity=depository))
         assert system.committee is not None
         records, feed_problems = asyncio.run(
-            audit_feed(target, system.committee, feed_start, DEMO_ISIN, limit_s=300)
+            audit_feed(
+                target, system.committee, feed_start, DEMO_ISIN, limit_s=300, identity=depository
+            )
         )
         violations += feed_problems
         outcomes = Counter(

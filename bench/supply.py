@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
@@ -103,9 +101,9 @@ class BlockClock(threading.Thread):
             self.stop.wait(0.01)
 
 
-async def subscribe(target: str, out: list[tuple[float, Any]]) -> None:
+async def subscribe(system: LocalSystem, out: list[tuple[float, Any]]) -> None:
     """Append (arrival time, attestation) for every record of the feed until cancelled."""
-    feed = SupplyFeed(target)
+    feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
     try:
         async for a in feed.stream("", 1):
             out.append((time.time(), a))
@@ -131,7 +129,7 @@ def run_lag(a: argparse.Namespace) -> dict[str, Any]:
         arrivals: list[tuple[float, Any]] = []
 
         async def drive() -> list[str]:
-            sub = asyncio.create_task(subscribe(system.coordinator_target, arrivals))
+            sub = asyncio.create_task(subscribe(system, arrivals))
             t0, tids = time.monotonic(), []
             for i in range(a.transfers):
                 await asyncio.sleep(max(0.0, t0 + i / a.rate - time.monotonic()))
@@ -147,7 +145,7 @@ def run_lag(a: argparse.Namespace) -> dict[str, Any]:
                     amount="1",
                 )
                 tids.append(await asyncio.to_thread(system.submit, req))
-            await asyncio.to_thread(wait_terminal, system.coordinator_target, tids)
+            await asyncio.to_thread(wait_terminal, system, tids)
             await asyncio.sleep(3 * a.block_time + 2)  # the last records arrive
             sub.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,10 +190,10 @@ def includes(attestation: Any, ledger: str, height: int) -> bool:
     )
 
 
-def wait_terminal(target: str, tids: list[str], limit: float = 180.0) -> None:
+def wait_terminal(system: LocalSystem, tids: list[str], limit: float = 180.0) -> None:
     terminal = (S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED)
     give_up = time.monotonic() + limit
-    with grpc.insecure_channel(target) as channel:
+    with system.channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         pending = set(tids)
         while pending and time.monotonic() < give_up:
@@ -210,7 +208,7 @@ def wait_terminal(target: str, tids: list[str], limit: float = 180.0) -> None:
 def step_blocks(system: LocalSystem, tids: list[str]) -> set[tuple[str, int]]:
     """(ledger, block) of every step transaction of the transfers."""
     out: set[tuple[str, int]] = set()
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    with system.channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         for tid in tids:
             t = stub.GetTransfer(S.GetTransferRequest(transfer_id=tid))

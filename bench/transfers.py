@@ -47,7 +47,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ from web3.types import Nonce, TxParams
 
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.client import AsyncRoutedTransferStub
 from bridge.devnet.fabric import FABRIC_DEPLOY_DIR
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.processes import REPO_ROOT
@@ -604,18 +605,14 @@ def _request(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
     )
 
 
-Instruct = Callable[[transfer_pb2.SubmitTransferRequest], transfer_pb2.SubmitTransferRequest]
-"""Signs a request's instruction as its source ledger's brokerage (protocol v2)."""
-
-
 async def _submit_and_watch(
-    stub: TransferServiceAsyncStub, result: TransferResult, deadline: float, instruct: Instruct
+    stub: TransferServiceAsyncStub, result: TransferResult, deadline: float
 ) -> None:
     """SubmitTransfer, then follow its WatchTransfer stream to a terminal state."""
     loop = asyncio.get_running_loop()
     start, wall = loop.time(), time.time()
     response = await stub.SubmitTransfer(
-        instruct(_request(result.spec)), timeout=min(SUBMIT_TIMEOUT, deadline - start)
+        _request(result.spec), timeout=min(SUBMIT_TIMEOUT, deadline - start)
     )
     result.submit_rpc = loop.time() - start
     result.transfer_id = response.transfer.transfer_id
@@ -635,7 +632,7 @@ async def _submit_and_watch(
 
 
 async def run_one(
-    stub: TransferServiceAsyncStub, spec: TransferSpec, t0: float, budget: float, instruct: Instruct
+    stub: TransferServiceAsyncStub, spec: TransferSpec, t0: float, budget: float
 ) -> TransferResult:
     """Wait for the spec's slot, then run it within ``budget`` seconds; never raises."""
     loop = asyncio.get_running_loop()
@@ -644,7 +641,7 @@ async def run_one(
     deadline = loop.time() + budget
     try:
         async with asyncio.timeout_at(deadline):
-            await _submit_and_watch(stub, result, deadline, instruct)
+            await _submit_and_watch(stub, result, deadline)
     except TimeoutError:
         result.outcome = "timed-out"
     except grpc.aio.AioRpcError as exc:
@@ -655,33 +652,31 @@ async def run_one(
 
 
 async def run_load(
-    target: str,
-    specs: Sequence[TransferSpec],
-    opts: Options,
-    sampler: CpuSampler | None,
-    instruct: Instruct,
+    system: LocalSystem, specs: Sequence[TransferSpec], opts: Options, sampler: CpuSampler | None
 ) -> tuple[list[TransferResult], float]:
-    """Offer every spec on schedule; returns the results and the load start (monotonic)."""
+    """Offer every spec on schedule (each submitted over mTLS as its source ledger's
+    brokerage); returns the results and the load start (monotonic)."""
     stop = asyncio.Event()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = transfer_pb2_grpc.TransferServiceStub(channel)
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+    # Each request is instructed by its source ledger's devnet brokerage key (protocol v2).
+    stub: Any = AsyncRoutedTransferStub(system, instruct=system.brokerage.instruct)
+    try:
+        await asyncio.wait_for(stub.channel("depository").channel_ready(), timeout=10)
         sampling = asyncio.create_task(sampler.run(stop)) if sampler else None
         t0 = asyncio.get_running_loop().time()
         bound = (specs[-1].at if specs else 0.0) + opts.timeout + LOAD_MARGIN
         try:
             async with asyncio.timeout(bound):
-                results = await asyncio.gather(
-                    *(run_one(stub, s, t0, opts.timeout, instruct) for s in specs)
-                )
+                results = await asyncio.gather(*(run_one(stub, s, t0, opts.timeout) for s in specs))
         finally:
             stop.set()
             if sampling is not None:
                 await sampling
+    finally:
+        await stub.close()
     return list(results), t0
 
 
-async def settle(target: str, results: Sequence[TransferResult], limit: float) -> None:
+async def settle(system: LocalSystem, results: Sequence[TransferResult], limit: float) -> None:
     """Poll transfers that were not seen terminal until they are, for up to ``limit`` s."""
     pending = [r for r in results if r.transfer_id and not r.final_state]
     if not pending:
@@ -689,7 +684,7 @@ async def settle(target: str, results: Sequence[TransferResult], limit: float) -
     _say(f"settling {len(pending)} transfers not seen terminal (up to {limit:g} s) ...")
     loop = asyncio.get_running_loop()
     give_up = loop.time() + limit
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with system.aio_channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         while pending and loop.time() < give_up:
             for r in pending:
@@ -1116,11 +1111,9 @@ async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Opti
     offsets = {name: _log_size(path) for name, path in logs.items()}
     specs = plan(opts, holders)
     _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
-    results, _ = await run_load(
-        system.coordinator_target, specs, opts, sampler, system.brokerage.instruct
-    )
+    results, _ = await run_load(system, specs, opts, sampler)
     rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
-    await settle(system.coordinator_target, results, opts.settle)
+    await settle(system, results, opts.settle)
     committed = sum(r.outcome == "committed" for r in results)
     return Measurement(results, sampler.table(committed) if sampler else None, rpc)
 

@@ -21,6 +21,7 @@ from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
+from bridge.rpc.roles import BROKERAGE, COORDINATOR, MEMBER, RELAYER, Role, parse_role, valid_org_id
 
 LEDGER_KINDS = ("evm", "fabric")
 
@@ -132,6 +133,35 @@ def _key_ref(key: KeyRef | None, key_file: Path | None) -> KeyRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Organisation:
+    """One institution on the bridge network: its CA and the roles it may hold.
+
+    Guarantees (from :func:`load_network`): the id is unique and well formed, the CA file
+    was readable when loaded, every brokerage/relayer role names a configured ledger and
+    every member role a committee member.
+    """
+
+    id: str
+    ca_file: Path
+    roles: frozenset[Role]
+    revoked_file: Path | None = None
+    """SHA-256 fingerprints (hex, one per line, ``#`` comments) of its revoked certificates."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """A daemon's or client's mutual-TLS identity (the ``[tls]`` table).
+
+    ``ca_files`` overrides the trust roots that otherwise come from the network file's
+    organisations (all of them for a server; the holders of the peer's role for a client).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkConfig:
     """The public description of the bridge network."""
 
@@ -140,6 +170,8 @@ class NetworkConfig:
     securities: Mapping[str, SecurityId]
     supply_operators: frozenset[bytes] = frozenset()
     """Addresses whose signatures authorise registered issuance and hold releases."""
+    organisations: Mapping[str, Organisation] = field(default_factory=dict)
+    """Institutions by id (``[[organisations]]``): who may connect, and in which roles."""
     instruction_keys: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
     """Per source ledger, the 20-byte addresses of the brokerage instruction keys that may
     instruct transfers out of it (``[instruction_keys]``, protocol v2)."""
@@ -151,6 +183,10 @@ class NetworkConfig:
     def ledger(self, name: str) -> LedgerConfig:
         """The named ledger; raises KeyError if it is not configured."""
         return self.ledgers[name]
+
+    def holders_of(self, role: Role) -> list[Organisation]:
+        """The organisations granted ``role``."""
+        return [o for o in self.organisations.values() if role in o.roles]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +204,12 @@ class CoordinatorConfig:
     """Seconds after which an unchanged security is attested again (0: only on change)."""
     instruction_max_age: float = 600.0
     """Operator instructions older than this (seconds) are refused."""
+    tls: TlsConfig | None = None
+    """Mutual TLS for the server and every client; None only in development plaintext."""
+    audit_log: Path | None = None
+    """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
+    verifier_members: tuple[str, ...] = ()
+    """The member address (``0x...``) serving at each ``verifiers`` endpoint ('' unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +225,10 @@ class RelayerConfig:
     poll_interval: float
     cert_file: Path | None = None
     msp_id: str = ""
+    tls: TlsConfig | None = None
+    """Mutual TLS for the server and the coordinator client."""
+    audit_log: Path | None = None
+    """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
     key: KeyRef | None = None
     """The account / identity key when given as a ``[key]`` table (keystore or token)."""
     ledger_auth: LedgerAuth = field(default_factory=LedgerAuth)
@@ -206,6 +252,10 @@ class VerifierConfig:
     rpc_overrides: Mapping[str, LedgerEndpoint]
     # Read-only client identities for Fabric ledgers (Fabric signs every query).
     fabric_identities: Mapping[str, Credentials] = field(default_factory=dict)
+    tls: TlsConfig | None = None
+    """Mutual TLS for the server."""
+    audit_log: Path | None = None
+    """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
     key: KeyRef | None = None
     """The member key when given as a ``[key]`` table (keystore or token)."""
 
@@ -291,8 +341,99 @@ def load_network(path: Path) -> NetworkConfig:
         ledgers=ledgers,
         securities=securities,
         supply_operators=operators,
+        organisations=_organisations(path, raw.get("organisations", []), ledgers, committee),
         instruction_keys=_instruction_keys(raw.get("instruction_keys", {}), ledgers),
     )
+
+
+_ORG_KEYS = frozenset({"id", "ca", "roles", "revoked_file"})
+_SOLE_HOLDER = (BROKERAGE, MEMBER, COORDINATOR)
+"""Roles that at most one organisation may hold (the account manager of a ledger, a
+committee member, the coordinator)."""
+
+
+def _organisations(
+    path: Path, items: Any, ledgers: Mapping[str, LedgerConfig], committee: Committee
+) -> dict[str, Organisation]:
+    """``[[organisations]]``: validated, unknown keys refused."""
+    if not isinstance(items, list):
+        raise InvalidInput(f"{path}: organisations must be an array of tables")
+    orgs: dict[str, Organisation] = {}
+    holders: dict[Role, str] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{path}: every organisation must be a table")
+        org_id = valid_org_id(str(_req(item, "id", "organisation")))
+        where = f"organisation {org_id}"
+        unknown = sorted(set(item) - _ORG_KEYS)
+        if unknown:
+            raise InvalidInput(f"{where}: unknown keys {unknown}")
+        if org_id in orgs:
+            raise InvalidInput(f"{where} configured twice")
+        ca = _rel(path.parent, str(_req(item, "ca", where)))
+        try:
+            ca.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"{where}: CA file {ca} is not readable: {exc.strerror}") from None
+        raw_roles = _req(item, "roles", where)
+        if not isinstance(raw_roles, list) or not raw_roles:
+            raise InvalidInput(f"{where}: roles must be a non-empty list")
+        roles = frozenset(parse_role(str(r)) for r in raw_roles)
+        for role in roles:
+            if role.kind in (BROKERAGE, RELAYER) and role.scope not in ledgers:
+                raise InvalidInput(f"{where}: role {role} names an unknown ledger")
+            if role.kind == MEMBER and bytes.fromhex(role.scope[2:]) not in committee.members:
+                raise InvalidInput(f"{where}: role {role} is not a committee member")
+            if role.kind in _SOLE_HOLDER:
+                if role in holders:
+                    raise InvalidInput(f"{where}: role {role} is already held by {holders[role]}")
+                holders[role] = org_id
+        revoked = item.get("revoked_file")
+        orgs[org_id] = Organisation(
+            id=org_id,
+            ca_file=ca,
+            roles=roles,
+            revoked_file=_rel(path.parent, str(revoked)) if revoked else None,
+        )
+    return orgs
+
+
+_TLS_KEYS = frozenset({"cert_file", "key_file", "ca_files"})
+
+
+def load_tls(raw: Mapping[str, Any], base: Path, where: str) -> TlsConfig | None:
+    """The ``[tls]`` table of a daemon or client file (None when absent).
+
+    The key file must not be readable by group or others (0600).
+    """
+    table = raw.get("tls")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise InvalidInput(f"{where}: tls must be a table")
+    unknown = sorted(set(table) - _TLS_KEYS)
+    if unknown:
+        raise InvalidInput(f"{where}: tls: unknown keys {unknown}")
+    key = _rel(base, str(_req(table, "key_file", f"{where}: tls")))
+    try:
+        mode = key.stat().st_mode
+    except OSError as exc:
+        raise InvalidInput(f"{where}: tls key file {key}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise InvalidInput(f"{where}: tls key file {key} must be 0600 (not group/world readable)")
+    cas = table.get("ca_files", [])
+    if not isinstance(cas, list):
+        raise InvalidInput(f"{where}: tls.ca_files must be a list")
+    return TlsConfig(
+        cert_file=_rel(base, str(_req(table, "cert_file", f"{where}: tls"))),
+        key_file=key,
+        ca_files=tuple(_rel(base, str(c)) for c in cas),
+    )
+
+
+def _audit_log(raw: Mapping[str, Any], base: Path) -> Path | None:
+    value = raw.get("audit_log")
+    return _rel(base, str(value)) if value else None
 
 
 def _genesis_hash(item: Mapping[str, Any], kind: str, lid: LedgerId) -> bytes:
@@ -341,17 +482,43 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
     for name in network.ledgers:
         if name not in relayers:
             raise InvalidInput(f"no relayer configured for ledger {name!r}")
+    endpoints, members = _verifier_endpoints(_req(raw, "verifiers", str(path)), network)
     return CoordinatorConfig(
         network=network,
         listen=str(_req(raw, "listen", str(path))),
         database=_rel(base, _req(raw, "database", str(path))),
         relayers=relayers,
-        verifiers=tuple(_req(raw, "verifiers", str(path))),
+        verifiers=endpoints,
         transfer_ttl=int(raw.get("transfer_ttl", 300)),
         rpc_timeout=float(raw.get("rpc_timeout", 30.0)),
         supply_heartbeat=_non_negative(raw, "supply_heartbeat", 30.0, str(path)),
         instruction_max_age=_non_negative(raw, "instruction_max_age", 600.0, str(path)),
+        tls=load_tls(raw, base, str(path)),
+        audit_log=_audit_log(raw, base),
+        verifier_members=members,
     )
+
+
+def _verifier_endpoints(
+    items: Any, network: NetworkConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``verifiers``: ``"host:port"`` strings, or ``{ endpoint = ..., member = "0x..." }``
+    tables naming the committee member expected at the endpoint (needed with mTLS)."""
+    endpoints: list[str] = []
+    members: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            endpoints.append(item)
+            members.append("")
+            continue
+        if not isinstance(item, dict) or set(item) - {"endpoint", "member"}:
+            raise InvalidInput("verifiers: each entry is a host:port or {endpoint, member}")
+        member = parse_evm_address(str(_req(item, "member", "verifiers")))
+        if member not in network.committee.members:
+            raise InvalidInput(f"verifiers: 0x{member.hex()} is not a committee member")
+        endpoints.append(str(_req(item, "endpoint", "verifiers")))
+        members.append("0x" + member.hex())
+    return tuple(endpoints), tuple(members)
 
 
 def load_relayer(path: Path) -> RelayerConfig:
@@ -373,6 +540,8 @@ def load_relayer(path: Path) -> RelayerConfig:
         poll_interval=float(raw.get("poll_interval", 0.2)),
         cert_file=_rel(base, raw["cert_file"]) if "cert_file" in raw else None,
         msp_id=str(raw.get("msp_id", "")),
+        tls=load_tls(raw, base, str(path)),
+        audit_log=_audit_log(raw, base),
         key=None if isinstance(key, PlainKeyFile) else key,
         ledger_auth=_ledger_auth(
             base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
@@ -462,6 +631,8 @@ def load_verifier(path: Path) -> VerifierConfig:
             name: _fabric_identity(path, name, ident)
             for name, ident in raw.get("fabric_identities", {}).items()
         },
+        tls=load_tls(raw, base, str(path)),
+        audit_log=_audit_log(raw, base),
         ledger_auth=auth,
     )
 

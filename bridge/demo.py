@@ -14,11 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from bridge.cli.main import STATE_NAMES
 from bridge.cli.supply import describe
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import FeedVerifier, SupplyFeed
@@ -87,7 +86,7 @@ async def _verified_feed(system: LocalSystem) -> int:
     """Print every supply record, verified as the depository would; return the failures."""
     assert system.committee is not None
     verifier = FeedVerifier(system.committee)
-    feed = SupplyFeed(system.coordinator_target)
+    feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
     failures = 0
     try:
         end = max(a.feed_sequence for a in await feed.latest())
@@ -128,15 +127,20 @@ def main() -> int:
         _say(f"  security {DEMO_ISIN} registered on all three ledgers")
         _say(f"  1000 units issued to {holder.address} on {EVM_A}")
         _say("starting 4 verifiers (t=3), 3 relayers and the coordinator as processes ...")
+        _say("  every gRPC port and client uses mutual TLS: one CA per organisation under")
+        _say(f"  {args.workdir / 'pki'}; every authorisation decision in {args.workdir / 'audit'}")
         system.write_configs()
         system.start_bridge()
         _say(f"  coordinator on {system.coordinator_target}; logs in {args.workdir / 'logs'}")
         _balances(system, holder, "before")
-        with grpc.insecure_channel(system.coordinator_target) as channel:
-            stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        # mTLS: each transfer is submitted by its source ledger's brokerage certificate.
+        routed = RoutedTransferStub(system, fallback_ledger=EVM_A)
+        try:
             for src, dst, units in LANES:
-                _transfer(system, stub, src, dst, holder, units)
+                _transfer(system, routed, src, dst, holder, units)  # type: ignore[arg-type]
                 _balances(system, holder, f"after {src} -> {dst}")
+        finally:
+            routed.close()
         expected = {EVM_A: 790, EVM_B: 150, FABRIC: 60}
         for name, units in expected.items():
             got = system.handle(name).balance(DEMO_ISIN, holder.address)

@@ -31,13 +31,14 @@ from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
-from bridge.rpc.channels import internal_channel
+from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
     registration_from_pb,
     registration_to_pb,
     release_to_pb,
 )
+from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import supply_pb2, supply_pb2_grpc
 
 
@@ -193,8 +194,11 @@ class FeedVerifier:
 class SupplyFeed:
     """An asyncio client of one coordinator's SupplyService."""
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self._channel = internal_channel(target)
+    def __init__(
+        self, target: str, timeout: float = 10.0, identity: ClientIdentity | None = None
+    ) -> None:
+        """``identity``: the depository's mTLS identity toward the coordinator."""
+        self._channel = internal_channel(target, identity)
         self._stub = supply_pb2_grpc.SupplyServiceStub(self._channel)
         self._timeout = timeout
 
@@ -227,6 +231,7 @@ async def watch(
     start: int = 1,
     retry_delay: float = 0.5,
     give_up_after: float | None = None,
+    identity: ClientIdentity | None = None,
 ) -> AsyncIterator[Verdict]:
     """Follow every security's feed from feed position ``start``, verifying each record.
 
@@ -237,7 +242,7 @@ async def watch(
     position = start
     failing_since: float | None = None
     while True:
-        feed = SupplyFeed(target)
+        feed = SupplyFeed(target, identity=identity)
         try:
             async for a in feed.stream("", position):
                 failing_since = None
@@ -268,6 +273,7 @@ async def watch_feed(
     retry_delay: float = 0.5,
     give_up_after: float | None = None,
     check_every: float = 1.0,
+    identity: ClientIdentity | None = None,
 ) -> AsyncIterator[Verdict | FeedStale]:
     """:func:`watch`, with a :class:`FeedStale` alarm whenever ``verifier.alarms`` raises
     one (``verifier.max_age`` set): also while no record arrives at all, and while the
@@ -278,7 +284,9 @@ async def watch_feed(
 
     async def pump() -> None:
         try:
-            async for v in watch(target, verifier, start, retry_delay, give_up_after):
+            async for v in watch(
+                target, verifier, start, retry_delay, give_up_after, identity=identity
+            ):
                 await queue.put(v)
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(exc)
@@ -314,8 +322,15 @@ async def watch_feed(
 class SupplyOperator:
     """Signs and sends registrations and hold releases with a supply operator key."""
 
-    def __init__(self, target: str, signer: Signer, timeout: float = 15.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        signer: Signer,
+        timeout: float = 15.0,
+        identity: ClientIdentity | None = None,
+    ) -> None:
+        """``identity``: the supply operator's mTLS identity toward the coordinator."""
+        self._channel = sync_channel(target, identity)
         self._stub = supply_pb2_grpc.SupplyServiceStub(self._channel)
         self._signer = signer
         self._timeout = timeout
@@ -377,7 +392,12 @@ class SupplyOperator:
 
 
 async def audit_feed(
-    target: str, committee: Committee, start: int, security: str = "", limit_s: float = 60.0
+    target: str,
+    committee: Committee,
+    start: int,
+    security: str = "",
+    limit_s: float = 60.0,
+    identity: ClientIdentity | None = None,
 ) -> tuple[int, list[str]]:
     """Verify the feed from feed position ``start`` up to its current end.
 
@@ -386,7 +406,7 @@ async def audit_feed(
     record of each security is taken as its anchor (``from_genesis`` off).
     """
     verifier = FeedVerifier(committee, from_genesis=start <= 1)
-    feed = SupplyFeed(target)
+    feed = SupplyFeed(target, identity=identity)
     checked, problems = 0, []
     try:
         end = max((a.feed_sequence for a in await feed.latest()), default=0)
@@ -406,10 +426,16 @@ async def audit_feed(
     return checked, problems
 
 
-async def settled_position(target: str, security: str, after: float, limit_s: float) -> int:
+async def settled_position(
+    target: str,
+    security: str,
+    after: float,
+    limit_s: float,
+    identity: ClientIdentity | None = None,
+) -> int:
     """The feed position of the first record of ``security`` published after ``after``
     (a ``time.time()``) that shows nothing in escrow or prepared and no discrepancy."""
-    feed = SupplyFeed(target)
+    feed = SupplyFeed(target, identity=identity)
     try:
         async with asyncio.timeout(limit_s):
             while True:

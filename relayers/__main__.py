@@ -12,9 +12,12 @@ from bridge.domain.legs import LedgerEvent
 from bridge.ledgers.factory import open_adapter
 from bridge.ledgers.startup import LedgerMismatch, check_reached
 from bridge.logfields import LEDGER, configure
-from bridge.rpc.channels import internal_channel
+from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import event_to_pb
+from bridge.rpc.roles import COORDINATOR, Role
+from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
 from relayers.checkpoint import CheckpointStore
 from relayers.service import RelayerServicer
@@ -24,16 +27,19 @@ from relayers.watcher import EventWatcher
 class CoordinatorSink:
     """Delivers events to the coordinator's LedgerEventSink over gRPC."""
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self._channel = internal_channel(target)
-        self._stub = events_pb2_grpc.LedgerEventSinkStub(self._channel)
+    def __init__(
+        self, target: str, timeout: float = 10.0, identity: ClientIdentity | None = None
+    ) -> None:
+        self._conn: ReloadingStub[events_pb2_grpc.LedgerEventSinkAsyncStub] = ReloadingStub(
+            target, identity, events_pb2_grpc.LedgerEventSinkStub
+        )
         self._timeout = timeout
 
     async def deliver(
         self, ledger: str, events: Sequence[LedgerEvent], scanned_height: int
     ) -> None:
         """Returns only once the coordinator has durably accepted the batch."""
-        await self._stub.DeliverEvents(
+        await self._conn.get().DeliverEvents(
             events_pb2.DeliverEventsRequest(
                 ledger_id=ledger,
                 events=[event_to_pb(e) for e in events],
@@ -44,13 +50,14 @@ class CoordinatorSink:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close(None)
+        await self._conn.close()
 
 
 async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
+    security, audit = server_security(f"relayer-{cfg.ledger}", cfg.network, cfg.tls, cfg.audit_log)
     ledger_cfg = cfg.network.ledger(cfg.ledger)
     adapter = open_adapter(ledger_cfg, cfg.credentials, auth=cfg.ledger_auth)
     try:
@@ -68,8 +75,11 @@ async def run(config_path: Path) -> None:
                 RelayerServicer(adapter), s
             )
         ],
+        security,
     )
-    sink = CoordinatorSink(cfg.coordinator)
+    sink = CoordinatorSink(
+        cfg.coordinator, identity=client_identity(cfg.network, cfg.tls, Role(COORDINATOR))
+    )
     checkpoints = CheckpointStore(cfg.state_db, cfg.ledger)
     watcher = EventWatcher(adapter, sink, checkpoints, cfg.poll_interval)
     stop = asyncio.Event()
@@ -83,6 +93,7 @@ async def run(config_path: Path) -> None:
         await sink.close()
         await adapter.close()
         checkpoints.close()
+        audit.close()
         log.info("relayer stopped")
 
 

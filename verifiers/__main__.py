@@ -12,6 +12,7 @@ from bridge.keys.loader import open_signer
 from bridge.ledgers.factory import open_reader
 from bridge.ledgers.startup import LedgerMismatch, check_reached
 from bridge.logfields import configure
+from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.service import VerifierServicer
@@ -25,6 +26,7 @@ async def run(config_path: Path) -> None:
     # SECURITY: the member key stays in its keystore or token; only the Signer is held here.
     signer = open_signer(cfg.member_key)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
+    security, audit = server_security("verifier", cfg.network, cfg.tls, cfg.audit_log)
     readers = {
         lc.id.word: open_reader(
             lc,
@@ -60,6 +62,7 @@ async def run(config_path: Path) -> None:
         cfg.listen,
         [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
         [lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s)],
+        security,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -73,6 +76,7 @@ async def run(config_path: Path) -> None:
             await reader.close()
         votes.close()
         supply_log.close()
+        audit.close()
         log.info("verifier stopped")
 
 

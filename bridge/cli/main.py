@@ -17,12 +17,14 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from bridge.cli import credentials
 from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
 from bridge.config import load_network
 from bridge.domain.errors import BridgeError
 from bridge.domain.signer import LocalKeySigner
 from bridge.instructions import Brokerage
+from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 STATE_NAMES = {
@@ -31,8 +33,8 @@ STATE_NAMES = {
 }
 
 
-def _stub(target: str) -> tuple[grpc.Channel, transfer_pb2_grpc.TransferServiceStub]:
-    channel = grpc.insecure_channel(target)
+def _stub(a: argparse.Namespace) -> tuple[grpc.Channel, transfer_pb2_grpc.TransferServiceStub]:
+    channel = sync_channel(a.coordinator, credentials.identity(a))
     return channel, transfer_pb2_grpc.TransferServiceStub(channel)
 
 
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", default="127.0.0.1:50051", help="host:port of the coordinator")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
+    credentials.add_arguments(p)
     top = p.add_subparsers(dest="group", required=True)
     tr = top.add_parser("transfer", help="submit and follow transfers").add_subparsers(
         dest="cmd", required=True
@@ -164,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, BridgeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    channel, stub = _stub(args.coordinator)
+    try:
+        channel, stub = _stub(args)
+    except (OSError, BridgeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         args.run(stub, args)
     except grpc.RpcError as exc:

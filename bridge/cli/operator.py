@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
+from bridge.cli import credentials
+from bridge.rpc.channels import sync_channel
 from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2
 
 STATE_NAMES = {
@@ -55,7 +56,7 @@ def _transfer_line(t: transfer_pb2.Transfer) -> str:
 
 def run(a: argparse.Namespace) -> int:
     """Run one ``operator`` command; returns the exit code."""
-    with grpc.insecure_channel(a.coordinator) as channel:
+    with sync_channel(a.coordinator, credentials.identity(a)) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         if a.cmd == "stuck":
             resp = stub.ListStuckTransfers(

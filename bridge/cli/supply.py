@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bridge.cli import credentials
 from bridge.config import load_network
 from bridge.domain.supply import Attestation
 from bridge.keys.loader import add_key_arguments, signer_from_arguments
@@ -152,7 +153,7 @@ def _exit_code(verdicts: list[Verdict]) -> int:
 async def _get(a: argparse.Namespace) -> int:
     if a.max_age is not None and a.network is None:
         raise ValueError("--max-age needs --network: only verified records count as fresh")
-    feed = SupplyFeed(a.coordinator, a.timeout)
+    feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     try:
         found: list[Attestation] = await feed.latest(a.security)
     finally:
@@ -187,7 +188,7 @@ async def _watch(a: argparse.Namespace) -> int:
     )
     seen: list[Verdict] = []
     stale = False
-    async for v in watch_feed(a.coordinator, verifier, a.start):
+    async for v in watch_feed(a.coordinator, verifier, a.start, identity=credentials.identity(a)):
         if isinstance(v, FeedStale):
             _print_alarm(v, a.json)
             stale = True
@@ -204,7 +205,7 @@ async def _watch(a: argparse.Namespace) -> int:
 
 async def _verify(a: argparse.Namespace) -> int:
     verifier = FeedVerifier(load_network(a.network).committee)
-    feed = SupplyFeed(a.coordinator, a.timeout)
+    feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     verdicts: list[Verdict] = []
     try:
         latest = await feed.latest()
@@ -243,7 +244,7 @@ def _parse_units(items: list[str]) -> Mapping[str, int]:
 
 def _register(a: argparse.Namespace) -> int:
     totals = _parse_units(a.units)
-    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout)
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout, credentials.identity(a))
     try:
         reg = op.register(a.security, totals, a.note)
     finally:
@@ -253,7 +254,7 @@ def _register(a: argparse.Namespace) -> int:
 
 
 def _release(a: argparse.Namespace) -> int:
-    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout)
+    op = SupplyOperator(a.coordinator, signer_from_arguments(a), a.timeout, credentials.identity(a))
     try:
         op.release(a.security, a.hold, a.note)
     finally:

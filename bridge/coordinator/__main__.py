@@ -17,6 +17,8 @@ from bridge.coordinator.store import SqliteTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqliteSupplyStore
 from bridge.logfields import configure
+from bridge.rpc.roles import MEMBER, RELAYER, Role
+from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import (
     events_pb2,
@@ -35,11 +37,36 @@ async def run(config_path: Path) -> None:
     cfg = load_coordinator(config_path)
     log = configure("coordinator")
     store = SqliteTransferStore(cfg.database)
+
+    async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
+        record = await store.get(tid)
+        if record is None:
+            return None
+        return record.request.source_ledger, record.request.target_ledger
+
+    security, audit = server_security(
+        "coordinator", cfg.network, cfg.tls, cfg.audit_log, transfer_ledgers
+    )
+    if cfg.tls is not None and not all(cfg.verifier_members):
+        raise SystemExit("with [tls], every verifiers entry must name its member")
     relayers = {
-        name: RelayerGateway(name, target, cfg.rpc_timeout) for name, target in cfg.relayers.items()
+        name: RelayerGateway(
+            name,
+            target,
+            cfg.rpc_timeout,
+            client_identity(cfg.network, cfg.tls, Role(RELAYER, name)),
+        )
+        for name, target in cfg.relayers.items()
     }
     committee = CommitteeClient(
-        cfg.network.committee, cfg.verifiers, cfg.rpc_timeout, store.record_misbehaviour
+        cfg.network.committee,
+        cfg.verifiers,
+        cfg.rpc_timeout,
+        store.record_misbehaviour,
+        identities=[
+            client_identity(cfg.network, cfg.tls, Role(MEMBER, m)) if m else None
+            for m in cfg.verifier_members
+        ],
     )
     supply_store = SqliteSupplyStore(cfg.database)
     publisher = SupplyPublisher(
@@ -71,6 +98,7 @@ async def run(config_path: Path) -> None:
             lambda s: supply_pb2_grpc.add_SupplyServiceServicer_to_server(supply, s),
             lambda s: operator_pb2_grpc.add_OperatorServiceServicer_to_server(operator, s),
         ],
+        security,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -89,6 +117,7 @@ async def run(config_path: Path) -> None:
         await committee.close()
         store.close()
         supply_store.close()
+        audit.close()
         log.info("coordinator stopped")
 
 

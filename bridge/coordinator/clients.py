@@ -29,9 +29,10 @@ from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSe
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
-from bridge.rpc.channels import internal_channel
+from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
+from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
 _TRANSIENT = (
@@ -61,11 +62,19 @@ def translate(exc: grpc.aio.AioRpcError, who: str) -> BridgeError:
 class RelayerGateway:
     """Talks to one ledger's relayer; the coordinator never touches a ledger directly."""
 
-    def __init__(self, ledger: str, target: str, timeout: float) -> None:
+    def __init__(
+        self, ledger: str, target: str, timeout: float, identity: ClientIdentity | None = None
+    ) -> None:
         self.ledger = ledger
-        self._channel = internal_channel(target)
-        self._stub = relayer_pb2_grpc.RelayerServiceStub(self._channel)
+        # SECURITY: with ``identity`` the relayer must prove role relayer:<ledger>.
+        self._conn: ReloadingStub[relayer_pb2_grpc.RelayerServiceAsyncStub] = ReloadingStub(
+            target, identity, relayer_pb2_grpc.RelayerServiceStub
+        )
         self._timeout = timeout
+
+    @property
+    def _stub(self) -> relayer_pb2_grpc.RelayerServiceAsyncStub:
+        return self._conn.get()
 
     async def get_leg(self, transfer_id: bytes, leg: Leg) -> LegStatus:
         """A leg's state at the ledger's finalized height."""
@@ -133,7 +142,7 @@ class RelayerGateway:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close(None)
+        await self._conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +172,24 @@ class CommitteeClient:
         endpoints: Sequence[str],
         timeout: float,
         on_misbehaviour: MisbehaviourSink | None = None,
+        identities: Sequence[ClientIdentity | None] | None = None,
     ) -> None:
         self.committee = committee
-        self._channels = [internal_channel(e) for e in endpoints]
-        self._stubs = [verifier_pb2_grpc.VerifierServiceStub(c) for c in self._channels]
+        # SECURITY: with identities, the server at endpoint i must hold member role i.
+        idents = list(identities) if identities is not None else [None] * len(endpoints)
+        self._conns: list[ReloadingStub[verifier_pb2_grpc.VerifierServiceAsyncStub]] = [
+            ReloadingStub(e, ident, verifier_pb2_grpc.VerifierServiceStub)
+            for e, ident in zip(endpoints, idents, strict=True)
+        ]
         self._endpoints = list(endpoints)
         self._timeout = timeout
         self._on_misbehaviour = on_misbehaviour
         self._late: set[asyncio.Task[None]] = set()
         self._log = get_logger()
+
+    @property
+    def _stubs(self) -> list[verifier_pb2_grpc.VerifierServiceAsyncStub]:
+        return [c.get() for c in self._conns]
 
     async def _report(
         self,
@@ -405,5 +423,5 @@ class CommitteeClient:
         """Stop examining late answers and close every channel."""
         for t in list(self._late):
             t.cancel()
-        for c in self._channels:
-            await c.close(None)
+        for c in self._conns:
+            await c.close()

@@ -13,8 +13,10 @@ from bridge.coordinator.requests import validate_request
 from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import InvalidInput
 from bridge.domain.transfer import TransferState
+from bridge.rpc.authz import current_principal
 from bridge.rpc.convert import event_from_pb, instruction_from_pb
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
+from bridge.rpc.roles import BROKERAGE
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 MAX_PAGE = 500
@@ -106,8 +108,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             state = TransferState(request.state) if request.state else None
         except ValueError:
             raise InvalidInput(f"unknown state filter {request.state}") from None
+        caller = current_principal()
+        # SECURITY: a brokerage lists only transfers of its own ledger (source or target).
+        scope = caller.scope if caller.role == BROKERAGE else None
         records, cursor = await self._store.list_transfers(
-            state, request.security_id or None, size, after
+            state, request.security_id or None, size, after, ledger=scope
         )
         return transfer_pb2.ListTransfersResponse(
             transfers=[transfer_to_pb(r) for r in records],

@@ -44,9 +44,17 @@ class TransferStore(Protocol):
         ...
 
     async def list_transfers(
-        self, state: TransferState | None, security: str | None, limit: int, after: int
+        self,
+        state: TransferState | None,
+        security: str | None,
+        limit: int,
+        after: int,
+        ledger: str | None = None,
     ) -> tuple[list[TransferRecord], int]:
-        """Transfers in creation order after cursor ``after``; returns the next cursor (0: end)."""
+        """Transfers in creation order after cursor ``after``; returns the next cursor (0: end).
+
+        With ``ledger``, only transfers whose source or target ledger it is (filtered in
+        the query, so a page is never short of matching transfers)."""
         ...
 
     async def unfinished(self) -> list[TransferRecord]:
@@ -307,11 +315,23 @@ class SqliteTransferStore:
         return self._row(row)
 
     async def list_transfers(
-        self, state: TransferState | None, security: str | None, limit: int, after: int
+        self,
+        state: TransferState | None,
+        security: str | None,
+        limit: int,
+        after: int,
+        ledger: str | None = None,
     ) -> tuple[list[TransferRecord], int]:
         """See TransferStore.list."""
         sql = f"SELECT seq, {self._COLS} FROM transfers WHERE seq > ?"  # noqa: S608
         args: list[object] = [after]
+        if ledger is not None:
+            # SECURITY: a brokerage's listing is scoped in the query itself.
+            sql += (
+                " AND (json_extract(request, '$.source_ledger') = ?"
+                " OR json_extract(request, '$.target_ledger') = ?)"
+            )
+            args += [ledger, ledger]
         if state is not None:
             sql += " AND state = ?"
             args.append(int(state))

@@ -8,7 +8,6 @@ generated inside a SoftHSM2 token under the work directory and never leave it.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,19 +18,22 @@ import grpc
 from web3 import Web3
 from web3.contract import Contract
 
-from bridge.config import NetworkConfig, dump_toml, load_network
+from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
-from bridge.devnet.client import Brokerage, submit_retrying
+from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.ledger_tls import DevCA
+from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
-from bridge.domain.errors import BridgeError
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.keys.reference import key_ref_to_toml
 from bridge.ledgers.evm import deploy
+from bridge.rpc.channels import internal_channel, sync_channel
+from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
+from bridge.rpc.tls import ClientIdentity
 from bridge.supply_client import SupplyOperator
 from bridge.v1 import transfer_pb2
 
@@ -109,6 +111,8 @@ class LocalSystem:
     ports: dict[str, int] = field(default_factory=dict)
     committee: Committee | None = None
     supply_operator: DevAccount = field(default_factory=DevAccount.generate)
+    pki: DevPki | None = None
+    """Every organisation's CA and every certificate (made by :meth:`write_configs`)."""
     key_custody: str = "file"
     """``file``: 0600 plaintext key files (the devnet default); ``pkcs11``: member keys and EVM
     relayer accounts are generated inside a SoftHSM2 token (``token``) and never leave it."""
@@ -239,10 +243,7 @@ class LocalSystem:
         """Instruct ``request`` as its source ledger's brokerage and submit it (retrying
         transient faults with the same instruction); returns the transfer id. A request the
         brokerage will not sign (malformed) is sent as is, for the coordinator to refuse."""
-        if not request.HasField("instruction"):
-            with contextlib.suppress(BridgeError):
-                request = self.brokerage.instruct(request)
-        return submit_retrying(self.coordinator_target, request, limit_s)
+        return submit_retrying(self, instructed(self.brokerage.instruct, request), limit_s)
 
     # -- configuration ---------------------------------------------------------------------
     def _network_file(self) -> Path:
@@ -275,17 +276,113 @@ class LocalSystem:
                         for h in self.ledgers.values()
                     ]
                     + [f.ledger_entry() for f in self.fabric.values()],
+                    "organisations": self._pki().network_entries(self.workdir),
                 }
             )
         )
         return path
+
+    # -- mutual TLS --------------------------------------------------------------------------
+    def member_role(self, i: int) -> str:
+        """The role string of committee member ``i`` (``member:0x...``)."""
+        return f"member:{self.members[i][0].lower()}"
+
+    def _pki(self) -> DevPki:
+        """One CA per organisation and every certificate (made once per system)."""
+        if self.pki is not None:
+            return self.pki
+        pki = DevPki(self.workdir / "pki")
+        pki.organisation("bridge-operator", ["coordinator", "bridge-operator"])
+        pki.issue("bridge-operator", "coordinator", "coordinator")
+        pki.issue("bridge-operator", "bridge-operator", "bridge-operator")
+        pki.organisation("depository", ["depository", "supply-operator"])
+        pki.issue("depository", "depository", "depository")
+        pki.issue("depository", "supply-operator", "supply-operator")
+        for name in self.all_ledgers:
+            pki.organisation(name, [f"brokerage:{name}", f"relayer:{name}"])
+            pki.issue(name, f"brokerage:{name}", f"brokerage-{name}")
+            pki.issue(name, f"relayer:{name}", f"relayer-{name}")
+        for i in range(len(self.members)):
+            pki.organisation(f"member-{i}", [self.member_role(i)])
+            pki.issue(f"member-{i}", self.member_role(i), f"verifier-{i}")
+        self.pki = pki
+        return pki
+
+    def tls_table(self, principal: str) -> dict[str, str]:
+        """The ``[tls]`` table of the component or client holding role ``principal``."""
+        cert = self._pki().cert_for(principal)
+        return {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}
+
+    def certificate(self, principal: str) -> IssuedCertificate:
+        """The certificate of the holder of role ``principal`` (e.g. ``"depository"``)."""
+        return self._pki().cert_for(principal)
+
+    def target_of(self, peer: str) -> str:
+        """host:port of the server holding role ``peer``."""
+        role = parse_role(peer)
+        if role.kind == COORDINATOR:
+            return self.coordinator_target
+        if role.kind == RELAYER:
+            return f"127.0.0.1:{self.ports[f'relayer-{role.scope}']}"
+        if role.kind == MEMBER:
+            for i in range(len(self.members)):
+                if self.member_role(i) == str(role):
+                    return f"127.0.0.1:{self.ports[f'verifier-{i}']}"
+        raise KeyError(peer)
+
+    def identity(
+        self, principal: str, peer: str = "coordinator", cert: IssuedCertificate | None = None
+    ) -> ClientIdentity:
+        """An mTLS client identity: ``principal``'s certificate (or ``cert``), checking that
+        the server holds role ``peer``."""
+        cert = cert or self.certificate(principal)
+        network = load_network(self.workdir / "network.toml")
+        return ClientIdentity.to(
+            network, TlsConfig(cert.cert_file, cert.key_file), parse_role(peer)
+        )
+
+    def channel(
+        self, principal: str, peer: str = "coordinator", cert: IssuedCertificate | None = None
+    ) -> grpc.Channel:
+        """A synchronous mTLS channel to the server holding ``peer``, as ``principal``,
+        e.g. ``system.channel("brokerage:brokerage-a")``, ``system.channel("depository")``."""
+        return sync_channel(self.target_of(peer), self.identity(principal, peer, cert))
+
+    def cli_tls_args(self, principal: str, peer: str = "coordinator") -> list[str]:
+        """``bridge`` CLI options presenting ``principal``'s certificate to ``peer``."""
+        cert = self.certificate(principal)
+        cas = self.identity(principal, peer).roots
+        return [
+            "--tls-cert",
+            str(cert.cert_file),
+            "--tls-key",
+            str(cert.key_file),
+            *[arg for ca in cas for arg in ("--tls-ca", str(ca))],
+        ]
+
+    def server_credentials(self, principal: str) -> grpc.ServerCredentials:
+        """Static mTLS server credentials with ``principal``'s certificate, requiring a
+        client certificate from any organisation (for test servers standing in for one)."""
+        cert = self.certificate(principal)
+        roots = b"".join(ca.ca_file.read_bytes() for ca in self._pki().cas.values())
+        return grpc.ssl_server_credentials(
+            [(cert.key_file.read_bytes(), cert.cert_file.read_bytes())],
+            root_certificates=roots,
+            require_client_auth=True,
+        )
+
+    def aio_channel(
+        self, principal: str, peer: str = "coordinator", cert: IssuedCertificate | None = None
+    ) -> grpc.aio.Channel:
+        """:meth:`channel` for asyncio callers."""
+        return internal_channel(self.target_of(peer), self.identity(principal, peer, cert))
 
     def write_configs(self) -> None:
         """Write network, coordinator, relayer and verifier files plus 0600 key files."""
         self._network_file()
         write_key_file(self.workdir / "keys" / "supply-operator.key", self.supply_operator)
         self.ports["coordinator"] = free_port()
-        verifiers = []
+        verifiers: list[dict[str, str]] = []
         fabric_identities = {
             name: {
                 "msp_id": f.verifier_credentials.msp_id,
@@ -294,7 +391,7 @@ class LocalSystem:
             }
             for name, f in self.fabric.items()
         }
-        for i, (_address, label) in enumerate(self.members):
+        for i, (address, label) in enumerate(self.members):
             port = self.ports[f"verifier-{i}"] = free_port()
             account = self.verifier_keys[i] if self.token is None else None
             verifier: dict[str, Any] = {
@@ -302,6 +399,8 @@ class LocalSystem:
                 "listen": f"127.0.0.1:{port}",
                 **self._key_entry(f"keys/verifier-{i}.key", label, account),
                 "vote_db": f"state/verifier-{i}.sqlite",
+                "audit_log": f"audit/verifier-{i}.jsonl",
+                "tls": self.tls_table(self.member_role(i)),
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
@@ -319,7 +418,7 @@ class LocalSystem:
                     name: f.endpoint_override("Org2") for name, f in self.fabric.items()
                 }
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
-            verifiers.append(f"127.0.0.1:{port}")
+            verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": address.lower()})
         relayers = {}
         for name, h in self.ledgers.items():
             port = self.ports[f"relayer-{name}"] = free_port()
@@ -333,6 +432,8 @@ class LocalSystem:
                         "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
+                        "audit_log": f"audit/relayer-{name}.jsonl",
+                        "tls": self.tls_table(f"relayer:{name}"),
                         **key,
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
@@ -354,6 +455,8 @@ class LocalSystem:
                         "msp_id": creds.msp_id,
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": 0.1,
+                        "audit_log": f"audit/relayer-{name}.jsonl",
+                        "tls": self.tls_table(f"relayer:{name}"),
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
@@ -369,6 +472,8 @@ class LocalSystem:
                     "supply_heartbeat": self.supply_heartbeat,
                     "verifiers": verifiers,
                     "relayers": relayers,
+                    "audit_log": "audit/coordinator.jsonl",
+                    "tls": self.tls_table("coordinator"),
                 }
             )
         )
@@ -413,7 +518,9 @@ class LocalSystem:
     def operator_client(self) -> SupplyOperator:
         """A supply-operator client holding the devnet's operator key."""
         return SupplyOperator(
-            self.coordinator_target, LocalKeySigner(self.supply_operator.private_key)
+            self.coordinator_target,
+            LocalKeySigner(self.supply_operator.private_key),
+            identity=self.identity("supply-operator"),
         )
 
     def register_issuance(self) -> None:

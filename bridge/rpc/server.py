@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,13 +15,34 @@ from grpc_reflection.v1alpha import reflection
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+@dataclass(frozen=True)
+class ServerSecurity:
+    """How a server authenticates and authorises: TLS credentials (None: development
+    plaintext) and the interceptor applying the rule table."""
+
+    credentials: grpc.ServerCredentials | None
+    interceptor: grpc.aio.ServerInterceptor[Any, Any]
+
+
 class BridgeServer:
     """An asyncio gRPC server that serves health (per service) and server reflection."""
 
-    def __init__(self, listen: str, service_names: Iterable[str], registrars: Iterable[Registrar]):
+    def __init__(
+        self,
+        listen: str,
+        service_names: Iterable[str],
+        registrars: Iterable[Registrar],
+        security: ServerSecurity | None = None,
+    ):
+        """Bind ``listen``: with mutual TLS and the authorisation interceptor when
+        ``security`` is given, else plaintext (callers decide that only through
+        :func:`bridge.rpc.security.server_security`, which refuses it outside development)."""
         self._listen = listen
         self._names = list(service_names)
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=[security.interceptor] if security else None,
+        )
         for register in registrars:
             register(self.server)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped re-export
@@ -27,7 +50,10 @@ class BridgeServer:
         reflection.enable_server_reflection(
             [*self._names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(listen)
+        if security is not None and security.credentials is not None:
+            self.port = self.server.add_secure_port(listen, security.credentials)
+        else:
+            self.port = self.server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot bind {listen}")
 

@@ -65,7 +65,9 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
         b.node.fund(h.address)
     outsider = DevAccount.generate()  # eligible nowhere: transfers to it abort
     supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
-    feed_start = asyncio.run(settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60))
+    feed_start = asyncio.run(
+        settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60, s.identity("depository"))
+    )
     # Transfers A -> B of at most UNITS // 10 units each, never more than a holder has:
     # every planned transfer is accepted, so every outcome is the system's, not the plan's.
     plan: list[Planned] = []
@@ -112,7 +114,7 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     def states() -> dict[str, int] | None:
         out: dict[str, int] = {}
         try:
-            with grpc.insecure_channel(s.coordinator_target) as ch:
+            with s.channel("depository") as ch:
                 stub = transfer_pb2_grpc.TransferServiceStub(ch)
                 for key, tid in tids.items():
                     out[key] = stub.GetTransfer(
@@ -143,10 +145,18 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     assert b.escrowed(DEMO_ISIN) == 0
     assert len(set(tids.values())) == len(plan), "one transfer per idempotency key"
     # The supply identity held in every attestation, across coordinator and verifier kills.
-    asyncio.run(settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60))
+    asyncio.run(
+        settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 60, s.identity("depository"))
+    )
     assert s.committee is not None
     checked, violations = asyncio.run(
-        audit_feed(s.coordinator_target, s.committee, feed_start, DEMO_ISIN)
+        audit_feed(
+            s.coordinator_target,
+            s.committee,
+            feed_start,
+            DEMO_ISIN,
+            identity=s.identity("depository"),
+        )
     )
     assert not violations, violations
     assert checked >= 5, "records were produced while transfers ran"

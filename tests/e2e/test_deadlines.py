@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
@@ -50,7 +49,7 @@ def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: Loca
     # The target stops producing blocks before the transfer exists: its prepare can be sent
     # but never lands before the deadline, whatever the timing.
     b.node.rpc("evm_setIntervalMining", [0])
-    with grpc.insecure_channel(s.coordinator_target) as channel:
+    with s.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
             s.brokerage.instruct(

@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
-from bridge.v1 import transfer_pb2_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fabric]
 
@@ -37,9 +37,10 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 
 @pytest.fixture
-def stub(mixed: LocalSystem) -> Iterator[transfer_pb2_grpc.TransferServiceStub]:
-    with grpc.insecure_channel(mixed.coordinator_target) as channel:
-        yield transfer_pb2_grpc.TransferServiceStub(channel)
+def stub(mixed: LocalSystem) -> Iterator[RoutedTransferStub]:
+    routed = RoutedTransferStub(mixed, fallback_ledger=EVM, instruct=mixed.brokerage.instruct)
+    yield routed
+    routed.close()
 
 
 def ledgers(s: LocalSystem) -> tuple[LedgerHandle, FabricBridgeLedger]:

@@ -116,7 +116,7 @@ def rogue_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
         rogue = RogueVerifier(LocalKeySigner(rogue_key.private_key), domains, 1)
         ROGUES.append(rogue)
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server(rogue, server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_secure_port("127.0.0.1:0", s.server_credentials(s.member_role(3)))
         server.start()
         s.processes["verifier-3"].stop()  # its key now serves the rogue
         config = s.workdir / "coordinator.toml"
@@ -145,7 +145,7 @@ def submit(s: LocalSystem, sender: str, recipient: str, amount: int) -> str:
 
 
 def state_of(s: LocalSystem, tid: str) -> S.Transfer:
-    with grpc.insecure_channel(s.coordinator_target) as ch:
+    with s.channel("depository") as ch:
         return transfer_pb2_grpc.TransferServiceStub(ch).GetTransfer(
             S.GetTransferRequest(transfer_id=tid), timeout=10
         )
@@ -167,7 +167,9 @@ def test_a_member_signing_opposite_claims_changes_no_outcome_and_is_reported(
     holder = a.make_holder(DEMO_ISIN, 50)
     b.set_eligible(DEMO_ISIN, holder.address)
     outsider = DevAccount.generate()  # not eligible on B: that transfer must abort
-    feed_start = asyncio.run(settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 30))
+    feed_start = asyncio.run(
+        settled_position(s.coordinator_target, DEMO_ISIN, time.time(), 30, s.identity("depository"))
+    )
     ok = submit(s, holder.address, holder.address, 20)
     refused = submit(s, holder.address, outsider.address, 5)
     assert wait_state(s, ok).state == S.TRANSFER_STATE_COMMITTED
@@ -178,7 +180,7 @@ def test_a_member_signing_opposite_claims_changes_no_outcome_and_is_reported(
     assert a.escrowed(DEMO_ISIN) == 0
 
     rogue = s.verifier_keys[3].address.lower()
-    with grpc.insecure_channel(s.coordinator_target) as ch:
+    with s.channel("bridge-operator") as ch:
         incidents = (
             operator_pb2_grpc.OperatorServiceStub(ch)
             .ListMisbehaviour(operator_pb2.ListMisbehaviourRequest(limit=1000), timeout=10)
@@ -218,7 +220,11 @@ def test_a_member_signing_opposite_claims_changes_no_outcome_and_is_reported(
 
 def _audit(s: LocalSystem, start: int) -> tuple[int, list[str]]:
     assert s.committee is not None
-    return asyncio.run(audit_feed(s.coordinator_target, s.committee, start, DEMO_ISIN))
+    return asyncio.run(
+        audit_feed(
+            s.coordinator_target, s.committee, start, DEMO_ISIN, identity=s.identity("depository")
+        )
+    )
 
 
 def test_operator_lists_stuck_transfers_and_aborts_only_through_the_ledgers(
@@ -244,7 +250,7 @@ def test_operator_lists_stuck_transfers_and_aborts_only_through_the_ledgers(
         s.processes[f"relayer-{B}"].kill9()  # the target cannot prepare now
     finally:
         honest.resume()
-    with grpc.insecure_channel(s.coordinator_target) as ch:
+    with s.channel("bridge-operator") as ch:
         op = operator_pb2_grpc.OperatorServiceStub(ch)
 
         def stuck_with_reason() -> S.Transfer | None:
@@ -293,6 +299,9 @@ def test_operator_lists_stuck_transfers_and_aborts_only_through_the_ledgers(
         with pytest.raises(grpc.RpcError) as done:
             op.RetryTransfer(operator_pb2.RetryTransferRequest(transfer_id=tid), timeout=10)
         assert done.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    code = cli_main(["--coordinator", s.coordinator_target, "operator", "misbehaviour"])
+    code = cli_main(
+        ["--coordinator", s.coordinator_target, *s.cli_tls_args("bridge-operator"),
+         "operator", "misbehaviour"]
+    )  # fmt: skip
     assert code == 0
     assert s.verifier_keys[3].address.lower()[2:] in capsys.readouterr().out

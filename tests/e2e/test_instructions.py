@@ -1,8 +1,8 @@
 """Protocol v2 on the running system: no network position is enough to move a holder's units.
 
-A rogue process that reaches a relayer's ``Submit`` (the relayer of ledger A and the
-committee, as the network stands before mutual TLS) tries to move a victim's units to
-itself without any brokerage's instruction. The ledger refuses an uninstructed lock; a lock
+A rogue process holding the coordinator's certificate (a compromised coordinator: the only
+role that may call a relayer's ``Submit`` and the members' ``SignClaim``) tries to move a
+victim's units to itself without any brokerage's instruction. The ledger refuses an uninstructed lock; a lock
 instructed by a key no brokerage registered is escrowed but never certified LOCKED, and
 the coordinator has the committee certify ABORT so the units go back to the victim.
 """
@@ -78,7 +78,7 @@ def rogue_terms(
 
 @pytest.fixture
 def relayer_a(system: LocalSystem) -> Iterator[relayer_pb2_grpc.RelayerServiceStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{system.ports[f'relayer-{A}']}") as ch:
+    with system.channel("coordinator", peer=f"relayer:{A}") as ch:
         yield relayer_pb2_grpc.RelayerServiceStub(ch)
 
 
@@ -122,8 +122,8 @@ def test_a_lock_instructed_by_an_unregistered_key_is_never_certified_and_is_rele
     signed = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
     rogue_lock(relayer_a, t, signed)  # the ledger checks the signature, not the authority
     assert a.balance(DEMO_ISIN, victim.address) == 40
-    for i in range(len(system.verifier_keys)):
-        with grpc.insecure_channel(f"127.0.0.1:{system.ports[f'verifier-{i}']}") as ch:
+    for i in range(len(system.members)):
+        with system.channel("coordinator", peer=system.member_role(i)) as ch:
             member = verifier_pb2_grpc.VerifierServiceStub(ch)
             with pytest.raises(grpc.RpcError) as exc:
                 member.SignClaim(
@@ -223,7 +223,7 @@ def test_a_request_signed_by_an_unregistered_key_is_refused_and_not_recorded(
     assert "InvalidInstruction" in exc.value.details()
     missing = S.SubmitTransferRequest()
     missing.CopyFrom(base)
-    with grpc.insecure_channel(system.coordinator_target) as ch:
+    with system.channel(f"brokerage:{A}") as ch:
         raw = transfer_pb2_grpc.TransferServiceStub(ch)
         with pytest.raises(grpc.RpcError) as exc:
             raw.SubmitTransfer(missing, timeout=30)

@@ -12,7 +12,6 @@ import tomllib
 import uuid
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from bridge.config import dump_toml
@@ -60,7 +59,7 @@ def test_token_members_and_relayers_move_units(hsm_system: LocalSystem) -> None:
     committee = system.committee  # exactly the token members: only their signatures count
     assert committee is not None
     assert list(committee.members) == [parse_evm_address(m) for m, _ in system.members]
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    with system.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
             system.brokerage.instruct(

@@ -81,7 +81,7 @@ def _processes_alive(system: LocalSystem) -> Iterator[None]:
 
 def latest(system: LocalSystem, isin: str = DEMO_ISIN) -> Attestation:
     async def get() -> Attestation:
-        feed = SupplyFeed(system.coordinator_target)
+        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
         try:
             return (await feed.latest(isin))[0]
         finally:
@@ -107,7 +107,13 @@ def assert_feed_verifies_from(system: LocalSystem, start: Attestation) -> int:
     """The depository's check from ``start`` to the end of the feed; returns records checked."""
     assert system.committee is not None
     checked, problems = asyncio.run(
-        audit_feed(system.coordinator_target, system.committee, start.feed_sequence, DEMO_ISIN)
+        audit_feed(
+            system.coordinator_target,
+            system.committee,
+            start.feed_sequence,
+            DEMO_ISIN,
+            identity=system.identity("depository"),
+        )
     )
     assert problems == []
     return checked
@@ -116,7 +122,9 @@ def assert_feed_verifies_from(system: LocalSystem, start: Attestation) -> int:
 def sign_supply(
     system: LocalSystem, member: int, request: verifier_pb2.SignSupplyRequest
 ) -> grpc.RpcError:
-    with grpc.insecure_channel(f"127.0.0.1:{system.ports[f'verifier-{member}']}") as channel:
+    # As the coordinator: only its role may ask members to sign (mTLS); the member's own
+    # sequencing rule is what is tested here.
+    with system.channel("coordinator", peer=system.member_role(member)) as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         with pytest.raises(grpc.RpcError) as exc:
             stub.SignSupply(request, timeout=20)
@@ -218,7 +226,12 @@ def test_alarm_fires_when_the_coordinator_stops_and_clears_when_it_is_back(
     async def scenario() -> tuple[FeedStale, float, Verdict]:
         verifier = FeedVerifier(system.committee, from_genesis=False, max_age=max_age)  # type: ignore[arg-type]
         feed = watch_feed(
-            system.coordinator_target, verifier, start, retry_delay=0.2, check_every=0.25
+            system.coordinator_target,
+            verifier,
+            start,
+            retry_delay=0.2,
+            check_every=0.25,
+            identity=system.identity("depository"),
         )
         first = await anext(feed)
         assert isinstance(first, Verdict) and first.ok
@@ -257,7 +270,13 @@ def test_alarm_fires_when_a_stream_delivers_nothing(system: LocalSystem) -> None
     async def first_alarm() -> FeedStale:
         verifier = FeedVerifier(system.committee, max_age=2.0)  # type: ignore[arg-type]
         # A position the feed will not reach during the test: the stream stays silent.
-        feed = watch_feed(system.coordinator_target, verifier, 10**9, check_every=0.25)
+        feed = watch_feed(
+            system.coordinator_target,
+            verifier,
+            10**9,
+            check_every=0.25,
+            identity=system.identity("depository"),
+        )
         try:
             async with asyncio.timeout(20):
                 item = await anext(feed)
@@ -276,7 +295,7 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
 ) -> None:
     """Two of four members down: no record can be certified, while the coordinator serves."""
     network = str(system.workdir / "network.toml")
-    cli = ["--coordinator", system.coordinator_target, "supply"]
+    cli = ["--coordinator", system.coordinator_target, *system.cli_tls_args("depository"), "supply"]
     records_after(system, 0, 1, 60)
     assert cli_main([*cli, "get", "--security", DEMO_ISIN, "--network", network,
                      "--max-age", "30"]) == 0  # fmt: skip
@@ -332,7 +351,7 @@ def _eligible_everywhere(system: LocalSystem, address: str) -> None:
 
 
 def _transfer(system: LocalSystem, tid: bytes) -> transfer_pb2.Transfer | None:
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    with system.channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         try:
             return stub.GetTransfer(S.GetTransferRequest(transfer_id="0x" + tid.hex()), timeout=10)
@@ -358,7 +377,8 @@ def test_a_forged_locked_event_is_not_adopted_and_nothing_is_locked(system: Loca
     request = events_pb2.DeliverEventsRequest(
         ledger_id=A, events=[event_to_pb(forged)], scanned_height=height
     )
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    # A compromised relayer of A: its certificate admits A's events, and no more.
+    with system.channel(f"relayer:{A}") as channel:
         sink = events_pb2_grpc.LedgerEventSinkStub(channel)
         assert sink.DeliverEvents(request, timeout=30).accepted == 0
         assert sink.DeliverEvents(request, timeout=30).accepted == 0, "replayed: same"

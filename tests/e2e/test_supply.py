@@ -63,16 +63,16 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 @pytest.fixture
 def supply_stub(system: LocalSystem) -> Iterator[supply_pb2_grpc.SupplyServiceStub]:
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    with system.channel("supply-operator") as channel:
         yield supply_pb2_grpc.SupplyServiceStub(channel)
 
 
-def feed_until(target: str, start: int, end: int) -> list[Attestation]:
+def feed_until(system: LocalSystem, start: int, end: int) -> list[Attestation]:
     """Every attestation with feed position in [start, end], read from one stream."""
 
     async def read() -> list[Attestation]:
         out: list[Attestation] = []
-        feed = SupplyFeed(target)
+        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
         try:
             async with asyncio.timeout(60):
                 async for a in feed.stream("", start):
@@ -88,7 +88,7 @@ def feed_until(target: str, start: int, end: int) -> list[Attestation]:
 
 def latest(system: LocalSystem, isin: str) -> Attestation:
     async def get() -> Attestation:
-        feed = SupplyFeed(system.coordinator_target)
+        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
         try:
             return (await feed.latest(isin))[0]
         finally:
@@ -99,7 +99,7 @@ def latest(system: LocalSystem, isin: str) -> Attestation:
 
 def feed_end(system: LocalSystem) -> int:
     async def get() -> int:
-        feed = SupplyFeed(system.coordinator_target)
+        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
         try:
             return max(a.feed_sequence for a in await feed.latest())
         finally:
@@ -124,7 +124,7 @@ def submit(system: LocalSystem, isin: str, sender: str, recipient: str, n: int, 
 
 
 def wait_terminal(system: LocalSystem, tids: list[str]) -> dict[str, int]:
-    with grpc.insecure_channel(system.coordinator_target) as channel:
+    with system.channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
 
         def states() -> dict[str, int] | None:
@@ -197,7 +197,7 @@ def test_identity_holds_in_every_attestation_during_random_transfers(system: Loc
 
     final = quiescent_record(system, DEMO_ISIN)
     records = [
-        a for a in feed_until(system.coordinator_target, start, final.feed_sequence)
+        a for a in feed_until(system, start, final.feed_sequence)
         if a.signed.record.security == DEMO_ISIN
     ]  # fmt: skip
     verifier = FeedVerifier(system.committee, from_genesis=False)
@@ -232,7 +232,9 @@ def test_stream_resumes_after_disconnect_and_coordinator_kill(system: LocalSyste
     async def follow(count: int, start: int, verifier: FeedVerifier) -> list[int]:
         got: list[int] = []
         async with asyncio.timeout(120):
-            async for v in watch(system.coordinator_target, verifier, start):
+            async for v in watch(
+                system.coordinator_target, verifier, start, identity=system.identity("depository")
+            ):
                 assert v.ok, v.failures
                 got.append(v.attestation.feed_sequence)
                 if len(got) == count:
@@ -260,7 +262,13 @@ def test_watch_reconnects_while_the_coordinator_is_down(system: LocalSystem) -> 
         verifier = FeedVerifier(system.committee, from_genesis=False)
         got: list[int] = []
         async with asyncio.timeout(90):
-            async for v in watch(system.coordinator_target, verifier, start, retry_delay=0.2):
+            async for v in watch(
+                system.coordinator_target,
+                verifier,
+                start,
+                retry_delay=0.2,
+                identity=system.identity("depository"),
+            ):
                 assert v.ok, v.failures
                 got.append(v.attestation.feed_sequence)
                 if len(got) == 1:
@@ -387,7 +395,9 @@ def test_operator_calls_refuse_forged_stale_and_malformed_instructions(
         )
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The exact registration in force, replayed, changes nothing and is not an error.
-    op = SupplyOperator(system.coordinator_target, real)
+    op = SupplyOperator(
+        system.coordinator_target, real, identity=system.identity("supply-operator")
+    )
     try:
         assert op.registration(DEMO_ISIN) == current
     finally:
@@ -425,8 +435,7 @@ def test_verifier_refuses_forged_replayed_and_incomplete_records(system: LocalSy
     assert reg is not None
     real = LocalKeySigner(system.supply_operator.private_key)
     signed_reg = registration_to_pb(reg, sign_instruction(real, reg))
-    target = f"127.0.0.1:{system.ports['verifier-0']}"
-    with grpc.insecure_channel(target) as channel:
+    with system.channel("coordinator", peer=system.member_role(0)) as channel:
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
 
         def ask(forge, registration=signed_reg) -> grpc.RpcError | None:
@@ -495,7 +504,7 @@ def test_verifier_refuses_forged_replayed_and_incomplete_records(system: LocalSy
 
 def test_depository_rejects_forged_reordered_and_dropped_records(system: LocalSystem) -> None:
     records = [
-        a for a in feed_until(system.coordinator_target, 1, feed_end(system))
+        a for a in feed_until(system, 1, feed_end(system))
         if a.signed.record.security == DEMO_ISIN
     ][:6]  # fmt: skip
     assert len(records) == 6
@@ -528,13 +537,19 @@ def test_cli_verifies_the_whole_feed(
     system: LocalSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
     network = str(system.workdir / "network.toml")
-    code = cli_main(["--coordinator", system.coordinator_target, "supply", "verify",
+    depository = system.certificate("depository")
+    tls = ["--tls-cert", str(depository.cert_file), "--tls-key", str(depository.key_file),
+           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem")]  # fmt: skip
+    # Without a certificate the CLI refuses plaintext (usage error, nothing sent).
+    assert cli_main(["--coordinator", system.coordinator_target, "supply", "get"]) == 2
+    assert "refusing a plaintext channel" in capsys.readouterr().err
+    code = cli_main(["--coordinator", system.coordinator_target, *tls, "supply", "verify",
                      "--network", network])  # fmt: skip
     out = capsys.readouterr().out
     # The out-of-band tests left signed discrepancies in the feed's history: exit 3, not 1.
     assert code in (0, 3), out
     assert "0 failed verification" in out
-    code = cli_main(["--coordinator", system.coordinator_target, "supply", "get",
+    code = cli_main(["--coordinator", system.coordinator_target, *tls, "supply", "get",
                      "--security", DEMO_ISIN, "--network", network])  # fmt: skip
     assert code == 0
     assert "VERIFIED" in capsys.readouterr().out

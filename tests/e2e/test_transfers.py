@@ -172,7 +172,8 @@ GOOD = "0x" + "11" * 20
         ),
         ({"target_ledger": A}, grpc.StatusCode.INVALID_ARGUMENT, "must differ"),
         ({"target_ledger": "brokerage-z"}, grpc.StatusCode.NOT_FOUND, "not a connected ledger"),
-        ({"source_ledger": ""}, grpc.StatusCode.INVALID_ARGUMENT, "source_ledger is required"),
+        # A brokerage may submit only from its own ledger: refused before validation.
+        ({"source_ledger": ""}, grpc.StatusCode.PERMISSION_DENIED, "may submit only transfers"),
         ({"idempotency_key": ""}, grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),
         ({"idempotency_key": "k" * 129}, grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),
     ],
@@ -252,8 +253,13 @@ def test_every_server_has_health_and_reflection(system: LocalSystem) -> None:
         f"relayer-{A}": "bridge.v1.RelayerService",
         "verifier-0": "bridge.v1.VerifierService",
     }
+    peers = {
+        "coordinator": "coordinator",
+        f"relayer-{A}": f"relayer:{A}",
+        "verifier-0": system.member_role(0),
+    }
     for name, service in expected.items():
-        with grpc.insecure_channel(f"127.0.0.1:{system.ports[name]}") as ch:
+        with system.channel("depository", peer=peers[name]) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -274,7 +280,7 @@ def test_coordinator_killed_mid_transfer_finishes_after_restart(
     tid = resp.transfer.transfer_id
     system.processes["coordinator"].kill9()
     system.start_process("coordinator")
-    with grpc.insecure_channel(system.coordinator_target) as ch:
+    with system.channel("depository") as ch:
         fresh = transfer_pb2_grpc.TransferServiceStub(ch)
         assert watch_states(fresh, tid)[-1] == S.TRANSFER_STATE_COMMITTED
     assert b.balance(DEMO_ISIN, holder.address) == 7, "minted exactly once"
@@ -367,6 +373,12 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         "bridge.cli.main",
         "--coordinator",
         system.coordinator_target,
+        "--tls-cert",
+        str(system.certificate(f"brokerage:{A}").cert_file),
+        "--tls-key",
+        str(system.certificate(f"brokerage:{A}").key_file),
+        "--tls-ca",
+        str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
         "--json",
     ]
     signed = ["--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),

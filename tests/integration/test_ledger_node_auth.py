@@ -224,6 +224,15 @@ async def test_an_endpoint_of_another_ledger_is_a_mismatch(secured: Secured) -> 
     assert err.value.found == "0x" + LedgerId(secured.env.b.name).word.hex()
 
 
+# These daemons are started only to see their ledger start-up check; the bridge's own gRPC
+# transport (mTLS, tests/e2e/test_security_transport.py) is not under test here.
+PLAIN_GRPC_ENV = {
+    **os.environ,
+    "KSTB_LOG_FORMAT": "json",
+    "KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT": "1",
+}
+
+
 def _relayer_files(secured: Secured, workdir: Path, **ledger: object) -> Path:
     env = secured.env
     workdir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +296,7 @@ def test_a_relayer_pointed_at_the_wrong_ledger_refuses_to_start(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+        env=PLAIN_GRPC_ENV,
         check=False,
     )
     assert proc.returncode == 3, proc.stderr[-2000:]
@@ -304,7 +313,7 @@ def test_a_relayer_pointed_at_the_right_ledger_gets_past_the_check(
         [sys.executable, "-m", "relayers", "--config", str(config)],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+        env=PLAIN_GRPC_ENV,
     ) as proc:
         try:
             assert proc.stderr is not None
@@ -340,7 +349,7 @@ def test_a_verifier_reading_the_wrong_chain_refuses_to_start(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+        env=PLAIN_GRPC_ENV,
         check=False,
     )
     assert proc.returncode == 3, proc.stderr[-2000:]

@@ -19,6 +19,7 @@ import pytest
 
 from bridge.config import dump_toml
 from bridge.devnet.anvil import DevAccount, write_key_file
+from bridge.devnet.pki import DevPki
 from bridge.devnet.processes import ManagedProcess, free_port
 from bridge.domain.legs import EventPosition
 from bridge.ledgers.evm import deploy
@@ -43,17 +44,36 @@ class RecordingSink(events_pb2_grpc.LedgerEventSinkServicer):
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[tuple[RecordingSink, int]]:
+def pki(two_ledgers: TwoLedgers, tmp_path: Path) -> DevPki:
+    """The coordinator's organisation and the relayer's, with their certificates."""
+    pki = DevPki(tmp_path / "pki")
+    pki.organisation("bridge-operator", ["coordinator"])
+    pki.issue("bridge-operator", "coordinator", "coordinator")
+    name = two_ledgers.a.name
+    pki.organisation(name, [f"relayer:{name}"])
+    pki.issue(name, f"relayer:{name}", f"relayer-{name}")
+    return pki
+
+
+@pytest.fixture
+async def sink(pki: DevPki) -> AsyncIterator[tuple[RecordingSink, int]]:
+    """The sink, served over mTLS with the coordinator's certificate."""
     server = grpc.aio.server()
     servicer = RecordingSink()
     events_pb2_grpc.add_LedgerEventSinkServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    cert = pki.cert_for("coordinator")
+    creds = grpc.ssl_server_credentials(
+        [(cert.key_file.read_bytes(), cert.cert_file.read_bytes())],
+        root_certificates=b"".join(ca.ca_file.read_bytes() for ca in pki.cas.values()),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
     yield servicer, port
     await server.stop(0)
 
 
-def _relayer(env: TwoLedgers, workdir: Path, sink_port: int) -> ManagedProcess:
+def _relayer(env: TwoLedgers, workdir: Path, sink_port: int, pki: DevPki) -> ManagedProcess:
     (workdir / "network.toml").write_text(
         dump_toml(
             {
@@ -72,6 +92,7 @@ def _relayer(env: TwoLedgers, workdir: Path, sink_port: int) -> ManagedProcess:
                         "finality_depth": 0,
                     }
                 ],
+                "organisations": pki.network_entries(workdir),
             }
         )
     )
@@ -86,6 +107,10 @@ def _relayer(env: TwoLedgers, workdir: Path, sink_port: int) -> ManagedProcess:
                 "key_file": "relayer.key",
                 "state_db": "relayer.sqlite",
                 "poll_interval": 0.05,
+                "tls": {
+                    "cert_file": str(pki.cert_for(f"relayer:{env.a.name}").cert_file),
+                    "key_file": str(pki.cert_for(f"relayer:{env.a.name}").key_file),
+                },
             }
         )
     )
@@ -110,11 +135,11 @@ def _direct_locks(env: TwoLedgers, count: int) -> None:
 
 
 async def test_sigkill_mid_stream_loses_nothing(
-    two_ledgers: TwoLedgers, sink: tuple[RecordingSink, int], tmp_path: Path
+    two_ledgers: TwoLedgers, sink: tuple[RecordingSink, int], tmp_path: Path, pki: DevPki
 ) -> None:
     env = two_ledgers
     recorder, port = sink
-    relayer = _relayer(env, tmp_path, port).start()
+    relayer = _relayer(env, tmp_path, port, pki).start()
     try:
         await asyncio.to_thread(_direct_locks, env, 12)
         await eventually(lambda: _count(recorder, 6), 30, "first deliveries")

@@ -427,7 +427,12 @@ async def test_a_fabric_relayer_pointed_at_another_ledger_refuses_to_start(
         "--config",
         str(config),
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "KSTB_LOG_FORMAT": "json"},
+        # Only the ledger start-up check is under test, not the bridge's gRPC transport.
+        env={
+            **os.environ,
+            "KSTB_LOG_FORMAT": "json",
+            "KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT": "1",
+        },
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     stderr = err.decode()

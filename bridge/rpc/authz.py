@@ -1,0 +1,237 @@
+"""The authorisation interceptor: every call authenticated, checked against
+:data:`bridge.rpc.rules.RULES` and audited before any handler runs.
+
+Handlers that need the caller's scope read it through :func:`current_principal`; they
+never look at certificates themselves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from bridge.domain.errors import BridgeError
+from bridge.rpc.audit import AuditLog, AuditRecord, now
+from bridge.rpc.authn import Authenticator, Unauthenticated, describe
+from bridge.rpc.roles import Principal
+from bridge.rpc.rules import DEVELOPMENT, RULES, Rule, TransferLedgers, role_allowed
+
+if TYPE_CHECKING:
+    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:  # the runtime class is not subscriptable
+    _InterceptorBase = grpc.aio.ServerInterceptor
+
+_CURRENT: contextvars.ContextVar[Principal] = contextvars.ContextVar("kstb_principal")
+
+PLAINTEXT_PRINCIPAL = Principal(org="plaintext-development", role=DEVELOPMENT)
+"""Every caller of a server running in development plaintext (no authentication)."""
+
+
+class NoPrincipal(BridgeError):
+    """A handler asked for the caller but no interceptor authenticated the call."""
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being handled.
+
+    Fails closed: raises NoPrincipal when the interceptor did not run for this call.
+    """
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise NoPrincipal("no authenticated caller for this call") from None
+
+
+def _transfer_id_of(request: Any) -> str:
+    tid = getattr(request, "transfer_id", None)
+    if isinstance(tid, bytes):
+        return "0x" + tid.hex() if tid else ""
+    if isinstance(tid, str):
+        return tid[:80]
+    return ""
+
+
+class _Denied(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class AuthorisationInterceptor(_InterceptorBase):
+    """Authenticates the peer certificate, applies the method's rule, audits the decision.
+
+    Guarantees: a handler runs only for a caller whose certificate maps to a Principal
+    (else UNAUTHENTICATED), whose role the method's rule admits and whose request passes
+    the rule's scope check (else PERMISSION_DENIED with the reason); a method without a
+    rule is refused. Every decision, allowed or denied, is one audit record. With
+    ``authenticator`` None (development plaintext) every caller is allowed, and audited.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator | None,
+        audit: AuditLog,
+        transfer_ledgers: TransferLedgers | None = None,
+    ) -> None:
+        self._authn = authenticator
+        self._audit = audit
+        self._lookup = transfer_ledgers
+
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        if self._authn is None:
+            return PLAINTEXT_PRINCIPAL
+        pems = list(context.auth_context().get("x509_pem_cert") or [])
+        if not pems:
+            raise Unauthenticated("no client certificate")
+        return self._authn.principal(pems[0])
+
+    def _unauthenticated(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+        """For the audit record: who the refused certificate claimed to be, if anyone."""
+        pems = list(context.auth_context().get("x509_pem_cert") or [])
+        return describe(pems[0]) if pems else None
+
+    async def _decide(
+        self,
+        method: str,
+        rule: Rule | None,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Principal:
+        principal: Principal | None = None
+        try:
+            try:
+                principal = self._principal(context)
+            except Unauthenticated as exc:
+                principal = self._unauthenticated(context)
+                raise _Denied(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+            if rule is None:
+                raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"no rule admits {method}")
+            if not role_allowed(rule, principal):
+                raise _Denied(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"role {principal.role_text} may not call {method}",
+                )
+            if rule.scope is not None and principal.role != DEVELOPMENT:
+                if request is None:  # fail closed: a streamed request cannot be scoped here
+                    raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"{method} cannot be scoped")
+                why = await rule.scope(principal, request, self._lookup)
+                if why is not None:
+                    raise _Denied(grpc.StatusCode.PERMISSION_DENIED, why)
+        except _Denied as denied:
+            self._write(principal, context, method, request, False, denied.reason)
+            await context.abort(denied.code, denied.reason)
+            raise AssertionError("unreachable") from None  # abort raises
+        self._write(principal, context, method, request, True, "")
+        return principal
+
+    def _write(
+        self,
+        p: Principal | None,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        request: Any,
+        allowed: bool,
+        reason: str,
+    ) -> None:
+        self._audit.record(
+            AuditRecord(
+                at=now(),
+                org=p.org if p else "",
+                role=p.role_text if p else "",
+                cn=p.common_name if p else "",
+                fingerprint=p.fingerprint if p else "",
+                peer=context.peer() or "",
+                method=method,
+                transfer_id=_transfer_id_of(request) if request is not None else "",
+                allowed=allowed,
+                reason=reason,
+            )
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wrap the method's handler so the decision runs first, inside the call."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rule = RULES.get(method)
+        decide = self._decide
+
+        async def _run(result: Any, context: Any) -> Any:
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    await context.write(item)
+                return None
+            return await result
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                token = _CURRENT.set(await decide(method, rule, request, context))
+                try:
+                    return await inner_uu(request, context)
+                finally:
+                    _CURRENT.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> Any:
+                token = _CURRENT.set(await decide(method, rule, request, context))
+                try:
+                    return await _run(inner_us(request, context), context)
+                finally:
+                    _CURRENT.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: Any) -> Any:
+                token = _CURRENT.set(await decide(method, rule, None, context))
+                try:
+                    return await inner_su(requests, context)
+                finally:
+                    _CURRENT.reset(token)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_ss = handler.stream_stream
+        if inner_ss is None:
+            return handler
+
+        async def stream_stream(requests: Any, context: Any) -> Any:
+            token = _CURRENT.set(await decide(method, rule, None, context))
+            try:
+                return await _run(inner_ss(requests, context), context)
+            finally:
+                _CURRENT.reset(token)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
