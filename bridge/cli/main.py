@@ -24,6 +24,7 @@ from bridge.config import load_network
 from bridge.domain.errors import BridgeError
 from bridge.domain.signer import LocalKeySigner
 from bridge.instructions import Brokerage
+from bridge.keys.loader import load_key_config, open_signer
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -63,7 +64,11 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
         amount=a.amount,
     )
     # Protocol v2: this brokerage signs the instruction with its instruction key.
-    signer = LocalKeySigner.from_key_file(a.instruction_key)
+    signer = (
+        open_signer(load_key_config(a.instruction_key_config))
+        if a.instruction_key_config is not None
+        else LocalKeySigner.from_key_file(a.instruction_key)
+    )
     brokerage = Brokerage(load_network(a.network), {a.source: signer}, ttl=a.ttl)
     resp = stub.SubmitTransfer(brokerage.instruct(request), timeout=a.timeout)
     if not a.json:
@@ -129,11 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipient", required=True)
     s.add_argument("--amount", required=True)
     s.add_argument("--idempotency-key", help="default: a fresh UUID")
-    s.add_argument(
+    key = s.add_mutually_exclusive_group(required=True)
+    key.add_argument(
         "--instruction-key",
         type=Path,
-        required=True,
         help="0600 key file of this brokerage's instruction key (registered for --from)",
+    )
+    key.add_argument(
+        "--instruction-key-config",
+        type=Path,
+        help="TOML file with key_file or a [key] table: the instruction key in a keystore/HSM",
     )
     s.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
     s.add_argument("--ttl", type=int, default=60, help="seconds until the transfer's deadline")

@@ -222,3 +222,55 @@ async def test_a_member_signs_only_for_the_network_its_own_node_is_on(tmp_path: 
     assert good.reads == 1, "checked once, then remembered"
     with pytest.raises(PreconditionFailed, match="no network word configured for ledger b"):
         await servicer._network_word(FakeReader("b", production))  # type: ignore[arg-type]
+
+
+class CapturingStub:
+    def __init__(self) -> None:
+        self.requests: list[transfer_pb2.SubmitTransferRequest] = []
+
+    def SubmitTransfer(self, request: transfer_pb2.SubmitTransferRequest, timeout: float) -> Any:
+        self.requests.append(request)
+        return transfer_pb2.SubmitTransferResponse(created=True)
+
+
+def test_the_cli_signs_with_a_keystore_instruction_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bridge transfer submit --instruction-key-config``: the brokerage's key in an
+    encrypted keystore (custody) signs what the coordinator checks."""
+    from bridge.cli.main import build_parser
+    from bridge.coordinator.requests import check_instruction, validate_request
+    from bridge.keys.keystore import write_keystore_v3
+    from bridge.rpc.convert import instruction_from_pb
+
+    net_file = network_file(tmp_path)
+    write_keystore_v3(
+        tmp_path / "broker.json", bytes([7]) * 32, b"pass", kdf="pbkdf2", iterations=2
+    )
+    (tmp_path / "broker.pass").write_text("pass")
+    (tmp_path / "broker.pass").chmod(0o600)
+    (tmp_path / "key.toml").write_text(
+        '[key]\nkeystore = "broker.json"\npassphrase_file = "broker.pass"\n'
+    )
+    args = build_parser().parse_args(
+        ["transfer", "submit", "--security", ISIN, "--from", "a", "--to", "b",
+         "--sender", "0x" + "51" * 20, "--recipient", "0x" + "52" * 20, "--amount", "5",
+         "--idempotency-key", "cli-1", "--instruction-key-config", str(tmp_path / "key.toml"),
+         "--network", str(net_file)]
+    )  # fmt: skip
+    stub = CapturingStub()
+    args.run(stub, args)
+    [sent] = stub.requests
+    network = load_network(net_file)
+    req = validate_request(
+        network, idempotency_key="cli-1", security=ISIN, source_ledger="a", target_ledger="b",
+        sender="0x" + "51" * 20, recipient="0x" + "52" * 20, amount="5",
+    )  # fmt: skip
+    t = check_instruction(network, req, instruction_from_pb(sent), now=time.time(), ttl=60)
+    assert t.instructor == bytes(12) + BROKER.address
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["transfer", "submit", "--security", ISIN, "--from", "a", "--to", "b",
+             "--sender", "x", "--recipient", "y", "--amount", "5", "--network", str(net_file)]
+        )  # fmt: skip
+    assert "--instruction-key" in capsys.readouterr().err
