@@ -21,8 +21,17 @@ from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
+from bridge.rpc.tls import INSECURE_ENV
 
 ISIN = "KR7005930003"
+
+
+@pytest.fixture(autouse=True)
+def _plain_anvil_is_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests reach anvil over plain http (``AnvilNode.rpc_url``), in process and from
+    the daemons they start (which inherit the environment): allowed only under the
+    development flag, which a test of the refusal removes again."""
+    monkeypatch.setenv(INSECURE_ENV, "1")
 
 
 @dataclass

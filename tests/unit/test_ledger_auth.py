@@ -18,11 +18,17 @@ from bridge.devnet.evm_proxy import authorised, read_tokens
 from bridge.devnet.ledger_tls import DevCA
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId
-from bridge.ledgers.evm.transport import EvmTransport, read_token_file
+from bridge.ledgers.evm.adapter import EvmAdapter
+from bridge.ledgers.evm.transport import (
+    EvmTransport,
+    NodeConnectionRefused,
+    read_token_file,
+)
 from bridge.ledgers.fabric._protos import common_pb2
 from bridge.ledgers.fabric.gateway import GatewayClient, build_seek_envelope, tls_cert_hash
 from bridge.ledgers.fabric.identity import SigningIdentity
 from bridge.ledgers.startup import LedgerMismatch
+from bridge.rpc.tls import INSECURE_ENV
 from tests.unit.test_config import fabric_ledger, network_data
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
@@ -182,7 +188,7 @@ def _evm(url: str, tls_ca: Path | None = None) -> LedgerConfig:
 
 def test_transport_sends_the_token_only_over_https_and_never_shows_it(tmp_path: Path) -> None:
     auth = LedgerAuth(token_file=token_file(tmp_path))
-    t = EvmTransport.for_ledger(_evm("https://n:1"), auth)
+    t = EvmTransport.for_ledger(_evm("https://n:1", tmp_path / "ca.pem"), auth)
     assert t.headers() == {"Authorization": f"Bearer {TOKEN}"}
     assert TOKEN not in repr(t)
     assert EvmTransport.for_ledger(_evm("https://n:1"), None).headers() == {}
@@ -270,3 +276,64 @@ def test_ledger_mismatch_names_ledger_and_both_values() -> None:
         "31001",
         "1",
     )
+
+
+# -- review finding 3: plain http and the system trust store need the development flag -------
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("url", "ca", "missing"),
+    [("http://n:1", False, "an https:// rpc_url"), ("https://n:1", False, "tls_ca")],
+)
+def test_an_evm_node_without_https_and_its_ca_is_refused_without_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, ca: bool, missing: str
+) -> None:
+    monkeypatch.delenv(INSECURE_ENV, raising=False)
+    cfg = _evm(url, tmp_path / "ca.pem" if ca else None)
+    with pytest.raises(NodeConnectionRefused) as err:
+        EvmAdapter(cfg)
+    assert str(err.value) == (
+        f"ledger l: the EVM node connection needs {missing} (https verified by the node's CA,"
+        f" never plain http or the system trust store); refused unless {INSECURE_ENV}=1"
+    )
+    monkeypatch.setenv(INSECURE_ENV, "yes")  # only exactly "1" counts
+    with pytest.raises(NodeConnectionRefused):
+        EvmAdapter(cfg)
+
+
+@pytest.mark.security
+def test_the_development_flag_allows_plain_http_with_a_loud_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    with capture_logs() as logs:
+        EvmAdapter(_evm("http://n:1"))
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["event"].startswith("INSECURE: EVM node connection without TLS")
+    assert warnings[0]["ledger"] == "l" and warnings[0]["flag"] == INSECURE_ENV
+
+
+@pytest.mark.security
+def test_https_with_the_nodes_ca_needs_no_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INSECURE_ENV, raising=False)
+    ca = DevCA(tmp_path / "ca", "test").ensure()
+    cfg = _evm("https://n:1", ca.cert_path)
+    EvmAdapter(cfg, transport=EvmTransport.for_ledger(cfg, None))
+
+
+@pytest.mark.security
+def test_a_token_never_goes_to_a_node_verified_only_by_public_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INSECURE_ENV, "1")  # not even in development
+    auth = LedgerAuth(token_file=token_file(tmp_path))
+    with pytest.raises(NodeConnectionRefused, match="a token needs tls_ca"):
+        EvmTransport.for_ledger(_evm("https://n:1"), auth)
+    with pytest.raises(NodeConnectionRefused, match="never sent to a node not verified"):
+        EvmAdapter(_evm("https://n:1"), transport=EvmTransport(token=TOKEN))
