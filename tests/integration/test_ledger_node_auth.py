@@ -244,6 +244,7 @@ PLAIN_GRPC_ENV = {
     **os.environ,
     "KSTB_LOG_FORMAT": "json",
     "KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT": "1",
+    "KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT": "1",  # the devnet relayer's key file
 }
 
 
