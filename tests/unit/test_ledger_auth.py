@@ -4,8 +4,10 @@ TLS client certificate and Deliver binding (pure logic, no processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +339,85 @@ def test_a_token_never_goes_to_a_node_verified_only_by_public_roots(
         EvmTransport.for_ledger(_evm("https://n:1"), auth)
     with pytest.raises(NodeConnectionRefused, match="never sent to a node not verified"):
         EvmAdapter(_evm("https://n:1"), transport=EvmTransport(token=TOKEN))
+
+
+# -- review finding 8: a malformed TLS client certificate is a typed, start-up error ---------
+
+
+def _client_with(tmp_path: Path, cert: Path, key: Path) -> GatewayClient:
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    return GatewayClient(
+        "127.0.0.1:1",
+        ca.cert_path,
+        None,
+        _identity(tmp_path),
+        "c",
+        tls_client_cert=cert,
+        tls_client_key=key,
+    )
+
+
+@pytest.mark.security
+def test_a_malformed_tls_client_certificate_is_invalid_input_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    issued = DevCA(tmp_path / "tls", "tls").ensure().issue("client", client=True)
+    bad = tmp_path / "torn.pem"
+    bad.write_bytes(issued.cert.read_bytes()[:200])  # a torn copy
+    client = _client_with(tmp_path, bad, issued.key)
+    expected = f"TLS client certificate {bad} is not a PEM X.509 certificate"
+    with pytest.raises(InvalidInput) as err:
+        client._stubs()
+    assert str(err.value) == expected
+    with pytest.raises(InvalidInput) as err:
+        client.check_client_tls()
+    assert str(err.value) == expected
+    with pytest.raises(InvalidInput, match=r"not a PEM X\.509 certificate"):
+        tls_cert_hash(b"not a certificate")
+
+
+@pytest.mark.security
+def test_a_tls_client_key_that_is_malformed_or_of_another_certificate_is_refused(
+    tmp_path: Path,
+) -> None:
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    issued, other = ca.issue("client", client=True), ca.issue("other", client=True)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    os.chmod(garbage, 0o600)
+    with pytest.raises(InvalidInput) as err:
+        _client_with(tmp_path, issued.cert, garbage).check_client_tls()
+    assert str(err.value) == f"TLS client key {garbage} is not an unencrypted PEM private key"
+    with pytest.raises(InvalidInput) as err:
+        _client_with(tmp_path, issued.cert, other.key).check_client_tls()
+    assert str(err.value) == f"TLS client key {other.key} is not the key of {issued.cert}"
+    # A missing file at start is a configuration fault too, not a connection to retry.
+    with pytest.raises(InvalidInput, match="unreadable"):
+        _client_with(tmp_path, tmp_path / "missing.pem", issued.key).check_client_tls()
+    _client_with(tmp_path, issued.cert, issued.key).check_client_tls()  # a real pair
+
+
+@pytest.mark.security
+async def test_the_start_up_check_refuses_at_once_on_a_malformed_client_certificate(
+    tmp_path: Path,
+) -> None:
+    from bridge.ledgers.fabric.adapter import FabricAdapter
+    from bridge.ledgers.startup import check_reached
+
+    issued = DevCA(tmp_path / "tls", "tls").ensure().issue("client", client=True)
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"garbage")
+    client = _client_with(tmp_path, bad, issued.key)
+    adapter = FabricAdapter(LedgerId("brokerage-f"), client, "kstb")
+    config = LedgerConfig(
+        LedgerId("brokerage-f"), "fabric", "127.0.0.1:1", "kstb", 0, 0, 1.0,
+        channel="c", tls_ca=tmp_path / "tls" / "ca.pem",
+    )  # fmt: skip
+    try:
+        with pytest.raises(
+            InvalidInput, match=re.escape(f"TLS client certificate {bad} is not a PEM")
+        ):
+            # Not retried (reach_within would allow a minute): refused before any call.
+            await asyncio.wait_for(check_reached(config, adapter, reach_within=60), 5)
+    finally:
+        await adapter.close()
