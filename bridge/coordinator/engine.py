@@ -499,9 +499,6 @@ class Coordinator:
                 **{TRANSFER: "0x" + tid.hex(), TX: tx_id},
             )
             return
-        self._log.error(
-            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
-        )
         # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
         moved = await self._store.resume_failed(
             tid,
@@ -515,6 +512,9 @@ class Coordinator:
                 **{TRANSFER: "0x" + tid.hex()},
             )
             return
+        self._log.error(
+            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
+        )
         self._notify(tid)
         self._spawn(tid)
 
