@@ -21,7 +21,7 @@ from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.policy import check_claim, is_instructed
-from verifiers.supply_log import SupplyLog, SupplyRefused, verify_anchor
+from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
 CATCH_UP_S = 2.0
@@ -170,7 +170,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         reads, has the same digest; and it extends the chain this member signed without
         anything going back (``verifiers/supply_log.py``: sequence = last + 1 over the last
         digest, the tip again, sequence 1 first, or after a committee-certified
-        ``previous`` record). A refusal records nothing.
+        ``previous`` record). An anchor with more signatures than the committee has
+        members is refused first; otherwise its signatures are recovered only when the chain
+        rule needs it, after every other check, at most t distinct ones. A refusal records
+        nothing.
         """
         if self._supply_log is None:
             raise PreconditionFailed("this member does not attest supply")
@@ -218,14 +221,26 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             signer=self._signer.address, digest=rebuilt.digest, signature=signature
         )
 
-    def _anchor(self, request: verifier_pb2.SignSupplyRequest) -> SupplyRecord | None:
-        """The request's ``previous`` record if the committee certified it (else refused)."""
+    def _anchor(self, request: verifier_pb2.SignSupplyRequest) -> PendingAnchor | None:
+        """The request's ``previous`` record with its signatures, checked only if needed.
+
+        More signatures than the committee has members are refused here, before anything
+        else is read; the signatures themselves are recovered by the supply log only when
+        the chain rule needs the anchor (a gap or a diverged tip), after every other check.
+        """
         if not request.HasField("previous"):
             return None
+        n = len(self._committee.members)
+        # SECURITY: cheap refusal first, so an oversized request costs no recovery at all.
+        if len(request.previous_signatures) > n:
+            raise SupplyAnchorInvalid(
+                f"the anchor carries {len(request.previous_signatures)} signatures,"
+                f" the committee has {n} members"
+            )
         previous = record_from_pb(request.previous)
         # SECURITY: the anchor lets this member skip ahead, so it must carry t of n member
         # signatures over its recomputed digest; the coordinator's word is not enough.
-        return verify_anchor(
+        return PendingAnchor(
             SignedRecord(previous, tuple(bytes(s) for s in request.previous_signatures)),
             self._committee,
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.domain.committee import Committee, verify_vote
@@ -60,25 +61,57 @@ def verify_anchor(previous: SignedRecord, committee: Committee) -> SupplyRecord:
     """Return ``previous.record`` if at least ``threshold`` distinct members of
     ``committee`` signed its digest under the committee's epoch; else SupplyAnchorInvalid.
 
-    The digest is recomputed from the record's fields, never taken from the wire.
+    The digest is recomputed from the record's fields, never taken from the wire. The work
+    is bounded by the committee, not by the caller: more than n signatures are refused
+    outright, byte-identical copies are dropped before any recovery, and recovery stops as
+    soon as ``threshold`` distinct members are found.
     """
     record = previous.record
     where = f"anchor {record.security}#{record.sequence}"
+    # SECURITY: every signature costs a public-key recovery; a caller that sends tens of
+    # thousands of them must be refused before the first one is recovered.
+    if len(previous.signatures) > len(committee.members):
+        raise SupplyAnchorInvalid(
+            f"{where}: {len(previous.signatures)} signatures, the committee has"
+            f" {len(committee.members)} members"
+        )
     if record.epoch != committee.epoch:
         raise SupplyAnchorInvalid(
             f"{where}: signed under epoch {record.epoch}, committee epoch is {committee.epoch}"
         )
     signers: set[bytes] = set()
-    for sig in previous.signatures:
+    for sig in dict.fromkeys(previous.signatures):  # distinct, in order sent
         try:
             signers.add(verify_vote(committee, record.digest, sig).signer)
         except InvalidCertificate:
             continue  # a bad signature does not count; enough good ones still certify
-    if len(signers) < committee.threshold:
-        raise SupplyAnchorInvalid(
-            f"{where}: {len(signers)} valid member signatures, threshold {committee.threshold}"
-        )
-    return record
+        if len(signers) >= committee.threshold:
+            return record
+    raise SupplyAnchorInvalid(
+        f"{where}: {len(signers)} valid member signatures, threshold {committee.threshold}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAnchor:
+    """An anchor as received, not yet checked: :meth:`verify` checks it on first need.
+
+    The log verifies it only when the chain rule needs an anchor (a gap or a diverged
+    tip), after the cheap structural checks against the record; the next link never
+    depends on it, so an anchor that does not verify cannot block a valid record.
+    """
+
+    signed: SignedRecord
+    committee: Committee
+
+    @property
+    def record(self) -> SupplyRecord:
+        """The anchor's record, unverified."""
+        return self.signed.record
+
+    def verify(self) -> SupplyRecord:
+        """The record if t of n committee members signed it (:func:`verify_anchor`)."""
+        return verify_anchor(self.signed, self.committee)
 
 
 class SupplyLog:
@@ -106,11 +139,14 @@ class SupplyLog:
             # the tip is then re-signed only over a certified anchor.
             self._db.execute("ALTER TABLE supply_signed ADD COLUMN previous_hash BLOB")
 
-    def check_and_record(self, record: SupplyRecord, anchor: SupplyRecord | None = None) -> None:
+    def check_and_record(
+        self, record: SupplyRecord, anchor: SupplyRecord | PendingAnchor | None = None
+    ) -> None:
         """Record ``record`` as signed, or raise a SupplyRefused subclass saying why not.
 
-        ``anchor``, when given, must already be verified as committee-certified
-        (:func:`verify_anchor`); it lets this member continue a chain it fell behind on.
+        ``anchor``, when given, is either a record already verified as committee-certified
+        (:func:`verify_anchor`) or a :class:`PendingAnchor`, verified here only if the chain
+        rule needs it; it lets this member continue a chain it fell behind on.
         """
         heights = {r.ledger: r.height for r in record.readings}
         self._db.execute("BEGIN IMMEDIATE")
@@ -160,23 +196,30 @@ class SupplyLog:
             raise
 
     @staticmethod
-    def _anchors(record: SupplyRecord, anchor: SupplyRecord | None) -> bool:
+    def _anchors(record: SupplyRecord, anchor: SupplyRecord | PendingAnchor | None) -> bool:
         """True if ``anchor`` is the certified record ``record`` directly follows."""
         if anchor is None:
             return False
+        prior = anchor.record if isinstance(anchor, PendingAnchor) else anchor
         where = f"{record.security}#{record.sequence}"
-        if anchor.security != record.security:
+        if prior.security != record.security:
             raise SupplyAnchorInvalid(f"{where}: the anchor is a record of another security")
-        if anchor.sequence + 1 != record.sequence:
+        if prior.sequence + 1 != record.sequence:
             raise SupplyAnchorInvalid(
-                f"{where}: the anchor is sequence {anchor.sequence}, not {record.sequence - 1}"
+                f"{where}: the anchor is sequence {prior.sequence}, not {record.sequence - 1}"
             )
-        if anchor.digest != record.previous_hash:
+        if prior.digest != record.previous_hash:
             raise SupplyAnchorInvalid(f"{where}: previous_hash does not name the anchor")
+        if isinstance(anchor, PendingAnchor):
+            # SECURITY: the signatures are checked last, only for an anchor the chain rule
+            # needs and that fits the record; recovery is bounded by n (verify_anchor).
+            anchor.verify()
         return True
 
     @classmethod
-    def _check_first(cls, record: SupplyRecord, anchor: SupplyRecord | None) -> None:
+    def _check_first(
+        cls, record: SupplyRecord, anchor: SupplyRecord | PendingAnchor | None
+    ) -> None:
         where = f"{record.security}#{record.sequence}"
         if record.sequence == 1:
             if record.previous_hash != GENESIS_HASH:
@@ -192,7 +235,7 @@ class SupplyLog:
     def _check_chain(
         cls,
         record: SupplyRecord,
-        anchor: SupplyRecord | None,
+        anchor: SupplyRecord | PendingAnchor | None,
         last_seq: int,
         last_digest: bytes,
         last_prev: bytes | None,

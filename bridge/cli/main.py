@@ -22,9 +22,9 @@ from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
 from bridge.config import load_network
 from bridge.domain.errors import BridgeError
-from bridge.domain.signer import LocalKeySigner
 from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
+from bridge.keys.reference import PlainKeyFile
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -64,11 +64,13 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
         amount=a.amount,
     )
     # Protocol v2: this brokerage signs the instruction with its instruction key.
-    signer = (
-        open_signer(load_key_config(a.instruction_key_config))
+    # A plaintext key file only under the development flag (bridge.keys), like every key.
+    ref = (
+        load_key_config(a.instruction_key_config)
         if a.instruction_key_config is not None
-        else LocalKeySigner.from_key_file(a.instruction_key)
+        else PlainKeyFile(a.instruction_key)
     )
+    signer = open_signer(ref)
     brokerage = Brokerage(load_network(a.network), {a.source: signer}, ttl=a.ttl)
     resp = stub.SubmitTransfer(brokerage.instruct(request), timeout=a.timeout)
     if not a.json:

@@ -6,7 +6,9 @@ balanced; 1 a record failed verification or the server refused; 3 every record v
 but some show a discrepancy (units created or destroyed outside the bridge); 4 the feed is
 stale: with ``--max-age``, a security's latest record is older than that, or no record
 arrived at all (``get`` checks the latest records once; ``watch`` prints a STALE line
-whenever an alarm is raised, and with ``--fail-on-stale`` stops at the first).
+whenever an alarm is raised, and with ``--fail-on-stale`` stops at the first). Every
+security of the network file is expected unless ``--expect`` (or ``get --security``) names
+the ones to watch, so a security the feed leaves out raises the alarm too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +50,13 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument(
         "--max-age", type=float, default=None, help="seconds; older latest records exit 4"
     )
+    g.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="ISIN",
+        help="with --max-age: alarm if no record (default: every security of --network)",
+    )
     w = sp.add_parser("watch", help="follow the feed, verifying every record")
     w.add_argument("--network", type=Path, required=True)
     w.add_argument("--from", dest="start", type=int, default=1, help="feed position")
@@ -60,7 +69,11 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " or no record arrives",
     )
     w.add_argument(
-        "--expect", action="append", default=[], metavar="ISIN", help="alarm if never seen"
+        "--expect",
+        action="append",
+        default=[],
+        metavar="ISIN",
+        help="alarm if never seen (default: every security of --network)",
     )
     w.add_argument("--fail-on-stale", action="store_true", help="stop at the first alarm")
     v = sp.add_parser("verify", help="verify the whole feed up to now, from the first record")
@@ -150,6 +163,21 @@ def _exit_code(verdicts: list[Verdict]) -> int:
     return EXIT_DISCREPANCY if any(v.discrepancies for v in verdicts) else EXIT_OK
 
 
+def expected_securities(network: Path, security: str, expect: Sequence[str]) -> tuple[str, ...]:
+    """The securities whose missing or old latest record raises the staleness alarm:
+    ``security`` when one is asked for, else the ``--expect`` list, else every security of
+    the network file.
+
+    SECURITY: the default is the whole network file, so a feed (or a depository's
+    configuration) that leaves a security out cannot silence the alarm for it.
+    """
+    if security:
+        return (security, *(x for x in expect if x != security))
+    if expect:
+        return tuple(dict.fromkeys(expect))
+    return tuple(load_network(network).securities)
+
+
 async def _get(a: argparse.Namespace) -> int:
     if a.max_age is not None and a.network is None:
         raise ValueError("--max-age needs --network: only verified records count as fresh")
@@ -170,7 +198,7 @@ async def _get(a: argparse.Namespace) -> int:
         # Only verified records count as fresh (--max-age requires --network).
         latest = {v.attestation.signed.record.security: v.attestation.signed.record
                   for v in verdicts if v.ok}  # fmt: skip
-        expected = (a.security,) if a.security else ()
+        expected = expected_securities(a.network, a.security, a.expect)
         alarms = staleness(latest, a.max_age, time.time(), 0.0, expected)
         for alarm in alarms:
             _print_alarm(alarm, a.json)
@@ -184,7 +212,7 @@ async def _watch(a: argparse.Namespace) -> int:
         load_network(a.network).committee,
         from_genesis=a.start <= 1,
         max_age=a.max_age,
-        expected=tuple(a.expect),
+        expected=expected_securities(a.network, "", a.expect),
     )
     seen: list[Verdict] = []
     stale = False

@@ -23,7 +23,7 @@ from bridge.coordinator.records import (
     TransferRequest,
     TransferUpdate,
 )
-from bridge.coordinator.requests import check_instruction, terms_for
+from bridge.coordinator.requests import ADOPTED_KEY_PREFIX, check_instruction, terms_for
 from bridge.coordinator.store import TransferStore
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
@@ -454,8 +454,16 @@ class Coordinator:
                     f"a LOCKED event from {ledger} for a transfer whose source is"
                     f" {record.request.source_ledger}"
                 )
-            # SECURITY: the event only says where to look; the resume needs the lock itself.
+            # SECURITY: the event only says where to look; the resume needs the lock itself,
+            # still held: a lock already RELEASED (refunded) or BURNED has nothing to resume.
             source = await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
+            if source.state is not LegState.LOCKED:
+                self._log.warning(
+                    "LOCKED event for a failed transfer whose lock is no longer held; not resumed",
+                    **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id,
+                       STATE: source.state.name},
+                )  # fmt: skip
+                return True
             await self._resume_failed(record, source.terms_hash, event.tx_id)
         return True
 
@@ -494,14 +502,21 @@ class Coordinator:
                 **{TRANSFER: "0x" + tid.hex(), TX: tx_id},
             )
             return
-        self._log.error(
-            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
-        )
-        await self._store.set_state(
+        # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
+        moved = await self._store.resume_failed(
             tid,
             TransferState.SOURCE_LOCKED,
             "lock found on-chain after failure; resuming",
             "resumed",
+        )
+        if not moved:
+            self._log.warning(
+                "failed transfer changed state meanwhile; not resumed",
+                **{TRANSFER: "0x" + tid.hex()},
+            )
+            return
+        self._log.error(
+            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
         )
         self._notify(tid)
         self._spawn(tid)
@@ -533,7 +548,7 @@ class Coordinator:
         except InvalidInput:
             recipient = "0x" + terms.recipient.hex()  # the target will reject it; show it raw
         request = TransferRequest(
-            idempotency_key=f"onchain:0x{event.transfer_id.hex()}",
+            idempotency_key=f"{ADOPTED_KEY_PREFIX}0x{event.transfer_id.hex()}",
             security=SecurityId.from_word(terms.security).isin,
             source_ledger=ledger,
             target_ledger=dst,
@@ -547,7 +562,17 @@ class Coordinator:
             "locked directly on-chain by the holder", now, now,
             origin=TransferOrigin.ADOPTED,
         )  # fmt: skip
-        _, created = await self._store.create(record)
+        stored, created = await self._store.create(record)
+        if stored.transfer_id != event.transfer_id:
+            # SECURITY: another transfer holds this lock's adoption key (a row written before
+            # the "onchain:" prefix was reserved). Never report that as an adoption.
+            self._log.error(
+                "adoption key of a holder-direct lock is held by another transfer; not adopted,"
+                " operator attention needed",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id,
+                   "holder": "0x" + stored.transfer_id.hex()},
+            )  # fmt: skip
+            return False
         if created:
             await self._store.add_transaction(event.transfer_id, "lock", event.tx_id)
             self._log.info(

@@ -20,6 +20,9 @@ from bridge.ledgers.addresses import codec_for
 from bridge.ledgers.factory import bridge_word_of
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+ADOPTED_KEY_PREFIX = "onchain:"
+"""Idempotency keys the coordinator gives transfers it adopts from a holder-direct lock;
+reserved (in any letter case), so no brokerage can claim one first."""
 _AMOUNT_RE = re.compile(r"^[0-9]+$")
 
 
@@ -54,6 +57,13 @@ def validate_request(
     """Return a normalised request, or raise InvalidInput / NotFound naming the field."""
     if not _KEY_RE.fullmatch(idempotency_key):
         raise InvalidInput("idempotency_key must be 1-128 printable ASCII characters")
+    # SECURITY: a key in the adoption namespace, claimed before the coordinator adopts the
+    # holder's lock, would block the adoption (the store keeps the first row per key).
+    if idempotency_key.lower().startswith(ADOPTED_KEY_PREFIX):
+        raise InvalidInput(
+            f"idempotency_key must not start with {ADOPTED_KEY_PREFIX!r}: that prefix is"
+            " reserved for transfers adopted from holder-direct locks"
+        )
     if not security:
         raise InvalidInput("security_id is required")
     if not is_valid_isin(security):

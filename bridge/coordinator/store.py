@@ -67,6 +67,13 @@ class TransferStore(Protocol):
         """Change state/reason; appends a history entry when the state changes."""
         ...
 
+    async def resume_failed(
+        self, transfer_id: bytes, state: TransferState, reason: str, detail: str
+    ) -> bool:
+        """Move the transfer from FAILED to ``state`` if, at that instant, it is FAILED
+        (compare-and-set); True when it moved. Appends a history entry when it does."""
+        ...
+
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:
         """Record why the transfer waits, without a history entry."""
         ...
@@ -222,12 +229,15 @@ class SqliteTransferStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
         if "origin" not in columns:
             # Added for event intake (issue 9): rows written before it were submitted ones
-            # or adoptions, which the key prefix "onchain:" told apart.
+            # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
+            # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
+            # submit under a victim lock's adoption key, and that row is a submitted one.
             self._db.execute(
                 "ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'"
             )
             self._db.execute(
-                "UPDATE transfers SET origin = 'adopted' WHERE idempotency_key LIKE 'onchain:%'"
+                "UPDATE transfers SET origin = 'adopted'"
+                " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
             )
         self._lock = threading.Lock()
 
@@ -382,6 +392,31 @@ class SqliteTransferStore:
         record = await self.get(transfer_id)
         assert record is not None
         return record
+
+    async def resume_failed(
+        self, transfer_id: bytes, state: TransferState, reason: str, detail: str
+    ) -> bool:
+        """See TransferStore.resume_failed."""
+        now = time.time()
+        with self._tx() as db:
+            # SECURITY: compare-and-set: a transfer that left FAILED meanwhile (another
+            # resume, or an operator) is never moved by a stale decision.
+            cur = db.execute(
+                "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"
+                " WHERE transfer_id = ? AND state = ?",
+                (int(state), reason, now, transfer_id, int(TransferState.FAILED)),
+            )
+            if cur.rowcount != 1:
+                return False
+            (seq,) = db.execute(
+                "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
+                (transfer_id,),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
+                (transfer_id, seq, int(state), detail, now),
+            )
+        return True
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:
         """See TransferStore.set_reason."""

@@ -29,11 +29,12 @@ from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.keys.reference import key_ref_to_toml
 from bridge.ledgers.evm import deploy
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
-from bridge.rpc.tls import ClientIdentity
+from bridge.rpc.tls import INSECURE_ENV, ClientIdentity
 from bridge.supply_client import SupplyOperator
 from bridge.v1 import transfer_pb2
 
@@ -488,6 +489,10 @@ class LocalSystem:
                 "KSTB_LOG_FORMAT": "json",
                 "PYTHONUNBUFFERED": "1",
                 **(self.token.env() if self.token is not None else {}),
+                # Plain anvil http (no TLS proxy) is accepted only under the development flag.
+                **({} if self.evm_node_auth else {INSECURE_ENV: "1"}),
+                # The devnet's 0600 key files (and Fabric PEM keys): development only.
+                PLAINTEXT_KEYS_ENV: "1",
             },
         )
         self.processes[name] = proc

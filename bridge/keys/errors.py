@@ -33,6 +33,16 @@ class TokenUnavailable(KeyCustodyError):
     """The PKCS#11 module, token or login failed (no such token label, wrong PIN, ...)."""
 
 
+class TokenPinMismatch(TokenUnavailable):
+    """A token is already open in this process with another PIN; a second key on it must
+    not be used without its own PIN having been checked."""
+
+
+class PlaintextKeyRefused(KeyCustodyError):
+    """A plaintext key file was configured and the development flag for plaintext keys is
+    not set (production keys live in an encrypted keystore or a PKCS#11 token)."""
+
+
 class TokenKeyNotFound(KeyCustodyError):
     """The token holds no key, or more than one key, under the configured label."""
 

@@ -119,6 +119,9 @@ async def _check_fabric(config: LedgerConfig, adapter: object) -> ReachedLedger:
 
     assert isinstance(adapter, FabricAdapter)
     name = config.id.name
+    # A malformed TLS client certificate or key is a configuration fault: InvalidInput now
+    # (not retried), instead of a connection retried for ever.
+    adapter.client.check_client_tls()
     try:
         info = await adapter.endpoint_info()
     except LedgerRejected as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.terms import TransferTerms
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.ledgers.evm import deploy
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 from tests.e2e.conftest import eligible_everywhere
@@ -381,12 +383,13 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
         "--json",
     ]
+    dev_keys = {**os.environ, PLAINTEXT_KEYS_ENV: "1"}  # the devnet brokerage's key file
     signed = ["--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
               "--network", str(system.workdir / "network.toml")]  # fmt: skip
     out = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", B,
          "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60, check=True, env=dev_keys,
     )  # fmt: skip
     tid = json.loads(out.stdout)["transfer_id"]
     watch = subprocess.run(
@@ -400,7 +403,7 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
     bad = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", A,
          "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, env=dev_keys,
     )  # fmt: skip
     assert bad.returncode == 2, "refused before anything is signed or sent"
     assert "must differ" in bad.stderr

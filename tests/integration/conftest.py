@@ -22,12 +22,24 @@ from bridge.domain.instructions import sign_instruction
 from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.ledgers.evm import deploy
+from bridge.rpc.tls import INSECURE_ENV
 
 ISIN = "KR7005930003"
 CHAIN_ID = 31337
 BROKER = LocalKeySigner(bytes([0x42]) * 32)
 """The brokerage instruction key of the integration tests' transfers."""
+
+
+@pytest.fixture(autouse=True)
+def _devnet_development_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests reach anvil over plain http (``AnvilNode.rpc_url``) and open the
+    devnet's plaintext key files, in process and from the daemons they start (which
+    inherit the environment): allowed only under the development flags, which a test of
+    a refusal removes again."""
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    monkeypatch.setenv(PLAINTEXT_KEYS_ENV, "1")
 
 
 @dataclass

@@ -18,7 +18,13 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from bridge.domain.committee import SECP256K1_N, Committee, assemble_certificate, recover_signer
 from bridge.domain.signer import LocalKeySigner
-from bridge.keys.errors import KeyCustodyError, KeyExportable, TokenKeyNotFound, TokenUnavailable
+from bridge.keys.errors import (
+    KeyCustodyError,
+    KeyExportable,
+    TokenKeyNotFound,
+    TokenPinMismatch,
+    TokenUnavailable,
+)
 from bridge.keys.loader import open_p256_signer, open_signer, token_session
 from bridge.keys.p256 import P256_HALF_ORDER
 from bridge.keys.pkcs11_token import (
@@ -202,3 +208,20 @@ def test_cli_generates_inside_the_token_and_prints_the_address(hsm: SoftHsm) -> 
     )  # fmt: skip
     assert again.returncode == 2 and "already holds" in again.stderr
     assert open_signer(hsm.ref(label)).address == signer.address, "the first key is untouched"
+
+
+def test_a_second_key_on_the_open_token_needs_the_right_pin(
+    hsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The process logs in once per token; a later key reference with another PIN used to
+    get that session anyway, its own PIN never checked."""
+    first, second = new_label("member"), new_label("member")
+    generate_key(session(hsm), first, "secp256k1")
+    generate_key(session(hsm), second, "secp256k1")
+    assert open_signer(hsm.ref(first)).address  # the token is open with the right PIN
+    wrong = tmp_path_factory.mktemp("pin") / "wrong.pin"
+    wrong.write_bytes(b"0000-not-the-pin\n")
+    wrong.chmod(0o600)
+    with pytest.raises(TokenPinMismatch, match="already open in this process with another PIN"):
+        open_signer(Pkcs11Key(MODULE, hsm.token_label, second, SecretSource(file=wrong)))
+    assert open_signer(hsm.ref(second)).address != open_signer(hsm.ref(first)).address

@@ -21,9 +21,10 @@ from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Action, Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter
-from bridge.ledgers.evm.transport import EvmTransport
+from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused
 from bridge.ledgers.factory import open_adapter
 from bridge.ledgers.startup import LedgerMismatch, check_reached
+from bridge.rpc.tls import INSECURE_ENV
 from tests.integration.conftest import TwoLedgers, instruct
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -134,7 +135,9 @@ async def test_a_request_without_the_right_token_is_refused_and_nothing_applied(
 # -- a node not signed by the configured CA, or plaintext: refused ------------------------------
 
 
-async def test_a_node_certificate_from_another_ca_is_refused(secured: Secured) -> None:
+async def test_a_node_certificate_from_another_ca_is_refused(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = DevCA(secured.workdir / "other-ca", "someone else").ensure()
     cfg = replace(secured.config("a"), tls_ca=other.cert_path)
     adapter = EvmAdapter(cfg, None, transport=EvmTransport.for_ledger(cfg, secured.auth))
@@ -143,14 +146,25 @@ async def test_a_node_certificate_from_another_ca_is_refused(secured: Secured) -
             await adapter.finalized_height()
     finally:
         await adapter.close()
-    # Without tls_ca the system trust store is used, which does not know the devnet CA.
+    # Without tls_ca the token is never sent, development flag or not: the system trust
+    # store would be all that verifies the node.
     system = replace(secured.config("a"), tls_ca=None)
-    adapter = EvmAdapter(system, None, transport=EvmTransport.for_ledger(system, secured.auth))
+    with pytest.raises(NodeConnectionRefused, match="a token needs tls_ca"):
+        EvmTransport.for_ledger(system, secured.auth)
+    # Under the development flag a connection verified by the system store is possible
+    # (without a token); the store does not know the devnet CA.
+    adapter = EvmAdapter(system, None)
     try:
         with pytest.raises(Unavailable, match=r"(?i)certificate verify failed"):
             await adapter.finalized_height()
     finally:
         await adapter.close()
+    # Without the flag it is refused before anything is sent.
+    monkeypatch.delenv(INSECURE_ENV)
+    with pytest.raises(NodeConnectionRefused, match="needs tls_ca"):
+        EvmAdapter(system, None)
+    with pytest.raises(NodeConnectionRefused, match=r"needs an https:// rpc_url"):
+        EvmAdapter(secured.env.a.config(), None)  # anvil's plain http port
 
 
 async def test_the_proxy_speaks_tls_only(secured: Secured) -> None:
@@ -230,6 +244,7 @@ PLAIN_GRPC_ENV = {
     **os.environ,
     "KSTB_LOG_FORMAT": "json",
     "KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT": "1",
+    "KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT": "1",  # the devnet relayer's key file
 }
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.coordinator.engine import ADOPTED_LOCK_GRACE_S
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
@@ -258,3 +259,123 @@ async def test_a_forged_lock_event_does_not_resume_a_failed_transfer(coordinator
     assert await c.on_events("a", [forged], 9) == 1
     assert await final(store, t.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.COMMIT], "resumed without locking again"
+
+
+async def _squat(store: SqliteTransferStore, victim: TransferTerms) -> TransferRecord:
+    """A row written before the prefix was reserved: a submitted transfer that took the
+    adoption key of another transfer id's lock."""
+    squatter, created = await store.create(
+        TransferRecord(
+            b"\x5a" * 32, request(f"onchain:0x{victim.transfer_id.hex()}"), terms(),
+            TransferState.SUBMITTED, "", 1.0, 1.0,
+        )
+    )  # fmt: skip
+    assert created
+    return squatter
+
+
+async def test_an_adoption_whose_key_another_transfer_holds_is_not_reported_as_done(
+    coordinator,
+) -> None:
+    c, relayers, store = coordinator
+    victim = terms()
+    squatter = await _squat(store, victim)
+    show_lock(relayers["a"], victim)
+    with capture_logs() as logs:
+        await c.on_events("a", [locked_event(victim)], 5)
+    assert await store.get(victim.transfer_id) is None, "the lock was not silently dropped"
+    alarms = [entry for entry in logs if entry["log_level"] == "error"]
+    assert [entry["event"] for entry in alarms] == [
+        "adoption key of a holder-direct lock is held by another transfer; not adopted,"
+        " operator attention needed"
+    ]
+    assert alarms[0]["holder"] == "0x" + squatter.transfer_id.hex()
+    assert not [entry for entry in logs if "adopted after reading" in entry["event"]]
+    assert relayers["a"].submitted == [] and relayers["b"].submitted == []
+
+
+async def test_the_origin_migration_does_not_label_a_squatting_row_adopted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite"
+    store = SqliteTransferStore(path)
+    genuine = terms()
+    await _adopted(store, genuine)
+    squatter = await _squat(store, terms())
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE transfers DROP COLUMN origin")
+    db.commit()
+    db.close()
+    again = SqliteTransferStore(path)
+    try:
+        got = await again.get(genuine.transfer_id)
+        assert got is not None and got.origin is TransferOrigin.ADOPTED
+        other = await again.get(squatter.transfer_id)
+        assert other is not None and other.origin is TransferOrigin.SUBMITTED
+    finally:
+        again.close()
+
+
+async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordinator) -> None:
+    """The lock landed after the transfer FAILED and was refunded since: nothing to resume."""
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    record, _ = await driver_tests.submit(c, request("k-released"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].lock_refusal = None
+    relayers["a"].submitted.clear()
+    t = record.terms
+    relayers["a"].legs[(t.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.RELEASED, t.terms_hash, 0, 5
+    )
+    event = LedgerEvent(
+        "a", EventPosition(9, 0), b"\0" * 32, "0xf2", t.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, t.terms_hash, t,
+    )  # fmt: skip
+    await c.on_events("a", [event], 9)
+    await asyncio.sleep(0.3)
+    got = await store.get(t.transfer_id)
+    assert got is not None and got.state is TransferState.FAILED
+    assert [u.state for u in await store.history(t.transfer_id, 0)][-1] is TransferState.FAILED
+    assert relayers["a"].submitted == [] and relayers["b"].submitted == []
+
+
+async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordinator) -> None:
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    record, _ = await driver_tests.submit(c, request("k-race"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    stale = await store.get(record.transfer_id)
+    assert stale is not None
+    # Meanwhile something else finished it (an operator, another resume that completed).
+    await store.set_state(record.transfer_id, TransferState.COMMITTED, "done", "committed")
+    await c._resume_failed(stale, stale.terms.terms_hash, "0xf3")
+    got = await store.get(record.transfer_id)
+    assert got is not None and got.state is TransferState.COMMITTED
+    assert not await store.resume_failed(
+        record.transfer_id, TransferState.SOURCE_LOCKED, "resuming", "resumed"
+    )
+    history = await store.history(record.transfer_id, 0)
+    assert history[-1].state is TransferState.COMMITTED
+
+
+async def test_resume_failed_is_a_compare_and_set(tmp_path: Path) -> None:
+    store = SqliteTransferStore(tmp_path / "cas.sqlite")
+    try:
+        rec, _ = await store.create(
+            TransferRecord(b"\x09" * 32, request("k-cas"), terms(), TransferState.FAILED, "",
+                           1.0, 1.0)
+        )  # fmt: skip
+        assert await store.resume_failed(
+            rec.transfer_id, TransferState.SOURCE_LOCKED, "resuming", "resumed"
+        )
+        got = await store.get(rec.transfer_id)
+        assert got is not None and got.state is TransferState.SOURCE_LOCKED
+        assert (await store.history(rec.transfer_id, 0))[-1].detail == "resumed"
+        assert not await store.resume_failed(
+            rec.transfer_id, TransferState.SOURCE_LOCKED, "again", "resumed"
+        ), "no longer FAILED"
+        assert len(await store.history(rec.transfer_id, 0)) == 2
+    finally:
+        store.close()

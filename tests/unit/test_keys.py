@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,7 +25,9 @@ from bridge.keys.errors import (
     KeyFileExposed,
     KeyFileInvalid,
     KeyRefInvalid,
+    PlaintextKeyRefused,
     SecretUnavailable,
+    TokenPinMismatch,
     WrongPassphrase,
 )
 from bridge.keys.evm_tx import sign_transaction
@@ -35,7 +37,7 @@ from bridge.keys.keystore import (
     write_keystore_v3,
     write_pkcs8_pem,
 )
-from bridge.keys.loader import open_p256_signer, open_signer
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV, open_p256_signer, open_signer
 from bridge.keys.p256 import P256_HALF_ORDER, LocalP256Signer
 from bridge.keys.reference import (
     KeystoreKey,
@@ -193,7 +195,10 @@ def test_secret_errors_never_contain_the_secret(tmp_path: Path) -> None:
     assert guess not in str(info.value)
 
 
-def test_plaintext_key_file_rules_still_hold(tmp_path: Path) -> None:
+def test_plaintext_key_file_rules_still_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PLAINTEXT_KEYS_ENV, "1")
     key = secrets.token_bytes(32)
     path = private(tmp_path / "k.key", ("0x" + key.hex() + "\n").encode())
     assert read_key_file(path) == key
@@ -590,3 +595,99 @@ def test_fabric_reader_opens_its_identity_from_an_encrypted_key(tmp_path: Path) 
     wrong = KeystoreKey(tmp_path / "key.pem", SecretSource(file=private(tmp_path / "w", b"no")))
     with pytest.raises(WrongPassphrase):
         open_reader(config, Credentials(None, tmp_path / "cert.pem", "Org1MSP", key=wrong))
+
+
+# -- review finding 7: plaintext key files only under the development flag -------------------
+
+
+@pytest.mark.security
+def test_a_plaintext_key_file_is_refused_without_the_development_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PLAINTEXT_KEYS_ENV, raising=False)
+    hex_key = private(tmp_path / "k.key", ("0x" + secrets.token_bytes(32).hex()).encode())
+    pem_key = private(
+        tmp_path / "k.pem",
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    for flag in (None, "yes", "0"):  # only exactly "1" counts
+        if flag is not None:
+            monkeypatch.setenv(PLAINTEXT_KEYS_ENV, flag)
+        with pytest.raises(PlaintextKeyRefused) as err:
+            open_signer(PlainKeyFile(hex_key))
+        assert str(err.value) == (
+            f"{hex_key}: plaintext key files are refused outside development; use an"
+            " encrypted keystore or a PKCS#11 token key (python -m bridge.keys import),"
+            f" or set {PLAINTEXT_KEYS_ENV}=1 on a devnet"
+        )
+        with pytest.raises(PlaintextKeyRefused):
+            open_p256_signer(PlainKeyFile(pem_key))
+
+
+@pytest.mark.security
+def test_the_plaintext_key_flag_warns_at_every_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv(PLAINTEXT_KEYS_ENV, "1")
+    path = private(tmp_path / "k.key", ("0x" + secrets.token_bytes(32).hex()).encode())
+    with capture_logs() as logs:
+        open_signer(PlainKeyFile(path))
+        open_signer(PlainKeyFile(path))
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [w["event"] for w in warnings] == [
+        "INSECURE: plaintext signing key file; never use this outside development"
+    ] * 2
+    assert warnings[0]["path"] == str(path) and warnings[0]["flag"] == PLAINTEXT_KEYS_ENV
+
+
+@pytest.mark.security
+def test_the_supply_cli_refuses_a_plaintext_operator_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli.main import main as cli_main
+
+    monkeypatch.delenv(PLAINTEXT_KEYS_ENV, raising=False)
+    path = private(tmp_path / "op.key", ("0x" + secrets.token_bytes(32).hex()).encode())
+    argv = ["supply", "register", "--key-file", str(path), "--security", "KR7005930003"]
+    assert cli_main([*argv, "--units", "a=1"]) == 2
+    assert "plaintext key files are refused outside development" in capsys.readouterr().err
+
+
+# -- review finding 6: every key on a token has its own PIN checked --------------------------
+
+
+class _FakeTokenSession:
+    opened: ClassVar[list[bytes]] = []
+
+    def __init__(self, module: Path, token_label: str, pin: bytes, rw: bool = False) -> None:
+        _FakeTokenSession.opened.append(pin)
+
+
+@pytest.mark.security
+def test_a_second_key_on_an_open_token_with_another_pin_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.keys import loader, pkcs11_token
+
+    monkeypatch.setattr(pkcs11_token, "TokenSession", _FakeTokenSession)
+    monkeypatch.setattr(loader, "_SESSIONS", {})
+    _FakeTokenSession.opened.clear()
+    module = Path("/usr/lib/softhsm/libsofthsm2.so")
+    first = loader.token_session(module, "bridge", b"1234")
+    assert loader.token_session(module, "bridge", b"1234") is first, "one login per token"
+    with pytest.raises(TokenPinMismatch) as err:
+        loader.token_session(module, "bridge", b"0000")
+    assert str(err.value) == (
+        f"token 'bridge' ({module}) is already open in this process with another PIN;"
+        " this key's PIN is wrong"
+    )
+    assert "0000" not in str(err.value) and "1234" not in str(err.value)
+    assert _FakeTokenSession.opened == [b"1234"], "no second login"
+    # Another token is its own login.
+    assert loader.token_session(module, "other", b"0000") is not first

@@ -4,8 +4,10 @@ TLS client certificate and Deliver binding (pure logic, no processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,17 @@ from bridge.devnet.evm_proxy import authorised, read_tokens
 from bridge.devnet.ledger_tls import DevCA
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId
-from bridge.ledgers.evm.transport import EvmTransport, read_token_file
+from bridge.ledgers.evm.adapter import EvmAdapter
+from bridge.ledgers.evm.transport import (
+    EvmTransport,
+    NodeConnectionRefused,
+    read_token_file,
+)
 from bridge.ledgers.fabric._protos import common_pb2
 from bridge.ledgers.fabric.gateway import GatewayClient, build_seek_envelope, tls_cert_hash
 from bridge.ledgers.fabric.identity import SigningIdentity
 from bridge.ledgers.startup import LedgerMismatch
+from bridge.rpc.tls import INSECURE_ENV
 from tests.unit.test_config import fabric_ledger, network_data
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
@@ -182,7 +190,7 @@ def _evm(url: str, tls_ca: Path | None = None) -> LedgerConfig:
 
 def test_transport_sends_the_token_only_over_https_and_never_shows_it(tmp_path: Path) -> None:
     auth = LedgerAuth(token_file=token_file(tmp_path))
-    t = EvmTransport.for_ledger(_evm("https://n:1"), auth)
+    t = EvmTransport.for_ledger(_evm("https://n:1", tmp_path / "ca.pem"), auth)
     assert t.headers() == {"Authorization": f"Bearer {TOKEN}"}
     assert TOKEN not in repr(t)
     assert EvmTransport.for_ledger(_evm("https://n:1"), None).headers() == {}
@@ -270,3 +278,146 @@ def test_ledger_mismatch_names_ledger_and_both_values() -> None:
         "31001",
         "1",
     )
+
+
+# -- review finding 3: plain http and the system trust store need the development flag -------
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("url", "ca", "missing"),
+    [("http://n:1", False, "an https:// rpc_url"), ("https://n:1", False, "tls_ca")],
+)
+def test_an_evm_node_without_https_and_its_ca_is_refused_without_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, ca: bool, missing: str
+) -> None:
+    monkeypatch.delenv(INSECURE_ENV, raising=False)
+    cfg = _evm(url, tmp_path / "ca.pem" if ca else None)
+    with pytest.raises(NodeConnectionRefused) as err:
+        EvmAdapter(cfg)
+    assert str(err.value) == (
+        f"ledger l: the EVM node connection needs {missing} (https verified by the node's CA,"
+        f" never plain http or the system trust store); refused unless {INSECURE_ENV}=1"
+    )
+    monkeypatch.setenv(INSECURE_ENV, "yes")  # only exactly "1" counts
+    with pytest.raises(NodeConnectionRefused):
+        EvmAdapter(cfg)
+
+
+@pytest.mark.security
+def test_the_development_flag_allows_plain_http_with_a_loud_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    with capture_logs() as logs:
+        EvmAdapter(_evm("http://n:1"))
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["event"].startswith("INSECURE: EVM node connection without TLS")
+    assert warnings[0]["ledger"] == "l" and warnings[0]["flag"] == INSECURE_ENV
+
+
+@pytest.mark.security
+def test_https_with_the_nodes_ca_needs_no_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INSECURE_ENV, raising=False)
+    ca = DevCA(tmp_path / "ca", "test").ensure()
+    cfg = _evm("https://n:1", ca.cert_path)
+    EvmAdapter(cfg, transport=EvmTransport.for_ledger(cfg, None))
+
+
+@pytest.mark.security
+def test_a_token_never_goes_to_a_node_verified_only_by_public_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INSECURE_ENV, "1")  # not even in development
+    auth = LedgerAuth(token_file=token_file(tmp_path))
+    with pytest.raises(NodeConnectionRefused, match="a token needs tls_ca"):
+        EvmTransport.for_ledger(_evm("https://n:1"), auth)
+    with pytest.raises(NodeConnectionRefused, match="never sent to a node not verified"):
+        EvmAdapter(_evm("https://n:1"), transport=EvmTransport(token=TOKEN))
+
+
+# -- review finding 8: a malformed TLS client certificate is a typed, start-up error ---------
+
+
+def _client_with(tmp_path: Path, cert: Path, key: Path) -> GatewayClient:
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    return GatewayClient(
+        "127.0.0.1:1",
+        ca.cert_path,
+        None,
+        _identity(tmp_path),
+        "c",
+        tls_client_cert=cert,
+        tls_client_key=key,
+    )
+
+
+@pytest.mark.security
+def test_a_malformed_tls_client_certificate_is_invalid_input_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    issued = DevCA(tmp_path / "tls", "tls").ensure().issue("client", client=True)
+    bad = tmp_path / "torn.pem"
+    bad.write_bytes(issued.cert.read_bytes()[:200])  # a torn copy
+    client = _client_with(tmp_path, bad, issued.key)
+    expected = f"TLS client certificate {bad} is not a PEM X.509 certificate"
+    with pytest.raises(InvalidInput) as err:
+        client._stubs()
+    assert str(err.value) == expected
+    with pytest.raises(InvalidInput) as err:
+        client.check_client_tls()
+    assert str(err.value) == expected
+    with pytest.raises(InvalidInput, match=r"not a PEM X\.509 certificate"):
+        tls_cert_hash(b"not a certificate")
+
+
+@pytest.mark.security
+def test_a_tls_client_key_that_is_malformed_or_of_another_certificate_is_refused(
+    tmp_path: Path,
+) -> None:
+    ca = DevCA(tmp_path / "tls", "tls").ensure()
+    issued, other = ca.issue("client", client=True), ca.issue("other", client=True)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    os.chmod(garbage, 0o600)
+    with pytest.raises(InvalidInput) as err:
+        _client_with(tmp_path, issued.cert, garbage).check_client_tls()
+    assert str(err.value) == f"TLS client key {garbage} is not an unencrypted PEM private key"
+    with pytest.raises(InvalidInput) as err:
+        _client_with(tmp_path, issued.cert, other.key).check_client_tls()
+    assert str(err.value) == f"TLS client key {other.key} is not the key of {issued.cert}"
+    # A missing file at start is a configuration fault too, not a connection to retry.
+    with pytest.raises(InvalidInput, match="unreadable"):
+        _client_with(tmp_path, tmp_path / "missing.pem", issued.key).check_client_tls()
+    _client_with(tmp_path, issued.cert, issued.key).check_client_tls()  # a real pair
+
+
+@pytest.mark.security
+async def test_the_start_up_check_refuses_at_once_on_a_malformed_client_certificate(
+    tmp_path: Path,
+) -> None:
+    from bridge.ledgers.fabric.adapter import FabricAdapter
+    from bridge.ledgers.startup import check_reached
+
+    issued = DevCA(tmp_path / "tls", "tls").ensure().issue("client", client=True)
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"garbage")
+    client = _client_with(tmp_path, bad, issued.key)
+    adapter = FabricAdapter(LedgerId("brokerage-f"), client, "kstb")
+    config = LedgerConfig(
+        LedgerId("brokerage-f"), "fabric", "127.0.0.1:1", "kstb", 0, 0, 1.0,
+        channel="c", tls_ca=tmp_path / "tls" / "ca.pem",
+    )  # fmt: skip
+    try:
+        with pytest.raises(
+            InvalidInput, match=re.escape(f"TLS client certificate {bad} is not a PEM")
+        ):
+            # Not retried (reach_within would allow a minute): refused before any call.
+            await asyncio.wait_for(check_reached(config, adapter, reach_within=60), 5)
+    finally:
+        await adapter.close()

@@ -223,3 +223,25 @@ def test_fingerprint_ignores_key_and_address_case(network: NetworkConfig) -> Non
     assert a.fingerprint() == (
         f"KR7005930003|brokerage-a|brokerage-b|{SENDER.lower()}|{RECIPIENT.lower()}|100"
     )
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "key", ["onchain:0x" + "ab" * 32, "onchain:", "ONCHAIN:0x01", "OnChain:order-1"]
+)
+def test_the_adoption_key_prefix_is_reserved(network: NetworkConfig, key: str) -> None:
+    """A brokerage that claims a holder-direct lock's adoption key first would block it."""
+    with pytest.raises(
+        InvalidInput,
+        match=re.escape(
+            "idempotency_key must not start with 'onchain:': that prefix is reserved for"
+            " transfers adopted from holder-direct locks"
+        ),
+    ):
+        request(network, idempotency_key=key)
+
+
+def test_a_key_merely_containing_onchain_is_accepted(network: NetworkConfig) -> None:
+    assert request(network, idempotency_key="order-onchain:1").idempotency_key == (
+        "order-onchain:1"
+    )

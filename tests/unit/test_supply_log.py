@@ -20,7 +20,9 @@ from bridge.domain.supply import (
     SupplyRecord,
     make_record,
 )
+from verifiers import supply_log as supply_log_module
 from verifiers.supply_log import (
+    PendingAnchor,
     SupplyAnchorInvalid,
     SupplyChainBroken,
     SupplyLog,
@@ -528,3 +530,82 @@ def test_a_log_written_before_the_rule_is_migrated(db_path: Path) -> None:
         log.check_and_record(rec(6, {"a": 11}, prev=old_tip))
     finally:
         log.close()
+
+
+@pytest.mark.security
+def test_an_anchor_with_more_signatures_than_members_is_refused_before_any_recovery(
+    committee: tuple[Committee, list[LocalKeySigner]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60,000 copies of one signature used to cost 60,000 recoveries on the event loop."""
+    com, signers = committee
+    r6 = rec(6, {"a": 13}, prev=secrets.token_bytes(32))
+    recovered: list[bytes] = []
+    real = supply_log_module.verify_vote
+
+    def counting(c: Committee, digest: bytes, sig: bytes) -> object:
+        recovered.append(sig)
+        return real(c, digest, sig)
+
+    monkeypatch.setattr(supply_log_module, "verify_vote", counting)
+    flood = SignedRecord(r6, (signers[0].sign_digest(r6.digest),) * 60_000)
+    with pytest.raises(
+        SupplyAnchorInvalid, match=rf"^anchor {ISIN}#6: 60000 signatures, the committee has 4"
+    ):
+        verify_anchor(flood, com)
+    assert recovered == []
+    # Five signatures for four members: refused as well, still without a recovery.
+    five = (*certify(r6, signers).signatures, signers[0].sign_digest(r6.digest))
+    with pytest.raises(SupplyAnchorInvalid, match="5 signatures, the committee has 4"):
+        verify_anchor(SignedRecord(r6, five), com)
+    assert recovered == []
+
+
+@pytest.mark.security
+def test_anchor_recovery_drops_duplicates_and_stops_at_the_threshold(
+    committee: tuple[Committee, list[LocalKeySigner]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    com, signers = committee
+    r6 = rec(6, {"a": 13}, prev=secrets.token_bytes(32))
+    recovered: list[bytes] = []
+    real = supply_log_module.verify_vote
+
+    def counting(c: Committee, digest: bytes, sig: bytes) -> object:
+        recovered.append(sig)
+        return real(c, digest, sig)
+
+    monkeypatch.setattr(supply_log_module, "verify_vote", counting)
+    sigs = certify(r6, signers).signatures
+    assert verify_anchor(SignedRecord(r6, sigs), com) == r6
+    assert recovered == list(sigs[:3]), "t = 3 valid signatures are enough"
+    recovered.clear()
+    with pytest.raises(SupplyAnchorInvalid, match="2 valid member signatures, threshold 3"):
+        verify_anchor(SignedRecord(r6, (sigs[0], sigs[0], sigs[1], sigs[1])), com)
+    assert recovered == [sigs[0], sigs[1]], "a copy is never recovered twice"
+
+
+@pytest.mark.security
+def test_the_next_link_never_depends_on_the_anchor_sent_with_it(
+    log: SupplyLog, committee: tuple[Committee, list[LocalKeySigner]]
+) -> None:
+    """An anchor that does not verify (an older epoch after a rotation, a forgery) does not
+    block a record that simply extends this member's chain; it is not even checked."""
+    com, signers = committee
+    tip = chain_to(log, 3)
+    stale = PendingAnchor(certify(tip, signers[:1]), com)  # 1 of t = 3: not certified
+    with pytest.raises(SupplyAnchorInvalid):
+        stale.verify()
+    r4 = rec(4, {"a": 11}, prev=tip)
+    log.check_and_record(r4, stale)
+    assert log.last(ISIN) == (4, r4.digest)
+    # The tip again, with an anchor of another epoch: also signed.
+    other_epoch = PendingAnchor(certify(rec(3, {"a": 10}, epoch=2), signers), com)
+    log.check_and_record(r4, other_epoch)
+    # A record that needs the anchor is still refused when it does not verify, and
+    # nothing is recorded.
+    r5 = rec(5, {"a": 12}, prev=r4)
+    r6 = rec(6, {"a": 13}, prev=r5)
+    with pytest.raises(SupplyAnchorInvalid, match="1 valid member signatures, threshold 3"):
+        log.check_and_record(r6, PendingAnchor(certify(r5, signers[:1]), com))
+    assert log.last(ISIN) == (4, r4.digest)
+    log.check_and_record(r6, PendingAnchor(certify(r5, signers[1:]), com))
+    assert log.last(ISIN) == (6, r6.digest)

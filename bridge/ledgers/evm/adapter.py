@@ -54,7 +54,7 @@ from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.revert import decode_revert
-from bridge.ledgers.evm.transport import EvmTransport
+from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -105,6 +105,13 @@ class EvmAdapter:
         self._confirm_s = confirm_s
         # How the node is reached: its TLS CA and the bearer token (none: plain settings).
         self._transport = transport if transport is not None else EvmTransport()
+        # SECURITY: leg states read over plain http (or from a server only public roots
+        # vouch for) can be forged on the path; refused unless the development flag is set.
+        check_node_trust(str(config.id), config.rpc_url, self._transport.tls_ca)
+        if self._transport.token is not None and self._transport.tls_ca is None:
+            raise NodeConnectionRefused(
+                f"ledger {config.id}: a token is never sent to a node not verified by tls_ca"
+            )
         self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
         # No default middleware: every transaction field is set explicitly, results are
         # read by key, and web3's validation middleware would add two eth_chainId calls

@@ -5,10 +5,18 @@ Kaia and hosted nodes: a token behind TLS); the devnet puts an authenticating TL
 front of anvil (``bridge/devnet/evm_proxy.py``). This module only builds the HTTP session:
 which CA verifies the node's certificate and which ``Authorization`` header goes with each
 request. The token never appears in ``repr``, logs or error messages.
+
+SECURITY: a component that reads leg states over plain ``http``, or trusts any server the
+public roots vouch for, can be fed forged states by whoever sits on the path or obtains a
+public certificate for the host. So a node is reached only over ``https`` verified by the
+configured ``tls_ca`` (never the system trust store), unless the development flag
+:data:`bridge.rpc.tls.INSECURE_ENV` is set; a bearer token is never sent to a node that is
+not verified by ``tls_ca``, flag or not.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +25,38 @@ import aiohttp
 
 from bridge.config import LedgerAuth, LedgerConfig
 from bridge.domain.errors import InvalidInput
+from bridge.logfields import get_logger
+from bridge.rpc.tls import INSECURE_ENV
 
 MAX_TOKEN_BYTES = 4096
+
+
+class NodeConnectionRefused(InvalidInput):
+    """An EVM node connection that is not ``https`` verified by a configured CA, with the
+    development flag unset (or a token that would go to a node not verified by its CA)."""
+
+
+def check_node_trust(ledger: str, rpc_url: str, tls_ca: Path | None) -> None:
+    """Return if ``rpc_url`` is ``https`` and ``tls_ca`` verifies it; else, with
+    :data:`INSECURE_ENV` set to ``1``, log a loud warning and return; else raise
+    NodeConnectionRefused naming the ledger and what is missing."""
+    if rpc_url.startswith("https://") and tls_ca is not None:
+        return
+    missing = "an https:// rpc_url" if not rpc_url.startswith("https://") else "tls_ca"
+    if os.environ.get(INSECURE_ENV) == "1":
+        get_logger().warning(
+            "INSECURE: EVM node connection without TLS verified by a configured CA; never use"
+            " this outside development",
+            ledger=ledger,
+            missing=missing,
+            flag=INSECURE_ENV,
+        )
+        return
+    raise NodeConnectionRefused(
+        f"ledger {ledger}: the EVM node connection needs {missing} (https verified by the"
+        f" node's CA, never plain http or the system trust store); refused unless"
+        f" {INSECURE_ENV}=1"
+    )
 
 
 def read_token_file(path: Path) -> str:
@@ -48,10 +86,11 @@ def read_token_file(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EvmTransport:
-    """The TLS trust and token for one node connection (both optional).
+    """The TLS trust and token for one node connection.
 
-    ``tls_ca`` set: only that CA verifies the node (the system trust store otherwise, for
-    ``https`` URLs). ``token`` set: every request carries ``Authorization: Bearer <token>``.
+    ``tls_ca`` set: only that CA verifies the node; unset is accepted only under the
+    development flag (:func:`check_node_trust`, called by the adapter). ``token`` set: every
+    request carries ``Authorization: Bearer <token>``.
     """
 
     tls_ca: Path | None = None
@@ -68,6 +107,13 @@ class EvmTransport:
             if not config.rpc_url.startswith("https://"):
                 raise InvalidInput(
                     f"ledger {config.id}: a token needs an https:// rpc_url, not {config.rpc_url}"
+                )
+            # SECURITY: the token is a credential; a server that only the public roots
+            # vouch for must never receive it, development flag or not.
+            if config.tls_ca is None:
+                raise NodeConnectionRefused(
+                    f"ledger {config.id}: a token needs tls_ca (the node's CA); it is never"
+                    " sent to a server verified by the system trust store"
                 )
             token = read_token_file(auth.token_file)
         if config.tls_ca is not None and not config.rpc_url.startswith("https://"):

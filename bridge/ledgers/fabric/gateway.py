@@ -37,7 +37,11 @@ from typing import Any, NamedTuple, cast
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
@@ -243,9 +247,31 @@ def sign_proposal(proposal: Any, identity: SigningIdentity) -> Any:
 def tls_cert_hash(cert_pem: bytes) -> bytes:
     """SHA-256 of a certificate's DER encoding: what Fabric compares with the TLS client
     certificate of the connection (``ChannelHeader.tls_cert_hash``)."""
-    return hashlib.sha256(
-        x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
-    ).digest()
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise InvalidInput("the TLS client certificate is not a PEM X.509 certificate") from None
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+
+
+def check_client_pair(cert_path: Path, cert_pem: bytes, key_path: Path, key_pem: bytes) -> None:
+    """Return if ``cert_pem`` is a PEM certificate and ``key_pem`` an unencrypted PEM
+    private key of that certificate; else InvalidInput naming the file at fault."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise InvalidInput(
+            f"TLS client certificate {cert_path} is not a PEM X.509 certificate"
+        ) from None
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"TLS client key {key_path} is not an unencrypted PEM private key"
+        ) from None
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise InvalidInput(f"TLS client key {key_path} is not the key of {cert_path}")
 
 
 def build_seek_envelope(
@@ -567,9 +593,20 @@ class GatewayClient:
                 raise InvalidInput(
                     f"TLS client key {key_path} must not be readable by group/others (chmod 600)"
                 )
-            return key_path.read_bytes(), cert_path.read_bytes()
+            key_pem, cert_pem = key_path.read_bytes(), cert_path.read_bytes()
         except OSError as exc:
             raise Unavailable(f"TLS client certificate or key unreadable: {exc}") from exc
+        check_client_pair(cert_path, cert_pem, key_path, key_pem)
+        return key_pem, cert_pem
+
+    def check_client_tls(self) -> None:
+        """Load and check the TLS client certificate and key now (the start-up check):
+        InvalidInput naming the file when one is unreadable, malformed or not a pair, so a
+        daemon refuses to start rather than retry a connection that can never work."""
+        try:
+            self._client_tls()
+        except Unavailable as exc:
+            raise InvalidInput(str(exc)) from None
 
     def _stubs(self) -> tuple[Any, Any]:
         if self._gateway is None or self._deliver is None:
