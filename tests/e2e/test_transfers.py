@@ -391,7 +391,8 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
          "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
         capture_output=True, text=True, timeout=60, check=True, env=dev_keys,
     )  # fmt: skip
-    tid = json.loads(out.stdout)["transfer_id"]
+    # The last line is the result (a development-flag key warning may precede it).
+    tid = json.loads(out.stdout.strip().splitlines()[-1])["transfer_id"]
     watch = subprocess.run(
         [*cli, "transfer", "watch", tid], capture_output=True, text=True, timeout=120, check=True
     )
