@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup softhsm fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts bench clean
+.PHONY: setup softhsm fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
 
 setup: $(STAMP) $(NODE_STAMP) softhsm
 
@@ -73,6 +73,11 @@ proto: setup
 
 contracts: setup
 	$(BIN)/python -m bridge.tools.build_contracts
+
+# The protocol core: vendor it into the chaincode and regenerate its golden vectors.
+core: setup
+	$(BIN)/python -m bridge.tools.vendor_core
+	$(BIN)/python -m bridge.tools.core_vectors
 
 bench: setup
 	$(BIN)/python bench/transfers.py

@@ -36,7 +36,6 @@ import grpc
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.chaos import ChaosScheduler
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import audit_feed, settled_position
@@ -190,7 +189,7 @@ def main() -> int:
                     target_ledger=m.dst, sender=m.holder, recipient=m.recipient,
                     amount=str(m.amount),
                 )  # fmt: skip
-                futures.append(pool.submit(submit_retrying, system, req, 120))
+                futures.append(pool.submit(system.submit, req, 120))
             for f in futures:
                 f.result()
         faults = chaos.stop()

@@ -41,7 +41,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.processes import exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.ids import isin_check_digit
@@ -145,7 +144,7 @@ def run_lag(a: argparse.Namespace) -> dict[str, Any]:
                     recipient=h.address,
                     amount="1",
                 )
-                tids.append(await asyncio.to_thread(submit_retrying, system, req))
+                tids.append(await asyncio.to_thread(system.submit, req))
             await asyncio.to_thread(wait_terminal, system, tids)
             await asyncio.sleep(3 * a.block_time + 2)  # the last records arrive
             sub.cancel()

@@ -657,7 +657,8 @@ async def run_load(
     """Offer every spec on schedule (each submitted over mTLS as its source ledger's
     brokerage); returns the results and the load start (monotonic)."""
     stop = asyncio.Event()
-    stub: Any = AsyncRoutedTransferStub(system)
+    # Each request is instructed by its source ledger's devnet brokerage key (protocol v2).
+    stub: Any = AsyncRoutedTransferStub(system, instruct=system.brokerage.instruct)
     try:
         await asyncio.wait_for(stub.channel("depository").channel_ready(), timeout=10)
         sampling = asyncio.create_task(sampler.run(stop)) if sampler else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
@@ -49,6 +50,18 @@ class LedgerConfig:
     tls_server_name: str = ""
     max_gas_price_gwei: float = 1000.0
     """EVM: the most a relayer pays per unit of gas; above it a step waits."""
+    genesis_hash: bytes = b""
+    """Fabric: the channel's genesis block hash (SHA-256 of block 0's header DER)."""
+
+    @property
+    def network_word(self) -> bytes:
+        """The network word bound into claim and instruction digests (protocol v2): EVM
+        ``bytes32(chain id)``, Fabric the channel's genesis block hash."""
+        if self.kind == "evm":
+            return evm_network_word(self.chain_id)
+        if len(self.genesis_hash) != 32:
+            raise InvalidInput(f"ledger {self.id}: no genesis_hash configured")
+        return self.genesis_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,13 @@ class NetworkConfig:
     """Addresses whose signatures authorise registered issuance and hold releases."""
     organisations: Mapping[str, Organisation] = field(default_factory=dict)
     """Institutions by id (``[[organisations]]``): who may connect, and in which roles."""
+    instruction_keys: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    """Per source ledger, the 20-byte addresses of the brokerage instruction keys that may
+    instruct transfers out of it (``[instruction_keys]``, protocol v2)."""
+
+    def may_instruct(self, ledger: str, instructor: bytes) -> bool:
+        """True when the 20-byte ``instructor`` is registered for source ``ledger``."""
+        return instructor in self.instruction_keys.get(ledger, frozenset())
 
     def ledger(self, name: str) -> LedgerConfig:
         """The named ledger; raises KeyError if it is not configured."""
@@ -299,6 +319,7 @@ def load_network(path: Path) -> NetworkConfig:
         rpc_url = str(_req(item, "rpc_url", f"ledger {lid}"))
         if kind == "evm" and tls_ca and not rpc_url.startswith("https://"):
             raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
+        genesis = _genesis_hash(item, kind, lid)
         ledgers[lid.name] = LedgerConfig(
             id=lid,
             kind=kind,
@@ -311,6 +332,7 @@ def load_network(path: Path) -> NetworkConfig:
             tls_ca=_rel(path.parent, str(tls_ca)) if tls_ca else None,
             tls_server_name=str(item.get("tls_server_name", "")),
             max_gas_price_gwei=_non_negative(item, "max_gas_price_gwei", 1000.0, f"ledger {lid}"),
+            genesis_hash=genesis,
         )
     securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
     operators = frozenset(parse_evm_address(a) for a in raw.get("supply", {}).get("operators", []))
@@ -320,6 +342,7 @@ def load_network(path: Path) -> NetworkConfig:
         securities=securities,
         supply_operators=operators,
         organisations=_organisations(path, raw.get("organisations", []), ledgers, committee),
+        instruction_keys=_instruction_keys(raw.get("instruction_keys", {}), ledgers),
     )
 
 
@@ -411,6 +434,40 @@ def load_tls(raw: Mapping[str, Any], base: Path, where: str) -> TlsConfig | None
 def _audit_log(raw: Mapping[str, Any], base: Path) -> Path | None:
     value = raw.get("audit_log")
     return _rel(base, str(value)) if value else None
+
+
+def _genesis_hash(item: Mapping[str, Any], kind: str, lid: LedgerId) -> bytes:
+    """A Fabric ledger's ``genesis_hash`` (0x + 64 hex, required); refused on EVM."""
+    text = item.get("genesis_hash")
+    if kind != "fabric":
+        if text is not None:
+            raise InvalidInput(f"ledger {lid}: genesis_hash applies to Fabric ledgers only")
+        return b""
+    if not isinstance(text, str) or len(text) != 66 or not text.startswith("0x"):
+        raise InvalidInput(f"ledger {lid}: a Fabric ledger needs genesis_hash (0x + 64 hex)")
+    try:
+        return bytes.fromhex(text[2:])
+    except ValueError:
+        raise InvalidInput(f"ledger {lid}: genesis_hash is not hex") from None
+
+
+def _instruction_keys(
+    table: Mapping[str, Any], ledgers: Mapping[str, LedgerConfig]
+) -> dict[str, frozenset[bytes]]:
+    """``[instruction_keys]``: ``"<ledger>" = ["0x<address>", ...]`` for known ledgers."""
+    if not isinstance(table, Mapping):
+        raise InvalidInput("instruction_keys must be a table of ledger = [addresses]")
+    keys: dict[str, frozenset[bytes]] = {}
+    for ledger, addresses in table.items():
+        if ledger not in ledgers:
+            raise InvalidInput(f"instruction_keys: unknown ledger {ledger!r}")
+        if not isinstance(addresses, list):
+            raise InvalidInput(f"instruction_keys.{ledger} must be a list of addresses")
+        parsed = [parse_evm_address(str(a)) for a in addresses]
+        if any(not any(a) for a in parsed):
+            raise InvalidInput(f"instruction_keys.{ledger}: the zero address is not a key")
+        keys[ledger] = frozenset(parsed)
+    return keys
 
 
 def load_coordinator(path: Path) -> CoordinatorConfig:

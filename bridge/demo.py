@@ -47,11 +47,16 @@ def _balances(system: LocalSystem, holder: DevAccount, label: str) -> None:
 
 
 def _transfer(
-    stub: transfer_pb2_grpc.TransferServiceStub, src: str, dst: str, holder: DevAccount, amount: int
+    system: LocalSystem,
+    stub: transfer_pb2_grpc.TransferServiceStub,
+    src: str,
+    dst: str,
+    holder: DevAccount,
+    amount: int,
 ) -> str:
-    _say(f"\n> transfer {amount} {DEMO_ISIN} {src} -> {dst}")
+    _say(f"\n> transfer {amount} {DEMO_ISIN} {src} -> {dst} (instructed by {src}'s brokerage)")
     start = time.monotonic()
-    resp = stub.SubmitTransfer(
+    request = system.brokerage.instruct(
         transfer_pb2.SubmitTransferRequest(
             idempotency_key=str(uuid.uuid4()),
             security_id=DEMO_ISIN,
@@ -60,9 +65,9 @@ def _transfer(
             sender=holder.address,
             recipient=holder.address,
             amount=str(amount),
-        ),
-        timeout=30,
+        )
     )
+    resp = stub.SubmitTransfer(request, timeout=30)
     tid = resp.transfer.transfer_id
     _say(f"  transfer id {tid}")
     final = 0
@@ -132,7 +137,7 @@ def main() -> int:
         routed = RoutedTransferStub(system, fallback_ledger=EVM_A)
         try:
             for src, dst, units in LANES:
-                _transfer(routed, src, dst, holder, units)  # type: ignore[arg-type]
+                _transfer(system, routed, src, dst, holder, units)  # type: ignore[arg-type]
                 _balances(system, holder, f"after {src} -> {dst}")
         finally:
             routed.close()

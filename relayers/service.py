@@ -133,6 +133,10 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             ) from None
         terms = terms_from_pb(request.terms)
         cert = signatures_from_pb(request.certificate) if request.HasField("certificate") else None
+        if request.instruction and action is not Action.LOCK:
+            raise InvalidInput("instruction applies to LOCK only")
+        if len(request.instruction) > 65:
+            raise InvalidInput("instruction must be at most 65 bytes")
         async with self._locks.hold((int(action), terms.transfer_id)):
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(Unavailable),
@@ -142,7 +146,9 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
                 reraise=True,
             ):
                 with attempt:
-                    outcome = await self._adapter.submit(action, terms, cert)
+                    outcome = await self._adapter.submit(
+                        action, terms, cert, bytes(request.instruction)
+                    )
         self._log.info(
             "step applied" if not outcome.already_applied else "step already applied",
             **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},

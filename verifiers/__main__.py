@@ -55,6 +55,8 @@ async def run(config_path: Path) -> None:
         votes,
         supply_log,
         cfg.network.supply_operators,
+        network_words={name: lc.network_word for name, lc in cfg.network.ledgers.items()},
+        instruction_keys=cfg.network.instruction_keys,
     )
     server = BridgeServer(
         cfg.listen,

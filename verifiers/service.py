@@ -20,7 +20,7 @@ from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
-from verifiers.policy import check_claim
+from verifiers.policy import check_claim, is_instructed
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
@@ -41,8 +41,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         supply_operators: Collection[bytes] = (),
         max_clock_skew: float = 60.0,
         max_height_lag: int = 64,
+        *,
+        network_words: Mapping[str, bytes] | None = None,
+        instruction_keys: Mapping[str, frozenset[bytes]] | None = None,
     ) -> None:
         self._signer = signer
+        # Protocol v2: per ledger name, the network word of the network file (what this
+        # member's own node must be on) and the registered instruction keys.
+        self._network_words = dict(network_words or {})
+        self._verified_networks: dict[str, bytes] = {}
+        self._instruction_keys = dict(instruction_keys or {})
         self._supply_log = supply_log
         self._operators = frozenset(supply_operators)
         self._max_skew_ms = int(max_clock_skew * 1000)
@@ -78,6 +86,30 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             )
         return reader
 
+    async def _network_word(self, reader: LedgerReader) -> bytes:
+        """The network word to sign ``reader``'s claims with, once this member's own node
+        has been seen on that network.
+
+        SECURITY: a member signs only for the network the network file names, and only
+        after its own node reported the same (EVM chain id, Fabric genesis block hash), so
+        its signatures cannot be used on a deployment that reused names and keys.
+        """
+        name = reader.ledger.name
+        verified = self._verified_networks.get(name)
+        if verified is not None:
+            return verified
+        expected = self._network_words.get(name)
+        if expected is None:
+            raise PreconditionFailed(f"no network word configured for ledger {name}")
+        actual = await reader.network_word()
+        if actual != expected:
+            raise PreconditionFailed(
+                f"this member's node for ledger {name} is on network 0x{actual.hex()}, the"
+                f" network file names 0x{expected.hex()}: refusing to sign"
+            )
+        self._verified_networks[name] = actual
+        return actual
+
     @grpc_errors
     async def SignClaim(
         self, request: verifier_pb2.SignClaimRequest, context: Context
@@ -94,14 +126,25 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
-        check_claim(kind, th, source, target)
+        instructed = is_instructed(
+            self._instruction_keys.get(src.ledger.name, frozenset()),
+            src.kind,
+            terms.sender,
+            terms.instructor,
+        )
+        check_claim(kind, th, source, target, instructed=instructed)
         if kind is not ClaimKind.LOCKED:
             self._votes.record(tid, kind, th)
         ledgers = [dst] if kind is ClaimKind.LOCKED else [src, dst]
         claim = Claim(kind=kind, transfer_id=tid, terms_hash=th)
         out = verifier_pb2.SignClaimResponse(signer=self._signer.address)
         for reader in ledgers:
-            domain = ClaimDomain(reader.ledger.word, reader.bridge_word, self._committee.epoch)
+            domain = ClaimDomain(
+                reader.ledger.word,
+                reader.bridge_word,
+                self._committee.epoch,
+                await self._network_word(reader),
+            )
             digest = claim_digest(domain, claim)
             out.signatures.append(
                 verifier_pb2.LedgerSignature(

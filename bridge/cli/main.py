@@ -11,6 +11,7 @@ import json
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,11 @@ from google.protobuf.json_format import MessageToDict
 from bridge.cli import credentials
 from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
+from bridge.config import load_network
 from bridge.domain.errors import BridgeError
+from bridge.instructions import Brokerage
+from bridge.keys.loader import load_key_config, open_signer
+from bridge.keys.reference import PlainKeyFile
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -49,18 +54,25 @@ def _show(t: transfer_pb2.Transfer, as_json: bool) -> None:
 
 
 def _submit(stub: Any, a: argparse.Namespace) -> None:
-    resp = stub.SubmitTransfer(
-        transfer_pb2.SubmitTransferRequest(
-            idempotency_key=a.idempotency_key or str(uuid.uuid4()),
-            security_id=a.security,
-            source_ledger=a.source,
-            target_ledger=a.target,
-            sender=a.sender,
-            recipient=a.recipient,
-            amount=a.amount,
-        ),
-        timeout=a.timeout,
+    request = transfer_pb2.SubmitTransferRequest(
+        idempotency_key=a.idempotency_key or str(uuid.uuid4()),
+        security_id=a.security,
+        source_ledger=a.source,
+        target_ledger=a.target,
+        sender=a.sender,
+        recipient=a.recipient,
+        amount=a.amount,
     )
+    # Protocol v2: this brokerage signs the instruction with its instruction key.
+    # A plaintext key file only under the development flag (bridge.keys), like every key.
+    ref = (
+        load_key_config(a.instruction_key_config)
+        if a.instruction_key_config is not None
+        else PlainKeyFile(a.instruction_key)
+    )
+    signer = open_signer(ref)
+    brokerage = Brokerage(load_network(a.network), {a.source: signer}, ttl=a.ttl)
+    resp = stub.SubmitTransfer(brokerage.instruct(request), timeout=a.timeout)
     if not a.json:
         print("created" if resp.created else "already submitted with this idempotency key")
     _show(resp.transfer, a.json)
@@ -124,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipient", required=True)
     s.add_argument("--amount", required=True)
     s.add_argument("--idempotency-key", help="default: a fresh UUID")
+    key = s.add_mutually_exclusive_group(required=True)
+    key.add_argument(
+        "--instruction-key",
+        type=Path,
+        help="0600 key file of this brokerage's instruction key (registered for --from)",
+    )
+    key.add_argument(
+        "--instruction-key-config",
+        type=Path,
+        help="TOML file with key_file or a [key] table: the instruction key in a keystore/HSM",
+    )
+    s.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
+    s.add_argument("--ttl", type=int, default=60, help="seconds until the transfer's deadline")
     s.set_defaults(run=_submit)
     g = tr.add_parser("get", help="show one transfer")
     g.add_argument("transfer_id")
@@ -164,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except ValueError as exc:
+    except (ValueError, BridgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

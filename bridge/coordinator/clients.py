@@ -120,10 +120,18 @@ class RelayerGateway:
         return reading
 
     async def submit(
-        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
-        """Apply one step (idempotent on the relayer side)."""
-        req = relayer_pb2.SubmitRequest(action=int(action), terms=terms_to_pb(terms))  # type: ignore[arg-type]
+        """Apply one step (idempotent on the relayer side); ``instruction``: LOCK only."""
+        req = relayer_pb2.SubmitRequest(
+            action=int(action),  # type: ignore[arg-type]
+            terms=terms_to_pb(terms),
+            instruction=instruction,
+        )
         if certificate is not None:
             req.certificate.CopyFrom(signatures_to_pb(certificate))
         try:
@@ -139,11 +147,12 @@ class RelayerGateway:
 
 @dataclass(frozen=True, slots=True)
 class LedgerDomain:
-    """Where one ledger verifies claims (its id word and bridge word)."""
+    """Where one ledger verifies claims (its network, id and bridge words)."""
 
     name: str
     ledger_word: bytes
     bridge_word: bytes
+    network_word: bytes
 
 
 MisbehaviourSink = Callable[[Misbehaviour], Awaitable[None]]
@@ -264,7 +273,8 @@ class CommitteeClient:
         claim = Claim(kind=kind, transfer_id=terms.transfer_id, terms_hash=terms.terms_hash)
         digests = {
             d.name: claim_digest(
-                ClaimDomain(d.ledger_word, d.bridge_word, self.committee.epoch), claim
+                ClaimDomain(d.ledger_word, d.bridge_word, self.committee.epoch, d.network_word),
+                claim,
             )
             for d in ledgers
         }

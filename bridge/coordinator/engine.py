@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -24,8 +23,9 @@ from bridge.coordinator.records import (
     TransferRequest,
     TransferUpdate,
 )
-from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
+from bridge.coordinator.requests import ADOPTED_KEY_PREFIX, check_instruction, terms_for
 from bridge.coordinator.store import TransferStore
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import (
     BridgeError,
@@ -37,6 +37,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
+from bridge.domain.instructions import Instruction, is_instructed, verify_instruction
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, LegStatus, RejectReason
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
@@ -56,15 +57,17 @@ _STEP_NAMES = {
 
 
 # Contract refusals that prove the lock did not and cannot happen for these terms.
-DEFINITIVE_LOCK_REFUSALS = frozenset(
+DEFINITIVE_LOCK_REFUSALS: frozenset[str] = frozenset(
     {
-        "InsufficientBalance",
-        "HolderFrozen",
-        "HolderNotEligible",
-        "TokenPaused",
-        "DeadlinePassed",
-        "UnknownSecurity",
-        "ZeroAmount",
+        ErrorReason.INSUFFICIENT_BALANCE,
+        ErrorReason.MISSING_INSTRUCTION,
+        ErrorReason.INVALID_INSTRUCTION,
+        ErrorReason.HOLDER_FROZEN,
+        ErrorReason.HOLDER_NOT_ELIGIBLE,
+        ErrorReason.TOKEN_PAUSED,
+        ErrorReason.DEADLINE_PASSED,
+        ErrorReason.UNKNOWN_SECURITY,
+        ErrorReason.ZERO_AMOUNT,
         # Not WrongLedger: our terms come from configuration, so it means a configuration
         # mismatch, which an operator fixes; the transfer waits with the reason.
     }
@@ -120,7 +123,7 @@ class Coordinator:
         self._supply = supply
         self._sweep_every = sweep_every
         self._domains = {
-            name: LedgerDomain(name, lc.id.word, bridge_word_of(lc))
+            name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
             for name, lc in network.ledgers.items()
         }
         self._ledger_by_word = {d.ledger_word: name for name, d in self._domains.items()}
@@ -198,15 +201,32 @@ class Coordinator:
             ev.set()
 
     # -- the brokerage API -----------------------------------------------------------------
-    async def submit(self, request: TransferRequest) -> tuple[TransferRecord, bool]:
+    async def submit(
+        self, request: TransferRequest, instruction: Instruction
+    ) -> tuple[TransferRecord, bool]:
         """Record a new transfer (or return the one with the same idempotency key).
 
-        Pre-checks the sender's balance and standing and that both tokens are registered
-        and not paused; the recipient's eligibility is decided on the target ledger.
+        SECURITY: the brokerage's instruction is checked first (registered instructor for
+        the source ledger, its signature over exactly these terms, deadline bounds); nothing
+        is recorded for a refused one. The coordinator chooses no term: the nonce and the
+        deadline are the instructor's. Pre-checks the sender's balance and standing and that
+        both tokens are registered and not paused; the recipient's eligibility is decided on
+        the target ledger.
         """
         existing = await self._existing(request)
         if existing is not None:
+            # A retry: the same signed terms as recorded (its deadline may have passed since).
+            terms = terms_for(self._network, request, instruction)
+            verify_instruction(
+                self._network.ledgers[request.source_ledger].network_word,
+                terms,
+                instruction.signature,
+            )
+            if existing.terms != terms:
+                raise Conflict("idempotency_key was already used with other instructed terms")
             return existing, False
+        now = time.time()
+        terms = check_instruction(self._network, request, instruction, now=now, ttl=self._ttl)
         if self._supply is not None:
             refusal = await self._supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)
@@ -214,24 +234,6 @@ class Coordinator:
             if refusal is not None:
                 raise PreconditionFailed(refusal)
         await self._precheck(request)
-        src, dst = self._domains[request.source_ledger], self._domains[request.target_ledger]
-        now = time.time()
-        terms = TransferTerms(
-            nonce=secrets.token_bytes(32),
-            security=SecurityId(request.security).word,
-            amount=request.amount,
-            src_ledger=src.ledger_word,
-            src_bridge=src.bridge_word,
-            dst_ledger=dst.ledger_word,
-            dst_bridge=dst.bridge_word,
-            sender=codec_for(self._network.ledgers[request.source_ledger].kind).parse(
-                request.sender
-            ),
-            recipient=codec_for(self._network.ledgers[request.target_ledger].kind).parse(
-                request.recipient
-            ),
-            deadline=int(now) + self._ttl,
-        )
         record = TransferRecord(
             transfer_id=terms.transfer_id,
             request=request,
@@ -240,10 +242,11 @@ class Coordinator:
             reason="locking units on the source ledger",
             created_at=now,
             updated_at=now,
+            instruction=instruction.signature,
         )
         stored, created = await self._store.create(record)
         if not created:
-            if stored.request.fingerprint() != request.fingerprint():
+            if stored.request.fingerprint() != request.fingerprint() or stored.terms != terms:
                 raise Conflict("idempotency_key was already used for a different transfer")
             return stored, False
         self._log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
@@ -579,6 +582,15 @@ class Coordinator:
             self._spawn(event.transfer_id)
         return True
 
+    def _instructed(self, source_ledger: str, terms: TransferTerms) -> bool:
+        """Whether ``terms``' instructor has authority over the source ledger's accounts."""
+        return is_instructed(
+            self._network.instruction_keys.get(source_ledger, frozenset()),
+            self._network.ledgers[source_ledger].kind,
+            terms.sender,
+            terms.instructor,
+        )
+
     # -- the driver ------------------------------------------------------------------------
     async def _drive(self, tid: bytes) -> None:
         failures = 0
@@ -650,12 +662,18 @@ class Coordinator:
         if step.step is StepKind.LOCK and record.origin is not TransferOrigin.SUBMITTED:
             return await self._no_lock_for_adopted(record)
         reason = self._describe(step, target.state, target.reason, decision)
+        if step.step is StepKind.PREPARE and not self._instructed(src_name, terms):
+            # SECURITY: nobody certifies LOCKED for a lock no registered brokerage (nor, on
+            # EVM, the holder) instructed; the committee certifies ABORT instead, so the
+            # escrow goes back to its holder and the target is closed with a tombstone.
+            step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
+            reason = "the lock was not instructed by a registered brokerage key: releasing it"
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True
         if step.step is StepKind.LOCK:
             try:
-                out = await src.submit(Action.LOCK, terms, None)
+                out = await src.submit(Action.LOCK, terms, None, record.instruction)
             except LedgerRejected as exc:
                 if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
                     raise  # e.g. a racing duplicate: re-read the leg and go on

@@ -56,6 +56,8 @@ class TransferRecord:
     decision: ClaimKind | None = None
     transactions: Mapping[str, str] = field(default_factory=dict)
     origin: TransferOrigin = TransferOrigin.SUBMITTED
+    instruction: bytes = b""
+    """The instructor's signature over the terms, passed to the source ledger's LOCK."""
 
 
 @dataclass(frozen=True, slots=True)

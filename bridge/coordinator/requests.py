@@ -1,4 +1,5 @@
-"""Validation of brokerage requests: every rule that needs no ledger, with precise errors."""
+"""Validation of brokerage requests: every rule that needs no ledger, with precise errors,
+including the brokerage's signed instruction (protocol v2)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import re
 from bridge.config import NetworkConfig
 from bridge.coordinator.records import TransferRequest
 from bridge.domain.errors import InvalidInput, NotFound
-from bridge.domain.ids import is_valid_isin
-from bridge.domain.terms import UINT256_MAX
+from bridge.domain.ids import SecurityId, is_valid_isin
+from bridge.domain.instructions import (
+    Instruction,
+    UnauthorisedInstructor,
+    instructor_word,
+    verify_instruction,
+)
+from bridge.domain.terms import UINT256_MAX, TransferTerms
 from bridge.ledgers.addresses import codec_for
+from bridge.ledgers.factory import bridge_word_of
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 ADOPTED_KEY_PREFIX = "onchain:"
@@ -93,3 +101,60 @@ def validate_request(
         recipient=dst_codec.format(recipient_word),
         amount=value,
     )
+
+
+DEADLINE_SKEW_S = 60
+"""Seconds a brokerage's clock may run ahead of the coordinator's."""
+
+
+def terms_for(
+    network: NetworkConfig, request: TransferRequest, instruction: Instruction
+) -> TransferTerms:
+    """The terms a validated request and its instruction make (what the instructor signed)."""
+    src = network.ledgers[request.source_ledger]
+    dst = network.ledgers[request.target_ledger]
+    return TransferTerms(
+        nonce=instruction.nonce,
+        security=SecurityId(request.security).word,
+        amount=request.amount,
+        src_ledger=src.id.word,
+        src_bridge=bridge_word_of(src),
+        dst_ledger=dst.id.word,
+        dst_bridge=bridge_word_of(dst),
+        sender=codec_for(src.kind).parse(request.sender),
+        recipient=codec_for(dst.kind).parse(request.recipient),
+        instructor=instructor_word(instruction.instructor),
+        deadline=instruction.deadline,
+    )
+
+
+def check_instruction(
+    network: NetworkConfig,
+    request: TransferRequest,
+    instruction: Instruction,
+    *,
+    now: float,
+    ttl: int,
+) -> TransferTerms:
+    """Return the instructed terms, or refuse before anything is recorded.
+
+    SECURITY: the instructor must be an instruction key registered for the source ledger
+    (UnauthorisedInstructor, PERMISSION_DENIED) and the signature must be its signature over
+    exactly these terms on the source ledger's network (InvalidInstruction,
+    PERMISSION_DENIED), checked with the ledgers' own rule; the deadline must lie in the
+    future and at most ``ttl`` seconds (plus clock skew) ahead (InvalidInput).
+    """
+    if not network.may_instruct(request.source_ledger, instruction.instructor):
+        raise UnauthorisedInstructor(
+            f"instructor 0x{instruction.instructor.hex()} is not an instruction key registered"
+            f" for ledger {request.source_ledger}"
+        )
+    if instruction.deadline <= now:
+        raise InvalidInput("instruction.deadline has passed")
+    if instruction.deadline > now + ttl + DEADLINE_SKEW_S:
+        raise InvalidInput(f"instruction.deadline is more than transfer_ttl={ttl}s ahead")
+    terms = terms_for(network, request, instruction)
+    verify_instruction(
+        network.ledgers[request.source_ledger].network_word, terms, instruction.signature
+    )
+    return terms

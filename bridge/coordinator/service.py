@@ -14,7 +14,7 @@ from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import InvalidInput
 from bridge.domain.transfer import TransferState
 from bridge.rpc.authz import current_principal
-from bridge.rpc.convert import event_from_pb
+from bridge.rpc.convert import event_from_pb, instruction_from_pb
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
 from bridge.rpc.roles import BROKERAGE
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
@@ -82,7 +82,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             recipient=request.recipient,
             amount=request.amount,
         )
-        record, created = await self._coordinator.submit(req)
+        record, created = await self._coordinator.submit(req, instruction_from_pb(request))
         return transfer_pb2.SubmitTransferResponse(transfer=transfer_to_pb(record), created=created)
 
     @grpc_errors

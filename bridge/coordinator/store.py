@@ -180,18 +180,18 @@ CREATE TABLE IF NOT EXISTS ledger_progress (
 """
 
 
-def _terms_json(t: TransferTerms) -> str:
-    return json.dumps(
-        {
-            k: (v.hex() if isinstance(v, bytes) else v)
-            for k, v in zip(_TERMS_FIELDS, t.as_abi_tuple(), strict=True)
-        }
-    )
+def _terms_json(t: TransferTerms, instruction: bytes = b"") -> str:
+    data: dict[str, Any] = {
+        k: (v.hex() if isinstance(v, bytes) else v)
+        for k, v in zip(_TERMS_FIELDS, t.as_abi_tuple(), strict=True)
+    }
+    data["instruction"] = instruction.hex()  # kept with the terms it signs
+    return json.dumps(data)
 
 
 _TERMS_FIELDS = (
     "nonce", "security", "amount", "src_ledger", "src_bridge",
-    "dst_ledger", "dst_bridge", "sender", "recipient", "deadline",
+    "dst_ledger", "dst_bridge", "sender", "recipient", "instructor", "deadline",
 )  # fmt: skip
 
 
@@ -208,8 +208,13 @@ def _terms_from_json(text: str) -> TransferTerms:
         dst_bridge=w["dst_bridge"],
         sender=w["sender"],
         recipient=w["recipient"],
+        instructor=w["instructor"],
         deadline=int(raw["deadline"]),
     )
+
+
+def _instruction_from_json(text: str) -> bytes:
+    return bytes.fromhex(str(json.loads(text).get("instruction", "")))
 
 
 class SqliteTransferStore:
@@ -261,6 +266,7 @@ class SqliteTransferStore:
             decision=ClaimKind(int(decision_row[0])) if decision_row else None,
             transactions=json.loads(str(txs)),
             origin=TransferOrigin(str(origin)),
+            instruction=_instruction_from_json(str(terms)),
         )
 
     _COLS = (
@@ -279,7 +285,7 @@ class SqliteTransferStore:
                     record.transfer_id,
                     r.idempotency_key,
                     json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
-                    _terms_json(record.terms),
+                    _terms_json(record.terms, record.instruction),
                     r.security,
                     int(record.state),
                     record.reason,

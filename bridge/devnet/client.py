@@ -1,7 +1,15 @@
-"""A brokerage-like client for the demo, tests and benchmarks."""
+"""A brokerage-like client for the demo, tests and benchmarks.
+
+Every submission in the devnet, the demo, the benchmarks and the tests goes through this
+module: calls go out as the brokerage of the request's source ledger, and a
+:class:`~bridge.instructions.Brokerage` signs each request's instruction (protocol v2) with
+the instruction key registered for that ledger (``LocalSystem.brokerage``,
+``LocalSystem.submit``, the routed stubs' ``instruct``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -9,8 +17,36 @@ from typing import Protocol
 import grpc
 
 from bridge.domain.errors import BridgeError
+from bridge.instructions import Brokerage
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+
+__all__ = [
+    "AsyncRoutedTransferStub",
+    "Brokerage",
+    "Instruct",
+    "RoutedTransferStub",
+    "brokerage_channel",
+    "instructed",
+    "submit_retrying",
+]
+
+Instruct = Callable[[transfer_pb2.SubmitTransferRequest], transfer_pb2.SubmitTransferRequest]
+"""Signs a request's instruction as its source ledger's brokerage (``Brokerage.instruct``)."""
+
+
+def instructed(
+    instruct: Instruct | None, request: transfer_pb2.SubmitTransferRequest
+) -> transfer_pb2.SubmitTransferRequest:
+    """``request`` with its instruction: as given when it has one (or nobody signs), signed
+    by ``instruct`` otherwise; a request the brokerage will not sign (malformed) is returned
+    as is, for the coordinator to refuse precisely."""
+    if instruct is None or request.HasField("instruction"):
+        return request
+    with contextlib.suppress(BridgeError):
+        return instruct(request)
+    return request
+
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -45,8 +81,9 @@ def submit_retrying(
     """Submit as a brokerage should: retry UNAVAILABLE/DEADLINE_EXCEEDED with the same
     idempotency key (so a retry never creates a second transfer); return the transfer id.
 
-    The call is made as the brokerage of the request's source ledger.
-    Raises the last RpcError for any other status, or TimeoutError after ``limit_s``.
+    The call is made as the brokerage of the request's source ledger; ``request`` carries
+    its instruction already (see :func:`instructed`). Raises the last RpcError for any
+    other status, or TimeoutError after ``limit_s``.
     """
     give_up = time.monotonic() + limit_s
     while True:
@@ -74,10 +111,15 @@ class RoutedTransferStub:
     """
 
     def __init__(
-        self, channels: ChannelSource, fallback_ledger: str, reader: str = "depository"
+        self,
+        channels: ChannelSource,
+        fallback_ledger: str,
+        reader: str = "depository",
+        instruct: Instruct | None = None,
     ) -> None:
         self._source = channels
         self._fallback = fallback_ledger
+        self._instruct = instruct
         self._open: dict[str, grpc.Channel] = {}
         self._reader = transfer_pb2_grpc.TransferServiceStub(self._channel(reader))
 
@@ -89,7 +131,9 @@ class RoutedTransferStub:
     def SubmitTransfer(
         self, request: transfer_pb2.SubmitTransferRequest, timeout: float | None = None
     ) -> transfer_pb2.SubmitTransferResponse:
-        """Submit as the brokerage of ``request.source_ledger``."""
+        """Submit as the brokerage of ``request.source_ledger``, its instruction signed by
+        ``instruct`` when it has none (see :func:`instructed`)."""
+        request = instructed(self._instruct, request)
         try:
             channel = self._channel(f"brokerage:{request.source_ledger}")
         except (KeyError, BridgeError):  # no such brokerage in the devnet
@@ -119,8 +163,14 @@ class AsyncRoutedTransferStub:
     """:class:`RoutedTransferStub` for asyncio callers (benchmarks): SubmitTransfer as the
     source ledger's brokerage, Get/List/Watch as ``reader``."""
 
-    def __init__(self, channels: AsyncChannelSource, reader: str = "depository") -> None:
+    def __init__(
+        self,
+        channels: AsyncChannelSource,
+        reader: str = "depository",
+        instruct: Instruct | None = None,
+    ) -> None:
         self._source = channels
+        self._instruct = instruct
         self._open: dict[str, grpc.aio.Channel] = {}
         self._reader = reader
 
@@ -136,7 +186,9 @@ class AsyncRoutedTransferStub:
     def SubmitTransfer(
         self, request: transfer_pb2.SubmitTransferRequest, timeout: float | None = None
     ) -> object:
-        """Submit as the brokerage of ``request.source_ledger`` (an awaitable call)."""
+        """Submit as the brokerage of ``request.source_ledger`` (an awaitable call), its
+        instruction signed by ``instruct`` when it has none."""
+        request = instructed(self._instruct, request)
         return self._stub(f"brokerage:{request.source_ledger}").SubmitTransfer(
             request, timeout=timeout
         )

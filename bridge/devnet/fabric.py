@@ -806,7 +806,12 @@ class FabricNetwork:
         return data
 
     def deploy_ccaas(
-        self, name: str, chaincode_address: str, version: str = "1.0", tls: bool = False
+        self,
+        name: str,
+        chaincode_address: str,
+        version: str = "1.0",
+        tls: bool = False,
+        init_required: bool = False,
     ) -> str:
         """Install, approve (both orgs) and commit a chaincode-as-a-service; return its package id.
 
@@ -850,6 +855,7 @@ class FabricNetwork:
             str(sequence),
             "--signature-policy",
             BOTH_ORGS_POLICY,
+            *(["--init-required"] if init_required else []),
         ]
         for org in self.orgs.values():
             self._lifecycle_tx(org, ["approveformyorg", *definition, "--package-id", package_id])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Credentials, LedgerAuth
+from bridge.core.digests import init_parameters_digest
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
@@ -27,20 +28,48 @@ from bridge.ledgers.fabric.identity import SigningIdentity
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 
 
-def start_bridge_chaincode(net: FabricNetwork, name: str, tls: bool = True) -> ManagedProcess:
+INIT_PIN_FILE_ENV = "KSTB_INIT_PARAMS_SHA256_FILE"
+
+
+def init_pin_file(net: FabricNetwork, name: str) -> Path:
+    """Where the devnet's chaincode server ``name`` reads its pinned Init digest."""
+    return net.workdir / "chaincode" / f"{name}.init-pin"
+
+
+def pin_init(net: FabricNetwork, name: str, init_args: Sequence[str]) -> None:
+    """Pin the Init arguments the organisations agreed to (the server reads it at Init)."""
+    path = init_pin_file(net, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(init_parameters_digest(list(init_args)) + "\n", encoding="ascii")
+
+
+def start_bridge_chaincode(
+    net: FabricNetwork, name: str, init_args: Sequence[str] | None = None, tls: bool = True
+) -> ManagedProcess:
     """Deploy the bridge chaincode as ``name`` (both orgs endorse) and serve it; returns the
     chaincode server process once it listens.
 
     With ``tls`` (the default) the server speaks TLS and accepts only clients with a
     certificate from the network's chaincode CA: the two peers.
+
+    The definition is committed with ``--init-required``: the first invocation must be an
+    Init (``is_init``), and no other Init is accepted after it. The server accepts only the
+    Init arguments pinned in its pin file (:func:`pin_init`; given ``init_args`` they are
+    pinned now): Init is refused (WrongInitParameters) with any other arguments or before a
+    pin exists. (The devnet serves both organisations' peers from one server, so one pin
+    stands for both; in production each organisation runs its own server pinned to what it
+    agreed to, and the AND endorsement policy needs every one of them.)
     """
     port = free_port()
     address = f"127.0.0.1:{port}"
-    package_id = net.deploy_ccaas(name, address, tls=tls)
+    package_id = net.deploy_ccaas(name, address, tls=tls, init_required=True)
+    if init_args is not None:
+        pin_init(net, name, init_args)
     env = {
         "PYTHONPATH": str(CHAINCODE_DIR),
         "CHAINCODE_SERVER_ADDRESS": address,
         "CORE_CHAINCODE_ID": package_id,
+        INIT_PIN_FILE_ENV: str(init_pin_file(net, name)),
     }
     if tls:
         env.update(net.chaincode_server_tls_env())
@@ -111,6 +140,8 @@ class FabricBridgeLedger:
     isins: list[str] = field(default_factory=list)
     before_issue: Callable[[str, int], None] | None = None
     """Called with (isin, units) before any issue: the devnet registers the issuance."""
+    genesis_hash: bytes = b""
+    """The channel's genesis block hash: this ledger's network word (protocol v2)."""
 
     @property
     def net(self) -> FabricNetwork:
@@ -123,7 +154,7 @@ class FabricBridgeLedger:
         """Start the network, deploy and initialise the chaincode, register ``isins``, and
         grant the relayer identity its role."""
         self.network = FabricNetwork(self.workdir / f"fabric-{self.name}").start()
-        self.process = start_bridge_chaincode(self.net, self.chaincode)
+        self.genesis_hash = self._run(lambda client: client.genesis_hash())
         committee_json = json.dumps(
             {
                 "epoch": committee.epoch,
@@ -131,9 +162,11 @@ class FabricBridgeLedger:
                 "members": ["0x" + m.hex() for m in committee.members],
             }
         )
+        init_args = [self.name, self.chaincode, committee_json, "0x" + self.genesis_hash.hex()]
+        self.process = start_bridge_chaincode(self.net, self.chaincode, init_args)
         relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
         self._admin_calls(
-            [("Init", [self.name, self.chaincode, committee_json])]
+            [("Init", init_args)]
             + [("RegisterSecurity", [isin]) for isin in isins]
             + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
         )
@@ -210,6 +243,7 @@ class FabricBridgeLedger:
             "tls_ca": str(o.tls_ca_cert),
             "tls_server_name": o.peer_host,
             "block_interval": block_interval,
+            "genesis_hash": "0x" + self.genesis_hash.hex(),
         }
 
     def endpoint_of(self, org: str) -> str:
@@ -241,7 +275,8 @@ class FabricBridgeLedger:
     def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
-                result = await client.submit(self.chaincode, fn, list(args))
+                # Init is the definition's one --init-required invocation.
+                result = await client.submit(self.chaincode, fn, list(args), is_init=fn == "Init")
                 await wait_for_peers(self.net, result.block_number)
 
         self._run(run)

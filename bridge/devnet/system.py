@@ -18,8 +18,9 @@ import grpc
 from web3 import Web3
 from web3.contract import Contract
 
-from bridge.config import TlsConfig, dump_toml, load_network
+from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
+from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.ledger_tls import DevCA
@@ -35,6 +36,7 @@ from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
 from bridge.rpc.tls import INSECURE_ENV, ClientIdentity
 from bridge.supply_client import SupplyOperator
+from bridge.v1 import transfer_pb2
 
 DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
 
@@ -121,6 +123,9 @@ class LocalSystem:
     evm_node_auth: bool = True
     """EVM nodes behind the authenticating TLS proxy (``https`` + bearer token), as
     production nodes are; False exposes anvil's plain http port to the components."""
+    instruction_keys: dict[str, DevAccount] = field(default_factory=dict)
+    """Per ledger, the instruction key of the brokerage that manages its accounts."""
+    _brokerage: Brokerage | None = None
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -210,6 +215,37 @@ class LocalSystem:
         """Every ledger name, EVM first."""
         return [*self.ledgers, *self.fabric]
 
+    # -- brokerages (protocol v2 instructions) -----------------------------------------------
+    def instruction_key(self, ledger: str) -> DevAccount:
+        """The devnet brokerage's instruction key for ``ledger`` (generated once, written 0600)."""
+        key = self.instruction_keys.get(ledger)
+        if key is None:
+            key = self.instruction_keys[ledger] = DevAccount.generate()
+            write_key_file(self.workdir / "keys" / f"instruction-{ledger}.key", key)
+        return key
+
+    @property
+    def network(self) -> NetworkConfig:
+        """The network file as the daemons read it (after :meth:`write_configs`)."""
+        return load_network(self.workdir / "network.toml")
+
+    @property
+    def brokerage(self) -> Brokerage:
+        """Signs instructions with each source ledger's instruction key."""
+        if self._brokerage is None:
+            keys = {
+                name: LocalKeySigner(self.instruction_key(name).private_key)
+                for name in self.all_ledgers
+            }
+            self._brokerage = Brokerage(self.network, keys, ttl=self.transfer_ttl)
+        return self._brokerage
+
+    def submit(self, request: transfer_pb2.SubmitTransferRequest, limit_s: float = 60.0) -> str:
+        """Instruct ``request`` as its source ledger's brokerage and submit it (retrying
+        transient faults with the same instruction); returns the transfer id. A request the
+        brokerage will not sign (malformed) is sent as is, for the coordinator to refuse."""
+        return submit_retrying(self, instructed(self.brokerage.instruct, request), limit_s)
+
     # -- configuration ---------------------------------------------------------------------
     def _network_file(self) -> Path:
         assert self.committee is not None
@@ -224,6 +260,9 @@ class LocalSystem:
                     },
                     "securities": {"isins": list(self.isins)},
                     "supply": {"operators": [self.supply_operator.address]},
+                    "instruction_keys": {
+                        name: [self.instruction_key(name).address] for name in self.all_ledgers
+                    },
                     "ledgers": [
                         {
                             "id": h.name,

@@ -1,8 +1,8 @@
 """Committee claims and their domain-separated digests.
 
 A claim is signed once per verifying ledger: the digest binds the protocol version, the
-ledger id, the bridge contract on that ledger and the committee epoch, so a signature can
-never be replayed on another ledger, another contract or under another committee.
+network, the ledger id, the bridge contract on that ledger and the committee epoch, so a
+signature can never be replayed on another network, ledger, contract or committee.
 """
 
 from __future__ import annotations
@@ -10,27 +10,30 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from bridge.domain.hashing import abi_encode, keccak256, tag
+from bridge.core import digests as core
+from bridge.core.digests import CLAIM_TAG, PROTOCOL_VERSION
 
-CLAIM_TAG = tag("KSTB/claim/v1")
-PROTOCOL_VERSION = 1
+__all__ = ["CLAIM_TAG", "PROTOCOL_VERSION", "Claim", "ClaimDomain", "ClaimKind", "claim_digest"]
 
 
 class ClaimKind(enum.IntEnum):
     """What the committee asserts; values are shared with the contracts."""
 
-    LOCKED = 1
-    COMMIT = 2
-    ABORT = 3
+    LOCKED = core.CLAIM_LOCKED
+    COMMIT = core.CLAIM_COMMIT
+    ABORT = core.CLAIM_ABORT
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimDomain:
-    """Where a signature is valid: one bridge contract on one ledger, one committee epoch."""
+    """Where a signature is valid: one bridge contract on one ledger of one network, one
+    committee epoch. ``network`` is the ledger's network word (EVM: the chain id as a word;
+    Fabric: the channel's genesis block hash)."""
 
     ledger: bytes
     contract: bytes
     epoch: int
+    network: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +47,12 @@ class Claim:
 
 def claim_digest(domain: ClaimDomain, claim: Claim) -> bytes:
     """Return the 32-byte digest a committee member signs for ``claim`` in ``domain``."""
-    return keccak256(
-        abi_encode(
-            ["bytes32", "uint16", "bytes32", "bytes32", "uint64", "uint8", "bytes32", "bytes32"],
-            [
-                CLAIM_TAG,
-                PROTOCOL_VERSION,
-                domain.ledger,
-                domain.contract,
-                domain.epoch,
-                int(claim.kind),
-                claim.transfer_id,
-                claim.terms_hash,
-            ],
-        )
+    return core.claim_digest(
+        domain.network,
+        domain.ledger,
+        domain.contract,
+        domain.epoch,
+        int(claim.kind),
+        claim.transfer_id,
+        claim.terms_hash,
     )

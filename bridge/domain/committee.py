@@ -10,20 +10,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from coincurve import PublicKey
-
+from bridge.core import signatures as core
+from bridge.core.reasons import ErrorReason, ProtocolError
+from bridge.core.signatures import SECP256K1_N, SIGNATURE_LENGTH
 from bridge.domain.errors import InvalidCertificate, InvalidInput
-from bridge.domain.hashing import keccak256
 
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-SIGNATURE_LENGTH = 65
+__all__ = [
+    "SECP256K1_N",
+    "SIGNATURE_LENGTH",
+    "Certificate",
+    "Committee",
+    "SignedVote",
+    "address_of_public_key",
+    "assemble_certificate",
+    "recover_signer",
+    "verify_certificate",
+    "verify_vote",
+]
 
 
 def address_of_public_key(uncompressed: bytes) -> bytes:
     """Return the 20-byte EVM address of a 65-byte uncompressed secp256k1 public key."""
-    if len(uncompressed) != 65 or uncompressed[0] != 4:
-        raise InvalidInput("expected a 65-byte uncompressed public key")
-    return keccak256(uncompressed[1:])[12:]
+    try:
+        return core.address_of_public_key(uncompressed)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def recover_signer(digest: bytes, signature: bytes) -> bytes:
@@ -31,24 +42,10 @@ def recover_signer(digest: bytes, signature: bytes) -> bytes:
 
     Raises InvalidCertificate for a malformed signature, a high ``s`` or a bad ``v``.
     """
-    if len(digest) != 32:
-        raise InvalidCertificate("digest must be 32 bytes")
-    if len(signature) != SIGNATURE_LENGTH:
-        raise InvalidCertificate("signature must be 65 bytes")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    v = signature[64]
-    if v not in (27, 28):
-        raise InvalidCertificate("signature v must be 27 or 28")
-    if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_N // 2):
-        raise InvalidCertificate("signature r/s out of range (high-s signatures are refused)")
     try:
-        pub = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), digest, hasher=None
-        )
-    except Exception as exc:
-        raise InvalidCertificate("signature does not recover to a public key") from exc
-    return address_of_public_key(pub.format(compressed=False))
+        return core.recover_signer(digest, signature)
+    except ProtocolError as exc:
+        raise InvalidCertificate(exc.detail, exc.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +138,26 @@ def verify_certificate(
 ) -> None:
     """Apply exactly the contracts' acceptance rule to a list of signatures; raise if it fails.
 
-    The rule: current epoch, at least t signatures, each from a member, strictly ascending
-    signer addresses (so no duplicates), every signature valid over ``digest``.
+    The rule is the core's (:func:`bridge.core.signatures.check_certificate`): current epoch,
+    at least t signatures, then each valid over ``digest``, its signer strictly above the
+    previous one (so no duplicates) and a member. Raises InvalidCertificate whose
+    ``reason`` is the endpoint error the contracts would revert with.
     """
-    if epoch != committee.epoch:
-        raise InvalidCertificate(
-            f"certificate epoch {epoch} is not the current epoch {committee.epoch}"
+    try:
+        core.check_certificate(
+            digest, epoch, committee.epoch, committee.threshold, committee.members, list(blob)
         )
-    if len(blob) < committee.threshold:
-        raise InvalidCertificate(f"{len(blob)} signatures, threshold is {committee.threshold}")
-    previous = b""
-    for sig in blob:
-        vote = verify_vote(committee, digest, sig)
-        if vote.signer <= previous:
-            raise InvalidCertificate("signers must be strictly ascending (duplicate signer?)")
-        previous = vote.signer
+    except ProtocolError as exc:
+        raise InvalidCertificate(_describe(exc, committee, epoch, len(blob)), exc.reason) from None
+
+
+def _describe(exc: ProtocolError, committee: Committee, epoch: int, count: int) -> str:
+    if exc.reason is ErrorReason.WRONG_EPOCH:
+        return f"certificate epoch {epoch} is not the current epoch {committee.epoch}"
+    if exc.reason is ErrorReason.TOO_FEW_SIGNATURES:
+        return f"{count} signatures, threshold is {committee.threshold}"
+    if exc.reason is ErrorReason.SIGNERS_NOT_ASCENDING:
+        return f"signers must be strictly ascending (duplicate signer?), {exc.detail}"
+    if exc.reason is ErrorReason.NOT_COMMITTEE_MEMBER:
+        return f"{exc.detail} is not in committee epoch {committee.epoch}"
+    return str(exc)

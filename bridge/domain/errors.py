@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bridge.core.reasons import ErrorReason
+
 
 class BridgeError(Exception):
     """Base class of every error the bridge reports to a caller."""
@@ -28,7 +30,15 @@ class Unavailable(BridgeError):
 
 
 class InvalidCertificate(BridgeError):
-    """A committee certificate does not verify."""
+    """A committee certificate (or a signature) does not verify.
+
+    ``reason`` is the endpoint error (``bridge.core.reasons.ErrorReason``) a ledger would
+    refuse it with, when known.
+    """
+
+    def __init__(self, message: str, reason: ErrorReason | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class LedgerRejected(BridgeError):

@@ -5,30 +5,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bridge.core import words as core
+from bridge.core.words import is_valid_isin, isin_check_digit
 from bridge.domain.errors import InvalidInput
-from bridge.domain.hashing import keccak256
 
-_ISIN_RE = re.compile(r"^[A-Z]{2}[A-Z0-9]{9}[0-9]$")
-_LEDGER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def isin_check_digit(body: str) -> int:
-    """Return the ISO 6166 check digit for the first 11 characters of an ISIN."""
-    digits = "".join(str(int(c, 36)) for c in body)
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return (10 - total % 10) % 10
-
-
-def is_valid_isin(value: str) -> bool:
-    """True when ``value`` is a well-formed ISIN with a correct check digit."""
-    return bool(_ISIN_RE.fullmatch(value)) and isin_check_digit(value[:11]) == int(value[11])
+__all__ = [
+    "LedgerId",
+    "SecurityId",
+    "evm_address_word",
+    "is_valid_isin",
+    "isin_check_digit",
+    "parse_evm_address",
+    "word_to_evm_address",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +33,7 @@ class SecurityId:
     @property
     def word(self) -> bytes:
         """The 32-byte on-ledger form."""
-        return self.isin.encode("ascii").ljust(32, b"\0")
+        return core.security_word(self.isin)
 
     @classmethod
     def from_word(cls, word: bytes) -> SecurityId:
@@ -66,7 +55,7 @@ class LedgerId:
     name: str
 
     def __post_init__(self) -> None:
-        if not _LEDGER_RE.fullmatch(self.name):
+        if not core.is_valid_ledger_name(self.name):
             raise InvalidInput(
                 f"ledger id {self.name!r} must be 1-63 lowercase letters, digits or '-'"
             )
@@ -74,7 +63,7 @@ class LedgerId:
     @property
     def word(self) -> bytes:
         """The 32-byte on-ledger form."""
-        return keccak256(self.name.encode("utf-8"))
+        return core.ledger_word(self.name)
 
     def __str__(self) -> str:
         return self.name
@@ -82,8 +71,7 @@ class LedgerId:
 
 def evm_address_word(address: str) -> bytes:
     """Return an EVM address left-padded to a 32-byte word (as ``bytes32(uint256(uint160(a)))``)."""
-    raw = parse_evm_address(address)
-    return b"\0" * 12 + raw
+    return core.address_word(parse_evm_address(address))
 
 
 def parse_evm_address(address: str) -> bytes:

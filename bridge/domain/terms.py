@@ -1,7 +1,8 @@
 """Transfer terms and the identifiers and hashes derived from them.
 
-``transfer_id = keccak256(abi.encode(TRANSFER_TAG, src_ledger, src_bridge, nonce))`` makes
-a transfer globally unique by its source ledger, source bridge and a source nonce.
+``transfer_id = keccak256(abi.encode(TRANSFER_TAG, src_ledger, src_bridge, sender,
+instructor, nonce))`` makes a transfer globally unique by its source ledger and bridge, its
+sender, the brokerage that instructed it and that brokerage's nonce (protocol v2).
 ``terms_hash`` binds every economic term; claims sign the terms hash, so a certificate
 for one transfer can never authorise different terms.
 """
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.core import digests as core
+from bridge.core.digests import TERMS_TAG, TRANSFER_TAG
 from bridge.domain.errors import InvalidInput
-from bridge.domain.hashing import abi_encode, keccak256, tag
 
-TRANSFER_TAG = tag("KSTB/transfer-id/v1")
-TERMS_TAG = tag("KSTB/terms/v1")
+__all__ = ["TERMS_TAG", "TRANSFER_TAG", "UINT256_MAX", "UINT64_MAX", "TransferTerms", "transfer_id"]
 UINT256_MAX = 2**256 - 1
 UINT64_MAX = 2**64 - 1
 
@@ -38,6 +39,8 @@ class TransferTerms:
     dst_bridge: bytes
     sender: bytes
     recipient: bytes
+    instructor: bytes
+    """12 zero bytes + the address of the key that instructed the transfer (protocol v2)."""
     deadline: int
 
     def __post_init__(self) -> None:
@@ -50,6 +53,7 @@ class TransferTerms:
             "dst_bridge",
             "sender",
             "recipient",
+            "instructor",
         ):
             _word(name, getattr(self, name))
         if not 0 < self.amount <= UINT256_MAX:
@@ -62,45 +66,18 @@ class TransferTerms:
     @property
     def transfer_id(self) -> bytes:
         """The globally unique transfer id."""
-        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
+        return transfer_id(
+            self.src_ledger, self.src_bridge, self.sender, self.instructor, self.nonce
+        )
 
     @property
     def terms_hash(self) -> bytes:
         """The digest binding every term; what the committee signs."""
-        return keccak256(
-            abi_encode(
-                [
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "uint256",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "bytes32",
-                    "uint64",
-                ],
-                [
-                    TERMS_TAG,
-                    self.transfer_id,
-                    self.security,
-                    self.amount,
-                    self.src_ledger,
-                    self.src_bridge,
-                    self.dst_ledger,
-                    self.dst_bridge,
-                    self.sender,
-                    self.recipient,
-                    self.deadline,
-                ],
-            )
-        )
+        return core.terms_hash(self)
 
     def as_abi_tuple(
         self,
-    ) -> tuple[bytes, bytes, int, bytes, bytes, bytes, bytes, bytes, bytes, int]:
+    ) -> tuple[bytes, bytes, int, bytes, bytes, bytes, bytes, bytes, bytes, bytes, int]:
         """The Solidity ``Terms`` struct as a tuple, in declaration order."""
         return (
             self.nonce,
@@ -112,15 +89,13 @@ class TransferTerms:
             self.dst_bridge,
             self.sender,
             self.recipient,
+            self.instructor,
             self.deadline,
         )
 
 
-def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
-    """Return the transfer id for a source ledger, source bridge and source nonce."""
-    return keccak256(
-        abi_encode(
-            ["bytes32", "bytes32", "bytes32", "bytes32"],
-            [TRANSFER_TAG, src_ledger, src_bridge, nonce],
-        )
-    )
+def transfer_id(
+    src_ledger: bytes, src_bridge: bytes, sender: bytes, instructor: bytes, nonce: bytes
+) -> bytes:
+    """Return the transfer id for a source ledger and bridge, sender, instructor and nonce."""
+    return core.transfer_id(src_ledger, src_bridge, sender, instructor, nonce)

@@ -63,6 +63,11 @@ class LedgerReader(Protocol):
         """
         ...
 
+    async def network_word(self) -> bytes:
+        """The network word of the node this reader is connected to, as read from it (EVM:
+        ``eth_chainId`` as a word; Fabric: the channel's genesis block hash)."""
+        ...
+
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
         """A leg's state at ``height`` (default: the finalized height)."""
         ...
@@ -95,9 +100,16 @@ class LedgerAdapter(LedgerReader, Protocol):
         ...
 
     async def submit(
-        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
         """Apply one step and wait until it is included and final.
+
+        ``instruction`` (LOCK only, protocol v2) is the instructor's signature the ledger
+        checks before it escrows anything.
 
         Idempotent: when the step is already applied with the same terms the result has
         ``already_applied`` set and nothing is sent. A step the ledger refuses raises

@@ -7,6 +7,7 @@ Every decoder validates, raising InvalidInput with the field name on malformed i
 from __future__ import annotations
 
 from bridge.domain.errors import InvalidInput
+from bridge.domain.instructions import Instruction
 from bridge.domain.legs import (
     LedgerEvent,
     Leg,
@@ -15,7 +16,7 @@ from bridge.domain.legs import (
     SignatureSet,
 )
 from bridge.domain.terms import TransferTerms
-from bridge.v1 import common_pb2, events_pb2, relayer_pb2
+from bridge.v1 import common_pb2, events_pb2, relayer_pb2, transfer_pb2
 
 
 def terms_to_pb(t: TransferTerms) -> common_pb2.Terms:
@@ -30,6 +31,7 @@ def terms_to_pb(t: TransferTerms) -> common_pb2.Terms:
         dst_bridge=t.dst_bridge,
         sender=t.sender,
         recipient=t.recipient,
+        instructor=t.instructor,
         deadline=t.deadline,
     )
 
@@ -48,7 +50,25 @@ def terms_from_pb(m: common_pb2.Terms) -> TransferTerms:
         dst_bridge=m.dst_bridge,
         sender=m.sender,
         recipient=m.recipient,
+        instructor=m.instructor,
         deadline=m.deadline,
+    )
+
+
+def instruction_from_pb(request: transfer_pb2.SubmitTransferRequest) -> Instruction:
+    """The request's instruction, shape checked (InvalidInput naming the field)."""
+    if not request.HasField("instruction"):
+        raise InvalidInput("instruction is required (protocol v2: the brokerage signs)")
+    m = request.instruction
+    return Instruction(
+        nonce=m.nonce, deadline=m.deadline, instructor=m.instructor, signature=m.signature
+    )
+
+
+def instruction_to_pb(i: Instruction) -> transfer_pb2.Instruction:
+    """An instruction as its message."""
+    return transfer_pb2.Instruction(
+        nonce=i.nonce, deadline=i.deadline, instructor=i.instructor, signature=i.signature
     )
 
 

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/common.proto\x12\tbridge.v1\"\xbd\x01\n\x05Terms\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x10\n\x08security\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x0c\x12\x12\n\nsrc_ledger\x18\x04 \x01(\x0c\x12\x12\n\nsrc_bridge\x18\x05 \x01(\x0c\x12\x12\n\ndst_ledger\x18\x06 \x01(\x0c\x12\x12\n\ndst_bridge\x18\x07 \x01(\x0c\x12\x0e\n\x06sender\x18\x08 \x01(\x0c\x12\x11\n\trecipient\x18\t \x01(\x0c\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x04\"0\n\x0b\x43\x65rtificate\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\nsignatures\x18\x02 \x03(\x0c*k\n\tClaimKind\x12\x1a\n\x16\x43LAIM_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LAIM_KIND_LOCKED\x10\x01\x12\x15\n\x11\x43LAIM_KIND_COMMIT\x10\x02\x12\x14\n\x10\x43LAIM_KIND_ABORT\x10\x03*=\n\x03Leg\x12\x13\n\x0fLEG_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEG_OUTBOUND\x10\x01\x12\x0f\n\x0bLEG_INBOUND\x10\x02*\xd6\x01\n\x08LegState\x12\x12\n\x0eLEG_STATE_NONE\x10\x00\x12\x14\n\x10LEG_STATE_LOCKED\x10\x01\x12\x14\n\x10LEG_STATE_BURNED\x10\x02\x12\x16\n\x12LEG_STATE_RELEASED\x10\x03\x12\x16\n\x12LEG_STATE_PREPARED\x10\x04\x12\x16\n\x12LEG_STATE_REJECTED\x10\x05\x12\x15\n\x11LEG_STATE_EXPIRED\x10\x06\x12\x14\n\x10LEG_STATE_MINTED\x10\x07\x12\x15\n\x11LEG_STATE_ABORTED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/common.proto\x12\tbridge.v1\"\xd1\x01\n\x05Terms\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x10\n\x08security\x18\x02 \x01(\x0c\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x0c\x12\x12\n\nsrc_ledger\x18\x04 \x01(\x0c\x12\x12\n\nsrc_bridge\x18\x05 \x01(\x0c\x12\x12\n\ndst_ledger\x18\x06 \x01(\x0c\x12\x12\n\ndst_bridge\x18\x07 \x01(\x0c\x12\x0e\n\x06sender\x18\x08 \x01(\x0c\x12\x11\n\trecipient\x18\t \x01(\x0c\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x04\x12\x12\n\ninstructor\x18\x0b \x01(\x0c\"0\n\x0b\x43\x65rtificate\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\nsignatures\x18\x02 \x03(\x0c*k\n\tClaimKind\x12\x1a\n\x16\x43LAIM_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LAIM_KIND_LOCKED\x10\x01\x12\x15\n\x11\x43LAIM_KIND_COMMIT\x10\x02\x12\x14\n\x10\x43LAIM_KIND_ABORT\x10\x03*=\n\x03Leg\x12\x13\n\x0fLEG_UNSPECIFIED\x10\x00\x12\x10\n\x0cLEG_OUTBOUND\x10\x01\x12\x0f\n\x0bLEG_INBOUND\x10\x02*\xd6\x01\n\x08LegState\x12\x12\n\x0eLEG_STATE_NONE\x10\x00\x12\x14\n\x10LEG_STATE_LOCKED\x10\x01\x12\x14\n\x10LEG_STATE_BURNED\x10\x02\x12\x16\n\x12LEG_STATE_RELEASED\x10\x03\x12\x16\n\x12LEG_STATE_PREPARED\x10\x04\x12\x16\n\x12LEG_STATE_REJECTED\x10\x05\x12\x15\n\x11LEG_STATE_EXPIRED\x10\x06\x12\x14\n\x10LEG_STATE_MINTED\x10\x07\x12\x15\n\x11LEG_STATE_ABORTED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLAIMKIND']._serialized_start=279
-  _globals['_CLAIMKIND']._serialized_end=386
-  _globals['_LEG']._serialized_start=388
-  _globals['_LEG']._serialized_end=449
-  _globals['_LEGSTATE']._serialized_start=452
-  _globals['_LEGSTATE']._serialized_end=666
+  _globals['_CLAIMKIND']._serialized_start=299
+  _globals['_CLAIMKIND']._serialized_end=406
+  _globals['_LEG']._serialized_start=408
+  _globals['_LEG']._serialized_end=469
+  _globals['_LEGSTATE']._serialized_start=472
+  _globals['_LEGSTATE']._serialized_end=686
   _globals['_TERMS']._serialized_start=38
-  _globals['_TERMS']._serialized_end=227
-  _globals['_CERTIFICATE']._serialized_start=229
-  _globals['_CERTIFICATE']._serialized_end=277
+  _globals['_TERMS']._serialized_end=247
+  _globals['_CERTIFICATE']._serialized_start=249
+  _globals['_CERTIFICATE']._serialized_end=297
 # @@protoc_insertion_point(module_scope)

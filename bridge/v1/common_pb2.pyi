@@ -110,6 +110,7 @@ class Terms(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_FIELD_NUMBER: _builtins.int
     nonce: _builtins.bytes
     security: _builtins.bytes
     amount: _builtins.bytes
@@ -121,6 +122,10 @@ class Terms(_message.Message):
     sender: _builtins.bytes
     recipient: _builtins.bytes
     deadline: _builtins.int
+    instructor: _builtins.bytes
+    """Protocol v2: 12 zero bytes + the address of the key that instructed the transfer
+    (in the ABI tuple and the terms hash it comes after recipient, before deadline).
+    """
     def __init__(
         self,
         *,
@@ -134,10 +139,11 @@ class Terms(_message.Message):
         sender: _builtins.bytes = ...,
         recipient: _builtins.bytes = ...,
         deadline: _builtins.int = ...,
+        instructor: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "dst_bridge", b"dst_bridge", "dst_ledger", b"dst_ledger", "nonce", b"nonce", "recipient", b"recipient", "security", b"security", "sender", b"sender", "src_bridge", b"src_bridge", "src_ledger", b"src_ledger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "dst_bridge", b"dst_bridge", "dst_ledger", b"dst_ledger", "instructor", b"instructor", "nonce", b"nonce", "recipient", b"recipient", "security", b"security", "sender", b"sender", "src_bridge", b"src_bridge", "src_ledger", b"src_ledger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -204,7 +204,10 @@ class SubmitRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
     action: Global___Action.ValueType
+    instruction: _builtins.bytes
+    """LOCK only (protocol v2): the instructor's 65-byte signature the ledger checks."""
     @_builtins.property
     def terms(self) -> _common_pb2.Terms: ...
     @_builtins.property
@@ -217,10 +220,11 @@ class SubmitRequest(_message.Message):
         action: Global___Action.ValueType = ...,
         terms: _common_pb2.Terms | None = ...,
         certificate: _common_pb2.Certificate | None = ...,
+        instruction: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "terms", b"terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "certificate", b"certificate", "terms", b"terms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "certificate", b"certificate", "instruction", b"instruction", "terms", b"terms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -76,6 +76,7 @@ class SubmitTransferRequest(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Client-chosen, unique per request: 1-128 printable ASCII characters, no spaces."""
     security_id: _builtins.str
@@ -87,6 +88,10 @@ class SubmitTransferRequest(_message.Message):
     recipient: _builtins.str
     amount: _builtins.str
     """Units as a decimal integer string, 1 .. 2^256-1."""
+    @_builtins.property
+    def instruction(self) -> Global___Instruction:
+        """Protocol v2: the brokerage's signed instruction; required."""
+
     def __init__(
         self,
         *,
@@ -97,14 +102,53 @@ class SubmitTransferRequest(_message.Message):
         sender: _builtins.str = ...,
         recipient: _builtins.str = ...,
         amount: _builtins.str = ...,
+        instruction: Global___Instruction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "target_ledger", b"target_ledger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "instruction", b"instruction", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "target_ledger", b"target_ledger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitTransferRequest: _TypeAlias = SubmitTransferRequest  # noqa: Y015
+
+@_typing.final
+class Instruction(_message.Message):
+    """A brokerage's instruction (protocol v2). The brokerage chooses the nonce and deadline and
+    signs the terms they make with this request (instructor = its registered instruction key):
+    signature = 65-byte r||s||v (low s, v 27/28, no EIP-191 prefix) over
+    keccak256(abi.encode(keccak256("KSTB/instruction/v2"), uint16 2, network of the source
+    ledger, terms hash)). The transfer id is bound to the sender and the instructor.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """32 bytes; keep it the same for retries of one idempotency key."""
+    deadline: _builtins.int
+    """Unix seconds; within the coordinator's transfer_ttl from now."""
+    instructor: _builtins.bytes
+    """The 20-byte address of the instruction key."""
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        deadline: _builtins.int = ...,
+        instructor: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "instructor", b"instructor", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Instruction: _TypeAlias = Instruction  # noqa: Y015
 
 @_typing.final
 class SubmitTransferResponse(_message.Message):

@@ -22,9 +22,11 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 @pytest.fixture
 def stub(system: LocalSystem) -> Iterator[RoutedTransferStub]:
-    """A TransferService client: submits as the source ledger's brokerage (mTLS), reads as
-    the depository."""
-    routed = RoutedTransferStub(system, fallback_ledger=next(iter(system.ledgers)))
+    """A TransferService client: submits as the source ledger's brokerage (mTLS), each
+    request instructed by that brokerage's devnet key (protocol v2); reads as the depository."""
+    routed = RoutedTransferStub(
+        system, fallback_ledger=next(iter(system.ledgers)), instruct=system.brokerage.instruct
+    )
     yield routed
     routed.close()
 

@@ -24,7 +24,6 @@ import pytest
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.chaos import ChaosScheduler
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import transfer_pb2 as S
@@ -101,7 +100,7 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
                 target_ledger=p.dst, sender=p.holder.address, recipient=p.recipient,
                 amount=str(p.amount),
             )  # fmt: skip
-            tids[p.key] = submit_retrying(s, req)
+            tids[p.key] = s.submit(req)
             time.sleep(0.3)
         # Slow restarts on a loaded machine can stretch the schedule past the submissions;
         # keep injecting (transfers are still in flight) until enough faults happened.

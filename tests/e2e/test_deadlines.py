@@ -52,14 +52,16 @@ def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: Loca
     with s.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
-            S.SubmitTransferRequest(
-                idempotency_key=str(uuid.uuid4()),
-                security_id=DEMO_ISIN,
-                source_ledger=A,
-                target_ledger=B,
-                sender=holder.address,
-                recipient=holder.address,
-                amount="20",
+            s.brokerage.instruct(
+                S.SubmitTransferRequest(
+                    idempotency_key=str(uuid.uuid4()),
+                    security_id=DEMO_ISIN,
+                    source_ledger=A,
+                    target_ledger=B,
+                    sender=holder.address,
+                    recipient=holder.address,
+                    amount="20",
+                )
             ),
             timeout=30,
         )

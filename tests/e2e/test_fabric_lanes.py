@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import RoutedTransferStub, submit_retrying
+from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.v1 import transfer_pb2 as S
@@ -38,7 +38,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 @pytest.fixture
 def stub(mixed: LocalSystem) -> Iterator[RoutedTransferStub]:
-    routed = RoutedTransferStub(mixed, fallback_ledger=EVM)
+    routed = RoutedTransferStub(mixed, fallback_ledger=EVM, instruct=mixed.brokerage.instruct)
     yield routed
     routed.close()
 
@@ -60,7 +60,7 @@ def submit(
         recipient=recipient,
         amount=str(amount),
     )
-    return submit_retrying(system, request, limit_s=20)
+    return system.submit(request, limit_s=20)
 
 
 def final_state(stub, tid: str) -> list[int]:

@@ -29,7 +29,6 @@ import pytest
 from bridge.cli.main import main as cli_main
 from bridge.config import load_network
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import recover_signer
@@ -108,7 +107,9 @@ def rogue_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
         s.start()
         network = load_network(s.workdir / "network.toml")
         domains = {
-            name: ClaimDomain(lc.id.word, bridge_word_of(lc), network.committee.epoch)
+            name: ClaimDomain(
+                lc.id.word, bridge_word_of(lc), network.committee.epoch, lc.network_word
+            )
             for name, lc in network.ledgers.items()
         }
         rogue_key = s.verifier_keys[3]
@@ -130,8 +131,7 @@ def rogue_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSyst
 
 
 def submit(s: LocalSystem, sender: str, recipient: str, amount: int) -> str:
-    return submit_retrying(
-        s,
+    return s.submit(
         S.SubmitTransferRequest(
             idempotency_key=str(uuid.uuid4()),
             security_id=DEMO_ISIN,

@@ -48,7 +48,10 @@ def test_token_members_and_relayers_move_units(hsm_system: LocalSystem) -> None:
     keys_dir = system.workdir / "keys"
     # Bearer tokens for the ledger nodes (rpc-token-*) are not signing keys.
     on_disk = sorted(p.name for p in keys_dir.iterdir() if not p.name.startswith("rpc-token-"))
-    assert on_disk == ["supply-operator.key"], "only the devnet supply operator uses a file"
+    # The devnet's clients (the supply operator, the brokerages' instruction keys) use files;
+    # no daemon does.
+    clients = ["supply-operator.key", *(f"instruction-{n}.key" for n in system.all_ledgers)]
+    assert on_disk == sorted(clients), "only the devnet's clients use key files"
 
     a, b = system.ledgers[A], system.ledgers[B]
     holder = a.make_holder(DEMO_ISIN, 100)
@@ -59,14 +62,16 @@ def test_token_members_and_relayers_move_units(hsm_system: LocalSystem) -> None:
     with system.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
-            S.SubmitTransferRequest(
-                idempotency_key=str(uuid.uuid4()),
-                security_id=DEMO_ISIN,
-                source_ledger=A,
-                target_ledger=B,
-                sender=holder.address,
-                recipient=holder.address,
-                amount="60",
+            system.brokerage.instruct(
+                S.SubmitTransferRequest(
+                    idempotency_key=str(uuid.uuid4()),
+                    security_id=DEMO_ISIN,
+                    source_ledger=A,
+                    target_ledger=B,
+                    sender=holder.address,
+                    recipient=holder.address,
+                    amount="60",
+                )
             ),
             timeout=30,
         )

@@ -340,6 +340,7 @@ def _terms(system: LocalSystem, sender: str, recipient: str, amount: int) -> Tra
         dst_bridge=evm_address_word(b.endpoint.address),
         sender=evm_address_word(sender),
         recipient=evm_address_word(recipient),
+        instructor=evm_address_word(sender),  # holder-direct: the holder instructs itself
         deadline=int(time.time()) + 120,
     )
 
@@ -396,7 +397,7 @@ def test_a_real_holder_direct_lock_is_adopted_and_completes(system: LocalSystem)
     _eligible_everywhere(system, h.address)
     a.node.fund(h.address)
     t = _terms(system, h.address, h.address, 9)
-    receipt = deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple()))
+    receipt = deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
 
     def committed() -> transfer_pb2.Transfer | None:
         got = _transfer(system, t.transfer_id)

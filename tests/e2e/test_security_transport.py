@@ -22,7 +22,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.pki import IssuedCertificate
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.rpc.rules import ANY_AUTHENTICATED, RULES
@@ -359,8 +358,8 @@ def test_brokerages_see_only_their_own_transfers(system: LocalSystem) -> None:
     holder = a.make_holder(DEMO_ISIN, 10)
     for other in (B, C):
         system.ledgers[other].set_eligible(DEMO_ISIN, holder.address)
-    to_c = submit_retrying(system, request(holder.address, 2, src=A, dst=C))
-    to_b = submit_retrying(system, request(holder.address, 3, src=A, dst=B))
+    to_c = system.submit(request(holder.address, 2, src=A, dst=C))
+    to_b = system.submit(request(holder.address, 3, src=A, dst=B))
     wait_terminal(system, [to_c, to_b])
 
     # brokerage-c is party to to_c only; brokerage-b to to_b only.
@@ -466,7 +465,7 @@ def test_certificates_rotated_under_load_fail_no_transfer(system: LocalSystem) -
     lock = threading.Lock()
 
     def submit(h: Any) -> None:
-        tid = submit_retrying(system, request(h.address, 5, src=A, dst=B))
+        tid = system.submit(request(h.address, 5, src=A, dst=B))
         with lock:
             tids.append(tid)
 

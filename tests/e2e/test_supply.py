@@ -25,7 +25,6 @@ import pytest
 
 from bridge.cli.main import main as cli_main
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.client import submit_retrying
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.signer import LocalKeySigner
@@ -110,8 +109,7 @@ def feed_end(system: LocalSystem) -> int:
 
 
 def submit(system: LocalSystem, isin: str, sender: str, recipient: str, n: int, src: str, dst: str):
-    return submit_retrying(
-        system,
+    return system.submit(
         S.SubmitTransferRequest(
             idempotency_key=str(uuid.uuid4()),
             security_id=isin,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.terms import TransferTerms
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.ledgers.evm import deploy
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 from tests.e2e.conftest import eligible_everywhere
@@ -349,9 +351,10 @@ def test_holder_locking_directly_on_chain_is_carried_through(system: LocalSystem
         dst_bridge=evm_address_word(b.endpoint.address),
         sender=evm_address_word(h.address),
         recipient=evm_address_word(h.address),
+        instructor=evm_address_word(h.address),  # holder-direct: the holder instructs itself
         deadline=int(time.time()) + 120,
     )
-    deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple()))
+    deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
     tid = "0x" + t.transfer_id.hex()
 
     def committed() -> bool:
@@ -380,12 +383,16 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
         "--json",
     ]
+    dev_keys = {**os.environ, PLAINTEXT_KEYS_ENV: "1"}  # the devnet brokerage's key file
+    signed = ["--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
+              "--network", str(system.workdir / "network.toml")]  # fmt: skip
     out = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", B,
-         "--sender", holder.address, "--recipient", holder.address, "--amount", "3"],
-        capture_output=True, text=True, timeout=60, check=True,
+         "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
+        capture_output=True, text=True, timeout=60, check=True, env=dev_keys,
     )  # fmt: skip
-    tid = json.loads(out.stdout)["transfer_id"]
+    # The last line is the result (a development-flag key warning may precede it).
+    tid = json.loads(out.stdout.strip().splitlines()[-1])["transfer_id"]
     watch = subprocess.run(
         [*cli, "transfer", "watch", tid], capture_output=True, text=True, timeout=120, check=True
     )
@@ -396,11 +403,17 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
     assert json.loads(got.stdout)["state"] == "TRANSFER_STATE_COMMITTED"
     bad = subprocess.run(
         [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", A,
+         "--sender", holder.address, "--recipient", holder.address, "--amount", "3", *signed],
+        capture_output=True, text=True, timeout=60, check=False, env=dev_keys,
+    )  # fmt: skip
+    assert bad.returncode == 2, "refused before anything is signed or sent"
+    assert "must differ" in bad.stderr
+    unsigned = subprocess.run(
+        [*cli, "transfer", "submit", "--security", DEMO_ISIN, "--from", A, "--to", B,
          "--sender", holder.address, "--recipient", holder.address, "--amount", "3"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert bad.returncode == 1
-    assert "INVALID_ARGUMENT" in bad.stderr
+    assert unsigned.returncode == 2 and "--instruction-key" in unsigned.stderr
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,12 @@ from web3 import Web3
 from web3.contract import Contract
 
 from bridge.config import LedgerConfig
+from bridge.core.words import evm_network_word
 from bridge.devnet.anvil import AnvilNode, DevAccount
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, assemble_certificate
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word, parse_evm_address
+from bridge.domain.instructions import sign_instruction
 from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
@@ -25,6 +27,9 @@ from bridge.ledgers.evm import deploy
 from bridge.rpc.tls import INSECURE_ENV
 
 ISIN = "KR7005930003"
+CHAIN_ID = 31337
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+"""The brokerage instruction key of the integration tests' transfers."""
 
 
 @pytest.fixture(autouse=True)
@@ -103,12 +108,22 @@ class TwoLedgers:
             dst_bridge=self.b.word,
             sender=evm_address_word(sender.address),
             recipient=evm_address_word(recipient.address),
+            instructor=bytes(12) + BROKER.address,
             deadline=int(time.time()) + ttl,
         )
 
+    def instruction(self, terms: TransferTerms, signer: LocalKeySigner | None = None) -> bytes:
+        """The brokerage's signature instructing the lock of ``terms`` on the source ledger."""
+        return instruct(terms, signer, self.node.chain_id)
+
     def cert(self, kind: ClaimKind, terms: TransferTerms, on: EvmLedger) -> SignatureSet:
         """A valid t-of-n certificate for ``kind`` verified by ``on``."""
-        domain = ClaimDomain(LedgerId(on.name).word, on.word, self.committee.epoch)
+        domain = ClaimDomain(
+            LedgerId(on.name).word,
+            on.word,
+            self.committee.epoch,
+            evm_network_word(on.node.chain_id),
+        )
         digest = claim_digest(domain, Claim(kind, terms.transfer_id, terms.terms_hash))
         c = assemble_certificate(
             self.committee, digest, [s.sign_digest(digest) for s in self.signers]
@@ -132,7 +147,7 @@ def _endpoint(node: AnvilNode, name: str, committee: Committee) -> EvmLedger:
 def two_ledgers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoLedgers]:
     """A fresh anvil (one block per transaction) with endpoints A and B."""
     workdir: Path = tmp_path_factory.mktemp("anvil")
-    node = AnvilNode("adapter", 31337, 0, workdir).start()
+    node = AnvilNode("adapter", CHAIN_ID, 0, workdir).start()
     signers = sorted(
         (LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)), key=lambda s: s.address
     )
@@ -144,6 +159,13 @@ def two_ledgers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoLedgers
         )  # fmt: skip
     finally:
         node.stop()
+
+
+def instruct(
+    terms: TransferTerms, signer: LocalKeySigner | None = None, chain_id: int = CHAIN_ID
+) -> bytes:
+    """The brokerage's instruction for a lock of ``terms`` on the anvil chain ``chain_id``."""
+    return sign_instruction(signer or BROKER, evm_network_word(chain_id), terms)
 
 
 def address_word(text: str) -> bytes:

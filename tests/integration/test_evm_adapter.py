@@ -15,7 +15,7 @@ from bridge.domain.ids import SecurityId
 from bridge.domain.legs import Action, Leg, LegState, RejectReason
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
-from tests.integration.conftest import ISIN, TwoLedgers, address_word
+from tests.integration.conftest import ISIN, TwoLedgers, address_word, instruct
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ async def test_commit_path_through_adapters_emits_every_event_once(two_ledgers: 
     alice, bob = env.a.holder(100), env.b.holder()
     start_a = await a.finalized_height()
     t = env.terms(alice, bob, 40)
-    lock = await a.submit(Action.LOCK, t, None)
+    lock = await a.submit(Action.LOCK, t, None, instruct(t))
     assert not lock.already_applied and lock.tx_id.startswith("0x")
     assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
 
@@ -68,9 +68,9 @@ async def test_every_step_is_idempotent(two_ledgers: TwoLedgers) -> None:
     a, b = adapters(env)
     alice, bob = env.a.holder(10), env.b.holder()
     t = env.terms(alice, bob, 10)
-    first = await a.submit(Action.LOCK, t, None)
+    first = await a.submit(Action.LOCK, t, None, instruct(t))
     nonce_before = env.a.w3.eth.get_transaction_count(env.a.relayer.address)
-    again = await a.submit(Action.LOCK, t, None)
+    again = await a.submit(Action.LOCK, t, None, instruct(t))
     assert again.already_applied and again.tx_id == ""
     assert env.a.w3.eth.get_transaction_count(env.a.relayer.address) == nonce_before
     assert env.a.balance(alice.address) == 0, "escrowed once, not twice"
@@ -93,12 +93,12 @@ async def test_contract_refusals_surface_with_their_error_name(two_ledgers: TwoL
     alice, bob = env.a.holder(5), env.b.holder()
     too_much = env.terms(alice, bob, 6)
     with pytest.raises(LedgerRejected) as exc:
-        await a.submit(Action.LOCK, too_much, None)
+        await a.submit(Action.LOCK, too_much, None, instruct(too_much))
     assert exc.value.reason == "InsufficientBalance"
     assert (await a.get_leg(too_much.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
 
     t = env.terms(alice, bob, 5)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     forged = env.cert(ClaimKind.LOCKED, t, env.a)  # signed for the wrong ledger
     with pytest.raises(LedgerRejected) as exc:
         await b.submit(Action.PREPARE, t, forged)
@@ -125,7 +125,7 @@ async def test_rejection_is_a_recorded_state_with_a_reason(two_ledgers: TwoLedge
     stranger = env.b.holder()
     deploy.set_eligible(env.b.w3, env.b.admin.private_key, env.b.token, stranger.address, False)
     t = env.terms(alice, stranger, 3)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
     status = await b.get_leg(t.transfer_id, Leg.INBOUND)
     assert status.state is LegState.REJECTED
@@ -142,7 +142,7 @@ async def test_one_nonce_owner_under_concurrency_and_resync_after_outside_use(
     holders = [env.a.holder(1) for _ in range(8)]
     bob = env.b.holder()
     terms = [env.terms(h, bob, 1) for h in holders]
-    results = await asyncio.gather(*(a.submit(Action.LOCK, t, None) for t in terms))
+    results = await asyncio.gather(*(a.submit(Action.LOCK, t, None, instruct(t)) for t in terms))
     assert len({r.tx_id for r in results}) == 8
     # Someone else uses the operator key: the adapter's cached nonce is now stale.
     raw = env.a.w3.eth.account.sign_transaction(
@@ -158,7 +158,7 @@ async def test_one_nonce_owner_under_concurrency_and_resync_after_outside_use(
     )
     env.a.w3.eth.send_raw_transaction(raw.raw_transaction)
     late = env.terms(env.a.holder(1), bob, 1)
-    out = await a.submit(Action.LOCK, late, None)
+    out = await a.submit(Action.LOCK, late, None, instruct(late))
     assert not out.already_applied
     assert (await a.get_leg(late.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
     await a.close()
@@ -172,7 +172,7 @@ async def test_finality_depth_hides_recent_blocks(two_ledgers: TwoLedgers) -> No
     alice, bob = env.a.holder(1), env.b.holder()
     t = env.terms(alice, bob, 1)
     shallow = EvmAdapter(env.a.config(), env.a.relayer.private_key)
-    submit = asyncio.create_task(shallow.submit(Action.LOCK, t, None))
+    submit = asyncio.create_task(shallow.submit(Action.LOCK, t, None, instruct(t)))
 
     async def mined() -> bool:  # at depth 0: the lock's block exists
         return (await shallow.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
@@ -223,11 +223,11 @@ async def test_a_dropped_transaction_does_not_wedge_later_sends(two_ledgers: Two
     env.node.rpc("evm_setAutomine", [False])
     try:
         with pytest.raises(Unavailable):
-            await a.submit(Action.LOCK, first, None)
+            await a.submit(Action.LOCK, first, None, instruct(first))
         env.node.rpc("anvil_dropAllTransactions", [])
     finally:
         env.node.rpc("evm_setAutomine", [True])
-    out = await a.submit(Action.LOCK, second, None)
+    out = await a.submit(Action.LOCK, second, None, instruct(second))
     assert not out.already_applied
     assert (await a.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
     assert (await a.get_leg(first.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
@@ -248,13 +248,13 @@ async def test_a_retried_step_waits_for_its_pending_transaction(two_ledgers: Two
     try:
         for _ in range(2):  # the first attempt, then a retry while it is still pending
             with pytest.raises(Unavailable, match="not final"):
-                await a.submit(Action.LOCK, t, None)
+                await a.submit(Action.LOCK, t, None, instruct(t))
         pending = env.a.w3.eth.get_transaction_count(relayer, "pending")
         assert pending == mined_before + 1, "the retry sent a second transaction"
         env.node.rpc("anvil_mine", [hex(1)])
     finally:
         env.node.rpc("evm_setAutomine", [True])
-    assert (await a.submit(Action.LOCK, t, None)).already_applied
+    assert (await a.submit(Action.LOCK, t, None, instruct(t))).already_applied
     assert env.a.w3.eth.get_transaction_count(relayer) == mined_before + 1, "one lock sent"
     assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
 
@@ -263,11 +263,11 @@ async def test_a_retried_step_waits_for_its_pending_transaction(two_ledgers: Two
     env.node.rpc("evm_setAutomine", [False])
     try:
         with pytest.raises(Unavailable, match="not final"):
-            await a.submit(Action.LOCK, u, None)
+            await a.submit(Action.LOCK, u, None, instruct(u))
         env.node.rpc("anvil_dropAllTransactions", [])
     finally:
         env.node.rpc("evm_setAutomine", [True])
-    assert not (await a.submit(Action.LOCK, u, None)).already_applied
+    assert not (await a.submit(Action.LOCK, u, None, instruct(u))).already_applied
     assert (await a.get_leg(u.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
     await a.close()
 
@@ -281,7 +281,7 @@ async def test_a_step_queued_behind_a_nonce_gap_is_sent_again(two_ledgers: TwoLe
     t = env.terms(env.a.holder(1), env.b.holder(), 1)
     relayer = env.a.relayer
     nonce = env.a.w3.eth.get_transaction_count(relayer.address, "pending")
-    tx = env.a.endpoint.functions.lock(t.as_abi_tuple()).build_transaction(
+    tx = env.a.endpoint.functions.lock(t.as_abi_tuple(), instruct(t)).build_transaction(
         {"from": relayer.address, "nonce": nonce + 1, "gas": 500_000,
          "gasPrice": env.a.w3.eth.gas_price, "chainId": env.a.w3.eth.chain_id}
     )  # fmt: skip
@@ -289,7 +289,7 @@ async def test_a_step_queued_behind_a_nonce_gap_is_sent_again(two_ledgers: TwoLe
     queued = env.a.w3.eth.send_raw_transaction(signed.raw_transaction)
     a._sent[(Action.LOCK, t.transfer_id)] = bytes(queued)  # an earlier attempt's, as tracked
     assert not await a._is_pending(bytes(queued)), "queued behind a gap is not pending"
-    out = await a.submit(Action.LOCK, t, None)
+    out = await a.submit(Action.LOCK, t, None, instruct(t))
     assert not out.already_applied and out.tx_id != "0x" + bytes(queued).hex()
     assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
     await a.close()
@@ -325,7 +325,8 @@ async def test_the_price_paid_does_not_compound_when_the_relayer_is_all_the_traf
     bob = env.b.holder()
     paid = []
     for _ in range(12):
-        out = await a.submit(Action.LOCK, env.terms(env.a.holder(1), bob, 1), None)
+        t = env.terms(env.a.holder(1), bob, 1)
+        out = await a.submit(Action.LOCK, t, None, instruct(t))
         receipt = env.a.w3.eth.get_transaction_receipt(out.tx_id)
         paid.append(int(receipt["effectiveGasPrice"]))
     await a.close()

@@ -14,7 +14,7 @@ from bridge.keys.loader import open_signer, token_session
 from bridge.keys.pkcs11_token import Pkcs11Signer, generate_key
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
-from tests.integration.conftest import TwoLedgers
+from tests.integration.conftest import TwoLedgers, instruct
 from tests.softhsm import MODULE, new_label, process_softhsm
 
 pytestmark = [pytest.mark.integration, pytest.mark.security, pytest.mark.hsm]
@@ -43,7 +43,7 @@ async def test_hsm_relayer_locks_prepares_and_commits(two_ledgers: TwoLedgers) -
     alice, bob = env.a.holder(50), env.b.holder()
     t = env.terms(alice, bob, 30)
     try:
-        lock = await a.submit(Action.LOCK, t, None)
+        lock = await a.submit(Action.LOCK, t, None, instruct(t))
         tx = env.a.w3.eth.get_transaction(lock.tx_id)
         assert tx["from"] == to_checksum_address(signer.address), "sent from the token's account"
         raw = env.a.w3.eth.get_raw_transaction(lock.tx_id)
@@ -57,7 +57,7 @@ async def test_hsm_relayer_locks_prepares_and_commits(two_ledgers: TwoLedgers) -
         assert env.b.balance(bob.address) == 30
         # Nonces advance through the seam exactly as with a key file: a retried step sends nothing.
         count = env.a.w3.eth.get_transaction_count(to_checksum_address(signer.address))
-        assert (await a.submit(Action.LOCK, t, None)).already_applied
+        assert (await a.submit(Action.LOCK, t, None, instruct(t))).already_applied
         assert env.a.w3.eth.get_transaction_count(to_checksum_address(signer.address)) == count
     finally:
         await a.close()

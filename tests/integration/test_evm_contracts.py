@@ -9,6 +9,8 @@ balance or leg state moved.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +26,13 @@ from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from bridge.core.words import evm_network_word
 from bridge.devnet.anvil import AnvilNode, DevAccount
+from bridge.devnet.processes import REPO_ROOT
 from bridge.domain.claims import Claim, ClaimKind, claim_digest
 from bridge.domain.committee import SECP256K1_N, Committee
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.instructions import instruction_digest
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm.deploy import (
@@ -51,6 +56,7 @@ pytestmark = pytest.mark.integration
 GAS = 1_000_000
 ISIN = SecurityId("US0378331005")
 EPOCH = 1
+CHAIN_ID = 31_337
 # Leg states (IBridgeEndpoint.OutState / InState).
 OUT_NONE, LOCKED, BURNED, RELEASED = 0, 1, 2, 3
 IN_NONE, PREPARED, REJECTED, EXPIRED, MINTED, ABORTED = 0, 1, 2, 3, 4, 5
@@ -89,7 +95,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     node = AnvilNode(
         name="contracts",
-        chain_id=31_337,
+        chain_id=CHAIN_ID,
         block_time=0,
         workdir=Path(tmp_path_factory.mktemp("anvil")),
     ).start()
@@ -158,7 +164,9 @@ def make_terms(
     deadline: int | None = None,
     src: Ledger | None = None,
     dst: Ledger | None = None,
+    instructor: bytes | None = None,
 ) -> TransferTerms:
+    """Terms A -> B; by default holder-direct (``instructor`` = the sender, alice)."""
     src = src or env.a
     dst = dst or env.b
     return TransferTerms(
@@ -171,6 +179,7 @@ def make_terms(
         dst_bridge=dst.bridge_word,
         sender=evm_address_word(env.alice.address),
         recipient=recipient if recipient is not None else evm_address_word(env.bob.address),
+        instructor=instructor if instructor is not None else evm_address_word(env.alice.address),
         deadline=deadline if deadline is not None else now(env) + 3_600,
     )
 
@@ -185,7 +194,8 @@ def sign(
 ) -> list[bytes]:
     """Signatures of ``signers`` (in the order given) over the claim for this endpoint."""
     digest = claim_digest(
-        claim_domain(ledger, contract_address, epoch), Claim(kind, t.transfer_id, t.terms_hash)
+        claim_domain(ledger, contract_address, epoch, CHAIN_ID),
+        Claim(kind, t.transfer_id, t.terms_hash),
     )
     return [s.sign_digest(digest) for s in signers]
 
@@ -220,8 +230,31 @@ def reverts(env: Env, error: str, fn: ContractFunction, by: DevAccount | None = 
     return info.value.detail
 
 
-def lock(env: Env, t: TransferTerms, by: DevAccount | None = None) -> TxReceipt:
-    return tx(env, env.a.endpoint.functions.lock(t.as_abi_tuple()), by or env.alice)
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+"""A brokerage instruction key (these contracts trust any instructor's signature: which
+instructors have authority is the committee's check, not the ledger's)."""
+
+
+def brokered(env: Env, **kw: Any) -> TransferTerms:
+    """Terms instructed by BROKER (for a relayer's lock)."""
+    return make_terms(env, instructor=bytes(12) + BROKER.address, **kw)
+
+
+def instruction(
+    t: TransferTerms, signer: LocalKeySigner = BROKER, chain_id: int = CHAIN_ID
+) -> bytes:
+    """``signer``'s signature over ``t``'s instruction digest (whoever ``t`` names)."""
+    return signer.sign_digest(instruction_digest(evm_network_word(chain_id), t))
+
+
+def lock(
+    env: Env, t: TransferTerms, by: DevAccount | None = None, signed: bytes | None = None
+) -> TxReceipt:
+    """Lock ``t``: by the holder (default), or by a relayer with ``signed`` (default: the
+    instructor's instruction when that is BROKER)."""
+    if signed is None:
+        signed = instruction(t) if t.instructor == bytes(12) + BROKER.address else b""
+    return tx(env, env.a.endpoint.functions.lock(t.as_abi_tuple(), signed), by or env.alice)
 
 
 def prepare(env: Env, t: TransferTerms) -> TxReceipt:
@@ -327,6 +360,7 @@ def test_python_digests_equal_the_contract_digests(env: Env) -> None:
             dst_bridge=secrets.token_bytes(32),
             sender=secrets.token_bytes(32),
             recipient=secrets.token_bytes(32),
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=rnd.randrange(0, 2**64),
         )
         for endpoint, ledger in (
@@ -340,7 +374,7 @@ def test_python_digests_equal_the_contract_digests(env: Env) -> None:
             epoch = rnd.randrange(0, 2**64)
             for kind in ClaimKind:
                 on_chain = fns.claimDigestOf(epoch, int(kind), t.transfer_id, t.terms_hash).call()
-                domain = claim_domain(ledger, endpoint.address, epoch)
+                domain = claim_domain(ledger, endpoint.address, epoch, CHAIN_ID)
                 assert bytes(on_chain) == claim_digest(
                     domain, Claim(kind, t.transfer_id, t.terms_hash)
                 )
@@ -409,9 +443,9 @@ def test_abort_path_releases_units_to_the_sender(env: Env) -> None:
 
 
 def test_relayer_may_lock_for_the_sender_but_a_stranger_may_not(env: Env) -> None:
-    t = make_terms(env)
+    t = brokered(env)
     before = snapshot(env, t)
-    reverts(env, "NotSender", env.a.endpoint.functions.lock(t.as_abi_tuple()), env.bob)
+    reverts(env, "NotSender", env.a.endpoint.functions.lock(t.as_abi_tuple(), b""), env.bob)
     assert snapshot(env, t) == before
     lock(env, t, by=env.relayer)
     assert out_leg(env, t)[0] == LOCKED
@@ -617,7 +651,7 @@ def test_paused_token(env: Env) -> None:
     before = snapshot(env, t)
     set_paused(env.w3, key, env.a.token, True)
     try:
-        reverts(env, "TokenPaused", env.a.endpoint.functions.lock(t.as_abi_tuple()), env.alice)
+        reverts(env, "TokenPaused", env.a.endpoint.functions.lock(t.as_abi_tuple(), b""), env.alice)
     finally:
         set_paused(env.w3, key, env.a.token, False)
     assert snapshot(env, t) == before
@@ -637,7 +671,7 @@ def test_frozen_sender_cannot_lock(env: Env) -> None:
     before = snapshot(env, t)
     set_frozen(env.w3, key, env.a.token, env.alice.address)
     try:
-        fn = env.a.endpoint.functions.lock(t.as_abi_tuple())
+        fn = env.a.endpoint.functions.lock(t.as_abi_tuple(), b"")
         detail = reverts(env, "HolderFrozen", fn, env.alice)
         assert env.alice.address.lower() in detail.lower()
     finally:
@@ -729,7 +763,7 @@ def test_mark_expired_only_after_the_deadline(env: Env) -> None:
 def test_lock_with_deadline_passed(env: Env) -> None:
     t = make_terms(env, deadline=now(env) - 1)
     before = snapshot(env, t)
-    reverts(env, "DeadlinePassed", env.a.endpoint.functions.lock(t.as_abi_tuple()), env.alice)
+    reverts(env, "DeadlinePassed", env.a.endpoint.functions.lock(t.as_abi_tuple(), b""), env.alice)
     assert snapshot(env, t) == before
 
 
@@ -740,7 +774,7 @@ def test_lock_for_the_wrong_source_ledger(env: Env) -> None:
     wrong_bridge = make_terms(env, src=Ledger(env.a.ledger, env.b.endpoint, env.a.token))
     for t in (wrong_ledger, wrong_bridge):
         before = snapshot(env, t)
-        reverts(env, "WrongLedger", fns.lock(t.as_abi_tuple()), env.alice)
+        reverts(env, "WrongLedger", fns.lock(t.as_abi_tuple(), b""), env.alice)
         assert snapshot(env, t) == before
 
 
@@ -749,14 +783,14 @@ def test_lock_of_zero_amount(env: Env) -> None:
     zero = list(t.as_abi_tuple())
     zero[2] = 0  # TransferTerms itself refuses 0; the contract must too
     before = snapshot(env, t)
-    reverts(env, "ZeroAmount", env.a.endpoint.functions.lock(tuple(zero)), env.alice)
+    reverts(env, "ZeroAmount", env.a.endpoint.functions.lock(tuple(zero), b""), env.alice)
     assert snapshot(env, t) == before
 
 
 def test_lock_twice_is_refused(env: Env) -> None:
     t = locked(env)
     before = snapshot(env, t)
-    reverts(env, "TransferExists", env.a.endpoint.functions.lock(t.as_abi_tuple()), env.alice)
+    reverts(env, "TransferExists", env.a.endpoint.functions.lock(t.as_abi_tuple(), b""), env.alice)
     assert snapshot(env, t) == before
     finish(env, env.a, ClaimKind.ABORT, t)
 
@@ -867,3 +901,133 @@ def test_supply_of_reads_past_blocks(env: Env) -> None:
     assert supply_of(env.a, h0) == past
     assert supply_of(env.a)["escrowed"] == past["escrowed"] + 5
     finish(env, env.a, ClaimKind.ABORT, t)
+
+
+# --------------------------------------------------------------------------- protocol v2
+
+
+@pytest.mark.security
+def test_a_relayer_lock_needs_the_instructors_signature(env: Env) -> None:
+    t = brokered(env)
+    other = brokered(env)  # another nonce: other terms
+    stranger = LocalKeySigner(bytes([0x43]) * 32)
+    good = instruction(t)
+    cases = [
+        ("MissingInstruction", b""),
+        ("InvalidInstruction", instruction(t, stranger)),  # forged
+        ("InvalidInstruction", instruction(other)),  # another terms' instruction
+        ("InvalidInstruction", instruction(t, chain_id=1)),  # signed for another network
+        ("InvalidInstruction", good[:64] + bytes([good[64] - 27])),  # v not 27/28
+        ("InvalidInstruction", good[:64]),  # truncated
+    ]
+    before = snapshot(env, t)
+    for error, signed in cases:
+        reverts(env, error, env.a.endpoint.functions.lock(t.as_abi_tuple(), signed), env.relayer)
+        assert snapshot(env, t) == before, error
+    fns = env.a.endpoint.functions
+    assert bytes(fns.instructionDigestOf(t.as_abi_tuple()).call()) == (
+        instruction_digest(evm_network_word(CHAIN_ID), t)
+    )
+    lock(env, t, by=env.relayer, signed=good)
+    assert out_leg(env, t)[0] == LOCKED
+    finish(env, env.a, ClaimKind.ABORT, t)
+
+
+@pytest.mark.security
+def test_holder_direct_lock_needs_the_holder_as_instructor(env: Env) -> None:
+    t = brokered(env)  # instructor is a brokerage, not alice
+    before = snapshot(env, t)
+    reverts(
+        env, "InvalidInstruction", env.a.endpoint.functions.lock(t.as_abi_tuple(), b""), env.alice
+    )
+    reverts(
+        env,
+        "InvalidInstruction",
+        env.a.endpoint.functions.lock(t.as_abi_tuple(), instruction(t)),
+        env.alice,
+    )
+    assert snapshot(env, t) == before
+    own = make_terms(env)  # instructor = alice: her own transaction is the instruction
+    lock(env, own)
+    assert out_leg(env, own)[0] == LOCKED
+    finish(env, env.a, ClaimKind.ABORT, own)
+
+
+@pytest.mark.security
+def test_a_relayer_may_carry_the_holders_own_signature(env: Env) -> None:
+    t = make_terms(env)  # instructor = alice
+    alice = LocalKeySigner(env.alice.private_key)
+    lock(env, t, by=env.relayer, signed=instruction(t, alice))
+    assert out_leg(env, t)[0] == LOCKED
+    finish(env, env.a, ClaimKind.ABORT, t)
+
+
+@pytest.mark.security
+def test_squatting_the_transfer_id_is_impossible(env: Env) -> None:
+    """The id binds sender and instructor: the same nonce under another instructor (or for
+    another sender) is another transfer; the same id with other terms needs the
+    instructor's signature over those terms."""
+    t = brokered(env)
+    rogue = LocalKeySigner(bytes([0x44]) * 32)
+    squat = dataclasses.replace(
+        t, recipient=evm_address_word(env.carol.address), instructor=bytes(12) + rogue.address
+    )
+    assert squat.transfer_id != t.transfer_id
+    lock(env, squat, by=env.relayer, signed=instruction(squat, rogue))  # its own transfer
+    lock(env, t, by=env.relayer)  # the brokerage's transfer is unaffected
+    assert out_leg(env, t)[0] == LOCKED
+    same_id = dataclasses.replace(t, recipient=evm_address_word(env.carol.address))
+    assert same_id.transfer_id == t.transfer_id
+    reverts(
+        env,
+        "InvalidInstruction",
+        env.a.endpoint.functions.lock(same_id.as_abi_tuple(), instruction(t)),
+        env.relayer,
+    )
+    for done in (squat, t):
+        finish(env, env.a, ClaimKind.ABORT, done)
+
+
+@pytest.mark.security
+def test_a_claim_signed_for_another_network_is_refused(env: Env) -> None:
+    t = locked(env)
+    digest = claim_digest(
+        claim_domain(env.b.ledger, env.b.endpoint.address, EPOCH, CHAIN_ID + 1),
+        Claim(ClaimKind.LOCKED, t.transfer_id, t.terms_hash),
+    )
+    staging = (EPOCH, b"".join(s.sign_digest(digest) for s in env.signers[1:]))
+    before = snapshot(env, t)
+    reverts(env, "NotCommitteeMember", env.b.endpoint.functions.prepare(t.as_abi_tuple(), staging))
+    assert snapshot(env, t) == before
+    assert bytes(env.b.endpoint.functions.networkWord().call()) == evm_network_word(CHAIN_ID)
+    finish(env, env.a, ClaimKind.ABORT, t)
+
+
+@pytest.mark.security
+def test_solidity_matches_the_core_vectors(env: Env) -> None:
+    """BridgeTypes computes the golden vectors of bridge/core/vectors.json byte for byte."""
+    vectors = json.loads((REPO_ROOT / "bridge" / "core" / "vectors.json").read_text())
+    fns = env.a.endpoint.functions
+
+    def b(text: str) -> bytes:
+        return bytes.fromhex(text[2:])
+
+    for case in vectors["terms"]:
+        obj = case["terms"]
+        t = (
+            b(obj["nonce"]), b(obj["security"]), int(obj["amount"]), b(obj["src_ledger"]),
+            b(obj["src_bridge"]), b(obj["dst_ledger"]), b(obj["dst_bridge"]), b(obj["sender"]),
+            b(obj["recipient"]), b(obj["instructor"]), obj["deadline"],
+        )  # fmt: skip
+        assert bytes(fns.transferIdOf(t).call()) == b(case["transfer_id"])
+        assert bytes(fns.termsHashOf(t).call()) == b(case["terms_hash"])
+    for c in vectors["claims"]:
+        got = fns.claimDigestFor(
+            b(c["network"]), b(c["ledger"]), b(c["bridge"]), c["epoch"], c["kind"],
+            b(c["transfer_id"]), b(c["terms_hash"]),
+        ).call()  # fmt: skip
+        assert bytes(got) == b(c["digest"])
+    for c in vectors["instructions"]:
+        got = fns.instructionDigestFor(b(c["network"]), b(c["terms_hash"])).call()
+        assert bytes(got) == b(c["digest"])
+    assert len(vectors["terms"]) >= 4 and len(vectors["claims"]) >= 6

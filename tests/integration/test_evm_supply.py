@@ -17,7 +17,7 @@ from bridge.domain.legs import Action
 from bridge.domain.supply import SupplyReading, balance
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
-from tests.integration.conftest import ISIN, EvmLedger, TwoLedgers
+from tests.integration.conftest import ISIN, EvmLedger, TwoLedgers, instruct
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ async def test_identity_holds_at_every_step_of_a_committed_transfer(
     assert balance(start, registered).holds
 
     t = env.terms(alice, bob, 40)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     locked = await read(a, b)
     cut = balance(locked, registered)
     assert cut.holds and cut.in_transit == balance(start, registered).in_transit + 40
@@ -103,7 +103,7 @@ async def test_reading_names_its_block_and_past_heights_give_past_figures(
     assert earlier.ledger == env.a.name
 
     t = env.terms(alice, bob, 10)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     await a.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.a))
     now = await a.supply(SECURITY)
     assert now.height > h
@@ -128,7 +128,7 @@ async def test_abort_leaves_counters_and_the_identity_alone(two_ledgers: TwoLedg
     registered = register(env)
     before = await read(a, b)
     t = env.terms(alice, bob, 8)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
     assert balance(await read(a, b), registered).holds
     await b.submit(Action.ABORT, t, env.cert(ClaimKind.ABORT, t, env.b))
@@ -150,7 +150,7 @@ async def test_an_issue_outside_the_register_is_a_discrepancy_on_that_ledger(
     a, b = adapters(env)
     alice, bob = env.a.holder(30), env.b.holder()
     t = env.terms(alice, bob, 30)
-    await a.submit(Action.LOCK, t, None)
+    await a.submit(Action.LOCK, t, None, instruct(t))
     await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
     await a.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.a))  # in flight
     registered = register(env)

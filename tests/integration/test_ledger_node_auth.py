@@ -25,7 +25,7 @@ from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused
 from bridge.ledgers.factory import open_adapter
 from bridge.ledgers.startup import LedgerMismatch, check_reached
 from bridge.rpc.tls import INSECURE_ENV
-from tests.integration.conftest import TwoLedgers
+from tests.integration.conftest import TwoLedgers, instruct
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -85,7 +85,7 @@ async def test_with_ca_and_token_the_adapter_reads_and_writes(secured: Secured) 
     try:
         alice, bob = env.a.holder(50), env.b.holder()
         t = env.terms(alice, bob, 20)
-        await a.submit(Action.LOCK, t, None)
+        await a.submit(Action.LOCK, t, None, instruct(t))
         assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
         assert env.a.balance(alice.address) == 30
         reached = await check_reached(secured.config("a"), a)
@@ -119,7 +119,7 @@ async def test_a_request_without_the_right_token_is_refused_and_nothing_applied(
         with pytest.raises(Unavailable, match="401"):
             await rogue.finalized_height()
         with pytest.raises(Unavailable, match="401"):
-            await rogue.submit(Action.LOCK, t, None)
+            await rogue.submit(Action.LOCK, t, None, instruct(t))
     finally:
         await rogue.close()
     assert env.a.balance(alice.address) == 50, "nothing was escrowed"

@@ -9,6 +9,7 @@ events exactly, in order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from bridge.domain.legs import EventPosition
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
 from bridge.v1 import events_pb2, events_pb2_grpc
-from tests.integration.conftest import TwoLedgers
+from tests.integration.conftest import TwoLedgers, address_word
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -126,9 +127,10 @@ def _direct_locks(env: TwoLedgers, count: int) -> None:
     for _ in range(count):
         holder = env.a.holder(1)
         env.node.fund(holder.address)
-        t = env.terms(holder, bob, 1)
+        # Holder-direct: the holder is the instructor, its own transaction the instruction.
+        t = dataclasses.replace(env.terms(holder, bob, 1), instructor=address_word(holder.address))
         deploy.send_tx(
-            env.a.w3, holder.private_key, env.a.endpoint.functions.lock(t.as_abi_tuple())
+            env.a.w3, holder.private_key, env.a.endpoint.functions.lock(t.as_abi_tuple(), b"")
         )
 
 

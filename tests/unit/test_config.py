@@ -334,6 +334,7 @@ def fabric_ledger(**extra: Any) -> dict[str, Any]:
         "channel": "bridge",
         "tls_ca": "fabric/tlsca.pem",
         "tls_server_name": "peer0.org1.example.com",
+        "genesis_hash": "0x" + "ab" * 32,
         **extra,
     }
 
@@ -488,3 +489,56 @@ def test_verifier_endpoint_mistakes_are_refused(
 
     with pytest.raises(InvalidInput, match=message):
         load_and_apply()
+
+
+# -- protocol v2: network words and instruction keys -----------------------------------------
+
+
+@pytest.mark.security
+def test_network_words_and_instruction_keys(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"].append(fabric_ledger())
+    names = [lg["id"] for lg in data["ledgers"]]
+    key = "0x" + "0b" * 20
+    data["instruction_keys"] = {names[0]: [key]}
+    net = load_network(write(tmp_path / "network.toml", data))
+    evm = net.ledgers[names[0]]
+    assert evm.network_word == evm.chain_id.to_bytes(32, "big")
+    assert net.ledgers["brokerage-f"].network_word == bytes([0xAB]) * 32
+    assert net.may_instruct(names[0], bytes([0x0B]) * 20)
+    assert not net.may_instruct(names[0], bytes([0x0C]) * 20)
+    assert not net.may_instruct("brokerage-f", bytes([0x0B]) * 20)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("ledger_extra", "keys", "match"),
+    [
+        ({"genesis_hash": None}, {}, "a Fabric ledger needs genesis_hash"),
+        ({"genesis_hash": "0x1234"}, {}, "a Fabric ledger needs genesis_hash"),
+        ({"genesis_hash": "0x" + "zz" * 32}, {}, "genesis_hash is not hex"),
+        ({}, {"nowhere": ["0x" + "0b" * 20]}, "instruction_keys: unknown ledger 'nowhere'"),
+        ({}, {"brokerage-f": "0x" + "0b" * 20}, "must be a list of addresses"),
+        ({}, {"brokerage-f": ["0x" + "00" * 20]}, "the zero address is not a key"),
+        ({}, {"brokerage-f": ["0x1234"]}, "20-byte hex address"),
+    ],
+)
+def test_bad_network_words_and_instruction_keys_are_refused(
+    tmp_path: Path, ledger_extra: dict[str, Any], keys: dict[str, Any], match: str
+) -> None:
+    data = network_data()
+    ledger = fabric_ledger(**ledger_extra)
+    if ledger.get("genesis_hash") is None:
+        del ledger["genesis_hash"]
+    data["ledgers"].append(ledger)
+    if keys:
+        data["instruction_keys"] = keys
+    with pytest.raises(InvalidInput, match=match):
+        load_network(write(tmp_path / "network.toml", data))
+
+
+def test_genesis_hash_on_an_evm_ledger_is_refused(tmp_path: Path) -> None:
+    data = network_data()
+    data["ledgers"][0]["genesis_hash"] = "0x" + "ab" * 32
+    with pytest.raises(InvalidInput, match="genesis_hash applies to Fabric ledgers only"):
+        load_network(write(tmp_path / "network.toml", data))

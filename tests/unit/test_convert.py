@@ -45,6 +45,7 @@ def make_terms(amount: int = 1_000) -> TransferTerms:
         dst_bridge=w(5),
         sender=b"\0" * 12 + b"\x06" * 20,
         recipient=b"\0" * 12 + b"\x07" * 20,
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=1_800_000_000,
     )
 

@@ -3,18 +3,28 @@ the real-ledger paths are covered by tests/e2e)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from bridge.config import dump_toml, load_network
+from bridge.config import NetworkConfig, dump_toml, load_network
 from bridge.coordinator.engine import Coordinator
-from bridge.coordinator.records import TransferRequest
+from bridge.coordinator.records import TransferRecord, TransferRequest
+from bridge.coordinator.requests import terms_for
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import LedgerRejected
+from bridge.domain.errors import Conflict, InvalidInput, LedgerRejected
+from bridge.domain.instructions import (
+    Instruction,
+    InvalidInstruction,
+    UnauthorisedInstructor,
+    sign_instruction,
+)
 from bridge.domain.legs import (
     Action,
     EventPosition,
@@ -26,6 +36,7 @@ from bridge.domain.legs import (
     SignatureSet,
     TxOutcome,
 )
+from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
 from tests.support import eventually
@@ -46,6 +57,7 @@ class FakeRelayer:
     land_lock_anyway: bool = False
     squat: bool = False
     submitted: list[Action] = field(default_factory=list)
+    instructions: list[bytes] = field(default_factory=list)
 
     async def get_leg(self, tid: bytes, leg: Leg) -> LegStatus:
         return self.legs.get((tid, leg), LegStatus(LegState.NONE, b"\0" * 32, 0, 1))
@@ -54,9 +66,15 @@ class FakeRelayer:
         return HolderStatus(True, 10**6, 0, True, False, False)
 
     async def submit(
-        self, action: Action, terms: TransferTerms, cert: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        cert: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
         self.submitted.append(action)
+        if action is Action.LOCK:
+            self.instructions.append(instruction)
         tid, th = terms.transfer_id, terms.terms_hash
         if action is Action.LOCK and self.lock_refusal is not None:
             if self.land_lock_anyway:  # an earlier attempt landed; this one is refused
@@ -70,6 +88,8 @@ class FakeRelayer:
             (Action.PREPARE, Leg.INBOUND): LegState.PREPARED,
             (Action.COMMIT, Leg.OUTBOUND): LegState.BURNED,
             (Action.COMMIT, Leg.INBOUND): LegState.MINTED,
+            (Action.ABORT, Leg.OUTBOUND): LegState.RELEASED,
+            (Action.ABORT, Leg.INBOUND): LegState.ABORTED,
         }
         leg = Leg.OUTBOUND if terms.src_ledger == _word(self.ledger) else Leg.INBOUND
         self.legs[(tid, leg)] = LegStatus(after[(action, leg)], th, 0, 2)
@@ -77,9 +97,13 @@ class FakeRelayer:
 
 
 class FakeCommittee:
+    def __init__(self) -> None:
+        self.kinds: list[ClaimKind] = []
+
     async def certify(
         self, kind: ClaimKind, terms: TransferTerms, ledgers: list
     ) -> dict[str, SignatureSet]:
+        self.kinds.append(kind)
         return {d.name: SignatureSet(1, (b"\1" * 65,)) for d in ledgers}
 
 
@@ -112,6 +136,7 @@ async def coordinator(tmp_path: Path):
                         "chain_id": 2,
                     },
                 ],
+                "instruction_keys": {"a": [BROKER_A.address.hex().join(("0x", ""))]},
             }
         )
     )
@@ -130,6 +155,32 @@ def request(key: str = "k1") -> TransferRequest:
     return TransferRequest(key, ISIN, "a", "b", HOLDER, HOLDER, 5)
 
 
+BROKER_A = LocalKeySigner(bytes([7]) * 32)
+
+
+def instructed(
+    network: NetworkConfig,
+    req: TransferRequest,
+    signer: LocalKeySigner = BROKER_A,
+    deadline: int | None = None,
+    nonce: bytes | None = None,
+) -> Instruction:
+    """The instruction the brokerage of ``req``'s source ledger signs for it."""
+    unsigned = Instruction(
+        nonce=nonce or hashlib.sha256(req.idempotency_key.encode()).digest(),
+        deadline=deadline or int(time.time()) + 50,
+        instructor=signer.address,
+        signature=bytes(65),
+    )
+    terms = terms_for(network, req, unsigned)
+    network_word = network.ledgers[req.source_ledger].network_word
+    return dataclasses.replace(unsigned, signature=sign_instruction(signer, network_word, terms))
+
+
+async def submit(c: Coordinator, req: TransferRequest) -> tuple[TransferRecord, bool]:
+    return await c.submit(req, instructed(c._network, req))
+
+
 async def final(store: SqliteTransferStore, tid: bytes) -> TransferState:
     async def probe() -> TransferState | None:
         r = await store.get(tid)
@@ -140,7 +191,7 @@ async def final(store: SqliteTransferStore, tid: bytes) -> TransferState:
 
 async def test_happy_path_commits(coordinator) -> None:
     c, relayers, store = coordinator
-    record, created = await c.submit(request())
+    record, created = await submit(c, request())
     assert created
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.LOCK, Action.COMMIT]
@@ -151,7 +202,7 @@ async def test_transfer_id_held_by_other_terms_fails_without_moving_anything(coo
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("TransferExists", "front-run")
     relayers["a"].squat = True
-    record, _ = await c.submit(request())
+    record, _ = await submit(c, request())
     assert await final(store, record.transfer_id) is TransferState.FAILED
     got = await store.get(record.transfer_id)
     assert got is not None
@@ -163,7 +214,7 @@ async def test_definitive_refusal_is_rechecked_against_the_ledger(coordinator) -
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("DeadlinePassed", "deadline=1")
     relayers["a"].land_lock_anyway = True
-    record, _ = await c.submit(request("k2"))
+    record, _ = await submit(c, request("k2"))
 
     async def locked() -> bool:
         r = await store.get(record.transfer_id)
@@ -178,7 +229,7 @@ async def test_definitive_refusal_is_rechecked_against_the_ledger(coordinator) -
 async def test_definitive_refusal_with_nothing_locked_fails(coordinator) -> None:
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k3"))
+    record, _ = await submit(c, request("k3"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     got = await store.get(record.transfer_id)
     assert got is not None
@@ -189,7 +240,7 @@ async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> Non
     c, relayers, store = coordinator
     terms = TransferTerms(
         secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"), b"\0" * 12 + b"\xaa" * 20,
-        _word("b"), b"\0" * 12 + b"\xcc" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, 2**40,
+        _word("b"), b"\0" * 12 + b"\xcc" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, 2**40,
     )  # fmt: skip
     event = LedgerEvent(
         "a", EventPosition(3, 0), b"\0" * 32, "0x01", terms.transfer_id, Leg.OUTBOUND,
@@ -199,7 +250,7 @@ async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> Non
     assert await store.get(terms.transfer_id) is None
     good = TransferTerms(
         terms.nonce, terms.security, 3, terms.src_ledger, terms.src_bridge, terms.dst_ledger,
-        b"\0" * 12 + b"\xbb" * 20, terms.sender, terms.recipient, terms.deadline,
+        b"\0" * 12 + b"\xbb" * 20, terms.sender, terms.recipient, terms.instructor, terms.deadline,
     )  # fmt: skip
     adopted = LedgerEvent(
         "a", EventPosition(4, 0), b"\0" * 32, "0x02", good.transfer_id, Leg.OUTBOUND,
@@ -218,7 +269,7 @@ async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinato
     the supervisor's sweep re-reads the source leg and drives the transfer to an end."""
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k4"))
+    record, _ = await submit(c, request("k4"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
     relayers["a"].legs[(record.transfer_id, Leg.OUTBOUND)] = LegStatus(
@@ -236,7 +287,7 @@ async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinato
 async def test_a_lock_with_other_terms_after_failed_is_not_adopted(coordinator) -> None:
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k5"))
+    record, _ = await submit(c, request("k5"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].legs[(record.transfer_id, Leg.OUTBOUND)] = LegStatus(
         LegState.LOCKED, secrets.token_bytes(32), 0, 3
@@ -246,3 +297,122 @@ async def test_a_lock_with_other_terms_after_failed_is_not_adopted(coordinator) 
     assert got is not None
     assert got.state is TransferState.FAILED, "other terms are never driven as ours"
     assert relayers["b"].submitted == []
+
+
+# -- protocol v2: the coordinator checks the brokerage's instruction before recording --------
+
+
+@pytest.mark.security
+async def test_instructed_terms_are_the_brokerages(coordinator) -> None:
+    c, relayers, store = coordinator
+    req = request("v2-1")
+    instruction = instructed(c._network, req)
+    record, created = await c.submit(req, instruction)
+    assert created
+    assert record.terms.nonce == instruction.nonce
+    assert record.terms.deadline == instruction.deadline
+    assert record.terms.instructor == b"\0" * 12 + BROKER_A.address
+    assert record.instruction == instruction.signature
+    stored = await store.get(record.transfer_id)
+    assert stored is not None and stored.instruction == instruction.signature
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].instructions == [instruction.signature], "the LOCK carries it"
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    ("mutate", "error", "match"),
+    [
+        ("stranger", UnauthorisedInstructor, "not an instruction key registered for ledger a"),
+        ("forged", InvalidInstruction, "InvalidInstruction: signed by 0x"),
+        ("other_terms", InvalidInstruction, "InvalidInstruction: signed by 0x"),
+        ("deadline_far", InvalidInput, "more than transfer_ttl=60s ahead"),
+        ("deadline_past", InvalidInput, "instruction.deadline has passed"),
+    ],
+)
+async def test_bad_instructions_are_refused_before_anything_is_recorded(
+    coordinator, mutate: str, error: type[Exception], match: str
+) -> None:
+    c, relayers, store = coordinator
+    req = request(f"bad-{mutate}")
+    good = instructed(c._network, req)
+    stranger = LocalKeySigner(bytes([9]) * 32)
+    bad = {
+        "stranger": lambda: instructed(c._network, req, signer=stranger),
+        "forged": lambda: dataclasses.replace(
+            good, signature=instructed(c._network, req, signer=stranger).signature
+        ),
+        "other_terms": lambda: dataclasses.replace(
+            good,
+            signature=instructed(
+                c._network, dataclasses.replace(req, amount=req.amount + 1)
+            ).signature,
+        ),
+        "deadline_far": lambda: instructed(c._network, req, deadline=int(time.time()) + 500),
+        "deadline_past": lambda: instructed(c._network, req, deadline=int(time.time()) - 1),
+    }[mutate]()
+    with pytest.raises(error, match=match):
+        await c.submit(req, bad)
+    assert await store.get_by_key(req.idempotency_key) is None, "nothing recorded"
+    assert relayers["a"].submitted == [], "nothing sent to any ledger"
+
+
+@pytest.mark.security
+async def test_idempotency_key_reused_with_another_instruction_is_a_conflict(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _, store = coordinator
+    req = request("v2-conflict")
+    signed = instructed(c._network, req)
+    first, _ = await c.submit(req, signed)
+    again, created = await c.submit(req, signed)
+    assert not created and again.transfer_id == first.transfer_id
+    other = instructed(c._network, req, nonce=b"\x42" * 32)
+    with pytest.raises(Conflict, match="other instructed terms"):
+        await c.submit(req, other)
+    forged = dataclasses.replace(
+        instructed(c._network, req),
+        signature=instructed(c._network, req, nonce=b"\x43" * 32).signature,
+    )
+    with pytest.raises(InvalidInstruction):
+        await c.submit(req, forged)
+    await final(store, first.transfer_id)
+    # The same request retried after its deadline: still the recorded transfer.
+    later = time.time() + 3600
+    monkeypatch.setattr("bridge.coordinator.engine.time.time", lambda: later)
+    record, created = await c.submit(req, signed)
+    assert not created and record.transfer_id == first.transfer_id
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("instructed", [False, True])
+async def test_an_uninstructed_lock_is_released_never_prepared(coordinator, instructed) -> None:
+    """A lock whose instructor has no authority (a rogue relayer's, say) is adopted from its
+    event and driven to ABORT: the committee is never asked for LOCKED, the target never
+    prepares, the escrow goes back to the holder."""
+    c, relayers, store = coordinator
+    rogue = LocalKeySigner(secrets.token_bytes(32))
+    instructor = BROKER_A.address if instructed else rogue.address
+    terms = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
+        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
+        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + instructor,
+        int(time.time()) + 60,
+    )  # fmt: skip
+    tid = terms.transfer_id
+    relayers["a"].legs[(tid, Leg.OUTBOUND)] = LegStatus(LegState.LOCKED, terms.terms_hash, 0, 3)
+    event = LedgerEvent(
+        "a", EventPosition(3, 0), b"\0" * 32, "0x01", tid, Leg.OUTBOUND, LegState.LOCKED, 0,
+        terms.terms_hash, terms,
+    )  # fmt: skip
+    assert await c.on_events("a", [event], 3) == 1
+    committee = c._committee
+    if instructed:
+        assert await final(store, tid) is TransferState.COMMITTED
+        assert committee.kinds[0] is ClaimKind.LOCKED
+        return
+    assert await final(store, tid) is TransferState.ABORTED
+    assert committee.kinds == [ClaimKind.ABORT], "never LOCKED"
+    assert relayers["b"].submitted == [Action.ABORT], "the target is tombstoned, not prepared"
+    assert relayers["a"].submitted == [Action.ABORT], "the escrow is released"
+    assert relayers["a"].legs[(tid, Leg.OUTBOUND)].state is LegState.RELEASED

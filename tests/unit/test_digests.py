@@ -42,6 +42,7 @@ def make_terms(**overrides: object) -> TransferTerms:
         "dst_bridge": w(0x0D),
         "sender": b"\0" * 12 + b"\x51" * 20,
         "recipient": b"\0" * 12 + b"\x52" * 20,
+        "instructor": b"\0" * 12 + b"\x53" * 20,
         "deadline": 1_700_000_000,
     }
     fields.update(overrides)
@@ -59,9 +60,9 @@ def test_keccak256_is_ethereum_keccak_not_sha3() -> None:
 
 
 def test_tags_are_keccak_of_their_names() -> None:
-    assert kk(b"KSTB/transfer-id/v1") == TRANSFER_TAG
-    assert kk(b"KSTB/terms/v1") == TERMS_TAG
-    assert kk(b"KSTB/claim/v1") == CLAIM_TAG
+    assert kk(b"KSTB/transfer-id/v2") == TRANSFER_TAG
+    assert kk(b"KSTB/terms/v2") == TERMS_TAG
+    assert kk(b"KSTB/claim/v2") == CLAIM_TAG
     assert tag("x") == kk(b"x")
     assert len({TRANSFER_TAG, TERMS_TAG, CLAIM_TAG}) == 3
 
@@ -76,17 +77,19 @@ def test_abi_encode_matches_solidity_layout() -> None:
 
 def test_transfer_id_by_hand() -> None:
     t = make_terms()
-    expected = kk(TRANSFER_TAG + w(0x0A) + w(0x0B) + w(0x01))
+    sender, instructor = b"\0" * 12 + b"\x51" * 20, b"\0" * 12 + b"\x53" * 20
+    expected = kk(TRANSFER_TAG + w(0x0A) + w(0x0B) + sender + instructor + w(0x01))
     assert t.transfer_id == expected
-    assert transfer_id(w(0x0A), w(0x0B), w(0x01)) == expected
+    assert transfer_id(w(0x0A), w(0x0B), sender, instructor, w(0x01)) == expected
 
 
 def test_terms_hash_by_hand() -> None:
     t = make_terms()
-    tid = kk(TRANSFER_TAG + w(0x0A) + w(0x0B) + w(0x01))
+    sender, instructor = b"\0" * 12 + b"\x51" * 20, b"\0" * 12 + b"\x53" * 20
+    tid = kk(TRANSFER_TAG + w(0x0A) + w(0x0B) + sender + instructor + w(0x01))
     # Every field is a static 32-byte slot: abi.encode is the plain concatenation.
     manual = (
-        kk(b"KSTB/terms/v1")
+        kk(b"KSTB/terms/v2")
         + tid
         + b"KR7005930003".ljust(32, b"\0")
         + (1000).to_bytes(32, "big")
@@ -96,6 +99,7 @@ def test_terms_hash_by_hand() -> None:
         + w(0x0D)
         + (b"\0" * 12 + b"\x51" * 20)
         + (b"\0" * 12 + b"\x52" * 20)
+        + instructor
         + (1_700_000_000).to_bytes(32, "big")
     )
     assert t.terms_hash == kk(manual)
@@ -119,9 +123,10 @@ SENSITIVE_CHANGES: dict[str, object] = {
     "dst_bridge": w(0x1D),
     "sender": b"\0" * 12 + b"\x61" * 20,
     "recipient": b"\0" * 12 + b"\x62" * 20,
+    "instructor": b"\0" * 12 + b"\x63" * 20,
     "deadline": 1_700_000_001,
 }
-ID_FIELDS = {"nonce", "src_ledger", "src_bridge"}
+ID_FIELDS = {"nonce", "src_ledger", "src_bridge", "sender", "instructor"}
 
 
 def test_every_field_is_covered_by_the_sensitivity_table() -> None:
@@ -136,7 +141,7 @@ def test_changing_any_single_field_changes_terms_hash(field: str) -> None:
 
 
 @pytest.mark.parametrize("field", sorted(SENSITIVE_CHANGES))
-def test_transfer_id_depends_only_on_source_ledger_bridge_and_nonce(field: str) -> None:
+def test_transfer_id_depends_only_on_source_sender_instructor_and_nonce(field: str) -> None:
     base = make_terms()
     changed = dataclasses.replace(base, **{field: SENSITIVE_CHANGES[field]})
     if field in ID_FIELDS:
@@ -163,6 +168,7 @@ def test_as_abi_tuple_is_in_solidity_declaration_order() -> None:
         w(0x0D),
         b"\0" * 12 + b"\x51" * 20,
         b"\0" * 12 + b"\x52" * 20,
+        b"\0" * 12 + b"\x53" * 20,
         1_700_000_000,
     )
 
@@ -200,7 +206,7 @@ def test_deadline_bounds_are_accepted() -> None:
 @pytest.mark.parametrize(
     "field",
     ["nonce", "security", "src_ledger", "src_bridge", "dst_ledger", "dst_bridge", "sender",
-     "recipient"],
+     "recipient", "instructor"],
 )  # fmt: skip
 @pytest.mark.parametrize("bad", [b"\x01" * 31, b"\x01" * 33, b"", "0" * 32])
 def test_non_32_byte_words_are_rejected(field: str, bad: object) -> None:
@@ -210,7 +216,9 @@ def test_non_32_byte_words_are_rejected(field: str, bad: object) -> None:
 
 # -- claim digests -------------------------------------------------------------------------
 
-DOMAIN = ClaimDomain(ledger=w(0xA1), contract=b"\0" * 12 + b"\xc0" * 20, epoch=3)
+DOMAIN = ClaimDomain(
+    ledger=w(0xA1), contract=b"\0" * 12 + b"\xc0" * 20, epoch=3, network=(31337).to_bytes(32, "big")
+)
 
 
 def test_claim_digest_by_hand_with_eth_abi() -> None:
@@ -218,10 +226,21 @@ def test_claim_digest_by_hand_with_eth_abi() -> None:
     claim = Claim(ClaimKind.COMMIT, t.transfer_id, t.terms_hash)
     expected = kk(
         encode(
-            ["bytes32", "uint16", "bytes32", "bytes32", "uint64", "uint8", "bytes32", "bytes32"],
             [
-                kk(b"KSTB/claim/v1"),
-                1,
+                "bytes32",
+                "uint16",
+                "bytes32",
+                "bytes32",
+                "bytes32",
+                "uint64",
+                "uint8",
+                "bytes32",
+                "bytes32",
+            ],
+            [
+                kk(b"KSTB/claim/v2"),
+                2,
+                (31337).to_bytes(32, "big"),
                 w(0xA1),
                 b"\0" * 12 + b"\xc0" * 20,
                 3,
@@ -237,8 +256,9 @@ def test_claim_digest_by_hand_with_eth_abi() -> None:
 def test_claim_digest_by_hand_raw_words() -> None:
     tid, th = w(0x77), w(0x88)
     raw = (
-        kk(b"KSTB/claim/v1")
-        + (1).to_bytes(32, "big")
+        kk(b"KSTB/claim/v2")
+        + (2).to_bytes(32, "big")
+        + (31337).to_bytes(32, "big")
         + w(0xA1)
         + b"\0" * 12
         + b"\xc0" * 20
@@ -258,26 +278,28 @@ def test_claim_digest_separates_every_domain_and_claim_component() -> None:
     ledgers = [w(0xA1), w(0xA2)]
     contracts = [b"\0" * 12 + b"\xc0" * 20, b"\0" * 12 + b"\xc1" * 20]
     epochs = [1, 2]
+    networks = [w(0x01), w(0x02)]
     kinds = list(ClaimKind)
     tids = [w(0x10), w(0x11)]
     hashes = [w(0x20), w(0x21)]
     digests = {
-        claim_digest(ClaimDomain(lg, ct, ep), Claim(kd, ti, th))
-        for lg, ct, ep, kd, ti, th in itertools.product(
-            ledgers, contracts, epochs, kinds, tids, hashes
+        claim_digest(ClaimDomain(lg, ct, ep, nw), Claim(kd, ti, th))
+        for lg, ct, ep, nw, kd, ti, th in itertools.product(
+            ledgers, contracts, epochs, networks, kinds, tids, hashes
         )
     }
-    assert len(digests) == 2 * 2 * 2 * 3 * 2 * 2
+    assert len(digests) == 2 * 2 * 2 * 2 * 3 * 2 * 2
 
 
 @pytest.mark.parametrize(
     "changed",
     [
-        ClaimDomain(w(0xA2), DOMAIN.contract, DOMAIN.epoch),
-        ClaimDomain(DOMAIN.ledger, b"\0" * 12 + b"\xc1" * 20, DOMAIN.epoch),
-        ClaimDomain(DOMAIN.ledger, DOMAIN.contract, DOMAIN.epoch + 1),
+        dataclasses.replace(DOMAIN, ledger=w(0xA2)),
+        dataclasses.replace(DOMAIN, contract=b"\0" * 12 + b"\xc1" * 20),
+        dataclasses.replace(DOMAIN, epoch=DOMAIN.epoch + 1),
+        dataclasses.replace(DOMAIN, network=(1).to_bytes(32, "big")),
     ],
-    ids=["ledger", "contract", "epoch"],
+    ids=["ledger", "contract", "epoch", "network (a staging deployment)"],
 )
 def test_claim_digest_differs_when_one_domain_field_changes(changed: ClaimDomain) -> None:
     claim = Claim(ClaimKind.COMMIT, w(0x10), w(0x20))

@@ -41,6 +41,7 @@ def terms(deadline: int | None = None, amount: int = 3) -> TransferTerms:
     return TransferTerms(
         secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), amount, _word("a"), A_BRIDGE,
         _word("b"), B_BRIDGE, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x66" * 20,
+        b"\0" * 12 + b"\x11" * 20,  # holder-direct: the sender instructed its own lock
         deadline if deadline is not None else int(time.time()) + 600,
     )  # fmt: skip
 
@@ -86,7 +87,7 @@ async def test_an_event_whose_terms_the_ledger_does_not_show_is_not_adopted(coor
     claimed = TransferTerms(
         real.nonce, claimed.security, 999, claimed.src_ledger, claimed.src_bridge,
         claimed.dst_ledger, claimed.dst_bridge, claimed.sender, claimed.recipient,
-        claimed.deadline,
+        claimed.instructor, claimed.deadline,
     )  # fmt: skip
     assert claimed.transfer_id == real.transfer_id and claimed.terms_hash != real.terms_hash
     show_lock(relayers["a"], real)
@@ -231,7 +232,7 @@ async def test_a_store_written_before_origins_marks_old_adoptions(tmp_path: Path
 async def test_a_forged_lock_event_does_not_resume_a_failed_transfer(coordinator) -> None:
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k-failed"))
+    record, _ = await driver_tests.submit(c, request("k-failed"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
     relayers["a"].submitted.clear()
@@ -320,7 +321,7 @@ async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordin
     """The lock landed after the transfer FAILED and was refunded since: nothing to resume."""
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k-released"))
+    record, _ = await driver_tests.submit(c, request("k-released"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
     relayers["a"].submitted.clear()
@@ -343,7 +344,7 @@ async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordin
 async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordinator) -> None:
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
-    record, _ = await c.submit(request("k-race"))
+    record, _ = await driver_tests.submit(c, request("k-race"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     stale = await store.get(record.transfer_id)
     assert stale is not None

@@ -8,6 +8,7 @@ name, its detail, and that neither store nor the event stream changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sys
@@ -69,6 +70,18 @@ class Ledger:
     channel: str = CHANNEL
     store: p.MemoryStore = field(default_factory=p.MemoryStore)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    pin: str | None = "auto"
+    """The server's pinned Init digest; "auto": whatever Init is called with (the tests that
+    are not about pinning)."""
+
+    @property
+    def network(self) -> bytes:
+        """This ledger's network word (a stand-in for its channel's genesis block hash)."""
+        return hashlib.sha256(f"genesis:{self.name}:{self.channel}".encode()).digest()
+
+    @property
+    def network_hex(self) -> str:
+        return "0x" + self.network.hex()
 
     @property
     def word(self) -> bytes:
@@ -81,11 +94,15 @@ class Ledger:
 
     def call(self, caller: str, fn: str, *args: str) -> Any:
         roles = frozenset({"admin"}) if caller in ORG_ADMINS else frozenset({"client"})
+        pin = self.pin
+        if pin == "auto":
+            pin = p.init_parameters_digest(list(args)) if fn == "Init" else None
         ctx = p.Context(
             caller=caller,
             channel_id=self.channel,
             chaincode_name=self.chaincode,
             caller_roles=roles,
+            init_pin=pin,
         )
         out = p.execute(
             self.store,
@@ -149,7 +166,7 @@ def env() -> Env:
         dave=account(),
     )
     for led in e.ledgers():
-        led.call(admin, "Init", led.name, led.chaincode, committee_json(signers))
+        led.call(admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex)
         led.call(admin, "SetRelayer", relayer, "true")
         led.call(admin, "RegisterSecurity", ISIN.isin)
     e.a.call(admin, "SetEligible", ISIN.isin, e.alice, "true")
@@ -186,6 +203,7 @@ def make_terms(
         dst_bridge=dst.bridge,
         sender=word_of(env.alice),
         recipient=recipient if recipient is not None else word_of(env.bob),
+        instructor=bytes(12) + BROKER.address,
         deadline=2_000_000_000,
     )
 
@@ -212,8 +230,9 @@ def sign(
     *,
     ledger_word: bytes | None = None,
     bridge: bytes | None = None,
+    network: bytes | None = None,
 ) -> list[bytes]:
-    domain = ClaimDomain(ledger_word or on.word, bridge or on.bridge, epoch)
+    domain = ClaimDomain(ledger_word or on.word, bridge or on.bridge, epoch, network or on.network)
     digest = claim_digest(domain, Claim(kind, t.transfer_id, t.terms_hash))
     return [s.sign_digest(digest) for s in signers]
 
@@ -251,8 +270,23 @@ def rejects(env: Env, on: Ledger, error: str, caller: str, fn: str, *args: str) 
     return info.value.detail
 
 
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+"""The brokerage instruction key of the tests' transfers (their ``instructor``)."""
+
+
+def ins(on: Ledger, terms_json: str, signer: LocalKeySigner = BROKER) -> tuple[str, str]:
+    """``Lock``'s arguments: the terms JSON and ``signer``'s instruction for exactly the
+    terms it parses to on ``on``'s network ("0x" when it does not parse)."""
+    try:
+        t = p.parse_terms(terms_json)
+    except p.ChaincodeError:
+        return terms_json, "0x"
+    digest = p.instruction_digest(on.network, t.terms_hash)
+    return terms_json, "0x" + signer.sign_digest(digest).hex()
+
+
 def lock(env: Env, t: TransferTerms) -> Any:
-    return env.a.call(env.relayer, "Lock", tj(t))
+    return env.a.call(env.relayer, "Lock", *ins(env.a, tj(t)))
 
 
 def prepare(env: Env, t: TransferTerms) -> Any:
@@ -318,6 +352,7 @@ def random_terms(rnd: secrets.SystemRandom) -> TransferTerms:
         dst_bridge=secrets.token_bytes(32),
         sender=secrets.token_bytes(32),
         recipient=secrets.token_bytes(32),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=rnd.choice([0, 2**64 - 1, rnd.randrange(0, 2**64)]),
     )
 
@@ -329,16 +364,18 @@ def test_digests_are_byte_identical_to_bridge_domain() -> None:
         parsed = p.parse_terms(tj(t))
         assert parsed.transfer_id == t.transfer_id
         assert parsed.terms_hash == t.terms_hash
-        assert p.transfer_id(t.src_ledger, t.src_bridge, t.nonce) == t.transfer_id
-        assert json.loads(tj(t)) == parsed.to_json()  # the canonical form round-trips
-        ledger, bridge = secrets.token_bytes(32), secrets.token_bytes(32)
+        assert p.transfer_id(t.src_ledger, t.src_bridge, t.sender, t.instructor, t.nonce) == (
+            t.transfer_id
+        )
+        assert json.loads(tj(t)) == p.terms_to_json(parsed)  # the canonical form round-trips
+        ledger, bridge, net = (secrets.token_bytes(32) for _ in range(3))
         epoch = rnd.choice([0, 1, 2**64 - 1, rnd.randrange(0, 2**64)])
         for kind in ClaimKind:
             expected = claim_digest(
-                ClaimDomain(ledger, bridge, epoch), Claim(kind, t.transfer_id, t.terms_hash)
+                ClaimDomain(ledger, bridge, epoch, net), Claim(kind, t.transfer_id, t.terms_hash)
             )
             assert (
-                p.claim_digest(ledger, bridge, epoch, int(kind), t.transfer_id, t.terms_hash)
+                p.claim_digest(net, ledger, bridge, epoch, int(kind), t.transfer_id, t.terms_hash)
                 == expected
             )
 
@@ -385,7 +422,7 @@ def test_the_endpoint_reports_its_digests(env: Env) -> None:
             "0x" + t.transfer_id.hex(),
             "0x" + t.terms_hash.hex(),
         )
-        domain = ClaimDomain(env.b.word, env.b.bridge, 7)
+        domain = ClaimDomain(env.b.word, env.b.bridge, 7, env.b.network)
         expected = claim_digest(domain, Claim(kind, t.transfer_id, t.terms_hash))
         assert out == {"digest": "0x" + expected.hex()}
 
@@ -402,6 +439,7 @@ def test_info_committee_and_whoami(env: Env) -> None:
         "chaincode_name": "kstb",
         "channel_id": CHANNEL,
         "admin": env.admin,
+        "network_word": env.a.network_hex,
     }
     assert env.a.call(env.stranger, "Committee") == json.loads(committee_json(env.signers))
     assert env.a.call(env.relayer, "WhoAmI") == {"identity": env.relayer}
@@ -419,6 +457,7 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
         "fabric-a",
         "kstb",
         committee_json(env.signers),
+        env.a.network_hex,
     )
     s = env.signers
     bad_committees = [
@@ -436,30 +475,32 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
     for committee in bad_committees:
         fresh = Ledger("fabric-c", "kstb")
         with pytest.raises(p.ChaincodeError) as info:
-            fresh.call(env.admin, "Init", "fabric-c", "kstb", committee)
+            fresh.call(env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex)
         assert info.value.name == "InvalidCommittee", committee
         assert fresh.store.data == {}
     fresh = Ledger("fabric-c", "kstb")
     for args in (("Fabric-C", "kstb"), ("fabric-c", "bad name"), ("fabric-c", "other")):
         with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
-            fresh.call(env.admin, "Init", *args, committee_json(s))
-    for fn, args in (("Info", ()), ("Lock", ("{}",)), ("Supply", (ISIN.isin,))):
+            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex)
+    for fn, args in (("Info", ()), ("Lock", ("{}", "0x")), ("Supply", (ISIN.isin,))):
         with pytest.raises(p.ChaincodeError, match=r"^NotInitialized: "):
             fresh.call(env.admin, fn, *args)
     assert fresh.store.data == {}
 
 
 def test_unknown_function_and_wrong_arity(env: Env) -> None:
-    rejects(env, env.a, "UnknownFunction", env.admin, "lock", "{}")
+    rejects(env, env.a, "UnknownFunction", env.admin, "lock", "{}", "0x")
     rejects(env, env.a, "InvalidArgument", env.admin, "Issue", ISIN.isin, env.alice)
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", "not json")
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", "not json", "0x")
     t = make_terms(env)
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, extra=1))
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, amount=5))
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, amount="-5"))
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, amount=str(2**256)))
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, deadline=2**64))
-    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", tj(t, nonce="0x12"))
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, extra=1)))
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, amount=5)))
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, amount="-5")))
+    rejects(
+        env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, amount=str(2**256)))
+    )
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, deadline=2**64)))
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t, nonce="0x12")))
 
 
 # --------------------------------------------------------------------------- happy paths
@@ -534,13 +575,15 @@ def test_execution_is_deterministic(env: Env) -> None:
         return original_call(caller, fn, *args)
 
     recorded.call = record  # type: ignore[method-assign]
-    recorded.call(env.admin, "Init", "fabric-a", "kstb", committee_json(env.signers))
+    recorded.call(
+        env.admin, "Init", "fabric-a", "kstb", committee_json(env.signers), recorded.network_hex
+    )
     recorded.call(env.admin, "SetRelayer", env.relayer, "true")
     recorded.call(env.admin, "RegisterSecurity", ISIN.isin)
     recorded.call(env.admin, "SetEligible", ISIN.isin, env.alice, "true")
     recorded.call(env.admin, "Issue", ISIN.isin, env.alice, str(2**200))
     t = make_terms(env, amount=2**199)
-    recorded.call(env.relayer, "Lock", tj(t))
+    recorded.call(env.relayer, "Lock", *ins(env.a, tj(t)))
     for caller, fn, args in calls:
         twin.call(caller, fn, *args)
     assert twin.store.data == recorded.store.data
@@ -642,7 +685,7 @@ def test_claim_signed_for_another_chaincode_or_channel(env: Env) -> None:
 def test_claim_replayed_on_a_twin_endpoint_of_the_same_ledger(env: Env) -> None:
     """A twin chaincode (same ledger name, other chaincode name) refuses B's terms outright."""
     twin = Ledger("fabric-b", "kstb2")
-    twin.call(env.admin, "Init", "fabric-b", "kstb2", committee_json(env.signers))
+    twin.call(env.admin, "Init", "fabric-b", "kstb2", committee_json(env.signers), twin.network_hex)
     twin.call(env.admin, "SetRelayer", env.relayer, "true")
     t = locked(env)
     with pytest.raises(p.ChaincodeError, match=r"^WrongLedger: "):
@@ -694,7 +737,7 @@ def test_replayed_commit_and_prepare(env: Env) -> None:
 
 def test_lock_twice_is_refused(env: Env) -> None:
     t = locked(env)
-    detail = rejects(env, env.a, "TransferExists", env.relayer, "Lock", tj(t))
+    detail = rejects(env, env.a, "TransferExists", env.relayer, "Lock", *ins(env.a, tj(t)))
     assert detail == f"transferId=0x{t.transfer_id.hex()}"
 
 
@@ -811,7 +854,7 @@ def test_unknown_security_on_the_target_is_rejected(env: Env) -> None:
 def test_paused_token(env: Env) -> None:
     t = make_terms(env)
     env.a.call(env.admin, "SetPaused", ISIN.isin, "true")
-    detail = rejects(env, env.a, "TokenPaused", env.relayer, "Lock", tj(t))
+    detail = rejects(env, env.a, "TokenPaused", env.relayer, "Lock", *ins(env.a, tj(t)))
     assert detail == "securityId=0x" + ISIN.word.hex()
     rejects(env, env.a, "TokenPaused", env.admin, "Issue", ISIN.isin, env.alice, "1")
     env.a.call(env.admin, "SetPaused", ISIN.isin, "false")
@@ -826,11 +869,11 @@ def test_paused_token(env: Env) -> None:
 def test_frozen_or_ineligible_sender_cannot_lock(env: Env) -> None:
     t = make_terms(env)
     env.a.call(env.admin, "SetFrozen", ISIN.isin, env.alice, "true")
-    detail = rejects(env, env.a, "HolderFrozen", env.relayer, "Lock", tj(t))
+    detail = rejects(env, env.a, "HolderFrozen", env.relayer, "Lock", *ins(env.a, tj(t)))
     assert detail == f"holder={env.alice.lower()}"
     env.a.call(env.admin, "SetFrozen", ISIN.isin, env.alice, "false")
     env.a.call(env.admin, "SetEligible", ISIN.isin, env.alice, "false")
-    rejects(env, env.a, "HolderNotEligible", env.relayer, "Lock", tj(t))
+    rejects(env, env.a, "HolderNotEligible", env.relayer, "Lock", *ins(env.a, tj(t)))
     env.a.call(env.admin, "SetEligible", ISIN.isin, env.alice, "true")
     lock(env, t)
 
@@ -838,7 +881,7 @@ def test_frozen_or_ineligible_sender_cannot_lock(env: Env) -> None:
 def test_lock_beyond_the_balance(env: Env) -> None:
     have = balance(env.a, env.alice)
     t = make_terms(env, amount=have + 1)
-    detail = rejects(env, env.a, "InsufficientBalance", env.relayer, "Lock", tj(t))
+    detail = rejects(env, env.a, "InsufficientBalance", env.relayer, "Lock", *ins(env.a, tj(t)))
     assert detail == f"holder={env.alice}, balance={have}, needed={have + 1}"
 
 
@@ -848,7 +891,7 @@ def test_lock_beyond_the_balance(env: Env) -> None:
 def test_non_relayer_cannot_move_legs(env: Env) -> None:
     t = locked(env)
     calls = [
-        (env.a, "Lock", (tj(make_terms(env)),)),
+        (env.a, "Lock", ins(env.a, tj(make_terms(env)))),
         (env.b, "Prepare", (tj(t), cert(env, env.b, ClaimKind.LOCKED, t))),
         (env.b, "MarkExpired", (tj(t), cert(env, env.b, ClaimKind.LOCKED, t))),
         (env.a, "Commit", (tj(t), cert(env, env.a, ClaimKind.COMMIT, t))),
@@ -884,11 +927,11 @@ def test_lock_for_the_wrong_source_ledger(env: Env) -> None:
     wrong_ledger = make_terms(env, src=Ledger("fabric-b", "kstb"), dst=env.a)
     wrong_bridge = make_terms(env, src=Ledger("fabric-a", "kstb2"))
     for t in (wrong_ledger, wrong_bridge):
-        rejects(env, env.a, "WrongLedger", env.relayer, "Lock", tj(t))
+        rejects(env, env.a, "WrongLedger", env.relayer, "Lock", *ins(env.a, tj(t)))
     # the target may not be this ledger (TransferTerms itself refuses that, so build the JSON)
     t = make_terms(env)
     to_itself = tj(t, dst_ledger="0x" + env.a.word.hex(), dst_bridge="0x" + "22" * 32)
-    rejects(env, env.a, "WrongLedger", env.relayer, "Lock", to_itself)
+    rejects(env, env.a, "WrongLedger", env.relayer, "Lock", *ins(env.a, to_itself))
     # and legs addressed to neither side of this endpoint
     t = make_terms(env, src=Ledger("fabric-x", "kstb"), dst=Ledger("fabric-y", "kstb"))
     for fn, kind in (("Commit", ClaimKind.COMMIT), ("Abort", ClaimKind.ABORT)):
@@ -906,14 +949,17 @@ def test_lock_for_the_wrong_source_ledger(env: Env) -> None:
 
 def test_lock_of_zero_amount_or_unknown_security_or_invalid_sender(env: Env) -> None:
     t = make_terms(env)
-    assert rejects(env, env.a, "ZeroAmount", env.relayer, "Lock", tj(t, amount="0")) == "amount=0"
+    assert (
+        rejects(env, env.a, "ZeroAmount", env.relayer, "Lock", *ins(env.a, tj(t, amount="0")))
+        == "amount=0"
+    )
     c = cert(env, env.b, ClaimKind.LOCKED, t)
     rejects(env, env.b, "ZeroAmount", env.relayer, "Prepare", tj(t, amount="0"), c)
     t = make_terms(env, security=OTHER_ISIN.word)
-    rejects(env, env.a, "UnknownSecurity", env.relayer, "Lock", tj(t))
+    rejects(env, env.a, "UnknownSecurity", env.relayer, "Lock", *ins(env.a, tj(t)))
     t = make_terms(env)
     for sender in ("0x" + "01" * 32, "0x" + "00" * 32):
-        rejects(env, env.a, "InvalidSender", env.relayer, "Lock", tj(t, sender=sender))
+        rejects(env, env.a, "InvalidSender", env.relayer, "Lock", *ins(env.a, tj(t, sender=sender)))
 
 
 # --------------------------------------------------------------------------- token admin
@@ -1005,7 +1051,7 @@ def test_leg_transactions_of_one_security_do_not_conflict(env: Env) -> None:
         return store
 
     for step in (
-        lambda t: traced(env.a, "Lock", tj(t)),
+        lambda t: traced(env.a, "Lock", *ins(env.a, tj(t))),
         lambda t: traced(env.b, "Prepare", tj(t), cert(env, env.b, ClaimKind.LOCKED, t)),
         lambda t: traced(env.b, "Commit", tj(t), cert(env, env.b, ClaimKind.COMMIT, t)),
         lambda t: traced(env.a, "Commit", tj(t), cert(env, env.a, ClaimKind.COMMIT, t)),
@@ -1021,10 +1067,24 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
     fresh = Ledger("fabric-z", "kstb")
     for who in (env.stranger, env.relayer):
         with pytest.raises(p.ChaincodeError) as exc:
-            fresh.call(who, "Init", fresh.name, fresh.chaincode, committee_json(env.signers))
+            fresh.call(
+                who,
+                "Init",
+                fresh.name,
+                fresh.chaincode,
+                committee_json(env.signers),
+                fresh.network_hex,
+            )
         assert exc.value.name == "NotAdmin"
     assert fresh.store.get("config") is None
-    info = fresh.call(env.admin, "Init", fresh.name, fresh.chaincode, committee_json(env.signers))
+    info = fresh.call(
+        env.admin,
+        "Init",
+        fresh.name,
+        fresh.chaincode,
+        committee_json(env.signers),
+        fresh.network_hex,
+    )
     assert info["admin"] == env.admin
 
 
@@ -1092,7 +1152,7 @@ def test_counters_move_exactly_with_each_commit(env: Env) -> None:
         make_terms(env, amount=4, src=env.b, dst=env.a, recipient=word_of(env.alice)),
         sender=word_of(env.bob),
     )
-    env.b.call(env.relayer, "Lock", tj(back))
+    env.b.call(env.relayer, "Lock", *ins(env.b, tj(back)))
     env.a.call(env.relayer, "Prepare", tj(back), cert(env, env.a, ClaimKind.LOCKED, back))
     finish(env, env.b, ClaimKind.COMMIT, back)
     finish(env, env.a, ClaimKind.COMMIT, back)
@@ -1179,7 +1239,7 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
             make_terms(env, amount=4, recipient=word_of(fred)), sender=word_of(erin)
         )
         for t in (t1, t2):
-            traced(env.a, "Lock", tj(t))
+            traced(env.a, "Lock", *ins(env.a, tj(t)))
             traced(env.b, "Prepare", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
         fn = "Commit" if kind is ClaimKind.COMMIT else "Abort"
         for on in (env.b, env.a):
@@ -1255,3 +1315,85 @@ def test_supply_reads_only_the_keys_the_adapter_replays(env: Env) -> None:
         for key in ledger.store.data:
             if ISIN.word.hex() in key:
                 assert is_supply_key(key, ISIN.word), key
+
+
+# --------------------------------------------------------------------------- protocol v2
+
+
+@pytest.mark.security
+def test_lock_needs_the_instructors_signature(env: Env) -> None:
+    t = make_terms(env)
+    stranger = LocalKeySigner(bytes([0x43]) * 32)
+    good_json, good = ins(env.a, tj(t))
+    other = make_terms(env)  # another nonce: other terms
+    cases = [
+        ("MissingInstruction", "0x"),
+        ("InvalidInstruction", ins(env.a, tj(t), stranger)[1]),  # forged
+        ("InvalidInstruction", ins(env.a, tj(other))[1]),  # signed for other terms
+        ("InvalidInstruction", ins(env.b, tj(t))[1]),  # signed for another network
+        ("InvalidInstruction", good[:-2] + "00"),  # bad v
+        ("InvalidInstruction", good[:-2]),  # truncated
+    ]
+    before = balance(env.a, env.alice)
+    for error, instruction in cases:
+        rejects(env, env.a, error, env.relayer, "Lock", good_json, instruction)
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", good_json, "not hex")
+    assert balance(env.a, env.alice) == before
+    assert out_leg(env, t)["state"] == OUT_NONE
+    env.a.call(env.relayer, "Lock", good_json, good)
+    assert out_leg(env, t)["state"] == LOCKED
+    assert env.a.call(env.stranger, "InstructionDigest", good_json) == {
+        "digest": "0x" + p.instruction_digest(env.a.network, t.terms_hash).hex()
+    }
+
+
+@pytest.mark.security
+def test_a_relayer_cannot_squat_a_brokerages_transfer_id(env: Env) -> None:
+    """The id binds sender and instructor: other terms with the same nonce get another id."""
+    t = make_terms(env)
+    squat = dataclass_replace(t, recipient=word_of(env.carol), instructor=bytes(12) + b"\x99" * 20)
+    assert squat.transfer_id != t.transfer_id
+    same_id_other_terms = dataclass_replace(t, recipient=word_of(env.carol))
+    assert same_id_other_terms.transfer_id == t.transfer_id
+    # Only the instructor can sign for the id, and it signs its own terms only.
+    rejects(env, env.a, "InvalidInstruction", env.relayer, "Lock", tj(squat), ins(env.a, tj(t))[1])
+    lock(env, t)
+    assert out_leg(env, t)["terms_hash"] == "0x" + t.terms_hash.hex()
+
+
+@pytest.mark.security
+def test_claim_signed_for_another_network_is_refused(env: Env) -> None:
+    t = locked(env)
+    staging = hashlib.sha256(b"a staging channel that reused names and keys").digest()
+    sigs = sign(env.signers[1:], env.b, ClaimKind.LOCKED, t, network=staging)
+    _prepare_rejects(env, t, cj(EPOCH, sigs), "NotCommitteeMember")
+
+
+@pytest.mark.security
+def test_init_only_with_the_pinned_parameters(env: Env) -> None:
+    s = env.signers
+    args = ["fabric-p", "kstb", committee_json(s)]
+    pinned = Ledger("fabric-p", "kstb")
+    agreed = [*args, pinned.network_hex]
+    pinned.pin = p.init_parameters_digest(agreed)
+    rogue_committee = [LocalKeySigner(bytes([i]) * 32) for i in (0x51, 0x52, 0x53)]
+    rogue_committee.sort(key=lambda k: k.address)
+    for bad in (
+        ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), pinned.network_hex],
+        [*args, "0x" + "ee" * 32],  # another network
+        ["fabric-q", "kstb", committee_json(s), pinned.network_hex],
+    ):
+        with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: ") as info:
+            pinned.call(env.admin, "Init", *bad)
+        assert "pinned=" + pinned.pin in info.value.detail
+        assert pinned.store.data == {}
+    unpinned = Ledger("fabric-p", "kstb", pin=None)
+    with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: .*no pinned"):
+        unpinned.call(env.admin, "Init", *agreed)
+    assert unpinned.store.data == {}
+    zero = [*args, "0x" + "00" * 32]
+    zero_ledger = Ledger("fabric-p", "kstb", pin=p.init_parameters_digest(zero))
+    with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: network word"):
+        zero_ledger.call(env.admin, "Init", *zero)
+    info = pinned.call(env.admin, "Init", *agreed)
+    assert info["network_word"] == pinned.network_hex

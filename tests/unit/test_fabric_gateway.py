@@ -103,6 +103,7 @@ def _terms() -> TransferTerms:
         dst_bridge=bytes(12) + secrets.token_bytes(20),
         sender=bytes(12) + secrets.token_bytes(20),
         recipient=bytes(12) + secrets.token_bytes(20),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=1_900_000_000,
     )
 
@@ -385,7 +386,7 @@ def test_terms_json_round_trip() -> None:
     text = codec.terms_to_json(t)
     data = json.loads(text)
     assert data["amount"] == str(2**200 + 7) and data["deadline"] == 1_900_000_000
-    assert data["nonce"] == "0x" + t.nonce.hex() and len(data) == 10
+    assert data["nonce"] == "0x" + t.nonce.hex() and len(data) == 11
     assert codec.terms_from_json(text) == t
     assert codec.terms_from_json(data) == t
     data["sender"] = data["sender"].upper().replace("0X", "0x")
@@ -491,6 +492,7 @@ def _lock_terms(adapter: FabricAdapter) -> TransferTerms:
         dst_bridge=secrets.token_bytes(32),
         sender=bytes(12) + secrets.token_bytes(20),
         recipient=bytes(12) + secrets.token_bytes(20),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=2_000_000_000,
     )
 

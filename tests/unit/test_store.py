@@ -42,6 +42,7 @@ def make_record(
         dst_bridge=w(0xB1),
         sender=b"\0" * 12 + bytes.fromhex(SENDER[2:]),
         recipient=b"\0" * 12 + bytes.fromhex(RECIPIENT[2:]),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=1_800_000_000 + n,
     )
     request = TransferRequest(

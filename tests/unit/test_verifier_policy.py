@@ -52,17 +52,17 @@ GRID = list(itertools.product(ClaimKind, OUTBOUND_STATES, INBOUND_STATES))
 )
 def test_claim_allowed_exactly_per_policy(kind: ClaimKind, src: LegState, dst: LegState) -> None:
     if (src, dst) in ALLOWED[kind]:
-        check_claim(kind, TH, leg(src), leg(dst))
+        check_claim(kind, TH, leg(src), leg(dst), instructed=True)
     else:
         with pytest.raises(ClaimRefused):
-            check_claim(kind, TH, leg(src), leg(dst))
+            check_claim(kind, TH, leg(src), leg(dst), instructed=True)
 
 
 @pytest.mark.parametrize(("src", "dst"), sorted(COMMIT_OK))
 def test_commit_and_abort_are_never_both_signable(src: LegState, dst: LegState) -> None:
     # The safety core: a pair where COMMIT may be signed never allows ABORT.
     with pytest.raises(ClaimRefused):
-        check_claim(ClaimKind.ABORT, TH, leg(src), leg(dst))
+        check_claim(ClaimKind.ABORT, TH, leg(src), leg(dst), instructed=True)
 
 
 def test_commit_and_abort_sets_are_disjoint() -> None:
@@ -71,25 +71,27 @@ def test_commit_and_abort_sets_are_disjoint() -> None:
 
 def test_locked_refusal_names_the_leg_state() -> None:
     with pytest.raises(ClaimRefused, match="source leg is NONE at height 7, not LOCKED"):
-        check_claim(ClaimKind.LOCKED, TH, leg(S.NONE, height=7), leg(S.NONE))
+        check_claim(ClaimKind.LOCKED, TH, leg(S.NONE, height=7), leg(S.NONE), instructed=True)
     with pytest.raises(ClaimRefused, match="source leg is BURNED at height 8, not LOCKED"):
-        check_claim(ClaimKind.LOCKED, TH, leg(S.BURNED, height=8), leg(S.MINTED))
+        check_claim(ClaimKind.LOCKED, TH, leg(S.BURNED, height=8), leg(S.MINTED), instructed=True)
 
 
 def test_commit_refusal_names_the_leg_state() -> None:
     with pytest.raises(ClaimRefused, match="target leg is REJECTED at height 9, not PREPARED"):
-        check_claim(ClaimKind.COMMIT, TH, leg(S.LOCKED), leg(S.REJECTED, height=9))
+        check_claim(ClaimKind.COMMIT, TH, leg(S.LOCKED), leg(S.REJECTED, height=9), instructed=True)
     with pytest.raises(ClaimRefused, match="source leg is RELEASED at height 3"):
-        check_claim(ClaimKind.COMMIT, TH, leg(S.RELEASED, height=3), leg(S.PREPARED))
+        check_claim(
+            ClaimKind.COMMIT, TH, leg(S.RELEASED, height=3), leg(S.PREPARED), instructed=True
+        )
 
 
 def test_abort_refusal_names_the_leg_states() -> None:
     with pytest.raises(ClaimRefused, match="cannot abort: source LOCKED, target PREPARED"):
-        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.PREPARED))
+        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.PREPARED), instructed=True)
     with pytest.raises(ClaimRefused, match="cannot abort: source BURNED, target ABORTED"):
-        check_claim(ClaimKind.ABORT, TH, leg(S.BURNED), leg(S.ABORTED))
+        check_claim(ClaimKind.ABORT, TH, leg(S.BURNED), leg(S.ABORTED), instructed=True)
     with pytest.raises(ClaimRefused, match="target leg is NONE at height 4: nothing to abort on"):
-        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.NONE, height=4))
+        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.NONE, height=4), instructed=True)
 
 
 @pytest.mark.parametrize(
@@ -101,9 +103,9 @@ def test_abort_refusal_names_the_leg_states() -> None:
     ],
 )
 def test_source_with_other_terms_is_refused(kind: ClaimKind, src: LegState, dst: LegState) -> None:
-    check_claim(kind, TH, leg(src), leg(dst))  # allowed with matching terms ...
+    check_claim(kind, TH, leg(src), leg(dst), instructed=True)  # allowed with matching terms ...
     with pytest.raises(ClaimRefused, match="source leg holds different terms"):
-        check_claim(kind, TH, leg(src, OTHER), leg(dst))  # ... refused with others
+        check_claim(kind, TH, leg(src, OTHER), leg(dst), instructed=True)  # ... refused with others
 
 
 @pytest.mark.parametrize(
@@ -115,27 +117,27 @@ def test_source_with_other_terms_is_refused(kind: ClaimKind, src: LegState, dst:
     ],
 )
 def test_target_with_other_terms_is_refused(kind: ClaimKind, src: LegState, dst: LegState) -> None:
-    check_claim(kind, TH, leg(src), leg(dst))
+    check_claim(kind, TH, leg(src), leg(dst), instructed=True)
     with pytest.raises(ClaimRefused, match="target leg holds different terms"):
-        check_claim(kind, TH, leg(src), leg(dst, OTHER))
+        check_claim(kind, TH, leg(src), leg(dst, OTHER), instructed=True)
 
 
 def test_none_leg_hash_is_ignored() -> None:
     # A leg in NONE holds no terms; whatever hash the reader reports is irrelevant.
-    check_claim(ClaimKind.LOCKED, TH, leg(S.LOCKED), leg(S.NONE, OTHER))
-    check_claim(ClaimKind.ABORT, TH, leg(S.NONE, OTHER), leg(S.REJECTED))
+    check_claim(ClaimKind.LOCKED, TH, leg(S.LOCKED), leg(S.NONE, OTHER), instructed=True)
+    check_claim(ClaimKind.ABORT, TH, leg(S.NONE, OTHER), leg(S.REJECTED), instructed=True)
 
 
 def test_locked_leg_with_zero_terms_hash_does_not_match_arbitrary_terms() -> None:
     with pytest.raises(ClaimRefused, match="different terms"):
-        check_claim(ClaimKind.LOCKED, TH, leg(S.LOCKED, ZERO), leg(S.NONE))
+        check_claim(ClaimKind.LOCKED, TH, leg(S.LOCKED, ZERO), leg(S.NONE), instructed=True)
 
 
 def test_claim_refused_is_a_precondition_failure() -> None:
     assert issubclass(ClaimRefused, PreconditionFailed)
     assert issubclass(ClaimRefused, BridgeError)
     with pytest.raises(PreconditionFailed):
-        check_claim(ClaimKind.COMMIT, TH, leg(S.NONE), leg(S.NONE))
+        check_claim(ClaimKind.COMMIT, TH, leg(S.NONE), leg(S.NONE), instructed=True)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +154,56 @@ def test_claim_refused_is_a_precondition_failure() -> None:
 )
 def test_reject_reason_describe(reason: int, text: str) -> None:
     assert RejectReason.describe(reason) == text
+
+
+# -- protocol v2: locks must be instructed ---------------------------------------------------
+
+REGISTERED = b"\x0b" * 20
+SENDER = b"\0" * 12 + b"\x51" * 20
+
+
+@pytest.mark.security
+def test_is_instructed_needs_a_registered_key_or_the_evm_sender() -> None:
+    from verifiers.policy import is_instructed
+
+    keys = frozenset({REGISTERED})
+    assert is_instructed(keys, "fabric", SENDER, b"\0" * 12 + REGISTERED)
+    assert is_instructed(keys, "evm", SENDER, b"\0" * 12 + REGISTERED)
+    assert is_instructed(keys, "evm", SENDER, SENDER)  # holder-direct
+    assert not is_instructed(keys, "fabric", SENDER, SENDER)  # no holder signature on Fabric
+    assert not is_instructed(keys, "evm", SENDER, b"\0" * 12 + b"\x0c" * 20)
+    assert not is_instructed(frozenset(), "evm", SENDER, b"\0" * 12 + REGISTERED)
+    assert not is_instructed(keys, "evm", SENDER, b"\x01" + b"\0" * 11 + REGISTERED)
+    assert not is_instructed(keys | {bytes(20)}, "evm", SENDER, bytes(32))
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("dst", [S.NONE, S.REJECTED, S.EXPIRED, S.ABORTED])
+def test_uninstructed_lock_gets_no_locked_or_commit_only_abort(dst: LegState) -> None:
+    from verifiers.policy import UninstructedLock
+
+    for kind in (ClaimKind.LOCKED, ClaimKind.COMMIT):
+        with pytest.raises(UninstructedLock, match="no brokerage instructed it"):
+            check_claim(kind, TH, leg(S.LOCKED), leg(dst), instructed=False)
+    check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(dst), instructed=False)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("dst", [S.PREPARED, S.MINTED])
+def test_uninstructed_abort_never_against_a_prepared_target(dst: LegState) -> None:
+    with pytest.raises(ClaimRefused, match="a prepared transfer commits"):
+        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(dst), instructed=False)
+    with pytest.raises(ClaimRefused, match="a prepared transfer commits"):
+        check_claim(ClaimKind.ABORT, TH, leg(S.BURNED), leg(S.NONE), instructed=False)
+
+
+@pytest.mark.security
+def test_uninstructed_abort_needs_a_source_lock() -> None:
+    with pytest.raises(ClaimRefused, match="source leg is NONE: nothing to abort"):
+        check_claim(ClaimKind.ABORT, TH, leg(S.NONE), leg(S.NONE), instructed=False)
+
+
+@pytest.mark.security
+def test_instructed_lock_with_target_none_cannot_be_aborted() -> None:
+    with pytest.raises(ClaimRefused, match="nothing to abort on"):
+        check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.NONE), instructed=True)

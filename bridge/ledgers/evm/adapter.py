@@ -26,6 +26,7 @@ from web3.exceptions import (
 )
 
 from bridge.config import LedgerConfig
+from bridge.core.words import evm_network_word
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import (
     LedgerId,
@@ -193,6 +194,11 @@ class EvmAdapter:
                 raise Unavailable(f"ledger {self.ledger} unreachable during {what}: {exc}") from exc
             raise
 
+    async def network_word(self) -> bytes:
+        """``bytes32(eth_chainId)`` as this adapter's node reports it."""
+        chain_id = await self._rpc("eth_chainId", lambda: self._w3.eth.chain_id)
+        return evm_network_word(int(chain_id))
+
     async def finalized_height(self) -> int:
         """Latest block minus the configured finality depth."""
         latest = await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
@@ -352,7 +358,11 @@ class EvmAdapter:
         )
 
     async def submit(
-        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
         """Apply ``action`` for ``terms``; idempotent, waits until the block is final.
 
@@ -376,7 +386,9 @@ class EvmAdapter:
         if action is not Action.LOCK and certificate is None:
             raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
         args: list[Any] = [terms.as_abi_tuple()]
-        if certificate is not None and action is not Action.LOCK:
+        if action is Action.LOCK:
+            args.append(instruction)
+        elif certificate is not None:
             args.append((certificate.epoch, b"".join(certificate.signatures)))
         key = (action, terms.transfer_id)
         earlier = self._sent.get(key)
@@ -535,7 +547,7 @@ class EvmAdapter:
 
 _TERMS_KEYS = (
     "nonce", "securityId", "amount", "srcLedgerId", "srcBridge",
-    "dstLedgerId", "dstBridge", "sender", "recipient", "deadline",
+    "dstLedgerId", "dstBridge", "sender", "recipient", "instructor", "deadline",
 )  # fmt: skip
 
 
@@ -552,5 +564,6 @@ def _terms_from_event(raw: Any) -> TransferTerms:
         dst_bridge=bytes(v[6]),
         sender=bytes(v[7]),
         recipient=bytes(v[8]),
-        deadline=int(v[9]),
+        instructor=bytes(v[9]),
+        deadline=int(v[10]),
     )

@@ -21,6 +21,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractLogicError
 from web3.types import TxParams, TxReceipt
 
+from bridge.core.words import evm_network_word
 from bridge.domain.claims import ClaimDomain
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
@@ -254,9 +255,14 @@ def issue(w3: Web3, admin_key: bytes, token: Contract, to: str, amount: int) -> 
     return send_tx(w3, admin_key, token.functions.issue(Web3.to_checksum_address(to), amount))
 
 
-def claim_domain(ledger: LedgerId, endpoint_address: str, epoch: int) -> ClaimDomain:
+def claim_domain(ledger: LedgerId, endpoint_address: str, epoch: int, chain_id: int) -> ClaimDomain:
     """The domain committee members sign in for claims verified by this endpoint."""
-    return ClaimDomain(ledger=ledger.word, contract=evm_address_word(endpoint_address), epoch=epoch)
+    return ClaimDomain(
+        ledger=ledger.word,
+        contract=evm_address_word(endpoint_address),
+        epoch=epoch,
+        network=evm_network_word(chain_id),
+    )
 
 
 def _label(call: ContractFunction | ContractConstructor) -> str:

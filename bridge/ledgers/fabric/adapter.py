@@ -17,8 +17,8 @@ import json
 from collections.abc import Mapping
 from contextlib import aclosing
 
+from bridge.core import words as core_words
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
-from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -62,15 +62,16 @@ FUNCTIONS: Mapping[Action, str] = {
     Action.COMMIT: "Commit",
     Action.ABORT: "Abort",
 }
-"""The chaincode function applying each step: ``Lock(terms)``, the others
+"""The chaincode function applying each step: ``Lock(terms, instruction)``, the others
 ``(terms, certificate)``, all as JSON strings."""
 
 _ADDRESSES = FabricAddressCodec()
 
 
 def fabric_bridge_word(channel: str, chaincode: str) -> bytes:
-    """The bridge endpoint's 32-byte identity: keccak256("fabric:" + channel + ":" + chaincode)."""
-    return keccak256(b"fabric:" + channel.encode("utf-8") + b":" + chaincode.encode("utf-8"))
+    """The bridge endpoint's 32-byte identity: keccak256("fabric:" + channel + ":" + chaincode)
+    (the protocol core's rule)."""
+    return core_words.fabric_bridge_word(channel, chaincode)
 
 
 class FabricAdapter:
@@ -133,6 +134,10 @@ class FabricAdapter:
         return _ADDRESSES.format(word)
 
     # -- reads ---------------------------------------------------------------------------
+    async def network_word(self) -> bytes:
+        """The channel's genesis block hash, read through this adapter's peer (Deliver)."""
+        return await self._client.genesis_hash()
+
     async def endpoint_info(self) -> dict[str, str]:
         """The chaincode's ``Info`` on the client's channel: ``ledger_name``,
         ``channel_id``, ``chaincode_name``, ``ledger_word``, ``bridge_word`` (strings).
@@ -335,7 +340,11 @@ class FabricAdapter:
         raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self._ledger}")
 
     async def submit(
-        self, action: Action, terms: TransferTerms, certificate: SignatureSet | None
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
     ) -> TxOutcome:
         """Apply ``action`` for ``terms`` and wait for a VALID commit (final on Fabric).
 
@@ -359,7 +368,9 @@ class FabricAdapter:
         if action is not Action.LOCK and certificate is None:
             raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
         args = [codec.terms_to_json(terms)]
-        if action is not Action.LOCK:
+        if action is Action.LOCK:
+            args.append("0x" + instruction.hex())
+        else:
             assert certificate is not None
             args.append(codec.certificate_to_json(certificate))
         try:

@@ -22,7 +22,7 @@ _DEC_RE = re.compile(r"^[0-9]+$")
 SIGNATURE_SIZE = 65
 _TERM_WORDS = (
     "nonce", "security", "src_ledger", "src_bridge", "dst_ledger", "dst_bridge",
-    "sender", "recipient",
+    "sender", "recipient", "instructor",
 )  # fmt: skip
 
 

@@ -198,13 +198,15 @@ def build_proposal(
     creator: bytes,
     nonce: bytes,
     timestamp: timestamp_pb2.Timestamp | None = None,
+    is_init: bool = False,
 ) -> tuple[str, Any]:
     """Return ``(tx_id, protos.Proposal)`` invoking ``function(*args)`` on ``chaincode``.
 
     The header is an ENDORSER_TRANSACTION channel header (channel id, tx id, timestamp, a
     ChaincodeHeaderExtension naming the chaincode) and a SignatureHeader (creator, nonce); the
     payload is a ChaincodeProposalPayload whose ChaincodeInvocationSpec has the arguments
-    ``[function, *args]`` as bytes (strings UTF-8 encoded).
+    ``[function, *args]`` as bytes (strings UTF-8 encoded). ``is_init`` marks the one
+    initialising invocation of a definition committed with ``--init-required``.
     """
     tx_id = transaction_id(nonce, creator)
     cc_id = chaincode_pb2.ChaincodeID(name=chaincode)
@@ -224,7 +226,7 @@ def build_proposal(
     spec = chaincode_pb2.ChaincodeSpec(
         chaincode_id=cc_id,
         input=chaincode_pb2.ChaincodeInput(
-            args=[function.encode("utf-8"), *(_to_bytes(a) for a in args)]
+            args=[function.encode("utf-8"), *(_to_bytes(a) for a in args)], is_init=is_init
         ),
     )
     payload = proposal_pb2.ChaincodeProposalPayload(
@@ -490,10 +492,18 @@ def chaincode_failure(message: str) -> BridgeError | None:
     return refusal
 
 
+_NOT_INITIALIZED_BY_PEER = "has not been initialized for this version, must call as init first"
+
+
 def map_rpc_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> BridgeError:
     """Translate a failed Gateway call per the module's error contract."""
     details = error_details(exc)
     code = exc.code()
+    texts = [d.message for d in details] + [exc.details() or ""]
+    if any(_NOT_INITIALIZED_BY_PEER in t for t in texts):
+        # A definition committed with --init-required (protocol v2) before its one Init:
+        # the peer refuses every other invocation, as the chaincode would (NotInitialized).
+        return LedgerRejected("NotInitialized", f"{what}: the chaincode awaits its Init")
     if code not in _TRANSPORT_CODES or details:
         for text in [d.message for d in details] + [exc.details() or ""]:
             failure = chaincode_failure(text)
@@ -629,10 +639,16 @@ class GatewayClient:
         return map_rpc_error(exc, what, self._endpoint)
 
     def _proposal(
-        self, chaincode: str, function: str, args: Sequence[str | bytes]
+        self, chaincode: str, function: str, args: Sequence[str | bytes], is_init: bool = False
     ) -> tuple[str, Any]:
         tx_id, proposal = build_proposal(
-            self._channel_name, chaincode, function, args, self._identity.serialized(), new_nonce()
+            self._channel_name,
+            chaincode,
+            function,
+            args,
+            self._identity.serialized(),
+            new_nonce(),
+            is_init=is_init,
         )
         return tx_id, sign_proposal(proposal, self._identity)
 
@@ -672,6 +688,7 @@ class GatewayClient:
         function: str,
         args: Sequence[str | bytes] = (),
         endorsing_orgs: Iterable[str] | None = None,
+        is_init: bool = False,
     ) -> CommitResult:
         """Endorse, order and wait for ``function(*args)`` to commit; return where it landed.
 
@@ -680,7 +697,7 @@ class GatewayClient:
         waiting raises Unavailable although the transaction may still commit: callers make
         their writes idempotent (see the adapter).
         """
-        prepared = await self.endorse(chaincode, function, args, endorsing_orgs)
+        prepared = await self.endorse(chaincode, function, args, endorsing_orgs, is_init)
         return await self.submit_prepared(prepared)
 
     async def endorse(
@@ -689,6 +706,7 @@ class GatewayClient:
         function: str,
         args: Sequence[str | bytes] = (),
         endorsing_orgs: Iterable[str] | None = None,
+        is_init: bool = False,
     ) -> PreparedTransaction:
         """Collect endorsements for ``function(*args)``; nothing is ordered yet.
 
@@ -696,7 +714,7 @@ class GatewayClient:
         is the chaincode's response payload as simulated by the endorsers.
         """
         gateway, _ = self._stubs()
-        tx_id, signed = self._proposal(chaincode, function, args)
+        tx_id, signed = self._proposal(chaincode, function, args, is_init)
         try:
             endorsed = await gateway.Endorse(
                 gateway_pb2.EndorseRequest(
@@ -844,6 +862,13 @@ class GatewayClient:
                     )
                 )
         return out
+
+    async def genesis_hash(self) -> bytes:
+        """The channel's genesis block hash (SHA-256 of block 0's header DER), read through
+        the peer's Deliver service: the Fabric network word of protocol v2."""
+        async for block in self.blocks(0, 0):
+            return block_header_hash(block.header)
+        raise Unavailable(f"deliver from {self._endpoint} sent no genesis block")
 
     async def block_height(self) -> int:
         """The channel's height on the gateway's peer (number of committed blocks)."""

@@ -8,8 +8,9 @@ import {SecurityToken} from "./SecurityToken.sol";
 /// The EVM side of the KSTB two-phase commit: the source of outbound legs (lock, then burn or
 /// release) and the target of inbound legs (prepare or reject, then mint or abort).
 ///
-/// Every leg transition after `lock` needs a certificate of the current committee over a
-/// claim digest bound to this ledger, this contract and the committee epoch (see
+/// A lock needs the holder (holder-direct) or a relayer carrying the instructing brokerage's
+/// signature. Every leg transition after `lock` needs a certificate of the current committee
+/// over a claim digest bound to this network (chain id), ledger, contract and epoch (see
 /// `BridgeTypes.claimDigest`), so a relayer can only deliver decisions, never make them.
 /// State changes are recorded before any call to the token (checks-effects-interactions);
 /// tokens are registered once and trusted not to re-enter.
@@ -124,23 +125,38 @@ contract BridgeEndpoint is IBridgeEndpoint {
     // ------------------------------------------------------------------ source side
 
     /// Escrows `t.amount` of the sender's units for transfer `transferIdOf(t)`.
-    /// Caller: a relayer, or the sender itself. Guarantees on success: `t` names this ledger
-    /// and this contract as source and another ledger as target, the amount is nonzero, the
-    /// deadline is in the future, the security is registered, the id was never used here,
-    /// and the units now sit in this contract's token balance (outbound state Locked).
-    function lock(BridgeTypes.Terms calldata t) external override returns (bytes32 transferId) {
+    /// Caller: the sender itself (holder-direct; then `t.instructor` must equal `t.sender` and
+    /// `instruction` is ignored), or a relayer with `instruction`, a 65-byte signature by
+    /// `t.instructor` over `instructionDigestOf(t)` (MissingInstruction / InvalidInstruction
+    /// otherwise). Guarantees on success: `t` names this ledger and this contract as source
+    /// and another ledger as target, the amount is nonzero, the deadline is in the future, the
+    /// security is registered, the id was never used here, and the units now sit in this
+    /// contract's token balance (outbound state Locked).
+    /// SECURITY: a relayer (or a coordinator driving it) cannot lock units that neither their
+    /// holder nor the instructing brokerage's key authorised.
+    function lock(BridgeTypes.Terms calldata t, bytes calldata instruction)
+        external
+        override
+        returns (bytes32 transferId)
+    {
         (bool senderOk, address sender) = _evmAddress(t.sender);
-        if (!isRelayer[msg.sender] && (!senderOk || msg.sender != sender)) revert NotSender();
+        transferId = BridgeTypes.transferId(t);
+        bytes32 hash = BridgeTypes.termsHash(t, transferId);
+        if (senderOk && msg.sender == sender) {
+            if (t.instructor != t.sender) revert InvalidInstruction();
+        } else if (!isRelayer[msg.sender]) {
+            revert NotSender();
+        } else {
+            _verifyInstruction(t.instructor, hash, instruction);
+        }
         if (!_isSource(t) || t.dstLedgerId == ledgerId) revert WrongLedger();
         if (t.amount == 0) revert ZeroAmount();
         if (t.deadline <= block.timestamp) revert DeadlinePassed(t.deadline, block.timestamp);
         if (!senderOk) revert InvalidSender(t.sender);
         SecurityToken token = _token(t.securityId);
 
-        transferId = BridgeTypes.transferId(t);
         OutLeg storage leg = _out[transferId];
         if (leg.state != OutState.None) revert TransferExists(transferId);
-        bytes32 hash = BridgeTypes.termsHash(t, transferId);
 
         leg.state = OutState.Locked;
         leg.termsHash = hash;
@@ -357,7 +373,49 @@ contract BridgeEndpoint is IBridgeEndpoint {
         override
         returns (bytes32)
     {
-        return BridgeTypes.claimDigest(ledgerId, address(this), epoch, kind, transferId, termsHash);
+        return BridgeTypes.claimDigest(
+            _network(), ledgerId, _selfWord(), epoch, kind, transferId, termsHash
+        );
+    }
+
+    /// `BridgeTypes.claimDigest` for any domain.
+    function claimDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 transferId,
+        bytes32 termsHash
+    ) external pure override returns (bytes32) {
+        return BridgeTypes.claimDigest(network, ledger, bridge, epoch, kind, transferId, termsHash);
+    }
+
+    /// The digest `t.instructor` signs to instruct a relayer's lock of `t` here.
+    function instructionDigestOf(BridgeTypes.Terms calldata t)
+        external
+        view
+        override
+        returns (bytes32)
+    {
+        return BridgeTypes.instructionDigest(
+            _network(), BridgeTypes.termsHash(t, BridgeTypes.transferId(t))
+        );
+    }
+
+    /// `BridgeTypes.instructionDigest` for any network.
+    function instructionDigestFor(bytes32 network, bytes32 termsHash)
+        external
+        pure
+        override
+        returns (bytes32)
+    {
+        return BridgeTypes.instructionDigest(network, termsHash);
+    }
+
+    /// `bytes32(block.chainid)`: the network word bound into claim and instruction digests.
+    function networkWord() external view override returns (bytes32) {
+        return _network();
     }
 
     // ------------------------------------------------------------------ internals
@@ -393,7 +451,8 @@ contract BridgeEndpoint is IBridgeEndpoint {
         uint256 count = sigs.length / SIGNATURE_LENGTH;
         if (count < _threshold) revert TooFewSignatures(count, _threshold);
 
-        bytes32 digest = BridgeTypes.claimDigest(ledgerId, address(this), epoch, kind, id, hash);
+        bytes32 digest =
+            BridgeTypes.claimDigest(_network(), ledgerId, _selfWord(), epoch, kind, id, hash);
         address previous = address(0);
         for (uint256 i = 0; i < count; ++i) {
             uint256 at = i * SIGNATURE_LENGTH;
@@ -402,6 +461,29 @@ contract BridgeEndpoint is IBridgeEndpoint {
             if (!_isMember[epoch][signer]) revert NotCommitteeMember(signer);
             previous = signer;
         }
+    }
+
+    /// Reverts MissingInstruction for an empty `instruction`, InvalidInstruction unless it is
+    /// a valid signature (committee rules) by the address in `instructor` over
+    /// `instructionDigest(network, hash)`.
+    function _verifyInstruction(bytes32 instructor, bytes32 hash, bytes calldata instruction)
+        private
+        view
+    {
+        if (instruction.length == 0) revert MissingInstruction();
+        (bool ok, address expected) = _evmAddress(instructor);
+        if (!ok || instruction.length != SIGNATURE_LENGTH) revert InvalidInstruction();
+        bytes32 digest = BridgeTypes.instructionDigest(_network(), hash);
+        bytes32 r = bytes32(instruction[0:32]);
+        bytes32 s = bytes32(instruction[32:64]);
+        uint8 v = uint8(instruction[64]);
+        if (uint256(s) > HALF_CURVE_ORDER || (v != 27 && v != 28)) revert InvalidInstruction();
+        address signer = ecrecover(digest, v, r, s);
+        if (signer == address(0) || signer != expected) revert InvalidInstruction();
+    }
+
+    function _network() private view returns (bytes32) {
+        return bytes32(block.chainid);
     }
 
     /// ecrecover over the raw digest (no eth_sign prefix), refusing high-s and bad v.

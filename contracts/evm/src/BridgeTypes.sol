@@ -1,16 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
-/// Shared types of the KSTB bridge protocol. The Python package `bridge.domain`
-/// computes the same identifiers and digests byte for byte.
+/// Shared types of the KSTB bridge protocol (version 2). The protocol core `bridge/core`
+/// (Python, vendored into the Fabric chaincode) computes the same identifiers and digests
+/// byte for byte; `bridge/core/vectors.json` holds golden cases all of them are checked against.
 library BridgeTypes {
-    /// keccak256("KSTB/transfer-id/v1")
-    bytes32 internal constant TRANSFER_TAG = keccak256("KSTB/transfer-id/v1");
-    /// keccak256("KSTB/terms/v1")
-    bytes32 internal constant TERMS_TAG = keccak256("KSTB/terms/v1");
-    /// keccak256("KSTB/claim/v1")
-    bytes32 internal constant CLAIM_TAG = keccak256("KSTB/claim/v1");
-    uint16 internal constant PROTOCOL_VERSION = 1;
+    bytes32 internal constant TRANSFER_TAG = keccak256("KSTB/transfer-id/v2");
+    bytes32 internal constant TERMS_TAG = keccak256("KSTB/terms/v2");
+    bytes32 internal constant CLAIM_TAG = keccak256("KSTB/claim/v2");
+    bytes32 internal constant INSTRUCTION_TAG = keccak256("KSTB/instruction/v2");
+    uint16 internal constant PROTOCOL_VERSION = 2;
 
     uint8 internal constant CLAIM_LOCKED = 1;
     uint8 internal constant CLAIM_COMMIT = 2;
@@ -28,6 +27,7 @@ library BridgeTypes {
         bytes32 dstBridge;
         bytes32 sender;
         bytes32 recipient;
+        bytes32 instructor; // the address whose key instructed the lock (12 zero bytes + 20)
         uint64 deadline; // unix seconds
     }
 
@@ -39,7 +39,9 @@ library BridgeTypes {
     }
 
     function transferId(Terms calldata t) internal pure returns (bytes32) {
-        return keccak256(abi.encode(TRANSFER_TAG, t.srcLedgerId, t.srcBridge, t.nonce));
+        return keccak256(
+            abi.encode(TRANSFER_TAG, t.srcLedgerId, t.srcBridge, t.sender, t.instructor, t.nonce)
+        );
     }
 
     function termsHash(Terms calldata t, bytes32 id) internal pure returns (bytes32) {
@@ -55,14 +57,21 @@ library BridgeTypes {
                 t.dstBridge,
                 t.sender,
                 t.recipient,
+                t.instructor,
                 t.deadline
             )
         );
     }
 
+    /// What the instructing brokerage signs: bound to the source network and the terms hash.
+    function instructionDigest(bytes32 network, bytes32 hash) internal pure returns (bytes32) {
+        return keccak256(abi.encode(INSTRUCTION_TAG, PROTOCOL_VERSION, network, hash));
+    }
+
     function claimDigest(
+        bytes32 network,
         bytes32 ledgerId,
-        address bridge,
+        bytes32 bridge,
         uint64 epoch,
         uint8 kind,
         bytes32 id,
@@ -72,8 +81,9 @@ library BridgeTypes {
             abi.encode(
                 CLAIM_TAG,
                 PROTOCOL_VERSION,
+                network,
                 ledgerId,
-                bytes32(uint256(uint160(bridge))),
+                bridge,
                 epoch,
                 kind,
                 id,

@@ -51,6 +51,8 @@ interface IBridgeEndpoint {
     error SecurityMismatch(bytes32 securityId, address token);
     error InvalidCommittee();
     error ZeroAddress();
+    error MissingInstruction();
+    error InvalidInstruction();
 
     // --- administration (least privilege: admin configures, relayers only move legs) ---
     function ledgerId() external view returns (bytes32);
@@ -62,8 +64,12 @@ interface IBridgeEndpoint {
     function committee() external view returns (uint64 epoch, uint8 threshold, address[] memory members);
 
     // --- source side ---
-    /// Escrow `amount` of the sender's units. Caller: a relayer, or the sender itself.
-    function lock(BridgeTypes.Terms calldata t) external returns (bytes32 transferId);
+    /// Escrow `amount` of the sender's units. Caller: the sender itself (then `t.instructor`
+    /// must be the sender), or a relayer carrying `instruction`, a signature by
+    /// `t.instructor` over `instructionDigestOf(t)`.
+    function lock(BridgeTypes.Terms calldata t, bytes calldata instruction)
+        external
+        returns (bytes32 transferId);
     /// Burn escrowed units (COMMIT certificate) or release them to the sender (ABORT).
     function commit(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert) external;
     function abort(BridgeTypes.Terms calldata t, BridgeTypes.Certificate calldata cert) external;
@@ -103,4 +109,23 @@ interface IBridgeEndpoint {
         external
         view
         returns (bytes32);
+    /// `BridgeTypes.claimDigest` for any domain (checked against the protocol core's vectors).
+    function claimDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 transferId,
+        bytes32 termsHash
+    ) external pure returns (bytes32);
+    /// The digest `t.instructor` signs to instruct a relayer's lock of `t` on this network.
+    function instructionDigestOf(BridgeTypes.Terms calldata t) external view returns (bytes32);
+    /// `BridgeTypes.instructionDigest` for any network (checked against the core's vectors).
+    function instructionDigestFor(bytes32 network, bytes32 termsHash)
+        external
+        pure
+        returns (bytes32);
+    /// This ledger's network word, `bytes32(block.chainid)`, bound into every claim digest.
+    function networkWord() external view returns (bytes32);
 }

@@ -8,6 +8,11 @@ Environment:
   ``<label>:<sha256>``; the peer only accepts a chaincode that registers with it;
 - optional TLS: ``CHAINCODE_TLS_KEY_FILE`` and ``CHAINCODE_TLS_CERT_FILE`` (PEM), plus
   ``CHAINCODE_TLS_CLIENT_CA_FILE`` to require the peer's client certificate;
+- ``KSTB_INIT_PARAMS_SHA256``: the SHA-256 (hex) of the only ``Init`` arguments this server
+  accepts (``init_parameters_digest`` of ``[ledger, chaincode, committee JSON, genesis hash]``);
+  each organisation pins what it agreed to, so one admin alone cannot initialise the endpoint
+  with its own committee (Init is refused without a pin); or ``KSTB_INIT_PARAMS_SHA256_FILE``,
+  a file holding it, read at each Init;
 - ``KSTB_CHAINCODE_LOG_LEVEL`` (default INFO) for this chaincode's own log lines.
 
 Run with ``PYTHONPATH=contracts/fabric`` in an environment that has fabric-chaincode-python,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from typing import Any
 
 import grpc
@@ -47,6 +48,27 @@ from fabric_protos.peer import proposal_response_pb2 as pr_pb2
 from kstb_chaincode.protocol import ChaincodeError, Context, execute, identity_of
 
 LOG = logging.getLogger("kstb_chaincode")
+INIT_PIN_ENV = "KSTB_INIT_PARAMS_SHA256"
+"""SECURITY: the SHA-256 of the only Init arguments this server accepts (see protocol.init)."""
+INIT_PIN_FILE_ENV = "KSTB_INIT_PARAMS_SHA256_FILE"
+"""Or a file holding it, read at each Init (the organisation writes it once it agreed)."""
+
+
+def init_pin() -> str | None:
+    """The pinned Init digest of this server's organisation, or None (Init is refused)."""
+    pin = os.environ.get(INIT_PIN_ENV, "").strip()
+    if pin:
+        return pin
+    path = os.environ.get(INIT_PIN_FILE_ENV, "")
+    if path:
+        try:
+            with open(path, encoding="ascii") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+    return None
+
+
 STATE_TIMEOUT = 60.0
 """Seconds a worker thread waits for one GetState/PutState round trip to the peer."""
 
@@ -163,6 +185,7 @@ class KstbChaincode(Chaincode):
                 channel_id=str(stub.get_channel_id() or ""),
                 chaincode_name=invoked_chaincode_name(stub),
                 caller_roles=caller_roles(stub),
+                init_pin=init_pin(),
             )
             loop = asyncio.get_running_loop()
             run = functools.partial(

@@ -42,21 +42,69 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coincurve import PublicKey
-from Crypto.Hash import keccak as _keccak
+from kstb_chaincode.core import digests as _digests
+from kstb_chaincode.core import words as _words
+from kstb_chaincode.core.digests import (
+    CLAIM_ABORT,
+    CLAIM_COMMIT,
+    CLAIM_LOCKED,
+    PROTOCOL_VERSION,
+    WORD_FIELDS,
+    claim_digest,
+    init_parameters_digest,
+    instruction_digest,
+    transfer_id,
+)
+from kstb_chaincode.core.hashing import keccak256
+from kstb_chaincode.core.reasons import ErrorReason, ProtocolError
+from kstb_chaincode.core.signatures import (
+    HALF_CURVE_ORDER,
+    SECP256K1_N,
+    SIGNATURE_LENGTH,
+    check_certificate,
+    check_instruction,
+)
+from kstb_chaincode.core.signatures import recover_signer as _core_recover
+from kstb_chaincode.core.words import fabric_bridge_word as bridge_word
+from kstb_chaincode.core.words import ledger_word
+
+__all__ = [
+    "CLAIM_ABORT",
+    "CLAIM_COMMIT",
+    "CLAIM_LOCKED",
+    "HALF_CURVE_ORDER",
+    "PROTOCOL_VERSION",
+    "SECP256K1_N",
+    "SIGNATURE_LENGTH",
+    "ChaincodeError",
+    "Context",
+    "Endpoint",
+    "ErrorReason",
+    "KeyValue",
+    "MemoryStore",
+    "Terms",
+    "bridge_word",
+    "canonical_json",
+    "claim_digest",
+    "execute",
+    "identity_of",
+    "init_parameters_digest",
+    "instruction_digest",
+    "keccak256",
+    "ledger_word",
+    "parse_certificate",
+    "parse_holder",
+    "parse_terms",
+    "terms_to_json",
+    "recover_signer",
+    "security_word",
+    "transfer_id",
+]
 
 # ----------------------------------------------------------------------------- constants
 
-UINT256_LIMIT = 2**256
-UINT64_LIMIT = 2**64
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-HALF_CURVE_ORDER = SECP256K1_N // 2
-SIGNATURE_LENGTH = 65
-PROTOCOL_VERSION = 1
-
-CLAIM_LOCKED = 1
-CLAIM_COMMIT = 2
-CLAIM_ABORT = 3
+UINT256_LIMIT = _digests.UINT256_LIMIT
+UINT64_LIMIT = _digests.UINT64_LIMIT
 
 LEG_OUT = 0
 LEG_IN = 1
@@ -82,7 +130,6 @@ _HEX_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _LEDGER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _CHAINCODE_NAME = re.compile(r"[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*")
-_ISIN = re.compile(r"[A-Z]{2}[A-Z0-9]{9}[0-9]")
 _IDENTITY = re.compile(r"[^\s:/]+:[0-9a-f]{64}")
 
 ZERO_WORD = bytes(32)
@@ -104,67 +151,18 @@ def _invalid(detail: str) -> ChaincodeError:
     return ChaincodeError("InvalidArgument", detail)
 
 
-# ----------------------------------------------------------------------------- hashing
+# ----------------------------------------------------------------------------- words
 
-
-def keccak256(data: bytes) -> bytes:
-    """Keccak-256 (Ethereum's, not SHA3-256)."""
-    return _keccak.new(digest_bits=256, data=data).digest()
-
-
-def _tag(name: str) -> bytes:
-    return keccak256(name.encode("ascii"))
-
-
-TRANSFER_TAG = _tag("KSTB/transfer-id/v1")
-TERMS_TAG = _tag("KSTB/terms/v1")
-CLAIM_TAG = _tag("KSTB/claim/v1")
-
-
-def abi_word(value: bytes | int, bits: int = 256) -> bytes:
-    """One static ABI word: bytes32 as is, ``uint<bits>`` big-endian left-padded to 32 bytes."""
-    if isinstance(value, bytes):
-        if len(value) != 32:
-            raise ValueError("bytes32 must be 32 bytes")
-        return value
-    if not 0 <= value < 2**bits:
-        raise ValueError(f"{value} does not fit uint{bits}")
-    return value.to_bytes(32, "big")
-
-
-def abi_encode_static(*words: bytes) -> bytes:
-    """``abi.encode`` of static values already converted by :func:`abi_word`."""
-    return b"".join(words)
-
-
-def ledger_word(ledger_name: str) -> bytes:
-    """keccak256(ledger name), like ``LedgerId.word``."""
-    return keccak256(ledger_name.encode("utf-8"))
-
-
-def bridge_word(channel_id: str, chaincode_name: str) -> bytes:
-    """The endpoint's 32-byte bridge id: keccak256("fabric:<channel>:<chaincode>")."""
-    return keccak256(b"fabric:" + channel_id.encode("utf-8") + b":" + chaincode_name.encode())
+# Digests, words and the certificate rule come from the vendored protocol core
+# (``kstb_chaincode.core``, generated from ``bridge/core``): one copy of the arithmetic.
 
 
 def security_word(isin: str) -> bytes:
     """The ISIN as ASCII right-padded with zero bytes, like ``SecurityId.word``."""
-    if not isinstance(isin, str) or not _ISIN.fullmatch(isin) or not _isin_checks(isin):
-        raise _invalid(f"security id {isin!r} is not a valid ISIN")
-    return isin.encode("ascii").ljust(32, b"\0")
-
-
-def _isin_checks(isin: str) -> bool:
-    digits = "".join(str(int(c, 36)) for c in isin[:11])
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return (10 - total % 10) % 10 == int(isin[11])
+    try:
+        return _words.security_word(isin)
+    except ValueError:
+        raise _invalid(f"security id {isin!r} is not a valid ISIN") from None
 
 
 def parse_holder(text: str) -> bytes:
@@ -179,11 +177,7 @@ def holder_word(address: bytes) -> bytes:
     return bytes(12) + address
 
 
-def _address_of_word(word: bytes) -> bytes | None:
-    """The 20-byte account of ``word``, or None when it is not a nonzero left-padded address."""
-    if any(word[:12]) or not any(word[12:]):
-        return None
-    return word[12:]
+_address_of_word = _words.address_of_word
 
 
 def _hex(data: bytes) -> str:
@@ -193,95 +187,20 @@ def _hex(data: bytes) -> str:
 # ----------------------------------------------------------------------------- terms
 
 
-@dataclass(frozen=True, slots=True)
-class Terms:
-    """``BridgeTypes.Terms``: words are 32 bytes; ``amount`` < 2**256, ``deadline`` < 2**64."""
-
-    nonce: bytes
-    security: bytes
-    amount: int
-    src_ledger: bytes
-    src_bridge: bytes
-    dst_ledger: bytes
-    dst_bridge: bytes
-    sender: bytes
-    recipient: bytes
-    deadline: int
-
-    @property
-    def transfer_id(self) -> bytes:
-        """``BridgeTypes.transferId``."""
-        return transfer_id(self.src_ledger, self.src_bridge, self.nonce)
-
-    @property
-    def terms_hash(self) -> bytes:
-        """``BridgeTypes.termsHash(t, transferId(t))``."""
-        return keccak256(
-            abi_encode_static(
-                TERMS_TAG,
-                self.transfer_id,
-                self.security,
-                abi_word(self.amount),
-                self.src_ledger,
-                self.src_bridge,
-                self.dst_ledger,
-                self.dst_bridge,
-                self.sender,
-                self.recipient,
-                abi_word(self.deadline, 64),
-            )
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The canonical terms JSON object (lowercase hex, decimal amount)."""
-        return {
-            "nonce": _hex(self.nonce),
-            "security": _hex(self.security),
-            "amount": str(self.amount),
-            "src_ledger": _hex(self.src_ledger),
-            "src_bridge": _hex(self.src_bridge),
-            "dst_ledger": _hex(self.dst_ledger),
-            "dst_bridge": _hex(self.dst_bridge),
-            "sender": _hex(self.sender),
-            "recipient": _hex(self.recipient),
-            "deadline": self.deadline,
-        }
+Terms = _digests.Terms
+"""``BridgeTypes.Terms`` (the core's): ``transfer_id`` and ``terms_hash`` are properties."""
 
 
-_WORD_FIELDS = (
-    "nonce",
-    "security",
-    "src_ledger",
-    "src_bridge",
-    "dst_ledger",
-    "dst_bridge",
-    "sender",
-    "recipient",
-)
+def terms_to_json(t: Terms) -> dict[str, Any]:
+    """The canonical terms JSON object (lowercase hex, decimal amount)."""
+    obj: dict[str, Any] = {name: _hex(getattr(t, name)) for name in _WORD_FIELDS}
+    obj["amount"] = str(t.amount)
+    obj["deadline"] = t.deadline
+    return obj
+
+
+_WORD_FIELDS = WORD_FIELDS
 _TERMS_FIELDS = frozenset((*_WORD_FIELDS, "amount", "deadline"))
-
-
-def transfer_id(src_ledger: bytes, src_bridge: bytes, nonce: bytes) -> bytes:
-    """``keccak256(abi.encode(TRANSFER_TAG, srcLedgerId, srcBridge, nonce))``."""
-    return keccak256(abi_encode_static(TRANSFER_TAG, src_ledger, src_bridge, nonce))
-
-
-def claim_digest(
-    ledger: bytes, bridge: bytes, epoch: int, kind: int, tid: bytes, thash: bytes
-) -> bytes:
-    """``BridgeTypes.claimDigest``: what committee members sign for this endpoint."""
-    return keccak256(
-        abi_encode_static(
-            CLAIM_TAG,
-            abi_word(PROTOCOL_VERSION, 16),
-            ledger,
-            bridge,
-            abi_word(epoch, 64),
-            abi_word(kind, 8),
-            tid,
-            thash,
-        )
-    )
 
 
 def _parse_word(name: str, value: object) -> bytes:
@@ -353,25 +272,15 @@ def parse_certificate(text: str) -> Certificate:
 
 
 def recover_signer(digest: bytes, signature: bytes) -> bytes | None:
-    """The 20-byte address that signed ``digest`` (EVM ``ecrecover`` rules), or None.
+    """The 20-byte address that signed ``digest`` (the core's ``ecrecover`` rules), or None.
 
     None for: not 65 bytes, v not 27/28, r or s out of range, high s (malleable twin),
     or no recoverable public key.
     """
-    if len(signature) != SIGNATURE_LENGTH:
-        return None
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    v = signature[64]
-    if v not in (27, 28) or not 0 < r < SECP256K1_N or not 0 < s <= HALF_CURVE_ORDER:
-        return None
     try:
-        pub = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), digest, hasher=None
-        )
-    except Exception:  # coincurve raises a bare Exception when recovery fails
+        return _core_recover(digest, signature)
+    except ProtocolError:
         return None
-    return keccak256(pub.format(compressed=False)[1:])[12:]
 
 
 # ----------------------------------------------------------------------------- store
@@ -485,6 +394,9 @@ class Context:
     channel_id: str
     chaincode_name: str | None = None
     caller_roles: frozenset[str] = frozenset()
+    init_pin: str | None = None
+    """SHA-256 hex of the only ``Init`` arguments this chaincode server accepts
+    (``KSTB_INIT_PARAMS_SHA256``, set by the organisation that runs it); None: Init refused."""
 
 
 def identity_of(mspid: str, cert_pem: bytes) -> str:
@@ -505,6 +417,7 @@ class _Config:
     channel_id: str
     ledger_word: bytes
     bridge_word: bytes
+    network_word: bytes
     admin: str
 
 
@@ -609,6 +522,7 @@ class Endpoint:
                 channel_id=obj["channel_id"],
                 ledger_word=bytes.fromhex(obj["ledger_word"][2:]),
                 bridge_word=bytes.fromhex(obj["bridge_word"][2:]),
+                network_word=bytes.fromhex(obj["network_word"][2:]),
                 admin=obj["admin"],
             )
         return self._cfg
@@ -661,7 +575,7 @@ class Endpoint:
             "leg": LEG_OUT if direction == "out" else LEG_IN,
         }
         if terms is not None:
-            event["terms"] = terms.to_json()
+            event["terms"] = terms_to_json(terms)
         self._emit(EVENT_NAME, canonical_json(event))
 
     # ------------------------------------------------------------------ guards
@@ -711,30 +625,23 @@ class Endpoint:
             )
 
     def _verify_certificate(self, cert: Certificate, kind: int, tid: bytes, thash: bytes) -> None:
-        """``BridgeEndpoint._verifyCertificate``, check for check and in the same order."""
+        """``BridgeEndpoint._verifyCertificate``: the core's acceptance rule, in its order."""
         committee = self._committee()
-        if cert.epoch != committee.epoch:
-            raise ChaincodeError("WrongEpoch", f"got={cert.epoch}, current={committee.epoch}")
-        if cert.signatures is None:
-            raise ChaincodeError("MalformedSignatures", "signatures must be a list of 0x-hex")
-        count = len(cert.signatures)
-        if count < committee.threshold:
-            raise ChaincodeError(
-                "TooFewSignatures", f"got={count}, threshold={committee.threshold}"
-            )
+        cfg = self.cfg
         digest = claim_digest(
-            self.cfg.ledger_word, self.cfg.bridge_word, committee.epoch, kind, tid, thash
+            cfg.network_word, cfg.ledger_word, cfg.bridge_word, committee.epoch, kind, tid, thash
         )
-        previous = bytes(20)
-        for i, sig in enumerate(cert.signatures):
-            signer = recover_signer(digest, sig)
-            if signer is None:
-                raise ChaincodeError("InvalidSignature", f"index={i}")
-            if signer <= previous:
-                raise ChaincodeError("SignersNotAscending", f"index={i}")
-            if signer not in committee.members:
-                raise ChaincodeError("NotCommitteeMember", f"signer={_hex(signer)}")
-            previous = signer
+        try:
+            check_certificate(
+                digest,
+                cert.epoch,
+                committee.epoch,
+                committee.threshold,
+                committee.members,
+                cert.signatures,
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
 
     def _receive_check(self, t: Terms) -> int:
         token = self._registered(t.security)
@@ -758,16 +665,33 @@ class Endpoint:
 
     # ------------------------------------------------------------------ administration
 
-    def init(self, ledger_name: str, chaincode_name: str, committee_json: str) -> object:
+    def init(
+        self, ledger_name: str, chaincode_name: str, committee_json: str, network_hex: str
+    ) -> object:
         """Configure the endpoint once; the caller, an organisation admin, becomes its admin.
 
-        Only a certificate with the NodeOU ``admin`` role may initialise: a plain channel
-        member racing to call ``Init`` first cannot seize the endpoint.
+        SECURITY: the arguments (ledger, chaincode name, committee, network word = the
+        channel's genesis block hash) must hash to the pin this chaincode server was started
+        with (``Context.init_pin``). Every organisation runs its own server with its own pin
+        and the endorsement policy needs all of them, so no single organisation's admin can
+        initialise the endpoint with a committee (or network) of its own choosing. Only a
+        certificate with the NodeOU ``admin`` role may initialise, and only once.
         """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
         if "admin" not in self._ctx.caller_roles:
             raise ChaincodeError("NotAdmin", "Init needs an organisation admin certificate")
+        pin = self._ctx.init_pin
+        if pin is None:
+            raise ChaincodeError(
+                "WrongInitParameters", "this chaincode server has no pinned Init parameters"
+            )
+        digest = init_parameters_digest([ledger_name, chaincode_name, committee_json, network_hex])
+        if digest != pin:
+            raise ChaincodeError("WrongInitParameters", f"sha256={digest}, pinned={pin} (refused)")
+        network = _parse_word("network", network_hex)
+        if not any(network):
+            raise _invalid("network word must not be zero")
         if not _LEDGER_NAME.fullmatch(ledger_name):
             raise _invalid(f"ledger name {ledger_name!r}: 1-63 lowercase letters, digits or '-'")
         if not _CHAINCODE_NAME.fullmatch(chaincode_name):
@@ -784,6 +708,7 @@ class Endpoint:
             "channel_id": self._ctx.channel_id,
             "ledger_word": _hex(ledger_word(ledger_name)),
             "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
+            "network_word": _hex(network),
             "admin": self._ctx.caller,
         }
         self._put_json("config", config)
@@ -870,10 +795,26 @@ class Endpoint:
 
     # ------------------------------------------------------------------ source side
 
-    def lock(self, terms_json: str) -> object:
-        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock)."""
+    def lock(self, terms_json: str, instruction_hex: str) -> object:
+        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock).
+
+        SECURITY: the lock carries the brokerage's instruction, a signature by
+        ``t.instructor`` over ``instruction_digest(network, termsHash)``; without it
+        (MissingInstruction) or with any other signature (InvalidInstruction) nothing is
+        escrowed, so a relayer alone cannot move a holder's units.
+        """
         self._only_relayer()
         t = parse_terms(terms_json)
+        if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
+            raise _invalid("instruction must be 0x-prefixed hex")
+        try:
+            check_instruction(
+                instruction_digest(self.cfg.network_word, t.terms_hash),
+                t.instructor,
+                bytes.fromhex(instruction_hex[2:]),
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
         if not self._is_source(t) or t.dst_ledger == self.cfg.ledger_word:
             raise ChaincodeError("WrongLedger", "terms do not name this endpoint as source")
         self._require_nonzero(t.amount)
@@ -1100,6 +1041,7 @@ class Endpoint:
         return {
             "ledger_word": _hex(cfg.ledger_word),
             "bridge_word": _hex(cfg.bridge_word),
+            "network_word": _hex(cfg.network_word),
             "ledger_name": cfg.ledger_name,
             "chaincode_name": cfg.chaincode_name,
             "channel_id": cfg.channel_id,
@@ -1120,10 +1062,16 @@ class Endpoint:
         t = parse_terms(terms_json)
         return {"transfer_id": _hex(t.transfer_id), "terms_hash": _hex(t.terms_hash)}
 
+    def instruction_digest_of(self, terms_json: str) -> object:
+        """The digest the instructor of ``terms`` signs for a lock on this endpoint."""
+        t = parse_terms(terms_json)
+        return {"digest": _hex(instruction_digest(self.cfg.network_word, t.terms_hash))}
+
     def claim_digest_of(self, epoch: str, kind: str, tid_hex: str, thash_hex: str) -> object:
         """``claimDigestOf``: the digest committee members sign for this endpoint."""
         cfg = self.cfg
         digest = claim_digest(
+            cfg.network_word,
             cfg.ledger_word,
             cfg.bridge_word,
             _parse_decimal("epoch", epoch, UINT64_LIMIT),
@@ -1152,7 +1100,7 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 
 # function name -> (method name, number of string arguments, changes state)
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
-    "Init": ("init", 3, True),
+    "Init": ("init", 4, True),
     "SetRelayer": ("set_relayer", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
     "SetEligible": ("set_eligible", 3, True),
@@ -1160,7 +1108,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "SetPaused": ("set_paused", 2, True),
     "Issue": ("issue", 3, True),
     "Redeem": ("redeem", 3, True),
-    "Lock": ("lock", 1, True),
+    "Lock": ("lock", 2, True),
     "Prepare": ("prepare", 2, True),
     "MarkExpired": ("mark_expired", 2, True),
     "Commit": ("commit", 2, True),
@@ -1174,6 +1122,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "WhoAmI": ("who_am_i", 0, False),
     "Digests": ("digests", 1, False),
     "ClaimDigest": ("claim_digest_of", 4, False),
+    "InstructionDigest": ("instruction_digest_of", 1, False),
 }
 
 

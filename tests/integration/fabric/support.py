@@ -12,11 +12,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bridge.core import digests as core
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import wait_for_peers
+from bridge.devnet.fabric_bridge import pin_init, wait_for_peers
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, assemble_certificate
 from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.instructions import instruction_digest
 from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
@@ -56,10 +58,42 @@ def gateway_client(
     )
 
 
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+"""The brokerage instruction key of the Fabric tests' outbound transfers."""
+
+NETWORK: dict[str, bytes] = {}
+"""The session network's genesis block hash (its network word), once read: ``NETWORK["word"]``."""
+
+
+def network_word() -> bytes:
+    """The Fabric test network's word (read by :meth:`BridgeEnv.init` / ``initialise``)."""
+    return NETWORK["word"]
+
+
+def instruction(terms: TransferTerms, signer: LocalKeySigner = BROKER) -> str:
+    """``signer``'s instruction for a lock of ``terms`` on this network, as Lock's hex arg."""
+    return "0x" + signer.sign_digest(instruction_digest(network_word(), terms)).hex()
+
+
+def instruct(terms: TransferTerms, signer: LocalKeySigner = BROKER) -> bytes:
+    """``signer``'s instruction for a lock of ``terms`` on this network (adapter form)."""
+    return signer.sign_digest(instruction_digest(network_word(), terms))
+
+
+def lock_args(terms_json: str, signer: LocalKeySigner = BROKER) -> list[str]:
+    """``Lock``'s arguments: the terms JSON (any, even one the domain would refuse) and
+    ``signer``'s instruction for exactly the terms it holds."""
+    obj = json.loads(terms_json)
+    words = {n: bytes.fromhex(obj[n][2:]) for n in core.WORD_FIELDS}
+    t = core.Terms(amount=int(obj["amount"]), deadline=int(obj["deadline"]), **words)
+    digest = core.instruction_digest(network_word(), t.terms_hash)
+    return [terms_json, "0x" + signer.sign_digest(digest).hex()]
+
+
 def _digest(
     ledger_word: bytes, bridge_word: bytes, epoch: int, kind: ClaimKind, terms: TransferTerms
 ) -> bytes:
-    domain = ClaimDomain(ledger_word, bridge_word, epoch)
+    domain = ClaimDomain(ledger_word, bridge_word, epoch, network_word())
     return claim_digest(domain, Claim(kind, terms.transfer_id, terms.terms_hash))
 
 
@@ -103,9 +137,20 @@ async def submit_and_wait(
 ) -> int:
     """Submit and wait until both orgs' peers committed it (the next call reads it); return
     its block."""
-    result = await client.submit(chaincode, fn, list(args))
+    result = await client.submit(chaincode, fn, list(args), is_init=fn == "Init")
     await wait_for_peers(net, result.block_number)
     return result.block_number
+
+
+async def initialise(
+    net: FabricNetwork, admin: GatewayClient, chaincode: str, ledger: LedgerId, committee: Committee
+) -> None:
+    """Pin the Init arguments (ledger, chaincode, committee, the channel's genesis hash) for
+    the chaincode server, as its organisation would, and Init the endpoint with them."""
+    NETWORK["word"] = await admin.genesis_hash()
+    args = [ledger.name, chaincode, committee_json(committee), "0x" + network_word().hex()]
+    pin_init(net, chaincode, args)
+    await submit_and_wait(net, admin, chaincode, "Init", *args)
 
 
 @dataclass
@@ -160,8 +205,8 @@ class BridgeEnv:
         registers ``isin``, each committed on both peers; returns this env."""
         admin, relayer = self.client("Org1", "Admin"), self.client("Org1", "User1")
         try:
+            await initialise(self.net, admin, self.chaincode, self.ledger, self.committee)
             for fn, args in (
-                ("Init", [self.ledger.name, self.chaincode, committee_json(self.committee)]),
                 ("SetRelayer", [relayer.identity.chaincode_identity(), "true"]),
                 ("RegisterSecurity", [isin]),
             ):
@@ -202,6 +247,7 @@ class BridgeEnv:
             dst_bridge=secrets.token_bytes(32),
             sender=sender,
             recipient=bytes(12) + secrets.token_bytes(20),
+            instructor=bytes(12) + BROKER.address,
             deadline=2_000_000_000,
         )
 
@@ -219,5 +265,6 @@ class BridgeEnv:
             dst_bridge=self.bridge,
             sender=bytes(12) + secrets.token_bytes(20),
             recipient=recipient,
+            instructor=b"\0" * 12 + b"\x1e" * 20,
             deadline=2_000_000_000,
         )

@@ -8,6 +8,7 @@ committee keys are generated at run time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -19,13 +20,16 @@ from typing import Any
 
 import pytest
 
-from bridge.devnet.fabric import FabricError, FabricNetwork, chaincode_python
-from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
+from bridge.devnet.fabric import FabricError, FabricNetwork
+from bridge.devnet.fabric_bridge import pin_init, start_bridge_chaincode
+from bridge.devnet.processes import REPO_ROOT, ManagedProcess
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.instructions import instruction_digest
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
+from tests.integration.fabric.support import gateway_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -42,8 +46,11 @@ class Bridge:
     process: ManagedProcess
     signers: list[LocalKeySigner]
 
-    def invoke(self, fn: str, *args: str, org: str = "Org1", user: str = "User1") -> str:
-        """Submit, endorsed by BOTH orgs' peers, and wait for the commit."""
+    def invoke(
+        self, fn: str, *args: str, org: str = "Org1", user: str = "User1", init: bool = False
+    ) -> str:
+        """Submit, endorsed by BOTH orgs' peers, and wait for the commit (``init``: as the
+        definition's one ``--isInit`` invocation)."""
         ctor = json.dumps({"Args": [fn, *args]})
         return self.net.peer_cli(
             org,
@@ -59,6 +66,7 @@ class Bridge:
                 "-c",
                 ctor,
                 "--waitForEvent",
+                *(["--isInit"] if init else []),
             ],
             user=user,
         )
@@ -111,27 +119,26 @@ class Bridge:
 
 @pytest.fixture(scope="module")
 def bridge(fabric_network: FabricNetwork) -> Iterator[Bridge]:
-    python = str(chaincode_python())
-    address = f"127.0.0.1:{free_port()}"
-    package_id = fabric_network.deploy_ccaas(CHAINCODE, address)
-    proc = ManagedProcess(
-        name="chaincode-kstbnet",
-        argv=[python, "-m", "kstb_chaincode"],
-        log_path=fabric_network.logs_dir / "chaincode-kstbnet.log",
-        env={
-            "PYTHONPATH": str(CHAINCODE_DIR),
-            "CORE_CHAINCODE_ID": package_id,
-            "CHAINCODE_SERVER_ADDRESS": address,
-        },
-    ).start()
+    proc = start_bridge_chaincode(fabric_network, CHAINCODE)  # --init-required, no pin yet
+    package_id = (proc.env or {})["CORE_CHAINCODE_ID"]
     try:
-        proc.wait_port(int(address.rsplit(":", 1)[1]), timeout=30)
         signers = sorted(
             (LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)), key=lambda s: s.address
         )
         yield Bridge(fabric_network, package_id, proc, signers)
     finally:
         proc.stop()
+
+
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+
+
+async def _genesis_hash(net: FabricNetwork) -> bytes:
+    client = gateway_client(net)
+    try:
+        return await client.genesis_hash()
+    finally:
+        await client.close()
 
 
 def holder() -> str:
@@ -150,6 +157,7 @@ def terms_json(t: TransferTerms) -> str:
             "dst_bridge",
             "sender",
             "recipient",
+            "instructor",
         )
     }
     obj.update(amount=str(t.amount), deadline=t.deadline)
@@ -163,15 +171,25 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
         "threshold": 3,
         "members": ["0x" + s.address.hex() for s in bridge.signers],
     }
-    bridge.invoke("Init", LEDGER, CHAINCODE, json.dumps(committee), user="Admin")
+    genesis = asyncio.run(_genesis_hash(net))
+    args = [LEDGER, CHAINCODE, json.dumps(committee), "0x" + genesis.hex()]
+    # Init before the organisations pinned its parameters, or with others: refused.
+    with pytest.raises(FabricError, match="WrongInitParameters"):
+        bridge.invoke("Init", *args, user="Admin", init=True)
+    pin_init(net, CHAINCODE, args)
+    rogue = {**committee, "members": committee["members"][:1], "threshold": 1}
+    with pytest.raises(FabricError, match="WrongInitParameters"):
+        bridge.invoke("Init", *args[:2], json.dumps(rogue), args[3], user="Admin", init=True)
+    bridge.invoke("Init", *args, user="Admin", init=True)
     ledger_word = LedgerId(LEDGER).word
     bridge_word = keccak256(f"fabric:{net.channel}:{CHAINCODE}".encode())
     info = bridge.query("Info", org="Org2")
     assert info["ledger_word"] == "0x" + ledger_word.hex()
     assert info["bridge_word"] == "0x" + bridge_word.hex()
     assert bridge.query("Committee") == committee
+    assert info["network_word"] == "0x" + genesis.hex()
     with pytest.raises(FabricError, match="AlreadyInitialized"):
-        bridge.invoke("Init", LEDGER, CHAINCODE, json.dumps(committee), user="Admin")
+        bridge.invoke("Init", *args, user="Admin")
 
     # identities: "<mspid>:<sha256 of the certificate PEM>"
     org1, org2 = net.org("Org1"), net.org("Org2")
@@ -205,19 +223,32 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
             dst_bridge=bytes(12) + secrets.token_bytes(20),
             sender=bytes(12) + bytes.fromhex(alice[2:]),
             recipient=bytes(12) + secrets.token_bytes(20),
+            instructor=bytes(12) + BROKER.address,
             deadline=2_000_000_000,
         )
+
+    def ins(t: TransferTerms, signer: LocalKeySigner = BROKER) -> str:
+        return "0x" + signer.sign_digest(instruction_digest(genesis, t)).hex()
 
     # a stranger's Lock is refused by the chaincode on both peers; nothing moves
     refused = outbound_terms(5)
     with pytest.raises(FabricError, match="NotRelayer"):
-        bridge.invoke("Lock", terms_json(refused), org="Org2", user="User1")
+        bridge.invoke("Lock", terms_json(refused), ins(refused), org="Org2", user="User1")
     tid = "0x" + refused.transfer_id.hex()
     assert bridge.query("GetLeg", tid, "outbound")["state"] == 0
 
     # the relayer's Lock escrows
     t = outbound_terms(10)
-    bridge.invoke("Lock", terms_json(t), user="User1")
+    # without the brokerage's instruction, or with a forged one: refused, nothing moves
+    forger = LocalKeySigner(secrets.token_bytes(32))
+    for instruction, error in (
+        ("0x", "MissingInstruction"),
+        (ins(t, forger), "InvalidInstruction"),
+    ):
+        with pytest.raises(FabricError, match=error):
+            bridge.invoke("Lock", terms_json(t), instruction, user="User1")
+    assert bridge.query("HolderStatus", ISIN.isin, alice, org="Org2")["balance"] == "100"
+    bridge.invoke("Lock", terms_json(t), ins(t), user="User1")
     tid = "0x" + t.transfer_id.hex()
     for org in ("Org1", "Org2"):
         out = bridge.query("GetLeg", tid, "outbound", org=org)
@@ -254,10 +285,11 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
         dst_bridge=bridge_word,
         sender=bytes(12) + secrets.token_bytes(20),
         recipient=bytes(12) + bytes.fromhex(bob[2:]),
+        instructor=b"\0" * 12 + b"\x1e" * 20,
         deadline=2_000_000_000,
     )
     digest = claim_digest(
-        ClaimDomain(ledger_word, bridge_word, 1),
+        ClaimDomain(ledger_word, bridge_word, 1, genesis),
         Claim(ClaimKind.LOCKED, inbound.transfer_id, inbound.terms_hash),
     )
     sigs = [s.sign_digest(digest) for s in bridge.signers[1:]]

@@ -25,8 +25,8 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
 from bridge.ledgers.fabric.gateway import GatewayClient
+from tests.integration.fabric.support import BROKER, lock_args, submit_and_wait
 from tests.integration.fabric.support import BridgeEnv as Env
-from tests.integration.fabric.support import submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -73,6 +73,9 @@ async def holder(env: Env, admin: GatewayClient, units: int = 0, eligible: bool 
     return address
 
 
+INSTRUCTOR = bytes(12) + BROKER.address
+
+
 def word(address: str) -> bytes:
     return bytes(12) + bytes.fromhex(address[2:])
 
@@ -80,14 +83,15 @@ def word(address: str) -> bytes:
 def outbound(env: Env, sender: str, amount: int) -> TransferTerms:
     return TransferTerms(
         secrets.token_bytes(32), SecurityId(ISIN).word, amount, LEDGER.word, env.bridge,
-        OTHER.word, secrets.token_bytes(32), word(sender), secrets.token_bytes(32), 2_000_000_000,
+        OTHER.word, secrets.token_bytes(32), word(sender), secrets.token_bytes(32), INSTRUCTOR,
+        2_000_000_000,
     )  # fmt: skip
 
 
 def inbound(env: Env, recipient: str, amount: int) -> TransferTerms:
     return TransferTerms(
         secrets.token_bytes(32), SecurityId(ISIN).word, amount, OTHER.word, secrets.token_bytes(32),
-        LEDGER.word, env.bridge, secrets.token_bytes(32), word(recipient), 2_000_000_000,
+        LEDGER.word, env.bridge, secrets.token_bytes(32), word(recipient), INSTRUCTOR, 2_000_000_000,
     )  # fmt: skip
 
 
@@ -113,29 +117,55 @@ async def balance(client: GatewayClient, address: str) -> int:
 # -- source side -------------------------------------------------------------------------
 
 
+@pytest.mark.security
+async def test_a_lock_without_a_valid_brokerage_instruction_is_refused(
+    env: Env, admin: GatewayClient, relayer: GatewayClient
+) -> None:
+    """The relayer alone cannot escrow a holder's units: the Lock must carry the
+    instructor's signature over exactly these terms on this channel (protocol v2)."""
+    alice = await holder(env, admin, 5)
+    t = outbound(env, alice, 5)
+    terms = codec.terms_to_json(t)
+    rogue = LocalKeySigner(bytes([0x45]) * 32)
+    other = lock_args(codec.terms_to_json(outbound(env, alice, 5)))[1]
+    for error, instruction in (
+        ("MissingInstruction", "0x"),
+        ("InvalidInstruction", lock_args(terms, rogue)[1]),  # forged
+        ("InvalidInstruction", other),  # another terms' instruction
+    ):
+        await refused(relayer, error, "Lock", terms, instruction)
+    assert await leg(relayer, t, Leg.OUTBOUND) == (LegState.NONE, 0)
+    assert await balance(relayer, alice) == 5
+    await submit(env.net, relayer, "Lock", *lock_args(terms))
+    assert (await leg(relayer, t, Leg.OUTBOUND))[0] is LegState.LOCKED
+
+
 async def test_lock_refusals(env: Env, admin: GatewayClient, relayer: GatewayClient) -> None:
     alice = await holder(env, admin, 5)
     t = outbound(env, alice, 5)
     stranger = env.client("Org2", "User1")
-    await refused(stranger, "NotRelayer", "Lock", codec.terms_to_json(t))
+    await refused(stranger, "NotRelayer", "Lock", *lock_args(codec.terms_to_json(t)))
     await stranger.close()
     await refused(
-        relayer, "InsufficientBalance", "Lock", codec.terms_to_json(outbound(env, alice, 6))
+        relayer,
+        "InsufficientBalance",
+        "Lock",
+        *lock_args(codec.terms_to_json(outbound(env, alice, 6))),
     )
     zero = json.loads(codec.terms_to_json(t)) | {"amount": "0"}
-    await refused(relayer, "ZeroAmount", "Lock", json.dumps(zero))
+    await refused(relayer, "ZeroAmount", "Lock", *lock_args(json.dumps(zero)))
     foreign = json.loads(codec.terms_to_json(t)) | {"src_ledger": "0x" + OTHER.word.hex()}
-    await refused(relayer, "WrongLedger", "Lock", json.dumps(foreign))
+    await refused(relayer, "WrongLedger", "Lock", *lock_args(json.dumps(foreign)))
     await submit(env.net, admin, "SetFrozen", ISIN, alice, "true")
-    await refused(relayer, "HolderFrozen", "Lock", codec.terms_to_json(t))
+    await refused(relayer, "HolderFrozen", "Lock", *lock_args(codec.terms_to_json(t)))
     await submit(env.net, admin, "SetFrozen", ISIN, alice, "false")
     await submit(env.net, admin, "SetPaused", ISIN, "true")
-    await refused(relayer, "TokenPaused", "Lock", codec.terms_to_json(t))
+    await refused(relayer, "TokenPaused", "Lock", *lock_args(codec.terms_to_json(t)))
     await submit(env.net, admin, "SetPaused", ISIN, "false")
     assert await leg(relayer, t, Leg.OUTBOUND) == (LegState.NONE, 0)
     assert await balance(relayer, alice) == 5
-    await submit(env.net, relayer, "Lock", codec.terms_to_json(t))
-    await refused(relayer, "TransferExists", "Lock", codec.terms_to_json(t))
+    await submit(env.net, relayer, "Lock", *lock_args(codec.terms_to_json(t)))
+    await refused(relayer, "TransferExists", "Lock", *lock_args(codec.terms_to_json(t)))
     assert await balance(relayer, alice) == 0
 
 
@@ -225,7 +255,7 @@ async def test_release_after_burn_is_refused(
 ) -> None:
     alice = await holder(env, admin, 2)
     t = outbound(env, alice, 2)
-    await submit(env.net, relayer, "Lock", codec.terms_to_json(t))
+    await submit(env.net, relayer, "Lock", *lock_args(codec.terms_to_json(t)))
     await submit(
         env.net, relayer, "Commit", codec.terms_to_json(t), cert_json(env.sigs(ClaimKind.COMMIT, t))
     )

@@ -37,7 +37,9 @@ from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, TransactionInvalid
 from tests.integration.fabric.support import (
     BridgeEnv,
-    committee_json,
+    initialise,
+    instruct,
+    lock_args,
     signing_identity,
     submit_and_wait,
 )
@@ -58,13 +60,12 @@ async def env(fabric_network: FabricNetwork, bridge_chaincode: ManagedProcess) -
     """The endpoint initialised (Org1 admin), Org2's user a relayer, the security registered."""
     e = BridgeEnv.new(fabric_network, CHAINCODE, LEDGER)
     admin = e.client("Org1", "Admin")
+    net = e.net
+    # --init-required: nothing runs before the one Init (pinned by the organisations).
+    await initialise(net, admin, CHAINCODE, LEDGER, e.committee)
     info = json.loads(await admin.evaluate(CHAINCODE, "WhoAmI"))
     if info["identity"] != admin.identity.chaincode_identity():
         raise AssertionError("the chaincode identifies callers differently than assumed")
-    net = e.net
-    await submit_and_wait(
-        net, admin, CHAINCODE, "Init", LEDGER.name, CHAINCODE, committee_json(e.committee)
-    )
     relayer = signing_identity(e.net, "Org2").chaincode_identity()
     await submit_and_wait(net, admin, CHAINCODE, "SetRelayer", relayer, "true")
     await submit_and_wait(net, admin, CHAINCODE, "RegisterSecurity", ISIN)
@@ -84,7 +85,7 @@ async def _step(
     A submit returns once the gateway's own peer committed; the next write is endorsed by
     both orgs, and a peer still a block behind would endorse it on stale state.
     """
-    out = await adapter.submit(action, t, cert)
+    out = await adapter.submit(action, t, cert, instruct(t) if action is Action.LOCK else b"")
     await wait_for_peers(env.net, out.height)
     return out
 
@@ -129,13 +130,13 @@ async def test_lock_is_idempotent_and_its_event_carries_the_terms(
     assert not lock.already_applied and lock.height > start
     status = await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
     assert status.state is LegState.LOCKED and status.terms_hash == t.terms_hash
-    again = await relayer.submit(Action.LOCK, t, None)
+    again = await relayer.submit(Action.LOCK, t, None, instruct(t))
     assert again.already_applied and again.tx_id == ""
     assert (await relayer.holder_status(SECURITY, sender)).balance == 0, "escrowed once"
 
     other = replace(t, deadline=t.deadline + 1)
     with pytest.raises(LedgerRejected, match="TermsMismatch"):
-        await relayer.submit(Action.LOCK, other, None)
+        await relayer.submit(Action.LOCK, other, None, instruct(other))
 
     commit = env.cert(ClaimKind.COMMIT, t, relayer.bridge_word)
     burned = await _step(env, relayer, Action.COMMIT, t, commit)
@@ -180,7 +181,7 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
     sender = await env.holder(ISIN, 3)
     t = env.outbound(SECURITY, sender, 5)
     with pytest.raises(LedgerRejected) as info:
-        await relayer.submit(Action.LOCK, t, None)
+        await relayer.submit(Action.LOCK, t, None, instruct(t))
     assert info.value.reason == "InsufficientBalance"
     assert "balance=3" in info.value.detail
     assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
@@ -198,7 +199,7 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
 
     read_only = FabricAdapter(LEDGER, env.client("Org1", "Admin"), CHAINCODE, "")
     with pytest.raises(LedgerRejected, match="ReadOnly"):
-        await read_only.submit(Action.LOCK, ok, None)
+        await read_only.submit(Action.LOCK, ok, None, instruct(ok))
     await read_only.close()
 
 
@@ -269,8 +270,8 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
     start = await relayer.finalized_height()
     client = relayer.client
     # Both endorsed against the same state (the holder's balance), then both ordered.
-    a = await client.endorse(CHAINCODE, "Lock", [_json_terms(first)])
-    b = await client.endorse(CHAINCODE, "Lock", [_json_terms(second)])
+    a = await client.endorse(CHAINCODE, "Lock", lock_args(_json_terms(first)))
+    b = await client.endorse(CHAINCODE, "Lock", lock_args(_json_terms(second)))
     assert json.loads(a.result)["transfer_id"] == "0x" + first.transfer_id.hex()
     ok = await client.submit_prepared(a)
     with pytest.raises(TransactionInvalid) as info:
@@ -287,9 +288,9 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
     assert (await relayer.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
     await wait_for_peers(env.net, conflict.block_number)  # both orgs hold the first lock
     # The retry (re-read, then submit) applies it exactly once.
-    retry = await relayer.submit(Action.LOCK, second, None)
+    retry = await relayer.submit(Action.LOCK, second, None, instruct(second))
     assert not retry.already_applied
-    assert (await relayer.submit(Action.LOCK, second, None)).already_applied
+    assert (await relayer.submit(Action.LOCK, second, None, instruct(second))).already_applied
     assert (await relayer.holder_status(SECURITY, sender)).balance == 8
 
     # The Gateway's live stream skips the invalid transaction too.
@@ -307,7 +308,9 @@ async def test_concurrent_submissions_from_one_relayer(
 ) -> None:
     holders = [await env.holder(ISIN, 5) for _ in range(4)]
     terms = [env.outbound(SECURITY, h, 5) for h in holders]
-    results = await asyncio.gather(*(relayer.submit(Action.LOCK, t, None) for t in terms))
+    results = await asyncio.gather(
+        *(relayer.submit(Action.LOCK, t, None, instruct(t)) for t in terms)
+    )
     assert all(not r.already_applied for r in results)
     for t in terms:
         assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
@@ -328,8 +331,9 @@ async def test_unreachable_peer_is_unavailable(env: BridgeEnv, tmp_path: Path) -
         await adapter.finalized_height()
     assert not isinstance(info.value, LedgerRejected)
     sender = bytes(12) + secrets.token_bytes(20)
+    t = env.outbound(SECURITY, sender, 1)
     with pytest.raises(Unavailable):
-        await adapter.submit(Action.LOCK, env.outbound(SECURITY, sender, 1), None)
+        await adapter.submit(Action.LOCK, t, None, instruct(t))
     with pytest.raises(Unavailable):
         await adapter.events(None, 3)
     await adapter.close()

@@ -22,7 +22,7 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, Leg, LegState, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
-from tests.integration.fabric.support import BridgeEnv
+from tests.integration.fabric.support import BridgeEnv, instruct
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
@@ -76,7 +76,7 @@ async def lock_when_possible(adapter: FabricAdapter, t: TransferTerms) -> TxOutc
 
     async def attempt() -> TxOutcome | None:
         try:
-            return await adapter.submit(Action.LOCK, t, None)
+            return await adapter.submit(Action.LOCK, t, None, instruct(t))
         except LedgerRejected:
             raise
         except Unavailable:
@@ -97,7 +97,7 @@ async def test_orderer_outage_writes_are_unavailable_then_apply_once(
         assert (await relayer.holder_status(SECURITY, sender)).balance == 10
         assert await relayer.finalized_height() == height
         with pytest.raises(Unavailable) as down:
-            await relayer.submit(Action.LOCK, t, None)
+            await relayer.submit(Action.LOCK, t, None, instruct(t))
         assert not isinstance(down.value, LedgerRejected), "an outage is not the ledger's no"
         assert "no orderers could successfully process transaction" in str(down.value)
         assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
@@ -107,7 +107,7 @@ async def test_orderer_outage_writes_are_unavailable_then_apply_once(
     out = await lock_when_possible(relayer, t)
     assert not out.already_applied and out.height > height
     assert (await relayer.holder_status(SECURITY, sender)).balance == 6, "escrowed once"
-    assert (await relayer.submit(Action.LOCK, t, None)).already_applied
+    assert (await relayer.submit(Action.LOCK, t, None, instruct(t))).already_applied
     events = [
         e
         for e in await relayer.events(None, await relayer.finalized_height())
@@ -127,7 +127,7 @@ async def test_chaincode_server_outage_is_unavailable_then_recovers(
             await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
         assert not isinstance(read.value, LedgerRejected)
         with pytest.raises(Unavailable) as write:
-            await relayer.submit(Action.LOCK, t, None)
+            await relayer.submit(Action.LOCK, t, None, instruct(t))
         assert not isinstance(write.value, LedgerRejected), "an outage is not the ledger's no"
         assert "could not launch chaincode" in str(read.value)
         assert "could not launch chaincode" in str(write.value)

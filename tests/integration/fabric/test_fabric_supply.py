@@ -24,7 +24,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, block_header_hash
 from tests.integration.fabric.support import BridgeEnv as Env
-from tests.integration.fabric.support import submit_and_wait
+from tests.integration.fabric.support import instruct, submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
 
@@ -60,7 +60,8 @@ async def adapter(env: Env) -> AsyncIterator[FabricAdapter]:
 
 async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerms) -> None:
     kind = CLAIMS.get(action)
-    outcome = await adapter.submit(action, t, env.cert(kind, t) if kind is not None else None)
+    cert = env.cert(kind, t) if kind is not None else None
+    outcome = await adapter.submit(action, t, cert, instruct(t) if action is Action.LOCK else b"")
     await wait_for_peers(env.net, outcome.height)
 
 

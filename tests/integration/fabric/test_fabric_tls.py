@@ -258,7 +258,12 @@ async def test_the_chaincode_server_accepts_only_the_peers(
         certificate_chain=peer.cert.read_bytes(),
     )
     assert await _connect_status(address, as_peer) == "served"
-    # And the peers themselves reach it: a query through each org's gateway runs the chaincode.
+    # That the peers themselves reach it is checked after Init (the definition is
+    # --init-required, so no query runs before it): test_start_up_check_before_and_after_init.
+
+
+async def _peers_run_the_chaincode(net: FabricNetwork) -> None:
+    """A query through each org's gateway runs the chaincode (over the server's TLS)."""
     for org in ("Org1", "Org2"):
         c = client(net, org)
         try:
@@ -310,6 +315,7 @@ async def test_start_up_check_before_and_after_init(env: BridgeEnv) -> None:
         await env.init(ISIN)
         reached = await check_reached(cfg, adapter)
         assert reached.kind == "fabric" and CHAINCODE in reached.detail
+        await _peers_run_the_chaincode(net)
     finally:
         await adapter.close()
 
@@ -344,6 +350,14 @@ async def test_start_up_check_gives_up_on_a_node_not_serving_the_chaincode(
             await check_reached(cfg, adapter, reach_within=0.5)
     finally:
         await adapter.close()
+
+
+async def _genesis_hash(net: FabricNetwork) -> bytes:
+    c = client(net)
+    try:
+        return await c.genesis_hash()
+    finally:
+        await c.close()
 
 
 async def _initialised(env: BridgeEnv) -> None:
@@ -381,6 +395,7 @@ async def test_a_fabric_relayer_pointed_at_another_ledger_refuses_to_start(
                         "channel": net.channel,
                         "tls_ca": str(o.tls_ca_cert),
                         "tls_server_name": o.peer_host,
+                        "genesis_hash": "0x" + (await _genesis_hash(net)).hex(),
                     }
                 ],
             }

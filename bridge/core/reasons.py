@@ -1,0 +1,75 @@
+"""The closed set of reasons a ledger endpoint refuses a call, and the core's typed error.
+
+The values are the error names the EVM contracts revert with and the Fabric chaincode puts
+before the colon of its error message; a process that receives a refusal maps it to one
+member of :class:`ErrorReason` instead of parsing free text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorReason(enum.StrEnum):
+    """Every refusal a bridge endpoint or its token can report (the contracts' error names)."""
+
+    # Authorisation.
+    NOT_ADMIN = "NotAdmin"
+    NOT_RELAYER = "NotRelayer"
+    NOT_SENDER = "NotSender"
+    NOT_BRIDGE = "NotBridge"
+    NO_IDENTITY = "NoIdentity"
+    # Terms and legs.
+    WRONG_LEDGER = "WrongLedger"
+    UNKNOWN_SECURITY = "UnknownSecurity"
+    ZERO_AMOUNT = "ZeroAmount"
+    ZERO_ADDRESS = "ZeroAddress"
+    TRANSFER_EXISTS = "TransferExists"
+    BAD_STATE = "BadState"
+    TERMS_MISMATCH = "TermsMismatch"
+    NOT_EXPIRED = "NotExpired"
+    DEADLINE_PASSED = "DeadlinePassed"
+    INVALID_SENDER = "InvalidSender"
+    # Certificates.
+    WRONG_EPOCH = "WrongEpoch"
+    TOO_FEW_SIGNATURES = "TooFewSignatures"
+    MALFORMED_SIGNATURES = "MalformedSignatures"
+    INVALID_SIGNATURE = "InvalidSignature"
+    SIGNERS_NOT_ASCENDING = "SignersNotAscending"
+    NOT_COMMITTEE_MEMBER = "NotCommitteeMember"
+    INVALID_COMMITTEE = "InvalidCommittee"
+    # Instructions (protocol v2).
+    MISSING_INSTRUCTION = "MissingInstruction"
+    INVALID_INSTRUCTION = "InvalidInstruction"
+    # Administration and tokens.
+    SECURITY_ALREADY_REGISTERED = "SecurityAlreadyRegistered"
+    SECURITY_MISMATCH = "SecurityMismatch"
+    TOKEN_PAUSED = "TokenPaused"  # noqa: S105 (an error name, not a secret)
+    HOLDER_NOT_ELIGIBLE = "HolderNotEligible"
+    HOLDER_FROZEN = "HolderFrozen"
+    INSUFFICIENT_BALANCE = "InsufficientBalance"
+    BRIDGE_HOLDS_ESCROW = "BridgeHoldsEscrow"
+    OVERFLOW = "Overflow"
+    # Fabric chaincode only.
+    INVALID_ARGUMENT = "InvalidArgument"
+    NOT_INITIALIZED = "NotInitialized"
+    ALREADY_INITIALIZED = "AlreadyInitialized"
+    WRONG_INIT_PARAMETERS = "WrongInitParameters"
+    UNKNOWN_FUNCTION = "UnknownFunction"
+
+    @classmethod
+    def parse(cls, name: str) -> ErrorReason | None:
+        """The member whose value is ``name``, or None for a name outside the closed set."""
+        try:
+            return cls(name)
+        except ValueError:
+            return None
+
+
+class ProtocolError(Exception):
+    """A rule of the core refused its input; ``reason`` is the endpoint error it maps to."""
+
+    def __init__(self, reason: ErrorReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
