@@ -241,29 +241,29 @@ class SqliteTransferStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
+        if "origin" not in columns:
+            # Added for event intake (issue 9): rows written before it were submitted ones
+            # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
+            # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
+            # submit under a victim lock's adoption key, and that row is a submitted one.
+            self._db.execute(
+                "ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'"
+            )
+            self._db.execute(
+                "UPDATE transfers SET origin = 'adopted'"
+                " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
+            )
         if "source_ledger" not in columns:
-            self._scope_keys_per_ledger(columns)
+            self._scope_keys_per_ledger()
         self._db.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
         self._lock = threading.Lock()
 
-    def _scope_keys_per_ledger(self, columns: set[str]) -> None:
+    def _scope_keys_per_ledger(self) -> None:
         """Migrate a file written before keys were scoped per source ledger (issue 9 review):
         rebuild ``transfers`` without the global UNIQUE on the key (SQLite cannot drop a
         constraint in place), keeping every row, its ``seq`` and its origin."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if "origin" not in columns:
-                # Added for event intake (issue 9): rows written before it were submitted ones
-                # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
-                # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
-                # submit under a victim lock's adoption key, and that row is a submitted one.
-                self._db.execute(
-                    "ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'"
-                )
-                self._db.execute(
-                    "UPDATE transfers SET origin = 'adopted'"
-                    " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
-                )
             self._db.execute("ALTER TABLE transfers RENAME TO transfers_v1")
             self._db.execute("DROP INDEX IF EXISTS transfers_state")
             self._db.execute(_TRANSFERS_TABLE)
