@@ -33,7 +33,12 @@ CHECK = "/grpc.health.v1.Health/Check"
 
 @pytest.fixture
 def pki(tmp_path: Path) -> DevPki:
-    pki = DevPki(tmp_path / "pki")
+    return make_pki(tmp_path / "pki")
+
+
+def make_pki(root: Path) -> DevPki:
+    """CAs and certificates for the coordinator, the bridge operator and brokerages A, B."""
+    pki = DevPki(root)
     pki.organisation("bridge-operator", ["coordinator", "bridge-operator"])
     pki.issue("bridge-operator", "coordinator", "coordinator")
     pki.issue("bridge-operator", "bridge-operator", "operator")
