@@ -359,6 +359,8 @@ class LocalSystem:
             "--tls-key",
             str(cert.key_file),
             *[arg for ca in cas for arg in ("--tls-ca", str(ca))],
+            "--network",
+            str(self.workdir / "network.toml"),
         ]
 
     def server_credentials(self, principal: str) -> grpc.ServerCredentials:

@@ -539,7 +539,8 @@ def test_cli_verifies_the_whole_feed(
     network = str(system.workdir / "network.toml")
     depository = system.certificate("depository")
     tls = ["--tls-cert", str(depository.cert_file), "--tls-key", str(depository.key_file),
-           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem")]  # fmt: skip
+           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
+           "--network", network]  # fmt: skip
     # Without a certificate the CLI refuses plaintext (usage error, nothing sent).
     assert cli_main(["--coordinator", system.coordinator_target, "supply", "get"]) == 2
     assert "refusing a plaintext channel" in capsys.readouterr().err

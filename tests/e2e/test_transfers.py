@@ -381,6 +381,8 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         str(system.certificate(f"brokerage:{A}").key_file),
         "--tls-ca",
         str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
+        "--network",
+        str(system.workdir / "network.toml"),
         "--json",
     ]
     dev_keys = {**os.environ, PLAINTEXT_KEYS_ENV: "1"}  # the devnet brokerage's key file
