@@ -150,9 +150,12 @@ class FabricBridgeLedger:
         return self.network
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, committee: Committee, isins: Sequence[str]) -> FabricBridgeLedger:
-        """Start the network, deploy and initialise the chaincode, register ``isins``, and
-        grant the relayer identity its role."""
+    def start(
+        self, committee: Committee, isins: Sequence[str], instructors: Sequence[str] = ()
+    ) -> FabricBridgeLedger:
+        """Start the network, deploy and initialise the chaincode, register ``isins``, grant
+        the relayer identity its role and register the brokerage ``instructors`` (0x
+        addresses) as instruction keys."""
         self.network = FabricNetwork(self.workdir / f"fabric-{self.name}").start()
         self.genesis_hash = self._run(lambda client: client.genesis_hash())
         committee_json = json.dumps(
@@ -169,6 +172,7 @@ class FabricBridgeLedger:
             [("Init", init_args)]
             + [("RegisterSecurity", [isin]) for isin in isins]
             + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
+            + [("SetInstructor", [key.lower(), "true"]) for key in instructors]
         )
         self.isins = list(isins)
         return self
@@ -286,6 +290,14 @@ class FabricBridgeLedger:
             return json.loads(await client.evaluate(self.chaincode, fn, list(args)))
 
         return self._run(run)
+
+    def set_instructor(self, key: str, enabled: bool = True) -> None:
+        """Register (or remove) brokerage instruction key ``key`` (a 0x address)."""
+        self._admin_calls([("SetInstructor", [key.lower(), "true" if enabled else "false"])])
+
+    def is_instructor(self, key: str) -> bool:
+        """Whether the endpoint accepts locks instructed by ``key``."""
+        return bool(self._query("IsInstructor", key.lower())["instructor_registered"])
 
     def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
         """Add ``holder`` to (or remove it from) the eligible holders."""

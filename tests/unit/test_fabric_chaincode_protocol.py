@@ -168,6 +168,7 @@ def env() -> Env:
     for led in e.ledgers():
         led.call(admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex)
         led.call(admin, "SetRelayer", relayer, "true")
+        led.call(admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
         led.call(admin, "RegisterSecurity", ISIN.isin)
     e.a.call(admin, "SetEligible", ISIN.isin, e.alice, "true")
     e.a.call(admin, "Issue", ISIN.isin, e.alice, "10000")
@@ -579,6 +580,7 @@ def test_execution_is_deterministic(env: Env) -> None:
         env.admin, "Init", "fabric-a", "kstb", committee_json(env.signers), recorded.network_hex
     )
     recorded.call(env.admin, "SetRelayer", env.relayer, "true")
+    recorded.call(env.admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
     recorded.call(env.admin, "RegisterSecurity", ISIN.isin)
     recorded.call(env.admin, "SetEligible", ISIN.isin, env.alice, "true")
     recorded.call(env.admin, "Issue", ISIN.isin, env.alice, str(2**200))
@@ -1355,6 +1357,9 @@ def test_a_relayer_cannot_squat_a_brokerages_transfer_id(env: Env) -> None:
     assert squat.transfer_id != t.transfer_id
     same_id_other_terms = dataclass_replace(t, recipient=word_of(env.carol))
     assert same_id_other_terms.transfer_id == t.transfer_id
+    # An unregistered key cannot instruct at all.
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", tj(squat), ins(env.a, tj(t))[1])
+    env.a.call(env.admin, "SetInstructor", "0x" + "99" * 20, "true")
     # Only the instructor can sign for the id, and it signs its own terms only.
     rejects(env, env.a, "InvalidInstruction", env.relayer, "Lock", tj(squat), ins(env.a, tj(t))[1])
     lock(env, t)
@@ -1397,3 +1402,64 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
         zero_ledger.call(env.admin, "Init", *zero)
     info = pinned.call(env.admin, "Init", *agreed)
     assert info["network_word"] == pinned.network_hex
+
+
+@pytest.mark.security
+def test_a_relayer_lock_needs_a_registered_instructor(env: Env) -> None:
+    """A relayer naming its own (validly signing) key as instructor, towards a ledger nobody
+    knows, escrows nothing: the key is not in the endpoint's registry."""
+    own = LocalKeySigner(secrets.token_bytes(32))
+    nowhere = Ledger("nowhere", "kstb")
+    t = dataclass_replace(make_terms(env, dst=nowhere), instructor=bytes(12) + own.address)
+    key = "0x" + own.address.hex()
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is False
+    detail = rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(t), own))
+    assert detail == "instructor=0x" + t.instructor.hex()
+    assert out_leg(env, t)["state"] == OUT_NONE
+    # Not even an empty instruction gets further than MissingInstruction.
+    rejects(env, env.a, "MissingInstruction", env.relayer, "Lock", tj(t), "0x")
+
+
+@pytest.mark.security
+def test_only_the_admin_registers_instructors_and_removal_takes_effect(env: Env) -> None:
+    signer = LocalKeySigner(secrets.token_bytes(32))
+    key = "0x" + signer.address.hex()
+    for caller in (env.relayer, env.stranger):
+        rejects(env, env.a, "NotAdmin", caller, "SetInstructor", key, "true")
+    for bad in ("0x1234", key[2:], key.upper(), key + "00", "0x" + "g" * 40):
+        rejects(env, env.a, "InvalidArgument", env.admin, "SetInstructor", bad, "true")
+        with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
+            env.a.call(env.stranger, "IsInstructor", bad)
+    rejects(env, env.a, "InvalidArgument", env.admin, "SetInstructor", key, "yes")
+    rejects(env, env.a, "ZeroAddress", env.admin, "SetInstructor", "0x" + "00" * 20, "true")
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is False
+    assert env.a.call(env.admin, "SetInstructor", key, "true") == {
+        "instructor": key,
+        "enabled": True,
+    }
+    assert env.a.events == []  # administration emits no leg events
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is True
+    t = dataclass_replace(make_terms(env), instructor=bytes(12) + signer.address)
+    env.a.call(env.relayer, "Lock", *ins(env.a, tj(t), signer))
+    assert out_leg(env, t)["state"] == LOCKED
+    env.a.call(env.admin, "SetInstructor", key, "false")
+    later = dataclass_replace(make_terms(env), instructor=bytes(12) + signer.address)
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(later), signer))
+    # A lock made while the key was registered still finishes.
+    finish(env, env.a, ClaimKind.ABORT, t)
+    assert out_leg(env, t)["state"] == RELEASED
+
+
+@pytest.mark.security
+def test_a_holder_may_instruct_its_own_lock_without_registration(env: Env) -> None:
+    holder = LocalKeySigner(secrets.token_bytes(32))
+    address = "0x" + holder.address.hex()
+    env.a.call(env.admin, "SetEligible", ISIN.isin, address, "true")
+    env.a.call(env.admin, "Issue", ISIN.isin, address, "50")
+    own = bytes(12) + holder.address
+    t = dataclass_replace(make_terms(env), sender=own, instructor=own)
+    env.a.call(env.relayer, "Lock", *ins(env.a, tj(t), holder))
+    assert out_leg(env, t)["state"] == LOCKED
+    # The holder's key instructs only its own units.
+    theirs = dataclass_replace(make_terms(env), instructor=own)
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(theirs), holder))

@@ -536,6 +536,9 @@ class Endpoint:
     def _is_relayer(self, identity: str) -> bool:
         return self._get_json(f"relayer/{identity}") is True
 
+    def _is_instructor(self, address: bytes) -> bool:
+        return self._get_json(f"instructor/{address.hex()}") is True
+
     def _registered(self, sec: bytes) -> dict[str, Any] | None:
         obj = self._get_json(f"security/{sec.hex()}")
         return obj if isinstance(obj, dict) else None
@@ -724,6 +727,23 @@ class Endpoint:
         self._put_json(f"relayer/{identity}", on)
         return {"identity": identity, "enabled": on}
 
+    def set_instructor(self, address: str, enabled: str) -> object:
+        """Register (or remove) a brokerage instruction key, a 0x EVM address (admin only).
+
+        SECURITY: ``Lock`` accepts only instructions by a key registered here at the time of
+        the lock (UnknownInstructor otherwise), so a relayer cannot name its own key as the
+        instructor and escrow a holder's units towards a ledger no member knows.
+        """
+        self._only_admin()
+        on = _parse_bool("enabled", enabled)
+        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+            raise _invalid(f"instructor {address!r} is not a 0x-prefixed 20-byte address")
+        key = bytes.fromhex(address[2:])
+        if not any(key):
+            raise ChaincodeError("ZeroAddress", "instructor=0x" + "00" * 20)
+        self._put_json(f"instructor/{key.hex()}", on)
+        return {"instructor": _hex(key), "enabled": on}
+
     def register_security(self, isin: str) -> object:
         """Register a security once (its token lives in this chaincode)."""
         self._only_admin()
@@ -799,19 +819,28 @@ class Endpoint:
         """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock).
 
         SECURITY: the lock carries the brokerage's instruction, a signature by
-        ``t.instructor`` over ``instruction_digest(network, termsHash)``; without it
-        (MissingInstruction) or with any other signature (InvalidInstruction) nothing is
-        escrowed, so a relayer alone cannot move a holder's units.
+        ``t.instructor`` over ``instruction_digest(network, termsHash)``, and ``t.instructor``
+        must be a key the admin registered (``SetInstructor``) or the sender itself; without it
+        (MissingInstruction), for an unregistered key (UnknownInstructor) or with any other
+        signature (InvalidInstruction) nothing is escrowed, so a relayer alone cannot move a
+        holder's units.
         """
         self._only_relayer()
         t = parse_terms(terms_json)
         if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
             raise _invalid("instruction must be 0x-prefixed hex")
+        instruction = bytes.fromhex(instruction_hex[2:])
+        if not instruction:
+            raise ChaincodeError("MissingInstruction", "the lock carries no instruction")
+        instructor = _address_of_word(t.instructor)
+        # SECURITY: a registered brokerage key, or the holder signing for its own units.
+        if instructor is None or (t.instructor != t.sender and not self._is_instructor(instructor)):
+            raise ChaincodeError("UnknownInstructor", f"instructor={_hex(t.instructor)}")
         try:
             check_instruction(
                 instruction_digest(self.cfg.network_word, t.terms_hash),
                 t.instructor,
-                bytes.fromhex(instruction_hex[2:]),
+                instruction,
             )
         except ProtocolError as exc:
             raise ChaincodeError(exc.reason.value, exc.detail) from None
@@ -1053,6 +1082,14 @@ class Endpoint:
         self._require_init()
         return {"identity": identity, "relayer": self._is_relayer(identity)}
 
+    def is_instructor(self, address: str) -> object:
+        """Whether ``address`` (0x EVM address) is a registered instruction key."""
+        self._require_init()
+        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+            raise _invalid(f"instructor {address!r} is not a 0x-prefixed 20-byte address")
+        key = bytes.fromhex(address[2:])
+        return {"instructor": _hex(key), "instructor_registered": self._is_instructor(key)}
+
     def who_am_i(self) -> object:
         """The caller's identity string (what SetRelayer expects)."""
         return {"identity": self._ctx.caller}
@@ -1102,6 +1139,7 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "Init": ("init", 4, True),
     "SetRelayer": ("set_relayer", 2, True),
+    "SetInstructor": ("set_instructor", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
     "SetEligible": ("set_eligible", 3, True),
     "SetFrozen": ("set_frozen", 3, True),
@@ -1119,6 +1157,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "Committee": ("committee", 0, False),
     "Info": ("info", 0, False),
     "IsRelayer": ("is_relayer", 1, False),
+    "IsInstructor": ("is_instructor", 1, False),
     "WhoAmI": ("who_am_i", 0, False),
     "Digests": ("digests", 1, False),
     "ClaimDigest": ("claim_digest_of", 4, False),
