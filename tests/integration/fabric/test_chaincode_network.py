@@ -205,6 +205,7 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
     with pytest.raises(FabricError, match="NotAdmin"):
         bridge.invoke("SetRelayer", relayer, "true", user="User1")
     bridge.invoke("SetRelayer", relayer, "true", user="Admin")
+    bridge.invoke("SetInstructor", "0x" + BROKER.address.hex(), "true", user="Admin")
     alice, bob = holder(), holder()
     bridge.invoke("RegisterSecurity", ISIN.isin, user="Admin")
     bridge.invoke("SetEligible", ISIN.isin, alice, "true", user="Admin")
