@@ -820,7 +820,7 @@ class Endpoint:
 
         SECURITY: the lock carries the brokerage's instruction, a signature by
         ``t.instructor`` over ``instruction_digest(network, termsHash)``, and ``t.instructor``
-        must be a key the admin registered (``SetInstructor``) or the sender itself; without it
+        must be a key the admin registered (``SetInstructor``); without it
         (MissingInstruction), for an unregistered key (UnknownInstructor) or with any other
         signature (InvalidInstruction) nothing is escrowed, so a relayer alone cannot move a
         holder's units.
@@ -833,8 +833,9 @@ class Endpoint:
         if not instruction:
             raise ChaincodeError("MissingInstruction", "the lock carries no instruction")
         instructor = _address_of_word(t.instructor)
-        # SECURITY: a registered brokerage key, or the holder signing for its own units.
-        if instructor is None or (t.instructor != t.sender and not self._is_instructor(instructor)):
+        # SECURITY: only a brokerage key the admin registered instructs a lock (Fabric
+        # holders do not instruct their own locks: the committee's rule, is_instructed).
+        if instructor is None or not self._is_instructor(instructor):
             raise ChaincodeError("UnknownInstructor", f"instructor={_hex(t.instructor)}")
         try:
             check_instruction(
