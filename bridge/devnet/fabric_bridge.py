@@ -165,7 +165,13 @@ class FabricBridgeLedger:
                 "members": ["0x" + m.hex() for m in committee.members],
             }
         )
-        init_args = [self.name, self.chaincode, committee_json, "0x" + self.genesis_hash.hex()]
+        init_args = [
+            self.name,
+            self.chaincode,
+            committee_json,
+            "0x" + self.genesis_hash.hex(),
+            self.admin_identity,
+        ]
         self.process = start_bridge_chaincode(self.net, self.chaincode, init_args)
         relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
         self._admin_calls(
@@ -197,6 +203,12 @@ class FabricBridgeLedger:
             self.network.stop()
 
     # -- identities and configuration ------------------------------------------------------
+    @property
+    def admin_identity(self) -> str:
+        """The endpoint admin (Org1's Admin) as Init pins it: ``<mspid>:<sha256 of cert>``."""
+        o = self.net.org("Org1")
+        return SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir).chaincode_identity()
+
     def _credentials(self, org: str, user: str) -> Credentials:
         o = self.net.org(org)
         return Credentials(key_file=o.user_key(user), cert_file=o.user_cert(user), msp_id=o.msp_id)

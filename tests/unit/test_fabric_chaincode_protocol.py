@@ -166,7 +166,9 @@ def env() -> Env:
         dave=account(),
     )
     for led in e.ledgers():
-        led.call(admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex)
+        led.call(
+            admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex, admin
+        )
         led.call(admin, "SetRelayer", relayer, "true")
         led.call(admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
         led.call(admin, "RegisterSecurity", ISIN.isin)
@@ -459,6 +461,7 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
         "kstb",
         committee_json(env.signers),
         env.a.network_hex,
+        env.stranger,
     )
     s = env.signers
     bad_committees = [
@@ -476,13 +479,15 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
     for committee in bad_committees:
         fresh = Ledger("fabric-c", "kstb")
         with pytest.raises(p.ChaincodeError) as info:
-            fresh.call(env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex)
+            fresh.call(
+                env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex, env.admin
+            )
         assert info.value.name == "InvalidCommittee", committee
         assert fresh.store.data == {}
     fresh = Ledger("fabric-c", "kstb")
     for args in (("Fabric-C", "kstb"), ("fabric-c", "bad name"), ("fabric-c", "other")):
         with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
-            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex)
+            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex, env.admin)
     for fn, args in (("Info", ()), ("Lock", ("{}", "0x")), ("Supply", (ISIN.isin,))):
         with pytest.raises(p.ChaincodeError, match=r"^NotInitialized: "):
             fresh.call(env.admin, fn, *args)
@@ -577,7 +582,13 @@ def test_execution_is_deterministic(env: Env) -> None:
 
     recorded.call = record  # type: ignore[method-assign]
     recorded.call(
-        env.admin, "Init", "fabric-a", "kstb", committee_json(env.signers), recorded.network_hex
+        env.admin,
+        "Init",
+        "fabric-a",
+        "kstb",
+        committee_json(env.signers),
+        recorded.network_hex,
+        env.admin,
     )
     recorded.call(env.admin, "SetRelayer", env.relayer, "true")
     recorded.call(env.admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
@@ -687,7 +698,15 @@ def test_claim_signed_for_another_chaincode_or_channel(env: Env) -> None:
 def test_claim_replayed_on_a_twin_endpoint_of_the_same_ledger(env: Env) -> None:
     """A twin chaincode (same ledger name, other chaincode name) refuses B's terms outright."""
     twin = Ledger("fabric-b", "kstb2")
-    twin.call(env.admin, "Init", "fabric-b", "kstb2", committee_json(env.signers), twin.network_hex)
+    twin.call(
+        env.admin,
+        "Init",
+        "fabric-b",
+        "kstb2",
+        committee_json(env.signers),
+        twin.network_hex,
+        env.admin,
+    )
     twin.call(env.admin, "SetRelayer", env.relayer, "true")
     t = locked(env)
     with pytest.raises(p.ChaincodeError, match=r"^WrongLedger: "):
@@ -1076,6 +1095,7 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
                 fresh.chaincode,
                 committee_json(env.signers),
                 fresh.network_hex,
+                who,
             )
         assert exc.value.name == "NotAdmin"
     assert fresh.store.get("config") is None
@@ -1086,6 +1106,7 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
         fresh.chaincode,
         committee_json(env.signers),
         fresh.network_hex,
+        env.admin,
     )
     assert info["admin"] == env.admin
 
@@ -1379,14 +1400,15 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     s = env.signers
     args = ["fabric-p", "kstb", committee_json(s)]
     pinned = Ledger("fabric-p", "kstb")
-    agreed = [*args, pinned.network_hex]
+    agreed = [*args, pinned.network_hex, env.admin]
     pinned.pin = p.init_parameters_digest(agreed)
     rogue_committee = [LocalKeySigner(bytes([i]) * 32) for i in (0x51, 0x52, 0x53)]
     rogue_committee.sort(key=lambda k: k.address)
     for bad in (
-        ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), pinned.network_hex],
-        [*args, "0x" + "ee" * 32],  # another network
-        ["fabric-q", "kstb", committee_json(s), pinned.network_hex],
+        ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), *agreed[3:]],
+        [*args, "0x" + "ee" * 32, env.admin],  # another network
+        ["fabric-q", "kstb", committee_json(s), *agreed[3:]],
+        [*args, pinned.network_hex, env.stranger],  # another admin
     ):
         with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: ") as info:
             pinned.call(env.admin, "Init", *bad)
@@ -1396,7 +1418,7 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: .*no pinned"):
         unpinned.call(env.admin, "Init", *agreed)
     assert unpinned.store.data == {}
-    zero = [*args, "0x" + "00" * 32]
+    zero = [*args, "0x" + "00" * 32, env.admin]
     zero_ledger = Ledger("fabric-p", "kstb", pin=p.init_parameters_digest(zero))
     with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: network word"):
         zero_ledger.call(env.admin, "Init", *zero)
@@ -1462,3 +1484,38 @@ def test_a_holder_key_does_not_instruct_unless_registered(env: Env) -> None:
     t = dataclass_replace(make_terms(env), sender=own, instructor=own)
     rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(t), holder))
     assert balance(env.a, address) == 50
+
+
+@pytest.mark.security
+def test_only_the_pinned_admin_can_initialise(env: Env) -> None:
+    """Another organisation's admin sending Init first with the (public) pinned arguments
+    is refused and does not become the endpoint admin; only the pinned identity can."""
+    other_admin = identity("Org2MSP")
+    ORG_ADMINS.add(other_admin)
+    fresh = Ledger("fabric-r", "kstb")
+    agreed = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
+    fresh.pin = p.init_parameters_digest([*agreed, env.admin])
+    with pytest.raises(p.ChaincodeError) as info:
+        fresh.call(other_admin, "Init", *agreed, env.admin)
+    assert info.value.name == "NotAdmin"
+    assert info.value.detail == f"caller={other_admin} is not the pinned admin {env.admin}"
+    assert fresh.store.data == {} and fresh.events == []
+    # Naming itself instead changes the arguments: not the pinned ones.
+    with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: "):
+        fresh.call(other_admin, "Init", *agreed, other_admin)
+    assert fresh.store.data == {}
+    assert fresh.call(env.admin, "Init", *agreed, env.admin)["admin"] == env.admin
+    with pytest.raises(p.ChaincodeError, match=r"^NotAdmin: "):
+        fresh.call(other_admin, "SetRelayer", other_admin, "true")
+
+
+@pytest.mark.security
+def test_init_admin_must_be_an_identity(env: Env) -> None:
+    fresh = Ledger("fabric-s", "kstb")
+    args = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
+    for bad in ("", "Org1MSP", env.admin.upper(), env.admin + "0", "Org1MSP:" + "g" * 64):
+        with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: admin "):
+            fresh.call(env.admin, "Init", *args, bad)
+        assert fresh.store.data == {}
+    with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: Init takes 5 arguments"):
+        fresh.call(env.admin, "Init", *args)

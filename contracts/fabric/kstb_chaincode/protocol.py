@@ -669,16 +669,25 @@ class Endpoint:
     # ------------------------------------------------------------------ administration
 
     def init(
-        self, ledger_name: str, chaincode_name: str, committee_json: str, network_hex: str
+        self,
+        ledger_name: str,
+        chaincode_name: str,
+        committee_json: str,
+        network_hex: str,
+        admin_identity: str,
     ) -> object:
-        """Configure the endpoint once; the caller, an organisation admin, becomes its admin.
+        """Configure the endpoint once; ``admin_identity`` (pinned) becomes its admin.
 
         SECURITY: the arguments (ledger, chaincode name, committee, network word = the
-        channel's genesis block hash) must hash to the pin this chaincode server was started
-        with (``Context.init_pin``). Every organisation runs its own server with its own pin
-        and the endorsement policy needs all of them, so no single organisation's admin can
-        initialise the endpoint with a committee (or network) of its own choosing. Only a
-        certificate with the NodeOU ``admin`` role may initialise, and only once.
+        channel's genesis block hash, and the admin identity ``<mspid>:<sha256 hex of the
+        certificate PEM>``) must hash to the pin this chaincode server was started with
+        (``Context.init_pin``). Every organisation runs its own server with its own pin and
+        the endorsement policy needs all of them, so no single organisation's admin can
+        initialise the endpoint with a committee, network or admin of its own choosing. The
+        caller must hold the NodeOU ``admin`` role and be exactly the pinned admin identity
+        (NotAdmin otherwise): the admin issues, redeems, freezes and chooses the relayers
+        and instruction keys, so whoever sends Init first with the public pinned arguments
+        must not become it. Only once.
         """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
@@ -689,9 +698,17 @@ class Endpoint:
             raise ChaincodeError(
                 "WrongInitParameters", "this chaincode server has no pinned Init parameters"
             )
-        digest = init_parameters_digest([ledger_name, chaincode_name, committee_json, network_hex])
+        digest = init_parameters_digest(
+            [ledger_name, chaincode_name, committee_json, network_hex, admin_identity]
+        )
         if digest != pin:
             raise ChaincodeError("WrongInitParameters", f"sha256={digest}, pinned={pin} (refused)")
+        if not _IDENTITY.fullmatch(admin_identity):
+            raise _invalid(f"admin {admin_identity!r} is not '<mspid>:<64 lowercase hex>'")
+        if self._ctx.caller != admin_identity:
+            raise ChaincodeError(
+                "NotAdmin", f"caller={self._ctx.caller} is not the pinned admin {admin_identity}"
+            )
         network = _parse_word("network", network_hex)
         if not any(network):
             raise _invalid("network word must not be zero")
@@ -712,7 +729,7 @@ class Endpoint:
             "ledger_word": _hex(ledger_word(ledger_name)),
             "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
             "network_word": _hex(network),
-            "admin": self._ctx.caller,
+            "admin": admin_identity,
         }
         self._put_json("config", config)
         self._put_json("committee", _committee_json(committee))
@@ -1138,7 +1155,7 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 
 # function name -> (method name, number of string arguments, changes state)
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
-    "Init": ("init", 4, True),
+    "Init": ("init", 5, True),
     "SetRelayer": ("set_relayer", 2, True),
     "SetInstructor": ("set_instructor", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
