@@ -2,9 +2,11 @@
 
 A rogue process holding the coordinator's certificate (a compromised coordinator: the only
 role that may call a relayer's ``Submit`` and the members' ``SignClaim``) tries to move a
-victim's units to itself without any brokerage's instruction. The ledger refuses an uninstructed lock; a lock
-instructed by a key no brokerage registered is escrowed but never certified LOCKED, and
-the coordinator has the committee certify ABORT so the units go back to the victim.
+victim's units to itself without any brokerage's instruction. The ledger refuses an uninstructed lock
+and a lock instructed by a key its admin did not register (UnknownInstructor); a lock by a
+key registered on chain but not in the network file's ``[instruction_keys]`` (the members'
+defence in depth) is escrowed but never certified LOCKED, and the coordinator has the
+committee certify ABORT so the units go back to the victim.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from web3 import Web3
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
@@ -102,25 +105,44 @@ def test_an_uninstructed_or_forged_lock_is_refused_by_the_ledger(
     registered = system.brokerage.signer(A)
     t = rogue_terms(system, victim, thief, bytes(12) + registered.address, 60)
     rogue = LocalKeySigner(secrets.token_bytes(32))
-    forged = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
-    for instruction, reason in ((b"", "MissingInstruction"), (forged, "InvalidInstruction")):
+    word = system.network.ledgers[A].network_word
+    forged = rogue.sign_digest(instruction_digest(word, t))
+    # The rogue's own key, validly signing terms that name it: not registered on chain.
+    own = rogue_terms(system, victim, thief, bytes(12) + rogue.address, 60)
+    own_signed = rogue.sign_digest(instruction_digest(word, own))
+    for terms, instruction, reason in (
+        (t, b"", "MissingInstruction"),
+        (t, forged, "InvalidInstruction"),
+        (own, own_signed, "UnknownInstructor"),
+    ):
         with pytest.raises(grpc.RpcError) as exc:
-            rogue_lock(relayer_a, t, instruction)
+            rogue_lock(relayer_a, terms, instruction)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason in exc.value.details()
+        out = a.endpoint.functions.outbound(terms.transfer_id).call()
+        assert out[0] == 0, "no leg recorded"
     assert a.balance(DEMO_ISIN, victim.address) == 100
-    out = a.endpoint.functions.outbound(t.transfer_id).call()
-    assert out[0] == 0, "no leg recorded"
 
 
-def test_a_lock_instructed_by_an_unregistered_key_is_never_certified_and_is_released(
+def test_a_lock_by_a_key_outside_the_network_file_is_never_certified_and_is_released(
     system: LocalSystem, stub, relayer_a, victim: DevAccount, thief: DevAccount
 ) -> None:
+    """Defence in depth: the chain's admin registered a key that is not in the network
+    file's ``[instruction_keys]`` (a mistake, or a compromised admin); the members still
+    refuse to certify its lock and ABORT it."""
     a, b = system.ledgers[A], system.ledgers[B]
     rogue = LocalKeySigner(secrets.token_bytes(32))
     t = rogue_terms(system, victim, thief, bytes(12) + rogue.address, 60)
     signed = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
-    rogue_lock(relayer_a, t, signed)  # the ledger checks the signature, not the authority
+    rogue_address = Web3.to_checksum_address(rogue.address)
+    system.set_instructor(A, rogue_address, True)
+    try:
+        rogue_lock(relayer_a, t, signed)  # registered on chain, unknown to the members
+        eventually_sync(
+            lambda: a.endpoint.functions.outbound(t.transfer_id).call()[0] == 1, 30, "the lock"
+        )
+    finally:
+        system.set_instructor(A, rogue_address, False)
     assert a.balance(DEMO_ISIN, victim.address) == 40
     for i in range(len(system.members)):
         with system.channel("coordinator", peer=system.member_role(i)) as ch:
