@@ -165,73 +165,59 @@ class AuthorisationInterceptor(_InterceptorBase):
             return handler
         method = handler_call_details.method
         rule = RULES.get(method)
+        for kind, make_handler, unary_request, stream_response in _HANDLER_KINDS:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return make_handler(
+                    self._guarded(inner, method, rule, unary_request, stream_response),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _guarded(
+        self,
+        inner: Callable[[Any, Any], Any],
+        method: str,
+        rule: Rule | None,
+        unary_request: bool,
+        stream_response: bool,
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        """``inner`` behind the decision: the caller's principal is decided (and the call
+        refused) before ``inner`` runs, and is :func:`current_principal` while it runs. The
+        scope check sees the request of a unary-request method, None for a request stream."""
         decide = self._decide
 
-        async def _run(result: Any, context: Any) -> Any:
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    await context.write(item)
-                return None
-            return await result
-
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await inner_uu(request, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await _run(inner_us(request, context), context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, None, context))
-                try:
-                    return await inner_su(requests, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_ss = handler.stream_stream
-        if inner_ss is None:
-            return handler
-
-        async def stream_stream(requests: Any, context: Any) -> Any:
-            token = _CURRENT.set(await decide(method, rule, None, context))
+        async def guarded(request: Any, context: Any) -> Any:
+            seen = request if unary_request else None
+            token = _CURRENT.set(await decide(method, rule, seen, context))
             try:
-                return await _run(inner_ss(requests, context), context)
+                result = inner(request, context)
+                if stream_response:
+                    return await _drain(result, context)
+                return await result
             finally:
                 _CURRENT.reset(token)
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded
+
+
+async def _drain(result: Any, context: Any) -> Any:
+    """Run a response-streaming handler: write an async iterator's items, or await a coroutine."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            await context.write(item)
+        return None
+    return await result
+
+
+_HANDLER_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool, bool], ...
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, False, True),
+)
+"""Each handler kind: its attribute, its factory, whether the request is one message and
+whether the response is a stream (in the order a handler is checked)."""
