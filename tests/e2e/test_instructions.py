@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -34,7 +33,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import demo_request, eligible_everywhere
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -155,17 +154,7 @@ def test_squatting_a_brokerages_transfer_id_is_impossible(
 ) -> None:
     """The rogue learns the brokerage's instruction (nonce, deadline, signature) before the
     coordinator locks, and tries to take the transfer id with other terms."""
-    request = system.brokerage.instruct(
-        S.SubmitTransferRequest(
-            idempotency_key=str(uuid.uuid4()),
-            security_id=DEMO_ISIN,
-            source_ledger=A,
-            target_ledger=B,
-            sender=victim.address,
-            recipient=victim.address,
-            amount="10",
-        )
-    )
+    request = system.brokerage.instruct(demo_request(victim.address, victim.address, "10", A, B))
     i = request.instruction
     real = rogue_terms(system, victim, victim, bytes(12) + i.instructor, 10)
     real = TransferTerms(**{**_fields(real), "nonce": i.nonce, "deadline": i.deadline})
@@ -195,15 +184,7 @@ def test_a_request_signed_by_an_unregistered_key_is_refused_and_not_recorded(
     system: LocalSystem, stub, victim: DevAccount
 ) -> None:
     before = count_transfers(stub)
-    base = S.SubmitTransferRequest(
-        idempotency_key=str(uuid.uuid4()),
-        security_id=DEMO_ISIN,
-        source_ledger=A,
-        target_ledger=B,
-        sender=victim.address,
-        recipient=victim.address,
-        amount="5",
-    )
+    base = demo_request(victim.address, victim.address, "5", A, B)
     for signer, code, message in (
         (LocalKeySigner(secrets.token_bytes(32)), grpc.StatusCode.PERMISSION_DENIED,
          "not an instruction key registered for ledger brokerage-a"),

@@ -39,7 +39,6 @@ from bridge.rpc.supply_convert import record_to_pb, registration_to_pb
 from bridge.supply_client import (
     FeedStale,
     FeedVerifier,
-    SupplyFeed,
     Verdict,
     audit_feed,
     watch_feed,
@@ -52,6 +51,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from tests.e2e.conftest import latest_attestation
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.supply]
@@ -79,23 +79,12 @@ def _processes_alive(system: LocalSystem) -> Iterator[None]:
     system.wait_processes_alive()
 
 
-def latest(system: LocalSystem, isin: str = DEMO_ISIN) -> Attestation:
-    async def get() -> Attestation:
-        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
-        try:
-            return (await feed.latest(isin))[0]
-        finally:
-            await feed.close()
-
-    return asyncio.run(get())
-
-
 def records_after(system: LocalSystem, sequence: int, more: int, limit_s: float) -> Attestation:
     """Wait until the feed holds record ``sequence + more`` of DEMO_ISIN; return the latest."""
 
     def probe() -> Attestation | None:
         try:
-            a = latest(system)
+            a = latest_attestation(system)
         except grpc.RpcError:
             return None
         return a if a.signed.record.sequence >= sequence + more else None
@@ -152,7 +141,7 @@ def test_out_of_sequence_sign_supply_to_every_member_is_refused_and_the_feed_goe
     registration = signed_registration(system)
     for member in range(len(system.verifier_keys)):
         # A current cut (the members re-read it), so only the sequencing rule can refuse it.
-        current = latest(system).signed.record
+        current = latest_attestation(system).signed.record
         forged = replace(
             current,
             sequence=1_000_000_000,
@@ -187,7 +176,7 @@ def test_out_of_sequence_sign_supply_to_every_member_is_refused_and_the_feed_goe
         )
     # The coordinator's real records are still signed by every member: two more records,
     # and the depository verifies the chain across the attack.
-    after = records_after(system, latest(system).signed.record.sequence, 2, 60)
+    after = records_after(system, latest_attestation(system).signed.record.sequence, 2, 60)
     assert after.signed.record.sequence >= before.signed.record.sequence + 2
     assert assert_feed_verifies_from(system, before) >= 3
 
@@ -204,7 +193,7 @@ def test_a_member_that_missed_records_catches_up_from_the_certified_previous_rec
         records_after(system, start.signed.record.sequence, 2, 60)
     finally:
         system.start_process("verifier-0")
-    missed = latest(system).signed.record.sequence
+    missed = latest_attestation(system).signed.record.sequence
     system.processes["verifier-1"].kill9()
     try:
         records_after(system, missed, 2, 60)
@@ -303,16 +292,18 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
     system.processes["verifier-2"].kill9()
     system.processes["verifier-3"].kill9()
     try:
-        frozen = latest(system).signed.record.sequence
+        frozen = latest_attestation(system).signed.record.sequence
         time.sleep(4.0)
-        assert latest(system).signed.record.sequence <= frozen + 1, "the publisher is stalled"
+        assert latest_attestation(system).signed.record.sequence <= frozen + 1, (
+            "the publisher is stalled"
+        )
         code = cli_main([*cli, "get", "--security", DEMO_ISIN, "--network", network,
                          "--max-age", "2"])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 4, out
         assert f"STALE: {DEMO_ISIN}: latest record #" in out
         code = cli_main([*cli, "watch", "--network", network, "--from",
-                         str(latest(system).feed_sequence), "--max-age", "2",
+                         str(latest_attestation(system).feed_sequence), "--max-age", "2",
                          "--fail-on-stale"])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 4, out
@@ -320,7 +311,7 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
     finally:
         system.start_process("verifier-2")
         system.start_process("verifier-3")
-    records_after(system, latest(system).signed.record.sequence, 1, 60)
+    records_after(system, latest_attestation(system).signed.record.sequence, 1, 60)
     assert cli_main([*cli, "get", "--security", DEMO_ISIN, "--network", network,
                      "--max-age", "30"]) == 0  # fmt: skip
 
