@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -10,7 +12,9 @@ import pytest
 
 from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.supply import Attestation
+from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.supply_client import SupplyFeed
 from bridge.v1 import transfer_pb2
@@ -72,3 +76,31 @@ def latest_attestation(system: LocalSystem, isin: str = DEMO_ISIN) -> Attestatio
             await feed.close()
 
     return asyncio.run(get())
+
+
+def demo_terms(
+    system: LocalSystem,
+    sender: str,
+    recipient: str,
+    amount: int,
+    *,
+    instructor: bytes | None = None,
+    ttl: int = 120,
+) -> TransferTerms:
+    """Terms moving ``amount`` DEMO_ISIN units from brokerage-a to brokerage-b with a fresh
+    nonce and a deadline ``ttl`` seconds away. ``instructor`` defaults to the sender's word
+    (holder-direct: the holder instructs itself)."""
+    a, b = system.ledgers["brokerage-a"], system.ledgers["brokerage-b"]
+    return TransferTerms(
+        nonce=secrets.token_bytes(32),
+        security=SecurityId(DEMO_ISIN).word,
+        amount=amount,
+        src_ledger=LedgerId("brokerage-a").word,
+        src_bridge=evm_address_word(a.endpoint.address),
+        dst_ledger=LedgerId("brokerage-b").word,
+        dst_bridge=evm_address_word(b.endpoint.address),
+        sender=evm_address_word(sender),
+        recipient=evm_address_word(recipient),
+        instructor=evm_address_word(sender) if instructor is None else instructor,
+        deadline=int(time.time()) + ttl,
+    )

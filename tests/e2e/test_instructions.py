@@ -10,7 +10,6 @@ the coordinator has the committee certify ABORT so the units go back to the vict
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +18,7 @@ import pytest
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import ClaimKind
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.ids import evm_address_word
 from bridge.domain.instructions import instruction_digest
 from bridge.domain.legs import Action
 from bridge.domain.signer import LocalKeySigner
@@ -33,7 +32,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from tests.e2e.conftest import demo_request, eligible_everywhere
+from tests.e2e.conftest import demo_request, demo_terms, eligible_everywhere
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -59,20 +58,7 @@ def thief(system: LocalSystem) -> DevAccount:
 def rogue_terms(
     system: LocalSystem, victim: DevAccount, thief: DevAccount, instructor: bytes, amount: int
 ) -> TransferTerms:
-    a, b = system.ledgers[A], system.ledgers[B]
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=amount,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(victim.address),
-        recipient=evm_address_word(thief.address),
-        instructor=instructor,
-        deadline=int(time.time()) + 50,
-    )
+    return demo_terms(system, victim.address, thief.address, amount, instructor=instructor, ttl=50)
 
 
 @pytest.fixture

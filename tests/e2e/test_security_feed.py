@@ -27,12 +27,10 @@ import pytest
 from bridge.cli.main import main as cli_main
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.issuance import sign_instruction
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.supply import Attestation
-from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.rpc.convert import event_to_pb
 from bridge.rpc.supply_convert import record_to_pb, registration_to_pb
@@ -51,7 +49,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from tests.e2e.conftest import latest_attestation
+from tests.e2e.conftest import demo_terms, eligible_everywhere, latest_attestation
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.supply]
@@ -319,28 +317,6 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
 # -- item 4: events are checked before they are acted on ------------------------------------------
 
 
-def _terms(system: LocalSystem, sender: str, recipient: str, amount: int) -> TransferTerms:
-    a, b = system.ledgers[A], system.ledgers[B]
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=amount,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(sender),
-        recipient=evm_address_word(recipient),
-        instructor=evm_address_word(sender),  # holder-direct: the holder instructs itself
-        deadline=int(time.time()) + 120,
-    )
-
-
-def _eligible_everywhere(system: LocalSystem, address: str) -> None:
-    for h in system.ledgers.values():
-        deploy.set_eligible(h.w3, h.admin.private_key, h.tokens[DEMO_ISIN], address, True)
-
-
 def _transfer(system: LocalSystem, tid: bytes) -> transfer_pb2.Transfer | None:
     with system.channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
@@ -356,10 +332,10 @@ def test_a_forged_locked_event_is_not_adopted_and_nothing_is_locked(system: Loca
     a, b = system.ledgers[A], system.ledgers[B]
     victim = a.make_holder(DEMO_ISIN, 50)
     thief = DevAccount.generate()
-    _eligible_everywhere(system, victim.address)
-    _eligible_everywhere(system, thief.address)
+    eligible_everywhere(system, victim.address)
+    eligible_everywhere(system, thief.address)
     escrow_before = a.escrowed(DEMO_ISIN)
-    t = _terms(system, victim.address, thief.address, 50)
+    t = demo_terms(system, victim.address, thief.address, 50)
     height = a.w3.eth.block_number
     forged = LedgerEvent(
         A, EventPosition(height, 0), b"\0" * 32, "0x" + secrets.token_hex(32), t.transfer_id,
@@ -385,9 +361,9 @@ def test_a_forged_locked_event_is_not_adopted_and_nothing_is_locked(system: Loca
 def test_a_real_holder_direct_lock_is_adopted_and_completes(system: LocalSystem) -> None:
     a, b = system.ledgers[A], system.ledgers[B]
     h = a.make_holder(DEMO_ISIN, 9)
-    _eligible_everywhere(system, h.address)
+    eligible_everywhere(system, h.address)
     a.node.fund(h.address)
-    t = _terms(system, h.address, h.address, 9)
+    t = demo_terms(system, h.address, h.address, 9)
     receipt = deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
 
     def committed() -> transfer_pb2.Transfer | None:
