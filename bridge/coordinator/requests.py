@@ -4,6 +4,7 @@ including the brokerage's signed instruction (protocol v2)."""
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.records import TransferRequest
@@ -100,6 +101,39 @@ def validate_request(
         sender=src_codec.format(sender_word),
         recipient=dst_codec.format(recipient_word),
         amount=value,
+    )
+
+
+class SubmitFields(Protocol):
+    """The fields of a submit request as they arrive (a ``SubmitTransferRequest`` has them)."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def security_id(self) -> str: ...
+    @property
+    def source_ledger(self) -> str: ...
+    @property
+    def target_ledger(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def amount(self) -> str: ...
+
+
+def validate_submit(network: NetworkConfig, request: SubmitFields) -> TransferRequest:
+    """:func:`validate_request` on a submit request's fields (same errors, same result)."""
+    return validate_request(
+        network,
+        idempotency_key=request.idempotency_key,
+        security=request.security_id,
+        source_ledger=request.source_ledger,
+        target_ledger=request.target_ledger,
+        sender=request.sender,
+        recipient=request.recipient,
+        amount=request.amount,
     )
 
 

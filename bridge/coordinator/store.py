@@ -231,6 +231,21 @@ def _instruction_from_json(text: str) -> bytes:
     return bytes.fromhex(str(json.loads(text).get("instruction", "")))
 
 
+def _append_update(
+    db: sqlite3.Connection, transfer_id: bytes, state: TransferState, detail: str, now: float
+) -> None:
+    """Append the next update (sequence = last + 1) of ``transfer_id`` inside the caller's
+    transaction."""
+    (seq,) = db.execute(
+        "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
+        (transfer_id,),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
+        (transfer_id, seq, int(state), detail, now),
+    )
+
+
 class SqliteTransferStore:
     """TransferStore on one SQLite file (WAL, fsync per commit); one writer process."""
 
@@ -427,15 +442,7 @@ class SqliteTransferStore:
                 (int(state), reason, now, transfer_id),
             )
             if int(row[0]) != int(state):
-                (seq,) = db.execute(
-                    "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates"
-                    " WHERE transfer_id = ?",
-                    (transfer_id,),
-                ).fetchone()
-                db.execute(
-                    "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
-                    (transfer_id, seq, int(state), detail, now),
-                )
+                _append_update(db, transfer_id, state, detail, now)
         record = await self.get(transfer_id)
         assert record is not None
         return record
@@ -455,14 +462,7 @@ class SqliteTransferStore:
             )
             if cur.rowcount != 1:
                 return False
-            (seq,) = db.execute(
-                "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
-                (transfer_id,),
-            ).fetchone()
-            db.execute(
-                "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
-                (transfer_id, seq, int(state), detail, now),
-            )
+            _append_update(db, transfer_id, state, detail, now)
         return True
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:

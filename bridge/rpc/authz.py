@@ -249,78 +249,61 @@ class AuthorisationInterceptor(_InterceptorBase):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         rule = RULES.get(method)
-        decide = self._decide
-        stream = self._stream
-
         if handler is None:
+            decide = self._decide
+
             # SECURITY: no service implements it: still authenticate and audit the caller
             # before answering (UNIMPLEMENTED only to an authenticated one).
             async def unknown(requests: Any, context: Any) -> Any:
                 await decide(method, rule, None, context, implemented=False)
 
             return grpc.stream_stream_rpc_method_handler(unknown)
+        for kind, make_handler, unary_request, stream_response in _HANDLER_KINDS:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return make_handler(
+                    self._guarded(inner, method, rule, unary_request, stream_response),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
 
-        async def _run(request: Any, result: Any, context: Any) -> Any:
-            await stream(method, request, result, context)
+    def _guarded(
+        self,
+        inner: Callable[[Any, Any], Any],
+        method: str,
+        rule: Rule | None,
+        unary_request: bool,
+        stream_response: bool,
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        """``inner`` behind the decision: the caller's principal is decided (and the call
+        refused) before ``inner`` runs, and is :func:`current_principal` while it runs. The
+        scope check sees the request of a unary-request method, None for a request stream."""
+        decide = self._decide
+        stream = self._stream
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await inner_uu(request, context)  # unary: no stream to guard
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await _run(request, inner_us(request, context), context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, None, context))
-                try:
-                    return await inner_su(requests, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_ss = handler.stream_stream
-        if inner_ss is None:
-            return handler
-
-        async def stream_stream(requests: Any, context: Any) -> Any:
-            token = _CURRENT.set(await decide(method, rule, None, context))
+        async def guarded(request: Any, context: Any) -> Any:
+            seen = request if unary_request else None
+            token = _CURRENT.set(await decide(method, rule, seen, context))
             try:
-                return await _run(None, inner_ss(requests, context), context)
+                result = inner(request, context)
+                if stream_response:
+                    # Streams re-check their caller as they go (revocation, expiry).
+                    return await stream(method, seen, result, context)
+                return await result
             finally:
                 _CURRENT.reset(token)
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded
+
+
+_HANDLER_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool, bool], ...
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, False, True),
+)
+"""Each handler kind: its attribute, its factory, whether the request is one message and
+whether the response is a stream (in the order a handler is checked)."""

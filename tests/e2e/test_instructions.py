@@ -12,8 +12,6 @@ committee certify ABORT so the units go back to the victim.
 from __future__ import annotations
 
 import secrets
-import time
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -23,7 +21,7 @@ from web3 import Web3
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import ClaimKind
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.ids import evm_address_word
 from bridge.domain.instructions import instruction_digest
 from bridge.domain.legs import Action
 from bridge.domain.signer import LocalKeySigner
@@ -37,7 +35,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import demo_request, demo_terms, eligible_everywhere
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -63,20 +61,7 @@ def thief(system: LocalSystem) -> DevAccount:
 def rogue_terms(
     system: LocalSystem, victim: DevAccount, thief: DevAccount, instructor: bytes, amount: int
 ) -> TransferTerms:
-    a, b = system.ledgers[A], system.ledgers[B]
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=amount,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(victim.address),
-        recipient=evm_address_word(thief.address),
-        instructor=instructor,
-        deadline=int(time.time()) + 50,
-    )
+    return demo_terms(system, victim.address, thief.address, amount, instructor=instructor, ttl=50)
 
 
 @pytest.fixture
@@ -177,17 +162,7 @@ def test_squatting_a_brokerages_transfer_id_is_impossible(
 ) -> None:
     """The rogue learns the brokerage's instruction (nonce, deadline, signature) before the
     coordinator locks, and tries to take the transfer id with other terms."""
-    request = system.brokerage.instruct(
-        S.SubmitTransferRequest(
-            idempotency_key=str(uuid.uuid4()),
-            security_id=DEMO_ISIN,
-            source_ledger=A,
-            target_ledger=B,
-            sender=victim.address,
-            recipient=victim.address,
-            amount="10",
-        )
-    )
+    request = system.brokerage.instruct(demo_request(victim.address, victim.address, "10", A, B))
     i = request.instruction
     real = rogue_terms(system, victim, victim, bytes(12) + i.instructor, 10)
     real = TransferTerms(**{**_fields(real), "nonce": i.nonce, "deadline": i.deadline})
@@ -217,15 +192,7 @@ def test_a_request_signed_by_an_unregistered_key_is_refused_and_not_recorded(
     system: LocalSystem, stub, victim: DevAccount
 ) -> None:
     before = count_transfers(stub)
-    base = S.SubmitTransferRequest(
-        idempotency_key=str(uuid.uuid4()),
-        security_id=DEMO_ISIN,
-        source_ledger=A,
-        target_ledger=B,
-        sender=victim.address,
-        recipient=victim.address,
-        amount="5",
-    )
+    base = demo_request(victim.address, victim.address, "5", A, B)
     for signer, code, message in (
         (LocalKeySigner(secrets.token_bytes(32)), grpc.StatusCode.PERMISSION_DENIED,
          "not an instruction key registered for ledger brokerage-a"),

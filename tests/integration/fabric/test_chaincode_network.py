@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bridge.core.digests import WORD_FIELDS
 from bridge.devnet.fabric import FabricError, FabricNetwork
 from bridge.devnet.fabric_bridge import pin_init, start_bridge_chaincode
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess
@@ -147,20 +148,7 @@ def holder() -> str:
 
 
 def terms_json(t: TransferTerms) -> str:
-    obj: dict[str, Any] = {
-        name: "0x" + getattr(t, name).hex()
-        for name in (
-            "nonce",
-            "security",
-            "src_ledger",
-            "src_bridge",
-            "dst_ledger",
-            "dst_bridge",
-            "sender",
-            "recipient",
-            "instructor",
-        )
-    }
+    obj: dict[str, Any] = {name: "0x" + getattr(t, name).hex() for name in WORD_FIELDS}
     obj.update(amount=str(t.amount), deadline=t.deadline)
     return json.dumps(obj)
 
