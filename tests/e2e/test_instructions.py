@@ -120,28 +120,25 @@ def test_a_lock_by_a_key_outside_the_network_file_is_never_certified_and_is_rele
     t = rogue_terms(system, victim, thief, bytes(12) + rogue.address, 60)
     signed = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
     rogue_address = Web3.to_checksum_address(rogue.address)
-    system.set_instructor(A, rogue_address, True)
+    # The coordinator is hung while the lock is examined: it would otherwise adopt the lock
+    # and have it released at once (members sign ABORT for it), racing the checks below.
+    coordinator = system.processes["coordinator"]
+    coordinator.pause()
     try:
-        rogue_lock(relayer_a, t, signed)  # registered on chain, unknown to the members
-        eventually_sync(
-            lambda: a.endpoint.functions.outbound(t.transfer_id).call()[0] == 1, 30, "the lock"
-        )
+        system.set_instructor(A, rogue_address, True)
+        try:
+            rogue_lock(relayer_a, t, signed)  # registered on chain, unknown to the members
+            eventually_sync(
+                lambda: a.endpoint.functions.outbound(t.transfer_id).call()[0] == 1,
+                30,
+                "the lock",
+            )
+        finally:
+            system.set_instructor(A, rogue_address, False)
+        assert a.balance(DEMO_ISIN, victim.address) == 40
+        refuse_locked_everywhere(system, t)
     finally:
-        system.set_instructor(A, rogue_address, False)
-    assert a.balance(DEMO_ISIN, victim.address) == 40
-    for i in range(len(system.members)):
-        with system.channel("coordinator", peer=system.member_role(i)) as ch:
-            member = verifier_pb2_grpc.VerifierServiceStub(ch)
-            with pytest.raises(grpc.RpcError) as exc:
-                member.SignClaim(
-                    verifier_pb2.SignClaimRequest(
-                        kind=int(ClaimKind.LOCKED),  # type: ignore[arg-type]
-                        terms=terms_to_pb(t),
-                    ),
-                    timeout=30,
-                )
-            assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "no brokerage instructed it" in exc.value.details()
+        coordinator.resume()
     tid = "0x" + t.transfer_id.hex()
 
     def aborted() -> bool:
@@ -155,6 +152,23 @@ def test_a_lock_by_a_key_outside_the_network_file_is_never_certified_and_is_rele
     assert a.balance(DEMO_ISIN, victim.address) == 100, "every unit back with the victim"
     assert b.balance(DEMO_ISIN, thief.address) == 0
     assert b.endpoint.functions.inbound(t.transfer_id).call()[0] == 5, "target tombstoned"
+
+
+def refuse_locked_everywhere(system: LocalSystem, t: TransferTerms) -> None:
+    """Every member refuses to certify LOCKED for ``t``: no brokerage instructed it."""
+    for i in range(len(system.members)):
+        with system.channel("coordinator", peer=system.member_role(i)) as ch:
+            member = verifier_pb2_grpc.VerifierServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as exc:
+                member.SignClaim(
+                    verifier_pb2.SignClaimRequest(
+                        kind=int(ClaimKind.LOCKED),  # type: ignore[arg-type]
+                        terms=terms_to_pb(t),
+                    ),
+                    timeout=30,
+                )
+            assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no brokerage instructed it" in exc.value.details()
 
 
 def test_squatting_a_brokerages_transfer_id_is_impossible(
