@@ -83,8 +83,18 @@ def run_numbers(result: dict[str, Any]) -> dict[str, Any]:
     n = len(committed)
     procs: dict[str, dict[str, float]] = (result.get("cpu") or {}).get("processes", {})
 
+    window = (result.get("cpu") or {}).get("window_s", 0.0)
+
     def cpu_s(pred: Any) -> float:
         return sum(r["cpu_s"] for name, r in procs.items() if pred(name))
+
+    def above_idle_s(pred: Any) -> float:
+        """CPU beyond what the idle system used over the same window (baseline sample)."""
+        return sum(
+            r["cpu_s"] - (r.get("idle_pct") or 0.0) / 100 * window
+            for name, r in procs.items()
+            if pred(name)
+        )
 
     return {
         "offered": len(result["transfers"]),
@@ -92,6 +102,7 @@ def run_numbers(result: dict[str, Any]) -> dict[str, Any]:
         "latencies": [t["end_to_end"] for t in committed if t["end_to_end"] is not None],
         "submit_rpc": [t["submit_rpc"] for t in result["transfers"] if t["submit_rpc"]],
         "daemons_cpu_s": cpu_s(lambda p: p.startswith(DAEMON_PREFIXES)),
+        "daemons_above_idle_cpu_s": above_idle_s(lambda p: p.startswith(DAEMON_PREFIXES)),
         "evm_proxy_cpu_s": cpu_s(lambda p: p.startswith("evm-proxy-")),
         "client_cpu_s": cpu_s(lambda p: p == "bench-client"),
         "all_cpu_s": cpu_s(lambda p: True),
@@ -120,6 +131,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "p95_s": percentile(lat, 95),
         "submit_p50_s": percentile(sub, 50),
         "daemons_cpu_ms": per_transfer_ms("daemons_cpu_s"),
+        "daemons_above_idle_cpu_ms": per_transfer_ms("daemons_above_idle_cpu_s"),
         "evm_proxy_cpu_ms": per_transfer_ms("evm_proxy_cpu_s"),
         "client_cpu_ms": per_transfer_ms("client_cpu_s"),
         "all_cpu_ms": per_transfer_ms("all_cpu_s"),
@@ -133,6 +145,7 @@ ROWS = (
     ("e2e latency p95 (s)", "p95_s"),
     ("SubmitTransfer p50 (s)", "submit_p50_s"),
     ("bridge daemons CPU-ms/transfer", "daemons_cpu_ms"),
+    ("  of which above idle", "daemons_above_idle_cpu_ms"),
     ("EVM TLS proxies CPU-ms/transfer", "evm_proxy_cpu_ms"),
     ("bench client CPU-ms/transfer", "client_cpu_ms"),
     ("all processes CPU-ms/transfer", "all_cpu_ms"),
@@ -182,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=2.0, help="offered transfers/s (2)")
     p.add_argument("--lanes", choices=("evm", "fabric", "all"), default="evm")
     p.add_argument("--commit-samples", type=int, default=3, help="per run (3)")
-    p.add_argument("--baseline", type=float, default=2.0, help="idle CPU sample s (2)")
+    p.add_argument("--baseline", type=float, default=5.0, help="idle CPU sample s (5)")
     p.add_argument("--settle", type=float, default=60.0)
     p.add_argument("--plain-evm-node-auth", action="store_true",
                    help="keep the EVM TLS proxy in the plain mode (gRPC part only)")  # fmt: skip
