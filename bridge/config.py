@@ -389,11 +389,20 @@ def _organisations(
                     raise InvalidInput(f"{where}: role {role} is already held by {holders[role]}")
                 holders[role] = org_id
         revoked = item.get("revoked_file")
+        revoked_file = _rel(path.parent, str(revoked)) if revoked else None
+        if revoked_file is not None:
+            # SECURITY: a missing list would silently turn revocation off; refuse to start.
+            try:
+                revoked_file.read_bytes()
+            except OSError as exc:
+                raise InvalidInput(
+                    f"{where}: revocation list {revoked_file} is not readable: {exc.strerror}"
+                ) from None
         orgs[org_id] = Organisation(
             id=org_id,
             ca_file=ca,
             roles=roles,
-            revoked_file=_rel(path.parent, str(revoked)) if revoked else None,
+            revoked_file=revoked_file,
         )
     return orgs
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 from bridge.config import NetworkConfig
-from bridge.coordinator.requests import terms_for, validate_request
+from bridge.coordinator.requests import terms_for, validate_submit
 from bridge.domain.errors import InvalidInput
 from bridge.domain.instructions import Instruction, make_nonce, sign_instruction
 from bridge.domain.signer import Signer
@@ -50,16 +50,7 @@ class Brokerage:
         """A copy of ``request`` with its instruction, signed by ``signer`` (default: the
         source ledger's key). Raises InvalidInput for a request the coordinator would refuse
         before looking at the instruction."""
-        req = validate_request(
-            self._network,
-            idempotency_key=request.idempotency_key,
-            security=request.security_id,
-            source_ledger=request.source_ledger,
-            target_ledger=request.target_ledger,
-            sender=request.sender,
-            recipient=request.recipient,
-            amount=request.amount,
-        )
+        req = validate_submit(self._network, request)
         key = signer or self.signer(req.source_ledger)
         nonce, chosen_deadline = self._chosen.setdefault(
             req.idempotency_key,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.config import load_relayer
+from bridge.daemon import run_daemon
 from bridge.domain.legs import LedgerEvent
 from bridge.ledgers.factory import open_adapter
-from bridge.ledgers.startup import LedgerMismatch, check_reached
+from bridge.ledgers.startup import check_reached
 from bridge.logfields import LEDGER, configure
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import event_to_pb
@@ -99,25 +99,7 @@ async def run(config_path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
-    parser = argparse.ArgumentParser(prog="bridge-relayer", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(run(args.config))
-    except LedgerMismatch as exc:
-        configure("relayer").error(
-            "wrong ledger, refusing to start",
-            ledger=exc.ledger,
-            what=exc.what,
-            expected=exc.expected,
-            found=exc.found,
-            error=str(exc),
-        )
-        raise SystemExit(EXIT_WRONG_LEDGER) from None
-
-
-EXIT_WRONG_LEDGER = 3
-"""Exit status when the node reached is not the configured ledger."""
+    run_daemon("bridge-relayer", "relayer", __doc__, run, argv)
 
 
 if __name__ == "__main__":

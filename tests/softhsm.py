@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.devnet.custody import SOFTHSM_MODULE as MODULE
+from bridge.devnet.custody import init_token
 from bridge.keys.reference import Pkcs11Key, SecretSource
-
-MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 
 @dataclass(frozen=True)
@@ -58,16 +57,8 @@ def make_softhsm(directory: Path, token_label: str = "kstb-test") -> SoftHsm:
 
 def add_token(hsm: SoftHsm, token_label: str) -> SoftHsm:
     """Initialise another token in ``hsm``'s directory (before any process loads the module)."""
-    pin = secrets.token_hex(8)
     pin_file = hsm.conf.parent / f"{token_label}.pin"
-    fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(pin + "\n")
-    subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", token_label,
-         "--so-pin", secrets.token_hex(8), "--pin", pin],
-        check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(hsm.conf)},
-    )  # fmt: skip
+    init_token(hsm.conf, token_label, pin_file)
     return SoftHsm(hsm.conf, token_label, pin_file)
 
 

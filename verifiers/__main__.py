@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.config import load_verifier
+from bridge.daemon import run_daemon
 from bridge.keys.loader import open_signer
 from bridge.ledgers.factory import open_reader
-from bridge.ledgers.startup import LedgerMismatch, check_reached
+from bridge.ledgers.startup import check_reached
 from bridge.logfields import configure
 from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
@@ -82,25 +82,7 @@ async def run(config_path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
-    parser = argparse.ArgumentParser(prog="bridge-verifier", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        asyncio.run(run(args.config))
-    except LedgerMismatch as exc:
-        configure("verifier").error(
-            "wrong ledger, refusing to start",
-            ledger=exc.ledger,
-            what=exc.what,
-            expected=exc.expected,
-            found=exc.found,
-            error=str(exc),
-        )
-        raise SystemExit(EXIT_WRONG_LEDGER) from None
-
-
-EXIT_WRONG_LEDGER = 3
-"""Exit status when a node reached is not the configured ledger."""
+    run_daemon("bridge-verifier", "verifier", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,21 @@
 - ABORT: the target leg is finalized REJECTED, EXPIRED or ABORTED, or the source leg is
   already RELEASED; never while the target is PREPARED or MINTED or the source BURNED.
 
-Protocol v2: LOCKED and COMMIT need the lock to have been *instructed*: the terms'
-instructor is an instruction key registered for the source ledger in the network file, or
-(EVM source only) the sender itself. The ledger has already checked the instruction's
-signature, so the member checks only the instructor's authority. An uninstructed lock may be
-ABORTed (also while the target leg is still NONE) so the escrow returns to its holder.
+Protocol v2: LOCKED needs the lock to have been *instructed*: the terms' instructor is an
+instruction key registered for the source ledger in the network file, or (EVM source only)
+the sender itself. The ledger has already checked the instruction's signature (and, since
+the on-chain registry, that the key is registered there), so the member checks only the
+instructor's authority (defence in depth). An uninstructed lock may be ABORTed (also while
+the target leg is still NONE) so the escrow returns to its holder. COMMIT does not re-check
+the instructor: a PREPARED target already proves t members certified LOCKED, i.e. the
+instruction, and a key removed from the network file while the transfer is in flight must
+not leave it neither committable nor abortable.
+
+Unknown target (:func:`check_abort_unknown_target`): a source LOCKED whose target ledger or
+bridge is not in this member's network file may be ABORTed on the source alone. No honest
+member with the same network file can have signed LOCKED for that target (a member signs
+LOCKED only through its reader of the target), so no certificate can have prepared it and
+nothing can ever commit it; the vote log still keeps this member from signing COMMIT later.
 """
 
 from __future__ import annotations
@@ -20,7 +30,13 @@ from bridge.domain.errors import PreconditionFailed
 from bridge.domain.instructions import is_instructed
 from bridge.domain.legs import LegState, LegStatus
 
-__all__ = ["ClaimRefused", "UninstructedLock", "check_claim", "is_instructed"]
+__all__ = [
+    "ClaimRefused",
+    "UninstructedLock",
+    "check_abort_unknown_target",
+    "check_claim",
+    "is_instructed",
+]
 
 
 class ClaimRefused(PreconditionFailed):
@@ -48,13 +64,18 @@ def check_claim(
 ) -> None:
     """Return if ``kind`` may be signed given both legs' finalized states; else ClaimRefused.
 
-    ``instructed`` is :func:`is_instructed` of the terms: without it LOCKED and COMMIT are
-    refused (UninstructedLock) and ABORT is also allowed while the target leg is NONE.
+    ``instructed`` is :func:`is_instructed` of the terms: without it LOCKED is refused
+    (UninstructedLock), COMMIT is refused (UninstructedLock) unless the target is already
+    PREPARED or MINTED (then t members certified the lock when it was instructed), and ABORT
+    is also allowed while the target leg is NONE.
     """
     _matches(source, terms_hash, "source")
     _matches(target, terms_hash, "target")
     src, dst = source.state, target.state
-    if not instructed:
+    # SECURITY: a PREPARED/MINTED target already proves a LOCKED certificate, so COMMIT
+    # needs no instructor check (which would strand a transfer whose key was removed).
+    prepared = dst in (LegState.PREPARED, LegState.MINTED)
+    if not instructed and not (kind is ClaimKind.COMMIT and prepared):
         if kind is not ClaimKind.ABORT:
             raise UninstructedLock(
                 "the lock's instructor is not an instruction key registered for the source"
@@ -91,3 +112,23 @@ def check_claim(
             f"target leg is {dst.name} at height {target.height}: nothing to abort on"
         )
     raise ClaimRefused(f"unknown claim kind {kind}")
+
+
+def check_abort_unknown_target(terms_hash: bytes, source: LegStatus) -> None:
+    """Return if ABORT may be signed, for the source ledger only, for terms whose target
+    ledger or bridge is not in this member's network file; else ClaimRefused.
+
+    Allowed while the source leg holds these terms LOCKED (or already RELEASED); refused
+    for NONE (nothing to abort) and BURNED (a COMMIT certificate exists).
+    SECURITY: sound because a member signs LOCKED only for a target it reads, so no honest
+    member signed LOCKED for this target and no PREPARE there can carry a certificate; the
+    caller still records the ABORT in the vote log (never COMMIT after it).
+    """
+    _matches(source, terms_hash, "source")
+    src = source.state
+    if src in (LegState.LOCKED, LegState.RELEASED):
+        return
+    raise ClaimRefused(
+        f"source leg is {src.name} at height {source.height}: nothing to abort"
+        " towards an unknown target"
+    )

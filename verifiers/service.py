@@ -20,7 +20,7 @@ from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
-from verifiers.policy import check_claim, is_instructed
+from verifiers.policy import check_abort_unknown_target, check_claim, is_instructed
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
@@ -121,8 +121,18 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             raise InvalidInput("kind must be LOCKED, COMMIT or ABORT") from None
         terms = terms_from_pb(request.terms)
         src = self._reader(terms.src_ledger, terms.src_bridge, "source")
-        dst = self._reader(terms.dst_ledger, terms.dst_bridge, "target")
         tid, th = terms.transfer_id, terms.terms_hash
+        try:
+            dst = self._reader(terms.dst_ledger, terms.dst_bridge, "target")
+        except (NotFound, InvalidInput):
+            if kind is not ClaimKind.ABORT:
+                raise
+            # SECURITY: a target this member does not know was never certified LOCKED by
+            # it (nor by any member with the same network file): the source lock can only
+            # be released. Signed for the source ledger alone; recorded in the vote log.
+            check_abort_unknown_target(th, await src.get_leg(tid, Leg.OUTBOUND))
+            self._votes.record(tid, kind, th)
+            return await self._sign(kind, tid, th, [src])
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
@@ -135,7 +145,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         check_claim(kind, th, source, target, instructed=instructed)
         if kind is not ClaimKind.LOCKED:
             self._votes.record(tid, kind, th)
-        ledgers = [dst] if kind is ClaimKind.LOCKED else [src, dst]
+        return await self._sign(kind, tid, th, [dst] if kind is ClaimKind.LOCKED else [src, dst])
+
+    async def _sign(
+        self, kind: ClaimKind, tid: bytes, th: bytes, ledgers: list[LedgerReader]
+    ) -> verifier_pb2.SignClaimResponse:
+        """This member's signatures over the claim for each of ``ledgers`` (each with the
+        ledger's own claim domain and verified network word)."""
         claim = Claim(kind=kind, transfer_id=tid, terms_hash=th)
         out = verifier_pb2.SignClaimResponse(signer=self._signer.address)
         for reader in ledgers:

@@ -1,8 +1,10 @@
-"""The CLI's mutual-TLS identity: ``--tls-cert/--tls-key/--tls-ca`` or ``--client-config``.
+"""The CLI's mutual-TLS identity: ``--tls-cert/--tls-key --network [--tls-ca]`` or
+``--client-config``.
 
-A client config file is TOML with a ``[tls]`` table (``cert_file``, ``key_file``, optional
-``ca_files``) and optionally ``network`` (the network file, whose organisations holding
-the coordinator role then supply the trust roots).
+A client config file is TOML with ``network`` (the network file) and a ``[tls]`` table
+(``cert_file``, ``key_file``, optional ``ca_files``). The trust roots for the server are
+the CAs of the organisations the network file grants the server's role; ``--tls-ca`` /
+``ca_files`` may only narrow them (see :func:`bridge.rpc.tls.client_roots`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, help="client certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="client key (PEM, 0600)")
     p.add_argument(
-        "--tls-ca", type=Path, action="append", default=[], help="CA for the coordinator"
+        "--tls-ca",
+        type=Path,
+        action="append",
+        default=[],
+        help="optional: trust only this CA (must be a CA of the coordinator's organisation)",
+    )
+    p.add_argument(
+        "--network",
+        dest="client_network",
+        type=Path,
+        help="the network file: its organisations holding the server's role are the trust roots",
     )
     p.add_argument("--client-config", type=Path, help="TOML file with a [tls] table")
 
@@ -39,12 +51,21 @@ def identity(a: argparse.Namespace, peer: Role | None = None) -> ClientIdentity 
         tls = load_tls(raw, base, str(a.client_config))
         if tls is None:
             raise InvalidInput(f"{a.client_config}: no [tls] table")
-        network = load_network(base / raw["network"]) if "network" in raw else None
-        return ClientIdentity.to(network, tls, peer)
+        if "network" not in raw:
+            # SECURITY: the trust roots come from the network file's role holders.
+            raise InvalidInput(f"{a.client_config}: network = <the network file> is required")
+        return ClientIdentity.to(load_network(base / raw["network"]), tls, peer)
     if a.tls_cert is None and a.tls_key is None:
         return None
-    if a.tls_cert is None or a.tls_key is None or not a.tls_ca:
-        raise InvalidInput("--tls-cert, --tls-key and --tls-ca go together")
+    if a.tls_cert is None or a.tls_key is None:
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    network_file = getattr(a, "client_network", None) or getattr(a, "network", None)
+    if network_file is None:
+        raise InvalidInput(
+            "--network <network file> is required with --tls-cert: only the CAs of the"
+            f" organisations holding role {peer} may vouch for that server"
+        )
     if a.tls_key.stat().st_mode & 0o077:
         raise InvalidInput(f"{a.tls_key} must be 0600 (not group/world readable)")
-    return ClientIdentity.to(None, TlsConfig(a.tls_cert, a.tls_key, tuple(a.tls_ca)), peer)
+    tls = TlsConfig(a.tls_cert, a.tls_key, tuple(a.tls_ca))
+    return ClientIdentity.to(load_network(network_file), tls, peer)

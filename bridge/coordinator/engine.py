@@ -23,7 +23,11 @@ from bridge.coordinator.records import (
     TransferRequest,
     TransferUpdate,
 )
-from bridge.coordinator.requests import ADOPTED_KEY_PREFIX, check_instruction, terms_for
+from bridge.coordinator.requests import (
+    ADOPTED_KEY_PREFIX,
+    authorise_instruction,
+    check_deadline,
+)
 from bridge.coordinator.store import TransferStore
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
@@ -37,7 +41,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.ids import SecurityId
-from bridge.domain.instructions import Instruction, is_instructed, verify_instruction
+from bridge.domain.instructions import Instruction, is_instructed
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, LegStatus, RejectReason
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
@@ -204,29 +208,30 @@ class Coordinator:
     async def submit(
         self, request: TransferRequest, instruction: Instruction
     ) -> tuple[TransferRecord, bool]:
-        """Record a new transfer (or return the one with the same idempotency key).
+        """Record a new transfer (or return the one with the same idempotency key from the
+        same source ledger).
 
         SECURITY: the brokerage's instruction is checked first (registered instructor for
-        the source ledger, its signature over exactly these terms, deadline bounds); nothing
-        is recorded for a refused one. The coordinator chooses no term: the nonce and the
-        deadline are the instructor's. Pre-checks the sender's balance and standing and that
-        both tokens are registered and not paused; the recipient's eligibility is decided on
-        the target ledger.
+        the source ledger, its signature over exactly these terms), before any recorded key
+        is looked up; then, for a new transfer, its deadline bounds (a retry of a recorded
+        one may come after its deadline). Keys are scoped per source ledger, so one
+        brokerage can neither probe nor squat another's. Nothing is recorded for a refused
+        instruction; the same instruction under a new key is a Conflict. The coordinator
+        chooses no term: the nonce and the deadline are the instructor's. Pre-checks the
+        sender's balance and standing and that both tokens are registered and not paused;
+        the recipient's eligibility is decided on the target ledger.
         """
+        # SECURITY: authenticate the instruction (registered instructor, signature) before
+        # any recorded key is read: a caller without one learns nothing about keys in use.
+        terms = authorise_instruction(self._network, request, instruction)
         existing = await self._existing(request)
         if existing is not None:
             # A retry: the same signed terms as recorded (its deadline may have passed since).
-            terms = terms_for(self._network, request, instruction)
-            verify_instruction(
-                self._network.ledgers[request.source_ledger].network_word,
-                terms,
-                instruction.signature,
-            )
             if existing.terms != terms:
                 raise Conflict("idempotency_key was already used with other instructed terms")
             return existing, False
         now = time.time()
-        terms = check_instruction(self._network, request, instruction, now=now, ttl=self._ttl)
+        check_deadline(instruction, now=now, ttl=self._ttl)
         if self._supply is not None:
             refusal = await self._supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)
@@ -254,7 +259,7 @@ class Coordinator:
         return stored, True
 
     async def _existing(self, request: TransferRequest) -> TransferRecord | None:
-        record = await self._store.get_by_key(request.idempotency_key)
+        record = await self._store.get_by_key(request.source_ledger, request.idempotency_key)
         if record is not None and record.request.fingerprint() != request.fingerprint():
             raise Conflict("idempotency_key was already used for a different transfer")
         return record

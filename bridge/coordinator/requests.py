@@ -4,6 +4,7 @@ including the brokerage's signed instruction (protocol v2)."""
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.records import TransferRequest
@@ -103,6 +104,39 @@ def validate_request(
     )
 
 
+class SubmitFields(Protocol):
+    """The fields of a submit request as they arrive (a ``SubmitTransferRequest`` has them)."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def security_id(self) -> str: ...
+    @property
+    def source_ledger(self) -> str: ...
+    @property
+    def target_ledger(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def amount(self) -> str: ...
+
+
+def validate_submit(network: NetworkConfig, request: SubmitFields) -> TransferRequest:
+    """:func:`validate_request` on a submit request's fields (same errors, same result)."""
+    return validate_request(
+        network,
+        idempotency_key=request.idempotency_key,
+        security=request.security_id,
+        source_ledger=request.source_ledger,
+        target_ledger=request.target_ledger,
+        sender=request.sender,
+        recipient=request.recipient,
+        amount=request.amount,
+    )
+
+
 DEADLINE_SKEW_S = 60
 """Seconds a brokerage's clock may run ahead of the coordinator's."""
 
@@ -128,6 +162,39 @@ def terms_for(
     )
 
 
+def authorise_instruction(
+    network: NetworkConfig, request: TransferRequest, instruction: Instruction
+) -> TransferTerms:
+    """Return the instructed terms if the instruction is authentic, whatever its deadline.
+
+    SECURITY: the instructor must be an instruction key registered for the source ledger
+    (UnauthorisedInstructor, PERMISSION_DENIED) and the signature must be its signature over
+    exactly these terms on the source ledger's network (InvalidInstruction,
+    PERMISSION_DENIED), checked with the ledgers' own rule. Runs before anything recorded is
+    read, so a caller without a valid instruction learns nothing about recorded keys.
+    """
+    if not network.may_instruct(request.source_ledger, instruction.instructor):
+        raise UnauthorisedInstructor(
+            f"instructor 0x{instruction.instructor.hex()} is not an instruction key registered"
+            f" for ledger {request.source_ledger}"
+        )
+    terms = terms_for(network, request, instruction)
+    verify_instruction(
+        network.ledgers[request.source_ledger].network_word, terms, instruction.signature
+    )
+    return terms
+
+
+def check_deadline(instruction: Instruction, *, now: float, ttl: int) -> None:
+    """Refuse (InvalidInput) a deadline that has passed or lies more than ``ttl`` seconds
+    (plus clock skew) ahead. Applies to new transfers only: a retry of a recorded one may
+    come after its deadline."""
+    if instruction.deadline <= now:
+        raise InvalidInput("instruction.deadline has passed")
+    if instruction.deadline > now + ttl + DEADLINE_SKEW_S:
+        raise InvalidInput(f"instruction.deadline is more than transfer_ttl={ttl}s ahead")
+
+
 def check_instruction(
     network: NetworkConfig,
     request: TransferRequest,
@@ -138,23 +205,9 @@ def check_instruction(
 ) -> TransferTerms:
     """Return the instructed terms, or refuse before anything is recorded.
 
-    SECURITY: the instructor must be an instruction key registered for the source ledger
-    (UnauthorisedInstructor, PERMISSION_DENIED) and the signature must be its signature over
-    exactly these terms on the source ledger's network (InvalidInstruction,
-    PERMISSION_DENIED), checked with the ledgers' own rule; the deadline must lie in the
-    future and at most ``ttl`` seconds (plus clock skew) ahead (InvalidInput).
+    SECURITY: authorise_instruction (registered instructor, signature over exactly these
+    terms) and then check_deadline (InvalidInput).
     """
-    if not network.may_instruct(request.source_ledger, instruction.instructor):
-        raise UnauthorisedInstructor(
-            f"instructor 0x{instruction.instructor.hex()} is not an instruction key registered"
-            f" for ledger {request.source_ledger}"
-        )
-    if instruction.deadline <= now:
-        raise InvalidInput("instruction.deadline has passed")
-    if instruction.deadline > now + ttl + DEADLINE_SKEW_S:
-        raise InvalidInput(f"instruction.deadline is more than transfer_ttl={ttl}s ahead")
-    terms = terms_for(network, request, instruction)
-    verify_instruction(
-        network.ledgers[request.source_ledger].network_word, terms, instruction.signature
-    )
+    terms = authorise_instruction(network, request, instruction)
+    check_deadline(instruction, now=now, ttl=ttl)
     return terms

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bridge.config import NetworkConfig
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
-from bridge.coordinator.requests import validate_request
+from bridge.coordinator.requests import validate_submit
 from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import InvalidInput
 from bridge.domain.transfer import TransferState
@@ -72,16 +72,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.SubmitTransferRequest, context: Context
     ) -> transfer_pb2.SubmitTransferResponse:
         """Validate, pre-check, record and start a transfer (idempotent per key)."""
-        req = validate_request(
-            self._network,
-            idempotency_key=request.idempotency_key,
-            security=request.security_id,
-            source_ledger=request.source_ledger,
-            target_ledger=request.target_ledger,
-            sender=request.sender,
-            recipient=request.recipient,
-            amount=request.amount,
-        )
+        req = validate_submit(self._network, request)
         record, created = await self._coordinator.submit(req, instruction_from_pb(request))
         return transfer_pb2.SubmitTransferResponse(transfer=transfer_to_pb(record), created=created)
 

@@ -19,6 +19,7 @@ from bridge.coordinator.records import (
     TransferUpdate,
 )
 from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import Conflict
 from bridge.domain.legs import LedgerEvent, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -31,16 +32,21 @@ class TransferStore(Protocol):
     """
 
     async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
-        """Insert ``record`` unless its idempotency key exists; return the stored one and
-        whether it was created."""
+        """Insert ``record`` unless its idempotency key exists for its source ledger; return
+        the stored one and whether it was created.
+
+        Raises Conflict when the transfer id is already recorded under another key."""
         ...
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """The transfer, or None."""
         ...
 
-    async def get_by_key(self, idempotency_key: str) -> TransferRecord | None:
-        """The transfer created with this idempotency key, or None."""
+    async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
+        """The transfer from ``source_ledger`` created with this idempotency key, or None.
+
+        SECURITY: keys are scoped per source ledger (one brokerage's namespace), so no
+        brokerage can learn or squat another's keys."""
         ...
 
     async def list_transfers(
@@ -121,11 +127,11 @@ class TransferStore(Protocol):
         ...
 
 
-_SCHEMA = """
+_TRANSFERS_TABLE = """
 CREATE TABLE IF NOT EXISTS transfers (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   transfer_id BLOB NOT NULL UNIQUE,
-  idempotency_key TEXT NOT NULL UNIQUE,
+  idempotency_key TEXT NOT NULL,
   request TEXT NOT NULL,
   terms TEXT NOT NULL,
   security TEXT NOT NULL,
@@ -133,9 +139,16 @@ CREATE TABLE IF NOT EXISTS transfers (
   reason TEXT NOT NULL,
   created_at REAL NOT NULL,
   updated_at REAL NOT NULL,
-  transactions TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state);
+  transactions TEXT NOT NULL DEFAULT '{}',
+  origin TEXT NOT NULL DEFAULT 'submitted',
+  source_ledger TEXT NOT NULL,
+  UNIQUE (source_ledger, idempotency_key)
+)
+"""
+
+_SCHEMA = (
+    _TRANSFERS_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS transfer_updates (
   transfer_id BLOB NOT NULL,
   sequence INTEGER NOT NULL,
@@ -178,6 +191,7 @@ CREATE TABLE IF NOT EXISTS ledger_progress (
   scanned INTEGER NOT NULL
 );
 """
+)
 
 
 def _terms_json(t: TransferTerms, instruction: bytes = b"") -> str:
@@ -217,6 +231,21 @@ def _instruction_from_json(text: str) -> bytes:
     return bytes.fromhex(str(json.loads(text).get("instruction", "")))
 
 
+def _append_update(
+    db: sqlite3.Connection, transfer_id: bytes, state: TransferState, detail: str, now: float
+) -> None:
+    """Append the next update (sequence = last + 1) of ``transfer_id`` inside the caller's
+    transaction."""
+    (seq,) = db.execute(
+        "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
+        (transfer_id,),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
+        (transfer_id, seq, int(state), detail, now),
+    )
+
+
 class SqliteTransferStore:
     """TransferStore on one SQLite file (WAL, fsync per commit); one writer process."""
 
@@ -239,7 +268,32 @@ class SqliteTransferStore:
                 "UPDATE transfers SET origin = 'adopted'"
                 " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
             )
+        if "source_ledger" not in columns:
+            self._scope_keys_per_ledger()
+        self._db.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
         self._lock = threading.Lock()
+
+    def _scope_keys_per_ledger(self) -> None:
+        """Migrate a file written before keys were scoped per source ledger (issue 9 review):
+        rebuild ``transfers`` without the global UNIQUE on the key (SQLite cannot drop a
+        constraint in place), keeping every row, its ``seq`` and its origin."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE transfers RENAME TO transfers_v1")
+            self._db.execute("DROP INDEX IF EXISTS transfers_state")
+            self._db.execute(_TRANSFERS_TABLE)
+            self._db.execute(
+                "INSERT INTO transfers (seq, transfer_id, idempotency_key, request, terms,"
+                " security, state, reason, created_at, updated_at, transactions, origin,"
+                " source_ledger) SELECT seq, transfer_id, idempotency_key, request, terms,"
+                " security, state, reason, created_at, updated_at, transactions, origin,"
+                " json_extract(request, '$.source_ledger') FROM transfers_v1 ORDER BY seq"
+            )
+            self._db.execute("DROP TABLE transfers_v1")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -279,8 +333,8 @@ class SqliteTransferStore:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO transfers (transfer_id, idempotency_key, request, terms,"
-                " security, state, reason, created_at, updated_at, origin)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " security, state, reason, created_at, updated_at, origin, source_ledger)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.transfer_id,
                     r.idempotency_key,
@@ -292,6 +346,7 @@ class SqliteTransferStore:
                     record.created_at,
                     record.updated_at,
                     record.origin.value,
+                    r.source_ledger,
                 ),
             )
             created = cur.rowcount == 1
@@ -301,11 +356,17 @@ class SqliteTransferStore:
                     (record.transfer_id, int(record.state), "accepted", record.created_at),
                 )
             row = db.execute(
-                f"SELECT {self._COLS} FROM transfers WHERE idempotency_key = ?",  # noqa: S608
-                (r.idempotency_key,),
+                f"SELECT {self._COLS} FROM transfers"  # noqa: S608
+                " WHERE source_ledger = ? AND idempotency_key = ?",
+                (r.source_ledger, r.idempotency_key),
             ).fetchone()
         stored = self._row(row)
-        assert stored is not None
+        if stored is None:
+            # Ignored, yet no row has this key: the transfer id is recorded under another.
+            raise Conflict(
+                f"transfer 0x{record.transfer_id.hex()} (the same instruction) was already"
+                " submitted under another idempotency_key"
+            )
         return stored, created
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
@@ -316,11 +377,12 @@ class SqliteTransferStore:
         ).fetchone()
         return self._row(row)
 
-    async def get_by_key(self, idempotency_key: str) -> TransferRecord | None:
+    async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """See TransferStore.get_by_key."""
         row = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers WHERE idempotency_key = ?",  # noqa: S608
-            (idempotency_key,),
+            f"SELECT {self._COLS} FROM transfers"  # noqa: S608
+            " WHERE source_ledger = ? AND idempotency_key = ?",
+            (source_ledger, idempotency_key),
         ).fetchone()
         return self._row(row)
 
@@ -380,15 +442,7 @@ class SqliteTransferStore:
                 (int(state), reason, now, transfer_id),
             )
             if int(row[0]) != int(state):
-                (seq,) = db.execute(
-                    "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates"
-                    " WHERE transfer_id = ?",
-                    (transfer_id,),
-                ).fetchone()
-                db.execute(
-                    "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
-                    (transfer_id, seq, int(state), detail, now),
-                )
+                _append_update(db, transfer_id, state, detail, now)
         record = await self.get(transfer_id)
         assert record is not None
         return record
@@ -408,14 +462,7 @@ class SqliteTransferStore:
             )
             if cur.rowcount != 1:
                 return False
-            (seq,) = db.execute(
-                "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
-                (transfer_id,),
-            ).fetchone()
-            db.execute(
-                "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
-                (transfer_id, seq, int(state), detail, now),
-            )
+            _append_update(db, transfer_id, state, detail, now)
         return True
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:

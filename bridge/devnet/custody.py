@@ -65,8 +65,18 @@ def create_dev_token(directory: Path, label: str = "kstb-devnet") -> DevToken:
     tokens.mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    pin = secrets.token_hex(8)
     pin_file = directory / "user.pin"
+    init_token(conf, label, pin_file)
+    return DevToken(conf, label, pin_file)
+
+
+def init_token(conf: Path, label: str, pin_file: Path) -> None:
+    """Initialise token ``label`` in the SoftHSM2 configuration ``conf``.
+
+    The user PIN is random and written to ``pin_file`` (0600, never over an existing file);
+    the security officer PIN is random and discarded.
+    """
+    pin = secrets.token_hex(8)
     fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(pin + "\n")
@@ -75,7 +85,6 @@ def create_dev_token(directory: Path, label: str = "kstb-devnet") -> DevToken:
          "--so-pin", secrets.token_hex(8), "--pin", pin],
         check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     )  # fmt: skip
-    return DevToken(conf, label, pin_file)
 
 
 def issue_client_certificate(

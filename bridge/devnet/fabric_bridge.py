@@ -150,9 +150,12 @@ class FabricBridgeLedger:
         return self.network
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, committee: Committee, isins: Sequence[str]) -> FabricBridgeLedger:
-        """Start the network, deploy and initialise the chaincode, register ``isins``, and
-        grant the relayer identity its role."""
+    def start(
+        self, committee: Committee, isins: Sequence[str], instructors: Sequence[str] = ()
+    ) -> FabricBridgeLedger:
+        """Start the network, deploy and initialise the chaincode, register ``isins``, grant
+        the relayer identity its role and register the brokerage ``instructors`` (0x
+        addresses) as instruction keys."""
         self.network = FabricNetwork(self.workdir / f"fabric-{self.name}").start()
         self.genesis_hash = self._run(lambda client: client.genesis_hash())
         committee_json = json.dumps(
@@ -162,13 +165,20 @@ class FabricBridgeLedger:
                 "members": ["0x" + m.hex() for m in committee.members],
             }
         )
-        init_args = [self.name, self.chaincode, committee_json, "0x" + self.genesis_hash.hex()]
+        init_args = [
+            self.name,
+            self.chaincode,
+            committee_json,
+            "0x" + self.genesis_hash.hex(),
+            self.admin_identity,
+        ]
         self.process = start_bridge_chaincode(self.net, self.chaincode, init_args)
         relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
         self._admin_calls(
             [("Init", init_args)]
             + [("RegisterSecurity", [isin]) for isin in isins]
             + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
+            + [("SetInstructor", [key.lower(), "true"]) for key in instructors]
         )
         self.isins = list(isins)
         return self
@@ -193,6 +203,12 @@ class FabricBridgeLedger:
             self.network.stop()
 
     # -- identities and configuration ------------------------------------------------------
+    @property
+    def admin_identity(self) -> str:
+        """The endpoint admin (Org1's Admin) as Init pins it: ``<mspid>:<sha256 of cert>``."""
+        o = self.net.org("Org1")
+        return SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir).chaincode_identity()
+
     def _credentials(self, org: str, user: str) -> Credentials:
         o = self.net.org(org)
         return Credentials(key_file=o.user_key(user), cert_file=o.user_cert(user), msp_id=o.msp_id)
@@ -286,6 +302,14 @@ class FabricBridgeLedger:
             return json.loads(await client.evaluate(self.chaincode, fn, list(args)))
 
         return self._run(run)
+
+    def set_instructor(self, key: str, enabled: bool = True) -> None:
+        """Register (or remove) brokerage instruction key ``key`` (a 0x address)."""
+        self._admin_calls([("SetInstructor", [key.lower(), "true" if enabled else "false"])])
+
+    def is_instructor(self, key: str) -> bool:
+        """Whether the endpoint accepts locks instructed by ``key``."""
+        return bool(self._query("IsInstructor", key.lower())["instructor_registered"])
 
     def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
         """Add ``holder`` to (or remove it from) the eligible holders."""

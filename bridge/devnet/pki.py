@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bridge.devnet.ca_cert import CLOCK_SKEW, key_pem, new_self_signed_ca
 from bridge.rpc.roles import parse_role
 
 CA_VALIDITY = datetime.timedelta(days=7)
@@ -65,46 +66,12 @@ class CertificateAuthority:
         cls, org: str, directory: Path, validity: datetime.timedelta
     ) -> CertificateAuthority:
         """A new self-signed CA for ``org`` written under ``directory``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        name = _name(org, f"{org} CA")
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + validity)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, hashes.SHA256())
-        )
+        key, cert = new_self_signed_ca(_name(org, f"{org} CA"), validity, key_identifier=True)
         ca_file = directory / "ca.pem"
         _atomic_write(ca_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         _atomic_write(
             directory / "ca.key",
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+            key_pem(key),
             0o600,
         )
         revoked = directory / "revoked.txt"
@@ -126,7 +93,7 @@ class CertificateAuthority:
         """A leaf for ``cn`` in ``role`` (OU), written to ``key_file`` then ``cert_file``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        start = not_before or now - datetime.timedelta(minutes=5)
+        start = not_before or now - CLOCK_SKEW
         end = not_after or min(now + LEAF_VALIDITY, self.cert.not_valid_after_utc)
         server_name = parse_role(role).server_name
         cert = (
@@ -162,11 +129,7 @@ class CertificateAuthority:
         )
         _atomic_write(
             key_file,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+            key_pem(key),
             0o600,
         )
         _atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)

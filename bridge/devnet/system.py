@@ -148,6 +148,11 @@ class LocalSystem:
             w3 = deploy.connect(node.rpc_url)
             endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), committee)
             deploy.set_relayer(w3, admin.private_key, endpoint, relayer_address, True)
+            # SECURITY: the endpoint accepts relayer locks only for the brokerage instruction
+            # key(s) the network file lists for this ledger (`[instruction_keys]`).
+            deploy.set_instructor(
+                w3, admin.private_key, endpoint, self.instruction_key(name).address, True
+            )
             handle = LedgerHandle(name, node, admin, relayer, endpoint)
             for isin in self.isins:
                 token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
@@ -155,7 +160,9 @@ class LocalSystem:
                 handle.tokens[isin] = token
             self.ledgers[name] = handle
         for name in self.fabric_ledger_names:
-            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(committee, self.isins)
+            self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
+                committee, self.isins, instructors=[self.instruction_key(name).address]
+            )
 
     def _start_custody(self) -> Committee:
         """The committee's keys: 0600 files, or keys generated inside a SoftHSM2 token."""
@@ -228,6 +235,15 @@ class LocalSystem:
             key = self.instruction_keys[ledger] = DevAccount.generate()
             write_key_file(self.workdir / "keys" / f"instruction-{ledger}.key", key)
         return key
+
+    def set_instructor(self, ledger: str, key: str, enabled: bool = True) -> None:
+        """Register (or remove) ``key`` as an instruction key on ``ledger``'s endpoint, as
+        its admin (only the chain: the network file's ``[instruction_keys]`` is unchanged)."""
+        if ledger in self.fabric:
+            self.fabric[ledger].set_instructor(key, enabled)
+            return
+        h = self.ledgers[ledger]
+        deploy.set_instructor(h.w3, h.admin.private_key, h.endpoint, key, enabled)
 
     @property
     def network(self) -> NetworkConfig:
@@ -374,6 +390,8 @@ class LocalSystem:
             "--tls-key",
             str(cert.key_file),
             *[arg for ca in cas for arg in ("--tls-ca", str(ca))],
+            "--network",
+            str(self.workdir / "network.toml"),
         ]
 
     def server_credentials(self, principal: str) -> grpc.ServerCredentials:

@@ -44,17 +44,7 @@ class TransferTerms:
     deadline: int
 
     def __post_init__(self) -> None:
-        for name in (
-            "nonce",
-            "security",
-            "src_ledger",
-            "src_bridge",
-            "dst_ledger",
-            "dst_bridge",
-            "sender",
-            "recipient",
-            "instructor",
-        ):
+        for name in core.WORD_FIELDS:
             _word(name, getattr(self, name))
         if not 0 < self.amount <= UINT256_MAX:
             raise InvalidInput("amount must be between 1 and 2**256-1")

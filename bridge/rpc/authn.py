@@ -14,7 +14,9 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -23,6 +25,8 @@ from cryptography.x509.oid import NameOID
 from bridge.config import NetworkConfig, Organisation
 from bridge.domain.errors import BridgeError, InvalidInput
 from bridge.rpc.roles import Principal, parse_role
+
+log = structlog.get_logger(__name__)
 
 
 class Unauthenticated(BridgeError):
@@ -79,56 +83,114 @@ class _CA:
     cert: x509.Certificate
 
 
+_Stamp = tuple[int, int, int] | None
+"""(inode, size, mtime_ns) of a file, None when it cannot be stat'ed: a replaced file
+(rename over it) changes the inode even within one mtime tick."""
+
+
+def _stamp(path: Path | None) -> _Stamp:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _OrgFiles:
+    """One organisation's CA certificates and revocation list as last read successfully,
+    and why its files are unusable now (None: they are usable)."""
+
+    stamp: tuple[_Stamp, _Stamp]
+    cas: tuple[_CA, ...]
+    revoked: frozenset[str]
+    problem: str | None
+
+
+def _load_org(org: Organisation) -> tuple[tuple[_CA, ...], frozenset[str]]:
+    """Read an organisation's CA file and revocation list; raises InvalidInput naming the
+    file when either is missing, unreadable or malformed."""
+    try:
+        cas = tuple(_CA(org, c) for c in x509.load_pem_x509_certificates(org.ca_file.read_bytes()))
+    except OSError as exc:
+        raise InvalidInput(f"CA file {org.ca_file} is not readable: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidInput(f"CA file {org.ca_file} holds no valid certificate: {exc}") from None
+    revoked: frozenset[str] = frozenset()
+    if org.revoked_file is not None:
+        try:
+            revoked = _read_revoked(str(org.revoked_file))
+        except OSError as exc:
+            raise InvalidInput(
+                f"revocation list {org.revoked_file} is not readable: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"revocation list {org.revoked_file} is not UTF-8 text") from None
+    return cas, revoked
+
+
 class Authenticator:
     """Maps peer certificates to principals for one network file.
 
     Guarantees: :meth:`principal` returns a Principal only for a certificate issued
     directly by an organisation's CA, with O = that organisation, one OU naming a role the
     organisation holds, not revoked and not expired; otherwise raises Unauthenticated.
-    CA files and revocation lists are re-read when they change on disk.
+    CA files and revocation lists are re-read when they change on disk (a replaced file
+    too). Construction raises InvalidInput when any of them is missing, unreadable or
+    malformed (refuse to start). Later, an organisation whose files become unusable has
+    its certificates refused (fail closed: a revocation could not be applied) and an alarm
+    logged, while every other organisation is served as before; its last good CA
+    certificates are kept only to recognise which organisation a certificate belongs to.
     """
 
     def __init__(self, network: NetworkConfig) -> None:
         self._orgs: Mapping[str, Organisation] = network.organisations
         self._lock = threading.Lock()
-        self._stamp: tuple[tuple[str, float], ...] = ()
-        self._cas: list[_CA] = []
-        self._revoked: dict[str, frozenset[str]] = {}
-        self._refresh()
-
-    def _files(self) -> list[str]:
-        out = []
+        self._files: dict[str, _OrgFiles] = {}
         for o in self._orgs.values():
-            out.append(str(o.ca_file))
-            if o.revoked_file is not None:
-                out.append(str(o.revoked_file))
-        return out
+            stamp = (_stamp(o.ca_file), _stamp(o.revoked_file))
+            cas, revoked = _load_org(o)  # SECURITY: refuse to start on an unusable file
+            self._files[o.id] = _OrgFiles(stamp, cas, revoked, None)
+
+    def problems(self) -> dict[str, str]:
+        """Organisations whose CA file or revocation list is unusable now, and why."""
+        with self._lock:
+            self._refresh()
+            return {k: f.problem for k, f in self._files.items() if f.problem is not None}
 
     def _refresh(self) -> None:
-        stamp = []
-        for f in self._files():
-            try:
-                stamp.append((f, os.stat(f).st_mtime))
-            except OSError:
-                stamp.append((f, -1.0))
-        if tuple(stamp) == self._stamp:
-            return
-        cas, revoked = [], {}
         for o in self._orgs.values():
-            for cert in x509.load_pem_x509_certificates(o.ca_file.read_bytes()):
-                cas.append(_CA(o, cert))
-            if o.revoked_file is not None:
-                try:
-                    revoked[o.id] = _read_revoked(str(o.revoked_file))
-                except FileNotFoundError:
-                    revoked[o.id] = frozenset()
-        self._cas, self._revoked, self._stamp = cas, revoked, tuple(stamp)
+            old = self._files[o.id]
+            stamp = (_stamp(o.ca_file), _stamp(o.revoked_file))
+            if stamp == old.stamp:
+                continue
+            try:
+                cas, revoked = _load_org(o)
+            except InvalidInput as exc:
+                # SECURITY: fail closed for this organisation only; keep its last good
+                # files to recognise its certificates, never to accept them.
+                self._files[o.id] = _OrgFiles(stamp, old.cas, old.revoked, str(exc))
+                log.error(
+                    "ALARM: organisation's CA or revocation file is unusable;"
+                    " its certificates are refused until it is fixed",
+                    organisation=o.id,
+                    problem=str(exc),
+                )
+                continue
+            if old.problem is not None:
+                log.warning(
+                    "organisation's CA and revocation files usable again", organisation=o.id
+                )
+            self._files[o.id] = _OrgFiles(stamp, cas, revoked, None)
 
     def principal(self, pem: bytes) -> Principal:
         """The principal a PEM leaf certificate stands for; raises Unauthenticated."""
         with self._lock:
             self._refresh()
-            cas, revoked = self._cas, self._revoked
+            files = dict(self._files)
+        cas = [ca for f in files.values() for ca in f.cas]
         try:
             leaf = x509.load_pem_x509_certificate(pem)
         except ValueError:
@@ -146,11 +208,17 @@ class Authenticator:
         if issuer is None:
             raise Unauthenticated("certificate is not issued by any organisation's CA")
         org = issuer.org
+        problem = files[org.id].problem
+        if problem is not None:
+            raise Unauthenticated(
+                f"certificates of {org.id} are refused until its CA/revocation files are"
+                f" fixed: {problem}"
+            )
         now = datetime.datetime.now(datetime.UTC)
         if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
             raise Unauthenticated("certificate is outside its validity period")
         fp = fingerprint(leaf)
-        if fp in revoked.get(org.id, frozenset()):
+        if fp in files[org.id].revoked:
             raise Unauthenticated(f"certificate {fp[:16]}... of {org.id} is revoked")
         o_name = _one(leaf, NameOID.ORGANIZATION_NAME, "O")
         if o_name != org.id:

@@ -7,7 +7,10 @@ never look at certificates themselves.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,9 @@ else:  # the runtime class is not subscriptable
     _InterceptorBase = grpc.aio.ServerInterceptor
 
 _CURRENT: contextvars.ContextVar[Principal] = contextvars.ContextVar("kstb_principal")
+
+STREAM_RECHECK_S = 2.0
+"""Seconds an open stream may run on a certificate revoked or expired meanwhile."""
 
 PLAINTEXT_PRINCIPAL = Principal(org="plaintext-development", role=DEVELOPMENT)
 """Every caller of a server running in development plaintext (no authentication)."""
@@ -67,7 +73,12 @@ class AuthorisationInterceptor(_InterceptorBase):
     Guarantees: a handler runs only for a caller whose certificate maps to a Principal
     (else UNAUTHENTICATED), whose role the method's rule admits and whose request passes
     the rule's scope check (else PERMISSION_DENIED with the reason); a method without a
-    rule is refused. Every decision, allowed or denied, is one audit record. With
+    rule is refused, and a method no service implements is answered UNIMPLEMENTED only
+    after its caller is authenticated. Every decision, allowed or denied, is one audit
+    record; an unexpected error while deciding is audited and refused (UNAUTHENTICATED
+    while authenticating, PERMISSION_DENIED while scoping), never passed on. A streamed
+    response re-authenticates its caller at least every ``recheck_every`` seconds and ends
+    with UNAUTHENTICATED (audited) once the certificate is revoked or expired. With
     ``authenticator`` None (development plaintext) every caller is allowed, and audited.
     """
 
@@ -76,10 +87,12 @@ class AuthorisationInterceptor(_InterceptorBase):
         authenticator: Authenticator | None,
         audit: AuditLog,
         transfer_ledgers: TransferLedgers | None = None,
+        recheck_every: float = STREAM_RECHECK_S,
     ) -> None:
         self._authn = authenticator
         self._audit = audit
         self._lookup = transfer_ledgers
+        self._recheck_every = recheck_every
 
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         if self._authn is None:
@@ -100,6 +113,8 @@ class AuthorisationInterceptor(_InterceptorBase):
         rule: Rule | None,
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        implemented: bool = True,
     ) -> Principal:
         principal: Principal | None = None
         try:
@@ -108,6 +123,14 @@ class AuthorisationInterceptor(_InterceptorBase):
             except Unauthenticated as exc:
                 principal = self._unauthenticated(context)
                 raise _Denied(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+            except Exception as exc:  # SECURITY: fail closed, audited, never passed on
+                principal = self._unauthenticated(context)
+                raise _Denied(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"could not authenticate the caller: {type(exc).__name__}",
+                ) from None
+            if not implemented:
+                raise _Denied(grpc.StatusCode.UNIMPLEMENTED, f"method {method} does not exist")
             if rule is None:
                 raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"no rule admits {method}")
             if not role_allowed(rule, principal):
@@ -118,7 +141,13 @@ class AuthorisationInterceptor(_InterceptorBase):
             if rule.scope is not None and principal.role != DEVELOPMENT:
                 if request is None:  # fail closed: a streamed request cannot be scoped here
                     raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"{method} cannot be scoped")
-                why = await rule.scope(principal, request, self._lookup)
+                try:
+                    why = await rule.scope(principal, request, self._lookup)
+                except Exception as exc:  # SECURITY: fail closed, audited
+                    raise _Denied(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"could not check the scope of {method}: {type(exc).__name__}",
+                    ) from None
                 if why is not None:
                     raise _Denied(grpc.StatusCode.PERMISSION_DENIED, why)
         except _Denied as denied:
@@ -127,6 +156,63 @@ class AuthorisationInterceptor(_InterceptorBase):
             raise AssertionError("unreachable") from None  # abort raises
         self._write(principal, context, method, request, True, "")
         return principal
+
+    async def _recheck(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Re-authenticate the caller of an open stream; end it (audited) if refused now."""
+        if self._authn is None:
+            return
+        try:
+            self._principal(context)
+        except Exception as exc:  # Unauthenticated, or anything else: fail closed
+            reason = str(exc) if isinstance(exc, Unauthenticated) else type(exc).__name__
+            reason = f"stream ended: {reason}"
+            self._write(self._unauthenticated(context), context, method, request, False, reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    async def _stream(
+        self,
+        method: str,
+        request: Any,
+        result: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Run a streaming handler (an async generator, or a coroutine writing to the
+        context itself), re-checking its caller as it goes.
+
+        SECURITY: revocation and expiry reach open streams: the caller is re-authenticated
+        every ``recheck_every`` seconds, busy or idle, and before a response is written
+        once that much time has passed; a refused caller's stream ends UNAUTHENTICATED."""
+        checked = time.monotonic()
+
+        async def guarded(step: Awaitable[Any]) -> Any:
+            nonlocal checked
+            future = asyncio.ensure_future(step)
+            try:
+                while True:
+                    done, _ = await asyncio.wait({future}, timeout=self._recheck_every)
+                    if time.monotonic() - checked >= self._recheck_every:
+                        await self._recheck(method, request, context)
+                        checked = time.monotonic()
+                    if done:
+                        return future.result()
+            finally:
+                if not future.done():
+                    future.cancel()
+                    with contextlib.suppress(BaseException):
+                        await future
+
+        if not hasattr(result, "__aiter__"):
+            await guarded(result)
+            return
+        iterator = result.__aiter__()
+        while True:
+            try:
+                item = await guarded(iterator.__anext__())
+            except StopAsyncIteration:
+                return
+            await context.write(item)
 
     def _write(
         self,
@@ -161,77 +247,63 @@ class AuthorisationInterceptor(_InterceptorBase):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Wrap the method's handler so the decision runs first, inside the call."""
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
         rule = RULES.get(method)
+        if handler is None:
+            decide = self._decide
+
+            # SECURITY: no service implements it: still authenticate and audit the caller
+            # before answering (UNIMPLEMENTED only to an authenticated one).
+            async def unknown(requests: Any, context: Any) -> Any:
+                await decide(method, rule, None, context, implemented=False)
+
+            return grpc.stream_stream_rpc_method_handler(unknown)
+        for kind, make_handler, unary_request, stream_response in _HANDLER_KINDS:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return make_handler(
+                    self._guarded(inner, method, rule, unary_request, stream_response),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _guarded(
+        self,
+        inner: Callable[[Any, Any], Any],
+        method: str,
+        rule: Rule | None,
+        unary_request: bool,
+        stream_response: bool,
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        """``inner`` behind the decision: the caller's principal is decided (and the call
+        refused) before ``inner`` runs, and is :func:`current_principal` while it runs. The
+        scope check sees the request of a unary-request method, None for a request stream."""
         decide = self._decide
+        stream = self._stream
 
-        async def _run(result: Any, context: Any) -> Any:
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    await context.write(item)
-                return None
-            return await result
-
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await inner_uu(request, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, request, context))
-                try:
-                    return await _run(inner_us(request, context), context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Any) -> Any:
-                token = _CURRENT.set(await decide(method, rule, None, context))
-                try:
-                    return await inner_su(requests, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_ss = handler.stream_stream
-        if inner_ss is None:
-            return handler
-
-        async def stream_stream(requests: Any, context: Any) -> Any:
-            token = _CURRENT.set(await decide(method, rule, None, context))
+        async def guarded(request: Any, context: Any) -> Any:
+            seen = request if unary_request else None
+            token = _CURRENT.set(await decide(method, rule, seen, context))
             try:
-                return await _run(inner_ss(requests, context), context)
+                result = inner(request, context)
+                if stream_response:
+                    # Streams re-check their caller as they go (revocation, expiry).
+                    return await stream(method, seen, result, context)
+                return await result
             finally:
                 _CURRENT.reset(token)
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded
+
+
+_HANDLER_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], bool, bool], ...
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, False, True),
+)
+"""Each handler kind: its attribute, its factory, whether the request is one message and
+whether the response is a stream (in the order a handler is checked)."""

@@ -46,29 +46,32 @@ class Rule:
     scope: ScopeCheck | None = None
 
 
-async def _submit_from_own_ledger(
-    p: Principal, request: Any, _: TransferLedgers | None
-) -> str | None:
-    # SECURITY: a brokerage is the account manager of its own ledger only; it may not
-    # start a transfer that moves units held on another brokerage's ledger.
-    if p.role == BROKERAGE and request.source_ledger != p.scope:
-        return (
-            f"brokerage:{p.scope} may submit only transfers whose source ledger is "
-            f"{p.scope}, not {request.source_ledger!r}"
-        )
-    return None
+def _own_ledger_only(role: str, field: str, refusal: str) -> ScopeCheck:
+    """A check that a ``role`` caller names only its own ledger (its certificate's scope) in
+    the request's ``field``; other roles pass. ``refusal`` is formatted with ``scope`` and
+    ``value``."""
+
+    async def check(p: Principal, request: Any, _: TransferLedgers | None) -> str | None:
+        if p.role == role:
+            value = getattr(request, field)
+            if value != p.scope:
+                return refusal.format(scope=p.scope, value=value)
+        return None
+
+    return check
 
 
-async def _events_of_own_ledger(
-    p: Principal, request: Any, _: TransferLedgers | None
-) -> str | None:
-    # SECURITY: the ledger comes from the relayer's certificate, never from the request.
-    if p.role == RELAYER and request.ledger_id != p.scope:
-        return (
-            f"relayer:{p.scope} may deliver events of ledger {p.scope} only, "
-            f"not {request.ledger_id!r}"
-        )
-    return None
+# SECURITY: a brokerage is the account manager of its own ledger only; it may not
+# start a transfer that moves units held on another brokerage's ledger.
+_submit_from_own_ledger = _own_ledger_only(
+    BROKERAGE,
+    "source_ledger",
+    "brokerage:{scope} may submit only transfers whose source ledger is {scope}, not {value!r}",
+)
+# SECURITY: the ledger comes from the relayer's certificate, never from the request.
+_events_of_own_ledger = _own_ledger_only(
+    RELAYER, "ledger_id", "relayer:{scope} may deliver events of ledger {scope} only, not {value!r}"
+)
 
 
 def _transfer_id(text: str) -> bytes | None:

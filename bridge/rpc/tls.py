@@ -109,17 +109,49 @@ def server_roots(network: NetworkConfig, tls: TlsConfig) -> tuple[Path, ...]:
 
 
 def client_roots(network: NetworkConfig | None, tls: TlsConfig, peer: Role) -> tuple[Path, ...]:
-    """CA files a client trusts for a server in role ``peer``: ``tls.ca_files``, else the
-    CAs of the organisations holding that role (so another organisation's CA cannot vouch
-    for a coordinator or a relayer)."""
-    if tls.ca_files:
-        return tls.ca_files
+    """CA files a client trusts for a server in role ``peer``: the CAs of the organisations
+    the network file grants that role, or ``tls.ca_files`` when every certificate in them
+    is one of those CAs.
+
+    SECURITY: a client checks the server's role only through its SAN, and gRPC Python shows
+    a client nothing else of the server's certificate; so any CA it trusts could mint a
+    certificate for any role. Only the role holders' CAs may therefore be trusted: the
+    network file is required, and a ``ca_files`` entry naming any other CA (a bundle of
+    every organisation's CA, say) is refused (InvalidInput).
+    """
     if network is None:
-        raise InvalidInput("a client without tls.ca_files needs the network file")
+        raise InvalidInput(
+            f"a client needs the network file (--network, or network = ... in its config):"
+            f" only the CAs of organisations holding role {peer} may vouch for that server"
+        )
     holders = network.holders_of(peer)
     if not holders:
         raise InvalidInput(f"no organisation holds role {peer} in the network file")
-    return tuple(sorted({o.ca_file for o in holders}))
+    own = tuple(sorted({o.ca_file for o in holders}))
+    if not tls.ca_files:
+        return own
+    allowed = {c.public_bytes(serialization.Encoding.DER) for c in _certificates(own)}
+    for path in tls.ca_files:
+        for cert in _certificates((path,)):
+            if cert.public_bytes(serialization.Encoding.DER) not in allowed:
+                raise InvalidInput(
+                    f"{path}: CA {cert.subject.rfc4514_string()!r} belongs to no organisation"
+                    f" holding role {peer}; a client may trust only those organisations' CAs"
+                    f" ({', '.join(sorted(o.id for o in holders))})"
+                )
+    return tls.ca_files
+
+
+def _certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
+    out: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            out += x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            raise InvalidInput(f"CA file {path} is not readable: {exc.strerror}") from None
+        except ValueError:
+            raise InvalidInput(f"CA file {path} holds no valid certificate") from None
+    return out
 
 
 class ServerCredentialSource:

@@ -13,7 +13,6 @@ it reads both legs before every step. See test_transfers for that behaviour.)
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
+from tests.e2e.conftest import demo_request
 from tests.support import eventually_sync
 
 pytestmark = pytest.mark.e2e
@@ -52,17 +52,7 @@ def test_target_down_past_the_deadline_aborts_and_releases(short_deadlines: Loca
     with s.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
-            s.brokerage.instruct(
-                S.SubmitTransferRequest(
-                    idempotency_key=str(uuid.uuid4()),
-                    security_id=DEMO_ISIN,
-                    source_ledger=A,
-                    target_ledger=B,
-                    sender=holder.address,
-                    recipient=holder.address,
-                    amount="20",
-                )
-            ),
+            s.brokerage.instruct(demo_request(holder.address, holder.address, "20", A, B)),
             timeout=30,
         )
         tid = resp.transfer.transfer_id

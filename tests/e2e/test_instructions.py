@@ -2,25 +2,26 @@
 
 A rogue process holding the coordinator's certificate (a compromised coordinator: the only
 role that may call a relayer's ``Submit`` and the members' ``SignClaim``) tries to move a
-victim's units to itself without any brokerage's instruction. The ledger refuses an uninstructed lock; a lock
-instructed by a key no brokerage registered is escrowed but never certified LOCKED, and
-the coordinator has the committee certify ABORT so the units go back to the victim.
+victim's units to itself without any brokerage's instruction. The ledger refuses an uninstructed lock
+and a lock instructed by a key its admin did not register (UnknownInstructor); a lock by a
+key registered on chain but not in the network file's ``[instruction_keys]`` (the members'
+defence in depth) is escrowed but never certified LOCKED, and the coordinator has the
+committee certify ABORT so the units go back to the victim.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
-import uuid
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from web3 import Web3
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import ClaimKind
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.ids import evm_address_word
 from bridge.domain.instructions import instruction_digest
 from bridge.domain.legs import Action
 from bridge.domain.signer import LocalKeySigner
@@ -34,7 +35,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import demo_request, demo_terms, eligible_everywhere
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -60,20 +61,7 @@ def thief(system: LocalSystem) -> DevAccount:
 def rogue_terms(
     system: LocalSystem, victim: DevAccount, thief: DevAccount, instructor: bytes, amount: int
 ) -> TransferTerms:
-    a, b = system.ledgers[A], system.ledgers[B]
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=amount,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(victim.address),
-        recipient=evm_address_word(thief.address),
-        instructor=instructor,
-        deadline=int(time.time()) + 50,
-    )
+    return demo_terms(system, victim.address, thief.address, amount, instructor=instructor, ttl=50)
 
 
 @pytest.fixture
@@ -102,25 +90,44 @@ def test_an_uninstructed_or_forged_lock_is_refused_by_the_ledger(
     registered = system.brokerage.signer(A)
     t = rogue_terms(system, victim, thief, bytes(12) + registered.address, 60)
     rogue = LocalKeySigner(secrets.token_bytes(32))
-    forged = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
-    for instruction, reason in ((b"", "MissingInstruction"), (forged, "InvalidInstruction")):
+    word = system.network.ledgers[A].network_word
+    forged = rogue.sign_digest(instruction_digest(word, t))
+    # The rogue's own key, validly signing terms that name it: not registered on chain.
+    own = rogue_terms(system, victim, thief, bytes(12) + rogue.address, 60)
+    own_signed = rogue.sign_digest(instruction_digest(word, own))
+    for terms, instruction, reason in (
+        (t, b"", "MissingInstruction"),
+        (t, forged, "InvalidInstruction"),
+        (own, own_signed, "UnknownInstructor"),
+    ):
         with pytest.raises(grpc.RpcError) as exc:
-            rogue_lock(relayer_a, t, instruction)
+            rogue_lock(relayer_a, terms, instruction)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert reason in exc.value.details()
+        out = a.endpoint.functions.outbound(terms.transfer_id).call()
+        assert out[0] == 0, "no leg recorded"
     assert a.balance(DEMO_ISIN, victim.address) == 100
-    out = a.endpoint.functions.outbound(t.transfer_id).call()
-    assert out[0] == 0, "no leg recorded"
 
 
-def test_a_lock_instructed_by_an_unregistered_key_is_never_certified_and_is_released(
+def test_a_lock_by_a_key_outside_the_network_file_is_never_certified_and_is_released(
     system: LocalSystem, stub, relayer_a, victim: DevAccount, thief: DevAccount
 ) -> None:
+    """Defence in depth: the chain's admin registered a key that is not in the network
+    file's ``[instruction_keys]`` (a mistake, or a compromised admin); the members still
+    refuse to certify its lock and ABORT it."""
     a, b = system.ledgers[A], system.ledgers[B]
     rogue = LocalKeySigner(secrets.token_bytes(32))
     t = rogue_terms(system, victim, thief, bytes(12) + rogue.address, 60)
     signed = rogue.sign_digest(instruction_digest(system.network.ledgers[A].network_word, t))
-    rogue_lock(relayer_a, t, signed)  # the ledger checks the signature, not the authority
+    rogue_address = Web3.to_checksum_address(rogue.address)
+    system.set_instructor(A, rogue_address, True)
+    try:
+        rogue_lock(relayer_a, t, signed)  # registered on chain, unknown to the members
+        eventually_sync(
+            lambda: a.endpoint.functions.outbound(t.transfer_id).call()[0] == 1, 30, "the lock"
+        )
+    finally:
+        system.set_instructor(A, rogue_address, False)
     assert a.balance(DEMO_ISIN, victim.address) == 40
     for i in range(len(system.members)):
         with system.channel("coordinator", peer=system.member_role(i)) as ch:
@@ -155,17 +162,7 @@ def test_squatting_a_brokerages_transfer_id_is_impossible(
 ) -> None:
     """The rogue learns the brokerage's instruction (nonce, deadline, signature) before the
     coordinator locks, and tries to take the transfer id with other terms."""
-    request = system.brokerage.instruct(
-        S.SubmitTransferRequest(
-            idempotency_key=str(uuid.uuid4()),
-            security_id=DEMO_ISIN,
-            source_ledger=A,
-            target_ledger=B,
-            sender=victim.address,
-            recipient=victim.address,
-            amount="10",
-        )
-    )
+    request = system.brokerage.instruct(demo_request(victim.address, victim.address, "10", A, B))
     i = request.instruction
     real = rogue_terms(system, victim, victim, bytes(12) + i.instructor, 10)
     real = TransferTerms(**{**_fields(real), "nonce": i.nonce, "deadline": i.deadline})
@@ -195,15 +192,7 @@ def test_a_request_signed_by_an_unregistered_key_is_refused_and_not_recorded(
     system: LocalSystem, stub, victim: DevAccount
 ) -> None:
     before = count_transfers(stub)
-    base = S.SubmitTransferRequest(
-        idempotency_key=str(uuid.uuid4()),
-        security_id=DEMO_ISIN,
-        source_ledger=A,
-        target_ledger=B,
-        sender=victim.address,
-        recipient=victim.address,
-        amount="5",
-    )
+    base = demo_request(victim.address, victim.address, "5", A, B)
     for signer, code, message in (
         (LocalKeySigner(secrets.token_bytes(32)), grpc.StatusCode.PERMISSION_DENIED,
          "not an instruction key registered for ledger brokerage-a"),

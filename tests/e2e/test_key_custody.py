@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tomllib
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ from bridge.config import dump_toml
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.ids import parse_evm_address
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import demo_request, eligible_everywhere
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.hsm]
 
@@ -62,17 +61,7 @@ def test_token_members_and_relayers_move_units(hsm_system: LocalSystem) -> None:
     with system.channel(f"brokerage:{A}") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         resp = stub.SubmitTransfer(
-            system.brokerage.instruct(
-                S.SubmitTransferRequest(
-                    idempotency_key=str(uuid.uuid4()),
-                    security_id=DEMO_ISIN,
-                    source_ledger=A,
-                    target_ledger=B,
-                    sender=holder.address,
-                    recipient=holder.address,
-                    amount="60",
-                )
-            ),
+            system.brokerage.instruct(demo_request(holder.address, holder.address, "60", A, B)),
             timeout=30,
         )
         states = [

@@ -27,19 +27,16 @@ import pytest
 from bridge.cli.main import main as cli_main
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.issuance import sign_instruction
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.supply import Attestation
-from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.rpc.convert import event_to_pb
 from bridge.rpc.supply_convert import record_to_pb, registration_to_pb
 from bridge.supply_client import (
     FeedStale,
     FeedVerifier,
-    SupplyFeed,
     Verdict,
     audit_feed,
     watch_feed,
@@ -52,6 +49,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from tests.e2e.conftest import demo_terms, eligible_everywhere, latest_attestation
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.supply]
@@ -79,23 +77,12 @@ def _processes_alive(system: LocalSystem) -> Iterator[None]:
     system.wait_processes_alive()
 
 
-def latest(system: LocalSystem, isin: str = DEMO_ISIN) -> Attestation:
-    async def get() -> Attestation:
-        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
-        try:
-            return (await feed.latest(isin))[0]
-        finally:
-            await feed.close()
-
-    return asyncio.run(get())
-
-
 def records_after(system: LocalSystem, sequence: int, more: int, limit_s: float) -> Attestation:
     """Wait until the feed holds record ``sequence + more`` of DEMO_ISIN; return the latest."""
 
     def probe() -> Attestation | None:
         try:
-            a = latest(system)
+            a = latest_attestation(system)
         except grpc.RpcError:
             return None
         return a if a.signed.record.sequence >= sequence + more else None
@@ -152,7 +139,7 @@ def test_out_of_sequence_sign_supply_to_every_member_is_refused_and_the_feed_goe
     registration = signed_registration(system)
     for member in range(len(system.verifier_keys)):
         # A current cut (the members re-read it), so only the sequencing rule can refuse it.
-        current = latest(system).signed.record
+        current = latest_attestation(system).signed.record
         forged = replace(
             current,
             sequence=1_000_000_000,
@@ -187,7 +174,7 @@ def test_out_of_sequence_sign_supply_to_every_member_is_refused_and_the_feed_goe
         )
     # The coordinator's real records are still signed by every member: two more records,
     # and the depository verifies the chain across the attack.
-    after = records_after(system, latest(system).signed.record.sequence, 2, 60)
+    after = records_after(system, latest_attestation(system).signed.record.sequence, 2, 60)
     assert after.signed.record.sequence >= before.signed.record.sequence + 2
     assert assert_feed_verifies_from(system, before) >= 3
 
@@ -204,7 +191,7 @@ def test_a_member_that_missed_records_catches_up_from_the_certified_previous_rec
         records_after(system, start.signed.record.sequence, 2, 60)
     finally:
         system.start_process("verifier-0")
-    missed = latest(system).signed.record.sequence
+    missed = latest_attestation(system).signed.record.sequence
     system.processes["verifier-1"].kill9()
     try:
         records_after(system, missed, 2, 60)
@@ -303,16 +290,18 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
     system.processes["verifier-2"].kill9()
     system.processes["verifier-3"].kill9()
     try:
-        frozen = latest(system).signed.record.sequence
+        frozen = latest_attestation(system).signed.record.sequence
         time.sleep(4.0)
-        assert latest(system).signed.record.sequence <= frozen + 1, "the publisher is stalled"
+        assert latest_attestation(system).signed.record.sequence <= frozen + 1, (
+            "the publisher is stalled"
+        )
         code = cli_main([*cli, "get", "--security", DEMO_ISIN, "--network", network,
                          "--max-age", "2"])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 4, out
         assert f"STALE: {DEMO_ISIN}: latest record #" in out
         code = cli_main([*cli, "watch", "--network", network, "--from",
-                         str(latest(system).feed_sequence), "--max-age", "2",
+                         str(latest_attestation(system).feed_sequence), "--max-age", "2",
                          "--fail-on-stale"])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 4, out
@@ -320,34 +309,12 @@ def test_cli_reports_a_stalled_publisher_with_exit_4(
     finally:
         system.start_process("verifier-2")
         system.start_process("verifier-3")
-    records_after(system, latest(system).signed.record.sequence, 1, 60)
+    records_after(system, latest_attestation(system).signed.record.sequence, 1, 60)
     assert cli_main([*cli, "get", "--security", DEMO_ISIN, "--network", network,
                      "--max-age", "30"]) == 0  # fmt: skip
 
 
 # -- item 4: events are checked before they are acted on ------------------------------------------
-
-
-def _terms(system: LocalSystem, sender: str, recipient: str, amount: int) -> TransferTerms:
-    a, b = system.ledgers[A], system.ledgers[B]
-    return TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=amount,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(sender),
-        recipient=evm_address_word(recipient),
-        instructor=evm_address_word(sender),  # holder-direct: the holder instructs itself
-        deadline=int(time.time()) + 120,
-    )
-
-
-def _eligible_everywhere(system: LocalSystem, address: str) -> None:
-    for h in system.ledgers.values():
-        deploy.set_eligible(h.w3, h.admin.private_key, h.tokens[DEMO_ISIN], address, True)
 
 
 def _transfer(system: LocalSystem, tid: bytes) -> transfer_pb2.Transfer | None:
@@ -365,10 +332,10 @@ def test_a_forged_locked_event_is_not_adopted_and_nothing_is_locked(system: Loca
     a, b = system.ledgers[A], system.ledgers[B]
     victim = a.make_holder(DEMO_ISIN, 50)
     thief = DevAccount.generate()
-    _eligible_everywhere(system, victim.address)
-    _eligible_everywhere(system, thief.address)
+    eligible_everywhere(system, victim.address)
+    eligible_everywhere(system, thief.address)
     escrow_before = a.escrowed(DEMO_ISIN)
-    t = _terms(system, victim.address, thief.address, 50)
+    t = demo_terms(system, victim.address, thief.address, 50)
     height = a.w3.eth.block_number
     forged = LedgerEvent(
         A, EventPosition(height, 0), b"\0" * 32, "0x" + secrets.token_hex(32), t.transfer_id,
@@ -394,9 +361,9 @@ def test_a_forged_locked_event_is_not_adopted_and_nothing_is_locked(system: Loca
 def test_a_real_holder_direct_lock_is_adopted_and_completes(system: LocalSystem) -> None:
     a, b = system.ledgers[A], system.ledgers[B]
     h = a.make_holder(DEMO_ISIN, 9)
-    _eligible_everywhere(system, h.address)
+    eligible_everywhere(system, h.address)
     a.node.fund(h.address)
-    t = _terms(system, h.address, h.address, 9)
+    t = demo_terms(system, h.address, h.address, 9)
     receipt = deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
 
     def committed() -> transfer_pb2.Transfer | None:

@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import ssl
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from tests.e2e.conftest import demo_request
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -140,15 +140,7 @@ def all_transfers(system: LocalSystem, caller: str = "depository") -> list[S.Tra
 
 
 def request(sender: str, amount: int, src: str, dst: str) -> S.SubmitTransferRequest:
-    return S.SubmitTransferRequest(
-        idempotency_key=str(uuid.uuid4()),
-        security_id=DEMO_ISIN,
-        source_ledger=src,
-        target_ledger=dst,
-        sender=sender,
-        recipient=sender,
-        amount=str(amount),
-    )
+    return demo_request(sender, sender, str(amount), src, dst)
 
 
 def wait_terminal(system: LocalSystem, tids: list[str], limit: float = 120) -> dict[str, int]:

@@ -39,6 +39,7 @@ from bridge.v1 import (
     verifier_pb2_grpc,
 )
 from bridge.v1 import transfer_pb2 as S
+from tests.e2e.conftest import latest_attestation
 from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fabric, pytest.mark.supply]
@@ -86,17 +87,6 @@ def feed_until(system: LocalSystem, start: int, end: int) -> list[Attestation]:
     return asyncio.run(read())
 
 
-def latest(system: LocalSystem, isin: str) -> Attestation:
-    async def get() -> Attestation:
-        feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
-        try:
-            return (await feed.latest(isin))[0]
-        finally:
-            await feed.close()
-
-    return asyncio.run(get())
-
-
 def feed_end(system: LocalSystem) -> int:
     async def get() -> int:
         feed = SupplyFeed(system.coordinator_target, identity=system.identity("depository"))
@@ -141,7 +131,7 @@ def quiescent_record(system: LocalSystem, isin: str) -> Attestation:
     t0 = time.time()
 
     def probe() -> Attestation | None:
-        a = latest(system, isin)
+        a = latest_attestation(system, isin)
         r = a.signed.record
         settled = all(x.escrowed == 0 and x.prepared == 0 for x in r.readings)
         settled = settled and not r.ledger_discrepancies
@@ -296,7 +286,7 @@ def test_out_of_band_issue_is_detected_held_and_released_by_an_operator(
     h.issue(OTHER_ISIN, holder.address, 25, register=False)  # the issuer bypasses the register
 
     def held() -> Attestation | None:
-        a = latest(system, OTHER_ISIN)
+        a = latest_attestation(system, OTHER_ISIN)
         return a if a.held and dict(a.signed.record.ledger_discrepancies) else None
 
     a = eventually_sync(held, 30, "the discrepancy in an attestation", interval=0.3)
@@ -322,11 +312,11 @@ def test_out_of_band_issue_is_detected_held_and_released_by_an_operator(
         op.adjust(OTHER_ISIN, ledger, 25, "registering the issuer's late filing")
 
         def balanced() -> Attestation | None:
-            x = latest(system, OTHER_ISIN)
+            x = latest_attestation(system, OTHER_ISIN)
             return x if not x.signed.record.ledger_discrepancies else None
 
         eventually_sync(balanced, 30, "a balanced record after registering")
-        assert latest(system, OTHER_ISIN).held, "balancing alone does not lift the hold"
+        assert latest_attestation(system, OTHER_ISIN).held, "balancing alone does not lift the hold"
         with pytest.raises(grpc.RpcError) as wrong:
             op.release(OTHER_ISIN, hold_seq + 1000)
         assert wrong.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -441,7 +431,7 @@ def test_verifier_refuses_forged_replayed_and_incomplete_records(system: LocalSy
         def ask(forge, registration=signed_reg) -> grpc.RpcError | None:
             """Forge from the latest record; None when the Fabric ledger has moved past
             that record (a verifier can only read Fabric's current state): try again."""
-            record = latest(system, DEMO_ISIN).signed.record
+            record = latest_attestation(system, DEMO_ISIN).signed.record
             with pytest.raises(grpc.RpcError) as exc:
                 stub.SignSupply(
                     verifier_pb2.SignSupplyRequest(
@@ -539,7 +529,8 @@ def test_cli_verifies_the_whole_feed(
     network = str(system.workdir / "network.toml")
     depository = system.certificate("depository")
     tls = ["--tls-cert", str(depository.cert_file), "--tls-key", str(depository.key_file),
-           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem")]  # fmt: skip
+           "--tls-ca", str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
+           "--network", network]  # fmt: skip
     # Without a certificate the CLI refuses plaintext (usage error, nothing sent).
     assert cli_main(["--coordinator", system.coordinator_target, "supply", "get"]) == 2
     assert "refusing a plaintext channel" in capsys.readouterr().err

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -18,12 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
-from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
-from bridge.domain.terms import TransferTerms
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.ledgers.evm import deploy
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import demo_terms, eligible_everywhere
 from tests.support import eventually_sync
 
 pytestmark = pytest.mark.e2e
@@ -341,19 +337,7 @@ def test_holder_locking_directly_on_chain_is_carried_through(system: LocalSystem
     h = a.make_holder(DEMO_ISIN, 9)
     eligible_everywhere(system, h.address)
     a.node.fund(h.address)
-    t = TransferTerms(
-        nonce=secrets.token_bytes(32),
-        security=SecurityId(DEMO_ISIN).word,
-        amount=9,
-        src_ledger=LedgerId(A).word,
-        src_bridge=evm_address_word(a.endpoint.address),
-        dst_ledger=LedgerId(B).word,
-        dst_bridge=evm_address_word(b.endpoint.address),
-        sender=evm_address_word(h.address),
-        recipient=evm_address_word(h.address),
-        instructor=evm_address_word(h.address),  # holder-direct: the holder instructs itself
-        deadline=int(time.time()) + 120,
-    )
+    t = demo_terms(system, h.address, h.address, 9)  # holder-direct: the holder instructs itself
     deploy.send_tx(a.w3, h.private_key, a.endpoint.functions.lock(t.as_abi_tuple(), b""))
     tid = "0x" + t.transfer_id.hex()
 
@@ -381,6 +365,8 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         str(system.certificate(f"brokerage:{A}").key_file),
         "--tls-ca",
         str(system.workdir / "pki" / "bridge-operator" / "ca.pem"),
+        "--network",
+        str(system.workdir / "network.toml"),
         "--json",
     ]
     dev_keys = {**os.environ, PLAINTEXT_KEYS_ENV: "1"}  # the devnet brokerage's key file

@@ -138,6 +138,9 @@ def _endpoint(node: AnvilNode, name: str, committee: Committee) -> EvmLedger:
     node.fund(relayer.address)
     endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), committee)
     deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+    deploy.set_instructor(
+        w3, admin.private_key, endpoint, Web3.to_checksum_address(BROKER.address), True
+    )
     token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(ISIN))
     deploy.register_security(w3, admin.private_key, endpoint, token)
     return EvmLedger(name, node, w3, admin, relayer, endpoint, token)

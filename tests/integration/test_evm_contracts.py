@@ -46,12 +46,21 @@ from bridge.ledgers.evm.deploy import (
     send_tx,
     set_eligible,
     set_frozen,
+    set_instructor,
     set_paused,
     set_relayer,
 )
 from bridge.ledgers.evm.revert import decode_revert
 
 pytestmark = pytest.mark.integration
+
+BROKER = LocalKeySigner(bytes([0x42]) * 32)
+
+
+def key_address(signer: LocalKeySigner) -> str:
+    """The checksummed address of an instruction key."""
+    return Web3.to_checksum_address(signer.address)
+
 
 GAS = 1_000_000
 ISIN = SecurityId("US0378331005")
@@ -122,6 +131,7 @@ def _setup(node: AnvilNode) -> Env:
         token = deploy_security_token(w3, key, ISIN)
         register_security(w3, key, endpoint, token)
         set_relayer(w3, key, endpoint, relayer.address)
+        set_instructor(w3, key, endpoint, key_address(BROKER))
         return Ledger(lid, endpoint, token)
 
     a, b = ledger("evm-a"), ledger("evm-b")
@@ -230,9 +240,7 @@ def reverts(env: Env, error: str, fn: ContractFunction, by: DevAccount | None = 
     return info.value.detail
 
 
-BROKER = LocalKeySigner(bytes([0x42]) * 32)
-"""A brokerage instruction key (these contracts trust any instructor's signature: which
-instructors have authority is the committee's check, not the ledger's)."""
+"""A brokerage instruction key, registered on both endpoints (``setInstructor``)."""
 
 
 def brokered(env: Env, **kw: Any) -> TransferTerms:
@@ -705,6 +713,7 @@ def test_non_admin_cannot_administer(env: Env) -> None:
     tok = env.a.token.functions
     for fn in (
         ep.setRelayer(env.alice.address, True),
+        ep.setInstructor(env.alice.address, True),
         ep.registerSecurity(b"\x01" * 32, env.a.token.address),
         tok.setEligible(env.carol.address, True),
         tok.setFrozen(env.alice.address, True),
@@ -719,6 +728,7 @@ def test_non_admin_cannot_administer(env: Env) -> None:
         send_tx(env.w3, env.alice.private_key, ep.setRelayer(env.alice.address, True))
     assert (info.value.error_name, info.value.tx_hash) == ("NotAdmin", None)
     assert not ep.isRelayer(env.alice.address).call()
+    assert not ep.isInstructor(env.alice.address).call()
     assert snapshot(env) == before
 
 
@@ -973,7 +983,24 @@ def test_squatting_the_transfer_id_is_impossible(env: Env) -> None:
         t, recipient=evm_address_word(env.carol.address), instructor=bytes(12) + rogue.address
     )
     assert squat.transfer_id != t.transfer_id
+    # An unregistered key cannot instruct at all; registered, it only makes its own transfer.
+    reverts(
+        env,
+        "UnknownInstructor",
+        env.a.endpoint.functions.lock(squat.as_abi_tuple(), instruction(squat, rogue)),
+        env.relayer,
+    )
+    send_tx(
+        env.w3,
+        env.admin.private_key,
+        env.a.endpoint.functions.setInstructor(key_address(rogue), True),
+    )
     lock(env, squat, by=env.relayer, signed=instruction(squat, rogue))  # its own transfer
+    send_tx(
+        env.w3,
+        env.admin.private_key,
+        env.a.endpoint.functions.setInstructor(key_address(rogue), False),
+    )
     lock(env, t, by=env.relayer)  # the brokerage's transfer is unaffected
     assert out_leg(env, t)[0] == LOCKED
     same_id = dataclasses.replace(t, recipient=evm_address_word(env.carol.address))
@@ -1031,3 +1058,53 @@ def test_solidity_matches_the_core_vectors(env: Env) -> None:
         got = fns.instructionDigestFor(b(c["network"]), b(c["terms_hash"])).call()
         assert bytes(got) == b(c["digest"])
     assert len(vectors["terms"]) >= 4 and len(vectors["claims"]) >= 6
+
+
+@pytest.mark.security
+def test_a_relayer_lock_needs_a_registered_instructor(env: Env) -> None:
+    """A relayer naming its own (validly signing) key as instructor escrows nothing: the key
+    is not in the endpoint's registry (finding: stuck escrow towards an unknown ledger)."""
+    own = LocalKeySigner(env.relayer.private_key)
+    t = dataclasses.replace(
+        make_terms(env, instructor=bytes(12) + own.address), dst_ledger=LedgerId("nowhere").word
+    )
+    ep = env.a.endpoint.functions
+    assert not ep.isInstructor(key_address(own)).call()
+    before = snapshot(env, t)
+    detail = reverts(
+        env, "UnknownInstructor", ep.lock(t.as_abi_tuple(), instruction(t, own)), env.relayer
+    )
+    assert detail.lower().endswith(own.address.hex()), detail
+    assert snapshot(env, t) == before
+    assert out_leg(env, t)[0] == 0
+
+
+@pytest.mark.security
+def test_only_the_admin_registers_instructors_and_removal_takes_effect(env: Env) -> None:
+    key = LocalKeySigner(bytes([0x45]) * 32)
+    ep = env.a.endpoint.functions
+    for by in (env.relayer, env.alice):
+        reverts(env, "NotAdmin", ep.setInstructor(key_address(key), True), by)
+    assert not ep.isInstructor(key_address(key)).call()
+    reverts(env, "ZeroAddress", ep.setInstructor("0x" + "00" * 20, True), env.admin)
+    receipt = tx(env, ep.setInstructor(key_address(key), True), env.admin)
+    events = env.a.endpoint.events.InstructorSet().process_receipt(receipt)
+    assert [(e.args.instructor, e.args.enabled) for e in events] == [(key_address(key), True)]
+    assert ep.isInstructor(key_address(key)).call()
+    t = make_terms(env, instructor=bytes(12) + key.address)
+    lock(env, t, by=env.relayer, signed=instruction(t, key))
+    assert out_leg(env, t)[0] == LOCKED
+    tx(env, ep.setInstructor(key_address(key), False), env.admin)
+    assert not ep.isInstructor(key_address(key)).call()
+    later = make_terms(env, instructor=bytes(12) + key.address)
+    before = snapshot(env, later)
+    reverts(
+        env,
+        "UnknownInstructor",
+        ep.lock(later.as_abi_tuple(), instruction(later, key)),
+        env.relayer,
+    )
+    assert snapshot(env, later) == before
+    # A lock made while the key was registered still finishes.
+    finish(env, env.a, ClaimKind.ABORT, t)
+    assert out_leg(env, t)[0] == RELEASED

@@ -353,7 +353,9 @@ async def test_bad_instructions_are_refused_before_anything_is_recorded(
     }[mutate]()
     with pytest.raises(error, match=match):
         await c.submit(req, bad)
-    assert await store.get_by_key(req.idempotency_key) is None, "nothing recorded"
+    assert await store.get_by_key(req.source_ledger, req.idempotency_key) is None, (
+        "nothing recorded"
+    )
     assert relayers["a"].submitted == [], "nothing sent to any ledger"
 
 
@@ -416,3 +418,35 @@ async def test_an_uninstructed_lock_is_released_never_prepared(coordinator, inst
     assert relayers["b"].submitted == [Action.ABORT], "the target is tombstoned, not prepared"
     assert relayers["a"].submitted == [Action.ABORT], "the escrow is released"
     assert relayers["a"].legs[(tid, Leg.OUTBOUND)].state is LegState.RELEASED
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("same_request", [True, False])
+async def test_a_key_in_use_is_not_revealed_to_a_caller_without_a_valid_instruction(
+    coordinator, same_request: bool
+) -> None:
+    # Review finding 7: the key was looked up before the instruction was checked, so a
+    # stranger learnt which keys were in use (Conflict vs PERMISSION_DENIED).
+    c, _, store = coordinator
+    req = request("victim-key")
+    first, _ = await submit(c, req)
+    probe = req if same_request else dataclasses.replace(req, amount=req.amount + 1)
+    stranger = LocalKeySigner(bytes([9]) * 32)
+    with pytest.raises(UnauthorisedInstructor, match="not an instruction key registered"):
+        await c.submit(probe, instructed(c._network, probe, signer=stranger))
+    assert await store.get_by_key("a", "victim-key") == await store.get(first.transfer_id)
+
+
+@pytest.mark.security
+async def test_the_same_instruction_under_another_key_is_a_conflict(coordinator) -> None:
+    # Review finding 8: this crashed with INTERNAL (an assert in the store).
+    c, _, store = coordinator
+    req = request("first-key")
+    signed = instructed(c._network, req)
+    first, _ = await c.submit(req, signed)
+    renamed = dataclasses.replace(req, idempotency_key="second-key")
+    with pytest.raises(Conflict, match=f"transfer 0x{first.transfer_id.hex()} .*another"):
+        await c.submit(renamed, signed)
+    assert await store.get_by_key("a", "second-key") is None, "nothing recorded"
+    history = await store.history(first.transfer_id, 0)
+    assert history[0].detail == "accepted"

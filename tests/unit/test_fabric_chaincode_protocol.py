@@ -166,8 +166,11 @@ def env() -> Env:
         dave=account(),
     )
     for led in e.ledgers():
-        led.call(admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex)
+        led.call(
+            admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex, admin
+        )
         led.call(admin, "SetRelayer", relayer, "true")
+        led.call(admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
         led.call(admin, "RegisterSecurity", ISIN.isin)
     e.a.call(admin, "SetEligible", ISIN.isin, e.alice, "true")
     e.a.call(admin, "Issue", ISIN.isin, e.alice, "10000")
@@ -458,6 +461,7 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
         "kstb",
         committee_json(env.signers),
         env.a.network_hex,
+        env.stranger,
     )
     s = env.signers
     bad_committees = [
@@ -475,13 +479,15 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
     for committee in bad_committees:
         fresh = Ledger("fabric-c", "kstb")
         with pytest.raises(p.ChaincodeError) as info:
-            fresh.call(env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex)
+            fresh.call(
+                env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex, env.admin
+            )
         assert info.value.name == "InvalidCommittee", committee
         assert fresh.store.data == {}
     fresh = Ledger("fabric-c", "kstb")
     for args in (("Fabric-C", "kstb"), ("fabric-c", "bad name"), ("fabric-c", "other")):
         with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
-            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex)
+            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex, env.admin)
     for fn, args in (("Info", ()), ("Lock", ("{}", "0x")), ("Supply", (ISIN.isin,))):
         with pytest.raises(p.ChaincodeError, match=r"^NotInitialized: "):
             fresh.call(env.admin, fn, *args)
@@ -576,9 +582,16 @@ def test_execution_is_deterministic(env: Env) -> None:
 
     recorded.call = record  # type: ignore[method-assign]
     recorded.call(
-        env.admin, "Init", "fabric-a", "kstb", committee_json(env.signers), recorded.network_hex
+        env.admin,
+        "Init",
+        "fabric-a",
+        "kstb",
+        committee_json(env.signers),
+        recorded.network_hex,
+        env.admin,
     )
     recorded.call(env.admin, "SetRelayer", env.relayer, "true")
+    recorded.call(env.admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
     recorded.call(env.admin, "RegisterSecurity", ISIN.isin)
     recorded.call(env.admin, "SetEligible", ISIN.isin, env.alice, "true")
     recorded.call(env.admin, "Issue", ISIN.isin, env.alice, str(2**200))
@@ -685,7 +698,15 @@ def test_claim_signed_for_another_chaincode_or_channel(env: Env) -> None:
 def test_claim_replayed_on_a_twin_endpoint_of_the_same_ledger(env: Env) -> None:
     """A twin chaincode (same ledger name, other chaincode name) refuses B's terms outright."""
     twin = Ledger("fabric-b", "kstb2")
-    twin.call(env.admin, "Init", "fabric-b", "kstb2", committee_json(env.signers), twin.network_hex)
+    twin.call(
+        env.admin,
+        "Init",
+        "fabric-b",
+        "kstb2",
+        committee_json(env.signers),
+        twin.network_hex,
+        env.admin,
+    )
     twin.call(env.admin, "SetRelayer", env.relayer, "true")
     t = locked(env)
     with pytest.raises(p.ChaincodeError, match=r"^WrongLedger: "):
@@ -1074,6 +1095,7 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
                 fresh.chaincode,
                 committee_json(env.signers),
                 fresh.network_hex,
+                who,
             )
         assert exc.value.name == "NotAdmin"
     assert fresh.store.get("config") is None
@@ -1084,6 +1106,7 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
         fresh.chaincode,
         committee_json(env.signers),
         fresh.network_hex,
+        env.admin,
     )
     assert info["admin"] == env.admin
 
@@ -1355,6 +1378,9 @@ def test_a_relayer_cannot_squat_a_brokerages_transfer_id(env: Env) -> None:
     assert squat.transfer_id != t.transfer_id
     same_id_other_terms = dataclass_replace(t, recipient=word_of(env.carol))
     assert same_id_other_terms.transfer_id == t.transfer_id
+    # An unregistered key cannot instruct at all.
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", tj(squat), ins(env.a, tj(t))[1])
+    env.a.call(env.admin, "SetInstructor", "0x" + "99" * 20, "true")
     # Only the instructor can sign for the id, and it signs its own terms only.
     rejects(env, env.a, "InvalidInstruction", env.relayer, "Lock", tj(squat), ins(env.a, tj(t))[1])
     lock(env, t)
@@ -1374,14 +1400,15 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     s = env.signers
     args = ["fabric-p", "kstb", committee_json(s)]
     pinned = Ledger("fabric-p", "kstb")
-    agreed = [*args, pinned.network_hex]
+    agreed = [*args, pinned.network_hex, env.admin]
     pinned.pin = p.init_parameters_digest(agreed)
     rogue_committee = [LocalKeySigner(bytes([i]) * 32) for i in (0x51, 0x52, 0x53)]
     rogue_committee.sort(key=lambda k: k.address)
     for bad in (
-        ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), pinned.network_hex],
-        [*args, "0x" + "ee" * 32],  # another network
-        ["fabric-q", "kstb", committee_json(s), pinned.network_hex],
+        ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), *agreed[3:]],
+        [*args, "0x" + "ee" * 32, env.admin],  # another network
+        ["fabric-q", "kstb", committee_json(s), *agreed[3:]],
+        [*args, pinned.network_hex, env.stranger],  # another admin
     ):
         with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: ") as info:
             pinned.call(env.admin, "Init", *bad)
@@ -1391,9 +1418,104 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: .*no pinned"):
         unpinned.call(env.admin, "Init", *agreed)
     assert unpinned.store.data == {}
-    zero = [*args, "0x" + "00" * 32]
+    zero = [*args, "0x" + "00" * 32, env.admin]
     zero_ledger = Ledger("fabric-p", "kstb", pin=p.init_parameters_digest(zero))
     with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: network word"):
         zero_ledger.call(env.admin, "Init", *zero)
     info = pinned.call(env.admin, "Init", *agreed)
     assert info["network_word"] == pinned.network_hex
+
+
+@pytest.mark.security
+def test_a_relayer_lock_needs_a_registered_instructor(env: Env) -> None:
+    """A relayer naming its own (validly signing) key as instructor, towards a ledger nobody
+    knows, escrows nothing: the key is not in the endpoint's registry."""
+    own = LocalKeySigner(secrets.token_bytes(32))
+    nowhere = Ledger("nowhere", "kstb")
+    t = dataclass_replace(make_terms(env, dst=nowhere), instructor=bytes(12) + own.address)
+    key = "0x" + own.address.hex()
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is False
+    detail = rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(t), own))
+    assert detail == "instructor=0x" + t.instructor.hex()
+    assert out_leg(env, t)["state"] == OUT_NONE
+    # Not even an empty instruction gets further than MissingInstruction.
+    rejects(env, env.a, "MissingInstruction", env.relayer, "Lock", tj(t), "0x")
+
+
+@pytest.mark.security
+def test_only_the_admin_registers_instructors_and_removal_takes_effect(env: Env) -> None:
+    signer = LocalKeySigner(secrets.token_bytes(32))
+    key = "0x" + signer.address.hex()
+    for caller in (env.relayer, env.stranger):
+        rejects(env, env.a, "NotAdmin", caller, "SetInstructor", key, "true")
+    for bad in ("0x1234", key[2:], key.upper(), key + "00", "0x" + "g" * 40):
+        rejects(env, env.a, "InvalidArgument", env.admin, "SetInstructor", bad, "true")
+        with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
+            env.a.call(env.stranger, "IsInstructor", bad)
+    rejects(env, env.a, "InvalidArgument", env.admin, "SetInstructor", key, "yes")
+    rejects(env, env.a, "ZeroAddress", env.admin, "SetInstructor", "0x" + "00" * 20, "true")
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is False
+    assert env.a.call(env.admin, "SetInstructor", key, "true") == {
+        "instructor": key,
+        "enabled": True,
+    }
+    assert env.a.events == []  # administration emits no leg events
+    assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is True
+    t = dataclass_replace(make_terms(env), instructor=bytes(12) + signer.address)
+    env.a.call(env.relayer, "Lock", *ins(env.a, tj(t), signer))
+    assert out_leg(env, t)["state"] == LOCKED
+    env.a.call(env.admin, "SetInstructor", key, "false")
+    later = dataclass_replace(make_terms(env), instructor=bytes(12) + signer.address)
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(later), signer))
+    # A lock made while the key was registered still finishes.
+    finish(env, env.a, ClaimKind.ABORT, t)
+    assert out_leg(env, t)["state"] == RELEASED
+
+
+@pytest.mark.security
+def test_a_holder_key_does_not_instruct_unless_registered(env: Env) -> None:
+    """Fabric holders do not instruct their own locks (the committee's rule too): a lock
+    signed by the sender's own key is refused unless that key is a registered one."""
+    holder = LocalKeySigner(secrets.token_bytes(32))
+    address = "0x" + holder.address.hex()
+    env.a.call(env.admin, "SetEligible", ISIN.isin, address, "true")
+    env.a.call(env.admin, "Issue", ISIN.isin, address, "50")
+    own = bytes(12) + holder.address
+    t = dataclass_replace(make_terms(env), sender=own, instructor=own)
+    rejects(env, env.a, "UnknownInstructor", env.relayer, "Lock", *ins(env.a, tj(t), holder))
+    assert balance(env.a, address) == 50
+
+
+@pytest.mark.security
+def test_only_the_pinned_admin_can_initialise(env: Env) -> None:
+    """Another organisation's admin sending Init first with the (public) pinned arguments
+    is refused and does not become the endpoint admin; only the pinned identity can."""
+    other_admin = identity("Org2MSP")
+    ORG_ADMINS.add(other_admin)
+    fresh = Ledger("fabric-r", "kstb")
+    agreed = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
+    fresh.pin = p.init_parameters_digest([*agreed, env.admin])
+    with pytest.raises(p.ChaincodeError) as info:
+        fresh.call(other_admin, "Init", *agreed, env.admin)
+    assert info.value.name == "NotAdmin"
+    assert info.value.detail == f"caller={other_admin} is not the pinned admin {env.admin}"
+    assert fresh.store.data == {} and fresh.events == []
+    # Naming itself instead changes the arguments: not the pinned ones.
+    with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: "):
+        fresh.call(other_admin, "Init", *agreed, other_admin)
+    assert fresh.store.data == {}
+    assert fresh.call(env.admin, "Init", *agreed, env.admin)["admin"] == env.admin
+    with pytest.raises(p.ChaincodeError, match=r"^NotAdmin: "):
+        fresh.call(other_admin, "SetRelayer", other_admin, "true")
+
+
+@pytest.mark.security
+def test_init_admin_must_be_an_identity(env: Env) -> None:
+    fresh = Ledger("fabric-s", "kstb")
+    args = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
+    for bad in ("", "Org1MSP", env.admin.upper(), env.admin + "0", "Org1MSP:" + "g" * 64):
+        with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: admin "):
+            fresh.call(env.admin, "Init", *args, bad)
+        assert fresh.store.data == {}
+    with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: Init takes 5 arguments"):
+        fresh.call(env.admin, "Init", *args)

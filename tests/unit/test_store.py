@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import Conflict
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -31,6 +34,7 @@ def make_record(
     security: str = "KR7005930003",
     state: TransferState = TransferState.SUBMITTED,
     amount: int = 100,
+    source_ledger: str = "brokerage-a",
 ) -> TransferRecord:
     terms = TransferTerms(
         nonce=n.to_bytes(32, "big"),
@@ -48,7 +52,7 @@ def make_record(
     request = TransferRequest(
         idempotency_key=key if key is not None else f"key-{n}",
         security=security,
-        source_ledger="brokerage-a",
+        source_ledger=source_ledger,
         target_ledger="brokerage-b",
         sender=SENDER,
         recipient=RECIPIENT,
@@ -100,9 +104,9 @@ async def test_create_then_get(store: SqliteTransferStore) -> None:
     assert created
     assert stored == rec
     assert await store.get(rec.transfer_id) == rec
-    assert await store.get_by_key("key-1") == rec
+    assert await store.get_by_key(rec.request.source_ledger, "key-1") == rec
     assert await store.get(w(0x99)) is None
-    assert await store.get_by_key("nope") is None
+    assert await store.get_by_key(rec.request.source_ledger, "nope") is None
 
 
 async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
@@ -117,6 +121,91 @@ async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
     assert [(h.sequence, h.state, h.detail) for h in history] == [
         (1, TransferState.SUBMITTED, "accepted")
     ]
+
+
+@pytest.mark.security
+async def test_keys_are_scoped_per_source_ledger(store: SqliteTransferStore) -> None:
+    mine = make_record(1, key="order-1")
+    theirs = make_record(2, key="order-1", source_ledger="brokerage-c")
+    assert (await store.create(mine))[1] is True
+    stored, created = await store.create(theirs)
+    assert created and stored == theirs, "another brokerage's key never blocks this one"
+    assert await store.get_by_key("brokerage-a", "order-1") == mine
+    assert await store.get_by_key("brokerage-c", "order-1") == theirs
+    assert await store.get_by_key("brokerage-b", "order-1") is None
+
+
+@pytest.mark.security
+async def test_same_transfer_under_another_key_is_a_conflict(store: SqliteTransferStore) -> None:
+    rec = make_record(1, key="first")
+    await store.create(rec)
+    again = dataclasses.replace(
+        rec, request=dataclasses.replace(rec.request, idempotency_key="second")
+    )
+    with pytest.raises(Conflict, match="already submitted under another idempotency_key"):
+        await store.create(again)
+    assert await store.get_by_key("brokerage-a", "second") is None
+    assert len(await store.history(rec.transfer_id, 0)) == 1
+
+
+_V1_TRANSFERS = """
+CREATE TABLE transfers (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  transfer_id BLOB NOT NULL UNIQUE,
+  idempotency_key TEXT NOT NULL UNIQUE,
+  request TEXT NOT NULL,
+  terms TEXT NOT NULL,
+  security TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  transactions TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX transfers_state ON transfers(state);
+"""
+
+
+@pytest.mark.security
+async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
+    # A file written before keys were scoped per source ledger (and before ``origin``).
+    s = SqliteTransferStore(db_path)
+    recs = [make_record(1, key="order-1"), make_record(2, key="onchain:0x" + "00" * 32)]
+    adopted = make_record(3)
+    adopted = dataclasses.replace(
+        adopted,
+        request=dataclasses.replace(
+            adopted.request, idempotency_key="onchain:0x" + adopted.transfer_id.hex()
+        ),
+    )
+    for r in [*recs, adopted]:
+        await s.create(r)
+    rows = s._db.execute(
+        "SELECT seq, transfer_id, idempotency_key, request, terms, security, state, reason,"
+        " created_at, updated_at, transactions FROM transfers ORDER BY seq"
+    ).fetchall()
+    s.close()
+    raw = sqlite3.connect(db_path)
+    raw.executescript("DROP TABLE transfers;" + _V1_TRANSFERS)
+    raw.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    raw.commit()
+    raw.close()
+
+    migrated = SqliteTransferStore(db_path)
+    try:
+        assert await migrated.get(recs[0].transfer_id) == recs[0]
+        assert await migrated.get_by_key("brokerage-a", "order-1") == recs[0]
+        got = await migrated.get(adopted.transfer_id)
+        assert got is not None and got.origin.value == "adopted"
+        theirs = make_record(4, key="order-1", source_ledger="brokerage-c")
+        assert (await migrated.create(theirs))[1] is True
+        page, _ = await migrated.list_transfers(None, None, 10, 0)
+        assert [r.transfer_id for r in page] == [r.transfer_id for r in [*recs, adopted, theirs]], (
+            "rows and their order kept"
+        )
+    finally:
+        migrated.close()
+    SqliteTransferStore(db_path).close()  # opening a migrated file again changes nothing
 
 
 async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> None:

@@ -207,3 +207,28 @@ def test_uninstructed_abort_needs_a_source_lock() -> None:
 def test_instructed_lock_with_target_none_cannot_be_aborted() -> None:
     with pytest.raises(ClaimRefused, match="nothing to abort on"):
         check_claim(ClaimKind.ABORT, TH, leg(S.LOCKED), leg(S.NONE), instructed=True)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("dst", [S.PREPARED, S.MINTED])
+@pytest.mark.parametrize("src", [S.LOCKED, S.BURNED])
+def test_commit_needs_no_instruction_once_the_target_is_prepared(
+    src: LegState, dst: LegState
+) -> None:
+    """A key removed while the transfer is PREPARED does not strand it: COMMIT is signed."""
+    check_claim(ClaimKind.COMMIT, TH, leg(src), leg(dst), instructed=False)
+    with pytest.raises(ClaimRefused, match="a prepared transfer commits"):
+        check_claim(ClaimKind.ABORT, TH, leg(src), leg(dst), instructed=False)
+
+
+@pytest.mark.security
+def test_abort_towards_an_unknown_target_only_for_this_lock() -> None:
+    from verifiers.policy import check_abort_unknown_target
+
+    check_abort_unknown_target(TH, leg(S.LOCKED))
+    check_abort_unknown_target(TH, leg(S.RELEASED))
+    for state in (S.NONE, S.BURNED):
+        with pytest.raises(ClaimRefused, match=f"source leg is {state.name} at height 10"):
+            check_abort_unknown_target(TH, leg(state))
+    with pytest.raises(ClaimRefused, match="source leg holds different terms"):
+        check_abort_unknown_target(TH, leg(S.LOCKED, terms_hash=OTHER))

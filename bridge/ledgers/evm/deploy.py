@@ -224,6 +224,16 @@ def set_relayer(
     )
 
 
+def set_instructor(
+    w3: Web3, admin_key: bytes, endpoint: Contract, key: str, enabled: bool = True
+) -> TxReceipt:
+    """Register (or with ``enabled=False`` remove) brokerage instruction key ``key`` on
+    ``endpoint``; a relayer's lock must name a registered key (else UnknownInstructor)."""
+    return send_tx(
+        w3, admin_key, endpoint.functions.setInstructor(Web3.to_checksum_address(key), enabled)
+    )
+
+
 def set_eligible(
     w3: Web3, admin_key: bytes, token: Contract, holder: str, eligible: bool = True
 ) -> TxReceipt:

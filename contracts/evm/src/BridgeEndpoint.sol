@@ -43,6 +43,8 @@ contract BridgeEndpoint is IBridgeEndpoint {
     address public immutable override admin;
 
     mapping(address => bool) public override isRelayer;
+    /// Brokerage instruction keys this endpoint accepts on a relayer's lock (set by the admin).
+    mapping(address => bool) public override isInstructor;
     mapping(bytes32 => address) public override tokenOf;
     /// Units prepared (promised to recipients) but not yet minted, per security.
     mapping(bytes32 => uint256) public override preparedTotal;
@@ -98,6 +100,18 @@ contract BridgeEndpoint is IBridgeEndpoint {
         emit RelayerSet(relayer, enabled);
     }
 
+    /// Registers (`enabled`) or removes `key` as a brokerage instruction key. Guarantees: only
+    /// the admin changes the registry; a relayer's `lock` succeeds only for an instruction
+    /// signed by a key registered here at the time of the lock (UnknownInstructor otherwise).
+    /// Removing a key does not affect transfers already locked.
+    /// SECURITY: without this registry a relayer could name its own key as instructor and
+    /// escrow any holder's units towards a ledger no member knows, where nothing releases them.
+    function setInstructor(address key, bool enabled) external override onlyAdmin {
+        if (key == address(0)) revert ZeroAddress();
+        isInstructor[key] = enabled;
+        emit InstructorSet(key, enabled);
+    }
+
     /// Binds `securityId` to `token`, once and for all. Guarantees: the token reports the same
     /// security id, and the mapping never changes afterwards (so a prepared transfer always
     /// mints on the token it was checked against).
@@ -127,13 +141,14 @@ contract BridgeEndpoint is IBridgeEndpoint {
     /// Escrows `t.amount` of the sender's units for transfer `transferIdOf(t)`.
     /// Caller: the sender itself (holder-direct; then `t.instructor` must equal `t.sender` and
     /// `instruction` is ignored), or a relayer with `instruction`, a 65-byte signature by
-    /// `t.instructor` over `instructionDigestOf(t)` (MissingInstruction / InvalidInstruction
-    /// otherwise). Guarantees on success: `t` names this ledger and this contract as source
+    /// `t.instructor` over `instructionDigestOf(t)`, where `t.instructor` is a registered
+    /// instruction key or the sender itself (MissingInstruction / UnknownInstructor /
+    /// InvalidInstruction otherwise). Guarantees on success: `t` names this ledger and this contract as source
     /// and another ledger as target, the amount is nonzero, the deadline is in the future, the
     /// security is registered, the id was never used here, and the units now sit in this
     /// contract's token balance (outbound state Locked).
     /// SECURITY: a relayer (or a coordinator driving it) cannot lock units that neither their
-    /// holder nor the instructing brokerage's key authorised.
+    /// holder nor a brokerage instruction key registered by the admin authorised.
     function lock(BridgeTypes.Terms calldata t, bytes calldata instruction)
         external
         override
@@ -147,7 +162,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         } else if (!isRelayer[msg.sender]) {
             revert NotSender();
         } else {
-            _verifyInstruction(t.instructor, hash, instruction);
+            _verifyInstruction(t.instructor, t.sender, hash, instruction);
         }
         if (!_isSource(t) || t.dstLedgerId == ledgerId) revert WrongLedger();
         if (t.amount == 0) revert ZeroAmount();
@@ -463,16 +478,25 @@ contract BridgeEndpoint is IBridgeEndpoint {
         }
     }
 
-    /// Reverts MissingInstruction for an empty `instruction`, InvalidInstruction unless it is
-    /// a valid signature (committee rules) by the address in `instructor` over
+    /// Reverts MissingInstruction for an empty `instruction`, UnknownInstructor unless
+    /// `instructor` is an address registered with `setInstructor` (or is the `sender`
+    /// itself: the holder instructing its own lock), InvalidInstruction unless
+    /// `instruction` is a valid signature (committee rules) by that address over
     /// `instructionDigest(network, hash)`.
-    function _verifyInstruction(bytes32 instructor, bytes32 hash, bytes calldata instruction)
-        private
-        view
-    {
+    function _verifyInstruction(
+        bytes32 instructor,
+        bytes32 sender,
+        bytes32 hash,
+        bytes calldata instruction
+    ) private view {
         if (instruction.length == 0) revert MissingInstruction();
         (bool ok, address expected) = _evmAddress(instructor);
-        if (!ok || instruction.length != SIGNATURE_LENGTH) revert InvalidInstruction();
+        // SECURITY: only the admin's registered brokerage keys (or the holder itself, signing
+        // as the instructor of its own lock) may instruct a relayer's lock.
+        if (!ok || (instructor != sender && !isInstructor[expected])) {
+            revert UnknownInstructor(instructor);
+        }
+        if (instruction.length != SIGNATURE_LENGTH) revert InvalidInstruction();
         bytes32 digest = BridgeTypes.instructionDigest(_network(), hash);
         bytes32 r = bytes32(instruction[0:32]);
         bytes32 s = bytes32(instruction[32:64]);

@@ -28,6 +28,7 @@ interface IBridgeEndpoint {
     );
     event SecurityRegistered(bytes32 indexed securityId, address token);
     event RelayerSet(address indexed relayer, bool enabled);
+    event InstructorSet(address indexed instructor, bool enabled);
 
     error NotAdmin();
     error NotRelayer();
@@ -53,12 +54,16 @@ interface IBridgeEndpoint {
     error ZeroAddress();
     error MissingInstruction();
     error InvalidInstruction();
+    error UnknownInstructor(bytes32 instructor);
 
     // --- administration (least privilege: admin configures, relayers only move legs) ---
     function ledgerId() external view returns (bytes32);
     function admin() external view returns (address);
     function setRelayer(address relayer, bool enabled) external; // onlyAdmin
     function isRelayer(address account) external view returns (bool);
+    /// Registers or removes a brokerage instruction key; a relayer's lock must name one.
+    function setInstructor(address key, bool enabled) external; // onlyAdmin
+    function isInstructor(address key) external view returns (bool);
     function registerSecurity(bytes32 securityId, address token) external; // onlyAdmin
     function tokenOf(bytes32 securityId) external view returns (address);
     function committee() external view returns (uint64 epoch, uint8 threshold, address[] memory members);

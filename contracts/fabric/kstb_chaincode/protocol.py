@@ -536,6 +536,9 @@ class Endpoint:
     def _is_relayer(self, identity: str) -> bool:
         return self._get_json(f"relayer/{identity}") is True
 
+    def _is_instructor(self, address: bytes) -> bool:
+        return self._get_json(f"instructor/{address.hex()}") is True
+
     def _registered(self, sec: bytes) -> dict[str, Any] | None:
         obj = self._get_json(f"security/{sec.hex()}")
         return obj if isinstance(obj, dict) else None
@@ -666,16 +669,25 @@ class Endpoint:
     # ------------------------------------------------------------------ administration
 
     def init(
-        self, ledger_name: str, chaincode_name: str, committee_json: str, network_hex: str
+        self,
+        ledger_name: str,
+        chaincode_name: str,
+        committee_json: str,
+        network_hex: str,
+        admin_identity: str,
     ) -> object:
-        """Configure the endpoint once; the caller, an organisation admin, becomes its admin.
+        """Configure the endpoint once; ``admin_identity`` (pinned) becomes its admin.
 
         SECURITY: the arguments (ledger, chaincode name, committee, network word = the
-        channel's genesis block hash) must hash to the pin this chaincode server was started
-        with (``Context.init_pin``). Every organisation runs its own server with its own pin
-        and the endorsement policy needs all of them, so no single organisation's admin can
-        initialise the endpoint with a committee (or network) of its own choosing. Only a
-        certificate with the NodeOU ``admin`` role may initialise, and only once.
+        channel's genesis block hash, and the admin identity ``<mspid>:<sha256 hex of the
+        certificate PEM>``) must hash to the pin this chaincode server was started with
+        (``Context.init_pin``). Every organisation runs its own server with its own pin and
+        the endorsement policy needs all of them, so no single organisation's admin can
+        initialise the endpoint with a committee, network or admin of its own choosing. The
+        caller must hold the NodeOU ``admin`` role and be exactly the pinned admin identity
+        (NotAdmin otherwise): the admin issues, redeems, freezes and chooses the relayers
+        and instruction keys, so whoever sends Init first with the public pinned arguments
+        must not become it. Only once.
         """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
@@ -686,9 +698,17 @@ class Endpoint:
             raise ChaincodeError(
                 "WrongInitParameters", "this chaincode server has no pinned Init parameters"
             )
-        digest = init_parameters_digest([ledger_name, chaincode_name, committee_json, network_hex])
+        digest = init_parameters_digest(
+            [ledger_name, chaincode_name, committee_json, network_hex, admin_identity]
+        )
         if digest != pin:
             raise ChaincodeError("WrongInitParameters", f"sha256={digest}, pinned={pin} (refused)")
+        if not _IDENTITY.fullmatch(admin_identity):
+            raise _invalid(f"admin {admin_identity!r} is not '<mspid>:<64 lowercase hex>'")
+        if self._ctx.caller != admin_identity:
+            raise ChaincodeError(
+                "NotAdmin", f"caller={self._ctx.caller} is not the pinned admin {admin_identity}"
+            )
         network = _parse_word("network", network_hex)
         if not any(network):
             raise _invalid("network word must not be zero")
@@ -709,7 +729,7 @@ class Endpoint:
             "ledger_word": _hex(ledger_word(ledger_name)),
             "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
             "network_word": _hex(network),
-            "admin": self._ctx.caller,
+            "admin": admin_identity,
         }
         self._put_json("config", config)
         self._put_json("committee", _committee_json(committee))
@@ -723,6 +743,23 @@ class Endpoint:
             raise _invalid(f"identity {identity!r} is not '<mspid>:<64 lowercase hex>'")
         self._put_json(f"relayer/{identity}", on)
         return {"identity": identity, "enabled": on}
+
+    def set_instructor(self, address: str, enabled: str) -> object:
+        """Register (or remove) a brokerage instruction key, a 0x EVM address (admin only).
+
+        SECURITY: ``Lock`` accepts only instructions by a key registered here at the time of
+        the lock (UnknownInstructor otherwise), so a relayer cannot name its own key as the
+        instructor and escrow a holder's units towards a ledger no member knows.
+        """
+        self._only_admin()
+        on = _parse_bool("enabled", enabled)
+        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+            raise _invalid(f"instructor {address!r} is not a 0x-prefixed 20-byte address")
+        key = bytes.fromhex(address[2:])
+        if not any(key):
+            raise ChaincodeError("ZeroAddress", "instructor=0x" + "00" * 20)
+        self._put_json(f"instructor/{key.hex()}", on)
+        return {"instructor": _hex(key), "enabled": on}
 
     def register_security(self, isin: str) -> object:
         """Register a security once (its token lives in this chaincode)."""
@@ -799,19 +836,29 @@ class Endpoint:
         """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock).
 
         SECURITY: the lock carries the brokerage's instruction, a signature by
-        ``t.instructor`` over ``instruction_digest(network, termsHash)``; without it
-        (MissingInstruction) or with any other signature (InvalidInstruction) nothing is
-        escrowed, so a relayer alone cannot move a holder's units.
+        ``t.instructor`` over ``instruction_digest(network, termsHash)``, and ``t.instructor``
+        must be a key the admin registered (``SetInstructor``); without it
+        (MissingInstruction), for an unregistered key (UnknownInstructor) or with any other
+        signature (InvalidInstruction) nothing is escrowed, so a relayer alone cannot move a
+        holder's units.
         """
         self._only_relayer()
         t = parse_terms(terms_json)
         if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
             raise _invalid("instruction must be 0x-prefixed hex")
+        instruction = bytes.fromhex(instruction_hex[2:])
+        if not instruction:
+            raise ChaincodeError("MissingInstruction", "the lock carries no instruction")
+        instructor = _address_of_word(t.instructor)
+        # SECURITY: only a brokerage key the admin registered instructs a lock (Fabric
+        # holders do not instruct their own locks: the committee's rule, is_instructed).
+        if instructor is None or not self._is_instructor(instructor):
+            raise ChaincodeError("UnknownInstructor", f"instructor={_hex(t.instructor)}")
         try:
             check_instruction(
                 instruction_digest(self.cfg.network_word, t.terms_hash),
                 t.instructor,
-                bytes.fromhex(instruction_hex[2:]),
+                instruction,
             )
         except ProtocolError as exc:
             raise ChaincodeError(exc.reason.value, exc.detail) from None
@@ -1053,6 +1100,14 @@ class Endpoint:
         self._require_init()
         return {"identity": identity, "relayer": self._is_relayer(identity)}
 
+    def is_instructor(self, address: str) -> object:
+        """Whether ``address`` (0x EVM address) is a registered instruction key."""
+        self._require_init()
+        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+            raise _invalid(f"instructor {address!r} is not a 0x-prefixed 20-byte address")
+        key = bytes.fromhex(address[2:])
+        return {"instructor": _hex(key), "instructor_registered": self._is_instructor(key)}
+
     def who_am_i(self) -> object:
         """The caller's identity string (what SetRelayer expects)."""
         return {"identity": self._ctx.caller}
@@ -1100,8 +1155,9 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 
 # function name -> (method name, number of string arguments, changes state)
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
-    "Init": ("init", 4, True),
+    "Init": ("init", 5, True),
     "SetRelayer": ("set_relayer", 2, True),
+    "SetInstructor": ("set_instructor", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
     "SetEligible": ("set_eligible", 3, True),
     "SetFrozen": ("set_frozen", 3, True),
@@ -1119,6 +1175,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "Committee": ("committee", 0, False),
     "Info": ("info", 0, False),
     "IsRelayer": ("is_relayer", 1, False),
+    "IsInstructor": ("is_instructor", 1, False),
     "WhoAmI": ("who_am_i", 0, False),
     "Digests": ("digests", 1, False),
     "ClaimDigest": ("claim_digest_of", 4, False),

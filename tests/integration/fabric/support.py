@@ -145,12 +145,23 @@ async def submit_and_wait(
 async def initialise(
     net: FabricNetwork, admin: GatewayClient, chaincode: str, ledger: LedgerId, committee: Committee
 ) -> None:
-    """Pin the Init arguments (ledger, chaincode, committee, the channel's genesis hash) for
-    the chaincode server, as its organisation would, and Init the endpoint with them."""
+    """Pin the Init arguments (ledger, chaincode, committee, the channel's genesis hash, the
+    ``admin`` client's identity as endpoint admin) for
+    the chaincode server, as its organisation would, Init the endpoint with them and
+    register BROKER as its instruction key."""
     NETWORK["word"] = await admin.genesis_hash()
-    args = [ledger.name, chaincode, committee_json(committee), "0x" + network_word().hex()]
+    args = [
+        ledger.name,
+        chaincode,
+        committee_json(committee),
+        "0x" + network_word().hex(),
+        admin.identity.chaincode_identity(),
+    ]
     pin_init(net, chaincode, args)
     await submit_and_wait(net, admin, chaincode, "Init", *args)
+    await submit_and_wait(
+        net, admin, chaincode, "SetInstructor", "0x" + BROKER.address.hex(), "true"
+    )
 
 
 @dataclass

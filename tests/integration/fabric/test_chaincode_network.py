@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bridge.core.digests import WORD_FIELDS
 from bridge.devnet.fabric import FabricError, FabricNetwork
 from bridge.devnet.fabric_bridge import pin_init, start_bridge_chaincode
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess
@@ -29,6 +30,7 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.instructions import instruction_digest
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
+from bridge.ledgers.fabric.identity import SigningIdentity
 from tests.integration.fabric.support import gateway_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric]
@@ -146,20 +148,7 @@ def holder() -> str:
 
 
 def terms_json(t: TransferTerms) -> str:
-    obj: dict[str, Any] = {
-        name: "0x" + getattr(t, name).hex()
-        for name in (
-            "nonce",
-            "security",
-            "src_ledger",
-            "src_bridge",
-            "dst_ledger",
-            "dst_bridge",
-            "sender",
-            "recipient",
-            "instructor",
-        )
-    }
+    obj: dict[str, Any] = {name: "0x" + getattr(t, name).hex() for name in WORD_FIELDS}
     obj.update(amount=str(t.amount), deadline=t.deadline)
     return json.dumps(obj)
 
@@ -172,14 +161,19 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
         "members": ["0x" + s.address.hex() for s in bridge.signers],
     }
     genesis = asyncio.run(_genesis_hash(net))
-    args = [LEDGER, CHAINCODE, json.dumps(committee), "0x" + genesis.hex()]
+    o1 = net.org("Org1")
+    admin_identity = SigningIdentity.from_msp_dir(o1.msp_id, o1.admin_msp_dir).chaincode_identity()
+    args = [LEDGER, CHAINCODE, json.dumps(committee), "0x" + genesis.hex(), admin_identity]
     # Init before the organisations pinned its parameters, or with others: refused.
     with pytest.raises(FabricError, match="WrongInitParameters"):
         bridge.invoke("Init", *args, user="Admin", init=True)
     pin_init(net, CHAINCODE, args)
     rogue = {**committee, "members": committee["members"][:1], "threshold": 1}
     with pytest.raises(FabricError, match="WrongInitParameters"):
-        bridge.invoke("Init", *args[:2], json.dumps(rogue), args[3], user="Admin", init=True)
+        bridge.invoke("Init", *args[:2], json.dumps(rogue), *args[3:], user="Admin", init=True)
+    # Another organisation's admin with the (public) pinned arguments: not the pinned admin.
+    with pytest.raises(FabricError, match=r"NotAdmin: .* is not the pinned admin"):
+        bridge.invoke("Init", *args, org="Org2", user="Admin", init=True)
     bridge.invoke("Init", *args, user="Admin", init=True)
     ledger_word = LedgerId(LEDGER).word
     bridge_word = keccak256(f"fabric:{net.channel}:{CHAINCODE}".encode())
@@ -205,6 +199,7 @@ def test_bridge_chaincode_on_the_network(bridge: Bridge, tmp_path: Path) -> None
     with pytest.raises(FabricError, match="NotAdmin"):
         bridge.invoke("SetRelayer", relayer, "true", user="User1")
     bridge.invoke("SetRelayer", relayer, "true", user="Admin")
+    bridge.invoke("SetInstructor", "0x" + BROKER.address.hex(), "true", user="Admin")
     alice, bob = holder(), holder()
     bridge.invoke("RegisterSecurity", ISIN.isin, user="Admin")
     bridge.invoke("SetEligible", ISIN.isin, alice, "true", user="Admin")

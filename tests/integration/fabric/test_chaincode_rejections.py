@@ -7,6 +7,7 @@ list runs against anvil in tests/integration/test_evm_contracts.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -140,6 +141,33 @@ async def test_a_lock_without_a_valid_brokerage_instruction_is_refused(
     assert (await leg(relayer, t, Leg.OUTBOUND))[0] is LegState.LOCKED
 
 
+@pytest.mark.security
+async def test_a_lock_by_an_unregistered_instructor_is_refused(
+    env: Env, admin: GatewayClient, relayer: GatewayClient
+) -> None:
+    """A relayer naming its own (validly signing) key as instructor escrows nothing: only
+    keys the endpoint admin registered (SetInstructor) instruct; a removed key no longer
+    does, and only the admin changes the registry."""
+    alice = await holder(env, admin, 5)
+    rogue = LocalKeySigner(secrets.token_bytes(32))
+    key = "0x" + rogue.address.hex()
+    t = dataclasses.replace(outbound(env, alice, 5), instructor=bytes(12) + rogue.address)
+    terms = codec.terms_to_json(t)
+    await refused(relayer, "UnknownInstructor", "Lock", *lock_args(terms, rogue))
+    await refused(relayer, "NotAdmin", "SetInstructor", key, "true")
+    registered = json.loads(await relayer.evaluate(CHAINCODE, "IsInstructor", [key]))
+    assert registered["instructor_registered"] is False
+    assert await leg(relayer, t, Leg.OUTBOUND) == (LegState.NONE, 0)
+    assert await balance(relayer, alice) == 5
+    await submit(env.net, admin, "SetInstructor", key, "true")
+    await submit(env.net, admin, "SetInstructor", key, "false")
+    await refused(relayer, "UnknownInstructor", "Lock", *lock_args(terms, rogue))
+    assert await balance(relayer, alice) == 5
+    await submit(env.net, admin, "SetInstructor", key, "true")
+    await submit(env.net, relayer, "Lock", *lock_args(terms, rogue))
+    assert (await leg(relayer, t, Leg.OUTBOUND))[0] is LegState.LOCKED
+
+
 async def test_lock_refusals(env: Env, admin: GatewayClient, relayer: GatewayClient) -> None:
     alice = await holder(env, admin, 5)
     t = outbound(env, alice, 5)
@@ -172,6 +200,7 @@ async def test_lock_refusals(env: Env, admin: GatewayClient, relayer: GatewayCli
 async def test_admin_functions_refuse_others(env: Env, relayer: GatewayClient) -> None:
     await refused(relayer, "NotAdmin", "Issue", ISIN, "0x" + "22" * 20, "5")
     await refused(relayer, "NotAdmin", "SetRelayer", "Org1MSP:" + "00" * 32, "true")
+    await refused(relayer, "NotAdmin", "SetInstructor", "0x" + "22" * 20, "true")
 
 
 # -- certificate checks (on prepare) -----------------------------------------------------

@@ -218,7 +218,11 @@ async def _connect_status(address: str, creds: grpc.ChannelCredentials | None) -
         else grpc.aio.insecure_channel(address)
     )
     try:
-        call = channel.stream_stream("/protos.Chaincode/Connect")(iter(()), timeout=3)
+        # No request iterator: grpc.aio writes an iterator's requests in a task of its own,
+        # and when that write fails first (no TLS session) it cancels the call locally, so
+        # the reader saw CANCELLED instead of the connection's UNAVAILABLE (flaky under load).
+        # Nothing is written: a served stream waits for a request until the 3 s deadline.
+        call = channel.stream_stream("/protos.Chaincode/Connect")(timeout=3)
         try:
             async for _ in call:
                 return "served"

@@ -38,7 +38,17 @@ def token_identity(org: FabricOrg, cert_pem: bytes | None = None) -> SigningIden
 
 
 def client(net: FabricNetwork, org: FabricOrg, ident: SigningIdentity) -> GatewayClient:
-    return GatewayClient(org.peer_endpoint, org.tls_ca_cert, org.peer_host, ident, net.channel)
+    # The peers require a TLS client certificate (mutual TLS); the token key signs the
+    # proposals, the org user's TLS pair only opens the connection.
+    return GatewayClient(
+        org.peer_endpoint,
+        org.tls_ca_cert,
+        org.peer_host,
+        ident,
+        net.channel,
+        tls_client_cert=org.user_tls_cert("User1"),
+        tls_client_key=org.user_tls_key("User1"),
+    )
 
 
 def put(net: FabricNetwork, cc: str, key: str, value: str) -> None:

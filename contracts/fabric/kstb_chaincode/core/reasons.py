@@ -42,6 +42,7 @@ class ErrorReason(enum.StrEnum):
     # Instructions (protocol v2).
     MISSING_INSTRUCTION = "MissingInstruction"
     INVALID_INSTRUCTION = "InvalidInstruction"
+    UNKNOWN_INSTRUCTOR = "UnknownInstructor"
     # Administration and tokens.
     SECURITY_ALREADY_REGISTERED = "SecurityAlreadyRegistered"
     SECURITY_MISMATCH = "SecurityMismatch"

@@ -1,0 +1,44 @@
+"""Shared console entry point for the ledger-facing daemons (relayer, verifier)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge.ledgers.startup import LedgerMismatch
+from bridge.logfields import configure
+
+EXIT_WRONG_LEDGER = 3
+"""Exit status when a node reached is not the configured ledger."""
+
+
+def run_daemon(
+    prog: str,
+    component: str,
+    description: str | None,
+    run: Callable[[Path], Coroutine[Any, Any, None]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Parse ``--config PATH`` and run ``run(PATH)`` until it returns.
+
+    SECURITY: a daemon whose ledger node is not the configured ledger (:class:`LedgerMismatch`)
+    logs what differs and exits with :data:`EXIT_WRONG_LEDGER` instead of serving.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(run(args.config))
+    except LedgerMismatch as exc:
+        configure(component).error(
+            "wrong ledger, refusing to start",
+            ledger=exc.ledger,
+            what=exc.what,
+            expected=exc.expected,
+            found=exc.found,
+            error=str(exc),
+        )
+        raise SystemExit(EXIT_WRONG_LEDGER) from None
