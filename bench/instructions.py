@@ -16,7 +16,8 @@ relayer), so this measures the checks themselves instead of a run without them:
 - **Gas** (a real anvil, auto-mining): the same ``lock`` made by a relayer with a brokerage
   instruction and by the holder directly (no signature), ``--locks`` of each, alternating,
   after one warm-up of each. The difference is the on-chain cost of carrying and checking
-  the instruction (65-byte signature in calldata, the relayer-role lookup, ecrecover).
+  the instruction (65-byte signature in calldata, the relayer-role and instructor-registry
+lookups, ecrecover).
 
 Prints a table; ``--json PATH`` writes the numbers, with the machine noted.
 """
@@ -34,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from web3 import Web3
 
 from bridge.config import dump_toml, load_network
 from bridge.coordinator.requests import check_instruction, terms_for, validate_request
@@ -57,6 +60,7 @@ from bridge.ledgers.evm.deploy import (
     register_security,
     send_tx,
     set_eligible,
+    set_instructor,
     set_relayer,
 )
 from bridge.rpc.convert import instruction_from_pb
@@ -229,6 +233,7 @@ def measure_gas(locks: int, workdir: Path) -> GasResult:
         set_eligible(w3, key, token, holder.address)
         issue(w3, key, token, holder.address, 1_000_000)
         broker = LocalKeySigner(secrets.token_bytes(32))
+        set_instructor(w3, key, src, Web3.to_checksum_address(broker.address))
         network = evm_network_word(CHAIN_ID)
 
         def terms(instructor: bytes) -> TransferTerms:
