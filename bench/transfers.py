@@ -68,6 +68,7 @@ from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
+from bridge.rpc.tls import INSECURE_ENV
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 if TYPE_CHECKING:
@@ -121,6 +122,20 @@ class Options:
     cpu: bool
     baseline: float
     json_path: Path | None
+    transport: str = "mtls"  # mtls | plaintext (development flag; cost measurement only)
+    evm_node_auth: bool = True  # EVM nodes behind the authenticating TLS proxy
+
+
+def mode_of(opts: Options) -> dict[str, Any]:
+    """The transport-security mode of a run, as printed and written to JSON."""
+    return {"transport": opts.transport, "evm_node_auth": opts.evm_node_auth}
+
+
+def mode_label(opts: Options) -> str:
+    """``gRPC mTLS, EVM node TLS+token`` and the like."""
+    grpc_mode = "gRPC mTLS + authorisation" if opts.transport == "mtls" else "gRPC PLAINTEXT"
+    evm_mode = "EVM node TLS + token" if opts.evm_node_auth else "EVM node plain http"
+    return f"{grpc_mode}, {evm_mode}"
 
 
 @dataclass(frozen=True)
@@ -254,7 +269,12 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
     """The (not yet started) system with the ledgers ``--lanes`` needs."""
     evm, fabric = LAYOUTS[opts.lanes]
     return LocalSystem(
-        workdir, ledger_names=evm, fabric_ledger_names=fabric, block_time=opts.block_time
+        workdir,
+        ledger_names=evm,
+        fabric_ledger_names=fabric,
+        block_time=opts.block_time,
+        evm_node_auth=opts.evm_node_auth,
+        transport_security=opts.transport == "mtls",
     )
 
 
@@ -473,6 +493,9 @@ def process_pids(system: LocalSystem) -> dict[str, int]:
     for name, ledger in system.ledgers.items():
         if ledger.node.process is not None:
             pids[f"anvil-{name}"] = ledger.node.process.pid
+        proxy = ledger.node.proxy
+        if proxy is not None and proxy.process is not None and proxy.process.alive():
+            pids[f"evm-proxy-{name}"] = proxy.process.pid
     for name, fab in system.fabric.items():
         prefix = f"{name}:" if len(system.fabric) > 1 else ""
         if fab.network is not None:
@@ -1021,6 +1044,7 @@ def report(
     _say()
     _say(f"machine: {machine['nproc']} cpus ({machine['cpu_model']}), python {machine['python']}")
     lanes = ", ".join(lane_name(lane) for lane in lanes_of(opts))
+    _say(f"mode: {mode_label(opts)}")
     _say(
         f"config: {opts.transfers} transfers at {opts.rate:g}/s offered (open loop),"
         f" lanes={opts.lanes} ({lanes}), {opts.holders} holders, block time"
@@ -1079,6 +1103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="sample per-process CPU (default on)")  # fmt: skip
     p.add_argument("--baseline", type=float, default=3.0, help="idle CPU sample s before load")
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    p.add_argument("--transport", choices=("mtls", "plaintext"), default="mtls",
+                   help="mtls: mutual TLS + authorisation on every gRPC port (default);\n"
+                        f"plaintext: no [tls] tables, {INSECURE_ENV}=1 everywhere\n"
+                        "(development flag; only to measure what mTLS costs)")  # fmt: skip
+    p.add_argument("--evm-node-auth", action=argparse.BooleanOptionalAction, default=True,
+                   help="EVM nodes behind the authenticating TLS proxy (default on)")  # fmt: skip
     a = p.parse_args(argv)
     if a.transfers < 1 or a.rate <= 0 or a.block_time <= 0 or a.timeout <= 0 or a.holders < 2:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
@@ -1087,7 +1117,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if a.directions != "both" and a.lanes != "evm":
         p.error("--directions applies to --lanes evm only")
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, a.lanes,
-                   a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json)  # fmt: skip
+                   a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
+                   a.transport, a.evm_node_auth)  # fmt: skip
 
 
 @dataclass
@@ -1126,6 +1157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit code (0 unless setup or the run failed)."""
     opts = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    if opts.transport == "plaintext":
+        # SECURITY: development flag, for this client only (the measurement's plaintext run).
+        os.environ[INSECURE_ENV] = "1"
     root = REPO_ROOT / ".run" / "bench"
     workdir = root / time.strftime("run-%Y%m%d-%H%M%S")
     system = make_system(workdir, opts)
@@ -1143,7 +1177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine = machine_note()
         report(machine, opts, summary, m, cons)
         if opts.json_path is not None:
-            payload = {"machine": machine, "config": asdict(opts), "summary": summary,
+            payload = {"machine": machine, "config": asdict(opts), "mode": mode_of(opts),
+                       "summary": summary,
                        "ledger_intervals": intervals, "ledger_commit_s": commits,
                        "cpu": m.cpu, "anvil_rpc": m.rpc, "conservation": cons,
                        "transfers": [asdict(r) for r in m.results]}  # fmt: skip

@@ -123,6 +123,11 @@ class LocalSystem:
     evm_node_auth: bool = True
     """EVM nodes behind the authenticating TLS proxy (``https`` + bearer token), as
     production nodes are; False exposes anvil's plain http port to the components."""
+    transport_security: bool = True
+    """Mutual TLS (and role authorisation) on every gRPC port and client, as in production.
+    False is for measuring its cost only (``bench/security_overhead.py``): no ``[tls]`` tables,
+    every process started with the development plaintext flag, and this object's channels
+    plaintext (the calling process must set the flag too)."""
     instruction_keys: dict[str, DevAccount] = field(default_factory=dict)
     """Per ledger, the instruction key of the brokerage that manages its accounts."""
     _brokerage: Brokerage | None = None
@@ -363,7 +368,17 @@ class LocalSystem:
     ) -> grpc.Channel:
         """A synchronous mTLS channel to the server holding ``peer``, as ``principal``,
         e.g. ``system.channel("brokerage:brokerage-a")``, ``system.channel("depository")``."""
-        return sync_channel(self.target_of(peer), self.identity(principal, peer, cert))
+        return sync_channel(self.target_of(peer), self._client_identity(principal, peer, cert))
+
+    def _client_identity(
+        self, principal: str, peer: str, cert: IssuedCertificate | None
+    ) -> ClientIdentity | None:
+        """:meth:`identity`, or None (plaintext) when ``transport_security`` is off."""
+        return self.identity(principal, peer, cert) if self.transport_security else None
+
+    def _tls_entry(self, principal: str) -> dict[str, Any]:
+        """``{"tls": ...}`` for a daemon's file; nothing when ``transport_security`` is off."""
+        return {"tls": self.tls_table(principal)} if self.transport_security else {}
 
     def cli_tls_args(self, principal: str, peer: str = "coordinator") -> list[str]:
         """``bridge`` CLI options presenting ``principal``'s certificate to ``peer``."""
@@ -394,7 +409,7 @@ class LocalSystem:
         self, principal: str, peer: str = "coordinator", cert: IssuedCertificate | None = None
     ) -> grpc.aio.Channel:
         """:meth:`channel` for asyncio callers."""
-        return internal_channel(self.target_of(peer), self.identity(principal, peer, cert))
+        return internal_channel(self.target_of(peer), self._client_identity(principal, peer, cert))
 
     def write_configs(self) -> None:
         """Write network, coordinator, relayer and verifier files plus 0600 key files."""
@@ -419,7 +434,7 @@ class LocalSystem:
                 **self._key_entry(f"keys/verifier-{i}.key", label, account),
                 "vote_db": f"state/verifier-{i}.sqlite",
                 "audit_log": f"audit/verifier-{i}.jsonl",
-                "tls": self.tls_table(self.member_role(i)),
+                **self._tls_entry(self.member_role(i)),
             }
             if fabric_identities:
                 verifier["fabric_identities"] = fabric_identities
@@ -452,7 +467,7 @@ class LocalSystem:
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": min(0.2, self.block_time / 5),
                         "audit_log": f"audit/relayer-{name}.jsonl",
-                        "tls": self.tls_table(f"relayer:{name}"),
+                        **self._tls_entry(f"relayer:{name}"),
                         **key,
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
@@ -475,7 +490,7 @@ class LocalSystem:
                         "state_db": f"state/relayer-{name}.sqlite",
                         "poll_interval": 0.1,
                         "audit_log": f"audit/relayer-{name}.jsonl",
-                        "tls": self.tls_table(f"relayer:{name}"),
+                        **self._tls_entry(f"relayer:{name}"),
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                 )
@@ -492,7 +507,7 @@ class LocalSystem:
                     "verifiers": verifiers,
                     "relayers": relayers,
                     "audit_log": "audit/coordinator.jsonl",
-                    "tls": self.tls_table("coordinator"),
+                    **self._tls_entry("coordinator"),
                 }
             )
         )
@@ -508,7 +523,8 @@ class LocalSystem:
                 "PYTHONUNBUFFERED": "1",
                 **(self.token.env() if self.token is not None else {}),
                 # Plain anvil http (no TLS proxy) is accepted only under the development flag.
-                **({} if self.evm_node_auth else {INSECURE_ENV: "1"}),
+                # So is plaintext gRPC (transport_security off: cost measurement only).
+                **({} if self.evm_node_auth and self.transport_security else {INSECURE_ENV: "1"}),
                 # The devnet's 0600 key files (and Fabric PEM keys): development only.
                 PLAINTEXT_KEYS_ENV: "1",
             },
@@ -543,7 +559,7 @@ class LocalSystem:
         return SupplyOperator(
             self.coordinator_target,
             LocalKeySigner(self.supply_operator.private_key),
-            identity=self.identity("supply-operator"),
+            identity=self._client_identity("supply-operator", "coordinator", None),
         )
 
     def register_issuance(self) -> None:
