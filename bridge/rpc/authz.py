@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -181,38 +180,32 @@ class AuthorisationInterceptor(_InterceptorBase):
         """Run a streaming handler (an async generator, or a coroutine writing to the
         context itself), re-checking its caller as it goes.
 
-        SECURITY: revocation and expiry reach open streams: the caller is re-authenticated
-        every ``recheck_every`` seconds, busy or idle, and before a response is written
-        once that much time has passed; a refused caller's stream ends UNAUTHENTICATED."""
-        checked = time.monotonic()
+        SECURITY: revocation and expiry reach open streams: while the handler runs (busy or
+        idle), the caller is re-authenticated every ``recheck_every`` seconds, so no response
+        is written more than that long after the last check; a refused caller's stream ends
+        UNAUTHENTICATED and the handler is cancelled."""
 
-        async def guarded(step: Awaitable[Any]) -> Any:
-            nonlocal checked
-            future = asyncio.ensure_future(step)
-            try:
-                while True:
-                    done, _ = await asyncio.wait({future}, timeout=self._recheck_every)
-                    if time.monotonic() - checked >= self._recheck_every:
-                        await self._recheck(method, request, context)
-                        checked = time.monotonic()
-                    if done:
-                        return future.result()
-            finally:
-                if not future.done():
-                    future.cancel()
-                    with contextlib.suppress(BaseException):
-                        await future
-
-        if not hasattr(result, "__aiter__"):
-            await guarded(result)
-            return
-        iterator = result.__aiter__()
-        while True:
-            try:
-                item = await guarded(iterator.__anext__())
-            except StopAsyncIteration:
+        async def run() -> None:
+            if not hasattr(result, "__aiter__"):
+                await result
                 return
-            await context.write(item)
+            async for item in result:
+                await context.write(item)
+
+        # One task per stream, watched from here: the items flow through it untouched.
+        task = asyncio.ensure_future(run())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._recheck_every)
+                if done:
+                    task.result()
+                    return
+                await self._recheck(method, request, context)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     def _write(
         self,
