@@ -18,12 +18,20 @@ def read_private_file(path: Path, what: str) -> bytes:
         mode = path.stat().st_mode
     except OSError as exc:
         raise KeyCustodyError(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if mode & 0o077:
-        raise KeyFileExposed(f"{what} {path} must not be readable by group/others (chmod 600)")
+    refuse_exposed(path, mode, what)
     try:
         return path.read_bytes()
     except OSError as exc:
         raise KeyCustodyError(f"{what} {path} cannot be read: {exc.strerror}") from None
+
+
+def refuse_exposed(path: Path, mode: int, what: str) -> None:
+    """Raise KeyFileExposed when ``mode`` (of ``path``) has any group/other permission bit.
+
+    SECURITY: the one owner-only rule for files holding a key, a secret or a token.
+    """
+    if mode & 0o077:
+        raise KeyFileExposed(f"{what} {path} must not be readable by group/others (chmod 600)")
 
 
 def write_private_file(path: Path, data: bytes) -> None:

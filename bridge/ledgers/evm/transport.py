@@ -25,6 +25,7 @@ import aiohttp
 
 from bridge.config import LedgerAuth, LedgerConfig
 from bridge.domain.errors import InvalidInput
+from bridge.keys.files import refuse_exposed
 from bridge.logfields import get_logger
 from bridge.rpc.tls import INSECURE_ENV
 
@@ -70,8 +71,7 @@ def read_token_file(path: Path) -> str:
     except OSError as exc:
         raise InvalidInput(f"token file {path} unreadable: {exc.strerror}") from None
     # SECURITY: the token grants access to the ledger node; keep it as private as a key.
-    if mode & 0o077:
-        raise InvalidInput(f"token file {path} must not be readable by group/others (chmod 600)")
+    refuse_exposed(path, mode, "token file")
     raw = path.read_bytes()
     if len(raw) > MAX_TOKEN_BYTES:
         raise InvalidInput(f"token file {path} is larger than {MAX_TOKEN_BYTES} bytes")

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import (
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
+from bridge.keys.files import refuse_exposed
 from bridge.ledgers.fabric._protos import (
     ab_pb2,
     chaincode_event_pb2,
@@ -589,10 +590,7 @@ class GatewayClient:
         cert_path, key_path = self._tls_client
         # SECURITY: the TLS client key proves this client to peers that require client TLS.
         try:
-            if key_path.stat().st_mode & 0o077:
-                raise InvalidInput(
-                    f"TLS client key {key_path} must not be readable by group/others (chmod 600)"
-                )
+            refuse_exposed(key_path, key_path.stat().st_mode, "TLS client key")
             key_pem, cert_pem = key_path.read_bytes(), cert_path.read_bytes()
         except OSError as exc:
             raise Unavailable(f"TLS client certificate or key unreadable: {exc}") from exc
