@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -13,7 +13,7 @@ from bridge.devnet import processes
 class _RepeatingSocket:
     """A socket whose bind(0) yields ports from a fixed script, as a kernel may."""
 
-    script: list[int] = []
+    script: ClassVar[list[int]] = []
 
     def __init__(self, *args: Any) -> None:
         self.port = 0
