@@ -198,6 +198,7 @@ def test_release_parked_only_by_token_admin_to_an_eligible_holder_once(env: Env)
         (env.carol.address, 2),
         (env.dave.address, 3),
         (env.b.endpoint.address, 5),
+        (ZERO, 5),
     ):
         detail = reverts(env, "RecipientRefused", ep.releaseParked(tid, to), env.admin)
         assert f"status={status}" in detail, detail

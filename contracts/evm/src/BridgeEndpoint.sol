@@ -487,7 +487,9 @@ contract BridgeEndpoint is IBridgeEndpoint {
         bytes32 securityId = _in[transferId].securityId;
         SecurityToken token = _token(securityId);
         if (msg.sender != token.admin()) revert NotTokenAdmin(msg.sender);
-        if (to == address(this)) revert RecipientRefused(to, REASON_INVALID_RECIPIENT);
+        if (to == address(0) || to == address(this)) {
+            revert RecipientRefused(to, REASON_INVALID_RECIPIENT);
+        }
         uint8 status = token.receiveStatus(to);
         if (status != 0) revert RecipientRefused(to, status);
         parked[transferId] = 0;
