@@ -667,6 +667,8 @@ class Coordinator:
         if step.step is StepKind.LOCK and record.origin is not TransferOrigin.SUBMITTED:
             return await self._no_lock_for_adopted(record)
         reason = self._describe(step, target.state, target.reason, decision)
+        if step.state is TransferState.COMMITTED and target.parked:
+            reason = await self._parked(record, target.reason)
         if step.step is StepKind.PREPARE and not self._instructed(src_name, terms):
             # SECURITY: nobody certifies LOCKED for a lock no registered brokerage (nor, on
             # EVM, the holder) instructed; the committee certifies ABORT instead, so the
@@ -718,6 +720,16 @@ class Coordinator:
             if isinstance(r, BaseException):
                 raise r
         return False
+
+    # ---- parking
+    async def _parked(self, record: TransferRecord, code: int) -> str:
+        """Record that the target parked the committed units and say why (the COMMIT
+        decision stands; the issuer releases the units to an eligible holder)."""
+        await self._store.record_parked(record.transfer_id, code)
+        return (
+            f"committed, but the target parked the units ({RejectReason.describe(code)} since"
+            " prepare); the issuer releases them to an eligible holder; burned on the source"
+        )
 
     async def _no_lock_for_adopted(self, record: TransferRecord) -> bool:
         """An adopted transfer whose source shows no lock: wait, then fail; never lock.

@@ -58,6 +58,9 @@ class TransferRecord:
     origin: TransferOrigin = TransferOrigin.SUBMITTED
     instruction: bytes = b""
     """The instructor's signature over the terms, passed to the source ledger's LOCK."""
+    # ---- parking
+    parked_reason: int = 0
+    """0, or why the target parked the committed units (2 not eligible, 3 frozen)."""
 
 
 @dataclass(frozen=True, slots=True)

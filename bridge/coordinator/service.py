@@ -45,6 +45,8 @@ def transfer_to_pb(r: TransferRecord) -> transfer_pb2.Transfer:
         updated_at=_ts(r.updated_at),
         deadline=_ts(float(r.terms.deadline)),
         transactions=dict(r.transactions),
+        parked=r.parked_reason != 0,
+        parked_reason=r.parked_reason,
     )
 
 

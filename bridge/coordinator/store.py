@@ -84,6 +84,11 @@ class TransferStore(Protocol):
         """Record why the transfer waits, without a history entry."""
         ...
 
+    # ---- parking
+    async def record_parked(self, transfer_id: bytes, reason: int) -> None:
+        """Remember that the target parked the committed units (``reason`` 2 or 3); once."""
+        ...
+
     async def add_transaction(self, transfer_id: bytes, step: str, tx_id: str) -> None:
         """Remember the ledger transaction that applied ``step``."""
         ...
@@ -189,6 +194,11 @@ CREATE TABLE IF NOT EXISTS misbehaviour (
 CREATE TABLE IF NOT EXISTS ledger_progress (
   ledger TEXT PRIMARY KEY,
   scanned INTEGER NOT NULL
+);
+-- ---- parking: committed transfers whose target parked the units (issue 10)
+CREATE TABLE IF NOT EXISTS parked_transfers (
+  transfer_id BLOB PRIMARY KEY,
+  reason INTEGER NOT NULL
 );
 """
 )
@@ -309,6 +319,9 @@ class SqliteTransferStore:
         decision_row = self._db.execute(
             "SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)
         ).fetchone()
+        parked_row = self._db.execute(
+            "SELECT reason FROM parked_transfers WHERE transfer_id = ?", (tid,)
+        ).fetchone()
         return TransferRecord(
             transfer_id=bytes(tid),
             request=TransferRequest(**json.loads(str(request))),
@@ -321,6 +334,7 @@ class SqliteTransferStore:
             transactions=json.loads(str(txs)),
             origin=TransferOrigin(str(origin)),
             instruction=_instruction_from_json(str(terms)),
+            parked_reason=int(parked_row[0]) if parked_row else 0,
         )
 
     _COLS = (
@@ -464,6 +478,14 @@ class SqliteTransferStore:
                 return False
             _append_update(db, transfer_id, state, detail, now)
         return True
+
+    # ---- parking
+    async def record_parked(self, transfer_id: bytes, reason: int) -> None:
+        """See TransferStore.record_parked (the first record stays: a leg parks once)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO parked_transfers VALUES (?, ?)", (transfer_id, reason)
+            )
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:
         """See TransferStore.set_reason."""

@@ -57,6 +57,17 @@ class ErrorReason(enum.StrEnum):
     ALREADY_INITIALIZED = "AlreadyInitialized"
     WRONG_INIT_PARAMETERS = "WrongInitParameters"
     UNKNOWN_FUNCTION = "UnknownFunction"
+    # ---- admin (issue 10: admin rotation; Fabric k-of-n admin changes)
+    NOT_PENDING_ADMIN = "NotPendingAdmin"
+    INVALID_GOVERNANCE = "InvalidGovernance"
+    ALREADY_APPROVED = "AlreadyApproved"
+    UNKNOWN_PROPOSAL = "UnknownProposal"
+    STALE_PROPOSAL = "StaleProposal"
+    # ---- parking (issue 10: compliance after prepare)
+    NOT_PARKED = "NotParked"
+    NOT_TOKEN_ADMIN = "NotTokenAdmin"  # noqa: S105 (an error name, not a secret)
+    RECIPIENT_REFUSED = "RecipientRefused"
+    BRIDGE_HOLDS_PREPARED = "BridgeHoldsPrepared"
 
     @classmethod
     def parse(cls, name: str) -> ErrorReason | None:

@@ -88,12 +88,17 @@ def init_token(conf: Path, label: str, pin_file: Path) -> None:
 
 
 def issue_client_certificate(
-    org: FabricOrg, public_key: ec.EllipticCurvePublicKey, name: str, days: int = 30
+    org: FabricOrg,
+    public_key: ec.EllipticCurvePublicKey,
+    name: str,
+    days: int = 30,
+    role: str = "client",
 ) -> bytes:
     """A PEM client certificate for ``public_key`` signed by ``org``'s (cryptogen) CA.
 
-    The subject carries ``OU=client`` so the org's MSP (NodeOUs on) classifies it as a
-    client, like cryptogen's ``User1``. Only the public key is needed: the private key may
+    The subject carries ``OU=<role>`` (default ``client``) so the org's MSP (NodeOUs on)
+    classifies it as a client, like cryptogen's ``User1``, or with ``role="admin"`` as an
+    admin (a renewed admin certificate). Only the public key is needed: the private key may
     live in a token.
     """
     ca_dir = org.crypto_dir / "ca"
@@ -105,7 +110,7 @@ def issue_client_certificate(
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
             x509.NameAttribute(NameOID.COMMON_NAME, f"{name}@{org.domain}"),
         ]
     )

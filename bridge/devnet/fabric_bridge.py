@@ -1,9 +1,11 @@
 """A Fabric ledger running the bridge chaincode, for the demo, the tests and benchmarks.
 
-Roles on the dev network: Org1's Admin administers the endpoint (the issuer side), Org1's
-User1 is the chain operator's relayer, and Org2's User1 is the committee's read-only
-identity. Everyone reaches the ledger through Org1's peer (the one in network.toml), each
-over its own connection with its own identity.
+Roles on the dev network: Org1's admins administer the endpoint's tokens (the issuer side);
+relayers, instruction keys and the governance change with the approval of admins of
+``admin_quorum`` of the ``admin_orgs`` (default: Org1 alone; see ADR 0012). Org1's User1 is
+the chain operator's relayer, and Org2's User1 is the committee's read-only identity.
+Everyone reaches the ledger through Org1's peer (the one in network.toml), each over its own
+connection with its own identity.
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ class FabricBridgeLedger:
     """Called with (isin, units) before any issue: the devnet registers the issuance."""
     genesis_hash: bytes = b""
     """The channel's genesis block hash: this ledger's network word (protocol v2)."""
+    # ---- admin
+    admin_orgs: tuple[str, ...] = ("Org1",)
+    """Organisations whose admins approve relayers, instruction keys and governance changes."""
+    admin_quorum: int = 1
+    """How many of ``admin_orgs`` must approve such a change (k)."""
 
     @property
     def net(self) -> FabricNetwork:
@@ -170,14 +177,13 @@ class FabricBridgeLedger:
             self.chaincode,
             committee_json,
             "0x" + self.genesis_hash.hex(),
-            self.admin_identity,
+            self.governance_json,
         ]
         self.process = start_bridge_chaincode(self.net, self.chaincode, init_args)
         relayer = SigningIdentity.from_files(**self._files(self.relayer_credentials))
-        self._admin_calls(
-            [("Init", init_args)]
-            + [("RegisterSecurity", [isin]) for isin in isins]
-            + [("SetRelayer", [relayer.chaincode_identity(), "true"])]
+        self._admin_calls([("Init", init_args)] + [("RegisterSecurity", [isin]) for isin in isins])
+        self.consortium_calls(
+            [("SetRelayer", [relayer.chaincode_identity(), "true"])]
             + [("SetInstructor", [key.lower(), "true"]) for key in instructors]
         )
         self.isins = list(isins)
@@ -204,10 +210,13 @@ class FabricBridgeLedger:
 
     # -- identities and configuration ------------------------------------------------------
     @property
-    def admin_identity(self) -> str:
-        """The endpoint admin (Org1's Admin) as Init pins it: ``<mspid>:<sha256 of cert>``."""
-        o = self.net.org("Org1")
-        return SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir).chaincode_identity()
+    def governance_json(self) -> str:
+        """The governance Init pins: Org1 issues; ``admin_quorum`` of ``admin_orgs`` approve
+        relayers, instruction keys and governance changes (MSP ids, ascending)."""
+        orgs = sorted(self.net.org(o).msp_id for o in self.admin_orgs)
+        return json.dumps(
+            {"issuer": self.net.org("Org1").msp_id, "admin_orgs": orgs, "quorum": self.admin_quorum}
+        )
 
     def _credentials(self, org: str, user: str) -> Credentials:
         o = self.net.org(org)
@@ -276,11 +285,11 @@ class FabricBridgeLedger:
         }
 
     # -- synchronous helpers (one short-lived client per call) -----------------------------
-    def _run(self, make: Any) -> Any:
+    def _run(self, make: Any, org: str = "Org1") -> Any:
         async def go() -> Any:
-            o = self.net.org("Org1")
+            o = self.net.org(org)
             ident = SigningIdentity.from_msp_dir(o.msp_id, o.admin_msp_dir)
-            client = org_gateway_client(self.net, "Org1", ident, user="Admin")
+            client = org_gateway_client(self.net, org, ident, user="Admin")
             try:
                 return await make(client)
             finally:
@@ -288,14 +297,39 @@ class FabricBridgeLedger:
 
         return asyncio.run(go())
 
-    def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
+    def _admin_calls(self, calls: Sequence[tuple[str, Sequence[str]]], org: str = "Org1") -> None:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
                 # Init is the definition's one --init-required invocation.
                 result = await client.submit(self.chaincode, fn, list(args), is_init=fn == "Init")
                 await wait_for_peers(self.net, result.block_number)
 
-        self._run(run)
+        self._run(run, org)
+
+    # ---- admin
+    def consortium_calls(self, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Send each admin change (SetRelayer, SetInstructor, SetAdmin) as the Admin of the
+        first ``admin_quorum`` of ``admin_orgs`` in turn, so that it applies (ADR 0012)."""
+        for fn, args in calls:
+            for org in self.admin_orgs[: self.admin_quorum]:
+                self._admin_calls([(fn, args)], org)
+
+    def admin_calls_as(self, org: str, calls: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """Send ``calls`` as ``org``'s Admin (tests of the organisation-bound admin)."""
+        self._admin_calls(calls, org)
+
+    def query(self, fn: str, *args: str) -> Any:
+        """Evaluate a query function of the chaincode (JSON answer)."""
+        return self._query(fn, *args)
+
+    # ---- parking
+    def release_parked(self, transfer_id: bytes, holder: str) -> None:
+        """Deliver the units parked by ``transfer_id`` to ``holder`` (the issuer's call)."""
+        self._admin_calls([("ReleaseParked", ["0x" + transfer_id.hex(), holder.lower()])])
+
+    def parked(self, transfer_id: bytes) -> int:
+        """Units parked by ``transfer_id`` and not yet released."""
+        return int(self._query("Parked", "0x" + transfer_id.hex())["amount"])
 
     def _query(self, fn: str, *args: str) -> Any:
         async def run(client: GatewayClient) -> Any:
@@ -305,7 +339,7 @@ class FabricBridgeLedger:
 
     def set_instructor(self, key: str, enabled: bool = True) -> None:
         """Register (or remove) brokerage instruction key ``key`` (a 0x address)."""
-        self._admin_calls([("SetInstructor", [key.lower(), "true" if enabled else "false"])])
+        self.consortium_calls([("SetInstructor", [key.lower(), "true" if enabled else "false"])])
 
     def is_instructor(self, key: str) -> bool:
         """Whether the endpoint accepts locks instructed by ``key``."""

@@ -68,8 +68,18 @@ class LedgerHandle:
         return int(self.tokens[isin].functions.totalSupply().call())
 
     def escrowed(self, isin: str) -> int:
-        """Units held in the bridge's escrow on this ledger."""
-        return int(self.tokens[isin].functions.balanceOf(self.endpoint.address).call())
+        """Units held in the bridge's escrow on this ledger (not the parked units, which the
+        endpoint also holds: ``supplyOf``'s escrow figure)."""
+        return int(self.endpoint.functions.supplyOf(SecurityId(isin).word).call()[1])
+
+    # ---- parking
+    def parked(self, transfer_id: bytes) -> int:
+        """Units this endpoint parked for ``transfer_id`` and has not released."""
+        return int(self.endpoint.functions.parked(transfer_id).call())
+
+    def release_parked(self, transfer_id: bytes, to: str) -> None:
+        """The issuer delivers the units parked for ``transfer_id`` to eligible holder ``to``."""
+        deploy.release_parked(self.w3, self.admin.private_key, self.endpoint, transfer_id, to)
 
     def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
         """Add ``holder`` to (or remove it from) the eligible holders."""

@@ -106,6 +106,13 @@ class LegStatus:
     reason: int
     height: int
 
+    # ---- parking
+    @property
+    def parked(self) -> bool:
+        """A committed inbound leg whose units the target parked instead of paying the
+        recipient (frozen or made ineligible after prepare): MINTED with a nonzero reason."""
+        return self.state is LegState.MINTED and self.reason != 0
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class EventPosition:

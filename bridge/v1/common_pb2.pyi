@@ -78,6 +78,8 @@ class _LegStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LegState.Val
 class LegState(_LegState, metaclass=_LegStateEnumTypeWrapper):
     """A leg's state on its ledger. Outbound: NONE, LOCKED, BURNED, RELEASED.
     Inbound: NONE, PREPARED, REJECTED, EXPIRED, MINTED, ABORTED.
+    An inbound MINTED leg with a nonzero reason (2 not eligible, 3 frozen) was parked: the
+    recipient could no longer receive at commit, so the units went to the issuer's parking.
     """
 
 LEG_STATE_NONE: LegState.ValueType  # 0

@@ -212,6 +212,8 @@ class Transfer(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    PARKED_FIELD_NUMBER: _builtins.int
+    PARKED_REASON_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """0x-prefixed 32-byte hex: keccak256(tag, source ledger, source bridge, nonce)."""
     idempotency_key: _builtins.str
@@ -224,6 +226,14 @@ class Transfer(_message.Message):
     state: Global___TransferState.ValueType
     reason: _builtins.str
     """Why the transfer is where it is: a rejection reason, or what it waits for."""
+    parked: _builtins.bool
+    """---- parking (issue 10): the transfer COMMITTED, but the target ledger parked the units
+    instead of paying the recipient, who was frozen or made ineligible after prepare. They
+    wait under the issuer's control (EVM: BridgeEndpoint.parked(transfer_id); Fabric: the
+    chaincode's Parked query) until the issuer releases them to an eligible holder.
+    """
+    parked_reason: _builtins.int
+    """Why it parked: 2 recipient not eligible, 3 recipient frozen (receive-status codes)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -251,10 +261,12 @@ class Transfer(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         transactions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        parked: _builtins.bool = ...,
+        parked_reason: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "parked", b"parked", "parked_reason", b"parked_reason", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

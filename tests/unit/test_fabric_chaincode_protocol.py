@@ -57,6 +57,14 @@ def word_of(holder: str) -> bytes:
     return bytes(12) + bytes.fromhex(holder[2:])
 
 
+def governance(issuer: str = "Org1MSP", orgs: Sequence[str] = ("Org1MSP",), quorum: int = 1) -> str:
+    """The Init governance argument: the issuer organisation, the admin organisations, k."""
+    return json.dumps({"issuer": issuer, "admin_orgs": list(orgs), "quorum": quorum})
+
+
+GOV = governance()
+"""Org1 is the issuer and the only admin organisation (k = 1): the tests not about k-of-n."""
+
 # Identities whose certificates carry the NodeOU "admin" role (organisation admins).
 ORG_ADMINS: set[str] = set()
 
@@ -167,7 +175,7 @@ def env() -> Env:
     )
     for led in e.ledgers():
         led.call(
-            admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex, admin
+            admin, "Init", led.name, led.chaincode, committee_json(signers), led.network_hex, GOV
         )
         led.call(admin, "SetRelayer", relayer, "true")
         led.call(admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
@@ -441,7 +449,7 @@ def test_info_committee_and_whoami(env: Env) -> None:
         "ledger_name": "fabric-a",
         "chaincode_name": "kstb",
         "channel_id": CHANNEL,
-        "admin": env.admin,
+        "governance": {"issuer": "Org1MSP", "admin_orgs": ["Org1MSP"], "quorum": 1, "seq": 2},
         "network_word": env.a.network_hex,
     }
     assert env.a.call(env.stranger, "Committee") == json.loads(committee_json(env.signers))
@@ -461,7 +469,7 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
         "kstb",
         committee_json(env.signers),
         env.a.network_hex,
-        env.stranger,
+        GOV,
     )
     s = env.signers
     bad_committees = [
@@ -479,15 +487,13 @@ def test_init_only_once_and_only_with_a_sound_committee(env: Env) -> None:
     for committee in bad_committees:
         fresh = Ledger("fabric-c", "kstb")
         with pytest.raises(p.ChaincodeError) as info:
-            fresh.call(
-                env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex, env.admin
-            )
+            fresh.call(env.admin, "Init", "fabric-c", "kstb", committee, fresh.network_hex, GOV)
         assert info.value.name == "InvalidCommittee", committee
         assert fresh.store.data == {}
     fresh = Ledger("fabric-c", "kstb")
     for args in (("Fabric-C", "kstb"), ("fabric-c", "bad name"), ("fabric-c", "other")):
         with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: "):
-            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex, env.admin)
+            fresh.call(env.admin, "Init", *args, committee_json(s), fresh.network_hex, GOV)
     for fn, args in (("Info", ()), ("Lock", ("{}", "0x")), ("Supply", (ISIN.isin,))):
         with pytest.raises(p.ChaincodeError, match=r"^NotInitialized: "):
             fresh.call(env.admin, fn, *args)
@@ -588,7 +594,7 @@ def test_execution_is_deterministic(env: Env) -> None:
         "kstb",
         committee_json(env.signers),
         recorded.network_hex,
-        env.admin,
+        GOV,
     )
     recorded.call(env.admin, "SetRelayer", env.relayer, "true")
     recorded.call(env.admin, "SetInstructor", "0x" + BROKER.address.hex(), "true")
@@ -705,7 +711,7 @@ def test_claim_replayed_on_a_twin_endpoint_of_the_same_ledger(env: Env) -> None:
         "kstb2",
         committee_json(env.signers),
         twin.network_hex,
-        env.admin,
+        GOV,
     )
     twin.call(env.admin, "SetRelayer", env.relayer, "true")
     t = locked(env)
@@ -1095,7 +1101,7 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
                 fresh.chaincode,
                 committee_json(env.signers),
                 fresh.network_hex,
-                who,
+                GOV,
             )
         assert exc.value.name == "NotAdmin"
     assert fresh.store.get("config") is None
@@ -1106,9 +1112,9 @@ def test_only_an_organisation_admin_can_initialise(env: Env) -> None:
         fresh.chaincode,
         committee_json(env.signers),
         fresh.network_hex,
-        env.admin,
+        GOV,
     )
-    assert info["admin"] == env.admin
+    assert info["governance"]["issuer"] == "Org1MSP"
 
 
 # --------------------------------------------------------------------------- supply counters
@@ -1400,15 +1406,15 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     s = env.signers
     args = ["fabric-p", "kstb", committee_json(s)]
     pinned = Ledger("fabric-p", "kstb")
-    agreed = [*args, pinned.network_hex, env.admin]
+    agreed = [*args, pinned.network_hex, GOV]
     pinned.pin = p.init_parameters_digest(agreed)
     rogue_committee = [LocalKeySigner(bytes([i]) * 32) for i in (0x51, 0x52, 0x53)]
     rogue_committee.sort(key=lambda k: k.address)
     for bad in (
         ["fabric-p", "kstb", committee_json(rogue_committee, threshold=2), *agreed[3:]],
-        [*args, "0x" + "ee" * 32, env.admin],  # another network
+        [*args, "0x" + "ee" * 32, GOV],  # another network
         ["fabric-q", "kstb", committee_json(s), *agreed[3:]],
-        [*args, pinned.network_hex, env.stranger],  # another admin
+        [*args, pinned.network_hex, governance("Org2MSP")],  # another issuer
     ):
         with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: ") as info:
             pinned.call(env.admin, "Init", *bad)
@@ -1418,7 +1424,7 @@ def test_init_only_with_the_pinned_parameters(env: Env) -> None:
     with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: .*no pinned"):
         unpinned.call(env.admin, "Init", *agreed)
     assert unpinned.store.data == {}
-    zero = [*args, "0x" + "00" * 32, env.admin]
+    zero = [*args, "0x" + "00" * 32, GOV]
     zero_ledger = Ledger("fabric-p", "kstb", pin=p.init_parameters_digest(zero))
     with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: network word"):
         zero_ledger.call(env.admin, "Init", *zero)
@@ -1455,10 +1461,8 @@ def test_only_the_admin_registers_instructors_and_removal_takes_effect(env: Env)
     rejects(env, env.a, "InvalidArgument", env.admin, "SetInstructor", key, "yes")
     rejects(env, env.a, "ZeroAddress", env.admin, "SetInstructor", "0x" + "00" * 20, "true")
     assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is False
-    assert env.a.call(env.admin, "SetInstructor", key, "true") == {
-        "instructor": key,
-        "enabled": True,
-    }
+    out = env.a.call(env.admin, "SetInstructor", key, "true")
+    assert (out["instructor"], out["enabled"], out["applied"]) == (key, True, True)
     assert env.a.events == []  # administration emits no leg events
     assert env.a.call(env.stranger, "IsInstructor", key)["instructor_registered"] is True
     t = dataclass_replace(make_terms(env), instructor=bytes(12) + signer.address)
@@ -1487,34 +1491,45 @@ def test_a_holder_key_does_not_instruct_unless_registered(env: Env) -> None:
 
 
 @pytest.mark.security
-def test_only_the_pinned_admin_can_initialise(env: Env) -> None:
+def test_only_an_admin_of_a_pinned_organisation_can_initialise(env: Env) -> None:
     """Another organisation's admin sending Init first with the (public) pinned arguments
-    is refused and does not become the endpoint admin; only the pinned identity can."""
+    is refused; naming its own organisation changes the arguments (not the pinned ones)."""
     other_admin = identity("Org2MSP")
     ORG_ADMINS.add(other_admin)
     fresh = Ledger("fabric-r", "kstb")
     agreed = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
-    fresh.pin = p.init_parameters_digest([*agreed, env.admin])
+    fresh.pin = p.init_parameters_digest([*agreed, GOV])
     with pytest.raises(p.ChaincodeError) as info:
-        fresh.call(other_admin, "Init", *agreed, env.admin)
+        fresh.call(other_admin, "Init", *agreed, GOV)
     assert info.value.name == "NotAdmin"
-    assert info.value.detail == f"caller={other_admin} is not the pinned admin {env.admin}"
+    assert info.value.detail == f"caller={other_admin} is no admin of a pinned organisation"
     assert fresh.store.data == {} and fresh.events == []
-    # Naming itself instead changes the arguments: not the pinned ones.
     with pytest.raises(p.ChaincodeError, match=r"^WrongInitParameters: "):
-        fresh.call(other_admin, "Init", *agreed, other_admin)
+        fresh.call(other_admin, "Init", *agreed, governance("Org2MSP", ["Org2MSP"]))
     assert fresh.store.data == {}
-    assert fresh.call(env.admin, "Init", *agreed, env.admin)["admin"] == env.admin
+    assert fresh.call(env.admin, "Init", *agreed, GOV)["governance"]["issuer"] == "Org1MSP"
     with pytest.raises(p.ChaincodeError, match=r"^NotAdmin: "):
         fresh.call(other_admin, "SetRelayer", other_admin, "true")
 
 
 @pytest.mark.security
-def test_init_admin_must_be_an_identity(env: Env) -> None:
+def test_init_governance_must_be_sound(env: Env) -> None:
     fresh = Ledger("fabric-s", "kstb")
     args = [fresh.name, fresh.chaincode, committee_json(env.signers), fresh.network_hex]
-    for bad in ("", "Org1MSP", env.admin.upper(), env.admin + "0", "Org1MSP:" + "g" * 64):
-        with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: admin "):
+    for bad in (
+        "",
+        "[]",
+        json.dumps({"issuer": "Org1MSP", "admin_orgs": ["Org1MSP"]}),
+        governance(orgs=[]),
+        governance(orgs=["Org2MSP", "Org1MSP"]),  # not ascending
+        governance(orgs=["Org1MSP", "Org1MSP"]),  # duplicate
+        governance(quorum=0),
+        governance(quorum=2),  # k > n
+        governance(issuer="Org1 MSP"),
+        governance(orgs=["Org1MSP:x"]),
+        json.dumps({"issuer": "Org1MSP", "admin_orgs": ["Org1MSP"], "quorum": True}),
+    ):
+        with pytest.raises(p.ChaincodeError, match=r"^(InvalidGovernance|InvalidArgument): "):
             fresh.call(env.admin, "Init", *args, bad)
         assert fresh.store.data == {}
     with pytest.raises(p.ChaincodeError, match=r"^InvalidArgument: Init takes 5 arguments"):

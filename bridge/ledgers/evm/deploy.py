@@ -265,6 +265,33 @@ def issue(w3: Web3, admin_key: bytes, token: Contract, to: str, amount: int) -> 
     return send_tx(w3, admin_key, token.functions.issue(Web3.to_checksum_address(to), amount))
 
 
+# ---- admin
+def propose_admin(w3: Web3, admin_key: bytes, contract: Contract, new_admin: str) -> TxReceipt:
+    """Propose ``new_admin`` as the admin of an endpoint or token (address(0) cancels); the
+    admin changes only when the proposed address calls :func:`accept_admin`."""
+    return send_tx(
+        w3, admin_key, contract.functions.proposeAdmin(Web3.to_checksum_address(new_admin))
+    )
+
+
+def accept_admin(w3: Web3, new_admin_key: bytes, contract: Contract) -> TxReceipt:
+    """Accept a pending admin proposal (NotPendingAdmin unless the key was proposed)."""
+    return send_tx(w3, new_admin_key, contract.functions.acceptAdmin())
+
+
+# ---- parking
+def release_parked(
+    w3: Web3, token_admin_key: bytes, endpoint: Contract, transfer_id: bytes, to: str
+) -> TxReceipt:
+    """Deliver the units ``endpoint`` parked for ``transfer_id`` to ``to`` (the token admin's
+    call; NotParked, NotTokenAdmin or RecipientRefused otherwise)."""
+    return send_tx(
+        w3,
+        token_admin_key,
+        endpoint.functions.releaseParked(transfer_id, Web3.to_checksum_address(to)),
+    )
+
+
 def claim_domain(ledger: LedgerId, endpoint_address: str, epoch: int, chain_id: int) -> ClaimDomain:
     """The domain committee members sign in for claims verified by this endpoint."""
     return ClaimDomain(

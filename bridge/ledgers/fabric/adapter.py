@@ -140,7 +140,8 @@ class FabricAdapter:
 
     async def endpoint_info(self) -> dict[str, str]:
         """The chaincode's ``Info`` on the client's channel: ``ledger_name``,
-        ``channel_id``, ``chaincode_name``, ``ledger_word``, ``bridge_word`` (strings).
+        ``channel_id``, ``chaincode_name``, ``ledger_word``, ``bridge_word`` (strings), and
+        ``governance`` (issuer, admin organisations, quorum, sequence) as canonical JSON.
 
         Raises ``LedgerRejected`` (``NotInitialized``, ...) as the chaincode answers.
         """
@@ -148,7 +149,10 @@ class FabricAdapter:
         info = json.loads(raw)
         if not isinstance(info, dict):
             raise LedgerRejected("MalformedInfo", f"Info answered {raw[:200]!r}")
-        return {str(k): str(v) for k, v in info.items()}
+        return {
+            str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in info.items()
+        }
 
     async def finalized_height(self) -> int:
         """The last committed block (Fabric commits are final): chain height minus one."""

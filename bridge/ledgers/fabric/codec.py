@@ -182,7 +182,7 @@ def supply_from_json(raw: str | bytes | Mapping[str, Any]) -> dict[str, int]:
     return {name: int_from_json(_field(data, name, "supply"), name) for name in SUPPLY_FIELDS}
 
 
-SUPPLY_KEY_PREFIXES = ("holder", "escrow", "prepared", "burned", "minted")
+SUPPLY_KEY_PREFIXES = ("holder", "escrow", "prepared", "burned", "minted", "parked")
 """World-state key families the chaincode's ``Supply`` scans, each ``<family>/<security>/``."""
 
 

@@ -40,7 +40,8 @@ contract BridgeEndpoint is IBridgeEndpoint {
     }
 
     bytes32 public immutable override ledgerId;
-    address public immutable override admin;
+    /// The endpoint admin; rotated with `proposeAdmin` + `acceptAdmin` (see `// ---- admin`).
+    address public override admin;
 
     mapping(address => bool) public override isRelayer;
     /// Brokerage instruction keys this endpoint accepts on a relayer's lock (set by the admin).
@@ -212,9 +213,13 @@ contract BridgeEndpoint is IBridgeEndpoint {
             leg.state = InState.Minted;
             preparedTotal[leg.securityId] -= leg.amount;
             mintedIn[leg.securityId] += leg.amount;
-            _emitIn(id, leg);
             (, address recipient) = _evmAddress(t.recipient); // validated at prepare
-            _token(leg.securityId).bridgeMint(recipient, leg.amount);
+            SecurityToken token = _token(leg.securityId);
+            // SECURITY: COMMIT is final and must not fail; a recipient frozen or made
+            // ineligible since prepare is not paid: the units are parked (see `// ---- parking`).
+            recipient = _parkIfRefused(id, leg, token, recipient);
+            _emitIn(id, leg);
+            token.bridgeMint(recipient, leg.amount);
         } else {
             revert WrongLedger();
         }
@@ -346,7 +351,8 @@ contract BridgeEndpoint is IBridgeEndpoint {
     }
 
     /// Supply figures of `securityId` at this block: the registered token's `totalSupply`,
-    /// the bridge's escrow (`token.balanceOf(this)`), `preparedTotal`, and the cumulative
+    /// the bridge's escrow (`token.balanceOf(this)` less the parked units, which are not in
+    /// transit: their transfer committed), `preparedTotal`, and the cumulative
     /// `burnedOut` and `mintedIn`. What was issued on this ledger outside the bridge is
     /// `totalSupply + burnedOut - mintedIn`. Reverts UnknownSecurity for an unregistered id.
     function supplyOf(bytes32 securityId)
@@ -364,7 +370,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         SecurityToken token = _token(securityId);
         return (
             token.totalSupply(),
-            token.balanceOf(address(this)),
+            token.balanceOf(address(this)) - parkedTotal[securityId], // parked units are not escrow
             preparedTotal[securityId],
             burnedOut[securityId],
             mintedIn[securityId]
@@ -431,6 +437,83 @@ contract BridgeEndpoint is IBridgeEndpoint {
     /// `bytes32(block.chainid)`: the network word bound into claim and instruction digests.
     function networkWord() external view override returns (bytes32) {
         return _network();
+    }
+
+    // ---- admin
+    // Two-step admin rotation: the current admin proposes, the proposed address accepts.
+    // Proposing address(0) cancels a pending proposal. The admin never becomes address(0).
+
+    /// The address proposed by `proposeAdmin` and not yet accepted (0 = none).
+    address public override pendingAdmin;
+
+    /// Proposes `next` as the new admin (address(0) cancels). Guarantees: only the current
+    /// admin; the admin does not change until `next` calls `acceptAdmin`.
+    function proposeAdmin(address next) external override onlyAdmin {
+        pendingAdmin = next;
+        emit AdminProposed(admin, next);
+    }
+
+    /// Makes the caller the admin. Guarantees: the caller is the pending admin
+    /// (NotPendingAdmin otherwise, also when none is pending); the old admin loses every right
+    /// in the same transaction, and the proposal is consumed.
+    function acceptAdmin() external override {
+        address next = pendingAdmin;
+        if (msg.sender != next || next == address(0)) revert NotPendingAdmin(msg.sender);
+        emit AdminTransferred(admin, next);
+        admin = next;
+        pendingAdmin = address(0);
+    }
+
+    // ---- parking
+    // A recipient frozen or made ineligible after its leg was prepared is not paid at commit:
+    // the units are minted to this endpoint and recorded per transfer; only the token's admin
+    // (the issuer) can deliver them, and only to a holder who may receive. The leg is Minted
+    // (COMMIT is the decision; it never fails here) with `reason` = 2 not eligible or 3 frozen.
+
+    /// Units parked by each committed inbound leg, until `releaseParked` (then 0).
+    mapping(bytes32 => uint256) public override parked;
+    /// Units parked and not yet released, per security (held by this endpoint, part of the
+    /// token's total supply, not escrow).
+    mapping(bytes32 => uint256) public override parkedTotal;
+
+    /// Delivers the units parked by transfer `transferId` to `to`. Guarantees: the caller is
+    /// the admin of the security's token (NotTokenAdmin), units are parked for the transfer
+    /// (NotParked: also after a release, so never twice), `to` may receive them now
+    /// (RecipientRefused with the token's receive status otherwise: not eligible, frozen or
+    /// paused) and is not this endpoint.
+    function releaseParked(bytes32 transferId, address to) external override {
+        uint256 amount = parked[transferId];
+        if (amount == 0) revert NotParked(transferId);
+        bytes32 securityId = _in[transferId].securityId;
+        SecurityToken token = _token(securityId);
+        if (msg.sender != token.admin()) revert NotTokenAdmin(msg.sender);
+        if (to == address(0) || to == address(this)) {
+            revert RecipientRefused(to, REASON_INVALID_RECIPIENT);
+        }
+        uint8 status = token.receiveStatus(to);
+        if (status != 0) revert RecipientRefused(to, status);
+        parked[transferId] = 0;
+        parkedTotal[securityId] -= amount;
+        emit ParkedReleased(transferId, securityId, to, amount);
+        token.bridgeRelease(to, amount);
+    }
+
+    /// Decides at commit where the units of the Prepared leg `id` go: to `recipient`, or, when
+    /// the token now refuses it (not eligible, frozen; a pause is not a verdict on the
+    /// recipient and does not park), to this endpoint, recording the parking and the reason.
+    function _parkIfRefused(bytes32 id, InLeg storage leg, SecurityToken token, address recipient)
+        private
+        returns (address)
+    {
+        uint8 reason;
+        if (!token.isEligible(recipient)) reason = 2;
+        else if (token.isFrozen(recipient)) reason = 3;
+        else return recipient;
+        leg.reason = reason;
+        parked[id] = leg.amount;
+        parkedTotal[leg.securityId] += leg.amount;
+        emit Parked(id, leg.securityId, recipient, leg.amount, reason);
+        return address(this);
     }
 
     // ------------------------------------------------------------------ internals

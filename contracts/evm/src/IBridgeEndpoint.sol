@@ -10,6 +10,8 @@ interface IBridgeEndpoint {
     enum OutState { None, Locked, Burned, Released }
     /// Inbound (target) leg: None -> Prepared | Rejected | Expired; Prepared -> Minted | Aborted;
     /// Rejected | Expired | None -> Aborted (None -> Aborted is a tombstone blocking a late prepare).
+    /// A Minted leg with a nonzero reason (2 not eligible, 3 frozen) was parked: the recipient
+    /// could no longer receive at commit, and the units wait in `parked(transferId)`.
     enum InState { None, Prepared, Rejected, Expired, Minted, Aborted }
 
     /// Why a target refused to prepare (0 = none).
@@ -105,6 +107,27 @@ interface IBridgeEndpoint {
             uint256 burned,
             uint256 minted
         );
+
+    // ---- admin
+    event AdminProposed(address indexed admin, address indexed proposed);
+    event AdminTransferred(address indexed previousAdmin, address indexed newAdmin);
+    error NotPendingAdmin(address caller);
+    function pendingAdmin() external view returns (address);
+    /// Current admin only; address(0) cancels a pending proposal.
+    function proposeAdmin(address next) external;
+    /// The pending admin only: it becomes the admin.
+    function acceptAdmin() external;
+
+    // ---- parking
+    event Parked(bytes32 indexed transferId, bytes32 indexed securityId, address recipient, uint256 amount, uint8 reason);
+    event ParkedReleased(bytes32 indexed transferId, bytes32 indexed securityId, address to, uint256 amount);
+    error NotParked(bytes32 transferId);
+    error NotTokenAdmin(address caller);
+    error RecipientRefused(address to, uint8 status);
+    function parked(bytes32 transferId) external view returns (uint256);
+    function parkedTotal(bytes32 securityId) external view returns (uint256);
+    /// The security token's admin only: deliver a transfer's parked units to a holder who may receive.
+    function releaseParked(bytes32 transferId, address to) external;
 
     // --- digests (the Python side must reproduce these byte for byte) ---
     function transferIdOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.30;
 
+import {IBridgeEndpoint} from "./IBridgeEndpoint.sol";
+
 /// A regulated security token: one ISIN, whole units (decimals 0), an ERC-20 subset.
 ///
 /// Roles (least privilege):
@@ -22,7 +24,8 @@ contract SecurityToken {
     string public symbol;
     /// The ISIN as ASCII, right-padded with zero bytes (same word as `Terms.securityId`).
     bytes32 public immutable securityId;
-    address public immutable admin;
+    /// The issuer / transfer agent; rotated with `proposeAdmin` + `acceptAdmin`.
+    address public admin;
     /// The single bridge endpoint allowed to call the `bridge*` functions (0 = none).
     address public bridge;
     bool public paused;
@@ -52,6 +55,9 @@ contract SecurityToken {
     /// The bridge's escrow is not the admin's to redeem, and a bridge holding escrow cannot
     /// be replaced (its in-flight transfers must be able to release or burn).
     error BridgeHoldsEscrow(uint256 escrowed);
+    /// A bridge with units prepared (promised to recipients) cannot be replaced either: its
+    /// commits must still be able to mint.
+    error BridgeHoldsPrepared(uint256 prepared);
 
     modifier onlyAdmin() {
         if (msg.sender != admin) revert NotAdmin();
@@ -148,15 +154,51 @@ contract SecurityToken {
         emit Unpaused(msg.sender);
     }
 
-    /// Appoints the bridge endpoint. Guarantees: the previous bridge holds no escrow, so no
-    /// in-flight transfer is stranded.
+    /// Appoints the bridge endpoint. Guarantees: the previous bridge holds no units of this
+    /// token (no escrow, no parked units: BridgeHoldsEscrow) and, when it is a contract, has
+    /// none prepared (its `preparedTotal(securityId)`, BridgeHoldsPrepared), so no in-flight
+    /// transfer is stranded. A call to an old bridge that fails reverts the replacement
+    /// (fail closed); replacing a bridge otherwise goes through the rotation procedure.
     function setBridge(address newBridge) external onlyAdmin {
         address previous = bridge;
         if (previous != address(0) && balanceOf[previous] != 0) {
             revert BridgeHoldsEscrow(balanceOf[previous]);
         }
+        if (previous.code.length != 0) {
+            uint256 prepared = IBridgeEndpoint(previous).preparedTotal(securityId);
+            if (prepared != 0) revert BridgeHoldsPrepared(prepared);
+        }
         bridge = newBridge;
         emit BridgeSet(previous, newBridge);
+    }
+
+    // ---- admin
+    // Two-step admin rotation: the current admin proposes, the proposed address accepts.
+    // Proposing address(0) cancels a pending proposal. The admin never becomes address(0).
+
+    event AdminProposed(address indexed admin, address indexed proposed);
+    event AdminTransferred(address indexed previousAdmin, address indexed newAdmin);
+    error NotPendingAdmin(address caller);
+
+    /// The address proposed by `proposeAdmin` and not yet accepted (0 = none).
+    address public pendingAdmin;
+
+    /// Proposes `next` as the new admin (address(0) cancels). Guarantees: only the current
+    /// admin; nothing changes until `next` calls `acceptAdmin`.
+    function proposeAdmin(address next) external onlyAdmin {
+        pendingAdmin = next;
+        emit AdminProposed(admin, next);
+    }
+
+    /// Makes the caller the admin. Guarantees: the caller is the pending admin
+    /// (NotPendingAdmin otherwise, also when none is pending); the old admin loses every right
+    /// in the same transaction, and the proposal is consumed.
+    function acceptAdmin() external {
+        address next = pendingAdmin;
+        if (msg.sender != next || next == address(0)) revert NotPendingAdmin(msg.sender);
+        emit AdminTransferred(admin, next);
+        admin = next;
+        pendingAdmin = address(0);
     }
 
     // ------------------------------------------------------------------ bridge

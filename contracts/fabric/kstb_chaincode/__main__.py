@@ -10,11 +10,12 @@ Environment:
   ``CHAINCODE_TLS_CLIENT_CA_FILE`` to require the peer's client certificate;
 - ``KSTB_INIT_PARAMS_SHA256``: the SHA-256 (hex) of the only ``Init`` arguments this server
   accepts (``init_parameters_digest`` of ``[ledger, chaincode, committee JSON, genesis hash,
-  admin identity]``, the admin identity being ``<mspid>:<sha256 hex of its certificate PEM>``);
-  each organisation pins what it agreed to, so one admin alone cannot initialise the endpoint
-  with its own committee, nor make itself the endpoint admin (only the pinned identity may
-  send Init; Init is refused without a pin); or ``KSTB_INIT_PARAMS_SHA256_FILE``,
-  a file holding it, read at each Init;
+  governance JSON]``, the governance naming the issuer organisation, the admin
+  organisations and the quorum k of them that approves admin changes); each organisation
+  pins what it agreed to, so one admin alone cannot initialise the endpoint with its own
+  committee or governance (only an admin of a pinned organisation may send Init; Init is
+  refused without a pin); or ``KSTB_INIT_PARAMS_SHA256_FILE``, a file holding it, read at
+  each Init;
 - ``KSTB_CHAINCODE_LOG_LEVEL`` (default INFO) for this chaincode's own log lines.
 
 Run with ``PYTHONPATH=contracts/fabric`` in an environment that has fabric-chaincode-python,

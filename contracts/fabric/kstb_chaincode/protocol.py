@@ -17,7 +17,10 @@ that succeeds writes (in sorted key order) and emits; a failing call leaves the 
 untouched, like an EVM revert. Fabric would discard the write set of a failed proposal
 anyway; the buffer also gives read-your-writes, which Fabric's ``GetState`` does not.
 
-Keys (all ASCII): ``config``, ``committee``, ``relayer/<identity>``, ``security/<word>``,
+Keys (all ASCII): ``config``, ``committee``, ``governance`` (issuer and admin organisations,
+see ``# ---- admin``), ``proposal/<id>`` (an admin change awaiting approvals),
+``parked/<word>/<transfer id>`` (units parked by a commit, see ``# ---- parking``),
+``relayer/<identity>``, ``security/<word>``,
 ``holder/<word>/<address>``, ``out/<transfer id>``, ``in/<transfer id>``, and the index
 entries ``escrow/<word>/<transfer id>`` (a Locked outbound leg) and
 ``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on,
@@ -40,6 +43,8 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
+from itertools import pairwise
 from typing import Any, Protocol
 
 from kstb_chaincode.core import digests as _digests
@@ -418,7 +423,6 @@ class _Config:
     ledger_word: bytes
     bridge_word: bytes
     network_word: bytes
-    admin: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +486,61 @@ def _parse_committee(text: str) -> _Committee:
     return _Committee(epoch, threshold, members)
 
 
+# ---- admin
+
+_MSP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ADMIN_KINDS = frozenset({"SetRelayer", "SetInstructor", "SetAdmin"})
+_PROPOSAL_TAG = "KSTB/fabric-admin-change/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class _Governance:
+    issuer: str
+    admin_orgs: tuple[str, ...]
+    quorum: int
+    seq: int
+
+
+def _parse_governance(text: str, seq: int) -> _Governance:
+    """``{"issuer", "admin_orgs", "quorum"}``: InvalidGovernance unless the issuer and the
+    admin organisations are MSP ids, the latter strictly ascending, and 1 <= quorum <= n."""
+    obj = _loads("governance", text)
+    if not isinstance(obj, dict) or set(obj) != {"issuer", "admin_orgs", "quorum"}:
+        raise ChaincodeError(
+            "InvalidGovernance", "expected an object with exactly issuer, admin_orgs, quorum"
+        )
+    issuer, orgs, quorum = obj["issuer"], obj["admin_orgs"], obj["quorum"]
+    if not isinstance(issuer, str) or not _MSP_ID.fullmatch(issuer):
+        raise ChaincodeError("InvalidGovernance", f"issuer {issuer!r} is not an MSP id")
+    if (
+        not isinstance(orgs, list)
+        or not orgs
+        or not all(isinstance(o, str) and _MSP_ID.fullmatch(o) for o in orgs)
+        or any(a >= b for a, b in pairwise(orgs))
+    ):
+        raise ChaincodeError(
+            "InvalidGovernance", "admin_orgs must be MSP ids, strictly ascending, at least one"
+        )
+    if type(quorum) is not int or not 1 <= quorum <= len(orgs):
+        raise ChaincodeError(
+            "InvalidGovernance", f"quorum={quorum!r} needs 1 <= k <= {len(orgs)} admin orgs"
+        )
+    return _Governance(issuer, tuple(orgs), quorum, seq)
+
+
+def _governance_json(g: _Governance, with_seq: bool = True) -> dict[str, Any]:
+    obj: dict[str, Any] = {"issuer": g.issuer, "admin_orgs": list(g.admin_orgs), "quorum": g.quorum}
+    if with_seq:
+        obj["seq"] = g.seq
+    return obj
+
+
+def _proposal_id(kind: str, args: Sequence[str], seq: int) -> str:
+    """SHA-256 hex over the tag, the governance sequence, the kind and the canonical args."""
+    body = canonical_json({"tag": _PROPOSAL_TAG, "seq": seq, "kind": kind, "args": list(args)})
+    return hashlib.sha256(body).hexdigest()
+
+
 class Endpoint:
     """One call's view of the bridge endpoint and its tokens over a (buffered) store."""
 
@@ -504,11 +563,12 @@ class Endpoint:
         return sum(int(value) for _, value in self._kv.scan(prefix))
 
     def _total_supply(self, sec: bytes) -> int:
-        """Like the EVM token's totalSupply: every holder's units plus the bridge escrow."""
+        """Like the EVM token's totalSupply: every holder's units plus the bridge escrow and
+        the parked units (which the EVM endpoint holds as a balance)."""
         holders = sum(
             int(json.loads(value)["balance"]) for _, value in self._kv.scan(f"holder/{sec.hex()}/")
         )
-        return holders + self._sum(f"escrow/{sec.hex()}/")
+        return holders + self._sum(f"escrow/{sec.hex()}/") + self._sum(f"parked/{sec.hex()}/")
 
     @property
     def cfg(self) -> _Config:
@@ -523,7 +583,6 @@ class Endpoint:
                 ledger_word=bytes.fromhex(obj["ledger_word"][2:]),
                 bridge_word=bytes.fromhex(obj["bridge_word"][2:]),
                 network_word=bytes.fromhex(obj["network_word"][2:]),
-                admin=obj["admin"],
             )
         return self._cfg
 
@@ -588,8 +647,8 @@ class Endpoint:
         _ = self.cfg
 
     def _only_admin(self) -> None:
-        if self._ctx.caller != self.cfg.admin:
-            raise ChaincodeError("NotAdmin", f"caller={self._ctx.caller}")
+        """The issuer's administration (tokens, holders, parking): see ``_only_issuer``."""
+        self._only_issuer()
 
     def _only_relayer(self) -> None:
         self._require_init()
@@ -674,20 +733,25 @@ class Endpoint:
         chaincode_name: str,
         committee_json: str,
         network_hex: str,
-        admin_identity: str,
+        governance_json: str,
     ) -> object:
-        """Configure the endpoint once; ``admin_identity`` (pinned) becomes its admin.
+        """Configure the endpoint once; ``governance_json`` (pinned) names who administers it.
+
+        ``governance_json`` is ``{"issuer": <MSP id>, "admin_orgs": [<MSP id>, ...],
+        "quorum": k}`` (admin organisations strictly ascending, 1 <= k <= their number): an
+        admin (NodeOU ``admin``) of the issuer organisation administers the tokens; relayers,
+        instruction keys and the governance itself change only with k admin organisations'
+        approvals (see ``# ---- admin``). Admins are bound to an organisation and a role, not
+        to a certificate, so a renewed admin certificate keeps working.
 
         SECURITY: the arguments (ledger, chaincode name, committee, network word = the
-        channel's genesis block hash, and the admin identity ``<mspid>:<sha256 hex of the
-        certificate PEM>``) must hash to the pin this chaincode server was started with
-        (``Context.init_pin``). Every organisation runs its own server with its own pin and
-        the endorsement policy needs all of them, so no single organisation's admin can
-        initialise the endpoint with a committee, network or admin of its own choosing. The
-        caller must hold the NodeOU ``admin`` role and be exactly the pinned admin identity
-        (NotAdmin otherwise): the admin issues, redeems, freezes and chooses the relayers
-        and instruction keys, so whoever sends Init first with the public pinned arguments
-        must not become it. Only once.
+        channel's genesis block hash, and the governance) must hash to the pin this chaincode
+        server was started with (``Context.init_pin``). Every organisation runs its own server
+        with its own pin and the endorsement policy needs all of them, so no single
+        organisation's admin can initialise the endpoint with a committee, network or
+        governance of its own choosing. The caller must hold the NodeOU ``admin`` role of an
+        organisation the pinned governance names (issuer or admin organisation; NotAdmin
+        otherwise). Only once.
         """
         if self._kv.get("config") is not None:
             raise ChaincodeError("AlreadyInitialized", f"ledger={self.cfg.ledger_name}")
@@ -699,15 +763,14 @@ class Endpoint:
                 "WrongInitParameters", "this chaincode server has no pinned Init parameters"
             )
         digest = init_parameters_digest(
-            [ledger_name, chaincode_name, committee_json, network_hex, admin_identity]
+            [ledger_name, chaincode_name, committee_json, network_hex, governance_json]
         )
         if digest != pin:
             raise ChaincodeError("WrongInitParameters", f"sha256={digest}, pinned={pin} (refused)")
-        if not _IDENTITY.fullmatch(admin_identity):
-            raise _invalid(f"admin {admin_identity!r} is not '<mspid>:<64 lowercase hex>'")
-        if self._ctx.caller != admin_identity:
+        governance = _parse_governance(governance_json, seq=0)
+        if self._caller_msp() not in (governance.issuer, *governance.admin_orgs):
             raise ChaincodeError(
-                "NotAdmin", f"caller={self._ctx.caller} is not the pinned admin {admin_identity}"
+                "NotAdmin", f"caller={self._ctx.caller} is no admin of a pinned organisation"
             )
         network = _parse_word("network", network_hex)
         if not any(network):
@@ -729,35 +792,38 @@ class Endpoint:
             "ledger_word": _hex(ledger_word(ledger_name)),
             "bridge_word": _hex(bridge_word(self._ctx.channel_id, chaincode_name)),
             "network_word": _hex(network),
-            "admin": admin_identity,
         }
         self._put_json("config", config)
         self._put_json("committee", _committee_json(committee))
+        self._put_json("governance", _governance_json(governance))
         return self.info()
 
     def set_relayer(self, identity: str, enabled: str) -> object:
-        """Enable or disable a relayer identity (``<mspid>:<sha256 hex>``)."""
-        self._only_admin()
+        """Approve enabling or disabling a relayer identity (``<mspid>:<sha256 hex>``).
+
+        An admin change (``# ---- admin``): applies once k admin organisations approved it.
+        """
+        return self._admin_change("SetRelayer", [identity, enabled])
+
+    def _apply_set_relayer(self, identity: str, enabled: str) -> dict[str, Any]:
         on = _parse_bool("enabled", enabled)
-        if not _IDENTITY.fullmatch(identity):
-            raise _invalid(f"identity {identity!r} is not '<mspid>:<64 lowercase hex>'")
         self._put_json(f"relayer/{identity}", on)
         return {"identity": identity, "enabled": on}
 
     def set_instructor(self, address: str, enabled: str) -> object:
-        """Register (or remove) a brokerage instruction key, a 0x EVM address (admin only).
+        """Approve registering (or removing) a brokerage instruction key, a 0x EVM address.
+
+        An admin change (``# ---- admin``): applies once k admin organisations approved it.
 
         SECURITY: ``Lock`` accepts only instructions by a key registered here at the time of
         the lock (UnknownInstructor otherwise), so a relayer cannot name its own key as the
         instructor and escrow a holder's units towards a ledger no member knows.
         """
-        self._only_admin()
+        return self._admin_change("SetInstructor", [address, enabled])
+
+    def _apply_set_instructor(self, address: str, enabled: str) -> dict[str, Any]:
         on = _parse_bool("enabled", enabled)
-        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
-            raise _invalid(f"instructor {address!r} is not a 0x-prefixed 20-byte address")
         key = bytes.fromhex(address[2:])
-        if not any(key):
-            raise ChaincodeError("ZeroAddress", "instructor=0x" + "00" * 20)
         self._put_json(f"instructor/{key.hex()}", on)
         return {"instructor": _hex(key), "enabled": on}
 
@@ -912,12 +978,15 @@ class Endpoint:
             self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
             # The cumulative minted_in term of Supply: one key per transfer, never a counter.
             self._kv.put(f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
-            # bridgeMint: no compliance re-check (done at prepare); recipient validated there.
+            # bridgeMint; recipient validated at prepare.
             recipient = _address_of_word(t.recipient)
             assert recipient is not None  # Prepared implies a valid recipient
             h = self._holder(sec, recipient)
-            h.balance += leg.amount
-            self._put_holder(sec, recipient, h)
+            # SECURITY: COMMIT is final and never fails here; a recipient frozen or made
+            # ineligible since prepare is not paid, the units are parked (``# ---- parking``).
+            if not self._park_if_refused(tid, leg, h):
+                h.balance += leg.amount
+                self._put_holder(sec, recipient, h)
             self._put_leg("in", tid, leg)
         else:
             raise ChaincodeError("WrongLedger", "terms do not involve this endpoint")
@@ -1021,6 +1090,213 @@ class Endpoint:
         self._put_leg("in", tid, leg)
         return {"transfer_id": _hex(tid), **_leg_json(leg)}
 
+    # ---- admin
+    # Admins are organisations, not certificates: an admin is a caller holding the NodeOU
+    # ``admin`` role of an organisation the governance names. The issuer organisation's
+    # admins administer the tokens alone (registration, issue, redeem, eligibility, freeze,
+    # pause, parked units: the issuer's own business). Relayers, instruction keys and the
+    # governance itself are the consortium's trust roots: a change applies only when admins
+    # of k distinct admin organisations approved the same proposal, bound to the governance
+    # sequence number, so any applied change makes every open proposal stale.
+
+    def _governance(self) -> _Governance:
+        obj = self._get_json("governance")
+        return _Governance(obj["issuer"], tuple(obj["admin_orgs"]), obj["quorum"], obj["seq"])
+
+    def _caller_msp(self) -> str:
+        """The MSP id of the caller (the identity is ``<mspid>:<sha256 hex>``)."""
+        return self._ctx.caller.partition(":")[0]
+
+    def _is_org_admin(self) -> bool:
+        return "admin" in self._ctx.caller_roles
+
+    def _only_issuer(self) -> None:
+        """NotAdmin unless the caller is an admin (NodeOU role) of the issuer organisation."""
+        self._require_init()
+        issuer = self._governance().issuer
+        if not self._is_org_admin() or self._caller_msp() != issuer:
+            raise ChaincodeError("NotAdmin", f"caller={self._ctx.caller}")
+
+    def _only_admin_org(self, g: _Governance) -> str:
+        """The caller's organisation; NotAdmin unless it is an admin of an admin organisation."""
+        msp = self._caller_msp()
+        if not self._is_org_admin() or msp not in g.admin_orgs:
+            raise ChaincodeError("NotAdmin", f"caller={self._ctx.caller}")
+        return msp
+
+    def _check_change(self, kind: str, args: Sequence[str]) -> list[str]:
+        """The canonical arguments of an admin change; InvalidArgument & co. when malformed."""
+        if kind not in _ADMIN_KINDS:
+            raise _invalid(f"admin change kind {kind!r} is not one of {sorted(_ADMIN_KINDS)}")
+        if len(args) != 2 - (kind == "SetAdmin") or not all(isinstance(a, str) for a in args):
+            raise _invalid(f"{kind} takes {2 - (kind == 'SetAdmin')} string arguments")
+        if kind == "SetRelayer":
+            _parse_bool("enabled", args[1])
+            if not _IDENTITY.fullmatch(args[0]):
+                raise _invalid(f"identity {args[0]!r} is not '<mspid>:<64 lowercase hex>'")
+            return list(args)
+        if kind == "SetInstructor":
+            _parse_bool("enabled", args[1])
+            if not _HEX_ADDRESS.fullmatch(args[0]):
+                raise _invalid(f"instructor {args[0]!r} is not a 0x-prefixed 20-byte address")
+            if not any(bytes.fromhex(args[0][2:])):
+                raise ChaincodeError("ZeroAddress", "instructor=0x" + "00" * 20)
+            return [args[0].lower(), args[1]]
+        g = _parse_governance(args[0], seq=0)
+        return [canonical_json(_governance_json(g, with_seq=False)).decode()]
+
+    def _admin_change(self, kind: str, args: Sequence[str]) -> dict[str, Any]:
+        """Record the caller's organisation's approval of (kind, args) and apply the change
+        when k distinct organisations approved it.
+
+        Guarantees: the caller is an admin of an admin organisation (NotAdmin); the arguments
+        are valid before anything is recorded; an organisation approves a proposal once
+        (AlreadyApproved); the proposal id binds the kind, the canonical arguments and the
+        governance sequence number, so other arguments are another proposal and an applied
+        change leaves no half-approved proposal that could still apply.
+        """
+        self._require_init()
+        g = self._governance()
+        msp = self._only_admin_org(g)
+        canonical = self._check_change(kind, args)
+        pid = _proposal_id(kind, canonical, g.seq)
+        record = self._get_json(f"proposal/{pid}") or {
+            "kind": kind,
+            "args": canonical,
+            "seq": g.seq,
+            "approvals": [],
+        }
+        return self._approve(pid, record, msp, g)
+
+    def _approve(
+        self, pid: str, record: dict[str, Any], msp: str, g: _Governance
+    ) -> dict[str, Any]:
+        approvals: list[str] = record["approvals"]
+        if msp in approvals:
+            raise ChaincodeError("AlreadyApproved", f"proposal={pid}, org={msp}")
+        approvals = sorted([*approvals, msp])
+        kind, args = record["kind"], record["args"]
+        out: dict[str, Any] = {
+            "proposal": pid,
+            "kind": kind,
+            "args": args,
+            "approvals": approvals,
+            "quorum": g.quorum,
+        }
+        if len(approvals) < g.quorum:
+            self._put_json(f"proposal/{pid}", {**record, "approvals": approvals})
+            return {**out, "applied": False}
+        self._kv.delete(f"proposal/{pid}")
+        if kind == "SetRelayer":
+            result = self._apply_set_relayer(*args)
+        elif kind == "SetInstructor":
+            result = self._apply_set_instructor(*args)
+        else:
+            new = _parse_governance(args[0], seq=g.seq + 1)
+            self._put_json("governance", _governance_json(new))
+            result = {"governance": _governance_json(new)}
+        if kind != "SetAdmin":
+            self._put_json("governance", _governance_json(dataclass_replace(g, seq=g.seq + 1)))
+        return {**out, **result, "applied": True}
+
+    def set_admin(self, governance_json: str) -> object:
+        """Approve replacing the governance (issuer, admin organisations, quorum k): an admin
+        change (k approvals of the current admin organisations)."""
+        return self._admin_change("SetAdmin", [governance_json])
+
+    def propose_admin_change(self, kind: str, args_json: str) -> object:
+        """Approve the admin change ``kind`` (SetRelayer, SetInstructor, SetAdmin) with the
+        JSON list of string arguments ``args_json``; the same as calling ``kind`` itself."""
+        args = _loads("args", args_json)
+        if not isinstance(args, list):
+            raise _invalid("args must be a JSON list of strings")
+        return self._admin_change(kind, args)
+
+    def approve_admin_change(self, pid: str) -> object:
+        """Approve the open proposal ``pid`` (the id a proposing call returned).
+
+        UnknownProposal when there is none (never proposed, or already applied);
+        StaleProposal when a change was applied since it was proposed (its approvals no
+        longer count: propose again).
+        """
+        self._require_init()
+        g = self._governance()
+        msp = self._only_admin_org(g)
+        if not isinstance(pid, str) or not re.fullmatch(r"[0-9a-f]{64}", pid):
+            raise _invalid("proposal id must be 64 lowercase hex digits")
+        record = self._get_json(f"proposal/{pid}")
+        if record is None:
+            raise ChaincodeError("UnknownProposal", f"proposal={pid}")
+        if record["seq"] != g.seq:
+            raise ChaincodeError(
+                "StaleProposal", f"proposal={pid}, seq={record['seq']}, current={g.seq}"
+            )
+        return self._approve(pid, record, msp, g)
+
+    def proposal(self, pid: str) -> object:
+        """An open proposal: kind, args, seq, approvals, and whether it is stale."""
+        self._require_init()
+        record = self._get_json(f"proposal/{pid}")
+        if record is None:
+            raise ChaincodeError("UnknownProposal", f"proposal={pid}")
+        return {**record, "proposal": pid, "stale": record["seq"] != self._governance().seq}
+
+    # ---- parking
+    # A recipient frozen or made ineligible after its leg was prepared is not paid at commit:
+    # the units are recorded under ``parked/<security>/<transfer id>`` (part of the total
+    # supply, not escrow) and the Minted leg's reason says why (2 not eligible, 3 frozen). A
+    # pause is not a verdict on the recipient and does not park. Only an issuer admin can
+    # deliver parked units, to a holder who may receive them now.
+
+    def _park_if_refused(self, tid: bytes, leg: _Leg, h: _Holder) -> bool:
+        """Park the Minted leg's units when the recipient ``h`` may not receive; True if so."""
+        if h.eligible and not h.frozen:
+            return False
+        leg.reason = RECEIVE_NOT_ELIGIBLE if not h.eligible else RECEIVE_FROZEN
+        self._kv.put(f"parked/{leg.security.hex()}/{tid.hex()}", str(leg.amount).encode())
+        return True
+
+    def parked(self, tid_hex: str) -> object:
+        """Units parked by transfer ``tid`` and not yet released (``"0"`` when none)."""
+        tid = _parse_word("transfer_id", tid_hex)
+        self._require_init()
+        leg = self._leg("in", tid)
+        raw = self._kv.get(f"parked/{leg.security.hex()}/{tid.hex()}") if leg.state else None
+        return {
+            "transfer_id": _hex(tid),
+            "security": _hex(leg.security),
+            "amount": raw.decode() if raw else "0",
+            "reason": leg.reason if leg.state == IN_MINTED else 0,
+        }
+
+    def release_parked(self, tid_hex: str, holder: str) -> object:
+        """``BridgeEndpoint.releaseParked``: deliver transfer ``tid``'s parked units to
+        ``holder``. Guarantees: an issuer admin (NotAdmin); units parked for the transfer
+        (NotParked: also after a release, so never twice); ``holder`` may receive now
+        (RecipientRefused with its receive status otherwise)."""
+        tid = _parse_word("transfer_id", tid_hex)
+        address = parse_holder(holder)
+        self._only_issuer()
+        leg = self._leg("in", tid)
+        key = f"parked/{leg.security.hex()}/{tid.hex()}"
+        raw = self._kv.get(key) if leg.state == IN_MINTED else None
+        if raw is None:
+            raise ChaincodeError("NotParked", f"transferId={_hex(tid)}")
+        token = self._token(leg.security)
+        status = (
+            REASON_INVALID_RECIPIENT
+            if not any(address)
+            else self._receive_status(leg.security, token, address)
+        )
+        if status != RECEIVE_OK:
+            raise ChaincodeError("RecipientRefused", f"to={_hex(address)}, status={status}")
+        amount = int(raw)
+        self._kv.delete(key)
+        h = self._holder(leg.security, address)
+        h.balance += amount
+        self._put_holder(leg.security, address, h)
+        return {"transfer_id": _hex(tid), "to": _hex(address), "amount": str(amount)}
+
     # ------------------------------------------------------------------ queries
 
     def get_leg(self, tid_hex: str, direction: str) -> object:
@@ -1083,7 +1359,7 @@ class Endpoint:
         return _committee_json(self._committee())
 
     def info(self) -> object:
-        """The endpoint's identity: ledger and bridge words, names, channel and admin."""
+        """The endpoint's identity: ledger and bridge words, names, channel and governance."""
         cfg = self.cfg
         return {
             "ledger_word": _hex(cfg.ledger_word),
@@ -1092,7 +1368,7 @@ class Endpoint:
             "ledger_name": cfg.ledger_name,
             "chaincode_name": cfg.chaincode_name,
             "channel_id": cfg.channel_id,
-            "admin": cfg.admin,
+            "governance": _governance_json(self._governance()),
         }
 
     def is_relayer(self, identity: str) -> object:
@@ -1157,6 +1433,15 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "Init": ("init", 5, True),
     "SetRelayer": ("set_relayer", 2, True),
+    # ---- admin
+    "SetAdmin": ("set_admin", 1, True),
+    "ProposeAdminChange": ("propose_admin_change", 2, True),
+    "ApproveAdminChange": ("approve_admin_change", 1, True),
+    "Proposal": ("proposal", 1, False),
+    # ---- parking
+    "ReleaseParked": ("release_parked", 2, True),
+    "Parked": ("parked", 1, False),
+    # ----
     "SetInstructor": ("set_instructor", 2, True),
     "RegisterSecurity": ("register_security", 1, True),
     "SetEligible": ("set_eligible", 3, True),

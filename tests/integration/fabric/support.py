@@ -132,6 +132,13 @@ def committee_json(committee: Committee) -> str:
     )
 
 
+def governance_json(issuer: str, admin_orgs: Sequence[str] = (), quorum: int = 1) -> str:
+    """The chaincode's Init governance: ``issuer`` issues; ``quorum`` of ``admin_orgs``
+    (default: the issuer alone) approve relayers, instruction keys and governance changes."""
+    orgs = sorted(admin_orgs or (issuer,))
+    return json.dumps({"issuer": issuer, "admin_orgs": orgs, "quorum": quorum})
+
+
 async def submit_and_wait(
     net: FabricNetwork, client: GatewayClient, chaincode: str, fn: str, *args: str
 ) -> int:
@@ -146,8 +153,8 @@ async def initialise(
     net: FabricNetwork, admin: GatewayClient, chaincode: str, ledger: LedgerId, committee: Committee
 ) -> None:
     """Pin the Init arguments (ledger, chaincode, committee, the channel's genesis hash, the
-    ``admin`` client's identity as endpoint admin) for
-    the chaincode server, as its organisation would, Init the endpoint with them and
+    governance: the ``admin`` client's organisation issues and alone approves admin changes)
+    for the chaincode server, as its organisation would, Init the endpoint with them and
     register BROKER as its instruction key."""
     NETWORK["word"] = await admin.genesis_hash()
     args = [
@@ -155,7 +162,7 @@ async def initialise(
         chaincode,
         committee_json(committee),
         "0x" + network_word().hex(),
-        admin.identity.chaincode_identity(),
+        governance_json(admin.identity.msp_id),
     ]
     pin_init(net, chaincode, args)
     await submit_and_wait(net, admin, chaincode, "Init", *args)
