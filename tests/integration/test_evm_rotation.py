@@ -9,6 +9,7 @@ committee state (``committee()``, ``committees()``) untouched.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import random
@@ -546,3 +547,43 @@ def test_the_evm_endpoint_and_the_chaincode_decide_alike(env: Env) -> None:
         "InvalidCommittee",
         "InvalidRotation",
     } <= set(outcomes), outcomes
+
+
+async def test_two_submitters_racing_with_the_same_rotation_both_see_it_applied(env: Env) -> None:
+    """Anyone may submit: two adapters send the same rotation into one block; one installs
+    it, the other's transaction reverts on-chain and is reported as already applied."""
+    on = fresh(env)
+    other_payer = DevAccount.generate()
+    env.node.fund(other_payer.address)
+    r = rotation(1, keys(4), activation=now(env))
+    cert = rotate_cert(on, r, env.epoch1[:3])
+    first = EvmAdapter(on.config(), env.payer.private_key)
+    second = EvmAdapter(on.config(), other_payer.private_key)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+
+        async def mine_when_both_sent() -> None:
+            for _ in range(200):
+                pending = env.node.rpc("txpool_status", [])
+                if int(pending["pending"], 16) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            env.node.rpc("evm_mine", [])
+
+        a, b, _ = await asyncio.gather(
+            first.install_committee(r, cert),
+            second.install_committee(r, cert),
+            mine_when_both_sent(),
+        )
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+        await first.close()
+        await second.close()
+    assert sorted([a.already_applied, b.already_applied]) == [False, True]
+    assert on.endpoint.functions.committee().call()[0] == 2
+    installed = next(o for o in (a, b) if not o.already_applied)
+    block = env.w3.eth.get_block(installed.height)
+    statuses = sorted(
+        env.w3.eth.get_transaction_receipt(h)["status"] for h in block["transactions"]
+    )
+    assert statuses == [0, 1], "both were mined in one block; the loser reverted"
