@@ -1421,8 +1421,8 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
 def execute(store: KeyValue, ctx: Context, function: str, args: Sequence[str], emit: Emit) -> bytes:
     """Run one chaincode call; return its JSON result or raise :class:`ChaincodeError`.
 
-    The store is written, and ``emit`` called (at most once: a leg transition or a committee rotation), only
-    when the call succeeds.
+    The store is written, and ``emit`` called (at most once: a leg transition or a committee
+    rotation), only when the call succeeds.
     """
     entry = FUNCTIONS.get(function)
     if entry is None:
