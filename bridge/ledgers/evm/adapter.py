@@ -27,6 +27,7 @@ from web3.exceptions import (
 
 from bridge.config import LedgerConfig
 from bridge.core.words import evm_network_word
+from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import (
     LedgerId,
@@ -137,6 +138,8 @@ class EvmAdapter:
         # step waits for it while the node still holds it instead of sending another one.
         self._sent: OrderedDict[tuple[Action, bytes], bytes] = OrderedDict()
         self._tokens: dict[str, str] = {}
+        # The last rotateCommittee sent per new epoch, until it is final (as ``_sent``).
+        self._sent_rotations: dict[int, bytes] = {}
         self._poll = max(0.05, min(0.25, config.block_interval / 10))
 
     # -- identity ----------------------------------------------------------------------
@@ -528,6 +531,93 @@ class EvmAdapter:
             await asyncio.sleep(self._poll)
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
 
+    # ---- committee rotation
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """The endpoint's ``committees()`` view at block ``height`` (default: finalized): the
+        latest installed epoch and, while its window lasts at that block's timestamp, the
+        previous one, ascending by epoch. InvalidInput for a height above the finalized one."""
+        final = await self.finalized_height()
+        at = final if height is None else height
+        if not 0 <= at <= final:
+            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
+        fn = self._bridge.functions.committees()
+        windows = await self._rpc("committees", lambda: fn.call(block_identifier=at))
+        return tuple(_window_from_abi(w) for w in windows)
+
+    def _rotation_args(self, rotation: CommitteeRotation) -> list[Any]:
+        return [
+            rotation.epoch,
+            rotation.next.epoch,
+            rotation.next.threshold,
+            [to_checksum_address(m) for m in rotation.next.members],
+            rotation.activation,
+            rotation.overlap,
+        ]
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """``rotateCommittee`` with ``certificate``; idempotent (see LedgerAdapter).
+
+        The replay check is the endpoint's own: a dry run (``estimate_gas``) that reverts
+        ``RotationAlreadyInstalled`` means this very rotation is installed, reported as
+        ``already_applied`` once the installing block is final. A retry while this adapter's
+        earlier transaction is still pending waits for it instead of sending another; a
+        transaction that reverted because an identical rotation from another submitter was
+        mined first is ``already_applied`` too.
+        """
+        if self._signer is None:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+        args = self._rotation_args(rotation)
+        fn = self._bridge.functions.rotateCommittee(
+            *args, (certificate.epoch, b"".join(certificate.signatures))
+        )
+        epoch = rotation.next.epoch
+        earlier = self._sent_rotations.get(epoch)
+        if earlier is not None and await self._is_pending(earlier):
+            tx_hash = earlier
+        else:
+            try:
+                tx_hash = await self._send(fn)
+            except LedgerRejected as exc:
+                if exc.reason != "RotationAlreadyInstalled":
+                    raise
+                return TxOutcome(
+                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
+                )
+            self._sent_rotations[epoch] = tx_hash
+        try:
+            height = await self._await_final(tx_hash, self._confirm_s)
+        except Unavailable:
+            # Reverted on-chain: another submitter's identical rotation may have won the race.
+            if await self._holds(rotation):
+                return TxOutcome(
+                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
+                )
+            raise
+        self._sent_rotations.pop(epoch, None)
+        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _holds(self, rotation: CommitteeRotation) -> bool:
+        """True when the latest block shows ``rotation.next`` installed as given."""
+        windows = await self.committees(await self.finalized_height())
+        return any(
+            w.committee == rotation.next and w.active_from == rotation.activation for w in windows
+        )
+
+    async def _rotation_final(self, rotation: CommitteeRotation, limit_s: float = 120.0) -> int:
+        """Wait until ``rotation.next`` is installed at the finalized height; return it."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        while loop.time() < give_up:
+            at = await self.finalized_height()
+            windows = await self.committees(at)
+            if windows and windows[-1].committee.epoch >= rotation.next.epoch:
+                return at
+            await asyncio.sleep(self._poll)
+        raise Unavailable(f"rotation to epoch {rotation.next.epoch} not final on {self.ledger}")
+
     async def node_identity(self) -> tuple[int, bytes, bytes]:
         """What the node says it is: ``(chain id, code at the bridge address, the endpoint's
         ledgerId word)``; the word is empty when there is no code (nothing to ask)."""
@@ -543,6 +633,23 @@ class EvmAdapter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _window_from_abi(raw: Any) -> EpochWindow:
+    """An ``IBridgeEndpoint.CommitteeWindow`` (web3 returns a mapping or a tuple)."""
+    keys = ("epoch", "threshold", "activeFrom", "activeUntil", "members")
+    epoch, threshold, start, until, members = (
+        [raw[k] for k in keys] if hasattr(raw, "keys") else list(raw)
+    )
+    return EpochWindow(
+        committee=Committee(
+            epoch=int(epoch),
+            threshold=int(threshold),
+            members=tuple(bytes.fromhex(str(m)[2:]) for m in members),
+        ),
+        active_from=int(start),
+        active_until=int(until) if int(until) != 0 else None,
+    )
 
 
 _TERMS_KEYS = (

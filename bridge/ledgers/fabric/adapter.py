@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from contextlib import aclosing
 
 from bridge.core import words as core_words
+from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
@@ -424,6 +425,72 @@ class FabricAdapter:
         if current.terms_hash != terms.terms_hash:
             raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
         return TxOutcome(tx_id="", height=current.height, already_applied=True)
+
+    # ---- committee rotation
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """The chaincode's ``Committees`` view (latest committed state): the latest installed
+        epoch and, while its window lasts, the previous one, ascending by epoch. "Now" is the
+        query's transaction timestamp (this client's clock, see ADR 0008); Fabric cannot read
+        a past height, so ``height`` is only checked (InvalidInput above the finalized
+        height), like :meth:`get_leg` reads the latest state for any past height."""
+        if height is not None and height > await self.finalized_height():
+            raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
+        raw = await self._client.evaluate(self._chaincode, "Committees", [])
+        try:
+            return codec.committees_from_json(raw)
+        except ValueError as exc:
+            raise LedgerRejected("MalformedAnswer", f"Committees: {exc}") from exc
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """``RotateCommittee(rotation, certificate)``, waiting for a VALID commit; idempotent
+        (see LedgerAdapter).
+
+        A refusal ``RotationAlreadyInstalled`` is ``already_applied``. Any other refusal at
+        endorsement is confirmed on the gateway's own peer first, like :meth:`submit`: when
+        that peer shows the rotation installed it is ``already_applied``, when it would
+        accept the rotation another endorser lags (Unavailable, retry), otherwise the
+        refusal stands. A transaction invalidated after ordering is re-checked the same way.
+        """
+        if not self._operator:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+        args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
+        try:
+            prepared = await self._client.endorse(self._chaincode, "RotateCommittee", args)
+        except LedgerRejected as refusal:
+            if refusal.reason != "RotationAlreadyInstalled":
+                await self._confirm_rotation_refusal(args, refusal)
+            return await self._rotation_applied()
+        try:
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected as invalid:
+            await self._confirm_rotation_refusal(args, invalid, after_ordering=True)
+            return await self._rotation_applied()
+        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _confirm_rotation_refusal(
+        self, args: list[str], refusal: LedgerRejected, *, after_ordering: bool = False
+    ) -> None:
+        """Return if the gateway's peer shows the rotation installed; raise ``refusal`` if it
+        refuses it too (Unavailable instead when it would accept it and ``refusal`` came
+        from another endorser)."""
+        try:
+            await self._client.evaluate(self._chaincode, "RotateCommittee", args)
+        except LedgerRejected as own:
+            if own.reason == "RotationAlreadyInstalled":
+                return
+            raise refusal from None
+        if after_ordering:
+            raise refusal
+        raise Unavailable(
+            f"{self._ledger}: RotateCommittee refused by an endorsing peer ({refusal}) but"
+            " accepted by the gateway's peer; another peer is behind, retry"
+        ) from refusal
+
+    async def _rotation_applied(self) -> TxOutcome:
+        return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""
