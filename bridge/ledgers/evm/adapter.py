@@ -28,6 +28,7 @@ from web3.exceptions import (
 from bridge.config import LedgerConfig
 from bridge.core.words import evm_network_word
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -340,6 +341,23 @@ class EvmAdapter:
             prepared=int(res[2]),
             burned_out=int(res[3]),
             minted_in=int(res[4]),
+        )
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """``flowStatus(security, counterpart)`` at the finalized height; the figures are the
+        buckets as of that block's timestamp (``as_of``). A lane without a limit reads as
+        all zero (unlimited). A hint for scheduling: the endpoint decides at lock/prepare."""
+        at = await self.finalized_height()
+        fn = self._bridge.functions.flowStatus(security.word, counterpart.word)
+        words = await self._rpc("flowStatus", lambda: fn.call(block_identifier=at))
+        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        return FlowStatus.from_words(
+            self.ledger.name,
+            counterpart.name,
+            security.isin,
+            int(block["timestamp"]),
+            [int(x) for x in words],
         )
 
     # -- writes --------------------------------------------------------------------------
