@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import grpc
@@ -163,6 +164,13 @@ def invoked_chaincode_name(stub: ChaincodeStub) -> str | None:
     return str(name) or None
 
 
+# ---- flow limits (ADR 0010)
+def _tx_seconds(stub: ChaincodeStub) -> int | None:
+    """The proposal header's timestamp in whole seconds (None without a proposal)."""
+    stamp = stub.get_tx_timestamp()
+    return None if stamp is None else int(stamp.seconds)
+
+
 class KstbChaincode(Chaincode):
     """The bridge chaincode. ``init`` (an ``--isInit`` call) and ``invoke`` dispatch alike."""
 
@@ -186,6 +194,8 @@ class KstbChaincode(Chaincode):
                 chaincode_name=invoked_chaincode_name(stub),
                 caller_roles=caller_roles(stub),
                 init_pin=init_pin(),
+                tx_time=_tx_seconds(stub),
+                local_time=int(time.time()),
             )
             loop = asyncio.get_running_loop()
             run = functools.partial(
