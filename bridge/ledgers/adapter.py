@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -84,6 +85,13 @@ class LedgerReader(Protocol):
         finalized height, or one the ledger kind cannot read, raises InvalidInput; a security
         not registered with the bridge endpoint raises NotFound.
         """
+        ...
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """The flow limit of the lane (``security``, ``counterpart``) on this ledger and what
+        its buckets hold (all zero: not limited). A scheduling hint: the ledger enforces the
+        limit at lock and prepare whatever a reader saw."""
         ...
 
     async def close(self) -> None:

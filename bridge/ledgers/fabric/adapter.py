@@ -19,6 +19,7 @@ from contextlib import aclosing
 
 from bridge.core import words as core_words
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -294,6 +295,23 @@ class FabricAdapter:
             )
         raise Unavailable(
             f"{self._ledger}: a block was committed during each of {SUPPLY_ATTEMPTS} supply reads"
+        )
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """The chaincode's ``FlowStatus`` for the lane (``security``, ``counterpart``), as the
+        gateway peer's chaincode server computes it now (``as_of``: that server's clock).
+        Fabric cannot evaluate at a past block: this is the current state, a hint for
+        scheduling; Lock and Prepare decide. A lane without a limit reads as all zero."""
+        raw = await self._client.evaluate(
+            self._chaincode, "FlowStatus", [security.isin, counterpart.name]
+        )
+        try:
+            as_of, figures = codec.flow_status_from_json(raw)
+        except ValueError as exc:
+            raise Unavailable(f"{self._ledger}: malformed FlowStatus answer: {exc}") from exc
+        return FlowStatus.from_words(
+            self._ledger.name, counterpart.name, security.isin, as_of, figures
         )
 
     async def _chain_info(self) -> tuple[int, bytes]:
