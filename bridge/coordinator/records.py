@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bridge.domain.claims import ClaimKind
+from bridge.domain.flow import WaitReason
 from bridge.domain.legs import SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -58,6 +59,11 @@ class TransferRecord:
     origin: TransferOrigin = TransferOrigin.SUBMITTED
     instruction: bytes = b""
     """The instructor's signature over the terms, passed to the source ledger's LOCK."""
+    # ---- flow limits (ADR 0010)
+    wait_reason: WaitReason = WaitReason.NONE
+    """Why it waits on a flow limit (NONE when it does not)."""
+    not_before: float = 0.0
+    """With a wait reason: when the wait may end (Unix seconds; 0 when unknown)."""
 
 
 @dataclass(frozen=True, slots=True)

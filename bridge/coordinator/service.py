@@ -45,6 +45,8 @@ def transfer_to_pb(r: TransferRecord) -> transfer_pb2.Transfer:
         updated_at=_ts(r.updated_at),
         deadline=_ts(float(r.terms.deadline)),
         transactions=dict(r.transactions),
+        wait_reason=int(r.wait_reason),  # type: ignore[arg-type]
+        not_before=_ts(r.not_before) if r.not_before else None,
     )
 
 

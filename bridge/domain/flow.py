@@ -20,6 +20,31 @@ UINT128_LIMIT = 2**128
 UINT64_LIMIT = 2**64
 
 
+class WaitReason(enum.IntEnum):
+    """Why a transfer waits on a flow limit (values match the proto enum ``WaitReason``)."""
+
+    NONE = 0
+    SOURCE_OUTBOUND_CAPACITY = 1
+    TARGET_INBOUND_CAPACITY = 2
+    BEHIND_EARLIER_TRANSFER = 3
+    LARGE_TRANSFER_DELAY = 4
+
+
+def detail_argument(detail: str, name: str) -> int | None:
+    """The integer argument ``name`` of a ledger refusal's detail, or None.
+
+    Both ledger kinds write a refusal's arguments as ``name=value, ...`` (the EVM adapter's
+    decoded custom-error arguments; the chaincode's detail in the same form), e.g. TooEarly's
+    ``notBefore=1700000000, nowTs=1699999000``. Only the error NAME decides anything; this
+    reads a figure to show (e.g. a transfer's not-before).
+    """
+    for part in detail.split(","):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name and value.isdigit():
+            return int(value)
+    return None
+
+
 class FlowDirection(enum.Enum):
     """Which bucket of a lane: units leaving this ledger, or arriving on it."""
 
@@ -91,8 +116,9 @@ class Bucket:
         return self.limited and amount > self.capacity
 
     def seconds_until(self, amount: int) -> int:
-        """Whole seconds until ``amount`` fits by refill alone (0 if it fits now)."""
-        if self.fits(amount) or self.never_fits(amount):
+        """Whole seconds until refill alone lifts the bucket to ``amount`` (0 if it fits now);
+        beyond the capacity this is when a drained bucket would have let that much through."""
+        if self.fits(amount):
             return 0
         return math.ceil((amount - self.available) * self.window / self.capacity)
 
