@@ -390,6 +390,38 @@ class Coordinator:
         await self._set_state(record, TransferState.QUEUED, f"queued: {verdict.detail}")
         raise FlowQueued(verdict.detail, verdict.retry_in)
 
+    async def _hold_for_delay(
+        self,
+        record: TransferRecord,
+        step: NextStep,
+        decision: Decision | None,
+        source: LegStatus,
+        target: LegStatus,
+    ) -> None:
+        """Before certifying or applying COMMIT: wait (raises FlowQueued) while a leg of a
+        large transfer is inside its ledger's delay. Members refuse COMMIT and the ledgers
+        refuse the burn and mint until then; asking earlier would only collect refusals."""
+        committing = (step.step is StepKind.CERTIFY and step.claim is ClaimKind.COMMIT) or (
+            step.step is StepKind.APPLY and decision is not None
+            and decision.kind is ClaimKind.COMMIT
+        )  # fmt: skip
+        held = max(source.not_before, target.not_before) if committing else 0
+        now = time.time()
+        if held <= now:
+            if record.wait_reason is WaitReason.LARGE_TRANSFER_DELAY:
+                await self._store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
+            return
+        reason = (
+            f"large transfer: held by the ledgers' delay until {_iso(held)}"
+            " (above the lane's large-transfer allowance); it commits then"
+        )
+        await self._set_state(record, step.state, reason)
+        if record.wait_reason is not WaitReason.LARGE_TRANSFER_DELAY or record.not_before != held:
+            await self._store.set_wait(
+                record.transfer_id, WaitReason.LARGE_TRANSFER_DELAY, float(held)
+            )
+        raise FlowQueued(reason, max(1, int(held - now)))
+
     async def _clear_wait(self, record: TransferRecord) -> None:
         if record.wait_reason is not WaitReason.NONE:
             await self._store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
@@ -810,6 +842,7 @@ class Coordinator:
             # escrow goes back to its holder and the target is closed with a tombstone.
             step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
             reason = "the lock was not instructed by a registered brokerage key: releasing it"
+        await self._hold_for_delay(record, step, decision, source, target)  # ---- flow limits
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True

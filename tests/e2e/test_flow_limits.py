@@ -123,11 +123,15 @@ def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(system: LocalSyst
     s.set_flow_limit(A, DEMO_ISIN, B, FlowLimit())
 
 
-def test_a_large_transfer_waits_its_delay_before_the_mint(system: LocalSystem) -> None:
+@pytest.mark.parametrize("side", ["target", "source"])
+def test_a_large_transfer_waits_its_delay_before_the_mint(system: LocalSystem, side: str) -> None:
+    """The delay held by the target's inbound lane (the target refuses the mint), or by the
+    source's outbound lane (members refuse COMMIT, so nothing is minted either)."""
     s = system
     a, b = s.ledgers[A], s.ledgers[B]
     delay = 12
-    s.set_flow_limit(B, DEMO_ISIN, A, FlowLimit(large_threshold=5, large_delay=delay))
+    on, counterpart = (B, A) if side == "target" else (A, B)
+    s.set_flow_limit(on, DEMO_ISIN, counterpart, FlowLimit(large_threshold=5, large_delay=delay))
     holder = a.make_holder(DEMO_ISIN, 8)
     b.set_eligible(DEMO_ISIN, holder.address)
     supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
@@ -141,8 +145,9 @@ def test_a_large_transfer_waits_its_delay_before_the_mint(system: LocalSystem) -
             return t if t.wait_reason == S.WAIT_REASON_LARGE_TRANSFER_DELAY else None
 
         waiting = eventually_sync(delayed, 60, "the large-transfer delay")
-        assert waiting.state == S.TRANSFER_STATE_COMMITTING
+        assert waiting.state in (S.TRANSFER_STATE_TARGET_PREPARED, S.TRANSFER_STATE_COMMITTING)
         assert waiting.not_before.seconds > time.time() - 2
+        assert "held by the ledgers' delay" in waiting.reason
         assert b.balance(DEMO_ISIN, holder.address) == 0  # the mint waits
         final = [
             u.state
@@ -150,9 +155,10 @@ def test_a_large_transfer_waits_its_delay_before_the_mint(system: LocalSystem) -
         ][-1]
         done = stub.GetTransfer(S.GetTransferRequest(transfer_id=tid), timeout=10)
     assert final == S.TRANSFER_STATE_COMMITTED
+    assert done.wait_reason == S.WAIT_REASON_UNSPECIFIED
     receipt = b.w3.eth.get_transaction_receipt(HexBytes(done.transactions["mint"]))
     minted_at = int(b.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
     assert minted_at >= waiting.not_before.seconds
     assert b.balance(DEMO_ISIN, holder.address) == 8
     assert a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN) == supply
-    s.set_flow_limit(B, DEMO_ISIN, A, FlowLimit())
+    s.set_flow_limit(on, DEMO_ISIN, counterpart, FlowLimit())

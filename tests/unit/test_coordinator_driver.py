@@ -66,6 +66,7 @@ class FakeRelayer:
     inbound_available: int = 0
     window: int = 100
     locked_ids: list[bytes] = field(default_factory=list)
+    not_before: int = 0  # a large-transfer delay on the LOCKED / PREPARED legs made here
 
     async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
         return FlowStatus(
@@ -121,7 +122,9 @@ class FakeRelayer:
             (Action.ABORT, Leg.INBOUND): LegState.ABORTED,
         }
         leg = Leg.OUTBOUND if terms.src_ledger == _word(self.ledger) else Leg.INBOUND
-        self.legs[(tid, leg)] = LegStatus(after[(action, leg)], th, 0, 2)
+        state = after[(action, leg)]
+        held = self.not_before if state in (LegState.LOCKED, LegState.PREPARED) else 0
+        self.legs[(tid, leg)] = LegStatus(state, th, 0, 2, held)
         return TxOutcome("0x" + secrets.token_hex(32), 2, False)
 
 

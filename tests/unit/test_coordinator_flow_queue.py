@@ -13,6 +13,7 @@ from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.flow_queue import admit, never_fits
 from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.store import SqliteTransferStore
+from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
 from bridge.domain.flow import Bucket, FlowStatus, WaitReason, detail_argument
 from bridge.domain.legs import Action
@@ -202,3 +203,30 @@ async def test_lane_flows_report_capacity_and_queue(coordinator) -> None:
     assert lanes[("b", "a")].queued == 0
     a.outbound_available = 5
     assert await final(store, tid) is TransferState.COMMITTED
+
+
+async def test_a_large_transfer_is_held_until_its_delay_ends(coordinator) -> None:
+    c, relayers, store = coordinator
+    committee: FakeCommittee = c._committee  # type: ignore[assignment]
+    held = int(time.time()) + 2
+    relayers["b"].not_before = held  # the target's inbound delay on this transfer
+    tid = await submit(c, "k1", 5)
+    waiting = await until(store, tid, TransferState.TARGET_PREPARED)
+    record = await eventually(
+        lambda: _with_wait(store, tid, WaitReason.LARGE_TRANSFER_DELAY), 5, "the delay"
+    )
+    assert record.not_before == held
+    assert "held by the ledgers' delay until" in record.reason
+    assert ClaimKind.COMMIT not in committee.kinds  # nobody was asked to sign early
+    assert waiting.state is TransferState.TARGET_PREPARED
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert time.time() >= held
+    done = await state_of(store, tid)
+    assert done.wait_reason is WaitReason.NONE
+
+
+async def _with_wait(
+    store: SqliteTransferStore, tid: bytes, reason: WaitReason
+) -> TransferRecord | None:
+    r = await store.get(tid)
+    return r if r is not None and r.wait_reason is reason else None

@@ -264,11 +264,18 @@ class EvmAdapter:
         )
         res = await self._rpc("leg query", lambda: fn(transfer_id).call(block_identifier=at))
         reason = int(res[4]) if leg is Leg.INBOUND else 0
+        state = leg_state_from_ledger(leg, int(res[0]))
+        not_before = 0
+        if state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            nb = self._bridge.functions.notBefore(transfer_id)
+            pair = await self._rpc("notBefore", lambda: nb.call(block_identifier=at))
+            not_before = int(pair[0] if leg is Leg.OUTBOUND else pair[1])
         return LegStatus(
-            state=leg_state_from_ledger(leg, int(res[0])),
+            state=state,
             terms_hash=bytes(res[1]),
             reason=reason,
             height=at,
+            not_before=not_before,
         )
 
     async def _token(self, security: SecurityId, at: int) -> str | None:

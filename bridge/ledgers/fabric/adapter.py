@@ -221,11 +221,21 @@ class FabricAdapter:
         data = codec.object_from_json(raw, "GetLeg answer")
         state = codec.int_from_json(codec.field(data, "state", "GetLeg answer"), "state")
         terms_hash = data.get("terms_hash") or "0x" + "00" * 32
+        leg_state = leg_state_from_ledger(leg, state)
+        not_before = 0
+        if leg_state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            raw_nb = await self._client.evaluate(
+                self._chaincode, "NotBefore", [codec.word_hex(transfer_id)]
+            )
+            nb = codec.object_from_json(raw_nb, "NotBefore answer")
+            key = "outbound" if leg is Leg.OUTBOUND else "inbound"
+            not_before = codec.int_from_json(codec.field(nb, key, "NotBefore answer"), key)
         return LegStatus(
-            state=leg_state_from_ledger(leg, state),
+            state=leg_state,
             terms_hash=codec.word_from_json(terms_hash, "terms_hash"),
             reason=codec.int_from_json(data.get("reason", 0), "reason"),
             height=at,
+            not_before=not_before,
         )
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
