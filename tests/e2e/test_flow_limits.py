@@ -16,6 +16,7 @@ import grpc
 import pytest
 from hexbytes import HexBytes
 
+from bridge.cli.main import main as cli_main
 from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.domain.flow import FlowLimit
 from bridge.v1 import flow_pb2, operator_pb2_grpc, transfer_pb2_grpc
@@ -42,7 +43,9 @@ def lock_time(h: LedgerHandle, t: S.Transfer) -> int:
     return int(h.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
 
 
-def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(system: LocalSystem) -> None:
+def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(
+    system: LocalSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = system
     a, b = s.ledgers[A], s.ledgers[B]
     s.set_flow_limit(A, DEMO_ISIN, B, FlowLimit(outbound_capacity=CAPACITY, window=WINDOW))
@@ -99,6 +102,15 @@ def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(system: LocalSyst
         assert lane.queued >= 1 and int(lane.queued_units) >= PART
         assert lane.source.outbound.capacity == str(CAPACITY)
         assert lane.target.inbound.capacity == "0"  # B does not limit its inbound
+        code = cli_main(
+            ["--coordinator", s.coordinator_target, *s.cli_tls_args("bridge-operator"),
+             "operator", "limits", DEMO_ISIN]
+        )  # fmt: skip
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert f"{DEMO_ISIN} {A} -> {B}: " in printed
+        assert f"/{CAPACITY} available, refills {CAPACITY} per {WINDOW} s" in printed
+        assert f"inbound on {B}: unlimited" in printed
         eventually_sync(watch, 120, "the burst to drain")
         transfers = [get(tid) for tid in tids]
 
