@@ -191,6 +191,29 @@ def test_lock_over_capacity_is_refused_and_the_bucket_refills_with_time(env: Env
     finish(env, env.a, ClaimKind.ABORT, over)
 
 
+def test_refill_is_exact_however_often_the_bucket_is_used(env: Env) -> None:
+    """3 units per 10 s, one unit taken every 4 s: each take leaves 0.2 units of refill
+    behind, and the bucket keeps them (unit-second levels), so 5 takes later a whole unit
+    is left. Block times are set exactly."""
+    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=3, window=10))
+    base = now(env) + 10
+    env.node.rpc("evm_setNextBlockTimestamp", [base])
+    drain = make_terms(env, amount=3)
+    lock(env, drain)
+    taken = [drain]
+    for i in range(1, 6):
+        env.node.rpc("evm_setNextBlockTimestamp", [base + 4 * i])
+        t = make_terms(env, amount=1)
+        taken.append(t)
+        receipt = lock(env, t)
+    fn = env.a.endpoint.functions.flowStatus(ISIN.word, env.b.ledger.word)
+    words = fn.call(block_identifier=receipt["blockNumber"])
+    # 20 s x 0.3 units/s = 6 units refilled, 5 taken: 1 left (floored levels would leave 0).
+    assert int(words[2]) == 1
+    for t in taken:
+        finish(env, env.a, ClaimKind.ABORT, t)
+
+
 def test_release_gives_capacity_back(env: Env) -> None:
     limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=100, window=10**9))
     t = make_terms(env, amount=70)

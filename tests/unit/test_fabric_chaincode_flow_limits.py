@@ -191,6 +191,15 @@ def test_lock_over_capacity_is_refused_and_the_bucket_refills(env: Env) -> None:
     assert status(env.a, env.b).outbound.available == 100
 
 
+def test_refill_is_exact_however_often_the_bucket_is_used(env: Env) -> None:
+    set_limit(env, env.a, env.b, out=3, window=10)  # 0.3 units per second
+    lock(env, make_terms(env, amount=3))
+    for _ in range(5):  # one unit every 4 s: 0.2 units of refill left behind each time
+        Clock.now += 4
+        lock(env, make_terms(env, amount=1))
+    assert status(env.a, env.b).outbound.available == 1  # kept, not floored away
+
+
 def test_a_proposal_time_far_from_the_servers_clock_is_refused(env: Env) -> None:
     set_limit(env, env.a, env.b, out=100, window=100)
     t = make_terms(env, amount=10)

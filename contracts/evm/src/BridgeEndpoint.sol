@@ -589,22 +589,27 @@ contract BridgeEndpoint is IBridgeEndpoint {
         if (cap == 0 && stored.largeThreshold == 0) return; // an unlimited lane: two reads
         FlowLimit memory f = stored;
         if (cap != 0) {
-            uint256 available = _available(sec, lane, rateKind, f);
-            if (amount > available) revert FlowLimitExceeded(available, amount);
-            _store(sec, lane, rateKind, (available - amount) * f.window);
+            uint256 level = _level(sec, lane, rateKind, f);
+            // amount <= cap < 2^128 before multiplying: no overflow for any amount
+            if (amount > cap || amount * f.window > level) {
+                revert FlowLimitExceeded(level / f.window, amount);
+            }
+            uint256 need = amount * f.window;
+            _store(sec, lane, rateKind, level - need);
         }
         if (f.largeThreshold != 0) {
-            uint256 allowance = _available(sec, lane, largeKind, f);
+            uint256 level = _level(sec, lane, largeKind, f);
+            uint256 need = amount > f.largeThreshold ? type(uint256).max : amount * f.largeDelay;
             // SECURITY: the allowance is the lane's, not the sender's, and it refills only
             // with time: however a large amount is split, at most `largeThreshold` per
             // `largeDelay` passes undelayed. A leg beyond it waits, and empties the allowance.
-            if (amount > allowance) {
+            if (need > level) {
                 uint64 at = uint64(block.timestamp) + f.largeDelay;
                 _notBefore[id][legKind] = at;
                 emit TransferDelayed(id, legKind, at);
-                allowance = amount;
+                need = level;
             }
-            _store(sec, lane, largeKind, (allowance - amount) * f.largeDelay);
+            _store(sec, lane, largeKind, level - need);
         }
     }
 
@@ -615,8 +620,9 @@ contract BridgeEndpoint is IBridgeEndpoint {
         uint256 cap = kind == FLOW_OUT ? stored.outCapacity : stored.inCapacity;
         if (cap == 0) return;
         FlowLimit memory f = stored;
-        uint256 level = _available(sec, lane, kind, f) + amount;
-        _store(sec, lane, kind, (level < cap ? level : cap) * f.window);
+        uint256 full = cap * f.window;
+        uint256 level = amount >= cap ? full : _level(sec, lane, kind, f) + amount * f.window;
+        _store(sec, lane, kind, level < full ? level : full);
     }
 
     function _requireDelayOver(uint64 at) private view {
@@ -633,8 +639,9 @@ contract BridgeEndpoint is IBridgeEndpoint {
         return (f.largeThreshold, f.largeDelay);
     }
 
-    /// Whole units in the bucket now (refilled since its last update, capped).
-    function _available(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory f)
+    /// The bucket's exact level now in unit-seconds (refilled since its update, capped at
+    /// capacity x period); 0 for a bucket that is not limited.
+    function _level(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory f)
         private
         view
         returns (uint256)
@@ -644,15 +651,27 @@ contract BridgeEndpoint is IBridgeEndpoint {
         Bucket memory b = _bucket[sec][lane][kind];
         uint256 full = cap * period;
         uint256 level = uint256(b.level) + cap * (block.timestamp - b.updated);
-        return (level < full ? level : full) / period;
+        return level < full ? level : full;
+    }
+
+    /// Whole units in the bucket now.
+    function _available(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory f)
+        private
+        view
+        returns (uint256)
+    {
+        (, uint256 period) = _params(f, kind);
+        uint256 level = _level(sec, lane, kind, f);
+        return level == 0 ? 0 : level / period;
     }
 
     function _store(bytes32 sec, bytes32 lane, uint8 kind, uint256 level) private {
         _bucket[sec][lane][kind] = Bucket(uint192(level), uint64(block.timestamp));
     }
 
-    /// Re-expresses a bucket under the limit `next`: what it holds now (a bucket that was not
-    /// limited counts as full), clamped to the new capacity.
+    /// Re-expresses a bucket under the limit `next`: the whole units it holds now (a bucket
+    /// that was not limited counts as full), clamped to the new capacity. (A fraction of a
+    /// unit still refilling is dropped here, at an admin change only.)
     function _rebase(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory next) private {
         (uint256 cap, uint256 period) = _params(next, kind);
         if (cap == 0) return;

@@ -1202,15 +1202,22 @@ class Endpoint:
             return f["in_capacity"], f["window"]
         return f["large_threshold"], f["large_delay"]
 
-    def _available(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
-        """Whole units in the bucket at ``now`` (refilled since its update, capped)."""
+    def _level(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
+        """The bucket's exact level at ``now`` in unit-seconds (refilled, capped); 0 when
+        the bucket is not limited."""
         cap, period = self._flow_params(f, kind)
         if cap == 0:
             return 0
         obj = self._get_json(f"flowbucket/{sec.hex()}/{lane.hex()}/{kind}") or {}
         level, updated = int(obj.get("level", "0")), int(obj.get("updated", 0))
         level += cap * max(0, now - updated)  # a timestamp behind the last one refills nothing
-        return min(level, cap * period) // period
+        return min(level, cap * period)
+
+    def _available(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
+        """Whole units in the bucket at ``now``."""
+        _, period = self._flow_params(f, kind)
+        level = self._level(sec, lane, kind, f, now)
+        return level // period if level else 0
 
     def _store_bucket(self, sec: bytes, lane: bytes, kind: int, level: int, now: int) -> None:
         self._put_json(
@@ -1227,23 +1234,24 @@ class Endpoint:
             return
         now = self._now()
         if cap:
-            available = self._available(sec, lane, kind, f, now)
-            if amount > available:
+            level = self._level(sec, lane, kind, f, now)
+            if amount * period > level:
                 raise ChaincodeError(
-                    "FlowLimitExceeded", f"available={available}, requested={amount}"
+                    "FlowLimitExceeded", f"available={level // period}, requested={amount}"
                 )
-            self._store_bucket(sec, lane, kind, (available - amount) * period, now)
+            self._store_bucket(sec, lane, kind, level - amount * period, now)
         if f["large_threshold"]:
-            allowance = self._available(sec, lane, large, f, now)
+            level = self._level(sec, lane, large, f, now)
+            need = amount * f["large_delay"]
             # SECURITY: the lane's allowance, refilled by time only: splitting cannot help.
-            if amount > allowance:
+            if need > level:
                 direction = "out" if kind == FLOW_OUT else "in"
                 self._kv.put(
                     f"notbefore/{direction}/{tid.hex()}",
                     str(now + f["large_delay"]).encode(),
                 )
-                allowance = amount
-            self._store_bucket(sec, lane, large, (allowance - amount) * f["large_delay"], now)
+                need = level
+            self._store_bucket(sec, lane, large, level - need, now)
 
     def _flow_credit(self, sec: bytes, lane: bytes, kind: int, amount: int) -> None:
         """Give ``amount`` back to a rate bucket, bounded by its capacity."""
@@ -1252,8 +1260,8 @@ class Endpoint:
         if cap == 0:
             return
         now = self._now()
-        level = min(self._available(sec, lane, kind, f, now) + amount, cap)
-        self._store_bucket(sec, lane, kind, level * period, now)
+        level = min(self._level(sec, lane, kind, f, now) + amount * period, cap * period)
+        self._store_bucket(sec, lane, kind, level, now)
 
     def _require_delay_over(self, tid: bytes, direction: str) -> None:
         raw = self._kv.get(f"notbefore/{direction}/{tid.hex()}")
