@@ -23,7 +23,7 @@ STATE_NAMES = {
 
 def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``operator`` command group."""
-    op = top.add_parser("operator", help="stuck transfers, retry, abort, evidence")
+    op = top.add_parser("operator", help="stuck transfers, retry, abort, evidence, limits")
     sp = op.add_subparsers(dest="cmd", required=True)
     st = sp.add_parser("stuck", help="unfinished transfers older than --min-age, with reasons")
     st.add_argument("--min-age", type=int, default=60, help="seconds since submission (60)")
