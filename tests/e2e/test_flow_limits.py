@@ -111,6 +111,11 @@ def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(
         assert f"{DEMO_ISIN} {A} -> {B}: " in printed
         assert f"/{CAPACITY} available, refills {CAPACITY} per {WINDOW} s" in printed
         assert f"inbound on {B}: unlimited" in printed
+        with s.channel(f"brokerage:{A}") as ch, pytest.raises(grpc.RpcError) as denied:
+            operator_pb2_grpc.OperatorServiceStub(ch).GetFlowStatus(
+                flow_pb2.GetFlowStatusRequest(security_id=DEMO_ISIN), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         eventually_sync(watch, 120, "the burst to drain")
         transfers = [get(tid) for tid in tids]
 
