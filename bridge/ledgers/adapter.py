@@ -70,7 +70,8 @@ class LedgerReader(Protocol):
         ...
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
-        """A leg's state at ``height`` (default: the finalized height)."""
+        """A leg's state at ``height`` (default: the finalized height); for a LOCKED outbound
+        or PREPARED inbound leg also its large-transfer ``not_before`` (ADR 0010)."""
         ...
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
