@@ -15,7 +15,7 @@ from tenacity import (
 )
 
 from bridge.domain.errors import InvalidInput, Unavailable
-from bridge.domain.ids import SecurityId
+from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action
 from bridge.ledgers.adapter import LedgerAdapter
 from bridge.logfields import ACTION, COUNT, ERROR, LEDGER, TRANSFER, TX, get_logger
@@ -26,8 +26,9 @@ from bridge.rpc.convert import (
     terms_from_pb,
 )
 from bridge.rpc.errors import Context, grpc_errors
+from bridge.rpc.flow_convert import flow_status_to_pb
 from bridge.rpc.supply_convert import reading_to_pb
-from bridge.v1 import relayer_pb2, relayer_pb2_grpc, supply_pb2
+from bridge.v1 import flow_pb2, relayer_pb2, relayer_pb2_grpc, supply_pb2
 
 
 class KeyedLock:
@@ -119,6 +120,16 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         security = SecurityId(request.security_id)
         reading = await self._adapter.supply(security, request.height or None)
         return reading_to_pb(reading)
+
+    # ---- flow limits (ADR 0010)
+    @grpc_errors
+    async def GetFlowStatus(
+        self, request: flow_pb2.GetLaneFlowRequest, context: Context
+    ) -> flow_pb2.FlowStatus:
+        """The lane (security, counterpart) on this ledger: limit and bucket levels."""
+        security = SecurityId(request.security_id)
+        counterpart = LedgerId(request.counterpart)
+        return flow_status_to_pb(await self._adapter.flow_status(security, counterpart))
 
     @grpc_errors
     async def Submit(

@@ -32,6 +32,8 @@ from bridge.domain.legs import LegState, LegStatus
 
 __all__ = [
     "ClaimRefused",
+    "CommitTooEarly",
+    "check_commit_delay",
     "UninstructedLock",
     "check_abort_unknown_target",
     "check_claim",
@@ -132,3 +134,22 @@ def check_abort_unknown_target(terms_hash: bytes, source: LegStatus) -> None:
         f"source leg is {src.name} at height {source.height}: nothing to abort"
         " towards an unknown target"
     )
+
+
+# ---- flow limits (ADR 0010)
+class CommitTooEarly(ClaimRefused):
+    """A leg of a large transfer is still inside its ledger's delay (its ``notBefore``)."""
+
+
+def check_commit_delay(source: LegStatus, target: LegStatus, now: float) -> None:
+    """Return if COMMIT may be signed as far as large-transfer delays go; else CommitTooEarly.
+
+    Guarantees: no COMMIT signature before the later of the source leg's and the target
+    leg's ``not_before`` (each ledger's own delay, read at finality), by this member's clock.
+    SECURITY: the source ledger can hold only its burn; by refusing COMMIT, honest members
+    make the source's delay hold the mint on the target too, so a delay configured on the
+    ledger the value leaves protects it as well as one on the ledger it enters.
+    """
+    at = max(source.not_before, target.not_before)
+    if now < at:
+        raise CommitTooEarly(f"TooEarly: notBefore={at}, nowTs={int(now)}")

@@ -20,7 +20,12 @@ from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
-from verifiers.policy import check_abort_unknown_target, check_claim, is_instructed
+from verifiers.policy import (
+    check_abort_unknown_target,
+    check_claim,
+    check_commit_delay,
+    is_instructed,
+)
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
@@ -143,6 +148,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             terms.instructor,
         )
         check_claim(kind, th, source, target, instructed=instructed)
+        if kind is ClaimKind.COMMIT:  # ---- flow limits: a large transfer's delay
+            check_commit_delay(source, target, time.time())
         if kind is not ClaimKind.LOCKED:
             self._votes.record(tid, kind, th)
         return await self._sign(kind, tid, th, [dst] if kind is ClaimKind.LOCKED else [src, dst])

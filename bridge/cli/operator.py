@@ -1,4 +1,4 @@
-"""``bridge operator stuck|retry|abort|misbehaviour``: the bridge operator's tools.
+"""``bridge operator stuck|retry|abort|misbehaviour|limits``: the bridge operator's tools.
 
 ``abort`` never moves units around the protocol: it starts a committee-certified ABORT
 where the ledgers allow one, and otherwise prints why not (exit code 1).
@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
 from bridge.rpc.channels import sync_channel
-from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2
+from bridge.v1 import flow_pb2, operator_pb2, operator_pb2_grpc, transfer_pb2
 
 STATE_NAMES = {
     v.number: v.name.removeprefix("TRANSFER_STATE_")
@@ -23,7 +23,7 @@ STATE_NAMES = {
 
 def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``operator`` command group."""
-    op = top.add_parser("operator", help="stuck transfers, retry, abort, evidence")
+    op = top.add_parser("operator", help="stuck transfers, retry, abort, evidence, limits")
     sp = op.add_subparsers(dest="cmd", required=True)
     st = sp.add_parser("stuck", help="unfinished transfers older than --min-age, with reasons")
     st.add_argument("--min-age", type=int, default=60, help="seconds since submission (60)")
@@ -37,6 +37,8 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         c.add_argument("transfer_id")
     m = sp.add_parser("misbehaviour", help="committee members caught misbehaving")
     m.add_argument("--limit", type=int, default=100)
+    lim = sp.add_parser("limits", help="flow limits per lane: capacity, available, queued")
+    lim.add_argument("security_id", help="ISIN")
 
 
 def _print(message: object, as_json: bool, line: str) -> None:
@@ -51,6 +53,34 @@ def _transfer_line(t: transfer_pb2.Transfer) -> str:
     return (
         f"{t.transfer_id}  {STATE_NAMES.get(t.state, '?'):<15} created {created}"
         f"  {t.amount} {t.security_id} {t.source_ledger} -> {t.target_ledger}\n    {t.reason}"
+    )
+
+
+# ---- flow limits (ADR 0010)
+def _bucket_text(b: flow_pb2.FlowBucket) -> str:
+    if b.capacity in ("", "0"):
+        return "unlimited"
+    return f"{b.available}/{b.capacity} available, refills {b.capacity} per {b.window_seconds} s"
+
+
+def _lane_line(lane: flow_pb2.LaneFlow) -> str:
+    head = f"{lane.security_id} {lane.source_ledger} -> {lane.target_ledger}"
+    if lane.error:
+        return f"{head}\n    cannot read: {lane.error}"
+    queued = f"{lane.queued} queued ({lane.queued_units or '0'} units)"
+    if lane.HasField("oldest_queued_at"):
+        oldest = lane.oldest_queued_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        queued += f", oldest submitted {oldest}"
+    s, t = lane.source, lane.target
+    delay = ""
+    if s.large_threshold not in ("", "0"):
+        delay = (
+            f"\n    large transfers on {lane.source_ledger}: above {s.large_threshold} per"
+            f" {s.large_delay_seconds} s wait {s.large_delay_seconds} s"
+        )
+    return (
+        f"{head}: {queued}\n    outbound on {lane.source_ledger}: {_bucket_text(s.outbound)}"
+        f"\n    inbound on {lane.target_ledger}: {_bucket_text(t.inbound)}{delay}"
     )
 
 
@@ -77,6 +107,12 @@ def run(a: argparse.Namespace) -> int:
                 operator_pb2.AbortTransferRequest(transfer_id=a.transfer_id), timeout=a.timeout
             )
             _print(t, a.json, "abort started\n" + _transfer_line(t))
+        elif a.cmd == "limits":
+            lanes = stub.GetFlowStatus(
+                flow_pb2.GetFlowStatusRequest(security_id=a.security_id), timeout=a.timeout
+            ).lanes
+            for lane in lanes:
+                _print(lane, a.json, _lane_line(lane))
         else:
             incidents = stub.ListMisbehaviour(
                 operator_pb2.ListMisbehaviourRequest(limit=a.limit), timeout=a.timeout

@@ -23,6 +23,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
@@ -31,9 +32,10 @@ from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.rpc.flow_convert import flow_status_from_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
 from bridge.rpc.tls import ClientIdentity
-from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+from bridge.v1 import flow_pb2, relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 
 _TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
@@ -118,6 +120,21 @@ class RelayerGateway:
         if reading.ledger != self.ledger:
             raise Unavailable(f"relayer of {self.ledger} answered for ledger {reading.ledger}")
         return reading
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
+        """The lane (``security``, ``counterpart``) on this ledger, as its relayer reads it."""
+        try:
+            m = await self._stub.GetFlowStatus(
+                flow_pb2.GetLaneFlowRequest(security_id=security, counterpart=counterpart),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        status = flow_status_from_pb(m)
+        if status.ledger != self.ledger:
+            raise Unavailable(f"relayer of {self.ledger} answered for ledger {status.ledger}")
+        return status
 
     async def submit(
         self,

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
+from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import (
     Decision,
@@ -40,6 +42,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from bridge.domain.flow import FlowStatus, WaitReason, detail_argument
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction, is_instructed
 from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, LegStatus, RejectReason
@@ -89,6 +92,30 @@ it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes 
 
 class EventNotConfirmed(PreconditionFailed):
     """A LOCKED event that the source ledger, read at finality, does not confirm."""
+
+
+# ---- flow limits (ADR 0010)
+class FlowQueued(Exception):
+    """The transfer was (re)queued on a lane's limit; its driver checks again later."""
+
+    def __init__(self, detail: str, retry_in: int) -> None:
+        super().__init__(detail)
+        self.retry_in = retry_in
+
+
+@dataclass(frozen=True, slots=True)
+class LaneFlow:
+    """One direction of travel of a security: both ledgers' limits and its queue."""
+
+    security: str
+    source_ledger: str
+    target_ledger: str
+    source: FlowStatus | None
+    target: FlowStatus | None
+    queued: int
+    queued_units: int
+    oldest_queued_at: float | None
+    error: str = ""
 
 
 def _refusal(target: LegState, reason_code: int) -> str:
@@ -239,6 +266,7 @@ class Coordinator:
             if refusal is not None:
                 raise PreconditionFailed(refusal)
         await self._precheck(request)
+        await self._flow_precheck(request)
         record = TransferRecord(
             transfer_id=terms.transfer_id,
             request=request,
@@ -295,6 +323,137 @@ class Coordinator:
                 f"insufficient balance: sender holds {sender.balance},"
                 f" transfer needs {request.amount}"
             )
+
+    # ---- flow limits (ADR 0010)
+    async def _lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
+        """The source's limit towards the target and the target's from the source."""
+        src = self._relayers[request.source_ledger]
+        dst = self._relayers[request.target_ledger]
+        source, target = await asyncio.gather(
+            src.flow_status(request.security, request.target_ledger),
+            dst.flow_status(request.security, request.source_ledger),
+        )
+        return source, target
+
+    async def _flow_precheck(self, request: TransferRequest) -> None:
+        """Refuse (PreconditionFailed) an amount above a lane capacity: it could never go."""
+        try:
+            source, target = await self._lane_status(request)
+        except LedgerRejected as exc:
+            raise PreconditionFailed(str(exc)) from exc
+        refusal = never_fits(request.amount, source, target)
+        if refusal is not None:
+            raise PreconditionFailed(refusal)
+
+    async def _flow_gate(self, record: TransferRecord) -> bool:
+        """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
+
+        Level-triggered: everything it needs is re-read each time (both ledgers' buckets
+        through the relayers, the lane's earlier transfers from the store), so a restarted
+        coordinator finds its queue in the store and resumes it in the same order. A queued
+        transfer is never locked after its deadline: it ends FAILED with the reason and
+        nothing moved (the deadline is the instructor's signed term; the bridge cannot
+        extend it, and a lock that late could only expire and be released).
+        """
+        tid = record.transfer_id
+        source, target = await self._lane_status(record.request)
+        if not (source.outbound.limited or target.inbound.limited):
+            await self._clear_wait(record)
+            return False
+        amount = record.request.amount
+        refusal = never_fits(amount, source, target)
+        if refusal is not None:  # the admin lowered a capacity after the submission
+            await self._set_state(record, TransferState.FAILED, f"not locked: {refusal}")
+            await self._clear_wait(record)
+            return True
+        verdict = admit(
+            amount,
+            await self._store.lane_backlog(tid, AHEAD_AT_SOURCE),
+            await self._store.lane_backlog(tid, AHEAD_AT_TARGET),
+            source,
+            target,
+        )
+        if verdict.go:
+            await self._clear_wait(record)
+            return False
+        if time.time() > record.terms.deadline:
+            await self._set_state(
+                record,
+                TransferState.FAILED,
+                f"queued until its deadline passed, nothing moved: {verdict.detail}",
+            )
+            await self._clear_wait(record)
+            return True
+        not_before = time.time() + verdict.retry_in
+        if record.wait_reason is not verdict.reason or record.state is not TransferState.QUEUED:
+            await self._store.set_wait(tid, verdict.reason, not_before)
+        await self._set_state(record, TransferState.QUEUED, f"queued: {verdict.detail}")
+        raise FlowQueued(verdict.detail, verdict.retry_in)
+
+    async def _hold_for_delay(
+        self,
+        record: TransferRecord,
+        step: NextStep,
+        decision: Decision | None,
+        source: LegStatus,
+        target: LegStatus,
+    ) -> None:
+        """Before certifying or applying COMMIT: wait (raises FlowQueued) while a leg of a
+        large transfer is inside its ledger's delay. Members refuse COMMIT and the ledgers
+        refuse the burn and mint until then; asking earlier would only collect refusals."""
+        committing = (step.step is StepKind.CERTIFY and step.claim is ClaimKind.COMMIT) or (
+            step.step is StepKind.APPLY and decision is not None
+            and decision.kind is ClaimKind.COMMIT
+        )  # fmt: skip
+        held = max(source.not_before, target.not_before) if committing else 0
+        now = time.time()
+        if held <= now:
+            if record.wait_reason is WaitReason.LARGE_TRANSFER_DELAY:
+                await self._store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
+            return
+        reason = (
+            f"large transfer: held by the ledgers' delay until {_iso(held)}"
+            " (above the lane's large-transfer allowance); it commits then"
+        )
+        await self._set_state(record, step.state, reason)
+        if record.wait_reason is not WaitReason.LARGE_TRANSFER_DELAY or record.not_before != held:
+            await self._store.set_wait(
+                record.transfer_id, WaitReason.LARGE_TRANSFER_DELAY, float(held)
+            )
+        raise FlowQueued(reason, max(1, int(held - now)))
+
+    async def _clear_wait(self, record: TransferRecord) -> None:
+        if record.wait_reason is not WaitReason.NONE:
+            await self._store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
+
+    async def _note_flow_wait(self, tid: bytes, exc: BaseException) -> None:
+        """Make a ledger's large-transfer delay readable: wait reason and not-before."""
+        if isinstance(exc, LedgerRejected) and exc.reason == ErrorReason.TOO_EARLY:
+            at = detail_argument(exc.detail, "notBefore")
+            await self._store.set_wait(tid, WaitReason.LARGE_TRANSFER_DELAY, float(at or 0))
+
+    async def lane_flows(self, security: str) -> list[LaneFlow]:
+        """Every lane (source -> target) of ``security`` between the connected ledgers: both
+        ledgers' flow status (or why it could not be read) and what is queued on it."""
+        names = sorted(self._relayers)
+        lanes: list[LaneFlow] = []
+        for src in names:
+            for dst in names:
+                if src == dst:
+                    continue
+                request = TransferRequest("", security, src, dst, "", "", 0)
+                source: FlowStatus | None = None
+                target: FlowStatus | None = None
+                error = ""
+                try:
+                    source, target = await self._lane_status(request)
+                except BridgeError as exc:
+                    error = str(exc)
+                count, units, oldest = await self._store.queued_on_lane(security, src, dst)
+                lanes.append(
+                    LaneFlow(security, src, dst, source, target, count, units, oldest, error)
+                )
+        return lanes
 
     async def get(self, tid: bytes) -> TransferRecord:
         """The transfer or NotFound."""
@@ -613,6 +772,13 @@ class Coordinator:
                 continue
             except asyncio.CancelledError:
                 raise
+            except FlowQueued as queued:  # ---- flow limits: waiting is not a failure
+                failures, since = 0, None
+                delay = min(self._max_backoff, max(0.5, float(queued.retry_in)))
+                wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                continue
             except (Unavailable, LedgerRejected, PreconditionFailed, BridgeError) as exc:
                 failures += 1
                 since = since or time.time()
@@ -620,6 +786,7 @@ class Coordinator:
                 log.warning("transfer waiting", **{REASON: reason, ERROR: type(exc).__name__})
                 with contextlib.suppress(Exception):
                     await self._store.set_reason(tid, reason)
+                    await self._note_flow_wait(tid, exc)
             except Exception as exc:
                 failures += 1
                 since = since or time.time()
@@ -666,6 +833,8 @@ class Coordinator:
         step = next_step(decision.kind if decision else None, source.state, target.state)
         if step.step is StepKind.LOCK and record.origin is not TransferOrigin.SUBMITTED:
             return await self._no_lock_for_adopted(record)
+        if step.step is StepKind.LOCK and await self._flow_gate(record):  # ---- flow limits
+            return True
         reason = self._describe(step, target.state, target.reason, decision)
         if step.state is TransferState.COMMITTED and target.parked:
             reason = await self._parked(record, target.reason)
@@ -675,6 +844,7 @@ class Coordinator:
             # escrow goes back to its holder and the target is closed with a tombstone.
             step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
             reason = "the lock was not instructed by a registered brokerage key: releasing it"
+        await self._hold_for_delay(record, step, decision, source, target)  # ---- flow limits
         await self._set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True
@@ -794,6 +964,8 @@ class Coordinator:
     async def _set_state(self, record: TransferRecord, state: TransferState, reason: str) -> None:
         if record.state is state and record.reason == reason:
             return
+        if record.state is not state and state is not TransferState.QUEUED:
+            await self._clear_wait(record)  # ---- flow limits: a new state ends the old wait
         await self._store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
             self._log.info(

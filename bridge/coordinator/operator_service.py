@@ -1,16 +1,19 @@
-"""The coordinator's OperatorService: stuck transfers, retry, certified abort, evidence."""
+"""The coordinator's OperatorService: stuck transfers, retry, certified abort, evidence, and
+flow limits (lanes and queues)."""
 
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.engine import Coordinator, LaneFlow
 from bridge.coordinator.records import Misbehaviour
 from bridge.coordinator.service import parse_transfer_id, transfer_to_pb
 from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import InvalidInput
+from bridge.domain.ids import SecurityId
 from bridge.rpc.errors import Context, grpc_errors
-from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2
+from bridge.rpc.flow_convert import flow_status_to_pb
+from bridge.v1 import flow_pb2, operator_pb2, operator_pb2_grpc, transfer_pb2
 
 MAX_LIMIT = 1000
 
@@ -80,3 +83,32 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.ListMisbehaviourResponse(
             incidents=[misbehaviour_to_pb(m) for m in incidents]
         )
+
+    # ---- flow limits (ADR 0010)
+    @grpc_errors
+    async def GetFlowStatus(
+        self, request: flow_pb2.GetFlowStatusRequest, context: Context
+    ) -> flow_pb2.GetFlowStatusResponse:
+        """Every lane of one security: both ledgers' limits and buckets, and its queue."""
+        security = SecurityId(request.security_id).isin  # InvalidInput for a bad ISIN
+        lanes = await self._coordinator.lane_flows(security)
+        return flow_pb2.GetFlowStatusResponse(lanes=[lane_flow_to_pb(lane) for lane in lanes])
+
+
+def lane_flow_to_pb(lane: LaneFlow) -> flow_pb2.LaneFlow:
+    """One lane as the API message."""
+    m = flow_pb2.LaneFlow(
+        security_id=lane.security,
+        source_ledger=lane.source_ledger,
+        target_ledger=lane.target_ledger,
+        queued=lane.queued,
+        queued_units=str(lane.queued_units),
+        error=lane.error,
+    )
+    if lane.source is not None:
+        m.source.CopyFrom(flow_status_to_pb(lane.source))
+    if lane.target is not None:
+        m.target.CopyFrom(flow_status_to_pb(lane.target))
+    if lane.oldest_queued_at is not None:
+        m.oldest_queued_at.FromNanoseconds(int(lane.oldest_queued_at * 1e9))
+    return m

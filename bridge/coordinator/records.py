@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bridge.domain.claims import ClaimKind
+from bridge.domain.flow import WaitReason
 from bridge.domain.legs import SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -61,6 +62,12 @@ class TransferRecord:
     # ---- parking
     parked_reason: int = 0
     """0, or why the target parked the committed units (2 not eligible, 3 frozen)."""
+
+    # ---- flow limits (ADR 0010)
+    wait_reason: WaitReason = WaitReason.NONE
+    """Why it waits on a flow limit (NONE when it does not)."""
+    not_before: float = 0.0
+    """With a wait reason: when the wait may end (Unix seconds; 0 when unknown)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ def transfer_to_pb(r: TransferRecord) -> transfer_pb2.Transfer:
         transactions=dict(r.transactions),
         parked=r.parked_reason != 0,
         parked_reason=r.parked_reason,
+        wait_reason=int(r.wait_reason),  # type: ignore[arg-type]
+        not_before=_ts(r.not_before) if r.not_before else None,
     )
 
 

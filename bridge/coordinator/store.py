@@ -20,6 +20,7 @@ from bridge.coordinator.records import (
 )
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
+from bridge.domain.flow import WaitReason
 from bridge.domain.legs import LedgerEvent, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -129,6 +130,22 @@ class TransferStore(Protocol):
 
     async def misbehaviour(self, limit: int) -> list[Misbehaviour]:
         """The most recent incidents, newest first."""
+        ...
+
+    # ---- flow limits (ADR 0010)
+    async def set_wait(self, transfer_id: bytes, reason: WaitReason, not_before: float) -> None:
+        """Record why the transfer waits on a flow limit (``WaitReason.NONE`` clears it)."""
+        ...
+
+    async def lane_backlog(self, transfer_id: bytes, states: Sequence[TransferState]) -> int:
+        """The units of transfers on the same lane (security, source, target) submitted
+        before ``transfer_id`` and now in one of ``states`` (what goes first, FIFO)."""
+        ...
+
+    async def queued_on_lane(
+        self, security: str, source: str, target: str
+    ) -> tuple[int, int, float | None]:
+        """QUEUED transfers of the lane: (count, units, creation time of the oldest)."""
         ...
 
 
@@ -281,6 +298,7 @@ class SqliteTransferStore:
         if "source_ledger" not in columns:
             self._scope_keys_per_ledger()
         self._db.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
+        self._db.executescript(_FLOW_SCHEMA)
         self._lock = threading.Lock()
 
     def _scope_keys_per_ledger(self) -> None:
@@ -322,6 +340,9 @@ class SqliteTransferStore:
         parked_row = self._db.execute(
             "SELECT reason FROM parked_transfers WHERE transfer_id = ?", (tid,)
         ).fetchone()
+        wait_row = self._db.execute(
+            "SELECT reason, not_before FROM flow_waits WHERE transfer_id = ?", (tid,)
+        ).fetchone()
         return TransferRecord(
             transfer_id=bytes(tid),
             request=TransferRequest(**json.loads(str(request))),
@@ -335,6 +356,8 @@ class SqliteTransferStore:
             origin=TransferOrigin(str(origin)),
             instruction=_instruction_from_json(str(terms)),
             parked_reason=int(parked_row[0]) if parked_row else 0,
+            wait_reason=WaitReason(int(wait_row[0])) if wait_row else WaitReason.NONE,
+            not_before=float(wait_row[1]) if wait_row else 0.0,
         )
 
     _COLS = (
@@ -628,6 +651,62 @@ class SqliteTransferStore:
                          bytes(r[6]), bytes(r[7]), float(r[8]))
             for r in rows
         ]  # fmt: skip
+
+    # ---- flow limits (ADR 0010)
+    async def set_wait(self, transfer_id: bytes, reason: WaitReason, not_before: float) -> None:
+        """See TransferStore.set_wait."""
+        with self._tx() as db:
+            if reason is WaitReason.NONE:
+                db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
+            else:
+                db.execute(
+                    "INSERT INTO flow_waits (transfer_id, reason, not_before) VALUES (?,?,?)"
+                    " ON CONFLICT (transfer_id) DO UPDATE SET reason = excluded.reason,"
+                    " not_before = excluded.not_before",
+                    (transfer_id, int(reason), not_before),
+                )
+
+    async def lane_backlog(self, transfer_id: bytes, states: Sequence[TransferState]) -> int:
+        """See TransferStore.lane_backlog."""
+        me = self._db.execute(
+            "SELECT seq, security, source_ledger, json_extract(request, '$.target_ledger')"
+            " FROM transfers WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+        if me is None or not states:
+            return 0
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(
+            "SELECT request FROM transfers WHERE seq < ? AND security = ? AND source_ledger = ?"  # noqa: S608
+            f" AND json_extract(request, '$.target_ledger') = ? AND state IN ({marks})",
+            [*me, *(int(s) for s in states)],
+        ).fetchall()
+        # Amounts are read in Python: JSON integers beyond 2**63 lose precision in SQLite.
+        return sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
+
+    async def queued_on_lane(
+        self, security: str, source: str, target: str
+    ) -> tuple[int, int, float | None]:
+        """See TransferStore.queued_on_lane."""
+        rows = self._db.execute(
+            "SELECT request, created_at FROM transfers WHERE state = ? AND security = ?"
+            " AND source_ledger = ? AND json_extract(request, '$.target_ledger') = ?"
+            " ORDER BY seq",
+            (int(TransferState.QUEUED), security, source, target),
+        ).fetchall()
+        units = sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
+        return len(rows), units, (float(rows[0][1]) if rows else None)
+
+
+_FLOW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flow_waits (
+  transfer_id BLOB PRIMARY KEY,
+  reason INTEGER NOT NULL,
+  not_before REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_lane ON transfers(security, source_ledger, state);
+"""
+"""---- flow limits (ADR 0010): why a transfer waits on a lane's limit (one row while it does)."""
 
 
 class SqliteTransaction:

@@ -57,6 +57,10 @@ class ErrorReason(enum.StrEnum):
     INSUFFICIENT_BALANCE = "InsufficientBalance"
     BRIDGE_HOLDS_ESCROW = "BridgeHoldsEscrow"
     OVERFLOW = "Overflow"
+    # ---- flow limits (ADR 0010)
+    FLOW_LIMIT_EXCEEDED = "FlowLimitExceeded"
+    TOO_EARLY = "TooEarly"
+    INVALID_FLOW_LIMIT = "InvalidFlowLimit"
     # Fabric chaincode only.
     INVALID_ARGUMENT = "InvalidArgument"
     NOT_INITIALIZED = "NotInitialized"

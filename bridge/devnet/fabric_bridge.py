@@ -23,6 +23,7 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
 from bridge.domain.committee import Committee
+from bridge.domain.flow import FlowLimit
 from bridge.ledgers.fabric.adapter import fabric_bridge_word
 from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
@@ -358,6 +359,22 @@ class FabricBridgeLedger:
     def set_paused(self, isin: str, paused: bool) -> None:
         """Pause or unpause the security on this ledger."""
         self._admin_calls([("SetPaused", [isin, "true" if paused else "false"])])
+
+    # ---- flow limits (ADR 0010)
+    def set_flow_limit(self, isin: str, counterpart: str, limit: FlowLimit) -> None:
+        """``SetFlowLimit`` for the lane (``isin``, ``counterpart`` ledger name), as the
+        admin; ``FlowLimit()`` removes the lane's limit."""
+        args = [
+            isin,
+            counterpart,
+            str(limit.outbound_capacity),
+            str(limit.inbound_capacity),
+            str(limit.window),
+            str(limit.share_bps),
+            str(limit.large_threshold),
+            str(limit.large_delay),
+        ]
+        self._admin_calls([("SetFlowLimit", args)])
 
     def make_holder(self, isin: str, units: int = 0) -> DevAccount:
         """A new eligible holder (its address is a 20-byte account id), issued ``units``."""

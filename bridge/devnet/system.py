@@ -27,6 +27,7 @@ from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
+from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
@@ -254,6 +255,18 @@ class LocalSystem:
             return
         h = self.ledgers[ledger]
         deploy.set_instructor(h.w3, h.admin.private_key, h.endpoint, key, enabled)
+
+    # ---- flow limits (ADR 0010)
+    def set_flow_limit(self, ledger: str, isin: str, counterpart: str, limit: FlowLimit) -> None:
+        """Set the flow limit of the lane (``isin``, ``counterpart``) on ``ledger``'s endpoint,
+        as its admin (``FlowLimit()`` removes it); the devnet's deploy step for limits."""
+        if ledger in self.fabric:
+            self.fabric[ledger].set_flow_limit(isin, counterpart, limit)
+            return
+        h = self.ledgers[ledger]
+        deploy.set_flow_limit(
+            h.w3, h.admin.private_key, h.endpoint, SecurityId(isin), LedgerId(counterpart), limit
+        )
 
     @property
     def network(self) -> NetworkConfig:

@@ -105,6 +105,9 @@ class LegStatus:
     terms_hash: bytes
     reason: int
     height: int
+    not_before: int = 0
+    """---- flow limits (ADR 0010): for a LOCKED (outbound) or PREPARED (inbound) leg, the
+    ledger time before which it may not commit (a large transfer's delay); 0: none."""
 
     # ---- parking
     @property

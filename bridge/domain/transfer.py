@@ -24,6 +24,8 @@ class TransferState(enum.IntEnum):
     ABORTING = 6
     ABORTED = 7
     FAILED = 8
+    QUEUED = 9
+    """---- flow limits (ADR 0010): not yet locked, waiting for a lane's capacity."""
 
     @property
     def terminal(self) -> bool:

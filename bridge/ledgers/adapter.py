@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from bridge.domain.committee import CommitteeRotation, EpochWindow
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -70,7 +71,8 @@ class LedgerReader(Protocol):
         ...
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
-        """A leg's state at ``height`` (default: the finalized height)."""
+        """A leg's state at ``height`` (default: the finalized height); for a LOCKED outbound
+        or PREPARED inbound leg also its large-transfer ``not_before`` (ADR 0010)."""
         ...
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
@@ -96,6 +98,13 @@ class LedgerReader(Protocol):
         windows (ADR 0008): the latest installed epoch (which may not be active yet) and,
         while its overlap lasts, the one before it.
         """
+        ...
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """The flow limit of the lane (``security``, ``counterpart``) on this ledger and what
+        its buckets hold (all zero: not limited). A scheduling hint: the ledger enforces the
+        limit at lock and prepare whatever a reader saw."""
         ...
 
     async def close(self) -> None:

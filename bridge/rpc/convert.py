@@ -99,6 +99,7 @@ def leg_status_to_pb(s: LegStatus) -> relayer_pb2.LegStatus:
         terms_hash=s.terms_hash,
         reason=s.reason,
         height=s.height,
+        not_before=s.not_before,
     )
 
 
@@ -108,7 +109,13 @@ def leg_status_from_pb(m: relayer_pb2.LegStatus) -> LegStatus:
         state = LegState(m.state)
     except ValueError:
         raise InvalidInput(f"unknown leg state {m.state}") from None
-    return LegStatus(state=state, terms_hash=m.terms_hash, reason=m.reason, height=m.height)
+    return LegStatus(
+        state=state,
+        terms_hash=m.terms_hash,
+        reason=m.reason,
+        height=m.height,
+        not_before=m.not_before,
+    )
 
 
 def event_to_pb(e: LedgerEvent) -> events_pb2.LedgerEvent:

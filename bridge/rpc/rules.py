@@ -133,12 +133,14 @@ RULES: Mapping[str, Rule] = {
     _O + "RetryTransfer": _rule(BRIDGE_OPERATOR),
     _O + "AbortTransfer": _rule(BRIDGE_OPERATOR),
     _O + "ListMisbehaviour": _rule(BRIDGE_OPERATOR),
+    _O + "GetFlowStatus": _rule(BRIDGE_OPERATOR),  # ---- flow limits: lanes and queues
     # SECURITY: only the coordinator drives relayers and asks the committee to sign.
     _R + "GetLedgerInfo": _rule(COORDINATOR),
     _R + "GetLeg": _rule(COORDINATOR),
     _R + "GetHolder": _rule(COORDINATOR),
     _R + "Submit": _rule(COORDINATOR),
     _R + "GetLedgerSupply": _rule(COORDINATOR),
+    _R + "GetFlowStatus": _rule(COORDINATOR),  # ---- flow limits: what the queue reads
     _V + "GetIdentity": _rule(COORDINATOR),
     _V + "SignClaim": _rule(COORDINATOR),
     _V + "SignSupply": _rule(COORDINATOR),

@@ -24,29 +24,30 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from bridge.v1 import transfer_pb2 as bridge_dot_v1_dot_transfer__pb2
+from bridge.v1 import flow_pb2 as bridge_dot_v1_dot_flow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/transfer.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour2\xdf\x02\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/transfer.proto\x1a\x14\x62ridge/v1/flow.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour2\xb3\x03\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponse\x12R\n\rGetFlowStatus\x12\x1f.bridge.v1.GetFlowStatusRequest\x1a .bridge.v1.GetFlowStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=98
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=165
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=167
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=235
-  _globals['_RETRYTRANSFERREQUEST']._serialized_start=237
-  _globals['_RETRYTRANSFERREQUEST']._serialized_end=280
-  _globals['_ABORTTRANSFERREQUEST']._serialized_start=282
-  _globals['_ABORTTRANSFERREQUEST']._serialized_end=325
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=327
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=367
-  _globals['_MISBEHAVIOUR']._serialized_start=370
-  _globals['_MISBEHAVIOUR']._serialized_end=572
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=574
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=644
-  _globals['_OPERATORSERVICE']._serialized_start=647
-  _globals['_OPERATORSERVICE']._serialized_end=998
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=120
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=187
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=189
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=257
+  _globals['_RETRYTRANSFERREQUEST']._serialized_start=259
+  _globals['_RETRYTRANSFERREQUEST']._serialized_end=302
+  _globals['_ABORTTRANSFERREQUEST']._serialized_start=304
+  _globals['_ABORTTRANSFERREQUEST']._serialized_end=347
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=349
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=389
+  _globals['_MISBEHAVIOUR']._serialized_start=392
+  _globals['_MISBEHAVIOUR']._serialized_end=594
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=596
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=666
+  _globals['_OPERATORSERVICE']._serialized_start=669
+  _globals['_OPERATORSERVICE']._serialized_end=1104
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from bridge.v1 import flow_pb2 as bridge_dot_v1_dot_flow__pb2
 from bridge.v1 import operator_pb2 as bridge_dot_v1_dot_operator__pb2
 from bridge.v1 import transfer_pb2 as bridge_dot_v1_dot_transfer__pb2
 
@@ -58,6 +59,11 @@ class OperatorServiceStub:
                 request_serializer=bridge_dot_v1_dot_operator__pb2.ListMisbehaviourRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_operator__pb2.ListMisbehaviourResponse.FromString,
                 _registered_method=True)
+        self.GetFlowStatus = channel.unary_unary(
+                '/bridge.v1.OperatorService/GetFlowStatus',
+                request_serializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -97,6 +103,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFlowStatus(self, request, context):
+        """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +132,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListMisbehaviour,
                     request_deserializer=bridge_dot_v1_dot_operator__pb2.ListMisbehaviourRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_operator__pb2.ListMisbehaviourResponse.SerializeToString,
+            ),
+            'GetFlowStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowStatus,
+                    request_deserializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -232,6 +250,33 @@ class OperatorService:
             '/bridge.v1.OperatorService/ListMisbehaviour',
             bridge_dot_v1_dot_operator__pb2.ListMisbehaviourRequest.SerializeToString,
             bridge_dot_v1_dot_operator__pb2.ListMisbehaviourResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlowStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/GetFlowStatus',
+            bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.SerializeToString,
+            bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from bridge.v1 import flow_pb2 as _flow_pb2
 from bridge.v1 import operator_pb2 as _operator_pb2
 from bridge.v1 import transfer_pb2 as _transfer_pb2
 from collections import abc as _abc
@@ -50,6 +51,8 @@ class OperatorServiceStub:
     """
     ListMisbehaviour: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]
     """Committee members caught misbehaving, with the signed evidence."""
+    GetFlowStatus: _grpc.UnaryUnaryMultiCallable[_flow_pb2.GetFlowStatusRequest, _flow_pb2.GetFlowStatusResponse]
+    """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -72,6 +75,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     ListMisbehaviour: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]  # type: ignore[assignment]
     """Committee members caught misbehaving, with the signed evidence."""
+    GetFlowStatus: _aio.UnaryUnaryMultiCallable[_flow_pb2.GetFlowStatusRequest, _flow_pb2.GetFlowStatusResponse]  # type: ignore[assignment]
+    """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the coordinator to the bridge operator (restrict it at the network layer).
@@ -115,5 +120,13 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListMisbehaviourResponse, _abc.Awaitable[_operator_pb2.ListMisbehaviourResponse]]:
         """Committee members caught misbehaving, with the signed evidence."""
+
+    @_abc_1.abstractmethod
+    def GetFlowStatus(
+        self,
+        request: _flow_pb2.GetFlowStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_pb2.GetFlowStatusResponse, _abc.Awaitable[_flow_pb2.GetFlowStatusResponse]]:
+        """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

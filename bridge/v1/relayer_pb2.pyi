@@ -120,10 +120,15 @@ class LegStatus(_message.Message):
     TERMS_HASH_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
     state: _common_pb2.LegState.ValueType
     terms_hash: _builtins.bytes
     reason: _builtins.int
     height: _builtins.int
+    not_before: _builtins.int
+    """---- flow limits (ADR 0010): a LOCKED/PREPARED leg of a large transfer may not commit
+    before this ledger time (Unix seconds); 0: no delay.
+    """
     def __init__(
         self,
         *,
@@ -131,10 +136,11 @@ class LegStatus(_message.Message):
         terms_hash: _builtins.bytes = ...,
         reason: _builtins.int = ...,
         height: _builtins.int = ...,
+        not_before: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "reason", b"reason", "state", b"state", "terms_hash", b"terms_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "not_before", b"not_before", "reason", b"reason", "state", b"state", "terms_hash", b"terms_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

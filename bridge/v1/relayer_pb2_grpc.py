@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from bridge.v1 import flow_pb2 as bridge_dot_v1_dot_flow__pb2
 from bridge.v1 import relayer_pb2 as bridge_dot_v1_dot_relayer__pb2
 from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
 
@@ -62,6 +63,11 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_supply__pb2.LedgerSupply.FromString,
                 _registered_method=True)
+        self.GetFlowStatus = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetFlowStatus',
+                request_serializer=bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_flow__pb2.FlowStatus.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -104,6 +110,13 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFlowStatus(self, request, context):
+        """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.GetLedgerSupply,
                     request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_supply__pb2.LedgerSupply.SerializeToString,
+            ),
+            'GetFlowStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowStatus,
+                    request_deserializer=bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_flow__pb2.FlowStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +288,33 @@ class RelayerService:
             '/bridge.v1.RelayerService/GetLedgerSupply',
             bridge_dot_v1_dot_relayer__pb2.GetLedgerSupplyRequest.SerializeToString,
             bridge_dot_v1_dot_supply__pb2.LedgerSupply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlowStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetFlowStatus',
+            bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.SerializeToString,
+            bridge_dot_v1_dot_flow__pb2.FlowStatus.FromString,
             options,
             channel_credentials,
             insecure,

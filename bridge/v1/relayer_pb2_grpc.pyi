@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from bridge.v1 import flow_pb2 as _flow_pb2
 from bridge.v1 import relayer_pb2 as _relayer_pb2
 from bridge.v1 import supply_pb2 as _supply_pb2
 from collections import abc as _abc
@@ -47,6 +48,8 @@ class RelayerServiceStub:
     """
     GetLedgerSupply: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]
     """One security's supply figures at the finalized height (or at a given finalized height)."""
+    GetFlowStatus: _grpc.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]
+    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -66,6 +69,8 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """
     GetLedgerSupply: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]  # type: ignore[assignment]
     """One security's supply figures at the finalized height (or at a given finalized height)."""
+    GetFlowStatus: _aio.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]  # type: ignore[assignment]
+    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each chain operator's relayer, called by the coordinator.
@@ -112,5 +117,13 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.LedgerSupply, _abc.Awaitable[_supply_pb2.LedgerSupply]]:
         """One security's supply figures at the finalized height (or at a given finalized height)."""
+
+    @_abc_1.abstractmethod
+    def GetFlowStatus(
+        self,
+        request: _flow_pb2.GetLaneFlowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_pb2.FlowStatus, _abc.Awaitable[_flow_pb2.FlowStatus]]:
+        """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

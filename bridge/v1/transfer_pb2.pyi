@@ -43,6 +43,11 @@ class _TransferStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfe
     """Terminal: units released to the sender on the source ledger."""
     TRANSFER_STATE_FAILED: _TransferState.ValueType  # 8
     """Terminal: the source ledger refused the lock; nothing moved."""
+    TRANSFER_STATE_QUEUED: _TransferState.ValueType  # 9
+    """---- flow limits (ADR 0010)
+    Not yet locked: a lane's flow limit has no room for it now (see wait_reason); it locks,
+    in submission order per lane, when capacity returns, or FAILS at its deadline.
+    """
 
 class TransferState(_TransferState, metaclass=_TransferStateEnumTypeWrapper): ...
 
@@ -63,7 +68,42 @@ TRANSFER_STATE_ABORTED: TransferState.ValueType  # 7
 """Terminal: units released to the sender on the source ledger."""
 TRANSFER_STATE_FAILED: TransferState.ValueType  # 8
 """Terminal: the source ledger refused the lock; nothing moved."""
+TRANSFER_STATE_QUEUED: TransferState.ValueType  # 9
+"""---- flow limits (ADR 0010)
+Not yet locked: a lane's flow limit has no room for it now (see wait_reason); it locks,
+in submission order per lane, when capacity returns, or FAILS at its deadline.
+"""
 Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
+
+class _WaitReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WaitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WaitReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WAIT_REASON_UNSPECIFIED: _WaitReason.ValueType  # 0
+    WAIT_REASON_SOURCE_OUTBOUND_CAPACITY: _WaitReason.ValueType  # 1
+    """The source ledger's outbound capacity towards the target is short (queued)."""
+    WAIT_REASON_TARGET_INBOUND_CAPACITY: _WaitReason.ValueType  # 2
+    """The target ledger's inbound capacity from the source is short (queued)."""
+    WAIT_REASON_BEHIND_EARLIER_TRANSFER: _WaitReason.ValueType  # 3
+    """It would fit, but transfers submitted earlier on the same lane go first (queued)."""
+    WAIT_REASON_LARGE_TRANSFER_DELAY: _WaitReason.ValueType  # 4
+    """Above the lane's large-transfer threshold: a ledger refuses the commit before not_before."""
+
+class WaitReason(_WaitReason, metaclass=_WaitReasonEnumTypeWrapper):
+    """---- flow limits (ADR 0010): why a transfer waits on a lane's limit."""
+
+WAIT_REASON_UNSPECIFIED: WaitReason.ValueType  # 0
+WAIT_REASON_SOURCE_OUTBOUND_CAPACITY: WaitReason.ValueType  # 1
+"""The source ledger's outbound capacity towards the target is short (queued)."""
+WAIT_REASON_TARGET_INBOUND_CAPACITY: WaitReason.ValueType  # 2
+"""The target ledger's inbound capacity from the source is short (queued)."""
+WAIT_REASON_BEHIND_EARLIER_TRANSFER: WaitReason.ValueType  # 3
+"""It would fit, but transfers submitted earlier on the same lane go first (queued)."""
+WAIT_REASON_LARGE_TRANSFER_DELAY: WaitReason.ValueType  # 4
+"""Above the lane's large-transfer threshold: a ledger refuses the commit before not_before."""
+Global___WaitReason: _TypeAlias = WaitReason  # noqa: Y015
 
 @_typing.final
 class SubmitTransferRequest(_message.Message):
@@ -214,6 +254,8 @@ class Transfer(_message.Message):
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
     PARKED_FIELD_NUMBER: _builtins.int
     PARKED_REASON_FIELD_NUMBER: _builtins.int
+    WAIT_REASON_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """0x-prefixed 32-byte hex: keccak256(tag, source ledger, source bridge, nonce)."""
     idempotency_key: _builtins.str
@@ -234,6 +276,10 @@ class Transfer(_message.Message):
     """
     parked_reason: _builtins.int
     """Why it parked: 2 recipient not eligible, 3 recipient frozen (receive-status codes)."""
+    wait_reason: Global___WaitReason.ValueType
+    """---- flow limits (ADR 0010)
+    Set while the transfer waits on a flow limit (QUEUED, or a large-transfer delay).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -243,6 +289,12 @@ class Transfer(_message.Message):
     @_builtins.property
     def transactions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Ledger transaction ids of each step that has been applied, e.g. {"lock": "0x.."}."""
+
+    @_builtins.property
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """QUEUED: the earliest time the lane's refill can make room (an estimate);
+        LARGE_TRANSFER_DELAY: the time before which the ledger refuses the commit.
+        """
 
     def __init__(
         self,
@@ -263,10 +315,12 @@ class Transfer(_message.Message):
         transactions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         parked: _builtins.bool = ...,
         parked_reason: _builtins.int = ...,
+        wait_reason: Global___WaitReason.ValueType = ...,
+        not_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "not_before", b"not_before", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "parked", b"parked", "parked_reason", b"parked_reason", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "not_before", b"not_before", "parked", b"parked", "parked_reason", b"parked_reason", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

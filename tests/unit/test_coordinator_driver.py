@@ -19,6 +19,7 @@ from bridge.coordinator.requests import terms_for
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict, InvalidInput, LedgerRejected
+from bridge.domain.flow import Bucket, FlowStatus
 from bridge.domain.instructions import (
     Instruction,
     InvalidInstruction,
@@ -58,6 +59,32 @@ class FakeRelayer:
     squat: bool = False
     submitted: list[Action] = field(default_factory=list)
     instructions: list[bytes] = field(default_factory=list)
+    # ---- flow limits: the lane's buckets as this ledger reports and enforces them (0: none)
+    outbound_capacity: int = 0
+    outbound_available: int = 0
+    inbound_capacity: int = 0
+    inbound_available: int = 0
+    window: int = 100
+    locked_ids: list[bytes] = field(default_factory=list)
+    not_before: int = 0  # a large-transfer delay on the LOCKED / PREPARED legs made here
+
+    async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
+        return FlowStatus(
+            self.ledger, counterpart, security, int(time.time()),
+            Bucket(self.outbound_capacity, self.outbound_available, self.window),
+            Bucket(self.inbound_capacity, self.inbound_available, self.window),
+            0, 0, 0, 0, 0,
+        )  # fmt: skip
+
+    def _take(self, action: Action, amount: int) -> None:
+        if action is Action.LOCK and self.outbound_capacity:
+            if amount > self.outbound_available:
+                raise LedgerRejected("FlowLimitExceeded", f"available={self.outbound_available}")
+            self.outbound_available -= amount
+        if action is Action.PREPARE and self.inbound_capacity:
+            if amount > self.inbound_available:
+                raise LedgerRejected("FlowLimitExceeded", f"available={self.inbound_available}")
+            self.inbound_available -= amount
 
     async def get_leg(self, tid: bytes, leg: Leg) -> LegStatus:
         return self.legs.get((tid, leg), LegStatus(LegState.NONE, b"\0" * 32, 0, 1))
@@ -76,6 +103,9 @@ class FakeRelayer:
         if action is Action.LOCK:
             self.instructions.append(instruction)
         tid, th = terms.transfer_id, terms.terms_hash
+        self._take(action, terms.amount)
+        if action is Action.LOCK:
+            self.locked_ids.append(tid)
         if action is Action.LOCK and self.lock_refusal is not None:
             if self.land_lock_anyway:  # an earlier attempt landed; this one is refused
                 self.legs[(tid, Leg.OUTBOUND)] = LegStatus(LegState.LOCKED, th, 0, 2)
@@ -92,7 +122,9 @@ class FakeRelayer:
             (Action.ABORT, Leg.INBOUND): LegState.ABORTED,
         }
         leg = Leg.OUTBOUND if terms.src_ledger == _word(self.ledger) else Leg.INBOUND
-        self.legs[(tid, leg)] = LegStatus(after[(action, leg)], th, 0, 2)
+        state = after[(action, leg)]
+        held = self.not_before if state in (LegState.LOCKED, LegState.PREPARED) else 0
+        self.legs[(tid, leg)] = LegStatus(state, th, 0, 2, held)
         return TxOutcome("0x" + secrets.token_hex(32), 2, False)
 
 

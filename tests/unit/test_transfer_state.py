@@ -195,6 +195,7 @@ def test_terminal_states() -> None:
 
 
 def test_transfer_state_values_match_proto() -> None:
-    assert [int(s) for s in TransferState] == list(range(1, 9))
+    assert [int(s) for s in TransferState] == list(range(1, 10))
     assert TransferState.SUBMITTED == 1
     assert TransferState.FAILED == 8
+    assert TransferState.QUEUED == 9  # flow limits (ADR 0010)

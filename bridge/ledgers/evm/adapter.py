@@ -29,6 +29,7 @@ from bridge.config import LedgerConfig
 from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -266,11 +267,18 @@ class EvmAdapter:
         )
         res = await self._rpc("leg query", lambda: fn(transfer_id).call(block_identifier=at))
         reason = int(res[4]) if leg is Leg.INBOUND else 0
+        state = leg_state_from_ledger(leg, int(res[0]))
+        not_before = 0
+        if state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            nb = self._bridge.functions.notBefore(transfer_id)
+            pair = await self._rpc("notBefore", lambda: nb.call(block_identifier=at))
+            not_before = int(pair[0] if leg is Leg.OUTBOUND else pair[1])
         return LegStatus(
-            state=leg_state_from_ledger(leg, int(res[0])),
+            state=state,
             terms_hash=bytes(res[1]),
             reason=reason,
             height=at,
+            not_before=not_before,
         )
 
     async def _token(self, security: SecurityId, at: int) -> str | None:
@@ -343,6 +351,23 @@ class EvmAdapter:
             prepared=int(res[2]),
             burned_out=int(res[3]),
             minted_in=int(res[4]),
+        )
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """``flowStatus(security, counterpart)`` at the finalized height; the figures are the
+        buckets as of that block's timestamp (``as_of``). A lane without a limit reads as
+        all zero (unlimited). A hint for scheduling: the endpoint decides at lock/prepare."""
+        at = await self.finalized_height()
+        fn = self._bridge.functions.flowStatus(security.word, counterpart.word)
+        words = await self._rpc("flowStatus", lambda: fn.call(block_identifier=at))
+        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        return FlowStatus.from_words(
+            self.ledger.name,
+            counterpart.name,
+            security.isin,
+            int(block["timestamp"]),
+            [int(x) for x in words],
         )
 
     # -- writes --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from web3.types import TxParams, TxReceipt
 from bridge.core.words import evm_network_word
 from bridge.domain.claims import ClaimDomain
 from bridge.domain.committee import Committee, CommitteeRotation
+from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.legs import SignatureSet
 from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
@@ -290,6 +291,33 @@ def release_parked(
         w3,
         token_admin_key,
         endpoint.functions.releaseParked(transfer_id, Web3.to_checksum_address(to)),
+    )
+
+
+# ---- flow limits (ADR 0010)
+def set_flow_limit(
+    w3: Web3,
+    admin_key: bytes,
+    endpoint: Contract,
+    security: SecurityId,
+    counterpart: LedgerId,
+    limit: FlowLimit,
+) -> TxReceipt:
+    """``setFlowLimit`` for the lane (``security``, ``counterpart``) on ``endpoint`` (admin
+    only; ``FlowLimit()`` removes the lane's limit)."""
+    return send_tx(
+        w3,
+        admin_key,
+        endpoint.functions.setFlowLimit(
+            security.word,
+            counterpart.word,
+            limit.outbound_capacity,
+            limit.inbound_capacity,
+            limit.window,
+            limit.share_bps,
+            limit.large_threshold,
+            limit.large_delay,
+        ),
     )
 
 

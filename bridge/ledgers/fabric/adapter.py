@@ -20,6 +20,7 @@ from contextlib import aclosing
 from bridge.core import words as core_words
 from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.flow import FlowStatus
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -225,11 +226,21 @@ class FabricAdapter:
         data = codec.object_from_json(raw, "GetLeg answer")
         state = codec.int_from_json(codec.field(data, "state", "GetLeg answer"), "state")
         terms_hash = data.get("terms_hash") or "0x" + "00" * 32
+        leg_state = leg_state_from_ledger(leg, state)
+        not_before = 0
+        if leg_state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            raw_nb = await self._client.evaluate(
+                self._chaincode, "NotBefore", [codec.word_hex(transfer_id)]
+            )
+            nb = codec.object_from_json(raw_nb, "NotBefore answer")
+            key = "outbound" if leg is Leg.OUTBOUND else "inbound"
+            not_before = codec.int_from_json(codec.field(nb, key, "NotBefore answer"), key)
         return LegStatus(
-            state=leg_state_from_ledger(leg, state),
+            state=leg_state,
             terms_hash=codec.word_from_json(terms_hash, "terms_hash"),
             reason=codec.int_from_json(data.get("reason", 0), "reason"),
             height=at,
+            not_before=not_before,
         )
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
@@ -299,6 +310,23 @@ class FabricAdapter:
             )
         raise Unavailable(
             f"{self._ledger}: a block was committed during each of {SUPPLY_ATTEMPTS} supply reads"
+        )
+
+    # ---- flow limits (ADR 0010)
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """The chaincode's ``FlowStatus`` for the lane (``security``, ``counterpart``), as the
+        gateway peer's chaincode server computes it now (``as_of``: that server's clock).
+        Fabric cannot evaluate at a past block: this is the current state, a hint for
+        scheduling; Lock and Prepare decide. A lane without a limit reads as all zero."""
+        raw = await self._client.evaluate(
+            self._chaincode, "FlowStatus", [security.isin, counterpart.name]
+        )
+        try:
+            as_of, figures = codec.flow_status_from_json(raw)
+        except ValueError as exc:
+            raise Unavailable(f"{self._ledger}: malformed FlowStatus answer: {exc}") from exc
+        return FlowStatus.from_words(
+            self._ledger.name, counterpart.name, security.isin, as_of, figures
         )
 
     async def _chain_info(self) -> tuple[int, bytes]:

@@ -256,3 +256,31 @@ def committees_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[EpochWin
             )
         )
     return tuple(out)
+
+
+# ---- flow limits (ADR 0010)
+FLOW_STATUS_FIELDS = (
+    "window",
+    "outbound_capacity",
+    "outbound_available",
+    "inbound_capacity",
+    "inbound_available",
+    "share_bps",
+    "large_threshold",
+    "large_delay",
+    "large_outbound_available",
+    "large_inbound_available",
+)
+"""The chaincode's ``FlowStatus`` figures, in the order of the EVM ``flowStatus`` array."""
+
+
+def flow_status_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[int, list[int]]:
+    """Parse the ``FlowStatus`` answer into ``(as_of, figures)``; ValueError when malformed."""
+    data = _object(raw, "flow status")
+    as_of = _field(data, "as_of", "flow status")
+    if type(as_of) is not int or as_of < 0:
+        raise ValueError("flow status: as_of must be a non-negative integer")
+    figures = [
+        int_from_json(_field(data, name, "flow status"), name) for name in FLOW_STATUS_FIELDS
+    ]
+    return as_of, figures

@@ -183,6 +183,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         OutLeg storage leg = _out[transferId];
         if (leg.state != OutState.None) revert TransferExists(transferId);
 
+        _flowOut(t.securityId, t.dstLedgerId, transferId, t.amount);
         leg.state = OutState.Locked;
         leg.termsHash = hash;
         leg.amount = t.amount;
@@ -211,6 +212,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             OutLeg storage leg = _out[id];
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
+            _requireDelayOver(_notBefore[id][LEG_OUT]);
             leg.state = OutState.Burned;
             burnedOut[leg.securityId] += leg.amount;
             _emitOut(id, leg);
@@ -219,6 +221,8 @@ contract BridgeEndpoint is IBridgeEndpoint {
             InLeg storage leg = _in[id];
             if (leg.state != InState.Prepared) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
+            _requireDelayOver(_notBefore[id][LEG_IN]);
+            _flowCredit(leg.securityId, t.srcLedgerId, FLOW_OUT, leg.amount); // inbound offsets outbound
             leg.state = InState.Minted;
             preparedTotal[leg.securityId] -= leg.amount;
             mintedIn[leg.securityId] += leg.amount;
@@ -253,6 +257,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
             leg.state = OutState.Released;
+            _flowCredit(leg.securityId, t.dstLedgerId, FLOW_OUT, leg.amount); // never left
             _emitOut(id, leg);
             (, address sender) = _evmAddress(t.sender); // validated at lock
             _token(leg.securityId).bridgeRelease(sender, leg.amount);
@@ -269,7 +274,10 @@ contract BridgeEndpoint is IBridgeEndpoint {
             } else if (leg.termsHash != hash) {
                 revert TermsMismatch(id);
             }
-            if (state == InState.Prepared) preparedTotal[leg.securityId] -= leg.amount;
+            if (state == InState.Prepared) {
+                preparedTotal[leg.securityId] -= leg.amount;
+                _flowCredit(leg.securityId, t.srcLedgerId, FLOW_IN, leg.amount); // never minted
+            }
             leg.state = InState.Aborted;
             _emitIn(id, leg);
         } else {
@@ -304,6 +312,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         leg.securityId = t.securityId;
         leg.reason = reason;
         if (reason == 0) {
+            _flowIn(t.securityId, t.srcLedgerId, id, t.amount);
             leg.state = InState.Prepared;
             preparedTotal[t.securityId] += t.amount;
         } else {
@@ -677,6 +686,245 @@ contract BridgeEndpoint is IBridgeEndpoint {
 
     function _window(uint64 epoch, Epoch storage e) private view returns (CommitteeWindow memory) {
         return CommitteeWindow(epoch, e.threshold, e.activeFrom, e.activeUntil, e.members);
+    }
+
+    // ---- flow limits (ADR 0010)
+    //
+    // A lane is (security, counterpart ledger). Each limited lane has four lazily refilled
+    // token buckets: outbound and inbound capacity (capacity C, refilled C per `window`), and
+    // outbound and inbound large-transfer allowance (capacity `largeThreshold`, refilled
+    // `largeThreshold` per `largeDelay`). A bucket's level is kept in unit-seconds (units x
+    // refill period), so refilling is exact integer arithmetic with no rounding drift.
+
+    uint8 private constant FLOW_OUT = 0;
+    uint8 private constant FLOW_IN = 1;
+    uint8 private constant FLOW_LARGE_OUT = 2;
+    uint8 private constant FLOW_LARGE_IN = 3;
+    uint256 private constant BPS = 10_000;
+
+    struct FlowLimit {
+        uint128 outCapacity; // 0: outbound not rate-limited
+        uint128 inCapacity; // 0: inbound not rate-limited
+        uint128 largeThreshold; // 0: no large-transfer delay
+        uint64 window;
+        uint64 largeDelay;
+        uint16 shareBps; // nonzero: both capacities were sized from the supply at setFlowLimit
+    }
+
+    struct Bucket {
+        uint192 level; // unit-seconds: available units x refill period
+        uint64 updated; // block.timestamp the level was computed at
+    }
+
+    mapping(bytes32 => mapping(bytes32 => FlowLimit)) private _flowLimit;
+    mapping(bytes32 => mapping(bytes32 => mapping(uint8 => Bucket))) private _bucket;
+    /// transfer id => leg (LEG_OUT / LEG_IN) => earliest commit time (0: none).
+    mapping(bytes32 => mapping(uint8 => uint64)) private _notBefore;
+
+    /// Sets (or, all zero, removes) the flow limit of the lane (`securityId`, `counterpart`).
+    /// Guarantees: admin only; the security is registered; `counterpart` is another ledger;
+    /// rate limit iff `window` != 0, then each nonzero capacity limits its direction (0 =
+    /// that direction unlimited); with `shareBps` (1..10000) both capacities must be passed as
+    /// 0 and are set to floor(totalSupply x shareBps / 10000) of this ledger's token at this
+    /// block (the registered supply snapshot; reverts InvalidFlowLimit if that is 0); a
+    /// large-transfer delay iff `largeThreshold` != 0, which needs `largeDelay` != 0 and the
+    /// reverse. Buckets keep what they held (refilled under the old limit), clamped to the new
+    /// capacities; a newly limited bucket starts full.
+    function setFlowLimit(
+        bytes32 securityId,
+        bytes32 counterpart,
+        uint128 outboundCapacity,
+        uint128 inboundCapacity,
+        uint64 window,
+        uint16 shareBps,
+        uint128 largeThreshold,
+        uint64 largeDelay
+    ) external override onlyAdmin {
+        SecurityToken token = _token(securityId);
+        if (counterpart == ledgerId) revert WrongLedger();
+        if (shareBps != 0) {
+            if (shareBps > BPS || outboundCapacity != 0 || inboundCapacity != 0) {
+                revert InvalidFlowLimit();
+            }
+            uint256 sized = token.totalSupply() * shareBps / BPS;
+            if (sized == 0 || sized > type(uint128).max) revert InvalidFlowLimit();
+            outboundCapacity = uint128(sized);
+            inboundCapacity = uint128(sized);
+        }
+        bool rated = outboundCapacity != 0 || inboundCapacity != 0;
+        if ((window != 0) != rated || (largeThreshold != 0) != (largeDelay != 0)) {
+            revert InvalidFlowLimit();
+        }
+        FlowLimit memory next = FlowLimit(
+            outboundCapacity, inboundCapacity, largeThreshold, window, largeDelay, shareBps
+        );
+        for (uint8 kind = 0; kind < 4; ++kind) {
+            _rebase(securityId, counterpart, kind, next);
+        }
+        _flowLimit[securityId][counterpart] = next;
+        emit FlowLimitSet(
+            securityId,
+            counterpart,
+            outboundCapacity,
+            inboundCapacity,
+            window,
+            shareBps,
+            largeThreshold,
+            largeDelay
+        );
+    }
+
+    /// The lane's limit and its buckets at this block, in units: [window, outCapacity,
+    /// outAvailable, inCapacity, inAvailable, shareBps, largeThreshold, largeDelay,
+    /// largeOutAvailable, largeInAvailable]. A capacity of 0 means that direction is not
+    /// limited (its available figure is then 0 and meaningless).
+    function flowStatus(bytes32 securityId, bytes32 counterpart)
+        external
+        view
+        override
+        returns (uint256[10] memory s)
+    {
+        FlowLimit memory f = _flowLimit[securityId][counterpart];
+        s[0] = f.window;
+        s[1] = f.outCapacity;
+        s[2] = _available(securityId, counterpart, FLOW_OUT, f);
+        s[3] = f.inCapacity;
+        s[4] = _available(securityId, counterpart, FLOW_IN, f);
+        s[5] = f.shareBps;
+        s[6] = f.largeThreshold;
+        s[7] = f.largeDelay;
+        s[8] = _available(securityId, counterpart, FLOW_LARGE_OUT, f);
+        s[9] = _available(securityId, counterpart, FLOW_LARGE_IN, f);
+    }
+
+    /// When the outbound and inbound legs of `transferId` may commit here (0: no delay).
+    function notBefore(bytes32 transferId)
+        external
+        view
+        override
+        returns (uint64 outboundAt, uint64 inboundAt)
+    {
+        return (_notBefore[transferId][LEG_OUT], _notBefore[transferId][LEG_IN]);
+    }
+
+    /// Lock hook. SECURITY: consumes outbound capacity or reverts FlowLimitExceeded (nothing
+    /// escrowed); a lock beyond the lane's large allowance gets a notBefore.
+    function _flowOut(bytes32 sec, bytes32 lane, bytes32 id, uint256 amount) private {
+        _flowTake(sec, lane, id, amount, FLOW_OUT, FLOW_LARGE_OUT, LEG_OUT);
+    }
+
+    /// Prepare hook (only for a leg that would be Prepared): like `_flowOut`, inbound.
+    /// Over capacity it REVERTS rather than recording a rejection: the coordinator retries
+    /// while the lane refills, and the deadline's Expired marker (which consumes nothing)
+    /// still ends the transfer, so the escrow is released at the latest after the deadline.
+    function _flowIn(bytes32 sec, bytes32 lane, bytes32 id, uint256 amount) private {
+        _flowTake(sec, lane, id, amount, FLOW_IN, FLOW_LARGE_IN, LEG_IN);
+    }
+
+    function _flowTake(
+        bytes32 sec,
+        bytes32 lane,
+        bytes32 id,
+        uint256 amount,
+        uint8 rateKind,
+        uint8 largeKind,
+        uint8 legKind
+    ) private {
+        FlowLimit storage stored = _flowLimit[sec][lane];
+        uint256 cap = rateKind == FLOW_OUT ? stored.outCapacity : stored.inCapacity;
+        if (cap == 0 && stored.largeThreshold == 0) return; // an unlimited lane: two reads
+        FlowLimit memory f = stored;
+        if (cap != 0) {
+            uint256 level = _level(sec, lane, rateKind, f);
+            // amount <= cap < 2^128 before multiplying: no overflow for any amount
+            if (amount > cap || amount * f.window > level) {
+                revert FlowLimitExceeded(level / f.window, amount);
+            }
+            uint256 need = amount * f.window;
+            _store(sec, lane, rateKind, level - need);
+        }
+        if (f.largeThreshold != 0) {
+            uint256 level = _level(sec, lane, largeKind, f);
+            uint256 need = amount > f.largeThreshold ? type(uint256).max : amount * f.largeDelay;
+            // SECURITY: the allowance is the lane's, not the sender's, and it refills only
+            // with time: however a large amount is split, at most `largeThreshold` per
+            // `largeDelay` passes undelayed. A leg beyond it waits, and empties the allowance.
+            if (need > level) {
+                uint64 at = uint64(block.timestamp) + f.largeDelay;
+                _notBefore[id][legKind] = at;
+                emit TransferDelayed(id, legKind, at);
+                need = level;
+            }
+            _store(sec, lane, largeKind, level - need);
+        }
+    }
+
+    /// Gives `amount` back to a rate bucket (bounded by its capacity): a release or an abort
+    /// of a prepared leg (the units never moved), or an inbound mint offsetting outbound.
+    function _flowCredit(bytes32 sec, bytes32 lane, uint8 kind, uint256 amount) private {
+        FlowLimit storage stored = _flowLimit[sec][lane];
+        uint256 cap = kind == FLOW_OUT ? stored.outCapacity : stored.inCapacity;
+        if (cap == 0) return;
+        FlowLimit memory f = stored;
+        uint256 full = cap * f.window;
+        uint256 level = amount >= cap ? full : _level(sec, lane, kind, f) + amount * f.window;
+        _store(sec, lane, kind, level < full ? level : full);
+    }
+
+    function _requireDelayOver(uint64 at) private view {
+        if (block.timestamp < at) revert TooEarly(at, block.timestamp);
+    }
+
+    function _params(FlowLimit memory f, uint8 kind)
+        private
+        pure
+        returns (uint256 cap, uint256 period)
+    {
+        if (kind == FLOW_OUT) return (f.outCapacity, f.window);
+        if (kind == FLOW_IN) return (f.inCapacity, f.window);
+        return (f.largeThreshold, f.largeDelay);
+    }
+
+    /// The bucket's exact level now in unit-seconds (refilled since its update, capped at
+    /// capacity x period); 0 for a bucket that is not limited.
+    function _level(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory f)
+        private
+        view
+        returns (uint256)
+    {
+        (uint256 cap, uint256 period) = _params(f, kind);
+        if (cap == 0) return 0;
+        Bucket memory b = _bucket[sec][lane][kind];
+        uint256 full = cap * period;
+        uint256 level = uint256(b.level) + cap * (block.timestamp - b.updated);
+        return level < full ? level : full;
+    }
+
+    /// Whole units in the bucket now.
+    function _available(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory f)
+        private
+        view
+        returns (uint256)
+    {
+        (, uint256 period) = _params(f, kind);
+        uint256 level = _level(sec, lane, kind, f);
+        return level == 0 ? 0 : level / period;
+    }
+
+    function _store(bytes32 sec, bytes32 lane, uint8 kind, uint256 level) private {
+        _bucket[sec][lane][kind] = Bucket(uint192(level), uint64(block.timestamp));
+    }
+
+    /// Re-expresses a bucket under the limit `next`: the whole units it holds now (a bucket
+    /// that was not limited counts as full), clamped to the new capacity. (A fraction of a
+    /// unit still refilling is dropped here, at an admin change only.)
+    function _rebase(bytes32 sec, bytes32 lane, uint8 kind, FlowLimit memory next) private {
+        (uint256 cap, uint256 period) = _params(next, kind);
+        if (cap == 0) return;
+        FlowLimit memory f = _flowLimit[sec][lane];
+        (uint256 oldCap,) = _params(f, kind);
+        uint256 units = oldCap == 0 ? cap : _available(sec, lane, kind, f);
+        _store(sec, lane, kind, (units < cap ? units : cap) * period);
     }
 
     // ------------------------------------------------------------------ internals

@@ -172,6 +172,43 @@ interface IBridgeEndpoint {
     /// The security token's admin only: deliver a transfer's parked units to a holder who may receive.
     function releaseParked(bytes32 transferId, address to) external;
 
+    // ---- flow limits (ADR 0010)
+    /// A lane's limit (security, counterpart ledger) was set; all zero removes it.
+    event FlowLimitSet(
+        bytes32 indexed securityId,
+        bytes32 indexed counterpart,
+        uint128 outboundCapacity,
+        uint128 inboundCapacity,
+        uint64 window,
+        uint16 shareBps,
+        uint128 largeThreshold,
+        uint64 largeDelay
+    );
+    /// A leg crossed its lane's large-transfer threshold: it may not commit before `notBefore`.
+    event TransferDelayed(bytes32 indexed transferId, uint8 leg, uint64 notBefore);
+    error FlowLimitExceeded(uint256 available, uint256 requested);
+    error TooEarly(uint64 notBefore, uint256 nowTs);
+    error InvalidFlowLimit();
+
+    /// Sets the flow limit of the lane (securityId, counterpart) on this ledger (onlyAdmin).
+    function setFlowLimit(
+        bytes32 securityId,
+        bytes32 counterpart,
+        uint128 outboundCapacity,
+        uint128 inboundCapacity,
+        uint64 window,
+        uint16 shareBps,
+        uint128 largeThreshold,
+        uint64 largeDelay
+    ) external;
+    /// The lane's limit and what its buckets hold now (see BridgeEndpoint.flowStatus).
+    function flowStatus(bytes32 securityId, bytes32 counterpart)
+        external
+        view
+        returns (uint256[10] memory status);
+    /// When the legs of `transferId` on this ledger may commit (0: no delay).
+    function notBefore(bytes32 transferId) external view returns (uint64 outboundAt, uint64 inboundAt);
+
     // --- digests (the Python side must reproduce these byte for byte) ---
     function transferIdOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);
     function termsHashOf(BridgeTypes.Terms calldata t) external pure returns (bytes32);

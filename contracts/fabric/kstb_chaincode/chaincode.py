@@ -168,7 +168,8 @@ def transaction_time(stub: ChaincodeStub) -> int | None:
     """The proposal's timestamp in unix seconds (its channel header), or None without one.
 
     Chosen by the submitting client and identical on every endorser: the ledger time of
-    committee epochs (ADR 0008; each endorser bounds its skew, see protocol.MAX_TX_SKEW).
+    committee epochs and flow limits (ADRs 0008, 0010; each endorser bounds its skew, see
+    protocol.MAX_TX_SKEW).
     """
     stamp = stub.get_tx_timestamp()
     if stamp is None:

@@ -134,6 +134,18 @@ REASON_INVALID_RECIPIENT = 5
 
 EVENT_NAME = "LegStateChanged"
 
+# ---- flow limits (ADR 0010): bucket kinds (as the EVM endpoint's); time is ``_clock``
+FLOW_OUT, FLOW_IN, FLOW_LARGE_OUT, FLOW_LARGE_IN = 0, 1, 2, 3
+UINT128_LIMIT = 2**128
+_FLOW_FIELDS = (
+    "out_capacity",
+    "in_capacity",
+    "window",
+    "share_bps",
+    "large_threshold",
+    "large_delay",
+)
+
 _HEX_WORD = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
@@ -556,7 +568,7 @@ def _proposal_id(kind: str, args: Sequence[str], seq: int) -> str:
 # ---- committee rotation
 
 ROTATION_EVENT_NAME = "CommitteeRotated"
-MAX_TX_SKEW = 300
+MAX_TX_SKEW = 60
 """Largest difference (seconds) an endorser accepts between a transaction's timestamp and its
 own clock when a rule reads the time (ADR 0008)."""
 _ROTATION_FIELDS = frozenset(
@@ -994,6 +1006,7 @@ class Endpoint:
         tid = t.transfer_id
         if self._leg("out", tid).state != OUT_NONE:
             raise ChaincodeError("TransferExists", f"transferId={_hex(tid)}")
+        self._flow_take(t.security, t.dst_ledger, tid, t.amount, FLOW_OUT)
         # SecurityToken.bridgeEscrow
         if token["paused"]:
             raise ChaincodeError("TokenPaused", f"securityId={_hex(t.security)}")
@@ -1019,6 +1032,7 @@ class Endpoint:
             leg = self._leg("out", tid)
             self._require_state(tid, leg, OUT_LOCKED)
             self._require_hash(tid, leg, thash)
+            self._require_delay_over(tid, "out")
             leg.state = OUT_BURNED
             sec = leg.security
             self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")  # burned
@@ -1029,8 +1043,10 @@ class Endpoint:
             leg = self._leg("in", tid)
             self._require_state(tid, leg, IN_PREPARED)
             self._require_hash(tid, leg, thash)
+            self._require_delay_over(tid, "in")
             leg.state = IN_MINTED
             sec = leg.security
+            self._flow_credit(sec, t.src_ledger, FLOW_OUT, leg.amount)  # inbound offsets outbound
             self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
             # The cumulative minted_in term of Supply: one key per transfer, never a counter.
             self._kv.put(f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
@@ -1061,6 +1077,7 @@ class Endpoint:
             self._require_hash(tid, leg, thash)
             leg.state = OUT_RELEASED
             sec = leg.security
+            self._flow_credit(sec, t.dst_ledger, FLOW_OUT, leg.amount)  # never left
             self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")
             sender = _address_of_word(t.sender)
             assert sender is not None  # validated at lock
@@ -1079,6 +1096,7 @@ class Endpoint:
                 self._require_hash(tid, leg, thash)
             if leg.state == IN_PREPARED:
                 self._kv.delete(f"prepared/{leg.security.hex()}/{tid.hex()}")
+                self._flow_credit(leg.security, t.src_ledger, FLOW_IN, leg.amount)
             leg.state = IN_ABORTED
             self._put_leg("in", tid, leg)
         else:
@@ -1124,6 +1142,7 @@ class Endpoint:
             reason,
         )
         if reason == 0:
+            self._flow_take(t.security, t.src_ledger, tid, t.amount, FLOW_IN)
             leg.state = IN_PREPARED
             self._kv.put(f"prepared/{t.security.hex()}/{tid.hex()}", str(t.amount).encode())
         else:
@@ -1644,6 +1663,190 @@ class Endpoint:
             ]
         }
 
+    # ---- flow limits (ADR 0010)
+    #
+    # BridgeEndpoint's flow-limit section, key for key: per lane (security, counterpart
+    # ledger word) the limit ``flowlimit/<sec>/<lane>``, four buckets
+    # ``flowbucket/<sec>/<lane>/<kind>`` ({"level": unit-seconds, "updated": seconds}) and per
+    # delayed leg ``notbefore/<out|in>/<transfer id>``. Time is the proposal timestamp, which
+    # every endorser sees alike; each organisation's server refuses one more than
+    # MAX_TX_SKEW from its own clock (TransactionTimeSkewed, see ``_clock``), so with the
+    # all-organisations endorsement policy no single client can move a lane's clock. A
+    # lane's buckets are read and written by every lock (or prepare) on it: two in one block
+    # conflict (MVCC_READ_CONFLICT) and the relayer's retry lands the second in a later
+    # block. That serialisation is the price of a limit, paid only on limited lanes.
+
+    def _flow_limit(self, sec: bytes, lane: bytes) -> dict[str, int]:
+        obj = self._get_json(f"flowlimit/{sec.hex()}/{lane.hex()}")
+        if obj is None:
+            return dict.fromkeys(_FLOW_FIELDS, 0)
+        return {k: int(obj[k]) for k in _FLOW_FIELDS}
+
+    @staticmethod
+    def _flow_params(f: Mapping[str, int], kind: int) -> tuple[int, int]:
+        if kind == FLOW_OUT:
+            return f["out_capacity"], f["window"]
+        if kind == FLOW_IN:
+            return f["in_capacity"], f["window"]
+        return f["large_threshold"], f["large_delay"]
+
+    def _level(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
+        """The bucket's exact level at ``now`` in unit-seconds (refilled, capped); 0 when
+        the bucket is not limited."""
+        cap, period = self._flow_params(f, kind)
+        if cap == 0:
+            return 0
+        obj = self._get_json(f"flowbucket/{sec.hex()}/{lane.hex()}/{kind}") or {}
+        level, updated = int(obj.get("level", "0")), int(obj.get("updated", 0))
+        level += cap * max(0, now - updated)  # a timestamp behind the last one refills nothing
+        return min(level, cap * period)
+
+    def _available(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
+        """Whole units in the bucket at ``now``."""
+        _, period = self._flow_params(f, kind)
+        level = self._level(sec, lane, kind, f, now)
+        return level // period if level else 0
+
+    def _store_bucket(self, sec: bytes, lane: bytes, kind: int, level: int, now: int) -> None:
+        self._put_json(
+            f"flowbucket/{sec.hex()}/{lane.hex()}/{kind}", {"level": str(level), "updated": now}
+        )
+
+    def _flow_take(self, sec: bytes, lane: bytes, tid: bytes, amount: int, kind: int) -> None:
+        """Lock (FLOW_OUT) / prepare (FLOW_IN) hook: consume capacity or FlowLimitExceeded;
+        beyond the lane's large allowance the leg gets a not-before (see the EVM twin)."""
+        f = self._flow_limit(sec, lane)
+        cap, period = self._flow_params(f, kind)
+        large = FLOW_LARGE_OUT if kind == FLOW_OUT else FLOW_LARGE_IN
+        if cap == 0 and f["large_threshold"] == 0:
+            return
+        now = self._clock()
+        if cap:
+            level = self._level(sec, lane, kind, f, now)
+            if amount * period > level:
+                raise ChaincodeError(
+                    "FlowLimitExceeded", f"available={level // period}, requested={amount}"
+                )
+            self._store_bucket(sec, lane, kind, level - amount * period, now)
+        if f["large_threshold"]:
+            level = self._level(sec, lane, large, f, now)
+            need = amount * f["large_delay"]
+            # SECURITY: the lane's allowance, refilled by time only: splitting cannot help.
+            if need > level:
+                direction = "out" if kind == FLOW_OUT else "in"
+                self._kv.put(
+                    f"notbefore/{direction}/{tid.hex()}",
+                    str(now + f["large_delay"]).encode(),
+                )
+                need = level
+            self._store_bucket(sec, lane, large, level - need, now)
+
+    def _flow_credit(self, sec: bytes, lane: bytes, kind: int, amount: int) -> None:
+        """Give ``amount`` back to a rate bucket, bounded by its capacity."""
+        f = self._flow_limit(sec, lane)
+        cap, period = self._flow_params(f, kind)
+        if cap == 0:
+            return
+        now = self._clock()
+        level = min(self._level(sec, lane, kind, f, now) + amount * period, cap * period)
+        self._store_bucket(sec, lane, kind, level, now)
+
+    def _require_delay_over(self, tid: bytes, direction: str) -> None:
+        raw = self._kv.get(f"notbefore/{direction}/{tid.hex()}")
+        if raw is None:
+            return
+        at, now = int(raw), self._clock()
+        if now < at:
+            raise ChaincodeError("TooEarly", f"notBefore={at}, nowTs={now}")
+
+    def set_flow_limit(
+        self,
+        isin: str,
+        counterpart: str,
+        out_capacity: str,
+        in_capacity: str,
+        window: str,
+        share_bps: str,
+        large_threshold: str,
+        large_delay: str,
+    ) -> object:
+        """``setFlowLimit`` (admin only): the EVM endpoint's rules, with the counterpart given
+        as a ledger name. ``share_bps`` sizes both capacities from this ledger's registered
+        supply now (every holder's units plus escrow, a range read: run it when the
+        security is quiet, or retry on an MVCC conflict)."""
+        self._only_admin()
+        sec = security_word(isin)
+        self._token(sec)
+        if not isinstance(counterpart, str) or not _LEDGER_NAME.fullmatch(counterpart):
+            raise _invalid(f"counterpart {counterpart!r} is not a ledger name")
+        lane = ledger_word(counterpart)
+        if lane == self.cfg.ledger_word:
+            raise ChaincodeError("WrongLedger", "a lane names another ledger")
+        nxt = {
+            "out_capacity": _parse_decimal("out_capacity", out_capacity, UINT128_LIMIT),
+            "in_capacity": _parse_decimal("in_capacity", in_capacity, UINT128_LIMIT),
+            "window": _parse_decimal("window", window, UINT64_LIMIT),
+            "share_bps": _parse_decimal("share_bps", share_bps, 2**16),
+            "large_threshold": _parse_decimal("large_threshold", large_threshold, UINT128_LIMIT),
+            "large_delay": _parse_decimal("large_delay", large_delay, UINT64_LIMIT),
+        }
+        if nxt["share_bps"]:
+            if nxt["share_bps"] > 10_000 or nxt["out_capacity"] or nxt["in_capacity"]:
+                raise ChaincodeError("InvalidFlowLimit", "shareBps needs 1..10000, no units")
+            sized = self._total_supply(sec) * nxt["share_bps"] // 10_000
+            if not 0 < sized < UINT128_LIMIT:
+                raise ChaincodeError("InvalidFlowLimit", f"sized capacity={sized}")
+            nxt["out_capacity"] = nxt["in_capacity"] = sized
+        rated = bool(nxt["out_capacity"] or nxt["in_capacity"])
+        if bool(nxt["window"]) != rated or bool(nxt["large_threshold"]) != bool(nxt["large_delay"]):
+            raise ChaincodeError("InvalidFlowLimit", "window/capacity or threshold/delay alone")
+        old = self._flow_limit(sec, lane)
+        now: int | None = None
+        for kind in (FLOW_OUT, FLOW_IN, FLOW_LARGE_OUT, FLOW_LARGE_IN):
+            cap, period = self._flow_params(nxt, kind)
+            if cap == 0:
+                continue
+            now = self._clock() if now is None else now
+            old_cap, _ = self._flow_params(old, kind)
+            units = cap if old_cap == 0 else self._available(sec, lane, kind, old, now)
+            self._store_bucket(sec, lane, kind, min(units, cap) * period, now)
+        self._put_json(f"flowlimit/{sec.hex()}/{lane.hex()}", {k: str(v) for k, v in nxt.items()})
+        return self.flow_status(isin, counterpart)
+
+    def flow_status(self, isin: str, counterpart: str) -> object:
+        """``flowStatus``: the lane's limit and bucket levels now, as decimal strings, with
+        the time they are computed at (``as_of``: the local clock if known, else the
+        proposal's). All zero: the lane is not limited."""
+        self._require_init()
+        sec = security_word(isin)
+        if not isinstance(counterpart, str) or not _LEDGER_NAME.fullmatch(counterpart):
+            raise _invalid(f"counterpart {counterpart!r} is not a ledger name")
+        lane = ledger_word(counterpart)
+        f = self._flow_limit(sec, lane)
+        now = self._ctx.local_time if self._ctx.local_time is not None else self._ctx.tx_time
+        now = now or 0
+        return {
+            "as_of": now,
+            "window": str(f["window"]),
+            "outbound_capacity": str(f["out_capacity"]),
+            "outbound_available": str(self._available(sec, lane, FLOW_OUT, f, now)),
+            "inbound_capacity": str(f["in_capacity"]),
+            "inbound_available": str(self._available(sec, lane, FLOW_IN, f, now)),
+            "share_bps": str(f["share_bps"]),
+            "large_threshold": str(f["large_threshold"]),
+            "large_delay": str(f["large_delay"]),
+            "large_outbound_available": str(self._available(sec, lane, FLOW_LARGE_OUT, f, now)),
+            "large_inbound_available": str(self._available(sec, lane, FLOW_LARGE_IN, f, now)),
+        }
+
+    def not_before(self, tid_hex: str) -> object:
+        """``notBefore``: when the legs of a transfer may commit here (0: no delay)."""
+        self._require_init()
+        tid = _parse_word("transfer_id", tid_hex)
+        out = self._kv.get(f"notbefore/out/{tid.hex()}")
+        inn = self._kv.get(f"notbefore/in/{tid.hex()}")
+        return {"outbound": int(out or b"0"), "inbound": int(inn or b"0")}
+
 
 def _leg_json(leg: _Leg) -> dict[str, Any]:
     return {
@@ -1700,6 +1903,10 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     # ---- committee rotation
     "RotateCommittee": ("rotate_committee", 2, True),
     "Committees": ("committees", 0, False),
+    # ---- flow limits (ADR 0010)
+    "SetFlowLimit": ("set_flow_limit", 8, True),
+    "FlowStatus": ("flow_status", 2, False),
+    "NotBefore": ("not_before", 1, False),
 }
 
 
