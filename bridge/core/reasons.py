@@ -51,6 +51,14 @@ class ErrorReason(enum.StrEnum):
     INSUFFICIENT_BALANCE = "InsufficientBalance"
     BRIDGE_HOLDS_ESCROW = "BridgeHoldsEscrow"
     OVERFLOW = "Overflow"
+    # ---- depository halt
+    SECURITY_HALTED = "SecurityHalted"
+    NO_DEPOSITORY = "NoDepository"
+    DEPOSITORY_ALREADY_SET = "DepositoryAlreadySet"
+    NOT_DEPOSITORY = "NotDepository"
+    STALE_ORDER = "StaleOrder"
+    ORDER_EXPIRED = "OrderExpired"
+    INVALID_ORDER = "InvalidOrder"
     # Fabric chaincode only.
     INVALID_ARGUMENT = "InvalidArgument"
     NOT_INITIALIZED = "NotInitialized"
