@@ -29,6 +29,7 @@ __all__ = [
     "OrderRefused",
     "SignedOrder",
     "make_order",
+    "order_abi_tuple",
     "order_from_json",
     "order_to_json",
     "sign_order",
@@ -142,6 +143,11 @@ def order_from_json(obj: object) -> Order:
         raise InvalidInput(f"order out of range: {exc}") from None
 
 
+def order_abi_tuple(o: Order) -> tuple[bytes, bytes, bytes, int, int, int, bytes]:
+    """The Solidity ``BridgeTypes.Order`` struct as a tuple, in declaration order."""
+    return (o.network, o.ledger, o.security, o.action, o.sequence, o.expiry, o.key)
+
+
 def make_order(
     *,
     network: bytes,
@@ -172,7 +178,7 @@ class OrderRefused(InvalidCertificate):
 
 def verify_order(
     signed: SignedOrder,
-    depository: bytes,
+    depository: bytes | None,
     network: bytes,
     ledger: bytes,
     last_sequence: int = 0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bridge.domain.governance import HaltStatus, Order
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -90,6 +91,13 @@ class LedgerReader(Protocol):
         """Release connections."""
         ...
 
+    # ---- depository halt
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """What the endpoint enforces for ``security`` (None: only the ledger-wide flag is
+        meaningful), read from committed (finalized) state."""
+        ...
+
 
 class LedgerAdapter(LedgerReader, Protocol):
     """A LedgerReader that can also apply protocol steps with the operator's identity."""
@@ -114,5 +122,17 @@ class LedgerAdapter(LedgerReader, Protocol):
         Idempotent: when the step is already applied with the same terms the result has
         ``already_applied`` set and nothing is sent. A step the ledger refuses raises
         LedgerRejected naming the contract's reason; transient faults raise Unavailable.
+        """
+        ...
+
+    # ---- depository halt
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """Submit a depository order and wait until it is final.
+
+        Idempotent: when the endpoint's last applied sequence is already ``>=`` the order's
+        (this order, or a later one that supersedes it), nothing is sent and
+        ``already_applied`` is set. A refusal by the endpoint raises LedgerRejected with its
+        reason (NotDepository, StaleOrder, OrderExpired, ...); transient faults Unavailable.
         """
         ...

@@ -212,6 +212,7 @@ class Transfer(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    HALTED_ON_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """0x-prefixed 32-byte hex: keccak256(tag, source ledger, source bridge, nonce)."""
     idempotency_key: _builtins.str
@@ -234,6 +235,13 @@ class Transfer(_message.Message):
     def transactions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Ledger transaction ids of each step that has been applied, e.g. {"lock": "0x.."}."""
 
+    @_builtins.property
+    def halted_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """---- depository halt
+        The ledgers of this transfer where its security is halted by the depository now (as
+        the coordinator last read them); the transfer waits there (see Transfer.reason).
+        """
+
     def __init__(
         self,
         *,
@@ -251,10 +259,11 @@ class Transfer(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         transactions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        halted_on: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "halted_on", b"halted_on", "idempotency_key", b"idempotency_key", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

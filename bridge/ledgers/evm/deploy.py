@@ -21,8 +21,8 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractLogicError
 from web3.types import TxParams, TxReceipt
 
-from bridge.core.digests import Order
 from bridge.core.words import evm_network_word
+from bridge.domain import governance
 from bridge.domain.claims import ClaimDomain
 from bridge.domain.committee import Committee
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
@@ -311,12 +311,9 @@ def _replayed_revert(
 
 # ---- depository halt
 
+order_abi_tuple = governance.order_abi_tuple
+
 
 def set_depository(w3: Web3, admin_key: bytes, endpoint: Contract, key: str) -> TxReceipt:
     """``setDepository``: admin only, and only while the endpoint has no depository key."""
     return send_tx(w3, admin_key, endpoint.functions.setDepository(Web3.to_checksum_address(key)))
-
-
-def order_abi_tuple(o: Order) -> tuple[bytes, bytes, bytes, int, int, int, bytes]:
-    """The Solidity ``BridgeTypes.Order`` struct as a tuple, in declaration order."""
-    return (o.network, o.ledger, o.security, o.action, o.sequence, o.expiry, o.key)

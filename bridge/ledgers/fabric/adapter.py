@@ -14,11 +14,13 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from contextlib import aclosing
 
 from bridge.core import words as core_words
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -420,6 +422,53 @@ class FabricAdapter:
         if current.terms_hash != terms.terms_hash:
             raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
         return TxOutcome(tx_id="", height=current.height, already_applied=True)
+
+    # ---- depository halt
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """The chaincode's ``HaltStatus`` (committed state: final on Fabric)."""
+        word = ZERO_WORD if security is None else security.word
+        raw = await self._client.evaluate(self._chaincode, "HaltStatus", [codec.word_hex(word)])
+        data = codec.object_from_json(raw, "HaltStatus answer")
+        depository = data.get("depository")
+        key = None
+        if isinstance(depository, str):
+            key = codec.word_from_json("0x" + "00" * 12 + depository[2:], "depository")[12:]
+        return HaltStatus(
+            security_halted=data.get("security_halted") is True,
+            ledger_halted=data.get("ledger_halted") is True,
+            sequence=codec.int_from_json(data.get("sequence", 0), "sequence"),
+            depository=key,
+        )
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """``ApplyOrder(order JSON, signature)``; idempotent by the chaincode's sequence.
+
+        The chaincode cannot check the order's expiry (no clock), so this adapter refuses
+        an expired order itself (``OrderExpired``) before sending it: an honest submitter
+        never applies a stale order on Fabric; see ADR 0011 for the residual risk.
+        """
+        if not self._operator:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+        status = await self.halt_status(None)
+        if status.sequence >= order.sequence:
+            return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+        if time.time() >= order.expiry:
+            raise LedgerRejected("OrderExpired", f"expiry={order.expiry} (checked by the relayer)")
+        args = [
+            json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
+            "0x" + signature.hex(),
+        ]
+        try:
+            prepared = await self._client.endorse(self._chaincode, "ApplyOrder", args)
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected:
+            if (await self.halt_status(None)).sequence >= order.sequence:
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            raise
+        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""
