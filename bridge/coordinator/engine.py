@@ -208,6 +208,11 @@ class Coordinator:
             ev.set()
 
     # ---- depository halt
+    @property
+    def domains(self) -> Mapping[str, LedgerDomain]:
+        """Every ledger's claim domain (network, ledger and bridge words), by name."""
+        return self._domains
+
     def set_halts(self, halts: HaltBook) -> None:
         """Consult ``halts`` before locking, preparing and minting (see :meth:`_halt_gate`)."""
         self._halts = halts
