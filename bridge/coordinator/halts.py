@@ -211,6 +211,7 @@ class HaltBook:
         self._cache: dict[tuple[str, str | None], tuple[float, HaltStatus]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._log = get_logger()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -220,6 +221,7 @@ class HaltBook:
 
     async def stop(self) -> None:
         """Stop delivering (pending orders stay recorded and resume on the next start)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -322,7 +324,7 @@ class HaltBook:
 
     # -- delivery ------------------------------------------------------------------------
     async def _deliver_forever(self) -> None:
-        while True:
+        while not self._stopping:
             self._kick.clear()
             try:
                 await self.deliver_pending()
@@ -330,8 +332,11 @@ class HaltBook:
                 raise
             except Exception:
                 self._log.exception("depository order delivery failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races the event, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), timeout=self._retry_s)
+                async with asyncio.timeout(self._retry_s):
+                    await self._kick.wait()
 
     async def deliver_pending(self) -> int:
         """One pass: per ledger, deliver pending orders in ascending sequence until one
