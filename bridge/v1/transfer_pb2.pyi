@@ -240,6 +240,7 @@ class Transfer(_message.Message):
         """---- depository halt
         The ledgers of this transfer where its security is halted by the depository now (as
         the coordinator last read them); the transfer waits there (see Transfer.reason).
+        Filled by GetTransfer only (empty in lists and watch updates).
         """
 
     def __init__(
