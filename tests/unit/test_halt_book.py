@@ -146,11 +146,12 @@ async def test_orders_are_checked_against_the_ledgers_key_and_delivered(halting)
         await book.submit(order(c, "a", OrderAction.HALT, 5, expiry=int(time.time()) - 1))
     assert await book.orders() == [], "refused orders are not recorded"
     relayers["a"].unavailable = 2  # delivery waits and retries, level-triggered
-    records = await book.submit(order(c, "a", OrderAction.HALT, 5))
+    halt = order(c, "a", OrderAction.HALT, 5)
+    records = await book.submit(halt)
     assert [r.state for r in records] == [OrderState.PENDING]
     await applied(book, "a", 5)
     assert relayers["a"].flags[SecurityId(ISIN).word]
-    again = await book.submit(order(c, "a", OrderAction.HALT, 5))  # idempotent
+    again = await book.submit(halt)  # idempotent
     assert again[0].state is OrderState.APPLIED and relayers["a"].applied == [5]
     with pytest.raises(PreconditionFailed, match="StaleOrder"):
         await book.submit(order(c, "a", OrderAction.RELEASE, 4))
