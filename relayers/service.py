@@ -27,8 +27,9 @@ from bridge.rpc.convert import (
 )
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.flow_convert import flow_status_to_pb
+from bridge.rpc.halt_convert import halt_to_pb, signed_order_from_pb
 from bridge.rpc.supply_convert import reading_to_pb
-from bridge.v1 import flow_pb2, relayer_pb2, relayer_pb2_grpc, supply_pb2
+from bridge.v1 import depository_pb2, flow_pb2, relayer_pb2, relayer_pb2_grpc, supply_pb2
 
 
 class KeyedLock:
@@ -167,3 +168,40 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         return relayer_pb2.SubmitResponse(
             tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
         )
+
+    # ---- depository halt
+
+    @grpc_errors
+    async def ApplyOrder(
+        self, request: depository_pb2.SignedDepositoryOrder, context: Context
+    ) -> relayer_pb2.SubmitResponse:
+        """Submit a depository order to this ledger; retried on transient faults (the
+        adapter's call is idempotent by the ledger's order sequence). The relayer checks
+        nothing the ledger does not: the signature is the authority."""
+        signed = signed_order_from_pb(request)
+        async with self._locks.hold(("order",)):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    outcome = await self._adapter.apply_order(signed.order, signed.signature)
+        self._log.info(
+            "depository order applied" if not outcome.already_applied else "order already applied",
+            **{ACTION: f"order:{signed.order.action}:{signed.order.sequence}", TX: outcome.tx_id},
+        )
+        return relayer_pb2.SubmitResponse(
+            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
+        )
+
+    @grpc_errors
+    async def GetHaltStatus(
+        self, request: depository_pb2.GetHaltStatusRequest, context: Context
+    ) -> depository_pb2.LedgerHalt:
+        """The ledger's halt flags for one security (or the ledger-wide flag), finalized."""
+        security = SecurityId(request.security_id) if request.security_id else None
+        status = await self._adapter.halt_status(security)
+        return halt_to_pb(self._adapter.ledger.name, status)

@@ -1,4 +1,4 @@
-"""``bridge transfer ...``, ``bridge supply ...`` and ``bridge operator ...`` from a terminal.
+"""``bridge transfer|supply|operator|depository ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
 2 usage errors. ``--json`` prints machine-readable output.
@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
+from bridge.cli import depository as depository_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
 from bridge.config import load_network
@@ -164,15 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(run=_watch)
     supply_cli.add_parser(top)
     operator_cli.add_parser(top)
+    depository_cli.add_parser(top)  # ---- depository halt
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
-    if args.group in ("supply", "operator"):
+    if args.group in ("supply", "operator", "depository"):
+        runners = {"supply": supply_cli.run, "operator": operator_cli.run}
+        runners["depository"] = depository_cli.run  # ---- depository halt
         try:
-            return supply_cli.run(args) if args.group == "supply" else operator_cli.run(args)
+            return runners[args.group](args)
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
+from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.halts import HaltBook, SqliteHaltStore
 from bridge.coordinator.operator_service import OperatorServicer
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.service import EventSinkServicer, TransferServicer
@@ -21,6 +23,8 @@ from bridge.rpc.roles import MEMBER, RELAYER, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import (
+    depository_pb2,
+    depository_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     operator_pb2,
@@ -80,9 +84,14 @@ async def run(config_path: Path) -> None:
     coordinator = Coordinator(
         cfg.network, store, relayers, committee, cfg.transfer_ttl, supply=publisher
     )
+    # ---- depository halt
+    halt_store = SqliteHaltStore(cfg.database)
+    halts = HaltBook(halt_store, relayers, coordinator.domains, on_change=coordinator.wake_all)
+    coordinator.set_halts(halts)
+    depository = DepositoryServicer(halts, list(relayers))
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
-    supply = SupplyServicer(publisher)
+    supply = SupplyServicer(publisher, halts=halts)
     operator = OperatorServicer(coordinator, store)
     server = BridgeServer(
         cfg.listen,
@@ -91,12 +100,14 @@ async def run(config_path: Path) -> None:
             events_pb2.DESCRIPTOR.services_by_name["LedgerEventSink"].full_name,
             supply_pb2.DESCRIPTOR.services_by_name["SupplyService"].full_name,
             operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
+            depository_pb2.DESCRIPTOR.services_by_name["DepositoryService"].full_name,
         ],
         [
             lambda s: transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfers, s),
             lambda s: events_pb2_grpc.add_LedgerEventSinkServicer_to_server(sink, s),
             lambda s: supply_pb2_grpc.add_SupplyServiceServicer_to_server(supply, s),
             lambda s: operator_pb2_grpc.add_OperatorServiceServicer_to_server(operator, s),
+            lambda s: depository_pb2_grpc.add_DepositoryServiceServicer_to_server(depository, s),
         ],
         security,
     )
@@ -105,6 +116,7 @@ async def run(config_path: Path) -> None:
     await server.start()
     resumed = await coordinator.start()
     await publisher.start()
+    await halts.start()
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
         await stop.wait()
@@ -112,11 +124,13 @@ async def run(config_path: Path) -> None:
         await server.stop()
         await coordinator.stop()
         await publisher.stop()
+        await halts.stop()
         for r in relayers.values():
             await r.close()
         await committee.close()
         store.close()
         supply_store.close()
+        halt_store.close()
         audit.close()
         log.info("coordinator stopped")
 

@@ -24,6 +24,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.flow import FlowStatus
+from bridge.domain.governance import HaltStatus, SignedOrder
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
@@ -33,9 +34,17 @@ from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.rpc.flow_convert import flow_status_from_pb
+from bridge.rpc.halt_convert import halt_from_pb, signed_order_to_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
 from bridge.rpc.tls import ClientIdentity
-from bridge.v1 import flow_pb2, relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
+from bridge.v1 import (
+    depository_pb2,
+    flow_pb2,
+    relayer_pb2,
+    relayer_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
 
 _TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
@@ -153,6 +162,29 @@ class RelayerGateway:
             req.certificate.CopyFrom(signatures_to_pb(certificate))
         try:
             m = await self._stub.Submit(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
+
+    # ---- depository halt
+
+    async def halt_status(self, security: str | None) -> HaltStatus:
+        """The ledger's halt flags for ``security`` (None: the ledger-wide flag), finalized."""
+        try:
+            m = await self._stub.GetHaltStatus(
+                depository_pb2.GetHaltStatusRequest(security_id=security or ""),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        if m.ledger_id != self.ledger:
+            raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
+        return halt_from_pb(m)
+
+    async def apply_order(self, signed: SignedOrder) -> TxOutcome:
+        """Submit a depository order to this ledger (idempotent by the ledger's sequence)."""
+        try:
+            m = await self._stub.ApplyOrder(signed_order_to_pb(signed), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}") from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)

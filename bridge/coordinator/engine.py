@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
+from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import (
     Decision,
@@ -144,6 +145,7 @@ class Coordinator:
         max_backoff: float = 10.0,
         supply: SupplyPublisher | None = None,
         sweep_every: float = 15.0,
+        halts: HaltBook | None = None,
     ) -> None:
         self._network = network
         self._store = store
@@ -153,6 +155,7 @@ class Coordinator:
         self._max_backoff = max_backoff
         self._supply = supply
         self._sweep_every = sweep_every
+        self._halts = halts  # ---- depository halt
         self._domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
             for name, lc in network.ledgers.items()
@@ -230,6 +233,38 @@ class Coordinator:
         ev = self._wakeups.get(tid)
         if ev is not None:
             ev.set()
+
+    # ---- depository halt
+    @property
+    def domains(self) -> Mapping[str, LedgerDomain]:
+        """Every ledger's claim domain (network, ledger and bridge words), by name."""
+        return self._domains
+
+    def set_halts(self, halts: HaltBook) -> None:
+        """Consult ``halts`` before locking, preparing and minting (see :meth:`_halt_gate`)."""
+        self._halts = halts
+
+    def wake_all(self) -> None:
+        """Make every driver re-read the ledgers now (a depository order changed the halts)."""
+        for ev in self._wakeups.values():
+            ev.set()
+
+    async def halted_on(self, record: TransferRecord) -> list[str]:
+        """The ledgers of ``record`` where its security is halted now (none when terminal)."""
+        if self._halts is None or record.state.terminal:
+            return []
+        security = SecurityId(record.request.security)
+        ledgers = (record.request.source_ledger, record.request.target_ledger)
+        return [name for name in ledgers if await self._halts.halted(name, security)]
+
+    async def _halt_gate(self, ledger: str, record: TransferRecord, what: str) -> None:
+        """Raise Halted when the transfer's security is halted on ``ledger`` (the driver
+        then waits with that reason and retries); the ledger enforces it regardless."""
+        if self._halts is None:
+            return
+        security = record.request.security
+        if await self._halts.halted(ledger, SecurityId(security)):
+            raise Halted(ledger, security, what)
 
     # -- the brokerage API -----------------------------------------------------------------
     async def submit(
@@ -804,6 +839,8 @@ class Coordinator:
 
     @staticmethod
     def _waiting_reason(exc: BaseException, since: float) -> str:
+        if isinstance(exc, Halted):  # ---- depository halt
+            return f"{exc} (since {_iso(since)})"
         if isinstance(exc, Unavailable):
             return f"waiting since {_iso(since)}: {exc}"
         if isinstance(exc, LedgerRejected):
@@ -849,6 +886,21 @@ class Coordinator:
         if step.step is StepKind.DONE:
             return True
         if step.step is StepKind.LOCK:
+            # ---- depository halt: not yet locked -> queued until released, or FAILED once
+            # its deadline passed (nothing moved; on EVM a lock after it is refused anyway).
+            if (
+                time.time() > terms.deadline
+                and self._halts is not None
+                and await self._halts.halted(src_name, SecurityId(record.request.security))
+            ):
+                await self._set_state(
+                    record,
+                    TransferState.FAILED,
+                    f"HALTED: {record.request.security} was halted on {src_name} by the"
+                    " depository until the deadline passed; nothing moved",
+                )
+                return True
+            await self._halt_gate(src_name, record, "the transfer waits before the lock")
             try:
                 out = await src.submit(Action.LOCK, terms, None, record.instruction)
             except LedgerRejected as exc:
@@ -864,6 +916,13 @@ class Coordinator:
             return False
         if step.step is StepKind.PREPARE:
             action = Action.MARK_EXPIRED if time.time() > terms.deadline else Action.PREPARE
+            if action is Action.PREPARE:  # ---- depository halt: the Expired marker still goes
+                await self._halt_gate(
+                    dst_name,
+                    record,
+                    "units stay in escrow; the transfer aborts at its deadline"
+                    " unless released first",
+                )
             certs = await self._committee.certify(
                 ClaimKind.LOCKED, terms, [self._domains[dst_name]]
             )
@@ -881,14 +940,23 @@ class Coordinator:
         assert decision is not None
         assert step.step is StepKind.APPLY
         jobs = []
+        target_action = step.target_action
+        held: Halted | None = None
+        if target_action is Action.COMMIT:  # ---- depository halt: the mint waits (COMMIT final)
+            try:
+                await self._halt_gate(dst_name, record, "COMMIT is decided; the mint waits")
+            except Halted as exc:
+                held, target_action = exc, None
         if step.source_action is not None:
             jobs.append(self._apply(src, step.source_action, Leg.OUTBOUND, record, decision))
-        if step.target_action is not None:
-            jobs.append(self._apply(dst, step.target_action, Leg.INBOUND, record, decision))
+        if target_action is not None:
+            jobs.append(self._apply(dst, target_action, Leg.INBOUND, record, decision))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        if held is not None:
+            raise held
         return False
 
     # ---- parking

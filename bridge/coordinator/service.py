@@ -85,7 +85,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.GetTransferRequest, context: Context
     ) -> transfer_pb2.Transfer:
         """One transfer, with why it waits if it is not terminal."""
-        return transfer_to_pb(await self._coordinator.get(parse_transfer_id(request.transfer_id)))
+        record = await self._coordinator.get(parse_transfer_id(request.transfer_id))
+        message = transfer_to_pb(record)
+        message.halted_on.extend(await self._coordinator.halted_on(record))  # ---- depository halt
+        return message
 
     @grpc_errors
     async def ListTransfers(

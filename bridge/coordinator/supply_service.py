@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from bridge.coordinator.depository_service import order_status_to_pb
+from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.publisher import SupplyPublisher
+from bridge.domain.errors import BridgeError
 from bridge.domain.ids import SecurityId
+from bridge.domain.supply import Attestation
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
 from bridge.rpc.supply_convert import (
     attestation_to_pb,
@@ -23,8 +27,28 @@ def _security(text: str) -> str:
 class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
     """Serves committee-signed records; operator calls are checked against operator keys."""
 
-    def __init__(self, publisher: SupplyPublisher) -> None:
+    def __init__(self, publisher: SupplyPublisher, halts: HaltBook | None = None) -> None:
         self._publisher = publisher
+        self._halts = halts  # ---- depository halt
+
+    # ---- depository halt
+    async def _with_halts(self, a: Attestation) -> supply_pb2.Attestation:
+        """The attestation with the security's halts when it is sent (fields 20-21: the
+        ledgers that show it halted, read from the ledgers, and the depository-signed orders
+        recorded for it; not committee-signed, like ``alerts``)."""
+        m = attestation_to_pb(a)
+        if self._halts is None:
+            return m
+        record = a.signed.record
+        security = SecurityId(record.security)
+        for ledger in sorted({r.ledger for r in record.readings}):
+            try:
+                if (await self._halts.ledger_status(ledger, security)).halted:
+                    m.halted_ledgers.append(ledger)
+            except BridgeError:
+                continue  # unreadable now: not reported as halted (the ledger still enforces)
+        m.halt_orders.extend(order_status_to_pb(r) for r in await self._halts.orders(security))
+        return m
 
     @grpc_errors
     async def GetSupply(
@@ -34,7 +58,7 @@ class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
         security = _security(request.security_id) if request.security_id else None
         attestations = await self._publisher.latest(security)
         return supply_pb2.GetSupplyResponse(
-            attestations=[attestation_to_pb(a) for a in attestations]
+            attestations=[await self._with_halts(a) for a in attestations]
         )
 
     @grpc_stream_errors
@@ -44,7 +68,7 @@ class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
         """Every record from ``from_sequence`` on, then live ones, until the client leaves."""
         security = _security(request.security_id) if request.security_id else None
         async for a in self._publisher.stream(security, request.from_sequence):
-            yield attestation_to_pb(a)
+            yield await self._with_halts(a)
 
     @grpc_errors
     async def GetRegistration(

@@ -248,3 +248,69 @@ def init_parameters_digest(args: Sequence[str]) -> str:
     arguments, compact, ASCII."""
     text = json.dumps(list(args), separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+# ---- depository halt
+#
+# A depository order halts or releases one security (or every security, security word zero)
+# on one ledger (or on every ledger of the network, ledger word zero), or replaces the
+# depository's own key. The depository signs ``order_digest`` (signature rules of committee
+# signatures); every endpoint keeps the depository's address, the last sequence it applied
+# (an order must carry a strictly greater one: replay protection, per ledger) and refuses
+# an order whose ``expiry`` has passed (a stale signed order cannot be submitted later).
+
+ORDER_TAG = tag("KSTB/depository-order/v2")
+
+ORDER_HALT = 1
+ORDER_RELEASE = 2
+ORDER_SET_DEPOSITORY = 3
+ORDER_ACTIONS = (ORDER_HALT, ORDER_RELEASE, ORDER_SET_DEPOSITORY)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """``BridgeTypes.Order``: one signed depository order.
+
+    ``network`` and ``ledger`` are the words of the ledger it is for (``ledger`` zero: every
+    ledger of that network); ``security`` zero means every security of the ledger; ``key``
+    is the new depository address word for ``ORDER_SET_DEPOSITORY`` and zero otherwise.
+    Construction checks only the encoding bounds.
+    """
+
+    network: bytes
+    ledger: bytes
+    security: bytes
+    action: int
+    sequence: int
+    expiry: int
+    key: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("network", "ledger", "security", "key"):
+            word32(getattr(self, name))
+        uint(self.action, 8)
+        uint(self.sequence, 64)
+        uint(self.expiry, 64)
+
+    @property
+    def digest(self) -> bytes:
+        """``BridgeTypes.orderDigest(o)``."""
+        return order_digest(self)
+
+
+def order_digest(o: Order) -> bytes:
+    """What the depository signs: ``keccak256(abi.encode(ORDER_TAG, uint16 2, network, ledger,
+    security, uint8 action, uint64 sequence, uint64 expiry, key))``."""
+    return keccak256(
+        encode(
+            ORDER_TAG,
+            uint(PROTOCOL_VERSION, 16),
+            word32(o.network),
+            word32(o.ledger),
+            word32(o.security),
+            uint(o.action, 8),
+            uint(o.sequence, 64),
+            uint(o.expiry, 64),
+            word32(o.key),
+        )
+    )

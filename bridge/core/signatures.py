@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 
 from coincurve import PublicKey
 
+from .digests import ORDER_ACTIONS, ORDER_SET_DEPOSITORY, Order, order_digest
 from .hashing import keccak256
 from .reasons import ErrorReason, ProtocolError
 
@@ -116,3 +117,54 @@ def check_instruction(digest: bytes, instructor: bytes, instruction: bytes) -> N
             ErrorReason.INVALID_INSTRUCTION,
             f"signed by 0x{signer.hex()}, not the instructor 0x{instructor[12:].hex()}",
         )
+
+
+# ---- depository halt
+
+
+def check_order(
+    order: Order,
+    signature: bytes,
+    depository: bytes | None,
+    network: bytes,
+    ledger: bytes,
+    last_sequence: int,
+    now: int | None,
+) -> None:
+    """The endpoints' acceptance rule for a depository order, check for check and in order.
+
+    In order: a depository key is configured (NO_DEPOSITORY); the action is known and a
+    key-replacement names a nonzero address word while the others name none (INVALID_ORDER);
+    the order is for this network and for this ledger or every ledger (WRONG_LEDGER); it has
+    not expired, ``now < expiry`` (ORDER_EXPIRED; skipped when ``now`` is None: a ledger
+    without a clock); its sequence is
+    above ``last_sequence`` (STALE_ORDER: a replay or an older order); the signature follows
+    the signature rules (INVALID_SIGNATURE) and recovers to ``depository`` (NOT_DEPOSITORY).
+    Raises ProtocolError on the first failure; returns None when the order is accepted.
+    """
+    if depository is None:
+        raise ProtocolError(ErrorReason.NO_DEPOSITORY, "no depository key is configured")
+    if order.action not in ORDER_ACTIONS:
+        raise ProtocolError(ErrorReason.INVALID_ORDER, f"action={order.action}")
+    if (order.action == ORDER_SET_DEPOSITORY) != any(order.key):
+        raise ProtocolError(ErrorReason.INVALID_ORDER, "key must be set exactly for a key change")
+    if order.action == ORDER_SET_DEPOSITORY and (any(order.key[:12]) or any(order.security)):
+        raise ProtocolError(
+            ErrorReason.INVALID_ORDER, "a key change names an address word and no security"
+        )
+    if order.network != network:
+        raise ProtocolError(ErrorReason.WRONG_LEDGER, "order is for another network")
+    if any(order.ledger) and order.ledger != ledger:
+        raise ProtocolError(ErrorReason.WRONG_LEDGER, "order is for another ledger")
+    if now is not None and now >= order.expiry:
+        raise ProtocolError(ErrorReason.ORDER_EXPIRED, f"expiry={order.expiry}, now={now}")
+    if order.sequence <= last_sequence:
+        raise ProtocolError(
+            ErrorReason.STALE_ORDER, f"sequence={order.sequence}, last={last_sequence}"
+        )
+    try:
+        signer = recover_signer(order_digest(order), signature)
+    except ProtocolError:
+        raise ProtocolError(ErrorReason.INVALID_SIGNATURE, "index=0") from None
+    if signer != depository:
+        raise ProtocolError(ErrorReason.NOT_DEPOSITORY, f"signer=0x{signer.hex()}")

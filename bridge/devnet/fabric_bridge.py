@@ -342,6 +342,16 @@ class FabricBridgeLedger:
         """Register (or remove) brokerage instruction key ``key`` (a 0x address)."""
         self.consortium_calls([("SetInstructor", [key.lower(), "true" if enabled else "false"])])
 
+    # ---- depository halt
+
+    def set_depository(self, key: str) -> None:
+        """``SetDepository``: install the depository's key (a 0x address; admin, once)."""
+        self._admin_calls([("SetDepository", [key.lower()])])
+
+    def halt_status(self, security_word: bytes) -> dict[str, object]:
+        """The chaincode's ``HaltStatus`` of a security word (zero: the ledger flag)."""
+        return dict(self._query("HaltStatus", "0x" + security_word.hex()))
+
     def is_instructor(self, key: str) -> bool:
         """Whether the endpoint accepts locks instructed by ``key``."""
         return bool(self._query("IsInstructor", key.lower())["instructor_registered"])

@@ -142,6 +142,8 @@ class LocalSystem:
     instruction_keys: dict[str, DevAccount] = field(default_factory=dict)
     """Per ledger, the instruction key of the brokerage that manages its accounts."""
     _brokerage: Brokerage | None = None
+    depository_key: DevAccount = field(default_factory=DevAccount.generate)
+    """The depository's secp256k1 order key (``install_depository``; ``keys/depository.key``)."""
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -174,6 +176,19 @@ class LocalSystem:
             self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
                 committee, self.isins, instructors=[self.instruction_key(name).address]
             )
+        self.install_depository()
+
+    # ---- depository halt
+    def install_depository(self) -> None:
+        """Give every endpoint the depository's order key (``setDepository``/``SetDepository``,
+        admin, once) and write it 0600 to ``keys/depository.key`` for the CLI."""
+        write_key_file(self.workdir / "keys" / "depository.key", self.depository_key)
+        for h in self.ledgers.values():
+            deploy.set_depository(
+                h.w3, h.admin.private_key, h.endpoint, self.depository_key.address
+            )
+        for f in self.fabric.values():
+            f.set_depository(self.depository_key.address)
 
     def _start_custody(self) -> Committee:
         """The committee's keys: 0600 files, or keys generated inside a SoftHSM2 token."""

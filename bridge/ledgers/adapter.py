@@ -10,6 +10,7 @@ from typing import Protocol
 
 from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.flow import FlowStatus
+from bridge.domain.governance import HaltStatus, Order
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -111,6 +112,13 @@ class LedgerReader(Protocol):
         """Release connections."""
         ...
 
+    # ---- depository halt
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """What the endpoint enforces for ``security`` (None: only the ledger-wide flag is
+        meaningful), read from committed (finalized) state."""
+        ...
+
 
 class LedgerAdapter(LedgerReader, Protocol):
     """A LedgerReader that can also apply protocol steps with the operator's identity."""
@@ -152,5 +160,17 @@ class LedgerAdapter(LedgerReader, Protocol):
         (EpochAlreadyInstalled for a different committee already installed for that epoch,
         WrongEpoch, EpochNotActive, InvalidRotation, InvalidCommittee, or a certificate
         error); transient faults raise Unavailable.
+        """
+        ...
+
+    # ---- depository halt
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """Submit a depository order and wait until it is final.
+
+        Idempotent: when the endpoint's last applied sequence is already ``>=`` the order's
+        (this order, or a later one that supersedes it), nothing is sent and
+        ``already_applied`` is set. A refusal by the endpoint raises LedgerRejected with its
+        reason (NotDepository, StaleOrder, OrderExpired, ...); transient faults Unavailable.
         """
         ...

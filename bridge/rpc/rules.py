@@ -109,6 +109,7 @@ _S = "/bridge.v1.SupplyService/"
 _O = "/bridge.v1.OperatorService/"
 _R = "/bridge.v1.RelayerService/"
 _V = "/bridge.v1.VerifierService/"
+_D = "/bridge.v1.DepositoryService/"  # ---- depository halt
 
 _READERS = (BROKERAGE, DEPOSITORY, BRIDGE_OPERATOR)
 _SUPPLY_READERS = (DEPOSITORY, SUPPLY_OPERATOR)
@@ -144,6 +145,14 @@ RULES: Mapping[str, Rule] = {
     _V + "GetIdentity": _rule(COORDINATOR),
     _V + "SignClaim": _rule(COORDINATOR),
     _V + "SignSupply": _rule(COORDINATOR),
+    # ---- depository halt
+    # SECURITY: only the depository submits halt orders (the ledgers check its signature
+    # anyway; the rule keeps anyone else from filling the coordinator's order book), and
+    # only the coordinator drives a relayer to apply one.
+    _D + "SubmitHaltOrder": _rule(DEPOSITORY),
+    _D + "GetHaltStatus": _rule(DEPOSITORY, BRIDGE_OPERATOR),
+    _R + "ApplyOrder": _rule(COORDINATOR),
+    _R + "GetHaltStatus": _rule(COORDINATOR),
     # Health and reflection reveal nothing beyond the public protos and liveness; any
     # caller with a valid certificate may use them (there is no way in without one).
     "/grpc.health.v1.Health/Check": _rule(ANY_AUTHENTICATED),

@@ -13,6 +13,7 @@ RFC 6979 deterministic, so the file is reproducible byte for byte.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from bridge.core.signatures import (
     address_of_public_key,
     check_certificate,
     check_instruction,
+    check_order,
 )
 
 VECTORS = Path(__file__).resolve().parents[1] / "core" / "vectors.json"
@@ -108,6 +110,7 @@ def build() -> dict[str, Any]:
         "claim": _hex(digests.CLAIM_TAG),
         "instruction": _hex(digests.INSTRUCTION_TAG),
         "rotation": _hex(digests.ROTATION_TAG),
+        "order": _hex(digests.ORDER_TAG),
     }
     out["ledger_words"] = {n: _hex(words.ledger_word(n)) for n in ("evm-a", "fabric-b", "x")}
     out["security_words"] = {
@@ -157,6 +160,7 @@ def build() -> dict[str, Any]:
     out["instructions"] = _instructions()
     out["certificates"] = _certificates()
     out["rotations"] = _rotations()
+    out["orders"] = _orders()
     return out
 
 
@@ -199,6 +203,99 @@ def _rotations() -> list[dict[str, Any]]:
         }
         for c in cases
     ]
+
+
+# ---- depository halt
+
+
+def _order_json(o: digests.Order) -> dict[str, Any]:
+    return {
+        "network": _hex(o.network),
+        "ledger": _hex(o.ledger),
+        "security": _hex(o.security),
+        "action": o.action,
+        "sequence": o.sequence,
+        "expiry": o.expiry,
+        "key": _hex(o.key),
+    }
+
+
+def _orders() -> dict[str, Any]:
+    """Order digests and the order acceptance rule (depository = vector key 20)."""
+    depository, stranger = vector_key(20), vector_key(21)
+    network = words.evm_network_word(31337)
+    ledger = words.ledger_word("evm-a")
+    sec = words.security_word("KR7005930003")
+    zero = bytes(32)
+    base = digests.Order(network, ledger, sec, digests.ORDER_HALT, 7, 1_700_000_600, zero)
+
+    def with_(**kw: Any) -> digests.Order:
+        return dataclasses.replace(base, **kw)
+
+    new_key = bytes(12) + _address(stranger)
+    signed = [
+        ("halt one security", base, depository, None),
+        ("release", with_(action=digests.ORDER_RELEASE), depository, None),
+        ("whole ledger", with_(security=zero), depository, None),
+        ("every ledger", with_(ledger=zero), depository, None),
+        (
+            "new depository key",
+            with_(action=digests.ORDER_SET_DEPOSITORY, security=zero, key=new_key),
+            depository,
+            None,
+        ),
+        ("signed by a stranger", base, stranger, "NotDepository"),
+        ("unknown action", with_(action=4), depository, "InvalidOrder"),
+        ("key on a halt", with_(key=new_key), depository, "InvalidOrder"),
+        (
+            "key change without key",
+            with_(action=digests.ORDER_SET_DEPOSITORY),
+            depository,
+            "InvalidOrder",
+        ),
+        ("another network", with_(network=words.evm_network_word(1)), depository, "WrongLedger"),
+        ("another ledger", with_(ledger=words.ledger_word("fabric-b")), depository, "WrongLedger"),
+        ("expired", with_(expiry=1_700_000_000), depository, "OrderExpired"),
+        ("replayed sequence", with_(sequence=5), depository, "StaleOrder"),
+        ("lower sequence", with_(sequence=4), depository, "StaleOrder"),
+    ]
+    cases = []
+    for name, order, key, expect in signed:
+        sig = _sign(key, order.digest)
+        cases.append((name, order, sig, expect))
+    good = _sign(depository, base.digest)
+    s_int = int.from_bytes(good[32:64], "big")
+    high_s = good[:32] + (SECP256K1_N - s_int).to_bytes(32, "big") + bytes([55 - good[64]])
+    cases += [
+        ("high s twin", base, high_s, "InvalidSignature"),
+        ("truncated", base, good[:64], "InvalidSignature"),
+        ("signed for other terms", with_(sequence=8), good, "NotDepository"),
+    ]
+    out = []
+    for name, order, sig, expect in cases:
+        try:
+            check_order(order, sig, _address(depository), network, ledger, 5, 1_700_000_000)
+            got = None
+        except ProtocolError as exc:
+            got = exc.reason.value
+        assert got == expect, (name, got)
+        out.append(
+            {
+                "name": name,
+                "order": _order_json(order),
+                "digest": _hex(order.digest),
+                "signature": _hex(sig),
+                "expect": expect,
+            }
+        )
+    return {
+        "depository": _hex(_address(depository)),
+        "network": _hex(network),
+        "ledger": _hex(ledger),
+        "last_sequence": 5,
+        "now": 1_700_000_000,
+        "cases": out,
+    }
 
 
 def _instructions() -> list[dict[str, Any]]:

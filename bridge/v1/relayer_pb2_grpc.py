@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from bridge.v1 import depository_pb2 as bridge_dot_v1_dot_depository__pb2
 from bridge.v1 import flow_pb2 as bridge_dot_v1_dot_flow__pb2
 from bridge.v1 import relayer_pb2 as bridge_dot_v1_dot_relayer__pb2
 from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
@@ -68,6 +69,16 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_flow__pb2.FlowStatus.FromString,
                 _registered_method=True)
+        self.ApplyOrder = channel.unary_unary(
+                '/bridge.v1.RelayerService/ApplyOrder',
+                request_serializer=bridge_dot_v1_dot_depository__pb2.SignedDepositoryOrder.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
+                _registered_method=True)
+        self.GetHaltStatus = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetHaltStatus',
+                request_serializer=bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_depository__pb2.LedgerHalt.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -117,6 +128,22 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyOrder(self, request, context):
+        """---- depository halt
+        Submit a depository-signed order to this ledger. Idempotent: an order at or below the
+        ledger's last applied sequence returns OK with already_applied set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHaltStatus(self, request, context):
+        """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +176,16 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.GetFlowStatus,
                     request_deserializer=bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_flow__pb2.FlowStatus.SerializeToString,
+            ),
+            'ApplyOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyOrder,
+                    request_deserializer=bridge_dot_v1_dot_depository__pb2.SignedDepositoryOrder.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.SerializeToString,
+            ),
+            'GetHaltStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHaltStatus,
+                    request_deserializer=bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_depository__pb2.LedgerHalt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +352,60 @@ class RelayerService:
             '/bridge.v1.RelayerService/GetFlowStatus',
             bridge_dot_v1_dot_flow__pb2.GetLaneFlowRequest.SerializeToString,
             bridge_dot_v1_dot_flow__pb2.FlowStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/ApplyOrder',
+            bridge_dot_v1_dot_depository__pb2.SignedDepositoryOrder.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHaltStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetHaltStatus',
+            bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.SerializeToString,
+            bridge_dot_v1_dot_depository__pb2.LedgerHalt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from bridge.v1 import depository_pb2 as _depository_pb2
 from bridge.v1 import flow_pb2 as _flow_pb2
 from bridge.v1 import relayer_pb2 as _relayer_pb2
 from bridge.v1 import supply_pb2 as _supply_pb2
@@ -50,6 +51,13 @@ class RelayerServiceStub:
     """One security's supply figures at the finalized height (or at a given finalized height)."""
     GetFlowStatus: _grpc.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]
     """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+    ApplyOrder: _grpc.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _relayer_pb2.SubmitResponse]
+    """---- depository halt
+    Submit a depository-signed order to this ledger. Idempotent: an order at or below the
+    ledger's last applied sequence returns OK with already_applied set.
+    """
+    GetHaltStatus: _grpc.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]
+    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -71,6 +79,13 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """One security's supply figures at the finalized height (or at a given finalized height)."""
     GetFlowStatus: _aio.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]  # type: ignore[assignment]
     """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+    ApplyOrder: _aio.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _relayer_pb2.SubmitResponse]  # type: ignore[assignment]
+    """---- depository halt
+    Submit a depository-signed order to this ledger. Idempotent: an order at or below the
+    ledger's last applied sequence returns OK with already_applied set.
+    """
+    GetHaltStatus: _aio.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]  # type: ignore[assignment]
+    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each chain operator's relayer, called by the coordinator.
@@ -125,5 +140,24 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_pb2.FlowStatus, _abc.Awaitable[_flow_pb2.FlowStatus]]:
         """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+
+    @_abc_1.abstractmethod
+    def ApplyOrder(
+        self,
+        request: _depository_pb2.SignedDepositoryOrder,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.SubmitResponse, _abc.Awaitable[_relayer_pb2.SubmitResponse]]:
+        """---- depository halt
+        Submit a depository-signed order to this ledger. Idempotent: an order at or below the
+        ledger's last applied sequence returns OK with already_applied set.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHaltStatus(
+        self,
+        request: _depository_pb2.GetHaltStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_depository_pb2.LedgerHalt, _abc.Awaitable[_depository_pb2.LedgerHalt]]:
+        """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from bridge.v1 import depository_pb2 as _depository_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -167,6 +168,8 @@ class Attestation(_message.Message):
     HELD_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    HALTED_LEDGERS_FIELD_NUMBER: _builtins.int
+    HALT_ORDERS_FIELD_NUMBER: _builtins.int
     feed_sequence: _builtins.int
     """Position in this coordinator's feed (all securities), for resuming a stream."""
     held: _builtins.bool
@@ -184,6 +187,17 @@ class Attestation(_message.Message):
 
     @_builtins.property
     def published_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def halted_ledgers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """---- depository halt
+        Not signed by the committee (informational, as alerts): the ledgers where this
+        security is halted when the attestation was sent, as the coordinator last read them
+        from the ledgers, and the depository-signed orders it recorded for the security (the
+        depository verifies its own signatures).
+        """
+
+    @_builtins.property
+    def halt_orders(self) -> _containers.RepeatedCompositeFieldContainer[_depository_pb2.DepositoryOrderStatus]: ...
     def __init__(
         self,
         *,
@@ -194,10 +208,12 @@ class Attestation(_message.Message):
         held: _builtins.bool = ...,
         hold_reason: _builtins.str = ...,
         published_at: _timestamp_pb2.Timestamp | None = ...,
+        halted_ledgers: _abc.Iterable[_builtins.str] | None = ...,
+        halt_orders: _abc.Iterable[_depository_pb2.DepositoryOrderStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at", "record", b"record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "feed_sequence", b"feed_sequence", "held", b"held", "hold_reason", b"hold_reason", "published_at", b"published_at", "record", b"record", "signatures", b"signatures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "feed_sequence", b"feed_sequence", "halt_orders", b"halt_orders", "halted_ledgers", b"halted_ledgers", "held", b"held", "hold_reason", b"hold_reason", "published_at", b"published_at", "record", b"record", "signatures", b"signatures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

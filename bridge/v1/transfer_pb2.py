@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/transfer.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\x15SubmitTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bsecurity_id\x18\x02 \x01(\t\x12\x15\n\rsource_ledger\x18\x03 \x01(\t\x12\x15\n\rtarget_ledger\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12+\n\x0binstruction\x18\x08 \x01(\x0b\x32\x16.bridge.v1.Instruction\"U\n\x0bInstruction\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x10\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x04\x12\x12\n\ninstructor\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"P\n\x16SubmitTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.bridge.v1.Transfer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xea\x04\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0bsecurity_id\x18\x03 \x01(\t\x12\x15\n\rsource_ledger\x18\x04 \x01(\t\x12\x15\n\rtarget_ledger\x18\x05 \x01(\t\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x11\n\trecipient\x18\x07 \x01(\t\x12\x0e\n\x06\x61mount\x18\x08 \x01(\t\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0ctransactions\x18\x0e \x03(\x0b\x32%.bridge.v1.Transfer.TransactionsEntry\x12\x0e\n\x06parked\x18\x19 \x01(\x08\x12\x15\n\rparked_reason\x18\x1a \x01(\r\x12*\n\x0bwait_reason\x18\x0f \x01(\x0e\x32\x15.bridge.v1.WaitReason\x12.\n\nnot_before\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x33\n\x11TransactionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"{\n\x14ListTransfersRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x13\n\x0bsecurity_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14WatchTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xaa\x01\n\x0eTransferUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08transfer\x18\x05 \x01(\x0b\x32\x13.bridge.v1.Transfer*\xbf\x02\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_SUBMITTED\x10\x01\x12 \n\x1cTRANSFER_STATE_SOURCE_LOCKED\x10\x02\x12\"\n\x1eTRANSFER_STATE_TARGET_PREPARED\x10\x03\x12\x1d\n\x19TRANSFER_STATE_COMMITTING\x10\x04\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x05\x12\x1b\n\x17TRANSFER_STATE_ABORTING\x10\x06\x12\x1a\n\x16TRANSFER_STATE_ABORTED\x10\x07\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x08\x12\x19\n\x15TRANSFER_STATE_QUEUED\x10\t*\xcb\x01\n\nWaitReason\x12\x1b\n\x17WAIT_REASON_UNSPECIFIED\x10\x00\x12(\n$WAIT_REASON_SOURCE_OUTBOUND_CAPACITY\x10\x01\x12\'\n#WAIT_REASON_TARGET_INBOUND_CAPACITY\x10\x02\x12\'\n#WAIT_REASON_BEHIND_EARLIER_TRANSFER\x10\x03\x12$\n WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x04\x32\xce\x02\n\x0fTransferService\x12U\n\x0eSubmitTransfer\x12 .bridge.v1.SubmitTransferRequest\x1a!.bridge.v1.SubmitTransferResponse\x12\x41\n\x0bGetTransfer\x12\x1d.bridge.v1.GetTransferRequest\x1a\x13.bridge.v1.Transfer\x12R\n\rListTransfers\x12\x1f.bridge.v1.ListTransfersRequest\x1a .bridge.v1.ListTransfersResponse\x12M\n\rWatchTransfer\x12\x1f.bridge.v1.WatchTransferRequest\x1a\x19.bridge.v1.TransferUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/transfer.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x01\n\x15SubmitTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bsecurity_id\x18\x02 \x01(\t\x12\x15\n\rsource_ledger\x18\x03 \x01(\t\x12\x15\n\rtarget_ledger\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0e\n\x06\x61mount\x18\x07 \x01(\t\x12+\n\x0binstruction\x18\x08 \x01(\x0b\x32\x16.bridge.v1.Instruction\"U\n\x0bInstruction\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x10\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x04\x12\x12\n\ninstructor\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"P\n\x16SubmitTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.bridge.v1.Transfer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xfd\x04\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0bsecurity_id\x18\x03 \x01(\t\x12\x15\n\rsource_ledger\x18\x04 \x01(\t\x12\x15\n\rtarget_ledger\x18\x05 \x01(\t\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x11\n\trecipient\x18\x07 \x01(\t\x12\x0e\n\x06\x61mount\x18\x08 \x01(\t\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0ctransactions\x18\x0e \x03(\x0b\x32%.bridge.v1.Transfer.TransactionsEntry\x12\x0e\n\x06parked\x18\x19 \x01(\x08\x12\x15\n\rparked_reason\x18\x1a \x01(\r\x12*\n\x0bwait_reason\x18\x0f \x01(\x0e\x32\x15.bridge.v1.WaitReason\x12.\n\nnot_before\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\thalted_on\x18\x14 \x03(\t\x1a\x33\n\x11TransactionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"{\n\x14ListTransfersRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x13\n\x0bsecurity_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14WatchTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xaa\x01\n\x0eTransferUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.bridge.v1.TransferState\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08transfer\x18\x05 \x01(\x0b\x32\x13.bridge.v1.Transfer*\xbf\x02\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_SUBMITTED\x10\x01\x12 \n\x1cTRANSFER_STATE_SOURCE_LOCKED\x10\x02\x12\"\n\x1eTRANSFER_STATE_TARGET_PREPARED\x10\x03\x12\x1d\n\x19TRANSFER_STATE_COMMITTING\x10\x04\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x05\x12\x1b\n\x17TRANSFER_STATE_ABORTING\x10\x06\x12\x1a\n\x16TRANSFER_STATE_ABORTED\x10\x07\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x08\x12\x19\n\x15TRANSFER_STATE_QUEUED\x10\t*\xcb\x01\n\nWaitReason\x12\x1b\n\x17WAIT_REASON_UNSPECIFIED\x10\x00\x12(\n$WAIT_REASON_SOURCE_OUTBOUND_CAPACITY\x10\x01\x12\'\n#WAIT_REASON_TARGET_INBOUND_CAPACITY\x10\x02\x12\'\n#WAIT_REASON_BEHIND_EARLIER_TRANSFER\x10\x03\x12$\n WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x04\x32\xce\x02\n\x0fTransferService\x12U\n\x0eSubmitTransfer\x12 .bridge.v1.SubmitTransferRequest\x1a!.bridge.v1.SubmitTransferResponse\x12\x41\n\x0bGetTransfer\x12\x1d.bridge.v1.GetTransferRequest\x1a\x13.bridge.v1.Transfer\x12R\n\rListTransfers\x12\x1f.bridge.v1.ListTransfersRequest\x1a .bridge.v1.ListTransfersResponse\x12M\n\rWatchTransfer\x12\x1f.bridge.v1.WatchTransferRequest\x1a\x19.bridge.v1.TransferUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSFER_TRANSACTIONSENTRY']._loaded_options = None
   _globals['_TRANSFER_TRANSACTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_TRANSFERSTATE']._serialized_start=1553
-  _globals['_TRANSFERSTATE']._serialized_end=1872
-  _globals['_WAITREASON']._serialized_start=1875
-  _globals['_WAITREASON']._serialized_end=2078
+  _globals['_TRANSFERSTATE']._serialized_start=1572
+  _globals['_TRANSFERSTATE']._serialized_end=1891
+  _globals['_WAITREASON']._serialized_start=1894
+  _globals['_WAITREASON']._serialized_end=2097
   _globals['_SUBMITTRANSFERREQUEST']._serialized_start=73
   _globals['_SUBMITTRANSFERREQUEST']._serialized_end=284
   _globals['_INSTRUCTION']._serialized_start=286
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTRANSFERRESPONSE']._serialized_start=373
   _globals['_SUBMITTRANSFERRESPONSE']._serialized_end=453
   _globals['_TRANSFER']._serialized_start=456
-  _globals['_TRANSFER']._serialized_end=1074
-  _globals['_TRANSFER_TRANSACTIONSENTRY']._serialized_start=1023
-  _globals['_TRANSFER_TRANSACTIONSENTRY']._serialized_end=1074
-  _globals['_GETTRANSFERREQUEST']._serialized_start=1076
-  _globals['_GETTRANSFERREQUEST']._serialized_end=1117
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1119
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1242
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1244
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1332
-  _globals['_WATCHTRANSFERREQUEST']._serialized_start=1334
-  _globals['_WATCHTRANSFERREQUEST']._serialized_end=1377
-  _globals['_TRANSFERUPDATE']._serialized_start=1380
-  _globals['_TRANSFERUPDATE']._serialized_end=1550
-  _globals['_TRANSFERSERVICE']._serialized_start=2081
-  _globals['_TRANSFERSERVICE']._serialized_end=2415
+  _globals['_TRANSFER']._serialized_end=1093
+  _globals['_TRANSFER_TRANSACTIONSENTRY']._serialized_start=1042
+  _globals['_TRANSFER_TRANSACTIONSENTRY']._serialized_end=1093
+  _globals['_GETTRANSFERREQUEST']._serialized_start=1095
+  _globals['_GETTRANSFERREQUEST']._serialized_end=1136
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1138
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1261
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1263
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1351
+  _globals['_WATCHTRANSFERREQUEST']._serialized_start=1353
+  _globals['_WATCHTRANSFERREQUEST']._serialized_end=1396
+  _globals['_TRANSFERUPDATE']._serialized_start=1399
+  _globals['_TRANSFERUPDATE']._serialized_end=1569
+  _globals['_TRANSFERSERVICE']._serialized_start=2100
+  _globals['_TRANSFERSERVICE']._serialized_end=2434
 # @@protoc_insertion_point(module_scope)

@@ -256,6 +256,7 @@ class Transfer(_message.Message):
     PARKED_REASON_FIELD_NUMBER: _builtins.int
     WAIT_REASON_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    HALTED_ON_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """0x-prefixed 32-byte hex: keccak256(tag, source ledger, source bridge, nonce)."""
     idempotency_key: _builtins.str
@@ -296,6 +297,14 @@ class Transfer(_message.Message):
         LARGE_TRANSFER_DELAY: the time before which the ledger refuses the commit.
         """
 
+    @_builtins.property
+    def halted_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """---- depository halt
+        The ledgers of this transfer where its security is halted by the depository now (as
+        the coordinator last read them); the transfer waits there (see Transfer.reason).
+        Filled by GetTransfer only (empty in lists and watch updates).
+        """
+
     def __init__(
         self,
         *,
@@ -317,10 +326,11 @@ class Transfer(_message.Message):
         parked_reason: _builtins.int = ...,
         wait_reason: Global___WaitReason.ValueType = ...,
         not_before: _timestamp_pb2.Timestamp | None = ...,
+        halted_on: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "not_before", b"not_before", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "not_before", b"not_before", "parked", b"parked", "parked_reason", b"parked_reason", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "deadline", b"deadline", "halted_on", b"halted_on", "idempotency_key", b"idempotency_key", "not_before", b"not_before", "parked", b"parked", "parked_reason", b"parked_reason", "reason", b"reason", "recipient", b"recipient", "security_id", b"security_id", "sender", b"sender", "source_ledger", b"source_ledger", "state", b"state", "target_ledger", b"target_ledger", "transactions", b"transactions", "transfer_id", b"transfer_id", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

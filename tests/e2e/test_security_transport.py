@@ -26,6 +26,7 @@ from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.rpc.rules import ANY_AUTHENTICATED, RULES
 from bridge.supply_client import SupplyFeed
 from bridge.v1 import (
+    depository_pb2,
     events_pb2,
     events_pb2_grpc,
     operator_pb2,
@@ -44,7 +45,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.security]
 A, B, C = "brokerage-a", "brokerage-b", "brokerage-c"
 S = transfer_pb2
 TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
-PROTO_MODULES = (events_pb2, operator_pb2, relayer_pb2, supply_pb2, transfer_pb2, verifier_pb2)
+PROTO_MODULES = (
+    depository_pb2,  # ---- depository halt
+    events_pb2,
+    operator_pb2,
+    relayer_pb2,
+    supply_pb2,
+    transfer_pb2,
+    verifier_pb2,
+)
 CALLERS = (
     "coordinator",
     "bridge-operator",

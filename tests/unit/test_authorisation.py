@@ -18,6 +18,7 @@ from bridge.rpc.authn import Authenticator, Unauthenticated
 from bridge.rpc.roles import Principal, Role, parse_role
 from bridge.rpc.rules import ANY_AUTHENTICATED, RULES, role_allowed
 from bridge.v1 import (
+    depository_pb2,
     events_pb2,
     operator_pb2,
     relayer_pb2,
@@ -30,7 +31,15 @@ from tests.unit.test_config import MEMBERS, network_data
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
 A, B = "brokerage-a", "brokerage-b"
-PROTO_MODULES = (events_pb2, operator_pb2, relayer_pb2, supply_pb2, transfer_pb2, verifier_pb2)
+PROTO_MODULES = (
+    depository_pb2,  # ---- depository halt
+    events_pb2,
+    operator_pb2,
+    relayer_pb2,
+    supply_pb2,
+    transfer_pb2,
+    verifier_pb2,
+)
 
 
 def proto_methods() -> list[str]:
@@ -342,3 +351,17 @@ def test_audit_log_appends_json_lines(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.jsonl"
     AuditLog(fresh).close()
     assert fresh.stat().st_mode & 0o777 == 0o600
+
+
+# ---- depository halt
+
+
+@pytest.mark.governance
+def test_only_the_depository_submits_halt_orders() -> None:
+    assert RULES["/bridge.v1.DepositoryService/SubmitHaltOrder"].roles == {"depository"}
+    assert RULES["/bridge.v1.DepositoryService/GetHaltStatus"].roles == {
+        "depository",
+        "bridge-operator",
+    }
+    for method in ("ApplyOrder", "GetHaltStatus"):
+        assert RULES[f"/bridge.v1.RelayerService/{method}"].roles == {"coordinator"}

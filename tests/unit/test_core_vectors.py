@@ -219,3 +219,56 @@ def test_rotation_digests(package: str) -> None:
         assert got == b(c["digest"])
         seen.add(got)
     assert len(seen) == len(VECTORS["rotations"])  # every field is bound
+
+
+# ---- depository halt
+
+
+@pytest.mark.governance
+@pytest.mark.parametrize("package", CORES)
+def test_order_digests_and_rule(package: str) -> None:
+    """Depository orders: digest, and the acceptance rule with its precise refusals."""
+    digests, signatures = core(package, "digests"), core(package, "signatures")
+    reasons = core(package, "reasons")
+    assert b(VECTORS["tags"]["order"]) == digests.ORDER_TAG
+    spec = VECTORS["orders"]
+    refused = set()
+    for case in spec["cases"]:
+        o = case["order"]
+        order = digests.Order(
+            network=b(o["network"]),
+            ledger=b(o["ledger"]),
+            security=b(o["security"]),
+            action=o["action"],
+            sequence=o["sequence"],
+            expiry=o["expiry"],
+            key=b(o["key"]),
+        )
+        assert order.digest == b(case["digest"]), case["name"]
+        args = (
+            order,
+            b(case["signature"]),
+            b(spec["depository"]),
+            b(spec["network"]),
+            b(spec["ledger"]),
+            spec["last_sequence"],
+            spec["now"],
+        )
+        if case["expect"] is None:
+            signatures.check_order(*args)
+            continue
+        refused.add(case["expect"])
+        with pytest.raises(reasons.ProtocolError) as info:
+            signatures.check_order(*args)
+        assert info.value.reason.value == case["expect"], case["name"]
+    assert refused >= {
+        "NotDepository",
+        "InvalidOrder",
+        "WrongLedger",
+        "OrderExpired",
+        "StaleOrder",
+        "InvalidSignature",
+    }
+    with pytest.raises(reasons.ProtocolError) as info:
+        signatures.check_order(order, b"", None, bytes(32), bytes(32), 0, None)
+    assert info.value.reason.value == "NoDepository"

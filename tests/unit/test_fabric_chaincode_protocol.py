@@ -81,6 +81,8 @@ class Ledger:
     pin: str | None = "auto"
     """The server's pinned Init digest; "auto": whatever Init is called with (the tests that
     are not about pinning)."""
+    now: int | None = 1_900_000_000
+    """The proposals' timestamp (the chaincode's ledger time); None: a proposal without one."""
 
     @property
     def network(self) -> bytes:
@@ -111,6 +113,7 @@ class Ledger:
             chaincode_name=self.chaincode,
             caller_roles=roles,
             init_pin=pin,
+            tx_time=self.now,
         )
         out = p.execute(
             self.store,

@@ -30,6 +30,7 @@ from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
+from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_abi_tuple
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -642,6 +643,39 @@ class EvmAdapter:
                 return at
             await asyncio.sleep(self._poll)
         raise Unavailable(f"rotation to epoch {rotation.next.epoch} not final on {self.ledger}")
+
+    # ---- depository halt
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """``haltStatus(security)`` and ``depository()`` at the finalized height."""
+        at = await self.finalized_height()
+        word = ZERO_WORD if security is None else security.word
+        f = self._bridge.functions
+        (sec, whole, sequence), depository = await self._rpc(
+            "haltStatus",
+            lambda: asyncio.gather(
+                f.haltStatus(word).call(block_identifier=at),
+                f.depository().call(block_identifier=at),
+            ),
+        )
+        key = bytes.fromhex(str(depository)[2:])
+        return HaltStatus(bool(sec), bool(whole), int(sequence), key if any(key) else None)
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """``applyOrder(order, signature)``; idempotent by the endpoint's sequence."""
+        if self._signer is None:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+        f = self._bridge.functions
+        latest = await self._latest()
+        _, _, sequence = await self._rpc(
+            "haltStatus", lambda: f.haltStatus(order.security).call(block_identifier=latest)
+        )
+        if int(sequence) >= order.sequence:
+            return TxOutcome(tx_id="", height=latest, already_applied=True)
+        fn = f.applyOrder(order_abi_tuple(order), signature)
+        tx_hash = await self._send(fn)
+        height = await self._await_final(tx_hash, self._confirm_s)
+        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
 
     async def node_identity(self) -> tuple[int, bytes, bytes]:
         """What the node says it is: ``(chain id, code at the bridge address, the endpoint's

@@ -22,6 +22,7 @@ from web3.exceptions import ContractLogicError
 from web3.types import TxParams, TxReceipt
 
 from bridge.core.words import evm_network_word
+from bridge.domain import governance
 from bridge.domain.claims import ClaimDomain
 from bridge.domain.committee import Committee, CommitteeRotation
 from bridge.domain.flow import FlowLimit
@@ -392,3 +393,13 @@ def _replayed_revert(
     except ContractLogicError as exc:
         return _reverted(label, exc, tx_hash)
     return TxReverted(label, "Reverted", "no revert data on replay", b"", tx_hash)
+
+
+# ---- depository halt
+
+order_abi_tuple = governance.order_abi_tuple
+
+
+def set_depository(w3: Web3, admin_key: bytes, endpoint: Contract, key: str) -> TxReceipt:
+    """``setDepository``: admin only, and only while the endpoint has no depository key."""
+    return send_tx(w3, admin_key, endpoint.functions.setDepository(Web3.to_checksum_address(key)))

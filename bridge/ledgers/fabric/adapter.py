@@ -14,6 +14,7 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from contextlib import aclosing
 
@@ -21,6 +22,7 @@ from bridge.core import words as core_words
 from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
+from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     STEP_DONE,
@@ -519,6 +521,52 @@ class FabricAdapter:
 
     async def _rotation_applied(self) -> TxOutcome:
         return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+
+    # ---- depository halt
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """The chaincode's ``HaltStatus`` (committed state: final on Fabric)."""
+        word = ZERO_WORD if security is None else security.word
+        raw = await self._client.evaluate(self._chaincode, "HaltStatus", [codec.word_hex(word)])
+        data = codec.object_from_json(raw, "HaltStatus answer")
+        depository = data.get("depository")
+        key = None
+        if isinstance(depository, str):
+            key = codec.word_from_json("0x" + "00" * 12 + depository[2:], "depository")[12:]
+        return HaltStatus(
+            security_halted=data.get("security_halted") is True,
+            ledger_halted=data.get("ledger_halted") is True,
+            sequence=codec.int_from_json(data.get("sequence", 0), "sequence"),
+            depository=key,
+        )
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """``ApplyOrder(order JSON, signature)``; idempotent by the chaincode's sequence.
+
+        The chaincode checks the expiry against the transaction time (ADR 0008); this
+        adapter also refuses an expired order itself (``OrderExpired``) before sending it.
+        """
+        if not self._operator:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+        status = await self.halt_status(None)
+        if status.sequence >= order.sequence:
+            return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+        if time.time() >= order.expiry:
+            raise LedgerRejected("OrderExpired", f"expiry={order.expiry} (checked by the relayer)")
+        args = [
+            json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
+            "0x" + signature.hex(),
+        ]
+        try:
+            prepared = await self._client.endorse(self._chaincode, "ApplyOrder", args)
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected:
+            if (await self.halt_status(None)).sequence >= order.sequence:
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            raise
+        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""

@@ -179,6 +179,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         if (t.deadline <= block.timestamp) revert DeadlinePassed(t.deadline, block.timestamp);
         if (!senderOk) revert InvalidSender(t.sender);
         SecurityToken token = _token(t.securityId);
+        _requireNotHalted(t.securityId); // ---- depository halt
 
         OutLeg storage leg = _out[transferId];
         if (leg.state != OutState.None) revert TransferExists(transferId);
@@ -221,6 +222,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             InLeg storage leg = _in[id];
             if (leg.state != InState.Prepared) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
+            _requireNotHalted(leg.securityId); // ---- depository halt: the mint waits
             _requireDelayOver(_notBefore[id][LEG_IN]);
             _flowCredit(leg.securityId, t.srcLedgerId, FLOW_OUT, leg.amount); // inbound offsets outbound
             leg.state = InState.Minted;
@@ -305,6 +307,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
         if (leg.state != InState.None) revert BadState(id, uint8(leg.state));
         bytes32 hash = BridgeTypes.termsHash(t, id);
         _verifyCertificate(lockedCert, BridgeTypes.CLAIM_LOCKED, id, hash);
+        _requireNotHalted(t.securityId); // ---- depository halt: refused, not Rejected
         uint8 reason = _receiveCheck(t);
 
         leg.termsHash = hash;
@@ -1073,5 +1076,85 @@ contract BridgeEndpoint is IBridgeEndpoint {
         emit LegStateChanged(
             id, leg.securityId, LEG_IN, uint8(leg.state), leg.reason, leg.termsHash, leg.amount
         );
+    }
+
+    // ---- depository halt
+    //
+    // The depository (a secp256k1 key) halts or releases one security or the whole ledger
+    // by a signed order (BridgeTypes.Order). While a security or the ledger is halted here:
+    // no lock, no prepare and no mint (target commit) of it; burns, releases, aborts and the
+    // Expired marker still work so that in-flight transfers can finish or abort.
+
+    /// The depository's key (address(0): none yet).
+    address public override depository;
+    /// The sequence of the last order applied here (orders must carry a greater one).
+    uint64 private _orderSequence;
+    /// Halt flags per security word; the zero word halts every security of this ledger.
+    mapping(bytes32 => bool) private _halted;
+
+    /// Sets the depository key. Guarantees: admin only, once, while no key is set.
+    /// SECURITY: the admin cannot replace the key afterwards (it could otherwise lift a halt
+    /// with a key of its own); only an order signed by the current key replaces it.
+    function setDepository(address key) external override onlyAdmin {
+        if (key == address(0)) revert ZeroAddress();
+        if (depository != address(0)) revert DepositoryAlreadySet(depository);
+        depository = key;
+        emit DepositorySet(key);
+    }
+
+    /// Applies a depository order. Guarantees, checked in the protocol core's order
+    /// (`bridge.core.signatures.check_order`): a depository key is set (NoDepository); the
+    /// action is 1-3 and `key` is an address word exactly for a key change, which names no
+    /// security (InvalidOrder); the order is for this network and this ledger or every
+    /// ledger (WrongLedger); block.timestamp < expiry (OrderExpired); its sequence is above
+    /// the last one applied here (StaleOrder); the signature follows the committee rules
+    /// (InvalidSignature(0)) and recovers to the depository (NotDepository).
+    /// SECURITY: only the depository's signature halts, releases or replaces its key.
+    function applyOrder(BridgeTypes.Order calldata o, bytes calldata signature) external override {
+        address current = depository;
+        if (current == address(0)) revert NoDepository();
+        uint8 action = o.action;
+        bool keyChange = action == BridgeTypes.ORDER_SET_DEPOSITORY;
+        if (action == 0 || action > BridgeTypes.ORDER_SET_DEPOSITORY) revert InvalidOrder();
+        if (keyChange != (o.key != bytes32(0))) revert InvalidOrder();
+        if (keyChange && (uint256(o.key) >> 160 != 0 || o.securityId != bytes32(0))) {
+            revert InvalidOrder();
+        }
+        if (o.network != _network()) revert WrongLedger();
+        if (o.ledgerId != bytes32(0) && o.ledgerId != ledgerId) revert WrongLedger();
+        if (block.timestamp >= o.expiry) revert OrderExpired(o.expiry, block.timestamp);
+        if (o.sequence <= _orderSequence) revert StaleOrder(o.sequence, _orderSequence);
+        if (signature.length != SIGNATURE_LENGTH) revert InvalidSignature(0);
+        address signer = _recover(BridgeTypes.orderDigest(o), signature, 0);
+        if (signer != current) revert NotDepository(signer);
+
+        _orderSequence = o.sequence;
+        if (keyChange) {
+            depository = address(uint160(uint256(o.key)));
+            emit DepositorySet(depository);
+        } else {
+            _halted[o.securityId] = action == BridgeTypes.ORDER_HALT;
+        }
+        emit DepositoryOrder(o.sequence, action, o.securityId, o.key);
+    }
+
+    /// Whether `securityId` is halted here, whether the whole ledger is, and the last order
+    /// sequence applied.
+    function haltStatus(bytes32 securityId)
+        external
+        view
+        override
+        returns (bool securityHalted, bool ledgerHalted, uint64 sequence)
+    {
+        return (_halted[securityId], _halted[bytes32(0)], _orderSequence);
+    }
+
+    /// `BridgeTypes.orderDigest(o)`.
+    function orderDigestOf(BridgeTypes.Order calldata o) external pure override returns (bytes32) {
+        return BridgeTypes.orderDigest(o);
+    }
+
+    function _requireNotHalted(bytes32 securityId) private view {
+        if (_halted[securityId] || _halted[bytes32(0)]) revert SecurityHalted(securityId);
     }
 }

@@ -124,4 +124,41 @@ library BridgeTypes {
             )
         );
     }
+
+    // ---- depository halt
+
+    bytes32 internal constant ORDER_TAG = keccak256("KSTB/depository-order/v2");
+    uint8 internal constant ORDER_HALT = 1;
+    uint8 internal constant ORDER_RELEASE = 2;
+    uint8 internal constant ORDER_SET_DEPOSITORY = 3;
+
+    /// A depository order (see bridge/core/digests.py `Order`): halt or release `securityId`
+    /// (zero: every security) on `ledgerId` (zero: every ledger of `network`), or replace the
+    /// depository key (`key`, an address word; zero for halt/release).
+    struct Order {
+        bytes32 network;
+        bytes32 ledgerId;
+        bytes32 securityId;
+        uint8 action;
+        uint64 sequence; // strictly increasing per ledger
+        uint64 expiry; // unix seconds; refused from then on
+        bytes32 key;
+    }
+
+    /// What the depository signs.
+    function orderDigest(Order calldata o) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                ORDER_TAG,
+                PROTOCOL_VERSION,
+                o.network,
+                o.ledgerId,
+                o.securityId,
+                o.action,
+                o.sequence,
+                o.expiry,
+                o.key
+            )
+        );
+    }
 }

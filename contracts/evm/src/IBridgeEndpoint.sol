@@ -236,4 +236,35 @@ interface IBridgeEndpoint {
         returns (bytes32);
     /// This ledger's network word, `bytes32(block.chainid)`, bound into every claim digest.
     function networkWord() external view returns (bytes32);
+
+    // ---- depository halt
+
+    event DepositorySet(address indexed depository);
+    /// A depository order was applied (action 1 halt, 2 release, 3 key change).
+    event DepositoryOrder(
+        uint64 indexed sequence, uint8 action, bytes32 indexed securityId, bytes32 key
+    );
+
+    error SecurityHalted(bytes32 securityId);
+    error NoDepository();
+    error DepositoryAlreadySet(address depository);
+    error NotDepository(address signer);
+    error StaleOrder(uint64 sequence, uint64 last);
+    error OrderExpired(uint64 expiry, uint256 nowTs);
+    error InvalidOrder();
+
+    /// The admin sets the depository key once, while none is set; afterwards only an order
+    /// signed by the current depository key replaces it.
+    function setDepository(address key) external;
+    function depository() external view returns (address);
+    /// Applies an order signed by the depository (anyone may submit; the signature is the
+    /// authority).
+    function applyOrder(BridgeTypes.Order calldata o, bytes calldata signature) external;
+    /// (security halted here, whole ledger halted, last applied order sequence).
+    function haltStatus(bytes32 securityId)
+        external
+        view
+        returns (bool securityHalted, bool ledgerHalted, uint64 sequence);
+    /// `BridgeTypes.orderDigest` (checked against the protocol core's vectors).
+    function orderDigestOf(BridgeTypes.Order calldata o) external pure returns (bytes32);
 }

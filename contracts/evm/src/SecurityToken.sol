@@ -11,8 +11,8 @@ import {IBridgeEndpoint} from "./IBridgeEndpoint.sol";
 /// - `bridge` (one BridgeEndpoint): may only escrow, release, burn and mint, and only through
 ///   the four `bridge*` functions. Compliance is checked when units enter the bridge
 ///   (`bridgeEscrow`) and, on the target ledger, by the endpoint at prepare time via
-///   `receiveStatus`; release and mint are unconditional so that a two-phase commit that was
-///   prepared can always finish.
+///   `receiveStatus`; release and mint check only the pause (they wait for an unpause) so
+///   that a two-phase commit that was prepared can always finish.
 contract SecurityToken {
     /// `receiveStatus` codes; 1 is reserved (it means UnknownSecurity on the endpoint).
     uint8 public constant RECEIVE_OK = 0;
@@ -142,7 +142,7 @@ contract SecurityToken {
         emit FrozenSet(account, frozen);
     }
 
-    /// Stops holder transfers, issuance and bridge escrow (release/burn/mint still work).
+    /// Stops holder transfers, issuance, bridge escrow, release and mint (burn still works).
     function pause() external onlyAdmin {
         paused = true;
         emit Paused(msg.sender);
@@ -211,9 +211,11 @@ contract SecurityToken {
         _move(from, msg.sender, amount);
     }
 
-    /// Returns `amount` escrowed units to `to`. No compliance checks: a release must always
-    /// succeed so an aborted transfer can never strand units.
+    /// Returns `amount` escrowed units to `to`. No eligibility or freeze checks, so an aborted
+    /// transfer can never strand units; but not while paused (it waits: the escrow stays
+    /// with the bridge until the admin unpauses).
     function bridgeRelease(address to, uint256 amount) external onlyBridge nonZero(amount) {
+        if (paused) revert TokenPaused(); // ---- depository halt: a release waits for unpause
         _move(msg.sender, to, amount);
     }
 
@@ -222,9 +224,11 @@ contract SecurityToken {
         _burn(msg.sender, amount);
     }
 
-    /// Creates `amount` units for `to`. No compliance checks: they were made at prepare time,
-    /// and a prepared participant must always be able to commit.
+    /// Creates `amount` units for `to`. No eligibility or freeze checks: they were made at
+    /// prepare time, and a prepared participant must always be able to commit; but not while
+    /// paused (the commit waits until the admin unpauses; COMMIT stays final).
     function bridgeMint(address to, uint256 amount) external onlyBridge nonZero(amount) {
+        if (paused) revert TokenPaused(); // ---- depository halt: a mint waits for unpause
         if (to == address(0)) revert ZeroAddress();
         totalSupply += amount;
         balanceOf[to] += amount;

@@ -57,6 +57,8 @@ from kstb_chaincode.core.digests import (
     CLAIM_ABORT,
     CLAIM_COMMIT,
     CLAIM_LOCKED,
+    ORDER_HALT,
+    ORDER_SET_DEPOSITORY,
     PROTOCOL_VERSION,
     WORD_FIELDS,
     claim_digest,
@@ -73,6 +75,7 @@ from kstb_chaincode.core.signatures import (
     SIGNATURE_LENGTH,
     check_certificate,
     check_instruction,
+    check_order,
 )
 from kstb_chaincode.core.signatures import recover_signer as _core_recover
 from kstb_chaincode.core.words import fabric_bridge_word as bridge_word
@@ -1004,6 +1007,7 @@ class Endpoint:
             raise ChaincodeError("InvalidSender", f"sender={_hex(t.sender)}")
         token = self._token(t.security)
         tid = t.transfer_id
+        self._require_not_halted(t.security)  # ---- depository halt
         if self._leg("out", tid).state != OUT_NONE:
             raise ChaincodeError("TransferExists", f"transferId={_hex(tid)}")
         self._flow_take(t.security, t.dst_ledger, tid, t.amount, FLOW_OUT)
@@ -1043,6 +1047,8 @@ class Endpoint:
             leg = self._leg("in", tid)
             self._require_state(tid, leg, IN_PREPARED)
             self._require_hash(tid, leg, thash)
+            self._require_not_halted(leg.security)  # ---- depository halt: the mint waits
+            self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
             self._require_delay_over(tid, "in")
             leg.state = IN_MINTED
             sec = leg.security
@@ -1050,7 +1056,8 @@ class Endpoint:
             self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
             # The cumulative minted_in term of Supply: one key per transfer, never a counter.
             self._kv.put(f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
-            # bridgeMint; recipient validated at prepare.
+            # bridgeMint (the pause is checked above); recipient validated at prepare, its
+            # eligibility and freeze re-checked below (parking).
             recipient = _address_of_word(t.recipient)
             assert recipient is not None  # Prepared implies a valid recipient
             h = self._holder(sec, recipient)
@@ -1075,13 +1082,14 @@ class Endpoint:
             leg = self._leg("out", tid)
             self._require_state(tid, leg, OUT_LOCKED)
             self._require_hash(tid, leg, thash)
+            self._require_not_paused(leg.security)  # ---- depository halt: bridgeRelease
             leg.state = OUT_RELEASED
             sec = leg.security
             self._flow_credit(sec, t.dst_ledger, FLOW_OUT, leg.amount)  # never left
             self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")
             sender = _address_of_word(t.sender)
             assert sender is not None  # validated at lock
-            # bridgeRelease: no compliance checks, a release must always succeed.
+            # bridgeRelease: no eligibility/freeze checks (only the pause, checked above).
             h = self._holder(sec, sender)
             h.balance += leg.amount
             self._put_holder(sec, sender, h)
@@ -1134,6 +1142,7 @@ class Endpoint:
     def prepare(self, terms_json: str, cert_json: str) -> object:
         """LOCKED certificate -> Prepared, or Rejected(reason) (a recorded outcome, no error)."""
         t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=True)
+        self._require_not_halted(t.security)  # ---- depository halt: refused, not Rejected
         reason = self._receive_check(t)
         leg.terms_hash, leg.amount, leg.security, leg.reason = (
             t.terms_hash,
@@ -1847,6 +1856,130 @@ class Endpoint:
         inn = self._kv.get(f"notbefore/in/{tid.hex()}")
         return {"outbound": int(out or b"0"), "inbound": int(inn or b"0")}
 
+    # ---- depository halt
+    #
+    # Keys: ``depository`` (``{"address": "0x..", "sequence": n}``, the key and the last
+    # applied order's sequence) and ``halt/<security word hex>`` (``true``; the zero word
+    # halts every security). Transactions only read them, except ApplyOrder, so a halt adds
+    # no hot key to the leg transactions (a lock ordered in the same block as a halt of its
+    # security fails MVCC validation and is retried, which is what a halt wants anyway).
+    # No clock: the order's expiry is NOT checked here (Fabric has no trustworthy time);
+    # the coordinator and the relayer refuse to submit an expired order, and the strictly
+    # increasing sequence refuses every replay (see ADR 0011).
+
+    def _depository(self) -> tuple[bytes | None, int]:
+        obj = self._get_json("depository")
+        if obj is None:
+            return None, 0
+        return bytes.fromhex(obj["address"][2:]), int(obj["sequence"])
+
+    def _is_halted(self, sec: bytes) -> bool:
+        return self._get_json(f"halt/{sec.hex()}") is True
+
+    def _require_not_halted(self, sec: bytes) -> None:
+        """``BridgeEndpoint._requireNotHalted``: SecurityHalted while sec or the ledger is."""
+        if self._is_halted(sec) or self._is_halted(ZERO_WORD):
+            raise ChaincodeError("SecurityHalted", f"securityId={_hex(sec)}")
+
+    def _require_not_paused(self, sec: bytes) -> None:
+        """``SecurityToken.bridgeMint``/``bridgeRelease``: TokenPaused while paused."""
+        token = self._registered(sec)
+        if token is not None and token["paused"]:
+            raise ChaincodeError("TokenPaused", f"securityId={_hex(sec)}")
+
+    def set_depository(self, address: str) -> object:
+        """Set the depository key (a 0x EVM address): admin only, once, while unset.
+
+        SECURITY: the admin cannot replace the key afterwards (it could lift a halt with a
+        key of its own); only an order signed by the current key replaces it.
+        """
+        self._require_init()
+        self._only_admin()
+        if not isinstance(address, str) or not _HEX_ADDRESS.fullmatch(address):
+            raise _invalid(f"depository {address!r} is not a 0x-prefixed 20-byte address")
+        key = bytes.fromhex(address[2:])
+        if not any(key):
+            raise ChaincodeError("ZeroAddress", "depository=0x" + "00" * 20)
+        current, _ = self._depository()
+        if current is not None:
+            raise ChaincodeError("DepositoryAlreadySet", f"depository={_hex(current)}")
+        self._put_json("depository", {"address": _hex(key), "sequence": 0})
+        return {"depository": _hex(key), "sequence": 0}
+
+    def apply_order(self, order_json: str, signature_hex: str) -> object:
+        """``BridgeEndpoint.applyOrder``: anyone may submit; the signature is the authority.
+
+        The core's rule (``check_order``) in its order: NoDepository, InvalidOrder,
+        WrongLedger (network, ledger), OrderExpired (against the transaction time, see
+        ``_clock``), StaleOrder, InvalidSignature, NotDepository.
+        SECURITY: only the depository's signature halts, releases or replaces its key.
+        """
+        self._require_init()
+        order = _parse_order(order_json)
+        if not isinstance(signature_hex, str) or not _HEX_SIGNATURE.fullmatch(signature_hex):
+            raise _invalid("signature must be 0x-prefixed hex")
+        signature = bytes.fromhex(signature_hex[2:])
+        current, last = self._depository()
+        cfg = self.cfg
+        try:
+            check_order(
+                order, signature, current, cfg.network_word, cfg.ledger_word, last, self._clock()
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
+        assert current is not None  # check_order refuses NoDepository
+        if order.action == ORDER_SET_DEPOSITORY:
+            current = order.key[12:]
+        else:
+            self._put_json(f"halt/{order.security.hex()}", order.action == ORDER_HALT)
+        self._put_json("depository", {"address": _hex(current), "sequence": order.sequence})
+        return {
+            "depository": _hex(current),
+            "sequence": order.sequence,
+            "action": order.action,
+            "security": _hex(order.security),
+        }
+
+    def halt_status(self, security_hex: str) -> object:
+        """``haltStatus``: the security's and the ledger's halt flags, the last sequence and
+        the depository (null when unset). ``security_hex`` is a 0x security word."""
+        self._require_init()
+        sec = _parse_word("security", security_hex)
+        current, last = self._depository()
+        return {
+            "security_halted": self._is_halted(sec),
+            "ledger_halted": self._is_halted(ZERO_WORD),
+            "sequence": last,
+            "depository": None if current is None else _hex(current),
+        }
+
+    def order_digest_of(self, order_json: str) -> object:
+        """``orderDigestOf``: what the depository signs for this order."""
+        return {"digest": _hex(_parse_order(order_json).digest)}
+
+
+_ORDER_KEYS = frozenset(("network", "ledger", "security", "action", "sequence", "expiry", "key"))
+
+
+def _parse_order(text: str) -> _digests.Order:
+    """An order JSON object (``bridge.domain.governance.order_to_json``)."""
+    obj = _loads("order", text)
+    if not isinstance(obj, dict) or set(obj) != _ORDER_KEYS:
+        raise _invalid(f"order must be an object with exactly the keys {sorted(_ORDER_KEYS)}")
+    numbers = {}
+    for name, bits in (("action", 8), ("sequence", 64), ("expiry", 64)):
+        value = obj[name]
+        if type(value) is not int or not 0 <= value < 2**bits:
+            raise _invalid(f"order {name} must be an integer in uint{bits} range")
+        numbers[name] = value
+    return _digests.Order(
+        network=_parse_word("network", obj["network"]),
+        ledger=_parse_word("ledger", obj["ledger"]),
+        security=_parse_word("security", obj["security"]),
+        key=_parse_word("key", obj["key"]),
+        **numbers,
+    )
+
 
 def _leg_json(leg: _Leg) -> dict[str, Any]:
     return {
@@ -1907,6 +2040,11 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "SetFlowLimit": ("set_flow_limit", 8, True),
     "FlowStatus": ("flow_status", 2, False),
     "NotBefore": ("not_before", 1, False),
+    # ---- depository halt
+    "SetDepository": ("set_depository", 1, True),
+    "ApplyOrder": ("apply_order", 2, True),
+    "HaltStatus": ("halt_status", 1, False),
+    "OrderDigest": ("order_digest_of", 1, False),
 }
 
 

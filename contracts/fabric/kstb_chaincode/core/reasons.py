@@ -62,6 +62,15 @@ class ErrorReason(enum.StrEnum):
     FLOW_LIMIT_EXCEEDED = "FlowLimitExceeded"
     TOO_EARLY = "TooEarly"
     INVALID_FLOW_LIMIT = "InvalidFlowLimit"
+
+    # ---- depository halt
+    SECURITY_HALTED = "SecurityHalted"
+    NO_DEPOSITORY = "NoDepository"
+    DEPOSITORY_ALREADY_SET = "DepositoryAlreadySet"
+    NOT_DEPOSITORY = "NotDepository"
+    STALE_ORDER = "StaleOrder"
+    ORDER_EXPIRED = "OrderExpired"
+    INVALID_ORDER = "InvalidOrder"
     # Fabric chaincode only.
     INVALID_ARGUMENT = "InvalidArgument"
     NOT_INITIALIZED = "NotInitialized"

@@ -1,0 +1,390 @@
+"""The coordinator's side of the depository kill switch (issue 10 item 4, ADR 0011).
+
+The ledgers enforce a halt; the coordinator only (1) records the depository-signed orders
+it is given, after checking them against the depository key the ledger itself holds, (2)
+delivers each to its ledger through the relayer until the ledger applied it (level
+triggered: pending orders are retried until applied, refused or expired), and (3) answers
+"is this security halted on that ledger?" for its drivers, so that they queue instead of
+sending steps the ledger would refuse, and say why.
+
+Guarantees:
+
+- Nothing here can halt or release anything by itself: an order takes effect only when a
+  ledger accepts the depository's signature over it.
+- An order is recorded only if the ledger's own depository key signed it, for that ledger's
+  network and ledger, unexpired, above the ledger's last applied sequence; refused orders
+  are not recorded (the caller gets the endpoint's reason).
+- Per ledger, orders are delivered in ascending sequence (a ledger refuses a lower
+  sequence after a higher one, so the order of delivery is the order of signing).
+- A recorded HALT stops new locks of its scope at once (before the ledger applied it); a
+  RELEASE takes effect for the drivers only once the ledger shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.coordinator.clients import LedgerDomain, RelayerGateway
+from bridge.coordinator.store import SqliteTransaction
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import (
+    BridgeError,
+    Conflict,
+    InvalidInput,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+)
+from bridge.domain.governance import (
+    ZERO_WORD,
+    HaltStatus,
+    OrderAction,
+    OrderRefused,
+    SignedOrder,
+    verify_order,
+)
+from bridge.domain.ids import SecurityId
+from bridge.logfields import LEDGER, REASON, get_logger
+
+__all__ = ["HaltBook", "Halted", "OrderRecord", "OrderState", "SqliteHaltStore"]
+
+
+class Halted(PreconditionFailed):
+    """A step waits because the depository halted the security on a ledger
+    (FAILED_PRECONDITION at an API; a driver keeps the transfer waiting)."""
+
+    def __init__(self, ledger: str, security: str, what: str) -> None:
+        super().__init__(f"HALTED: {security} is halted on {ledger} by the depository; {what}")
+        self.ledger = ledger
+        self.security = security
+
+
+class OrderState(enum.IntEnum):
+    """``bridge.v1.OrderState``."""
+
+    PENDING = 1
+    APPLIED = 2
+    REFUSED = 3
+    EXPIRED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """One order as delivered to one ledger."""
+
+    ledger: str
+    signed: SignedOrder
+    state: OrderState
+    refusal: str
+    tx_id: str
+    received_at: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS depository_orders (
+    ledger TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    security BLOB NOT NULL,
+    body TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    refusal TEXT NOT NULL DEFAULT '',
+    tx_id TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    PRIMARY KEY (ledger, sequence)
+);
+"""
+_COLS = "ledger, body, state, refusal, tx_id, received_at"
+
+
+def _row(row: tuple[str, str, int, str, str, float]) -> OrderRecord:
+    ledger, body, state, refusal, tx_id, at = row
+    return OrderRecord(ledger, SignedOrder.from_json(body), OrderState(state), refusal, tx_id, at)
+
+
+class SqliteHaltStore:
+    """Depository orders on the coordinator's SQLite file; every method is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    async def add(self, record: OrderRecord) -> tuple[OrderRecord, bool]:
+        """Record ``record`` unless (ledger, sequence) is recorded; return the stored one and
+        whether it is new. Conflict when that (ledger, sequence) holds another order."""
+        body = record.signed.to_json()
+        with SqliteTransaction(self._db, self._lock) as db:
+            row = db.execute(
+                f"SELECT {_COLS} FROM depository_orders WHERE ledger = ? AND sequence = ?",  # noqa: S608
+                (record.ledger, record.signed.order.sequence),
+            ).fetchone()
+            if row is not None:
+                stored = _row(row)
+                if stored.signed != record.signed:
+                    raise Conflict(
+                        f"order sequence {record.signed.order.sequence} on {record.ledger}"
+                        " is already recorded with other content"
+                    )
+                return stored, False
+            db.execute(
+                "INSERT INTO depository_orders (ledger, sequence, security, body, state,"
+                " refusal, tx_id, received_at) VALUES (?, ?, ?, ?, ?, '', '', ?)",
+                (
+                    record.ledger,
+                    record.signed.order.sequence,
+                    record.signed.order.security,
+                    body,
+                    int(record.state),
+                    record.received_at,
+                ),
+            )
+        return record, True
+
+    async def set_state(
+        self, ledger: str, sequence: int, state: OrderState, refusal: str = "", tx_id: str = ""
+    ) -> None:
+        """Record the outcome of delivering one order."""
+        with SqliteTransaction(self._db, self._lock) as db:
+            db.execute(
+                "UPDATE depository_orders SET state = ?, refusal = ?, tx_id = ?"
+                " WHERE ledger = ? AND sequence = ?",
+                (int(state), refusal, tx_id, ledger, sequence),
+            )
+
+    async def orders(
+        self, ledger: str | None = None, pending_only: bool = False
+    ) -> list[OrderRecord]:
+        """Orders by ledger and ascending sequence (optionally one ledger, pending only)."""
+        query = f"SELECT {_COLS} FROM depository_orders"  # noqa: S608
+        where, args = [], []
+        if ledger is not None:
+            where.append("ledger = ?")
+            args.append(ledger)
+        if pending_only:
+            where.append(f"state = {int(OrderState.PENDING)}")
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY ledger, sequence", args).fetchall()
+        return [_row(r) for r in rows]
+
+
+# Refusals that mean the order lacks authority (PERMISSION_DENIED at the API); any other
+# refusal is about its validity here and now (FAILED_PRECONDITION).
+_NO_AUTHORITY = frozenset({ErrorReason.NOT_DEPOSITORY, ErrorReason.INVALID_SIGNATURE})
+
+
+class HaltBook:
+    """Records, delivers and reports depository orders; see the module docstring."""
+
+    def __init__(
+        self,
+        store: SqliteHaltStore,
+        relayers: Mapping[str, RelayerGateway],
+        domains: Mapping[str, LedgerDomain],
+        on_change: Callable[[], None] = lambda: None,
+        cache_s: float = 2.0,
+        retry_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._relayers = dict(relayers)
+        self._domains = dict(domains)
+        self._on_change = on_change
+        self._cache_s = cache_s
+        self._retry_s = retry_s
+        self._cache: dict[tuple[str, str | None], tuple[float, HaltStatus]] = {}
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._log = get_logger()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start delivering pending orders (those recorded before a restart included)."""
+        self._task = asyncio.create_task(self._deliver_forever(), name="depository-orders")
+
+    async def stop(self) -> None:
+        """Stop delivering (pending orders stay recorded and resume on the next start)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the depository API --------------------------------------------------------------
+    def ledgers_of(self, signed: SignedOrder) -> list[str]:
+        """The ledgers an order is for: its ledger, or (ledger word zero) every ledger of its
+        network. InvalidInput when none of this network's ledgers matches."""
+        o = signed.order
+        names = [
+            name
+            for name, d in self._domains.items()
+            if d.network_word == o.network and (o.ledger in (ZERO_WORD, d.ledger_word))
+        ]
+        if not names:
+            raise InvalidInput("the order names no ledger of this bridge (network and ledger)")
+        return sorted(names)
+
+    async def submit(self, signed: SignedOrder) -> list[OrderRecord]:
+        """Check and record a depository order for every ledger it is for; start delivery.
+
+        SECURITY: checked against the depository key each ledger holds (read through its
+        relayer at finality), with the ledgers' own rule: OrderRefused (PERMISSION_DENIED)
+        without that key's signature; PreconditionFailed when expired, stale (at or below
+        the ledger's sequence and not recorded here) or the ledger has no depository key.
+        Idempotent: an order already recorded is returned as it stands.
+        """
+        out = []
+        for ledger in self.ledgers_of(signed):
+            known = [
+                r
+                for r in await self._store.orders(ledger)
+                if r.signed.order.sequence == signed.order.sequence
+            ]
+            if known and known[0].signed == signed:
+                out.append(known[0])
+                continue
+            status = await self._relayers[ledger].halt_status(None)
+            d = self._domains[ledger]
+            try:
+                verify_order(
+                    signed,
+                    status.depository,
+                    d.network_word,
+                    d.ledger_word,
+                    status.sequence,
+                    int(time.time()),
+                )
+            except OrderRefused as exc:
+                if exc.reason in _NO_AUTHORITY:
+                    raise
+                raise PreconditionFailed(f"{exc} (ledger {ledger})") from None
+            record = OrderRecord(ledger, signed, OrderState.PENDING, "", "", time.time())
+            stored, created = await self._store.add(record)
+            if created:
+                self._log.info(
+                    "depository order recorded",
+                    **{LEDGER: ledger, REASON: _describe(signed)},
+                )
+            out.append(stored)
+        self._kick.set()
+        self._on_change()
+        return out
+
+    async def orders(self, security: SecurityId | None = None) -> list[OrderRecord]:
+        """Every recorded order (of ``security``, including ledger-wide ones)."""
+        records = await self._store.orders()
+        if security is None:
+            return records
+        return [r for r in records if r.signed.order.security in (ZERO_WORD, security.word)]
+
+    async def ledger_status(self, ledger: str, security: SecurityId | None) -> HaltStatus:
+        """What ``ledger`` enforces now (read through its relayer, cached ``cache_s``)."""
+        key = (ledger, None if security is None else security.isin)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._cache_s:
+            return hit[1]
+        status = await self._relayers[ledger].halt_status(key[1])
+        self._cache[key] = (now, status)
+        return status
+
+    async def halted(self, ledger: str, security: SecurityId) -> bool:
+        """True while ``security`` may not move on ``ledger``: the ledger shows it halted,
+        or a HALT order for it (or for the whole ledger) is recorded and not yet applied.
+        A ledger that cannot be read counts as not halted (the ledger still enforces)."""
+        for r in await self._store.orders(ledger, pending_only=True):
+            o = r.signed.order
+            if (
+                o.action == OrderAction.HALT
+                and o.security in (ZERO_WORD, security.word)
+                and o.expiry > time.time()
+            ):
+                return True
+        try:
+            return (await self.ledger_status(ledger, security)).halted
+        except BridgeError:
+            return False
+
+    # -- delivery ------------------------------------------------------------------------
+    async def _deliver_forever(self) -> None:
+        while not self._stopping:
+            self._kick.clear()
+            try:
+                await self.deliver_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.exception("depository order delivery failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races the event, and stop() would wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._retry_s):
+                    await self._kick.wait()
+
+    async def deliver_pending(self) -> int:
+        """One pass: per ledger, deliver pending orders in ascending sequence until one
+        cannot be delivered now. Returns how many reached a final state."""
+        done = 0
+        by_ledger: dict[str, list[OrderRecord]] = {}
+        for r in await self._store.orders(pending_only=True):
+            by_ledger.setdefault(r.ledger, []).append(r)
+        for records in by_ledger.values():
+            for r in records:
+                state = await self._deliver(r)
+                if state is OrderState.PENDING:
+                    break  # keep the sequence order: retry this one first
+                done += 1
+        if done:
+            self._cache.clear()
+            self._on_change()
+        return done
+
+    async def _deliver(self, r: OrderRecord) -> OrderState:
+        seq = r.signed.order.sequence
+        log = self._log.bind(**{LEDGER: r.ledger})
+        try:
+            out = await self._relayers[r.ledger].apply_order(r.signed)
+        except Unavailable as exc:
+            log.warning("depository order not delivered yet", **{REASON: str(exc)[:300]})
+            return OrderState.PENDING
+        except LedgerRejected as exc:
+            state, refusal = OrderState.REFUSED, str(exc)
+            if exc.reason == ErrorReason.ORDER_EXPIRED:
+                state = OrderState.EXPIRED
+            elif exc.reason == ErrorReason.STALE_ORDER:
+                with contextlib.suppress(BridgeError):
+                    ledger_seq = (await self._relayers[r.ledger].halt_status(None)).sequence
+                    if ledger_seq >= seq:
+                        state, refusal = OrderState.APPLIED, "superseded by a later order"
+            await self._store.set_state(r.ledger, seq, state, refusal)
+            log.warning("depository order refused by the ledger", **{REASON: refusal})
+            return state
+        except BridgeError as exc:
+            log.warning("depository order not delivered yet", **{REASON: str(exc)[:300]})
+            return OrderState.PENDING
+        await self._store.set_state(r.ledger, seq, OrderState.APPLIED, "", out.tx_id)
+        log.info("depository order applied", **{REASON: _describe(r.signed)})
+        return OrderState.APPLIED
+
+
+def _describe(signed: SignedOrder) -> str:
+    o = signed.order
+    scope = "every security" if o.security == ZERO_WORD else o.security.rstrip(b"\0").decode()
+    return f"{OrderAction(o.action).name} {scope} (sequence {o.sequence})"

@@ -1,0 +1,240 @@
+"""The coordinator's side of the depository kill switch, with in-memory ledgers.
+
+``HaltBook`` (record only what the ledger's own depository key signed, deliver in sequence,
+idempotently) and the driver's gates (queue before the lock, no prepare while the target is
+halted, the mint waits and COMMIT stays final, FAILED only when the deadline passed while
+queued). The ledgers' enforcement itself is tested on anvil and in the chaincode tests.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.halts import HaltBook, OrderState, SqliteHaltStore
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import LedgerRejected, PreconditionFailed, Unavailable
+from bridge.domain.governance import (
+    ZERO_WORD,
+    HaltStatus,
+    OrderAction,
+    OrderRefused,
+    SignedOrder,
+    make_order,
+    sign_order,
+    verify_order,
+)
+from bridge.domain.ids import SecurityId
+from bridge.domain.legs import Action, LegState, TxOutcome
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.transfer import TransferState
+from tests.support import eventually
+from tests.unit.test_coordinator_driver import (  # noqa: F401 (the fixture)
+    ISIN,
+    FakeRelayer,
+    coordinator,
+    final,
+    instructed,
+    request,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.governance]
+
+DEPOSITORY = LocalKeySigner(secrets.token_bytes(32))
+
+
+@dataclass
+class HaltingRelayer(FakeRelayer):
+    """A fake ledger that also keeps halt flags and applies orders with the core's rule."""
+
+    flags: dict[bytes, bool] = field(default_factory=dict)
+    sequence: int = 0
+    network: bytes = b""
+    word: bytes = b""
+    unavailable: int = 0
+    applied: list[int] = field(default_factory=list)
+
+    def halted_word(self, sec: bytes) -> bool:
+        return self.flags.get(sec, False) or self.flags.get(ZERO_WORD, False)
+
+    async def halt_status(self, security: str | None) -> HaltStatus:
+        word = ZERO_WORD if security is None else SecurityId(security).word
+        return HaltStatus(
+            self.flags.get(word, False), self.flags.get(ZERO_WORD, False), self.sequence,
+            DEPOSITORY.address,
+        )  # fmt: skip
+
+    async def apply_order(self, signed: SignedOrder) -> TxOutcome:
+        if self.unavailable:
+            self.unavailable -= 1
+            raise Unavailable("ledger down")
+        if self.sequence >= signed.order.sequence:
+            return TxOutcome("", 1, True)
+        try:
+            verify_order(
+                signed, DEPOSITORY.address, self.network, self.word, self.sequence, int(time.time())
+            )
+        except OrderRefused as exc:
+            raise LedgerRejected(str(exc.reason), str(exc)) from None
+        self.sequence = signed.order.sequence
+        self.flags[signed.order.security] = signed.order.action == OrderAction.HALT
+        self.applied.append(signed.order.sequence)
+        return TxOutcome("0x" + secrets.token_hex(32), 1, False)
+
+    async def submit(self, action: Action, terms: Any, cert: Any, instruction: bytes = b"") -> Any:
+        # SECURITY (simulated ledger): the endpoint refuses lock, prepare and mint while halted.
+        into = terms.dst_ledger == self.word
+        if self.halted_word(terms.security) and (
+            action in (Action.LOCK, Action.PREPARE) or (action is Action.COMMIT and into)
+        ):
+            raise LedgerRejected("SecurityHalted", "halted")
+        return await super().submit(action, terms, cert, instruction)
+
+
+@pytest.fixture
+async def halting(coordinator, tmp_path: Path):  # noqa: F811
+    c, relayers, store = coordinator
+    for name in ("a", "b"):
+        d = c.domains[name]
+        relayers[name] = HaltingRelayer(name, network=d.network_word, word=d.ledger_word)
+    c._relayers = dict(relayers)
+    hstore = SqliteHaltStore(tmp_path / "h.sqlite")
+    book = HaltBook(hstore, relayers, c.domains, on_change=c.wake_all, cache_s=0, retry_s=0.05)  # type: ignore[arg-type]
+    c.set_halts(book)
+    await book.start()
+    yield c, relayers, store, book
+    await book.stop()
+    hstore.close()
+
+
+def order(c: Coordinator, ledger: str, action: OrderAction, seq: int, **kw: Any) -> SignedOrder:
+    d = c.domains[ledger]
+    o = make_order(
+        network=d.network_word,
+        ledger=d.ledger_word,
+        security=kw.pop("security", SecurityId(ISIN).word),
+        action=action,
+        sequence=seq,
+        expiry=kw.pop("expiry", int(time.time()) + 600),
+    )
+    return sign_order(kw.pop("key", DEPOSITORY), o)
+
+
+async def applied(book: HaltBook, ledger: str, seq: int) -> None:
+    async def probe() -> bool:
+        return any(
+            r.ledger == ledger and r.signed.order.sequence == seq and r.state is OrderState.APPLIED
+            for r in await book.orders()
+        )
+
+    await eventually(probe, 10, f"order {seq} applied on {ledger}", interval=0.02)
+
+
+async def test_orders_are_checked_against_the_ledgers_key_and_delivered(halting) -> None:
+    c, relayers, _, book = halting
+    forged = order(c, "a", OrderAction.HALT, 5, key=LocalKeySigner(secrets.token_bytes(32)))
+    with pytest.raises(OrderRefused) as refused:
+        await book.submit(forged)
+    assert refused.value.reason is ErrorReason.NOT_DEPOSITORY
+    with pytest.raises(PreconditionFailed, match="OrderExpired"):
+        await book.submit(order(c, "a", OrderAction.HALT, 5, expiry=int(time.time()) - 1))
+    assert await book.orders() == [], "refused orders are not recorded"
+    relayers["a"].unavailable = 2  # delivery waits and retries, level-triggered
+    halt = order(c, "a", OrderAction.HALT, 5)
+    records = await book.submit(halt)
+    assert [r.state for r in records] == [OrderState.PENDING]
+    await applied(book, "a", 5)
+    assert relayers["a"].flags[SecurityId(ISIN).word]
+    again = await book.submit(halt)  # idempotent
+    assert again[0].state is OrderState.APPLIED and relayers["a"].applied == [5]
+    with pytest.raises(PreconditionFailed, match="StaleOrder"):
+        await book.submit(order(c, "a", OrderAction.RELEASE, 4))
+
+
+async def test_orders_are_delivered_in_sequence_per_ledger(halting) -> None:
+    c, relayers, _, book = halting
+    relayers["b"].unavailable = 3
+    await book.submit(order(c, "b", OrderAction.HALT, 10))
+    await book.submit(order(c, "b", OrderAction.RELEASE, 11))
+    await applied(book, "b", 11)
+    assert relayers["b"].applied == [10, 11]
+    assert not relayers["b"].flags[SecurityId(ISIN).word]
+
+
+async def test_not_yet_locked_waits_while_halted_then_goes(halting) -> None:
+    c, relayers, store, book = halting
+    await book.submit(order(c, "a", OrderAction.HALT, 1))
+    record, _ = await c.submit(request("h1"), instructed(c._network, request("h1")))
+
+    async def halted_reason() -> bool:
+        r = await store.get(record.transfer_id)
+        return r is not None and r.reason.startswith("HALTED: ")
+
+    await eventually(halted_reason, 10, "the HALTED reason", interval=0.02)
+    got = await store.get(record.transfer_id)
+    assert got is not None and got.state is TransferState.SUBMITTED
+    assert Action.LOCK not in relayers["a"].submitted, "no lock is even attempted"
+    assert await c.halted_on(got) == ["a"]
+    await book.submit(order(c, "a", OrderAction.RELEASE, 2))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+
+
+async def test_not_yet_locked_fails_when_its_deadline_passes_while_halted(halting) -> None:
+    c, relayers, store, book = halting
+    await book.submit(order(c, "a", OrderAction.HALT, 1, security=None))  # the whole ledger
+    req = request("h2")
+    record, _ = await c.submit(req, instructed(c._network, req, deadline=int(time.time()) + 2))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    got = await store.get(record.transfer_id)
+    assert got is not None and got.reason.startswith("HALTED: ") and "nothing moved" in got.reason
+    assert Action.LOCK not in relayers["a"].submitted
+
+
+async def test_locked_transfer_does_not_prepare_on_a_halted_target(halting) -> None:
+    c, relayers, store, book = halting
+    await book.submit(order(c, "b", OrderAction.HALT, 1))
+    record, _ = await c.submit(request("h3"), instructed(c._network, request("h3")))
+
+    async def locked_waiting() -> bool:
+        r = await store.get(record.transfer_id)
+        return r is not None and r.state is TransferState.SOURCE_LOCKED and "HALTED" in r.reason
+
+    await eventually(locked_waiting, 10, "locked, waiting on the halt", interval=0.02)
+    assert Action.PREPARE not in relayers["b"].submitted
+    await book.submit(order(c, "b", OrderAction.RELEASE, 2))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+
+
+async def test_prepared_transfer_burns_but_the_mint_waits_and_commit_stays(halting) -> None:
+    c, relayers, store, book = halting
+    original = relayers["b"].submit
+    seen: list[Action] = []
+
+    async def halt_after_prepare(action: Action, terms: Any, cert: Any, ins: bytes = b"") -> Any:
+        out = await original(action, terms, cert, ins)
+        if action is Action.PREPARE:
+            seen.append(action)
+            await book.submit(order(c, "b", OrderAction.HALT, 1))
+        return out
+
+    relayers["b"].submit = halt_after_prepare  # type: ignore[method-assign]
+    record, _ = await c.submit(request("h4"), instructed(c._network, request("h4")))
+
+    async def committing_halted() -> bool:
+        r = await store.get(record.transfer_id)
+        return r is not None and r.state is TransferState.COMMITTING and "HALTED" in r.reason
+
+    await eventually(committing_halted, 10, "COMMIT decided, mint waiting", interval=0.02)
+    assert relayers["a"].submitted[-1] is Action.COMMIT, "the source burn goes"
+    assert {s.state for s in relayers["b"].legs.values()} == {LegState.PREPARED}
+    assert Action.ABORT not in relayers["a"].submitted + relayers["b"].submitted
+    await book.submit(order(c, "b", OrderAction.RELEASE, 2))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert seen == [Action.PREPARE]
+    assert LegState.MINTED in {s.state for s in relayers["b"].legs.values()}
