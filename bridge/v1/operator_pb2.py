@@ -23,30 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 from bridge.v1 import transfer_pb2 as bridge_dot_v1_dot_transfer__pb2
+from bridge.v1 import verifier_pb2 as bridge_dot_v1_dot_verifier__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/transfer.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour2\xdf\x02\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x18\x62ridge/v1/transfer.proto\x1a\x18\x62ridge/v1/verifier.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour\"}\n\x16ProposeRotationRequest\x12\x14\n\x0cnext_members\x18\x01 \x03(\x0c\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\x04\x12\x0f\n\x07overlap\x18\x04 \x01(\x04\x12\x15\n\rremove_member\x18\x05 \x01(\x0c\"\\\n\x16\x43\x65rtifyRotationRequest\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"(\n\x12GetRotationRequest\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\"%\n\x14ListRotationsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"v\n\x0eRotationLedger\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x12\n\nsignatures\x18\x04 \x01(\r\x12\r\n\x05tx_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xd8\x01\n\x08Rotation\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12*\n\x07ledgers\x18\x02 \x03(\x0b\x32\x19.bridge.v1.RotationLedger\x12\x16\n\x0eremoved_member\x18\x03 \x01(\x0c\x12)\n\x08\x65vidence\x18\x04 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15ListRotationsResponse\x12&\n\trotations\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Rotation2\x8c\x05\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponse\x12I\n\x0fProposeRotation\x12!.bridge.v1.ProposeRotationRequest\x1a\x13.bridge.v1.Rotation\x12I\n\x0f\x43\x65rtifyRotation\x12!.bridge.v1.CertifyRotationRequest\x1a\x13.bridge.v1.Rotation\x12\x41\n\x0bGetRotation\x12\x1d.bridge.v1.GetRotationRequest\x1a\x13.bridge.v1.Rotation\x12R\n\rListRotations\x12\x1f.bridge.v1.ListRotationsRequest\x1a .bridge.v1.ListRotationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=98
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=165
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=167
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=235
-  _globals['_RETRYTRANSFERREQUEST']._serialized_start=237
-  _globals['_RETRYTRANSFERREQUEST']._serialized_end=280
-  _globals['_ABORTTRANSFERREQUEST']._serialized_start=282
-  _globals['_ABORTTRANSFERREQUEST']._serialized_end=325
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=327
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=367
-  _globals['_MISBEHAVIOUR']._serialized_start=370
-  _globals['_MISBEHAVIOUR']._serialized_end=572
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=574
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=644
-  _globals['_OPERATORSERVICE']._serialized_start=647
-  _globals['_OPERATORSERVICE']._serialized_end=998
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=150
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=217
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=219
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=287
+  _globals['_RETRYTRANSFERREQUEST']._serialized_start=289
+  _globals['_RETRYTRANSFERREQUEST']._serialized_end=332
+  _globals['_ABORTTRANSFERREQUEST']._serialized_start=334
+  _globals['_ABORTTRANSFERREQUEST']._serialized_end=377
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=379
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=419
+  _globals['_MISBEHAVIOUR']._serialized_start=422
+  _globals['_MISBEHAVIOUR']._serialized_end=624
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=626
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=696
+  _globals['_PROPOSEROTATIONREQUEST']._serialized_start=698
+  _globals['_PROPOSEROTATIONREQUEST']._serialized_end=823
+  _globals['_CERTIFYROTATIONREQUEST']._serialized_start=825
+  _globals['_CERTIFYROTATIONREQUEST']._serialized_end=917
+  _globals['_GETROTATIONREQUEST']._serialized_start=919
+  _globals['_GETROTATIONREQUEST']._serialized_end=959
+  _globals['_LISTROTATIONSREQUEST']._serialized_start=961
+  _globals['_LISTROTATIONSREQUEST']._serialized_end=998
+  _globals['_ROTATIONLEDGER']._serialized_start=1000
+  _globals['_ROTATIONLEDGER']._serialized_end=1118
+  _globals['_ROTATION']._serialized_start=1121
+  _globals['_ROTATION']._serialized_end=1337
+  _globals['_LISTROTATIONSRESPONSE']._serialized_start=1339
+  _globals['_LISTROTATIONSRESPONSE']._serialized_end=1402
+  _globals['_OPERATORSERVICE']._serialized_start=1405
+  _globals['_OPERATORSERVICE']._serialized_end=2057
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,19 @@ class OperatorServiceStub:
     """
     ListMisbehaviour: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]
     """Committee members caught misbehaving, with the signed evidence."""
+    ProposeRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ProposeRotationRequest, _operator_pb2.Rotation]
+    """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+    the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+    member attached. Idempotent for the same proposal; another one for the same epoch is
+    refused (ALREADY_EXISTS).
+    """
+    CertifyRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]
+    """Hand in member signatures gathered by the operator (SignRotation); each is checked
+    against the ledger's certifying epoch and rotation digest before it counts. With t
+    of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    """
+    GetRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]
+    ListRotations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -72,6 +85,19 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     ListMisbehaviour: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]  # type: ignore[assignment]
     """Committee members caught misbehaving, with the signed evidence."""
+    ProposeRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.ProposeRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+    the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+    member attached. Idempotent for the same proposal; another one for the same epoch is
+    refused (ALREADY_EXISTS).
+    """
+    CertifyRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    """Hand in member signatures gathered by the operator (SignRotation); each is checked
+    against the ledger's certifying epoch and rotation digest before it counts. With t
+    of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    """
+    GetRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    ListRotations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]  # type: ignore[assignment]
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the coordinator to the bridge operator (restrict it at the network layer).
@@ -115,5 +141,42 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListMisbehaviourResponse, _abc.Awaitable[_operator_pb2.ListMisbehaviourResponse]]:
         """Committee members caught misbehaving, with the signed evidence."""
+
+    @_abc_1.abstractmethod
+    def ProposeRotation(
+        self,
+        request: _operator_pb2.ProposeRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]:
+        """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+        the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+        member attached. Idempotent for the same proposal; another one for the same epoch is
+        refused (ALREADY_EXISTS).
+        """
+
+    @_abc_1.abstractmethod
+    def CertifyRotation(
+        self,
+        request: _operator_pb2.CertifyRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]:
+        """Hand in member signatures gathered by the operator (SignRotation); each is checked
+        against the ledger's certifying epoch and rotation digest before it counts. With t
+        of them for a ledger, the coordinator installs the rotation there (level-triggered).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRotation(
+        self,
+        request: _operator_pb2.GetRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRotations(
+        self,
+        request: _operator_pb2.ListRotationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListRotationsResponse, _abc.Awaitable[_operator_pb2.ListRotationsResponse]]: ...
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
