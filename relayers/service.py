@@ -26,6 +26,7 @@ from bridge.rpc.convert import (
     terms_from_pb,
 )
 from bridge.rpc.errors import Context, grpc_errors
+from bridge.rpc.rotation_convert import proposal_from_pb, window_to_pb
 from bridge.rpc.supply_convert import reading_to_pb
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc, supply_pb2
 
@@ -152,6 +153,49 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         self._log.info(
             "step applied" if not outcome.already_applied else "step already applied",
             **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},
+        )
+        return relayer_pb2.SubmitResponse(
+            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
+        )
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    @grpc_errors
+    async def GetCommittees(
+        self, request: relayer_pb2.GetCommitteesRequest, context: Context
+    ) -> relayer_pb2.Committees:
+        """The epochs the endpoint accepts now or will, ascending, at the finalized height."""
+        windows = await self._adapter.committees()
+        return relayer_pb2.Committees(epochs=[window_to_pb(w) for w in windows])
+
+    @grpc_errors
+    async def InstallCommittee(
+        self, request: relayer_pb2.InstallCommitteeRequest, context: Context
+    ) -> relayer_pb2.SubmitResponse:
+        """Install a certified rotation; retried on transient faults (the ledger call is
+        idempotent: an installed rotation returns ``already_applied``). The ledger checks
+        the certificate; a refusal is FAILED_PRECONDITION naming the ledger's reason."""
+        proposal = proposal_from_pb(request.proposal)
+        if not request.HasField("certificate"):
+            raise InvalidInput("certificate is required")
+        cert = signatures_from_pb(request.certificate)
+        if cert.epoch != proposal.certifying_epoch:
+            raise InvalidInput(
+                f"certificate epoch {cert.epoch} does not certify epoch {proposal.next_epoch}"
+            )
+        async with self._locks.hold(("rotation", proposal.next_epoch)):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    outcome = await self._adapter.install_committee(proposal.as_rotation(), cert)
+        self._log.info(
+            "committee installed" if not outcome.already_applied else "committee already installed",
+            next_epoch=proposal.next_epoch,
+            **{TX: outcome.tx_id},
         )
         return relayer_pb2.SubmitResponse(
             tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
