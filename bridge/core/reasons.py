@@ -38,6 +38,12 @@ class ErrorReason(enum.StrEnum):
     SIGNERS_NOT_ASCENDING = "SignersNotAscending"
     NOT_COMMITTEE_MEMBER = "NotCommitteeMember"
     INVALID_COMMITTEE = "InvalidCommittee"
+    # Committee rotation (ADR 0008).
+    EPOCH_NOT_ACTIVE = "EpochNotActive"
+    INVALID_ROTATION = "InvalidRotation"
+    ROTATION_ALREADY_INSTALLED = "RotationAlreadyInstalled"
+    EPOCH_ALREADY_INSTALLED = "EpochAlreadyInstalled"
+    TRANSACTION_TIME_SKEWED = "TransactionTimeSkewed"
     # Instructions (protocol v2).
     MISSING_INSTRUCTION = "MissingInstruction"
     INVALID_INSTRUCTION = "InvalidInstruction"

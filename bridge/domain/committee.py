@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from bridge.core import digests, epochs
 from bridge.core import signatures as core
 from bridge.core.reasons import ErrorReason, ProtocolError
 from bridge.core.signatures import SECP256K1_N, SIGNATURE_LENGTH
+from bridge.domain.claims import ClaimDomain
 from bridge.domain.errors import InvalidCertificate, InvalidInput
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "SIGNATURE_LENGTH",
     "Certificate",
     "Committee",
+    "CommitteeRotation",
+    "EpochWindow",
     "SignedVote",
     "address_of_public_key",
     "assemble_certificate",
@@ -161,3 +165,66 @@ def _describe(exc: ProtocolError, committee: Committee, epoch: int, count: int) 
     if exc.reason is ErrorReason.NOT_COMMITTEE_MEMBER:
         return f"{exc.detail} is not in committee epoch {committee.epoch}"
     return str(exc)
+
+
+# ---- committee rotation
+
+
+@dataclass(frozen=True, slots=True)
+class CommitteeRotation:
+    """What t members of ``epoch`` certify to install ``next`` (epoch + 1) on an endpoint.
+
+    Guarantees on construction (InvalidInput otherwise): ``next.epoch == epoch + 1``; the new
+    members are strictly ascending (the order every endpoint requires and the digest binds);
+    ``0 < overlap <= MAX_OVERLAP``; ``0 <= activation < 2**64``. ``activation`` (unix seconds)
+    is when ``next`` starts verifying; the old epoch keeps verifying for ``overlap`` seconds
+    after ``max(activation, installation time)`` (ADR 0008).
+    """
+
+    epoch: int
+    next: Committee
+    activation: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if type(self.epoch) is not int or not 0 < self.epoch < 2**64 - 1:
+            raise InvalidInput("rotation epoch must be in 1..2**64-2")
+        if self.next.epoch != self.epoch + 1:
+            raise InvalidInput(f"next epoch {self.next.epoch} must be epoch + 1 = {self.epoch + 1}")
+        if list(self.next.members) != sorted(self.next.members):
+            raise InvalidInput("the new committee's members must be strictly ascending")
+        if self.next.threshold > 255:
+            raise InvalidInput("threshold must fit uint8")
+        if type(self.overlap) is not int or not 0 < self.overlap <= epochs.MAX_OVERLAP:
+            raise InvalidInput(f"overlap must be in 1..{epochs.MAX_OVERLAP} seconds")
+        if type(self.activation) is not int or not 0 <= self.activation < 2**64:
+            raise InvalidInput("activation must be unix seconds in uint64 range")
+
+    def digest(self, domain: ClaimDomain) -> bytes:
+        """The rotation digest for the endpoint ``domain`` names (its network, ledger and
+        contract; ``domain.epoch`` is ignored: the signing epoch is ``self.epoch``)."""
+        return digests.rotation_digest(
+            domain.network,
+            domain.ledger,
+            domain.contract,
+            self.epoch,
+            self.next.epoch,
+            self.next.threshold,
+            self.next.members,
+            self.activation,
+            self.overlap,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EpochWindow:
+    """One installed epoch and when it verifies on one endpoint: from ``active_from`` (unix
+    seconds, inclusive) until ``active_until`` (exclusive; None: no end)."""
+
+    committee: Committee
+    active_from: int
+    active_until: int | None
+
+    def verifies_at(self, now: int) -> bool:
+        """True when a certificate of this epoch verifies at ledger time ``now``."""
+        return self.active_from <= now and (self.active_until is None or now < self.active_until)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -86,6 +87,17 @@ class LedgerReader(Protocol):
         """
         ...
 
+    # ---- committee rotation
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """Every installed epoch that verifies at ``height`` or will later, ascending by epoch.
+
+        ``height`` defaults to the finalized height; "now" is that block's time. At most two
+        windows (ADR 0008): the latest installed epoch (which may not be active yet) and,
+        while its overlap lasts, the one before it.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -114,5 +126,22 @@ class LedgerAdapter(LedgerReader, Protocol):
         Idempotent: when the step is already applied with the same terms the result has
         ``already_applied`` set and nothing is sent. A step the ledger refuses raises
         LedgerRejected naming the contract's reason; transient faults raise Unavailable.
+        """
+        ...
+
+    # ---- committee rotation
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """Install ``rotation.next`` with a certificate of ``rotation.epoch`` over
+        ``rotation.digest(...)`` for this endpoint, and wait until it is final.
+
+        Anyone may submit (the certificate is the authority). Idempotent: when this very
+        rotation is already installed the result has ``already_applied`` set and nothing is
+        sent. A rotation the ledger refuses raises LedgerRejected with the ErrorReason value
+        (EpochAlreadyInstalled for a different committee already installed for that epoch,
+        WrongEpoch, EpochNotActive, InvalidRotation, InvalidCommittee, or a certificate
+        error); transient faults raise Unavailable.
         """
         ...

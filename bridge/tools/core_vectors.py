@@ -107,6 +107,7 @@ def build() -> dict[str, Any]:
         "terms": _hex(digests.TERMS_TAG),
         "claim": _hex(digests.CLAIM_TAG),
         "instruction": _hex(digests.INSTRUCTION_TAG),
+        "rotation": _hex(digests.ROTATION_TAG),
     }
     out["ledger_words"] = {n: _hex(words.ledger_word(n)) for n in ("evm-a", "fabric-b", "x")}
     out["security_words"] = {
@@ -155,7 +156,49 @@ def build() -> dict[str, Any]:
     out["claims"] = claims
     out["instructions"] = _instructions()
     out["certificates"] = _certificates()
+    out["rotations"] = _rotations()
     return out
+
+
+# ---- committee rotation
+
+
+def _rotations() -> list[dict[str, Any]]:
+    members = sorted(_address(vector_key(i)) for i in range(4))
+    base: dict[str, Any] = {
+        "network": words.evm_network_word(31337),
+        "ledger": words.ledger_word("evm-a"),
+        "bridge": bytes(12) + bytes([0xC0]) * 20,
+        "epoch": 1,
+        "next_epoch": 2,
+        "threshold": 3,
+        "members": members,
+        "activation": 1_700_000_000,
+        "overlap": 3600,
+    }
+    cases = [
+        base,
+        {**base, "network": words.evm_network_word(1)},
+        {**base, "ledger": words.ledger_word("fabric-b"),
+         "bridge": words.fabric_bridge_word("bridge", "kstb")},
+        {**base, "epoch": 7, "next_epoch": 8, "threshold": 2, "members": members[:3]},
+        {**base, "members": members[1:] + members[:1]},  # order is bound (endpoints refuse it)
+        {**base, "activation": 0, "overlap": 2**64 - 1, "threshold": 255},
+    ]  # fmt: skip
+    return [
+        {
+            **{k: _hex(v) for k, v in c.items() if isinstance(v, bytes)},
+            "epoch": c["epoch"],
+            "next_epoch": c["next_epoch"],
+            "threshold": c["threshold"],
+            "members": [_hex(m) for m in c["members"]],
+            "activation": c["activation"],
+            "overlap": c["overlap"],
+            "members_hash": _hex(digests.members_hash(c["members"])),
+            "digest": _hex(digests.rotation_digest(**c)),
+        }
+        for c in cases
+    ]
 
 
 def _instructions() -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from web3.exceptions import (
 
 from bridge.config import LedgerConfig
 from bridge.core.words import evm_network_word
+from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import (
     LedgerId,
@@ -527,6 +528,81 @@ class EvmAdapter:
                 return height
             await asyncio.sleep(self._poll)
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    # ---- committee rotation
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """The endpoint's ``committees()`` view at block ``height`` (default: finalized): the
+        latest installed epoch and, while its window lasts at that block's timestamp, the
+        previous one, ascending by epoch. InvalidInput for a height above the finalized one."""
+        final = await self.finalized_height()
+        at = final if height is None else height
+        if not 0 <= at <= final:
+            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
+        fn = self._bridge.functions.committees()
+        epochs, thresholds, starts, ends, members = await self._rpc(
+            "committees", lambda: fn.call(block_identifier=at)
+        )
+        return tuple(
+            EpochWindow(
+                committee=Committee(
+                    epoch=int(e),
+                    threshold=int(t),
+                    members=tuple(bytes.fromhex(str(m)[2:]) for m in ms),
+                ),
+                active_from=int(a),
+                active_until=int(u) if int(u) != 0 else None,
+            )
+            for e, t, a, u, ms in zip(epochs, thresholds, starts, ends, members, strict=True)
+        )
+
+    def _rotation_args(self, rotation: CommitteeRotation) -> list[Any]:
+        return [
+            rotation.epoch,
+            rotation.next.epoch,
+            rotation.next.threshold,
+            [to_checksum_address(m) for m in rotation.next.members],
+            rotation.activation,
+            rotation.overlap,
+        ]
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """``rotateCommittee`` with ``certificate``; idempotent (see LedgerAdapter).
+
+        The replay check is the endpoint's own: a dry run (``estimate_gas``) that reverts
+        ``RotationAlreadyInstalled`` means this very rotation is installed, reported as
+        ``already_applied`` once the installing block is final.
+        """
+        if self._signer is None:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+        args = self._rotation_args(rotation)
+        fn = self._bridge.functions.rotateCommittee(
+            *args, (certificate.epoch, b"".join(certificate.signatures))
+        )
+        try:
+            tx_hash = await self._send(fn)
+        except LedgerRejected as exc:
+            if exc.reason != "RotationAlreadyInstalled":
+                raise
+            return TxOutcome(
+                tx_id="", height=await self._rotation_final(rotation), already_applied=True
+            )
+        height = await self._await_final(tx_hash, self._confirm_s)
+        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _rotation_final(self, rotation: CommitteeRotation, limit_s: float = 120.0) -> int:
+        """Wait until ``rotation.next`` is installed at the finalized height; return it."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        while loop.time() < give_up:
+            at = await self.finalized_height()
+            windows = await self.committees(at)
+            if windows and windows[-1].committee.epoch >= rotation.next.epoch:
+                return at
+            await asyncio.sleep(self._poll)
+        raise Unavailable(f"rotation to epoch {rotation.next.epoch} not final on {self.ledger}")
 
     async def node_identity(self) -> tuple[int, bytes, bytes]:
         """What the node says it is: ``(chain id, code at the bridge address, the endpoint's

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from contextlib import aclosing
 
 from bridge.core import words as core_words
+from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
@@ -420,6 +421,55 @@ class FabricAdapter:
         if current.terms_hash != terms.terms_hash:
             raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
         return TxOutcome(tx_id="", height=current.height, already_applied=True)
+
+    # ---- committee rotation
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """The chaincode's ``Committees`` view (latest committed state): the latest installed
+        epoch and, while its window lasts, the previous one, ascending by epoch. "Now" is the
+        query's transaction timestamp (this client's clock, see ADR 0008); Fabric cannot read
+        a past height, so ``height`` is not used beyond what :meth:`get_leg` does."""
+        raw = await self._client.evaluate(self._chaincode, "Committees", [])
+        try:
+            return codec.committees_from_json(raw)
+        except ValueError as exc:
+            raise LedgerRejected("MalformedAnswer", f"Committees: {exc}") from exc
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """``RotateCommittee(rotation, certificate)``; idempotent (see LedgerAdapter): a
+        refusal ``RotationAlreadyInstalled`` (at endorsement, or a validation failure after
+        which the chaincode reports it) is ``already_applied``."""
+        if not self._operator:
+            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+        args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
+        try:
+            prepared = await self._client.endorse(self._chaincode, "RotateCommittee", args)
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected as refusal:
+            if refusal.reason == "RotationAlreadyInstalled":
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            if await self._rotation_installed(rotation):
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            raise
+        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _rotation_installed(self, rotation: CommitteeRotation) -> bool:
+        """True when the gateway's peer refuses this rotation as already installed."""
+        try:
+            await self._client.evaluate(
+                self._chaincode,
+                "RotateCommittee",
+                [codec.rotation_to_json(rotation), codec.certificate_to_json(SignatureSet(0, ()))],
+            )
+        except LedgerRejected as exc:
+            return exc.reason == "RotationAlreadyInstalled"
+        return False
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""

@@ -13,12 +13,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.legs import HolderStatus, Leg, SignatureSet
 from bridge.domain.terms import TransferTerms
 
 _WORD_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _SIG_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 _DEC_RE = re.compile(r"^[0-9]+$")
+_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 SIGNATURE_SIZE = 65
 _TERM_WORDS = (
     "nonce", "security", "src_ledger", "src_bridge", "dst_ledger", "dst_bridge",
@@ -199,3 +201,55 @@ def is_supply_key(key: str, security: bytes) -> bool:
         return True
     family, sep, rest = key.partition("/")
     return bool(sep) and family in SUPPLY_KEY_PREFIXES and rest.startswith(f"{sec}/")
+
+
+# ---- committee rotation
+
+
+def rotation_to_json(rotation: CommitteeRotation) -> str:
+    """The chaincode's ``RotateCommittee`` rotation argument: ``{"epoch", "next_epoch",
+    "threshold", "members" (lowercase 0x addresses, ascending), "activation", "overlap"}``."""
+    return _dumps(
+        {
+            "epoch": rotation.epoch,
+            "next_epoch": rotation.next.epoch,
+            "threshold": rotation.next.threshold,
+            "members": ["0x" + m.hex() for m in rotation.next.members],
+            "activation": rotation.activation,
+            "overlap": rotation.overlap,
+        }
+    )
+
+
+def committees_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[EpochWindow, ...]:
+    """The chaincode's ``Committees`` answer: ``{"committees": [{"epoch", "threshold",
+    "members", "active_from", "active_until" (null: no end)}, ...]}`` ascending by epoch."""
+    data = _object(raw, "Committees answer")
+    items = _field(data, "committees", "Committees answer")
+    if not isinstance(items, list):
+        raise ValueError("Committees answer: committees must be a list")
+    out = []
+    for item in items:
+        obj = _object(item, "committee window")
+        members = _field(obj, "members", "committee window")
+        if not isinstance(members, list) or not all(
+            isinstance(m, str) and _ADDRESS_RE.fullmatch(m) for m in members
+        ):
+            raise ValueError("committee window: members must be 0x 20-byte addresses")
+        until = _field(obj, "active_until", "committee window")
+        out.append(
+            EpochWindow(
+                committee=Committee(
+                    epoch=int_from_json(_field(obj, "epoch", "committee window"), "epoch"),
+                    threshold=int_from_json(
+                        _field(obj, "threshold", "committee window"), "threshold"
+                    ),
+                    members=tuple(bytes.fromhex(m[2:]) for m in members),
+                ),
+                active_from=int_from_json(
+                    _field(obj, "active_from", "committee window"), "active_from"
+                ),
+                active_until=None if until is None else int_from_json(until, "active_until"),
+            )
+        )
+    return tuple(out)

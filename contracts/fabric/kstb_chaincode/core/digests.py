@@ -28,6 +28,7 @@ TRANSFER_TAG = tag("KSTB/transfer-id/v2")
 TERMS_TAG = tag("KSTB/terms/v2")
 CLAIM_TAG = tag("KSTB/claim/v2")
 INSTRUCTION_TAG = tag("KSTB/instruction/v2")
+ROTATION_TAG = tag("KSTB/committee-rotation/v2")
 
 CLAIM_LOCKED = 1
 CLAIM_COMMIT = 2
@@ -187,6 +188,58 @@ def instruction_digest(network: bytes, thash: bytes) -> bytes:
     """
     return keccak256(
         encode(INSTRUCTION_TAG, uint(PROTOCOL_VERSION, 16), word32(network), word32(thash))
+    )
+
+
+# ---- committee rotation
+
+
+def members_hash(members: Sequence[bytes]) -> bytes:
+    """``keccak256(abi.encodePacked(address[] members))``: each 20-byte address left-padded to
+    one word (array elements are padded even in packed encoding), concatenated."""
+    out = []
+    for m in members:
+        if not isinstance(m, bytes | bytearray) or len(m) != 20:
+            raise ValueError("a committee member is a 20-byte address")
+        out.append(bytes(12) + bytes(m))
+    return keccak256(b"".join(out))
+
+
+def rotation_digest(
+    network: bytes,
+    ledger: bytes,
+    bridge: bytes,
+    epoch: int,
+    next_epoch: int,
+    threshold: int,
+    members: Sequence[bytes],
+    activation: int,
+    overlap: int,
+) -> bytes:
+    """``BridgeTypes.rotationDigest``: what t members of ``epoch`` sign to install
+    ``next_epoch`` on one endpoint.
+
+    ``keccak256(abi.encode(ROTATION_TAG, uint16 2, network, ledger, bridge, uint64 epoch,
+    uint64 nextEpoch, uint8 threshold, keccak256(abi.encodePacked(members)), uint64
+    activation, uint64 overlap))``. Bound to the network, ledger and bridge contract like a
+    claim, so a rotation certificate installs nothing anywhere else; bound to every member
+    (in the given order: endpoints require strictly ascending members), the threshold and
+    both times, so no part of the new committee can be substituted.
+    """
+    return keccak256(
+        encode(
+            ROTATION_TAG,
+            uint(PROTOCOL_VERSION, 16),
+            word32(network),
+            word32(ledger),
+            word32(bridge),
+            uint(epoch, 64),
+            uint(next_epoch, 64),
+            uint(threshold, 8),
+            members_hash(members),
+            uint(activation, 64),
+            uint(overlap, 64),
+        )
     )
 
 
