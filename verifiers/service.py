@@ -14,7 +14,6 @@ from bridge.domain.issuance import Registration, verify_instruction
 from bridge.domain.legs import Leg
 from bridge.domain.rotation import (
     RotationBounds,
-    RotationProposal,
     RotationRefused,
     check_proposal,
     member_epochs,
@@ -24,8 +23,8 @@ from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make
 from bridge.ledgers.adapter import LedgerReader
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.convert import terms_from_pb
-from bridge.rpc.rotation_convert import proposal_from_pb
 from bridge.rpc.errors import Context, grpc_errors
+from bridge.rpc.rotation_convert import proposal_from_pb
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.policy import check_abort_unknown_target, check_claim, is_instructed
@@ -281,7 +280,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             # A key in both epochs of an overlap signs under each: the coordinator takes
             # the epoch the ledger prefers.
             for committee in committees:
-                domain = ClaimDomain(reader.ledger.word, reader.bridge_word, committee.epoch, network)
+                domain = ClaimDomain(
+                    reader.ledger.word, reader.bridge_word, committee.epoch, network
+                )
                 digest = claim_digest(domain, claim)
                 out.signatures.append(
                     verifier_pb2.LedgerSignature(

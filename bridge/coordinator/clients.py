@@ -13,7 +13,13 @@ import grpc
 
 from bridge.coordinator.records import Misbehaviour
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate, recover_signer, verify_vote
+from bridge.domain.committee import (
+    Committee,
+    EpochWindow,
+    assemble_certificate,
+    recover_signer,
+    verify_vote,
+)
 from bridge.domain.errors import (
     BridgeError,
     InvalidCertificate,
@@ -26,11 +32,13 @@ from bridge.domain.errors import (
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
+from bridge.domain.rotation import RotationProposal
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.rpc.rotation_convert import proposal_to_pb, window_from_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
 from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc, verifier_pb2, verifier_pb2_grpc
@@ -136,6 +144,34 @@ class RelayerGateway:
             req.certificate.CopyFrom(signatures_to_pb(certificate))
         try:
             m = await self._stub.Submit(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
+
+    # ---- committee rotation (ADR 0009)
+    async def committees(self) -> tuple[EpochWindow, ...]:
+        """The epochs the ledger accepts now or will (read at finality by the relayer)."""
+        try:
+            m = await self._stub.GetCommittees(
+                relayer_pb2.GetCommitteesRequest(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        try:
+            windows = tuple(window_from_pb(w) for w in m.epochs)
+        except InvalidInput as exc:
+            raise Unavailable(f"relayer of {self.ledger} sent a malformed epoch: {exc}") from None
+        return tuple(sorted(windows, key=lambda w: w.committee.epoch))
+
+    async def install_committee(
+        self, proposal: RotationProposal, certificate: SignatureSet
+    ) -> TxOutcome:
+        """Install a certified rotation (idempotent on the ledger)."""
+        req = relayer_pb2.InstallCommitteeRequest(
+            proposal=proposal_to_pb(proposal), certificate=signatures_to_pb(certificate)
+        )
+        try:
+            m = await self._stub.InstallCommittee(req, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}") from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
@@ -263,17 +299,26 @@ class CommitteeClient:
                 await examine(endpoint, resp)
 
     async def certify(
-        self, kind: ClaimKind, terms: TransferTerms, ledgers: Sequence[LedgerDomain]
+        self,
+        kind: ClaimKind,
+        terms: TransferTerms,
+        ledgers: Sequence[LedgerDomain],
+        epochs: Mapping[str, Committee] | None = None,
     ) -> Mapping[str, SignatureSet]:
         """Return a certificate per ledger, as soon as t members have validly signed for all.
 
+        ``epochs`` names, per ledger, the committee epoch the certificate must be of (the
+        one that ledger accepts; default: the network file's). A member signs under every
+        accepted epoch it belongs to; a signature of another epoch than the one wanted is
+        not counted and is no misbehaviour.
         Raises PreconditionFailed with the members' refusals when a quorum is impossible,
         Unavailable when too many members cannot be reached.
         """
         claim = Claim(kind=kind, transfer_id=terms.transfer_id, terms_hash=terms.terms_hash)
+        wanted = {d.name: (epochs or {}).get(d.name, self.committee) for d in ledgers}
         digests = {
             d.name: claim_digest(
-                ClaimDomain(d.ledger_word, d.bridge_word, self.committee.epoch, d.network_word),
+                ClaimDomain(d.ledger_word, d.bridge_word, wanted[d.name].epoch, d.network_word),
                 claim,
             )
             for d in ledgers
@@ -286,7 +331,7 @@ class CommitteeClient:
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
             for s in resp.signatures:
-                if s.ledger_id not in sigs:
+                if s.ledger_id not in sigs or s.epoch != wanted[s.ledger_id].epoch:
                     continue
                 expected = digests[s.ledger_id]
                 if s.digest != expected:
@@ -297,7 +342,7 @@ class CommitteeClient:
                     )  # fmt: skip
                     continue
                 try:
-                    verify_vote(self.committee, expected, s.signature)
+                    verify_vote(wanted[s.ledger_id], expected, s.signature)
                 except InvalidCertificate as exc:
                     await self._report(
                         endpoint, "invalid-signature", subject, str(exc), expected,
@@ -318,10 +363,10 @@ class CommitteeClient:
                         refusals.append(resp.details() or resp.code().name)
                     continue
                 await examine(endpoint, resp)
-                certs = self._try_assemble(digests, sigs)
+                certs = self._try_assemble(digests, sigs, wanted)
                 if certs is not None:
                     return certs
-        need = self.committee.threshold
+        need = max(c.threshold for c in wanted.values())
         if refusals and len(refusals) > len(self._stubs) - need:
             raise PreconditionFailed(
                 f"committee refused {kind.name}: " + "; ".join(sorted(set(refusals)))
@@ -340,6 +385,7 @@ class CommitteeClient:
         registration: Registration,
         operator_signature: bytes,
         previous: SignedRecord | None = None,
+        committee: Committee | None = None,
     ) -> tuple[bytes, ...]:
         """Return t valid member signatures over ``record``'s digest, in signer order.
 
@@ -358,6 +404,7 @@ class CommitteeClient:
             request.previous.CopyFrom(record_to_pb(previous.record))
             request.previous_signatures.extend(previous.signatures)
         digest = record.digest
+        signing = committee or self.committee
         subject = f"supply record {record.security}#{record.sequence}"
         valid: dict[bytes, bytes] = {}
         refusals: list[str] = []
@@ -372,7 +419,7 @@ class CommitteeClient:
                 )  # fmt: skip
                 return
             try:
-                vote = verify_vote(self.committee, digest, resp.signature)
+                vote = verify_vote(signing, digest, resp.signature)
             except InvalidCertificate as exc:
                 await self._report(
                     endpoint, "invalid-signature", subject, str(exc), digest, resp.digest,
@@ -393,9 +440,9 @@ class CommitteeClient:
                         refusals.append(resp.details() or resp.code().name)
                     continue
                 await examine(endpoint, resp)
-                if len(valid) >= self.committee.threshold:
+                if len(valid) >= signing.threshold:
                     return tuple(valid[k] for k in sorted(valid))
-        need = self.committee.threshold
+        need = signing.threshold
         summary = "; ".join(sorted(set(refusals)))
         if unreachable and len(self._stubs) - unreachable < need:
             raise Unavailable(
@@ -408,12 +455,15 @@ class CommitteeClient:
         )
 
     def _try_assemble(
-        self, digests: Mapping[str, bytes], sigs: Mapping[str, list[bytes]]
+        self,
+        digests: Mapping[str, bytes],
+        sigs: Mapping[str, list[bytes]],
+        wanted: Mapping[str, Committee],
     ) -> dict[str, SignatureSet] | None:
         out: dict[str, SignatureSet] = {}
         for name, digest in digests.items():
             try:
-                cert = assemble_certificate(self.committee, digest, sigs[name])
+                cert = assemble_certificate(wanted[name], digest, sigs[name])
             except InvalidCertificate:
                 return None
             out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from bridge.coordinator.publisher import SupplyPublisher
+from bridge.coordinator.rotation import RotationManager
 from bridge.domain.ids import SecurityId
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
+from bridge.rpc.rotation_convert import certified_to_pb
 from bridge.rpc.supply_convert import (
     attestation_to_pb,
     registration_from_pb,
@@ -23,8 +25,20 @@ def _security(text: str) -> str:
 class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
     """Serves committee-signed records; operator calls are checked against operator keys."""
 
-    def __init__(self, publisher: SupplyPublisher) -> None:
+    def __init__(
+        self, publisher: SupplyPublisher, rotations: RotationManager | None = None
+    ) -> None:
         self._publisher = publisher
+        self._rotations = rotations
+
+    @grpc_errors
+    async def GetCommitteeChain(
+        self, request: supply_pb2.GetCommitteeChainRequest, context: Context
+    ) -> supply_pb2.CommitteeChain:
+        """The certified rotations after ``from_epoch`` (the subscriber checks each one
+        against the epoch before it; this server is not trusted)."""
+        chain = self._rotations.chain(request.from_epoch) if self._rotations is not None else []
+        return supply_pb2.CommitteeChain(rotations=[certified_to_pb(c) for c in chain])
 
     @grpc_errors
     async def GetSupply(

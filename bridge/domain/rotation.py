@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bridge.core.digests import rotation_digest
+from bridge.core.epochs import MAX_OVERLAP
 from bridge.domain.committee import (
     Committee,
     CommitteeRotation,
@@ -45,8 +46,9 @@ class RotationProposal:
     ``activation`` (ledger seconds); the epoch before keeps verifying ``overlap`` seconds
     after max(activation, install time).
 
-    Guarantees on construction: members distinct 20-byte addresses, 0 < t <= n, 2t > n,
-    next_epoch >= 2 (epoch 1 is the genesis, installed at deployment).
+    Guarantees on construction: members distinct 20-byte addresses in strictly ascending
+    order (what endpoints require and the digest binds), 0 < t <= n, 2t > n, next_epoch >= 2
+    (epoch 1 is the genesis, installed at deployment), 0 < overlap <= MAX_OVERLAP.
     """
 
     next_epoch: int
@@ -58,11 +60,13 @@ class RotationProposal:
     def __post_init__(self) -> None:
         if self.next_epoch < 2:
             raise InvalidInput("a rotation installs epoch 2 or later (epoch 1 is the genesis)")
-        if self.activation < 0 or self.overlap < 0 or self.activation >= 2**64:
-            raise InvalidInput("activation and overlap are non-negative 64-bit seconds")
-        if self.overlap >= 2**64:
-            raise InvalidInput("overlap must fit 64 bits")
-        self.committee  # noqa: B018 - validates distinct members and 2t > n
+        if not 0 <= self.activation < 2**64:
+            raise InvalidInput("activation is unix seconds in uint64 range")
+        if not 0 < self.overlap <= MAX_OVERLAP:
+            raise InvalidInput(f"overlap must be in 1..{MAX_OVERLAP} seconds")
+        if list(self.members) != sorted(self.members):
+            raise InvalidInput("members must be in ascending address order")
+        self.as_rotation()  # validates distinct members, 2t > n and the rotation's rules
 
     @property
     def committee(self) -> Committee:
@@ -115,7 +119,7 @@ class RotationBounds:
     its clock (and not more than ``max_activation_lag`` behind it), overlap within
     [``min_overlap``, ``max_overlap``]."""
 
-    min_overlap: int = 30
+    min_overlap: int = 10
     max_overlap: int = 7 * 24 * 3600
     max_activation_delay: int = 30 * 24 * 3600
     max_activation_lag: int = 3600
@@ -145,13 +149,10 @@ def check_proposal(
             f" {latest.committee.epoch} + 1"
         )
     if signer is not None and not latest.committee.is_member(signer):
-        raise RotationRefused(
-            f"0x{signer.hex()} is not a member of epoch {latest.committee.epoch}"
-        )
+        raise RotationRefused(f"0x{signer.hex()} is not a member of epoch {latest.committee.epoch}")
     if not bounds.min_overlap <= proposal.overlap <= bounds.max_overlap:
         raise RotationRefused(
-            f"overlap {proposal.overlap}s is outside [{bounds.min_overlap},"
-            f" {bounds.max_overlap}]s"
+            f"overlap {proposal.overlap}s is outside [{bounds.min_overlap}, {bounds.max_overlap}]s"
         )
     if proposal.activation > now + bounds.max_activation_delay:
         raise RotationRefused(
@@ -164,12 +165,6 @@ def check_proposal(
     return latest.committee
 
 
-def _verifies_at(window: EpochWindow, now: float) -> bool:
-    if window.active_from > now:
-        return False
-    return window.active_until is None or now < window.active_until
-
-
 def member_epochs(windows: Iterable[EpochWindow], member: bytes) -> tuple[Committee, ...]:
     """The epochs ``member`` belongs to among ``windows`` (what a ledger accepts now or
     will), newest first; a key may be in both epochs of an overlap. The ledger, not this
@@ -178,13 +173,21 @@ def member_epochs(windows: Iterable[EpochWindow], member: bytes) -> tuple[Commit
     return tuple(sorted(mine, key=lambda c: c.epoch, reverse=True))
 
 
+ACTIVATION_MARGIN_S = 5
+"""An epoch is preferred only this long after its activation (ledger clocks lag ours)."""
+
+
 def preferred_epoch(windows: Sequence[EpochWindow], now: float) -> Committee:
     """The newest epoch that verifies at ``now`` (the coordinator gathers certificates of
-    it: it verifies longest). Raises RotationRefused when none does."""
-    live = [w.committee for w in windows if _verifies_at(w, now)]
+    it: it verifies longest), counting a new epoch as active only
+    :data:`ACTIVATION_MARGIN_S` after its activation while an older one still verifies.
+    Raises RotationRefused when none does."""
+    t = int(now)
+    live = [w for w in windows if w.verifies_at(t)]
     if not live:
         raise RotationRefused("no committee epoch verifies on this ledger now")
-    return max(live, key=lambda c: c.epoch)
+    settled = [w for w in live if w.verifies_at(t - ACTIVATION_MARGIN_S)]
+    return max(settled or live, key=lambda w: w.committee.epoch).committee
 
 
 @dataclass(frozen=True, slots=True)
