@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 import grpc
 
 from bridge.domain.committee import Committee
+from bridge.domain.errors import InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
+from bridge.domain.rotation import CertifiedRotation, chain_committees
 from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
+from bridge.rpc.rotation_convert import certified_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
     registration_from_pb,
@@ -141,6 +144,28 @@ class FeedVerifier:
     expected: tuple[str, ...] = ()
     started_at: float = field(default_factory=time.time)
     _raised: dict[str, FeedStale] = field(default_factory=dict, repr=False)
+    epochs: dict[int, Committee] = field(default_factory=dict)
+    """Every epoch verified from the trust anchor ``committee`` (ADR 0009)."""
+
+    def __post_init__(self) -> None:
+        self.epochs.setdefault(self.committee.epoch, self.committee)
+
+    def add_chain(self, rotations: list[CertifiedRotation]) -> list[int]:
+        """Accept the epochs ``rotations`` reach from the trust anchor; returns the new ones.
+
+        SECURITY: each rotation must be certified by t members of the epoch before it, that
+        epoch itself reached from the anchor (:func:`chain_committees`); a chain that does
+        not verify raises InvalidCertificate and adds nothing, and a second, different
+        committee for an epoch already accepted is refused the same way.
+        """
+        reached = chain_committees(self.committee, rotations)
+        for epoch, committee in reached.items():
+            known = self.epochs.get(epoch)
+            if known is not None and known != committee:
+                raise InvalidCertificate(f"epoch {epoch} is already known with other members")
+        added = sorted(set(reached) - set(self.epochs))
+        self.epochs.update(reached)
+        return added
 
     def stale(self, now: float | None = None) -> list[FeedStale]:
         """Every staleness alarm that holds at ``now`` (a ``time.time()``), by security
@@ -178,9 +203,17 @@ class FeedVerifier:
         """Verify one attestation; remember it as its security's last record when it passes."""
         record = attestation.signed.record
         previous = self.last.get(record.security)
-        failures = verify_records(
-            [attestation.signed], self.committee, after=previous, from_genesis=self.from_genesis
-        )
+        committee = self.epochs.get(record.epoch)
+        if committee is None:
+            failures = [
+                f"{record.security}#{record.sequence}: signed under epoch {record.epoch}, which"
+                f" no verified rotation chain reaches from trust anchor epoch"
+                f" {self.committee.epoch}"
+            ]
+        else:
+            failures = verify_records(
+                [attestation.signed], committee, after=previous, from_genesis=self.from_genesis
+            )
         discrepancies = tuple(
             f"{record.security}#{record.sequence}: {units:+d} units on {ledger}"
             for ledger, units in record.ledger_discrepancies
@@ -220,9 +253,33 @@ class SupplyFeed:
         finally:
             call.cancel()
 
+    async def committee_chain(self, from_epoch: int) -> list[CertifiedRotation]:
+        """The certified rotations after ``from_epoch`` as the server sends them (not yet
+        checked: :meth:`FeedVerifier.add_chain` does)."""
+        resp = await self._stub.GetCommitteeChain(
+            supply_pb2.GetCommitteeChainRequest(from_epoch=from_epoch), timeout=self._timeout
+        )
+        return [certified_from_pb(r) for r in resp.rotations]
+
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close(None)
+
+
+async def follow_epoch(feed: SupplyFeed, verifier: FeedVerifier, attestation: Attestation) -> None:
+    """Before ``attestation`` is checked: if it is signed under an epoch the verifier does not
+    know yet, fetch the rotation chain from the server and verify it into the verifier. A
+    chain that does not verify is logged and ignored: the record then fails verification."""
+    epoch = attestation.signed.record.epoch
+    if epoch in verifier.epochs:
+        return
+    try:
+        added = verifier.add_chain(await feed.committee_chain(verifier.committee.epoch))
+    except InvalidCertificate as exc:
+        get_logger().error("committee chain refused", reason=str(exc))
+        return
+    if added:
+        get_logger().warning("committee epochs verified from the trust anchor", epochs=added)
 
 
 async def watch(
@@ -249,6 +306,7 @@ async def watch(
                 if a.feed_sequence < position:
                     continue  # a duplicate cannot happen by contract; never show one twice
                 position = a.feed_sequence + 1
+                await follow_epoch(feed, verifier, a)
                 yield verifier.check(a)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (
@@ -415,6 +473,7 @@ async def audit_feed(
         async with asyncio.timeout(limit_s):
             async for a in feed.stream("", start):
                 if not security or a.signed.record.security == security:
+                    await follow_epoch(feed, verifier, a)
                     verdict = verifier.check(a)
                     checked += 1
                     problems += [f"feed #{a.feed_sequence}: {f}" for f in verdict.failures]
