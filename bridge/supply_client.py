@@ -206,9 +206,9 @@ class FeedVerifier:
         committee = self.epochs.get(record.epoch)
         if committee is None:
             failures = [
-                f"{record.security}#{record.sequence}: signed under epoch {record.epoch}, which"
-                f" no verified rotation chain reaches from trust anchor epoch"
-                f" {self.committee.epoch}"
+                f"record {record.security}#{record.sequence}: signed under epoch"
+                f" {record.epoch}, committee epoch is {self.committee.epoch} and no verified"
+                " rotation chain reaches it"
             ]
         else:
             failures = verify_records(
