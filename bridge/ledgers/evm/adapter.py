@@ -540,21 +540,8 @@ class EvmAdapter:
         if not 0 <= at <= final:
             raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
         fn = self._bridge.functions.committees()
-        epochs, thresholds, starts, ends, members = await self._rpc(
-            "committees", lambda: fn.call(block_identifier=at)
-        )
-        return tuple(
-            EpochWindow(
-                committee=Committee(
-                    epoch=int(e),
-                    threshold=int(t),
-                    members=tuple(bytes.fromhex(str(m)[2:]) for m in ms),
-                ),
-                active_from=int(a),
-                active_until=int(u) if int(u) != 0 else None,
-            )
-            for e, t, a, u, ms in zip(epochs, thresholds, starts, ends, members, strict=True)
-        )
+        windows = await self._rpc("committees", lambda: fn.call(block_identifier=at))
+        return tuple(_window_from_abi(w) for w in windows)
 
     def _rotation_args(self, rotation: CommitteeRotation) -> list[Any]:
         return [
@@ -619,6 +606,23 @@ class EvmAdapter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _window_from_abi(raw: Any) -> EpochWindow:
+    """An ``IBridgeEndpoint.CommitteeWindow`` (web3 returns a mapping or a tuple)."""
+    keys = ("epoch", "threshold", "activeFrom", "activeUntil", "members")
+    epoch, threshold, start, until, members = (
+        [raw[k] for k in keys] if hasattr(raw, "keys") else list(raw)
+    )
+    return EpochWindow(
+        committee=Committee(
+            epoch=int(epoch),
+            threshold=int(threshold),
+            members=tuple(bytes.fromhex(str(m)[2:]) for m in members),
+        ),
+        active_from=int(start),
+        active_until=int(until) if int(until) != 0 else None,
+    )
 
 
 _TERMS_KEYS = (

@@ -23,8 +23,9 @@ from web3.types import TxParams, TxReceipt
 
 from bridge.core.words import evm_network_word
 from bridge.domain.claims import ClaimDomain
-from bridge.domain.committee import Committee
+from bridge.domain.committee import Committee, CommitteeRotation
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.legs import SignatureSet
 from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
 from bridge.ledgers.evm.revert import decode_revert
 
@@ -272,6 +273,36 @@ def claim_domain(ledger: LedgerId, endpoint_address: str, epoch: int, chain_id: 
         contract=evm_address_word(endpoint_address),
         epoch=epoch,
         network=evm_network_word(chain_id),
+    )
+
+
+# ---- committee rotation
+
+
+def rotate_committee(
+    w3: Web3,
+    private_key: bytes,
+    endpoint: Contract,
+    rotation: CommitteeRotation,
+    certificate: SignatureSet,
+    *,
+    gas: int | None = None,
+) -> TxReceipt:
+    """Send ``rotateCommittee`` for ``rotation`` with ``certificate`` (any funded account:
+    the certificate is the authority). Raises TxReverted with the endpoint's error."""
+    return send_tx(
+        w3,
+        private_key,
+        endpoint.functions.rotateCommittee(
+            rotation.epoch,
+            rotation.next.epoch,
+            rotation.next.threshold,
+            [Web3.to_checksum_address(m) for m in rotation.next.members],
+            rotation.activation,
+            rotation.overlap,
+            (certificate.epoch, b"".join(certificate.signatures)),
+        ),
+        gas=gas,
     )
 
 

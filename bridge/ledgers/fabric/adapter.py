@@ -438,38 +438,52 @@ class FabricAdapter:
     async def install_committee(
         self, rotation: CommitteeRotation, certificate: SignatureSet
     ) -> TxOutcome:
-        """``RotateCommittee(rotation, certificate)``; idempotent (see LedgerAdapter): a
-        refusal ``RotationAlreadyInstalled`` (at endorsement, or a validation failure after
-        which the chaincode reports it) is ``already_applied``."""
+        """``RotateCommittee(rotation, certificate)``, waiting for a VALID commit; idempotent
+        (see LedgerAdapter).
+
+        A refusal ``RotationAlreadyInstalled`` is ``already_applied``. Any other refusal at
+        endorsement is confirmed on the gateway's own peer first, like :meth:`submit`: when
+        that peer shows the rotation installed it is ``already_applied``, when it would
+        accept the rotation another endorser lags (Unavailable, retry), otherwise the
+        refusal stands. A transaction invalidated after ordering is re-checked the same way.
+        """
         if not self._operator:
             raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
         args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
         try:
             prepared = await self._client.endorse(self._chaincode, "RotateCommittee", args)
-            result = await self._client.submit_prepared(prepared)
         except LedgerRejected as refusal:
-            if refusal.reason == "RotationAlreadyInstalled":
-                return TxOutcome(
-                    tx_id="", height=await self.finalized_height(), already_applied=True
-                )
-            if await self._rotation_installed(rotation):
-                return TxOutcome(
-                    tx_id="", height=await self.finalized_height(), already_applied=True
-                )
-            raise
+            if refusal.reason != "RotationAlreadyInstalled":
+                await self._confirm_rotation_refusal(args, refusal)
+            return await self._rotation_applied()
+        try:
+            result = await self._client.submit_prepared(prepared)
+        except LedgerRejected as invalid:
+            await self._confirm_rotation_refusal(args, invalid, after_ordering=True)
+            return await self._rotation_applied()
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
 
-    async def _rotation_installed(self, rotation: CommitteeRotation) -> bool:
-        """True when the gateway's peer refuses this rotation as already installed."""
+    async def _confirm_rotation_refusal(
+        self, args: list[str], refusal: LedgerRejected, *, after_ordering: bool = False
+    ) -> None:
+        """Return if the gateway's peer shows the rotation installed; raise ``refusal`` if it
+        refuses it too (Unavailable instead when it would accept it and ``refusal`` came
+        from another endorser)."""
         try:
-            await self._client.evaluate(
-                self._chaincode,
-                "RotateCommittee",
-                [codec.rotation_to_json(rotation), codec.certificate_to_json(SignatureSet(0, ()))],
-            )
-        except LedgerRejected as exc:
-            return exc.reason == "RotationAlreadyInstalled"
-        return False
+            await self._client.evaluate(self._chaincode, "RotateCommittee", args)
+        except LedgerRejected as own:
+            if own.reason == "RotationAlreadyInstalled":
+                return
+            raise refusal from None
+        if after_ordering:
+            raise refusal
+        raise Unavailable(
+            f"{self._ledger}: RotateCommittee refused by an endorsing peer ({refusal}) but"
+            " accepted by the gateway's peer; another peer is behind, retry"
+        ) from refusal
+
+    async def _rotation_applied(self) -> TxOutcome:
+        return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""

@@ -82,9 +82,11 @@ _TRANSPORT_CODES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-TRANSIENT_CHAINCODE_ERRORS = frozenset({"Internal"})
+TRANSIENT_CHAINCODE_ERRORS = frozenset({"Internal", "TransactionTimeSkewed"})
 """Chaincode error names that mean "the chaincode failed", not "the chaincode refused"
-(the bridge chaincode answers ``Internal: <exception>`` for unexpected exceptions)."""
+(the bridge chaincode answers ``Internal: <exception>`` for unexpected exceptions, and
+``TransactionTimeSkewed`` when an endorser's clock disagrees with the proposal's timestamp:
+a fault of a clock, retried with a fresh timestamp, ADR 0008)."""
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERROR_DETAIL_TYPE = "gateway.ErrorDetail"
 # How the peer wraps a chaincode's error message ("chaincode response 500, <message>").

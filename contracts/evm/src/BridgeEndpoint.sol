@@ -58,11 +58,18 @@ contract BridgeEndpoint is IBridgeEndpoint {
     mapping(bytes32 => OutLeg) private _out;
     mapping(bytes32 => InLeg) private _in;
 
-    // Committee. Only the current epoch verifies. Membership is keyed by epoch so that a
-    // future rotation only has to call `_installCommittee` with the next epoch.
+    // Committee: every installed epoch by number; `_epoch` is the latest. Only the latest and
+    // the one before it can verify (see `_verifyingEpoch`, ADR 0008).
+    struct Epoch {
+        uint64 activeFrom;
+        uint64 activeUntil; // 0: no end
+        uint8 threshold; // 0: not installed
+        bytes32 rotation; // the rotation digest that installed it (0 for the constructor's)
+        address[] members;
+    }
+
     uint64 private _epoch;
-    uint8 private _threshold;
-    address[] private _members;
+    mapping(uint64 => Epoch) private _epochs;
     mapping(uint64 => mapping(address => bool)) private _isMember;
 
     modifier onlyAdmin() {
@@ -126,14 +133,16 @@ contract BridgeEndpoint is IBridgeEndpoint {
         emit SecurityRegistered(securityId, token);
     }
 
-    /// The current committee: the only one whose certificates are accepted.
+    /// The latest installed committee (before its activation the previous epoch still
+    /// verifies alone: see `committees`).
     function committee()
         external
         view
         override
         returns (uint64 epoch, uint8 threshold, address[] memory members)
     {
-        return (_epoch, _threshold, _members);
+        Epoch storage e = _epochs[_epoch];
+        return (_epoch, e.threshold, e.members);
     }
 
     // ------------------------------------------------------------------ source side
@@ -433,6 +442,160 @@ contract BridgeEndpoint is IBridgeEndpoint {
         return _network();
     }
 
+    // ---- committee rotation (ADR 0008)
+
+    /// Longest overlap a rotation may ask for (the old keys stay usable that long).
+    uint64 private constant MAX_OVERLAP = 30 days;
+    /// Latest activation a rotation may name, after its installation.
+    uint256 private constant MAX_ACTIVATION_DELAY = 30 days;
+
+    /// Installs committee `nextEpoch` (`threshold` of `members`, verifying from `activation`)
+    /// with a certificate of `epoch` over `BridgeTypes.rotationDigest` for this endpoint.
+    /// Anyone may call: the certificate is the authority. Checks, in order (the protocol
+    /// core's `epochs.check_rotation`, then its certificate rule): RotationAlreadyInstalled
+    /// (this very rotation is installed), EpochAlreadyInstalled (another committee holds
+    /// `nextEpoch`), InvalidRotation (nextEpoch != epoch + 1), WrongEpoch (`epoch` is not the
+    /// latest installed epoch), EpochNotActive (it is not active yet), InvalidRotation
+    /// (overlap not in 1..30 days, activation more than 30 days ahead), InvalidCommittee
+    /// (not 1 <= t <= n < 2t, members nonzero strictly ascending), then the certificate of
+    /// `epoch` (WrongEpoch unless cert.epoch == epoch, MalformedSignatures, TooFewSignatures,
+    /// InvalidSignature, SignersNotAscending, NotCommitteeMember).
+    /// Guarantees on success: `epoch` verifies until max(activation, now) + overlap,
+    /// `nextEpoch` from `activation` on, `epoch - 1` no longer verifies.
+    /// SECURITY: only t members of the latest active committee can change the committee.
+    function rotateCommittee(
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] calldata members,
+        uint64 activation,
+        uint64 overlap,
+        BridgeTypes.Certificate calldata cert
+    ) external override {
+        bytes32 digest = BridgeTypes.rotationDigest(
+            _network(), ledgerId, _selfWord(), epoch, nextEpoch, threshold, members, activation, overlap
+        );
+        Epoch storage current = _checkRotation(epoch, nextEpoch, activation, overlap, digest);
+        _checkRotatedCommittee(threshold, members);
+        if (cert.epoch != epoch) revert WrongEpoch(cert.epoch, epoch);
+        _checkSignatures(cert.signatures, epoch, current.threshold, digest);
+
+        uint64 until =
+            (activation > block.timestamp ? activation : uint64(block.timestamp)) + overlap;
+        current.activeUntil = until;
+        _installRotated(nextEpoch, threshold, members, activation, digest);
+        emit CommitteeRotated(epoch, nextEpoch, activation, until);
+    }
+
+    /// The checks of `rotateCommittee` before the committee and the certificate; returns the
+    /// rotating (latest) epoch.
+    function _checkRotation(
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint64 activation,
+        uint64 overlap,
+        bytes32 digest
+    ) private view returns (Epoch storage current) {
+        Epoch storage next = _epochs[nextEpoch];
+        if (next.threshold != 0) {
+            if (next.rotation == digest) revert RotationAlreadyInstalled(nextEpoch);
+            revert EpochAlreadyInstalled(nextEpoch);
+        }
+        if (uint256(nextEpoch) != uint256(epoch) + 1) revert InvalidRotation();
+        uint64 latest = _epoch;
+        if (epoch != latest) revert WrongEpoch(epoch, latest);
+        current = _epochs[epoch];
+        if (block.timestamp < current.activeFrom) {
+            revert EpochNotActive(epoch, current.activeFrom);
+        }
+        if (
+            overlap == 0 || overlap > MAX_OVERLAP
+                || activation > block.timestamp + MAX_ACTIVATION_DELAY
+        ) revert InvalidRotation();
+    }
+
+    /// Records committee `nextEpoch` as the latest epoch, verifying from `activation`.
+    function _installRotated(
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] calldata members,
+        uint64 activation,
+        bytes32 digest
+    ) private {
+        Epoch storage next = _epochs[nextEpoch];
+        next.activeFrom = activation;
+        next.threshold = threshold;
+        next.rotation = digest;
+        next.members = members;
+        for (uint256 i = 0; i < members.length; ++i) {
+            _isMember[nextEpoch][members[i]] = true;
+        }
+        _epoch = nextEpoch;
+    }
+
+    /// The latest installed epoch and, while its window lasts at this block, the one before
+    /// it, ascending by epoch: every epoch whose certificates verify now or will.
+    function committees() external view override returns (CommitteeWindow[] memory windows) {
+        uint64 latest = _epoch;
+        Epoch storage prev = _epochs[latest - 1];
+        bool withPrev = prev.threshold != 0
+            && (prev.activeUntil == 0 || block.timestamp < prev.activeUntil);
+        windows = new CommitteeWindow[](withPrev ? 2 : 1);
+        if (withPrev) windows[0] = _window(latest - 1, prev);
+        windows[withPrev ? 1 : 0] = _window(latest, _epochs[latest]);
+    }
+
+    /// `BridgeTypes.rotationDigest` for any domain.
+    function rotationDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] calldata members,
+        uint64 activation,
+        uint64 overlap
+    ) external pure override returns (bytes32) {
+        return BridgeTypes.rotationDigest(
+            network, ledger, bridge, epoch, nextEpoch, threshold, members, activation, overlap
+        );
+    }
+
+    /// The installed epoch whose certificate verifies now: the latest from its activation on
+    /// (EpochNotActive before), the previous one before its `activeUntil` (WrongEpoch after),
+    /// no other (WrongEpoch). The protocol core's `epochs.verifying_epoch`.
+    function _verifyingEpoch(uint64 epoch) private view returns (Epoch storage e) {
+        uint64 latest = _epoch;
+        e = _epochs[epoch];
+        if (epoch == latest) {
+            if (block.timestamp < e.activeFrom) revert EpochNotActive(epoch, e.activeFrom);
+        } else if (
+            epoch != latest - 1 || e.threshold == 0
+                || (e.activeUntil != 0 && block.timestamp >= e.activeUntil)
+        ) {
+            revert WrongEpoch(epoch, latest);
+        }
+    }
+
+    /// InvalidCommittee unless 1 <= threshold <= n < 2 * threshold and the members are
+    /// nonzero and strictly ascending (the core's `epochs.check_committee`).
+    function _checkRotatedCommittee(uint8 threshold, address[] calldata members) private pure {
+        uint256 n = members.length;
+        if (threshold == 0 || threshold > n || 2 * uint256(threshold) <= n) {
+            revert InvalidCommittee();
+        }
+        address previous = address(0);
+        for (uint256 i = 0; i < n; ++i) {
+            if (members[i] <= previous) revert InvalidCommittee();
+            previous = members[i];
+        }
+    }
+
+    function _window(uint64 epoch, Epoch storage e) private view returns (CommitteeWindow memory) {
+        return CommitteeWindow(epoch, e.threshold, e.activeFrom, e.activeUntil, e.members);
+    }
+
     // ------------------------------------------------------------------ internals
 
     /// The rotation seam: validates and installs the committee of `epoch`.
@@ -446,28 +609,39 @@ contract BridgeEndpoint is IBridgeEndpoint {
             _isMember[epoch][members[i]] = true;
         }
         _epoch = epoch;
-        _threshold = threshold;
-        _members = members;
+        Epoch storage e = _epochs[epoch];
+        e.threshold = threshold;
+        e.members = members;
     }
 
     /// Reverts unless `cert` holds >= threshold valid signatures over the claim digest of
-    /// (`kind`, `id`, `hash`) for this ledger, this contract and the current epoch, from
-    /// distinct members in strictly ascending address order.
+    /// (`kind`, `id`, `hash`) for this ledger, this contract and `cert.epoch`, an epoch that
+    /// verifies now (`_verifyingEpoch`), from distinct members in strictly ascending order.
     function _verifyCertificate(
         BridgeTypes.Certificate calldata cert,
         uint8 kind,
         bytes32 id,
         bytes32 hash
     ) internal view {
-        uint64 epoch = _epoch;
-        if (cert.epoch != epoch) revert WrongEpoch(cert.epoch, epoch);
-        bytes calldata sigs = cert.signatures;
-        if (sigs.length % SIGNATURE_LENGTH != 0) revert MalformedSignatures();
-        uint256 count = sigs.length / SIGNATURE_LENGTH;
-        if (count < _threshold) revert TooFewSignatures(count, _threshold);
-
+        uint64 epoch = cert.epoch;
+        uint8 threshold = _verifyingEpoch(epoch).threshold;
         bytes32 digest =
             BridgeTypes.claimDigest(_network(), ledgerId, _selfWord(), epoch, kind, id, hash);
+        _checkSignatures(cert.signatures, epoch, threshold, digest);
+    }
+
+    /// The certificate rule after the epoch check: the signatures split into 65-byte parts,
+    /// at least `threshold` of them, each valid over `digest`, signers strictly ascending and
+    /// members of `epoch`.
+    function _checkSignatures(
+        bytes calldata sigs,
+        uint64 epoch,
+        uint8 threshold,
+        bytes32 digest
+    ) private view {
+        if (sigs.length % SIGNATURE_LENGTH != 0) revert MalformedSignatures();
+        uint256 count = sigs.length / SIGNATURE_LENGTH;
+        if (count < threshold) revert TooFewSignatures(count, threshold);
         address previous = address(0);
         for (uint256 i = 0; i < count; ++i) {
             uint256 at = i * SIGNATURE_LENGTH;

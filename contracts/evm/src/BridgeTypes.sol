@@ -9,6 +9,7 @@ library BridgeTypes {
     bytes32 internal constant TERMS_TAG = keccak256("KSTB/terms/v2");
     bytes32 internal constant CLAIM_TAG = keccak256("KSTB/claim/v2");
     bytes32 internal constant INSTRUCTION_TAG = keccak256("KSTB/instruction/v2");
+    bytes32 internal constant ROTATION_TAG = keccak256("KSTB/committee-rotation/v2");
     uint16 internal constant PROTOCOL_VERSION = 2;
 
     uint8 internal constant CLAIM_LOCKED = 1;
@@ -88,6 +89,38 @@ library BridgeTypes {
                 kind,
                 id,
                 hash
+            )
+        );
+    }
+
+    // ---- committee rotation
+
+    /// What t members of `epoch` sign to install `nextEpoch` on one endpoint (ADR 0008).
+    /// `members` are hashed as `abi.encodePacked(address[])` (each padded to a word).
+    function rotationDigest(
+        bytes32 network,
+        bytes32 ledgerId,
+        bytes32 bridge,
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] memory members,
+        uint64 activation,
+        uint64 overlap
+    ) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                ROTATION_TAG,
+                PROTOCOL_VERSION,
+                network,
+                ledgerId,
+                bridge,
+                epoch,
+                nextEpoch,
+                threshold,
+                keccak256(abi.encodePacked(members)),
+                activation,
+                overlap
             )
         );
     }

@@ -56,6 +56,48 @@ interface IBridgeEndpoint {
     error InvalidInstruction();
     error UnknownInstructor(bytes32 instructor);
 
+    // ---- committee rotation (ADR 0008)
+    /// One installed epoch and when it verifies: from `activeFrom` (inclusive) until
+    /// `activeUntil` (exclusive; 0 = no end), by `block.timestamp`.
+    struct CommitteeWindow {
+        uint64 epoch;
+        uint8 threshold;
+        uint64 activeFrom;
+        uint64 activeUntil;
+        address[] members;
+    }
+    /// `epoch` verifies until `activeUntilOld`; `nextEpoch` from `activation` on.
+    event CommitteeRotated(uint64 indexed epoch, uint64 indexed nextEpoch, uint64 activation, uint64 activeUntilOld);
+    error EpochNotActive(uint64 epoch, uint64 activation);
+    error InvalidRotation();
+    error RotationAlreadyInstalled(uint64 nextEpoch);
+    error EpochAlreadyInstalled(uint64 nextEpoch);
+    /// Installs `nextEpoch` with a certificate of the latest, active epoch `epoch` over
+    /// `BridgeTypes.rotationDigest`. Anyone may call: the certificate is the authority.
+    function rotateCommittee(
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] calldata members,
+        uint64 activation,
+        uint64 overlap,
+        BridgeTypes.Certificate calldata cert
+    ) external;
+    /// The latest installed epoch and, while its window lasts, the previous one (ascending).
+    function committees() external view returns (CommitteeWindow[] memory windows);
+    /// `BridgeTypes.rotationDigest` for any domain (checked against the core's vectors).
+    function rotationDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint64 nextEpoch,
+        uint8 threshold,
+        address[] calldata members,
+        uint64 activation,
+        uint64 overlap
+    ) external pure returns (bytes32);
+
     // --- administration (least privilege: admin configures, relayers only move legs) ---
     function ledgerId() external view returns (bytes32);
     function admin() external view returns (address);
@@ -66,6 +108,7 @@ interface IBridgeEndpoint {
     function isInstructor(address key) external view returns (bool);
     function registerSecurity(bytes32 securityId, address token) external; // onlyAdmin
     function tokenOf(bytes32 securityId) external view returns (address);
+    /// The latest installed epoch (it may not be active yet: see `committees`).
     function committee() external view returns (uint64 epoch, uint8 threshold, address[] memory members);
 
     // --- source side ---

@@ -9,5 +9,6 @@ chaincode-as-a-service (CCaaS) gRPC server. This package must not import ``bridg
 deployed on its own, next to a Fabric peer.
 """
 
-VERSION = "2.0.0"
-"""Chaincode version; 2.x speaks protocol v2 (instructions, network-bound claims)."""
+VERSION = "2.1.0"
+"""Chaincode version; 2.x speaks protocol v2 (instructions, network-bound claims); 2.1 adds
+certified committee rotation (``RotateCommittee``, ``Committees``, ADR 0008)."""

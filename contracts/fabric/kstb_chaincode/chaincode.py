@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import grpc
@@ -163,6 +164,19 @@ def invoked_chaincode_name(stub: ChaincodeStub) -> str | None:
     return str(name) or None
 
 
+def transaction_time(stub: ChaincodeStub) -> int | None:
+    """The proposal's timestamp in unix seconds (its channel header), or None without one.
+
+    Chosen by the submitting client and identical on every endorser: the ledger time of
+    committee epochs (ADR 0008; each endorser bounds its skew, see protocol.MAX_TX_SKEW).
+    """
+    stamp = stub.get_tx_timestamp()
+    if stamp is None:
+        return None
+    seconds = int(getattr(stamp, "seconds", 0))
+    return seconds if seconds > 0 else None
+
+
 class KstbChaincode(Chaincode):
     """The bridge chaincode. ``init`` (an ``--isInit`` call) and ``invoke`` dispatch alike."""
 
@@ -186,6 +200,8 @@ class KstbChaincode(Chaincode):
                 chaincode_name=invoked_chaincode_name(stub),
                 caller_roles=caller_roles(stub),
                 init_pin=init_pin(),
+                tx_time=transaction_time(stub),
+                local_time=int(time.time()),
             )
             loop = asyncio.get_running_loop()
             run = functools.partial(

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kstb_chaincode.core import digests as _digests
+from kstb_chaincode.core import epochs as _epochs
 from kstb_chaincode.core import words as _words
 from kstb_chaincode.core.digests import (
     CLAIM_ABORT,
@@ -53,6 +54,7 @@ from kstb_chaincode.core.digests import (
     claim_digest,
     init_parameters_digest,
     instruction_digest,
+    rotation_digest,
     transfer_id,
 )
 from kstb_chaincode.core.hashing import keccak256
@@ -397,6 +399,13 @@ class Context:
     init_pin: str | None = None
     """SHA-256 hex of the only ``Init`` arguments this chaincode server accepts
     (``KSTB_INIT_PARAMS_SHA256``, set by the organisation that runs it); None: Init refused."""
+    tx_time: int | None = None
+    """The transaction's timestamp (unix seconds, from the proposal's channel header): the
+    ledger time of committee epochs (ADR 0008). The same on every endorser; None: unknown
+    (a rule that needs the time then refuses)."""
+    local_time: int | None = None
+    """This endorsing peer's own clock (unix seconds), only to refuse a ``tx_time`` more than
+    ``MAX_TX_SKEW`` away from it; never written anywhere. None: not checked (tests)."""
 
 
 def identity_of(mspid: str, cert_pem: bytes) -> str:
@@ -480,6 +489,43 @@ def _parse_committee(text: str) -> _Committee:
             )
         previous = member
     return _Committee(epoch, threshold, members)
+
+
+# ---- committee rotation
+
+ROTATION_EVENT_NAME = "CommitteeRotated"
+MAX_TX_SKEW = 300
+"""Largest difference (seconds) an endorser accepts between a transaction's timestamp and its
+own clock when a rule reads the time (ADR 0008)."""
+_ROTATION_FIELDS = frozenset(
+    {"epoch", "next_epoch", "threshold", "members", "activation", "overlap"}
+)
+
+
+def _parse_rotation(text: str) -> dict[str, Any]:
+    """``{"epoch", "next_epoch", "threshold", "members", "activation", "overlap"}``: integers
+    in their ABI ranges (uint64, threshold uint8) and 0x 20-byte addresses; InvalidArgument
+    otherwise. The committee rules themselves (order, zero, 2t > n) are the core's
+    (InvalidCommittee), checked in ``rotate_committee`` in the EVM's order."""
+    obj = _loads("rotation", text)
+    if not isinstance(obj, dict) or set(obj) != _ROTATION_FIELDS:
+        raise _invalid(
+            f"rotation must be an object with exactly the keys {sorted(_ROTATION_FIELDS)}"
+        )
+    out: dict[str, Any] = {}
+    for name in ("epoch", "next_epoch", "activation", "overlap", "threshold"):
+        value = obj[name]
+        limit = 256 if name == "threshold" else UINT64_LIMIT
+        if type(value) is not int or not 0 <= value < limit:
+            raise _invalid(f"rotation {name} must be an integer below {limit}")
+        out[name] = value
+    raw = obj["members"]
+    if not isinstance(raw, list) or not all(
+        isinstance(m, str) and _HEX_ADDRESS.fullmatch(m) for m in raw
+    ):
+        raise _invalid("rotation members must be 0x-prefixed 20-byte addresses")
+    out["members"] = [bytes.fromhex(m[2:]) for m in raw]
+    return out
 
 
 class Endpoint:
@@ -628,13 +674,20 @@ class Endpoint:
             )
 
     def _verify_certificate(self, cert: Certificate, kind: int, tid: bytes, thash: bytes) -> None:
-        """``BridgeEndpoint._verifyCertificate``: the core's acceptance rule, in its order."""
-        committee = self._committee()
+        """``BridgeEndpoint._verifyCertificate``: the epoch must verify now (the core's
+        ``epochs.verifying_epoch``), then the core's acceptance rule, in its order."""
         cfg = self.cfg
-        digest = claim_digest(
-            cfg.network_word, cfg.ledger_word, cfg.bridge_word, committee.epoch, kind, tid, thash
-        )
         try:
+            committee = self._verifying_epoch(cert.epoch)
+            digest = claim_digest(
+                cfg.network_word,
+                cfg.ledger_word,
+                cfg.bridge_word,
+                committee.epoch,
+                kind,
+                tid,
+                thash,
+            )
             check_certificate(
                 digest,
                 cert.epoch,
@@ -1136,6 +1189,182 @@ class Endpoint:
         )
         return {"digest": _hex(digest)}
 
+    # ---- committee rotation (ADR 0008)
+    #
+    # Keys: ``committee`` stays the latest installed epoch (Init writes it; the Committee view
+    # reads it); ``epoch/<n>`` holds every epoch a rotation touched with its window and the
+    # rotation digest that installed it. An epoch with no ``epoch/<n>`` record is the initial
+    # one: active from 0, no end. Every certified step reads ``committee`` and
+    # ``epoch/<latest>``, which a rotation writes: a step endorsed before a rotation and
+    # committed after it fails MVCC_READ_CONFLICT and is retried (against the new epochs).
+
+    def _clock(self) -> int:
+        """The ledger time: the transaction timestamp (seconds).
+
+        SECURITY: the timestamp is chosen by the submitting client; every endorser refuses
+        one more than MAX_TX_SKEW from its own clock (TransactionTimeSkewed), so a client
+        can shift an epoch boundary by at most that much (ADR 0008).
+        """
+        now = self._ctx.tx_time
+        if now is None:
+            raise ChaincodeError("InvalidArgument", "the transaction carries no timestamp")
+        local = self._ctx.local_time
+        if local is not None and abs(now - local) > MAX_TX_SKEW:
+            raise ChaincodeError(
+                "TransactionTimeSkewed", f"txTime={now}, peerTime={local}, max={MAX_TX_SKEW}"
+            )
+        return now
+
+    def _installed(self, epoch: int) -> _epochs.InstalledEpoch | None:
+        """What this endpoint holds for ``epoch`` (None: never installed)."""
+        obj = self._get_json(f"epoch/{epoch}")
+        if obj is not None:
+            return _epochs.InstalledEpoch(
+                epoch=int(obj["epoch"]),
+                threshold=int(obj["threshold"]),
+                members=tuple(bytes.fromhex(m[2:]) for m in obj["members"]),
+                active_from=int(obj["active_from"]),
+                active_until=None if obj["active_until"] is None else int(obj["active_until"]),
+                rotation=bytes.fromhex(obj["rotation"][2:]),
+            )
+        latest = self._committee()
+        if epoch != latest.epoch:
+            return None
+        return _epochs.InstalledEpoch(
+            latest.epoch, latest.threshold, latest.members, 0, None, _epochs.NO_ROTATION
+        )
+
+    def _latest(self) -> _epochs.InstalledEpoch:
+        latest = self._installed(self._committee().epoch)
+        assert latest is not None
+        return latest
+
+    def _verifying_epoch(self, epoch: int) -> _epochs.InstalledEpoch:
+        """The installed epoch a certificate of ``epoch`` verifies against now (the core's
+        rule; ProtocolError otherwise). Reads ``epoch/<latest - 1>`` only for that epoch."""
+        latest = self._latest()
+        previous = self._installed(epoch) if epoch + 1 == latest.epoch else None
+        return _epochs.verifying_epoch(epoch, self._clock, latest, previous)
+
+    def _put_epoch(self, e: _epochs.InstalledEpoch) -> None:
+        self._put_json(
+            f"epoch/{e.epoch}",
+            {
+                "epoch": e.epoch,
+                "threshold": e.threshold,
+                "members": [_hex(m) for m in e.members],
+                "active_from": e.active_from,
+                "active_until": e.active_until,
+                "rotation": _hex(e.rotation),
+            },
+        )
+
+    def rotate_committee(self, rotation_json: str, cert_json: str) -> object:
+        """``BridgeEndpoint.rotateCommittee``: install ``next_epoch`` with a certificate of
+        the latest, active epoch over the core's ``rotation_digest`` for this endpoint.
+
+        Anyone may call: the certificate is the authority. The checks and their order are
+        the core's (``epochs.check_rotation``, then ``check_certificate`` of ``epoch``), so
+        the errors are the EVM endpoint's. On success: ``epoch`` verifies until
+        max(activation, tx time) + overlap, ``next_epoch`` from ``activation`` on, and the
+        epoch before ``epoch`` no longer verifies. Emits ``CommitteeRotated``.
+        """
+        self._require_init()
+        r = _parse_rotation(rotation_json)
+        cert = parse_certificate(cert_json)
+        cfg = self.cfg
+        try:
+            digest = rotation_digest(
+                cfg.network_word,
+                cfg.ledger_word,
+                cfg.bridge_word,
+                r["epoch"],
+                r["next_epoch"],
+                r["threshold"],
+                r["members"],
+                r["activation"],
+                r["overlap"],
+            )
+            latest = self._latest()
+            _epochs.check_rotation(
+                self._clock,
+                latest,
+                self._installed(r["next_epoch"]),
+                digest,
+                r["epoch"],
+                r["next_epoch"],
+                r["threshold"],
+                r["members"],
+                r["activation"],
+                r["overlap"],
+            )
+            check_certificate(
+                digest,
+                cert.epoch,
+                r["epoch"],
+                latest.threshold,
+                latest.members,
+                cert.signatures,
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
+        until = _epochs.rotated_windows(self._clock(), r["activation"], r["overlap"])
+        old = _epochs.InstalledEpoch(
+            latest.epoch,
+            latest.threshold,
+            latest.members,
+            latest.active_from,
+            until,
+            latest.rotation,
+        )
+        new = _epochs.InstalledEpoch(
+            r["next_epoch"],
+            r["threshold"],
+            tuple(r["members"]),
+            r["activation"],
+            None,
+            digest,
+        )
+        self._put_epoch(old)
+        self._put_epoch(new)
+        self._put_json(
+            "committee", _committee_json(_Committee(new.epoch, new.threshold, new.members))
+        )
+        event = {
+            "epoch": old.epoch,
+            "next_epoch": new.epoch,
+            "activation": new.active_from,
+            "active_until_old": until,
+        }
+        self._emit(ROTATION_EVENT_NAME, canonical_json(event))
+        return {**event, "rotation": _hex(digest)}
+
+    def committees(self) -> object:
+        """``BridgeEndpoint.committees``: the latest installed epoch and, while its window
+        lasts at this query's transaction time, the previous one, ascending:
+        ``{"committees": [{"epoch", "threshold", "members", "active_from", "active_until"
+        (null: no end)}]}``."""
+        self._require_init()
+        latest = self._latest()
+        out = [latest]
+        previous = self._installed(latest.epoch - 1) if latest.epoch > 1 else None
+        if previous is not None and (
+            previous.active_until is None or self._clock() < previous.active_until
+        ):
+            out.insert(0, previous)
+        return {
+            "committees": [
+                {
+                    "epoch": e.epoch,
+                    "threshold": e.threshold,
+                    "members": [_hex(m) for m in e.members],
+                    "active_from": e.active_from,
+                    "active_until": e.active_until,
+                }
+                for e in out
+            ]
+        }
+
 
 def _leg_json(leg: _Leg) -> dict[str, Any]:
     return {
@@ -1180,6 +1409,9 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "Digests": ("digests", 1, False),
     "ClaimDigest": ("claim_digest_of", 4, False),
     "InstructionDigest": ("instruction_digest_of", 1, False),
+    # ---- committee rotation
+    "RotateCommittee": ("rotate_committee", 2, True),
+    "Committees": ("committees", 0, False),
 }
 
 
