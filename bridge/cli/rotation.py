@@ -147,7 +147,9 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
         rotation.proposal,
         [x.ledger_id for x in rotation.ledgers],
         _endpoints(a),
-        lambda role: credentials.identity(a, role),
+        # --tls-ca narrows the trust roots toward the coordinator only; a member is
+        # checked against the CAs the network file names for its member role.
+        lambda role: credentials.identity(argparse.Namespace(**{**vars(a), "tls_ca": []}), role),
         a.timeout,
     )
     for refusal in refusals:
