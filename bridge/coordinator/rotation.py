@@ -110,6 +110,17 @@ def ledger_status(
     return OLD_EXPIRED
 
 
+def _same(
+    p: RotationProposal, members: Sequence[bytes], threshold: int, activation: int, overlap: int
+) -> bool:
+    return (p.members, p.threshold, p.activation, p.overlap) == (
+        tuple(sorted(set(members))),
+        threshold,
+        activation,
+        overlap,
+    )
+
+
 class RotationManager:
     """Proposals, certification and level-triggered installation of rotations."""
 
@@ -146,7 +157,8 @@ class RotationManager:
         Refused (RotationRefused) when the ledgers disagree on their latest epoch, or when
         ``remove_member`` is not a member of that epoch, is still among ``members``, or has
         no recorded misbehaviour (whose evidence is then attached to the proposal).
-        Idempotent for the same proposal; Conflict for another one of the same epoch.
+        Idempotent for the same proposal, also once it is installed (the latest epoch then
+        is its own); Conflict for another one of the same epoch.
         """
         latest: dict[str, Committee] = {}
         for name in self._domains:
@@ -160,6 +172,11 @@ class RotationManager:
             )
         committee = next(iter(latest.values()))
         existing = self._store.get(committee.epoch)
+        if existing is not None and _same(
+            existing.proposal, members, threshold, activation, overlap
+        ):
+            # The operator re-ran the command after it was installed: the same rotation.
+            return await self.view(committee.epoch)
         if existing is not None and not all(x.installed for x in existing.ledgers):
             raise RotationRefused(f"the rotation to epoch {committee.epoch} is still installing")
         proposal = RotationProposal(
