@@ -35,7 +35,13 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.factory import bridge_word_of
 from bridge.supply_client import FeedVerifier, SupplyFeed, follow_epoch, settled_position
-from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2_grpc, verifier_pb2_grpc
+from bridge.v1 import (
+    operator_pb2,
+    operator_pb2_grpc,
+    transfer_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
 from bridge.v1 import transfer_pb2 as S
 from tests.e2e.test_faulty_verifiers import RogueVerifier
 from tests.support import eventually_sync
@@ -200,6 +206,16 @@ def test_rotation_removing_a_member_while_transfers_run(
             )
         assert "0x" + r.removed_member.hex() == rogue
         assert r.evidence and all("0x" + e.member.hex() == rogue for e in r.evidence)
+
+        # SECURITY: the coordinator cannot make a member sign a rotation (operator only).
+        with (
+            s.channel("coordinator", peer=s.member_role(0)) as ch,
+            pytest.raises(grpc.RpcError) as denied,
+        ):
+            verifier_pb2_grpc.VerifierServiceStub(ch).SignRotation(
+                verifier_pb2.SignRotationRequest(proposal=r.proposal, ledger_ids=[A]), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
         # Re-running the same command is idempotent: no rotation to epoch 3 appears.
         code = cli_main(
