@@ -9,8 +9,12 @@ committee state (``committee()``, ``committees()``) untouched.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
+import random
 import secrets
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +36,7 @@ from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
+from bridge.ledgers.fabric import codec
 from tests.integration.conftest import ISIN, EvmLedger, _endpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.governance]
@@ -221,6 +226,12 @@ async def test_rotation_overlap_then_only_the_new_epoch(env: Env) -> None:
     until = event["args"]["activeUntilOld"]
     assert (event["args"]["epoch"], event["args"]["nextEpoch"]) == (1, 2)
     assert until == r.activation + HOUR
+    reader = EvmAdapter(on.config())
+    try:  # at a height before the rotation: the initial epoch alone
+        (before,) = await reader.committees(receipt["blockNumber"] - 1)
+        assert before.committee == env.committee1 and before.active_until is None
+    finally:
+        await reader.close()
     ws = await windows(on)
     assert [(w.committee.epoch, w.active_from, w.active_until) for w in ws] == [
         (1, 0, until),
@@ -379,3 +390,200 @@ def test_stale_epochs_cannot_rotate(env: Env) -> None:
     r3 = rotation(2, e3, activation=now(env) + 10)
     rotate(env, on, r3, rotate_cert(on, r3, e2[:3]))
     assert [w[0] for w in on.endpoint.functions.committees().call()] == [2, 3]
+
+
+# --------------------------------------------------------------------------- EVM == chaincode
+
+_FABRIC = REPO_ROOT / "contracts" / "fabric"
+if str(_FABRIC) not in sys.path:
+    sys.path.insert(0, str(_FABRIC))
+
+from kstb_chaincode import protocol as cc  # noqa: E402
+
+
+class Twin:
+    """The chaincode's pure protocol over a memory store, fed the EVM block's timestamp."""
+
+    def __init__(self, committee: Committee) -> None:
+        self.store = cc.MemoryStore()
+        self.admin = cc.identity_of("Org1MSP", b"admin")
+        self.relayer = cc.identity_of("Org1MSP", b"relayer")
+        self.network = b"\x77" * 32
+        self.ledger = LedgerId("fabric-twin")
+        self.bridge = cc.bridge_word(CHANNEL_TWIN, "kstb")
+        members = ["0x" + m.hex() for m in committee.members]
+        c = json.dumps(
+            {"epoch": committee.epoch, "threshold": committee.threshold, "members": members}
+        )
+        args = [self.ledger.name, "kstb", c, "0x" + self.network.hex(), self.admin]
+        self.call(
+            "Init", args, None, roles=frozenset({"admin"}), pin=cc.init_parameters_digest(args)
+        )
+        self.call("SetRelayer", [self.relayer, "true"], None)
+
+    def call(
+        self, fn: str, args: list[str], now: int | None, *,
+        roles: frozenset[str] = frozenset(), pin: str | None = None, caller: str | None = None,
+    ) -> str | None:  # fmt: skip
+        ctx = cc.Context(
+            caller=caller or self.admin, channel_id=CHANNEL_TWIN, chaincode_name="kstb",
+            caller_roles=roles, init_pin=pin, tx_time=now,
+        )  # fmt: skip
+        try:
+            cc.execute(self.store, ctx, fn, args, lambda *_: None)
+        except cc.ChaincodeError as exc:
+            return exc.name
+        return None
+
+    def domain(self) -> ClaimDomain:
+        return ClaimDomain(self.ledger.word, self.bridge, 0, self.network)
+
+
+CHANNEL_TWIN = "bridge"
+
+
+def _evm_outcome(env: Env, fn: Any, by: DevAccount | None = None) -> tuple[str | None, int]:
+    """Mine ``fn``; return (None or its error name, the timestamp of the block it ran in)."""
+    error: str | None = None
+    tx_hash: Any = None
+    try:
+        receipt = deploy.send_tx(env.w3, (by or env.payer).private_key, fn, gas=GAS)
+    except deploy.TxReverted as exc:
+        error, tx_hash = exc.error_name, exc.tx_hash
+    if error is not None:
+        assert tx_hash is not None, "mined, not only estimated"
+        receipt = env.w3.eth.get_transaction_receipt(tx_hash)
+    return error, int(env.w3.eth.get_block(receipt["blockNumber"])["timestamp"])
+
+
+def _claim_sigs(
+    t: TransferTerms, d: ClaimDomain, epoch: int, signers: Sequence[LocalKeySigner]
+) -> list[bytes]:
+    digest = claim_digest(
+        replace(d, epoch=epoch), Claim(ClaimKind.ABORT, t.transfer_id, t.terms_hash)
+    )
+    return [s.sign_digest(digest) for s in signers]
+
+
+def _rotation_sigs(
+    d: ClaimDomain, r: dict[str, Any], signers: Sequence[LocalKeySigner]
+) -> list[bytes]:
+    digest = rotation_digest(
+        d.network, d.ledger, d.contract, r["epoch"], r["next_epoch"], r["threshold"],
+        r["members"], r["activation"], r["overlap"],
+    )  # fmt: skip
+    return [s.sign_digest(digest) for s in signers]
+
+
+def _sigs_json(epoch: int, sigs: list[bytes]) -> str:
+    return json.dumps({"epoch": epoch, "signatures": ["0x" + s.hex() for s in sigs]})
+
+
+def test_the_evm_endpoint_and_the_chaincode_decide_alike(env: Env) -> None:
+    """A random walk of rotations and claims, each applied to the EVM endpoint and to the
+    chaincode at the same ledger time: the same outcome (success or error name) every step."""
+    rnd = random.Random(20261202)
+    on = fresh(env)
+    twin = Twin(env.committee1)
+    committees: dict[int, list[LocalKeySigner]] = {1: env.epoch1}
+    latest = 1
+    outcomes: list[str | None] = []
+    for _ in range(120):
+        op = rnd.random()
+        if op < 0.2:
+            time_travel(env, rnd.choice([20, 70, 150]))
+            continue
+        if op < 0.5:  # a claim (abort of a fresh inbound leg) of some epoch
+            epoch = max(1, rnd.choice([latest - 2, latest - 1, latest, latest + 1]))
+            signers = committees.get(epoch, env.epoch1)[:3]
+            t_evm = terms_to(on)
+            t_cc = replace(terms_to(on), dst_ledger=twin.ledger.word, dst_bridge=twin.bridge)
+            sigs = b"".join(_claim_sigs(t_evm, domain(on), epoch, signers))
+            fn = on.endpoint.functions.abort(t_evm.as_abi_tuple(), (epoch, sigs))
+            evm_error, ts = _evm_outcome(env, fn, on.relayer)
+            cert = _sigs_json(epoch, _claim_sigs(t_cc, twin.domain(), epoch, signers))
+            cc_error = twin.call(
+                "Abort", [codec.terms_to_json(t_cc), cert], ts, caller=twin.relayer
+            )
+            assert evm_error == cc_error, ("claim", epoch, latest, evm_error, cc_error)
+            outcomes.append(evm_error)
+            continue
+        # A rotation attempt, often valid, sometimes malformed in one way.
+        epoch = rnd.choice([latest] * 4 + [latest - 1, latest + 1])
+        members = keys(rnd.choice([3, 4]))
+        n = len(members)
+        head = now(env)
+        r: dict[str, Any] = {
+            "epoch": epoch,
+            "next_epoch": epoch + (2 if rnd.random() < 0.1 else 1),
+            "threshold": rnd.choice([n // 2 + 1] * 3 + [n // 2, n + 1]),
+            "members": [s.address for s in members],
+            "activation": rnd.choice([0, head + 30, head + 100, head + 31 * 24 * HOUR]),
+            "overlap": rnd.choice([60, 200, 60, 0, 31 * 24 * HOUR]),
+        }
+        current = committees.get(epoch, env.epoch1)
+        chosen = rnd.choice([current[:3]] * 4 + [current[:2], current[2::-1], members[:3]])
+        fn = on.endpoint.functions.rotateCommittee(
+            r["epoch"], r["next_epoch"], r["threshold"],
+            [Web3.to_checksum_address(a) for a in r["members"]], r["activation"], r["overlap"],
+            (epoch, b"".join(_rotation_sigs(domain(on), r, chosen))),
+        )  # fmt: skip
+        evm_error, ts = _evm_outcome(env, fn)
+        rotation_json = json.dumps({**r, "members": ["0x" + a.hex() for a in r["members"]]})
+        cert = _sigs_json(epoch, _rotation_sigs(twin.domain(), r, chosen))
+        cc_error = twin.call("RotateCommittee", [rotation_json, cert], ts, caller=twin.relayer)
+        assert evm_error == cc_error, ("rotation", r, latest, evm_error, cc_error)
+        outcomes.append(evm_error)
+        if evm_error is None:
+            committees[r["next_epoch"]] = members
+            latest = r["next_epoch"]
+    print(
+        f"walk: latest epoch {latest}, outcomes {sorted(collections.Counter(map(str, outcomes)).items())}"
+    )
+    assert latest >= 3, "the walk rotated a few times"
+    assert None in outcomes and {
+        "WrongEpoch",
+        "EpochNotActive",
+        "InvalidCommittee",
+        "InvalidRotation",
+    } <= set(outcomes), outcomes
+
+
+async def test_two_submitters_racing_with_the_same_rotation_both_see_it_applied(env: Env) -> None:
+    """Anyone may submit: two adapters send the same rotation into one block; one installs
+    it, the other's transaction reverts on-chain and is reported as already applied."""
+    on = fresh(env)
+    other_payer = DevAccount.generate()
+    env.node.fund(other_payer.address)
+    r = rotation(1, keys(4), activation=now(env))
+    cert = rotate_cert(on, r, env.epoch1[:3])
+    first = EvmAdapter(on.config(), env.payer.private_key)
+    second = EvmAdapter(on.config(), other_payer.private_key)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+
+        async def mine_when_both_sent() -> None:
+            for _ in range(200):
+                pending = env.node.rpc("txpool_status", [])
+                if int(pending["pending"], 16) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            env.node.rpc("evm_mine", [])
+
+        a, b, _ = await asyncio.gather(
+            first.install_committee(r, cert),
+            second.install_committee(r, cert),
+            mine_when_both_sent(),
+        )
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+        await first.close()
+        await second.close()
+    assert sorted([a.already_applied, b.already_applied]) == [False, True]
+    assert on.endpoint.functions.committee().call()[0] == 2
+    installed = next(o for o in (a, b) if not o.already_applied)
+    block = env.w3.eth.get_block(installed.height)
+    statuses = sorted(
+        env.w3.eth.get_transaction_receipt(h)["status"] for h in block["transactions"]
+    )
+    assert statuses == [0, 1], "both were mined in one block; the loser reverted"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bridge.core import epochs
@@ -132,3 +134,54 @@ def test_check_rotation_order() -> None:
     assert check(members=[bytes(20), A, B]) is ErrorReason.INVALID_COMMITTEE
     assert epochs.rotated_windows(200, 300, 60) == 360
     assert epochs.rotated_windows(400, 300, 60) == 460
+
+
+# ---- the Fabric adapter's formats and error mapping
+
+
+def test_rotation_json_and_committees_json() -> None:
+    from bridge.ledgers.fabric import codec
+
+    r = rotation()
+    obj = json.loads(codec.rotation_to_json(r))
+    assert obj == {
+        "epoch": 1,
+        "next_epoch": 2,
+        "threshold": 2,
+        "members": ["0x" + m.hex() for m in (A, B, C)],
+        "activation": 100,
+        "overlap": 60,
+    }
+    answer = {
+        "committees": [
+            {"epoch": 1, "threshold": 1, "members": ["0x" + A.hex()], "active_from": 0,
+             "active_until": 160},
+            {"epoch": 2, "threshold": 2, "members": ["0x" + m.hex() for m in (A, B, C)],
+             "active_from": 100, "active_until": None},
+        ]
+    }  # fmt: skip
+    got = codec.committees_from_json(json.dumps(answer))
+    assert got == (
+        EpochWindow(Committee(1, 1, (A,)), 0, 160),
+        EpochWindow(r.next, 100, None),
+    )
+    for bad in (
+        {},
+        {"committees": {}},
+        {"committees": [{"epoch": 1}]},
+        {"committees": [{**answer["committees"][0], "members": ["0x12"]}]},
+        {"committees": [{**answer["committees"][0], "active_until": -1}]},
+        {"committees": [{**answer["committees"][0], "threshold": 0}]},
+    ):
+        with pytest.raises(ValueError, match=r"committee|must"):
+            codec.committees_from_json(json.dumps(bad))
+
+
+def test_a_skewed_endorser_clock_is_transient() -> None:
+    from bridge.domain.errors import LedgerRejected, Unavailable
+    from bridge.ledgers.fabric.gateway import chaincode_failure
+
+    skewed = chaincode_failure("chaincode response 500, TransactionTimeSkewed: txTime=1")
+    assert isinstance(skewed, Unavailable) and not isinstance(skewed, LedgerRejected)
+    refused = chaincode_failure("chaincode response 500, EpochNotActive: epoch=2")
+    assert isinstance(refused, LedgerRejected) and refused.reason == "EpochNotActive"

@@ -138,6 +138,8 @@ class EvmAdapter:
         # step waits for it while the node still holds it instead of sending another one.
         self._sent: OrderedDict[tuple[Action, bytes], bytes] = OrderedDict()
         self._tokens: dict[str, str] = {}
+        # The last rotateCommittee sent per new epoch, until it is final (as ``_sent``).
+        self._sent_rotations: dict[int, bytes] = {}
         self._poll = max(0.05, min(0.25, config.block_interval / 10))
 
     # -- identity ----------------------------------------------------------------------
@@ -560,7 +562,10 @@ class EvmAdapter:
 
         The replay check is the endpoint's own: a dry run (``estimate_gas``) that reverts
         ``RotationAlreadyInstalled`` means this very rotation is installed, reported as
-        ``already_applied`` once the installing block is final.
+        ``already_applied`` once the installing block is final. A retry while this adapter's
+        earlier transaction is still pending waits for it instead of sending another; a
+        transaction that reverted because an identical rotation from another submitter was
+        mined first is ``already_applied`` too.
         """
         if self._signer is None:
             raise LedgerRejected("ReadOnly", "this adapter has no operator key")
@@ -568,16 +573,38 @@ class EvmAdapter:
         fn = self._bridge.functions.rotateCommittee(
             *args, (certificate.epoch, b"".join(certificate.signatures))
         )
+        epoch = rotation.next.epoch
+        earlier = self._sent_rotations.get(epoch)
+        if earlier is not None and await self._is_pending(earlier):
+            tx_hash = earlier
+        else:
+            try:
+                tx_hash = await self._send(fn)
+            except LedgerRejected as exc:
+                if exc.reason != "RotationAlreadyInstalled":
+                    raise
+                return TxOutcome(
+                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
+                )
+            self._sent_rotations[epoch] = tx_hash
         try:
-            tx_hash = await self._send(fn)
-        except LedgerRejected as exc:
-            if exc.reason != "RotationAlreadyInstalled":
-                raise
-            return TxOutcome(
-                tx_id="", height=await self._rotation_final(rotation), already_applied=True
-            )
-        height = await self._await_final(tx_hash, self._confirm_s)
+            height = await self._await_final(tx_hash, self._confirm_s)
+        except Unavailable:
+            # Reverted on-chain: another submitter's identical rotation may have won the race.
+            if await self._holds(rotation):
+                return TxOutcome(
+                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
+                )
+            raise
+        self._sent_rotations.pop(epoch, None)
         return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+
+    async def _holds(self, rotation: CommitteeRotation) -> bool:
+        """True when the latest block shows ``rotation.next`` installed as given."""
+        windows = await self.committees(await self.finalized_height())
+        return any(
+            w.committee == rotation.next and w.active_from == rotation.activation for w in windows
+        )
 
     async def _rotation_final(self, rotation: CommitteeRotation, limit_s: float = 120.0) -> int:
         """Wait until ``rotation.next`` is installed at the finalized height; return it."""

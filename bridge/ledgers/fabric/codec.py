@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
+from bridge.domain.errors import InvalidInput
 from bridge.domain.legs import HolderStatus, Leg, SignatureSet
 from bridge.domain.terms import TransferTerms
 
@@ -237,15 +238,17 @@ def committees_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[EpochWin
         ):
             raise ValueError("committee window: members must be 0x 20-byte addresses")
         until = _field(obj, "active_until", "committee window")
+        try:
+            committee = Committee(
+                epoch=int_from_json(_field(obj, "epoch", "committee window"), "epoch"),
+                threshold=int_from_json(_field(obj, "threshold", "committee window"), "threshold"),
+                members=tuple(bytes.fromhex(m[2:]) for m in members),
+            )
+        except InvalidInput as exc:
+            raise ValueError(f"committee window: {exc}") from None
         out.append(
             EpochWindow(
-                committee=Committee(
-                    epoch=int_from_json(_field(obj, "epoch", "committee window"), "epoch"),
-                    threshold=int_from_json(
-                        _field(obj, "threshold", "committee window"), "threshold"
-                    ),
-                    members=tuple(bytes.fromhex(m[2:]) for m in members),
-                ),
+                committee=committee,
                 active_from=int_from_json(
                     _field(obj, "active_from", "committee window"), "active_from"
                 ),
