@@ -195,6 +195,11 @@ def test_rotation_removing_a_member_while_transfers_run(
         assert f"removes {rogue}" in out and "evidence records attached" in out
         assert "refused: " + rogue in out, "the rogue cannot sign a rotation"
 
+        # A coordinator killed right after it received the signatures finishes the job on
+        # restart (level-triggered: it re-reads each ledger, installs what is missing).
+        s.processes["coordinator"].kill9()
+        s.start_process("coordinator")
+
         def installed() -> dict[str, str] | None:
             st = rotation_status(s, 2)
             return st if all(v in ("active", "old-epoch-expired") for v in st.values()) else None
