@@ -12,13 +12,15 @@ idempotent, and a member never signs another committee for the same epoch.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
 
 from bridge.cli import credentials
 from bridge.config import load_network
+from bridge.domain.committee import recover_signer
+from bridge.domain.errors import InvalidCertificate
 from bridge.domain.ids import parse_evm_address
 from bridge.rpc.channels import sync_channel
 from bridge.rpc.roles import MEMBER, Role
@@ -59,16 +61,23 @@ def add_parser(sp: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def gather_signatures(
     proposal: rotation_pb2.RotationProposal,
-    ledgers: Sequence[str],
+    digests: Mapping[str, bytes],
     endpoints: Mapping[bytes, str],
     identity_for: IdentityFor,
     timeout: float = 15.0,
 ) -> tuple[list[verifier_pb2.LedgerSignature], list[str]]:
-    """Ask each member at ``endpoints`` to sign ``proposal`` for ``ledgers``; returns the
-    signatures (unchecked: the coordinator checks each) and each member's refusal."""
+    """Ask each member at ``endpoints`` to sign ``proposal`` for the ledgers of ``digests``
+    (ledger -> the rotation digest the coordinator computed); returns the signatures and
+    each member's refusal.
+
+    A signature is kept only if it is over that ledger's digest, of the certifying epoch,
+    and recovers to the member asked (whose role the TLS handshake proved), so one member
+    answering with anything else cannot spoil the coordinator's all-or-nothing check; the
+    coordinator still checks each against the certifying epoch as the ledger reports it.
+    """
     signatures: list[verifier_pb2.LedgerSignature] = []
     refusals: list[str] = []
-    request = verifier_pb2.SignRotationRequest(proposal=proposal, ledger_ids=list(ledgers))
+    request = verifier_pb2.SignRotationRequest(proposal=proposal, ledger_ids=list(digests))
     for address, target in sorted(endpoints.items()):
         who = "0x" + address.hex()
         try:
@@ -79,7 +88,20 @@ def gather_signatures(
         except grpc.RpcError as exc:
             refusals.append(f"{who}: {exc.code().name}: {exc.details()}")
             continue
-        signatures.extend(resp.signatures)
+        for sig in resp.signatures:
+            try:
+                ok = (
+                    sig.digest == digests.get(sig.ledger_id)
+                    and sig.epoch == proposal.next_epoch - 1
+                    and recover_signer(sig.digest, sig.signature) == address
+                )
+            except InvalidCertificate:
+                ok = False
+            if ok:
+                signatures.append(sig)
+            else:
+                refusals.append(f"{who}: answered a signature that is not its own over the"
+                                f" rotation digest of {sig.ledger_id}: dropped")  # fmt: skip
     return signatures, refusals
 
 
@@ -145,7 +167,7 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
     print("\n".join(rotation_lines(rotation)))
     signatures, refusals = gather_signatures(
         rotation.proposal,
-        [x.ledger_id for x in rotation.ledgers],
+        {x.ledger_id: x.digest for x in rotation.ledgers},
         _endpoints(a),
         # --tls-ca narrows the trust roots toward the coordinator only; a member is
         # checked against the CAs the network file names for its member role.

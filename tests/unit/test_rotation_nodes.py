@@ -64,7 +64,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
 from bridge.rpc.rotation_convert import proposal_to_pb
 from bridge.supply_client import FeedVerifier
-from bridge.v1 import verifier_pb2
+from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from tests.support import eventually
 from tests.unit.test_coordinator_driver import BROKER_A, ISIN, FakeRelayer, final, request, submit
 from tests.unit.test_verifier_claim_service import NETWORK, Member
@@ -622,3 +622,59 @@ def test_feed_verifier_follows_a_certified_chain_and_refuses_a_forged_one() -> N
     with pytest.raises(InvalidCertificate):
         v.add_chain([certified(g, other, g[:2])])
     assert v.epochs[2] == p2.committee
+
+
+# ---- the operator's CLI keeps only each member's own signature over the right digest --------
+
+
+class _Answer(verifier_pb2_grpc.VerifierServiceServicer):
+    def __init__(self, key: LocalKeySigner, digest: bytes, epoch: int = 1) -> None:
+        self.key, self.digest, self.epoch = key, digest, epoch
+
+    def SignRotation(self, request, context):  # type: ignore[no-untyped-def]
+        return verifier_pb2.SignRotationResponse(
+            signer=self.key.address,
+            signatures=[
+                verifier_pb2.LedgerSignature(
+                    ledger_id="a", epoch=self.epoch, digest=self.digest,
+                    signature=self.key.sign_digest(self.digest),
+                )
+            ],
+        )  # fmt: skip
+
+
+def test_gather_signatures_drops_what_is_not_the_members_own(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from concurrent import futures
+
+    import grpc
+
+    from bridge.cli.rotation import gather_signatures
+    from bridge.rpc.tls import INSECURE_ENV
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    members = keys(4)
+    digest = secrets.token_bytes(32)
+    answers = [
+        _Answer(members[0], digest),  # good
+        _Answer(members[1], secrets.token_bytes(32)),  # another digest
+        _Answer(keys(1)[0], digest),  # someone else's key behind member 2's endpoint
+        _Answer(members[3], digest, epoch=2),  # wrong epoch
+    ]
+    servers, endpoints = [], {}
+    for m, answer in zip(members, answers, strict=True):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        verifier_pb2_grpc.add_VerifierServiceServicer_to_server(answer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        endpoints[m.address] = f"127.0.0.1:{port}"
+    try:
+        p = proposal(keys(3), 2)
+        sigs, refusals = gather_signatures(
+            proposal_to_pb(p), {"a": digest}, endpoints, lambda role: None, timeout=5
+        )
+    finally:
+        for server in servers:
+            server.stop(0)
+    assert [s.signature for s in sigs] == [members[0].sign_digest(digest)]
+    assert len(refusals) == 3
