@@ -351,3 +351,16 @@ def rotate_under_load(
     epochs, problems = asyncio.run(audit())
     assert not problems, problems
     assert 1 in epochs and 2 in epochs, epochs
+    # The depository's CLI, given only the network file, verifies the whole feed and the
+    # latest record (of epoch 2) the same way.
+    network = str(s.workdir / "network.toml")
+    tls = s.cli_tls_args("depository")
+    code = cli_main(["--coordinator", s.coordinator_target, *tls, "supply", "verify",
+                     "--network", network])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 failed verification" in out
+    code = cli_main(["--coordinator", s.coordinator_target, *tls, "supply", "get",
+                     "--security", DEMO_ISIN, "--network", network])  # fmt: skip
+    assert code == 0
+    assert "VERIFIED" in capsys.readouterr().out
