@@ -165,9 +165,14 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
         timeout=a.timeout,
     )
     print("\n".join(rotation_lines(rotation)))
+    # Only ledgers still short of a certificate need signatures (a re-run after it was
+    # certified or installed asks nobody).
+    wanted = {x.ledger_id: x.digest for x in rotation.ledgers if x.status == "proposed"}
+    if not wanted:
+        return 0
     signatures, refusals = gather_signatures(
         rotation.proposal,
-        {x.ledger_id: x.digest for x in rotation.ledgers},
+        wanted,
         _endpoints(a),
         # --tls-ca narrows the trust roots toward the coordinator only; a member is
         # checked against the CAs the network file names for its member role.

@@ -358,7 +358,7 @@ def rotate_under_load(
     code = cli_main(["--coordinator", s.coordinator_target, *tls, "supply", "verify",
                      "--network", network])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0, out
+    assert code in (0, 3), out  # 3: the signed "registered issuance pending" of new holders
     assert "0 failed verification" in out
     code = cli_main(["--coordinator", s.coordinator_target, *tls, "supply", "get",
                      "--security", DEMO_ISIN, "--network", network])  # fmt: skip
