@@ -428,7 +428,10 @@ class FabricAdapter:
         """The chaincode's ``Committees`` view (latest committed state): the latest installed
         epoch and, while its window lasts, the previous one, ascending by epoch. "Now" is the
         query's transaction timestamp (this client's clock, see ADR 0008); Fabric cannot read
-        a past height, so ``height`` is not used beyond what :meth:`get_leg` does."""
+        a past height, so ``height`` is only checked (InvalidInput above the finalized
+        height), like :meth:`get_leg` reads the latest state for any past height."""
+        if height is not None and height > await self.finalized_height():
+            raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
         raw = await self._client.evaluate(self._chaincode, "Committees", [])
         try:
             return codec.committees_from_json(raw)

@@ -6,7 +6,9 @@ same digests, byte for byte. It does no I/O and imports nothing from Fabric; the
 is a tiny key-value interface (:class:`KeyValue`) and events go to a callback, so the whole
 state machine is unit-testable. ``kstb_chaincode.chaincode`` binds it to the Fabric shim.
 
-Determinism (every endorsing peer must compute the same write set): no clock, no randomness,
+Determinism (every endorsing peer must compute the same write set): no peer clock in any
+result (the only time is the transaction timestamp, identical on every endorser, read only by
+the committee-epoch rules; a peer's own clock only refuses a skewed timestamp), no randomness,
 no floating point, no iteration over unordered containers that reaches the output; JSON is
 written with ``sort_keys`` and compact separators; amounts are Python ints stored as decimal
 strings; amounts and balances are bounded to ``< 2**256`` like the EVM's uint256 (the EVM's
@@ -17,7 +19,8 @@ that succeeds writes (in sorted key order) and emits; a failing call leaves the 
 untouched, like an EVM revert. Fabric would discard the write set of a failed proposal
 anyway; the buffer also gives read-your-writes, which Fabric's ``GetState`` does not.
 
-Keys (all ASCII): ``config``, ``committee``, ``relayer/<identity>``, ``security/<word>``,
+Keys (all ASCII): ``config``, ``committee`` (the latest epoch), ``epoch/<n>`` (epochs a
+rotation touched, with their windows), ``relayer/<identity>``, ``security/<word>``,
 ``holder/<word>/<address>``, ``out/<transfer id>``, ``in/<transfer id>``, and the index
 entries ``escrow/<word>/<transfer id>`` (a Locked outbound leg) and
 ``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on,
@@ -1418,8 +1421,8 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
 def execute(store: KeyValue, ctx: Context, function: str, args: Sequence[str], emit: Emit) -> bytes:
     """Run one chaincode call; return its JSON result or raise :class:`ChaincodeError`.
 
-    The store is written, and ``emit`` called (at most once, for a leg transition), only
-    when the call succeeds.
+    The store is written, and ``emit`` called (at most once: a leg transition or a committee
+    rotation), only when the call succeeds.
     """
     entry = FUNCTIONS.get(function)
     if entry is None:
