@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -21,16 +23,20 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from bridge.cli.main import main as cli_main
 from bridge.config import load_network
+from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
+from bridge.domain.committee import Committee, CommitteeRotation
 from bridge.domain.errors import InvalidCertificate
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
@@ -125,6 +131,22 @@ def rotation_status(s: LocalSystem, epoch: int) -> dict[str, str]:
     return {x.ledger_id: x.status for x in r.ledgers}
 
 
+_TEST_RELAYERS: dict[tuple[str, str], DevAccount] = {}
+
+
+def own_relayer(s: LocalSystem, ledger: str) -> DevAccount:
+    """A relayer account of the test's own on ``ledger`` (the relayer daemon's account is
+    busy: sharing it would race its nonces)."""
+    key = (str(s.workdir), ledger)
+    if key not in _TEST_RELAYERS:
+        h = s.ledgers[ledger]
+        account = DevAccount.generate()
+        set_balance(s, ledger, account.address, 10**21)
+        deploy.set_relayer(h.w3, h.admin.private_key, h.endpoint, account.address, True)
+        _TEST_RELAYERS[key] = account
+    return _TEST_RELAYERS[key]
+
+
 def old_epoch_result(
     s: LocalSystem, ledger: str, epoch: int, signers: list[LocalKeySigner]
 ) -> str | None:
@@ -144,7 +166,7 @@ def old_epoch_result(
     sigs = b"".join(k.sign_digest(digest) for k in sorted(signers, key=lambda k: k.address))
     fn = h.endpoint.functions.abort(t.as_abi_tuple(), (epoch, sigs))
     try:
-        deploy.send_tx(h.w3, h.relayer.private_key, fn, gas=500_000)
+        deploy.send_tx(h.w3, own_relayer(s, ledger).private_key, fn, gas=500_000)
     except deploy.TxReverted as exc:
         return exc.error_name
     return None
@@ -364,3 +386,108 @@ def rotate_under_load(
                      "--security", DEMO_ISIN, "--network", network])  # fmt: skip
     assert code == 0
     assert "VERIFIED" in capsys.readouterr().out
+
+
+def set_balance(s: LocalSystem, ledger: str, address: str, wei: int) -> None:
+    """anvil_setBalance on ``ledger``'s node (the devnet's own access, not a component's)."""
+    s.ledgers[ledger].w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+
+
+def decision_row(s: LocalSystem, tid: str) -> tuple[int, str, dict[str, Any]]:
+    """The coordinator's decision row (kind, cause, certificates), read-only."""
+    db = sqlite3.connect(f"file:{s.workdir / 'state' / 'coordinator.sqlite'}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT kind, cause, certificates FROM decisions WHERE transfer_id = ?",
+            (bytes.fromhex(tid.removeprefix("0x")),),
+        ).fetchone()
+    finally:
+        db.close()
+    assert row is not None, "no decision recorded"
+    return int(row[0]), str(row[1]), json.loads(row[2])
+
+
+def test_a_decision_refused_after_the_overlap_is_recertified_and_unchanged(
+    rot_system: LocalSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs after the rotation to epoch 2 above. A B->A transfer is decided (COMMIT,
+    certificates of epoch 2) and minted on A, but its burn on B cannot be sent (B's relayer
+    account has no gas). Meanwhile epoch 3 is installed on both ledgers and epoch 2's
+    overlap ends. When B's relayer can send again, B refuses the stored epoch-2 certificate
+    (WrongEpoch); the coordinator gathers COMMIT again for B under epoch 3 and burns. The
+    decision (kind, cause, A's certificate) never changed."""
+    s = rot_system
+    a, b = s.ledgers[A], s.ledgers[B]
+    honest = [LocalKeySigner(k.private_key) for k in s.verifier_keys[:3]]
+    spare = LocalKeySigner(s.spare_keys[0].private_key)
+    holder = b.make_holder(DEMO_ISIN, 10)
+    a.set_eligible(DEMO_ISIN, holder.address)
+    tid = submit(s, B, A, holder.address, 4)
+    raw_tid = bytes.fromhex(tid.removeprefix("0x"))
+
+    # Drain B's relayer account as soon as the lock is on B: the burn cannot be sent.
+    eventually_sync(lambda: b.endpoint.functions.outbound(raw_tid).call()[0] == 1, 60,
+                    "locked on B", interval=0.05)  # fmt: skip
+    set_balance(s, B, b.relayer.address, 0)
+    try:
+        eventually_sync(lambda: a.endpoint.functions.inbound(raw_tid).call()[0] == 4, 60,
+                        "minted on A", interval=0.2)  # fmt: skip
+        kind, cause, before = decision_row(s, tid)
+        assert {n: c["epoch"] for n, c in before.items()} == {A: 2, B: 2}
+        assert b.endpoint.functions.outbound(raw_tid).call()[0] == 1, "not burned yet"
+
+        # Epoch 3: two old members and the spare, t = 2 of 3. Installed on A by the
+        # coordinator; on B by the test itself (anyone may submit a certified rotation; B's
+        # relayer has no gas), with t of epoch 2's members over B's digest.
+        members = sorted([honest[0].address, honest[1].address, spare.address])
+        tls = s.cli_tls_args("bridge-operator")
+        endpoint_args = [
+            arg
+            for i in range(3)
+            for arg in (
+                "--member-endpoint",
+                f"{s.members[i][0]}=127.0.0.1:{s.ports[f'verifier-{i}']}",
+            )
+        ]
+        code = cli_main(
+            ["--coordinator", s.coordinator_target, *tls, "operator", "rotation", "propose",
+             "--next-members", ",".join("0x" + m.hex() for m in members), "--threshold", "2",
+             "--overlap", str(OVERLAP), *endpoint_args]
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().out
+        with s.channel("bridge-operator") as ch:
+            r = operator_pb2_grpc.OperatorServiceStub(ch).GetRotation(
+                operator_pb2.GetRotationRequest(next_epoch=3), timeout=10
+            )
+        digest_b = next(x.digest for x in r.ledgers if x.ledger_id == B)
+        signers = sorted([honest[0], honest[1], spare], key=lambda k: k.address)
+        rotation = CommitteeRotation(2, Committee(3, 2, tuple(members)), 0, OVERLAP)
+        deploy.rotate_committee(
+            b.w3, b.admin.private_key, b.endpoint, rotation,
+            SignatureSet(2, tuple(k.sign_digest(digest_b) for k in signers)),
+        )  # fmt: skip
+
+        def expired() -> bool:
+            return set(rotation_status(s, 3).values()) == {"old-epoch-expired"}
+
+        eventually_sync(expired, OVERLAP + 40, "epoch 2 expired on both ledgers", interval=0.5)
+        for ledger in (A, B):
+            eventually_sync(lambda ledger=ledger: epochs_on(s, ledger) == [3], 20,
+                            f"{ledger} accepts epoch 3 only", interval=0.5)  # fmt: skip
+    finally:
+        set_balance(s, B, b.relayer.address, 10**21)
+
+    def committed() -> bool:
+        return transfer(s, tid).state == S.TRANSFER_STATE_COMMITTED
+
+    eventually_sync(committed, 60, "the transfer committed after re-certification", interval=0.5)
+    assert b.endpoint.functions.outbound(raw_tid).call()[0] == 2  # burned
+    kind2, cause2, after = decision_row(s, tid)
+    assert (kind2, cause2) == (kind, cause), "the decision itself never changes"
+    assert after[A] == before[A], "A applied its certificate; it is kept as it was"
+    assert after[B]["epoch"] == 3 and after[B] != before[B]
+    assert b.balance(DEMO_ISIN, holder.address) == 6
+    assert a.balance(DEMO_ISIN, holder.address) == 4
+    assert a.escrowed(DEMO_ISIN) == 0 and b.escrowed(DEMO_ISIN) == 0
+    log = (s.workdir / "logs" / "coordinator.log").read_text()
+    assert "decision re-certified under the ledger's current epoch" in log
