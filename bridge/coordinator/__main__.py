@@ -98,7 +98,15 @@ async def run(config_path: Path) -> None:
         epochs=epochs,
     )
     rotation_store = SqliteRotationStore(cfg.database)
-    rotations = RotationManager(rotation_store, store, relayers, epochs, coordinator.domains)
+    rotations = RotationManager(
+        rotation_store,
+        store,
+        relayers,
+        epochs,
+        coordinator.domains,
+        # Checked only when every endpoint names its member (always so with mTLS).
+        reachable={bytes.fromhex(m[2:]) for m in members} if all(members) else None,
+    )
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,6 +132,7 @@ class RotationManager:
         epochs: EpochTracker,
         domains: Mapping[str, LedgerDomain],
         poll: float = 2.0,
+        reachable: Collection[bytes] | None = None,
     ) -> None:
         self._store = store
         self._evidence = evidence
@@ -139,6 +140,8 @@ class RotationManager:
         self._epochs = epochs
         self._domains = dict(domains)
         self._poll = poll
+        # The members the coordinator has an endpoint for (None: not checked).
+        self._reachable = None if reachable is None else frozenset(reachable)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._log = get_logger()
@@ -188,6 +191,16 @@ class RotationManager:
         )
         if len(proposal.members) != len(members):
             raise InvalidInput("next members must be distinct")
+        if self._reachable is not None:
+            # An epoch whose members the coordinator cannot ask could never certify a
+            # transfer once the old epoch ends: refuse it before anyone signs it.
+            unknown = [m for m in proposal.members if m not in self._reachable]
+            if unknown:
+                raise RotationRefused(
+                    "no verifier endpoint is configured for "
+                    + ", ".join("0x" + m.hex() for m in unknown)
+                    + " (add it to [[committee.later]] of the network file)"
+                )
         evidence: tuple[Misbehaviour, ...] = ()
         if remove_member:
             if len(remove_member) != 20:

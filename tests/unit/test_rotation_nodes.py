@@ -678,3 +678,19 @@ def test_gather_signatures_drops_what_is_not_the_members_own(monkeypatch) -> Non
             server.stop(0)
     assert [s.signature for s in sigs] == [members[0].sign_digest(digest)]
     assert len(refusals) == 3
+
+
+async def test_manager_refuses_members_it_cannot_reach(tmp_path: Path) -> None:
+    old = keys(3)
+    e1 = committee_of(1, old, 2)
+    ledgers = {n: Ledger(n, (EpochWindow(e1, 0, None),)) for n in ("a", "b")}
+    tracker = EpochTracker(e1, ledgers, ttl=0.0)  # type: ignore[arg-type]
+    stranger = keys(1)[0]
+    m = RotationManager(
+        SqliteRotationStore(tmp_path / "c.sqlite"), Evidence([]), ledgers, tracker, domains(),
+        reachable={k.address for k in old},
+    )  # fmt: skip
+    with pytest.raises(RotationRefused, match="no verifier endpoint"):
+        await m.propose([*(k.address for k in old[:2]), stranger.address], 2, 0, 60)
+    view = await m.propose([k.address for k in old], 2, 0, 60)
+    assert view.stored.proposal.next_epoch == 2
