@@ -35,6 +35,9 @@ from verifiers.votes import VoteLog
 CATCH_UP_S = 2.0
 """How long a member waits for its own node to reach a proposed supply height."""
 
+MAX_ANCHOR_SIGNATURES = 512
+"""More signatures than any committee can have (2t > n and t < 256 bound n by 509)."""
+
 EPOCHS_TTL_S = 1.0
 """How long a member reuses its read of a ledger's accepted committee epochs."""
 
@@ -365,15 +368,29 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         """
         if not request.HasField("previous"):
             return None
-        n = max(len(c.members) for c in await self._known_epochs())
-        # SECURITY: cheap refusal first, so an oversized request costs no recovery at all.
-        if len(request.previous_signatures) > n:
+        # The largest committee this member knows of, without reading a ledger (the genesis
+        # and the epochs last read): an oversized anchor costs no read and no recovery.
+        n = max(
+            len(w.committee.members)
+            for windows in [(EpochWindow(self._committee, 0, None),)]
+            + [cached for _, cached in self._epoch_cache.values()]
+            for w in windows
+        )
+        # SECURITY: cheap refusal first, so an oversized request costs no recovery at all:
+        # against the largest committee known without a read; only a count within
+        # MAX_ANCHOR_SIGNATURES above it makes this member read the ledgers' epochs first.
+        count = len(request.previous_signatures)
+        known: dict[int, Committee] = {}
+        if n < count <= MAX_ANCHOR_SIGNATURES:
+            # A committee this member has not read yet may be larger: read, then decide.
+            known = {c.epoch: c for c in await self._known_epochs()}
+            n = max([n, *(len(c.members) for c in known.values())])
+        if count > n:
             raise SupplyAnchorInvalid(
-                f"the anchor carries {len(request.previous_signatures)} signatures,"
-                f" the committee has {n} members"
+                f"the anchor carries {count} signatures, the committee has {n} members"
             )
         previous = record_from_pb(request.previous)
-        known = {c.epoch: c for c in await self._known_epochs()}
+        known = known or {c.epoch: c for c in await self._known_epochs()}
         if previous.epoch not in known:
             raise SupplyAnchorInvalid(f"the anchor's epoch {previous.epoch} is not known here")
         # SECURITY: the anchor lets this member skip ahead, so it must carry t of n member
