@@ -23,9 +23,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
+from bridge.config import NetworkConfig
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
@@ -146,6 +148,9 @@ class FeedVerifier:
     _raised: dict[str, FeedStale] = field(default_factory=dict, repr=False)
     epochs: dict[int, Committee] = field(default_factory=dict)
     """Every epoch verified from the trust anchor ``committee`` (ADR 0009)."""
+    endpoints: frozenset[tuple[bytes, bytes, bytes]] | None = None
+    """The (network, ledger, bridge) words of the network file's ledgers (see
+    :func:`endpoints_of`): a rotation certified for any other endpoint is refused."""
 
     def __post_init__(self) -> None:
         self.epochs.setdefault(self.committee.epoch, self.committee)
@@ -158,6 +163,15 @@ class FeedVerifier:
         not verify raises InvalidCertificate and adds nothing, and a second, different
         committee for an epoch already accepted is refused the same way.
         """
+        if self.endpoints is not None:
+            for r in rotations:
+                # SECURITY: a member key reused on another deployment (staging) could have
+                # certified another committee there; only this network's endpoints count.
+                if (r.network, r.ledger, r.bridge) not in self.endpoints:
+                    raise InvalidCertificate(
+                        f"rotation to epoch {r.proposal.next_epoch} is certified for an"
+                        f" endpoint ({r.ledger_id}) that is not in the network file"
+                    )
         reached = chain_committees(self.committee, rotations)
         for epoch, committee in reached.items():
             known = self.epochs.get(epoch)
@@ -264,6 +278,21 @@ class SupplyFeed:
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close(None)
+
+
+def endpoints_of(network: NetworkConfig) -> frozenset[tuple[bytes, bytes, bytes]]:
+    """The (network, ledger, bridge) words of every ledger in ``network``."""
+    from bridge.ledgers.factory import bridge_word_of
+
+    return frozenset(
+        (lc.network_word, lc.id.word, bridge_word_of(lc)) for lc in network.ledgers.values()
+    )
+
+
+def verifier_for(network: NetworkConfig, **kw: Any) -> FeedVerifier:
+    """A FeedVerifier anchored on ``network``'s committee, accepting rotations certified
+    for its endpoints only."""
+    return FeedVerifier(network.committee, endpoints=endpoints_of(network), **kw)
 
 
 async def follow_epoch(feed: SupplyFeed, verifier: FeedVerifier, attestation: Attestation) -> None:
@@ -456,6 +485,7 @@ async def audit_feed(
     security: str = "",
     limit_s: float = 60.0,
     identity: ClientIdentity | None = None,
+    endpoints: frozenset[tuple[bytes, bytes, bytes]] | None = None,
 ) -> tuple[int, list[str]]:
     """Verify the feed from feed position ``start`` up to its current end.
 
@@ -463,7 +493,7 @@ async def audit_feed(
     violation: a verification failure, or a signed record that does not balance. The first
     record of each security is taken as its anchor (``from_genesis`` off).
     """
-    verifier = FeedVerifier(committee, from_genesis=start <= 1)
+    verifier = FeedVerifier(committee, from_genesis=start <= 1, endpoints=endpoints)
     feed = SupplyFeed(target, identity=identity)
     checked, problems = 0, []
     try:

@@ -28,12 +28,12 @@ from bridge.domain.supply import Attestation
 from bridge.keys.loader import add_key_arguments, signer_from_arguments
 from bridge.supply_client import (
     FeedStale,
-    FeedVerifier,
     SupplyFeed,
     SupplyOperator,
     Verdict,
     follow_epoch,
     staleness,
+    verifier_for,
     watch_feed,
 )
 
@@ -188,11 +188,11 @@ async def _get(a: argparse.Namespace) -> int:
         if a.network is None:
             verdicts = [Verdict(x, ("not verified: pass --network",), ()) for x in found]
         else:
-            committee = load_network(a.network).committee
+            network = load_network(a.network)
             verdicts = []
             for x in found:
                 # A record of a later epoch: the chain from the network file's committee.
-                verifier = FeedVerifier(committee, from_genesis=False)
+                verifier = verifier_for(network, from_genesis=False)
                 await follow_epoch(feed, verifier, x)
                 verdicts.append(verifier.check(x))
     finally:
@@ -214,8 +214,8 @@ async def _get(a: argparse.Namespace) -> int:
 
 
 async def _watch(a: argparse.Namespace) -> int:
-    verifier = FeedVerifier(
-        load_network(a.network).committee,
+    verifier = verifier_for(
+        load_network(a.network),
         from_genesis=a.start <= 1,
         max_age=a.max_age,
         expected=expected_securities(a.network, "", a.expect),
@@ -238,7 +238,7 @@ async def _watch(a: argparse.Namespace) -> int:
 
 
 async def _verify(a: argparse.Namespace) -> int:
-    verifier = FeedVerifier(load_network(a.network).committee)
+    verifier = verifier_for(load_network(a.network))
     feed = SupplyFeed(a.coordinator, a.timeout, credentials.identity(a))
     verdicts: list[Verdict] = []
     try:

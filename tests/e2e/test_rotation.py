@@ -41,7 +41,13 @@ from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.factory import bridge_word_of
-from bridge.supply_client import FeedVerifier, SupplyFeed, follow_epoch, settled_position
+from bridge.supply_client import (
+    FeedVerifier,
+    SupplyFeed,
+    follow_epoch,
+    settled_position,
+    verifier_for,
+)
 from bridge.v1 import (
     operator_pb2,
     operator_pb2_grpc,
@@ -345,9 +351,7 @@ def rotate_under_load(
     # The depository, trusting only the genesis committee of the network file, verifies the
     # feed across the rotation: records of epoch 2 through the certified chain.
     async def audit() -> tuple[list[int], list[str]]:
-        verifier = FeedVerifier(
-            load_network(s.workdir / "network.toml").committee, from_genesis=False
-        )
+        verifier = verifier_for(load_network(s.workdir / "network.toml"), from_genesis=False)
         feed = SupplyFeed(s.coordinator_target, identity=s.identity("depository"))
         epochs, problems = [], []
         try:

@@ -694,3 +694,20 @@ async def test_manager_refuses_members_it_cannot_reach(tmp_path: Path) -> None:
         await m.propose([*(k.address for k in old[:2]), stranger.address], 2, 0, 60)
     view = await m.propose([k.address for k in old], 2, 0, 60)
     assert view.stored.proposal.next_epoch == 2
+
+
+def test_feed_verifier_accepts_rotations_of_its_own_endpoints_only() -> None:
+    """SECURITY: a member key reused on a staging deployment could certify another
+    committee there; the depository counts rotations of the network file's endpoints only."""
+    g, n2 = keys(3), keys(3)
+    anchor = committee_of(1, g, 2)
+    staging = certified(g, proposal(n2, 2), g[:2])  # words of a ledger "a" elsewhere
+    ours = (rb"\9" * 32, LedgerId("a").word, b"\2" * 32)
+    v = FeedVerifier(anchor, endpoints=frozenset({ours}))
+    with pytest.raises(InvalidCertificate, match="not in the network file"):
+        v.add_chain([staging])
+    assert set(v.epochs) == {1}
+    v2 = FeedVerifier(
+        anchor, endpoints=frozenset({(staging.network, staging.ledger, staging.bridge)})
+    )
+    assert v2.add_chain([staging]) == [2]
