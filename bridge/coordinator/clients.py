@@ -303,37 +303,42 @@ class CommitteeClient:
         kind: ClaimKind,
         terms: TransferTerms,
         ledgers: Sequence[LedgerDomain],
-        epochs: Mapping[str, Committee] | None = None,
+        epochs: Mapping[str, Sequence[Committee]] | None = None,
     ) -> Mapping[str, SignatureSet]:
         """Return a certificate per ledger, as soon as t members have validly signed for all.
 
-        ``epochs`` names, per ledger, the committee epoch the certificate must be of (the
-        one that ledger accepts; default: the network file's). A member signs under every
-        accepted epoch it belongs to; a signature of another epoch than the one wanted is
-        not counted and is no misbehaviour.
+        ``epochs`` names, per ledger, the committee epochs a certificate may be of, in order
+        of preference (the epochs that ledger accepts now, newest active first; default: the
+        network file's). A member signs under every accepted epoch it belongs to; each
+        ledger's certificate is of the first epoch in that order to reach its threshold. A
+        signature of an epoch not named is not counted and is no misbehaviour.
         Raises PreconditionFailed with the members' refusals when a quorum is impossible,
         Unavailable when too many members cannot be reached.
         """
         claim = Claim(kind=kind, transfer_id=terms.transfer_id, terms_hash=terms.terms_hash)
-        wanted = {d.name: (epochs or {}).get(d.name, self.committee) for d in ledgers}
+        wanted: dict[str, tuple[Committee, ...]] = {
+            d.name: tuple((epochs or {}).get(d.name, ())) or (self.committee,) for d in ledgers
+        }
+        committees = {(n, c.epoch): c for n, cs in wanted.items() for c in cs}
         digests = {
-            d.name: claim_digest(
-                ClaimDomain(d.ledger_word, d.bridge_word, wanted[d.name].epoch, d.network_word),
-                claim,
+            (d.name, c.epoch): claim_digest(
+                ClaimDomain(d.ledger_word, d.bridge_word, c.epoch, d.network_word), claim
             )
             for d in ledgers
+            for c in wanted[d.name]
         }
         subject = f"{kind.name} for transfer 0x{terms.transfer_id.hex()}"
         request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
-        sigs: dict[str, list[bytes]] = {name: [] for name in digests}
+        sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in digests}
         refusals: list[str] = []
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
             for s in resp.signatures:
-                if s.ledger_id not in sigs or s.epoch != wanted[s.ledger_id].epoch:
+                key = (s.ledger_id, s.epoch)
+                if key not in sigs:
                     continue
-                expected = digests[s.ledger_id]
+                expected = digests[key]
                 if s.digest != expected:
                     await self._report(
                         endpoint, "wrong-digest", subject,
@@ -342,14 +347,14 @@ class CommitteeClient:
                     )  # fmt: skip
                     continue
                 try:
-                    verify_vote(wanted[s.ledger_id], expected, s.signature)
+                    verify_vote(committees[key], expected, s.signature)
                 except InvalidCertificate as exc:
                     await self._report(
                         endpoint, "invalid-signature", subject, str(exc), expected,
                         s.digest, s.signature,
                     )  # fmt: skip
                     continue
-                sigs[s.ledger_id].append(s.signature)
+                sigs[key].append(s.signature)
 
         answers = self._ask_all(
             lambda stub: stub.SignClaim(request, timeout=self._timeout), examine
@@ -366,7 +371,7 @@ class CommitteeClient:
                 certs = self._try_assemble(digests, sigs, wanted)
                 if certs is not None:
                     return certs
-        need = max(c.threshold for c in wanted.values())
+        need = max(c.threshold for c in committees.values())
         if refusals and len(refusals) > len(self._stubs) - need:
             raise PreconditionFailed(
                 f"committee refused {kind.name}: " + "; ".join(sorted(set(refusals)))
@@ -456,17 +461,24 @@ class CommitteeClient:
 
     def _try_assemble(
         self,
-        digests: Mapping[str, bytes],
-        sigs: Mapping[str, list[bytes]],
-        wanted: Mapping[str, Committee],
+        digests: Mapping[tuple[str, int], bytes],
+        sigs: Mapping[tuple[str, int], list[bytes]],
+        wanted: Mapping[str, Sequence[Committee]],
     ) -> dict[str, SignatureSet] | None:
+        """A certificate per ledger, each of the first epoch in preference order that has
+        t valid signatures; None while a ledger has none."""
         out: dict[str, SignatureSet] = {}
-        for name, digest in digests.items():
-            try:
-                cert = assemble_certificate(wanted[name], digest, sigs[name])
-            except InvalidCertificate:
+        for name, preference in wanted.items():
+            for committee in preference:
+                key = (name, committee.epoch)
+                try:
+                    cert = assemble_certificate(committee, digests[key], sigs[key])
+                except InvalidCertificate:
+                    continue
+                out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))
+                break
+            else:
                 return None
-            out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))
         return out
 
     async def close(self) -> None:

@@ -791,11 +791,12 @@ class Coordinator:
         await self._record_tx(record.transfer_id, action, leg, out.tx_id)
 
     # ---- committee rotation (ADR 0009) ------------------------------------------------
-    async def _epochs_of(self, ledgers: list[str]) -> dict[str, Committee] | None:
-        """The committee epoch each of ``ledgers`` accepts (None: the network file's)."""
+    async def _epochs_of(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]] | None:
+        """The committee epochs each of ``ledgers`` accepts now, preferred first (None: the
+        network file's)."""
         if self._epochs is None:
             return None
-        return await self._epochs.committees(ledgers)
+        return await self._epochs.accepted(ledgers)
 
     def _epoch_refused(self, exc: LedgerRejected, ledger: str) -> bool:
         """True when ``exc`` is a ledger refusing a certificate's epoch or signers (typed

@@ -14,7 +14,7 @@ from typing import Protocol
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import Unavailable
-from bridge.domain.rotation import preferred_epoch
+from bridge.domain.rotation import accepted_epochs, preferred_epoch
 
 RECERTIFY_REASONS: frozenset[str] = frozenset(
     {
@@ -80,9 +80,12 @@ class EpochTracker:
         """The epoch to gather ``ledger``'s certificates of (newest active one)."""
         return preferred_epoch(await self.windows(ledger), time.time())
 
-    async def committees(self, ledgers: list[str]) -> dict[str, Committee]:
-        """:meth:`committee` for each ledger."""
-        return {name: await self.committee(name) for name in ledgers}
+    async def accepted(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]]:
+        """For each ledger, the epochs it accepts now, the preferred one first (a
+        certificate is taken of whichever reaches its threshold first in that order, so a
+        member whose cache still shows only the old epoch delays nothing)."""
+        now = time.time()
+        return {name: accepted_epochs(await self.windows(name), now) for name in ledgers}
 
     async def common(self) -> Committee:
         """The newest epoch every ledger prefers or has passed: what supply records are

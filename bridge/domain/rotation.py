@@ -29,6 +29,7 @@ __all__ = [
     "RotationProposal",
     "RotationRefused",
     "CertifiedRotation",
+    "accepted_epochs",
     "check_proposal",
     "chain_committees",
     "member_epochs",
@@ -188,6 +189,19 @@ def preferred_epoch(windows: Sequence[EpochWindow], now: float) -> Committee:
         raise RotationRefused("no committee epoch verifies on this ledger now")
     settled = [w for w in live if w.verifies_at(t - ACTIVATION_MARGIN_S)]
     return max(settled or live, key=lambda w: w.committee.epoch).committee
+
+
+def accepted_epochs(windows: Sequence[EpochWindow], now: float) -> tuple[Committee, ...]:
+    """The epochs that verify at ``now``, :func:`preferred_epoch` first, then the others
+    newest first: the order in which the coordinator takes a certificate."""
+    first = preferred_epoch(windows, now)
+    t = int(now)
+    rest = sorted(
+        (w.committee for w in windows if w.verifies_at(t) and w.committee != first),
+        key=lambda c: c.epoch,
+        reverse=True,
+    )
+    return (first, *rest)
 
 
 @dataclass(frozen=True, slots=True)

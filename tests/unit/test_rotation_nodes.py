@@ -336,7 +336,7 @@ class EpochCommittee:
         self.calls: list[tuple[ClaimKind, dict[str, int]]] = []
 
     async def certify(self, kind, terms, ledgers, epochs=None):  # type: ignore[no-untyped-def]
-        wanted = {d.name: (epochs[d.name].epoch if epochs else 1) for d in ledgers}
+        wanted = {d.name: (epochs[d.name][0].epoch if epochs else 1) for d in ledgers}
         self.calls.append((kind, wanted))
         return {name: SignatureSet(e, (bytes([e]) * 65,)) for name, e in wanted.items()}
 
