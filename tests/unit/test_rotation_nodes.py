@@ -711,3 +711,88 @@ def test_feed_verifier_accepts_rotations_of_its_own_endpoints_only() -> None:
         anchor, endpoints=frozenset({(staging.network, staging.ledger, staging.bridge)})
     )
     assert v2.add_chain([staging]) == [2]
+
+
+# ---- the coordinator's committee client takes the first accepted epoch to reach t ------------
+
+
+class _ClaimSigner(verifier_pb2_grpc.VerifierServiceServicer):
+    """Signs a claim under the given epochs for ledger "a" (what a member does)."""
+
+    def __init__(self, key: LocalKeySigner, domain: LedgerDomain, epochs: list[int]) -> None:
+        self.key, self.domain, self.epochs = key, domain, epochs
+
+    async def SignClaim(self, request, context):  # type: ignore[no-untyped-def]
+        from bridge.domain.claims import Claim, ClaimDomain, claim_digest
+        from bridge.rpc.convert import terms_from_pb
+
+        t = terms_from_pb(request.terms)
+        claim = Claim(ClaimKind(request.kind), t.transfer_id, t.terms_hash)
+        out = verifier_pb2.SignClaimResponse(signer=self.key.address)
+        for e in self.epochs:
+            d = self.domain
+            digest = claim_digest(
+                ClaimDomain(d.ledger_word, d.bridge_word, e, d.network_word), claim
+            )
+            out.signatures.append(
+                verifier_pb2.LedgerSignature(
+                    ledger_id="a", epoch=e, digest=digest, signature=self.key.sign_digest(digest)
+                )
+            )
+        return out
+
+
+async def test_committee_client_takes_the_first_accepted_epoch_to_reach_t(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+
+    from bridge.coordinator.clients import CommitteeClient
+    from bridge.rpc.tls import INSECURE_ENV
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    k = keys(4)
+    e1 = committee_of(1, k[:3], 2)
+    e2 = committee_of(2, [k[0], k[1], k[3]], 2)
+    domain = domains()["a"]
+    # k0 and k1 are in both epochs; k2 (only epoch 1) and k3 (only epoch 2, its cache
+    # not showing epoch 2 yet: it signs nothing) -- and an epoch 3 nobody accepts.
+    plans: dict[int, list[int]] = {0: [2, 1], 1: [2, 1, 3], 2: [], 3: []}
+    servers, endpoints = [], []
+    for i, epochs in plans.items():
+        server = grpc.aio.server()
+        verifier_pb2_grpc.add_VerifierServiceServicer_to_server(
+            _ClaimSigner(k[i], domain, epochs), server
+        )
+        endpoints.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+        await server.start()
+        servers.append(server)
+    incidents: list[Misbehaviour] = []
+
+    async def sink(m: Misbehaviour) -> None:
+        incidents.append(m)
+
+    client = CommitteeClient(e1, endpoints, 5.0, sink)
+    try:
+        from bridge.domain.ids import SecurityId
+
+        word = bytes(12) + b"\x11" * 20
+        terms = TransferTerms(
+            nonce=secrets.token_bytes(32), security=SecurityId(ISIN).word, amount=1,
+            src_ledger=LedgerId("b").word, src_bridge=bytes(32), dst_ledger=domain.ledger_word,
+            dst_bridge=domain.bridge_word, sender=word, recipient=word, instructor=word,
+            deadline=2**40,
+        )  # fmt: skip
+        certs = await client.certify(ClaimKind.LOCKED, terms, [domain], {"a": (e2, e1)})
+        # k0 and k1 complete both epochs at once: the preferred (newest) one is taken.
+        assert certs["a"].epoch == 2
+        assert len(certs["a"].signatures) == 2
+        # Only epoch 1 can reach t when k0 signs epoch 1 only: the older accepted epoch.
+        plans[0].remove(2)
+        plans[2].append(1)
+        certs = await client.certify(ClaimKind.LOCKED, terms, [domain], {"a": (e2, e1)})
+        assert certs["a"].epoch == 1
+        await asyncio.sleep(0.2)  # late answers examined
+        assert incidents == [], "a signature of an epoch not accepted is no misbehaviour"
+    finally:
+        await client.close()
+        for server in servers:
+            await server.stop(0)
