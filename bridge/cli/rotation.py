@@ -12,10 +12,13 @@ idempotent, and a member never signs another committee for the same epoch.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
 from bridge.config import load_network
@@ -123,6 +126,13 @@ def rotation_lines(r: operator_pb2.Rotation) -> list[str]:
     return lines
 
 
+def _show(r: operator_pb2.Rotation, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), sort_keys=True))
+    else:
+        print("\n".join(rotation_lines(r)))
+
+
 def _endpoints(a: argparse.Namespace) -> dict[bytes, str]:
     out: dict[bytes, str] = {}
     network = a.network_file or getattr(a, "client_network", None)
@@ -144,13 +154,13 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
         for r in stub.ListRotations(
             operator_pb2.ListRotationsRequest(limit=a.limit), timeout=a.timeout
         ).rotations:
-            print("\n".join(rotation_lines(r)))
+            _show(r, a.json)
         return 0
     if a.rotation_cmd == "status":
         r = stub.GetRotation(
             operator_pb2.GetRotationRequest(next_epoch=a.next_epoch), timeout=a.timeout
         )
-        print("\n".join(rotation_lines(r)))
+        _show(r, a.json)
         return 0
     members = [parse_evm_address(m.strip()) for m in a.next_members.split(",") if m.strip()]
     remove = parse_evm_address(a.remove_misbehaving) if a.remove_misbehaving else b""
@@ -164,7 +174,7 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
         ),
         timeout=a.timeout,
     )
-    print("\n".join(rotation_lines(rotation)))
+    _show(rotation, a.json)
     # Only ledgers still short of a certificate need signatures (a re-run after it was
     # certified or installed asks nobody).
     wanted = {x.ledger_id: x.digest for x in rotation.ledgers if x.status == "proposed"}
@@ -180,12 +190,12 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
         a.timeout,
     )
     for refusal in refusals:
-        print(f"  refused: {refusal}")
+        print(f"  refused: {refusal}", file=sys.stderr if a.json else sys.stdout)
     rotation = stub.CertifyRotation(
         operator_pb2.CertifyRotationRequest(
             next_epoch=rotation.proposal.next_epoch, signatures=signatures
         ),
         timeout=a.timeout,
     )
-    print("\n".join(rotation_lines(rotation)))
+    _show(rotation, a.json)
     return 0

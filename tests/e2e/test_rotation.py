@@ -317,6 +317,11 @@ def rotate_under_load(
             return set(rotation_status(s, 2).values()) == {"old-epoch-expired"}
 
         eventually_sync(expired, OVERLAP + 30, "the old epoch expired", interval=0.5)
+        capsys.readouterr()
+        assert cli_main(["--coordinator", s.coordinator_target, *tls, "--json",
+                         "operator", "rotation", "status", "2"]) == 0  # fmt: skip
+        shown = json.loads(capsys.readouterr().out)
+        assert {x["status"] for x in shown["ledgers"]} == {"old-epoch-expired"}
         for ledger in (A, B):
             eventually_sync(lambda ledger=ledger: epochs_on(s, ledger) == [2], 20,
                             f"{ledger} accepts epoch 2 only", interval=0.5)  # fmt: skip
