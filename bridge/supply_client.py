@@ -125,6 +125,11 @@ def staleness(
     return out
 
 
+EPOCH_END_SKEW_S = 120.0
+"""Clock allowance when comparing a record's production time with an epoch's end (members
+accept a record within 60 s of their clocks)."""
+
+
 @dataclass
 class FeedVerifier:
     """Verifies a feed record by record, keeping each security's last verified record.
@@ -151,6 +156,11 @@ class FeedVerifier:
     endpoints: frozenset[tuple[bytes, bytes, bytes]] | None = None
     """The (network, ledger, bridge) words of the network file's ledgers (see
     :func:`endpoints_of`): a rotation certified for any other endpoint is refused."""
+    epoch_ends: dict[int, float] = field(default_factory=dict)
+    """Per epoch superseded by a verified rotation, the latest time (unix s) at which the
+    ledgers can still have accepted it: max(activation, when this verifier learned of the
+    rotation) + overlap. The rotation was installed before it was learned of, so this is
+    never earlier than the true end of the epoch's window."""
 
     def __post_init__(self) -> None:
         self.epochs.setdefault(self.committee.epoch, self.committee)
@@ -179,6 +189,11 @@ class FeedVerifier:
                 raise InvalidCertificate(f"epoch {epoch} is already known with other members")
         added = sorted(set(reached) - set(self.epochs))
         self.epochs.update(reached)
+        now = time.time()
+        for r in rotations:
+            old = r.proposal.certifying_epoch
+            if r.proposal.next_epoch in added and old not in self.epoch_ends:
+                self.epoch_ends[old] = max(r.proposal.activation, now) + r.proposal.overlap
         return added
 
     def stale(self, now: float | None = None) -> list[FeedStale]:
@@ -218,11 +233,26 @@ class FeedVerifier:
         record = attestation.signed.record
         previous = self.last.get(record.security)
         committee = self.epochs.get(record.epoch)
+        where = f"record {record.security}#{record.sequence}"
+        end = self.epoch_ends.get(record.epoch)
         if committee is None:
             failures = [
-                f"record {record.security}#{record.sequence}: signed under epoch"
-                f" {record.epoch}, committee epoch is {self.committee.epoch} and no verified"
-                " rotation chain reaches it"
+                f"{where}: signed under epoch {record.epoch}, committee epoch is"
+                f" {self.committee.epoch} and no verified rotation chain reaches it"
+            ]
+        elif previous is not None and record.epoch < previous.epoch:
+            # SECURITY: a feed never goes back to an older committee (whose keys a
+            # rotation may have retired because they leaked).
+            failures = [
+                f"{where}: signed under epoch {record.epoch}, after a record of epoch"
+                f" {previous.epoch}"
+            ]
+        elif end is not None and record.produced_at_ms / 1000 > end + EPOCH_END_SKEW_S:
+            # SECURITY: an epoch superseded by a rotation signs nothing produced after its
+            # window: the retired keys cannot extend the feed.
+            failures = [
+                f"{where}: signed under epoch {record.epoch}, produced after that epoch's"
+                " overlap window ended"
             ]
         else:
             failures = verify_records(

@@ -135,12 +135,19 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return [known[e] for e in sorted(known)]
 
     async def _supply_committee(self, epoch: int) -> Committee:
-        """The committee of ``epoch`` if this member belongs to it and a ledger accepts it
-        (or it is the genesis); else SupplyRefused."""
-        for c in await self._known_epochs():
-            if c.epoch == epoch and c.is_member(self._signer.address):
-                return c
-        raise SupplyRefused(f"record epoch {epoch} is not an accepted epoch of this member")
+        """The committee of ``epoch`` if this member belongs to it and a watched ledger
+        accepts it now (the genesis epoch when this member watches no ledger); else
+        SupplyRefused. An epoch retired by a rotation signs no new record."""
+        accepted: dict[int, Committee] = {}
+        for reader in self._readers.values():
+            for w in await self._windows(reader):
+                accepted.setdefault(w.committee.epoch, w.committee)
+        if not self._readers:
+            accepted[self._committee.epoch] = self._committee
+        c = accepted.get(epoch)
+        if c is None or not c.is_member(self._signer.address):
+            raise SupplyRefused(f"record epoch {epoch} is not an accepted epoch of this member")
+        return c
 
     @grpc_errors
     async def SignRotation(

@@ -796,3 +796,39 @@ async def test_committee_client_takes_the_first_accepted_epoch_to_reach_t(monkey
         await client.close()
         for server in servers:
             await server.stop(0)
+
+
+@pytest.mark.security
+def test_feed_verifier_never_goes_back_to_a_retired_epoch() -> None:
+    """After a verified rotation the retired epoch's keys (perhaps leaked) cannot extend a
+    feed: a record of an older epoch than the security's last one is refused, and so is a
+    record of a superseded epoch produced after that epoch's overlap window."""
+    from bridge.domain.supply import GENESIS_HASH, make_record
+    from tests.unit.test_supply_feed import attest, reading, sign
+
+    g, n2 = keys(3), keys(3)
+    anchor = committee_of(1, g, 2)
+    v = FeedVerifier(anchor)
+    assert v.add_chain([certified(g, proposal(n2, 2, overlap=60), g[:2])]) == [2]
+    now_ms = int(time.time() * 1000)
+    cut = ([reading("a", 10)], {"a": 10})
+
+    def rec(security: str, seq: int, prev: bytes, epoch: int, at_ms: int):  # type: ignore[no-untyped-def]
+        return make_record(security, seq, prev, epoch, at_ms, *cut, registration_version=1)
+
+    r1 = rec(ISIN, 1, GENESIS_HASH, 1, now_ms - 10_000)
+    assert v.check(attest(sign(r1, g[:2]), 1)).ok
+    r2 = rec(ISIN, 2, r1.digest, 2, now_ms)
+    assert v.check(attest(sign(r2, n2[:2]), 2)).ok
+    r3 = rec(ISIN, 3, r2.digest, 1, now_ms)
+    verdict = v.check(attest(sign(r3, g[:2]), 3))
+    assert verdict.failures == (
+        f"record {ISIN}#3: signed under epoch 1, after a record of epoch 2",
+    )
+    other = "US0378331005"
+    late = rec(other, 1, GENESIS_HASH, 1, now_ms + 3_600_000)
+    verdict = v.check(attest(sign(late, g[:2]), 4))
+    assert verdict.failures == (
+        f"record {other}#1: signed under epoch 1, produced after that epoch's overlap window ended",
+    )
+    assert v.last[ISIN] == r2 and other not in v.last
