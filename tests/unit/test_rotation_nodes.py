@@ -832,3 +832,64 @@ def test_feed_verifier_never_goes_back_to_a_retired_epoch() -> None:
         f"record {other}#1: signed under epoch 1, produced after that epoch's overlap window ended",
     )
     assert v.last[ISIN] == r2 and other not in v.last
+
+
+# ---- the relayer serves the ledger's epochs and installs certified rotations --------------
+
+
+class _RotAdapter:
+    """The part of a ledger adapter the relayer's rotation calls use."""
+
+    def __init__(self, windows: tuple[EpochWindow, ...]) -> None:
+        self.ledger = LedgerId("a")
+        self.windows = windows
+        self.installed: list[tuple[object, SignatureSet]] = []
+        self.transient = 1
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        return self.windows
+
+    async def install_committee(self, rotation: object, cert: SignatureSet) -> TxOutcome:
+        if self.transient:
+            self.transient -= 1
+            raise Unavailable("node busy")
+        self.installed.append((rotation, cert))
+        return TxOutcome("0xabc", 9, False)
+
+
+async def test_relayer_serves_epochs_and_installs_rotations() -> None:
+    from bridge.rpc.convert import signatures_to_pb
+    from bridge.v1 import relayer_pb2
+    from relayers.service import RelayerServicer
+
+    old, new = keys(3), keys(3)
+    e1 = committee_of(1, old, 2)
+    now = int(time.time())
+    adapter = _RotAdapter(
+        (EpochWindow(e1, 0, now + 60), EpochWindow(proposal(new, 2).committee, now, None))
+    )
+    relayer = RelayerServicer(adapter)  # type: ignore[arg-type]
+    got = await RelayerServicer.GetCommittees.__wrapped__(
+        relayer, relayer_pb2.GetCommitteesRequest(), None
+    )  # type: ignore[attr-defined]
+    assert [(e.epoch, e.open_ended, e.active_until) for e in got.epochs] == [
+        (1, False, now + 60),
+        (2, True, 0),
+    ]
+    p = proposal(keys(3), 2, epoch=3)
+    install = RelayerServicer.InstallCommittee.__wrapped__  # type: ignore[attr-defined]
+    good = SignatureSet(2, (b"\1" * 65, b"\2" * 65))
+    # Malformed: no certificate, a certificate of another epoch than the certifying one.
+    with pytest.raises(InvalidInput, match="certificate is required"):
+        await install(
+            relayer, relayer_pb2.InstallCommitteeRequest(proposal=proposal_to_pb(p)), None
+        )
+    with pytest.raises(InvalidInput, match="does not certify"):
+        await install(relayer, relayer_pb2.InstallCommitteeRequest(
+            proposal=proposal_to_pb(p), certificate=signatures_to_pb(SignatureSet(1, good.signatures))), None)  # fmt: skip
+    assert adapter.installed == []
+    out = await install(relayer, relayer_pb2.InstallCommitteeRequest(
+        proposal=proposal_to_pb(p), certificate=signatures_to_pb(good)), None)  # fmt: skip
+    assert out.tx_id == "0xabc"
+    ((rotation, cert),) = adapter.installed
+    assert rotation == p.as_rotation() and cert == good, "retried once after the transient fault"
