@@ -20,6 +20,7 @@ from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.domain.rotation import RotationBounds
 from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
 from bridge.rpc.roles import BROKERAGE, COORDINATOR, MEMBER, RELAYER, Role, parse_role, valid_org_id
 
@@ -175,6 +176,11 @@ class NetworkConfig:
     instruction_keys: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
     """Per source ledger, the 20-byte addresses of the brokerage instruction keys that may
     instruct transfers out of it (``[instruction_keys]``, protocol v2)."""
+    later_members: Mapping[bytes, str] = field(default_factory=dict)
+    """``[[committee.later]]``: members of epochs after the network file's (which is only
+    the genesis epoch and trust anchor; the live epochs are read from the ledgers), by
+    address, with the endpoint their verifier serves at ('' unknown). They may hold a
+    member role; the coordinator asks them to sign too (ADR 0009)."""
 
     def may_instruct(self, ledger: str, instructor: bytes) -> bool:
         """True when the 20-byte ``instructor`` is registered for source ``ledger``."""
@@ -266,6 +272,8 @@ class VerifierConfig:
 
     # ``[ledger_auth.<ledger>]``: how this member authenticates to each ledger node.
     ledger_auth: Mapping[str, LedgerAuth] = field(default_factory=dict)
+    rotation: RotationBounds = field(default_factory=RotationBounds)
+    """``[rotation]``: the activation and overlap bounds this member signs rotations within."""
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -301,6 +309,7 @@ def load_network(path: Path) -> NetworkConfig:
         threshold=int(_req(c, "threshold", "committee")),
         members=members,
     )
+    later = _later_members(c.get("later", []), committee)
     ledgers: dict[str, LedgerConfig] = {}
     for item in raw.get("ledgers", []):
         lid = LedgerId(str(_req(item, "id", "ledger")))
@@ -341,9 +350,30 @@ def load_network(path: Path) -> NetworkConfig:
         ledgers=ledgers,
         securities=securities,
         supply_operators=operators,
-        organisations=_organisations(path, raw.get("organisations", []), ledgers, committee),
+        organisations=_organisations(
+            path, raw.get("organisations", []), ledgers, set(committee.members) | set(later)
+        ),
         instruction_keys=_instruction_keys(raw.get("instruction_keys", {}), ledgers),
+        later_members=later,
     )
+
+
+def _later_members(items: Any, genesis: Committee) -> dict[bytes, str]:
+    """``[[committee.later]]``: ``{ member = "0x...", endpoint = "host:port" }`` entries,
+    each a distinct address outside the genesis committee (endpoint optional)."""
+    if not isinstance(items, list):
+        raise InvalidInput("committee.later must be an array of tables")
+    out: dict[bytes, str] = {}
+    for item in items:
+        if not isinstance(item, dict) or set(item) - {"member", "endpoint"}:
+            raise InvalidInput("committee.later: each entry is { member, endpoint }")
+        member = parse_evm_address(str(_req(item, "member", "committee.later")))
+        if member in genesis.members or member in out:
+            raise InvalidInput(f"committee.later: 0x{member.hex()} is listed twice")
+        if not any(member):
+            raise InvalidInput("committee.later: the zero address is not a member")
+        out[member] = str(item.get("endpoint", ""))
+    return out
 
 
 _ORG_KEYS = frozenset({"id", "ca", "roles", "revoked_file"})
@@ -353,7 +383,7 @@ committee member, the coordinator)."""
 
 
 def _organisations(
-    path: Path, items: Any, ledgers: Mapping[str, LedgerConfig], committee: Committee
+    path: Path, items: Any, ledgers: Mapping[str, LedgerConfig], members: set[bytes]
 ) -> dict[str, Organisation]:
     """``[[organisations]]``: validated, unknown keys refused."""
     if not isinstance(items, list):
@@ -382,7 +412,7 @@ def _organisations(
         for role in roles:
             if role.kind in (BROKERAGE, RELAYER) and role.scope not in ledgers:
                 raise InvalidInput(f"{where}: role {role} names an unknown ledger")
-            if role.kind == MEMBER and bytes.fromhex(role.scope[2:]) not in committee.members:
+            if role.kind == MEMBER and bytes.fromhex(role.scope[2:]) not in members:
                 raise InvalidInput(f"{where}: role {role} is not a committee member")
             if role.kind in _SOLE_HOLDER:
                 if role in holders:
@@ -523,7 +553,7 @@ def _verifier_endpoints(
         if not isinstance(item, dict) or set(item) - {"endpoint", "member"}:
             raise InvalidInput("verifiers: each entry is a host:port or {endpoint, member}")
         member = parse_evm_address(str(_req(item, "member", "verifiers")))
-        if member not in network.committee.members:
+        if member not in network.committee.members and member not in network.later_members:
             raise InvalidInput(f"verifiers: 0x{member.hex()} is not a committee member")
         endpoints.append(str(_req(item, "endpoint", "verifiers")))
         members.append("0x" + member.hex())
@@ -643,7 +673,28 @@ def load_verifier(path: Path) -> VerifierConfig:
         tls=load_tls(raw, base, str(path)),
         audit_log=_audit_log(raw, base),
         ledger_auth=auth,
+        rotation=_rotation_bounds(raw.get("rotation", {})),
     )
+
+
+_ROTATION_KEYS = ("min_overlap", "max_overlap", "max_activation_delay", "max_activation_lag")
+
+
+def _rotation_bounds(table: Any) -> RotationBounds:
+    """``[rotation]``: non-negative integer seconds, min_overlap <= max_overlap."""
+    if not isinstance(table, dict) or set(table) - set(_ROTATION_KEYS):
+        raise InvalidInput(f"rotation: a table with keys among {list(_ROTATION_KEYS)}")
+    values = {}
+    for key in _ROTATION_KEYS:
+        if key in table:
+            value = table[key]
+            if type(value) is not int or value < 0:
+                raise InvalidInput(f"rotation.{key} must be a non-negative integer (seconds)")
+            values[key] = value
+    bounds = RotationBounds(**values)
+    if not 0 < bounds.min_overlap <= bounds.max_overlap:
+        raise InvalidInput("rotation: need 0 < min_overlap <= max_overlap")
+    return bounds
 
 
 _IDENTITY_KEYS = frozenset({"key_file", "key", "cert_file", "msp_id"})

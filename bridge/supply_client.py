@@ -23,15 +23,20 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
+from bridge.config import NetworkConfig
 from bridge.domain.committee import Committee
+from bridge.domain.errors import InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
+from bridge.domain.rotation import CertifiedRotation, chain_committees
 from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
+from bridge.rpc.rotation_convert import certified_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
     registration_from_pb,
@@ -120,6 +125,11 @@ def staleness(
     return out
 
 
+EPOCH_END_SKEW_S = 120.0
+"""Clock allowance when comparing a record's production time with an epoch's end (members
+accept a record within 60 s of their clocks)."""
+
+
 @dataclass
 class FeedVerifier:
     """Verifies a feed record by record, keeping each security's last verified record.
@@ -141,6 +151,50 @@ class FeedVerifier:
     expected: tuple[str, ...] = ()
     started_at: float = field(default_factory=time.time)
     _raised: dict[str, FeedStale] = field(default_factory=dict, repr=False)
+    epochs: dict[int, Committee] = field(default_factory=dict)
+    """Every epoch verified from the trust anchor ``committee`` (ADR 0009)."""
+    endpoints: frozenset[tuple[bytes, bytes, bytes]] | None = None
+    """The (network, ledger, bridge) words of the network file's ledgers (see
+    :func:`endpoints_of`): a rotation certified for any other endpoint is refused."""
+    epoch_ends: dict[int, float] = field(default_factory=dict)
+    """Per epoch superseded by a verified rotation, the latest time (unix s) at which the
+    ledgers can still have accepted it: max(activation, when this verifier learned of the
+    rotation) + overlap. The rotation was installed before it was learned of, so this is
+    never earlier than the true end of the epoch's window."""
+
+    def __post_init__(self) -> None:
+        self.epochs.setdefault(self.committee.epoch, self.committee)
+
+    def add_chain(self, rotations: list[CertifiedRotation]) -> list[int]:
+        """Accept the epochs ``rotations`` reach from the trust anchor; returns the new ones.
+
+        SECURITY: each rotation must be certified by t members of the epoch before it, that
+        epoch itself reached from the anchor (:func:`chain_committees`); a chain that does
+        not verify raises InvalidCertificate and adds nothing, and a second, different
+        committee for an epoch already accepted is refused the same way.
+        """
+        if self.endpoints is not None:
+            for r in rotations:
+                # SECURITY: a member key reused on another deployment (staging) could have
+                # certified another committee there; only this network's endpoints count.
+                if (r.network, r.ledger, r.bridge) not in self.endpoints:
+                    raise InvalidCertificate(
+                        f"rotation to epoch {r.proposal.next_epoch} is certified for an"
+                        f" endpoint ({r.ledger_id}) that is not in the network file"
+                    )
+        reached = chain_committees(self.committee, rotations)
+        for epoch, committee in reached.items():
+            known = self.epochs.get(epoch)
+            if known is not None and known != committee:
+                raise InvalidCertificate(f"epoch {epoch} is already known with other members")
+        added = sorted(set(reached) - set(self.epochs))
+        self.epochs.update(reached)
+        now = time.time()
+        for r in rotations:
+            old = r.proposal.certifying_epoch
+            if r.proposal.next_epoch in added and old not in self.epoch_ends:
+                self.epoch_ends[old] = max(r.proposal.activation, now) + r.proposal.overlap
+        return added
 
     def stale(self, now: float | None = None) -> list[FeedStale]:
         """Every staleness alarm that holds at ``now`` (a ``time.time()``), by security
@@ -178,9 +232,32 @@ class FeedVerifier:
         """Verify one attestation; remember it as its security's last record when it passes."""
         record = attestation.signed.record
         previous = self.last.get(record.security)
-        failures = verify_records(
-            [attestation.signed], self.committee, after=previous, from_genesis=self.from_genesis
-        )
+        committee = self.epochs.get(record.epoch)
+        where = f"record {record.security}#{record.sequence}"
+        end = self.epoch_ends.get(record.epoch)
+        if committee is None:
+            failures = [
+                f"{where}: signed under epoch {record.epoch}, committee epoch is"
+                f" {self.committee.epoch} and no verified rotation chain reaches it"
+            ]
+        elif previous is not None and record.epoch < previous.epoch:
+            # SECURITY: a feed never goes back to an older committee (whose keys a
+            # rotation may have retired because they leaked).
+            failures = [
+                f"{where}: signed under epoch {record.epoch}, after a record of epoch"
+                f" {previous.epoch}"
+            ]
+        elif end is not None and record.produced_at_ms / 1000 > end + EPOCH_END_SKEW_S:
+            # SECURITY: an epoch superseded by a rotation signs nothing produced after its
+            # window: the retired keys cannot extend the feed.
+            failures = [
+                f"{where}: signed under epoch {record.epoch}, produced after that epoch's"
+                " overlap window ended"
+            ]
+        else:
+            failures = verify_records(
+                [attestation.signed], committee, after=previous, from_genesis=self.from_genesis
+            )
         discrepancies = tuple(
             f"{record.security}#{record.sequence}: {units:+d} units on {ledger}"
             for ledger, units in record.ledger_discrepancies
@@ -220,9 +297,48 @@ class SupplyFeed:
         finally:
             call.cancel()
 
+    async def committee_chain(self, from_epoch: int) -> list[CertifiedRotation]:
+        """The certified rotations after ``from_epoch`` as the server sends them (not yet
+        checked: :meth:`FeedVerifier.add_chain` does)."""
+        resp = await self._stub.GetCommitteeChain(
+            supply_pb2.GetCommitteeChainRequest(from_epoch=from_epoch), timeout=self._timeout
+        )
+        return [certified_from_pb(r) for r in resp.rotations]
+
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close(None)
+
+
+def endpoints_of(network: NetworkConfig) -> frozenset[tuple[bytes, bytes, bytes]]:
+    """The (network, ledger, bridge) words of every ledger in ``network``."""
+    from bridge.ledgers.factory import bridge_word_of
+
+    return frozenset(
+        (lc.network_word, lc.id.word, bridge_word_of(lc)) for lc in network.ledgers.values()
+    )
+
+
+def verifier_for(network: NetworkConfig, **kw: Any) -> FeedVerifier:
+    """A FeedVerifier anchored on ``network``'s committee, accepting rotations certified
+    for its endpoints only."""
+    return FeedVerifier(network.committee, endpoints=endpoints_of(network), **kw)
+
+
+async def follow_epoch(feed: SupplyFeed, verifier: FeedVerifier, attestation: Attestation) -> None:
+    """Before ``attestation`` is checked: if it is signed under an epoch the verifier does not
+    know yet, fetch the rotation chain from the server and verify it into the verifier. A
+    chain that does not verify is logged and ignored: the record then fails verification."""
+    epoch = attestation.signed.record.epoch
+    if epoch in verifier.epochs:
+        return
+    try:
+        added = verifier.add_chain(await feed.committee_chain(verifier.committee.epoch))
+    except InvalidCertificate as exc:
+        get_logger().error("committee chain refused", reason=str(exc))
+        return
+    if added:
+        get_logger().warning("committee epochs verified from the trust anchor", epochs=added)
 
 
 async def watch(
@@ -249,6 +365,7 @@ async def watch(
                 if a.feed_sequence < position:
                     continue  # a duplicate cannot happen by contract; never show one twice
                 position = a.feed_sequence + 1
+                await follow_epoch(feed, verifier, a)
                 yield verifier.check(a)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (
@@ -398,6 +515,7 @@ async def audit_feed(
     security: str = "",
     limit_s: float = 60.0,
     identity: ClientIdentity | None = None,
+    endpoints: frozenset[tuple[bytes, bytes, bytes]] | None = None,
 ) -> tuple[int, list[str]]:
     """Verify the feed from feed position ``start`` up to its current end.
 
@@ -405,7 +523,7 @@ async def audit_feed(
     violation: a verification failure, or a signed record that does not balance. The first
     record of each security is taken as its anchor (``from_genesis`` off).
     """
-    verifier = FeedVerifier(committee, from_genesis=start <= 1)
+    verifier = FeedVerifier(committee, from_genesis=start <= 1, endpoints=endpoints)
     feed = SupplyFeed(target, identity=identity)
     checked, problems = 0, []
     try:
@@ -415,6 +533,7 @@ async def audit_feed(
         async with asyncio.timeout(limit_s):
             async for a in feed.stream("", start):
                 if not security or a.signed.record.security == security:
+                    await follow_epoch(feed, verifier, a)
                     verdict = verifier.check(a)
                     checked += 1
                     problems += [f"feed #{a.feed_sequence}: {f}" for f in verdict.failures]

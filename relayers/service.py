@@ -28,6 +28,7 @@ from bridge.rpc.convert import (
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.flow_convert import flow_status_to_pb
 from bridge.rpc.halt_convert import halt_to_pb, signed_order_from_pb
+from bridge.rpc.rotation_convert import proposal_from_pb, window_to_pb
 from bridge.rpc.supply_convert import reading_to_pb
 from bridge.v1 import depository_pb2, flow_pb2, relayer_pb2, relayer_pb2_grpc, supply_pb2
 
@@ -205,3 +206,46 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         security = SecurityId(request.security_id) if request.security_id else None
         status = await self._adapter.halt_status(security)
         return halt_to_pb(self._adapter.ledger.name, status)
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    @grpc_errors
+    async def GetCommittees(
+        self, request: relayer_pb2.GetCommitteesRequest, context: Context
+    ) -> relayer_pb2.Committees:
+        """The epochs the endpoint accepts now or will, ascending, at the finalized height."""
+        windows = await self._adapter.committees()
+        return relayer_pb2.Committees(epochs=[window_to_pb(w) for w in windows])
+
+    @grpc_errors
+    async def InstallCommittee(
+        self, request: relayer_pb2.InstallCommitteeRequest, context: Context
+    ) -> relayer_pb2.SubmitResponse:
+        """Install a certified rotation; retried on transient faults (the ledger call is
+        idempotent: an installed rotation returns ``already_applied``). The ledger checks
+        the certificate; a refusal is FAILED_PRECONDITION naming the ledger's reason."""
+        proposal = proposal_from_pb(request.proposal)
+        if not request.HasField("certificate"):
+            raise InvalidInput("certificate is required")
+        cert = signatures_from_pb(request.certificate)
+        if cert.epoch != proposal.certifying_epoch:
+            raise InvalidInput(
+                f"certificate epoch {cert.epoch} does not certify epoch {proposal.next_epoch}"
+            )
+        async with self._locks.hold(("rotation", proposal.next_epoch)):
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(Unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential(multiplier=0.2, max=3),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    outcome = await self._adapter.install_committee(proposal.as_rotation(), cert)
+        self._log.info(
+            "committee installed" if not outcome.already_applied else "committee already installed",
+            next_epoch=proposal.next_epoch,
+            **{TX: outcome.tx_id},
+        )
+        return relayer_pb2.SubmitResponse(
+            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
+        )

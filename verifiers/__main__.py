@@ -15,6 +15,7 @@ from bridge.logfields import configure
 from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
+from verifiers.rotation_log import RotationLog
 from verifiers.service import VerifierServicer
 from verifiers.supply_log import SupplyLog
 from verifiers.votes import VoteLog
@@ -48,6 +49,7 @@ async def run(config_path: Path) -> None:
         raise
     votes = VoteLog(cfg.vote_db)
     supply_log = SupplyLog(cfg.vote_db)
+    rotations = RotationLog(cfg.vote_db)
     servicer = VerifierServicer(
         signer,
         cfg.network.committee,
@@ -57,6 +59,9 @@ async def run(config_path: Path) -> None:
         cfg.network.supply_operators,
         network_words={name: lc.network_word for name, lc in cfg.network.ledgers.items()},
         instruction_keys=cfg.network.instruction_keys,
+        later_members=cfg.network.later_members,
+        rotations=rotations,
+        rotation_bounds=cfg.rotation,
     )
     server = BridgeServer(
         cfg.listen,
@@ -76,6 +81,7 @@ async def run(config_path: Path) -> None:
             await reader.close()
         votes.close()
         supply_log.close()
+        rotations.close()
         audit.close()
         log.info("verifier stopped")
 

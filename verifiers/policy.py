@@ -21,6 +21,16 @@ bridge is not in this member's network file may be ABORTed on the source alone. 
 member with the same network file can have signed LOCKED for that target (a member signs
 LOCKED only through its reader of the target), so no certificate can have prepared it and
 nothing can ever commit it; the vote log still keeps this member from signing COMMIT later.
+
+Committee rotation (ADR 0009): a member of a new epoch has no vote log of what the old epoch
+signed. COMMIT and ABORT stay exclusive anyway, because the rules above depend only on the
+finalized legs: COMMIT needs the target PREPARED/MINTED, and ABORT is never signed while the
+target is PREPARED/MINTED or the source BURNED. A PREPARED target leaves that state only with
+a COMMIT certificate or an ABORT certificate, and the latter needs t members to sign ABORT
+while it is PREPARED, which none following these rules does; REJECTED, EXPIRED, ABORTED and
+RELEASED never lead to a mint. (The exceptions above keep this: an uninstructed lock and an
+unknown target can never be PREPARED, since no member signs LOCKED for them.) So whichever
+epoch a member belongs to, the claim it may sign for a transfer is fixed by the ledgers.
 """
 
 from __future__ import annotations

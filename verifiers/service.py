@@ -7,17 +7,24 @@ import time
 from collections.abc import Collection, Mapping
 
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee
+from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import InvalidInput, NotFound, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
 from bridge.domain.legs import Leg
+from bridge.domain.rotation import (
+    RotationBounds,
+    RotationRefused,
+    check_proposal,
+    member_epochs,
+)
 from bridge.domain.signer import Signer
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make_record
 from bridge.ledgers.adapter import LedgerReader
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
+from bridge.rpc.rotation_convert import proposal_from_pb
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.policy import (
@@ -26,11 +33,18 @@ from verifiers.policy import (
     check_commit_delay,
     is_instructed,
 )
+from verifiers.rotation_log import RotationLog
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import VoteLog
 
 CATCH_UP_S = 2.0
 """How long a member waits for its own node to reach a proposed supply height."""
+
+MAX_ANCHOR_SIGNATURES = 512
+"""More signatures than any committee can have (2t > n and t < 256 bound n by 509)."""
+
+EPOCHS_TTL_S = 1.0
+"""How long a member reuses its read of a ledger's accepted committee epochs."""
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
@@ -49,8 +63,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         *,
         network_words: Mapping[str, bytes] | None = None,
         instruction_keys: Mapping[str, frozenset[bytes]] | None = None,
+        later_members: Collection[bytes] = (),
+        rotations: RotationLog | None = None,
+        rotation_bounds: RotationBounds | None = None,
     ) -> None:
         self._signer = signer
+        # ---- committee rotation (ADR 0009): ``committee`` is the network file's epoch (the
+        # trust anchor); the epochs this member signs under are read from each ledger.
+        self._rotations = rotations
+        self._rotation_bounds = rotation_bounds or RotationBounds()
+        self._epoch_cache: dict[str, tuple[float, tuple[EpochWindow, ...]]] = {}
         # Protocol v2: per ledger name, the network word of the network file (what this
         # member's own node must be on) and the registered instruction keys.
         self._network_words = dict(network_words or {})
@@ -65,9 +87,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         self._readers = dict(readers)
         self._votes = votes
         self._log = get_logger(signer="0x" + signer.address.hex())
-        if not committee.is_member(signer.address):
+        if not committee.is_member(signer.address) and signer.address not in later_members:
             raise InvalidInput(
                 f"key 0x{signer.address.hex()} is not in committee epoch {committee.epoch}"
+                " nor among the network file's later members"
             )
 
     @grpc_errors
@@ -75,9 +98,116 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         self, request: verifier_pb2.GetIdentityRequest, context: Context
     ) -> verifier_pb2.VerifierIdentity:
         """This member's address and epoch."""
+        mine = [c.epoch for c in await self._known_epochs() if c.is_member(self._signer.address)]
         return verifier_pb2.VerifierIdentity(
-            address=self._signer.address, epoch=self._committee.epoch
+            address=self._signer.address, epoch=max(mine, default=self._committee.epoch)
         )
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    async def _windows(self, reader: LedgerReader, fresh: bool = False) -> tuple[EpochWindow, ...]:
+        """The epochs ``reader``'s ledger accepts now or will, from this member's own read
+        (reused for :data:`EPOCHS_TTL_S`; ``fresh`` reads again)."""
+        name = reader.ledger.name
+        now = time.monotonic()
+        cached = self._epoch_cache.get(name)
+        if cached is not None and not fresh and now - cached[0] < EPOCHS_TTL_S:
+            return cached[1]
+        windows = tuple(await reader.committees())
+        self._epoch_cache[name] = (now, windows)
+        return windows
+
+    async def _signing_epochs(self, reader: LedgerReader) -> tuple[Committee, ...]:
+        """The epochs this member signs ``reader``'s claims under: every epoch the ledger
+        accepts (now or later) that has this member, newest first.
+
+        SECURITY: read from the member's own node, never from the caller, so a member
+        removed by a rotation stops signing for a ledger once that ledger no longer
+        accepts its epoch, and a new member signs only once its epoch is installed.
+        """
+        mine = member_epochs(await self._windows(reader), self._signer.address)
+        if not mine:
+            raise PreconditionFailed(
+                f"this member is in no committee epoch ledger {reader.ledger.name} accepts"
+            )
+        return mine
+
+    async def _known_epochs(self) -> list[Committee]:
+        """The genesis epoch and every epoch some watched ledger accepts."""
+        known = {self._committee.epoch: self._committee}
+        for reader in self._readers.values():
+            for w in await self._windows(reader):
+                known.setdefault(w.committee.epoch, w.committee)
+        return [known[e] for e in sorted(known)]
+
+    async def _supply_committee(self, epoch: int) -> Committee:
+        """The committee of ``epoch`` if this member belongs to it and a watched ledger
+        accepts it now (the genesis epoch when this member watches no ledger); else
+        SupplyRefused. An epoch retired by a rotation signs no new record."""
+        accepted: dict[int, Committee] = {}
+        for reader in self._readers.values():
+            for w in await self._windows(reader):
+                accepted.setdefault(w.committee.epoch, w.committee)
+        if not self._readers:
+            accepted[self._committee.epoch] = self._committee
+        c = accepted.get(epoch)
+        if c is None or not c.is_member(self._signer.address):
+            raise SupplyRefused(f"record epoch {epoch} is not an accepted epoch of this member")
+        return c
+
+    @grpc_errors
+    async def SignRotation(
+        self, request: verifier_pb2.SignRotationRequest, context: Context
+    ) -> verifier_pb2.SignRotationResponse:
+        """Sign the proposed rotation for each named ledger, after checking it on that
+        ledger through this member's own reader.
+
+        SECURITY: for every ledger first (nothing is signed unless all pass): the next
+        epoch is that ledger's latest installed epoch + 1 and this member is in that epoch;
+        the committee is sound (distinct members, 2t > n) and activation and overlap are in
+        this member's bounds. Then the rotation vote log records the proposal (one
+        committee per next epoch, ever, fsync'd) before any signature is made.
+        """
+        if self._rotations is None:
+            raise PreconditionFailed("this member has no rotation vote log configured")
+        proposal = proposal_from_pb(request.proposal)
+        if not request.ledger_ids:
+            raise InvalidInput("name at least one ledger to sign the rotation for")
+        readers = []
+        for name in dict.fromkeys(request.ledger_ids):
+            reader = self._readers_by_name.get(name)
+            if reader is None:
+                raise NotFound(f"ledger {name} is not a ledger this member watches")
+            readers.append(reader)
+        now = time.time()
+        for reader in readers:
+            try:
+                check_proposal(
+                    proposal,
+                    await self._windows(reader, fresh=True),
+                    self._rotation_bounds,
+                    now,
+                    self._signer.address,
+                )
+            except RotationRefused as exc:
+                raise RotationRefused(f"{reader.ledger.name}: {exc}") from None
+        self._rotations.record(proposal)
+        out = verifier_pb2.SignRotationResponse(signer=self._signer.address)
+        for reader in readers:
+            digest = proposal.digest(
+                await self._network_word(reader), reader.ledger.word, reader.bridge_word
+            )
+            out.signatures.append(
+                verifier_pb2.LedgerSignature(
+                    ledger_id=reader.ledger.name,
+                    epoch=proposal.certifying_epoch,
+                    digest=digest,
+                    signature=self._signer.sign_digest(digest),
+                )
+            )
+        self._log.info("rotation signed", next_epoch=proposal.next_epoch)
+        return out
+
+    # ----
 
     def _reader(self, ledger_word: bytes, bridge_word: bytes, side: str) -> LedgerReader:
         reader = self._readers.get(ledger_word)
@@ -161,22 +291,24 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         ledger's own claim domain and verified network word)."""
         claim = Claim(kind=kind, transfer_id=tid, terms_hash=th)
         out = verifier_pb2.SignClaimResponse(signer=self._signer.address)
-        for reader in ledgers:
-            domain = ClaimDomain(
-                reader.ledger.word,
-                reader.bridge_word,
-                self._committee.epoch,
-                await self._network_word(reader),
-            )
-            digest = claim_digest(domain, claim)
-            out.signatures.append(
-                verifier_pb2.LedgerSignature(
-                    ledger_id=reader.ledger.name,
-                    epoch=self._committee.epoch,
-                    digest=digest,
-                    signature=self._signer.sign_digest(digest),
+        epochs = [await self._signing_epochs(reader) for reader in ledgers]
+        for reader, committees in zip(ledgers, epochs, strict=True):
+            network = await self._network_word(reader)
+            # A key in both epochs of an overlap signs under each: the coordinator takes
+            # the epoch the ledger prefers.
+            for committee in committees:
+                domain = ClaimDomain(
+                    reader.ledger.word, reader.bridge_word, committee.epoch, network
                 )
-            )
+                digest = claim_digest(domain, claim)
+                out.signatures.append(
+                    verifier_pb2.LedgerSignature(
+                        ledger_id=reader.ledger.name,
+                        epoch=committee.epoch,
+                        digest=digest,
+                        signature=self._signer.sign_digest(digest),
+                    )
+                )
         self._log.info("claim signed", **{TRANSFER: "0x" + tid.hex(), STATE: kind.name})
         return out
 
@@ -201,16 +333,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         if self._supply_log is None:
             raise PreconditionFailed("this member does not attest supply")
         proposed = record_from_pb(request.record)
-        anchor = self._anchor(request)
+        anchor = await self._anchor(request)
         registration, op_sig = registration_from_pb(request.registration)
         self._check_registration(proposed, registration, op_sig)
         now_ms = int(time.time() * 1000)
         if abs(now_ms - proposed.produced_at_ms) > self._max_skew_ms:
             raise SupplyRefused("record timestamp is too far from this member's clock")
-        if proposed.epoch != self._committee.epoch:
-            raise SupplyRefused(
-                f"record epoch {proposed.epoch} is not committee epoch {self._committee.epoch}"
-            )
+        committee = await self._supply_committee(proposed.epoch)
         security = SecurityId(proposed.security)
         mine = await asyncio.gather(
             *(self._read_at(security, r) for r in proposed.readings),
@@ -225,7 +354,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             security=proposed.security,
             sequence=proposed.sequence,
             previous_hash=proposed.previous_hash,
-            epoch=self._committee.epoch,
+            epoch=committee.epoch,
             produced_at_ms=proposed.produced_at_ms,
             readings=readings,
             registered=dict(registration.totals),
@@ -244,7 +373,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             signer=self._signer.address, digest=rebuilt.digest, signature=signature
         )
 
-    def _anchor(self, request: verifier_pb2.SignSupplyRequest) -> PendingAnchor | None:
+    async def _anchor(self, request: verifier_pb2.SignSupplyRequest) -> PendingAnchor | None:
         """The request's ``previous`` record with its signatures, checked only if needed.
 
         More signatures than the committee has members are refused here, before anything
@@ -253,19 +382,37 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         """
         if not request.HasField("previous"):
             return None
-        n = len(self._committee.members)
-        # SECURITY: cheap refusal first, so an oversized request costs no recovery at all.
-        if len(request.previous_signatures) > n:
+        # The largest committee this member knows of, without reading a ledger (the genesis
+        # and the epochs last read): an oversized anchor costs no read and no recovery.
+        n = max(
+            len(w.committee.members)
+            for windows in [(EpochWindow(self._committee, 0, None),)]
+            + [cached for _, cached in self._epoch_cache.values()]
+            for w in windows
+        )
+        # SECURITY: cheap refusal first, so an oversized request costs no recovery at all:
+        # against the largest committee known without a read; only a count within
+        # MAX_ANCHOR_SIGNATURES above it makes this member read the ledgers' epochs first.
+        count = len(request.previous_signatures)
+        known: dict[int, Committee] = {}
+        if n < count <= MAX_ANCHOR_SIGNATURES:
+            # A committee this member has not read yet may be larger: read, then decide.
+            known = {c.epoch: c for c in await self._known_epochs()}
+            n = max([n, *(len(c.members) for c in known.values())])
+        if count > n:
             raise SupplyAnchorInvalid(
-                f"the anchor carries {len(request.previous_signatures)} signatures,"
-                f" the committee has {n} members"
+                f"the anchor carries {count} signatures, the committee has {n} members"
             )
         previous = record_from_pb(request.previous)
+        known = known or {c.epoch: c for c in await self._known_epochs()}
+        if previous.epoch not in known:
+            raise SupplyAnchorInvalid(f"the anchor's epoch {previous.epoch} is not known here")
         # SECURITY: the anchor lets this member skip ahead, so it must carry t of n member
-        # signatures over its recomputed digest; the coordinator's word is not enough.
+        # signatures (of its own epoch, one this member reads on a ledger) over its
+        # recomputed digest; the coordinator's word is not enough.
         return PendingAnchor(
             SignedRecord(previous, tuple(bytes(s) for s in request.previous_signatures)),
-            self._committee,
+            known[previous.epoch],
         )
 
     def _check_registration(

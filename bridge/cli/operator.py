@@ -1,4 +1,4 @@
-"""``bridge operator stuck|retry|abort|misbehaviour|limits``: the bridge operator's tools.
+"""``bridge operator stuck|retry|abort|misbehaviour|limits|rotation``: the operator's tools.
 
 ``abort`` never moves units around the protocol: it starts a committee-certified ABORT
 where the ledgers allow one, and otherwise prints why not (exit code 1).
@@ -12,6 +12,7 @@ import json
 from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
+from bridge.cli import rotation as rotation_cli
 from bridge.rpc.channels import sync_channel
 from bridge.v1 import flow_pb2, operator_pb2, operator_pb2_grpc, transfer_pb2
 
@@ -39,6 +40,7 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     m.add_argument("--limit", type=int, default=100)
     lim = sp.add_parser("limits", help="flow limits per lane: capacity, available, queued")
     lim.add_argument("security_id", help="ISIN")
+    rotation_cli.add_parser(sp)
 
 
 def _print(message: object, as_json: bool, line: str) -> None:
@@ -88,6 +90,8 @@ def run(a: argparse.Namespace) -> int:
     """Run one ``operator`` command; returns the exit code."""
     with sync_channel(a.coordinator, credentials.identity(a)) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        if a.cmd == "rotation":
+            return rotation_cli.run(a, stub)
         if a.cmd == "stuck":
             resp = stub.ListStuckTransfers(
                 operator_pb2.ListStuckTransfersRequest(min_age_seconds=a.min_age, limit=a.limit),

@@ -11,9 +11,12 @@ from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.halts import HaltBook, SqliteHaltStore
 from bridge.coordinator.operator_service import OperatorServicer
 from bridge.coordinator.publisher import SupplyPublisher
+from bridge.coordinator.rotation import RotationManager
+from bridge.coordinator.rotation_store import SqliteRotationStore
 from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
@@ -62,16 +65,23 @@ async def run(config_path: Path) -> None:
         )
         for name, target in cfg.relayers.items()
     }
+    # Committee rotation (ADR 0009): members of later epochs (network file, by address)
+    # are asked too; each signature counts only for an epoch its ledger accepts.
+    endpoints, members = list(cfg.verifiers), list(cfg.verifier_members)
+    for address, endpoint in cfg.network.later_members.items():
+        if endpoint and "0x" + address.hex() not in members:
+            endpoints.append(endpoint)
+            members.append("0x" + address.hex())
     committee = CommitteeClient(
         cfg.network.committee,
-        cfg.verifiers,
+        endpoints,
         cfg.rpc_timeout,
         store.record_misbehaviour,
         identities=[
-            client_identity(cfg.network, cfg.tls, Role(MEMBER, m)) if m else None
-            for m in cfg.verifier_members
+            client_identity(cfg.network, cfg.tls, Role(MEMBER, m)) if m else None for m in members
         ],
     )
+    epochs = EpochTracker(cfg.network.committee, relayers)
     supply_store = SqliteSupplyStore(cfg.database)
     publisher = SupplyPublisher(
         cfg.network,
@@ -80,9 +90,26 @@ async def run(config_path: Path) -> None:
         committee,
         cfg.supply_heartbeat,
         cfg.instruction_max_age,
+        epochs=epochs,
     )
     coordinator = Coordinator(
-        cfg.network, store, relayers, committee, cfg.transfer_ttl, supply=publisher
+        cfg.network,
+        store,
+        relayers,
+        committee,
+        cfg.transfer_ttl,
+        supply=publisher,
+        epochs=epochs,
+    )
+    rotation_store = SqliteRotationStore(cfg.database)
+    rotations = RotationManager(
+        rotation_store,
+        store,
+        relayers,
+        epochs,
+        coordinator.domains,
+        # Checked only when every endpoint names its member (always so with mTLS).
+        reachable={bytes.fromhex(m[2:]) for m in members} if all(members) else None,
     )
     # ---- depository halt
     halt_store = SqliteHaltStore(cfg.database)
@@ -91,8 +118,8 @@ async def run(config_path: Path) -> None:
     depository = DepositoryServicer(halts, list(relayers))
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
-    supply = SupplyServicer(publisher, halts=halts)
-    operator = OperatorServicer(coordinator, store)
+    supply = SupplyServicer(publisher, rotations, halts=halts)
+    operator = OperatorServicer(coordinator, store, rotations)
     server = BridgeServer(
         cfg.listen,
         [
@@ -117,12 +144,14 @@ async def run(config_path: Path) -> None:
     resumed = await coordinator.start()
     await publisher.start()
     await halts.start()
+    await rotations.start()
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
         await stop.wait()
     finally:
         await server.stop()
         await coordinator.stop()
+        await rotations.stop()
         await publisher.stop()
         await halts.stop()
         for r in relayers.values():
@@ -131,6 +160,7 @@ async def run(config_path: Path) -> None:
         store.close()
         supply_store.close()
         halt_store.close()
+        rotation_store.close()
         audit.close()
         log.info("coordinator stopped")
 

@@ -13,7 +13,13 @@ import grpc
 
 from bridge.coordinator.records import Misbehaviour
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, assemble_certificate, recover_signer, verify_vote
+from bridge.domain.committee import (
+    Committee,
+    EpochWindow,
+    assemble_certificate,
+    recover_signer,
+    verify_vote,
+)
 from bridge.domain.errors import (
     BridgeError,
     InvalidCertificate,
@@ -28,6 +34,7 @@ from bridge.domain.governance import HaltStatus, SignedOrder
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
+from bridge.domain.rotation import RotationProposal
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
@@ -35,6 +42,7 @@ from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.rpc.flow_convert import flow_status_from_pb
 from bridge.rpc.halt_convert import halt_from_pb, signed_order_to_pb
+from bridge.rpc.rotation_convert import proposal_to_pb, window_from_pb
 from bridge.rpc.supply_convert import reading_from_pb, record_to_pb, registration_to_pb
 from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import (
@@ -189,6 +197,34 @@ class RelayerGateway:
             raise translate(exc, f"relayer of {self.ledger}") from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
 
+    # ---- committee rotation (ADR 0009)
+    async def committees(self) -> tuple[EpochWindow, ...]:
+        """The epochs the ledger accepts now or will (read at finality by the relayer)."""
+        try:
+            m = await self._stub.GetCommittees(
+                relayer_pb2.GetCommitteesRequest(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        try:
+            windows = tuple(window_from_pb(w) for w in m.epochs)
+        except InvalidInput as exc:
+            raise Unavailable(f"relayer of {self.ledger} sent a malformed epoch: {exc}") from None
+        return tuple(sorted(windows, key=lambda w: w.committee.epoch))
+
+    async def install_committee(
+        self, proposal: RotationProposal, certificate: SignatureSet
+    ) -> TxOutcome:
+        """Install a certified rotation (idempotent on the ledger)."""
+        req = relayer_pb2.InstallCommitteeRequest(
+            proposal=proposal_to_pb(proposal), certificate=signatures_to_pb(certificate)
+        )
+        try:
+            m = await self._stub.InstallCommittee(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}") from exc
+        return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
+
     async def close(self) -> None:
         """Close the channel."""
         await self._conn.close()
@@ -312,32 +348,46 @@ class CommitteeClient:
                 await examine(endpoint, resp)
 
     async def certify(
-        self, kind: ClaimKind, terms: TransferTerms, ledgers: Sequence[LedgerDomain]
+        self,
+        kind: ClaimKind,
+        terms: TransferTerms,
+        ledgers: Sequence[LedgerDomain],
+        epochs: Mapping[str, Sequence[Committee]] | None = None,
     ) -> Mapping[str, SignatureSet]:
         """Return a certificate per ledger, as soon as t members have validly signed for all.
 
+        ``epochs`` names, per ledger, the committee epochs a certificate may be of, in order
+        of preference (the epochs that ledger accepts now, newest active first; default: the
+        network file's). A member signs under every accepted epoch it belongs to; each
+        ledger's certificate is of the first epoch in that order to reach its threshold. A
+        signature of an epoch not named is not counted and is no misbehaviour.
         Raises PreconditionFailed with the members' refusals when a quorum is impossible,
         Unavailable when too many members cannot be reached.
         """
         claim = Claim(kind=kind, transfer_id=terms.transfer_id, terms_hash=terms.terms_hash)
+        wanted: dict[str, tuple[Committee, ...]] = {
+            d.name: tuple((epochs or {}).get(d.name, ())) or (self.committee,) for d in ledgers
+        }
+        committees = {(n, c.epoch): c for n, cs in wanted.items() for c in cs}
         digests = {
-            d.name: claim_digest(
-                ClaimDomain(d.ledger_word, d.bridge_word, self.committee.epoch, d.network_word),
-                claim,
+            (d.name, c.epoch): claim_digest(
+                ClaimDomain(d.ledger_word, d.bridge_word, c.epoch, d.network_word), claim
             )
             for d in ledgers
+            for c in wanted[d.name]
         }
         subject = f"{kind.name} for transfer 0x{terms.transfer_id.hex()}"
         request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
-        sigs: dict[str, list[bytes]] = {name: [] for name in digests}
+        sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in digests}
         refusals: list[str] = []
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
             for s in resp.signatures:
-                if s.ledger_id not in sigs:
+                key = (s.ledger_id, s.epoch)
+                if key not in sigs:
                     continue
-                expected = digests[s.ledger_id]
+                expected = digests[key]
                 if s.digest != expected:
                     await self._report(
                         endpoint, "wrong-digest", subject,
@@ -346,14 +396,14 @@ class CommitteeClient:
                     )  # fmt: skip
                     continue
                 try:
-                    verify_vote(self.committee, expected, s.signature)
+                    verify_vote(committees[key], expected, s.signature)
                 except InvalidCertificate as exc:
                     await self._report(
                         endpoint, "invalid-signature", subject, str(exc), expected,
                         s.digest, s.signature,
                     )  # fmt: skip
                     continue
-                sigs[s.ledger_id].append(s.signature)
+                sigs[key].append(s.signature)
 
         answers = self._ask_all(
             lambda stub: stub.SignClaim(request, timeout=self._timeout), examine
@@ -367,10 +417,10 @@ class CommitteeClient:
                         refusals.append(resp.details() or resp.code().name)
                     continue
                 await examine(endpoint, resp)
-                certs = self._try_assemble(digests, sigs)
+                certs = self._try_assemble(digests, sigs, wanted)
                 if certs is not None:
                     return certs
-        need = self.committee.threshold
+        need = max(c.threshold for c in committees.values())
         if refusals and len(refusals) > len(self._stubs) - need:
             raise PreconditionFailed(
                 f"committee refused {kind.name}: " + "; ".join(sorted(set(refusals)))
@@ -389,6 +439,7 @@ class CommitteeClient:
         registration: Registration,
         operator_signature: bytes,
         previous: SignedRecord | None = None,
+        committee: Committee | None = None,
     ) -> tuple[bytes, ...]:
         """Return t valid member signatures over ``record``'s digest, in signer order.
 
@@ -407,6 +458,7 @@ class CommitteeClient:
             request.previous.CopyFrom(record_to_pb(previous.record))
             request.previous_signatures.extend(previous.signatures)
         digest = record.digest
+        signing = committee or self.committee
         subject = f"supply record {record.security}#{record.sequence}"
         valid: dict[bytes, bytes] = {}
         refusals: list[str] = []
@@ -421,7 +473,7 @@ class CommitteeClient:
                 )  # fmt: skip
                 return
             try:
-                vote = verify_vote(self.committee, digest, resp.signature)
+                vote = verify_vote(signing, digest, resp.signature)
             except InvalidCertificate as exc:
                 await self._report(
                     endpoint, "invalid-signature", subject, str(exc), digest, resp.digest,
@@ -442,9 +494,9 @@ class CommitteeClient:
                         refusals.append(resp.details() or resp.code().name)
                     continue
                 await examine(endpoint, resp)
-                if len(valid) >= self.committee.threshold:
+                if len(valid) >= signing.threshold:
                     return tuple(valid[k] for k in sorted(valid))
-        need = self.committee.threshold
+        need = signing.threshold
         summary = "; ".join(sorted(set(refusals)))
         if unreachable and len(self._stubs) - unreachable < need:
             raise Unavailable(
@@ -457,15 +509,25 @@ class CommitteeClient:
         )
 
     def _try_assemble(
-        self, digests: Mapping[str, bytes], sigs: Mapping[str, list[bytes]]
+        self,
+        digests: Mapping[tuple[str, int], bytes],
+        sigs: Mapping[tuple[str, int], list[bytes]],
+        wanted: Mapping[str, Sequence[Committee]],
     ) -> dict[str, SignatureSet] | None:
+        """A certificate per ledger, each of the first epoch in preference order that has
+        t valid signatures; None while a ledger has none."""
         out: dict[str, SignatureSet] = {}
-        for name, digest in digests.items():
-            try:
-                cert = assemble_certificate(self.committee, digest, sigs[name])
-            except InvalidCertificate:
+        for name, preference in wanted.items():
+            for committee in preference:
+                key = (name, committee.epoch)
+                try:
+                    cert = assemble_certificate(committee, digests[key], sigs[key])
+                except InvalidCertificate:
+                    continue
+                out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))
+                break
+            else:
                 return None
-            out[name] = SignatureSet(cert.epoch, tuple(v.signature for v in cert.votes))
         return out
 
     async def close(self) -> None:

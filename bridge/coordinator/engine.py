@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
+from bridge.coordinator.epochs import RECERTIFY_REASONS, EpochTracker
 from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
 from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.publisher import SupplyPublisher
@@ -34,6 +35,7 @@ from bridge.coordinator.requests import (
 from bridge.coordinator.store import TransferStore
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import Committee
 from bridge.domain.errors import (
     BridgeError,
     Conflict,
@@ -46,7 +48,15 @@ from bridge.domain.errors import (
 from bridge.domain.flow import FlowStatus, WaitReason, detail_argument
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction, is_instructed
-from bridge.domain.legs import Action, LedgerEvent, Leg, LegState, LegStatus, RejectReason
+from bridge.domain.legs import (
+    Action,
+    LedgerEvent,
+    Leg,
+    LegState,
+    LegStatus,
+    RejectReason,
+    SignatureSet,
+)
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
@@ -146,8 +156,12 @@ class Coordinator:
         supply: SupplyPublisher | None = None,
         sweep_every: float = 15.0,
         halts: HaltBook | None = None,
+        epochs: EpochTracker | None = None,
     ) -> None:
         self._network = network
+        # ---- committee rotation (ADR 0009): the epoch each ledger accepts, read from it
+        # through its relayer; None: the network file's committee everywhere (no rotation).
+        self._epochs = epochs
         self._store = store
         self._relayers = dict(relayers)
         self._committee = committee
@@ -166,6 +180,11 @@ class Coordinator:
         self._watchers: dict[bytes, set[asyncio.Event]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._log = get_logger()
+
+    @property
+    def domains(self) -> Mapping[str, LedgerDomain]:
+        """Per ledger, the words its claims and rotations are bound to."""
+        return self._domains
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> int:
@@ -235,11 +254,6 @@ class Coordinator:
             ev.set()
 
     # ---- depository halt
-    @property
-    def domains(self) -> Mapping[str, LedgerDomain]:
-        """Every ledger's claim domain (network, ledger and bridge words), by name."""
-        return self._domains
-
     def set_halts(self, halts: HaltBook) -> None:
         """Consult ``halts`` before locking, preparing and minting (see :meth:`_halt_gate`)."""
         self._halts = halts
@@ -924,15 +938,25 @@ class Coordinator:
                     " unless released first",
                 )
             certs = await self._committee.certify(
-                ClaimKind.LOCKED, terms, [self._domains[dst_name]]
+                ClaimKind.LOCKED,
+                terms,
+                [self._domains[dst_name]],
+                await self._epochs_of([dst_name]),
             )
-            out = await dst.submit(action, terms, certs[dst_name])
+            try:
+                out = await dst.submit(action, terms, certs[dst_name])
+            except LedgerRejected as exc:
+                self._epoch_refused(exc, dst_name)
+                raise
             await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
             return False
         if step.step is StepKind.CERTIFY:
             assert step.claim is not None
             certs = await self._committee.certify(
-                step.claim, terms, [self._domains[src_name], self._domains[dst_name]]
+                step.claim,
+                terms,
+                [self._domains[src_name], self._domains[dst_name]],
+                await self._epochs_of([src_name, dst_name]),
             )
             cause = _refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
             await self._store.record_decision(tid, Decision(step.claim, certs, cause))
@@ -999,8 +1023,60 @@ class Coordinator:
         record: TransferRecord,
         decision: Decision,
     ) -> None:
-        out = await gateway.submit(action, record.terms, decision.certificates[gateway.ledger])
+        certificate = decision.certificates[gateway.ledger]
+        try:
+            out = await gateway.submit(action, record.terms, certificate)
+        except LedgerRejected as exc:
+            if not self._epoch_refused(exc, gateway.ledger):
+                raise
+            # The ledger no longer accepts the stored certificate's epoch (a rotation and
+            # its overlap passed): gather the same claim again under the epoch it accepts.
+            certificate = await self._recertify(record, decision, gateway.ledger)
+            out = await gateway.submit(action, record.terms, certificate)
         await self._record_tx(record.transfer_id, action, leg, out.tx_id)
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    async def _epochs_of(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]] | None:
+        """The committee epochs each of ``ledgers`` accepts now, preferred first (None: the
+        network file's)."""
+        if self._epochs is None:
+            return None
+        return await self._epochs.accepted(ledgers)
+
+    def _epoch_refused(self, exc: LedgerRejected, ledger: str) -> bool:
+        """True when ``exc`` is a ledger refusing a certificate's epoch or signers (typed
+        reason); the ledger's epochs are then read again."""
+        if exc.reason not in RECERTIFY_REASONS:
+            return False
+        if self._epochs is not None:
+            self._epochs.invalidate(ledger)
+        return self._epochs is not None
+
+    async def _recertify(
+        self, record: TransferRecord, decision: Decision, ledger: str
+    ) -> SignatureSet:
+        """A certificate of the recorded decision for ``ledger`` under the epoch it accepts
+        now, stored in place of the refused one.
+
+        SECURITY: the claim is the recorded decision's kind, never re-derived: members sign
+        it only if the ledgers still support it (a decision is final on the ledgers before
+        it is recorded), and the store swaps the certificate only while the recorded kind
+        is that same kind, so a decision never changes.
+        """
+        tid = record.transfer_id
+        epochs = await self._epochs_of([ledger])
+        certs = await self._committee.certify(
+            decision.kind, record.terms, [self._domains[ledger]], epochs
+        )
+        certificate = certs[ledger]
+        if not await self._store.recertify(tid, decision.kind, ledger, certificate):
+            raise PreconditionFailed("the recorded decision changed meanwhile; re-reading")
+        self._log.warning(
+            "decision re-certified under the ledger's current epoch",
+            **{TRANSFER: "0x" + tid.hex(), LEDGER: ledger, STATE: decision.kind.name},
+            epoch=certificate.epoch,
+        )
+        return certificate
 
     async def _record_tx(self, tid: bytes, action: Action, leg: Leg, tx_id: str) -> None:
         if tx_id:

@@ -7,12 +7,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.coordinator.engine import Coordinator, LaneFlow
 from bridge.coordinator.records import Misbehaviour
+from bridge.coordinator.rotation import RotationManager, RotationView
 from bridge.coordinator.service import parse_transfer_id, transfer_to_pb
 from bridge.coordinator.store import TransferStore
-from bridge.domain.errors import InvalidInput
+from bridge.domain.errors import InvalidInput, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.flow_convert import flow_status_to_pb
+from bridge.rpc.rotation_convert import proposal_to_pb
 from bridge.v1 import flow_pb2, operator_pb2, operator_pb2_grpc, transfer_pb2
 
 MAX_LIMIT = 1000
@@ -41,12 +43,46 @@ def misbehaviour_to_pb(m: Misbehaviour) -> operator_pb2.Misbehaviour:
     )
 
 
+def rotation_to_pb(v: RotationView) -> operator_pb2.Rotation:
+    """A rotation with each ledger's status as the API message."""
+    created = Timestamp()
+    created.FromNanoseconds(int(v.stored.created_at * 1e9))
+    return operator_pb2.Rotation(
+        proposal=proposal_to_pb(v.stored.proposal),
+        ledgers=[
+            operator_pb2.RotationLedger(
+                ledger_id=x.ledger,
+                status=x.status,
+                digest=x.digest,
+                signatures=x.signatures,
+                tx_id=x.tx_id,
+                detail=x.detail,
+            )
+            for x in v.ledgers
+        ],
+        removed_member=v.stored.removed_member,
+        evidence=[misbehaviour_to_pb(m) for m in v.stored.evidence],
+        created_at=created,
+    )
+
+
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     """The bridge operator's tools; none of them moves units outside the protocol."""
 
-    def __init__(self, coordinator: Coordinator, store: TransferStore) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        store: TransferStore,
+        rotations: RotationManager | None = None,
+    ) -> None:
         self._coordinator = coordinator
         self._store = store
+        self._rotations = rotations
+
+    def _manager(self) -> RotationManager:
+        if self._rotations is None:
+            raise PreconditionFailed("this coordinator does not manage committee rotations")
+        return self._rotations
 
     @grpc_errors
     async def ListStuckTransfers(
@@ -93,6 +129,49 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         security = SecurityId(request.security_id).isin  # InvalidInput for a bad ISIN
         lanes = await self._coordinator.lane_flows(security)
         return flow_pb2.GetFlowStatusResponse(lanes=[lane_flow_to_pb(lane) for lane in lanes])
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    @grpc_errors
+    async def ProposeRotation(
+        self, request: operator_pb2.ProposeRotationRequest, context: Context
+    ) -> operator_pb2.Rotation:
+        """Record the rotation to the next epoch (evidence attached for a removed member)."""
+        view = await self._manager().propose(
+            [bytes(m) for m in request.next_members],
+            request.threshold,
+            request.activation,
+            request.overlap,
+            bytes(request.remove_member),
+        )
+        return rotation_to_pb(view)
+
+    @grpc_errors
+    async def CertifyRotation(
+        self, request: operator_pb2.CertifyRotationRequest, context: Context
+    ) -> operator_pb2.Rotation:
+        """Keep the member signatures the operator gathered (each checked first)."""
+        if len(request.signatures) > 4096:
+            raise InvalidInput("at most 4096 signatures per call")
+        view = await self._manager().certify(
+            request.next_epoch,
+            [(s.ledger_id, s.epoch, bytes(s.signature)) for s in request.signatures],
+        )
+        return rotation_to_pb(view)
+
+    @grpc_errors
+    async def GetRotation(
+        self, request: operator_pb2.GetRotationRequest, context: Context
+    ) -> operator_pb2.Rotation:
+        """One rotation with its status on each ledger."""
+        return rotation_to_pb(await self._manager().view(request.next_epoch))
+
+    @grpc_errors
+    async def ListRotations(
+        self, request: operator_pb2.ListRotationsRequest, context: Context
+    ) -> operator_pb2.ListRotationsResponse:
+        """Recorded rotations, newest first."""
+        views = await self._manager().recent(_limit(request.limit))
+        return operator_pb2.ListRotationsResponse(rotations=[rotation_to_pb(v) for v in views])
 
 
 def lane_flow_to_pb(lane: LaneFlow) -> flow_pb2.LaneFlow:

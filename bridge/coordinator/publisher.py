@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
+from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.supply_store import Hold, StoredRegistration, SupplyStore
 from bridge.domain.errors import (
     InvalidInput,
@@ -67,8 +68,12 @@ class SupplyPublisher:
         heartbeat: float,
         instruction_max_age: float = 600.0,
         concurrency: int = 8,
+        epochs: EpochTracker | None = None,
     ) -> None:
         self._network = network
+        # Committee rotation (ADR 0009): records are signed under the newest epoch every
+        # ledger accepts (None: the network file's committee).
+        self._epochs = epochs
         self._store = store
         self._relayers = dict(relayers)
         self._committee = committee
@@ -177,18 +182,21 @@ class SupplyPublisher:
             and _figures(latest.signed.record.readings) == _figures(ordered)
         ):
             return None
+        committee = (
+            await self._epochs.common() if self._epochs is not None else self._committee.committee
+        )
         record = make_record(
             security=security,
             sequence=latest.signed.record.sequence + 1 if latest else 1,
             previous_hash=latest.signed.record.digest if latest else GENESIS_HASH,
-            epoch=self._committee.committee.epoch,
+            epoch=committee.epoch,
             produced_at_ms=int(time.time() * 1000),
             readings=ordered,
             registered=dict(reg.totals),
             registration_version=reg.version,
         )
         signatures = await self._committee.sign_supply(
-            record, reg, stored.signature, latest.signed if latest else None
+            record, reg, stored.signature, latest.signed if latest else None, committee
         )
         assessment = assess(record, await self._store.confirmed(security))
         attestation = await self._store.append(

@@ -128,8 +128,20 @@ class TransferStore(Protocol):
         """Keep evidence of a committee member's misbehaviour."""
         ...
 
-    async def misbehaviour(self, limit: int) -> list[Misbehaviour]:
-        """The most recent incidents, newest first."""
+    async def misbehaviour(self, limit: int, member: bytes | None = None) -> list[Misbehaviour]:
+        """The most recent incidents, newest first (``member``: only that member's)."""
+        ...
+
+    async def recertify(
+        self, transfer_id: bytes, kind: ClaimKind, ledger: str, certificate: SignatureSet
+    ) -> bool:
+        """Replace one ledger's certificate of the recorded decision, only if the recorded
+        decision is ``kind``; True when replaced.
+
+        SECURITY: the decision itself (its kind, its cause, the other ledgers'
+        certificates) never changes; only a certificate a ledger refuses after a committee
+        rotation is swapped for one of the same claim under the epoch it accepts now.
+        """
         ...
 
     # ---- flow limits (ADR 0010)
@@ -569,6 +581,29 @@ class SqliteTransferStore:
         }
         return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
 
+    async def recertify(
+        self, transfer_id: bytes, kind: ClaimKind, ledger: str, certificate: SignatureSet
+    ) -> bool:
+        """See TransferStore.recertify."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT kind, certificates FROM decisions WHERE transfer_id = ?", (transfer_id,)
+            ).fetchone()
+            if row is None or int(row[0]) != int(kind):
+                return False
+            certs = json.loads(row[1])
+            if ledger not in certs:
+                return False
+            certs[ledger] = {
+                "epoch": certificate.epoch,
+                "signatures": [x.hex() for x in certificate.signatures],
+            }
+            db.execute(
+                "UPDATE decisions SET certificates = ? WHERE transfer_id = ? AND kind = ?",
+                (json.dumps(certs, sort_keys=True), transfer_id, int(kind)),
+            )
+        return True
+
     async def history(self, transfer_id: bytes, after: int) -> list[TransferUpdate]:
         """See TransferStore.history."""
         rows = self._db.execute(
@@ -639,12 +674,13 @@ class SqliteTransferStore:
                  m.signed_digest, m.signature, m.at),
             )  # fmt: skip
 
-    async def misbehaviour(self, limit: int) -> list[Misbehaviour]:
-        """See TransferStore.misbehaviour."""
+    async def misbehaviour(self, limit: int, member: bytes | None = None) -> list[Misbehaviour]:
+        """See TransferStore.misbehaviour (``member``: only that member's incidents)."""
         rows = self._db.execute(
             "SELECT member, endpoint, kind, subject, detail, expected_digest, signed_digest,"
-            " signature, at FROM misbehaviour ORDER BY id DESC LIMIT ?",
-            (limit,),
+            " signature, at FROM misbehaviour WHERE ? IS NULL OR member = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (member, member, limit),
         ).fetchall()
         return [
             Misbehaviour(bytes(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), bytes(r[5]),

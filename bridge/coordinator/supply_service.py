@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from bridge.coordinator.depository_service import order_status_to_pb
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.publisher import SupplyPublisher
+from bridge.coordinator.rotation import RotationManager
 from bridge.domain.errors import BridgeError
 from bridge.domain.ids import SecurityId
 from bridge.domain.supply import Attestation
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
+from bridge.rpc.rotation_convert import certified_to_pb
 from bridge.rpc.supply_convert import (
     attestation_to_pb,
     registration_from_pb,
@@ -27,8 +29,14 @@ def _security(text: str) -> str:
 class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
     """Serves committee-signed records; operator calls are checked against operator keys."""
 
-    def __init__(self, publisher: SupplyPublisher, halts: HaltBook | None = None) -> None:
+    def __init__(
+        self,
+        publisher: SupplyPublisher,
+        rotations: RotationManager | None = None,
+        halts: HaltBook | None = None,
+    ) -> None:
         self._publisher = publisher
+        self._rotations = rotations
         self._halts = halts  # ---- depository halt
 
     # ---- depository halt
@@ -49,6 +57,15 @@ class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
                 continue  # unreadable now: not reported as halted (the ledger still enforces)
         m.halt_orders.extend(order_status_to_pb(r) for r in await self._halts.orders(security))
         return m
+
+    @grpc_errors
+    async def GetCommitteeChain(
+        self, request: supply_pb2.GetCommitteeChainRequest, context: Context
+    ) -> supply_pb2.CommitteeChain:
+        """The certified rotations after ``from_epoch`` (the subscriber checks each one
+        against the epoch before it; this server is not trusted)."""
+        chain = self._rotations.chain(request.from_epoch) if self._rotations is not None else []
+        return supply_pb2.CommitteeChain(rotations=[certified_to_pb(c) for c in chain])
 
     @grpc_errors
     async def GetSupply(

@@ -145,6 +145,12 @@ class LocalSystem:
     depository_key: DevAccount = field(default_factory=DevAccount.generate)
     """The depository's secp256k1 order key (``install_depository``; ``keys/depository.key``)."""
 
+    spare_members: int = 0
+    """Committee rotation (ADR 0009): members of a later epoch, each with its own running
+    verifier (``spare-<j>``), listed in the network file's ``[[committee.later]]`` (file
+    custody only)."""
+    spare_keys: list[DevAccount] = field(default_factory=list)
+
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
         """Start anvil per ledger, deploy the bridge and tokens, grant the relayer role."""
@@ -205,6 +211,7 @@ class LocalSystem:
                 key=lambda a: parse_evm_address(a.address),
             )
             self.members = [(k.address, "") for k in self.verifier_keys]
+            self._make_spares()
         return Committee(
             epoch=1,
             threshold=self.threshold,
@@ -316,7 +323,8 @@ class LocalSystem:
                         "epoch": self.committee.epoch,
                         "threshold": self.committee.threshold,
                         "members": [address for address, _ in self.members],
-                    },
+                    }
+                    | self._later_entry(),
                     "securities": {"isins": list(self.isins)},
                     "supply": {"operators": [self.supply_operator.address]},
                     "instruction_keys": {
@@ -365,6 +373,7 @@ class LocalSystem:
         for i in range(len(self.members)):
             pki.organisation(f"member-{i}", [self.member_role(i)])
             pki.issue(f"member-{i}", self.member_role(i), f"verifier-{i}")
+        self._spare_pki(pki)
         self.pki = pki
         return pki
 
@@ -388,6 +397,9 @@ class LocalSystem:
             for i in range(len(self.members)):
                 if self.member_role(i) == str(role):
                     return f"127.0.0.1:{self.ports[f'verifier-{i}']}"
+            for j in range(len(self.spare_keys)):
+                if self.spare_role(j) == str(role):
+                    return f"127.0.0.1:{self.ports[f'spare-{j}']}"
         raise KeyError(peer)
 
     def identity(
@@ -491,6 +503,7 @@ class LocalSystem:
                 }
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
             verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": address.lower()})
+        self._spare_configs(fabric_identities)
         relayers = {}
         for name, h in self.ledgers.items():
             port = self.ports[f"relayer-{name}"] = free_port()
@@ -576,7 +589,7 @@ class LocalSystem:
             proc = self._process(name, "bridge.coordinator", "coordinator.toml")
         elif name.startswith("relayer-"):
             proc = self._process(name, "relayers", f"{name}.toml")
-        elif name.startswith("verifier-"):
+        elif name.startswith(("verifier-", "spare-")):
             proc = self._process(name, "verifiers", f"{name}.toml")
         else:
             raise KeyError(name)
@@ -586,6 +599,8 @@ class LocalSystem:
         """Start verifiers, coordinator and relayers as separate processes."""
         for i in range(len(self.members)):
             self.start_process(f"verifier-{i}")
+        for j in range(len(self.spare_keys)):
+            self.start_process(f"spare-{j}")
         self.start_process("coordinator")
         for name in self.all_ledgers:
             self.start_process(f"relayer-{name}")
@@ -671,6 +686,53 @@ class LocalSystem:
             return True
 
         wait_until(ok, timeout, "bridge processes")
+
+    # ---- committee rotation (ADR 0009): spare members for a later epoch ----------------------
+    def _make_spares(self) -> None:
+        """Generate the spare members' keys (a later epoch's members)."""
+        self.spare_keys = [DevAccount.generate() for _ in range(self.spare_members)]
+
+    def spare_role(self, j: int) -> str:
+        """The role string of spare member ``j`` (``member:0x...``)."""
+        return f"member:{self.spare_keys[j].address.lower()}"
+
+    def _later_entry(self) -> dict[str, Any]:
+        """``later = [{member, endpoint}]`` for the network file's committee table."""
+        if not self.spare_keys:
+            return {}
+        entries = []
+        for j, key in enumerate(self.spare_keys):
+            port = self.ports.setdefault(f"spare-{j}", free_port())
+            entries.append({"member": key.address.lower(), "endpoint": f"127.0.0.1:{port}"})
+        return {"later": entries}
+
+    def _spare_pki(self, pki: DevPki) -> None:
+        """An organisation and a member certificate per spare member."""
+        for j in range(len(self.spare_keys)):
+            pki.organisation(f"spare-{j}", [self.spare_role(j)])
+            pki.issue(f"spare-{j}", self.spare_role(j), f"spare-{j}")
+
+    def _spare_configs(self, fabric_identities: dict[str, Any]) -> None:
+        """``spare-<j>.toml`` per spare member (the genesis members' ledger access)."""
+        for j, key in enumerate(self.spare_keys):
+            verifier: dict[str, Any] = {
+                "network": "network.toml",
+                "listen": f"127.0.0.1:{self.ports[f'spare-{j}']}",
+                **self._key_entry(f"keys/spare-{j}.key", "", key),
+                "vote_db": f"state/spare-{j}.sqlite",
+                "audit_log": f"audit/spare-{j}.jsonl",
+                **self._tls_entry(self.spare_role(j)),
+            }
+            if fabric_identities:
+                verifier["fabric_identities"] = fabric_identities
+            ledger_auth = {
+                name: auth
+                for name in self.all_ledgers
+                if (auth := self._ledger_auth(name, "verifier"))
+            }
+            if ledger_auth:
+                verifier["ledger_auth"] = ledger_auth
+            (self.workdir / f"spare-{j}.toml").write_text(dump_toml(verifier))
 
 
 def to_checksum(address: bytes) -> str:

@@ -21,6 +21,7 @@ from bridge.rpc.roles import (
     BROKERAGE,
     COORDINATOR,
     DEPOSITORY,
+    MEMBER,
     RELAYER,
     SUPPLY_OPERATOR,
     Principal,
@@ -155,6 +156,21 @@ RULES: Mapping[str, Rule] = {
     _R + "GetHaltStatus": _rule(COORDINATOR),
     # Health and reflection reveal nothing beyond the public protos and liveness; any
     # caller with a valid certificate may use them (there is no way in without one).
+    # ---- committee rotation (ADR 0009)
+    # SECURITY: a member signs a new committee only when the bridge operator asks (the
+    # coordinator, which relays everything else, cannot make the committee certify its own
+    # keys); the coordinator only stores, tracks and installs what t members signed.
+    _V + "SignRotation": _rule(BRIDGE_OPERATOR),
+    _O + "ProposeRotation": _rule(BRIDGE_OPERATOR),
+    _O + "CertifyRotation": _rule(BRIDGE_OPERATOR),
+    _O + "GetRotation": _rule(BRIDGE_OPERATOR),
+    _O + "ListRotations": _rule(BRIDGE_OPERATOR),
+    # The installed epochs are public ledger state; installing needs a certificate the
+    # ledger checks, so the operator may install by hand too.
+    _R + "GetCommittees": _rule(COORDINATOR, BRIDGE_OPERATOR, MEMBER),
+    _R + "InstallCommittee": _rule(COORDINATOR, BRIDGE_OPERATOR),
+    _S + "GetCommitteeChain": _rule(*_SUPPLY_READERS),
+    # ----
     "/grpc.health.v1.Health/Check": _rule(ANY_AUTHENTICATED),
     "/grpc.health.v1.Health/Watch": _rule(ANY_AUTHENTICATED),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _rule(ANY_AUTHENTICATED),

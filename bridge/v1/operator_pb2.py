@@ -23,31 +23,47 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 from bridge.v1 import transfer_pb2 as bridge_dot_v1_dot_transfer__pb2
 from bridge.v1 import flow_pb2 as bridge_dot_v1_dot_flow__pb2
+from bridge.v1 import verifier_pb2 as bridge_dot_v1_dot_verifier__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/transfer.proto\x1a\x14\x62ridge/v1/flow.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour2\xb3\x03\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponse\x12R\n\rGetFlowStatus\x12\x1f.bridge.v1.GetFlowStatusRequest\x1a .bridge.v1.GetFlowStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/operator.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x18\x62ridge/v1/transfer.proto\x1a\x14\x62ridge/v1/flow.proto\x1a\x18\x62ridge/v1/verifier.proto\"C\n\x19ListStuckTransfersRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"D\n\x1aListStuckTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Transfer\"+\n\x14RetryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"+\n\x14\x41\x62ortTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x17ListMisbehaviourRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xca\x01\n\x0cMisbehaviour\x12\x0e\n\x06member\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x06 \x01(\x0c\x12\x15\n\rsigned_digest\x18\x07 \x01(\x0c\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x18ListMisbehaviourResponse\x12*\n\tincidents\x18\x01 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour\"}\n\x16ProposeRotationRequest\x12\x14\n\x0cnext_members\x18\x01 \x03(\x0c\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\x04\x12\x0f\n\x07overlap\x18\x04 \x01(\x04\x12\x15\n\rremove_member\x18\x05 \x01(\x0c\"\\\n\x16\x43\x65rtifyRotationRequest\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"(\n\x12GetRotationRequest\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\"%\n\x14ListRotationsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"v\n\x0eRotationLedger\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x12\n\nsignatures\x18\x04 \x01(\r\x12\r\n\x05tx_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\xd8\x01\n\x08Rotation\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12*\n\x07ledgers\x18\x02 \x03(\x0b\x32\x19.bridge.v1.RotationLedger\x12\x16\n\x0eremoved_member\x18\x03 \x01(\x0c\x12)\n\x08\x65vidence\x18\x04 \x03(\x0b\x32\x17.bridge.v1.Misbehaviour\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15ListRotationsResponse\x12&\n\trotations\x18\x01 \x03(\x0b\x32\x13.bridge.v1.Rotation2\xe0\x05\n\x0fOperatorService\x12\x61\n\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12\x45\n\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12\x45\n\rAbortTransfer\x12\x1f.bridge.v1.AbortTransferRequest\x1a\x13.bridge.v1.Transfer\x12[\n\x10ListMisbehaviour\x12\".bridge.v1.ListMisbehaviourRequest\x1a#.bridge.v1.ListMisbehaviourResponse\x12R\n\rGetFlowStatus\x12\x1f.bridge.v1.GetFlowStatusRequest\x1a .bridge.v1.GetFlowStatusResponse\x12I\n\x0fProposeRotation\x12!.bridge.v1.ProposeRotationRequest\x1a\x13.bridge.v1.Rotation\x12I\n\x0f\x43\x65rtifyRotation\x12!.bridge.v1.CertifyRotationRequest\x1a\x13.bridge.v1.Rotation\x12\x41\n\x0bGetRotation\x12\x1d.bridge.v1.GetRotationRequest\x1a\x13.bridge.v1.Rotation\x12R\n\rListRotations\x12\x1f.bridge.v1.ListRotationsRequest\x1a .bridge.v1.ListRotationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=120
-  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=187
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=189
-  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=257
-  _globals['_RETRYTRANSFERREQUEST']._serialized_start=259
-  _globals['_RETRYTRANSFERREQUEST']._serialized_end=302
-  _globals['_ABORTTRANSFERREQUEST']._serialized_start=304
-  _globals['_ABORTTRANSFERREQUEST']._serialized_end=347
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=349
-  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=389
-  _globals['_MISBEHAVIOUR']._serialized_start=392
-  _globals['_MISBEHAVIOUR']._serialized_end=594
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=596
-  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=666
-  _globals['_OPERATORSERVICE']._serialized_start=669
-  _globals['_OPERATORSERVICE']._serialized_end=1104
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_start=172
+  _globals['_LISTSTUCKTRANSFERSREQUEST']._serialized_end=239
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_start=241
+  _globals['_LISTSTUCKTRANSFERSRESPONSE']._serialized_end=309
+  _globals['_RETRYTRANSFERREQUEST']._serialized_start=311
+  _globals['_RETRYTRANSFERREQUEST']._serialized_end=354
+  _globals['_ABORTTRANSFERREQUEST']._serialized_start=356
+  _globals['_ABORTTRANSFERREQUEST']._serialized_end=399
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_start=401
+  _globals['_LISTMISBEHAVIOURREQUEST']._serialized_end=441
+  _globals['_MISBEHAVIOUR']._serialized_start=444
+  _globals['_MISBEHAVIOUR']._serialized_end=646
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_start=648
+  _globals['_LISTMISBEHAVIOURRESPONSE']._serialized_end=718
+  _globals['_PROPOSEROTATIONREQUEST']._serialized_start=720
+  _globals['_PROPOSEROTATIONREQUEST']._serialized_end=845
+  _globals['_CERTIFYROTATIONREQUEST']._serialized_start=847
+  _globals['_CERTIFYROTATIONREQUEST']._serialized_end=939
+  _globals['_GETROTATIONREQUEST']._serialized_start=941
+  _globals['_GETROTATIONREQUEST']._serialized_end=981
+  _globals['_LISTROTATIONSREQUEST']._serialized_start=983
+  _globals['_LISTROTATIONSREQUEST']._serialized_end=1020
+  _globals['_ROTATIONLEDGER']._serialized_start=1022
+  _globals['_ROTATIONLEDGER']._serialized_end=1140
+  _globals['_ROTATION']._serialized_start=1143
+  _globals['_ROTATION']._serialized_end=1359
+  _globals['_LISTROTATIONSRESPONSE']._serialized_start=1361
+  _globals['_LISTROTATIONSRESPONSE']._serialized_end=1424
+  _globals['_OPERATORSERVICE']._serialized_start=1427
+  _globals['_OPERATORSERVICE']._serialized_end=2163
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,9 @@
 isort:skip_file
 """
 
+from bridge.v1 import rotation_pb2 as _rotation_pb2
 from bridge.v1 import transfer_pb2 as _transfer_pb2
+from bridge.v1 import verifier_pb2 as _verifier_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -187,3 +189,193 @@ class ListMisbehaviourResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMisbehaviourResponse: _TypeAlias = ListMisbehaviourResponse  # noqa: Y015
+
+@_typing.final
+class ProposeRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_MEMBERS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    REMOVE_MEMBER_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    activation: _builtins.int
+    """Ledger seconds from which the new epoch verifies (0: now)."""
+    overlap: _builtins.int
+    """Seconds the old epoch keeps verifying after max(activation, install time)."""
+    remove_member: _builtins.bytes
+    """A member to remove: it must be absent from next_members and have misbehaviour evidence."""
+    @_builtins.property
+    def next_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        next_members: _abc.Iterable[_builtins.bytes] | None = ...,
+        threshold: _builtins.int = ...,
+        activation: _builtins.int = ...,
+        overlap: _builtins.int = ...,
+        remove_member: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "next_members", b"next_members", "overlap", b"overlap", "remove_member", b"remove_member", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeRotationRequest: _TypeAlias = ProposeRotationRequest  # noqa: Y015
+
+@_typing.final
+class CertifyRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_EPOCH_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    next_epoch: _builtins.int
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_verifier_pb2.LedgerSignature]: ...
+    def __init__(
+        self,
+        *,
+        next_epoch: _builtins.int = ...,
+        signatures: _abc.Iterable[_verifier_pb2.LedgerSignature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_epoch", b"next_epoch", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertifyRotationRequest: _TypeAlias = CertifyRotationRequest  # noqa: Y015
+
+@_typing.final
+class GetRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_EPOCH_FIELD_NUMBER: _builtins.int
+    next_epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        next_epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_epoch", b"next_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRotationRequest: _TypeAlias = GetRotationRequest  # noqa: Y015
+
+@_typing.final
+class ListRotationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRotationsRequest: _TypeAlias = ListRotationsRequest  # noqa: Y015
+
+@_typing.final
+class RotationLedger(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    TX_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ledger_id: _builtins.str
+    status: _builtins.str
+    """proposed, certified, installed, active, old-epoch-expired"""
+    digest: _builtins.bytes
+    """The rotation digest the members sign for this ledger."""
+    signatures: _builtins.int
+    """Valid member signatures received so far, and the transaction that installed it."""
+    tx_id: _builtins.str
+    detail: _builtins.str
+    """Why it waits (e.g. the ledger's refusal), empty otherwise."""
+    def __init__(
+        self,
+        *,
+        ledger_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        digest: _builtins.bytes = ...,
+        signatures: _builtins.int = ...,
+        tx_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "digest", b"digest", "ledger_id", b"ledger_id", "signatures", b"signatures", "status", b"status", "tx_id", b"tx_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotationLedger: _TypeAlias = RotationLedger  # noqa: Y015
+
+@_typing.final
+class Rotation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
+    REMOVED_MEMBER_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    removed_member: _builtins.bytes
+    """The misbehaviour evidence of the removed member (empty when none is removed)."""
+    @_builtins.property
+    def proposal(self) -> _rotation_pb2.RotationProposal: ...
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RotationLedger]: ...
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Misbehaviour]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        proposal: _rotation_pb2.RotationProposal | None = ...,
+        ledgers: _abc.Iterable[Global___RotationLedger] | None = ...,
+        removed_member: _builtins.bytes = ...,
+        evidence: _abc.Iterable[Global___Misbehaviour] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evidence", b"evidence", "ledgers", b"ledgers", "proposal", b"proposal", "removed_member", b"removed_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rotation: _TypeAlias = Rotation  # noqa: Y015
+
+@_typing.final
+class ListRotationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rotation]: ...
+    def __init__(
+        self,
+        *,
+        rotations: _abc.Iterable[Global___Rotation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rotations", b"rotations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRotationsResponse: _TypeAlias = ListRotationsResponse  # noqa: Y015

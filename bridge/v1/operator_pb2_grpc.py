@@ -64,6 +64,26 @@ class OperatorServiceStub:
                 request_serializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.FromString,
                 _registered_method=True)
+        self.ProposeRotation = channel.unary_unary(
+                '/bridge.v1.OperatorService/ProposeRotation',
+                request_serializer=bridge_dot_v1_dot_operator__pb2.ProposeRotationRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+                _registered_method=True)
+        self.CertifyRotation = channel.unary_unary(
+                '/bridge.v1.OperatorService/CertifyRotation',
+                request_serializer=bridge_dot_v1_dot_operator__pb2.CertifyRotationRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+                _registered_method=True)
+        self.GetRotation = channel.unary_unary(
+                '/bridge.v1.OperatorService/GetRotation',
+                request_serializer=bridge_dot_v1_dot_operator__pb2.GetRotationRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+                _registered_method=True)
+        self.ListRotations = channel.unary_unary(
+                '/bridge.v1.OperatorService/ListRotations',
+                request_serializer=bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -110,6 +130,37 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeRotation(self, request, context):
+        """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+        the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+        member attached. Idempotent for the same proposal; another one for the same epoch is
+        refused (ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CertifyRotation(self, request, context):
+        """Hand in member signatures gathered by the operator (SignRotation); each is checked
+        against the ledger's certifying epoch and rotation digest before it counts. With t
+        of them for a ledger, the coordinator installs the rotation there (level-triggered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRotation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRotations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +188,26 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.GetFlowStatus,
                     request_deserializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.SerializeToString,
+            ),
+            'ProposeRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeRotation,
+                    request_deserializer=bridge_dot_v1_dot_operator__pb2.ProposeRotationRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_operator__pb2.Rotation.SerializeToString,
+            ),
+            'CertifyRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CertifyRotation,
+                    request_deserializer=bridge_dot_v1_dot_operator__pb2.CertifyRotationRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_operator__pb2.Rotation.SerializeToString,
+            ),
+            'GetRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRotation,
+                    request_deserializer=bridge_dot_v1_dot_operator__pb2.GetRotationRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_operator__pb2.Rotation.SerializeToString,
+            ),
+            'ListRotations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRotations,
+                    request_deserializer=bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +348,114 @@ class OperatorService:
             '/bridge.v1.OperatorService/GetFlowStatus',
             bridge_dot_v1_dot_flow__pb2.GetFlowStatusRequest.SerializeToString,
             bridge_dot_v1_dot_flow__pb2.GetFlowStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/ProposeRotation',
+            bridge_dot_v1_dot_operator__pb2.ProposeRotationRequest.SerializeToString,
+            bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CertifyRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/CertifyRotation',
+            bridge_dot_v1_dot_operator__pb2.CertifyRotationRequest.SerializeToString,
+            bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/GetRotation',
+            bridge_dot_v1_dot_operator__pb2.GetRotationRequest.SerializeToString,
+            bridge_dot_v1_dot_operator__pb2.Rotation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRotations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/ListRotations',
+            bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.SerializeToString,
+            bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,19 @@ class OperatorServiceStub:
     """Committee members caught misbehaving, with the signed evidence."""
     GetFlowStatus: _grpc.UnaryUnaryMultiCallable[_flow_pb2.GetFlowStatusRequest, _flow_pb2.GetFlowStatusResponse]
     """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
+    ProposeRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ProposeRotationRequest, _operator_pb2.Rotation]
+    """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+    the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+    member attached. Idempotent for the same proposal; another one for the same epoch is
+    refused (ALREADY_EXISTS).
+    """
+    CertifyRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]
+    """Hand in member signatures gathered by the operator (SignRotation); each is checked
+    against the ledger's certifying epoch and rotation digest before it counts. With t
+    of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    """
+    GetRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]
+    ListRotations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -77,6 +90,19 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Committee members caught misbehaving, with the signed evidence."""
     GetFlowStatus: _aio.UnaryUnaryMultiCallable[_flow_pb2.GetFlowStatusRequest, _flow_pb2.GetFlowStatusResponse]  # type: ignore[assignment]
     """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
+    ProposeRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.ProposeRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+    the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+    member attached. Idempotent for the same proposal; another one for the same epoch is
+    refused (ALREADY_EXISTS).
+    """
+    CertifyRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    """Hand in member signatures gathered by the operator (SignRotation); each is checked
+    against the ledger's certifying epoch and rotation digest before it counts. With t
+    of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    """
+    GetRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    ListRotations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]  # type: ignore[assignment]
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the coordinator to the bridge operator (restrict it at the network layer).
@@ -128,5 +154,42 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_pb2.GetFlowStatusResponse, _abc.Awaitable[_flow_pb2.GetFlowStatusResponse]]:
         """---- flow limits (ADR 0010): every lane of a security, its capacity and its queue."""
+
+    @_abc_1.abstractmethod
+    def ProposeRotation(
+        self,
+        request: _operator_pb2.ProposeRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]:
+        """Committee rotation (ADR 0009). Record a proposal for the next epoch (the epoch after
+        the latest one installed on the ledgers), with the misbehaviour evidence of a removed
+        member attached. Idempotent for the same proposal; another one for the same epoch is
+        refused (ALREADY_EXISTS).
+        """
+
+    @_abc_1.abstractmethod
+    def CertifyRotation(
+        self,
+        request: _operator_pb2.CertifyRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]:
+        """Hand in member signatures gathered by the operator (SignRotation); each is checked
+        against the ledger's certifying epoch and rotation digest before it counts. With t
+        of them for a ledger, the coordinator installs the rotation there (level-triggered).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRotation(
+        self,
+        request: _operator_pb2.GetRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRotations(
+        self,
+        request: _operator_pb2.ListRotationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListRotationsResponse, _abc.Awaitable[_operator_pb2.ListRotationsResponse]]: ...
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

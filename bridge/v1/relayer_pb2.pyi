@@ -4,8 +4,11 @@ isort:skip_file
 """
 
 from bridge.v1 import common_pb2 as _common_pb2
+from bridge.v1 import rotation_pb2 as _rotation_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -283,3 +286,64 @@ class GetLedgerSupplyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLedgerSupplyRequest: _TypeAlias = GetLedgerSupplyRequest  # noqa: Y015
+
+@_typing.final
+class GetCommitteesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCommitteesRequest: _TypeAlias = GetCommitteesRequest  # noqa: Y015
+
+@_typing.final
+class Committees(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def epochs(self) -> _containers.RepeatedCompositeFieldContainer[_rotation_pb2.CommitteeEpoch]: ...
+    def __init__(
+        self,
+        *,
+        epochs: _abc.Iterable[_rotation_pb2.CommitteeEpoch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epochs", b"epochs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Committees: _TypeAlias = Committees  # noqa: Y015
+
+@_typing.final
+class InstallCommitteeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposal(self) -> _rotation_pb2.RotationProposal: ...
+    @_builtins.property
+    def certificate(self) -> _common_pb2.Certificate:
+        """Signed by epoch proposal.next_epoch - 1 (certificate.epoch)."""
+
+    def __init__(
+        self,
+        *,
+        proposal: _rotation_pb2.RotationProposal | None = ...,
+        certificate: _common_pb2.Certificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "proposal", b"proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallCommitteeRequest: _TypeAlias = InstallCommitteeRequest  # noqa: Y015

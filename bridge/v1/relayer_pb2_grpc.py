@@ -79,6 +79,16 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_depository__pb2.LedgerHalt.FromString,
                 _registered_method=True)
+        self.GetCommittees = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetCommittees',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.GetCommitteesRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.Committees.FromString,
+                _registered_method=True)
+        self.InstallCommittee = channel.unary_unary(
+                '/bridge.v1.RelayerService/InstallCommittee',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -144,6 +154,21 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCommittees(self, request, context):
+        """The committee epochs this ledger's endpoint accepts at its finalized height, or will
+        (installed, not expired), ascending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallCommittee(self, request, context):
+        """Install a certified rotation. Idempotent: an installed one returns already_applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +211,16 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.GetHaltStatus,
                     request_deserializer=bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_depository__pb2.LedgerHalt.SerializeToString,
+            ),
+            'GetCommittees': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCommittees,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetCommitteesRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.Committees.SerializeToString,
+            ),
+            'InstallCommittee': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallCommittee,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -406,6 +441,60 @@ class RelayerService:
             '/bridge.v1.RelayerService/GetHaltStatus',
             bridge_dot_v1_dot_depository__pb2.GetHaltStatusRequest.SerializeToString,
             bridge_dot_v1_dot_depository__pb2.LedgerHalt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCommittees(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetCommittees',
+            bridge_dot_v1_dot_relayer__pb2.GetCommitteesRequest.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.Committees.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallCommittee(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/InstallCommittee',
+            bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,12 @@ class RelayerServiceStub:
     """
     GetHaltStatus: _grpc.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]
     """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+    GetCommittees: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetCommitteesRequest, _relayer_pb2.Committees]
+    """The committee epochs this ledger's endpoint accepts at its finalized height, or will
+    (installed, not expired), ascending.
+    """
+    InstallCommittee: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.InstallCommitteeRequest, _relayer_pb2.SubmitResponse]
+    """Install a certified rotation. Idempotent: an installed one returns already_applied."""
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -86,6 +92,12 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """
     GetHaltStatus: _aio.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]  # type: ignore[assignment]
     """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+    GetCommittees: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetCommitteesRequest, _relayer_pb2.Committees]  # type: ignore[assignment]
+    """The committee epochs this ledger's endpoint accepts at its finalized height, or will
+    (installed, not expired), ascending.
+    """
+    InstallCommittee: _aio.UnaryUnaryMultiCallable[_relayer_pb2.InstallCommitteeRequest, _relayer_pb2.SubmitResponse]  # type: ignore[assignment]
+    """Install a certified rotation. Idempotent: an installed one returns already_applied."""
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each chain operator's relayer, called by the coordinator.
@@ -159,5 +171,23 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_depository_pb2.LedgerHalt, _abc.Awaitable[_depository_pb2.LedgerHalt]]:
         """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+
+    @_abc_1.abstractmethod
+    def GetCommittees(
+        self,
+        request: _relayer_pb2.GetCommitteesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.Committees, _abc.Awaitable[_relayer_pb2.Committees]]:
+        """The committee epochs this ledger's endpoint accepts at its finalized height, or will
+        (installed, not expired), ascending.
+        """
+
+    @_abc_1.abstractmethod
+    def InstallCommittee(
+        self,
+        request: _relayer_pb2.InstallCommitteeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.SubmitResponse, _abc.Awaitable[_relayer_pb2.SubmitResponse]]:
+        """Install a certified rotation. Idempotent: an installed one returns already_applied."""
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

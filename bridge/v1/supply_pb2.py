@@ -24,43 +24,48 @@ _sym_db = _symbol_database.Default()
 
 from bridge.v1 import depository_pb2 as bridge_dot_v1_dot_depository__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/supply.proto\x12\tbridge.v1\x1a\x1a\x62ridge/v1/depository.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x01\n\x0cLedgerSupply\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x14\n\x0ctotal_supply\x18\x04 \x01(\t\x12\x0c\n\x04\x66ree\x18\x05 \x01(\t\x12\x10\n\x08\x65scrowed\x18\x06 \x01(\t\x12\x10\n\x08prepared\x18\x07 \x01(\t\x12\x12\n\nburned_out\x18\x08 \x01(\t\x12\x11\n\tminted_in\x18\t \x01(\t\"/\n\x0bLedgerUnits\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\t\"\xe9\x02\n\x0cSupplyRecord\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x15\n\rprevious_hash\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x16\n\x0eproduced_at_ms\x18\x06 \x01(\x04\x12(\n\x07ledgers\x18\x07 \x03(\x0b\x32\x17.bridge.v1.LedgerSupply\x12*\n\nregistered\x18\x08 \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x1c\n\x14registration_version\x18\t \x01(\x04\x12\x12\n\nin_transit\x18\n \x01(\t\x12\x13\n\x0b\x64iscrepancy\x18\x0b \x01(\t\x12\x34\n\x14ledger_discrepancies\x18\x0c \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x0e\n\x06\x64igest\x18\r \x01(\x0c\"\x95\x02\n\x0b\x41ttestation\x12\x15\n\rfeed_sequence\x18\x01 \x01(\x04\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x12\n\nsignatures\x18\x03 \x03(\x0c\x12\x0e\n\x06\x61lerts\x18\x04 \x03(\t\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\x13\n\x0bhold_reason\x18\x06 \x01(\t\x12\x30\n\x0cpublished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ehalted_ledgers\x18\x14 \x03(\t\x12\x35\n\x0bhalt_orders\x18\x15 \x03(\x0b\x32 .bridge.v1.DepositoryOrderStatus\"\'\n\x10GetSupplyRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"A\n\x11GetSupplyResponse\x12,\n\x0c\x61ttestations\x18\x01 \x03(\x0b\x32\x16.bridge.v1.Attestation\"G\n\x19StreamAttestationsRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\"\x80\x01\n\x0cRegistration\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12&\n\x06totals\x18\x03 \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\"V\n\x12SignedRegistration\x12-\n\x0cregistration\x18\x01 \x01(\x0b\x32\x17.bridge.v1.Registration\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"+\n\x18RegisterIssuanceResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"-\n\x16GetRegistrationRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"]\n\x0bHoldRelease\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x15\n\rhold_sequence\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\x12\x0c\n\x04note\x18\x04 \x01(\t\"O\n\x11SignedHoldRelease\x12\'\n\x07release\x18\x01 \x01(\x0b\x32\x16.bridge.v1.HoldRelease\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x15\n\x13ReleaseHoldResponse2\xa7\x03\n\rSupplyService\x12\x46\n\tGetSupply\x12\x1b.bridge.v1.GetSupplyRequest\x1a\x1c.bridge.v1.GetSupplyResponse\x12T\n\x12StreamAttestations\x12$.bridge.v1.StreamAttestationsRequest\x1a\x16.bridge.v1.Attestation0\x01\x12S\n\x0fGetRegistration\x12!.bridge.v1.GetRegistrationRequest\x1a\x1d.bridge.v1.SignedRegistration\x12V\n\x10RegisterIssuance\x12\x1d.bridge.v1.SignedRegistration\x1a#.bridge.v1.RegisterIssuanceResponse\x12K\n\x0bReleaseHold\x12\x1c.bridge.v1.SignedHoldRelease\x1a\x1e.bridge.v1.ReleaseHoldResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/supply.proto\x12\tbridge.v1\x1a\x1a\x62ridge/v1/depository.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x62ridge/v1/rotation.proto\"\xb4\x01\n\x0cLedgerSupply\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x14\n\x0ctotal_supply\x18\x04 \x01(\t\x12\x0c\n\x04\x66ree\x18\x05 \x01(\t\x12\x10\n\x08\x65scrowed\x18\x06 \x01(\t\x12\x10\n\x08prepared\x18\x07 \x01(\t\x12\x12\n\nburned_out\x18\x08 \x01(\t\x12\x11\n\tminted_in\x18\t \x01(\t\"/\n\x0bLedgerUnits\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\t\"\xe9\x02\n\x0cSupplyRecord\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x15\n\rprevious_hash\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x16\n\x0eproduced_at_ms\x18\x06 \x01(\x04\x12(\n\x07ledgers\x18\x07 \x03(\x0b\x32\x17.bridge.v1.LedgerSupply\x12*\n\nregistered\x18\x08 \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x1c\n\x14registration_version\x18\t \x01(\x04\x12\x12\n\nin_transit\x18\n \x01(\t\x12\x13\n\x0b\x64iscrepancy\x18\x0b \x01(\t\x12\x34\n\x14ledger_discrepancies\x18\x0c \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x0e\n\x06\x64igest\x18\r \x01(\x0c\"\x95\x02\n\x0b\x41ttestation\x12\x15\n\rfeed_sequence\x18\x01 \x01(\x04\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x12\n\nsignatures\x18\x03 \x03(\x0c\x12\x0e\n\x06\x61lerts\x18\x04 \x03(\t\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\x13\n\x0bhold_reason\x18\x06 \x01(\t\x12\x30\n\x0cpublished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ehalted_ledgers\x18\x14 \x03(\t\x12\x35\n\x0bhalt_orders\x18\x15 \x03(\x0b\x32 .bridge.v1.DepositoryOrderStatus\"\'\n\x10GetSupplyRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"A\n\x11GetSupplyResponse\x12,\n\x0c\x61ttestations\x18\x01 \x03(\x0b\x32\x16.bridge.v1.Attestation\"G\n\x19StreamAttestationsRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x04\"\x80\x01\n\x0cRegistration\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12&\n\x06totals\x18\x03 \x03(\x0b\x32\x16.bridge.v1.LedgerUnits\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\"V\n\x12SignedRegistration\x12-\n\x0cregistration\x18\x01 \x01(\x0b\x32\x17.bridge.v1.Registration\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"+\n\x18RegisterIssuanceResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"-\n\x16GetRegistrationRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"]\n\x0bHoldRelease\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x15\n\rhold_sequence\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\x12\x0c\n\x04note\x18\x04 \x01(\t\"O\n\x11SignedHoldRelease\x12\'\n\x07release\x18\x01 \x01(\x0b\x32\x16.bridge.v1.HoldRelease\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x15\n\x13ReleaseHoldResponse\".\n\x18GetCommitteeChainRequest\x12\x12\n\nfrom_epoch\x18\x01 \x01(\x04\"A\n\x0e\x43ommitteeChain\x12/\n\trotations\x18\x01 \x03(\x0b\x32\x1c.bridge.v1.CertifiedRotation2\xfc\x03\n\rSupplyService\x12\x46\n\tGetSupply\x12\x1b.bridge.v1.GetSupplyRequest\x1a\x1c.bridge.v1.GetSupplyResponse\x12T\n\x12StreamAttestations\x12$.bridge.v1.StreamAttestationsRequest\x1a\x16.bridge.v1.Attestation0\x01\x12S\n\x0fGetRegistration\x12!.bridge.v1.GetRegistrationRequest\x1a\x1d.bridge.v1.SignedRegistration\x12V\n\x10RegisterIssuance\x12\x1d.bridge.v1.SignedRegistration\x1a#.bridge.v1.RegisterIssuanceResponse\x12K\n\x0bReleaseHold\x12\x1c.bridge.v1.SignedHoldRelease\x1a\x1e.bridge.v1.ReleaseHoldResponse\x12S\n\x11GetCommitteeChain\x12#.bridge.v1.GetCommitteeChainRequest\x1a\x19.bridge.v1.CommitteeChainb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.supply_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEDGERSUPPLY']._serialized_start=99
-  _globals['_LEDGERSUPPLY']._serialized_end=279
-  _globals['_LEDGERUNITS']._serialized_start=281
-  _globals['_LEDGERUNITS']._serialized_end=328
-  _globals['_SUPPLYRECORD']._serialized_start=331
-  _globals['_SUPPLYRECORD']._serialized_end=692
-  _globals['_ATTESTATION']._serialized_start=695
-  _globals['_ATTESTATION']._serialized_end=972
-  _globals['_GETSUPPLYREQUEST']._serialized_start=974
-  _globals['_GETSUPPLYREQUEST']._serialized_end=1013
-  _globals['_GETSUPPLYRESPONSE']._serialized_start=1015
-  _globals['_GETSUPPLYRESPONSE']._serialized_end=1080
-  _globals['_STREAMATTESTATIONSREQUEST']._serialized_start=1082
-  _globals['_STREAMATTESTATIONSREQUEST']._serialized_end=1153
-  _globals['_REGISTRATION']._serialized_start=1156
-  _globals['_REGISTRATION']._serialized_end=1284
-  _globals['_SIGNEDREGISTRATION']._serialized_start=1286
-  _globals['_SIGNEDREGISTRATION']._serialized_end=1372
-  _globals['_REGISTERISSUANCERESPONSE']._serialized_start=1374
-  _globals['_REGISTERISSUANCERESPONSE']._serialized_end=1417
-  _globals['_GETREGISTRATIONREQUEST']._serialized_start=1419
-  _globals['_GETREGISTRATIONREQUEST']._serialized_end=1464
-  _globals['_HOLDRELEASE']._serialized_start=1466
-  _globals['_HOLDRELEASE']._serialized_end=1559
-  _globals['_SIGNEDHOLDRELEASE']._serialized_start=1561
-  _globals['_SIGNEDHOLDRELEASE']._serialized_end=1640
-  _globals['_RELEASEHOLDRESPONSE']._serialized_start=1642
-  _globals['_RELEASEHOLDRESPONSE']._serialized_end=1663
-  _globals['_SUPPLYSERVICE']._serialized_start=1666
-  _globals['_SUPPLYSERVICE']._serialized_end=2089
+  _globals['_LEDGERSUPPLY']._serialized_start=125
+  _globals['_LEDGERSUPPLY']._serialized_end=305
+  _globals['_LEDGERUNITS']._serialized_start=307
+  _globals['_LEDGERUNITS']._serialized_end=354
+  _globals['_SUPPLYRECORD']._serialized_start=357
+  _globals['_SUPPLYRECORD']._serialized_end=718
+  _globals['_ATTESTATION']._serialized_start=721
+  _globals['_ATTESTATION']._serialized_end=998
+  _globals['_GETSUPPLYREQUEST']._serialized_start=1000
+  _globals['_GETSUPPLYREQUEST']._serialized_end=1039
+  _globals['_GETSUPPLYRESPONSE']._serialized_start=1041
+  _globals['_GETSUPPLYRESPONSE']._serialized_end=1106
+  _globals['_STREAMATTESTATIONSREQUEST']._serialized_start=1108
+  _globals['_STREAMATTESTATIONSREQUEST']._serialized_end=1179
+  _globals['_REGISTRATION']._serialized_start=1182
+  _globals['_REGISTRATION']._serialized_end=1310
+  _globals['_SIGNEDREGISTRATION']._serialized_start=1312
+  _globals['_SIGNEDREGISTRATION']._serialized_end=1398
+  _globals['_REGISTERISSUANCERESPONSE']._serialized_start=1400
+  _globals['_REGISTERISSUANCERESPONSE']._serialized_end=1443
+  _globals['_GETREGISTRATIONREQUEST']._serialized_start=1445
+  _globals['_GETREGISTRATIONREQUEST']._serialized_end=1490
+  _globals['_HOLDRELEASE']._serialized_start=1492
+  _globals['_HOLDRELEASE']._serialized_end=1585
+  _globals['_SIGNEDHOLDRELEASE']._serialized_start=1587
+  _globals['_SIGNEDHOLDRELEASE']._serialized_end=1666
+  _globals['_RELEASEHOLDRESPONSE']._serialized_start=1668
+  _globals['_RELEASEHOLDRESPONSE']._serialized_end=1689
+  _globals['_GETCOMMITTEECHAINREQUEST']._serialized_start=1691
+  _globals['_GETCOMMITTEECHAINREQUEST']._serialized_end=1737
+  _globals['_COMMITTEECHAIN']._serialized_start=1739
+  _globals['_COMMITTEECHAIN']._serialized_end=1804
+  _globals['_SUPPLYSERVICE']._serialized_start=1807
+  _globals['_SUPPLYSERVICE']._serialized_end=2315
 # @@protoc_insertion_point(module_scope)

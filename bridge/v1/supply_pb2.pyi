@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from bridge.v1 import depository_pb2 as _depository_pb2
+from bridge.v1 import rotation_pb2 as _rotation_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -448,3 +449,42 @@ class ReleaseHoldResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class GetCommitteeChainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_EPOCH_FIELD_NUMBER: _builtins.int
+    from_epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        from_epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_epoch", b"from_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCommitteeChainRequest: _TypeAlias = GetCommitteeChainRequest  # noqa: Y015
+
+@_typing.final
+class CommitteeChain(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rotations(self) -> _containers.RepeatedCompositeFieldContainer[_rotation_pb2.CertifiedRotation]: ...
+    def __init__(
+        self,
+        *,
+        rotations: _abc.Iterable[_rotation_pb2.CertifiedRotation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rotations", b"rotations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitteeChain: _TypeAlias = CommitteeChain  # noqa: Y015

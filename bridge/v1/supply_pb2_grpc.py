@@ -63,6 +63,11 @@ class SupplyServiceStub:
                 request_serializer=bridge_dot_v1_dot_supply__pb2.SignedHoldRelease.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_supply__pb2.ReleaseHoldResponse.FromString,
                 _registered_method=True)
+        self.GetCommitteeChain = channel.unary_unary(
+                '/bridge.v1.SupplyService/GetCommitteeChain',
+                request_serializer=bridge_dot_v1_dot_supply__pb2.GetCommitteeChainRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_supply__pb2.CommitteeChain.FromString,
+                _registered_method=True)
 
 
 class SupplyServiceServicer:
@@ -108,6 +113,15 @@ class SupplyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCommitteeChain(self, request, context):
+        """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
+        epoch), so a subscriber whose trust anchor is the network file's epoch can verify
+        records signed by a later committee (each rotation is checked against the epoch before).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupplyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +149,11 @@ def add_SupplyServiceServicer_to_server(servicer, server):
                     servicer.ReleaseHold,
                     request_deserializer=bridge_dot_v1_dot_supply__pb2.SignedHoldRelease.FromString,
                     response_serializer=bridge_dot_v1_dot_supply__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'GetCommitteeChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCommitteeChain,
+                    request_deserializer=bridge_dot_v1_dot_supply__pb2.GetCommitteeChainRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_supply__pb2.CommitteeChain.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +295,33 @@ class SupplyService:
             '/bridge.v1.SupplyService/ReleaseHold',
             bridge_dot_v1_dot_supply__pb2.SignedHoldRelease.SerializeToString,
             bridge_dot_v1_dot_supply__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCommitteeChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.SupplyService/GetCommitteeChain',
+            bridge_dot_v1_dot_supply__pb2.GetCommitteeChainRequest.SerializeToString,
+            bridge_dot_v1_dot_supply__pb2.CommitteeChain.FromString,
             options,
             channel_credentials,
             insecure,

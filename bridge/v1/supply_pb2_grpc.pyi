@@ -49,6 +49,11 @@ class SupplyServiceStub:
     """Operator call: replace a security's registered issuance (signed by a supply operator)."""
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_supply_pb2.SignedHoldRelease, _supply_pb2.ReleaseHoldResponse]
     """Operator call: lift a discrepancy hold once the books balance again."""
+    GetCommitteeChain: _grpc.UnaryUnaryMultiCallable[_supply_pb2.GetCommitteeChainRequest, _supply_pb2.CommitteeChain]
+    """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
+    epoch), so a subscriber whose trust anchor is the network file's epoch can verify
+    records signed by a later committee (each rotation is checked against the epoch before).
+    """
 
 @_typing.type_check_only
 class SupplyServiceAsyncStub(SupplyServiceStub):
@@ -71,6 +76,11 @@ class SupplyServiceAsyncStub(SupplyServiceStub):
     """Operator call: replace a security's registered issuance (signed by a supply operator)."""
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_supply_pb2.SignedHoldRelease, _supply_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
     """Operator call: lift a discrepancy hold once the books balance again."""
+    GetCommitteeChain: _aio.UnaryUnaryMultiCallable[_supply_pb2.GetCommitteeChainRequest, _supply_pb2.CommitteeChain]  # type: ignore[assignment]
+    """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
+    epoch), so a subscriber whose trust anchor is the network file's epoch can verify
+    records signed by a later committee (each rotation is checked against the epoch before).
+    """
 
 class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the coordinator to the central securities depository. Every record is signed
@@ -120,5 +130,16 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.ReleaseHoldResponse, _abc.Awaitable[_supply_pb2.ReleaseHoldResponse]]:
         """Operator call: lift a discrepancy hold once the books balance again."""
+
+    @_abc_1.abstractmethod
+    def GetCommitteeChain(
+        self,
+        request: _supply_pb2.GetCommitteeChainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_supply_pb2.CommitteeChain, _abc.Awaitable[_supply_pb2.CommitteeChain]]:
+        """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
+        epoch), so a subscriber whose trust anchor is the network file's epoch can verify
+        records signed by a later committee (each rotation is checked against the epoch before).
+        """
 
 def add_SupplyServiceServicer_to_server(servicer: SupplyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

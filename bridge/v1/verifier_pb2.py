@@ -23,30 +23,35 @@ _sym_db = _symbol_database.Default()
 
 
 from bridge.v1 import common_pb2 as bridge_dot_v1_dot_common__pb2
+from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/verifier.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x16\x62ridge/v1/supply.proto\"\x14\n\x12GetIdentityRequest\"2\n\x10VerifierIdentity\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"W\n\x10SignClaimRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.bridge.v1.ClaimKind\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\"V\n\x0fLedgerSignature\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"S\n\x11SignClaimResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"\xb9\x01\n\x11SignSupplyRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.bridge.v1.SignedRegistration\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x1b\n\x13previous_signatures\x18\x04 \x03(\x0c\"G\n\x12SignSupplyResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x32\xef\x01\n\x0fVerifierService\x12I\n\x0bGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12\x46\n\tSignClaim\x12\x1b.bridge.v1.SignClaimRequest\x1a\x1c.bridge.v1.SignClaimResponse\x12I\n\nSignSupply\x12\x1c.bridge.v1.SignSupplyRequest\x1a\x1d.bridge.v1.SignSupplyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/verifier.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x16\x62ridge/v1/supply.proto\"\x14\n\x12GetIdentityRequest\"2\n\x10VerifierIdentity\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"W\n\x10SignClaimRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.bridge.v1.ClaimKind\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\"V\n\x0fLedgerSignature\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"S\n\x11SignClaimResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"\xb9\x01\n\x11SignSupplyRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.bridge.v1.SignedRegistration\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x1b\n\x13previous_signatures\x18\x04 \x03(\x0c\"G\n\x12SignSupplyResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"X\n\x13SignRotationRequest\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12\x12\n\nledger_ids\x18\x02 \x03(\t\"V\n\x14SignRotationResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature2\xc0\x02\n\x0fVerifierService\x12I\n\x0bGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12\x46\n\tSignClaim\x12\x1b.bridge.v1.SignClaimRequest\x1a\x1c.bridge.v1.SignClaimResponse\x12I\n\nSignSupply\x12\x1c.bridge.v1.SignSupplyRequest\x1a\x1d.bridge.v1.SignSupplyResponse\x12O\n\x0cSignRotation\x12\x1e.bridge.v1.SignRotationRequest\x1a\x1f.bridge.v1.SignRotationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.verifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETIDENTITYREQUEST']._serialized_start=87
-  _globals['_GETIDENTITYREQUEST']._serialized_end=107
-  _globals['_VERIFIERIDENTITY']._serialized_start=109
-  _globals['_VERIFIERIDENTITY']._serialized_end=159
-  _globals['_SIGNCLAIMREQUEST']._serialized_start=161
-  _globals['_SIGNCLAIMREQUEST']._serialized_end=248
-  _globals['_LEDGERSIGNATURE']._serialized_start=250
-  _globals['_LEDGERSIGNATURE']._serialized_end=336
-  _globals['_SIGNCLAIMRESPONSE']._serialized_start=338
-  _globals['_SIGNCLAIMRESPONSE']._serialized_end=421
-  _globals['_SIGNSUPPLYREQUEST']._serialized_start=424
-  _globals['_SIGNSUPPLYREQUEST']._serialized_end=609
-  _globals['_SIGNSUPPLYRESPONSE']._serialized_start=611
-  _globals['_SIGNSUPPLYRESPONSE']._serialized_end=682
-  _globals['_VERIFIERSERVICE']._serialized_start=685
-  _globals['_VERIFIERSERVICE']._serialized_end=924
+  _globals['_GETIDENTITYREQUEST']._serialized_start=113
+  _globals['_GETIDENTITYREQUEST']._serialized_end=133
+  _globals['_VERIFIERIDENTITY']._serialized_start=135
+  _globals['_VERIFIERIDENTITY']._serialized_end=185
+  _globals['_SIGNCLAIMREQUEST']._serialized_start=187
+  _globals['_SIGNCLAIMREQUEST']._serialized_end=274
+  _globals['_LEDGERSIGNATURE']._serialized_start=276
+  _globals['_LEDGERSIGNATURE']._serialized_end=362
+  _globals['_SIGNCLAIMRESPONSE']._serialized_start=364
+  _globals['_SIGNCLAIMRESPONSE']._serialized_end=447
+  _globals['_SIGNSUPPLYREQUEST']._serialized_start=450
+  _globals['_SIGNSUPPLYREQUEST']._serialized_end=635
+  _globals['_SIGNSUPPLYRESPONSE']._serialized_start=637
+  _globals['_SIGNSUPPLYRESPONSE']._serialized_end=708
+  _globals['_SIGNROTATIONREQUEST']._serialized_start=710
+  _globals['_SIGNROTATIONREQUEST']._serialized_end=798
+  _globals['_SIGNROTATIONRESPONSE']._serialized_start=800
+  _globals['_SIGNROTATIONRESPONSE']._serialized_end=886
+  _globals['_VERIFIERSERVICE']._serialized_start=889
+  _globals['_VERIFIERSERVICE']._serialized_end=1209
 # @@protoc_insertion_point(module_scope)

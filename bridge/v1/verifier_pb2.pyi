@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from bridge.v1 import common_pb2 as _common_pb2
+from bridge.v1 import rotation_pb2 as _rotation_pb2
 from bridge.v1 import supply_pb2 as _supply_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -199,3 +200,56 @@ class SignSupplyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignSupplyResponse: _TypeAlias = SignSupplyResponse  # noqa: Y015
+
+@_typing.final
+class SignRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    LEDGER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposal(self) -> _rotation_pb2.RotationProposal: ...
+    @_builtins.property
+    def ledger_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ledgers to sign for (each ledger's rotation digest binds its network and endpoint)."""
+
+    def __init__(
+        self,
+        *,
+        proposal: _rotation_pb2.RotationProposal | None = ...,
+        ledger_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger_ids", b"ledger_ids", "proposal", b"proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignRotationRequest: _TypeAlias = SignRotationRequest  # noqa: Y015
+
+@_typing.final
+class SignRotationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNER_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    signer: _builtins.bytes
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerSignature]:
+        """One per ledger: epoch is the certifying epoch (next_epoch - 1), digest the rotation
+        digest of that ledger.
+        """
+
+    def __init__(
+        self,
+        *,
+        signer: _builtins.bytes = ...,
+        signatures: _abc.Iterable[Global___LedgerSignature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signatures", b"signatures", "signer", b"signer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignRotationResponse: _TypeAlias = SignRotationResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class VerifierServiceStub:
                 request_serializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.FromString,
                 _registered_method=True)
+        self.SignRotation = channel.unary_unary(
+                '/bridge.v1.VerifierService/SignRotation',
+                request_serializer=bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.FromString,
+                _registered_method=True)
 
 
 class VerifierServiceServicer:
@@ -80,6 +85,17 @@ class VerifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignRotation(self, request, context):
+        """Sign a committee rotation for each named ledger on which this member's own finalized
+        read shows next_epoch = latest installed epoch + 1 and this member in that epoch, if
+        the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
+        this member never signed another committee for next_epoch (durable rotation vote log).
+        Bridge operator only (docs/adr/0009-following-the-epoch.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +113,11 @@ def add_VerifierServiceServicer_to_server(servicer, server):
                     servicer.SignSupply,
                     request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.SerializeToString,
+            ),
+            'SignRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignRotation,
+                    request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +203,33 @@ class VerifierService:
             '/bridge.v1.VerifierService/SignSupply',
             bridge_dot_v1_dot_verifier__pb2.SignSupplyRequest.SerializeToString,
             bridge_dot_v1_dot_verifier__pb2.SignSupplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.VerifierService/SignRotation',
+            bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.SerializeToString,
+            bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.FromString,
             options,
             channel_credentials,
             insecure,

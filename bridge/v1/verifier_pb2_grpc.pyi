@@ -43,6 +43,13 @@ class VerifierServiceStub:
     previous_hash = the last signed digest, or the tip again (same previous_hash), or a
     record after a certified `previous`. Never a lower sequence, or lower heights.
     """
+    SignRotation: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignRotationRequest, _verifier_pb2.SignRotationResponse]
+    """Sign a committee rotation for each named ledger on which this member's own finalized
+    read shows next_epoch = latest installed epoch + 1 and this member in that epoch, if
+    the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
+    this member never signed another committee for next_epoch (durable rotation vote log).
+    Bridge operator only (docs/adr/0009-following-the-epoch.md).
+    """
 
 @_typing.type_check_only
 class VerifierServiceAsyncStub(VerifierServiceStub):
@@ -58,6 +65,13 @@ class VerifierServiceAsyncStub(VerifierServiceStub):
     same record and it extends the chain this member signed: sequence = last + 1 with
     previous_hash = the last signed digest, or the tip again (same previous_hash), or a
     record after a certified `previous`. Never a lower sequence, or lower heights.
+    """
+    SignRotation: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignRotationRequest, _verifier_pb2.SignRotationResponse]  # type: ignore[assignment]
+    """Sign a committee rotation for each named ledger on which this member's own finalized
+    read shows next_epoch = latest installed epoch + 1 and this member in that epoch, if
+    the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
+    this member never signed another committee for next_epoch (durable rotation vote log).
+    Bridge operator only (docs/adr/0009-following-the-epoch.md).
     """
 
 class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +103,19 @@ class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
         same record and it extends the chain this member signed: sequence = last + 1 with
         previous_hash = the last signed digest, or the tip again (same previous_hash), or a
         record after a certified `previous`. Never a lower sequence, or lower heights.
+        """
+
+    @_abc_1.abstractmethod
+    def SignRotation(
+        self,
+        request: _verifier_pb2.SignRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifier_pb2.SignRotationResponse, _abc.Awaitable[_verifier_pb2.SignRotationResponse]]:
+        """Sign a committee rotation for each named ledger on which this member's own finalized
+        read shows next_epoch = latest installed epoch + 1 and this member in that epoch, if
+        the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
+        this member never signed another committee for next_epoch (durable rotation vote log).
+        Bridge operator only (docs/adr/0009-following-the-epoch.md).
         """
 
 def add_VerifierServiceServicer_to_server(servicer: VerifierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

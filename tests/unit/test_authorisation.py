@@ -66,10 +66,35 @@ def test_no_rule_for_a_method_that_does_not_exist() -> None:
     assert set(RULES) <= known, "stale rules"
 
 
+# Committee rotation (ADR 0009): the operator asks members to sign a rotation (the
+# coordinator may not), and the installed epochs are readable by members and the operator.
+_ROTATION_RULES = {
+    "/bridge.v1.VerifierService/SignRotation": {"bridge-operator"},
+    "/bridge.v1.RelayerService/GetCommittees": {"coordinator", "bridge-operator", "member"},
+    "/bridge.v1.RelayerService/InstallCommittee": {"coordinator", "bridge-operator"},
+}
+
+
 def test_only_the_coordinator_drives_relayers_and_the_committee() -> None:
     for method, rule in RULES.items():
+        if method in _ROTATION_RULES:
+            continue
         if "/bridge.v1.RelayerService/" in method or "/bridge.v1.VerifierService/" in method:
             assert rule.roles == {"coordinator"}, method
+
+
+@pytest.mark.governance
+def test_rotation_rules() -> None:
+    """SECURITY: only the bridge operator makes members sign a rotation (never the
+    coordinator, which could otherwise have the committee certify keys of its choosing)."""
+    for method, roles in _ROTATION_RULES.items():
+        assert RULES[method].roles == roles, method
+    for name in ("ProposeRotation", "CertifyRotation", "GetRotation", "ListRotations"):
+        assert RULES[f"/bridge.v1.OperatorService/{name}"].roles == {"bridge-operator"}
+    assert RULES["/bridge.v1.SupplyService/GetCommitteeChain"].roles == {
+        "depository",
+        "supply-operator",
+    }
 
 
 def test_only_health_and_reflection_are_open_to_every_authenticated_caller() -> None:

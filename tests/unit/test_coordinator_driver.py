@@ -133,7 +133,7 @@ class FakeCommittee:
         self.kinds: list[ClaimKind] = []
 
     async def certify(
-        self, kind: ClaimKind, terms: TransferTerms, ledgers: list
+        self, kind: ClaimKind, terms: TransferTerms, ledgers: list, epochs: object = None
     ) -> dict[str, SignatureSet]:
         self.kinds.append(kind)
         return {d.name: SignatureSet(1, (b"\1" * 65,)) for d in ledgers}

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.core.words import evm_network_word
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee
+from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import InvalidInput, NotFound
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Leg, LegState, LegStatus
@@ -46,11 +46,18 @@ class Reader:
     async def network_word(self) -> bytes:
         return NETWORK
 
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        return self.epochs
+
+    epochs: tuple[EpochWindow, ...] = ()
+
 
 class Member:
     def __init__(self, tmp_path: Path, instruction_keys: frozenset[bytes]) -> None:
         self.signer = LocalKeySigner(secrets.token_bytes(32))
         self.a, self.b = Reader("a"), Reader("b")
+        genesis = EpochWindow(Committee(1, 1, (self.signer.address,)), 0, None)
+        self.a.epochs = self.b.epochs = (genesis,)
         self.votes = VoteLog(tmp_path / "votes.sqlite")
         self.servicer = VerifierServicer(
             self.signer,

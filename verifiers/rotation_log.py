@@ -1,0 +1,69 @@
+"""The member's durable rotation vote log: at most one committee per next epoch, ever."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from bridge.domain.errors import PreconditionFailed
+from bridge.domain.rotation import RotationProposal
+
+
+class ConflictingRotation(PreconditionFailed):
+    """Signing would certify a second, different committee for an epoch already signed."""
+
+
+class RotationLog:
+    """Records the proposal a member certifies for each next epoch before any signature
+    leaves the process.
+
+    SECURITY: ``record`` is one SQLite transaction with ``synchronous=FULL``: after a crash
+    (kill -9, power loss) the member remembers every rotation it may have signed, so no two
+    different committees for one epoch can both gather its signature, on any ledger. The
+    same proposal again (another ledger, a retry) is allowed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS rotation_votes ("
+            " next_epoch INTEGER PRIMARY KEY, fingerprint BLOB NOT NULL, at REAL NOT NULL)"
+        )
+
+    def record(self, proposal: RotationProposal) -> None:
+        """Record ``proposal`` for its next epoch; idempotent for the same proposal, else
+        ConflictingRotation (nothing recorded)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(
+                "SELECT fingerprint FROM rotation_votes WHERE next_epoch = ?",
+                (proposal.next_epoch,),
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO rotation_votes VALUES (?, ?, ?)",
+                    (proposal.next_epoch, proposal.fingerprint, time.time()),
+                )
+            elif bytes(row[0]) != proposal.fingerprint:
+                raise ConflictingRotation(
+                    f"already signed another committee for epoch {proposal.next_epoch}"
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def signed(self, next_epoch: int) -> bytes | None:
+        """The fingerprint of the proposal signed for ``next_epoch``, if any."""
+        row = self._db.execute(
+            "SELECT fingerprint FROM rotation_votes WHERE next_epoch = ?", (next_epoch,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
