@@ -57,7 +57,10 @@ class GovernancePlan:
     the bridge operator rotates the committee to the next epoch without the last genesis
     member and with spare member 0 (same size and threshold, so ``2t > n`` holds),
     ``overlap`` seconds of overlap; by default right after the release, while the queued
-    transfers drain. Each step waits until every ledger applied it (``limit_s`` at most).
+    transfers drain. A step's CLI command runs in its slot (nothing else is killed while it
+    runs); then faults go on while a watcher waits until every ledger applied it
+    (``limit_s`` at most), so kills also hit the order's delivery and the rotation's
+    installation. The release is issued only once the halt was seen applied.
     """
 
     halt_at: int = 2
@@ -65,7 +68,7 @@ class GovernancePlan:
     rotate_at: int = 5
     overlap: int = 10
     security: str = DEMO_ISIN
-    limit_s: float = 90.0
+    limit_s: float = 180.0
 
     @property
     def last_slot(self) -> int:
@@ -105,15 +108,21 @@ class ChaosScheduler(threading.Thread):
             raise ValueError("a governance plan rotates to a spare member: spare_members >= 1")
         self._halt = threading.Event()
         self._slot = 0
+        self._watchers: dict[str, threading.Thread] = {}
 
     def governance_done(self) -> bool:
-        """Whether every step of the governance plan ran (done or failed)."""
-        return self.governance is None or self._slot > self.governance.last_slot
+        """Whether every step of the governance plan ran and was seen applied (or failed)."""
+        if self.governance is None:
+            return True
+        watching = any(w.is_alive() for w in self._watchers.values())
+        return self._slot > self.governance.last_slot and not watching
 
     def stop(self, timeout: float = 60.0) -> FaultLog:
         """Stop injecting, wait until the last fault is undone, and return the log."""
         self._halt.set()
         self.join(timeout)
+        for watcher in self._watchers.values():
+            watcher.join(timeout)
         return self.log
 
     def _targets(self) -> list[str]:
@@ -179,23 +188,38 @@ class ChaosScheduler(threading.Thread):
         plan = self.governance
         if plan is None:
             return False
-        steps: dict[int, tuple[str, Callable[[], None]]] = {
+        steps: dict[int, tuple[str, Callable[[], Callable[[], bool]]]] = {
             plan.rotate_at: ("rotation", self._rotate),
             plan.halt_at: ("halt", partial(self._order, "halt")),
             plan.halt_at + plan.hold: ("release", partial(self._order, "release")),
         }
         if slot not in steps:
             return False
-        what, step = steps[slot]
+        what, issue = steps[slot]
+        if what == "release" and "halt" in self._watchers:
+            self._watchers["halt"].join(plan.limit_s)  # release what was seen halted
         self.log.last_fault_at = time.monotonic()
         started = time.monotonic()
         try:
-            step()
+            applied = issue()
         except Exception as exc:  # recorded; the test or the soak reports it as a violation
+            self.log.governance_errors.append(f"{what}: {exc}")
+            return True
+        watcher = threading.Thread(
+            target=self._watch, args=(what, applied, started), daemon=True, name=f"gov-{what}"
+        )
+        self._watchers[what] = watcher
+        watcher.start()
+        return True
+
+    def _watch(self, what: str, applied: Callable[[], bool], started: float) -> None:
+        """Wait (in its own thread, faults going on) until ``what`` is applied everywhere."""
+        try:
+            self._until(applied, f"{what} applied on every ledger")
+        except TimeoutError as exc:
             self.log.governance_errors.append(f"{what}: {exc}")
         else:
             self.log.governance[what] = time.monotonic() - started
-        return True
 
     def _cli(self, principal: str, *args: str) -> None:
         """``bridge ...`` as ``principal``; a few attempts (a component may just have been
@@ -228,8 +252,9 @@ class ChaosScheduler(threading.Thread):
                 raise TimeoutError(what)
             time.sleep(0.5)
 
-    def _rotate(self) -> None:
-        """Rotate to the next epoch: the last genesis member out, spare member 0 in."""
+    def _rotate(self) -> Callable[[], bool]:
+        """Propose the next epoch (the last genesis member out, spare member 0 in); returns
+        whether it is installed on every ledger."""
         assert self.governance is not None
         s = self.system
         assert s.committee is not None
@@ -239,11 +264,18 @@ class ChaosScheduler(threading.Thread):
             for i, (address, _) in enumerate(s.members)
             for arg in ("--member-endpoint", f"{address}=127.0.0.1:{s.ports[f'verifier-{i}']}")
         ]
-        with s.channel("bridge-operator") as ch:
-            current = operator_pb2_grpc.OperatorServiceStub(ch).ListRotations(
-                operator_pb2.ListRotationsRequest(), timeout=10
-            )
-        epoch = 1 + max((r.proposal.next_epoch for r in current.rotations), default=1)
+        known: list[int] = []
+
+        def listed() -> bool:
+            with s.channel("bridge-operator") as ch:
+                current = operator_pb2_grpc.OperatorServiceStub(ch).ListRotations(
+                    operator_pb2.ListRotationsRequest(), timeout=10
+                )
+            known.extend(r.proposal.next_epoch for r in current.rotations)
+            return True
+
+        self._until(listed, "the coordinator lists its rotations")
+        epoch = 1 + max(known, default=1)
         self._cli(
             "bridge-operator", "operator", "rotation", "propose",
             "--next-members", ",".join(members), "--threshold", str(s.committee.threshold),
@@ -257,11 +289,11 @@ class ChaosScheduler(threading.Thread):
                 )
             return all(x.status in ("active", "old-epoch-expired") for x in r.ledgers)
 
-        self._until(installed, f"epoch {epoch} installed on every ledger")
+        return installed
 
-    def _order(self, action: str) -> None:
+    def _order(self, action: str) -> Callable[[], bool]:
         """The depository halts (``halt``) or releases (``release``) the plan's security on
-        every ledger, and waits until every ledger shows it."""
+        every ledger; returns whether every ledger shows it."""
         assert self.governance is not None
         s = self.system
         security = self.governance.security
@@ -280,4 +312,4 @@ class ChaosScheduler(threading.Thread):
             halted = {h.ledger_id for h in status.ledgers if h.security_halted}
             return halted == set(s.all_ledgers) if want else not halted
 
-        self._until(applied, f"{action} applied on every ledger")
+        return applied
