@@ -6,11 +6,16 @@ network, 4 verifiers with t = 3, a relayer per ledger, the coordinator) under
 in both directions (about one in ten to an ineligible recipient, which must abort); while
 they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers,
 stalls EVM ledgers (no blocks) and takes a Fabric ledger's gateway peer, orderer or chaincode
-server down (SIGKILL, then a restart on its data) for a while. Afterwards it checks, and
+server down (SIGKILL, then a restart on its data) for a while. The same schedule carries
+governance (``bridge/devnet/chaos.py`` ``GovernancePlan``; ``--no-governance`` turns it
+off): the depository halts the security on every ledger and, a few faults later, releases
+it; then the bridge operator rotates the committee to epoch 2, removing one member and
+adding a spare one (both through the real ``bridge`` CLI). Afterwards it checks, and
 prints as a table: every transfer terminal, each holder's balances exactly as the outcomes
-imply, supply conserved, no escrow left, one transfer per idempotency key, and every supply
-record produced meanwhile verified against the committee with the identity holding (no
-discrepancy). Exit code 1 on a violation.
+imply, supply conserved, no escrow left, one transfer per idempotency key, the halt
+released and epoch 2 in force everywhere, and every supply record produced meanwhile
+verified from the genesis committee through the certified rotation chain with the identity
+holding (no discrepancy). Exit code 1 on a violation.
 
     .venv/bin/python bench/soak.py --transfers 1000 --rate 4 --json .run/soak/result.json
 
@@ -35,12 +40,12 @@ from typing import Any
 import grpc
 
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.chaos import ChaosScheduler
+from bridge.devnet.chaos import ChaosScheduler, GovernancePlan
 from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import audit_feed, settled_position
+from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2_grpc
 from bridge.v1 import transfer_pb2 as S
-from bridge.v1 import transfer_pb2_grpc
 
 A, B, F = "brokerage-a", "brokerage-b", "brokerage-f"
 UNITS = 1_000_000
@@ -134,6 +139,20 @@ def check(
     return bad
 
 
+def governance_violations(system: LocalSystem, done: dict[str, float]) -> list[str]:
+    """The halt was released and epoch 2 is in force on every ledger."""
+    bad = [f"governance step {k} did not run" for k in ("halt", "release", "rotation")
+           if k not in done]  # fmt: skip
+    with system.channel("bridge-operator") as ch:
+        rotation = operator_pb2_grpc.OperatorServiceStub(ch).GetRotation(
+            operator_pb2.GetRotationRequest(next_epoch=2), timeout=30
+        )
+    for x in rotation.ledgers:
+        if x.status not in ("active", "old-epoch-expired"):
+            bad.append(f"epoch 2 on {x.ledger_id}: {x.status}")
+    return bad
+
+
 def main() -> int:
     """Run the soak; returns the exit code."""
     p = argparse.ArgumentParser(
@@ -148,6 +167,14 @@ def main() -> int:
     p.add_argument(
         "--fabric", action="store_true", help="add a native Fabric ledger (lanes to/from it)"
     )
+    p.add_argument(
+        "--no-governance",
+        action="store_true",
+        help="no halt/release and no committee rotation in the fault schedule",
+    )
+    p.add_argument("--halt-at", type=int, default=3, help="fault slot of the depository's halt")
+    p.add_argument("--hold", type=int, default=3, help="fault slots the halt lasts")
+    p.add_argument("--rotate-at", type=int, default=8, help="fault slot of the rotation")
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -158,6 +185,7 @@ def main() -> int:
         block_time=args.block_time,
         transfer_ttl=600,
         fabric_ledger_names=(F,) if args.fabric else (),
+        spare_members=0 if args.no_governance else 1,
     )
     try:
         print(f"starting the system under {workdir} ...", flush=True)
@@ -176,7 +204,12 @@ def main() -> int:
             settled_position(target, DEMO_ISIN, time.time(), 120, identity=depository)
         )
         moves = plan_moves(args.transfers, holders, outsider, args.seed, ledgers)
-        chaos = ChaosScheduler(system, seed=args.seed, stall_ledgers=not args.no_stalls)
+        plan = None
+        if not args.no_governance:
+            plan = GovernancePlan(halt_at=args.halt_at, hold=args.hold, rotate_at=args.rotate_at)
+        chaos = ChaosScheduler(
+            system, seed=args.seed, stall_ledgers=not args.no_stalls, governance=plan
+        )
         print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
         started = time.monotonic()
         chaos.start()
@@ -192,6 +225,9 @@ def main() -> int:
                 futures.append(pool.submit(system.submit, req, 120))
             for f in futures:
                 f.result()
+        give_up = time.monotonic() + 300  # a short run: inject until the plan is done
+        while not chaos.governance_done() and time.monotonic() < give_up:
+            time.sleep(0.5)
         faults = chaos.stop()
         for name, proc in system.processes.items():
             if not proc.alive():
@@ -209,6 +245,9 @@ def main() -> int:
             )
         )
         violations += feed_problems
+        violations += faults.governance_errors
+        if plan is not None:
+            violations += governance_violations(system, faults.governance)
         outcomes = Counter(
             S.TransferState.Name(S.TransferState.ValueType(s)).removeprefix("TRANSFER_STATE_")
             for s in states.values()
@@ -226,6 +265,10 @@ def main() -> int:
             ),
             ("all terminal after the last fault (s)", f"{recovered:.1f}"),
             ("elapsed (s)", f"{elapsed:.1f}"),
+            *(
+                (f"{k}: applied everywhere after (s)", f"{v:.1f}")
+                for k, v in faults.governance.items()
+            ),
             ("supply records verified", records),
             ("invariants", "HOLD" if not violations else f"{len(violations)} VIOLATED"),
         ]

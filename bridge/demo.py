@@ -1,7 +1,9 @@
 """``make demo``: three brokerage ledgers (two anvil EVM chains and a native Hyperledger
 Fabric network), a 3-of-4 committee, one relayer per ledger and the coordinator as separate
 processes; units move over each kind of lane through the gRPC API:
-A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to EVM).
+A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to EVM). Then one governance
+step: the depository halts the security on brokerage-b with its own key (the real
+``bridge depository`` CLI), the ledger shows it halted, and a signed release lifts it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import uuid
 from pathlib import Path
 
 from bridge.cli.main import STATE_NAMES
+from bridge.cli.main import main as cli_main
 from bridge.cli.supply import describe
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.client import RoutedTransferStub
 from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import FeedVerifier, SupplyFeed
-from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+from bridge.v1 import depository_pb2, depository_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 EVM_A, EVM_B, FABRIC = "brokerage-a", "brokerage-b", "brokerage-f"
 # (source, target, units): one lane of each kind.
@@ -80,6 +83,36 @@ def _transfer(
     if final != transfer_pb2.TRANSFER_STATE_COMMITTED:
         raise SystemExit(f"transfer ended {STATE_NAMES.get(final)}: {t.reason}")
     return tid
+
+
+def _halted_on(system: LocalSystem) -> set[str]:
+    """The ledgers where DEMO_ISIN is halted, as the ledgers report it."""
+    with system.channel("depository") as ch:
+        status = depository_pb2_grpc.DepositoryServiceStub(ch).GetHaltStatus(
+            depository_pb2.GetHaltStatusRequest(security_id=DEMO_ISIN), timeout=30
+        )
+    return {h.ledger_id for h in status.ledgers if h.security_halted}
+
+
+def _halt_and_release(system: LocalSystem) -> None:
+    """The depository halts DEMO_ISIN on brokerage-b and releases it, with the CLI (its
+    certificate and its devnet key file), waiting each time until the ledger applied it."""
+    base = ["--coordinator", system.coordinator_target, *system.cli_tls_args("depository")]
+    scope = ["--security", DEMO_ISIN, "--ledger", EVM_B]
+    keys = ["--network", str(system.workdir / "network.toml"),
+            "--key-file", str(system.workdir / "keys" / "depository.key")]  # fmt: skip
+    for action, halted in (("halt", {EVM_B}), ("release", set())):
+        _say(f"\n> bridge depository {action} {' '.join(scope)}  (signed by the depository key)")
+        if cli_main([*base, "depository", action, *scope, *keys]) != 0:
+            raise SystemExit(f"depository {action} refused")
+        give_up = time.monotonic() + 60
+        while _halted_on(system) != halted:
+            if time.monotonic() > give_up:
+                raise SystemExit(f"the {action} was not applied on {EVM_B}")
+            time.sleep(0.5)
+        _say(f"  {EVM_B} applied it; `bridge depository status` reads the ledgers:")
+        if cli_main([*base, "depository", "status", "--security", DEMO_ISIN]) != 0:
+            raise SystemExit("depository status failed")
 
 
 async def _verified_feed(system: LocalSystem) -> int:
@@ -149,6 +182,7 @@ def main() -> int:
         total = sum(system.handle(n).total_supply(DEMO_ISIN) for n in system.all_ledgers)
         if total != 1_000:
             raise SystemExit(f"total supply across ledgers is {total}, expected 1000")
+        _halt_and_release(system)
         _say("\nsupply feed (every record verified against the committee, as the depository does):")
         if asyncio.run(_verified_feed(system)):
             raise SystemExit("a supply record failed verification")

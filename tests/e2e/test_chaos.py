@@ -1,7 +1,11 @@
 """Chaos, bounded: SIGKILL and restart the coordinator, relayers and verifiers at random
-while transfers run from A to B (some to an ineligible recipient, which abort); afterwards
-nothing is lost or duplicated and every supply record verifies and balances.
-``bench/soak.py`` runs the same faults longer, over every lane, with ledger outages.
+while transfers run from A to B (some to an ineligible recipient, which abort); in the same
+fault schedule the depository halts the security on both ledgers and releases it (the real
+CLI), and the bridge operator rotates the committee to epoch 2, removing one member and
+adding a spare one (the real CLI); afterwards nothing is lost or duplicated and every supply
+record verifies and balances, across the epoch change (the genesis committee plus the
+certified rotation chain). ``bench/soak.py`` runs the same faults longer, over every lane,
+with ledger outages.
 
 Asserts: every transfer reaches a terminal state; each holder's balances equal what the
 sequence of outcomes implies (committed moves, aborted and failed do not); total supply
@@ -23,14 +27,20 @@ import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
-from bridge.devnet.chaos import ChaosScheduler
+from bridge.devnet.chaos import ChaosScheduler, GovernancePlan
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
-from bridge.supply_client import audit_feed, settled_position
+from bridge.supply_client import SupplyFeed, audit_feed, settled_position
+from bridge.v1 import (
+    depository_pb2,
+    depository_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    transfer_pb2_grpc,
+)
 from bridge.v1 import transfer_pb2 as S
-from bridge.v1 import transfer_pb2_grpc
 from tests.support import eventually_sync
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.governance]
 
 A, B = "brokerage-a", "brokerage-b"
 TRANSFERS = 40
@@ -40,7 +50,9 @@ TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STA
 
 @pytest.fixture(scope="module")
 def chaos_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    with LocalSystem(Path(tmp_path_factory.mktemp("chaos")), block_time=0.5, transfer_ttl=120) as s:
+    with LocalSystem(
+        Path(tmp_path_factory.mktemp("chaos")), block_time=0.5, transfer_ttl=120, spare_members=1
+    ) as s:
         yield s
 
 
@@ -89,7 +101,7 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     for p in plan:
         planned[p.holder.address] += p.amount
     assert max(planned.values()) <= UNITS, "the plan would overdraw a holder"
-    chaos = ChaosScheduler(s, seed=7)
+    chaos = ChaosScheduler(s, seed=7, governance=GovernancePlan())
     chaos.start()
     tids: dict[str, str] = {}
     started = time.monotonic()
@@ -104,7 +116,12 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
             time.sleep(0.3)
         # Slow restarts on a loaded machine can stretch the schedule past the submissions;
         # keep injecting (transfers are still in flight) until enough faults happened.
-        eventually_sync(lambda: sum(chaos.log.kills.values()) >= 5, 120, "five kills", interval=0.5)
+        eventually_sync(
+            lambda: sum(chaos.log.kills.values()) >= 5 and chaos.governance_done(),
+            150,
+            "five kills, the halt, the release and the rotation",
+            interval=0.5,
+        )
     finally:
         faults = chaos.stop()
     for name, proc in s.processes.items():
@@ -160,10 +177,35 @@ def test_kills_during_transfers_lose_and_duplicate_nothing(chaos_system: LocalSy
     )
     assert not violations, violations
     assert checked >= 5, "records were produced while transfers ran"
+    # The governance steps all ran and every ledger applied them: epoch 2 is in force
+    # everywhere, the feed's latest record is of epoch 2, the security is released.
+    assert not faults.governance_errors, faults.governance_errors
+    assert set(faults.governance) == {"halt", "release", "rotation"}, faults.governance
+    with s.channel("bridge-operator") as ch:
+        rotation = operator_pb2_grpc.OperatorServiceStub(ch).GetRotation(
+            operator_pb2.GetRotationRequest(next_epoch=2), timeout=10
+        )
+    assert {x.status for x in rotation.ledgers} <= {"active", "old-epoch-expired"}, rotation
+    assert len(rotation.ledgers) == 2
+
+    async def latest_epoch() -> int:
+        feed = SupplyFeed(s.coordinator_target, identity=s.identity("depository"))
+        try:
+            return (await feed.latest(DEMO_ISIN))[0].signed.record.epoch
+        finally:
+            await feed.close()
+
+    assert asyncio.run(latest_epoch()) == 2, "the feed did not continue under epoch 2"
+    with s.channel("depository") as ch:
+        halts = depository_pb2_grpc.DepositoryServiceStub(ch).GetHaltStatus(
+            depository_pb2.GetHaltStatusRequest(security_id=DEMO_ISIN), timeout=10
+        )
+    assert not [h.ledger_id for h in halts.ledgers if h.security_halted], halts
     print(
         f"\nchaos summary: {len(plan)} transfers in {elapsed:.0f} s;"
         f" kills {dict(faults.kills)} ({sum(faults.kills.values())} in all);"
         f" outcomes {dict(outcomes)};"
-        f" restart-to-listening {faults.restart_seconds}; {checked} supply records verified"
+        f" restart-to-listening {faults.restart_seconds}; {checked} supply records verified;"
+        f" governance (s to applied everywhere) {faults.governance}"
     )
     assert sum(faults.kills.values()) >= 5, "the chaos scheduler did not inject enough faults"

@@ -3,7 +3,9 @@
 The freeze must land after the prepare and before the commit. To make that ordering
 deterministic the test stops brokerage-b's block production while the transfer runs, mines
 the block holding the relayer's prepare by hand, then the block holding the issuer's freeze,
-and only then lets the ledger produce blocks again (at 1 s: anvil takes whole seconds).
+and only then lets the ledger produce blocks again. Anvil's RPC takes whole seconds there,
+so it cannot restore the 0.5 s blocks of the package's shared system: the test runs on a
+system of its own (module scope) and leaves the shared one untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,11 +23,20 @@ from bridge.devnet.system import DEMO_ISIN, LedgerHandle, LocalSystem
 from bridge.domain.ids import SecurityId
 from bridge.ledgers.evm import deploy
 from bridge.v1 import transfer_pb2 as S
-from tests.e2e.conftest import eligible_everywhere
+from tests.e2e.conftest import BLOCK_TIME, eligible_everywhere
 
 pytestmark = [pytest.mark.e2e, pytest.mark.governance]
 
 A, B = "brokerage-a", "brokerage-b"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    """This module's own system (overrides the package's shared one, also for ``stub``):
+    the test changes brokerage-b's block production, which cannot be restored exactly."""
+    with LocalSystem(tmp_path_factory.mktemp("parking"), block_time=BLOCK_TIME,
+                     transfer_ttl=60) as s:  # fmt: skip
+        yield s
 
 
 def _figures(h: LedgerHandle) -> dict[str, int]:
@@ -98,7 +110,7 @@ def test_recipient_frozen_after_prepare_parks_the_units(system: LocalSystem, stu
         assert token_b.functions.isFrozen(recipient.address).call()
         assert b.endpoint.functions.inbound(tid).call()[0] == 1  # still only Prepared
     finally:
-        b.node.rpc("evm_setIntervalMining", [1])
+        b.node.rpc("evm_setIntervalMining", [1])  # whole seconds only: this module's system
 
     updates = list(stub.WatchTransfer(S.WatchTransferRequest(transfer_id=tid_hex), timeout=120))
     assert updates[-1].state == S.TRANSFER_STATE_COMMITTED  # COMMIT stands

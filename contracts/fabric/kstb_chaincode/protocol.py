@@ -1863,9 +1863,10 @@ class Endpoint:
     # halts every security). Transactions only read them, except ApplyOrder, so a halt adds
     # no hot key to the leg transactions (a lock ordered in the same block as a halt of its
     # security fails MVCC validation and is retried, which is what a halt wants anyway).
-    # No clock: the order's expiry is NOT checked here (Fabric has no trustworthy time);
-    # the coordinator and the relayer refuse to submit an expired order, and the strictly
-    # increasing sequence refuses every replay (see ADR 0011).
+    # The order's expiry is checked against the ledger time (``_clock``: the transaction
+    # timestamp, within MAX_TX_SKEW of the endorsing server's clock); the coordinator and
+    # the relayer also refuse to submit an expired order, and the strictly increasing
+    # sequence refuses every replay (see ADR 0011).
 
     def _depository(self) -> tuple[bytes | None, int]:
         obj = self._get_json("depository")
