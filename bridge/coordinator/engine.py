@@ -45,7 +45,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from bridge.domain.flow import FlowStatus, WaitReason, detail_argument
+from bridge.domain.flow import FlowStatus, WaitReason
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction, is_instructed
 from bridge.domain.legs import (
@@ -75,7 +75,7 @@ _STEP_NAMES = {
 
 
 # Contract refusals that prove the lock did not and cannot happen for these terms.
-DEFINITIVE_LOCK_REFUSALS: frozenset[str] = frozenset(
+DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
     {
         ErrorReason.INSUFFICIENT_BALANCE,
         ErrorReason.MISSING_INSTRUCTION,
@@ -478,7 +478,7 @@ class Coordinator:
     async def _note_flow_wait(self, tid: bytes, exc: BaseException) -> None:
         """Make a ledger's large-transfer delay readable: wait reason and not-before."""
         if isinstance(exc, LedgerRejected) and exc.reason == ErrorReason.TOO_EARLY:
-            at = detail_argument(exc.detail, "notBefore")
+            at = exc.not_before  # the ledger's typed figure (ADR 0015), never message text
             await self._store.set_wait(tid, WaitReason.LARGE_TRANSFER_DELAY, float(at or 0))
 
     async def lane_flows(self, security: str) -> list[LaneFlow]:

@@ -27,6 +27,7 @@ Error contract (what callers may rely on):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -44,7 +45,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
-from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import BridgeError, Figure, InvalidInput, LedgerRejected, Unavailable
 from bridge.keys.files import refuse_exposed
 from bridge.ledgers.fabric._protos import (
     ab_pb2,
@@ -82,7 +84,9 @@ _TRANSPORT_CODES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-TRANSIENT_CHAINCODE_ERRORS = frozenset({"Internal", "TransactionTimeSkewed"})
+TRANSIENT_CHAINCODE_ERRORS = frozenset(
+    {ErrorReason.CHAINCODE_INTERNAL, ErrorReason.TRANSACTION_TIME_SKEWED}
+)
 """Chaincode error names that mean "the chaincode failed", not "the chaincode refused"
 (the bridge chaincode answers ``Internal: <exception>`` for unexpected exceptions, and
 ``TransactionTimeSkewed`` when an endorser's clock disagrees with the proposal's timestamp:
@@ -91,7 +95,6 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERROR_DETAIL_TYPE = "gateway.ErrorDetail"
 # How the peer wraps a chaincode's error message ("chaincode response 500, <message>").
 _CHAINCODE_RESPONSE_RE = re.compile(r"chaincode response (\d{3}), (.*)", re.DOTALL)
-_ERROR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 class TransactionInvalid(Unavailable):
@@ -466,20 +469,42 @@ def error_details(exc: grpc.aio.AioRpcError) -> list[ErrorDetail]:
     return out
 
 
+def decode_chaincode_message(text: str) -> LedgerRejected:
+    """The typed refusal for a bridge chaincode's error message ``Name: {JSON}``.
+
+    SECURITY: only the JSON object counts (its ``reason`` must be in the closed set and equal
+    the name before the colon; ``figures`` must be integers); anything else, including a
+    message from another chaincode or a garbled payload, is ``UnknownRefusal`` with the text
+    kept as detail. Never raises.
+    """
+    name, sep, body = text.partition(": ")
+    try:
+        payload = json.loads(body) if sep else None
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or payload.get("reason") != name.strip():
+        return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, text)
+    reason = ErrorReason.parse(str(payload["reason"]))
+    detail, raw = payload.get("detail", ""), payload.get("figures", {})
+    if reason is None or not isinstance(detail, str) or not isinstance(raw, dict):
+        return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, text)
+    figures: dict[str, Figure] = {
+        str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)
+    }
+    return LedgerRejected(reason, detail, figures)
+
+
 def chaincode_refusal(message: str) -> LedgerRejected | None:
     """The LedgerRejected for a peer message wrapping a chaincode error response, if it is one.
 
-    Only responses with status >= 400 count; the reason is the chaincode message's text before
-    its first ``":"`` when that is an identifier, ``ChaincodeError`` otherwise.
+    Only responses with status >= 400 count. The peer wraps the chaincode's message as
+    ``chaincode response <status>, <message>`` (Fabric's own text, the one thing read from
+    it); the message itself is decoded by :func:`decode_chaincode_message`.
     """
     match = _CHAINCODE_RESPONSE_RE.search(message)
     if match is None or int(match.group(1)) < 400:
         return None
-    text = match.group(2).strip()
-    name, sep, rest = text.partition(":")
-    if sep and _ERROR_NAME_RE.fullmatch(name.strip()):
-        return LedgerRejected(name.strip(), rest.strip())
-    return LedgerRejected("ChaincodeError", text)
+    return decode_chaincode_message(match.group(2).strip())
 
 
 def chaincode_failure(message: str) -> BridgeError | None:
@@ -506,7 +531,7 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> Bridge
     if any(_NOT_INITIALIZED_BY_PEER in t for t in texts):
         # A definition committed with --init-required (protocol v2) before its one Init:
         # the peer refuses every other invocation, as the chaincode would (NotInitialized).
-        return LedgerRejected("NotInitialized", f"{what}: the chaincode awaits its Init")
+        return LedgerRejected(ErrorReason.NOT_INITIALIZED, f"{what}: the chaincode awaits its Init")
     if code not in _TRANSPORT_CODES or details:
         for text in [d.message for d in details] + [exc.details() or ""]:
             failure = chaincode_failure(text)
@@ -768,7 +793,11 @@ class GatewayClient:
         name = _validation_code_name(code)
         if name in _RETRYABLE_CODES:
             raise TransactionInvalid(tx_id, code, name, block)
-        raise LedgerRejected(name, f"transaction {tx_id} invalid in block {block}")
+        raise LedgerRejected(
+            ErrorReason.TRANSACTION_INVALID,
+            f"transaction {tx_id} invalid in block {block}: {name}",
+            {"validationCode": code, "block": block},
+        )
 
     async def chaincode_events(
         self, chaincode: str, start_block: int, after_tx_id: str | None = None
