@@ -349,9 +349,9 @@ class _FakeRpcError(grpc.aio.AioRpcError):
 
 
 def _status_with_details(*messages: str) -> bytes:
-    from bridge.ledgers.fabric.gateway import _RichStatus
+    from google.rpc import status_pb2
 
-    status = _RichStatus(code=10, message="failed to endorse")
+    status = status_pb2.Status(code=10, message="failed to endorse")
     for m in messages:
         detail = gateway_pb2.ErrorDetail(address="127.0.0.1:7051", msp_id="Org1MSP", message=m)
         item = status.details.add()

@@ -43,13 +43,13 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.gateway import (
+from bridge.ledgers.fabric.blocks import (
     DeliveredEvent,
-    GatewayClient,
     block_header_hash,
     block_validated,
     keys_written_in_block,
 )
+from bridge.ledgers.fabric.gateway import GatewayClient
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
