@@ -109,9 +109,10 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
     meta: dict[str, str] = {"retryable": "true" if reason in RETRYABLE_REASONS else "false"}
     if isinstance(reason, ErrorReason):
         meta["error"] = reason.value
+    ledger = getattr(exc, "ledger", "")
+    if isinstance(ledger, str) and ledger:
+        meta["ledger"] = ledger[:_MAX_META]
     if isinstance(exc, LedgerRejected):
-        if exc.ledger:
-            meta["ledger"] = exc.ledger
         if exc.detail:
             meta["detail"] = exc.detail[:_MAX_META]
         for name, value in exc.figures.items():

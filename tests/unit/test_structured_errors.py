@@ -271,3 +271,27 @@ def test_transport_codes_stay_unavailable_whatever_the_details() -> None:
     trailer = _status(_info("TOO_EARLY", error="TooEarly"))
     back = translate(_Call(grpc.StatusCode.UNAVAILABLE, "down", trailer), "x")
     assert isinstance(back, Unavailable)
+
+
+def test_every_reason_has_a_meaning_and_the_brokerage_guide_is_current() -> None:
+    from bridge.rpc.reason_catalog import MEANING
+    from bridge.tools.gen_error_docs import DOC, render
+
+    assert set(MEANING) == set(ErrorReason) | set(BridgeReason)
+    assert DOC.read_text() == render(), "run python -m bridge.tools.gen_error_docs"
+
+
+def test_bridge_level_kinds_and_ledger_metadata_reach_the_wire() -> None:
+    from bridge.coordinator.halts import Halted
+    from verifiers.policy import ClaimRefused
+
+    status = status_details(Halted("evm-b", "KR7005930003", "the lock waits"))
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.metadata["ledger"], info.metadata["retryable"]) == (
+        "HALTED",
+        "evm-b",
+        "true",
+    )
+    assert status_details(ClaimRefused("no")).details[0].Unpack(info)
+    assert info.reason == "CLAIM_REFUSED" and "error" not in info.metadata
