@@ -235,6 +235,14 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
     return f"{call.code().name} [{wire_reason(got.reason)}]: {call.details()}"
 
 
+def _name_ledger(servicer: Any, exc: BridgeError) -> None:
+    """Fill a ledger refusal's ``ledger`` from a servicer that serves one ledger
+    (``error_ledger``), when the adapter that raised it did not name one."""
+    ledger = getattr(servicer, "error_ledger", "")
+    if isinstance(exc, LedgerRejected) and not exc.ledger and isinstance(ledger, str):
+        exc.ledger = ledger
+
+
 def grpc_errors(method: F) -> F:
     """Decorate a servicer method: domain errors become statuses, anything else INTERNAL.
 
@@ -247,6 +255,7 @@ def grpc_errors(method: F) -> F:
         try:
             return await method(self, request, context)
         except BridgeError as exc:
+            _name_ledger(self, exc)
             await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
@@ -269,6 +278,7 @@ def grpc_stream_errors(method: S) -> S:
             async for item in method(self, request, context):
                 yield item
         except BridgeError as exc:
+            _name_ledger(self, exc)
             await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise

@@ -295,3 +295,32 @@ def test_bridge_level_kinds_and_ledger_metadata_reach_the_wire() -> None:
     )
     assert status_details(ClaimRefused("no")).details[0].Unpack(info)
     assert info.reason == "CLAIM_REFUSED" and "error" not in info.metadata
+
+
+async def test_a_one_ledger_servicer_names_its_ledger_in_the_details() -> None:
+    from bridge.rpc.errors import grpc_errors
+
+    class Context:
+        trailing: tuple[tuple[str, bytes], ...] = ()
+
+        def set_trailing_metadata(self, md: tuple[tuple[str, bytes], ...]) -> None:
+            self.trailing = md
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.code = code
+
+    class Servicer:
+        error_ledger = "fabric-a"
+
+        @grpc_errors
+        async def Submit(self, request: object, context: Context) -> None:
+            raise LedgerRejected(ErrorReason.HOLDER_FROZEN, "holder=0x01")
+
+    ctx = Context()
+    await Servicer().Submit(None, ctx)
+    got = received_error(ctx.trailing)
+    assert (got.reason, got.ledger, got.detail) == (
+        ErrorReason.HOLDER_FROZEN,
+        "fabric-a",
+        "holder=0x01",
+    )
