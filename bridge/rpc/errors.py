@@ -116,7 +116,7 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
         if exc.detail:
             meta["detail"] = exc.detail[:_MAX_META]
         for name, value in exc.figures.items():
-            meta[f"figure.{name}"] = str(value)
+            meta[f"figure_{name}"] = str(value)
     info = error_details_pb2.ErrorInfo(reason=wire_reason(reason), domain=DOMAIN, metadata=meta)
     details = [info]
     retry: error_details_pb2.RetryInfo | None = None
@@ -215,7 +215,7 @@ def received_error(trailing: Iterable[tuple[str, str | bytes]] | None) -> Receiv
         return _UNKNOWN
     figures: dict[str, Figure] = {}
     for key, value in meta.items():
-        name = key.removeprefix("figure.")
+        name = key.removeprefix("figure_")
         if name != key and value.isdecimal() and len(value) <= 80:
             figures[name[:64]] = int(value)
     return ReceivedError(

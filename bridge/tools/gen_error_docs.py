@@ -33,9 +33,9 @@ carries, besides its status code and a human-readable message, a `google.rpc.Sta
   below (never branch on the message text: it is for people and may change);
 - `metadata`: `retryable` (`"true"` / `"false"`: whether the same request may succeed later
   unchanged), and for a ledger's refusal `error` (the contract / chaincode error name),
-  `ledger` (the refusing ledger, when known), `detail` (text) and `figure.<name>` (the
-  refusal's integer arguments, e.g. `figure.notBefore`, `figure.available`,
-  `figure.requested`);
+  `ledger` (the refusing ledger, when known), `detail` (text) and `figure_<name>` (the
+  refusal's integer arguments, e.g. `figure_notBefore`, `figure_available`,
+  `figure_requested`);
 - a `google.rpc.RetryInfo` when the wait is known (`TOO_EARLY`: until `notBefore`).
 
 A reason not in this list, or details that do not decode, must be treated as `UNKNOWN`.

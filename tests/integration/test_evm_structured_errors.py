@@ -74,7 +74,7 @@ async def test_an_insufficient_balance_reaches_the_client_with_its_figures(
     assert (info.reason, info.domain) == ("INSUFFICIENT_BALANCE", DOMAIN)
     assert info.metadata["error"] == "InsufficientBalance"
     assert info.metadata["ledger"] == env.a.name and info.metadata["retryable"] == "false"
-    assert (info.metadata["figure.balance"], info.metadata["figure.needed"]) == ("3", "5")
+    assert (info.metadata["figure_balance"], info.metadata["figure_needed"]) == ("3", "5")
     # The coordinator's client rebuilds the typed refusal from the details alone.
     back = translate(exc, "relayer of a")
     assert isinstance(back, LedgerRejected) and back.reason is ErrorReason.INSUFFICIENT_BALANCE

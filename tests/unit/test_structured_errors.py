@@ -255,9 +255,9 @@ def test_forged_or_garbled_details_are_an_unknown_reason(trailer: bytes | None) 
 def test_hostile_figures_and_long_strings_are_bounded() -> None:
     meta = {
         "error": "TooEarly",
-        "figure.notBefore": "-5",
-        "figure.available": "9" * 200,
-        "figure.requested": "12",
+        "figure_notBefore": "-5",
+        "figure_available": "9" * 200,
+        "figure_requested": "12",
         "detail": "x" * 10_000,
     }
     call = _Call(grpc.StatusCode.FAILED_PRECONDITION, "m", _status(_info("TOO_EARLY", **meta)))
