@@ -65,9 +65,19 @@ class NotFound(BridgeError):
 
 
 class PreconditionFailed(BridgeError):
-    """The request is well-formed but the system's state forbids it (FAILED_PRECONDITION)."""
+    """The request is well-formed but the system's state forbids it (FAILED_PRECONDITION).
+
+    ``reason``, when set, is the ledger refusal the state predicts (e.g. the coordinator's
+    pre-check seeing the sender frozen reports ``HolderFrozen``); clients receive it as the
+    ErrorInfo reason. ``ledger`` names the ledger concerned, when known.
+    """
 
     kind = BridgeReason.PRECONDITION_FAILED
+
+    def __init__(self, message: str, reason: ErrorReason | None = None, ledger: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.ledger = ledger
 
 
 class StaleVersion(PreconditionFailed):

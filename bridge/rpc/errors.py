@@ -93,7 +93,7 @@ def reason_of(exc: BridgeError) -> ErrorReason | BridgeReason:
     """The closed-set reason ``exc`` reports: its ledger reason if any, else its class's."""
     if isinstance(exc, LedgerRejected):
         return exc.reason
-    if isinstance(exc, InvalidCertificate) and exc.reason is not None:
+    if isinstance(exc, InvalidCertificate | PreconditionFailed) and exc.reason is not None:
         return exc.reason
     return exc.kind
 

@@ -324,3 +324,11 @@ async def test_a_one_ledger_servicer_names_its_ledger_in_the_details() -> None:
         "fabric-a",
         "holder=0x01",
     )
+
+
+def test_a_precheck_refusal_carries_the_ledger_reason_it_predicts() -> None:
+    sent = PreconditionFailed("sender is frozen on evm-a", ErrorReason.HOLDER_FROZEN, "evm-a")
+    status = status_details(sent)
+    call = _Call(status_for(sent), status.message, status.SerializeToString())
+    got = received_error(call.trailing_metadata())  # type: ignore[arg-type]
+    assert (got.reason, got.ledger, got.retryable) == (ErrorReason.HOLDER_FROZEN, "evm-a", False)
