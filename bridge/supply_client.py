@@ -23,19 +23,20 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from bridge.config import NetworkConfig
 from bridge.domain.committee import Committee
-from bridge.domain.errors import InvalidCertificate
+from bridge.domain.errors import BridgeReason, InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.rotation import CertifiedRotation, chain_committees
 from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
+from bridge.rpc.errors import received_error
 from bridge.rpc.rotation_convert import certified_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
@@ -491,7 +492,8 @@ class SupplyOperator:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                if "version" not in (exc.details() or ""):
+                got = received_error(cast(Any, exc).trailing_metadata())
+                if got.reason is not BridgeReason.STALE_VERSION:
                     raise
         raise RuntimeError(f"could not register an adjustment of {security}: too much contention")
 

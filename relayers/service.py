@@ -67,6 +67,11 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         self._attempts = submit_attempts
         self._log = get_logger(**{LEDGER: adapter.ledger.name})
 
+    @property
+    def error_ledger(self) -> str:
+        """The ledger named in the ErrorInfo of this service's ledger refusals (ADR 0015)."""
+        return str(self._adapter.ledger)
+
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         self._log.warning(

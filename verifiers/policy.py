@@ -36,7 +36,7 @@ epoch a member belongs to, the claim it may sign for a transfer is fixed by the 
 from __future__ import annotations
 
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import PreconditionFailed
+from bridge.domain.errors import BridgeReason, PreconditionFailed
 from bridge.domain.instructions import is_instructed
 from bridge.domain.legs import LegState, LegStatus
 
@@ -53,6 +53,8 @@ __all__ = [
 
 class ClaimRefused(PreconditionFailed):
     """The ledgers do not (yet) support the requested claim."""
+
+    kind = BridgeReason.CLAIM_REFUSED
 
 
 def _matches(status: LegStatus, terms_hash: bytes, leg: str) -> None:

@@ -27,6 +27,7 @@ from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
 from bridge.keys.reference import PlainKeyFile
 from bridge.rpc.channels import sync_channel
+from bridge.rpc.errors import describe_rpc_error
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 STATE_NAMES = {
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return runners[args.group](args)
         except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
             return 1
         except (ValueError, BridgeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(stub, args)
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
         return 1
     except (ValueError, BridgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

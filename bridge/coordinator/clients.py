@@ -7,11 +7,12 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from bridge.coordinator.records import Misbehaviour
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import (
     Committee,
@@ -22,6 +23,7 @@ from bridge.domain.committee import (
 )
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     InvalidCertificate,
     InvalidInput,
     LedgerRejected,
@@ -40,6 +42,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.rpc.errors import received_error
 from bridge.rpc.flow_convert import flow_status_from_pb
 from bridge.rpc.halt_convert import halt_from_pb, signed_order_to_pb
 from bridge.rpc.rotation_convert import proposal_to_pb, window_from_pb
@@ -62,14 +65,24 @@ _TRANSIENT = (
 )
 
 
-def translate(exc: grpc.aio.AioRpcError, who: str) -> BridgeError:
-    """Turn a gRPC failure from ``who`` into a domain error."""
+def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeError:
+    """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
+
+    The ledger's refusal is rebuilt from the status's ``ErrorInfo`` details alone (reason,
+    figures, ledger), never from the message; the message is kept only as text to show.
+    Transport codes are Unavailable whatever the details say.
+    """
     code, msg = exc.code(), exc.details() or ""
     if code in _TRANSIENT:
         return Unavailable(f"{who} unreachable ({code.name.lower()}): {msg}")
+    got = received_error(cast(Any, exc.trailing_metadata()))
+    if isinstance(got.reason, ErrorReason) and code == grpc.StatusCode.FAILED_PRECONDITION:
+        return LedgerRejected(got.reason, got.detail, got.figures, got.ledger or ledger)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        name, _, detail = msg.partition(":")
-        return LedgerRejected(name.strip(), detail.strip())
+        if got.reason is BridgeReason.UNKNOWN:
+            # SECURITY: a refusal without valid details is never taken as a known reason.
+            return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, f"{who}: {msg}", ledger=ledger)
+        return PreconditionFailed(f"{who}: {msg}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(f"{who}: {msg}")
     if code == grpc.StatusCode.NOT_FOUND:
@@ -103,7 +116,7 @@ class RelayerGateway:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return leg_status_from_pb(m)
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
@@ -114,7 +127,7 @@ class RelayerGateway:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return HolderStatus(
             m.security_registered,
             int(m.balance or "0"),
@@ -132,7 +145,7 @@ class RelayerGateway:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         reading = reading_from_pb(m)
         if reading.ledger != self.ledger:
             raise Unavailable(f"relayer of {self.ledger} answered for ledger {reading.ledger}")
@@ -147,7 +160,7 @@ class RelayerGateway:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         status = flow_status_from_pb(m)
         if status.ledger != self.ledger:
             raise Unavailable(f"relayer of {self.ledger} answered for ledger {status.ledger}")
@@ -171,7 +184,7 @@ class RelayerGateway:
         try:
             m = await self._stub.Submit(req, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
 
     # ---- depository halt
@@ -184,7 +197,7 @@ class RelayerGateway:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         if m.ledger_id != self.ledger:
             raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
         return halt_from_pb(m)
@@ -194,7 +207,7 @@ class RelayerGateway:
         try:
             m = await self._stub.ApplyOrder(signed_order_to_pb(signed), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
 
     # ---- committee rotation (ADR 0009)
@@ -205,7 +218,7 @@ class RelayerGateway:
                 relayer_pb2.GetCommitteesRequest(), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         try:
             windows = tuple(window_from_pb(w) for w in m.epochs)
         except InvalidInput as exc:
@@ -222,7 +235,7 @@ class RelayerGateway:
         try:
             m = await self._stub.InstallCommittee(req, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"relayer of {self.ledger}") from exc
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
 
     async def close(self) -> None:

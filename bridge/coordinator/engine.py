@@ -45,7 +45,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from bridge.domain.flow import FlowStatus, WaitReason, detail_argument
+from bridge.domain.flow import FlowStatus, WaitReason
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction, is_instructed
 from bridge.domain.legs import (
@@ -75,7 +75,7 @@ _STEP_NAMES = {
 
 
 # Contract refusals that prove the lock did not and cannot happen for these terms.
-DEFINITIVE_LOCK_REFUSALS: frozenset[str] = frozenset(
+DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
     {
         ErrorReason.INSUFFICIENT_BALANCE,
         ErrorReason.MISSING_INSTRUCTION,
@@ -351,26 +351,44 @@ class Coordinator:
             )
         except LedgerRejected as exc:
             raise PreconditionFailed(str(exc)) from exc
+        src_name, dst_name = request.source_ledger, request.target_ledger
+        # The ledger refusal each failed check predicts travels as the ErrorInfo reason.
         if not sender.security_registered:
             raise PreconditionFailed(
-                f"security {request.security} is not issued on ledger {request.source_ledger}"
+                f"security {request.security} is not issued on ledger {src_name}",
+                ErrorReason.UNKNOWN_SECURITY,
+                src_name,
             )
         if not target.security_registered:
             raise PreconditionFailed(
-                f"security {request.security} is not issued on ledger {request.target_ledger}"
+                f"security {request.security} is not issued on ledger {dst_name}",
+                ErrorReason.UNKNOWN_SECURITY,
+                dst_name,
             )
         if sender.paused:
-            raise PreconditionFailed(f"{request.security} is paused on {request.source_ledger}")
+            raise PreconditionFailed(
+                f"{request.security} is paused on {src_name}", ErrorReason.TOKEN_PAUSED, src_name
+            )
         if target.paused:
-            raise PreconditionFailed(f"{request.security} is paused on {request.target_ledger}")
+            raise PreconditionFailed(
+                f"{request.security} is paused on {dst_name}", ErrorReason.TOKEN_PAUSED, dst_name
+            )
         if sender.frozen:
-            raise PreconditionFailed(f"sender is frozen on {request.source_ledger}")
+            raise PreconditionFailed(
+                f"sender is frozen on {src_name}", ErrorReason.HOLDER_FROZEN, src_name
+            )
         if not sender.eligible:
-            raise PreconditionFailed(f"sender is not an eligible holder on {request.source_ledger}")
+            raise PreconditionFailed(
+                f"sender is not an eligible holder on {src_name}",
+                ErrorReason.HOLDER_NOT_ELIGIBLE,
+                src_name,
+            )
         if sender.balance < request.amount:
             raise PreconditionFailed(
                 f"insufficient balance: sender holds {sender.balance},"
-                f" transfer needs {request.amount}"
+                f" transfer needs {request.amount}",
+                ErrorReason.INSUFFICIENT_BALANCE,
+                src_name,
             )
 
     # ---- flow limits (ADR 0010)
@@ -478,7 +496,7 @@ class Coordinator:
     async def _note_flow_wait(self, tid: bytes, exc: BaseException) -> None:
         """Make a ledger's large-transfer delay readable: wait reason and not-before."""
         if isinstance(exc, LedgerRejected) and exc.reason == ErrorReason.TOO_EARLY:
-            at = detail_argument(exc.detail, "notBefore")
+            at = exc.not_before  # the ledger's typed figure (ADR 0015), never message text
             await self._store.set_wait(tid, WaitReason.LARGE_TRANSFER_DELAY, float(at or 0))
 
     async def lane_flows(self, security: str) -> list[LaneFlow]:

@@ -37,6 +37,7 @@ from bridge.coordinator.store import SqliteTransaction
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     Conflict,
     InvalidInput,
     LedgerRejected,
@@ -60,6 +61,8 @@ __all__ = ["HaltBook", "Halted", "OrderRecord", "OrderState", "SqliteHaltStore"]
 class Halted(PreconditionFailed):
     """A step waits because the depository halted the security on a ledger
     (FAILED_PRECONDITION at an API; a driver keeps the transfer waiting)."""
+
+    kind = BridgeReason.HALTED
 
     def __init__(self, ledger: str, security: str, what: str) -> None:
         super().__init__(f"HALTED: {security} is halted on {ledger} by the depository; {what}")

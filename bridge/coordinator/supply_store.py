@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.coordinator.store import SqliteTransaction
-from bridge.domain.errors import NotFound, PreconditionFailed
+from bridge.domain.errors import NotFound, PreconditionFailed, StaleVersion
 from bridge.domain.issuance import HoldRelease, Registration
 from bridge.domain.supply import (
     Assessment,
@@ -224,7 +224,7 @@ class SqliteSupplyStore:
                 return False
             in_force = current.registration.version if current else 0
             if reg.version != in_force + 1:
-                raise PreconditionFailed(
+                raise StaleVersion(
                     f"registration version {in_force} of {reg.security} is in force;"
                     f" the next must be version {in_force + 1}, not {reg.version}"
                 )

@@ -1,32 +1,101 @@
-"""Domain errors; the gRPC boundary maps each to one status code."""
+"""Domain errors; the gRPC boundary maps each to one status code and one reason.
+
+Every error carries a reason from a closed set: a ledger's refusal carries the endpoint's
+:class:`~bridge.core.reasons.ErrorReason` and the refusal's arguments as typed figures; any
+other error carries a :class:`BridgeReason`. Nothing downstream reads a name or a figure out
+of a message (ADR 0015).
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
 from bridge.core.reasons import ErrorReason
+
+Figure = int | str
+"""A refusal argument: an integer (amount, time, epoch, index) or a 0x-hex word/address."""
+
+
+class BridgeReason(enum.StrEnum):
+    """Reasons the bridge itself reports, beside the ledgers' :class:`ErrorReason`.
+
+    Values are UPPER_SNAKE_CASE as ``google.rpc.ErrorInfo.reason`` requires; no value equals
+    an :class:`ErrorReason` member name (a unit test enforces it).
+    """
+
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    PRECONDITION_FAILED = "PRECONDITION_FAILED"
+    CERTIFICATE_REFUSED = "CERTIFICATE_REFUSED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    HALTED = "HALTED"
+    FLOW_LIMIT_QUEUED = "FLOW_LIMIT_QUEUED"
+    CLAIM_REFUSED = "CLAIM_REFUSED"
+    STALE_VERSION = "STALE_VERSION"
+    INTERNAL = "INTERNAL"
+    UNKNOWN = "UNKNOWN"
+    """A peer reported a reason outside both closed sets, or garbled details."""
 
 
 class BridgeError(Exception):
-    """Base class of every error the bridge reports to a caller."""
+    """Base class of every error the bridge reports to a caller.
+
+    ``kind`` is the bridge-level reason the class reports when it carries no ledger reason.
+    """
+
+    kind: ClassVar[BridgeReason] = BridgeReason.INTERNAL
 
 
 class InvalidInput(BridgeError):
     """The request is malformed (maps to INVALID_ARGUMENT)."""
 
+    kind = BridgeReason.INVALID_REQUEST
+
 
 class NotFound(BridgeError):
     """A named security, ledger or transfer does not exist (maps to NOT_FOUND)."""
 
+    kind = BridgeReason.NOT_FOUND
+
 
 class PreconditionFailed(BridgeError):
-    """The request is well-formed but the system's state forbids it (FAILED_PRECONDITION)."""
+    """The request is well-formed but the system's state forbids it (FAILED_PRECONDITION).
+
+    ``reason``, when set, is the ledger refusal the state predicts (e.g. the coordinator's
+    pre-check seeing the sender frozen reports ``HolderFrozen``); clients receive it as the
+    ErrorInfo reason. ``ledger`` names the ledger concerned, when known.
+    """
+
+    kind = BridgeReason.PRECONDITION_FAILED
+
+    def __init__(self, message: str, reason: ErrorReason | None = None, ledger: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.ledger = ledger
+
+
+class StaleVersion(PreconditionFailed):
+    """A versioned write named a version other than the next one (read again and retry)."""
+
+    kind = BridgeReason.STALE_VERSION
 
 
 class Conflict(BridgeError):
     """The request conflicts with an earlier one, e.g. a reused idempotency key (ALREADY_EXISTS)."""
 
+    kind = BridgeReason.CONFLICT
+
 
 class Unavailable(BridgeError):
     """A dependency (ledger, relayer, verifier) cannot be reached right now (UNAVAILABLE)."""
+
+    kind = BridgeReason.UNAVAILABLE
 
 
 class InvalidCertificate(BridgeError):
@@ -36,19 +105,52 @@ class InvalidCertificate(BridgeError):
     refuse it with, when known.
     """
 
+    kind = BridgeReason.CERTIFICATE_REFUSED
+
     def __init__(self, message: str, reason: ErrorReason | None = None) -> None:
         super().__init__(message)
         self.reason = reason
 
 
 class LedgerRejected(BridgeError):
-    """The ledger's contract refused a step; ``reason`` names the contract's error.
+    """The ledger's contract refused a step; ``reason`` is the contract's error.
 
     Always a decision of the ledger given its current state, never a transport fault
-    (those raise Unavailable).
+    (those raise Unavailable). ``figures`` holds the refusal's arguments by their ABI / chaincode
+    names (e.g. ``notBefore``, ``available``, ``requested``) as typed values, read from the
+    revert data or the chaincode's JSON payload, never from a message. It is read-only.
+    ``ledger`` names the refusing ledger when the raiser knows it.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}{': ' + detail if detail else ''}")
+    def __init__(
+        self,
+        reason: ErrorReason,
+        detail: str = "",
+        figures: Mapping[str, Figure] | None = None,
+        ledger: str = "",
+    ) -> None:
+        super().__init__(f"{reason.value}{': ' + detail if detail else ''}")
         self.reason = reason
         self.detail = detail
+        self.ledger = ledger
+        self.figures: Mapping[str, Figure] = MappingProxyType(dict(figures or {}))
+
+    def figure(self, name: str) -> int | None:
+        """The integer argument ``name`` of the refusal, or None if absent or not an integer."""
+        value = self.figures.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def not_before(self) -> int | None:
+        """``TooEarly``'s ``notBefore`` (unix seconds), when the ledger reported it."""
+        return self.figure("notBefore")
+
+    @property
+    def available(self) -> int | None:
+        """``FlowLimitExceeded``'s ``available`` units, when the ledger reported it."""
+        return self.figure("available")
+
+    @property
+    def requested(self) -> int | None:
+        """``FlowLimitExceeded``'s ``requested`` units, when the ledger reported it."""
+        return self.figure("requested")

@@ -30,21 +30,6 @@ class WaitReason(enum.IntEnum):
     LARGE_TRANSFER_DELAY = 4
 
 
-def detail_argument(detail: str, name: str) -> int | None:
-    """The integer argument ``name`` of a ledger refusal's detail, or None.
-
-    Both ledger kinds write a refusal's arguments as ``name=value, ...`` (the EVM adapter's
-    decoded custom-error arguments; the chaincode's detail in the same form), e.g. TooEarly's
-    ``notBefore=1700000000, nowTs=1699999000``. Only the error NAME decides anything; this
-    reads a figure to show (e.g. a transfer's not-before).
-    """
-    for part in detail.split(","):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name and value.isdigit():
-            return int(value)
-    return None
-
-
 class FlowDirection(enum.Enum):
     """Which bucket of a lane: units leaving this ledger, or arriving on it."""
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from bridge.domain.errors import BridgeError
+from bridge.domain.errors import BridgeError, BridgeReason
 from bridge.rpc.audit import AuditLog, AuditRecord, now
 from bridge.rpc.authn import Authenticator, Unauthenticated, describe
+from bridge.rpc.errors import abort_reason
 from bridge.rpc.roles import Principal
 from bridge.rpc.rules import DEVELOPMENT, RULES, Rule, TransferLedgers, role_allowed
 
@@ -57,6 +58,14 @@ def _transfer_id_of(request: Any) -> str:
     if isinstance(tid, str):
         return tid[:80]
     return ""
+
+
+_AUTHZ_REASONS: dict[grpc.StatusCode, BridgeReason] = {
+    grpc.StatusCode.UNAUTHENTICATED: BridgeReason.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: BridgeReason.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED: BridgeReason.INVALID_REQUEST,
+}
+"""The ErrorInfo reason of each status the interceptor refuses a call with."""
 
 
 class _Denied(Exception):
@@ -151,7 +160,7 @@ class AuthorisationInterceptor(_InterceptorBase):
                     raise _Denied(grpc.StatusCode.PERMISSION_DENIED, why)
         except _Denied as denied:
             self._write(principal, context, method, request, False, denied.reason)
-            await context.abort(denied.code, denied.reason)
+            await abort_reason(context, denied.code, _AUTHZ_REASONS[denied.code], denied.reason)
             raise AssertionError("unreachable") from None  # abort raises
         self._write(principal, context, method, request, True, "")
         return principal
@@ -168,7 +177,9 @@ class AuthorisationInterceptor(_InterceptorBase):
             reason = str(exc) if isinstance(exc, Unauthenticated) else type(exc).__name__
             reason = f"stream ended: {reason}"
             self._write(self._unauthenticated(context), context, method, request, False, reason)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+            await abort_reason(
+                context, grpc.StatusCode.UNAUTHENTICATED, BridgeReason.UNAUTHENTICATED, reason
+            )
 
     async def _stream(
         self,

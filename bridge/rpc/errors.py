@@ -1,16 +1,35 @@
-"""Map domain errors to precise gRPC status codes at the server boundary."""
+"""Map domain errors to gRPC statuses with machine-readable details, and back (ADR 0015).
+
+Server side: every :class:`BridgeError` becomes a status whose code follows
+:data:`STATUS_OF` and whose ``grpc-status-details-bin`` trailer is a ``google.rpc.Status``
+holding one ``google.rpc.ErrorInfo`` (``reason``: an ``ErrorReason`` member name or a
+``BridgeReason``; ``domain``: :data:`DOMAIN`; ``metadata``: ``retryable``, ``ledger``,
+``error`` (the contract's error name), ``detail`` and the refusal's figures) and, where a
+wait is known, a ``google.rpc.RetryInfo``.
+
+Client side: :func:`error_from_rpc` turns a failed call back into the typed error from those
+details alone; a missing, garbled or foreign payload yields ``UNKNOWN`` (never trusted,
+never a crash).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     Conflict,
+    Figure,
     InvalidCertificate,
     InvalidInput,
     LedgerRejected,
@@ -43,6 +62,187 @@ def status_for(exc: BridgeError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+DOMAIN = "kstb.bridge"
+"""``ErrorInfo.domain`` of every error the bridge reports."""
+DETAILS_KEY = "grpc-status-details-bin"
+_MAX_META = 512
+"""Longest metadata value sent or accepted (a peer cannot make us hold a huge string)."""
+
+RETRYABLE_REASONS: frozenset[ErrorReason | BridgeReason] = frozenset(
+    {
+        ErrorReason.TOO_EARLY,
+        ErrorReason.FLOW_LIMIT_EXCEEDED,
+        ErrorReason.SECURITY_HALTED,
+        ErrorReason.TOKEN_PAUSED,
+        ErrorReason.WRONG_EPOCH,
+        ErrorReason.EPOCH_NOT_ACTIVE,
+        ErrorReason.TRANSACTION_TIME_SKEWED,
+        ErrorReason.CHAINCODE_INTERNAL,
+        ErrorReason.UNKNOWN_REFUSAL,
+        BridgeReason.UNAVAILABLE,
+        BridgeReason.HALTED,
+        BridgeReason.FLOW_LIMIT_QUEUED,
+        BridgeReason.INTERNAL,
+        BridgeReason.UNKNOWN,
+    }
+)
+"""Reasons after which the same request may succeed later unchanged (``retryable=true``)."""
+
+
+def reason_of(exc: BridgeError) -> ErrorReason | BridgeReason:
+    """The closed-set reason ``exc`` reports: its ledger reason if any, else its class's."""
+    if isinstance(exc, LedgerRejected):
+        return exc.reason
+    if isinstance(exc, InvalidCertificate | PreconditionFailed) and exc.reason is not None:
+        return exc.reason
+    return exc.kind
+
+
+def wire_reason(reason: ErrorReason | BridgeReason) -> str:
+    """``ErrorInfo.reason`` for ``reason``: the member's UPPER_SNAKE_CASE name."""
+    return reason.name if isinstance(reason, ErrorReason) else reason.value
+
+
+def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Status:
+    """The ``google.rpc.Status`` (code, message, ErrorInfo, RetryInfo) for ``exc``."""
+    reason = reason_of(exc)
+    meta: dict[str, str] = {"retryable": "true" if reason in RETRYABLE_REASONS else "false"}
+    if isinstance(reason, ErrorReason):
+        meta["error"] = reason.value
+    ledger = getattr(exc, "ledger", "")
+    if isinstance(ledger, str) and ledger:
+        meta["ledger"] = ledger[:_MAX_META]
+    if isinstance(exc, LedgerRejected):
+        if exc.detail:
+            meta["detail"] = exc.detail[:_MAX_META]
+        for name, value in exc.figures.items():
+            meta[f"figure_{name}"] = str(value)
+    info = error_details_pb2.ErrorInfo(reason=wire_reason(reason), domain=DOMAIN, metadata=meta)
+    details = [info]
+    retry: error_details_pb2.RetryInfo | None = None
+    if isinstance(exc, LedgerRejected) and exc.not_before is not None:
+        wait = max(0, exc.not_before - int(now if now is not None else time.time()))
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=wait))
+    packed = []
+    for d in [*details, *([retry] if retry is not None else [])]:
+        item = any_pb2.Any()
+        item.Pack(d)
+        packed.append(item)
+    code = status_for(exc)
+    return status_pb2.Status(code=code.value[0], message=str(exc), details=packed)
+
+
+async def abort_reason(
+    context: Context, code: grpc.StatusCode, reason: BridgeReason, message: str
+) -> None:
+    """Abort with ``code`` and an ErrorInfo of a bridge-level ``reason`` (e.g. the
+    authorisation interceptor's PERMISSION_DENIED / UNAUTHENTICATED)."""
+    meta = {"retryable": "true" if reason in RETRYABLE_REASONS else "false"}
+    item = any_pb2.Any()
+    item.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=DOMAIN, metadata=meta))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[item])
+    context.set_trailing_metadata(((DETAILS_KEY, status.SerializeToString()),))
+    await context.abort(code, message)
+
+
+async def abort_with(context: Context, exc: BridgeError) -> None:
+    """Abort the call with ``exc``'s status code, message and details trailer."""
+    status = status_details(exc)
+    context.set_trailing_metadata(((DETAILS_KEY, status.SerializeToString()),))
+    await context.abort(status_for(exc), status.message)
+
+
+@dataclass(frozen=True)
+class ReceivedError:
+    """What a peer's status details say, validated: the reason is always in a closed set.
+
+    ``reason`` is ``BridgeReason.UNKNOWN`` when the details are absent, undecodable, from
+    another domain or name a reason outside both sets.
+    """
+
+    reason: ErrorReason | BridgeReason
+    retryable: bool
+    ledger: str
+    detail: str
+    figures: Mapping[str, Figure]
+    retry_after_s: int | None
+
+
+_BY_NAME: dict[str, ErrorReason | BridgeReason] = {
+    **{r.name: r for r in ErrorReason},
+    **{r.value: r for r in BridgeReason},
+}
+_UNKNOWN = ReceivedError(BridgeReason.UNKNOWN, False, "", "", {}, None)
+
+
+def _meta_text(value: str) -> str:
+    return value[:_MAX_META]
+
+
+def received_error(trailing: Iterable[tuple[str, str | bytes]] | None) -> ReceivedError:
+    """Decode and validate the ``google.rpc.Status`` details a peer sent; never raises.
+
+    SECURITY: a peer's details are data, not authority: the reason is looked up in the closed
+    sets (anything else is UNKNOWN), the contract error name must agree with it, figures are
+    kept only when they are decimal integers, and every string is bounded.
+    """
+    raw = next((v for k, v in (trailing or ()) if k == DETAILS_KEY and isinstance(v, bytes)), None)
+    if raw is None:
+        return _UNKNOWN
+    try:
+        status = status_pb2.Status.FromString(raw)
+        infos = []
+        retry_after: int | None = None
+        for item in status.details:
+            if item.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                item.Unpack(info)
+                infos.append(info)
+            elif item.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                item.Unpack(retry)
+                retry_after = max(0, int(retry.retry_delay.seconds))
+    except Exception:
+        return _UNKNOWN
+    if len(infos) != 1 or infos[0].domain != DOMAIN:
+        return _UNKNOWN
+    info = infos[0]
+    reason = _BY_NAME.get(info.reason)
+    meta = dict(info.metadata)
+    if reason is None:
+        return _UNKNOWN
+    if isinstance(reason, ErrorReason) and meta.get("error") != reason.value:
+        return _UNKNOWN
+    figures: dict[str, Figure] = {}
+    for key, value in meta.items():
+        name = key.removeprefix("figure_")
+        if name != key and value.isdecimal() and len(value) <= 80:
+            figures[name[:64]] = int(value)
+    return ReceivedError(
+        reason=reason,
+        retryable=meta.get("retryable") == "true",
+        ledger=_meta_text(meta.get("ledger", "")),
+        detail=_meta_text(meta.get("detail", "")),
+        figures=figures,
+        retry_after_s=retry_after,
+    )
+
+
+def describe_rpc_error(exc: grpc.RpcError) -> str:
+    """``CODE [REASON]: message`` for a failed call, the reason from its validated details."""
+    call = cast(Any, exc)
+    got = received_error(call.trailing_metadata())
+    return f"{call.code().name} [{wire_reason(got.reason)}]: {call.details()}"
+
+
+def _name_ledger(servicer: Any, exc: BridgeError) -> None:
+    """Fill a ledger refusal's ``ledger`` from a servicer that serves one ledger
+    (``error_ledger``), when the adapter that raised it did not name one."""
+    ledger = getattr(servicer, "error_ledger", "")
+    if isinstance(exc, LedgerRejected) and not exc.ledger and isinstance(ledger, str):
+        exc.ledger = ledger
+
+
 def grpc_errors(method: F) -> F:
     """Decorate a servicer method: domain errors become statuses, anything else INTERNAL.
 
@@ -55,7 +255,8 @@ def grpc_errors(method: F) -> F:
         try:
             return await method(self, request, context)
         except BridgeError as exc:
-            await context.abort(status_for(exc), str(exc))
+            _name_ledger(self, exc)
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -77,7 +278,8 @@ def grpc_stream_errors(method: S) -> S:
             async for item in method(self, request, context):
                 yield item
         except BridgeError as exc:
-            await context.abort(status_for(exc), str(exc))
+            _name_ledger(self, exc)
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

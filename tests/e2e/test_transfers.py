@@ -14,10 +14,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from bridge.core.reasons import ErrorReason
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.ledgers.evm import deploy
+from bridge.rpc.errors import received_error
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 from tests.e2e.conftest import demo_terms, eligible_everywhere
 from tests.support import eventually_sync
@@ -200,12 +202,21 @@ def test_ledger_prechecks_refuse_before_anything_is_recorded(
         stub.SubmitTransfer(request(holder.address, holder.address, 101), timeout=10)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "insufficient balance" in exc.value.details()
+    # The brokerage gets the machine-readable reason and figures ledger too (ADR 0015).
+    got = received_error(exc.value.trailing_metadata())  # type: ignore[attr-defined]
+    assert (got.reason, got.ledger, got.retryable) == (
+        ErrorReason.INSUFFICIENT_BALANCE,
+        A,
+        False,
+    )
     deploy.set_frozen(a.w3, a.admin.private_key, token, holder.address, True)
     try:
         with pytest.raises(grpc.RpcError) as exc:
             stub.SubmitTransfer(request(holder.address, holder.address, 1), timeout=10)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "frozen" in exc.value.details()
+        frozen = received_error(exc.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert frozen.reason is ErrorReason.HOLDER_FROZEN
     finally:
         deploy.set_frozen(a.w3, a.admin.private_key, token, holder.address, False)
     b = system.ledgers[B]
@@ -215,6 +226,8 @@ def test_ledger_prechecks_refuse_before_anything_is_recorded(
             stub.SubmitTransfer(request(holder.address, holder.address, 1), timeout=10)
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "paused on brokerage-b" in exc.value.details()
+        paused = received_error(exc.value.trailing_metadata())  # type: ignore[attr-defined]
+        assert (paused.reason, paused.ledger) == (ErrorReason.TOKEN_PAUSED, B)
     finally:
         deploy.set_paused(b.w3, b.admin.private_key, b.tokens[DEMO_ISIN], False)
     assert count_transfers(stub) == before

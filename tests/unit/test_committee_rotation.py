@@ -181,7 +181,11 @@ def test_a_skewed_endorser_clock_is_transient() -> None:
     from bridge.domain.errors import LedgerRejected, Unavailable
     from bridge.ledgers.fabric.gateway import chaincode_failure
 
-    skewed = chaincode_failure("chaincode response 500, TransactionTimeSkewed: txTime=1")
+    def cc(name: str, detail: str) -> str:
+        body = json.dumps({"reason": name, "detail": detail, "figures": {}})
+        return f"chaincode response 500, {name}: {body}"
+
+    skewed = chaincode_failure(cc("TransactionTimeSkewed", "txTime=1"))
     assert isinstance(skewed, Unavailable) and not isinstance(skewed, LedgerRejected)
-    refused = chaincode_failure("chaincode response 500, EpochNotActive: epoch=2")
+    refused = chaincode_failure(cc("EpochNotActive", "epoch=2"))
     assert isinstance(refused, LedgerRejected) and refused.reason == "EpochNotActive"

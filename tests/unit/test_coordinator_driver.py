@@ -17,6 +17,7 @@ from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import terms_for
 from bridge.coordinator.store import SqliteTransferStore
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict, InvalidInput, LedgerRejected
 from bridge.domain.flow import Bucket, FlowStatus
@@ -79,11 +80,15 @@ class FakeRelayer:
     def _take(self, action: Action, amount: int) -> None:
         if action is Action.LOCK and self.outbound_capacity:
             if amount > self.outbound_available:
-                raise LedgerRejected("FlowLimitExceeded", f"available={self.outbound_available}")
+                raise LedgerRejected(
+                    ErrorReason.FLOW_LIMIT_EXCEEDED, f"available={self.outbound_available}"
+                )
             self.outbound_available -= amount
         if action is Action.PREPARE and self.inbound_capacity:
             if amount > self.inbound_available:
-                raise LedgerRejected("FlowLimitExceeded", f"available={self.inbound_available}")
+                raise LedgerRejected(
+                    ErrorReason.FLOW_LIMIT_EXCEEDED, f"available={self.inbound_available}"
+                )
             self.inbound_available -= amount
 
     async def get_leg(self, tid: bytes, leg: Leg) -> LegStatus:
@@ -232,7 +237,7 @@ async def test_happy_path_commits(coordinator) -> None:
 
 async def test_transfer_id_held_by_other_terms_fails_without_moving_anything(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("TransferExists", "front-run")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.TRANSFER_EXISTS, "front-run")
     relayers["a"].squat = True
     record, _ = await submit(c, request())
     assert await final(store, record.transfer_id) is TransferState.FAILED
@@ -244,7 +249,7 @@ async def test_transfer_id_held_by_other_terms_fails_without_moving_anything(coo
 
 async def test_definitive_refusal_is_rechecked_against_the_ledger(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("DeadlinePassed", "deadline=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.DEADLINE_PASSED, "deadline=1")
     relayers["a"].land_lock_anyway = True
     record, _ = await submit(c, request("k2"))
 
@@ -260,7 +265,7 @@ async def test_definitive_refusal_is_rechecked_against_the_ledger(coordinator) -
 
 async def test_definitive_refusal_with_nothing_locked_fails(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await submit(c, request("k3"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     got = await store.get(record.transfer_id)
@@ -300,7 +305,7 @@ async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinato
     """The lock was refused, then an earlier attempt lands and its event is never seen:
     the supervisor's sweep re-reads the source leg and drives the transfer to an end."""
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await submit(c, request("k4"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
@@ -318,7 +323,7 @@ async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinato
 
 async def test_a_lock_with_other_terms_after_failed_is_not_adopted(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await submit(c, request("k5"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].legs[(record.transfer_id, Leg.OUTBOUND)] = LegStatus(

@@ -15,7 +15,7 @@ from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
-from bridge.domain.flow import Bucket, FlowStatus, WaitReason, detail_argument
+from bridge.domain.flow import Bucket, FlowStatus, WaitReason
 from bridge.domain.legs import Action
 from bridge.domain.transfer import TransferState
 from tests.support import eventually
@@ -71,15 +71,6 @@ def test_more_than_a_capacity_can_never_go() -> None:
     assert why is not None and "outbound capacity 100" in why
     why = never_fits(60, status(), status(inn=(50, 50)))
     assert why is not None and "inbound capacity 50" in why
-
-
-def test_detail_argument_reads_a_refusal_figure() -> None:
-    assert detail_argument("notBefore=1700000000, nowTs=1699999000", "notBefore") == 1700000000
-    assert detail_argument("notBefore=x, nowTs=1", "notBefore") is None
-    assert detail_argument("", "notBefore") is None
-
-
-# --------------------------------------------------------------------------- the driver
 
 
 def req(key: str, amount: int) -> TransferRequest:

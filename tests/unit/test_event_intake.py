@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from bridge.coordinator.engine import ADOPTED_LOCK_GRACE_S
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.store import SqliteTransferStore
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.legs import Action, EventPosition, LedgerEvent, Leg, LegState, LegStatus
 from bridge.domain.terms import TransferTerms
@@ -231,7 +232,7 @@ async def test_a_store_written_before_origins_marks_old_adoptions(tmp_path: Path
 
 async def test_a_forged_lock_event_does_not_resume_a_failed_transfer(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await driver_tests.submit(c, request("k-failed"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
@@ -320,7 +321,7 @@ async def test_the_origin_migration_does_not_label_a_squatting_row_adopted(
 async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordinator) -> None:
     """The lock landed after the transfer FAILED and was refunded since: nothing to resume."""
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await driver_tests.submit(c, request("k-released"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     relayers["a"].lock_refusal = None
@@ -343,7 +344,7 @@ async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordin
 
 async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordinator) -> None:
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected("InsufficientBalance", "balance=1")
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
     record, _ = await driver_tests.submit(c, request("k-race"))
     assert await final(store, record.transfer_id) is TransferState.FAILED
     stale = await store.get(record.transfer_id)

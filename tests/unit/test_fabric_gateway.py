@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
@@ -319,14 +320,22 @@ def test_supply_keys_are_those_of_the_security() -> None:
 # -- error mapping ---------------------------------------------------------------------------
 
 
+def _cc(name: str, detail: str, figures: dict[str, int] | None = None) -> str:
+    """The bridge chaincode's error message (``Name: {JSON}``, ADR 0015), as the peer wraps it."""
+    body = json.dumps({"reason": name, "detail": detail, "figures": figures or {}})
+    return f"chaincode response 500, {name}: {body}"
+
+
 def test_chaincode_refusal_parsing() -> None:
-    r = chaincode_refusal("chaincode response 500, InsufficientBalance: holder=0xab, balance=3")
+    r = chaincode_refusal(_cc("InsufficientBalance", "holder=0xab, balance=3"))
     assert r is not None and (r.reason, r.detail) == (
-        "InsufficientBalance",
+        ErrorReason.INSUFFICIENT_BALANCE,
         "holder=0xab, balance=3",
     )
+    early = chaincode_refusal(_cc("TooEarly", "x", {"notBefore": 17, "nowTs": 3}))
+    assert early is not None and early.not_before == 17 and early.figure("nowTs") == 3
     plain = chaincode_refusal("chaincode response 500, no value for x: y")
-    assert plain is not None and plain.reason == "ChaincodeError"
+    assert plain is not None and plain.reason is ErrorReason.UNKNOWN_REFUSAL
     assert chaincode_refusal("chaincode response 200, OK: fine") is None
     assert chaincode_refusal("failed to connect: connection refused") is None
 
@@ -340,9 +349,9 @@ class _FakeRpcError(grpc.aio.AioRpcError):
 
 
 def _status_with_details(*messages: str) -> bytes:
-    from bridge.ledgers.fabric.gateway import _RichStatus
+    from google.rpc import status_pb2
 
-    status = _RichStatus(code=10, message="failed to endorse")
+    status = status_pb2.Status(code=10, message="failed to endorse")
     for m in messages:
         detail = gateway_pb2.ErrorDetail(address="127.0.0.1:7051", msp_id="Org1MSP", message=m)
         item = status.details.add()
@@ -352,7 +361,7 @@ def _status_with_details(*messages: str) -> bytes:
 
 
 def test_endorsement_failure_with_chaincode_error_is_a_rejection() -> None:
-    trailer = _status_with_details("chaincode response 500, TransferExists: transferId=0x01")
+    trailer = _status_with_details(_cc("TransferExists", "transferId=0x01"))
     exc = _FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse transaction", trailer)
     mapped = map_rpc_error(exc, "submit", "peer:1")
     assert isinstance(mapped, LedgerRejected)
@@ -360,7 +369,7 @@ def test_endorsement_failure_with_chaincode_error_is_a_rejection() -> None:
 
 
 def test_internal_chaincode_faults_are_unavailable() -> None:
-    trailer = _status_with_details("chaincode response 500, Internal: Exception: boom")
+    trailer = _status_with_details(_cc("Internal", "Exception: boom"))
     exc = _FakeRpcError(grpc.StatusCode.ABORTED, "failed to endorse transaction", trailer)
     mapped = map_rpc_error(exc, "submit", "peer:1")
     assert isinstance(mapped, Unavailable) and not isinstance(mapped, LedgerRejected)
@@ -469,16 +478,18 @@ class _SplitPeers:
         if function == "GetLeg":
             return b'{"state": 0}'
         if self.own_peer_refuses:
-            raise LedgerRejected("InsufficientBalance", "balance=0")
+            raise LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=0")
         return b"{}"
 
     async def endorse(self, chaincode: str, function: str, args: list[str]) -> object:
         if self.invalidated:
             return object()
-        raise LedgerRejected("InsufficientBalance", "balance=0")
+        raise LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=0")
 
     async def submit_prepared(self, prepared: object) -> object:
-        raise LedgerRejected(self.invalidated, "transaction invalid in block 12")
+        raise LedgerRejected(
+            ErrorReason.TRANSACTION_INVALID, f"transaction invalid in block 12: {self.invalidated}"
+        )
 
 
 def _lock_terms(adapter: FabricAdapter) -> TransferTerms:
@@ -512,7 +523,8 @@ async def test_a_validation_failure_after_ordering_is_not_second_guessed() -> No
     adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
     with pytest.raises(LedgerRejected) as info:
         await adapter.submit(Action.LOCK, _lock_terms(adapter), None)
-    assert info.value.reason == "ENDORSEMENT_POLICY_FAILURE"
+    assert info.value.reason is ErrorReason.TRANSACTION_INVALID
+    assert "ENDORSEMENT_POLICY_FAILURE" in info.value.detail
     assert "Lock" not in client.evaluated, "no simulation: the peers did not disagree"
 
 

@@ -93,7 +93,7 @@ class HaltingRelayer(FakeRelayer):
         if self.halted_word(terms.security) and (
             action in (Action.LOCK, Action.PREPARE) or (action is Action.COMMIT and into)
         ):
-            raise LedgerRejected("SecurityHalted", "halted")
+            raise LedgerRejected(ErrorReason.SECURITY_HALTED, "halted")
         return await super().submit(action, terms, cert, instruction)
 
 

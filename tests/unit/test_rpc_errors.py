@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
     Conflict,
@@ -31,7 +32,7 @@ Code = grpc.StatusCode
         (NotFound("missing"), Code.NOT_FOUND),
         (Conflict("key reused"), Code.ALREADY_EXISTS),
         (PreconditionFailed("not yet"), Code.FAILED_PRECONDITION),
-        (LedgerRejected("BadState", "0x01"), Code.FAILED_PRECONDITION),
+        (LedgerRejected(ErrorReason.BAD_STATE, "0x01"), Code.FAILED_PRECONDITION),
         (InvalidCertificate("bad sig"), Code.PERMISSION_DENIED),
         (Unavailable("down"), Code.UNAVAILABLE),
         (BridgeError("unclassified"), Code.INTERNAL),
@@ -53,10 +54,10 @@ def test_unknown_subclass_of_a_mapped_error_inherits_its_code() -> None:
 
 
 def test_ledger_rejected_message_and_fields() -> None:
-    e = LedgerRejected("TermsMismatch", "0xabc")
+    e = LedgerRejected(ErrorReason.TERMS_MISMATCH, "0xabc")
     assert str(e) == "TermsMismatch: 0xabc"
     assert (e.reason, e.detail) == ("TermsMismatch", "0xabc")
-    assert str(LedgerRejected("ZeroAmount")) == "ZeroAmount"
+    assert str(LedgerRejected(ErrorReason.ZERO_AMOUNT)) == "ZeroAmount"
 
 
 class FakeContext:
@@ -64,6 +65,10 @@ class FakeContext:
 
     def __init__(self) -> None:
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.trailing: tuple[tuple[str, bytes], ...] = ()
+
+    def set_trailing_metadata(self, md: tuple[tuple[str, bytes], ...]) -> None:
+        self.trailing = md
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)

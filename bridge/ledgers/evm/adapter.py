@@ -26,6 +26,7 @@ from web3.exceptions import (
 )
 
 from bridge.config import LedgerConfig
+from bridge.core.reasons import ErrorReason
 from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
@@ -56,7 +57,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
-from bridge.ledgers.evm.revert import decode_revert
+from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
 
 T = TypeVar("T")
@@ -335,7 +336,7 @@ class EvmAdapter:
             res = await self._rpc("supplyOf", lambda: fn.call(block_identifier=at))
         except (ContractCustomError, ContractLogicError) as exc:
             rejection = self._rejection(exc)
-            if rejection.reason == "UnknownSecurity":
+            if rejection.reason is ErrorReason.UNKNOWN_SECURITY:
                 raise NotFound(
                     f"security {security.isin} is not registered on {self.ledger} at {at}"
                 ) from exc
@@ -377,7 +378,9 @@ class EvmAdapter:
             return Leg.OUTBOUND
         if terms.dst_ledger == self.ledger.word and terms.dst_bridge == self.bridge_word:
             return Leg.INBOUND
-        raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self.ledger}")
+        raise LedgerRejected(
+            ErrorReason.WRONG_LEDGER, f"transfer does not involve ledger {self.ledger}"
+        )
 
     async def _pending_count(self) -> int:
         assert self._sender is not None
@@ -400,20 +403,26 @@ class EvmAdapter:
         sending a second one, which would revert once the first is mined and cost gas.
         """
         if self._signer is None:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
         leg = self._leg_here(terms)
         done = STEP_DONE.get((action, leg))
         if done is None:
-            raise LedgerRejected("WrongLeg", f"{action.name} does not apply to the {leg.name} leg")
+            raise LedgerRejected(
+                ErrorReason.WRONG_LEG, f"{action.name} does not apply to the {leg.name} leg"
+            )
         current = await self.get_leg(terms.transfer_id, leg, height=await self._latest())
         if current.state in done:
             if current.terms_hash != terms.terms_hash:
-                raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
+                raise LedgerRejected(
+                    ErrorReason.TERMS_MISMATCH, "the ledger holds other terms for this id"
+                )
             # Applied, perhaps by an earlier attempt: report it only once it is final.
             final = await self._await_leg_final(terms.transfer_id, leg, done)
             return TxOutcome(tx_id="", height=final, already_applied=True)
         if action is not Action.LOCK and certificate is None:
-            raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
+            raise LedgerRejected(
+                ErrorReason.MISSING_CERTIFICATE, f"{action.name} needs a certificate"
+            )
         args: list[Any] = [terms.as_abi_tuple()]
         if action is Action.LOCK:
             args.append(instruction)
@@ -528,9 +537,12 @@ class EvmAdapter:
     def _rejection(self, exc: ContractCustomError | ContractLogicError) -> LedgerRejected:
         data = exc.data
         if isinstance(data, str) and data.startswith("0x"):
-            name, detail = decode_revert(bytes.fromhex(data[2:]))
-            return LedgerRejected(name, detail)
-        return LedgerRejected("Reverted", str(exc))
+            try:
+                raw = bytes.fromhex(data[2:])
+            except ValueError:
+                return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, f"garbled revert data {data!r}")
+            return refusal(raw, str(self.ledger))
+        return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, str(exc), ledger=str(self.ledger))
 
     async def _await_final(self, tx_hash: bytes, limit_s: float = 120.0) -> int:
         """Wait for the receipt, then for its block to be final; return the block height."""
@@ -594,7 +606,7 @@ class EvmAdapter:
         mined first is ``already_applied`` too.
         """
         if self._signer is None:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
         args = self._rotation_args(rotation)
         fn = self._bridge.functions.rotateCommittee(
             *args, (certificate.epoch, b"".join(certificate.signatures))
@@ -664,7 +676,7 @@ class EvmAdapter:
     async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
         """``applyOrder(order, signature)``; idempotent by the endpoint's sequence."""
         if self._signer is None:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator key")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
         f = self._bridge.functions
         latest = await self._latest()
         _, _, sequence = await self._rpc(

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from contextlib import aclosing
 
 from bridge.core import words as core_words
+from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
@@ -42,13 +43,13 @@ from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.gateway import (
+from bridge.ledgers.fabric.blocks import (
     DeliveredEvent,
-    GatewayClient,
     block_header_hash,
     block_validated,
     keys_written_in_block,
 )
+from bridge.ledgers.fabric.gateway import GatewayClient
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
@@ -152,7 +153,7 @@ class FabricAdapter:
         raw = await self._client.evaluate(self._chaincode, "Info", [])
         info = json.loads(raw)
         if not isinstance(info, dict):
-            raise LedgerRejected("MalformedInfo", f"Info answered {raw[:200]!r}")
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Info answered {raw[:200]!r}")
         return {
             str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             for k, v in info.items()
@@ -285,7 +286,7 @@ class FabricAdapter:
             try:
                 raw = await self._client.evaluate(self._chaincode, "Supply", [security.isin])
             except LedgerRejected as exc:
-                if exc.reason == "UnknownSecurity":
+                if exc.reason is ErrorReason.UNKNOWN_SECURITY:
                     raise NotFound(
                         f"security {security.isin} is not registered on {self._ledger}"
                     ) from exc
@@ -372,7 +373,9 @@ class FabricAdapter:
             return Leg.OUTBOUND
         if terms.dst_ledger == self._ledger.word and terms.dst_bridge == self._bridge_word:
             return Leg.INBOUND
-        raise LedgerRejected("WrongLedger", f"transfer does not involve ledger {self._ledger}")
+        raise LedgerRejected(
+            ErrorReason.WRONG_LEDGER, f"transfer does not involve ledger {self._ledger}"
+        )
 
     async def submit(
         self,
@@ -385,23 +388,27 @@ class FabricAdapter:
 
         Idempotent: when the leg already shows the step applied with the same terms hash,
         nothing is sent and ``already_applied`` is set; other terms raise
-        ``LedgerRejected("TermsMismatch")``. A refusal by the chaincode raises LedgerRejected
+        ``LedgerRejected(TERMS_MISMATCH)``. A refusal by the chaincode raises LedgerRejected
         with the chaincode's error name, unless a re-read shows that a concurrent submission
         applied the step meanwhile (then ``already_applied``) or the gateway's own peer would
         accept it (an endorsing peer lags: Unavailable). Transport faults and read conflicts
         raise Unavailable; a retry is safe.
         """
         if not self._operator:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
         leg = self._leg_here(terms)
         done = STEP_DONE.get((action, leg))
         if done is None:
-            raise LedgerRejected("WrongLeg", f"{action.name} does not apply to the {leg.name} leg")
+            raise LedgerRejected(
+                ErrorReason.WRONG_LEG, f"{action.name} does not apply to the {leg.name} leg"
+            )
         applied = await self._already_applied(terms, leg, done)
         if applied is not None:
             return applied
         if action is not Action.LOCK and certificate is None:
-            raise LedgerRejected("MissingCertificate", f"{action.name} needs a certificate")
+            raise LedgerRejected(
+                ErrorReason.MISSING_CERTIFICATE, f"{action.name} needs a certificate"
+            )
         args = [codec.terms_to_json(terms)]
         if action is Action.LOCK:
             args.append("0x" + instruction.hex())
@@ -453,7 +460,9 @@ class FabricAdapter:
         if current.state not in done:
             return None
         if current.terms_hash != terms.terms_hash:
-            raise LedgerRejected("TermsMismatch", "the ledger holds other terms for this id")
+            raise LedgerRejected(
+                ErrorReason.TERMS_MISMATCH, "the ledger holds other terms for this id"
+            )
         return TxOutcome(tx_id="", height=current.height, already_applied=True)
 
     # ---- committee rotation
@@ -470,7 +479,7 @@ class FabricAdapter:
         try:
             return codec.committees_from_json(raw)
         except ValueError as exc:
-            raise LedgerRejected("MalformedAnswer", f"Committees: {exc}") from exc
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Committees: {exc}") from exc
 
     async def install_committee(
         self, rotation: CommitteeRotation, certificate: SignatureSet
@@ -485,7 +494,7 @@ class FabricAdapter:
         refusal stands. A transaction invalidated after ordering is re-checked the same way.
         """
         if not self._operator:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
         args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
         try:
             prepared = await self._client.endorse(self._chaincode, "RotateCommittee", args)
@@ -509,7 +518,7 @@ class FabricAdapter:
         try:
             await self._client.evaluate(self._chaincode, "RotateCommittee", args)
         except LedgerRejected as own:
-            if own.reason == "RotationAlreadyInstalled":
+            if own.reason is ErrorReason.ROTATION_ALREADY_INSTALLED:
                 return
             raise refusal from None
         if after_ordering:
@@ -547,12 +556,14 @@ class FabricAdapter:
         adapter also refuses an expired order itself (``OrderExpired``) before sending it.
         """
         if not self._operator:
-            raise LedgerRejected("ReadOnly", "this adapter has no operator identity")
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
         status = await self.halt_status(None)
         if status.sequence >= order.sequence:
             return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
         if time.time() >= order.expiry:
-            raise LedgerRejected("OrderExpired", f"expiry={order.expiry} (checked by the relayer)")
+            raise LedgerRejected(
+                ErrorReason.ORDER_EXPIRED, f"expiry={order.expiry} (checked by the relayer)"
+            )
         args = [
             json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
             "0x" + signature.hex(),

@@ -6,7 +6,8 @@ Responsibilities:
   and the channel, and (for ``Init``) the name the chaincode is invoked under;
 - run the synchronous protocol in a worker thread whose key-value reads and writes are
   bridged to the shim's async ``GetState``/``PutState`` on the event loop;
-- map ``ChaincodeError`` to an error response whose message is ``"<ErrorName>: <detail>"``
+- map ``ChaincodeError`` to an error response whose message is ``"<ErrorName>: <JSON>"``, the
+  JSON object holding ``reason``, ``detail`` and typed ``figures`` (ADR 0015),
   and a success to a response whose payload is the JSON result;
 - attach the (single) chaincode event to the COMPLETED message.
 
@@ -216,10 +217,11 @@ class KstbChaincode(Chaincode):
             result = await loop.run_in_executor(None, run)
         except ChaincodeError as exc:
             LOG.info("%s %s refused: %s", stub.get_txid(), function, exc)
-            return error(str(exc))
+            return error(exc.response_message())
         except Exception as exc:
             LOG.exception("%s %s failed", stub.get_txid(), function)
-            return error(f"Internal: {type(exc).__name__}: {exc}")
+            fault = ChaincodeError("Internal", f"{type(exc).__name__}: {exc}")
+            return error(fault.response_message())
         for name, payload in events:
             stub.set_event(name, payload)
         LOG.info("%s %s ok", stub.get_txid(), function)

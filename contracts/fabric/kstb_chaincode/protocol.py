@@ -166,10 +166,22 @@ ZERO_WORD = bytes(32)
 class ChaincodeError(Exception):
     """A refused call. ``name`` is the EVM error name (or InvalidArgument & co.)."""
 
-    def __init__(self, name: str, detail: str) -> None:
+    def __init__(self, name: str, detail: str, figures: Mapping[str, int] | None = None) -> None:
         super().__init__(f"{name}: {detail}")
         self.name = name
         self.detail = detail
+        self.figures = dict(figures or {})
+
+    # ---- structured errors (ADR 0015)
+    def response_message(self) -> str:
+        """The error response's message: ``Name: {"reason", "detail", "figures"}`` (JSON).
+
+        The JSON object is the machine-readable part clients decode; ``reason`` always equals
+        the name before the colon (the EVM error name), ``figures`` holds the refusal's
+        integer arguments by their EVM ABI names.
+        """
+        body = {"reason": self.name, "detail": self.detail, "figures": self.figures}
+        return f"{self.name}: {json.dumps(body, sort_keys=True, separators=(',', ':'))}"
 
 
 def _invalid(detail: str) -> ChaincodeError:
@@ -1734,7 +1746,9 @@ class Endpoint:
             level = self._level(sec, lane, kind, f, now)
             if amount * period > level:
                 raise ChaincodeError(
-                    "FlowLimitExceeded", f"available={level // period}, requested={amount}"
+                    "FlowLimitExceeded",
+                    f"available={level // period}, requested={amount}",
+                    {"available": level // period, "requested": amount},
                 )
             self._store_bucket(sec, lane, kind, level - amount * period, now)
         if f["large_threshold"]:
@@ -1766,7 +1780,9 @@ class Endpoint:
             return
         at, now = int(raw), self._clock()
         if now < at:
-            raise ChaincodeError("TooEarly", f"notBefore={at}, nowTs={now}")
+            raise ChaincodeError(
+                "TooEarly", f"notBefore={at}, nowTs={now}", {"notBefore": at, "nowTs": now}
+            )
 
     def set_flow_limit(
         self,

@@ -49,11 +49,11 @@ async def relayer(env: Env) -> AsyncIterator[GatewayClient]:
     await c.close()
 
 
-async def refused(client: GatewayClient, name: str, fn: str, *args: str) -> str:
+async def refused(client: GatewayClient, name: str, fn: str, *args: str) -> LedgerRejected:
     with pytest.raises(LedgerRejected) as exc:
         await client.submit(CHAINCODE, fn, list(args))
     assert exc.value.reason == name, str(exc.value)
-    return exc.value.detail
+    return exc.value
 
 
 async def test_limits_are_enforced_on_endorsed_time_and_read_by_the_adapter(
@@ -78,18 +78,21 @@ async def test_limits_are_enforced_on_endorsed_time_and_read_by_the_adapter(
     assert (await adapter.flow_status(SEC, OTHER_LEDGER)).outbound.available == 2
 
     over = env.outbound(SEC, sender, 5)
-    detail = await refused(
+    rejection = await refused(
         relayer, "FlowLimitExceeded", "Lock", *lock_args(codec.terms_to_json(over))
     )
-    assert detail == "available=2, requested=5"
+    assert rejection.detail == "available=2, requested=5"
+    # Typed figures from the chaincode's JSON payload (ADR 0015), not from the detail text.
+    assert (rejection.available, rejection.requested) == (2, 5)
     holder = "0x" + sender[12:].hex()
     raw = json.loads(await relayer.evaluate(CHAINCODE, "HolderStatus", [ISIN, holder]))
     assert raw["balance"] == "12"  # only the first lock escrowed
 
     terms = codec.terms_to_json(big)
     commit = codec.certificate_to_json(env.cert(ClaimKind.COMMIT, big))
-    detail = await refused(relayer, "TooEarly", "Commit", terms, commit)
-    assert detail.startswith(f"notBefore={leg.not_before}, ")
+    early = await refused(relayer, "TooEarly", "Commit", terms, commit)
+    assert early.detail.startswith(f"notBefore={leg.not_before}, ")
+    assert early.not_before == leg.not_before
     abort = codec.certificate_to_json(env.cert(ClaimKind.ABORT, big))
     await submit_and_wait(env.net, relayer, CHAINCODE, "Abort", terms, abort)  # never delayed
     assert (await adapter.flow_status(SEC, OTHER_LEDGER)).outbound.available == 10

@@ -88,6 +88,15 @@ class ErrorReason(enum.StrEnum):
     NOT_TOKEN_ADMIN = "NotTokenAdmin"  # noqa: S105 (an error name, not a secret)
     RECIPIENT_REFUSED = "RecipientRefused"
     BRIDGE_HOLDS_PREPARED = "BridgeHoldsPrepared"
+    # ---- structured errors (ADR 0015): refusals an adapter raises before or after the
+    # endpoint, never an endpoint's own error name.
+    READ_ONLY = "ReadOnly"
+    WRONG_LEG = "WrongLeg"
+    MISSING_CERTIFICATE = "MissingCertificate"
+    MALFORMED_ANSWER = "MalformedAnswer"
+    TRANSACTION_INVALID = "TransactionInvalid"
+    UNKNOWN_REFUSAL = "UnknownRefusal"
+    CHAINCODE_INTERNAL = "Internal"  # the chaincode failed on an unexpected exception
 
     @classmethod
     def parse(cls, name: str) -> ErrorReason | None:
