@@ -47,9 +47,13 @@ def test_token_members_and_relayers_move_units(hsm_system: LocalSystem) -> None:
     keys_dir = system.workdir / "keys"
     # Bearer tokens for the ledger nodes (rpc-token-*) are not signing keys.
     on_disk = sorted(p.name for p in keys_dir.iterdir() if not p.name.startswith("rpc-token-"))
-    # The devnet's clients (the supply operator, the brokerages' instruction keys) use files;
-    # no daemon does.
-    clients = ["supply-operator.key", *(f"instruction-{n}.key" for n in system.all_ledgers)]
+    # The devnet's clients (the supply operator, the depository's order key, the brokerages'
+    # instruction keys) use files; no daemon does.
+    clients = [
+        "depository.key",
+        "supply-operator.key",
+        *(f"instruction-{n}.key" for n in system.all_ledgers),
+    ]
     assert on_disk == sorted(clients), "only the devnet's clients use key files"
 
     a, b = system.ledgers[A], system.ledgers[B]
