@@ -45,6 +45,6 @@ def exported_metrics() -> dict[str, frozenset[str]]:
 
 def _labels(registry: CollectorRegistry, family: str) -> set[str]:
     """Label names of a family, from its collector (also when it has no sample yet)."""
-    names_to_collectors = registry._names_to_collectors  # noqa: SLF001 - no public accessor
+    names_to_collectors = registry._names_to_collectors  # no public accessor
     collector = names_to_collectors.get(family) or names_to_collectors.get(family + "_total")
     return set(getattr(collector, "_labelnames", ()))
