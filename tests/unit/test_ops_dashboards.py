@@ -151,3 +151,14 @@ def test_dashboard_is_valid_and_every_panel_names_exported_metrics(
     unshown = {"kstb_build_info", "kstb_relayer_events_delivered", "kstb_relayer_finalized_height"}
     missing = families - {family(s) for s in shown} - unshown
     assert not missing, f"exported but on no panel: {sorted(missing)}"
+
+
+def test_operator_guide_lists_every_exported_metric(exported: dict[str, frozenset[str]]) -> None:
+    guide = (ROOT / "docs" / "operators" / "observability.md").read_text()
+    documented = set(re.findall(r"`(kstb_[a-z0-9_]+)`", guide))
+    families = {
+        re.sub(r"_(bucket|count|sum)$", "", n) for n in exported if not n.endswith("_created")
+    }
+    assert families == documented, (
+        f"undocumented: {sorted(families - documented)}; gone: {sorted(documented - families)}"
+    )
