@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import subprocess
 import sys
 from typing import Any
 
 import grpc
 import pytest
+import structlog
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -204,13 +205,7 @@ def test_refusal_reasons_are_a_closed_set() -> None:
     assert refusal_reason(InvalidInput("bad kind")) == "InvalidInput"
 
 
-async def test_member_refusals_are_logged_and_counted(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KSTB_LOG_FORMAT", "json")
-    from bridge.logfields import configure
-
-    configure("verifier")
+async def test_member_refusals_are_logged_and_counted() -> None:
     m = MemberMetrics(CommonMetrics.create("verifier"))
     member_metrics.install(m)
     try:
@@ -227,15 +222,15 @@ async def test_member_refusals_are_logged_and_counted(
                 self.kind = kind
                 self.terms = type("T", (), {"transfer_id": b"\x07" * 32})()
 
-        assert await Servicer().Sign(Req(1), None) == "signed"
-        with pytest.raises(InvalidCertificate):
-            await Servicer().Sign(Req(2), None)
+        with structlog.testing.capture_logs() as lines:
+            assert await Servicer().Sign(Req(1), None) == "signed"
+            with pytest.raises(InvalidCertificate):
+                await Servicer().Sign(Req(2), None)
     finally:
         member_metrics.install(None)
     text = generate_latest(m.common.registry).decode()
     assert 'kstb_member_signatures_total{claim="LOCKED",method="claim"} 1.0' in text
     assert 'kstb_member_refusals_total{method="claim",reason="NotAdmin"} 1.0' in text
-    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.strip()]
     refused = [x for x in lines if x["event"] == "request refused"]
     assert len(refused) == 1
     assert refused[0]["reason"] == "NotAdmin" and refused[0]["claim"] == "COMMIT"
@@ -275,4 +270,3 @@ def test_stdlib_logging_and_uncaught_errors_come_out_as_json() -> None:
         and "RuntimeError: boom" in lines[-1]["exception"]
     )
     assert all(x["component"] == "relayer" for x in lines)
-    logging.getLogger().handlers.clear()
