@@ -36,6 +36,11 @@ EXPORT_DELAY_MS = 1000
 
 _tracer: Tracer | None = None
 
+TRACEPARENT = "traceparent"
+ROOT_METHODS = ("/bridge.v1.TransferService/",)
+"""Server methods that start a trace of their own when the caller sent none (the brokerage
+API); every other server span only continues a caller's trace."""
+
 
 def active() -> bool:
     """True when spans are being recorded in this process."""
@@ -124,6 +129,11 @@ def server_span(method: str, metadata: Sequence[tuple[str, Any]] | None) -> Iter
     from opentelemetry.trace import SpanKind
 
     carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+    if TRACEPARENT not in carrier and not method.startswith(ROOT_METHODS):
+        # Not part of a traced step (a relayer's event poll, a health probe): no span,
+        # so background traffic does not flood the collector with one-span traces.
+        yield
+        return
     with _tracer.start_as_current_span(method, context=extract(carrier), kind=SpanKind.SERVER):
         yield
 
@@ -143,8 +153,11 @@ class _Inject(_ClientBase):
         if _tracer is None:
             return await continuation(client_call_details, request)
         from opentelemetry.propagate import inject
-        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace import SpanKind, get_current_span
 
+        if not get_current_span().get_span_context().is_valid:
+            # Outside a traced step (event delivery, probes): pass through untraced.
+            return await continuation(client_call_details, request)
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT):
