@@ -35,6 +35,7 @@ EXPORT_DELAY_MS = 1000
 """How long finished spans wait in the batch before export."""
 
 _tracer: Tracer | None = None
+_provider: TracerProvider | None = None
 
 TRACEPARENT = "traceparent"
 ROOT_METHODS = ("/bridge.v1.TransferService/",)
@@ -49,7 +50,8 @@ def active() -> bool:
 
 def install_provider(provider: TracerProvider, component: str) -> None:
     """Record spans with ``provider`` (tests: an in-memory exporter)."""
-    global _tracer  # noqa: PLW0603 - one tracer per process, set once at start-up
+    global _tracer, _provider  # noqa: PLW0603 - one tracer per process, set once at start-up
+    _provider = provider
     _tracer = provider.get_tracer(f"kstb.{component}")
 
 
@@ -84,17 +86,11 @@ def setup_tracing(cfg: TracingConfig, component: str) -> bool:
 
 
 def shutdown() -> None:
-    """Flush and stop the exporter (at daemon stop)."""
-    global _tracer  # noqa: PLW0603
-    if _tracer is None:
-        return
-    from opentelemetry import trace
-
-    provider = trace.get_tracer_provider()
-    _tracer = None
-    flush = getattr(provider, "shutdown", None)
-    if flush is not None:
-        flush()
+    """Flush the spans still batched and stop the exporter (at daemon stop)."""
+    global _tracer, _provider
+    provider, _tracer, _provider = _provider, None, None
+    if provider is not None:
+        provider.shutdown()
 
 
 async def step_span(

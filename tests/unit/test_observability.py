@@ -134,7 +134,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Any:
     tracing.install_provider(provider, "test")
     monkeypatch.setattr(tracing, "shutdown", lambda: None)
     yield exporter
-    tracing._tracer = None
+    tracing._tracer = tracing._provider = None
 
 
 async def test_health_starts_not_serving_and_rpcs_are_measured_and_traced(
