@@ -272,3 +272,69 @@ def test_stdlib_logging_and_uncaught_errors_come_out_as_json() -> None:
         and "RuntimeError: boom" in lines[-1]["exception"]
     )
     assert all(x["component"] == "relayer" for x in lines)
+
+
+# -- per-daemon probes -------------------------------------------------------------------------
+class FakeEvmAdapter:
+    def __init__(self) -> None:
+        self.down = False
+
+    async def finalized_height(self) -> int:
+        if self.down:
+            raise Unavailable("ledger a unreachable during eth_blockNumber")
+        return 10
+
+    async def gas_balance(self) -> int:
+        return 5 * 10**18
+
+    async def pending_transactions(self) -> int:
+        return 2
+
+
+async def test_relayer_probes_refresh_height_lag_gas_and_fail_without_the_ledger(
+    tmp_path: Any,
+) -> None:
+    from bridge.domain.legs import EventPosition
+    from relayers.checkpoint import END_OF_BLOCK, CheckpointStore
+    from relayers.metrics import RelayerMetrics
+
+    checkpoints = CheckpointStore(tmp_path / "state.sqlite", "a")
+    checkpoints.save(EventPosition(7, END_OF_BLOCK))
+    adapter = FakeEvmAdapter()
+    watcher: Any = type("W", (), {"delivered": 4})()
+    common = CommonMetrics.create("relayer")
+    m = RelayerMetrics(common, "a", adapter, checkpoints, watcher)  # type: ignore[arg-type]
+    server = FakeServer()
+    ready = Readiness(server, m.probes(), common, timeout=1)
+    try:
+        assert await ready.check_once()
+        text = generate_latest(common.registry).decode()
+        for line in (
+            'kstb_relayer_scanned_height{ledger="a"} 7.0',
+            'kstb_relayer_lag_blocks{ledger="a"} 3.0',
+            'kstb_relayer_gas_balance_wei{ledger="a"} 5e+18',
+            'kstb_relayer_pending_transactions{ledger="a"} 2.0',
+            'kstb_relayer_events_delivered{ledger="a"} 4.0',
+        ):
+            assert line in text, line
+        adapter.down = True
+        assert not await ready.check_once() and server.statuses == [True, False]
+        adapter.down = False
+        assert await ready.check_once() and server.statuses == [True, False, True]
+    finally:
+        checkpoints.close()
+
+
+async def test_member_store_probe_fails_when_the_vote_log_is_gone(tmp_path: Any) -> None:
+    from verifiers.metrics import member_probes
+    from verifiers.votes import VoteLog
+
+    path = tmp_path / "votes.sqlite"
+    VoteLog(path).close()
+    common = CommonMetrics.create("verifier")
+    probes = member_probes(MemberMetrics(common), path, {})
+    server = FakeServer()
+    ready = Readiness(server, probes, common, timeout=1)
+    assert await ready.check_once()
+    path.unlink()
+    assert not await ready.check_once() and server.statuses == [True, False]
