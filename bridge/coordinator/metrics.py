@@ -29,6 +29,9 @@ from bridge.obs.readiness import Probe
 
 HALT_SCAN_LIMIT = 1000
 """At most this many unfinished transfers are checked against the halt book per refresh."""
+REFRESH_FLOOR_S = 5.0
+"""The store-derived gauges are recomputed at most this often (a scrape every 15-60 s
+needs no more), however short the readiness ``probe_interval``."""
 
 
 @runtime_checkable
@@ -184,6 +187,7 @@ class CoordinatorMetrics:
         """Refresh every ``interval`` seconds until ``stop``; a failed refresh is logged and
         retried (readiness reports a lost store)."""
         ledgers, securities = list(ledgers), list(securities)
+        interval = max(interval, REFRESH_FLOOR_S)
         while not stop.is_set():
             try:
                 await self.refresh(store, engine, supply, halts, ledgers, securities)
