@@ -282,6 +282,7 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         evm_node_auth=opts.evm_node_auth,
         transport_security=opts.transport == "mtls",
         metrics=opts.observability != "off",
+        probe_interval=2.0,  # the production default (LocalSystem's 0.5 s suits tests)
         tracing_endpoint=_sink_url() if opts.observability == "full" else "",
     )
 
@@ -306,11 +307,15 @@ def _sink_url() -> str:
     return f"http://127.0.0.1:{server.server_port}/v1/traces"
 
 
+SCRAPE_S = 15.0
+"""Prometheus's default scrape interval."""
+
+
 def _scrape_forever(system: LocalSystem, stop: Any) -> None:
-    """Scrape every daemon's /metrics once a second (as Prometheus would) until ``stop``."""
+    """Scrape every daemon's /metrics every SCRAPE_S (as Prometheus would) until ``stop``."""
     import urllib.request
 
-    while not stop.wait(1.0):
+    while not stop.wait(SCRAPE_S):
         for port in list(system.metrics_ports.values()):
             url = f"http://127.0.0.1:{port}/metrics"
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
@@ -1146,7 +1151,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--observability",
         choices=("off", "metrics", "full"),
         default="off",
-        help="off; metrics: /metrics on every daemon (scraped each second);\n"
+        help="off; metrics: /metrics on every daemon (probes every 2 s,\n"
+        "scraped every 15 s);\n"
         "full: metrics + OpenTelemetry spans exported over OTLP/HTTP\n"
         "to a discarding collector in this process (ADR 0016)",
     )
