@@ -44,6 +44,7 @@ import re
 import signal
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -124,11 +125,16 @@ class Options:
     json_path: Path | None
     transport: str = "mtls"  # mtls | plaintext (development flag; cost measurement only)
     evm_node_auth: bool = True  # EVM nodes behind the authenticating TLS proxy
+    observability: str = "off"  # off | metrics | full (metrics + tracing exported; ADR 0016)
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
     """The transport-security mode of a run, as printed and written to JSON."""
-    return {"transport": opts.transport, "evm_node_auth": opts.evm_node_auth}
+    return {
+        "transport": opts.transport,
+        "evm_node_auth": opts.evm_node_auth,
+        "observability": opts.observability,
+    }
 
 
 def mode_label(opts: Options) -> str:
@@ -275,7 +281,45 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         block_time=opts.block_time,
         evm_node_auth=opts.evm_node_auth,
         transport_security=opts.transport == "mtls",
+        metrics=opts.observability != "off",
+        probe_interval=2.0,  # the production default (LocalSystem's 0.5 s suits tests)
+        tracing_endpoint=_sink_url() if opts.observability == "full" else "",
     )
+
+
+# ---- observability (ADR 0016): what a Prometheus server and an OTLP collector would do
+def _sink_url() -> str:
+    """Start a discarding OTLP/HTTP endpoint in this process; its traces URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/v1/traces"
+
+
+SCRAPE_S = 15.0
+"""Prometheus's default scrape interval."""
+
+
+def _scrape_forever(system: LocalSystem, stop: Any) -> None:
+    """Scrape every daemon's /metrics every SCRAPE_S (as Prometheus would) until ``stop``."""
+    import urllib.request
+
+    while not stop.wait(SCRAPE_S):
+        for port in list(system.metrics_ports.values()):
+            url = f"http://127.0.0.1:{port}/metrics"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
 
 
 def start_system(system: LocalSystem, opts: Options) -> list[DevAccount]:
@@ -1103,6 +1147,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="sample per-process CPU (default on)")  # fmt: skip
     p.add_argument("--baseline", type=float, default=3.0, help="idle CPU sample s before load")
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    p.add_argument(
+        "--observability",
+        choices=("off", "metrics", "full"),
+        default="off",
+        help="off; metrics: /metrics on every daemon (probes every 2 s,\n"
+        "scraped every 15 s);\n"
+        "full: metrics + OpenTelemetry spans exported over OTLP/HTTP\n"
+        "to a discarding collector in this process (ADR 0016)",
+    )
     p.add_argument("--transport", choices=("mtls", "plaintext"), default="mtls",
                    help="mtls: mutual TLS + authorisation on every gRPC port (default);\n"
                         f"plaintext: no [tls] tables, {INSECURE_ENV}=1 everywhere\n"
@@ -1118,7 +1171,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         p.error("--directions applies to --lanes evm only")
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, a.lanes,
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
-                   a.transport, a.evm_node_auth)  # fmt: skip
+                   a.transport, a.evm_node_auth, a.observability)  # fmt: skip
 
 
 @dataclass
@@ -1168,7 +1221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         intervals = ledger_intervals(system)
         _say(f"timing {opts.commit_samples} sequential admin writes per ledger ...")
         commits = measure_commits(system, opts.commit_samples)
-        m = asyncio.run(measure(system, holders, opts))
+        scraping = threading.Event()
+        if opts.observability != "off":
+            threading.Thread(target=_scrape_forever, args=(system, scraping), daemon=True).start()
+        try:
+            m = asyncio.run(measure(system, holders, opts))
+        finally:
+            scraping.set()
         m.intervals, m.commits = intervals, commits
         system.wait_processes_alive(timeout=1.0)
         cons = conservation(system, holders, m.results)

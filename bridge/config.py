@@ -22,6 +22,7 @@ from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.rotation import RotationBounds
 from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
+from bridge.obs.config import ObservabilityConfig, load_observability
 from bridge.rpc.roles import BROKERAGE, COORDINATOR, MEMBER, RELAYER, Role, parse_role, valid_org_id
 
 LEDGER_KINDS = ("evm", "fabric")
@@ -216,6 +217,8 @@ class CoordinatorConfig:
     """JSON-lines file receiving every authorisation decision (opened O_APPEND)."""
     verifier_members: tuple[str, ...] = ()
     """The member address (``0x...``) serving at each ``verifiers`` endpoint ('' unknown)."""
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,8 @@ class RelayerConfig:
     """The account / identity key when given as a ``[key]`` table (keystore or token)."""
     ledger_auth: LedgerAuth = field(default_factory=LedgerAuth)
     """``[ledger_auth]``: how this relayer authenticates to its ledger node."""
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
 
     @property
     def credentials(self) -> Credentials:
@@ -274,6 +279,8 @@ class VerifierConfig:
     ledger_auth: Mapping[str, LedgerAuth] = field(default_factory=dict)
     rotation: RotationBounds = field(default_factory=RotationBounds)
     """``[rotation]``: the activation and overlap bounds this member signs rotations within."""
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -535,6 +542,7 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
         tls=load_tls(raw, base, str(path)),
         audit_log=_audit_log(raw, base),
         verifier_members=members,
+        observability=load_observability(raw, str(path)),
     )
 
 
@@ -585,6 +593,7 @@ def load_relayer(path: Path) -> RelayerConfig:
         ledger_auth=_ledger_auth(
             base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
         ),
+        observability=load_observability(raw, str(path)),
     )
 
 
@@ -674,6 +683,7 @@ def load_verifier(path: Path) -> VerifierConfig:
         audit_log=_audit_log(raw, base),
         ledger_auth=auth,
         rotation=_rotation_bounds(raw.get("rotation", {})),
+        observability=load_observability(raw, str(path)),
     )
 
 

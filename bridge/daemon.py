@@ -30,6 +30,7 @@ def run_daemon(
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
+    configure(component)  # every line, even before ``run`` binds its fields, is one format
     try:
         asyncio.run(run(args.config))
     except LedgerMismatch as exc:

@@ -12,6 +12,7 @@ from bridge.domain.legs import LedgerEvent
 from bridge.ledgers.factory import open_adapter
 from bridge.ledgers.startup import check_reached
 from bridge.logfields import LEDGER, configure
+from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import event_to_pb
 from bridge.rpc.roles import COORDINATOR, Role
@@ -20,6 +21,7 @@ from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
 from relayers.checkpoint import CheckpointStore
+from relayers.metrics import RelayerMetrics
 from relayers.service import RelayerServicer
 from relayers.watcher import EventWatcher
 
@@ -57,6 +59,7 @@ async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
+    obs = DaemonObservability("relayer", cfg.observability)  # ---- observability
     security, audit = server_security(f"relayer-{cfg.ledger}", cfg.network, cfg.tls, cfg.audit_log)
     ledger_cfg = cfg.network.ledger(cfg.ledger)
     adapter = open_adapter(ledger_cfg, cfg.credentials, auth=cfg.ledger_auth)
@@ -76,6 +79,7 @@ async def run(config_path: Path) -> None:
             )
         ],
         security,
+        observers=obs.interceptors,
     )
     sink = CoordinatorSink(
         cfg.coordinator, identity=client_identity(cfg.network, cfg.tls, Role(COORDINATOR))
@@ -84,11 +88,14 @@ async def run(config_path: Path) -> None:
     watcher = EventWatcher(adapter, sink, checkpoints, cfg.poll_interval)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await server.start()
+    await server.start(serving=False)
+    metrics = RelayerMetrics(obs.metrics, cfg.ledger, adapter, checkpoints, watcher)
+    await obs.start(server, metrics.probes(), stop)
     log.info("relayer started", listen=cfg.listen, operator=adapter.operator, port=server.port)
     try:
         await watcher.run(stop)
     finally:
+        await obs.close()
         await server.stop()
         await sink.close()
         await adapter.close()

@@ -12,9 +12,12 @@ from bridge.keys.loader import open_signer
 from bridge.ledgers.factory import open_reader
 from bridge.ledgers.startup import check_reached
 from bridge.logfields import configure
+from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
+from verifiers.metrics import MemberMetrics, member_probes
+from verifiers.metrics import install as install_member_metrics
 from verifiers.rotation_log import RotationLog
 from verifiers.service import VerifierServicer
 from verifiers.supply_log import SupplyLog
@@ -27,6 +30,9 @@ async def run(config_path: Path) -> None:
     # SECURITY: the member key stays in its keystore or token; only the Signer is held here.
     signer = open_signer(cfg.member_key)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())
+    obs = DaemonObservability("verifier", cfg.observability)  # ---- observability
+    member_metrics = MemberMetrics(obs.metrics)
+    install_member_metrics(member_metrics)
     security, audit = server_security("verifier", cfg.network, cfg.tls, cfg.audit_log)
     readers = {
         lc.id.word: open_reader(
@@ -68,14 +74,25 @@ async def run(config_path: Path) -> None:
         [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
         [lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s)],
         security,
+        observers=obs.interceptors,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await server.start()
+    await server.start(serving=False)
+    await obs.start(
+        server,
+        member_probes(
+            member_metrics,
+            cfg.vote_db,
+            {name: readers[lc.id.word] for name, lc in cfg.network.ledgers.items()},
+        ),
+        stop,
+    )
     log.info("verifier started", listen=cfg.listen, port=server.port)
     try:
         await stop.wait()
     finally:
+        await obs.close()
         await server.stop()
         for reader in readers.values():
             await reader.close()

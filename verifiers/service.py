@@ -27,6 +27,7 @@ from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.rotation_convert import proposal_from_pb
 from bridge.rpc.supply_convert import record_from_pb, registration_from_pb
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
+from verifiers.metrics import observed
 from verifiers.policy import (
     check_abort_unknown_target,
     check_claim,
@@ -155,6 +156,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return c
 
     @grpc_errors
+    @observed("rotation")  # ---- observability: refusals logged and counted
     async def SignRotation(
         self, request: verifier_pb2.SignRotationRequest, context: Context
     ) -> verifier_pb2.SignRotationResponse:
@@ -246,6 +248,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return actual
 
     @grpc_errors
+    @observed("claim")  # ---- observability: refusals logged and counted
     async def SignClaim(
         self, request: verifier_pb2.SignClaimRequest, context: Context
     ) -> verifier_pb2.SignClaimResponse:
@@ -313,6 +316,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return out
 
     @grpc_errors
+    @observed("supply")  # ---- observability: refusals logged and counted
     async def SignSupply(
         self, request: verifier_pb2.SignSupplyRequest, context: Context
     ) -> verifier_pb2.SignSupplyResponse:

@@ -13,6 +13,8 @@ from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.halts import HaltBook, SqliteHaltStore
+from bridge.coordinator.metrics import CoordinatorMetrics, coordinator_probes
+from bridge.coordinator.metrics import install as install_coordinator_metrics
 from bridge.coordinator.operator_service import OperatorServicer
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.rotation import RotationManager
@@ -22,6 +24,7 @@ from bridge.coordinator.store import SqliteTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqliteSupplyStore
 from bridge.logfields import configure
+from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.roles import MEMBER, RELAYER, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
@@ -43,6 +46,9 @@ async def run(config_path: Path) -> None:
     """Run the coordinator described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_coordinator(config_path)
     log = configure("coordinator")
+    obs = DaemonObservability("coordinator", cfg.observability)  # ---- observability
+    metrics = CoordinatorMetrics(obs.metrics, cfg.transfer_ttl)
+    install_coordinator_metrics(metrics)
     store = SqliteTransferStore(cfg.database)
 
     async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
@@ -137,18 +143,36 @@ async def run(config_path: Path) -> None:
             lambda s: depository_pb2_grpc.add_DepositoryServiceServicer_to_server(depository, s),
         ],
         security,
+        observers=obs.interceptors,
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await server.start()
+    await server.start(serving=False)
     resumed = await coordinator.start()
     await publisher.start()
     await halts.start()
     await rotations.start()
+    await obs.start(
+        server,
+        coordinator_probes(store),
+        stop,
+        metrics.run(
+            stop,
+            cfg.observability.metrics.probe_interval,
+            store,
+            coordinator,
+            supply_store,
+            halts,
+            cfg.network.ledgers,
+            cfg.network.securities,
+        ),
+    )
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
         await stop.wait()
     finally:
+        await obs.close()
+        install_coordinator_metrics(None)
         await server.stop()
         await coordinator.stop()
         await rotations.stop()
@@ -170,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bridge-coordinator", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
+    configure("coordinator")  # every line, even a configuration error, is one format
     asyncio.run(run(args.config))
 
 

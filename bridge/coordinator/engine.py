@@ -19,6 +19,7 @@ from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGat
 from bridge.coordinator.epochs import RECERTIFY_REASONS, EpochTracker
 from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
 from bridge.coordinator.halts import HaltBook, Halted
+from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import (
     Decision,
@@ -62,6 +63,7 @@ from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
 from bridge.ledgers.factory import bridge_word_of
 from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX, get_logger
+from bridge.obs.tracing import step_span
 
 _STEP_NAMES = {
     (Action.LOCK, Leg.OUTBOUND): "lock",
@@ -833,7 +835,7 @@ class Coordinator:
                 record = await self._store.get(tid)
                 if record is None or record.state.terminal:
                     break
-                if await self._advance(record):
+                if await step_span(self._advance, record):  # ---- observability: a span
                     break
                 failures, since = 0, None
                 continue
@@ -1130,6 +1132,7 @@ class Coordinator:
             await self._clear_wait(record)  # ---- flow limits: a new state ends the old wait
         await self._store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
+            observe_transition(record, state)  # ---- observability (ADR 0016)
             self._log.info(
                 "transfer state",
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},

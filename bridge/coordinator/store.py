@@ -733,6 +733,13 @@ class SqliteTransferStore:
         units = sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
         return len(rows), units, (float(rows[0][1]) if rows else None)
 
+    # ---- observability (ADR 0016)
+    async def count_by_state(self) -> dict[TransferState, int]:
+        """How many transfers are in each state (states with none are absent); one indexed
+        query, for the ``kstb_transfers`` gauge. Also the store's readiness probe."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM transfers GROUP BY state").fetchall()
+        return {TransferState(int(state)): int(n) for state, n in rows}
+
 
 _FLOW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS flow_waits (

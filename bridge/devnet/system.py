@@ -151,6 +151,14 @@ class LocalSystem:
     custody only)."""
     spare_keys: list[DevAccount] = field(default_factory=list)
 
+    # ---- observability (ADR 0016)
+    metrics: bool = False
+    """Serve ``/metrics`` from every bridge process (ports in ``metrics_ports``)."""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    tracing_endpoint: str = ""
+    """An OTLP/HTTP traces URL: every bridge process exports its spans there."""
+    probe_interval: float = 0.5
+
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
         """Start anvil per ledger, deploy the bridge and tokens, grant the relayer role."""
@@ -501,6 +509,7 @@ class LocalSystem:
                 verifier["rpc_overrides"] = {
                     name: f.endpoint_override("Org2") for name, f in self.fabric.items()
                 }
+            verifier |= self._obs_tables(f"verifier-{i}")
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
             verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": address.lower()})
         self._spare_configs(fabric_identities)
@@ -522,6 +531,7 @@ class LocalSystem:
                         **key,
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
+                    | self._obs_tables(f"relayer-{name}")
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -544,6 +554,7 @@ class LocalSystem:
                         **self._tls_entry(f"relayer:{name}"),
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
+                    | self._obs_tables(f"relayer-{name}")
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
@@ -560,8 +571,22 @@ class LocalSystem:
                     "audit_log": "audit/coordinator.jsonl",
                     **self._tls_entry("coordinator"),
                 }
+                | self._obs_tables("coordinator")
             )
         )
+
+    def _obs_tables(self, name: str) -> dict[str, Any]:
+        """---- observability: ``[metrics]`` / ``[tracing]`` of one process's file."""
+        tables: dict[str, Any] = {}
+        if self.metrics:
+            port = self.metrics_ports[name] = free_port()
+            tables["metrics"] = {
+                "listen": f"127.0.0.1:{port}",
+                "probe_interval": self.probe_interval,
+            }
+        if self.tracing_endpoint:
+            tables["tracing"] = {"enabled": True, "endpoint": self.tracing_endpoint}
+        return tables
 
     # -- processes -------------------------------------------------------------------------
     def _process(self, name: str, module: str, config: str) -> ManagedProcess:

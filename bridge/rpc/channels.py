@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
+from bridge.obs import tracing
 from bridge.rpc.tls import INSECURE_ENV, ClientIdentity, PlaintextRefused
 
 # A peer that restarts should be reachable again within about a second, not after
@@ -43,9 +44,14 @@ def internal_channel(target: str, identity: ClientIdentity | None = None) -> grp
     """
     if identity is None:
         _plaintext_or_refuse(target)
-        return grpc.aio.insecure_channel(target, options=INTERNAL_OPTIONS)
+        return grpc.aio.insecure_channel(
+            target, options=INTERNAL_OPTIONS, interceptors=tracing.client_interceptors()
+        )
     return grpc.aio.secure_channel(
-        target, identity.credentials(), options=INTERNAL_OPTIONS + identity.options()
+        target,
+        identity.credentials(),
+        options=INTERNAL_OPTIONS + identity.options(),
+        interceptors=tracing.client_interceptors(),  # ---- observability (ADR 0016)
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ class BridgeServer:
         service_names: Iterable[str],
         registrars: Iterable[Registrar],
         security: ServerSecurity | None = None,
+        observers: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ):
         """Bind ``listen``: with mutual TLS and the authorisation interceptor when
         ``security`` is given, else plaintext (callers decide that only through
@@ -41,7 +42,7 @@ class BridgeServer:
         self._names = list(service_names)
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[security.interceptor] if security else None,
+            interceptors=[*observers, *([security.interceptor] if security else [])] or None,
         )
         for register in registrars:
             register(self.server)
@@ -57,11 +58,21 @@ class BridgeServer:
         if self.port == 0:
             raise OSError(f"cannot bind {listen}")
 
-    async def start(self) -> None:
-        """Start serving and mark every service SERVING."""
+    async def start(self, serving: bool = True) -> None:
+        """Start serving; mark every service SERVING, or NOT_SERVING when ``serving`` is
+        False (a daemon whose readiness probes decide, :mod:`bridge.obs.readiness`)."""
         await self.server.start()
+        await self.set_serving(serving)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Set the health status of every service (and of the server as a whole)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in [*self._names, ""]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 3.0) -> None:
         """Mark NOT_SERVING, then stop accepting and drain in-flight calls."""

@@ -705,6 +705,22 @@ class EvmAdapter:
             await self._session.close()
             self._session = None
 
+    # ---- observability (ADR 0016)
+    async def gas_balance(self) -> int:
+        """The sending account's balance in wei (0 for a read-only adapter)."""
+        if self._sender is None:
+            return 0
+        addr = self._sender
+        return int(await self._rpc("eth_getBalance", lambda: self._w3.eth.get_balance(addr)))
+
+    async def pending_transactions(self) -> int:
+        """Transactions the sending account has in the node's pool, not yet mined."""
+        if self._sender is None:
+            return 0
+        addr = self._sender
+        mined = await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "latest"))
+        return max(0, await self._pending_count() - int(mined))
+
 
 def _window_from_abi(raw: Any) -> EpochWindow:
     """An ``IBridgeEndpoint.CommitteeWindow`` (web3 returns a mapping or a tuple)."""

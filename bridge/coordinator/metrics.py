@@ -1,0 +1,229 @@
+"""The coordinator's Prometheus metrics (ADR 0016).
+
+Gauges are recomputed from the stores every refresh (they survive restarts and never
+drift from what the store says); latency histograms are observed by the engine at each
+state change (:func:`observe_transition`, a no-op until :func:`install`). Labels: state
+and reason enums, ledger names and securities of the network file only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import Gauge, Histogram
+
+from bridge.coordinator.halts import HaltBook
+from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.store import TransferStore
+from bridge.coordinator.supply_store import SupplyStore
+from bridge.domain.flow import WaitReason
+from bridge.domain.transfer import TransferState
+from bridge.logfields import ERROR, get_logger
+from bridge.obs.metrics import PHASE_BUCKETS, CommonMetrics
+from bridge.obs.readiness import Probe
+
+HALT_SCAN_LIMIT = 1000
+"""At most this many unfinished transfers are checked against the halt book per refresh."""
+REFRESH_FLOOR_S = 5.0
+"""The store-derived gauges are recomputed at most this often (a scrape every 15-60 s
+needs no more), however short the readiness ``probe_interval``."""
+
+
+@runtime_checkable
+class StateCounter(Protocol):
+    """A store that can count transfers per state in one query."""
+
+    async def count_by_state(self) -> dict[TransferState, int]:
+        """Transfers per state."""
+        ...
+
+
+class HaltView(Protocol):
+    """What the metrics read from the engine about halts."""
+
+    async def halted_on(self, record: TransferRecord) -> list[str]:
+        """Ledgers where the record's security is halted now."""
+        ...
+
+
+class CoordinatorMetrics:
+    """Every coordinator metric, registered on ``common.registry``."""
+
+    def __init__(self, common: CommonMetrics, transfer_ttl: float) -> None:
+        reg = common.registry
+        self.common = common
+        self._ttl = transfer_ttl
+        self.transfers = Gauge(
+            "kstb_transfers", "Transfers the coordinator holds, per state.", ["state"],
+            registry=reg,
+        )  # fmt: skip
+        self.stuck = Gauge(
+            "kstb_transfers_stuck",
+            "Unfinished transfers older than the transfer TTL (operator attention).",
+            registry=reg,
+        )
+        self.waiting = Gauge(
+            "kstb_transfers_flow_waiting",
+            "Unfinished transfers waiting on a flow limit, per wait reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self.halted = Gauge(
+            "kstb_transfers_halted",
+            "Unfinished transfers whose security is halted on one of their ledgers.",
+            registry=reg,
+        )
+        self.oldest = Gauge(
+            "kstb_transfers_oldest_unfinished_age_seconds",
+            "Age of the oldest unfinished transfer (0 when none).",
+            registry=reg,
+        )
+        self.phase = Histogram(
+            "kstb_transfer_phase_seconds",
+            "Time spent in a state before the next one (submit->locked->prepared->committed).",
+            ["from_state", "to_state"],
+            buckets=PHASE_BUCKETS,
+            registry=reg,
+        )
+        self.scanned = Gauge(
+            "kstb_coordinator_scanned_height",
+            "Highest block each relayer reported scanned to the coordinator.",
+            ["ledger"],
+            registry=reg,
+        )
+        self.supply_sequence = Gauge(
+            "kstb_supply_records_published",
+            "Sequence of the last supply record published per security (records so far).",
+            ["security"],
+            registry=reg,
+        )
+        self.feed_age = Gauge(
+            "kstb_supply_feed_age_seconds",
+            "Seconds since the last supply record of each security was published.",
+            ["security"],
+            registry=reg,
+        )
+        self.holds = Gauge(
+            "kstb_supply_hold",
+            "1 while new transfers of the security are held by a supply alert.",
+            ["security"],
+            registry=reg,
+        )
+        self.halt_orders = Gauge(
+            "kstb_halt_orders", "Depository orders per delivery state.", ["state"], registry=reg
+        )
+        self._log = get_logger()
+
+    # -- observed by the engine --------------------------------------------------------------
+    def transition(self, record: TransferRecord, state: TransferState, now: float) -> None:
+        """Observe the time ``record`` spent in its state before moving to ``state``."""
+        if record.state is state:
+            return
+        self.phase.labels(record.state.name, state.name).observe(max(0.0, now - record.updated_at))
+
+    # -- recomputed from the stores ----------------------------------------------------------
+    async def refresh(
+        self,
+        store: TransferStore,
+        engine: HaltView,
+        supply: SupplyStore | None,
+        halts: HaltBook | None,
+        ledgers: Iterable[str],
+        securities: Iterable[str],
+    ) -> None:
+        """Recompute every gauge from the stores (one pass over the unfinished transfers)."""
+        now = time.time()
+        unfinished = await store.unfinished()
+        counts: Mapping[TransferState, int]
+        if isinstance(store, StateCounter):
+            counts = await store.count_by_state()
+        else:  # a store without the count: unfinished states only
+            counts = Counter(r.state for r in unfinished)
+        for state in TransferState:
+            self.transfers.labels(state.name).set(counts.get(state, 0))
+        self.stuck.set(sum(1 for r in unfinished if r.created_at < now - self._ttl))
+        self.oldest.set(max((now - r.created_at for r in unfinished), default=0.0))
+        waits = Counter(r.wait_reason for r in unfinished)
+        for reason in WaitReason:
+            if reason is not WaitReason.NONE:
+                self.waiting.labels(reason.name).set(waits.get(reason, 0))
+        halted = 0
+        for r in unfinished[:HALT_SCAN_LIMIT]:
+            if await engine.halted_on(r):
+                halted += 1
+        self.halted.set(halted)
+        for ledger in ledgers:
+            height = await store.scanned_height(ledger)
+            if height is not None:
+                self.scanned.labels(ledger).set(height)
+        if supply is not None:
+            for security in securities:
+                latest = await supply.latest(security)
+                if latest is not None:
+                    self.supply_sequence.labels(security).set(latest.signed.record.sequence)
+                    self.feed_age.labels(security).set(max(0.0, now - latest.published_at))
+                self.holds.labels(security).set(1 if await supply.hold(security) else 0)
+        if halts is not None:
+            by_state = Counter(r.state.name for r in await halts.orders())
+            for name in ("PENDING", "APPLIED", "REFUSED", "EXPIRED"):
+                self.halt_orders.labels(name).set(by_state.get(name, 0))
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        interval: float,
+        store: TransferStore,
+        engine: HaltView,
+        supply: SupplyStore | None,
+        halts: HaltBook | None,
+        ledgers: Iterable[str],
+        securities: Iterable[str],
+    ) -> None:
+        """Refresh every ``interval`` seconds until ``stop``; a failed refresh is logged and
+        retried (readiness reports a lost store)."""
+        ledgers, securities = list(ledgers), list(securities)
+        interval = max(interval, REFRESH_FLOOR_S)
+        while not stop.is_set():
+            try:
+                await self.refresh(store, engine, supply, halts, ledgers, securities)
+            except Exception as exc:
+                self._log.warning("metrics refresh failed", **{ERROR: repr(exc)[:300]})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+_installed: CoordinatorMetrics | None = None
+
+
+def install(metrics: CoordinatorMetrics | None) -> None:
+    """Make :func:`observe_transition` record into ``metrics`` (None: stop recording)."""
+    global _installed  # noqa: PLW0603 - one coordinator per process
+    _installed = metrics
+
+
+def observe_transition(record: TransferRecord, state: TransferState) -> None:
+    """The engine's one-line hook at each state change (no-op when metrics are off)."""
+    if _installed is not None:
+        _installed.transition(record, state, time.time())
+
+
+def coordinator_probes(store: TransferStore) -> list[Probe]:
+    """Readiness: the coordinator serves while its store answers (it can then accept and
+    record transfers; each driver waits for the ledgers it needs). Relayers are *not*
+    probed from here: one ledger down must not take submissions for every other pair of
+    ledgers offline, and a probe call to a relayer still starting would put the shared
+    channel into reconnect back-off. Each relayer's progress shows in
+    ``kstb_coordinator_scanned_height{ledger}`` and its own health."""
+
+    async def store_probe() -> None:
+        if isinstance(store, StateCounter):
+            await store.count_by_state()
+        else:
+            await store.scanned_height("")
+
+    return [Probe("store", store_probe)]

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, gRPC readiness, OpenTelemetry tracing (ADR 0016)."""
