@@ -201,9 +201,14 @@ async def test_tracing_off_adds_no_interceptor_and_no_span() -> None:
 # -- member refusals ----------------------------------------------------------------------------
 def test_refusal_reasons_are_a_closed_set() -> None:
     assert refusal_reason(InvalidCertificate("x", ErrorReason.NOT_ADMIN)) == "NotAdmin"
-    assert refusal_reason(LedgerRejected("NotAdmin", "d")) == "NotAdmin"
-    # A contract error name outside the closed set, or free text, never becomes a label.
-    assert refusal_reason(LedgerRejected("attacker-chosen text")) == "LedgerRejected"
+    assert refusal_reason(LedgerRejected(ErrorReason.NOT_ADMIN, "d")) == "NotAdmin"
+    assert refusal_reason(LedgerRejected(ErrorReason.UNKNOWN_REFUSAL)) == "UnknownRefusal"
+
+    class Foreign(Exception):
+        reason = "attacker-chosen text"
+
+    # A reason outside the closed set, or free text, never becomes a label.
+    assert refusal_reason(Foreign()) == "Foreign"
     assert refusal_reason(InvalidInput("bad kind")) == "InvalidInput"
 
 
