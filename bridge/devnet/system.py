@@ -487,7 +487,7 @@ class LocalSystem:
                 **self._tls_entry(self.member_role(i)),
             }
             if fabric_identities:
-                verifier["fabric_identities"] = fabric_identities
+                verifier["identities"] = fabric_identities
             ledger_auth = {
                 name: auth
                 for name in self.all_ledgers
@@ -724,7 +724,7 @@ class LocalSystem:
                 **self._tls_entry(self.spare_role(j)),
             }
             if fabric_identities:
-                verifier["fabric_identities"] = fabric_identities
+                verifier["identities"] = fabric_identities
             ledger_auth = {
                 name: auth
                 for name in self.all_ledgers
