@@ -11,14 +11,10 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 from bridge.devnet.system import LocalSystem
-
-FABRIC_NODES = ("peer", "orderer", "chaincode")
-"""The Fabric processes the scheduler takes down (with ``stall_ledgers``)."""
 
 
 @dataclass
@@ -36,10 +32,10 @@ class ChaosScheduler(threading.Thread):
     """Injects one fault every ``every`` seconds (jittered) until :meth:`stop` is called.
 
     Faults: SIGKILL of the coordinator, a relayer or a verifier followed by a restart after
-    ``down`` seconds; with ``stall_ledgers``, an EVM ledger that stops producing blocks for
-    ``down`` seconds, and real Fabric node outages: Org1's peer (the one in network.toml,
-    used by the relayer and half the members) or the orderer SIGKILLed and restarted on its
-    data, or the chaincode server SIGKILLed and served again, each after ``down`` seconds.
+    ``down`` seconds; with ``stall_ledgers``, every outage each ledger's kind offers
+    (:meth:`bridge.devnet.ledger.DevLedger.faults`: an anvil ledger that stops producing
+    blocks, a Fabric peer, orderer or chaincode server SIGKILLed and restarted), undone
+    after ``down`` seconds.
     Every fault is undone before the next one starts.
     """
 
@@ -70,9 +66,8 @@ class ChaosScheduler(threading.Thread):
         names = ["coordinator", *(f"relayer-{n}" for n in self.system.all_ledgers)]
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         if self.stall_ledgers:
-            names += [f"ledger-{n}" for n in self.system.ledgers]
-            for kind in FABRIC_NODES:
-                names += [f"{kind}-{n}" for n in self.system.fabric]
+            for ledger, handle in self.system.dev_ledgers.items():
+                names += [f"{fault}@{ledger}" for fault in handle.faults()]
         return names
 
     def run(self) -> None:
@@ -82,19 +77,14 @@ class ChaosScheduler(threading.Thread):
             name = self.rng.choice(targets)
             pause = self.rng.uniform(*self.down)
             self.log.last_fault_at = time.monotonic()
-            if name.startswith("ledger-"):
-                node = self.system.ledgers[name.removeprefix("ledger-")].node
-                node.rpc("evm_setIntervalMining", [0])
-                self.log.stalls[name] += 1
-                time.sleep(pause)
-                # anvil takes whole seconds here; sub-second ledgers resume at 1 s blocks
-                node.rpc("evm_setIntervalMining", [max(1, round(self.system.block_time))])
-                continue
-            kind, _, target = name.partition("-")
-            if kind in FABRIC_NODES:
-                kill, restart = self._fabric_node(kind, target)
-                self.log.stalls[name] += 1
+            fault, at, ledger = name.partition("@")
+            if at:
+                # A ledger outage of the ledger's own kind (DevLedger.faults).
+                kill, restart = self.system.handle(ledger).faults()[fault]
+                self.log.stalls[f"{fault}-{ledger}"] += 1
+                kind = fault
             else:
+                kind = name.partition("-")[0]
                 kill = self.system.processes[name].kill9
                 restart = partial(self.system.start_process, name)
                 self.log.kills[kind] += 1
@@ -104,16 +94,3 @@ class ChaosScheduler(threading.Thread):
             restart()
             took = time.monotonic() - started
             self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
-
-    def _fabric_node(
-        self, kind: str, ledger: str
-    ) -> tuple[Callable[[], object], Callable[[], object]]:
-        """How to take ``kind`` of ``ledger``'s Fabric network down, and bring it back."""
-        fabric = self.system.fabric[ledger]
-        net = fabric.net
-        org = next(iter(net.orgs))  # Org1: the peer in network.toml
-        if kind == "peer":
-            return partial(net.kill_peer, org), partial(net.restart_peer, org)
-        if kind == "orderer":
-            return net.kill_orderer, net.restart_orderer
-        return fabric.kill_chaincode, fabric.restart_chaincode
