@@ -15,6 +15,7 @@ from typing import Protocol
 
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, assemble_certificate
+from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.instructions import instruction_digest
 from bridge.domain.legs import SignatureSet, TxOutcome
@@ -61,6 +62,23 @@ class KindHarness(Protocol):
 
     async def settled(self, outcome: TxOutcome) -> None:
         """Return once ``outcome`` is visible to every node the harness's adapters use."""
+        ...
+
+    # -- the endpoint admin's and issuer's acts (issue-10 rules), each final on return
+    async def set_eligible(self, holder: bytes, eligible: bool) -> None:
+        """Add ``holder`` to (or remove it from) :data:`ISIN`'s eligible holders."""
+        ...
+
+    async def set_depository(self, key: bytes) -> None:
+        """Install the depository's 20-byte order key (once per endpoint)."""
+        ...
+
+    async def set_flow_limit(self, counterpart: LedgerId, limit: FlowLimit) -> None:
+        """Set :data:`ISIN`'s lane limit to ``counterpart``."""
+        ...
+
+    async def parked(self, transfer_id: bytes) -> int:
+        """Units parked for ``transfer_id`` and not released."""
         ...
 
 

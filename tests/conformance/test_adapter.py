@@ -201,6 +201,10 @@ async def test_certificate_refusals_are_typed_and_apply_nothing(
         with pytest.raises(LedgerRejected) as exc:
             await relayer.submit(Action.PREPARE, t, cert)
         assert exc.value.reason in reasons, (cert, exc.value.reason)
+    # A step of the other leg: this ledger is the target of ``t``.
+    with pytest.raises(LedgerRejected) as exc:
+        await relayer.submit(Action.LOCK, t, None, Terms(h).instruction(t))
+    assert exc.value.reason == "WrongLeg"  # the adapter's own refusal
     # A certificate of another kind does not verify as LOCKED.
     with pytest.raises(LedgerRejected):
         await relayer.submit(Action.PREPARE, t, tt.cert(ClaimKind.ABORT, t))
