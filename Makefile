@@ -36,7 +36,7 @@ fabric:
 	bash deploy/fabric/build.sh
 
 demo: setup fabric
-	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.demo
+	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo
 
 test: setup fabric
 	$(BIN)/python -m pytest

@@ -191,7 +191,7 @@ def main() -> int:
         print(f"starting the system under {workdir} ...", flush=True)
         system.start()
         ledgers = system.all_ledgers
-        holders = [system.ledgers[A].make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
+        holders = [system.handle(A).make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
         for h in holders:
             for led in ledgers[1:]:
                 system.handle(led).set_eligible(DEMO_ISIN, h.address)

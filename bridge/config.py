@@ -16,21 +16,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.rotation import RotationBounds
 from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
+from bridge.ledgers.kinds import get_kind, parse_table
 from bridge.obs.config import ObservabilityConfig, load_observability
 from bridge.rpc.roles import BROKERAGE, COORDINATOR, MEMBER, RELAYER, Role, parse_role, valid_org_id
-
-LEDGER_KINDS = ("evm", "fabric")
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
-    """How to reach one ledger and its bridge endpoint.
+    """How to reach one ledger and its bridge endpoint, as its ledger kind validated it
+    (:mod:`bridge.ledgers.kinds`; ``settings`` is the kind's own parsed table).
 
     EVM: ``rpc_url`` is the JSON-RPC URL and ``bridge`` the endpoint contract address.
     Fabric: ``rpc_url`` is a peer's Gateway ``host:port`` and ``bridge`` the chaincode
@@ -54,16 +53,15 @@ class LedgerConfig:
     """EVM: the most a relayer pays per unit of gas; above it a step waits."""
     genesis_hash: bytes = b""
     """Fabric: the channel's genesis block hash (SHA-256 of block 0's header DER)."""
+    settings: Any = field(default=None, compare=False, repr=False)
+    """The kind's validated ``[[ledgers]]`` table (a :class:`~bridge.ledgers.kinds.LedgerTable`
+    subclass) for keys a kind adds beyond the fields above; None when built in code."""
 
     @property
     def network_word(self) -> bytes:
-        """The network word bound into claim and instruction digests (protocol v2): EVM
-        ``bytes32(chain id)``, Fabric the channel's genesis block hash."""
-        if self.kind == "evm":
-            return evm_network_word(self.chain_id)
-        if len(self.genesis_hash) != 32:
-            raise InvalidInput(f"ledger {self.id}: no genesis_hash configured")
-        return self.genesis_hash
+        """The network word bound into claim and instruction digests (protocol v2), as the
+        ledger's kind defines it (EVM ``bytes32(chain id)``, Fabric the genesis hash)."""
+        return get_kind(self.kind).network_word(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +79,13 @@ class LedgerEndpoint:
     tls_server_name: str = ""
 
     def apply(self, config: LedgerConfig) -> LedgerConfig:
-        """``config`` reached through this endpoint; TLS settings on an EVM ledger are refused."""
+        """``config`` reached through this endpoint; TLS settings the ledger's kind does not
+        take are refused."""
         if self.tls_ca is None:
             if self.tls_server_name:
                 raise InvalidInput(f"ledger {config.id}: tls_server_name needs tls_ca")
             return replace(config, rpc_url=self.url)
-        if config.kind != "fabric" and self.tls_server_name:
-            raise InvalidInput(f"ledger {config.id}: tls_server_name applies to Fabric only")
-        if config.kind == "evm" and not self.url.startswith("https://"):
-            raise InvalidInput(f"ledger {config.id}: tls_ca needs an https:// url")
+        get_kind(config.kind).check_endpoint(config, self)
         return replace(
             config, rpc_url=self.url, tls_ca=self.tls_ca, tls_server_name=self.tls_server_name
         )
@@ -261,8 +257,9 @@ class VerifierConfig:
     vote_db: Path
     # The member's own ledger connections (defaults: the network file's rpc_url).
     rpc_overrides: Mapping[str, LedgerEndpoint]
-    # Read-only client identities for Fabric ledgers (Fabric signs every query).
-    fabric_identities: Mapping[str, Credentials] = field(default_factory=dict)
+    # ``[identities.<ledger>]``: read-only client identities for ledgers whose kind signs
+    # every query (Fabric); ``fabric_identities`` is still read as the older spelling.
+    identities: Mapping[str, Credentials] = field(default_factory=dict)
     tls: TlsConfig | None = None
     """Mutual TLS for the server."""
     audit_log: Path | None = None
@@ -318,38 +315,18 @@ def load_network(path: Path) -> NetworkConfig:
     )
     later = _later_members(c.get("later", []), committee)
     ledgers: dict[str, LedgerConfig] = {}
-    for item in raw.get("ledgers", []):
-        lid = LedgerId(str(_req(item, "id", "ledger")))
-        kind = str(_req(item, "kind", f"ledger {lid}"))
-        if kind not in LEDGER_KINDS:
-            raise InvalidInput(f"ledger {lid}: unsupported kind {kind!r}")
-        if lid.name in ledgers:
-            raise InvalidInput(f"ledger {lid} configured twice")
-        chain_id = int(item.get("chain_id", 0))
-        if kind == "evm" and chain_id <= 0:
-            raise InvalidInput(f"ledger {lid}: an EVM ledger needs its chain_id")
-        channel = str(item.get("channel", ""))
-        tls_ca = item.get("tls_ca")
-        if kind == "fabric" and (not channel or not tls_ca):
-            raise InvalidInput(f"ledger {lid}: a Fabric ledger needs channel and tls_ca")
-        rpc_url = str(_req(item, "rpc_url", f"ledger {lid}"))
-        if kind == "evm" and tls_ca and not rpc_url.startswith("https://"):
-            raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
-        genesis = _genesis_hash(item, kind, lid)
-        ledgers[lid.name] = LedgerConfig(
-            id=lid,
-            kind=kind,
-            rpc_url=rpc_url,
-            bridge=str(_req(item, "bridge", f"ledger {lid}")),
-            chain_id=chain_id,
-            finality_depth=int(item.get("finality_depth", 0)),
-            block_interval=float(item.get("block_interval", 1.0)),
-            channel=channel,
-            tls_ca=_rel(path.parent, str(tls_ca)) if tls_ca else None,
-            tls_server_name=str(item.get("tls_server_name", "")),
-            max_gas_price_gwei=_non_negative(item, "max_gas_price_gwei", 1000.0, f"ledger {lid}"),
-            genesis_hash=genesis,
-        )
+    items = raw.get("ledgers", [])
+    if not isinstance(items, list):
+        raise InvalidInput(f"{path}: ledgers must be an array of tables")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"ledgers[{n}] must be a table")
+        where = f"ledger {item['id']}" if isinstance(item.get("id"), str) else f"ledgers[{n}]"
+        kind = get_kind(str(_req(item, "kind", where)))
+        config = kind.ledger_config(parse_table(kind, item, where), path.parent)
+        if config.id.name in ledgers:
+            raise InvalidInput(f"ledger {config.id} configured twice")
+        ledgers[config.id.name] = config
     securities = {s: SecurityId(s) for s in raw.get("securities", {}).get("isins", [])}
     operators = frozenset(parse_evm_address(a) for a in raw.get("supply", {}).get("operators", []))
     return NetworkConfig(
@@ -482,21 +459,6 @@ def _audit_log(raw: Mapping[str, Any], base: Path) -> Path | None:
     return _rel(base, str(value)) if value else None
 
 
-def _genesis_hash(item: Mapping[str, Any], kind: str, lid: LedgerId) -> bytes:
-    """A Fabric ledger's ``genesis_hash`` (0x + 64 hex, required); refused on EVM."""
-    text = item.get("genesis_hash")
-    if kind != "fabric":
-        if text is not None:
-            raise InvalidInput(f"ledger {lid}: genesis_hash applies to Fabric ledgers only")
-        return b""
-    if not isinstance(text, str) or len(text) != 66 or not text.startswith("0x"):
-        raise InvalidInput(f"ledger {lid}: a Fabric ledger needs genesis_hash (0x + 64 hex)")
-    try:
-        return bytes.fromhex(text[2:])
-    except ValueError:
-        raise InvalidInput(f"ledger {lid}: genesis_hash is not hex") from None
-
-
 def _instruction_keys(
     table: Mapping[str, Any], ledgers: Mapping[str, LedgerConfig]
 ) -> dict[str, frozenset[bytes]]:
@@ -602,8 +564,8 @@ _LEDGER_AUTH_KEYS = frozenset({"token_file", "tls_cert_file", "tls_key_file"})
 
 def _ledger_auth(base: Path, ledger: LedgerConfig, value: Any, where: str) -> LedgerAuth:
     """A ``[ledger_auth]`` table: ``token_file`` (EVM) or ``tls_cert_file``+``tls_key_file``
-    (Fabric). Keys of the other kind, unknown keys, half a TLS pair and a token for a plain
-    ``http://`` URL (it would travel in clear) are refused."""
+    (Fabric). Unknown keys and half a TLS pair are refused here; keys the ledger's kind does
+    not take, or would send unsafely (a token over plain ``http://``), by the kind."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}: a table with {sorted(_LEDGER_AUTH_KEYS)}")
     unknown = sorted(set(value) - _LEDGER_AUTH_KEYS)
@@ -614,18 +576,9 @@ def _ledger_auth(base: Path, ledger: LedgerConfig, value: Any, where: str) -> Le
         tls_cert_file=_rel(base, value["tls_cert_file"]) if "tls_cert_file" in value else None,
         tls_key_file=_rel(base, value["tls_key_file"]) if "tls_key_file" in value else None,
     )
-    if ledger.kind == "evm" and (auth.tls_cert_file or auth.tls_key_file):
-        raise InvalidInput(f"{where}: tls_cert_file/tls_key_file apply to Fabric ledgers only")
-    if ledger.kind == "fabric" and auth.token_file:
-        raise InvalidInput(f"{where}: token_file applies to EVM ledgers only")
     if (auth.tls_cert_file is None) != (auth.tls_key_file is None):
         raise InvalidInput(f"{where}: tls_cert_file and tls_key_file go together")
-    # SECURITY: a bearer token sent over plain http is readable by anyone on the path.
-    if auth.token_file is not None and not ledger.rpc_url.startswith("https://"):
-        raise InvalidInput(
-            f"{where}: token_file needs an https:// rpc_url for ledger {ledger.id} "
-            f"(the token would be sent in clear to {ledger.rpc_url})"
-        )
+    get_kind(ledger.kind).check_auth(ledger, auth, where)
     return auth
 
 
@@ -675,10 +628,7 @@ def load_verifier(path: Path) -> VerifierConfig:
         key=None if isinstance(key, PlainKeyFile) else key,
         vote_db=_rel(base, _req(raw, "vote_db", str(path))),
         rpc_overrides=overrides,
-        fabric_identities={
-            name: _fabric_identity(path, name, ident)
-            for name, ident in raw.get("fabric_identities", {}).items()
-        },
+        identities=_identities(path, raw, network),
         tls=load_tls(raw, base, str(path)),
         audit_log=_audit_log(raw, base),
         ledger_auth=auth,
@@ -707,24 +657,24 @@ def _rotation_bounds(table: Any) -> RotationBounds:
     return bounds
 
 
-_IDENTITY_KEYS = frozenset({"key_file", "key", "cert_file", "msp_id"})
-
-
-def _fabric_identity(path: Path, name: str, ident: Any) -> Credentials:
-    """``fabric_identities.<name>``: ``msp_id``, ``cert_file`` and a key (file or ``[key]``)."""
-    where = f"fabric identity {name}"
-    if not isinstance(ident, dict):
-        raise InvalidInput(f"{path}: fabric_identities.{name} must be a table")
-    unknown = sorted(set(ident) - _IDENTITY_KEYS)
-    if unknown:
-        raise InvalidInput(f"{path}: fabric_identities.{name}: unknown keys {unknown}")
-    key = parse_key_ref(ident, path.parent, str(path), f"fabric_identities.{name}.")
-    return Credentials(
-        key_file=key.path if isinstance(key, PlainKeyFile) else None,
-        cert_file=_rel(path.parent, _req(ident, "cert_file", where)),
-        msp_id=str(_req(ident, "msp_id", where)),
-        key=None if isinstance(key, PlainKeyFile) else key,
-    )
+def _identities(
+    path: Path, raw: Mapping[str, Any], network: NetworkConfig
+) -> dict[str, Credentials]:
+    """``[identities.<ledger>]`` (or the older ``[fabric_identities.<ledger>]``): each parsed
+    by the ledger's kind, which refuses one it does not take."""
+    if "identities" in raw and "fabric_identities" in raw:
+        raise InvalidInput(f"{path}: identities and fabric_identities are exclusive; give one")
+    table_name = "fabric_identities" if "fabric_identities" in raw else "identities"
+    table = raw.get(table_name, {})
+    if not isinstance(table, dict):
+        raise InvalidInput(f"{path}: {table_name} must be a table")
+    out: dict[str, Credentials] = {}
+    for name, ident in table.items():
+        if name not in network.ledgers:
+            raise InvalidInput(f"{path}: {table_name}.{name}: unknown ledger")
+        kind = get_kind(network.ledger(name).kind)
+        out[name] = kind.parse_identity(ident, path.parent, str(path), f"{table_name}.{name}")
+    return out
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:

@@ -16,6 +16,9 @@ from bridge.logfields import COUNT, ERROR, HEIGHT, LEDGER, get_logger
 from relayers.checkpoint import END_OF_BLOCK, CheckpointStore
 
 BATCH = 256
+"""Events per delivery call."""
+PAGE_BLOCKS = 5_000
+"""Blocks per read: the most one ``events`` call scans (bounded pages, checkpointed each)."""
 
 
 class EventSink(Protocol):
@@ -43,34 +46,49 @@ class EventWatcher:
         checkpoints: CheckpointStore,
         poll_interval: float,
         max_backoff: float = 5.0,
+        page_blocks: int = PAGE_BLOCKS,
     ) -> None:
         self._reader = reader
         self._sink = sink
         self._checkpoints = checkpoints
         self._poll = poll_interval
         self._max_backoff = max_backoff
+        self._page_blocks = max(1, page_blocks)
         self._log = get_logger(**{LEDGER: reader.ledger.name})
         self.delivered = 0
 
     async def step(self) -> int:
-        """Deliver everything newly final once; return how many events went out."""
+        """Deliver everything newly final once, in pages of at most ``page_blocks`` blocks,
+        each checkpointed when delivered; return how many events went out.
+
+        Guarantees: memory is bounded by one page however far behind the checkpoint is (a
+        relayer back from a long outage), and a crash loses at most the page in flight,
+        which is delivered again (the coordinator deduplicates)."""
         position = self._checkpoints.load()
         final = await self._reader.finalized_height()
         if position is not None and final <= position.height and position.index == END_OF_BLOCK:
             return 0
-        events = await self._reader.events(position, final)
-        for start in range(0, len(events), BATCH):
-            chunk = events[start : start + BATCH]
-            last = chunk[-1].position
-            await self._sink.deliver(self._reader.ledger.name, chunk, last.height)
-            self._checkpoints.save(last)
-        if not events:  # still report progress, so the coordinator can say what it waits for
+        total = 0
+        while True:
+            scanned = 0 if position is None else position.height
+            up_to = min(final, scanned + self._page_blocks)
+            events = await self._reader.events(position, up_to)
+            for start in range(0, len(events), BATCH):
+                chunk = events[start : start + BATCH]
+                last = chunk[-1].position
+                await self._sink.deliver(self._reader.ledger.name, chunk, last.height)
+                self._checkpoints.save(last)
+            position = EventPosition(up_to, END_OF_BLOCK)
+            self._checkpoints.save(position)
+            total += len(events)
+            if up_to >= final:
+                break
+        if not total:  # still report progress, so the coordinator can say what it waits for
             await self._sink.deliver(self._reader.ledger.name, [], final)
-        self._checkpoints.save(EventPosition(final, END_OF_BLOCK))
-        if events:
-            self._log.info("events delivered", **{COUNT: len(events), HEIGHT: final})
-        self.delivered += len(events)
-        return len(events)
+        if total:
+            self._log.info("events delivered", **{COUNT: total, HEIGHT: final})
+        self.delivered += total
+        return total
 
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set, backing off while the ledger or coordinator is down."""

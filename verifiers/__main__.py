@@ -37,7 +37,7 @@ async def run(config_path: Path) -> None:
     readers = {
         lc.id.word: open_reader(
             lc,
-            cfg.fabric_identities.get(name),
+            cfg.identities.get(name),
             cfg.rpc_overrides.get(name),
             auth=cfg.ledger_auth.get(name),
         )

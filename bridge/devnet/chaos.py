@@ -28,9 +28,6 @@ from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.v1 import depository_pb2, depository_pb2_grpc, operator_pb2, operator_pb2_grpc
 
-FABRIC_NODES = ("peer", "orderer", "chaincode")
-"""The Fabric processes the scheduler takes down (with ``stall_ledgers``)."""
-
 
 @dataclass
 class FaultLog:
@@ -80,10 +77,10 @@ class ChaosScheduler(threading.Thread):
     """Injects one fault every ``every`` seconds (jittered) until :meth:`stop` is called.
 
     Faults: SIGKILL of the coordinator, a relayer or a verifier followed by a restart after
-    ``down`` seconds; with ``stall_ledgers``, an EVM ledger that stops producing blocks for
-    ``down`` seconds, and real Fabric node outages: Org1's peer (the one in network.toml,
-    used by the relayer and half the members) or the orderer SIGKILLed and restarted on its
-    data, or the chaincode server SIGKILLed and served again, each after ``down`` seconds.
+    ``down`` seconds; with ``stall_ledgers``, every outage each ledger's kind offers
+    (:meth:`bridge.devnet.ledger.DevLedger.faults`: an anvil ledger that stops producing
+    blocks, a Fabric peer, orderer or chaincode server SIGKILLed and restarted), undone
+    after ``down`` seconds.
     Every fault is undone before the next one starts.
     """
 
@@ -130,9 +127,8 @@ class ChaosScheduler(threading.Thread):
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         names += [f"spare-{j}" for j in range(len(self.system.spare_keys))]
         if self.stall_ledgers:
-            names += [f"ledger-{n}" for n in self.system.ledgers]
-            for kind in FABRIC_NODES:
-                names += [f"{kind}-{n}" for n in self.system.fabric]
+            for ledger, handle in self.system.dev_ledgers.items():
+                names += [f"{fault}@{ledger}" for fault in handle.faults()]
         return names
 
     def run(self) -> None:
@@ -145,20 +141,15 @@ class ChaosScheduler(threading.Thread):
             name = self.rng.choice(targets)
             pause = self.rng.uniform(*self.down)
             self.log.last_fault_at = time.monotonic()
-            if name.startswith("ledger-"):
-                node = self.system.ledgers[name.removeprefix("ledger-")].node
-                node.rpc("evm_setIntervalMining", [0])
-                self.log.stalls[name] += 1
-                time.sleep(pause)
-                # anvil takes whole seconds here; sub-second ledgers resume at 1 s blocks
-                node.rpc("evm_setIntervalMining", [max(1, round(self.system.block_time))])
-                continue
-            kind, _, target = name.partition("-")
-            kind = "verifier" if kind == "spare" else kind
-            if kind in FABRIC_NODES:
-                kill, restart = self._fabric_node(kind, target)
-                self.log.stalls[name] += 1
+            fault, at, ledger = name.partition("@")
+            if at:
+                # A ledger outage of the ledger's own kind (DevLedger.faults).
+                kill, restart = self.system.handle(ledger).faults()[fault]
+                self.log.stalls[f"{fault}-{ledger}"] += 1
+                kind = fault
             else:
+                kind = name.partition("-")[0]
+                kind = "verifier" if kind == "spare" else kind
                 kill = self.system.processes[name].kill9
                 restart = partial(self.system.start_process, name)
                 self.log.kills[kind] += 1
@@ -168,19 +159,6 @@ class ChaosScheduler(threading.Thread):
             restart()
             took = time.monotonic() - started
             self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
-
-    def _fabric_node(
-        self, kind: str, ledger: str
-    ) -> tuple[Callable[[], object], Callable[[], object]]:
-        """How to take ``kind`` of ``ledger``'s Fabric network down, and bring it back."""
-        fabric = self.system.fabric[ledger]
-        net = fabric.net
-        org = next(iter(net.orgs))  # Org1: the peer in network.toml
-        if kind == "peer":
-            return partial(net.kill_peer, org), partial(net.restart_peer, org)
-        if kind == "orderer":
-            return net.kill_orderer, net.restart_orderer
-        return fabric.kill_chaincode, fabric.restart_chaincode
 
     # ---- governance steps (issue 10): rotation, halt and release in the fault schedule -------
     def _governance_step(self, slot: int) -> bool:

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bridge.config import Credentials, LedgerAuth
 from bridge.core.digests import init_parameters_digest
+from bridge.core.words import fabric_bridge_word
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
-from bridge.ledgers.fabric.adapter import fabric_bridge_word
 from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
 
@@ -270,6 +271,58 @@ class FabricBridgeLedger:
             "tls_server_name": o.peer_host,
             "block_interval": block_interval,
             "genesis_hash": "0x" + self.genesis_hash.hex(),
+        }
+
+    # ---- DevLedger (bridge.devnet.ledger): the devnet's kind-independent view
+    @property
+    def kind(self) -> str:
+        """``fabric``."""
+        return "fabric"
+
+    def describe(self) -> list[str]:
+        """Channel, organisations and chaincode."""
+        return [
+            f"Fabric channel {self.net.channel}, {len(self.net.orgs)} orgs, Raft orderer",
+            f"bridge chaincode {self.chaincode!r} (endorsement by both orgs)",
+        ]
+
+    def relayer_entry(self) -> dict[str, Any]:
+        """The relayer's MSP identity (Org1 User1) and poll interval."""
+        creds = self.relayer_credentials
+        return {
+            "key_file": str(creds.key_file),
+            "cert_file": str(creds.cert_file),
+            "msp_id": creds.msp_id,
+            "poll_interval": 0.1,
+        }
+
+    def read_identity(self) -> dict[str, Any] | None:
+        """The committee's read identity (Org2 User1): Fabric signs every query."""
+        creds = self.verifier_credentials
+        return {
+            "msp_id": creds.msp_id,
+            "cert_file": str(creds.cert_file),
+            "key_file": str(creds.key_file),
+        }
+
+    def node_auth(self, role: str) -> dict[str, str]:
+        """The TLS client certificate of the ``relayer`` (Org1) or ``verifier`` (Org2)."""
+        auth = self.relayer_ledger_auth if role == "relayer" else self.verifier_ledger_auth
+        return {"tls_cert_file": str(auth.tls_cert_file), "tls_key_file": str(auth.tls_key_file)}
+
+    def reader_override(self) -> dict[str, Any] | None:
+        """Org2's peer."""
+        return self.endpoint_override("Org2")
+
+    def faults(self) -> Mapping[str, tuple[Callable[[], object], Callable[[], object]]]:
+        """Org1's peer (the one in network.toml) or the orderer SIGKILLed and restarted on
+        its data, or the chaincode server SIGKILLed and served again."""
+        net = self.net
+        org = next(iter(net.orgs))
+        return {
+            "peer": (partial(net.kill_peer, org), partial(net.restart_peer, org)),
+            "orderer": (net.kill_orderer, net.restart_orderer),
+            "chaincode": (self.kill_chaincode, self.restart_chaincode),
         }
 
     def endpoint_of(self, org: str) -> str:

@@ -9,7 +9,7 @@ generated inside a SoftHSM2 token under the work directory and never leave it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_tok
 from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
+from bridge.devnet.ledger import DevLedger, Fault
 from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
@@ -44,7 +45,8 @@ DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO
 
 @dataclass
 class LedgerHandle:
-    """One running ledger with its bridge endpoint and security tokens."""
+    """One running anvil ledger with its bridge endpoint and security tokens (the EVM
+    :class:`~bridge.devnet.ledger.DevLedger`)."""
 
     name: str
     node: AnvilNode
@@ -54,6 +56,90 @@ class LedgerHandle:
     tokens: dict[str, Contract] = field(default_factory=dict)
     before_issue: Callable[[str, int], None] | None = None
     """Called with (isin, units) before any issue: the devnet registers the issuance."""
+    block_time: float = 1.0
+    rpc_token_file: Path | None = None
+    """The bearer token the node's TLS proxy wants (None: plain anvil http)."""
+    relayer_key: dict[str, Any] = field(default_factory=dict)
+    """The relayer file's key entry (``key_file`` or a token key table)."""
+
+    @property
+    def kind(self) -> str:
+        """``evm``."""
+        return "evm"
+
+    # ---- DevLedger: configuration
+    def describe(self) -> list[str]:
+        """Chain id, RPC URL and endpoint address."""
+        return [
+            f"EVM chain id {self.node.chain_id}, rpc {self.node.rpc_url}",
+            f"bridge endpoint {self.endpoint.address}",
+        ]
+
+    def ledger_entry(self) -> dict[str, Any]:
+        """This ledger's ``[[ledgers]]`` entry for network.toml."""
+        entry: dict[str, Any] = {
+            "id": self.name,
+            "kind": "evm",
+            "rpc_url": self.node.public_rpc_url,
+            "bridge": self.endpoint.address,
+            "chain_id": self.node.chain_id,
+            "finality_depth": 0,
+            "block_interval": self.block_time,
+        }
+        return entry | ({"tls_ca": str(self.node.tls_ca)} if self.node.tls_ca else {})
+
+    def relayer_entry(self) -> dict[str, Any]:
+        """The relayer account's key entry and poll interval."""
+        return {"poll_interval": min(0.2, self.block_time / 5), **self.relayer_key}
+
+    def read_identity(self) -> dict[str, Any] | None:
+        """EVM reads need no identity."""
+        return None
+
+    def node_auth(self, role: str) -> dict[str, str]:
+        """The bearer token behind the node's TLS proxy (both roles)."""
+        if self.node.proxy is not None and self.rpc_token_file is not None:
+            return {"token_file": str(self.rpc_token_file)}
+        return {}
+
+    def reader_override(self) -> dict[str, Any] | None:
+        """One anvil node: no second view."""
+        return None
+
+    def faults(self) -> Mapping[str, Fault]:
+        """``ledger``: block production stops (anvil resumes at whole seconds)."""
+        rpc = self.node.rpc
+        resume = [max(1, round(self.block_time))]
+        return {
+            "ledger": (
+                lambda: rpc("evm_setIntervalMining", [0]),
+                lambda: rpc("evm_setIntervalMining", resume),
+            )
+        }
+
+    def stop(self) -> None:
+        """Stop the anvil node (and its proxy)."""
+        self.node.stop()
+
+    # ---- DevLedger: admin
+    def set_instructor(self, key: str, enabled: bool = True) -> None:
+        """Register (or remove) a brokerage instruction key on the endpoint."""
+        deploy.set_instructor(self.w3, self.admin.private_key, self.endpoint, key, enabled)
+
+    def set_depository(self, key: str) -> None:
+        """``setDepository`` (admin, once)."""
+        deploy.set_depository(self.w3, self.admin.private_key, self.endpoint, key)
+
+    def set_flow_limit(self, isin: str, counterpart: str, limit: FlowLimit) -> None:
+        """Set the lane's flow limit as the endpoint admin."""
+        deploy.set_flow_limit(
+            self.w3,
+            self.admin.private_key,
+            self.endpoint,
+            SecurityId(isin),
+            LedgerId(counterpart),
+            limit,
+        )
 
     @property
     def w3(self) -> Web3:
@@ -180,7 +266,16 @@ class LocalSystem:
             deploy.set_instructor(
                 w3, admin.private_key, endpoint, self.instruction_key(name).address, True
             )
-            handle = LedgerHandle(name, node, admin, relayer, endpoint)
+            handle = LedgerHandle(
+                name,
+                node,
+                admin,
+                relayer,
+                endpoint,
+                block_time=self.block_time,
+                rpc_token_file=self._rpc_token_file(name) if self.evm_node_auth else None,
+                relayer_key=self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
+            )
             for isin in self.isins:
                 token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
                 deploy.register_security(w3, admin.private_key, endpoint, token)
@@ -197,12 +292,8 @@ class LocalSystem:
         """Give every endpoint the depository's order key (``setDepository``/``SetDepository``,
         admin, once) and write it 0600 to ``keys/depository.key`` for the CLI."""
         write_key_file(self.workdir / "keys" / "depository.key", self.depository_key)
-        for h in self.ledgers.values():
-            deploy.set_depository(
-                h.w3, h.admin.private_key, h.endpoint, self.depository_key.address
-            )
-        for f in self.fabric.values():
-            f.set_depository(self.depository_key.address)
+        for ledger in self.dev_ledgers.values():
+            ledger.set_depository(self.depository_key.address)
 
     def _start_custody(self) -> Committee:
         """The committee's keys: 0600 files, or keys generated inside a SoftHSM2 token."""
@@ -248,25 +339,21 @@ class LocalSystem:
 
     def _ledger_auth(self, ledger: str, role: str) -> dict[str, str]:
         """The ``[ledger_auth]`` table of a ``role`` (relayer/verifier) for ``ledger``."""
-        if ledger in self.fabric:
-            f = self.fabric[ledger]
-            auth = f.relayer_ledger_auth if role == "relayer" else f.verifier_ledger_auth
-            return {
-                "tls_cert_file": str(auth.tls_cert_file),
-                "tls_key_file": str(auth.tls_key_file),
-            }
-        if self.ledgers[ledger].node.proxy is not None:
-            return {"token_file": str(self._rpc_token_file(ledger))}
-        return {}
+        return self.handle(ledger).node_auth(role)
 
-    def handle(self, name: str) -> LedgerHandle | FabricBridgeLedger:
-        """The named ledger, EVM or Fabric (both offer balance, make_holder, set_eligible...)."""
-        return self.ledgers[name] if name in self.ledgers else self.fabric[name]
+    @property
+    def dev_ledgers(self) -> dict[str, DevLedger]:
+        """Every running ledger by name, whatever its kind (EVM first)."""
+        return {**self.ledgers, **self.fabric}
+
+    def handle(self, name: str) -> DevLedger:
+        """The named ledger, whatever its kind."""
+        return self.dev_ledgers[name]
 
     @property
     def all_ledgers(self) -> list[str]:
         """Every ledger name, EVM first."""
-        return [*self.ledgers, *self.fabric]
+        return list(self.dev_ledgers)
 
     # -- brokerages (protocol v2 instructions) -----------------------------------------------
     def instruction_key(self, ledger: str) -> DevAccount:
@@ -280,23 +367,13 @@ class LocalSystem:
     def set_instructor(self, ledger: str, key: str, enabled: bool = True) -> None:
         """Register (or remove) ``key`` as an instruction key on ``ledger``'s endpoint, as
         its admin (only the chain: the network file's ``[instruction_keys]`` is unchanged)."""
-        if ledger in self.fabric:
-            self.fabric[ledger].set_instructor(key, enabled)
-            return
-        h = self.ledgers[ledger]
-        deploy.set_instructor(h.w3, h.admin.private_key, h.endpoint, key, enabled)
+        self.handle(ledger).set_instructor(key, enabled)
 
     # ---- flow limits (ADR 0010)
     def set_flow_limit(self, ledger: str, isin: str, counterpart: str, limit: FlowLimit) -> None:
         """Set the flow limit of the lane (``isin``, ``counterpart``) on ``ledger``'s endpoint,
         as its admin (``FlowLimit()`` removes it); the devnet's deploy step for limits."""
-        if ledger in self.fabric:
-            self.fabric[ledger].set_flow_limit(isin, counterpart, limit)
-            return
-        h = self.ledgers[ledger]
-        deploy.set_flow_limit(
-            h.w3, h.admin.private_key, h.endpoint, SecurityId(isin), LedgerId(counterpart), limit
-        )
+        self.handle(ledger).set_flow_limit(isin, counterpart, limit)
 
     @property
     def network(self) -> NetworkConfig:
@@ -338,20 +415,7 @@ class LocalSystem:
                     "instruction_keys": {
                         name: [self.instruction_key(name).address] for name in self.all_ledgers
                     },
-                    "ledgers": [
-                        {
-                            "id": h.name,
-                            "kind": "evm",
-                            "rpc_url": h.node.public_rpc_url,
-                            "bridge": h.endpoint.address,
-                            "chain_id": h.node.chain_id,
-                            "finality_depth": 0,
-                            "block_interval": self.block_time,
-                        }
-                        | ({"tls_ca": str(h.node.tls_ca)} if h.node.tls_ca else {})
-                        for h in self.ledgers.values()
-                    ]
-                    + [f.ledger_entry() for f in self.fabric.values()],
+                    "ledgers": [h.ledger_entry() for h in self.dev_ledgers.values()],
                     "organisations": self._pki().network_entries(self.workdir),
                 }
             )
@@ -475,14 +539,12 @@ class LocalSystem:
         write_key_file(self.workdir / "keys" / "supply-operator.key", self.supply_operator)
         self.ports["coordinator"] = free_port()
         verifiers: list[dict[str, str]] = []
-        fabric_identities = {
-            name: {
-                "msp_id": f.verifier_credentials.msp_id,
-                "cert_file": str(f.verifier_credentials.cert_file),
-                "key_file": str(f.verifier_credentials.key_file),
-            }
-            for name, f in self.fabric.items()
+        identities = {
+            name: ident
+            for name, h in self.dev_ledgers.items()
+            if (ident := h.read_identity()) is not None
         }
+        overrides = {name: o for name, h in self.dev_ledgers.items() if (o := h.reader_override())}
         for i, (address, label) in enumerate(self.members):
             port = self.ports[f"verifier-{i}"] = free_port()
             account = self.verifier_keys[i] if self.token is None else None
@@ -494,8 +556,8 @@ class LocalSystem:
                 "audit_log": f"audit/verifier-{i}.jsonl",
                 **self._tls_entry(self.member_role(i)),
             }
-            if fabric_identities:
-                verifier["fabric_identities"] = fabric_identities
+            if identities:
+                verifier["identities"] = identities
             ledger_auth = {
                 name: auth
                 for name in self.all_ledgers
@@ -503,20 +565,17 @@ class LocalSystem:
             }
             if ledger_auth:
                 verifier["ledger_auth"] = ledger_auth
-            if i % 2 and self.fabric:
-                # Every other member reads Fabric through the second organisation's peer,
-                # so no single peer is every member's view of the ledger.
-                verifier["rpc_overrides"] = {
-                    name: f.endpoint_override("Org2") for name, f in self.fabric.items()
-                }
+            if i % 2 and overrides:
+                # Every other member reads through a second node (Fabric: the second
+                # organisation's peer), so no single node is every member's view of a ledger.
+                verifier["rpc_overrides"] = overrides
             verifier |= self._obs_tables(f"verifier-{i}")
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))
             verifiers.append({"endpoint": f"127.0.0.1:{port}", "member": address.lower()})
-        self._spare_configs(fabric_identities)
+        self._spare_configs(identities)
         relayers = {}
-        for name, h in self.ledgers.items():
+        for name, h in self.dev_ledgers.items():
             port = self.ports[f"relayer-{name}"] = free_port()
-            key = self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", h.relayer)
             (self.workdir / f"relayer-{name}.toml").write_text(
                 dump_toml(
                     {
@@ -525,33 +584,9 @@ class LocalSystem:
                         "listen": f"127.0.0.1:{port}",
                         "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
                         "state_db": f"state/relayer-{name}.sqlite",
-                        "poll_interval": min(0.2, self.block_time / 5),
                         "audit_log": f"audit/relayer-{name}.jsonl",
                         **self._tls_entry(f"relayer:{name}"),
-                        **key,
-                    }
-                    | _table("ledger_auth", self._ledger_auth(name, "relayer"))
-                    | self._obs_tables(f"relayer-{name}")
-                )
-            )
-            relayers[name] = f"127.0.0.1:{port}"
-        for name, f in self.fabric.items():
-            port = self.ports[f"relayer-{name}"] = free_port()
-            creds = f.relayer_credentials
-            (self.workdir / f"relayer-{name}.toml").write_text(
-                dump_toml(
-                    {
-                        "network": "network.toml",
-                        "ledger": name,
-                        "listen": f"127.0.0.1:{port}",
-                        "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
-                        "key_file": str(creds.key_file),
-                        "cert_file": str(creds.cert_file),
-                        "msp_id": creds.msp_id,
-                        "state_db": f"state/relayer-{name}.sqlite",
-                        "poll_interval": 0.1,
-                        "audit_log": f"audit/relayer-{name}.jsonl",
-                        **self._tls_entry(f"relayer:{name}"),
+                        **h.relayer_entry(),
                     }
                     | _table("ledger_auth", self._ledger_auth(name, "relayer"))
                     | self._obs_tables(f"relayer-{name}")
@@ -696,10 +731,8 @@ class LocalSystem:
             proc = self.processes.get(name)
             if proc is not None:
                 proc.stop()
-        for h in self.ledgers.values():
-            h.node.stop()
-        for f in self.fabric.values():
-            f.stop()
+        for ledger in self.dev_ledgers.values():
+            ledger.stop()
 
     def wait_processes_alive(self, timeout: float = 10.0) -> None:
         """Fail with the log tail of any bridge process that died."""
@@ -737,7 +770,7 @@ class LocalSystem:
             pki.organisation(f"spare-{j}", [self.spare_role(j)])
             pki.issue(f"spare-{j}", self.spare_role(j), f"spare-{j}")
 
-    def _spare_configs(self, fabric_identities: dict[str, Any]) -> None:
+    def _spare_configs(self, identities: dict[str, Any]) -> None:
         """``spare-<j>.toml`` per spare member (the genesis members' ledger access)."""
         for j, key in enumerate(self.spare_keys):
             verifier: dict[str, Any] = {
@@ -748,8 +781,8 @@ class LocalSystem:
                 "audit_log": f"audit/spare-{j}.jsonl",
                 **self._tls_entry(self.spare_role(j)),
             }
-            if fabric_identities:
-                verifier["fabric_identities"] = fabric_identities
+            if identities:
+                verifier["identities"] = identities
             ledger_auth = {
                 name: auth
                 for name in self.all_ledgers

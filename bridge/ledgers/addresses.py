@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bridge.domain.errors import InvalidInput
-from bridge.domain.ids import evm_address_word, word_to_evm_address
+from bridge.ledgers.evm.addresses import EvmAddressCodec
+
+__all__ = ["AddressCodec", "EvmAddressCodec", "codec_for"]
 
 
 class AddressCodec(Protocol):
@@ -20,30 +21,8 @@ class AddressCodec(Protocol):
         ...
 
 
-class EvmAddressCodec:
-    """0x-prefixed 20-byte addresses; mixed case must be a valid EIP-55 checksum."""
-
-    def parse(self, text: str) -> bytes:
-        """Native text to word."""
-        return evm_address_word(text)
-
-    def format(self, word: bytes) -> str:
-        """Word to EIP-55 text."""
-        return word_to_evm_address(word)
-
-
-def _codecs() -> dict[str, AddressCodec]:
-    from bridge.ledgers.fabric.addresses import FabricAddressCodec
-
-    return {"evm": EvmAddressCodec(), "fabric": FabricAddressCodec()}
-
-
-_CODECS = _codecs()
-
-
 def codec_for(kind: str) -> AddressCodec:
-    """The codec for a ledger kind."""
-    try:
-        return _CODECS[kind]
-    except KeyError:
-        raise InvalidInput(f"no address format for ledger kind {kind!r}") from None
+    """The codec of a registered ledger kind; InvalidInput for an unknown kind."""
+    from bridge.ledgers.kinds import get_kind
+
+    return get_kind(kind).address_codec()

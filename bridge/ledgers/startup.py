@@ -5,10 +5,9 @@ address, another channel, a chaincode initialised for another ledger) would sign
 for the wrong ledger. Before serving, each one asks the node what it is and compares every
 answer with ``network.toml``:
 
-- EVM: ``eth_chainId`` equals ``chain_id``; the ``bridge`` address holds code; the
-  endpoint's ``ledgerId()`` equals keccak256(ledger id).
-- Fabric: the chaincode's ``Info`` on the configured channel names the ledger id, the channel
-  and the chaincode, and its bridge word is the one the adapter computes.
+each ledger kind's :meth:`~bridge.ledgers.kinds.LedgerKind.check_reached` (EVM: the chain
+id, code at the endpoint and its ``ledgerId()``; Fabric: the chaincode's ``Info`` names the
+ledger, channel, chaincode and bridge word).
 
 A mismatch raises :class:`LedgerMismatch` naming the ledger, what differs and both values.
 A node that cannot be reached is retried for a bounded time, then reported as ``Unavailable``.
@@ -27,7 +26,7 @@ from tenacity import (
 )
 
 from bridge.config import LedgerConfig
-from bridge.domain.errors import BridgeError, LedgerRejected, Unavailable
+from bridge.domain.errors import BridgeError, Unavailable
 from bridge.ledgers.adapter import LedgerReader
 
 log = structlog.get_logger(__name__)
@@ -82,67 +81,6 @@ async def check_reached(
 
 
 async def _check_once(config: LedgerConfig, reader: LedgerReader) -> ReachedLedger:
-    from bridge.ledgers.evm.adapter import EvmAdapter
+    from bridge.ledgers.kinds import get_kind
 
-    if isinstance(reader, EvmAdapter):
-        return await _check_evm(config, reader)
-    if config.kind == "fabric":
-        from bridge.ledgers.fabric.adapter import FabricAdapter
-
-        if isinstance(reader, FabricAdapter):
-            return await _check_fabric(config, reader)
-    raise LedgerMismatch(config.id.name, "adapter kind", config.kind, type(reader).__name__)
-
-
-async def _check_evm(config: LedgerConfig, adapter: object) -> ReachedLedger:
-    from bridge.ledgers.evm.adapter import EvmAdapter
-
-    assert isinstance(adapter, EvmAdapter)
-    name = config.id.name
-    chain_id, code, word = await adapter.node_identity()
-    # SECURITY: the chain id is what EIP-155 signatures bind; another chain is another ledger.
-    if chain_id != config.chain_id:
-        raise LedgerMismatch(name, "chain id", str(config.chain_id), str(chain_id))
-    if not code:
-        raise LedgerMismatch(
-            name, f"endpoint contract code at {config.bridge}", "non-empty", "no code"
-        )
-    if word != config.id.word:
-        raise LedgerMismatch(
-            name, "endpoint ledger id", "0x" + config.id.word.hex(), "0x" + word.hex()
-        )
-    return ReachedLedger(name, "evm", f"chain id {chain_id}, endpoint {config.bridge}")
-
-
-async def _check_fabric(config: LedgerConfig, adapter: object) -> ReachedLedger:
-    from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
-
-    assert isinstance(adapter, FabricAdapter)
-    name = config.id.name
-    # A malformed TLS client certificate or key is a configuration fault: InvalidInput now
-    # (not retried), instead of a connection retried for ever.
-    adapter.client.check_client_tls()
-    try:
-        info = await adapter.endpoint_info()
-    except LedgerRejected as exc:
-        raise LedgerMismatch(
-            name,
-            f"chaincode {config.bridge} on channel {config.channel}",
-            "initialised bridge endpoint",
-            f"{exc.reason}: {exc.detail}",
-        ) from exc
-    checks = (
-        ("chaincode ledger name", name, info.get("ledger_name", "")),
-        ("channel", config.channel, info.get("channel_id", "")),
-        ("chaincode name", config.bridge, info.get("chaincode_name", "")),
-        (
-            "bridge word",
-            "0x" + fabric_bridge_word(config.channel, config.bridge).hex(),
-            info.get("bridge_word", ""),
-        ),
-        ("endpoint ledger id", "0x" + config.id.word.hex(), info.get("ledger_word", "")),
-    )
-    for what, expected, found in checks:
-        if expected.lower() != found.lower():
-            raise LedgerMismatch(name, what, expected, found or "(none)")
-    return ReachedLedger(name, "fabric", f"channel {config.channel}, chaincode {config.bridge}")
+    return await get_kind(config.kind).check_reached(config, reader)

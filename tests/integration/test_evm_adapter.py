@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import replace
 
 import pytest
 
 from bridge.devnet.processes import free_port
-from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
+from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import SecurityId
-from bridge.domain.legs import Action, Leg, LegState, RejectReason
-from bridge.ledgers.evm import deploy
+from bridge.domain.legs import Action, Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter
 from tests.integration.conftest import ISIN, TwoLedgers, address_word, instruct
 from tests.support import eventually
@@ -26,112 +23,6 @@ def adapters(env: TwoLedgers) -> tuple[EvmAdapter, EvmAdapter]:
         EvmAdapter(env.a.config(), env.a.relayer.private_key),
         EvmAdapter(env.b.config(), env.b.relayer.private_key),
     )
-
-
-async def test_commit_path_through_adapters_emits_every_event_once(two_ledgers: TwoLedgers) -> None:
-    env = two_ledgers
-    a, b = adapters(env)
-    alice, bob = env.a.holder(100), env.b.holder()
-    start_a = await a.finalized_height()
-    t = env.terms(alice, bob, 40)
-    lock = await a.submit(Action.LOCK, t, None, instruct(t))
-    assert not lock.already_applied and lock.tx_id.startswith("0x")
-    assert (await a.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
-
-    prep = await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
-    status = await b.get_leg(t.transfer_id, Leg.INBOUND)
-    assert status.state is LegState.PREPARED and status.terms_hash == t.terms_hash
-    await a.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.a))
-    await b.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.b))
-    assert env.a.balance(alice.address) == 60
-    assert env.b.balance(bob.address) == 40
-
-    final = await a.finalized_height()
-    events_a = [e for e in await a.events(None, final) if e.transfer_id == t.transfer_id]
-    assert [e.state for e in events_a] == [LegState.LOCKED, LegState.BURNED]
-    assert events_a[0].terms == t, "the LOCKED event carries the full terms"
-    assert events_a[0].position.height > start_a
-    events_b = [e for e in await b.events(None, final) if e.transfer_id == t.transfer_id]
-    assert [e.state for e in events_b] == [LegState.PREPARED, LegState.MINTED]
-    assert events_b[0].tx_id == prep.tx_id
-    # Resuming after the last event returns nothing for this transfer: no duplicates.
-    after = [
-        e for e in await a.events(events_a[-1].position, final) if e.transfer_id == t.transfer_id
-    ]
-    assert after == []
-    await a.close()
-    await b.close()
-
-
-async def test_every_step_is_idempotent(two_ledgers: TwoLedgers) -> None:
-    env = two_ledgers
-    a, b = adapters(env)
-    alice, bob = env.a.holder(10), env.b.holder()
-    t = env.terms(alice, bob, 10)
-    first = await a.submit(Action.LOCK, t, None, instruct(t))
-    nonce_before = env.a.w3.eth.get_transaction_count(env.a.relayer.address)
-    again = await a.submit(Action.LOCK, t, None, instruct(t))
-    assert again.already_applied and again.tx_id == ""
-    assert env.a.w3.eth.get_transaction_count(env.a.relayer.address) == nonce_before
-    assert env.a.balance(alice.address) == 0, "escrowed once, not twice"
-    locked = env.cert(ClaimKind.LOCKED, t, env.b)
-    await b.submit(Action.PREPARE, t, locked)
-    assert (await b.submit(Action.PREPARE, t, locked)).already_applied
-    abort_a, abort_b = env.cert(ClaimKind.ABORT, t, env.a), env.cert(ClaimKind.ABORT, t, env.b)
-    await a.submit(Action.ABORT, t, abort_a)
-    await b.submit(Action.ABORT, t, abort_b)
-    assert (await a.submit(Action.ABORT, t, abort_a)).already_applied
-    assert env.a.balance(alice.address) == 10, "released exactly once"
-    assert first.tx_id
-    await a.close()
-    await b.close()
-
-
-async def test_contract_refusals_surface_with_their_error_name(two_ledgers: TwoLedgers) -> None:
-    env = two_ledgers
-    a, b = adapters(env)
-    alice, bob = env.a.holder(5), env.b.holder()
-    too_much = env.terms(alice, bob, 6)
-    with pytest.raises(LedgerRejected) as exc:
-        await a.submit(Action.LOCK, too_much, None, instruct(too_much))
-    assert exc.value.reason == "InsufficientBalance"
-    assert (await a.get_leg(too_much.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
-
-    t = env.terms(alice, bob, 5)
-    await a.submit(Action.LOCK, t, None, instruct(t))
-    forged = env.cert(ClaimKind.LOCKED, t, env.a)  # signed for the wrong ledger
-    with pytest.raises(LedgerRejected) as exc:
-        await b.submit(Action.PREPARE, t, forged)
-    assert exc.value.reason == "NotCommitteeMember"
-    short = env.cert(ClaimKind.LOCKED, t, env.b)
-    with pytest.raises(LedgerRejected) as exc:
-        await b.submit(Action.PREPARE, t, replace(short, signatures=short.signatures[:2]))
-    assert exc.value.reason == "TooFewSignatures"
-    assert (await b.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.NONE
-    with pytest.raises(LedgerRejected) as exc:
-        await b.submit(Action.PREPARE, t, None)
-    assert exc.value.reason == "MissingCertificate"
-    with pytest.raises(LedgerRejected) as exc:
-        await a.submit(Action.PREPARE, t, short)
-    assert exc.value.reason == "WrongLeg"
-    await a.close()
-    await b.close()
-
-
-async def test_rejection_is_a_recorded_state_with_a_reason(two_ledgers: TwoLedgers) -> None:
-    env = two_ledgers
-    a, b = adapters(env)
-    alice = env.a.holder(3)
-    stranger = env.b.holder()
-    deploy.set_eligible(env.b.w3, env.b.admin.private_key, env.b.token, stranger.address, False)
-    t = env.terms(alice, stranger, 3)
-    await a.submit(Action.LOCK, t, None, instruct(t))
-    await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
-    status = await b.get_leg(t.transfer_id, Leg.INBOUND)
-    assert status.state is LegState.REJECTED
-    assert status.reason == RejectReason.RECIPIENT_NOT_ELIGIBLE
-    await a.close()
-    await b.close()
 
 
 async def test_one_nonce_owner_under_concurrency_and_resync_after_outside_use(

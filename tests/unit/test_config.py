@@ -122,14 +122,14 @@ def test_missing_ledger_key(tmp_path: Path, key: str) -> None:
 def test_missing_ledger_id(tmp_path: Path) -> None:
     data = network_data()
     del data["ledgers"][1]["id"]
-    with pytest.raises(InvalidInput, match="ledger: missing required key 'id'"):
+    with pytest.raises(InvalidInput, match=r"ledgers\[1\]: missing required key 'id'"):
         load_network(write(tmp_path / "n.toml", data))
 
 
 def test_unknown_ledger_kind(tmp_path: Path) -> None:
     data = network_data()
     data["ledgers"][1]["kind"] = "corda"
-    with pytest.raises(InvalidInput, match="ledger brokerage-b: unsupported kind 'corda'"):
+    with pytest.raises(InvalidInput, match="unsupported ledger kind 'corda'"):
         load_network(write(tmp_path / "n.toml", data))
 
 
@@ -280,7 +280,10 @@ def test_evm_ledger_needs_a_chain_id(tmp_path: Path, chain_id: int | None) -> No
         del data["ledgers"][1]["chain_id"]
     else:
         data["ledgers"][1]["chain_id"] = chain_id
-    with pytest.raises(InvalidInput, match="brokerage-b: an EVM ledger needs its chain_id"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"ledger brokerage-b: (missing required key 'chain_id'|chain_id: input should be greater than 0)",
+    ):
         load_network(write(tmp_path / "network.toml", data))
 
 
@@ -361,7 +364,10 @@ def test_fabric_ledger_needs_channel_and_tls(tmp_path: Path, missing: str) -> No
     ledger = fabric_ledger()
     del ledger[missing]
     data["ledgers"].append(ledger)
-    with pytest.raises(InvalidInput, match="brokerage-f: a Fabric ledger needs channel and tls_ca"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"ledger brokerage-f: (missing required key '(channel|tls_ca)'|(channel|tls_ca): string should have at least 1 character)",
+    ):
         load_network(write(tmp_path / "network.toml", data))
 
 
@@ -387,7 +393,7 @@ def test_verifier_fabric_identities_and_relayer_certificate(tmp_path: Path) -> N
             },
         )
     )
-    ident = verifier.fabric_identities["brokerage-f"]
+    ident = verifier.identities["brokerage-f"]
     assert (ident.msp_id, ident.cert_file, ident.key_file) == (
         "Org1MSP",
         tmp_path / "f" / "c.pem",
@@ -514,9 +520,9 @@ def test_network_words_and_instruction_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("ledger_extra", "keys", "match"),
     [
-        ({"genesis_hash": None}, {}, "a Fabric ledger needs genesis_hash"),
-        ({"genesis_hash": "0x1234"}, {}, "a Fabric ledger needs genesis_hash"),
-        ({"genesis_hash": "0x" + "zz" * 32}, {}, "genesis_hash is not hex"),
+        ({"genesis_hash": None}, {}, "missing required key 'genesis_hash'"),
+        ({"genesis_hash": "0x1234"}, {}, "genesis_hash: string should match pattern"),
+        ({"genesis_hash": "0x" + "zz" * 32}, {}, "genesis_hash: string should match pattern"),
         ({}, {"nowhere": ["0x" + "0b" * 20]}, "instruction_keys: unknown ledger 'nowhere'"),
         ({}, {"brokerage-f": "0x" + "0b" * 20}, "must be a list of addresses"),
         ({}, {"brokerage-f": ["0x" + "00" * 20]}, "the zero address is not a key"),
@@ -540,5 +546,7 @@ def test_bad_network_words_and_instruction_keys_are_refused(
 def test_genesis_hash_on_an_evm_ledger_is_refused(tmp_path: Path) -> None:
     data = network_data()
     data["ledgers"][0]["genesis_hash"] = "0x" + "ab" * 32
-    with pytest.raises(InvalidInput, match="genesis_hash applies to Fabric ledgers only"):
+    with pytest.raises(
+        InvalidInput, match="ledger brokerage-a: genesis_hash: extra inputs are not permitted"
+    ):
         load_network(write(tmp_path / "network.toml", data))

@@ -49,7 +49,7 @@ from bridge.keys.reference import (
 )
 from bridge.keys.secp256k1 import recoverable_signature
 from bridge.keys.secret import read_secret
-from tests.unit.test_config import network_data, write
+from tests.unit.test_config import fabric_ledger, network_data, write
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
@@ -272,7 +272,9 @@ def test_malformed_key_references_are_refused_naming_the_path(
 
 
 def _daemon_files(tmp_path: Path) -> None:
-    write(tmp_path / "network.toml", network_data())
+    data = network_data()
+    data["ledgers"].append(fabric_ledger(id="fab"))
+    write(tmp_path / "network.toml", data)
 
 
 def test_relayer_and_verifier_files_take_a_key_table(tmp_path: Path) -> None:
@@ -324,7 +326,7 @@ def test_relayer_and_verifier_files_take_a_key_table(tmp_path: Path) -> None:
     assert verifier.member_key == KeystoreKey(
         tmp_path / "keys/member.json", SecretSource(env="MEMBER_PASS")
     )
-    fab = verifier.fabric_identities["fab"]
+    fab = verifier.identities["fab"]
     assert fab.key_ref == KeystoreKey(
         tmp_path / "fab/key.pem", SecretSource(file=tmp_path / "fab/pass")
     )

@@ -39,7 +39,6 @@ from bridge.domain.ids import (
     word_to_evm_address,
 )
 from bridge.domain.legs import (
-    STEP_DONE,
     Action,
     EventPosition,
     HolderStatus,
@@ -59,6 +58,7 @@ from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
+from bridge.ledgers.steps import Step, StepTemplate
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -88,7 +88,7 @@ _MAX_TRACKED = 4096
 """Sent transactions remembered for retries; the oldest are forgotten first."""
 
 
-class EvmAdapter:
+class EvmAdapter(StepTemplate):
     """LedgerAdapter for one EVM bridge endpoint; reads need no key, writes need a key.
 
     The sending account is a :class:`~bridge.domain.signer.Signer` (``signer``: keystore or
@@ -373,15 +373,6 @@ class EvmAdapter:
         )
 
     # -- writes --------------------------------------------------------------------------
-    def _leg_here(self, terms: TransferTerms) -> Leg:
-        if terms.src_ledger == self.ledger.word and terms.src_bridge == self.bridge_word:
-            return Leg.OUTBOUND
-        if terms.dst_ledger == self.ledger.word and terms.dst_bridge == self.bridge_word:
-            return Leg.INBOUND
-        raise LedgerRejected(
-            ErrorReason.WRONG_LEDGER, f"transfer does not involve ledger {self.ledger}"
-        )
-
     async def _pending_count(self) -> int:
         assert self._sender is not None
         addr = self._sender
@@ -389,58 +380,51 @@ class EvmAdapter:
             await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "pending"))
         )
 
-    async def submit(
-        self,
-        action: Action,
-        terms: TransferTerms,
-        certificate: SignatureSet | None,
-        instruction: bytes = b"",
-    ) -> TxOutcome:
-        """Apply ``action`` for ``terms``; idempotent, waits until the block is final.
+    # ---- the step template (bridge.ledgers.steps): send, wait final
+    @property
+    def writable(self) -> bool:
+        """True with an operator key."""
+        return self._signer is not None
+
+    def _read_only_detail(self) -> str:
+        return "this adapter has no operator key"
+
+    async def _read_leg_now(self, transfer_id: bytes, leg: Leg) -> LegStatus:
+        """At the latest block: a step mined but not yet final is already applied."""
+        return await self.get_leg(transfer_id, leg, height=await self._latest())
+
+    async def _applied_height(self, step: Step, current: LegStatus) -> int:
+        """Wait until the leg shows the step at the finalized height."""
+        return await self._await_leg_final(step.terms.transfer_id, step.leg, step.done)
+
+    async def _send_step(self, step: Step) -> bytes:
+        """Send the step's transaction, or (SECURITY of funds: no second transaction that
+        would revert and cost gas) reuse an earlier attempt's still pending on the node."""
+        args: list[Any] = [step.terms.as_abi_tuple()]
+        if step.action is Action.LOCK:
+            args.append(step.instruction)
+        elif step.certificate is not None:
+            args.append((step.certificate.epoch, b"".join(step.certificate.signatures)))
+        key = (step.action, step.terms.transfer_id)
+        earlier = self._sent.get(key)
+        if earlier is not None and await self._is_pending(earlier):
+            return earlier
+        fn = getattr(self._bridge.functions, _FUNCTION[step.action])(*args)
+        tx_hash = await self._send(fn)
+        self._sent[key] = tx_hash
+        while len(self._sent) > _MAX_TRACKED:
+            self._sent.popitem(last=False)
+        return tx_hash
+
+    async def _wait_step_final(self, step: Step, handle: bytes) -> TxOutcome:
+        """Wait for the transaction's block to be final.
 
         A step whose earlier attempt's transaction is still pending on the node (a stalled
         ledger, a caller that gave up waiting) waits for that transaction rather than
-        sending a second one, which would revert once the first is mined and cost gas.
-        """
-        if self._signer is None:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
-        leg = self._leg_here(terms)
-        done = STEP_DONE.get((action, leg))
-        if done is None:
-            raise LedgerRejected(
-                ErrorReason.WRONG_LEG, f"{action.name} does not apply to the {leg.name} leg"
-            )
-        current = await self.get_leg(terms.transfer_id, leg, height=await self._latest())
-        if current.state in done:
-            if current.terms_hash != terms.terms_hash:
-                raise LedgerRejected(
-                    ErrorReason.TERMS_MISMATCH, "the ledger holds other terms for this id"
-                )
-            # Applied, perhaps by an earlier attempt: report it only once it is final.
-            final = await self._await_leg_final(terms.transfer_id, leg, done)
-            return TxOutcome(tx_id="", height=final, already_applied=True)
-        if action is not Action.LOCK and certificate is None:
-            raise LedgerRejected(
-                ErrorReason.MISSING_CERTIFICATE, f"{action.name} needs a certificate"
-            )
-        args: list[Any] = [terms.as_abi_tuple()]
-        if action is Action.LOCK:
-            args.append(instruction)
-        elif certificate is not None:
-            args.append((certificate.epoch, b"".join(certificate.signatures)))
-        key = (action, terms.transfer_id)
-        earlier = self._sent.get(key)
-        if earlier is not None and await self._is_pending(earlier):
-            tx_hash = earlier
-        else:
-            fn = getattr(self._bridge.functions, _FUNCTION[action])(*args)
-            tx_hash = await self._send(fn)
-            self._sent[key] = tx_hash
-            while len(self._sent) > _MAX_TRACKED:
-                self._sent.popitem(last=False)
-        height = await self._await_final(tx_hash, self._confirm_s)
-        self._sent.pop(key, None)
-        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+        sending a second one."""
+        height = await self._await_final(handle, self._confirm_s)
+        self._sent.pop((step.action, step.terms.transfer_id), None)
+        return TxOutcome(tx_id="0x" + handle.hex(), height=height, already_applied=False)
 
     async def _is_pending(self, tx_hash: bytes) -> bool:
         """True while the node holds ``tx_hash`` unmined and executable: False once mined or

@@ -26,7 +26,6 @@ from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
-    STEP_DONE,
     Action,
     EventPosition,
     HolderStatus,
@@ -50,6 +49,7 @@ from bridge.ledgers.fabric.blocks import (
     keys_written_in_block,
 )
 from bridge.ledgers.fabric.gateway import GatewayClient
+from bridge.ledgers.steps import Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
@@ -79,7 +79,7 @@ def fabric_bridge_word(channel: str, chaincode: str) -> bytes:
     return core_words.fabric_bridge_word(channel, chaincode)
 
 
-class FabricAdapter:
+class FabricAdapter(StepTemplate):
     """LedgerAdapter for the bridge chaincode ``chaincode`` on ``client``'s channel.
 
     ``operator`` names the submitting identity in logs and outcomes (use
@@ -368,57 +368,32 @@ class FabricAdapter:
         raise Unavailable(f"{self._ledger}: block {number} was not delivered")
 
     # -- writes --------------------------------------------------------------------------
-    def _leg_here(self, terms: TransferTerms) -> Leg:
-        if terms.src_ledger == self._ledger.word and terms.src_bridge == self._bridge_word:
-            return Leg.OUTBOUND
-        if terms.dst_ledger == self._ledger.word and terms.dst_bridge == self._bridge_word:
-            return Leg.INBOUND
-        raise LedgerRejected(
-            ErrorReason.WRONG_LEDGER, f"transfer does not involve ledger {self._ledger}"
-        )
+    # ---- the step template (bridge.ledgers.steps): send, wait final
+    @property
+    def writable(self) -> bool:
+        """True with an operator identity."""
+        return bool(self._operator)
 
-    async def submit(
-        self,
-        action: Action,
-        terms: TransferTerms,
-        certificate: SignatureSet | None,
-        instruction: bytes = b"",
-    ) -> TxOutcome:
-        """Apply ``action`` for ``terms`` and wait for a VALID commit (final on Fabric).
+    async def _send_step(self, step: Step) -> TxOutcome:
+        """Endorse, order and wait for a VALID commit (final on Fabric).
 
-        Idempotent: when the leg already shows the step applied with the same terms hash,
-        nothing is sent and ``already_applied`` is set; other terms raise
-        ``LedgerRejected(TERMS_MISMATCH)``. A refusal by the chaincode raises LedgerRejected
-        with the chaincode's error name, unless a re-read shows that a concurrent submission
-        applied the step meanwhile (then ``already_applied``) or the gateway's own peer would
-        accept it (an endorsing peer lags: Unavailable). Transport faults and read conflicts
-        raise Unavailable; a retry is safe.
+        A refusal by the chaincode raises LedgerRejected with the chaincode's error name,
+        unless a re-read shows that a concurrent submission applied the step meanwhile (then
+        ``already_applied``) or the gateway's own peer would accept it (an endorsing peer
+        lags: Unavailable). Transport faults and read conflicts raise Unavailable; a retry
+        is safe.
         """
-        if not self._operator:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
-        leg = self._leg_here(terms)
-        done = STEP_DONE.get((action, leg))
-        if done is None:
-            raise LedgerRejected(
-                ErrorReason.WRONG_LEG, f"{action.name} does not apply to the {leg.name} leg"
-            )
-        applied = await self._already_applied(terms, leg, done)
-        if applied is not None:
-            return applied
-        if action is not Action.LOCK and certificate is None:
-            raise LedgerRejected(
-                ErrorReason.MISSING_CERTIFICATE, f"{action.name} needs a certificate"
-            )
-        args = [codec.terms_to_json(terms)]
+        action = step.action
+        args = [codec.terms_to_json(step.terms)]
         if action is Action.LOCK:
-            args.append("0x" + instruction.hex())
+            args.append("0x" + step.instruction.hex())
         else:
-            assert certificate is not None
-            args.append(codec.certificate_to_json(certificate))
+            assert step.certificate is not None
+            args.append(codec.certificate_to_json(step.certificate))
         try:
             prepared = await self._client.endorse(self._chaincode, FUNCTIONS[action], args)
         except LedgerRejected as refusal:  # the chaincode refused on some endorser's state
-            applied = await self._already_applied(terms, leg, done)
+            applied = await self._step_applied(step)
             if applied is not None:
                 return applied
             await self._confirm_refusal(action, args, refusal)
@@ -426,11 +401,15 @@ class FabricAdapter:
         try:
             result = await self._client.submit_prepared(prepared)
         except LedgerRejected:  # ordered, then invalidated (a validation code)
-            applied = await self._already_applied(terms, leg, done)
+            applied = await self._step_applied(step)
             if applied is not None:
                 return applied
             raise
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _wait_step_final(self, step: Step, handle: TxOutcome) -> TxOutcome:
+        """Nothing to wait for: the submit returned after the commit, which is final."""
+        return handle
 
     async def _confirm_refusal(
         self, action: Action, args: list[str], refusal: LedgerRejected
@@ -452,18 +431,6 @@ class FabricAdapter:
             f"{self._ledger}: {action.name} refused by an endorsing peer ({refusal}) but"
             " accepted by the gateway's peer; another peer is behind, retry"
         ) from refusal
-
-    async def _already_applied(
-        self, terms: TransferTerms, leg: Leg, done: frozenset[LegState]
-    ) -> TxOutcome | None:
-        current = await self.get_leg(terms.transfer_id, leg)
-        if current.state not in done:
-            return None
-        if current.terms_hash != terms.terms_hash:
-            raise LedgerRejected(
-                ErrorReason.TERMS_MISMATCH, "the ledger holds other terms for this id"
-            )
-        return TxOutcome(tx_id="", height=current.height, already_applied=True)
 
     # ---- committee rotation
 

@@ -1,4 +1,4 @@
-"""Fixtures for the native Fabric network (see bridge/devnet/fabric.py).
+"""Fixtures for the native Fabric network (see bridge/devnet/fabric/).
 
 ``fabric_network`` starts one network per test session in a temporary dir and stops it by
 pid at the end; ``kv_chaincode`` deploys the Python CCaaS chaincode in kv_chaincode.py on it;

@@ -12,7 +12,6 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from bridge.domain.legs import (
     EventPosition,
     Leg,
     LegState,
-    RejectReason,
     SignatureSet,
     TxOutcome,
 )
@@ -118,61 +116,6 @@ async def test_evaluate_submit_round_trip_and_height_grows(
     assert await relayer.finalized_height() >= result.block_number
     after = await relayer.holder_status(SECURITY, holder)
     assert after.balance == 25
-
-
-async def test_lock_is_idempotent_and_its_event_carries_the_terms(
-    env: BridgeEnv, relayer: FabricAdapter
-) -> None:
-    start = await relayer.finalized_height()
-    sender = await env.holder(ISIN, 10)
-    t = env.outbound(SECURITY, sender, 10)
-    lock = await _step(env, relayer, Action.LOCK, t, None)
-    assert not lock.already_applied and lock.height > start
-    status = await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)
-    assert status.state is LegState.LOCKED and status.terms_hash == t.terms_hash
-    again = await relayer.submit(Action.LOCK, t, None, instruct(t))
-    assert again.already_applied and again.tx_id == ""
-    assert (await relayer.holder_status(SECURITY, sender)).balance == 0, "escrowed once"
-
-    other = replace(t, deadline=t.deadline + 1)
-    with pytest.raises(LedgerRejected, match="TermsMismatch"):
-        await relayer.submit(Action.LOCK, other, None, instruct(other))
-
-    commit = env.cert(ClaimKind.COMMIT, t, relayer.bridge_word)
-    burned = await _step(env, relayer, Action.COMMIT, t, commit)
-    assert not burned.already_applied
-    assert (await relayer.submit(Action.COMMIT, t, commit)).already_applied
-
-    final = await relayer.finalized_height()
-    events = [e for e in await relayer.events(None, final) if e.transfer_id == t.transfer_id]
-    assert [e.state for e in events] == [LegState.LOCKED, LegState.BURNED]
-    assert events[0].terms == t and events[1].terms is None
-    assert events[0].tx_id == lock.tx_id and events[0].position.height == lock.height
-    assert events[1].tx_id == burned.tx_id
-    assert all(e.leg is Leg.OUTBOUND and e.ledger == LEDGER.name for e in events)
-    assert all(len(e.block_hash) == 32 for e in events)
-
-
-async def test_inbound_prepare_commit_and_rejection(env: BridgeEnv, relayer: FabricAdapter) -> None:
-    recipient = await env.holder(ISIN, 0)
-    t = env.inbound(SECURITY, recipient, 7)
-    locked = env.cert(ClaimKind.LOCKED, t, relayer.bridge_word)
-    await _step(env, relayer, Action.PREPARE, t, locked)
-    assert (await relayer.submit(Action.PREPARE, t, locked)).already_applied
-    assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.PREPARED
-    await _step(env, relayer, Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, relayer.bridge_word))
-    assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.MINTED
-    assert (await relayer.holder_status(SECURITY, recipient)).balance == 7
-
-    stranger = bytes(12) + secrets.token_bytes(20)  # never made eligible
-    r = env.inbound(SECURITY, stranger, 3)
-    await _step(env, relayer, Action.PREPARE, r, env.cert(ClaimKind.LOCKED, r, relayer.bridge_word))
-    leg = await relayer.get_leg(r.transfer_id, Leg.INBOUND)
-    assert leg.state is LegState.REJECTED
-    assert leg.reason == RejectReason.RECIPIENT_NOT_ELIGIBLE
-    final = await relayer.finalized_height()
-    ev = [e for e in await relayer.events(None, final) if e.transfer_id == r.transfer_id]
-    assert [(e.leg, e.state, e.reason) for e in ev] == [(Leg.INBOUND, LegState.REJECTED, 2)]
 
 
 async def test_chaincode_refusal_is_ledger_rejected_with_its_name(

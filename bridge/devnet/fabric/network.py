@@ -33,159 +33,32 @@ The binaries come from ``deploy/fabric/build.sh`` (Go toolchain, pinned release,
 
 from __future__ import annotations
 
-import functools
-import gzip
-import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
-import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from bridge.devnet.fabric import lifecycle
+from bridge.devnet.fabric.binaries import (
+    CCAAS_BUILDER_DIR,
+    CLI_TIMEOUT,
+    DEFAULT_CHANNEL,
+    FABRIC_DEPLOY_DIR,
+    FABRIC_VERSION,
+    ORDERER_MSP_ID,
+    START_TIMEOUT,
+    FabricError,
+    ensure_fabric_binaries,
+)
+from bridge.devnet.fabric.orgs import FabricOrg
 from bridge.devnet.ledger_tls import DevCA
-from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
-
-FABRIC_VERSION = "2.5.9"
-"""The Fabric release built by ``deploy/fabric/build.sh`` (see the pin there)."""
-
-FABRIC_DEPLOY_DIR = REPO_ROOT / "deploy" / "fabric"
-BUILD_SCRIPT = FABRIC_DEPLOY_DIR / "build.sh"
-CCAAS_BUILDER_DIR = FABRIC_DEPLOY_DIR / "ccaas_builder"
-FABRIC_TOOLS = ("peer", "orderer", "configtxgen", "cryptogen", "osnadmin")
-DEFAULT_CHANNEL = "bridge"
-ORDERER_MSP_ID = "OrdererMSP"
-BOTH_ORGS_POLICY = "AND('Org1MSP.peer','Org2MSP.peer')"
-"""The endorsement policy every chaincode deployed here gets: both orgs must endorse."""
-
-START_TIMEOUT = 60.0
-CLI_TIMEOUT = 60.0
-
-
-class FabricError(RuntimeError):
-    """A Fabric command or process failed; the message carries its output or log tail."""
-
-
-def fabric_bin_dir() -> Path:
-    """Where the Fabric binaries are: ``$KSTB_FABRIC_BIN`` or the versioned build cache."""
-    override = os.environ.get("KSTB_FABRIC_BIN")
-    if override:
-        return Path(override)
-    return REPO_ROOT / ".cache" / "fabric" / FABRIC_VERSION / "bin"
-
-
-def ensure_fabric_binaries(build: bool = True) -> Path:
-    """Return the binary dir, running ``deploy/fabric/build.sh`` first if a binary is missing.
-
-    With ``build=False`` a missing binary raises ``FileNotFoundError`` naming the build command.
-    """
-    bin_dir = fabric_bin_dir()
-    missing = [t for t in FABRIC_TOOLS if not (bin_dir / t).is_file()]
-    if not missing:
-        return bin_dir
-    if not build or os.environ.get("KSTB_FABRIC_BIN"):
-        raise FileNotFoundError(
-            f"Fabric binaries {missing} not found in {bin_dir}; build them with "
-            f"`bash deploy/fabric/build.sh` (needs Go >= 1.24 and the Go module proxy)"
-        )
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise FabricError(
-            f"deploy/fabric/build.sh failed ({result.returncode}):\n"
-            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    still = [t for t in FABRIC_TOOLS if not (bin_dir / t).is_file()]
-    if still:
-        raise FabricError(f"deploy/fabric/build.sh ran but {still} are still missing in {bin_dir}")
-    return bin_dir
-
-
-def chaincode_python() -> Path:
-    """The interpreter that serves chaincode (``$KSTB_CHAINCODE_PYTHON`` overrides).
-
-    The project's own environment: requirements.lock pins fabric-chaincode-python and the
-    chaincode's crypto dependencies alongside everything else.
-    """
-    override = os.environ.get("KSTB_CHAINCODE_PYTHON")
-    return Path(override) if override else Path(sys.executable)
-
-
-@dataclass(frozen=True)
-class FabricOrg:
-    """A peer organisation with one peer, as laid out in the network's work dir."""
-
-    name: str
-    """``Org1`` or ``Org2``."""
-    msp_id: str
-    domain: str
-    peer_port: int
-    chaincode_port: int
-    operations_port: int
-    crypto_dir: Path
-    """``<workdir>/crypto/peerOrganizations/<domain>``."""
-
-    @property
-    def peer_host(self) -> str:
-        """The peer's name in its certificates."""
-        return f"peer0.{self.domain}"
-
-    @property
-    def peer_endpoint(self) -> str:
-        """``127.0.0.1:port`` of the peer (endorser, deliver and Gateway services)."""
-        return f"127.0.0.1:{self.peer_port}"
-
-    @property
-    def peer_tls_dir(self) -> Path:
-        """The peer's TLS server material (server.crt, server.key, ca.crt)."""
-        return self.crypto_dir / "peers" / self.peer_host / "tls"
-
-    @property
-    def tls_ca_cert(self) -> Path:
-        """The org's TLS CA certificate: the root to trust when dialling its peer."""
-        return self.crypto_dir / "tlsca" / f"tlsca.{self.domain}-cert.pem"
-
-    @property
-    def peer_msp_dir(self) -> Path:
-        """The peer's own signing MSP."""
-        return self.crypto_dir / "peers" / self.peer_host / "msp"
-
-    def user_msp_dir(self, user: str = "User1") -> Path:
-        """An identity's MSP dir; ``user`` is ``User1`` (client role) or ``Admin``."""
-        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "msp"
-
-    def user_cert(self, user: str = "User1") -> Path:
-        """The identity's X.509 signing certificate (PEM), for a Gateway client."""
-        return self.user_msp_dir(user) / "signcerts" / f"{user}@{self.domain}-cert.pem"
-
-    def user_tls_cert(self, user: str = "User1") -> Path:
-        """The identity's TLS client certificate (from the org's TLS CA), for mutual TLS."""
-        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "tls" / "client.crt"
-
-    def user_tls_key(self, user: str = "User1") -> Path:
-        """The key of :meth:`user_tls_cert` (PEM, 0600)."""
-        return self.crypto_dir / "users" / f"{user}@{self.domain}" / "tls" / "client.key"
-
-    def user_key(self, user: str = "User1") -> Path:
-        """The identity's private key (PEM, PKCS#8, ECDSA P-256), for a Gateway client."""
-        keys = sorted((self.user_msp_dir(user) / "keystore").glob("*_sk"))
-        if not keys:
-            raise FileNotFoundError(f"no private key under {self.user_msp_dir(user)}/keystore")
-        return keys[0]
-
-    @property
-    def admin_msp_dir(self) -> Path:
-        """The org admin's MSP (used for channel join and chaincode lifecycle)."""
-        return self.user_msp_dir("Admin")
+from bridge.devnet.processes import ManagedProcess, free_port, port_open, wait_until
 
 
 class FabricNetwork:
@@ -742,199 +615,8 @@ class FabricNetwork:
         return args
 
     # ----------------------------------------------------------------------- chaincode
-
-    @staticmethod
-    def ccaas_package(
-        name: str, chaincode_address: str, version: str = "1.0", tls_root: bytes | None = None
-    ) -> bytes:
-        """The CCaaS package bytes (deterministic for the same inputs).
-
-        ``code.tar.gz`` holds ``connection.json`` ({address, dial_timeout, tls_required:
-        false}, or with ``tls_root`` (the chaincode server's CA, PEM) tls_required and
-        client_auth_required true and root_cert; the peer's client key pair is added by the
-        builder's ``release``); the outer ``.tar.gz`` holds ``metadata.json`` ({type: ccaas,
-        label}) and it.
-        """
-        label = f"{name}_{version}"
-        connection: dict[str, object] = {
-            "address": chaincode_address,
-            "dial_timeout": "10s",
-            "tls_required": False,
-        }
-        if tls_root is not None:
-            connection["tls_required"] = True
-            connection["client_auth_required"] = True
-            connection["root_cert"] = tls_root.decode("ascii")
-        metadata = {"type": "ccaas", "label": label}
-        code = _targz({"connection.json": json.dumps(connection).encode()})
-        return _targz({"metadata.json": json.dumps(metadata).encode(), "code.tar.gz": code})
-
-    @classmethod
-    def ccaas_package_id(
-        cls,
-        name: str,
-        chaincode_address: str,
-        version: str = "1.0",
-        tls_root: bytes | None = None,
-    ) -> str:
-        """The package id (``label:sha256``) that ``deploy_ccaas`` returns for these inputs."""
-        pkg = cls.ccaas_package(name, chaincode_address, version, tls_root)
-        return f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
-
-    def committed(self, name: str) -> dict[str, object] | None:
-        """The committed definition of chaincode ``name`` (as JSON), or None."""
-        try:
-            out = self.peer_cli(
-                "Org1",
-                [
-                    "lifecycle",
-                    "chaincode",
-                    "querycommitted",
-                    "-C",
-                    self.channel,
-                    "-n",
-                    name,
-                    "-O",
-                    "json",
-                ],
-            )
-        except FabricError as exc:
-            if "404" in str(exc) or "not found" in str(exc):
-                return None
-            raise
-        data: dict[str, object] = json.loads(out[out.index("{") :])
-        return data
-
-    def deploy_ccaas(
-        self,
-        name: str,
-        chaincode_address: str,
-        version: str = "1.0",
-        tls: bool = False,
-        init_required: bool = False,
-    ) -> str:
-        """Install, approve (both orgs) and commit a chaincode-as-a-service; return its package id.
-
-        With ``tls`` the peers dial the chaincode server over TLS, verify it against
-        :attr:`chaincode_ca` and present their own client certificates; serve it with
-        :meth:`chaincode_server_tls_env`.
-
-        The definition's endorsement policy is ``AND('Org1MSP.peer','Org2MSP.peer')``. Returns
-        once the definition is committed on both peers. Idempotent: an identical committed
-        definition is left as is; a changed one is committed with the next sequence. The
-        chaincode server itself is started by the caller, with ``CHAINCODE_ID`` = the returned
-        package id, listening at ``chaincode_address`` (the peers dial it on first use).
-        """
-        tls_root = self.chaincode_ca.ensure().cert_path.read_bytes() if tls else None
-        pkg = self.ccaas_package(name, chaincode_address, version, tls_root)
-        package_id = f"{name}_{version}:{hashlib.sha256(pkg).hexdigest()}"
-        pkg_path = self.workdir / "chaincode" / f"{name}_{version}.tar.gz"
-        pkg_path.parent.mkdir(parents=True, exist_ok=True)
-        pkg_path.write_bytes(pkg)
-
-        sequence = 1
-        current = self.committed(name)
-        if current is not None:
-            if current.get("version") == version and self._approved_package(name) == package_id:
-                return package_id
-            seq = current.get("sequence", 0)
-            sequence = (seq if isinstance(seq, int) else 0) + 1
-
-        for org in self.orgs.values():
-            installed = self.peer_cli(org, ["lifecycle", "chaincode", "queryinstalled"])
-            if package_id not in installed:
-                self.peer_cli(org, ["lifecycle", "chaincode", "install", str(pkg_path)])
-        definition = [
-            "--channelID",
-            self.channel,
-            "--name",
-            name,
-            "--version",
-            version,
-            "--sequence",
-            str(sequence),
-            "--signature-policy",
-            BOTH_ORGS_POLICY,
-            *(["--init-required"] if init_required else []),
-        ]
-        for org in self.orgs.values():
-            self._lifecycle_tx(org, ["approveformyorg", *definition, "--package-id", package_id])
-        self._lifecycle_tx(self.orgs["Org1"], ["commit", *self.endorsing_peer_args(), *definition])
-        for org in self.orgs.values():
-            wait_until(
-                functools.partial(self._committed_on, org, name, sequence),
-                self.start_timeout,
-                f"chaincode {name} seq {sequence} committed on {org.name}",
-                interval=0.2,
-            )
-        return package_id
-
-    def _approved_package(self, name: str) -> str | None:
-        out = self.peer_cli(
-            "Org1",
-            [
-                "lifecycle",
-                "chaincode",
-                "queryapproved",
-                "-C",
-                self.channel,
-                "-n",
-                name,
-                "-O",
-                "json",
-            ],
-        )
-        data = json.loads(out[out.index("{") :])
-        source = data.get("source", {})
-        pkg = source.get("Type", {}).get("LocalPackage", {}).get("package_id")
-        return str(pkg) if pkg else None
-
-    def _committed_on(self, org: FabricOrg, name: str, sequence: int) -> bool:
-        out = self.peer_cli(
-            org,
-            [
-                "lifecycle",
-                "chaincode",
-                "querycommitted",
-                "-C",
-                self.channel,
-                "-n",
-                name,
-                "-O",
-                "json",
-            ],
-        )
-        data = json.loads(out[out.index("{") :])
-        return int(data.get("sequence", 0)) >= sequence
-
-    def _lifecycle_tx(
-        self, org: FabricOrg, args: Sequence[str], attempts: int = 20, delay: float = 0.5
-    ) -> str:
-        """``peer lifecycle chaincode <args>`` through the orderer, retried while it has no
-        raft leader yet (SERVICE_UNAVAILABLE); other errors are raised at once."""
-        argv = ["lifecycle", "chaincode", args[0], *self.orderer_args(org), *args[1:]]
-        for i in range(attempts):
-            try:
-                return self.peer_cli(org, argv)
-            except FabricError as exc:
-                transient = "SERVICE_UNAVAILABLE" in str(exc) or "no Raft leader" in str(exc)
-                if not transient or i == attempts - 1:
-                    raise
-                time.sleep(delay)
-        raise AssertionError("unreachable")
-
-
-def _targz(files: Mapping[str, bytes]) -> bytes:
-    """A gzip'd tar of ``files`` with fixed metadata, so equal inputs give equal bytes."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+    # The lifecycle layer (bridge/devnet/fabric/lifecycle.py), as methods.
+    ccaas_package = staticmethod(lifecycle.ccaas_package)
+    ccaas_package_id = staticmethod(lifecycle.ccaas_package_id)
+    committed = lifecycle.committed
+    deploy_ccaas = lifecycle.deploy_ccaas

@@ -148,16 +148,16 @@ def main() -> int:
     try:
         _say("starting two anvil ledgers (1 s blocks) and a native Fabric network ...")
         system.start_ledgers()
-        a, b, f = system.ledgers[EVM_A], system.ledgers[EVM_B], system.fabric[FABRIC]
-        for h in (a, b):
-            _say(f"  {h.name}: EVM chain id {h.node.chain_id}, rpc {h.node.rpc_url}")
-            _say(f"    bridge endpoint {h.endpoint.address}")
-        _say(f"  {FABRIC}: Fabric channel {f.net.channel}, two orgs, Raft orderer")
-        _say(f"    bridge chaincode {f.chaincode!r} (endorsement by both orgs)")
-        holder = a.make_holder(DEMO_ISIN, units=1_000)
-        for other in (b, f):
-            other.set_eligible(DEMO_ISIN, holder.address)
-        _say(f"  security {DEMO_ISIN} registered on all three ledgers")
+        for name, h in system.dev_ledgers.items():
+            first, *rest = h.describe()
+            _say(f"  {name}: {first}")
+            for line in rest:
+                _say(f"    {line}")
+        holder = system.handle(EVM_A).make_holder(DEMO_ISIN, units=1_000)
+        for other in system.all_ledgers:
+            if other != EVM_A:
+                system.handle(other).set_eligible(DEMO_ISIN, holder.address)
+        _say(f"  security {DEMO_ISIN} registered on all {len(system.all_ledgers)} ledgers")
         _say(f"  1000 units issued to {holder.address} on {EVM_A}")
         _say("starting 4 verifiers (t=3), 3 relayers and the coordinator as processes ...")
         _say("  every gRPC port and client uses mutual TLS: one CA per organisation under")

@@ -1,0 +1,160 @@
+"""The step template every ledger adapter's ``submit`` follows (ADR 0014).
+
+The skeleton used to be written once per kind: refuse on a read-only adapter, find which leg
+of the transfer this ledger holds, report a step already applied (refusing other terms for
+the same id), require a certificate, send, wait until final. :class:`StepTemplate` holds it
+once, with default methods built on the kind's primitives (Hermes' ``ChainEndpoint`` style).
+A kind implements only:
+
+- :meth:`StepTemplate._send_step`: send this step; return a handle to wait on (or an outcome
+  when a re-read shows a concurrent submission applied it);
+- :meth:`StepTemplate._wait_step_final`: wait for that handle to be final;
+
+plus its reads (``get_leg``), and may override :meth:`StepTemplate._read_leg_now` (which
+state the idempotency check reads) and :meth:`StepTemplate._applied_height` (when an
+already-applied step counts as final).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import LedgerRejected
+from bridge.domain.ids import LedgerId
+from bridge.domain.legs import (
+    STEP_DONE,
+    Action,
+    Leg,
+    LegState,
+    LegStatus,
+    SignatureSet,
+    TxOutcome,
+)
+from bridge.domain.terms import TransferTerms
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step to apply: the action, its terms and evidence, the leg it moves on this
+    ledger and the leg states that mean it is applied."""
+
+    action: Action
+    terms: TransferTerms
+    certificate: SignatureSet | None
+    instruction: bytes
+    leg: Leg
+    done: frozenset[LegState]
+
+
+class StepTemplate(ABC):
+    """Default ``submit`` for a ledger adapter.
+
+    Guarantees, for every kind: a read-only adapter sends nothing (``ReadOnly``); a step of
+    a transfer that does not involve this endpoint (``WrongLedger``) or of the other leg
+    (``WrongLeg``) is refused before any read; a step already applied with the same terms
+    is reported ``already_applied`` with nothing sent, once final; the same transfer id
+    with other terms is refused (``TermsMismatch``); a step other than LOCK needs a
+    certificate (``MissingCertificate``). Only then is the step sent, and ``submit``
+    returns once it is final.
+    """
+
+    # -- what the kind provides ---------------------------------------------------------------
+    @property
+    @abstractmethod
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+
+    @property
+    @abstractmethod
+    def bridge_word(self) -> bytes:
+        """The endpoint's 32-byte identity."""
+
+    @property
+    @abstractmethod
+    def writable(self) -> bool:
+        """True when the adapter holds an operator identity that may submit."""
+
+    @abstractmethod
+    async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
+        """A leg's state (see :class:`bridge.ledgers.adapter.LedgerReader`)."""
+
+    @abstractmethod
+    async def _send_step(self, step: Step) -> Any:
+        """Send ``step``; return a handle for :meth:`_wait_step_final`, or a finished
+        :class:`TxOutcome` (e.g. a re-read found the step applied by a concurrent submitter).
+        Raise LedgerRejected with the endpoint's reason when it refuses."""
+
+    @abstractmethod
+    async def _wait_step_final(self, step: Step, handle: Any) -> TxOutcome:
+        """Wait until what :meth:`_send_step` sent is final; its outcome."""
+
+    # -- defaults the kind may override -------------------------------------------------------
+    async def _read_leg_now(self, transfer_id: bytes, leg: Leg) -> LegStatus:
+        """The leg as the idempotency check reads it (default: :meth:`get_leg`)."""
+        return await self.get_leg(transfer_id, leg)
+
+    async def _applied_height(self, step: Step, current: LegStatus) -> int:
+        """The height at which an already-applied step is final (default: where it was read,
+        for kinds whose reads are final)."""
+        return current.height
+
+    def _read_only_detail(self) -> str:
+        return "this adapter has no operator identity"
+
+    # -- the template ---------------------------------------------------------------------------
+    def _leg_here(self, terms: TransferTerms) -> Leg:
+        """The leg of ``terms`` this endpoint holds; WrongLedger when neither."""
+        if terms.src_ledger == self.ledger.word and terms.src_bridge == self.bridge_word:
+            return Leg.OUTBOUND
+        if terms.dst_ledger == self.ledger.word and terms.dst_bridge == self.bridge_word:
+            return Leg.INBOUND
+        raise LedgerRejected(
+            ErrorReason.WRONG_LEDGER, f"transfer does not involve ledger {self.ledger}"
+        )
+
+    async def _step_applied(self, step: Step) -> TxOutcome | None:
+        """The outcome of ``step`` when the ledger already shows it applied, else None;
+        TermsMismatch when the ledger holds other terms for the id."""
+        current = await self._read_leg_now(step.terms.transfer_id, step.leg)
+        if current.state not in step.done:
+            return None
+        if current.terms_hash != step.terms.terms_hash:
+            raise LedgerRejected(
+                ErrorReason.TERMS_MISMATCH, "the ledger holds other terms for this id"
+            )
+        # Applied, perhaps by an earlier attempt: report it only once it is final.
+        height = await self._applied_height(step, current)
+        return TxOutcome(tx_id="", height=height, already_applied=True)
+
+    async def submit(
+        self,
+        action: Action,
+        terms: TransferTerms,
+        certificate: SignatureSet | None,
+        instruction: bytes = b"",
+    ) -> TxOutcome:
+        """Apply ``action`` for ``terms``; idempotent; returns once the step is final."""
+        # SECURITY: a read-only adapter (a member's reader) never sends.
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
+        leg = self._leg_here(terms)
+        done = STEP_DONE.get((action, leg))
+        if done is None:
+            raise LedgerRejected(
+                ErrorReason.WRONG_LEG, f"{action.name} does not apply to the {leg.name} leg"
+            )
+        step = Step(action, terms, certificate, instruction, leg, done)
+        applied = await self._step_applied(step)
+        if applied is not None:
+            return applied
+        if action is not Action.LOCK and certificate is None:
+            raise LedgerRejected(
+                ErrorReason.MISSING_CERTIFICATE, f"{action.name} needs a certificate"
+            )
+        handle = await self._send_step(step)
+        if isinstance(handle, TxOutcome):
+            return handle
+        return await self._wait_step_final(step, handle)
