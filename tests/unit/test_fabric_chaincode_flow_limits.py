@@ -256,6 +256,7 @@ def test_inbound_over_capacity_refuses_prepare_and_expiry_still_ends_it(env: Env
     )  # fmt: skip
     assert detail == "available=20, requested=30"
     assert leg_state(env.b, t, "inbound") == IN_NONE
+    Clock.now = t.deadline + 1
     call(env.b, env.relayer, "MarkExpired", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
     assert leg_state(env.b, t, "inbound") == EXPIRED
     finish(env, env.b, ClaimKind.ABORT, t)

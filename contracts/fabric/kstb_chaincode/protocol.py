@@ -1163,15 +1163,19 @@ class Endpoint:
         return {"transfer_id": _hex(tid), **_leg_json(leg)}
 
     def mark_expired(self, terms_json: str, cert_json: str) -> object:
-        """LOCKED certificate, no inbound record -> Expired.
+        """LOCKED certificate, no inbound record, deadline passed -> Expired.
 
-        Unlike the EVM endpoint there is NO clock check: Fabric chaincode has no trustworthy
-        clock (the proposal timestamp is chosen by the client). The outcome is decided by this
-        ledger's ordering: whichever of Prepare and MarkExpired is ordered first wins, the
-        other fails with BadState. The coordinator only asks for the marker after the
-        deadline, and verifiers certify ABORT only from a finalized Expired/Rejected/Aborted.
+        SECURITY (review finding 8): as the EVM endpoint, NotExpired while the ledger time
+        (``_clock``: the proposal timestamp, which every organisation's server keeps within
+        MAX_TX_SKEW of its own clock) is at or before the deadline, so a relayer cannot end
+        a waiting transfer early (by at most the skew). Whichever of Prepare and MarkExpired
+        is ordered first wins, the other fails with BadState; verifiers certify ABORT only
+        from a finalized Expired/Rejected/Aborted.
         """
         t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=False)
+        now = self._clock()
+        if now <= t.deadline:
+            raise ChaincodeError("NotExpired", f"deadline={t.deadline}, nowTs={now}")
         leg.terms_hash, leg.amount, leg.security = t.terms_hash, t.amount, t.security
         leg.state = IN_EXPIRED
         self._put_leg("in", tid, leg)
