@@ -30,6 +30,8 @@ from tests.integration.test_evm_contracts import (
     LOCKED,
     MINTED,
     PREPARED,
+    REJECTED,
+    RELEASED,
     Env,
     Ledger,
     _setup,
@@ -365,6 +367,45 @@ def test_lowering_the_delay_shortens_delayed_legs(env: Env) -> None:
     assert not_before(env.b, t)[1] == delayed_at
     commit_both(env, t)
     assert in_leg(env, t)[0] == MINTED
+
+
+@pytest.mark.security
+def test_a_paused_token_and_an_early_commit_fail_too_early_first(env: Env) -> None:
+    """Review finding 9 (paired with the chaincode's twin): a delayed mint on a paused
+    token fails TooEarly before the delay is over, TokenPaused after it."""
+    limit(env, env.b, env.a.ledger, FlowLimit(large_threshold=1, large_delay=300))
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    tx(env, env.b.token.functions.pause(), env.admin)
+    try:
+        mint = env.b.endpoint.functions.commit(
+            t.as_abi_tuple(), cert(env, env.b, ClaimKind.COMMIT, t)
+        )
+        reverts(env, "TooEarly", mint)
+        time_travel(env, 300)
+        reverts(env, "TokenPaused", mint)
+    finally:
+        tx(env, env.b.token.functions.unpause(), env.admin)
+    commit_both(env, t)
+    assert in_leg(env, t)[0] == MINTED
+
+
+@pytest.mark.security
+def test_prepare_on_an_endpoint_that_is_no_longer_the_tokens_bridge_rejects(env: Env) -> None:
+    """Review finding 9: once the token names another bridge, this endpoint could never
+    mint; prepare records Rejected (reason 1, unknown security here) so the source is
+    released instead of burning for a mint that cannot happen."""
+    t = make_terms(env, amount=3)
+    lock(env, t)
+    tx(env, env.b.token.functions.setBridge(env.alice.address), env.admin)
+    try:
+        prepare(env, t)
+    finally:
+        tx(env, env.b.token.functions.setBridge(env.b.endpoint.address), env.admin)
+    assert in_leg(env, t)[0] == REJECTED and in_leg(env, t)[4] == 1
+    abort_both(env, t)
+    assert out_leg(env, t)[0] == RELEASED
 
 
 # --------------------------------------------------------------------------- cost

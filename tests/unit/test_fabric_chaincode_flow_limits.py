@@ -395,3 +395,20 @@ def test_lowering_the_delay_shortens_delayed_legs(env: Env) -> None:
     prepare(env, t2)
     set_limit(env, env.b, env.a, large_threshold=1, large_delay=86400)
     assert not_before(env.b, t2)["inbound"] == Clock.now + 60
+
+
+@pytest.mark.security
+def test_a_paused_token_and_an_early_commit_fail_too_early_first(env: Env) -> None:
+    """Review finding 9 (paired with the EVM twin): TooEarly before TokenPaused."""
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=300)
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    call(env.b, env.admin, "SetPaused", ISIN.isin, "true")
+    c = cert(env, env.b, ClaimKind.COMMIT, t)
+    rejects(env, env.b, "TooEarly", env.relayer, "Commit", tj(t), c)
+    Clock.now += 300
+    rejects(env, env.b, "TokenPaused", env.relayer, "Commit", tj(t), c)
+    call(env.b, env.admin, "SetPaused", ISIN.isin, "false")
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert leg_state(env.b, t, "inbound") == MINTED

@@ -1058,7 +1058,11 @@ contract BridgeEndpoint is IBridgeEndpoint {
     /// The Prepared/Rejected decision: 0, or the rejection reason.
     function _receiveCheck(BridgeTypes.Terms calldata t) private view returns (uint8) {
         address token = tokenOf[t.securityId];
-        if (token == address(0)) return REASON_UNKNOWN_SECURITY;
+        // review finding 9: an endpoint that is no longer its token's bridge could never
+        // mint: Rejected (unknown security here), so the source releases instead of burning.
+        if (token == address(0) || SecurityToken(token).bridge() != address(this)) {
+            return REASON_UNKNOWN_SECURITY;
+        }
         (bool ok, address recipient) = _evmAddress(t.recipient);
         if (!ok) return REASON_INVALID_RECIPIENT;
         return SecurityToken(token).receiveStatus(recipient);

@@ -1051,8 +1051,9 @@ class Endpoint:
             self._require_state(tid, leg, IN_PREPARED)
             self._require_hash(tid, leg, thash)
             self._require_not_halted(leg.security)  # ---- depository halt: the mint waits
-            self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
+            # review finding 9: TooEarly before the pause, as on EVM (bridgeMint comes last)
             self._require_delay_over(tid, "in")
+            self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
             leg.state = IN_MINTED
             sec = leg.security
             self._flow_credit(sec, t.src_ledger, FLOW_OUT, leg.amount)  # inbound offsets outbound
@@ -1364,15 +1365,17 @@ class Endpoint:
         """``BridgeEndpoint.releaseParked``: deliver transfer ``tid``'s parked units to
         ``holder``. Guarantees: an issuer admin (NotAdmin); units parked for the transfer
         (NotParked: also after a release, so never twice); ``holder`` may receive now
-        (RecipientRefused with its receive status otherwise)."""
+        (RecipientRefused with its receive status otherwise). Checked in the EVM endpoint's
+        order (review finding 9): NotParked, then the admin, then the holder."""
         tid = _parse_word("transfer_id", tid_hex)
         address = parse_holder(holder)
-        self._only_issuer()
+        self._require_init()
         leg = self._leg("in", tid)
         key = f"parked/{leg.security.hex()}/{tid.hex()}"
         raw = self._kv.get(key) if leg.state == IN_MINTED else None
         if raw is None:
             raise ChaincodeError("NotParked", f"transferId={_hex(tid)}")
+        self._only_issuer()
         token = self._token(leg.security)
         status = (
             REASON_INVALID_RECIPIENT
