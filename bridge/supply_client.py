@@ -258,6 +258,13 @@ class FeedVerifier:
             failures = verify_records(
                 [attestation.signed], committee, after=previous, from_genesis=self.from_genesis
             )
+            if previous is not None and record.produced_at_ms < previous.produced_at_ms:
+                # SECURITY (review finding 7): a security's feed never goes back in time
+                # (retired keys re-signing an old height are refused here too).
+                failures.append(
+                    f"{where}: produced at {record.produced_at_ms} ms, before the previous"
+                    f" record of this security ({previous.produced_at_ms} ms)"
+                )
         discrepancies = tuple(
             f"{record.security}#{record.sequence}: {units:+d} units on {ledger}"
             for ledger, units in record.ledger_discrepancies
