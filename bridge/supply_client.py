@@ -259,7 +259,7 @@ class FeedVerifier:
                 [attestation.signed], committee, after=previous, from_genesis=self.from_genesis
             )
             if previous is not None and record.produced_at_ms < previous.produced_at_ms:
-                # SECURITY (review finding 7): a security's feed never goes back in time
+                # SECURITY (review finding 4): a security's feed never goes back in time
                 # (retired keys re-signing an old height are refused here too).
                 failures.append(
                     f"{where}: produced at {record.produced_at_ms} ms, before the previous"

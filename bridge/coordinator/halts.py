@@ -19,7 +19,7 @@ Guarantees:
 - A recorded HALT stops new locks of its scope at once (before the ledger applied it); a
   RELEASE takes effect for the drivers only once the ledger shows it.
 - An order is marked APPLIED only when the ledger, read after the delivery, shows its
-  sequence reached and (for a HALT) its scope halted (review finding 4). An order the ledger
+  sequence reached and (for a HALT) its scope halted (review finding 5). An order the ledger
   refuses as stale because a later order was applied first is SKIPPED: an alarm is logged,
   and a skipped HALT keeps its scope halted for the drivers until its expiry.
   RESIDUAL: the confirming read goes through the same relayer that delivered the order (the
@@ -83,7 +83,7 @@ class OrderState(enum.IntEnum):
     REFUSED = 3
     EXPIRED = 4
     SKIPPED = 5
-    """A later order of the ledger was applied first (review finding 4); see ``_deliver``."""
+    """A later order of the ledger was applied first (review finding 5); see ``_deliver``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +322,7 @@ class HaltBook:
         """True while ``security`` may not move on ``ledger``: the ledger shows it halted,
         or a HALT order for it (or for the whole ledger) is recorded and not yet applied.
         A ledger that cannot be read counts as not halted (the ledger still enforces).
-        SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 4)."""
+        SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 5)."""
         for r in await self._store.orders(ledger, gating=True):
             o = r.signed.order
             if (
@@ -397,7 +397,7 @@ class HaltBook:
         ``r`` APPLIED only if the ledger shows it; SKIPPED (an alarm; a HALT keeps gating)
         if the ledger's sequence passed it without showing it; else leave it PENDING.
 
-        SECURITY (review finding 4): "already applied" from the adapter only means the
+        SECURITY (review finding 5): "already applied" from the adapter only means the
         ledger's sequence is at or above the order's; a later order may have superseded a
         HALT that never took effect, so that is never reported as APPLIED."""
         seq = r.signed.order.sequence

@@ -37,7 +37,7 @@ class _OrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderState
     """Its expiry passed before the ledger applied it."""
     ORDER_STATE_SKIPPED: _OrderState.ValueType  # 5
     """A later order of the same ledger was applied first, so this one never will be
-    (review finding 4): an ALARM. A skipped HALT keeps its scope halted for the drivers
+    (review finding 5): an ALARM. A skipped HALT keeps its scope halted for the drivers
     until its expiry; the depository must issue a new order above the ledger's sequence.
     """
 
@@ -54,7 +54,7 @@ ORDER_STATE_EXPIRED: OrderState.ValueType  # 4
 """Its expiry passed before the ledger applied it."""
 ORDER_STATE_SKIPPED: OrderState.ValueType  # 5
 """A later order of the same ledger was applied first, so this one never will be
-(review finding 4): an ALARM. A skipped HALT keeps its scope halted for the drivers
+(review finding 5): an ALARM. A skipped HALT keeps its scope halted for the drivers
 until its expiry; the depository must issue a new order above the ledger's sequence.
 """
 Global___OrderState: _TypeAlias = OrderState  # noqa: Y015

@@ -240,7 +240,7 @@ async def test_prepared_transfer_burns_but_the_mint_waits_and_commit_stays(halti
     assert LegState.MINTED in {s.state for s in relayers["b"].legs.values()}
 
 
-# ---- review finding 4: a superseded HALT is never APPLIED ----------------------------------
+# ---- review finding 5: a superseded HALT is never APPLIED ----------------------------------
 
 
 @pytest.mark.security

@@ -719,7 +719,7 @@ def test_feed_verifier_accepts_a_good_chain(committee) -> None:
 @pytest.mark.governance
 @pytest.mark.security
 def test_feed_verifier_refuses_a_record_produced_before_the_previous_one(committee) -> None:
-    """Review finding 7: a security's feed never goes back in time, even when the record is
+    """Review finding 4: a security's feed never goes back in time, even when the record is
     properly linked and t-of-n signed (retired keys re-signing an old height)."""
     c, signers = committee
     first = balanced_chain(signers, 1)[0]
