@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from bridge.config import NetworkConfig
-from bridge.domain.committee import Committee
+from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.rotation import CertifiedRotation, chain_committees
@@ -36,7 +36,7 @@ from bridge.domain.signer import Signer
 from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
-from bridge.rpc.rotation_convert import certified_from_pb
+from bridge.rpc.rotation_convert import certified_from_pb, window_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
     registration_from_pb,
@@ -44,7 +44,7 @@ from bridge.rpc.supply_convert import (
     release_to_pb,
 )
 from bridge.rpc.tls import ClientIdentity
-from bridge.v1 import supply_pb2, supply_pb2_grpc
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc, supply_pb2, supply_pb2_grpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +317,36 @@ class SupplyFeed:
         await self._channel.close(None)
 
 
+def check_chain_on_ledger(
+    anchor: Committee, chain: list[CertifiedRotation], windows: Sequence[EpochWindow]
+) -> None:
+    """Raise InvalidCertificate unless the newest epoch ``chain`` reaches from ``anchor`` is
+    among ``windows`` (a ledger's accepted epochs) and every epoch both name agrees."""
+    reached = chain_committees(anchor, chain)
+    shown = {w.committee.epoch: w.committee for w in windows}
+    for epoch, committee in reached.items():
+        if epoch in shown and shown[epoch] != committee:
+            raise InvalidCertificate(f"epoch {epoch}: the ledger shows another committee")
+    tip = max(reached)
+    if tip not in shown:
+        raise InvalidCertificate(
+            f"the chain's newest epoch {tip} is not one the ledger accepts"
+            f" ({sorted(shown)}): a fork, or the ledger moved on"
+        )
+
+
+async def relayer_epochs(
+    target: str, identity: ClientIdentity | None, deadline_s: float = 10.0
+) -> tuple[EpochWindow, ...]:
+    """The epochs a ledger accepts, read from one of its relayers (``GetCommittees``; the
+    ``depository`` role may call it): the depository's source other than the coordinator."""
+    async with internal_channel(target, identity) as channel:
+        m = await relayer_pb2_grpc.RelayerServiceStub(channel).GetCommittees(
+            relayer_pb2.GetCommitteesRequest(), timeout=deadline_s
+        )
+    return tuple(window_from_pb(w) for w in m.epochs)
+
+
 def endpoints_of(network: NetworkConfig) -> frozenset[tuple[bytes, bytes, bytes]]:
     """The (network, ledger, bridge) words of every ledger in ``network``."""
     from bridge.ledgers.factory import bridge_word_of
@@ -332,15 +362,35 @@ def verifier_for(network: NetworkConfig, **kw: Any) -> FeedVerifier:
     return FeedVerifier(network.committee, endpoints=endpoints_of(network), **kw)
 
 
-async def follow_epoch(feed: SupplyFeed, verifier: FeedVerifier, attestation: Attestation) -> None:
+EpochSource = Callable[[], Awaitable[Sequence[EpochWindow]]]
+"""The epochs one ledger accepts, read through a source other than the coordinator (e.g.
+:func:`relayer_epochs`: a relayer of any one ledger)."""
+
+
+async def follow_epoch(
+    feed: SupplyFeed,
+    verifier: FeedVerifier,
+    attestation: Attestation,
+    confirm: EpochSource | None = None,
+) -> None:
     """Before ``attestation`` is checked: if it is signed under an epoch the verifier does not
     know yet, fetch the rotation chain from the server and verify it into the verifier. A
-    chain that does not verify is logged and ignored: the record then fails verification."""
+    chain that does not verify is logged and ignored: the record then fails verification.
+
+    SECURITY (review finding 4): with ``confirm``, the chain is also checked against a
+    ledger's epochs read NOT through the coordinator: the chain's newest epoch must be one
+    that ledger accepts, and every epoch both show must have the same committee. A
+    coordinator holding t retired keys can fork the chain, not the ledger, so a forked chain
+    is refused (one relayer of any one ledger suffices: no node per chain is needed).
+    RESIDUAL: that relayer and the coordinator colluding."""
     epoch = attestation.signed.record.epoch
     if epoch in verifier.epochs:
         return
     try:
-        added = verifier.add_chain(await feed.committee_chain(verifier.committee.epoch))
+        chain = await feed.committee_chain(verifier.committee.epoch)
+        if confirm is not None:
+            check_chain_on_ledger(verifier.committee, chain, await confirm())
+        added = verifier.add_chain(chain)
     except InvalidCertificate as exc:
         get_logger().error("committee chain refused", reason=str(exc))
         return

@@ -15,6 +15,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -703,6 +704,53 @@ def test_feed_verifier_follows_a_certified_chain_and_refuses_a_forged_one() -> N
     with pytest.raises(InvalidCertificate):
         v.add_chain([certified(g, other, g[:2])])
     assert v.epochs[2] == p2.committee
+
+
+@pytest.mark.security
+def test_a_forked_chain_from_retired_keys_is_refused_against_a_ledgers_epochs() -> None:
+    """Review finding 4: a coordinator holding t retired genesis keys certifies a fork
+    (epoch 2 of its own keys). The chain verifies from the anchor, but a ledger read not
+    through the coordinator shows another epoch 2: refused; the honest chain passes, and a
+    chain whose tip the ledger does not accept is refused too."""
+    from bridge.supply_client import check_chain_on_ledger, follow_epoch
+
+    g, n2, rogue = keys(3), keys(3), keys(3)
+    anchor = committee_of(1, g, 2)
+    p2 = proposal(n2, 2)
+    ledger = (EpochWindow(committee_of(1, g, 2), 0, 2000), EpochWindow(p2.committee, 1000, None))
+    honest = [certified(g, p2, g[:2])]
+    fork = [certified(g, proposal(rogue, 2), g[:2])]
+    check_chain_on_ledger(anchor, honest, ledger)
+    with pytest.raises(InvalidCertificate, match="another committee"):
+        check_chain_on_ledger(anchor, fork, ledger)
+    with pytest.raises(InvalidCertificate, match="not one the ledger accepts"):
+        check_chain_on_ledger(anchor, honest, ledger[:1])
+
+    class Feed:
+        async def committee_chain(self, from_epoch: int) -> list[CertifiedRotation]:
+            return fork
+
+    async def confirm() -> tuple[EpochWindow, ...]:
+        return ledger
+
+    @dataclass
+    class Att:
+        signed: Any
+
+    @dataclass
+    class Rec:
+        record: Any
+
+    @dataclass
+    class R:
+        epoch: int
+
+    v = FeedVerifier(anchor)
+    att = Att(Rec(R(2)))
+    asyncio.run(follow_epoch(Feed(), v, att, confirm))  # type: ignore[arg-type]
+    assert set(v.epochs) == {1}, "the fork added nothing"
+    asyncio.run(follow_epoch(Feed(), v, att))  # type: ignore[arg-type]
+    assert v.epochs[2] == proposal(rogue, 2).committee, "without a second source it passes"
 
 
 # ---- the operator's CLI keeps only each member's own signature over the right digest --------
