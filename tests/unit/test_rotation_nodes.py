@@ -15,8 +15,8 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
