@@ -405,6 +405,7 @@ async def watch(
     retry_delay: float = 0.5,
     give_up_after: float | None = None,
     identity: ClientIdentity | None = None,
+    confirm: EpochSource | None = None,
 ) -> AsyncIterator[Verdict]:
     """Follow every security's feed from feed position ``start``, verifying each record.
 
@@ -422,7 +423,7 @@ async def watch(
                 if a.feed_sequence < position:
                     continue  # a duplicate cannot happen by contract; never show one twice
                 position = a.feed_sequence + 1
-                await follow_epoch(feed, verifier, a)
+                await follow_epoch(feed, verifier, a, confirm)
                 yield verifier.check(a)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (
@@ -448,6 +449,7 @@ async def watch_feed(
     give_up_after: float | None = None,
     check_every: float = 1.0,
     identity: ClientIdentity | None = None,
+    confirm: EpochSource | None = None,
 ) -> AsyncIterator[Verdict | FeedStale]:
     """:func:`watch`, with a :class:`FeedStale` alarm whenever ``verifier.alarms`` raises
     one (``verifier.max_age`` set): also while no record arrives at all, and while the
@@ -459,7 +461,13 @@ async def watch_feed(
     async def pump() -> None:
         try:
             async for v in watch(
-                target, verifier, start, retry_delay, give_up_after, identity=identity
+                target,
+                verifier,
+                start,
+                retry_delay,
+                give_up_after,
+                identity=identity,
+                confirm=confirm,
             ):
                 await queue.put(v)
         except Exception as exc:  # handed to the consumer, which raises it
