@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
 
 from bridge.config import NetworkConfig
-from bridge.domain.committee import Committee
+from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import BridgeReason, InvalidCertificate
 from bridge.domain.issuance import HoldRelease, Registration, sign_instruction
 from bridge.domain.rotation import CertifiedRotation, chain_committees
@@ -37,7 +37,7 @@ from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.errors import received_error
-from bridge.rpc.rotation_convert import certified_from_pb
+from bridge.rpc.rotation_convert import certified_from_pb, window_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
     registration_from_pb,
@@ -45,7 +45,7 @@ from bridge.rpc.supply_convert import (
     release_to_pb,
 )
 from bridge.rpc.tls import ClientIdentity
-from bridge.v1 import supply_pb2, supply_pb2_grpc
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc, supply_pb2, supply_pb2_grpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +259,13 @@ class FeedVerifier:
             failures = verify_records(
                 [attestation.signed], committee, after=previous, from_genesis=self.from_genesis
             )
+            if previous is not None and record.produced_at_ms < previous.produced_at_ms:
+                # SECURITY (review finding 4): a security's feed never goes back in time
+                # (retired keys re-signing an old height are refused here too).
+                failures.append(
+                    f"{where}: produced at {record.produced_at_ms} ms, before the previous"
+                    f" record of this security ({previous.produced_at_ms} ms)"
+                )
         discrepancies = tuple(
             f"{record.security}#{record.sequence}: {units:+d} units on {ledger}"
             for ledger, units in record.ledger_discrepancies
@@ -311,6 +318,36 @@ class SupplyFeed:
         await self._channel.close(None)
 
 
+def check_chain_on_ledger(
+    anchor: Committee, chain: list[CertifiedRotation], windows: Sequence[EpochWindow]
+) -> None:
+    """Raise InvalidCertificate unless the newest epoch ``chain`` reaches from ``anchor`` is
+    among ``windows`` (a ledger's accepted epochs) and every epoch both name agrees."""
+    reached = chain_committees(anchor, chain)
+    shown = {w.committee.epoch: w.committee for w in windows}
+    for epoch, committee in reached.items():
+        if epoch in shown and shown[epoch] != committee:
+            raise InvalidCertificate(f"epoch {epoch}: the ledger shows another committee")
+    tip = max(reached)
+    if tip not in shown:
+        raise InvalidCertificate(
+            f"the chain's newest epoch {tip} is not one the ledger accepts"
+            f" ({sorted(shown)}): a fork, or the ledger moved on"
+        )
+
+
+async def relayer_epochs(
+    target: str, identity: ClientIdentity | None, deadline_s: float = 10.0
+) -> tuple[EpochWindow, ...]:
+    """The epochs a ledger accepts, read from one of its relayers (``GetCommittees``; the
+    ``depository`` role may call it): the depository's source other than the coordinator."""
+    async with internal_channel(target, identity) as channel:
+        m = await relayer_pb2_grpc.RelayerServiceStub(channel).GetCommittees(
+            relayer_pb2.GetCommitteesRequest(), timeout=deadline_s
+        )
+    return tuple(window_from_pb(w) for w in m.epochs)
+
+
 def endpoints_of(network: NetworkConfig) -> frozenset[tuple[bytes, bytes, bytes]]:
     """The (network, ledger, bridge) words of every ledger in ``network``."""
     from bridge.ledgers.factory import bridge_word_of
@@ -326,15 +363,35 @@ def verifier_for(network: NetworkConfig, **kw: Any) -> FeedVerifier:
     return FeedVerifier(network.committee, endpoints=endpoints_of(network), **kw)
 
 
-async def follow_epoch(feed: SupplyFeed, verifier: FeedVerifier, attestation: Attestation) -> None:
+EpochSource = Callable[[], Awaitable[Sequence[EpochWindow]]]
+"""The epochs one ledger accepts, read through a source other than the coordinator (e.g.
+:func:`relayer_epochs`: a relayer of any one ledger)."""
+
+
+async def follow_epoch(
+    feed: SupplyFeed,
+    verifier: FeedVerifier,
+    attestation: Attestation,
+    confirm: EpochSource | None = None,
+) -> None:
     """Before ``attestation`` is checked: if it is signed under an epoch the verifier does not
     know yet, fetch the rotation chain from the server and verify it into the verifier. A
-    chain that does not verify is logged and ignored: the record then fails verification."""
+    chain that does not verify is logged and ignored: the record then fails verification.
+
+    SECURITY (review finding 4): with ``confirm``, the chain is also checked against a
+    ledger's epochs read NOT through the coordinator: the chain's newest epoch must be one
+    that ledger accepts, and every epoch both show must have the same committee. A
+    coordinator holding t retired keys can fork the chain, not the ledger, so a forked chain
+    is refused (one relayer of any one ledger suffices: no node per chain is needed).
+    RESIDUAL: that relayer and the coordinator colluding."""
     epoch = attestation.signed.record.epoch
     if epoch in verifier.epochs:
         return
     try:
-        added = verifier.add_chain(await feed.committee_chain(verifier.committee.epoch))
+        chain = await feed.committee_chain(verifier.committee.epoch)
+        if confirm is not None:
+            check_chain_on_ledger(verifier.committee, chain, await confirm())
+        added = verifier.add_chain(chain)
     except InvalidCertificate as exc:
         get_logger().error("committee chain refused", reason=str(exc))
         return
@@ -349,6 +406,7 @@ async def watch(
     retry_delay: float = 0.5,
     give_up_after: float | None = None,
     identity: ClientIdentity | None = None,
+    confirm: EpochSource | None = None,
 ) -> AsyncIterator[Verdict]:
     """Follow every security's feed from feed position ``start``, verifying each record.
 
@@ -366,7 +424,7 @@ async def watch(
                 if a.feed_sequence < position:
                     continue  # a duplicate cannot happen by contract; never show one twice
                 position = a.feed_sequence + 1
-                await follow_epoch(feed, verifier, a)
+                await follow_epoch(feed, verifier, a, confirm)
                 yield verifier.check(a)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (
@@ -392,6 +450,7 @@ async def watch_feed(
     give_up_after: float | None = None,
     check_every: float = 1.0,
     identity: ClientIdentity | None = None,
+    confirm: EpochSource | None = None,
 ) -> AsyncIterator[Verdict | FeedStale]:
     """:func:`watch`, with a :class:`FeedStale` alarm whenever ``verifier.alarms`` raises
     one (``verifier.max_age`` set): also while no record arrives at all, and while the
@@ -403,7 +462,13 @@ async def watch_feed(
     async def pump() -> None:
         try:
             async for v in watch(
-                target, verifier, start, retry_delay, give_up_after, identity=identity
+                target,
+                verifier,
+                start,
+                retry_delay,
+                give_up_after,
+                identity=identity,
+                confirm=confirm,
             ):
                 await queue.put(v)
         except Exception as exc:  # handed to the consumer, which raises it

@@ -7,8 +7,13 @@ import time
 from collections.abc import Collection, Mapping
 
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
-from bridge.domain.committee import Committee, EpochWindow
-from bridge.domain.errors import InvalidInput, NotFound, PreconditionFailed
+from bridge.domain.committee import Committee, EpochWindow, recover_signer
+from bridge.domain.errors import (
+    InvalidCertificate,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+)
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
 from bridge.domain.legs import Leg
@@ -72,6 +77,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         # ---- committee rotation (ADR 0009): ``committee`` is the network file's epoch (the
         # trust anchor); the epochs this member signs under are read from each ledger.
         self._rotations = rotations
+        # SECURITY (review finding 1): the only keys this member ever signs a rotation to.
+        self._known_members = frozenset(committee.members) | frozenset(later_members)
         self._rotation_bounds = rotation_bounds or RotationBounds()
         self._epoch_cache: dict[str, tuple[float, tuple[EpochWindow, ...]]] = {}
         # Protocol v2: per ledger name, the network word of the network file (what this
@@ -160,20 +167,31 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     async def SignRotation(
         self, request: verifier_pb2.SignRotationRequest, context: Context
     ) -> verifier_pb2.SignRotationResponse:
-        """Sign the proposed rotation for each named ledger, after checking it on that
-        ledger through this member's own reader.
+        """Certify the proposed rotation for each named ledger (this member is in the
+        certifying epoch), or consent to it (this member is a NEW member of the proposal),
+        after checking it on that ledger through this member's own reader.
 
-        SECURITY: for every ledger first (nothing is signed unless all pass): the next
-        epoch is that ledger's latest installed epoch + 1 and this member is in that epoch;
-        the committee is sound (distinct members, 2t > n) and activation and overlap are in
-        this member's bounds. Then the rotation vote log records the proposal (one
-        committee per next epoch, ever, fsync'd) before any signature is made.
+        SECURITY: every member of the proposal must be in this member's network file
+        (genesis committee or ``[[committee.later]]``), so a caller cannot rotate to keys
+        of its own. For every ledger first (nothing is signed unless all pass): the next
+        epoch is that ledger's latest installed epoch + 1; activation and overlap are in
+        this member's bounds. A certifying member also requires each new member's consent
+        (its signature over that ledger's rotation digest: the key exists and agrees);
+        only then does the rotation vote log record the proposal (one committee per next
+        epoch, ever, fsync'd) before any signature is made. A consent certifies nothing
+        (the signer is not in the certifying epoch) and is tagged ``epoch = next_epoch``.
         """
         if self._rotations is None:
             raise PreconditionFailed("this member has no rotation vote log configured")
         proposal = proposal_from_pb(request.proposal)
         if not request.ledger_ids:
             raise InvalidInput("name at least one ledger to sign the rotation for")
+        unknown = [m for m in proposal.members if m not in self._known_members]
+        if unknown:
+            raise RotationRefused(
+                "members not in this member's network file (genesis committee or"
+                " [[committee.later]]): " + ", ".join("0x" + m.hex() for m in unknown)
+            )
         readers = []
         for name in dict.fromkeys(request.ledger_ids):
             reader = self._readers_by_name.get(name)
@@ -181,33 +199,79 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 raise NotFound(f"ledger {name} is not a ledger this member watches")
             readers.append(reader)
         now = time.time()
+        me = self._signer.address
+        certifying: list[Committee] = []
         for reader in readers:
+            windows = await self._windows(reader, fresh=True)
+            consenting = me in proposal.members and not any(
+                w.committee.epoch == proposal.certifying_epoch and w.committee.is_member(me)
+                for w in windows
+            )
             try:
-                check_proposal(
-                    proposal,
-                    await self._windows(reader, fresh=True),
-                    self._rotation_bounds,
-                    now,
-                    self._signer.address,
+                certifying.append(
+                    check_proposal(
+                        proposal,
+                        windows,
+                        self._rotation_bounds,
+                        now,
+                        None if consenting else me,
+                    )
                 )
             except RotationRefused as exc:
                 raise RotationRefused(f"{reader.ledger.name}: {exc}") from None
-        self._rotations.record(proposal)
-        out = verifier_pb2.SignRotationResponse(signer=self._signer.address)
-        for reader in readers:
-            digest = proposal.digest(
-                await self._network_word(reader), reader.ledger.word, reader.bridge_word
-            )
+        digests = [
+            proposal.digest(await self._network_word(r), r.ledger.word, r.bridge_word)
+            for r in readers
+        ]
+        consent_only = all(not c.is_member(me) for c in certifying)
+        if not consent_only:
+            if any(not c.is_member(me) for c in certifying):
+                raise RotationRefused("this member certifies on some named ledgers only")
+            for reader, committee, digest in zip(readers, certifying, digests, strict=True):
+                self._check_consents(
+                    request, reader.ledger.name, committee, proposal.members, digest
+                )
+            self._rotations.record(proposal)
+        out = verifier_pb2.SignRotationResponse(signer=me)
+        for reader, digest in zip(readers, digests, strict=True):
             out.signatures.append(
                 verifier_pb2.LedgerSignature(
                     ledger_id=reader.ledger.name,
-                    epoch=proposal.certifying_epoch,
+                    epoch=proposal.next_epoch if consent_only else proposal.certifying_epoch,
                     digest=digest,
                     signature=self._signer.sign_digest(digest),
                 )
             )
-        self._log.info("rotation signed", next_epoch=proposal.next_epoch)
+        self._log.info(
+            "rotation consented" if consent_only else "rotation signed",
+            next_epoch=proposal.next_epoch,
+        )
         return out
+
+    @staticmethod
+    def _check_consents(
+        request: verifier_pb2.SignRotationRequest,
+        ledger: str,
+        certifying: Committee,
+        members: tuple[bytes, ...],
+        digest: bytes,
+    ) -> None:
+        """Raise RotationRefused unless every member of ``members`` outside ``certifying``
+        signed ``digest`` (ledger ``ledger``) among ``request.consents``."""
+        consented: set[bytes] = set()
+        for c in request.consents:
+            if c.ledger_id != ledger or c.digest != digest:
+                continue
+            try:
+                consented.add(recover_signer(digest, c.signature))
+            except InvalidCertificate:
+                continue
+        missing = [m for m in members if not certifying.is_member(m) and m not in consented]
+        if missing:
+            raise RotationRefused(
+                f"{ledger}: no consent over the rotation digest from new members "
+                + ", ".join("0x" + m.hex() for m in missing)
+            )
 
     # ----
 

@@ -2,7 +2,9 @@
 
 ``propose`` records the proposal at the coordinator (the next epoch is read from the
 ledgers; ``--remove-misbehaving`` attaches the recorded evidence against that member), then
-asks each member of the certifying epoch to sign it (``SignRotation``: only the bridge
+asks each NEW member of the proposal for its consent (``SignRotation`` answered with its
+signature over each ledger's rotation digest), then each member of the certifying epoch to
+sign it with those consents attached (``SignRotation``: only the bridge
 operator may ask, each member checks the proposal against its own ledger reads and its
 rotation vote log), and hands the signatures to the coordinator, which checks them and
 installs the rotation on every ledger. Re-running the same command is safe: everything is
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -68,6 +70,7 @@ def gather_signatures(
     endpoints: Mapping[bytes, str],
     identity_for: IdentityFor,
     timeout: float = 15.0,
+    consents: Sequence[verifier_pb2.LedgerSignature] = (),
 ) -> tuple[list[verifier_pb2.LedgerSignature], list[str]]:
     """Ask each member at ``endpoints`` to sign ``proposal`` for the ledgers of ``digests``
     (ledger -> the rotation digest the coordinator computed); returns the signatures and
@@ -77,10 +80,14 @@ def gather_signatures(
     and recovers to the member asked (whose role the TLS handshake proved), so one member
     answering with anything else cannot spoil the coordinator's all-or-nothing check; the
     coordinator still checks each against the certifying epoch as the ledger reports it.
+    ``consents`` (from :func:`gather_consents`) go with every request; a new member's own
+    consent in an answer (``epoch = next_epoch``) is not a certification and is skipped.
     """
     signatures: list[verifier_pb2.LedgerSignature] = []
     refusals: list[str] = []
-    request = verifier_pb2.SignRotationRequest(proposal=proposal, ledger_ids=list(digests))
+    request = verifier_pb2.SignRotationRequest(
+        proposal=proposal, ledger_ids=list(digests), consents=list(consents)
+    )
     for address, target in sorted(endpoints.items()):
         who = "0x" + address.hex()
         try:
@@ -92,6 +99,8 @@ def gather_signatures(
             refusals.append(f"{who}: {exc.code().name}: {exc.details()}")
             continue
         for sig in resp.signatures:
+            if sig.epoch == proposal.next_epoch:
+                continue  # a new member's consent, not a certification
             try:
                 ok = (
                     sig.digest == digests.get(sig.ledger_id)
@@ -106,6 +115,44 @@ def gather_signatures(
                 refusals.append(f"{who}: answered a signature that is not its own over the"
                                 f" rotation digest of {sig.ledger_id}: dropped")  # fmt: skip
     return signatures, refusals
+
+
+def gather_consents(
+    proposal: rotation_pb2.RotationProposal,
+    digests: Mapping[str, bytes],
+    endpoints: Mapping[bytes, str],
+    identity_for: IdentityFor,
+    timeout: float = 15.0,
+) -> list[verifier_pb2.LedgerSignature]:
+    """Ask each member of ``proposal`` at ``endpoints`` for its consent: its signature
+    over each ledger's rotation digest (``epoch = next_epoch``). Members already in the
+    certifying epoch refuse or certify here; that is ignored (they are asked again by
+    :func:`gather_signatures`). Only signatures over the wanted digest that recover to the
+    member asked are kept; the certifying members check them again."""
+    out: list[verifier_pb2.LedgerSignature] = []
+    request = verifier_pb2.SignRotationRequest(proposal=proposal, ledger_ids=list(digests))
+    for address in sorted(set(proposal.members) & set(endpoints)):
+        try:
+            with sync_channel(
+                endpoints[address], identity_for(Role(MEMBER, "0x" + address.hex()))
+            ) as channel:
+                resp = verifier_pb2_grpc.VerifierServiceStub(channel).SignRotation(
+                    request, timeout=timeout
+                )
+        except grpc.RpcError:
+            continue
+        for sig in resp.signatures:
+            try:
+                ok = (
+                    sig.epoch == proposal.next_epoch
+                    and sig.digest == digests.get(sig.ledger_id)
+                    and recover_signer(sig.digest, sig.signature) == address
+                )
+            except InvalidCertificate:
+                ok = False
+            if ok:
+                out.append(sig)
+    return out
 
 
 def rotation_lines(r: operator_pb2.Rotation) -> list[str]:
@@ -180,14 +227,17 @@ def run(a: argparse.Namespace, stub: operator_pb2_grpc.OperatorServiceStub) -> i
     wanted = {x.ledger_id: x.digest for x in rotation.ledgers if x.status == "proposed"}
     if not wanted:
         return 0
+    endpoints = _endpoints(a)
+
+    # --tls-ca narrows the trust roots toward the coordinator only; a member is
+    # checked against the CAs the network file names for its member role.
+    def member_identity(role: Role) -> ClientIdentity | None:
+        return credentials.identity(argparse.Namespace(**{**vars(a), "tls_ca": []}), role)
+
+    # SECURITY (review finding 1): new members prove their keys and consent first.
+    consents = gather_consents(rotation.proposal, wanted, endpoints, member_identity, a.timeout)
     signatures, refusals = gather_signatures(
-        rotation.proposal,
-        wanted,
-        _endpoints(a),
-        # --tls-ca narrows the trust roots toward the coordinator only; a member is
-        # checked against the CAs the network file names for its member role.
-        lambda role: credentials.identity(argparse.Namespace(**{**vars(a), "tls_ca": []}), role),
-        a.timeout,
+        rotation.proposal, wanted, endpoints, member_identity, a.timeout, consents
     )
     for refusal in refusals:
         print(f"  refused: {refusal}", file=sys.stderr if a.json else sys.stdout)

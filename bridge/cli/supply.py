@@ -24,14 +24,18 @@ from pathlib import Path
 
 from bridge.cli import credentials
 from bridge.config import load_network
+from bridge.domain.committee import EpochWindow
 from bridge.domain.supply import Attestation
 from bridge.keys.loader import add_key_arguments, signer_from_arguments
+from bridge.rpc.roles import RELAYER, Role
 from bridge.supply_client import (
+    EpochSource,
     FeedStale,
     SupplyFeed,
     SupplyOperator,
     Verdict,
     follow_epoch,
+    relayer_epochs,
     staleness,
     verifier_for,
     watch_feed,
@@ -58,6 +62,13 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="ISIN",
         help="with --max-age: alarm if no record (default: every security of --network)",
     )
+    g.add_argument(
+        "--confirm-relayer",
+        default="",
+        metavar="LEDGER=HOST:PORT",
+        help="confirm every new committee epoch against this relayer's GetCommittees (a"
+        " source other than the coordinator; review finding 4)",
+    )
     w = sp.add_parser("watch", help="follow the feed, verifying every record")
     w.add_argument("--network", type=Path, required=True)
     w.add_argument("--from", dest="start", type=int, default=1, help="feed position")
@@ -77,6 +88,13 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="alarm if never seen (default: every security of --network)",
     )
     w.add_argument("--fail-on-stale", action="store_true", help="stop at the first alarm")
+    w.add_argument(
+        "--confirm-relayer",
+        default="",
+        metavar="LEDGER=HOST:PORT",
+        help="confirm every new committee epoch against this relayer's GetCommittees (a"
+        " source other than the coordinator; review finding 4)",
+    )
     v = sp.add_parser("verify", help="verify the whole feed up to now, from the first record")
     v.add_argument("--network", type=Path, required=True)
     r = sp.add_parser("register", help="operator: register the units issued per ledger")
@@ -179,6 +197,23 @@ def expected_securities(network: Path, security: str, expect: Sequence[str]) -> 
     return tuple(load_network(network).securities)
 
 
+def _confirm(a: argparse.Namespace) -> EpochSource | None:
+    """``--confirm-relayer LEDGER=HOST:PORT``: that relayer's epochs, read with the
+    depository's certificate (role ``depository`` may call ``GetCommittees``)."""
+    spec = getattr(a, "confirm_relayer", "")
+    if not spec:
+        return None
+    ledger, sep, target = spec.partition("=")
+    if not sep or not ledger or not target:
+        raise ValueError(f"--confirm-relayer {spec!r}: expected LEDGER=HOST:PORT")
+    identity = credentials.identity(a, Role(RELAYER, ledger))
+
+    async def read() -> tuple[EpochWindow, ...]:
+        return await relayer_epochs(target, identity)
+
+    return read
+
+
 async def _get(a: argparse.Namespace) -> int:
     if a.max_age is not None and a.network is None:
         raise ValueError("--max-age needs --network: only verified records count as fresh")
@@ -193,7 +228,7 @@ async def _get(a: argparse.Namespace) -> int:
             for x in found:
                 # A record of a later epoch: the chain from the network file's committee.
                 verifier = verifier_for(network, from_genesis=False)
-                await follow_epoch(feed, verifier, x)
+                await follow_epoch(feed, verifier, x, _confirm(a))
                 verdicts.append(verifier.check(x))
     finally:
         await feed.close()
@@ -222,7 +257,9 @@ async def _watch(a: argparse.Namespace) -> int:
     )
     seen: list[Verdict] = []
     stale = False
-    async for v in watch_feed(a.coordinator, verifier, a.start, identity=credentials.identity(a)):
+    async for v in watch_feed(
+        a.coordinator, verifier, a.start, identity=credentials.identity(a), confirm=_confirm(a)
+    ):
         if isinstance(v, FeedStale):
             _print_alarm(v, a.json)
             stale = True
@@ -246,7 +283,7 @@ async def _verify(a: argparse.Namespace) -> int:
         end = max((x.feed_sequence for x in latest), default=0)
         if end:
             async for att in feed.stream("", 1):
-                await follow_epoch(feed, verifier, att)
+                await follow_epoch(feed, verifier, att, _confirm(a))
                 v = verifier.check(att)
                 verdicts.append(v)
                 if not v.ok or v.discrepancies or a.json:

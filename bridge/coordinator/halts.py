@@ -18,6 +18,14 @@ Guarantees:
   sequence after a higher one, so the order of delivery is the order of signing).
 - A recorded HALT stops new locks of its scope at once (before the ledger applied it); a
   RELEASE takes effect for the drivers only once the ledger shows it.
+- An order is marked APPLIED only when the ledger, read after the delivery, shows its
+  sequence reached and (for a HALT) its scope halted (review finding 5). An order the ledger
+  refuses as stale because a later order was applied first is SKIPPED: an alarm is logged,
+  and a skipped HALT keeps its scope halted for the drivers until its expiry.
+  RESIDUAL: the confirming read goes through the same relayer that delivered the order (the
+  coordinator has no other reader of the ledger); a relayer lying about both is caught by
+  the ledger itself (it enforces the halt whatever the coordinator believes) and by the
+  depository's own feed/halt status reads from other relayers, not here.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ class OrderState(enum.IntEnum):
     APPLIED = 2
     REFUSED = 3
     EXPIRED = 4
+    SKIPPED = 5
+    """A later order of the ledger was applied first (review finding 5); see ``_deliver``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +181,10 @@ class SqliteHaltStore:
             )
 
     async def orders(
-        self, ledger: str | None = None, pending_only: bool = False
+        self, ledger: str | None = None, pending_only: bool = False, gating: bool = False
     ) -> list[OrderRecord]:
-        """Orders by ledger and ascending sequence (optionally one ledger, pending only)."""
+        """Orders by ledger and ascending sequence (optionally one ledger, pending only, or
+        ``gating``: pending or skipped, the orders the drivers still obey)."""
         query = f"SELECT {_COLS} FROM depository_orders"  # noqa: S608
         where, args = [], []
         if ledger is not None:
@@ -181,6 +192,8 @@ class SqliteHaltStore:
             args.append(ledger)
         if pending_only:
             where.append(f"state = {int(OrderState.PENDING)}")
+        elif gating:
+            where.append(f"state IN ({int(OrderState.PENDING)}, {int(OrderState.SKIPPED)})")
         if where:
             query += " WHERE " + " AND ".join(where)
         with self._lock:
@@ -311,8 +324,9 @@ class HaltBook:
     async def halted(self, ledger: str, security: SecurityId) -> bool:
         """True while ``security`` may not move on ``ledger``: the ledger shows it halted,
         or a HALT order for it (or for the whole ledger) is recorded and not yet applied.
-        A ledger that cannot be read counts as not halted (the ledger still enforces)."""
-        for r in await self._store.orders(ledger, pending_only=True):
+        A ledger that cannot be read counts as not halted (the ledger still enforces).
+        SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 5)."""
+        for r in await self._store.orders(ledger, gating=True):
             o = r.signed.order
             if (
                 o.action == OrderAction.HALT
@@ -368,23 +382,61 @@ class HaltBook:
             log.warning("depository order not delivered yet", **{REASON: str(exc)[:300]})
             return OrderState.PENDING
         except LedgerRejected as exc:
+            if exc.reason == ErrorReason.STALE_ORDER:
+                return await self._settle(r, "")
             state, refusal = OrderState.REFUSED, str(exc)
             if exc.reason == ErrorReason.ORDER_EXPIRED:
                 state = OrderState.EXPIRED
-            elif exc.reason == ErrorReason.STALE_ORDER:
-                with contextlib.suppress(BridgeError):
-                    ledger_seq = (await self._relayers[r.ledger].halt_status(None)).sequence
-                    if ledger_seq >= seq:
-                        state, refusal = OrderState.APPLIED, "superseded by a later order"
             await self._store.set_state(r.ledger, seq, state, refusal)
             log.warning("depository order refused by the ledger", **{REASON: refusal})
             return state
         except BridgeError as exc:
             log.warning("depository order not delivered yet", **{REASON: str(exc)[:300]})
             return OrderState.PENDING
-        await self._store.set_state(r.ledger, seq, OrderState.APPLIED, "", out.tx_id)
-        log.info("depository order applied", **{REASON: _describe(r.signed)})
-        return OrderState.APPLIED
+        return await self._settle(r, out.tx_id)
+
+    async def _settle(self, r: OrderRecord, tx_id: str) -> OrderState:
+        """After a delivery that the relayer reports done (or already done, or stale): mark
+        ``r`` APPLIED only if the ledger shows it; SKIPPED (an alarm; a HALT keeps gating)
+        if the ledger's sequence passed it without showing it; else leave it PENDING.
+
+        SECURITY (review finding 5): "already applied" from the adapter only means the
+        ledger's sequence is at or above the order's; a later order may have superseded a
+        HALT that never took effect, so that is never reported as APPLIED."""
+        seq = r.signed.order.sequence
+        log = self._log.bind(**{LEDGER: r.ledger})
+        try:
+            shown = await self._shows(r)
+        except BridgeError as exc:
+            log.warning("depository order not confirmed yet", **{REASON: str(exc)[:300]})
+            return OrderState.PENDING
+        if shown is None:  # the read lags the ledger: confirm on the next pass
+            return OrderState.PENDING
+        if shown:
+            await self._store.set_state(r.ledger, seq, OrderState.APPLIED, "", tx_id)
+            log.info("depository order applied", **{REASON: _describe(r.signed)})
+            return OrderState.APPLIED
+        refusal = "skipped: the ledger's sequence passed this order without its effect"
+        await self._store.set_state(r.ledger, seq, OrderState.SKIPPED, refusal, tx_id)
+        log.error("ALARM depository order skipped", **{REASON: _describe(r.signed)})
+        return OrderState.SKIPPED
+
+    async def _shows(self, r: OrderRecord) -> bool | None:
+        """Whether ``r.ledger`` shows ``r``'s effect now: True when its sequence is exactly
+        the order's and (a HALT) the scope is halted / (a RELEASE) not halted by the scope;
+        None when the ledger's sequence has not reached it; False otherwise (a later order
+        passed it, or the ledger shows the other flag). Reads afresh (not the drivers'
+        cache), through the relayer of that ledger (the residual in the module docstring)."""
+        o = r.signed.order
+        relayer = self._relayers[r.ledger]
+        isin = None if o.security == ZERO_WORD else o.security.rstrip(b"\0").decode()
+        status = await relayer.halt_status(isin)
+        if status.sequence < o.sequence:
+            return None
+        if status.sequence > o.sequence:
+            return False
+        scope_halted = status.ledger_halted if isin is None else status.security_halted
+        return scope_halted == (o.action == OrderAction.HALT)
 
 
 def _describe(signed: SignedOrder) -> str:

@@ -37,6 +37,11 @@ class FlowDirection(enum.Enum):
     INBOUND = "inbound"
 
 
+MAX_FLOW_PERIOD = 30 * 24 * 3600
+"""Longest ``window`` / ``large_delay`` either ledger accepts (InvalidFlowLimit beyond):
+a limit cannot park a leg longer than this (review finding 3)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlowLimit:
     """What the admin sets for one lane (``setFlowLimit`` / ``SetFlowLimit``).
@@ -45,7 +50,8 @@ class FlowLimit:
     iff ``window`` != 0 (then at least one capacity, or ``share_bps``, is nonzero; a capacity
     of 0 leaves that direction unlimited); ``share_bps`` in 0..10000 and, when nonzero, both
     capacities 0 (the ledger sizes them from its registered supply); a large-transfer delay
-    iff ``large_threshold`` != 0, which needs ``large_delay`` != 0 and the reverse. All zero
+    iff ``large_threshold`` != 0, which needs ``large_delay`` != 0 and the reverse; ``window``
+    and ``large_delay`` at most :data:`MAX_FLOW_PERIOD`. All zero
     removes the lane's limit.
     """
 
@@ -61,8 +67,8 @@ class FlowLimit:
             if not 0 <= getattr(self, name) < UINT128_LIMIT:
                 raise InvalidInput(f"{name} must be in 0..2**128-1")
         for name in ("window", "large_delay"):
-            if not 0 <= getattr(self, name) < UINT64_LIMIT:
-                raise InvalidInput(f"{name} must be in 0..2**64-1 seconds")
+            if not 0 <= getattr(self, name) <= MAX_FLOW_PERIOD:
+                raise InvalidInput(f"{name} must be in 0..{MAX_FLOW_PERIOD} seconds")
         if not 0 <= self.share_bps <= BPS:
             raise InvalidInput("share_bps must be in 0..10000")
         if self.share_bps and (self.outbound_capacity or self.inbound_capacity):

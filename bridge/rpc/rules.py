@@ -167,7 +167,8 @@ RULES: Mapping[str, Rule] = {
     _O + "ListRotations": _rule(BRIDGE_OPERATOR),
     # The installed epochs are public ledger state; installing needs a certificate the
     # ledger checks, so the operator may install by hand too.
-    _R + "GetCommittees": _rule(COORDINATOR, BRIDGE_OPERATOR, MEMBER),
+    # review finding 4: the depository confirms the epoch chain here, not via the coordinator.
+    _R + "GetCommittees": _rule(COORDINATOR, BRIDGE_OPERATOR, MEMBER, DEPOSITORY),
     _R + "InstallCommittee": _rule(COORDINATOR, BRIDGE_OPERATOR),
     _S + "GetCommitteeChain": _rule(*_SUPPLY_READERS),
     # ----

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62ridge/v1/depository.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n\x0f\x44\x65positoryOrder\x12\x0f\n\x07network\x18\x01 \x01(\x0c\x12\x0e\n\x06ledger\x18\x02 \x01(\x0c\x12\x10\n\x08security\x18\x03 \x01(\x0c\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\r\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06\x65xpiry\x18\x06 \x01(\x04\x12\x0b\n\x03key\x18\x07 \x01(\x0c\"U\n\x15SignedDepositoryOrder\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.bridge.v1.DepositoryOrder\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xd3\x01\n\x15\x44\x65positoryOrderStatus\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x30\n\x06signed\x18\x02 \x01(\x0b\x32 .bridge.v1.SignedDepositoryOrder\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.bridge.v1.OrderState\x12\x0f\n\x07refusal\x18\x04 \x01(\t\x12\r\n\x05tx_id\x18\x05 \x01(\t\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x14GetHaltStatusRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"\x92\x01\n\nLedgerHalt\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x17\n\x0fsecurity_halted\x18\x02 \x01(\x08\x12\x15\n\rledger_halted\x18\x03 \x01(\x08\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x12\n\ndepository\x18\x05 \x01(\x0c\x12\x0c\n\x04read\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"q\n\x15GetHaltStatusResponse\x12&\n\x07ledgers\x18\x01 \x03(\x0b\x32\x15.bridge.v1.LedgerHalt\x12\x30\n\x06orders\x18\x02 \x03(\x0b\x32 .bridge.v1.DepositoryOrderStatus*\x8d\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x17\n\x13ORDER_STATE_APPLIED\x10\x02\x12\x17\n\x13ORDER_STATE_REFUSED\x10\x03\x12\x17\n\x13ORDER_STATE_EXPIRED\x10\x04\x32\xbe\x01\n\x11\x44\x65positoryService\x12U\n\x0fSubmitHaltOrder\x12 .bridge.v1.SignedDepositoryOrder\x1a .bridge.v1.DepositoryOrderStatus\x12R\n\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a .bridge.v1.GetHaltStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62ridge/v1/depository.proto\x12\tbridge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n\x0f\x44\x65positoryOrder\x12\x0f\n\x07network\x18\x01 \x01(\x0c\x12\x0e\n\x06ledger\x18\x02 \x01(\x0c\x12\x10\n\x08security\x18\x03 \x01(\x0c\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\r\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x0e\n\x06\x65xpiry\x18\x06 \x01(\x04\x12\x0b\n\x03key\x18\x07 \x01(\x0c\"U\n\x15SignedDepositoryOrder\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.bridge.v1.DepositoryOrder\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xd3\x01\n\x15\x44\x65positoryOrderStatus\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x30\n\x06signed\x18\x02 \x01(\x0b\x32 .bridge.v1.SignedDepositoryOrder\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.bridge.v1.OrderState\x12\x0f\n\x07refusal\x18\x04 \x01(\t\x12\r\n\x05tx_id\x18\x05 \x01(\t\x12/\n\x0breceived_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x14GetHaltStatusRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\"\x92\x01\n\nLedgerHalt\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x17\n\x0fsecurity_halted\x18\x02 \x01(\x08\x12\x15\n\rledger_halted\x18\x03 \x01(\x08\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x12\n\ndepository\x18\x05 \x01(\x0c\x12\x0c\n\x04read\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"q\n\x15GetHaltStatusResponse\x12&\n\x07ledgers\x18\x01 \x03(\x0b\x32\x15.bridge.v1.LedgerHalt\x12\x30\n\x06orders\x18\x02 \x03(\x0b\x32 .bridge.v1.DepositoryOrderStatus*\xa6\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x17\n\x13ORDER_STATE_APPLIED\x10\x02\x12\x17\n\x13ORDER_STATE_REFUSED\x10\x03\x12\x17\n\x13ORDER_STATE_EXPIRED\x10\x04\x12\x17\n\x13ORDER_STATE_SKIPPED\x10\x05\x32\xbe\x01\n\x11\x44\x65positoryService\x12U\n\x0fSubmitHaltOrder\x12 .bridge.v1.SignedDepositoryOrder\x1a .bridge.v1.DepositoryOrderStatus\x12R\n\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a .bridge.v1.GetHaltStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.depository_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERSTATE']._serialized_start=819
-  _globals['_ORDERSTATE']._serialized_end=960
+  _globals['_ORDERSTATE']._serialized_end=985
   _globals['_DEPOSITORYORDER']._serialized_start=75
   _globals['_DEPOSITORYORDER']._serialized_end=206
   _globals['_SIGNEDDEPOSITORYORDER']._serialized_start=208
@@ -46,6 +46,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEDGERHALT']._serialized_end=701
   _globals['_GETHALTSTATUSRESPONSE']._serialized_start=703
   _globals['_GETHALTSTATUSRESPONSE']._serialized_end=816
-  _globals['_DEPOSITORYSERVICE']._serialized_start=963
-  _globals['_DEPOSITORYSERVICE']._serialized_end=1153
+  _globals['_DEPOSITORYSERVICE']._serialized_start=988
+  _globals['_DEPOSITORYSERVICE']._serialized_end=1178
 # @@protoc_insertion_point(module_scope)

@@ -30,11 +30,16 @@ class _OrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderState
     ORDER_STATE_PENDING: _OrderState.ValueType  # 1
     """Recorded; being submitted to the ledger."""
     ORDER_STATE_APPLIED: _OrderState.ValueType  # 2
-    """The ledger applied it (or a later order of the same ledger)."""
+    """The ledger applied it: its sequence reached the order's and it shows the order's effect."""
     ORDER_STATE_REFUSED: _OrderState.ValueType  # 3
     """The ledger refused it (refusal names the endpoint's error)."""
     ORDER_STATE_EXPIRED: _OrderState.ValueType  # 4
     """Its expiry passed before the ledger applied it."""
+    ORDER_STATE_SKIPPED: _OrderState.ValueType  # 5
+    """A later order of the same ledger was applied first, so this one never will be
+    (review finding 5): an ALARM. A skipped HALT keeps its scope halted for the drivers
+    until its expiry; the depository must issue a new order above the ledger's sequence.
+    """
 
 class OrderState(_OrderState, metaclass=_OrderStateEnumTypeWrapper): ...
 
@@ -42,11 +47,16 @@ ORDER_STATE_UNSPECIFIED: OrderState.ValueType  # 0
 ORDER_STATE_PENDING: OrderState.ValueType  # 1
 """Recorded; being submitted to the ledger."""
 ORDER_STATE_APPLIED: OrderState.ValueType  # 2
-"""The ledger applied it (or a later order of the same ledger)."""
+"""The ledger applied it: its sequence reached the order's and it shows the order's effect."""
 ORDER_STATE_REFUSED: OrderState.ValueType  # 3
 """The ledger refused it (refusal names the endpoint's error)."""
 ORDER_STATE_EXPIRED: OrderState.ValueType  # 4
 """Its expiry passed before the ledger applied it."""
+ORDER_STATE_SKIPPED: OrderState.ValueType  # 5
+"""A later order of the same ledger was applied first, so this one never will be
+(review finding 5): an ALARM. A skipped HALT keeps its scope halted for the drivers
+until its expiry; the depository must issue a new order above the ledger's sequence.
+"""
 Global___OrderState: _TypeAlias = OrderState  # noqa: Y015
 
 @_typing.final

@@ -27,7 +27,7 @@ from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/verifier.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x16\x62ridge/v1/supply.proto\"\x14\n\x12GetIdentityRequest\"2\n\x10VerifierIdentity\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"W\n\x10SignClaimRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.bridge.v1.ClaimKind\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\"V\n\x0fLedgerSignature\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"S\n\x11SignClaimResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"\xb9\x01\n\x11SignSupplyRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.bridge.v1.SignedRegistration\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x1b\n\x13previous_signatures\x18\x04 \x03(\x0c\"G\n\x12SignSupplyResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"X\n\x13SignRotationRequest\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12\x12\n\nledger_ids\x18\x02 \x03(\t\"V\n\x14SignRotationResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature2\xc0\x02\n\x0fVerifierService\x12I\n\x0bGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12\x46\n\tSignClaim\x12\x1b.bridge.v1.SignClaimRequest\x1a\x1c.bridge.v1.SignClaimResponse\x12I\n\nSignSupply\x12\x1c.bridge.v1.SignSupplyRequest\x1a\x1d.bridge.v1.SignSupplyResponse\x12O\n\x0cSignRotation\x12\x1e.bridge.v1.SignRotationRequest\x1a\x1f.bridge.v1.SignRotationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/verifier.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x16\x62ridge/v1/supply.proto\"\x14\n\x12GetIdentityRequest\"2\n\x10VerifierIdentity\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"W\n\x10SignClaimRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.bridge.v1.ClaimKind\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\"V\n\x0fLedgerSignature\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"S\n\x11SignClaimResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"\xb9\x01\n\x11SignSupplyRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.bridge.v1.SignedRegistration\x12)\n\x08previous\x18\x03 \x01(\x0b\x32\x17.bridge.v1.SupplyRecord\x12\x1b\n\x13previous_signatures\x18\x04 \x03(\x0c\"G\n\x12SignSupplyResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x86\x01\n\x13SignRotationRequest\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12\x12\n\nledger_ids\x18\x02 \x03(\t\x12,\n\x08\x63onsents\x18\x03 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature\"V\n\x14SignRotationResponse\x12\x0e\n\x06signer\x18\x01 \x01(\x0c\x12.\n\nsignatures\x18\x02 \x03(\x0b\x32\x1a.bridge.v1.LedgerSignature2\xc0\x02\n\x0fVerifierService\x12I\n\x0bGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12\x46\n\tSignClaim\x12\x1b.bridge.v1.SignClaimRequest\x1a\x1c.bridge.v1.SignClaimResponse\x12I\n\nSignSupply\x12\x1c.bridge.v1.SignSupplyRequest\x1a\x1d.bridge.v1.SignSupplyResponse\x12O\n\x0cSignRotation\x12\x1e.bridge.v1.SignRotationRequest\x1a\x1f.bridge.v1.SignRotationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,10 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNSUPPLYREQUEST']._serialized_end=635
   _globals['_SIGNSUPPLYRESPONSE']._serialized_start=637
   _globals['_SIGNSUPPLYRESPONSE']._serialized_end=708
-  _globals['_SIGNROTATIONREQUEST']._serialized_start=710
-  _globals['_SIGNROTATIONREQUEST']._serialized_end=798
-  _globals['_SIGNROTATIONRESPONSE']._serialized_start=800
-  _globals['_SIGNROTATIONRESPONSE']._serialized_end=886
-  _globals['_VERIFIERSERVICE']._serialized_start=889
-  _globals['_VERIFIERSERVICE']._serialized_end=1209
+  _globals['_SIGNROTATIONREQUEST']._serialized_start=711
+  _globals['_SIGNROTATIONREQUEST']._serialized_end=845
+  _globals['_SIGNROTATIONRESPONSE']._serialized_start=847
+  _globals['_SIGNROTATIONRESPONSE']._serialized_end=933
+  _globals['_VERIFIERSERVICE']._serialized_start=936
+  _globals['_VERIFIERSERVICE']._serialized_end=1256
 # @@protoc_insertion_point(module_scope)

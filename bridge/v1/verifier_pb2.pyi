@@ -207,21 +207,31 @@ class SignRotationRequest(_message.Message):
 
     PROPOSAL_FIELD_NUMBER: _builtins.int
     LEDGER_IDS_FIELD_NUMBER: _builtins.int
+    CONSENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def proposal(self) -> _rotation_pb2.RotationProposal: ...
     @_builtins.property
     def ledger_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The ledgers to sign for (each ledger's rotation digest binds its network and endpoint)."""
 
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerSignature]:
+        """SECURITY (review finding 1): each member of the proposal that is not in the certifying
+        epoch signs the rotation digest of every named ledger (proof that the key exists and
+        consents; its LedgerSignature.epoch is next_epoch). A certifying member refuses unless
+        every new member's consent is here. A new member asked without consents returns its own.
+        """
+
     def __init__(
         self,
         *,
         proposal: _rotation_pb2.RotationProposal | None = ...,
         ledger_ids: _abc.Iterable[_builtins.str] | None = ...,
+        consents: _abc.Iterable[Global___LedgerSignature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger_ids", b"ledger_ids", "proposal", b"proposal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "ledger_ids", b"ledger_ids", "proposal", b"proposal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

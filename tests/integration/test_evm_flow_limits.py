@@ -30,6 +30,8 @@ from tests.integration.test_evm_contracts import (
     LOCKED,
     MINTED,
     PREPARED,
+    REJECTED,
+    RELEASED,
     Env,
     Ledger,
     _setup,
@@ -136,6 +138,9 @@ def test_only_the_admin_sets_a_limit(env: Env) -> None:
         {"shareBps": 100, "outboundCapacity": 5, "window": 60},  # share and units at once
         {"largeThreshold": 10},  # threshold without a delay
         {"largeDelay": 60},  # delay without a threshold
+        {"outboundCapacity": 5, "window": 30 * 86400 + 1},  # review finding 3: bounded
+        {"largeThreshold": 1, "largeDelay": 30 * 86400 + 1},
+        {"largeThreshold": 1, "largeDelay": 2**64 - 1},  # overflowed at lock before
     ],
 )
 def test_malformed_limits_are_refused(env: Env, kw: dict[str, int]) -> None:
@@ -215,7 +220,7 @@ def test_refill_is_exact_however_often_the_bucket_is_used(env: Env) -> None:
 
 
 def test_release_gives_capacity_back(env: Env) -> None:
-    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=100, window=10**9))
+    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=100, window=2_592_000))
     t = make_terms(env, amount=70)
     lock(env, t)
     assert status(env, env.a, env.b.ledger).outbound.available == 30
@@ -254,7 +259,7 @@ def test_inbound_over_capacity_reverts_and_prepares_once_refilled(env: Env) -> N
 
 def test_inbound_mint_offsets_outbound(env: Env) -> None:
     bob = env.bob
-    limit(env, env.b, env.a.ledger, FlowLimit(outbound_capacity=100, window=10**9))
+    limit(env, env.b, env.a.ledger, FlowLimit(outbound_capacity=100, window=2_592_000))
     incoming = make_terms(env, amount=40)
     lock(env, incoming)
     prepare(env, incoming)
@@ -275,12 +280,12 @@ def test_inbound_mint_offsets_outbound(env: Env) -> None:
 
 
 def test_lowering_a_limit_clamps_the_bucket(env: Env) -> None:
-    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=100, window=10**9))
+    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=100, window=2_592_000))
     t = make_terms(env, amount=30)
     lock(env, t)
-    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=50, window=10**9))
+    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=50, window=2_592_000))
     assert status(env, env.a, env.b.ledger).outbound.available == 50  # min(70, 50)
-    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=200, window=10**9))
+    limit(env, env.a, env.b.ledger, FlowLimit(outbound_capacity=200, window=2_592_000))
     assert status(env, env.a, env.b.ledger).outbound.available == 50  # kept, not refilled
     finish(env, env.a, ClaimKind.ABORT, t)
 
@@ -339,6 +344,68 @@ def test_large_transfer_waits_its_delay_on_the_target(env: Env) -> None:
     time_travel(env, 300)
     commit_both(env, t)
     assert in_leg(env, t)[0] == MINTED
+
+
+@pytest.mark.security
+def test_lowering_the_delay_shortens_delayed_legs(env: Env) -> None:
+    """Review finding 3: commit enforces min(stored notBefore, delayed-at + the lane's
+    CURRENT delay) and notBefore reports it, so removing a limit frees a delayed leg (as the
+    chaincode's twin test); raising it again never goes beyond the stored notBefore."""
+    limit(env, env.b, env.a.ledger, FlowLimit(large_threshold=1, large_delay=30 * 86400))
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    _, at = not_before(env.b, t)
+    delayed_at = at - 30 * 86400
+    limit(env, env.b, env.a.ledger, FlowLimit(large_threshold=1, large_delay=600))
+    assert not_before(env.b, t)[1] == delayed_at + 600
+    mint = env.b.endpoint.functions.commit(t.as_abi_tuple(), cert(env, env.b, ClaimKind.COMMIT, t))
+    reverts(env, "TooEarly", mint)
+    limit(env, env.b, env.a.ledger, FlowLimit(large_threshold=1, large_delay=30 * 86400))
+    assert not_before(env.b, t)[1] == at, "never beyond the stored notBefore"
+    limit(env, env.b, env.a.ledger, FlowLimit())
+    assert not_before(env.b, t)[1] == delayed_at
+    commit_both(env, t)
+    assert in_leg(env, t)[0] == MINTED
+
+
+@pytest.mark.security
+def test_a_paused_token_and_an_early_commit_fail_too_early_first(env: Env) -> None:
+    """Review finding 9 (paired with the chaincode's twin): a delayed mint on a paused
+    token fails TooEarly before the delay is over, TokenPaused after it."""
+    limit(env, env.b, env.a.ledger, FlowLimit(large_threshold=1, large_delay=300))
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    tx(env, env.b.token.functions.pause(), env.admin)
+    try:
+        mint = env.b.endpoint.functions.commit(
+            t.as_abi_tuple(), cert(env, env.b, ClaimKind.COMMIT, t)
+        )
+        reverts(env, "TooEarly", mint)
+        time_travel(env, 300)
+        reverts(env, "TokenPaused", mint)
+    finally:
+        tx(env, env.b.token.functions.unpause(), env.admin)
+    commit_both(env, t)
+    assert in_leg(env, t)[0] == MINTED
+
+
+@pytest.mark.security
+def test_prepare_on_an_endpoint_that_is_no_longer_the_tokens_bridge_rejects(env: Env) -> None:
+    """Review finding 9: once the token names another bridge, this endpoint could never
+    mint; prepare records Rejected (reason 1, unknown security here) so the source is
+    released instead of burning for a mint that cannot happen."""
+    t = make_terms(env, amount=3)
+    lock(env, t)
+    tx(env, env.b.token.functions.setBridge(env.alice.address), env.admin)
+    try:
+        prepare(env, t)
+    finally:
+        tx(env, env.b.token.functions.setBridge(env.b.endpoint.address), env.admin)
+    assert in_leg(env, t)[0] == REJECTED and in_leg(env, t)[4] == 1
+    abort_both(env, t)
+    assert out_leg(env, t)[0] == RELEASED
 
 
 # --------------------------------------------------------------------------- cost

@@ -70,7 +70,12 @@ def test_no_rule_for_a_method_that_does_not_exist() -> None:
 # coordinator may not), and the installed epochs are readable by members and the operator.
 _ROTATION_RULES = {
     "/bridge.v1.VerifierService/SignRotation": {"bridge-operator"},
-    "/bridge.v1.RelayerService/GetCommittees": {"coordinator", "bridge-operator", "member"},
+    "/bridge.v1.RelayerService/GetCommittees": {
+        "coordinator",
+        "bridge-operator",
+        "member",
+        "depository",
+    },
     "/bridge.v1.RelayerService/InstallCommittee": {"coordinator", "bridge-operator"},
 }
 

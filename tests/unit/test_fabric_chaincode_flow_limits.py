@@ -152,6 +152,9 @@ def test_only_the_admin_sets_a_limit(env: Env) -> None:
         {"share_bps": 100, "out": 5, "window": 60},
         {"large_threshold": 10},
         {"large_delay": 60},
+        {"out": 5, "window": 30 * 86400 + 1},  # review finding 3: periods bounded
+        {"large_threshold": 1, "large_delay": 30 * 86400 + 1},
+        {"large_threshold": 1, "large_delay": 2**64 - 1},
     ],
 )
 def test_malformed_limits_are_refused(env: Env, kw: dict[str, int]) -> None:
@@ -232,7 +235,7 @@ def test_a_timestamp_going_back_refills_nothing(env: Env) -> None:
 
 
 def test_release_gives_capacity_back_and_an_unlimited_lane_needs_no_time(env: Env) -> None:
-    set_limit(env, env.a, env.b, out=100, window=10**9)
+    set_limit(env, env.a, env.b, out=100, window=2_592_000)
     t = make_terms(env, amount=70)
     lock(env, t)
     finish(env, env.a, ClaimKind.ABORT, t)
@@ -253,6 +256,7 @@ def test_inbound_over_capacity_refuses_prepare_and_expiry_still_ends_it(env: Env
     )  # fmt: skip
     assert detail == "available=20, requested=30"
     assert leg_state(env.b, t, "inbound") == IN_NONE
+    Clock.now = t.deadline + 1
     call(env.b, env.relayer, "MarkExpired", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
     assert leg_state(env.b, t, "inbound") == EXPIRED
     finish(env, env.b, ClaimKind.ABORT, t)
@@ -267,7 +271,7 @@ def test_inbound_over_capacity_refuses_prepare_and_expiry_still_ends_it(env: Env
 
 
 def test_inbound_mint_offsets_outbound(env: Env) -> None:
-    set_limit(env, env.b, env.a, out=100, window=10**9)
+    set_limit(env, env.b, env.a, out=100, window=2_592_000)
     # Consume B's outbound towards A first: bob receives 40, then sends 40 back.
     incoming = make_terms(env, amount=40)
     lock(env, incoming)
@@ -317,5 +321,94 @@ def test_large_transfer_waits_on_the_target_too(env: Env) -> None:
         env, env.b, "TooEarly", env.relayer, "Commit", tj(t), cert(env, env.b, ClaimKind.COMMIT, t)
     )
     Clock.now += 300
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert leg_state(env.b, t, "inbound") == MINTED
+
+
+# ---- review findings 2 and 3 (regressions) -------------------------------------------------
+
+
+@pytest.mark.security
+def test_alternating_timestamps_cannot_rewind_a_rate_bucket(env: Env) -> None:
+    """Review finding 2 (the PoC): proposals alternating +60 s / -60 s around the peers'
+    clock used to re-earn the refill already spent (301 units in 240 s on 100/hour). The
+    bucket's time never goes back now: at most capacity + refill over the elapsed time
+    (plus the 60 s skew) ever moves."""
+    set_limit(env, env.a, env.b, out=100, window=3600)
+    lock(env, make_terms(env, amount=99))
+    moved, real = 99, T0
+    for _ in range(60):
+        real += 2
+        Clock.now = real + 60
+        avail = status(env.a, env.b).outbound.available
+        if avail >= 2:
+            lock(env, make_terms(env, amount=avail - 1), local=real)
+            moved += avail - 1
+        real += 2
+        Clock.now = real - 60
+        if status(env.a, env.b).outbound.available >= 1:
+            lock(env, make_terms(env, amount=1), local=real)
+            moved += 1
+    honest_max = 100 + 100 * (real - T0 + 60) // 3600
+    assert moved <= honest_max
+
+
+@pytest.mark.security
+def test_alternating_timestamps_cannot_rewind_the_large_allowance(env: Env) -> None:
+    """Review finding 2 on the large-transfer allowance: a rewound proposal time neither
+    re-earns allowance nor dates a delay earlier than the bucket's own time."""
+    set_limit(env, env.a, env.b, large_threshold=10, large_delay=600)
+    Clock.now = T0 + 60
+    lock(env, make_terms(env, amount=10), local=T0)  # allowance spent at T0 + 60
+    Clock.now = T0 - 60
+    t = make_terms(env, amount=1)
+    lock(env, t, local=T0)
+    assert not_before(env.a, t)["outbound"] == T0 + 60 + 600, "dated from the bucket's time"
+    Clock.now = T0 + 60
+    assert status(env.a, env.b).large_outbound_available == 0
+
+
+@pytest.mark.security
+def test_lowering_the_delay_shortens_delayed_legs(env: Env) -> None:
+    """Review finding 3 (the PoC): a stored notBefore is capped by delayed-at + the lane's
+    CURRENT delay, so removing (or lowering) the limit frees a delayed leg; NotBefore
+    reports that effective value (what members check)."""
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=30 * 86400)
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    assert not_before(env.b, t)["inbound"] == T0 + 30 * 86400
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=600)
+    assert not_before(env.b, t)["inbound"] == T0 + 600
+    Clock.now = T0 + 599
+    rejects(
+        env, env.b, "TooEarly", env.relayer, "Commit", tj(t), cert(env, env.b, ClaimKind.COMMIT, t)
+    )
+    set_limit(env, env.b, env.a)  # removed: the leg may commit at once
+    assert not_before(env.b, t)["inbound"] == T0
+    finish(env, env.b, ClaimKind.COMMIT, t)
+    assert leg_state(env.b, t, "inbound") == MINTED
+    # raising the delay again never lengthens a stored one
+    t2 = make_terms(env, amount=5)
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=60)
+    lock(env, t2)
+    prepare(env, t2)
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=86400)
+    assert not_before(env.b, t2)["inbound"] == Clock.now + 60
+
+
+@pytest.mark.security
+def test_a_paused_token_and_an_early_commit_fail_too_early_first(env: Env) -> None:
+    """Review finding 9 (paired with the EVM twin): TooEarly before TokenPaused."""
+    set_limit(env, env.b, env.a, large_threshold=1, large_delay=300)
+    t = make_terms(env, amount=5)
+    lock(env, t)
+    prepare(env, t)
+    call(env.b, env.admin, "SetPaused", ISIN.isin, "true")
+    c = cert(env, env.b, ClaimKind.COMMIT, t)
+    rejects(env, env.b, "TooEarly", env.relayer, "Commit", tj(t), c)
+    Clock.now += 300
+    rejects(env, env.b, "TokenPaused", env.relayer, "Commit", tj(t), c)
+    call(env.b, env.admin, "SetPaused", ISIN.isin, "false")
     finish(env, env.b, ClaimKind.COMMIT, t)
     assert leg_state(env.b, t, "inbound") == MINTED

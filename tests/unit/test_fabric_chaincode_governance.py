@@ -104,10 +104,11 @@ def test_another_org_admin_or_a_client_of_the_issuer_is_not_admin(env: Env) -> N
             ("SetRelayer", (caller, "true")),
             ("SetInstructor", ("0x" + "11" * 20, "true")),
             ("SetAdmin", (governance("Org2MSP"),)),
-            ("ReleaseParked", ("0x" + "00" * 32, holder)),
         ):
             detail = rejects(env, env.a, "NotAdmin", caller, fn, *args)
             assert detail == f"caller={caller}"
+        # review finding 9: the EVM endpoint's order, NotParked before the admin check
+        rejects(env, env.a, "NotParked", caller, "ReleaseParked", "0x" + "00" * 32, holder)
 
 
 def test_one_org_alone_cannot_set_a_relayer_when_k_is_2(env: Env) -> None:

@@ -239,6 +239,7 @@ def test_expiry_marker_and_abort_still_work_while_halted(henv: Env) -> None:
     t = locked(env)
     halt(env, env.a)
     halt(env, env.b, security=None)
+    env.b.now = t.deadline + 1
     env.b.call(env.relayer, "MarkExpired", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
     finish(env, env.a, ClaimKind.ABORT, t)
     finish(env, env.b, ClaimKind.ABORT, t)

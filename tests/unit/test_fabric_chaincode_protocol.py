@@ -823,10 +823,16 @@ def test_abort_before_prepare_leaves_a_tombstone(env: Env) -> None:
     assert out_leg(env, t)["state"] == RELEASED
 
 
-def test_mark_expired_has_no_clock_and_loses_or_wins_by_order(env: Env) -> None:
+@pytest.mark.governance
+def test_mark_expired_needs_the_deadline_passed_and_loses_or_wins_by_order(env: Env) -> None:
     t = locked(env)
     c = cert(env, env.b, ClaimKind.LOCKED, t)
-    env.b.call(env.relayer, "MarkExpired", tj(t), c)  # no deadline check on Fabric
+    # Review finding 8: the ledger time (proposal timestamp) must be past the deadline.
+    env.b.now = t.deadline
+    detail = rejects(env, env.b, "NotExpired", env.relayer, "MarkExpired", tj(t), c)
+    assert detail == f"deadline={t.deadline}, nowTs={t.deadline}"
+    env.b.now = t.deadline + 1
+    env.b.call(env.relayer, "MarkExpired", tj(t), c)
     assert in_leg(env, t) == leg(EXPIRED, t)
     assert env.b.events[-1][1]["state"] == EXPIRED
     assert rejects(env, env.b, "BadState", env.relayer, "Prepare", tj(t), c).endswith("state=3")
@@ -1207,6 +1213,7 @@ def test_counters_do_not_move_on_abort_release_reject_or_expiry(env: Env) -> Non
     finish(env, env.b, ClaimKind.ABORT, rejected)
     finish(env, env.a, ClaimKind.ABORT, rejected)
     expired = locked(env, amount=2)  # Expired -> Aborted
+    env.b.now = expired.deadline + 1
     env.b.call(env.relayer, "MarkExpired", tj(expired), cert(env, env.b, ClaimKind.LOCKED, expired))
     finish(env, env.b, ClaimKind.ABORT, expired)
     finish(env, env.a, ClaimKind.ABORT, expired)

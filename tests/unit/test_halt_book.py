@@ -238,3 +238,49 @@ async def test_prepared_transfer_burns_but_the_mint_waits_and_commit_stays(halti
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert seen == [Action.PREPARE]
     assert LegState.MINTED in {s.state for s in relayers["b"].legs.values()}
+
+
+# ---- review finding 5: a superseded HALT is never APPLIED ----------------------------------
+
+
+@pytest.mark.security
+async def test_a_superseded_halt_is_skipped_alarms_and_keeps_gating(halting) -> None:
+    """The ledger's sequence passed a recorded HALT (a later RELEASE was applied straight on
+    the ledger) before it was delivered: the HALT never took effect, so it must not be
+    reported APPLIED; it is SKIPPED and the drivers still see its scope halted."""
+    c, relayers, _, book = halting
+    relayers["a"].unavailable = 10**6  # the HALT cannot be delivered for now
+    halt = order(c, "a", OrderAction.HALT, 5)
+    await book.submit(halt)
+    release = order(c, "a", OrderAction.RELEASE, 6)
+    relayers["a"].sequence = 6  # applied on the ledger by someone else
+    relayers["a"].flags[release.order.security] = False
+    relayers["a"].unavailable = 0
+
+    async def skipped() -> bool:
+        return [r.state for r in await book.orders()] == [OrderState.SKIPPED]
+
+    await eventually(skipped, 10, "the HALT skipped", interval=0.02)
+    assert relayers["a"].applied == [], "nothing was applied by the coordinator"
+    assert await book.halted("a", SecurityId(ISIN)), "a skipped HALT keeps gating"
+    assert not await book.halted("b", SecurityId(ISIN))
+
+
+@pytest.mark.security
+async def test_an_order_is_applied_only_when_the_ledger_shows_it(halting) -> None:
+    """A relayer that reports the order applied while the ledger does not show it: the order
+    stays PENDING (and gating) until the ledger does."""
+    c, relayers, _, book = halting
+    r = relayers["a"]
+    real_apply = r.apply_order
+
+    async def lying(signed: SignedOrder) -> Any:
+        return TxOutcome("0x" + secrets.token_hex(32), 1, False)  # nothing applied
+
+    r.apply_order = lying  # type: ignore[method-assign]
+    await book.submit(order(c, "a", OrderAction.HALT, 7))
+    await book.deliver_pending()
+    assert [x.state for x in await book.orders()] == [OrderState.PENDING]
+    assert await book.halted("a", SecurityId(ISIN))
+    r.apply_order = real_apply  # type: ignore[method-assign]
+    await applied(book, "a", 7)

@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,7 +192,11 @@ class RotMember(Member):
     """A member whose ledgers both show ``windows``."""
 
     def __init__(
-        self, tmp_path: Path, signer: LocalKeySigner, windows: tuple[EpochWindow, ...]
+        self,
+        tmp_path: Path,
+        signer: LocalKeySigner,
+        windows: tuple[EpochWindow, ...],
+        later: list[LocalKeySigner] | None = None,
     ) -> None:
         super().__init__(tmp_path, frozenset())
         self.signer = signer
@@ -204,47 +209,124 @@ class RotMember(Member):
             self.votes,
             network_words={"a": NETWORK, "b": NETWORK},
             instruction_keys={"a": frozenset({self.terms().instructor[12:]})},
-            later_members=[signer.address],
+            later_members=[signer.address, *(k.address for k in later or [])],
             rotations=self.rotations,
         )
 
+    def consents(
+        self, p: RotationProposal, ledgers: list[str], signers: list[LocalKeySigner]
+    ) -> list[verifier_pb2.LedgerSignature]:
+        """Each of ``signers``' signature over each ledger's rotation digest."""
+        readers = {"a": self.a, "b": self.b}
+        out = []
+        for name in ledgers:
+            r = readers[name]
+            d = p.digest(NETWORK, r.ledger.word, r.bridge_word)
+            for k in signers:
+                out.append(
+                    verifier_pb2.LedgerSignature(
+                        ledger_id=name, epoch=p.next_epoch, digest=d, signature=k.sign_digest(d)
+                    )
+                )
+        return out
+
     def sign_rotation(
-        self, p: RotationProposal, ledgers: list[str]
+        self,
+        p: RotationProposal,
+        ledgers: list[str],
+        consents: list[verifier_pb2.LedgerSignature] | None = None,
     ) -> verifier_pb2.SignRotationResponse:
         handler = VerifierServicer.SignRotation.__wrapped__  # type: ignore[attr-defined]
-        req = verifier_pb2.SignRotationRequest(proposal=proposal_to_pb(p), ledger_ids=ledgers)
+        req = verifier_pb2.SignRotationRequest(
+            proposal=proposal_to_pb(p), ledger_ids=ledgers, consents=consents or []
+        )
         out: verifier_pb2.SignRotationResponse = asyncio.run(handler(self.servicer, req, None))
         return out
 
 
 def test_member_signs_a_rotation_per_ledger_after_its_own_read(tmp_path: Path) -> None:
-    old, new = keys(3), keys(3)
+    old, new, other = keys(3), keys(3), keys(3)
     e1 = committee_of(1, old, 2)
-    m = RotMember(tmp_path, old[0], (EpochWindow(e1, 0, None),))
+    m = RotMember(tmp_path, old[0], (EpochWindow(e1, 0, None),), later=[*new, *other])
     p = proposal(new, 2)
-    resp = m.sign_rotation(p, ["a", "b"])
+    resp = m.sign_rotation(p, ["a", "b"], m.consents(p, ["a", "b"], new))
     assert [s.ledger_id for s in resp.signatures] == ["a", "b"]
     for s, reader in zip(resp.signatures, (m.a, m.b), strict=True):
         assert s.epoch == 1
         assert s.digest == p.digest(NETWORK, reader.ledger.word, reader.bridge_word)
     # the same proposal again is fine; another committee for epoch 2 never, on any ledger
-    m.sign_rotation(p, ["b"])
+    m.sign_rotation(p, ["b"], m.consents(p, ["b"], new))
+    q = proposal(other, 2)
     with pytest.raises(ConflictingRotation):
-        m.sign_rotation(proposal(keys(3), 2), ["a"])
+        m.sign_rotation(q, ["a"], m.consents(q, ["a"], other))
+
+
+@pytest.mark.security
+def test_member_refuses_a_rotation_to_keys_outside_its_network_file(tmp_path: Path) -> None:
+    """Review finding 1: the bridge operator alone cannot rotate to keys of its own. Even
+    with the rogue keys' own consents, a member refuses keys its network file does not name
+    (genesis committee or [[committee.later]]), and records nothing."""
+    old, rogue = keys(3), keys(3)
+    m = RotMember(tmp_path, old[0], (EpochWindow(committee_of(1, old, 2), 0, None),))
+    p = proposal(rogue, 2)
+    with pytest.raises(RotationRefused, match=r"not in this member.s network file"):
+        m.sign_rotation(p, ["a", "b"], m.consents(p, ["a", "b"], rogue))
+    assert m.rotations.signed(2) is None, "a refusal records nothing"
+
+
+@pytest.mark.security
+def test_member_requires_every_new_members_consent_over_each_digest(tmp_path: Path) -> None:
+    """Known new members must each sign the rotation digest of every named ledger; a
+    missing, wrong-ledger, wrong-digest or forged consent is refused and nothing recorded."""
+    old, new = keys(3), keys(2)
+    m = RotMember(tmp_path, old[0], (EpochWindow(committee_of(1, old, 2), 0, None),), later=new)
+    p = proposal([old[0], *new], 2)  # old[0] continues: only the two new keys consent
+    with pytest.raises(RotationRefused, match="no consent"):
+        m.sign_rotation(p, ["a"])
+    with pytest.raises(RotationRefused, match="no consent"):
+        m.sign_rotation(p, ["a", "b"], m.consents(p, ["a"], new))  # none for b
+    with pytest.raises(RotationRefused, match="no consent"):
+        m.sign_rotation(p, ["a"], m.consents(p, ["a"], new[:1]))  # one missing
+    forged = m.consents(p, ["a"], [new[0], old[1]])  # old[1] signs in new[1]'s place
+    with pytest.raises(RotationRefused, match="0x" + new[1].address.hex()):
+        m.sign_rotation(p, ["a"], forged)
+    wrong = m.consents(proposal([old[0], *new], 2, overlap=61), ["a"], new)
+    with pytest.raises(RotationRefused, match="no consent"):
+        m.sign_rotation(p, ["a"], wrong)
+    assert m.rotations.signed(2) is None, "a refusal records nothing"
+    resp = m.sign_rotation(p, ["a", "b"], m.consents(p, ["a", "b"], new))
+    assert [s.epoch for s in resp.signatures] == [1, 1]
+
+
+def test_a_new_member_consents_without_certifying(tmp_path: Path) -> None:
+    """A new member asked for a proposal naming it signs each ledger's rotation digest
+    tagged ``epoch = next_epoch`` (a consent, recorded nowhere); one not named refuses."""
+    old, new = keys(3), keys(3)
+    e1 = committee_of(1, old, 2)
+    m = RotMember(tmp_path, new[0], (EpochWindow(e1, 0, None),), later=new)
+    p = proposal(new, 2)
+    resp = m.sign_rotation(p, ["a", "b"])
+    assert [(s.ledger_id, s.epoch) for s in resp.signatures] == [("a", 2), ("b", 2)]
+    for s, reader in zip(resp.signatures, (m.a, m.b), strict=True):
+        assert s.digest == p.digest(NETWORK, reader.ledger.word, reader.bridge_word)
+    assert m.rotations.signed(2) is None
+    with pytest.raises(RotationRefused, match="not a member of epoch 1"):
+        m.sign_rotation(proposal([*old[:2], new[1]], 2), ["a"])
 
 
 def test_member_refuses_stale_epoch_unknown_ledger_and_non_members(tmp_path: Path) -> None:
-    old, new = keys(3), keys(3)
+    old, new, more = keys(3), keys(3), keys(3)
     e1, e2 = committee_of(1, old, 2), committee_of(2, new, 2)
     now = int(time.time())
-    m = RotMember(tmp_path, old[0], (EpochWindow(e1, 0, now + 50), EpochWindow(e2, now, None)))
+    windows = (EpochWindow(e1, 0, now + 50), EpochWindow(e2, now, None))
+    m = RotMember(tmp_path, old[0], windows, later=[*new, *more])
     # epoch 2 is installed already: a proposal for epoch 2 again is stale, 3 needs epoch 2's
     with pytest.raises(RotationRefused, match="latest installed epoch 2"):
-        m.sign_rotation(proposal(keys(3), 2), ["a"])
+        m.sign_rotation(proposal(more, 2), ["a"])
     with pytest.raises(RotationRefused, match="not a member of epoch 2"):
-        m.sign_rotation(proposal(keys(3), 2, epoch=3), ["a"])
+        m.sign_rotation(proposal(more, 2, epoch=3), ["a"])
     with pytest.raises(NotFound):
-        m.sign_rotation(proposal(keys(3), 2, epoch=3), ["nowhere"])
+        m.sign_rotation(proposal(more, 2, epoch=3), ["nowhere"])
     assert m.rotations.signed(3) is None, "a refusal records nothing"
 
 
@@ -624,6 +706,53 @@ def test_feed_verifier_follows_a_certified_chain_and_refuses_a_forged_one() -> N
     assert v.epochs[2] == p2.committee
 
 
+@pytest.mark.security
+def test_a_forked_chain_from_retired_keys_is_refused_against_a_ledgers_epochs() -> None:
+    """Review finding 4: a coordinator holding t retired genesis keys certifies a fork
+    (epoch 2 of its own keys). The chain verifies from the anchor, but a ledger read not
+    through the coordinator shows another epoch 2: refused; the honest chain passes, and a
+    chain whose tip the ledger does not accept is refused too."""
+    from bridge.supply_client import check_chain_on_ledger, follow_epoch
+
+    g, n2, rogue = keys(3), keys(3), keys(3)
+    anchor = committee_of(1, g, 2)
+    p2 = proposal(n2, 2)
+    ledger = (EpochWindow(committee_of(1, g, 2), 0, 2000), EpochWindow(p2.committee, 1000, None))
+    honest = [certified(g, p2, g[:2])]
+    fork = [certified(g, proposal(rogue, 2), g[:2])]
+    check_chain_on_ledger(anchor, honest, ledger)
+    with pytest.raises(InvalidCertificate, match="another committee"):
+        check_chain_on_ledger(anchor, fork, ledger)
+    with pytest.raises(InvalidCertificate, match="not one the ledger accepts"):
+        check_chain_on_ledger(anchor, honest, ledger[:1])
+
+    class Feed:
+        async def committee_chain(self, from_epoch: int) -> list[CertifiedRotation]:
+            return fork
+
+    async def confirm() -> tuple[EpochWindow, ...]:
+        return ledger
+
+    @dataclass
+    class Att:
+        signed: Any
+
+    @dataclass
+    class Rec:
+        record: Any
+
+    @dataclass
+    class R:
+        epoch: int
+
+    v = FeedVerifier(anchor)
+    att = Att(Rec(R(2)))
+    asyncio.run(follow_epoch(Feed(), v, att, confirm))  # type: ignore[arg-type]
+    assert set(v.epochs) == {1}, "the fork added nothing"
+    asyncio.run(follow_epoch(Feed(), v, att))  # type: ignore[arg-type]
+    assert v.epochs[2] == proposal(rogue, 2).committee, "without a second source it passes"
+
+
 # ---- the operator's CLI keeps only each member's own signature over the right digest --------
 
 
@@ -658,7 +787,7 @@ def test_gather_signatures_drops_what_is_not_the_members_own(monkeypatch) -> Non
         _Answer(members[0], digest),  # good
         _Answer(members[1], secrets.token_bytes(32)),  # another digest
         _Answer(keys(1)[0], digest),  # someone else's key behind member 2's endpoint
-        _Answer(members[3], digest, epoch=2),  # wrong epoch
+        _Answer(members[3], digest, epoch=3),  # wrong epoch (2 is a consent, skipped)
     ]
     servers, endpoints = [], {}
     for m, answer in zip(members, answers, strict=True):

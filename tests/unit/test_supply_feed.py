@@ -716,6 +716,31 @@ def test_feed_verifier_accepts_a_good_chain(committee) -> None:
     assert v.last_feed_sequence == 12
 
 
+@pytest.mark.governance
+@pytest.mark.security
+def test_feed_verifier_refuses_a_record_produced_before_the_previous_one(committee) -> None:
+    """Review finding 4: a security's feed never goes back in time, even when the record is
+    properly linked and t-of-n signed (retired keys re-signing an old height)."""
+    c, signers = committee
+    first = balanced_chain(signers, 1)[0]
+    r = make_record(
+        ISIN,
+        2,
+        first.record.digest,
+        1,
+        first.record.produced_at_ms - 1,
+        [reading("a", 998, burned=2), reading("b", 2, minted=2)],
+        {"a": 1000, "b": 0},
+        registration_version=1,
+    )
+    v = FeedVerifier(c)
+    assert v.check(attest(first, 1)).ok
+    verdict = v.check(attest(sign(r, signers[:3]), 2))
+    assert not verdict.ok
+    assert any("before the previous record" in f for f in verdict.failures)
+    assert v.last == {ISIN: first.record}
+
+
 def test_feed_verifier_from_genesis_refuses_a_mid_stream_start(committee) -> None:
     c, signers = committee
     records = balanced_chain(signers, 3)

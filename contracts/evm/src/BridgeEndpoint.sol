@@ -213,7 +213,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             OutLeg storage leg = _out[id];
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
-            _requireDelayOver(_notBefore[id][LEG_OUT]);
+            _requireDelayOver(_effectiveNotBefore(id, LEG_OUT));
             leg.state = OutState.Burned;
             burnedOut[leg.securityId] += leg.amount;
             _emitOut(id, leg);
@@ -223,7 +223,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             if (leg.state != InState.Prepared) revert BadState(id, uint8(leg.state));
             if (leg.termsHash != hash) revert TermsMismatch(id);
             _requireNotHalted(leg.securityId); // ---- depository halt: the mint waits
-            _requireDelayOver(_notBefore[id][LEG_IN]);
+            _requireDelayOver(_effectiveNotBefore(id, LEG_IN));
             _flowCredit(leg.securityId, t.srcLedgerId, FLOW_OUT, leg.amount); // inbound offsets outbound
             leg.state = InState.Minted;
             preparedTotal[leg.securityId] -= leg.amount;
@@ -704,6 +704,9 @@ contract BridgeEndpoint is IBridgeEndpoint {
     uint8 private constant FLOW_LARGE_OUT = 2;
     uint8 private constant FLOW_LARGE_IN = 3;
     uint256 private constant BPS = 10_000;
+    /// Longest `window` / `largeDelay` (review finding 3): a limit cannot park a leg for
+    /// longer, and `timestamp + largeDelay` never overflows uint64.
+    uint64 private constant MAX_FLOW_PERIOD = 30 days;
 
     struct FlowLimit {
         uint128 outCapacity; // 0: outbound not rate-limited
@@ -721,8 +724,16 @@ contract BridgeEndpoint is IBridgeEndpoint {
 
     mapping(bytes32 => mapping(bytes32 => FlowLimit)) private _flowLimit;
     mapping(bytes32 => mapping(bytes32 => mapping(uint8 => Bucket))) private _bucket;
-    /// transfer id => leg (LEG_OUT / LEG_IN) => earliest commit time (0: none).
-    mapping(bytes32 => mapping(uint8 => uint64)) private _notBefore;
+    /// A delayed leg: earliest commit time when delayed (`at`), when (`since`) and on which
+    /// lane, so that commit enforces min(at, since + the lane's current largeDelay).
+    struct Delay {
+        uint64 at;
+        uint64 since;
+        bytes32 lane;
+    }
+
+    /// transfer id => leg (LEG_OUT / LEG_IN) => its delay (at 0: none).
+    mapping(bytes32 => mapping(uint8 => Delay)) private _delay;
 
     /// Sets (or, all zero, removes) the flow limit of the lane (`securityId`, `counterpart`).
     /// Guarantees: admin only; the security is registered; `counterpart` is another ledger;
@@ -754,6 +765,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             outboundCapacity = uint128(sized);
             inboundCapacity = uint128(sized);
         }
+        if (window > MAX_FLOW_PERIOD || largeDelay > MAX_FLOW_PERIOD) revert InvalidFlowLimit();
         bool rated = outboundCapacity != 0 || inboundCapacity != 0;
         if ((window != 0) != rated || (largeThreshold != 0) != (largeDelay != 0)) {
             revert InvalidFlowLimit();
@@ -800,14 +812,25 @@ contract BridgeEndpoint is IBridgeEndpoint {
         s[9] = _available(securityId, counterpart, FLOW_LARGE_IN, f);
     }
 
-    /// When the outbound and inbound legs of `transferId` may commit here (0: no delay).
+    /// When the outbound and inbound legs of `transferId` may commit here (0: no delay): the
+    /// effective values commit enforces (see `_effectiveNotBefore`).
     function notBefore(bytes32 transferId)
         external
         view
         override
         returns (uint64 outboundAt, uint64 inboundAt)
     {
-        return (_notBefore[transferId][LEG_OUT], _notBefore[transferId][LEG_IN]);
+        return (_effectiveNotBefore(transferId, LEG_OUT), _effectiveNotBefore(transferId, LEG_IN));
+    }
+
+    /// SECURITY (review finding 3): min(stored notBefore, delayed-at + the lane's CURRENT
+    /// largeDelay), so lowering or removing a lane's delay shortens legs already delayed.
+    function _effectiveNotBefore(bytes32 id, uint8 legKind) private view returns (uint64) {
+        Delay memory d = _delay[id][legKind];
+        if (d.at == 0) return 0;
+        bytes32 sec = legKind == LEG_OUT ? _out[id].securityId : _in[id].securityId;
+        uint64 shorter = d.since + _flowLimit[sec][d.lane].largeDelay; // both bounded: no overflow
+        return shorter < d.at ? shorter : d.at;
     }
 
     /// Lock hook. SECURITY: consumes outbound capacity or reverts FlowLimitExceeded (nothing
@@ -854,7 +877,7 @@ contract BridgeEndpoint is IBridgeEndpoint {
             // `largeDelay` passes undelayed. A leg beyond it waits, and empties the allowance.
             if (need > level) {
                 uint64 at = uint64(block.timestamp) + f.largeDelay;
-                _notBefore[id][legKind] = at;
+                _delay[id][legKind] = Delay(at, uint64(block.timestamp), lane);
                 emit TransferDelayed(id, legKind, at);
                 need = level;
             }
@@ -1035,7 +1058,11 @@ contract BridgeEndpoint is IBridgeEndpoint {
     /// The Prepared/Rejected decision: 0, or the rejection reason.
     function _receiveCheck(BridgeTypes.Terms calldata t) private view returns (uint8) {
         address token = tokenOf[t.securityId];
-        if (token == address(0)) return REASON_UNKNOWN_SECURITY;
+        // review finding 9: an endpoint that is no longer its token's bridge could never
+        // mint: Rejected (unknown security here), so the source releases instead of burning.
+        if (token == address(0) || SecurityToken(token).bridge() != address(this)) {
+            return REASON_UNKNOWN_SECURITY;
+        }
         (bool ok, address recipient) = _evmAddress(t.recipient);
         if (!ok) return REASON_INVALID_RECIPIENT;
         return SecurityToken(token).receiveStatus(recipient);

@@ -148,6 +148,9 @@ _FLOW_FIELDS = (
     "large_threshold",
     "large_delay",
 )
+MAX_FLOW_PERIOD = 30 * 24 * 3600
+"""Longest ``window`` / ``large_delay`` (seconds), as the EVM endpoint's: a limit cannot park
+a leg for longer, and ``t + large_delay`` stays far inside uint64 (review finding 3)."""
 
 _HEX_WORD = re.compile(r"0x[0-9a-fA-F]{64}")
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -1060,8 +1063,9 @@ class Endpoint:
             self._require_state(tid, leg, IN_PREPARED)
             self._require_hash(tid, leg, thash)
             self._require_not_halted(leg.security)  # ---- depository halt: the mint waits
-            self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
+            # review finding 9: TooEarly before the pause, as on EVM (bridgeMint comes last)
             self._require_delay_over(tid, "in")
+            self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
             leg.state = IN_MINTED
             sec = leg.security
             self._flow_credit(sec, t.src_ledger, FLOW_OUT, leg.amount)  # inbound offsets outbound
@@ -1172,15 +1176,19 @@ class Endpoint:
         return {"transfer_id": _hex(tid), **_leg_json(leg)}
 
     def mark_expired(self, terms_json: str, cert_json: str) -> object:
-        """LOCKED certificate, no inbound record -> Expired.
+        """LOCKED certificate, no inbound record, deadline passed -> Expired.
 
-        Unlike the EVM endpoint there is NO clock check: Fabric chaincode has no trustworthy
-        clock (the proposal timestamp is chosen by the client). The outcome is decided by this
-        ledger's ordering: whichever of Prepare and MarkExpired is ordered first wins, the
-        other fails with BadState. The coordinator only asks for the marker after the
-        deadline, and verifiers certify ABORT only from a finalized Expired/Rejected/Aborted.
+        SECURITY (review finding 8): as the EVM endpoint, NotExpired while the ledger time
+        (``_clock``: the proposal timestamp, which every organisation's server keeps within
+        MAX_TX_SKEW of its own clock) is at or before the deadline, so a relayer cannot end
+        a waiting transfer early (by at most the skew). Whichever of Prepare and MarkExpired
+        is ordered first wins, the other fails with BadState; verifiers certify ABORT only
+        from a finalized Expired/Rejected/Aborted.
         """
         t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=False)
+        now = self._clock()
+        if now <= t.deadline:
+            raise ChaincodeError("NotExpired", f"deadline={t.deadline}, nowTs={now}")
         leg.terms_hash, leg.amount, leg.security = t.terms_hash, t.amount, t.security
         leg.state = IN_EXPIRED
         self._put_leg("in", tid, leg)
@@ -1369,15 +1377,17 @@ class Endpoint:
         """``BridgeEndpoint.releaseParked``: deliver transfer ``tid``'s parked units to
         ``holder``. Guarantees: an issuer admin (NotAdmin); units parked for the transfer
         (NotParked: also after a release, so never twice); ``holder`` may receive now
-        (RecipientRefused with its receive status otherwise)."""
+        (RecipientRefused with its receive status otherwise). Checked in the EVM endpoint's
+        order (review finding 9): NotParked, then the admin, then the holder."""
         tid = _parse_word("transfer_id", tid_hex)
         address = parse_holder(holder)
-        self._only_issuer()
+        self._require_init()
         leg = self._leg("in", tid)
         key = f"parked/{leg.security.hex()}/{tid.hex()}"
         raw = self._kv.get(key) if leg.state == IN_MINTED else None
         if raw is None:
             raise ChaincodeError("NotParked", f"transferId={_hex(tid)}")
+        self._only_issuer()
         token = self._token(leg.security)
         status = (
             REASON_INVALID_RECIPIENT
@@ -1714,13 +1724,24 @@ class Endpoint:
     def _level(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
         """The bucket's exact level at ``now`` in unit-seconds (refilled, capped); 0 when
         the bucket is not limited."""
+        return self._bucket_at(sec, lane, kind, f, now)[0]
+
+    def _bucket_at(
+        self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int
+    ) -> tuple[int, int]:
+        """(level, t): the bucket's level at ``t = max(now, updated)``.
+
+        SECURITY (review finding 2): a bucket's time never goes back. A proposal timestamp
+        behind the bucket's last update refills nothing AND is not stored: the caller stores
+        ``t``, so alternating timestamps within the allowed skew cannot re-earn a refill."""
         cap, period = self._flow_params(f, kind)
         if cap == 0:
-            return 0
+            return 0, now
         obj = self._get_json(f"flowbucket/{sec.hex()}/{lane.hex()}/{kind}") or {}
         level, updated = int(obj.get("level", "0")), int(obj.get("updated", 0))
-        level += cap * max(0, now - updated)  # a timestamp behind the last one refills nothing
-        return min(level, cap * period)
+        t = max(now, updated)
+        level += cap * (t - updated)
+        return min(level, cap * period), t
 
     def _available(self, sec: bytes, lane: bytes, kind: int, f: Mapping[str, int], now: int) -> int:
         """Whole units in the bucket at ``now``."""
@@ -1743,26 +1764,33 @@ class Endpoint:
             return
         now = self._clock()
         if cap:
-            level = self._level(sec, lane, kind, f, now)
+            level, t = self._bucket_at(sec, lane, kind, f, now)
             if amount * period > level:
                 raise ChaincodeError(
                     "FlowLimitExceeded",
                     f"available={level // period}, requested={amount}",
                     {"available": level // period, "requested": amount},
                 )
-            self._store_bucket(sec, lane, kind, level - amount * period, now)
+            self._store_bucket(sec, lane, kind, level - amount * period, t)
         if f["large_threshold"]:
-            level = self._level(sec, lane, large, f, now)
+            level, t = self._bucket_at(sec, lane, large, f, now)
             need = amount * f["large_delay"]
             # SECURITY: the lane's allowance, refilled by time only: splitting cannot help.
             if need > level:
                 direction = "out" if kind == FLOW_OUT else "in"
-                self._kv.put(
+                # notBefore from the bucket's own (monotonic) time t; the delay record
+                # keeps when and on which lane, so a lower delay later shortens it.
+                self._put_json(
                     f"notbefore/{direction}/{tid.hex()}",
-                    str(now + f["large_delay"]).encode(),
+                    {
+                        "at": t + f["large_delay"],
+                        "since": t,
+                        "sec": sec.hex(),
+                        "lane": lane.hex(),
+                    },
                 )
                 need = level
-            self._store_bucket(sec, lane, large, level - need, now)
+            self._store_bucket(sec, lane, large, level - need, t)
 
     def _flow_credit(self, sec: bytes, lane: bytes, kind: int, amount: int) -> None:
         """Give ``amount`` back to a rate bucket, bounded by its capacity."""
@@ -1770,15 +1798,25 @@ class Endpoint:
         cap, period = self._flow_params(f, kind)
         if cap == 0:
             return
-        now = self._clock()
-        level = min(self._level(sec, lane, kind, f, now) + amount * period, cap * period)
-        self._store_bucket(sec, lane, kind, level, now)
+        level, t = self._bucket_at(sec, lane, kind, f, self._clock())
+        self._store_bucket(sec, lane, kind, min(level + amount * period, cap * period), t)
+
+    def _not_before(self, tid: bytes, direction: str) -> int:
+        """The leg's effective not-before: min(stored, delayed-at + the lane's CURRENT
+        large delay), so lowering or removing a lane's delay shortens legs already delayed
+        (review finding 3; the EVM endpoint's ``_effectiveNotBefore``). 0: no delay."""
+        d = self._get_json(f"notbefore/{direction}/{tid.hex()}")
+        if d is None:
+            return 0
+        at, since = int(d["at"]), int(d["since"])
+        current = self._flow_limit(bytes.fromhex(d["sec"]), bytes.fromhex(d["lane"]))
+        return min(at, since + current["large_delay"])
 
     def _require_delay_over(self, tid: bytes, direction: str) -> None:
-        raw = self._kv.get(f"notbefore/{direction}/{tid.hex()}")
-        if raw is None:
+        at = self._not_before(tid, direction)
+        if at == 0:
             return
-        at, now = int(raw), self._clock()
+        now = self._clock()
         if now < at:
             raise ChaincodeError(
                 "TooEarly", f"notBefore={at}, nowTs={now}", {"notBefore": at, "nowTs": now}
@@ -1822,6 +1860,8 @@ class Endpoint:
             if not 0 < sized < UINT128_LIMIT:
                 raise ChaincodeError("InvalidFlowLimit", f"sized capacity={sized}")
             nxt["out_capacity"] = nxt["in_capacity"] = sized
+        if nxt["window"] > MAX_FLOW_PERIOD or nxt["large_delay"] > MAX_FLOW_PERIOD:
+            raise ChaincodeError("InvalidFlowLimit", f"window/largeDelay > {MAX_FLOW_PERIOD}s")
         rated = bool(nxt["out_capacity"] or nxt["in_capacity"])
         if bool(nxt["window"]) != rated or bool(nxt["large_threshold"]) != bool(nxt["large_delay"]):
             raise ChaincodeError("InvalidFlowLimit", "window/capacity or threshold/delay alone")
@@ -1832,9 +1872,10 @@ class Endpoint:
             if cap == 0:
                 continue
             now = self._clock() if now is None else now
-            old_cap, _ = self._flow_params(old, kind)
-            units = cap if old_cap == 0 else self._available(sec, lane, kind, old, now)
-            self._store_bucket(sec, lane, kind, min(units, cap) * period, now)
+            old_cap, old_period = self._flow_params(old, kind)
+            level, t = self._bucket_at(sec, lane, kind, old, now)
+            units = cap if old_cap == 0 else (level // old_period if level else 0)
+            self._store_bucket(sec, lane, kind, min(units, cap) * period, t)
         self._put_json(f"flowlimit/{sec.hex()}/{lane.hex()}", {k: str(v) for k, v in nxt.items()})
         return self.flow_status(isin, counterpart)
 
@@ -1868,9 +1909,8 @@ class Endpoint:
         """``notBefore``: when the legs of a transfer may commit here (0: no delay)."""
         self._require_init()
         tid = _parse_word("transfer_id", tid_hex)
-        out = self._kv.get(f"notbefore/out/{tid.hex()}")
-        inn = self._kv.get(f"notbefore/in/{tid.hex()}")
-        return {"outbound": int(out or b"0"), "inbound": int(inn or b"0")}
+        # The effective values (what commit enforces), as members read them.
+        return {"outbound": self._not_before(tid, "out"), "inbound": self._not_before(tid, "in")}
 
     # ---- depository halt
     #
