@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup softhsm fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
+.PHONY: setup softhsm postgres fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
 
-setup: $(STAMP) $(NODE_STAMP) softhsm
+setup: $(STAMP) $(NODE_STAMP) softhsm postgres
 
 # SoftHSM2, the PKCS#11 token the key-custody tests use (Debian package softhsm2).
 # A no-op when the module is present; as root it installs with apt-get, otherwise via sudo.
@@ -17,6 +17,16 @@ softhsm:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	fi
+
+# PostgreSQL 15, the coordinator's production store (ADR 0013); the tests run initdb and
+# pg_ctl themselves on a free port (Debian package postgresql). A no-op when installed.
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+postgres:
+	@if [ ! -x "$(PG_BINDIR)/initdb" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
 $(STAMP): requirements.lock pyproject.toml

@@ -180,13 +180,16 @@ async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
     )
     for r in [*recs, adopted]:
         await s.create(r)
-    rows = s._db.execute(
-        "SELECT seq, transfer_id, idempotency_key, request, terms, security, state, reason,"
-        " created_at, updated_at, transactions FROM transfers ORDER BY seq"
-    ).fetchall()
+    rows = s._db.run_sync(
+        lambda c: c.execute(
+            "SELECT seq, transfer_id, idempotency_key, request, terms, security, state, reason,"
+            " created_at, updated_at, transactions FROM transfers ORDER BY seq"
+        ).fetchall()
+    )
     s.close()
     raw = sqlite3.connect(db_path)
-    raw.executescript("DROP TABLE transfers;" + _V1_TRANSFERS)
+    # A file written before the schema was versioned has no schema_version table either.
+    raw.executescript("DROP TABLE transfers; DROP TABLE schema_version;" + _V1_TRANSFERS)
     raw.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
     raw.commit()
     raw.close()
