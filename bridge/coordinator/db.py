@@ -178,8 +178,6 @@ class Database:
 def open_sqlite(path: Path) -> Database:
     """The coordinator's SQLite file (WAL, fsync per commit), migrated to the latest
     schema version."""
-    from bridge.coordinator.schema import migrate
-
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def connect() -> sqlite3.Connection:
@@ -190,8 +188,7 @@ def open_sqlite(path: Path) -> Database:
         return raw
 
     db = Database(Dialect.SQLITE, connect, str(path))
-    migrate(db)
-    return db
+    return _migrated(db)
 
 
 def open_postgres(url: str, password: str | None = None) -> Database:
@@ -199,8 +196,6 @@ def open_postgres(url: str, password: str | None = None) -> Database:
     schema version. SECURITY: the password comes from ``password`` (a file or environment
     variable read by the caller), never from the URL, so the URL can be logged."""
     import psycopg
-
-    from bridge.coordinator.schema import migrate
 
     if urlsplit(url).password:
         raise ValueError("a PostgreSQL URL must not contain a password (use password_file)")
@@ -212,7 +207,18 @@ def open_postgres(url: str, password: str | None = None) -> Database:
         return psycopg.connect(url, **kwargs)
 
     db = Database(Dialect.POSTGRES, connect, redact(url))
-    migrate(db)
+    return _migrated(db)
+
+
+def _migrated(db: Database) -> Database:
+    """``db`` at the latest schema version; closed if migrating fails."""
+    from bridge.coordinator.schema import migrate
+
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bridge.coordinator.db import open_database
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.store import SqliteTransferStore
+from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
+from tests.postgres import fresh_pg_url, pg_database, postgres_cluster  # noqa: F401
 
 pytestmark = pytest.mark.unit
 
@@ -74,9 +76,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "coordinator.sqlite"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_store(request: pytest.FixtureRequest, db_path: Path) -> Callable[[], SqlTransferStore]:
+    """Open a store on this test's database (the same one every call): the SQLite file,
+    or a fresh schema of the module's PostgreSQL database (a real cluster; ADR 0013)."""
+    if request.param == "sqlite":
+        return lambda: SqliteTransferStore(db_path)
+    url = request.getfixturevalue("fresh_pg_url")
+    return lambda: SqlTransferStore(open_database(url))
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteTransferStore]:
-    s = SqliteTransferStore(db_path)
+def store(make_store: Callable[[], SqlTransferStore]) -> Iterator[SqlTransferStore]:
+    s = make_store()
     yield s
     s.close()
 
@@ -98,7 +110,7 @@ def event(tid: bytes, height: int, index: int, state: LegState = LegState.LOCKED
 # -- create / get --------------------------------------------------------------------------
 
 
-async def test_create_then_get(store: SqliteTransferStore) -> None:
+async def test_create_then_get(store: SqlTransferStore) -> None:
     rec = make_record(1, amount=2**256 - 1)
     stored, created = await store.create(rec)
     assert created
@@ -109,7 +121,7 @@ async def test_create_then_get(store: SqliteTransferStore) -> None:
     assert await store.get_by_key(rec.request.source_ledger, "nope") is None
 
 
-async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
+async def test_create_is_idempotent_per_key(store: SqlTransferStore) -> None:
     original = make_record(1, key="order-7")
     await store.create(original)
     retry = make_record(2, key="order-7", amount=555)  # other terms, same key
@@ -124,7 +136,7 @@ async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
 
 
 @pytest.mark.security
-async def test_keys_are_scoped_per_source_ledger(store: SqliteTransferStore) -> None:
+async def test_keys_are_scoped_per_source_ledger(store: SqlTransferStore) -> None:
     mine = make_record(1, key="order-1")
     theirs = make_record(2, key="order-1", source_ledger="brokerage-c")
     assert (await store.create(mine))[1] is True
@@ -136,7 +148,7 @@ async def test_keys_are_scoped_per_source_ledger(store: SqliteTransferStore) -> 
 
 
 @pytest.mark.security
-async def test_same_transfer_under_another_key_is_a_conflict(store: SqliteTransferStore) -> None:
+async def test_same_transfer_under_another_key_is_a_conflict(store: SqlTransferStore) -> None:
     rec = make_record(1, key="first")
     await store.create(rec)
     again = dataclasses.replace(
@@ -211,7 +223,7 @@ async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
     SqliteTransferStore(db_path).close()  # opening a migrated file again changes nothing
 
 
-async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> None:
+async def test_create_writes_first_history_entry(store: SqlTransferStore) -> None:
     rec = make_record(3, state=TransferState.SOURCE_LOCKED)
     await store.create(rec)
     (entry,) = await store.history(rec.transfer_id, 0)
@@ -226,7 +238,7 @@ async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> 
 # -- state and history ---------------------------------------------------------------------
 
 
-async def test_set_state_appends_history_only_on_change(store: SqliteTransferStore) -> None:
+async def test_set_state_appends_history_only_on_change(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     tid = rec.transfer_id
@@ -247,7 +259,7 @@ async def test_set_state_appends_history_only_on_change(store: SqliteTransferSto
     assert await store.history(tid, 4) == []
 
 
-async def test_history_sequences_are_per_transfer(store: SqliteTransferStore) -> None:
+async def test_history_sequences_are_per_transfer(store: SqlTransferStore) -> None:
     a, b = make_record(1), make_record(2)
     await store.create(a)
     await store.create(b)
@@ -257,7 +269,7 @@ async def test_history_sequences_are_per_transfer(store: SqliteTransferStore) ->
     assert [h.detail for h in await store.history(a.transfer_id, 0)] == ["accepted", "a"]
 
 
-async def test_set_state_of_unknown_transfer_raises(store: SqliteTransferStore) -> None:
+async def test_set_state_of_unknown_transfer_raises(store: SqlTransferStore) -> None:
     with pytest.raises(KeyError):
         await store.set_state(w(0x42), TransferState.FAILED, "", "")
     # The failed transaction was rolled back and the store is still usable.
@@ -265,7 +277,7 @@ async def test_set_state_of_unknown_transfer_raises(store: SqliteTransferStore) 
     assert created
 
 
-async def test_set_reason_and_transactions(store: SqliteTransferStore) -> None:
+async def test_set_reason_and_transactions(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     await store.set_reason(rec.transfer_id, "waiting for finality")
@@ -283,7 +295,7 @@ async def test_set_reason_and_transactions(store: SqliteTransferStore) -> None:
 # -- decisions -----------------------------------------------------------------------------
 
 
-async def test_record_decision_keeps_the_first(store: SqliteTransferStore) -> None:
+async def test_record_decision_keeps_the_first(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     tid = rec.transfer_id
@@ -307,7 +319,7 @@ async def test_record_decision_keeps_the_first(store: SqliteTransferStore) -> No
 # -- events --------------------------------------------------------------------------------
 
 
-async def test_record_events_dedupes_by_position(store: SqliteTransferStore) -> None:
+async def test_record_events_dedupes_by_position(store: SqlTransferStore) -> None:
     tid = w(0x01)
     e1, e2, e3 = event(tid, 10, 0), event(tid, 10, 1), event(tid, 11, 0)
     assert await store.record_events("brokerage-a", [e1, e2], scanned=10) == [e1, e2]
@@ -319,7 +331,7 @@ async def test_record_events_dedupes_by_position(store: SqliteTransferStore) -> 
     assert await store.record_events("brokerage-b", [e1], scanned=10) == [e1]
 
 
-async def test_scanned_height_never_decreases(store: SqliteTransferStore) -> None:
+async def test_scanned_height_never_decreases(store: SqlTransferStore) -> None:
     assert await store.scanned_height("brokerage-a") is None
     await store.record_events("brokerage-a", [], scanned=20)
     assert await store.scanned_height("brokerage-a") == 20
@@ -333,7 +345,7 @@ async def test_scanned_height_never_decreases(store: SqliteTransferStore) -> Non
 # -- listing -------------------------------------------------------------------------------
 
 
-async def test_list_paginates_in_creation_order(store: SqliteTransferStore) -> None:
+async def test_list_paginates_in_creation_order(store: SqlTransferStore) -> None:
     recs = [make_record(n) for n in range(1, 6)]
     for r in recs:
         await store.create(r)
@@ -348,7 +360,7 @@ async def test_list_paginates_in_creation_order(store: SqliteTransferStore) -> N
     assert cursor3 == 0
 
 
-async def test_list_exact_fit_has_no_next_page(store: SqliteTransferStore) -> None:
+async def test_list_exact_fit_has_no_next_page(store: SqlTransferStore) -> None:
     for n in range(1, 5):
         await store.create(make_record(n))
     page, cursor = await store.list_transfers(None, None, 4, 0)
@@ -358,7 +370,7 @@ async def test_list_exact_fit_has_no_next_page(store: SqliteTransferStore) -> No
     assert (len(page), cursor) == (4, 0)
 
 
-async def test_list_filters_by_state_and_security(store: SqliteTransferStore) -> None:
+async def test_list_filters_by_state_and_security(store: SqlTransferStore) -> None:
     await store.create(make_record(1, security="KR7005930003"))
     await store.create(make_record(2, security="US0378331005"))
     await store.create(make_record(3, security="KR7005930003"))
@@ -383,7 +395,7 @@ async def test_list_filters_by_state_and_security(store: SqliteTransferStore) ->
     assert c == 0
 
 
-async def test_unfinished_excludes_terminal(store: SqliteTransferStore) -> None:
+async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     states = [
         TransferState.SUBMITTED,
         TransferState.COMMITTED,
@@ -403,9 +415,9 @@ async def test_unfinished_excludes_terminal(store: SqliteTransferStore) -> None:
 # -- durability ----------------------------------------------------------------------------
 
 
-async def test_data_survives_reopening(db_path: Path) -> None:
+async def test_data_survives_reopening(make_store: Callable[[], SqlTransferStore]) -> None:
     rec = make_record(1)
-    first = SqliteTransferStore(db_path)
+    first = make_store()
     await first.create(rec)
     await first.set_state(rec.transfer_id, TransferState.COMMITTING, "r", "d")
     await first.record_decision(
@@ -414,7 +426,7 @@ async def test_data_survives_reopening(db_path: Path) -> None:
     await first.record_events("brokerage-a", [event(rec.transfer_id, 5, 0)], scanned=5)
     first.close()
 
-    second = SqliteTransferStore(db_path)
+    second = make_store()
     try:
         got = await second.get(rec.transfer_id)
         assert got is not None
