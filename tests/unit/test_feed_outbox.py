@@ -22,7 +22,6 @@ import pytest
 from bridge.coordinator.db import open_database
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment
-from tests.postgres import fresh_pg_url, pg_database, postgres_cluster  # noqa: F401
 from tests.unit.test_supply_store import record
 
 pytestmark = [pytest.mark.unit, pytest.mark.supply]

@@ -17,7 +17,6 @@ from bridge.domain.errors import Conflict
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
-from tests.postgres import fresh_pg_url, pg_database, postgres_cluster  # noqa: F401
 
 pytestmark = pytest.mark.unit
 

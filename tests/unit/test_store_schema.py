@@ -13,7 +13,6 @@ from bridge.coordinator.db import open_database, open_sqlite
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
-from tests.postgres import fresh_pg_url, pg_database, postgres_cluster  # noqa: F401
 from tests.unit.test_store import make_record
 from tests.unit.test_supply_store import record
 

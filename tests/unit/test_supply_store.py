@@ -29,7 +29,6 @@ from bridge.domain.supply import (
     assess,
     make_record,
 )
-from tests.postgres import fresh_pg_url, pg_database, postgres_cluster  # noqa: F401
 
 pytestmark = pytest.mark.unit
 
