@@ -48,8 +48,18 @@ fabric:
 demo: setup fabric
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.demo
 
+# The suite on the embedded store, then the e2e subset that exercises the coordinator's
+# store (transfers, supply feed, chaos, rotation, halt, flow limits) on a PostgreSQL cluster
+# the tests start themselves (ADR 0013). `make test-postgres-e2e` runs only the latter.
+PG_E2E = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_chaos.py \
+	tests/e2e/test_rotation.py tests/e2e/test_halt.py tests/e2e/test_flow_limits.py
 test: setup fabric
 	$(BIN)/python -m pytest
+	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
+
+.PHONY: test-postgres-e2e
+test-postgres-e2e: setup
+	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 
 test-unit: setup
 	$(BIN)/python -m pytest -m unit

@@ -8,6 +8,7 @@ generated inside a SoftHSM2 token under the work directory and never leave it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,12 @@ class LedgerHandle:
         return holder
 
 
+STORE_ENV = "KSTB_DEVNET_STORE"
+"""Environment default for ``LocalSystem.store`` (the e2e suite's PostgreSQL pass)."""
+POSTGRES_ENV = "KSTB_DEVNET_POSTGRES"
+"""Environment default for ``LocalSystem.postgres_server``."""
+
+
 @dataclass
 class LocalSystem:
     """Ledgers, committee, relayers and coordinator on 127.0.0.1 under ``workdir``."""
@@ -150,6 +157,30 @@ class LocalSystem:
     verifier (``spare-<j>``), listed in the network file's ``[[committee.later]]`` (file
     custody only)."""
     spare_keys: list[DevAccount] = field(default_factory=list)
+
+    # ---- coordinator database (ADR 0013)
+    store: str = field(default_factory=lambda: os.environ.get(STORE_ENV, "sqlite"))
+    """The coordinator's engine: ``sqlite`` (the default, ``state/coordinator.sqlite``) or
+    ``postgres`` (a fresh database created on the server named by ``postgres_server``)."""
+    postgres_server: str = field(default_factory=lambda: os.environ.get(POSTGRES_ENV, ""))
+    """A ``postgresql://user@host:port/maintenance-db`` URL (trust or env password) on
+    which ``store="postgres"`` creates this system's own database."""
+
+    def _coordinator_database(self) -> str:
+        """The coordinator's ``database`` setting (creating the PostgreSQL database)."""
+        if self.store == "sqlite":
+            return "state/coordinator.sqlite"
+        if self.store != "postgres" or not self.postgres_server:
+            raise ValueError(f"store={self.store!r} needs postgres_server (or {POSTGRES_ENV})")
+        import secrets
+        from urllib.parse import urlsplit, urlunsplit
+
+        import psycopg
+
+        name = "kstb_" + secrets.token_hex(6)
+        with psycopg.connect(self.postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return urlunsplit(urlsplit(self.postgres_server)._replace(path="/" + name, query=""))
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -552,7 +583,7 @@ class LocalSystem:
                 {
                     "network": "network.toml",
                     "listen": f"127.0.0.1:{self.ports['coordinator']}",
-                    "database": "state/coordinator.sqlite",
+                    "database": self._coordinator_database(),
                     "transfer_ttl": self.transfer_ttl,
                     "supply_heartbeat": self.supply_heartbeat,
                     "verifiers": verifiers,
