@@ -66,16 +66,17 @@ def start_cluster(directory: Path) -> PostgresCluster:
     """initdb + pg_ctl start under ``directory`` on a free loopback port."""
     if not (PG_BINDIR / "initdb").exists():
         raise RuntimeError(f"{PG_BINDIR}/initdb missing: run `make setup` (installs postgresql)")
+    directory.mkdir(parents=True, exist_ok=True)
     as_user: list[str] = []
     if os.geteuid() == 0:
         # initdb refuses root: run the cluster as the package's system user, in a
         # directory it owns, reachable through the (0700) pytest basetemp parents.
         pg = pwd.getpwnam("postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-        p = directory
-        while p != p.parent:
+        p = directory.parent
+        while p != p.parent and not p.stat().st_mode & 0o001:
             with contextlib.suppress(OSError):
-                p.chmod(p.stat().st_mode | 0o011)
+                p.chmod(p.stat().st_mode | 0o011)  # traversal only, never read
             p = p.parent
         os.chown(directory, pg.pw_uid, pg.pw_gid)
     data = directory / "data"
