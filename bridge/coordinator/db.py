@@ -114,6 +114,7 @@ class Database:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"db-{dialect.value}"
         )
+        self._connect = connect
         self._raw: Any = self._pool.submit(connect).result()
         self._conn = Conn(self._raw, dialect)
         self._closed = False
@@ -144,23 +145,40 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._transaction, fn)
 
+    def _ensure_connected(self) -> None:
+        """PostgreSQL: replace a connection the server or network broke (a call that was
+        running on it failed, its transaction did nothing); the next call reconnects."""
+        if self.dialect is Dialect.POSTGRES and self._raw.closed:
+            self._raw = self._connect()
+            self._conn = Conn(self._raw, self.dialect)
+
+    def _end(self, statement: str) -> None:
+        """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""
+        if self.dialect is Dialect.POSTGRES and self._raw.closed and statement == "ROLLBACK":
+            return
+        self._raw.execute(statement)
+
     def _read(self, fn: Callable[[Conn], T]) -> T:
         if self.dialect is Dialect.SQLITE:
             return fn(self._conn)
+        self._ensure_connected()
         # PostgreSQL: a read of several statements sees one snapshot.
         self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             return fn(self._conn)
         finally:
-            self._raw.execute("ROLLBACK")
+            self._end("ROLLBACK")
 
     def _transaction(self, fn: Callable[[Conn], T]) -> T:
+        self._ensure_connected()
         self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
             result = fn(self._conn)
         except BaseException:
-            self._raw.execute("ROLLBACK")
+            self._end("ROLLBACK")
             raise
+        # A COMMIT whose connection breaks raises: the caller cannot know whether it
+        # applied, exactly as with a crash; every step is idempotent (ADR 0002).
         self._raw.execute("COMMIT")
         return result
 

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.coordinator import schema
 from bridge.coordinator.db import open_database, open_sqlite
-from bridge.coordinator.store import SqliteTransferStore
+from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
 from tests.unit.test_store import make_record
@@ -135,3 +135,24 @@ async def test_a_blocked_write_does_not_block_the_event_loop(tmp_path: Path) -> 
         tick.cancel()
         other.close()
         store.close()
+
+
+@pytest.mark.postgres
+async def test_a_broken_postgres_connection_is_replaced(fresh_pg_url: str) -> None:
+    """The server ends the coordinator's session (restart, failover, idle kill): the call
+    that was on it fails and changed nothing; the next call runs on a new connection."""
+    import psycopg
+
+    db = open_database(fresh_pg_url)
+    store = SqlTransferStore(db)
+    rec = make_record(1)
+    await store.create(rec)
+    pid = db.run_sync(lambda c: c.execute("SELECT pg_backend_pid()").fetchone())[0]
+    with psycopg.connect(fresh_pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        await store.set_reason(rec.transfer_id, "lost")
+    await store.set_reason(rec.transfer_id, "kept")
+    got = await store.get(rec.transfer_id)
+    assert got is not None and got.reason == "kept"
+    store.close()
