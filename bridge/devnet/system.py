@@ -166,8 +166,34 @@ class LocalSystem:
     """A ``postgresql://user@host:port/maintenance-db`` URL (trust or env password) on
     which ``store="postgres"`` creates this system's own database."""
 
+    coordinator_database: str = ""
+    """The coordinator's ``database`` setting as written (path relative to ``workdir``, or URL)."""
+
+    def query_coordinator(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Read-only rows from the coordinator's database (either engine; ``?`` placeholders):
+        the devnet's own inspection, not a component's."""
+        if self.coordinator_database.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.coordinator_database, autocommit=True) as conn:
+                conn.execute("SET default_transaction_read_only = on")
+                cur = conn.execute(sql.replace("?", "%s"), tuple(args))
+                return [tuple(r) for r in cur.fetchall()]
+        import sqlite3
+
+        path = self.workdir / (self.coordinator_database or "state/coordinator.sqlite")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return [tuple(r) for r in db.execute(sql, tuple(args)).fetchall()]
+        finally:
+            db.close()
+
     def _coordinator_database(self) -> str:
         """The coordinator's ``database`` setting (creating the PostgreSQL database)."""
+        self.coordinator_database = self._new_coordinator_database()
+        return self.coordinator_database
+
+    def _new_coordinator_database(self) -> str:
         if self.store == "sqlite":
             return "state/coordinator.sqlite"
         if self.store != "postgres" or not self.postgres_server:
