@@ -192,6 +192,18 @@ INSERT INTO supply_feed_head (id, last)
   ON CONFLICT (id) DO NOTHING;
 """
 
+# ---- version 3: the leader lease of active/passive coordinators (bridge/coordinator/lease.py).
+_V3 = """
+CREATE TABLE IF NOT EXISTS coordinator_lease (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  holder TEXT NOT NULL,
+  token INTEGER NOT NULL,
+  expires_at REAL NOT NULL
+);
+INSERT INTO coordinator_lease (id, holder, token, expires_at) VALUES (1, '', 0, 0)
+  ON CONFLICT (id) DO NOTHING;
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -268,6 +280,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: transfers, supply feed, rotations, depository orders", _V1,
               _v1_sqlite_legacy),
     Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
+    Migration(3, "coordinator leader lease with fencing token", _V3),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 
