@@ -105,7 +105,8 @@ class Database:
     ``synchronous=FULL``; PostgreSQL: a committed transaction with the server's
     ``synchronous_commit``); statements never run on the caller's thread. A caller that is
     cancelled while its job runs does not interrupt it: the job still commits or rolls back
-    as a whole (the same all-or-nothing the synchronous calls gave).
+    as a whole (the same all-or-nothing the synchronous calls gave); a job not yet started
+    when its caller is cancelled never runs.
     """
 
     def __init__(self, dialect: Dialect, connect: Callable[[], Any], label: str) -> None:
