@@ -70,7 +70,9 @@ class TransferStore(Protocol):
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
     ) -> TransferRecord:
-        """Change state/reason; appends a history entry when the state changes."""
+        """Change state/reason; appends a history entry when the state changes. A change to
+        any state but QUEUED also ends the transfer's flow wait, in the same transaction
+        (no reader sees the new state with the old wait, nor QUEUED without its wait)."""
         ...
 
     async def resume_failed(
@@ -413,6 +415,9 @@ class SqlTransferStore:
             )
             if int(row[0]) != int(state):
                 _append_update(db, transfer_id, state, detail, now)
+                if state is not TransferState.QUEUED:
+                    # ---- flow limits: a new state ends the old wait (ADR 0010)
+                    db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
             return _get(db, transfer_id)
 
         record = await self._db.write(run)

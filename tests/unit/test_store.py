@@ -439,3 +439,22 @@ async def test_data_survives_reopening(make_store: Callable[[], SqlTransferStore
         assert created is False
     finally:
         second.close()
+
+
+async def test_a_new_state_ends_the_flow_wait_in_the_same_transaction(
+    store: SqlTransferStore,
+) -> None:
+    """Store calls really suspend (ADR 0013): the wait must end with the state change, not
+    in a separate call a reader could see between (QUEUED without its wait)."""
+    from bridge.domain.flow import WaitReason
+
+    rec = make_record(1)
+    await store.create(rec)
+    await store.set_wait(rec.transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 2_000_000_000.0)
+    queued = await store.set_state(rec.transfer_id, TransferState.QUEUED, "queued: x", "q")
+    assert (queued.wait_reason, queued.not_before) == (
+        WaitReason.SOURCE_OUTBOUND_CAPACITY,
+        2_000_000_000.0,
+    )
+    moved = await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
+    assert (moved.wait_reason, moved.not_before) == (WaitReason.NONE, 0.0)
