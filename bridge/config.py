@@ -198,7 +198,9 @@ class CoordinatorConfig:
 
     network: NetworkConfig
     listen: str
-    database: Path
+    database: Path | str
+    """The SQLite file (a Path; the default), or a ``postgresql://user@host:port/name`` URL
+    (a str, without password: see ``database_password_file``; ADR 0013)."""
     relayers: Mapping[str, str]
     verifiers: tuple[str, ...]
     transfer_ttl: int
@@ -215,6 +217,9 @@ class CoordinatorConfig:
     """The member address (``0x...``) serving at each ``verifiers`` endpoint ('' unknown)."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
+
+    database_password_file: Path | None = None
+    """A 0600 file holding the PostgreSQL password (else env BRIDGE_DATABASE_PASSWORD)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +499,7 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
     return CoordinatorConfig(
         network=network,
         listen=str(_req(raw, "listen", str(path))),
-        database=_rel(base, _req(raw, "database", str(path))),
+        database=_database(_req(raw, "database", str(path)), base, str(path)),
         relayers=relayers,
         verifiers=endpoints,
         transfer_ttl=int(raw.get("transfer_ttl", 300)),
@@ -505,7 +510,29 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
         audit_log=_audit_log(raw, base),
         verifier_members=members,
         observability=load_observability(raw, str(path)),
+        database_password_file=(
+            _rel(base, str(raw["database_password_file"]))
+            if "database_password_file" in raw
+            else None
+        ),
     )
+
+
+def _database(value: Any, base: Path, where: str) -> Path | str:
+    """``database``: a SQLite path (relative to the file), or a PostgreSQL URL.
+
+    SECURITY: a URL carrying a password is refused (it would end up in logs and process
+    listings); the password comes from ``database_password_file`` or the environment."""
+    text = str(value)
+    if text.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import urlsplit
+
+        if urlsplit(text).password is not None:
+            raise InvalidInput(
+                f"{where}: database URL must not contain a password; use database_password_file"
+            )
+        return text
+    return _rel(base, text)
 
 
 def _verifier_endpoints(

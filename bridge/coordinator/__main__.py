@@ -9,20 +9,21 @@ from pathlib import Path
 
 from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
+from bridge.coordinator.db import open_database
 from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
-from bridge.coordinator.halts import HaltBook, SqliteHaltStore
+from bridge.coordinator.halts import HaltBook, SqlHaltStore
 from bridge.coordinator.metrics import CoordinatorMetrics, coordinator_probes
 from bridge.coordinator.metrics import install as install_coordinator_metrics
 from bridge.coordinator.operator_service import OperatorServicer
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.rotation import RotationManager
-from bridge.coordinator.rotation_store import SqliteRotationStore
+from bridge.coordinator.rotation_store import SqlRotationStore
 from bridge.coordinator.service import EventSinkServicer, TransferServicer
-from bridge.coordinator.store import SqliteTransferStore
+from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
-from bridge.coordinator.supply_store import SqliteSupplyStore
+from bridge.coordinator.supply_store import SqlSupplyStore
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.roles import MEMBER, RELAYER, Role
@@ -49,7 +50,11 @@ async def run(config_path: Path) -> None:
     obs = DaemonObservability("coordinator", cfg.observability)  # ---- observability
     metrics = CoordinatorMetrics(obs.metrics, cfg.transfer_ttl)
     install_coordinator_metrics(metrics)
-    store = SqliteTransferStore(cfg.database)
+    # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
+    # thread off the event loop, migrated to the latest schema before anything runs.
+    db = open_database(cfg.database, _database_password(cfg.database_password_file))
+    log.info("database open", engine=db.dialect.value, database=db.label)
+    store = SqlTransferStore(db)
 
     async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
         record = await store.get(tid)
@@ -88,7 +93,7 @@ async def run(config_path: Path) -> None:
         ],
     )
     epochs = EpochTracker(cfg.network.committee, relayers)
-    supply_store = SqliteSupplyStore(cfg.database)
+    supply_store = SqlSupplyStore(db)
     publisher = SupplyPublisher(
         cfg.network,
         supply_store,
@@ -107,7 +112,7 @@ async def run(config_path: Path) -> None:
         supply=publisher,
         epochs=epochs,
     )
-    rotation_store = SqliteRotationStore(cfg.database)
+    rotation_store = SqlRotationStore(db)
     rotations = RotationManager(
         rotation_store,
         store,
@@ -118,7 +123,7 @@ async def run(config_path: Path) -> None:
         reachable={bytes.fromhex(m[2:]) for m in members} if all(members) else None,
     )
     # ---- depository halt
-    halt_store = SqliteHaltStore(cfg.database)
+    halt_store = SqlHaltStore(db)
     halts = HaltBook(halt_store, relayers, coordinator.domains, on_change=coordinator.wake_all)
     coordinator.set_halts(halts)
     depository = DepositoryServicer(halts, list(relayers))
@@ -187,6 +192,14 @@ async def run(config_path: Path) -> None:
         rotation_store.close()
         audit.close()
         log.info("coordinator stopped")
+
+
+def _database_password(path: Path | None) -> str | None:
+    """The PostgreSQL password from its file (trailing newline dropped), else None (then
+    libpq's own sources apply: env BRIDGE_DATABASE_PASSWORD, PGPASSFILE, peer auth)."""
+    if path is None:
+        return None
+    return path.read_text(encoding="utf-8").rstrip("\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

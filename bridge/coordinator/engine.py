@@ -1128,8 +1128,9 @@ class Coordinator:
     async def _set_state(self, record: TransferRecord, state: TransferState, reason: str) -> None:
         if record.state is state and record.reason == reason:
             return
-        if record.state is not state and state is not TransferState.QUEUED:
-            await self._clear_wait(record)  # ---- flow limits: a new state ends the old wait
+        # ---- flow limits: a new state (but QUEUED) ends the old wait, in the same
+        # transaction as the state change (store.set_state), so no reader sees one
+        # without the other now that store calls really suspend (ADR 0013).
         await self._store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
             observe_transition(record, state)  # ---- observability (ADR 0016)

@@ -33,15 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
-from bridge.coordinator.store import SqliteTransaction
+from bridge.coordinator.db import Conn, Database, as_database
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
@@ -63,7 +61,7 @@ from bridge.domain.governance import (
 from bridge.domain.ids import SecurityId
 from bridge.logfields import LEDGER, REASON, get_logger
 
-__all__ = ["HaltBook", "Halted", "OrderRecord", "OrderState", "SqliteHaltStore"]
+__all__ = ["HaltBook", "Halted", "OrderRecord", "OrderState", "SqlHaltStore", "SqliteHaltStore"]
 
 
 class Halted(PreconditionFailed):
@@ -101,19 +99,6 @@ class OrderRecord:
     received_at: float
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS depository_orders (
-    ledger TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    security BLOB NOT NULL,
-    body TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    refusal TEXT NOT NULL DEFAULT '',
-    tx_id TEXT NOT NULL DEFAULT '',
-    received_at REAL NOT NULL,
-    PRIMARY KEY (ledger, sequence)
-);
-"""
 _COLS = "ledger, body, state, refusal, tx_id, received_at"
 
 
@@ -122,29 +107,26 @@ def _row(row: tuple[str, str, int, str, str, float]) -> OrderRecord:
     return OrderRecord(ledger, SignedOrder.from_json(body), OrderState(state), refusal, tx_id, at)
 
 
-class SqliteHaltStore:
-    """Depository orders on the coordinator's SQLite file; every method is one transaction."""
+class SqlHaltStore:
+    """Depository orders in the coordinator's database (SQLite or PostgreSQL); every method
+    is one transaction in the database's worker thread, never on the event loop."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database | Path) -> None:
+        self._db = as_database(db)
 
     def close(self) -> None:
-        """Close the database."""
+        """Release the database (closed with its last store)."""
         self._db.close()
 
     async def add(self, record: OrderRecord) -> tuple[OrderRecord, bool]:
         """Record ``record`` unless (ledger, sequence) is recorded; return the stored one and
         whether it is new. Conflict when that (ledger, sequence) holds another order."""
         body = record.signed.to_json()
-        with SqliteTransaction(self._db, self._lock) as db:
+
+        def run(db: Conn) -> tuple[OrderRecord, bool]:
             row = db.execute(
-                f"SELECT {_COLS} FROM depository_orders WHERE ledger = ? AND sequence = ?",  # noqa: S608
+                f"SELECT {_COLS} FROM depository_orders WHERE ledger = ? AND sequence = ?"  # noqa: S608
+                + db.for_update,
                 (record.ledger, record.signed.order.sequence),
             ).fetchone()
             if row is not None:
@@ -167,18 +149,21 @@ class SqliteHaltStore:
                     record.received_at,
                 ),
             )
-        return record, True
+            return record, True
+
+        return await self._db.write(run)
 
     async def set_state(
         self, ledger: str, sequence: int, state: OrderState, refusal: str = "", tx_id: str = ""
     ) -> None:
         """Record the outcome of delivering one order."""
-        with SqliteTransaction(self._db, self._lock) as db:
-            db.execute(
+        await self._db.write(
+            lambda db: db.execute(
                 "UPDATE depository_orders SET state = ?, refusal = ?, tx_id = ?"
                 " WHERE ledger = ? AND sequence = ?",
                 (int(state), refusal, tx_id, ledger, sequence),
             )
+        )
 
     async def orders(
         self, ledger: str | None = None, pending_only: bool = False, gating: bool = False
@@ -196,9 +181,14 @@ class SqliteHaltStore:
             where.append(f"state IN ({int(OrderState.PENDING)}, {int(OrderState.SKIPPED)})")
         if where:
             query += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY ledger, sequence", args).fetchall()
-        return [_row(r) for r in rows]
+        rows = await self._db.read(
+            lambda db: db.execute(query + " ORDER BY ledger, sequence", args).fetchall()
+        )
+        return [_row(tuple(r)) for r in rows]
+
+
+class SqliteHaltStore(SqlHaltStore):
+    """The halt store on a SQLite file (the embedded default)."""
 
 
 # Refusals that mean the order lacks authority (PERMISSION_DENIED at the API); any other
@@ -211,7 +201,7 @@ class HaltBook:
 
     def __init__(
         self,
-        store: SqliteHaltStore,
+        store: SqlHaltStore,
         relayers: Mapping[str, RelayerGateway],
         domains: Mapping[str, LedgerDomain],
         on_change: Callable[[], None] = lambda: None,

@@ -20,7 +20,7 @@ from typing import Protocol
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.records import Misbehaviour
-from bridge.coordinator.rotation_store import SqliteRotationStore, StoredRotation
+from bridge.coordinator.rotation_store import SqlRotationStore, StoredRotation
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import Committee, EpochWindow, verify_vote
 from bridge.domain.errors import (
@@ -126,7 +126,7 @@ class RotationManager:
 
     def __init__(
         self,
-        store: SqliteRotationStore,
+        store: SqlRotationStore,
         evidence: EvidenceSource,
         installers: Mapping[str, Installer],
         epochs: EpochTracker,
@@ -174,7 +174,7 @@ class RotationManager:
                 + ", ".join(f"{n} {c.epoch}" for n, c in sorted(latest.items()))
             )
         committee = next(iter(latest.values()))
-        existing = self._store.get(committee.epoch)
+        existing = await self._store.get(committee.epoch)
         if existing is not None and _same(
             existing.proposal, members, threshold, activation, overlap
         ):
@@ -213,7 +213,9 @@ class RotationManager:
             evidence = tuple(await self._evidence.misbehaviour(1000, remove_member))
             if not evidence:
                 raise RotationRefused(f"no misbehaviour of {who} is recorded")
-        created = self._store.propose(proposal, sorted(self._domains), remove_member, evidence)
+        created = await self._store.propose(
+            proposal, sorted(self._domains), remove_member, evidence
+        )
         if created:
             self._log.warning(
                 "committee rotation proposed",
@@ -233,7 +235,7 @@ class RotationManager:
         ledger reports it, over that ledger's rotation digest; one that does not refuses the
         whole call (InvalidCertificate) and nothing is kept.
         """
-        stored = self._stored(next_epoch)
+        stored = await self._stored(next_epoch)
         proposal = stored.proposal
         by_ledger: dict[str, list[tuple[bytes, bytes]]] = {}
         certifying: dict[str, Committee] = {}
@@ -250,15 +252,15 @@ class RotationManager:
             vote = verify_vote(certifying[ledger], self._digest(ledger, proposal), signature)
             by_ledger.setdefault(ledger, []).append((vote.signer, vote.signature))
         for ledger, votes in by_ledger.items():
-            self._store.add_signatures(next_epoch, ledger, votes)
+            await self._store.add_signatures(next_epoch, ledger, votes)
             with contextlib.suppress(InvalidCertificate):
                 cert = certify(
                     certifying[ledger],
                     proposal,
                     self._digest(ledger, proposal),
-                    self._store.signatures(next_epoch, ledger),
+                    await self._store.signatures(next_epoch, ledger),
                 )
-                self._store.set_certificate(
+                await self._store.set_certificate(
                     next_epoch, ledger, SignatureSet(proposal.certifying_epoch, cert)
                 )
         self._wake.set()
@@ -266,7 +268,7 @@ class RotationManager:
 
     async def view(self, next_epoch: int) -> RotationView:
         """The rotation with each ledger's status, as the ledgers show it now."""
-        stored = self._stored(next_epoch)
+        stored = await self._stored(next_epoch)
         now = int(time.time())
         out = []
         for x in stored.ledgers:
@@ -291,16 +293,16 @@ class RotationManager:
 
     async def recent(self, limit: int) -> list[RotationView]:
         """Recorded rotations, newest first."""
-        return [await self.view(e) for e in self._store.epochs(limit)]
+        return [await self.view(e) for e in await self._store.epochs(limit)]
 
-    def chain(self, from_epoch: int) -> list[CertifiedRotation]:
+    async def chain(self, from_epoch: int) -> list[CertifiedRotation]:
         """Per epoch after ``from_epoch``, one ledger's certified rotation (first by name):
         what a depository verifies from its anchor (each by t of the epoch before)."""
         out = []
-        for epoch in sorted(self._store.epochs()):
+        for epoch in sorted(await self._store.epochs()):
             if epoch <= from_epoch:
                 continue
-            stored = self._stored(epoch)
+            stored = await self._stored(epoch)
             for x in stored.ledgers:
                 if x.certificate is not None and x.installed:
                     d = self._domains[x.ledger]
@@ -341,15 +343,15 @@ class RotationManager:
         """One level-triggered pass: for every recorded rotation and ledger not yet shown
         installed, read the ledger; mark it installed if it shows the new epoch (or a later
         one), else install the certificate if there is one."""
-        for epoch in self._store.pending():
-            stored = self._stored(epoch)
+        for epoch in await self._store.pending():
+            stored = await self._stored(epoch)
             for x in stored.ledgers:
                 if x.installed:
                     continue
                 try:
                     await self._install_one(stored.proposal, x.ledger, x.certificate)
                 except BridgeError as exc:
-                    self._store.set_detail(epoch, x.ledger, str(exc))
+                    await self._store.set_detail(epoch, x.ledger, str(exc))
                     self._log.warning(
                         "rotation waits", next_epoch=epoch, **{LEDGER: x.ledger, REASON: str(exc)}
                     )
@@ -360,10 +362,10 @@ class RotationManager:
         windows = await self._epochs.windows(ledger, fresh=True)
         latest = max(windows, key=lambda w: w.committee.epoch).committee
         if latest.epoch > proposal.next_epoch or latest == proposal.committee:
-            self._store.set_installed(proposal.next_epoch, ledger, "")
+            await self._store.set_installed(proposal.next_epoch, ledger, "")
             return
         if latest.epoch == proposal.next_epoch:
-            self._store.set_detail(
+            await self._store.set_detail(
                 proposal.next_epoch, ledger, "another committee is installed for this epoch"
             )
             return
@@ -375,7 +377,7 @@ class RotationManager:
             if exc.reason != ErrorReason.ROTATION_ALREADY_INSTALLED:
                 raise
             out = TxOutcome(tx_id="", height=0, already_applied=True)
-        self._store.set_installed(proposal.next_epoch, ledger, out.tx_id)
+        await self._store.set_installed(proposal.next_epoch, ledger, out.tx_id)
         self._epochs.invalidate(ledger)
         self._log.warning(
             "committee rotation installed",
@@ -384,8 +386,8 @@ class RotationManager:
         )
 
     # -- helpers -----------------------------------------------------------------------------
-    def _stored(self, next_epoch: int) -> StoredRotation:
-        stored = self._store.get(next_epoch)
+    async def _stored(self, next_epoch: int) -> StoredRotation:
+        stored = await self._store.get(next_epoch)
         if stored is None:
             raise NotFound(f"no rotation is proposed for epoch {next_epoch}")
         return stored

@@ -1,4 +1,5 @@
-"""The coordinator's durable record of committee rotations (ADR 0009), in its SQLite file.
+"""The coordinator's durable record of committee rotations (ADR 0009), in its database
+(SQLite or PostgreSQL; ADR 0013).
 
 One proposal per next epoch; per ledger the valid member signatures received, the
 assembled certificate and the installing transaction. Every method is one transaction.
@@ -7,43 +8,15 @@ assembled certificate and the installing transaction. Every method is one transa
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.records import Misbehaviour
 from bridge.domain.errors import Conflict
 from bridge.domain.legs import SignatureSet
 from bridge.domain.rotation import RotationProposal
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rotations (
-  next_epoch INTEGER PRIMARY KEY,
-  proposal TEXT NOT NULL,
-  fingerprint BLOB NOT NULL,
-  removed_member BLOB NOT NULL,
-  evidence TEXT NOT NULL,
-  created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rotation_signatures (
-  next_epoch INTEGER NOT NULL,
-  ledger TEXT NOT NULL,
-  signer BLOB NOT NULL,
-  signature BLOB NOT NULL,
-  PRIMARY KEY (next_epoch, ledger, signer)
-);
-CREATE TABLE IF NOT EXISTS rotation_ledgers (
-  next_epoch INTEGER NOT NULL,
-  ledger TEXT NOT NULL,
-  certificate TEXT,
-  tx_id TEXT NOT NULL DEFAULT '',
-  installed INTEGER NOT NULL DEFAULT 0,
-  detail TEXT NOT NULL DEFAULT '',
-  PRIMARY KEY (next_epoch, ledger)
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,34 +101,62 @@ def _evidence_from_json(text: str) -> tuple[Misbehaviour, ...]:
     )
 
 
-class SqliteRotationStore:
-    """Rotations in the coordinator's SQLite file (WAL, fsync per commit)."""
+def _get(db: Conn, next_epoch: int) -> StoredRotation | None:
+    row = db.execute(
+        "SELECT proposal, removed_member, evidence, created_at FROM rotations WHERE next_epoch = ?",
+        (next_epoch,),
+    ).fetchone()
+    if row is None:
+        return None
+    ledgers = []
+    for ledger, cert, tx_id, installed, detail in db.execute(
+        "SELECT ledger, certificate, tx_id, installed, detail FROM rotation_ledgers"
+        " WHERE next_epoch = ? ORDER BY ledger",
+        (next_epoch,),
+    ).fetchall():
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM rotation_signatures WHERE next_epoch = ? AND ledger = ?",
+            (next_epoch, ledger),
+        ).fetchone()
+        certificate = None
+        if cert is not None:
+            c = json.loads(cert)
+            certificate = SignatureSet(
+                int(c["epoch"]), tuple(bytes.fromhex(x) for x in c["signatures"])
+            )
+        ledgers.append(
+            LedgerRotation(
+                str(ledger), int(count), certificate, str(tx_id), bool(installed), str(detail)
+            )
+        )
+    return StoredRotation(
+        proposal=_proposal_from_json(str(row[0])),
+        removed_member=bytes(row[1]),
+        evidence=_evidence_from_json(str(row[2])),
+        created_at=float(row[3]),
+        ledgers=tuple(ledgers),
+    )
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+
+class SqlRotationStore:
+    """Rotations in the coordinator's database (SQLite or PostgreSQL); every method is one
+    transaction in the database's worker thread, never on the event loop."""
+
+    def __init__(self, db: Database | Path) -> None:
+        self._db = as_database(db)
 
     def close(self) -> None:
-        """Close the database."""
+        """Release the database (closed with its last store)."""
         self._db.close()
 
-    def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    async def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        def run(db: Conn) -> None:
+            for sql, args in statements:
+                db.execute(sql, args)
 
-    def propose(
+        await self._db.write(run)
+
+    async def propose(
         self,
         proposal: RotationProposal,
         ledgers: list[str],
@@ -167,67 +168,63 @@ class SqliteRotationStore:
         Raises Conflict when another proposal holds its next epoch: one committee per epoch,
         as the members' rotation vote logs enforce.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT fingerprint FROM rotations WHERE next_epoch = ?",
-                    (proposal.next_epoch,),
-                ).fetchone()
-                if row is not None:
-                    if bytes(row[0]) != proposal.fingerprint:
-                        raise Conflict(
-                            f"another rotation is proposed for epoch {proposal.next_epoch}"
-                        )
-                    self._db.execute("COMMIT")
-                    return False
-                self._db.execute(
-                    "INSERT INTO rotations VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        proposal.next_epoch,
-                        _proposal_json(proposal),
-                        proposal.fingerprint,
-                        removed_member,
-                        _evidence_json(evidence),
-                        time.time(),
-                    ),
-                )
-                for ledger in ledgers:
-                    self._db.execute(
-                        "INSERT INTO rotation_ledgers (next_epoch, ledger) VALUES (?, ?)",
-                        (proposal.next_epoch, ledger),
-                    )
-                self._db.execute("COMMIT")
-                return True
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
-    def add_signatures(
+        def run(db: Conn) -> bool:
+            row = db.execute(
+                "SELECT fingerprint FROM rotations WHERE next_epoch = ?",
+                (proposal.next_epoch,),
+            ).fetchone()
+            if row is not None:
+                if bytes(row[0]) != proposal.fingerprint:
+                    raise Conflict(f"another rotation is proposed for epoch {proposal.next_epoch}")
+                return False
+            db.execute(
+                "INSERT INTO rotations VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    proposal.next_epoch,
+                    _proposal_json(proposal),
+                    proposal.fingerprint,
+                    removed_member,
+                    _evidence_json(evidence),
+                    time.time(),
+                ),
+            )
+            for ledger in ledgers:
+                db.execute(
+                    "INSERT INTO rotation_ledgers (next_epoch, ledger) VALUES (?, ?)",
+                    (proposal.next_epoch, ledger),
+                )
+            return True
+
+        return await self._db.write(run)
+
+    async def add_signatures(
         self, next_epoch: int, ledger: str, votes: list[tuple[bytes, bytes]]
     ) -> None:
         """Keep valid ``(signer, signature)`` pairs for one ledger (duplicates ignored)."""
-        self._write(
+        await self._write(
             [
-                ("INSERT OR IGNORE INTO rotation_signatures VALUES (?, ?, ?, ?)",
+                ("INSERT INTO rotation_signatures VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                  (next_epoch, ledger, signer, sig))
                 for signer, sig in votes
             ]
         )  # fmt: skip
 
-    def signatures(self, next_epoch: int, ledger: str) -> list[bytes]:
+    async def signatures(self, next_epoch: int, ledger: str) -> list[bytes]:
         """Every kept signature for one ledger."""
-        rows = self._db.execute(
-            "SELECT signature FROM rotation_signatures WHERE next_epoch = ? AND ledger = ?"
-            " ORDER BY signer",
-            (next_epoch, ledger),
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                "SELECT signature FROM rotation_signatures WHERE next_epoch = ? AND ledger = ?"
+                " ORDER BY signer",
+                (next_epoch, ledger),
+            ).fetchall()
+        )
         return [bytes(r[0]) for r in rows]
 
-    def set_certificate(self, next_epoch: int, ledger: str, cert: SignatureSet) -> None:
+    async def set_certificate(self, next_epoch: int, ledger: str, cert: SignatureSet) -> None:
         """Keep the assembled certificate for one ledger (first one wins)."""
         text = json.dumps({"epoch": cert.epoch, "signatures": [s.hex() for s in cert.signatures]})
-        self._write(
+        await self._write(
             [
                 (
                     "UPDATE rotation_ledgers SET certificate = ? WHERE next_epoch = ?"
@@ -237,9 +234,9 @@ class SqliteRotationStore:
             ]
         )
 
-    def set_installed(self, next_epoch: int, ledger: str, tx_id: str) -> None:
+    async def set_installed(self, next_epoch: int, ledger: str, tx_id: str) -> None:
         """Mark the rotation installed on ``ledger`` (as read back from the ledger)."""
-        self._write(
+        await self._write(
             [
                 (
                     "UPDATE rotation_ledgers SET installed = 1, detail = '',"
@@ -250,9 +247,9 @@ class SqliteRotationStore:
             ]
         )
 
-    def set_detail(self, next_epoch: int, ledger: str, detail: str) -> None:
+    async def set_detail(self, next_epoch: int, ledger: str, detail: str) -> None:
         """Why the rotation waits on ``ledger``."""
-        self._write(
+        await self._write(
             [
                 (
                     "UPDATE rotation_ledgers SET detail = ? WHERE next_epoch = ? AND ledger = ?",
@@ -261,55 +258,29 @@ class SqliteRotationStore:
             ]
         )
 
-    def get(self, next_epoch: int) -> StoredRotation | None:
+    async def get(self, next_epoch: int) -> StoredRotation | None:
         """The rotation for ``next_epoch``, or None."""
-        row = self._db.execute(
-            "SELECT proposal, removed_member, evidence, created_at FROM rotations"
-            " WHERE next_epoch = ?",
-            (next_epoch,),
-        ).fetchone()
-        if row is None:
-            return None
-        ledgers = []
-        for ledger, cert, tx_id, installed, detail in self._db.execute(
-            "SELECT ledger, certificate, tx_id, installed, detail FROM rotation_ledgers"
-            " WHERE next_epoch = ? ORDER BY ledger",
-            (next_epoch,),
-        ).fetchall():
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM rotation_signatures WHERE next_epoch = ? AND ledger = ?",
-                (next_epoch, ledger),
-            ).fetchone()
-            certificate = None
-            if cert is not None:
-                c = json.loads(cert)
-                certificate = SignatureSet(
-                    int(c["epoch"]), tuple(bytes.fromhex(x) for x in c["signatures"])
-                )
-            ledgers.append(
-                LedgerRotation(
-                    str(ledger), int(count), certificate, str(tx_id), bool(installed), str(detail)
-                )
-            )
-        return StoredRotation(
-            proposal=_proposal_from_json(str(row[0])),
-            removed_member=bytes(row[1]),
-            evidence=_evidence_from_json(str(row[2])),
-            created_at=float(row[3]),
-            ledgers=tuple(ledgers),
-        )
+        return await self._db.read(lambda db: _get(db, next_epoch))
 
-    def epochs(self, limit: int = 1000) -> list[int]:
+    async def epochs(self, limit: int = 1000) -> list[int]:
         """Recorded next epochs, newest first."""
-        rows = self._db.execute(
-            "SELECT next_epoch FROM rotations ORDER BY next_epoch DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                "SELECT next_epoch FROM rotations ORDER BY next_epoch DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
         return [int(r[0]) for r in rows]
 
-    def pending(self) -> list[int]:
+    async def pending(self) -> list[int]:
         """Next epochs with a ledger not yet installed."""
-        rows = self._db.execute(
-            "SELECT DISTINCT next_epoch FROM rotation_ledgers WHERE installed = 0"
-            " ORDER BY next_epoch"
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                "SELECT DISTINCT next_epoch FROM rotation_ledgers WHERE installed = 0"
+                " ORDER BY next_epoch"
+            ).fetchall()
+        )
         return [int(r[0]) for r in rows]
+
+
+class SqliteRotationStore(SqlRotationStore):
+    """The rotation store on a SQLite file (the embedded default)."""

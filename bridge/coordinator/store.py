@@ -1,15 +1,14 @@
-"""The coordinator's durable log behind an interface (SQLite now, PostgreSQL later)."""
+"""The coordinator's durable log behind an interface (SQLite or PostgreSQL; ADR 0013)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
@@ -71,7 +70,9 @@ class TransferStore(Protocol):
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
     ) -> TransferRecord:
-        """Change state/reason; appends a history entry when the state changes."""
+        """Change state/reason; appends a history entry when the state changes. A change to
+        any state but QUEUED also ends the transfer's flow wait, in the same transaction
+        (no reader sees the new state with the old wait, nor QUEUED without its wait)."""
         ...
 
     async def resume_failed(
@@ -161,78 +162,6 @@ class TransferStore(Protocol):
         ...
 
 
-_TRANSFERS_TABLE = """
-CREATE TABLE IF NOT EXISTS transfers (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  transfer_id BLOB NOT NULL UNIQUE,
-  idempotency_key TEXT NOT NULL,
-  request TEXT NOT NULL,
-  terms TEXT NOT NULL,
-  security TEXT NOT NULL,
-  state INTEGER NOT NULL,
-  reason TEXT NOT NULL,
-  created_at REAL NOT NULL,
-  updated_at REAL NOT NULL,
-  transactions TEXT NOT NULL DEFAULT '{}',
-  origin TEXT NOT NULL DEFAULT 'submitted',
-  source_ledger TEXT NOT NULL,
-  UNIQUE (source_ledger, idempotency_key)
-)
-"""
-
-_SCHEMA = (
-    _TRANSFERS_TABLE
-    + """;
-CREATE TABLE IF NOT EXISTS transfer_updates (
-  transfer_id BLOB NOT NULL,
-  sequence INTEGER NOT NULL,
-  state INTEGER NOT NULL,
-  detail TEXT NOT NULL,
-  at REAL NOT NULL,
-  PRIMARY KEY (transfer_id, sequence)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-  transfer_id BLOB PRIMARY KEY,
-  kind INTEGER NOT NULL,
-  certificates TEXT NOT NULL,
-  cause TEXT NOT NULL,
-  at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger_events (
-  ledger TEXT NOT NULL,
-  height INTEGER NOT NULL,
-  idx INTEGER NOT NULL,
-  transfer_id BLOB NOT NULL,
-  leg INTEGER NOT NULL,
-  state INTEGER NOT NULL,
-  tx_id TEXT NOT NULL,
-  PRIMARY KEY (ledger, height, idx)
-);
-CREATE TABLE IF NOT EXISTS misbehaviour (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  member BLOB NOT NULL,
-  endpoint TEXT NOT NULL,
-  kind TEXT NOT NULL,
-  subject TEXT NOT NULL,
-  detail TEXT NOT NULL,
-  expected_digest BLOB NOT NULL,
-  signed_digest BLOB NOT NULL,
-  signature BLOB NOT NULL,
-  at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger_progress (
-  ledger TEXT PRIMARY KEY,
-  scanned INTEGER NOT NULL
-);
--- ---- parking: committed transfers whose target parked the units (issue 10)
-CREATE TABLE IF NOT EXISTS parked_transfers (
-  transfer_id BLOB PRIMARY KEY,
-  reason INTEGER NOT NULL
-);
-"""
-)
-
-
 def _terms_json(t: TransferTerms, instruction: bytes = b"") -> str:
     data: dict[str, Any] = {
         k: (v.hex() if isinstance(v, bytes) else v)
@@ -271,10 +200,10 @@ def _instruction_from_json(text: str) -> bytes:
 
 
 def _append_update(
-    db: sqlite3.Connection, transfer_id: bytes, state: TransferState, detail: str, now: float
+    db: Conn, transfer_id: bytes, state: TransferState, detail: str, now: float
 ) -> None:
     """Append the next update (sequence = last + 1) of ``transfer_id`` inside the caller's
-    transaction."""
+    transaction (which holds the transfer's row lock, so sequences never collide)."""
     (seq,) = db.execute(
         "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
         (transfer_id,),
@@ -285,105 +214,88 @@ def _append_update(
     )
 
 
-class SqliteTransferStore:
-    """TransferStore on one SQLite file (WAL, fsync per commit); one writer process."""
+_COLS = "transfer_id, request, terms, state, reason, created_at, updated_at, transactions, origin"
+_TERMINAL = tuple(int(s) for s in TransferState if s.terminal)
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(transfers)")}
-        if "origin" not in columns:
-            # Added for event intake (issue 9): rows written before it were submitted ones
-            # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
-            # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
-            # submit under a victim lock's adoption key, and that row is a submitted one.
-            self._db.execute(
-                "ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'"
-            )
-            self._db.execute(
-                "UPDATE transfers SET origin = 'adopted'"
-                " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
-            )
-        if "source_ledger" not in columns:
-            self._scope_keys_per_ledger()
-        self._db.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
-        self._db.executescript(_FLOW_SCHEMA)
-        self._lock = threading.Lock()
 
-    def _scope_keys_per_ledger(self) -> None:
-        """Migrate a file written before keys were scoped per source ledger (issue 9 review):
-        rebuild ``transfers`` without the global UNIQUE on the key (SQLite cannot drop a
-        constraint in place), keeping every row, its ``seq`` and its origin."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("ALTER TABLE transfers RENAME TO transfers_v1")
-            self._db.execute("DROP INDEX IF EXISTS transfers_state")
-            self._db.execute(_TRANSFERS_TABLE)
-            self._db.execute(
-                "INSERT INTO transfers (seq, transfer_id, idempotency_key, request, terms,"
-                " security, state, reason, created_at, updated_at, transactions, origin,"
-                " source_ledger) SELECT seq, transfer_id, idempotency_key, request, terms,"
-                " security, state, reason, created_at, updated_at, transactions, origin,"
-                " json_extract(request, '$.source_ledger') FROM transfers_v1 ORDER BY seq"
-            )
-            self._db.execute("DROP TABLE transfers_v1")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+def _record(db: Conn, row: tuple[Any, ...] | None) -> TransferRecord | None:
+    if row is None:
+        return None
+    (tid, request, terms, state, reason, created, updated, txs, origin) = row
+    tid = bytes(tid)
+    decision_row = db.execute("SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)).fetchone()
+    parked_row = db.execute(
+        "SELECT reason FROM parked_transfers WHERE transfer_id = ?", (tid,)
+    ).fetchone()
+    wait_row = db.execute(
+        "SELECT reason, not_before FROM flow_waits WHERE transfer_id = ?", (tid,)
+    ).fetchone()
+    return TransferRecord(
+        transfer_id=tid,
+        request=TransferRequest(**json.loads(str(request))),
+        terms=_terms_from_json(str(terms)),
+        state=TransferState(int(state)),
+        reason=str(reason),
+        created_at=float(created),
+        updated_at=float(updated),
+        decision=ClaimKind(int(decision_row[0])) if decision_row else None,
+        transactions=json.loads(str(txs)),
+        origin=TransferOrigin(str(origin)),
+        instruction=_instruction_from_json(str(terms)),
+        parked_reason=int(parked_row[0]) if parked_row else 0,
+        wait_reason=WaitReason(int(wait_row[0])) if wait_row else WaitReason.NONE,
+        not_before=float(wait_row[1]) if wait_row else 0.0,
+    )
+
+
+def _records(db: Conn, rows: list[Any]) -> list[TransferRecord]:
+    return [r for r in (_record(db, tuple(row)) for row in rows) if r is not None]
+
+
+def _get(db: Conn, transfer_id: bytes) -> TransferRecord | None:
+    row = db.execute(
+        f"SELECT {_COLS} FROM transfers WHERE transfer_id = ?",  # noqa: S608
+        (transfer_id,),
+    ).fetchone()
+    return _record(db, row)
+
+
+def _decision(db: Conn, transfer_id: bytes) -> Decision | None:
+    row = db.execute(
+        "SELECT kind, certificates, cause FROM decisions WHERE transfer_id = ?",
+        (transfer_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    certs = {
+        ledger: SignatureSet(c["epoch"], tuple(bytes.fromhex(x) for x in c["signatures"]))
+        for ledger, c in json.loads(row[1]).items()
+    }
+    return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
+
+
+class SqlTransferStore:
+    """TransferStore on the coordinator's database (SQLite file or PostgreSQL; ADR 0013).
+
+    Every method is one transaction run in the database's worker thread, never on the
+    event loop; a write has committed (fsync'd) when it returns."""
+
+    def __init__(self, db: Database | Path) -> None:
+        self._db = as_database(db)
 
     def close(self) -> None:
-        """Close the database."""
+        """Release the database (closed with its last store)."""
         self._db.close()
-
-    def _tx(self) -> SqliteTransaction:
-        return SqliteTransaction(self._db, self._lock)
-
-    def _row(self, row: tuple[Any, ...] | None) -> TransferRecord | None:
-        if row is None:
-            return None
-        (tid, request, terms, state, reason, created, updated, txs, origin) = row
-        decision_row = self._db.execute(
-            "SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)
-        ).fetchone()
-        parked_row = self._db.execute(
-            "SELECT reason FROM parked_transfers WHERE transfer_id = ?", (tid,)
-        ).fetchone()
-        wait_row = self._db.execute(
-            "SELECT reason, not_before FROM flow_waits WHERE transfer_id = ?", (tid,)
-        ).fetchone()
-        return TransferRecord(
-            transfer_id=bytes(tid),
-            request=TransferRequest(**json.loads(str(request))),
-            terms=_terms_from_json(str(terms)),
-            state=TransferState(int(state)),
-            reason=str(reason),
-            created_at=float(created),
-            updated_at=float(updated),
-            decision=ClaimKind(int(decision_row[0])) if decision_row else None,
-            transactions=json.loads(str(txs)),
-            origin=TransferOrigin(str(origin)),
-            instruction=_instruction_from_json(str(terms)),
-            parked_reason=int(parked_row[0]) if parked_row else 0,
-            wait_reason=WaitReason(int(wait_row[0])) if wait_row else WaitReason.NONE,
-            not_before=float(wait_row[1]) if wait_row else 0.0,
-        )
-
-    _COLS = (
-        "transfer_id, request, terms, state, reason, created_at, updated_at, transactions, origin"
-    )
 
     async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
         """See TransferStore.create."""
         r = record.request
-        with self._tx() as db:
+
+        def run(db: Conn) -> tuple[TransferRecord | None, bool]:
             cur = db.execute(
-                "INSERT OR IGNORE INTO transfers (transfer_id, idempotency_key, request, terms,"
+                "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"
                 " security, state, reason, created_at, updated_at, origin, source_ledger)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (
                     record.transfer_id,
                     r.idempotency_key,
@@ -405,11 +317,13 @@ class SqliteTransferStore:
                     (record.transfer_id, int(record.state), "accepted", record.created_at),
                 )
             row = db.execute(
-                f"SELECT {self._COLS} FROM transfers"  # noqa: S608
+                f"SELECT {_COLS} FROM transfers"  # noqa: S608
                 " WHERE source_ledger = ? AND idempotency_key = ?",
                 (r.source_ledger, r.idempotency_key),
             ).fetchone()
-        stored = self._row(row)
+            return _record(db, row), created
+
+        stored, created = await self._db.write(run)
         if stored is None:
             # Ignored, yet no row has this key: the transfer id is recorded under another.
             raise Conflict(
@@ -420,20 +334,20 @@ class SqliteTransferStore:
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""
-        row = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers WHERE transfer_id = ?",  # noqa: S608
-            (transfer_id,),
-        ).fetchone()
-        return self._row(row)
+        return await self._db.read(lambda db: _get(db, transfer_id))
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """See TransferStore.get_by_key."""
-        row = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers"  # noqa: S608
-            " WHERE source_ledger = ? AND idempotency_key = ?",
-            (source_ledger, idempotency_key),
-        ).fetchone()
-        return self._row(row)
+
+        def run(db: Conn) -> TransferRecord | None:
+            row = db.execute(
+                f"SELECT {_COLS} FROM transfers"  # noqa: S608
+                " WHERE source_ledger = ? AND idempotency_key = ?",
+                (source_ledger, idempotency_key),
+            ).fetchone()
+            return _record(db, row)
+
+        return await self._db.read(run)
 
     async def list_transfers(
         self,
@@ -444,45 +358,54 @@ class SqliteTransferStore:
         ledger: str | None = None,
     ) -> tuple[list[TransferRecord], int]:
         """See TransferStore.list."""
-        sql = f"SELECT seq, {self._COLS} FROM transfers WHERE seq > ?"  # noqa: S608
-        args: list[object] = [after]
-        if ledger is not None:
-            # SECURITY: a brokerage's listing is scoped in the query itself.
-            sql += (
-                " AND (json_extract(request, '$.source_ledger') = ?"
-                " OR json_extract(request, '$.target_ledger') = ?)"
-            )
-            args += [ledger, ledger]
-        if state is not None:
-            sql += " AND state = ?"
-            args.append(int(state))
-        if security:
-            sql += " AND security = ?"
-            args.append(security)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit + 1)
-        rows = self._db.execute(sql, args).fetchall()
-        records = [r for r in (self._row(tuple(row[1:])) for row in rows[:limit]) if r is not None]
-        cursor = int(rows[limit - 1][0]) if len(rows) > limit else 0
-        return records, cursor
+
+        def run(db: Conn) -> tuple[list[TransferRecord], int]:
+            sql = f"SELECT seq, {_COLS} FROM transfers WHERE seq > ?"  # noqa: S608
+            args: list[object] = [after]
+            if ledger is not None:
+                # SECURITY: a brokerage's listing is scoped in the query itself.
+                sql += (
+                    f" AND ({db.json_text('request', 'source_ledger')} = ?"
+                    f" OR {db.json_text('request', 'target_ledger')} = ?)"
+                )
+                args += [ledger, ledger]
+            if state is not None:
+                sql += " AND state = ?"
+                args.append(int(state))
+            if security:
+                sql += " AND security = ?"
+                args.append(security)
+            sql += " ORDER BY seq LIMIT ?"
+            args.append(limit + 1)
+            rows = db.execute(sql, args).fetchall()
+            records = _records(db, [row[1:] for row in rows[:limit]])
+            cursor = int(rows[limit - 1][0]) if len(rows) > limit else 0
+            return records, cursor
+
+        return await self._db.read(run)
 
     async def unfinished(self) -> list[TransferRecord]:
         """See TransferStore.unfinished."""
-        terminal = [int(s) for s in TransferState if s.terminal]
-        rows = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",  # noqa: S608
-            terminal,
-        ).fetchall()
-        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+        def run(db: Conn) -> list[TransferRecord]:
+            rows = db.execute(
+                f"SELECT {_COLS} FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",  # noqa: S608
+                _TERMINAL,
+            ).fetchall()
+            return _records(db, rows)
+
+        return await self._db.read(run)
 
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
     ) -> TransferRecord:
         """See TransferStore.set_state."""
         now = time.time()
-        with self._tx() as db:
+
+        def run(db: Conn) -> TransferRecord | None:
             row = db.execute(
-                "SELECT state FROM transfers WHERE transfer_id = ?", (transfer_id,)
+                "SELECT state FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
+                (transfer_id,),
             ).fetchone()
             if row is None:
                 raise KeyError(transfer_id.hex())
@@ -492,7 +415,12 @@ class SqliteTransferStore:
             )
             if int(row[0]) != int(state):
                 _append_update(db, transfer_id, state, detail, now)
-        record = await self.get(transfer_id)
+                if state is not TransferState.QUEUED:
+                    # ---- flow limits: a new state ends the old wait (ADR 0010)
+                    db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
+            return _get(db, transfer_id)
+
+        record = await self._db.write(run)
         assert record is not None
         return record
 
@@ -501,7 +429,8 @@ class SqliteTransferStore:
     ) -> bool:
         """See TransferStore.resume_failed."""
         now = time.time()
-        with self._tx() as db:
+
+        def run(db: Conn) -> bool:
             # SECURITY: compare-and-set: a transfer that left FAILED meanwhile (another
             # resume, or an operator) is never moved by a stale decision.
             cur = db.execute(
@@ -512,30 +441,37 @@ class SqliteTransferStore:
             if cur.rowcount != 1:
                 return False
             _append_update(db, transfer_id, state, detail, now)
-        return True
+            return True
+
+        return await self._db.write(run)
 
     # ---- parking
     async def record_parked(self, transfer_id: bytes, reason: int) -> None:
         """See TransferStore.record_parked (the first record stays: a leg parks once)."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO parked_transfers VALUES (?, ?)", (transfer_id, reason)
+        await self._db.write(
+            lambda db: db.execute(
+                "INSERT INTO parked_transfers VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (transfer_id, reason),
             )
+        )
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:
         """See TransferStore.set_reason."""
-        with self._tx() as db:
-            db.execute(
+        await self._db.write(
+            lambda db: db.execute(
                 "UPDATE transfers SET reason = ?, updated_at = ?"
                 " WHERE transfer_id = ? AND reason != ?",
                 (reason, time.time(), transfer_id, reason),
             )
+        )
 
     async def add_transaction(self, transfer_id: bytes, step: str, tx_id: str) -> None:
         """See TransferStore.add_transaction."""
-        with self._tx() as db:
+
+        def run(db: Conn) -> None:
             (txs,) = db.execute(
-                "SELECT transactions FROM transfers WHERE transfer_id = ?", (transfer_id,)
+                "SELECT transactions FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
+                (transfer_id,),
             ).fetchone()
             current = json.loads(txs)
             if current.get(step) == tx_id:
@@ -546,15 +482,18 @@ class SqliteTransferStore:
                 (json.dumps(current, sort_keys=True), transfer_id),
             )
 
+        await self._db.write(run)
+
     async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
         """See TransferStore.record_decision."""
         certs = {
             ledger: {"epoch": s.epoch, "signatures": [x.hex() for x in s.signatures]}
             for ledger, s in decision.certificates.items()
         }
-        with self._tx() as db:
+
+        def run(db: Conn) -> Decision | None:
             db.execute(
-                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     transfer_id,
                     int(decision.kind),
@@ -563,31 +502,25 @@ class SqliteTransferStore:
                     time.time(),
                 ),
             )
-        stored = await self.decision(transfer_id)
+            return _decision(db, transfer_id)
+
+        stored = await self._db.write(run)
         assert stored is not None
         return stored
 
     async def decision(self, transfer_id: bytes) -> Decision | None:
         """See TransferStore.decision."""
-        row = self._db.execute(
-            "SELECT kind, certificates, cause FROM decisions WHERE transfer_id = ?",
-            (transfer_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        certs = {
-            ledger: SignatureSet(c["epoch"], tuple(bytes.fromhex(x) for x in c["signatures"]))
-            for ledger, c in json.loads(row[1]).items()
-        }
-        return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
+        return await self._db.read(lambda db: _decision(db, transfer_id))
 
     async def recertify(
         self, transfer_id: bytes, kind: ClaimKind, ledger: str, certificate: SignatureSet
     ) -> bool:
         """See TransferStore.recertify."""
-        with self._tx() as db:
+
+        def run(db: Conn) -> bool:
             row = db.execute(
-                "SELECT kind, certificates FROM decisions WHERE transfer_id = ?", (transfer_id,)
+                "SELECT kind, certificates FROM decisions WHERE transfer_id = ?" + db.for_update,  # noqa: S608
+                (transfer_id,),
             ).fetchone()
             if row is None or int(row[0]) != int(kind):
                 return False
@@ -602,86 +535,121 @@ class SqliteTransferStore:
                 "UPDATE decisions SET certificates = ? WHERE transfer_id = ? AND kind = ?",
                 (json.dumps(certs, sort_keys=True), transfer_id, int(kind)),
             )
-        return True
+            return True
+
+        return await self._db.write(run)
 
     async def history(self, transfer_id: bytes, after: int) -> list[TransferUpdate]:
         """See TransferStore.history."""
-        rows = self._db.execute(
-            "SELECT sequence, state, detail, at FROM transfer_updates"
-            " WHERE transfer_id = ? AND sequence > ? ORDER BY sequence",
-            (transfer_id, after),
-        ).fetchall()
-        return [
-            TransferUpdate(transfer_id, int(s), TransferState(int(st)), str(d), float(at))
-            for (s, st, d, at) in rows
-        ]
+
+        def run(db: Conn) -> list[TransferUpdate]:
+            rows = db.execute(
+                "SELECT sequence, state, detail, at FROM transfer_updates"
+                " WHERE transfer_id = ? AND sequence > ? ORDER BY sequence",
+                (transfer_id, after),
+            ).fetchall()
+            return [
+                TransferUpdate(transfer_id, int(s), TransferState(int(st)), str(d), float(at))
+                for (s, st, d, at) in rows
+            ]
+
+        return await self._db.read(run)
 
     async def record_events(
         self, ledger: str, events: Sequence[LedgerEvent], scanned: int
     ) -> list[LedgerEvent]:
         """See TransferStore.record_events."""
-        fresh: list[LedgerEvent] = []
-        with self._tx() as db:
+
+        def run(db: Conn) -> list[LedgerEvent]:
+            fresh: list[LedgerEvent] = []
             for e in events:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (ledger, e.position.height, e.position.index, e.transfer_id, int(e.leg),
                      int(e.state), e.tx_id),
                 )  # fmt: skip
                 if cur.rowcount == 1:
                     fresh.append(e)
             db.execute(
-                "INSERT INTO ledger_progress VALUES (?, ?) ON CONFLICT(ledger) DO UPDATE"
-                " SET scanned = MAX(scanned, excluded.scanned)",
+                "INSERT INTO ledger_progress VALUES (?, ?) ON CONFLICT(ledger) DO UPDATE SET"  # noqa: S608
+                f" scanned = {db.greatest('ledger_progress.scanned', 'excluded.scanned')}",
                 (ledger, scanned),
             )
-        return fresh
+            return fresh
+
+        return await self._db.write(run)
 
     async def scanned_height(self, ledger: str) -> int | None:
         """See TransferStore.scanned_height."""
-        row = self._db.execute(
-            "SELECT scanned FROM ledger_progress WHERE ledger = ?", (ledger,)
-        ).fetchone()
+        row = await self._db.read(
+            lambda db: db.execute(
+                "SELECT scanned FROM ledger_progress WHERE ledger = ?", (ledger,)
+            ).fetchone()
+        )
         return int(row[0]) if row else None
 
     async def stuck(self, created_before: float, limit: int) -> list[TransferRecord]:
         """See TransferStore.stuck."""
-        terminal = [int(s) for s in TransferState if s.terminal]
-        rows = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers WHERE state NOT IN (?,?,?)"  # noqa: S608
-            " AND created_at < ? ORDER BY seq LIMIT ?",
-            [*terminal, created_before, limit],
-        ).fetchall()
-        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+        def run(db: Conn) -> list[TransferRecord]:
+            rows = db.execute(
+                f"SELECT {_COLS} FROM transfers WHERE state NOT IN (?,?,?)"  # noqa: S608
+                " AND created_at < ? ORDER BY seq LIMIT ?",
+                [*_TERMINAL, created_before, limit],
+            ).fetchall()
+            return _records(db, rows)
+
+        return await self._db.read(run)
 
     async def failed_since(self, updated_after: float) -> list[TransferRecord]:
         """See TransferStore.failed_since."""
-        rows = self._db.execute(
-            f"SELECT {self._COLS} FROM transfers WHERE state = ? AND updated_at > ?"  # noqa: S608
-            " ORDER BY seq",
-            (int(TransferState.FAILED), updated_after),
-        ).fetchall()
-        return [r for r in (self._row(row) for row in rows) if r is not None]
+
+        def run(db: Conn) -> list[TransferRecord]:
+            rows = db.execute(
+                f"SELECT {_COLS} FROM transfers WHERE state = ? AND updated_at > ?"  # noqa: S608
+                " ORDER BY seq",
+                (int(TransferState.FAILED), updated_after),
+            ).fetchall()
+            return _records(db, rows)
+
+        return await self._db.read(run)
 
     async def record_misbehaviour(self, incident: Misbehaviour) -> None:
         """See TransferStore.record_misbehaviour."""
         m = incident
-        with self._tx() as db:
-            db.execute(
+        await self._db.write(
+            lambda db: db.execute(
                 "INSERT INTO misbehaviour (member, endpoint, kind, subject, detail,"
                 " expected_digest, signed_digest, signature, at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (m.member, m.endpoint, m.kind, m.subject, m.detail, m.expected_digest,
-                 m.signed_digest, m.signature, m.at),
-            )  # fmt: skip
+                (
+                    m.member,
+                    m.endpoint,
+                    m.kind,
+                    m.subject,
+                    m.detail,
+                    m.expected_digest,
+                    m.signed_digest,
+                    m.signature,
+                    m.at,
+                ),
+            )
+        )
 
     async def misbehaviour(self, limit: int, member: bytes | None = None) -> list[Misbehaviour]:
         """See TransferStore.misbehaviour (``member``: only that member's incidents)."""
-        rows = self._db.execute(
-            "SELECT member, endpoint, kind, subject, detail, expected_digest, signed_digest,"
-            " signature, at FROM misbehaviour WHERE ? IS NULL OR member = ?"
-            " ORDER BY id DESC LIMIT ?",
-            (member, member, limit),
-        ).fetchall()
+
+        def run(db: Conn) -> list[Any]:
+            cols = (
+                "SELECT member, endpoint, kind, subject, detail, expected_digest, signed_digest,"
+                " signature, at FROM misbehaviour"
+            )
+            if member is None:
+                return db.execute(cols + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return db.execute(
+                cols + " WHERE member = ? ORDER BY id DESC LIMIT ?", (member, limit)
+            ).fetchall()
+
+        rows = await self._db.read(run)
         return [
             Misbehaviour(bytes(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), bytes(r[5]),
                          bytes(r[6]), bytes(r[7]), float(r[8]))
@@ -691,7 +659,8 @@ class SqliteTransferStore:
     # ---- flow limits (ADR 0010)
     async def set_wait(self, transfer_id: bytes, reason: WaitReason, not_before: float) -> None:
         """See TransferStore.set_wait."""
-        with self._tx() as db:
+
+        def run(db: Conn) -> None:
             if reason is WaitReason.NONE:
                 db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
             else:
@@ -702,34 +671,45 @@ class SqliteTransferStore:
                     (transfer_id, int(reason), not_before),
                 )
 
+        await self._db.write(run)
+
     async def lane_backlog(self, transfer_id: bytes, states: Sequence[TransferState]) -> int:
         """See TransferStore.lane_backlog."""
-        me = self._db.execute(
-            "SELECT seq, security, source_ledger, json_extract(request, '$.target_ledger')"
-            " FROM transfers WHERE transfer_id = ?",
-            (transfer_id,),
-        ).fetchone()
-        if me is None or not states:
-            return 0
-        marks = ",".join("?" * len(states))
-        rows = self._db.execute(
-            "SELECT request FROM transfers WHERE seq < ? AND security = ? AND source_ledger = ?"  # noqa: S608
-            f" AND json_extract(request, '$.target_ledger') = ? AND state IN ({marks})",
-            [*me, *(int(s) for s in states)],
-        ).fetchall()
-        # Amounts are read in Python: JSON integers beyond 2**63 lose precision in SQLite.
-        return sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
+
+        def run(db: Conn) -> int:
+            me = db.execute(
+                f"SELECT seq, security, source_ledger, {db.json_text('request', 'target_ledger')}"  # noqa: S608
+                " FROM transfers WHERE transfer_id = ?",
+                (transfer_id,),
+            ).fetchone()
+            if me is None or not states:
+                return 0
+            marks = ",".join("?" * len(states))
+            rows = db.execute(
+                "SELECT request FROM transfers WHERE seq < ? AND security = ?"  # noqa: S608
+                f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
+                f" AND state IN ({marks})",
+                [*me, *(int(s) for s in states)],
+            ).fetchall()
+            # Amounts are read in Python: JSON integers beyond 2**63 lose precision in SQL.
+            return sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
+
+        return await self._db.read(run)
 
     async def queued_on_lane(
         self, security: str, source: str, target: str
     ) -> tuple[int, int, float | None]:
         """See TransferStore.queued_on_lane."""
-        rows = self._db.execute(
-            "SELECT request, created_at FROM transfers WHERE state = ? AND security = ?"
-            " AND source_ledger = ? AND json_extract(request, '$.target_ledger') = ?"
-            " ORDER BY seq",
-            (int(TransferState.QUEUED), security, source, target),
-        ).fetchall()
+
+        def run(db: Conn) -> list[Any]:
+            return db.execute(
+                "SELECT request, created_at FROM transfers WHERE state = ? AND security = ?"  # noqa: S608
+                f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
+                " ORDER BY seq",
+                (int(TransferState.QUEUED), security, source, target),
+            ).fetchall()
+
+        rows = await self._db.read(run)
         units = sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
         return len(rows), units, (float(rows[0][1]) if rows else None)
 
@@ -737,35 +717,15 @@ class SqliteTransferStore:
     async def count_by_state(self) -> dict[TransferState, int]:
         """How many transfers are in each state (states with none are absent); one indexed
         query, for the ``kstb_transfers`` gauge. Also the store's readiness probe."""
-        rows = self._db.execute("SELECT state, COUNT(*) FROM transfers GROUP BY state").fetchall()
+
+        def run(db: Conn) -> list[Any]:
+            return list(
+                db.execute("SELECT state, COUNT(*) FROM transfers GROUP BY state").fetchall()
+            )
+
+        rows = await self._db.read(run)
         return {TransferState(int(state)): int(n) for state, n in rows}
 
 
-_FLOW_SCHEMA = """
-CREATE TABLE IF NOT EXISTS flow_waits (
-  transfer_id BLOB PRIMARY KEY,
-  reason INTEGER NOT NULL,
-  not_before REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transfers_lane ON transfers(security, source_ledger, state);
-"""
-"""---- flow limits (ADR 0010): why a transfer waits on a lane's limit (one row while it does)."""
-
-
-class SqliteTransaction:
-    """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self._lock.release()
+class SqliteTransferStore(SqlTransferStore):
+    """The TransferStore on a SQLite file (WAL, fsync per commit): the embedded default."""

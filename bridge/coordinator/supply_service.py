@@ -64,7 +64,9 @@ class SupplyServicer(supply_pb2_grpc.SupplyServiceServicer):
     ) -> supply_pb2.CommitteeChain:
         """The certified rotations after ``from_epoch`` (the subscriber checks each one
         against the epoch before it; this server is not trusted)."""
-        chain = self._rotations.chain(request.from_epoch) if self._rotations is not None else []
+        chain = (
+            await self._rotations.chain(request.from_epoch) if self._rotations is not None else []
+        )
         return supply_pb2.CommitteeChain(rotations=[certified_to_pb(c) for c in chain])
 
     @grpc_errors

@@ -1,6 +1,7 @@
 """The coordinator's durable supply feed: registrations, signed records, holds.
 
-One SQLite file (the coordinator's database) behind the :class:`SupplyStore` interface.
+The coordinator's database (SQLite or PostgreSQL; ADR 0013) behind the
+:class:`SupplyStore` interface.
 Every method is one transaction; a method that returns has made its effect durable, so a
 record is in the feed before any subscriber sees it and survives a kill -9.
 """
@@ -8,14 +9,12 @@ record is in the feed before any subscriber sees it and survives a kill -9.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge.coordinator.store import SqliteTransaction
+from bridge.coordinator.db import Conn, Database, as_database
 from bridge.domain.errors import NotFound, PreconditionFailed, StaleVersion
 from bridge.domain.issuance import HoldRelease, Registration
 from bridge.domain.supply import (
@@ -96,51 +95,6 @@ class SupplyStore(Protocol):
         ...
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS supply_registrations (
-  security TEXT NOT NULL,
-  version INTEGER NOT NULL,
-  body TEXT NOT NULL,
-  signature BLOB NOT NULL,
-  operator BLOB NOT NULL,
-  at REAL NOT NULL,
-  PRIMARY KEY (security, version)
-);
-CREATE TABLE IF NOT EXISTS supply_confirmed (
-  security TEXT NOT NULL,
-  ledger TEXT NOT NULL,
-  units TEXT NOT NULL,
-  PRIMARY KEY (security, ledger)
-);
-CREATE TABLE IF NOT EXISTS supply_records (
-  feed_seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  security TEXT NOT NULL,
-  sequence INTEGER NOT NULL,
-  digest BLOB NOT NULL,
-  body BLOB NOT NULL,
-  signatures TEXT NOT NULL,
-  alerts TEXT NOT NULL,
-  clean INTEGER NOT NULL,
-  held INTEGER NOT NULL,
-  hold_reason TEXT NOT NULL,
-  at REAL NOT NULL,
-  UNIQUE (security, sequence)
-);
-CREATE TABLE IF NOT EXISTS supply_holds (
-  security TEXT PRIMARY KEY,
-  raised_by INTEGER NOT NULL,
-  reason TEXT NOT NULL,
-  at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS supply_releases (
-  security TEXT NOT NULL,
-  raised_by INTEGER NOT NULL,
-  operator BLOB NOT NULL,
-  note TEXT NOT NULL,
-  at REAL NOT NULL
-);
-"""
-
 _REG_COLS = "body, signature, operator"
 _REC_COLS = "feed_seq, body, signatures, alerts, held, hold_reason, at"
 
@@ -183,43 +137,56 @@ def _attestation(row: tuple[Any, ...]) -> Attestation:
     )
 
 
-class SqliteSupplyStore:
-    """SupplyStore on the coordinator's SQLite file (WAL, fsync per commit)."""
+def _in_force(db: Conn, security: str) -> StoredRegistration | None:
+    row = db.execute(
+        f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
+        " ORDER BY version DESC LIMIT 1",
+        (security,),
+    ).fetchone()
+    return _reg_from_row(row) if row else None
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+
+def next_feed_position(db: Conn) -> int:
+    """Take the next supply-feed position inside the caller's write transaction.
+
+    SECURITY (ADR 0013, the feed's resume rule): the position comes from the single
+    ``supply_feed_head`` row, which this UPDATE locks until the transaction ends. A second
+    writer blocks here until the first commits (and then reads its committed value) or
+    rolls back (and then reuses the position), so positions are taken in commit order,
+    none is skipped and none becomes visible before a smaller one: a subscriber resuming
+    "after N" never misses a record. A database sequence (or SQLite AUTOINCREMENT with
+    several writers) gives no such guarantee: N+1 can commit, and be read, before N.
+    """
+    row = db.execute("UPDATE supply_feed_head SET last = last + 1 WHERE id = 1 RETURNING last")
+    got = row.fetchone()
+    if got is None:
+        raise RuntimeError("supply_feed_head is missing (schema below version 2)")
+    return int(got[0])
+
+
+class SqlSupplyStore:
+    """SupplyStore on the coordinator's database (SQLite or PostgreSQL); every method is
+    one transaction in the database's worker thread, never on the event loop."""
+
+    def __init__(self, db: Database | Path) -> None:
+        self._db = as_database(db)
 
     def close(self) -> None:
-        """Close the database."""
+        """Release the database (closed with its last store)."""
         self._db.close()
-
-    def _begin(self) -> SqliteTransaction:
-        return SqliteTransaction(self._db, self._lock)
-
-    @staticmethod
-    def _in_force(db: sqlite3.Connection, security: str) -> StoredRegistration | None:
-        row = db.execute(
-            f"SELECT {_REG_COLS} FROM supply_registrations WHERE security = ?"  # noqa: S608
-            " ORDER BY version DESC LIMIT 1",
-            (security,),
-        ).fetchone()
-        return _reg_from_row(row) if row else None
 
     async def registration(self, security: str) -> StoredRegistration | None:
         """See SupplyStore.registration."""
-        return self._in_force(self._db, security)
+        return await self._db.read(lambda db: _in_force(db, security))
 
     async def register(self, stored: StoredRegistration) -> bool:
         """See SupplyStore.register."""
         reg = stored.registration
-        with self._begin() as db:
-            current = self._in_force(db, reg.security)
+
+        def run(db: Conn) -> bool:
+            # Serialise registrations with every other feed write (one lock row).
+            db.execute("SELECT last FROM supply_feed_head WHERE id = 1" + db.for_update)  # noqa: S608
+            current = _in_force(db, reg.security)
             if current is not None and current.registration.digest == reg.digest:
                 return False
             in_force = current.registration.version if current else 0
@@ -237,7 +204,7 @@ class SqliteSupplyStore:
                 str(name)
                 for (name,) in db.execute(
                     "SELECT ledger FROM supply_confirmed WHERE security = ?", (reg.security,)
-                )
+                ).fetchall()
             }
             for name, units in reg.totals:
                 if name in known:
@@ -249,24 +216,34 @@ class SqliteSupplyStore:
                     "INSERT INTO supply_confirmed VALUES (?, ?, ?)",
                     (reg.security, name, str(start)),
                 )
-        return True
+            return True
+
+        return await self._db.write(run)
 
     async def registered_securities(self) -> list[str]:
         """See SupplyStore.registered_securities."""
-        rows = self._db.execute("SELECT DISTINCT security FROM supply_registrations").fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute("SELECT DISTINCT security FROM supply_registrations").fetchall()
+        )
         return [str(r[0]) for r in rows]
 
     async def confirmed(self, security: str) -> dict[str, int]:
         """See SupplyStore.confirmed."""
-        rows = self._db.execute(
-            "SELECT ledger, units FROM supply_confirmed WHERE security = ?", (security,)
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                "SELECT ledger, units FROM supply_confirmed WHERE security = ?", (security,)
+            ).fetchall()
+        )
         return {str(name): int(units) for name, units in rows}
 
     async def append(self, signed: SignedRecord, assessment: Assessment, now: float) -> Attestation:
         """See SupplyStore.append."""
         record = signed.record
-        with self._begin() as db:
+
+        def run(db: Conn) -> Attestation:
+            # The feed position first: its row lock serialises every append (see
+            # next_feed_position), so the checks below read a settled state.
+            feed_seq = next_feed_position(db)
             (latest,) = db.execute(
                 "SELECT COALESCE(MAX(sequence), 0) FROM supply_records WHERE security = ?",
                 (record.security,),
@@ -283,7 +260,7 @@ class SqliteSupplyStore:
                 )
             if assessment.hold_reasons:
                 db.execute(
-                    "INSERT OR IGNORE INTO supply_holds VALUES (?, ?, ?, ?)",
+                    "INSERT INTO supply_holds VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (record.security, record.sequence, "; ".join(assessment.hold_reasons), now),
                 )
             hold = db.execute(
@@ -291,10 +268,12 @@ class SqliteSupplyStore:
                 (record.security,),
             ).fetchone()
             hold_reason = f"held since record #{hold[0]}: {hold[1]}" if hold else ""
-            cur = db.execute(
-                "INSERT INTO supply_records (security, sequence, digest, body, signatures,"
-                " alerts, clean, held, hold_reason, at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            db.execute(
+                "INSERT INTO supply_records (feed_seq, security, sequence, digest, body,"
+                " signatures, alerts, clean, held, hold_reason, at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
+                    feed_seq,
                     record.security,
                     record.sequence,
                     record.digest,
@@ -307,46 +286,59 @@ class SqliteSupplyStore:
                     now,
                 ),
             )
-            feed_seq = int(cur.lastrowid or 0)
-        return Attestation(feed_seq, signed, assessment.alerts, hold is not None, hold_reason, now)
+            return Attestation(
+                feed_seq, signed, assessment.alerts, hold is not None, hold_reason, now
+            )
+
+        return await self._db.write(run)
 
     async def latest(self, security: str) -> Attestation | None:
         """See SupplyStore.latest."""
-        row = self._db.execute(
-            f"SELECT {_REC_COLS} FROM supply_records WHERE security = ?"  # noqa: S608
-            " ORDER BY sequence DESC LIMIT 1",
-            (security,),
-        ).fetchone()
+        row = await self._db.read(
+            lambda db: db.execute(
+                f"SELECT {_REC_COLS} FROM supply_records WHERE security = ?"  # noqa: S608
+                " ORDER BY sequence DESC LIMIT 1",
+                (security,),
+            ).fetchone()
+        )
         return _attestation(row) if row else None
 
     async def feed(self, after: int, limit: int) -> list[Attestation]:
         """See SupplyStore.feed."""
-        rows = self._db.execute(
-            f"SELECT {_REC_COLS} FROM supply_records WHERE feed_seq > ?"  # noqa: S608
-            " ORDER BY feed_seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                f"SELECT {_REC_COLS} FROM supply_records WHERE feed_seq > ?"  # noqa: S608
+                " ORDER BY feed_seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        )
         return [_attestation(r) for r in rows]
 
     async def security_feed(self, security: str, after: int, limit: int) -> list[Attestation]:
         """See SupplyStore.security_feed."""
-        rows = self._db.execute(
-            f"SELECT {_REC_COLS} FROM supply_records"  # noqa: S608
-            " WHERE security = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-            (security, after, limit),
-        ).fetchall()
+        rows = await self._db.read(
+            lambda db: db.execute(
+                f"SELECT {_REC_COLS} FROM supply_records"  # noqa: S608
+                " WHERE security = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (security, after, limit),
+            ).fetchall()
+        )
         return [_attestation(r) for r in rows]
 
     async def hold(self, security: str) -> Hold | None:
         """See SupplyStore.hold."""
-        row = self._db.execute(
-            "SELECT raised_by, reason, at FROM supply_holds WHERE security = ?", (security,)
-        ).fetchone()
+        row = await self._db.read(
+            lambda db: db.execute(
+                "SELECT raised_by, reason, at FROM supply_holds WHERE security = ?", (security,)
+            ).fetchone()
+        )
         return Hold(security, int(row[0]), str(row[1]), float(row[2])) if row else None
 
     async def release(self, release: HoldRelease, operator: bytes) -> None:
         """See SupplyStore.release."""
-        with self._begin() as db:
+
+        def run(db: Conn) -> None:
+            db.execute("SELECT last FROM supply_feed_head WHERE id = 1" + db.for_update)  # noqa: S608
             hold = db.execute(
                 "SELECT raised_by FROM supply_holds WHERE security = ?", (release.security,)
             ).fetchone()
@@ -374,3 +366,9 @@ class SqliteSupplyStore:
                 "INSERT INTO supply_releases VALUES (?, ?, ?, ?, ?)",
                 (release.security, release.hold_sequence, operator, release.note, time.time()),
             )
+
+        await self._db.write(run)
+
+
+class SqliteSupplyStore(SqlSupplyStore):
+    """The supply store on a SQLite file (the embedded default)."""

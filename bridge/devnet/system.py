@@ -8,6 +8,7 @@ generated inside a SoftHSM2 token under the work directory and never leave it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,12 @@ class LedgerHandle:
         return holder
 
 
+STORE_ENV = "KSTB_DEVNET_STORE"
+"""Environment default for ``LocalSystem.store`` (the e2e suite's PostgreSQL pass)."""
+POSTGRES_ENV = "KSTB_DEVNET_POSTGRES"
+"""Environment default for ``LocalSystem.postgres_server``."""
+
+
 @dataclass
 class LocalSystem:
     """Ledgers, committee, relayers and coordinator on 127.0.0.1 under ``workdir``."""
@@ -244,6 +251,56 @@ class LocalSystem:
     tracing_endpoint: str = ""
     """An OTLP/HTTP traces URL: every bridge process exports its spans there."""
     probe_interval: float = 0.5
+
+    # ---- coordinator database (ADR 0013)
+    store: str = field(default_factory=lambda: os.environ.get(STORE_ENV, "sqlite"))
+    """The coordinator's engine: ``sqlite`` (the default, ``state/coordinator.sqlite``) or
+    ``postgres`` (a fresh database created on the server named by ``postgres_server``)."""
+    postgres_server: str = field(default_factory=lambda: os.environ.get(POSTGRES_ENV, ""))
+    """A ``postgresql://user@host:port/maintenance-db`` URL (trust or env password) on
+    which ``store="postgres"`` creates this system's own database."""
+
+    coordinator_database: str = ""
+    """The coordinator's ``database`` setting as written (path relative to ``workdir``, or URL)."""
+
+    def query_coordinator(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Read-only rows from the coordinator's database (either engine; ``?`` placeholders):
+        the devnet's own inspection, not a component's."""
+        if self.coordinator_database.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.coordinator_database, autocommit=True) as conn:
+                conn.execute("SET default_transaction_read_only = on")
+                cur = conn.execute(sql.replace("?", "%s"), tuple(args))
+                return [tuple(r) for r in cur.fetchall()]
+        import sqlite3
+
+        path = self.workdir / (self.coordinator_database or "state/coordinator.sqlite")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return [tuple(r) for r in db.execute(sql, tuple(args)).fetchall()]
+        finally:
+            db.close()
+
+    def _coordinator_database(self) -> str:
+        """The coordinator's ``database`` setting (creating the PostgreSQL database)."""
+        self.coordinator_database = self._new_coordinator_database()
+        return self.coordinator_database
+
+    def _new_coordinator_database(self) -> str:
+        if self.store == "sqlite":
+            return "state/coordinator.sqlite"
+        if self.store != "postgres" or not self.postgres_server:
+            raise ValueError(f"store={self.store!r} needs postgres_server (or {POSTGRES_ENV})")
+        import secrets
+        from urllib.parse import urlsplit, urlunsplit
+
+        import psycopg
+
+        name = "kstb_" + secrets.token_hex(6)
+        with psycopg.connect(self.postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return urlunsplit(urlsplit(self.postgres_server)._replace(path="/" + name, query=""))
 
     # -- ledgers ---------------------------------------------------------------------------
     def start_ledgers(self) -> None:
@@ -598,7 +655,7 @@ class LocalSystem:
                 {
                     "network": "network.toml",
                     "listen": f"127.0.0.1:{self.ports['coordinator']}",
-                    "database": "state/coordinator.sqlite",
+                    "database": self._coordinator_database(),
                     "transfer_ttl": self.transfer_ttl,
                     "supply_heartbeat": self.supply_heartbeat,
                     "verifiers": verifiers,

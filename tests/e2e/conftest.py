@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 import uuid
@@ -11,15 +12,50 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.devnet.client import RoutedTransferStub
-from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.devnet.system import DEMO_ISIN, POSTGRES_ENV, STORE_ENV, LocalSystem
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.supply import Attestation
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.evm import deploy
 from bridge.supply_client import SupplyFeed
 from bridge.v1 import transfer_pb2
+from tests.postgres import start_cluster
 
 BLOCK_TIME = 0.5
+
+E2E_STORE_ENV = "KSTB_E2E_STORE"
+"""``postgres``: every LocalSystem of the session runs its coordinator on PostgreSQL."""
+
+
+def _on_postgres() -> bool:
+    return os.environ.get(E2E_STORE_ENV, "sqlite") == "postgres"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In the PostgreSQL pass, every e2e test also carries the ``postgres`` marker."""
+    if _on_postgres():
+        for item in items:
+            if "/tests/e2e/" in str(item.path):
+                item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def coordinator_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The coordinator engine of this session's systems. With KSTB_E2E_STORE=postgres a
+    real cluster is started here (initdb + pg_ctl under the basetemp) and each LocalSystem
+    creates its own database on it (ADR 0013)."""
+    if not _on_postgres():
+        yield "sqlite"
+        return
+    cluster = start_cluster(tmp_path_factory.mktemp("postgres"))
+    os.environ[STORE_ENV] = "postgres"
+    os.environ[POSTGRES_ENV] = cluster.url("postgres")
+    try:
+        yield "postgres"
+    finally:
+        os.environ.pop(STORE_ENV, None)
+        os.environ.pop(POSTGRES_ENV, None)
+        cluster.stop()
 
 
 @pytest.fixture(scope="package")

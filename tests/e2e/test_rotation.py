@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -410,15 +409,12 @@ def set_balance(s: LocalSystem, ledger: str, address: str, wei: int) -> None:
 
 def decision_row(s: LocalSystem, tid: str) -> tuple[int, str, dict[str, Any]]:
     """The coordinator's decision row (kind, cause, certificates), read-only."""
-    db = sqlite3.connect(f"file:{s.workdir / 'state' / 'coordinator.sqlite'}?mode=ro", uri=True)
-    try:
-        row = db.execute(
-            "SELECT kind, cause, certificates FROM decisions WHERE transfer_id = ?",
-            (bytes.fromhex(tid.removeprefix("0x")),),
-        ).fetchone()
-    finally:
-        db.close()
-    assert row is not None, "no decision recorded"
+    rows = s.query_coordinator(
+        "SELECT kind, cause, certificates FROM decisions WHERE transfer_id = ?",
+        (bytes.fromhex(tid.removeprefix("0x")),),
+    )
+    assert rows, "no decision recorded"
+    row = rows[0]
     return int(row[0]), str(row[1]), json.loads(row[2])
 
 

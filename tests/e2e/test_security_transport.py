@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import sqlite3
 import ssl
 import threading
 from collections.abc import Iterator
@@ -342,14 +341,10 @@ def test_a_relayer_cannot_deliver_another_ledgers_events(system: LocalSystem) ->
         )
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert exc.value.details() == f"relayer:{A} may deliver events of ledger {A} only, not '{B}'"
-    db = sqlite3.connect(system.workdir / "state" / "coordinator.sqlite")
-    try:
-        rows = db.execute(
-            "SELECT COUNT(*) FROM ledger_events WHERE transfer_id = ?", (b"\x42" * 32,)
-        ).fetchone()[0]
-        progress = db.execute("SELECT * FROM ledger_progress WHERE ledger = ?", (B,)).fetchall()
-    finally:
-        db.close()
+    rows = system.query_coordinator(
+        "SELECT COUNT(*) FROM ledger_events WHERE transfer_id = ?", (b"\x42" * 32,)
+    )[0][0]
+    progress = system.query_coordinator("SELECT * FROM ledger_progress WHERE ledger = ?", (B,))
     assert rows == 0, "the forged event was not recorded"
     assert all(10**9 not in row for row in progress), "the scanned height was not recorded"
 

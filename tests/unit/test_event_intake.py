@@ -218,6 +218,7 @@ async def test_a_store_written_before_origins_marks_old_adoptions(tmp_path: Path
     store.close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE transfers DROP COLUMN origin")
+    db.execute("DROP TABLE schema_version")  # such a file predates schema versions too
     db.commit()
     db.close()
     again = SqliteTransferStore(path)
@@ -306,6 +307,7 @@ async def test_the_origin_migration_does_not_label_a_squatting_row_adopted(
     store.close()
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE transfers DROP COLUMN origin")
+    db.execute("DROP TABLE schema_version")  # such a file predates schema versions too
     db.commit()
     db.close()
     again = SqliteTransferStore(path)

@@ -614,7 +614,7 @@ async def test_manager_proposes_with_evidence_certifies_and_installs(tmp_path: P
     assert ledgers["b"].installs == [2] and ledgers["a"].installs == [2]
     view = await m.view(2)
     assert {x.status for x in view.ledgers} == {ACTIVE}
-    chain = m.chain(1)
+    chain = await m.chain(1)
     assert [c.proposal for c in chain] == [p]
     assert chain_committees(e1, chain)[2] == p.committee
 
@@ -634,7 +634,7 @@ async def test_manager_resumes_after_a_crash_and_reads_installs_back(tmp_path: P
     await m2.install_pending()
     assert ledgers["a"].installs == [2], "read back from the ledger, not sent again"
     assert all(x.tx_id == "" or x.status for x in (await m2.view(2)).ledgers)
-    assert m2._store.pending() == []
+    assert await m2._store.pending() == []
     ledgers["b"].refuse = None
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bridge.coordinator.db import open_database
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.store import SqliteTransferStore
+from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
@@ -74,9 +75,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "coordinator.sqlite"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_store(request: pytest.FixtureRequest, db_path: Path) -> Callable[[], SqlTransferStore]:
+    """Open a store on this test's database (the same one every call): the SQLite file,
+    or a fresh schema of the module's PostgreSQL database (a real cluster; ADR 0013)."""
+    if request.param == "sqlite":
+        return lambda: SqliteTransferStore(db_path)
+    url = request.getfixturevalue("fresh_pg_url")
+    return lambda: SqlTransferStore(open_database(url))
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteTransferStore]:
-    s = SqliteTransferStore(db_path)
+def store(make_store: Callable[[], SqlTransferStore]) -> Iterator[SqlTransferStore]:
+    s = make_store()
     yield s
     s.close()
 
@@ -98,7 +109,7 @@ def event(tid: bytes, height: int, index: int, state: LegState = LegState.LOCKED
 # -- create / get --------------------------------------------------------------------------
 
 
-async def test_create_then_get(store: SqliteTransferStore) -> None:
+async def test_create_then_get(store: SqlTransferStore) -> None:
     rec = make_record(1, amount=2**256 - 1)
     stored, created = await store.create(rec)
     assert created
@@ -109,7 +120,7 @@ async def test_create_then_get(store: SqliteTransferStore) -> None:
     assert await store.get_by_key(rec.request.source_ledger, "nope") is None
 
 
-async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
+async def test_create_is_idempotent_per_key(store: SqlTransferStore) -> None:
     original = make_record(1, key="order-7")
     await store.create(original)
     retry = make_record(2, key="order-7", amount=555)  # other terms, same key
@@ -124,7 +135,7 @@ async def test_create_is_idempotent_per_key(store: SqliteTransferStore) -> None:
 
 
 @pytest.mark.security
-async def test_keys_are_scoped_per_source_ledger(store: SqliteTransferStore) -> None:
+async def test_keys_are_scoped_per_source_ledger(store: SqlTransferStore) -> None:
     mine = make_record(1, key="order-1")
     theirs = make_record(2, key="order-1", source_ledger="brokerage-c")
     assert (await store.create(mine))[1] is True
@@ -136,7 +147,7 @@ async def test_keys_are_scoped_per_source_ledger(store: SqliteTransferStore) -> 
 
 
 @pytest.mark.security
-async def test_same_transfer_under_another_key_is_a_conflict(store: SqliteTransferStore) -> None:
+async def test_same_transfer_under_another_key_is_a_conflict(store: SqlTransferStore) -> None:
     rec = make_record(1, key="first")
     await store.create(rec)
     again = dataclasses.replace(
@@ -180,13 +191,16 @@ async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
     )
     for r in [*recs, adopted]:
         await s.create(r)
-    rows = s._db.execute(
-        "SELECT seq, transfer_id, idempotency_key, request, terms, security, state, reason,"
-        " created_at, updated_at, transactions FROM transfers ORDER BY seq"
-    ).fetchall()
+    rows = s._db.run_sync(
+        lambda c: c.execute(
+            "SELECT seq, transfer_id, idempotency_key, request, terms, security, state, reason,"
+            " created_at, updated_at, transactions FROM transfers ORDER BY seq"
+        ).fetchall()
+    )
     s.close()
     raw = sqlite3.connect(db_path)
-    raw.executescript("DROP TABLE transfers;" + _V1_TRANSFERS)
+    # A file written before the schema was versioned has no schema_version table either.
+    raw.executescript("DROP TABLE transfers; DROP TABLE schema_version;" + _V1_TRANSFERS)
     raw.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
     raw.commit()
     raw.close()
@@ -208,7 +222,7 @@ async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
     SqliteTransferStore(db_path).close()  # opening a migrated file again changes nothing
 
 
-async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> None:
+async def test_create_writes_first_history_entry(store: SqlTransferStore) -> None:
     rec = make_record(3, state=TransferState.SOURCE_LOCKED)
     await store.create(rec)
     (entry,) = await store.history(rec.transfer_id, 0)
@@ -223,7 +237,7 @@ async def test_create_writes_first_history_entry(store: SqliteTransferStore) -> 
 # -- state and history ---------------------------------------------------------------------
 
 
-async def test_set_state_appends_history_only_on_change(store: SqliteTransferStore) -> None:
+async def test_set_state_appends_history_only_on_change(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     tid = rec.transfer_id
@@ -244,7 +258,7 @@ async def test_set_state_appends_history_only_on_change(store: SqliteTransferSto
     assert await store.history(tid, 4) == []
 
 
-async def test_history_sequences_are_per_transfer(store: SqliteTransferStore) -> None:
+async def test_history_sequences_are_per_transfer(store: SqlTransferStore) -> None:
     a, b = make_record(1), make_record(2)
     await store.create(a)
     await store.create(b)
@@ -254,7 +268,7 @@ async def test_history_sequences_are_per_transfer(store: SqliteTransferStore) ->
     assert [h.detail for h in await store.history(a.transfer_id, 0)] == ["accepted", "a"]
 
 
-async def test_set_state_of_unknown_transfer_raises(store: SqliteTransferStore) -> None:
+async def test_set_state_of_unknown_transfer_raises(store: SqlTransferStore) -> None:
     with pytest.raises(KeyError):
         await store.set_state(w(0x42), TransferState.FAILED, "", "")
     # The failed transaction was rolled back and the store is still usable.
@@ -262,7 +276,7 @@ async def test_set_state_of_unknown_transfer_raises(store: SqliteTransferStore) 
     assert created
 
 
-async def test_set_reason_and_transactions(store: SqliteTransferStore) -> None:
+async def test_set_reason_and_transactions(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     await store.set_reason(rec.transfer_id, "waiting for finality")
@@ -280,7 +294,7 @@ async def test_set_reason_and_transactions(store: SqliteTransferStore) -> None:
 # -- decisions -----------------------------------------------------------------------------
 
 
-async def test_record_decision_keeps_the_first(store: SqliteTransferStore) -> None:
+async def test_record_decision_keeps_the_first(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
     tid = rec.transfer_id
@@ -304,7 +318,7 @@ async def test_record_decision_keeps_the_first(store: SqliteTransferStore) -> No
 # -- events --------------------------------------------------------------------------------
 
 
-async def test_record_events_dedupes_by_position(store: SqliteTransferStore) -> None:
+async def test_record_events_dedupes_by_position(store: SqlTransferStore) -> None:
     tid = w(0x01)
     e1, e2, e3 = event(tid, 10, 0), event(tid, 10, 1), event(tid, 11, 0)
     assert await store.record_events("brokerage-a", [e1, e2], scanned=10) == [e1, e2]
@@ -316,7 +330,7 @@ async def test_record_events_dedupes_by_position(store: SqliteTransferStore) -> 
     assert await store.record_events("brokerage-b", [e1], scanned=10) == [e1]
 
 
-async def test_scanned_height_never_decreases(store: SqliteTransferStore) -> None:
+async def test_scanned_height_never_decreases(store: SqlTransferStore) -> None:
     assert await store.scanned_height("brokerage-a") is None
     await store.record_events("brokerage-a", [], scanned=20)
     assert await store.scanned_height("brokerage-a") == 20
@@ -330,7 +344,7 @@ async def test_scanned_height_never_decreases(store: SqliteTransferStore) -> Non
 # -- listing -------------------------------------------------------------------------------
 
 
-async def test_list_paginates_in_creation_order(store: SqliteTransferStore) -> None:
+async def test_list_paginates_in_creation_order(store: SqlTransferStore) -> None:
     recs = [make_record(n) for n in range(1, 6)]
     for r in recs:
         await store.create(r)
@@ -345,7 +359,7 @@ async def test_list_paginates_in_creation_order(store: SqliteTransferStore) -> N
     assert cursor3 == 0
 
 
-async def test_list_exact_fit_has_no_next_page(store: SqliteTransferStore) -> None:
+async def test_list_exact_fit_has_no_next_page(store: SqlTransferStore) -> None:
     for n in range(1, 5):
         await store.create(make_record(n))
     page, cursor = await store.list_transfers(None, None, 4, 0)
@@ -355,7 +369,7 @@ async def test_list_exact_fit_has_no_next_page(store: SqliteTransferStore) -> No
     assert (len(page), cursor) == (4, 0)
 
 
-async def test_list_filters_by_state_and_security(store: SqliteTransferStore) -> None:
+async def test_list_filters_by_state_and_security(store: SqlTransferStore) -> None:
     await store.create(make_record(1, security="KR7005930003"))
     await store.create(make_record(2, security="US0378331005"))
     await store.create(make_record(3, security="KR7005930003"))
@@ -380,7 +394,7 @@ async def test_list_filters_by_state_and_security(store: SqliteTransferStore) ->
     assert c == 0
 
 
-async def test_unfinished_excludes_terminal(store: SqliteTransferStore) -> None:
+async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     states = [
         TransferState.SUBMITTED,
         TransferState.COMMITTED,
@@ -400,9 +414,9 @@ async def test_unfinished_excludes_terminal(store: SqliteTransferStore) -> None:
 # -- durability ----------------------------------------------------------------------------
 
 
-async def test_data_survives_reopening(db_path: Path) -> None:
+async def test_data_survives_reopening(make_store: Callable[[], SqlTransferStore]) -> None:
     rec = make_record(1)
-    first = SqliteTransferStore(db_path)
+    first = make_store()
     await first.create(rec)
     await first.set_state(rec.transfer_id, TransferState.COMMITTING, "r", "d")
     await first.record_decision(
@@ -411,7 +425,7 @@ async def test_data_survives_reopening(db_path: Path) -> None:
     await first.record_events("brokerage-a", [event(rec.transfer_id, 5, 0)], scanned=5)
     first.close()
 
-    second = SqliteTransferStore(db_path)
+    second = make_store()
     try:
         got = await second.get(rec.transfer_id)
         assert got is not None
@@ -425,3 +439,22 @@ async def test_data_survives_reopening(db_path: Path) -> None:
         assert created is False
     finally:
         second.close()
+
+
+async def test_a_new_state_ends_the_flow_wait_in_the_same_transaction(
+    store: SqlTransferStore,
+) -> None:
+    """Store calls really suspend (ADR 0013): the wait must end with the state change, not
+    in a separate call a reader could see between (QUEUED without its wait)."""
+    from bridge.domain.flow import WaitReason
+
+    rec = make_record(1)
+    await store.create(rec)
+    await store.set_wait(rec.transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 2_000_000_000.0)
+    queued = await store.set_state(rec.transfer_id, TransferState.QUEUED, "queued: x", "q")
+    assert (queued.wait_reason, queued.not_before) == (
+        WaitReason.SOURCE_OUTBOUND_CAPACITY,
+        2_000_000_000.0,
+    )
+    moved = await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
+    assert (moved.wait_reason, moved.not_before) == (WaitReason.NONE, 0.0)

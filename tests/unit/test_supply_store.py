@@ -4,12 +4,18 @@ confirmations, holds and their release."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bridge.coordinator.supply_store import Hold, SqliteSupplyStore, StoredRegistration
+from bridge.coordinator.db import open_database
+from bridge.coordinator.supply_store import (
+    Hold,
+    SqliteSupplyStore,
+    SqlSupplyStore,
+    StoredRegistration,
+)
 from bridge.domain.errors import NotFound, PreconditionFailed
 from bridge.domain.issuance import HoldRelease, Registration
 from bridge.domain.signer import LocalKeySigner
@@ -73,15 +79,25 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "coord" / "supply.sqlite"  # parent created by the store
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_store(request: pytest.FixtureRequest, db_path: Path) -> Callable[[], SqlSupplyStore]:
+    """Open a store on this test's database (the same one every call): the SQLite file,
+    or a fresh schema of the module's PostgreSQL database (a real cluster; ADR 0013)."""
+    if request.param == "sqlite":
+        return lambda: SqliteSupplyStore(db_path)
+    url = request.getfixturevalue("fresh_pg_url")
+    return lambda: SqlSupplyStore(open_database(url))
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteSupplyStore]:
-    s = SqliteSupplyStore(db_path)
+def store(make_store: Callable[[], SqlSupplyStore]) -> Iterator[SqlSupplyStore]:
+    s = make_store()
     yield s
     s.close()
 
 
 async def append_next(
-    store: SqliteSupplyStore,
+    store: SqlSupplyStore,
     totals: dict[str, int],
     registered: dict[str, int] | None = None,
     *,
@@ -115,7 +131,7 @@ async def append_next(
 # -- registrations ---------------------------------------------------------------------------
 
 
-async def test_nothing_is_registered_initially(store: SqliteSupplyStore) -> None:
+async def test_nothing_is_registered_initially(store: SqlSupplyStore) -> None:
     assert await store.registration(ISIN) is None
     assert await store.registered_securities() == []
     assert await store.confirmed(ISIN) == {}
@@ -124,7 +140,7 @@ async def test_nothing_is_registered_initially(store: SqliteSupplyStore) -> None
     assert await store.feed(0, 10) == []
 
 
-async def test_first_registration_must_be_version_1(store: SqliteSupplyStore) -> None:
+async def test_first_registration_must_be_version_1(store: SqlSupplyStore) -> None:
     with pytest.raises(
         PreconditionFailed,
         match=rf"^registration version 0 of {ISIN} is in force; the next must be version 1, not 2$",
@@ -139,7 +155,7 @@ async def test_first_registration_must_be_version_1(store: SqliteSupplyStore) ->
     assert (got.signature, got.operator) == (SIG, OPERATOR)
 
 
-async def test_next_registration_must_be_exactly_one_more(store: SqliteSupplyStore) -> None:
+async def test_next_registration_must_be_exactly_one_more(store: SqlSupplyStore) -> None:
     assert await store.register(stored(ISIN, 1, {"a": 1000}))
     with pytest.raises(
         PreconditionFailed, match=r"version 1 of .* is in force; the next must be version 2, not 3"
@@ -160,7 +176,7 @@ async def test_next_registration_must_be_exactly_one_more(store: SqliteSupplySto
         await store.register(stored(ISIN, 2, {"a": 1200}))
 
 
-async def test_an_exact_repeat_changes_nothing(store: SqliteSupplyStore) -> None:
+async def test_an_exact_repeat_changes_nothing(store: SqlSupplyStore) -> None:
     first = stored(ISIN, 1, {"a": 1000, "b": 0})
     assert await store.register(first) is True
     assert await store.register(first) is False
@@ -181,13 +197,13 @@ async def test_an_exact_repeat_changes_nothing(store: SqliteSupplyStore) -> None
     assert current.signature == SIG
 
 
-async def test_first_registration_confirms_its_totals(store: SqliteSupplyStore) -> None:
+async def test_first_registration_confirms_its_totals(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"b": 250, "a": 750}))
     assert await store.confirmed(ISIN) == {"a": 750, "b": 250}
     assert await store.registered_securities() == [ISIN]
 
 
-async def test_a_later_added_ledger_starts_confirmed_at_zero(store: SqliteSupplyStore) -> None:
+async def test_a_later_added_ledger_starts_confirmed_at_zero(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 1000}))
     await store.register(stored(ISIN, 2, {"a": 1100, "z": 40}))
     # a keeps what a record last confirmed (the new 1100 is an issuance still to come);
@@ -195,7 +211,7 @@ async def test_a_later_added_ledger_starts_confirmed_at_zero(store: SqliteSupply
     assert await store.confirmed(ISIN) == {"a": 1000, "z": 0}
 
 
-async def test_securities_register_independently(store: SqliteSupplyStore) -> None:
+async def test_securities_register_independently(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 1}))
     await store.register(stored(ISIN, 2, {"a": 2}))
     assert await store.register(stored(OTHER_ISIN, 1, {"b": 7}))
@@ -209,7 +225,7 @@ async def test_securities_register_independently(store: SqliteSupplyStore) -> No
 # -- records ---------------------------------------------------------------------------------
 
 
-async def test_append_enforces_the_next_sequence(store: SqliteSupplyStore) -> None:
+async def test_append_enforces_the_next_sequence(store: SqlSupplyStore) -> None:
     with pytest.raises(PreconditionFailed, match=rf"^record {ISIN}#2 does not follow #0$"):
         await store.append(SignedRecord(record(2, {"a": 1}), ()), CLEAN, 1.0)
     first = await store.append(SignedRecord(record(1, {"a": 1}), ()), CLEAN, 1.0)
@@ -223,7 +239,7 @@ async def test_append_enforces_the_next_sequence(store: SqliteSupplyStore) -> No
     assert [a.signed.record.sequence for a in await store.security_feed(ISIN, 0, 10)] == [1, 2]
 
 
-async def test_append_returns_and_stores_the_attestation(store: SqliteSupplyStore) -> None:
+async def test_append_returns_and_stores_the_attestation(store: SqlSupplyStore) -> None:
     signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(3)]
     await store.register(stored(ISIN, 1, {"a": 1000, "b": 0}))
     r = record(1, {"a": 1000, "b": 0})
@@ -238,7 +254,7 @@ async def test_append_returns_and_stores_the_attestation(store: SqliteSupplyStor
     assert latest.signed.signatures == signed.signatures
 
 
-async def test_append_applies_confirmations(store: SqliteSupplyStore) -> None:
+async def test_append_applies_confirmations(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 1000}))
     await store.register(stored(ISIN, 2, {"a": 1100, "b": 50}))
     registered = {"a": 1100, "b": 50}
@@ -255,7 +271,7 @@ async def test_append_applies_confirmations(store: SqliteSupplyStore) -> None:
 
 
 async def test_a_hold_reason_raises_a_hold_that_later_records_carry(
-    store: SqliteSupplyStore,
+    store: SqlSupplyStore,
 ) -> None:
     await store.register(stored(ISIN, 1, {"a": 1000}))
     clean, _ = await append_next(store, {"a": 1000}, {"a": 1000}, now=10.0)
@@ -286,7 +302,7 @@ async def test_a_hold_reason_raises_a_hold_that_later_records_carry(
     assert (stored_latest.held, stored_latest.hold_reason) == (True, fixed.hold_reason)
 
 
-async def test_several_hold_reasons_are_joined(store: SqliteSupplyStore) -> None:
+async def test_several_hold_reasons_are_joined(store: SqlSupplyStore) -> None:
     a = Assessment(("first reason", "second reason"), ("a note",), {})
     attn = await store.append(SignedRecord(record(1, {"a": 1}), ()), a, 5.0)
     assert attn.hold_reason == "held since record #1: first reason; second reason"
@@ -294,7 +310,7 @@ async def test_several_hold_reasons_are_joined(store: SqliteSupplyStore) -> None
     assert await store.hold(ISIN) == Hold(ISIN, 1, "first reason; second reason", 5.0)
 
 
-async def test_a_refused_append_changes_nothing(store: SqliteSupplyStore) -> None:
+async def test_a_refused_append_changes_nothing(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 1000}))
     bad = Assessment(("boom",), (), {"a": 5})
     with pytest.raises(PreconditionFailed):
@@ -307,7 +323,7 @@ async def test_a_refused_append_changes_nothing(store: SqliteSupplyStore) -> Non
 # -- releasing a hold ------------------------------------------------------------------------
 
 
-async def test_release_when_nothing_is_held_is_not_found(store: SqliteSupplyStore) -> None:
+async def test_release_when_nothing_is_held_is_not_found(store: SqlSupplyStore) -> None:
     with pytest.raises(NotFound, match=rf"^{ISIN} is not held$"):
         await store.release(HoldRelease(ISIN, 1, T0), OPERATOR)
     await store.register(stored(ISIN, 1, {"a": 1000}))
@@ -316,7 +332,7 @@ async def test_release_when_nothing_is_held_is_not_found(store: SqliteSupplyStor
         await store.release(HoldRelease(ISIN, 1, T0), OPERATOR)
 
 
-async def test_release_lifecycle(store: SqliteSupplyStore) -> None:
+async def test_release_lifecycle(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 1000}))
     await append_next(store, {"a": 1000})  # 1
     await append_next(store, {"a": 990})  # 2: raises the hold
@@ -352,7 +368,7 @@ async def test_release_lifecycle(store: SqliteSupplyStore) -> None:
         await store.release(HoldRelease(ISIN, 2, T0), OPERATOR)
 
 
-async def test_release_is_per_security(store: SqliteSupplyStore) -> None:
+async def test_release_is_per_security(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 10}))
     await store.register(stored(OTHER_ISIN, 1, {"a": 10}))
     await append_next(store, {"a": 11})
@@ -368,7 +384,7 @@ async def test_release_is_per_security(store: SqliteSupplyStore) -> None:
 # -- the feed --------------------------------------------------------------------------------
 
 
-async def test_feed_and_security_feed_pagination(store: SqliteSupplyStore) -> None:
+async def test_feed_and_security_feed_pagination(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 10}))
     await store.register(stored(OTHER_ISIN, 1, {"a": 20}))
     appended = []
@@ -406,7 +422,7 @@ async def test_feed_and_security_feed_pagination(store: SqliteSupplyStore) -> No
     assert other_latest == appended[3]
 
 
-async def test_the_feed_chains_records(store: SqliteSupplyStore) -> None:
+async def test_the_feed_chains_records(store: SqlSupplyStore) -> None:
     await store.register(stored(ISIN, 1, {"a": 10}))
     for _ in range(3):
         await append_next(store, {"a": 10})
@@ -419,8 +435,8 @@ async def test_the_feed_chains_records(store: SqliteSupplyStore) -> None:
 # -- durability ------------------------------------------------------------------------------
 
 
-async def test_everything_survives_reopening(db_path: Path) -> None:
-    first = SqliteSupplyStore(db_path)
+async def test_everything_survives_reopening(make_store: Callable[[], SqlSupplyStore]) -> None:
+    first = make_store()
     await first.register(stored(ISIN, 1, {"a": 1000}))
     await first.register(stored(ISIN, 2, {"a": 1100, "b": 5}, note="issuance"))
     signers = [LocalKeySigner(secrets.token_bytes(32)) for _ in range(2)]
@@ -436,7 +452,7 @@ async def test_everything_survives_reopening(db_path: Path) -> None:
     hold = await first.hold(ISIN)
     first.close()
 
-    second = SqliteSupplyStore(db_path)
+    second = make_store()
     try:
         assert await second.registration(ISIN) == registration
         assert registration is not None
@@ -460,7 +476,7 @@ async def test_everything_survives_reopening(db_path: Path) -> None:
     finally:
         second.close()
 
-    third = SqliteSupplyStore(db_path)
+    third = make_store()
     try:
         assert await third.hold(ISIN) is None
         assert [a.feed_sequence for a in await third.feed(0, 10)] == [1, 2]

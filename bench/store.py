@@ -1,0 +1,169 @@
+"""Throughput of the coordinator's store alone: PostgreSQL vs SQLite (ADR 0013).
+
+Each engine runs the same workload through the real store classes (``SqlTransferStore``,
+``SqlSupplyStore``; every call a durable transaction in the database's worker thread, as
+the coordinator uses them): ``--transfers`` transfers, each created and driven through the
+coordinator's write pattern (create; SOURCE_LOCKED, TARGET_PREPARED, COMMITTING with a
+recorded decision and two transactions; COMMITTED; a history read), ``--concurrency`` of
+them at a time, plus ``--records`` supply-feed appends. SQLite writes a WAL file with
+``synchronous=FULL`` under a temporary directory; PostgreSQL is a throwaway cluster
+(``initdb``/``pg_ctl``, default settings: fsync on, synchronous_commit on) on loopback.
+
+Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
+machine (CPU count and model, kernel). ``--json PATH`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bridge.coordinator.db import Database, open_database
+from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
+from bridge.coordinator.store import SqlTransferStore
+from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.devnet.postgres import start_cluster
+from bridge.domain.claims import ClaimKind
+from bridge.domain.legs import SignatureSet
+from bridge.domain.supply import (
+    GENESIS_HASH,
+    Assessment,
+    SignedRecord,
+    SupplyReading,
+    make_record,
+)
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+
+ADDR = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+
+
+def transfer(n: int) -> TransferRecord:
+    """A distinct transfer record (``n`` makes the nonce and key)."""
+    w = bytes(32)
+    terms = TransferTerms(
+        nonce=secrets.token_bytes(24) + n.to_bytes(8, "big"),
+        security=b"KR7005930003".ljust(32, b"\0"),
+        amount=100,
+        src_ledger=b"\xa0" * 32,
+        src_bridge=w,
+        dst_ledger=b"\xa1" * 32,
+        dst_bridge=w,
+        sender=bytes(12) + bytes.fromhex(ADDR[2:]),
+        recipient=bytes(12) + bytes.fromhex(ADDR[2:]),
+        instructor=bytes(12) + b"\x1e" * 20,
+        deadline=1_900_000_000,
+    )
+    request = TransferRequest(f"k-{n}", "KR7005930003", "a", "b", ADDR, ADDR, 100)
+    now = time.time()
+    return TransferRecord(terms.transfer_id, request, terms, TransferState.SUBMITTED, "", now, now)
+
+
+async def drive(store: SqlTransferStore, n: int) -> None:
+    """One transfer through the coordinator's write pattern."""
+    rec = transfer(n)
+    await store.create(rec)
+    tid = rec.transfer_id
+    await store.set_state(tid, TransferState.SOURCE_LOCKED, "", "locked")
+    await store.add_transaction(tid, "lock", f"0x{n:064x}")
+    await store.set_state(tid, TransferState.TARGET_PREPARED, "", "prepared")
+    cert = SignatureSet(1, (b"\x01" * 65, b"\x02" * 65, b"\x03" * 65))
+    await store.record_decision(tid, Decision(ClaimKind.COMMIT, {"a": cert, "b": cert}))
+    await store.set_state(tid, TransferState.COMMITTING, "", "committing")
+    await store.add_transaction(tid, "mint", f"0x{n + 1:064x}")
+    await store.set_state(tid, TransferState.COMMITTED, "", "done")
+    await store.history(tid, 0)
+
+
+async def run_engine(
+    db: Database, transfers: int, concurrency: int, records: int
+) -> dict[str, float]:
+    """The workload on ``db``; figures in operations per second."""
+    store, supply = SqlTransferStore(db), SqlSupplyStore(db)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(n: int) -> None:
+        async with sem:
+            await drive(store, n)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(transfers)))
+    t_transfers = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    previous = GENESIS_HASH
+    for seq in range(1, records + 1):
+        reading = SupplyReading("a", seq, bytes([seq % 256]) * 32, 10, 0, 0, 0, 0)
+        rec = make_record("BENCH0000001", seq, previous, 1, seq, [reading], {"a": 10},
+                          registration_version=1)  # fmt: skip
+        await supply.append(SignedRecord(rec, (b"\x5a" * 65,)), Assessment((), (), {}), seq)
+        previous = rec.digest
+    t_records = time.perf_counter() - t0
+    store.close()
+    supply.close()
+    return {
+        "transfers_per_s": transfers / t_transfers,
+        "feed_appends_per_s": records / t_records,
+        "transfer_seconds": t_transfers,
+        "record_seconds": t_records,
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version()}  # fmt: skip
+
+
+def main() -> None:
+    """Run both engines and print (and optionally write) the figures."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--transfers", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--records", type=int, default=200)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
+    with tempfile.TemporaryDirectory(prefix="kstb-bench-store-") as tmp:
+        sqlite_db = open_database(Path(tmp) / "coordinator.sqlite")
+        out["sqlite"] = asyncio.run(run_engine(sqlite_db, a.transfers, a.concurrency, a.records))
+        cluster = start_cluster(Path(tmp) / "pg")
+        try:
+            pg_db = open_database(cluster.create_database("bench"))
+            out["postgres"] = asyncio.run(run_engine(pg_db, a.transfers, a.concurrency, a.records))
+        finally:
+            cluster.stop()
+    out["ratio_postgres_over_sqlite"] = {
+        k: out["postgres"][k] / out["sqlite"][k] for k in ("transfers_per_s", "feed_appends_per_s")
+    }
+    for engine in ("sqlite", "postgres"):
+        f = out[engine]
+        print(f"{engine:9s} {f['transfers_per_s']:8.1f} transfers/s"
+              f" {f['feed_appends_per_s']:8.1f} feed appends/s")  # fmt: skip
+    r = out["ratio_postgres_over_sqlite"]
+    print(f"ratio pg/sqlite: transfers {r['transfers_per_s']:.2f}x,"
+          f" feed appends {r['feed_appends_per_s']:.2f}x")  # fmt: skip
+    m = out["machine"]
+    print(f"machine: {m['cpus']} CPUs, {m['cpu_model']}, kernel {m['kernel']}")
+    if a.json is not None:
+        a.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

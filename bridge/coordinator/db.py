@@ -1,0 +1,272 @@
+"""The coordinator's database connection, off the event loop, for SQLite or PostgreSQL.
+
+A :class:`Database` owns ONE connection and ONE worker thread. Every statement of the
+coordinator's stores runs in that thread (``await db.read(fn)`` / ``await db.write(fn)``),
+so no database call ever blocks the event loop, and the calls of one process are applied
+one at a time in submission order, exactly as the single sqlite3 connection did before
+(ADR 0013). ``write`` runs ``fn`` in one transaction (SQLite ``BEGIN IMMEDIATE``,
+PostgreSQL ``BEGIN``) and commits it before returning; any exception rolls it back.
+
+The stores write their SQL once, in the subset both engines share; :class:`Conn`
+translates placeholders and exposes the few places the dialects differ
+(:meth:`Conn.json_text`, :meth:`Conn.greatest`, :attr:`Conn.for_update`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
+
+
+class Dialect(enum.Enum):
+    """The SQL engine behind a :class:`Database`."""
+
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the stores use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Conn:
+    """A connection as the stores see it, inside the database's worker thread only."""
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self._raw = raw
+        self.dialect = dialect
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+        """Run one statement with ``?`` placeholders (translated for PostgreSQL)."""
+        if self.dialect is Dialect.POSTGRES:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+            cur = self._raw.cursor()
+            cur.execute(sql, tuple(args))
+            return _PgCursor(cur)
+        result: Cursor = self._raw.execute(sql, tuple(args))
+        return result
+
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text of top-level ``key`` of the JSON object in ``column``."""
+        if self.dialect is Dialect.POSTGRES:
+            return f"({column}::jsonb ->> '{key}')"
+        return f"json_extract({column}, '$.{key}')"
+
+    def greatest(self, a: str, b: str) -> str:
+        """SQL for the larger of two scalar expressions."""
+        name = "GREATEST" if self.dialect is Dialect.POSTGRES else "MAX"
+        return f"{name}({a}, {b})"
+
+    @property
+    def for_update(self) -> str:
+        """`` FOR UPDATE`` on PostgreSQL (row lock until commit); SQLite's write
+        transactions (BEGIN IMMEDIATE) already exclude every other writer."""
+        return " FOR UPDATE" if self.dialect is Dialect.POSTGRES else ""
+
+
+class _PgCursor:
+    """A psycopg cursor whose rows are plain tuples (``bytes`` for BYTEA)."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone() if self._cur.description is not None else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cur.fetchall()) if self._cur.description is not None else []
+
+
+class Database:
+    """One connection served by one worker thread; see the module docstring.
+
+    GUARANTEES: ``write`` is atomic and durable when it returns (SQLite: WAL with
+    ``synchronous=FULL``; PostgreSQL: a committed transaction with the server's
+    ``synchronous_commit``); statements never run on the caller's thread. A caller that is
+    cancelled while its job runs does not interrupt it: the job still commits or rolls back
+    as a whole (the same all-or-nothing the synchronous calls gave); a job not yet started
+    when its caller is cancelled never runs.
+    """
+
+    def __init__(self, dialect: Dialect, connect: Callable[[], Any], label: str) -> None:
+        self.dialect = dialect
+        self.label = label
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"db-{dialect.value}"
+        )
+        self._connect = connect
+        self._raw: Any = self._pool.submit(connect).result()
+        self._conn = Conn(self._raw, dialect)
+        self._closed = False
+        self._users = 0
+        self._guard = threading.Lock()
+
+    def acquire(self) -> Database:
+        """Count one more store sharing this database (it closes when the last closes)."""
+        with self._guard:
+            self._users += 1
+        return self
+
+    def run_sync(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` in the worker thread and wait (start-up and tests only)."""
+        return self._pool.submit(fn, self._conn).result()
+
+    def write_sync(self, fn: Callable[[Conn], T]) -> T:
+        """:meth:`write`, waiting in the calling thread (start-up only: migrations)."""
+        return self._pool.submit(self._transaction, fn).result()
+
+    async def read(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` (reads only) in the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._read, fn)
+
+    async def write(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._transaction, fn)
+
+    def _ensure_connected(self) -> None:
+        """PostgreSQL: replace a connection the server or network broke (a call that was
+        running on it failed, its transaction did nothing); the next call reconnects."""
+        if self.dialect is Dialect.POSTGRES and self._raw.closed:
+            self._raw = self._connect()
+            self._conn = Conn(self._raw, self.dialect)
+
+    def _end(self, statement: str) -> None:
+        """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""
+        if self.dialect is Dialect.POSTGRES and self._raw.closed and statement == "ROLLBACK":
+            return
+        self._raw.execute(statement)
+
+    def _read(self, fn: Callable[[Conn], T]) -> T:
+        if self.dialect is Dialect.SQLITE:
+            return fn(self._conn)
+        self._ensure_connected()
+        # PostgreSQL: a read of several statements sees one snapshot.
+        self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            return fn(self._conn)
+        finally:
+            self._end("ROLLBACK")
+
+    def _transaction(self, fn: Callable[[Conn], T]) -> T:
+        self._ensure_connected()
+        self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
+        try:
+            result = fn(self._conn)
+        except BaseException:
+            self._end("ROLLBACK")
+            raise
+        # A COMMIT whose connection breaks raises: the caller cannot know whether it
+        # applied, exactly as with a crash; every step is idempotent (ADR 0002).
+        self._raw.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        """Release one user; the last one closes the connection and stops the thread."""
+        with self._guard:
+            self._users = max(0, self._users - 1)
+            if self._users or self._closed:
+                return
+            self._closed = True
+        self._pool.submit(self._raw.close).result()
+        self._pool.shutdown(wait=True)
+
+
+def open_sqlite(path: Path) -> Database:
+    """The coordinator's SQLite file (WAL, fsync per commit), migrated to the latest
+    schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def connect() -> sqlite3.Connection:
+        raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=FULL")
+        raw.execute("PRAGMA busy_timeout=10000")
+        return raw
+
+    db = Database(Dialect.SQLITE, connect, str(path))
+    return _migrated(db)
+
+
+def open_postgres(url: str, password: str | None = None) -> Database:
+    """A PostgreSQL database (``postgresql://user@host:port/name``), migrated to the latest
+    schema version. SECURITY: the password comes from ``password`` (a file or environment
+    variable read by the caller), never from the URL, so the URL can be logged."""
+    import psycopg
+
+    if urlsplit(url).password:
+        raise ValueError("a PostgreSQL URL must not contain a password (use password_file)")
+
+    def connect() -> Any:
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        if password is not None:
+            kwargs["password"] = password
+        return psycopg.connect(url, **kwargs)
+
+    db = Database(Dialect.POSTGRES, connect, redact(url))
+    return _migrated(db)
+
+
+def _migrated(db: Database) -> Database:
+    """``db`` at the latest schema version; closed if migrating fails."""
+    from bridge.coordinator.schema import migrate
+
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def redact(url: str) -> str:
+    """``url`` without any password (safe to log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_postgres_url(value: str) -> bool:
+    """True for a ``postgresql://`` / ``postgres://`` database setting."""
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def open_database(spec: str | Path, password: str | None = None) -> Database:
+    """The database ``spec`` names: a PostgreSQL URL, else a SQLite file path."""
+    if isinstance(spec, str) and is_postgres_url(spec):
+        if password is None:
+            password = os.environ.get("BRIDGE_DATABASE_PASSWORD")
+        return open_postgres(spec, password)
+    return open_sqlite(Path(spec))
+
+
+def as_database(target: Database | Path) -> Database:
+    """A store's database: shared when given one, else the SQLite file at ``target``."""
+    if isinstance(target, Database):
+        return target.acquire()
+    return open_sqlite(target).acquire()

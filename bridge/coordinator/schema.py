@@ -1,0 +1,327 @@
+"""Versioned schema of the coordinator's database, for SQLite and PostgreSQL (ADR 0013).
+
+A small explicit migration runner rather than Alembic: the coordinator's SQL is
+hand-written for two dialects without an ORM, and the runner is ~60 lines whose every step
+is visible here. ``schema_version`` holds one row per applied migration; :func:`migrate`
+applies, in order and each in its own transaction, every migration above the highest
+applied one. Migrations are append-only: a released one is never edited.
+
+SECURITY / concurrency: the runner takes the database's write lock first (SQLite
+``BEGIN IMMEDIATE``; PostgreSQL a transaction-scoped advisory lock), so two coordinators
+starting on one database never apply a migration twice.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.coordinator.db import Conn, Database, Dialect
+
+# Advisory lock key taken by every migration on PostgreSQL ("KSTB" "mig").
+_MIGRATION_LOCK = 0x4B535442_6D6967
+
+# ---- version 1: the schema of every store as released before versioning (frozen copy).
+# On SQLite, a file written by an older coordinator already has these tables
+# (CREATE ... IF NOT EXISTS leaves them) once _v1_sqlite_legacy has brought it level.
+_V1 = """
+CREATE TABLE IF NOT EXISTS transfers (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  transfer_id BLOB NOT NULL UNIQUE,
+  idempotency_key TEXT NOT NULL,
+  request TEXT NOT NULL,
+  terms TEXT NOT NULL,
+  security TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  transactions TEXT NOT NULL DEFAULT '{}',
+  origin TEXT NOT NULL DEFAULT 'submitted',
+  source_ledger TEXT NOT NULL,
+  UNIQUE (source_ledger, idempotency_key)
+)
+;
+CREATE TABLE IF NOT EXISTS transfer_updates (
+  transfer_id BLOB NOT NULL,
+  sequence INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  detail TEXT NOT NULL,
+  at REAL NOT NULL,
+  PRIMARY KEY (transfer_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+  transfer_id BLOB PRIMARY KEY,
+  kind INTEGER NOT NULL,
+  certificates TEXT NOT NULL,
+  cause TEXT NOT NULL,
+  at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_events (
+  ledger TEXT NOT NULL,
+  height INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  transfer_id BLOB NOT NULL,
+  leg INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  tx_id TEXT NOT NULL,
+  PRIMARY KEY (ledger, height, idx)
+);
+CREATE TABLE IF NOT EXISTS misbehaviour (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  member BLOB NOT NULL,
+  endpoint TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  expected_digest BLOB NOT NULL,
+  signed_digest BLOB NOT NULL,
+  signature BLOB NOT NULL,
+  at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_progress (
+  ledger TEXT PRIMARY KEY,
+  scanned INTEGER NOT NULL
+);
+-- ---- parking: committed transfers whose target parked the units (issue 10)
+CREATE TABLE IF NOT EXISTS parked_transfers (
+  transfer_id BLOB PRIMARY KEY,
+  reason INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state);
+
+CREATE TABLE IF NOT EXISTS flow_waits (
+  transfer_id BLOB PRIMARY KEY,
+  reason INTEGER NOT NULL,
+  not_before REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_lane ON transfers(security, source_ledger, state);
+
+CREATE TABLE IF NOT EXISTS supply_registrations (
+  security TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  body TEXT NOT NULL,
+  signature BLOB NOT NULL,
+  operator BLOB NOT NULL,
+  at REAL NOT NULL,
+  PRIMARY KEY (security, version)
+);
+CREATE TABLE IF NOT EXISTS supply_confirmed (
+  security TEXT NOT NULL,
+  ledger TEXT NOT NULL,
+  units TEXT NOT NULL,
+  PRIMARY KEY (security, ledger)
+);
+CREATE TABLE IF NOT EXISTS supply_records (
+  feed_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  security TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  digest BLOB NOT NULL,
+  body BLOB NOT NULL,
+  signatures TEXT NOT NULL,
+  alerts TEXT NOT NULL,
+  clean INTEGER NOT NULL,
+  held INTEGER NOT NULL,
+  hold_reason TEXT NOT NULL,
+  at REAL NOT NULL,
+  UNIQUE (security, sequence)
+);
+CREATE TABLE IF NOT EXISTS supply_holds (
+  security TEXT PRIMARY KEY,
+  raised_by INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS supply_releases (
+  security TEXT NOT NULL,
+  raised_by INTEGER NOT NULL,
+  operator BLOB NOT NULL,
+  note TEXT NOT NULL,
+  at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rotations (
+  next_epoch INTEGER PRIMARY KEY,
+  proposal TEXT NOT NULL,
+  fingerprint BLOB NOT NULL,
+  removed_member BLOB NOT NULL,
+  evidence TEXT NOT NULL,
+  created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rotation_signatures (
+  next_epoch INTEGER NOT NULL,
+  ledger TEXT NOT NULL,
+  signer BLOB NOT NULL,
+  signature BLOB NOT NULL,
+  PRIMARY KEY (next_epoch, ledger, signer)
+);
+CREATE TABLE IF NOT EXISTS rotation_ledgers (
+  next_epoch INTEGER NOT NULL,
+  ledger TEXT NOT NULL,
+  certificate TEXT,
+  tx_id TEXT NOT NULL DEFAULT '',
+  installed INTEGER NOT NULL DEFAULT 0,
+  detail TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (next_epoch, ledger)
+);
+
+CREATE TABLE IF NOT EXISTS depository_orders (
+    ledger TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    security BLOB NOT NULL,
+    body TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    refusal TEXT NOT NULL DEFAULT '',
+    tx_id TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    PRIMARY KEY (ledger, sequence)
+);
+"""
+
+# ---- version 2: the supply feed's positions are assigned from one counter row locked
+# until commit (an outbox), so positions become visible in commit order without a gap.
+_V2 = """
+CREATE TABLE IF NOT EXISTS supply_feed_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  last INTEGER NOT NULL
+);
+INSERT INTO supply_feed_head (id, last)
+  SELECT 1, COALESCE(MAX(feed_seq), 0) FROM supply_records WHERE true
+  ON CONFLICT (id) DO NOTHING;
+"""
+
+# ---- version 3: the leader lease of active/passive coordinators (bridge/coordinator/lease.py).
+_V3 = """
+CREATE TABLE IF NOT EXISTS coordinator_lease (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  holder TEXT NOT NULL,
+  token INTEGER NOT NULL,
+  expires_at REAL NOT NULL
+);
+INSERT INTO coordinator_lease (id, holder, token, expires_at) VALUES (1, '', 0, 0)
+  ON CONFLICT (id) DO NOTHING;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward step of the schema."""
+
+    version: int
+    name: str
+    sql: str
+    sqlite_before: Callable[[Conn], None] | None = None
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``script`` (split on ``;``; comment-only chunks dropped)."""
+    out = []
+    for chunk in script.split(";"):
+        body = "\n".join(
+            line for line in chunk.splitlines() if not line.strip().startswith("--")
+        ).strip()
+        if body:
+            out.append(body)
+    return out
+
+
+def to_postgres(ddl: str) -> str:
+    """SQLite DDL of this module in PostgreSQL types (frozen text in, deterministic out)."""
+    ddl = re.sub(
+        r"INTEGER PRIMARY KEY AUTOINCREMENT",
+        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        ddl,
+    )
+    ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
+    ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", ddl)
+    return re.sub(r"\bBLOB\b", "BYTEA", ddl)
+
+
+def _v1_sqlite_legacy(c: Conn) -> None:
+    """Bring a file written before the schema was versioned level with version 1."""
+    columns = {row[1] for row in c.execute("PRAGMA table_info(transfers)").fetchall()}
+    if not columns:
+        return  # a new file
+    if "origin" not in columns:
+        # Added for event intake (issue 9): rows written before it were submitted ones
+        # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
+        # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
+        # submit under a victim lock's adoption key, and that row is a submitted one.
+        c.execute("ALTER TABLE transfers ADD COLUMN origin TEXT NOT NULL DEFAULT 'submitted'")
+        c.execute(
+            "UPDATE transfers SET origin = 'adopted'"
+            " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
+        )
+    if "source_ledger" not in columns:
+        # Keys scoped per source ledger (issue 9 review): rebuild ``transfers`` without the
+        # global UNIQUE on the key (SQLite cannot drop a constraint in place), keeping
+        # every row, its ``seq`` and its origin.
+        c.execute("ALTER TABLE transfers RENAME TO transfers_v1")
+        c.execute("DROP INDEX IF EXISTS transfers_state")
+        c.execute("DROP INDEX IF EXISTS transfers_lane")
+        c.execute(_statements(_V1)[0])
+        c.execute(
+            "INSERT INTO transfers (seq, transfer_id, idempotency_key, request, terms,"
+            " security, state, reason, created_at, updated_at, transactions, origin,"
+            " source_ledger) SELECT seq, transfer_id, idempotency_key, request, terms,"
+            " security, state, reason, created_at, updated_at, transactions, origin,"
+            " json_extract(request, '$.source_ledger') FROM transfers_v1 ORDER BY seq"
+        )
+        c.execute("DROP TABLE transfers_v1")
+        c.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
+        c.execute(
+            "CREATE INDEX IF NOT EXISTS transfers_lane ON transfers(security, source_ledger, state)"
+        )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "baseline: transfers, supply feed, rotations, depository orders", _V1,
+              _v1_sqlite_legacy),
+    Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
+    Migration(3, "coordinator leader lease with fencing token", _V3),
+)  # fmt: skip
+"""Every migration, in version order (append-only)."""
+
+LATEST = MIGRATIONS[-1].version
+
+
+def current_version(c: Conn) -> int:
+    """The highest applied version (0: none)."""
+    c.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    row = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def migrate(db: Database) -> int:
+    """Apply every pending migration, each in one transaction; return the version reached.
+
+    Refuses a database whose version is newer than this code knows (a downgrade)."""
+    for m in MIGRATIONS:
+
+        def step(c: Conn, m: Migration = m) -> bool:
+            if c.dialect is Dialect.POSTGRES:
+                c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            have = current_version(c)
+            if have > LATEST:
+                raise RuntimeError(
+                    f"database schema version {have} is newer than this coordinator's {LATEST}"
+                )
+            if have >= m.version:
+                return False
+            if c.dialect is Dialect.SQLITE and m.sqlite_before is not None:
+                m.sqlite_before(c)
+            script = m.sql if c.dialect is Dialect.SQLITE else to_postgres(m.sql)
+            for statement in _statements(script):
+                c.execute(statement)
+            c.execute(
+                "INSERT INTO schema_version VALUES (?, ?, ?)", (m.version, m.name, time.time())
+            )
+            return True
+
+        db.write_sync(step)
+    return db.run_sync(current_version)
