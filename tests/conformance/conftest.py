@@ -40,9 +40,11 @@ KINDS = [
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _development_flags() -> Iterator[None]:
-    """Plain anvil http and the devnet's plaintext key files: development only."""
+    """Plain anvil http and the devnet's plaintext key files: development only, and only
+    while this package's tests run (package scope: restored before the next package, whose
+    tests must see the flags unset)."""
     saved = {k: os.environ.get(k) for k in (INSECURE_ENV, PLAINTEXT_KEYS_ENV)}
     os.environ[INSECURE_ENV] = "1"
     os.environ[PLAINTEXT_KEYS_ENV] = "1"
@@ -132,7 +134,7 @@ class EvmHarness:
         return int(self._endpoint.functions.parked(transfer_id).call())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def evm_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvmHarness]:
     workdir = tmp_path_factory.mktemp("conformance-evm")
     node = AnvilNode("conformance", 31337, 0, workdir).start()
@@ -273,7 +275,7 @@ class FabricHarness:
         return int(json.loads(raw)["amount"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fabric_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricHarness]:
     import asyncio
 
@@ -312,7 +314,7 @@ def fabric_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricH
         net.stop()
 
 
-@pytest.fixture(scope="session", params=KINDS)
+@pytest.fixture(scope="package", params=KINDS)
 def harness(request: pytest.FixtureRequest) -> KindHarness:
     """The endpoint of each ledger kind in turn (the Fabric one marked ``fabric``)."""
     harness: KindHarness = request.getfixturevalue(f"{request.param}_harness")
