@@ -24,6 +24,7 @@ from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.keys.files import refuse_exposed
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.roles import MEMBER, RELAYER, Role
@@ -199,6 +200,8 @@ def _database_password(path: Path | None) -> str | None:
     libpq's own sources apply: env BRIDGE_DATABASE_PASSWORD, PGPASSFILE, peer auth)."""
     if path is None:
         return None
+    # SECURITY (review 2 finding 5): the same owner-only rule as every key file.
+    refuse_exposed(path, path.stat().st_mode, "database_password_file")
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 

@@ -23,9 +23,19 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from bridge.domain.errors import InvalidInput
 
 T = TypeVar("T")
+
+# Connection parameters that carry a secret: never in the URL (review 2 finding 5).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+class DatabaseSettingRefused(InvalidInput):
+    """A PostgreSQL connection setting the coordinator refuses to use (a secret in the URL,
+    a remote server without verified TLS). The message never contains the secret."""
 
 
 class Dialect(enum.Enum):
@@ -216,14 +226,13 @@ def open_postgres(url: str, password: str | None = None) -> Database:
     variable read by the caller), never from the URL, so the URL can be logged."""
     import psycopg
 
-    if urlsplit(url).password:
-        raise ValueError("a PostgreSQL URL must not contain a password (use password_file)")
+    params = postgres_params(url)
 
     def connect() -> Any:
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        kwargs: dict[str, Any] = {**params, "autocommit": True, "connect_timeout": 10}
         if password is not None:
             kwargs["password"] = password
-        return psycopg.connect(url, **kwargs)
+        return psycopg.connect(**kwargs)
 
     db = Database(Dialect.POSTGRES, connect, redact(url))
     return _migrated(db)
@@ -241,14 +250,50 @@ def _migrated(db: Database) -> Database:
     return db
 
 
+def postgres_params(url: str) -> dict[str, str]:
+    """The libpq connection parameters of ``url``, parsed by psycopg (the same parser that
+    connects), after the coordinator's checks.
+
+    SECURITY (review 2 finding 5): a ``password`` or ``sslpassword`` in any form (URL
+    userinfo or query parameter) raises DatabaseSettingRefused, whose message never
+    contains it; the password comes from ``database_password_file`` or the environment."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if urlsplit(url).password is not None:
+        raise DatabaseSettingRefused(
+            "a PostgreSQL URL must not contain a password (use database_password_file)"
+        )
+    try:
+        raw = conninfo_to_dict(url)
+    except Exception:  # the parser's message may quote the URL, secrets included
+        raise DatabaseSettingRefused(f"not a valid PostgreSQL URL: {redact(url)}") from None
+    params = {k: str(v) for k, v in raw.items() if v is not None}
+    found = sorted(_SECRET_PARAMS & params.keys())
+    if found:
+        raise DatabaseSettingRefused(
+            f"a PostgreSQL URL must not contain {'/'.join(found)} (use database_password_file)"
+        )
+    return params
+
+
 def redact(url: str) -> str:
-    """``url`` without any password (safe to log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without any secret (safe to log): the userinfo password and every
+    ``password`` / ``sslpassword`` query parameter are replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@" + netloc.rpartition("@")[2]
+        query = urlencode(
+            [
+                (k, "***" if k.lower() in _SECRET_PARAMS else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*/",
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "postgresql://<unparsable, redacted>"
 
 
 def is_postgres_url(value: str) -> bool:

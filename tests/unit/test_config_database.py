@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_coordinator
+from bridge.coordinator.__main__ import _database_password
+from bridge.coordinator.db import DatabaseSettingRefused, open_database, redact
 from bridge.domain.errors import InvalidInput
+from bridge.keys.errors import KeyFileExposed
 from tests.unit.test_config import network_data, write
 
 pytestmark = [pytest.mark.unit, pytest.mark.postgres]
@@ -49,3 +52,44 @@ def test_a_password_in_the_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="must not contain a password") as exc:
         load_coordinator(coordinator(tmp_path, database="postgresql://kstb:hunter2@db/kstb"))
     assert "hunter2" not in str(exc.value)
+
+
+# ---- review 2 finding 5: no secret in the URL, in any form; the password file is 0600 --------
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://kstb@db.internal/kstb?sslmode=verify-full&password=hunter2",
+        "postgresql://kstb@db.internal/kstb?sslmode=verify-full&sslpassword=hunter2",
+        "postgresql://kstb:hunter2@db.internal/kstb?sslmode=verify-full&password=hunter2",
+        "postgres://kstb@127.0.0.1/kstb?PASSWORD=hunter2",
+    ],
+)
+def test_a_secret_in_any_form_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(DatabaseSettingRefused) as exc:
+        load_coordinator(coordinator(tmp_path, database=url))
+    assert "hunter2" not in str(exc.value)
+    with pytest.raises(DatabaseSettingRefused) as exc2:
+        open_database(url)
+    assert "hunter2" not in str(exc2.value)
+
+
+@pytest.mark.security
+def test_redact_hides_every_secret() -> None:
+    url = "postgresql://kstb:hunter2@db:5432/k?password=hunter2&sslpassword=hunter2&sslmode=require"
+    out = redact(url)
+    assert "hunter2" not in out
+    assert "db:5432" in out and "sslmode=require" in out
+
+
+@pytest.mark.security
+def test_an_exposed_password_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("hunter2\n")
+    path.chmod(0o644)
+    with pytest.raises(KeyFileExposed, match="chmod 600"):
+        _database_password(path)
+    path.chmod(0o600)
+    assert _database_password(path) == "hunter2"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.coordinator import schema
-from bridge.coordinator.db import open_database, open_sqlite
+from bridge.coordinator.db import DatabaseSettingRefused, open_database, open_sqlite
 from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
@@ -100,7 +100,7 @@ async def test_postgres_is_migrated_once_and_versions_recorded(fresh_pg_url: str
 
 
 def test_a_password_in_the_url_is_refused() -> None:
-    with pytest.raises(ValueError, match="must not contain a password"):
+    with pytest.raises(DatabaseSettingRefused, match="must not contain a password"):
         open_database("postgresql://bridge:secret@127.0.0.1:1/db")
 
 
