@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import ipaddress
 import os
 import sqlite3
 import threading
@@ -273,7 +274,45 @@ def postgres_params(url: str) -> dict[str, str]:
         raise DatabaseSettingRefused(
             f"a PostgreSQL URL must not contain {'/'.join(found)} (use database_password_file)"
         )
+    _require_verified_tls(params)
     return params
+
+
+def _is_local_host(host: str) -> bool:
+    """A unix-socket directory, ``localhost`` or a loopback address."""
+    if host == "" or host.startswith("/") or host.startswith("@") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_verified_tls(params: dict[str, str]) -> None:
+    """Refuse a server reached over the network without verified TLS.
+
+    SECURITY (review 2 finding 2): the database holds the halt book, the transfer states
+    and the holds; libpq's default (``sslmode=prefer``) lets anyone on the path downgrade
+    and rewrite them. Any host other than a unix socket or loopback needs
+    ``sslmode=verify-full`` and a root certificate (``sslrootcert`` or libpq's default
+    ``~/.postgresql/root.crt``)."""
+    hosts = params.get("host", os.environ.get("PGHOST", ""))
+    addrs = params.get("hostaddr", "")
+    names = [h for h in (hosts.split(",") + addrs.split(",")) if h]
+    if all(_is_local_host(h) for h in names):
+        return
+    if params.get("sslmode") != "verify-full":
+        raise DatabaseSettingRefused(
+            "a PostgreSQL server that is not on this host needs sslmode=verify-full"
+            f" (got sslmode={params.get('sslmode', '<default prefer>')})"
+        )
+    default_root = Path.home() / ".postgresql" / "root.crt"
+    given = "sslrootcert" in params or "PGSSLROOTCERT" in os.environ
+    if not given and not default_root.exists():
+        raise DatabaseSettingRefused(
+            "sslmode=verify-full needs sslrootcert (or libpq's default"
+            f" {default_root}) to verify the PostgreSQL server"
+        )
 
 
 def redact(url: str) -> str:
