@@ -34,6 +34,25 @@ T = TypeVar("T")
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
 
+# SECURITY/reliability (review 2 finding 3): the coordinator's store calls run one at a time
+# in one worker thread, so one statement that never returns (a lock held by a stuck
+# session, a dead network path) would freeze every transfer. Bounded on the server
+# (statement, lock wait, an idle open transaction) and on the socket (keepalives, unacked
+# data): the call fails, the connection is replaced on the next call (``_ensure_connected``).
+SESSION_TIMEOUTS = {
+    "statement_timeout": "30s",
+    "lock_timeout": "10s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # milliseconds
+}
+
+
 class DatabaseSettingRefused(InvalidInput):
     """A PostgreSQL connection setting the coordinator refuses to use (a secret in the URL,
     a remote server without verified TLS). The message never contains the secret."""
@@ -227,13 +246,20 @@ def open_postgres(url: str, password: str | None = None) -> Database:
     variable read by the caller), never from the URL, so the URL can be logged."""
     import psycopg
 
-    params = postgres_params(url)
+    params = {**_KEEPALIVES, **postgres_params(url)}
 
     def connect() -> Any:
         kwargs: dict[str, Any] = {**params, "autocommit": True, "connect_timeout": 10}
         if password is not None:
             kwargs["password"] = password
-        return psycopg.connect(**kwargs)
+        raw = psycopg.connect(**kwargs)
+        try:
+            for name, value in SESSION_TIMEOUTS.items():
+                raw.execute(f"SET {name} = '{value}'")
+        except BaseException:
+            raw.close()
+            raise
+        return raw
 
     db = Database(Dialect.POSTGRES, connect, redact(url))
     return _migrated(db)

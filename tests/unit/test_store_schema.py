@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from bridge.coordinator import schema
-from bridge.coordinator.db import DatabaseSettingRefused, open_database, open_sqlite
+from bridge.coordinator.db import (
+    SESSION_TIMEOUTS,
+    Conn,
+    DatabaseSettingRefused,
+    open_database,
+    open_sqlite,
+)
 from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
@@ -156,3 +162,33 @@ async def test_a_broken_postgres_connection_is_replaced(fresh_pg_url: str) -> No
     got = await store.get(rec.transfer_id)
     assert got is not None and got.reason == "kept"
     store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_sessions_have_bounded_timeouts(fresh_pg_url: str) -> None:
+    """Review 2 finding 3: one hung statement or lock wait cannot freeze the coordinator's
+    single database worker forever (server-side timeouts and TCP keepalives are set)."""
+    import psycopg
+
+    db = open_database(fresh_pg_url)
+    try:
+        shown = {
+            name: db.run_sync(lambda c, n=name: c.execute(f"SHOW {n}").fetchone()[0])  # type: ignore[misc]
+            for name in SESSION_TIMEOUTS
+        }
+        assert shown == {
+            "statement_timeout": "30s",
+            "lock_timeout": "10s",
+            "idle_in_transaction_session_timeout": "1min",
+        }
+        dsn = db.run_sync(lambda c: c._raw.info.dsn)
+        assert "keepalives=1" in dsn and "tcp_user_timeout=60000" in dsn
+
+        def hung(c: Conn) -> None:
+            c.execute("SET statement_timeout = '100ms'")
+            c.execute("SELECT pg_sleep(5)")
+
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            db.run_sync(hung)
+    finally:
+        db.close()
