@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import fcntl
 import ipaddress
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.domain.errors import InvalidInput
+from bridge.domain.errors import InvalidInput, PreconditionFailed
 
 T = TypeVar("T")
 
@@ -51,6 +52,15 @@ _KEEPALIVES = {
     "keepalives_count": "3",
     "tcp_user_timeout": "60000",  # milliseconds
 }
+
+
+# pg_try_advisory_lock(_LOCK_CLASS, hashtext(current_schema())): one coordinator per
+# database and schema (review 2 finding 4), until the lease (ADR 0013) is wired.
+_LOCK_CLASS = 0x4B535442  # "KSTB"
+
+
+class DatabaseInUse(PreconditionFailed):
+    """Another coordinator process holds this database (its exclusive start-up lock)."""
 
 
 class DatabaseSettingRefused(InvalidInput):
@@ -151,6 +161,43 @@ class Database:
         self._closed = False
         self._users = 0
         self._guard = threading.Lock()
+        self._exclusive = False
+        self._lock_file: Any = None
+        self.path: Path | None = None
+        """The SQLite file (None on PostgreSQL)."""
+
+    def claim_exclusive(self) -> None:
+        """Hold this database for this process alone until :meth:`close`, or raise
+        DatabaseInUse (nothing else changed) when another process holds it.
+
+        SECURITY (review 2 finding 4): two coordinators on one database would both drive
+        the same transfers and halt orders. PostgreSQL: a session-level advisory lock
+        (released by the server when the session ends; re-taken when a broken connection
+        is replaced, DatabaseInUse if another coordinator took it meanwhile). SQLite: an
+        exclusive ``flock`` on ``<file>.lock`` (released when the process exits)."""
+        if self.dialect is Dialect.SQLITE:
+            assert self.path is not None
+            fh = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                raise DatabaseInUse(
+                    f"{self.label} is in use by another coordinator (its lock file is held)"
+                ) from None
+            self._lock_file = fh
+            return
+        self._pool.submit(self._take_advisory_lock).result()
+        self._exclusive = True
+
+    def _take_advisory_lock(self) -> None:
+        row = self._raw.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (_LOCK_CLASS,)
+        ).fetchone()
+        if not row or row[0] is not True:
+            raise DatabaseInUse(
+                f"{self.label} is in use by another coordinator (its advisory lock is held)"
+            )
 
     def acquire(self) -> Database:
         """Count one more store sharing this database (it closes when the last closes)."""
@@ -182,6 +229,8 @@ class Database:
         if self.dialect is Dialect.POSTGRES and self._raw.closed:
             self._raw = self._connect()
             self._conn = Conn(self._raw, self.dialect)
+            if self._exclusive:
+                self._take_advisory_lock()
 
     def _end(self, statement: str) -> None:
         """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""
@@ -222,6 +271,8 @@ class Database:
             self._closed = True
         self._pool.submit(self._raw.close).result()
         self._pool.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
 
 
 def open_sqlite(path: Path) -> Database:
@@ -237,6 +288,7 @@ def open_sqlite(path: Path) -> Database:
         return raw
 
     db = Database(Dialect.SQLITE, connect, str(path))
+    db.path = path
     return _migrated(db)
 
 

@@ -12,6 +12,7 @@ from bridge.coordinator import schema
 from bridge.coordinator.db import (
     SESSION_TIMEOUTS,
     Conn,
+    DatabaseInUse,
     DatabaseSettingRefused,
     open_database,
     open_sqlite,
@@ -192,3 +193,36 @@ def test_postgres_sessions_have_bounded_timeouts(fresh_pg_url: str) -> None:
             db.run_sync(hung)
     finally:
         db.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.security
+def test_a_second_coordinator_on_one_postgres_database_is_refused(fresh_pg_url: str) -> None:
+    """Review 2 finding 4: while one coordinator holds the database, a second one starting
+    on it is refused (DatabaseInUse); once the first closes, it may start."""
+    first = open_database(fresh_pg_url)
+    first.claim_exclusive()
+    second = open_database(fresh_pg_url)
+    try:
+        with pytest.raises(DatabaseInUse, match="in use by another coordinator"):
+            second.claim_exclusive()
+        first.close()
+        second.claim_exclusive()
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.security
+def test_a_second_coordinator_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    first = open_sqlite(tmp_path / "c.sqlite")
+    first.claim_exclusive()
+    second = open_sqlite(tmp_path / "c.sqlite")
+    try:
+        with pytest.raises(DatabaseInUse, match="in use by another coordinator"):
+            second.claim_exclusive()
+        first.close()
+        second.claim_exclusive()
+    finally:
+        first.close()
+        second.close()
