@@ -332,3 +332,30 @@ def test_a_precheck_refusal_carries_the_ledger_reason_it_predicts() -> None:
     call = _Call(status_for(sent), status.message, status.SerializeToString())
     got = received_error(call.trailing_metadata())  # type: ignore[arg-type]
     assert (got.reason, got.ledger, got.retryable) == (ErrorReason.HOLDER_FROZEN, "evm-a", False)
+
+
+@pytest.mark.security
+def test_sent_trailers_are_bounded_whatever_the_refusal() -> None:
+    """Review 2 finding 7: the status message and metadata stay bounded, and only a few
+    integer figures with short identifier names are sent (no hex, no long names)."""
+    figures: dict[str, int | str] = {
+        "available": 7,
+        "owner": "0x" + "ab" * 20,  # hex: never sent (ADR 0015)
+        "n" * 200: 1,  # a name too long
+        "bad name": 2,
+        "huge": 10**200,
+        **{f"f{i}": i for i in range(50)},
+    }
+    exc = LedgerRejected(ErrorReason.TOO_EARLY, "d" * 100_000, figures, ledger="l" * 10_000)
+    status = status_details(exc)
+    assert len(status.message) <= 512
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    meta = dict(info.metadata)
+    assert all(len(v) <= 512 for v in meta.values())
+    sent = {k: v for k, v in meta.items() if k.startswith("figure_")}
+    assert sent["figure_available"] == "7"
+    assert 0 < len(sent) <= 4
+    assert all(len(k) <= 39 and v.lstrip("-").isdigit() for k, v in sent.items())
+    assert "figure_owner" not in sent and "figure_huge" not in sent
+    assert len(status.SerializeToString()) < 4096
