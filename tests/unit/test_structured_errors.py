@@ -184,7 +184,8 @@ def test_every_reason_round_trips_a_grpc_status_with_error_info(reason: ErrorRea
     assert status.details[1].Unpack(retry) and retry.retry_delay.seconds == 60
     back = translate(_over_the_wire(sent), "relayer of x", "other")
     assert isinstance(back, LedgerRejected)
-    assert (back.reason, back.detail, back.ledger) == (reason, "why", "fabric-a")
+    # The ledger is the client's own (review 2 finding 8), not the peer's claim.
+    assert (back.reason, back.detail, back.ledger) == (reason, "why", "other")
     assert (back.not_before, back.available) == (1_060, 2)
 
 
@@ -359,3 +360,13 @@ def test_sent_trailers_are_bounded_whatever_the_refusal() -> None:
     assert all(len(k) <= 39 and v.lstrip("-").isdigit() for k, v in sent.items())
     assert "figure_owner" not in sent and "figure_huge" not in sent
     assert len(status.SerializeToString()) < 4096
+
+
+@pytest.mark.security
+def test_a_peer_cannot_attribute_its_refusal_to_another_ledger() -> None:
+    """Review 2 finding 8: the relayer of evm-a claims its refusal came from fabric-b; the
+    coordinator's error names evm-a, the ledger that relayer serves."""
+    trailer = _status(_info("HOLDER_FROZEN", error="HolderFrozen", ledger="fabric-b"))
+    back = translate(_Call(grpc.StatusCode.FAILED_PRECONDITION, "m", trailer), "relayer", "evm-a")
+    assert isinstance(back, LedgerRejected) and back.reason is ErrorReason.HOLDER_FROZEN
+    assert back.ledger == "evm-a"
