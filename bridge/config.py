@@ -525,12 +525,12 @@ def _database(value: Any, base: Path, where: str) -> Path | str:
     listings); the password comes from ``database_password_file`` or the environment."""
     text = str(value)
     if text.startswith(("postgresql://", "postgres://")):
-        from urllib.parse import urlsplit
+        from bridge.coordinator.db import DatabaseSettingRefused, postgres_params
 
-        if urlsplit(text).password is not None:
-            raise InvalidInput(
-                f"{where}: database URL must not contain a password; use database_password_file"
-            )
+        try:
+            postgres_params(text)
+        except DatabaseSettingRefused as exc:
+            raise DatabaseSettingRefused(f"{where}: database: {exc}") from None
         return text
     return _rel(base, text)
 

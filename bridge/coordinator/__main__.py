@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bridge.config import load_coordinator
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
-from bridge.coordinator.db import open_database
+from bridge.coordinator.db import DatabaseInUse, open_database
 from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
@@ -24,6 +24,7 @@ from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.keys.files import refuse_exposed
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.roles import MEMBER, RELAYER, Role
@@ -53,6 +54,11 @@ async def run(config_path: Path) -> None:
     # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
     # thread off the event loop, migrated to the latest schema before anything runs.
     db = open_database(cfg.database, _database_password(cfg.database_password_file))
+    try:
+        db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
+    except DatabaseInUse:
+        db.close()
+        raise
     log.info("database open", engine=db.dialect.value, database=db.label)
     store = SqlTransferStore(db)
 
@@ -194,11 +200,17 @@ async def run(config_path: Path) -> None:
         log.info("coordinator stopped")
 
 
+EXIT_DATABASE_IN_USE = 4
+"""Exit status when another coordinator holds the database (review 2 finding 4)."""
+
+
 def _database_password(path: Path | None) -> str | None:
     """The PostgreSQL password from its file (trailing newline dropped), else None (then
     libpq's own sources apply: env BRIDGE_DATABASE_PASSWORD, PGPASSFILE, peer auth)."""
     if path is None:
         return None
+    # SECURITY (review 2 finding 5): the same owner-only rule as every key file.
+    refuse_exposed(path, path.stat().st_mode, "database_password_file")
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 
@@ -208,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     configure("coordinator")  # every line, even a configuration error, is one format
-    asyncio.run(run(args.config))
+    try:
+        asyncio.run(run(args.config))
+    except DatabaseInUse as exc:
+        configure("coordinator").error("database in use, refusing to start", error=str(exc))
+        raise SystemExit(EXIT_DATABASE_IN_USE) from None
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
     """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
 
     The ledger's refusal is rebuilt from the status's ``ErrorInfo`` details alone (reason,
-    figures, ledger), never from the message; the message is kept only as text to show.
+    figures), never from the message; the message is kept only as text to show. Its ledger
+    is always ``ledger``, the one the caller talks to, never the peer's claim.
     Transport codes are Unavailable whatever the details say.
     """
     code, msg = exc.code(), exc.details() or ""
@@ -77,7 +78,9 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
         return Unavailable(f"{who} unreachable ({code.name.lower()}): {msg}")
     got = received_error(cast(Any, exc.trailing_metadata()))
     if isinstance(got.reason, ErrorReason) and code == grpc.StatusCode.FAILED_PRECONDITION:
-        return LedgerRejected(got.reason, got.detail, got.figures, got.ledger or ledger)
+        # SECURITY (review 2 finding 8): the ledger is the one this client talks to; a
+        # peer's ErrorInfo cannot attribute its refusal to another ledger.
+        return LedgerRejected(got.reason, got.detail, got.figures, ledger)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if got.reason is BridgeReason.UNKNOWN:
             # SECURITY: a refusal without valid details is never taken as a known reason.

@@ -17,15 +17,55 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import fcntl
+import ipaddress
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from bridge.domain.errors import InvalidInput, PreconditionFailed
 
 T = TypeVar("T")
+
+# Connection parameters that carry a secret: never in the URL (review 2 finding 5).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+# SECURITY/reliability (review 2 finding 3): the coordinator's store calls run one at a time
+# in one worker thread, so one statement that never returns (a lock held by a stuck
+# session, a dead network path) would freeze every transfer. Bounded on the server
+# (statement, lock wait, an idle open transaction) and on the socket (keepalives, unacked
+# data): the call fails, the connection is replaced on the next call (``_ensure_connected``).
+SESSION_TIMEOUTS = {
+    "statement_timeout": "30s",
+    "lock_timeout": "10s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # milliseconds
+}
+
+
+# pg_try_advisory_lock(_LOCK_CLASS, hashtext(current_schema())): one coordinator per
+# database and schema (review 2 finding 4), until the lease (ADR 0013) is wired.
+_LOCK_CLASS = 0x4B535442  # "KSTB"
+
+
+class DatabaseInUse(PreconditionFailed):
+    """Another coordinator process holds this database (its exclusive start-up lock)."""
+
+
+class DatabaseSettingRefused(InvalidInput):
+    """A PostgreSQL connection setting the coordinator refuses to use (a secret in the URL,
+    a remote server without verified TLS). The message never contains the secret."""
 
 
 class Dialect(enum.Enum):
@@ -121,6 +161,43 @@ class Database:
         self._closed = False
         self._users = 0
         self._guard = threading.Lock()
+        self._exclusive = False
+        self._lock_file: Any = None
+        self.path: Path | None = None
+        """The SQLite file (None on PostgreSQL)."""
+
+    def claim_exclusive(self) -> None:
+        """Hold this database for this process alone until :meth:`close`, or raise
+        DatabaseInUse (nothing else changed) when another process holds it.
+
+        SECURITY (review 2 finding 4): two coordinators on one database would both drive
+        the same transfers and halt orders. PostgreSQL: a session-level advisory lock
+        (released by the server when the session ends; re-taken when a broken connection
+        is replaced, DatabaseInUse if another coordinator took it meanwhile). SQLite: an
+        exclusive ``flock`` on ``<file>.lock`` (released when the process exits)."""
+        if self.dialect is Dialect.SQLITE:
+            assert self.path is not None
+            fh = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                raise DatabaseInUse(
+                    f"{self.label} is in use by another coordinator (its lock file is held)"
+                ) from None
+            self._lock_file = fh
+            return
+        self._pool.submit(self._take_advisory_lock).result()
+        self._exclusive = True
+
+    def _take_advisory_lock(self) -> None:
+        row = self._raw.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (_LOCK_CLASS,)
+        ).fetchone()
+        if not row or row[0] is not True:
+            raise DatabaseInUse(
+                f"{self.label} is in use by another coordinator (its advisory lock is held)"
+            )
 
     def acquire(self) -> Database:
         """Count one more store sharing this database (it closes when the last closes)."""
@@ -152,6 +229,8 @@ class Database:
         if self.dialect is Dialect.POSTGRES and self._raw.closed:
             self._raw = self._connect()
             self._conn = Conn(self._raw, self.dialect)
+            if self._exclusive:
+                self._take_advisory_lock()
 
     def _end(self, statement: str) -> None:
         """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""
@@ -192,6 +271,8 @@ class Database:
             self._closed = True
         self._pool.submit(self._raw.close).result()
         self._pool.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
 
 
 def open_sqlite(path: Path) -> Database:
@@ -207,6 +288,7 @@ def open_sqlite(path: Path) -> Database:
         return raw
 
     db = Database(Dialect.SQLITE, connect, str(path))
+    db.path = path
     return _migrated(db)
 
 
@@ -216,14 +298,20 @@ def open_postgres(url: str, password: str | None = None) -> Database:
     variable read by the caller), never from the URL, so the URL can be logged."""
     import psycopg
 
-    if urlsplit(url).password:
-        raise ValueError("a PostgreSQL URL must not contain a password (use password_file)")
+    params = {**_KEEPALIVES, **postgres_params(url)}
 
     def connect() -> Any:
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        kwargs: dict[str, Any] = {**params, "autocommit": True, "connect_timeout": 10}
         if password is not None:
             kwargs["password"] = password
-        return psycopg.connect(url, **kwargs)
+        raw = psycopg.connect(**kwargs)
+        try:
+            for name, value in SESSION_TIMEOUTS.items():
+                raw.execute(f"SET {name} = '{value}'")
+        except BaseException:
+            raw.close()
+            raise
+        return raw
 
     db = Database(Dialect.POSTGRES, connect, redact(url))
     return _migrated(db)
@@ -241,14 +329,88 @@ def _migrated(db: Database) -> Database:
     return db
 
 
+def postgres_params(url: str) -> dict[str, str]:
+    """The libpq connection parameters of ``url``, parsed by psycopg (the same parser that
+    connects), after the coordinator's checks.
+
+    SECURITY (review 2 finding 5): a ``password`` or ``sslpassword`` in any form (URL
+    userinfo or query parameter) raises DatabaseSettingRefused, whose message never
+    contains it; the password comes from ``database_password_file`` or the environment."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if urlsplit(url).password is not None:
+        raise DatabaseSettingRefused(
+            "a PostgreSQL URL must not contain a password (use database_password_file)"
+        )
+    try:
+        raw = conninfo_to_dict(url)
+    except Exception:  # the parser's message may quote the URL, secrets included
+        raise DatabaseSettingRefused(f"not a valid PostgreSQL URL: {redact(url)}") from None
+    params = {k: str(v) for k, v in raw.items() if v is not None}
+    found = sorted(_SECRET_PARAMS & params.keys())
+    if found:
+        raise DatabaseSettingRefused(
+            f"a PostgreSQL URL must not contain {'/'.join(found)} (use database_password_file)"
+        )
+    _require_verified_tls(params)
+    return params
+
+
+def _is_local_host(host: str) -> bool:
+    """A unix-socket directory, ``localhost`` or a loopback address."""
+    if host == "" or host.startswith("/") or host.startswith("@") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_verified_tls(params: dict[str, str]) -> None:
+    """Refuse a server reached over the network without verified TLS.
+
+    SECURITY (review 2 finding 2): the database holds the halt book, the transfer states
+    and the holds; libpq's default (``sslmode=prefer``) lets anyone on the path downgrade
+    and rewrite them. Any host other than a unix socket or loopback needs
+    ``sslmode=verify-full`` and a root certificate (``sslrootcert`` or libpq's default
+    ``~/.postgresql/root.crt``)."""
+    hosts = params.get("host", os.environ.get("PGHOST", ""))
+    addrs = params.get("hostaddr", "")
+    names = [h for h in (hosts.split(",") + addrs.split(",")) if h]
+    if all(_is_local_host(h) for h in names):
+        return
+    if params.get("sslmode") != "verify-full":
+        raise DatabaseSettingRefused(
+            "a PostgreSQL server that is not on this host needs sslmode=verify-full"
+            f" (got sslmode={params.get('sslmode', '<default prefer>')})"
+        )
+    default_root = Path.home() / ".postgresql" / "root.crt"
+    given = "sslrootcert" in params or "PGSSLROOTCERT" in os.environ
+    if not given and not default_root.exists():
+        raise DatabaseSettingRefused(
+            "sslmode=verify-full needs sslrootcert (or libpq's default"
+            f" {default_root}) to verify the PostgreSQL server"
+        )
+
+
 def redact(url: str) -> str:
-    """``url`` without any password (safe to log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without any secret (safe to log): the userinfo password and every
+    ``password`` / ``sslpassword`` query parameter are replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@" + netloc.rpartition("@")[2]
+        query = urlencode(
+            [
+                (k, "***" if k.lower() in _SECRET_PARAMS else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*/",
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "postgresql://<unparsable, redacted>"
 
 
 def is_postgres_url(value: str) -> bool:

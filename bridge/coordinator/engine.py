@@ -352,7 +352,7 @@ class Coordinator:
                 dst.holder(request.security, request.recipient),
             )
         except LedgerRejected as exc:
-            raise PreconditionFailed(str(exc)) from exc
+            raise PreconditionFailed(_generic(exc)) from exc
         src_name, dst_name = request.source_ledger, request.target_ledger
         # The ledger refusal each failed check predicts travels as the ErrorInfo reason.
         if not sender.security_registered:
@@ -386,11 +386,10 @@ class Coordinator:
                 src_name,
             )
         if sender.balance < request.amount:
+            # SECURITY (review 2 finding 6): the reason only, never the holder's balance
+            # (any brokerage may name any sender).
             raise PreconditionFailed(
-                f"insufficient balance: sender holds {sender.balance},"
-                f" transfer needs {request.amount}",
-                ErrorReason.INSUFFICIENT_BALANCE,
-                src_name,
+                f"insufficient balance on {src_name}", ErrorReason.INSUFFICIENT_BALANCE, src_name
             )
 
     # ---- flow limits (ADR 0010)
@@ -409,7 +408,7 @@ class Coordinator:
         try:
             source, target = await self._lane_status(request)
         except LedgerRejected as exc:
-            raise PreconditionFailed(str(exc)) from exc
+            raise PreconditionFailed(_generic(exc)) from exc
         refusal = never_fits(request.amount, source, target)
         if refusal is not None:
             raise PreconditionFailed(refusal)
@@ -852,7 +851,10 @@ class Coordinator:
                 failures += 1
                 since = since or time.time()
                 reason = self._waiting_reason(exc, since)
-                log.warning("transfer waiting", **{REASON: reason, ERROR: type(exc).__name__})
+                log.warning(
+                    "transfer waiting",
+                    **{REASON: reason, ERROR: f"{type(exc).__name__}: {str(exc)[:2000]}"},
+                )
                 with contextlib.suppress(Exception):
                     await self._store.set_reason(tid, reason)
                     await self._note_flow_wait(tid, exc)
@@ -874,12 +876,12 @@ class Coordinator:
     @staticmethod
     def _waiting_reason(exc: BaseException, since: float) -> str:
         if isinstance(exc, Halted):  # ---- depository halt
-            return f"{exc} (since {_iso(since)})"
+            return f"{_bounded(str(exc))} (since {_iso(since)})"
         if isinstance(exc, Unavailable):
-            return f"waiting since {_iso(since)}: {exc}"
+            return f"waiting since {_iso(since)}: {_bounded(str(exc))}"
         if isinstance(exc, LedgerRejected):
-            return f"waiting since {_iso(since)}: ledger refused the step ({exc})"
-        return f"waiting since {_iso(since)}: {exc}"
+            return f"waiting since {_iso(since)}: {_generic(exc)}"
+        return f"waiting since {_iso(since)}: {_bounded(str(exc))}"
 
     async def _advance(self, record: TransferRecord) -> bool:
         """Take one step; return True when the transfer is terminal."""
@@ -943,7 +945,9 @@ class Coordinator:
                 if (await src.get_leg(tid, Leg.OUTBOUND)).state is not LegState.NONE:
                     return False  # an earlier attempt landed after all
                 await self._set_state(
-                    record, TransferState.FAILED, f"source ledger refused the lock: {exc}"
+                    record,
+                    TransferState.FAILED,
+                    f"source ledger refused the lock ({exc.reason.value})",
                 )
                 return True
             await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
@@ -1139,3 +1143,20 @@ class Coordinator:
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
             )
             self._notify(record.transfer_id)
+
+
+# SECURITY (review 2 finding 6): a transfer's ``reason`` is read by brokerages. A ledger's
+# refusal is reported by its typed reason and ledger only, never its free text (a Fabric
+# peer's MSP and address, a chaincode exception's message); any other text is bounded.
+# The full detail is in the coordinator's log.
+_REASON_MAX = 240
+
+
+def _generic(exc: LedgerRejected) -> str:
+    """``exc`` as a brokerage may read it: the ledger and the typed reason."""
+    where = exc.ledger or "the ledger"
+    return f"{where} refused the step ({exc.reason.value})"
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."

@@ -21,7 +21,8 @@ Guarantees:
 - An order is marked APPLIED only when the ledger, read after the delivery, shows its
   sequence reached and (for a HALT) its scope halted (review finding 5). An order the ledger
   refuses as stale because a later order was applied first is SKIPPED: an alarm is logged,
-  and a skipped HALT keeps its scope halted for the drivers until its expiry.
+  and a skipped HALT keeps its scope halted for the drivers until its expiry. So does a
+  REFUSED HALT (an alarm too; review 2 finding 1): a refusal may be one peer's view.
   RESIDUAL: the confirming read goes through the same relayer that delivered the order (the
   coordinator has no other reader of the ledger); a relayer lying about both is caught by
   the ledger itself (it enforces the halt whatever the coordinator believes) and by the
@@ -169,7 +170,7 @@ class SqlHaltStore:
         self, ledger: str | None = None, pending_only: bool = False, gating: bool = False
     ) -> list[OrderRecord]:
         """Orders by ledger and ascending sequence (optionally one ledger, pending only, or
-        ``gating``: pending or skipped, the orders the drivers still obey)."""
+        ``gating``: pending, skipped or refused, the orders the drivers still obey)."""
         query = f"SELECT {_COLS} FROM depository_orders"  # noqa: S608
         where, args = [], []
         if ledger is not None:
@@ -178,7 +179,8 @@ class SqlHaltStore:
         if pending_only:
             where.append(f"state = {int(OrderState.PENDING)}")
         elif gating:
-            where.append(f"state IN ({int(OrderState.PENDING)}, {int(OrderState.SKIPPED)})")
+            gates = (OrderState.PENDING, OrderState.SKIPPED, OrderState.REFUSED)
+            where.append(f"state IN ({', '.join(str(int(g)) for g in gates)})")
         if where:
             query += " WHERE " + " AND ".join(where)
         rows = await self._db.read(
@@ -315,7 +317,9 @@ class HaltBook:
         """True while ``security`` may not move on ``ledger``: the ledger shows it halted,
         or a HALT order for it (or for the whole ledger) is recorded and not yet applied.
         A ledger that cannot be read counts as not halted (the ledger still enforces).
-        SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 5)."""
+        SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 5);
+        so does a REFUSED one (review 2 finding 1: the refusal may be one peer's view, and a
+        depository HALT errs on the side of stopping)."""
         for r in await self._store.orders(ledger, gating=True):
             o = r.signed.order
             if (
@@ -378,7 +382,14 @@ class HaltBook:
             if exc.reason == ErrorReason.ORDER_EXPIRED:
                 state = OrderState.EXPIRED
             await self._store.set_state(r.ledger, seq, state, refusal)
-            log.warning("depository order refused by the ledger", **{REASON: refusal})
+            if state is OrderState.REFUSED:
+                # SECURITY: a refused HALT keeps gating until its expiry (see ``halted``).
+                log.error(
+                    "ALARM depository order refused by the ledger",
+                    **{REASON: f"{_describe(r.signed)}: {refusal}"[:300]},
+                )
+            else:
+                log.warning("depository order refused by the ledger", **{REASON: refusal})
             return state
         except BridgeError as exc:
             log.warning("depository order not delivered yet", **{REASON: str(exc)[:300]})

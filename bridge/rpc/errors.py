@@ -15,6 +15,7 @@ never a crash).
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ DOMAIN = "kstb.bridge"
 DETAILS_KEY = "grpc-status-details-bin"
 _MAX_META = 512
 """Longest metadata value sent or accepted (a peer cannot make us hold a huge string)."""
+_MAX_FIGURES = 4
+_MAX_FIGURE_DIGITS = 79  # a uint256 and its sign
+_FIGURE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
 RETRYABLE_REASONS: frozenset[ErrorReason | BridgeReason] = frozenset(
     {
@@ -115,8 +119,7 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
     if isinstance(exc, LedgerRejected):
         if exc.detail:
             meta["detail"] = exc.detail[:_MAX_META]
-        for name, value in exc.figures.items():
-            meta[f"figure_{name}"] = str(value)
+        meta.update(_wire_figures(exc.figures))
     info = error_details_pb2.ErrorInfo(reason=wire_reason(reason), domain=DOMAIN, metadata=meta)
     details = [info]
     retry: error_details_pb2.RetryInfo | None = None
@@ -129,7 +132,28 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
         item.Pack(d)
         packed.append(item)
     code = status_for(exc)
-    return status_pb2.Status(code=code.value[0], message=str(exc), details=packed)
+    return status_pb2.Status(code=code.value[0], message=str(exc)[:_MAX_META], details=packed)
+
+
+def _wire_figures(figures: Mapping[str, Figure]) -> dict[str, str]:
+    """``figure_<name>`` metadata for at most ``_MAX_FIGURES`` integer figures with short
+    identifier names and values of at most 78 digits (a uint256); anything else (hex words,
+    addresses, long names) is not sent (ADR 0015).
+
+    SECURITY (review 2 finding 7): a trailer is built from a ledger's refusal; it stays
+    bounded whatever the ledger (or a peer relaying it) put there."""
+    out: dict[str, str] = {}
+    for name, value in figures.items():
+        if len(out) >= _MAX_FIGURES:
+            break
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if not _FIGURE_NAME.fullmatch(name):
+            continue
+        text = str(value)
+        if len(text) <= _MAX_FIGURE_DIGITS:
+            out[f"figure_{name}"] = text
+    return out
 
 
 async def abort_reason(
@@ -140,6 +164,7 @@ async def abort_reason(
     meta = {"retryable": "true" if reason in RETRYABLE_REASONS else "false"}
     item = any_pb2.Any()
     item.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=DOMAIN, metadata=meta))
+    message = message[:_MAX_META]
     status = status_pb2.Status(code=code.value[0], message=message, details=[item])
     context.set_trailing_metadata(((DETAILS_KEY, status.SerializeToString()),))
     await context.abort(code, message)

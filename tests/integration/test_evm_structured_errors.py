@@ -76,7 +76,7 @@ async def test_an_insufficient_balance_reaches_the_client_with_its_figures(
     assert info.metadata["ledger"] == env.a.name and info.metadata["retryable"] == "false"
     assert (info.metadata["figure_balance"], info.metadata["figure_needed"]) == ("3", "5")
     # The coordinator's client rebuilds the typed refusal from the details alone.
-    back = translate(exc, "relayer of a")
+    back = translate(exc, "relayer of a", env.a.name)
     assert isinstance(back, LedgerRejected) and back.reason is ErrorReason.INSUFFICIENT_BALANCE
     assert (back.figure("balance"), back.figure("needed"), back.ledger) == (3, 5, env.a.name)
     assert env.a.balance(alice.address) == 3, "nothing was escrowed"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import InvalidInput, LedgerRejected, Unavailable
+from bridge.domain.governance import ZERO_WORD, Order, OrderAction, make_order
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, HolderStatus, Leg, SignatureSet
@@ -534,3 +536,63 @@ async def test_a_refusal_the_gateways_peer_shares_is_the_ledgers_decision() -> N
     with pytest.raises(LedgerRejected) as info:
         await adapter.submit(Action.LOCK, _lock_terms(adapter), None)
     assert info.value.reason == "InsufficientBalance"
+
+
+# ---- review 2 finding 1: a depository order's refusal is confirmed on the own peer -----------
+
+
+class _OrderPeers:
+    """One org's peer refuses ApplyOrder at endorsement (behind a SET_DEPOSITORY, or
+    hostile); the gateway's own peer accepts it (or refuses it with ``own_reason``)."""
+
+    channel = "bridge"
+
+    def __init__(self, own_reason: ErrorReason | None) -> None:
+        self.own_reason = own_reason
+        self.evaluated: list[str] = []
+
+    async def block_height(self) -> int:
+        return 10
+
+    async def evaluate(self, chaincode: str, function: str, args: list[str]) -> bytes:
+        self.evaluated.append(function)
+        if function == "HaltStatus":
+            return b'{"security_halted": false, "ledger_halted": false, "sequence": 0}'
+        if self.own_reason is not None:
+            raise LedgerRejected(self.own_reason, "own peer")
+        return b"{}"
+
+    async def endorse(self, chaincode: str, function: str, args: list[str]) -> object:
+        raise LedgerRejected(ErrorReason.NOT_DEPOSITORY, "peer0.org3 (Org3MSP)")
+
+
+def _halt_order() -> Order:
+    return make_order(
+        network=secrets.token_bytes(32),
+        ledger=LedgerId("fabric-a").word,
+        security=ZERO_WORD,
+        action=OrderAction.HALT,
+        sequence=1,
+        expiry=int(time.time()) + 600,
+    )
+
+
+@pytest.mark.security
+@pytest.mark.governance
+async def test_an_order_refused_only_by_another_peer_is_retryable() -> None:
+    client = _OrderPeers(own_reason=None)
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="another peer is behind") as info:
+        await adapter.apply_order(_halt_order(), b"\x01" * 65)
+    assert not isinstance(info.value, LedgerRejected), "one peer's no is not the ledger's"
+    assert client.evaluated[-1] == "ApplyOrder", "the order was simulated on the own peer"
+
+
+@pytest.mark.security
+@pytest.mark.governance
+async def test_an_order_refusal_is_the_own_peers_reason() -> None:
+    client = _OrderPeers(own_reason=ErrorReason.INVALID_SIGNATURE)
+    adapter = FabricAdapter(LedgerId("fabric-a"), client, "kstb", "Org2MSP/User1")  # type: ignore[arg-type]
+    with pytest.raises(LedgerRejected) as info:
+        await adapter.apply_order(_halt_order(), b"\x01" * 65)
+    assert info.value.reason is ErrorReason.INVALID_SIGNATURE, "the own peer's, not the other's"

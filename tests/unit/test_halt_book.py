@@ -284,3 +284,60 @@ async def test_an_order_is_applied_only_when_the_ledger_shows_it(halting) -> Non
     assert await book.halted("a", SecurityId(ISIN))
     r.apply_order = real_apply  # type: ignore[method-assign]
     await applied(book, "a", 7)
+
+
+# ---- review 2 finding 1: a refusal does not end a HALT ---------------------------------------
+
+
+@pytest.mark.security
+async def test_a_refused_halt_alarms_and_keeps_gating(halting) -> None:
+    """A ledger (one lagging or hostile peer) refuses a recorded HALT: the order is REFUSED,
+    but its scope stays halted for the drivers until its expiry."""
+    c, relayers, _, book = halting
+
+    async def refuse(signed: SignedOrder) -> Any:
+        raise LedgerRejected(ErrorReason.NOT_DEPOSITORY, "a peer behind SET_DEPOSITORY")
+
+    relayers["a"].apply_order = refuse  # type: ignore[method-assign]
+    await book.submit(order(c, "a", OrderAction.HALT, 3))
+    await book.deliver_pending()
+    assert [r.state for r in await book.orders()] == [OrderState.REFUSED]
+    assert relayers["a"].applied == [] and not relayers["a"].flags
+    assert await book.halted("a", SecurityId(ISIN)), "a refused HALT keeps gating"
+    assert not await book.halted("b", SecurityId(ISIN))
+
+
+@pytest.mark.security
+async def test_an_expired_refused_halt_stops_gating(halting) -> None:
+    c, relayers, _, book = halting
+
+    async def refuse(signed: SignedOrder) -> Any:
+        raise LedgerRejected(ErrorReason.NOT_DEPOSITORY, "refused")
+
+    relayers["a"].apply_order = refuse  # type: ignore[method-assign]
+    await book.submit(order(c, "a", OrderAction.HALT, 3, expiry=int(time.time()) + 2))
+    await book.deliver_pending()
+    assert await book.halted("a", SecurityId(ISIN))
+    await eventually(lambda: _not_halted(book), 10, "the refused HALT expired", interval=0.2)
+
+
+async def _not_halted(book: HaltBook) -> bool:
+    return not await book.halted("a", SecurityId(ISIN))
+
+
+@pytest.mark.security
+async def test_a_refused_release_does_not_lift_a_halt(halting) -> None:
+    c, relayers, _, book = halting
+    await book.submit(order(c, "a", OrderAction.HALT, 3))
+    await applied(book, "a", 3)
+    real_apply = relayers["a"].apply_order
+
+    async def refuse(signed: SignedOrder) -> Any:
+        raise LedgerRejected(ErrorReason.NOT_DEPOSITORY, "refused")
+
+    relayers["a"].apply_order = refuse  # type: ignore[method-assign]
+    await book.submit(order(c, "a", OrderAction.RELEASE, 4))
+    await book.deliver_pending()
+    assert [r.state for r in await book.orders()] == [OrderState.APPLIED, OrderState.REFUSED]
+    assert await book.halted("a", SecurityId(ISIN)), "a refused RELEASE lifts nothing"
+    relayers["a"].apply_order = real_apply  # type: ignore[method-assign]

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from bridge.coordinator import schema
-from bridge.coordinator.db import open_database, open_sqlite
+from bridge.coordinator.db import (
+    SESSION_TIMEOUTS,
+    Conn,
+    DatabaseInUse,
+    DatabaseSettingRefused,
+    open_database,
+    open_sqlite,
+)
 from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
@@ -100,7 +107,7 @@ async def test_postgres_is_migrated_once_and_versions_recorded(fresh_pg_url: str
 
 
 def test_a_password_in_the_url_is_refused() -> None:
-    with pytest.raises(ValueError, match="must not contain a password"):
+    with pytest.raises(DatabaseSettingRefused, match="must not contain a password"):
         open_database("postgresql://bridge:secret@127.0.0.1:1/db")
 
 
@@ -156,3 +163,66 @@ async def test_a_broken_postgres_connection_is_replaced(fresh_pg_url: str) -> No
     got = await store.get(rec.transfer_id)
     assert got is not None and got.reason == "kept"
     store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_sessions_have_bounded_timeouts(fresh_pg_url: str) -> None:
+    """Review 2 finding 3: one hung statement or lock wait cannot freeze the coordinator's
+    single database worker forever (server-side timeouts and TCP keepalives are set)."""
+    import psycopg
+
+    db = open_database(fresh_pg_url)
+    try:
+        shown = {
+            name: db.run_sync(lambda c, n=name: c.execute(f"SHOW {n}").fetchone()[0])  # type: ignore[misc]
+            for name in SESSION_TIMEOUTS
+        }
+        assert shown == {
+            "statement_timeout": "30s",
+            "lock_timeout": "10s",
+            "idle_in_transaction_session_timeout": "1min",
+        }
+        dsn = db.run_sync(lambda c: c._raw.info.dsn)
+        assert "keepalives=1" in dsn and "tcp_user_timeout=60000" in dsn
+
+        def hung(c: Conn) -> None:
+            c.execute("SET statement_timeout = '100ms'")
+            c.execute("SELECT pg_sleep(5)")
+
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            db.run_sync(hung)
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.security
+def test_a_second_coordinator_on_one_postgres_database_is_refused(fresh_pg_url: str) -> None:
+    """Review 2 finding 4: while one coordinator holds the database, a second one starting
+    on it is refused (DatabaseInUse); once the first closes, it may start."""
+    first = open_database(fresh_pg_url)
+    first.claim_exclusive()
+    second = open_database(fresh_pg_url)
+    try:
+        with pytest.raises(DatabaseInUse, match="in use by another coordinator"):
+            second.claim_exclusive()
+        first.close()
+        second.claim_exclusive()
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.security
+def test_a_second_coordinator_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    first = open_sqlite(tmp_path / "c.sqlite")
+    first.claim_exclusive()
+    second = open_sqlite(tmp_path / "c.sqlite")
+    try:
+        with pytest.raises(DatabaseInUse, match="in use by another coordinator"):
+            second.claim_exclusive()
+        first.close()
+        second.claim_exclusive()
+    finally:
+        first.close()
+        second.close()

@@ -184,7 +184,8 @@ def test_every_reason_round_trips_a_grpc_status_with_error_info(reason: ErrorRea
     assert status.details[1].Unpack(retry) and retry.retry_delay.seconds == 60
     back = translate(_over_the_wire(sent), "relayer of x", "other")
     assert isinstance(back, LedgerRejected)
-    assert (back.reason, back.detail, back.ledger) == (reason, "why", "fabric-a")
+    # The ledger is the client's own (review 2 finding 8), not the peer's claim.
+    assert (back.reason, back.detail, back.ledger) == (reason, "why", "other")
     assert (back.not_before, back.available) == (1_060, 2)
 
 
@@ -332,3 +333,40 @@ def test_a_precheck_refusal_carries_the_ledger_reason_it_predicts() -> None:
     call = _Call(status_for(sent), status.message, status.SerializeToString())
     got = received_error(call.trailing_metadata())  # type: ignore[arg-type]
     assert (got.reason, got.ledger, got.retryable) == (ErrorReason.HOLDER_FROZEN, "evm-a", False)
+
+
+@pytest.mark.security
+def test_sent_trailers_are_bounded_whatever_the_refusal() -> None:
+    """Review 2 finding 7: the status message and metadata stay bounded, and only a few
+    integer figures with short identifier names are sent (no hex, no long names)."""
+    figures: dict[str, int | str] = {
+        "available": 7,
+        "owner": "0x" + "ab" * 20,  # hex: never sent (ADR 0015)
+        "n" * 200: 1,  # a name too long
+        "bad name": 2,
+        "huge": 10**200,
+        **{f"f{i}": i for i in range(50)},
+    }
+    exc = LedgerRejected(ErrorReason.TOO_EARLY, "d" * 100_000, figures, ledger="l" * 10_000)
+    status = status_details(exc)
+    assert len(status.message) <= 512
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    meta = dict(info.metadata)
+    assert all(len(v) <= 512 for v in meta.values())
+    sent = {k: v for k, v in meta.items() if k.startswith("figure_")}
+    assert sent["figure_available"] == "7"
+    assert 0 < len(sent) <= 4
+    assert all(len(k) <= 39 and v.lstrip("-").isdigit() for k, v in sent.items())
+    assert "figure_owner" not in sent and "figure_huge" not in sent
+    assert len(status.SerializeToString()) < 4096
+
+
+@pytest.mark.security
+def test_a_peer_cannot_attribute_its_refusal_to_another_ledger() -> None:
+    """Review 2 finding 8: the relayer of evm-a claims its refusal came from fabric-b; the
+    coordinator's error names evm-a, the ledger that relayer serves."""
+    trailer = _status(_info("HOLDER_FROZEN", error="HolderFrozen", ledger="fabric-b"))
+    back = translate(_Call(grpc.StatusCode.FAILED_PRECONDITION, "m", trailer), "relayer", "evm-a")
+    assert isinstance(back, LedgerRejected) and back.reason is ErrorReason.HOLDER_FROZEN
+    assert back.ledger == "evm-a"

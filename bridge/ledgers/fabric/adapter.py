@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Mapping
 from contextlib import aclosing
+from typing import NoReturn
 
 from bridge.core import words as core_words
 from bridge.core.reasons import ErrorReason
@@ -537,14 +538,38 @@ class FabricAdapter(StepTemplate):
         ]
         try:
             prepared = await self._client.endorse(self._chaincode, "ApplyOrder", args)
+        except LedgerRejected as refusal:
+            if (await self.halt_status(None)).sequence >= order.sequence:
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            await self._confirm_order_refusal(args, refusal)
+        try:
             result = await self._client.submit_prepared(prepared)
-        except LedgerRejected:
+        except LedgerRejected:  # ordered, then invalidated (a validation code)
             if (await self.halt_status(None)).sequence >= order.sequence:
                 return TxOutcome(
                     tx_id="", height=await self.finalized_height(), already_applied=True
                 )
             raise
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
+
+    async def _confirm_order_refusal(self, args: list[str], refusal: LedgerRejected) -> NoReturn:
+        """Raise the gateway's own peer's refusal when it refuses the order too, Unavailable
+        when it would accept it (never returns).
+
+        SECURITY (review 2 finding 1): a refusal is final for the halt book, and the
+        endorsement error may come from any org's peer (a peer still behind a
+        SET_DEPOSITORY, or a hostile one). Only the gateway's own peer, the one this adapter
+        reads, may decide that a depository order is refused."""
+        try:
+            await self._client.evaluate(self._chaincode, "ApplyOrder", args)
+        except LedgerRejected as own:
+            raise own from refusal
+        raise Unavailable(
+            f"{self._ledger}: ApplyOrder refused by an endorsing peer ({refusal}) but"
+            " accepted by the gateway's peer; another peer is behind, retry"
+        ) from refusal
 
     async def close(self) -> None:
         """Close the Gateway client's connection."""

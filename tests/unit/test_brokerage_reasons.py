@@ -1,0 +1,63 @@
+"""Review 2 finding 6: what a brokerage reads about a transfer (the pre-check refusal and the
+transfer's ``reason``) carries typed reasons and ledger names, never another holder's
+balance or a ledger's free text (a Fabric peer's MSP and address, chaincode internals)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bridge.coordinator.engine import Coordinator
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import LedgerRejected, PreconditionFailed, Unavailable
+from bridge.domain.legs import HolderStatus
+from bridge.domain.transfer import TransferState
+from tests.unit.test_coordinator_driver import (  # noqa: F401 (the fixture)
+    coordinator,
+    final,
+    request,
+    submit,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.security]
+
+PEER_TEXT = "peer0.org1.example.com:7051 (Org1MSP): chaincode Internal: KeyError 'holders/0xdead'"
+
+
+async def test_the_precheck_never_reveals_the_senders_balance(coordinator) -> None:  # noqa: F811
+    c, relayers, store = coordinator
+
+    async def poor(security: str, holder: str) -> HolderStatus:
+        return HolderStatus(True, 3, 0, True, False, False)
+
+    relayers["a"].holder = poor  # type: ignore[method-assign]
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request("leak"))
+    assert exc.value.reason is ErrorReason.INSUFFICIENT_BALANCE and exc.value.ledger == "a"
+    assert "3" not in str(exc.value) and "5" not in str(exc.value), str(exc.value)
+    assert await store.get_by_key("a", "leak") is None, "nothing recorded"
+
+
+async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, PEER_TEXT)
+    record, _ = await submit(c, request("k-peer"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    got = await store.get(record.transfer_id)
+    assert got is not None
+    assert "InsufficientBalance" in got.reason
+    assert "Org1MSP" not in got.reason and "KeyError" not in got.reason, got.reason
+
+
+def test_waiting_reasons_are_generic_and_bounded() -> None:
+    since = time.time()
+    refused = Coordinator._waiting_reason(
+        LedgerRejected(ErrorReason.HOLDER_FROZEN, PEER_TEXT, ledger="b"), since
+    )
+    assert "b refused the step (HolderFrozen)" in refused
+    assert "Org1MSP" not in refused
+    down = Coordinator._waiting_reason(
+        Unavailable("relayer of b unreachable " + "x" * 10_000), since
+    )
+    assert "relayer of b unreachable" in down and len(down) < 300
