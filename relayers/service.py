@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 from tenacity import (
     AsyncRetrying,
@@ -16,7 +16,7 @@ from tenacity import (
 
 from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
-from bridge.domain.legs import Action
+from bridge.domain.legs import Action, TxOutcome
 from bridge.ledgers.adapter import LedgerAdapter
 from bridge.logfields import ACTION, COUNT, ERROR, LEDGER, TRANSFER, TX, get_logger
 from bridge.rpc.convert import (
@@ -71,6 +71,23 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
     def error_ledger(self) -> str:
         """The ledger named in the ErrorInfo of this service's ledger refusals (ADR 0015)."""
         return str(self._adapter.ledger)
+
+    async def _applied(self, key: Hashable, call: Callable[[], Awaitable[TxOutcome]]) -> TxOutcome:
+        """``call`` (an idempotent ledger write) under the per-``key`` lock, retried on
+        transient faults (Unavailable) with exponential backoff, ``submit_attempts`` times."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+        async def attempt() -> TxOutcome:  # a coroutine function, so tenacity awaits it
+            return await call()
+
+        async with self._locks.hold(key):
+            return await retrying(attempt)
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -155,25 +172,15 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             raise InvalidInput("instruction applies to LOCK only")
         if len(request.instruction) > 65:
             raise InvalidInput("instruction must be at most 65 bytes")
-        async with self._locks.hold((int(action), terms.transfer_id)):
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(Unavailable),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential(multiplier=0.2, max=3),
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    outcome = await self._adapter.submit(
-                        action, terms, cert, bytes(request.instruction)
-                    )
+        outcome = await self._applied(
+            (int(action), terms.transfer_id),
+            lambda: self._adapter.submit(action, terms, cert, bytes(request.instruction)),
+        )
         self._log.info(
             "step applied" if not outcome.already_applied else "step already applied",
             **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},
         )
-        return relayer_pb2.SubmitResponse(
-            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
-        )
+        return _submit_response(outcome)
 
     # ---- depository halt
 
@@ -185,23 +192,14 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         adapter's call is idempotent by the ledger's order sequence). The relayer checks
         nothing the ledger does not: the signature is the authority."""
         signed = signed_order_from_pb(request)
-        async with self._locks.hold(("order",)):
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(Unavailable),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential(multiplier=0.2, max=3),
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    outcome = await self._adapter.apply_order(signed.order, signed.signature)
+        outcome = await self._applied(
+            ("order",), lambda: self._adapter.apply_order(signed.order, signed.signature)
+        )
         self._log.info(
             "depository order applied" if not outcome.already_applied else "order already applied",
             **{ACTION: f"order:{signed.order.action}:{signed.order.sequence}", TX: outcome.tx_id},
         )
-        return relayer_pb2.SubmitResponse(
-            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
-        )
+        return _submit_response(outcome)
 
     @grpc_errors
     async def GetHaltStatus(
@@ -236,21 +234,20 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             raise InvalidInput(
                 f"certificate epoch {cert.epoch} does not certify epoch {proposal.next_epoch}"
             )
-        async with self._locks.hold(("rotation", proposal.next_epoch)):
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(Unavailable),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential(multiplier=0.2, max=3),
-                before_sleep=self._log_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    outcome = await self._adapter.install_committee(proposal.as_rotation(), cert)
+        outcome = await self._applied(
+            ("rotation", proposal.next_epoch),
+            lambda: self._adapter.install_committee(proposal.as_rotation(), cert),
+        )
         self._log.info(
             "committee installed" if not outcome.already_applied else "committee already installed",
             next_epoch=proposal.next_epoch,
             **{TX: outcome.tx_id},
         )
-        return relayer_pb2.SubmitResponse(
-            tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
-        )
+        return _submit_response(outcome)
+
+
+def _submit_response(outcome: TxOutcome) -> relayer_pb2.SubmitResponse:
+    """A ledger write's outcome as the API message."""
+    return relayer_pb2.SubmitResponse(
+        tx_id=outcome.tx_id, height=outcome.height, already_applied=outcome.already_applied
+    )
