@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 from bridge.domain.errors import PreconditionFailed
 from bridge.domain.rotation import RotationProposal
+from verifiers.votes import immediate, open_durable
 
 
 class ConflictingRotation(PreconditionFailed):
@@ -25,10 +25,7 @@ class RotationLog:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS rotation_votes ("
             " next_epoch INTEGER PRIMARY KEY, fingerprint BLOB NOT NULL, at REAL NOT NULL)"
@@ -37,8 +34,7 @@ class RotationLog:
     def record(self, proposal: RotationProposal) -> None:
         """Record ``proposal`` for its next epoch; idempotent for the same proposal, else
         ConflictingRotation (nothing recorded)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db):
             row = self._db.execute(
                 "SELECT fingerprint FROM rotation_votes WHERE next_epoch = ?",
                 (proposal.next_epoch,),
@@ -52,10 +48,6 @@ class RotationLog:
                 raise ConflictingRotation(
                     f"already signed another committee for epoch {proposal.next_epoch}"
                 )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def signed(self, next_epoch: int) -> bytes | None:
         """The fingerprint of the proposal signed for ``next_epoch``, if any."""

@@ -26,7 +26,6 @@ interceptor, ``bridge/rpc``), not by the sequencing rule.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from bridge.domain.committee import Committee, verify_vote
 from bridge.domain.errors import InvalidCertificate, PreconditionFailed
 from bridge.domain.supply import GENESIS_HASH, SignedRecord, SupplyRecord
+from verifiers.votes import immediate, open_durable
 
 
 class SupplyRefused(PreconditionFailed):
@@ -123,10 +123,7 @@ class SupplyLog:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS supply_signed ("
@@ -149,8 +146,7 @@ class SupplyLog:
         rule needs it; it lets this member continue a chain it fell behind on.
         """
         heights = {r.ledger: r.height for r in record.readings}
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db):
             row = self._db.execute(
                 "SELECT sequence, digest, heights, registration_version, previous_hash"
                 " FROM supply_signed WHERE security = ?",
@@ -190,10 +186,6 @@ class SupplyLog:
                     record.previous_hash,
                 ),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _anchors(record: SupplyRecord, anchor: SupplyRecord | PendingAnchor | None) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.domain.claims import ClaimKind
@@ -14,6 +16,29 @@ class ConflictingVote(PreconditionFailed):
     """Signing would contradict a decision this member already signed."""
 
 
+def open_durable(path: Path) -> sqlite3.Connection:
+    """A SQLite connection for a member's logs: WAL, ``synchronous=FULL`` (every commit is
+    fsync'd), explicit transactions only (see :func:`immediate`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+@contextlib.contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction taken at its start (``BEGIN IMMEDIATE``): committed when the
+    block ends, rolled back (nothing recorded) when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class VoteLog:
     """Records COMMIT/ABORT decisions before any signature leaves the process.
 
@@ -22,10 +47,7 @@ class VoteLog:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS votes ("
             " transfer_id BLOB PRIMARY KEY, decision INTEGER NOT NULL,"
@@ -36,8 +58,7 @@ class VoteLog:
         """Record ``decision``; idempotent for the same decision and terms, else refuses."""
         if decision not in (ClaimKind.COMMIT, ClaimKind.ABORT):
             raise ValueError("only COMMIT and ABORT are decisions")
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db):
             row = self._db.execute(
                 "SELECT decision, terms_hash FROM votes WHERE transfer_id = ?", (transfer_id,)
             ).fetchone()
@@ -55,10 +76,6 @@ class VoteLog:
                 raise ConflictingVote(
                     f"already signed other terms for transfer 0x{transfer_id.hex()}"
                 )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def decision(self, transfer_id: bytes) -> ClaimKind | None:
         """The decision recorded for ``transfer_id``, if any."""
