@@ -60,3 +60,32 @@ class CheckpointStore:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+
+def rewind(path: Path, ledger: str, position: EventPosition) -> EventPosition | None:
+    """Set ``ledger``'s checkpoint in store ``path`` to ``position`` (backwards allowed);
+    returns the one it replaced. Only while no relayer has the store open (StoreInUse).
+
+    Moving back is always safe: the relayer re-delivers events the coordinator already
+    has, and the coordinator keeps each ledger position once (ADR 0022). This is how the
+    checkpoints are brought level with a coordinator log restored from an older backup."""
+    from bridge.storage.sqlite import hold_lock, migrate_sqlite, open_durable
+
+    lock = hold_lock(path, exclusive=True)
+    try:
+        db = open_durable(path, lock=False)
+        try:
+            migrate_sqlite(db, KIND, MIGRATIONS)
+            row = db.execute(
+                "SELECT height, idx FROM checkpoint WHERE ledger = ?", (ledger,)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO checkpoint(ledger, height, idx) VALUES (?, ?, ?) ON CONFLICT(ledger)"
+                " DO UPDATE SET height = excluded.height, idx = excluded.idx",
+                (ledger, position.height, position.index),
+            )
+        finally:
+            db.close()
+    finally:
+        lock.close()
+    return EventPosition(int(row[0]), int(row[1])) if row else None
