@@ -17,6 +17,7 @@ replaces is kept beside it (``<store>.pre-restore-<unix time>``), never deleted.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import time
@@ -55,12 +56,28 @@ class StoreKind:
 
 @dataclass(frozen=True, slots=True)
 class BackupInfo:
-    """A backup's provenance, as stored inside it."""
+    """A backup's provenance, as stored inside it, and the digest of its content."""
 
     kind: str
     schema_version: int
     taken_at: float
     source: str
+    content_sha256: str = ""
+
+
+def content_digest(db: sqlite3.Connection) -> str:
+    """SHA-256 over every table's schema and rows (in rowid order), ``backup_info`` and
+    SQLite's internal tables excepted: a backup damaged anywhere it matters fails it."""
+    h = hashlib.sha256()
+    tables = db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name != 'backup_info'"
+        " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).fetchall()
+    for name, sql in tables:
+        h.update(repr((name, sql)).encode())
+        for row in db.execute(f'SELECT * FROM "{name}" ORDER BY rowid'):  # noqa: S608 (names from sqlite_master)
+            h.update(repr(tuple(row)).encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +145,15 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
             if version > kind.latest:
                 raise StoreTooNew(kind.name, version, kind.latest)
             dst.execute("PRAGMA journal_mode=DELETE")
-            info = BackupInfo(kind.name, version, time.time(), str(source))
+            info = BackupInfo(kind.name, version, time.time(), str(source), content_digest(dst))
             dst.execute(
                 "CREATE TABLE backup_info (id INTEGER PRIMARY KEY CHECK (id = 1), kind TEXT NOT"
                 " NULL, schema_version INTEGER NOT NULL, taken_at REAL NOT NULL,"
-                " source TEXT NOT NULL)"
+                " source TEXT NOT NULL, content_sha256 TEXT NOT NULL)"
             )
             dst.execute(
-                "INSERT INTO backup_info VALUES (1, ?, ?, ?, ?)",
-                (info.kind, info.schema_version, info.taken_at, info.source),
+                "INSERT INTO backup_info VALUES (1, ?, ?, ?, ?, ?)",
+                (info.kind, info.schema_version, info.taken_at, info.source, info.content_sha256),
             )
             _integrity(dst, partial)
         finally:
@@ -178,13 +195,16 @@ def read_backup(kind: StoreKind, path: Path) -> BackupInfo:
             if not has_table(db, "backup_info"):
                 raise NotABackup(f"{path} was not written by `bridge store backup`")
             row = db.execute(
-                "SELECT kind, schema_version, taken_at, source FROM backup_info WHERE id = 1"
+                "SELECT kind, schema_version, taken_at, source, content_sha256"
+                " FROM backup_info WHERE id = 1"
             ).fetchone()
+            if row is None:
+                raise NotABackup(f"{path} has no backup record")
+            info = BackupInfo(str(row[0]), int(row[1]), float(row[2]), str(row[3]), str(row[4]))
+            if content_digest(db) != info.content_sha256:
+                raise NotABackup(f"{path} is damaged: its content does not match its digest")
         except sqlite3.DatabaseError as exc:
-            raise NotABackup(f"{path} is not a SQLite backup: {exc}") from None
-        if row is None:
-            raise NotABackup(f"{path} has no backup record")
-        info = BackupInfo(str(row[0]), int(row[1]), float(row[2]), str(row[3]))
+            raise NotABackup(f"{path} is not an intact SQLite backup: {exc}") from None
         if info.kind != kind.name:
             raise WrongStore(kind.name, info.kind)
         check_kind(db, kind)
