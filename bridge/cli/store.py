@@ -25,7 +25,6 @@ from bridge.storage.backup import (
     backup,
     check_kind,
     has_table,
-    read_backup,
     restore,
     schema_version_of,
 )
@@ -173,7 +172,6 @@ def run(a: argparse.Namespace) -> int:
             out = {"backup": str(a.to), "store": info.kind, "schema_version": info.schema_version,
                    "taken_at": info.taken_at}  # fmt: skip
         elif a.cmd == "restore":
-            read_backup(kind, a.source)
             result = restore(kind, a.source, a.path, a.acknowledge)
             out = {
                 "restored": str(a.path),
