@@ -9,7 +9,7 @@ from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
 from bridge.storage.sqlite import immediate, open_durable
 from verifiers.policy import ClaimRefused
-from verifiers.store import open_member_store, quarantined
+from verifiers.store import Quarantine, open_member_store, quarantined
 
 __all__ = ["ConflictingVote", "StaleVoteLog", "VoteLog", "immediate", "open_durable"]
 
@@ -74,6 +74,10 @@ class VoteLog:
                 raise ConflictingVote(
                     f"already signed other terms for transfer 0x{transfer_id.hex()}"
                 )
+
+    def quarantine(self) -> Quarantine | None:
+        """The unlifted restore that quarantines this log (ADR 0022), or None."""
+        return quarantined(self._db)
 
     def decision(self, transfer_id: bytes) -> ClaimKind | None:
         """The decision recorded for ``transfer_id``, if any."""

@@ -209,6 +209,9 @@ def test_a_restored_vote_log_never_signs_the_other_decision(tmp_path: Path) -> N
     restore(VERIFIER, bak, tmp_path / "votes.sqlite", "test: disk replaced")
     reopen(m, tmp_path)
     assert m.votes.decision(t.transfer_id) is None, "the restore forgot the COMMIT"
+    q = m.votes.quarantine()
+    assert q is not None
+    assert q.acknowledgement == "test: disk replaced"
 
     m.set_leg(m.b, t, Leg.INBOUND, LegState.EXPIRED)
     with pytest.raises(StaleVoteLog, match="quarantined"):
