@@ -11,6 +11,8 @@ operator lifts the quarantine.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sqlite3
 import subprocess
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bridge.cli.main import main as cli_main
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import ClaimKind
@@ -42,17 +45,28 @@ def s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
         yield sys_
 
 
-def store_cli(*args: str) -> dict[str, Any]:
-    """``bridge --json store ...`` as an operator runs it; its JSON answer."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli.main", "--json", "store", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def store_cli(*args: str, process: bool = False) -> dict[str, Any]:
+    """``bridge --json store ...`` as an operator runs it (in a process of its own with
+    ``process``, else in this one: the same code, without the import time); its answer."""
+    argv = ["--json", "store", *args]
+    if process:
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge.cli.main", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        code, out = done.returncode, done.stdout + done.stderr
+    else:
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            code = cli_main(argv)
+        out = buffer.getvalue()
+    assert code == 0, out
+    answer: dict[str, Any] = json.loads(
+        next(line for line in reversed(out.splitlines()) if line.startswith("{"))
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return answer
 
 
@@ -131,7 +145,7 @@ def test_a_restored_system_continues_correctly(s: LocalSystem) -> None:
                          str(backups / "coordinator.bak"))  # fmt: skip
     member = store_cli("restore", "--store", "verifier", "--path", str(state / "verifier-0.sqlite"),
                        "--from", str(backups / "verifier-0.bak"),
-                       "--acknowledge", "e2e: member disk replaced")  # fmt: skip
+                       "--acknowledge", "e2e: member disk replaced", process=True)  # fmt: skip
     assert member["quarantined"] is True
     assert vote(state / "verifier-0.sqlite", forgotten) is None, "the restore forgot the vote"
     for name in relayers:
@@ -161,3 +175,79 @@ def test_a_restored_system_continues_correctly(s: LocalSystem) -> None:
     eventually_sync(lambda: vote(state / "verifier-0.sqlite", after), 30, "member 0 signs again")
     s.wait_processes_alive()
     assert s.ledgers[B].balance(DEMO_ISIN, bob.address) == 40
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "stores"
+
+
+def columns(db: sqlite3.Connection) -> dict[str, list[tuple[str, str]]]:
+    """Every table's columns (name, declared type), SQLite's own tables excepted."""
+    names = [
+        r[0]
+        for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    return {n: [(c[1], c[2]) for c in db.execute(f'PRAGMA table_info("{n}")')] for n in names}
+
+
+def to_previous_release(path: Path, kind: str) -> None:
+    """Rewrite the live store ``path`` in the format release 287b48a wrote (checked
+    against that release's fixture): drop what versioning added, keep every row."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("DROP TABLE store_identity")
+        if kind != "coordinator":  # the coordinator was versioned already (ADR 0013)
+            db.execute("DROP TABLE schema_version")
+        if kind == "verifier":
+            db.execute("DROP TABLE restores")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        previous = sqlite3.connect(":memory:")
+        previous.executescript((FIXTURES / f"{kind}-287b48a.sql").read_text())
+        expected = columns(previous)
+        previous.close()
+        if kind == "coordinator":  # the dump's schema_version rows carry no schema diff
+            assert "schema_version" in expected
+        assert columns(db) == expected, f"{kind}: not the previous release's format"
+    finally:
+        db.close()
+
+
+def test_daemons_upgrade_stores_of_the_previous_release_and_keep_working(
+    s: LocalSystem,
+) -> None:
+    """The coordinator, a member and the relayers are stopped, their live stores rewritten
+    in release 287b48a's format (rows kept), and started with this release: each store is
+    upgraded at open and the system commits a transfer, the member voting for it."""
+    state = s.workdir / "state"
+    relayers = [f"relayer-{name}" for name in s.all_ledgers]
+    for name in ["coordinator", "verifier-1", *relayers]:
+        s.processes[name].stop()
+    votes_before = sqlite3.connect(state / "verifier-1.sqlite")
+    before = votes_before.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
+    votes_before.close()
+    assert before > 0
+    to_previous_release(state / "coordinator.sqlite", "coordinator")
+    to_previous_release(state / "verifier-1.sqlite", "verifier")
+    for name in relayers:
+        to_previous_release(state / f"{name}.sqlite", "relayer")
+    for name in ["verifier-1", "coordinator", *relayers]:
+        s.start_process(name)
+
+    holder = s.ledgers[A].make_holder(DEMO_ISIN, 20)
+    bob = DevAccount.generate()
+    eligible_everywhere(s, holder.address)
+    eligible_everywhere(s, bob.address)
+    tid = submit(s, holder, bob)
+    committed(s, tid)
+    eventually_sync(lambda: vote(state / "verifier-1.sqlite", tid), 30, "member 1 votes")
+    for kind, file in [("coordinator", "coordinator"), ("verifier", "verifier-1"),
+                       *[("relayer", name) for name in relayers]]:  # fmt: skip
+        info = store_cli("info", "--store", kind, "--path", str(state / f"{file}.sqlite"))
+        assert info["schema_version"] == info["latest"], info
+    after = sqlite3.connect(f"file:{state / 'verifier-1.sqlite'}?mode=ro", uri=True)
+    try:
+        assert after.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == before + 1
+    finally:
+        after.close()
+    s.wait_processes_alive()
