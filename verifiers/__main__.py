@@ -54,6 +54,15 @@ async def run(config_path: Path) -> None:
             await reader.close()
         raise
     votes = VoteLog(cfg.vote_db)
+    quarantine = votes.quarantine()  # ---- stores (ADR 0022)
+    if quarantine is not None:
+        log.warning(
+            "member store restored from a backup: quarantined until an operator lifts it"
+            " (bridge store lift-quarantine)",
+            restored_at=quarantine.restored_at,
+            backup_taken_at=quarantine.backup_taken_at,
+            acknowledgement=quarantine.acknowledgement,
+        )
     supply_log = SupplyLog(cfg.vote_db)
     rotations = RotationLog(cfg.vote_db)
     servicer = VerifierServicer(

@@ -165,3 +165,18 @@ def check_commit_delay(source: LegStatus, target: LegStatus, now: float) -> None
     at = max(source.not_before, target.not_before)
     if now < at:
         raise CommitTooEarly(f"TooEarly: notBefore={at}, nowTs={int(now)}")
+
+
+# ---- store restore (ADR 0022)
+def outcome_applied(kind: ClaimKind, source: LegStatus, target: LegStatus) -> bool:
+    """True when a ledger already shows decision ``kind`` applied for the transfer: COMMIT
+    by a BURNED source or a MINTED target, ABORT by a RELEASED source or an ABORTED target.
+
+    SECURITY: these states follow only from a committee certificate of that decision that
+    the ledger verified, so the outcome is fixed; a quarantined member (restored vote log)
+    may sign it without risking a contradiction that could change anything."""
+    if kind is ClaimKind.COMMIT:
+        return source.state is LegState.BURNED or target.state is LegState.MINTED
+    if kind is ClaimKind.ABORT:
+        return source.state is LegState.RELEASED or target.state is LegState.ABORTED
+    return False

@@ -7,11 +7,17 @@ from pathlib import Path
 
 from bridge.domain.errors import PreconditionFailed
 from bridge.domain.rotation import RotationProposal
-from verifiers.votes import immediate, open_durable
+from bridge.storage.sqlite import immediate
+from verifiers.store import open_member_store, quarantined
 
 
 class ConflictingRotation(PreconditionFailed):
     """Signing would certify a second, different committee for an epoch already signed."""
+
+
+class StaleRotationLog(ConflictingRotation):
+    """The log was restored from a backup (quarantined, ADR 0022) and has no proposal for
+    this epoch: this member may have signed another committee for it after the backup."""
 
 
 class RotationLog:
@@ -25,20 +31,25 @@ class RotationLog:
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = open_durable(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS rotation_votes ("
-            " next_epoch INTEGER PRIMARY KEY, fingerprint BLOB NOT NULL, at REAL NOT NULL)"
-        )
+        self._db = open_member_store(path)
 
     def record(self, proposal: RotationProposal) -> None:
         """Record ``proposal`` for its next epoch; idempotent for the same proposal, else
-        ConflictingRotation (nothing recorded)."""
+        ConflictingRotation (nothing recorded).
+
+        SECURITY: while the log is quarantined after a restore, an epoch absent from it is
+        refused (StaleRotationLog): no ledger state proves this member signed no other
+        committee for it after the backup was taken."""
         with immediate(self._db):
             row = self._db.execute(
                 "SELECT fingerprint FROM rotation_votes WHERE next_epoch = ?",
                 (proposal.next_epoch,),
             ).fetchone()
+            if row is None and quarantined(self._db) is not None:
+                raise StaleRotationLog(
+                    f"rotation log restored from a backup and quarantined: nothing recorded"
+                    f" for epoch {proposal.next_epoch}; refusing to sign"
+                )
             if row is None:
                 self._db.execute(
                     "INSERT INTO rotation_votes VALUES (?, ?, ?)",

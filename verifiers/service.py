@@ -16,7 +16,7 @@ from bridge.domain.errors import (
 )
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
-from bridge.domain.legs import Leg
+from bridge.domain.legs import Leg, LegState
 from bridge.domain.rotation import (
     RotationBounds,
     RotationRefused,
@@ -38,6 +38,7 @@ from verifiers.policy import (
     check_claim,
     check_commit_delay,
     is_instructed,
+    outcome_applied,
 )
 from verifiers.rotation_log import RotationLog
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
@@ -332,8 +333,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             # SECURITY: a target this member does not know was never certified LOCKED by
             # it (nor by any member with the same network file): the source lock can only
             # be released. Signed for the source ledger alone; recorded in the vote log.
-            check_abort_unknown_target(th, await src.get_leg(tid, Leg.OUTBOUND))
-            self._votes.record(tid, kind, th)
+            source_leg = await src.get_leg(tid, Leg.OUTBOUND)
+            check_abort_unknown_target(th, source_leg)
+            self._votes.record(tid, kind, th, confirmed=source_leg.state is LegState.RELEASED)
             return await self._sign(kind, tid, th, [src])
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
@@ -348,7 +350,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         if kind is ClaimKind.COMMIT:  # ---- flow limits: a large transfer's delay
             check_commit_delay(source, target, time.time())
         if kind is not ClaimKind.LOCKED:
-            self._votes.record(tid, kind, th)
+            self._votes.record(tid, kind, th, confirmed=outcome_applied(kind, source, target))
         return await self._sign(kind, tid, th, [dst] if kind is ClaimKind.LOCKED else [src, dst])
 
     async def _sign(

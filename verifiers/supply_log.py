@@ -33,7 +33,8 @@ from pathlib import Path
 from bridge.domain.committee import Committee, verify_vote
 from bridge.domain.errors import InvalidCertificate, PreconditionFailed
 from bridge.domain.supply import GENESIS_HASH, SignedRecord, SupplyRecord
-from verifiers.votes import immediate, open_durable
+from bridge.storage.sqlite import immediate
+from verifiers.store import open_member_store
 
 
 class SupplyRefused(PreconditionFailed):
@@ -123,18 +124,9 @@ class SupplyLog:
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = open_durable(path)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS supply_signed ("
-            " security TEXT PRIMARY KEY, sequence INTEGER NOT NULL, digest BLOB NOT NULL,"
-            " heights TEXT NOT NULL, registration_version INTEGER NOT NULL, at REAL NOT NULL)"
-        )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(supply_signed)")}
-        if "previous_hash" not in columns:
-            # Logs written before the sequencing rule: NULL means "not remembered", and
-            # the tip is then re-signed only over a certified anchor.
-            self._db.execute("ALTER TABLE supply_signed ADD COLUMN previous_hash BLOB")
+        # The chain rule already covers a restore: a member behind its own signatures
+        # continues only over committee-certified anchors (ADR 0022), no quarantine needed.
+        self._db = open_member_store(path)
 
     def check_and_record(
         self, record: SupplyRecord, anchor: SupplyRecord | PendingAnchor | None = None

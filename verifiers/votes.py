@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
+from bridge.storage.sqlite import immediate, open_durable
+from verifiers.policy import ClaimRefused
+from verifiers.store import Quarantine, open_member_store, quarantined
+
+__all__ = ["ConflictingVote", "StaleVoteLog", "VoteLog", "immediate", "open_durable"]
 
 
 class ConflictingVote(PreconditionFailed):
     """Signing would contradict a decision this member already signed."""
 
 
-def open_durable(path: Path) -> sqlite3.Connection:
-    """A SQLite connection for a member's logs: WAL, ``synchronous=FULL`` (every commit is
-    fsync'd), explicit transactions only (see :func:`immediate`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    return db
-
-
-@contextlib.contextmanager
-def immediate(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction taken at its start (``BEGIN IMMEDIATE``): committed when the
-    block ends, rolled back (nothing recorded) when it raises."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+class StaleVoteLog(ClaimRefused):
+    """The vote log was restored from a backup (quarantined, ADR 0022) and has no decision
+    for this transfer, whose outcome no ledger shows applied yet: this member may have
+    signed the other decision after the backup was taken, so it signs neither."""
 
 
 class VoteLog:
@@ -47,21 +32,34 @@ class VoteLog:
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = open_durable(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS votes ("
-            " transfer_id BLOB PRIMARY KEY, decision INTEGER NOT NULL,"
-            " terms_hash BLOB NOT NULL, at REAL NOT NULL)"
-        )
+        self._db = open_member_store(path)
 
-    def record(self, transfer_id: bytes, decision: ClaimKind, terms_hash: bytes) -> None:
-        """Record ``decision``; idempotent for the same decision and terms, else refuses."""
+    def record(
+        self,
+        transfer_id: bytes,
+        decision: ClaimKind,
+        terms_hash: bytes,
+        *,
+        confirmed: bool = False,
+    ) -> None:
+        """Record ``decision``; idempotent for the same decision and terms, else refuses.
+
+        ``confirmed``: a ledger already shows ``decision`` applied for this transfer
+        (:func:`verifiers.policy.outcome_applied`). SECURITY: while the log is quarantined
+        after a restore, a transfer absent from it is signed only when ``confirmed``
+        (StaleVoteLog otherwise, nothing recorded)."""
         if decision not in (ClaimKind.COMMIT, ClaimKind.ABORT):
             raise ValueError("only COMMIT and ABORT are decisions")
         with immediate(self._db):
             row = self._db.execute(
                 "SELECT decision, terms_hash FROM votes WHERE transfer_id = ?", (transfer_id,)
             ).fetchone()
+            if row is None and not confirmed and quarantined(self._db) is not None:
+                raise StaleVoteLog(
+                    f"vote log restored from a backup and quarantined: no decision recorded"
+                    f" for transfer 0x{transfer_id.hex()} and no ledger shows"
+                    f" {decision.name} applied; refusing to sign"
+                )
             if row is None:
                 self._db.execute(
                     "INSERT INTO votes VALUES (?, ?, ?, ?)",
@@ -76,6 +74,10 @@ class VoteLog:
                 raise ConflictingVote(
                     f"already signed other terms for transfer 0x{transfer_id.hex()}"
                 )
+
+    def quarantine(self) -> Quarantine | None:
+        """The unlifted restore that quarantines this log (ADR 0022), or None."""
+        return quarantined(self._db)
 
     def decision(self, transfer_id: bytes) -> ClaimKind | None:
         """The decision recorded for ``transfer_id``, if any."""

@@ -1,4 +1,4 @@
-"""``bridge transfer|supply|operator|depository ...`` from a terminal.
+"""``bridge transfer|supply|operator|depository|store ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
 2 usage errors. ``--json`` prints machine-readable output.
@@ -20,6 +20,7 @@ from google.protobuf.json_format import MessageToDict
 from bridge.cli import credentials
 from bridge.cli import depository as depository_cli
 from bridge.cli import operator as operator_cli
+from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
 from bridge.config import load_network
 from bridge.domain.errors import BridgeError
@@ -167,12 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     supply_cli.add_parser(top)
     operator_cli.add_parser(top)
     depository_cli.add_parser(top)  # ---- depository halt
+    store_cli.add_parser(top)  # ---- stores (ADR 0022)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if args.group == "store":  # ---- stores (ADR 0022): local, no coordinator
+        return store_cli.run(args)
     if args.group in ("supply", "operator", "depository"):
         runners = {"supply": supply_cli.run, "operator": operator_cli.run}
         runners["depository"] = depository_cli.run  # ---- depository halt

@@ -1,10 +1,11 @@
 """Versioned schema of the coordinator's database, for SQLite and PostgreSQL (ADR 0013).
 
 A small explicit migration runner rather than Alembic: the coordinator's SQL is
-hand-written for two dialects without an ORM, and the runner is ~60 lines whose every step
-is visible here. ``schema_version`` holds one row per applied migration; :func:`migrate`
-applies, in order and each in its own transaction, every migration above the highest
-applied one. Migrations are append-only: a released one is never edited.
+hand-written for two dialects without an ORM. The runner is the one every store shares
+(:mod:`bridge.storage.migrations`, ADR 0022): ``schema_version`` holds one row per applied
+migration; :func:`migrate` applies, in order and each in its own transaction, every
+migration above the highest applied one. Migrations are append-only: a released one is
+never edited.
 
 SECURITY / concurrency: the runner takes the database's write lock first (SQLite
 ``BEGIN IMMEDIATE``; PostgreSQL a transaction-scoped advisory lock), so two coordinators
@@ -14,11 +15,11 @@ starting on one database never apply a migration twice.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.coordinator.db import Conn, Database, Dialect
+from bridge.storage import migrations as runner
 
 # Advisory lock key taken by every migration on PostgreSQL ("KSTB" "mig").
 _MIGRATION_LOCK = 0x4B535442_6D6967
@@ -207,12 +208,21 @@ INSERT INTO coordinator_lease (id, holder, token, expires_at) VALUES (1, '', 0, 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One forward step of the schema."""
+    """One forward step of the schema: SQL for both dialects (SQLite text, translated
+    by :func:`to_postgres`), and an optional SQLite-only step run before it."""
 
     version: int
     name: str
     sql: str
     sqlite_before: Callable[[Conn], None] | None = None
+
+    def apply(self, c: Conn) -> None:
+        """Run the step on ``c`` (inside the runner's transaction)."""
+        if c.dialect is Dialect.SQLITE and self.sqlite_before is not None:
+            self.sqlite_before(c)
+        script = self.sql if c.dialect is Dialect.SQLITE else to_postgres(self.sql)
+        for statement in _statements(script):
+            c.execute(statement)
 
 
 def _statements(script: str) -> list[str]:
@@ -285,43 +295,28 @@ MIGRATIONS: tuple[Migration, ...] = (
 """Every migration, in version order (append-only)."""
 
 LATEST = MIGRATIONS[-1].version
+KIND = "coordinator"
 
 
 def current_version(c: Conn) -> int:
     """The highest applied version (0: none)."""
-    c.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
-        " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-    )
-    row = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-    return int(row[0])
+    return runner.current_version(c)
+
+
+def _advisory_lock(c: Conn) -> None:
+    if c.dialect is Dialect.POSTGRES:
+        c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
 
 def migrate(db: Database) -> int:
     """Apply every pending migration, each in one transaction; return the version reached.
 
-    Refuses a database whose version is newer than this code knows (a downgrade)."""
-    for m in MIGRATIONS:
-
-        def step(c: Conn, m: Migration = m) -> bool:
-            if c.dialect is Dialect.POSTGRES:
-                c.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            have = current_version(c)
-            if have > LATEST:
-                raise RuntimeError(
-                    f"database schema version {have} is newer than this coordinator's {LATEST}"
-                )
-            if have >= m.version:
-                return False
-            if c.dialect is Dialect.SQLITE and m.sqlite_before is not None:
-                m.sqlite_before(c)
-            script = m.sql if c.dialect is Dialect.SQLITE else to_postgres(m.sql)
-            for statement in _statements(script):
-                c.execute(statement)
-            c.execute(
-                "INSERT INTO schema_version VALUES (?, ?, ?)", (m.version, m.name, time.time())
-            )
-            return True
-
-        db.write_sync(step)
+    The shared runner (:mod:`bridge.storage.migrations`) refuses a database of another
+    kind (WrongStore) or newer than this code knows (StoreTooNew: a downgrade)."""
+    runner.migrate(
+        KIND,
+        [runner.Migration(m.version, m.name, m.apply) for m in MIGRATIONS],
+        db.write_sync,
+        before=_advisory_lock,
+    )
     return db.run_sync(current_version)

@@ -20,6 +20,7 @@ from bridge.coordinator.db import (
 from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
 from bridge.coordinator.supply_store import SqliteSupplyStore, SqlSupplyStore
 from bridge.domain.supply import Assessment, SignedRecord
+from bridge.storage.migrations import StoreTooNew
 from tests.unit.test_store import make_record
 from tests.unit.test_supply_store import record
 
@@ -86,7 +87,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (schema.LATEST + 1,))
     raw.close()
-    with pytest.raises(RuntimeError, match="newer than this coordinator"):
+    with pytest.raises(StoreTooNew, match="newer than this release"):
         open_sqlite(path)
 
 

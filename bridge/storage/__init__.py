@@ -1,0 +1,1 @@
+"""Versioned, upgradable, restorable stores (issue 12 item 6, ADR 0022)."""
