@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bridge.config import load_relayer
 from bridge.daemon import run_daemon
+from bridge.doctor.fingerprint import network_fingerprint
 from bridge.doctor.model import ComponentStatus
 from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
 from bridge.doctor.status import Describe, StatusServicer, base_status, read_view
@@ -61,8 +62,11 @@ class CoordinatorSink:
 
 
 # ---- doctor (issue 12)
-def relayer_status(ledger: str, adapter: LedgerAdapter, checkpoints: CheckpointStore) -> Describe:
-    """The relayer's ``GetStatus``: its ledger's view with scanned height and gas."""
+def relayer_status(
+    ledger: str, adapter: LedgerAdapter, checkpoints: CheckpointStore, fingerprint: bytes
+) -> Describe:
+    """The relayer's ``GetStatus``: its ledger's view with scanned height and gas, and its
+    network file's fingerprint."""
 
     def scanned() -> int | None:
         position = checkpoints.load()
@@ -73,7 +77,7 @@ def relayer_status(ledger: str, adapter: LedgerAdapter, checkpoints: CheckpointS
         view = await read_view(
             ledger, adapter, scanned_height=scanned, operator=adapter.operator, gas_balance=gas
         )
-        return base_status("relayer", ledgers=(view,))
+        return base_status("relayer", ledgers=(view,), network_fingerprint=fingerprint)
 
     return describe
 
@@ -103,7 +107,13 @@ async def run(config_path: Path) -> None:
             lambda s: relayer_pb2_grpc.add_RelayerServiceServicer_to_server(
                 RelayerServicer(adapter), s
             ),
-            add_status(StatusServicer(relayer_status(cfg.ledger, adapter, checkpoints))),
+            add_status(
+                StatusServicer(
+                    relayer_status(
+                        cfg.ledger, adapter, checkpoints, network_fingerprint(cfg.network)
+                    )
+                )
+            ),
         ],
         security,
         observers=obs.interceptors,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bridge.config import load_verifier
 from bridge.daemon import run_daemon
+from bridge.doctor.fingerprint import network_fingerprint
 from bridge.doctor.model import ComponentStatus
 from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
 from bridge.doctor.status import Describe, StatusServicer, base_status, read_view
@@ -30,12 +31,17 @@ from verifiers.votes import VoteLog
 
 
 # ---- doctor (issue 12)
-def member_status(member: bytes, readers: Mapping[str, LedgerReader]) -> Describe:
-    """The member's ``GetStatus``: its address and its own view of every ledger."""
+def member_status(
+    member: bytes, readers: Mapping[str, LedgerReader], fingerprint: bytes
+) -> Describe:
+    """The member's ``GetStatus``: its address, its own view of every ledger and its network
+    file's fingerprint."""
 
     async def describe() -> ComponentStatus:
         views = [await read_view(name, reader) for name, reader in readers.items()]
-        return base_status("verifier", member=member, ledgers=tuple(views))
+        return base_status(
+            "verifier", member=member, ledgers=tuple(views), network_fingerprint=fingerprint
+        )
 
     return describe
 
@@ -93,7 +99,11 @@ async def run(config_path: Path) -> None:
         [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name, STATUS_SERVICE],
         [
             lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s),
-            add_status(StatusServicer(member_status(signer.address, by_name))),
+            add_status(
+                StatusServicer(
+                    member_status(signer.address, by_name, network_fingerprint(cfg.network))
+                )
+            ),
         ],
         security,
         observers=obs.interceptors,

@@ -25,6 +25,7 @@ from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.doctor.fingerprint import network_fingerprint
 from bridge.doctor.model import ComponentStatus, FeedAge
 from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
 from bridge.doctor.status import Describe, StatusServicer, base_status
@@ -51,9 +52,13 @@ from bridge.v1 import (
 
 # ---- doctor (issue 12)
 def coordinator_status(
-    endpoints: Mapping[str, str], securities: Sequence[str], supply: SqlSupplyStore
+    endpoints: Mapping[str, str],
+    securities: Sequence[str],
+    supply: SqlSupplyStore,
+    fingerprint: bytes,
 ) -> Describe:
-    """The coordinator's ``GetStatus``: the endpoints it dials and each feed's age."""
+    """The coordinator's ``GetStatus``: the endpoints it dials, each feed's age and its
+    network file's fingerprint."""
 
     async def describe() -> ComponentStatus:
         now = time.time()
@@ -63,7 +68,10 @@ def coordinator_status(
             age = None if latest is None else max(0.0, now - latest.published_at)
             feeds.append(FeedAge(security, age))
         return base_status(
-            "coordinator", endpoints=tuple(sorted(endpoints.items())), feeds=tuple(feeds)
+            "coordinator",
+            endpoints=tuple(sorted(endpoints.items())),
+            feeds=tuple(feeds),
+            network_fingerprint=fingerprint,
         )
 
     return describe
@@ -186,6 +194,7 @@ async def run(config_path: Path) -> None:
                         | {f"member:{m}": e for m, e in zip(members, endpoints, strict=True) if m},
                         list(cfg.network.securities),
                         supply_store,
+                        network_fingerprint(cfg.network),
                     )
                 )
             ),

@@ -146,6 +146,22 @@ def check_version(
     return _row(component, "version", Level.OK, got)
 
 
+def check_network_file(component: str, status: ComponentStatus, expected: bytes) -> CheckResult:
+    """WARN when the component runs with a network file of another meaning than the caller's
+    (:func:`bridge.doctor.fingerprint.network_fingerprint`), or does not say."""
+    if not status.network_fingerprint:
+        return _row(component, "network file", Level.WARN, "fingerprint not reported")
+    if status.network_fingerprint != expected:
+        return _row(
+            component,
+            "network file",
+            Level.WARN,
+            f"another network file: fingerprint {_hex(status.network_fingerprint)[:18]}…,"
+            f" this file's {_hex(expected)[:18]}…",
+        )
+    return _row(component, "network file", Level.OK, f"same as this file's {_hex(expected)[:18]}…")
+
+
 def check_clock(
     component: str, reading: Reading, status: ComponentStatus, t: Thresholds
 ) -> CheckResult:
@@ -297,6 +313,7 @@ def evaluate(
     version: str,
     protocol: int,
     t: Thresholds,
+    fingerprint: bytes | None = None,
 ) -> Report:
     """Every check over ``readings`` (keyed by component name: ``coordinator``,
     ``relayer:<ledger>``, ``member:0x<address>``) against ``network``.
@@ -304,7 +321,12 @@ def evaluate(
     Guarantees: one ``reachable`` row per expected component (the coordinator, one relayer
     per ledger, every member of the file's genesis committee and ``[[committee.later]]``),
     FAIL for one with no reading; the other rows only for components that answered.
+    ``fingerprint`` is the network file's (computed from ``network`` when None).
     """
+    if fingerprint is None:
+        from bridge.doctor.fingerprint import network_fingerprint
+
+        fingerprint = network_fingerprint(network)
     rows: list[CheckResult] = []
     relayers = [f"relayer:{name}" for name in network.ledgers]
     members = sorted(set(network.committee.members) | set(network.later_members))
@@ -317,6 +339,7 @@ def evaluate(
         rows.append(check_reachable(reading))
         if reading.status is not None:
             rows.append(check_version(component, reading.status, version, protocol))
+            rows.append(check_network_file(component, reading.status, fingerprint))
             rows.append(check_clock(component, reading, reading.status, t))
     views: dict[str, LedgerView] = {}
     for name, config in network.ledgers.items():

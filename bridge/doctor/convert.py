@@ -59,6 +59,7 @@ def status_to_pb(s: ComponentStatus) -> status_pb2.ComponentStatus:
             )
             for f in s.feeds
         ],
+        network_fingerprint=s.network_fingerprint,
     )
 
 
@@ -75,4 +76,5 @@ def status_from_pb(m: status_pb2.ComponentStatus) -> ComponentStatus:
         feeds=tuple(
             FeedAge(f.security_id, f.age_seconds if f.has_record else None) for f in m.feeds
         ),
+        network_fingerprint=m.network_fingerprint,
     )

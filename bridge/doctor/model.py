@@ -77,6 +77,8 @@ class ComponentStatus:
     endpoints: tuple[tuple[str, str], ...] = ()
     """Coordinator only: (role string, host:port) of every relayer and member it dials."""
     feeds: tuple[FeedAge, ...] = ()
+    network_fingerprint: bytes = b""
+    """:func:`bridge.doctor.fingerprint.network_fingerprint` of the component's network file."""
 
     def ledger(self, name: str) -> LedgerView | None:
         """The view of ledger ``name``, if the component reported one."""

@@ -162,6 +162,7 @@ class ComponentStatus(_message.Message):
     LEDGERS_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     FEEDS_FIELD_NUMBER: _builtins.int
+    NETWORK_FINGERPRINT_FIELD_NUMBER: _builtins.int
     component: _builtins.str
     """"coordinator", "relayer" or "verifier"."""
     version: _builtins.str
@@ -172,6 +173,10 @@ class ComponentStatus(_message.Message):
     """The component's wall clock when it answered (unix milliseconds)."""
     member: _builtins.bytes
     """Verifier only: its member address (20 bytes)."""
+    network_fingerprint: _builtins.bytes
+    """SHA-256 of the meaning of the network file the component loaded (paths and node URLs
+    left out; bridge.doctor.fingerprint): components running with different files differ.
+    """
     @_builtins.property
     def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerView]: ...
     @_builtins.property
@@ -191,10 +196,11 @@ class ComponentStatus(_message.Message):
         ledgers: _abc.Iterable[Global___LedgerView] | None = ...,
         endpoints: _abc.Iterable[Global___DialledEndpoint] | None = ...,
         feeds: _abc.Iterable[Global___FeedAge] | None = ...,
+        network_fingerprint: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "endpoints", b"endpoints", "feeds", b"feeds", "ledgers", b"ledgers", "member", b"member", "protocol_version", b"protocol_version", "time_unix_ms", b"time_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "endpoints", b"endpoints", "feeds", b"feeds", "ledgers", b"ledgers", "member", b"member", "network_fingerprint", b"network_fingerprint", "protocol_version", b"protocol_version", "time_unix_ms", b"time_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

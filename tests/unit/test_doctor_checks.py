@@ -23,6 +23,7 @@ from bridge.doctor.checks import (
     member_component,
 )
 from bridge.doctor.convert import status_from_pb, status_to_pb
+from bridge.doctor.fingerprint import network_fingerprint
 from bridge.doctor.model import (
     CheckResult,
     ComponentStatus,
@@ -59,6 +60,9 @@ NETWORK = NetworkConfig(
 )
 
 
+FINGERPRINT = network_fingerprint(NETWORK)
+
+
 def window(c: Committee, until: int | None = None) -> EpochWindow:
     return EpochWindow(c, 0, until)
 
@@ -79,7 +83,7 @@ def view(**changes: object) -> LedgerView:
 
 
 def status(component: str, **changes: object) -> ComponentStatus:
-    base = ComponentStatus(component, "0.1.0", 2, 1_000_000)
+    base = ComponentStatus(component, "0.1.0", 2, 1_000_000, network_fingerprint=FINGERPRINT)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -110,6 +114,7 @@ def test_a_healthy_deployment_is_all_ok() -> None:
     assert report.exit_code == 0
     # One reachable row per expected component: coordinator, relayer, 4 + 1 later members.
     assert sum(r.check == "reachable" for r in report.results) == 7
+    assert sum(r.check == "network file" for r in report.results) == 7
 
 
 # -- committee ---------------------------------------------------------------------------
@@ -204,6 +209,43 @@ def test_lag_gas_and_nothing_scanned() -> None:
     assert check_gas("r", view(gas_balance=10**16 - 1), T).level == Level.WARN
     assert check_gas("r", view(gas_balance=10**16), T).level == Level.OK
     assert check_gas("r", view(gas_balance=None), T).level == Level.OK
+
+
+# -- network file ------------------------------------------------------------------------
+
+
+def test_the_fingerprint_is_the_files_meaning_not_its_host() -> None:
+    here = replace(NETWORK, ledgers={A: replace(ledger(), rpc_url="https://node.example:8545")})
+    assert network_fingerprint(here) == FINGERPRINT
+    reordered = replace(NETWORK, committee=Committee(1, 3, MEMBERS[::-1]))
+    assert network_fingerprint(reordered) == FINGERPRINT
+    for other in (
+        replace(NETWORK, committee=Committee(1, 4, MEMBERS)),
+        replace(NETWORK, ledgers={A: ledger(chain_id=1)}),
+        replace(NETWORK, later_members={}),
+        replace(NETWORK, instruction_keys={A: frozenset({OUTSIDER})}),
+    ):
+        assert network_fingerprint(other) != FINGERPRINT
+
+
+def test_a_component_with_another_network_file_warns() -> None:
+    readings = healthy()
+    relayer = readings[f"relayer:{A}"].status
+    assert relayer is not None
+    readings[f"relayer:{A}"] = reading(
+        f"relayer:{A}", replace(relayer, network_fingerprint=b"\x01" * 32)
+    )
+    readings["coordinator"] = reading(
+        "coordinator", replace(status("coordinator"), network_fingerprint=b"")
+    )
+    report = evaluate(NETWORK, readings, "0.1.0", 2, T)
+    by = {(r.component, r.check): r for r in report.results if r.check == "network file"}
+    assert by[(f"relayer:{A}", "network file")].detail.startswith(
+        "another network file: fingerprint 0x0101"
+    )
+    assert by[("coordinator", "network file")].detail == "fingerprint not reported"
+    assert by[(member_component(LATER), "network file")].level == Level.OK
+    assert report.exit_code == 1
 
 
 # -- version, clock, feed ------------------------------------------------------------------
