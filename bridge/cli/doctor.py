@@ -75,10 +75,23 @@ def _overrides(a: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+MAX_CELL = 400
+"""Characters of one cell shown in the table (details carry components' own text)."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences a compromised
+    component could send in its status) become ``?``, and at most :data:`MAX_CELL` are kept."""
+    # SECURITY: details quote what components reported; never let them drive the terminal.
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= MAX_CELL else clean[: MAX_CELL - 1] + "…"
+
+
 def render_table(report: Report) -> str:
     """The report as aligned text columns, one row per check, and a summary line."""
     rows = [("COMPONENT", "CHECK", "STATUS", "DETAIL")] + [
-        (r.component, r.check, r.level.name, r.detail) for r in report.results
+        (printable(r.component), printable(r.check), r.level.name, printable(r.detail))
+        for r in report.results
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.cli.doctor import render_json, render_table
+from bridge.cli.doctor import MAX_CELL, render_json, render_table
 from bridge.config import LedgerConfig, NetworkConfig
 from bridge.core.words import evm_network_word
 from bridge.doctor.checks import (
@@ -366,3 +366,17 @@ def test_table_and_json() -> None:
         "status": "WARN",
         "detail": "lag 30 blocks",
     }
+
+
+def test_the_table_never_passes_control_characters_through() -> None:
+    # SECURITY: a compromised component's text (here an error with an escape sequence and a
+    # newline) cannot drive the operator's terminal or forge table rows.
+    hostile = CheckResult(f"relayer:{A}", "reachable", Level.FAIL, "\x1b[2J\nOK row" + "x" * 999)
+    text = render_table(Report.of([hostile]))
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert len(lines) == 3  # header, the row, the summary
+    assert "?[2J?OK row" in lines[1]
+    assert lines[1].endswith("…")
+    assert len(lines[1].split("FAIL", 1)[1].lstrip()) == MAX_CELL
+    assert json.loads(render_json(Report.of([hostile])))["checks"][0]["detail"].startswith("\x1b")
