@@ -320,8 +320,10 @@ def evaluate(
 
     Guarantees: one ``reachable`` row per expected component (the coordinator, one relayer
     per ledger, every member of the file's genesis committee and ``[[committee.later]]``),
-    FAIL for one with no reading; the other rows only for components that answered.
-    ``fingerprint`` is the network file's (computed from ``network`` when None).
+    FAIL for one with no reading (WARN for a later member no relayer reports in a live
+    epoch yet: it is not needed before its rotation); the other rows only for components
+    that answered. ``fingerprint`` is the network file's (computed from ``network`` when
+    None).
     """
     if fingerprint is None:
         from bridge.doctor.fingerprint import network_fingerprint
@@ -330,11 +332,27 @@ def evaluate(
     rows: list[CheckResult] = []
     relayers = [f"relayer:{name}" for name in network.ledgers]
     members = sorted(set(network.committee.members) | set(network.later_members))
+    needed = set(network.committee.members) | {
+        m
+        for name in network.ledgers
+        if (r := readings.get(f"relayer:{name}")) is not None and r.status is not None
+        for v in r.status.ledgers
+        for w in v.epochs
+        for m in w.committee.members
+    }
     expected = ["coordinator", *relayers, *(member_component(m) for m in members)]
     for component in expected:
         reading = readings.get(component)
         if reading is None:
-            rows.append(_row(component, "reachable", Level.FAIL, "no endpoint known"))
+            waiting = component.startswith("member:") and all(
+                member_component(m) != component for m in needed
+            )
+            if waiting:
+                rows.append(
+                    _row(component, "reachable", Level.WARN, "no endpoint known (later member)")
+                )
+            else:
+                rows.append(_row(component, "reachable", Level.FAIL, "no endpoint known"))
             continue
         rows.append(check_reachable(reading))
         if reading.status is not None:

@@ -193,12 +193,18 @@ def test_missing_and_unreachable_components_fail() -> None:
     readings[f"relayer:{A}"] = reading(f"relayer:{A}", None, "UNAVAILABLE [UNKNOWN]: refused")
     report = evaluate(NETWORK, readings, "0.1.0", 2, T)
     by = {(r.component, r.check): r for r in report.results}
-    assert by[(member_component(LATER), "reachable")].detail == "no endpoint known"
+    # A later member not in any live epoch is not needed yet: WARN, not FAIL.
+    later = by[(member_component(LATER), "reachable")]
+    assert (later.level, later.detail) == (Level.WARN, "no endpoint known (later member)")
+    del readings[member_component(MEMBERS[0])]
+    by = {(r.component, r.check): r for r in evaluate(NETWORK, readings, "0.1.0", 2, T).results}
+    gone = by[(member_component(MEMBERS[0]), "reachable")]
+    assert (gone.level, gone.detail) == (Level.FAIL, "no endpoint known")
     assert by[(f"relayer:{A}", "reachable")].detail.startswith("UNAVAILABLE")
     assert report.exit_code == 2
     # No committee row without the relayer's view; members' views are still checked.
     assert (f"ledger:{A}", "committee") not in by
-    assert by[(member_component(MEMBERS[0]), f"view {A}")].level == Level.OK
+    assert by[(member_component(MEMBERS[1]), f"view {A}")].level == Level.OK
 
 
 def test_lag_gas_and_nothing_scanned() -> None:
@@ -380,3 +386,18 @@ def test_the_table_never_passes_control_characters_through() -> None:
     assert lines[1].endswith("…")
     assert len(lines[1].split("FAIL", 1)[1].lstrip()) == MAX_CELL
     assert json.loads(render_json(Report.of([hostile])))["checks"][0]["detail"].startswith("\x1b")
+
+
+def test_a_later_member_in_a_live_epoch_without_endpoint_fails() -> None:
+    readings = healthy()
+    del readings[member_component(LATER)]
+    later = Committee(2, 3, (*MEMBERS[:3], LATER))
+    relayer = readings[f"relayer:{A}"].status
+    assert relayer is not None
+    readings[f"relayer:{A}"] = reading(
+        f"relayer:{A}",
+        replace(relayer, ledgers=(view(epochs=(window(GENESIS, 50), window(later))),)),
+    )
+    report = evaluate(NETWORK, readings, "0.1.0", 2, T)
+    gone = next(r for r in report.results if r.component == member_component(LATER))
+    assert (gone.check, gone.level) == ("reachable", Level.FAIL)
