@@ -8,7 +8,13 @@ from pathlib import Path
 
 from bridge.config import load_relayer
 from bridge.daemon import run_daemon
+from bridge.doctor.fingerprint import network_fingerprint
+from bridge.doctor.model import ComponentStatus
+from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
+from bridge.doctor.status import Describe, StatusServicer, base_status, read_view
+from bridge.doctor.status import add_to_server as add_status
 from bridge.domain.legs import LedgerEvent
+from bridge.ledgers.adapter import LedgerAdapter
 from bridge.ledgers.factory import open_adapter
 from bridge.ledgers.startup import check_reached
 from bridge.logfields import LEDGER, configure
@@ -21,7 +27,7 @@ from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
 from relayers.checkpoint import CheckpointStore
-from relayers.metrics import RelayerMetrics
+from relayers.metrics import GasReporter, RelayerMetrics
 from relayers.service import RelayerServicer
 from relayers.watcher import EventWatcher
 
@@ -55,6 +61,28 @@ class CoordinatorSink:
         await self._conn.close()
 
 
+# ---- doctor (issue 12)
+def relayer_status(
+    ledger: str, adapter: LedgerAdapter, checkpoints: CheckpointStore, fingerprint: bytes
+) -> Describe:
+    """The relayer's ``GetStatus``: its ledger's view with scanned height and gas, and its
+    network file's fingerprint."""
+
+    def scanned() -> int | None:
+        position = checkpoints.load()
+        return None if position is None else position.height
+
+    async def describe() -> ComponentStatus:
+        gas = adapter.gas_balance if isinstance(adapter, GasReporter) else None
+        view = await read_view(
+            ledger, adapter, scanned_height=scanned, operator=adapter.operator, gas_balance=gas
+        )
+        return base_status("relayer", ledgers=(view,), network_fingerprint=fingerprint)
+
+    return describe
+
+
+# ----
 async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
@@ -64,19 +92,28 @@ async def run(config_path: Path) -> None:
     ledger_cfg = cfg.network.ledger(cfg.ledger)
     adapter = open_adapter(ledger_cfg, cfg.credentials, auth=cfg.ledger_auth)
     try:
-        # SECURITY: never relay for a node that is not the configured ledger.
-        reached = await check_reached(ledger_cfg, adapter)
+        # SECURITY: never relay for a node that is not the configured ledger, nor for a
+        # ledger whose committee contradicts the network file.
+        reached = await check_reached(ledger_cfg, adapter, network=cfg.network)
     except BaseException:
         await adapter.close()
         raise
     log.info("ledger reached", kind=reached.kind, detail=reached.detail)
+    checkpoints = CheckpointStore(cfg.state_db, cfg.ledger)
     server = BridgeServer(
         cfg.listen,
-        [relayer_pb2.DESCRIPTOR.services_by_name["RelayerService"].full_name],
+        [relayer_pb2.DESCRIPTOR.services_by_name["RelayerService"].full_name, STATUS_SERVICE],
         [
             lambda s: relayer_pb2_grpc.add_RelayerServiceServicer_to_server(
                 RelayerServicer(adapter), s
-            )
+            ),
+            add_status(
+                StatusServicer(
+                    relayer_status(
+                        cfg.ledger, adapter, checkpoints, network_fingerprint(cfg.network)
+                    )
+                )
+            ),
         ],
         security,
         observers=obs.interceptors,
@@ -84,7 +121,6 @@ async def run(config_path: Path) -> None:
     sink = CoordinatorSink(
         cfg.coordinator, identity=client_identity(cfg.network, cfg.tls, Role(COORDINATOR))
     )
-    checkpoints = CheckpointStore(cfg.state_db, cfg.ledger)
     watcher = EventWatcher(adapter, sink, checkpoints, cfg.poll_interval)
     stop = asyncio.Event()
     install_stop_signals(stop)

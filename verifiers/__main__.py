@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import load_verifier
 from bridge.daemon import run_daemon
+from bridge.doctor.fingerprint import network_fingerprint
+from bridge.doctor.model import ComponentStatus
+from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
+from bridge.doctor.status import Describe, StatusServicer, base_status, read_view
+from bridge.doctor.status import add_to_server as add_status
 from bridge.keys.loader import open_signer
+from bridge.ledgers.adapter import LedgerReader
 from bridge.ledgers.factory import open_reader
 from bridge.ledgers.startup import check_reached
 from bridge.logfields import configure
@@ -24,6 +30,23 @@ from verifiers.supply_log import SupplyLog
 from verifiers.votes import VoteLog
 
 
+# ---- doctor (issue 12)
+def member_status(
+    member: bytes, readers: Mapping[str, LedgerReader], fingerprint: bytes
+) -> Describe:
+    """The member's ``GetStatus``: its address, its own view of every ledger and its network
+    file's fingerprint."""
+
+    async def describe() -> ComponentStatus:
+        views = [await read_view(name, reader) for name, reader in readers.items()]
+        return base_status(
+            "verifier", member=member, ledgers=tuple(views), network_fingerprint=fingerprint
+        )
+
+    return describe
+
+
+# ----
 async def run(config_path: Path) -> None:
     """Run the member described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_verifier(config_path)
@@ -45,9 +68,10 @@ async def run(config_path: Path) -> None:
     }
     try:
         # SECURITY: a member certifies facts of the configured ledgers only; refuse to start
-        # when any node it reads is another chain, channel or endpoint.
+        # when any node it reads is another chain, channel or endpoint, or when a ledger's
+        # committee contradicts the network file.
         for name, lc in cfg.network.ledgers.items():
-            reached = await check_reached(lc, readers[lc.id.word])
+            reached = await check_reached(lc, readers[lc.id.word], network=cfg.network)
             log.info("ledger reached", ledger=name, kind=reached.kind, detail=reached.detail)
     except BaseException:
         for reader in readers.values():
@@ -78,10 +102,18 @@ async def run(config_path: Path) -> None:
         rotations=rotations,
         rotation_bounds=cfg.rotation,
     )
+    by_name = {name: readers[lc.id.word] for name, lc in cfg.network.ledgers.items()}
     server = BridgeServer(
         cfg.listen,
-        [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name],
-        [lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s)],
+        [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name, STATUS_SERVICE],
+        [
+            lambda s: verifier_pb2_grpc.add_VerifierServiceServicer_to_server(servicer, s),
+            add_status(
+                StatusServicer(
+                    member_status(signer.address, by_name, network_fingerprint(cfg.network))
+                )
+            ),
+        ],
         security,
         observers=obs.interceptors,
     )

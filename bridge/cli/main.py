@@ -1,4 +1,4 @@
-"""``bridge transfer|supply|operator|depository|store ...`` from a terminal.
+"""``bridge transfer|supply|operator|depository|doctor|store ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
 2 usage errors. ``--json`` prints machine-readable output.
@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
 from bridge.cli import depository as depository_cli
+from bridge.cli import doctor as doctor_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_cli.add_parser(top)
     depository_cli.add_parser(top)  # ---- depository halt
     store_cli.add_parser(top)  # ---- stores (ADR 0022)
+    doctor_cli.add_parser(top)  # ---- doctor (issue 12)
     return p
 
 
@@ -177,9 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.group == "store":  # ---- stores (ADR 0022): local, no coordinator
         return store_cli.run(args)
-    if args.group in ("supply", "operator", "depository"):
+    if args.group in ("supply", "operator", "depository", "doctor"):
         runners = {"supply": supply_cli.run, "operator": operator_cli.run}
         runners["depository"] = depository_cli.run  # ---- depository halt
+        runners["doctor"] = doctor_cli.run  # ---- doctor (issue 12)
         try:
             return runners[args.group](args)
         except grpc.RpcError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import load_coordinator
@@ -24,6 +25,11 @@ from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.doctor.fingerprint import network_fingerprint
+from bridge.doctor.model import ComponentStatus, FeedAge
+from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
+from bridge.doctor.status import Describe, StatusServicer, base_status
+from bridge.doctor.status import add_to_server as add_status
 from bridge.keys.files import refuse_exposed
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
@@ -44,6 +50,34 @@ from bridge.v1 import (
 )
 
 
+# ---- doctor (issue 12)
+def coordinator_status(
+    endpoints: Mapping[str, str],
+    securities: Sequence[str],
+    supply: SqlSupplyStore,
+    fingerprint: bytes,
+) -> Describe:
+    """The coordinator's ``GetStatus``: the endpoints it dials, each feed's age and its
+    network file's fingerprint."""
+
+    async def describe() -> ComponentStatus:
+        now = time.time()
+        feeds = []
+        for security in securities:
+            latest = await supply.latest(security)
+            age = None if latest is None else max(0.0, now - latest.published_at)
+            feeds.append(FeedAge(security, age))
+        return base_status(
+            "coordinator",
+            endpoints=tuple(sorted(endpoints.items())),
+            feeds=tuple(feeds),
+            network_fingerprint=fingerprint,
+        )
+
+    return describe
+
+
+# ----
 async def run(config_path: Path) -> None:
     """Run the coordinator described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_coordinator(config_path)
@@ -145,6 +179,7 @@ async def run(config_path: Path) -> None:
             supply_pb2.DESCRIPTOR.services_by_name["SupplyService"].full_name,
             operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
             depository_pb2.DESCRIPTOR.services_by_name["DepositoryService"].full_name,
+            STATUS_SERVICE,  # ---- doctor (issue 12)
         ],
         [
             lambda s: transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfers, s),
@@ -152,6 +187,17 @@ async def run(config_path: Path) -> None:
             lambda s: supply_pb2_grpc.add_SupplyServiceServicer_to_server(supply, s),
             lambda s: operator_pb2_grpc.add_OperatorServiceServicer_to_server(operator, s),
             lambda s: depository_pb2_grpc.add_DepositoryServiceServicer_to_server(depository, s),
+            add_status(  # ---- doctor (issue 12)
+                StatusServicer(
+                    coordinator_status(
+                        {f"relayer:{n}": t for n, t in cfg.relayers.items()}
+                        | {f"member:{m}": e for m, e in zip(members, endpoints, strict=True) if m},
+                        list(cfg.network.securities),
+                        supply_store,
+                        network_fingerprint(cfg.network),
+                    )
+                )
+            ),
         ],
         security,
         observers=obs.interceptors,

@@ -7,7 +7,11 @@ answer with ``network.toml``:
 
 each ledger kind's :meth:`~bridge.ledgers.kinds.LedgerKind.check_reached` (EVM: the chain
 id, code at the endpoint and its ``ledgerId()``; Fabric: the chaincode's ``Info`` names the
-ledger, channel, chaincode and bridge word).
+ledger, channel, chaincode and bridge word). Given the network file, the committee epochs the
+ledger accepts must agree with it too (:func:`bridge.doctor.checks.committee_mismatch`, the
+rule ``bridge doctor`` applies): the file's genesis epoch, while live, with exactly its
+members and threshold; no live epoch older than it; every later epoch's members listed in
+the file.
 
 A mismatch raises :class:`LedgerMismatch` naming the ledger, what differs and both values.
 A node that cannot be reached is retried for a bounded time, then reported as ``Unavailable``.
@@ -25,7 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from bridge.config import LedgerConfig
+from bridge.config import LedgerConfig, NetworkConfig
 from bridge.domain.errors import BridgeError, Unavailable
 from bridge.ledgers.adapter import LedgerReader
 
@@ -62,10 +66,16 @@ class ReachedLedger:
 
 
 async def check_reached(
-    config: LedgerConfig, reader: LedgerReader, reach_within: float = STARTUP_REACH_TIMEOUT
+    config: LedgerConfig,
+    reader: LedgerReader,
+    reach_within: float = STARTUP_REACH_TIMEOUT,
+    *,
+    network: NetworkConfig | None = None,
 ) -> ReachedLedger:
     """Confirm ``reader`` talks to ``config``'s ledger; raise :class:`LedgerMismatch` if not.
 
+    With ``network``, also confirm the ledger's live committee epochs agree with the network
+    file (a :class:`LedgerMismatch` whose ``what`` names the epoch otherwise).
     Transport faults (``Unavailable``) are retried with backoff for up to ``reach_within`` seconds
     and then re-raised; a mismatch is raised at once.
     """
@@ -76,11 +86,26 @@ async def check_reached(
         reraise=True,
     ):
         with attempt:
-            return await _check_once(config, reader)
+            return await _check_once(config, reader, network)
     raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
 
 
-async def _check_once(config: LedgerConfig, reader: LedgerReader) -> ReachedLedger:
+async def _check_once(
+    config: LedgerConfig, reader: LedgerReader, network: NetworkConfig | None
+) -> ReachedLedger:
     from bridge.ledgers.kinds import get_kind
 
-    return await get_kind(config.kind).check_reached(config, reader)
+    reached = await get_kind(config.kind).check_reached(config, reader)
+    if network is None:
+        return reached
+    # ---- doctor (issue 12): the committee the ledger accepts is the file's.
+    from bridge.doctor.checks import committee_mismatch, describe_committee
+
+    # SECURITY: a member or relayer serving a ledger whose committee is not the network
+    # file's would sign or relay under a trust anchor nobody agreed on; refuse to start.
+    windows = await reader.committees()
+    m = committee_mismatch(network, windows)
+    if m is not None:
+        raise LedgerMismatch(config.id.name, m.what, m.expected, m.found)
+    epochs = "; ".join(describe_committee(w.committee) for w in windows)
+    return ReachedLedger(reached.ledger, reached.kind, f"{reached.detail}; committee {epochs}")

@@ -171,6 +171,11 @@ RULES: Mapping[str, Rule] = {
     _R + "GetCommittees": _rule(COORDINATOR, BRIDGE_OPERATOR, MEMBER, DEPOSITORY),
     _R + "InstallCommittee": _rule(COORDINATOR, BRIDGE_OPERATOR),
     _S + "GetCommitteeChain": _rule(*_SUPPLY_READERS),
+    # ---- doctor (issue 12)
+    # Build, clock, heights, balances and epochs are public ledger state or harmless; the
+    # endpoint list is the coordinator's. Only the operator, the depository (supervisor) and
+    # the coordinator read them; a brokerage, relayer or member learns nothing new here.
+    "/bridge.v1.StatusService/GetStatus": _rule(BRIDGE_OPERATOR, DEPOSITORY, COORDINATOR),
     # ----
     "/grpc.health.v1.Health/Check": _rule(ANY_AUTHENTICATED),
     "/grpc.health.v1.Health/Watch": _rule(ANY_AUTHENTICATED),

@@ -153,3 +153,25 @@ def test_fabric_relayer_killed_mid_stream_loses_and_duplicates_nothing(
         assert fab.balance(DEMO_ISIN, h.address) == 0
     assert supply(mixed) == before
     assert fab.escrowed(DEMO_ISIN) == 0
+
+
+# ---- doctor (issue 12): the same checks over a Fabric ledger, on this module's devnet.
+@pytest.mark.ops
+def test_doctor_passes_on_a_mixed_devnet(
+    mixed: LocalSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fabric relayer and members started past the committee check; their views name the
+    channel's genesis hash and the chaincode's epochs; a Fabric relayer pays no gas."""
+    from tests.e2e.test_doctor import doctor, row
+    from tests.support import eventually_sync
+
+    def healthy() -> list[dict[str, str]] | None:
+        code, rows = doctor(mixed, capsys)
+        return rows if code == 0 else None
+
+    rows = eventually_sync(healthy, 120.0, "doctor exits 0 on the mixed devnet", interval=1.0)
+    fab_net = row(rows, f"relayer:{FAB}", "network")["detail"]
+    assert fab_net == f"{FAB}: 0x{mixed.network.ledger(FAB).genesis_hash.hex()}"
+    assert row(rows, f"ledger:{FAB}", "committee")["detail"] == "epochs 1 (3-of-4)"
+    assert row(rows, f"relayer:{FAB}", "gas")["detail"] == "this ledger kind charges no gas"
+    assert row(rows, mixed.member_role(1), f"view {FAB}")["status"] == "OK"

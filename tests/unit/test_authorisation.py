@@ -22,6 +22,7 @@ from bridge.v1 import (
     events_pb2,
     operator_pb2,
     relayer_pb2,
+    status_pb2,  # ---- doctor (issue 12)
     supply_pb2,
     transfer_pb2,
     verifier_pb2,
@@ -36,10 +37,27 @@ PROTO_MODULES = (
     events_pb2,
     operator_pb2,
     relayer_pb2,
+    status_pb2,  # ---- doctor (issue 12)
     supply_pb2,
     transfer_pb2,
     verifier_pb2,
 )
+
+
+def test_every_proto_module_with_a_service_is_checked() -> None:
+    # ---- doctor (issue 12): a new .proto file cannot slip past the rule checks below.
+    import importlib
+    import pkgutil
+
+    import bridge.v1
+
+    with_services = {
+        name
+        for info in pkgutil.iter_modules(bridge.v1.__path__)
+        if (name := info.name).endswith("_pb2")
+        and importlib.import_module(f"bridge.v1.{name}").DESCRIPTOR.services_by_name
+    }
+    assert with_services <= {m.__name__.rsplit(".", 1)[1] for m in PROTO_MODULES}
 
 
 def proto_methods() -> list[str]:
