@@ -416,10 +416,10 @@ def relayer_rules(model: RelayerFile, network: NetworkConfig) -> list[ConfigProb
     for key, value in (("cert_file", model.cert_file), ("msp_id", model.msp_id)):
         if kind.reads_with_identity and not value:
             problems.append(
-                ConfigProblem(key, f"missing required key (a {kind.name} ledger needs an identity)")
+                ConfigProblem(key, f"missing required key (kind {kind.name} needs an MSP identity)")
             )
         if not kind.reads_with_identity and value:
-            problems.append(ConfigProblem(key, f"a {kind.name} ledger takes no MSP identity"))
+            problems.append(ConfigProblem(key, f"kind {kind.name} takes no MSP identity"))
     return problems + _listen_clash(model.listen, model.metrics.listen)
 
 
