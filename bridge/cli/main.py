@@ -1,7 +1,8 @@
 """``bridge transfer|supply|operator|depository ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
-2 usage errors. ``--json`` prints machine-readable output.
+2 usage errors, 78 a configuration file refused (``bridge config check``). ``--json``
+prints machine-readable output.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from bridge.cli import credentials
+from bridge.cli import config_check, credentials
 from bridge.cli import depository as depository_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
@@ -167,12 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     supply_cli.add_parser(top)
     operator_cli.add_parser(top)
     depository_cli.add_parser(top)  # ---- depository halt
+    config_check.add_parser(top)  # ---- strict configuration (issue 12)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if args.group == "config":  # ---- strict configuration (issue 12): offline, no channel
+        return config_check.run(args)
     if args.group in ("supply", "operator", "depository"):
         runners = {"supply": supply_cli.run, "operator": operator_cli.run}
         runners["depository"] = depository_cli.run  # ---- depository halt

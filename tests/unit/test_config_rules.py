@@ -431,3 +431,31 @@ def test_registered_kinds_are_documented() -> None:
 def test_problem_rendering() -> None:
     assert str(ConfigProblem("", "whole file")) == "whole file"
     assert str(ConfigProblem("a[0].b", "m")) == "a[0].b: m"
+
+
+# ---- bridge config check ------------------------------------------------------------------
+
+
+def test_bridge_config_check_reports_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from bridge.cli.main import main
+
+    good = coordinator(tmp_path)
+    bad = relayer(tmp_path, poll_intervall=1.0)
+    net = tmp_path / "network.toml"
+    assert main(["config", "check", str(good), str(net)]) == 0
+    out = capsys.readouterr().out
+    assert f"ok       {good} (coordinator)" in out and f"ok       {net} (network)" in out
+    assert main(["--json", "config", "check", str(good), str(bad)]) == EXIT_CONFIG
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"file": str(good), "kind": "coordinator", "ok": True, "problems": []}
+    assert lines[1]["kind"] == "relayer" and not lines[1]["ok"]
+    assert lines[1]["problems"] == [
+        {"path": "poll_intervall", "message": "unknown key (did you mean 'poll_interval'?)"}
+    ]
+    assert main(["config", "check", "--as", "verifier", str(good)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith(f"refused  {good} (verifier)") and "relayers: unknown key" in out
