@@ -36,7 +36,7 @@ from bridge.config_schema import (
     VerifierFile,
 )
 from bridge.domain.errors import InvalidInput
-from bridge.domain.ids import is_valid_isin
+from bridge.domain.ids import LedgerId, is_valid_isin, parse_evm_address
 from bridge.ledgers.kinds import LedgerTable, get_kind, table_problems
 
 if TYPE_CHECKING:
@@ -252,9 +252,10 @@ def network_rules(
     model: NetworkFile,
 ) -> tuple[list[tuple[LedgerTable, Mapping[str, Any]]], list[ConfigProblem]]:
     """The network file's rules: committee quorum (0 < t <= n, 2t > n, distinct members),
-    later members distinct, ISINs valid and distinct, each ``[[ledgers]]`` entry valid for
-    its kind (model and kind rules), ledger ids distinct, instruction keys for known
-    ledgers. Returns each ledger's validated table with its raw entry."""
+    later members distinct, EIP-55 checksums of member, operator and instruction-key
+    addresses, ISINs valid and distinct, each ``[[ledgers]]`` entry valid for its kind
+    (model and kind rules) with a well-formed id, ledger ids distinct, instruction keys for
+    known ledgers. Returns each ledger's validated table with its raw entry."""
     problems: list[ConfigProblem] = []
     c = model.committee
     n, t = len(c.members), c.threshold
@@ -266,6 +267,11 @@ def network_rules(
         problems.append(
             ConfigProblem("committee.threshold", f"threshold must exceed n/2 (t={t}, n={n})")
         )
+    problems += _checksums("committee.members", c.members)
+    problems += _checksums("committee.later", [later.member for later in c.later], ".member")
+    problems += _checksums("supply.operators", model.supply.operators)
+    for ledger, keys in model.instruction_keys.items():
+        problems += _checksums(f"instruction_keys.{ledger}", keys)
     seen: set[str] = set()
     for i, m in enumerate(c.members):
         if m.lower() in seen:
@@ -304,6 +310,10 @@ def network_rules(
         problems += bad
         if table is None:
             continue
+        try:
+            LedgerId(table.id)
+        except InvalidInput as exc:
+            problems.append(ConfigProblem(f"{where}.id", str(exc)))
         problems += [
             ConfigProblem(f"{where}.{k}", m) for k, m in table_problems(kind, table, entry)
         ]
@@ -319,6 +329,17 @@ def network_rules(
                 )
             )
     return tables, problems
+
+
+def _checksums(path: str, addresses: Sequence[str], suffix: str = "") -> list[ConfigProblem]:
+    """A problem for each address whose mixed case is not its EIP-55 checksum."""
+    problems = []
+    for i, address in enumerate(addresses):
+        try:
+            parse_evm_address(address)
+        except InvalidInput as exc:
+            problems.append(ConfigProblem(f"{path}[{i}]{suffix}", str(exc)))
+    return problems
 
 
 def _listen_clash(listen: str, metrics: str) -> list[ConfigProblem]:

@@ -176,6 +176,20 @@ def test_ledger_rules(tmp_path: Path) -> None:
     assert found["instruction_keys.brokerage-c"].startswith("unknown ledger (did you mean")
 
 
+def test_checksums_and_ledger_ids_are_refused_at_their_path(tmp_path: Path) -> None:
+    bad = MEMBERS[3][:-1] + MEMBERS[3][-1].swapcase()  # one letter's case: a bad EIP-55
+    data = network_data(members=[*MEMBERS[:3], bad])
+    data["supply"] = {"operators": [bad]}
+    data["ledgers"][0]["id"] = "Brokerage_A"
+    data["instruction_keys"] = {"brokerage-b": [bad]}
+    with pytest.raises(ConfigError) as exc:
+        load_network(network(tmp_path, data))
+    found = dict(problems(exc))
+    for path in ("committee.members[3]", "supply.operators[0]", "instruction_keys.brokerage-b[0]"):
+        assert "invalid EIP-55 checksum" in found[path]
+    assert "ledger id 'Brokerage_A'" in found["ledgers.Brokerage_A.id"]
+
+
 def test_a_kind_with_deterministic_finality_needs_no_depth(tmp_path: Path) -> None:
     data = network_data()
     data["ledgers"].append(fabric_ledger())
