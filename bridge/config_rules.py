@@ -396,6 +396,10 @@ def coordinator_rules(model: CoordinatorFile, network: NetworkConfig) -> list[Co
                 )
             continue
         member = item.member.lower()
+        problems += [
+            ConfigProblem(f"verifiers[{i}].member", p.message)
+            for p in _checksums("", [item.member])
+        ]
         if member not in genesis and member not in later:
             problems.append(
                 ConfigProblem(f"verifiers[{i}].member", f"{item.member} is not a committee member")

@@ -244,6 +244,16 @@ def test_a_kind_with_deterministic_finality_needs_no_depth(tmp_path: Path) -> No
             ("verifiers[0]", "with [tls], each entry must name its member ({endpoint, member})"),
         ),
         (
+            {
+                "verifiers": [
+                    {"endpoint": "127.0.0.1:7101", "member": MEMBERS[0][:-1] + "D"},
+                    "127.0.0.1:7102",
+                    "127.0.0.1:7103",
+                ]
+            },
+            ("verifiers[0].member", f"'{MEMBERS[0][:-1]}D' has an invalid EIP-55 checksum"),
+        ),
+        (
             {"metrics": {"listen": "127.0.0.1:7000"}},
             ("metrics.listen", "127.0.0.1:7000 is also the gRPC listen address"),
         ),
@@ -256,6 +266,7 @@ def test_a_kind_with_deterministic_finality_needs_no_depth(tmp_path: Path) -> No
         "member-twice",
         "quorum",
         "tls-unnamed",
+        "member-checksum",
         "metrics-clash",
     ],
 )
