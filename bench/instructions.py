@@ -115,6 +115,7 @@ def _network_file(directory: Path, broker: LocalKeySigner) -> Path:
                         "rpc_url": "http://127.0.0.1:1",
                         "bridge": "0x" + "aa" * 20,
                         "chain_id": 31001,
+                        "finality_depth": 0,
                     },
                     {
                         "id": "brokerage-b",
@@ -122,6 +123,7 @@ def _network_file(directory: Path, broker: LocalKeySigner) -> Path:
                         "rpc_url": "http://127.0.0.1:2",
                         "bridge": "0x" + "bb" * 20,
                         "chain_id": 31002,
+                        "finality_depth": 0,
                     },
                 ],
                 "instruction_keys": {"brokerage-a": ["0x" + broker.address.hex()]},

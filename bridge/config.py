@@ -5,17 +5,35 @@ committee. Each daemon has its own file naming its network file, listen address,
 and state database. Secrets never appear in these files: a key is a 0600 ``key_file``
 (devnet) or a ``[key]`` table naming an encrypted keystore or a PKCS#11 token key, with its
 passphrase or PIN in a 0600 file or an environment variable (see :mod:`bridge.keys.reference`).
+
+Every loader checks in three passes and stops at the first that fails, raising ONE
+:class:`~bridge.config_errors.ConfigError` listing every problem of that pass by its path:
+the file's shape (:mod:`bridge.config_schema`: unknown keys with a "did you mean", types,
+ranges; after the ``KSTB_<FILE>__<KEY>`` environment overrides of :mod:`bridge.config_rules`),
+the rules between keys and files (:mod:`bridge.config_rules`: quorum reachable, a relayer per
+ledger, per-kind rules), then building the typed configuration (files read, addresses
+parsed), whose first refusal is chained as the error's ``__cause__``. The reference of every
+key is generated into ``docs/configuration.md``.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bridge.config_errors import ConfigError, ConfigProblem
+from bridge.config_rules import (
+    check_file,
+    coordinator_rules,
+    network_rules,
+    refuse,
+    relayer_rules,
+    verifier_rules,
+)
 from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
@@ -291,9 +309,18 @@ def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
     return table[key]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        return tomllib.load(fh)
+@contextmanager
+def _building(path: Path) -> Iterator[None]:
+    """The last pass: a refusal while building the typed configuration (a file not
+    readable, an address with a bad checksum) becomes the file's ConfigError, the original
+    error chained as its cause; a ConfigError of another file (the network file) passes."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except InvalidInput as exc:
+        message = str(exc).removeprefix(f"{path}: ")
+        raise ConfigError(str(path), [ConfigProblem("", message)]) from exc
 
 
 def _non_negative(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
@@ -309,8 +336,14 @@ def _rel(base: Path, value: str) -> Path:
 
 
 def load_network(path: Path) -> NetworkConfig:
-    """Parse and validate a network file."""
-    raw = _read(path)
+    """Parse and validate a network file (ConfigError listing every problem otherwise)."""
+    model, raw = check_file("network", path)
+    refuse(str(path), network_rules(model)[1])
+    with _building(path):
+        return _network(path, raw)
+
+
+def _network(path: Path, raw: Mapping[str, Any]) -> NetworkConfig:
     c = _req(raw, "committee", str(path))
     members = tuple(parse_evm_address(m) for m in _req(c, "members", "committee"))
     committee = Committee(
@@ -484,17 +517,18 @@ def _instruction_keys(
 
 
 def load_coordinator(path: Path) -> CoordinatorConfig:
-    """Parse a coordinator file."""
-    raw = _read(path)
+    """Parse a coordinator file (ConfigError listing every problem otherwise)."""
+    model, raw = check_file("coordinator", path)
     base = path.parent
-    network = load_network(_rel(base, _req(raw, "network", str(path))))
+    network = load_network(_rel(base, model.network))
+    refuse(str(path), coordinator_rules(model, network))
+    with _building(path):
+        return _coordinator(path, raw, network)
+
+
+def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> CoordinatorConfig:
+    base = path.parent
     relayers = dict(_req(raw, "relayers", str(path)))
-    for name in relayers:
-        if name not in network.ledgers:
-            raise InvalidInput(f"relayer for unknown ledger {name!r}")
-    for name in network.ledgers:
-        if name not in relayers:
-            raise InvalidInput(f"no relayer configured for ledger {name!r}")
     endpoints, members = _verifier_endpoints(_req(raw, "verifiers", str(path)), network)
     return CoordinatorConfig(
         network=network,
@@ -558,13 +592,17 @@ def _verifier_endpoints(
 
 
 def load_relayer(path: Path) -> RelayerConfig:
-    """Parse a relayer file."""
-    raw = _read(path)
+    """Parse a relayer file (ConfigError listing every problem otherwise)."""
+    model, raw = check_file("relayer", path)
+    network = load_network(_rel(path.parent, model.network))
+    refuse(str(path), relayer_rules(model, network))
+    with _building(path):
+        return _relayer(path, raw, network)
+
+
+def _relayer(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> RelayerConfig:
     base = path.parent
-    network = load_network(_rel(base, _req(raw, "network", str(path))))
     ledger = str(_req(raw, "ledger", str(path)))
-    if ledger not in network.ledgers:
-        raise InvalidInput(f"relayer for unknown ledger {ledger!r}")
     key = parse_key_ref(raw, base, str(path))
     return RelayerConfig(
         network=network,
@@ -633,11 +671,17 @@ def _endpoint(base: Path, name: str, value: Any) -> LedgerEndpoint:
 
 
 def load_verifier(path: Path) -> VerifierConfig:
-    """Parse a verifier file."""
-    raw = _read(path)
+    """Parse a verifier file (ConfigError listing every problem otherwise)."""
+    model, raw = check_file("verifier", path)
+    network = load_network(_rel(path.parent, model.network))
+    refuse(str(path), verifier_rules(model, network))
+    with _building(path):
+        return _verifier(path, raw, network)
+
+
+def _verifier(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> VerifierConfig:
     base = path.parent
     key = parse_key_ref(raw, base, str(path))
-    network = load_network(_rel(base, _req(raw, "network", str(path))))
     overrides = {
         name: _endpoint(base, name, value) for name, value in raw.get("rpc_overrides", {}).items()
     }

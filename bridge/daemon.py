@@ -8,11 +8,27 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge.config_errors import ConfigError
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
 
 EXIT_WRONG_LEDGER = 3
 """Exit status when a node reached is not the configured ledger."""
+
+EXIT_CONFIG = 78
+"""Exit status when a configuration file is refused (``EX_CONFIG`` of sysexits.h)."""
+
+
+def refuse_config(component: str, exc: ConfigError) -> SystemExit:
+    """Log every problem of ``exc`` (one JSON line: ``problems`` as ``{path, message}``
+    objects) and return the SystemExit with :data:`EXIT_CONFIG` to raise."""
+    configure(component).error(
+        "configuration refused, refusing to start",
+        file=exc.file,
+        problems=[{"path": p.path, "message": p.message} for p in exc.problems],
+        error=str(exc),
+    )
+    return SystemExit(EXIT_CONFIG)
 
 
 def run_daemon(
@@ -25,7 +41,9 @@ def run_daemon(
     """Parse ``--config PATH`` and run ``run(PATH)`` until it returns.
 
     SECURITY: a daemon whose ledger node is not the configured ledger (:class:`LedgerMismatch`)
-    logs what differs and exits with :data:`EXIT_WRONG_LEDGER` instead of serving.
+    logs what differs and exits with :data:`EXIT_WRONG_LEDGER` instead of serving; one whose
+    configuration is refused (:class:`ConfigError`) logs every problem with its path and
+    exits with :data:`EXIT_CONFIG`.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, required=True)
@@ -33,6 +51,8 @@ def run_daemon(
     configure(component)  # every line, even before ``run`` binds its fields, is one format
     try:
         asyncio.run(run(args.config))
+    except ConfigError as exc:
+        raise refuse_config(component, exc) from None
     except LedgerMismatch as exc:
         configure(component).error(
             "wrong ledger, refusing to start",

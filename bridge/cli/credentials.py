@@ -10,10 +10,10 @@ the CAs of the organisations the network file grants the server's role; ``--tls-
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
 from bridge.config import TlsConfig, load_network, load_tls
+from bridge.config_rules import check_file
 from bridge.domain.errors import InvalidInput
 from bridge.rpc.roles import COORDINATOR, Role
 from bridge.rpc.tls import ClientIdentity
@@ -45,15 +45,13 @@ def identity(a: argparse.Namespace, peer: Role | None = None) -> ClientIdentity 
     is set). Raises InvalidInput on incomplete options or a key readable by others."""
     peer = peer or Role(COORDINATOR)
     if a.client_config is not None:
-        with open(a.client_config, "rb") as fh:
-            raw = tomllib.load(fh)
+        # SECURITY: the trust roots come from the network file's role holders, so the schema
+        # (ClientFile) requires ``network`` as well as ``[tls]``.
+        _, raw = check_file("client", a.client_config)
         base = a.client_config.parent
         tls = load_tls(raw, base, str(a.client_config))
         if tls is None:
             raise InvalidInput(f"{a.client_config}: no [tls] table")
-        if "network" not in raw:
-            # SECURITY: the trust roots come from the network file's role holders.
-            raise InvalidInput(f"{a.client_config}: network = <the network file> is required")
         return ClientIdentity.to(load_network(base / raw["network"]), tls, peer)
     if a.tls_cert is None and a.tls_key is None:
         return None

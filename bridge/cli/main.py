@@ -1,7 +1,8 @@
-"""``bridge transfer|supply|operator|depository|doctor|store ...`` from a terminal.
+"""``bridge transfer|supply|operator|depository|doctor|store|config ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
-2 usage errors. ``--json`` prints machine-readable output.
+2 usage errors, 78 a configuration file refused (``bridge config check``). ``--json``
+prints machine-readable output.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from bridge.cli import credentials
+from bridge.cli import config_check, credentials
 from bridge.cli import depository as depository_cli
 from bridge.cli import doctor as doctor_cli
 from bridge.cli import operator as operator_cli
@@ -171,12 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     depository_cli.add_parser(top)  # ---- depository halt
     store_cli.add_parser(top)  # ---- stores (ADR 0022)
     doctor_cli.add_parser(top)  # ---- doctor (issue 12)
+    config_check.add_parser(top)  # ---- strict configuration (issue 12)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if args.group == "config":  # ---- strict configuration (issue 12): offline, no channel
+        return config_check.run(args)
     if args.group == "store":  # ---- stores (ADR 0022): local, no coordinator
         return store_cli.run(args)
     if args.group in ("supply", "operator", "depository", "doctor"):

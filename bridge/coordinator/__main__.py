@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import load_coordinator
+from bridge.config_errors import ConfigError
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import DatabaseInUse, open_database
 from bridge.coordinator.depository_service import DepositoryServicer
@@ -25,6 +26,7 @@ from bridge.coordinator.service import EventSinkServicer, TransferServicer
 from bridge.coordinator.store import SqlTransferStore
 from bridge.coordinator.supply_service import SupplyServicer
 from bridge.coordinator.supply_store import SqlSupplyStore
+from bridge.daemon import refuse_config
 from bridge.doctor.fingerprint import network_fingerprint
 from bridge.doctor.model import ComponentStatus, FeedAge
 from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
@@ -268,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure("coordinator")  # every line, even a configuration error, is one format
     try:
         asyncio.run(run(args.config))
+    except ConfigError as exc:
+        raise refuse_config("coordinator", exc) from None
     except DatabaseInUse as exc:
         configure("coordinator").error("database in use, refusing to start", error=str(exc))
         raise SystemExit(EXIT_DATABASE_IN_USE) from None

@@ -8,12 +8,11 @@ import hashlib
 import hmac
 import os
 import threading
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.domain.signer import LocalKeySigner, Signer
-from bridge.keys.errors import KeyRefInvalid, PlaintextKeyRefused, TokenPinMismatch
+from bridge.keys.errors import PlaintextKeyRefused, TokenPinMismatch
 from bridge.keys.keystore import decrypt_keystore_v3, decrypt_pkcs8_pem
 from bridge.keys.p256 import LocalP256Signer, read_pem_key_file
 from bridge.keys.protocols import P256Signer
@@ -117,14 +116,12 @@ def open_p256_signer(ref: KeyRef) -> P256Signer:
 
 def load_key_config(path: Path) -> KeyRef:
     """The key named by a small TOML file holding only ``key_file = ...`` or a ``[key]``
-    table (how client tools, e.g. the supply operator's, name a keystore or token key)."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise KeyRefInvalid(f"{path}: cannot read key configuration: {exc}") from None
-    unknown = sorted(set(raw) - {"key_file", "key"})
-    if unknown:
-        raise KeyRefInvalid(f"{path}: unknown keys {unknown}")
+    table (how client tools, e.g. the supply operator's, name a keystore or token key). A
+    file that cannot be read, or with unknown keys or wrong types, is refused with a
+    ConfigError naming each path (:class:`bridge.config_schema.KeyConfigFile`)."""
+    from bridge.config_rules import check_file
+
+    _, raw = check_file("key", path)
     return parse_key_ref(raw, path.parent, str(path))
 
 

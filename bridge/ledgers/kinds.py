@@ -49,14 +49,28 @@ class LedgerTable(BaseModel):
     naming its path, never a silently ignored setting.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+    finality_depth_required: ClassVar[bool] = False
+    """True for kinds whose finality is probabilistic (EVM): ``finality_depth`` must then be
+    written explicitly (a forgotten or misspelt key never silently means 0)."""
+    address_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys holding an address in the kind's own format, checked with its address codec."""
 
     id: str
+    """The ledger id: lowercase letters, digits and '-' (bound into every digest)."""
     kind: str
-    rpc_url: str
-    bridge: str
+    """The ledger kind (one of the sections of this reference)."""
+    rpc_url: str = Field(min_length=1)
+    """How the bridge reaches the ledger's node (the kind defines the form)."""
+    bridge: str = Field(min_length=1)
+    """The bridge endpoint on the ledger (the kind defines the form)."""
     finality_depth: int = Field(default=0, ge=0)
+    """Blocks after which an event is final (0: final when included)."""
     block_interval: float = Field(default=1.0, gt=0)
+    """Expected seconds between blocks (pacing of waits and polls)."""
 
 
 @runtime_checkable
@@ -155,6 +169,30 @@ def get_kind(name: str) -> LedgerKind:
         raise InvalidInput(f"ledger kind {name!r}: {target} is not a LedgerKind named {name!r}")
     _LOADED[name] = kind
     return kind
+
+
+def table_problems(
+    kind: LedgerKind, table: LedgerTable, raw: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """The kind's rules beyond its model, as ``(key, message)``: ``finality_depth`` written
+    when the kind requires it, and each of :attr:`LedgerTable.address_keys` valid for the
+    kind's address codec. Empty when the entry is sound."""
+    problems: list[tuple[str, str]] = []
+    if type(table).finality_depth_required and "finality_depth" not in raw:
+        problems.append(
+            (
+                "finality_depth",
+                f"missing required key (kind {kind.name} has probabilistic finality:"
+                " write the depth, 0 only for an instant-finality development chain)",
+            )
+        )
+    codec = kind.address_codec()
+    for key in type(table).address_keys:
+        try:
+            codec.parse(str(getattr(table, key)))
+        except InvalidInput as exc:
+            problems.append((key, f"not a valid {kind.name} address: {exc}"))
+    return problems
 
 
 def parse_table(kind: LedgerKind, raw: Mapping[str, Any], where: str) -> LedgerTable:

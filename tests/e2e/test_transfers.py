@@ -419,3 +419,28 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
 def _processes_alive(system: LocalSystem) -> Iterator[None]:
     yield
     system.wait_processes_alive()
+
+
+@pytest.mark.ops
+def test_every_generated_configuration_file_passes_the_strict_checks(system: LocalSystem) -> None:
+    """Issue 12: the devnet's network, coordinator, relayer and verifier files (the ones its
+    processes started from) load under the strict schema and cross-field rules unchanged."""
+    from bridge.config import load_coordinator, load_network, load_relayer, load_verifier
+
+    loaded = []
+    for path in sorted(system.workdir.glob("*.toml")):
+        name = path.stem
+        if name == "network":
+            load_network(path)
+        elif name == "coordinator":
+            load_coordinator(path)
+        elif name.startswith("relayer-"):
+            load_relayer(path)
+        elif name.startswith(("verifier-", "spare-")):
+            load_verifier(path)
+        else:
+            raise AssertionError(f"a devnet file this test does not know: {path.name}")
+        loaded.append(name)
+    assert {"network", "coordinator"} <= set(loaded)
+    assert sum(n.startswith("relayer-") for n in loaded) == len(system.ledgers)
+    assert any(n.startswith("verifier-") for n in loaded)

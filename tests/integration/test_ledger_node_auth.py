@@ -257,6 +257,7 @@ def _relayer_files(secured: Secured, workdir: Path, **ledger: object) -> Path:
         "rpc_url": env.node.public_rpc_url,
         "bridge": env.a.endpoint.address,
         "chain_id": env.node.chain_id,
+        "finality_depth": 0,
         "tls_ca": str(secured.ca.cert_path),
         "block_interval": 0.2,
     }

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_coordinator
+from bridge.config_errors import ConfigError
 from bridge.coordinator.__main__ import _database_password
 from bridge.coordinator.db import (
     DatabaseSettingRefused,
@@ -28,7 +29,7 @@ def coordinator(tmp_path: Path, **extra: str) -> Path:
         {
             "network": "network.toml",
             "listen": "127.0.0.1:7000",
-            "verifiers": [],
+            "verifiers": ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"],
             "relayers": {"brokerage-a": "127.0.0.1:7201", "brokerage-b": "127.0.0.1:7202"},
             **extra,
         },
@@ -77,8 +78,9 @@ def test_a_password_in_the_url_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_a_secret_in_any_form_is_refused(tmp_path: Path, url: str) -> None:
-    with pytest.raises(DatabaseSettingRefused) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_coordinator(coordinator(tmp_path, database=url))
+    assert isinstance(exc.value.__cause__, DatabaseSettingRefused)
     assert "hunter2" not in str(exc.value)
     with pytest.raises(DatabaseSettingRefused) as exc2:
         open_database(url)
@@ -120,8 +122,9 @@ def test_an_exposed_password_file_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_a_remote_server_without_verify_full_is_refused(tmp_path: Path, url: str) -> None:
-    with pytest.raises(DatabaseSettingRefused, match="sslmode=verify-full"):
+    with pytest.raises(ConfigError, match="sslmode=verify-full") as exc:
         load_coordinator(coordinator(tmp_path, database=url))
+    assert isinstance(exc.value.__cause__, DatabaseSettingRefused)
 
 
 @pytest.mark.security

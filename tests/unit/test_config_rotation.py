@@ -46,7 +46,7 @@ def test_later_members_with_endpoints(tmp_path: Path) -> None:
         ([{"member": MEMBERS[0]}], "twice"),  # a genesis member
         ([{"member": LATER}, {"member": LATER}], "twice"),
         ([{"member": "0x" + "00" * 20}], "zero"),
-        ([{"member": LATER, "port": 1}], "member, endpoint"),
+        ([{"member": LATER, "port": 1}], r"committee\.later\[0\]\.port: unknown key"),
         ([{"endpoint": "x:1"}], "member"),
         ({"member": LATER}, "array"),
     ],

@@ -164,6 +164,7 @@ async def coordinator(tmp_path: Path):
                         "rpc_url": "x",
                         "bridge": "0x" + "aa" * 20,
                         "chain_id": 1,
+                        "finality_depth": 0,
                     },
                     {
                         "id": "b",
@@ -171,6 +172,7 @@ async def coordinator(tmp_path: Path):
                         "rpc_url": "y",
                         "bridge": "0x" + "bb" * 20,
                         "chain_id": 2,
+                        "finality_depth": 0,
                     },
                 ],
                 "instruction_keys": {"a": [BROKER_A.address.hex().join(("0x", ""))]},

@@ -138,6 +138,7 @@ def network_file(tmp_path: Path) -> Path:
                         "rpc_url": "x",
                         "bridge": "0x" + "aa" * 20,
                         "chain_id": 31337,
+                        "finality_depth": 0,
                     },
                     {
                         "id": "b",
@@ -145,6 +146,7 @@ def network_file(tmp_path: Path) -> Path:
                         "rpc_url": "y",
                         "bridge": "0x" + "bb" * 20,
                         "chain_id": 31338,
+                        "finality_depth": 0,
                     },
                 ],
                 "instruction_keys": {"a": ["0x" + BROKER.address.hex()]},

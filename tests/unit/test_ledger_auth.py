@@ -70,6 +70,7 @@ def relayer(tmp_path: Path, ledger: str, auth: dict[str, Any], https: bool = Tru
                 "state_db": "s",
                 "ledger_auth": auth,
             }
+            | ({"cert_file": "c.pem", "msp_id": "Org1MSP"} if ledger == "brokerage-f" else {})
         )
     )
     return load_relayer(path)
@@ -96,7 +97,7 @@ def test_relayer_ledger_auth_paths_resolve_against_the_file(tmp_path: Path) -> N
         ("brokerage-f", {"token_file": "t"}, True, "token_file applies to EVM ledgers only"),
         ("brokerage-f", {"tls_cert_file": "c"}, True, "go together"),
         ("brokerage-f", {"tls_key_file": "k"}, True, "go together"),
-        ("brokerage-a", {"token": "t"}, True, r"unknown keys \['token'\]"),
+        ("brokerage-a", {"token": "t"}, True, r"ledger_auth\.token: unknown key"),
     ],
     ids=["token-over-http", "tls-on-evm", "token-on-fabric", "cert-alone", "key-alone", "typo"],
 )
@@ -118,8 +119,8 @@ def test_network_refuses_tls_ca_for_a_plain_http_evm_node(tmp_path: Path) -> Non
             {
                 "network": "network.toml",
                 "ledger": "brokerage-a",
-                "listen": "l",
-                "coordinator": "c",
+                "listen": "127.0.0.1:1",
+                "coordinator": "127.0.0.1:2",
                 "key_file": "k",
                 "state_db": "s",
             }
@@ -134,7 +135,8 @@ def _verifier(tmp_path: Path, extra: dict[str, Any]) -> Any:
     path = tmp_path / "verifier.toml"
     path.write_text(
         dump_toml(
-            {"network": "network.toml", "listen": "l", "key_file": "k", "vote_db": "v"} | extra
+            {"network": "network.toml", "listen": "127.0.0.1:1", "key_file": "k", "vote_db": "v"}
+            | extra
         )
     )
     return load_verifier(path)
@@ -165,7 +167,7 @@ def test_verifier_token_is_checked_against_the_url_it_actually_uses(tmp_path: Pa
                 "ledger_auth": {"brokerage-a": {"token_file": "tok-a"}},
             },
         )
-    with pytest.raises(InvalidInput, match="ledger_auth for unknown ledger 'nowhere'"):
+    with pytest.raises(InvalidInput, match=r"ledger_auth\.nowhere: unknown ledger"):
         _verifier(tmp_path, {"ledger_auth": {"nowhere": {"token_file": "t"}}})
 
 

@@ -64,9 +64,9 @@ print(",".join(heavy))
 @pytest.mark.parametrize(
     ("ledger", "key", "match"),
     [
-        (0, "chain_idd", r"ledger brokerage-a: chain_idd: extra inputs are not permitted"),
-        (0, "channel", r"ledger brokerage-a: channel: extra inputs are not permitted"),
-        (2, "max_gas_price_gwei", r"ledger brokerage-f: max_gas_price_gwei: extra inputs"),
+        (0, "chain_idd", r"ledgers\.brokerage-a\.chain_idd: unknown key \(did you mean 'chain_id'"),
+        (0, "channel", r"ledgers\.brokerage-a\.channel: unknown key"),
+        (2, "max_gas_price_gwei", r"ledgers\.brokerage-f\.max_gas_price_gwei: unknown key"),
     ],
 )
 def test_unknown_keys_of_a_ledger_table_are_refused_with_their_path(

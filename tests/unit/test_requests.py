@@ -38,6 +38,7 @@ kind = "evm"
 rpc_url = "http://127.0.0.1:8545"
 bridge = "0x1111111111111111111111111111111111111111"
 chain_id = 31337
+finality_depth = 0
 
 [[ledgers]]
 id = "brokerage-b"
@@ -45,6 +46,7 @@ kind = "evm"
 rpc_url = "http://127.0.0.1:8546"
 bridge = "0x2222222222222222222222222222222222222222"
 chain_id = 31338
+finality_depth = 0
 """
 
 

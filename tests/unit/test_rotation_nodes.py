@@ -426,7 +426,14 @@ class EpochCommittee:
 def network_file(tmp_path: Path) -> NetworkConfig:
     """Two EVM ledgers a and b, BROKER_A instructs transfers out of a."""
     ledgers = [
-        {"id": n, "kind": "evm", "rpc_url": "x", "bridge": "0x" + c * 20, "chain_id": i}
+        {
+            "id": n,
+            "kind": "evm",
+            "rpc_url": "x",
+            "bridge": "0x" + c * 20,
+            "chain_id": i,
+            "finality_depth": 0,
+        }
         for i, (n, c) in enumerate((("a", "aa"), ("b", "bb")), start=1)
     ]
     (tmp_path / "network.toml").write_text(

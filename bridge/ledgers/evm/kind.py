@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 class EvmTable(LedgerTable):
     """An EVM ledger: ``rpc_url`` is the JSON-RPC URL, ``bridge`` the endpoint contract."""
 
+    finality_depth_required: ClassVar[bool] = True
+    address_keys: ClassVar[tuple[str, ...]] = ("bridge",)
+
     chain_id: int = Field(gt=0)
+    """The EIP-155 chain id (checked against the node at start)."""
     tls_ca: str | None = None
     """The CA of an ``https`` node (optional; default: the system's trust store)."""
     max_gas_price_gwei: float = Field(default=1000.0, ge=0)

@@ -36,8 +36,11 @@ class FabricTable(LedgerTable):
     overrides the name checked in the peer's certificate)."""
 
     channel: str = Field(min_length=1)
+    """The channel the bridge chaincode runs on."""
     tls_ca: str = Field(min_length=1)
+    """The peer's TLS CA (PEM)."""
     tls_server_name: str = ""
+    """The name checked in the peer's certificate ('' = the host of ``rpc_url``)."""
     genesis_hash: str = Field(pattern=_GENESIS_RE.pattern)
     """The channel's genesis block hash (0x + 64 hex: SHA-256 of block 0's header DER)."""
 

@@ -1,0 +1,436 @@
+"""The schema of every configuration file: one pydantic model per file, tables as sub-models.
+
+Each model refuses unknown keys (``extra="forbid"``), wrong types (``strict``: ``"30"`` is
+not a number) and out-of-range values. The ``[[ledgers]]`` entries of the network file are
+validated by their ledger kind's own model (:class:`bridge.ledgers.kinds.LedgerTable`), so a
+new kind brings its keys with it. Attribute docstrings are the descriptions printed in the
+generated reference ``docs/configuration.md`` (``python -m bridge.tools.gen_config_docs``).
+
+These models check the SHAPE of a file (and :mod:`bridge.config_rules` the rules between
+its keys); :mod:`bridge.config` then builds the typed, frozen configuration from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+
+__all__ = [
+    "ClientFile",
+    "CoordinatorFile",
+    "FILE_MODELS",
+    "KeyConfigFile",
+    "NetworkFile",
+    "RelayerFile",
+    "VerifierFile",
+]
+
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+
+
+class Table(BaseModel):
+    """A TOML table: unknown keys refused, strict types, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+def _port(text: str, lowest: int) -> str:
+    if text.startswith("unix:"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    if not lowest <= int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range {lowest}..65535")
+    return text
+
+
+def _listen(text: str) -> str:
+    return _port(text, 0)
+
+
+def _target(text: str) -> str:
+    return _port(text, 1)
+
+
+def _optional_target(text: str) -> str:
+    return _port(text, 1) if text else text
+
+
+def _metrics_listen(text: str) -> str:
+    if not text:
+        return text
+    _port(text, 0)
+    host = text.rpartition(":")[0].strip("[]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError("the host must be an IP address or localhost") from None
+    return text
+
+
+def _http_url(text: str) -> str:
+    if text and urlparse(text).scheme not in ("http", "https"):
+        raise ValueError("must be an http(s) URL")
+    return text
+
+
+Listen = Annotated[str, AfterValidator(_listen)]
+"""``host:port`` to listen on (port 0: an ephemeral port), or ``unix:PATH``."""
+Target = Annotated[str, AfterValidator(_target)]
+"""``host:port`` of a server (port 1..65535), or ``unix:PATH``."""
+PathText = Annotated[str, Field(min_length=1)]
+"""A file path; relative paths are resolved against the configuration file's directory."""
+Address = Annotated[str, Field(pattern=_ADDRESS)]
+"""``0x`` + 40 hex digits; mixed case must be a valid EIP-55 checksum."""
+Name = Annotated[str, Field(min_length=1)]
+
+
+# ---- shared tables -------------------------------------------------------------------------
+
+
+class TlsTable(Table):
+    """``[tls]``: this process's mutual-TLS identity (required unless the development
+    plaintext flag is set)."""
+
+    cert_file: PathText
+    """Certificate (PEM) issued by the organisation's CA, its OU naming the role."""
+    key_file: PathText
+    """Private key (PEM); must be 0600."""
+    ca_files: list[PathText] = []
+    """Narrow the trust roots (default: the CAs of the organisations in the network file)."""
+
+
+class MetricsTable(Table):
+    """``[metrics]``: Prometheus ``/metrics`` and readiness probes (ADR 0016)."""
+
+    listen: Annotated[str, AfterValidator(_metrics_listen)] = ""
+    """``host:port`` serving ``/metrics`` (host an IP address or localhost); '' = off."""
+    probe_interval: float = Field(default=2.0, ge=0.1, le=300)
+    """Seconds between readiness probes."""
+
+
+class TracingTable(Table):
+    """``[tracing]``: OpenTelemetry spans (ADR 0016); off by default."""
+
+    enabled: bool = False
+    """Record spans."""
+    endpoint: Annotated[str, AfterValidator(_http_url)] = ""
+    """OTLP/HTTP collector URL (``http://127.0.0.1:4318/v1/traces``); '' = no export."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of traces sampled."""
+    service_name: str = ""
+    """``service.name`` of the spans (default: the component's name)."""
+
+
+class KeyTable(Table):
+    """``[key]``: a signing key in an encrypted keystore (``keystore`` + one passphrase
+    source) or a PKCS#11 token (``pkcs11_module``, ``token_label``, ``key_label`` + one PIN
+    source). See ``docs/operators/keys.md``."""
+
+    keystore: PathText | None = None
+    """Encrypted key file: keystore v3 JSON (secp256k1) or encrypted PKCS#8 PEM (P-256)."""
+    passphrase_file: PathText | None = None
+    """0600 file holding the keystore passphrase."""
+    passphrase_env: Name | None = None
+    """Environment variable holding the keystore passphrase."""
+    pkcs11_module: PathText | None = None
+    """The token's PKCS#11 library."""
+    token_label: Name | None = None
+    """Label of the token holding the key."""
+    key_label: Name | None = None
+    """Label of the key in the token."""
+    pin_file: PathText | None = None
+    """0600 file holding the token PIN."""
+    pin_env: Name | None = None
+    """Environment variable holding the token PIN."""
+
+
+class LedgerAuthTable(Table):
+    """``[ledger_auth]``: how this process authenticates to its ledger node (not its
+    ledger identity). EVM: a bearer token over https; Fabric: a TLS client certificate."""
+
+    token_file: PathText | None = None
+    """EVM: 0600 file with a bearer token (needs an ``https://`` node)."""
+    tls_cert_file: PathText | None = None
+    """Fabric: TLS client certificate (PEM) for peers requiring client TLS."""
+    tls_key_file: PathText | None = None
+    """Fabric: its key (PEM, 0600); goes with ``tls_cert_file``."""
+
+
+# ---- network.toml --------------------------------------------------------------------------
+
+
+class LaterMemberTable(Table):
+    """``[[committee.later]]``: a member of an epoch after the genesis one (ADR 0009)."""
+
+    member: Address
+    """The member's address."""
+    endpoint: Annotated[str, AfterValidator(_optional_target)] = ""
+    """``host:port`` its verifier serves at ('' unknown)."""
+
+
+class CommitteeTable(Table):
+    """``[committee]``: the genesis committee, the trust anchor (later epochs are read from
+    the ledgers)."""
+
+    epoch: int = Field(ge=1)
+    """Epoch number of this committee (epoch 1 is the genesis)."""
+    threshold: int = Field(ge=1)
+    """Signatures needed (t); 2t > n and t <= n."""
+    members: list[Address] = Field(min_length=1)
+    """Member addresses (n), distinct."""
+    later: list[LaterMemberTable] = []
+    """Members of later epochs, so the coordinator can ask them to sign."""
+
+
+class SecuritiesTable(Table):
+    """``[securities]``: the securities the bridge carries."""
+
+    isins: list[Annotated[str, Field(pattern=r"^[A-Z]{2}[A-Z0-9]{9}[0-9]$")]] = []
+    """ISINs (check digit verified), distinct."""
+
+
+class SupplyTable(Table):
+    """``[supply]``: the depository's supply feed (ADR 0006)."""
+
+    operators: list[Address] = []
+    """Addresses whose signatures authorise registered issuance and hold releases."""
+
+
+class OrganisationTable(Table):
+    """``[[organisations]]``: an institution that may connect, and in which roles."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    """1-63 lowercase letters, digits or '-'; unique."""
+    ca: PathText
+    """Its CA certificate (PEM); must be readable at start."""
+    roles: list[Name] = Field(min_length=1)
+    """Roles it may hold: ``coordinator``, ``brokerage:<ledger>``, ``relayer:<ledger>``,
+    ``member:<address>``, ``depository``, ``supply``, ... (``docs/operators/onboarding.md``)."""
+    revoked_file: PathText | None = None
+    """SHA-256 fingerprints (hex, one per line) of its revoked certificates; must be readable."""
+
+
+class NetworkFile(Table):
+    """``network.toml``: the public description of the bridge network, shared by every
+    component. Never overridden from the environment: every party must read the same file."""
+
+    committee: CommitteeTable
+    """The genesis committee."""
+    ledgers: list[dict[str, Any]] = []
+    """``[[ledgers]]``: one entry per ledger; its keys depend on ``kind`` (sections below)."""
+    securities: SecuritiesTable = SecuritiesTable()
+    """The securities carried."""
+    supply: SupplyTable = SupplyTable()
+    """The depository's supply operators."""
+    instruction_keys: dict[str, list[Address]] = {}
+    """Per source ledger id, the brokerage instruction-key addresses that may instruct
+    transfers out of it (protocol v2)."""
+    organisations: list[OrganisationTable] = []
+    """Institutions and their roles."""
+
+
+# ---- coordinator.toml ----------------------------------------------------------------------
+
+
+class VerifierEntryTable(Table):
+    """A ``verifiers`` entry naming the member expected at an endpoint (needed with mTLS)."""
+
+    endpoint: Target
+    """``host:port`` of the member's verifier."""
+    member: Address
+    """The committee member's address."""
+
+
+def _text_or_table(value: Any) -> str:
+    return "<table>" if isinstance(value, dict) else "<text>"
+
+
+VerifierItem = Annotated[
+    Annotated[Target, Tag("<text>")] | Annotated[VerifierEntryTable, Tag("<table>")],
+    Discriminator(_text_or_table),
+]
+
+
+class CoordinatorFile(Table):
+    """``coordinator.toml``: the coordinator daemon (``bridge-coordinator``)."""
+
+    network: PathText
+    """The network file."""
+    listen: Listen
+    """gRPC listen address."""
+    database: Name
+    """SQLite file path, or ``postgresql://user@host:port/name`` (no password; ADR 0013)."""
+    database_password_file: PathText | None = None
+    """0600 file with the PostgreSQL password (else env ``BRIDGE_DATABASE_PASSWORD``)."""
+    relayers: dict[str, Target]
+    """Ledger id -> its relayer's ``host:port``; exactly one per ledger of the network file."""
+    verifiers: list[VerifierItem]
+    """Committee members' verifiers: ``host:port`` or ``{endpoint, member}``; at least
+    ``threshold`` distinct genesis members must be reachable."""
+    transfer_ttl: int = Field(default=300, gt=0)
+    """Seconds a transfer may take before it is aborted."""
+    rpc_timeout: float = Field(default=30.0, gt=0)
+    """Seconds per call to a relayer or verifier."""
+    supply_heartbeat: float = Field(default=30.0, ge=0)
+    """Seconds after which an unchanged security is attested again (0: only on change)."""
+    instruction_max_age: float = Field(default=600.0, gt=0)
+    """Operator instructions older than this (seconds) are refused."""
+    tls: TlsTable | None = None
+    """Mutual TLS for the server and every client."""
+    audit_log: PathText | None = None
+    """JSON-lines file receiving every authorisation decision."""
+    metrics: MetricsTable = MetricsTable()
+    """Prometheus metrics."""
+    tracing: TracingTable = TracingTable()
+    """OpenTelemetry tracing."""
+
+
+# ---- relayer.toml --------------------------------------------------------------------------
+
+
+class RelayerFile(Table):
+    """``relayer.toml``: one chain operator's relayer for one ledger (``bridge-relayer``)."""
+
+    network: PathText
+    """The network file."""
+    ledger: Name
+    """The ledger id (from the network file) this relayer serves."""
+    listen: Listen
+    """gRPC listen address."""
+    coordinator: Target
+    """The coordinator's ``host:port``."""
+    state_db: PathText
+    """SQLite file of the relayer's checkpoints."""
+    key_file: PathText | None = None
+    """Plaintext 0600 key file (devnet only); exclusive with ``[key]``."""
+    key: KeyTable | None = None
+    """The account / identity key in a keystore or token; exclusive with ``key_file``."""
+    cert_file: PathText | None = None
+    """Ledgers whose kind has identities (Fabric): the MSP certificate (PEM)."""
+    msp_id: str = ""
+    """Ledgers whose kind has identities (Fabric): the MSP id."""
+    poll_interval: float = Field(default=0.2, gt=0)
+    """Seconds between polls of the ledger for new blocks."""
+    tls: TlsTable | None = None
+    """Mutual TLS for the server and the coordinator client."""
+    audit_log: PathText | None = None
+    """JSON-lines file receiving every authorisation decision."""
+    ledger_auth: LedgerAuthTable = LedgerAuthTable()
+    """How this relayer authenticates to its ledger node."""
+    metrics: MetricsTable = MetricsTable()
+    """Prometheus metrics."""
+    tracing: TracingTable = TracingTable()
+    """OpenTelemetry tracing."""
+
+
+# ---- verifier.toml -------------------------------------------------------------------------
+
+
+class EndpointTable(Table):
+    """An ``rpc_overrides`` entry: the member's own node for a ledger, with its TLS."""
+
+    url: Name
+    """Node URL (EVM JSON-RPC) or peer ``host:port`` (Fabric)."""
+    tls_ca: PathText | None = None
+    """The node's TLS CA (EVM: needs ``https://``)."""
+    tls_server_name: str = ""
+    """Fabric: the name checked in the peer's certificate (needs ``tls_ca``)."""
+
+
+EndpointItem = Annotated[
+    Annotated[Name, Tag("<text>")] | Annotated[EndpointTable, Tag("<table>")],
+    Discriminator(_text_or_table),
+]
+
+
+class RotationTable(Table):
+    """``[rotation]``: the bounds within which this member signs committee rotations
+    (ADR 0009); integer seconds."""
+
+    min_overlap: int = Field(default=10, gt=0)
+    """Least overlap of the old and new epochs; <= ``max_overlap``."""
+    max_overlap: int = Field(default=7 * 24 * 3600, gt=0)
+    """Most overlap of the old and new epochs."""
+    max_activation_delay: int = Field(default=30 * 24 * 3600, ge=0)
+    """Latest activation accepted, ahead of this member's clock."""
+    max_activation_lag: int = Field(default=3600, ge=0)
+    """Earliest activation accepted, behind this member's clock."""
+
+
+class VerifierFile(Table):
+    """``verifier.toml``: one committee member (``bridge-verifier``)."""
+
+    network: PathText
+    """The network file."""
+    listen: Listen
+    """gRPC listen address."""
+    vote_db: PathText
+    """SQLite file of the member's durable votes (never lose it)."""
+    key_file: PathText | None = None
+    """Plaintext 0600 member key (devnet only); exclusive with ``[key]``."""
+    key: KeyTable | None = None
+    """The member key in a keystore or token; exclusive with ``key_file``."""
+    rpc_overrides: dict[str, EndpointItem] = {}
+    """Ledger id -> this member's own node (URL, or a table with TLS settings)."""
+    identities: dict[str, dict[str, Any]] = {}
+    """Ledger id -> read identity, for ledgers whose kind signs every query (Fabric:
+    ``msp_id``, ``cert_file`` and ``key_file`` or ``[key]``)."""
+    fabric_identities: dict[str, dict[str, Any]] | None = None
+    """Older spelling of ``identities`` (exclusive with it)."""
+    ledger_auth: dict[str, LedgerAuthTable] = {}
+    """Ledger id -> how this member authenticates to that ledger's node."""
+    rotation: RotationTable = RotationTable()
+    """Rotation bounds."""
+    tls: TlsTable | None = None
+    """Mutual TLS for the server."""
+    audit_log: PathText | None = None
+    """JSON-lines file receiving every authorisation decision."""
+    metrics: MetricsTable = MetricsTable()
+    """Prometheus metrics."""
+    tracing: TracingTable = TracingTable()
+    """OpenTelemetry tracing."""
+
+
+# ---- client files --------------------------------------------------------------------------
+
+
+class ClientFile(Table):
+    """``--client-config`` of the ``bridge`` CLI (brokerage, depository, operators): whom to
+    trust and which certificate to present."""
+
+    network: PathText
+    """The network file (its organisations holding the server's role are the trust roots)."""
+    tls: TlsTable
+    """The client's certificate and key."""
+
+
+class KeyConfigFile(Table):
+    """``--key-config`` of the ``bridge`` CLI: where a signing key lives (exactly one of
+    ``key_file`` or ``[key]``)."""
+
+    key_file: PathText | None = None
+    """Plaintext 0600 key file (devnet only)."""
+    key: KeyTable | None = None
+    """A keystore or token key."""
+
+
+FILE_MODELS: dict[str, type[Table]] = {
+    "network": NetworkFile,
+    "coordinator": CoordinatorFile,
+    "relayer": RelayerFile,
+    "verifier": VerifierFile,
+    "client": ClientFile,
+    "key": KeyConfigFile,
+}
+"""Every configuration file by the name used in env overrides and the reference."""
+
+ENV_FILES = ("coordinator", "relayer", "verifier")
+"""Files whose keys the environment may override (``KSTB_<FILE>__<KEY>[__<SUBKEY>...]``)."""
