@@ -1,10 +1,10 @@
 """The pinned buf CLI and the Go protoc plugins: where they are, and running them.
 
-``deploy/buf/build.sh`` builds them from the Go module proxy into
-``.cache/buf/<version>/bin`` (buf pinned by ``deploy/buf/gomod``, the plugins by
-``examples/go-client/go.mod``). The released API images live in ``proto/releases/``:
-``v<version>.binpb`` is ``buf build`` of ``proto/`` as that release shipped it, and
-``buf breaking`` compares the working protos against the newest of them.
+``deploy/buf/build.sh`` installs them into ``.cache/buf/<version>/bin``: buf from the npm
+package ``@bufbuild/buf`` (pinned with its hashes by ``deploy/buf/package-lock.json``), the
+plugins built with Go from ``examples/go-client/go.mod``. The released API images live in
+``proto/releases/``: ``v<version>.binpb`` is ``buf build`` of ``proto/`` as that release
+shipped it, and ``buf breaking`` compares the working protos against the newest of them.
 """
 
 from __future__ import annotations

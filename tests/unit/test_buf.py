@@ -40,8 +40,10 @@ def tools() -> None:
 def test_the_python_pin_is_the_build_scripts() -> None:
     script = buf.BUILD_SCRIPT.read_text()
     assert f'BUF_VERSION="{buf.BUF_VERSION}"' in script
-    gomod = (buf.ROOT / "deploy" / "buf" / "gomod" / "go.mod").read_text()
-    assert f"github.com/bufbuild/buf v{buf.BUF_VERSION}" in gomod
+    package = json.loads((buf.ROOT / "deploy" / "buf" / "package.json").read_text())
+    assert package["dependencies"] == {"@bufbuild/buf": buf.BUF_VERSION}
+    lock = json.loads((buf.ROOT / "deploy" / "buf" / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/@bufbuild/buf"]["version"] == buf.BUF_VERSION
 
 
 def test_every_proto_has_the_language_options() -> None:
