@@ -42,6 +42,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
@@ -248,7 +249,13 @@ func run() int {
 		ServerName:   "coordinator.kstb-role", // the role the server's certificate must name
 		MinVersion:   tls.VersionTLS12,
 	})
-	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(creds))
+	// Reconnect quickly after a coordinator restart or failover (gRPC's default backs off
+	// up to 120 s); each call's own retries are below.
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}))
 	if err != nil {
 		return fail("dial", err)
 	}

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,47 @@ class Run:
         return [e for e in self.events if e["event"] == kind]
 
 
+def client_argv(
+    binary: Path,
+    system: LocalSystem,
+    state: Path,
+    *,
+    key: str,
+    sender: str,
+    recipient: str,
+    amount: int,
+    principal: str = f"brokerage:{A}",
+    instruction_key: Path | None = None,
+) -> list[str]:
+    """The client's command line: ``principal``'s certificate, ``A``'s instruction key."""
+    cert = system.certificate(principal)
+    if instruction_key is None:
+        system.instruction_key(A)  # written 0600 under keys/
+        instruction_key = system.workdir / "keys" / f"instruction-{A}.key"
+    return [
+        str(binary),
+        "-network", str(system.workdir / "network.toml"),
+        "-coordinator", system.coordinator_target,
+        "-cert", str(cert.cert_file),
+        "-key", str(cert.key_file),
+        "-instruction-key", str(instruction_key),
+        "-state", str(state),
+        "-idempotency-key", key,
+        "-security", DEMO_ISIN,
+        "-from", A,
+        "-to", B,
+        "-sender", sender,
+        "-recipient", recipient,
+        "-amount", str(amount),
+        "-ttl", f"{system.transfer_ttl - 10}s",
+        "-timeout", "150s",
+    ]  # fmt: skip
+
+
+def parse_events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
 def run_client(
     binary: Path,
     system: LocalSystem,
@@ -81,36 +123,12 @@ def run_client(
     principal: str = f"brokerage:{A}",
     instruction_key: Path | None = None,
 ) -> Run:
-    cert = system.certificate(principal)
-    if instruction_key is None:
-        system.instruction_key(A)  # written 0600 under keys/
-        instruction_key = system.workdir / "keys" / f"instruction-{A}.key"
-    result = subprocess.run(
-        [
-            str(binary),
-            "-network", str(system.workdir / "network.toml"),
-            "-coordinator", system.coordinator_target,
-            "-cert", str(cert.cert_file),
-            "-key", str(cert.key_file),
-            "-instruction-key", str(instruction_key),
-            "-state", str(state),
-            "-idempotency-key", key,
-            "-security", DEMO_ISIN,
-            "-from", A,
-            "-to", B,
-            "-sender", sender,
-            "-recipient", recipient,
-            "-amount", str(amount),
-            "-ttl", f"{system.transfer_ttl - 10}s",
-            "-timeout", "150s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    argv = client_argv(
+        binary, system, state, key=key, sender=sender, recipient=recipient, amount=amount,
+        principal=principal, instruction_key=instruction_key,
     )  # fmt: skip
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return Run(result.returncode, events, result.stderr)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    return Run(result.returncode, parse_events(result.stdout), result.stderr)
 
 
 def recorded(system: LocalSystem, key: str) -> int:
@@ -241,3 +259,47 @@ def test_another_brokerages_certificate_may_not_submit_from_this_ledger(
     )
     assert recorded(system, key) == 0
     assert a.balance(DEMO_ISIN, holder.address) == 10
+
+
+def test_go_client_retries_a_submit_and_resumes_its_watch_across_coordinator_restarts(
+    system: LocalSystem, go_client: Path, tmp_path: Path
+) -> None:
+    a, b = system.ledgers[A], system.ledgers[B]
+    holder = a.make_holder(DEMO_ISIN, 50)
+    eligible_everywhere(system, holder.address)
+    key = f"go-{uuid.uuid4()}"
+    argv = client_argv(
+        go_client, system, tmp_path / "state", key=key, sender=holder.address,
+        recipient=holder.address, amount=20,
+    )  # fmt: skip
+    # The coordinator is down when the client submits: UNAVAILABLE is retried.
+    system.processes["coordinator"].kill9()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        system.start_process("coordinator")
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "submitted", first
+        assert first["created"] is True
+        # Killed while the client watches: the stream breaks, and the client resumes it.
+        system.processes["coordinator"].kill9()
+        time.sleep(1.0)
+        system.start_process("coordinator")
+        out, err = proc.communicate(timeout=170)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    events = [first, *parse_events(out)]
+    updates = [e for e in events if e["event"] == "update"]
+    # A resumed watch replays from 1; the client shows each state change exactly once.
+    assert [u["sequence"] for u in updates] == list(range(1, len(updates) + 1))
+    assert events[-1]["event"] == "terminal"
+    assert events[-1]["state"] == "TRANSFER_STATE_COMMITTED"
+    assert recorded(system, key) == 1
+    assert (a.balance(DEMO_ISIN, holder.address), b.balance(DEMO_ISIN, holder.address)) == (
+        30,
+        20,
+    ), "moved exactly once"
