@@ -81,8 +81,10 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy
 
-proto: setup
+# The Python stubs and the Go client's code (both committed, both drift-tested).
+proto: setup buf
 	$(BIN)/python -m bridge.tools.gen_proto
+	$(BIN)/python -m bridge.tools.gen_go_client
 
 contracts: setup
 	$(BIN)/python -m bridge.tools.build_contracts
