@@ -129,3 +129,17 @@ def test_the_go_core_matches_the_golden_vectors() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.usefixtures("tools")
+def test_a_release_image_is_never_overwritten_nor_cut_out_of_order() -> None:
+    from bridge.tools.proto_release import main
+
+    last = buf.last_release()
+    before = last.read_bytes()
+    assert main(["--version", last.name.removeprefix("v").removesuffix(".binpb")]) == 1
+    assert last.read_bytes() == before
+    assert main(["--version", "0.0.9"]) == 1
+    assert main(["--version", "1.0"]) == 1
+    assert not (buf.RELEASES_DIR / "v0.0.9.binpb").exists()
+    assert not (buf.RELEASES_DIR / "v1.0.binpb").exists()
