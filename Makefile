@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup softhsm postgres fabric demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
+.PHONY: setup softhsm postgres fabric buf demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
 
 setup: $(STAMP) $(NODE_STAMP) softhsm postgres
 
@@ -45,6 +45,11 @@ $(NODE_STAMP): contracts/evm/package.json contracts/evm/package-lock.json
 fabric:
 	bash deploy/fabric/build.sh
 
+# buf (lint, breaking-change check against proto/releases/) and the Go protoc plugins of the
+# example brokerage client (examples/go-client), built into .cache/buf/<version>.
+buf:
+	bash deploy/buf/build.sh
+
 demo: setup fabric
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo
 
@@ -57,7 +62,7 @@ PG_E2E = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_cha
 	tests/e2e/test_flow_limits.py
 PG_E2E_ALL = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_chaos.py \
 	tests/e2e/test_flow_limits.py tests/e2e/test_rotation.py tests/e2e/test_halt.py
-test: setup fabric
+test: setup fabric buf
 	$(BIN)/python -m pytest
 	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 
@@ -76,8 +81,10 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy
 
-proto: setup
+# The Python stubs and the Go client's code (both committed, both drift-tested).
+proto: setup buf
 	$(BIN)/python -m bridge.tools.gen_proto
+	$(BIN)/python -m bridge.tools.gen_go_client
 
 contracts: setup
 	$(BIN)/python -m bridge.tools.build_contracts

@@ -66,6 +66,7 @@ class _LegState:
 class _LegStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LegState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LEG_STATE_NONE: _LegState.ValueType  # 0
+    """buf:lint:ignore ENUM_ZERO_VALUE_SUFFIX"""
     LEG_STATE_LOCKED: _LegState.ValueType  # 1
     LEG_STATE_BURNED: _LegState.ValueType  # 2
     LEG_STATE_RELEASED: _LegState.ValueType  # 3
@@ -83,6 +84,7 @@ class LegState(_LegState, metaclass=_LegStateEnumTypeWrapper):
     """
 
 LEG_STATE_NONE: LegState.ValueType  # 0
+"""buf:lint:ignore ENUM_ZERO_VALUE_SUFFIX"""
 LEG_STATE_LOCKED: LegState.ValueType  # 1
 LEG_STATE_BURNED: LegState.ValueType  # 2
 LEG_STATE_RELEASED: LegState.ValueType  # 3

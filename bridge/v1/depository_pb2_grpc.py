@@ -66,6 +66,9 @@ class DepositoryServiceServicer:
     def SubmitHaltOrder(self, request, context):
         """Record a depository-signed order and start submitting it. Idempotent per (ledger,
         sequence): the same order again returns its current status.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +76,7 @@ class DepositoryServiceServicer:
 
     def GetHaltStatus(self, request, context):
         """Halts in force per ledger (read from the ledgers) and the orders recorded.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

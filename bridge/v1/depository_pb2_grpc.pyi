@@ -43,9 +43,14 @@ class DepositoryServiceStub:
     SubmitHaltOrder: _grpc.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _depository_pb2.DepositoryOrderStatus]
     """Record a depository-signed order and start submitting it. Idempotent per (ledger,
     sequence): the same order again returns its current status.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetHaltStatus: _grpc.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.GetHaltStatusResponse]
-    """Halts in force per ledger (read from the ledgers) and the orders recorded."""
+    """Halts in force per ledger (read from the ledgers) and the orders recorded.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 @_typing.type_check_only
 class DepositoryServiceAsyncStub(DepositoryServiceStub):
@@ -62,9 +67,14 @@ class DepositoryServiceAsyncStub(DepositoryServiceStub):
     SubmitHaltOrder: _aio.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _depository_pb2.DepositoryOrderStatus]  # type: ignore[assignment]
     """Record a depository-signed order and start submitting it. Idempotent per (ledger,
     sequence): the same order again returns its current status.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetHaltStatus: _aio.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.GetHaltStatusResponse]  # type: ignore[assignment]
-    """Halts in force per ledger (read from the ledgers) and the orders recorded."""
+    """Halts in force per ledger (read from the ledgers) and the orders recorded.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 class DepositoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """---- depository halt (issue 10 item 4, ADR 0011)
@@ -84,6 +94,9 @@ class DepositoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_depository_pb2.DepositoryOrderStatus, _abc.Awaitable[_depository_pb2.DepositoryOrderStatus]]:
         """Record a depository-signed order and start submitting it. Idempotent per (ledger,
         sequence): the same order again returns its current status.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -92,6 +105,8 @@ class DepositoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _depository_pb2.GetHaltStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_depository_pb2.GetHaltStatusResponse, _abc.Awaitable[_depository_pb2.GetHaltStatusResponse]]:
-        """Halts in force per ledger (read from the ledgers) and the orders recorded."""
+        """Halts in force per ledger (read from the ledgers) and the orders recorded.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 def add_DepositoryServiceServicer_to_server(servicer: DepositoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from bridge.v1 import common_pb2 as bridge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/events.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\"\xea\x01\n\x0bLedgerEvent\x12\x0e\n\x06height\x18\x01 \x01(\x04\x12\x12\n\nblock_hash\x18\x02 \x01(\x0c\x12\r\n\x05tx_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0btransfer_id\x18\x05 \x01(\x0c\x12\x1b\n\x03leg\x18\x06 \x01(\x0e\x32\x0e.bridge.v1.Leg\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x0e\n\x06reason\x18\x08 \x01(\r\x12\x12\n\nterms_hash\x18\t \x01(\x0c\x12\x1f\n\x05terms\x18\n \x01(\x0b\x32\x10.bridge.v1.Terms\"i\n\x14\x44\x65liverEventsRequest\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.bridge.v1.LedgerEvent\x12\x16\n\x0escanned_height\x18\x03 \x01(\x04\")\n\x15\x44\x65liverEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2e\n\x0fLedgerEventSink\x12R\n\rDeliverEvents\x12\x1f.bridge.v1.DeliverEventsRequest\x1a .bridge.v1.DeliverEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/events.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\"\xea\x01\n\x0bLedgerEvent\x12\x0e\n\x06height\x18\x01 \x01(\x04\x12\x12\n\nblock_hash\x18\x02 \x01(\x0c\x12\r\n\x05tx_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0btransfer_id\x18\x05 \x01(\x0c\x12\x1b\n\x03leg\x18\x06 \x01(\x0e\x32\x0e.bridge.v1.Leg\x12\"\n\x05state\x18\x07 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x0e\n\x06reason\x18\x08 \x01(\r\x12\x12\n\nterms_hash\x18\t \x01(\x0c\x12\x1f\n\x05terms\x18\n \x01(\x0b\x32\x10.bridge.v1.Terms\"i\n\x14\x44\x65liverEventsRequest\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.bridge.v1.LedgerEvent\x12\x16\n\x0escanned_height\x18\x03 \x01(\x04\")\n\x15\x44\x65liverEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2e\n\x0fLedgerEventSink\x12R\n\rDeliverEvents\x12\x1f.bridge.v1.DeliverEventsRequest\x1a .bridge.v1.DeliverEventsResponseB]\n\x12\x64\x65v.kstb.bridge.v1B\x0b\x45ventsProtoP\x01Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.kstb.bridge.v1B\013EventsProtoP\001Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\252\002\016Kstb.Bridge.V1'
   _globals['_LEDGEREVENT']._serialized_start=62
   _globals['_LEDGEREVENT']._serialized_end=296
   _globals['_DELIVEREVENTSREQUEST']._serialized_start=298

@@ -29,6 +29,7 @@ class LedgerEventSinkStub:
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def __init__(self, channel):
@@ -48,6 +49,7 @@ class LedgerEventSinkServicer:
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def DeliverEvents(self, request, context):
@@ -76,6 +78,7 @@ class LedgerEventSink:
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     @staticmethod

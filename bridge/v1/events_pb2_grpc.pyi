@@ -30,6 +30,7 @@ class LedgerEventSinkStub:
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     @_typing.overload
@@ -43,6 +44,7 @@ class LedgerEventSinkAsyncStub(LedgerEventSinkStub):
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -52,6 +54,7 @@ class LedgerEventSinkServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by the coordinator. Relayers deliver every bridge event they see at
     finality and checkpoint only after the acknowledgement. Delivery is at-least-once;
     the coordinator deduplicates by (ledger, position).
+    buf:lint:ignore SERVICE_SUFFIX
     """
 
     @_abc_1.abstractmethod

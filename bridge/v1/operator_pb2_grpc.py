@@ -102,6 +102,8 @@ class OperatorServiceServicer:
 
     def RetryTransfer(self, request, context):
         """Re-read the ledgers and try the next step now (resets the driver's backoff).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +113,8 @@ class OperatorServiceServicer:
         """Abort through a certified ABORT. FAILED_PRECONDITION when the ledgers do not allow an
         abort yet (e.g. before the deadline while the target may still prepare), or never (a
         prepared transfer always commits).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +139,8 @@ class OperatorServiceServicer:
         the latest one installed on the ledgers), with the misbehaviour evidence of a removed
         member attached. Idempotent for the same proposal; another one for the same epoch is
         refused (ALREADY_EXISTS).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,13 +150,17 @@ class OperatorServiceServicer:
         """Hand in member signatures gathered by the operator (SignRotation); each is checked
         against the ledger's certifying epoch and rotation digest before it counts. With t
         of them for a ledger, the coordinator installs the rotation there (level-triggered).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRotation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -43,11 +43,16 @@ class OperatorServiceStub:
     each waits.
     """
     RetryTransfer: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RetryTransferRequest, _transfer_pb2.Transfer]
-    """Re-read the ledgers and try the next step now (resets the driver's backoff)."""
+    """Re-read the ledgers and try the next step now (resets the driver's backoff).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     AbortTransfer: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AbortTransferRequest, _transfer_pb2.Transfer]
     """Abort through a certified ABORT. FAILED_PRECONDITION when the ledgers do not allow an
     abort yet (e.g. before the deadline while the target may still prepare), or never (a
     prepared transfer always commits).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListMisbehaviour: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]
     """Committee members caught misbehaving, with the signed evidence."""
@@ -58,13 +63,20 @@ class OperatorServiceStub:
     the latest one installed on the ledgers), with the misbehaviour evidence of a removed
     member attached. Idempotent for the same proposal; another one for the same epoch is
     refused (ALREADY_EXISTS).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CertifyRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]
     """Hand in member signatures gathered by the operator (SignRotation); each is checked
     against the ledger's certifying epoch and rotation digest before it counts. With t
     of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetRotation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]
+    """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ListRotations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]
 
 @_typing.type_check_only
@@ -80,11 +92,16 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     each waits.
     """
     RetryTransfer: _aio.UnaryUnaryMultiCallable[_operator_pb2.RetryTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
-    """Re-read the ledgers and try the next step now (resets the driver's backoff)."""
+    """Re-read the ledgers and try the next step now (resets the driver's backoff).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     AbortTransfer: _aio.UnaryUnaryMultiCallable[_operator_pb2.AbortTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
     """Abort through a certified ABORT. FAILED_PRECONDITION when the ledgers do not allow an
     abort yet (e.g. before the deadline while the target may still prepare), or never (a
     prepared transfer always commits).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListMisbehaviour: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListMisbehaviourRequest, _operator_pb2.ListMisbehaviourResponse]  # type: ignore[assignment]
     """Committee members caught misbehaving, with the signed evidence."""
@@ -95,13 +112,20 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     the latest one installed on the ledgers), with the misbehaviour evidence of a removed
     member attached. Idempotent for the same proposal; another one for the same epoch is
     refused (ALREADY_EXISTS).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     CertifyRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.CertifyRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
     """Hand in member signatures gathered by the operator (SignRotation); each is checked
     against the ledger's certifying epoch and rotation digest before it counts. With t
     of them for a ledger, the coordinator installs the rotation there (level-triggered).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetRotation: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetRotationRequest, _operator_pb2.Rotation]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ListRotations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]  # type: ignore[assignment]
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -126,7 +150,10 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.RetryTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.Transfer, _abc.Awaitable[_transfer_pb2.Transfer]]:
-        """Re-read the ledgers and try the next step now (resets the driver's backoff)."""
+        """Re-read the ledgers and try the next step now (resets the driver's backoff).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def AbortTransfer(
@@ -137,6 +164,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Abort through a certified ABORT. FAILED_PRECONDITION when the ledgers do not allow an
         abort yet (e.g. before the deadline while the target may still prepare), or never (a
         prepared transfer always commits).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -165,6 +194,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         the latest one installed on the ledgers), with the misbehaviour evidence of a removed
         member attached. Idempotent for the same proposal; another one for the same epoch is
         refused (ALREADY_EXISTS).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -176,6 +207,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Hand in member signatures gathered by the operator (SignRotation); each is checked
         against the ledger's certifying epoch and rotation digest before it counts. With t
         of them for a ledger, the coordinator installs the rotation there (level-triggered).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -183,7 +216,10 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _operator_pb2.GetRotationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]: ...
+    ) -> _typing.Union[_operator_pb2.Rotation, _abc.Awaitable[_operator_pb2.Rotation]]:
+        """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def ListRotations(

@@ -39,31 +39,52 @@ class RelayerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RelayerServiceAsyncStub: ...
     GetLedgerInfo: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerInfoRequest, _relayer_pb2.LedgerInfo]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     GetLeg: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLegRequest, _relayer_pb2.LegStatus]
-    """A leg's state at the ledger's finalized height."""
+    """A leg's state at the ledger's finalized height.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetHolder: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetHolderRequest, _relayer_pb2.HolderStatus]
-    """A holder's standing for one security (balance, eligibility, token pause)."""
+    """A holder's standing for one security (balance, eligibility, token pause).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     Submit: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.SubmitRequest, _relayer_pb2.SubmitResponse]
     """Apply one protocol step on this ledger. Idempotent: a step already applied with the
     same terms returns OK with already_applied set.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     GetLedgerSupply: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]
-    """One security's supply figures at the finalized height (or at a given finalized height)."""
+    """One security's supply figures at the finalized height (or at a given finalized height).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetFlowStatus: _grpc.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]
-    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ApplyOrder: _grpc.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _relayer_pb2.SubmitResponse]
     """---- depository halt
     Submit a depository-signed order to this ledger. Idempotent: an order at or below the
     ledger's last applied sequence returns OK with already_applied set.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetHaltStatus: _grpc.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]
-    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetCommittees: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetCommitteesRequest, _relayer_pb2.Committees]
     """The committee epochs this ledger's endpoint accepts at its finalized height, or will
     (installed, not expired), ascending.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     InstallCommittee: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.InstallCommitteeRequest, _relayer_pb2.SubmitResponse]
-    """Install a certified rotation. Idempotent: an installed one returns already_applied."""
+    """Install a certified rotation. Idempotent: an installed one returns already_applied.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -73,31 +94,52 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetLedgerInfo: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerInfoRequest, _relayer_pb2.LedgerInfo]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     GetLeg: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLegRequest, _relayer_pb2.LegStatus]  # type: ignore[assignment]
-    """A leg's state at the ledger's finalized height."""
+    """A leg's state at the ledger's finalized height.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetHolder: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetHolderRequest, _relayer_pb2.HolderStatus]  # type: ignore[assignment]
-    """A holder's standing for one security (balance, eligibility, token pause)."""
+    """A holder's standing for one security (balance, eligibility, token pause).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     Submit: _aio.UnaryUnaryMultiCallable[_relayer_pb2.SubmitRequest, _relayer_pb2.SubmitResponse]  # type: ignore[assignment]
     """Apply one protocol step on this ledger. Idempotent: a step already applied with the
     same terms returns OK with already_applied set.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     GetLedgerSupply: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLedgerSupplyRequest, _supply_pb2.LedgerSupply]  # type: ignore[assignment]
-    """One security's supply figures at the finalized height (or at a given finalized height)."""
+    """One security's supply figures at the finalized height (or at a given finalized height).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetFlowStatus: _aio.UnaryUnaryMultiCallable[_flow_pb2.GetLaneFlowRequest, _flow_pb2.FlowStatus]  # type: ignore[assignment]
-    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+    """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ApplyOrder: _aio.UnaryUnaryMultiCallable[_depository_pb2.SignedDepositoryOrder, _relayer_pb2.SubmitResponse]  # type: ignore[assignment]
     """---- depository halt
     Submit a depository-signed order to this ledger. Idempotent: an order at or below the
     ledger's last applied sequence returns OK with already_applied set.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetHaltStatus: _aio.UnaryUnaryMultiCallable[_depository_pb2.GetHaltStatusRequest, _depository_pb2.LedgerHalt]  # type: ignore[assignment]
-    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+    """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetCommittees: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetCommitteesRequest, _relayer_pb2.Committees]  # type: ignore[assignment]
     """The committee epochs this ledger's endpoint accepts at its finalized height, or will
     (installed, not expired), ascending.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     InstallCommittee: _aio.UnaryUnaryMultiCallable[_relayer_pb2.InstallCommitteeRequest, _relayer_pb2.SubmitResponse]  # type: ignore[assignment]
-    """Install a certified rotation. Idempotent: an installed one returns already_applied."""
+    """Install a certified rotation. Idempotent: an installed one returns already_applied.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: served by each chain operator's relayer, called by the coordinator.
@@ -109,7 +151,8 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _relayer_pb2.GetLedgerInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_relayer_pb2.LedgerInfo, _abc.Awaitable[_relayer_pb2.LedgerInfo]]: ...
+    ) -> _typing.Union[_relayer_pb2.LedgerInfo, _abc.Awaitable[_relayer_pb2.LedgerInfo]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod
     def GetLeg(
@@ -117,7 +160,9 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _relayer_pb2.GetLegRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_relayer_pb2.LegStatus, _abc.Awaitable[_relayer_pb2.LegStatus]]:
-        """A leg's state at the ledger's finalized height."""
+        """A leg's state at the ledger's finalized height.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetHolder(
@@ -125,7 +170,9 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _relayer_pb2.GetHolderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_relayer_pb2.HolderStatus, _abc.Awaitable[_relayer_pb2.HolderStatus]]:
-        """A holder's standing for one security (balance, eligibility, token pause)."""
+        """A holder's standing for one security (balance, eligibility, token pause).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def Submit(
@@ -135,6 +182,7 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_relayer_pb2.SubmitResponse, _abc.Awaitable[_relayer_pb2.SubmitResponse]]:
         """Apply one protocol step on this ledger. Idempotent: a step already applied with the
         same terms returns OK with already_applied set.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -143,7 +191,9 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _relayer_pb2.GetLedgerSupplyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.LedgerSupply, _abc.Awaitable[_supply_pb2.LedgerSupply]]:
-        """One security's supply figures at the finalized height (or at a given finalized height)."""
+        """One security's supply figures at the finalized height (or at a given finalized height).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetFlowStatus(
@@ -151,7 +201,10 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_pb2.GetLaneFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_pb2.FlowStatus, _abc.Awaitable[_flow_pb2.FlowStatus]]:
-        """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger."""
+        """---- flow limits (ADR 0010): a lane's limit and bucket levels on this ledger.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def ApplyOrder(
@@ -162,6 +215,9 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         """---- depository halt
         Submit a depository-signed order to this ledger. Idempotent: an order at or below the
         ledger's last applied sequence returns OK with already_applied set.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -170,7 +226,10 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _depository_pb2.GetHaltStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_depository_pb2.LedgerHalt, _abc.Awaitable[_depository_pb2.LedgerHalt]]:
-        """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized."""
+        """The ledger's halt flags for one security (empty: the ledger-wide flag), finalized.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetCommittees(
@@ -180,6 +239,7 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_relayer_pb2.Committees, _abc.Awaitable[_relayer_pb2.Committees]]:
         """The committee epochs this ledger's endpoint accepts at its finalized height, or will
         (installed, not expired), ascending.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -188,6 +248,9 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _relayer_pb2.InstallCommitteeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_relayer_pb2.SubmitResponse, _abc.Awaitable[_relayer_pb2.SubmitResponse]]:
-        """Install a certified rotation. Idempotent: an installed one returns already_applied."""
+        """Install a certified rotation. Idempotent: an installed one returns already_applied.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/rotation.proto\x12\tbridge.v1\"\x82\x01\n\x0e\x43ommitteeEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\x0c\x12\x13\n\x0b\x61\x63tive_from\x18\x04 \x01(\x04\x12\x14\n\x0c\x61\x63tive_until\x18\x05 \x01(\x04\x12\x12\n\nopen_ended\x18\x06 \x01(\x08\"o\n\x10RotationProposal\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\x0c\x12\x12\n\nactivation\x18\x04 \x01(\x04\x12\x0f\n\x07overlap\x18\x05 \x01(\x04\"\x9a\x01\n\x11\x43\x65rtifiedRotation\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\x0c\x12\x0e\n\x06ledger\x18\x03 \x01(\x0c\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\x0c\x12-\n\x08proposal\x18\x05 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12\x12\n\nsignatures\x18\x06 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62ridge/v1/rotation.proto\x12\tbridge.v1\"\x82\x01\n\x0e\x43ommitteeEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\x0c\x12\x13\n\x0b\x61\x63tive_from\x18\x04 \x01(\x04\x12\x14\n\x0c\x61\x63tive_until\x18\x05 \x01(\x04\x12\x12\n\nopen_ended\x18\x06 \x01(\x08\"o\n\x10RotationProposal\x12\x12\n\nnext_epoch\x18\x01 \x01(\x04\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\x0c\x12\x12\n\nactivation\x18\x04 \x01(\x04\x12\x0f\n\x07overlap\x18\x05 \x01(\x04\"\x9a\x01\n\x11\x43\x65rtifiedRotation\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\x0c\x12\x0e\n\x06ledger\x18\x03 \x01(\x0c\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\x0c\x12-\n\x08proposal\x18\x05 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12\x12\n\nsignatures\x18\x06 \x03(\x0c\x42_\n\x12\x64\x65v.kstb.bridge.v1B\rRotationProtoP\x01Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.rotation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.kstb.bridge.v1B\rRotationProtoP\001Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\252\002\016Kstb.Bridge.V1'
   _globals['_COMMITTEEEPOCH']._serialized_start=40
   _globals['_COMMITTEEEPOCH']._serialized_end=170
   _globals['_ROTATIONPROPOSAL']._serialized_start=172

@@ -87,6 +87,7 @@ class SupplyServiceServicer:
     def StreamAttestations(self, request, context):
         """Attestations from a position on, then live ones as they are produced. Resuming from the
         last position received + 1 yields no gap and no duplicate, across coordinator restarts.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +95,8 @@ class SupplyServiceServicer:
 
     def GetRegistration(self, request, context):
         """The registration in force for one security (what RegisterIssuance must supersede).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +104,8 @@ class SupplyServiceServicer:
 
     def RegisterIssuance(self, request, context):
         """Operator call: replace a security's registered issuance (signed by a supply operator).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +113,7 @@ class SupplyServiceServicer:
 
     def ReleaseHold(self, request, context):
         """Operator call: lift a discrepancy hold once the books balance again.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +123,7 @@ class SupplyServiceServicer:
         """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
         epoch), so a subscriber whose trust anchor is the network file's epoch can verify
         records signed by a later committee (each rotation is checked against the epoch before).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

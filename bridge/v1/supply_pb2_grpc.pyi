@@ -42,17 +42,27 @@ class SupplyServiceStub:
     StreamAttestations: _grpc.UnaryStreamMultiCallable[_supply_pb2.StreamAttestationsRequest, _supply_pb2.Attestation]
     """Attestations from a position on, then live ones as they are produced. Resuming from the
     last position received + 1 yields no gap and no duplicate, across coordinator restarts.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetRegistration: _grpc.UnaryUnaryMultiCallable[_supply_pb2.GetRegistrationRequest, _supply_pb2.SignedRegistration]
-    """The registration in force for one security (what RegisterIssuance must supersede)."""
+    """The registration in force for one security (what RegisterIssuance must supersede).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     RegisterIssuance: _grpc.UnaryUnaryMultiCallable[_supply_pb2.SignedRegistration, _supply_pb2.RegisterIssuanceResponse]
-    """Operator call: replace a security's registered issuance (signed by a supply operator)."""
+    """Operator call: replace a security's registered issuance (signed by a supply operator).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_supply_pb2.SignedHoldRelease, _supply_pb2.ReleaseHoldResponse]
-    """Operator call: lift a discrepancy hold once the books balance again."""
+    """Operator call: lift a discrepancy hold once the books balance again.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
     GetCommitteeChain: _grpc.UnaryUnaryMultiCallable[_supply_pb2.GetCommitteeChainRequest, _supply_pb2.CommitteeChain]
     """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
     epoch), so a subscriber whose trust anchor is the network file's epoch can verify
     records signed by a later committee (each rotation is checked against the epoch before).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 @_typing.type_check_only
@@ -69,17 +79,27 @@ class SupplyServiceAsyncStub(SupplyServiceStub):
     StreamAttestations: _aio.UnaryStreamMultiCallable[_supply_pb2.StreamAttestationsRequest, _supply_pb2.Attestation]  # type: ignore[assignment]
     """Attestations from a position on, then live ones as they are produced. Resuming from the
     last position received + 1 yields no gap and no duplicate, across coordinator restarts.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetRegistration: _aio.UnaryUnaryMultiCallable[_supply_pb2.GetRegistrationRequest, _supply_pb2.SignedRegistration]  # type: ignore[assignment]
-    """The registration in force for one security (what RegisterIssuance must supersede)."""
+    """The registration in force for one security (what RegisterIssuance must supersede).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     RegisterIssuance: _aio.UnaryUnaryMultiCallable[_supply_pb2.SignedRegistration, _supply_pb2.RegisterIssuanceResponse]  # type: ignore[assignment]
-    """Operator call: replace a security's registered issuance (signed by a supply operator)."""
+    """Operator call: replace a security's registered issuance (signed by a supply operator).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_supply_pb2.SignedHoldRelease, _supply_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
-    """Operator call: lift a discrepancy hold once the books balance again."""
+    """Operator call: lift a discrepancy hold once the books balance again.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    """
     GetCommitteeChain: _aio.UnaryUnaryMultiCallable[_supply_pb2.GetCommitteeChainRequest, _supply_pb2.CommitteeChain]  # type: ignore[assignment]
     """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
     epoch), so a subscriber whose trust anchor is the network file's epoch can verify
     records signed by a later committee (each rotation is checked against the epoch before).
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -105,6 +125,7 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_supply_pb2.Attestation], _abc.AsyncIterator[_supply_pb2.Attestation]]:
         """Attestations from a position on, then live ones as they are produced. Resuming from the
         last position received + 1 yields no gap and no duplicate, across coordinator restarts.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -113,7 +134,10 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _supply_pb2.GetRegistrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.SignedRegistration, _abc.Awaitable[_supply_pb2.SignedRegistration]]:
-        """The registration in force for one security (what RegisterIssuance must supersede)."""
+        """The registration in force for one security (what RegisterIssuance must supersede).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def RegisterIssuance(
@@ -121,7 +145,10 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _supply_pb2.SignedRegistration,
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.RegisterIssuanceResponse, _abc.Awaitable[_supply_pb2.RegisterIssuanceResponse]]:
-        """Operator call: replace a security's registered issuance (signed by a supply operator)."""
+        """Operator call: replace a security's registered issuance (signed by a supply operator).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def ReleaseHold(
@@ -129,7 +156,9 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _supply_pb2.SignedHoldRelease,
         context: _ServicerContext,
     ) -> _typing.Union[_supply_pb2.ReleaseHoldResponse, _abc.Awaitable[_supply_pb2.ReleaseHoldResponse]]:
-        """Operator call: lift a discrepancy hold once the books balance again."""
+        """Operator call: lift a discrepancy hold once the books balance again.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetCommitteeChain(
@@ -140,6 +169,7 @@ class SupplyServiceServicer(metaclass=_abc_1.ABCMeta):
         """The certified rotations from epoch from_epoch + 1 on (one ledger's certificate per
         epoch), so a subscriber whose trust anchor is the network file's epoch can verify
         records signed by a later committee (each rotation is checked against the epoch before).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_SupplyServiceServicer_to_server(servicer: SupplyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,9 +38,14 @@ class TransferServiceStub:
     the same transfer; the same key with a different request is ALREADY_EXISTS.
     """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]
+    """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]
     WatchTransfer: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.TransferUpdate]
-    """Every state change of one transfer, from the first, until it is terminal."""
+    """Every state change of one transfer, from the first, until it is terminal.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -52,9 +57,14 @@ class TransferServiceAsyncStub(TransferServiceStub):
     the same transfer; the same key with a different request is ALREADY_EXISTS.
     """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     ListTransfers: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]  # type: ignore[assignment]
     WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.TransferUpdate]  # type: ignore[assignment]
-    """Every state change of one transfer, from the first, until it is terminal."""
+    """Every state change of one transfer, from the first, until it is terminal.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     """The brokerage-facing API: move units of a security from one ledger to another."""
@@ -74,7 +84,10 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _transfer_pb2.GetTransferRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_transfer_pb2.Transfer, _abc.Awaitable[_transfer_pb2.Transfer]]: ...
+    ) -> _typing.Union[_transfer_pb2.Transfer, _abc.Awaitable[_transfer_pb2.Transfer]]:
+        """buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def ListTransfers(
@@ -89,6 +102,8 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _transfer_pb2.WatchTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_transfer_pb2.TransferUpdate], _abc.AsyncIterator[_transfer_pb2.TransferUpdate]]:
-        """Every state change of one transfer, from the first, until it is terminal."""
+        """Every state change of one transfer, from the first, until it is terminal.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36,6 +36,7 @@ class VerifierServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VerifierServiceAsyncStub: ...
     GetIdentity: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.GetIdentityRequest, _verifier_pb2.VerifierIdentity]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     SignClaim: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]
     SignSupply: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]
     """Sign a proposed supply record if this member's own reads at its heights produce the
@@ -59,6 +60,7 @@ class VerifierServiceAsyncStub(VerifierServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetIdentity: _aio.UnaryUnaryMultiCallable[_verifier_pb2.GetIdentityRequest, _verifier_pb2.VerifierIdentity]  # type: ignore[assignment]
+    """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
     SignClaim: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimRequest, _verifier_pb2.SignClaimResponse]  # type: ignore[assignment]
     SignSupply: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignSupplyRequest, _verifier_pb2.SignSupplyResponse]  # type: ignore[assignment]
     """Sign a proposed supply record if this member's own reads at its heights produce the
@@ -84,7 +86,8 @@ class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _verifier_pb2.GetIdentityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_verifier_pb2.VerifierIdentity, _abc.Awaitable[_verifier_pb2.VerifierIdentity]]: ...
+    ) -> _typing.Union[_verifier_pb2.VerifierIdentity, _abc.Awaitable[_verifier_pb2.VerifierIdentity]]:
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME"""
 
     @_abc_1.abstractmethod
     def SignClaim(
