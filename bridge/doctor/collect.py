@@ -51,7 +51,7 @@ def read_status(component: str, target: str, identity_for: IdentityFor, timeout:
                         status_pb2.GetStatusRequest(), timeout=timeout
                     )
                 received = time.time()
-                return Reading(component, target, status_from_pb(answer), "", sent, received)
+                return Reading(component, target, status_from_pb(answer.status), "", sent, received)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
     except grpc.RpcError as exc:
         return Reading(component, target, None, describe_rpc_error(exc), sent, time.time())

@@ -95,9 +95,9 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
 
     async def GetStatus(
         self, request: status_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> status_pb2.ComponentStatus:
+    ) -> status_pb2.GetStatusResponse:
         """The status now."""
-        return status_to_pb(await self._describe())
+        return status_pb2.GetStatusResponse(status=status_to_pb(await self._describe()))
 
 
 SERVICE_NAME = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name

@@ -25,23 +25,26 @@ _sym_db = _symbol_database.Default()
 from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/status.proto\x12\tbridge.v1\x1a\x18\x62ridge/v1/rotation.proto\"\x12\n\x10GetStatusRequest\"\xfb\x01\n\nLedgerView\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cnetwork_word\x18\x03 \x01(\x0c\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\x0c\x12\x18\n\x10\x66inalized_height\x18\x05 \x01(\x04\x12\x13\n\x0bhas_scanned\x18\x06 \x01(\x08\x12\x16\n\x0escanned_height\x18\x07 \x01(\x04\x12\x10\n\x08operator\x18\x08 \x01(\t\x12\x13\n\x0bgas_balance\x18\t \x01(\t\x12)\n\x06\x65pochs\x18\n \x03(\x0b\x32\x19.bridge.v1.CommitteeEpoch\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"/\n\x0f\x44ialledEndpoint\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"G\n\x07\x46\x65\x65\x64\x41ge\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x12\n\nhas_record\x18\x02 \x01(\x08\x12\x13\n\x0b\x61ge_seconds\x18\x03 \x01(\x01\"\x8c\x02\n\x0f\x43omponentStatus\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\x0e\n\x06member\x18\x05 \x01(\x0c\x12&\n\x07ledgers\x18\x06 \x03(\x0b\x32\x15.bridge.v1.LedgerView\x12-\n\tendpoints\x18\x07 \x03(\x0b\x32\x1a.bridge.v1.DialledEndpoint\x12!\n\x05\x66\x65\x65\x64s\x18\x08 \x03(\x0b\x32\x12.bridge.v1.FeedAge\x12\x1b\n\x13network_fingerprint\x18\t \x01(\x0c\x32U\n\rStatusService\x12\x44\n\tGetStatus\x12\x1b.bridge.v1.GetStatusRequest\x1a\x1a.bridge.v1.ComponentStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62ridge/v1/status.proto\x12\tbridge.v1\x1a\x18\x62ridge/v1/rotation.proto\"\x12\n\x10GetStatusRequest\"?\n\x11GetStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.bridge.v1.ComponentStatus\"\xfb\x01\n\nLedgerView\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cnetwork_word\x18\x03 \x01(\x0c\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\x0c\x12\x18\n\x10\x66inalized_height\x18\x05 \x01(\x04\x12\x13\n\x0bhas_scanned\x18\x06 \x01(\x08\x12\x16\n\x0escanned_height\x18\x07 \x01(\x04\x12\x10\n\x08operator\x18\x08 \x01(\t\x12\x13\n\x0bgas_balance\x18\t \x01(\t\x12)\n\x06\x65pochs\x18\n \x03(\x0b\x32\x19.bridge.v1.CommitteeEpoch\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"/\n\x0f\x44ialledEndpoint\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"G\n\x07\x46\x65\x65\x64\x41ge\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x12\n\nhas_record\x18\x02 \x01(\x08\x12\x13\n\x0b\x61ge_seconds\x18\x03 \x01(\x01\"\x8c\x02\n\x0f\x43omponentStatus\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12\x0e\n\x06member\x18\x05 \x01(\x0c\x12&\n\x07ledgers\x18\x06 \x03(\x0b\x32\x15.bridge.v1.LedgerView\x12-\n\tendpoints\x18\x07 \x03(\x0b\x32\x1a.bridge.v1.DialledEndpoint\x12!\n\x05\x66\x65\x65\x64s\x18\x08 \x03(\x0b\x32\x12.bridge.v1.FeedAge\x12\x1b\n\x13network_fingerprint\x18\t \x01(\x0c\x32W\n\rStatusService\x12\x46\n\tGetStatus\x12\x1b.bridge.v1.GetStatusRequest\x1a\x1c.bridge.v1.GetStatusResponseB]\n\x12\x64\x65v.kstb.bridge.v1B\x0bStatusProtoP\x01Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.status_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.kstb.bridge.v1B\013StatusProtoP\001Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\252\002\016Kstb.Bridge.V1'
   _globals['_GETSTATUSREQUEST']._serialized_start=63
   _globals['_GETSTATUSREQUEST']._serialized_end=81
-  _globals['_LEDGERVIEW']._serialized_start=84
-  _globals['_LEDGERVIEW']._serialized_end=335
-  _globals['_DIALLEDENDPOINT']._serialized_start=337
-  _globals['_DIALLEDENDPOINT']._serialized_end=384
-  _globals['_FEEDAGE']._serialized_start=386
-  _globals['_FEEDAGE']._serialized_end=457
-  _globals['_COMPONENTSTATUS']._serialized_start=460
-  _globals['_COMPONENTSTATUS']._serialized_end=728
-  _globals['_STATUSSERVICE']._serialized_start=730
-  _globals['_STATUSSERVICE']._serialized_end=815
+  _globals['_GETSTATUSRESPONSE']._serialized_start=83
+  _globals['_GETSTATUSRESPONSE']._serialized_end=146
+  _globals['_LEDGERVIEW']._serialized_start=149
+  _globals['_LEDGERVIEW']._serialized_end=400
+  _globals['_DIALLEDENDPOINT']._serialized_start=402
+  _globals['_DIALLEDENDPOINT']._serialized_end=449
+  _globals['_FEEDAGE']._serialized_start=451
+  _globals['_FEEDAGE']._serialized_end=522
+  _globals['_COMPONENTSTATUS']._serialized_start=525
+  _globals['_COMPONENTSTATUS']._serialized_end=793
+  _globals['_STATUSSERVICE']._serialized_start=795
+  _globals['_STATUSSERVICE']._serialized_end=882
 # @@protoc_insertion_point(module_scope)

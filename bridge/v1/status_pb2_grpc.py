@@ -41,7 +41,7 @@ class StatusServiceStub:
         self.GetStatus = channel.unary_unary(
                 '/bridge.v1.StatusService/GetStatus',
                 request_serializer=bridge_dot_v1_dot_status__pb2.GetStatusRequest.SerializeToString,
-                response_deserializer=bridge_dot_v1_dot_status__pb2.ComponentStatus.FromString,
+                response_deserializer=bridge_dot_v1_dot_status__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -64,7 +64,7 @@ def add_StatusServiceServicer_to_server(servicer, server):
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=bridge_dot_v1_dot_status__pb2.GetStatusRequest.FromString,
-                    response_serializer=bridge_dot_v1_dot_status__pb2.ComponentStatus.SerializeToString,
+                    response_serializer=bridge_dot_v1_dot_status__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,7 +97,7 @@ class StatusService:
             target,
             '/bridge.v1.StatusService/GetStatus',
             bridge_dot_v1_dot_status__pb2.GetStatusRequest.SerializeToString,
-            bridge_dot_v1_dot_status__pb2.ComponentStatus.FromString,
+            bridge_dot_v1_dot_status__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,7 +37,7 @@ class StatusServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> StatusServiceAsyncStub: ...
-    GetStatus: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.ComponentStatus]
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.GetStatusResponse]
 
 @_typing.type_check_only
 class StatusServiceAsyncStub(StatusServiceStub):
@@ -48,7 +48,7 @@ class StatusServiceAsyncStub(StatusServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetStatus: _aio.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.ComponentStatus]  # type: ignore[assignment]
+    GetStatus: _aio.UnaryUnaryMultiCallable[_status_pb2.GetStatusRequest, _status_pb2.GetStatusResponse]  # type: ignore[assignment]
 
 class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
@@ -62,6 +62,6 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _status_pb2.GetStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_status_pb2.ComponentStatus, _abc.Awaitable[_status_pb2.ComponentStatus]]: ...
+    ) -> _typing.Union[_status_pb2.GetStatusResponse, _abc.Awaitable[_status_pb2.GetStatusResponse]]: ...
 
 def add_StatusServiceServicer_to_server(servicer: StatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
