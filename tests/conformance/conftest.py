@@ -37,6 +37,8 @@ from tests.conformance.harness import BROKER, ISIN, KindHarness, new_committee
 KINDS = [
     pytest.param("evm", id="evm"),
     pytest.param("fabric", id="fabric", marks=pytest.mark.fabric),
+    # ---- EVM profiles and clients (ADR 0019)
+    pytest.param("kaia", id="kaia", marks=pytest.mark.kaia),
 ]
 
 
@@ -70,18 +72,26 @@ class EvmHarness:
     committee: Committee
     kind: str = "evm"
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-evm"))
+    profile: str = "ethereum"
+    finality_depth: int = 0
 
     @property
     def config(self) -> LedgerConfig:
-        return LedgerConfig(
-            id=self.ledger,
-            kind="evm",
-            rpc_url=self.node.rpc_url,
-            bridge=self.endpoint.address,
-            chain_id=self.node.chain_id,
-            finality_depth=0,
-            block_interval=0.2,
+        """Parsed and checked by the EVM kind, as a network file's entry would be."""
+        kind = get_kind("evm")
+        table = kind.table.model_validate(
+            {
+                "id": self.ledger.name,
+                "kind": "evm",
+                "rpc_url": self.node.rpc_url,
+                "bridge": self.endpoint.address,
+                "chain_id": self.node.chain_id,
+                "finality_depth": self.finality_depth,
+                "block_interval": 0.2,
+                "profile": self.profile,
+            }
         )
+        return kind.ledger_config(table, Path("."))
 
     @property
     def bridge_word(self) -> bytes:
@@ -134,28 +144,48 @@ class EvmHarness:
         return int(self._endpoint.functions.parked(transfer_id).call())
 
 
+def evm_endpoint(node: AnvilNode, ledger: LedgerId, workdir: Path) -> EvmHarness:
+    """Deploy the endpoint and token on a started ``node`` (funded by ``node.fund``)."""
+    signers, committee = new_committee()
+    w3 = deploy.connect(node.rpc_url)
+    admin, relayer = DevAccount.generate(), DevAccount.generate()
+    node.fund(admin.address)
+    node.fund(relayer.address)
+    endpoint = deploy.deploy_endpoint(w3, admin.private_key, ledger, committee)
+    deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+    broker = Web3.to_checksum_address(BROKER.address)
+    deploy.set_instructor(w3, admin.private_key, endpoint, broker, True)
+    token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(ISIN))
+    deploy.register_security(w3, admin.private_key, endpoint, token)
+    key = workdir / "relayer.key"
+    write_key_file(key, relayer)
+    return EvmHarness(node, admin, key, endpoint, token, signers, committee, ledger=ledger)
+
+
 @pytest.fixture(scope="package")
 def evm_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvmHarness]:
     workdir = tmp_path_factory.mktemp("conformance-evm")
     node = AnvilNode("conformance", 31337, 0, workdir).start()
     try:
-        signers, committee = new_committee()
-        w3 = deploy.connect(node.rpc_url)
-        admin, relayer = DevAccount.generate(), DevAccount.generate()
-        node.fund(admin.address)
-        node.fund(relayer.address)
-        ledger = LedgerId("conformance-evm")
-        endpoint = deploy.deploy_endpoint(w3, admin.private_key, ledger, committee)
-        deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
-        broker = Web3.to_checksum_address(BROKER.address)
-        deploy.set_instructor(w3, admin.private_key, endpoint, broker, True)
-        token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(ISIN))
-        deploy.register_security(w3, admin.private_key, endpoint, token)
-        key = workdir / "relayer.key"
-        write_key_file(key, relayer)
-        yield EvmHarness(node, admin, key, endpoint, token, signers, committee)
+        yield evm_endpoint(node, LedgerId("conformance-evm"), workdir)
     finally:
         node.stop()
+
+
+# ---- Kaia profile (ADR 0019): an anvil node configured like Kairos ------------------------
+@pytest.fixture(scope="package")
+def kaia_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvmHarness]:
+    """The EVM endpoint on a Kaia-like node, opened with ``profile = "kaia"``."""
+    from bridge.devnet.kaia import KaiaLikeNode
+
+    workdir = tmp_path_factory.mktemp("conformance-kaia")
+    kaia = KaiaLikeNode("conformance-kaia", workdir).start()
+    try:
+        h = evm_endpoint(kaia.node, LedgerId("conformance-kaia"), workdir)
+        h.profile = "kaia"
+        yield h
+    finally:
+        kaia.stop()
 
 
 # -- Fabric (native network, bridge chaincode) -----------------------------------------------
