@@ -45,6 +45,8 @@ class EvmKind:
     name = "evm"
     table: ClassVar[type[LedgerTable]] = EvmTable
     reads_with_identity = False
+    holder_direct_locks = True
+    """The endpoint's ``lock`` from the holder's own account needs no instruction key."""
 
     def ledger_config(self, table: LedgerTable, base: Path) -> LedgerConfig:
         """The entry as a LedgerConfig; ``tls_ca`` needs an ``https://`` URL and the entry
