@@ -7,10 +7,11 @@ the ``fabric`` marker (``-m "conformance and not fabric"`` runs the EVM case alo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from bridge.config import Credentials, LedgerAuth, LedgerConfig
 from bridge.core.words import evm_network_word
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
 from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.geth import GethNetwork
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId
@@ -39,6 +41,7 @@ KINDS = [
     pytest.param("fabric", id="fabric", marks=pytest.mark.fabric),
     # ---- EVM profiles and clients (ADR 0019)
     pytest.param("kaia", id="kaia", marks=pytest.mark.kaia),
+    pytest.param("geth", id="geth", marks=pytest.mark.geth),
 ]
 
 
@@ -349,3 +352,74 @@ def harness(request: pytest.FixtureRequest) -> KindHarness:
     """The endpoint of each ledger kind in turn (the Fabric one marked ``fabric``)."""
     harness: KindHarness = request.getfixturevalue(f"{request.param}_harness")
     return harness
+
+
+# ---- go-ethereum network (ADR 0019): deploy through node 0, relayer on node 1, reads node 2
+@dataclass
+class GethHarness(EvmHarness):
+    """The EVM endpoint on a three-node geth network with finality depth 2: the relayer
+    sends through node 1 and the reader reads through node 2; every admin act and step
+    returns once final on every node."""
+
+    net: GethNetwork | None = None
+
+    def _on(self, url: str) -> LedgerConfig:
+        return replace(self.config, rpc_url=url)
+
+    def relayer(self) -> LedgerAdapter:
+        assert self.net is not None
+        config = self._on(self.net.relayer_url)
+        return get_kind("evm").open(config, Credentials(self.relayer_key), None, True)
+
+    def reader(self) -> LedgerAdapter:
+        assert self.net is not None
+        return get_kind("evm").open(self._on(self.net.reader_urls[0]), None, None, False)
+
+    def _final(self) -> None:
+        assert self.net is not None
+        self.net.wait_final_everywhere(self.net.height(0))
+
+    async def settled(self, outcome: TxOutcome) -> None:
+        """The step's block is final on every node."""
+        assert self.net is not None
+        if outcome.height:
+            await asyncio.to_thread(self.net.wait_final_everywhere, outcome.height)
+
+    async def holder(self, units: int = 0, eligible: bool = True) -> bytes:
+        word = await super().holder(units, eligible)
+        await asyncio.to_thread(self._final)
+        return word
+
+    async def set_eligible(self, holder: bytes, eligible: bool) -> None:
+        await super().set_eligible(holder, eligible)
+        await asyncio.to_thread(self._final)
+
+    async def set_depository(self, key: bytes) -> None:
+        await super().set_depository(key)
+        await asyncio.to_thread(self._final)
+
+    async def set_flow_limit(self, counterpart: LedgerId, limit: FlowLimit) -> None:
+        await super().set_flow_limit(counterpart, limit)
+        await asyncio.to_thread(self._final)
+
+
+@pytest.fixture(scope="package")
+def geth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GethHarness]:
+    from bridge.devnet.geth import GethNetwork, geth_binary
+
+    try:
+        geth_binary()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    workdir = tmp_path_factory.mktemp("conformance-geth")
+    net = GethNetwork("conformance", 1337, workdir, size=3, finality_depth=2).start()
+    try:
+        base = evm_endpoint(net, LedgerId("conformance-geth"), workdir)  # type: ignore[arg-type]
+        h = GethHarness(**{f.name: getattr(base, f.name) for f in fields(base)}, net=net)
+        h.finality_depth = net.finality_depth
+        h._final()
+        yield h
+    finally:
+        net.stop()
