@@ -17,8 +17,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bridge.devnet.anvil import AnvilNode
+from bridge.devnet.anvil import AnvilNode, DevAccount, write_token_file
+from bridge.devnet.evm_endpoint import deploy_evm_endpoint
+from bridge.devnet.starters import StartContext
+from bridge.devnet.system import LedgerHandle
+from bridge.domain.ids import LedgerId
+from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.profiles import KAIA_KAIROS
 
 KAIA_BASE_FEE = 25 * 10**9
@@ -75,3 +81,63 @@ class KaiaLikeNode:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.node.stop()
+
+
+@dataclass(kw_only=True)
+class KaiaLedger(LedgerHandle):
+    """The endpoint on a :class:`KaiaLikeNode`, configured with ``profile = "kaia"``."""
+
+    kaia: KaiaLikeNode
+
+    def describe(self) -> list[str]:
+        """Kairos-like node, chain id and endpoint."""
+        return [
+            f"Kaia profile (Kairos-like anvil), {super().describe()[0]}",
+            *super().describe()[1:],
+        ]
+
+    def ledger_entry(self) -> dict[str, Any]:
+        """The anvil entry with ``profile = "kaia"`` (finality depth 0)."""
+        return super().ledger_entry() | {"profile": "kaia", "finality_depth": 0}
+
+    def stop(self) -> None:
+        """Stop the base-fee watcher, the proxy and the node."""
+        self.kaia.stop()
+
+
+def start_kaia_ledger(ctx: StartContext, name: str) -> KaiaLedger:
+    """The ``kaia`` starter: a Kairos-like node with the endpoint deployed."""
+    assert ctx.committee is not None
+    kaia = KaiaLikeNode(name, ctx.workdir).start()
+    try:
+        node = kaia.node
+        if ctx.evm_node_auth:
+            node.secure(ctx._evm_node_ca(), write_token_file(ctx._rpc_token_file(name)))
+        admin, relayer = DevAccount.generate(), DevAccount.generate()
+        relayer_address = ctx._relayer_address(name, relayer)
+        node.fund(admin.address)
+        node.fund(relayer_address)
+        endpoint, tokens = deploy_evm_endpoint(
+            deploy.connect(node.rpc_url),
+            admin,
+            relayer_address,
+            LedgerId(name),
+            ctx.committee,
+            ctx.instruction_key(name).address,
+            ctx.isins,
+        )
+        return KaiaLedger(
+            name=name,
+            node=node,
+            admin=admin,
+            relayer=relayer,
+            endpoint=endpoint,
+            tokens=tokens,
+            block_time=1.0,
+            rpc_token_file=ctx._rpc_token_file(name) if ctx.evm_node_auth else None,
+            relayer_key=ctx._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
+            kaia=kaia,
+        )
+    except BaseException:
+        kaia.stop()
+        raise
