@@ -150,3 +150,38 @@ class EvmEndpointLedger:
         else:
             self.settle()
         return holder
+
+    # ---- bench hooks (optional DevLedger members, ADR 0019)
+    def fund_holders(self, isin: str, holders: Sequence[str], units: int) -> None:
+        """Make every holder eligible for ``isin`` and issue it ``units`` (not registered
+        with the depository): all calls sent at once with consecutive nonces and an explicit
+        gas limit (so each may be sent before its predecessor is mined; FIFO ordering mines
+        an ``issue`` after the ``setEligible`` it depends on), then every receipt awaited."""
+        from eth_account import Account
+        from web3.types import Nonce, TxParams
+
+        w3, token = self.w3, self.tokens[isin]
+        sender = Account.from_key(self.admin.private_key)
+        nonce = w3.eth.get_transaction_count(sender.address, "pending")
+        calls = []
+        for h in holders:
+            address = Web3.to_checksum_address(h)
+            calls += [
+                token.functions.setEligible(address, True),
+                token.functions.issue(address, units),
+            ]
+        hashes = []
+        for offset, call in enumerate(calls):
+            params: TxParams = {
+                "from": sender.address,
+                "nonce": Nonce(nonce + offset),
+                "gas": 300_000,
+                "chainId": w3.eth.chain_id,
+            }
+            tx = call.build_transaction(params)
+            hashes.append(w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction))
+        for tx_hash in hashes:
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
+            if receipt["status"] != 1:
+                raise RuntimeError(f"setup transaction 0x{bytes(tx_hash).hex()} reverted")
+        self.settle()

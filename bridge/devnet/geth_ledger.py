@@ -98,6 +98,12 @@ class GethLedger(EvmEndpointLedger):
         assert authority is not None
         return {"ledger": (authority.pause, authority.resume)}
 
+    def pids(self) -> dict[str, int]:
+        """The nodes', the authority's and the proxies' pids (bench CPU sampling)."""
+        procs = [n.process for n in self.net.nodes] + [self.net.authority]
+        procs += [p.process for p in self.proxies.values()]
+        return {p.name: p.pid for p in procs if p is not None and p.alive()}
+
     def stop(self) -> None:
         """Stop the proxies, the authority and the nodes."""
         for proxy in self.proxies.values():

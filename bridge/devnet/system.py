@@ -113,6 +113,16 @@ class LedgerHandle(EvmEndpointLedger):
         """anvil itself (not the proxy)."""
         return self.node.rpc_url
 
+    def pids(self) -> dict[str, int]:
+        """anvil's and its proxy's pids (bench CPU sampling)."""
+        pids = {}
+        if self.node.process is not None:
+            pids[f"anvil-{self.name}"] = self.node.process.pid
+        proxy = self.node.proxy
+        if proxy is not None and proxy.process is not None and proxy.process.alive():
+            pids[f"evm-proxy-{self.name}"] = proxy.process.pid
+        return pids
+
 
 def _member_read(ledger: DevLedger, member: int) -> dict[str, Any] | None:
     """Member ``member``'s ``rpc_overrides`` entry for ``ledger``: the ledger's own choice
