@@ -27,7 +27,9 @@ import json
 import secrets
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,12 @@ class EngineNode:
     secret: bytes
 
     def call(self, method: str, params: list[Any], timeout: float = 10.0) -> Any:
-        """One authenticated Engine API call; RuntimeError on a JSON-RPC error."""
+        """One authenticated Engine API call (a fresh token each attempt), retried while the
+        node is unreachable (every Engine call the authority makes is idempotent);
+        RuntimeError on a JSON-RPC error, HTTPError (401) on a refused token."""
+        return _retrying(lambda: self._call(method, params, timeout))
+
+    def _call(self, method: str, params: list[Any], timeout: float) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         req = urllib.request.Request(  # noqa: S310 - a loopback http URL from the devnet
             self.url,
@@ -74,8 +81,26 @@ class EngineNode:
         return reply["result"]
 
 
+def _retrying(call: Callable[[], Any], attempts: int = 50, pause: float = 0.2) -> Any:
+    """``call()``, retried on transport faults (a node busy or restarting) only."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except urllib.error.HTTPError:
+            raise  # the node answered: not a transport fault
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def rpc(url: str, method: str, params: list[Any]) -> Any:
-    """One plain JSON-RPC call to a node's public HTTP endpoint."""
+    """One plain JSON-RPC call to a node's public HTTP endpoint (transport faults retried)."""
+    return _retrying(lambda: _rpc(url, method, params))
+
+
+def _rpc(url: str, method: str, params: list[Any]) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
     req = urllib.request.Request(  # noqa: S310 - a loopback http URL from the devnet
         url, body.encode(), {"Content-Type": "application/json"}
