@@ -50,6 +50,12 @@ fabric:
 buf:
 	bash deploy/buf/build.sh
 
+# go-ethereum (ADR 0019), built with the Go toolchain into .cache/geth/<version> (cold: about
+# 15 minutes of CPU on the 2-core machine; only ./cmd/geth).
+.PHONY: geth
+geth:
+	bash deploy/geth/build.sh
+
 demo: setup fabric
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo
 
@@ -62,7 +68,7 @@ PG_E2E = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_cha
 	tests/e2e/test_flow_limits.py
 PG_E2E_ALL = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_chaos.py \
 	tests/e2e/test_flow_limits.py tests/e2e/test_rotation.py tests/e2e/test_halt.py
-test: setup fabric buf
+test: setup fabric buf geth
 	$(BIN)/python -m pytest
 	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 

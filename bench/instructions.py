@@ -193,7 +193,7 @@ def measure_cpu(iterations: int, repeats: int, claims: int) -> list[CpuRow]:
         (
             "verifier is_instructed (per claim)",
             claims,
-            lambda i: is_instructed(keys, "evm", sender_word, terms[i].instructor),
+            lambda i: is_instructed(keys, True, sender_word, terms[i].instructor),
         ),
     ]
     rows = []

@@ -47,7 +47,11 @@ from bridge.supply_client import audit_feed, settled_position
 from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2_grpc
 from bridge.v1 import transfer_pb2 as S
 
-A, B, F = "brokerage-a", "brokerage-b", "brokerage-f"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling transfers_setup
+from transfers_setup import BUILT_IN, ledger_layout
+
+from bridge.devnet.starters import STARTERS
+
 UNITS = 1_000_000
 TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
 
@@ -168,6 +172,12 @@ def main() -> int:
         "--fabric", action="store_true", help="add a native Fabric ledger (lanes to/from it)"
     )
     p.add_argument(
+        "--ledgers",
+        default="",
+        help="devnet ledgers, comma-separated: anvil, fabric or a devnet starter "
+        f"({', '.join(STARTERS)}); default anvil,anvil (plus fabric with --fabric)",
+    )
+    p.add_argument(
         "--no-governance",
         action="store_true",
         help="no halt/release and no committee rotation in the fault schedule",
@@ -178,22 +188,33 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    kinds = [k.strip() for k in args.ledgers.split(",") if k.strip()] or (
+        ["anvil", "anvil"] + (["fabric"] if args.fabric else [])
+    )
+    if len(kinds) < 2 or any(k not in BUILT_IN and k not in STARTERS for k in kinds):
+        p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(STARTERS)}")
+    layout = ledger_layout(kinds)
     exit_on_sigterm()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
     system = LocalSystem(
         workdir,
         block_time=args.block_time,
         transfer_ttl=600,
-        fabric_ledger_names=(F,) if args.fabric else (),
+        ledger_names=[(n, 31001 + i) for i, (n, k) in enumerate(layout) if k == "anvil"],
+        fabric_ledger_names=[n for n, k in layout if k == "fabric"],
+        extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         spare_members=0 if args.no_governance else 1,
     )
     try:
         print(f"starting the system under {workdir} ...", flush=True)
         system.start()
         ledgers = system.all_ledgers
-        holders = [system.handle(A).make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
+        first = ledgers[0]
+        holders = [system.handle(first).make_holder(DEMO_ISIN, UNITS) for _ in range(args.holders)]
         for h in holders:
-            for led in ledgers[1:]:
+            for led in ledgers:
+                if led == first:
+                    continue
                 system.handle(led).set_eligible(DEMO_ISIN, h.address)
                 system.handle(led).issue(DEMO_ISIN, h.address, UNITS)
         outsider = DevAccount.generate().address.lower()

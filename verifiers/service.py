@@ -26,6 +26,7 @@ from bridge.domain.rotation import (
 from bridge.domain.signer import Signer
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make_record
 from bridge.ledgers.adapter import LedgerReader
+from bridge.ledgers.kinds import holder_direct_locks
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
@@ -342,7 +343,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         )
         instructed = is_instructed(
             self._instruction_keys.get(src.ledger.name, frozenset()),
-            src.kind,
+            holder_direct_locks(src.kind),
             terms.sender,
             terms.instructor,
         )

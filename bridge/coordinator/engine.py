@@ -62,6 +62,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.addresses import codec_for
 from bridge.ledgers.factory import bridge_word_of
+from bridge.ledgers.kinds import holder_direct_locks
 from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX, get_logger
 from bridge.obs.tracing import step_span
 
@@ -818,7 +819,7 @@ class Coordinator:
         """Whether ``terms``' instructor has authority over the source ledger's accounts."""
         return is_instructed(
             self._network.instruction_keys.get(source_ledger, frozenset()),
-            self._network.ledgers[source_ledger].kind,
+            holder_direct_locks(self._network.ledgers[source_ledger].kind),
             terms.sender,
             terms.instructor,
         )

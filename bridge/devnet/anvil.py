@@ -97,6 +97,8 @@ class AnvilNode:
     process: ManagedProcess | None = None
     proxy: EvmRpcProxy | None = None
     """The authenticating TLS proxy in front of this node, once :meth:`secure` ran."""
+    extra_args: tuple[str, ...] = ()
+    """More anvil flags (an EVM profile's node settings, e.g. ``bridge.devnet.kaia``)."""
 
     @property
     def rpc_url(self) -> str:
@@ -140,6 +142,7 @@ class AnvilNode:
         ]  # fmt: skip
         if self.block_time > 0:  # otherwise anvil mines one block per transaction
             argv += ["--block-time", _fmt_block_time(self.block_time)]
+        argv += list(self.extra_args)
         self.process = ManagedProcess(
             name=f"anvil-{self.name}", argv=argv, log_path=self.workdir / f"anvil-{self.name}.log"
         ).start()

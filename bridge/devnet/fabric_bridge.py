@@ -470,3 +470,79 @@ class FabricBridgeLedger:
     def escrowed(self, isin: str) -> int:
         """Units held in the bridge's escrow."""
         return int(self._query("Supply", isin)["escrowed"])
+
+    # ---- bench hooks (optional DevLedger members, ADR 0019) -------------------------------
+    def fund_holders(self, isin: str, holders: Sequence[str], units: int) -> None:
+        """Make every holder eligible for ``isin``, then issue it ``units`` (not registered
+        with the depository). Each wave is submitted concurrently (one holder record per
+        transaction, so no MVCC conflicts inside a wave); the issue wave follows the
+        eligibility wave's commits."""
+
+        async def waves(client: GatewayClient) -> None:
+            async with asyncio.timeout(120):
+                for fn, extra in (("SetEligible", "true"), ("Issue", str(units))):
+                    await asyncio.gather(
+                        *(
+                            client.submit(self.chaincode, fn, [isin, h.lower(), extra])
+                            for h in holders
+                        )
+                    )
+
+        self._run(waves)
+
+    def commit_probe(self, isin: str, n: int) -> list[float]:
+        """Seconds of ``n`` sequential SetEligible submits on one warm admin client (endorse
+        by both orgs, order, wait for the VALID commit); one untimed warm-up first."""
+        import time
+
+        async def probe(client: GatewayClient) -> list[float]:
+            samples = []
+            async with asyncio.timeout(180):
+                for i in range(n + 1):
+                    args = [isin, DevAccount.generate().address.lower(), "true"]
+                    began = time.perf_counter()
+                    await client.submit(self.chaincode, "SetEligible", args)
+                    if i:
+                        samples.append(time.perf_counter() - began)
+            return samples
+
+        result: list[float] = self._run(probe)
+        return result
+
+    def interval(self) -> dict[str, Any]:
+        """The orderer's BatchTimeout (the running network's rendered configtx.yaml)."""
+        rendered = self.net.workdir / "configtx.yaml"
+        seconds, written, line = batch_timeout(rendered)
+        source = f"orderer BatchTimeout: {written} ({rendered}:{line})"
+        return {"kind": "batch", "seconds": seconds, "source": source}
+
+    def pids(self) -> dict[str, int]:
+        """The peers', orderer's and chaincode server's pids."""
+        pids = dict(self.net.pids()) if self.network is not None else {}
+        if self.process is not None and self.process.alive():
+            pids[self.process.name] = self.process.pid
+        return pids
+
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds of a Go duration such as ``250ms``, ``2s`` or ``1m30s``."""
+    import re
+
+    parts = re.findall(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def batch_timeout(path: Path) -> tuple[float, str, int]:
+    """The orderer's BatchTimeout in ``path`` (a configtx.yaml): (seconds, as written, line)."""
+    import re
+
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        m = re.match(r"\s*BatchTimeout:\s*(\S+)\s*(#.*)?$", line)
+        if m:
+            return parse_go_duration(m.group(1).strip("\"'")), m.group(1), number
+    raise ValueError(f"no BatchTimeout in {path}")

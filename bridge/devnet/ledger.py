@@ -3,6 +3,13 @@
 :class:`~bridge.devnet.system.LocalSystem`, the chaos scheduler, the demo, bench and soak
 drive every ledger through :class:`DevLedger`; only the kind's own handle
 (``LedgerHandle`` for anvil, ``FabricBridgeLedger`` for Fabric) knows how.
+
+Optional members a handle may add (ADR 0019; callers fall back when absent):
+``member_override(i)`` (member ``i``'s read node, instead of every other member reading
+:meth:`DevLedger.reader_override`), and for the benchmarks ``fund_holders(isin, holders,
+units)`` (bulk setup), ``commit_probe(isin, n)`` (the ledger's own commit time, instead of
+timing :meth:`DevLedger.set_eligible`), ``interval()`` (its block or batch interval, instead
+of the entry's ``block_interval``) and ``pids()`` (its processes, for CPU sampling).
 """
 
 from __future__ import annotations

@@ -17,20 +17,21 @@ from typing import Any
 
 import grpc
 from web3 import Web3
-from web3.contract import Contract
 
 from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
 from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
+from bridge.devnet.evm_endpoint import EvmEndpointLedger, deploy_evm_endpoint
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.ledger import DevLedger, Fault
 from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
+from bridge.devnet.starters import get_starter
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
-from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
+from bridge.domain.ids import LedgerId, parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.keys.reference import key_ref_to_toml
@@ -44,29 +45,14 @@ from bridge.v1 import transfer_pb2
 DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
 
 
-@dataclass
-class LedgerHandle:
+@dataclass(kw_only=True)
+class LedgerHandle(EvmEndpointLedger):
     """One running anvil ledger with its bridge endpoint and security tokens (the EVM
     :class:`~bridge.devnet.ledger.DevLedger`)."""
 
-    name: str
     node: AnvilNode
-    admin: DevAccount
-    relayer: DevAccount
-    endpoint: Contract
-    tokens: dict[str, Contract] = field(default_factory=dict)
-    before_issue: Callable[[str, int], None] | None = None
-    """Called with (isin, units) before any issue: the devnet registers the issuance."""
-    block_time: float = 1.0
     rpc_token_file: Path | None = None
     """The bearer token the node's TLS proxy wants (None: plain anvil http)."""
-    relayer_key: dict[str, Any] = field(default_factory=dict)
-    """The relayer file's key entry (``key_file`` or a token key table)."""
-
-    @property
-    def kind(self) -> str:
-        """``evm``."""
-        return "evm"
 
     # ---- DevLedger: configuration
     def describe(self) -> list[str]:
@@ -122,72 +108,32 @@ class LedgerHandle:
         """Stop the anvil node (and its proxy)."""
         self.node.stop()
 
-    # ---- DevLedger: admin
-    def set_instructor(self, key: str, enabled: bool = True) -> None:
-        """Register (or remove) a brokerage instruction key on the endpoint."""
-        deploy.set_instructor(self.w3, self.admin.private_key, self.endpoint, key, enabled)
-
-    def set_depository(self, key: str) -> None:
-        """``setDepository`` (admin, once)."""
-        deploy.set_depository(self.w3, self.admin.private_key, self.endpoint, key)
-
-    def set_flow_limit(self, isin: str, counterpart: str, limit: FlowLimit) -> None:
-        """Set the lane's flow limit as the endpoint admin."""
-        deploy.set_flow_limit(
-            self.w3,
-            self.admin.private_key,
-            self.endpoint,
-            SecurityId(isin),
-            LedgerId(counterpart),
-            limit,
-        )
-
     @property
-    def w3(self) -> Web3:
-        """A synchronous web3 for setup and assertions."""
-        return deploy.connect(self.node.rpc_url)
+    def admin_rpc_url(self) -> str:
+        """anvil itself (not the proxy)."""
+        return self.node.rpc_url
 
-    def balance(self, isin: str, holder: str) -> int:
-        """A holder's balance of ``isin`` on this ledger (latest block)."""
-        return int(self.tokens[isin].functions.balanceOf(Web3.to_checksum_address(holder)).call())
+    def pids(self) -> dict[str, int]:
+        """anvil's and its proxy's pids (bench CPU sampling)."""
+        pids = {}
+        if self.node.process is not None:
+            pids[f"anvil-{self.name}"] = self.node.process.pid
+        proxy = self.node.proxy
+        if proxy is not None and proxy.process is not None and proxy.process.alive():
+            pids[f"evm-proxy-{self.name}"] = proxy.process.pid
+        return pids
 
-    def total_supply(self, isin: str) -> int:
-        """The token's total supply on this ledger."""
-        return int(self.tokens[isin].functions.totalSupply().call())
 
-    def escrowed(self, isin: str) -> int:
-        """Units held in the bridge's escrow on this ledger (not the parked units, which the
-        endpoint also holds: ``supplyOf``'s escrow figure)."""
-        return int(self.endpoint.functions.supplyOf(SecurityId(isin).word).call()[1])
-
-    # ---- parking
-    def parked(self, transfer_id: bytes) -> int:
-        """Units this endpoint parked for ``transfer_id`` and has not released."""
-        return int(self.endpoint.functions.parked(transfer_id).call())
-
-    def release_parked(self, transfer_id: bytes, to: str) -> None:
-        """The issuer delivers the units parked for ``transfer_id`` to eligible holder ``to``."""
-        deploy.release_parked(self.w3, self.admin.private_key, self.endpoint, transfer_id, to)
-
-    def set_eligible(self, isin: str, holder: str, eligible: bool = True) -> None:
-        """Add ``holder`` to (or remove it from) the eligible holders."""
-        deploy.set_eligible(self.w3, self.admin.private_key, self.tokens[isin], holder, eligible)
-
-    def issue(self, isin: str, holder: str, units: int, register: bool = True) -> None:
-        """Issue ``units`` to an eligible holder (the issuer's own act, outside the bridge);
-        ``register=False`` skips registering it with the depository (out-of-band)."""
-        if register and self.before_issue is not None:
-            self.before_issue(isin, units)
-        deploy.issue(self.w3, self.admin.private_key, self.tokens[isin], holder, units)
-
-    def make_holder(self, isin: str, units: int = 0) -> DevAccount:
-        """A new eligible holder, optionally issued ``units``."""
-        holder = DevAccount.generate()
-        token = self.tokens[isin]
-        deploy.set_eligible(self.w3, self.admin.private_key, token, holder.address, True)
-        if units:
-            self.issue(isin, holder.address, units)
-        return holder
+def _member_read(ledger: DevLedger, member: int) -> dict[str, Any] | None:
+    """Member ``member``'s ``rpc_overrides`` entry for ``ledger``: the ledger's own choice
+    (an optional ``member_override(member)``, e.g. geth: never the relayer's node), else
+    every other member reads through the second node (Fabric: the second organisation's
+    peer), so no single node is every member's view of a ledger."""
+    choose = getattr(ledger, "member_override", None)
+    if callable(choose):
+        chosen: dict[str, Any] | None = choose(member)
+        return chosen
+    return ledger.reader_override() if member % 2 else None
 
 
 STORE_ENV = "KSTB_DEVNET_STORE"
@@ -211,6 +157,11 @@ class LocalSystem:
     fabric_ledger_names: Sequence[str] = ()
     ledgers: dict[str, LedgerHandle] = field(default_factory=dict)
     fabric: dict[str, FabricBridgeLedger] = field(default_factory=dict)
+    extra_ledgers: Sequence[tuple[str, str]] = ()
+    """(ledger name, starter) pairs started by the per-kind devnet starters
+    (:mod:`bridge.devnet.starters`, e.g. ``("brokerage-g", "geth")``)."""
+    others: dict[str, DevLedger] = field(default_factory=dict)
+    """The ledgers the starters started, by name."""
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     verifier_keys: list[DevAccount] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -315,33 +266,32 @@ class LocalSystem:
             relayer_address = self._relayer_address(name, relayer)
             node.fund(admin.address)
             node.fund(relayer_address)
-            w3 = deploy.connect(node.rpc_url)
-            endpoint = deploy.deploy_endpoint(w3, admin.private_key, LedgerId(name), committee)
-            deploy.set_relayer(w3, admin.private_key, endpoint, relayer_address, True)
-            # SECURITY: the endpoint accepts relayer locks only for the brokerage instruction
-            # key(s) the network file lists for this ledger (`[instruction_keys]`).
-            deploy.set_instructor(
-                w3, admin.private_key, endpoint, self.instruction_key(name).address, True
-            )
-            handle = LedgerHandle(
-                name,
-                node,
+            endpoint, tokens = deploy_evm_endpoint(
+                deploy.connect(node.rpc_url),
                 admin,
-                relayer,
-                endpoint,
+                relayer_address,
+                LedgerId(name),
+                committee,
+                self.instruction_key(name).address,
+                self.isins,
+            )
+            self.ledgers[name] = LedgerHandle(
+                name=name,
+                node=node,
+                admin=admin,
+                relayer=relayer,
+                endpoint=endpoint,
+                tokens=tokens,
                 block_time=self.block_time,
                 rpc_token_file=self._rpc_token_file(name) if self.evm_node_auth else None,
                 relayer_key=self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
             )
-            for isin in self.isins:
-                token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(isin))
-                deploy.register_security(w3, admin.private_key, endpoint, token)
-                handle.tokens[isin] = token
-            self.ledgers[name] = handle
         for name in self.fabric_ledger_names:
             self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
                 committee, self.isins, instructors=[self.instruction_key(name).address]
             )
+        for name, starter in self.extra_ledgers:
+            self.others[name] = get_starter(starter)(self, name)
         self.install_depository()
 
     # ---- depository halt
@@ -401,7 +351,7 @@ class LocalSystem:
     @property
     def dev_ledgers(self) -> dict[str, DevLedger]:
         """Every running ledger by name, whatever its kind (EVM first)."""
-        return {**self.ledgers, **self.fabric}
+        return {**self.ledgers, **self.fabric, **self.others}
 
     def handle(self, name: str) -> DevLedger:
         """The named ledger, whatever its kind."""
@@ -601,7 +551,6 @@ class LocalSystem:
             for name, h in self.dev_ledgers.items()
             if (ident := h.read_identity()) is not None
         }
-        overrides = {name: o for name, h in self.dev_ledgers.items() if (o := h.reader_override())}
         for i, (address, label) in enumerate(self.members):
             port = self.ports[f"verifier-{i}"] = free_port()
             account = self.verifier_keys[i] if self.token is None else None
@@ -622,9 +571,10 @@ class LocalSystem:
             }
             if ledger_auth:
                 verifier["ledger_auth"] = ledger_auth
-            if i % 2 and overrides:
-                # Every other member reads through a second node (Fabric: the second
-                # organisation's peer), so no single node is every member's view of a ledger.
+            overrides = {
+                name: o for name, h in self.dev_ledgers.items() if (o := _member_read(h, i))
+            }
+            if overrides:
                 verifier["rpc_overrides"] = overrides
             verifier |= self._obs_tables(f"verifier-{i}")
             (self.workdir / f"verifier-{i}.toml").write_text(dump_toml(verifier))

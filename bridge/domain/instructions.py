@@ -103,16 +103,17 @@ def verify_instruction(network: bytes, terms: TransferTerms, signature: bytes) -
 
 
 def is_instructed(
-    instruction_keys: frozenset[bytes], source_kind: str, sender: bytes, instructor: bytes
+    instruction_keys: frozenset[bytes], holder_direct: bool, sender: bytes, instructor: bytes
 ) -> bool:
     """True when ``instructor`` (a terms word) may have instructed a lock of ``sender``'s units.
 
-    SECURITY: a registered instruction key of the source ledger, or on an EVM source the
-    sender itself (a holder-direct lock, which only the holder's own transaction or
-    signature can make).
+    SECURITY: a registered instruction key of the source ledger, or, where the source
+    ledger's kind has holder-direct locks (``holder_direct``, from
+    :func:`bridge.ledgers.kinds.holder_direct_locks`: the EVM endpoint's ``lock`` by the
+    holder's own transaction), the sender itself.
     """
     if len(instructor) != 32 or any(instructor[:12]) or not any(instructor[12:]):
         return False
     if instructor[12:] in instruction_keys:
         return True
-    return source_kind == "evm" and instructor == sender
+    return holder_direct and instructor == sender

@@ -137,6 +137,17 @@ class LedgerKind(Protocol):
         transport faults propagate as Unavailable for the caller to retry."""
         ...
 
+    # Optional member (read by :func:`holder_direct_locks`, absent means False):
+    #   holder_direct_locks: bool -- the kind's endpoint lets a holder lock its own units
+    #   with its own transaction, so terms whose instructor is the sender are instructed.
+
+
+def holder_direct_locks(name: str) -> bool:
+    """True when kind ``name``'s endpoint accepts a holder's own lock (terms instructed by
+    their sender). SECURITY: False unless the kind says so, so a kind that never heard of
+    the rule cannot have locks adopted without a registered instruction key."""
+    return getattr(get_kind(name), "holder_direct_locks", False) is True
+
 
 _LOADED: dict[str, LedgerKind] = {}
 

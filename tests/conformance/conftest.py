@@ -7,10 +7,11 @@ the ``fabric`` marker (``-m "conformance and not fabric"`` runs the EVM case alo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from bridge.config import Credentials, LedgerAuth, LedgerConfig
 from bridge.core.words import evm_network_word
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file
 from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.geth import GethNetwork
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId
@@ -37,6 +39,9 @@ from tests.conformance.harness import BROKER, ISIN, KindHarness, new_committee
 KINDS = [
     pytest.param("evm", id="evm"),
     pytest.param("fabric", id="fabric", marks=pytest.mark.fabric),
+    # ---- EVM profiles and clients (ADR 0019)
+    pytest.param("kaia", id="kaia", marks=pytest.mark.kaia),
+    pytest.param("geth", id="geth", marks=pytest.mark.geth),
 ]
 
 
@@ -70,18 +75,26 @@ class EvmHarness:
     committee: Committee
     kind: str = "evm"
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-evm"))
+    profile: str = "ethereum"
+    finality_depth: int = 0
 
     @property
     def config(self) -> LedgerConfig:
-        return LedgerConfig(
-            id=self.ledger,
-            kind="evm",
-            rpc_url=self.node.rpc_url,
-            bridge=self.endpoint.address,
-            chain_id=self.node.chain_id,
-            finality_depth=0,
-            block_interval=0.2,
+        """Parsed and checked by the EVM kind, as a network file's entry would be."""
+        kind = get_kind("evm")
+        table = kind.table.model_validate(
+            {
+                "id": self.ledger.name,
+                "kind": "evm",
+                "rpc_url": self.node.rpc_url,
+                "bridge": self.endpoint.address,
+                "chain_id": self.node.chain_id,
+                "finality_depth": self.finality_depth,
+                "block_interval": 0.2,
+                "profile": self.profile,
+            }
         )
+        return kind.ledger_config(table, Path("."))
 
     @property
     def bridge_word(self) -> bytes:
@@ -134,28 +147,48 @@ class EvmHarness:
         return int(self._endpoint.functions.parked(transfer_id).call())
 
 
+def evm_endpoint(node: AnvilNode, ledger: LedgerId, workdir: Path) -> EvmHarness:
+    """Deploy the endpoint and token on a started ``node`` (funded by ``node.fund``)."""
+    signers, committee = new_committee()
+    w3 = deploy.connect(node.rpc_url)
+    admin, relayer = DevAccount.generate(), DevAccount.generate()
+    node.fund(admin.address)
+    node.fund(relayer.address)
+    endpoint = deploy.deploy_endpoint(w3, admin.private_key, ledger, committee)
+    deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
+    broker = Web3.to_checksum_address(BROKER.address)
+    deploy.set_instructor(w3, admin.private_key, endpoint, broker, True)
+    token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(ISIN))
+    deploy.register_security(w3, admin.private_key, endpoint, token)
+    key = workdir / "relayer.key"
+    write_key_file(key, relayer)
+    return EvmHarness(node, admin, key, endpoint, token, signers, committee, ledger=ledger)
+
+
 @pytest.fixture(scope="package")
 def evm_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvmHarness]:
     workdir = tmp_path_factory.mktemp("conformance-evm")
     node = AnvilNode("conformance", 31337, 0, workdir).start()
     try:
-        signers, committee = new_committee()
-        w3 = deploy.connect(node.rpc_url)
-        admin, relayer = DevAccount.generate(), DevAccount.generate()
-        node.fund(admin.address)
-        node.fund(relayer.address)
-        ledger = LedgerId("conformance-evm")
-        endpoint = deploy.deploy_endpoint(w3, admin.private_key, ledger, committee)
-        deploy.set_relayer(w3, admin.private_key, endpoint, relayer.address, True)
-        broker = Web3.to_checksum_address(BROKER.address)
-        deploy.set_instructor(w3, admin.private_key, endpoint, broker, True)
-        token = deploy.deploy_security_token(w3, admin.private_key, SecurityId(ISIN))
-        deploy.register_security(w3, admin.private_key, endpoint, token)
-        key = workdir / "relayer.key"
-        write_key_file(key, relayer)
-        yield EvmHarness(node, admin, key, endpoint, token, signers, committee)
+        yield evm_endpoint(node, LedgerId("conformance-evm"), workdir)
     finally:
         node.stop()
+
+
+# ---- Kaia profile (ADR 0019): an anvil node configured like Kairos ------------------------
+@pytest.fixture(scope="package")
+def kaia_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvmHarness]:
+    """The EVM endpoint on a Kaia-like node, opened with ``profile = "kaia"``."""
+    from bridge.devnet.kaia import KaiaLikeNode
+
+    workdir = tmp_path_factory.mktemp("conformance-kaia")
+    kaia = KaiaLikeNode("conformance-kaia", workdir).start()
+    try:
+        h = evm_endpoint(kaia.node, LedgerId("conformance-kaia"), workdir)
+        h.profile = "kaia"
+        yield h
+    finally:
+        kaia.stop()
 
 
 # -- Fabric (native network, bridge chaincode) -----------------------------------------------
@@ -319,3 +352,74 @@ def harness(request: pytest.FixtureRequest) -> KindHarness:
     """The endpoint of each ledger kind in turn (the Fabric one marked ``fabric``)."""
     harness: KindHarness = request.getfixturevalue(f"{request.param}_harness")
     return harness
+
+
+# ---- go-ethereum network (ADR 0019): deploy through node 0, relayer on node 1, reads node 2
+@dataclass
+class GethHarness(EvmHarness):
+    """The EVM endpoint on a three-node geth network with finality depth 2: the relayer
+    sends through node 1 and the reader reads through node 2; every admin act and step
+    returns once final on every node."""
+
+    net: GethNetwork | None = None
+
+    def _on(self, url: str) -> LedgerConfig:
+        return replace(self.config, rpc_url=url)
+
+    def relayer(self) -> LedgerAdapter:
+        assert self.net is not None
+        config = self._on(self.net.relayer_url)
+        return get_kind("evm").open(config, Credentials(self.relayer_key), None, True)
+
+    def reader(self) -> LedgerAdapter:
+        assert self.net is not None
+        return get_kind("evm").open(self._on(self.net.reader_urls[0]), None, None, False)
+
+    def _final(self) -> None:
+        assert self.net is not None
+        self.net.wait_final_everywhere(self.net.height(0))
+
+    async def settled(self, outcome: TxOutcome) -> None:
+        """The step's block is final on every node."""
+        assert self.net is not None
+        if outcome.height:
+            await asyncio.to_thread(self.net.wait_final_everywhere, outcome.height)
+
+    async def holder(self, units: int = 0, eligible: bool = True) -> bytes:
+        word = await super().holder(units, eligible)
+        await asyncio.to_thread(self._final)
+        return word
+
+    async def set_eligible(self, holder: bytes, eligible: bool) -> None:
+        await super().set_eligible(holder, eligible)
+        await asyncio.to_thread(self._final)
+
+    async def set_depository(self, key: bytes) -> None:
+        await super().set_depository(key)
+        await asyncio.to_thread(self._final)
+
+    async def set_flow_limit(self, counterpart: LedgerId, limit: FlowLimit) -> None:
+        await super().set_flow_limit(counterpart, limit)
+        await asyncio.to_thread(self._final)
+
+
+@pytest.fixture(scope="package")
+def geth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GethHarness]:
+    from bridge.devnet.geth import GethNetwork, geth_binary
+
+    try:
+        geth_binary()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    workdir = tmp_path_factory.mktemp("conformance-geth")
+    net = GethNetwork("conformance", 1337, workdir, size=3, finality_depth=2).start()
+    try:
+        base = evm_endpoint(net, LedgerId("conformance-geth"), workdir)  # type: ignore[arg-type]
+        h = GethHarness(**{f.name: getattr(base, f.name) for f in fields(base)}, net=net)
+        h.finality_depth = net.finality_depth
+        h._final()
+        yield h
+    finally:
+        net.stop()

@@ -119,3 +119,19 @@ def test_endpoint_and_auth_rules_come_from_the_kind() -> None:
     fab = LedgerConfig(LedgerId("f"), "fabric", "x:1", "kstb", 0, 0, 1.0, channel="c")
     with pytest.raises(InvalidInput, match="token_file applies to EVM ledgers only"):
         get_kind("fabric").check_auth(fab, LedgerAuth(token_file=Path("t")), "ledger_auth")
+
+
+def test_holder_direct_locks_is_the_kinds_and_false_when_a_kind_is_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SECURITY: a kind that does not declare holder-direct locks never gets them."""
+    from bridge.ledgers import kinds
+
+    assert kinds.holder_direct_locks("evm") is True
+    assert kinds.holder_direct_locks("fabric") is False
+
+    class Silent:
+        name = "silent"
+
+    monkeypatch.setitem(kinds._LOADED, "silent", Silent())  # type: ignore[arg-type]
+    assert kinds.holder_direct_locks("silent") is False

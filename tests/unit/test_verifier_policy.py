@@ -9,6 +9,7 @@ import pytest
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import BridgeError, PreconditionFailed
 from bridge.domain.legs import INBOUND_STATES, OUTBOUND_STATES, LegState, LegStatus, RejectReason
+from bridge.ledgers.kinds import holder_direct_locks
 from verifiers.policy import ClaimRefused, check_claim
 
 pytestmark = pytest.mark.unit
@@ -167,14 +168,20 @@ def test_is_instructed_needs_a_registered_key_or_the_evm_sender() -> None:
     from verifiers.policy import is_instructed
 
     keys = frozenset({REGISTERED})
-    assert is_instructed(keys, "fabric", SENDER, b"\0" * 12 + REGISTERED)
-    assert is_instructed(keys, "evm", SENDER, b"\0" * 12 + REGISTERED)
-    assert is_instructed(keys, "evm", SENDER, SENDER)  # holder-direct
-    assert not is_instructed(keys, "fabric", SENDER, SENDER)  # no holder signature on Fabric
-    assert not is_instructed(keys, "evm", SENDER, b"\0" * 12 + b"\x0c" * 20)
-    assert not is_instructed(frozenset(), "evm", SENDER, b"\0" * 12 + REGISTERED)
-    assert not is_instructed(keys, "evm", SENDER, b"\x01" + b"\0" * 11 + REGISTERED)
-    assert not is_instructed(keys | {bytes(20)}, "evm", SENDER, bytes(32))
+    assert is_instructed(keys, holder_direct_locks("fabric"), SENDER, b"\0" * 12 + REGISTERED)
+    assert is_instructed(keys, holder_direct_locks("evm"), SENDER, b"\0" * 12 + REGISTERED)
+    assert is_instructed(keys, holder_direct_locks("evm"), SENDER, SENDER)  # holder-direct
+    assert not is_instructed(
+        keys, holder_direct_locks("fabric"), SENDER, SENDER
+    )  # no holder signature on Fabric
+    assert not is_instructed(keys, holder_direct_locks("evm"), SENDER, b"\0" * 12 + b"\x0c" * 20)
+    assert not is_instructed(
+        frozenset(), holder_direct_locks("evm"), SENDER, b"\0" * 12 + REGISTERED
+    )
+    assert not is_instructed(
+        keys, holder_direct_locks("evm"), SENDER, b"\x01" + b"\0" * 11 + REGISTERED
+    )
+    assert not is_instructed(keys | {bytes(20)}, holder_direct_locks("evm"), SENDER, bytes(32))
 
 
 @pytest.mark.security

@@ -56,6 +56,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
+from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
 from bridge.ledgers.steps import Step, StepTemplate
@@ -106,6 +107,7 @@ class EvmAdapter(StepTemplate):
         transport: EvmTransport | None = None,
     ) -> None:
         self._cfg = config
+        self._profile = profile_of(config.settings)
         self._confirm_s = confirm_s
         # How the node is reached: its TLS CA and the bearer token (none: plain settings).
         self._transport = transport if transport is not None else EvmTransport()
@@ -494,26 +496,21 @@ class EvmAdapter(StepTemplate):
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
 
     async def _fees(self) -> dict[str, int]:
-        """The fee fields of a transaction, capped at ``max_gas_price_gwei``.
-
-        With a base fee (EIP-1559): a tip of the node's suggestion and a fee cap of twice
-        the base fee plus the tip, so the price paid follows the protocol's base fee. Without
-        one: the node's gas price as it is. Never a multiple of the node's suggestion: on a
-        ledger where the relayer is most of the traffic, the suggestion is derived from the
-        relayer's own recent prices, and bidding above it compounds block after block.
-        """
+        """The fee fields of a transaction under the ledger's profile
+        (:func:`bridge.ledgers.evm.profiles.fee_fields`), capped at ``max_gas_price_gwei``;
+        only the node values the profile's policy needs are read."""
         cap = int(self._cfg.max_gas_price_gwei * 10**9)
         block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block("latest"))
-        base = block.get("baseFeePerGas")
-        if base is None:
+        raw_base = block.get("baseFeePerGas")
+        base = None if raw_base is None else int(raw_base)
+        policy = self._profile.fee_policy
+        want_price, want_tip = needs(policy, base)
+        price = tip = None
+        if want_price:
             price = int(await self._rpc("gas_price", lambda: self._w3.eth.gas_price))
-            return {"gasPrice": min(price, cap)}
-        tip = int(await self._rpc("max_priority_fee", lambda: self._w3.eth.max_priority_fee))
-        tip = min(tip, cap)
-        return {
-            "maxFeePerGas": min(2 * int(base) + tip, cap),
-            "maxPriorityFeePerGas": tip,
-        }
+        if want_tip:
+            tip = int(await self._rpc("max_priority_fee", lambda: self._w3.eth.max_priority_fee))
+        return fee_fields(policy, cap, base, price, tip)
 
     async def _send_raw(self, raw: bytes) -> bytes:
         return bytes(await self._rpc("send", lambda: self._w3.eth.send_raw_transaction(raw)))

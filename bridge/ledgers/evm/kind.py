@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ from bridge.core.words import evm_network_word
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, evm_address_word
 from bridge.ledgers.addresses import AddressCodec, EvmAddressCodec
+from bridge.ledgers.evm.profiles import check_ledger, get_profile
 from bridge.ledgers.kinds import LedgerTable, resolve
 
 if TYPE_CHECKING:
@@ -36,21 +37,29 @@ class EvmTable(LedgerTable):
     """The CA of an ``https`` node (optional; default: the system's trust store)."""
     max_gas_price_gwei: float = Field(default=1000.0, ge=0)
     """The most a relayer pays per unit of gas; above it a step waits."""
+    profile: Literal["ethereum", "kaia"] = "ethereum"
+    """The chain family's node behaviour (:mod:`bridge.ledgers.evm.profiles`): ``kaia``
+    admits chain ids 8217/1001 only, needs ``finality_depth = 0`` and prices as Kaia does."""
 
 
 class EvmKind:
-    """The EVM kind (anvil, geth, Besu, Kaia profiles share it)."""
+    """The EVM kind (anvil, geth, Besu and Kaia share it; a ``profile`` key selects the
+    node behaviour, ADR 0019)."""
 
     name = "evm"
     table: ClassVar[type[LedgerTable]] = EvmTable
     reads_with_identity = False
+    holder_direct_locks = True
+    """The endpoint's ``lock`` from the holder's own account needs no instruction key."""
 
     def ledger_config(self, table: LedgerTable, base: Path) -> LedgerConfig:
-        """The entry as a LedgerConfig; ``tls_ca`` needs an ``https://`` URL."""
+        """The entry as a LedgerConfig; ``tls_ca`` needs an ``https://`` URL and the entry
+        must fit its profile (chain id, finality depth)."""
         assert isinstance(table, EvmTable)
         lid = LedgerId(table.id)
         if table.tls_ca and not table.rpc_url.startswith("https://"):
             raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
+        check_ledger(get_profile(table.profile), str(lid), table.chain_id, table.finality_depth)
         return LedgerConfig(
             id=lid,
             kind=self.name,

@@ -54,6 +54,8 @@ class FabricKind:
     name = "fabric"
     table: ClassVar[type[LedgerTable]] = FabricTable
     reads_with_identity = True
+    holder_direct_locks = False
+    """A Fabric holder never signs its own lock: every lock needs an instruction key."""
 
     def ledger_config(self, table: LedgerTable, base: Path) -> LedgerConfig:
         """The entry as a LedgerConfig (channel, TLS CA and genesis hash required)."""

@@ -1,0 +1,278 @@
+"""The transfer benchmark's setup: options, the planned load, the system and its funded
+holders (``bench/transfers.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.ledger import DevLedger
+from bridge.devnet.system import DEMO_ISIN, LocalSystem
+
+if TYPE_CHECKING:
+    pass
+
+Lane = tuple[str, str]
+LEDGER_SETS: dict[str, tuple[str, ...]] = {
+    "evm": ("anvil", "anvil"),
+    "fabric": ("anvil", "fabric"),
+    "all": ("anvil", "anvil", "fabric"),
+}
+"""``--lanes`` presets of ``--ledgers``: ``anvil`` and ``fabric`` are LocalSystem's built-in
+ledgers, any other name a devnet starter (``bridge.devnet.starters``: ``geth``, ``kaia``)."""
+BUILT_IN = ("anvil", "fabric")
+OVERHEAD_GOAL = 0.5  # s the bridge may add at p50 over the ledgers' own commit times
+COMMIT_PROBE_TIMEOUT = 180.0  # bound on each ledger's commit-time measurement
+UNITS_PER_HOLDER = 1_000_000  # issued to every holder on each ledger
+SETUP_GAS = 300_000  # explicit, so a batch can be sent before its predecessors are mined
+RECEIPT_TIMEOUT = 60.0
+SUBMIT_TIMEOUT = 30.0
+LOAD_MARGIN = 30.0  # the whole load phase ends by N / rate + --timeout + this
+PHASES = (
+    ("SUBMITTED", "SOURCE_LOCKED"),
+    ("SOURCE_LOCKED", "TARGET_PREPARED"),
+    ("TARGET_PREPARED", "COMMITTING"),
+    ("COMMITTING", "COMMITTED"),
+)
+TERMINAL = frozenset({"COMMITTED", "ABORTED", "FAILED"})
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- configuration and results ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """Command-line options."""
+
+    transfers: int
+    rate: float
+    block_time: float
+    timeout: float
+    directions: str
+    lanes: str
+    commit_samples: int
+    holders: int
+    settle: float
+    cpu: bool
+    baseline: float
+    json_path: Path | None
+    transport: str = "mtls"  # mtls | plaintext (development flag; cost measurement only)
+    evm_node_auth: bool = True  # EVM nodes behind the authenticating TLS proxy
+    observability: str = "off"  # off | metrics | full (metrics + tracing exported; ADR 0016)
+    ledgers: tuple[str, ...] = ("anvil", "anvil")  # devnet kinds in order (--ledgers/--lanes)
+
+
+def mode_of(opts: Options) -> dict[str, Any]:
+    """The transport-security mode of a run, as printed and written to JSON."""
+    return {
+        "transport": opts.transport,
+        "evm_node_auth": opts.evm_node_auth,
+        "observability": opts.observability,
+    }
+
+
+def mode_label(opts: Options) -> str:
+    """``gRPC mTLS, EVM node TLS+token`` and the like."""
+    grpc_mode = "gRPC mTLS + authorisation" if opts.transport == "mtls" else "gRPC PLAINTEXT"
+    evm_mode = "EVM node TLS + token" if opts.evm_node_auth else "EVM node plain http"
+    return f"{grpc_mode}, {evm_mode}"
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """One planned transfer: when (seconds after the start) and what."""
+
+    index: int
+    at: float
+    source: str
+    target: str
+    sender: str
+    recipient: str
+    amount: int
+
+
+@dataclass
+class TransferResult:
+    """What the client saw of one transfer; times are seconds after its SubmitTransfer call."""
+
+    spec: TransferSpec
+    outcome: str = "pending"  # committed | aborted | failed | timed-out | error
+    transfer_id: str = ""
+    submit_start: float = 0.0  # monotonic, seconds after the load started
+    submit_rpc: float | None = None  # SubmitTransfer round trip
+    end_to_end: float | None = None  # terminal update observed on the watch stream
+    state_at: dict[str, float] = field(default_factory=dict)  # coordinator timestamps
+    final_state: str = ""  # after the settle phase, for the balance check
+    error: str = ""
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- machine ---------------------------------------------------------------------------------
+def machine_note() -> dict[str, Any]:
+    """CPU count, model and Python version of this host."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# -- system setup ----------------------------------------------------------------------------
+def ledger_layout(kinds: Sequence[str]) -> list[tuple[str, str]]:
+    """(ledger name, devnet kind) per entry of ``--ledgers``: anvil ledgers are
+    ``brokerage-a``, ``-b``...; Fabric ``brokerage-f`` (``-f2``...); a starter's
+    ``brokerage-<starter>`` (``-<starter>2``...)."""
+    out: list[tuple[str, str]] = []
+    anvils = iter("abcde")
+    seen: Counter[str] = Counter()
+    for kind in kinds:
+        seen[kind] += 1
+        if kind == "anvil":
+            out.append((f"brokerage-{next(anvils)}", kind))
+            continue
+        stem = "f" if kind == "fabric" else kind
+        out.append((f"brokerage-{stem}{seen[kind] if seen[kind] > 1 else ''}", kind))
+    return out
+
+
+def fund_holders(ledger: DevLedger, holders: Sequence[DevAccount], units: int) -> None:
+    """Make every holder eligible on ``ledger`` and issue it ``units``: the ledger's own bulk
+    setup when it has one (``fund_holders``), else one admin act after another."""
+    addresses = [h.address for h in holders]
+    bulk = getattr(ledger, "fund_holders", None)
+    if callable(bulk):
+        bulk(DEMO_ISIN, addresses, units)
+        return
+    for address in addresses:
+        ledger.set_eligible(DEMO_ISIN, address)
+        ledger.issue(DEMO_ISIN, address, units, register=False)
+
+
+def make_system(workdir: Path, opts: Options) -> LocalSystem:
+    """The (not yet started) system with the ledgers of ``--ledgers`` (or ``--lanes``)."""
+    layout = ledger_layout(opts.ledgers)
+    return LocalSystem(
+        workdir,
+        ledger_names=[(n, 31001 + i) for i, (n, k) in enumerate(layout) if k == "anvil"],
+        fabric_ledger_names=[n for n, k in layout if k == "fabric"],
+        extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
+        block_time=opts.block_time,
+        evm_node_auth=opts.evm_node_auth,
+        transport_security=opts.transport == "mtls",
+        metrics=opts.observability != "off",
+        probe_interval=2.0,  # the production default (LocalSystem's 0.5 s suits tests)
+        tracing_endpoint=_sink_url() if opts.observability == "full" else "",
+    )
+
+
+# ---- observability (ADR 0016): what a Prometheus server and an OTLP collector would do
+def _sink_url() -> str:
+    """Start a discarding OTLP/HTTP endpoint in this process; its traces URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/v1/traces"
+
+
+SCRAPE_S = 15.0
+"""Prometheus's default scrape interval."""
+
+
+def _scrape_forever(system: LocalSystem, stop: Any) -> None:
+    """Scrape every daemon's /metrics every SCRAPE_S (as Prometheus would) until ``stop``."""
+    import urllib.request
+
+    while not stop.wait(SCRAPE_S):
+        for port in list(system.metrics_ports.values()):
+            url = f"http://127.0.0.1:{port}/metrics"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+
+
+def start_system(system: LocalSystem, opts: Options) -> list[DevAccount]:
+    """Start ledgers and bridge processes; returns the funded holders.
+
+    The caller must call ``system.stop()`` even when this raises.
+    """
+    kinds = ", ".join(f"{n} ({k})" for n, k in ledger_layout(opts.ledgers))
+    _say(f"starting {kinds} ({system.block_time:g} s anvil blocks) under {system.workdir} ...")
+    began = time.monotonic()
+    system.start_ledgers()
+    _say(f"  ledgers up in {time.monotonic() - began:.1f} s")
+    holders = [DevAccount.generate() for _ in range(opts.holders)]
+    for ledger in system.dev_ledgers.values():
+        fund_holders(ledger, holders, UNITS_PER_HOLDER)
+    _say(
+        f"  {len(holders)} holders eligible on {', '.join(system.all_ledgers)},"
+        f" {UNITS_PER_HOLDER} units each on each"
+    )
+    system.write_configs()
+    system.start_bridge()
+    system.wait_processes_alive(timeout=2.0)
+    _say(
+        f"  4 verifiers (t=3), {len(system.all_ledgers)} relayers and the coordinator on"
+        f" {system.coordinator_target}"
+    )
+    return holders
+
+
+def lanes_of(opts: Options) -> tuple[Lane, ...]:
+    """The lanes transfers alternate over: both directions between two ledgers (only the
+    first with ``--directions a2b``), else a ring over the ledgers in ``--ledgers`` order."""
+    names = [n for n, _ in ledger_layout(opts.ledgers)]
+    if len(names) == 2:
+        a, b = names
+        return ((a, b),) if opts.directions == "a2b" else ((a, b), (b, a))
+    return tuple((names[i], names[(i + 1) % len(names)]) for i in range(len(names)))
+
+
+def lane_name(lane: Lane) -> str:
+    """``source->target``."""
+    return f"{lane[0]}->{lane[1]}"
+
+
+def plan(opts: Options, holders: Sequence[DevAccount]) -> list[TransferSpec]:
+    """The offered load: evenly spaced, alternating over the lanes, rotating holders."""
+    lanes = lanes_of(opts)
+    group = 2 if opts.lanes == "evm" else len(lanes)  # evm: the historical rotation
+    specs = []
+    for i in range(opts.transfers):
+        source, target = lanes[i % len(lanes)]
+        sender = holders[(i // group) % len(holders)]
+        recipient = holders[(i // group + 1) % len(holders)]
+        specs.append(
+            TransferSpec(
+                i, i / opts.rate, source, target, sender.address, recipient.address, 1 + i % 5
+            )
+        )
+    return specs

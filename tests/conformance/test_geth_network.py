@@ -1,0 +1,73 @@
+"""The go-ethereum network itself (ADR 0019): one chain on every node, finality as the
+authority marks it, and no block from anyone without the Engine API secret."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.request
+
+import pytest
+
+from bridge.devnet.geth_authority import EngineNode, jwt_token
+from tests.conformance.conftest import GethHarness
+
+pytestmark = [pytest.mark.conformance, pytest.mark.integration, pytest.mark.geth]
+
+
+def test_every_node_holds_the_same_finalized_chain(geth_harness: GethHarness) -> None:
+    net = geth_harness.net
+    assert net is not None
+    final = net.rpc("eth_getBlockByNumber", ["finalized", False], 0)
+    height = int(final["number"], 16)
+    assert height >= 1
+    hashes = {
+        net.rpc("eth_getBlockByNumber", [hex(height), False], i)["hash"] for i in range(net.size)
+    }
+    assert hashes == {final["hash"]}, "one chain, executed by every node"
+    head = max(net.height(i) for i in range(net.size))
+    assert head - height <= net.finality_depth + 1, "finalized trails the head by the depth"
+
+
+@pytest.mark.security
+def test_the_engine_api_refuses_a_caller_without_the_nodes_secret(
+    geth_harness: GethHarness,
+) -> None:
+    """A forged JWT (another secret) and no JWT at all: HTTP 401, and no block was made."""
+    net = geth_harness.net
+    assert net is not None
+    node = net.nodes[1]
+    before = net.height(1)
+    forged = EngineNode(node.engine_url, secrets.token_bytes(32))
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        forged.call("engine_exchangeCapabilities", [["engine_newPayloadV3"]])
+    assert exc.value.code == 401
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "engine_exchangeCapabilities", "params": [[]]}
+    ).encode()
+    req = urllib.request.Request(node.engine_url, body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=5)
+    assert exc.value.code == 401
+    # the node's own secret works (the authority's path), and nothing else changed
+    real = EngineNode(node.engine_url, bytes.fromhex(node.jwt.read_text().strip()))
+    assert "engine_newPayloadV3" in real.call(
+        "engine_exchangeCapabilities", [["engine_newPayloadV3"]]
+    )
+    assert net.height(1) >= before
+
+
+def test_the_jwt_is_hs256_over_iat() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    secret = bytes(range(32))
+    token = jwt_token(secret, now=1_700_000_000)
+    head, payload, sig = token.split(".")
+    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
+    assert json.loads(base64.urlsafe_b64decode(pad(head))) == {"alg": "HS256", "typ": "JWT"}
+    assert json.loads(base64.urlsafe_b64decode(pad(payload))) == {"iat": 1_700_000_000}
+    want = hmac.new(secret, f"{head}.{payload}".encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(pad(sig)) == want
