@@ -5,7 +5,7 @@ models (a new field is covered without touching this file)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
@@ -55,6 +55,8 @@ def sample(annotation: Any, metadata: list[Any] | None = None) -> Any:
         return {"name": sample(get_args(base)[1])}
     if base is bool:
         return True
+    if origin is Literal:
+        return get_args(base)[0]
     if base in (int, float):
         low = 1
         for m in meta:
