@@ -13,8 +13,8 @@ import json
 import os
 import re
 import secrets
-import sys
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ from bridge.devnet.ledger import Fault
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port, wait_until
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
-from bridge.ledgers.cometbft.envelope import account_id, public_key
+from bridge.domain.signer import LocalKeySigner
+from bridge.ledgers.cometbft.envelope import account_id
 
 COMETBFT_VERSION = "1.0.1"
 ISSUER_ORG = "IssuerOrg"
@@ -63,7 +64,7 @@ def app_env() -> dict[str, str]:
 
 def app_fingerprint() -> str:
     """The code fingerprint of this checkout's application (what the genesis pins)."""
-    out = subprocess.run(  # noqa: S603 (our own interpreter and module)
+    out = subprocess.run(
         [
             sys.executable,
             "-c",
@@ -106,7 +107,7 @@ class CometChain:
     @property
     def admin_identity(self) -> str:
         """The endpoint identity of the issuer's admin key."""
-        return f"{ISSUER_ORG}:{account_id(public_key(self.admin.private_key))}"
+        return f"{ISSUER_ORG}:{account_id(LocalKeySigner(self.admin.private_key).address)}"
 
     def _genesis_state(self, ledger_name: str) -> dict[str, Any]:
         committee = {
@@ -115,7 +116,7 @@ class CometChain:
             "members": ["0x" + m.hex() for m in self.committee.members],
         }
         governance = {"issuer": ISSUER_ORG, "admin_orgs": [ISSUER_ORG], "quorum": 1}
-        admin = account_id(public_key(self.admin.private_key))
+        admin = account_id(LocalKeySigner(self.admin.private_key).address)
         return {
             "fingerprint": app_fingerprint(),
             "accounts": {admin: {"org": ISSUER_ORG, "roles": ["admin"]}},
@@ -139,7 +140,7 @@ class CometChain:
         self.abci_port = self.abci_port or free_port()
         self.p2p_port = self.p2p_port or free_port()
         if fresh:
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 [str(binary), "init", "--home", str(self.home)], check=True, capture_output=True
             )
             genesis_path = self.home / "config" / "genesis.json"
@@ -212,7 +213,7 @@ def admin_adapter_call(chain: CometChain, function: str, *args: str) -> str:
     from bridge.ledgers.cometbft.rpc import CometClient
 
     async def run() -> str:
-        client = CometClient(chain.rpc_url, chain.chain_id, chain.admin.private_key)
+        client = CometClient(chain.rpc_url, chain.chain_id, LocalKeySigner(chain.admin.private_key))
         try:
             return await client.call(function, list(args))
         finally:
@@ -263,7 +264,7 @@ class CometBridgeLedger:
         relayer = DevAccount.generate()
         key_file = f"keys/relayer-{name}.key"
         write_key_file(workdir / key_file, relayer)
-        identity = f"key:{account_id(public_key(relayer.private_key))}"
+        identity = f"key:{account_id(LocalKeySigner(relayer.private_key).address)}"
         admin_adapter_call(chain, "SetRelayer", identity, "true")
         for isin in isins:
             admin_adapter_call(chain, "RegisterSecurity", isin)

@@ -14,7 +14,6 @@ import argparse
 import filecmp
 import re
 import shutil
-import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -61,9 +60,11 @@ def generate(out: Path) -> None:
     for d in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         (d / "__init__.py").write_text(header, encoding="utf-8")
     for stray in out.rglob("*_pb2_grpc.py"):  # only the ABCI service has a gRPC stub
-        if stray.parent.name != "v1" or stray.parent.parent.name != "abci":
-            stray.unlink()
-        elif stray.name != "service_pb2_grpc.py":
+        if (
+            stray.parent.name != "v1"
+            or stray.parent.parent.name != "abci"
+            or stray.name != "service_pb2_grpc.py"
+        ):
             stray.unlink()
 
 

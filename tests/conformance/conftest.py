@@ -37,7 +37,10 @@ from tests.conformance.harness import BROKER, ISIN, KindHarness, new_committee
 KINDS = [
     pytest.param("evm", id="evm"),
     pytest.param("fabric", id="fabric", marks=pytest.mark.fabric),
+    pytest.param("cometbft", id="cometbft", marks=pytest.mark.cometbft),
 ]
+
+pytest_plugins = ["tests.conformance.kind_cometbft"]
 
 
 @pytest.fixture(scope="package", autouse=True)

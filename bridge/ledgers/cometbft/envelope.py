@@ -1,14 +1,16 @@
 """The CometBFT chain's transaction envelope and result codes (ADR 0018).
 
 Shared, byte for byte, by the adapter that signs transactions and the ABCI application
-(``contracts/cometbft``) that checks them; pure (coincurve and the protocol core only), so
+(``contracts/cometbft``) that checks them; pure (the protocol core only), so
 the application pins it with the rest of its code (see ``kstb_cometbft.fingerprint``).
 
 A transaction is canonical JSON ``{"body": {...}, "sig": "0x<65 bytes>"}`` where the body is
-``{"chain_id", "function", "args", "nonce", "pubkey"}``: the chain it is for, the endpoint
+``{"chain_id", "function", "args", "nonce", "signer"}``: the chain it is for, the endpoint
 function and its string arguments (the chaincode's calling convention), the signer's
-sequence number and its compressed secp256k1 public key. The signature is a recoverable
-secp256k1 signature over ``sha256(TX_TAG || canonical body)``.
+sequence number and its 20-byte secp256k1 address. The signature is the protocol core's
+``r || s || v`` over ``sha256(TX_TAG || canonical body)``, checked with the core's
+recovery rule (``bridge.core.signatures.recover_signer``: low s, v 27/28), so any
+:class:`~bridge.domain.signer.Signer` (a key file, a keystore, an HSM token) can sign.
 
 Result codes: 0 is success; :data:`ENVELOPE_CODES` are the envelope's own refusals (the
 signature, the chain, the nonce); every endpoint refusal carries the code of its
@@ -25,17 +27,19 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from coincurve import PrivateKey, PublicKey
+from bridge.core.reasons import ErrorReason, ProtocolError
+from bridge.core.signatures import recover_signer
 
-from bridge.core.reasons import ErrorReason
+if TYPE_CHECKING:
+    from bridge.domain.signer import Signer
 
 TX_TAG = b"KSTB/cometbft/tx/v1"
 """Domain tag of the transaction signing digest (no other KSTB digest starts with it)."""
 MAX_TX_BYTES = 64 * 1024
 """Larger transactions are refused before parsing."""
 MAX_NONCE = 2**63 - 1
-HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 _CHAIN_RE = re.compile(r"[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*")
 _FUNCTION_RE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 
@@ -93,8 +97,8 @@ class TxBody:
     function: str
     args: tuple[str, ...]
     nonce: int
-    pubkey: bytes
-    """33-byte compressed secp256k1 public key."""
+    signer: bytes
+    """The signer's 20-byte address."""
 
     def to_json(self) -> dict[str, object]:
         """The body as a JSON object (hex with 0x for bytes)."""
@@ -103,7 +107,7 @@ class TxBody:
             "chain_id": self.chain_id,
             "function": self.function,
             "nonce": self.nonce,
-            "pubkey": "0x" + self.pubkey.hex(),
+            "signer": "0x" + self.signer.hex(),
         }
 
     def digest(self) -> bytes:
@@ -119,9 +123,9 @@ class SignedTx:
     signature: bytes
 
     @property
-    def signer(self) -> str:
-        """The signer's account id: sha256 hex of its compressed public key."""
-        return account_id(self.body.pubkey)
+    def account(self) -> str:
+        """The signer's account id (:func:`account_id`)."""
+        return account_id(self.body.signer)
 
 
 def canonical(value: object) -> bytes:
@@ -129,31 +133,28 @@ def canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def account_id(pubkey: bytes) -> str:
-    """The account id of a compressed public key (64 lowercase hex digits)."""
-    return hashlib.sha256(pubkey).hexdigest()
+def account_id(address: bytes) -> str:
+    """The account id of a 20-byte address: its 32-byte word in lowercase hex (12 zero
+    bytes, then the address), the form the endpoint's identities take (``<org>:<64 hex>``)."""
+    if len(address) != 20:
+        raise ValueError("an address is 20 bytes")
+    return (bytes(12) + address).hex()
 
 
-def sign(body: TxBody, private_key: bytes) -> bytes:
-    """The encoded transaction: ``body`` signed with ``private_key`` (32 bytes), whose
-    public key must be ``body.pubkey``."""
-    key = PrivateKey(private_key)
-    if key.public_key.format(compressed=True) != body.pubkey:
-        raise ValueError("the body's pubkey is not this private key's")
-    sig = key.sign_recoverable(body.digest(), hasher=None)
+def sign(body: TxBody, signer: Signer) -> bytes:
+    """The encoded transaction: ``body`` signed by ``signer``, whose address must be
+    ``body.signer``."""
+    if signer.address != body.signer:
+        raise ValueError("the body names another signer")
+    sig = signer.sign_digest(body.digest())
     return canonical({"body": body.to_json(), "sig": "0x" + sig.hex()})
-
-
-def public_key(private_key: bytes) -> bytes:
-    """The compressed public key of a 32-byte private key."""
-    return PrivateKey(private_key).public_key.format(compressed=True)
 
 
 def decode(raw: bytes, chain_id: str) -> SignedTx:
     """Parse and authenticate ``raw`` for chain ``chain_id``; EnvelopeError otherwise.
 
-    SECURITY: the signature must recover to the body's own public key with a low s (no
-    malleated twin), and the body must name this chain (no replay from another chain). The
+    SECURITY: the signature must recover (core rule: low s, no malleated twin) to the
+    body's own signer address, and the body must name this chain (no replay from another chain). The
     nonce is checked against state by the application, not here.
     """
     if len(raw) > MAX_TX_BYTES:
@@ -172,14 +173,12 @@ def decode(raw: bytes, chain_id: str) -> SignedTx:
         raise EnvelopeError(
             EnvelopeCode.WRONG_CHAIN, f"signed for {body.chain_id!r}, this is {chain_id!r}"
         )
-    if int.from_bytes(sig[32:64], "big") > HALF_N or sig[64] > 1:
-        raise EnvelopeError(EnvelopeCode.BAD_SIGNATURE, "high-s or bad recovery id")
     try:
-        recovered = PublicKey.from_signature_and_message(sig, body.digest(), hasher=None)
-    except (ValueError, TypeError):
-        raise EnvelopeError(EnvelopeCode.BAD_SIGNATURE, "signature does not recover") from None
-    if recovered.format(compressed=True) != body.pubkey:
-        raise EnvelopeError(EnvelopeCode.BAD_SIGNATURE, "signature is not the pubkey's")
+        recovered = recover_signer(body.digest(), sig)
+    except ProtocolError as exc:
+        raise EnvelopeError(EnvelopeCode.BAD_SIGNATURE, exc.detail) from None
+    if recovered != body.signer:
+        raise EnvelopeError(EnvelopeCode.BAD_SIGNATURE, "signature is not the signer's")
     return SignedTx(body, sig)
 
 
@@ -190,7 +189,7 @@ def _hex(value: object, size: int, name: str) -> bytes:
 
 
 def _body(obj: object) -> TxBody:
-    keys = {"args", "chain_id", "function", "nonce", "pubkey"}
+    keys = {"args", "chain_id", "function", "nonce", "signer"}
     if not isinstance(obj, dict) or set(obj) != keys:
         raise EnvelopeError(EnvelopeCode.MALFORMED, f"a body has exactly {sorted(keys)}")
     chain, function, args, nonce = obj["chain_id"], obj["function"], obj["args"], obj["nonce"]
@@ -202,10 +201,7 @@ def _body(obj: object) -> TxBody:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "args must be a list of strings")
     if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= MAX_NONCE:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "nonce")
-    pubkey = _hex(obj["pubkey"], 33, "pubkey")
-    if pubkey[0] not in (2, 3):
-        raise EnvelopeError(EnvelopeCode.MALFORMED, "pubkey must be compressed")
-    return TxBody(chain, function, tuple(args), nonce, pubkey)
+    return TxBody(chain, function, tuple(args), nonce, _hex(obj["signer"], 20, "signer"))
 
 
 def encode_query(args: Sequence[str]) -> bytes:

@@ -21,12 +21,12 @@ import aiohttp
 
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.signer import Signer
 from bridge.ledgers.cometbft.envelope import (
     EnvelopeCode,
     TxBody,
     account_id,
     encode_query,
-    public_key,
     reason_of,
     sign,
 )
@@ -65,7 +65,9 @@ def refusal(code: int, log: str, ledger: str = "") -> LedgerRejected:
             name = EnvelopeCode(code).name
         except ValueError:
             name = f"code {code}"
-        return LedgerRejected(ErrorReason.TRANSACTION_INVALID, f"{name}: {log[:300]}", ledger=ledger)
+        return LedgerRejected(
+            ErrorReason.TRANSACTION_INVALID, f"{name}: {log[:300]}", ledger=ledger
+        )
     detail, figures = log[:300], {}
     try:
         body = json.loads(log)
@@ -81,21 +83,20 @@ def refusal(code: int, log: str, ledger: str = "") -> LedgerRejected:
 
 
 class CometClient:
-    """JSON-RPC client of one node; signs with ``private_key`` when given."""
+    """JSON-RPC client of one node; signs with ``signer`` when given."""
 
     def __init__(
         self,
         rpc_url: str,
         chain_id: str,
-        private_key: bytes | None = None,
+        signer: Signer | None = None,
         ledger: str = "",
         timeout_s: float = 10.0,
         commit_timeout_s: float = 60.0,
     ) -> None:
         self._url = rpc_url.rstrip("/")
         self._chain_id = chain_id
-        self._key = private_key
-        self._pubkey = public_key(private_key) if private_key is not None else b""
+        self._signer = signer
         self._ledger = ledger
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._commit_timeout = commit_timeout_s
@@ -111,7 +112,7 @@ class CometClient:
     @property
     def account(self) -> str:
         """The signer's account id ('' without a key)."""
-        return account_id(self._pubkey) if self._pubkey else ""
+        return account_id(self._signer.address) if self._signer is not None else ""
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -177,7 +178,9 @@ class CometClient:
         return out
 
     # -- queries ------------------------------------------------------------------------------
-    async def raw_query(self, path: str, data: bytes, height: int = 0) -> tuple[int, bytes, str, int]:
+    async def raw_query(
+        self, path: str, data: bytes, height: int = 0
+    ) -> tuple[int, bytes, str, int]:
         """ABCI query: (code, value, log, height read)."""
         result = await self.rpc(
             "abci_query", path=json.dumps(path), data="0x" + data.hex(), height=str(height)
@@ -205,14 +208,17 @@ class CometClient:
     async def send(self, function: str, args: list[str]) -> str:
         """Sign and broadcast (CheckTx passed); the transaction hash. A stale nonce is
         re-read and the transaction re-signed (at most NONCE_RETRIES times)."""
-        if self._key is None:
+        if self._signer is None:
             raise LedgerRejected(ErrorReason.READ_ONLY, "this client has no key")
         async with self._lock:
             for _ in range(NONCE_RETRIES):
                 if self._nonce is None:
                     self._nonce = await self.next_nonce()
-                body = TxBody(self._chain_id, function, tuple(args), self._nonce, self._pubkey)
-                raw = sign(body, self._key)
+                assert self._signer is not None
+                body = TxBody(
+                    self._chain_id, function, tuple(args), self._nonce, self._signer.address
+                )
+                raw = sign(body, self._signer)
                 result = await self.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
                 code = int(result.get("code", 0))
                 if code == EnvelopeCode.BAD_NONCE:

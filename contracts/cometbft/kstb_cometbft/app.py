@@ -16,8 +16,9 @@ for this chain; its nonce must be the account's next one; only then is the nonce
 (whatever the endpoint decides, so a refused transaction can never be replayed later, when
 it might succeed) and the endpoint call run, atomically: a refused call writes nothing but
 the nonce. The caller identity the endpoint sees is ``<org>:<account id>`` for a genesis
-account (with its roles) and ``key:<account id>`` for any other key (no roles), so only the
-genesis can make an organisation admin.
+account (with its roles) and ``key:<account id>`` for any other key (no roles); the
+account id is the signer's address as a 32-byte word, so only the genesis can make an
+organisation admin.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ class App:
                 int(EnvelopeCode.READ_ONLY_FUNCTION), log=f"{tx.body.function}: not a transaction"
             )
         view = _View(self.store, self.store.last().height, {})
-        expected = self._next_nonce(view, tx.signer)
+        expected = self._next_nonce(view, tx.account)
         if tx.body.nonce < expected:
             return TxResult(
                 int(EnvelopeCode.BAD_NONCE), log=f"nonce {tx.body.nonce} used; next {expected}"
@@ -260,7 +261,7 @@ class App:
             tx = decode(raw, self._chain_id)
         except EnvelopeError as exc:
             return TxResult(int(exc.code), log=str(exc))
-        expected = self._next_nonce(view, tx.signer)
+        expected = self._next_nonce(view, tx.account)
         if tx.body.nonce != expected:
             return TxResult(
                 int(EnvelopeCode.BAD_NONCE), log=f"nonce {tx.body.nonce}, expected {expected}"
@@ -269,7 +270,7 @@ class App:
         if entry is None or not entry[2]:
             return TxResult(int(EnvelopeCode.READ_ONLY_FUNCTION), log=tx.body.function)
         # SECURITY: the nonce is consumed before the call, whatever the endpoint decides.
-        view.put(f"n/{tx.signer}", str(expected + 1).encode("ascii"))
+        view.put(f"n/{tx.account}", str(expected + 1).encode("ascii"))
         events: list[tuple[str, str]] = []
         try:
             data = execute(
@@ -288,12 +289,12 @@ class App:
         return TxResult(0, data=data, events=tuple(events))
 
     def _context(self, view: _View, tx: SignedTx, block_time: int) -> Context:
-        raw = view.get(f"a/{tx.signer}")
+        raw = view.get(f"a/{tx.account}")
         if raw is None:
-            caller, roles = f"key:{tx.signer}", frozenset[str]()
+            caller, roles = f"key:{tx.account}", frozenset[str]()
         else:
             entry = json.loads(raw)
-            caller, roles = f"{entry['org']}:{tx.signer}", frozenset(entry["roles"])
+            caller, roles = f"{entry['org']}:{tx.account}", frozenset(entry["roles"])
         settings = json.loads(view.get("app") or b"{}")
         return Context(
             caller=caller,

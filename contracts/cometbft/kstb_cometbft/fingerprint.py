@@ -19,6 +19,7 @@ _ROOT = _HERE.parents[2]
 SOURCES: tuple[Path, ...] = (
     _ROOT / "contracts" / "fabric" / "kstb_chaincode" / "protocol.py",
     *sorted((_ROOT / "contracts" / "fabric" / "kstb_chaincode" / "core").glob("*.py")),
+    *sorted((_ROOT / "bridge" / "core").glob("*.py")),
     _ROOT / "bridge" / "ledgers" / "cometbft" / "envelope.py",
     _HERE / "app.py",
     _HERE / "store.py",

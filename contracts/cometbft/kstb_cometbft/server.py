@@ -15,11 +15,11 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "_proto"))
 
-from cometbft.abci.v1 import service_pb2_grpc as svc  # noqa: E402
-from cometbft.abci.v1 import types_pb2 as abci  # noqa: E402
+from cometbft.abci.v1 import service_pb2_grpc as svc
+from cometbft.abci.v1 import types_pb2 as abci
 
-from kstb_cometbft import APP_VERSION, VERSION  # noqa: E402
-from kstb_cometbft.app import CODESPACE, EVENT_TYPE, App, TxResult  # noqa: E402
+from kstb_cometbft import APP_VERSION, VERSION
+from kstb_cometbft.app import CODESPACE, EVENT_TYPE, App, TxResult
 
 
 def _exec_result(r: TxResult) -> Any:
@@ -45,13 +45,13 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
         self._app = app
         self._lock = threading.Lock()
 
-    def Echo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Echo(self, request: Any, context: Any) -> Any:
         return abci.EchoResponse(message=request.message)
 
-    def Flush(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Flush(self, request: Any, context: Any) -> Any:
         return abci.FlushResponse()
 
-    def Info(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Info(self, request: Any, context: Any) -> Any:
         with self._lock:
             last = self._app.info()
         return abci.InfoResponse(
@@ -62,19 +62,19 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
             last_block_app_hash=last.app_hash,
         )
 
-    def InitChain(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def InitChain(self, request: Any, context: Any) -> Any:
         with self._lock:
             app_hash = self._app.init_chain(
                 request.chain_id, bytes(request.app_state_bytes), int(request.time.seconds)
             )
         return abci.InitChainResponse(app_hash=app_hash)
 
-    def CheckTx(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def CheckTx(self, request: Any, context: Any) -> Any:
         with self._lock:
             r = self._app.check_tx(bytes(request.tx))
         return abci.CheckTxResponse(code=r.code, log=r.log, codespace=CODESPACE if r.code else "")
 
-    def PrepareProposal(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def PrepareProposal(self, request: Any, context: Any) -> Any:
         txs, size = [], 0
         for tx in request.txs:  # keep mempool order, within the block's byte budget
             size += len(tx)
@@ -83,16 +83,16 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
             txs.append(tx)
         return abci.PrepareProposalResponse(txs=txs)
 
-    def ProcessProposal(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ProcessProposal(self, request: Any, context: Any) -> Any:
         return abci.ProcessProposalResponse(status=abci.PROCESS_PROPOSAL_STATUS_ACCEPT)
 
-    def ExtendVote(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ExtendVote(self, request: Any, context: Any) -> Any:
         return abci.ExtendVoteResponse()
 
-    def VerifyVoteExtension(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def VerifyVoteExtension(self, request: Any, context: Any) -> Any:
         return abci.VerifyVoteExtensionResponse(status=abci.VERIFY_VOTE_EXTENSION_STATUS_ACCEPT)
 
-    def FinalizeBlock(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def FinalizeBlock(self, request: Any, context: Any) -> Any:
         with self._lock:
             results, app_hash = self._app.finalize_block(
                 int(request.height), int(request.time.seconds), [bytes(t) for t in request.txs]
@@ -101,12 +101,12 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
             tx_results=[_exec_result(r) for r in results], app_hash=app_hash
         )
 
-    def Commit(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Commit(self, request: Any, context: Any) -> Any:
         with self._lock:
             self._app.commit()
         return abci.CommitResponse(retain_height=0)
 
-    def Query(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Query(self, request: Any, context: Any) -> Any:
         with self._lock:
             r = self._app.query(request.path, bytes(request.data), int(request.height))
         return abci.QueryResponse(
@@ -117,16 +117,16 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
             codespace=CODESPACE if r.code else "",
         )
 
-    def ListSnapshots(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ListSnapshots(self, request: Any, context: Any) -> Any:
         return abci.ListSnapshotsResponse()
 
-    def OfferSnapshot(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def OfferSnapshot(self, request: Any, context: Any) -> Any:
         return abci.OfferSnapshotResponse(result=abci.OFFER_SNAPSHOT_RESULT_REJECT)
 
-    def LoadSnapshotChunk(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def LoadSnapshotChunk(self, request: Any, context: Any) -> Any:
         return abci.LoadSnapshotChunkResponse()
 
-    def ApplySnapshotChunk(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def ApplySnapshotChunk(self, request: Any, context: Any) -> Any:
         return abci.ApplySnapshotChunkResponse(result=abci.APPLY_SNAPSHOT_CHUNK_RESULT_ABORT)
 
 
