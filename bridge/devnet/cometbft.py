@@ -189,12 +189,12 @@ class CometChain:
         return self
 
     def height(self) -> int:
-        """The node's latest committed block (0 before the first)."""
+        """The last block the application committed (0 before the first)."""
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"{self.rpc_url}/status", timeout=2) as r:  # noqa: S310
-                return int(json.load(r)["result"]["sync_info"]["latest_block_height"])
+            with urllib.request.urlopen(f"{self.rpc_url}/abci_info", timeout=2) as r:  # noqa: S310
+                return int(json.load(r)["result"]["response"].get("last_block_height", 0))
         except (OSError, ValueError, KeyError):
             return 0
 

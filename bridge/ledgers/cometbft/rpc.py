@@ -137,9 +137,11 @@ class CometClient:
 
     # -- chain --------------------------------------------------------------------------------
     async def latest_height(self) -> int:
-        """The latest committed block (final: CometBFT commits are final)."""
-        status = await self.rpc("status")
-        return int(status["sync_info"]["latest_block_height"])
+        """The last block the APPLICATION committed (ABCI Info): final (CometBFT commits are
+        final) and answerable by queries. The node's own ``status`` height can be one block
+        ahead of it (the block is stored before the application commits it)."""
+        info = await self.rpc("abci_info")
+        return int(info["response"].get("last_block_height", 0))
 
     async def block_metas(self, lo: int, hi: int) -> list[tuple[int, bytes, int]]:
         """(height, block hash, number of transactions) of blocks ``lo..hi`` (at most 20
@@ -219,7 +221,14 @@ class CometClient:
                     self._chain_id, function, tuple(args), self._nonce, self._signer.address
                 )
                 raw = sign(body, self._signer)
-                result = await self.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
+                try:
+                    result = await self.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
+                except Unavailable:
+                    # CometBFT v1 answers a CheckTx refusal with a JSON-RPC error whose code
+                    # is only in its message: ask CheckTx itself for the typed result.
+                    result = await self.rpc("check_tx", tx="0x" + raw.hex())
+                    if not int(result.get("code", 0)):
+                        raise
                 code = int(result.get("code", 0))
                 if code == EnvelopeCode.BAD_NONCE:
                     self._nonce = None
