@@ -386,3 +386,15 @@ def wait_height(chain: CometChain, height: int, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{chain.name}: height {height} not reached")
         time.sleep(0.1)
+
+
+def start_dev_ledger(
+    name: str,
+    workdir: Path,
+    committee: Committee,
+    isins: Sequence[str],
+    instructors: Sequence[str],
+) -> CometBridgeLedger:
+    """The kind's devnet starter (``LocalSystem.kind_ledgers``): a fresh chain named
+    ``name`` with the relayer, the securities and the instruction keys registered."""
+    return CometBridgeLedger.start_new(name, workdir, committee, isins, instructors)

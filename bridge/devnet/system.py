@@ -8,6 +8,7 @@ generated inside a SoftHSM2 token under the work directory and never leave it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -211,6 +212,11 @@ class LocalSystem:
     fabric_ledger_names: Sequence[str] = ()
     ledgers: dict[str, LedgerHandle] = field(default_factory=dict)
     fabric: dict[str, FabricBridgeLedger] = field(default_factory=dict)
+    kind_ledgers: Sequence[tuple[str, str]] = ()
+    """(name, kind) of ledgers of any other registered kind: each is started by its kind's
+    devnet module, ``bridge.devnet.<kind>.start_dev_ledger(name, workdir, committee, isins,
+    instructors) -> DevLedger``, so a new kind needs no change here (ADR 0018)."""
+    others: dict[str, DevLedger] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     verifier_keys: list[DevAccount] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
@@ -342,6 +348,11 @@ class LocalSystem:
             self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(
                 committee, self.isins, instructors=[self.instruction_key(name).address]
             )
+        for name, kind in self.kind_ledgers:
+            module = importlib.import_module(f"bridge.devnet.{kind}")
+            self.others[name] = module.start_dev_ledger(
+                name, self.workdir, committee, self.isins, [self.instruction_key(name).address]
+            )
         self.install_depository()
 
     # ---- depository halt
@@ -401,7 +412,7 @@ class LocalSystem:
     @property
     def dev_ledgers(self) -> dict[str, DevLedger]:
         """Every running ledger by name, whatever its kind (EVM first)."""
-        return {**self.ledgers, **self.fabric}
+        return {**self.ledgers, **self.fabric, **self.others}
 
     def handle(self, name: str) -> DevLedger:
         """The named ledger, whatever its kind."""
