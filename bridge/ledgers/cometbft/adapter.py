@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from bridge.config import LedgerConfig
 from bridge.core.reasons import ErrorReason
@@ -31,10 +32,8 @@ from bridge.domain.legs import (
     LegStatus,
     SignatureSet,
     TxOutcome,
-    leg_state_from_ledger,
 )
 from bridge.domain.supply import SupplyReading
-from bridge.domain.terms import TransferTerms
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import codec
@@ -151,30 +150,12 @@ class CometAdapter(StepTemplate):
         return out
 
     def _event(self, position: EventPosition, block_hash: bytes, ev: TxEvent) -> LedgerEvent:
-        what = f"{EVENT_NAME} event in tx {ev.tx_hash}"
-        data = codec.object_from_json(ev.payload, what)
-        leg = codec.leg_from_index(codec.field(data, "leg", what))
-        state = leg_state_from_ledger(
-            leg, codec.int_from_json(codec.field(data, "state", what), "state")
-        )
-        terms_hash = codec.word_from_json(codec.field(data, "terms_hash", what), "terms_hash")
-        terms: TransferTerms | None = None
-        raw_terms = data.get("terms")
-        if state is LegState.LOCKED and raw_terms:
-            terms = codec.terms_from_json(raw_terms)
-            if terms.terms_hash != terms_hash:
-                raise ValueError(f"{what}: terms do not hash to the event's terms_hash")
-        return LedgerEvent(
+        return codec.leg_event_from_json(
+            ev.payload,
             ledger=self._ledger.name,
             position=position,
             block_hash=block_hash,
             tx_id=ev.tx_hash,
-            transfer_id=codec.word_from_json(codec.field(data, "transfer_id", what), "transfer_id"),
-            leg=leg,
-            state=state,
-            reason=codec.int_from_json(data.get("reason", 0), "reason"),
-            terms_hash=terms_hash,
-            terms=terms,
         )
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
@@ -183,25 +164,11 @@ class CometAdapter(StepTemplate):
         self._check_height(height, final)
         at = height if height is not None else final
         raw = await self._view("GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)], at)
-        data = codec.object_from_json(raw, "GetLeg answer")
-        state = codec.int_from_json(codec.field(data, "state", "GetLeg answer"), "state")
-        leg_state = leg_state_from_ledger(leg, state)
-        not_before = 0
-        if leg_state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
-            nb = codec.object_from_json(
-                await self._view("NotBefore", [codec.word_hex(transfer_id)], at), "NotBefore"
-            )
-            key = "outbound" if leg is Leg.OUTBOUND else "inbound"
-            not_before = codec.int_from_json(codec.field(nb, key, "NotBefore answer"), key)
-        return LegStatus(
-            state=leg_state,
-            terms_hash=codec.word_from_json(
-                data.get("terms_hash") or "0x" + "00" * 32, "terms_hash"
-            ),
-            reason=codec.int_from_json(data.get("reason", 0), "reason"),
-            height=at,
-            not_before=not_before,
-        )
+        status = codec.leg_status_from_json(raw, leg, at)
+        if status.state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            nb = await self._view("NotBefore", [codec.word_hex(transfer_id)], at)
+            status = replace(status, not_before=codec.not_before_from_json(nb, leg))
+        return status
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance and standing at the latest committed block."""
@@ -258,19 +225,7 @@ class CometAdapter(StepTemplate):
     async def halt_status(self, security: SecurityId | None) -> HaltStatus:
         """The endpoint's ``HaltStatus`` (committed state)."""
         word = ZERO_WORD if security is None else security.word
-        data = codec.object_from_json(
-            await self._view("HaltStatus", [codec.word_hex(word)]), "HaltStatus answer"
-        )
-        depository = data.get("depository")
-        key = None
-        if isinstance(depository, str):
-            key = codec.word_from_json("0x" + "00" * 12 + depository[2:], "depository")[12:]
-        return HaltStatus(
-            security_halted=data.get("security_halted") is True,
-            ledger_halted=data.get("ledger_halted") is True,
-            sequence=codec.int_from_json(data.get("sequence", 0), "sequence"),
-            depository=key,
-        )
+        return codec.halt_status_from_json(await self._view("HaltStatus", [codec.word_hex(word)]))
 
     # -- writes: the step template ---------------------------------------------------------
     async def _send_step(self, step: Step) -> str:
