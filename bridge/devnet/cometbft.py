@@ -310,8 +310,11 @@ class CometBridgeLedger:
         return None
 
     def faults(self) -> Mapping[str, Fault]:
-        """The node can be stopped and restarted (the application replays from its store)."""
-        return {}
+        """``node``: the validator hangs (SIGSTOP) until resumed: no block is committed and
+        its RPC answers nothing (every reader and the relayer see an outage)."""
+        node = self.chain.node
+        assert node is not None
+        return {"node": (node.pause, node.resume)}
 
     def _admin(self, function: str, *args: str) -> str:
         return admin_adapter_call(self.chain, function, *args)

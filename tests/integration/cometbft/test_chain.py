@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.core.reasons import ErrorReason
-from bridge.devnet.cometbft import CometChain
+from bridge.devnet.cometbft import CometChain, start_dev_ledger
 from bridge.domain.committee import Committee
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.signer import LocalKeySigner
@@ -158,3 +158,31 @@ def test_a_stale_nonce_is_reread_and_the_step_goes_through(chain: CometChain) ->
             await b.close()
 
     asyncio.run(run())
+
+
+def test_the_devnet_node_fault_is_an_outage_then_recovers(tmp_path: Path) -> None:
+    """The DevLedger's ``node`` fault (chaos): readers get Unavailable, then the chain goes on."""
+    require_cometbft()
+    members = sorted(LocalKeySigner(secrets.token_bytes(32)).address for _ in range(4))
+    ledger = start_dev_ledger("fault-cmt", tmp_path, Committee(1, 3, tuple(members)), [ISIN], [])
+    try:
+        pause, resume = ledger.faults()["node"]
+        client = CometClient(ledger.chain.rpc_url, ledger.chain.chain_id, timeout_s=1.0)
+
+        async def height() -> int:
+            try:
+                return await client.latest_height()
+            finally:
+                await client.close()
+
+        before = asyncio.run(height())
+        pause()
+        try:
+            with pytest.raises(Unavailable):
+                asyncio.run(height())
+        finally:
+            resume()
+        ledger.set_eligible(ISIN, "0x" + "88" * 20)  # a transaction commits again
+        assert asyncio.run(height()) > before
+    finally:
+        ledger.stop()
