@@ -162,9 +162,25 @@ def test_replayed_transaction_is_refused_and_changes_nothing(tmp_path: Path) -> 
     assert _supply(app)["total_supply"] == "100"
 
 
+def _relayer(app: App, signer: LocalKeySigner, admin_nonce: int) -> None:
+    identity = f"key:{account_id(signer.address)}"
+    assert _block(app, _tx(ADMIN, admin_nonce, "SetRelayer", identity, "true")) == [0]
+
+
+def test_a_stranger_key_is_refused_before_it_writes_anything(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    stranger = LocalKeySigner(secrets.token_bytes(32))
+    tx = _tx(stranger, 0, "RegisterSecurity", ISIN)
+    assert app.check_tx(tx).code == EnvelopeCode.UNKNOWN_ACCOUNT
+    assert _block(app, tx) == [int(EnvelopeCode.UNKNOWN_ACCOUNT)]  # a proposer included it
+    assert app.query("/nonce", account_id(stranger.address).encode(), 0).value == b"0"
+    assert app.store.scan("n/", app.info().height) == []
+
+
 def test_a_refused_call_consumes_the_nonce_and_writes_nothing_else(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    # OTHER is no admin: NotAdmin, by code; its nonce is used up, nothing registered.
+    _relayer(app, OTHER, 0)
+    # OTHER is a relayer, no admin: NotAdmin, by code; its nonce is used up, nothing else.
     refused = _tx(OTHER, 0, "RegisterSecurity", ISIN)
     assert _block(app, refused) == [reason_code(ErrorReason.NOT_ADMIN)]
     r = app.query("/q/Supply", canonical([ISIN]), 0)
@@ -184,19 +200,25 @@ def test_a_gap_in_nonces_is_refused(tmp_path: Path) -> None:
 
 
 def test_app_hash_is_deterministic_and_restart_continues(tmp_path: Path) -> None:
-    txs = [_tx(ADMIN, 0, "RegisterSecurity", ISIN), _tx(OTHER, 0, "RegisterSecurity", ISIN)]
+    relayer = _tx(ADMIN, 0, "SetRelayer", f"key:{account_id(OTHER.address)}", "true")
+    txs = [
+        relayer,
+        _tx(ADMIN, 1, "RegisterSecurity", ISIN),
+        _tx(OTHER, 0, "RegisterSecurity", ISIN),
+    ]
     hashes = []
     for name in ("a", "b"):
         app = _app(tmp_path / name)
         results, app_hash = app.finalize_block(1, T0 + 1, txs)
         app.commit()
         hashes.append(app_hash)
-        assert [r.code for r in results] == [0, reason_code(ErrorReason.NOT_ADMIN)]
+        assert [r.code for r in results] == [0, 0, reason_code(ErrorReason.NOT_ADMIN)]
     assert hashes[0] == hashes[1]
     # Restart: a new process on the same store knows the last block and goes on.
     again = App(VersionedStore(tmp_path / "a" / "app.sqlite"))
-    assert again.info().height == 1 and again.info().app_hash == hashes[0]
-    assert _block(again, _tx(ADMIN, 1, "SetPaused", ISIN, "true")) == [0]
+    assert again.info().height == 1
+    assert again.info().app_hash == hashes[0]
+    assert _block(again, _tx(ADMIN, 2, "SetPaused", ISIN, "true")) == [0]
 
 
 def test_uncommitted_block_is_not_persisted(tmp_path: Path) -> None:
@@ -243,9 +265,9 @@ def test_committed_abci_stubs_match_the_pinned_protos() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_random_keys_get_no_roles(tmp_path: Path) -> None:
+def test_a_relayer_key_gets_no_admin_role(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    stranger = LocalKeySigner(secrets.token_bytes(32))
-    identity = f"key:{account_id(stranger.address)}"
-    codes = _block(app, _tx(stranger, 0, "SetRelayer", identity, "true"))
+    _relayer(app, OTHER, 0)
+    stranger = f"key:{account_id(LocalKeySigner(secrets.token_bytes(32)).address)}"
+    codes = _block(app, _tx(OTHER, 0, "SetRelayer", stranger, "true"))
     assert codes == [reason_code(ErrorReason.NOT_ADMIN)]

@@ -57,6 +57,9 @@ class EnvelopeCode(enum.IntEnum):
     """Not the signer's next sequence number (a replay, or a gap)."""
     READ_ONLY_FUNCTION = 5
     """A query function sent as a transaction."""
+    UNKNOWN_ACCOUNT = 6
+    """The signer is neither a genesis account nor an enabled relayer (a permissioned chain:
+    a stranger's key cannot fill blocks or grow state)."""
 
 
 ENVELOPE_CODES = frozenset(int(c) for c in EnvelopeCode)

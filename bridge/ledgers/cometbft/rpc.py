@@ -60,6 +60,8 @@ class Committed:
 def refusal(code: int, log: str, ledger: str = "") -> LedgerRejected:
     """The typed refusal of a non-zero result code (the JSON log gives detail and figures)."""
     reason = reason_of(code)
+    if code == EnvelopeCode.UNKNOWN_ACCOUNT:  # the chain admits genesis accounts and relayers
+        return LedgerRejected(ErrorReason.NOT_RELAYER, log[:300], ledger=ledger)
     if reason is None:
         try:
             name = EnvelopeCode(code).name

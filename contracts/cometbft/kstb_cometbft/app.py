@@ -11,8 +11,9 @@ the block's sorted writes)``: deterministic (sorted keys, canonical JSON, intege
 arithmetic, the block time as the only clock) and chained, so two validators agree on it
 exactly when they applied the same writes to the same history.
 
-Per transaction (SECURITY): the envelope must be well formed, signed by its public key and
-for this chain; its nonce must be the account's next one; only then is the nonce consumed
+Per transaction (SECURITY): the envelope must be well formed, signed by its signer and
+for this chain; the signer a genesis account or an enabled relayer; its nonce the
+account's next one; only then is the nonce consumed
 (whatever the endpoint decides, so a refused transaction can never be replayed later, when
 it might succeed) and the endpoint call run, atomically: a refused call writes nothing but
 the nonce. The caller identity the endpoint sees is ``<org>:<account id>`` for a genesis
@@ -232,6 +233,8 @@ class App:
                 int(EnvelopeCode.READ_ONLY_FUNCTION), log=f"{tx.body.function}: not a transaction"
             )
         view = _View(self.store, self.store.last().height, {})
+        if not self._admitted(view, tx.account):
+            return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce < expected:
             return TxResult(
@@ -261,6 +264,8 @@ class App:
             tx = decode(raw, self._chain_id)
         except EnvelopeError as exc:
             return TxResult(int(exc.code), log=str(exc))
+        if not self._admitted(view, tx.account):  # nothing written, not even a nonce
+            return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce != expected:
             return TxResult(
@@ -303,6 +308,14 @@ class App:
             caller_roles=roles,
             tx_time=block_time,
         )
+
+    @staticmethod
+    def _admitted(view: _View, account: str) -> bool:
+        """SECURITY: only genesis accounts and enabled relayers (``key:<account>``) transact;
+        any other key is refused before it can consume block space or write state."""
+        if view.get(f"a/{account}") is not None:
+            return True
+        return view.get(f"s/relayer/key:{account}") == b"true"
 
     @staticmethod
     def _next_nonce(view: _View, account: str) -> int:
