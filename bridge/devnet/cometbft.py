@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,27 @@ def app_fingerprint() -> str:
 
 
 @dataclass
+class Validator:
+    """One validator: its CometBFT home, ports and processes (node and application)."""
+
+    index: int
+    home: Path
+    rpc_port: int = 0
+    abci_port: int = 0
+    p2p_port: int = 0
+    node: ManagedProcess | None = None
+    app: ManagedProcess | None = None
+
+    @property
+    def rpc_url(self) -> str:
+        """This validator's JSON-RPC over http on loopback."""
+        return f"http://127.0.0.1:{self.rpc_port}"
+
+
+@dataclass
 class CometChain:
-    """One validator and its application; ``rpc_url`` is the node's JSON-RPC."""
+    """``validators`` validators, each with its own application; ``rpc_url`` is the first
+    validator's JSON-RPC (``rpc_urls`` every validator's)."""
 
     name: str
     workdir: Path
@@ -89,20 +109,42 @@ class CometChain:
     admin: DevAccount = field(default_factory=DevAccount.generate)
     chain_id: str = ""
     block_time: float = 0.3
-    rpc_port: int = 0
-    abci_port: int = 0
-    p2p_port: int = 0
-    node: ManagedProcess | None = None
-    app: ManagedProcess | None = None
+    validators: int = 1
+    vals: list[Validator] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.chain_id = self.chain_id or f"{self.name}-1"
-        self.home = self.workdir / "cometbft" / self.name
+        if not self.vals:
+            base = self.workdir / "cometbft"
+            self.vals = [
+                Validator(i, base / (self.name if i == 0 else f"{self.name}-v{i}"))
+                for i in range(self.validators)
+            ]
+
+    @property
+    def home(self) -> Path:
+        """The first validator's home."""
+        return self.vals[0].home
+
+    @property
+    def node(self) -> ManagedProcess | None:
+        """The first validator's node process."""
+        return self.vals[0].node
+
+    @property
+    def app(self) -> ManagedProcess | None:
+        """The first validator's application process."""
+        return self.vals[0].app
 
     @property
     def rpc_url(self) -> str:
-        """The node's JSON-RPC over http on loopback."""
-        return f"http://127.0.0.1:{self.rpc_port}"
+        """The first validator's JSON-RPC over http on loopback."""
+        return self.vals[0].rpc_url
+
+    @property
+    def rpc_urls(self) -> list[str]:
+        """Every validator's JSON-RPC."""
+        return [v.rpc_url for v in self.vals]
 
     @property
     def admin_identity(self) -> str:
@@ -129,80 +171,119 @@ class CometChain:
             },
         }
 
-    def start(self) -> CometChain:
-        """Initialise (first time) and start the application and the node; return once the
-        chain has committed a block."""
-        binary = cometbft_binary()
-        if binary is None:
-            raise RuntimeError("cometbft is not built: run deploy/cometbft/build.sh")
-        fresh = not (self.home / "config" / "genesis.json").exists()
-        self.rpc_port = self.rpc_port or free_port()
-        self.abci_port = self.abci_port or free_port()
-        self.p2p_port = self.p2p_port or free_port()
-        if fresh:
+    def _init(self, binary: Path) -> None:
+        """``cometbft init`` every validator; one genesis listing them all."""
+        genesis: dict[str, Any] = {}
+        validators = []
+        for v in self.vals:
             subprocess.run(
-                [str(binary), "init", "--home", str(self.home)], check=True, capture_output=True
+                [str(binary), "init", "--home", str(v.home)], check=True, capture_output=True
             )
-            genesis_path = self.home / "config" / "genesis.json"
-            genesis = json.loads(genesis_path.read_text())
-            genesis["chain_id"] = self.chain_id
-            genesis["app_state"] = self._genesis_state(self.name)
-            genesis["consensus_params"]["version"]["app"] = "1"
-            genesis_path.write_text(json.dumps(genesis, indent=2))
-        cfg_path = self.home / "config" / "config.toml"
+            own = json.loads((v.home / "config" / "genesis.json").read_text())
+            validators += own["validators"]
+            genesis = genesis or own
+        genesis["chain_id"] = self.chain_id
+        genesis["validators"] = validators
+        genesis["app_state"] = self._genesis_state(self.name)
+        genesis["consensus_params"]["version"]["app"] = "1"
+        for v in self.vals:
+            (v.home / "config" / "genesis.json").write_text(json.dumps(genesis, indent=2))
+
+    def _configure(self, binary: Path, v: Validator) -> None:
+        peers = []
+        for other in self.vals:
+            if other is not v:
+                node_id = subprocess.run(
+                    [str(binary), "show-node-id", "--home", str(other.home)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                peers.append(f"{node_id}@127.0.0.1:{other.p2p_port}")
+        cfg_path = v.home / "config" / "config.toml"
         cfg = cfg_path.read_text()
-        cfg = _set(cfg, None, "proxy_app", f'"127.0.0.1:{self.abci_port}"')
+        cfg = _set(cfg, None, "proxy_app", f'"127.0.0.1:{v.abci_port}"')
         cfg = _set(cfg, None, "abci", '"grpc"')
-        cfg = _set(cfg, None, "moniker", f'"{self.name}"')
+        cfg = _set(cfg, None, "moniker", f'"{self.name}-v{v.index}"')
         cfg = _set(cfg, None, "log_level", '"error"')
-        cfg = _set(cfg, "rpc", "laddr", f'"tcp://127.0.0.1:{self.rpc_port}"')
-        cfg = _set(cfg, "p2p", "laddr", f'"tcp://127.0.0.1:{self.p2p_port}"')
+        cfg = _set(cfg, "rpc", "laddr", f'"tcp://127.0.0.1:{v.rpc_port}"')
+        cfg = _set(cfg, "p2p", "laddr", f'"tcp://127.0.0.1:{v.p2p_port}"')
+        cfg = _set(cfg, "p2p", "persistent_peers", f'"{",".join(peers)}"')
         cfg = _set(cfg, "p2p", "addr_book_strict", "false")
+        cfg = _set(cfg, "p2p", "allow_duplicate_ip", "true")
         cfg = _set(cfg, "consensus", "timeout_commit", f'"{int(self.block_time * 1000)}ms"')
         cfg = _set(cfg, "consensus", "create_empty_blocks_interval", '"1s"')
         cfg = _set(cfg, "consensus", "create_empty_blocks", "false")
         cfg = _set(cfg, "tx_index", "indexer", '"kv"')
         cfg_path.write_text(cfg)
+
+    def start(self) -> CometChain:
+        """Initialise (first time) and start every application and node; return once the
+        chain has committed a block (on every validator)."""
+        binary = cometbft_binary()
+        if binary is None:
+            raise RuntimeError("cometbft is not built: run deploy/cometbft/build.sh")
+        for v in self.vals:
+            v.rpc_port = v.rpc_port or free_port()
+            v.abci_port = v.abci_port or free_port()
+            v.p2p_port = v.p2p_port or free_port()
+        if not (self.home / "config" / "genesis.json").exists():
+            self._init(binary)
         logs = self.workdir / "logs"
-        self.app = ManagedProcess(
-            f"{self.name}-app",
-            [
-                sys.executable,
-                "-m",
-                "kstb_cometbft",
-                "--state",
-                str(self.home / "app"),
-                "--listen",
-                f"127.0.0.1:{self.abci_port}",
-            ],
-            logs / f"{self.name}-app.log",
-            env=app_env(),
-        ).start()
-        self.app.wait_port(self.abci_port)
-        self.node = ManagedProcess(
-            f"{self.name}-cometbft",
-            [str(binary), "node", "--home", str(self.home)],
-            logs / f"{self.name}-cometbft.log",
-        ).start()
-        self.node.wait_port(self.rpc_port)
-        wait_until(lambda: self.height() >= 1, 60, f"{self.name}: first block")
+        for v in self.vals:
+            self._configure(binary, v)
+            label = self.name if v.index == 0 else f"{self.name}-v{v.index}"
+            v.app = ManagedProcess(
+                f"{label}-app",
+                [
+                    sys.executable,
+                    "-m",
+                    "kstb_cometbft",
+                    "--state",
+                    str(v.home / "app"),
+                    "--listen",
+                    f"127.0.0.1:{v.abci_port}",
+                ],
+                logs / f"{label}-app.log",
+                env=app_env(),
+            ).start()
+            v.app.wait_port(v.abci_port)
+            v.node = ManagedProcess(
+                f"{label}-cometbft",
+                [str(binary), "node", "--home", str(v.home)],
+                logs / f"{label}-cometbft.log",
+            ).start()
+        for v in self.vals:
+            assert v.node is not None
+            v.node.wait_port(v.rpc_port)
+        for url in self.rpc_urls:
+            wait_until(partial(_reached, url, 1), 60, f"{self.name}: first block at {url}")
         return self
 
     def height(self) -> int:
-        """The last block the application committed (0 before the first)."""
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.rpc_url}/abci_info", timeout=2) as r:  # noqa: S310
-                return int(json.load(r)["result"]["response"].get("last_block_height", 0))
-        except (OSError, ValueError, KeyError):
-            return 0
+        """The last block the first validator's application committed (0 before)."""
+        return _height(self.rpc_url)
 
     def stop(self) -> None:
-        """Stop the node, then the application."""
-        for p in (self.node, self.app):
+        """Stop every node, then every application."""
+        for p in [v.node for v in self.vals] + [v.app for v in self.vals]:
             if p is not None:
                 p.stop()
+
+
+def _reached(rpc_url: str, height: int) -> bool:
+    return _height(rpc_url) >= height
+
+
+def _height(rpc_url: str) -> int:
+    """The last block the application behind ``rpc_url`` committed (0 before the first)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{rpc_url}/abci_info", timeout=2) as r:  # noqa: S310
+            return int(json.load(r)["result"]["response"].get("last_block_height", 0))
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def admin_adapter_call(chain: CometChain, function: str, *args: str) -> str:
@@ -257,10 +338,11 @@ class CometBridgeLedger:
         committee: Committee,
         isins: Sequence[str],
         instructors: Sequence[str],
+        validators: int = 2,
     ) -> CometBridgeLedger:
-        """A fresh chain with the relayer registered, ``isins`` registered and
-        ``instructors`` (0x addresses) allowed to instruct locks."""
-        chain = CometChain(name, workdir, committee).start()
+        """A fresh chain of ``validators`` validators with the relayer registered, ``isins``
+        registered and ``instructors`` (0x addresses) allowed to instruct locks."""
+        chain = CometChain(name, workdir, committee, validators=validators).start()
         relayer = DevAccount.generate()
         key_file = f"keys/relayer-{name}.key"
         write_key_file(workdir / key_file, relayer)
@@ -279,7 +361,11 @@ class CometBridgeLedger:
 
     def describe(self) -> list[str]:
         """Chain id and RPC."""
-        return [f"cometbft chain {self.chain.chain_id} (1 validator) at {self.chain.rpc_url}"]
+        n = len(self.chain.vals)
+        return [
+            f"cometbft chain {self.chain.chain_id} ({n} validators), KSTB ABCI app on each",
+            *(f"validator {v.index}: rpc {v.rpc_url}" for v in self.chain.vals),
+        ]
 
     def ledger_entry(self) -> dict[str, Any]:
         """The ``[[ledgers]]`` entry."""
@@ -306,8 +392,10 @@ class CometBridgeLedger:
         return {}
 
     def reader_override(self) -> dict[str, Any] | None:
-        """One node: none."""
-        return None
+        """The second validator's RPC (every other member reads through it), if any."""
+        if len(self.chain.vals) < 2:
+            return None
+        return {"url": self.chain.vals[1].rpc_url}
 
     def faults(self) -> Mapping[str, Fault]:
         """``node``: the validator hangs (SIGSTOP) until resumed: no block is committed and
@@ -398,6 +486,7 @@ def start_dev_ledger(
     isins: Sequence[str],
     instructors: Sequence[str],
 ) -> CometBridgeLedger:
-    """The kind's devnet starter (``LocalSystem.kind_ledgers``): a fresh chain named
-    ``name`` with the relayer, the securities and the instruction keys registered."""
+    """The kind's devnet starter (``LocalSystem.kind_ledgers``): a fresh two-validator chain
+    named ``name`` with the relayer, the securities and the instruction keys registered;
+    half the members read through the second validator."""
     return CometBridgeLedger.start_new(name, workdir, committee, isins, instructors)

@@ -10,6 +10,7 @@ The endpoint speaks the chaincode protocol's JSON formats (``bridge.ledgers.fabr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ from bridge.ledgers.fabric import codec
 from bridge.ledgers.steps import Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
+CATCH_UP_S = 5.0
+"""How long a read at a height this node has not committed yet waits for it."""
 META_PAGE = 20
 """Block metas per ``blockchain`` call (CometBFT's maximum)."""
 FUNCTIONS: Mapping[Action, str] = {
@@ -123,9 +126,18 @@ class CometAdapter(StepTemplate):
         """The latest committed block (CometBFT commits are final)."""
         return await self._client.latest_height()
 
-    def _check_height(self, height: int | None, final: int) -> None:
-        if height is not None and height > final:
-            raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
+    async def _final_at_least(self, height: int | None) -> int:
+        """The finalized height, once it reaches ``height`` (a node other than the one that
+        reported ``height`` may be a block behind: wait up to CATCH_UP_S); InvalidInput when
+        it does not."""
+        final = await self.finalized_height()
+        deadline = time.monotonic() + CATCH_UP_S
+        while height is not None and height > final:
+            if time.monotonic() > deadline:
+                raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
+            await asyncio.sleep(0.1)
+            final = await self.finalized_height()
+        return final
 
     async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
         """Every ``LegStateChanged`` after ``after`` through ``up_to_height``, in order.
@@ -160,8 +172,7 @@ class CometAdapter(StepTemplate):
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
         """The leg's state at ``height`` (default: the latest committed block), exact."""
-        final = await self.finalized_height()
-        self._check_height(height, final)
+        final = await self._final_at_least(height)
         at = height if height is not None else final
         raw = await self._view("GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)], at)
         status = codec.leg_status_from_json(raw, leg, at)
@@ -178,8 +189,7 @@ class CometAdapter(StepTemplate):
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """The ``Supply`` figures as of block ``height`` (default: the latest), exactly (the
         application keeps every height's state), with that block's hash."""
-        final = await self.finalized_height()
-        self._check_height(height, final)
+        final = await self._final_at_least(height)
         at = height if height is not None else final
         try:
             raw, read = await self._client.query("Supply", [security.isin], at)
@@ -203,8 +213,7 @@ class CometAdapter(StepTemplate):
 
     async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
         """The endpoint's ``Committees`` at ``height`` ("now" = that block's time)."""
-        final = await self.finalized_height()
-        self._check_height(height, final)
+        final = await self._final_at_least(height)
         raw = await self._view("Committees", [], height if height is not None else final)
         try:
             return codec.committees_from_json(raw)

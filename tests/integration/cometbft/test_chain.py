@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.core.reasons import ErrorReason
-from bridge.devnet.cometbft import CometChain, start_dev_ledger
+from bridge.devnet.cometbft import CometBridgeLedger, CometChain
 from bridge.domain.committee import Committee
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.signer import LocalKeySigner
@@ -164,7 +164,8 @@ def test_the_devnet_node_fault_is_an_outage_then_recovers(tmp_path: Path) -> Non
     """The DevLedger's ``node`` fault (chaos): readers get Unavailable, then the chain goes on."""
     require_cometbft()
     members = sorted(LocalKeySigner(secrets.token_bytes(32)).address for _ in range(4))
-    ledger = start_dev_ledger("fault-cmt", tmp_path, Committee(1, 3, tuple(members)), [ISIN], [])
+    committee = Committee(1, 3, tuple(members))
+    ledger = CometBridgeLedger.start_new("fault-cmt", tmp_path, committee, [ISIN], [], 1)
     try:
         pause, resume = ledger.faults()["node"]
         client = CometClient(ledger.chain.rpc_url, ledger.chain.chain_id, timeout_s=1.0)
@@ -186,3 +187,51 @@ def test_the_devnet_node_fault_is_an_outage_then_recovers(tmp_path: Path) -> Non
         assert asyncio.run(height()) > before
     finally:
         ledger.stop()
+
+
+def test_two_validators_agree_on_every_app_hash(tmp_path: Path) -> None:
+    """Two validators, each with its own application process: the same blocks give the same
+    app hash on both (deterministic state), and either node answers reads."""
+    require_cometbft()
+    members = sorted(LocalKeySigner(secrets.token_bytes(32)).address for _ in range(4))
+    chain = CometChain("pair-cmt", tmp_path, Committee(1, 3, tuple(members)), validators=2)
+    chain.start()
+    try:
+
+        async def run() -> tuple[int, list[str]]:
+            admin = _admin(chain)
+            try:
+                await admin.call("RegisterSecurity", [ISIN])
+                await admin.call("SetEligible", [ISIN, "0x" + "99" * 20, "true"])
+                await admin.call("Issue", [ISIN, "0x" + "99" * 20, "5"])
+            finally:
+                await admin.close()
+            height = 0
+            hashes = []
+            for url in chain.rpc_urls:
+                reader = CometClient(url, chain.chain_id)
+                try:
+                    for _ in range(100):  # this validator's app may be a block behind
+                        if not height or await reader.latest_height() >= height:
+                            break
+                        await asyncio.sleep(0.1)
+                    value, at = await reader.query("Supply", [ISIN], height)
+                    assert json.loads(value)["total_supply"] == "5"
+                    height = height or at
+                    info = await reader.rpc("abci_info")
+                    assert int(info["response"]["last_block_height"]) >= height
+                    # Each node checks the proposer's header against ITS application's app
+                    # hash before committing; both committed past the writes, so both
+                    # applications computed the hash in this header.
+                    block = await reader.rpc("block", height=str(height))
+                    hashes.append(block["block"]["header"]["app_hash"])
+                finally:
+                    await reader.close()
+            return height, hashes
+
+        wait_for = chain.height() + 1
+        _, hashes = asyncio.run(run())
+        assert wait_for > 0
+        assert len(set(hashes)) == 1, hashes
+    finally:
+        chain.stop()
