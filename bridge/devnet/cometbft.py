@@ -15,7 +15,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -145,11 +144,6 @@ class CometChain:
     def rpc_urls(self) -> list[str]:
         """Every validator's JSON-RPC."""
         return [v.rpc_url for v in self.vals]
-
-    @property
-    def admin_identity(self) -> str:
-        """The endpoint identity of the issuer's admin key."""
-        return f"{ISSUER_ORG}:{account_id(LocalKeySigner(self.admin.private_key).address)}"
 
     def _genesis_state(self, ledger_name: str) -> dict[str, Any]:
         committee = {
@@ -468,25 +462,3 @@ class CometBridgeLedger:
     def stop(self) -> None:
         """Stop the chain."""
         self.chain.stop()
-
-
-def wait_height(chain: CometChain, height: int, timeout: float = 30.0) -> None:
-    """Wait until ``chain`` committed ``height``."""
-    deadline = time.monotonic() + timeout
-    while chain.height() < height:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{chain.name}: height {height} not reached")
-        time.sleep(0.1)
-
-
-def start_dev_ledger(
-    name: str,
-    workdir: Path,
-    committee: Committee,
-    isins: Sequence[str],
-    instructors: Sequence[str],
-) -> CometBridgeLedger:
-    """The kind's devnet starter (``LocalSystem.kind_ledgers``): a fresh two-validator chain
-    named ``name`` with the relayer, the securities and the instruction keys registered;
-    half the members read through the second validator."""
-    return CometBridgeLedger.start_new(name, workdir, committee, isins, instructors)

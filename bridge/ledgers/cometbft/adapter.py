@@ -61,7 +61,6 @@ class CometAdapter(StepTemplate):
     def __init__(self, config: LedgerConfig, client: CometClient) -> None:
         from bridge.ledgers.kinds import get_kind
 
-        self._config = config
         self._ledger = config.id
         self._client = client
         self._bridge_word = get_kind("cometbft").bridge_word(config)

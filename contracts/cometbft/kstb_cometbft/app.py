@@ -29,7 +29,6 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kstb_chaincode.core.digests import init_parameters_digest
 from kstb_chaincode.protocol import FUNCTIONS, ChaincodeError, Context, canonical_json, execute
@@ -380,11 +379,3 @@ class App:
             code = reason_code(ErrorReason.INVALID_ARGUMENT)
             return QueryResult(code, b"", f"InvalidArgument: {exc}", at)
         return QueryResult(0, value, "", at)
-
-
-def load_args(data: bytes) -> list[Any]:
-    """Decode a query's JSON argument list (helper for tests and tools)."""
-    value = json.loads(data)
-    if not isinstance(value, list):
-        raise ValueError("not a list")
-    return value
