@@ -7,6 +7,7 @@ the ``fabric`` marker (``-m "conformance and not fabric"`` runs the EVM case alo
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -39,10 +40,13 @@ KINDS = [
     pytest.param("fabric", id="fabric", marks=pytest.mark.fabric),
 ]
 
-# A kind's harness can live in its own plugin module ``kind_<kind>.py`` here, defining the
-# fixture ``<kind>_harness``; it joins the suite marked with its kind, no edit to this file.
+# A kind's harness can live in its own module ``kind_<kind>.py`` here, defining the fixture
+# ``<kind>_harness``; it joins the suite marked with its kind, no edit to this file. (Its
+# fixture is bound into this conftest: ``pytest_plugins`` is only allowed at the top level.)
 _PLUGINS = sorted(p.stem for p in Path(__file__).parent.glob("kind_*.py"))
-pytest_plugins = [f"tests.conformance.{name}" for name in _PLUGINS]
+for _name in _PLUGINS:
+    _fixture = f"{_name[5:]}_harness"
+    globals()[_fixture] = getattr(importlib.import_module(f"tests.conformance.{_name}"), _fixture)
 KINDS += [
     pytest.param(name[5:], id=name[5:], marks=getattr(pytest.mark, name[5:])) for name in _PLUGINS
 ]
