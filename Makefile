@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup softhsm postgres fabric buf demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
+.PHONY: setup softhsm postgres fabric buf geth cometbft demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
 
 setup: $(STAMP) $(NODE_STAMP) softhsm postgres
 
@@ -56,7 +56,11 @@ buf:
 geth:
 	bash deploy/geth/build.sh
 
-demo: setup fabric
+# CometBFT (the proprietary-chain kind, ADR 0018), built the same way into .cache/cometbft/<version>.
+cometbft:
+	bash deploy/cometbft/build.sh
+
+demo: setup fabric cometbft
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo
 
 # The suite on the embedded store, then a representative e2e subset on a PostgreSQL cluster
@@ -68,7 +72,7 @@ PG_E2E = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_cha
 	tests/e2e/test_flow_limits.py
 PG_E2E_ALL = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_chaos.py \
 	tests/e2e/test_flow_limits.py tests/e2e/test_rotation.py tests/e2e/test_halt.py
-test: setup fabric buf geth
+test: setup fabric buf geth cometbft
 	$(BIN)/python -m pytest
 	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 

@@ -1,7 +1,8 @@
-"""``make demo``: three brokerage ledgers (two anvil EVM chains and a native Hyperledger
-Fabric network), a 3-of-4 committee, one relayer per ledger and the coordinator as separate
-processes; units move over each kind of lane through the gRPC API:
-A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to EVM). Then one governance
+"""``make demo``: four brokerage ledgers (two anvil EVM chains, a native Hyperledger
+Fabric network and a CometBFT chain running the KSTB application), a 3-of-4 committee, one
+relayer per ledger and the coordinator as separate processes; units move over each kind of
+lane through the gRPC API: A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to
+EVM), F -> C (Fabric to CometBFT), C -> A (CometBFT to EVM). Then one governance
 step: the depository halts the security on brokerage-b with its own key (the real
 ``bridge depository`` CLI), the ledger shows it halted, and a signed release lifts it.
 """
@@ -27,8 +28,14 @@ from bridge.supply_client import FeedVerifier, SupplyFeed
 from bridge.v1 import depository_pb2, depository_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 EVM_A, EVM_B, FABRIC = "brokerage-a", "brokerage-b", "brokerage-f"
+COMET = "brokerage-c"  # ---- cometbft: a CometBFT chain running the KSTB application
 # (source, target, units): one lane of each kind.
-LANES = ((EVM_A, EVM_B, 250), (EVM_B, FABRIC, 100), (FABRIC, EVM_A, 40))
+LANES: tuple[tuple[str, str, int], ...] = (
+    (EVM_A, EVM_B, 250),
+    (EVM_B, FABRIC, 100),
+    (FABRIC, EVM_A, 40),
+)
+LANES += ((FABRIC, COMET, 30), (COMET, EVM_A, 10))  # ---- cometbft
 
 
 def _say(text: str) -> None:
@@ -144,9 +151,14 @@ def main() -> int:
     exit_on_sigterm()
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
-    system = LocalSystem(args.workdir, block_time=args.block_time, fabric_ledger_names=(FABRIC,))
+    system = LocalSystem(
+        args.workdir,
+        block_time=args.block_time,
+        fabric_ledger_names=(FABRIC,),
+        extra_ledgers=((COMET, "cometbft"),),  # ---- cometbft
+    )
     try:
-        _say("starting two anvil ledgers (1 s blocks) and a native Fabric network ...")
+        _say("starting two anvil ledgers (1 s blocks), a Fabric network and a CometBFT chain")
         system.start_ledgers()
         for name, h in system.dev_ledgers.items():
             first, *rest = h.describe()
@@ -159,7 +171,10 @@ def main() -> int:
                 system.handle(other).set_eligible(DEMO_ISIN, holder.address)
         _say(f"  security {DEMO_ISIN} registered on all {len(system.all_ledgers)} ledgers")
         _say(f"  1000 units issued to {holder.address} on {EVM_A}")
-        _say("starting 4 verifiers (t=3), 3 relayers and the coordinator as processes ...")
+        _say(
+            f"starting 4 verifiers (t=3), {len(system.all_ledgers)} relayers and the"
+            " coordinator as processes ..."
+        )
         _say("  every gRPC port and client uses mutual TLS: one CA per organisation under")
         _say(f"  {args.workdir / 'pki'}; every authorisation decision in {args.workdir / 'audit'}")
         system.write_configs()
@@ -174,7 +189,7 @@ def main() -> int:
                 _balances(system, holder, f"after {src} -> {dst}")
         finally:
             routed.close()
-        expected = {EVM_A: 790, EVM_B: 150, FABRIC: 60}
+        expected = {EVM_A: 800, EVM_B: 150, FABRIC: 30, COMET: 20}
         for name, units in expected.items():
             got = system.handle(name).balance(DEMO_ISIN, holder.address)
             if got != units:

@@ -11,6 +11,7 @@ anvil and Fabric ledgers; bench, soak, chaos and the demo then drive it through 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.ledger import DevLedger
 from bridge.devnet.ledger_tls import DevCA
 from bridge.domain.committee import Committee
+from bridge.ledgers.kinds import REGISTRY
 
 STARTERS: Mapping[str, str] = {
     "geth": "bridge.devnet.geth_ledger:start_geth_ledger",
@@ -55,10 +57,18 @@ Starter = Callable[[StartContext, str], DevLedger]
 
 
 def get_starter(name: str) -> Starter:
-    """The starter ``name`` (imported on first use); KeyError naming the known ones."""
+    """The starter ``name`` (imported on first use): a line of :data:`STARTERS`, else the
+    convention ``bridge.devnet.<kind>:start`` of a registered ledger kind (so a new kind's
+    package needs no line here, ADR 0018); KeyError naming the known ones."""
     target = STARTERS.get(name)
+    if target is None and name in REGISTRY and _has_module(f"bridge.devnet.{name}"):
+        target = f"bridge.devnet.{name}:start"
     if target is None:
         raise KeyError(f"no devnet starter {name!r} (known: {sorted(STARTERS)})")
     module, _, attr = target.partition(":")
     starter: Starter = getattr(importlib.import_module(module), attr)
     return starter
+
+
+def _has_module(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

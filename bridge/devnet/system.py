@@ -159,7 +159,8 @@ class LocalSystem:
     fabric: dict[str, FabricBridgeLedger] = field(default_factory=dict)
     extra_ledgers: Sequence[tuple[str, str]] = ()
     """(ledger name, starter) pairs started by the per-kind devnet starters
-    (:mod:`bridge.devnet.starters`, e.g. ``("brokerage-g", "geth")``)."""
+    (:mod:`bridge.devnet.starters`, e.g. ``("brokerage-g", "geth")``, or any registered
+    kind's ``bridge.devnet.<kind>:start``, e.g. ``("issuer-c", "cometbft")``)."""
     others: dict[str, DevLedger] = field(default_factory=dict)
     """The ledgers the starters started, by name."""
     processes: dict[str, ManagedProcess] = field(default_factory=dict)

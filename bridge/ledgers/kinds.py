@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 REGISTRY: Mapping[str, str] = {
     "evm": "bridge.ledgers.evm.kind:KIND",
     "fabric": "bridge.ledgers.fabric.kind:KIND",
+    "cometbft": "bridge.ledgers.cometbft.kind:KIND",
 }
 """Built-in kinds: ``name -> "module:attribute"`` of its :class:`LedgerKind`. One line per kind."""
 

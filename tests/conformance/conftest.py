@@ -8,6 +8,7 @@ the ``fabric`` marker (``-m "conformance and not fabric"`` runs the EVM case alo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -42,6 +43,17 @@ KINDS = [
     # ---- EVM profiles and clients (ADR 0019)
     pytest.param("kaia", id="kaia", marks=pytest.mark.kaia),
     pytest.param("geth", id="geth", marks=pytest.mark.geth),
+]
+
+# A kind's harness can live in its own module ``kind_<kind>.py`` here, defining the fixture
+# ``<kind>_harness``; it joins the suite marked with its kind, no edit to this file. (Its
+# fixture is bound into this conftest: ``pytest_plugins`` is only allowed at the top level.)
+_PLUGINS = sorted(p.stem for p in Path(__file__).parent.glob("kind_*.py"))
+for _name in _PLUGINS:
+    _fixture = f"{_name[5:]}_harness"
+    globals()[_fixture] = getattr(importlib.import_module(f"tests.conformance.{_name}"), _fixture)
+KINDS += [
+    pytest.param(name[5:], id=name[5:], marks=getattr(pytest.mark, name[5:])) for name in _PLUGINS
 ]
 
 

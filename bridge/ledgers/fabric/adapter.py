@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import NoReturn
 
 from bridge.core import words as core_words
@@ -36,10 +37,8 @@ from bridge.domain.legs import (
     LegStatus,
     SignatureSet,
     TxOutcome,
-    leg_state_from_ledger,
 )
 from bridge.domain.supply import SupplyReading
-from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
@@ -190,30 +189,12 @@ class FabricAdapter(StepTemplate):
         return out
 
     def _event(self, position: EventPosition, delivered: DeliveredEvent) -> LedgerEvent:
-        what = f"{EVENT_NAME} event in tx {delivered.tx_id}"
-        data = codec.object_from_json(delivered.payload, what)
-        leg = codec.leg_from_index(codec.field(data, "leg", what))
-        state = leg_state_from_ledger(
-            leg, codec.int_from_json(codec.field(data, "state", what), "state")
-        )
-        terms_hash = codec.word_from_json(codec.field(data, "terms_hash", what), "terms_hash")
-        terms: TransferTerms | None = None
-        raw_terms = data.get("terms")
-        if state is LegState.LOCKED and raw_terms:
-            terms = codec.terms_from_json(raw_terms)
-            if terms.terms_hash != terms_hash:
-                raise ValueError(f"{what}: terms do not hash to the event's terms_hash")
-        return LedgerEvent(
+        return codec.leg_event_from_json(
+            delivered.payload,
             ledger=self._ledger.name,
             position=position,
             block_hash=delivered.block_hash,
             tx_id=delivered.tx_id,
-            transfer_id=codec.word_from_json(codec.field(data, "transfer_id", what), "transfer_id"),
-            leg=leg,
-            state=state,
-            reason=codec.int_from_json(data.get("reason", 0), "reason"),
-            terms_hash=terms_hash,
-            terms=terms,
         )
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
@@ -227,25 +208,13 @@ class FabricAdapter(StepTemplate):
         raw = await self._client.evaluate(
             self._chaincode, "GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)]
         )
-        data = codec.object_from_json(raw, "GetLeg answer")
-        state = codec.int_from_json(codec.field(data, "state", "GetLeg answer"), "state")
-        terms_hash = data.get("terms_hash") or "0x" + "00" * 32
-        leg_state = leg_state_from_ledger(leg, state)
-        not_before = 0
-        if leg_state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+        status = codec.leg_status_from_json(raw, leg, at)
+        if status.state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
             raw_nb = await self._client.evaluate(
                 self._chaincode, "NotBefore", [codec.word_hex(transfer_id)]
             )
-            nb = codec.object_from_json(raw_nb, "NotBefore answer")
-            key = "outbound" if leg is Leg.OUTBOUND else "inbound"
-            not_before = codec.int_from_json(codec.field(nb, key, "NotBefore answer"), key)
-        return LegStatus(
-            state=leg_state,
-            terms_hash=codec.word_from_json(terms_hash, "terms_hash"),
-            reason=codec.int_from_json(data.get("reason", 0), "reason"),
-            height=at,
-            not_before=not_before,
-        )
+            status = replace(status, not_before=codec.not_before_from_json(raw_nb, leg))
+        return status
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance, receive status, eligibility, freeze and pause (committed).
@@ -505,17 +474,7 @@ class FabricAdapter(StepTemplate):
         """The chaincode's ``HaltStatus`` (committed state: final on Fabric)."""
         word = ZERO_WORD if security is None else security.word
         raw = await self._client.evaluate(self._chaincode, "HaltStatus", [codec.word_hex(word)])
-        data = codec.object_from_json(raw, "HaltStatus answer")
-        depository = data.get("depository")
-        key = None
-        if isinstance(depository, str):
-            key = codec.word_from_json("0x" + "00" * 12 + depository[2:], "depository")[12:]
-        return HaltStatus(
-            security_halted=data.get("security_halted") is True,
-            ledger_halted=data.get("ledger_halted") is True,
-            sequence=codec.int_from_json(data.get("sequence", 0), "sequence"),
-            depository=key,
-        )
+        return codec.halt_status_from_json(raw)
 
     async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
         """``ApplyOrder(order JSON, signature)``; idempotent by the chaincode's sequence.

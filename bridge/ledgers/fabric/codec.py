@@ -15,7 +15,17 @@ from typing import Any
 
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput
-from bridge.domain.legs import HolderStatus, Leg, SignatureSet
+from bridge.domain.governance import HaltStatus
+from bridge.domain.legs import (
+    EventPosition,
+    HolderStatus,
+    LedgerEvent,
+    Leg,
+    LegState,
+    LegStatus,
+    SignatureSet,
+    leg_state_from_ledger,
+)
 from bridge.domain.terms import TransferTerms
 
 _WORD_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -284,3 +294,79 @@ def flow_status_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[int, li
         int_from_json(_field(data, name, "flow status"), name) for name in FLOW_STATUS_FIELDS
     ]
     return as_of, figures
+
+
+# ---- endpoint answers as domain values (shared by every kind that runs the endpoint
+# protocol module: the Fabric chaincode and the CometBFT application, ADR 0018)
+
+
+def leg_event_from_json(
+    payload: str | bytes | Mapping[str, Any],
+    *,
+    ledger: str,
+    position: EventPosition,
+    block_hash: bytes,
+    tx_id: str,
+) -> LedgerEvent:
+    """A ``LegStateChanged`` payload as a LedgerEvent; ValueError when malformed, or when a
+    LOCKED event's terms do not hash to its ``terms_hash``."""
+    what = f"LegStateChanged event in tx {tx_id}"
+    data = _object(payload, what)
+    leg = leg_from_index(_field(data, "leg", what))
+    state = leg_state_from_ledger(leg, int_from_json(_field(data, "state", what), "state"))
+    terms_hash = word_from_json(_field(data, "terms_hash", what), "terms_hash")
+    terms: TransferTerms | None = None
+    raw_terms = data.get("terms")
+    if state is LegState.LOCKED and raw_terms:
+        terms = terms_from_json(raw_terms)
+        if terms.terms_hash != terms_hash:
+            raise ValueError(f"{what}: terms do not hash to the event's terms_hash")
+    return LedgerEvent(
+        ledger=ledger,
+        position=position,
+        block_hash=block_hash,
+        tx_id=tx_id,
+        transfer_id=word_from_json(_field(data, "transfer_id", what), "transfer_id"),
+        leg=leg,
+        state=state,
+        reason=int_from_json(data.get("reason", 0), "reason"),
+        terms_hash=terms_hash,
+        terms=terms,
+    )
+
+
+def leg_status_from_json(
+    raw: str | bytes | Mapping[str, Any], leg: Leg, height: int, not_before: int = 0
+) -> LegStatus:
+    """The ``GetLeg`` answer as a LegStatus read at ``height``; ValueError when malformed."""
+    data = _object(raw, "GetLeg answer")
+    state = int_from_json(_field(data, "state", "GetLeg answer"), "state")
+    return LegStatus(
+        state=leg_state_from_ledger(leg, state),
+        terms_hash=word_from_json(data.get("terms_hash") or "0x" + "00" * 32, "terms_hash"),
+        reason=int_from_json(data.get("reason", 0), "reason"),
+        height=height,
+        not_before=not_before,
+    )
+
+
+def not_before_from_json(raw: str | bytes | Mapping[str, Any], leg: Leg) -> int:
+    """The ``NotBefore`` answer's time for ``leg`` (ADR 0010)."""
+    data = _object(raw, "NotBefore answer")
+    key = "outbound" if leg is Leg.OUTBOUND else "inbound"
+    return int_from_json(_field(data, key, "NotBefore answer"), key)
+
+
+def halt_status_from_json(raw: str | bytes | Mapping[str, Any]) -> HaltStatus:
+    """The ``HaltStatus`` answer (the depository key as 20 bytes, None when unset)."""
+    data = _object(raw, "HaltStatus answer")
+    depository = data.get("depository")
+    key = None
+    if isinstance(depository, str):
+        key = word_from_json("0x" + "00" * 12 + depository[2:], "depository")[12:]
+    return HaltStatus(
+        security_halted=data.get("security_halted") is True,
+        ledger_halted=data.get("ledger_halted") is True,
+        sequence=int_from_json(data.get("sequence", 0), "sequence"),
+        depository=key,
+    )

@@ -1,0 +1,305 @@
+"""The ledger adapter for the KSTB application on a CometBFT chain (ADR 0018).
+
+CometBFT has instant finality: a committed block is final, so ``finalized_height`` is the
+latest committed block and every ABCI query (answered from committed state at a height) is
+a final read. The application keeps every height's state, so reads at a past height are
+exact. Steps go through the submit template: send = sign and broadcast (CheckTx), wait
+final = the transaction committed in a block; a refusal is the result code's ErrorReason.
+The endpoint speaks the chaincode protocol's JSON formats (``bridge.ledgers.fabric.codec``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from bridge.config import LedgerConfig
+from bridge.core.reasons import ErrorReason
+from bridge.domain.committee import CommitteeRotation, EpochWindow
+from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound
+from bridge.domain.flow import FlowStatus
+from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.legs import (
+    Action,
+    EventPosition,
+    HolderStatus,
+    LedgerEvent,
+    Leg,
+    LegState,
+    LegStatus,
+    SignatureSet,
+    TxOutcome,
+)
+from bridge.domain.supply import SupplyReading
+from bridge.ledgers.cometbft.kind import CometAddressCodec
+from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
+from bridge.ledgers.fabric import codec
+from bridge.ledgers.steps import Step, StepTemplate
+
+EVENT_NAME = "LegStateChanged"
+CATCH_UP_S = 5.0
+"""How long a read at a height this node has not committed yet waits for it."""
+META_PAGE = 20
+"""Block metas per ``blockchain`` call (CometBFT's maximum)."""
+FUNCTIONS: Mapping[Action, str] = {
+    Action.LOCK: "Lock",
+    Action.PREPARE: "Prepare",
+    Action.MARK_EXPIRED: "MarkExpired",
+    Action.COMMIT: "Commit",
+    Action.ABORT: "Abort",
+}
+_ADDRESSES = CometAddressCodec()
+
+
+class CometAdapter(StepTemplate):
+    """LedgerAdapter over one node's JSON-RPC; writable when the client holds a signer."""
+
+    def __init__(self, config: LedgerConfig, client: CometClient) -> None:
+        from bridge.ledgers.kinds import get_kind
+
+        self._ledger = config.id
+        self._client = client
+        self._bridge_word = get_kind("cometbft").bridge_word(config)
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+        return self._ledger
+
+    @property
+    def kind(self) -> str:
+        """Always ``cometbft``."""
+        return "cometbft"
+
+    @property
+    def bridge_word(self) -> bytes:
+        """The endpoint's word (see ``CometKind.bridge_word``)."""
+        return self._bridge_word
+
+    @property
+    def operator(self) -> str:
+        """The signer's endpoint identity (``key:<account id>``), or empty (read-only)."""
+        return f"key:{self._client.account}" if self._client.account else ""
+
+    @property
+    def writable(self) -> bool:
+        """True with a signer."""
+        return bool(self._client.account)
+
+    @property
+    def client(self) -> CometClient:
+        """The node client (closed by :meth:`close`)."""
+        return self._client
+
+    def parse_address(self, text: str) -> bytes:
+        """``0x`` + 40 hex into a word."""
+        return _ADDRESSES.parse(text)
+
+    def format_address(self, word: bytes) -> str:
+        """A word back to lowercase ``0x`` + 40 hex."""
+        return _ADDRESSES.format(word)
+
+    # -- reads --------------------------------------------------------------------------------
+    async def _view(self, function: str, args: list[str], height: int | None = None) -> bytes:
+        value, _ = await self._client.query(function, args, height or 0)
+        return value
+
+    async def endpoint_info(self) -> dict[str, object]:
+        """The endpoint's ``Info`` (ledger name, chain id, app name, words, governance)."""
+        info = json.loads(await self._view("Info", []))
+        if not isinstance(info, dict):
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, "Info is not an object")
+        return info
+
+    async def network_word(self) -> bytes:
+        """The network word the chain's endpoint holds (its genesis pinned it)."""
+        info = await self.endpoint_info()
+        return codec.word_from_json(info.get("network_word"), "network_word")
+
+    async def finalized_height(self) -> int:
+        """The latest committed block (CometBFT commits are final)."""
+        return await self._client.latest_height()
+
+    async def _final_at_least(self, height: int | None) -> int:
+        """The finalized height, once it reaches ``height`` (a node other than the one that
+        reported ``height`` may be a block behind: wait up to CATCH_UP_S); InvalidInput when
+        it does not."""
+        final = await self.finalized_height()
+        deadline = time.monotonic() + CATCH_UP_S
+        while height is not None and height > final:
+            if time.monotonic() > deadline:
+                raise InvalidInput(f"height {height} is not finalized on {self._ledger}")
+            await asyncio.sleep(0.1)
+            final = await self.finalized_height()
+        return final
+
+    async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
+        """Every ``LegStateChanged`` after ``after`` through ``up_to_height``, in order.
+
+        Positions are (height, index of the transaction in its block); only successful
+        transactions carry events. Blocks are listed in pages of META_PAGE metas and only
+        blocks with transactions are read (``block_results``). A payload that does not
+        parse raises ValueError (the caller must not skip past it)."""
+        lo = max(1, after.height if after is not None else 1)
+        out: list[LedgerEvent] = []
+        while lo <= up_to_height:
+            hi = min(up_to_height, lo + META_PAGE - 1)
+            for height, block_hash, n_txs in await self._client.block_metas(lo, hi):
+                if not n_txs:
+                    continue
+                for ev in await self._client.block_events(height):
+                    position = EventPosition(ev.height, ev.index)
+                    if ev.name != EVENT_NAME or (after is not None and position <= after):
+                        continue
+                    out.append(self._event(position, block_hash, ev))
+            lo = hi + 1
+        return out
+
+    def _event(self, position: EventPosition, block_hash: bytes, ev: TxEvent) -> LedgerEvent:
+        return codec.leg_event_from_json(
+            ev.payload,
+            ledger=self._ledger.name,
+            position=position,
+            block_hash=block_hash,
+            tx_id=ev.tx_hash,
+        )
+
+    async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
+        """The leg's state at ``height`` (default: the latest committed block), exact."""
+        final = await self._final_at_least(height)
+        at = height if height is not None else final
+        raw = await self._view("GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)], at)
+        status = codec.leg_status_from_json(raw, leg, at)
+        if status.state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
+            nb = await self._view("NotBefore", [codec.word_hex(transfer_id)], at)
+            status = replace(status, not_before=codec.not_before_from_json(nb, leg))
+        return status
+
+    async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
+        """Registration, balance and standing at the latest committed block."""
+        raw = await self._view("HolderStatus", [security.isin, self.format_address(holder)])
+        return codec.holder_from_json(raw)
+
+    async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
+        """The ``Supply`` figures as of block ``height`` (default: the latest), exactly (the
+        application keeps every height's state), with that block's hash."""
+        final = await self._final_at_least(height)
+        at = height if height is not None else final
+        try:
+            raw, read = await self._client.query("Supply", [security.isin], at)
+        except LedgerRejected as exc:
+            if exc.reason is ErrorReason.UNKNOWN_SECURITY:
+                raise NotFound(
+                    f"security {security.isin} is not registered on {self._ledger}"
+                ) from exc
+            raise
+        figures = codec.supply_from_json(raw)
+        return SupplyReading(
+            ledger=self._ledger.name,
+            height=read,
+            block_hash=await self._client.block_hash(read),
+            total_supply=figures["total_supply"],
+            escrowed=figures["escrowed"],
+            prepared=figures["prepared"],
+            burned_out=figures["burned_out"],
+            minted_in=figures["minted_in"],
+        )
+
+    async def committees(self, height: int | None = None) -> tuple[EpochWindow, ...]:
+        """The endpoint's ``Committees`` at ``height`` ("now" = that block's time)."""
+        final = await self._final_at_least(height)
+        raw = await self._view("Committees", [], height if height is not None else final)
+        try:
+            return codec.committees_from_json(raw)
+        except ValueError as exc:
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Committees: {exc}") from exc
+
+    async def flow_status(self, security: SecurityId, counterpart: LedgerId) -> FlowStatus:
+        """The lane's flow limit and buckets as of the latest block's time."""
+        raw = await self._view("FlowStatus", [security.isin, counterpart.name])
+        try:
+            as_of, figures = codec.flow_status_from_json(raw)
+        except ValueError as exc:
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"FlowStatus: {exc}") from exc
+        return FlowStatus.from_words(
+            self._ledger.name, counterpart.name, security.isin, as_of, figures
+        )
+
+    async def halt_status(self, security: SecurityId | None) -> HaltStatus:
+        """The endpoint's ``HaltStatus`` (committed state)."""
+        word = ZERO_WORD if security is None else security.word
+        return codec.halt_status_from_json(await self._view("HaltStatus", [codec.word_hex(word)]))
+
+    # -- writes: the step template ---------------------------------------------------------
+    async def _send_step(self, step: Step) -> str:
+        """Sign and broadcast the step's call; its transaction hash."""
+        args = [codec.terms_to_json(step.terms)]
+        if step.action is Action.LOCK:
+            args.append("0x" + step.instruction.hex())
+        else:
+            assert step.certificate is not None
+            args.append(codec.certificate_to_json(step.certificate))
+        return await self._client.send(FUNCTIONS[step.action], args)
+
+    async def _wait_step_final(self, step: Step, handle: str) -> TxOutcome:
+        """Wait until the transaction is committed (final). A refusal raises its code's
+        ErrorReason, unless a re-read shows a concurrent submission applied the step."""
+        done = await self._client.committed(handle)
+        if done.code:
+            applied = await self._step_applied(step)
+            if applied is not None:
+                return applied
+            raise refusal(done.code, done.log, self._ledger.name)
+        return TxOutcome(tx_id=handle, height=done.height, already_applied=False)
+
+    async def _call(self, function: str, args: list[str]) -> TxOutcome:
+        done = await self._client.committed(await self._client.send(function, args))
+        if done.code:
+            raise refusal(done.code, done.log, self._ledger.name)
+        return TxOutcome(tx_id=done.tx_hash, height=done.height, already_applied=False)
+
+    async def install_committee(
+        self, rotation: CommitteeRotation, certificate: SignatureSet
+    ) -> TxOutcome:
+        """``RotateCommittee``; ``RotationAlreadyInstalled`` is ``already_applied``."""
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no signer")
+        args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
+        try:
+            return await self._call("RotateCommittee", args)
+        except LedgerRejected as exc:
+            if exc.reason is not ErrorReason.ROTATION_ALREADY_INSTALLED:
+                raise
+        return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+
+    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
+        """``ApplyOrder``; idempotent by the endpoint's sequence."""
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no signer")
+        if (await self.halt_status(None)).sequence >= order.sequence:
+            return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+        if time.time() >= order.expiry:
+            raise LedgerRejected(
+                ErrorReason.ORDER_EXPIRED, f"expiry={order.expiry} (checked by the relayer)"
+            )
+        args = [
+            json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
+            "0x" + signature.hex(),
+        ]
+        try:
+            return await self._call("ApplyOrder", args)
+        except LedgerRejected:
+            if (await self.halt_status(None)).sequence >= order.sequence:
+                return TxOutcome(
+                    tx_id="", height=await self.finalized_height(), already_applied=True
+                )
+            raise
+
+    async def close(self) -> None:
+        """Close the node client."""
+        await self._client.close()

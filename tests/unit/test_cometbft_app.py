@@ -1,0 +1,273 @@
+"""The CometBFT application's rules without a node: the envelope (forged, cross-chain,
+malformed, malleated), nonces (replay refused, consumed on refusal), atomic refusals,
+deterministic app hashes, restart from the store, the pinned code, queries at a height, and
+the committed ABCI stubs against the pinned CometBFT protos (ADR 0018)."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.core.reasons import ErrorReason
+from bridge.core.signatures import SECP256K1_N
+from bridge.domain.signer import LocalKeySigner
+from bridge.ledgers.cometbft.envelope import (
+    EnvelopeCode,
+    EnvelopeError,
+    TxBody,
+    account_id,
+    canonical,
+    decode,
+    reason_code,
+    reason_of,
+    sign,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+for sub in ("contracts/fabric", "contracts/cometbft"):
+    if str(ROOT / sub) not in sys.path:
+        sys.path.insert(0, str(ROOT / sub))
+
+from kstb_cometbft.app import App, CodeMismatch  # noqa: E402
+from kstb_cometbft.store import VersionedStore  # noqa: E402
+
+pytestmark = [pytest.mark.unit, pytest.mark.cometbft, pytest.mark.security]
+
+CHAIN = "kstb-unit-1"
+ISIN = "KR7005930003"
+ADMIN = LocalKeySigner(bytes([0x11]) * 32)
+OTHER = LocalKeySigner(bytes([0x22]) * 32)
+T0 = 1_800_000_000
+
+
+def _genesis(fingerprint: str) -> bytes:
+    members = sorted(LocalKeySigner(bytes([i]) * 32).address for i in range(1, 5))
+    committee = {"epoch": 1, "threshold": 3, "members": ["0x" + m.hex() for m in members]}
+    gov = {"issuer": "IssuerOrg", "admin_orgs": ["IssuerOrg"], "quorum": 1}
+    return canonical(
+        {
+            "fingerprint": fingerprint,
+            "accounts": {account_id(ADMIN.address): {"org": "IssuerOrg", "roles": ["admin"]}},
+            "init": {
+                "ledger_name": "unit-cmt",
+                "app_name": "kstb",
+                "committee": json.dumps(committee, sort_keys=True, separators=(",", ":")),
+                "network": "0x" + "ab" * 32,
+                "governance": json.dumps(gov, sort_keys=True, separators=(",", ":")),
+            },
+        }
+    )
+
+
+def _tx(signer: LocalKeySigner, nonce: int, function: str, *args: str, chain: str = CHAIN) -> bytes:
+    return sign(TxBody(chain, function, tuple(args), nonce, signer.address), signer)
+
+
+def _app(tmp_path: Path) -> App:
+    app = App(VersionedStore(tmp_path / "app.sqlite"))
+    app.init_chain(CHAIN, _genesis(app.fingerprint), T0)
+    return app
+
+
+def _block(app: App, *txs: bytes) -> list[int]:
+    height = app.info().height + 1
+    results, _ = app.finalize_block(height, T0 + height, list(txs))
+    app.commit()
+    return [r.code for r in results]
+
+
+def _supply(app: App, height: int = 0) -> dict[str, str]:
+    r = app.query("/q/Supply", canonical([ISIN]), height)
+    assert r.code == 0, r.log
+    return dict(json.loads(r.value))
+
+
+# -- envelope --------------------------------------------------------------------------------
+def test_reason_codes_are_distinct_and_outside_the_envelope_codes() -> None:
+    codes = {reason_code(r) for r in ErrorReason}
+    assert len(codes) == len(ErrorReason)
+    assert all(c >= 1000 for c in codes)
+    assert all(reason_of(reason_code(r)) is r for r in ErrorReason)
+    assert reason_of(int(EnvelopeCode.BAD_NONCE)) is None
+
+
+def test_forged_signature_is_refused() -> None:
+    body = TxBody(CHAIN, "RegisterSecurity", (ISIN,), 0, ADMIN.address)
+    raw = json.loads(sign(body, ADMIN))
+    raw["sig"] = "0x" + OTHER.sign_digest(body.digest()).hex()  # another key signs it
+    with pytest.raises(EnvelopeError) as err:
+        decode(canonical(raw), CHAIN)
+    assert err.value.code is EnvelopeCode.BAD_SIGNATURE
+
+
+def test_a_body_naming_another_signer_cannot_be_made() -> None:
+    with pytest.raises(ValueError, match="another signer"):
+        sign(TxBody(CHAIN, "Issue", (), 0, ADMIN.address), OTHER)
+
+
+def test_cross_chain_replay_is_refused() -> None:
+    with pytest.raises(EnvelopeError) as err:
+        decode(_tx(ADMIN, 0, "RegisterSecurity", ISIN, chain="other-chain"), CHAIN)
+    assert err.value.code is EnvelopeCode.WRONG_CHAIN
+
+
+def test_malleated_high_s_twin_is_refused() -> None:
+    body = TxBody(CHAIN, "RegisterSecurity", (ISIN,), 0, ADMIN.address)
+    obj = json.loads(sign(body, ADMIN))
+    sig = bytes.fromhex(obj["sig"][2:])
+    s = SECP256K1_N - int.from_bytes(sig[32:64], "big")
+    twin = sig[:32] + s.to_bytes(32, "big") + bytes([55 - sig[64]])
+    obj["sig"] = "0x" + twin.hex()
+    with pytest.raises(EnvelopeError) as err:
+        decode(canonical(obj), CHAIN)
+    assert err.value.code is EnvelopeCode.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"{}", b'{"body":{},"sig":"0x00"}', b"x" * 70_000],
+    ids=["not-json", "empty", "bad-body", "too-large"],
+)
+def test_malformed_envelopes_are_refused(raw: bytes) -> None:
+    with pytest.raises(EnvelopeError) as err:
+        decode(raw, CHAIN)
+    assert err.value.code is EnvelopeCode.MALFORMED
+
+
+def test_non_canonical_encoding_is_refused() -> None:
+    raw = _tx(ADMIN, 0, "RegisterSecurity", ISIN)
+    spaced = json.dumps(json.loads(raw), sort_keys=True).encode()  # same content, spaces
+    with pytest.raises(EnvelopeError) as err:
+        decode(spaced, CHAIN)
+    assert err.value.code is EnvelopeCode.MALFORMED
+
+
+# -- the application ---------------------------------------------------------------------------
+def test_replayed_transaction_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    holder = "0x" + "33" * 20
+    assert _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN)) == [0]
+    assert _block(app, _tx(ADMIN, 1, "SetEligible", ISIN, holder, "true")) == [0]
+    issue = _tx(ADMIN, 2, "Issue", ISIN, holder, "100")
+    assert _block(app, issue) == [0]
+    assert app.check_tx(issue).code == EnvelopeCode.BAD_NONCE  # mempool refuses it
+    assert _block(app, issue) == [int(EnvelopeCode.BAD_NONCE)]  # and so does the block
+    assert _supply(app)["total_supply"] == "100"
+
+
+def _relayer(app: App, signer: LocalKeySigner, admin_nonce: int) -> None:
+    identity = f"key:{account_id(signer.address)}"
+    assert _block(app, _tx(ADMIN, admin_nonce, "SetRelayer", identity, "true")) == [0]
+
+
+def test_a_stranger_key_is_refused_before_it_writes_anything(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    stranger = LocalKeySigner(secrets.token_bytes(32))
+    tx = _tx(stranger, 0, "RegisterSecurity", ISIN)
+    assert app.check_tx(tx).code == EnvelopeCode.UNKNOWN_ACCOUNT
+    assert _block(app, tx) == [int(EnvelopeCode.UNKNOWN_ACCOUNT)]  # a proposer included it
+    assert app.query("/nonce", account_id(stranger.address).encode(), 0).value == b"0"
+    assert app.store.scan("n/", app.info().height) == []
+
+
+def test_a_refused_call_consumes_the_nonce_and_writes_nothing_else(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    _relayer(app, OTHER, 0)
+    # OTHER is a relayer, no admin: NotAdmin, by code; its nonce is used up, nothing else.
+    refused = _tx(OTHER, 0, "RegisterSecurity", ISIN)
+    assert _block(app, refused) == [reason_code(ErrorReason.NOT_ADMIN)]
+    r = app.query("/q/Supply", canonical([ISIN]), 0)
+    assert r.code == reason_code(ErrorReason.UNKNOWN_SECURITY)
+    assert app.query("/nonce", account_id(OTHER.address).encode(), 0).value == b"1"
+    assert _block(app, refused) == [int(EnvelopeCode.BAD_NONCE)]  # never replayable
+
+
+def test_a_query_function_is_not_a_transaction(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    assert app.check_tx(_tx(ADMIN, 0, "Supply", ISIN)).code == EnvelopeCode.READ_ONLY_FUNCTION
+
+
+def test_a_gap_in_nonces_is_refused(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    assert _block(app, _tx(ADMIN, 5, "RegisterSecurity", ISIN)) == [int(EnvelopeCode.BAD_NONCE)]
+
+
+def test_app_hash_is_deterministic_and_restart_continues(tmp_path: Path) -> None:
+    relayer = _tx(ADMIN, 0, "SetRelayer", f"key:{account_id(OTHER.address)}", "true")
+    txs = [
+        relayer,
+        _tx(ADMIN, 1, "RegisterSecurity", ISIN),
+        _tx(OTHER, 0, "RegisterSecurity", ISIN),
+    ]
+    hashes = []
+    for name in ("a", "b"):
+        app = _app(tmp_path / name)
+        results, app_hash = app.finalize_block(1, T0 + 1, txs)
+        app.commit()
+        hashes.append(app_hash)
+        assert [r.code for r in results] == [0, 0, reason_code(ErrorReason.NOT_ADMIN)]
+    assert hashes[0] == hashes[1]
+    # Restart: a new process on the same store knows the last block and goes on.
+    again = App(VersionedStore(tmp_path / "a" / "app.sqlite"))
+    assert again.info().height == 1
+    assert again.info().app_hash == hashes[0]
+    assert _block(again, _tx(ADMIN, 2, "SetPaused", ISIN, "true")) == [0]
+
+
+def test_uncommitted_block_is_not_persisted(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    app.finalize_block(2, T0 + 2, [_tx(ADMIN, 1, "SetPaused", ISIN, "true")])  # crash here
+    again = App(VersionedStore(tmp_path / "app.sqlite"))
+    assert again.info().height == 1  # CometBFT replays block 2 from its own store
+
+
+def test_other_code_refuses_the_chain(tmp_path: Path) -> None:
+    app = App(VersionedStore(tmp_path / "app.sqlite"))
+    with pytest.raises(CodeMismatch):
+        app.init_chain(CHAIN, _genesis("00" * 32), T0)
+    good = _app(tmp_path / "ok")
+    _block(good, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    with pytest.raises(CodeMismatch):
+        App(VersionedStore(tmp_path / "ok" / "app.sqlite"), fingerprint="ff" * 32)
+
+
+def test_queries_read_exactly_the_state_at_a_height(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    holder = "0x" + "44" * 20
+    _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    _block(app, _tx(ADMIN, 1, "SetEligible", ISIN, holder, "true"))
+    _block(app, _tx(ADMIN, 2, "Issue", ISIN, holder, "7"))
+    _block(app, _tx(ADMIN, 3, "Issue", ISIN, holder, "5"))
+    assert _supply(app, 3)["total_supply"] == "7"
+    assert _supply(app)["total_supply"] == "12"
+    r = app.query("/q/Supply", canonical([ISIN]), 99)
+    assert r.code == reason_code(ErrorReason.INVALID_ARGUMENT)
+
+
+def test_committed_abci_stubs_match_the_pinned_protos() -> None:
+    gen = ROOT / "contracts" / "cometbft" / "gen_abci.py"
+    version = runpy.run_path(str(gen))["version"]()
+    if not (ROOT / ".cache" / "cometbft" / version / "proto").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("cometbft protos absent: CI builds deploy/cometbft/build.sh")
+        pytest.skip("cometbft protos absent (run deploy/cometbft/build.sh)")
+    out = subprocess.run(
+        [sys.executable, str(gen), "--check"], check=False, capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_relayer_key_gets_no_admin_role(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    _relayer(app, OTHER, 0)
+    stranger = f"key:{account_id(LocalKeySigner(secrets.token_bytes(32)).address)}"
+    codes = _block(app, _tx(OTHER, 0, "SetRelayer", stranger, "true"))
+    assert codes == [reason_code(ErrorReason.NOT_ADMIN)]
