@@ -75,8 +75,13 @@ def sample(annotation: Any, metadata: list[Any] | None = None) -> Any:
 
 
 def full_sample(model: type[BaseModel]) -> dict[str, Any]:
-    """Every key of ``model`` (optional ones too) with a valid value."""
-    return {name: sample(f.annotation, f.metadata) for name, f in model.model_fields.items()}
+    """Every key of ``model`` (optional ones too) with a valid value: the field's first
+    declared example when it has one (a kind's own patterns need no entry here), else one
+    derived from its type and constraints."""
+    return {
+        name: f.examples[0] if f.examples else sample(f.annotation, f.metadata)
+        for name, f in model.model_fields.items()
+    }
 
 
 def key_paths(

@@ -33,7 +33,7 @@ class CometTable(LedgerTable):
     transactions are signed for, ``network_word`` the 32-byte word the chain's genesis
     pinned (claims and instructions bind it)."""
 
-    chain: str = Field(pattern=_CHAIN)
+    chain: str = Field(pattern=_CHAIN, examples=["kstb-issuer-1"])
     network_word: str = Field(pattern=_WORD)
 
 
