@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from bridge.cli import credentials
 from bridge.cli import depository as depository_cli
+from bridge.cli import health as health_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import supply as supply_cli
 from bridge.config import load_network
@@ -29,6 +30,7 @@ from bridge.keys.reference import PlainKeyFile
 from bridge.rpc.channels import sync_channel
 from bridge.rpc.errors import describe_rpc_error
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+from bridge.version import add_version_argument
 
 STATE_NAMES = {
     v.number: v.name.removeprefix("TRANSFER_STATE_")
@@ -122,6 +124,7 @@ def _watch(stub: Any, a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    add_version_argument(p)
     p.add_argument("--coordinator", default="127.0.0.1:50051", help="host:port of the coordinator")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
@@ -167,12 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     supply_cli.add_parser(top)
     operator_cli.add_parser(top)
     depository_cli.add_parser(top)  # ---- depository halt
+    health_cli.add_parser(top)  # ---- packaging: the supervisor's probe (ADR 0021)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if args.group == "health":  # ---- packaging: the supervisor's probe (ADR 0021)
+        return health_cli.run(args)
     if args.group in ("supply", "operator", "depository"):
         runners = {"supply": supply_cli.run, "operator": operator_cli.run}
         runners["depository"] = depository_cli.run  # ---- depository halt
