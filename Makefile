@@ -68,7 +68,8 @@ systemd:
 CHAINCODE_ADDRESS ?= kstb-chaincode:9999
 release: setup
 	rm -rf dist
-	$(BIN)/python -m build --no-isolation --outdir dist .
+	@# SOURCE_DATE_EPOCH = the commit's time: the same commit gives a byte-identical wheel.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(BIN)/python -m build --no-isolation --outdir dist .
 	$(BIN)/python -m bridge.tools.release --dist dist --chaincode-address $(CHAINCODE_ADDRESS)
 
 demo: setup fabric
