@@ -429,3 +429,57 @@ def test_bridge_health_refuses_a_malformed_role() -> None:
 
     argv = ["health", "--target", "127.0.0.1:1", "--role", "relayer:NOT A LEDGER"]
     assert cli_main(argv) == 2
+
+
+async def test_bridge_health_over_mutual_tls_authenticates_the_role(tmp_path: Path) -> None:
+    """The probe reports SERVING only from a server holding ``--role``: the same healthy
+    coordinator probed as if it were a relayer is unreachable (exit 2), not SERVING."""
+    import asyncio
+
+    from bridge.cli.main import main as cli_main
+    from bridge.config import TlsConfig, dump_toml, load_network
+    from bridge.devnet.pki import DevPki
+    from bridge.rpc.security import server_security
+    from bridge.rpc.server import BridgeServer
+    from tests.unit.test_authorisation import A, network_with
+
+    pki = DevPki(tmp_path / "pki")
+    pki.organisation("bridge-operator", ["coordinator", "bridge-operator"])
+    server_cert = pki.issue("bridge-operator", "coordinator", "coordinator")
+    pki.organisation(A, [f"brokerage:{A}", f"relayer:{A}"])
+    client_cert = pki.issue(A, f"relayer:{A}", f"relayer-{A}")
+    network_file = network_with(pki, tmp_path)
+    security, audit = server_security(
+        "coordinator",
+        load_network(network_file),
+        TlsConfig(server_cert.cert_file, server_cert.key_file, ()),
+        tmp_path / "audit.jsonl",
+    )
+    config = tmp_path / "relayer.toml"
+    config.write_text(
+        dump_toml(
+            {
+                "network": str(network_file),
+                "tls": {
+                    "cert_file": str(client_cert.cert_file),
+                    "key_file": str(client_cert.key_file),
+                },
+            }
+        )
+    )
+    server = BridgeServer("127.0.0.1:0", ["test.Service"], [], security=security)
+    await server.start(serving=True)
+
+    def probe(role: str) -> int:
+        target = f"127.0.0.1:{server.port}"
+        argv = ["--client-config", str(config), "--timeout", "5", "health"]
+        return cli_main([*argv, "--target", target, "--role", role])
+
+    try:
+        assert await asyncio.to_thread(probe, "coordinator") == 0
+        assert await asyncio.to_thread(probe, f"relayer:{A}") == 2  # wrong server identity
+        await server.set_serving(False)
+        assert await asyncio.to_thread(probe, "coordinator") == 1
+    finally:
+        await server.stop()
+        audit.close()
