@@ -192,6 +192,7 @@ HARDENING = (
 def _unit_root(tmp_path: Path) -> Path:
     """A root with the host's system units (for sysinit.target & co), stub executables
     where the units expect the installed entry points, and our units."""
+    _tool(shutil.which("systemd-analyze"), "systemd")  # skip/fail before copying anything
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     bindir = root / "opt" / "kstb" / "venv" / "bin"
