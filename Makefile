@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/evm/node_modules/.installed
 
-.PHONY: setup softhsm postgres fabric buf geth cometbft demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
+.PHONY: setup softhsm postgres fabric buf geth cometbft helm kubeconform systemd release demo test test-unit test-integration test-e2e test-fabric lint format typecheck proto contracts core bench clean
 
 setup: $(STAMP) $(NODE_STAMP) softhsm postgres
 
@@ -31,8 +31,10 @@ postgres:
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	@# The lock pins every transitive dependency, so it is installed without resolution:
-	@# hyperledger-fabric-protos declares protobuf<6 but its gencode runs on our protobuf 7.
+	@# The lock pins every transitive dependency, so it is installed without resolution: the
+	@# devnet serves the chaincode from this environment, and the chaincode's
+	@# hyperledger-fabric-protos declares protobuf<6 (its gencode runs on our protobuf 7).
+	@# The released wheel needs no such trick (ADR 0021): pip resolves kstb[...] cleanly.
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	@touch $@
@@ -60,6 +62,32 @@ geth:
 cometbft:
 	bash deploy/cometbft/build.sh
 
+
+# Helm and kubeconform (chart checks, ADR 0021), built with the Go toolchain into .cache/.
+helm:
+	bash deploy/helm/build.sh
+
+kubeconform:
+	bash deploy/kubeconform/build.sh
+
+# systemd-analyze, which checks the units in deploy/systemd (Debian package systemd).
+systemd:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; \
+	fi
+
+# The release (ADR 0021): wheel + sdist (the wheel is built from the sdist), the chaincode
+# server's source with its pinned requirements, the Fabric CCaaS package, the Helm chart,
+# the systemd units, the constraints file and SHA256SUMS, all in dist/.
+CHAINCODE_ADDRESS ?= kstb-chaincode:9999
+release: setup
+	rm -rf dist
+	@# SOURCE_DATE_EPOCH = the commit's time: the same commit gives a byte-identical wheel.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/python -m bridge.tools.release --dist dist --chaincode-address $(CHAINCODE_ADDRESS)
+
 demo: setup fabric cometbft
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo
 
@@ -72,7 +100,7 @@ PG_E2E = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_cha
 	tests/e2e/test_flow_limits.py
 PG_E2E_ALL = tests/e2e/test_transfers.py tests/e2e/test_supply.py tests/e2e/test_chaos.py \
 	tests/e2e/test_flow_limits.py tests/e2e/test_rotation.py tests/e2e/test_halt.py
-test: setup fabric buf geth cometbft
+test: setup fabric buf geth cometbft helm kubeconform systemd
 	$(BIN)/python -m pytest
 	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 
@@ -108,4 +136,4 @@ bench: setup
 	$(BIN)/python bench/transfers.py
 
 clean:
-	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache build dist

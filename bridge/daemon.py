@@ -11,6 +11,7 @@ from typing import Any
 from bridge.config_errors import ConfigError
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
+from bridge.version import add_version_argument
 
 EXIT_WRONG_LEDGER = 3
 """Exit status when a node reached is not the configured ledger."""
@@ -46,6 +47,7 @@ def run_daemon(
     exits with :data:`EXIT_CONFIG`.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_version_argument(parser)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     configure(component)  # every line, even before ``run`` binds its fields, is one format

@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from bridge.cli import config_check, credentials
 from bridge.cli import depository as depository_cli
 from bridge.cli import doctor as doctor_cli
+from bridge.cli import health as health_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
@@ -32,6 +33,7 @@ from bridge.keys.reference import PlainKeyFile
 from bridge.rpc.channels import sync_channel
 from bridge.rpc.errors import describe_rpc_error
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
+from bridge.version import add_version_argument
 
 STATE_NAMES = {
     v.number: v.name.removeprefix("TRANSFER_STATE_")
@@ -125,6 +127,7 @@ def _watch(stub: Any, a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    add_version_argument(p)
     p.add_argument("--coordinator", default="127.0.0.1:50051", help="host:port of the coordinator")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
@@ -173,12 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     store_cli.add_parser(top)  # ---- stores (ADR 0022)
     doctor_cli.add_parser(top)  # ---- doctor (issue 12)
     config_check.add_parser(top)  # ---- strict configuration (issue 12)
+    health_cli.add_parser(top)  # ---- packaging: the supervisor's probe (ADR 0021)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    if args.group == "health":  # ---- packaging: the supervisor's probe (ADR 0021)
+        return health_cli.run(args)
     if args.group == "config":  # ---- strict configuration (issue 12): offline, no channel
         return config_check.run(args)
     if args.group == "store":  # ---- stores (ADR 0022): local, no coordinator

@@ -50,6 +50,7 @@ from bridge.v1 import (
     transfer_pb2,
     transfer_pb2_grpc,
 )
+from bridge.version import add_version_argument
 
 
 # ---- doctor (issue 12)
@@ -265,6 +266,7 @@ def _database_password(path: Path | None) -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     parser = argparse.ArgumentParser(prog="bridge-coordinator", description=__doc__)
+    add_version_argument(parser)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     configure("coordinator")  # every line, even a configuration error, is one format

@@ -17,6 +17,7 @@ client is imported inside :meth:`LedgerKind.open`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -151,6 +152,41 @@ def holder_direct_locks(name: str) -> bool:
 
 
 _LOADED: dict[str, LedgerKind] = {}
+
+
+class MissingExtra(InvalidInput):
+    """A configured ledger kind's client library is not installed.
+
+    Guarantees: raised before any connection is attempted, and names the package extra that
+    provides the library (``pip install 'kstb[<extra>]'``) in :attr:`extra`, the kind in
+    :attr:`ledger_kind` and the absent top-level module in :attr:`module`; callers branch on those
+    attributes, never on the message.
+    """
+
+    def __init__(self, kind: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"ledger kind {kind!r} needs the {module!r} package, which is not installed: "
+            f"install the [{extra}] extra (pip install 'kstb[{extra}]')"
+        )
+        self.ledger_kind = kind
+        self.extra = extra
+        self.module = module
+
+
+def require_extra(kind: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Raise :class:`MissingExtra` unless every top-level module in ``modules`` is importable.
+
+    Guarantees: imports nothing (it asks the import system whether the module can be found),
+    so a kind calls it at the top of ``open`` to turn a bare ImportError deep inside its
+    client into a typed error naming the extra.
+    """
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a finder that refuses it, or a broken install
+            found = False
+        if not found:
+            raise MissingExtra(kind, extra, module)
 
 
 def _entry_points() -> dict[str, str]:

@@ -17,11 +17,15 @@ from bridge.core.words import fabric_bridge_word
 from bridge.domain.errors import InvalidInput, LedgerRejected
 from bridge.domain.ids import LedgerId
 from bridge.ledgers.addresses import AddressCodec
-from bridge.ledgers.kinds import LedgerTable
+from bridge.ledgers.kinds import LedgerTable, require_extra
 
 if TYPE_CHECKING:
     from bridge.ledgers.adapter import LedgerAdapter, LedgerReader
     from bridge.ledgers.startup import ReachedLedger
+
+EXTRA = "cometbft"
+"""The optional dependency set (``pip install kstb[cometbft]``) this kind's client needs."""
+CLIENT_MODULES = ("aiohttp",)
 
 _WORD = r"^0x[0-9a-fA-F]{64}$"
 _CHAIN = r"^[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*$"
@@ -119,7 +123,9 @@ class CometKind:
         auth: LedgerAuth | None,
         writable: bool,
     ) -> LedgerAdapter:
-        """A :class:`CometAdapter`; a writable one signs through the Signer seam."""
+        """A :class:`CometAdapter`; a writable one signs through the Signer seam.
+        MissingExtra (naming ``cometbft``) when its HTTP client is not installed."""
+        require_extra(self.name, EXTRA, CLIENT_MODULES)
         from bridge.keys.loader import open_signer
         from bridge.ledgers.cometbft.adapter import CometAdapter
         from bridge.ledgers.cometbft.rpc import CometClient
@@ -131,6 +137,7 @@ class CometKind:
 
     async def check_reached(self, config: LedgerConfig, reader: LedgerReader) -> ReachedLedger:
         """The application's ``Info`` names this ledger, chain, app and words."""
+        require_extra(self.name, EXTRA, CLIENT_MODULES)
         from bridge.ledgers.cometbft.adapter import CometAdapter
         from bridge.ledgers.startup import LedgerMismatch, ReachedLedger
 

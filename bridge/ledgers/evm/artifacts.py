@@ -2,6 +2,8 @@
 
 The artifacts are committed and produced by ``python -m bridge.tools.build_contracts``;
 the unit test ``tests/unit/test_contract_artifacts.py`` guarantees they match the sources.
+An installed wheel carries a copy in ``bridge/ledgers/evm/_artifacts`` (setup.py, ADR 0021),
+which is read when present; a source checkout reads ``contracts/evm/artifacts``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-ARTIFACTS_DIR = Path(__file__).resolve().parents[3] / "contracts" / "evm" / "artifacts"
+_PACKAGED = Path(__file__).resolve().parent / "_artifacts"
+ARTIFACTS_DIR = (
+    _PACKAGED
+    if _PACKAGED.is_dir()
+    else Path(__file__).resolve().parents[3] / "contracts" / "evm" / "artifacts"
+)
 CONTRACT_NAMES = ("BridgeEndpoint", "SecurityToken")
 
 

@@ -18,11 +18,16 @@ from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, evm_address_word
 from bridge.ledgers.addresses import AddressCodec, EvmAddressCodec
 from bridge.ledgers.evm.profiles import check_ledger, get_profile
-from bridge.ledgers.kinds import LedgerTable, resolve
+from bridge.ledgers.kinds import LedgerTable, require_extra, resolve
 
 if TYPE_CHECKING:
     from bridge.ledgers.adapter import LedgerAdapter, LedgerReader
     from bridge.ledgers.startup import ReachedLedger
+
+EXTRA = "evm"
+"""The package extra that installs this kind's client (``pip install 'kstb[evm]'``)."""
+CLIENT_MODULES = ("web3", "eth_account")
+"""Top-level modules of the client, checked before it is imported (MissingExtra otherwise)."""
 
 
 class EvmTable(LedgerTable):
@@ -116,7 +121,10 @@ class EvmKind:
         auth: LedgerAuth | None,
         writable: bool,
     ) -> LedgerAdapter:
-        """An :class:`EvmAdapter`; writable ones sign through the Signer seam."""
+        """An :class:`EvmAdapter`; writable ones sign through the Signer seam.
+
+        MissingExtra (naming ``evm``) when web3 is not installed."""
+        require_extra(self.name, EXTRA, CLIENT_MODULES)
         from bridge.keys.loader import open_signer
         from bridge.ledgers.evm.adapter import EvmAdapter
         from bridge.ledgers.evm.transport import EvmTransport
@@ -127,6 +135,7 @@ class EvmKind:
 
     async def check_reached(self, config: LedgerConfig, reader: LedgerReader) -> ReachedLedger:
         """The chain id, code at the endpoint and the endpoint's ledger id match."""
+        require_extra(self.name, EXTRA, CLIENT_MODULES)
         from bridge.ledgers.evm.adapter import EvmAdapter
         from bridge.ledgers.startup import LedgerMismatch, ReachedLedger
 

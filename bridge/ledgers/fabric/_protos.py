@@ -1,10 +1,12 @@
 """The Fabric protobuf modules, typed as ``Any`` for mypy.
 
-``hyperledger-fabric-protos`` ships ``py.typed`` but no ``.pyi`` stubs and builds its message
-classes at import time, so mypy sees none of them (every use would be an ``attr-defined``
-error). Importing the modules through :func:`importlib.import_module` gives them the type
-``Any`` in one place; the rest of the package stays strictly typed. The ``*_grpc`` stub modules are
-untyped generated code and are loaded the same way.
+They are generated into :mod:`bridge.ledgers.fabric.pb` from the vendored fabric-protos
+sources (``python -m bridge.tools.gen_fabric_proto``, ADR 0021), so the bridge needs no Fabric
+wheel at run time. protobuf builds their message classes at import time, so mypy sees none of
+them (every use would be an ``attr-defined`` error). Importing the modules through
+:func:`importlib.import_module` gives them the type ``Any`` in one place; the rest of the
+package stays strictly typed. The ``*_grpc`` stub modules are untyped generated code and are
+loaded the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 
 def _load(name: str) -> Any:
-    return importlib.import_module(f"fabric_protos.{name}")
+    return importlib.import_module(f"bridge.ledgers.fabric.pb.{name}")
 
 
 gateway_pb2: Any = _load("gateway.gateway_pb2")

@@ -1,4 +1,4 @@
-"""A Fabric Gateway client over gRPC (``grpc.aio``), built on ``hyperledger-fabric-protos``.
+"""A Fabric Gateway client over gRPC (``grpc.aio``), built on the Fabric protos (ADR 0021).
 
 One :class:`GatewayClient` talks to one peer's Gateway service (Evaluate, Endorse, Submit,
 CommitStatus, ChaincodeEvents) and Deliver service (bounded block ranges) on one channel, as

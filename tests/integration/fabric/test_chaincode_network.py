@@ -84,8 +84,8 @@ class Bridge:
 
     def newest_chaincode_event(self, workdir: Path) -> tuple[str, str, dict[str, Any]]:
         """(chaincode id, event name, payload) of the first transaction of the newest block."""
-        from fabric_protos.common import common_pb2
-        from fabric_protos.peer import (
+        from bridge.ledgers.fabric.pb.common import common_pb2
+        from bridge.ledgers.fabric.pb.peer import (
             chaincode_event_pb2,
             proposal_pb2,
             proposal_response_pb2,

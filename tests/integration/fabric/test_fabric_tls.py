@@ -30,7 +30,7 @@ from bridge.ledgers.factory import open_reader
 from bridge.ledgers.startup import LedgerMismatch, check_reached
 from tests.integration.fabric.support import BridgeEnv, signing_identity
 
-ab_pb2_grpc = importlib.import_module("fabric_protos.orderer.ab_pb2_grpc")
+ab_pb2_grpc = importlib.import_module("bridge.ledgers.fabric.pb.orderer.ab_pb2_grpc")
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.security]
 
