@@ -13,12 +13,23 @@ import grpc
 from bridge.obs import tracing
 from bridge.rpc.tls import INSECURE_ENV, ClientIdentity, PlaintextRefused
 
+CONNECT_TIMEOUT_MS = 20_000
+"""How long one connection attempt (TCP connect, TLS handshake, HTTP/2 preface) may take.
+
+gRPC names this ``grpc.min_reconnect_backoff_ms`` (the MIN_CONNECT_TIMEOUT of its
+connection-backoff protocol, not a backoff: the subchannel's connect deadline is
+``max(now + this, next backoff)``). It must cover a mutual-TLS handshake on a loaded host:
+at 100 ms a client cut its own handshakes short ("Handshake read failed (Endpoint
+closing)", UNAVAILABLE) whenever the server was slow to answer. A refused peer still fails
+at once (connection refused, or the server closing the handshake); only a peer that is
+slow to answer is waited for, and each call's own deadline still bounds the wait."""
+
 # A peer that restarts should be reachable again within about a second, not after
 # gRPC's default exponential reconnect backoff (which grows to two minutes).
 INTERNAL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),  # the connect timeout, see above
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
