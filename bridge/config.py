@@ -193,6 +193,20 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HaConfig:
+    """``[ha]`` of a coordinator file: active/passive coordinators on one PostgreSQL
+    database (ADR 0017). GUARANTEES (checked at load): a non-empty ``name``, PostgreSQL only,
+    ``0 < renew_interval <= lease_ttl / 3``."""
+
+    name: str
+    """Unique per coordinator: the lease holder and its heartbeat row."""
+    advertise: str
+    """The address clients should use for this coordinator (named by standbys)."""
+    lease_ttl: float = 10.0
+    renew_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     """The coordinator daemon."""
 
@@ -220,6 +234,8 @@ class CoordinatorConfig:
 
     database_password_file: Path | None = None
     """A 0600 file holding the PostgreSQL password (else env BRIDGE_DATABASE_PASSWORD)."""
+    ha: HaConfig | None = None
+    """---- active/passive coordinators (ADR 0017); None: one coordinator per database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,10 +512,12 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
         if name not in relayers:
             raise InvalidInput(f"no relayer configured for ledger {name!r}")
     endpoints, members = _verifier_endpoints(_req(raw, "verifiers", str(path)), network)
+    database = _database(_req(raw, "database", str(path)), base, str(path))
+    listen = str(_req(raw, "listen", str(path)))
     return CoordinatorConfig(
         network=network,
-        listen=str(_req(raw, "listen", str(path))),
-        database=_database(_req(raw, "database", str(path)), base, str(path)),
+        listen=listen,
+        database=database,
         relayers=relayers,
         verifiers=endpoints,
         transfer_ttl=int(raw.get("transfer_ttl", 300)),
@@ -515,7 +533,32 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
             if "database_password_file" in raw
             else None
         ),
+        ha=_ha(raw.get("ha"), database, listen, str(path)),
     )
+
+
+def _ha(table: Any, database: Path | str, listen: str, where: str) -> HaConfig | None:
+    """``[ha]``: active/passive coordinators (ADR 0017), PostgreSQL only.
+
+    SECURITY: SQLite keeps its one-process rule (its exclusive lock file); a lease there
+    would let two hosts believe they share a database they cannot."""
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise InvalidInput(f"{where}: [ha] must be a table")
+    if isinstance(database, Path):
+        raise InvalidInput(f"{where}: [ha] needs a PostgreSQL database (SQLite is one process)")
+    name = str(table.get("name", ""))
+    if not name:
+        raise InvalidInput(f"{where}: [ha] name is required (unique per coordinator)")
+    ttl = _non_negative(table, "lease_ttl", 10.0, f"{where} [ha]")
+    renew = _non_negative(table, "renew_interval", 2.0, f"{where} [ha]")
+    if not (ttl > 0 and 0 < renew <= ttl / 3):
+        raise InvalidInput(
+            f"{where}: [ha] needs 0 < renew_interval <= lease_ttl / 3"
+            f" (got lease_ttl={ttl}, renew_interval={renew})"
+        )
+    return HaConfig(name, str(table.get("advertise", listen)), ttl, renew)
 
 
 def _database(value: Any, base: Path, where: str) -> Path | str:

@@ -165,6 +165,16 @@ class Database:
         self._lock_file: Any = None
         self.path: Path | None = None
         """The SQLite file (None on PostgreSQL)."""
+        self._fence: Callable[[Conn], None] | None = None
+
+    def set_fence(self, check: Callable[[Conn], None] | None) -> None:
+        """Run ``check`` first in every later write transaction (None: no check).
+
+        SECURITY (ADR 0017): the active/passive coordinator sets the lease's fencing check
+        here, so every store write of this process, whatever store makes it, is refused by
+        the database (``check`` raises, the transaction rolls back, nothing is written)
+        unless this process's lease token is still the current one."""
+        self._fence = check
 
     def claim_exclusive(self) -> None:
         """Hold this database for this process alone until :meth:`close`, or raise
@@ -253,6 +263,8 @@ class Database:
         self._ensure_connected()
         self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
+            if self._fence is not None:
+                self._fence(self._conn)  # SECURITY: fencing token check, same transaction
             result = fn(self._conn)
         except BaseException:
             self._end("ROLLBACK")
