@@ -246,6 +246,8 @@ class RelayerConfig:
     ledger: str
     listen: str
     coordinator: str
+    """The coordinator's address, or several comma-separated (active/passive coordinators,
+    ADR 0017; a TOML array is accepted and joined): events go to the leader."""
     key_file: Path | None
     state_db: Path
     poll_interval: float
@@ -537,6 +539,13 @@ def load_coordinator(path: Path) -> CoordinatorConfig:
     )
 
 
+def _coordinators(value: Any) -> str:
+    """``coordinator``: one address, a comma-separated list or an array of addresses."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _ha(table: Any, database: Path | str, listen: str, where: str) -> HaConfig | None:
     """``[ha]``: active/passive coordinators (ADR 0017), PostgreSQL only.
 
@@ -613,7 +622,7 @@ def load_relayer(path: Path) -> RelayerConfig:
         network=network,
         ledger=ledger,
         listen=str(_req(raw, "listen", str(path))),
-        coordinator=str(_req(raw, "coordinator", str(path))),
+        coordinator=_coordinators(_req(raw, "coordinator", str(path))),
         key_file=key.path if isinstance(key, PlainKeyFile) else None,
         state_db=_rel(base, _req(raw, "state_db", str(path))),
         poll_interval=float(raw.get("poll_interval", 0.2)),
