@@ -296,7 +296,7 @@ class LocalSystem:
         def serving() -> bool:
             for name, target in zip(self.coordinator_names, self.coordinator_targets, strict=True):
                 proc = self.processes.get(name)
-                if proc is not None and proc.alive() and _health_serving(target, identity):
+                if proc is not None and proc.alive() and health_serving(target, identity):
                     found.append(name)
                     return True
             return False
@@ -931,7 +931,7 @@ def _table(key: str, value: dict[str, str]) -> dict[str, Any]:
     return {key: value} if value else {}
 
 
-def _health_serving(target: str, identity: Any) -> bool:
+def health_serving(target: str, identity: Any) -> bool:
     """True when ``target``'s gRPC health (whole server) is SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
