@@ -128,8 +128,8 @@ def main() -> int:
             f" {platform.release()}, load {os.getloadavg()[0]:.1f}",
         }
         print()
-        for k, v in result.items():
-            print(f"{k:<20} {v}")
+        for name, value in result.items():
+            print(f"{name:<20} {value}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2))
