@@ -263,6 +263,9 @@ class RelayerConfig:
     """``[ledger_auth]``: how this relayer authenticates to its ledger node."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
+    standby: bool = False
+    """---- active/passive (ADR 0017): wait for the checkpoint store's lock instead of
+    refusing to start while another relayer holds it."""
 
     @property
     def credentials(self) -> Credentials:
@@ -301,6 +304,9 @@ class VerifierConfig:
     """``[rotation]``: the activation and overlap bounds this member signs rotations within."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
+    standby: bool = False
+    """---- active/passive (ADR 0017): wait for the vote log's lock instead of refusing to
+    start while another process of this member holds it (same vote log only)."""
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -635,6 +641,7 @@ def load_relayer(path: Path) -> RelayerConfig:
             base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
         ),
         observability=load_observability(raw, str(path)),
+        standby=_flag(raw, "standby", str(path)),
     )
 
 
@@ -713,7 +720,16 @@ def load_verifier(path: Path) -> VerifierConfig:
         ledger_auth=auth,
         rotation=_rotation_bounds(raw.get("rotation", {})),
         observability=load_observability(raw, str(path)),
+        standby=_flag(raw, "standby", str(path)),
     )
+
+
+def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
+    """A boolean setting (default false); anything but a TOML boolean is refused."""
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: {key} must be true or false")
+    return value
 
 
 _ROTATION_KEYS = ("min_overlap", "max_overlap", "max_activation_delay", "max_activation_lag")

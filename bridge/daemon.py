@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
+from bridge.standby import EXIT_STATE_IN_USE, StateInUse
 
 EXIT_WRONG_LEDGER = 3
 """Exit status when a node reached is not the configured ledger."""
@@ -43,3 +44,6 @@ def run_daemon(
             error=str(exc),
         )
         raise SystemExit(EXIT_WRONG_LEDGER) from None
+    except StateInUse as exc:  # ---- active/passive (ADR 0017)
+        configure(component).error("state in use, refusing to start", error=str(exc))
+        raise SystemExit(EXIT_STATE_IN_USE) from None

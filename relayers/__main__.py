@@ -22,6 +22,7 @@ from bridge.rpc.roles import COORDINATOR, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.rpc.tls import ClientIdentity
+from bridge.standby import StateLock
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
 from relayers.checkpoint import CheckpointStore
 from relayers.metrics import RelayerMetrics
@@ -78,6 +79,9 @@ async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
+    # ---- active/passive (ADR 0017): one relayer per checkpoint store; a standby waits here
+    # and then resumes from the checkpoint the dead one left.
+    await StateLock(cfg.state_db).acquire(cfg.standby)
     obs = DaemonObservability("relayer", cfg.observability)  # ---- observability
     security, audit = server_security(f"relayer-{cfg.ledger}", cfg.network, cfg.tls, cfg.audit_log)
     ledger_cfg = cfg.network.ledger(cfg.ledger)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.domain.errors import InvalidInput, PreconditionFailed
+from bridge.domain.errors import InvalidInput, PreconditionFailed, Unavailable
 
 T = TypeVar("T")
 
@@ -61,6 +61,12 @@ _LOCK_CLASS = 0x4B535442  # "KSTB"
 
 class DatabaseInUse(PreconditionFailed):
     """Another coordinator process holds this database (its exclusive start-up lock)."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """The PostgreSQL server cannot be reached or dropped the connection (UNAVAILABLE: the
+    call may be retried, here or on another coordinator). The transaction did not commit,
+    or (a failure at COMMIT) its outcome is unknown; every step is idempotent (ADR 0002)."""
 
 
 class DatabaseSettingRefused(InvalidInput):
@@ -226,12 +232,25 @@ class Database:
     async def read(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` (reads only) in the worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._read, fn)
+        return await loop.run_in_executor(self._pool, self._typed, self._read, fn)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, fn)
+        return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
+
+    def _typed(self, run: Callable[[Callable[[Conn], T]], T], fn: Callable[[Conn], T]) -> T:
+        """``run(fn)``, a lost PostgreSQL connection raised as DatabaseUnavailable."""
+        if self.dialect is not Dialect.POSTGRES:
+            return run(fn)
+        import psycopg
+
+        try:
+            return run(fn)
+        except psycopg.OperationalError as exc:
+            # The server or the path to it failed (not a constraint or an SQL error, which
+            # stay as they are). The message names host and port only, never a secret.
+            raise DatabaseUnavailable(f"database {self.label} unavailable: {exc}"[:400]) from exc
 
     def _ensure_connected(self) -> None:
         """PostgreSQL: replace a connection the server or network broke (a call that was

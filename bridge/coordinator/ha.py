@@ -182,10 +182,10 @@ async def cluster_status(db: Database) -> ClusterStatus:
     def run(c: Conn) -> ClusterStatus:
         now = db_now(c)
         row = c.execute(
-            f"SELECT holder, address, token, expires_at - {now} FROM coordinator_lease"  # noqa: S608
+            f"SELECT holder, token, expires_at - {now} FROM coordinator_lease"  # noqa: S608
             " WHERE id = 1"
         ).fetchone()
-        holder, address, token, left = str(row[0]), str(row[1]), int(row[2]), float(row[3])
+        holder, token, left = str(row[0]), int(row[1]), float(row[2])
         leader = holder if left > 0 else ""
         members = tuple(
             ClusterMember(str(r[0]), str(r[1]), str(r[0]) == leader, max(0.0, float(r[2])))
@@ -194,6 +194,7 @@ async def cluster_status(db: Database) -> ClusterStatus:
                 " ORDER BY name"
             ).fetchall()
         )
-        return ClusterStatus(leader, address if leader else "", token, left, members)
+        address = next((m.address for m in members if m.name == leader), "")
+        return ClusterStatus(leader, address, token, left, members)
 
     return await db.read(run)

@@ -1,8 +1,9 @@
 """Leader lease with a fencing token for active/passive coordinators (ADR 0017).
 
-One row, ``coordinator_lease(id = 1, holder, token, expires_at, address)``, in the
-coordinators' shared database. Time is the DATABASE's clock only, so coordinators' clocks may
-disagree.
+One row, ``coordinator_lease(id = 1, holder, token, expires_at)``, in the coordinators'
+shared database, and one ``coordinator_members(name, address, started_at, seen_at)`` row per
+coordinator (its advertised address and last heartbeat). Time is the DATABASE's clock only,
+so coordinators' clocks may disagree.
 
 - :meth:`Lease.acquire` takes the lease when it is free or expired (or renews it when held
   by this holder) and then increments ``token``: every new term has a larger token.
@@ -92,7 +93,7 @@ class Lease:
                 (holder, address),
             )
             row = c.execute(
-                f"SELECT holder, token, expires_at < {now}, address FROM coordinator_lease"  # noqa: S608
+                f"SELECT holder, token, expires_at < {now} FROM coordinator_lease"  # noqa: S608
                 " WHERE id = 1" + c.for_update
             ).fetchone()
             current_holder, token, expired = str(row[0]), int(row[1]), bool(row[2])
@@ -103,11 +104,14 @@ class Lease:
                 )
                 return token, holder, address
             if current_holder and not expired and current_holder != holder:
-                return None, current_holder, str(row[3])
+                other = c.execute(
+                    "SELECT address FROM coordinator_members WHERE name = ?", (current_holder,)
+                ).fetchone()
+                return None, current_holder, str(other[0]) if other else ""
             c.execute(
                 "UPDATE coordinator_lease SET holder = ?, token = token + 1,"  # noqa: S608
-                f" expires_at = {now} + ?, address = ? WHERE id = 1",
-                (holder, ttl, address),
+                f" expires_at = {now} + ? WHERE id = 1",
+                (holder, ttl),
             )
             return token + 1, holder, address
 

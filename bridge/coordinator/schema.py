@@ -204,10 +204,9 @@ INSERT INTO coordinator_lease (id, holder, token, expires_at) VALUES (1, '', 0, 
   ON CONFLICT (id) DO NOTHING;
 """
 
-# ---- version 4: active/passive coordinators (ADR 0017): the leader's advertised address
-# (standbys name it to clients) and every coordinator's heartbeat (operator status).
+# ---- version 4: active/passive coordinators (ADR 0017): every coordinator's advertised
+# address (standbys name the leader's to clients) and heartbeat (operator status).
 _V4 = """
-ALTER TABLE coordinator_lease ADD COLUMN address TEXT NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS coordinator_members (
   name TEXT PRIMARY KEY,
   address TEXT NOT NULL,
@@ -293,7 +292,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v1_sqlite_legacy),
     Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
     Migration(3, "coordinator leader lease with fencing token", _V3),
-    Migration(4, "active/passive coordinators: leader address and member heartbeats", _V4),
+    Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 
