@@ -209,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.group in ("supply", "operator", "depository"):
         try:  # several coordinators: the one whose health is SERVING (the leader)
+            args.coordinators = parse_targets(args.coordinator)  # streams fail over
             args.coordinator = serving_target(
                 parse_targets(args.coordinator), credentials.identity(args), args.timeout
             )
