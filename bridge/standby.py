@@ -35,9 +35,15 @@ class StateInUse(PreconditionFailed):
     """Another process holds this durable state's lock (nothing was opened)."""
 
 
+_HELD: set[StateLock] = set()
+"""Every lock this process holds: a lock lives until :meth:`StateLock.release` or the
+process's exit, even when the caller drops its reference (its file would close on GC)."""
+
+
 class StateLock:
     """The exclusive lock on ``<path>.lock``. GUARANTEES: while :meth:`acquire` has
-    returned and :meth:`release` was not called, no other process holds it."""
+    returned and :meth:`release` was not called, no other process holds it (the lock is
+    kept referenced here, so it is not released when the caller's object is collected)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(f"{path}.lock")
@@ -53,6 +59,7 @@ class StateLock:
             fh.close()
             return False
         self._fh = fh
+        _HELD.add(self)
         return True
 
     async def acquire(self, standby: bool, poll: float = 0.2) -> None:
@@ -75,3 +82,4 @@ class StateLock:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        _HELD.discard(self)

@@ -149,8 +149,7 @@ def test_relayer_takes_every_coordinator_address_and_a_standby_flag(tmp_path: Pa
 _HOLDER = """
 import sys, time
 from bridge.standby import StateLock
-lock = StateLock(__import__("pathlib").Path(sys.argv[1]))
-assert lock.try_acquire()
+assert StateLock(__import__("pathlib").Path(sys.argv[1])).try_acquire()  # reference dropped
 print("held", flush=True)
 time.sleep(60)
 """
