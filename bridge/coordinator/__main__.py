@@ -194,6 +194,8 @@ async def run(config_path: Path) -> None:
             return
         # SECURITY: from here every store write carries this term's fencing token.
         db.set_fence(ha.keeper.lease.check)
+        # Renewals start now, not after the (possibly long) resumption below.
+        ha.holding = asyncio.create_task(ha.keeper.hold(stop), name="lease-hold")
     resumed = await coordinator.start()
     await publisher.start()
     await halts.start()
@@ -202,13 +204,15 @@ async def run(config_path: Path) -> None:
         await obs.start(server, probes, stop, metrics_loop)
     else:
         obs.add_loop(metrics_loop)
+        ha.active = True  # calls are served from here (the gate and readiness follow)
         await obs.recheck()  # SERVING now, not at the next probe round
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
         if ha is None:
             await stop.wait()
         else:
-            lost = await ha.keeper.hold(stop)
+            assert ha.holding is not None
+            lost = await ha.holding
             if lost is not LeaderLost.STOPPED:
                 # Fail-stop (ADR 0017): this process may no longer lead; every store write
                 # is already refused by the database. Stop serving and exit at once (no
@@ -252,18 +256,26 @@ class _HaParts:
         self.keeper = LeaseKeeper(
             lease, LeaseTiming(ha.lease_ttl, ha.renew_interval), on_change=metrics.observe
         )
-        self.gate = StandbyGate(lambda: self.keeper.leading, lambda: lease.leader_address)
+        self.active = False
+        """True once elected AND every unfinished transfer and the feed are resumed."""
+        self.holding: asyncio.Task[LeaderLost] | None = None
+        self.gate = StandbyGate(lambda: self.serving, lambda: lease.leader_address)
+
+    @property
+    def serving(self) -> bool:
+        """Leading and started: calls are served (else NOT_LEADER, health NOT_SERVING)."""
+        return self.active and self.keeper.leading
 
     async def cluster_view(self) -> operator_pb2.GetClusterStatusResponse:
         """GetClusterStatus as this coordinator sees the shared database."""
         status = await cluster_status(self.db)
-        return cluster_status_to_pb(status, self.name, self.keeper.leading)
+        return cluster_status_to_pb(status, self.name, self.serving)
 
     def probe(self) -> Probe:
         """Readiness: NOT_SERVING on gRPC health while this coordinator stands by."""
 
         async def leading() -> None:
-            if not self.keeper.leading:
+            if not self.serving:
                 raise NotLeader("standby", self.keeper.lease.leader_address)
 
         return Probe("leader", leading)
