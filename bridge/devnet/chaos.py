@@ -126,12 +126,11 @@ class ChaosScheduler(threading.Thread):
         return self.log
 
     def _targets(self) -> list[str]:
-        names = [*(f"relayer-{n}" for n in self.system.all_ledgers)]
+        names = ["coordinator"]
         if self.system.coordinators > 1:  # ---- active/passive coordinators (ADR 0017)
-            names += [f"{FAILOVER}kill", f"{FAILOVER}hang"]
+            names = [f"{FAILOVER}kill", f"{FAILOVER}hang"]
             names += [f"{FAILOVER}cut"] if self.system.database_proxies else []
-        else:
-            names.append("coordinator")
+        names += [f"relayer-{n}" for n in self.system.all_ledgers]
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         names += [f"spare-{j}" for j in range(len(self.system.spare_keys))]
         if self.stall_ledgers:
