@@ -195,6 +195,25 @@ def test_standby_refuses_with_the_leaders_address_and_status_names_everyone(
         )
     finally:
         channel.close()
+    # SECURITY: authorisation runs before the standby gate: a caller whose role may not
+    # make the call is refused PERMISSION_DENIED and learns nothing about the leader.
+    brokerage = "brokerage:" + A
+    other = grpc.secure_channel(
+        f"127.0.0.1:{ha.ports[standby]}",
+        ha.identity(brokerage).credentials(),
+        options=ha.identity(brokerage).options(),
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as denied:
+            operator_pb2_grpc.OperatorServiceStub(other).GetClusterStatus(
+                operator_pb2.GetClusterStatusRequest(), timeout=10
+            )
+        call = denied.value
+        assert call.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert received_error(call.trailing_metadata()).leader == ""
+        assert leader_target not in (call.details() or "")
+    finally:
+        other.close()
     # The operator's view, from a standby: the leader and both standbys.
     op_channel = grpc.secure_channel(
         f"127.0.0.1:{ha.ports[standby]}",
