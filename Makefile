@@ -112,6 +112,11 @@ test: setup tools
 test-postgres-e2e: setup
 	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
 
+# Active/passive coordinators, relayers and members on their own (ADR 0017; part of `test`).
+.PHONY: test-ha
+test-ha: setup fabric
+	$(BIN)/python -m pytest -m ha
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -4,7 +4,9 @@ Starts its own LocalSystem (two anvil ledgers, with ``--fabric`` also a native F
 network, 4 verifiers with t = 3, a relayer per ledger, the coordinator) under
 ``.run/soak/``; offers ``--transfers`` transfers at ``--rate`` per second over every lane
 in both directions (about one in ten to an ineligible recipient, which must abort); while
-they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers,
+they run, a seeded scheduler SIGKILLs and restarts the coordinator, relayers and verifiers
+(``--postgres --coordinators 3``: three active/passive coordinators on a PostgreSQL cluster
+it starts, and the scheduler SIGKILLs, SIGSTOPs or cuts from the database the leader),
 stalls EVM ledgers (no blocks) and takes a Fabric ledger's gateway peer, orderer or chaincode
 server down (SIGKILL, then a restart on its data) for a while. The same schedule carries
 governance (``bridge/devnet/chaos.py`` ``GovernancePlan``; ``--no-governance`` turns it
@@ -41,6 +43,7 @@ import grpc
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.chaos import ChaosScheduler, GovernancePlan
+from bridge.devnet.postgres import start_cluster
 from bridge.devnet.processes import REPO_ROOT, exit_on_sigterm
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.supply_client import audit_feed, settled_position
@@ -187,6 +190,17 @@ def main() -> int:
     p.add_argument("--rotate-at", type=int, default=8, help="fault slot of the rotation")
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
+    # ---- PostgreSQL and active/passive coordinators (ADR 0013, ADR 0017)
+    p.add_argument(
+        "--postgres", action="store_true", help="the coordinators' store on a PostgreSQL cluster"
+    )
+    p.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="active/passive coordinators (needs --postgres); the schedule then kills, hangs"
+        " and cuts from the database the LEADER instead of killing the coordinator",
+    )
     args = p.parse_args()
     kinds = [k.strip() for k in args.ledgers.split(",") if k.strip()] or (
         ["anvil", "anvil"] + (["fabric"] if args.fabric else [])
@@ -194,8 +208,11 @@ def main() -> int:
     if len(kinds) < 2 or any(k not in BUILT_IN and k not in STARTERS for k in kinds):
         p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(STARTERS)}")
     layout = ledger_layout(kinds)
+    if args.coordinators > 1 and not args.postgres:
+        p.error("--coordinators above 1 needs --postgres")
     exit_on_sigterm()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
+    cluster = start_cluster(workdir / "postgres") if args.postgres else None
     system = LocalSystem(
         workdir,
         block_time=args.block_time,
@@ -204,6 +221,10 @@ def main() -> int:
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         spare_members=0 if args.no_governance else 1,
+        store="postgres" if cluster is not None else "sqlite",
+        postgres_server=cluster.url("postgres") if cluster is not None else "",
+        coordinators=args.coordinators,
+        database_proxies=args.coordinators > 1,
     )
     try:
         print(f"starting the system under {workdir} ...", flush=True)
@@ -258,6 +279,7 @@ def main() -> int:
         elapsed = time.monotonic() - started
         violations = check(system, moves, states, holders, outsider, supply)
         # The supply identity in every attestation produced under the faults.
+        target = system.coordinator_target  # the leader now (several coordinators)
         asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120, identity=depository))
         assert system.committee is not None
         records, feed_problems = asyncio.run(
@@ -308,6 +330,8 @@ def main() -> int:
     finally:
         print(f"stopping (logs in {workdir / 'logs'}) ...", flush=True)
         system.stop()
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":

@@ -211,6 +211,20 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HaConfig:
+    """``[ha]`` of a coordinator file: active/passive coordinators on one PostgreSQL
+    database (ADR 0017). GUARANTEES (checked at load): a non-empty ``name``, PostgreSQL only,
+    ``0 < renew_interval <= lease_ttl / 3``."""
+
+    name: str
+    """Unique per coordinator: the lease holder and its heartbeat row."""
+    advertise: str
+    """The address clients should use for this coordinator (named by standbys)."""
+    lease_ttl: float = 10.0
+    renew_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     """The coordinator daemon."""
 
@@ -238,6 +252,8 @@ class CoordinatorConfig:
 
     database_password_file: Path | None = None
     """A 0600 file holding the PostgreSQL password (else env BRIDGE_DATABASE_PASSWORD)."""
+    ha: HaConfig | None = None
+    """---- active/passive coordinators (ADR 0017); None: one coordinator per database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +264,8 @@ class RelayerConfig:
     ledger: str
     listen: str
     coordinator: str
+    """The coordinator's address, or several comma-separated (active/passive coordinators,
+    ADR 0017; a TOML array is accepted and joined): events go to the leader."""
     key_file: Path | None
     state_db: Path
     poll_interval: float
@@ -263,6 +281,9 @@ class RelayerConfig:
     """``[ledger_auth]``: how this relayer authenticates to its ledger node."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
+    standby: bool = False
+    """---- active/passive (ADR 0017): wait for the checkpoint store's lock instead of
+    refusing to start while another relayer holds it."""
 
     @property
     def credentials(self) -> Credentials:
@@ -301,6 +322,9 @@ class VerifierConfig:
     """``[rotation]``: the activation and overlap bounds this member signs rotations within."""
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     """``[metrics]`` and ``[tracing]`` (ADR 0016); both off when absent."""
+    standby: bool = False
+    """---- active/passive (ADR 0017): wait for the vote log's lock instead of refusing to
+    start while another process of this member holds it (same vote log only)."""
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -530,10 +554,12 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
     base = path.parent
     relayers = dict(_req(raw, "relayers", str(path)))
     endpoints, members = _verifier_endpoints(_req(raw, "verifiers", str(path)), network)
+    database = _database(_req(raw, "database", str(path)), base, str(path))
+    listen = str(_req(raw, "listen", str(path)))
     return CoordinatorConfig(
         network=network,
-        listen=str(_req(raw, "listen", str(path))),
-        database=_database(_req(raw, "database", str(path)), base, str(path)),
+        listen=listen,
+        database=database,
         relayers=relayers,
         verifiers=endpoints,
         transfer_ttl=int(raw.get("transfer_ttl", 300)),
@@ -549,7 +575,39 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
             if "database_password_file" in raw
             else None
         ),
+        ha=_ha(raw.get("ha"), database, listen, str(path)),
     )
+
+
+def _coordinators(value: Any) -> str:
+    """``coordinator``: one address, a comma-separated list or an array of addresses."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _ha(table: Any, database: Path | str, listen: str, where: str) -> HaConfig | None:
+    """``[ha]``: active/passive coordinators (ADR 0017), PostgreSQL only.
+
+    SECURITY: SQLite keeps its one-process rule (its exclusive lock file); a lease there
+    would let two hosts believe they share a database they cannot."""
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise InvalidInput(f"{where}: [ha] must be a table")
+    if isinstance(database, Path):
+        raise InvalidInput(f"{where}: [ha] needs a PostgreSQL database (SQLite is one process)")
+    name = str(table.get("name", ""))
+    if not name:
+        raise InvalidInput(f"{where}: [ha] name is required (unique per coordinator)")
+    ttl = _non_negative(table, "lease_ttl", 10.0, f"{where} [ha]")
+    renew = _non_negative(table, "renew_interval", 2.0, f"{where} [ha]")
+    if not (ttl > 0 and 0 < renew <= ttl / 3):
+        raise InvalidInput(
+            f"{where}: [ha] needs 0 < renew_interval <= lease_ttl / 3"
+            f" (got lease_ttl={ttl}, renew_interval={renew})"
+        )
+    return HaConfig(name, str(table.get("advertise", listen)), ttl, renew)
 
 
 def _database(value: Any, base: Path, where: str) -> Path | str:
@@ -608,7 +666,7 @@ def _relayer(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> Rela
         network=network,
         ledger=ledger,
         listen=str(_req(raw, "listen", str(path))),
-        coordinator=str(_req(raw, "coordinator", str(path))),
+        coordinator=_coordinators(_req(raw, "coordinator", str(path))),
         key_file=key.path if isinstance(key, PlainKeyFile) else None,
         state_db=_rel(base, _req(raw, "state_db", str(path))),
         poll_interval=float(raw.get("poll_interval", 0.2)),
@@ -621,6 +679,7 @@ def _relayer(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> Rela
             base, network.ledger(ledger), raw.get("ledger_auth", {}), "ledger_auth"
         ),
         observability=load_observability(raw, str(path)),
+        standby=_flag(raw, "standby", str(path)),
     )
 
 
@@ -705,7 +764,16 @@ def _verifier(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> Ver
         ledger_auth=auth,
         rotation=_rotation_bounds(raw.get("rotation", {})),
         observability=load_observability(raw, str(path)),
+        standby=_flag(raw, "standby", str(path)),
     )
+
+
+def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
+    """A boolean setting (default false); anything but a TOML boolean is refused."""
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: {key} must be true or false")
+    return value
 
 
 _ROTATION_KEYS = ("min_overlap", "max_overlap", "max_activation_delay", "max_activation_lag")

@@ -11,6 +11,7 @@ from typing import Any
 from bridge.config_errors import ConfigError
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
+from bridge.standby import EXIT_STATE_IN_USE, StateInUse
 from bridge.version import add_version_argument
 
 EXIT_WRONG_LEDGER = 3
@@ -65,3 +66,6 @@ def run_daemon(
             error=str(exc),
         )
         raise SystemExit(EXIT_WRONG_LEDGER) from None
+    except StateInUse as exc:  # ---- active/passive (ADR 0017)
+        configure(component).error("state in use, refusing to start", error=str(exc))
+        raise SystemExit(EXIT_STATE_IN_USE) from None

@@ -37,6 +37,7 @@ from bridge.domain.supply import Attestation, SupplyRecord, verify_records
 from bridge.logfields import SECURITY, SEQUENCE, get_logger
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.errors import received_error
+from bridge.rpc.failover import TargetRing, parse_targets
 from bridge.rpc.rotation_convert import certified_from_pb, window_from_pb
 from bridge.rpc.supply_convert import (
     attestation_from_pb,
@@ -400,7 +401,7 @@ async def follow_epoch(
 
 
 async def watch(
-    target: str,
+    target: str | Sequence[str],
     verifier: FeedVerifier,
     start: int = 1,
     retry_delay: float = 0.5,
@@ -413,11 +414,16 @@ async def watch(
     Reconnects after a disconnect or a server restart and resumes from the position after
     the last one received, so the caller sees each record exactly once. Gives up (raising
     the last error) when no connection succeeds for ``give_up_after`` seconds.
+
+    ``target`` may list several coordinators (active/passive, ADR 0017): after a failure
+    the stream resumes on the next one (or on the leader a standby named, when listed),
+    from the same position; positions are database state, the same on every coordinator.
     """
     position = start
     failing_since: float | None = None
+    ring = TargetRing(parse_targets(target))
     while True:
-        feed = SupplyFeed(target, identity=identity)
+        feed = SupplyFeed(ring.current, identity=identity)
         try:
             async for a in feed.stream("", position):
                 failing_since = None
@@ -437,13 +443,14 @@ async def watch(
             failing_since = failing_since or time.monotonic()
             if give_up_after is not None and time.monotonic() - failing_since > give_up_after:
                 raise
+            ring.after_failure(exc)  # ---- active/passive coordinators: the next one
         finally:
             await feed.close()
         await asyncio.sleep(retry_delay)
 
 
 async def watch_feed(
-    target: str,
+    target: str | Sequence[str],
     verifier: FeedVerifier,
     start: int = 1,
     retry_delay: float = 0.5,

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
 from bridge.config import load_relayer
 from bridge.daemon import run_daemon
 from bridge.doctor.fingerprint import network_fingerprint
@@ -21,10 +23,12 @@ from bridge.logfields import LEDGER, configure
 from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.convert import event_to_pb
+from bridge.rpc.failover import TargetRing, parse_targets, should_fail_over
 from bridge.rpc.roles import COORDINATOR, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
 from bridge.rpc.tls import ClientIdentity
+from bridge.standby import StateLock
 from bridge.v1 import events_pb2, events_pb2_grpc, relayer_pb2, relayer_pb2_grpc
 from relayers.checkpoint import CheckpointStore
 from relayers.metrics import GasReporter, RelayerMetrics
@@ -33,32 +37,48 @@ from relayers.watcher import EventWatcher
 
 
 class CoordinatorSink:
-    """Delivers events to the coordinator's LedgerEventSink over gRPC."""
+    """Delivers events to the coordinator's LedgerEventSink over gRPC.
+
+    With several coordinator addresses (active/passive, ADR 0017), a failed delivery moves
+    to the next one (or the leader a standby named, when listed); the watcher retries the
+    same batch, which the coordinator deduplicates, so nothing is lost or applied twice."""
 
     def __init__(
         self, target: str, timeout: float = 10.0, identity: ClientIdentity | None = None
     ) -> None:
-        self._conn: ReloadingStub[events_pb2_grpc.LedgerEventSinkAsyncStub] = ReloadingStub(
-            target, identity, events_pb2_grpc.LedgerEventSinkStub
-        )
+        self._ring = TargetRing(parse_targets(target))
+        self._conns: dict[str, ReloadingStub[events_pb2_grpc.LedgerEventSinkAsyncStub]] = {
+            t: ReloadingStub(t, identity, events_pb2_grpc.LedgerEventSinkStub)
+            for t in self._ring.targets
+        }
         self._timeout = timeout
 
     async def deliver(
         self, ledger: str, events: Sequence[LedgerEvent], scanned_height: int
     ) -> None:
         """Returns only once the coordinator has durably accepted the batch."""
-        await self._conn.get().DeliverEvents(
-            events_pb2.DeliverEventsRequest(
-                ledger_id=ledger,
-                events=[event_to_pb(e) for e in events],
-                scanned_height=scanned_height,
-            ),
-            timeout=self._timeout,
-        )
+        try:
+            await (
+                self._conns[self._ring.current]
+                .get()
+                .DeliverEvents(
+                    events_pb2.DeliverEventsRequest(
+                        ledger_id=ledger,
+                        events=[event_to_pb(e) for e in events],
+                        scanned_height=scanned_height,
+                    ),
+                    timeout=self._timeout,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            if should_fail_over(exc):
+                self._ring.after_failure(exc)
+            raise
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self._conn.close()
+        """Close the channels."""
+        for conn in self._conns.values():
+            await conn.close()
 
 
 # ---- doctor (issue 12)
@@ -87,6 +107,9 @@ async def run(config_path: Path) -> None:
     """Run the relayer described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_relayer(config_path)
     log = configure("relayer").bind(**{LEDGER: cfg.ledger})
+    # ---- active/passive (ADR 0017): one relayer per checkpoint store; a standby waits here
+    # and then resumes from the checkpoint the dead one left.
+    await StateLock(cfg.state_db).acquire(cfg.standby)
     obs = DaemonObservability("relayer", cfg.observability)  # ---- observability
     security, audit = server_security(f"relayer-{cfg.ledger}", cfg.network, cfg.tls, cfg.audit_log)
     ledger_cfg = cfg.network.ledger(cfg.ledger)

@@ -21,6 +21,7 @@ from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
 from bridge.rpc.security import server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.standby import StateLock
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from verifiers.metrics import MemberMetrics, member_probes
 from verifiers.metrics import install as install_member_metrics
@@ -50,6 +51,9 @@ def member_status(
 async def run(config_path: Path) -> None:
     """Run the member described by ``config_path`` until SIGTERM/SIGINT."""
     cfg = load_verifier(config_path)
+    # ---- active/passive (ADR 0017), SECURITY: one process per vote log, so a member key
+    # never signs from two logs; a standby (same log on shared storage) waits here.
+    await StateLock(cfg.vote_db).acquire(cfg.standby)
     # SECURITY: the member key stays in its keystore or token; only the Signer is held here.
     signer = open_signer(cfg.member_key)
     log = configure("verifier").bind(signer="0x" + signer.address.hex())

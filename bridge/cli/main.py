@@ -30,8 +30,8 @@ from bridge.domain.errors import BridgeError
 from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
 from bridge.keys.reference import PlainKeyFile
-from bridge.rpc.channels import sync_channel
 from bridge.rpc.errors import describe_rpc_error
+from bridge.rpc.failover import SyncFailover, parse_targets, serving_target
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 from bridge.version import add_version_argument
 
@@ -41,9 +41,26 @@ STATE_NAMES = {
 }
 
 
-def _stub(a: argparse.Namespace) -> tuple[grpc.Channel, transfer_pb2_grpc.TransferServiceStub]:
-    channel = sync_channel(a.coordinator, credentials.identity(a))
-    return channel, transfer_pb2_grpc.TransferServiceStub(channel)
+class _FailoverStub:
+    """TransferService calls that fail over between the ``--coordinator`` addresses
+    (ADR 0017). Every TransferService unary call is idempotent (reads; SubmitTransfer by
+    its key), so each is retried on the next coordinator when one is down or a standby."""
+
+    def __init__(self, failover: SyncFailover) -> None:
+        self.failover = failover
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.failover.call(
+                lambda ch: getattr(transfer_pb2_grpc.TransferServiceStub(ch), name)(*args, **kwargs)
+            )
+
+        return call
+
+
+def _stub(a: argparse.Namespace) -> tuple[SyncFailover, _FailoverStub]:
+    failover = SyncFailover(a.coordinator, credentials.identity(a), give_up_after=a.timeout)
+    return failover, _FailoverStub(failover)
 
 
 def _show(t: transfer_pb2.Transfer, as_json: bool) -> None:
@@ -115,20 +132,37 @@ def _list(stub: Any, a: argparse.Namespace) -> None:
 
 
 def _watch(stub: Any, a: argparse.Namespace) -> None:
-    for u in stub.WatchTransfer(transfer_pb2.WatchTransferRequest(transfer_id=a.transfer_id)):
-        if a.json:
-            print(json.dumps(MessageToDict(u, preserving_proto_field_name=True), sort_keys=True))
-        else:
-            at = u.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
-            print(f"{u.sequence:>3} {at} {STATE_NAMES.get(u.state, '?'):<15} {u.detail}")
-        sys.stdout.flush()
+    last = 0  # resumes after the last update shown, on whichever coordinator leads
+
+    def follow(channel: grpc.Channel) -> None:
+        nonlocal last
+        watch = transfer_pb2_grpc.TransferServiceStub(channel).WatchTransfer(
+            transfer_pb2.WatchTransferRequest(transfer_id=a.transfer_id, after_sequence=last)
+        )
+        for u in watch:
+            last = u.sequence
+            if a.json:
+                print(
+                    json.dumps(MessageToDict(u, preserving_proto_field_name=True), sort_keys=True)
+                )
+            else:
+                at = u.at.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+                print(f"{u.sequence:>3} {at} {STATE_NAMES.get(u.state, '?'):<15} {u.detail}")
+            sys.stdout.flush()
+
+    stub.failover.call(follow)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="bridge", description=__doc__)
     add_version_argument(p)
-    p.add_argument("--coordinator", default="127.0.0.1:50051", help="host:port of the coordinator")
+    p.add_argument(
+        "--coordinator",
+        default="127.0.0.1:50051",
+        help="host:port of the coordinator; several comma-separated (active/passive"
+        " coordinators): calls go to the leader and fail over",
+    )
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
     credentials.add_arguments(p)
@@ -189,6 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_check.run(args)
     if args.group == "store":  # ---- stores (ADR 0022): local, no coordinator
         return store_cli.run(args)
+    if args.group in ("supply", "operator", "depository", "doctor"):
+        try:  # several coordinators: the one whose health is SERVING (the leader)
+            args.coordinators = parse_targets(args.coordinator)  # streams fail over
+            args.coordinator = serving_target(
+                parse_targets(args.coordinator), credentials.identity(args), args.timeout
+            )
+        except (OSError, BridgeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.group in ("supply", "operator", "depository", "doctor"):
         runners = {"supply": supply_cli.run, "operator": operator_cli.run}
         runners["depository"] = depository_cli.run  # ---- depository halt

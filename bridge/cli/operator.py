@@ -1,4 +1,5 @@
-"""``bridge operator stuck|retry|abort|misbehaviour|limits|rotation``: the operator's tools.
+"""``bridge operator stuck|retry|abort|misbehaviour|limits|rotation|status``: the operator's
+tools.
 
 ``abort`` never moves units around the protocol: it starts a committee-certified ABORT
 where the ledgers allow one, and otherwise prints why not (exit code 1).
@@ -41,6 +42,8 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     lim = sp.add_parser("limits", help="flow limits per lane: capacity, available, queued")
     lim.add_argument("security_id", help="ISIN")
     rotation_cli.add_parser(sp)
+    # ---- active/passive coordinators (ADR 0017)
+    sp.add_parser("status", help="the leading coordinator, its lease and every standby")
 
 
 def _print(message: object, as_json: bool, line: str) -> None:
@@ -86,12 +89,35 @@ def _lane_line(lane: flow_pb2.LaneFlow) -> str:
     )
 
 
+# ---- active/passive coordinators (ADR 0017)
+def _cluster_text(s: operator_pb2.GetClusterStatusResponse) -> str:
+    if not s.members:
+        return f"single coordinator (no lease): {s.answered_by}"
+    lines = [
+        f"leader: {s.leader} at {s.leader_address}, token {s.token},"
+        f" lease expires in {s.expires_in_seconds:.1f} s"
+        if s.leader
+        else f"no leader (last token {s.token}, expired {-s.expires_in_seconds:.1f} s ago)"
+    ]
+    for m in s.members:
+        role = "leader " if m.leader else "standby"
+        lines.append(f"  {role} {m.name:<16} {m.address:<24} seen {m.seen_seconds_ago:.1f} s ago")
+    lines.append(f"answered by {s.answered_by} ({'leader' if s.answered_by_leader else 'standby'})")
+    return "\n".join(lines)
+
+
 def run(a: argparse.Namespace) -> int:
     """Run one ``operator`` command; returns the exit code."""
     with sync_channel(a.coordinator, credentials.identity(a)) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         if a.cmd == "rotation":
             return rotation_cli.run(a, stub)
+        if a.cmd == "status":  # ---- active/passive coordinators (ADR 0017)
+            status = stub.GetClusterStatus(
+                operator_pb2.GetClusterStatusRequest(), timeout=a.timeout
+            )
+            _print(status, a.json, _cluster_text(status))
+            return 0
         if a.cmd == "stuck":
             resp = stub.ListStuckTransfers(
                 operator_pb2.ListStuckTransfersRequest(min_age_seconds=a.min_age, limit=a.limit),

@@ -257,8 +257,10 @@ async def _watch(a: argparse.Namespace) -> int:
     )
     seen: list[Verdict] = []
     stale = False
+    # ---- active/passive coordinators (ADR 0017): every address, the stream fails over.
+    targets = getattr(a, "coordinators", None) or a.coordinator
     async for v in watch_feed(
-        a.coordinator, verifier, a.start, identity=credentials.identity(a), confirm=_confirm(a)
+        targets, verifier, a.start, identity=credentials.identity(a), confirm=_confirm(a)
     ):
         if isinstance(v, FeedStale):
             _print_alarm(v, a.json)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from bridge.config import load_coordinator
+from bridge.config import HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
-from bridge.coordinator.db import DatabaseInUse, open_database
+from bridge.coordinator.db import Database, DatabaseInUse, open_database
 from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
+from bridge.coordinator.ha import LeaseMetrics, StandbyGate, cluster_status, cluster_status_to_pb
 from bridge.coordinator.halts import HaltBook, SqlHaltStore
+from bridge.coordinator.lease import LeaderLost, Lease, LeaseKeeper, LeaseTiming
 from bridge.coordinator.metrics import CoordinatorMetrics, coordinator_probes
 from bridge.coordinator.metrics import install as install_coordinator_metrics
 from bridge.coordinator.operator_service import OperatorServicer
@@ -32,9 +36,12 @@ from bridge.doctor.model import ComponentStatus, FeedAge
 from bridge.doctor.status import SERVICE_NAME as STATUS_SERVICE
 from bridge.doctor.status import Describe, StatusServicer, base_status
 from bridge.doctor.status import add_to_server as add_status
+from bridge.domain.errors import NotLeader
 from bridge.keys.files import refuse_exposed
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
+from bridge.obs.readiness import Probe
+from bridge.rpc.audit import AuditLog
 from bridge.rpc.roles import MEMBER, RELAYER, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
@@ -90,13 +97,18 @@ async def run(config_path: Path) -> None:
     install_coordinator_metrics(metrics)
     # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
     # thread off the event loop, migrated to the latest schema before anything runs.
-    db = open_database(cfg.database, _database_password(cfg.database_password_file))
-    try:
-        db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
-    except DatabaseInUse:
-        db.close()
-        raise
+    password = _database_password(cfg.database_password_file)
+    db = open_database(cfg.database, password)
+    if cfg.ha is None:
+        try:
+            db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
+        except DatabaseInUse:
+            db.close()
+            raise
     log.info("database open", engine=db.dialect.value, database=db.label)
+    # ---- active/passive coordinators (ADR 0017): the lease on a connection of its own
+    # (a slow store call never delays a renewal); standbys refuse calls with NOT_LEADER.
+    ha = _HaParts(cfg.ha, cfg.database, password, obs) if cfg.ha is not None else None
     store = SqlTransferStore(db)
 
     async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
@@ -173,7 +185,9 @@ async def run(config_path: Path) -> None:
     transfers = TransferServicer(cfg.network, coordinator, store)
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)
-    operator = OperatorServicer(coordinator, store, rotations)
+    operator = OperatorServicer(
+        coordinator, store, rotations, cluster=ha.cluster_view if ha is not None else None
+    )
     server = BridgeServer(
         cfg.listen,
         [
@@ -204,32 +218,58 @@ async def run(config_path: Path) -> None:
         ],
         security,
         observers=obs.interceptors,
+        gates=[ha.gate] if ha is not None else (),
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
     await server.start(serving=False)
+    probes = coordinator_probes(store) + ([ha.probe()] if ha is not None else [])
+    metrics_loop = metrics.run(
+        stop,
+        cfg.observability.metrics.probe_interval,
+        store,
+        coordinator,
+        supply_store,
+        halts,
+        cfg.network.ledgers,
+        cfg.network.securities,
+    )
+    if ha is not None:
+        await obs.start(server, probes, stop)  # NOT_SERVING until elected
+        log.info("coordinator standing by", name=ha.name, port=server.port)
+        if await ha.keeper.elect(stop) is None:
+            metrics_loop.close()
+            await _shutdown_standby(obs, server, ha, db, audit, log)
+            return
+        # SECURITY: from here every store write carries this term's fencing token.
+        db.set_fence(ha.keeper.lease.check)
+        # Renewals start now, not after the (possibly long) resumption below.
+        ha.holding = asyncio.create_task(ha.keeper.hold(stop), name="lease-hold")
     resumed = await coordinator.start()
     await publisher.start()
     await halts.start()
     await rotations.start()
-    await obs.start(
-        server,
-        coordinator_probes(store),
-        stop,
-        metrics.run(
-            stop,
-            cfg.observability.metrics.probe_interval,
-            store,
-            coordinator,
-            supply_store,
-            halts,
-            cfg.network.ledgers,
-            cfg.network.securities,
-        ),
-    )
+    if ha is None:
+        await obs.start(server, probes, stop, metrics_loop)
+    else:
+        obs.add_loop(metrics_loop)
+        ha.active = True  # calls are served from here (the gate and readiness follow)
+        await obs.recheck()  # SERVING now, not at the next probe round
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)
     try:
-        await stop.wait()
+        if ha is None:
+            await stop.wait()
+        else:
+            assert ha.holding is not None
+            lost = await ha.holding
+            if lost is not LeaderLost.STOPPED:
+                # Fail-stop (ADR 0017): this process may no longer lead; every store write
+                # is already refused by the database. Stop serving and exit at once (no
+                # clean-up that could block on a cut database); the supervisor restarts
+                # it as a standby, which builds every in-memory state afresh.
+                await server.set_serving(False)
+                log.error("deposed: leadership lost, exiting", why=lost.value)
+                os._exit(EXIT_DEPOSED)
     finally:
         await obs.close()
         install_coordinator_metrics(None)
@@ -245,8 +285,75 @@ async def run(config_path: Path) -> None:
         supply_store.close()
         halt_store.close()
         rotation_store.close()
+        if ha is not None:
+            ha.close()
         audit.close()
         log.info("coordinator stopped")
+
+
+class _HaParts:
+    """---- active/passive coordinators (ADR 0017): the lease keeper on its own database
+    connection, the standby gate, the lease metrics and the cluster view."""
+
+    def __init__(
+        self, ha: HaConfig, database: Path | str, password: str | None, obs: DaemonObservability
+    ) -> None:
+        self.name = ha.name
+        self.db = open_database(database, password)
+        metrics = LeaseMetrics(obs.metrics)
+        lease = Lease(self.db, ha.name, ha.lease_ttl, ha.advertise)
+        self.keeper = LeaseKeeper(
+            lease, LeaseTiming(ha.lease_ttl, ha.renew_interval), on_change=metrics.observe
+        )
+        self.active = False
+        """True once elected AND every unfinished transfer and the feed are resumed."""
+        self.holding: asyncio.Task[LeaderLost] | None = None
+        self.gate = StandbyGate(lambda: self.serving, lambda: lease.leader_address)
+
+    @property
+    def serving(self) -> bool:
+        """Leading and started: calls are served (else NOT_LEADER, health NOT_SERVING)."""
+        return self.active and self.keeper.leading
+
+    async def cluster_view(self) -> operator_pb2.GetClusterStatusResponse:
+        """GetClusterStatus as this coordinator sees the shared database."""
+        status = await cluster_status(self.db)
+        return cluster_status_to_pb(status, self.name, self.serving)
+
+    def probe(self) -> Probe:
+        """Readiness: NOT_SERVING on gRPC health while this coordinator stands by."""
+
+        async def leading() -> None:
+            if not self.serving:
+                raise NotLeader("standby", self.keeper.lease.leader_address)
+
+        return Probe("leader", leading)
+
+    def close(self) -> None:
+        """Close the lease's connection."""
+        self.db.close()
+
+
+async def _shutdown_standby(
+    obs: DaemonObservability,
+    server: BridgeServer,
+    ha: _HaParts,
+    db: Database,
+    audit: AuditLog,
+    log: Any,
+) -> None:
+    """Stop a coordinator that was never elected (SIGTERM while standing by)."""
+    await obs.close()
+    install_coordinator_metrics(None)
+    await server.stop()
+    db.close()
+    ha.close()
+    audit.close()
+    log.info("coordinator stopped (standby)")
+
+
+EXIT_DEPOSED = 5
+"""Exit status of a leader that lost its lease (fail-stop; restart it as a standby)."""
 
 
 EXIT_DATABASE_IN_USE = 4

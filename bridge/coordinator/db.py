@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.domain.errors import InvalidInput, PreconditionFailed
+from bridge.domain.errors import InvalidInput, PreconditionFailed, Unavailable
 
 T = TypeVar("T")
 
@@ -61,6 +61,12 @@ _LOCK_CLASS = 0x4B535442  # "KSTB"
 
 class DatabaseInUse(PreconditionFailed):
     """Another coordinator process holds this database (its exclusive start-up lock)."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """The PostgreSQL server cannot be reached or dropped the connection (UNAVAILABLE: the
+    call may be retried, here or on another coordinator). The transaction did not commit,
+    or (a failure at COMMIT) its outcome is unknown; every step is idempotent (ADR 0002)."""
 
 
 class DatabaseSettingRefused(InvalidInput):
@@ -165,6 +171,16 @@ class Database:
         self._lock_file: Any = None
         self.path: Path | None = None
         """The SQLite file (None on PostgreSQL)."""
+        self._fence: Callable[[Conn], None] | None = None
+
+    def set_fence(self, check: Callable[[Conn], None] | None) -> None:
+        """Run ``check`` first in every later write transaction (None: no check).
+
+        SECURITY (ADR 0017): the active/passive coordinator sets the lease's fencing check
+        here, so every store write of this process, whatever store makes it, is refused by
+        the database (``check`` raises, the transaction rolls back, nothing is written)
+        unless this process's lease token is still the current one."""
+        self._fence = check
 
     def claim_exclusive(self) -> None:
         """Hold this database for this process alone until :meth:`close`, or raise
@@ -216,12 +232,25 @@ class Database:
     async def read(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` (reads only) in the worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._read, fn)
+        return await loop.run_in_executor(self._pool, self._typed, self._read, fn)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, fn)
+        return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
+
+    def _typed(self, run: Callable[[Callable[[Conn], T]], T], fn: Callable[[Conn], T]) -> T:
+        """``run(fn)``, a lost PostgreSQL connection raised as DatabaseUnavailable."""
+        if self.dialect is not Dialect.POSTGRES:
+            return run(fn)
+        import psycopg
+
+        try:
+            return run(fn)
+        except psycopg.OperationalError as exc:
+            # The server or the path to it failed (not a constraint or an SQL error, which
+            # stay as they are). The message names host and port only, never a secret.
+            raise DatabaseUnavailable(f"database {self.label} unavailable: {exc}"[:400]) from exc
 
     def _ensure_connected(self) -> None:
         """PostgreSQL: replace a connection the server or network broke (a call that was
@@ -253,6 +282,8 @@ class Database:
         self._ensure_connected()
         self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
+            if self._fence is not None:
+                self._fence(self._conn)  # SECURITY: fencing token check, same transaction
             result = fn(self._conn)
         except BaseException:
             self._end("ROLLBACK")

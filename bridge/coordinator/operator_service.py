@@ -3,6 +3,8 @@ flow limits (lanes and queues)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.coordinator.engine import Coordinator, LaneFlow
@@ -18,6 +20,9 @@ from bridge.rpc.rotation_convert import proposal_to_pb
 from bridge.v1 import flow_pb2, operator_pb2, operator_pb2_grpc, transfer_pb2
 
 MAX_LIMIT = 1000
+
+ClusterView = Callable[[], Awaitable[operator_pb2.GetClusterStatusResponse]]
+"""---- active/passive coordinators: builds the GetClusterStatus answer (ADR 0017)."""
 
 
 def _limit(value: int, default: int = 100) -> int:
@@ -74,10 +79,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         coordinator: Coordinator,
         store: TransferStore,
         rotations: RotationManager | None = None,
+        cluster: ClusterView | None = None,
     ) -> None:
         self._coordinator = coordinator
         self._store = store
         self._rotations = rotations
+        self._cluster = cluster
 
     def _manager(self) -> RotationManager:
         if self._rotations is None:
@@ -172,6 +179,19 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         """Recorded rotations, newest first."""
         views = await self._manager().recent(_limit(request.limit))
         return operator_pb2.ListRotationsResponse(rotations=[rotation_to_pb(v) for v in views])
+
+    # ---- active/passive coordinators (ADR 0017)
+    @grpc_errors
+    async def GetClusterStatus(
+        self, request: operator_pb2.GetClusterStatusRequest, context: Context
+    ) -> operator_pb2.GetClusterStatusResponse:
+        """The lease and every coordinator's heartbeat (a single coordinator without a lease
+        reports itself as the only member and leader)."""
+        if self._cluster is None:
+            return operator_pb2.GetClusterStatusResponse(
+                answered_by="coordinator", answered_by_leader=True
+            )
+        return await self._cluster()
 
 
 def lane_flow_to_pb(lane: LaneFlow) -> flow_pb2.LaneFlow:

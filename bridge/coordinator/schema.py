@@ -205,6 +205,17 @@ INSERT INTO coordinator_lease (id, holder, token, expires_at) VALUES (1, '', 0, 
   ON CONFLICT (id) DO NOTHING;
 """
 
+# ---- version 4: active/passive coordinators (ADR 0017): every coordinator's advertised
+# address (standbys name the leader's to clients) and heartbeat (operator status).
+_V4 = """
+CREATE TABLE IF NOT EXISTS coordinator_members (
+  name TEXT PRIMARY KEY,
+  address TEXT NOT NULL,
+  started_at REAL NOT NULL,
+  seen_at REAL NOT NULL
+);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -291,6 +302,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v1_sqlite_legacy),
     Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
     Migration(3, "coordinator leader lease with fencing token", _V3),
+    Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

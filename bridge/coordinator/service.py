@@ -121,10 +121,13 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def WatchTransfer(
         self, request: transfer_pb2.WatchTransferRequest, context: Context
     ) -> AsyncIterator[transfer_pb2.TransferUpdate]:
-        """Stream every state change from the first until the terminal one."""
+        """Stream every state change after ``after_sequence`` (0: from the first) until the
+        terminal one. Sequences are per-transfer history rows taken under the transfer's row
+        lock, so a watch resumed on another coordinator sees no gap and no duplicate."""
         tid = parse_transfer_id(request.transfer_id)
         async for update in self._coordinator.watch(tid):
-            yield await self._update_to_pb(update)
+            if update.sequence > request.after_sequence:
+                yield await self._update_to_pb(update)
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)

@@ -28,6 +28,9 @@ from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.v1 import depository_pb2, depository_pb2_grpc, operator_pb2, operator_pb2_grpc
 
+FAILOVER = "leader-"
+"""Fault names ``leader-kill``, ``leader-hang``, ``leader-cut`` (several coordinators)."""
+
 
 @dataclass
 class FaultLog:
@@ -123,7 +126,11 @@ class ChaosScheduler(threading.Thread):
         return self.log
 
     def _targets(self) -> list[str]:
-        names = ["coordinator", *(f"relayer-{n}" for n in self.system.all_ledgers)]
+        names = ["coordinator"]
+        if self.system.coordinators > 1:  # ---- active/passive coordinators (ADR 0017)
+            names = [f"{FAILOVER}kill", f"{FAILOVER}hang"]
+            names += [f"{FAILOVER}cut"] if self.system.database_proxies else []
+        names += [f"relayer-{n}" for n in self.system.all_ledgers]
         names += [f"verifier-{i}" for i in range(len(self.system.verifier_keys))]
         names += [f"spare-{j}" for j in range(len(self.system.spare_keys))]
         if self.stall_ledgers:
@@ -142,7 +149,11 @@ class ChaosScheduler(threading.Thread):
             pause = self.rng.uniform(*self.down)
             self.log.last_fault_at = time.monotonic()
             fault, at, ledger = name.partition("@")
-            if at:
+            if name.startswith(FAILOVER):
+                kind = name
+                kill, restart = self._failover(name.removeprefix(FAILOVER))
+                self.log.kills[kind] += 1
+            elif at:
                 # A ledger outage of the ledger's own kind (DevLedger.faults).
                 kill, restart = self.system.handle(ledger).faults()[fault]
                 self.log.stalls[f"{fault}-{ledger}"] += 1
@@ -159,6 +170,49 @@ class ChaosScheduler(threading.Thread):
             restart()
             took = time.monotonic() - started
             self.log.restart_seconds[kind] = max(self.log.restart_seconds.get(kind, 0.0), took)
+
+    # ---- active/passive coordinators (ADR 0017): the LEADER is killed, hung or cut
+    def _failover(self, how: str) -> tuple[Callable[[], object], Callable[[], object]]:
+        """(fault, undo) for the current leader. ``kill``: SIGKILL, then restarted as a
+        standby. ``hang``: SIGSTOP past its lease, SIGCONT (it wakes deposed and exits),
+        restarted. ``cut``: its database path cut (it steps down and exits), restored and
+        restarted. Each undo waits until a standby has taken over first."""
+        system = self.system
+        leader = system.leader()
+        proc = system.processes[leader]
+
+        def taken_over() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and system.leader() == leader:
+                time.sleep(0.2)
+
+        def restart_after_exit() -> None:
+            deadline = time.monotonic() + 60
+            while proc.alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            system.start_process(leader)
+
+        def after_kill() -> None:
+            taken_over()
+            system.start_process(leader)
+
+        def after_hang() -> None:
+            taken_over()
+            proc.resume()
+            restart_after_exit()
+
+        if how == "kill":
+            return proc.kill9, after_kill
+        if how == "hang":
+            return proc.pause, after_hang
+        proxy = system.db_proxies[leader]
+
+        def after_cut() -> None:
+            taken_over()  # by then it has stopped renewing: restoring cannot revive its term
+            proxy.restore()
+            restart_after_exit()
+
+        return proxy.cut, after_cut
 
     # ---- governance steps (issue 10): rotation, halt and release in the fault schedule -------
     def _governance_step(self, slot: int) -> bool:

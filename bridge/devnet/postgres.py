@@ -10,7 +10,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no devnet component was handed (``free_port``): a cluster started while a
+    system runs (the HA e2e module) must not take the port of a daemon that is restarting."""
+    from bridge.devnet.processes import free_port
+
+    return free_port()
 
 
 @dataclass

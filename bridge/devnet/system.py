@@ -29,6 +29,7 @@ from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.pki import DevPki, IssuedCertificate
 from bridge.devnet.processes import ManagedProcess, free_port, wait_until
 from bridge.devnet.starters import get_starter
+from bridge.devnet.tcp_proxy import TcpProxy
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, parse_evm_address
@@ -214,6 +215,80 @@ class LocalSystem:
 
     coordinator_database: str = ""
     """The coordinator's ``database`` setting as written (path relative to ``workdir``, or URL)."""
+
+    # ---- active/passive coordinators (ADR 0017)
+    coordinators: int = 1
+    """How many coordinators: more than one needs ``store="postgres"``; they share the
+    database under a lease (``coordinator``, ``coordinator-1``, ``coordinator-2`` ...)."""
+    lease_ttl: float = 3.0
+    renew_interval: float = 0.5
+    database_proxies: bool = False
+    """Each coordinator reaches PostgreSQL through its own :class:`TcpProxy` (``db_proxies``),
+    so a test can cut one coordinator from the database."""
+    db_proxies: dict[str, TcpProxy] = field(default_factory=dict)
+
+    @property
+    def coordinator_names(self) -> list[str]:
+        """Every coordinator's process name (``coordinator`` first)."""
+        return ["coordinator"] + [f"coordinator-{i}" for i in range(1, self.coordinators)]
+
+    @property
+    def coordinator_targets(self) -> list[str]:
+        """host:port of every coordinator, ``coordinator`` first."""
+        return [f"127.0.0.1:{self.ports[n]}" for n in self.coordinator_names]
+
+    def leader(self, timeout: float = 30.0) -> str:
+        """The process name of the coordinator whose health is SERVING (the leader),
+        waiting up to ``timeout`` seconds for one."""
+        if self.coordinators == 1:
+            return "coordinator"
+        identity = self._client_identity("bridge-operator", "coordinator", None)
+        found: list[str] = []
+
+        def serving() -> bool:
+            for name, target in zip(self.coordinator_names, self.coordinator_targets, strict=True):
+                proc = self.processes.get(name)
+                if proc is not None and proc.alive() and health_serving(target, identity):
+                    found.append(name)
+                    return True
+            return False
+
+        wait_until(serving, timeout, "a leading coordinator")
+        return found[-1]
+
+    def _coordinator_file(self, name: str, relayers: dict[str, str], verifiers: list[Any]) -> None:
+        """Write ``<name>.toml`` (``coordinator.toml`` for the first)."""
+        database = self.coordinator_database
+        if self.database_proxies and database.startswith("postgresql://"):
+            from urllib.parse import urlsplit, urlunsplit
+
+            parts = urlsplit(database)
+            proxy = self.db_proxies.get(name)
+            if proxy is None:
+                proxy = self.db_proxies[name] = TcpProxy(
+                    parts.hostname or "127.0.0.1", parts.port or 5432
+                )
+            netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+            database = urlunsplit(parts._replace(netloc=netloc))
+        table: dict[str, Any] = {
+            "network": "network.toml",
+            "listen": f"127.0.0.1:{self.ports[name]}",
+            "database": database,
+            "transfer_ttl": self.transfer_ttl,
+            "supply_heartbeat": self.supply_heartbeat,
+            "verifiers": verifiers,
+            "relayers": relayers,
+            "audit_log": f"audit/{name}.jsonl",
+            **self._tls_entry("coordinator"),
+        }
+        if self.coordinators > 1:
+            table["ha"] = {
+                "name": name,
+                "advertise": f"127.0.0.1:{self.ports[name]}",
+                "lease_ttl": self.lease_ttl,
+                "renew_interval": self.renew_interval,
+            }
+        (self.workdir / f"{name}.toml").write_text(dump_toml(table | self._obs_tables(name)))
 
     def query_coordinator(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Read-only rows from the coordinator's database (either engine; ``?`` placeholders):
@@ -545,7 +620,10 @@ class LocalSystem:
         """Write network, coordinator, relayer and verifier files plus 0600 key files."""
         self._network_file()
         write_key_file(self.workdir / "keys" / "supply-operator.key", self.supply_operator)
-        self.ports["coordinator"] = free_port()
+        if self.coordinators > 1 and self.store != "postgres":
+            raise ValueError("several coordinators need store='postgres' (SQLite is one process)")
+        for name in self.coordinator_names:
+            self.ports[name] = free_port()
         verifiers: list[dict[str, str]] = []
         identities = {
             name: ident
@@ -590,7 +668,7 @@ class LocalSystem:
                         "network": "network.toml",
                         "ledger": name,
                         "listen": f"127.0.0.1:{port}",
-                        "coordinator": f"127.0.0.1:{self.ports['coordinator']}",
+                        "coordinator": ",".join(self.coordinator_targets),
                         "state_db": f"state/relayer-{name}.sqlite",
                         "audit_log": f"audit/relayer-{name}.jsonl",
                         **self._tls_entry(f"relayer:{name}"),
@@ -601,22 +679,9 @@ class LocalSystem:
                 )
             )
             relayers[name] = f"127.0.0.1:{port}"
-        (self.workdir / "coordinator.toml").write_text(
-            dump_toml(
-                {
-                    "network": "network.toml",
-                    "listen": f"127.0.0.1:{self.ports['coordinator']}",
-                    "database": self._coordinator_database(),
-                    "transfer_ttl": self.transfer_ttl,
-                    "supply_heartbeat": self.supply_heartbeat,
-                    "verifiers": verifiers,
-                    "relayers": relayers,
-                    "audit_log": "audit/coordinator.jsonl",
-                    **self._tls_entry("coordinator"),
-                }
-                | self._obs_tables("coordinator")
-            )
-        )
+        self._coordinator_database()
+        for name in self.coordinator_names:
+            self._coordinator_file(name, relayers, verifiers)
 
     def _obs_tables(self, name: str) -> dict[str, Any]:
         """---- observability: ``[metrics]`` / ``[tracing]`` of one process's file."""
@@ -653,8 +718,8 @@ class LocalSystem:
 
     def start_process(self, name: str) -> None:
         """(Re)start one bridge process by name and wait until it listens."""
-        if name == "coordinator":
-            proc = self._process(name, "bridge.coordinator", "coordinator.toml")
+        if name == "coordinator" or name.startswith("coordinator-"):
+            proc = self._process(name, "bridge.coordinator", f"{name}.toml")
         elif name.startswith("relayer-"):
             proc = self._process(name, "relayers", f"{name}.toml")
         elif name.startswith(("verifier-", "spare-")):
@@ -669,7 +734,9 @@ class LocalSystem:
             self.start_process(f"verifier-{i}")
         for j in range(len(self.spare_keys)):
             self.start_process(f"spare-{j}")
-        self.start_process("coordinator")
+        for name in self.coordinator_names:
+            self.start_process(name)
+        self.leader()  # ---- active/passive coordinators: one has been elected
         for name in self.all_ledgers:
             self.start_process(f"relayer-{name}")
         self.register_issuance()
@@ -729,16 +796,20 @@ class LocalSystem:
 
     @property
     def coordinator_target(self) -> str:
-        """host:port of the coordinator's gRPC server."""
-        return f"127.0.0.1:{self.ports['coordinator']}"
+        """host:port of the coordinator's gRPC server (with several: the leader's)."""
+        return f"127.0.0.1:{self.ports[self.leader()]}"
 
     def stop(self) -> None:
-        """Stop bridge processes (coordinator first), then the ledgers."""
-        order = ["coordinator", *[n for n in self.processes if n != "coordinator"]]
+        """Stop bridge processes (coordinators first), then the ledgers."""
+        first = [n for n in self.processes if n.startswith("coordinator")]
+        order = [*first, *[n for n in self.processes if n not in first]]
         for name in order:
             proc = self.processes.get(name)
             if proc is not None:
+                proc.resume()  # a paused (SIGSTOP) process cannot act on SIGTERM
                 proc.stop()
+        for proxy in self.db_proxies.values():
+            proxy.close()
         for ledger in self.dev_ledgers.values():
             ledger.stop()
 
@@ -809,6 +880,22 @@ def to_checksum(address: bytes) -> str:
 def _table(key: str, value: dict[str, str]) -> dict[str, Any]:
     """``{key: value}`` when ``value`` is not empty, else nothing."""
     return {key: value} if value else {}
+
+
+def health_serving(target: str, identity: Any) -> bool:
+    """True when ``target``'s gRPC health (whole server) is SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = sync_channel(target, identity)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1.0
+        )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
 
 
 def _try_adjust(op: SupplyOperator, isin: str, ledger: str, units: int) -> bool:

@@ -39,6 +39,8 @@ class BridgeReason(enum.StrEnum):
     CLAIM_REFUSED = "CLAIM_REFUSED"
     STALE_VERSION = "STALE_VERSION"
     INTERNAL = "INTERNAL"
+    NOT_LEADER = "NOT_LEADER"
+    """A standby coordinator (or a deposed leader): call the leader (ErrorInfo ``leader``)."""
     UNKNOWN = "UNKNOWN"
     """A peer reported a reason outside both closed sets, or garbled details."""
 
@@ -96,6 +98,18 @@ class Unavailable(BridgeError):
     """A dependency (ledger, relayer, verifier) cannot be reached right now (UNAVAILABLE)."""
 
     kind = BridgeReason.UNAVAILABLE
+
+
+class NotLeader(Unavailable):
+    """This coordinator is a standby, or was the leader and lost its lease (ADR 0017);
+    nothing was done. ``leader_address`` names the current leader when known ('' unknown):
+    the client should call it, or another coordinator."""
+
+    kind = BridgeReason.NOT_LEADER
+
+    def __init__(self, message: str, leader_address: str = "") -> None:
+        super().__init__(message)
+        self.leader_address = leader_address
 
 
 class InvalidCertificate(BridgeError):

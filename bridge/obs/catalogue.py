@@ -14,6 +14,7 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     GUARANTEES: exactly the names a scrape of the coordinator, a relayer and a member can
     show (histogram buckets add the ``le`` label).
     """
+    from bridge.coordinator.ha import LeaseMetrics
     from bridge.coordinator.metrics import CoordinatorMetrics
     from bridge.obs.metrics import CommonMetrics
     from relayers.metrics import RelayerMetrics
@@ -25,6 +26,7 @@ def exported_metrics() -> dict[str, frozenset[str]]:
         common = CommonMetrics.create(component, registry)
         if component == "coordinator":
             CoordinatorMetrics(common, 60)
+            LeaseMetrics(common)  # ---- active/passive coordinators (ADR 0017)
         elif component == "relayer":
             none = cast(Any, None)
             RelayerMetrics(common, "ledger", none, none, none)

@@ -56,6 +56,15 @@ class DaemonObservability:
         self._tasks = [asyncio.create_task(self.readiness.run(stop))]
         self._tasks += [asyncio.create_task(loop) for loop in loops]
 
+    def add_loop(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Run one more loop (started after :meth:`start`) until :meth:`close`."""
+        self._tasks.append(asyncio.create_task(loop))
+
+    async def recheck(self) -> None:
+        """Run one probe round now (health follows at once, not at the next interval)."""
+        if self.readiness is not None:
+            await self.readiness.check_once()
+
     async def close(self) -> None:
         """Stop the probes and loops, the ``/metrics`` server and the span exporter."""
         for task in self._tasks:

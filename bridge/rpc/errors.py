@@ -87,6 +87,7 @@ RETRYABLE_REASONS: frozenset[ErrorReason | BridgeReason] = frozenset(
         BridgeReason.HALTED,
         BridgeReason.FLOW_LIMIT_QUEUED,
         BridgeReason.INTERNAL,
+        BridgeReason.NOT_LEADER,
         BridgeReason.UNKNOWN,
     }
 )
@@ -116,6 +117,9 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
     ledger = getattr(exc, "ledger", "")
     if isinstance(ledger, str) and ledger:
         meta["ledger"] = ledger[:_MAX_META]
+    leader = getattr(exc, "leader_address", "")
+    if isinstance(leader, str) and leader:
+        meta["leader"] = leader[:_MAX_META]  # ---- active/passive coordinators (ADR 0017)
     if isinstance(exc, LedgerRejected):
         if exc.detail:
             meta["detail"] = exc.detail[:_MAX_META]
@@ -191,6 +195,9 @@ class ReceivedError:
     detail: str
     figures: Mapping[str, Figure]
     retry_after_s: int | None
+    leader: str = ""
+    """NOT_LEADER: the leader's address the standby named ('' unknown). A hint only: the
+    client still checks the leader's certificate like any coordinator's."""
 
 
 _BY_NAME: dict[str, ErrorReason | BridgeReason] = {
@@ -250,6 +257,7 @@ def received_error(trailing: Iterable[tuple[str, str | bytes]] | None) -> Receiv
         detail=_meta_text(meta.get("detail", "")),
         figures=figures,
         retry_after_s=retry_after,
+        leader=_meta_text(meta.get("leader", "")),
     )
 
 

@@ -32,6 +32,7 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     B.CLAIM_REFUSED: "A committee member refused to sign the claim (its own read of the ledger disagrees).",
     B.STALE_VERSION: "A versioned registration named a version other than the next one; read it again.",
     B.INTERNAL: "An unexpected fault in the bridge; the operator has the log.",
+    B.NOT_LEADER: "This coordinator is a standby (or lost its lease); call the leader named in the `leader` detail, or another coordinator.",
     B.UNKNOWN: "The peer sent no valid details (or a reason outside this list); treat as unknown.",
     # Authorisation on the ledger.
     R.NOT_ADMIN: "The caller is not the endpoint's admin.",

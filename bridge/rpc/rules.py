@@ -136,6 +136,9 @@ RULES: Mapping[str, Rule] = {
     _O + "AbortTransfer": _rule(BRIDGE_OPERATOR),
     _O + "ListMisbehaviour": _rule(BRIDGE_OPERATOR),
     _O + "GetFlowStatus": _rule(BRIDGE_OPERATOR),  # ---- flow limits: lanes and queues
+    # ---- active/passive coordinators (ADR 0017): who leads and who stands by. The bridge
+    # operator only: it names every coordinator's address, which others need not know.
+    _O + "GetClusterStatus": _rule(BRIDGE_OPERATOR),
     # SECURITY: only the coordinator drives relayers and asks the committee to sign.
     _R + "GetLedgerInfo": _rule(COORDINATOR),
     _R + "GetLeg": _rule(COORDINATOR),

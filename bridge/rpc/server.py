@@ -34,15 +34,18 @@ class BridgeServer:
         registrars: Iterable[Registrar],
         security: ServerSecurity | None = None,
         observers: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+        gates: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ):
         """Bind ``listen``: with mutual TLS and the authorisation interceptor when
         ``security`` is given, else plaintext (callers decide that only through
-        :func:`bridge.rpc.security.server_security`, which refuses it outside development)."""
+        :func:`bridge.rpc.security.server_security`, which refuses it outside development).
+        ``gates`` run inside each call after authorisation (a standby coordinator's)."""
         self._listen = listen
         self._names = list(service_names)
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0)],
-            interceptors=[*observers, *([security.interceptor] if security else [])] or None,
+            interceptors=[*observers, *([security.interceptor] if security else []), *gates]
+            or None,
         )
         for register in registrars:
             register(self.server)

@@ -379,3 +379,92 @@ class ListRotationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRotationsResponse: _TypeAlias = ListRotationsResponse  # noqa: Y015
+
+@_typing.final
+class GetClusterStatusRequest(_message.Message):
+    """---- active/passive coordinators (ADR 0017)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterStatusRequest: _TypeAlias = GetClusterStatusRequest  # noqa: Y015
+
+@_typing.final
+class ClusterMember(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    SEEN_SECONDS_AGO_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.str
+    """Its advertised gRPC address."""
+    leader: _builtins.bool
+    seen_seconds_ago: _builtins.float
+    """By the database's clock, since its last lease poll or renewal."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        leader: _builtins.bool = ...,
+        seen_seconds_ago: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "leader", b"leader", "name", b"name", "seen_seconds_ago", b"seen_seconds_ago"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterMember: _TypeAlias = ClusterMember  # noqa: Y015
+
+@_typing.final
+class GetClusterStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADER_FIELD_NUMBER: _builtins.int
+    LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ANSWERED_BY_FIELD_NUMBER: _builtins.int
+    ANSWERED_BY_LEADER_FIELD_NUMBER: _builtins.int
+    leader: _builtins.str
+    """The holder of the current, unexpired term (empty: none right now)."""
+    leader_address: _builtins.str
+    token: _builtins.int
+    """The fencing token of the current (or last) term."""
+    expires_in_seconds: _builtins.float
+    """Negative when the term expired."""
+    answered_by: _builtins.str
+    """The coordinator that answered, and whether it leads."""
+    answered_by_leader: _builtins.bool
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
+    def __init__(
+        self,
+        *,
+        leader: _builtins.str = ...,
+        leader_address: _builtins.str = ...,
+        token: _builtins.int = ...,
+        expires_in_seconds: _builtins.float = ...,
+        members: _abc.Iterable[Global___ClusterMember] | None = ...,
+        answered_by: _builtins.str = ...,
+        answered_by_leader: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_by", b"answered_by", "answered_by_leader", b"answered_by_leader", "expires_in_seconds", b"expires_in_seconds", "leader", b"leader", "leader_address", b"leader_address", "members", b"members", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterStatusResponse: _TypeAlias = GetClusterStatusResponse  # noqa: Y015

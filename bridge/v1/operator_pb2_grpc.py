@@ -84,6 +84,11 @@ class OperatorServiceStub:
                 request_serializer=bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.FromString,
                 _registered_method=True)
+        self.GetClusterStatus = channel.unary_unary(
+                '/bridge.v1.OperatorService/GetClusterStatus',
+                request_serializer=bridge_dot_v1_dot_operator__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_operator__pb2.GetClusterStatusResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -171,6 +176,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterStatus(self, request, context):
+        """---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+        every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +231,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListRotations,
                     request_deserializer=bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.SerializeToString,
+            ),
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=bridge_dot_v1_dot_operator__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_operator__pb2.GetClusterStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +484,33 @@ class OperatorService:
             '/bridge.v1.OperatorService/ListRotations',
             bridge_dot_v1_dot_operator__pb2.ListRotationsRequest.SerializeToString,
             bridge_dot_v1_dot_operator__pb2.ListRotationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.OperatorService/GetClusterStatus',
+            bridge_dot_v1_dot_operator__pb2.GetClusterStatusRequest.SerializeToString,
+            bridge_dot_v1_dot_operator__pb2.GetClusterStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,10 @@ class OperatorServiceStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListRotations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]
+    GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetClusterStatusRequest, _operator_pb2.GetClusterStatusResponse]
+    """---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+    every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -127,6 +131,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     ListRotations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListRotationsRequest, _operator_pb2.ListRotationsResponse]  # type: ignore[assignment]
+    GetClusterStatus: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetClusterStatusRequest, _operator_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
+    """---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+    every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the coordinator to the bridge operator (restrict it at the network layer).
@@ -227,5 +235,15 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListRotationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListRotationsResponse, _abc.Awaitable[_operator_pb2.ListRotationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetClusterStatus(
+        self,
+        request: _operator_pb2.GetClusterStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.GetClusterStatusResponse, _abc.Awaitable[_operator_pb2.GetClusterStatusResponse]]:
+        """---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+        every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

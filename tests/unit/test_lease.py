@@ -1,5 +1,5 @@
-"""Leader lease and fencing token for active/passive coordinators (issue 13 item 2; the
-mechanism only, not yet wired into the coordinator: ADR 0013 "Next")."""
+"""Leader lease and fencing token for active/passive coordinators (ADR 0017): the lease, the
+fencing check wired into the stores' own database, and the keeper's election loop."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from bridge.coordinator.db import Conn, Database, open_database
 from bridge.coordinator.lease import Fenced, Lease
+from bridge.domain.errors import InvalidInput
 
 pytestmark = [pytest.mark.unit, pytest.mark.ha]
 
@@ -93,6 +94,77 @@ async def test_a_takeover_waits_for_the_old_leaders_write_in_flight(fresh_pg_url
         with pytest.raises(Fenced):
             await a.fenced_write(mark("a-after"))
         assert marks(db_a) == ["a-slow"]
+    finally:
+        db_a.close()
+        db_b.close()
+
+
+# ---- wired fencing (ADR 0017): the stores' own database refuses a deposed leader's writes
+
+
+@pytest.mark.postgres
+async def test_a_deposed_leaders_store_write_is_refused_by_the_database(
+    fresh_pg_url: str,
+) -> None:
+    """Two coordinators, each with its stores' connection fenced by its own lease (a second
+    connection, as ``bridge-coordinator`` runs it). After b takes over, a's next store
+    write, any store, is refused inside its transaction with Fenced (NOT_LEADER) and
+    nothing of it lands; b's writes go through."""
+    from bridge.coordinator.store import SqlTransferStore
+    from bridge.domain.errors import BridgeReason
+
+    stores_a, lease_a_db = open_database(fresh_pg_url), open_database(fresh_pg_url)
+    stores_b, lease_b_db = open_database(fresh_pg_url), open_database(fresh_pg_url)
+    a = Lease(lease_a_db, "coord-a", ttl=0.4, address="10.0.0.1:50051")
+    b = Lease(lease_b_db, "coord-b", ttl=0.4, address="10.0.0.2:50051")
+    store_a, store_b = SqlTransferStore(stores_a), SqlTransferStore(stores_b)
+    try:
+        assert await a.acquire() == 1
+        stores_a.set_fence(a.check)
+        await store_a.record_events("evm-a", [], 5)
+        assert await b.acquire() is None and b.leader_address == "10.0.0.1:50051"
+        await asyncio.sleep(0.6)  # a hangs past its term
+        assert await b.acquire() == 2
+        stores_b.set_fence(b.check)
+        with pytest.raises(Fenced) as exc:
+            await store_a.record_events("evm-a", [], 9)  # a wakes up: refused
+        assert exc.value.kind is BridgeReason.NOT_LEADER
+        assert (exc.value.token, exc.value.current_token) == (1, 2) and a.fenced
+        assert await store_a.scanned_height("evm-a") == 5, "nothing of the refused write"
+        await store_b.record_events("evm-a", [], 7)
+        assert await store_a.scanned_height("evm-a") == 7
+        assert not b.fenced
+    finally:
+        store_a.close()
+        store_b.close()
+        for db in (lease_a_db, lease_b_db):
+            db.close()
+
+
+async def test_the_keeper_steps_down_when_its_renewals_stop(
+    open_db: Callable[[], Database],
+) -> None:
+    """LeaseKeeper: elected, then deposed (another holder took the expired term) -> TAKEN;
+    a fenced write -> FENCED; each transition reported to the metrics hook."""
+    from bridge.coordinator.lease import LeaderLost, LeaseKeeper, LeaseTiming
+
+    db_a, db_b = open_db(), open_db()
+    seen: list[tuple[bool, int]] = []
+    timing = LeaseTiming(ttl=0.6, renew_interval=0.1)
+    keeper = LeaseKeeper(Lease(db_a, "coord-a", 0.6), timing, lambda *x: seen.append(x))
+    other = Lease(db_b, "coord-b", 0.6)
+    stop = asyncio.Event()
+    try:
+        assert await keeper.elect(stop) == 1 and keeper.leading
+        hold = asyncio.create_task(keeper.hold(stop))
+        await asyncio.sleep(0.3)
+        assert not hold.done(), "renewals keep the term"
+        assert await other.acquire() is None
+        keeper.lease.fenced = True  # as Lease.check sets it when a write is refused
+        assert await asyncio.wait_for(hold, 2) is LeaderLost.FENCED
+        assert not keeper.leading and seen == [(True, 1), (False, 1)]
+        with pytest.raises(InvalidInput):
+            LeaseTiming(ttl=1.0, renew_interval=0.5)  # renewals too sparse for the term
     finally:
         db_a.close()
         db_b.close()

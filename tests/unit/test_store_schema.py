@@ -148,8 +148,11 @@ async def test_a_blocked_write_does_not_block_the_event_loop(tmp_path: Path) -> 
 @pytest.mark.postgres
 async def test_a_broken_postgres_connection_is_replaced(fresh_pg_url: str) -> None:
     """The server ends the coordinator's session (restart, failover, idle kill): the call
-    that was on it fails and changed nothing; the next call runs on a new connection."""
+    that was on it fails (typed: DatabaseUnavailable, UNAVAILABLE, so clients retry or fail
+    over) and changed nothing; the next call runs on a new connection."""
     import psycopg
+
+    from bridge.coordinator.db import DatabaseUnavailable
 
     db = open_database(fresh_pg_url)
     store = SqlTransferStore(db)
@@ -158,8 +161,9 @@ async def test_a_broken_postgres_connection_is_replaced(fresh_pg_url: str) -> No
     pid = db.run_sync(lambda c: c.execute("SELECT pg_backend_pid()").fetchone())[0]
     with psycopg.connect(fresh_pg_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(DatabaseUnavailable) as exc:
         await store.set_reason(rec.transfer_id, "lost")
+    assert isinstance(exc.value.__cause__, psycopg.OperationalError)
     await store.set_reason(rec.transfer_id, "kept")
     got = await store.get(rec.transfer_id)
     assert got is not None and got.reason == "kept"

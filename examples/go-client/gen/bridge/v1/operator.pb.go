@@ -835,6 +835,209 @@ func (x *ListRotationsResponse) GetRotations() []*Rotation {
 	return nil
 }
 
+// ---- active/passive coordinators (ADR 0017)
+type GetClusterStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterStatusRequest) Reset() {
+	*x = GetClusterStatusRequest{}
+	mi := &file_bridge_v1_operator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatusRequest) ProtoMessage() {}
+
+func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_operator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_operator_proto_rawDescGZIP(), []int{14}
+}
+
+type ClusterMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its advertised gRPC address.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Leader  bool   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// By the database's clock, since its last lease poll or renewal.
+	SeenSecondsAgo float64 `protobuf:"fixed64,4,opt,name=seen_seconds_ago,json=seenSecondsAgo,proto3" json:"seen_seconds_ago,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ClusterMember) Reset() {
+	*x = ClusterMember{}
+	mi := &file_bridge_v1_operator_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMember) ProtoMessage() {}
+
+func (x *ClusterMember) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_operator_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMember.ProtoReflect.Descriptor instead.
+func (*ClusterMember) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_operator_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ClusterMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *ClusterMember) GetSeenSecondsAgo() float64 {
+	if x != nil {
+		return x.SeenSecondsAgo
+	}
+	return 0
+}
+
+type GetClusterStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The holder of the current, unexpired term (empty: none right now).
+	Leader        string `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderAddress string `protobuf:"bytes,2,opt,name=leader_address,json=leaderAddress,proto3" json:"leader_address,omitempty"`
+	// The fencing token of the current (or last) term.
+	Token uint64 `protobuf:"varint,3,opt,name=token,proto3" json:"token,omitempty"`
+	// Negative when the term expired.
+	ExpiresInSeconds float64          `protobuf:"fixed64,4,opt,name=expires_in_seconds,json=expiresInSeconds,proto3" json:"expires_in_seconds,omitempty"`
+	Members          []*ClusterMember `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	// The coordinator that answered, and whether it leads.
+	AnsweredBy       string `protobuf:"bytes,6,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	AnsweredByLeader bool   `protobuf:"varint,7,opt,name=answered_by_leader,json=answeredByLeader,proto3" json:"answered_by_leader,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetClusterStatusResponse) Reset() {
+	*x = GetClusterStatusResponse{}
+	mi := &file_bridge_v1_operator_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatusResponse) ProtoMessage() {}
+
+func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_operator_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetClusterStatusResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_operator_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetClusterStatusResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *GetClusterStatusResponse) GetLeaderAddress() string {
+	if x != nil {
+		return x.LeaderAddress
+	}
+	return ""
+}
+
+func (x *GetClusterStatusResponse) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *GetClusterStatusResponse) GetExpiresInSeconds() float64 {
+	if x != nil {
+		return x.ExpiresInSeconds
+	}
+	return 0
+}
+
+func (x *GetClusterStatusResponse) GetMembers() []*ClusterMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *GetClusterStatusResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *GetClusterStatusResponse) GetAnsweredByLeader() bool {
+	if x != nil {
+		return x.AnsweredByLeader
+	}
+	return false
+}
+
 var File_bridge_v1_operator_proto protoreflect.FileDescriptor
 
 const file_bridge_v1_operator_proto_rawDesc = "" +
@@ -901,7 +1104,22 @@ const file_bridge_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"J\n" +
 	"\x15ListRotationsResponse\x121\n" +
-	"\trotations\x18\x01 \x03(\v2\x13.bridge.v1.RotationR\trotations2\xe0\x05\n" +
+	"\trotations\x18\x01 \x03(\v2\x13.bridge.v1.RotationR\trotations\"\x19\n" +
+	"\x17GetClusterStatusRequest\"\x7f\n" +
+	"\rClusterMember\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x12(\n" +
+	"\x10seen_seconds_ago\x18\x04 \x01(\x01R\x0eseenSecondsAgo\"\xa0\x02\n" +
+	"\x18GetClusterStatusResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\x12%\n" +
+	"\x0eleader_address\x18\x02 \x01(\tR\rleaderAddress\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\x04R\x05token\x12,\n" +
+	"\x12expires_in_seconds\x18\x04 \x01(\x01R\x10expiresInSeconds\x122\n" +
+	"\amembers\x18\x05 \x03(\v2\x18.bridge.v1.ClusterMemberR\amembers\x12\x1f\n" +
+	"\vanswered_by\x18\x06 \x01(\tR\n" +
+	"answeredBy\x12,\n" +
+	"\x12answered_by_leader\x18\a \x01(\bR\x10answeredByLeader2\xbd\x06\n" +
 	"\x0fOperatorService\x12a\n" +
 	"\x12ListStuckTransfers\x12$.bridge.v1.ListStuckTransfersRequest\x1a%.bridge.v1.ListStuckTransfersResponse\x12E\n" +
 	"\rRetryTransfer\x12\x1f.bridge.v1.RetryTransferRequest\x1a\x13.bridge.v1.Transfer\x12E\n" +
@@ -911,7 +1129,8 @@ const file_bridge_v1_operator_proto_rawDesc = "" +
 	"\x0fProposeRotation\x12!.bridge.v1.ProposeRotationRequest\x1a\x13.bridge.v1.Rotation\x12I\n" +
 	"\x0fCertifyRotation\x12!.bridge.v1.CertifyRotationRequest\x1a\x13.bridge.v1.Rotation\x12A\n" +
 	"\vGetRotation\x12\x1d.bridge.v1.GetRotationRequest\x1a\x13.bridge.v1.Rotation\x12R\n" +
-	"\rListRotations\x12\x1f.bridge.v1.ListRotationsRequest\x1a .bridge.v1.ListRotationsResponseB_\n" +
+	"\rListRotations\x12\x1f.bridge.v1.ListRotationsRequest\x1a .bridge.v1.ListRotationsResponse\x12[\n" +
+	"\x10GetClusterStatus\x12\".bridge.v1.GetClusterStatusRequest\x1a#.bridge.v1.GetClusterStatusResponseB_\n" +
 	"\x12dev.kstb.bridge.v1B\rOperatorProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
 var (
@@ -926,7 +1145,7 @@ func file_bridge_v1_operator_proto_rawDescGZIP() []byte {
 	return file_bridge_v1_operator_proto_rawDescData
 }
 
-var file_bridge_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_bridge_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_bridge_v1_operator_proto_goTypes = []any{
 	(*ListStuckTransfersRequest)(nil),  // 0: bridge.v1.ListStuckTransfersRequest
 	(*ListStuckTransfersResponse)(nil), // 1: bridge.v1.ListStuckTransfersResponse
@@ -942,46 +1161,52 @@ var file_bridge_v1_operator_proto_goTypes = []any{
 	(*RotationLedger)(nil),             // 11: bridge.v1.RotationLedger
 	(*Rotation)(nil),                   // 12: bridge.v1.Rotation
 	(*ListRotationsResponse)(nil),      // 13: bridge.v1.ListRotationsResponse
-	(*Transfer)(nil),                   // 14: bridge.v1.Transfer
-	(*timestamppb.Timestamp)(nil),      // 15: google.protobuf.Timestamp
-	(*LedgerSignature)(nil),            // 16: bridge.v1.LedgerSignature
-	(*RotationProposal)(nil),           // 17: bridge.v1.RotationProposal
-	(*GetFlowStatusRequest)(nil),       // 18: bridge.v1.GetFlowStatusRequest
-	(*GetFlowStatusResponse)(nil),      // 19: bridge.v1.GetFlowStatusResponse
+	(*GetClusterStatusRequest)(nil),    // 14: bridge.v1.GetClusterStatusRequest
+	(*ClusterMember)(nil),              // 15: bridge.v1.ClusterMember
+	(*GetClusterStatusResponse)(nil),   // 16: bridge.v1.GetClusterStatusResponse
+	(*Transfer)(nil),                   // 17: bridge.v1.Transfer
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*LedgerSignature)(nil),            // 19: bridge.v1.LedgerSignature
+	(*RotationProposal)(nil),           // 20: bridge.v1.RotationProposal
+	(*GetFlowStatusRequest)(nil),       // 21: bridge.v1.GetFlowStatusRequest
+	(*GetFlowStatusResponse)(nil),      // 22: bridge.v1.GetFlowStatusResponse
 }
 var file_bridge_v1_operator_proto_depIdxs = []int32{
-	14, // 0: bridge.v1.ListStuckTransfersResponse.transfers:type_name -> bridge.v1.Transfer
-	15, // 1: bridge.v1.Misbehaviour.at:type_name -> google.protobuf.Timestamp
+	17, // 0: bridge.v1.ListStuckTransfersResponse.transfers:type_name -> bridge.v1.Transfer
+	18, // 1: bridge.v1.Misbehaviour.at:type_name -> google.protobuf.Timestamp
 	5,  // 2: bridge.v1.ListMisbehaviourResponse.incidents:type_name -> bridge.v1.Misbehaviour
-	16, // 3: bridge.v1.CertifyRotationRequest.signatures:type_name -> bridge.v1.LedgerSignature
-	17, // 4: bridge.v1.Rotation.proposal:type_name -> bridge.v1.RotationProposal
+	19, // 3: bridge.v1.CertifyRotationRequest.signatures:type_name -> bridge.v1.LedgerSignature
+	20, // 4: bridge.v1.Rotation.proposal:type_name -> bridge.v1.RotationProposal
 	11, // 5: bridge.v1.Rotation.ledgers:type_name -> bridge.v1.RotationLedger
 	5,  // 6: bridge.v1.Rotation.evidence:type_name -> bridge.v1.Misbehaviour
-	15, // 7: bridge.v1.Rotation.created_at:type_name -> google.protobuf.Timestamp
+	18, // 7: bridge.v1.Rotation.created_at:type_name -> google.protobuf.Timestamp
 	12, // 8: bridge.v1.ListRotationsResponse.rotations:type_name -> bridge.v1.Rotation
-	0,  // 9: bridge.v1.OperatorService.ListStuckTransfers:input_type -> bridge.v1.ListStuckTransfersRequest
-	2,  // 10: bridge.v1.OperatorService.RetryTransfer:input_type -> bridge.v1.RetryTransferRequest
-	3,  // 11: bridge.v1.OperatorService.AbortTransfer:input_type -> bridge.v1.AbortTransferRequest
-	4,  // 12: bridge.v1.OperatorService.ListMisbehaviour:input_type -> bridge.v1.ListMisbehaviourRequest
-	18, // 13: bridge.v1.OperatorService.GetFlowStatus:input_type -> bridge.v1.GetFlowStatusRequest
-	7,  // 14: bridge.v1.OperatorService.ProposeRotation:input_type -> bridge.v1.ProposeRotationRequest
-	8,  // 15: bridge.v1.OperatorService.CertifyRotation:input_type -> bridge.v1.CertifyRotationRequest
-	9,  // 16: bridge.v1.OperatorService.GetRotation:input_type -> bridge.v1.GetRotationRequest
-	10, // 17: bridge.v1.OperatorService.ListRotations:input_type -> bridge.v1.ListRotationsRequest
-	1,  // 18: bridge.v1.OperatorService.ListStuckTransfers:output_type -> bridge.v1.ListStuckTransfersResponse
-	14, // 19: bridge.v1.OperatorService.RetryTransfer:output_type -> bridge.v1.Transfer
-	14, // 20: bridge.v1.OperatorService.AbortTransfer:output_type -> bridge.v1.Transfer
-	6,  // 21: bridge.v1.OperatorService.ListMisbehaviour:output_type -> bridge.v1.ListMisbehaviourResponse
-	19, // 22: bridge.v1.OperatorService.GetFlowStatus:output_type -> bridge.v1.GetFlowStatusResponse
-	12, // 23: bridge.v1.OperatorService.ProposeRotation:output_type -> bridge.v1.Rotation
-	12, // 24: bridge.v1.OperatorService.CertifyRotation:output_type -> bridge.v1.Rotation
-	12, // 25: bridge.v1.OperatorService.GetRotation:output_type -> bridge.v1.Rotation
-	13, // 26: bridge.v1.OperatorService.ListRotations:output_type -> bridge.v1.ListRotationsResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 9: bridge.v1.GetClusterStatusResponse.members:type_name -> bridge.v1.ClusterMember
+	0,  // 10: bridge.v1.OperatorService.ListStuckTransfers:input_type -> bridge.v1.ListStuckTransfersRequest
+	2,  // 11: bridge.v1.OperatorService.RetryTransfer:input_type -> bridge.v1.RetryTransferRequest
+	3,  // 12: bridge.v1.OperatorService.AbortTransfer:input_type -> bridge.v1.AbortTransferRequest
+	4,  // 13: bridge.v1.OperatorService.ListMisbehaviour:input_type -> bridge.v1.ListMisbehaviourRequest
+	21, // 14: bridge.v1.OperatorService.GetFlowStatus:input_type -> bridge.v1.GetFlowStatusRequest
+	7,  // 15: bridge.v1.OperatorService.ProposeRotation:input_type -> bridge.v1.ProposeRotationRequest
+	8,  // 16: bridge.v1.OperatorService.CertifyRotation:input_type -> bridge.v1.CertifyRotationRequest
+	9,  // 17: bridge.v1.OperatorService.GetRotation:input_type -> bridge.v1.GetRotationRequest
+	10, // 18: bridge.v1.OperatorService.ListRotations:input_type -> bridge.v1.ListRotationsRequest
+	14, // 19: bridge.v1.OperatorService.GetClusterStatus:input_type -> bridge.v1.GetClusterStatusRequest
+	1,  // 20: bridge.v1.OperatorService.ListStuckTransfers:output_type -> bridge.v1.ListStuckTransfersResponse
+	17, // 21: bridge.v1.OperatorService.RetryTransfer:output_type -> bridge.v1.Transfer
+	17, // 22: bridge.v1.OperatorService.AbortTransfer:output_type -> bridge.v1.Transfer
+	6,  // 23: bridge.v1.OperatorService.ListMisbehaviour:output_type -> bridge.v1.ListMisbehaviourResponse
+	22, // 24: bridge.v1.OperatorService.GetFlowStatus:output_type -> bridge.v1.GetFlowStatusResponse
+	12, // 25: bridge.v1.OperatorService.ProposeRotation:output_type -> bridge.v1.Rotation
+	12, // 26: bridge.v1.OperatorService.CertifyRotation:output_type -> bridge.v1.Rotation
+	12, // 27: bridge.v1.OperatorService.GetRotation:output_type -> bridge.v1.Rotation
+	13, // 28: bridge.v1.OperatorService.ListRotations:output_type -> bridge.v1.ListRotationsResponse
+	16, // 29: bridge.v1.OperatorService.GetClusterStatus:output_type -> bridge.v1.GetClusterStatusResponse
+	20, // [20:30] is the sub-list for method output_type
+	10, // [10:20] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_operator_proto_init() }
@@ -999,7 +1224,7 @@ func file_bridge_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_operator_proto_rawDesc), len(file_bridge_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

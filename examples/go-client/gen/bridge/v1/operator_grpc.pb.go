@@ -28,6 +28,7 @@ const (
 	OperatorService_CertifyRotation_FullMethodName    = "/bridge.v1.OperatorService/CertifyRotation"
 	OperatorService_GetRotation_FullMethodName        = "/bridge.v1.OperatorService/GetRotation"
 	OperatorService_ListRotations_FullMethodName      = "/bridge.v1.OperatorService/ListRotations"
+	OperatorService_GetClusterStatus_FullMethodName   = "/bridge.v1.OperatorService/GetClusterStatus"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -72,6 +73,9 @@ type OperatorServiceClient interface {
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*Rotation, error)
 	ListRotations(ctx context.Context, in *ListRotationsRequest, opts ...grpc.CallOption) (*ListRotationsResponse, error)
+	// ---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+	// every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+	GetClusterStatus(ctx context.Context, in *GetClusterStatusRequest, opts ...grpc.CallOption) (*GetClusterStatusResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -172,6 +176,16 @@ func (c *operatorServiceClient) ListRotations(ctx context.Context, in *ListRotat
 	return out, nil
 }
 
+func (c *operatorServiceClient) GetClusterStatus(ctx context.Context, in *GetClusterStatusRequest, opts ...grpc.CallOption) (*GetClusterStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetClusterStatusResponse)
+	err := c.cc.Invoke(ctx, OperatorService_GetClusterStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -214,6 +228,9 @@ type OperatorServiceServer interface {
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	GetRotation(context.Context, *GetRotationRequest) (*Rotation, error)
 	ListRotations(context.Context, *ListRotationsRequest) (*ListRotationsResponse, error)
+	// ---- active/passive coordinators (ADR 0017): the lease holder, its fencing token and
+	// every coordinator's last heartbeat, from the shared database. Standbys answer it too.
+	GetClusterStatus(context.Context, *GetClusterStatusRequest) (*GetClusterStatusResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -250,6 +267,9 @@ func (UnimplementedOperatorServiceServer) GetRotation(context.Context, *GetRotat
 }
 func (UnimplementedOperatorServiceServer) ListRotations(context.Context, *ListRotationsRequest) (*ListRotationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRotations not implemented")
+}
+func (UnimplementedOperatorServiceServer) GetClusterStatus(context.Context, *GetClusterStatusRequest) (*GetClusterStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetClusterStatus not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -434,6 +454,24 @@ func _OperatorService_ListRotations_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_GetClusterStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetClusterStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).GetClusterStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_GetClusterStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).GetClusterStatus(ctx, req.(*GetClusterStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -476,6 +514,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRotations",
 			Handler:    _OperatorService_ListRotations_Handler,
+		},
+		{
+			MethodName: "GetClusterStatus",
+			Handler:    _OperatorService_GetClusterStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

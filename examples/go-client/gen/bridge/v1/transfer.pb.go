@@ -768,8 +768,11 @@ func (x *ListTransfersResponse) GetNextPageToken() string {
 }
 
 type WatchTransferRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TransferId    string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TransferId string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	// Resume: only updates with a larger sequence (0: every update from 1). A client that
+	// fails over to another coordinator passes the last sequence it received (ADR 0017).
+	AfterSequence uint64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -809,6 +812,13 @@ func (x *WatchTransferRequest) GetTransferId() string {
 		return x.TransferId
 	}
 	return ""
+}
+
+func (x *WatchTransferRequest) GetAfterSequence() uint64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
 }
 
 type TransferUpdate struct {
@@ -955,10 +965,11 @@ const file_bridge_v1_transfer_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"r\n" +
 	"\x15ListTransfersResponse\x121\n" +
 	"\ttransfers\x18\x01 \x03(\v2\x13.bridge.v1.TransferR\ttransfers\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"7\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"^\n" +
 	"\x14WatchTransferRequest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\tR\n" +
-	"transferId\"\xd1\x01\n" +
+	"transferId\x12%\n" +
+	"\x0eafter_sequence\x18\x02 \x01(\x04R\rafterSequence\"\xd1\x01\n" +
 	"\x0eTransferUpdate\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.bridge.v1.TransferStateR\x05state\x12\x16\n" +
