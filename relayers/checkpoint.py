@@ -31,12 +31,15 @@ MIGRATIONS: tuple[Migration[sqlite3.Connection], ...] = (
 )
 """Every migration of the relayer's store, in version order (append-only)."""
 
+MARKERS = ("checkpoint",)
+"""The table every release of the relayer's store wrote (an unstamped file needs it)."""
+
 
 class CheckpointStore:
     """Remembers the last ledger position whose events the coordinator acknowledged."""
 
     def __init__(self, path: Path, ledger: str) -> None:
-        self._db = open_store(path, KIND, MIGRATIONS)
+        self._db = open_store(path, KIND, MIGRATIONS, markers=MARKERS)
         self._ledger = ledger
 
     def load(self) -> EventPosition | None:

@@ -62,7 +62,7 @@ class VoteLog:
                 )
             if row is None:
                 self._db.execute(
-                    "INSERT INTO votes VALUES (?, ?, ?, ?)",
+                    "INSERT INTO votes (transfer_id, decision, terms_hash, at) VALUES (?, ?, ?, ?)",
                     (transfer_id, int(decision), terms_hash, time.time()),
                 )
             elif int(row[0]) != int(decision):

@@ -13,7 +13,9 @@ import argparse
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bridge.coordinator import schema as coordinator_schema
 from bridge.coordinator.db import is_postgres_url, open_sqlite
@@ -28,7 +30,8 @@ from bridge.storage.backup import (
     restore,
     schema_version_of,
 )
-from bridge.storage.migrations import StoreError
+from bridge.storage.migrations import Migration, StoreError
+from bridge.storage.schema import Schema, canonical_sqlite
 from bridge.storage.sqlite import immediate, migrate_sqlite, open_durable
 from relayers import checkpoint as relayer_store
 from verifiers import store as member_store
@@ -48,6 +51,12 @@ def _prepare_member(path: Path, info: BackupInfo, acknowledgement: str) -> int:
         version = migrate_sqlite(db, member_store.KIND, member_store.MIGRATIONS)
         with immediate(db):
             member_store.enter_quarantine(db, info.taken_at, acknowledgement)
+        # SECURITY (review s17 finding 1): the restore is published only if the store
+        # reads back as quarantined (whatever the file holds, nothing may undo it).
+        if member_store.quarantined(db) is None:
+            raise member_store.QuarantineNotEntered(
+                "the restored member store does not read back as quarantined: refused"
+            )
         return version
     finally:
         db.close()
@@ -61,19 +70,33 @@ def _prepare_relayer(path: Path, info: BackupInfo, acknowledgement: str) -> int:
         db.close()
 
 
+def _schema(kind: str, migrations: tuple[Migration[Any], ...]) -> Callable[[int], Schema]:
+    return lambda version: canonical_sqlite(kind, migrations, version)
+
+
 KINDS: dict[str, StoreKind] = {
     "coordinator": StoreKind(
-        "coordinator", "transfers", coordinator_schema.LATEST, _prepare_coordinator
+        "coordinator",
+        "transfers",
+        coordinator_schema.LATEST,
+        _prepare_coordinator,
+        coordinator_schema.canonical_sqlite,
     ),
     "verifier": StoreKind(
         "verifier",
         "votes",
         member_store.MIGRATIONS[-1].version,
         _prepare_member,
+        _schema(member_store.KIND, member_store.MIGRATIONS),
         acknowledge=True,
+        owner=member_store.bound_member,
     ),
     "relayer": StoreKind(
-        "relayer", "checkpoint", relayer_store.MIGRATIONS[-1].version, _prepare_relayer
+        "relayer",
+        "checkpoint",
+        relayer_store.MIGRATIONS[-1].version,
+        _prepare_relayer,
+        _schema(relayer_store.KIND, relayer_store.MIGRATIONS),
     ),
 }
 """Every kind of store these commands handle."""
@@ -142,7 +165,11 @@ def _info(path: Path, kind: StoreKind) -> dict[str, object]:
 
 
 def _lift(path: Path, acknowledgement: str) -> int:
-    db = member_store.open_member_store(path)
+    if not acknowledgement.strip():  # before the store is even opened (review s17 finding 8)
+        raise member_store.AcknowledgementMissing(
+            "lifting a quarantine needs a non-empty --acknowledge"
+        )
+    db = member_store.open_member_store(path, create=False)
     try:
         lifted = member_store.lift_quarantine(db, acknowledgement)
     finally:

@@ -2,7 +2,14 @@
 
 SECURITY: a running daemon holds a SHARED ``flock`` on ``<file>.lock``; ``bridge store
 restore`` needs it EXCLUSIVE, so a store is never replaced under a daemon that has it open
-(the daemon would keep signing from its old pages, or see a log change under it).
+(the daemon would keep signing from its old pages, or see a log change under it). The lock
+file is named from the store's RESOLVED path, so a symlink to the store (or a path through
+one) meets the same lock (review s17 finding 6).
+
+:func:`open_store` opens a store only if it is one: not a backup file never restored
+(:class:`NotRestored`), its schema exactly what its kind's migrations build
+(:mod:`bridge.storage.schema`), before and after migrating; a missing file is created only
+where the caller allows it (:class:`StoreMissing` otherwise).
 """
 
 from __future__ import annotations
@@ -14,13 +21,31 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from bridge.storage.migrations import Migration, StoreError, migrate
+from bridge.storage.migrations import (
+    Migration,
+    StoreError,
+    WrongStore,
+    current_version,
+    migrate,
+    store_kind,
+)
+from bridge.storage.schema import BACKUP_TABLE, canonical_sqlite, check_schema
 
 T = TypeVar("T")
 
 
 class StoreInUse(StoreError):
     """Another process holds the store (a daemon runs on it, or a restore replaces it)."""
+
+
+class StoreMissing(StoreError):
+    """The store file does not exist and may not be created here (a store that was here
+    is gone, or the path is mistyped): refused, nothing created."""
+
+
+class NotRestored(StoreError):
+    """The file is a backup (it has ``backup_info``): it becomes a store only through
+    ``bridge store restore``, which checks it and, for a member, quarantines it."""
 
 
 class LockedConnection(sqlite3.Connection):
@@ -39,8 +64,9 @@ class LockedConnection(sqlite3.Connection):
 
 
 def lock_path(path: Path) -> Path:
-    """The lock file beside the store ``path`` (the coordinator's is the same name)."""
-    return Path(f"{path}.lock")
+    """The lock file beside the store ``path`` (the coordinator's is the same name), named
+    from the resolved path: every name of one file meets one lock."""
+    return Path(f"{path.resolve()}.lock")
 
 
 def hold_lock(path: Path, *, exclusive: bool) -> IO[bytes]:
@@ -102,16 +128,55 @@ def transaction(db: sqlite3.Connection) -> Callable[[Callable[[sqlite3.Connectio
     return run
 
 
-def migrate_sqlite(db: sqlite3.Connection, kind: str, migrations: Sequence[Migration[Any]]) -> int:
+def migrate_sqlite(
+    db: sqlite3.Connection,
+    kind: str,
+    migrations: Sequence[Migration[Any]],
+    markers: Sequence[str] = (),
+) -> int:
     """:func:`bridge.storage.migrations.migrate` on ``db``, one ``BEGIN IMMEDIATE`` per step."""
-    return migrate(kind, migrations, transaction(db))
+    return migrate(kind, migrations, transaction(db), markers=markers)
 
 
-def open_store(path: Path, kind: str, migrations: Sequence[Migration[Any]]) -> sqlite3.Connection:
-    """:func:`open_durable` at the latest version of ``migrations``; closed if that fails."""
+def check_store(
+    db: sqlite3.Connection, kind: str, migrations: Sequence[Migration[Any]], version: int
+) -> None:
+    """SchemaMismatch unless ``db``'s schema is what ``migrations`` build up to ``version``
+    (version 0, a file of a release before versioning, is checked once migrated)."""
+    if version > 0:
+        check_schema(db, kind, version, canonical_sqlite(kind, migrations, version))
+
+
+def open_store(
+    path: Path,
+    kind: str,
+    migrations: Sequence[Migration[Any]],
+    *,
+    markers: Sequence[str] = (),
+    create: bool = True,
+) -> sqlite3.Connection:
+    """:func:`open_durable` at the latest version of ``migrations``; closed if that fails.
+
+    SECURITY: refuses, changing nothing, a missing file unless ``create`` (StoreMissing), a
+    backup file (NotRestored), another kind (WrongStore) and a schema that is not exactly
+    the kind's own, checked before migrating and again after (SchemaMismatch)."""
+    if not create and not path.is_file():
+        raise StoreMissing(f"no {kind} store at {path}: refusing to create one here")
     db = open_durable(path)
     try:
-        migrate_sqlite(db, kind, migrations)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (BACKUP_TABLE,)).fetchone():
+            raise NotRestored(
+                f"{path} is a backup: restore it with `bridge store restore`, never by copying"
+            )
+        found = store_kind(db)
+        if found is not None and found != kind:
+            raise WrongStore(kind, found)
+        with immediate(db):
+            have = current_version(db)
+        if have <= migrations[-1].version:  # a newer store: StoreTooNew from migrate
+            check_store(db, kind, migrations, have)
+        latest = migrate_sqlite(db, kind, migrations, markers)
+        check_store(db, kind, migrations, latest)
     except BaseException:
         db.close()
         raise
