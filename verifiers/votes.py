@@ -31,8 +31,10 @@ class VoteLog:
     remembers every decision it may have signed.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_member_store(path)
+    def __init__(self, path: Path, member: bytes | None = None) -> None:
+        """Open the member's store at ``path``; with ``member`` (its signing address) the
+        store is bound to that member, and refused (WrongOwner) if bound to another."""
+        self._db = open_member_store(path, member)
 
     def record(
         self,

@@ -19,7 +19,6 @@ from typing import Any
 
 from bridge.coordinator import schema as coordinator_schema
 from bridge.coordinator.db import is_postgres_url, open_sqlite
-from bridge.domain.legs import EventPosition
 from bridge.logfields import get_logger
 from bridge.storage.backup import (
     BackupInfo,
@@ -130,7 +129,17 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w = sp.add_parser("rewind-checkpoint", help="move a stopped relayer's checkpoint back")
     kind_and_path(w, ["relayer"])
     w.add_argument("--ledger", required=True)
-    w.add_argument("--height", type=int, required=True, help="re-deliver from after this block")
+    w.add_argument(
+        "--height",
+        type=int,
+        required=True,
+        help="the restored coordinator's scanned height: block HEIGHT itself is re-delivered",
+    )
+    w.add_argument(
+        "--force",
+        action="store_true",
+        help="also move forward, add a ledger or create a missing store (skips events)",
+    )
 
 
 def _info(path: Path, kind: StoreKind) -> dict[str, object]:
@@ -217,12 +226,12 @@ def run(a: argparse.Namespace) -> int:
         elif a.cmd == "lift-quarantine":
             out = {"lifted": _lift(a.path, a.acknowledge)}
         else:  # rewind-checkpoint
-            before = relayer_store.rewind(
-                a.path, a.ledger, EventPosition(a.height, relayer_store.END_OF_BLOCK)
-            )
+            to = relayer_store.rewind_position(a.height)
+            before = relayer_store.rewind(a.path, a.ledger, to, force=a.force)
             out = {
                 "ledger": a.ledger,
                 "height": a.height,
+                "checkpoint": [to.height, to.index],
                 "was": [before.height, before.index] if before else None,
             }
     except StoreError as exc:

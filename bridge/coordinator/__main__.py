@@ -87,7 +87,9 @@ async def run(config_path: Path) -> None:
     install_coordinator_metrics(metrics)
     # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
     # thread off the event loop, migrated to the latest schema before anything runs.
-    db = open_database(cfg.database, _database_password(cfg.database_password_file))
+    # SECURITY: a SQLite store is locked before it is connected to or migrated (review s17
+    # finding 6); claim_exclusive then takes PostgreSQL's advisory lock.
+    db = open_database(cfg.database, _database_password(cfg.database_password_file), exclusive=True)
     try:
         db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
     except DatabaseInUse:

@@ -154,15 +154,17 @@ def open_store(
     *,
     markers: Sequence[str] = (),
     create: bool = True,
+    lock: bool = True,
 ) -> sqlite3.Connection:
     """:func:`open_durable` at the latest version of ``migrations``; closed if that fails.
 
     SECURITY: refuses, changing nothing, a missing file unless ``create`` (StoreMissing), a
     backup file (NotRestored), another kind (WrongStore) and a schema that is not exactly
-    the kind's own, checked before migrating and again after (SchemaMismatch)."""
+    the kind's own, checked before migrating and again after (SchemaMismatch). Without
+    ``lock`` the caller holds the store's lock (a restore or a rewind)."""
     if not create and not path.is_file():
         raise StoreMissing(f"no {kind} store at {path}: refusing to create one here")
-    db = open_durable(path)
+    db = open_durable(path, lock=lock)
     try:
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (BACKUP_TABLE,)).fetchone():
             raise NotRestored(

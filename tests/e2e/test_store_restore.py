@@ -153,7 +153,11 @@ def test_a_restored_system_continues_correctly(s: LocalSystem) -> None:
         store_cli("restore", "--store", "relayer", "--path", str(state / f"{name}.sqlite"),
                   "--from", str(backups / f"{name}.bak"))  # fmt: skip
         scanned = restored["scanned"].get(ledger)
-        if scanned is not None:  # no further than what the restored coordinator has
+        have = store_cli("info", "--store", "relayer",
+                         "--path", str(state / f"{name}.sqlite"))["checkpoints"].get(ledger)  # fmt: skip
+        # No further than what the restored coordinator has (block ``scanned`` itself is
+        # re-delivered); a checkpoint already behind it is left alone (rewind never skips).
+        if scanned is not None and have is not None and have > [scanned - 1, 2**31 - 1]:
             store_cli("rewind-checkpoint", "--path", str(state / f"{name}.sqlite"),
                       "--ledger", ledger, "--height", str(scanned))  # fmt: skip
     for name in ["verifier-0", "coordinator", *relayers]:
