@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bridge.logfields import get_logger
 from bridge.storage.migrations import StoreError, StoreTooNew, WrongOwner, WrongStore, store_kind
-from bridge.storage.schema import Schema, check_schema, harden
+from bridge.storage.schema import Schema, check_schema, harden, inspect
 from bridge.storage.sqlite import hold_lock
 
 
@@ -241,9 +241,8 @@ def _check_backup(kind: StoreKind, db: sqlite3.Connection, path: Path) -> Backup
 def _check_target(kind: StoreKind, target: Path) -> bytes | None:
     """The owner of the store ``restore`` would replace, after checking it is a store of
     ``kind`` (WrongStore otherwise; review s17 finding 9)."""
-    db = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    db = inspect(target)
     try:
-        harden(db)
         check_kind(db, kind)
         return kind.owner(db) if kind.owner is not None else None
     except sqlite3.DatabaseError:
@@ -328,16 +327,21 @@ def restore(
                 leftover.unlink(missing_ok=True)
             raise
         previous: Path | None = None
-        if target.exists():
-            _checkpoint(target)
-            previous = target.with_name(
-                f"{target.name}.pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-                f"-{secrets.token_hex(4)}"
-            )
-            os.link(target, previous)  # kept; the store path never goes missing
-        for stale in _sidecars(target):
-            stale.unlink(missing_ok=True)  # a WAL of the replaced file never meets the new one
-        os.replace(staged, target)
+        try:
+            if target.exists():
+                _checkpoint(target)
+                previous = target.with_name(
+                    f"{target.name}.pre-restore-"
+                    f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+                )
+                os.link(target, previous)  # kept; the store path never goes missing
+            for stale in _sidecars(target):
+                stale.unlink(missing_ok=True)  # the replaced file's WAL never meets the new one
+            os.replace(staged, target)  # SECURITY: the one atomic step that publishes
+        except BaseException:
+            for leftover in (staged, *_sidecars(staged)):
+                leftover.unlink(missing_ok=True)
+            raise
         _fsync_dir(target.parent)
     finally:
         lock.close()

@@ -19,6 +19,7 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from bridge.storage.migrations import Migration, StoreError, migrate
@@ -94,6 +95,17 @@ def check_schema(db: sqlite3.Connection, kind: str, version: int, expected: Sche
         extra = tuple(e for e in have if e not in expected)
         missing = tuple(e for e in expected if e not in have)
         raise SchemaMismatch(kind, version, extra, missing)
+
+
+def inspect(path: Path) -> sqlite3.Connection:
+    """A connection to the existing store ``path`` that only reads (``query_only``) with
+    :func:`harden`. Not SQLite's ``mode=ro``: a read-only connection to a WAL store leaves
+    its ``-wal``/``-shm`` behind; this one, the last to close, removes them as a daemon's
+    would, and never writes the file itself."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA query_only=ON")
+    harden(db)
+    return db
 
 
 def harden(db: sqlite3.Connection) -> None:

@@ -25,11 +25,10 @@ from bridge.storage.migrations import (
     Migration,
     StoreError,
     WrongStore,
-    current_version,
     migrate,
     store_kind,
 )
-from bridge.storage.schema import BACKUP_TABLE, canonical_sqlite, check_schema
+from bridge.storage.schema import BACKUP_TABLE, canonical_sqlite, check_schema, inspect
 
 T = TypeVar("T")
 
@@ -147,6 +146,39 @@ def check_store(
         check_schema(db, kind, version, canonical_sqlite(kind, migrations, version))
 
 
+def inspect_store(
+    path: Path, kind: str, migrations: Sequence[Migration[Any]], markers: Sequence[str] = ()
+) -> None:
+    """Check the existing file ``path`` read-only, writing nothing: not a backup
+    (NotRestored), not another kind (WrongStore, also for an unstamped file with none of
+    ``markers``), and, at a version this code knows, exactly the kind's schema
+    (SchemaMismatch). A newer version is left to the runner (StoreTooNew)."""
+    db = inspect(path)
+    try:
+        tables = {
+            str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if BACKUP_TABLE in tables:
+            raise NotRestored(
+                f"{path} is a backup: restore it with `bridge store restore`, never by copying"
+            )
+        found = store_kind(db)
+        if found is not None and found != kind:
+            raise WrongStore(kind, found)
+        own = tables - {"schema_version", "store_identity"}
+        own = {t for t in own if not t.startswith("sqlite_")}
+        if found is None and markers and own and not own & set(markers):
+            raise WrongStore(kind, "unknown")
+        have = 0
+        if "schema_version" in tables:
+            row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+            have = int(row[0])
+        if have <= migrations[-1].version:
+            check_store(db, kind, migrations, have)
+    finally:
+        db.close()
+
+
 def open_store(
     path: Path,
     kind: str,
@@ -162,21 +194,12 @@ def open_store(
     backup file (NotRestored), another kind (WrongStore) and a schema that is not exactly
     the kind's own, checked before migrating and again after (SchemaMismatch). Without
     ``lock`` the caller holds the store's lock (a restore or a rewind)."""
-    if not create and not path.is_file():
+    if path.is_file():
+        inspect_store(path, kind, migrations, markers)
+    elif not create:
         raise StoreMissing(f"no {kind} store at {path}: refusing to create one here")
     db = open_durable(path, lock=lock)
     try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (BACKUP_TABLE,)).fetchone():
-            raise NotRestored(
-                f"{path} is a backup: restore it with `bridge store restore`, never by copying"
-            )
-        found = store_kind(db)
-        if found is not None and found != kind:
-            raise WrongStore(kind, found)
-        with immediate(db):
-            have = current_version(db)
-        if have <= migrations[-1].version:  # a newer store: StoreTooNew from migrate
-            check_store(db, kind, migrations, have)
         latest = migrate_sqlite(db, kind, migrations, markers)
         check_store(db, kind, migrations, latest)
     except BaseException:
