@@ -137,8 +137,11 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
         raise StoreError(f"no store at {source}")
     if target.exists():
         raise StoreError(f"{target} exists: refusing to overwrite a backup")
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
+    # SECURITY (review s17 finding 10): a private, unique partial file (0600 from its
+    # creation, never through a symlink), published with link(), which fails if the
+    # target appeared meanwhile: no other process's file is ever replaced or removed.
+    partial = target.with_name(f"{target.name}.partial-{secrets.token_hex(8)}")
+    _private_file(partial)
     src = sqlite3.connect(source, isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout=10000")
@@ -172,10 +175,15 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
         raise
     finally:
         src.close()
-    with open(partial, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(partial, 0o600)
-    os.replace(partial, target)
+    try:
+        with open(partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            raise StoreError(f"{target} exists: refusing to overwrite a backup") from None
+    finally:
+        partial.unlink(missing_ok=True)
     _fsync_dir(target.parent)
     get_logger(store=kind.name).info(
         "store backed up", source=str(source), backup=str(target), version=info.schema_version

@@ -20,7 +20,7 @@ from bridge.domain.claims import ClaimKind
 from bridge.domain.legs import EventPosition
 from bridge.storage import backup as backup_module
 from bridge.storage.backup import backup, content_digest, restore
-from bridge.storage.migrations import WrongOwner, WrongStore
+from bridge.storage.migrations import StoreError, WrongOwner, WrongStore
 from bridge.storage.schema import SchemaMismatch
 from bridge.storage.sqlite import NotRestored, StoreInUse, StoreMissing, hold_lock
 from relayers.checkpoint import (
@@ -397,3 +397,38 @@ def test_a_relayer_file_is_neither_adopted_nor_replaced_as_a_vote_log(tmp_path: 
         restore(VERIFIER, tmp_path / "m.bak", relayer, "ticket 1")
     lock.unlink(missing_ok=True)
     assert files(tmp_path) == before
+
+
+# ---- finding 10: file handling
+
+
+def test_a_backup_never_replaces_a_file_that_appeared_meanwhile(
+    tmp_path: Path, member: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = member
+    target = tmp_path / "race.bak"
+    real = backup_module._integrity
+
+    def racer(db: sqlite3.Connection, path: Path) -> None:
+        real(db, path)
+        assert path.stat().st_mode & 0o777 == 0o600, "private from its creation"
+        target.write_bytes(b"another process's file")
+
+    monkeypatch.setattr(backup_module, "_integrity", racer)
+    with pytest.raises(StoreError, match="exists"):
+        backup(VERIFIER, store, target)
+    assert target.read_bytes() == b"another process's file"
+    assert not list(tmp_path.glob("race.bak.partial*"))
+
+
+def test_a_restored_store_keeps_the_mode_of_the_one_it_replaces(
+    member: tuple[Path, Path],
+) -> None:
+    store, bak = member
+    os.chmod(store, 0o640)
+    first = restore(VERIFIER, bak, store, "ticket 1")
+    assert store.stat().st_mode & 0o777 == 0o640
+    second = restore(VERIFIER, bak, store, "ticket 2")
+    assert first.previous is not None and second.previous is not None
+    assert first.previous != second.previous, "one kept copy per restore, never overwritten"
+    assert first.previous.is_file() and second.previous.is_file()
