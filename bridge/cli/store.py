@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from bridge.storage.backup import (
     schema_version_of,
 )
 from bridge.storage.migrations import Migration, StoreError
-from bridge.storage.schema import Schema, canonical_sqlite
+from bridge.storage.schema import Schema, canonical_sqlite, inspect
 from bridge.storage.sqlite import immediate, migrate_sqlite, open_durable
 from relayers import checkpoint as relayer_store
 from verifiers import store as member_store
@@ -145,7 +144,7 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _info(path: Path, kind: StoreKind) -> dict[str, object]:
     if not path.is_file():
         raise StoreError(f"no store at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = inspect(path)  # reads only; leaves no -wal/-shm behind
     try:
         check_kind(db, kind)
         out: dict[str, object] = {

@@ -205,6 +205,9 @@ def to_previous_release(path: Path, kind: str) -> None:
             db.execute("DROP TABLE schema_version")
         if kind == "verifier":
             db.execute("DROP TABLE restores")
+            db.execute("DROP TABLE member_identity")
+            db.execute("ALTER TABLE votes DROP COLUMN written_by")
+            db.execute("ALTER TABLE rotation_votes DROP COLUMN written_by")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         previous = sqlite3.connect(":memory:")
         previous.executescript((FIXTURES / f"{kind}-287b48a.sql").read_text())
