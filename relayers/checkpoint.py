@@ -77,7 +77,7 @@ def rewind_position(scanned: int) -> EventPosition:
     partly delivered; re-delivering from the block itself loses nothing (the coordinator
     keeps each ledger position once)."""
     if scanned < 1:
-        return EventPosition(0, 0)
+        return EventPosition(0, -1)  # before the first event of block 0: everything again
     return EventPosition(scanned - 1, END_OF_BLOCK)
 
 

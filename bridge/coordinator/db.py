@@ -286,11 +286,25 @@ def _exclusive_lock(path: Path, label: str) -> Any:
 
 def open_sqlite(path: Path, *, exclusive: bool = False) -> Database:
     """The coordinator's SQLite file (WAL, fsync per commit), migrated to the latest
-    schema version. With ``exclusive`` the store's lock is taken BEFORE the file is
-    connected to or migrated (review s17 finding 6): DatabaseInUse while another
-    coordinator or a restore holds it, and nothing touched."""
+    schema version, refusing (nothing changed) a backup copied into place (NotRestored),
+    another kind of store (WrongStore) and a schema not exactly the coordinator's
+    (SchemaMismatch), before and after migrating. With ``exclusive`` the store's lock is
+    taken BEFORE the file is connected to or migrated (review s17 finding 6):
+    DatabaseInUse while another coordinator or a restore holds it, and nothing touched."""
+    from bridge.coordinator import schema
+    from bridge.storage.sqlite import inspect_store
+
     path.parent.mkdir(parents=True, exist_ok=True)
     held = _exclusive_lock(path, str(path)) if exclusive else None
+    try:
+        if path.is_file():
+            # SECURITY (review s17 findings 1, 3): read-only, before anything writes: not a
+            # backup copied into place, not another kind, exactly the coordinator's schema.
+            inspect_store(path, schema.KIND, schema.LATEST, schema.canonical_sqlite, schema.MARKERS)
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
 
     def connect() -> sqlite3.Connection:
         raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -307,7 +321,25 @@ def open_sqlite(path: Path, *, exclusive: bool = False) -> Database:
         raise
     db.path = path
     db._lock_file = held
-    return _migrated(db)
+    db = _migrated(db)
+    try:
+        _check_migrated(path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_migrated(path: Path) -> None:
+    """SchemaMismatch unless the migrated file's schema is exactly the coordinator's."""
+    from bridge.coordinator import schema
+    from bridge.storage.schema import check_schema, inspect
+
+    raw = inspect(path)
+    try:
+        check_schema(raw, schema.KIND, schema.LATEST, schema.canonical_sqlite(schema.LATEST))
+    finally:
+        raw.close()
 
 
 def open_postgres(url: str, password: str | None = None) -> Database:

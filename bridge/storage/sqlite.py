@@ -28,7 +28,13 @@ from bridge.storage.migrations import (
     migrate,
     store_kind,
 )
-from bridge.storage.schema import BACKUP_TABLE, canonical_sqlite, check_schema, inspect
+from bridge.storage.schema import (
+    BACKUP_TABLE,
+    Schema,
+    canonical_sqlite,
+    check_schema,
+    inspect,
+)
 
 T = TypeVar("T")
 
@@ -147,7 +153,11 @@ def check_store(
 
 
 def inspect_store(
-    path: Path, kind: str, migrations: Sequence[Migration[Any]], markers: Sequence[str] = ()
+    path: Path,
+    kind: str,
+    latest: int,
+    canonical: Callable[[int], Schema],
+    markers: Sequence[str] = (),
 ) -> None:
     """Check the existing file ``path`` read-only, writing nothing: not a backup
     (NotRestored), not another kind (WrongStore, also for an unstamped file with none of
@@ -173,8 +183,11 @@ def inspect_store(
         if "schema_version" in tables:
             row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
             have = int(row[0])
-        if have <= migrations[-1].version:
-            check_store(db, kind, migrations, have)
+        if 0 < have <= latest:  # version 0: checked once migrated; newer: StoreTooNew
+            expected = canonical(have)
+            if found is None:  # versioned before stores were stamped (the coordinator)
+                expected = tuple(e for e in expected if e[2] != "store_identity")
+            check_schema(db, kind, have, expected)
     finally:
         db.close()
 
@@ -195,7 +208,13 @@ def open_store(
     the kind's own, checked before migrating and again after (SchemaMismatch). Without
     ``lock`` the caller holds the store's lock (a restore or a rewind)."""
     if path.is_file():
-        inspect_store(path, kind, migrations, markers)
+        inspect_store(
+            path,
+            kind,
+            migrations[-1].version,
+            lambda v: canonical_sqlite(kind, migrations, v),
+            markers,
+        )
     elif not create:
         raise StoreMissing(f"no {kind} store at {path}: refusing to create one here")
     db = open_durable(path, lock=lock)

@@ -278,6 +278,7 @@ def test_rewind_refuses_forward_moves_unknown_ledgers_and_missing_stores(tmp_pat
     assert files(tmp_path) == before
     # Block H itself may have been partly delivered when the coordinator recorded H.
     assert rewind_position(10) == EventPosition(9, END_OF_BLOCK)
+    assert rewind_position(0) < EventPosition(0, 0), "scanned 0: block 0 is re-delivered too"
     assert rewind(path, "a", rewind_position(10)) == EventPosition(10, 3)
 
 
@@ -432,3 +433,21 @@ def test_a_restored_store_keeps_the_mode_of_the_one_it_replaces(
     assert first.previous is not None and second.previous is not None
     assert first.previous != second.previous, "one kept copy per restore, never overwritten"
     assert first.previous.is_file() and second.previous.is_file()
+
+
+def test_the_coordinator_refuses_a_copied_backup_and_an_added_trigger(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    open_sqlite(path).close()
+    backup(KINDS["coordinator"], path, tmp_path / "c.bak")
+    copied = tmp_path / "copied.sqlite"
+    copied.write_bytes((tmp_path / "c.bak").read_bytes())
+    before = files(tmp_path)
+    with pytest.raises(NotRestored):
+        open_sqlite(copied)
+    tamper(path, "CREATE TRIGGER t AFTER INSERT ON decisions BEGIN DELETE FROM decisions; END")
+    before = files(tmp_path)
+    with pytest.raises(SchemaMismatch):
+        open_sqlite(path, exclusive=True)
+    after = files(tmp_path)
+    assert after.pop("coordinator.sqlite.lock") == hashlib.sha256(b"").hexdigest()
+    assert after == before, "only the (empty) lock file was created"
