@@ -16,7 +16,15 @@ import ipaddress
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 
 __all__ = [
     "ClientFile",
@@ -58,6 +66,19 @@ def _target(text: str) -> str:
     return _port(text, 1)
 
 
+def _join_array(value: Any) -> Any:
+    """An array of ``host:port`` strings is the same as their comma-separated text."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
+def _targets(text: str) -> str:
+    for part in text.split(","):
+        _port(part.strip(), 1)
+    return text
+
+
 def _optional_target(text: str) -> str:
     return _port(text, 1) if text else text
 
@@ -84,6 +105,7 @@ def _http_url(text: str) -> str:
 Listen = Annotated[str, AfterValidator(_listen)]
 """``host:port`` to listen on (port 0: an ephemeral port), or ``unix:PATH``."""
 Target = Annotated[str, AfterValidator(_target)]
+Targets = Annotated[str, BeforeValidator(_join_array), AfterValidator(_targets)]
 """``host:port`` of a server (port 1..65535), or ``unix:PATH``."""
 PathText = Annotated[str, Field(min_length=1)]
 """A file path; relative paths are resolved against the configuration file's directory."""
@@ -259,6 +281,20 @@ VerifierItem = Annotated[
 ]
 
 
+class HaTable(Table):
+    """``[ha]``: this coordinator is one of several on one PostgreSQL database; exactly one
+    leads, under a fenced lease (ADR 0017). Refused with a SQLite database."""
+
+    name: Name
+    """This coordinator's name, unique among the coordinators of the database."""
+    advertise: Target | None = None
+    """The address clients should use for this coordinator (default: ``listen``)."""
+    lease_ttl: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds a leader's lease lasts without renewal."""
+    renew_interval: float = Field(default=2.0, gt=0, le=1200)
+    """Seconds between renewals (at most ``lease_ttl / 3``)."""
+
+
 class CoordinatorFile(Table):
     """``coordinator.toml``: the coordinator daemon (``bridge-coordinator``)."""
 
@@ -291,6 +327,8 @@ class CoordinatorFile(Table):
     """Prometheus metrics."""
     tracing: TracingTable = TracingTable()
     """OpenTelemetry tracing."""
+    ha: HaTable | None = None
+    """Active/passive coordinators on one PostgreSQL database (ADR 0017)."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------
@@ -305,8 +343,9 @@ class RelayerFile(Table):
     """The ledger id (from the network file) this relayer serves."""
     listen: Listen
     """gRPC listen address."""
-    coordinator: Target
-    """The coordinator's ``host:port``."""
+    coordinator: Targets
+    """The coordinator's ``host:port``; several (comma-separated or an array) for
+    active/passive coordinators: events go to the leader (ADR 0017)."""
     state_db: PathText
     """SQLite file of the relayer's checkpoints."""
     key_file: PathText | None = None
@@ -319,6 +358,9 @@ class RelayerFile(Table):
     """Ledgers whose kind has identities (Fabric): the MSP id."""
     poll_interval: float = Field(default=0.2, gt=0)
     """Seconds between polls of the ledger for new blocks."""
+    standby: bool = False
+    """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the
+    same store and key; ADR 0017)."""
     tls: TlsTable | None = None
     """Mutual TLS for the server and the coordinator client."""
     audit_log: PathText | None = None
@@ -374,6 +416,9 @@ class VerifierFile(Table):
     """gRPC listen address."""
     vote_db: PathText
     """SQLite file of the member's durable votes (never lose it)."""
+    standby: bool = False
+    """Wait for the vote log's lock instead of exiting (a standby on the SAME log file,
+    never a copy; ADR 0017)."""
     key_file: PathText | None = None
     """Plaintext 0600 member key (devnet only); exclusive with ``[key]``."""
     key: KeyTable | None = None

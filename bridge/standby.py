@@ -26,6 +26,7 @@ from typing import IO
 
 from bridge.domain.errors import PreconditionFailed
 from bridge.logfields import get_logger
+from bridge.storage.sqlite import held_for_life, lock_path
 
 EXIT_STATE_IN_USE = 4
 """Exit status of a process whose durable state another process holds."""
@@ -46,7 +47,7 @@ class StateLock:
     kept referenced here, so it is not released when the caller's object is collected)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(f"{path}.lock")
+        self.path = lock_path(path)
         self._fh: IO[bytes] | None = None
 
     def try_acquire(self) -> bool:
@@ -60,6 +61,7 @@ class StateLock:
             return False
         self._fh = fh
         _HELD.add(self)
+        held_for_life(self.path)
         return True
 
     async def acquire(self, standby: bool, poll: float = 0.2) -> None:
@@ -83,3 +85,4 @@ class StateLock:
             self._fh.close()
             self._fh = None
         _HELD.discard(self)
+        held_for_life(self.path, held=False)

@@ -81,7 +81,7 @@ async def run(config_path: Path) -> None:
         for reader in readers.values():
             await reader.close()
         raise
-    votes = VoteLog(cfg.vote_db)
+    votes = VoteLog(cfg.vote_db, signer.address)  # SECURITY: this member's store only
     quarantine = votes.quarantine()  # ---- stores (ADR 0022)
     if quarantine is not None:
         log.warning(

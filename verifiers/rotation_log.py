@@ -52,7 +52,7 @@ class RotationLog:
                 )
             if row is None:
                 self._db.execute(
-                    "INSERT INTO rotation_votes VALUES (?, ?, ?)",
+                    "INSERT INTO rotation_votes (next_epoch, fingerprint, at) VALUES (?, ?, ?)",
                     (proposal.next_epoch, proposal.fingerprint, time.time()),
                 )
             elif bytes(row[0]) != proposal.fingerprint:

@@ -10,7 +10,9 @@ a security's record only where it extends the chain this member signed:
 - or a record after an *anchor*: a record the committee certified (t of n signatures,
   checked by :func:`verify_anchor`) with ``sequence - 1`` and the digest the proposal
   names, ahead of what this member signed. This is how a member that was down while the
-  others signed, that joined later, or that was restored from an older backup catches up.
+  others signed, or that joined later, catches up. A member restored from a backup is
+  quarantined (ADR 0022) and signs no new record until an operator lifts it: its log may
+  end before a record it signed, and the next link would then fork the chain.
 
 A jump (sequence 1,000,000,000 over a random hash), a fork of the previous link or a replay
 of an older sequence is refused, with a typed reason, and recorded nowhere, so the
@@ -34,7 +36,7 @@ from bridge.domain.committee import Committee, verify_vote
 from bridge.domain.errors import InvalidCertificate, PreconditionFailed
 from bridge.domain.supply import GENESIS_HASH, SignedRecord, SupplyRecord
 from bridge.storage.sqlite import immediate
-from verifiers.store import open_member_store
+from verifiers.store import open_member_store, quarantined
 
 
 class SupplyRefused(PreconditionFailed):
@@ -56,6 +58,12 @@ class SupplyChainBroken(SupplyRefused):
 
 class SupplyAnchorInvalid(SupplyRefused):
     """The anchor sent to bridge a gap is not a committee-certified predecessor."""
+
+
+class SupplyLogQuarantined(SupplyRefused):
+    """The member's store was restored from a backup and is quarantined (ADR 0022): it may
+    have signed records of this security after the backup was taken, so it signs nothing
+    but the very record its log ends with until an operator lifts the quarantine."""
 
 
 def verify_anchor(previous: SignedRecord, committee: Committee) -> SupplyRecord:
@@ -124,8 +132,6 @@ class SupplyLog:
     """
 
     def __init__(self, path: Path) -> None:
-        # The chain rule already covers a restore: a member behind its own signatures
-        # continues only over committee-certified anchors (ADR 0022), no quarantine needed.
         self._db = open_member_store(path)
 
     def check_and_record(
@@ -144,6 +150,18 @@ class SupplyLog:
                 " FROM supply_signed WHERE security = ?",
                 (record.security,),
             ).fetchone()
+            # SECURITY (review s17 finding 7): a restored log's tip may be older than what
+            # this member signed (it signed #s+1 = D1, the backup ends at #s); the chain
+            # rule would then sign another #s+1 = D2, a fork, and no anchor can prove
+            # otherwise. While quarantined it re-signs only the exact record it ends with.
+            if (row is None or bytes(row[1]) != record.digest) and quarantined(
+                self._db
+            ) is not None:
+                raise SupplyLogQuarantined(
+                    f"{record.security}#{record.sequence}: the member store was restored from"
+                    " a backup and is quarantined (bridge store lift-quarantine); refusing to"
+                    " sign a supply record it does not already hold"
+                )
             if row is None:
                 self._check_first(record, anchor)
             else:

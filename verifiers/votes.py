@@ -31,8 +31,10 @@ class VoteLog:
     remembers every decision it may have signed.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_member_store(path)
+    def __init__(self, path: Path, member: bytes | None = None) -> None:
+        """Open the member's store at ``path``; with ``member`` (its signing address) the
+        store is bound to that member, and refused (WrongOwner) if bound to another."""
+        self._db = open_member_store(path, member)
 
     def record(
         self,
@@ -62,7 +64,7 @@ class VoteLog:
                 )
             if row is None:
                 self._db.execute(
-                    "INSERT INTO votes VALUES (?, ?, ?, ?)",
+                    "INSERT INTO votes (transfer_id, decision, terms_hash, at) VALUES (?, ?, ?, ?)",
                     (transfer_id, int(decision), terms_hash, time.time()),
                 )
             elif int(row[0]) != int(decision):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bridge.coordinator import schema as coordinator_schema
 from bridge.coordinator.db import is_postgres_url, open_sqlite
-from bridge.domain.legs import EventPosition
 from bridge.logfields import get_logger
 from bridge.storage.backup import (
     BackupInfo,
@@ -28,7 +28,8 @@ from bridge.storage.backup import (
     restore,
     schema_version_of,
 )
-from bridge.storage.migrations import StoreError
+from bridge.storage.migrations import Migration, StoreError
+from bridge.storage.schema import Schema, canonical_sqlite, inspect
 from bridge.storage.sqlite import immediate, migrate_sqlite, open_durable
 from relayers import checkpoint as relayer_store
 from verifiers import store as member_store
@@ -48,6 +49,12 @@ def _prepare_member(path: Path, info: BackupInfo, acknowledgement: str) -> int:
         version = migrate_sqlite(db, member_store.KIND, member_store.MIGRATIONS)
         with immediate(db):
             member_store.enter_quarantine(db, info.taken_at, acknowledgement)
+        # SECURITY (review s17 finding 1): the restore is published only if the store
+        # reads back as quarantined (whatever the file holds, nothing may undo it).
+        if member_store.quarantined(db) is None:
+            raise member_store.QuarantineNotEntered(
+                "the restored member store does not read back as quarantined: refused"
+            )
         return version
     finally:
         db.close()
@@ -61,19 +68,33 @@ def _prepare_relayer(path: Path, info: BackupInfo, acknowledgement: str) -> int:
         db.close()
 
 
+def _schema(kind: str, migrations: tuple[Migration[Any], ...]) -> Callable[[int], Schema]:
+    return lambda version: canonical_sqlite(kind, migrations, version)
+
+
 KINDS: dict[str, StoreKind] = {
     "coordinator": StoreKind(
-        "coordinator", "transfers", coordinator_schema.LATEST, _prepare_coordinator
+        "coordinator",
+        "transfers",
+        coordinator_schema.LATEST,
+        _prepare_coordinator,
+        coordinator_schema.canonical_sqlite,
     ),
     "verifier": StoreKind(
         "verifier",
         "votes",
         member_store.MIGRATIONS[-1].version,
         _prepare_member,
+        _schema(member_store.KIND, member_store.MIGRATIONS),
         acknowledge=True,
+        owner=member_store.bound_member,
     ),
     "relayer": StoreKind(
-        "relayer", "checkpoint", relayer_store.MIGRATIONS[-1].version, _prepare_relayer
+        "relayer",
+        "checkpoint",
+        relayer_store.MIGRATIONS[-1].version,
+        _prepare_relayer,
+        _schema(relayer_store.KIND, relayer_store.MIGRATIONS),
     ),
 }
 """Every kind of store these commands handle."""
@@ -107,13 +128,23 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w = sp.add_parser("rewind-checkpoint", help="move a stopped relayer's checkpoint back")
     kind_and_path(w, ["relayer"])
     w.add_argument("--ledger", required=True)
-    w.add_argument("--height", type=int, required=True, help="re-deliver from after this block")
+    w.add_argument(
+        "--height",
+        type=int,
+        required=True,
+        help="the restored coordinator's scanned height: block HEIGHT itself is re-delivered",
+    )
+    w.add_argument(
+        "--force",
+        action="store_true",
+        help="also move forward, add a ledger or create a missing store (skips events)",
+    )
 
 
 def _info(path: Path, kind: StoreKind) -> dict[str, object]:
     if not path.is_file():
         raise StoreError(f"no store at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = inspect(path)  # reads only; leaves no -wal/-shm behind
     try:
         check_kind(db, kind)
         out: dict[str, object] = {
@@ -142,7 +173,11 @@ def _info(path: Path, kind: StoreKind) -> dict[str, object]:
 
 
 def _lift(path: Path, acknowledgement: str) -> int:
-    db = member_store.open_member_store(path)
+    if not acknowledgement.strip():  # before the store is even opened (review s17 finding 8)
+        raise member_store.AcknowledgementMissing(
+            "lifting a quarantine needs a non-empty --acknowledge"
+        )
+    db = member_store.open_member_store(path, create=False)
     try:
         lifted = member_store.lift_quarantine(db, acknowledgement)
     finally:
@@ -190,12 +225,12 @@ def run(a: argparse.Namespace) -> int:
         elif a.cmd == "lift-quarantine":
             out = {"lifted": _lift(a.path, a.acknowledge)}
         else:  # rewind-checkpoint
-            before = relayer_store.rewind(
-                a.path, a.ledger, EventPosition(a.height, relayer_store.END_OF_BLOCK)
-            )
+            to = relayer_store.rewind_position(a.height)
+            before = relayer_store.rewind(a.path, a.ledger, to, force=a.force)
             out = {
                 "ledger": a.ledger,
                 "height": a.height,
+                "checkpoint": [to.height, to.index],
                 "was": [before.height, before.index] if before else None,
             }
     except StoreError as exc:

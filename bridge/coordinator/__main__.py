@@ -97,8 +97,11 @@ async def run(config_path: Path) -> None:
     install_coordinator_metrics(metrics)
     # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
     # thread off the event loop, migrated to the latest schema before anything runs.
+    # SECURITY: a SQLite store is locked before it is connected to or migrated (store review
+    # finding 6); claim_exclusive then takes PostgreSQL's advisory lock, unless [ha] lets
+    # several coordinators share the database under the fenced lease (ADR 0017).
     password = _database_password(cfg.database_password_file)
-    db = open_database(cfg.database, password)
+    db = open_database(cfg.database, password, exclusive=True)
     if cfg.ha is None:
         try:
             db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)

@@ -193,15 +193,8 @@ class Database:
         exclusive ``flock`` on ``<file>.lock`` (released when the process exits)."""
         if self.dialect is Dialect.SQLITE:
             assert self.path is not None
-            fh = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                raise DatabaseInUse(
-                    f"{self.label} is in use by another coordinator (its lock file is held)"
-                ) from None
-            self._lock_file = fh
+            if self._lock_file is None:  # taken already when opened exclusive
+                self._lock_file = _exclusive_lock(self.path, self.label)
             return
         self._pool.submit(self._take_advisory_lock).result()
         self._exclusive = True
@@ -306,10 +299,43 @@ class Database:
             self._lock_file.close()  # releases the flock
 
 
-def open_sqlite(path: Path) -> Database:
+def _exclusive_lock(path: Path, label: str) -> Any:
+    """The store's lock file (``bridge.storage.sqlite.lock_path``: named from the resolved
+    path) held exclusive, or DatabaseInUse."""
+    from bridge.storage.sqlite import lock_path
+
+    fh = open(lock_path(path), "a+b")  # noqa: SIM115 (held until close)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise DatabaseInUse(
+            f"{label} is in use by another coordinator or a restore (its lock file is held)"
+        ) from None
+    return fh
+
+
+def open_sqlite(path: Path, *, exclusive: bool = False) -> Database:
     """The coordinator's SQLite file (WAL, fsync per commit), migrated to the latest
-    schema version."""
+    schema version, refusing (nothing changed) a backup copied into place (NotRestored),
+    another kind of store (WrongStore) and a schema not exactly the coordinator's
+    (SchemaMismatch), before and after migrating. With ``exclusive`` the store's lock is
+    taken BEFORE the file is connected to or migrated (review s17 finding 6):
+    DatabaseInUse while another coordinator or a restore holds it, and nothing touched."""
+    from bridge.coordinator import schema
+    from bridge.storage.sqlite import inspect_store
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    held = _exclusive_lock(path, str(path)) if exclusive else None
+    try:
+        if path.is_file():
+            # SECURITY (review s17 findings 1, 3): read-only, before anything writes: not a
+            # backup copied into place, not another kind, exactly the coordinator's schema.
+            inspect_store(path, schema.KIND, schema.LATEST, schema.canonical_sqlite, schema.MARKERS)
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
 
     def connect() -> sqlite3.Connection:
         raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -318,9 +344,33 @@ def open_sqlite(path: Path) -> Database:
         raw.execute("PRAGMA busy_timeout=10000")
         return raw
 
-    db = Database(Dialect.SQLITE, connect, str(path))
+    try:
+        db = Database(Dialect.SQLITE, connect, str(path))
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
     db.path = path
-    return _migrated(db)
+    db._lock_file = held
+    db = _migrated(db)
+    try:
+        _check_migrated(path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_migrated(path: Path) -> None:
+    """SchemaMismatch unless the migrated file's schema is exactly the coordinator's."""
+    from bridge.coordinator import schema
+    from bridge.storage.schema import check_schema, inspect
+
+    raw = inspect(path)
+    try:
+        check_schema(raw, schema.KIND, schema.LATEST, schema.canonical_sqlite(schema.LATEST))
+    finally:
+        raw.close()
 
 
 def open_postgres(url: str, password: str | None = None) -> Database:
@@ -449,13 +499,16 @@ def is_postgres_url(value: str) -> bool:
     return value.startswith(("postgresql://", "postgres://"))
 
 
-def open_database(spec: str | Path, password: str | None = None) -> Database:
-    """The database ``spec`` names: a PostgreSQL URL, else a SQLite file path."""
+def open_database(
+    spec: str | Path, password: str | None = None, *, exclusive: bool = False
+) -> Database:
+    """The database ``spec`` names: a PostgreSQL URL, else a SQLite file path (with
+    ``exclusive``, its lock taken before it is opened: see :func:`open_sqlite`)."""
     if isinstance(spec, str) and is_postgres_url(spec):
         if password is None:
             password = os.environ.get("BRIDGE_DATABASE_PASSWORD")
         return open_postgres(spec, password)
-    return open_sqlite(Path(spec))
+    return open_sqlite(Path(spec), exclusive=exclusive)
 
 
 def as_database(target: Database | Path) -> Database:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from bridge.coordinator.db import Conn, Database, Dialect
 from bridge.storage import migrations as runner
+from bridge.storage.schema import Schema, schema_of
 
 # Advisory lock key taken by every migration on PostgreSQL ("KSTB" "mig").
 _MIGRATION_LOCK = 0x4B535442_6D6967
@@ -308,6 +310,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 LATEST = MIGRATIONS[-1].version
 KIND = "coordinator"
+MARKERS = ("transfers",)
+"""Tables every coordinator release wrote: an unstamped file without one is not adopted."""
 
 
 def current_version(c: Conn) -> int:
@@ -330,5 +334,44 @@ def migrate(db: Database) -> int:
         [runner.Migration(m.version, m.name, m.apply) for m in MIGRATIONS],
         db.write_sync,
         before=_advisory_lock,
+        # An unstamped SQLite file is adopted only if it has a coordinator table; every
+        # PostgreSQL database was stamped by the release that created it.
+        markers=MARKERS if db.dialect is Dialect.SQLITE else (),
     )
     return db.run_sync(current_version)
+
+
+def canonical_sqlite(version: int) -> Schema:
+    """The SQLite schema migrations 1..``version`` build on an empty file (ADR 0022): what
+    a restored coordinator store must have, exactly (:mod:`bridge.storage.schema`)."""
+    return _canonical(version)
+
+
+@lru_cache(maxsize=8)
+def _canonical(version: int) -> Schema:
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="kstb-canonical-") as tmp:
+        path = Path(tmp) / "canonical.db"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+        db = Database(Dialect.SQLITE, connect, str(path))
+        try:
+            steps = [
+                runner.Migration(m.version, m.name, m.apply)
+                for m in MIGRATIONS
+                if m.version <= version
+            ]
+            if steps:
+                runner.migrate(KIND, steps, db.write_sync, before=_advisory_lock)
+        finally:
+            db.close()
+        raw = sqlite3.connect(path)
+        try:
+            return schema_of(raw)
+        finally:
+            raw.close()

@@ -19,14 +19,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.logfields import get_logger
-from bridge.storage.migrations import StoreError, StoreTooNew, WrongStore, store_kind
+from bridge.storage.migrations import StoreError, StoreTooNew, WrongOwner, WrongStore, store_kind
+from bridge.storage.schema import Schema, check_schema, harden, inspect
 from bridge.storage.sqlite import hold_lock
 
 
@@ -44,14 +47,18 @@ class StoreKind:
 
     ``marker``: a table every version of the store has (recognises a file written before
     stores were stamped with their kind). ``prepare(path, info)`` upgrades the restored
-    copy at ``path`` in place and returns its schema version. ``acknowledge``: a restore
-    needs the operator's written acknowledgement (it is recorded)."""
+    copy at ``path`` in place and returns its schema version. ``schema(version)``: the
+    canonical schema at ``version`` (:mod:`bridge.storage.schema`). ``acknowledge``: a
+    restore needs the operator's written acknowledgement (it is recorded). ``owner``: whom
+    a store belongs to (a member's signing address), None when unbound."""
 
     name: str
     marker: str
     latest: int
     prepare: Callable[[Path, BackupInfo, str], int]
+    schema: Callable[[int], Schema]
     acknowledge: bool = False
+    owner: Callable[[sqlite3.Connection], bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +137,11 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
         raise StoreError(f"no store at {source}")
     if target.exists():
         raise StoreError(f"{target} exists: refusing to overwrite a backup")
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
+    # SECURITY (review s17 finding 10): a private, unique partial file (0600 from its
+    # creation, never through a symlink), published with link(), which fails if the
+    # target appeared meanwhile: no other process's file is ever replaced or removed.
+    partial = target.with_name(f"{target.name}.partial-{secrets.token_hex(8)}")
+    _private_file(partial)
     src = sqlite3.connect(source, isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout=10000")
@@ -144,6 +154,8 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
             version = schema_version_of(dst)
             if version > kind.latest:
                 raise StoreTooNew(kind.name, version, kind.latest)
+            if version > 0:  # never back up a store whose schema was tampered with
+                check_schema(dst, kind.name, version, kind.schema(version))
             dst.execute("PRAGMA journal_mode=DELETE")
             info = BackupInfo(kind.name, version, time.time(), str(source), content_digest(dst))
             dst.execute(
@@ -163,10 +175,15 @@ def backup(kind: StoreKind, source: Path, target: Path) -> BackupInfo:
         raise
     finally:
         src.close()
-    with open(partial, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(partial, 0o600)
-    os.replace(partial, target)
+    try:
+        with open(partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            raise StoreError(f"{target} exists: refusing to overwrite a backup") from None
+    finally:
+        partial.unlink(missing_ok=True)
     _fsync_dir(target.parent)
     get_logger(store=kind.name).info(
         "store backed up", source=str(source), backup=str(target), version=info.schema_version
@@ -182,7 +199,9 @@ def _integrity(db: sqlite3.Connection, path: Path) -> None:
 
 def read_backup(kind: StoreKind, path: Path) -> BackupInfo:
     """The provenance of backup ``path`` after checking it: intact, made by ``backup``, of
-    ``kind`` and not newer than this release (NotABackup, WrongStore, StoreTooNew)."""
+    ``kind``, not newer than this release, and its schema exactly the kind's at its version
+    (NotABackup, WrongStore, StoreTooNew, SchemaMismatch). ``restore`` runs these checks
+    on its own private copy, never on the file the operator names."""
     if not path.is_file():
         raise NotABackup(f"no backup at {path}")
     try:
@@ -190,29 +209,60 @@ def read_backup(kind: StoreKind, path: Path) -> BackupInfo:
     except sqlite3.Error as exc:
         raise NotABackup(f"{path} cannot be opened: {exc}") from None
     try:
-        try:
-            _integrity(db, path)
-            if not has_table(db, "backup_info"):
-                raise NotABackup(f"{path} was not written by `bridge store backup`")
-            row = db.execute(
-                "SELECT kind, schema_version, taken_at, source, content_sha256"
-                " FROM backup_info WHERE id = 1"
-            ).fetchone()
-            if row is None:
-                raise NotABackup(f"{path} has no backup record")
-            info = BackupInfo(str(row[0]), int(row[1]), float(row[2]), str(row[3]), str(row[4]))
-            if content_digest(db) != info.content_sha256:
-                raise NotABackup(f"{path} is damaged: its content does not match its digest")
-        except sqlite3.DatabaseError as exc:
-            raise NotABackup(f"{path} is not an intact SQLite backup: {exc}") from None
-        if info.kind != kind.name:
-            raise WrongStore(kind.name, info.kind)
-        check_kind(db, kind)
-        if info.schema_version > kind.latest:
-            raise StoreTooNew(kind.name, info.schema_version, kind.latest)
-        return info
+        return _check_backup(kind, db, path)
     finally:
         db.close()
+
+
+def _check_backup(kind: StoreKind, db: sqlite3.Connection, path: Path) -> BackupInfo:
+    harden(db)
+    try:
+        _integrity(db, path)
+        if not has_table(db, "backup_info"):
+            raise NotABackup(f"{path} was not written by `bridge store backup`")
+        row = db.execute(
+            "SELECT kind, schema_version, taken_at, source, content_sha256"
+            " FROM backup_info WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            raise NotABackup(f"{path} has no backup record")
+        info = BackupInfo(str(row[0]), int(row[1]), float(row[2]), str(row[3]), str(row[4]))
+        if content_digest(db) != info.content_sha256:
+            raise NotABackup(f"{path} is damaged: its content does not match its digest")
+    except sqlite3.DatabaseError as exc:
+        raise NotABackup(f"{path} is not an intact SQLite backup: {exc}") from None
+    if info.kind != kind.name:
+        raise WrongStore(kind.name, info.kind)
+    check_kind(db, kind)
+    if info.schema_version > kind.latest:
+        raise StoreTooNew(kind.name, info.schema_version, kind.latest)
+    if schema_version_of(db) != info.schema_version:
+        raise NotABackup(f"{path}: its record and its schema_version table disagree")
+    if info.schema_version > 0:
+        # SECURITY (review s17 finding 1): the digest is written by whoever wrote the file;
+        # the schema must be exactly what the kind's migrations build (no trigger, view,
+        # changed default or conflict clause), whatever the digest says.
+        check_schema(db, kind.name, info.schema_version, kind.schema(info.schema_version))
+    return info
+
+
+def _check_target(kind: StoreKind, target: Path) -> bytes | None:
+    """The owner of the store ``restore`` would replace, after checking it is a store of
+    ``kind`` (WrongStore otherwise; review s17 finding 9)."""
+    db = inspect(target)
+    try:
+        check_kind(db, kind)
+        return kind.owner(db) if kind.owner is not None else None
+    except sqlite3.DatabaseError:
+        raise WrongStore(kind.name, "unknown") from None
+    finally:
+        db.close()
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` new, mode 0600, never through a symlink (FileExistsError if any)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
 
 
 def restore(
@@ -220,46 +270,86 @@ def restore(
 ) -> RestoreResult:
     """Replace store ``target`` by backup ``source`` (see the module docstring).
 
-    Refuses, changing nothing: a backup that is not intact or not of ``kind`` or newer than
-    this release; a missing acknowledgement where ``kind`` needs one; a store a daemon has
-    open (StoreInUse)."""
-    info = read_backup(kind, source)
+    Refuses, changing nothing: a backup that is not intact, not of ``kind``, newer than
+    this release or whose schema is not exactly the kind's (SchemaMismatch); a backup of
+    another owner than the store it replaces (WrongOwner); a target that is another kind
+    of store (WrongStore); a missing acknowledgement where ``kind`` needs one; a store a
+    daemon has open (StoreInUse).
+
+    SECURITY (review s17 findings 1, 2): the backup is copied ONCE into a private staged
+    file and every check runs on that copy, so swapping the backup after it was checked
+    changes nothing; the staged copy is checked again once upgraded (and, for a member,
+    read back as quarantined) before it is published. The store it replaces is kept by a
+    hard link before ONE atomic rename publishes the new one: at every instant the store
+    path holds either the old store or the new one."""
     if kind.acknowledge and not acknowledgement.strip():
         raise AcknowledgementRequired(
             f"restoring a {kind.name} store needs --acknowledge: signatures made after the"
             " backup was taken are forgotten, so the store is quarantined (ADR 0022)"
         )
+    if not source.is_file():
+        raise NotABackup(f"no backup at {source}")
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = hold_lock(target, exclusive=True)
     try:
-        staged = target.with_name(target.name + ".restoring")
-        for leftover in (staged, *_sidecars(staged)):
-            leftover.unlink(missing_ok=True)
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        owner = _check_target(kind, target) if target.exists() else None
+        staged = target.with_name(f"{target.name}.restoring-{secrets.token_hex(8)}")
+        _private_file(staged)
         try:
-            dst = sqlite3.connect(staged, isolation_level=None)
+            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
             try:
-                src.backup(dst, pages=-1)
-                dst.execute("DROP TABLE backup_info")
+                dst = sqlite3.connect(staged, isolation_level=None)
+                try:
+                    src.backup(dst, pages=-1)
+                finally:
+                    dst.close()
+            except sqlite3.DatabaseError as exc:
+                raise NotABackup(f"{source} cannot be copied: {exc}") from None
             finally:
-                dst.close()
-        finally:
-            src.close()
-        try:
+                src.close()
+            db = sqlite3.connect(staged, isolation_level=None)
+            try:
+                info = _check_backup(kind, db, source)
+                if owner is not None and kind.owner is not None:
+                    theirs = kind.owner(db)
+                    if theirs is not None and theirs != owner:
+                        raise WrongOwner(owner, theirs)
+                db.execute("DROP TABLE backup_info")
+            finally:
+                db.close()
             version = kind.prepare(staged, info, acknowledgement)
+            db = sqlite3.connect(staged, isolation_level=None)
+            try:
+                harden(db)
+                check_schema(db, kind.name, version, kind.schema(version))
+            finally:
+                db.close()
             _checkpoint(staged)
+            if target.exists():
+                st = target.stat()
+                os.chmod(staged, stat.S_IMODE(st.st_mode))
+                with contextlib.suppress(PermissionError):
+                    os.chown(staged, st.st_uid, st.st_gid)
         except BaseException:
             for leftover in (staged, *_sidecars(staged)):
                 leftover.unlink(missing_ok=True)
             raise
         previous: Path | None = None
-        if target.exists():
-            _checkpoint(target)
-            previous = target.with_name(f"{target.name}.pre-restore-{int(time.time())}")
-            os.replace(target, previous)
-        for stale in _sidecars(target):
-            stale.unlink(missing_ok=True)  # a WAL of the replaced file never meets the new one
-        os.replace(staged, target)
+        try:
+            if target.exists():
+                _checkpoint(target)
+                previous = target.with_name(
+                    f"{target.name}.pre-restore-"
+                    f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
+                )
+                os.link(target, previous)  # kept; the store path never goes missing
+            for stale in _sidecars(target):
+                stale.unlink(missing_ok=True)  # the replaced file's WAL never meets the new one
+            os.replace(staged, target)  # SECURITY: the one atomic step that publishes
+        except BaseException:
+            for leftover in (staged, *_sidecars(staged)):
+                leftover.unlink(missing_ok=True)
+            raise
         _fsync_dir(target.parent)
     finally:
         lock.close()

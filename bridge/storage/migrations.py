@@ -8,8 +8,10 @@ half-way. A released step is never edited; a change is a new step.
 
 GUARANTEES, checked in every step's transaction before anything is written:
 
-- the store's ``store_identity`` names ``kind`` (or the store is new and is stamped with
-  it): a vote log is never opened, upgraded or restored as a relayer's checkpoints
+- the store's ``store_identity`` names ``kind`` (or the store is unstamped and is stamped
+  with it, but only when it is empty or has one of the kind's ``markers`` tables: a file
+  of a release before stamping): a vote log is never opened, upgraded or restored as a
+  relayer's checkpoints, nor a relayer's file adopted as an empty vote log
   (:class:`WrongStore`);
 - the store's version is not above the newest this code knows (:class:`StoreTooNew`): an
   older release never runs on a store a newer one has changed (no downgrades).
@@ -63,6 +65,16 @@ class WrongStore(StoreError):
         self.found = found
 
 
+class WrongOwner(StoreError):
+    """The store belongs to another owner (a member store bound to another signing
+    address): never opened or restored as this one's."""
+
+    def __init__(self, expected: bytes, found: bytes) -> None:
+        super().__init__(f"this store belongs to 0x{found.hex()}, not 0x{expected.hex()}")
+        self.expected = expected
+        self.found = found
+
+
 @dataclass(frozen=True, slots=True)
 class Migration(Generic[C]):
     """One forward step: ``apply`` runs inside the step's transaction."""
@@ -103,11 +115,29 @@ def store_kind(c: Executes) -> str | None:
     return None if found is None else str(found[0])
 
 
-def claim_kind(c: Executes, kind: str) -> None:
-    """Stamp the store with ``kind``, or raise WrongStore if it is stamped otherwise."""
+_OWN_TABLES = ("schema_version", "store_identity")
+
+
+def claim_kind(c: Executes, kind: str, markers: Sequence[str] = ()) -> None:
+    """Stamp the store with ``kind``, or raise WrongStore if it is stamped otherwise.
+
+    SECURITY (review s17 finding 9): an unstamped store is stamped only when it has no
+    table yet or one of ``markers`` (the tables every release of ``kind`` wrote); any other
+    unstamped file is WrongStore(kind, "unknown"), unchanged. Without ``markers`` (a kind
+    that gives none) any unstamped file is adopted, as before."""
     c.execute(_IDENTITY)
     row = c.execute("SELECT kind FROM store_identity WHERE id = 1").fetchone()
     if row is None:
+        if markers:
+            tables = {
+                str(r[0])
+                for r in c.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    " AND name NOT LIKE 'sqlite_%'"
+                ).fetchall()
+            } - set(_OWN_TABLES)
+            if tables and not tables & set(markers):
+                raise WrongStore(kind, "unknown")
         c.execute("INSERT INTO store_identity (id, kind) VALUES (1, ?)", (kind,))
     elif str(row[0]) != kind:
         raise WrongStore(kind, str(row[0]))
@@ -127,12 +157,14 @@ def migrate(
     transaction: Transaction[C, bool],
     *,
     before: Callable[[C], None] | None = None,
+    markers: Sequence[str] = (),
 ) -> int:
     """Bring the store to the last of ``migrations``; return the version reached.
 
     Each step runs in its own transaction (``transaction``), which first calls ``before``
     (e.g. PostgreSQL's advisory lock), checks kind and version, and skips a step already
-    applied, so two processes opening one store never apply a step twice."""
+    applied, so two processes opening one store never apply a step twice. ``markers``:
+    see :func:`claim_kind`."""
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)) or not versions or versions[0] < 1:
         raise ValueError(f"{kind}: migrations must be numbered 1, 2, ... in order")
@@ -143,7 +175,7 @@ def migrate(
         def step(c: C, m: Migration[C] = m) -> bool:
             if before is not None:
                 before(c)
-            claim_kind(c, kind)
+            claim_kind(c, kind, markers)
             if check_version(c, kind, latest) >= m.version:
                 return False
             m.apply(c)

@@ -28,6 +28,7 @@ FORMAT_SAMPLES = {
     "_listen": "127.0.0.1:1",
     "_target": "127.0.0.1:2",
     "_optional_target": "127.0.0.1:3",
+    "_targets": "127.0.0.1:2,127.0.0.1:5",
     "_metrics_listen": "127.0.0.1:4",
     "_http_url": "http://127.0.0.1:4318/v1/traces",
 }
@@ -68,7 +69,7 @@ def sample(annotation: Any, metadata: list[Any] | None = None) -> Any:
     for m in meta:
         if getattr(m, "pattern", None):
             return PATTERN_SAMPLES[m.pattern]  # a new pattern needs a sample here
-        func = getattr(m, "func", None)
+        func = getattr(m, "func", None) if type(m).__name__ == "AfterValidator" else None
         if func is not None:
             return FORMAT_SAMPLES[func.__name__]
     return "x"

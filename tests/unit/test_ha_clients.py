@@ -84,7 +84,7 @@ def _coordinator_file(tmp_path: Path, database: str, ha: dict[str, Any]) -> Path
             "network": "network.toml",
             "listen": "127.0.0.1:7000",
             "database": database,
-            "verifiers": [],
+            "verifiers": ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"],
             "relayers": {"brokerage-a": "127.0.0.1:1", "brokerage-b": "127.0.0.1:2"},
             "ha": ha,
         },
@@ -113,11 +113,11 @@ def test_ha_table_is_read_with_its_timing(tmp_path: Path) -> None:
     ("database", "ha", "match"),
     [
         ("state/c.sqlite", {"name": "a"}, "needs a PostgreSQL database"),
-        ("postgresql://kstb@127.0.0.1/kstb", {}, "name is required"),
+        ("postgresql://kstb@127.0.0.1/kstb", {}, "ha.name: missing required key"),
         ("postgresql://kstb@127.0.0.1/kstb", {"name": "a", "lease_ttl": 3, "renew_interval": 2},
          "renew_interval <= lease_ttl / 3"),
         ("postgresql://kstb@127.0.0.1/kstb", {"name": "a", "renew_interval": 0},
-         "renew_interval <= lease_ttl / 3"),
+         "ha.renew_interval: must be greater than 0"),
     ],
 )  # fmt: skip
 def test_ha_table_refuses_sqlite_and_unsafe_timing(
