@@ -14,13 +14,14 @@ its rotation log; see :func:`quarantined`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.storage.migrations import Migration, StoreError, WrongOwner
-from bridge.storage.sqlite import immediate, lock_path, open_store
+from bridge.storage.sqlite import immediate, open_store
 
 KIND = "verifier"
 
@@ -93,20 +94,43 @@ def open_member_store(
     (NotRestored), another kind or a schema not exactly the member store's
     (:func:`bridge.storage.sqlite.open_store`), and a missing file unless ``create``; by
     default (``create=None``) a missing file is created only on the first start, i.e. when
-    no lock file shows a store was opened here before (StoreMissing: a store that vanished,
-    e.g. a crash mid-restore, is never silently replaced by an empty log). With ``member``
-    (a signing address) the store is bound to it on first use and WrongOwner afterwards
-    for any other."""
+    no ``<store>.opened`` marker shows a store was opened here before (StoreMissing: a store
+    that vanished, e.g. a crash mid-restore, is never silently replaced by an empty log; the
+    lock file cannot serve as that marker, since a standby's state lock creates it before
+    the store is opened). With ``member`` (a signing address) the store is bound to it on
+    first use and WrongOwner afterwards for any other."""
+    marker = opened_marker(path)
     if create is None:
-        create = not lock_path(path).exists()
+        create = not marker.exists()
     db = open_store(path, KIND, MIGRATIONS, markers=MARKERS, create=create)
     try:
         if member is not None:
             bind_member(db, member)
+        if not marker.exists():
+            _write_marker(marker)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def opened_marker(path: Path) -> Path:
+    """The file beside the member store (named from its resolved path) that records that a
+    store was opened here: from then on a missing store is refused, never recreated."""
+    return Path(f"{path.resolve()}.opened")
+
+
+def _write_marker(marker: Path) -> None:
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(marker.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def bound_member(db: sqlite3.Connection) -> bytes | None:

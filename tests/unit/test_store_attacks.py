@@ -208,7 +208,7 @@ def test_a_member_store_that_vanished_is_not_recreated_empty(
     with pytest.raises(StoreMissing):
         VoteLog(store, MEMBER_A)
     assert not store.exists()
-    # First start (no lock file: no store was ever opened here) still creates one.
+    # First start (no .opened marker: no store was ever opened here) still creates one.
     fresh = store.with_name("fresh.sqlite")
     VoteLog(fresh, MEMBER_A).close()
     assert fresh.is_file()
