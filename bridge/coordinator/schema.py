@@ -267,7 +267,9 @@ def _v1_sqlite_legacy(c: Conn) -> None:
     columns = {row[1] for row in c.execute("PRAGMA table_info(transfers)").fetchall()}
     if not columns:
         return  # a new file
+    rebuild = "source_ledger" not in columns
     if "origin" not in columns:
+        rebuild = True  # ADD COLUMN leaves a table text that is not the canonical one
         # Added for event intake (issue 9): rows written before it were submitted ones
         # or adoptions, whose key is exactly "onchain:0x<their own transfer id>".
         # SECURITY: not merely the prefix (LIKE also ignores case): a brokerage could
@@ -277,20 +279,25 @@ def _v1_sqlite_legacy(c: Conn) -> None:
             "UPDATE transfers SET origin = 'adopted'"
             " WHERE idempotency_key = 'onchain:0x' || lower(hex(transfer_id))"
         )
-    if "source_ledger" not in columns:
+    if rebuild:
         # Keys scoped per source ledger (issue 9 review): rebuild ``transfers`` without the
         # global UNIQUE on the key (SQLite cannot drop a constraint in place), keeping
-        # every row, its ``seq`` and its origin.
+        # every row, its ``seq`` and its origin. The rebuilt table is exactly version 1's,
+        # so the store's schema check (ADR 0022) holds after the upgrade.
+        source = (
+            "source_ledger" if "source_ledger" in columns
+            else "json_extract(request, '$.source_ledger')"
+        )  # fmt: skip
         c.execute("ALTER TABLE transfers RENAME TO transfers_v1")
         c.execute("DROP INDEX IF EXISTS transfers_state")
         c.execute("DROP INDEX IF EXISTS transfers_lane")
         c.execute(_statements(_V1)[0])
         c.execute(
-            "INSERT INTO transfers (seq, transfer_id, idempotency_key, request, terms,"
+            "INSERT INTO transfers (seq, transfer_id, idempotency_key, request, terms,"  # noqa: S608 (source: one of two constants)
             " security, state, reason, created_at, updated_at, transactions, origin,"
             " source_ledger) SELECT seq, transfer_id, idempotency_key, request, terms,"
             " security, state, reason, created_at, updated_at, transactions, origin,"
-            " json_extract(request, '$.source_ledger') FROM transfers_v1 ORDER BY seq"
+            f" {source} FROM transfers_v1 ORDER BY seq"
         )
         c.execute("DROP TABLE transfers_v1")
         c.execute("CREATE INDEX IF NOT EXISTS transfers_state ON transfers(state)")
