@@ -4,19 +4,22 @@ Each file goes through the same three passes a daemon runs at start (schema, rul
 keys and files, building; environment overrides included), without connecting anywhere.
 The file's kind is given with ``--as`` or recognised from its keys. Exit status 0 when every
 file passes, 78 (``EX_CONFIG``, as the daemons) when any is refused; ``--json`` prints one
-object per file: ``{file, kind, ok, problems: [{path, message}]}``.
+object per file: ``{file, kind, ok, problems: [{path, message}], overrides: [{path,
+variable}]}``; the environment overrides a file takes are listed (variable and path, never
+the value).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bridge.config_errors import ConfigError, ConfigProblem
-from bridge.config_rules import check_file, read_toml
+from bridge.config_rules import apply_env, check_file, overrides_unlogged, read_toml
 from bridge.config_schema import FILE_MODELS
 from bridge.daemon import EXIT_CONFIG
 
@@ -51,10 +54,20 @@ def check(path: Path, kind: str | None = None) -> tuple[str, list[ConfigProblem]
     in the network file a daemon file names is reported under that network file."""
     try:
         kind = kind or recognise(read_toml(path))
-        _loader(kind)(path)
+        with overrides_unlogged():
+            _loader(kind)(path)
     except ConfigError as exc:
         return kind or "?", list(exc.problems), exc.file
     return kind, [], str(path)
+
+
+def overrides(path: Path, kind: str) -> dict[str, str]:
+    """Key path -> the ``KSTB_...`` variable overriding it in file ``path`` of ``kind``
+    (empty when the file cannot be read)."""
+    try:
+        return apply_env(kind, read_toml(path), os.environ)[2]
+    except ConfigError:
+        return {}
 
 
 def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +86,7 @@ def run(a: argparse.Namespace) -> int:
     for path in a.files:
         kind, problems, file = check(path, a.kind)
         refused = refused or bool(problems)
+        env = overrides(path, kind)
         if a.json:
             print(
                 json.dumps(
@@ -81,6 +95,7 @@ def run(a: argparse.Namespace) -> int:
                         "kind": kind,
                         "ok": not problems,
                         "problems": [{"path": p.path, "message": p.message} for p in problems],
+                        "overrides": [{"path": k, "variable": v} for k, v in env.items()],
                     },
                     sort_keys=True,
                 )
@@ -91,4 +106,7 @@ def run(a: argparse.Namespace) -> int:
             print(f"refused  {path} ({kind})")
             for p in problems:
                 print(f"    {file}: {p}")
+        if not a.json:
+            for key, var in env.items():
+                print(f"    override {key} <- {var}")
     return EXIT_CONFIG if refused else 0
