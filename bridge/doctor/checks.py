@@ -221,6 +221,9 @@ def check_lag(component: str, view: LedgerView, t: Thresholds) -> CheckResult:
 
 def check_gas(component: str, view: LedgerView, t: Thresholds) -> CheckResult:
     """FAIL at a zero balance, WARN below ``t.min_gas_balance``; OK for kinds without gas."""
+    if view.gas_balance is None and not view.operator:
+        # Only the bridge operator is told a relayer's account and balance.
+        return _row(component, "gas", Level.WARN, "not disclosed to this caller")
     if view.gas_balance is None:
         return _row(component, "gas", Level.OK, "this ledger kind charges no gas")
     detail = f"{view.operator} holds {view.gas_balance} wei"

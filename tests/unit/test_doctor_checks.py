@@ -215,6 +215,9 @@ def test_lag_gas_and_nothing_scanned() -> None:
     assert check_gas("r", view(gas_balance=10**16 - 1), T).level == Level.WARN
     assert check_gas("r", view(gas_balance=10**16), T).level == Level.OK
     assert check_gas("r", view(gas_balance=None), T).level == Level.OK
+    # The depository is not told a relayer's account or balance: no false OK (finding 9).
+    withheld = check_gas("r", view(gas_balance=None, operator=""), T)
+    assert (withheld.level, withheld.detail) == (Level.WARN, "not disclosed to this caller")
 
 
 # -- network file ------------------------------------------------------------------------
