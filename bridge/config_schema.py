@@ -32,10 +32,15 @@ _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
 class Table(BaseModel):
-    """A TOML table: unknown keys refused, strict types, immutable."""
+    """A TOML table: unknown keys refused, strict types, immutable; no ``inf``/``nan``
+    (TOML has them, and ``inf`` seconds overflows at start or never polls)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 
@@ -275,13 +280,13 @@ class CoordinatorFile(Table):
     verifiers: list[VerifierItem]
     """Committee members' verifiers: ``host:port`` or ``{endpoint, member}``; at least
     ``threshold`` distinct genesis members must be reachable."""
-    transfer_ttl: int = Field(default=300, gt=0)
+    transfer_ttl: int = Field(default=300, gt=0, le=30 * 24 * 3600)
     """Seconds a transfer may take before it is aborted."""
-    rpc_timeout: float = Field(default=30.0, gt=0)
+    rpc_timeout: float = Field(default=30.0, gt=0, le=3600)
     """Seconds per call to a relayer or verifier."""
-    supply_heartbeat: float = Field(default=30.0, ge=0)
+    supply_heartbeat: float = Field(default=30.0, ge=0, le=24 * 3600)
     """Seconds after which an unchanged security is attested again (0: only on change)."""
-    instruction_max_age: float = Field(default=600.0, gt=0)
+    instruction_max_age: float = Field(default=600.0, gt=0, le=24 * 3600)
     """Operator instructions older than this (seconds) are refused."""
     tls: TlsTable | None = None
     """Mutual TLS for the server and every client."""
@@ -317,7 +322,7 @@ class RelayerFile(Table):
     """Ledgers whose kind has identities (Fabric): the MSP certificate (PEM)."""
     msp_id: str = ""
     """Ledgers whose kind has identities (Fabric): the MSP id."""
-    poll_interval: float = Field(default=0.2, gt=0)
+    poll_interval: float = Field(default=0.2, gt=0, le=3600)
     """Seconds between polls of the ledger for new blocks."""
     tls: TlsTable | None = None
     """Mutual TLS for the server and the coordinator client."""
