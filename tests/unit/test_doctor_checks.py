@@ -35,6 +35,7 @@ from bridge.doctor.model import (
     Thresholds,
 )
 from bridge.domain.committee import Committee, EpochWindow
+from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 
 pytestmark = [pytest.mark.unit, pytest.mark.ops]
@@ -470,3 +471,32 @@ def test_negative_gas_and_heights_fail_and_an_unreported_bridge_fails() -> None:
     assert check_lag("r", view(finalized_height=-5), T).level == Level.FAIL
     row = check_network("r", ledger(), view(bridge_word=b""))
     assert row.level == Level.FAIL and row.detail.endswith("node not reported")
+
+
+# -- review finding 4: the doctor dials only what the file expects ------------------------
+
+
+@pytest.mark.security
+def test_the_doctor_dials_only_the_files_components() -> None:
+    from bridge.doctor.collect import endpoints_to_read
+
+    named = status(
+        "coordinator",
+        endpoints=(
+            ("coordinator", "evil.example:1"),
+            (f"relayer:{A}", "10.0.0.7:7201"),
+            ("relayer:elsewhere", "evil.example:2"),
+            ("member:0x" + MEMBERS[0].hex().upper(), "10.0.0.11:7101"),
+            (member_component(OUTSIDER), "evil.example:3"),
+            ("member:nonsense", "evil.example:4"),
+            ("bridge-operator", "evil.example:5"),
+        ),
+    )
+    targets = endpoints_to_read(NETWORK, reading("coordinator", named), {})
+    assert targets == {
+        f"relayer:{A}": "10.0.0.7:7201",
+        member_component(MEMBERS[0]): "10.0.0.11:7101",
+        member_component(LATER): "127.0.0.1:9",
+    }
+    with pytest.raises(InvalidInput, match="not a relayer or member of the network file"):
+        endpoints_to_read(NETWORK, reading("coordinator", named), {"coordinator": "x:1"})
