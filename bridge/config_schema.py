@@ -370,6 +370,20 @@ class RotationTable(Table):
     """Earliest activation accepted, behind this member's clock."""
 
 
+class IdentityTable(Table):
+    """An ``[identities.<ledger>]`` entry: the read identity of a ledger whose kind signs
+    every query (Fabric): MSP id, certificate and exactly one key source."""
+
+    msp_id: Name
+    """The MSP id of the identity."""
+    cert_file: PathText
+    """The identity's certificate (PEM)."""
+    key_file: PathText | None = None
+    """Plaintext 0600 key (devnet only); exclusive with ``[key]``."""
+    key: KeyTable | None = None
+    """The key in a keystore or token; exclusive with ``key_file``."""
+
+
 class VerifierFile(Table):
     """``verifier.toml``: one committee member (``bridge-verifier``)."""
 
@@ -385,10 +399,10 @@ class VerifierFile(Table):
     """The member key in a keystore or token; exclusive with ``key_file``."""
     rpc_overrides: dict[str, EndpointItem] = {}
     """Ledger id -> this member's own node (URL, or a table with TLS settings)."""
-    identities: dict[str, dict[str, Any]] = {}
+    identities: dict[str, IdentityTable] = {}
     """Ledger id -> read identity, for ledgers whose kind signs every query (Fabric:
     ``msp_id``, ``cert_file`` and ``key_file`` or ``[key]``)."""
-    fabric_identities: dict[str, dict[str, Any]] | None = None
+    fabric_identities: dict[str, IdentityTable] | None = None
     """Older spelling of ``identities`` (exclusive with it)."""
     ledger_auth: dict[str, LedgerAuthTable] = {}
     """Ledger id -> how this member authenticates to that ledger's node."""

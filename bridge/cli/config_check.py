@@ -22,6 +22,7 @@ from bridge.config_errors import ConfigError, ConfigProblem
 from bridge.config_rules import apply_env, check_file, overrides_unlogged, read_toml
 from bridge.config_schema import FILE_MODELS
 from bridge.daemon import EXIT_CONFIG
+from bridge.domain.errors import BridgeError, InvalidInput
 
 _MARKERS = (
     ("network", "committee"),
@@ -37,6 +38,47 @@ def recognise(raw: Mapping[str, Any]) -> str:
     return next((kind for kind, marker in _MARKERS if marker in raw), "key")
 
 
+def _as_config_error(path: Path, load: Callable[[], object]) -> None:
+    """Run ``load``; a typed refusal (BridgeError) or an unreadable file becomes a
+    ConfigError of ``path``."""
+    try:
+        load()
+    except BridgeError as exc:
+        raise ConfigError(str(path), [ConfigProblem("", str(exc))]) from exc
+    except OSError as exc:
+        problem = ConfigProblem("", f"cannot read {exc.filename}: {exc.strerror}")
+        raise ConfigError(str(path), [problem]) from exc
+
+
+def load_key_file(path: Path) -> None:
+    """A ``--key-config`` file as the CLI reads it: shape, then the key reference (one
+    source, files 0600, a passphrase source present). Opens no key."""
+    from bridge.keys.loader import load_key_config
+
+    _as_config_error(path, lambda: load_key_config(path))
+
+
+def load_client_file(path: Path) -> None:
+    """A ``--client-config`` file as the CLI reads it: shape, its network file, its
+    ``[tls]`` (key 0600, certificate and key a pair) and the trust roots the network file
+    grants (review finding 7: not only the shape)."""
+    from bridge.config import load_network, load_tls
+    from bridge.rpc.roles import COORDINATOR, Role
+    from bridge.rpc.tls import ClientIdentity, pair_matches
+
+    _, raw = check_file("client", path)
+
+    def load() -> None:
+        tls = load_tls(raw, path.parent, str(path))
+        if tls is None:
+            raise InvalidInput(f"{path}: no [tls] table")
+        if not pair_matches(tls.cert_file.read_bytes(), tls.key_file.read_bytes()):
+            raise InvalidInput(f"{path}: tls.cert_file and tls.key_file are not a pair")
+        ClientIdentity.to(load_network(path.parent / raw["network"]), tls, Role(COORDINATOR))
+
+    _as_config_error(path, load)
+
+
 def _loader(kind: str) -> Callable[[Path], object]:
     from bridge import config
 
@@ -45,6 +87,8 @@ def _loader(kind: str) -> Callable[[Path], object]:
         "coordinator": config.load_coordinator,
         "relayer": config.load_relayer,
         "verifier": config.load_verifier,
+        "key": load_key_file,
+        "client": load_client_file,
     }
     return loaders.get(kind, lambda path: check_file(kind, path))
 

@@ -562,3 +562,47 @@ def test_bridge_config_check_reports_every_file(
     assert main(["config", "check", "--as", "verifier", str(good)]) == EXIT_CONFIG
     out = capsys.readouterr().out
     assert out.startswith(f"refused  {good} (verifier)") and "relayers: unknown key" in out
+
+
+# ---- review finding 7: identities typed, key and client files fully checked ----------------
+
+
+@pytest.mark.security
+def test_identities_are_typed_with_their_path(tmp_path: Path) -> None:
+    bad = {"msp_idd": "Org1MSP", "cert_file": 7, "key_file": "k"}
+    for table in ("identities", "fabric_identities"):
+        with pytest.raises(ConfigError) as exc:
+            load_verifier(verifier(tmp_path, **{table: {"brokerage-b": bad}}))
+        assert problems(exc) == [
+            (f"{table}.brokerage-b.msp_id", "missing required key"),
+            (f"{table}.brokerage-b.cert_file", "must be a string"),
+            (f"{table}.brokerage-b.msp_idd", "unknown key (did you mean 'msp_id'?)"),
+        ]
+
+
+@pytest.mark.security
+def test_config_check_parses_key_and_client_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--as key`` and ``--as client`` run the key and TLS parse, not only the shape: a
+    key file with two sources, or a client whose key others can read, is refused."""
+    from bridge.cli.main import main
+
+    two = write(tmp_path / "key.toml", {"key_file": "k", "key": {"keystore": "ks.json"}})
+    assert main(["config", "check", "--as", "key", str(two)]) == EXIT_CONFIG
+    assert "refused" in capsys.readouterr().out
+    network(tmp_path)
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "c.key").write_text("not a key")
+    (tmp_path / "c.key").chmod(0o644)
+    client = write(
+        tmp_path / "client.toml",
+        {"network": "network.toml", "tls": {"cert_file": "c.pem", "key_file": "c.key"}},
+    )
+    assert main(["config", "check", "--as", "client", str(client)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith(f"refused  {client} (client)") and "0600" in out
+    (tmp_path / "c.key").chmod(0o600)  # now a readable pair that is not a pair
+    assert main(["config", "check", "--as", "client", str(client)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith(f"refused  {client} (client)") and "are not a pair" in out
