@@ -208,9 +208,18 @@ def test_doctor_catches_a_committee_mismatch(
     # Every component runs with the deployed file, which now differs from the one passed.
     drift = [r for r in rows if r["check"] == "network file"]
     assert len(drift) == 7
-    assert all(r["status"] == "WARN" for r in drift)
+    assert all(r["status"] == "FAIL" for r in drift)  # review finding 5: not a WARN
     assert drift[0]["detail"].startswith("another network file: fingerprint 0x")
-    assert {r["check"] for r in not_ok(rows)} == {"committee", "network file"}
+    # Each member's own view of each ledger contradicts the file too (finding 5).
+    views = [r for r in rows if r["check"] in (f"view {A}", f"view {B}")]
+    assert views and all(r["status"] == "FAIL" for r in views)
+    assert all(r["detail"].startswith("committee epoch 1: file epoch 1, 4-of-4 [") for r in views)
+    assert {r["check"] for r in not_ok(rows) if r["status"] == "FAIL"} == {
+        "committee",
+        "network file",
+        f"view {A}",
+        f"view {B}",
+    }
 
 
 def _daemon_env() -> dict[str, str]:
