@@ -54,7 +54,6 @@ M = TypeVar("M", bound=BaseModel)
 
 ENV_PREFIX = "KSTB_"
 
-_log = get_logger()
 _LOG_OVERRIDES: contextvars.ContextVar[bool] = contextvars.ContextVar("log_overrides", default=True)
 
 
@@ -289,7 +288,9 @@ def check_file(
     for key, var in sources.items() if _LOG_OVERRIDES.get() else ():
         # SECURITY: the variable and the path, never the value (it may be an address
         # an operator keeps private; secrets cannot be overridden at all).
-        _log.info("configuration overridden by environment", file=str(path), key=key, variable=var)
+        get_logger().info(
+            "configuration overridden by environment", file=str(path), key=key, variable=var
+        )
     return model, merged
 
 
