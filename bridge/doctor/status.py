@@ -90,6 +90,12 @@ def view_error(exc: BaseException) -> str:
             return VIEW_REFUSED
         if isinstance(e, PermissionError):
             return VIEW_REFUSED
+        if isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)):
+            code = e.code()  # a Fabric peer's answer
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                return VIEW_REFUSED
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return VIEW_UNREACHABLE
     if any(isinstance(e, Unavailable | OSError | asyncio.TimeoutError) for e in chain):
         return VIEW_UNREACHABLE
     if any(isinstance(getattr(e, "status", None), int) for e in chain):

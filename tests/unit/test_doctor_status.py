@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 
 import aiohttp
+import grpc
 import pytest
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -77,6 +78,31 @@ async def test_a_failed_read_leaves_as_a_fixed_word(exc: BaseException, word: st
     for secret in ("hunter2", "APIKEY123", "token=abc", "admin:"):
         assert secret not in logged and secret not in v.error
     assert logs[0]["category"] == word
+
+
+class _PeerError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def __str__(self) -> str:
+        return f"peer at {SECRET_URL} said no"
+
+
+@pytest.mark.parametrize(
+    ("code", "word"),
+    [
+        (grpc.StatusCode.PERMISSION_DENIED, VIEW_REFUSED),
+        (grpc.StatusCode.UNAUTHENTICATED, VIEW_REFUSED),
+        (grpc.StatusCode.UNAVAILABLE, VIEW_UNREACHABLE),
+        (grpc.StatusCode.INTERNAL, VIEW_MALFORMED),
+    ],
+)
+async def test_a_fabric_peers_refusal_is_a_word_too(code: grpc.StatusCode, word: str) -> None:
+    v = await read_view("f", _Failing(_PeerError(code)))  # type: ignore[arg-type]
+    assert v.error == word
 
 
 def test_redact_urls_keeps_scheme_and_host_only() -> None:
