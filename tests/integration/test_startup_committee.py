@@ -117,3 +117,21 @@ async def test_no_endpoint_at_the_finalized_block_is_unavailable_not_a_crash(
             )
     finally:
         await deep.close()
+
+
+async def test_an_invalid_epoch_on_the_ledger_is_a_typed_refusal(
+    two_ledgers: TwoLedgers, reader: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 8: a later epoch the ledger reports with a threshold no committee may
+    have is a LedgerMismatch (exit 3, logged), not a traceback."""
+    from bridge.domain.errors import InvalidInput
+
+    async def invalid(height: int | None = None) -> tuple[object, ...]:
+        raise InvalidInput("threshold must exceed n/2 so COMMIT and ABORT quorums intersect")
+
+    monkeypatch.setattr(reader, "committees", invalid)
+    env = two_ledgers
+    with pytest.raises(LedgerMismatch) as err:
+        await check_reached(env.a.config(), reader, network=network(env, env.committee))
+    assert err.value.what == "committee"
+    assert err.value.found.startswith("threshold must exceed n/2")
