@@ -279,9 +279,9 @@ def check_member_view(
     """One member's view of one ledger. FAIL: it does not read the ledger, reads another
     network, sees committees that contradict the file (:func:`committee_mismatch`), or sees
     another committee than the relayer (other members or threshold for the same epoch, or
-    other epochs while its node is not behind the relayer's); WARN: its node is more than
-    ``t.max_lag_blocks`` behind the relayer's, it is behind and sees other epochs (a
-    rotation in flight), or a genesis member belongs to no live epoch."""
+    other epochs at the same height); WARN: its node is more than ``t.max_lag_blocks``
+    behind the relayer's, it sees other epochs at another height (a rotation in flight),
+    or a genesis member belongs to no live epoch."""
     check = f"view {config.id.name}"
     if view is None:
         return _row(component, check, Level.FAIL, "the member does not watch this ledger")
@@ -315,11 +315,13 @@ def check_member_view(
                 f" {reference.finalized_height} ({behind} blocks behind > {t.max_lag_blocks})",
             )
         if ours.keys() != theirs.keys():
-            why = f" ({behind} blocks behind: rotation in flight?)" if behind > 0 else ""
+            # At one height two nodes of one ledger agree; at different heights (either
+            # ahead: answers are cached for seconds) a rotation may be in flight.
+            why = f" (heights differ by {behind}: rotation in flight?)" if behind else ""
             return _row(
                 component,
                 check,
-                Level.WARN if behind > 0 else Level.FAIL,
+                Level.WARN if behind else Level.FAIL,
                 f"sees epochs {sorted(ours)}, the relayer {sorted(theirs)}{why}",
             )
     if not mine and network.committee.is_member(member):
