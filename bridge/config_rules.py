@@ -8,19 +8,26 @@ with ``<FILE>`` one of ``COORDINATOR``, ``RELAYER``, ``VERIFIER``, keys case-ins
 e.g. ``KSTB_RELAYER__POLL_INTERVAL=0.5`` or ``KSTB_VERIFIER__METRICS__LISTEN=0.0.0.0:9101``.
 The value is read as a TOML value (``0.5``, ``true``, ``["a:1", "b:2"]``), else as a plain
 string. An override naming an unknown key is refused like a misspelt key in the file.
-SECURITY: the network file is never overridden: it is the trust anchor every party must
-read identically (committee, ledgers, organisations).
+SECURITY: only OPERATIONAL keys may be overridden (:data:`ENV_ALLOWED`: addresses to listen
+on or dial, whose peers mTLS authenticates, intervals, timeouts, metrics, tracing switches).
+Everything that decides whom a daemon trusts or what it signs with is refused with the
+variable's name: the network file (the trust anchor), ``[tls]``, keys, identities, node
+endpoints (``rpc_overrides``), ``ledger_auth``, stores, the audit log, the tracing
+collector, rotation bounds. Every applied override is logged at start (variable and path,
+never the value) and listed by ``bridge config check``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import difflib
 import os
 import re
 import tomllib
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin
 
@@ -38,6 +45,7 @@ from bridge.config_schema import (
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, is_valid_isin, parse_evm_address
 from bridge.ledgers.kinds import LedgerTable, get_kind, table_problems
+from bridge.logfields import get_logger
 
 if TYPE_CHECKING:
     from bridge.config import NetworkConfig
@@ -45,6 +53,19 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 
 ENV_PREFIX = "KSTB_"
+
+_LOG_OVERRIDES: contextvars.ContextVar[bool] = contextvars.ContextVar("log_overrides", default=True)
+
+
+@contextlib.contextmanager
+def overrides_unlogged() -> Iterator[None]:
+    """Within: :func:`check_file` does not log the overrides it applies (``bridge config
+    check`` prints them itself, on stdout, where a log line would break ``--json``)."""
+    token = _LOG_OVERRIDES.set(False)
+    try:
+        yield
+    finally:
+        _LOG_OVERRIDES.reset(token)
 
 
 # ---- reading and the schema pass -----------------------------------------------------------
@@ -173,6 +194,30 @@ def _env_value(text: str) -> Any:
         return text
 
 
+_COMMON_ALLOWED = frozenset(
+    {"listen", "metrics", "tracing.enabled", "tracing.sample_ratio", "tracing.service_name"}
+)
+ENV_ALLOWED: dict[str, frozenset[str]] = {
+    "coordinator": _COMMON_ALLOWED
+    | {"relayers", "verifiers", "transfer_ttl", "rpc_timeout", "supply_heartbeat"},
+    "relayer": _COMMON_ALLOWED | {"coordinator", "poll_interval"},
+    "verifier": _COMMON_ALLOWED,
+}
+"""Per daemon file, the key paths (and the tables whose every key) the environment may set.
+SECURITY: an allowlist, so a key added later is refused until someone decides it is
+operational; ``tracing.endpoint`` is not here (spans would leave for an attacker's host)."""
+
+ENV_REFUSED = "may not be set from the environment (security-critical: set it in the file)"
+"""The message of a refused override (its path is ``env <VARIABLE>``)."""
+
+
+def env_allowed(file: str, parts: Sequence[str]) -> bool:
+    """True when ``parts`` (a key path) of daemon file ``file`` may come from the environment:
+    it is an allowed path or lies inside an allowed table."""
+    allowed = ENV_ALLOWED.get(file, frozenset())
+    return any(".".join(parts[:i]) in allowed for i in range(1, len(parts) + 1))
+
+
 def apply_env(
     file: str, raw: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[ConfigProblem], dict[str, str]]:
@@ -200,6 +245,9 @@ def apply_env(
                 problems.append(ConfigProblem(where, f"{part!r}: {unknown_key(part, known)}"))
                 refused = True
                 break
+        if not refused and not env_allowed(file, parts):
+            problems.append(ConfigProblem(where, f"{'.'.join(parts)!r} {ENV_REFUSED}"))
+            refused = True
         node: Any = out
         for part in parts[:-1]:
             if refused:
@@ -237,6 +285,12 @@ def check_file(
     problems += _mark_env(schema, sources)
     if problems:
         raise ConfigError(str(path), problems)
+    for key, var in sources.items() if _LOG_OVERRIDES.get() else ():
+        # SECURITY: the variable and the path, never the value (it may be an address
+        # an operator keeps private; secrets cannot be overridden at all).
+        get_logger().info(
+            "configuration overridden by environment", file=str(path), key=key, variable=var
+        )
     return model, merged
 
 

@@ -40,10 +40,15 @@ _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
 class Table(BaseModel):
-    """A TOML table: unknown keys refused, strict types, immutable."""
+    """A TOML table: unknown keys refused, strict types, immutable; no ``inf``/``nan``
+    (TOML has them, and ``inf`` seconds overflows at start or never polls)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 
@@ -311,13 +316,13 @@ class CoordinatorFile(Table):
     verifiers: list[VerifierItem]
     """Committee members' verifiers: ``host:port`` or ``{endpoint, member}``; at least
     ``threshold`` distinct genesis members must be reachable."""
-    transfer_ttl: int = Field(default=300, gt=0)
+    transfer_ttl: int = Field(default=300, gt=0, le=30 * 24 * 3600)
     """Seconds a transfer may take before it is aborted."""
-    rpc_timeout: float = Field(default=30.0, gt=0)
+    rpc_timeout: float = Field(default=30.0, gt=0, le=3600)
     """Seconds per call to a relayer or verifier."""
-    supply_heartbeat: float = Field(default=30.0, ge=0)
+    supply_heartbeat: float = Field(default=30.0, ge=0, le=24 * 3600)
     """Seconds after which an unchanged security is attested again (0: only on change)."""
-    instruction_max_age: float = Field(default=600.0, gt=0)
+    instruction_max_age: float = Field(default=600.0, gt=0, le=24 * 3600)
     """Operator instructions older than this (seconds) are refused."""
     tls: TlsTable | None = None
     """Mutual TLS for the server and every client."""
@@ -356,7 +361,7 @@ class RelayerFile(Table):
     """Ledgers whose kind has identities (Fabric): the MSP certificate (PEM)."""
     msp_id: str = ""
     """Ledgers whose kind has identities (Fabric): the MSP id."""
-    poll_interval: float = Field(default=0.2, gt=0)
+    poll_interval: float = Field(default=0.2, gt=0, le=3600)
     """Seconds between polls of the ledger for new blocks."""
     standby: bool = False
     """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the
@@ -407,6 +412,20 @@ class RotationTable(Table):
     """Earliest activation accepted, behind this member's clock."""
 
 
+class IdentityTable(Table):
+    """An ``[identities.<ledger>]`` entry: the read identity of a ledger whose kind signs
+    every query (Fabric): MSP id, certificate and exactly one key source."""
+
+    msp_id: Name
+    """The MSP id of the identity."""
+    cert_file: PathText
+    """The identity's certificate (PEM)."""
+    key_file: PathText | None = None
+    """Plaintext 0600 key (devnet only); exclusive with ``[key]``."""
+    key: KeyTable | None = None
+    """The key in a keystore or token; exclusive with ``key_file``."""
+
+
 class VerifierFile(Table):
     """``verifier.toml``: one committee member (``bridge-verifier``)."""
 
@@ -425,10 +444,10 @@ class VerifierFile(Table):
     """The member key in a keystore or token; exclusive with ``key_file``."""
     rpc_overrides: dict[str, EndpointItem] = {}
     """Ledger id -> this member's own node (URL, or a table with TLS settings)."""
-    identities: dict[str, dict[str, Any]] = {}
+    identities: dict[str, IdentityTable] = {}
     """Ledger id -> read identity, for ledgers whose kind signs every query (Fabric:
     ``msp_id``, ``cert_file`` and ``key_file`` or ``[key]``)."""
-    fabric_identities: dict[str, dict[str, Any]] | None = None
+    fabric_identities: dict[str, IdentityTable] | None = None
     """Older spelling of ``identities`` (exclusive with it)."""
     ledger_auth: dict[str, LedgerAuthTable] = {}
     """Ledger id -> how this member authenticates to that ledger's node."""

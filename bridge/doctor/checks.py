@@ -13,6 +13,7 @@ the ledgers and members, never by this module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -118,8 +119,10 @@ def network_mismatch(config: LedgerConfig, view: LedgerView) -> Mismatch | None:
             describe_network_word(config.kind, view.network_word),
         )
     bridge = kind.bridge_word(config)
-    if view.bridge_word and view.bridge_word != bridge:
-        return Mismatch("bridge endpoint", _hex(bridge), _hex(view.bridge_word))
+    if view.bridge_word != bridge:
+        # An empty word is "not reported", never "nothing to compare" (review finding 5).
+        found = _hex(view.bridge_word) if view.bridge_word else "not reported"
+        return Mismatch("bridge endpoint", _hex(bridge), found)
     return None
 
 
@@ -147,15 +150,16 @@ def check_version(
 
 
 def check_network_file(component: str, status: ComponentStatus, expected: bytes) -> CheckResult:
-    """WARN when the component runs with a network file of another meaning than the caller's
-    (:func:`bridge.doctor.fingerprint.network_fingerprint`), or does not say."""
+    """FAIL when the component runs with a network file of another meaning than the
+    caller's (:func:`bridge.doctor.fingerprint.network_fingerprint`): it trusts another
+    committee, ledgers or organisations; WARN when it does not say (an older build)."""
     if not status.network_fingerprint:
         return _row(component, "network file", Level.WARN, "fingerprint not reported")
     if status.network_fingerprint != expected:
         return _row(
             component,
             "network file",
-            Level.WARN,
+            Level.FAIL,
             f"another network file: fingerprint {_hex(status.network_fingerprint)[:18]}…,"
             f" this file's {_hex(expected)[:18]}…",
         )
@@ -206,8 +210,11 @@ def check_committee(ledger: str, network: NetworkConfig, view: LedgerView) -> Ch
 
 
 def check_lag(component: str, view: LedgerView, t: Thresholds) -> CheckResult:
-    """WARN when the relayer has scanned nothing yet or is more than ``t.max_lag_blocks``
-    behind its ledger's finalized height."""
+    """FAIL on a negative height; WARN when the relayer has scanned nothing yet or is more
+    than ``t.max_lag_blocks`` behind its ledger's finalized height."""
+    heights = (view.finalized_height, view.scanned_height)
+    if any(h is not None and h < 0 for h in heights):
+        return _row(component, "lag", Level.FAIL, f"impossible heights {heights}")
     if view.scanned_height is None:
         return _row(
             component, "lag", Level.WARN, f"nothing scanned yet, head {view.finalized_height}"
@@ -220,11 +227,15 @@ def check_lag(component: str, view: LedgerView, t: Thresholds) -> CheckResult:
 
 
 def check_gas(component: str, view: LedgerView, t: Thresholds) -> CheckResult:
-    """FAIL at a zero balance, WARN below ``t.min_gas_balance``; OK for kinds without gas."""
+    """FAIL at a zero or negative balance, WARN below ``t.min_gas_balance``; OK for kinds
+    without gas."""
+    if view.gas_balance is None and not view.operator:
+        # Only the bridge operator is told a relayer's account and balance.
+        return _row(component, "gas", Level.WARN, "not disclosed to this caller")
     if view.gas_balance is None:
         return _row(component, "gas", Level.OK, "this ledger kind charges no gas")
     detail = f"{view.operator} holds {view.gas_balance} wei"
-    if view.gas_balance == 0:
+    if view.gas_balance <= 0:
         return _row(component, "gas", Level.FAIL, detail)
     if view.gas_balance < t.min_gas_balance:
         return _row(component, "gas", Level.WARN, detail + f" < {t.min_gas_balance}")
@@ -245,6 +256,17 @@ def _epoch_numbers(windows: Iterable[EpochWindow]) -> tuple[int, ...]:
     return tuple(sorted(w.committee.epoch for w in windows))
 
 
+def _committees(windows: Iterable[EpochWindow]) -> dict[int, tuple[int, tuple[bytes, ...]]]:
+    return {
+        w.committee.epoch: (w.committee.threshold, tuple(sorted(w.committee.members)))
+        for w in windows
+    }
+
+
+def _describe(c: tuple[int, tuple[bytes, ...]]) -> str:
+    return f"{c[0]}-of-{len(c[1])} [{', '.join(_hex(m) for m in c[1])}]"
+
+
 def check_member_view(
     component: str,
     member: bytes,
@@ -254,21 +276,36 @@ def check_member_view(
     reference: LedgerView | None,
     t: Thresholds,
 ) -> CheckResult:
-    """One member's view of one ledger. FAIL: it does not read the ledger, or reads another
-    network; WARN: its node is more than ``t.max_lag_blocks`` behind the relayer's, it sees
-    other epochs than the relayer does, or a genesis member belongs to no live epoch."""
+    """One member's view of one ledger. FAIL: it does not read the ledger, reads another
+    network, sees committees that contradict the file (:func:`committee_mismatch`), or sees
+    another committee than the relayer (other members or threshold for the same epoch, or
+    other epochs at the same height); WARN: its node is more than ``t.max_lag_blocks``
+    behind the relayer's, it sees other epochs at another height (a rotation in flight),
+    or a genesis member belongs to no live epoch."""
     check = f"view {config.id.name}"
     if view is None:
         return _row(component, check, Level.FAIL, "the member does not watch this ledger")
     if view.error:
         return _row(component, check, Level.FAIL, f"cannot read: {view.error}")
-    m = network_mismatch(config, view)
+    m = network_mismatch(config, view) or committee_mismatch(network, view.epochs)
     if m is not None:
         return _row(component, check, Level.FAIL, f"{m.what}: file {m.expected}, node {m.found}")
     mine = _epoch_numbers(w for w in view.epochs if w.committee.is_member(member))
     detail = f"height {view.finalized_height}, member of epochs {list(mine)}"
     if reference is not None and reference.error == "":
         behind = reference.finalized_height - view.finalized_height
+        ours, theirs = _committees(view.epochs), _committees(reference.epochs)
+        for epoch in sorted(ours.keys() & theirs.keys()):
+            if ours[epoch] != theirs[epoch]:
+                # SECURITY: one epoch, two committees: one node lies or is another ledger;
+                # never a matter of lag (review finding 5).
+                return _row(
+                    component,
+                    check,
+                    Level.FAIL,
+                    f"epoch {epoch}: the member sees {_describe(ours[epoch])},"
+                    f" the relayer {_describe(theirs[epoch])}",
+                )
         if behind > t.max_lag_blocks:
             return _row(
                 component,
@@ -277,13 +314,15 @@ def check_member_view(
                 f"lagging: node at height {view.finalized_height}, relayer's at"
                 f" {reference.finalized_height} ({behind} blocks behind > {t.max_lag_blocks})",
             )
-        theirs = _epoch_numbers(reference.epochs)
-        if _epoch_numbers(view.epochs) != theirs:
+        if ours.keys() != theirs.keys():
+            # At one height two nodes of one ledger agree; at different heights (either
+            # ahead: answers are cached for seconds) a rotation may be in flight.
+            why = f" (heights differ by {behind}: rotation in flight?)" if behind else ""
             return _row(
                 component,
                 check,
-                Level.WARN,
-                f"sees epochs {list(_epoch_numbers(view.epochs))}, the relayer {list(theirs)}",
+                Level.WARN if behind else Level.FAIL,
+                f"sees epochs {sorted(ours)}, the relayer {sorted(theirs)}{why}",
             )
     if not mine and network.committee.is_member(member):
         return _row(component, check, Level.WARN, detail + " (in no live epoch: rotated out?)")
@@ -296,6 +335,9 @@ def check_feed(feed: FeedAge | None, security: str, t: Thresholds) -> CheckResul
     component = f"feed:{security}"
     if feed is None or feed.age_seconds is None:
         return _row(component, "feed age", Level.WARN, "no attestation published yet")
+    if not math.isfinite(feed.age_seconds) or feed.age_seconds < 0:
+        # Never a healthy age: a broken clock or a forged answer (review finding 5).
+        return _row(component, "feed age", Level.FAIL, f"impossible age {feed.age_seconds!r}")
     detail = f"newest attestation {feed.age_seconds:.1f} s old"
     if feed.age_seconds > t.max_feed_age:
         return _row(component, "feed age", Level.WARN, detail + f" > {t.max_feed_age} s")

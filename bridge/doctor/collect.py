@@ -2,7 +2,10 @@
 
 The coordinator is asked first: it names the relayer and member endpoints it dials. Members
 of later epochs are added from the network file's ``[[committee.later]]``, and the caller
-may name or override any endpoint. Every other component is then asked in parallel, each
+may name or override any endpoint. SECURITY: only the components the network file expects
+are dialled (one relayer per ledger, the genesis and later members; review finding 4): a
+compromised coordinator cannot make the doctor dial hosts of its choosing, nor replace the
+coordinator's own reading. Every other component is then asked in parallel, each
 over mutual TLS toward its own role (so a relayer's answer comes from a certificate holding
 that relayer's role, a member's from that member's).
 """
@@ -20,7 +23,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixe
 from bridge.config import NetworkConfig
 from bridge.doctor.checks import Reading, member_component
 from bridge.doctor.convert import status_from_pb
-from bridge.domain.errors import BridgeError
+from bridge.domain.errors import BridgeError, InvalidInput
+from bridge.domain.ids import parse_evm_address
 from bridge.rpc.channels import sync_channel
 from bridge.rpc.errors import describe_rpc_error
 from bridge.rpc.roles import COORDINATOR, Role, parse_role
@@ -71,18 +75,48 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
+def expected_components(network: NetworkConfig) -> frozenset[str]:
+    """The component names the network file expects besides the coordinator: one relayer
+    per ledger, every genesis and later member."""
+    members = set(network.committee.members) | set(network.later_members)
+    return frozenset(
+        [f"relayer:{name}" for name in network.ledgers] + [member_component(m) for m in members]
+    )
+
+
+def _canonical(name: str) -> str:
+    """A component name as :func:`expected_components` writes it (members' addresses in
+    any case), or '' when it is not one."""
+    kind, _, rest = name.partition(":")
+    if kind == "member":
+        try:
+            return member_component(parse_evm_address(rest))
+        except InvalidInput:
+            return ""
+    return name
+
+
 def endpoints_to_read(
     network: NetworkConfig, coordinator: Reading, overrides: Mapping[str, str]
 ) -> dict[str, str]:
     """Component name -> ``host:port``: what the coordinator dials, the file's later members,
-    then ``overrides`` (which win)."""
+    then ``overrides`` (which win; InvalidInput for one the file does not expect); only
+    components of :func:`expected_components` (never
+    ``coordinator``, so at most one per ledger and member)."""
+    expected = expected_components(network)
     targets: dict[str, str] = {}
     if coordinator.status is not None:
-        targets.update(dict(coordinator.status.endpoints))
+        for name, target in coordinator.status.endpoints:
+            canonical = _canonical(name)
+            if canonical in expected:
+                targets[canonical] = target
     for address, endpoint in network.later_members.items():
         if endpoint:
             targets.setdefault(member_component(address), endpoint)
-    targets.update(overrides)
+    for name, target in overrides.items():
+        if _canonical(name) not in expected:
+            raise InvalidInput(f"{name}: not a relayer or member of the network file")
+        targets[_canonical(name)] = target
     return targets
 
 
@@ -104,6 +138,7 @@ def collect(
         futures = {
             name: pool.submit(read_status, name, target, identity_for, timeout)
             for name, target in targets.items()
+            if name != "coordinator"  # SECURITY: never replaced (endpoints_to_read ensures)
         }
         for name, future in futures.items():
             readings[name] = future.result()

@@ -52,7 +52,11 @@ class LedgerTable(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,  # review finding 6: ``inf`` seconds is a relayer that never polls
     )
 
     finality_depth_required: ClassVar[bool] = False
@@ -71,7 +75,7 @@ class LedgerTable(BaseModel):
     """The bridge endpoint on the ledger (the kind defines the form)."""
     finality_depth: int = Field(default=0, ge=0)
     """Blocks after which an event is final (0: final when included)."""
-    block_interval: float = Field(default=1.0, gt=0)
+    block_interval: float = Field(default=1.0, gt=0, le=3600)
     """Expected seconds between blocks (pacing of waits and polls)."""
 
 

@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from bridge.config import LedgerConfig, NetworkConfig
-from bridge.domain.errors import BridgeError, Unavailable
+from bridge.domain.errors import BridgeError, InvalidInput, Unavailable
 from bridge.ledgers.adapter import LedgerReader
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,14 @@ async def _check_once(
 
     # SECURITY: a member or relayer serving a ledger whose committee is not the network
     # file's would sign or relay under a trust anchor nobody agreed on; refuse to start.
-    windows = await reader.committees()
+    try:
+        windows = await reader.committees()
+    except InvalidInput as exc:
+        # An epoch the ledger reports that is no valid committee (t > n, 2t <= n, repeated
+        # members): a typed refusal to start, never a traceback (review finding 8).
+        raise LedgerMismatch(
+            config.id.name, "committee", "valid epochs (t <= n, 2t > n, distinct)", str(exc)
+        ) from exc
     m = committee_mismatch(network, windows)
     if m is not None:
         raise LedgerMismatch(config.id.name, m.what, m.expected, m.found)

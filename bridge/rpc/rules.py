@@ -175,10 +175,12 @@ RULES: Mapping[str, Rule] = {
     _R + "InstallCommittee": _rule(COORDINATOR, BRIDGE_OPERATOR),
     _S + "GetCommitteeChain": _rule(*_SUPPLY_READERS),
     # ---- doctor (issue 12)
-    # Build, clock, heights, balances and epochs are public ledger state or harmless; the
-    # endpoint list is the coordinator's. Only the operator, the depository (supervisor) and
-    # the coordinator read them; a brokerage, relayer or member learns nothing new here.
-    "/bridge.v1.StatusService/GetStatus": _rule(BRIDGE_OPERATOR, DEPOSITORY, COORDINATOR),
+    # Build, clock, heights and epochs; to the bridge operator also the coordinator's
+    # internal endpoints and each relayer's operator identity and gas balance, which the
+    # depository (supervisor, another institution) is NOT told (bridge.doctor.status
+    # .for_caller; permissioned ledgers' state is not public). Nothing calls it as the
+    # coordinator (review findings 3, 9); brokerages, relayers and members are refused.
+    "/bridge.v1.StatusService/GetStatus": _rule(BRIDGE_OPERATOR, DEPOSITORY),
     # ----
     "/grpc.health.v1.Health/Check": _rule(ANY_AUTHENTICATED),
     "/grpc.health.v1.Health/Watch": _rule(ANY_AUTHENTICATED),

@@ -28,8 +28,11 @@ if _version_not_supported:
 class StatusServiceStub:
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     def __init__(self, channel):
@@ -48,8 +51,11 @@ class StatusServiceStub:
 class StatusServiceServicer:
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     def GetStatus(self, request, context):
@@ -77,8 +83,11 @@ def add_StatusServiceServicer_to_server(servicer, server):
 class StatusService:
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     @staticmethod

@@ -29,8 +29,11 @@ GRPC_VERSION: str
 class StatusServiceStub:
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     @_typing.overload
@@ -43,8 +46,11 @@ class StatusServiceStub:
 class StatusServiceAsyncStub(StatusServiceStub):
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -53,8 +59,11 @@ class StatusServiceAsyncStub(StatusServiceStub):
 class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every bridge daemon (coordinator, relayers, committee members): what it is,
     its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-    Read by the bridge operator, the depository and the coordinator; reveals only public
-    ledger state, heights, the build and the endpoints the coordinator dials.
+    Read by the bridge operator and the depository. The depository is not told the
+    endpoints the coordinator dials, relayers' operator identities or gas balances (they
+    arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+    never the node's error text. An answer may be up to a few seconds old (cached), except
+    its clock.
     """
 
     @_abc_1.abstractmethod

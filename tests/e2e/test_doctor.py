@@ -176,6 +176,44 @@ def test_doctor_refuses_a_caller_without_the_role(
     assert "PERMISSION_DENIED" in reach["detail"]
 
 
+def _doctor_as(
+    s: LocalSystem, capsys: pytest.CaptureFixture[str], principal: str, *extra: str
+) -> list[dict[str, str]]:
+    cert = s.certificate(principal)
+    cli_main(
+        ["--coordinator", s.coordinator_target, "--tls-cert", str(cert.cert_file),
+         "--tls-key", str(cert.key_file), "doctor", "--json", "--network",
+         str(s.workdir / "network.toml"), *extra]
+    )  # fmt: skip
+    rows: list[dict[str, str]] = json.loads(capsys.readouterr().out)["checks"]
+    return rows
+
+
+@pytest.mark.security
+def test_the_depository_is_told_less_and_the_coordinator_nothing(
+    system: LocalSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review findings 3 and 9 over real mTLS: the depository's answer from the coordinator
+    names no endpoint (so only what it names itself is dialled) and a relayer's tells it no
+    operator account or gas; the coordinator's certificate reads no status at all."""
+    relayer_a = system.target_of(f"relayer:{A}")
+
+    def answered() -> list[dict[str, str]] | None:
+        rows = _doctor_as(system, capsys, "depository", "--relayer", f"{A}={relayer_a}")
+        ok = row(rows, f"relayer:{A}", "reachable")["status"] == "OK"
+        return rows if ok and row(rows, "coordinator", "reachable")["status"] == "OK" else None
+
+    rows = eventually_sync(answered, 90.0, "the depository's doctor answered", interval=1.0)
+    assert row(rows, f"relayer:{B}", "reachable")["detail"] == "no endpoint known"
+    assert row(rows, member(system, 0), "reachable")["detail"] == "no endpoint known"
+    gas = row(rows, f"relayer:{A}", "gas")
+    assert (gas["status"], gas["detail"]) == ("WARN", "not disclosed to this caller")
+    assert row(rows, f"ledger:{A}", "committee")["status"] == "OK"  # what it needs stays
+    rows = _doctor_as(system, capsys, "coordinator")
+    reach = row(rows, "coordinator", "reachable")
+    assert reach["status"] == "FAIL" and "PERMISSION_DENIED" in reach["detail"]
+
+
 def test_doctor_catches_a_wrong_chain_id(
     system: LocalSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,9 +246,18 @@ def test_doctor_catches_a_committee_mismatch(
     # Every component runs with the deployed file, which now differs from the one passed.
     drift = [r for r in rows if r["check"] == "network file"]
     assert len(drift) == 7
-    assert all(r["status"] == "WARN" for r in drift)
+    assert all(r["status"] == "FAIL" for r in drift)  # review finding 5: not a WARN
     assert drift[0]["detail"].startswith("another network file: fingerprint 0x")
-    assert {r["check"] for r in not_ok(rows)} == {"committee", "network file"}
+    # Each member's own view of each ledger contradicts the file too (finding 5).
+    views = [r for r in rows if r["check"] in (f"view {A}", f"view {B}")]
+    assert views and all(r["status"] == "FAIL" for r in views)
+    assert all(r["detail"].startswith("committee epoch 1: file epoch 1, 4-of-4 [") for r in views)
+    assert {r["check"] for r in not_ok(rows) if r["status"] == "FAIL"} == {
+        "committee",
+        "network file",
+        f"view {A}",
+        f"view {B}",
+    }
 
 
 def _daemon_env() -> dict[str, str]:

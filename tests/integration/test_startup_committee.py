@@ -92,3 +92,46 @@ async def test_the_status_view_reads_the_node(two_ledgers: TwoLedgers, reader: E
         await dead.close()
     assert failed.error != ""
     assert failed.network_word == b""
+
+
+async def test_no_endpoint_at_the_finalized_block_is_unavailable_not_a_crash(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """Review finding 8: with a finality depth reaching before the endpoint's deployment,
+    the committees read at the finalized block finds no code: ``Unavailable`` (retried,
+    then the daemon's exit), never an undecodable-output traceback; nothing is written."""
+    from bridge.domain.errors import Unavailable
+
+    env = two_ledgers
+    deep = EvmAdapter(env.a.config(finality_depth=1_000_000), None)
+    try:
+        assert await deep.finalized_height() == 0
+        with pytest.raises(Unavailable, match=r"no bridge endpoint on .* at height 0 yet"):
+            await deep.committees()
+        with pytest.raises(Unavailable):
+            await check_reached(
+                env.a.config(finality_depth=1_000_000),
+                deep,
+                reach_within=0.5,
+                network=network(env, env.committee),
+            )
+    finally:
+        await deep.close()
+
+
+async def test_an_invalid_epoch_on_the_ledger_is_a_typed_refusal(
+    two_ledgers: TwoLedgers, reader: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 8: a later epoch the ledger reports with a threshold no committee may
+    have is a LedgerMismatch (exit 3, logged), not a traceback."""
+    from bridge.domain.errors import InvalidInput
+
+    async def invalid(height: int | None = None) -> tuple[object, ...]:
+        raise InvalidInput("threshold must exceed n/2 so COMMIT and ABORT quorums intersect")
+
+    monkeypatch.setattr(reader, "committees", invalid)
+    env = two_ledgers
+    with pytest.raises(LedgerMismatch) as err:
+        await check_reached(env.a.config(), reader, network=network(env, env.committee))
+    assert err.value.what == "committee"
+    assert err.value.found.startswith("threshold must exceed n/2")

@@ -142,6 +142,8 @@ def test_only_health_and_reflection_are_open_to_every_authenticated_caller() -> 
             "/bridge.v1.TransferService/ListTransfers",
             {"brokerage", "depository", "bridge-operator"},
         ),
+        # review findings 3, 9: nothing reads a status as the coordinator
+        ("/bridge.v1.StatusService/GetStatus", {"depository", "bridge-operator"}),
     ],
 )
 def test_role_table(method: str, allowed: set[str]) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from bridge.config import load_coordinator, load_network, load_relayer, load_verifier
 from bridge.config_errors import ConfigError, ConfigProblem
-from bridge.config_rules import known_keys, validate
+from bridge.config_rules import ENV_REFUSED, known_keys, validate
 from bridge.config_schema import FILE_MODELS
 from bridge.daemon import EXIT_CONFIG
 from bridge.ledgers.kinds import REGISTRY, get_kind, table_problems
@@ -371,11 +372,82 @@ def test_the_network_file_is_never_overridden(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KSTB_NETWORK__COMMITTEE__THRESHOLD", "4")
-    monkeypatch.setenv("KSTB_VERIFIER__NETWORK", "/elsewhere/network.toml")
     assert load_network(network(tmp_path)).committee.threshold == 3
-    # A daemon may point at another network FILE (a deployment choice), not change its keys.
-    with pytest.raises(ConfigError, match="cannot read"):
+    # Nor which network file a daemon reads (review finding 1): that is the trust anchor.
+    monkeypatch.setenv("KSTB_VERIFIER__NETWORK", "/elsewhere/network.toml")
+    with pytest.raises(ConfigError) as exc:
         load_verifier(verifier(tmp_path))
+    assert problems(exc) == [
+        ("env KSTB_VERIFIER__NETWORK", f"'network' {ENV_REFUSED}"),
+    ]
+
+
+SECURITY_CRITICAL = [
+    ("relayer", "KSTB_RELAYER__NETWORK", "/tmp/evil.toml"),
+    ("relayer", "KSTB_RELAYER__KEY_FILE", "/tmp/evil.key"),
+    ("relayer", "KSTB_RELAYER__KEY__KEYSTORE", "/tmp/evil.json"),
+    ("relayer", "KSTB_RELAYER__TLS__CA_FILES", '["/tmp/evil-ca.pem"]'),
+    ("relayer", "KSTB_RELAYER__AUDIT_LOG", "/dev/null"),
+    ("relayer", "KSTB_RELAYER__STATE_DB", "/tmp/other.db"),
+    ("relayer", "KSTB_RELAYER__LEDGER_AUTH__TOKEN_FILE", "/tmp/t"),
+    ("relayer", "KSTB_RELAYER__TRACING__ENDPOINT", "https://evil.example/v1/traces"),
+    ("relayer", "KSTB_RELAYER__TRACING", '{endpoint = "https://evil.example"}'),
+    ("verifier", "KSTB_VERIFIER__RPC_OVERRIDES__BROKERAGE-A", '{url = "https://evil"}'),
+    ("verifier", "KSTB_VERIFIER__IDENTITIES__BROKERAGE-A", '{msp_id = "Evil"}'),
+    ("verifier", "KSTB_VERIFIER__FABRIC_IDENTITIES", "{}"),
+    ("verifier", "KSTB_VERIFIER__VOTE_DB", "/tmp/fresh.db"),
+    ("verifier", "KSTB_VERIFIER__ROTATION__MAX_OVERLAP", "99999999"),
+    ("coordinator", "KSTB_COORDINATOR__DATABASE", "/tmp/other.db"),
+    ("coordinator", "KSTB_COORDINATOR__DATABASE_PASSWORD_FILE", "/tmp/pw"),
+    ("coordinator", "KSTB_COORDINATOR__INSTRUCTION_MAX_AGE", "1e9"),
+]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize(("file", "var", "value"), SECURITY_CRITICAL)
+def test_security_critical_keys_are_never_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: str, var: str, value: str
+) -> None:
+    """Review finding 1: an override of a trust, key, store, audit or export setting is
+    refused, naming its variable; nothing of it reaches the loaded configuration."""
+    from bridge.config_rules import apply_env, check_file
+
+    path = {"relayer": relayer, "verifier": verifier, "coordinator": coordinator}[file](tmp_path)
+    raw = tomllib.loads(path.read_text())
+    merged, found, sources = apply_env(file, raw, {var: value})
+    assert [(p.path, p.message.endswith(ENV_REFUSED)) for p in found] == [(f"env {var}", True)]
+    assert merged == raw and sources == {}
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        check_file(file, path)
+    assert [p.path for p in exc.value.problems] == [f"env {var}"]
+
+
+@pytest.mark.security
+def test_applied_overrides_are_logged_and_listed_without_their_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from bridge.cli.main import main
+    from bridge.config_rules import check_file
+
+    path = relayer(tmp_path)
+    monkeypatch.setenv("KSTB_RELAYER__POLL_INTERVAL", "0.731")
+    with structlog.testing.capture_logs() as logs:
+        check_file("relayer", path)
+    assert [(e["key"], e["variable"]) for e in logs] == [
+        ("poll_interval", "KSTB_RELAYER__POLL_INTERVAL")
+    ]
+    assert "0.731" not in repr(logs)
+    assert main(["--json", "config", "check", str(path)]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["overrides"] == [
+        {"path": "poll_interval", "variable": "KSTB_RELAYER__POLL_INTERVAL"}
+    ]
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "override poll_interval <- KSTB_RELAYER__POLL_INTERVAL" in out and "0.731" not in out
 
 
 # ---- daemons refuse to start ----------------------------------------------------------------
@@ -476,7 +548,13 @@ def test_bridge_config_check_reports_every_file(
     assert f"ok       {good} (coordinator)" in out and f"ok       {net} (network)" in out
     assert main(["--json", "config", "check", str(good), str(bad)]) == EXIT_CONFIG
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == {"file": str(good), "kind": "coordinator", "ok": True, "problems": []}
+    assert lines[0] == {
+        "file": str(good),
+        "kind": "coordinator",
+        "ok": True,
+        "problems": [],
+        "overrides": [],
+    }
     assert lines[1]["kind"] == "relayer" and not lines[1]["ok"]
     assert lines[1]["problems"] == [
         {"path": "poll_intervall", "message": "unknown key (did you mean 'poll_interval'?)"}
@@ -484,3 +562,47 @@ def test_bridge_config_check_reports_every_file(
     assert main(["config", "check", "--as", "verifier", str(good)]) == EXIT_CONFIG
     out = capsys.readouterr().out
     assert out.startswith(f"refused  {good} (verifier)") and "relayers: unknown key" in out
+
+
+# ---- review finding 7: identities typed, key and client files fully checked ----------------
+
+
+@pytest.mark.security
+def test_identities_are_typed_with_their_path(tmp_path: Path) -> None:
+    bad = {"msp_idd": "Org1MSP", "cert_file": 7, "key_file": "k"}
+    for table in ("identities", "fabric_identities"):
+        with pytest.raises(ConfigError) as exc:
+            load_verifier(verifier(tmp_path, **{table: {"brokerage-b": bad}}))
+        assert problems(exc) == [
+            (f"{table}.brokerage-b.msp_id", "missing required key"),
+            (f"{table}.brokerage-b.cert_file", "must be a string"),
+            (f"{table}.brokerage-b.msp_idd", "unknown key (did you mean 'msp_id'?)"),
+        ]
+
+
+@pytest.mark.security
+def test_config_check_parses_key_and_client_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--as key`` and ``--as client`` run the key and TLS parse, not only the shape: a
+    key file with two sources, or a client whose key others can read, is refused."""
+    from bridge.cli.main import main
+
+    two = write(tmp_path / "key.toml", {"key_file": "k", "key": {"keystore": "ks.json"}})
+    assert main(["config", "check", "--as", "key", str(two)]) == EXIT_CONFIG
+    assert "refused" in capsys.readouterr().out
+    network(tmp_path)
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "c.key").write_text("not a key")
+    (tmp_path / "c.key").chmod(0o644)
+    client = write(
+        tmp_path / "client.toml",
+        {"network": "network.toml", "tls": {"cert_file": "c.pem", "key_file": "c.key"}},
+    )
+    assert main(["config", "check", "--as", "client", str(client)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith(f"refused  {client} (client)") and "0600" in out
+    (tmp_path / "c.key").chmod(0o600)  # now a readable pair that is not a pair
+    assert main(["config", "check", "--as", "client", str(client)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert out.startswith(f"refused  {client} (client)") and "are not a pair" in out

@@ -258,6 +258,32 @@ def test_every_out_of_range_value_is_refused_with_its_path(
     assert [p.path for p in problems] == [dotted(loc, prefix)], problems
 
 
+FLOAT_CASES = [c for c in CASES if _pick(c[4], c[5])[0] is float]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(
+    ("file", "model", "data", "loc", "annotation", "meta"),
+    FLOAT_CASES,
+    ids=[f"{c[0]}:{dotted(c[3])}" for c in FLOAT_CASES],
+)
+def test_no_number_key_takes_inf_or_nan(
+    file: str, model: Any, data: Any, loc: Any, annotation: Any, meta: Any, value: float
+) -> None:
+    """Review finding 6: TOML's ``inf``/``nan`` are refused at their path (``inf`` seconds
+    overflowed at start or made a relayer that never polls); every number key has a
+    finite upper bound too."""
+    import copy
+
+    bad = copy.deepcopy(data)
+    _set(bad, loc, value)
+    problems, prefix = check(file, model, bad)
+    assert [p.path for p in problems] == [dotted(loc, prefix)], problems
+    assert "finite number" in problems[0].message
+    assert any(getattr(m, "le", None) is not None for m in meta), f"{loc} has no upper bound"
+
+
 def test_the_generator_covers_the_shared_tables() -> None:
     """Sanity: the generated cases reach nested tables of every kind of container."""
     paths = set(IDS)

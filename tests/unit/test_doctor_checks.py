@@ -17,6 +17,7 @@ from bridge.doctor.checks import (
     check_feed,
     check_gas,
     check_lag,
+    check_network,
     check_version,
     committee_mismatch,
     evaluate,
@@ -34,6 +35,7 @@ from bridge.doctor.model import (
     Thresholds,
 )
 from bridge.domain.committee import Committee, EpochWindow
+from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 
 pytestmark = [pytest.mark.unit, pytest.mark.ops]
@@ -215,6 +217,9 @@ def test_lag_gas_and_nothing_scanned() -> None:
     assert check_gas("r", view(gas_balance=10**16 - 1), T).level == Level.WARN
     assert check_gas("r", view(gas_balance=10**16), T).level == Level.OK
     assert check_gas("r", view(gas_balance=None), T).level == Level.OK
+    # The depository is not told a relayer's account or balance: no false OK (finding 9).
+    withheld = check_gas("r", view(gas_balance=None, operator=""), T)
+    assert (withheld.level, withheld.detail) == (Level.WARN, "not disclosed to this caller")
 
 
 # -- network file ------------------------------------------------------------------------
@@ -234,7 +239,8 @@ def test_the_fingerprint_is_the_files_meaning_not_its_host() -> None:
         assert network_fingerprint(other) != FINGERPRINT
 
 
-def test_a_component_with_another_network_file_warns() -> None:
+@pytest.mark.security
+def test_a_component_with_another_network_file_fails() -> None:
     readings = healthy()
     relayer = readings[f"relayer:{A}"].status
     assert relayer is not None
@@ -249,9 +255,11 @@ def test_a_component_with_another_network_file_warns() -> None:
     assert by[(f"relayer:{A}", "network file")].detail.startswith(
         "another network file: fingerprint 0x0101"
     )
+    assert by[(f"relayer:{A}", "network file")].level == Level.FAIL  # review finding 5
     assert by[("coordinator", "network file")].detail == "fingerprint not reported"
+    assert by[("coordinator", "network file")].level == Level.WARN
     assert by[(member_component(LATER), "network file")].level == Level.OK
-    assert report.exit_code == 1
+    assert report.exit_code == 2
 
 
 # -- version, clock, feed ------------------------------------------------------------------
@@ -308,7 +316,20 @@ def test_member_identity_lag_epochs_and_rotated_out() -> None:
         member_component(m),
         status("verifier", member=m, ledgers=(view(epochs=(window(GENESIS), window(later))),)),
     )
-    assert _member_rows(readings, m)[f"view {A}"].detail == "sees epochs [1, 2], the relayer [1]"
+    row = _member_rows(readings, m)[f"view {A}"]
+    assert (row.level, row.detail) == (Level.FAIL, "sees epochs [1, 2], the relayer [1]")
+    # ... while its node is behind: a rotation in flight.
+    readings[member_component(m)] = reading(
+        member_component(m),
+        status(
+            "verifier",
+            member=m,
+            ledgers=(view(finalized_height=98, epochs=(window(GENESIS), window(later))),),
+        ),
+    )
+    row = _member_rows(readings, m)[f"view {A}"]
+    assert row.level == Level.WARN
+    assert row.detail.endswith("(heights differ by 2: rotation in flight?)")
     # A genesis member in no live epoch (rotated out but still running).
     rotated = Committee(2, 3, (MEMBERS[0], MEMBERS[2], MEMBERS[3], LATER))
     readings = healthy()
@@ -401,3 +422,82 @@ def test_a_later_member_in_a_live_epoch_without_endpoint_fails() -> None:
     report = evaluate(NETWORK, readings, "0.1.0", 2, T)
     gone = next(r for r in report.results if r.component == member_component(LATER))
     assert (gone.check, gone.level) == ("reachable", Level.FAIL)
+
+
+# -- review finding 5: no false OK ---------------------------------------------------------
+
+
+@pytest.mark.security
+def test_a_member_seeing_another_committee_of_the_same_epoch_fails() -> None:
+    """Epoch numbers agreeing is not enough: the members (or threshold) of an epoch the
+    member's node reports must be the relayer's, else FAIL (not WARN)."""
+    m = MEMBERS[1]
+    later = Committee(2, 3, (*MEMBERS[:3], LATER))
+    forged = Committee(2, 3, (*MEMBERS[:3], MEMBERS[3]))
+    readings = healthy()
+    relayer = readings[f"relayer:{A}"].status
+    assert relayer is not None
+    readings[f"relayer:{A}"] = reading(
+        f"relayer:{A}",
+        replace(relayer, ledgers=(view(epochs=(window(GENESIS), window(later))),)),
+    )
+    readings[member_component(m)] = reading(
+        member_component(m),
+        status("verifier", member=m, ledgers=(view(epochs=(window(GENESIS), window(forged))),)),
+    )
+    row = _member_rows(readings, m)[f"view {A}"]
+    assert row.level == Level.FAIL and row.detail.startswith("epoch 2: the member sees 3-of-4")
+    # A genesis epoch other than the file's, seen by a member alone, fails against the file.
+    readings = healthy()
+    other = Committee(1, 2, MEMBERS[:3])
+    readings[member_component(m)] = reading(
+        member_component(m),
+        status("verifier", member=m, ledgers=(view(epochs=(window(other),)),)),
+    )
+    row = _member_rows(readings, m)[f"view {A}"]
+    assert row.level == Level.FAIL and row.detail.startswith("committee epoch 1: file")
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("age", [float("nan"), float("inf"), -1.0])
+def test_an_impossible_feed_age_fails(age: float) -> None:
+    row = check_feed(FeedAge(ISIN, age), ISIN, T)
+    assert (row.level, row.detail) == (Level.FAIL, f"impossible age {age!r}")
+
+
+@pytest.mark.security
+def test_negative_gas_and_heights_fail_and_an_unreported_bridge_fails() -> None:
+    assert check_gas("r", view(gas_balance=-1), T).level == Level.FAIL
+    assert check_lag("r", view(scanned_height=-1), T).level == Level.FAIL
+    assert check_lag("r", view(finalized_height=-5), T).level == Level.FAIL
+    row = check_network("r", ledger(), view(bridge_word=b""))
+    assert row.level == Level.FAIL and row.detail.endswith("node not reported")
+
+
+# -- review finding 4: the doctor dials only what the file expects ------------------------
+
+
+@pytest.mark.security
+def test_the_doctor_dials_only_the_files_components() -> None:
+    from bridge.doctor.collect import endpoints_to_read
+
+    named = status(
+        "coordinator",
+        endpoints=(
+            ("coordinator", "evil.example:1"),
+            (f"relayer:{A}", "10.0.0.7:7201"),
+            ("relayer:elsewhere", "evil.example:2"),
+            ("member:0x" + MEMBERS[0].hex().upper(), "10.0.0.11:7101"),
+            (member_component(OUTSIDER), "evil.example:3"),
+            ("member:nonsense", "evil.example:4"),
+            ("bridge-operator", "evil.example:5"),
+        ),
+    )
+    targets = endpoints_to_read(NETWORK, reading("coordinator", named), {})
+    assert targets == {
+        f"relayer:{A}": "10.0.0.7:7201",
+        member_component(MEMBERS[0]): "10.0.0.11:7101",
+        member_component(LATER): "127.0.0.1:9",
+    }
+    with pytest.raises(InvalidInput, match="not a relayer or member of the network file"):
+        endpoints_to_read(NETWORK, reading("coordinator", named), {"coordinator": "x:1"})

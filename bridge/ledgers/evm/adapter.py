@@ -561,7 +561,13 @@ class EvmAdapter(StepTemplate):
         if not 0 <= at <= final:
             raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
         fn = self._bridge.functions.committees()
-        windows = await self._rpc("committees", lambda: fn.call(block_identifier=at))
+        try:
+            windows = await self._rpc("committees", lambda: fn.call(block_identifier=at))
+        except BadFunctionCallOutput as exc:
+            # No code at the endpoint's address at that block: on a fresh deployment with
+            # finality_depth > 0 the finalized block may precede the deployment. Transient
+            # (review finding 8): callers retry, the start-up check exits Unavailable.
+            raise Unavailable(f"no bridge endpoint on {self.ledger} at height {at} yet") from exc
         return tuple(_window_from_abi(w) for w in windows)
 
     def _rotation_args(self, rotation: CommitteeRotation) -> list[Any]:

@@ -40,7 +40,7 @@ class EvmTable(LedgerTable):
     """The EIP-155 chain id (checked against the node at start)."""
     tls_ca: str | None = None
     """The CA of an ``https`` node (optional; default: the system's trust store)."""
-    max_gas_price_gwei: float = Field(default=1000.0, ge=0)
+    max_gas_price_gwei: float = Field(default=1000.0, ge=0, le=1_000_000)
     """The most a relayer pays per unit of gas; above it a step waits."""
     profile: Literal["ethereum", "kaia"] = "ethereum"
     """The chain family's node behaviour (:mod:`bridge.ledgers.evm.profiles`): ``kaia``

@@ -28,8 +28,11 @@ const (
 //
 // Served by every bridge daemon (coordinator, relayers, committee members): what it is,
 // its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-// Read by the bridge operator, the depository and the coordinator; reveals only public
-// ledger state, heights, the build and the endpoints the coordinator dials.
+// Read by the bridge operator and the depository. The depository is not told the
+// endpoints the coordinator dials, relayers' operator identities or gas balances (they
+// arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+// never the node's error text. An answer may be up to a few seconds old (cached), except
+// its clock.
 type StatusServiceClient interface {
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 }
@@ -58,8 +61,11 @@ func (c *statusServiceClient) GetStatus(ctx context.Context, in *GetStatusReques
 //
 // Served by every bridge daemon (coordinator, relayers, committee members): what it is,
 // its build, its clock and what it sees of the ledgers (issue 12, `bridge doctor`).
-// Read by the bridge operator, the depository and the coordinator; reveals only public
-// ledger state, heights, the build and the endpoints the coordinator dials.
+// Read by the bridge operator and the depository. The depository is not told the
+// endpoints the coordinator dials, relayers' operator identities or gas balances (they
+// arrive empty); a ledger read that failed is one word (unreachable, refused, malformed),
+// never the node's error text. An answer may be up to a few seconds old (cached), except
+// its clock.
 type StatusServiceServer interface {
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	mustEmbedUnimplementedStatusServiceServer()
