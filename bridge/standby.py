@@ -2,7 +2,7 @@
 committee members (ADR 0017).
 
 A relayer's checkpoint store and a member's vote log are SQLite files. The process that
-serves them holds an exclusive ``flock`` on ``<file>.lock`` for its whole life; the kernel
+serves them holds an exclusive ``flock`` on ``<file>.daemon.lock`` for its whole life; the kernel
 releases it when the process dies, however it dies (SIGKILL included). A second process
 with the same file either refuses to start (:class:`StateInUse`, exit status 4) or, as a
 declared standby (``standby = true`` in its file), waits for the lock and then starts from
@@ -26,7 +26,7 @@ from typing import IO
 
 from bridge.domain.errors import PreconditionFailed
 from bridge.logfields import get_logger
-from bridge.storage.sqlite import held_for_life, lock_path
+from bridge.storage.sqlite import daemon_lock_path
 
 EXIT_STATE_IN_USE = 4
 """Exit status of a process whose durable state another process holds."""
@@ -42,12 +42,12 @@ process's exit, even when the caller drops its reference (its file would close o
 
 
 class StateLock:
-    """The exclusive lock on ``<path>.lock``. GUARANTEES: while :meth:`acquire` has
+    """The exclusive lock on ``<path>.daemon.lock``. GUARANTEES: while :meth:`acquire` has
     returned and :meth:`release` was not called, no other process holds it (the lock is
     kept referenced here, so it is not released when the caller's object is collected)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = lock_path(path)
+        self.path = daemon_lock_path(path)
         self._fh: IO[bytes] | None = None
 
     def try_acquire(self) -> bool:
@@ -61,7 +61,6 @@ class StateLock:
             return False
         self._fh = fh
         _HELD.add(self)
-        held_for_life(self.path)
         return True
 
     async def acquire(self, standby: bool, poll: float = 0.2) -> None:
@@ -85,4 +84,3 @@ class StateLock:
             self._fh.close()
             self._fh = None
         _HELD.discard(self)
-        held_for_life(self.path, held=False)

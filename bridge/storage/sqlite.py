@@ -74,34 +74,22 @@ def lock_path(path: Path) -> Path:
     return Path(f"{path.resolve()}.lock")
 
 
-_HELD_EXCLUSIVE: set[Path] = set()
-"""Lock files this process already holds exclusively for its whole life (a relayer's or
-member's state lock, :class:`bridge.standby.StateLock`)."""
-
-
-def held_for_life(lock: Path, held: bool = True) -> None:
-    """Record that this process holds ``lock`` (a :func:`lock_path`) exclusively until it
-    exits (or, ``held=False``, no longer): its own stores on that file then open without a
-    second ``flock`` (two open descriptions of one file conflict even within one process)."""
-    if held:
-        _HELD_EXCLUSIVE.add(lock)
-    else:
-        _HELD_EXCLUSIVE.discard(lock)
+def daemon_lock_path(path: Path) -> Path:
+    """The lock beside the store ``path`` that one daemon holds exclusively for its whole
+    life (ADR 0017: a relayer's checkpoints, a member's vote log), named from the resolved
+    path. Separate from :func:`lock_path` (shared by every process that has the store open,
+    exclusive for a restore), so a daemon's own store connections and an operator's
+    ``lift-quarantine`` never conflict with it, and closing one never releases the other."""
+    return Path(f"{path.resolve()}.daemon.lock")
 
 
 def hold_lock(path: Path, *, exclusive: bool) -> IO[bytes]:
     """The open lock file of store ``path``, locked shared or exclusive without waiting;
-    StoreInUse when another process holds it incompatibly. SECURITY: when this process
-    already holds the file's lock exclusively for life (:func:`held_for_life`), a shared
-    request is already satisfied and takes no second lock; an exclusive one (a restore)
-    is still refused."""
+    StoreInUse when another process holds it incompatibly. (Which daemon may serve the
+    store is a separate lock, :func:`daemon_lock_path`: this one only keeps a restore away
+    from a store that is open.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(lock_path(path), "a+b")  # noqa: SIM115 (held by the caller)
-    if lock_path(path) in _HELD_EXCLUSIVE:
-        if exclusive:
-            fh.close()
-            raise StoreInUse(f"{path} is in use (this process serves it)")
-        return fh
     try:
         fcntl.flock(fh.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
