@@ -329,6 +329,9 @@ class CoordinatorFile(Table):
     """OpenTelemetry tracing."""
     ha: HaTable | None = None
     """Active/passive coordinators on one PostgreSQL database (ADR 0017)."""
+    max_batch_items: int = Field(default=1000, gt=0, le=100_000)
+    """Most items one ``SubmitTransfers`` batch may carry; more is refused as a whole
+    (INVALID_ARGUMENT; ADR 0023)."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------
