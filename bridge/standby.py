@@ -41,6 +41,17 @@ _HELD: set[StateLock] = set()
 process's exit, even when the caller drops its reference (its file would close on GC)."""
 
 
+_FRESH: set[Path] = set()
+"""Lock files this process created when it took them (no process held them before)."""
+
+
+def created_here(lock: Path) -> bool:
+    """True when this process created the lock file ``lock`` (a :func:`lock_path`) as it
+    took it: no store guarded by it was opened before, so a missing store is a first start,
+    not one that vanished."""
+    return lock in _FRESH
+
+
 class StateLock:
     """The exclusive lock on ``<path>.lock``. GUARANTEES: while :meth:`acquire` has
     returned and :meth:`release` was not called, no other process holds it (the lock is
@@ -53,6 +64,7 @@ class StateLock:
     def try_acquire(self) -> bool:
         """Take the lock if free; False when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
         fh = open(self.path, "a+b")  # noqa: SIM115 (held until release)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,6 +74,8 @@ class StateLock:
         self._fh = fh
         _HELD.add(self)
         held_for_life(self.path)
+        if fresh:
+            _FRESH.add(self.path)
         return True
 
     async def acquire(self, standby: bool, poll: float = 0.2) -> None:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.standby import created_here
 from bridge.storage.migrations import Migration, StoreError, WrongOwner
 from bridge.storage.sqlite import immediate, lock_path, open_store
 
@@ -98,7 +99,10 @@ def open_member_store(
     (a signing address) the store is bound to it on first use and WrongOwner afterwards
     for any other."""
     if create is None:
-        create = not lock_path(path).exists()
+        # The daemon's StateLock creates the lock file before the store opens: that is a
+        # first start too (created_here), not a store that vanished.
+        lock = lock_path(path)
+        create = not lock.exists() or created_here(lock)
     db = open_store(path, KIND, MIGRATIONS, markers=MARKERS, create=create)
     try:
         if member is not None:
