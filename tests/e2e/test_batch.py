@@ -10,14 +10,20 @@ another brokerage's ledger is refused whole, and WatchBatch reports every item.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
 from tests.e2e.conftest import demo_request, eligible_everywhere
@@ -206,3 +212,41 @@ def test_a_batch_is_refused_whole_when_oversized_or_from_another_ledger(
         with pytest.raises(grpc.RpcError) as info:
             brokerage_a.SubmitTransfers(bad, timeout=30)
         assert _status(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_cli_submits_a_batch_file_with_one_result_per_item(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    holder = system.ledgers[A].make_holder(DEMO_ISIN, 10)
+    eligible_everywhere(system, holder.address)
+    recipient = DevAccount.generate()
+    lines = [
+        {"security": DEMO_ISIN, "to": B, "sender": holder.address,
+         "recipient": recipient.address, "amount": "3", "idempotency_key": "cli-" + uuid.uuid4().hex},
+        {"security": DEMO_ISIN, "to": B, "sender": holder.address,
+         "recipient": recipient.address, "amount": "-1"},
+    ]  # fmt: skip
+    batch_file = tmp_path / "batch.jsonl"
+    batch_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch_id = "cli-" + uuid.uuid4().hex
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "bridge.cli.main", "--coordinator", system.coordinator_target,
+            *system.cli_tls_args(f"brokerage:{A}"), "--json", "transfer", "submit-batch",
+            str(batch_file), "--from", A, "--batch-id", batch_id,
+            "--network", str(system.workdir / "network.toml"),
+            "--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, PLAINTEXT_KEYS_ENV: "1"},
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr  # recorded, one item refused
+    # (the key loader's INSECURE warning is a log line, not a result)
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [(r["batch_id"], r.get("index", 0), r["outcome"]) for r in rows] == [
+        (batch_id, 0, "BATCH_ITEM_OUTCOME_CREATED"),
+        (batch_id, 1, "BATCH_ITEM_OUTCOME_REFUSED"),
+    ]
+    assert rows[0]["idempotency_key"] == lines[0]["idempotency_key"]
+    assert rows[1]["error"]["code"] == "INVALID_ARGUMENT"
+    assert "negative" in rows[1]["error"]["message"]
