@@ -3,9 +3,12 @@ recorded batch (SQLite store) and its replay, and the authorisation rules."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from bridge.coordinator.batches import (
@@ -18,7 +21,8 @@ from bridge.coordinator.batches import (
     run_items,
     same_batch,
 )
-from bridge.coordinator.db import open_sqlite
+from bridge.coordinator.db import Database, open_database, open_sqlite
+from bridge.coordinator.ha import StandbyGate
 from bridge.coordinator.service import _item_error
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
@@ -130,9 +134,19 @@ def test_the_fingerprint_covers_every_item() -> None:
     assert fp != fingerprint(other.SerializeToString(deterministic=True))
 
 
-async def test_a_recorded_batch_is_kept_and_replayed(tmp_path: Path) -> None:
-    db = open_sqlite(tmp_path / "coordinator.sqlite")
-    store = SqlBatchStore(db)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The coordinator's database, migrated: a SQLite file or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        db = open_sqlite(tmp_path / "coordinator.sqlite")
+    else:
+        db = open_database(request.getfixturevalue("fresh_pg_url"))
+    yield db
+    db.close()
+
+
+async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None:
+    store = SqlBatchStore(database)
     try:
         results = (
             ItemResult(0, "k1", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),
@@ -159,7 +173,6 @@ async def test_a_recorded_batch_is_kept_and_replayed(tmp_path: Path) -> None:
         assert created
     finally:
         store.close()
-        db.close()
 
 
 @pytest.mark.security
@@ -182,3 +195,63 @@ async def test_a_brokerage_submits_and_watches_only_its_own_ledgers_batches() ->
     assert (
         await watch.scope(depository, transfer_pb2.WatchBatchRequest(source_ledger=B), None) is None
     )
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+
+    def set_trailing_metadata(self, _: Any) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        raise _Aborted(message)
+
+
+@pytest.mark.parametrize("method", ["SubmitTransfers", "WatchBatch"])
+async def test_a_standby_answers_not_leader_before_any_batch_handler_runs(method: str) -> None:
+    reached: list[str] = []
+
+    async def unary(request: Any, context: Any) -> Any:
+        reached.append("unary")
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        reached.append("stream")
+        yield None
+
+    make: Callable[..., Any] = (
+        grpc.unary_unary_rpc_method_handler
+        if method == "SubmitTransfers"
+        else grpc.unary_stream_rpc_method_handler
+    )
+    inner = make(unary if method == "SubmitTransfers" else stream)
+
+    async def continuation(_: Any) -> Any:
+        return inner
+
+    @dataclass
+    class Details:
+        method: str
+        invocation_metadata: tuple[()] = ()
+
+    gate = StandbyGate(lambda: False, lambda: "10.0.0.2:50051")
+    handler = await gate.intercept_service(
+        continuation, Details(f"/bridge.v1.TransferService/{method}")
+    )
+    context = _Context()
+
+    async def call() -> None:
+        if method == "SubmitTransfers":
+            await handler.unary_unary(None, context)
+        else:
+            async for _ in handler.unary_stream(None, context):
+                pass
+
+    with pytest.raises(_Aborted, match="standby"):
+        await call()
+    assert context.code == grpc.StatusCode.UNAVAILABLE and reached == []
