@@ -176,11 +176,18 @@ def test_a_batch_commits_the_eligible_items_and_aborts_the_ineligible(
 
 
 def test_a_batch_is_refused_whole_when_oversized_or_from_another_ledger(
-    system: LocalSystem, brokerage_a
+    system: LocalSystem, brokerage_a, stub
 ) -> None:
     holder = system.ledgers[A].make_holder(DEMO_ISIN, 10)
+    eligible_everywhere(system, holder.address)
     recipient = DevAccount.generate()
     one = demo_request(holder.address, recipient.address, "1")
+    # The devnet's routed client submits a batch as the source ledger's brokerage.
+    routed = stub.SubmitTransfers(
+        S.SubmitTransfersRequest(batch_id=str(uuid.uuid4()), source_ledger=A, items=[one]),
+        timeout=30,
+    )
+    assert [r.outcome for r in routed.results] == [OUT.BATCH_ITEM_OUTCOME_CREATED]
     # Over max_batch_items (the devnet's default, 1000): INVALID_ARGUMENT, nothing recorded.
     oversized = S.SubmitTransfersRequest(
         batch_id=str(uuid.uuid4()), source_ledger=A, items=[one] * 1001
