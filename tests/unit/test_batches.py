@@ -255,3 +255,28 @@ async def test_a_standby_answers_not_leader_before_any_batch_handler_runs(method
     with pytest.raises(_Aborted, match="standby"):
         await call()
     assert context.code == grpc.StatusCode.UNAVAILABLE and reached == []
+
+
+def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) -> None:
+    from bridge.cli.main import _batch_items
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
+        ' "recipient": "0x02", "amount": "5", "idempotency_key": "k1"}\n'
+        "\n"
+        '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
+        ' "recipient": "0x02", "amount": "6"}\n'
+    )
+    items = _batch_items(good, A)
+    assert [(i.idempotency_key, i.source_ledger, i.amount) for i in items[:1]] == [("k1", A, "5")]
+    assert len(items) == 2 and items[1].idempotency_key and items[1].source_ledger == A
+    for text, message in (
+        ("not json\n", "bad.jsonl:1: not JSON"),
+        ('["a list"]\n', "bad.jsonl:1: expected a JSON object"),
+        ('{}\n{"amount": "1", "from": "brokerage-b"}\n', r"bad.jsonl:2: unknown field\(s\) from"),
+    ):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            _batch_items(bad, A)
