@@ -254,6 +254,8 @@ class CoordinatorConfig:
     """A 0600 file holding the PostgreSQL password (else env BRIDGE_DATABASE_PASSWORD)."""
     ha: HaConfig | None = None
     """---- active/passive coordinators (ADR 0017); None: one coordinator per database."""
+    max_batch_items: int = 1000
+    """---- batch API (ADR 0023): most items one SubmitTransfers may carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +578,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
             else None
         ),
         ha=_ha(raw.get("ha"), database, listen, str(path)),
+        max_batch_items=int(raw.get("max_batch_items", 1000)),
     )
 
 

@@ -334,6 +334,10 @@ class CoordinatorFile(Table):
     """OpenTelemetry tracing."""
     ha: HaTable | None = None
     """Active/passive coordinators on one PostgreSQL database (ADR 0017)."""
+    max_batch_items: int = Field(default=1000, gt=0, le=5000)
+    """Most items one ``SubmitTransfers`` batch may carry; more is refused as a whole
+    (INVALID_ARGUMENT; ADR 0023). At most 5,000: a batch and its response (about 310 and
+    370 bytes an item) stay well inside gRPC's default 4 MiB message limit."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``bridge transfer|supply|operator|depository|doctor|store|config ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
-2 usage errors, 78 a configuration file refused (``bridge config check``). ``--json``
+2 usage errors, 3 a batch was recorded but some of its items were refused, 78 a
+configuration file refused (``bridge config check``). ``--json``
 prints machine-readable output.
 """
 
@@ -102,6 +103,91 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
     _show(resp.transfer, a.json)
 
 
+# ---- batch API (ADR 0023)
+OUTCOME_NAMES = {
+    v.number: v.name.removeprefix("BATCH_ITEM_OUTCOME_")
+    for v in transfer_pb2.DESCRIPTOR.enum_types_by_name["BatchItemOutcome"].values
+}
+_ITEM_FIELDS = frozenset(
+    {"security", "to", "sender", "recipient", "amount", "idempotency_key", "ttl"}
+)
+
+
+class SomeItemsRefused(Exception):
+    """The batch was recorded, and at least one of its items was refused (exit code 3)."""
+
+
+def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferRequest]:
+    """The items of a JSON-lines file: one object per line with ``security``, ``to``,
+    ``sender``, ``recipient``, ``amount`` and optionally ``idempotency_key`` (default: a
+    fresh UUID); blank lines are skipped. ValueError names the bad line."""
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
+        unknown = sorted(set(entry) - _ITEM_FIELDS)
+        if unknown:
+            raise ValueError(f"{path}:{number}: unknown field(s) {', '.join(unknown)}")
+        items.append(
+            transfer_pb2.SubmitTransferRequest(
+                idempotency_key=str(entry.get("idempotency_key") or uuid.uuid4()),
+                security_id=str(entry.get("security", "")),
+                source_ledger=source,
+                target_ledger=str(entry.get("to", "")),
+                sender=str(entry.get("sender", "")),
+                recipient=str(entry.get("recipient", "")),
+                amount=str(entry.get("amount", "")),
+            )
+        )
+    return items
+
+
+def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
+    items = _batch_items(a.file, a.source)
+    ref = (
+        load_key_config(a.instruction_key_config)
+        if a.instruction_key_config is not None
+        else PlainKeyFile(a.instruction_key)
+    )
+    brokerage = Brokerage(load_network(a.network), {a.source: open_signer(ref)}, ttl=a.ttl)
+    signed = []
+    for item in items:
+        try:
+            signed.append(brokerage.instruct(item))
+        except BridgeError:
+            # Malformed: sent as it is, so the coordinator refuses it in its own result.
+            signed.append(item)
+    request = transfer_pb2.SubmitTransfersRequest(
+        batch_id=a.batch_id or str(uuid.uuid4()), source_ledger=a.source, items=signed
+    )
+    resp = stub.SubmitTransfers(request, timeout=a.timeout)
+    refused = 0
+    if not a.json:
+        print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
+    for r in resp.results:
+        refused += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
+        if a.json:
+            row = MessageToDict(r, preserving_proto_field_name=True)
+            print(json.dumps({"batch_id": resp.batch_id, **row}, sort_keys=True))
+            continue
+        outcome = OUTCOME_NAMES.get(r.outcome, "?")
+        if r.HasField("error"):
+            print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {r.error.code} {r.error.reason}")
+            print(f"      {r.error.message}")
+        else:
+            t = r.transfer
+            state = STATE_NAMES.get(t.state, "?")
+            print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {t.transfer_id} {state}")
+    if refused:
+        raise SomeItemsRefused(f"{refused} of {len(resp.results)} items refused")
+
+
 def _get(stub: Any, a: argparse.Namespace) -> None:
     _show(
         stub.GetTransfer(
@@ -192,6 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
     s.add_argument("--ttl", type=int, default=60, help="seconds until the transfer's deadline")
     s.set_defaults(run=_submit)
+    b = tr.add_parser(  # ---- batch API (ADR 0023)
+        "submit-batch",
+        help="submit many transfers from one ledger, one JSON object per line; each item"
+        " gets its own result (exit 3 when some were refused)",
+    )
+    b.add_argument(
+        "file",
+        type=Path,
+        help="JSON lines: security, to, sender, recipient, amount, idempotency_key (optional)",
+    )
+    b.add_argument("--from", dest="source", required=True, help="source ledger id")
+    b.add_argument(
+        "--batch-id",
+        help="the batch's idempotency key (default: a fresh UUID);"
+        " resubmitting the same file with it returns the recorded results",
+    )
+    bkey = b.add_mutually_exclusive_group(required=True)
+    bkey.add_argument("--instruction-key", type=Path, help="as for submit")
+    bkey.add_argument("--instruction-key-config", type=Path, help="as for submit")
+    b.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
+    b.add_argument("--ttl", type=int, default=60, help="seconds until each item's deadline")
+    b.set_defaults(run=_submit_batch)
     g = tr.add_parser("get", help="show one transfer")
     g.add_argument("transfer_id")
     g.set_defaults(run=_get)
@@ -251,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         args.run(stub, args)
+    except SomeItemsRefused as exc:  # ---- batch API (ADR 0023)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except grpc.RpcError as exc:
         print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.config import HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
+from bridge.coordinator.batches import SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import Database, DatabaseInUse, open_database
 from bridge.coordinator.depository_service import DepositoryServicer
@@ -185,7 +186,10 @@ async def run(config_path: Path) -> None:
     halts = HaltBook(halt_store, relayers, coordinator.domains, on_change=coordinator.wake_all)
     coordinator.set_halts(halts)
     depository = DepositoryServicer(halts, list(relayers))
-    transfers = TransferServicer(cfg.network, coordinator, store)
+    batch_store = SqlBatchStore(db)  # ---- batch API (ADR 0023)
+    transfers = TransferServicer(
+        cfg.network, coordinator, store, batch_store, max_batch_items=cfg.max_batch_items
+    )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)
     operator = OperatorServicer(
@@ -287,6 +291,7 @@ async def run(config_path: Path) -> None:
         store.close()
         supply_store.close()
         halt_store.close()
+        batch_store.close()
         rotation_store.close()
         if ha is not None:
             ha.close()

@@ -104,6 +104,12 @@ def validate_request(
     )
 
 
+def validate_batch_id(batch_id: str) -> None:
+    """Raise InvalidInput unless ``batch_id`` has the idempotency-key format (ADR 0023)."""
+    if not _KEY_RE.fullmatch(batch_id):
+        raise InvalidInput("batch_id must be 1-128 printable ASCII characters")
+
+
 class SubmitFields(Protocol):
     """The fields of a submit request as they arrive (a ``SubmitTransferRequest`` has them)."""
 

@@ -218,6 +218,19 @@ CREATE TABLE IF NOT EXISTS coordinator_members (
 );
 """
 
+# ---- version 5: the batch API (ADR 0023): every batch's request fingerprint and per-item
+# results, recorded before the response, so a retried batch gets the same results.
+_V5 = """
+CREATE TABLE IF NOT EXISTS transfer_batches (
+  source_ledger TEXT NOT NULL,
+  batch_id TEXT NOT NULL,
+  fingerprint BLOB NOT NULL,
+  results TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  PRIMARY KEY (source_ledger, batch_id)
+);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -312,6 +325,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
     Migration(3, "coordinator leader lease with fencing token", _V3),
     Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
+    Migration(5, "batch API: batches and their per-item results", _V5),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 
 from bridge.config import NetworkConfig
+from bridge.coordinator.batches import (
+    BatchRecord,
+    BatchStore,
+    ItemError,
+    ItemResult,
+    fingerprint,
+    run_items,
+    same_batch,
+)
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
-from bridge.coordinator.requests import validate_submit
+from bridge.coordinator.requests import validate_batch_id, validate_submit
 from bridge.coordinator.store import TransferStore
-from bridge.domain.errors import InvalidInput
+from bridge.domain.errors import BridgeError, InvalidInput, NotFound, Unavailable
 from bridge.domain.transfer import TransferState
 from bridge.rpc.authz import current_principal
 from bridge.rpc.convert import event_from_pb, instruction_from_pb
-from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors
+from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors, status_details, status_for
 from bridge.rpc.roles import BROKERAGE
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 MAX_PAGE = 500
+DEFAULT_MAX_BATCH_ITEMS = 1000
+"""Items per SubmitTransfers unless the coordinator's ``max_batch_items`` says otherwise."""
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -66,10 +80,19 @@ def parse_transfer_id(text: str) -> bytes:
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     """The brokerage API; validates everything before anything is recorded."""
 
-    def __init__(self, network: NetworkConfig, coordinator: Coordinator, store: TransferStore):
+    def __init__(
+        self,
+        network: NetworkConfig,
+        coordinator: Coordinator,
+        store: TransferStore,
+        batches: BatchStore | None = None,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+    ):
         self._network = network
         self._coordinator = coordinator
         self._store = store
+        self._batches = batches  # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
+        self._max_batch_items = max_batch_items
 
     @grpc_errors
     async def SubmitTransfer(
@@ -129,6 +152,125 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             if update.sequence > request.after_sequence:
                 yield await self._update_to_pb(update)
 
+    # ---- batch API (ADR 0023)
+    def _batch_store(self) -> BatchStore:
+        if self._batches is None:
+            raise Unavailable("this coordinator does not serve the batch API")
+        return self._batches
+
+    @grpc_errors
+    async def SubmitTransfers(
+        self, request: transfer_pb2.SubmitTransfersRequest, context: Context
+    ) -> transfer_pb2.SubmitTransfersResponse:
+        """Submit every item as SubmitTransfer would, each with its own result, and record
+        the batch before answering. A malformed batch (id, ledger, 0 or more than
+        ``max_batch_items`` items) is refused as a whole, nothing submitted; a recorded
+        batch id answers its recorded results (same request) or ALREADY_EXISTS (other)."""
+        batches = self._batch_store()
+        validate_batch_id(request.batch_id)
+        if request.source_ledger not in self._network.ledgers:
+            raise NotFound(f"source_ledger {request.source_ledger!r} is not a connected ledger")
+        count = len(request.items)
+        if count == 0:
+            raise InvalidInput("a batch needs at least one item")
+        if count > self._max_batch_items:
+            raise InvalidInput(
+                f"a batch may have at most {self._max_batch_items} items, this one has {count}"
+            )
+        fp = fingerprint(request.SerializeToString(deterministic=True))
+        # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
+        # caller's own: a brokerage can neither read nor block another's batch.
+        stored = await batches.get(request.source_ledger, request.batch_id)
+        if stored is not None:
+            return await self._batch_to_pb(same_batch(stored, fp), created=False)
+
+        async def submit_one(item: transfer_pb2.SubmitTransferRequest) -> tuple[bytes, bool]:
+            req = validate_submit(self._network, item)
+            record, created = await self._coordinator.submit(req, instruction_from_pb(item))
+            return record.transfer_id, created
+
+        results = await run_items(request.source_ledger, request.items, submit_one, _item_error)
+        batch = BatchRecord(request.source_ledger, request.batch_id, fp, results, time.time())
+        recorded, created = await batches.create(batch)
+        return await self._batch_to_pb(same_batch(recorded, fp), created=created)
+
+    async def _batch_to_pb(
+        self, batch: BatchRecord, *, created: bool
+    ) -> transfer_pb2.SubmitTransfersResponse:
+        out = transfer_pb2.SubmitTransfersResponse(batch_id=batch.batch_id, created=created)
+        for r in batch.results:
+            out.results.append(await self._result_to_pb(r))
+        return out
+
+    async def _result_to_pb(self, r: ItemResult) -> transfer_pb2.BatchItemResult:
+        message = transfer_pb2.BatchItemResult(
+            index=r.index,
+            idempotency_key=r.idempotency_key,
+            outcome=int(r.outcome),  # type: ignore[arg-type]
+        )
+        if r.transfer_id is not None:
+            message.transfer.CopyFrom(transfer_to_pb(await self._coordinator.get(r.transfer_id)))
+        if r.error is not None:
+            message.error.CopyFrom(_item_error_to_pb(r.error))
+        return message
+
+    @grpc_stream_errors
+    async def WatchBatch(
+        self, request: transfer_pb2.WatchBatchRequest, context: Context
+    ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
+        """Stream every item of a recorded batch: a refused item once (while its
+        ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
+        until terminal (as WatchTransfer); ends when every item has ended."""
+        batch = await self._batch_store().get(request.source_ledger, request.batch_id)
+        if batch is None:
+            raise NotFound(f"no batch {request.batch_id!r} from ledger {request.source_ledger!r}")
+        after = list(request.after_sequence)
+        if len(after) > len(batch.results):
+            raise InvalidInput(
+                f"after_sequence has {len(after)} entries; the batch has {len(batch.results)}"
+            )
+        after += [0] * (len(batch.results) - len(after))
+        for r in batch.results:
+            if r.error is not None and after[r.index] == 0:
+                yield transfer_pb2.WatchBatchResponse(
+                    index=r.index,
+                    idempotency_key=r.idempotency_key,
+                    error=_item_error_to_pb(r.error),
+                )
+        queue: asyncio.Queue[tuple[ItemResult, TransferUpdate] | None] = asyncio.Queue()
+
+        async def follow(r: ItemResult, tid: bytes) -> None:
+            try:
+                async for update in self._coordinator.watch(tid):
+                    if update.sequence > after[r.index]:
+                        await queue.put((r, update))
+            finally:
+                await queue.put(None)
+
+        tasks = [
+            asyncio.create_task(follow(r, r.transfer_id))
+            for r in batch.results
+            if r.transfer_id is not None
+        ]
+        try:
+            pending = len(tasks)
+            while pending:
+                entry = await queue.get()
+                if entry is None:
+                    pending -= 1
+                    continue
+                r, update = entry
+                yield transfer_pb2.WatchBatchResponse(
+                    index=r.index,
+                    idempotency_key=r.idempotency_key,
+                    update=await self._update_to_pb(update),
+                )
+            for task in tasks:
+                task.result()  # a watch that failed fails the stream (no silent gap)
+        finally:
+            for task in tasks:
+                task.cancel()
+
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)
         return transfer_pb2.TransferUpdate(
@@ -138,6 +280,27 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             at=_ts(u.at),
             transfer=transfer_to_pb(record),
         )
+
+
+def _item_error(exc: BridgeError) -> ItemError:
+    """The structured error SubmitTransfer would answer ``exc`` with (ADR 0015)."""
+    status = status_details(exc)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+    return ItemError(
+        code=status_for(exc).name,
+        reason=info.reason,
+        message=status.message,
+        metadata=dict(info.metadata),
+    )
+
+
+def _item_error_to_pb(e: ItemError) -> transfer_pb2.BatchItemError:
+    return transfer_pb2.BatchItemError(
+        code=e.code, reason=e.reason, message=e.message, metadata=dict(e.metadata)
+    )
 
 
 class EventSinkServicer(events_pb2_grpc.LedgerEventSinkServicer):

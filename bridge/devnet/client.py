@@ -141,8 +141,23 @@ class RoutedTransferStub:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         return stub.SubmitTransfer(request, timeout=timeout)
 
+    def SubmitTransfers(  # ---- batch API (ADR 0023)
+        self, request: transfer_pb2.SubmitTransfersRequest, timeout: float | None = None
+    ) -> transfer_pb2.SubmitTransfersResponse:
+        """Submit a batch as the brokerage of ``request.source_ledger``, each item without
+        an instruction signed by ``instruct`` (items ``instruct`` refuses go unsigned, for
+        the coordinator to refuse in their own results)."""
+        batch = transfer_pb2.SubmitTransfersRequest()
+        batch.CopyFrom(request)
+        for item in batch.items:
+            item.CopyFrom(instructed(self._instruct, item))
+        stub = transfer_pb2_grpc.TransferServiceStub(
+            self._channel(f"brokerage:{request.source_ledger}")
+        )
+        return stub.SubmitTransfers(batch, timeout=timeout)
+
     def __getattr__(self, name: str) -> object:
-        """GetTransfer, ListTransfers, WatchTransfer: as the reader."""
+        """GetTransfer, ListTransfers, WatchTransfer, WatchBatch: as the reader."""
         return getattr(self._reader, name)
 
     def close(self) -> None:

@@ -94,6 +94,14 @@ class Conflict(BridgeError):
     kind = BridgeReason.CONFLICT
 
 
+class PermissionDenied(BridgeError):
+    """The caller may not do this (PERMISSION_DENIED); e.g. a batch item naming another
+    brokerage's source ledger (ADR 0023). The authorisation interceptor refuses whole calls
+    itself; this is for refusals decided inside a handler."""
+
+    kind = BridgeReason.PERMISSION_DENIED
+
+
 class Unavailable(BridgeError):
     """A dependency (ledger, relayer, verifier) cannot be reached right now (UNAVAILABLE)."""
 

@@ -35,6 +35,7 @@ from bridge.domain.errors import (
     InvalidInput,
     LedgerRejected,
     NotFound,
+    PermissionDenied,
     PreconditionFailed,
     Unavailable,
 )
@@ -51,6 +52,7 @@ STATUS_OF: tuple[tuple[type[BridgeError], grpc.StatusCode], ...] = (
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (LedgerRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidCertificate, grpc.StatusCode.PERMISSION_DENIED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

@@ -69,6 +69,15 @@ _submit_from_own_ledger = _own_ledger_only(
     "source_ledger",
     "brokerage:{scope} may submit only transfers whose source ledger is {scope}, not {value!r}",
 )
+# ---- batch API (ADR 0023)
+# SECURITY: a brokerage watches only its own ledger's batches (batch ids are scoped per
+# source ledger); an item of a batch naming another source ledger is refused per item by
+# the handler (bridge.coordinator.batches.run_items).
+_watch_own_batch = _own_ledger_only(
+    BROKERAGE,
+    "source_ledger",
+    "brokerage:{scope} may watch only batches whose source ledger is {scope}, not {value!r}",
+)
 # SECURITY: the ledger comes from the relayer's certificate, never from the request.
 _events_of_own_ledger = _own_ledger_only(
     RELAYER, "ledger_id", "relayer:{scope} may deliver events of ledger {scope} only, not {value!r}"
@@ -122,6 +131,9 @@ RULES: Mapping[str, Rule] = {
     _T + "GetTransfer": _rule(*_READERS, scope=_read_own_transfer),
     _T + "WatchTransfer": _rule(*_READERS, scope=_read_own_transfer),
     _T + "ListTransfers": _rule(*_READERS),  # brokerages: filtered in the store query
+    # ---- batch API (ADR 0023): exactly SubmitTransfer's rule on the batch's source ledger.
+    _T + "SubmitTransfers": _rule(BROKERAGE, scope=_submit_from_own_ledger),
+    _T + "WatchBatch": _rule(*_READERS, scope=_watch_own_batch),
     # Relayers: their own ledger's events.
     _E + "DeliverEvents": _rule(RELAYER, scope=_events_of_own_ledger),
     # The depository reads the feed; the supply operator registers and releases.

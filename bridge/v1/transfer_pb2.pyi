@@ -105,6 +105,32 @@ WAIT_REASON_LARGE_TRANSFER_DELAY: WaitReason.ValueType  # 4
 """Above the lane's large-transfer threshold: a ledger refuses the commit before not_before."""
 Global___WaitReason: _TypeAlias = WaitReason  # noqa: Y015
 
+class _BatchItemOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BatchItemOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchItemOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BATCH_ITEM_OUTCOME_UNSPECIFIED: _BatchItemOutcome.ValueType  # 0
+    BATCH_ITEM_OUTCOME_CREATED: _BatchItemOutcome.ValueType  # 1
+    """A new transfer was recorded and started."""
+    BATCH_ITEM_OUTCOME_EXISTING: _BatchItemOutcome.ValueType  # 2
+    """The item's idempotency key matched a transfer recorded earlier (same terms)."""
+    BATCH_ITEM_OUTCOME_REFUSED: _BatchItemOutcome.ValueType  # 3
+    """Nothing was recorded for this item; see BatchItemResult.error."""
+
+class BatchItemOutcome(_BatchItemOutcome, metaclass=_BatchItemOutcomeEnumTypeWrapper):
+    """What happened to one item of a batch."""
+
+BATCH_ITEM_OUTCOME_UNSPECIFIED: BatchItemOutcome.ValueType  # 0
+BATCH_ITEM_OUTCOME_CREATED: BatchItemOutcome.ValueType  # 1
+"""A new transfer was recorded and started."""
+BATCH_ITEM_OUTCOME_EXISTING: BatchItemOutcome.ValueType  # 2
+"""The item's idempotency key matched a transfer recorded earlier (same terms)."""
+BATCH_ITEM_OUTCOME_REFUSED: BatchItemOutcome.ValueType  # 3
+"""Nothing was recorded for this item; see BatchItemResult.error."""
+Global___BatchItemOutcome: _TypeAlias = BatchItemOutcome  # noqa: Y015
+
 @_typing.final
 class SubmitTransferRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -466,3 +492,226 @@ class TransferUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferUpdate: _TypeAlias = TransferUpdate  # noqa: Y015
+
+@_typing.final
+class SubmitTransfersRequest(_message.Message):
+    """---- batch API (ADR 0023)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_LEDGER_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """Client-chosen idempotency key of the batch: 1-128 printable ASCII characters, no
+    spaces; scoped per source ledger like the items' keys.
+    """
+    source_ledger: _builtins.str
+    """The ledger every item moves units from (a brokerage's own ledger); an item naming
+    another source ledger is refused (PERMISSION_DENIED) in its own result.
+    """
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransferRequest]:
+        """1 .. max_batch_items items, each exactly what SubmitTransfer takes."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        source_ledger: _builtins.str = ...,
+        items: _abc.Iterable[Global___SubmitTransferRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "items", b"items", "source_ledger", b"source_ledger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransfersRequest: _TypeAlias = SubmitTransfersRequest  # noqa: Y015
+
+@_typing.final
+class BatchItemError(_message.Message):
+    """Why an item was refused: what SubmitTransfer would have failed with (ADR 0015)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The gRPC status code name, e.g. "FAILED_PRECONDITION"."""
+    reason: _builtins.str
+    """google.rpc.ErrorInfo.reason: an ErrorReason member name or a bridge reason."""
+    message: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """google.rpc.ErrorInfo.metadata (retryable, ledger, error, figures)."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchItemError: _TypeAlias = BatchItemError  # noqa: Y015
+
+@_typing.final
+class BatchItemResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The item's position in SubmitTransfersRequest.items (0-based)."""
+    idempotency_key: _builtins.str
+    outcome: Global___BatchItemOutcome.ValueType
+    @_builtins.property
+    def transfer(self) -> Global___Transfer:
+        """Set unless REFUSED (its current state)."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchItemError:
+        """Set when REFUSED."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        outcome: Global___BatchItemOutcome.ValueType = ...,
+        transfer: Global___Transfer | None = ...,
+        error: Global___BatchItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "index", b"index", "outcome", b"outcome", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchItemResult: _TypeAlias = BatchItemResult  # noqa: Y015
+
+@_typing.final
+class SubmitTransfersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    created: _builtins.bool
+    """False when batch_id matched a batch recorded earlier (the results are its results)."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]:
+        """One per item, in item order."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        results: _abc.Iterable[Global___BatchItemResult] | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "created", b"created", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransfersResponse: _TypeAlias = SubmitTransfersResponse  # noqa: Y015
+
+@_typing.final
+class WatchBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_LEDGER_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    source_ledger: _builtins.str
+    @_builtins.property
+    def after_sequence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Resume: after_sequence[i] is the last TransferUpdate.sequence received for item i
+        (missing or 0: every update from 1; a refused item is reported while it is 0).
+        """
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        source_ledger: _builtins.str = ...,
+        after_sequence: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batch_id", b"batch_id", "source_ledger", b"source_ledger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBatchRequest: _TypeAlias = WatchBatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The item's position in the batch."""
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def update(self) -> Global___TransferUpdate:
+        """A state change of the item's transfer (unset for a refused item)."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchItemError:
+        """Set for a refused item (reported once per watch, no update follows)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        update: Global___TransferUpdate | None = ...,
+        error: Global___BatchItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "index", b"index", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBatchResponse: _TypeAlias = WatchBatchResponse  # noqa: Y015

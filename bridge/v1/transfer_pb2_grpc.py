@@ -55,6 +55,16 @@ class TransferServiceStub:
                 request_serializer=bridge_dot_v1_dot_transfer__pb2.WatchTransferRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_transfer__pb2.TransferUpdate.FromString,
                 _registered_method=True)
+        self.SubmitTransfers = channel.unary_unary(
+                '/bridge.v1.TransferService/SubmitTransfers',
+                request_serializer=bridge_dot_v1_dot_transfer__pb2.SubmitTransfersRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_transfer__pb2.SubmitTransfersResponse.FromString,
+                _registered_method=True)
+        self.WatchBatch = channel.unary_stream(
+                '/bridge.v1.TransferService/WatchBatch',
+                request_serializer=bridge_dot_v1_dot_transfer__pb2.WatchBatchRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_transfer__pb2.WatchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -91,6 +101,26 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTransfers(self, request, context):
+        """---- batch API (ADR 0023)
+        Start many transfers from one source ledger. Each item has its own idempotency key and
+        its own result (created, existing or refused with a structured error); a refused item
+        never affects the others. The batch is recorded before the response; the same batch_id
+        and items return the same per-item results; the same batch_id with other items is
+        ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBatch(self, request, context):
+        """Every state change of every item of a recorded batch (refused items once, with their
+        error), until each item is terminal. Resume with after_sequence per item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +143,16 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.WatchTransfer,
                     request_deserializer=bridge_dot_v1_dot_transfer__pb2.WatchTransferRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_transfer__pb2.TransferUpdate.SerializeToString,
+            ),
+            'SubmitTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTransfers,
+                    request_deserializer=bridge_dot_v1_dot_transfer__pb2.SubmitTransfersRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_transfer__pb2.SubmitTransfersResponse.SerializeToString,
+            ),
+            'WatchBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatch,
+                    request_deserializer=bridge_dot_v1_dot_transfer__pb2.WatchBatchRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_transfer__pb2.WatchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +264,60 @@ class TransferService:
             '/bridge.v1.TransferService/WatchTransfer',
             bridge_dot_v1_dot_transfer__pb2.WatchTransferRequest.SerializeToString,
             bridge_dot_v1_dot_transfer__pb2.TransferUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.TransferService/SubmitTransfers',
+            bridge_dot_v1_dot_transfer__pb2.SubmitTransfersRequest.SerializeToString,
+            bridge_dot_v1_dot_transfer__pb2.SubmitTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bridge.v1.TransferService/WatchBatch',
+            bridge_dot_v1_dot_transfer__pb2.WatchBatchRequest.SerializeToString,
+            bridge_dot_v1_dot_transfer__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,18 @@ class TransferServiceStub:
     """Every state change of one transfer, from the first, until it is terminal.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    SubmitTransfers: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.SubmitTransfersRequest, _transfer_pb2.SubmitTransfersResponse]
+    """---- batch API (ADR 0023)
+    Start many transfers from one source ledger. Each item has its own idempotency key and
+    its own result (created, existing or refused with a structured error); a refused item
+    never affects the others. The batch is recorded before the response; the same batch_id
+    and items return the same per-item results; the same batch_id with other items is
+    ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+    """
+    WatchBatch: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]
+    """Every state change of every item of a recorded batch (refused items once, with their
+    error), until each item is terminal. Resume with after_sequence per item.
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -64,6 +76,18 @@ class TransferServiceAsyncStub(TransferServiceStub):
     WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.TransferUpdate]  # type: ignore[assignment]
     """Every state change of one transfer, from the first, until it is terminal.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    SubmitTransfers: _aio.UnaryUnaryMultiCallable[_transfer_pb2.SubmitTransfersRequest, _transfer_pb2.SubmitTransfersResponse]  # type: ignore[assignment]
+    """---- batch API (ADR 0023)
+    Start many transfers from one source ledger. Each item has its own idempotency key and
+    its own result (created, existing or refused with a structured error); a refused item
+    never affects the others. The batch is recorded before the response; the same batch_id
+    and items return the same per-item results; the same batch_id with other items is
+    ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+    """
+    WatchBatch: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]  # type: ignore[assignment]
+    """Every state change of every item of a recorded batch (refused items once, with their
+    error), until each item is terminal. Resume with after_sequence per item.
     """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,6 +128,30 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_transfer_pb2.TransferUpdate], _abc.AsyncIterator[_transfer_pb2.TransferUpdate]]:
         """Every state change of one transfer, from the first, until it is terminal.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitTransfers(
+        self,
+        request: _transfer_pb2.SubmitTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.SubmitTransfersResponse, _abc.Awaitable[_transfer_pb2.SubmitTransfersResponse]]:
+        """---- batch API (ADR 0023)
+        Start many transfers from one source ledger. Each item has its own idempotency key and
+        its own result (created, existing or refused with a structured error); a refused item
+        never affects the others. The batch is recorded before the response; the same batch_id
+        and items return the same per-item results; the same batch_id with other items is
+        ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchBatch(
+        self,
+        request: _transfer_pb2.WatchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.WatchBatchResponse], _abc.AsyncIterator[_transfer_pb2.WatchBatchResponse]]:
+        """Every state change of every item of a recorded batch (refused items once, with their
+        error), until each item is terminal. Resume with after_sequence per item.
         """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -203,6 +203,10 @@ def to_previous_release(path: Path, kind: str) -> None:
         db.execute("DROP TABLE store_identity")
         if kind != "coordinator":  # the coordinator was versioned already (ADR 0013)
             db.execute("DROP TABLE schema_version")
+        else:  # release 287b48a's coordinator stopped at schema version 3
+            db.execute("DROP TABLE coordinator_members")  # version 4 (ADR 0017)
+            db.execute("DROP TABLE transfer_batches")  # version 5 (ADR 0023)
+            db.execute("DELETE FROM schema_version WHERE version > 3")
         if kind == "verifier":
             db.execute("DROP TABLE restores")
             db.execute("DROP TABLE member_identity")

@@ -163,6 +163,62 @@ func (WaitReason) EnumDescriptor() ([]byte, []int) {
 	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{1}
 }
 
+// What happened to one item of a batch.
+type BatchItemOutcome int32
+
+const (
+	BatchItemOutcome_BATCH_ITEM_OUTCOME_UNSPECIFIED BatchItemOutcome = 0
+	// A new transfer was recorded and started.
+	BatchItemOutcome_BATCH_ITEM_OUTCOME_CREATED BatchItemOutcome = 1
+	// The item's idempotency key matched a transfer recorded earlier (same terms).
+	BatchItemOutcome_BATCH_ITEM_OUTCOME_EXISTING BatchItemOutcome = 2
+	// Nothing was recorded for this item; see BatchItemResult.error.
+	BatchItemOutcome_BATCH_ITEM_OUTCOME_REFUSED BatchItemOutcome = 3
+)
+
+// Enum value maps for BatchItemOutcome.
+var (
+	BatchItemOutcome_name = map[int32]string{
+		0: "BATCH_ITEM_OUTCOME_UNSPECIFIED",
+		1: "BATCH_ITEM_OUTCOME_CREATED",
+		2: "BATCH_ITEM_OUTCOME_EXISTING",
+		3: "BATCH_ITEM_OUTCOME_REFUSED",
+	}
+	BatchItemOutcome_value = map[string]int32{
+		"BATCH_ITEM_OUTCOME_UNSPECIFIED": 0,
+		"BATCH_ITEM_OUTCOME_CREATED":     1,
+		"BATCH_ITEM_OUTCOME_EXISTING":    2,
+		"BATCH_ITEM_OUTCOME_REFUSED":     3,
+	}
+)
+
+func (x BatchItemOutcome) Enum() *BatchItemOutcome {
+	p := new(BatchItemOutcome)
+	*p = x
+	return p
+}
+
+func (x BatchItemOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BatchItemOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_bridge_v1_transfer_proto_enumTypes[2].Descriptor()
+}
+
+func (BatchItemOutcome) Type() protoreflect.EnumType {
+	return &file_bridge_v1_transfer_proto_enumTypes[2]
+}
+
+func (x BatchItemOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BatchItemOutcome.Descriptor instead.
+func (BatchItemOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{2}
+}
+
 type SubmitTransferRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Client-chosen, unique per request: 1-128 printable ASCII characters, no spaces.
@@ -898,6 +954,417 @@ func (x *TransferUpdate) GetTransfer() *Transfer {
 	return nil
 }
 
+type SubmitTransfersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Client-chosen idempotency key of the batch: 1-128 printable ASCII characters, no
+	// spaces; scoped per source ledger like the items' keys.
+	BatchId string `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	// The ledger every item moves units from (a brokerage's own ledger); an item naming
+	// another source ledger is refused (PERMISSION_DENIED) in its own result.
+	SourceLedger string `protobuf:"bytes,2,opt,name=source_ledger,json=sourceLedger,proto3" json:"source_ledger,omitempty"`
+	// 1 .. max_batch_items items, each exactly what SubmitTransfer takes.
+	Items         []*SubmitTransferRequest `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitTransfersRequest) Reset() {
+	*x = SubmitTransfersRequest{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTransfersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTransfersRequest) ProtoMessage() {}
+
+func (x *SubmitTransfersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTransfersRequest.ProtoReflect.Descriptor instead.
+func (*SubmitTransfersRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SubmitTransfersRequest) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *SubmitTransfersRequest) GetSourceLedger() string {
+	if x != nil {
+		return x.SourceLedger
+	}
+	return ""
+}
+
+func (x *SubmitTransfersRequest) GetItems() []*SubmitTransferRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// Why an item was refused: what SubmitTransfer would have failed with (ADR 0015).
+type BatchItemError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code name, e.g. "FAILED_PRECONDITION".
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// google.rpc.ErrorInfo.reason: an ErrorReason member name or a bridge reason.
+	Reason  string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// google.rpc.ErrorInfo.metadata (retryable, ledger, error, figures).
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchItemError) Reset() {
+	*x = BatchItemError{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchItemError) ProtoMessage() {}
+
+func (x *BatchItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchItemError.ProtoReflect.Descriptor instead.
+func (*BatchItemError) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BatchItemError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *BatchItemError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BatchItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *BatchItemError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type BatchItemResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item's position in SubmitTransfersRequest.items (0-based).
+	Index          uint32           `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	IdempotencyKey string           `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Outcome        BatchItemOutcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=bridge.v1.BatchItemOutcome" json:"outcome,omitempty"`
+	// Set unless REFUSED (its current state).
+	Transfer *Transfer `protobuf:"bytes,4,opt,name=transfer,proto3" json:"transfer,omitempty"`
+	// Set when REFUSED.
+	Error         *BatchItemError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchItemResult) Reset() {
+	*x = BatchItemResult{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchItemResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchItemResult) ProtoMessage() {}
+
+func (x *BatchItemResult) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchItemResult.ProtoReflect.Descriptor instead.
+func (*BatchItemResult) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BatchItemResult) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BatchItemResult) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *BatchItemResult) GetOutcome() BatchItemOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return BatchItemOutcome_BATCH_ITEM_OUTCOME_UNSPECIFIED
+}
+
+func (x *BatchItemResult) GetTransfer() *Transfer {
+	if x != nil {
+		return x.Transfer
+	}
+	return nil
+}
+
+func (x *BatchItemResult) GetError() *BatchItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type SubmitTransfersResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BatchId string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	// One per item, in item order.
+	Results []*BatchItemResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// False when batch_id matched a batch recorded earlier (the results are its results).
+	Created       bool `protobuf:"varint,3,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitTransfersResponse) Reset() {
+	*x = SubmitTransfersResponse{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitTransfersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitTransfersResponse) ProtoMessage() {}
+
+func (x *SubmitTransfersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitTransfersResponse.ProtoReflect.Descriptor instead.
+func (*SubmitTransfersResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SubmitTransfersResponse) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *SubmitTransfersResponse) GetResults() []*BatchItemResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *SubmitTransfersResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+type WatchBatchRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	BatchId      string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	SourceLedger string                 `protobuf:"bytes,2,opt,name=source_ledger,json=sourceLedger,proto3" json:"source_ledger,omitempty"`
+	// Resume: after_sequence[i] is the last TransferUpdate.sequence received for item i
+	// (missing or 0: every update from 1; a refused item is reported while it is 0).
+	AfterSequence []uint64 `protobuf:"varint,3,rep,packed,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBatchRequest) Reset() {
+	*x = WatchBatchRequest{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBatchRequest) ProtoMessage() {}
+
+func (x *WatchBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchBatchRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchBatchRequest) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *WatchBatchRequest) GetSourceLedger() string {
+	if x != nil {
+		return x.SourceLedger
+	}
+	return ""
+}
+
+func (x *WatchBatchRequest) GetAfterSequence() []uint64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return nil
+}
+
+type WatchBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The item's position in the batch.
+	Index          uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// A state change of the item's transfer (unset for a refused item).
+	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
+	// Set for a refused item (reported once per watch, no update follows).
+	Error         *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchBatchResponse) Reset() {
+	*x = WatchBatchResponse{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBatchResponse) ProtoMessage() {}
+
+func (x *WatchBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchBatchResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchBatchResponse) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchBatchResponse) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *WatchBatchResponse) GetUpdate() *TransferUpdate {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *WatchBatchResponse) GetError() *BatchItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_bridge_v1_transfer_proto protoreflect.FileDescriptor
 
 const file_bridge_v1_transfer_proto_rawDesc = "" +
@@ -975,7 +1442,38 @@ const file_bridge_v1_transfer_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.bridge.v1.TransferStateR\x05state\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12*\n" +
 	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12/\n" +
-	"\btransfer\x18\x05 \x01(\v2\x13.bridge.v1.TransferR\btransfer*\xbf\x02\n" +
+	"\btransfer\x18\x05 \x01(\v2\x13.bridge.v1.TransferR\btransfer\"\x90\x01\n" +
+	"\x16SubmitTransfersRequest\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12#\n" +
+	"\rsource_ledger\x18\x02 \x01(\tR\fsourceLedger\x126\n" +
+	"\x05items\x18\x03 \x03(\v2 .bridge.v1.SubmitTransferRequestR\x05items\"\xd8\x01\n" +
+	"\x0eBatchItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12C\n" +
+	"\bmetadata\x18\x04 \x03(\v2'.bridge.v1.BatchItemError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe9\x01\n" +
+	"\x0fBatchItemResult\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x125\n" +
+	"\aoutcome\x18\x03 \x01(\x0e2\x1b.bridge.v1.BatchItemOutcomeR\aoutcome\x12/\n" +
+	"\btransfer\x18\x04 \x01(\v2\x13.bridge.v1.TransferR\btransfer\x12/\n" +
+	"\x05error\x18\x05 \x01(\v2\x19.bridge.v1.BatchItemErrorR\x05error\"\x84\x01\n" +
+	"\x17SubmitTransfersResponse\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x124\n" +
+	"\aresults\x18\x02 \x03(\v2\x1a.bridge.v1.BatchItemResultR\aresults\x12\x18\n" +
+	"\acreated\x18\x03 \x01(\bR\acreated\"z\n" +
+	"\x11WatchBatchRequest\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12#\n" +
+	"\rsource_ledger\x18\x02 \x01(\tR\fsourceLedger\x12%\n" +
+	"\x0eafter_sequence\x18\x03 \x03(\x04R\rafterSequence\"\xb7\x01\n" +
+	"\x12WatchBatchResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x121\n" +
+	"\x06update\x18\x03 \x01(\v2\x19.bridge.v1.TransferUpdateR\x06update\x12/\n" +
+	"\x05error\x18\x04 \x01(\v2\x19.bridge.v1.BatchItemErrorR\x05error*\xbf\x02\n" +
 	"\rTransferState\x12\x1e\n" +
 	"\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18TRANSFER_STATE_SUBMITTED\x10\x01\x12 \n" +
@@ -993,12 +1491,20 @@ const file_bridge_v1_transfer_proto_rawDesc = "" +
 	"$WAIT_REASON_SOURCE_OUTBOUND_CAPACITY\x10\x01\x12'\n" +
 	"#WAIT_REASON_TARGET_INBOUND_CAPACITY\x10\x02\x12'\n" +
 	"#WAIT_REASON_BEHIND_EARLIER_TRANSFER\x10\x03\x12$\n" +
-	" WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x042\xce\x02\n" +
+	" WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x04*\x97\x01\n" +
+	"\x10BatchItemOutcome\x12\"\n" +
+	"\x1eBATCH_ITEM_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aBATCH_ITEM_OUTCOME_CREATED\x10\x01\x12\x1f\n" +
+	"\x1bBATCH_ITEM_OUTCOME_EXISTING\x10\x02\x12\x1e\n" +
+	"\x1aBATCH_ITEM_OUTCOME_REFUSED\x10\x032\xf5\x03\n" +
 	"\x0fTransferService\x12U\n" +
 	"\x0eSubmitTransfer\x12 .bridge.v1.SubmitTransferRequest\x1a!.bridge.v1.SubmitTransferResponse\x12A\n" +
 	"\vGetTransfer\x12\x1d.bridge.v1.GetTransferRequest\x1a\x13.bridge.v1.Transfer\x12R\n" +
 	"\rListTransfers\x12\x1f.bridge.v1.ListTransfersRequest\x1a .bridge.v1.ListTransfersResponse\x12M\n" +
-	"\rWatchTransfer\x12\x1f.bridge.v1.WatchTransferRequest\x1a\x19.bridge.v1.TransferUpdate0\x01B_\n" +
+	"\rWatchTransfer\x12\x1f.bridge.v1.WatchTransferRequest\x1a\x19.bridge.v1.TransferUpdate0\x01\x12X\n" +
+	"\x0fSubmitTransfers\x12!.bridge.v1.SubmitTransfersRequest\x1a\".bridge.v1.SubmitTransfersResponse\x12K\n" +
+	"\n" +
+	"WatchBatch\x12\x1c.bridge.v1.WatchBatchRequest\x1a\x1d.bridge.v1.WatchBatchResponse0\x01B_\n" +
 	"\x12dev.kstb.bridge.v1B\rTransferProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
 var (
@@ -1013,51 +1519,71 @@ func file_bridge_v1_transfer_proto_rawDescGZIP() []byte {
 	return file_bridge_v1_transfer_proto_rawDescData
 }
 
-var file_bridge_v1_transfer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_bridge_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_bridge_v1_transfer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_bridge_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_bridge_v1_transfer_proto_goTypes = []any{
-	(TransferState)(0),             // 0: bridge.v1.TransferState
-	(WaitReason)(0),                // 1: bridge.v1.WaitReason
-	(*SubmitTransferRequest)(nil),  // 2: bridge.v1.SubmitTransferRequest
-	(*Instruction)(nil),            // 3: bridge.v1.Instruction
-	(*SubmitTransferResponse)(nil), // 4: bridge.v1.SubmitTransferResponse
-	(*Transfer)(nil),               // 5: bridge.v1.Transfer
-	(*GetTransferRequest)(nil),     // 6: bridge.v1.GetTransferRequest
-	(*ListTransfersRequest)(nil),   // 7: bridge.v1.ListTransfersRequest
-	(*ListTransfersResponse)(nil),  // 8: bridge.v1.ListTransfersResponse
-	(*WatchTransferRequest)(nil),   // 9: bridge.v1.WatchTransferRequest
-	(*TransferUpdate)(nil),         // 10: bridge.v1.TransferUpdate
-	nil,                            // 11: bridge.v1.Transfer.TransactionsEntry
-	(*timestamppb.Timestamp)(nil),  // 12: google.protobuf.Timestamp
+	(TransferState)(0),              // 0: bridge.v1.TransferState
+	(WaitReason)(0),                 // 1: bridge.v1.WaitReason
+	(BatchItemOutcome)(0),           // 2: bridge.v1.BatchItemOutcome
+	(*SubmitTransferRequest)(nil),   // 3: bridge.v1.SubmitTransferRequest
+	(*Instruction)(nil),             // 4: bridge.v1.Instruction
+	(*SubmitTransferResponse)(nil),  // 5: bridge.v1.SubmitTransferResponse
+	(*Transfer)(nil),                // 6: bridge.v1.Transfer
+	(*GetTransferRequest)(nil),      // 7: bridge.v1.GetTransferRequest
+	(*ListTransfersRequest)(nil),    // 8: bridge.v1.ListTransfersRequest
+	(*ListTransfersResponse)(nil),   // 9: bridge.v1.ListTransfersResponse
+	(*WatchTransferRequest)(nil),    // 10: bridge.v1.WatchTransferRequest
+	(*TransferUpdate)(nil),          // 11: bridge.v1.TransferUpdate
+	(*SubmitTransfersRequest)(nil),  // 12: bridge.v1.SubmitTransfersRequest
+	(*BatchItemError)(nil),          // 13: bridge.v1.BatchItemError
+	(*BatchItemResult)(nil),         // 14: bridge.v1.BatchItemResult
+	(*SubmitTransfersResponse)(nil), // 15: bridge.v1.SubmitTransfersResponse
+	(*WatchBatchRequest)(nil),       // 16: bridge.v1.WatchBatchRequest
+	(*WatchBatchResponse)(nil),      // 17: bridge.v1.WatchBatchResponse
+	nil,                             // 18: bridge.v1.Transfer.TransactionsEntry
+	nil,                             // 19: bridge.v1.BatchItemError.MetadataEntry
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
 }
 var file_bridge_v1_transfer_proto_depIdxs = []int32{
-	3,  // 0: bridge.v1.SubmitTransferRequest.instruction:type_name -> bridge.v1.Instruction
-	5,  // 1: bridge.v1.SubmitTransferResponse.transfer:type_name -> bridge.v1.Transfer
+	4,  // 0: bridge.v1.SubmitTransferRequest.instruction:type_name -> bridge.v1.Instruction
+	6,  // 1: bridge.v1.SubmitTransferResponse.transfer:type_name -> bridge.v1.Transfer
 	0,  // 2: bridge.v1.Transfer.state:type_name -> bridge.v1.TransferState
-	12, // 3: bridge.v1.Transfer.created_at:type_name -> google.protobuf.Timestamp
-	12, // 4: bridge.v1.Transfer.updated_at:type_name -> google.protobuf.Timestamp
-	12, // 5: bridge.v1.Transfer.deadline:type_name -> google.protobuf.Timestamp
-	11, // 6: bridge.v1.Transfer.transactions:type_name -> bridge.v1.Transfer.TransactionsEntry
+	20, // 3: bridge.v1.Transfer.created_at:type_name -> google.protobuf.Timestamp
+	20, // 4: bridge.v1.Transfer.updated_at:type_name -> google.protobuf.Timestamp
+	20, // 5: bridge.v1.Transfer.deadline:type_name -> google.protobuf.Timestamp
+	18, // 6: bridge.v1.Transfer.transactions:type_name -> bridge.v1.Transfer.TransactionsEntry
 	1,  // 7: bridge.v1.Transfer.wait_reason:type_name -> bridge.v1.WaitReason
-	12, // 8: bridge.v1.Transfer.not_before:type_name -> google.protobuf.Timestamp
+	20, // 8: bridge.v1.Transfer.not_before:type_name -> google.protobuf.Timestamp
 	0,  // 9: bridge.v1.ListTransfersRequest.state:type_name -> bridge.v1.TransferState
-	5,  // 10: bridge.v1.ListTransfersResponse.transfers:type_name -> bridge.v1.Transfer
+	6,  // 10: bridge.v1.ListTransfersResponse.transfers:type_name -> bridge.v1.Transfer
 	0,  // 11: bridge.v1.TransferUpdate.state:type_name -> bridge.v1.TransferState
-	12, // 12: bridge.v1.TransferUpdate.at:type_name -> google.protobuf.Timestamp
-	5,  // 13: bridge.v1.TransferUpdate.transfer:type_name -> bridge.v1.Transfer
-	2,  // 14: bridge.v1.TransferService.SubmitTransfer:input_type -> bridge.v1.SubmitTransferRequest
-	6,  // 15: bridge.v1.TransferService.GetTransfer:input_type -> bridge.v1.GetTransferRequest
-	7,  // 16: bridge.v1.TransferService.ListTransfers:input_type -> bridge.v1.ListTransfersRequest
-	9,  // 17: bridge.v1.TransferService.WatchTransfer:input_type -> bridge.v1.WatchTransferRequest
-	4,  // 18: bridge.v1.TransferService.SubmitTransfer:output_type -> bridge.v1.SubmitTransferResponse
-	5,  // 19: bridge.v1.TransferService.GetTransfer:output_type -> bridge.v1.Transfer
-	8,  // 20: bridge.v1.TransferService.ListTransfers:output_type -> bridge.v1.ListTransfersResponse
-	10, // 21: bridge.v1.TransferService.WatchTransfer:output_type -> bridge.v1.TransferUpdate
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	20, // 12: bridge.v1.TransferUpdate.at:type_name -> google.protobuf.Timestamp
+	6,  // 13: bridge.v1.TransferUpdate.transfer:type_name -> bridge.v1.Transfer
+	3,  // 14: bridge.v1.SubmitTransfersRequest.items:type_name -> bridge.v1.SubmitTransferRequest
+	19, // 15: bridge.v1.BatchItemError.metadata:type_name -> bridge.v1.BatchItemError.MetadataEntry
+	2,  // 16: bridge.v1.BatchItemResult.outcome:type_name -> bridge.v1.BatchItemOutcome
+	6,  // 17: bridge.v1.BatchItemResult.transfer:type_name -> bridge.v1.Transfer
+	13, // 18: bridge.v1.BatchItemResult.error:type_name -> bridge.v1.BatchItemError
+	14, // 19: bridge.v1.SubmitTransfersResponse.results:type_name -> bridge.v1.BatchItemResult
+	11, // 20: bridge.v1.WatchBatchResponse.update:type_name -> bridge.v1.TransferUpdate
+	13, // 21: bridge.v1.WatchBatchResponse.error:type_name -> bridge.v1.BatchItemError
+	3,  // 22: bridge.v1.TransferService.SubmitTransfer:input_type -> bridge.v1.SubmitTransferRequest
+	7,  // 23: bridge.v1.TransferService.GetTransfer:input_type -> bridge.v1.GetTransferRequest
+	8,  // 24: bridge.v1.TransferService.ListTransfers:input_type -> bridge.v1.ListTransfersRequest
+	10, // 25: bridge.v1.TransferService.WatchTransfer:input_type -> bridge.v1.WatchTransferRequest
+	12, // 26: bridge.v1.TransferService.SubmitTransfers:input_type -> bridge.v1.SubmitTransfersRequest
+	16, // 27: bridge.v1.TransferService.WatchBatch:input_type -> bridge.v1.WatchBatchRequest
+	5,  // 28: bridge.v1.TransferService.SubmitTransfer:output_type -> bridge.v1.SubmitTransferResponse
+	6,  // 29: bridge.v1.TransferService.GetTransfer:output_type -> bridge.v1.Transfer
+	9,  // 30: bridge.v1.TransferService.ListTransfers:output_type -> bridge.v1.ListTransfersResponse
+	11, // 31: bridge.v1.TransferService.WatchTransfer:output_type -> bridge.v1.TransferUpdate
+	15, // 32: bridge.v1.TransferService.SubmitTransfers:output_type -> bridge.v1.SubmitTransfersResponse
+	17, // 33: bridge.v1.TransferService.WatchBatch:output_type -> bridge.v1.WatchBatchResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_transfer_proto_init() }
@@ -1070,8 +1596,8 @@ func file_bridge_v1_transfer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_transfer_proto_rawDesc), len(file_bridge_v1_transfer_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   10,
+			NumEnums:      3,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

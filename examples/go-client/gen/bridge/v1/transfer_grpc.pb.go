@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TransferService_SubmitTransfer_FullMethodName = "/bridge.v1.TransferService/SubmitTransfer"
-	TransferService_GetTransfer_FullMethodName    = "/bridge.v1.TransferService/GetTransfer"
-	TransferService_ListTransfers_FullMethodName  = "/bridge.v1.TransferService/ListTransfers"
-	TransferService_WatchTransfer_FullMethodName  = "/bridge.v1.TransferService/WatchTransfer"
+	TransferService_SubmitTransfer_FullMethodName  = "/bridge.v1.TransferService/SubmitTransfer"
+	TransferService_GetTransfer_FullMethodName     = "/bridge.v1.TransferService/GetTransfer"
+	TransferService_ListTransfers_FullMethodName   = "/bridge.v1.TransferService/ListTransfers"
+	TransferService_WatchTransfer_FullMethodName   = "/bridge.v1.TransferService/WatchTransfer"
+	TransferService_SubmitTransfers_FullMethodName = "/bridge.v1.TransferService/SubmitTransfers"
+	TransferService_WatchBatch_FullMethodName      = "/bridge.v1.TransferService/WatchBatch"
 )
 
 // TransferServiceClient is the client API for TransferService service.
@@ -41,6 +43,16 @@ type TransferServiceClient interface {
 	// Every state change of one transfer, from the first, until it is terminal.
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	WatchTransfer(ctx context.Context, in *WatchTransferRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TransferUpdate], error)
+	// ---- batch API (ADR 0023)
+	// Start many transfers from one source ledger. Each item has its own idempotency key and
+	// its own result (created, existing or refused with a structured error); a refused item
+	// never affects the others. The batch is recorded before the response; the same batch_id
+	// and items return the same per-item results; the same batch_id with other items is
+	// ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+	SubmitTransfers(ctx context.Context, in *SubmitTransfersRequest, opts ...grpc.CallOption) (*SubmitTransfersResponse, error)
+	// Every state change of every item of a recorded batch (refused items once, with their
+	// error), until each item is terminal. Resume with after_sequence per item.
+	WatchBatch(ctx context.Context, in *WatchBatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBatchResponse], error)
 }
 
 type transferServiceClient struct {
@@ -100,6 +112,35 @@ func (c *transferServiceClient) WatchTransfer(ctx context.Context, in *WatchTran
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TransferService_WatchTransferClient = grpc.ServerStreamingClient[TransferUpdate]
 
+func (c *transferServiceClient) SubmitTransfers(ctx context.Context, in *SubmitTransfersRequest, opts ...grpc.CallOption) (*SubmitTransfersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitTransfersResponse)
+	err := c.cc.Invoke(ctx, TransferService_SubmitTransfers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *transferServiceClient) WatchBatch(ctx context.Context, in *WatchBatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TransferService_ServiceDesc.Streams[1], TransferService_WatchBatch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchBatchRequest, WatchBatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TransferService_WatchBatchClient = grpc.ServerStreamingClient[WatchBatchResponse]
+
 // TransferServiceServer is the server API for TransferService service.
 // All implementations must embed UnimplementedTransferServiceServer
 // for forward compatibility.
@@ -116,6 +157,16 @@ type TransferServiceServer interface {
 	// Every state change of one transfer, from the first, until it is terminal.
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	WatchTransfer(*WatchTransferRequest, grpc.ServerStreamingServer[TransferUpdate]) error
+	// ---- batch API (ADR 0023)
+	// Start many transfers from one source ledger. Each item has its own idempotency key and
+	// its own result (created, existing or refused with a structured error); a refused item
+	// never affects the others. The batch is recorded before the response; the same batch_id
+	// and items return the same per-item results; the same batch_id with other items is
+	// ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
+	SubmitTransfers(context.Context, *SubmitTransfersRequest) (*SubmitTransfersResponse, error)
+	// Every state change of every item of a recorded batch (refused items once, with their
+	// error), until each item is terminal. Resume with after_sequence per item.
+	WatchBatch(*WatchBatchRequest, grpc.ServerStreamingServer[WatchBatchResponse]) error
 	mustEmbedUnimplementedTransferServiceServer()
 }
 
@@ -137,6 +188,12 @@ func (UnimplementedTransferServiceServer) ListTransfers(context.Context, *ListTr
 }
 func (UnimplementedTransferServiceServer) WatchTransfer(*WatchTransferRequest, grpc.ServerStreamingServer[TransferUpdate]) error {
 	return status.Error(codes.Unimplemented, "method WatchTransfer not implemented")
+}
+func (UnimplementedTransferServiceServer) SubmitTransfers(context.Context, *SubmitTransfersRequest) (*SubmitTransfersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitTransfers not implemented")
+}
+func (UnimplementedTransferServiceServer) WatchBatch(*WatchBatchRequest, grpc.ServerStreamingServer[WatchBatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchBatch not implemented")
 }
 func (UnimplementedTransferServiceServer) mustEmbedUnimplementedTransferServiceServer() {}
 func (UnimplementedTransferServiceServer) testEmbeddedByValue()                         {}
@@ -224,6 +281,35 @@ func _TransferService_WatchTransfer_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TransferService_WatchTransferServer = grpc.ServerStreamingServer[TransferUpdate]
 
+func _TransferService_SubmitTransfers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitTransfersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransferServiceServer).SubmitTransfers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TransferService_SubmitTransfers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransferServiceServer).SubmitTransfers(ctx, req.(*SubmitTransfersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TransferService_WatchBatch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchBatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TransferServiceServer).WatchBatch(m, &grpc.GenericServerStream[WatchBatchRequest, WatchBatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TransferService_WatchBatchServer = grpc.ServerStreamingServer[WatchBatchResponse]
+
 // TransferService_ServiceDesc is the grpc.ServiceDesc for TransferService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -243,11 +329,20 @@ var TransferService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListTransfers",
 			Handler:    _TransferService_ListTransfers_Handler,
 		},
+		{
+			MethodName: "SubmitTransfers",
+			Handler:    _TransferService_SubmitTransfers_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchTransfer",
 			Handler:       _TransferService_WatchTransfer_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchBatch",
+			Handler:       _TransferService_WatchBatch_Handler,
 			ServerStreams: true,
 		},
 	},

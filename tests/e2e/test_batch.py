@@ -1,0 +1,259 @@
+"""End to end: the batch API (ADR 0023) on the running system (mTLS, anvil ledgers).
+
+One batch from brokerage-a mixes transfers to eligible and to ineligible recipients with
+items the coordinator refuses (malformed, another ledger's sender, duplicate keys): the
+refused items record nothing, the eligible ones commit, the ineligible ones abort on the
+target ledger, each alone, and the balances are exact. A replay returns the same results,
+the same batch id with other items is ALREADY_EXISTS, an oversized batch or one from
+another brokerage's ledger is refused whole, and WatchBatch reports every item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bridge.devnet.anvil import DevAccount
+from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.keys.loader import PLAINTEXT_KEYS_ENV
+from bridge.v1 import transfer_pb2 as S
+from bridge.v1 import transfer_pb2_grpc
+from tests.e2e.conftest import demo_request, eligible_everywhere
+
+pytestmark = [pytest.mark.e2e, pytest.mark.batch, pytest.mark.security]
+
+A, B = "brokerage-a", "brokerage-b"
+OUT = S.BatchItemOutcome
+
+
+@pytest.fixture
+def brokerage_a(system: LocalSystem) -> Iterator[transfer_pb2_grpc.TransferServiceStub]:
+    with system.channel(f"brokerage:{A}") as ch:
+        yield transfer_pb2_grpc.TransferServiceStub(ch)
+
+
+def _batch(
+    system: LocalSystem, items: list[S.SubmitTransferRequest], batch_id: str | None = None
+) -> S.SubmitTransfersRequest:
+    """A batch from brokerage-a, every well-formed item instructed by its devnet key."""
+    signed = []
+    for item in items:
+        try:
+            signed.append(system.brokerage.instruct(item))
+        except Exception:  # malformed: sent as it is, refused by the coordinator
+            signed.append(item)
+    return S.SubmitTransfersRequest(
+        batch_id=batch_id or str(uuid.uuid4()), source_ledger=A, items=signed
+    )
+
+
+def _status(call: object) -> grpc.StatusCode:
+    assert isinstance(call, grpc.RpcError)
+    return call.code()
+
+
+def test_a_batch_commits_the_eligible_items_and_aborts_the_ineligible(
+    system: LocalSystem, brokerage_a, stub
+) -> None:
+    a, b = system.ledgers[A], system.ledgers[B]
+    holder = a.make_holder(DEMO_ISIN, 100)
+    eligible_everywhere(system, holder.address)
+    good = [DevAccount.generate() for _ in range(2)]
+    for r in good:
+        b.set_eligible(DEMO_ISIN, r.address)
+    bad = [DevAccount.generate() for _ in range(2)]  # never made eligible on brokerage-b
+    supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
+    foreign = demo_request(holder.address, good[0].address, "1", source=B, target=A)
+    dup = "dup-" + uuid.uuid4().hex
+    items = [
+        demo_request(holder.address, good[0].address, "10"),  # 0 commits
+        demo_request(holder.address, bad[0].address, "5"),  # 1 aborts on brokerage-b
+        demo_request(holder.address, good[0].address, "0"),  # 2 malformed amount
+        foreign,  # 3 another brokerage's ledger
+        demo_request(holder.address, good[1].address, "20"),  # 4 commits
+        demo_request(holder.address, bad[1].address, "7"),  # 5 aborts
+    ]
+    for _ in range(2):  # 6, 7 the same key twice: both refused
+        twin = demo_request(holder.address, good[1].address, "1")
+        twin.idempotency_key = dup
+        items.append(twin)
+    request = _batch(system, items)
+    resp = brokerage_a.SubmitTransfers(request, timeout=60)
+    assert resp.created and resp.batch_id == request.batch_id
+    outcomes = [r.outcome for r in resp.results]
+    assert outcomes == [
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+    ]
+    assert [r.index for r in resp.results] == list(range(8))
+    errors = {r.index: (r.error.code, r.error.reason) for r in resp.results if r.HasField("error")}
+    assert errors == {
+        2: ("INVALID_ARGUMENT", "INVALID_REQUEST"),
+        3: ("PERMISSION_DENIED", "PERMISSION_DENIED"),
+        6: ("INVALID_ARGUMENT", "INVALID_REQUEST"),
+        7: ("INVALID_ARGUMENT", "INVALID_REQUEST"),
+    }
+    assert "occurs 2 times" in resp.results[6].error.message
+    assert resp.results[2].error.metadata["retryable"] == "false"
+    # Nothing was recorded for a refused item: its key is still free.
+    for index in (3, 6):
+        assert not any(
+            t.idempotency_key == items[index].idempotency_key
+            for t in stub.ListTransfers(S.ListTransfersRequest(page_size=500), timeout=10).transfers
+        )
+
+    # A replay (same batch id, same items) answers the recorded results, creates nothing.
+    again = brokerage_a.SubmitTransfers(request, timeout=60)
+    assert not again.created
+    assert [
+        (r.index, r.outcome, r.transfer.transfer_id, r.error.reason) for r in again.results
+    ] == [(r.index, r.outcome, r.transfer.transfer_id, r.error.reason) for r in resp.results]
+    # The same batch id with other items is refused whole.
+    other = S.SubmitTransfersRequest()
+    other.CopyFrom(request)
+    del other.items[-1]
+    with pytest.raises(grpc.RpcError) as info:
+        brokerage_a.SubmitTransfers(other, timeout=30)
+    assert _status(info.value) == grpc.StatusCode.ALREADY_EXISTS
+
+    # Watching the batch reports every item until each is terminal.
+    final: dict[int, int] = {}
+    errors_seen: set[int] = set()
+    for m in brokerage_a.WatchBatch(
+        S.WatchBatchRequest(batch_id=request.batch_id, source_ledger=A), timeout=110
+    ):
+        if m.HasField("error"):
+            errors_seen.add(m.index)
+        else:
+            final[m.index] = m.update.state
+    assert errors_seen == {2, 3, 6, 7}
+    assert final == {
+        0: S.TRANSFER_STATE_COMMITTED,
+        1: S.TRANSFER_STATE_ABORTED,
+        4: S.TRANSFER_STATE_COMMITTED,
+        5: S.TRANSFER_STATE_ABORTED,
+    }
+    # Resuming after the last update of every item: only nothing new (the stream ends).
+    last = [0] * 8
+    for m in brokerage_a.WatchBatch(
+        S.WatchBatchRequest(batch_id=request.batch_id, source_ledger=A), timeout=30
+    ):
+        if m.HasField("update"):
+            last[m.index] = m.update.sequence
+    resumed = list(
+        brokerage_a.WatchBatch(
+            S.WatchBatchRequest(
+                batch_id=request.batch_id,
+                source_ledger=A,
+                after_sequence=[s or 1 for s in last],
+            ),
+            timeout=30,
+        )
+    )
+    assert resumed == []
+
+    # Balances exact: 30 moved, the aborted 12 back with the holder, nothing in escrow.
+    assert a.balance(DEMO_ISIN, holder.address) == 70
+    assert b.balance(DEMO_ISIN, good[0].address) == 10
+    assert b.balance(DEMO_ISIN, good[1].address) == 20
+    assert all(b.balance(DEMO_ISIN, r.address) == 0 for r in bad)
+    assert a.escrowed(DEMO_ISIN) == b.escrowed(DEMO_ISIN) == 0
+    assert a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN) == supply
+
+
+def test_a_batch_is_refused_whole_when_oversized_or_from_another_ledger(
+    system: LocalSystem, brokerage_a, stub
+) -> None:
+    holder = system.ledgers[A].make_holder(DEMO_ISIN, 10)
+    eligible_everywhere(system, holder.address)
+    recipient = DevAccount.generate()
+    one = demo_request(holder.address, recipient.address, "1")
+    # The devnet's routed client submits a batch as the source ledger's brokerage.
+    routed = stub.SubmitTransfers(
+        S.SubmitTransfersRequest(batch_id=str(uuid.uuid4()), source_ledger=A, items=[one]),
+        timeout=30,
+    )
+    assert [r.outcome for r in routed.results] == [OUT.BATCH_ITEM_OUTCOME_CREATED]
+    # Over max_batch_items (the devnet's default, 1000): INVALID_ARGUMENT, nothing recorded.
+    oversized = S.SubmitTransfersRequest(
+        batch_id=str(uuid.uuid4()), source_ledger=A, items=[one] * 1001
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        brokerage_a.SubmitTransfers(oversized, timeout=30)
+    assert _status(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 items" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        brokerage_a.WatchBatch(
+            S.WatchBatchRequest(batch_id=oversized.batch_id, source_ledger=A), timeout=10
+        ).__next__()
+    assert _status(info.value) == grpc.StatusCode.NOT_FOUND
+    # SECURITY: brokerage-a may not submit a batch from brokerage-b's ledger, nor watch one.
+    foreign = S.SubmitTransfersRequest(batch_id=str(uuid.uuid4()), source_ledger=B, items=[one])
+    with pytest.raises(grpc.RpcError) as info:
+        brokerage_a.SubmitTransfers(foreign, timeout=30)
+    assert _status(info.value) == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as info:
+        brokerage_a.WatchBatch(
+            S.WatchBatchRequest(batch_id=foreign.batch_id, source_ledger=B), timeout=10
+        ).__next__()
+    assert _status(info.value) == grpc.StatusCode.PERMISSION_DENIED
+    # An empty batch and a malformed batch id are refused whole.
+    for bad in (
+        S.SubmitTransfersRequest(batch_id=str(uuid.uuid4()), source_ledger=A),
+        S.SubmitTransfersRequest(batch_id="has space", source_ledger=A, items=[one]),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            brokerage_a.SubmitTransfers(bad, timeout=30)
+        assert _status(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_cli_submits_a_batch_file_with_one_result_per_item(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    holder = system.ledgers[A].make_holder(DEMO_ISIN, 10)
+    eligible_everywhere(system, holder.address)
+    recipient = DevAccount.generate()
+    lines = [
+        {"security": DEMO_ISIN, "to": B, "sender": holder.address,
+         "recipient": recipient.address, "amount": "3", "idempotency_key": "cli-" + uuid.uuid4().hex},
+        {"security": DEMO_ISIN, "to": B, "sender": holder.address,
+         "recipient": recipient.address, "amount": "-1"},
+    ]  # fmt: skip
+    batch_file = tmp_path / "batch.jsonl"
+    batch_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch_id = "cli-" + uuid.uuid4().hex
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "bridge.cli.main", "--coordinator", system.coordinator_target,
+            *system.cli_tls_args(f"brokerage:{A}"), "--json", "transfer", "submit-batch",
+            str(batch_file), "--from", A, "--batch-id", batch_id,
+            "--network", str(system.workdir / "network.toml"),
+            "--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, PLAINTEXT_KEYS_ENV: "1"},
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr  # recorded, one item refused
+    # (the key loader's INSECURE warning is a log line, not a result)
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [(r["batch_id"], r.get("index", 0), r["outcome"]) for r in rows] == [
+        (batch_id, 0, "BATCH_ITEM_OUTCOME_CREATED"),
+        (batch_id, 1, "BATCH_ITEM_OUTCOME_REFUSED"),
+    ]
+    assert rows[0]["idempotency_key"] == lines[0]["idempotency_key"]
+    assert rows[1]["error"]["code"] == "INVALID_ARGUMENT"
+    assert "negative" in rows[1]["error"]["message"]

@@ -1,0 +1,282 @@
+"""The batch API's logic (ADR 0023): per-item results, refusals confined to their item, the
+recorded batch (SQLite store) and its replay, and the authorisation rules."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bridge.coordinator.batches import (
+    BatchRecord,
+    ItemError,
+    ItemOutcome,
+    ItemResult,
+    SqlBatchStore,
+    fingerprint,
+    run_items,
+    same_batch,
+)
+from bridge.coordinator.db import Database, open_database, open_sqlite
+from bridge.coordinator.ha import StandbyGate
+from bridge.coordinator.service import _item_error
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import (
+    BridgeError,
+    Conflict,
+    InvalidInput,
+    NotLeader,
+    PermissionDenied,
+    PreconditionFailed,
+)
+from bridge.rpc.roles import Principal
+from bridge.rpc.rules import RULES, role_allowed
+from bridge.v1 import transfer_pb2
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+A, B = "brokerage-a", "brokerage-b"
+
+
+@dataclass(frozen=True)
+class Item:
+    idempotency_key: str
+    source_ledger: str = A
+    refuse: BridgeError | None = None
+
+
+def _error_of(exc: BridgeError) -> ItemError:
+    return ItemError(type(exc).__name__, exc.kind.value, str(exc), {})
+
+
+class Submitter:
+    """Records what was submitted; refuses an item carrying an error."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    async def __call__(self, item: Item) -> tuple[bytes, bool]:
+        if item.refuse is not None:
+            raise item.refuse
+        self.submitted.append(item.idempotency_key)
+        return item.idempotency_key.encode().ljust(32, b"\0"), item.idempotency_key != "old"
+
+
+async def test_each_item_gets_its_own_result_and_a_refusal_stays_in_its_item() -> None:
+    submit = Submitter()
+    items = [
+        Item("k1"),
+        Item("k2", refuse=PreconditionFailed("frozen", ErrorReason.HOLDER_FROZEN, A)),
+        Item("old"),
+        Item("k3", source_ledger=B),  # another brokerage's ledger
+        Item("dup"),
+        Item("dup"),
+        Item("k4", refuse=InvalidInput("amount must be at least 1")),
+        Item("k5"),
+    ]
+    results = await run_items(A, items, submit, _error_of)
+    assert [r.outcome for r in results] == [
+        ItemOutcome.CREATED,
+        ItemOutcome.REFUSED,
+        ItemOutcome.EXISTING,
+        ItemOutcome.REFUSED,
+        ItemOutcome.REFUSED,
+        ItemOutcome.REFUSED,
+        ItemOutcome.REFUSED,
+        ItemOutcome.CREATED,
+    ]
+    assert [r.index for r in results] == list(range(8))
+    # Refused items were never submitted (nothing recorded for them); the rest were, in order.
+    assert submit.submitted == ["k1", "old", "k5"]
+    kinds = {r.index: r.error.code for r in results if r.error is not None}
+    assert kinds == {
+        1: "PreconditionFailed",
+        3: "PermissionDenied",
+        4: "InvalidInput",
+        5: "InvalidInput",
+        6: "InvalidInput",
+    }
+    assert all((r.error is None) == (r.transfer_id is not None) for r in results)
+
+
+async def test_not_leader_fails_the_whole_batch() -> None:
+    items = [Item("k1"), Item("k2", refuse=NotLeader("standby", "10.0.0.2:50051"))]
+    with pytest.raises(NotLeader):
+        await run_items(A, items, Submitter(), _error_of)
+
+
+def test_item_errors_are_what_submit_transfer_would_answer() -> None:
+    e = _item_error(PreconditionFailed("sender is frozen", ErrorReason.HOLDER_FROZEN, A))
+    assert (e.code, e.reason, e.message) == (
+        "FAILED_PRECONDITION",
+        "HOLDER_FROZEN",
+        "sender is frozen",
+    )
+    assert e.metadata["ledger"] == A and e.metadata["retryable"] == "false"
+    e = _item_error(PermissionDenied("not yours"))
+    assert (e.code, e.reason) == ("PERMISSION_DENIED", "PERMISSION_DENIED")
+    e = _item_error(InvalidInput("bad"))
+    assert (e.code, e.reason) == ("INVALID_ARGUMENT", "INVALID_REQUEST")
+
+
+def test_the_fingerprint_covers_every_item() -> None:
+    one = transfer_pb2.SubmitTransferRequest(idempotency_key="k", amount="1")
+    req = transfer_pb2.SubmitTransfersRequest(batch_id="b", source_ledger=A, items=[one])
+    other = transfer_pb2.SubmitTransfersRequest()
+    other.CopyFrom(req)
+    other.items[0].amount = "2"
+    fp = fingerprint(req.SerializeToString(deterministic=True))
+    assert fp == fingerprint(req.SerializeToString(deterministic=True))
+    assert fp != fingerprint(other.SerializeToString(deterministic=True))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The coordinator's database, migrated: a SQLite file or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        db = open_sqlite(tmp_path / "coordinator.sqlite")
+    else:
+        db = open_database(request.getfixturevalue("fresh_pg_url"))
+    yield db
+    db.close()
+
+
+async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None:
+    store = SqlBatchStore(database)
+    try:
+        results = (
+            ItemResult(0, "k1", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),
+            ItemResult(
+                1,
+                "k2",
+                ItemOutcome.REFUSED,
+                error=ItemError("FAILED_PRECONDITION", "HOLDER_FROZEN", "frozen", {"ledger": A}),
+            ),
+        )
+        first = BatchRecord(A, "b1", b"\xaa" * 32, results, 1.0)
+        stored, created = await store.create(first)
+        assert created and stored.results == results
+        # A second record of the same batch id (a concurrent retry) keeps the first.
+        later = BatchRecord(A, "b1", b"\xbb" * 32, results[:1], 2.0)
+        stored, created = await store.create(later)
+        assert not created and stored.fingerprint == b"\xaa" * 32 and stored.results == results
+        with pytest.raises(Conflict):
+            same_batch(stored, b"\xbb" * 32)
+        assert same_batch(stored, b"\xaa" * 32) is stored
+        # Batch ids are scoped per source ledger.
+        assert await store.get(B, "b1") is None
+        _, created = await store.create(BatchRecord(B, "b1", b"\xcc" * 32, results, 3.0))
+        assert created
+    finally:
+        store.close()
+
+
+@pytest.mark.security
+async def test_a_brokerage_submits_and_watches_only_its_own_ledgers_batches() -> None:
+    submit = RULES["/bridge.v1.TransferService/SubmitTransfers"]
+    watch = RULES["/bridge.v1.TransferService/WatchBatch"]
+    mine = Principal(A, "brokerage", A)
+    assert role_allowed(submit, mine)
+    for role in ("relayer", "depository", "bridge-operator", "coordinator"):
+        assert not role_allowed(submit, Principal("org", role, A if role == "relayer" else ""))
+    assert submit.scope is not None and watch.scope is not None
+    ok = transfer_pb2.SubmitTransfersRequest(source_ledger=A)
+    assert await submit.scope(mine, ok, None) is None
+    why = await submit.scope(mine, transfer_pb2.SubmitTransfersRequest(source_ledger=B), None)
+    assert why == f"brokerage:{A} may submit only transfers whose source ledger is {A}, not '{B}'"
+    assert await watch.scope(mine, transfer_pb2.WatchBatchRequest(source_ledger=A), None) is None
+    assert await watch.scope(mine, transfer_pb2.WatchBatchRequest(source_ledger=B), None)
+    depository = Principal("ksd", "depository", "")
+    assert role_allowed(watch, depository)
+    assert (
+        await watch.scope(depository, transfer_pb2.WatchBatchRequest(source_ledger=B), None) is None
+    )
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+
+    def set_trailing_metadata(self, _: Any) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        raise _Aborted(message)
+
+
+@pytest.mark.parametrize("method", ["SubmitTransfers", "WatchBatch"])
+async def test_a_standby_answers_not_leader_before_any_batch_handler_runs(method: str) -> None:
+    reached: list[str] = []
+
+    async def unary(request: Any, context: Any) -> Any:
+        reached.append("unary")
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        reached.append("stream")
+        yield None
+
+    make: Callable[..., Any] = (
+        grpc.unary_unary_rpc_method_handler
+        if method == "SubmitTransfers"
+        else grpc.unary_stream_rpc_method_handler
+    )
+    inner = make(unary if method == "SubmitTransfers" else stream)
+
+    async def continuation(_: Any) -> Any:
+        return inner
+
+    @dataclass
+    class Details:
+        method: str
+        invocation_metadata: tuple[()] = ()
+
+    gate = StandbyGate(lambda: False, lambda: "10.0.0.2:50051")
+    handler = await gate.intercept_service(
+        continuation, Details(f"/bridge.v1.TransferService/{method}")
+    )
+    context = _Context()
+
+    async def call() -> None:
+        if method == "SubmitTransfers":
+            await handler.unary_unary(None, context)
+        else:
+            async for _ in handler.unary_stream(None, context):
+                pass
+
+    with pytest.raises(_Aborted, match="standby"):
+        await call()
+    assert context.code == grpc.StatusCode.UNAVAILABLE and reached == []
+
+
+def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) -> None:
+    from bridge.cli.main import _batch_items
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
+        ' "recipient": "0x02", "amount": "5", "idempotency_key": "k1"}\n'
+        "\n"
+        '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
+        ' "recipient": "0x02", "amount": "6"}\n'
+    )
+    items = _batch_items(good, A)
+    assert [(i.idempotency_key, i.source_ledger, i.amount) for i in items[:1]] == [("k1", A, "5")]
+    assert len(items) == 2 and items[1].idempotency_key and items[1].source_ledger == A
+    for text, message in (
+        ("not json\n", "bad.jsonl:1: not JSON"),
+        ('["a list"]\n', "bad.jsonl:1: expected a JSON object"),
+        ('{}\n{"amount": "1", "from": "brokerage-b"}\n', r"bad.jsonl:2: unknown field\(s\) from"),
+    ):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            _batch_items(bad, A)
