@@ -271,3 +271,113 @@ def test_a_relayer_key_gets_no_admin_role(tmp_path: Path) -> None:
     stranger = f"key:{account_id(LocalKeySigner(secrets.token_bytes(32)).address)}"
     codes = _block(app, _tx(OTHER, 0, "SetRelayer", stranger, "true"))
     assert codes == [reason_code(ErrorReason.NOT_ADMIN)]
+
+
+# -- attacker review (s17): the chain must never halt on a client's bytes ---------------------
+NESTED = b"[" * 5000
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(EnvelopeError) as err:
+        decode(NESTED, CHAIN)
+    assert err.value.code is EnvelopeCode.MALFORMED
+    app = _app(tmp_path)
+    assert app.check_tx(NESTED).code == EnvelopeCode.MALFORMED  # CheckTx answers, no raise
+    nested_obj = b'{"body":' + b"[" * 5000 + b"]" * 5000 + b',"sig":"0x00"}'
+    assert app.check_tx(nested_obj).code == EnvelopeCode.MALFORMED
+    # A proposer includes it: the block still finalizes, the next tx runs, blocks go on.
+    ok = _tx(ADMIN, 0, "RegisterSecurity", ISIN)
+    assert _block(app, NESTED, nested_obj, ok) == [int(EnvelopeCode.MALFORMED)] * 2 + [0]
+    assert app.info().height == 1
+    assert _supply(app)["total_supply"] == "0"
+
+
+def test_an_unexpected_decode_error_is_a_fixed_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kstb_cometbft.app as app_module
+
+    app = _app(tmp_path)
+
+    def broken(raw: bytes, chain_id: str) -> object:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(app_module, "decode", broken)
+    assert app.check_tx(b"{}").code == EnvelopeCode.MALFORMED
+    assert _block(app, b"{}") == [int(EnvelopeCode.MALFORMED)]
+    assert app.store.scan("n/", app.info().height) == []
+
+
+@pytest.mark.parametrize(
+    "identity",
+    ["\ud800:" + "ab" * 32, "Org\x00:" + "ab" * 32, "Org\u00e9:" + "ab" * 32, " x:" + "ab" * 32],
+    ids=["lone-surrogate", "nul", "non-ascii", "space"],
+)
+def test_a_relayer_identity_that_is_not_an_msp_id_is_refused_and_commit_succeeds(
+    tmp_path: Path, identity: str
+) -> None:
+    app = _app(tmp_path)
+    codes = _block(app, _tx(ADMIN, 0, "SetRelayer", identity, "true"))
+    assert codes == [reason_code(ErrorReason.INVALID_ARGUMENT)]
+    assert app.info().height == 1  # committed: the chain goes on
+    assert app.store.scan("s/relayer/", 1) == [] and app.store.scan("s/admin", 1) == []
+    assert app.query("/nonce", account_id(ADMIN.address).encode(), 0).value == b"1"
+    assert _block(app, _tx(ADMIN, 1, "RegisterSecurity", ISIN)) == [0]
+
+
+def test_a_key_that_is_not_printable_ascii_refuses_the_whole_call(tmp_path: Path) -> None:
+    from kstb_chaincode.protocol import ChaincodeError
+    from kstb_cometbft.app import _View
+
+    app = _app(tmp_path)
+    overlay: dict[str, bytes | None] = {"s/kept": b"1"}
+    view = _View(app.store, app.info().height, overlay)
+    saved = view.snapshot()
+    view.put("s/ok", b"1")
+    with pytest.raises(ChaincodeError) as err:
+        view.put("s/relayer/\ud800:" + "ab" * 32, b"true")
+    assert err.value.name == "InvalidArgument"
+    view.restore(saved)
+    assert overlay == {"s/kept": b"1"}
+
+
+@pytest.mark.parametrize("fatal", [MemoryError, RecursionError])
+def test_machine_dependent_errors_stop_the_node_instead_of_refusing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fatal: type[BaseException]
+) -> None:
+    import kstb_cometbft.app as app_module
+
+    app = _app(tmp_path)
+
+    def exhausted(*_a: object) -> bytes:
+        raise fatal()
+
+    monkeypatch.setattr(app_module, "execute", exhausted)
+    with pytest.raises(fatal):
+        app.finalize_block(1, T0 + 1, [_tx(ADMIN, 0, "RegisterSecurity", ISIN)])
+    assert app.info().height == 0  # nothing committed: the block is replayed after restart
+    monkeypatch.undo()
+    again = App(VersionedStore(tmp_path / "app.sqlite"))
+    again.init_chain(CHAIN, _genesis(again.fingerprint), T0)
+    assert _block(again, _tx(ADMIN, 0, "RegisterSecurity", ISIN)) == [0]
+
+
+def test_a_deterministic_bug_is_an_internal_refusal_that_writes_only_the_nonce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kstb_cometbft.app as app_module
+
+    app = _app(tmp_path)
+    real = app_module.execute
+
+    def buggy(store: object, ctx: object, function: str, args: object, emit: object) -> bytes:
+        store.put("half", b"applied")  # type: ignore[attr-defined]
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(app_module, "execute", buggy)
+    assert _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN)) == [
+        reason_code(ErrorReason.CHAINCODE_INTERNAL)
+    ]
+    assert app.store.get("s/half", 1) is None
+    monkeypatch.setattr(app_module, "execute", real)
+    assert _block(app, _tx(ADMIN, 1, "RegisterSecurity", ISIN)) == [0]

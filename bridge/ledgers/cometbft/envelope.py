@@ -164,7 +164,11 @@ def decode(raw: bytes, chain_id: str) -> SignedTx:
         raise EnvelopeError(EnvelopeCode.MALFORMED, f"{len(raw)} bytes > {MAX_TX_BYTES}")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # SECURITY: deeply nested JSON exhausts the parser's stack (RecursionError). Whether
+        # it does at a given depth may differ between processes, but the outcome may not: a
+        # valid envelope nests exactly three containers, so any input deep enough to matter
+        # is MALFORMED either way (here or in the shape checks below).
         raise EnvelopeError(EnvelopeCode.MALFORMED, "not JSON") from None
     if not isinstance(obj, dict) or set(obj) != {"body", "sig"}:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "an envelope is {body, sig}")

@@ -55,6 +55,10 @@ NONCE_PATH = "/nonce"
 APP_PATH = "/app"
 """ABCI query path of the chain's pinned settings (chain id, fingerprint, app name)."""
 _QUERY_CALLER = "query:" + "0" * 64
+FATAL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, RecursionError)
+"""Errors that depend on the machine, not on the transaction (memory, stack depth): never
+turned into a refusal, which another validator would not compute; they stop the node
+(the ABCI call fails, CometBFT halts it) and the block is replayed after a restart."""
 _GENESIS_ORG_KEY = "0" * 64
 
 
@@ -97,10 +101,21 @@ class _View:
         return self._store.get(key, self._height)
 
     def put(self, key: str, value: bytes) -> None:
+        _check_key(key)
         self._overlay[key] = bytes(value)
 
     def delete(self, key: str) -> None:
+        _check_key(key)
         self._overlay[key] = None
+
+    def snapshot(self) -> dict[str, bytes | None]:
+        """A copy of the uncommitted writes (see :meth:`restore`)."""
+        return dict(self._overlay)
+
+    def restore(self, saved: Mapping[str, bytes | None]) -> None:
+        """Undo every write made since ``saved`` was taken."""
+        self._overlay.clear()
+        self._overlay.update(saved)
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         merged = dict(self._store.scan(prefix, self._height))
@@ -111,6 +126,15 @@ class _View:
                 else:
                     merged[k] = v
         return sorted(merged.items())
+
+
+def _check_key(key: str) -> None:
+    """SECURITY: state keys are printable ASCII (what the store's range scans assume and
+    what SQLite can store for sure). A key that is not (a lone surrogate, a control byte) is
+    refused while the transaction runs, so the transaction is refused as a whole instead of
+    failing every validator's Commit."""
+    if not (key.isascii() and key.isprintable()):
+        raise ChaincodeError("InvalidArgument", f"state key {key!r} is not printable ASCII")
 
 
 class _Prefixed:
@@ -139,6 +163,23 @@ def _refusal_log(exc: ChaincodeError) -> str:
     "detail", "figures"}`` (the reason is also the result code)."""
     body = {"reason": exc.name, "detail": exc.detail, "figures": exc.figures}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _decode(raw: bytes, chain_id: str) -> SignedTx | TxResult:
+    """The authenticated transaction, or the fixed refusal of bytes that are not one.
+
+    SECURITY: nothing a client sends may escape as an exception (an exception in CheckTx
+    stops the CometBFT node, in FinalizeBlock every validator): an envelope refusal keeps
+    its code, any other error but a machine-dependent one is MALFORMED."""
+    try:
+        return decode(raw, chain_id)
+    except EnvelopeError as exc:
+        return TxResult(int(exc.code), log=str(exc))
+    except FATAL_ERRORS:
+        raise
+    except Exception as exc:
+        LOG.warning("undecodable transaction: %s", type(exc).__name__)
+        return TxResult(int(EnvelopeCode.MALFORMED), log=f"undecodable: {type(exc).__name__}")
 
 
 def _refusal_code(name: str) -> int:
@@ -222,10 +263,9 @@ class App:
         """Mempool admission: a well-formed, authentic transaction for this chain, calling a
         state-changing function, whose nonce is not below the account's next (committed).
         The endpoint's own rules run only in the block."""
-        try:
-            tx = decode(raw, self._chain_id)
-        except EnvelopeError as exc:
-            return TxResult(int(exc.code), log=str(exc))
+        tx = _decode(raw, self._chain_id)
+        if isinstance(tx, TxResult):
+            return tx
         entry = FUNCTIONS.get(tx.body.function)
         if entry is None or not entry[2]:
             return TxResult(
@@ -259,10 +299,9 @@ class App:
         return results, app_hash
 
     def _deliver(self, view: _View, raw: bytes, block_time: int) -> TxResult:
-        try:
-            tx = decode(raw, self._chain_id)
-        except EnvelopeError as exc:
-            return TxResult(int(exc.code), log=str(exc))
+        tx = _decode(raw, self._chain_id)
+        if isinstance(tx, TxResult):
+            return tx
         if not self._admitted(view, tx.account):  # nothing written, not even a nonce
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
         expected = self._next_nonce(view, tx.account)
@@ -275,6 +314,7 @@ class App:
             return TxResult(int(EnvelopeCode.READ_ONLY_FUNCTION), log=tx.body.function)
         # SECURITY: the nonce is consumed before the call, whatever the endpoint decides.
         view.put(f"n/{tx.account}", str(expected + 1).encode("ascii"))
+        saved = view.snapshot()  # SECURITY: a refusal undoes every write but the nonce
         events: list[tuple[str, str]] = []
         try:
             data = execute(
@@ -285,8 +325,12 @@ class App:
                 lambda name, payload: events.append((name, payload.decode("ascii"))),
             )
         except ChaincodeError as exc:
+            view.restore(saved)
             return TxResult(_refusal_code(exc.name), log=_refusal_log(exc))
+        except FATAL_ERRORS:
+            raise  # SECURITY: machine-dependent; a refusal here could fork the app hash
         except Exception as exc:  # deterministic for a deterministic bug; never half-applied
+            view.restore(saved)
             LOG.exception("%s failed", tx.body.function)
             fault = ChaincodeError("Internal", f"{type(exc).__name__}: {exc}")
             return TxResult(_refusal_code("Internal"), log=_refusal_log(fault))
