@@ -381,3 +381,50 @@ def test_a_deterministic_bug_is_an_internal_refusal_that_writes_only_the_nonce(
     assert app.store.get("s/half", 1) is None
     monkeypatch.setattr(app_module, "execute", real)
     assert _block(app, _tx(ADMIN, 1, "RegisterSecurity", ISIN)) == [0]
+
+
+def test_check_tx_admits_only_nonces_within_the_window(tmp_path: Path) -> None:
+    from kstb_cometbft.app import NONCE_WINDOW
+
+    app = _app(tmp_path)
+    assert app.check_tx(_tx(ADMIN, 0, "RegisterSecurity", ISIN)).code == 0  # genesis account
+    assert app.check_tx(_tx(ADMIN, NONCE_WINDOW - 1, "RegisterSecurity", ISIN)).code == 0
+    far = _tx(ADMIN, NONCE_WINDOW, "RegisterSecurity", ISIN)
+    assert app.check_tx(far).code == EnvelopeCode.BAD_NONCE
+    assert app.check_tx(_tx(ADMIN, 2**62, "RegisterSecurity", ISIN)).code == EnvelopeCode.BAD_NONCE
+
+
+def test_a_proposal_carrying_a_tx_that_consumes_nothing_is_refused(tmp_path: Path) -> None:
+    """Attacker review 3: a proposer once filled blocks for free with bad-nonce, malformed,
+    forged or strangers' transactions (each refused in FinalizeBlock, none consuming)."""
+    app = _app(tmp_path)
+    _relayer(app, OTHER, 0)
+    good = [_tx(ADMIN, 1, "RegisterSecurity", ISIN), _tx(ADMIN, 2, "SetPaused", ISIN, "true")]
+    stranger = LocalKeySigner(secrets.token_bytes(32))
+    forged = json.loads(_tx(ADMIN, 3, "SetPaused", ISIN, "false"))
+    forged["sig"] = "0x" + OTHER.sign_digest(bytes(32)).hex()
+    bad = {
+        "gap": _tx(ADMIN, 4, "SetPaused", ISIN, "false"),
+        "replay": _tx(ADMIN, 0, "SetPaused", ISIN, "false"),
+        "twice": good[1],
+        "malformed": NESTED,
+        "forged": canonical(forged),
+        "stranger": _tx(stranger, 0, "RegisterSecurity", ISIN),
+        "query": _tx(OTHER, 0, "Supply", ISIN),
+        "other-chain": _tx(ADMIN, 3, "SetPaused", ISIN, "false", chain="other-1"),
+    }
+    assert app.proposal_ok(good)
+    assert app.proposal_ok([])
+    for name, raw in bad.items():
+        assert not app.proposal_ok([*good, raw]), name
+        # the proposer leaves them out and keeps the good ones, in order
+        assert app.prepare_proposal([raw, *good, raw], 10**6) == good, name
+    assert app.prepare_proposal(good, len(good[0])) == good[:1]  # byte budget
+    assert app.info().height == 1  # judging proposals writes nothing
+    assert _block(app, *good) == [0, 0]
+
+
+def test_the_first_block_may_carry_genesis_accounts_transactions(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    tx = _tx(ADMIN, 0, "RegisterSecurity", ISIN)
+    assert app.check_tx(tx).code == 0 and app.proposal_ok([tx])

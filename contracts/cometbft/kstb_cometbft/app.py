@@ -55,6 +55,8 @@ NONCE_PATH = "/nonce"
 APP_PATH = "/app"
 """ABCI query path of the chain's pinned settings (chain id, fingerprint, app name)."""
 _QUERY_CALLER = "query:" + "0" * 64
+NONCE_WINDOW = 32
+"""How far ahead of its committed nonce an account's transaction is admitted (pipelining)."""
 FATAL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, RecursionError)
 """Errors that depend on the machine, not on the transaction (memory, stack depth): never
 turned into a refusal, which another validator would not compute; they stop the node
@@ -261,8 +263,14 @@ class App:
     # -- transactions ------------------------------------------------------------------------
     def check_tx(self, raw: bytes) -> TxResult:
         """Mempool admission: a well-formed, authentic transaction for this chain, calling a
-        state-changing function, whose nonce is not below the account's next (committed).
-        The endpoint's own rules run only in the block."""
+        state-changing function, by an admitted account, whose nonce is within
+        ``NONCE_WINDOW`` of the account's next (committed) one. The endpoint's own rules run
+        only in the block.
+
+        SECURITY: the window caps how many transactions one account can have admitted at
+        distinct nonces (and so in one block, see :meth:`proposal_ok`); the rule is a pure
+        function of committed state, so a ``check_tx`` RPC call that admits without adding
+        to the mempool leaves nothing behind."""
         tx = _decode(raw, self._chain_id)
         if isinstance(tx, TxResult):
             return tx
@@ -271,7 +279,7 @@ class App:
             return TxResult(
                 int(EnvelopeCode.READ_ONLY_FUNCTION), log=f"{tx.body.function}: not a transaction"
             )
-        view = _View(self.store, self.store.last().height, {})
+        view = self._committed_view()
         if not self._admitted(view, tx.account):
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
         expected = self._next_nonce(view, tx.account)
@@ -279,7 +287,65 @@ class App:
             return TxResult(
                 int(EnvelopeCode.BAD_NONCE), log=f"nonce {tx.body.nonce} used; next {expected}"
             )
+        if tx.body.nonce >= expected + NONCE_WINDOW:
+            return TxResult(
+                int(EnvelopeCode.BAD_NONCE),
+                log=f"nonce {tx.body.nonce} beyond the window; next {expected}",
+            )
         return TxResult(0)
+
+    def _committed_view(self) -> _View:
+        """A read-only view of the last committed state (before block 1: the genesis)."""
+        last = self.store.last().height
+        return _View(self.store, last, dict(self._pending) if last == 0 else {})
+
+    # ---- proposals (attacker review s17, item 3): no free block space
+    def _proposal_pass(self, txs: Sequence[bytes], keep_going: bool) -> list[bytes] | None:
+        """The transactions of ``txs`` a block may carry, in order: authentic, for this
+        chain, a state-changing function, by an admitted account, each account's nonces
+        consecutive from its committed next. ``keep_going``: skip the others (a proposer);
+        otherwise None at the first other one (a validator judging a proposal)."""
+        view = self._committed_view()
+        nonces: dict[str, int] = {}
+        kept: list[bytes] = []
+        for raw in txs:
+            tx = _decode(raw, self._chain_id)
+            ok = isinstance(tx, SignedTx)
+            if isinstance(tx, SignedTx):
+                entry = FUNCTIONS.get(tx.body.function)
+                if entry is None or not entry[2] or not self._admitted(view, tx.account):
+                    ok = False
+                else:
+                    expected = nonces.get(tx.account)
+                    if expected is None:
+                        expected = self._next_nonce(view, tx.account)
+                    ok = tx.body.nonce == expected
+                    if ok:
+                        nonces[tx.account] = expected + 1
+            if ok:
+                kept.append(raw)
+            elif not keep_going:
+                return None
+        return kept
+
+    def prepare_proposal(self, txs: Sequence[bytes], max_tx_bytes: int) -> list[bytes]:
+        """The proposer's block: the mempool's transactions in order that
+        :meth:`proposal_ok` accepts, within ``max_tx_bytes``."""
+        out, size = [], 0
+        for raw in self._proposal_pass(txs, keep_going=True) or []:
+            size += len(raw)
+            if size > max_tx_bytes:
+                break
+            out.append(raw)
+        return out
+
+    def proposal_ok(self, txs: Sequence[bytes]) -> bool:
+        """Whether a proposed block carries only transactions that each consume a nonce
+        (see :meth:`_proposal_pass`). SECURITY: a block with a malformed, forged, stranger's
+        or out-of-sequence transaction is refused by every honest validator, so one
+        proposer cannot fill blocks with transactions that cost nothing. Deterministic: a
+        function of the committed state and the block."""
+        return self._proposal_pass(txs, keep_going=False) is not None
 
     def finalize_block(
         self, height: int, block_time: int, txs: Sequence[bytes]

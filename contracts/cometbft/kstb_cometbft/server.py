@@ -75,16 +75,17 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
         return abci.CheckTxResponse(code=r.code, log=r.log, codespace=CODESPACE if r.code else "")
 
     def PrepareProposal(self, request: Any, context: Any) -> Any:
-        txs, size = [], 0
-        for tx in request.txs:  # keep mempool order, within the block's byte budget
-            size += len(tx)
-            if size > request.max_tx_bytes:
-                break
-            txs.append(tx)
+        with self._lock:  # mempool order, only what a validator accepts, within the budget
+            txs = self._app.prepare_proposal(
+                [bytes(t) for t in request.txs], int(request.max_tx_bytes)
+            )
         return abci.PrepareProposalResponse(txs=txs)
 
     def ProcessProposal(self, request: Any, context: Any) -> Any:
-        return abci.ProcessProposalResponse(status=abci.PROCESS_PROPOSAL_STATUS_ACCEPT)
+        with self._lock:
+            ok = self._app.proposal_ok([bytes(t) for t in request.txs])
+        status = abci.PROCESS_PROPOSAL_STATUS_ACCEPT if ok else abci.PROCESS_PROPOSAL_STATUS_REJECT
+        return abci.ProcessProposalResponse(status=status)
 
     def ExtendVote(self, request: Any, context: Any) -> Any:
         return abci.ExtendVoteResponse()

@@ -204,6 +204,33 @@ def test_a_relayer_identity_with_a_lone_surrogate_is_refused_and_blocks_commit(
     asyncio.run(run())
 
 
+def test_a_nonce_beyond_the_window_is_refused_at_check_tx(chain: CometChain) -> None:
+    """Attacker review 3: CheckTx once admitted any nonce above the next one, and such a
+    transaction consumed nothing when a block carried it."""
+
+    async def run() -> None:
+        admin = _admin(chain)
+        try:
+            nonce = await admin.next_nonce()
+            signer = LocalKeySigner(chain.admin.private_key)
+            far = TxBody(chain.chain_id, "SetPaused", (ISIN, "true"), nonce + 10**6, signer.address)
+            raw = sign(far, signer)
+            with pytest.raises(Unavailable):
+                await admin.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
+            checked = await admin.rpc("check_tx", tx="0x" + raw.hex())
+            assert int(checked["code"]) == EnvelopeCode.BAD_NONCE
+            await admin.call("SetEligible", [ISIN, "0x" + "5c" * 20, "true"])
+            for _ in range(50):  # the node indexes a tx before the app commits its block
+                if await admin.next_nonce() > nonce:
+                    break
+                await asyncio.sleep(0.1)
+            assert await admin.next_nonce() == nonce + 1  # the far one never ran
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
 def test_the_devnet_node_fault_is_an_outage_then_recovers(tmp_path: Path) -> None:
     """The DevLedger's ``node`` fault (chaos): readers get Unavailable, then the chain goes on."""
     require_cometbft()
