@@ -428,3 +428,37 @@ def test_the_first_block_may_carry_genesis_accounts_transactions(tmp_path: Path)
     app = _app(tmp_path)
     tx = _tx(ADMIN, 0, "RegisterSecurity", ISIN)
     assert app.check_tx(tx).code == 0 and app.proposal_ok([tx])
+
+
+def _tx_until(signer: LocalKeySigner, nonce: int, until: int, function: str, *args: str) -> bytes:
+    return sign(TxBody(CHAIN, function, tuple(args), nonce, signer.address, until), signer)
+
+
+def test_a_transaction_refused_for_its_nonce_is_dead_after_valid_until(tmp_path: Path) -> None:
+    """Attacker review 5: a transaction refused for a nonce gap once stayed replayable
+    forever (it consumed nothing); now it is dead once the chain passes its valid_until."""
+    app = _app(tmp_path)
+    early = _tx_until(ADMIN, 1, 2, "SetPaused", ISIN, "true")
+    assert _block(app, early) == [int(EnvelopeCode.BAD_NONCE)]  # height 1: a gap
+    assert _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN)) == [0]  # height 2
+    assert app.check_tx(early).code == EnvelopeCode.EXPIRED  # nonce 1 is next, but too late
+    assert not app.proposal_ok([early])
+    assert app.prepare_proposal([early], 10**6) == []
+    assert _block(app, early) == [int(EnvelopeCode.EXPIRED)]  # height 3 > 2: nothing runs
+    assert app.query("/nonce", account_id(ADMIN.address).encode(), 0).value == b"1"
+    assert app.store.scan("s/", 3) == app.store.scan("s/", 2)  # nothing paused, nothing
+
+
+def test_valid_until_is_inclusive(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    assert app.check_tx(_tx_until(ADMIN, 0, 1, "RegisterSecurity", ISIN)).code == 0
+    assert _block(app, _tx_until(ADMIN, 0, 1, "RegisterSecurity", ISIN)) == [0]
+
+
+@pytest.mark.parametrize("until", [-1, True, "9", 2**63])
+def test_a_malformed_valid_until_is_refused(until: object) -> None:
+    obj = json.loads(_tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    obj["body"]["valid_until"] = until
+    with pytest.raises(EnvelopeError) as err:
+        decode(canonical(obj), CHAIN)
+    assert err.value.code is EnvelopeCode.MALFORMED

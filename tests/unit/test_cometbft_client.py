@@ -19,7 +19,7 @@ from bridge.domain.legs import SignatureSet
 from bridge.domain.signer import LocalKeySigner
 from bridge.ledgers.cometbft.adapter import CometAdapter
 from bridge.ledgers.cometbft.envelope import EnvelopeCode, reason_code
-from bridge.ledgers.cometbft.rpc import CometClient, tx_hash_of
+from bridge.ledgers.cometbft.rpc import VALID_BLOCKS, CometClient, tx_hash_of
 
 pytestmark = [pytest.mark.unit, pytest.mark.cometbft, pytest.mark.security]
 
@@ -100,6 +100,7 @@ def test_a_nonce_reset_during_a_broadcast_does_not_break_the_send() -> None:
         assert tx_hash == tx_hash_of(node.sent[0])
         assert (await resetting).code == EnvelopeCode.BAD_NONCE
         assert json.loads(node.sent[0])["body"]["nonce"] == 7
+        assert json.loads(node.sent[0])["body"]["valid_until"] == 5 + VALID_BLOCKS
         assert node._nonce is None  # reset after the send, re-read before the next
 
     asyncio.run(run())

@@ -33,6 +33,10 @@ from bridge.ledgers.cometbft.envelope import (
 )
 
 NONCE_RETRIES = 3
+VALID_BLOCKS = 100
+"""A transaction the client signs is valid for this many blocks after the committed height
+it read (``TxBody.valid_until``): later, it can never be included, so a call the client
+gave up on cannot be replayed once the client signed others."""
 TX_POLL_S = 0.1
 
 
@@ -226,7 +230,10 @@ class CometClient:
                 if nonce is None:
                     nonce = await self.next_nonce()
                 assert self._signer is not None
-                body = TxBody(self._chain_id, function, tuple(args), nonce, self._signer.address)
+                until = await self.latest_height() + VALID_BLOCKS
+                body = TxBody(
+                    self._chain_id, function, tuple(args), nonce, self._signer.address, until
+                )
                 raw = sign(body, self._signer)
                 tx_hash = tx_hash_of(raw)
                 try:
@@ -238,7 +245,7 @@ class CometClient:
                     if not int(result.get("code", 0)):
                         raise
                 code = int(result.get("code", 0))
-                if code == EnvelopeCode.BAD_NONCE:
+                if code in (EnvelopeCode.BAD_NONCE, EnvelopeCode.EXPIRED):
                     self._nonce = None
                     continue
                 if code:

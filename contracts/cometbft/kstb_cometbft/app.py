@@ -12,14 +12,16 @@ arithmetic, the block time as the only clock) and chained, so two validators agr
 exactly when they applied the same writes to the same history.
 
 Per transaction (SECURITY): the envelope must be well formed, signed by its signer and
-for this chain; the signer a genesis account or an enabled relayer; its nonce the
-account's next one; only then is the nonce consumed
-(whatever the endpoint decides, so a refused transaction can never be replayed later, when
-it might succeed) and the endpoint call run, atomically: a refused call writes nothing but
-the nonce. The caller identity the endpoint sees is ``<org>:<account id>`` for a genesis
-account (with its roles) and ``key:<account id>`` for any other key (no roles); the
-account id is the signer's address as a 32-byte word, so only the genesis can make an
-organisation admin.
+for this chain; the signer a genesis account or an enabled relayer; the block at most the
+body's ``valid_until``; its nonce the account's next one; only then is the nonce consumed
+(whatever the endpoint decides, so a call the endpoint refused can never be replayed later,
+when it might succeed) and the endpoint call run, atomically: a refused call writes nothing
+but the nonce. A transaction refused before that (a nonce gap, say) consumes nothing, but
+is still dead once the chain passes its ``valid_until``; and honest validators refuse any
+proposal that carries one (``proposal_ok``). The caller identity the endpoint sees is
+``<org>:<account id>`` for a genesis account (with its roles) and ``key:<account id>``
+for any other key (no roles); the account id is the signer's address as a 32-byte word,
+so only the genesis can make an organisation admin.
 """
 
 from __future__ import annotations
@@ -282,6 +284,9 @@ class App:
         view = self._committed_view()
         if not self._admitted(view, tx.account):
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
+        next_height = self.store.last().height + 1
+        if next_height > tx.body.valid_until:
+            return TxResult(int(EnvelopeCode.EXPIRED), log=f"valid until {tx.body.valid_until}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce < expected:
             return TxResult(
@@ -306,6 +311,7 @@ class App:
         consecutive from its committed next. ``keep_going``: skip the others (a proposer);
         otherwise None at the first other one (a validator judging a proposal)."""
         view = self._committed_view()
+        height = self.store.last().height + 1
         nonces: dict[str, int] = {}
         kept: list[bytes] = []
         for raw in txs:
@@ -313,7 +319,8 @@ class App:
             ok = isinstance(tx, SignedTx)
             if isinstance(tx, SignedTx):
                 entry = FUNCTIONS.get(tx.body.function)
-                if entry is None or not entry[2] or not self._admitted(view, tx.account):
+                usable = entry is not None and entry[2] and height <= tx.body.valid_until
+                if not usable or not self._admitted(view, tx.account):
                     ok = False
                 else:
                     expected = nonces.get(tx.account)
@@ -357,19 +364,21 @@ class App:
             raise RuntimeError(f"block {height} after committed block {last.height}")
         overlay = dict(self._pending) if last.height == 0 else {}
         view = _View(self.store, last.height, overlay)
-        results = [self._deliver(view, raw, block_time) for raw in txs]
+        results = [self._deliver(view, raw, height, block_time) for raw in txs]
         prev = last.app_hash if last.height else self._hash(b"", 0, self._pending)
         app_hash = self._hash(prev, height, overlay)
         self._pending = overlay
         self._pending_meta = BlockMeta(height, block_time, app_hash)
         return results, app_hash
 
-    def _deliver(self, view: _View, raw: bytes, block_time: int) -> TxResult:
+    def _deliver(self, view: _View, raw: bytes, height: int, block_time: int) -> TxResult:
         tx = _decode(raw, self._chain_id)
         if isinstance(tx, TxResult):
             return tx
         if not self._admitted(view, tx.account):  # nothing written, not even a nonce
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
+        if height > tx.body.valid_until:  # nothing written; it can never run later either
+            return TxResult(int(EnvelopeCode.EXPIRED), log=f"valid until {tx.body.valid_until}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce != expected:
             return TxResult(
