@@ -462,3 +462,42 @@ def test_a_malformed_valid_until_is_refused(until: object) -> None:
     with pytest.raises(EnvelopeError) as err:
         decode(canonical(obj), CHAIN)
     assert err.value.code is EnvelopeCode.MALFORMED
+
+
+def test_queries_do_not_wait_for_the_consensus_lock(tmp_path: Path) -> None:
+    """Attacker review 6: queries (the node's RPC is unauthenticated) once shared the lock
+    of FinalizeBlock and Commit; now they read through their own read-only connection."""
+    import threading
+
+    from kstb_cometbft.server import AbciServicer, abci  # (the stubs' import path)
+
+    app = _app(tmp_path)
+    _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    app.reader = VersionedStore(tmp_path / "app.sqlite", readonly=True)
+    servicer = AbciServicer(app)
+    answers: list[object] = []
+    with servicer._lock:  # a long FinalizeBlock holds it
+        t = threading.Thread(
+            target=lambda: answers.append(
+                servicer.Query(abci.QueryRequest(path="/q/Supply", data=canonical([ISIN])), None)
+            )
+        )
+        t.start()
+        t.join(5)
+        assert answers, "Query waited for the consensus lock"
+    assert json.loads(answers[0].value)["total_supply"] == "0"  # type: ignore[attr-defined]
+    # the reader follows the writer's commits
+    _block(app, _tx(ADMIN, 1, "SetEligible", ISIN, "0x" + "44" * 20, "true"))
+    _block(app, _tx(ADMIN, 2, "Issue", ISIN, "0x" + "44" * 20, "3"))
+    assert _supply(app)["total_supply"] == "3"
+    with pytest.raises(Exception, match="readonly"):
+        app.reader._db.execute("DELETE FROM blocks")
+
+
+def test_an_oversized_query_is_refused_unread(tmp_path: Path) -> None:
+    from kstb_cometbft.app import MAX_QUERY_BYTES
+
+    app = _app(tmp_path)
+    _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
+    big = canonical(["x" * MAX_QUERY_BYTES])
+    assert app.query("/q/Supply", big, 0).code == reason_code(ErrorReason.INVALID_ARGUMENT)

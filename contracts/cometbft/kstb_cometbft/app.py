@@ -57,6 +57,8 @@ NONCE_PATH = "/nonce"
 APP_PATH = "/app"
 """ABCI query path of the chain's pinned settings (chain id, fingerprint, app name)."""
 _QUERY_CALLER = "query:" + "0" * 64
+MAX_QUERY_BYTES = 64 * 1024
+"""Larger query data (or path) is refused unread."""
 NONCE_WINDOW = 32
 """How far ahead of its committed nonce an account's transaction is admitted (pipelining)."""
 FATAL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, RecursionError)
@@ -201,6 +203,9 @@ class App:
     _pending_meta: BlockMeta | None = None
     _chain_id: str = ""
     _on_commit: list[Callable[[int], None]] = field(default_factory=list)
+    reader: VersionedStore | None = None
+    """A read-only connection to the same store for queries (None: ``store``), so reads
+    never wait for, or delay, the consensus connection (see ``server``)."""
 
     def __post_init__(self) -> None:
         raw = self.store.get("app", self.store.last().height)
@@ -460,13 +465,19 @@ class App:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, path: str, data: bytes, height: int) -> QueryResult:
-        """A read of committed state at ``height`` (0: the last committed block)."""
-        last = self.store.last().height
+        """A read of committed state at ``height`` (0: the last committed block), through
+        :attr:`reader` when set. SECURITY: the node's RPC is unauthenticated; a query's data
+        is bounded (``MAX_QUERY_BYTES``) and reads only committed rows."""
+        store = self.reader if self.reader is not None else self.store
+        last = store.last().height
+        if len(data) > MAX_QUERY_BYTES or len(path) > MAX_QUERY_BYTES:
+            code = reason_code(ErrorReason.INVALID_ARGUMENT)
+            return QueryResult(code, b"", f"query larger than {MAX_QUERY_BYTES} bytes", last)
         at = last if height <= 0 else height
-        if at > last or at <= 0 or self.store.block(at) is None:
+        if at > last or at <= 0 or store.block(at) is None:
             code = reason_code(ErrorReason.INVALID_ARGUMENT)
             return QueryResult(code, b"", f"height {height} not committed (last {last})", last)
-        view = _View(self.store, at, {})
+        view = _View(store, at, {})
         if path == NONCE_PATH:
             account = data.decode("ascii", errors="replace")
             return QueryResult(0, str(self._next_nonce(view, account)).encode(), "", at)
@@ -483,7 +494,7 @@ class App:
             args = json.loads(data or b"[]")
             if not isinstance(args, list):
                 raise ValueError("arguments must be a JSON list")
-            meta = self.store.block(at)
+            meta = store.block(at)
             settings = json.loads(view.get("app") or b"{}")
             ctx = Context(
                 caller=_QUERY_CALLER,

@@ -1,7 +1,10 @@
 """CometBFT's ``ABCIService`` (gRPC, ABCI 2.0) over :class:`kstb_cometbft.app.App`.
 
 Protobuf types stop here: the servicer converts each request to plain values, calls the
-app under one lock (CometBFT's four ABCI connections share one state), and converts back.
+app under one lock (CometBFT's consensus, mempool and info connections share one state),
+and converts back. Queries, when the app has a read-only ``reader`` connection, take only a
+lock of their own: a flood of queries through the node's (unauthenticated) RPC cannot delay
+FinalizeBlock or Commit.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self._app = app
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock() if app.reader is not None else self._lock
 
     def Echo(self, request: Any, context: Any) -> Any:
         return abci.EchoResponse(message=request.message)
@@ -108,7 +112,7 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
         return abci.CommitResponse(retain_height=0)
 
     def Query(self, request: Any, context: Any) -> Any:
-        with self._lock:
+        with self._query_lock:
             r = self._app.query(request.path, bytes(request.data), int(request.height))
         return abci.QueryResponse(
             code=r.code,
