@@ -501,3 +501,21 @@ def test_an_oversized_query_is_refused_unread(tmp_path: Path) -> None:
     _block(app, _tx(ADMIN, 0, "RegisterSecurity", ISIN))
     big = canonical(["x" * MAX_QUERY_BYTES])
     assert app.query("/q/Supply", big, 0).code == reason_code(ErrorReason.INVALID_ARGUMENT)
+
+
+def test_the_governance_disables_and_re_enables_a_genesis_account(tmp_path: Path) -> None:
+    """Attacker review 7: a genesis account once could never be revoked."""
+    second = LocalKeySigner(bytes([0x33]) * 32)
+    app = App(VersionedStore(tmp_path / "app.sqlite"))
+    genesis = json.loads(_genesis(app.fingerprint))
+    genesis["accounts"][account_id(second.address)] = {"org": "IssuerOrg", "roles": ["admin"]}
+    app.init_chain(CHAIN, canonical(genesis), T0)
+    identity = f"IssuerOrg:{account_id(second.address)}"
+    assert _block(app, _tx(ADMIN, 0, "SetRelayer", identity, "false")) == [0]
+    refused = _tx(second, 0, "RegisterSecurity", ISIN)
+    assert app.check_tx(refused).code == EnvelopeCode.UNKNOWN_ACCOUNT
+    assert not app.proposal_ok([refused])
+    assert _block(app, refused) == [int(EnvelopeCode.UNKNOWN_ACCOUNT)]
+    assert app.query("/nonce", account_id(second.address).encode(), 0).value == b"0"
+    assert _block(app, _tx(ADMIN, 1, "SetRelayer", identity, "true")) == [0]
+    assert _block(app, refused) == [0]  # enabled again

@@ -435,9 +435,15 @@ class App:
     @staticmethod
     def _admitted(view: _View, account: str) -> bool:
         """SECURITY: only genesis accounts and enabled relayers (``key:<account>``) transact;
-        any other key is refused before it can consume block space or write state."""
-        if view.get(f"a/{account}") is not None:
-            return True
+        any other key is refused before it can consume block space or write state.
+
+        A genesis account is disabled by the governance: the admin change ``SetRelayer
+        <org>:<account> false`` (k admin organisations' approval, like every admin change)
+        disables it, ``... true`` enables it again (attacker review s17, item 7)."""
+        raw = view.get(f"a/{account}")
+        if raw is not None:
+            org = json.loads(raw)["org"]
+            return view.get(f"s/relayer/{org}:{account}") != b"false"
         return view.get(f"s/relayer/key:{account}") == b"true"
 
     @staticmethod
