@@ -136,10 +136,17 @@ class Authority:
         self._fee_recipient = fee_recipient
         self._depth = finality_depth
         self._empty = empty_interval
-        genesis = rpc(leader_rpc, "eth_getBlockByNumber", ["latest", False])
-        self._chain: list[str] = [genesis["hash"]]  # by height, from the latest known block
-        self._base_height = int(genesis["number"], 16)
-        self._head_time = int(genesis["timestamp"], 16)
+        head = rpc(leader_rpc, "eth_getBlockByNumber", ["latest", False])
+        height = int(head["number"], 16)
+        # SECURITY (finality): after a restart the chain already has blocks; the window of
+        # the last depth + 1 blocks is read back from the leader, so the first forkchoice
+        # finalizes the block ``finality_depth`` below the head, never the head itself.
+        self._chain: list[str] = [
+            rpc(leader_rpc, "eth_getBlockByNumber", [hex(n), False])["hash"]
+            for n in range(max(0, height - finality_depth - 1), height)
+        ] + [head["hash"]]  # by height, ending at the latest block
+        self._base_height = height
+        self._head_time = int(head["timestamp"], 16)
         self._last = 0.0
 
     def _forkchoice(self) -> dict[str, str]:

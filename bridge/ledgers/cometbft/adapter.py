@@ -266,7 +266,12 @@ class CometAdapter(StepTemplate):
     async def install_committee(
         self, rotation: CommitteeRotation, certificate: SignatureSet
     ) -> TxOutcome:
-        """``RotateCommittee``; ``RotationAlreadyInstalled`` is ``already_applied``."""
+        """``RotateCommittee``; ``RotationAlreadyInstalled`` is ``already_applied`` only when
+        the endpoint's committees, read back, hold exactly ``rotation.next``.
+
+        SECURITY: a result code is one node's word; the coordinator records a rotation
+        installed on ``already_applied``, so that outcome is confirmed from state (a node
+        answering the code for a rotation it never ran gets MalformedAnswer)."""
         if not self.writable:
             raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no signer")
         args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
@@ -275,7 +280,15 @@ class CometAdapter(StepTemplate):
         except LedgerRejected as exc:
             if exc.reason is not ErrorReason.ROTATION_ALREADY_INSTALLED:
                 raise
-        return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
+            refused = exc
+        height = await self.finalized_height()
+        if not any(w.committee == rotation.next for w in await self.committees(height)):
+            raise LedgerRejected(
+                ErrorReason.MALFORMED_ANSWER,
+                f"RotationAlreadyInstalled, but epoch {rotation.next.epoch} is not installed",
+                ledger=self._ledger.name,
+            ) from refused
+        return TxOutcome(tx_id="", height=height, already_applied=True)
 
     async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
         """``ApplyOrder``; idempotent by the endpoint's sequence."""

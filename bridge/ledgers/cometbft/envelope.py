@@ -5,9 +5,11 @@ Shared, byte for byte, by the adapter that signs transactions and the ABCI appli
 the application pins it with the rest of its code (see ``kstb_cometbft.fingerprint``).
 
 A transaction is canonical JSON ``{"body": {...}, "sig": "0x<65 bytes>"}`` where the body is
-``{"chain_id", "function", "args", "nonce", "signer"}``: the chain it is for, the endpoint
-function and its string arguments (the chaincode's calling convention), the signer's
-sequence number and its 20-byte secp256k1 address. The signature is the protocol core's
+``{"chain_id", "function", "args", "nonce", "signer", "valid_until"}``: the chain it is
+for, the endpoint function and its string arguments (the chaincode's calling convention),
+the signer's sequence number, its 20-byte secp256k1 address and the last block height that
+may carry it (a transaction not in a block by then never will be: no signed call waits to
+be replayed once its signer has moved on). The signature is the protocol core's
 ``r || s || v`` over ``sha256(TX_TAG || canonical body)``, checked with the core's
 recovery rule (``bridge.core.signatures.recover_signer``: low s, v 27/28), so any
 :class:`~bridge.domain.signer.Signer` (a key file, a keystore, an HSM token) can sign.
@@ -60,6 +62,8 @@ class EnvelopeCode(enum.IntEnum):
     UNKNOWN_ACCOUNT = 6
     """The signer is neither a genesis account nor an enabled relayer (a permissioned chain:
     a stranger's key cannot fill blocks or grow state)."""
+    EXPIRED = 7
+    """The block (or the next block, at CheckTx) is above the body's ``valid_until``."""
 
 
 ENVELOPE_CODES = frozenset(int(c) for c in EnvelopeCode)
@@ -102,6 +106,9 @@ class TxBody:
     nonce: int
     signer: bytes
     """The signer's 20-byte address."""
+    valid_until: int = MAX_NONCE
+    """The last block height that may carry the transaction (MAX_NONCE: no limit; the
+    adapter's client always sets a near one, see ``rpc.VALID_BLOCKS``)."""
 
     def to_json(self) -> dict[str, object]:
         """The body as a JSON object (hex with 0x for bytes)."""
@@ -111,6 +118,7 @@ class TxBody:
             "function": self.function,
             "nonce": self.nonce,
             "signer": "0x" + self.signer.hex(),
+            "valid_until": self.valid_until,
         }
 
     def digest(self) -> bytes:
@@ -164,7 +172,11 @@ def decode(raw: bytes, chain_id: str) -> SignedTx:
         raise EnvelopeError(EnvelopeCode.MALFORMED, f"{len(raw)} bytes > {MAX_TX_BYTES}")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # SECURITY: deeply nested JSON exhausts the parser's stack (RecursionError). Whether
+        # it does at a given depth may differ between processes, but the outcome may not: a
+        # valid envelope nests exactly three containers, so any input deep enough to matter
+        # is MALFORMED either way (here or in the shape checks below).
         raise EnvelopeError(EnvelopeCode.MALFORMED, "not JSON") from None
     if not isinstance(obj, dict) or set(obj) != {"body", "sig"}:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "an envelope is {body, sig}")
@@ -192,7 +204,7 @@ def _hex(value: object, size: int, name: str) -> bytes:
 
 
 def _body(obj: object) -> TxBody:
-    keys = {"args", "chain_id", "function", "nonce", "signer"}
+    keys = {"args", "chain_id", "function", "nonce", "signer", "valid_until"}
     if not isinstance(obj, dict) or set(obj) != keys:
         raise EnvelopeError(EnvelopeCode.MALFORMED, f"a body has exactly {sorted(keys)}")
     chain, function, args, nonce = obj["chain_id"], obj["function"], obj["args"], obj["nonce"]
@@ -204,7 +216,11 @@ def _body(obj: object) -> TxBody:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "args must be a list of strings")
     if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= MAX_NONCE:
         raise EnvelopeError(EnvelopeCode.MALFORMED, "nonce")
-    return TxBody(chain, function, tuple(args), nonce, _hex(obj["signer"], 20, "signer"))
+    until = obj["valid_until"]
+    if isinstance(until, bool) or not isinstance(until, int) or not 0 <= until <= MAX_NONCE:
+        raise EnvelopeError(EnvelopeCode.MALFORMED, "valid_until")
+    signer = _hex(obj["signer"], 20, "signer")
+    return TxBody(chain, function, tuple(args), nonce, signer, until)
 
 
 def encode_query(args: Sequence[str]) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ from bridge.ledgers.cometbft.envelope import (
 )
 
 NONCE_RETRIES = 3
+VALID_BLOCKS = 100
+"""A transaction the client signs is valid for this many blocks after the committed height
+it read (``TxBody.valid_until``): later, it can never be included, so a call the client
+gave up on cannot be replayed once the client signed others."""
 TX_POLL_S = 0.1
 
 
@@ -55,6 +60,11 @@ class Committed:
     code: int
     data: bytes
     log: str
+
+
+def tx_hash_of(raw: bytes) -> str:
+    """CometBFT's transaction hash: SHA-256 of the bytes, upper-case hex."""
+    return hashlib.sha256(raw).hexdigest().upper()
 
 
 def refusal(code: int, log: str, ledger: str = "") -> LedgerRejected:
@@ -171,9 +181,7 @@ class CometClient:
         for index, tx_result in enumerate(result.get("txs_results") or []):
             if int(tx_result.get("code", 0)) != 0:
                 continue
-            import hashlib
-
-            tx_hash = hashlib.sha256(base64.b64decode(raw_txs[index])).hexdigest().upper()
+            tx_hash = tx_hash_of(base64.b64decode(raw_txs[index]))
             for ev in tx_result.get("events") or []:
                 if ev.get("type") != "kstb":
                     continue
@@ -216,13 +224,18 @@ class CometClient:
             raise LedgerRejected(ErrorReason.READ_ONLY, "this client has no key")
         async with self._lock:
             for _ in range(NONCE_RETRIES):
-                if self._nonce is None:
-                    self._nonce = await self.next_nonce()
+                # SECURITY: the nonce lives in a local across the await; self._nonce is only
+                # written under this lock (see _forget_nonce), never read after an await.
+                nonce = self._nonce
+                if nonce is None:
+                    nonce = await self.next_nonce()
                 assert self._signer is not None
+                until = await self.latest_height() + VALID_BLOCKS
                 body = TxBody(
-                    self._chain_id, function, tuple(args), self._nonce, self._signer.address
+                    self._chain_id, function, tuple(args), nonce, self._signer.address, until
                 )
                 raw = sign(body, self._signer)
+                tx_hash = tx_hash_of(raw)
                 try:
                     result = await self.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
                 except Unavailable:
@@ -232,13 +245,18 @@ class CometClient:
                     if not int(result.get("code", 0)):
                         raise
                 code = int(result.get("code", 0))
-                if code == EnvelopeCode.BAD_NONCE:
+                if code in (EnvelopeCode.BAD_NONCE, EnvelopeCode.EXPIRED):
                     self._nonce = None
                     continue
                 if code:
                     raise refusal(code, str(result.get("log", "")), self._ledger)
-                self._nonce += 1
-                return str(result["hash"])
+                if str(result.get("hash", "")).upper() != tx_hash:
+                    # SECURITY: the node must name the transaction we signed; the hash we
+                    # wait for is always our own (sha256 of our bytes), never the node's.
+                    self._nonce = None
+                    raise Unavailable(f"{self._ledger}: node answered another tx hash")
+                self._nonce = nonce + 1
+                return tx_hash
         raise Unavailable(f"{self._ledger}: nonce still stale after {NONCE_RETRIES} attempts")
 
     async def committed(self, tx_hash: str) -> Committed:
@@ -250,10 +268,17 @@ class CometClient:
             except Unavailable:
                 result = None
             if result:
+                try:
+                    carried = tx_hash_of(base64.b64decode(result.get("tx") or "", validate=True))
+                except (ValueError, TypeError):
+                    carried = ""
+                if carried != tx_hash.upper() or str(result.get("hash", "")).upper() != carried:
+                    # SECURITY: a node's answer counts only for the very bytes we sent.
+                    raise Unavailable(f"{self._ledger}: node answered another tx for {tx_hash}")
                 r = result["tx_result"]
                 code = int(r.get("code", 0))
                 if code == EnvelopeCode.BAD_NONCE:
-                    self._nonce = None
+                    await self._forget_nonce()
                 return Committed(
                     tx_hash,
                     int(result["height"]),
@@ -262,9 +287,14 @@ class CometClient:
                     str(r.get("log", "")),
                 )
             if time.monotonic() > deadline:
-                self._nonce = None  # it may never be included: re-read before the next
+                await self._forget_nonce()  # it may never be included: re-read before next
                 raise Unavailable(f"{self._ledger}: tx {tx_hash} not committed in time")
             await asyncio.sleep(TX_POLL_S)
+
+    async def _forget_nonce(self) -> None:
+        """Re-read the nonce before the next send (under the send lock, never mid-send)."""
+        async with self._lock:
+            self._nonce = None
 
     async def call(self, function: str, args: list[str]) -> str:
         """Send and wait: the committed result's JSON; LedgerRejected on a refusal."""

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        app = App(VersionedStore(args.state / "app.sqlite"))
+        store = VersionedStore(args.state / "app.sqlite")
+        app = App(store, reader=VersionedStore(args.state / "app.sqlite", readonly=True))
     except CodeMismatch as exc:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 2
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     server.stop(2).wait()
     app.store.close()
+    if app.reader is not None:
+        app.reader.close()
     return 0
 
 

@@ -12,14 +12,16 @@ arithmetic, the block time as the only clock) and chained, so two validators agr
 exactly when they applied the same writes to the same history.
 
 Per transaction (SECURITY): the envelope must be well formed, signed by its signer and
-for this chain; the signer a genesis account or an enabled relayer; its nonce the
-account's next one; only then is the nonce consumed
-(whatever the endpoint decides, so a refused transaction can never be replayed later, when
-it might succeed) and the endpoint call run, atomically: a refused call writes nothing but
-the nonce. The caller identity the endpoint sees is ``<org>:<account id>`` for a genesis
-account (with its roles) and ``key:<account id>`` for any other key (no roles); the
-account id is the signer's address as a 32-byte word, so only the genesis can make an
-organisation admin.
+for this chain; the signer a genesis account or an enabled relayer; the block at most the
+body's ``valid_until``; its nonce the account's next one; only then is the nonce consumed
+(whatever the endpoint decides, so a call the endpoint refused can never be replayed later,
+when it might succeed) and the endpoint call run, atomically: a refused call writes nothing
+but the nonce. A transaction refused before that (a nonce gap, say) consumes nothing, but
+is still dead once the chain passes its ``valid_until``; and honest validators refuse any
+proposal that carries one (``proposal_ok``). The caller identity the endpoint sees is
+``<org>:<account id>`` for a genesis account (with its roles) and ``key:<account id>``
+for any other key (no roles); the account id is the signer's address as a 32-byte word,
+so only the genesis can make an organisation admin.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ NONCE_PATH = "/nonce"
 APP_PATH = "/app"
 """ABCI query path of the chain's pinned settings (chain id, fingerprint, app name)."""
 _QUERY_CALLER = "query:" + "0" * 64
+MAX_QUERY_BYTES = 64 * 1024
+"""Larger query data (or path) is refused unread."""
+NONCE_WINDOW = 32
+"""How far ahead of its committed nonce an account's transaction is admitted (pipelining)."""
+FATAL_ERRORS: tuple[type[BaseException], ...] = (MemoryError, RecursionError)
+"""Errors that depend on the machine, not on the transaction (memory, stack depth): never
+turned into a refusal, which another validator would not compute; they stop the node
+(the ABCI call fails, CometBFT halts it) and the block is replayed after a restart."""
 _GENESIS_ORG_KEY = "0" * 64
 
 
@@ -97,10 +107,21 @@ class _View:
         return self._store.get(key, self._height)
 
     def put(self, key: str, value: bytes) -> None:
+        _check_key(key)
         self._overlay[key] = bytes(value)
 
     def delete(self, key: str) -> None:
+        _check_key(key)
         self._overlay[key] = None
+
+    def snapshot(self) -> dict[str, bytes | None]:
+        """A copy of the uncommitted writes (see :meth:`restore`)."""
+        return dict(self._overlay)
+
+    def restore(self, saved: Mapping[str, bytes | None]) -> None:
+        """Undo every write made since ``saved`` was taken."""
+        self._overlay.clear()
+        self._overlay.update(saved)
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         merged = dict(self._store.scan(prefix, self._height))
@@ -111,6 +132,15 @@ class _View:
                 else:
                     merged[k] = v
         return sorted(merged.items())
+
+
+def _check_key(key: str) -> None:
+    """SECURITY: state keys are printable ASCII (what the store's range scans assume and
+    what SQLite can store for sure). A key that is not (a lone surrogate, a control byte) is
+    refused while the transaction runs, so the transaction is refused as a whole instead of
+    failing every validator's Commit."""
+    if not (key.isascii() and key.isprintable()):
+        raise ChaincodeError("InvalidArgument", f"state key {key!r} is not printable ASCII")
 
 
 class _Prefixed:
@@ -141,6 +171,23 @@ def _refusal_log(exc: ChaincodeError) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
+def _decode(raw: bytes, chain_id: str) -> SignedTx | TxResult:
+    """The authenticated transaction, or the fixed refusal of bytes that are not one.
+
+    SECURITY: nothing a client sends may escape as an exception (an exception in CheckTx
+    stops the CometBFT node, in FinalizeBlock every validator): an envelope refusal keeps
+    its code, any other error but a machine-dependent one is MALFORMED."""
+    try:
+        return decode(raw, chain_id)
+    except EnvelopeError as exc:
+        return TxResult(int(exc.code), log=str(exc))
+    except FATAL_ERRORS:
+        raise
+    except Exception as exc:
+        LOG.warning("undecodable transaction: %s", type(exc).__name__)
+        return TxResult(int(EnvelopeCode.MALFORMED), log=f"undecodable: {type(exc).__name__}")
+
+
 def _refusal_code(name: str) -> int:
     reason = ErrorReason.parse(name)
     return reason_code(reason if reason is not None else ErrorReason.UNKNOWN_REFUSAL)
@@ -156,6 +203,9 @@ class App:
     _pending_meta: BlockMeta | None = None
     _chain_id: str = ""
     _on_commit: list[Callable[[int], None]] = field(default_factory=list)
+    reader: VersionedStore | None = None
+    """A read-only connection to the same store for queries (None: ``store``), so reads
+    never wait for, or delay, the consensus connection (see ``server``)."""
 
     def __post_init__(self) -> None:
         raw = self.store.get("app", self.store.last().height)
@@ -220,26 +270,94 @@ class App:
     # -- transactions ------------------------------------------------------------------------
     def check_tx(self, raw: bytes) -> TxResult:
         """Mempool admission: a well-formed, authentic transaction for this chain, calling a
-        state-changing function, whose nonce is not below the account's next (committed).
-        The endpoint's own rules run only in the block."""
-        try:
-            tx = decode(raw, self._chain_id)
-        except EnvelopeError as exc:
-            return TxResult(int(exc.code), log=str(exc))
+        state-changing function, by an admitted account, whose nonce is within
+        ``NONCE_WINDOW`` of the account's next (committed) one. The endpoint's own rules run
+        only in the block.
+
+        SECURITY: the window caps how many transactions one account can have admitted at
+        distinct nonces (and so in one block, see :meth:`proposal_ok`); the rule is a pure
+        function of committed state, so a ``check_tx`` RPC call that admits without adding
+        to the mempool leaves nothing behind."""
+        tx = _decode(raw, self._chain_id)
+        if isinstance(tx, TxResult):
+            return tx
         entry = FUNCTIONS.get(tx.body.function)
         if entry is None or not entry[2]:
             return TxResult(
                 int(EnvelopeCode.READ_ONLY_FUNCTION), log=f"{tx.body.function}: not a transaction"
             )
-        view = _View(self.store, self.store.last().height, {})
+        view = self._committed_view()
         if not self._admitted(view, tx.account):
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
+        next_height = self.store.last().height + 1
+        if next_height > tx.body.valid_until:
+            return TxResult(int(EnvelopeCode.EXPIRED), log=f"valid until {tx.body.valid_until}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce < expected:
             return TxResult(
                 int(EnvelopeCode.BAD_NONCE), log=f"nonce {tx.body.nonce} used; next {expected}"
             )
+        if tx.body.nonce >= expected + NONCE_WINDOW:
+            return TxResult(
+                int(EnvelopeCode.BAD_NONCE),
+                log=f"nonce {tx.body.nonce} beyond the window; next {expected}",
+            )
         return TxResult(0)
+
+    def _committed_view(self) -> _View:
+        """A read-only view of the last committed state (before block 1: the genesis)."""
+        last = self.store.last().height
+        return _View(self.store, last, dict(self._pending) if last == 0 else {})
+
+    # ---- proposals (attacker review s17, item 3): no free block space
+    def _proposal_pass(self, txs: Sequence[bytes], keep_going: bool) -> list[bytes] | None:
+        """The transactions of ``txs`` a block may carry, in order: authentic, for this
+        chain, a state-changing function, by an admitted account, each account's nonces
+        consecutive from its committed next. ``keep_going``: skip the others (a proposer);
+        otherwise None at the first other one (a validator judging a proposal)."""
+        view = self._committed_view()
+        height = self.store.last().height + 1
+        nonces: dict[str, int] = {}
+        kept: list[bytes] = []
+        for raw in txs:
+            tx = _decode(raw, self._chain_id)
+            ok = isinstance(tx, SignedTx)
+            if isinstance(tx, SignedTx):
+                entry = FUNCTIONS.get(tx.body.function)
+                usable = entry is not None and entry[2] and height <= tx.body.valid_until
+                if not usable or not self._admitted(view, tx.account):
+                    ok = False
+                else:
+                    expected = nonces.get(tx.account)
+                    if expected is None:
+                        expected = self._next_nonce(view, tx.account)
+                    ok = tx.body.nonce == expected
+                    if ok:
+                        nonces[tx.account] = expected + 1
+            if ok:
+                kept.append(raw)
+            elif not keep_going:
+                return None
+        return kept
+
+    def prepare_proposal(self, txs: Sequence[bytes], max_tx_bytes: int) -> list[bytes]:
+        """The proposer's block: the mempool's transactions in order that
+        :meth:`proposal_ok` accepts, within ``max_tx_bytes``."""
+        out, size = [], 0
+        for raw in self._proposal_pass(txs, keep_going=True) or []:
+            size += len(raw)
+            if size > max_tx_bytes:
+                break
+            out.append(raw)
+        return out
+
+    def proposal_ok(self, txs: Sequence[bytes]) -> bool:
+        """Whether a proposed block carries only transactions that each consume a nonce
+        (see :meth:`_proposal_pass`). SECURITY: a block with a malformed, forged, stranger's
+        or out-of-sequence transaction is refused by every honest validator, so one
+        proposer cannot fill blocks with transactions that cost nothing. Deterministic: a
+        function of the committed state and the block."""
+        return self._proposal_pass(txs, keep_going=False) is not None
 
     def finalize_block(
         self, height: int, block_time: int, txs: Sequence[bytes]
@@ -251,20 +369,21 @@ class App:
             raise RuntimeError(f"block {height} after committed block {last.height}")
         overlay = dict(self._pending) if last.height == 0 else {}
         view = _View(self.store, last.height, overlay)
-        results = [self._deliver(view, raw, block_time) for raw in txs]
+        results = [self._deliver(view, raw, height, block_time) for raw in txs]
         prev = last.app_hash if last.height else self._hash(b"", 0, self._pending)
         app_hash = self._hash(prev, height, overlay)
         self._pending = overlay
         self._pending_meta = BlockMeta(height, block_time, app_hash)
         return results, app_hash
 
-    def _deliver(self, view: _View, raw: bytes, block_time: int) -> TxResult:
-        try:
-            tx = decode(raw, self._chain_id)
-        except EnvelopeError as exc:
-            return TxResult(int(exc.code), log=str(exc))
+    def _deliver(self, view: _View, raw: bytes, height: int, block_time: int) -> TxResult:
+        tx = _decode(raw, self._chain_id)
+        if isinstance(tx, TxResult):
+            return tx
         if not self._admitted(view, tx.account):  # nothing written, not even a nonce
             return TxResult(int(EnvelopeCode.UNKNOWN_ACCOUNT), log=f"account {tx.account}")
+        if height > tx.body.valid_until:  # nothing written; it can never run later either
+            return TxResult(int(EnvelopeCode.EXPIRED), log=f"valid until {tx.body.valid_until}")
         expected = self._next_nonce(view, tx.account)
         if tx.body.nonce != expected:
             return TxResult(
@@ -275,6 +394,7 @@ class App:
             return TxResult(int(EnvelopeCode.READ_ONLY_FUNCTION), log=tx.body.function)
         # SECURITY: the nonce is consumed before the call, whatever the endpoint decides.
         view.put(f"n/{tx.account}", str(expected + 1).encode("ascii"))
+        saved = view.snapshot()  # SECURITY: a refusal undoes every write but the nonce
         events: list[tuple[str, str]] = []
         try:
             data = execute(
@@ -285,8 +405,12 @@ class App:
                 lambda name, payload: events.append((name, payload.decode("ascii"))),
             )
         except ChaincodeError as exc:
+            view.restore(saved)
             return TxResult(_refusal_code(exc.name), log=_refusal_log(exc))
+        except FATAL_ERRORS:
+            raise  # SECURITY: machine-dependent; a refusal here could fork the app hash
         except Exception as exc:  # deterministic for a deterministic bug; never half-applied
+            view.restore(saved)
             LOG.exception("%s failed", tx.body.function)
             fault = ChaincodeError("Internal", f"{type(exc).__name__}: {exc}")
             return TxResult(_refusal_code("Internal"), log=_refusal_log(fault))
@@ -311,9 +435,15 @@ class App:
     @staticmethod
     def _admitted(view: _View, account: str) -> bool:
         """SECURITY: only genesis accounts and enabled relayers (``key:<account>``) transact;
-        any other key is refused before it can consume block space or write state."""
-        if view.get(f"a/{account}") is not None:
-            return True
+        any other key is refused before it can consume block space or write state.
+
+        A genesis account is disabled by the governance: the admin change ``SetRelayer
+        <org>:<account> false`` (k admin organisations' approval, like every admin change)
+        disables it, ``... true`` enables it again (attacker review s17, item 7)."""
+        raw = view.get(f"a/{account}")
+        if raw is not None:
+            org = json.loads(raw)["org"]
+            return view.get(f"s/relayer/{org}:{account}") != b"false"
         return view.get(f"s/relayer/key:{account}") == b"true"
 
     @staticmethod
@@ -341,13 +471,19 @@ class App:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, path: str, data: bytes, height: int) -> QueryResult:
-        """A read of committed state at ``height`` (0: the last committed block)."""
-        last = self.store.last().height
+        """A read of committed state at ``height`` (0: the last committed block), through
+        :attr:`reader` when set. SECURITY: the node's RPC is unauthenticated; a query's data
+        is bounded (``MAX_QUERY_BYTES``) and reads only committed rows."""
+        store = self.reader if self.reader is not None else self.store
+        last = store.last().height
+        if len(data) > MAX_QUERY_BYTES or len(path) > MAX_QUERY_BYTES:
+            code = reason_code(ErrorReason.INVALID_ARGUMENT)
+            return QueryResult(code, b"", f"query larger than {MAX_QUERY_BYTES} bytes", last)
         at = last if height <= 0 else height
-        if at > last or at <= 0 or self.store.block(at) is None:
+        if at > last or at <= 0 or store.block(at) is None:
             code = reason_code(ErrorReason.INVALID_ARGUMENT)
             return QueryResult(code, b"", f"height {height} not committed (last {last})", last)
-        view = _View(self.store, at, {})
+        view = _View(store, at, {})
         if path == NONCE_PATH:
             account = data.decode("ascii", errors="replace")
             return QueryResult(0, str(self._next_nonce(view, account)).encode(), "", at)
@@ -364,7 +500,7 @@ class App:
             args = json.loads(data or b"[]")
             if not isinstance(args, list):
                 raise ValueError("arguments must be a JSON list")
-            meta = self.store.block(at)
+            meta = store.block(at)
             settings = json.loads(view.get("app") or b"{}")
             ctx = Context(
                 caller=_QUERY_CALLER,

@@ -1,7 +1,10 @@
 """CometBFT's ``ABCIService`` (gRPC, ABCI 2.0) over :class:`kstb_cometbft.app.App`.
 
 Protobuf types stop here: the servicer converts each request to plain values, calls the
-app under one lock (CometBFT's four ABCI connections share one state), and converts back.
+app under one lock (CometBFT's consensus, mempool and info connections share one state),
+and converts back. Queries, when the app has a read-only ``reader`` connection, take only a
+lock of their own: a flood of queries through the node's (unauthenticated) RPC cannot delay
+FinalizeBlock or Commit.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self._app = app
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock() if app.reader is not None else self._lock
 
     def Echo(self, request: Any, context: Any) -> Any:
         return abci.EchoResponse(message=request.message)
@@ -75,16 +79,17 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
         return abci.CheckTxResponse(code=r.code, log=r.log, codespace=CODESPACE if r.code else "")
 
     def PrepareProposal(self, request: Any, context: Any) -> Any:
-        txs, size = [], 0
-        for tx in request.txs:  # keep mempool order, within the block's byte budget
-            size += len(tx)
-            if size > request.max_tx_bytes:
-                break
-            txs.append(tx)
+        with self._lock:  # mempool order, only what a validator accepts, within the budget
+            txs = self._app.prepare_proposal(
+                [bytes(t) for t in request.txs], int(request.max_tx_bytes)
+            )
         return abci.PrepareProposalResponse(txs=txs)
 
     def ProcessProposal(self, request: Any, context: Any) -> Any:
-        return abci.ProcessProposalResponse(status=abci.PROCESS_PROPOSAL_STATUS_ACCEPT)
+        with self._lock:
+            ok = self._app.proposal_ok([bytes(t) for t in request.txs])
+        status = abci.PROCESS_PROPOSAL_STATUS_ACCEPT if ok else abci.PROCESS_PROPOSAL_STATUS_REJECT
+        return abci.ProcessProposalResponse(status=status)
 
     def ExtendVote(self, request: Any, context: Any) -> Any:
         return abci.ExtendVoteResponse()
@@ -107,7 +112,7 @@ class AbciServicer(svc.ABCIServiceServicer):  # type: ignore[misc]
         return abci.CommitResponse(retain_height=0)
 
     def Query(self, request: Any, context: Any) -> Any:
-        with self._lock:
+        with self._query_lock:
             r = self._app.query(request.path, bytes(request.data), int(request.height))
         return abci.QueryResponse(
             code=r.code,

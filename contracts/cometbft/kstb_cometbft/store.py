@@ -36,7 +36,13 @@ class BlockMeta:
 class VersionedStore:
     """The SQLite-backed state; one writer (the ABCI consensus connection)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (and create) the store; ``readonly``: a second, read-only connection to an
+        existing store (WAL: it reads committed blocks while the writer commits)."""
+        if readonly:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

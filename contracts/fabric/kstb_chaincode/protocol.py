@@ -158,7 +158,10 @@ _HEX_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _LEDGER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _CHAINCODE_NAME = re.compile(r"[a-zA-Z0-9]+(?:[-_][a-zA-Z0-9]+)*")
-_IDENTITY = re.compile(r"[^\s:/]+:[0-9a-f]{64}")
+_IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}:[0-9a-f]{64}")
+"""``<mspid>:<64 hex>``, the MSP id as ``_MSP_ID``: printable ASCII only (SECURITY: the
+identity becomes a state key; a lone surrogate or control character in a key cannot be
+stored, and on the CometBFT kind would fail every validator's commit)."""
 
 ZERO_WORD = bytes(32)
 

@@ -160,6 +160,85 @@ def test_a_stale_nonce_is_reread_and_the_step_goes_through(chain: CometChain) ->
     asyncio.run(run())
 
 
+async def _refused_at_check_tx(client: CometClient, raw: bytes, code: EnvelopeCode) -> None:
+    """Broadcast ``raw``: CometBFT v1 answers a CheckTx refusal with a JSON-RPC error or
+    with the result code; either way it must be ``code`` and the node must still answer."""
+    try:
+        result = await client.rpc("broadcast_tx_sync", tx="0x" + raw.hex())
+    except Unavailable:
+        return
+    assert int(result["code"]) == code
+
+
+def test_deeply_nested_json_is_refused_and_the_chain_goes_on(chain: CometChain) -> None:
+    """Attacker review 1: a no-key client's deeply nested JSON once raised RecursionError in
+    CheckTx, which stops the CometBFT node; now it is MALFORMED and blocks go on."""
+
+    async def run() -> None:
+        client = CometClient(chain.rpc_url, chain.chain_id)
+        admin = _admin(chain)
+        try:
+            nested = b"[" * 5000
+            await _refused_at_check_tx(client, nested, EnvelopeCode.MALFORMED)
+            checked = await client.rpc("check_tx", tx="0x" + nested.hex())
+            assert int(checked["code"]) == EnvelopeCode.MALFORMED
+            before = await client.latest_height()
+            await admin.call("SetEligible", [ISIN, "0x" + "5a" * 20, "true"])
+            assert await client.latest_height() > before
+        finally:
+            await client.close()
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def test_a_relayer_identity_with_a_lone_surrogate_is_refused_and_blocks_commit(
+    chain: CometChain,
+) -> None:
+    """Attacker review 2: such an identity once became a state key that failed every
+    validator's Commit (a permanent halt); now the call is InvalidArgument, nothing else."""
+
+    async def run() -> None:
+        admin = _admin(chain)
+        try:
+            with pytest.raises(LedgerRejected) as err:
+                await admin.call("SetRelayer", ["\ud800:" + "ab" * 32, "true"])
+            assert err.value.reason is ErrorReason.INVALID_ARGUMENT
+            before = await admin.latest_height()
+            await admin.call("SetEligible", [ISIN, "0x" + "5b" * 20, "true"])
+            assert await admin.latest_height() > before
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def test_a_nonce_beyond_the_window_is_refused_at_check_tx(chain: CometChain) -> None:
+    """Attacker review 3: CheckTx once admitted any nonce above the next one, and such a
+    transaction consumed nothing when a block carried it."""
+
+    async def run() -> None:
+        admin = _admin(chain)
+        try:
+            nonce = await admin.next_nonce()
+            signer = LocalKeySigner(chain.admin.private_key)
+            far = TxBody(chain.chain_id, "SetPaused", (ISIN, "true"), nonce + 10**6, signer.address)
+            raw = sign(far, signer)
+            await _refused_at_check_tx(admin, raw, EnvelopeCode.BAD_NONCE)
+            checked = await admin.rpc("check_tx", tx="0x" + raw.hex())
+            assert int(checked["code"]) == EnvelopeCode.BAD_NONCE
+            await admin.call("SetEligible", [ISIN, "0x" + "5c" * 20, "true"])
+            for _ in range(50):  # the node indexes a tx before the app commits its block
+                if await admin.next_nonce() > nonce:
+                    break
+                await asyncio.sleep(0.1)
+            assert await admin.next_nonce() == nonce + 1  # the far one never ran
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
 def test_the_devnet_node_fault_is_an_outage_then_recovers(tmp_path: Path) -> None:
     """The DevLedger's ``node`` fault (chaos): readers get Unavailable, then the chain goes on."""
     require_cometbft()
