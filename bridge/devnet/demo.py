@@ -1,8 +1,9 @@
-"""``make demo``: four brokerage ledgers (two anvil EVM chains, a native Hyperledger
-Fabric network and a CometBFT chain running the KSTB application), a 3-of-4 committee, one
-relayer per ledger and the coordinator as separate processes; units move over each kind of
-lane through the gRPC API: A -> B (EVM to EVM), B -> F (EVM to Fabric), F -> A (Fabric to
-EVM), F -> C (Fabric to CometBFT), C -> A (CometBFT to EVM). Then one governance
+"""``make demo``: five brokerage ledgers of four kinds (two anvil EVM chains, a Kaia-profile
+EVM chain, a native Hyperledger Fabric network and a CometBFT chain running the KSTB
+application), a 3-of-4 committee, one relayer per ledger and the coordinator as separate
+processes; units move over each kind of lane through the gRPC API: A -> B (EVM to EVM),
+B -> F (EVM to Fabric), F -> A (Fabric to EVM), F -> C (Fabric to CometBFT), C -> K
+(CometBFT to Kaia), K -> A (Kaia to EVM). Then one governance
 step: the depository halts the security on brokerage-b with its own key (the real
 ``bridge depository`` CLI), the ledger shows it halted, and a signed release lifts it.
 """
@@ -35,7 +36,8 @@ LANES: tuple[tuple[str, str, int], ...] = (
     (EVM_B, FABRIC, 100),
     (FABRIC, EVM_A, 40),
 )
-LANES += ((FABRIC, COMET, 30), (COMET, EVM_A, 10))  # ---- cometbft
+KAIA = "brokerage-k"  # ---- kaia: an EVM chain run with Kaia's rules (chain id 1001, ADR 0019)
+LANES += ((FABRIC, COMET, 30), (COMET, KAIA, 10), (KAIA, EVM_A, 5))  # ---- cometbft, kaia
 
 
 def _say(text: str) -> None:
@@ -155,10 +157,13 @@ def main() -> int:
         args.workdir,
         block_time=args.block_time,
         fabric_ledger_names=(FABRIC,),
-        extra_ledgers=((COMET, "cometbft"),),  # ---- cometbft
+        extra_ledgers=((COMET, "cometbft"), (KAIA, "kaia")),  # ---- cometbft, kaia
     )
     try:
-        _say("starting two anvil ledgers (1 s blocks), a Fabric network and a CometBFT chain")
+        _say(
+            "starting two anvil ledgers (1 s blocks), a Fabric network, a CometBFT chain and"
+            " a Kaia-profile EVM chain"
+        )
         system.start_ledgers()
         for name, h in system.dev_ledgers.items():
             first, *rest = h.describe()
@@ -189,7 +194,7 @@ def main() -> int:
                 _balances(system, holder, f"after {src} -> {dst}")
         finally:
             routed.close()
-        expected = {EVM_A: 800, EVM_B: 150, FABRIC: 30, COMET: 20}
+        expected = {EVM_A: 795, EVM_B: 150, FABRIC: 30, COMET: 20, KAIA: 5}
         for name, units in expected.items():
             got = system.handle(name).balance(DEMO_ISIN, holder.address)
             if got != units:
