@@ -352,7 +352,9 @@ class KeyValue(Protocol):
         """At most ``limit`` (key, value) with keys starting with ``prefix`` and greater than
         ``after``, ascending. A store may return FEWER than ``limit`` although more exist
         (Fabric's peer caps a range read at ``totalQueryLimit`` without saying so): only an
-        EMPTY answer proves there is nothing after ``after`` (``# ---- exact reads``).
+        EMPTY answer proves there is nothing after ``after`` (``# ---- exact reads``). Only
+        ``CountSupply`` calls it, in a transaction of its own: there the phantom re-check
+        at commit is what proves the page (and an empty answer) still holds.
         """
         ...
 
