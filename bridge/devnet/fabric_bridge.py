@@ -386,6 +386,18 @@ class FabricBridgeLedger:
         """Units parked by ``transfer_id`` and not yet released."""
         return int(self._query("Parked", "0x" + transfer_id.hex())["amount"])
 
+    # ---- exact reads (ADR 0024)
+    def count_supply(self, isin: str, page: int = 1000) -> int:
+        """Run ``CountSupply`` as the issuer's admin until the security's supply counters
+        are complete (state written by a chaincode from before them); returns the number of
+        steps (1 when already complete). Each step is committed on both peers first."""
+        steps = 0
+        while True:
+            steps += 1
+            self._admin_calls([("CountSupply", [isin, str(page)])])
+            if self._query("SupplyCounting", isin)["done"]:
+                return steps
+
     def _query(self, fn: str, *args: str) -> Any:
         async def run(client: GatewayClient) -> Any:
             return json.loads(await client.evaluate(self.chaincode, fn, list(args)))
