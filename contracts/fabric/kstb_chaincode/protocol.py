@@ -2173,7 +2173,10 @@ class _Tallying:
     """A :class:`KeyValue` that keeps the supply counters in step with every amount key
     written through it. Guarantees: after any sequence of writes, for every security whose
     counting covers a key, the sum of its shards' field equals the sum of that family's
-    keys; all of one call's deltas go to one shard per security."""
+    keys; all of one call's deltas go to one shard per security.
+
+    SECURITY: :class:`Endpoint` reaches the store only through this wrapper, so no step can
+    move units without moving the figures the supply feed certifies."""
 
     def __init__(self, inner: KeyValue) -> None:
         self._inner = inner
