@@ -87,6 +87,9 @@ class ErrorReason(enum.StrEnum):
     NOT_TOKEN_ADMIN = "NotTokenAdmin"  # noqa: S105 (an error name, not a secret)
     RECIPIENT_REFUSED = "RecipientRefused"
     BRIDGE_HOLDS_PREPARED = "BridgeHoldsPrepared"
+    # ---- exact reads (issue 14, ADR 0024): Fabric/CometBFT chaincode only. A supply read
+    # refused because the security's counters are not complete yet (run CountSupply).
+    SUPPLY_NOT_COUNTED = "SupplyNotCounted"
     # ---- structured errors (ADR 0015): refusals an adapter raises before or after the
     # endpoint, never an endpoint's own error name.
     READ_ONLY = "ReadOnly"

@@ -452,6 +452,17 @@ class CometBridgeLedger:
         """``Supply.escrowed``."""
         return int(query(self.chain, "Supply", isin)["escrowed"])
 
+    # ---- exact reads (ADR 0024)
+    def count_supply(self, isin: str, page: int = 1000) -> int:
+        """``CountSupply`` as the issuer's admin until the supply counters are complete;
+        returns the number of steps (1 when already complete)."""
+        steps = 0
+        while True:
+            steps += 1
+            self._admin("CountSupply", isin, str(page))
+            if query(self.chain, "SupplyCounting", isin)["done"]:
+                return steps
+
     def parked(self, transfer_id: bytes) -> int:
         """``Parked.amount``."""
         return int(query(self.chain, "Parked", "0x" + transfer_id.hex())["amount"])

@@ -26,6 +26,7 @@ from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
+from bridge.ledgers.fabric.errors import TransactionInvalid
 from bridge.ledgers.fabric.gateway import GatewayClient
 from bridge.ledgers.fabric.identity import SigningIdentity
 
@@ -385,6 +386,18 @@ class FabricBridgeLedger:
         """Units parked by ``transfer_id`` and not yet released."""
         return int(self._query("Parked", "0x" + transfer_id.hex())["amount"])
 
+    # ---- exact reads (ADR 0024)
+    def count_supply(self, isin: str, page: int = 1000) -> int:
+        """Run ``CountSupply`` as the issuer's admin until the security's supply counters
+        are complete (state written by a chaincode from before them); returns the number of
+        steps (1 when already complete). Each step is committed on both peers first."""
+        steps = 0
+        while True:
+            steps += 1
+            self._admin_calls([("CountSupply", [isin, str(page)])])
+            if self._query("SupplyCounting", isin)["done"]:
+                return steps
+
     def _query(self, fn: str, *args: str) -> Any:
         async def run(client: GatewayClient) -> Any:
             return json.loads(await client.evaluate(self.chaincode, fn, list(args)))
@@ -476,17 +489,32 @@ class FabricBridgeLedger:
         """Make every holder eligible for ``isin``, then issue it ``units`` (not registered
         with the depository). Each wave is submitted concurrently (one holder record per
         transaction, so no MVCC conflicts inside a wave); the issue wave follows the
-        eligibility wave's commits."""
+        eligibility wave's commits. An issue also writes one of the security's supply counter
+        shards (ADR 0024), so issues that picked the same shard in one block conflict: those
+        (TransactionInvalid, nothing applied) are resubmitted until every one committed."""
 
         async def waves(client: GatewayClient) -> None:
             async with asyncio.timeout(120):
                 for fn, extra in (("SetEligible", "true"), ("Issue", str(units))):
-                    await asyncio.gather(
-                        *(
-                            client.submit(self.chaincode, fn, [isin, h.lower(), extra])
-                            for h in holders
+                    todo = list(holders)
+                    while todo:
+                        results = await asyncio.gather(
+                            *(
+                                client.submit(self.chaincode, fn, [isin, h.lower(), extra])
+                                for h in todo
+                            ),
+                            return_exceptions=True,
                         )
-                    )
+                        for r in results:
+                            if isinstance(r, BaseException) and not isinstance(
+                                r, TransactionInvalid
+                            ):
+                                raise r
+                        todo = [
+                            h
+                            for h, r in zip(todo, results, strict=True)
+                            if isinstance(r, TransactionInvalid)
+                        ]
 
         self._run(waves)
 

@@ -101,6 +101,7 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     R.NOT_TOKEN_ADMIN: "The caller is not the token's admin.",
     R.RECIPIENT_REFUSED: "The recipient may not receive the parked units.",
     R.BRIDGE_HOLDS_PREPARED: "The old bridge endpoint still has units prepared.",
+    R.SUPPLY_NOT_COUNTED: "The security's supply counters are not complete yet (state from before them): its issuer admin runs CountSupply to completion; no partial figure is ever given.",
     # Adapter-side reasons.
     R.READ_ONLY: "The relayer's adapter has no operator key (configuration).",
     R.WRONG_LEG: "The step does not apply to this leg.",

@@ -1070,15 +1070,40 @@ class TracingStore(p.MemoryStore):
         raise AssertionError("transactions must not range-read (phantom conflicts)")
 
 
+def shard_of(word_hex: str) -> str:
+    """The supply-counter shard a transaction picks from its first amount key (ADR 0024)."""
+    return f"{int(word_hex[:2], 16) % p.TALLY_SHARDS:02x}"
+
+
+def other_shard_account(*others: str) -> str:
+    """A fresh holder whose counter shard differs from every one of ``others``' shards."""
+    while True:
+        a = account()
+        if shard_of(a[2:]) not in {shard_of(o[2:]) for o in others}:
+            return a
+
+
+def other_shard_terms(env: Env, than: TransferTerms, **kwargs: Any) -> TransferTerms:
+    """Terms (fresh nonce) whose transfer id's counter shard differs from ``than``'s."""
+    while True:
+        t = make_terms(env, **kwargs)
+        if shard_of(t.transfer_id.hex()) != shard_of(than.transfer_id.hex()):
+            return t
+
+
 def test_leg_transactions_of_one_security_do_not_conflict(env: Env) -> None:
     """No hot keys: two transfers of different holders in one block would not MVCC-conflict
-    (neither writes a key the other reads or writes)."""
-    erin, fred = account(), account()  # a second sender on A, a second recipient on B
+    (neither writes a key the other reads or writes) when their supply-counter shards
+    differ (ADR 0024: a 1/TALLY_SHARDS chance that they do not)."""
+    # a second sender on A, a second recipient on B
+    erin, fred = other_shard_account(env.alice), account()
     env.a.call(env.admin, "SetEligible", ISIN.isin, erin, "true")
     env.a.call(env.admin, "Issue", ISIN.isin, erin, "50")
     env.b.call(env.admin, "SetEligible", ISIN.isin, fred, "true")
     t1 = make_terms(env)
-    t2 = dataclass_replace(make_terms(env, recipient=word_of(fred)), sender=word_of(erin))
+    t2 = dataclass_replace(
+        other_shard_terms(env, t1, recipient=word_of(fred)), sender=word_of(erin)
+    )
 
     def traced(on: Ledger, fn: str, *args: str) -> TracingStore:
         store = TracingStore(on.store.data)
@@ -1257,9 +1282,11 @@ def test_counters_are_per_security(env: Env) -> None:
 def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit(
     env: Env,
 ) -> None:
-    """The counters are per-transfer keys: committing (or aborting) two transfers of one
-    security in one block writes no key the other reads or writes, and each commit writes
-    exactly its own leg, index and counter entries (plus the recipient holder on mint)."""
+    """The burned/minted entries are per-transfer keys and the supply counters sharded:
+    committing (or aborting) two transfers of one security in different shards in one block
+    writes no key the other reads or writes, and each commit writes exactly its own leg,
+    index and burned/minted entries, its one counter shard (plus the recipient holder on
+    mint)."""
     erin, fred = account(), account()
     env.a.call(env.admin, "SetEligible", ISIN.isin, erin, "true")
     env.a.call(env.admin, "Issue", ISIN.isin, erin, "50")
@@ -1275,7 +1302,7 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
     def pair(kind: ClaimKind) -> tuple[TransferTerms, TransferTerms]:
         t1 = make_terms(env, amount=3)
         t2 = dataclass_replace(
-            make_terms(env, amount=4, recipient=word_of(fred)), sender=word_of(erin)
+            other_shard_terms(env, t1, amount=4, recipient=word_of(fred)), sender=word_of(erin)
         )
         for t in (t1, t2):
             traced(env.a, "Lock", *ins(env.a, tj(t)))
@@ -1291,6 +1318,7 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
                     tid = t.transfer_id.hex()
                     if on is env.a:
                         expected = {f"out/{tid}", f"escrow/{sec}/{tid}", f"burned/{sec}/{tid}"}
+                        expected.add(f"tally/{sec}/{shard_of(tid)}")
                     else:
                         recipient = t.recipient[12:].hex()
                         expected = {
@@ -1298,6 +1326,7 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
                             f"prepared/{sec}/{tid}",
                             f"minted/{sec}/{tid}",
                             f"holder/{sec}/{recipient}",
+                            f"tally/{sec}/{shard_of(tid)}",
                         }
                     assert s.writes == expected
         return t1, t2
@@ -1345,7 +1374,10 @@ def test_supply_reads_only_the_keys_the_adapter_replays(env: Env) -> None:
             caller_roles=frozenset({"client"}),
         )
         p.execute(store, ctx, "Supply", [ISIN.isin], lambda name, payload: None)
-        assert store.scans, "Supply scans key ranges"
+        # ADR 0024: point reads of the counters only, no range read (the peer caps those).
+        assert not store.scans, "Supply must not scan key ranges"
+        assert any(key.startswith(f"tally/{ISIN.word.hex()}/") for key in store.gets)
+        assert len(store.gets) <= p.TALLY_SHARDS + 4, store.gets
         for key in store.gets:
             assert key == "config" or is_supply_key(key, ISIN.word), key
         for prefix in store.scans:

@@ -60,6 +60,9 @@ from bridge.devnet.fabric.orgs import FabricOrg
 from bridge.devnet.ledger_tls import DevCA
 from bridge.devnet.processes import ManagedProcess, free_port, port_open, wait_until
 
+DEFAULT_TOTAL_QUERY_LIMIT = 100_000
+"""Fabric's default cap on the records one range read returns (``totalQueryLimit``)."""
+
 
 class FabricNetwork:
     """The dev Fabric network in ``workdir`` (see the module docstring for its guarantees)."""
@@ -70,8 +73,13 @@ class FabricNetwork:
         channel: str = DEFAULT_CHANNEL,
         build_if_missing: bool = True,
         start_timeout: float = START_TIMEOUT,
+        total_query_limit: int = DEFAULT_TOTAL_QUERY_LIMIT,
     ) -> None:
         self.workdir = workdir.resolve()
+        if total_query_limit < 1:
+            raise ValueError(f"total_query_limit must be positive, got {total_query_limit}")
+        self.total_query_limit = total_query_limit
+        """The peers' ``ledger.state.totalQueryLimit`` (tests crossing it set it small)."""
         self.channel = channel
         self.build_if_missing = build_if_missing
         self.start_timeout = start_timeout
@@ -476,6 +484,7 @@ class FabricNetwork:
                 "msp_id": org.msp_id,
                 "data_dir": cfg_dir / "data",
                 "ccaas_builder_dir": CCAAS_BUILDER_DIR,
+                "total_query_limit": self.total_query_limit,
             },
         )
         chaincode_client = self.chaincode_ca.issue(f"peer-{org.name.lower()}", client=True)

@@ -195,16 +195,19 @@ def supply_from_json(raw: str | bytes | Mapping[str, Any]) -> dict[str, int]:
     return {name: int_from_json(_field(data, name, "supply"), name) for name in SUPPLY_FIELDS}
 
 
-SUPPLY_KEY_PREFIXES = ("holder", "escrow", "prepared", "burned", "minted", "parked")
-"""World-state key families the chaincode's ``Supply`` scans, each ``<family>/<security>/``."""
+SUPPLY_KEY_PREFIXES = ("holder", "escrow", "prepared", "burned", "minted", "parked", "tally")
+"""World-state key families behind the chaincode's ``Supply``, each ``<family>/<security>/``:
+``Supply`` reads the ``tally`` counters (ADR 0024), which every write of the other families'
+amounts updates in the same transaction."""
 
 
 def is_supply_key(key: str, security: bytes) -> bool:
     """True when the chaincode's ``Supply`` answer for ``security`` reads ``key``.
 
-    ``Supply`` reads ``security/<id>`` and scans ``<family>/<id>/`` for each family in
-    SUPPLY_KEY_PREFIXES (``<id>`` is the 32-byte security word in lowercase hex); a block
-    that writes none of these keys leaves the answer unchanged. A unit test checks this
+    ``Supply`` reads ``security/<id>`` and the ``tally/<id>/`` counters, kept in step with
+    ``<family>/<id>/`` for each other family in SUPPLY_KEY_PREFIXES (``<id>`` is the 32-byte
+    security word in lowercase hex); a block that writes none of these keys leaves the
+    answer unchanged. A unit test checks this
     against the chaincode's read set.
     """
     sec = security.hex()

@@ -133,6 +133,9 @@ class _View:
                     merged[k] = v
         return sorted(merged.items())
 
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        return [kv for kv in self.scan(prefix) if kv[0] > after][:limit]
+
 
 def _check_key(key: str) -> None:
     """SECURITY: state keys are printable ASCII (what the store's range scans assume and
@@ -162,6 +165,11 @@ class _Prefixed:
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         n = len(self._prefix)
         return [(k[n:], v) for k, v in self._inner.scan(self._prefix + prefix)]
+
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        n = len(self._prefix)
+        rows = self._inner.scan_after(self._prefix + prefix, self._prefix + after, limit)
+        return [(k[n:], v) for k, v in rows]
 
 
 def _refusal_log(exc: ChaincodeError) -> str:

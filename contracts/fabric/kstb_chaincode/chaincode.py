@@ -104,12 +104,22 @@ class _StubStore:
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         return list(self._call(self._scan(prefix)))
 
-    async def _scan(self, prefix: str) -> list[tuple[str, bytes]]:
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        # The peer may cut the range short (totalQueryLimit) without saying so: the caller
+        # treats only an empty answer as the end (protocol ``# ---- exact reads``).
+        return list(self._call(self._scan(prefix, after, limit)))
+
+    async def _scan(
+        self, prefix: str, after: str = "", limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
         # All protocol keys are printable ASCII (< 0x7f), so [prefix, prefix + DEL) is the
         # prefix range. The reply is checked before the shim's iterator parses it.
         stub = self._stub
+        # Strictly after ``after``: ``after + NUL`` is the least key above it (a range bound
+        # only, never stored; the peer rejects NUL only as a key's first character).
+        start = after + "\x00" if after > prefix else prefix
         raw = await stub.client.handle_get_state_by_range(
-            "", prefix, prefix + "\x7f", stub.channel_id, stub.tx_id
+            "", start, prefix + "\x7f", stub.channel_id, stub.tx_id
         )
         _check(raw, "GetStateByRange", prefix)
         iterator = StateQueryIterator(
@@ -120,7 +130,12 @@ class _StubStore:
             response_factory=shim_pb2.QueryResponse.FromString,
             parser=lambda qrb: kv_pb2.KV.FromString(qrb.resultBytes),
         )
-        return [(str(kv.key), bytes(kv.value)) async for kv in iterator]
+        out: list[tuple[str, bytes]] = []
+        async for kv in iterator:
+            out.append((str(kv.key), bytes(kv.value)))
+            if limit is not None and len(out) >= limit:
+                break  # the peer closes the transaction's iterators when it ends
+        return out
 
 
 def _check(reply: Any, what: str, key: str) -> None:

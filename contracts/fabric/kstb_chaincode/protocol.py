@@ -29,11 +29,10 @@ entries ``escrow/<word>/<transfer id>`` (a Locked outbound leg) and
 ``prepared/<word>/<transfer id>`` (a Prepared inbound leg), deleted when the leg moves on,
 and the permanent entries ``burned/<word>/<transfer id>`` (an outbound leg committed, Burned)
 and ``minted/<word>/<transfer id>`` (an inbound leg committed, Minted), written by Commit and
-never deleted (hex without 0x). There are deliberately no per-security counters: a counter
-would be a hot key that every leg transaction of the security reads and writes, so two of
-them in one block would conflict (MVCC_READ_CONFLICT). Transactions touch only their holder
-and their transfer; ``Supply`` (a query) sums holders and index entries with range scans
-instead, so its cost grows with the number of holders and of committed transfers.
+never deleted (hex without 0x). ``Supply`` does not sum those keys (a range read the peer
+caps at ``totalQueryLimit`` would be silently short at scale): the per-security counters
+``tally/<word>/<nn>`` (sharded, so two transactions of a security rarely conflict) and
+``tally/<word>/state`` are kept in step by every write, see ``# ---- exact reads``.
 
 Error messages are ``"<ErrorName>: <detail>"``; the detail uses the EVM adapter's
 ``name=value, ...`` form (bytes and addresses as lowercase 0x-hex).
@@ -352,6 +351,16 @@ class KeyValue(Protocol):
         """
         ...
 
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """At most ``limit`` (key, value) with keys starting with ``prefix`` and greater than
+        ``after``, ascending. A store may return FEWER than ``limit`` although more exist
+        (Fabric's peer caps a range read at ``totalQueryLimit`` without saying so): only an
+        EMPTY answer proves there is nothing after ``after`` (``# ---- exact reads``). Only
+        ``CountSupply`` calls it, in a transaction of its own: there the phantom re-check
+        at commit is what proves the page (and an empty answer) still holds.
+        """
+        ...
+
 
 class MemoryStore:
     """A dict-backed :class:`KeyValue` (tests, simulations)."""
@@ -374,6 +383,10 @@ class MemoryStore:
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         """Keys starting with ``prefix``, ascending."""
         return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """At most ``limit`` keys starting with ``prefix`` and greater than ``after``."""
+        return [kv for kv in self.scan(prefix) if kv[0] > after][:limit]
 
 
 class _Buffer:
@@ -406,6 +419,12 @@ class _Buffer:
                 else:
                     merged[key] = value
         return sorted(merged.items())
+
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        # The only caller (CountSupply) scans a family before it writes any key of it.
+        if any(key.startswith(prefix) for key in self._writes):
+            raise AssertionError(f"scan_after over buffered writes under {prefix!r}")
+        return self._backing.scan_after(prefix, after, limit)
 
     def flush(self) -> None:
         for key in sorted(self._writes):
@@ -627,7 +646,7 @@ class Endpoint:
     """One call's view of the bridge endpoint and its tokens over a (buffered) store."""
 
     def __init__(self, store: KeyValue, ctx: Context, emit: Emit) -> None:
-        self._kv = store
+        self._kv: KeyValue = _Tallying(store)  # ---- exact reads: counters on every write
         self._ctx = ctx
         self._emit = emit
         self._cfg: _Config | None = None
@@ -641,16 +660,11 @@ class Endpoint:
     def _put_json(self, key: str, value: object) -> None:
         self._kv.put(key, canonical_json(value))
 
-    def _sum(self, prefix: str) -> int:
-        return sum(int(value) for _, value in self._kv.scan(prefix))
-
     def _total_supply(self, sec: bytes) -> int:
         """Like the EVM token's totalSupply: every holder's units plus the bridge escrow and
-        the parked units (which the EVM endpoint holds as a balance)."""
-        holders = sum(
-            int(json.loads(value)["balance"]) for _, value in self._kv.scan(f"holder/{sec.hex()}/")
-        )
-        return holders + self._sum(f"escrow/{sec.hex()}/") + self._sum(f"parked/{sec.hex()}/")
+        the parked units (which the EVM endpoint holds as a balance); from the counters
+        (``# ---- exact reads``), SupplyNotCounted before they are complete."""
+        return _tally_figures(self._kv, sec)["total_supply"]
 
     @property
     def cfg(self) -> _Config:
@@ -923,6 +937,7 @@ class Endpoint:
         if self._registered(sec) is not None:
             raise ChaincodeError("SecurityAlreadyRegistered", f"securityId={_hex(sec)}")
         self._put_json(f"security/{sec.hex()}", {"isin": isin, "paused": False})
+        self._put_json(_tally_state_key(sec.hex()), {"done": True})  # ---- exact reads
         return {"isin": isin, "security": _hex(sec)}
 
     def _admin_holder(self, isin: str, holder: str) -> tuple[bytes, dict[str, Any], bytes]:
@@ -1446,21 +1461,62 @@ class Endpoint:
         committed outbound leg / minted by a committed inbound leg). UnknownSecurity for an
         unregistered security, like the EVM view.
 
-        Cost: every figure is a range scan (no hot counter keys, see Keys), so one call reads
-        O(holders + open legs + committed transfers) keys of the security; the burned/minted
-        entries are never deleted, so that part grows with every transfer ever committed.
-        A query only: transactions never call this (a range read would phantom-conflict).
+        Cost: O(1), whatever the number of holders and transfers: the figures are the sums
+        of the security's TALLY_SHARDS counter records, which every transaction keeps in
+        step with the amount keys it writes (``# ---- exact reads``). Exact or refused:
+        SupplyNotCounted while the security's counters are not complete (state written
+        before the counters existed, until ``CountSupply`` has counted it), never a figure
+        from a partial scan.
         """
         self._require_init()
         sec = security_word(isin)
         self._token(sec)
-        return {
-            "total_supply": str(self._total_supply(sec)),
-            "escrowed": str(self._sum(f"escrow/{sec.hex()}/")),
-            "prepared": str(self._sum(f"prepared/{sec.hex()}/")),
-            "burned_out": str(self._sum(f"burned/{sec.hex()}/")),
-            "minted_in": str(self._sum(f"minted/{sec.hex()}/")),
-        }
+        figures = _tally_figures(self._kv, sec)
+        return {name: str(figures[name]) for name in SUPPLY_FIGURES}
+
+    # ---- exact reads (issue 14): see the section of that name below
+
+    def count_supply(self, isin: str, page_text: str) -> object:
+        """``CountSupply`` (issuer admin): one bounded step of counting a security registered
+        before the counters existed. Guarantees: at most ``page`` keys read (1..MAX_COUNT_PAGE);
+        the counters become ``done`` only after every family's range after its cursor read
+        empty; idempotent once done (a no-op answering the state)."""
+        self._only_admin()
+        sec = security_word(isin)
+        self._token(sec)
+        page = _parse_decimal("page", page_text, MAX_COUNT_PAGE + 1)
+        if page == 0:
+            raise _invalid(f"page must be 1..{MAX_COUNT_PAGE}")
+        kv = self._kv
+        sec_hex = sec.hex()
+        raw = kv.get(_tally_state_key(sec_hex))
+        state: dict[str, Any] = json.loads(raw) if raw is not None else {"family": 0, "after": ""}
+        counted = 0
+        if state.get("done") is not True:
+            family, field = TALLY_FAMILIES[int(state["family"])]
+            rows = kv.scan_after(f"{family}/{sec_hex}/", str(state["after"]), page)
+            if rows:
+                total = sum(_amount_of(family, value) for _, value in rows)
+                counted = len(rows)
+                if total:
+                    _tally_add(kv, sec_hex, _shard_of(rows[0][0]), field, total)
+                state = {"family": state["family"], "after": rows[-1][0]}
+            elif int(state["family"]) + 1 < len(TALLY_FAMILIES):
+                state = {"family": int(state["family"]) + 1, "after": ""}
+            else:
+                state = {"done": True}
+            kv.put(_tally_state_key(sec_hex), canonical_json(state))
+        return {"isin": isin, "counted": counted, **_counting_json(state)}
+
+    def supply_counting(self, isin: str) -> object:
+        """``SupplyCounting``: whether the security's counters are complete, and the cursor."""
+        self._require_init()
+        sec = security_word(isin)
+        self._token(sec)
+        raw = self._kv.get(_tally_state_key(sec.hex()))
+        return {"isin": isin, **_counting_json(json.loads(raw) if raw is not None else None)}
+
+    # ----
 
     def committee(self) -> object:
         """The current committee: epoch, threshold, members (lowercase 0x addresses)."""
@@ -1838,8 +1894,8 @@ class Endpoint:
     ) -> object:
         """``setFlowLimit`` (admin only): the EVM endpoint's rules, with the counterpart given
         as a ledger name. ``share_bps`` sizes both capacities from this ledger's registered
-        supply now (every holder's units plus escrow, a range read: run it when the
-        security is quiet, or retry on an MVCC conflict)."""
+        supply now (the counters of ``# ---- exact reads``: SupplyNotCounted before they
+        are complete; run it when the security is quiet, or retry on an MVCC conflict)."""
         self._only_admin()
         sec = security_word(isin)
         self._token(sec)
@@ -2055,6 +2111,180 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
     return {"epoch": c.epoch, "threshold": c.threshold, "members": [_hex(m) for m in c.members]}
 
 
+# ---- exact reads (issue 14)
+# The supply figures are counters, kept in the same transaction as every write of an amount
+# key (``holder``'s balance, ``escrow``, ``prepared``, ``parked``, ``burned``, ``minted``),
+# so ``Supply`` reads O(1) keys after millions of transfers and never depends on a range
+# read that the peer may cut short (``totalQueryLimit``). :class:`_Tallying` wraps the store
+# of every call, so no code path (nor a future one) can write an amount key without its
+# counter. A counter is a hot key (two transactions writing it in one block would
+# MVCC-conflict), so each security has TALLY_SHARDS counter records ``tally/<word>/<nn>``
+# and a transaction writes all its deltas to ONE of them, picked by the first amount key it
+# changes (a transfer id or a holder address: uniform): two concurrent transactions of a
+# security conflict with probability 1/TALLY_SHARDS, and a conflict is retried like any
+# other. A shard's fields may be negative (a lock debits a holder and credits escrow in the
+# same shard, but an issue credits one shard and the later lock debits another); the sums
+# are exact and never negative.
+#
+# ``tally/<word>/state`` says how far the counters are complete: ``{"done": true}`` for a
+# security registered since (counted from zero), absent for one registered before the
+# counters existed. Such a security's figures are refused (SupplyNotCounted) until the
+# issuer admin has run ``CountSupply`` to completion: each call counts at most ``page``
+# more keys of one family, in key order, and records its cursor; a write of a key at or
+# before the cursor updates the counters, a later one does not (the scan will see it). A
+# family ends only when a range read strictly after the cursor comes back EMPTY (the
+# peer's cap can shorten a page silently, never empty it); Fabric re-checks that range
+# read at commit, so a key inserted there concurrently invalidates the step (phantom).
+
+TALLY_SHARDS = 64
+"""Counter records per security: a Supply read costs this many point reads."""
+
+TALLY_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("holder", "holders"),
+    ("escrow", "escrowed"),
+    ("prepared", "prepared"),
+    ("parked", "parked"),
+    ("burned", "burned_out"),
+    ("minted", "minted_in"),
+)
+"""(key family, counter field), in the order ``CountSupply`` counts them."""
+
+_TALLY_FIELD = dict(TALLY_FAMILIES)
+_FAMILY_INDEX = {family: i for i, (family, _) in enumerate(TALLY_FAMILIES)}
+
+SUPPLY_FIGURES = ("total_supply", "escrowed", "prepared", "burned_out", "minted_in")
+"""The ``Supply`` answer's figures (the adapters' codec reads exactly these)."""
+
+MAX_COUNT_PAGE = 10_000
+"""The largest ``page`` of one ``CountSupply`` step (its cost bound)."""
+
+
+def _tally_state_key(sec_hex: str) -> str:
+    return f"tally/{sec_hex}/state"
+
+
+def _amount_of(family: str, raw: bytes | None) -> int:
+    """The units an amount key holds (0 when absent)."""
+    if raw is None:
+        return 0
+    if family == "holder":
+        return int(json.loads(raw)["balance"])
+    return int(raw)
+
+
+class _Tallying:
+    """A :class:`KeyValue` that keeps the supply counters in step with every amount key
+    written through it. Guarantees: after any sequence of writes, for every security whose
+    counting covers a key, the sum of its shards' field equals the sum of that family's
+    keys; all of one call's deltas go to one shard per security.
+
+    SECURITY: :class:`Endpoint` reaches the store only through this wrapper, so no step can
+    move units without moving the figures the supply feed certifies."""
+
+    def __init__(self, inner: KeyValue) -> None:
+        self._inner = inner
+        self._shard: dict[str, str] = {}  # security hex -> the shard this call writes
+
+    def get(self, key: str) -> bytes | None:
+        return self._inner.get(key)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        return self._inner.scan(prefix)
+
+    def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
+        return self._inner.scan_after(prefix, after, limit)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._account(key, value)
+        self._inner.put(key, value)
+
+    def delete(self, key: str) -> None:
+        self._account(key, None)
+        self._inner.delete(key)
+
+    def _account(self, key: str, new: bytes | None) -> None:
+        family, _, rest = key.partition("/")
+        field = _TALLY_FIELD.get(family)
+        sec_hex, _, word = rest.partition("/")
+        if field is None or not word:
+            return
+        if not _counts(self._inner, family, sec_hex, key):
+            return
+        delta = _amount_of(family, new) - _amount_of(family, self._inner.get(key))
+        if delta:
+            shard = self._shard.setdefault(sec_hex, _shard_of(key))
+            _tally_add(self._inner, sec_hex, shard, field, delta)
+
+
+def _shard_of(key: str) -> str:
+    """The counter shard of an amount key: its last word (a transfer id or an address,
+    lowercase hex) modulo TALLY_SHARDS, as two hex digits."""
+    return f"{int(key.rsplit('/', 1)[1][:2], 16) % TALLY_SHARDS:02x}"
+
+
+def _counts(kv: KeyValue, family: str, sec_hex: str, key: str) -> bool:
+    """True when the counters of ``sec_hex`` include ``key`` (done, or behind the cursor)."""
+    raw = kv.get(_tally_state_key(sec_hex))
+    if raw is None:
+        return False
+    state = json.loads(raw)
+    if state.get("done") is True:
+        return True
+    at = int(state["family"])
+    return _FAMILY_INDEX[family] < at or (
+        _FAMILY_INDEX[family] == at and key <= str(state["after"])
+    )
+
+
+def _tally_add(kv: KeyValue, sec_hex: str, shard: str, field: str, delta: int) -> None:
+    key = f"tally/{sec_hex}/{shard}"
+    raw = kv.get(key)
+    record: dict[str, str] = json.loads(raw) if raw is not None else {}
+    record[field] = str(int(record.get(field, "0")) + delta)
+    kv.put(key, canonical_json(record))
+
+
+def _tally_figures(kv: KeyValue, sec: bytes) -> dict[str, int]:
+    """The security's supply figures from its counters (TALLY_SHARDS + 1 point reads).
+
+    SECURITY: exact or refused: SupplyNotCounted unless the counters are complete."""
+    sec_hex = sec.hex()
+    raw = kv.get(_tally_state_key(sec_hex))
+    state = json.loads(raw) if raw is not None else None
+    if state is None or state.get("done") is not True:
+        where = "not started" if state is None else f"at {state['family']}/{state['after']}"
+        raise ChaincodeError(
+            "SupplyNotCounted", f"securityId={_hex(sec)}, counting {where}: run CountSupply"
+        )
+    sums = {field: 0 for _, field in TALLY_FAMILIES}
+    for shard in range(TALLY_SHARDS):
+        record = kv.get(f"tally/{sec_hex}/{shard:02x}")
+        if record is not None:
+            for field, value in json.loads(record).items():
+                sums[field] += int(value)
+    if any(v < 0 for v in sums.values()):  # a broken invariant, never a figure
+        raise AssertionError(f"negative supply counter for {_hex(sec)}: {sums}")
+    return {
+        "total_supply": sums["holders"] + sums["escrowed"] + sums["parked"],
+        "escrowed": sums["escrowed"],
+        "prepared": sums["prepared"],
+        "burned_out": sums["burned_out"],
+        "minted_in": sums["minted_in"],
+    }
+
+
+def _counting_json(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    if state is None:
+        return {"done": False, "family": TALLY_FAMILIES[0][0], "after": ""}
+    if state.get("done") is True:
+        return {"done": True, "family": "", "after": ""}
+    return {
+        "done": False,
+        "family": TALLY_FAMILIES[int(state["family"])][0],
+        "after": str(state["after"]),
+    }
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 # function name -> (method name, number of string arguments, changes state)
@@ -2100,6 +2330,9 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "SetFlowLimit": ("set_flow_limit", 8, True),
     "FlowStatus": ("flow_status", 2, False),
     "NotBefore": ("not_before", 1, False),
+    # ---- exact reads (issue 14)
+    "CountSupply": ("count_supply", 2, True),
+    "SupplyCounting": ("supply_counting", 1, False),
     # ---- depository halt
     "SetDepository": ("set_depository", 1, True),
     "ApplyOrder": ("apply_order", 2, True),

@@ -314,3 +314,30 @@ def test_two_validators_agree_on_every_app_hash(tmp_path: Path) -> None:
         assert len(set(hashes)) == 1, hashes
     finally:
         chain.stop()
+
+
+@pytest.mark.batch
+def test_the_supply_counters_run_on_the_app(chain: CometChain) -> None:
+    """ADR 0024 on CometBFT: a security registered by this app is counted from zero (its
+    supply needs no CountSupply, which is a no-op), and the figures come from counters."""
+
+    async def run() -> None:
+        admin = _admin(chain)
+        reader = CometClient(chain.rpc_url, chain.chain_id)
+        try:
+            state, _ = await reader.query("SupplyCounting", [ISIN])
+            assert json.loads(state)["done"] is True
+            step = json.loads(await admin.call("CountSupply", [ISIN, "100"]))
+            assert (step["done"], step["counted"]) == (True, 0)
+            with pytest.raises(LedgerRejected) as err:
+                await admin.call("CountSupply", [ISIN, "0"])
+            assert err.value.reason is ErrorReason.INVALID_ARGUMENT
+            before = int((await _supply(chain))["total_supply"])
+            await admin.call("SetEligible", [ISIN, "0x" + "66" * 20, "true"])
+            await admin.call("Issue", [ISIN, "0x" + "66" * 20, "12"])
+            assert int((await _supply(chain))["total_supply"]) == before + 12
+        finally:
+            await admin.close()
+            await reader.close()
+
+    asyncio.run(run())
