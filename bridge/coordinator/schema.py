@@ -218,6 +218,13 @@ CREATE TABLE IF NOT EXISTS coordinator_members (
 );
 """
 
+# ---- version 5: the lease holder is one PROCESS (HA review finding 4): ``instance`` is a
+# random id per process, so two processes configured with the same name never renew
+# each other's term.
+_V5 = """
+ALTER TABLE coordinator_lease ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -312,6 +319,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "supply feed outbox: gap-free positions in commit order", _V2),
     Migration(3, "coordinator leader lease with fencing token", _V3),
     Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
+    Migration(5, "coordinator lease holder: one process (name and instance id)", _V5),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

@@ -89,19 +89,20 @@ def held_for_life(lock: Path, held: bool = True) -> None:
         _HELD_EXCLUSIVE.discard(lock)
 
 
-def hold_lock(path: Path, *, exclusive: bool) -> IO[bytes]:
+def hold_lock(path: Path, *, exclusive: bool) -> IO[bytes] | None:
     """The open lock file of store ``path``, locked shared or exclusive without waiting;
     StoreInUse when another process holds it incompatibly. SECURITY: when this process
     already holds the file's lock exclusively for life (:func:`held_for_life`), a shared
-    request is already satisfied and takes no second lock; an exclusive one (a restore)
-    is still refused."""
+    request is already satisfied: None, and the lock file is NOT opened again (HA review
+    finding 8: where ``flock`` is emulated with POSIX record locks, as on Linux NFS, closing
+    ANY descriptor of the file drops the process's lock); an exclusive one (a restore) is
+    still refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(lock_path(path), "a+b")  # noqa: SIM115 (held by the caller)
     if lock_path(path) in _HELD_EXCLUSIVE:
         if exclusive:
-            fh.close()
             raise StoreInUse(f"{path} is in use (this process serves it)")
-        return fh
+        return None
+    fh = open(lock_path(path), "a+b")  # noqa: SIM115 (held by the caller)
     try:
         fcntl.flock(fh.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
