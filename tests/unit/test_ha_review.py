@@ -308,3 +308,82 @@ def test_a_store_opened_under_a_state_lock_opens_no_second_lock_descriptor(
             fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # still held
     finally:
         lock.release()
+
+
+# ---- finding 6: `bridge transfer watch` fails over however old the watch is
+
+
+def test_a_watch_older_than_its_timeout_still_fails_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The give-up delay of a stream counts from its last message, not from the watch's
+    start: a watch that received updates for longer than ``give_up_after`` still moves to
+    the next coordinator when its leader dies; a stream silent for that long gives up
+    with the call's own UNAVAILABLE."""
+    import grpc
+
+    from bridge.rpc.failover import SyncFailover
+    from tests.unit.test_ha_clients import _Call
+
+    monkeypatch.setenv("KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT", "1")  # never dialled
+    targets = ["127.0.0.1:1", "127.0.0.1:2"]
+    failover = SyncFailover(targets, None, give_up_after=0.5)
+    served: list[str] = []
+
+    def watch(channel: object, progressed: Callable[[], None]) -> str:
+        served.append(failover.ring.current)
+        if len(served) == 1:
+            for _ in range(4):  # updates for 0.8 s, longer than give_up_after
+                time.sleep(0.2)
+                progressed()
+            raise _Call(grpc.StatusCode.UNAVAILABLE)  # the leader dies mid-watch
+        return "terminal"
+
+    try:
+        assert failover.follow(watch) == "terminal"
+        assert served == targets
+    finally:
+        failover.close()
+
+    silent = SyncFailover(targets, None, give_up_after=0.3)
+    tries: list[float] = []
+
+    def down(channel: object, progressed: Callable[[], None]) -> str:
+        tries.append(time.monotonic())
+        raise _Call(grpc.StatusCode.UNAVAILABLE)
+
+    try:
+        with pytest.raises(grpc.RpcError) as exc:
+            silent.follow(down)
+        assert exc.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert len(tries) >= 2 and tries[-1] - tries[0] < 1.5
+    finally:
+        silent.close()
+
+
+# ---- finding 7: operator status reads never queue before the lease's renewals
+
+
+@pytest.mark.postgres
+async def test_cluster_status_reads_never_use_the_lease_connection(fresh_pg_url: str) -> None:
+    """GetClusterStatus is served from the stores' connection: while the lease's worker
+    thread is busy (a renewal in flight), a status read still answers at once, so a
+    monitoring poll can never push a renewal past ``hold_for``."""
+    from bridge.config import HaConfig, ObservabilityConfig
+    from bridge.coordinator.__main__ import _HaParts
+    from bridge.obs.daemon import DaemonObservability
+
+    stores = open_database(fresh_pg_url)
+    obs = DaemonObservability("coordinator", ObservabilityConfig())
+    ha = _HaParts(HaConfig("coord-a", "10.0.0.1:50051", 3.0, 1.0), fresh_pg_url, None, obs, stores)
+    try:
+        assert await ha.keeper.elect(asyncio.Event()) == 1
+        busy = asyncio.create_task(ha.db.read(lambda c: time.sleep(1.5)))
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        view = await asyncio.wait_for(ha.cluster_view(), 1.0)
+        assert loop.time() - t0 < 0.5 and not busy.done()
+        assert (view.leader, view.token, view.answered_by) == ("coord-a", 1, "coord-a")
+        await busy
+    finally:
+        ha.close()
+        stores.close()
