@@ -387,3 +387,53 @@ async def test_cluster_status_reads_never_use_the_lease_connection(fresh_pg_url:
     finally:
         ha.close()
         stores.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ha_first", [True, False], ids=["ha-running", "plain-running"])
+def test_the_coordinator_process_exits_4_beside_the_other_kind(
+    tmp_path: Path, fresh_pg_url: str, ha_first: bool
+) -> None:
+    """``bridge-coordinator`` itself: with an HA coordinator's shared lock held, one without
+    ``[ha]`` exits 4; with a non-HA coordinator's exclusive lock held, one with ``[ha]``
+    exits 4. Neither touches the lease nor registers as a member."""
+    import subprocess
+    import sys
+
+    from tests.unit.test_config import network_data, write
+
+    write(tmp_path / "network.toml", network_data())
+    data: dict[str, object] = {
+        "network": "network.toml",
+        "listen": "127.0.0.1:0",
+        "database": fresh_pg_url,
+        "verifiers": ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"],
+        "relayers": {"brokerage-a": "127.0.0.1:1", "brokerage-b": "127.0.0.1:2"},
+    }
+    if not ha_first:  # the process under test is the HA one
+        data["ha"] = {"name": "coord-b", "advertise": "127.0.0.1:7000"}
+    config = write(tmp_path / "c.toml", data)
+    running = open_database(fresh_pg_url)
+    try:
+        if ha_first:
+            running.claim_shared()
+        else:
+            running.claim_exclusive()
+        env = {**os.environ, "KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT": "1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge.coordinator", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 4, done.stderr[-2000:]
+        assert "database in use" in done.stdout + done.stderr
+        assert lease_row(running) == ("", 0)
+        members = running.run_sync(
+            lambda c: c.execute("SELECT count(*) FROM coordinator_members").fetchone()[0]
+        )
+        assert members == 0, "nothing registered"
+    finally:
+        running.close()
