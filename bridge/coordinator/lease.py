@@ -64,9 +64,15 @@ class _LeaseBusy(Exception):
     write still in flight (lock_timeout): not acquired this time."""
 
 
-def _ms(seconds: float) -> str:
-    """A PostgreSQL duration setting (at least 1 ms)."""
-    return f"'{max(1, int(seconds * 1000))}ms'"
+def _set_local(c: Conn, **seconds: float) -> None:
+    """PostgreSQL: set each named timeout for the current transaction only (``SET LOCAL``),
+    in whole milliseconds (at least 1), in one round trip."""
+    names = sorted(seconds)
+    calls = ", ".join("set_config(?, ?, true)" for _ in names)
+    args: list[object] = []
+    for name in names:
+        args += [name, f"{max(1, int(seconds[name] * 1000))}ms"]
+    c.execute(f"SELECT {calls}", args)
 
 
 class Lease:
@@ -135,9 +141,12 @@ class Lease:
         def run(c: Conn) -> tuple[int | None, str, str]:
             now = db_now(c)
             if c.dialect is Dialect.POSTGRES:
-                c.execute(f"SET LOCAL lock_timeout = {_ms(bound)}")
-                c.execute(f"SET LOCAL statement_timeout = {_ms(bound * 2)}")
-                c.execute(f"SET LOCAL idle_in_transaction_session_timeout = {_ms(bound)}")
+                _set_local(
+                    c,
+                    lock_timeout=bound,
+                    statement_timeout=bound * 2,
+                    idle_in_transaction_session_timeout=bound,
+                )
             c.execute(
                 "INSERT INTO coordinator_members (name, address, started_at, seen_at)"  # noqa: S608
                 f" VALUES (?, ?, {now}, {now}) ON CONFLICT (name) DO UPDATE"
@@ -231,9 +240,8 @@ class Lease:
         if c.dialect is Dialect.POSTGRES:
             lock = " FOR KEY SHARE"
             if self.write_timeout is not None:
-                bound = _ms(self.write_timeout)
-                c.execute(f"SET LOCAL statement_timeout = {bound}")
-                c.execute(f"SET LOCAL idle_in_transaction_session_timeout = {bound}")
+                bound = self.write_timeout
+                _set_local(c, statement_timeout=bound, idle_in_transaction_session_timeout=bound)
         row = c.execute(
             "SELECT holder, token FROM coordinator_lease WHERE id = 1" + lock  # noqa: S608
         ).fetchone()
