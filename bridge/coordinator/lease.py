@@ -147,12 +147,25 @@ class Lease:
                     statement_timeout=bound * 2,
                     idle_in_transaction_session_timeout=bound,
                 )
-            c.execute(
-                "INSERT INTO coordinator_members (name, address, started_at, seen_at)"  # noqa: S608
-                f" VALUES (?, ?, {now}, {now}) ON CONFLICT (name) DO UPDATE"
-                " SET address = excluded.address, seen_at = excluded.seen_at",
-                (holder, address),
+            # The heartbeat row of this name is this process's unless another process of
+            # the same name was seen within the ttl (finding 4: it keeps its address).
+            seen = c.execute(
+                "INSERT INTO coordinator_members (name, address, started_at, seen_at,"  # noqa: S608
+                f" instance) VALUES (?, ?, {now}, {now}, ?) ON CONFLICT (name) DO UPDATE"
+                " SET address = excluded.address, seen_at = excluded.seen_at,"
+                " started_at = CASE WHEN coordinator_members.instance = excluded.instance"
+                " THEN coordinator_members.started_at ELSE excluded.started_at END,"
+                " instance = excluded.instance"
+                " WHERE coordinator_members.instance = excluded.instance"
+                " OR coordinator_members.seen_at < excluded.seen_at - ?",
+                (holder, address, instance, ttl),
             )
+            if seen.rowcount == 0:
+                get_logger().warning(
+                    "another process wrote this coordinator's heartbeat within the lease ttl"
+                    " (its previous run, or a second process with the same [ha].name)",
+                    holder=holder,
+                )
             if mine:
                 # Renewal: a plain UPDATE of a non-key column, never blocked by the
                 # FOR KEY SHARE of this leader's own store writes (finding 2).
@@ -177,11 +190,6 @@ class Lease:
                     other = c.execute(
                         "SELECT address FROM coordinator_members WHERE name = ?", (current,)
                     ).fetchone()
-                    if current == holder:
-                        get_logger().warning(
-                            "another process holds the lease under this coordinator's name",
-                            holder=holder,
-                        )
                     return None, current, str(other[0]) if other else ""
                 if lock or c.dialect is not Dialect.POSTGRES:
                     break

@@ -220,9 +220,10 @@ CREATE TABLE IF NOT EXISTS coordinator_members (
 
 # ---- version 5: the lease holder is one PROCESS (HA review finding 4): ``instance`` is a
 # random id per process, so two processes configured with the same name never renew
-# each other's term.
+# each other's term nor overwrite each other's advertised address.
 _V5 = """
 ALTER TABLE coordinator_lease ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+ALTER TABLE coordinator_members ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 """
 
 

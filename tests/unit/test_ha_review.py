@@ -216,10 +216,12 @@ async def test_two_processes_with_one_name_do_not_steal_the_lease(
     open_db: Callable[[], Database],
 ) -> None:
     db1, db2 = open_db(), open_db()
-    first, clone = Lease(db1, "coord-a", ttl=0.5), Lease(db2, "coord-a", ttl=0.5)
+    first = Lease(db1, "coord-a", ttl=0.5, address="10.0.0.1:50051")
+    clone = Lease(db2, "coord-a", ttl=0.5, address="10.0.0.9:50051")
     try:
         assert await first.acquire() == 1
         assert await clone.acquire() is None, "same name, another process: it waits"
+        assert clone.leader_address == "10.0.0.1:50051", "the running one's address stays"
         assert await first.acquire() == 1, "the first one's renewals still work"
         with pytest.raises(Fenced):
             await clone.fenced_write(mark("clone"))
