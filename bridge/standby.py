@@ -12,9 +12,12 @@ SECURITY: two members with the same key and SEPARATE vote logs could sign two co
 votes for one transfer (each log would allow its own first vote), which is equivocation the
 committee's threshold does not survive. The lock is what makes a standby member safe: it is
 only ever started on the SAME vote log (shared storage), and never while another process
-holds it. Shared storage must honour ``flock`` across hosts (a local disk moved by the
-cluster manager, or NFSv4 with its locks); otherwise run the standby cold (started by an
-operator or a fencing cluster manager only after the active one is known dead).
+holds it. The lock is a fence only on a local or block volume: a standby on another host
+needs that volume moved to it by a fencing cluster manager after the active host is known
+dead, or runs cold (started by an operator then). Never a network filesystem (HA review
+finding 8): SQLite's WAL does not work there, Linux NFS emulates ``flock`` with POSIX locks
+lost when the process closes ANY descriptor of the file, and an NFSv4 client partitioned
+past its lease loses the lock while still running.
 """
 
 from __future__ import annotations

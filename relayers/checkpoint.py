@@ -98,6 +98,7 @@ def rewind(
     if not force and not path.is_file():
         raise StoreMissing(f"no relayer store at {path}: refusing to create one")
     lock = hold_lock(path, exclusive=True)
+    assert lock is not None  # an exclusive request is never already satisfied
     try:
         db = open_store(path, KIND, MIGRATIONS, markers=MARKERS, lock=False)
         try:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +220,14 @@ def _list(stub: Any, a: argparse.Namespace) -> None:
 def _watch(stub: Any, a: argparse.Namespace) -> None:
     last = 0  # resumes after the last update shown, on whichever coordinator leads
 
-    def follow(channel: grpc.Channel) -> None:
+    def follow(channel: grpc.Channel, progressed: Callable[[], None]) -> None:
         nonlocal last
         watch = transfer_pb2_grpc.TransferServiceStub(channel).WatchTransfer(
             transfer_pb2.WatchTransferRequest(transfer_id=a.transfer_id, after_sequence=last)
         )
         for u in watch:
             last = u.sequence
+            progressed()  # --timeout counts from the last update, not the watch's start
             if a.json:
                 print(
                     json.dumps(MessageToDict(u, preserving_proto_field_name=True), sort_keys=True)
@@ -236,7 +237,7 @@ def _watch(stub: Any, a: argparse.Namespace) -> None:
                 print(f"{u.sequence:>3} {at} {STATE_NAMES.get(u.state, '?'):<15} {u.detail}")
             sys.stdout.flush()
 
-    stub.failover.call(follow)
+    stub.failover.follow(follow)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port of the coordinator; several comma-separated (active/passive"
         " coordinators): calls go to the leader and fail over",
     )
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds per call; with several coordinators, how long to keep failing over"
+        " (for watch: since the last update received)",
+    )
     p.add_argument("--json", action="store_true")
     credentials.add_arguments(p)
     top = p.add_subparsers(dest="group", required=True)

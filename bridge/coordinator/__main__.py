@@ -99,20 +99,27 @@ async def run(config_path: Path) -> None:
     # One database (SQLite file or PostgreSQL) shared by every store, its I/O in one worker
     # thread off the event loop, migrated to the latest schema before anything runs.
     # SECURITY: a SQLite store is locked before it is connected to or migrated (store review
-    # finding 6); claim_exclusive then takes PostgreSQL's advisory lock, unless [ha] lets
-    # several coordinators share the database under the fenced lease (ADR 0017).
+    # finding 6); claim_exclusive then takes PostgreSQL's advisory lock, or with [ha]
+    # claim_shared takes it in shared mode: several HA coordinators share the database
+    # under the fenced lease (ADR 0017), never beside a coordinator without [ha].
     password = _database_password(cfg.database_password_file)
     db = open_database(cfg.database, password, exclusive=True)
-    if cfg.ha is None:
-        try:
+    try:
+        if cfg.ha is None:
             db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
-        except DatabaseInUse:
-            db.close()
-            raise
+        else:
+            # SECURITY (HA review finding 1): HA coordinators share the database with each
+            # other only, never with an unfenced coordinator without [ha] (exit 4).
+            db.claim_shared()
+    except DatabaseInUse:
+        db.close()
+        raise
     log.info("database open", engine=db.dialect.value, database=db.label)
     # ---- active/passive coordinators (ADR 0017): the lease on a connection of its own
-    # (a slow store call never delays a renewal); standbys refuse calls with NOT_LEADER.
-    ha = _HaParts(cfg.ha, cfg.database, password, obs) if cfg.ha is not None else None
+    # (renewals never queue behind store calls or status reads, and a store write never
+    # holds a lock a renewal waits for: HA review findings 2, 7); standbys refuse calls
+    # with NOT_LEADER.
+    ha = _HaParts(cfg.ha, cfg.database, password, obs, db) if cfg.ha is not None else None
     store = SqlTransferStore(db)
 
     async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
@@ -285,6 +292,10 @@ async def run(config_path: Path) -> None:
         await rotations.stop()
         await publisher.stop()
         await halts.stop()
+        if ha is not None and ha.holding is not None and ha.holding.done():
+            # HA review finding 5: released only now that every leader activity stopped,
+            # so a standby never takes over while this process still drives transfers.
+            await ha.keeper.release()
         for r in relayers.values():
             await r.close()
         await committee.close()
@@ -304,15 +315,29 @@ class _HaParts:
     connection, the standby gate, the lease metrics and the cluster view."""
 
     def __init__(
-        self, ha: HaConfig, database: Path | str, password: str | None, obs: DaemonObservability
+        self,
+        ha: HaConfig,
+        database: Path | str,
+        password: str | None,
+        obs: DaemonObservability,
+        status_db: Database,
     ) -> None:
         self.name = ha.name
         self.db = open_database(database, password)
+        self.status_db = status_db
+        """Where GetClusterStatus reads (the stores' connection): never the lease's, so a
+        monitoring poll cannot delay a renewal (HA review finding 7)."""
         metrics = LeaseMetrics(obs.metrics)
-        lease = Lease(self.db, ha.name, ha.lease_ttl, ha.advertise)
-        self.keeper = LeaseKeeper(
-            lease, LeaseTiming(ha.lease_ttl, ha.renew_interval), on_change=metrics.observe
+        timing = LeaseTiming(ha.lease_ttl, ha.renew_interval)
+        lease = Lease(
+            self.db,
+            ha.name,
+            ha.lease_ttl,
+            ha.advertise,
+            timeout=timing.renew_interval / 2,
+            write_timeout=timing.hold_for,
         )
+        self.keeper = LeaseKeeper(lease, timing, on_change=metrics.observe)
         self.active = False
         """True once elected AND every unfinished transfer and the feed are resumed."""
         self.holding: asyncio.Task[LeaderLost] | None = None
@@ -325,7 +350,7 @@ class _HaParts:
 
     async def cluster_view(self) -> operator_pb2.GetClusterStatusResponse:
         """GetClusterStatus as this coordinator sees the shared database."""
-        status = await cluster_status(self.db)
+        status = await cluster_status(self.status_db)
         return cluster_status_to_pb(status, self.name, self.serving)
 
     def probe(self) -> Probe:

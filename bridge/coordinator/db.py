@@ -168,6 +168,7 @@ class Database:
         self._users = 0
         self._guard = threading.Lock()
         self._exclusive = False
+        self._shared = False
         self._lock_file: Any = None
         self.path: Path | None = None
         """The SQLite file (None on PostgreSQL)."""
@@ -199,13 +200,36 @@ class Database:
         self._pool.submit(self._take_advisory_lock).result()
         self._exclusive = True
 
-    def _take_advisory_lock(self) -> None:
+    def claim_shared(self) -> None:
+        """Hold this database shared with other active/passive coordinators (``[ha]``) until
+        :meth:`close`, or raise DatabaseInUse (nothing else changed) while a coordinator
+        WITHOUT ``[ha]`` holds it exclusive.
+
+        SECURITY (HA review finding 1): a coordinator without ``[ha]`` never looks at the
+        lease and installs no fence, so it must never write beside an HA cluster. The HA
+        coordinators take the same advisory lock as :meth:`claim_exclusive`, in shared
+        mode (PostgreSQL ``pg_try_advisory_lock_shared``, re-taken when a broken
+        connection is replaced): the exclusive try-lock then fails while any HA
+        coordinator is up, and this one fails while a non-HA coordinator is up. SQLite:
+        nothing to do (the store is opened under its exclusive lock file)."""
+        if self.dialect is Dialect.SQLITE:
+            return
+        self._pool.submit(self._take_advisory_lock, True).result()
+        self._shared = True
+
+    def _take_advisory_lock(self, shared: bool = False) -> None:
+        fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         row = self._raw.execute(
-            "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (_LOCK_CLASS,)
+            f"SELECT {fn}(%s, hashtext(current_schema()))", (_LOCK_CLASS,)
         ).fetchone()
         if not row or row[0] is not True:
             raise DatabaseInUse(
-                f"{self.label} is in use by another coordinator (its advisory lock is held)"
+                f"{self.label} is in use by "
+                + (
+                    "a coordinator without [ha] (its exclusive advisory lock is held)"
+                    if shared
+                    else "another coordinator (its advisory lock is held)"
+                )
             )
 
     def acquire(self) -> Database:
@@ -240,9 +264,12 @@ class Database:
 
         try:
             return run(fn)
-        except psycopg.OperationalError as exc:
-            # The server or the path to it failed (not a constraint or an SQL error, which
-            # stay as they are). The message names host and port only, never a secret.
+        except psycopg.Error as exc:
+            # The server or the path to it failed, or the server ended the session (e.g.
+            # its idle-in-transaction timeout: HA review finding 2), not a constraint or an
+            # SQL error, which stay as they are. The message names host and port only.
+            if not isinstance(exc, psycopg.OperationalError) and not self._raw.closed:
+                raise
             raise DatabaseUnavailable(f"database {self.label} unavailable: {exc}"[:400]) from exc
 
     def _ensure_connected(self) -> None:
@@ -253,6 +280,8 @@ class Database:
             self._conn = Conn(self._raw, self.dialect)
             if self._exclusive:
                 self._take_advisory_lock()
+            elif self._shared:
+                self._take_advisory_lock(shared=True)
 
     def _end(self, statement: str) -> None:
         """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""

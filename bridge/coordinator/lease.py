@@ -1,6 +1,7 @@
 """Leader lease with a fencing token for active/passive coordinators (ADR 0017).
 
-One row, ``coordinator_lease(id = 1, holder, token, expires_at)``, in the coordinators'
+One row, ``coordinator_lease(id = 1, holder, instance, token, expires_at)`` (``instance``:
+a random id per process, HA review finding 4), in the coordinators'
 shared database, and one ``coordinator_members(name, address, started_at, seen_at)`` row per
 coordinator (its advertised address and last heartbeat). Time is the DATABASE's clock only,
 so coordinators' clocks may disagree.
@@ -9,11 +10,13 @@ so coordinators' clocks may disagree.
   by this holder) and then increments ``token``: every new term has a larger token.
 - :meth:`Lease.check` (installed on the stores' :class:`~bridge.coordinator.db.Database` by
   :meth:`~bridge.coordinator.db.Database.set_fence`) runs first in every write transaction:
-  it reads the lease row with a share lock and refuses (:class:`Fenced`, nothing written)
+  it reads the lease row ``FOR KEY SHARE`` and refuses (:class:`Fenced`, nothing written)
   unless this process still holds the token it was granted. SECURITY: a takeover must lock
-  the row exclusively, so it waits for the old leader's in-flight fenced writes to end, and
-  every later write of the old leader fails; a leader deposed while hung (SIGSTOP, GC,
-  partition) cannot write when it wakes, whatever its own clock says.
+  the row ``FOR UPDATE``, so it waits for the old leader's in-flight fenced writes to end,
+  and every later write of the old leader fails, while a renewal (a plain UPDATE of the
+  non-key ``expires_at``) never waits for them (HA review finding 2); a leader deposed
+  while hung (SIGSTOP, GC, partition) cannot write when it wakes, whatever its own clock
+  says.
 - :class:`LeaseKeeper` is the election loop of one coordinator process.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,19 +59,65 @@ def db_now(c: Conn) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+class _LeaseBusy(Exception):
+    """The lease row is locked by another coordinator's takeover or by an old term's
+    write still in flight (lock_timeout): not acquired this time."""
+
+
+def _set_local(c: Conn, **seconds: float) -> None:
+    """PostgreSQL: set each named timeout for the current transaction only (``SET LOCAL``),
+    in whole milliseconds (at least 1), in one round trip."""
+    names = sorted(seconds)
+    calls = ", ".join("set_config(?, ?, true)" for _ in names)
+    args: list[object] = []
+    for name in names:
+        args += [name, f"{max(1, int(seconds[name] * 1000))}ms"]
+    c.execute(f"SELECT {calls}", args)
+
+
 class Lease:
-    """One coordinator's view of the shared lease; see the module docstring.
+    """One coordinator PROCESS's view of the shared lease; see the module docstring.
 
-    ``db`` should be a connection of its own (not the stores'), so a slow store call never
-    delays a renewal."""
+    The holder is this process: its ``holder`` name AND a random ``instance`` id drawn at
+    construction (HA review finding 4), so a second process started with the same name
+    (a cloned configuration, two replicas) never renews nor takes over this one's term
+    while it is unexpired: it stands by like any other coordinator.
 
-    def __init__(self, db: Database, holder: str, ttl: float, address: str = "") -> None:
+    PostgreSQL locking (HA review finding 2): a fenced store write holds the lease row
+    ``FOR KEY SHARE`` only, which a renewal's plain ``UPDATE`` of ``expires_at`` (a
+    non-key column) never waits for, so a slow store write does not delay a renewal. A
+    poll reads without a lock and locks the row ``FOR UPDATE`` only when the term looks
+    free or expired (a takeover), which DOES wait for the old term's in-flight fenced
+    writes. Every lease transaction is bounded by ``timeout`` (lock wait, statement and
+    idle-in-transaction), so a frozen standby cannot hold the row for long; a takeover
+    that meets a locked row returns None (not acquired) and is retried at the next poll.
+
+    ``db`` should be a connection of its own (not the stores')."""
+
+    def __init__(
+        self,
+        db: Database,
+        holder: str,
+        ttl: float,
+        address: str = "",
+        *,
+        timeout: float | None = None,
+        write_timeout: float | None = None,
+    ) -> None:
         if not holder:
             raise ValueError("a lease holder needs a name")
         self._db = db
         self.holder = holder
+        self.instance = secrets.token_hex(8)
+        """This process's random id (the lease row's ``instance`` while it leads)."""
         self.ttl = ttl
         self.address = address
+        self.timeout = timeout if timeout is not None else ttl / 4
+        """Bound of each lease transaction on PostgreSQL (lock wait, statement, idle)."""
+        self.write_timeout = write_timeout
+        """Bound of each fenced store transaction on PostgreSQL (statement and idle in
+        transaction; None: the session's): a leader frozen mid-transaction holds a
+        takeover back for at most this long."""
         self.token = 0
         """The token of this holder's current term (0: never leader)."""
         self.leader = ""
@@ -78,65 +128,128 @@ class Lease:
         """Set (from the database thread) when :meth:`check` refused a write."""
 
     async def acquire(self) -> int | None:
-        """Become (or stay) leader: the token of this term, or None when another holder's
-        lease has not expired. A new term (after another holder, or after this holder's
-        own lease expired) always gets a larger token. Also records this coordinator's
-        heartbeat in ``coordinator_members`` (operator status)."""
-        holder, ttl, address = self.holder, self.ttl, self.address
+        """Become (or stay) leader: the token of this term, or None when another process's
+        lease has not expired (or its row is locked by a takeover or an old term's write in
+        flight). A new term (after another process, or after this one's own lease expired)
+        always gets a larger token; a renewal extends only this process's own term. Also
+        records this coordinator's heartbeat in ``coordinator_members`` (operator
+        status)."""
+        holder, ttl, address, instance = self.holder, self.ttl, self.address, self.instance
+        mine, bound = self.token, self.timeout
+        busy = False  # set once the takeover's FOR UPDATE is attempted
 
         def run(c: Conn) -> tuple[int | None, str, str]:
             now = db_now(c)
-            c.execute(
-                "INSERT INTO coordinator_members (name, address, started_at, seen_at)"  # noqa: S608
-                f" VALUES (?, ?, {now}, {now}) ON CONFLICT (name) DO UPDATE"
-                " SET address = excluded.address, seen_at = excluded.seen_at",
-                (holder, address),
-            )
-            row = c.execute(
-                f"SELECT holder, token, expires_at < {now} FROM coordinator_lease"  # noqa: S608
-                " WHERE id = 1" + c.for_update
-            ).fetchone()
-            current_holder, token, expired = str(row[0]), int(row[1]), bool(row[2])
-            if current_holder == holder and not expired and token == self.token:
-                c.execute(
-                    f"UPDATE coordinator_lease SET expires_at = {now} + ? WHERE id = 1",  # noqa: S608
-                    (ttl,),
+            if c.dialect is Dialect.POSTGRES:
+                _set_local(
+                    c,
+                    lock_timeout=bound,
+                    statement_timeout=bound * 2,
+                    idle_in_transaction_session_timeout=bound,
                 )
-                return token, holder, address
-            if current_holder and not expired and current_holder != holder:
-                other = c.execute(
-                    "SELECT address FROM coordinator_members WHERE name = ?", (current_holder,)
+            # The heartbeat row of this name is this process's unless another process of
+            # the same name was seen within the ttl (finding 4: it keeps its address).
+            seen = c.execute(
+                "INSERT INTO coordinator_members (name, address, started_at, seen_at,"  # noqa: S608
+                f" instance) VALUES (?, ?, {now}, {now}, ?) ON CONFLICT (name) DO UPDATE"
+                " SET address = excluded.address, seen_at = excluded.seen_at,"
+                " started_at = CASE WHEN coordinator_members.instance = excluded.instance"
+                " THEN coordinator_members.started_at ELSE excluded.started_at END,"
+                " instance = excluded.instance"
+                " WHERE coordinator_members.instance = excluded.instance"
+                " OR coordinator_members.seen_at < excluded.seen_at - ?",
+                (holder, address, instance, ttl),
+            )
+            if seen.rowcount == 0:
+                get_logger().warning(
+                    "another process wrote this coordinator's heartbeat within the lease ttl"
+                    " (its previous run, or a second process with the same [ha].name)",
+                    holder=holder,
+                )
+            if mine:
+                # Renewal: a plain UPDATE of a non-key column, never blocked by the
+                # FOR KEY SHARE of this leader's own store writes (finding 2).
+                renewed = c.execute(
+                    f"UPDATE coordinator_lease SET expires_at = {now} + ?"  # noqa: S608
+                    f" WHERE id = 1 AND holder = ? AND instance = ? AND token = ?"
+                    f" AND expires_at >= {now}",
+                    (ttl, holder, instance, mine),
+                )
+                if renewed.rowcount == 1:
+                    return mine, holder, address
+            nonlocal busy
+            lock = ""
+            while True:
+                row = c.execute(
+                    f"SELECT holder, instance, token, expires_at < {now}"  # noqa: S608
+                    " FROM coordinator_lease WHERE id = 1" + lock
                 ).fetchone()
-                return None, current_holder, str(other[0]) if other else ""
+                current, current_instance = str(row[0]), str(row[1])
+                token, expired = int(row[2]), bool(row[3])
+                if current and not expired and current_instance != instance:
+                    other = c.execute(
+                        "SELECT address FROM coordinator_members WHERE name = ?", (current,)
+                    ).fetchone()
+                    return None, current, str(other[0]) if other else ""
+                if lock or c.dialect is not Dialect.POSTGRES:
+                    break
+                # Free or expired: lock the row (waits for the old term's fenced writes).
+                lock = " FOR UPDATE"
+                busy = True
             c.execute(
-                "UPDATE coordinator_lease SET holder = ?, token = token + 1,"  # noqa: S608
+                "UPDATE coordinator_lease SET holder = ?, instance = ?, token = token + 1,"  # noqa: S608
                 f" expires_at = {now} + ? WHERE id = 1",
-                (holder, ttl),
+                (holder, instance, ttl),
             )
             return token + 1, holder, address
 
-        got, self.leader, self.leader_address = await self._db.write(run)
+        def guarded(c: Conn) -> tuple[int | None, str, str]:
+            if c.dialect is not Dialect.POSTGRES:
+                return run(c)
+            import psycopg.errors
+
+            try:
+                return run(c)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                # Only a TAKEOVER that meets a locked row is "not acquired"; a renewal that
+                # times out raises (the keeper retries it until its deadline).
+                if busy:
+                    raise _LeaseBusy from exc
+                raise
+
+        try:
+            got, self.leader, self.leader_address = await self._db.write(guarded)
+        except _LeaseBusy:
+            return None
         if got is not None:
             self.token = got
         return got
 
     async def release(self) -> None:
-        """Give the lease up at once (clean shutdown), if this holder still has it."""
-        holder, token = self.holder, self.token
+        """Give the lease up at once (clean shutdown), if this process still has it."""
+        holder, token, instance = self.holder, self.token, self.instance
         await self._db.write(
             lambda c: c.execute(
                 "UPDATE coordinator_lease SET expires_at = 0 WHERE id = 1 AND holder = ?"
-                " AND token = ?",
-                (holder, token),
+                " AND token = ? AND instance = ?",
+                (holder, token, instance),
             )
         )
 
     def check(self, c: Conn) -> None:
         """Raise :class:`Fenced` (in ``c``'s open transaction, which then rolls back) unless
-        this holder's token is the current one. SECURITY: the share lock on PostgreSQL
-        holds a takeover back until this transaction ends."""
+        this holder's token is the current one. SECURITY: the ``FOR KEY SHARE`` lock on
+        PostgreSQL holds a takeover (``FOR UPDATE``) back until this transaction ends,
+        while a renewal (a non-key UPDATE) never waits for it; with ``write_timeout`` the
+        transaction is bounded, so a leader frozen inside it cannot hold a takeover back
+        for longer."""
         holder, token = self.holder, self.token
-        lock = " FOR SHARE" if c.dialect is Dialect.POSTGRES else ""
+        lock = ""
+        if c.dialect is Dialect.POSTGRES:
+            lock = " FOR KEY SHARE"
+            if self.write_timeout is not None:
+                bound = self.write_timeout
+                _set_local(c, statement_timeout=bound, idle_in_transaction_session_timeout=bound)
         row = c.execute(
             "SELECT holder, token FROM coordinator_lease WHERE id = 1" + lock  # noqa: S608
         ).fetchone()
@@ -183,7 +296,7 @@ class LeaderLost(enum.Enum):
     """Why a leader stopped leading."""
 
     STOPPED = "stopped"
-    """Clean shutdown (the lease is released)."""
+    """Clean shutdown (the caller releases the lease once the leader has stopped)."""
     FENCED = "fenced"
     """A write was refused: another coordinator holds a newer term."""
     TAKEN = "taken"
@@ -194,9 +307,9 @@ class LeaderLost(enum.Enum):
 
 class LeaseKeeper:
     """The election loop of one coordinator: wait to be elected, then renew until the term
-    is lost. GUARANTEES: :meth:`hold` returns (never later than ``hold_for`` after the last
-    successful renewal, plus one renew interval) as soon as this process may no longer be
-    the leader; the caller must then stop acting as leader (the coordinator exits,
+    is lost. GUARANTEES: :meth:`hold` returns (never later than ``hold_for`` after the start
+    of the last successful renewal, plus scheduling) as soon as this process may no longer
+    be the leader; the caller must then stop acting as leader (the coordinator exits,
     fail-stop). ``on_change(leader, token)`` is called on every transition."""
 
     def __init__(
@@ -231,14 +344,22 @@ class LeaseKeeper:
         return None
 
     async def hold(self, stop: asyncio.Event) -> LeaderLost:
-        """Renew every renew interval until the term is lost or ``stop`` is set."""
+        """Renew every renew interval until the term is lost or ``stop`` is set.
+
+        GUARANTEES (HA review finding 5): the wait before each renewal is never longer than
+        what is left of ``hold_for``, so :meth:`hold` returns at most ``hold_for`` (plus
+        scheduling) after the start of the last successful renewal, before any standby can
+        take over. On STOPPED the lease is NOT released here: the caller stops every
+        leader activity first and then calls :meth:`release` (no planned-switchover
+        overlap)."""
         loop = asyncio.get_running_loop()
         token = self.lease.token
         renewed = loop.time()
         why = LeaderLost.STOPPED
         while True:
+            left = renewed + self.timing.hold_for - loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.timing.renew_interval)
+                await asyncio.wait_for(stop.wait(), max(0.0, min(self.timing.renew_interval, left)))
             if stop.is_set():
                 break
             if self.lease.fenced:
@@ -262,7 +383,13 @@ class LeaseKeeper:
         self._log.warning("leadership ended", token=token, why=why.value)
         if self._on_change is not None:
             self._on_change(False, token)
-        if why is LeaderLost.STOPPED:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.lease.release(), self.timing.renew_interval)
         return why
+
+    async def release(self) -> None:
+        """After a clean stop (:meth:`hold` returned STOPPED and every leader activity has
+        stopped): give the lease up so a standby takes over at once. Errors are logged
+        (the term then simply expires)."""
+        try:
+            await asyncio.wait_for(self.lease.release(), self.timing.renew_interval)
+        except Exception as exc:
+            self._log.warning("lease release failed", error=repr(exc))

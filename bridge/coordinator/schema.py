@@ -231,6 +231,14 @@ CREATE TABLE IF NOT EXISTS transfer_batches (
 );
 """
 
+# ---- version 6: the lease holder is one PROCESS (HA review finding 4): ``instance`` is a
+# random id per process, so two processes configured with the same name never renew
+# each other's term nor overwrite each other's advertised address.
+_V6 = """
+ALTER TABLE coordinator_lease ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+ALTER TABLE coordinator_members ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -326,6 +334,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "coordinator leader lease with fencing token", _V3),
     Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
     Migration(5, "batch API: batches and their per-item results", _V5),
+    Migration(6, "coordinator lease holder: one process (name and instance id)", _V6),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

@@ -16,6 +16,7 @@ coordinator's certificate is checked for the coordinator role whichever address 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -161,6 +162,34 @@ class SyncFailover:
         ):
             with attempt:
                 return fn(self.channel())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def follow(self, fn: Callable[[grpc.Channel, Callable[[], None]], T]) -> T:
+        """A server stream ``fn(channel, progressed)`` failed over and resumed like
+        :meth:`call`, but given up only after ``give_up_after`` seconds WITHOUT progress:
+        ``fn`` calls ``progressed()`` on every message it receives (HA review finding 6:
+        a watch older than the timeout still fails over). ``fn`` must resume where it left
+        off (e.g. ``after_sequence``); with a single address, called once."""
+        if len(self.ring.targets) == 1:
+            return fn(self.channel(), lambda: None)
+        last = time.monotonic()
+
+        def progressed() -> None:
+            nonlocal last
+            last = time.monotonic()
+
+        def silent_too_long(_: Any) -> bool:
+            return time.monotonic() - last >= self._give_up_after
+
+        for attempt in Retrying(
+            retry=retry_if_exception(should_fail_over),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            stop=silent_too_long,
+            before_sleep=lambda state: self._after(state.outcome),
+            reraise=True,
+        ):
+            with attempt:
+                return fn(self.channel(), progressed)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _after(self, outcome: Any) -> None:

@@ -291,6 +291,7 @@ def restore(
         raise NotABackup(f"no backup at {source}")
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = hold_lock(target, exclusive=True)
+    assert lock is not None  # an exclusive request is never already satisfied
     try:
         owner = _check_target(kind, target) if target.exists() else None
         staged = target.with_name(f"{target.name}.restoring-{secrets.token_hex(8)}")

@@ -206,6 +206,7 @@ def to_previous_release(path: Path, kind: str) -> None:
         else:  # release 287b48a's coordinator stopped at schema version 3
             db.execute("DROP TABLE coordinator_members")  # version 4 (ADR 0017)
             db.execute("DROP TABLE transfer_batches")  # version 5 (ADR 0023)
+            db.execute("ALTER TABLE coordinator_lease DROP COLUMN instance")  # version 6
             db.execute("DELETE FROM schema_version WHERE version > 3")
         if kind == "verifier":
             db.execute("DROP TABLE restores")
