@@ -135,6 +135,10 @@ class EvmHarness:
     async def settled(self, outcome: TxOutcome) -> None:
         """One node: a mined step is visible at once."""
 
+    async def ledger_time(self) -> int:
+        """The latest block's timestamp."""
+        return int(self._w3.eth.get_block("latest")["timestamp"])
+
     async def reach_time(self, when: int) -> None:
         """Anvil's calls and estimates see the latest block's time: wait for the wall clock,
         then mine an empty block (stamped with it)."""
@@ -275,6 +279,10 @@ class FabricHarness:
         from tests.integration.fabric.support import gateway_client
 
         return gateway_client(self.net, "Org1", "Admin")
+
+    async def ledger_time(self) -> int:
+        """The chaincode's clock is the transaction timestamp: this machine's clock."""
+        return int(time.time())
 
     async def reach_time(self, when: int) -> None:
         """The chaincode's clock is the transaction timestamp: this machine's clock."""

@@ -92,6 +92,10 @@ class CometHarness:
     async def settled(self, outcome: TxOutcome) -> None:
         """One node: a committed step is visible at once."""
 
+    async def ledger_time(self) -> int:
+        """BFT time follows this machine's clock (a block behind)."""
+        return int(time.time())
+
     async def reach_time(self, when: int) -> None:
         """A block's time is its predecessor's commit time (BFT time): wait for the wall
         clock, then one more block interval and a second's rounding."""

@@ -7,8 +7,9 @@ reason and nothing installed; then the install, then its replay as ``already_app
 the overlap and is refused ``WrongEpoch`` after it; a claim of epoch e+1 is refused
 ``EpochNotActive`` before the activation and verifies from it. The ledger's clock is its
 transaction time (block time on EVM and CometBFT, the transaction timestamp on Fabric): the
-harness's ``reach_time`` waits until a step is checked against a given time, and the
-refusals before the activation are sent with a margin on this machine's clock. Rotation is
+harness's ``reach_time`` waits until a step is checked against a given time, and the steps
+that must land before a time are sent with a margin on the later of the ledger's latest
+time (a PoA chain may run ahead of this machine) and this machine's clock. Rotation is
 irreversible, so the harness follows the new epoch at the end (later tests sign with it).
 
 A claim is checked with ``ABORT`` of an inbound leg that does not exist (the cheapest step
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.conformance, pytest.mark.integration, pytest.mark.gove
 ACTIVATION_DELAY = 20
 """Seconds from building the rotation to its activation: room for the refusals, the install
 and a claim of the new epoch before it (a geth step waits two blocks of finality)."""
-OVERLAP = 8
+OVERLAP = 10
 """Seconds the old epoch keeps verifying after the activation."""
 MARGIN = 2
 """Seconds allowed between this machine's clock and the ledger's (BFT time lags a block)."""
@@ -57,6 +58,11 @@ def _domain(h: KindHarness, epoch: int) -> ClaimDomain:
 def _signed(digest: bytes, signers: Sequence[LocalKeySigner], epoch: int) -> SignatureSet:
     ordered = sorted(signers, key=lambda s: s.address)
     return SignatureSet(epoch, tuple(s.sign_digest(digest) for s in ordered))
+
+
+async def _now(h: KindHarness) -> int:
+    """The later of the ledger's latest time and this machine's clock."""
+    return max(int(time.time()), await h.ledger_time())
 
 
 async def _claim(
@@ -86,7 +92,7 @@ async def test_rotation_installs_once_and_both_epochs_verify_only_in_their_windo
         (LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)), key=lambda s: s.address
     )
     new = Committee(old.epoch + 1, 3, tuple(s.address for s in new_signers))
-    activation = int(time.time()) + ACTIVATION_DELAY
+    activation = await _now(h) + ACTIVATION_DELAY
     rotation = CommitteeRotation(old.epoch, new, activation, OVERLAP)
     digest = rotation.digest(_domain(h, old.epoch))
     before = await relayer.committees()
@@ -127,14 +133,14 @@ async def test_rotation_installs_once_and_both_epochs_verify_only_in_their_windo
         await reader.close()
 
     # -- before the activation: the old epoch verifies, the new one is not active yet
-    assert time.time() < activation - MARGIN, "the refusals and install took too long"
+    assert await _now(h) < activation - MARGIN, "the refusals and install took too long"
     assert await _claim(h, relayer, new.epoch, new_signers[:3]) is ErrorReason.EPOCH_NOT_ACTIVE
     assert await _claim(h, relayer, old.epoch, old_signers[:3]) is None
 
     # -- from the activation: both verify while the overlap lasts
     await h.reach_time(activation + 1)
     assert await _claim(h, relayer, new.epoch, new_signers[:3]) is None
-    if time.time() < previous.active_until - MARGIN:
+    if await _now(h) < previous.active_until - MARGIN:
         assert await _claim(h, relayer, old.epoch, old_signers[:3]) is None
 
     # -- after the overlap: only the new epoch verifies
