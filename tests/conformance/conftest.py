@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -133,6 +134,17 @@ class EvmHarness:
 
     async def settled(self, outcome: TxOutcome) -> None:
         """One node: a mined step is visible at once."""
+
+    async def ledger_time(self) -> int:
+        """The latest block's timestamp."""
+        return int(self._w3.eth.get_block("latest")["timestamp"])
+
+    async def reach_time(self, when: int) -> None:
+        """Anvil's calls and estimates see the latest block's time: wait for the wall clock,
+        then mine an empty block (stamped with it)."""
+        await asyncio.sleep(max(0.0, when - time.time()))
+        while int(self._w3.eth.get_block("latest")["timestamp"]) < when:
+            await asyncio.to_thread(self.node.rpc, "evm_mine", [])
 
     @property
     def _w3(self) -> Web3:
@@ -268,6 +280,14 @@ class FabricHarness:
 
         return gateway_client(self.net, "Org1", "Admin")
 
+    async def ledger_time(self) -> int:
+        """The chaincode's clock is the transaction timestamp: this machine's clock."""
+        return int(time.time())
+
+    async def reach_time(self, when: int) -> None:
+        """The chaincode's clock is the transaction timestamp: this machine's clock."""
+        await asyncio.sleep(max(0.0, when - time.time()))
+
     async def settled(self, outcome: TxOutcome) -> None:
         """Both organisations' peers committed the step's block."""
         from bridge.devnet.fabric_bridge import wait_for_peers
@@ -390,6 +410,17 @@ class GethHarness(EvmHarness):
     def _final(self) -> None:
         assert self.net is not None
         self.net.wait_final_everywhere(self.net.height(0))
+
+    async def reach_time(self, when: int) -> None:
+        """The relayer's node has a block stamped ``when`` or later (the authority seals one
+        every second)."""
+        assert self.net is not None
+        w3 = deploy.connect(self.net.relayer_url)
+        for _ in range(int(max(0, when - time.time())) * 4 + 40):
+            if int(w3.eth.get_block("latest")["timestamp"]) >= when:
+                return
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"no block stamped {when} or later on the relayer's node")
 
     async def settled(self, outcome: TxOutcome) -> None:
         """The step's block is final on every node."""

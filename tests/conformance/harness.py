@@ -64,6 +64,16 @@ class KindHarness(Protocol):
         """Return once ``outcome`` is visible to every node the harness's adapters use."""
         ...
 
+    async def ledger_time(self) -> int:
+        """The ledger's latest time (the latest block's on EVM, which a PoA chain may stamp
+        ahead of this machine's clock; this machine's where the submitter sets it)."""
+        ...
+
+    async def reach_time(self, when: int) -> None:
+        """Return once a step sent now is checked against a ledger time (block time, or the
+        transaction timestamp on Fabric) of at least ``when`` unix seconds."""
+        ...
+
     # -- the endpoint admin's and issuer's acts (issue-10 rules), each final on return
     async def set_eligible(self, holder: bytes, eligible: bool) -> None:
         """Add ``holder`` to (or remove it from) :data:`ISIN`'s eligible holders."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,15 @@ class CometHarness:
 
     async def settled(self, outcome: TxOutcome) -> None:
         """One node: a committed step is visible at once."""
+
+    async def ledger_time(self) -> int:
+        """BFT time follows this machine's clock (a block behind)."""
+        return int(time.time())
+
+    async def reach_time(self, when: int) -> None:
+        """A block's time is its predecessor's commit time (BFT time): wait for the wall
+        clock, then one more block interval and a second's rounding."""
+        await asyncio.sleep(max(0.0, when - time.time()) + self.chain.block_time + 1.0)
 
     async def set_eligible(self, holder: bytes, eligible: bool) -> None:
         flag = "true" if eligible else "false"

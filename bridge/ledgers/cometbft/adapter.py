@@ -18,10 +18,10 @@ from dataclasses import replace
 
 from bridge.config import LedgerConfig
 from bridge.core.reasons import ErrorReason
-from bridge.domain.committee import CommitteeRotation, EpochWindow
+from bridge.domain.committee import EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound
 from bridge.domain.flow import FlowStatus
-from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
+from bridge.domain.governance import ZERO_WORD, HaltStatus, order_to_json
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -31,14 +31,13 @@ from bridge.domain.legs import (
     Leg,
     LegState,
     LegStatus,
-    SignatureSet,
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import codec
-from bridge.ledgers.steps import Step, StepTemplate
+from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
 CATCH_UP_S = 5.0
@@ -257,61 +256,31 @@ class CometAdapter(StepTemplate):
             raise refusal(done.code, done.log, self._ledger.name)
         return TxOutcome(tx_id=handle, height=done.height, already_applied=False)
 
-    async def _call(self, function: str, args: list[str]) -> TxOutcome:
-        done = await self._client.committed(await self._client.send(function, args))
+    # -- governance writes: the template's skeleton (bridge.ledgers.steps) -------------------
+    local_order_expiry = True
+    """The application checks an order's expiry against the block time (ADR 0008)."""
+
+    async def _send_write(self, write: GovernanceWrite) -> str:
+        """Sign and broadcast ``RotateCommittee`` or ``ApplyOrder``; the transaction hash."""
+        if isinstance(write, RotationWrite):
+            args = [
+                codec.rotation_to_json(write.rotation),
+                codec.certificate_to_json(write.certificate),
+            ]
+        else:
+            args = [
+                json.dumps(order_to_json(write.order), sort_keys=True, separators=(",", ":")),
+                "0x" + write.signature.hex(),
+            ]
+        return await self._client.send(write.function, args)
+
+    async def _wait_write_final(self, write: GovernanceWrite, handle: str) -> TxOutcome:
+        """Wait until the transaction is committed (final); a refusal raises its code's
+        ErrorReason (the template re-checks it against the applied state)."""
+        done = await self._client.committed(handle)
         if done.code:
             raise refusal(done.code, done.log, self._ledger.name)
         return TxOutcome(tx_id=done.tx_hash, height=done.height, already_applied=False)
-
-    async def install_committee(
-        self, rotation: CommitteeRotation, certificate: SignatureSet
-    ) -> TxOutcome:
-        """``RotateCommittee``; ``RotationAlreadyInstalled`` is ``already_applied`` only when
-        the endpoint's committees, read back, hold exactly ``rotation.next``.
-
-        SECURITY: a result code is one node's word; the coordinator records a rotation
-        installed on ``already_applied``, so that outcome is confirmed from state (a node
-        answering the code for a rotation it never ran gets MalformedAnswer)."""
-        if not self.writable:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no signer")
-        args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
-        try:
-            return await self._call("RotateCommittee", args)
-        except LedgerRejected as exc:
-            if exc.reason is not ErrorReason.ROTATION_ALREADY_INSTALLED:
-                raise
-            refused = exc
-        height = await self.finalized_height()
-        if not any(w.committee == rotation.next for w in await self.committees(height)):
-            raise LedgerRejected(
-                ErrorReason.MALFORMED_ANSWER,
-                f"RotationAlreadyInstalled, but epoch {rotation.next.epoch} is not installed",
-                ledger=self._ledger.name,
-            ) from refused
-        return TxOutcome(tx_id="", height=height, already_applied=True)
-
-    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
-        """``ApplyOrder``; idempotent by the endpoint's sequence."""
-        if not self.writable:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no signer")
-        if (await self.halt_status(None)).sequence >= order.sequence:
-            return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
-        if time.time() >= order.expiry:
-            raise LedgerRejected(
-                ErrorReason.ORDER_EXPIRED, f"expiry={order.expiry} (checked by the relayer)"
-            )
-        args = [
-            json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
-            "0x" + signature.hex(),
-        ]
-        try:
-            return await self._call("ApplyOrder", args)
-        except LedgerRejected:
-            if (await self.halt_status(None)).sequence >= order.sequence:
-                return TxOutcome(
-                    tx_id="", height=await self.finalized_height(), already_applied=True
-                )
-            raise
 
     async def close(self) -> None:
         """Close the node client."""

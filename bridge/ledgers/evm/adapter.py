@@ -31,7 +31,7 @@ from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
-from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_abi_tuple
+from bridge.domain.governance import ZERO_WORD, HaltStatus, order_abi_tuple
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -46,7 +46,6 @@ from bridge.domain.legs import (
     Leg,
     LegState,
     LegStatus,
-    SignatureSet,
     TxOutcome,
     leg_state_from_ledger,
 )
@@ -59,7 +58,7 @@ from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
-from bridge.ledgers.steps import Step, StepTemplate
+from bridge.ledgers.steps import GovernanceWrite, OrderWrite, RotationWrite, Step, StepTemplate
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -580,49 +579,63 @@ class EvmAdapter(StepTemplate):
             rotation.overlap,
         ]
 
-    async def install_committee(
-        self, rotation: CommitteeRotation, certificate: SignatureSet
-    ) -> TxOutcome:
-        """``rotateCommittee`` with ``certificate``; idempotent (see LedgerAdapter).
-
-        The replay check is the endpoint's own: a dry run (``estimate_gas``) that reverts
-        ``RotationAlreadyInstalled`` means this very rotation is installed, reported as
-        ``already_applied`` once the installing block is final. A retry while this adapter's
-        earlier transaction is still pending waits for it instead of sending another; a
-        transaction that reverted because an identical rotation from another submitter was
-        mined first is ``already_applied`` too.
-        """
-        if self._signer is None:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
-        args = self._rotation_args(rotation)
-        fn = self._bridge.functions.rotateCommittee(
-            *args, (certificate.epoch, b"".join(certificate.signatures))
+    # ---- governance writes: the template's skeleton (bridge.ledgers.steps)
+    async def _write_applied(self, write: GovernanceWrite) -> TxOutcome | None:
+        """A rotation: installed at the finalized height (the template's read). An order: the
+        endpoint's sequence at the latest block is at or past the order's."""
+        if isinstance(write, RotationWrite):
+            return await super()._write_applied(write)
+        f = self._bridge.functions
+        latest = await self._latest()
+        security = write.order.security
+        _, _, sequence = await self._rpc(
+            "haltStatus", lambda: f.haltStatus(security).call(block_identifier=latest)
         )
+        if int(sequence) >= write.order.sequence:
+            return TxOutcome(tx_id="", height=latest, already_applied=True)
+        return None
+
+    async def _installed_height(self, write: RotationWrite) -> int:
+        """The dry run (``estimate_gas``) reverted ``RotationAlreadyInstalled``: wait until
+        the rotation is installed at the finalized height."""
+        return await self._rotation_final(write.rotation)
+
+    async def _send_write(self, write: GovernanceWrite) -> bytes:
+        """``rotateCommittee(..., certificate)`` or ``applyOrder(order, signature)``.
+
+        The replay check of a rotation is the endpoint's own: a dry run that reverts
+        ``RotationAlreadyInstalled`` (the template reports it ``already_applied``). A retry
+        while this adapter's earlier rotation transaction is still pending waits for it
+        instead of sending another."""
+        f = self._bridge.functions
+        if isinstance(write, OrderWrite):
+            return await self._send(f.applyOrder(order_abi_tuple(write.order), write.signature))
+        rotation, certificate = write.rotation, write.certificate
         epoch = rotation.next.epoch
         earlier = self._sent_rotations.get(epoch)
         if earlier is not None and await self._is_pending(earlier):
-            tx_hash = earlier
-        else:
-            try:
-                tx_hash = await self._send(fn)
-            except LedgerRejected as exc:
-                if exc.reason != "RotationAlreadyInstalled":
-                    raise
-                return TxOutcome(
-                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
-                )
-            self._sent_rotations[epoch] = tx_hash
+            return earlier
+        fn = f.rotateCommittee(
+            *self._rotation_args(rotation), (certificate.epoch, b"".join(certificate.signatures))
+        )
+        tx_hash = await self._send(fn)
+        self._sent_rotations[epoch] = tx_hash
+        return tx_hash
+
+    async def _wait_write_final(self, write: GovernanceWrite, handle: bytes) -> TxOutcome:
+        """Wait for the transaction's block to be final. A rotation transaction that
+        reverted because another submitter's identical rotation was mined first is
+        ``already_applied``."""
         try:
-            height = await self._await_final(tx_hash, self._confirm_s)
+            height = await self._await_final(handle, self._confirm_s)
         except Unavailable:
-            # Reverted on-chain: another submitter's identical rotation may have won the race.
-            if await self._holds(rotation):
-                return TxOutcome(
-                    tx_id="", height=await self._rotation_final(rotation), already_applied=True
-                )
+            if isinstance(write, RotationWrite) and await self._holds(write.rotation):
+                height = await self._rotation_final(write.rotation)
+                return TxOutcome(tx_id="", height=height, already_applied=True)
             raise
-        self._sent_rotations.pop(epoch, None)
-        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
+        if isinstance(write, RotationWrite):
+            self._sent_rotations.pop(write.rotation.next.epoch, None)
+        return TxOutcome(tx_id="0x" + handle.hex(), height=height, already_applied=False)
 
     async def _holds(self, rotation: CommitteeRotation) -> bool:
         """True when the latest block shows ``rotation.next`` installed as given."""
@@ -659,22 +672,6 @@ class EvmAdapter(StepTemplate):
         )
         key = bytes.fromhex(str(depository)[2:])
         return HaltStatus(bool(sec), bool(whole), int(sequence), key if any(key) else None)
-
-    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
-        """``applyOrder(order, signature)``; idempotent by the endpoint's sequence."""
-        if self._signer is None:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator key")
-        f = self._bridge.functions
-        latest = await self._latest()
-        _, _, sequence = await self._rpc(
-            "haltStatus", lambda: f.haltStatus(order.security).call(block_identifier=latest)
-        )
-        if int(sequence) >= order.sequence:
-            return TxOutcome(tx_id="", height=latest, already_applied=True)
-        fn = f.applyOrder(order_abi_tuple(order), signature)
-        tx_hash = await self._send(fn)
-        height = await self._await_final(tx_hash, self._confirm_s)
-        return TxOutcome(tx_id="0x" + tx_hash.hex(), height=height, already_applied=False)
 
     async def node_identity(self) -> tuple[int, bytes, bytes]:
         """What the node says it is: ``(chain id, code at the bridge address, the endpoint's

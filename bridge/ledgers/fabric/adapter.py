@@ -14,18 +14,16 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from contextlib import aclosing
 from dataclasses import replace
-from typing import NoReturn
 
 from bridge.core import words as core_words
 from bridge.core.reasons import ErrorReason
-from bridge.domain.committee import CommitteeRotation, EpochWindow
+from bridge.domain.committee import EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
-from bridge.domain.governance import ZERO_WORD, HaltStatus, Order, order_to_json
+from bridge.domain.governance import ZERO_WORD, HaltStatus, order_to_json
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -35,7 +33,6 @@ from bridge.domain.legs import (
     Leg,
     LegState,
     LegStatus,
-    SignatureSet,
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
@@ -48,8 +45,8 @@ from bridge.ledgers.fabric.blocks import (
     block_validated,
     keys_written_in_block,
 )
-from bridge.ledgers.fabric.gateway import GatewayClient
-from bridge.ledgers.steps import Step, StepTemplate
+from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
+from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
 """The chaincode event every leg transition emits."""
@@ -418,56 +415,6 @@ class FabricAdapter(StepTemplate):
         except ValueError as exc:
             raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Committees: {exc}") from exc
 
-    async def install_committee(
-        self, rotation: CommitteeRotation, certificate: SignatureSet
-    ) -> TxOutcome:
-        """``RotateCommittee(rotation, certificate)``, waiting for a VALID commit; idempotent
-        (see LedgerAdapter).
-
-        A refusal ``RotationAlreadyInstalled`` is ``already_applied``. Any other refusal at
-        endorsement is confirmed on the gateway's own peer first, like :meth:`submit`: when
-        that peer shows the rotation installed it is ``already_applied``, when it would
-        accept the rotation another endorser lags (Unavailable, retry), otherwise the
-        refusal stands. A transaction invalidated after ordering is re-checked the same way.
-        """
-        if not self._operator:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
-        args = [codec.rotation_to_json(rotation), codec.certificate_to_json(certificate)]
-        try:
-            prepared = await self._client.endorse(self._chaincode, "RotateCommittee", args)
-        except LedgerRejected as refusal:
-            if refusal.reason != "RotationAlreadyInstalled":
-                await self._confirm_rotation_refusal(args, refusal)
-            return await self._rotation_applied()
-        try:
-            result = await self._client.submit_prepared(prepared)
-        except LedgerRejected as invalid:
-            await self._confirm_rotation_refusal(args, invalid, after_ordering=True)
-            return await self._rotation_applied()
-        return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
-
-    async def _confirm_rotation_refusal(
-        self, args: list[str], refusal: LedgerRejected, *, after_ordering: bool = False
-    ) -> None:
-        """Return if the gateway's peer shows the rotation installed; raise ``refusal`` if it
-        refuses it too (Unavailable instead when it would accept it and ``refusal`` came
-        from another endorser)."""
-        try:
-            await self._client.evaluate(self._chaincode, "RotateCommittee", args)
-        except LedgerRejected as own:
-            if own.reason is ErrorReason.ROTATION_ALREADY_INSTALLED:
-                return
-            raise refusal from None
-        if after_ordering:
-            raise refusal
-        raise Unavailable(
-            f"{self._ledger}: RotateCommittee refused by an endorsing peer ({refusal}) but"
-            " accepted by the gateway's peer; another peer is behind, retry"
-        ) from refusal
-
-    async def _rotation_applied(self) -> TxOutcome:
-        return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
-
     # ---- depository halt
 
     async def halt_status(self, security: SecurityId | None) -> HaltStatus:
@@ -476,57 +423,56 @@ class FabricAdapter(StepTemplate):
         raw = await self._client.evaluate(self._chaincode, "HaltStatus", [codec.word_hex(word)])
         return codec.halt_status_from_json(raw)
 
-    async def apply_order(self, order: Order, signature: bytes) -> TxOutcome:
-        """``ApplyOrder(order JSON, signature)``; idempotent by the chaincode's sequence.
+    # ---- governance writes: the template's skeleton (bridge.ledgers.steps)
+    local_order_expiry = True
+    """The chaincode checks an order's expiry against the transaction time (ADR 0008)."""
 
-        The chaincode checks the expiry against the transaction time (ADR 0008); this
-        adapter also refuses an expired order itself (``OrderExpired``) before sending it.
-        """
-        if not self._operator:
-            raise LedgerRejected(ErrorReason.READ_ONLY, "this adapter has no operator identity")
-        status = await self.halt_status(None)
-        if status.sequence >= order.sequence:
-            return TxOutcome(tx_id="", height=await self.finalized_height(), already_applied=True)
-        if time.time() >= order.expiry:
-            raise LedgerRejected(
-                ErrorReason.ORDER_EXPIRED, f"expiry={order.expiry} (checked by the relayer)"
-            )
-        args = [
-            json.dumps(order_to_json(order), sort_keys=True, separators=(",", ":")),
-            "0x" + signature.hex(),
+    def _write_args(self, write: GovernanceWrite) -> list[str]:
+        if isinstance(write, RotationWrite):
+            return [
+                codec.rotation_to_json(write.rotation),
+                codec.certificate_to_json(write.certificate),
+            ]
+        return [
+            json.dumps(order_to_json(write.order), sort_keys=True, separators=(",", ":")),
+            "0x" + write.signature.hex(),
         ]
-        try:
-            prepared = await self._client.endorse(self._chaincode, "ApplyOrder", args)
-        except LedgerRejected as refusal:
-            if (await self.halt_status(None)).sequence >= order.sequence:
-                return TxOutcome(
-                    tx_id="", height=await self.finalized_height(), already_applied=True
-                )
-            await self._confirm_order_refusal(args, refusal)
-        try:
-            result = await self._client.submit_prepared(prepared)
-        except LedgerRejected:  # ordered, then invalidated (a validation code)
-            if (await self.halt_status(None)).sequence >= order.sequence:
-                return TxOutcome(
-                    tx_id="", height=await self.finalized_height(), already_applied=True
-                )
-            raise
+
+    async def _send_write(self, write: GovernanceWrite) -> PreparedTransaction:
+        """Endorse ``RotateCommittee(rotation, certificate)`` or ``ApplyOrder(order JSON,
+        signature)`` on every org's peer."""
+        return await self._client.endorse(self._chaincode, write.function, self._write_args(write))
+
+    async def _wait_write_final(
+        self, write: GovernanceWrite, handle: PreparedTransaction
+    ) -> TxOutcome:
+        """Order the endorsed transaction and wait for a VALID commit (final on Fabric)."""
+        result = await self._client.submit_prepared(handle)
         return TxOutcome(tx_id=result.tx_id, height=result.block_number, already_applied=False)
 
-    async def _confirm_order_refusal(self, args: list[str], refusal: LedgerRejected) -> NoReturn:
-        """Raise the gateway's own peer's refusal when it refuses the order too, Unavailable
-        when it would accept it (never returns).
+    async def _confirm_write_refusal(
+        self, write: GovernanceWrite, refusal: LedgerRejected, *, ordered: bool
+    ) -> None:
+        """Ask the gateway's own peer: return when it shows the rotation installed; raise
+        its own refusal when it refuses too (the original ``refusal`` after ordering: a
+        validation code); Unavailable when it would accept a write refused at endorsement.
 
-        SECURITY (review 2 finding 1): a refusal is final for the halt book, and the
-        endorsement error may come from any org's peer (a peer still behind a
-        SET_DEPOSITORY, or a hostile one). Only the gateway's own peer, the one this adapter
-        reads, may decide that a depository order is refused."""
+        SECURITY (review 2 finding 1): a refusal is final for the caller (the halt book, a
+        rotation), and the endorsement error may come from any org's peer (one still behind
+        a SET_DEPOSITORY or a rotation, or a hostile one). Only the gateway's own peer, the
+        one this adapter reads, may decide that a governance write is refused."""
         try:
-            await self._client.evaluate(self._chaincode, "ApplyOrder", args)
+            await self._client.evaluate(self._chaincode, write.function, self._write_args(write))
         except LedgerRejected as own:
+            if own.reason == ErrorReason.ROTATION_ALREADY_INSTALLED:
+                return
+            if ordered:
+                raise refusal from None
             raise own from refusal
+        if ordered:
+            raise refusal
         raise Unavailable(
-            f"{self._ledger}: ApplyOrder refused by an endorsing peer ({refusal}) but"
+            f"{self._ledger}: {write.function} refused by an endorsing peer ({refusal}) but"
             " accepted by the gateway's peer; another peer is behind, retry"
         ) from refusal
 
