@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import CommitteeRotation, EpochWindow
@@ -45,6 +45,7 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.terms import TransferTerms
+from bridge.ledgers.addresses import AddressCodec
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +97,39 @@ class StepTemplate(ABC):
     returns once it is final.
     """
 
-    # -- what the kind provides ---------------------------------------------------------------
-    @property
-    @abstractmethod
-    def ledger(self) -> LedgerId:
-        """The ledger this adapter talks to."""
+    # -- identity: set by the kind's constructor ----------------------------------------------
+    KIND: ClassVar[str]
+    """The kind's registry name (``evm``, ``fabric``, ...)."""
+    _ledger: LedgerId
+    _bridge_word: bytes
 
     @property
-    @abstractmethod
+    def ledger(self) -> LedgerId:
+        """The ledger this adapter talks to."""
+        return self._ledger
+
+    @property
+    def kind(self) -> str:
+        """The kind's registry name."""
+        return self.KIND
+
+    @property
     def bridge_word(self) -> bytes:
-        """The endpoint's 32-byte identity."""
+        """The endpoint's 32-byte identity (the kind's bridge word for this ledger)."""
+        return self._bridge_word
+
+    ADDRESSES: ClassVar[AddressCodec]
+    """The kind's address codec (the one its ``LedgerKind`` owns)."""
+
+    def parse_address(self, text: str) -> bytes:
+        """A holder address of this kind into its 32-byte word (the kind's codec)."""
+        return self.ADDRESSES.parse(text)
+
+    def format_address(self, word: bytes) -> str:
+        """A 32-byte word back to this kind's address text (the kind's codec)."""
+        return self.ADDRESSES.format(word)
+
+    # -- what the kind provides ---------------------------------------------------------------
 
     @property
     @abstractmethod

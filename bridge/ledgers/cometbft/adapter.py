@@ -57,6 +57,9 @@ _ADDRESSES = CometAddressCodec()
 class CometAdapter(StepTemplate):
     """LedgerAdapter over one node's JSON-RPC; writable when the client holds a signer."""
 
+    KIND = "cometbft"
+    ADDRESSES = _ADDRESSES
+
     def __init__(self, config: LedgerConfig, client: CometClient) -> None:
         from bridge.ledgers.kinds import get_kind
 
@@ -65,21 +68,6 @@ class CometAdapter(StepTemplate):
         self._bridge_word = get_kind("cometbft").bridge_word(config)
 
     # -- identity -------------------------------------------------------------------------
-    @property
-    def ledger(self) -> LedgerId:
-        """The ledger this adapter talks to."""
-        return self._ledger
-
-    @property
-    def kind(self) -> str:
-        """Always ``cometbft``."""
-        return "cometbft"
-
-    @property
-    def bridge_word(self) -> bytes:
-        """The endpoint's word (see ``CometKind.bridge_word``)."""
-        return self._bridge_word
-
     @property
     def operator(self) -> str:
         """The signer's endpoint identity (``key:<account id>``), or empty (read-only)."""
@@ -94,14 +82,6 @@ class CometAdapter(StepTemplate):
     def client(self) -> CometClient:
         """The node client (closed by :meth:`close`)."""
         return self._client
-
-    def parse_address(self, text: str) -> bytes:
-        """``0x`` + 40 hex into a word."""
-        return _ADDRESSES.parse(text)
-
-    def format_address(self, word: bytes) -> str:
-        """A word back to lowercase ``0x`` + 40 hex."""
-        return _ADDRESSES.format(word)
 
     # -- reads --------------------------------------------------------------------------------
     async def _view(self, function: str, args: list[str], height: int | None = None) -> bytes:

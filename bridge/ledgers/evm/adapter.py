@@ -53,6 +53,7 @@ from bridge.domain.signer import LocalKeySigner, Signer
 from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
+from bridge.ledgers.evm.addresses import EvmAddressCodec
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
@@ -96,6 +97,9 @@ class EvmAdapter(StepTemplate):
     transaction is signed through it (:func:`bridge.keys.evm_tx.sign_transaction`).
     """
 
+    KIND = "evm"
+    ADDRESSES = EvmAddressCodec()
+
     def __init__(
         self,
         config: LedgerConfig,
@@ -124,6 +128,8 @@ class EvmAdapter(StepTemplate):
         self._w3 = AsyncWeb3(self._provider, middleware=[])
         self._session: aiohttp.ClientSession | None = None
         self._bridge_address = word_to_evm_address(evm_address_word(config.bridge))
+        self._ledger = config.id
+        self._bridge_word = evm_address_word(self._bridge_address)
         self._bridge = self._w3.eth.contract(
             address=ChecksumAddress(HexAddress(HexStr(self._bridge_address))),
             abi=load_abi("BridgeEndpoint"),
@@ -148,32 +154,9 @@ class EvmAdapter(StepTemplate):
 
     # -- identity ----------------------------------------------------------------------
     @property
-    def ledger(self) -> LedgerId:
-        """The ledger this adapter talks to."""
-        return self._cfg.id
-
-    @property
-    def kind(self) -> str:
-        """Always ``evm``."""
-        return "evm"
-
-    @property
-    def bridge_word(self) -> bytes:
-        """The bridge endpoint address as a 32-byte word."""
-        return evm_address_word(self._bridge_address)
-
-    @property
     def operator(self) -> str:
         """The sending account, or empty for a read-only adapter."""
         return str(self._sender) if self._sender is not None else ""
-
-    def parse_address(self, text: str) -> bytes:
-        """Parse a 0x address (EIP-55 checked when mixed case) into a 32-byte word."""
-        return evm_address_word(text)
-
-    def format_address(self, word: bytes) -> str:
-        """The EIP-55 address held in a 32-byte word."""
-        return word_to_evm_address(word)
 
     # -- reads ---------------------------------------------------------------------------
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -85,6 +85,9 @@ class FabricAdapter(StepTemplate):
     although Fabric needs a client identity even to read.
     """
 
+    KIND = "fabric"
+    ADDRESSES = _ADDRESSES
+
     def __init__(
         self, ledger: LedgerId, client: GatewayClient, chaincode: str, operator: str = ""
     ) -> None:
@@ -97,21 +100,6 @@ class FabricAdapter(StepTemplate):
         self._bridge_word = fabric_bridge_word(client.channel, chaincode)
 
     # -- identity ----------------------------------------------------------------------
-    @property
-    def ledger(self) -> LedgerId:
-        """The ledger this adapter talks to."""
-        return self._ledger
-
-    @property
-    def kind(self) -> str:
-        """Always ``fabric``."""
-        return "fabric"
-
-    @property
-    def bridge_word(self) -> bytes:
-        """keccak256("fabric:" + channel + ":" + chaincode)."""
-        return self._bridge_word
-
     @property
     def operator(self) -> str:
         """The submitting identity's name, or empty for a read-only adapter."""
@@ -126,14 +114,6 @@ class FabricAdapter(StepTemplate):
     def client(self) -> GatewayClient:
         """The Gateway client (shared; closed by :meth:`close`)."""
         return self._client
-
-    def parse_address(self, text: str) -> bytes:
-        """``0x`` + 40 hex digits (any case) into a 32-byte word (12 zero bytes + 20 bytes)."""
-        return _ADDRESSES.parse(text)
-
-    def format_address(self, word: bytes) -> str:
-        """A word back to lowercase ``0x`` + 40 hex digits."""
-        return _ADDRESSES.format(word)
 
     # -- reads ---------------------------------------------------------------------------
     async def network_word(self) -> bytes:
