@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 
 from bridge.config import LedgerConfig
@@ -44,13 +43,6 @@ CATCH_UP_S = 5.0
 """How long a read at a height this node has not committed yet waits for it."""
 META_PAGE = 20
 """Block metas per ``blockchain`` call (CometBFT's maximum)."""
-FUNCTIONS: Mapping[Action, str] = {
-    Action.LOCK: "Lock",
-    Action.PREPARE: "Prepare",
-    Action.MARK_EXPIRED: "MarkExpired",
-    Action.COMMIT: "Commit",
-    Action.ABORT: "Abort",
-}
 _ADDRESSES = CometAddressCodec()
 
 
@@ -223,7 +215,7 @@ class CometAdapter(StepTemplate):
         else:
             assert step.certificate is not None
             args.append(codec.certificate_to_json(step.certificate))
-        return await self._client.send(FUNCTIONS[step.action], args)
+        return await self._client.send(codec.STEP_FUNCTIONS[step.action], args)
 
     async def _wait_step_final(self, step: Step, handle: str) -> TxOutcome:
         """Wait until the transaction is committed (final). A refusal raises its code's

@@ -14,7 +14,6 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -57,15 +56,6 @@ SUPPLY_ATTEMPTS = 5
 SUPPLY_REPLAY_BLOCKS = 128
 """How far back :meth:`FabricAdapter.supply` answers by replaying the blocks since."""
 
-FUNCTIONS: Mapping[Action, str] = {
-    Action.LOCK: "Lock",
-    Action.PREPARE: "Prepare",
-    Action.MARK_EXPIRED: "MarkExpired",
-    Action.COMMIT: "Commit",
-    Action.ABORT: "Abort",
-}
-"""The chaincode function applying each step: ``Lock(terms, instruction)``, the others
-``(terms, certificate)``, all as JSON strings."""
 
 _ADDRESSES = FabricAddressCodec()
 
@@ -338,7 +328,9 @@ class FabricAdapter(StepTemplate):
             assert step.certificate is not None
             args.append(codec.certificate_to_json(step.certificate))
         try:
-            prepared = await self._client.endorse(self._chaincode, FUNCTIONS[action], args)
+            prepared = await self._client.endorse(
+                self._chaincode, codec.STEP_FUNCTIONS[action], args
+            )
         except LedgerRejected as refusal:  # the chaincode refused on some endorser's state
             applied = await self._step_applied(step)
             if applied is not None:
@@ -371,7 +363,7 @@ class FabricAdapter(StepTemplate):
         refusals at endorsement: a validation code after ordering is not a peer's view.
         """
         try:
-            await self._client.evaluate(self._chaincode, FUNCTIONS[action], args)
+            await self._client.evaluate(self._chaincode, codec.STEP_FUNCTIONS[action], args)
         except LedgerRejected:
             return  # the ledger's decision, as far as this adapter can see
         raise Unavailable(

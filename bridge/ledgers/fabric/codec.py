@@ -17,6 +17,7 @@ from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput
 from bridge.domain.governance import HaltStatus
 from bridge.domain.legs import (
+    Action,
     EventPosition,
     HolderStatus,
     LedgerEvent,
@@ -37,6 +38,17 @@ _TERM_WORDS = (
     "nonce", "security", "src_ledger", "src_bridge", "dst_ledger", "dst_bridge",
     "sender", "recipient", "instructor",
 )  # fmt: skip
+
+STEP_FUNCTIONS: Mapping[Action, str] = {
+    Action.LOCK: "Lock",
+    Action.PREPARE: "Prepare",
+    Action.MARK_EXPIRED: "MarkExpired",
+    Action.COMMIT: "Commit",
+    Action.ABORT: "Abort",
+}
+"""The endpoint protocol's function applying each step (the chaincode's and the CometBFT
+application's): ``Lock(terms, instruction)``, the others ``(terms, certificate)``, all as
+JSON strings."""
 
 
 def word_hex(word: bytes) -> str:
