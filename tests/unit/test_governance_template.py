@@ -120,6 +120,7 @@ class FakeKind(StepTemplate):
     ) -> None:
         if self.confirm is not None:
             raise self.confirm
+        self._apply(write)  # the peer the kind trusts shows it applied: so does its state
 
 
 async def test_a_read_only_adapter_sends_nothing() -> None:
@@ -160,9 +161,25 @@ async def test_an_expired_order_is_refused_unsent_only_where_the_submitter_sets_
 async def test_rotation_already_installed_is_already_applied(at_wait: bool) -> None:
     kind = FakeKind()
     kind.refuse = LedgerRejected(ErrorReason.ROTATION_ALREADY_INSTALLED, "replay")
-    kind.at_wait = at_wait
+    kind.at_wait, kind.race = at_wait, True  # another submitter installed it meanwhile
     out = await kind.install_committee(ROTATION, CERT)
     assert out == TxOutcome("", 7, True)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("at_wait", [False, True], ids=["at-send", "after-ordering"])
+async def test_rotation_already_installed_that_the_state_does_not_show_is_malformed(
+    at_wait: bool,
+) -> None:
+    """One node's ``RotationAlreadyInstalled`` for a rotation the ledger's committees do
+    not hold is not taken as installed (the coordinator would record it so)."""
+    kind = FakeKind()
+    kind.refuse = LedgerRejected(ErrorReason.ROTATION_ALREADY_INSTALLED, "a lying node")
+    kind.at_wait = at_wait
+    with pytest.raises(LedgerRejected) as exc:
+        await kind.install_committee(ROTATION, CERT)
+    assert exc.value.reason == ErrorReason.MALFORMED_ANSWER
+    assert not kind.installed
 
 
 @pytest.mark.parametrize("at_wait", [False, True], ids=["at-send", "after-ordering"])

@@ -200,7 +200,11 @@ async def test_a_file_with_global_keys_is_migrated(db_path: Path) -> None:
     s.close()
     raw = sqlite3.connect(db_path)
     # A file written before the schema was versioned has no schema_version table either.
-    raw.executescript("DROP TABLE transfers; DROP TABLE schema_version;" + _V1_TRANSFERS)
+    raw.executescript(
+        "DROP TABLE transfers; DROP TABLE schema_version; DROP TABLE supply_feed_head;"
+        " DROP TABLE coordinator_lease; DROP TABLE coordinator_members;"
+        " DROP TABLE transfer_batches;" + _V1_TRANSFERS
+    )
     raw.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
     raw.commit()
     raw.close()
