@@ -143,7 +143,17 @@ class EvmHarness:
         """Anvil's calls and estimates see the latest block's time: wait for the wall clock,
         then mine an empty block (stamped with it)."""
         await asyncio.sleep(max(0.0, when - time.time()))
-        while int(self._w3.eth.get_block("latest")["timestamp"]) < when:
+        while True:
+            latest = self._w3.eth.get_block("latest")
+            if int(latest["timestamp"]) >= when:
+                return
+            # Empty blocks would lower the EIP-1559 base fee; a node held at a fixed one (the
+            # Kaia profile's) must see the same fee after this wait as before it.
+            fee = latest.get("baseFeePerGas")
+            if fee is not None:
+                await asyncio.to_thread(
+                    self.node.rpc, "anvil_setNextBlockBaseFeePerGas", [hex(int(fee))]
+                )
             await asyncio.to_thread(self.node.rpc, "evm_mine", [])
 
     @property

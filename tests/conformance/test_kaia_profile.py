@@ -24,6 +24,10 @@ async def test_a_step_pays_exactly_the_fixed_base_fee_and_is_final_in_its_block(
     kaia_harness: EvmHarness,
 ) -> None:
     h = kaia_harness
+    # The node sits at Kaia's fixed base fee (earlier tests may have mined empty blocks,
+    # which anvil's EIP-1559 update prices lower before the stand-in's watcher resets it).
+    h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
+    h.node.rpc("evm_mine", [])
     relayer = h.relayer()
     try:
         sender = await h.holder(5)
