@@ -111,7 +111,7 @@ class Stepper:
             # escrow goes back to its holder and the target is closed with a tombstone.
             step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
             reason = "the lock was not instructed by a registered brokerage key: releasing it"
-        await self._flow.hold_for_delay(record, step, decision, source, target)  # flow limits
+        await self._flow.hold_for_delay(record, step, decision, source, target)  # ---- flow limits
         await ctx.set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True
