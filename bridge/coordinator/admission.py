@@ -49,7 +49,9 @@ class Admission:
         one may come after its deadline). Keys are scoped per source ledger, so one
         brokerage can neither probe nor squat another's. Nothing is recorded for a refused
         instruction; the same instruction under a new key is a Conflict. The coordinator
-        chooses no term: the nonce and the deadline are the instructor's.
+        chooses no term: the nonce and the deadline are the instructor's. Pre-checks the
+        sender's balance and standing and that both tokens are registered and not paused;
+        the recipient's eligibility is decided on the target ledger.
         """
         ctx = self._ctx
         # SECURITY: authenticate the instruction (registered instructor, signature) before

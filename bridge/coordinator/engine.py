@@ -178,17 +178,13 @@ class Coordinator:
         self, request: TransferRequest, instruction: Instruction
     ) -> tuple[TransferRecord, bool]:
         """Record a new transfer (or return the one with the same idempotency key from the
-        same source ledger).
+        same source ledger); True when it is new.
 
-        SECURITY: the brokerage's instruction is checked first (registered instructor for
-        the source ledger, its signature over exactly these terms), before any recorded key
-        is looked up; then, for a new transfer, its deadline bounds (a retry of a recorded
-        one may come after its deadline). Keys are scoped per source ledger, so one
-        brokerage can neither probe nor squat another's. Nothing is recorded for a refused
-        instruction; the same instruction under a new key is a Conflict. The coordinator
-        chooses no term: the nonce and the deadline are the instructor's. Pre-checks the
-        sender's balance and standing and that both tokens are registered and not paused;
-        the recipient's eligibility is decided on the target ledger.
+        Nothing is recorded for a refused request; the instruction is authenticated before
+        any recorded key is read (the checks, in order, and their SECURITY notes are on
+        :meth:`Admission.submit <bridge.coordinator.admission.Admission.submit>`).
+        Pre-checks the sender's balance and standing and that both tokens are registered
+        and not paused; the recipient's eligibility is decided on the target ledger.
         """
         return await self._admission.submit(request, instruction)
 
