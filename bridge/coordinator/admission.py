@@ -1,0 +1,148 @@
+"""Admission: a brokerage's transfer request, from its signed instruction to a recorded
+transfer with a driver.
+
+Order of checks: the instruction (registered instructor, signature over exactly these
+terms), the idempotency key, the deadline bounds, the supply feed's holds, both ledgers'
+standing of the sender and the security, and the lanes' flow capacity; only then is the
+transfer recorded and its driver spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bridge.coordinator.context import EngineContext
+from bridge.coordinator.flow_limits import FlowLimits
+from bridge.coordinator.records import TransferRecord, TransferRequest
+from bridge.coordinator.requests import authorise_instruction, check_deadline
+from bridge.coordinator.supervision import Supervisor
+from bridge.coordinator.wording import generic
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed
+from bridge.domain.instructions import Instruction
+from bridge.domain.transfer import TransferState
+from bridge.logfields import TRANSFER
+
+
+class Admission:
+    """Accepts or refuses a brokerage's transfer request (see ``Coordinator.submit``).
+
+    Guarantees: nothing is recorded for a refused request; an instruction is authenticated
+    before any recorded key is read; a key is scoped per source ledger and bound to one
+    request and one set of signed terms.
+    """
+
+    def __init__(self, ctx: EngineContext, flow: FlowLimits, drivers: Supervisor) -> None:
+        self._ctx = ctx
+        self._flow = flow
+        self._drivers = drivers
+
+    async def submit(
+        self, request: TransferRequest, instruction: Instruction
+    ) -> tuple[TransferRecord, bool]:
+        """Record a new transfer, or return the recorded one of a retry; True when new.
+
+        SECURITY: the brokerage's instruction is checked first (registered instructor for
+        the source ledger, its signature over exactly these terms), before any recorded key
+        is looked up; then, for a new transfer, its deadline bounds (a retry of a recorded
+        one may come after its deadline). Keys are scoped per source ledger, so one
+        brokerage can neither probe nor squat another's. Nothing is recorded for a refused
+        instruction; the same instruction under a new key is a Conflict. The coordinator
+        chooses no term: the nonce and the deadline are the instructor's. Pre-checks the
+        sender's balance and standing and that both tokens are registered and not paused;
+        the recipient's eligibility is decided on the target ledger.
+        """
+        ctx = self._ctx
+        # SECURITY: authenticate the instruction (registered instructor, signature) before
+        # any recorded key is read: a caller without one learns nothing about keys in use.
+        terms = authorise_instruction(ctx.network, request, instruction)
+        existing = await self._existing(request)
+        if existing is not None:
+            # A retry: the same signed terms as recorded (its deadline may have passed since).
+            if existing.terms != terms:
+                raise Conflict("idempotency_key was already used with other instructed terms")
+            return existing, False
+        now = time.time()
+        check_deadline(instruction, now=now, ttl=ctx.ttl)
+        if ctx.supply is not None:
+            refusal = await ctx.supply.refusal(
+                request.security, (request.source_ledger, request.target_ledger)
+            )
+            if refusal is not None:
+                raise PreconditionFailed(refusal)
+        await self._precheck(request)
+        await self._flow.precheck(request)
+        record = TransferRecord(
+            transfer_id=terms.transfer_id,
+            request=request,
+            terms=terms,
+            state=TransferState.SUBMITTED,
+            reason="locking units on the source ledger",
+            created_at=now,
+            updated_at=now,
+            instruction=instruction.signature,
+        )
+        stored, created = await ctx.store.create(record)
+        if not created:
+            if stored.request.fingerprint() != request.fingerprint() or stored.terms != terms:
+                raise Conflict("idempotency_key was already used for a different transfer")
+            return stored, False
+        ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
+        self._drivers.spawn(stored.transfer_id)
+        return stored, True
+
+    async def _existing(self, request: TransferRequest) -> TransferRecord | None:
+        record = await self._ctx.store.get_by_key(request.source_ledger, request.idempotency_key)
+        if record is not None and record.request.fingerprint() != request.fingerprint():
+            raise Conflict("idempotency_key was already used for a different transfer")
+        return record
+
+    async def _precheck(self, request: TransferRequest) -> None:
+        src = self._ctx.relayers[request.source_ledger]
+        dst = self._ctx.relayers[request.target_ledger]
+        try:
+            sender, target = await asyncio.gather(
+                src.holder(request.security, request.sender),
+                dst.holder(request.security, request.recipient),
+            )
+        except LedgerRejected as exc:
+            raise PreconditionFailed(generic(exc)) from exc
+        src_name, dst_name = request.source_ledger, request.target_ledger
+        # The ledger refusal each failed check predicts travels as the ErrorInfo reason.
+        if not sender.security_registered:
+            raise PreconditionFailed(
+                f"security {request.security} is not issued on ledger {src_name}",
+                ErrorReason.UNKNOWN_SECURITY,
+                src_name,
+            )
+        if not target.security_registered:
+            raise PreconditionFailed(
+                f"security {request.security} is not issued on ledger {dst_name}",
+                ErrorReason.UNKNOWN_SECURITY,
+                dst_name,
+            )
+        if sender.paused:
+            raise PreconditionFailed(
+                f"{request.security} is paused on {src_name}", ErrorReason.TOKEN_PAUSED, src_name
+            )
+        if target.paused:
+            raise PreconditionFailed(
+                f"{request.security} is paused on {dst_name}", ErrorReason.TOKEN_PAUSED, dst_name
+            )
+        if sender.frozen:
+            raise PreconditionFailed(
+                f"sender is frozen on {src_name}", ErrorReason.HOLDER_FROZEN, src_name
+            )
+        if not sender.eligible:
+            raise PreconditionFailed(
+                f"sender is not an eligible holder on {src_name}",
+                ErrorReason.HOLDER_NOT_ELIGIBLE,
+                src_name,
+            )
+        if sender.balance < request.amount:
+            # SECURITY (review 2 finding 6): the reason only, never the holder's balance
+            # (any brokerage may name any sender).
+            raise PreconditionFailed(
+                f"insufficient balance on {src_name}", ErrorReason.INSUFFICIENT_BALANCE, src_name
+            )

@@ -1,0 +1,85 @@
+"""What the coordinator's layers share: their dependencies, the watchers of each transfer,
+and the one way a transfer's state is recorded.
+
+Admission (``admission.py``), event intake (``intake.py``), driver supervision
+(``supervision.py``), the step engine (``stepper.py``) and the flow limits
+(``flow_limits.py``) each hold the same :class:`EngineContext`; nothing else passes between
+them but explicit calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.config import NetworkConfig
+from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
+from bridge.coordinator.epochs import EpochTracker
+from bridge.coordinator.halts import HaltBook, Halted
+from bridge.coordinator.metrics import observe_transition
+from bridge.coordinator.publisher import SupplyPublisher
+from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.store import TransferStore
+from bridge.domain.ids import SecurityId
+from bridge.domain.transfer import TransferState
+from bridge.logfields import REASON, STATE, TRANSFER
+
+
+@dataclass(slots=True, eq=False)
+class EngineContext:
+    """The coordinator's dependencies and watchers, shared by reference by its layers.
+
+    Guarantees: one instance per coordinator; a replaced field (``relayers``, ``halts``) is
+    seen by every layer at once, since each holds this object, never a copy of its fields.
+    """
+
+    network: NetworkConfig
+    store: TransferStore
+    relayers: dict[str, RelayerGateway]
+    committee: CommitteeClient
+    ttl: int
+    max_backoff: float
+    supply: SupplyPublisher | None
+    sweep_every: float
+    # ---- depository halt
+    halts: HaltBook | None
+    # ---- committee rotation (ADR 0009): the epoch each ledger accepts, read from it
+    # through its relayer; None: the network file's committee everywhere (no rotation).
+    epochs: EpochTracker | None
+    domains: dict[str, LedgerDomain]
+    ledger_by_word: dict[bytes, str]
+    log: structlog.stdlib.BoundLogger
+    watchers: dict[bytes, set[asyncio.Event]] = field(default_factory=dict)
+
+    def notify(self, tid: bytes) -> None:
+        """Wake every ``watch`` of ``tid`` to read its history again."""
+        for event in self.watchers.get(tid, ()):
+            event.set()
+
+    async def set_state(self, record: TransferRecord, state: TransferState, reason: str) -> None:
+        """Record ``state`` and ``reason`` for ``record`` (nothing when both are unchanged);
+        a new state is logged, counted and announced to the transfer's watchers."""
+        if record.state is state and record.reason == reason:
+            return
+        # ---- flow limits: a new state (but QUEUED) ends the old wait, in the same
+        # transaction as the state change (store.set_state), so no reader sees one
+        # without the other now that store calls really suspend (ADR 0013).
+        await self.store.set_state(record.transfer_id, state, reason, reason)
+        if record.state is not state:
+            observe_transition(record, state)  # ---- observability (ADR 0016)
+            self.log.info(
+                "transfer state",
+                **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
+            )
+            self.notify(record.transfer_id)
+
+    async def halt_gate(self, ledger: str, record: TransferRecord, what: str) -> None:
+        """Raise Halted when the transfer's security is halted on ``ledger`` (the driver
+        then waits with that reason and retries); the ledger enforces it regardless."""
+        if self.halts is None:
+            return
+        security = record.request.security
+        if await self.halts.halted(ledger, SecurityId(security)):
+            raise Halted(ledger, security, what)

@@ -1,0 +1,193 @@
+"""Flow limits (ADR 0010) as the coordinator applies them: admission's capacity check, the
+queue before the lock, the large-transfer hold before COMMIT, and the lanes' status.
+
+The decisions themselves are pure (``flow_queue.py``); this layer reads their inputs (both
+ledgers' buckets through the relayers, the lane's backlog from the store) and records the
+outcome (state, wait reason, not-before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from bridge.coordinator.context import EngineContext
+from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
+from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
+from bridge.coordinator.wording import generic, iso
+from bridge.core.reasons import ErrorReason
+from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed
+from bridge.domain.flow import FlowStatus, WaitReason
+from bridge.domain.legs import LegStatus
+from bridge.domain.transfer import NextStep, StepKind, TransferState
+
+
+# ---- flow limits (ADR 0010)
+class FlowQueued(Exception):
+    """The transfer was (re)queued on a lane's limit; its driver checks again later."""
+
+    def __init__(self, detail: str, retry_in: int) -> None:
+        super().__init__(detail)
+        self.retry_in = retry_in
+
+
+@dataclass(frozen=True, slots=True)
+class LaneFlow:
+    """One direction of travel of a security: both ledgers' limits and its queue."""
+
+    security: str
+    source_ledger: str
+    target_ledger: str
+    source: FlowStatus | None
+    target: FlowStatus | None
+    queued: int
+    queued_units: int
+    oldest_queued_at: float | None
+    error: str = ""
+
+
+class FlowLimits:
+    """The coordinator's side of the lanes' limits.
+
+    Guarantees: level-triggered (every input is re-read on each call, so a restarted
+    coordinator resumes its queue in the same order), and a transfer is never let through
+    to the lock past its deadline nor to COMMIT inside a ledger's large-transfer delay.
+    """
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self._ctx = ctx
+
+    async def lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
+        """The source's limit towards the target and the target's from the source."""
+        src = self._ctx.relayers[request.source_ledger]
+        dst = self._ctx.relayers[request.target_ledger]
+        source, target = await asyncio.gather(
+            src.flow_status(request.security, request.target_ledger),
+            dst.flow_status(request.security, request.source_ledger),
+        )
+        return source, target
+
+    async def precheck(self, request: TransferRequest) -> None:
+        """Refuse (PreconditionFailed) an amount above a lane capacity: it could never go."""
+        try:
+            source, target = await self.lane_status(request)
+        except LedgerRejected as exc:
+            raise PreconditionFailed(generic(exc)) from exc
+        refusal = never_fits(request.amount, source, target)
+        if refusal is not None:
+            raise PreconditionFailed(refusal)
+
+    async def gate(self, record: TransferRecord) -> bool:
+        """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
+
+        Level-triggered: everything it needs is re-read each time (both ledgers' buckets
+        through the relayers, the lane's earlier transfers from the store), so a restarted
+        coordinator finds its queue in the store and resumes it in the same order. A queued
+        transfer is never locked after its deadline: it ends FAILED with the reason and
+        nothing moved (the deadline is the instructor's signed term; the bridge cannot
+        extend it, and a lock that late could only expire and be released).
+        """
+        ctx = self._ctx
+        tid = record.transfer_id
+        source, target = await self.lane_status(record.request)
+        if not (source.outbound.limited or target.inbound.limited):
+            await self.clear_wait(record)
+            return False
+        amount = record.request.amount
+        refusal = never_fits(amount, source, target)
+        if refusal is not None:  # the admin lowered a capacity after the submission
+            await ctx.set_state(record, TransferState.FAILED, f"not locked: {refusal}")
+            await self.clear_wait(record)
+            return True
+        verdict = admit(
+            amount,
+            await ctx.store.lane_backlog(tid, AHEAD_AT_SOURCE),
+            await ctx.store.lane_backlog(tid, AHEAD_AT_TARGET),
+            source,
+            target,
+        )
+        if verdict.go:
+            await self.clear_wait(record)
+            return False
+        if time.time() > record.terms.deadline:
+            await ctx.set_state(
+                record,
+                TransferState.FAILED,
+                f"queued until its deadline passed, nothing moved: {verdict.detail}",
+            )
+            await self.clear_wait(record)
+            return True
+        not_before = time.time() + verdict.retry_in
+        if record.wait_reason is not verdict.reason or record.state is not TransferState.QUEUED:
+            await ctx.store.set_wait(tid, verdict.reason, not_before)
+        await ctx.set_state(record, TransferState.QUEUED, f"queued: {verdict.detail}")
+        raise FlowQueued(verdict.detail, verdict.retry_in)
+
+    async def hold_for_delay(
+        self,
+        record: TransferRecord,
+        step: NextStep,
+        decision: Decision | None,
+        source: LegStatus,
+        target: LegStatus,
+    ) -> None:
+        """Before certifying or applying COMMIT: wait (raises FlowQueued) while a leg of a
+        large transfer is inside its ledger's delay. Members refuse COMMIT and the ledgers
+        refuse the burn and mint until then; asking earlier would only collect refusals."""
+        ctx = self._ctx
+        committing = (step.step is StepKind.CERTIFY and step.claim is ClaimKind.COMMIT) or (
+            step.step is StepKind.APPLY and decision is not None
+            and decision.kind is ClaimKind.COMMIT
+        )  # fmt: skip
+        held = max(source.not_before, target.not_before) if committing else 0
+        now = time.time()
+        if held <= now:
+            if record.wait_reason is WaitReason.LARGE_TRANSFER_DELAY:
+                await ctx.store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
+            return
+        reason = (
+            f"large transfer: held by the ledgers' delay until {iso(held)}"
+            " (above the lane's large-transfer allowance); it commits then"
+        )
+        await ctx.set_state(record, step.state, reason)
+        if record.wait_reason is not WaitReason.LARGE_TRANSFER_DELAY or record.not_before != held:
+            await ctx.store.set_wait(
+                record.transfer_id, WaitReason.LARGE_TRANSFER_DELAY, float(held)
+            )
+        raise FlowQueued(reason, max(1, int(held - now)))
+
+    async def clear_wait(self, record: TransferRecord) -> None:
+        """Clear ``record``'s recorded wait, if it has one."""
+        if record.wait_reason is not WaitReason.NONE:
+            await self._ctx.store.set_wait(record.transfer_id, WaitReason.NONE, 0.0)
+
+    async def note_flow_wait(self, tid: bytes, exc: BaseException) -> None:
+        """Make a ledger's large-transfer delay readable: wait reason and not-before."""
+        if isinstance(exc, LedgerRejected) and exc.reason == ErrorReason.TOO_EARLY:
+            at = exc.not_before  # the ledger's typed figure (ADR 0015), never message text
+            await self._ctx.store.set_wait(tid, WaitReason.LARGE_TRANSFER_DELAY, float(at or 0))
+
+    async def lane_flows(self, security: str) -> list[LaneFlow]:
+        """Every lane (source -> target) of ``security`` between the connected ledgers: both
+        ledgers' flow status (or why it could not be read) and what is queued on it."""
+        names = sorted(self._ctx.relayers)
+        lanes: list[LaneFlow] = []
+        for src in names:
+            for dst in names:
+                if src == dst:
+                    continue
+                request = TransferRequest("", security, src, dst, "", "", 0)
+                source: FlowStatus | None = None
+                target: FlowStatus | None = None
+                error = ""
+                try:
+                    source, target = await self.lane_status(request)
+                except BridgeError as exc:
+                    error = str(exc)
+                count, units, oldest = await self._ctx.store.queued_on_lane(security, src, dst)
+                lanes.append(
+                    LaneFlow(security, src, dst, source, target, count, units, oldest, error)
+                )
+        return lanes

@@ -1,0 +1,258 @@
+"""Ledger event intake: relayer-delivered events, the adoption of holder-direct locks, and
+the confirmation of every lock on its ledger before the coordinator acts on it.
+
+An event is a hint, never an authority: it wakes the transfer it names, and a lock it
+reports is read on the source ledger (at finality, through that ledger's relayer) before
+it is adopted or resumes a FAILED transfer.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bridge.coordinator.context import EngineContext
+from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
+from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
+from bridge.coordinator.supervision import Supervisor
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
+from bridge.domain.ids import SecurityId
+from bridge.domain.legs import LedgerEvent, Leg, LegState, LegStatus
+from bridge.domain.transfer import TransferState
+from bridge.ledgers.addresses import codec_for
+from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX
+
+# Outbound leg states that prove a lock with the leg's terms hash happened (a leg leaves
+# LOCKED only for BURNED or RELEASED, keeping its terms hash).
+_LOCKED_OR_AFTER = frozenset({LegState.LOCKED, LegState.BURNED, LegState.RELEASED})
+
+
+class EventNotConfirmed(PreconditionFailed):
+    """A LOCKED event that the source ledger, read at finality, does not confirm."""
+
+
+class Intake:
+    """Acts on ledger events and on locks found after a transfer FAILED.
+
+    Guarantees: an event is acted on before it is recorded as seen (acting is idempotent);
+    a transfer is adopted, or a FAILED one resumed, only for a lock its source ledger shows
+    with the same terms hash; a resume is a compare-and-set on FAILED.
+    """
+
+    def __init__(self, ctx: EngineContext, drivers: Supervisor) -> None:
+        self._ctx = ctx
+        self._drivers = drivers
+
+    async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
+        """Record relayer-delivered events (deduplicated) and wake the transfers they touch;
+        returns how many were new (see ``Coordinator.on_events``)."""
+        ctx = self._ctx
+        if ledger not in ctx.domains:
+            raise NotFound(f"ledger {ledger!r} is not connected")
+        # Act first, then record the events as seen: acting is idempotent, so a crash in
+        # between only means the relayer's re-delivery is acted on again, never skipped.
+        kept: list[LedgerEvent] = []
+        for e in events:
+            record = await ctx.store.get(e.transfer_id)
+            try:
+                known = await self._on_event(ledger, e, record)
+            except Unavailable:
+                raise  # not acted on: the relayer re-delivers the batch
+            except EventNotConfirmed as exc:
+                ctx.log.error(
+                    "ledger event refused: the ledger does not show it; not adopted",
+                    **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), TX: e.tx_id,
+                       REASON: str(exc)},
+                )  # fmt: skip
+                continue
+            except BridgeError as exc:
+                known = record is not None
+                ctx.log.error(
+                    "ledger event not actionable",
+                    **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), ERROR: str(exc)},
+                )
+            kept.append(e)
+            if known and ctx.supply is not None and (security := self._security_of(e, record)):
+                ctx.supply.touch(security)
+        fresh = await ctx.store.record_events(ledger, kept, scanned)
+        return len(fresh)
+
+    @staticmethod
+    def _security_of(event: LedgerEvent, record: TransferRecord | None) -> str | None:
+        if record is not None:
+            return record.request.security
+        if event.terms is not None:
+            try:
+                return SecurityId.from_word(event.terms.security).isin
+            except InvalidInput:
+                return None
+        return None
+
+    async def _on_event(
+        self, ledger: str, event: LedgerEvent, record: TransferRecord | None
+    ) -> bool:
+        """Act on one event; True when it concerns a transfer the coordinator drives."""
+        if record is None:
+            if event.state is LegState.LOCKED and event.terms is not None:
+                return await self._adopt(ledger, event)
+            return False
+        if not record.state.terminal:
+            # A wake-up only: the driver reads both legs itself before any step.
+            self._drivers.spawn(event.transfer_id)  # replaces a driver that died
+            self._drivers.wake(event.transfer_id)
+        elif record.state is TransferState.FAILED and event.state is LegState.LOCKED:
+            if record.request.source_ledger != ledger:
+                raise EventNotConfirmed(
+                    f"a LOCKED event from {ledger} for a transfer whose source is"
+                    f" {record.request.source_ledger}"
+                )
+            # SECURITY: the event only says where to look; the resume needs the lock itself,
+            # still held: a lock already RELEASED (refunded) or BURNED has nothing to resume.
+            source = await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
+            if source.state is not LegState.LOCKED:
+                self._ctx.log.warning(
+                    "LOCKED event for a failed transfer whose lock is no longer held; not resumed",
+                    **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id,
+                       STATE: source.state.name},
+                )  # fmt: skip
+                return True
+            await self.resume_failed(record, source.terms_hash, event.tx_id)
+        return True
+
+    async def _confirmed_lock(self, ledger: str, tid: bytes, terms_hash: bytes) -> LegStatus:
+        """The source leg of ``tid`` read at finality through ``ledger``'s relayer, if it
+        shows a lock (LOCKED, or BURNED/RELEASED after one) with ``terms_hash``; else
+        EventNotConfirmed. Unavailable when the ledger cannot be read.
+
+        SECURITY: this is what makes an event a hint rather than an authority. A caller
+        that reaches LedgerEventSink can claim any lock; only the ledger can confirm one.
+        A relayer of ``ledger`` that lies in GetLeg as well could still get a lock that
+        does not exist adopted; it gains nothing by it: the driver never locks for an
+        adopted transfer, and the verifiers read the ledgers themselves and certify LOCKED
+        only for a real lock (``verifiers/policy.py``), so no certificate and no step on
+        any ledger follows.
+        """
+        leg = await self._ctx.relayers[ledger].get_leg(tid, Leg.OUTBOUND)
+        if leg.state not in _LOCKED_OR_AFTER:
+            raise EventNotConfirmed(
+                f"the source leg on {ledger} is {leg.state.name} at its finalized height,"
+                " not a lock"
+            )
+        if leg.terms_hash != terms_hash:
+            raise EventNotConfirmed(
+                f"the lock on {ledger} has terms hash 0x{leg.terms_hash.hex()}, the event"
+                f" claims 0x{terms_hash.hex()}"
+            )
+        return leg
+
+    async def recheck_failed(self) -> None:
+        """Re-read the source leg of recently FAILED transfers and resume each whose lock
+        landed after all (a sweep's work: the lock's event may have been missed)."""
+        ctx = self._ctx
+        # A lock can land until the transfer's deadline (later on Fabric, which has no clock):
+        # look back one transfer lifetime and ten minutes more.
+        since = time.time() - ctx.ttl - 600
+        for record in await ctx.store.failed_since(since):
+            relayer = ctx.relayers[record.request.source_ledger]
+            try:
+                source = await relayer.get_leg(record.transfer_id, Leg.OUTBOUND)
+            except BridgeError:
+                continue  # the ledger is unreachable: the next sweep tries again
+            if source.state is LegState.LOCKED:
+                await self.resume_failed(record, source.terms_hash, "")
+
+    async def resume_failed(self, record: TransferRecord, terms_hash: bytes, tx_id: str) -> None:
+        """A lock landed after we concluded it could not: never leave units in escrow."""
+        ctx = self._ctx
+        tid = record.transfer_id
+        if terms_hash != record.terms.terms_hash:
+            ctx.log.error(
+                "a lock with other terms holds this transfer id; operator attention needed",
+                **{TRANSFER: "0x" + tid.hex(), TX: tx_id},
+            )
+            return
+        # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
+        moved = await ctx.store.resume_failed(
+            tid,
+            TransferState.SOURCE_LOCKED,
+            "lock found on-chain after failure; resuming",
+            "resumed",
+        )
+        if not moved:
+            ctx.log.warning(
+                "failed transfer changed state meanwhile; not resumed",
+                **{TRANSFER: "0x" + tid.hex()},
+            )
+            return
+        ctx.log.error(
+            "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
+        )
+        ctx.notify(tid)
+        self._drivers.spawn(tid)
+
+    async def _adopt(self, ledger: str, event: LedgerEvent) -> bool:
+        """Record the transfer of a holder-direct lock, origin ADOPTED, if the ledger shows
+        it; True when it is (or already was) recorded."""
+        ctx = self._ctx
+        terms = event.terms
+        assert terms is not None
+        if terms.transfer_id != event.transfer_id or terms.terms_hash != event.terms_hash:
+            raise EventNotConfirmed("the event's terms do not hash to its transfer id and hash")
+        dst = ctx.ledger_by_word.get(terms.dst_ledger)
+        if (
+            dst is None
+            or terms.src_ledger != ctx.domains[ledger].ledger_word
+            or terms.dst_bridge != ctx.domains[dst].bridge_word
+        ):
+            # The committee cannot certify it either: units escrowed towards an endpoint we
+            # do not know need an operator (see docs/architecture.md, known limitations).
+            ctx.log.error(
+                "lock towards an unknown ledger or bridge endpoint; not adopted",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
+            )
+            return False
+        # SECURITY: adopt only what the source ledger shows (see _confirmed_lock).
+        await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
+        try:
+            recipient = codec_for(ctx.network.ledgers[dst].kind).format(terms.recipient)
+        except InvalidInput:
+            recipient = "0x" + terms.recipient.hex()  # the target will reject it; show it raw
+        request = TransferRequest(
+            idempotency_key=f"{ADOPTED_KEY_PREFIX}0x{event.transfer_id.hex()}",
+            security=SecurityId.from_word(terms.security).isin,
+            source_ledger=ledger,
+            target_ledger=dst,
+            sender=codec_for(ctx.network.ledgers[ledger].kind).format(terms.sender),
+            recipient=recipient,
+            amount=terms.amount,
+        )
+        now = time.time()
+        record = TransferRecord(
+            event.transfer_id, request, terms, TransferState.SOURCE_LOCKED,
+            "locked directly on-chain by the holder", now, now,
+            origin=TransferOrigin.ADOPTED,
+        )  # fmt: skip
+        stored, created = await ctx.store.create(record)
+        if stored.transfer_id != event.transfer_id:
+            # SECURITY: another transfer holds this lock's adoption key (a row written before
+            # the "onchain:" prefix was reserved). Never report that as an adoption.
+            ctx.log.error(
+                "adoption key of a holder-direct lock is held by another transfer; not adopted,"
+                " operator attention needed",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id,
+                   "holder": "0x" + stored.transfer_id.hex()},
+            )  # fmt: skip
+            return False
+        if created:
+            await ctx.store.add_transaction(event.transfer_id, "lock", event.tx_id)
+            ctx.log.info(
+                "holder-direct lock adopted after reading it on the ledger",
+                **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
+            )
+            self._drivers.spawn(event.transfer_id)
+        return True

@@ -1,0 +1,335 @@
+"""The step engine: one step of a transfer through its states, with the relayers and the
+committee.
+
+Each step reads both legs at finality and the durable decision, derives the next step
+(:func:`bridge.domain.transfer.next_step`), applies it idempotently and records the
+outcome, so running the same step again after a crash anywhere is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bridge.coordinator.clients import RelayerGateway
+from bridge.coordinator.context import EngineContext
+from bridge.coordinator.epochs import RECERTIFY_REASONS
+from bridge.coordinator.flow_limits import FlowLimits
+from bridge.coordinator.halts import Halted
+from bridge.coordinator.records import Decision, TransferOrigin, TransferRecord
+from bridge.coordinator.wording import refusal
+from bridge.core.reasons import ErrorReason
+from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import Committee
+from bridge.domain.errors import LedgerRejected, PreconditionFailed
+from bridge.domain.ids import SecurityId
+from bridge.domain.instructions import is_instructed
+from bridge.domain.legs import Action, Leg, LegState, RejectReason, SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
+from bridge.ledgers.kinds import holder_direct_locks
+from bridge.logfields import LEDGER, STATE, TRANSFER, TX
+
+_STEP_NAMES = {
+    (Action.LOCK, Leg.OUTBOUND): "lock",
+    (Action.PREPARE, Leg.INBOUND): "prepare",
+    (Action.MARK_EXPIRED, Leg.INBOUND): "expire",
+    (Action.COMMIT, Leg.OUTBOUND): "burn",
+    (Action.COMMIT, Leg.INBOUND): "mint",
+    (Action.ABORT, Leg.OUTBOUND): "release",
+    (Action.ABORT, Leg.INBOUND): "abort",
+}
+
+
+# Contract refusals that prove the lock did not and cannot happen for these terms.
+DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
+    {
+        ErrorReason.INSUFFICIENT_BALANCE,
+        ErrorReason.MISSING_INSTRUCTION,
+        ErrorReason.INVALID_INSTRUCTION,
+        ErrorReason.HOLDER_FROZEN,
+        ErrorReason.HOLDER_NOT_ELIGIBLE,
+        ErrorReason.TOKEN_PAUSED,
+        ErrorReason.DEADLINE_PASSED,
+        ErrorReason.UNKNOWN_SECURITY,
+        ErrorReason.ZERO_AMOUNT,
+        # Not WrongLedger: our terms come from configuration, so it means a configuration
+        # mismatch, which an operator fixes; the transfer waits with the reason.
+    }
+)
+
+ADOPTED_LOCK_GRACE_S = 120
+"""How long past its deadline an adopted transfer whose source shows no lock waits before
+it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes it)."""
+
+
+class Stepper:
+    """Advances one transfer by one step.
+
+    Guarantees: every step is idempotent and re-derived from the ledgers and the durable
+    decision; a decision is recorded before any leg is asked to apply it, and never changes
+    once recorded; the bridge locks only for a transfer a brokerage submitted, and the
+    committee certifies LOCKED only for an instructed lock.
+    """
+
+    def __init__(self, ctx: EngineContext, flow: FlowLimits) -> None:
+        self._ctx = ctx
+        self._flow = flow
+
+    async def advance(self, record: TransferRecord) -> bool:
+        """Take one step; return True when the transfer is terminal."""
+        ctx = self._ctx
+        terms, tid = record.terms, record.transfer_id
+        src_name, dst_name = record.request.source_ledger, record.request.target_ledger
+        src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
+        decision = await ctx.store.decision(tid)
+        source, target = await asyncio.gather(
+            src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
+        )
+        if decision is None:
+            for status, ledger in ((source, src_name), (target, dst_name)):
+                if status.state is not LegState.NONE and status.terms_hash != terms.terms_hash:
+                    # Another lock took this transfer id first: ours never happened.
+                    await ctx.set_state(
+                        record,
+                        TransferState.FAILED,
+                        f"transfer id is held on {ledger} by other terms; this request moved "
+                        "nothing",
+                    )
+                    return True
+        step = next_step(decision.kind if decision else None, source.state, target.state)
+        if step.step is StepKind.LOCK and record.origin is not TransferOrigin.SUBMITTED:
+            return await self._no_lock_for_adopted(record)
+        if step.step is StepKind.LOCK and await self._flow.gate(record):  # ---- flow limits
+            return True
+        reason = self._describe(step, target.state, target.reason, decision)
+        if step.state is TransferState.COMMITTED and target.parked:
+            reason = await self._parked(record, target.reason)
+        if step.step is StepKind.PREPARE and not self._instructed(src_name, terms):
+            # SECURITY: nobody certifies LOCKED for a lock no registered brokerage (nor, on
+            # EVM, the holder) instructed; the committee certifies ABORT instead, so the
+            # escrow goes back to its holder and the target is closed with a tombstone.
+            step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
+            reason = "the lock was not instructed by a registered brokerage key: releasing it"
+        await self._flow.hold_for_delay(record, step, decision, source, target)  # ---- flow limits
+        await ctx.set_state(record, step.state, reason)
+        if step.step is StepKind.DONE:
+            return True
+        if step.step is StepKind.LOCK:
+            # ---- depository halt: not yet locked -> queued until released, or FAILED once
+            # its deadline passed (nothing moved; on EVM a lock after it is refused anyway).
+            if (
+                time.time() > terms.deadline
+                and ctx.halts is not None
+                and await ctx.halts.halted(src_name, SecurityId(record.request.security))
+            ):
+                await ctx.set_state(
+                    record,
+                    TransferState.FAILED,
+                    f"HALTED: {record.request.security} was halted on {src_name} by the"
+                    " depository until the deadline passed; nothing moved",
+                )
+                return True
+            await ctx.halt_gate(src_name, record, "the transfer waits before the lock")
+            try:
+                out = await src.submit(Action.LOCK, terms, None, record.instruction)
+            except LedgerRejected as exc:
+                if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
+                    raise  # e.g. a racing duplicate: re-read the leg and go on
+                if (await src.get_leg(tid, Leg.OUTBOUND)).state is not LegState.NONE:
+                    return False  # an earlier attempt landed after all
+                await ctx.set_state(
+                    record,
+                    TransferState.FAILED,
+                    f"source ledger refused the lock ({exc.reason.value})",
+                )
+                return True
+            await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
+            return False
+        if step.step is StepKind.PREPARE:
+            action = Action.MARK_EXPIRED if time.time() > terms.deadline else Action.PREPARE
+            if action is Action.PREPARE:  # ---- depository halt: the Expired marker still goes
+                await ctx.halt_gate(
+                    dst_name,
+                    record,
+                    "units stay in escrow; the transfer aborts at its deadline"
+                    " unless released first",
+                )
+            certs = await ctx.committee.certify(
+                ClaimKind.LOCKED,
+                terms,
+                [ctx.domains[dst_name]],
+                await self._epochs_of([dst_name]),
+            )
+            try:
+                out = await dst.submit(action, terms, certs[dst_name])
+            except LedgerRejected as exc:
+                self._epoch_refused(exc, dst_name)
+                raise
+            await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
+            return False
+        if step.step is StepKind.CERTIFY:
+            assert step.claim is not None
+            certs = await ctx.committee.certify(
+                step.claim,
+                terms,
+                [ctx.domains[src_name], ctx.domains[dst_name]],
+                await self._epochs_of([src_name, dst_name]),
+            )
+            cause = refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
+            await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
+            return False
+        assert decision is not None
+        assert step.step is StepKind.APPLY
+        jobs = []
+        target_action = step.target_action
+        held: Halted | None = None
+        if target_action is Action.COMMIT:  # ---- depository halt: the mint waits (COMMIT final)
+            try:
+                await ctx.halt_gate(dst_name, record, "COMMIT is decided; the mint waits")
+            except Halted as exc:
+                held, target_action = exc, None
+        if step.source_action is not None:
+            jobs.append(self._apply(src, step.source_action, Leg.OUTBOUND, record, decision))
+        if target_action is not None:
+            jobs.append(self._apply(dst, target_action, Leg.INBOUND, record, decision))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        if held is not None:
+            raise held
+        return False
+
+    # ---- parking
+    async def _parked(self, record: TransferRecord, code: int) -> str:
+        """Record that the target parked the committed units and say why (the COMMIT
+        decision stands; the issuer releases the units to an eligible holder)."""
+        await self._ctx.store.record_parked(record.transfer_id, code)
+        return (
+            f"committed, but the target parked the units ({RejectReason.describe(code)} since"
+            " prepare); the issuer releases them to an eligible holder; burned on the source"
+        )
+
+    async def _no_lock_for_adopted(self, record: TransferRecord) -> bool:
+        """An adopted transfer whose source shows no lock: wait, then fail; never lock.
+
+        SECURITY: the terms of an adopted transfer came from a ledger event, not from a
+        brokerage, so the bridge must never be the one to escrow units under them. The lock
+        was read on the ledger before adoption; seeing none now means the relayer's view
+        went back (or lied). Past the deadline no lock can land any more: FAILED (a lock
+        that does show up later resumes it, after being read on the ledger again).
+        """
+        if time.time() > record.terms.deadline + ADOPTED_LOCK_GRACE_S:
+            await self._ctx.set_state(
+                record,
+                TransferState.FAILED,
+                "adopted from a ledger event, but the source ledger shows no lock with its"
+                " terms, and its deadline has passed; the bridge never locks for it",
+            )
+            return True
+        raise PreconditionFailed(
+            "adopted from a ledger event, but the source ledger shows no lock with its terms;"
+            " the bridge never locks for an adopted transfer"
+        )
+
+    async def _apply(
+        self,
+        gateway: RelayerGateway,
+        action: Action,
+        leg: Leg,
+        record: TransferRecord,
+        decision: Decision,
+    ) -> None:
+        certificate = decision.certificates[gateway.ledger]
+        try:
+            out = await gateway.submit(action, record.terms, certificate)
+        except LedgerRejected as exc:
+            if not self._epoch_refused(exc, gateway.ledger):
+                raise
+            # The ledger no longer accepts the stored certificate's epoch (a rotation and
+            # its overlap passed): gather the same claim again under the epoch it accepts.
+            certificate = await self._recertify(record, decision, gateway.ledger)
+            out = await gateway.submit(action, record.terms, certificate)
+        await self._record_tx(record.transfer_id, action, leg, out.tx_id)
+
+    # ---- committee rotation (ADR 0009) ------------------------------------------------
+    async def _epochs_of(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]] | None:
+        """The committee epochs each of ``ledgers`` accepts now, preferred first (None: the
+        network file's)."""
+        if self._ctx.epochs is None:
+            return None
+        return await self._ctx.epochs.accepted(ledgers)
+
+    def _epoch_refused(self, exc: LedgerRejected, ledger: str) -> bool:
+        """True when ``exc`` is a ledger refusing a certificate's epoch or signers (typed
+        reason); the ledger's epochs are then read again."""
+        if exc.reason not in RECERTIFY_REASONS:
+            return False
+        if self._ctx.epochs is not None:
+            self._ctx.epochs.invalidate(ledger)
+        return self._ctx.epochs is not None
+
+    async def _recertify(
+        self, record: TransferRecord, decision: Decision, ledger: str
+    ) -> SignatureSet:
+        """A certificate of the recorded decision for ``ledger`` under the epoch it accepts
+        now, stored in place of the refused one.
+
+        SECURITY: the claim is the recorded decision's kind, never re-derived: members sign
+        it only if the ledgers still support it (a decision is final on the ledgers before
+        it is recorded), and the store swaps the certificate only while the recorded kind
+        is that same kind, so a decision never changes.
+        """
+        ctx = self._ctx
+        tid = record.transfer_id
+        epochs = await self._epochs_of([ledger])
+        certs = await ctx.committee.certify(
+            decision.kind, record.terms, [ctx.domains[ledger]], epochs
+        )
+        certificate = certs[ledger]
+        if not await ctx.store.recertify(tid, decision.kind, ledger, certificate):
+            raise PreconditionFailed("the recorded decision changed meanwhile; re-reading")
+        ctx.log.warning(
+            "decision re-certified under the ledger's current epoch",
+            **{TRANSFER: "0x" + tid.hex(), LEDGER: ledger, STATE: decision.kind.name},
+            epoch=certificate.epoch,
+        )
+        return certificate
+
+    async def _record_tx(self, tid: bytes, action: Action, leg: Leg, tx_id: str) -> None:
+        if tx_id:
+            await self._ctx.store.add_transaction(tid, _STEP_NAMES[(action, leg)], tx_id)
+            self._ctx.log.info(
+                "step applied", **{TRANSFER: "0x" + tid.hex(), TX: tx_id, STATE: action.name}
+            )
+
+    @staticmethod
+    def _describe(
+        step: NextStep, target: LegState, reason_code: int, decision: Decision | None
+    ) -> str:
+        refused = target in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
+        why = decision.cause if decision is not None else refusal(target, reason_code)
+        texts = {
+            TransferState.SUBMITTED: "locking units on the source ledger",
+            TransferState.SOURCE_LOCKED: (
+                f"{why}; gathering the ABORT certificate" if refused
+                else "units in escrow; preparing the target ledger"
+            ),
+            TransferState.TARGET_PREPARED: "target prepared; gathering the COMMIT certificate",
+            TransferState.COMMITTING: "COMMIT certified; burning on source, minting on target",
+            TransferState.COMMITTED: "minted on the target, burned on the source",
+            TransferState.ABORTING: f"ABORT certified{' (' + why + ')' if why else ''}; releasing",
+            TransferState.ABORTED: f"units released to the sender{' (' + why + ')' if why else ''}",
+        }  # fmt: skip
+        return texts.get(step.state, "")
+
+    def _instructed(self, source_ledger: str, terms: TransferTerms) -> bool:
+        """Whether ``terms``' instructor has authority over the source ledger's accounts."""
+        network = self._ctx.network
+        return is_instructed(
+            network.instruction_keys.get(source_ledger, frozenset()),
+            holder_direct_locks(network.ledgers[source_ledger].kind),
+            terms.sender,
+            terms.instructor,
+        )

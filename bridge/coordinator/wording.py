@@ -1,0 +1,44 @@
+"""The words a transfer's ``reason`` is written in: bounded, and never a ledger's free text.
+
+Pure functions of their arguments; the coordinator's layers (``admission.py``,
+``flow_limits.py``, ``stepper.py``, ``supervision.py``, ``engine.py``) use them so a
+brokerage reads the same wording whichever layer wrote it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bridge.domain.errors import LedgerRejected
+from bridge.domain.legs import LegState, RejectReason
+
+# SECURITY (review 2 finding 6): a transfer's ``reason`` is read by brokerages. A ledger's
+# refusal is reported by its typed reason and ledger only, never its free text (a Fabric
+# peer's MSP and address, a chaincode exception's message); any other text is bounded.
+# The full detail is in the coordinator's log.
+_REASON_MAX = 240
+
+
+def generic(exc: LedgerRejected) -> str:
+    """``exc`` as a brokerage may read it: the ledger and the typed reason."""
+    where = exc.ledger or "the ledger"
+    return f"{where} refused the step ({exc.reason.value})"
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to at most 240 characters (an ellipsis marks a cut)."""
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+def refusal(target: LegState, reason_code: int) -> str:
+    """Why a target leg refused, in words ('' when it did not)."""
+    if target is LegState.REJECTED or reason_code:
+        return f"target rejected: {RejectReason.describe(reason_code)}"
+    if target is LegState.EXPIRED:
+        return "target did not prepare before the deadline"
+    return ""
+
+
+def iso(ts: float) -> str:
+    """``ts`` (seconds since the epoch) as a UTC ISO-8601 timestamp to the second."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
