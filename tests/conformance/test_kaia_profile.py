@@ -1,9 +1,11 @@
 """What the ``kaia`` EVM profile adds on top of the conformance suite (ADR 0019).
 
 Against the Kaia-like node (chain id 1001, base fee held at the 25 gkei floor, no minimum
-tip, a block per transaction): the relayer's transactions pay exactly the base fee (fee cap
-= base fee, tip 0), a step is final in the block that includes it, and a relayer opened on
-a Kaia ledger with a wrong chain id is refused at start.
+tip, a block per transaction): the relayer's transactions bid the node's unit price (fee cap
+never below the base fee, the tip only what the cap leaves above it; exactly the base fee
+when the node suggests no tip, tests/unit/test_evm_profiles.py), a step is final in the
+block that includes it, and a relayer opened on a Kaia ledger with a wrong chain id is
+refused at start.
 """
 
 from __future__ import annotations
@@ -32,16 +34,24 @@ async def test_a_step_pays_exactly_the_fixed_base_fee_and_is_final_in_its_block(
     try:
         sender = await h.holder(5)
         t = Terms(h).outbound(sender, 5)
+        w3 = Web3(Web3.HTTPProvider(h.node.rpc_url))
+        # What the node suggests now (no block is made before the lock: one per transaction).
+        # The stand-in's suggestion follows the tips of the blocks earlier tests left, so the
+        # exact fields are derived from it: the cap is the node's unit price, never below the
+        # base fee, and the tip only what the cap leaves above the base fee.
+        price, tip = int(w3.eth.gas_price), int(w3.eth.max_priority_fee)
         out = await relayer.submit(Action.LOCK, t, None, Terms(h).instruction(t))
         # instant finality: final as soon as it is in a block, at the latest height
         assert out.height == await relayer.finalized_height()
-        w3 = Web3(Web3.HTTPProvider(h.node.rpc_url))
         tx = w3.eth.get_transaction(out.tx_id)  # type: ignore[arg-type]
         block = w3.eth.get_block(out.height)
         assert block["baseFeePerGas"] == KAIA_BASE_FEE
         assert tx["type"] == 2
-        assert tx["maxFeePerGas"] == KAIA_BASE_FEE, "fee cap = base fee on a fixed base fee"
-        assert tx["maxPriorityFeePerGas"] == 0, "Kaia suggests no tip while uncongested"
+        cap = max(price, KAIA_BASE_FEE)
+        assert tx["maxFeePerGas"] == cap, "the node's unit price, not 2 x base fee + tip"
+        assert tx["maxPriorityFeePerGas"] == min(tip, cap - KAIA_BASE_FEE)
+        receipt = w3.eth.get_transaction_receipt(out.tx_id)  # type: ignore[arg-type]
+        assert receipt["effectiveGasPrice"] == KAIA_BASE_FEE + tx["maxPriorityFeePerGas"]
     finally:
         await relayer.close()
 

@@ -101,6 +101,9 @@ def test_member_with_a_wrong_pin_refuses_to_start(hsm_system: LocalSystem) -> No
     key["pin_env"] = "KSTB_WRONG_PIN"
     cfg["key"] = key
     cfg["listen"] = "127.0.0.1:0"
+    # Its own vote log: on verifier-0's, the running member's state lock (ADR 0017) would
+    # refuse this second process (exit 4) before it ever asked the token for the key.
+    cfg["vote_db"] = str(system.workdir / "state" / "verifier-wrong-pin.sqlite")
     path = system.workdir / "verifier-wrong-pin.toml"
     path.write_text(dump_toml(cfg))
     run = subprocess.run(

@@ -442,5 +442,6 @@ def test_every_generated_configuration_file_passes_the_strict_checks(system: Loc
             raise AssertionError(f"a devnet file this test does not know: {path.name}")
         loaded.append(name)
     assert {"network", "coordinator"} <= set(loaded)
-    assert sum(n.startswith("relayer-") for n in loaded) == len(system.ledgers)
+    # every ledger's relayer file (earlier tests of the module may have written more)
+    assert {f"relayer-{name}" for name in system.ledgers} <= set(loaded)
     assert any(n.startswith("verifier-") for n in loaded)
