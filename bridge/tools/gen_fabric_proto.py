@@ -18,15 +18,15 @@ in a temporary directory and exits 1 listing every file that drifted.
 from __future__ import annotations
 
 import argparse
-import filecmp
 import re
-import shutil
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
+
+from bridge.tools.drift import differing, replace_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "third_party" / "fabric-protos"
@@ -101,13 +101,7 @@ def _files(root: Path) -> set[str]:
 def drifted(generated: Path, committed: Path) -> list[str]:
     """Relative paths that differ, are missing, or are extra between the two trees."""
     names = _files(generated) | (_files(committed) if committed.exists() else set())
-    return sorted(
-        n
-        for n in names
-        if not (generated / n).exists()
-        or not (committed / n).exists()
-        or not filecmp.cmp(generated / n, committed / n, shallow=False)
-    )
+    return differing(generated, committed, names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print("fabric protos match third_party/fabric-protos")
             return 0
-        if OUT_PACKAGE.exists():
-            shutil.rmtree(OUT_PACKAGE)
-        shutil.copytree(out, OUT_PACKAGE)
+        replace_tree(out, OUT_PACKAGE)
     print(f"wrote {OUT_PACKAGE.relative_to(ROOT)}")
     return 0
 

@@ -8,13 +8,12 @@ pinned buf and plugins (``deploy/buf/build.sh``; template ``examples/go-client/b
 from __future__ import annotations
 
 import argparse
-import filecmp
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from bridge.tools.buf import PROTO_DIR, ROOT, missing_tools, run_buf
+from bridge.tools.drift import differing, replace_tree
 
 CLIENT_DIR = ROOT / "examples" / "go-client"
 GEN_DIR = CLIENT_DIR / "gen"
@@ -41,14 +40,7 @@ def _files(root: Path) -> set[str]:
 
 def drifted(generated: Path, committed: Path) -> list[str]:
     """Paths (relative to ``gen/``) that differ, are missing or are extra."""
-    names = _files(generated) | _files(committed)
-    return sorted(
-        n
-        for n in names
-        if not (generated / n).is_file()
-        or not (committed / n).is_file()
-        or not filecmp.cmp(generated / n, committed / n, shallow=False)
-    )
+    return differing(generated, committed, _files(generated) | _files(committed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print("Go code matches proto/")
             return 0
-        if GEN_DIR.exists():
-            shutil.rmtree(GEN_DIR)
-        shutil.copytree(out, GEN_DIR)
+        replace_tree(out, GEN_DIR)
     print(f"wrote {GEN_DIR.relative_to(ROOT)}")
     return 0
 

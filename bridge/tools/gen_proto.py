@@ -7,8 +7,6 @@ temporary directory and exits 1 listing every file that drifted from its ``.prot
 from __future__ import annotations
 
 import argparse
-import filecmp
-import shutil
 import sys
 import sysconfig
 import tempfile
@@ -16,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
+
+from bridge.tools.drift import differing, replace_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
@@ -51,13 +51,7 @@ def drifted(generated: Path, committed: Path) -> list[str]:
     """Names of files that differ, are missing, or are extra between the two directories."""
     names = {p.name for p in generated.iterdir() if p.is_file()}
     names |= {p.name for p in committed.glob("*") if p.is_file() and p.suffix in {".py", ".pyi"}}
-    return sorted(
-        n
-        for n in names
-        if not (generated / n).exists()
-        or not (committed / n).exists()
-        or not filecmp.cmp(generated / n, committed / n, shallow=False)
-    )
+    return differing(generated, committed, names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print("stubs match proto/")
             return 0
-        if OUT_PACKAGE.exists():
-            shutil.rmtree(OUT_PACKAGE)
-        shutil.copytree(out, OUT_PACKAGE)
+        replace_tree(out, OUT_PACKAGE)
     print(f"wrote {OUT_PACKAGE.relative_to(ROOT)}")
     return 0
 
