@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from web3 import Web3
 from web3.contract import Contract
@@ -19,6 +19,9 @@ from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.ledgers.evm import deploy
+
+if TYPE_CHECKING:
+    from bridge.devnet.starters import StartContext
 
 
 def deploy_evm_endpoint(
@@ -43,6 +46,42 @@ def deploy_evm_endpoint(
         deploy.register_security(w3, admin.private_key, endpoint, token)
         tokens[isin] = token
     return endpoint, tokens
+
+
+@dataclass(frozen=True)
+class DeployedEndpoint:
+    """A fresh EVM ledger's bridge accounts and contracts (:func:`fund_and_deploy`)."""
+
+    admin: DevAccount
+    relayer: DevAccount
+    endpoint: Contract
+    tokens: dict[str, Contract]
+
+
+def fund_and_deploy(
+    ctx: StartContext,
+    name: str,
+    committee: Committee,
+    rpc_url: str,
+    fund: Callable[[str], None],
+) -> DeployedEndpoint:
+    """Fresh admin and relayer accounts for ledger ``name``, both funded with ``fund``, and
+    the endpoint deployed through ``rpc_url`` (:func:`deploy_evm_endpoint`, with the ledger's
+    brokerage instruction key and ``ctx``'s securities)."""
+    admin, relayer = DevAccount.generate(), DevAccount.generate()
+    relayer_address = ctx._relayer_address(name, relayer)
+    fund(admin.address)
+    fund(relayer_address)
+    endpoint, tokens = deploy_evm_endpoint(
+        deploy.connect(rpc_url),
+        admin,
+        relayer_address,
+        LedgerId(name),
+        committee,
+        ctx.instruction_key(name).address,
+        ctx.isins,
+    )
+    return DeployedEndpoint(admin, relayer, endpoint, tokens)
 
 
 @dataclass(kw_only=True)

@@ -13,14 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.devnet.anvil import DevAccount, write_token_file
-from bridge.devnet.evm_endpoint import EvmEndpointLedger, deploy_evm_endpoint
+from bridge.devnet.anvil import write_token_file
+from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy
 from bridge.devnet.evm_proxy import EvmRpcProxy
 from bridge.devnet.geth import GethNetwork
 from bridge.devnet.ledger import Fault
 from bridge.devnet.starters import StartContext
-from bridge.domain.ids import LedgerId
-from bridge.ledgers.evm import deploy
 
 GETH_CHAIN_ID = 1337
 
@@ -116,19 +114,8 @@ def start_geth_ledger(ctx: StartContext, name: str) -> GethLedger:
     assert ctx.committee is not None
     net = GethNetwork(name, GETH_CHAIN_ID, ctx.workdir, size=3, finality_depth=2).start()
     try:
-        admin, relayer = DevAccount.generate(), DevAccount.generate()
-        relayer_address = ctx._relayer_address(name, relayer)
-        net.fund(admin.address)
-        net.fund(relayer_address)
-        endpoint, tokens = deploy_evm_endpoint(
-            deploy.connect(net.rpc_url),
-            admin,
-            relayer_address,
-            LedgerId(name),
-            ctx.committee,
-            ctx.instruction_key(name).address,
-            ctx.isins,
-        )
+        d = fund_and_deploy(ctx, name, ctx.committee, net.rpc_url, net.fund)
+        admin, relayer, endpoint, tokens = d.admin, d.relayer, d.endpoint, d.tokens
         ledger = GethLedger(
             name=name,
             admin=admin,

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.devnet.anvil import AnvilNode, DevAccount, write_token_file
-from bridge.devnet.evm_endpoint import deploy_evm_endpoint
+from bridge.devnet.anvil import AnvilNode, write_token_file
+from bridge.devnet.evm_endpoint import fund_and_deploy
 from bridge.devnet.starters import StartContext
 from bridge.devnet.system import LedgerHandle
-from bridge.domain.ids import LedgerId
-from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.profiles import KAIA_KAIROS
 
 KAIA_BASE_FEE = 25 * 10**9
@@ -113,19 +111,8 @@ def start_kaia_ledger(ctx: StartContext, name: str) -> KaiaLedger:
         node = kaia.node
         if ctx.evm_node_auth:
             node.secure(ctx._evm_node_ca(), write_token_file(ctx._rpc_token_file(name)))
-        admin, relayer = DevAccount.generate(), DevAccount.generate()
-        relayer_address = ctx._relayer_address(name, relayer)
-        node.fund(admin.address)
-        node.fund(relayer_address)
-        endpoint, tokens = deploy_evm_endpoint(
-            deploy.connect(node.rpc_url),
-            admin,
-            relayer_address,
-            LedgerId(name),
-            ctx.committee,
-            ctx.instruction_key(name).address,
-            ctx.isins,
-        )
+        d = fund_and_deploy(ctx, name, ctx.committee, node.rpc_url, node.fund)
+        admin, relayer, endpoint, tokens = d.admin, d.relayer, d.endpoint, d.tokens
         return KaiaLedger(
             name=name,
             node=node,

@@ -22,7 +22,7 @@ from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
 from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
-from bridge.devnet.evm_endpoint import EvmEndpointLedger, deploy_evm_endpoint
+from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.ledger import DevLedger, Fault
 from bridge.devnet.ledger_tls import DevCA
@@ -32,11 +32,10 @@ from bridge.devnet.starters import get_starter
 from bridge.devnet.tcp_proxy import TcpProxy
 from bridge.domain.committee import Committee
 from bridge.domain.flow import FlowLimit
-from bridge.domain.ids import LedgerId, parse_evm_address
+from bridge.domain.ids import parse_evm_address
 from bridge.domain.signer import LocalKeySigner
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
 from bridge.keys.reference import key_ref_to_toml
-from bridge.ledgers.evm import deploy
 from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
 from bridge.rpc.tls import INSECURE_ENV, ClientIdentity
@@ -338,19 +337,8 @@ class LocalSystem:
             node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
             if self.evm_node_auth:
                 node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))
-            admin, relayer = DevAccount.generate(), DevAccount.generate()
-            relayer_address = self._relayer_address(name, relayer)
-            node.fund(admin.address)
-            node.fund(relayer_address)
-            endpoint, tokens = deploy_evm_endpoint(
-                deploy.connect(node.rpc_url),
-                admin,
-                relayer_address,
-                LedgerId(name),
-                committee,
-                self.instruction_key(name).address,
-                self.isins,
-            )
+            d = fund_and_deploy(self, name, committee, node.rpc_url, node.fund)
+            admin, relayer, endpoint, tokens = d.admin, d.relayer, d.endpoint, d.tokens
             self.ledgers[name] = LedgerHandle(
                 name=name,
                 node=node,
