@@ -6,7 +6,7 @@ front of each anvil so that the bridge's clients are exercised exactly as in pro
 
 Guarantees:
 
-- listens on 127.0.0.1 only, TLS only (TLS 1.2 or later), with a certificate from a devnet CA;
+- listens on 127.0.0.1 only, TLS only (TLS 1.3), with a certificate from a devnet CA;
 - forwards a request only when its ``Authorization`` header is ``Bearer <token>`` for one of
   the tokens in the token file (one per line, compared in constant time); any other request
   gets ``401`` with a JSON-RPC error and is not forwarded;
@@ -103,9 +103,9 @@ def make_app(upstream: str, tokens: Sequence[bytes]) -> web.Application:
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A server context with ``cert``/``key`` and TLS 1.2 or later."""
+    """A server context with ``cert``/``key`` and TLS 1.3 only."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 

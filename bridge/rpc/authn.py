@@ -5,6 +5,11 @@ and is within its validity period. Here the issuing CA names the organisation, S
 must equal that organisation's id, Subject OU must be exactly one role the network file
 grants it, and the certificate's SHA-256 fingerprint must not be on the organisation's
 revocation list (re-read when the file changes).
+
+The TLS version is checked here too: gRPC Python offers no minimum-version setting, so a
+client that negotiated anything but TLS 1.3 is refused before its certificate is read
+(:func:`require_tls13`), from the ``ssl_tls_version`` property gRPC puts in the call's
+auth context.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,26 @@ log = structlog.get_logger(__name__)
 
 class Unauthenticated(BridgeError):
     """The caller presented no usable certificate (missing, unknown issuer, revoked...)."""
+
+
+REQUIRED_TLS_VERSION = "TLSv1.3"
+"""The only TLS version a caller may have negotiated (gRPC auth context ``ssl_tls_version``)."""
+
+
+def require_tls13(auth_context: Mapping[str, Iterable[bytes]]) -> None:
+    """Raise Unauthenticated unless the connection negotiated exactly TLS 1.3.
+
+    SECURITY: the handshake itself still completes at TLS 1.2 (gRPC Python exposes no minimum
+    version), so this is where 1.2 is refused: before the certificate is read or any handler
+    runs. A connection whose auth context names no version (not a TLS connection, or a gRPC
+    build without the property) is refused too: fail closed.
+    """
+    versions = list(auth_context.get("ssl_tls_version") or [])
+    if len(versions) != 1:
+        raise Unauthenticated("the connection's TLS version is unknown; TLS 1.3 is required")
+    version = versions[0].decode("ascii", "replace")
+    if version != REQUIRED_TLS_VERSION:
+        raise Unauthenticated(f"the connection negotiated {version}; TLS 1.3 is required")
 
 
 def fingerprint(cert: x509.Certificate) -> str:

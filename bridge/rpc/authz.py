@@ -17,7 +17,7 @@ import grpc
 
 from bridge.domain.errors import BridgeError, BridgeReason
 from bridge.rpc.audit import AuditLog, AuditRecord, now
-from bridge.rpc.authn import Authenticator, Unauthenticated, describe
+from bridge.rpc.authn import Authenticator, Unauthenticated, describe, require_tls13
 from bridge.rpc.errors import abort_reason
 from bridge.rpc.roles import Principal
 from bridge.rpc.rules import DEVELOPMENT, RULES, Rule, TransferLedgers, role_allowed
@@ -105,7 +105,9 @@ class AuthorisationInterceptor(_InterceptorBase):
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         if self._authn is None:
             return PLAINTEXT_PRINCIPAL
-        pems = list(context.auth_context().get("x509_pem_cert") or [])
+        auth = context.auth_context()
+        require_tls13(auth)  # SECURITY: TLS 1.2 completes the handshake; it stops here
+        pems = list(auth.get("x509_pem_cert") or [])
         if not pems:
             raise Unauthenticated("no client certificate")
         return self._authn.principal(pems[0])

@@ -11,7 +11,9 @@ new channel when their files change (:class:`bridge.rpc.channels.ReloadingChanne
 
 Plaintext is refused unless :data:`INSECURE_ENV` is set to ``1``; then a loud warning is
 logged at every start. gRPC Python exposes no setting for the minimum TLS version: its
-BoringSSL negotiates TLS 1.3 with every current peer but still accepts TLS 1.2.
+BoringSSL negotiates TLS 1.3 with every current peer and still completes a TLS 1.2
+handshake, on which the interceptor then refuses every call
+(:func:`bridge.rpc.authn.require_tls13`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,28 +225,70 @@ def test_a_revoked_certificate_is_unauthenticated(system: LocalSystem) -> None:
 
 
 def test_tls_version_negotiated(system: LocalSystem) -> None:
-    """gRPC Python cannot pin TLS 1.3: it negotiates 1.3, and still accepts 1.2."""
+    """Our servers negotiate TLS 1.3 with a current client (and present the right certificate)."""
     cert = system.certificate("depository")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=roots_for(system, "coordinator").decode())
+    ctx.load_cert_chain(cert.cert_file, cert.key_file)
+    ctx.set_alpn_protocols(["h2"])
+    host, port = system.coordinator_target.split(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="coordinator.kstb-role") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        assert tls.version() == "TLSv1.3"
+        assert hashlib.sha256(der).hexdigest() == system.certificate("coordinator").fingerprint
 
-    def handshake(maximum: ssl.TLSVersion) -> tuple[str | None, str]:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.maximum_version = maximum
-        ctx.load_verify_locations(cadata=roots_for(system, "coordinator").decode())
-        ctx.load_cert_chain(cert.cert_file, cert.key_file)
-        ctx.set_alpn_protocols(["h2"])
-        host, port = system.coordinator_target.split(":")
-        with (
-            socket.create_connection((host, int(port)), timeout=5) as raw,
-            ctx.wrap_socket(raw, server_hostname="coordinator.kstb-role") as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return tls.version(), hashlib.sha256(der).hexdigest()
 
-    version, fingerprint = handshake(ssl.TLSVersion.MAXIMUM_SUPPORTED)
-    assert version == "TLSv1.3"
-    assert fingerprint == system.certificate("coordinator").fingerprint
-    assert handshake(ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"  # not refusable from Python
+def _grpc_over_curl(system: LocalSystem, tls_max: str, tmp_path: Path) -> dict[str, str]:
+    """One real gRPC call (empty ListTransfersRequest) made by curl with TLS capped at
+    ``tls_max``, presenting the depository's valid certificate; the response's headers and
+    trailers, lower-cased."""
+    cert = system.certificate("depository")
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(roots_for(system, "coordinator"))
+    frame = tmp_path / "frame.bin"
+    frame.write_bytes(b"\x00\x00\x00\x00\x00")  # uncompressed, empty message
+    host, port = system.coordinator_target.split(":")
+    name = "coordinator.kstb-role"
+    run = subprocess.run(
+        ["curl", "--silent", "--show-error", "--http2", "--tlsv1.2", "--tls-max", tls_max,
+         "--cacert", str(roots), "--cert", str(cert.cert_file), "--key", str(cert.key_file),
+         "--resolve", f"{name}:{port}:{host}", "--max-time", "10",
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "--data-binary", f"@{frame}", "--dump-header", "-", "--output", "/dev/null",
+         f"https://{name}:{port}/bridge.v1.TransferService/ListTransfers"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    fields: dict[str, str] = {}
+    for line in run.stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            fields[key.strip().lower()] = urllib.parse.unquote(value.strip())
+    return fields
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_a_tls12_caller_with_a_valid_certificate_is_refused_and_audited(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    """gRPC Python has no minimum-version setting, so a TLS 1.2 handshake completes; every call
+    on it is refused UNAUTHENTICATED before any handler runs, and the refusal is audited.
+    The same call at TLS 1.3 passes authentication (the control)."""
+    before = len(audit(system, "coordinator"))
+    refused = _grpc_over_curl(system, "1.2", tmp_path)
+    assert refused.get("grpc-status") == str(grpc.StatusCode.UNAUTHENTICATED.value[0]), refused
+    assert refused.get("grpc-message") == "the connection negotiated TLSv1.2; TLS 1.3 is required"
+    records = audit(system, "coordinator")[before:]
+    denied = [r for r in records if not r["allowed"] and "TLSv1.2" in r["reason"]]
+    assert denied and denied[0]["method"].endswith("/ListTransfers"), records
+    assert denied[0]["org"] == system.certificate("depository").org, denied[0]
+
+    allowed = _grpc_over_curl(system, "1.3", tmp_path)
+    assert allowed.get("grpc-status") == "0", allowed
 
 
 # -- every role outside its scope ---------------------------------------------------------------------

@@ -247,3 +247,32 @@ def test_a_malformed_revocation_list_refuses_to_start(pki: DevPki, tmp_path: Pat
     pki.cas[B].revoked_file.write_text("zz\n")
     with pytest.raises(InvalidInput, match="is not a SHA-256 fingerprint"):
         Authenticator(network)
+
+
+@pytest.mark.parametrize(
+    ("context", "reason"),
+    [
+        (
+            {"ssl_tls_version": [b"TLSv1.2"]},
+            "the connection negotiated TLSv1.2; TLS 1.3 is required",
+        ),
+        (
+            {"ssl_tls_version": [b"TLSv1.1"]},
+            "the connection negotiated TLSv1.1; TLS 1.3 is required",
+        ),
+        ({}, "the connection's TLS version is unknown; TLS 1.3 is required"),
+        ({"ssl_tls_version": []}, "the connection's TLS version is unknown; TLS 1.3 is required"),
+        (
+            {"ssl_tls_version": [b"TLSv1.3", b"TLSv1.2"]},
+            "the connection's TLS version is unknown; TLS 1.3 is required",
+        ),
+    ],
+)
+def test_only_tls13_passes_the_version_check(context: dict[str, list[bytes]], reason: str) -> None:
+    """Anything but exactly one ``TLSv1.3`` in the auth context is refused (fail closed)."""
+    from bridge.rpc.authn import Unauthenticated, require_tls13
+
+    with pytest.raises(Unauthenticated) as exc:
+        require_tls13(context)
+    assert str(exc.value) == reason
+    require_tls13({"ssl_tls_version": [b"TLSv1.3"]})  # the control: nothing raised

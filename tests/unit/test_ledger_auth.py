@@ -212,6 +212,53 @@ def test_transport_trusts_only_the_configured_ca_and_verifies_names(tmp_path: Pa
     assert EvmTransport().ssl_context() is None  # the system trust store
 
 
+def test_transport_and_devnet_proxy_speak_only_tls13_with_a_node(tmp_path: Path) -> None:
+    """A node (or proxy) capped at TLS 1.2 is refused by the transport's context; the devnet
+    proxy's server context refuses a TLS 1.2 client. Real handshakes over a socket pair."""
+    import socket
+    import ssl
+    import threading
+
+    from bridge.devnet.evm_proxy import server_ssl_context
+
+    ca = DevCA(tmp_path / "ca", "test").ensure()
+    leaf = ca.issue("node", hosts=("localhost",), server=True)
+
+    def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str:
+        a, b = socket.socketpair()
+        outcome: list[BaseException | str] = []
+
+        def serve() -> None:
+            try:
+                with server.wrap_socket(a, server_side=True) as tls:
+                    outcome.append(tls.version() or "")
+            except (ssl.SSLError, OSError) as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        try:
+            with client.wrap_socket(b, server_hostname="localhost") as tls:
+                return tls.version() or ""
+        finally:
+            b.close()
+            t.join(5)
+
+    client = EvmTransport(tls_ca=ca.cert_path).ssl_context()
+    assert client is not None and client.minimum_version == ssl.TLSVersion.TLSv1_3
+    node12 = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    node12.load_cert_chain(str(leaf.cert), str(leaf.key))
+    node12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        handshake(node12, client)
+    proxy = server_ssl_context(leaf.cert, leaf.key)
+    assert handshake(proxy, client) == "TLSv1.3"
+    client12 = ssl.create_default_context(cafile=str(ca.cert_path))
+    client12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        handshake(proxy, client12)
+
+
 # -- the devnet proxy's token check ----------------------------------------------------------
 
 

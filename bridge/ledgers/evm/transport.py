@@ -130,7 +130,7 @@ class EvmTransport:
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=str(self.tls_ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         return ctx
 
     def headers(self) -> dict[str, str]:
