@@ -247,7 +247,7 @@ func run() int {
 		Certificates: []tls.Certificate{pair},
 		RootCAs:      roots,
 		ServerName:   "coordinator.kstb-role", // the role the server's certificate must name
-		MinVersion:   tls.VersionTLS12,
+		MinVersion:   tls.VersionTLS13,
 	})
 	// Reconnect quickly after a coordinator restart or failover (gRPC's default backs off
 	// up to 120 s); each call's own retries are below.
