@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from bridge.config import LedgerConfig
@@ -150,6 +151,28 @@ class CometAdapter(StepTemplate):
             nb = await self._view("NotBefore", [codec.word_hex(transfer_id)], at)
             status = replace(status, not_before=codec.not_before_from_json(nb, leg))
         return status
+
+    # ---- batch (issue 14 item 4): many legs per query
+    async def get_legs(
+        self, transfer_ids: Sequence[bytes], leg: Leg, height: int | None = None
+    ) -> list[LegStatus]:
+        """The legs of ``transfer_ids`` (one ``leg`` side) at ``height`` (default: the
+        latest committed block), exact and in order, as :meth:`get_leg` reads each, in one
+        ``Legs`` query per ``codec.MAX_LEG_READS`` ids. A malformed answer is
+        ``LedgerRejected(MalformedAnswer)``."""
+        final = await self._final_at_least(height)
+        at = height if height is not None else final
+        out: list[LegStatus] = []
+        for lo in range(0, len(transfer_ids), codec.MAX_LEG_READS):
+            chunk = transfer_ids[lo : lo + codec.MAX_LEG_READS]
+            raw = await self._view(
+                "Legs", [codec.leg_name(leg), codec.transfer_ids_to_json(chunk)], at
+            )
+            try:
+                out.extend(codec.legs_from_json(raw, chunk, leg, at))
+            except ValueError as exc:
+                raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Legs: {exc}") from exc
+        return out
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance and standing at the latest committed block."""

@@ -14,6 +14,7 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -182,6 +183,29 @@ class FabricAdapter(StepTemplate):
             )
             status = replace(status, not_before=codec.not_before_from_json(raw_nb, leg))
         return status
+
+    # ---- batch (issue 14 item 4): many legs per evaluate
+    async def get_legs(
+        self, transfer_ids: Sequence[bytes], leg: Leg, height: int | None = None
+    ) -> list[LegStatus]:
+        """The legs of ``transfer_ids`` (one ``leg`` side), in order, as :meth:`get_leg`
+        reads each (state, terms hash, reason, not-before), in one ``Legs`` evaluate per
+        ``codec.MAX_LEG_READS`` ids instead of two evaluates per id. Every chunk is read
+        after the finalized height is taken, so each leg includes at least every block up
+        to the reported height (as :meth:`get_leg`). A malformed answer is
+        ``LedgerRejected(MalformedAnswer)``."""
+        at = height if height is not None else await self.finalized_height()
+        out: list[LegStatus] = []
+        for lo in range(0, len(transfer_ids), codec.MAX_LEG_READS):
+            chunk = transfer_ids[lo : lo + codec.MAX_LEG_READS]
+            raw = await self._client.evaluate(
+                self._chaincode, "Legs", [codec.leg_name(leg), codec.transfer_ids_to_json(chunk)]
+            )
+            try:
+                out.extend(codec.legs_from_json(raw, chunk, leg, at))
+            except ValueError as exc:
+                raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Legs: {exc}") from exc
+        return out
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance, receive status, eligibility, freeze and pause (committed).

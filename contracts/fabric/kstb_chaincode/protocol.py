@@ -2073,6 +2073,45 @@ class Endpoint:
         """``orderDigestOf``: what the depository signs for this order."""
         return {"digest": _hex(_parse_order(order_json).digest)}
 
+    # ---- batch (issue 14 items 2-4): many legs per read, many steps per invocation
+
+    def legs(self, direction: str, ids_json: str) -> object:
+        """Many legs in one read: ``{"legs": [...]}``, one record per requested id, in the
+        request's order (``GetLeg``'s record plus ``transfer_id`` and the leg's effective
+        ``not_before``, 0 when none). Guarantees: exactly the answers that ``GetLeg`` and
+        ``NotBefore`` give for each id on the same state; point reads only (no range read,
+        so no peer cap can shorten it); at most MAX_LEG_READS ids (BatchTooLarge above,
+        with the figures ``count`` and ``max``). Duplicated ids are answered twice."""
+        if direction not in ("outbound", "inbound"):
+            raise _invalid("leg must be 'outbound' or 'inbound'")
+        ids = _parse_id_list(ids_json, MAX_LEG_READS)
+        self._require_init()
+        d = "out" if direction == "outbound" else "in"
+        out = []
+        for tid in ids:
+            leg = self._leg(d, tid)
+            nb = self._not_before(tid, d) if leg.state in (OUT_LOCKED, IN_PREPARED) else 0
+            out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
+        return {"legs": out}
+
+
+# ---- batch (issue 14 items 2-4)
+
+MAX_LEG_READS = 200
+"""The most transfer ids one ``Legs`` read answers (its cost bound: 2 point reads each)."""
+
+
+def _parse_id_list(text: str, bound: int) -> list[bytes]:
+    """A JSON list of at most ``bound`` transfer ids (0x words); BatchTooLarge above it."""
+    obj = _loads("transfer ids", text)
+    if not isinstance(obj, list):
+        raise _invalid("transfer ids must be a JSON list of 0x-prefixed 32-byte words")
+    if len(obj) > bound:
+        raise ChaincodeError(
+            "BatchTooLarge", f"count={len(obj)}, max={bound}", {"count": len(obj), "max": bound}
+        )
+    return [_parse_word("transfer_id", v) for v in obj]
+
 
 _ORDER_KEYS = frozenset(("network", "ledger", "security", "action", "sequence", "expiry", "key"))
 
@@ -2338,6 +2377,8 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "ApplyOrder": ("apply_order", 2, True),
     "HaltStatus": ("halt_status", 1, False),
     "OrderDigest": ("order_digest_of", 1, False),
+    # ---- batch (issue 14 items 2-4)
+    "Legs": ("legs", 2, False),
 }
 
 
