@@ -43,12 +43,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
+from functools import partial
 from itertools import pairwise
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from kstb_chaincode.core import batch as _batch
 from kstb_chaincode.core import digests as _digests
 from kstb_chaincode.core import epochs as _epochs
 from kstb_chaincode.core import words as _words
@@ -269,7 +272,11 @@ def _loads(name: str, text: str) -> Any:
 
 def parse_terms(text: str) -> Terms:
     """Parse the terms JSON argument (see the module docs of ``kstb_chaincode``)."""
-    obj = _loads("terms", text)
+    return _terms_from_obj(_loads("terms", text))
+
+
+def _terms_from_obj(obj: object) -> Terms:
+    """Terms from an already decoded JSON value (InvalidArgument unless exactly the keys)."""
     if not isinstance(obj, dict) or set(obj) != _TERMS_FIELDS:
         raise _invalid(f"terms must be an object with exactly the keys {sorted(_TERMS_FIELDS)}")
     words = {f: _parse_word(f, obj[f]) for f in _WORD_FIELDS}
@@ -1016,7 +1023,10 @@ class Endpoint:
         t = parse_terms(terms_json)
         if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
             raise _invalid("instruction must be 0x-prefixed hex")
-        instruction = bytes.fromhex(instruction_hex[2:])
+        return self._lock_terms(t, bytes.fromhex(instruction_hex[2:]))
+
+    def _lock_terms(self, t: Terms, instruction: bytes) -> object:
+        """``lock`` after parsing (the relayer is checked): every check, then the escrow."""
         if not instruction:
             raise ChaincodeError("MissingInstruction", "the lock carries no instruction")
         instructor = _address_of_word(t.instructor)
@@ -1064,6 +1074,11 @@ class Endpoint:
         cert = parse_certificate(cert_json)
         tid, thash = t.transfer_id, t.terms_hash
         self._verify_certificate(cert, CLAIM_COMMIT, tid, thash)
+        return self._commit_terms(t)
+
+    def _commit_terms(self, t: Terms) -> object:
+        """``commit`` after its certificate was accepted for ``t``'s COMMIT claim."""
+        tid, thash = t.transfer_id, t.terms_hash
         sec = t.security
         if self._is_source(t):
             leg = self._leg("out", tid)
@@ -1112,6 +1127,11 @@ class Endpoint:
         cert = parse_certificate(cert_json)
         tid, thash = t.transfer_id, t.terms_hash
         self._verify_certificate(cert, CLAIM_ABORT, tid, thash)
+        return self._abort_terms(t)
+
+    def _abort_terms(self, t: Terms) -> object:
+        """``abort`` after its certificate was accepted for ``t``'s ABORT claim."""
+        tid, thash = t.transfer_id, t.terms_hash
         if self._is_source(t):
             leg = self._leg("out", tid)
             self._require_state(tid, leg, OUT_LOCKED)
@@ -1176,6 +1196,10 @@ class Endpoint:
     def prepare(self, terms_json: str, cert_json: str) -> object:
         """LOCKED certificate -> Prepared, or Rejected(reason) (a recorded outcome, no error)."""
         t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=True)
+        return self._prepare_terms(t, tid, leg)
+
+    def _prepare_terms(self, t: Terms, tid: bytes, leg: _Leg) -> object:
+        """``prepare`` after the target, amount, NONE state and LOCKED certificate checks."""
         self._require_not_halted(t.security)  # ---- depository halt: refused, not Rejected
         reason = self._receive_check(t)
         leg.terms_hash, leg.amount, leg.security, leg.reason = (
@@ -2080,7 +2104,7 @@ class Endpoint:
         request's order (``GetLeg``'s record plus ``transfer_id`` and the leg's effective
         ``not_before``, 0 when none). Guarantees: exactly the answers that ``GetLeg`` and
         ``NotBefore`` give for each id on the same state; point reads only (no range read,
-        so no peer cap can shorten it); at most MAX_LEG_READS ids (BatchTooLarge above,
+        so no peer cap can shorten it); at most MAX_LEG_READS ids (InvalidBatch above,
         with the figures ``count`` and ``max``). Duplicated ids are answered twice."""
         if direction not in ("outbound", "inbound"):
             raise _invalid("leg must be 'outbound' or 'inbound'")
@@ -2094,6 +2118,145 @@ class Endpoint:
             out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
         return {"legs": out}
 
+    # Batched steps: many items of one step in one invocation (ADR 0025, Fabric notes).
+    # SECURITY: the whole invocation is refused, and nothing is written, when an item is
+    # malformed, named twice (DuplicateBatchItem), above the bound (InvalidBatch), not proven
+    # into a root the verifying epoch's committee signed for THIS endpoint and the step's
+    # kind (WrongBatchKind, WrongEpoch, TooFewSignatures, ..., InvalidBatchProof), or refused
+    # by the single step's own rules (its error, with the figure ``item``): the relayer
+    # simulates first and drops such items. An item whose leg is already in the state the
+    # step would put it in, with the same terms hash, is skipped (a replay: never applied
+    # twice) and reported ``"skipped": true``. Business outcomes keep the single step's
+    # per-item semantics (an ineligible recipient is Rejected at prepare, a refused
+    # recipient parked at commit). One LegStatesChanged event lists every applied leg.
+
+    def lock_batch(self, items_json: str) -> object:
+        """Many ``Lock``s (each with its instruction) in one invocation; a lock already in
+        place with the same terms is skipped."""
+        self._only_relayer()
+        items = _parse_batch_items(items_json, "instruction")
+        _check_distinct([t.transfer_id for t, _ in items])
+        results: list[dict[str, Any]] = []
+        with self._batch_events():
+            for i, (t, extra) in enumerate(items):
+                assert isinstance(extra, bytes)
+                leg = self._leg("out", t.transfer_id)
+                if leg.state == OUT_LOCKED and leg.terms_hash == t.terms_hash:
+                    results.append(_skipped(t.transfer_id, leg))
+                    continue
+                results.append(_item(i, partial(self._lock_terms, t, extra)))
+        return _batch_result(results)
+
+    def prepare_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Prepare``s under one LOCKED batch certificate; a leg already Prepared or
+        Rejected with the same terms is skipped."""
+        items = self._verified_batch(items_json, cert_json, CLAIM_LOCKED)
+        results: list[dict[str, Any]] = []
+        with self._batch_events():
+            for i, t in enumerate(items):
+                tid = t.transfer_id
+                leg = self._leg("in", tid)
+                if self._is_target(t) and _replayed(leg, t, (IN_PREPARED, IN_REJECTED)):
+                    results.append(_skipped(tid, leg))
+                    continue
+
+                def step(t: Terms = t, tid: bytes = tid, leg: _Leg = leg) -> object:
+                    if not self._is_target(t):
+                        raise ChaincodeError("WrongLedger", "terms do not name this endpoint")
+                    self._require_nonzero(t.amount)
+                    self._require_state(tid, leg, IN_NONE)
+                    return self._prepare_terms(t, tid, leg)
+
+                results.append(_item(i, step))
+        return _batch_result(results)
+
+    def commit_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Commit``s under one COMMIT batch certificate; a leg already Burned
+        (source) or Minted (target) with the same terms is skipped."""
+        return self._settle_batch(items_json, cert_json, CLAIM_COMMIT)
+
+    def abort_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Abort``s under one ABORT batch certificate; a leg already Released
+        (source) or Aborted (target) with the same terms is skipped."""
+        return self._settle_batch(items_json, cert_json, CLAIM_ABORT)
+
+    def _settle_batch(self, items_json: str, cert_json: str, kind: int) -> object:
+        items = self._verified_batch(items_json, cert_json, kind)
+        done = (OUT_BURNED, IN_MINTED) if kind == CLAIM_COMMIT else (OUT_RELEASED, IN_ABORTED)
+        apply = self._commit_terms if kind == CLAIM_COMMIT else self._abort_terms
+        results: list[dict[str, Any]] = []
+        with self._batch_events():
+            for i, t in enumerate(items):
+                tid = t.transfer_id
+                if self._is_source(t) or self._is_target(t):
+                    d, state = ("out", done[0]) if self._is_source(t) else ("in", done[1])
+                    leg = self._leg(d, tid)
+                    if _replayed(leg, t, (state,)):
+                        results.append(_skipped(tid, leg))
+                        continue
+                results.append(_item(i, partial(apply, t)))
+        return _batch_result(results)
+
+    def _verified_batch(self, items_json: str, cert_json: str, kind: int) -> list[Terms]:
+        """The items of a certified batch step, every check that refuses the whole
+        invocation done, in this order: the relayer; the items (1..MAX_BATCH_ITEMS, each
+        terms and a proof); the certificate's form; no transfer twice; the certificate
+        (``batch.check_batch_certificate``: its kind is ``kind``, the items fit its count,
+        the epoch verifies now, the committee's signatures over the root digest bound to
+        this endpoint); then each item's proof (``batch.check_batch_item``: the claim of
+        the certificate's epoch and kind, computed here from this endpoint's own words)."""
+        self._only_relayer()
+        items = _parse_batch_items(items_json, "proof")
+        cert = _parse_batch_certificate(cert_json)
+        _check_distinct([t.transfer_id for t, _ in items])
+        cfg = self.cfg
+        try:
+            committee = self._verifying_epoch(cert.epoch)
+            _batch.check_batch_certificate(
+                cert,
+                kind,
+                len(items),
+                cfg.network_word,
+                cfg.ledger_word,
+                cfg.bridge_word,
+                committee.epoch,
+                committee.threshold,
+                committee.members,
+            )
+        except ProtocolError as exc:
+            raise ChaincodeError(exc.reason.value, exc.detail) from None
+        for i, (t, proof) in enumerate(items):
+            assert isinstance(proof, tuple)
+            try:
+                _batch.check_batch_item(
+                    cert,
+                    cfg.network_word,
+                    cfg.ledger_word,
+                    cfg.bridge_word,
+                    t.transfer_id,
+                    t.terms_hash,
+                    proof,
+                )
+            except ProtocolError as exc:
+                raise ChaincodeError(
+                    exc.reason.value, f"item={i}, {exc.detail}", {"item": i}
+                ) from None
+        return [t for t, _ in items]
+
+    @contextmanager
+    def _batch_events(self) -> Iterator[None]:
+        """Collect the legs the body writes and emit them as ONE ``LegStatesChanged``
+        event (Fabric carries one event per transaction), none when every item skipped."""
+        legs: list[Any] = []
+        emit = self._emit
+        self._emit = lambda _name, payload: legs.append(json.loads(payload))
+        try:
+            yield
+        finally:
+            self._emit = emit
+        if legs:
+            emit(BATCH_EVENT_NAME, canonical_json({"legs": legs}))
+
 
 # ---- batch (issue 14 items 2-4)
 
@@ -2101,14 +2264,117 @@ MAX_LEG_READS = 200
 """The most transfer ids one ``Legs`` read answers (its cost bound: 2 point reads each)."""
 
 
+MAX_BATCH_ITEMS = 200
+"""The most items one batched step carries (its cost bound); InvalidBatch above it."""
+
+BATCH_EVENT_NAME = "LegStatesChanged"
+"""The one event of a batched step: ``{"legs": [...]}``, each element exactly the payload a
+single step's ``LegStateChanged`` would carry for that leg, in item order."""
+
+_BATCH_CERT_KEYS = frozenset(("epoch", "kind", "root", "count", "signatures"))
+
+
+def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple[bytes, ...]]]:
+    """``[{"terms": {...}, "<extra>": ...}, ...]``, 1..MAX_BATCH_ITEMS items (InvalidBatch
+    otherwise); ``extra`` is ``proof`` (a list of at most ``batch.MAX_PROOF_LENGTH`` 0x
+    words, bottom up) or ``instruction`` (0x hex)."""
+    obj = _loads("items", text)
+    if not isinstance(obj, list):
+        raise _invalid("items must be a JSON list")
+    if not 1 <= len(obj) <= MAX_BATCH_ITEMS:
+        raise ChaincodeError(
+            "InvalidBatch",
+            f"count={len(obj)}, max={MAX_BATCH_ITEMS}",
+            {"count": len(obj), "max": MAX_BATCH_ITEMS},
+        )
+    out: list[tuple[Terms, bytes | tuple[bytes, ...]]] = []
+    for i, item in enumerate(obj):
+        if not isinstance(item, dict) or set(item) != {"terms", extra}:
+            raise _invalid(f"item {i} must be an object with exactly the keys terms, {extra}")
+        t = _terms_from_obj(item["terms"])
+        value = item[extra]
+        if extra == "instruction":
+            if not isinstance(value, str) or not _HEX_SIGNATURE.fullmatch(value):
+                raise _invalid(f"item {i}: instruction must be 0x-prefixed hex")
+            out.append((t, bytes.fromhex(value[2:])))
+            continue
+        if not isinstance(value, list) or len(value) > _batch.MAX_PROOF_LENGTH:
+            raise ChaincodeError(
+                "InvalidBatchProof",
+                f"item={i}, the proof is not a list of at most {_batch.MAX_PROOF_LENGTH} words",
+                {"item": i},
+            )
+        out.append((t, tuple(_parse_word("proof", w) for w in value)))
+    return out
+
+
+def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
+    """``{"epoch", "kind", "root", "count", "signatures"}``. Signatures that are not a list
+    of 0x hex byte strings fail verification with MalformedSignatures, as in
+    :func:`parse_certificate`; any other malformed field is InvalidArgument."""
+    obj = _loads("batch certificate", text)
+    if not isinstance(obj, dict) or set(obj) != _BATCH_CERT_KEYS:
+        raise _invalid(f"batch certificate must have exactly the keys {sorted(_BATCH_CERT_KEYS)}")
+    numbers = {}
+    for name, bits in (("epoch", 64), ("kind", 8), ("count", 32)):
+        value = obj[name]
+        if type(value) is not int or not 0 <= value < 2**bits:
+            raise _invalid(f"batch certificate {name} must be an integer in uint{bits} range")
+        numbers[name] = value
+    sigs = obj["signatures"]
+    signatures: tuple[bytes, ...] | None = None
+    if isinstance(sigs, list) and all(
+        isinstance(s, str) and _HEX_SIGNATURE.fullmatch(s) for s in sigs
+    ):
+        signatures = tuple(bytes.fromhex(s[2:]) for s in sigs)
+    cert = _batch.BatchCertificate(root=_parse_word("root", obj["root"]), signatures=(), **numbers)
+    # None (did not split) reaches the core's rule, which refuses it MalformedSignatures.
+    return dataclass_replace(cert, signatures=cast(tuple[bytes, ...], signatures))
+
+
+def _check_distinct(transfer_ids: Sequence[bytes]) -> None:
+    """DuplicateBatchItem (figure ``item``: the second occurrence) for an id given twice."""
+    try:
+        _batch.check_distinct(transfer_ids)
+    except ProtocolError as exc:
+        item = int(exc.detail.partition("index=")[2] or 0)
+        raise ChaincodeError(exc.reason.value, exc.detail, {"item": item}) from None
+
+
+def _replayed(leg: _Leg, t: Terms, states: tuple[int, ...]) -> bool:
+    """The leg is already in one of ``states`` with ``t``'s terms (a batch item to skip)."""
+    return leg.state in states and leg.terms_hash == t.terms_hash
+
+
+def _skipped(tid: bytes, leg: _Leg) -> dict[str, Any]:
+    return {"transfer_id": _hex(tid), "skipped": True, **_leg_json(leg)}
+
+
+def _item(i: int, step: Callable[[], object]) -> dict[str, Any]:
+    """Run one item's step; its refusal names the item (figure ``item``)."""
+    try:
+        result = step()
+    except ChaincodeError as exc:
+        raise ChaincodeError(
+            exc.name, f"item={i}, {exc.detail}", {**exc.figures, "item": i}
+        ) from None
+    assert isinstance(result, dict)
+    return {**result, "skipped": False}
+
+
+def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    skipped = sum(1 for r in results if r["skipped"])
+    return {"items": results, "applied": len(results) - skipped, "skipped": skipped}
+
+
 def _parse_id_list(text: str, bound: int) -> list[bytes]:
-    """A JSON list of at most ``bound`` transfer ids (0x words); BatchTooLarge above it."""
+    """A JSON list of at most ``bound`` transfer ids (0x words); InvalidBatch above it."""
     obj = _loads("transfer ids", text)
     if not isinstance(obj, list):
         raise _invalid("transfer ids must be a JSON list of 0x-prefixed 32-byte words")
     if len(obj) > bound:
         raise ChaincodeError(
-            "BatchTooLarge", f"count={len(obj)}, max={bound}", {"count": len(obj), "max": bound}
+            "InvalidBatch", f"count={len(obj)}, max={bound}", {"count": len(obj), "max": bound}
         )
     return [_parse_word("transfer_id", v) for v in obj]
 
@@ -2379,6 +2645,10 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "OrderDigest": ("order_digest_of", 1, False),
     # ---- batch (issue 14 items 2-4)
     "Legs": ("legs", 2, False),
+    "LockBatch": ("lock_batch", 1, True),
+    "PrepareBatch": ("prepare_batch", 2, True),
+    "CommitBatch": ("commit_batch", 2, True),
+    "AbortBatch": ("abort_batch", 2, True),
 }
 
 
