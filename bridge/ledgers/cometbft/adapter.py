@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from bridge.config import LedgerConfig
+from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound
@@ -36,6 +38,7 @@ from bridge.domain.legs import (
 from bridge.domain.supply import SupplyReading
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
+from bridge.ledgers.fabric import batch as fabric_batch
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
@@ -124,17 +127,23 @@ class CometAdapter(StepTemplate):
             for height, block_hash, n_txs in await self._client.block_metas(lo, hi):
                 if not n_txs:
                     continue
+                shift = 0
                 for ev in await self._client.block_events(height):
-                    position = EventPosition(ev.height, ev.index)
-                    if ev.name != EVENT_NAME or (after is not None and position <= after):
-                        continue
-                    out.append(self._event(position, block_hash, ev))
+                    # ---- batch: a LegStatesChanged event carries many legs
+                    legs = fabric_batch.leg_payloads(ev.name, ev.payload)
+                    for k, payload in enumerate(legs):
+                        position = EventPosition(ev.height, ev.index + shift + k)
+                        if after is None or position > after:
+                            out.append(self._event(position, block_hash, ev, payload))
+                    shift += max(0, len(legs) - 1)
             lo = hi + 1
         return out
 
-    def _event(self, position: EventPosition, block_hash: bytes, ev: TxEvent) -> LedgerEvent:
+    def _event(
+        self, position: EventPosition, block_hash: bytes, ev: TxEvent, payload: Mapping[str, Any]
+    ) -> LedgerEvent:
         return codec.leg_event_from_json(
-            ev.payload,
+            payload,
             ledger=self._ledger.name,
             position=position,
             block_hash=block_hash,
@@ -250,6 +259,32 @@ class CometAdapter(StepTemplate):
                 return applied
             raise refusal(done.code, done.log, self._ledger.name)
         return TxOutcome(tx_id=handle, height=done.height, already_applied=False)
+
+    # ---- batch (issue 14 items 2-3): many steps in one transaction
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[fabric_batch.BatchItem],
+        certificate: BatchCertificate | None = None,
+    ) -> fabric_batch.BatchOutcome:
+        """Apply ``action`` to every item in ONE transaction (the endpoint protocol's
+        batched functions, as on Fabric: ``bridge.ledgers.fabric.batch``) and return once
+        it is committed (final), with each item's leg and whether it was skipped (a
+        replay). A refusal refuses the whole transaction: ``LedgerRejected`` with its
+        reason and, where one item caused it, the figure ``item``."""
+        # SECURITY: a read-only adapter (a member's reader) never sends.
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
+        function = fabric_batch.BATCH_FUNCTIONS[action]
+        args = fabric_batch.arguments(action, items, certificate)
+        done = await self._client.committed(await self._client.send(function, args))
+        if done.code:
+            raise refusal(done.code, done.log, self._ledger.name)
+        try:
+            results = fabric_batch.results_from_json(done.data, action, items, self._ledger.word)
+        except ValueError as exc:
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"{function}: {exc}") from exc
+        return fabric_batch.BatchOutcome(done.tx_hash, done.height, results)
 
     # -- governance writes: the template's skeleton (bridge.ledgers.steps) -------------------
     local_order_expiry = True
