@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace as dataclass_replace
 from typing import Any
 
 import pytest
@@ -173,8 +174,8 @@ def test_whole_batch_refusals_change_nothing(env: Env, case: str, error: str) ->
     elif case == "other_epoch":
         kw["epoch"] = EPOCH + 1
     elif case == "duplicate":
-        batch = [*items, items[0]]
-        kw["tree_of"] = items
+        batch = [*items, items[0]]  # under a root counting four claims
+        kw["tree_of"] = [*items, make_terms(env)]
     elif case == "too_few":
         kw["signers"] = env.signers[:2]
     elif case == "wrong_kind":
@@ -223,3 +224,27 @@ def test_business_refusal_names_its_item(env: Env) -> None:
         env, env.a, "InsufficientBalance", env.relayer, "LockBatch", lock_items(env.a, items)
     )
     assert detail.startswith("item=1, ")
+
+
+def test_settled_leg_with_other_terms_is_terms_mismatch(env: Env) -> None:
+    t = make_terms(env, amount=4)
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))
+    env.a.call(env.relayer, "CommitBatch", *batch_args(env, env.a, ClaimKind.COMMIT, [t]))
+    other = dataclass_replace(t, amount=5)  # same transfer id, other terms
+    assert other.transfer_id == t.transfer_id
+    detail = rejects(
+        env, env.a, "TermsMismatch", env.relayer, "CommitBatch",
+        *batch_args(env, env.a, ClaimKind.COMMIT, [other]),
+    )  # fmt: skip
+    assert detail.startswith("item=0, ")
+    # a lock replayed after its commit is skipped too (the leg is recorded with its terms)
+    again = env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))
+    assert again["skipped"] == 1 and again["items"][0]["state"] == BURNED
+
+
+def test_prepare_replay_after_abort_is_skipped(env: Env) -> None:
+    t = make_terms(env)
+    env.b.call(env.relayer, "AbortBatch", *batch_args(env, env.b, ClaimKind.ABORT, [t]))
+    out = env.b.call(env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, [t]))
+    assert out["skipped"] == 1 and out["items"][0]["state"] == 5  # the tombstone holds
+    assert balance(env.b, env.bob) == 0

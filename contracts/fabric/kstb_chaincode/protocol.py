@@ -2118,97 +2118,69 @@ class Endpoint:
             out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
         return {"legs": out}
 
-    # Batched steps: many items of one step in one invocation (ADR 0025, Fabric notes).
-    # SECURITY: the whole invocation is refused, and nothing is written, when an item is
-    # malformed, named twice (DuplicateBatchItem), above the bound (InvalidBatch), not proven
-    # into a root the verifying epoch's committee signed for THIS endpoint and the step's
-    # kind (WrongBatchKind, WrongEpoch, TooFewSignatures, ..., InvalidBatchProof), or refused
-    # by the single step's own rules (its error, with the figure ``item``): the relayer
-    # simulates first and drops such items. An item whose leg is already in the state the
-    # step would put it in, with the same terms hash, is skipped (a replay: never applied
-    # twice) and reported ``"skipped": true``. Business outcomes keep the single step's
+    # Batched steps: many items of one step in one invocation (ADR 0025, Fabric notes),
+    # checked in the EVM endpoint's order (``BridgeEndpoint._batch``), so both ledgers
+    # refuse a batch with the same reason and item.
+    # SECURITY: the whole invocation is refused, and nothing is written, when the batch is
+    # above MAX_BATCH_ITEMS or empty (InvalidBatch), its certificate does not verify for
+    # THIS endpoint and the step's kind (WrongBatchKind, InvalidBatch, WrongEpoch,
+    # TooFewSignatures, ...), an item is not proven into the root (InvalidBatchProof), an
+    # item repeats an earlier one (DuplicateBatchItem), or the single step refuses an item
+    # (its own error); each item-level refusal carries the figure ``item``. The relayer
+    # simulates first and drops such items. An item whose leg is already where the step puts
+    # it is skipped (a replay: never applied twice) and reported ``"skipped": true``; with
+    # other terms there it is TermsMismatch. Business outcomes keep the single step's
     # per-item semantics (an ineligible recipient is Rejected at prepare, a refused
     # recipient parked at commit). One LegStatesChanged event lists every applied leg.
 
     def lock_batch(self, items_json: str) -> object:
-        """Many ``Lock``s (each with its instruction) in one invocation; a lock already in
-        place with the same terms is skipped."""
+        """Many ``Lock``s (each with its instruction) in one invocation; an item whose
+        outbound leg is already recorded with the same terms is skipped."""
         self._only_relayer()
         items = _parse_batch_items(items_json, "instruction")
-        _check_distinct([t.transfer_id for t, _ in items])
+        if not items:
+            raise ChaincodeError("InvalidBatch", "count=0", {"count": 0})
         results: list[dict[str, Any]] = []
+        seen: set[bytes] = set()
         with self._batch_events():
             for i, (t, extra) in enumerate(items):
                 assert isinstance(extra, bytes)
-                leg = self._leg("out", t.transfer_id)
-                if leg.state == OUT_LOCKED and leg.terms_hash == t.terms_hash:
-                    results.append(_skipped(t.transfer_id, leg))
+                tid = t.transfer_id
+                _mark_seen(seen, tid, i)
+                leg = self._leg("out", tid)
+                if leg.state != OUT_NONE and leg.terms_hash == t.terms_hash:
+                    results.append(_skipped(tid, leg))
                     continue
                 results.append(_item(i, partial(self._lock_terms, t, extra)))
         return _batch_result(results)
 
     def prepare_batch(self, items_json: str, cert_json: str) -> object:
-        """Many ``Prepare``s under one LOCKED batch certificate; a leg already Prepared or
-        Rejected with the same terms is skipped."""
-        items = self._verified_batch(items_json, cert_json, CLAIM_LOCKED)
-        results: list[dict[str, Any]] = []
-        with self._batch_events():
-            for i, t in enumerate(items):
-                tid = t.transfer_id
-                leg = self._leg("in", tid)
-                if self._is_target(t) and _replayed(leg, t, (IN_PREPARED, IN_REJECTED)):
-                    results.append(_skipped(tid, leg))
-                    continue
-
-                def step(t: Terms = t, tid: bytes = tid, leg: _Leg = leg) -> object:
-                    if not self._is_target(t):
-                        raise ChaincodeError("WrongLedger", "terms do not name this endpoint")
-                    self._require_nonzero(t.amount)
-                    self._require_state(tid, leg, IN_NONE)
-                    return self._prepare_terms(t, tid, leg)
-
-                results.append(_item(i, step))
-        return _batch_result(results)
+        """Many ``Prepare``s under one LOCKED batch certificate, each Prepared or Rejected
+        on its own; an item whose inbound leg is already recorded is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_LOCKED)
 
     def commit_batch(self, items_json: str, cert_json: str) -> object:
-        """Many ``Commit``s under one COMMIT batch certificate; a leg already Burned
-        (source) or Minted (target) with the same terms is skipped."""
-        return self._settle_batch(items_json, cert_json, CLAIM_COMMIT)
+        """Many ``Commit``s (either leg) under one COMMIT batch certificate; a leg already
+        Burned (source) or Minted (target) is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_COMMIT)
 
     def abort_batch(self, items_json: str, cert_json: str) -> object:
-        """Many ``Abort``s under one ABORT batch certificate; a leg already Released
-        (source) or Aborted (target) with the same terms is skipped."""
-        return self._settle_batch(items_json, cert_json, CLAIM_ABORT)
+        """Many ``Abort``s (either leg) under one ABORT batch certificate; a leg already
+        Released (source) or Aborted (target) is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_ABORT)
 
-    def _settle_batch(self, items_json: str, cert_json: str, kind: int) -> object:
-        items = self._verified_batch(items_json, cert_json, kind)
-        done = (OUT_BURNED, IN_MINTED) if kind == CLAIM_COMMIT else (OUT_RELEASED, IN_ABORTED)
-        apply = self._commit_terms if kind == CLAIM_COMMIT else self._abort_terms
-        results: list[dict[str, Any]] = []
-        with self._batch_events():
-            for i, t in enumerate(items):
-                tid = t.transfer_id
-                if self._is_source(t) or self._is_target(t):
-                    d, state = ("out", done[0]) if self._is_source(t) else ("in", done[1])
-                    leg = self._leg(d, tid)
-                    if _replayed(leg, t, (state,)):
-                        results.append(_skipped(tid, leg))
-                        continue
-                results.append(_item(i, partial(apply, t)))
-        return _batch_result(results)
-
-    def _verified_batch(self, items_json: str, cert_json: str, kind: int) -> list[Terms]:
-        """The items of a certified batch step, every check that refuses the whole
-        invocation done, in this order: the relayer; the items (1..MAX_BATCH_ITEMS, each
-        terms and a proof); the certificate's form; no transfer twice; the certificate
-        (``batch.check_batch_certificate``: its kind is ``kind``, the items fit its count,
-        the epoch verifies now, the committee's signatures over the root digest bound to
-        this endpoint); then each item's proof (``batch.check_batch_item``: the claim of
-        the certificate's epoch and kind, computed here from this endpoint's own words)."""
+    def _batch(self, items_json: str, cert_json: str, kind: int) -> object:
+        """The batched step of claim ``kind``, in order: the relayer; the items' form and
+        bound; the certificate (``batch.check_batch_certificate``: its kind is ``kind``,
+        1 <= items <= its count, the epoch verifies now, the committee's signatures over
+        the root digest bound to this endpoint); then per item: its claim, computed here
+        from this endpoint's own words and the certificate's epoch and kind, proves into
+        the root (``batch.check_batch_item``); it is no repeat; a prepare names this
+        endpoint as target with a nonzero amount; skipped if already settled by this step,
+        otherwise the single step's logic."""
         self._only_relayer()
         items = _parse_batch_items(items_json, "proof")
         cert = _parse_batch_certificate(cert_json)
-        _check_distinct([t.transfer_id for t, _ in items])
         cfg = self.cfg
         try:
             committee = self._verifying_epoch(cert.epoch)
@@ -2225,23 +2197,51 @@ class Endpoint:
             )
         except ProtocolError as exc:
             raise ChaincodeError(exc.reason.value, exc.detail) from None
-        for i, (t, proof) in enumerate(items):
-            assert isinstance(proof, tuple)
-            try:
-                _batch.check_batch_item(
-                    cert,
-                    cfg.network_word,
-                    cfg.ledger_word,
-                    cfg.bridge_word,
-                    t.transfer_id,
-                    t.terms_hash,
-                    proof,
-                )
-            except ProtocolError as exc:
-                raise ChaincodeError(
-                    exc.reason.value, f"item={i}, {exc.detail}", {"item": i}
-                ) from None
-        return [t for t, _ in items]
+        results: list[dict[str, Any]] = []
+        seen: set[bytes] = set()
+        with self._batch_events():
+            for i, (t, proof) in enumerate(items):
+                assert isinstance(proof, tuple)
+                tid = t.transfer_id
+                try:
+                    _batch.check_batch_item(
+                        cert,
+                        cfg.network_word,
+                        cfg.ledger_word,
+                        cfg.bridge_word,
+                        tid,
+                        t.terms_hash,
+                        proof,
+                    )
+                except ProtocolError as exc:
+                    raise ChaincodeError(
+                        exc.reason.value, f"item={i}, {exc.detail}", {"item": i}
+                    ) from None
+                _mark_seen(seen, tid, i)
+                results.append(_item(i, partial(self._batch_item, t, kind)))
+        return _batch_result(results)
+
+    def _batch_item(self, t: Terms, kind: int) -> object:
+        """One certified item (its proof accepted): skipped when its leg is already where
+        the step of ``kind`` puts it (TermsMismatch with other terms), else the step."""
+        tid = t.transfer_id
+        if kind == CLAIM_LOCKED:
+            if not self._is_target(t):
+                raise ChaincodeError("WrongLedger", "terms do not name this endpoint as target")
+            self._require_nonzero(t.amount)
+        if kind != CLAIM_LOCKED and self._is_source(t):
+            leg = self._leg("out", tid)
+            done = leg.state == (OUT_BURNED if kind == CLAIM_COMMIT else OUT_RELEASED)
+        else:
+            leg = self._leg("in", tid)
+            settled = {CLAIM_COMMIT: IN_MINTED, CLAIM_ABORT: IN_ABORTED}
+            done = leg.state != IN_NONE if kind == CLAIM_LOCKED else leg.state == settled[kind]
+        if done:
+            self._require_hash(tid, leg, t.terms_hash)
+            return {**_skipped(tid, leg), "skipped": True}
+        if kind == CLAIM_LOCKED:
+            return self._prepare_terms(t, tid, leg)
+        return self._commit_terms(t) if kind == CLAIM_COMMIT else self._abort_terms(t)
 
     @contextmanager
     def _batch_events(self) -> Iterator[None]:
@@ -2275,13 +2275,16 @@ _BATCH_CERT_KEYS = frozenset(("epoch", "kind", "root", "count", "signatures"))
 
 
 def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple[bytes, ...]]]:
-    """``[{"terms": {...}, "<extra>": ...}, ...]``, 1..MAX_BATCH_ITEMS items (InvalidBatch
-    otherwise); ``extra`` is ``proof`` (a list of at most ``batch.MAX_PROOF_LENGTH`` 0x
-    words, bottom up) or ``instruction`` (0x hex)."""
+    """``[{"terms": {...}, "<extra>": ...}, ...]``, at most MAX_BATCH_ITEMS items
+    (InvalidBatch above: a Fabric-only cost bound, checked before any item is parsed; an
+    empty batch is refused by the certificate rule, or by LockBatch). ``extra`` is
+    ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it
+    never verifies: InvalidBatchProof at its item, as on the EVM) or
+    ``instruction`` (0x hex)."""
     obj = _loads("items", text)
     if not isinstance(obj, list):
         raise _invalid("items must be a JSON list")
-    if not 1 <= len(obj) <= MAX_BATCH_ITEMS:
+    if len(obj) > MAX_BATCH_ITEMS:
         raise ChaincodeError(
             "InvalidBatch",
             f"count={len(obj)}, max={MAX_BATCH_ITEMS}",
@@ -2298,12 +2301,8 @@ def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple
                 raise _invalid(f"item {i}: instruction must be 0x-prefixed hex")
             out.append((t, bytes.fromhex(value[2:])))
             continue
-        if not isinstance(value, list) or len(value) > _batch.MAX_PROOF_LENGTH:
-            raise ChaincodeError(
-                "InvalidBatchProof",
-                f"item={i}, the proof is not a list of at most {_batch.MAX_PROOF_LENGTH} words",
-                {"item": i},
-            )
+        if not isinstance(value, list):
+            raise _invalid(f"item {i}: proof must be a list of 0x-prefixed 32-byte words")
         out.append((t, tuple(_parse_word("proof", w) for w in value)))
     return out
 
@@ -2332,18 +2331,11 @@ def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
     return dataclass_replace(cert, signatures=cast(tuple[bytes, ...], signatures))
 
 
-def _check_distinct(transfer_ids: Sequence[bytes]) -> None:
-    """DuplicateBatchItem (figure ``item``: the second occurrence) for an id given twice."""
-    try:
-        _batch.check_distinct(transfer_ids)
-    except ProtocolError as exc:
-        item = int(exc.detail.partition("index=")[2] or 0)
-        raise ChaincodeError(exc.reason.value, exc.detail, {"item": item}) from None
-
-
-def _replayed(leg: _Leg, t: Terms, states: tuple[int, ...]) -> bool:
-    """The leg is already in one of ``states`` with ``t``'s terms (a batch item to skip)."""
-    return leg.state in states and leg.terms_hash == t.terms_hash
+def _mark_seen(seen: set[bytes], tid: bytes, i: int) -> None:
+    """DuplicateBatchItem (figure ``item``) when item ``i`` repeats an earlier transfer."""
+    if tid in seen:
+        raise ChaincodeError("DuplicateBatchItem", f"item={i}", {"item": i})
+    seen.add(tid)
 
 
 def _skipped(tid: bytes, leg: _Leg) -> dict[str, Any]:
@@ -2359,7 +2351,7 @@ def _item(i: int, step: Callable[[], object]) -> dict[str, Any]:
             exc.name, f"item={i}, {exc.detail}", {**exc.figures, "item": i}
         ) from None
     assert isinstance(result, dict)
-    return {**result, "skipped": False}
+    return {"skipped": False, **result}
 
 
 def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -235,8 +235,8 @@ async def test_whole_batch_refusals_apply_nothing(
     elif case == "another_epoch":
         kw["epoch"] = 2
     elif case == "duplicated_item":
-        sent = [*terms, terms[0]]
-        kw["tree_of"] = terms
+        sent = [*terms, terms[0]]  # under a root counting four claims
+        kw["tree_of"] = [*terms, env.outbound(SECURITY, sender, 4, OTHER)]
     elif case == "too_few_signatures":
         kw["signers"] = env.signers[:2]
     elif case == "non_member":
