@@ -36,6 +36,7 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
+from bridge.ledgers.cometbft.envelope import MAX_TX_BYTES
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import batch as fabric_batch
@@ -43,6 +44,10 @@ from bridge.ledgers.fabric import codec
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
+ENVELOPE_OVERHEAD = 1024
+"""---- batch: bytes an envelope adds to its arguments' JSON (body fields, signature), with
+margin: a batch is refused locally when its arguments leave less than this below
+``MAX_TX_BYTES``."""
 CATCH_UP_S = 5.0
 """How long a read at a height this node has not committed yet waits for it."""
 META_PAGE = 20
@@ -271,12 +276,21 @@ class CometAdapter(StepTemplate):
         batched functions, as on Fabric: ``bridge.ledgers.fabric.batch``) and return once
         it is committed (final), with each item's leg and whether it was skipped (a
         replay). A refusal refuses the whole transaction: ``LedgerRejected`` with its
-        reason and, where one item caused it, the figure ``item``."""
+        reason and, where one item caused it, the figure ``item``. ValueError, before
+        anything is sent, for a batch whose transaction would exceed the envelope's
+        ``MAX_TX_BYTES`` (64 KiB: about 50 items, 1.25 kB each once escaped in the
+        envelope; the chaincode's 200-item bound is Fabric's)."""
         # SECURITY: a read-only adapter (a member's reader) never sends.
         if not self.writable:
             raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
         function = fabric_batch.BATCH_FUNCTIONS[action]
         args = fabric_batch.arguments(action, items, certificate)
+        size = len(json.dumps(args, separators=(",", ":"))) + ENVELOPE_OVERHEAD
+        if size > MAX_TX_BYTES:  # the node would refuse it MALFORMED: never send it
+            raise ValueError(
+                f"{self._ledger}: a {function} of {len(items)} items needs about {size} bytes,"
+                f" above the {MAX_TX_BYTES}-byte transaction limit; send fewer items"
+            )
         done = await self._client.committed(await self._client.send(function, args))
         if done.code:
             raise refusal(done.code, done.log, self._ledger.name)

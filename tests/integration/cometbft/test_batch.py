@@ -144,3 +144,38 @@ def test_batches_through_a_cometbft_node(harness: CometHarness) -> None:
             await adapter.close()
 
     asyncio.run(run())
+
+
+def test_batch_size_on_cometbft(harness: CometHarness) -> None:
+    """A transaction holds at most 64 KiB (the envelope's MAX_TX_BYTES): 48 commits with
+    6-hash proofs fit (about 1.25 kB an item); 200 locks are refused before anything is
+    sent."""
+
+    async def run() -> None:
+        adapter = cast(CometAdapter, harness.relayer())
+        try:
+            n = 48
+            sender = await harness.holder(n)
+            terms = [outbound(harness, sender, 1) for _ in range(n)]
+
+            def locks(ts: Sequence[TransferTerms]) -> list[batch.BatchItem]:
+                return [
+                    batch.BatchItem(
+                        t, BROKER.sign_digest(instruction_digest(harness.network_word, t))
+                    )
+                    for t in ts
+                ]
+
+            too_many = [outbound(harness, sender, 1) for _ in range(batch.MAX_BATCH_ITEMS)]
+            with pytest.raises(ValueError, match="transaction limit"):
+                await adapter.submit_batch(Action.LOCK, locks(too_many))
+            assert (await adapter.submit_batch(Action.LOCK, locks(terms))).applied == n
+            items, cert = certified(harness, ClaimKind.COMMIT, terms)
+            assert (await adapter.submit_batch(Action.COMMIT, items, cert)).applied == n
+            legs = await adapter.get_legs([t.transfer_id for t in terms], Leg.OUTBOUND)
+            assert {s.state for s in legs} == {LegState.BURNED}
+            assert (await adapter.holder_status(SECURITY, sender)).balance == 0
+        finally:
+            await adapter.close()
+
+    asyncio.run(run())
