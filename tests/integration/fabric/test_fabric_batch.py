@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import grpc
 import pytest
 
 from bridge.core import batch as core_batch
@@ -30,6 +31,9 @@ from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric import batch
 from bridge.ledgers.fabric.adapter import FabricAdapter
+from bridge.rpc.convert import leg_status_from_pb
+from bridge.v1 import relayer_pb2, relayer_pb2_grpc
+from relayers.service import RelayerServicer
 from tests.integration.fabric.support import BridgeEnv, instruct, network_word
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.batch]
@@ -273,6 +277,36 @@ async def test_bounds_are_refused_by_the_chaincode(env: BridgeEnv, relayer: Fabr
         await relayer.client.submit(CHAINCODE, "LockBatch", [json.dumps([row] * 201)])
     assert info.value.reason is ErrorReason.INVALID_BATCH
     assert await balance(relayer, sender) == 1
+
+
+async def test_relayer_get_legs_over_grpc(env: BridgeEnv, relayer: FabricAdapter) -> None:
+    """The relayer's GetLegs (what the coordinator's sweep calls) on a real gRPC server over
+    the Fabric adapter: legs in the request's order; the bound refused INVALID_ARGUMENT."""
+    sender = await env.holder(ISIN, 10)
+    terms = await lock_all(env, relayer, sender, [1, 2])
+    unknown = secrets.token_bytes(32)
+    server = grpc.aio.server()
+    relayer_pb2_grpc.add_RelayerServiceServicer_to_server(RelayerServicer(relayer), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = relayer_pb2_grpc.RelayerServiceStub(channel)
+            ids = [terms[1].transfer_id, unknown, terms[0].transfer_id]
+            got = await stub.GetLegs(
+                relayer_pb2.GetLegsRequest(transfer_ids=ids, leg=int(Leg.OUTBOUND))  # type: ignore[arg-type]
+            )
+            assert [leg_status_from_pb(x).state for x in got.legs] == [
+                LegState.LOCKED, LegState.NONE, LegState.LOCKED,
+            ]  # fmt: skip
+            assert leg_status_from_pb(got.legs[0]).terms_hash == terms[1].terms_hash
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetLegs(
+                    relayer_pb2.GetLegsRequest(transfer_ids=[unknown] * 1001, leg=int(Leg.OUTBOUND))  # type: ignore[arg-type]
+                )
+            assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await server.stop(None)
 
 
 async def test_time_per_item_commit_batch_vs_single(env: BridgeEnv, relayer: FabricAdapter) -> None:
