@@ -248,3 +248,27 @@ def test_prepare_replay_after_abort_is_skipped(env: Env) -> None:
     out = env.b.call(env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, [t]))
     assert out["skipped"] == 1 and out["items"][0]["state"] == 5  # the tombstone holds
     assert balance(env.b, env.bob) == 0
+
+
+def test_legs_answers_what_get_leg_and_not_before_answer(env: Env) -> None:
+    # a large-transfer delay on the lane to B, so some legs carry a not-before
+    env.a.call(
+        env.admin, "SetFlowLimit", ISIN.isin, env.b.name, "1000000", "1000000", "3600", "0",
+        "50", "600",
+    )  # fmt: skip
+    small, large, burned = make_terms(env, amount=5), make_terms(env, amount=60), make_terms(env)
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, [small, large, burned]))
+    env.a.call(env.relayer, "CommitBatch", *batch_args(env, env.a, ClaimKind.COMMIT, [small]))
+    ids = [t.transfer_id for t in (small, large, burned)] + [bytes(32)]
+    got = env.a.call(env.relayer, "Legs", "outbound", json.dumps(["0x" + t.hex() for t in ids]))[
+        "legs"
+    ]
+    for tid, rec in zip(ids, got, strict=True):
+        one = env.a.call(env.relayer, "GetLeg", "0x" + tid.hex(), "outbound")
+        nb = env.a.call(env.relayer, "NotBefore", "0x" + tid.hex())["outbound"]
+        assert rec == {
+            **one,
+            "transfer_id": "0x" + tid.hex(),
+            "not_before": nb if one["state"] == LOCKED else 0,
+        }
+    assert got[1]["not_before"] > 0 and got[0]["state"] == BURNED
