@@ -2126,7 +2126,8 @@ class Endpoint:
     # THIS endpoint and the step's kind (WrongBatchKind, InvalidBatch, WrongEpoch,
     # TooFewSignatures, ...), an item is not proven into the root (InvalidBatchProof), an
     # item repeats an earlier one (DuplicateBatchItem), or the single step refuses an item
-    # (its own error); each item-level refusal carries the figure ``item``. The relayer
+    # (its own error); each item-level refusal carries the figure ``item`` (and ``index``
+    # where the EVM error has that argument: InvalidBatchProof, DuplicateBatchItem). The relayer
     # simulates first and drops such items. An item whose leg is already where the step puts
     # it is skipped (a replay: never applied twice) and reported ``"skipped": true``; with
     # other terms there it is TermsMismatch. Business outcomes keep the single step's
@@ -2196,7 +2197,12 @@ class Endpoint:
                 committee.members,
             )
         except ProtocolError as exc:
-            raise ChaincodeError(exc.reason.value, exc.detail) from None
+            figures = (  # the EVM's WrongBatchKind(got, needed)
+                {"got": cert.kind, "needed": kind}
+                if exc.reason is ErrorReason.WRONG_BATCH_KIND
+                else {}
+            )
+            raise ChaincodeError(exc.reason.value, exc.detail, figures) from None
         results: list[dict[str, Any]] = []
         seen: set[bytes] = set()
         with self._batch_events():
@@ -2213,9 +2219,9 @@ class Endpoint:
                         t.terms_hash,
                         proof,
                     )
-                except ProtocolError as exc:
+                except ProtocolError as exc:  # the EVM's InvalidBatchProof(index)
                     raise ChaincodeError(
-                        exc.reason.value, f"item={i}, {exc.detail}", {"item": i}
+                        exc.reason.value, f"item={i}, {exc.detail}", {"item": i, "index": i}
                     ) from None
                 _mark_seen(seen, tid, i)
                 results.append(_item(i, partial(self._batch_item, t, kind)))
@@ -2332,9 +2338,10 @@ def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
 
 
 def _mark_seen(seen: set[bytes], tid: bytes, i: int) -> None:
-    """DuplicateBatchItem (figure ``item``) when item ``i`` repeats an earlier transfer."""
+    """DuplicateBatchItem (figures ``item`` and, as the EVM's ``DuplicateBatchItem(index)``,
+    ``index``) when item ``i`` repeats an earlier transfer."""
     if tid in seen:
-        raise ChaincodeError("DuplicateBatchItem", f"item={i}", {"item": i})
+        raise ChaincodeError("DuplicateBatchItem", f"item={i}", {"item": i, "index": i})
     seen.add(tid)
 
 

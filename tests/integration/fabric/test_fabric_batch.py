@@ -181,6 +181,7 @@ async def test_a_batch_mixing_committed_and_aborted_items(
     with pytest.raises(LedgerRejected) as info:
         await relayer.submit_batch(Action.ABORT, c_items, c_cert)
     assert info.value.reason is ErrorReason.WRONG_BATCH_KIND
+    assert (info.value.figures["got"], info.value.figures["needed"]) == (2, 3)  # as on EVM
     assert await states(relayer, terms, Leg.OUTBOUND) == [LegState.LOCKED] * 4
     await send(env, relayer, Action.COMMIT, c_items, c_cert)
     await send(env, relayer, Action.ABORT, a_items, a_cert)
@@ -258,6 +259,8 @@ async def test_whole_batch_refusals_apply_nothing(
         await relayer.submit_batch(Action.COMMIT, items, cert)
     assert info.value.reason is reason, info.value
     assert batch.refused_item(info.value) == item
+    if reason in (ErrorReason.INVALID_BATCH_PROOF, ErrorReason.DUPLICATE_BATCH_ITEM):
+        assert info.value.figures["index"] == item  # the EVM error's argument
     assert await states(relayer, terms, Leg.OUTBOUND) == [LegState.LOCKED] * 3
     assert (await figures(relayer), await balance(relayer, sender)) == before
 
