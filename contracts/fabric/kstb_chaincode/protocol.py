@@ -402,12 +402,19 @@ class _Buffer:
     def __init__(self, backing: KeyValue) -> None:
         self._backing = backing
         self._writes: dict[str, bytes | None] = {}  # None: deleted
+        # ---- batch: each backing key is read once per call (a batch of n items reads the
+        # config, committee, security, halt and counter keys n times). Safe: a call sees one
+        # snapshot (Fabric's simulator and the CometBFT overlay), so a second read of a key
+        # could only return the same value; the read set is the same.
+        self._reads: dict[str, bytes | None] = {}
 
     def get(self, key: str) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
-        value = self._backing.get(key)
-        return value if value else None  # Fabric returns b"" for a missing key
+        if key not in self._reads:
+            value = self._backing.get(key)
+            self._reads[key] = value if value else None  # Fabric returns b"" for a missing key
+        return self._reads[key]
 
     def put(self, key: str, value: bytes) -> None:
         if not value:
