@@ -128,8 +128,9 @@ class RelayerGateway:
     # ---- batch (issue 14 item 4)
     async def get_legs(self, transfer_ids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
         """Many legs of one side at the ledger's finalized height, in order, in one call
-        per ``MAX_LEGS_PER_CALL`` ids. Raises like :meth:`get_leg`; an answer with another
-        number of legs is Unavailable (the relayer misbehaves or is another version)."""
+        per ``MAX_LEGS_PER_CALL`` ids (one GetLeg each from a relayer that predates GetLegs:
+        UNIMPLEMENTED, so a coordinator upgraded first keeps working). Raises like
+        :meth:`get_leg`; an answer with another number of legs is Unavailable."""
         out: list[LegStatus] = []
         for lo in range(0, len(transfer_ids), MAX_LEGS_PER_CALL):
             chunk = list(transfer_ids[lo : lo + MAX_LEGS_PER_CALL])
@@ -139,6 +140,9 @@ class RelayerGateway:
                     timeout=self._timeout,
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetLegs
+                    out.extend([await self.get_leg(t, leg) for t in chunk])
+                    continue
                 raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
             if len(m.legs) != len(chunk):
                 raise Unavailable(
