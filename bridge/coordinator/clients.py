@@ -57,6 +57,9 @@ from bridge.v1 import (
     verifier_pb2_grpc,
 )
 
+MAX_LEGS_PER_CALL = 1000
+"""---- batch: ids per GetLegs call (the relayer's MAX_LEGS_PER_REQUEST)."""
+
 _TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -121,6 +124,32 @@ class RelayerGateway:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return leg_status_from_pb(m)
+
+    # ---- batch (issue 14 item 4)
+    async def get_legs(self, transfer_ids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
+        """Many legs of one side at the ledger's finalized height, in order, in one call
+        per ``MAX_LEGS_PER_CALL`` ids (one GetLeg each from a relayer that predates GetLegs:
+        UNIMPLEMENTED, so a coordinator upgraded first keeps working). Raises like
+        :meth:`get_leg`; an answer with another number of legs is Unavailable."""
+        out: list[LegStatus] = []
+        for lo in range(0, len(transfer_ids), MAX_LEGS_PER_CALL):
+            chunk = list(transfer_ids[lo : lo + MAX_LEGS_PER_CALL])
+            try:
+                m = await self._stub.GetLegs(
+                    relayer_pb2.GetLegsRequest(transfer_ids=chunk, leg=int(leg)),  # type: ignore[arg-type]
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetLegs
+                    out.extend([await self.get_leg(t, leg) for t in chunk])
+                    continue
+                raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
+            if len(m.legs) != len(chunk):
+                raise Unavailable(
+                    f"relayer of {self.ledger} answered {len(m.legs)} legs for {len(chunk)}"
+                )
+            out.extend(leg_status_from_pb(x) for x in m.legs)
+        return out
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
         """A holder's standing on this ledger."""

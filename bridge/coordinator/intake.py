@@ -157,14 +157,20 @@ class Intake:
         # A lock can land until the transfer's deadline (later on Fabric, which has no clock):
         # look back one transfer lifetime and ten minutes more.
         since = time.time() - ctx.ttl - 600
+        by_ledger: dict[str, list[TransferRecord]] = {}
         for record in await ctx.store.failed_since(since):
-            relayer = ctx.relayers[record.request.source_ledger]
+            by_ledger.setdefault(record.request.source_ledger, []).append(record)
+        for ledger, records in by_ledger.items():
+            # ---- batch (issue 14 item 4): every source leg of a ledger in one GetLegs
             try:
-                source = await relayer.get_leg(record.transfer_id, Leg.OUTBOUND)
+                legs = await ctx.relayers[ledger].get_legs(
+                    [r.transfer_id for r in records], Leg.OUTBOUND
+                )
             except BridgeError:
                 continue  # the ledger is unreachable: the next sweep tries again
-            if source.state is LegState.LOCKED:
-                await self.resume_failed(record, source.terms_hash, "")
+            for record, source in zip(records, legs, strict=True):
+                if source.state is LegState.LOCKED:
+                    await self.resume_failed(record, source.terms_hash, "")
 
     async def resume_failed(self, record: TransferRecord, terms_hash: bytes, tx_id: str) -> None:
         """A lock landed after we concluded it could not: never leave units in escrow."""

@@ -90,6 +90,11 @@ class ErrorReason(enum.StrEnum):
     # ---- exact reads (issue 14, ADR 0024): Fabric/CometBFT chaincode only. A supply read
     # refused because the security's counters are not complete yet (run CountSupply).
     SUPPLY_NOT_COUNTED = "SupplyNotCounted"
+    # ---- batched certificates (issue 14, ADR 0025)
+    INVALID_BATCH = "InvalidBatch"
+    INVALID_BATCH_PROOF = "InvalidBatchProof"
+    DUPLICATE_BATCH_ITEM = "DuplicateBatchItem"
+    WRONG_BATCH_KIND = "WrongBatchKind"
     # ---- structured errors (ADR 0015): refusals an adapter raises before or after the
     # endpoint, never an endpoint's own error name.
     READ_ONLY = "ReadOnly"

@@ -102,6 +102,11 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     R.RECIPIENT_REFUSED: "The recipient may not receive the parked units.",
     R.BRIDGE_HOLDS_PREPARED: "The old bridge endpoint still has units prepared.",
     R.SUPPLY_NOT_COUNTED: "The security's supply counters are not complete yet (state from before them): its issuer admin runs CountSupply to completion; no partial figure is ever given.",
+    # Batched certificates (ADR 0025).
+    R.INVALID_BATCH: "A batched step's certificate covers no claim, fewer claims than the call's items, or the call has no item.",
+    R.INVALID_BATCH_PROOF: "An item's inclusion proof does not lead to the certified batch root (another root, ledger, epoch or terms).",
+    R.DUPLICATE_BATCH_ITEM: "The same transfer occurs twice in one batched call (or one claim twice in a batch).",
+    R.WRONG_BATCH_KIND: "The batch certificate certifies another claim kind than the step needs (a COMMIT root cannot abort).",
     # Adapter-side reasons.
     R.READ_ONLY: "The relayer's adapter has no operator key (configuration).",
     R.WRONG_LEG: "The step does not apply to this leg.",

@@ -154,6 +154,7 @@ RULES: Mapping[str, Rule] = {
     # SECURITY: only the coordinator drives relayers and asks the committee to sign.
     _R + "GetLedgerInfo": _rule(COORDINATOR),
     _R + "GetLeg": _rule(COORDINATOR),
+    _R + "GetLegs": _rule(COORDINATOR),  # ---- batch: many legs, the same reads as GetLeg
     _R + "GetHolder": _rule(COORDINATOR),
     _R + "Submit": _rule(COORDINATOR),
     _R + "GetLedgerSupply": _rule(COORDINATOR),

@@ -21,7 +21,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 
-from bridge.core import digests, words
+from bridge.core import batch, digests, words
 from bridge.core.hashing import keccak256
 from bridge.core.reasons import ProtocolError
 from bridge.core.signatures import (
@@ -161,7 +161,162 @@ def build() -> dict[str, Any]:
     out["certificates"] = _certificates()
     out["rotations"] = _rotations()
     out["orders"] = _orders()
+    out["batches"] = _batches()
     return out
+
+
+# ---- batched certificates (ADR 0025)
+
+
+def _batches() -> dict[str, Any]:
+    """Leaf, node, trees of 1, 2, 3 and 5 claims with every proof and root digest, and the
+    batch acceptance rule (committee = the certificate vectors' members, threshold 3)."""
+    network = words.evm_network_word(31337)
+    ledger = words.ledger_word("evm-a")
+    bridge = bytes(12) + bytes([0xC0]) * 20
+    epoch, kind = 3, digests.CLAIM_COMMIT
+    terms = _terms_cases()
+
+    def claim(t: digests.Terms, k: int = kind) -> batch.BatchClaim:
+        return batch.BatchClaim(network, ledger, bridge, epoch, k, t.transfer_id, t.terms_hash)
+
+    trees = []
+    for n in (1, 2, 3, 5):
+        b = batch.build_batch([claim(t) for t in terms[:n]])
+        trees.append(
+            {
+                "count": n,
+                "root": _hex(b.root),
+                "root_digest": _hex(b.digest),
+                "items": [
+                    {
+                        "transfer_id": _hex(t.transfer_id),
+                        "terms_hash": _hex(t.terms_hash),
+                        "claim_digest": _hex(claim(t).digest),
+                        "leaf": _hex(claim(t).leaf),
+                        "proof": [_hex(p) for p in b.proof(claim(t))],
+                    }
+                    for t in terms[:n]
+                ],
+            }
+        )
+    a, b2 = claim(terms[0]).leaf, claim(terms[1]).leaf
+    keys = sorted((vector_key(i) for i in range(5)), key=_address)
+    members, outsider = keys[:4], keys[4]
+    three = batch.build_batch([claim(t) for t in terms[:3]])
+    abort = batch.build_batch([claim(t, digests.CLAIM_ABORT) for t in terms[:3]])
+    single = digests.claim_digest(
+        network, ledger, bridge, epoch, kind, terms[0].transfer_id, terms[0].terms_hash
+    )
+
+    def sigs(digest: bytes, signers: list[PrivateKey]) -> list[bytes]:
+        return [_sign(k, digest) for k in sorted(signers, key=_address)]
+
+    cases: list[tuple[str, batch.Batch | None, int, list[bytes], int, int, str | None]] = [
+        ("commit root", three, kind, sigs(three.digest, members[:3]), 0, 3, None),
+        ("abort root", abort, digests.CLAIM_ABORT, sigs(abort.digest, members[1:]), 0, 3, None),
+        ("commit root used to abort", three, digests.CLAIM_ABORT,
+         sigs(three.digest, members[:3]), 0, 3, "WrongBatchKind"),
+        ("too few", three, kind, sigs(three.digest, members[:2]), 0, 3, "TooFewSignatures"),
+        ("non-member", three, kind, sigs(three.digest, [*members[:2], outsider]), 0, 3,
+         "NotCommitteeMember"),
+        ("single-claim signatures as a root", three, kind, sigs(single, members[:3]), 0, 3,
+         "NotCommitteeMember"),
+        ("more items than the root covers", three, kind, sigs(three.digest, members[:3]), 0, 4,
+         "InvalidBatch"),
+        ("no item", three, kind, sigs(three.digest, members[:3]), 0, 0, "InvalidBatch"),
+        ("another epoch", three, kind, sigs(three.digest, members[:3]), 1, 3, "WrongEpoch"),
+    ]  # fmt: skip
+    member_addresses = [_address(k) for k in members]
+    rule = []
+    for name, bt, need, signatures, epoch_delta, items, expect in cases:
+        assert bt is not None
+        cert = batch.BatchCertificate(
+            bt.epoch + epoch_delta, bt.kind, bt.root, bt.count, tuple(signatures)
+        )
+        try:
+            batch.check_batch_certificate(
+                cert, need, items, network, ledger, bridge, epoch, 3, member_addresses
+            )
+            got = None
+        except ProtocolError as exc:
+            got = exc.reason.value
+        assert got == expect, (name, got)
+        rule.append(
+            {
+                "name": name,
+                "epoch": cert.epoch,
+                "kind": cert.kind,
+                "root": _hex(cert.root),
+                "count": cert.count,
+                "signatures": [_hex(x) for x in signatures],
+                "needed_kind": need,
+                "items": items,
+                "expect": expect,
+            }
+        )
+    # Items against the 3-leaf commit root: a proof from another tree, another ledger's
+    # claim, another epoch's claim and another transfer's terms all fail to prove.
+    cert3 = batch.BatchCertificate(epoch, kind, three.root, 3, ())
+    five = batch.build_batch([claim(t) for t in terms[:5]])
+    t0 = terms[0]
+    item_cases = [
+        ("member", t0.transfer_id, t0.terms_hash, three.proof(claim(t0)), ledger, None),
+        ("proof for another root", t0.transfer_id, t0.terms_hash, five.proof(claim(t0)), ledger,
+         "InvalidBatchProof"),
+        ("another ledger", t0.transfer_id, t0.terms_hash, three.proof(claim(t0)),
+         words.ledger_word("fabric-b"), "InvalidBatchProof"),
+        ("other terms", t0.transfer_id, terms[1].terms_hash, three.proof(claim(t0)), ledger,
+         "InvalidBatchProof"),
+        ("not in the batch", terms[4].transfer_id, terms[4].terms_hash, three.proof(claim(t0)),
+         ledger, "InvalidBatchProof"),
+    ]  # fmt: skip
+    items_out = []
+    for name, tid, thash, proof, on_ledger, expect in item_cases:
+        try:
+            batch.check_batch_item(cert3, network, on_ledger, bridge, tid, thash, proof)
+            got = None
+        except ProtocolError as exc:
+            got = exc.reason.value
+        assert got == expect, (name, got)
+        items_out.append(
+            {
+                "name": name,
+                "ledger": _hex(on_ledger),
+                "transfer_id": _hex(tid),
+                "terms_hash": _hex(thash),
+                "proof": [_hex(p) for p in proof],
+                "expect": expect,
+            }
+        )
+    other_epoch = batch.batch_root_digest(network, ledger, bridge, epoch + 1, kind, three.root, 3)
+    assert other_epoch != three.digest
+    return {
+        "tags": {
+            "leaf": _hex(batch.BATCH_LEAF_TAG),
+            "node": _hex(batch.BATCH_NODE_TAG),
+            "root": _hex(batch.BATCH_ROOT_TAG),
+        },
+        "leaf": {"claim_digest": _hex(single), "leaf": _hex(batch.batch_leaf(single))},
+        "node": {
+            "a": _hex(max(a, b2)),
+            "b": _hex(min(a, b2)),
+            "node": _hex(batch.batch_node(a, b2)),
+        },
+        "network": _hex(network),
+        "ledger": _hex(ledger),
+        "bridge": _hex(bridge),
+        "epoch": epoch,
+        "kind": kind,
+        "trees": trees,
+        "certificate_rule": {
+            "current_epoch": epoch,
+            "threshold": 3,
+            "members": [_hex(m) for m in member_addresses],
+            "cases": rule,
+        },
+        "items": {"root": _hex(three.root), "cases": items_out},
+    }
 
 
 # ---- committee rotation

@@ -116,6 +116,55 @@ class GetLegRequest(_message.Message):
 Global___GetLegRequest: _TypeAlias = GetLegRequest  # noqa: Y015
 
 @_typing.final
+class GetLegsRequest(_message.Message):
+    """---- batch (issue 14 item 4)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_IDS_FIELD_NUMBER: _builtins.int
+    LEG_FIELD_NUMBER: _builtins.int
+    leg: _common_pb2.Leg.ValueType
+    @_builtins.property
+    def transfer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each 32 bytes; 1 to 1,000 of them."""
+
+    def __init__(
+        self,
+        *,
+        transfer_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+        leg: _common_pb2.Leg.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leg", b"leg", "transfer_ids", b"transfer_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLegsRequest: _TypeAlias = GetLegsRequest  # noqa: Y015
+
+@_typing.final
+class GetLegsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LegStatus]:
+        """One per requested id, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        legs: _abc.Iterable[Global___LegStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["legs", b"legs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLegsResponse: _TypeAlias = GetLegsResponse  # noqa: Y015
+
+@_typing.final
 class LegStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -89,6 +89,11 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.GetLegs = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetLegs',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -184,6 +189,15 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLegs(self, request, context):
+        """---- batch (issue 14 item 4)
+        Many legs of one side at the ledger's finalized height, in the request's order (one
+        evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +250,11 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.InstallCommittee,
                     request_deserializer=bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitResponse.SerializeToString,
+            ),
+            'GetLegs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLegs,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -510,6 +529,33 @@ class RelayerService:
             '/bridge.v1.RelayerService/InstallCommittee',
             bridge_dot_v1_dot_relayer__pb2.InstallCommitteeRequest.SerializeToString,
             bridge_dot_v1_dot_relayer__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLegs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetLegs',
+            bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,11 @@ class RelayerServiceStub:
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    GetLegs: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetLegsRequest, _relayer_pb2.GetLegsResponse]
+    """---- batch (issue 14 item 4)
+    Many legs of one side at the ledger's finalized height, in the request's order (one
+    evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+    """
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -139,6 +144,11 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """Install a certified rotation. Idempotent: an installed one returns already_applied.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    GetLegs: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetLegsRequest, _relayer_pb2.GetLegsResponse]  # type: ignore[assignment]
+    """---- batch (issue 14 item 4)
+    Many legs of one side at the ledger's finalized height, in the request's order (one
+    evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
     """
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +261,17 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Install a certified rotation. Idempotent: an installed one returns already_applied.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def GetLegs(
+        self,
+        request: _relayer_pb2.GetLegsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.GetLegsResponse, _abc.Awaitable[_relayer_pb2.GetLegsResponse]]:
+        """---- batch (issue 14 item 4)
+        Many legs of one side at the ledger's finalized height, in the request's order (one
+        evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
         """
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class FakeRelayer:
     window: int = 100
     locked_ids: list[bytes] = field(default_factory=list)
     not_before: int = 0  # a large-transfer delay on the LOCKED / PREPARED legs made here
+    many_reads: int = 0  # ---- batch: GetLegs calls
 
     async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
         return FlowStatus(
@@ -93,6 +95,10 @@ class FakeRelayer:
 
     async def get_leg(self, tid: bytes, leg: Leg) -> LegStatus:
         return self.legs.get((tid, leg), LegStatus(LegState.NONE, b"\0" * 32, 0, 1))
+
+    async def get_legs(self, tids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
+        self.many_reads += 1
+        return [await self.get_leg(t, leg) for t in tids]
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
         return HolderStatus(True, 10**6, 0, True, False, False)
@@ -321,6 +327,7 @@ async def test_a_lock_landing_after_failed_is_found_by_the_supervisor(coordinato
 
     await eventually(committed, 10, "the late lock committed", interval=0.05)
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
+    assert relayers["a"].many_reads >= 1  # ---- batch: the sweep reads legs per ledger
 
 
 async def test_a_lock_with_other_terms_after_failed_is_not_adopted(coordinator) -> None:

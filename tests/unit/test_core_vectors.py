@@ -272,3 +272,157 @@ def test_order_digests_and_rule(package: str) -> None:
     with pytest.raises(reasons.ProtocolError) as info:
         signatures.check_order(order, b"", None, bytes(32), bytes(32), 0, None)
     assert info.value.reason.value == "NoDepository"
+
+
+# ---- batched certificates (ADR 0025)
+
+
+@pytest.mark.batch
+@pytest.mark.parametrize("package", CORES)
+def test_batch_leaves_nodes_trees_and_root_digests(package: str) -> None:
+    """Every tree's root, root digest and every item's leaf and proof, from both cores."""
+    batch, digests = core(package, "batch"), core(package, "digests")
+    spec = VECTORS["batches"]
+    assert b(spec["tags"]["leaf"]) == batch.BATCH_LEAF_TAG
+    assert b(spec["tags"]["node"]) == batch.BATCH_NODE_TAG
+    assert b(spec["tags"]["root"]) == batch.BATCH_ROOT_TAG
+    assert batch.batch_leaf(b(spec["leaf"]["claim_digest"])) == b(spec["leaf"]["leaf"])
+    node = spec["node"]
+    assert batch.batch_node(b(node["a"]), b(node["b"])) == b(node["node"])
+    assert batch.batch_node(b(node["b"]), b(node["a"])) == b(node["node"])
+    words = (b(spec["network"]), b(spec["ledger"]), b(spec["bridge"]))
+    assert [t["count"] for t in spec["trees"]] == [1, 2, 3, 5]
+    for tree in spec["trees"]:
+        claims = [
+            batch.BatchClaim(
+                *words, spec["epoch"], spec["kind"], b(i["transfer_id"]), b(i["terms_hash"])
+            )
+            for i in tree["items"]
+        ]
+        built = batch.build_batch(claims)
+        assert built.root == b(tree["root"])
+        assert built.digest == b(tree["root_digest"])
+        assert built.digest == batch.batch_root_digest(
+            *words, spec["epoch"], spec["kind"], b(tree["root"]), tree["count"]
+        )
+        for c, item in zip(claims, tree["items"], strict=True):
+            assert c.digest == b(item["claim_digest"])
+            assert c.digest == digests.claim_digest(
+                *words, spec["epoch"], spec["kind"], c.transfer_id, c.terms_hash
+            )
+            assert c.leaf == b(item["leaf"])
+            proof = [b(p) for p in item["proof"]]
+            assert list(built.proof(c)) == proof
+            assert batch.verify_proof(c.leaf, proof, built.root)
+            # Domain separation: a leaf, the root digest and the single-claim digest differ.
+            assert c.leaf != c.digest and built.digest not in (c.digest, built.root)
+    single = spec["trees"][0]
+    assert single["items"][0]["proof"] == [] and single["root"] == single["items"][0]["leaf"]
+
+
+@pytest.mark.batch
+@pytest.mark.parametrize("package", CORES)
+def test_batch_certificate_and_item_rules(package: str) -> None:
+    batch, reasons = core(package, "batch"), core(package, "reasons")
+    spec = VECTORS["batches"]
+    rule = spec["certificate_rule"]
+    words = (b(spec["network"]), b(spec["ledger"]), b(spec["bridge"]))
+    members = [b(m) for m in rule["members"]]
+    refused = set()
+    for case in rule["cases"]:
+        cert = batch.BatchCertificate(
+            case["epoch"],
+            case["kind"],
+            b(case["root"]),
+            case["count"],
+            tuple(b(s) for s in case["signatures"]),
+        )
+        args = (cert, case["needed_kind"], case["items"], *words, rule["current_epoch"])
+        if case["expect"] is None:
+            batch.check_batch_certificate(*args, rule["threshold"], members)
+            continue
+        refused.add(case["expect"])
+        with pytest.raises(reasons.ProtocolError) as info:
+            batch.check_batch_certificate(*args, rule["threshold"], members)
+        assert info.value.reason.value == case["expect"], case["name"]
+    assert refused >= {
+        "WrongBatchKind",
+        "TooFewSignatures",
+        "NotCommitteeMember",
+        "InvalidBatch",
+        "WrongEpoch",
+    }
+    cert = batch.BatchCertificate(spec["epoch"], spec["kind"], b(spec["items"]["root"]), 3, ())
+    for case in spec["items"]["cases"]:
+        args = (
+            cert,
+            words[0],
+            b(case["ledger"]),
+            words[2],
+            b(case["transfer_id"]),
+            b(case["terms_hash"]),
+            [b(p) for p in case["proof"]],
+        )
+        if case["expect"] is None:
+            batch.check_batch_item(*args)
+            continue
+        with pytest.raises(reasons.ProtocolError) as info:
+            batch.check_batch_item(*args)
+        assert info.value.reason.value == case["expect"], case["name"]
+
+
+@pytest.mark.batch
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 33, 100])
+def test_every_proof_of_every_tree_size_verifies_and_only_there(n: int) -> None:
+    from bridge.core import batch
+    from bridge.core.hashing import keccak256
+
+    leaves = [keccak256(i.to_bytes(4, "big")) for i in range(n)]
+    tree = batch.build_tree(leaves)
+    assert tree.leaves == tuple(sorted(leaves)) and tree.count == n
+    other = batch.build_tree([*leaves, keccak256(b"x")])
+    for leaf in leaves:
+        proof = tree.proof(leaf)
+        assert len(proof) <= max(1, (n - 1).bit_length())
+        assert batch.verify_proof(leaf, proof, tree.root)
+        assert not batch.verify_proof(leaf, proof, other.root)
+        assert not batch.verify_proof(keccak256(leaf), proof, tree.root)
+    # An internal node is never accepted as a leaf: the verifier hashes the claim into a leaf.
+    if n >= 2:
+        node = tree.levels[1][0]
+        assert batch.batch_leaf(node) not in tree.leaves
+
+
+@pytest.mark.batch
+def test_building_refuses_duplicates_mixed_claims_and_empty_batches() -> None:
+    from bridge.core import batch, digests
+    from bridge.core.reasons import ErrorReason, ProtocolError
+
+    w = bytes(32)
+
+    def claim(**kw: Any) -> Any:
+        base: dict[str, Any] = {
+            "network": w, "ledger": w, "bridge": w, "epoch": 1,
+            "kind": digests.CLAIM_COMMIT, "transfer_id": b"\x01" * 32, "terms_hash": w,
+        }  # fmt: skip
+        return batch.BatchClaim(**{**base, **kw})
+
+    expect = [
+        ([], ErrorReason.INVALID_BATCH),
+        ([claim(), claim()], ErrorReason.DUPLICATE_BATCH_ITEM),
+        ([claim(), claim(transfer_id=w, ledger=b"\x02" * 32)], ErrorReason.WRONG_LEDGER),
+        ([claim(), claim(transfer_id=w, epoch=2)], ErrorReason.WRONG_EPOCH),
+        ([claim(), claim(transfer_id=w, kind=digests.CLAIM_ABORT)], ErrorReason.WRONG_BATCH_KIND),
+        ([claim(kind=9)], ErrorReason.INVALID_BATCH),
+    ]
+    for claims, reason in expect:
+        with pytest.raises(ProtocolError) as info:
+            batch.build_batch(claims)
+        assert info.value.reason is reason
+    with pytest.raises(ProtocolError) as info:
+        batch.build_tree([w]).proof(b"\x01" * 32)
+    assert info.value.reason is ErrorReason.INVALID_BATCH_PROOF
+    with pytest.raises(ProtocolError) as info:
+        batch.check_distinct([w, b"\x01" * 32, w])
+    assert info.value.reason is ErrorReason.DUPLICATE_BATCH_ITEM
+    assert not batch.verify_proof(w, [w] * (batch.MAX_PROOF_LENGTH + 1), w)

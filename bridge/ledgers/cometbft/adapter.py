@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from bridge.config import LedgerConfig
+from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound
@@ -33,12 +36,18 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
+from bridge.ledgers.cometbft.envelope import MAX_TX_BYTES
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
+from bridge.ledgers.fabric import batch as fabric_batch
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
+ENVELOPE_OVERHEAD = 1024
+"""---- batch: bytes an envelope adds to its arguments' JSON (body fields, signature), with
+margin: a batch is refused locally when its arguments leave less than this below
+``MAX_TX_BYTES``."""
 CATCH_UP_S = 5.0
 """How long a read at a height this node has not committed yet waits for it."""
 META_PAGE = 20
@@ -123,17 +132,23 @@ class CometAdapter(StepTemplate):
             for height, block_hash, n_txs in await self._client.block_metas(lo, hi):
                 if not n_txs:
                     continue
+                shift = 0
                 for ev in await self._client.block_events(height):
-                    position = EventPosition(ev.height, ev.index)
-                    if ev.name != EVENT_NAME or (after is not None and position <= after):
-                        continue
-                    out.append(self._event(position, block_hash, ev))
+                    # ---- batch: a LegStatesChanged event carries many legs
+                    legs = fabric_batch.leg_payloads(ev.name, ev.payload)
+                    for k, payload in enumerate(legs):
+                        position = EventPosition(ev.height, ev.index + shift + k)
+                        if after is None or position > after:
+                            out.append(self._event(position, block_hash, ev, payload))
+                    shift += max(0, len(legs) - 1)
             lo = hi + 1
         return out
 
-    def _event(self, position: EventPosition, block_hash: bytes, ev: TxEvent) -> LedgerEvent:
+    def _event(
+        self, position: EventPosition, block_hash: bytes, ev: TxEvent, payload: Mapping[str, Any]
+    ) -> LedgerEvent:
         return codec.leg_event_from_json(
-            ev.payload,
+            payload,
             ledger=self._ledger.name,
             position=position,
             block_hash=block_hash,
@@ -150,6 +165,28 @@ class CometAdapter(StepTemplate):
             nb = await self._view("NotBefore", [codec.word_hex(transfer_id)], at)
             status = replace(status, not_before=codec.not_before_from_json(nb, leg))
         return status
+
+    # ---- batch (issue 14 item 4): many legs per query
+    async def get_legs(
+        self, transfer_ids: Sequence[bytes], leg: Leg, height: int | None = None
+    ) -> list[LegStatus]:
+        """The legs of ``transfer_ids`` (one ``leg`` side) at ``height`` (default: the
+        latest committed block), exact and in order, as :meth:`get_leg` reads each, in one
+        ``Legs`` query per ``codec.MAX_LEG_READS`` ids. A malformed answer is
+        ``LedgerRejected(MalformedAnswer)``."""
+        final = await self._final_at_least(height)
+        at = height if height is not None else final
+        out: list[LegStatus] = []
+        for lo in range(0, len(transfer_ids), codec.MAX_LEG_READS):
+            chunk = transfer_ids[lo : lo + codec.MAX_LEG_READS]
+            raw = await self._view(
+                "Legs", [codec.leg_name(leg), codec.transfer_ids_to_json(chunk)], at
+            )
+            try:
+                out.extend(codec.legs_from_json(raw, chunk, leg, at))
+            except ValueError as exc:
+                raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Legs: {exc}") from exc
+        return out
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance and standing at the latest committed block."""
@@ -227,6 +264,41 @@ class CometAdapter(StepTemplate):
                 return applied
             raise refusal(done.code, done.log, self._ledger.name)
         return TxOutcome(tx_id=handle, height=done.height, already_applied=False)
+
+    # ---- batch (issue 14 items 2-3): many steps in one transaction
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[fabric_batch.BatchItem],
+        certificate: BatchCertificate | None = None,
+    ) -> fabric_batch.BatchOutcome:
+        """Apply ``action`` to every item in ONE transaction (the endpoint protocol's
+        batched functions, as on Fabric: ``bridge.ledgers.fabric.batch``) and return once
+        it is committed (final), with each item's leg and whether it was skipped (a
+        replay). A refusal refuses the whole transaction: ``LedgerRejected`` with its
+        reason and, where one item caused it, the figure ``item``. ValueError, before
+        anything is sent, for a batch whose transaction would exceed the envelope's
+        ``MAX_TX_BYTES`` (64 KiB: about 50 items, 1.25 kB each once escaped in the
+        envelope; the chaincode's 200-item bound is Fabric's)."""
+        # SECURITY: a read-only adapter (a member's reader) never sends.
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
+        function = fabric_batch.BATCH_FUNCTIONS[action]
+        args = fabric_batch.arguments(action, items, certificate)
+        size = len(json.dumps(args, separators=(",", ":"))) + ENVELOPE_OVERHEAD
+        if size > MAX_TX_BYTES:  # the node would refuse it MALFORMED: never send it
+            raise ValueError(
+                f"{self._ledger}: a {function} of {len(items)} items needs about {size} bytes,"
+                f" above the {MAX_TX_BYTES}-byte transaction limit; send fewer items"
+            )
+        done = await self._client.committed(await self._client.send(function, args))
+        if done.code:
+            raise refusal(done.code, done.log, self._ledger.name)
+        try:
+            results = fabric_batch.results_from_json(done.data, action, items, self._ledger.word)
+        except ValueError as exc:
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"{function}: {exc}") from exc
+        return fabric_batch.BatchOutcome(done.tx_hash, done.height, results)
 
     # -- governance writes: the template's skeleton (bridge.ledgers.steps) -------------------
     local_order_expiry = True

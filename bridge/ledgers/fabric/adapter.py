@@ -14,10 +14,13 @@ nothing when it is already applied with the same terms.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Any
 
 from bridge.core import words as core_words
+from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
 from bridge.domain.committee import EpochWindow
 from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
@@ -35,7 +38,7 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
-from bridge.ledgers.fabric import codec
+from bridge.ledgers.fabric import batch, codec
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
 from bridge.ledgers.fabric.blocks import (
@@ -145,19 +148,25 @@ class FabricAdapter(StepTemplate):
         lo = start
         while lo <= up_to_height:
             hi = min(up_to_height, lo + DELIVER_CHUNK - 1)
+            block, shift = -1, 0
             for delivered in await self._client.block_events(self._chaincode, lo, hi):
-                position = EventPosition(delivered.block_number, delivered.ordinal)
-                if delivered.event_name != EVENT_NAME:
-                    continue
-                if after is not None and position <= after:
-                    continue
-                out.append(self._event(position, delivered))
+                if delivered.block_number != block:
+                    block, shift = delivered.block_number, 0
+                # ---- batch: a LegStatesChanged event carries many legs (batch.leg_payloads)
+                legs = batch.leg_payloads(delivered.event_name, delivered.payload)
+                for k, payload in enumerate(legs):
+                    position = EventPosition(block, delivered.ordinal + shift + k)
+                    if after is None or position > after:
+                        out.append(self._event(position, delivered, payload))
+                shift += max(0, len(legs) - 1)
             lo = hi + 1
         return out
 
-    def _event(self, position: EventPosition, delivered: DeliveredEvent) -> LedgerEvent:
+    def _event(
+        self, position: EventPosition, delivered: DeliveredEvent, payload: Mapping[str, Any]
+    ) -> LedgerEvent:
         return codec.leg_event_from_json(
-            delivered.payload,
+            payload,
             ledger=self._ledger.name,
             position=position,
             block_hash=delivered.block_hash,
@@ -182,6 +191,29 @@ class FabricAdapter(StepTemplate):
             )
             status = replace(status, not_before=codec.not_before_from_json(raw_nb, leg))
         return status
+
+    # ---- batch (issue 14 item 4): many legs per evaluate
+    async def get_legs(
+        self, transfer_ids: Sequence[bytes], leg: Leg, height: int | None = None
+    ) -> list[LegStatus]:
+        """The legs of ``transfer_ids`` (one ``leg`` side), in order, as :meth:`get_leg`
+        reads each (state, terms hash, reason, not-before), in one ``Legs`` evaluate per
+        ``codec.MAX_LEG_READS`` ids instead of two evaluates per id. Every chunk is read
+        after the finalized height is taken, so each leg includes at least every block up
+        to the reported height (as :meth:`get_leg`). A malformed answer is
+        ``LedgerRejected(MalformedAnswer)``."""
+        at = height if height is not None else await self.finalized_height()
+        out: list[LegStatus] = []
+        for lo in range(0, len(transfer_ids), codec.MAX_LEG_READS):
+            chunk = transfer_ids[lo : lo + codec.MAX_LEG_READS]
+            raw = await self._client.evaluate(
+                self._chaincode, "Legs", [codec.leg_name(leg), codec.transfer_ids_to_json(chunk)]
+            )
+            try:
+                out.extend(codec.legs_from_json(raw, chunk, leg, at))
+            except ValueError as exc:
+                raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"Legs: {exc}") from exc
+        return out
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance, receive status, eligibility, freeze and pause (committed).
@@ -370,6 +402,50 @@ class FabricAdapter(StepTemplate):
             f"{self._ledger}: {action.name} refused by an endorsing peer ({refusal}) but"
             " accepted by the gateway's peer; another peer is behind, retry"
         ) from refusal
+
+    # ---- batch (issue 14 items 2-3): many steps in one invocation
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[batch.BatchItem],
+        certificate: BatchCertificate | None = None,
+    ) -> batch.BatchOutcome:
+        """Apply ``action`` to every item in ONE chaincode invocation (``LockBatch``, or
+        ``PrepareBatch``/``CommitBatch``/``AbortBatch`` under one batch certificate) and
+        return once it committed VALID (final), with each item's leg and whether it was
+        skipped (already applied: a replay is safe and moves nothing).
+
+        Refusals refuse the whole invocation, nothing applied: ``LedgerRejected`` with the
+        chaincode's reason (``InvalidBatchProof``, ``DuplicateBatchItem``,
+        ``WrongBatchKind``, ``InvalidBatch``, a certificate reason, or an item's own step
+        refusal), the item's index as the figure ``item`` where one item caused it
+        (:func:`batch.refused_item`); as for single steps, a refusal at endorsement that
+        the gateway's own peer does not share is ``Unavailable`` (a peer lags). Read
+        conflicts are ``Unavailable`` (``TransactionInvalid``): send the batch again.
+        ValueError for a batch outside 1..MAX_BATCH_ITEMS or a certificate where none
+        belongs (or none where one does)."""
+        # SECURITY: a read-only adapter (a member's reader) never sends.
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
+        function = batch.BATCH_FUNCTIONS[action]
+        args = batch.arguments(action, items, certificate)
+        try:
+            prepared = await self._client.endorse(self._chaincode, function, args)
+        except LedgerRejected as refusal:
+            try:
+                await self._client.evaluate(self._chaincode, function, args)
+            except LedgerRejected:
+                raise refusal from None
+            raise Unavailable(
+                f"{self._ledger}: {function} refused by an endorsing peer ({refusal}) but"
+                " accepted by the gateway's peer; another peer is behind, retry"
+            ) from refusal
+        result = await self._client.submit_prepared(prepared)
+        try:
+            results = batch.results_from_json(prepared.result, action, items, self._ledger.word)
+        except ValueError as exc:
+            raise LedgerRejected(ErrorReason.MALFORMED_ANSWER, f"{function}: {exc}") from exc
+        return batch.BatchOutcome(result.tx_id, result.block_number, results)
 
     # ---- committee rotation
 

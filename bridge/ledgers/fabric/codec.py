@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
@@ -385,3 +385,39 @@ def halt_status_from_json(raw: str | bytes | Mapping[str, Any]) -> HaltStatus:
         sequence=int_from_json(data.get("sequence", 0), "sequence"),
         depository=key,
     )
+
+
+# ---- batch (issue 14 items 2-4)
+
+MAX_LEG_READS = 200
+"""The most transfer ids one ``Legs`` evaluation answers (the chaincode's bound)."""
+
+
+def transfer_ids_to_json(transfer_ids: Sequence[bytes]) -> str:
+    """``Legs``' id list: a JSON list of 0x words."""
+    return json.dumps([word_hex(t) for t in transfer_ids], separators=(",", ":"))
+
+
+def legs_from_json(
+    raw: str | bytes | Mapping[str, Any], transfer_ids: Sequence[bytes], leg: Leg, height: int
+) -> list[LegStatus]:
+    """The ``Legs`` answer as one LegStatus per requested id, in the request's order.
+
+    ValueError when malformed, when it answers another number of legs, or when a record's
+    ``transfer_id`` is not the id asked for at its position (an answer is never matched to
+    a request by guesswork)."""
+    data = _object(raw, "Legs answer")
+    records = _field(data, "legs", "Legs answer")
+    if not isinstance(records, list) or len(records) != len(transfer_ids):
+        raise ValueError(f"Legs answer must list {len(transfer_ids)} legs")
+    out = []
+    for tid, record in zip(transfer_ids, records, strict=True):
+        rec = _object(record, "Legs record")
+        if word_from_json(_field(rec, "transfer_id", "Legs record"), "transfer_id") != tid:
+            raise ValueError(f"Legs answer is out of order at 0x{tid.hex()}")
+        out.append(
+            leg_status_from_json(
+                rec, leg, height, int_from_json(rec.get("not_before", 0), "not_before")
+            )
+        )
+    return out

@@ -43,12 +43,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
+from functools import partial
 from itertools import pairwise
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from kstb_chaincode.core import batch as _batch
 from kstb_chaincode.core import digests as _digests
 from kstb_chaincode.core import epochs as _epochs
 from kstb_chaincode.core import words as _words
@@ -269,7 +272,11 @@ def _loads(name: str, text: str) -> Any:
 
 def parse_terms(text: str) -> Terms:
     """Parse the terms JSON argument (see the module docs of ``kstb_chaincode``)."""
-    obj = _loads("terms", text)
+    return _terms_from_obj(_loads("terms", text))
+
+
+def _terms_from_obj(obj: object) -> Terms:
+    """Terms from an already decoded JSON value (InvalidArgument unless exactly the keys)."""
     if not isinstance(obj, dict) or set(obj) != _TERMS_FIELDS:
         raise _invalid(f"terms must be an object with exactly the keys {sorted(_TERMS_FIELDS)}")
     words = {f: _parse_word(f, obj[f]) for f in _WORD_FIELDS}
@@ -395,12 +402,19 @@ class _Buffer:
     def __init__(self, backing: KeyValue) -> None:
         self._backing = backing
         self._writes: dict[str, bytes | None] = {}  # None: deleted
+        # ---- batch: each backing key is read once per call (a batch of n items reads the
+        # config, committee, security, halt and counter keys n times). Safe: a call sees one
+        # snapshot (Fabric's simulator and the CometBFT overlay), so a second read of a key
+        # could only return the same value; the read set is the same.
+        self._reads: dict[str, bytes | None] = {}
 
     def get(self, key: str) -> bytes | None:
         if key in self._writes:
             return self._writes[key]
-        value = self._backing.get(key)
-        return value if value else None  # Fabric returns b"" for a missing key
+        if key not in self._reads:
+            value = self._backing.get(key)
+            self._reads[key] = value if value else None  # Fabric returns b"" for a missing key
+        return self._reads[key]
 
     def put(self, key: str, value: bytes) -> None:
         if not value:
@@ -1016,7 +1030,10 @@ class Endpoint:
         t = parse_terms(terms_json)
         if not isinstance(instruction_hex, str) or not _HEX_SIGNATURE.fullmatch(instruction_hex):
             raise _invalid("instruction must be 0x-prefixed hex")
-        instruction = bytes.fromhex(instruction_hex[2:])
+        return self._lock_terms(t, bytes.fromhex(instruction_hex[2:]))
+
+    def _lock_terms(self, t: Terms, instruction: bytes) -> object:
+        """``lock`` after parsing (the relayer is checked): every check, then the escrow."""
         if not instruction:
             raise ChaincodeError("MissingInstruction", "the lock carries no instruction")
         instructor = _address_of_word(t.instructor)
@@ -1064,6 +1081,11 @@ class Endpoint:
         cert = parse_certificate(cert_json)
         tid, thash = t.transfer_id, t.terms_hash
         self._verify_certificate(cert, CLAIM_COMMIT, tid, thash)
+        return self._commit_terms(t)
+
+    def _commit_terms(self, t: Terms) -> object:
+        """``commit`` after its certificate was accepted for ``t``'s COMMIT claim."""
+        tid, thash = t.transfer_id, t.terms_hash
         sec = t.security
         if self._is_source(t):
             leg = self._leg("out", tid)
@@ -1112,6 +1134,11 @@ class Endpoint:
         cert = parse_certificate(cert_json)
         tid, thash = t.transfer_id, t.terms_hash
         self._verify_certificate(cert, CLAIM_ABORT, tid, thash)
+        return self._abort_terms(t)
+
+    def _abort_terms(self, t: Terms) -> object:
+        """``abort`` after its certificate was accepted for ``t``'s ABORT claim."""
+        tid, thash = t.transfer_id, t.terms_hash
         if self._is_source(t):
             leg = self._leg("out", tid)
             self._require_state(tid, leg, OUT_LOCKED)
@@ -1176,6 +1203,10 @@ class Endpoint:
     def prepare(self, terms_json: str, cert_json: str) -> object:
         """LOCKED certificate -> Prepared, or Rejected(reason) (a recorded outcome, no error)."""
         t, tid, leg = self._inbound_start(terms_json, cert_json, zero_check=True)
+        return self._prepare_terms(t, tid, leg)
+
+    def _prepare_terms(self, t: Terms, tid: bytes, leg: _Leg) -> object:
+        """``prepare`` after the target, amount, NONE state and LOCKED certificate checks."""
         self._require_not_halted(t.security)  # ---- depository halt: refused, not Rejected
         reason = self._receive_check(t)
         leg.terms_hash, leg.amount, leg.security, leg.reason = (
@@ -2073,6 +2104,286 @@ class Endpoint:
         """``orderDigestOf``: what the depository signs for this order."""
         return {"digest": _hex(_parse_order(order_json).digest)}
 
+    # ---- batch (issue 14 items 2-4): many legs per read, many steps per invocation
+
+    def legs(self, direction: str, ids_json: str) -> object:
+        """Many legs in one read: ``{"legs": [...]}``, one record per requested id, in the
+        request's order (``GetLeg``'s record plus ``transfer_id`` and the leg's effective
+        ``not_before``, 0 when none). Guarantees: exactly the answers that ``GetLeg`` and
+        ``NotBefore`` give for each id on the same state; point reads only (no range read,
+        so no peer cap can shorten it); at most MAX_LEG_READS ids (InvalidBatch above,
+        with the figures ``count`` and ``max``). Duplicated ids are answered twice."""
+        if direction not in ("outbound", "inbound"):
+            raise _invalid("leg must be 'outbound' or 'inbound'")
+        ids = _parse_id_list(ids_json, MAX_LEG_READS)
+        self._require_init()
+        d = "out" if direction == "outbound" else "in"
+        out = []
+        for tid in ids:
+            leg = self._leg(d, tid)
+            nb = self._not_before(tid, d) if leg.state in (OUT_LOCKED, IN_PREPARED) else 0
+            out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
+        return {"legs": out}
+
+    # Batched steps: many items of one step in one invocation (ADR 0025, Fabric notes),
+    # checked in the EVM endpoint's order (``BridgeEndpoint._batch``), so both ledgers
+    # refuse a batch with the same reason and item.
+    # SECURITY: the whole invocation is refused, and nothing is written, when the batch is
+    # above MAX_BATCH_ITEMS or empty (InvalidBatch), its certificate does not verify for
+    # THIS endpoint and the step's kind (WrongBatchKind, InvalidBatch, WrongEpoch,
+    # TooFewSignatures, ...), an item is not proven into the root (InvalidBatchProof), an
+    # item repeats an earlier one (DuplicateBatchItem), or the single step refuses an item
+    # (its own error); each item-level refusal carries the figure ``item`` (and ``index``
+    # where the EVM error has that argument: InvalidBatchProof, DuplicateBatchItem). The relayer
+    # simulates first and drops such items. An item whose leg is already where the step puts
+    # it is skipped (a replay: never applied twice) and reported ``"skipped": true``; with
+    # other terms there it is TermsMismatch. Business outcomes keep the single step's
+    # per-item semantics (an ineligible recipient is Rejected at prepare, a refused
+    # recipient parked at commit). One LegStatesChanged event lists every applied leg.
+
+    def lock_batch(self, items_json: str) -> object:
+        """Many ``Lock``s (each with its instruction) in one invocation; an item whose
+        outbound leg is already recorded with the same terms is skipped."""
+        self._only_relayer()
+        items = _parse_batch_items(items_json, "instruction")
+        if not items:
+            raise ChaincodeError("InvalidBatch", "count=0", {"count": 0})
+        results: list[dict[str, Any]] = []
+        seen: set[bytes] = set()
+        with self._batch_events():
+            for i, (t, extra) in enumerate(items):
+                assert isinstance(extra, bytes)
+                tid = t.transfer_id
+                _mark_seen(seen, tid, i)
+                leg = self._leg("out", tid)
+                if leg.state != OUT_NONE and leg.terms_hash == t.terms_hash:
+                    results.append(_skipped(tid, leg))
+                    continue
+                results.append(_item(i, partial(self._lock_terms, t, extra)))
+        return _batch_result(results)
+
+    def prepare_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Prepare``s under one LOCKED batch certificate, each Prepared or Rejected
+        on its own; an item whose inbound leg is already recorded is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_LOCKED)
+
+    def commit_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Commit``s (either leg) under one COMMIT batch certificate; a leg already
+        Burned (source) or Minted (target) is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_COMMIT)
+
+    def abort_batch(self, items_json: str, cert_json: str) -> object:
+        """Many ``Abort``s (either leg) under one ABORT batch certificate; a leg already
+        Released (source) or Aborted (target) is skipped."""
+        return self._batch(items_json, cert_json, CLAIM_ABORT)
+
+    def _batch(self, items_json: str, cert_json: str, kind: int) -> object:
+        """The batched step of claim ``kind``, in order: the relayer; the items' form and
+        bound; the certificate (``batch.check_batch_certificate``: its kind is ``kind``,
+        1 <= items <= its count, the epoch verifies now, the committee's signatures over
+        the root digest bound to this endpoint); then per item: its claim, computed here
+        from this endpoint's own words and the certificate's epoch and kind, proves into
+        the root (``batch.check_batch_item``); it is no repeat; a prepare names this
+        endpoint as target with a nonzero amount; skipped if already settled by this step,
+        otherwise the single step's logic."""
+        self._only_relayer()
+        items = _parse_batch_items(items_json, "proof")
+        cert = _parse_batch_certificate(cert_json)
+        cfg = self.cfg
+        try:
+            committee = self._verifying_epoch(cert.epoch)
+            _batch.check_batch_certificate(
+                cert,
+                kind,
+                len(items),
+                cfg.network_word,
+                cfg.ledger_word,
+                cfg.bridge_word,
+                committee.epoch,
+                committee.threshold,
+                committee.members,
+            )
+        except ProtocolError as exc:
+            figures = (  # the EVM's WrongBatchKind(got, needed)
+                {"got": cert.kind, "needed": kind}
+                if exc.reason is ErrorReason.WRONG_BATCH_KIND
+                else {}
+            )
+            raise ChaincodeError(exc.reason.value, exc.detail, figures) from None
+        results: list[dict[str, Any]] = []
+        seen: set[bytes] = set()
+        with self._batch_events():
+            for i, (t, proof) in enumerate(items):
+                assert isinstance(proof, tuple)
+                tid = t.transfer_id
+                try:
+                    _batch.check_batch_item(
+                        cert,
+                        cfg.network_word,
+                        cfg.ledger_word,
+                        cfg.bridge_word,
+                        tid,
+                        t.terms_hash,
+                        proof,
+                    )
+                except ProtocolError as exc:  # the EVM's InvalidBatchProof(index)
+                    raise ChaincodeError(
+                        exc.reason.value, f"item={i}, {exc.detail}", {"item": i, "index": i}
+                    ) from None
+                _mark_seen(seen, tid, i)
+                results.append(_item(i, partial(self._batch_item, t, kind)))
+        return _batch_result(results)
+
+    def _batch_item(self, t: Terms, kind: int) -> object:
+        """One certified item (its proof accepted): skipped when its leg is already where
+        the step of ``kind`` puts it (TermsMismatch with other terms), else the step."""
+        tid = t.transfer_id
+        if kind == CLAIM_LOCKED:
+            if not self._is_target(t):
+                raise ChaincodeError("WrongLedger", "terms do not name this endpoint as target")
+            self._require_nonzero(t.amount)
+        if kind != CLAIM_LOCKED and self._is_source(t):
+            leg = self._leg("out", tid)
+            done = leg.state == (OUT_BURNED if kind == CLAIM_COMMIT else OUT_RELEASED)
+        else:
+            leg = self._leg("in", tid)
+            settled = {CLAIM_COMMIT: IN_MINTED, CLAIM_ABORT: IN_ABORTED}
+            done = leg.state != IN_NONE if kind == CLAIM_LOCKED else leg.state == settled[kind]
+        if done:
+            self._require_hash(tid, leg, t.terms_hash)
+            return {**_skipped(tid, leg), "skipped": True}
+        if kind == CLAIM_LOCKED:
+            return self._prepare_terms(t, tid, leg)
+        return self._commit_terms(t) if kind == CLAIM_COMMIT else self._abort_terms(t)
+
+    @contextmanager
+    def _batch_events(self) -> Iterator[None]:
+        """Collect the legs the body writes and emit them as ONE ``LegStatesChanged``
+        event (Fabric carries one event per transaction), none when every item skipped."""
+        legs: list[Any] = []
+        emit = self._emit
+        self._emit = lambda _name, payload: legs.append(json.loads(payload))
+        try:
+            yield
+        finally:
+            self._emit = emit
+        if legs:
+            emit(BATCH_EVENT_NAME, canonical_json({"legs": legs}))
+
+
+# ---- batch (issue 14 items 2-4)
+
+MAX_LEG_READS = 200
+"""The most transfer ids one ``Legs`` read answers (its cost bound: 2 point reads each)."""
+
+
+MAX_BATCH_ITEMS = 200
+"""The most items one batched step carries (its cost bound); InvalidBatch above it."""
+
+BATCH_EVENT_NAME = "LegStatesChanged"
+"""The one event of a batched step: ``{"legs": [...]}``, each element exactly the payload a
+single step's ``LegStateChanged`` would carry for that leg, in item order."""
+
+_BATCH_CERT_KEYS = frozenset(("epoch", "kind", "root", "count", "signatures"))
+
+
+def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple[bytes, ...]]]:
+    """``[{"terms": {...}, "<extra>": ...}, ...]``, at most MAX_BATCH_ITEMS items
+    (InvalidBatch above: a Fabric-only cost bound, checked before any item is parsed; an
+    empty batch is refused by the certificate rule, or by LockBatch). ``extra`` is
+    ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it
+    never verifies: InvalidBatchProof at its item, as on the EVM) or
+    ``instruction`` (0x hex)."""
+    obj = _loads("items", text)
+    if not isinstance(obj, list):
+        raise _invalid("items must be a JSON list")
+    if len(obj) > MAX_BATCH_ITEMS:
+        raise ChaincodeError(
+            "InvalidBatch",
+            f"count={len(obj)}, max={MAX_BATCH_ITEMS}",
+            {"count": len(obj), "max": MAX_BATCH_ITEMS},
+        )
+    out: list[tuple[Terms, bytes | tuple[bytes, ...]]] = []
+    for i, item in enumerate(obj):
+        if not isinstance(item, dict) or set(item) != {"terms", extra}:
+            raise _invalid(f"item {i} must be an object with exactly the keys terms, {extra}")
+        t = _terms_from_obj(item["terms"])
+        value = item[extra]
+        if extra == "instruction":
+            if not isinstance(value, str) or not _HEX_SIGNATURE.fullmatch(value):
+                raise _invalid(f"item {i}: instruction must be 0x-prefixed hex")
+            out.append((t, bytes.fromhex(value[2:])))
+            continue
+        if not isinstance(value, list):
+            raise _invalid(f"item {i}: proof must be a list of 0x-prefixed 32-byte words")
+        out.append((t, tuple(_parse_word("proof", w) for w in value)))
+    return out
+
+
+def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
+    """``{"epoch", "kind", "root", "count", "signatures"}``. Signatures that are not a list
+    of 0x hex byte strings fail verification with MalformedSignatures, as in
+    :func:`parse_certificate`; any other malformed field is InvalidArgument."""
+    obj = _loads("batch certificate", text)
+    if not isinstance(obj, dict) or set(obj) != _BATCH_CERT_KEYS:
+        raise _invalid(f"batch certificate must have exactly the keys {sorted(_BATCH_CERT_KEYS)}")
+    numbers = {}
+    for name, bits in (("epoch", 64), ("kind", 8), ("count", 32)):
+        value = obj[name]
+        if type(value) is not int or not 0 <= value < 2**bits:
+            raise _invalid(f"batch certificate {name} must be an integer in uint{bits} range")
+        numbers[name] = value
+    sigs = obj["signatures"]
+    signatures: tuple[bytes, ...] | None = None
+    if isinstance(sigs, list) and all(
+        isinstance(s, str) and _HEX_SIGNATURE.fullmatch(s) for s in sigs
+    ):
+        signatures = tuple(bytes.fromhex(s[2:]) for s in sigs)
+    cert = _batch.BatchCertificate(root=_parse_word("root", obj["root"]), signatures=(), **numbers)
+    # None (did not split) reaches the core's rule, which refuses it MalformedSignatures.
+    return dataclass_replace(cert, signatures=cast(tuple[bytes, ...], signatures))
+
+
+def _mark_seen(seen: set[bytes], tid: bytes, i: int) -> None:
+    """DuplicateBatchItem (figures ``item`` and, as the EVM's ``DuplicateBatchItem(index)``,
+    ``index``) when item ``i`` repeats an earlier transfer."""
+    if tid in seen:
+        raise ChaincodeError("DuplicateBatchItem", f"item={i}", {"item": i, "index": i})
+    seen.add(tid)
+
+
+def _skipped(tid: bytes, leg: _Leg) -> dict[str, Any]:
+    return {"transfer_id": _hex(tid), "skipped": True, **_leg_json(leg)}
+
+
+def _item(i: int, step: Callable[[], object]) -> dict[str, Any]:
+    """Run one item's step; its refusal names the item (figure ``item``)."""
+    try:
+        result = step()
+    except ChaincodeError as exc:
+        raise ChaincodeError(
+            exc.name, f"item={i}, {exc.detail}", {**exc.figures, "item": i}
+        ) from None
+    assert isinstance(result, dict)
+    return {"skipped": False, **result}
+
+
+def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    skipped = sum(1 for r in results if r["skipped"])
+    return {"items": results, "applied": len(results) - skipped, "skipped": skipped}
+
+
+def _parse_id_list(text: str, bound: int) -> list[bytes]:
+    """A JSON list of at most ``bound`` transfer ids (0x words); InvalidBatch above it."""
+    obj = _loads("transfer ids", text)
+    if not isinstance(obj, list):
+        raise _invalid("transfer ids must be a JSON list of 0x-prefixed 32-byte words")
+    if len(obj) > bound:
+        raise ChaincodeError(
+            "InvalidBatch", f"count={len(obj)}, max={bound}", {"count": len(obj), "max": bound}
+        )
+    return [_parse_word("transfer_id", v) for v in obj]
+
 
 _ORDER_KEYS = frozenset(("network", "ledger", "security", "action", "sequence", "expiry", "key"))
 
@@ -2338,6 +2649,12 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "ApplyOrder": ("apply_order", 2, True),
     "HaltStatus": ("halt_status", 1, False),
     "OrderDigest": ("order_digest_of", 1, False),
+    # ---- batch (issue 14 items 2-4)
+    "Legs": ("legs", 2, False),
+    "LockBatch": ("lock_batch", 1, True),
+    "PrepareBatch": ("prepare_batch", 2, True),
+    "CommitBatch": ("commit_batch", 2, True),
+    "AbortBatch": ("abort_batch", 2, True),
 }
 
 

@@ -246,6 +246,105 @@ func (x *GetLegRequest) GetLeg() Leg {
 	return Leg_LEG_UNSPECIFIED
 }
 
+// ---- batch (issue 14 item 4)
+type GetLegsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each 32 bytes; 1 to 1,000 of them.
+	TransferIds   [][]byte `protobuf:"bytes,1,rep,name=transfer_ids,json=transferIds,proto3" json:"transfer_ids,omitempty"`
+	Leg           Leg      `protobuf:"varint,2,opt,name=leg,proto3,enum=bridge.v1.Leg" json:"leg,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLegsRequest) Reset() {
+	*x = GetLegsRequest{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLegsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLegsRequest) ProtoMessage() {}
+
+func (x *GetLegsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLegsRequest.ProtoReflect.Descriptor instead.
+func (*GetLegsRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetLegsRequest) GetTransferIds() [][]byte {
+	if x != nil {
+		return x.TransferIds
+	}
+	return nil
+}
+
+func (x *GetLegsRequest) GetLeg() Leg {
+	if x != nil {
+		return x.Leg
+	}
+	return Leg_LEG_UNSPECIFIED
+}
+
+type GetLegsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per requested id, in the request's order.
+	Legs          []*LegStatus `protobuf:"bytes,1,rep,name=legs,proto3" json:"legs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLegsResponse) Reset() {
+	*x = GetLegsResponse{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLegsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLegsResponse) ProtoMessage() {}
+
+func (x *GetLegsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLegsResponse.ProtoReflect.Descriptor instead.
+func (*GetLegsResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetLegsResponse) GetLegs() []*LegStatus {
+	if x != nil {
+		return x.Legs
+	}
+	return nil
+}
+
 type LegStatus struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	State     LegState               `protobuf:"varint,1,opt,name=state,proto3,enum=bridge.v1.LegState" json:"state,omitempty"`
@@ -261,7 +360,7 @@ type LegStatus struct {
 
 func (x *LegStatus) Reset() {
 	*x = LegStatus{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[3]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -273,7 +372,7 @@ func (x *LegStatus) String() string {
 func (*LegStatus) ProtoMessage() {}
 
 func (x *LegStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[3]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -286,7 +385,7 @@ func (x *LegStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LegStatus.ProtoReflect.Descriptor instead.
 func (*LegStatus) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{3}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LegStatus) GetState() LegState {
@@ -334,7 +433,7 @@ type GetHolderRequest struct {
 
 func (x *GetHolderRequest) Reset() {
 	*x = GetHolderRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[4]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +445,7 @@ func (x *GetHolderRequest) String() string {
 func (*GetHolderRequest) ProtoMessage() {}
 
 func (x *GetHolderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[4]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +458,7 @@ func (x *GetHolderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHolderRequest.ProtoReflect.Descriptor instead.
 func (*GetHolderRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{4}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetHolderRequest) GetSecurityId() string {
@@ -391,7 +490,7 @@ type HolderStatus struct {
 
 func (x *HolderStatus) Reset() {
 	*x = HolderStatus{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[5]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +502,7 @@ func (x *HolderStatus) String() string {
 func (*HolderStatus) ProtoMessage() {}
 
 func (x *HolderStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[5]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +515,7 @@ func (x *HolderStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HolderStatus.ProtoReflect.Descriptor instead.
 func (*HolderStatus) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{5}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HolderStatus) GetSecurityRegistered() bool {
@@ -475,7 +574,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +586,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +599,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{6}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubmitRequest) GetAction() Action {
@@ -542,7 +641,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +653,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +666,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{7}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitResponse) GetTxId() string {
@@ -602,7 +701,7 @@ type GetLedgerSupplyRequest struct {
 
 func (x *GetLedgerSupplyRequest) Reset() {
 	*x = GetLedgerSupplyRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +713,7 @@ func (x *GetLedgerSupplyRequest) String() string {
 func (*GetLedgerSupplyRequest) ProtoMessage() {}
 
 func (x *GetLedgerSupplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +726,7 @@ func (x *GetLedgerSupplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLedgerSupplyRequest.ProtoReflect.Descriptor instead.
 func (*GetLedgerSupplyRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{8}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetLedgerSupplyRequest) GetSecurityId() string {
@@ -652,7 +751,7 @@ type GetCommitteesRequest struct {
 
 func (x *GetCommitteesRequest) Reset() {
 	*x = GetCommitteesRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +763,7 @@ func (x *GetCommitteesRequest) String() string {
 func (*GetCommitteesRequest) ProtoMessage() {}
 
 func (x *GetCommitteesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +776,7 @@ func (x *GetCommitteesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommitteesRequest.ProtoReflect.Descriptor instead.
 func (*GetCommitteesRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{9}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{11}
 }
 
 type Committees struct {
@@ -689,7 +788,7 @@ type Committees struct {
 
 func (x *Committees) Reset() {
 	*x = Committees{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +800,7 @@ func (x *Committees) String() string {
 func (*Committees) ProtoMessage() {}
 
 func (x *Committees) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +813,7 @@ func (x *Committees) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Committees.ProtoReflect.Descriptor instead.
 func (*Committees) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{10}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Committees) GetEpochs() []*CommitteeEpoch {
@@ -735,7 +834,7 @@ type InstallCommitteeRequest struct {
 
 func (x *InstallCommitteeRequest) Reset() {
 	*x = InstallCommitteeRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +846,7 @@ func (x *InstallCommitteeRequest) String() string {
 func (*InstallCommitteeRequest) ProtoMessage() {}
 
 func (x *InstallCommitteeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +859,7 @@ func (x *InstallCommitteeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallCommitteeRequest.ProtoReflect.Descriptor instead.
 func (*InstallCommitteeRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{11}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InstallCommitteeRequest) GetProposal() *RotationProposal {
@@ -793,7 +892,12 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\rGetLegRequest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\fR\n" +
 	"transferId\x12 \n" +
-	"\x03leg\x18\x02 \x01(\x0e2\x0e.bridge.v1.LegR\x03leg\"\xa4\x01\n" +
+	"\x03leg\x18\x02 \x01(\x0e2\x0e.bridge.v1.LegR\x03leg\"U\n" +
+	"\x0eGetLegsRequest\x12!\n" +
+	"\ftransfer_ids\x18\x01 \x03(\fR\vtransferIds\x12 \n" +
+	"\x03leg\x18\x02 \x01(\x0e2\x0e.bridge.v1.LegR\x03leg\";\n" +
+	"\x0fGetLegsResponse\x12(\n" +
+	"\x04legs\x18\x01 \x03(\v2\x14.bridge.v1.LegStatusR\x04legs\"\xa4\x01\n" +
 	"\tLegStatus\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.bridge.v1.LegStateR\x05state\x12\x1d\n" +
 	"\n" +
@@ -839,7 +943,7 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\x0eACTION_PREPARE\x10\x02\x12\x17\n" +
 	"\x13ACTION_MARK_EXPIRED\x10\x03\x12\x11\n" +
 	"\rACTION_COMMIT\x10\x04\x12\x10\n" +
-	"\fACTION_ABORT\x10\x052\xdb\x05\n" +
+	"\fACTION_ABORT\x10\x052\x9d\x06\n" +
 	"\x0eRelayerService\x12G\n" +
 	"\rGetLedgerInfo\x12\x1f.bridge.v1.GetLedgerInfoRequest\x1a\x15.bridge.v1.LedgerInfo\x128\n" +
 	"\x06GetLeg\x12\x18.bridge.v1.GetLegRequest\x1a\x14.bridge.v1.LegStatus\x12A\n" +
@@ -851,7 +955,8 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"ApplyOrder\x12 .bridge.v1.SignedDepositoryOrder\x1a\x19.bridge.v1.SubmitResponse\x12G\n" +
 	"\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a\x15.bridge.v1.LedgerHalt\x12G\n" +
 	"\rGetCommittees\x12\x1f.bridge.v1.GetCommitteesRequest\x1a\x15.bridge.v1.Committees\x12Q\n" +
-	"\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponseB^\n" +
+	"\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponse\x12@\n" +
+	"\aGetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponseB^\n" +
 	"\x12dev.kstb.bridge.v1B\fRelayerProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
 var (
@@ -867,68 +972,74 @@ func file_bridge_v1_relayer_proto_rawDescGZIP() []byte {
 }
 
 var file_bridge_v1_relayer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_bridge_v1_relayer_proto_goTypes = []any{
 	(Action)(0),                     // 0: bridge.v1.Action
 	(*GetLedgerInfoRequest)(nil),    // 1: bridge.v1.GetLedgerInfoRequest
 	(*LedgerInfo)(nil),              // 2: bridge.v1.LedgerInfo
 	(*GetLegRequest)(nil),           // 3: bridge.v1.GetLegRequest
-	(*LegStatus)(nil),               // 4: bridge.v1.LegStatus
-	(*GetHolderRequest)(nil),        // 5: bridge.v1.GetHolderRequest
-	(*HolderStatus)(nil),            // 6: bridge.v1.HolderStatus
-	(*SubmitRequest)(nil),           // 7: bridge.v1.SubmitRequest
-	(*SubmitResponse)(nil),          // 8: bridge.v1.SubmitResponse
-	(*GetLedgerSupplyRequest)(nil),  // 9: bridge.v1.GetLedgerSupplyRequest
-	(*GetCommitteesRequest)(nil),    // 10: bridge.v1.GetCommitteesRequest
-	(*Committees)(nil),              // 11: bridge.v1.Committees
-	(*InstallCommitteeRequest)(nil), // 12: bridge.v1.InstallCommitteeRequest
-	(Leg)(0),                        // 13: bridge.v1.Leg
-	(LegState)(0),                   // 14: bridge.v1.LegState
-	(*Terms)(nil),                   // 15: bridge.v1.Terms
-	(*Certificate)(nil),             // 16: bridge.v1.Certificate
-	(*CommitteeEpoch)(nil),          // 17: bridge.v1.CommitteeEpoch
-	(*RotationProposal)(nil),        // 18: bridge.v1.RotationProposal
-	(*GetLaneFlowRequest)(nil),      // 19: bridge.v1.GetLaneFlowRequest
-	(*SignedDepositoryOrder)(nil),   // 20: bridge.v1.SignedDepositoryOrder
-	(*GetHaltStatusRequest)(nil),    // 21: bridge.v1.GetHaltStatusRequest
-	(*LedgerSupply)(nil),            // 22: bridge.v1.LedgerSupply
-	(*FlowStatus)(nil),              // 23: bridge.v1.FlowStatus
-	(*LedgerHalt)(nil),              // 24: bridge.v1.LedgerHalt
+	(*GetLegsRequest)(nil),          // 4: bridge.v1.GetLegsRequest
+	(*GetLegsResponse)(nil),         // 5: bridge.v1.GetLegsResponse
+	(*LegStatus)(nil),               // 6: bridge.v1.LegStatus
+	(*GetHolderRequest)(nil),        // 7: bridge.v1.GetHolderRequest
+	(*HolderStatus)(nil),            // 8: bridge.v1.HolderStatus
+	(*SubmitRequest)(nil),           // 9: bridge.v1.SubmitRequest
+	(*SubmitResponse)(nil),          // 10: bridge.v1.SubmitResponse
+	(*GetLedgerSupplyRequest)(nil),  // 11: bridge.v1.GetLedgerSupplyRequest
+	(*GetCommitteesRequest)(nil),    // 12: bridge.v1.GetCommitteesRequest
+	(*Committees)(nil),              // 13: bridge.v1.Committees
+	(*InstallCommitteeRequest)(nil), // 14: bridge.v1.InstallCommitteeRequest
+	(Leg)(0),                        // 15: bridge.v1.Leg
+	(LegState)(0),                   // 16: bridge.v1.LegState
+	(*Terms)(nil),                   // 17: bridge.v1.Terms
+	(*Certificate)(nil),             // 18: bridge.v1.Certificate
+	(*CommitteeEpoch)(nil),          // 19: bridge.v1.CommitteeEpoch
+	(*RotationProposal)(nil),        // 20: bridge.v1.RotationProposal
+	(*GetLaneFlowRequest)(nil),      // 21: bridge.v1.GetLaneFlowRequest
+	(*SignedDepositoryOrder)(nil),   // 22: bridge.v1.SignedDepositoryOrder
+	(*GetHaltStatusRequest)(nil),    // 23: bridge.v1.GetHaltStatusRequest
+	(*LedgerSupply)(nil),            // 24: bridge.v1.LedgerSupply
+	(*FlowStatus)(nil),              // 25: bridge.v1.FlowStatus
+	(*LedgerHalt)(nil),              // 26: bridge.v1.LedgerHalt
 }
 var file_bridge_v1_relayer_proto_depIdxs = []int32{
-	13, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
-	14, // 1: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
-	0,  // 2: bridge.v1.SubmitRequest.action:type_name -> bridge.v1.Action
-	15, // 3: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
-	16, // 4: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
-	17, // 5: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
-	18, // 6: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
-	16, // 7: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
-	1,  // 8: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
-	3,  // 9: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
-	5,  // 10: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
-	7,  // 11: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
-	9,  // 12: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
-	19, // 13: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
-	20, // 14: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
-	21, // 15: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
-	10, // 16: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
-	12, // 17: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
-	2,  // 18: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
-	4,  // 19: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
-	6,  // 20: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
-	8,  // 21: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
-	22, // 22: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
-	23, // 23: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
-	8,  // 24: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
-	24, // 25: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
-	11, // 26: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
-	8,  // 27: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
-	18, // [18:28] is the sub-list for method output_type
-	8,  // [8:18] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	15, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
+	15, // 1: bridge.v1.GetLegsRequest.leg:type_name -> bridge.v1.Leg
+	6,  // 2: bridge.v1.GetLegsResponse.legs:type_name -> bridge.v1.LegStatus
+	16, // 3: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
+	0,  // 4: bridge.v1.SubmitRequest.action:type_name -> bridge.v1.Action
+	17, // 5: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
+	18, // 6: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
+	19, // 7: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
+	20, // 8: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
+	18, // 9: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
+	1,  // 10: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
+	3,  // 11: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
+	7,  // 12: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
+	9,  // 13: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
+	11, // 14: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
+	21, // 15: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
+	22, // 16: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
+	23, // 17: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
+	12, // 18: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
+	14, // 19: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
+	4,  // 20: bridge.v1.RelayerService.GetLegs:input_type -> bridge.v1.GetLegsRequest
+	2,  // 21: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
+	6,  // 22: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
+	8,  // 23: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
+	10, // 24: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
+	24, // 25: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
+	25, // 26: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
+	10, // 27: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
+	26, // 28: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
+	13, // 29: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
+	10, // 30: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
+	5,  // 31: bridge.v1.RelayerService.GetLegs:output_type -> bridge.v1.GetLegsResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_relayer_proto_init() }
@@ -947,7 +1058,7 @@ func file_bridge_v1_relayer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_relayer_proto_rawDesc), len(file_bridge_v1_relayer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

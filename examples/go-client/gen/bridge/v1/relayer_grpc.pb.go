@@ -29,6 +29,7 @@ const (
 	RelayerService_GetHaltStatus_FullMethodName    = "/bridge.v1.RelayerService/GetHaltStatus"
 	RelayerService_GetCommittees_FullMethodName    = "/bridge.v1.RelayerService/GetCommittees"
 	RelayerService_InstallCommittee_FullMethodName = "/bridge.v1.RelayerService/InstallCommittee"
+	RelayerService_GetLegs_FullMethodName          = "/bridge.v1.RelayerService/GetLegs"
 )
 
 // RelayerServiceClient is the client API for RelayerService service.
@@ -76,6 +77,10 @@ type RelayerServiceClient interface {
 	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	InstallCommittee(ctx context.Context, in *InstallCommitteeRequest, opts ...grpc.CallOption) (*SubmitResponse, error)
+	// ---- batch (issue 14 item 4)
+	// Many legs of one side at the ledger's finalized height, in the request's order (one
+	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+	GetLegs(ctx context.Context, in *GetLegsRequest, opts ...grpc.CallOption) (*GetLegsResponse, error)
 }
 
 type relayerServiceClient struct {
@@ -186,6 +191,16 @@ func (c *relayerServiceClient) InstallCommittee(ctx context.Context, in *Install
 	return out, nil
 }
 
+func (c *relayerServiceClient) GetLegs(ctx context.Context, in *GetLegsRequest, opts ...grpc.CallOption) (*GetLegsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLegsResponse)
+	err := c.cc.Invoke(ctx, RelayerService_GetLegs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RelayerServiceServer is the server API for RelayerService service.
 // All implementations must embed UnimplementedRelayerServiceServer
 // for forward compatibility.
@@ -231,6 +246,10 @@ type RelayerServiceServer interface {
 	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	InstallCommittee(context.Context, *InstallCommitteeRequest) (*SubmitResponse, error)
+	// ---- batch (issue 14 item 4)
+	// Many legs of one side at the ledger's finalized height, in the request's order (one
+	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+	GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error)
 	mustEmbedUnimplementedRelayerServiceServer()
 }
 
@@ -270,6 +289,9 @@ func (UnimplementedRelayerServiceServer) GetCommittees(context.Context, *GetComm
 }
 func (UnimplementedRelayerServiceServer) InstallCommittee(context.Context, *InstallCommitteeRequest) (*SubmitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method InstallCommittee not implemented")
+}
+func (UnimplementedRelayerServiceServer) GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLegs not implemented")
 }
 func (UnimplementedRelayerServiceServer) mustEmbedUnimplementedRelayerServiceServer() {}
 func (UnimplementedRelayerServiceServer) testEmbeddedByValue()                        {}
@@ -472,6 +494,24 @@ func _RelayerService_InstallCommittee_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RelayerService_GetLegs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLegsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RelayerServiceServer).GetLegs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RelayerService_GetLegs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RelayerServiceServer).GetLegs(ctx, req.(*GetLegsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RelayerService_ServiceDesc is the grpc.ServiceDesc for RelayerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -518,6 +558,10 @@ var RelayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "InstallCommittee",
 			Handler:    _RelayerService_InstallCommittee_Handler,
+		},
+		{
+			MethodName: "GetLegs",
+			Handler:    _RelayerService_GetLegs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

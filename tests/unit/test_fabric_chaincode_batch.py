@@ -1,0 +1,274 @@
+"""Batched steps and many-leg reads of the chaincode protocol (issue 14 items 2-4, ADR 0025).
+
+The pure protocol over in-memory stores (the fixtures of test_fabric_chaincode_protocol):
+every whole-invocation refusal leaves both stores and the event streams unchanged; replays
+are skipped; the supply counters stay exact. The same rules run through the real Fabric
+network in tests/integration/fabric/test_fabric_batch.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace as dataclass_replace
+from typing import Any
+
+import pytest
+
+from bridge.core import batch as core_batch
+from bridge.core.digests import claim_digest
+from bridge.domain.claims import ClaimKind
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.terms import TransferTerms
+from tests.unit.test_fabric_chaincode_protocol import (
+    BURNED,
+    EPOCH,
+    ISIN,
+    LOCKED,
+    MINTED,
+    PREPARED,
+    REJECTED,
+    Env,
+    Ledger,
+    cert,
+    env,
+    ins,
+    make_terms,
+    p,
+    rejects,
+    tj,
+    word_of,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+_ = env  # the fixture
+
+
+def leaf(on: Ledger, kind: ClaimKind, t: TransferTerms, epoch: int = EPOCH) -> bytes:
+    return core_batch.batch_leaf(
+        claim_digest(on.network, on.word, on.bridge, epoch, int(kind), t.transfer_id, t.terms_hash)
+    )
+
+
+def batch_args(
+    env: Env,
+    on: Ledger,
+    kind: ClaimKind,
+    items: Sequence[TransferTerms],
+    *,
+    tree_of: Sequence[TransferTerms] | None = None,
+    signers: Sequence[LocalKeySigner] | None = None,
+    cert_kind: ClaimKind | None = None,
+    epoch: int = EPOCH,
+    leaf_on: Ledger | None = None,
+) -> tuple[str, str]:
+    """(items JSON, batch certificate JSON): a root over ``tree_of`` (default: the items)
+    signed by three members for ``on``; each item with its proof."""
+    terms = list(tree_of if tree_of is not None else items)
+    lon = leaf_on or on
+    tree = core_batch.build_tree(leaf(lon, kind, t, epoch) for t in terms)
+    chosen = sorted(signers if signers is not None else env.signers[1:], key=lambda s: s.address)
+    digest = core_batch.batch_root_digest(
+        on.network, on.word, on.bridge, epoch, int(cert_cod := cert_kind or kind), tree.root,
+        tree.count,
+    )  # fmt: skip
+    cert_json = json.dumps(
+        {
+            "epoch": epoch,
+            "kind": int(cert_cod),
+            "root": "0x" + tree.root.hex(),
+            "count": tree.count,
+            "signatures": ["0x" + s.sign_digest(digest).hex() for s in chosen],
+        }
+    )
+    rows = []
+    for t in items:
+        lf = leaf(lon, kind, t, epoch)
+        proof = tree.proof(lf) if lf in tree.leaves else ()
+        rows.append({"terms": json.loads(tj(t)), "proof": ["0x" + x.hex() for x in proof]})
+    return json.dumps(rows), cert_json
+
+
+def lock_items(on: Ledger, items: Sequence[TransferTerms]) -> str:
+    return json.dumps(
+        [{"terms": json.loads(tj(t)), "instruction": ins(on, tj(t))[1]} for t in items]
+    )
+
+
+def balance(on: Ledger, holder: str) -> int:
+    return int(on.call(holder, "HolderStatus", ISIN.isin, holder)["balance"])
+
+
+def supply(on: Ledger) -> dict[str, Any]:
+    return dict(on.call("x:" + "0" * 64, "Supply", ISIN.isin))
+
+
+def test_lock_batch_locks_each_item_and_skips_a_replay(env: Env) -> None:
+    items = [make_terms(env, amount=10 + i) for i in range(3)]
+    out = env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    assert (out["applied"], out["skipped"]) == (3, 0)
+    assert balance(env.a, env.alice) == 10000 - 33
+    name, payload = env.a.events[-1]
+    assert name == "LegStatesChanged" and len(payload["legs"]) == 3
+    assert [leg["terms"]["amount"] for leg in payload["legs"]] == ["10", "11", "12"]
+    events = len(env.a.events)
+    again = env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    assert (again["applied"], again["skipped"]) == (0, 3)
+    assert all(r["skipped"] and r["state"] == LOCKED for r in again["items"])
+    assert balance(env.a, env.alice) == 10000 - 33
+    assert len(env.a.events) == events  # nothing applied, no event
+
+
+def test_commit_batch_on_both_sides_and_replay(env: Env) -> None:
+    items = [make_terms(env, amount=5) for _ in range(5)]
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    env.b.call(env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, items))
+    for on in (env.a, env.b):
+        args = batch_args(env, on, ClaimKind.COMMIT, items)
+        out = on.call(env.relayer, "CommitBatch", *args)
+        assert out["applied"] == 5
+        again = on.call(env.relayer, "CommitBatch", *args)
+        assert (again["applied"], again["skipped"]) == (0, 5)
+    assert balance(env.b, env.bob) == 25
+    assert supply(env.a)["burned_out"] == "25" and supply(env.b)["minted_in"] == "25"
+    assert {r["state"] for r in again["items"]} == {MINTED}
+    out_legs = env.a.call(env.relayer, "Legs", "outbound", json.dumps(
+        ["0x" + t.transfer_id.hex() for t in items]))  # fmt: skip
+    assert [leg["state"] for leg in out_legs["legs"]] == [BURNED] * 5
+
+
+def test_prepare_batch_rejects_ineligible_recipient_per_item(env: Env) -> None:
+    good = make_terms(env)
+    bad = make_terms(env, recipient=word_of(env.carol))
+    out = env.b.call(
+        env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, [good, bad])
+    )
+    assert [r["state"] for r in out["items"]] == [PREPARED, REJECTED]
+    again = env.b.call(
+        env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, [good, bad])
+    )
+    assert again["skipped"] == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("other_root", "InvalidBatchProof"),
+        ("other_ledger", "InvalidBatchProof"),
+        ("root_for_other_ledger", "NotCommitteeMember"),
+        ("other_epoch", "WrongEpoch"),
+        ("duplicate", "DuplicateBatchItem"),
+        ("too_few", "TooFewSignatures"),
+        ("wrong_kind", "WrongBatchKind"),
+        ("outsider", "NotCommitteeMember"),
+    ],
+)
+def test_whole_batch_refusals_change_nothing(env: Env, case: str, error: str) -> None:
+    items = [make_terms(env, amount=3) for _ in range(3)]
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    kw: dict[str, Any] = {}
+    batch = items
+    if case == "other_root":
+        kw["tree_of"] = [*items[:2], make_terms(env)]
+    elif case == "other_epoch":
+        kw["epoch"] = EPOCH + 1
+    elif case == "duplicate":
+        batch = [*items, items[0]]  # under a root counting four claims
+        kw["tree_of"] = [*items, make_terms(env)]
+    elif case == "too_few":
+        kw["signers"] = env.signers[:2]
+    elif case == "wrong_kind":
+        kw["cert_kind"] = ClaimKind.ABORT
+    elif case == "outsider":
+        kw["signers"] = [*env.signers[:2], env.outsider]
+    on = env.a
+    args = batch_args(env, on, ClaimKind.COMMIT, batch, **kw)
+    if case == "other_ledger":  # leaves of ledger B's claims under a root signed for A
+        args = batch_args(env, on, ClaimKind.COMMIT, batch, leaf_on=env.b)
+    if case == "root_for_other_ledger":  # a root certified for ledger B presented to A
+        args = batch_args(env, env.b, ClaimKind.COMMIT, batch)
+    detail = rejects(env, on, error, env.relayer, "CommitBatch", *args)
+    if case == "other_root":
+        assert "item=2" in detail
+
+
+def test_single_certificate_is_not_a_root(env: Env) -> None:
+    t = make_terms(env)
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))
+    single = json.loads(cert(env, env.a, ClaimKind.COMMIT, t))
+    items, _ = batch_args(env, env.a, ClaimKind.COMMIT, [t])
+    # the single certificate's signatures are over the claim digest, never a root digest:
+    # they recover to strangers whatever root they are presented with (and vice versa)
+    forged = {"epoch": EPOCH, "kind": 2, "root": "0x" + claim_digest(
+        env.a.network, env.a.word, env.a.bridge, EPOCH, 2, t.transfer_id, t.terms_hash).hex(),
+        "count": 1, "signatures": single["signatures"]}  # fmt: skip
+    rejects(env, env.a, "NotCommitteeMember", env.relayer, "CommitBatch", items, json.dumps(forged))
+    _, root_cert = batch_args(env, env.a, ClaimKind.COMMIT, [t])
+    as_single = json.dumps({"epoch": EPOCH, "signatures": json.loads(root_cert)["signatures"]})
+    rejects(env, env.a, "NotCommitteeMember", env.relayer, "Commit", tj(t), as_single)
+
+
+def test_bounds(env: Env) -> None:
+    too_many = json.dumps(["0x" + "11" * 32] * (p.MAX_LEG_READS + 1))
+    rejects(env, env.a, "InvalidBatch", env.relayer, "Legs", "outbound", too_many)
+    items = [make_terms(env) for _ in range(p.MAX_BATCH_ITEMS + 1)]
+    rejects(env, env.a, "InvalidBatch", env.relayer, "LockBatch", lock_items(env.a, items))
+    rejects(env, env.a, "InvalidBatch", env.relayer, "LockBatch", "[]")
+    rejects(env, env.a, "NotRelayer", env.stranger, "LockBatch", lock_items(env.a, items[:1]))
+
+
+def test_business_refusal_names_its_item(env: Env) -> None:
+    items = [make_terms(env, amount=1), make_terms(env, amount=10**6)]
+    detail = rejects(
+        env, env.a, "InsufficientBalance", env.relayer, "LockBatch", lock_items(env.a, items)
+    )
+    assert detail.startswith("item=1, ")
+
+
+def test_settled_leg_with_other_terms_is_terms_mismatch(env: Env) -> None:
+    t = make_terms(env, amount=4)
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))
+    env.a.call(env.relayer, "CommitBatch", *batch_args(env, env.a, ClaimKind.COMMIT, [t]))
+    other = dataclass_replace(t, amount=5)  # same transfer id, other terms
+    assert other.transfer_id == t.transfer_id
+    detail = rejects(
+        env, env.a, "TermsMismatch", env.relayer, "CommitBatch",
+        *batch_args(env, env.a, ClaimKind.COMMIT, [other]),
+    )  # fmt: skip
+    assert detail.startswith("item=0, ")
+    # a lock replayed after its commit is skipped too (the leg is recorded with its terms)
+    again = env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))
+    assert again["skipped"] == 1 and again["items"][0]["state"] == BURNED
+
+
+def test_prepare_replay_after_abort_is_skipped(env: Env) -> None:
+    t = make_terms(env)
+    env.b.call(env.relayer, "AbortBatch", *batch_args(env, env.b, ClaimKind.ABORT, [t]))
+    out = env.b.call(env.relayer, "PrepareBatch", *batch_args(env, env.b, ClaimKind.LOCKED, [t]))
+    assert out["skipped"] == 1 and out["items"][0]["state"] == 5  # the tombstone holds
+    assert balance(env.b, env.bob) == 0
+
+
+def test_legs_answers_what_get_leg_and_not_before_answer(env: Env) -> None:
+    # a large-transfer delay on the lane to B, so some legs carry a not-before
+    env.a.call(
+        env.admin, "SetFlowLimit", ISIN.isin, env.b.name, "1000000", "1000000", "3600", "0",
+        "50", "600",
+    )  # fmt: skip
+    small, large, burned = make_terms(env, amount=5), make_terms(env, amount=60), make_terms(env)
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, [small, large, burned]))
+    env.a.call(env.relayer, "CommitBatch", *batch_args(env, env.a, ClaimKind.COMMIT, [small]))
+    ids = [t.transfer_id for t in (small, large, burned)] + [bytes(32)]
+    got = env.a.call(env.relayer, "Legs", "outbound", json.dumps(["0x" + t.hex() for t in ids]))[
+        "legs"
+    ]
+    for tid, rec in zip(ids, got, strict=True):
+        one = env.a.call(env.relayer, "GetLeg", "0x" + tid.hex(), "outbound")
+        nb = env.a.call(env.relayer, "NotBefore", "0x" + tid.hex())["outbound"]
+        assert rec == {
+            **one,
+            "transfer_id": "0x" + tid.hex(),
+            "not_before": nb if one["state"] == LOCKED else 0,
+        }
+    assert got[1]["not_before"] > 0 and got[0]["state"] == BURNED
