@@ -164,9 +164,18 @@ contract BridgeEndpoint is IBridgeEndpoint {
         override
         returns (bytes32 transferId)
     {
-        (bool senderOk, address sender) = _evmAddress(t.sender);
         transferId = BridgeTypes.transferId(t);
-        bytes32 hash = BridgeTypes.termsHash(t, transferId);
+        _lock(t, instruction, transferId, BridgeTypes.termsHash(t, transferId));
+    }
+
+    /// `lock` after the transfer id and terms hash (shared with `lockBatch`).
+    function _lock(
+        BridgeTypes.Terms calldata t,
+        bytes calldata instruction,
+        bytes32 transferId,
+        bytes32 hash
+    ) private {
+        (bool senderOk, address sender) = _evmAddress(t.sender);
         if (senderOk && msg.sender == sender) {
             if (t.instructor != t.sender) revert InvalidInstruction();
         } else if (!isRelayer[msg.sender]) {
@@ -208,7 +217,11 @@ contract BridgeEndpoint is IBridgeEndpoint {
         bytes32 id = BridgeTypes.transferId(t);
         bytes32 hash = BridgeTypes.termsHash(t, id);
         _verifyCertificate(cert, BridgeTypes.CLAIM_COMMIT, id, hash);
+        _commit(t, id, hash);
+    }
 
+    /// `commit` after the certificate (shared with `commitBatch`).
+    function _commit(BridgeTypes.Terms calldata t, bytes32 id, bytes32 hash) private {
         if (_isSource(t)) {
             OutLeg storage leg = _out[id];
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
@@ -253,7 +266,11 @@ contract BridgeEndpoint is IBridgeEndpoint {
         bytes32 id = BridgeTypes.transferId(t);
         bytes32 hash = BridgeTypes.termsHash(t, id);
         _verifyCertificate(cert, BridgeTypes.CLAIM_ABORT, id, hash);
+        _abort(t, id, hash);
+    }
 
+    /// `abort` after the certificate (shared with `abortBatch`).
+    function _abort(BridgeTypes.Terms calldata t, bytes32 id, bytes32 hash) private {
         if (_isSource(t)) {
             OutLeg storage leg = _out[id];
             if (leg.state != OutState.Locked) revert BadState(id, uint8(leg.state));
@@ -307,6 +324,12 @@ contract BridgeEndpoint is IBridgeEndpoint {
         if (leg.state != InState.None) revert BadState(id, uint8(leg.state));
         bytes32 hash = BridgeTypes.termsHash(t, id);
         _verifyCertificate(lockedCert, BridgeTypes.CLAIM_LOCKED, id, hash);
+        _prepare(t, id, hash);
+    }
+
+    /// `prepare` after the leg check and the certificate (shared with `prepareBatch`).
+    function _prepare(BridgeTypes.Terms calldata t, bytes32 id, bytes32 hash) private {
+        InLeg storage leg = _in[id];
         _requireNotHalted(t.securityId); // ---- depository halt: refused, not Rejected
         uint8 reason = _receiveCheck(t);
 
@@ -1183,5 +1206,225 @@ contract BridgeEndpoint is IBridgeEndpoint {
 
     function _requireNotHalted(bytes32 securityId) private view {
         if (_halted[securityId] || _halted[bytes32(0)]) revert SecurityHalted(securityId);
+    }
+
+    // ---- batched steps (ADR 0025)
+    //
+    // One batch certificate per call (one signature check), then per item only its Merkle
+    // proof. Each item goes through exactly the single step's logic (`_lock`, `_prepare`,
+    // `_commit`, `_abort`), so it reaches exactly one final state; an item already where the
+    // step would put it is skipped with `BatchItemSkipped` (a replayed batch applies
+    // nothing twice). A bad proof, a wrong kind, epoch, ledger or endpoint, a duplicated
+    // item or any refusal of a single step reverts the whole call: the relayer simulates
+    // first and drops the items that would fail.
+
+    /// Transient-storage slot offset marking the items seen in the current call.
+    bytes32 private constant BATCH_SEEN = keccak256("KSTB/batch-seen");
+
+    /// Many locks, each exactly as `lock` (caller: the holder or a relayer with the item's
+    /// instruction). An item whose outbound leg is already recorded with the same terms is
+    /// skipped. Reverts InvalidBatch (no item, not one instruction per item),
+    /// DuplicateBatchItem, or any refusal of `lock`.
+    function lockBatch(BridgeTypes.Terms[] calldata ts, bytes[] calldata instructions)
+        external
+        override
+    {
+        uint256 n = ts.length;
+        if (n == 0 || instructions.length != n) revert InvalidBatch();
+        bytes32[] memory ids = new bytes32[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            BridgeTypes.Terms calldata t = ts[i];
+            bytes32 id = BridgeTypes.transferId(t);
+            bytes32 hash = BridgeTypes.termsHash(t, id);
+            _markSeen(id, i);
+            ids[i] = id;
+            OutLeg storage leg = _out[id];
+            if (leg.state != OutState.None && leg.termsHash == hash) {
+                emit BatchItemSkipped(id, LEG_OUT, uint8(leg.state));
+            } else {
+                _lock(t, instructions[i], id, hash);
+            }
+        }
+        _clearSeen(ids);
+    }
+
+    /// Many prepares under one LOCKED batch certificate (see `_batch`); each item is Prepared
+    /// or Rejected on its own, as `prepare`; an inbound leg already recorded is skipped.
+    function prepareBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external override onlyRelayer {
+        _batch(ts, proofs, cert, BridgeTypes.CLAIM_LOCKED);
+    }
+
+    /// Many commits (either leg, as `commit`) under one COMMIT batch certificate; a leg
+    /// already Burned or Minted is skipped.
+    function commitBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external override onlyRelayer {
+        _batch(ts, proofs, cert, BridgeTypes.CLAIM_COMMIT);
+    }
+
+    /// Many aborts (either leg, as `abort`) under one ABORT batch certificate; a leg already
+    /// Released or Aborted is skipped.
+    function abortBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external override onlyRelayer {
+        _batch(ts, proofs, cert, BridgeTypes.CLAIM_ABORT);
+    }
+
+    /// `BridgeTypes.batchRoot(BridgeTypes.batchLeaf(claimDigest), proof)`.
+    function batchRootOf(bytes32 claimDigest, bytes32[] calldata proof)
+        external
+        pure
+        override
+        returns (bytes32)
+    {
+        return BridgeTypes.batchRoot(BridgeTypes.batchLeaf(claimDigest), proof);
+    }
+
+    /// `BridgeTypes.batchRootDigest` for any domain.
+    function batchRootDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 root,
+        uint32 count
+    ) external pure override returns (bytes32) {
+        return BridgeTypes.batchRootDigest(network, ledger, bridge, epoch, kind, root, count);
+    }
+
+    /// The batched step of claim `kind`. Guarantees, in order: the certificate (see
+    /// `_verifyBatch`); then per item: its claim proves into the root (InvalidBatchProof(i)),
+    /// it is not a repeat of an earlier item (DuplicateBatchItem(i)), a prepare targets this
+    /// endpoint with a nonzero amount; then it is skipped if already settled by this step
+    /// (TermsMismatch if recorded with other terms) or goes through the single step's logic.
+    function _batch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert,
+        uint8 kind
+    ) private {
+        uint256 n = ts.length;
+        _verifyBatch(cert, kind, n, proofs.length);
+        bytes32[] memory ids = new bytes32[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            BridgeTypes.Terms calldata t = ts[i];
+            bytes32 id = BridgeTypes.transferId(t);
+            bytes32 hash = BridgeTypes.termsHash(t, id);
+            _verifyBatchItem(cert, kind, id, hash, proofs[i], i);
+            _markSeen(id, i);
+            ids[i] = id;
+            if (kind == BridgeTypes.CLAIM_LOCKED) {
+                if (!_isTarget(t)) revert WrongLedger();
+                if (t.amount == 0) revert ZeroAmount();
+            }
+            (bool done, uint8 legKind, uint8 state) = _settled(t, id, hash, kind);
+            if (done) {
+                emit BatchItemSkipped(id, legKind, state);
+            } else if (kind == BridgeTypes.CLAIM_LOCKED) {
+                _prepare(t, id, hash);
+            } else if (kind == BridgeTypes.CLAIM_COMMIT) {
+                _commit(t, id, hash);
+            } else {
+                _abort(t, id, hash);
+            }
+        }
+        _clearSeen(ids);
+    }
+
+    /// Whether item `id` is already where the step of `kind` puts it: an inbound leg recorded
+    /// at all (prepare), Burned / Minted (commit), Released / Aborted (abort). A settled leg
+    /// holding other terms reverts TermsMismatch.
+    function _settled(BridgeTypes.Terms calldata t, bytes32 id, bytes32 hash, uint8 kind)
+        private
+        view
+        returns (bool done, uint8 legKind, uint8 state)
+    {
+        bytes32 stored;
+        if (kind != BridgeTypes.CLAIM_LOCKED && _isSource(t)) {
+            OutLeg storage o = _out[id];
+            (legKind, state, stored) = (LEG_OUT, uint8(o.state), o.termsHash);
+            done = state
+                == uint8(kind == BridgeTypes.CLAIM_COMMIT ? OutState.Burned : OutState.Released);
+        } else {
+            InLeg storage l = _in[id];
+            (legKind, state, stored) = (LEG_IN, uint8(l.state), l.termsHash);
+            if (kind == BridgeTypes.CLAIM_LOCKED) done = state != uint8(InState.None);
+            else if (kind == BridgeTypes.CLAIM_COMMIT) done = state == uint8(InState.Minted);
+            else done = state == uint8(InState.Aborted);
+        }
+        if (done && stored != hash) revert TermsMismatch(id);
+    }
+
+    /// Reverts unless `cert` certifies claims of `kind` (WrongBatchKind), covers the call's
+    /// `n` >= 1 items with one proof each (InvalidBatch), and holds >= threshold valid
+    /// signatures of a verifying epoch over `BridgeTypes.batchRootDigest` for this network,
+    /// ledger and contract (the single-claim certificate rule, same errors).
+    /// SECURITY: the root digest is tagged apart from every claim digest, so no single-claim
+    /// certificate verifies as a batch certificate, nor the reverse.
+    function _verifyBatch(
+        BridgeTypes.BatchCertificate calldata cert,
+        uint8 kind,
+        uint256 n,
+        uint256 proofs
+    ) private view {
+        if (cert.kind != kind) revert WrongBatchKind(cert.kind, kind);
+        if (n == 0 || n > cert.count || proofs != n) revert InvalidBatch();
+        uint64 epoch = cert.epoch;
+        uint8 threshold = _verifyingEpoch(epoch).threshold;
+        bytes32 digest = BridgeTypes.batchRootDigest(
+            _network(), ledgerId, _selfWord(), epoch, kind, cert.root, cert.count
+        );
+        _checkSignatures(cert.signatures, epoch, threshold, digest);
+    }
+
+    /// Reverts InvalidBatchProof(`index`) unless the leaf of the claim (`kind`, `id`, `hash`)
+    /// for this network, ledger, contract and `cert.epoch` proves into `cert.root` with
+    /// `proof` (at most MAX_BATCH_PROOF hashes).
+    function _verifyBatchItem(
+        BridgeTypes.BatchCertificate calldata cert,
+        uint8 kind,
+        bytes32 id,
+        bytes32 hash,
+        bytes32[] calldata proof,
+        uint256 index
+    ) private view {
+        bytes32 leaf = BridgeTypes.batchLeaf(
+            BridgeTypes.claimDigest(_network(), ledgerId, _selfWord(), cert.epoch, kind, id, hash)
+        );
+        if (
+            proof.length > BridgeTypes.MAX_BATCH_PROOF
+                || BridgeTypes.batchRoot(leaf, proof) != cert.root
+        ) revert InvalidBatchProof(index);
+    }
+
+    /// DuplicateBatchItem(`index`) if `id` was already seen in this call; marks it seen
+    /// (transient storage, cleared by `_clearSeen` before the call returns).
+    function _markSeen(bytes32 id, uint256 index) private {
+        bytes32 slot = id ^ BATCH_SEEN;
+        uint256 seen;
+        assembly ("memory-safe") {
+            seen := tload(slot)
+            tstore(slot, 1)
+        }
+        if (seen != 0) revert DuplicateBatchItem(index);
+    }
+
+    function _clearSeen(bytes32[] memory ids) private {
+        bytes32 offset = BATCH_SEEN;
+        for (uint256 i = 0; i < ids.length; ++i) {
+            bytes32 slot = ids[i] ^ offset;
+            assembly ("memory-safe") {
+                tstore(slot, 0)
+            }
+        }
     }
 }

@@ -161,4 +161,73 @@ library BridgeTypes {
             )
         );
     }
+
+    // ---- batched certificates (ADR 0025)
+    //
+    // One committee signature per claim kind per ledger covers the Merkle root of many claims
+    // (bridge/core/batch.py computes the same, byte for byte). A leaf is the tagged claim
+    // digest, an internal node the tagged hash of its sorted children, so a proof is the list
+    // of sibling hashes, bottom up; the committee signs `batchRootDigest`.
+
+    bytes32 internal constant BATCH_LEAF_TAG = keccak256("KSTB/batch-leaf/v2");
+    bytes32 internal constant BATCH_NODE_TAG = keccak256("KSTB/batch-node/v2");
+    bytes32 internal constant BATCH_ROOT_TAG = keccak256("KSTB/batch-root/v2");
+    /// Longest proof accepted (no tree of < 2^32 leaves is deeper).
+    uint256 internal constant MAX_BATCH_PROOF = 32;
+
+    /// The committee's signatures (as in `Certificate`) over the batch root digest of
+    /// (`epoch`, `kind`, `root`, `count`) for one endpoint.
+    struct BatchCertificate {
+        uint64 epoch;
+        uint8 kind;
+        bytes32 root;
+        uint32 count;
+        bytes signatures;
+    }
+
+    /// `keccak256(abi.encode(BATCH_LEAF_TAG, claimDigest))`.
+    function batchLeaf(bytes32 claim) internal pure returns (bytes32 leaf) {
+        bytes32 leafTag = BATCH_LEAF_TAG;
+        assembly ("memory-safe") {
+            mstore(0x00, leafTag)
+            mstore(0x20, claim)
+            leaf := keccak256(0x00, 0x40)
+        }
+    }
+
+    /// The root `proof` leads to from `leaf`: each step hashes
+    /// `abi.encode(BATCH_NODE_TAG, min(node, sibling), max(node, sibling))`.
+    function batchRoot(bytes32 leaf, bytes32[] calldata proof) internal pure returns (bytes32 node) {
+        node = leaf;
+        bytes32 nodeTag = BATCH_NODE_TAG;
+        for (uint256 i = 0; i < proof.length; ++i) {
+            bytes32 sibling = proof[i];
+            (bytes32 lo, bytes32 hi) = node < sibling ? (node, sibling) : (sibling, node);
+            assembly ("memory-safe") {
+                let p := mload(0x40) // scratch above the free memory pointer, not allocated
+                mstore(p, nodeTag)
+                mstore(add(p, 0x20), lo)
+                mstore(add(p, 0x40), hi)
+                node := keccak256(p, 0x60)
+            }
+        }
+    }
+
+    /// What the committee signs for a batch: `keccak256(abi.encode(BATCH_ROOT_TAG, uint16 2,
+    /// network, ledgerId, bridge, uint64 epoch, uint8 kind, root, uint32 count))`.
+    function batchRootDigest(
+        bytes32 network,
+        bytes32 ledgerId,
+        bytes32 bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 root,
+        uint32 count
+    ) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                BATCH_ROOT_TAG, PROTOCOL_VERSION, network, ledgerId, bridge, epoch, kind, root, count
+            )
+        );
+    }
 }

@@ -267,4 +267,50 @@ interface IBridgeEndpoint {
         returns (bool securityHalted, bool ledgerHalted, uint64 sequence);
     /// `BridgeTypes.orderDigest` (checked against the protocol core's vectors).
     function orderDigestOf(BridgeTypes.Order calldata o) external pure returns (bytes32);
+
+    // ---- batched steps (ADR 0025)
+    /// An item of a batched step was already in the state the step would put it in (a
+    /// replayed item): nothing was applied. leg: 0 outbound, 1 inbound; state: its state.
+    event BatchItemSkipped(bytes32 indexed transferId, uint8 leg, uint8 state);
+    /// No item, more items than the certificate's count, or not one proof per item.
+    error InvalidBatch();
+    /// Item `index`'s claim does not prove into the certified root.
+    error InvalidBatchProof(uint256 index);
+    /// Item `index` repeats an earlier item of the same call.
+    error DuplicateBatchItem(uint256 index);
+    /// The batch certificate certifies claims of kind `got`; the step needs `needed`.
+    error WrongBatchKind(uint8 got, uint8 needed);
+    /// Many instructed locks (relayer, or the holder for its own): each item as `lock`; an
+    /// item already locked with the same terms is skipped. Any refusal reverts the call.
+    function lockBatch(BridgeTypes.Terms[] calldata ts, bytes[] calldata instructions) external;
+    /// Many prepares under one LOCKED batch certificate; item i proves with `proofs[i]`.
+    function prepareBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external;
+    /// Many commits (either leg) under one COMMIT batch certificate.
+    function commitBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external;
+    /// Many aborts (either leg) under one ABORT batch certificate.
+    function abortBatch(
+        BridgeTypes.Terms[] calldata ts,
+        bytes32[][] calldata proofs,
+        BridgeTypes.BatchCertificate calldata cert
+    ) external;
+    /// The root `proof` leads to from the leaf of `claimDigest` (checked against the vectors).
+    function batchRootOf(bytes32 claimDigest, bytes32[] calldata proof) external pure returns (bytes32);
+    /// `BridgeTypes.batchRootDigest` for any domain (checked against the core's vectors).
+    function batchRootDigestFor(
+        bytes32 network,
+        bytes32 ledger,
+        bytes32 bridge,
+        uint64 epoch,
+        uint8 kind,
+        bytes32 root,
+        uint32 count
+    ) external pure returns (bytes32);
 }

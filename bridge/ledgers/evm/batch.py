@@ -1,0 +1,111 @@
+"""Encoding of the EVM endpoint's batched steps (ADR 0025), for relayers and tests.
+
+Plain typed values in, web3 contract calls out: the batch of claims an endpoint verifies
+(:func:`endpoint_batch`), the ABI tuple of a batch certificate, and the ``lockBatch`` /
+``prepareBatch`` / ``commitBatch`` / ``abortBatch`` calls. Refusals decode like every other
+endpoint error (:mod:`bridge.ledgers.evm.revert`): ``InvalidBatch``, ``InvalidBatchProof``,
+``DuplicateBatchItem`` and ``WrongBatchKind`` are members of the closed ``ErrorReason`` set.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+
+from bridge.core import batch as core
+from bridge.domain.claims import ClaimDomain, ClaimKind
+from bridge.domain.terms import TransferTerms
+
+
+class BatchStep(enum.Enum):
+    """A batched step with a certificate: its endpoint function and the claim kind it needs."""
+
+    PREPARE = ("prepareBatch", ClaimKind.LOCKED)
+    COMMIT = ("commitBatch", ClaimKind.COMMIT)
+    ABORT = ("abortBatch", ClaimKind.ABORT)
+
+    @property
+    def function(self) -> str:
+        """The endpoint function's name."""
+        return self.value[0]
+
+    @property
+    def kind(self) -> ClaimKind:
+        """The claim kind the step's certificate must certify."""
+        return self.value[1]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One item of a batched step: the terms and the inclusion proof of their claim."""
+
+    terms: TransferTerms
+    proof: tuple[bytes, ...]
+
+
+def endpoint_batch(
+    domain: ClaimDomain, kind: ClaimKind, terms: Sequence[TransferTerms]
+) -> core.Batch:
+    """The batch of ``kind`` claims about ``terms`` that the endpoint of ``domain`` verifies.
+
+    Raises ProtocolError(DUPLICATE_BATCH_ITEM) for terms given twice, INVALID_BATCH for none.
+    """
+    return core.build_batch(
+        [
+            core.BatchClaim(
+                domain.network,
+                domain.ledger,
+                domain.contract,
+                domain.epoch,
+                int(kind),
+                t.transfer_id,
+                t.terms_hash,
+            )
+            for t in terms
+        ]
+    )
+
+
+def batch_items(
+    batch: core.Batch, domain: ClaimDomain, terms: Sequence[TransferTerms]
+) -> list[BatchItem]:
+    """``terms`` (in the given order, any subset of the batch) with their proofs."""
+    out = []
+    for t in terms:
+        claim = core.BatchClaim(
+            domain.network, domain.ledger, domain.contract, batch.epoch, batch.kind,
+            t.transfer_id, t.terms_hash,
+        )  # fmt: skip
+        out.append(BatchItem(t, batch.proof(claim)))
+    return out
+
+
+def certificate_tuple(cert: core.BatchCertificate) -> tuple[int, int, bytes, int, bytes]:
+    """``BridgeTypes.BatchCertificate`` as web3 takes it (signatures concatenated)."""
+    return (cert.epoch, cert.kind, cert.root, cert.count, b"".join(cert.signatures))
+
+
+def step_call(
+    endpoint: Contract, step: BatchStep, items: Sequence[BatchItem], cert: core.BatchCertificate
+) -> ContractFunction:
+    """The ``prepareBatch`` / ``commitBatch`` / ``abortBatch`` call for ``items``."""
+    fn = getattr(endpoint.functions, step.function)
+    return fn(  # type: ignore[no-any-return]
+        [i.terms.as_abi_tuple() for i in items],
+        [list(i.proof) for i in items],
+        certificate_tuple(cert),
+    )
+
+
+def lock_call(
+    endpoint: Contract, terms: Sequence[TransferTerms], instructions: Sequence[bytes]
+) -> ContractFunction:
+    """The ``lockBatch`` call: item i is ``terms[i]`` with ``instructions[i]`` (empty for a
+    holder's own lock)."""
+    if len(terms) != len(instructions):
+        raise ValueError("one instruction per item")
+    return endpoint.functions.lockBatch([t.as_abi_tuple() for t in terms], list(instructions))
