@@ -78,6 +78,11 @@ def test_backups_while_another_process_writes_are_consistent(tmp_path: Path) -> 
     VoteLog(store).close()
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store)], cwd=Path.cwd())
     try:
+        # Under load the writer may take seconds to import; back up only once it writes.
+        deadline = time.monotonic() + 60
+        while not vote_numbers(store) and time.monotonic() < deadline:
+            assert writer.poll() is None, "the writer died before its first vote"
+            time.sleep(0.1)
         seen = 0
         for i in range(5):
             time.sleep(0.3)
