@@ -156,7 +156,9 @@ class Journal:
                 f"the {what} {ident!r} was already used for another input (journal"
                 f" {self.path}, written {written},"
                 f" input sha256 {self.input_sha256[:16]}..., this input {input_sha256[:16]}...):"
-                f" refused before sending; use a new {what} for a different input"
+                f" refused before sending; use a new {what} for a different input (or, only"
+                " if the coordinator refused the earlier request as a whole, so that nothing"
+                f" was recorded under it, delete {self.path})"
             )
 
 
