@@ -402,7 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file with key_file or a [key] table: the instruction key in a keystore/HSM",
     )
     s.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
-    s.add_argument("--ttl", type=int, default=60, help="seconds until the transfer's deadline")
+    s.add_argument(
+        "--ttl",
+        type=int,
+        default=60,
+        help="seconds until the transfer's deadline (when first signed; a rerun resends the"
+        " journaled deadline)",
+    )
     s.set_defaults(run=_submit)
     b = tr.add_parser(  # ---- batch API (ADR 0023)
         "submit-batch",
@@ -414,8 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         " recorded come back EXISTING, the rest are submitted once, and once the batch is"
         " recorded every rerun prints the recorded results. Another file under the same"
         " --batch-id is refused before anything is sent. Keep the journal until the batch"
-        " is reconciled: without it a rerun signs afresh and the coordinator refuses it"
-        " (ALREADY_EXISTS) - though no item can move twice, as keys are deterministic.",
+        " is reconciled: without it a rerun signs afresh and the coordinator refuses the"
+        " batch (ALREADY_EXISTS) or its recorded items (CONFLICT), though no item can move"
+        " twice, as every item's key is fixed by the file or derived from it. Items never"
+        " recorded whose journaled deadline (--ttl of the first run) has passed are refused"
+        " on a rerun: submit them in a new batch.",
     )
     b.add_argument(
         "file",
@@ -442,7 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     bkey.add_argument("--instruction-key", type=Path, help="as for submit")
     bkey.add_argument("--instruction-key-config", type=Path, help="as for submit")
     b.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
-    b.add_argument("--ttl", type=int, default=60, help="seconds until each item's deadline")
+    b.add_argument(
+        "--ttl",
+        type=int,
+        default=60,
+        help="seconds until each item's deadline (when first signed; a rerun resends the"
+        " journaled deadlines)",
+    )
     b.set_defaults(run=_submit_batch)
     g = tr.add_parser("get", help="show one transfer")
     g.add_argument("transfer_id")
