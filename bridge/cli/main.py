@@ -109,17 +109,17 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
     network = load_network(a.network)
     path = a.journal or journal.default_submit_path(a.source, key)
     digest = journal.request_fields_hash({**fields, "idempotency_key": key})
+    request = transfer_pb2.SubmitTransferRequest(
+        idempotency_key=key,
+        security_id=a.security,
+        source_ledger=a.source,
+        target_ledger=a.target,
+        sender=a.sender,
+        recipient=a.recipient,
+        amount=a.amount,
+    )
     found = journal.load(path)
     if found is None:
-        request = transfer_pb2.SubmitTransferRequest(
-            idempotency_key=key,
-            security_id=a.security,
-            source_ledger=a.source,
-            target_ledger=a.target,
-            sender=a.sender,
-            recipient=a.recipient,
-            amount=a.amount,
-        )
         # Protocol v2: this brokerage signs the instruction with its instruction key.
         # A plaintext key file only under the development flag (bridge.keys), like every key.
         brokerage = Brokerage(network, {a.source: _instruction_signer(a)}, ttl=a.ttl)
@@ -132,6 +132,11 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
     if found is not None:
         found.check("submit", a.source, key, digest)
         signed = found.single()
+        unsigned = transfer_pb2.SubmitTransferRequest()
+        unsigned.CopyFrom(signed)
+        unsigned.ClearField("instruction")
+        if unsigned != request:  # SECURITY: a tampered journal
+            raise Conflict(f"journal {path} does not hold this request: refused")
         _note(f"resending the request journaled in {path} (same nonce and deadline)")
     else:
         _note(f"journal: {path}")

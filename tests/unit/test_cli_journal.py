@@ -273,6 +273,16 @@ def test_submit_without_a_key_derives_one_and_a_retry_is_the_same_transfer(
     assert cli.main(other) == 2
     assert "already used for another input" in capsys.readouterr().err
     assert len(fake.calls) == 2
+    # A tampered journal (another recipient signed in, the input hash kept): refused.
+    (path,) = (env["dir"] / "state" / "kstb" / "cli").glob("submit-*.journal.json")
+    data = json.loads(path.read_text())
+    request = S.SubmitTransferRequest.FromString(base64.b64decode(data["request"]))
+    request.recipient = "0x" + "33" * 20
+    data["request"] = base64.b64encode(request.SerializeToString()).decode()
+    path.write_text(json.dumps(data))
+    assert cli.main(argv) == 2
+    assert "does not hold this request" in capsys.readouterr().err
+    assert len(fake.calls) == 2
 
 
 def test_an_answer_that_is_not_the_signed_transfer_is_refused(
