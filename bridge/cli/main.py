@@ -29,7 +29,7 @@ from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
 from bridge.cli.answers import AnswerMismatch, check_batch, check_transfer, expected_of
 from bridge.config import load_network
-from bridge.domain.errors import BridgeError, Conflict
+from bridge.domain.errors import BridgeError, Conflict, InvalidInput
 from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
 from bridge.keys.reference import PlainKeyFile
@@ -129,6 +129,8 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
         )
         if not journal.create(entry):  # another run journaled it first: resend that one
             found = journal.load(path)
+            if found is None:  # never send what is not journaled
+                raise InvalidInput(f"journal {path} vanished while this run read it: run again")
     if found is not None:
         found.check("submit", a.source, key, digest)
         signed = found.single()
@@ -244,7 +246,8 @@ def _journaled_batch(
             _note(f"journal: {path}")
             return request, derived
         found = journal.load(path)  # another run journaled it first: resend that one
-        assert found is not None
+        if found is None:
+            raise InvalidInput(f"journal {path} vanished while this run read it: run again")
     found.check("submit-batch", a.source, a.batch_id, digest)
     request = found.batch()
     unsigned = []
