@@ -26,7 +26,10 @@ class Brokerage:
 
     ``keys`` maps a source ledger to the Signer of its registered instruction key. The nonce
     and deadline of an idempotency key are chosen once and remembered, so a retry sends the
-    same instruction (hence the same transfer id).
+    same instruction (hence the same transfer id) - within this object's lifetime only: they
+    are kept in memory, so a program that must retry across a restart persists the signed
+    request (or nonce and deadline) before the first send, as ``bridge transfer submit`` and
+    ``submit-batch`` do (``bridge.cli.journal``).
     """
 
     def __init__(self, network: NetworkConfig, keys: Mapping[str, Signer], ttl: int = 60):

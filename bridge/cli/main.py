@@ -1,9 +1,10 @@
 """``bridge transfer|supply|operator|depository|doctor|store|config ...`` from a terminal.
 
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
-2 usage errors, 3 a batch was recorded but some of its items were refused, 78 a
-configuration file refused (``bridge config check``). ``--json``
-prints machine-readable output.
+2 usage errors (and a batch id or key journaled for another input), 3 a batch was
+recorded but some of its items were refused, 4 the coordinator answered a transfer other
+than the one signed (do not book it), 78 a configuration file refused (``bridge config
+check``). ``--json`` prints machine-readable output.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,16 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from bridge.cli import config_check, credentials
+from bridge.cli import config_check, credentials, journal
 from bridge.cli import depository as depository_cli
 from bridge.cli import doctor as doctor_cli
 from bridge.cli import health as health_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
+from bridge.cli.answers import AnswerMismatch, check_batch, check_transfer, expected_of
 from bridge.config import load_network
-from bridge.domain.errors import BridgeError
+from bridge.domain.errors import BridgeError, Conflict, InvalidInput
 from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
 from bridge.keys.reference import PlainKeyFile
@@ -78,9 +80,37 @@ def _show(t: transfer_pb2.Transfer, as_json: bool) -> None:
         print(f"    {step:<8} {tx}")
 
 
+def _instruction_signer(a: argparse.Namespace) -> Any:
+    ref = (
+        load_key_config(a.instruction_key_config)
+        if a.instruction_key_config is not None
+        else PlainKeyFile(a.instruction_key)
+    )
+    return open_signer(ref)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def _submit(stub: Any, a: argparse.Namespace) -> None:
+    fields = {
+        "security": a.security,
+        "from": a.source,
+        "to": a.target,
+        "sender": a.sender,
+        "recipient": a.recipient,
+        "amount": a.amount,
+    }
+    key = a.idempotency_key or journal.derived_submit_key(fields)
+    if not a.idempotency_key:
+        _note(f"idempotency key derived from the request: {key} (the same command is the same"
+              " order; a second identical transfer needs its own --idempotency-key)")  # fmt: skip
+    network = load_network(a.network)
+    path = a.journal or journal.default_submit_path(a.source, key)
+    digest = journal.request_fields_hash({**fields, "idempotency_key": key})
     request = transfer_pb2.SubmitTransferRequest(
-        idempotency_key=a.idempotency_key or str(uuid.uuid4()),
+        idempotency_key=key,
         security_id=a.security,
         source_ledger=a.source,
         target_ledger=a.target,
@@ -88,16 +118,33 @@ def _submit(stub: Any, a: argparse.Namespace) -> None:
         recipient=a.recipient,
         amount=a.amount,
     )
-    # Protocol v2: this brokerage signs the instruction with its instruction key.
-    # A plaintext key file only under the development flag (bridge.keys), like every key.
-    ref = (
-        load_key_config(a.instruction_key_config)
-        if a.instruction_key_config is not None
-        else PlainKeyFile(a.instruction_key)
-    )
-    signer = open_signer(ref)
-    brokerage = Brokerage(load_network(a.network), {a.source: signer}, ttl=a.ttl)
-    resp = stub.SubmitTransfer(brokerage.instruct(request), timeout=a.timeout)
+    found = journal.load(path)
+    if found is None:
+        # Protocol v2: this brokerage signs the instruction with its instruction key.
+        # A plaintext key file only under the development flag (bridge.keys), like every key.
+        brokerage = Brokerage(network, {a.source: _instruction_signer(a)}, ttl=a.ttl)
+        signed = brokerage.instruct(request)
+        entry = journal.Journal(
+            path, "submit", a.source, key, digest, int(time.time()), journal.serialise(signed)
+        )
+        if not journal.create(entry):  # another run journaled it first: resend that one
+            found = journal.load(path)
+            if found is None:  # never send what is not journaled
+                raise InvalidInput(f"journal {path} vanished while this run read it: run again")
+    if found is not None:
+        found.check("submit", a.source, key, digest)
+        signed = found.single()
+        unsigned = transfer_pb2.SubmitTransferRequest()
+        unsigned.CopyFrom(signed)
+        unsigned.ClearField("instruction")
+        if unsigned != request:  # SECURITY: a tampered journal
+            raise Conflict(f"journal {path} does not hold this request: refused")
+        _note(f"resending the request journaled in {path} (same nonce and deadline)")
+    else:
+        _note(f"journal: {path}")
+    expected = expected_of(network, signed)
+    resp = stub.SubmitTransfer(signed, timeout=a.timeout)
+    check_transfer(expected, resp.transfer, f"transfer {key}")
     if not a.json:
         print("created" if resp.created else "already submitted with this idempotency key")
     _show(resp.transfer, a.json)
@@ -113,16 +160,32 @@ _ITEM_FIELDS = frozenset(
 )
 
 
+_RETRY_HINTS: dict[grpc.StatusCode | None, str] = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the request may be partly recorded: run the same"
+    " command again (it resends the journaled request; nothing moves twice)",
+    grpc.StatusCode.UNAVAILABLE: "the request may be partly recorded: run the same command"
+    " again (it resends the journaled request; nothing moves twice)",
+    grpc.StatusCode.ALREADY_EXISTS: "this batch id or key is recorded with another request"
+    " (not the journaled one): nothing was submitted now; use a new batch id or key",
+    None: "rerunning the same command resends the same journaled request",
+}
+
+
 class SomeItemsRefused(Exception):
     """The batch was recorded, and at least one of its items was refused (exit code 3)."""
 
 
-def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferRequest]:
-    """The items of a JSON-lines file: one object per line with ``security``, ``to``,
-    ``sender``, ``recipient``, ``amount`` and optionally ``idempotency_key`` (default: a
-    fresh UUID); blank lines are skipped. ValueError names the bad line."""
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _batch_items(
+    path: Path, data: bytes, source: str, batch_id: str
+) -> tuple[list[transfer_pb2.SubmitTransferRequest], tuple[int, ...]]:
+    """The items of a JSON-lines file (its bytes ``data``): one object per line with
+    ``security``, ``to``, ``sender``, ``recipient``, ``amount`` and optionally
+    ``idempotency_key``; blank lines are skipped. A line without a key gets
+    :func:`journal.derived_key` (the same on every run of this file under this batch id);
+    their indices are returned too. ValueError names the bad line."""
+    items: list[transfer_pb2.SubmitTransferRequest] = []
+    derived: list[int] = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -134,9 +197,13 @@ def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferReq
         unknown = sorted(set(entry) - _ITEM_FIELDS)
         if unknown:
             raise ValueError(f"{path}:{number}: unknown field(s) {', '.join(unknown)}")
+        key = entry.get("idempotency_key")
+        if not key:
+            key = journal.derived_key(batch_id, source, len(items), entry)
+            derived.append(len(items))
         items.append(
             transfer_pb2.SubmitTransferRequest(
-                idempotency_key=str(entry.get("idempotency_key") or uuid.uuid4()),
+                idempotency_key=str(key),
                 security_id=str(entry.get("security", "")),
                 source_ledger=source,
                 target_ledger=str(entry.get("to", "")),
@@ -145,28 +212,72 @@ def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferReq
                 amount=str(entry.get("amount", "")),
             )
         )
-    return items
+    return items, tuple(derived)
+
+
+def _journaled_batch(
+    a: argparse.Namespace, network: Any
+) -> tuple[transfer_pb2.SubmitTransfersRequest, tuple[int, ...]]:
+    """The signed batch to send: the journaled one when this batch id was journaled from
+    this same file (a retry resends identical bytes), else signed now and journaled before
+    it is sent. Conflict when the batch id was journaled for another input."""
+    data = a.file.read_bytes()
+    digest = journal.input_hash(data)
+    items, derived = _batch_items(a.file, data, a.source, a.batch_id)
+    path = a.journal or journal.default_batch_path(a.file, a.source, a.batch_id)
+    found = journal.load(path)
+    if found is None:
+        brokerage = Brokerage(network, {a.source: _instruction_signer(a)}, ttl=a.ttl)
+        signed = []
+        for item in items:
+            try:
+                signed.append(brokerage.instruct(item))
+            except BridgeError:
+                # Malformed: sent as it is, so the coordinator refuses it in its own result.
+                signed.append(item)
+        request = transfer_pb2.SubmitTransfersRequest(
+            batch_id=a.batch_id, source_ledger=a.source, items=signed
+        )
+        entry = journal.Journal(
+            path, "submit-batch", a.source, a.batch_id, digest, int(time.time()),
+            journal.serialise(request), derived,
+        )  # fmt: skip
+        if journal.create(entry):
+            _note(f"journal: {path}")
+            return request, derived
+        found = journal.load(path)  # another run journaled it first: resend that one
+        if found is None:
+            raise InvalidInput(f"journal {path} vanished while this run read it: run again")
+    found.check("submit-batch", a.source, a.batch_id, digest)
+    request = found.batch()
+    unsigned = []
+    for item in request.items:
+        copy = transfer_pb2.SubmitTransferRequest()
+        copy.CopyFrom(item)
+        copy.ClearField("instruction")
+        unsigned.append(copy)
+    if request.batch_id != a.batch_id or unsigned != items:  # SECURITY: a tampered journal
+        raise Conflict(f"journal {path} does not hold the items of {a.file}: refused")
+    _note(f"resending the batch journaled in {path} (same nonces and deadlines)")
+    if any(
+        i.HasField("instruction") and i.instruction.deadline < time.time() for i in request.items
+    ):
+        _note("the journaled deadlines have passed: items the coordinator recorded are answered"
+              " as recorded, items it never recorded are refused (deadline passed)")  # fmt: skip
+    return request, derived
 
 
 def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
-    items = _batch_items(a.file, a.source)
-    ref = (
-        load_key_config(a.instruction_key_config)
-        if a.instruction_key_config is not None
-        else PlainKeyFile(a.instruction_key)
-    )
-    brokerage = Brokerage(load_network(a.network), {a.source: open_signer(ref)}, ttl=a.ttl)
-    signed = []
-    for item in items:
-        try:
-            signed.append(brokerage.instruct(item))
-        except BridgeError:
-            # Malformed: sent as it is, so the coordinator refuses it in its own result.
-            signed.append(item)
-    request = transfer_pb2.SubmitTransfersRequest(
-        batch_id=a.batch_id or str(uuid.uuid4()), source_ledger=a.source, items=signed
-    )
+    network = load_network(a.network)
+    request, derived = _journaled_batch(a, network)
+    for index in derived:
+        _note(
+            f"item {index}: no idempotency_key in the file,"
+            f" derived {request.items[index].idempotency_key}"
+        )
+    expected = [expected_of(network, item) for item in request.items]
     resp = stub.SubmitTransfers(request, timeout=a.timeout)
+    check_batch(expected, resp, request.batch_id)
     refused = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
@@ -174,6 +285,8 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
         refused += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
         if a.json:
             row = MessageToDict(r, preserving_proto_field_name=True)
+            if r.index in derived:
+                row["key_derived"] = True
             print(json.dumps({"batch_id": resp.batch_id, **row}, sort_keys=True))
             continue
         outcome = OUTCOME_NAMES.get(r.outcome, "?")
@@ -270,7 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sender", required=True)
     s.add_argument("--recipient", required=True)
     s.add_argument("--amount", required=True)
-    s.add_argument("--idempotency-key", help="default: a fresh UUID")
+    s.add_argument(
+        "--idempotency-key",
+        help="the transfer's key (your order id). Default: derived from the request's fields"
+        " (printed), so rerunning the same command is the same transfer; a second identical"
+        " transfer needs its own key",
+    )
+    s.add_argument(
+        "--journal",
+        type=Path,
+        help="file keeping the signed request (nonce, deadline, signature), written 0600"
+        " before the first send (default: one per ledger and key under"
+        " $XDG_STATE_HOME/kstb/cli, i.e. ~/.local/state/kstb/cli). A rerun with the same"
+        " key resends it unchanged, so after a timeout it answers the transfer already"
+        " made and never moves units twice; the same key with other fields is refused here",
+    )
     key = s.add_mutually_exclusive_group(required=True)
     key.add_argument(
         "--instruction-key",
@@ -283,29 +410,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML file with key_file or a [key] table: the instruction key in a keystore/HSM",
     )
     s.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
-    s.add_argument("--ttl", type=int, default=60, help="seconds until the transfer's deadline")
+    s.add_argument(
+        "--ttl",
+        type=int,
+        default=60,
+        help="seconds until the transfer's deadline (when first signed; a rerun resends the"
+        " journaled deadline)",
+    )
     s.set_defaults(run=_submit)
     b = tr.add_parser(  # ---- batch API (ADR 0023)
         "submit-batch",
         help="submit many transfers from one ledger, one JSON object per line; each item"
         " gets its own result (exit 3 when some were refused)",
+        description="The signed batch is written to a journal (0600) before it is sent. If"
+        " the call fails or times out (the batch may be partly recorded), run the SAME"
+        " command again: it resends the journaled request byte for byte, so items already"
+        " recorded come back EXISTING, the rest are submitted once, and once the batch is"
+        " recorded every rerun prints the recorded results. Another file under the same"
+        " --batch-id is refused before anything is sent. Keep the journal until the batch"
+        " is reconciled: without it a rerun signs afresh and the coordinator refuses the"
+        " batch (ALREADY_EXISTS) or its recorded items (CONFLICT), though no item can move"
+        " twice, as every item's key is fixed by the file or derived from it. Items never"
+        " recorded whose journaled deadline (--ttl of the first run) has passed are refused"
+        " on a rerun: submit them in a new batch.",
     )
     b.add_argument(
         "file",
         type=Path,
-        help="JSON lines: security, to, sender, recipient, amount, idempotency_key (optional)",
+        help="JSON lines: security, to, sender, recipient, amount, idempotency_key"
+        " (optional: a line without one gets a key derived from the batch id, its index and"
+        " its fields, printed, the same on every run)",
     )
     b.add_argument("--from", dest="source", required=True, help="source ledger id")
     b.add_argument(
         "--batch-id",
-        help="the batch's idempotency key (default: a fresh UUID);"
-        " resubmitting the same file with it returns the recorded results",
+        required=True,
+        help="the batch's idempotency key (e.g. eod-2026-12-02); rerunning this command with"
+        " the same file and batch id resends the journaled request and prints the recorded"
+        " results",
+    )
+    b.add_argument(
+        "--journal",
+        type=Path,
+        help="the batch's journal file (default: .kstb-batch-<hash of ledger and batch id>"
+        ".journal.json next to FILE)",
     )
     bkey = b.add_mutually_exclusive_group(required=True)
     bkey.add_argument("--instruction-key", type=Path, help="as for submit")
     bkey.add_argument("--instruction-key-config", type=Path, help="as for submit")
     b.add_argument("--network", type=Path, required=True, help="the network file (network.toml)")
-    b.add_argument("--ttl", type=int, default=60, help="seconds until each item's deadline")
+    b.add_argument(
+        "--ttl",
+        type=int,
+        default=60,
+        help="seconds until each item's deadline (when first signed; a rerun resends the"
+        " journaled deadlines)",
+    )
     b.set_defaults(run=_submit_batch)
     g = tr.add_parser("get", help="show one transfer")
     g.add_argument("transfer_id")
@@ -369,8 +529,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SomeItemsRefused as exc:  # ---- batch API (ADR 0023)
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except AnswerMismatch as exc:  # ---- submission journal (review F7/F8)
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except grpc.RpcError as exc:
         print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
+        if getattr(args, "cmd", "") in ("submit", "submit-batch"):
+            _note(_RETRY_HINTS.get(exc.code(), _RETRY_HINTS[None]))
         return 1
     except (ValueError, BridgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,10 +11,16 @@
 //     refusal whose ErrorInfo says retryable=true) with the same idempotency key;
 //  4. watches it to a terminal state, resuming the stream when it breaks (a resumed watch
 //     replays from sequence 1: updates already seen are skipped);
-//  5. on a refusal, decodes the structured details (google.rpc.ErrorInfo, RetryInfo).
+//  5. on a refusal, decodes the structured details (google.rpc.ErrorInfo, RetryInfo);
+//  6. checks every answer against what it signed: the transfer id is recomputed from the
+//     signed terms (Terms.TransferID) and the answer's id, key, security, ledgers, sender,
+//     recipient and amount must match, in the submit response and in every watched update
+//     (verify.go). Confirm a COMMITTED transfer on your own ledger before booking it.
 //
-// It prints one JSON object per line: {"event":"submitted"|"update"|"terminal"|"refused"}.
-// Exit codes: 0 COMMITTED, 1 usage or local error, 2 refused, 3 ABORTED or FAILED.
+// It prints one JSON object per line:
+// {"event":"submitted"|"update"|"terminal"|"refused"|"mismatch"}.
+// Exit codes: 0 COMMITTED, 1 usage or local error, 2 refused, 3 ABORTED or FAILED,
+// 4 the coordinator answered a transfer other than the one signed (do not book it).
 //
 // Only EVM ledgers are encoded here (bridge word = the endpoint address, network word =
 // the chain id); a Fabric ledger's words are keccak256("fabric:<channel>:<chaincode>") and
@@ -263,7 +269,7 @@ func run() int {
 	client := bridgev1.NewTransferServiceClient(conn)
 
 	// 2. Build and sign the instruction.
-	req, err := instruct(net, *instrKey, *stateDir, *idemKey, *ttl, &bridgev1.SubmitTransferRequest{
+	req, mine, err := instruct(net, *instrKey, *stateDir, *idemKey, *ttl, &bridgev1.SubmitTransferRequest{
 		IdempotencyKey: *idemKey, SecurityId: *security, SourceLedger: *from, TargetLedger: *to,
 		Sender: *sender, Recipient: *recipient, Amount: *amount,
 	})
@@ -294,51 +300,60 @@ func run() int {
 		case <-time.After(wait):
 		}
 	}
-	id := resp.GetTransfer().GetTransferId()
+	// 6. SECURITY: the answer must be the transfer signed, its id recomputed locally.
+	if err := mine.check(resp.GetTransfer()); err != nil {
+		return mismatch(err)
+	}
+	id := mine.transferID
 	emit(map[string]any{"event": "submitted", "transfer_id": id, "created": resp.GetCreated(),
 		"state": resp.GetTransfer().GetState().String()})
 
 	// 4. Watch to a terminal state, resuming when the stream breaks.
-	return watch(ctx, client, id)
+	return watch(ctx, client, mine)
+}
+
+func mismatch(err error) int {
+	emit(map[string]any{"event": "mismatch", "message": err.Error()})
+	return 4
 }
 
 func instruct(net network, keyFile, stateDir, idemKey string, ttl time.Duration,
-	req *bridgev1.SubmitTransferRequest) (*bridgev1.SubmitTransferRequest, error) {
+	req *bridgev1.SubmitTransferRequest) (*bridgev1.SubmitTransferRequest, signed, error) {
 	key, err := kstb.LoadInstructionKey(keyFile)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	src, err := net.ledger(req.SourceLedger)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	dst, err := net.ledger(req.TargetLedger)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	sec, err := kstb.SecurityWord(req.SecurityId)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	senderAddr, err := kstb.ParseEVMAddress(req.Sender)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	recipientAddr, err := kstb.ParseEVMAddress(req.Recipient)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	units, ok := new(big.Int).SetString(req.Amount, 10)
 	if !ok {
-		return nil, fmt.Errorf("amount %q is not a decimal integer", req.Amount)
+		return nil, signed{}, fmt.Errorf("amount %q is not a decimal integer", req.Amount)
 	}
 	c, err := choose(stateDir, idemKey, ttl)
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	var nonce kstb.Word
 	if raw, err := hex.DecodeString(c.Nonce); err != nil || len(raw) != 32 {
-		return nil, errors.New("corrupt state file")
+		return nil, signed{}, errors.New("corrupt state file")
 	} else {
 		copy(nonce[:], raw)
 	}
@@ -352,17 +367,18 @@ func instruct(net network, keyFile, stateDir, idemKey string, ttl time.Duration,
 	}
 	hash, err := terms.Hash()
 	if err != nil {
-		return nil, err
+		return nil, signed{}, err
 	}
 	req.Instruction = &bridgev1.Instruction{
 		Nonce: nonce[:], Deadline: c.Deadline, Instructor: addr[:],
 		Signature: key.Sign(kstb.InstructionDigest(src.networkWord, hash)),
 	}
-	return req, nil
+	return req, signedTransfer(terms, req), nil
 }
 
-func watch(ctx context.Context, client bridgev1.TransferServiceClient, id string) int {
+func watch(ctx context.Context, client bridgev1.TransferServiceClient, mine signed) int {
 	var seen uint64
+	id := mine.transferID
 	for {
 		stream, err := client.WatchTransfer(ctx, &bridgev1.WatchTransferRequest{TransferId: id})
 		for err == nil {
@@ -373,6 +389,10 @@ func watch(ctx context.Context, client bridgev1.TransferServiceClient, id string
 			}
 			if u.GetSequence() <= seen {
 				continue // a resumed watch replays from 1
+			}
+			// SECURITY: every update must be about the transfer signed, not another one.
+			if err := mine.check(u.GetTransfer()); err != nil {
+				return mismatch(err)
 			}
 			seen = u.GetSequence()
 			emit(map[string]any{"event": "update", "sequence": u.GetSequence(),

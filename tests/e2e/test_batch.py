@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bridge.cli import journal
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.keys.loader import PLAINTEXT_KEYS_ENV
@@ -257,3 +259,119 @@ def test_the_cli_submits_a_batch_file_with_one_result_per_item(
     assert rows[0]["idempotency_key"] == lines[0]["idempotency_key"]
     assert rows[1]["error"]["code"] == "INVALID_ARGUMENT"
     assert "negative" in rows[1]["error"]["message"]
+
+
+# ---- CLI retries (review F7): a run killed mid-batch, rerun, settles every item once
+
+
+def _cli_batch_argv(
+    system: LocalSystem, batch_file: Path, batch_id: str, timeout: float
+) -> list[str]:
+    return [
+        sys.executable, "-m", "bridge.cli.main", "--coordinator", system.coordinator_target,
+        "--timeout", str(timeout), *system.cli_tls_args(f"brokerage:{A}"), "--json",
+        "transfer", "submit-batch", str(batch_file), "--from", A, "--batch-id", batch_id,
+        "--network", str(system.workdir / "network.toml"),
+        "--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
+    ]  # fmt: skip
+
+
+def _cli_batch(
+    system: LocalSystem, batch_file: Path, batch_id: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cli_batch_argv(system, batch_file, batch_id, timeout),
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, PLAINTEXT_KEYS_ENV: "1"},
+    )  # fmt: skip
+
+
+def _recorded(system: LocalSystem, keys: list[str]) -> int:
+    """How many of ``keys`` brokerage-a has recorded transfers for."""
+    marks = ",".join("?" * len(keys))
+    rows = system.query_coordinator(
+        f"SELECT COUNT(*) FROM transfers WHERE source_ledger = ? AND idempotency_key IN ({marks})",
+        (A, *keys),
+    )
+    return int(rows[0][0])
+
+
+def test_a_cli_batch_killed_mid_way_is_rerun_and_settles_every_item_exactly_once(
+    system: LocalSystem, brokerage_a: transfer_pb2_grpc.TransferServiceStub, tmp_path: Path
+) -> None:
+    a, b = system.ledgers[A], system.ledgers[B]
+    holder = a.make_holder(DEMO_ISIN, 100)
+    eligible_everywhere(system, holder.address)
+    recipient = DevAccount.generate()
+    b.set_eligible(DEMO_ISIN, recipient.address)
+    explicit = "cli-retry-" + uuid.uuid4().hex
+    lines = [
+        {"security": DEMO_ISIN, "to": B, "sender": holder.address,
+         "recipient": recipient.address, "amount": str(n + 1)}
+        for n in range(6)
+    ]  # fmt: skip
+    lines[0]["idempotency_key"] = explicit  # the others have none: keys derived
+    batch_file = tmp_path / "eod.jsonl"
+    batch_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch_id = "cli-retry-" + uuid.uuid4().hex
+
+    # The first run is killed mid-batch, once the coordinator has recorded its first item
+    # (the connection drops: the coordinator stops there, no batch row is written).
+    first = subprocess.Popen(
+        _cli_batch_argv(system, batch_file, batch_id, timeout=60),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, PLAINTEXT_KEYS_ENV: "1"},
+    )  # fmt: skip
+    try:
+        until = time.monotonic() + 60
+        while first.poll() is None and time.monotonic() < until:
+            if _recorded(system, [explicit]):
+                first.kill()
+                break
+            time.sleep(0.01)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate(timeout=30)
+    derived = [journal.derived_key(batch_id, A, n, lines[n]) for n in range(1, 6)]
+    print(f"killed with {_recorded(system, [explicit, *derived])} of 6 items recorded")
+    # The operator reruns the same command: the journaled request, byte for byte.
+    rerun = _cli_batch(system, batch_file, batch_id, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resending the batch journaled in" in rerun.stderr
+    rows = [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith("{")]
+    assert [r.get("index", 0) for r in rows] == list(range(6))
+    assert {r["outcome"] for r in rows} <= {
+        "BATCH_ITEM_OUTCOME_CREATED", "BATCH_ITEM_OUTCOME_EXISTING"
+    }  # fmt: skip
+    assert rows[0]["idempotency_key"] == explicit
+    assert [bool(r.get("key_derived")) for r in rows] == [False] + [True] * 5
+    keys = [r["idempotency_key"] for r in rows]
+    assert keys == [explicit, *derived]
+    for key in keys:  # every item recorded exactly once
+        assert _recorded(system, [key]) == 1, key
+
+    # A third run prints the recorded results (the batch row), the same transfers.
+    third = _cli_batch(system, batch_file, batch_id, timeout=60)
+    assert third.returncode == 0, third.stderr
+    again = [json.loads(line) for line in third.stdout.splitlines() if line.startswith("{")]
+    assert [r["transfer"]["transfer_id"] for r in again] == [
+        r["transfer"]["transfer_id"] for r in rows
+    ]
+    assert [r["outcome"] for r in again] == [r["outcome"] for r in rows]  # as recorded
+
+    # Another file under the same batch id: refused before anything is sent.
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**lines[1], "amount": "50"}) + "\n")
+    refused = _cli_batch(system, other, batch_id, timeout=60)
+    assert refused.returncode == 2
+    assert f"the batch id {batch_id!r} was already used for another input" in refused.stderr
+
+    # Everything settles once: 21 units moved, nothing twice, nothing left in escrow.
+    for _m in brokerage_a.WatchBatch(
+        S.WatchBatchRequest(batch_id=batch_id, source_ledger=A), timeout=110
+    ):
+        pass
+    assert a.balance(DEMO_ISIN, holder.address) == 100 - 21
+    assert b.balance(DEMO_ISIN, recipient.address) == 21
+    assert a.escrowed(DEMO_ISIN) == 0

@@ -13,15 +13,21 @@ import shutil
 import subprocess
 import time
 import uuid
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from bridge.cli.answers import expected_of
+from bridge.config import load_network
 from bridge.devnet.anvil import DevAccount, write_key_file
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.tools.gen_go_client import CLIENT_DIR
+from bridge.v1 import transfer_pb2 as S
+from bridge.v1 import transfer_pb2_grpc
 from tests.e2e.conftest import eligible_everywhere
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ops]
@@ -303,3 +309,73 @@ def test_go_client_retries_a_submit_and_resumes_its_watch_across_coordinator_res
         30,
         20,
     ), "moved exactly once"
+
+
+# ---- answers checked against the signed terms (review F8)
+
+
+class _LyingCoordinator(transfer_pb2_grpc.TransferServiceServicer):
+    """A coordinator that answers another transfer than the one instructed: either at
+    submit (``lie_at_submit``: an older transfer's id) or in the watch (the right id at
+    submit, then an update of another amount), always COMMITTED. Nothing is recorded."""
+
+    def __init__(self, system: LocalSystem, lie_at_submit: bool) -> None:
+        self.network = load_network(system.workdir / "network.toml")
+        self.lie_at_submit = lie_at_submit
+
+    def _transfer(self, request: S.SubmitTransferRequest) -> S.Transfer:
+        want = expected_of(self.network, request)
+        assert want is not None
+        return S.Transfer(
+            transfer_id=want.transfer_id, idempotency_key=want.idempotency_key,
+            security_id=want.security, source_ledger=want.source_ledger,
+            target_ledger=want.target_ledger, sender=want.sender, recipient=want.recipient,
+            amount=want.amount, state=S.TRANSFER_STATE_COMMITTED,
+        )  # fmt: skip
+
+    def SubmitTransfer(self, request: S.SubmitTransferRequest, context: Any) -> Any:
+        self.last = self._transfer(request)
+        answer = S.Transfer()
+        answer.CopyFrom(self.last)
+        if self.lie_at_submit:
+            answer.transfer_id = "0x" + "ab" * 32
+        return S.SubmitTransferResponse(transfer=answer, created=False)
+
+    def WatchTransfer(self, request: S.WatchTransferRequest, context: Any) -> Any:
+        other = S.Transfer()
+        other.CopyFrom(self.last)
+        other.amount = str(int(other.amount) * 10)
+        yield S.TransferUpdate(sequence=1, state=S.TRANSFER_STATE_COMMITTED, transfer=other)
+
+
+@pytest.mark.batch
+@pytest.mark.security
+@pytest.mark.parametrize("lie_at_submit", [True, False], ids=["submit", "watch"])
+def test_go_client_refuses_an_answer_that_is_not_the_transfer_it_signed(
+    system: LocalSystem, go_client: Path, tmp_path: Path, lie_at_submit: bool
+) -> None:
+    """SECURITY: a coordinator answering another transfer (another id, or the right id with
+    other terms in the watch) with COMMITTED does not make the client report COMMITTED."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    liar = _LyingCoordinator(system, lie_at_submit)
+    transfer_pb2_grpc.add_TransferServiceServicer_to_server(liar, server)
+    port = server.add_secure_port("127.0.0.1:0", system.server_credentials("coordinator"))
+    server.start()
+    try:
+        argv = client_argv(
+            go_client, system, tmp_path / "state", key=f"go-{uuid.uuid4()}",
+            sender=DevAccount.generate().address, recipient=DevAccount.generate().address,
+            amount=7,
+        )  # fmt: skip
+        argv[argv.index("-coordinator") + 1] = f"127.0.0.1:{port}"
+        argv[argv.index("-timeout") + 1] = "20s"
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        server.stop(None)
+    run = Run(result.returncode, parse_events(result.stdout), result.stderr)
+    assert run.returncode == 4, run.events or run.stderr
+    assert not run.of("terminal")
+    (mismatch,) = run.of("mismatch")
+    field = "transfer_id" if lie_at_submit else "amount"
+    assert f"not the one signed: {field} " in mismatch["message"]
+    assert bool(run.of("submitted")) is not lie_at_submit

@@ -383,6 +383,7 @@ def test_cli_submit_get_list(system: LocalSystem, holder: DevAccount) -> None:
         "--json",
     ]
     dev_keys = {**os.environ, PLAINTEXT_KEYS_ENV: "1"}  # the devnet brokerage's key file
+    dev_keys["XDG_STATE_HOME"] = str(system.workdir / "cli-state")  # submit's journals
     signed = ["--instruction-key", str(system.workdir / "keys" / f"instruction-{A}.key"),
               "--network", str(system.workdir / "network.toml")]  # fmt: skip
     out = subprocess.run(

@@ -227,12 +227,25 @@ async def test_a_member_signs_only_for_the_network_its_own_node_is_on(tmp_path: 
 
 
 class CapturingStub:
-    def __init__(self) -> None:
+    """Records the request; answers the transfer it makes (the CLI checks the answer)."""
+
+    def __init__(self, network_file: Path) -> None:
         self.requests: list[transfer_pb2.SubmitTransferRequest] = []
+        self.network = load_network(network_file)
 
     def SubmitTransfer(self, request: transfer_pb2.SubmitTransferRequest, timeout: float) -> Any:
+        from bridge.cli.answers import expected_of
+
         self.requests.append(request)
-        return transfer_pb2.SubmitTransferResponse(created=True)
+        want = expected_of(self.network, request)
+        assert want is not None
+        t = transfer_pb2.Transfer(
+            transfer_id=want.transfer_id, idempotency_key=want.idempotency_key,
+            security_id=want.security, source_ledger=want.source_ledger,
+            target_ledger=want.target_ledger, sender=want.sender, recipient=want.recipient,
+            amount=want.amount,
+        )  # fmt: skip
+        return transfer_pb2.SubmitTransferResponse(created=True, transfer=t)
 
 
 def test_the_cli_signs_with_a_keystore_instruction_key(
@@ -258,9 +271,9 @@ def test_the_cli_signs_with_a_keystore_instruction_key(
         ["transfer", "submit", "--security", ISIN, "--from", "a", "--to", "b",
          "--sender", "0x" + "51" * 20, "--recipient", "0x" + "52" * 20, "--amount", "5",
          "--idempotency-key", "cli-1", "--instruction-key-config", str(tmp_path / "key.toml"),
-         "--network", str(net_file)]
+         "--network", str(net_file), "--journal", str(tmp_path / "journal.json")]
     )  # fmt: skip
-    stub = CapturingStub()
+    stub = CapturingStub(net_file)
     args.run(stub, args)
     [sent] = stub.requests
     network = load_network(net_file)
