@@ -174,7 +174,6 @@ def test_entry_points_in_pyproject_are_the_ones_checked() -> None:
 # ---- systemd units
 
 HARDENING = (
-    "User=kstb",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
     "ProtectHome=yes",
@@ -246,10 +245,83 @@ def test_every_unit_is_hardened(unit: str) -> None:
     lines = {line.strip() for line in (UNITS / unit).read_text().splitlines()}
     missing = [d for d in HARDENING if d not in lines]
     assert not missing, missing
-    component = unit.removeprefix("kstb-").split("@")[0].split(".")[0]
-    inaccessible = next(line for line in lines if line.startswith("InaccessiblePaths="))
-    others = {"coordinator", "relayer", "verifier"} - {component}
-    assert all(f"/etc/kstb/keys/{o}" in inaccessible for o in others), inaccessible
+    assert "ProtectProc=invisible" in lines
+
+
+def _directives(unit: Path) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for raw in unit.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.append((key, value))
+    return out
+
+
+# The one key directory each unit may see (F1/F2/F9 of the s18 review, ADR 0021 §6).
+OWN_KEYS = {
+    "kstb-coordinator.service": "/etc/kstb/keys/coordinator",
+    "kstb-relayer@.service": "/etc/kstb/keys/relayer/%i",
+    "kstb-verifier.service": "/etc/kstb/keys/verifier",
+}
+
+
+def test_no_two_units_share_a_user_and_relayer_instances_get_one_each() -> None:
+    """SECURITY: a shared UID passes the kernel's ptrace check, so /proc/<pid>/root,
+    /proc/<pid>/environ and kill() would reach the other daemons' keys, PINs and vote log."""
+    users: dict[str, str] = {}
+    for unit in sorted(UNITS.glob("*.service")):
+        d = dict(_directives(unit))
+        assert "DynamicUser" not in d, unit.name
+        assert d["User"] == d["Group"], unit.name
+        users[unit.name] = d["User"]
+    assert sorted(users) == sorted(OWN_KEYS)
+    assert len(set(users.values())) == len(users), users
+    assert users["kstb-relayer@.service"] == "kstb-relayer-%i"  # one user per ledger
+    assert "kstb" not in users.values()
+    sysusers = [
+        line.split()[1]
+        for line in (UNITS / "kstb.sysusers.conf").read_text().splitlines()
+        if line.startswith("u ")
+    ]
+    assert sorted(sysusers) == ["kstb-coordinator", "kstb-verifier"]
+
+
+@pytest.mark.parametrize("unit", sorted(OWN_KEYS))
+def test_each_unit_sees_only_its_own_key_directory(unit: str) -> None:
+    """An allow-list: /etc/kstb/keys is an empty read-only tmpfs with exactly the unit's
+    own directory bound in; no other directive opens a path under /etc/kstb/keys."""
+    directives = _directives(UNITS / unit)
+    assert ("TemporaryFileSystem", "/etc/kstb/keys:ro") in directives
+    binds = [v for k, v in directives if k in {"BindReadOnlyPaths", "BindPaths"}]
+    assert binds == [OWN_KEYS[unit]], binds
+    for key, value in directives:
+        if key in {"TemporaryFileSystem", "BindReadOnlyPaths"}:
+            continue
+        assert "/etc/kstb/keys" not in value, (key, value)
+    # secrets and env files stay out of directories other units can read
+    assert all("/etc/kstb/secrets" not in v for _, v in directives)
+    env = [v for k, v in directives if k == "EnvironmentFile"]
+    assert env and all(v.startswith("-/etc/kstb/") and v.endswith(".env") for v in env)
+
+
+def test_operator_docs_name_the_units_key_directories_and_owners() -> None:
+    """The guides put keys, passphrases and PINs where the units let only their owner see
+    them (no shared secrets directory, no group kstb)."""
+    install = (REPO_ROOT / "docs" / "operators" / "install.md").read_text()
+    keys = (REPO_ROOT / "docs" / "operators" / "keys.md").read_text()
+    for unit, own in OWN_KEYS.items():
+        user = dict(_directives(UNITS / unit))["User"].replace("%i", "brokerage-a")
+        path = own.replace("%i", "brokerage-a")
+        assert re.search(
+            rf"-o {re.escape(user)} -g {re.escape(user)} \\?\s*{re.escape(path)}", install
+        ), unit
+    assert "owner `kstb`" not in install and "-g kstb " not in install
+    assert re.search(r'pin_file = "keys/verifier/', keys)
+    assert re.search(r'passphrase_file = "keys/verifier/', keys)
+    for doc in (install, keys, *(u.read_text() for u in UNITS.iterdir())):
+        assert '_file = "secrets/' not in doc and "/etc/kstb/secrets" not in doc
+        assert "group kstb" not in doc
 
 
 # ---- Helm chart
