@@ -366,7 +366,7 @@ def test_helm_lint_is_clean() -> None:
 def test_rendered_chart_validates_against_the_kubernetes_schemas() -> None:
     result = _kubeconform(_template())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Valid: 9, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+    assert "Valid: 12, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
 
 
 def test_kubeconform_refuses_a_wrong_type_and_an_unknown_field() -> None:
@@ -405,8 +405,7 @@ def test_chart_invariants() -> None:
         assert mounts["/etc/kstb"]["readOnly"] is True
         assert main["securityContext"]["readOnlyRootFilesystem"] is True
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert "secretName" in volumes["secret"]["secret"]
-        assert volumes["keys"]["emptyDir"]["medium"] == "Memory"
+        assert "secretName" in volumes["keys"]["secret"]
         assert "configMap" in volumes["config"]
         (claim,) = spec["volumeClaimTemplates"]
         assert claim["metadata"]["name"] == "store" and mounts["/var/lib/kstb"]
@@ -418,6 +417,60 @@ def test_chart_invariants() -> None:
     }
     assert roles["rel-relayer-brokerage-a"] == "relayer:brokerage-a"
     assert roles["rel-coordinator"] == "coordinator"
+
+
+def test_keys_are_mounted_from_the_secret_itself_so_updates_reach_the_daemon() -> None:
+    """F3 (review s18): /etc/kstb/keys is the Secret volume, whole (no subPath, which the
+    kubelet never refreshes), no container copies it (a copy would freeze revocation lists
+    and certificates at pod start), and the daemon is told to accept its root:fsGroup 0440
+    files; the pod runs no second container and does not share its process namespace."""
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all(_template()) if d]
+    sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert len(sets) == 3
+    for s in sets:
+        pod = s["spec"]["template"]["spec"]
+        assert "initContainers" not in pod and not pod.get("shareProcessNamespace")
+        (main,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret_volumes = {n for n, v in volumes.items() if "secret" in v}
+        assert not [v for v in volumes.values() if "emptyDir" in v and v["name"] != "tmp"]
+        for m in main["volumeMounts"]:
+            assert "subPath" not in m and "subPathExpr" not in m, m
+        (keys,) = [m for m in main["volumeMounts"] if m["mountPath"] == "/etc/kstb/keys"]
+        assert keys["name"] in secret_volumes and keys["readOnly"] is True
+        assert volumes[keys["name"]]["secret"]["defaultMode"] == 0o440
+        assert secret_volumes == {keys["name"]}  # no other copy of the Secret anywhere
+        env = {e["name"]: e["value"] for e in main["env"]}
+        assert env["KSTB_KEYS_READABLE_BY_OWN_POD_GROUP"] == "1"
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_metrics_are_reachable_only_from_the_allowed_peers() -> None:
+    """F11 (review s18): one NetworkPolicy per daemon; gRPC (mutual TLS) from any source by
+    default, the plaintext metrics port only from this namespace's pods unless widened."""
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all(_template()) if d]
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    sets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet"}
+    assert set(policies) == set(sets)
+    for name, policy in policies.items():
+        labels = sets[name]["spec"]["template"]["metadata"]["labels"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        by_port = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+        assert set(by_port) == {"grpc", "metrics"}
+        assert "from" not in by_port["grpc"]
+        assert by_port["metrics"]["from"] == [{"podSelector": {}}]
+    monitoring = '{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"mon"}}}'
+    out = _template("--set-json", f"networkPolicy.metricsFrom=[{monitoring}]")
+    docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "NetworkPolicy"]
+    rules = docs[0]["spec"]["ingress"]
+    assert rules[1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "mon"
+    }
+    assert "NetworkPolicy" not in _template("--set", "networkPolicy.enabled=false")
 
 
 def test_disabling_components_renders_only_the_rest() -> None:
