@@ -486,8 +486,10 @@ def test_release_artifacts_are_deterministic_and_checksummed(tmp_path: Path) -> 
     from bridge.tools.release import write_release
 
     a, b = tmp_path / "a", tmp_path / "b"
-    write_release(a, "kstb-chaincode:9999", None)
-    write_release(b, "kstb-chaincode:9999", None)
+    ca = tmp_path / "chaincode-ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    write_release(a, "kstb-chaincode:9999", ca)
+    write_release(b, "kstb-chaincode:9999", ca)
     assert (a / "SHA256SUMS").read_text() == (b / "SHA256SUMS").read_text()
     sums = (a / "SHA256SUMS").read_text().splitlines()
     names = sorted(p.name for p in a.iterdir() if p.name != "SHA256SUMS")
@@ -514,6 +516,7 @@ def test_release_artifacts_are_deterministic_and_checksummed(tmp_path: Path) -> 
             conn = json.loads(conn_file.read())
     assert meta == {"type": "ccaas", "label": "kstb_0.1.0"}
     assert conn["address"] == "kstb-chaincode:9999"
+    assert conn["tls_required"] is True and conn["client_auth_required"] is True
     with tarfile.open(a / "kstb-0.1.0.tgz") as tar:
         assert "kstb/Chart.yaml" in tar.getnames()
 
