@@ -80,8 +80,16 @@ def _git(root: Path, *args: str) -> bytes:
 
 def dirty_paths(root: Path = ROOT) -> list[str]:
     """Modified, staged, deleted and untracked (not ignored) paths of ``root``'s checkout."""
-    out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
-    return sorted(entry[3:].decode() for entry in out.split(b"\0") if len(entry) > 3)
+    tokens = iter(
+        _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all").split(b"\0")
+    )
+    paths = []
+    for entry in tokens:
+        if len(entry) > 3:
+            paths.append(entry[3:].decode(errors="replace"))
+            if entry[:1] in (b"R", b"C"):  # a rename/copy is followed by its source path
+                paths.append(next(tokens, b"").decode(errors="replace"))
+    return sorted(p for p in paths if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="kstb-release-") as tmp:
             export = export_tree(ROOT, Path(tmp) / "src", allow_dirty=args.allow_dirty)
             if args.dist.exists():
+                # SECURITY (of the operator's files): only a previous release is replaced.
+                if any(args.dist.iterdir()) and not (args.dist / "SHA256SUMS").is_file():
+                    raise ReleaseRefused(f"{args.dist} is not empty and holds no SHA256SUMS")
                 shutil.rmtree(args.dist)
             build_python(export, args.dist)
             covered = write_release(

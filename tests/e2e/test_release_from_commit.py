@@ -43,6 +43,13 @@ def test_release_is_built_from_the_commit_and_refuses_a_dirty_tree(tmp_path: Pat
     wheel = f"kstb-{version}-py3-none-any.whl"
     assert (tmp_path / "a" / wheel).read_bytes() == (tmp_path / "b" / wheel).read_bytes()
 
+    elsewhere = tmp_path / "not-a-release"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine\n")
+    kept = _release(clone, elsewhere)
+    assert kept.returncode == 2 and "holds no SHA256SUMS" in kept.stderr
+    assert (elsewhere / "notes.txt").read_text() == "mine\n"  # never wiped
+
     (clone / "bridge" / "evil_untracked.py").write_text("BACKDOOR = True\n")
     refused = _release(clone, tmp_path / "c")
     assert refused.returncode == 2

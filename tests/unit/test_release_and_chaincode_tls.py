@@ -75,13 +75,15 @@ def test_a_clean_tree_exports_exactly_the_commit(repo: Path, tmp_path: Path) -> 
     assert (export.root / "contracts/fabric/kstb_chaincode/__init__.py").read_text() == "V = 1\n"
 
 
-@pytest.mark.parametrize("change", ["untracked", "modified", "staged", "deleted"])
+@pytest.mark.parametrize("change", ["untracked", "modified", "staged", "deleted", "renamed"])
 def test_a_dirty_tree_is_refused_naming_the_paths(repo: Path, tmp_path: Path, change: str) -> None:
     target = repo / "contracts/fabric/kstb_chaincode/__init__.py"
     if change == "untracked":
         (repo / "contracts/fabric/kstb_chaincode/evil.py").write_text("BACKDOOR = True\n")
     elif change == "deleted":
         target.unlink()
+    elif change == "renamed":
+        _git(repo, "mv", str(target), str(target.with_name("moved.py")))
     else:
         target.write_text("V = 2  # local edit\n")
         if change == "staged":
