@@ -79,14 +79,18 @@ systemd:
 	fi
 
 # The release (ADR 0021): wheel + sdist (the wheel is built from the sdist), the chaincode
-# server's source with its pinned requirements, the Fabric CCaaS package, the Helm chart,
-# the systemd units, the constraints file and SHA256SUMS, all in dist/.
+# server's source with its pinned requirements, the Fabric CCaaS package (mutual TLS to the
+# chaincode server whose CA is CHAINCODE_TLS_ROOT; none without it), the Helm chart (its
+# version = the package's), the systemd units, the constraints file and SHA256SUMS, all in
+# dist/, built from `git archive HEAD` with SOURCE_DATE_EPOCH = the commit's time. A dirty
+# tree is refused; RELEASE_ALLOW_DIRTY=1 builds it anyway as version <v>+dirty.
 CHAINCODE_ADDRESS ?= kstb-chaincode:9999
+CHAINCODE_TLS_ROOT ?=
+RELEASE_ALLOW_DIRTY ?=
 release: setup
-	rm -rf dist
-	@# SOURCE_DATE_EPOCH = the commit's time: the same commit gives a byte-identical wheel.
-	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(BIN)/python -m build --no-isolation --outdir dist .
-	$(BIN)/python -m bridge.tools.release --dist dist --chaincode-address $(CHAINCODE_ADDRESS)
+	$(BIN)/python -m bridge.tools.release --dist dist --chaincode-address $(CHAINCODE_ADDRESS) \
+		$(if $(CHAINCODE_TLS_ROOT),--chaincode-tls-root $(CHAINCODE_TLS_ROOT)) \
+		$(if $(RELEASE_ALLOW_DIRTY),--allow-dirty)
 
 demo: setup fabric cometbft
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo

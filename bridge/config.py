@@ -38,6 +38,7 @@ from bridge.domain.committee import Committee
 from bridge.domain.errors import InvalidInput
 from bridge.domain.ids import LedgerId, SecurityId, parse_evm_address
 from bridge.domain.rotation import RotationBounds
+from bridge.keys.files import is_exposed
 from bridge.keys.reference import KeyRef, PlainKeyFile, parse_key_ref
 from bridge.ledgers.kinds import get_kind, parse_table
 from bridge.obs.config import ObservabilityConfig, load_observability
@@ -506,7 +507,7 @@ def load_tls(raw: Mapping[str, Any], base: Path, where: str) -> TlsConfig | None
         mode = key.stat().st_mode
     except OSError as exc:
         raise InvalidInput(f"{where}: tls key file {key}: {exc.strerror}") from None
-    if mode & 0o077:
+    if is_exposed(key, mode):
         raise InvalidInput(f"{where}: tls key file {key} must be 0600 (not group/world readable)")
     cas = table.get("ca_files", [])
     if not isinstance(cas, list):

@@ -15,6 +15,7 @@ from pathlib import Path
 from bridge.config import TlsConfig, load_network, load_tls
 from bridge.config_rules import check_file
 from bridge.domain.errors import InvalidInput
+from bridge.keys.files import is_exposed
 from bridge.rpc.roles import COORDINATOR, Role
 from bridge.rpc.tls import ClientIdentity
 
@@ -63,7 +64,7 @@ def identity(a: argparse.Namespace, peer: Role | None = None) -> ClientIdentity 
             "--network <network file> is required with --tls-cert: only the CAs of the"
             f" organisations holding role {peer} may vouch for that server"
         )
-    if a.tls_key.stat().st_mode & 0o077:
+    if is_exposed(a.tls_key, a.tls_key.stat().st_mode):
         raise InvalidInput(f"{a.tls_key} must be 0600 (not group/world readable)")
     tls = TlsConfig(a.tls_cert, a.tls_key, tuple(a.tls_ca))
     return ClientIdentity.to(load_network(network_file), tls, peer)

@@ -174,7 +174,6 @@ def test_entry_points_in_pyproject_are_the_ones_checked() -> None:
 # ---- systemd units
 
 HARDENING = (
-    "User=kstb",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
     "ProtectHome=yes",
@@ -246,10 +245,83 @@ def test_every_unit_is_hardened(unit: str) -> None:
     lines = {line.strip() for line in (UNITS / unit).read_text().splitlines()}
     missing = [d for d in HARDENING if d not in lines]
     assert not missing, missing
-    component = unit.removeprefix("kstb-").split("@")[0].split(".")[0]
-    inaccessible = next(line for line in lines if line.startswith("InaccessiblePaths="))
-    others = {"coordinator", "relayer", "verifier"} - {component}
-    assert all(f"/etc/kstb/keys/{o}" in inaccessible for o in others), inaccessible
+    assert "ProtectProc=invisible" in lines
+
+
+def _directives(unit: Path) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for raw in unit.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.append((key, value))
+    return out
+
+
+# The one key directory each unit may see (F1/F2/F9 of the s18 review, ADR 0021 §6).
+OWN_KEYS = {
+    "kstb-coordinator.service": "/etc/kstb/keys/coordinator",
+    "kstb-relayer@.service": "/etc/kstb/keys/relayer/%i",
+    "kstb-verifier.service": "/etc/kstb/keys/verifier",
+}
+
+
+def test_no_two_units_share_a_user_and_relayer_instances_get_one_each() -> None:
+    """SECURITY: a shared UID passes the kernel's ptrace check, so /proc/<pid>/root,
+    /proc/<pid>/environ and kill() would reach the other daemons' keys, PINs and vote log."""
+    users: dict[str, str] = {}
+    for unit in sorted(UNITS.glob("*.service")):
+        d = dict(_directives(unit))
+        assert "DynamicUser" not in d, unit.name
+        assert d["User"] == d["Group"], unit.name
+        users[unit.name] = d["User"]
+    assert sorted(users) == sorted(OWN_KEYS)
+    assert len(set(users.values())) == len(users), users
+    assert users["kstb-relayer@.service"] == "kstb-relayer-%i"  # one user per ledger
+    assert "kstb" not in users.values()
+    sysusers = [
+        line.split()[1]
+        for line in (UNITS / "kstb.sysusers.conf").read_text().splitlines()
+        if line.startswith("u ")
+    ]
+    assert sorted(sysusers) == ["kstb-coordinator", "kstb-verifier"]
+
+
+@pytest.mark.parametrize("unit", sorted(OWN_KEYS))
+def test_each_unit_sees_only_its_own_key_directory(unit: str) -> None:
+    """An allow-list: /etc/kstb/keys is an empty read-only tmpfs with exactly the unit's
+    own directory bound in; no other directive opens a path under /etc/kstb/keys."""
+    directives = _directives(UNITS / unit)
+    assert ("TemporaryFileSystem", "/etc/kstb/keys:ro") in directives
+    binds = [v for k, v in directives if k in {"BindReadOnlyPaths", "BindPaths"}]
+    assert binds == [OWN_KEYS[unit]], binds
+    for key, value in directives:
+        if key in {"TemporaryFileSystem", "BindReadOnlyPaths"}:
+            continue
+        assert "/etc/kstb/keys" not in value, (key, value)
+    # secrets and env files stay out of directories other units can read
+    assert all("/etc/kstb/secrets" not in v for _, v in directives)
+    env = [v for k, v in directives if k == "EnvironmentFile"]
+    assert env and all(v.startswith("-/etc/kstb/") and v.endswith(".env") for v in env)
+
+
+def test_operator_docs_name_the_units_key_directories_and_owners() -> None:
+    """The guides put keys, passphrases and PINs where the units let only their owner see
+    them (no shared secrets directory, no group kstb)."""
+    install = (REPO_ROOT / "docs" / "operators" / "install.md").read_text()
+    keys = (REPO_ROOT / "docs" / "operators" / "keys.md").read_text()
+    for unit, own in OWN_KEYS.items():
+        user = dict(_directives(UNITS / unit))["User"].replace("%i", "brokerage-a")
+        path = own.replace("%i", "brokerage-a")
+        assert re.search(
+            rf"-o {re.escape(user)} -g {re.escape(user)} \\?\s*{re.escape(path)}", install
+        ), unit
+    assert "owner `kstb`" not in install and "-g kstb " not in install
+    assert re.search(r'pin_file = "keys/verifier/', keys)
+    assert re.search(r'passphrase_file = "keys/verifier/', keys)
+    for doc in (install, keys, *(u.read_text() for u in UNITS.iterdir())):
+        assert '_file = "secrets/' not in doc and "/etc/kstb/secrets" not in doc
+        assert "group kstb" not in doc
 
 
 # ---- Helm chart
@@ -294,7 +366,7 @@ def test_helm_lint_is_clean() -> None:
 def test_rendered_chart_validates_against_the_kubernetes_schemas() -> None:
     result = _kubeconform(_template())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Valid: 9, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+    assert "Valid: 12, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
 
 
 def test_kubeconform_refuses_a_wrong_type_and_an_unknown_field() -> None:
@@ -333,8 +405,7 @@ def test_chart_invariants() -> None:
         assert mounts["/etc/kstb"]["readOnly"] is True
         assert main["securityContext"]["readOnlyRootFilesystem"] is True
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert "secretName" in volumes["secret"]["secret"]
-        assert volumes["keys"]["emptyDir"]["medium"] == "Memory"
+        assert "secretName" in volumes["keys"]["secret"]
         assert "configMap" in volumes["config"]
         (claim,) = spec["volumeClaimTemplates"]
         assert claim["metadata"]["name"] == "store" and mounts["/var/lib/kstb"]
@@ -346,6 +417,60 @@ def test_chart_invariants() -> None:
     }
     assert roles["rel-relayer-brokerage-a"] == "relayer:brokerage-a"
     assert roles["rel-coordinator"] == "coordinator"
+
+
+def test_keys_are_mounted_from_the_secret_itself_so_updates_reach_the_daemon() -> None:
+    """F3 (review s18): /etc/kstb/keys is the Secret volume, whole (no subPath, which the
+    kubelet never refreshes), no container copies it (a copy would freeze revocation lists
+    and certificates at pod start), and the daemon is told to accept its root:fsGroup 0440
+    files; the pod runs no second container and does not share its process namespace."""
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all(_template()) if d]
+    sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert len(sets) == 3
+    for s in sets:
+        pod = s["spec"]["template"]["spec"]
+        assert "initContainers" not in pod and not pod.get("shareProcessNamespace")
+        (main,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret_volumes = {n for n, v in volumes.items() if "secret" in v}
+        assert not [v for v in volumes.values() if "emptyDir" in v and v["name"] != "tmp"]
+        for m in main["volumeMounts"]:
+            assert "subPath" not in m and "subPathExpr" not in m, m
+        (keys,) = [m for m in main["volumeMounts"] if m["mountPath"] == "/etc/kstb/keys"]
+        assert keys["name"] in secret_volumes and keys["readOnly"] is True
+        assert volumes[keys["name"]]["secret"]["defaultMode"] == 0o440
+        assert secret_volumes == {keys["name"]}  # no other copy of the Secret anywhere
+        env = {e["name"]: e["value"] for e in main["env"]}
+        assert env["KSTB_KEYS_READABLE_BY_OWN_POD_GROUP"] == "1"
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_metrics_are_reachable_only_from_the_allowed_peers() -> None:
+    """F11 (review s18): one NetworkPolicy per daemon; gRPC (mutual TLS) from any source by
+    default, the plaintext metrics port only from this namespace's pods unless widened."""
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all(_template()) if d]
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    sets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet"}
+    assert set(policies) == set(sets)
+    for name, policy in policies.items():
+        labels = sets[name]["spec"]["template"]["metadata"]["labels"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        by_port = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+        assert set(by_port) == {"grpc", "metrics"}
+        assert "from" not in by_port["grpc"]
+        assert by_port["metrics"]["from"] == [{"podSelector": {}}]
+    monitoring = '{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"mon"}}}'
+    out = _template("--set-json", f"networkPolicy.metricsFrom=[{monitoring}]")
+    docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "NetworkPolicy"]
+    rules = docs[0]["spec"]["ingress"]
+    assert rules[1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "mon"
+    }
+    assert "NetworkPolicy" not in _template("--set", "networkPolicy.enabled=false")
 
 
 def test_disabling_components_renders_only_the_rest() -> None:
@@ -361,8 +486,10 @@ def test_release_artifacts_are_deterministic_and_checksummed(tmp_path: Path) -> 
     from bridge.tools.release import write_release
 
     a, b = tmp_path / "a", tmp_path / "b"
-    write_release(a, "kstb-chaincode:9999", None)
-    write_release(b, "kstb-chaincode:9999", None)
+    ca = tmp_path / "chaincode-ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    write_release(a, "kstb-chaincode:9999", ca)
+    write_release(b, "kstb-chaincode:9999", ca)
     assert (a / "SHA256SUMS").read_text() == (b / "SHA256SUMS").read_text()
     sums = (a / "SHA256SUMS").read_text().splitlines()
     names = sorted(p.name for p in a.iterdir() if p.name != "SHA256SUMS")
@@ -389,6 +516,7 @@ def test_release_artifacts_are_deterministic_and_checksummed(tmp_path: Path) -> 
             conn = json.loads(conn_file.read())
     assert meta == {"type": "ccaas", "label": "kstb_0.1.0"}
     assert conn["address"] == "kstb-chaincode:9999"
+    assert conn["tls_required"] is True and conn["client_auth_required"] is True
     with tarfile.open(a / "kstb-0.1.0.tgz") as tar:
         assert "kstb/Chart.yaml" in tar.getnames()
 

@@ -6,8 +6,13 @@ Environment:
   peer runs on the same host; it must match ``connection.json`` of the installed package);
 - ``CORE_CHAINCODE_ID`` (or ``CHAINCODE_ID``): the package id returned by the install,
   ``<label>:<sha256>``; the peer only accepts a chaincode that registers with it;
-- optional TLS: ``CHAINCODE_TLS_KEY_FILE`` and ``CHAINCODE_TLS_CERT_FILE`` (PEM), plus
-  ``CHAINCODE_TLS_CLIENT_CA_FILE`` to require the peer's client certificate;
+- TLS (required): ``CHAINCODE_TLS_KEY_FILE`` and ``CHAINCODE_TLS_CERT_FILE`` (PEM) and
+  ``CHAINCODE_TLS_CLIENT_CA_FILE``, the CA of the peers' client certificates (mutual TLS).
+  The server refuses to start without all three (exit 2) unless
+  ``KSTB_CHAINCODE_INSECURE_PLAINTEXT_FOR_DEVELOPMENT=1`` is set, and then logs a warning at
+  every start: a plaintext or unauthenticated chaincode lets anyone who can answer for its
+  address serve the peer a chaincode of their own (the peer endorses what it computes) and
+  lets an observer read every state access;
 - ``KSTB_INIT_PARAMS_SHA256``: the SHA-256 (hex) of the only ``Init`` arguments this server
   accepts (``init_parameters_digest`` of ``[ledger, chaincode, committee JSON, genesis hash,
   governance JSON]``, the governance naming the issuer organisation, the admin
@@ -32,10 +37,39 @@ import signal
 import sys
 from pathlib import Path
 
+PLAINTEXT_ENV = "KSTB_CHAINCODE_INSECURE_PLAINTEXT_FOR_DEVELOPMENT"
+"""Set to ``1`` to serve without (mutual) TLS: development only, warned at every start."""
 
-def _read(env: str) -> bytes | None:
-    path = os.environ.get(env)
-    return Path(path).read_bytes() if path else None
+TLS_ENVS = ("CHAINCODE_TLS_KEY_FILE", "CHAINCODE_TLS_CERT_FILE", "CHAINCODE_TLS_CLIENT_CA_FILE")
+
+
+class PlaintextRefused(Exception):
+    """The server would run without mutual TLS and the development flag is not set."""
+
+
+def tls_material(env: dict[str, str]) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(key, cert, client CA) PEM from ``env``'s ``CHAINCODE_TLS_*`` files.
+
+    SECURITY: all three are required (TLS with the peers' client certificates checked);
+    missing any raises PlaintextRefused unless :data:`PLAINTEXT_ENV` is ``1``. A key without
+    its certificate (or the reverse) is refused even then: that is a mistake, not a choice.
+    """
+    given = [name for name in TLS_ENVS if env.get(name)]
+    key_file, cert_file = env.get(TLS_ENVS[0]), env.get(TLS_ENVS[1])
+    if bool(key_file) != bool(cert_file):
+        raise PlaintextRefused(f"{TLS_ENVS[0]} and {TLS_ENVS[1]} go together")
+    if len(given) != len(TLS_ENVS) and env.get(PLAINTEXT_ENV) != "1":
+        missing = ", ".join(n for n in TLS_ENVS if n not in given)
+        raise PlaintextRefused(
+            f"mutual TLS to the peers is required: set {missing}"
+            f" (or {PLAINTEXT_ENV}=1 for development only)"
+        )
+
+    def read(name: str) -> bytes | None:
+        path = env.get(name)
+        return Path(path).read_bytes() if path else None
+
+    return read(TLS_ENVS[0]), read(TLS_ENVS[1]), read(TLS_ENVS[2])
 
 
 def main() -> int:
@@ -48,6 +82,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        tls_key, tls_cert, client_ca = tls_material(dict(os.environ))
+    except (PlaintextRefused, OSError) as exc:
+        print(f"kstb_chaincode: refusing to start: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
     )
@@ -59,6 +98,10 @@ def main() -> int:
     logging.getLogger().setLevel(logging.WARNING)
     level = os.environ.get("KSTB_CHAINCODE_LOG_LEVEL", "INFO").upper()
     logging.getLogger("kstb_chaincode").setLevel(level)
+    if client_ca is None:
+        logging.getLogger("kstb_chaincode").warning(
+            "%s=1: serving WITHOUT mutual TLS to the peers (development only)", PLAINTEXT_ENV
+        )
 
     async def run() -> None:
         task = asyncio.current_task()
@@ -69,9 +112,9 @@ def main() -> int:
         await serve(
             address,
             ccid,
-            tls_key=_read("CHAINCODE_TLS_KEY_FILE"),
-            tls_cert=_read("CHAINCODE_TLS_CERT_FILE"),
-            client_ca=_read("CHAINCODE_TLS_CLIENT_CA_FILE"),
+            tls_key=tls_key,
+            tls_cert=tls_cert,
+            client_ca=client_ca,
         )
 
     with contextlib.suppress(asyncio.CancelledError):

@@ -332,8 +332,9 @@ async def serve(
 ) -> None:
     """Serve the chaincode at ``address`` (``host:port``) until cancelled or SIGTERM.
 
-    Without ``tls_key``/``tls_cert`` the server is plaintext (the devnet's CCaaS packages set
-    ``tls_required: false``); with ``client_ca`` it also requires the peer's client cert.
+    Without ``tls_key``/``tls_cert`` the server is plaintext; with ``client_ca`` it also
+    requires the peer's client cert. SECURITY: ``python -m kstb_chaincode`` calls this only
+    with all three unless its development flag is set (``__main__.tls_material``).
     """
     server = grpc.aio.server()
     if tls_key and tls_cert:

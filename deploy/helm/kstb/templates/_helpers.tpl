@@ -61,6 +61,37 @@ spec:
       targetPort: metrics
       protocol: TCP
 ---
+{{- if $v.networkPolicy.enabled }}
+# SECURITY: /metrics is plain HTTP without authentication and reveals volumes per security,
+# feed health and relayer gas balances (docs/operators/deployment-security.md §4): only the
+# peers in networkPolicy.metricsFrom (default: pods of this namespace) may reach it. The
+# gRPC port is mutual TLS; networkPolicy.grpcFrom narrows it further (default: any source).
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "kstb.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "kstb.selector" . | nindent 6 }}
+  policyTypes: [Ingress]
+  ingress:
+    - ports:
+        - port: grpc
+          protocol: TCP
+      {{- with $v.networkPolicy.grpcFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    - ports:
+        - port: metrics
+          protocol: TCP
+      from:
+        {{- toYaml $v.networkPolicy.metricsFrom | nindent 8 }}
+---
+{{- end }}
 apiVersion: apps/v1
 kind: StatefulSet
 metadata:
@@ -96,30 +127,6 @@ spec:
       {{- end }}
       securityContext:
         {{- toYaml $v.podSecurityContext | nindent 8 }}
-      initContainers:
-        # The daemons refuse a key readable by group or others; a Secret volume with fsGroup
-        # is group-readable, so copy it into a memory-backed volume as owner-only files.
-        - name: keys
-          image: {{ include "kstb.image" $root }}
-          imagePullPolicy: {{ $v.image.pullPolicy }}
-          command:
-            - /bin/sh
-            - -ec
-            - |
-              umask 077
-              for f in /run/kstb/secret/*; do cp -L "$f" /run/kstb/keys/; done
-              chmod 0400 /run/kstb/keys/*
-          securityContext:
-            {{- toYaml $v.containerSecurityContext | nindent 12 }}
-          resources:
-            requests: {cpu: 10m, memory: 16Mi}
-            limits: {memory: 64Mi}
-          volumeMounts:
-            - name: secret
-              mountPath: /run/kstb/secret
-              readOnly: true
-            - name: keys
-              mountPath: /run/kstb/keys
       containers:
         - name: {{ .component }}
           image: {{ include "kstb.image" $root }}
@@ -138,6 +145,11 @@ spec:
           env:
             - name: HOME
               value: /tmp
+            # SECURITY: the Secret volume's files are root:<fsGroup> 0440; the daemon accepts
+            # a key readable by its own group only with this set (bridge/keys/files.py). The
+            # pod runs this one container, so that group is this daemon.
+            - name: KSTB_KEYS_READABLE_BY_OWN_POD_GROUP
+              value: "1"
           startupProbe:
             tcpSocket:
               port: grpc
@@ -176,6 +188,10 @@ spec:
             - name: config
               mountPath: /etc/kstb
               readOnly: true
+            # SECURITY: the keys Secret itself, mounted whole (never with subPath): the kubelet
+            # swaps in a changed Secret atomically and the daemon re-reads certificates, keys,
+            # CA bundles and revocation lists when they change on disk, so a rotation or a
+            # revocation reaches the running pod without a restart (ADR 0021 §7).
             - name: keys
               mountPath: /etc/kstb/keys
               readOnly: true
@@ -188,14 +204,10 @@ spec:
           configMap:
             name: {{ .name }}
             defaultMode: 0444
-        - name: secret
+        - name: keys
           secret:
             secretName: {{ .keysSecret }}
-            defaultMode: 0400
-        - name: keys
-          emptyDir:
-            medium: Memory
-            sizeLimit: 4Mi
+            defaultMode: 0440
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
