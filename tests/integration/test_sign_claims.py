@@ -16,9 +16,11 @@ import pytest
 from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.coordinator.batch_certs import BatchItemsRefused, CertifiedBatch
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain
+from bridge.coordinator.records import Misbehaviour
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.pki import DevPki
 from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import recover_signer
 from bridge.domain.errors import BridgeReason
 from bridge.domain.ids import LedgerId
 from bridge.domain.terms import TransferTerms
@@ -36,6 +38,7 @@ from bridge.rpc.server import BridgeServer
 from bridge.rpc.tls import ClientIdentity
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from tests.integration.conftest import BROKER, EvmLedger, TwoLedgers
+from tests.support import eventually
 from verifiers.service import VerifierServicer
 from verifiers.votes import VoteLog
 
@@ -60,6 +63,8 @@ class Committee:
     ports: list[int]
     vote_dbs: list[Path]
     client: CommitteeClient
+    servicers: list[VerifierServicer]
+    incidents: list[Misbehaviour]
 
     def domain(self, on: EvmLedger) -> LedgerDomain:
         lc = self.network.ledger(on.name)
@@ -157,6 +162,12 @@ async def committee(two_ledgers: TwoLedgers, tmp_path: Path) -> AsyncIterator[Co
     logs: list[VoteLog] = []
     audits: list[AuditLog] = []
     vote_dbs: list[Path] = []
+    servicers: list[VerifierServicer] = []
+    incidents: list[Misbehaviour] = []
+
+    async def report(incident: Misbehaviour) -> None:
+        incidents.append(incident)
+
     for i, signer in enumerate(env.signers):
         mine = {lc.id.word: open_reader(lc) for lc in network.ledgers.values()}
         readers += mine.values()
@@ -167,6 +178,7 @@ async def committee(two_ledgers: TwoLedgers, tmp_path: Path) -> AsyncIterator[Co
             network_words={n: lc.network_word for n, lc in network.ledgers.items()},
             instruction_keys=network.instruction_keys, max_batch_claims=MAX_CLAIMS,
         )  # fmt: skip
+        servicers.append(servicer)
         cert = pki.cert_for(member_role(signer.address))
         security, audit = server_security(
             "verifier", network, TlsConfig(cert.cert_file, cert.key_file), None
@@ -186,12 +198,15 @@ async def committee(two_ledgers: TwoLedgers, tmp_path: Path) -> AsyncIterator[Co
         network.committee,
         [f"127.0.0.1:{s.port}" for s in servers],
         30.0,
+        on_misbehaviour=report,
         identities=[
             ClientIdentity.to(network, tls, parse_role(member_role(s.address))) for s in env.signers
         ],
     )
     try:
-        yield Committee(env, network, pki, [s.port for s in servers], vote_dbs, client)
+        yield Committee(
+            env, network, pki, [s.port for s in servers], vote_dbs, client, servicers, incidents
+        )
     finally:
         await client.close()
         for server in servers:
@@ -406,6 +421,42 @@ async def test_only_the_coordinator_may_ask(c: Committee) -> None:
             )
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "may not call /bridge.v1.VerifierService/SignClaims" in (info.value.details() or "")
+
+
+async def test_a_member_signing_another_root_is_reported_and_not_counted(
+    c: Committee, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Member 0 signs the root of a smaller batch (it dropped an item): its signature is
+    not counted, the certificate is the three honest members', and the evidence is
+    reported (wrong-batch-digest) even if it answers after the quorum."""
+    env = c.env
+    liar = c.servicers[0]
+    honest = liar._sign_batch
+
+    async def drop_last(
+        kind: ClaimKind, items: Sequence[TransferTerms], ledgers: list[LedgerReader]
+    ) -> verifier_pb2.SignClaimsResponse:
+        return await honest(kind, items[:-1], ledgers)
+
+    monkeypatch.setattr(liar, "_sign_batch", drop_last)
+    ts = locked(env, 3)
+    certs = await c.client.certify_batch(ClaimKind.LOCKED, ts, [c.domain(env.b)])
+    got = certs[env.b.name]
+    digest = got.certificate.digest(
+        c.domain(env.b).network_word, c.domain(env.b).ledger_word, c.domain(env.b).bridge_word
+    )
+    signers = [recover_signer(digest, sig) for sig in got.certificate.signatures]
+    assert signers == sorted(s.address for s in env.signers[1:]) == sorted(signers)
+
+    async def reported() -> bool:
+        return any(i.kind == "wrong-batch-digest" for i in c.incidents)
+
+    await eventually(reported, 30, "the liar reported")
+    (incident,) = c.incidents
+    assert incident.member == env.signers[0].address
+    assert incident.expected_digest == digest != incident.signed_digest
+    run_step(env.b, BatchStep.PREPARE, got)
+    assert in_state(env.b, ts) == [IN_PREPARED] * 3
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from bridge.core import batch as core
 from bridge.domain.claim_batches import ClaimsRefused
 from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import BridgeReason, InvalidInput
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState
@@ -177,3 +178,23 @@ def test_abort_batch_towards_an_unknown_target_signs_the_source_only(m: Member) 
     out = sign(m, ClaimKind.ABORT, ts)
     assert [s.ledger_id for s in out.signatures] == ["a"]
     assert [m.votes.decision(t.transfer_id) for t in ts] == [ClaimKind.ABORT] * 2
+
+
+def test_an_overlap_signs_a_root_under_each_epoch(m: Member) -> None:
+    """During a rotation's overlap a member in both epochs signs each epoch's root (the
+    root differs: the epoch is in every leaf); the coordinator takes the ledger's."""
+    one = m.a.epochs[0]
+    two = EpochWindow(Committee(2, 1, (m.signer.address,)), 0, None)
+    m.a.epochs = m.b.epochs = (one, two)
+    m.servicer._epoch_cache.clear()
+    ts = locked(m, 3)
+    out = sign(m, ClaimKind.LOCKED, ts)
+    assert [(s.ledger_id, s.epoch) for s in out.signatures] == [("b", 2), ("b", 1)]
+    assert out.signatures[0].root != out.signatures[1].root
+    for s in out.signatures:
+        batch = core.build_batch([
+            core.BatchClaim(NETWORK, m.b.ledger.word, m.b.bridge_word, s.epoch,
+                            int(ClaimKind.LOCKED), t.transfer_id, t.terms_hash)
+            for t in ts
+        ])  # fmt: skip
+        assert (s.root, s.digest) == (batch.root, batch.digest)
