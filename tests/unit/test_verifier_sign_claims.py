@@ -20,7 +20,9 @@ from bridge.domain.legs import Leg, LegState
 from bridge.domain.terms import TransferTerms
 from bridge.rpc.claims_refusal import refusal_status, refused_items
 from bridge.rpc.errors import DETAILS_KEY
+from bridge.storage.backup import restore
 from bridge.v1 import verifier_pb2
+from tests.unit.test_store_backup import VERIFIER, reopen, restored_member
 from tests.unit.test_verifier_claim_service import BROKER, NETWORK, Member
 from verifiers.votes import ConflictingVote
 
@@ -198,3 +200,31 @@ def test_an_overlap_signs_a_root_under_each_epoch(m: Member) -> None:
             for t in ts
         ])  # fmt: skip
         assert (s.root, s.digest) == (batch.root, batch.digest)
+
+
+def test_a_restored_vote_log_refuses_a_batch_with_a_forgotten_item(tmp_path: Path) -> None:
+    """The member's store is restored from a backup taken before it signed COMMIT for x in
+    a batch: quarantined, it refuses any batch holding x (StaleVoteLog, by index) unless a
+    ledger shows the outcome applied, and records nothing for the batch's other items."""
+    m, bak = restored_member(tmp_path)
+    m.votes_path = tmp_path / "votes.sqlite"  # type: ignore[attr-defined]
+    x, y = prepared(m, 2)
+    sign(m, ClaimKind.COMMIT, [x])  # after the backup
+    m.votes.close()
+    restore(VERIFIER, bak, tmp_path / "votes.sqlite", "test: disk replaced")
+    reopen(m, tmp_path)
+    m.set_leg(m.b, x, Leg.INBOUND, LegState.EXPIRED)
+    m.set_leg(m.b, y, Leg.INBOUND, LegState.EXPIRED)
+    exc = refusal(m, ClaimKind.ABORT, [y, x])
+    assert [(i.index, i.reason) for i in exc.items] == [
+        (0, BridgeReason.CLAIM_REFUSED),
+        (1, BridgeReason.CLAIM_REFUSED),
+    ]
+    assert all("quarantined" in i.message for i in exc.items)
+    assert votes(m) == []
+    # A ledger shows COMMIT applied for both: signed (nothing can change), and recorded.
+    for t in (x, y):
+        m.set_leg(m.a, t, Leg.OUTBOUND, LegState.BURNED)
+        m.set_leg(m.b, t, Leg.INBOUND, LegState.PREPARED)
+    assert sign(m, ClaimKind.COMMIT, [x, y]).signatures
+    assert [m.votes.decision(t.transfer_id) for t in (x, y)] == [ClaimKind.COMMIT] * 2
