@@ -331,8 +331,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         kind = _claim_kind(request.kind)
         terms = terms_from_pb(request.terms)
         src, dst = self._route(kind, terms)
-        confirmed = await self._check_item(kind, terms, src, dst)
         tid, th = terms.transfer_id, terms.terms_hash
+        confirmed = await self._check_item(kind, terms, (tid, th), src, dst)
         if kind is not ClaimKind.LOCKED:
             self._votes.record(tid, kind, th, confirmed=confirmed)
         return await self._sign(kind, tid, th, _signing_ledgers(kind, src, dst))
@@ -356,6 +356,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         self,
         kind: ClaimKind,
         terms: TransferTerms,
+        key: tuple[bytes, bytes],
         src: LedgerReader,
         dst: LedgerReader | None,
     ) -> bool:
@@ -364,9 +365,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         check of SignClaim and SignClaims; records nothing.
 
         Returns whether a ledger already shows the decision applied (the vote log's
-        ``confirmed``). ``dst`` None: an ABORT towards an unknown target.
+        ``confirmed``). ``key``: ``terms``' transfer id and terms hash (computed once by
+        the caller). ``dst`` None: an ABORT towards an unknown target.
         """
-        tid, th = terms.transfer_id, terms.terms_hash
+        tid, th = key
         if dst is None:
             # SECURITY: a target this member does not know was never certified LOCKED by
             # it (nor by any member with the same network file): the source lock can only
@@ -434,12 +436,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             raise InvalidInput(
                 f"a batch carries 1 to {self._max_batch_claims} items, not {len(items)}"
             )
+        keys = [(t.transfer_id, t.terms_hash) for t in items]  # each hashed once
         first_seen: dict[bytes, int] = {}
         duplicates: list[str] = []
-        for i, t in enumerate(items):
-            if t.transfer_id in first_seen:
-                duplicates.append(f"item {i} repeats item {first_seen[t.transfer_id]}")
-            first_seen.setdefault(t.transfer_id, i)
+        for i, (tid, _) in enumerate(keys):
+            if tid in first_seen:
+                duplicates.append(f"item {i} repeats item {first_seen[tid]}")
+            first_seen.setdefault(tid, i)
         if duplicates:
             raise InvalidInput("duplicate transfer ids in the batch: " + ", ".join(duplicates))
         pair = _ledger_pair(items[0])
@@ -455,7 +458,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         async def check(i: int, terms: TransferTerms) -> bool | RefusedItem:
             async with gate:
                 try:
-                    return await self._check_item(kind, terms, src, dst)
+                    return await self._check_item(kind, terms, keys[i], src, dst)
                 except PreconditionFailed as exc:
                     return refused_item(i, exc)
 
@@ -473,19 +476,20 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             try:
                 self._votes.record_many(
                     [
-                        Vote(t.transfer_id, kind, t.terms_hash, confirmed=bool(o))
-                        for t, o in zip(items, outcomes, strict=True)
+                        Vote(tid, kind, th, confirmed=bool(o))
+                        for (tid, th), o in zip(keys, outcomes, strict=True)
                     ]
                 )
             except VotesRefused as exc:
                 raise ClaimsRefused([refused_item(i, e) for i, e in exc.refused.items()]) from None
-        return await self._sign_batch(kind, items, _signing_ledgers(kind, src, dst))
+        return await self._sign_batch(kind, keys, _signing_ledgers(kind, src, dst))
 
     async def _sign_batch(
-        self, kind: ClaimKind, items: Sequence[TransferTerms], ledgers: list[LedgerReader]
+        self, kind: ClaimKind, keys: Sequence[tuple[bytes, bytes]], ledgers: list[LedgerReader]
     ) -> verifier_pb2.SignClaimsResponse:
-        """This member's signatures over the batch root digest of ``items``' claims for each
-        of ``ledgers`` and each epoch it signs under there (ADR 0025)."""
+        """This member's signatures over the batch root digest of the claims about ``keys``
+        (transfer id, terms hash) for each of ``ledgers`` and each epoch it signs under
+        there (ADR 0025)."""
         out = verifier_pb2.SignClaimsResponse(signer=self._signer.address)
         epochs = [await self._signing_epochs(reader) for reader in ledgers]
         for reader, committees in zip(ledgers, epochs, strict=True):
@@ -499,10 +503,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                             reader.bridge_word,
                             committee.epoch,
                             int(kind),
-                            t.transfer_id,
-                            t.terms_hash,
+                            tid,
+                            th,
                         )
-                        for t in items
+                        for tid, th in keys
                     ]
                 )
                 digest = batch.digest
@@ -516,7 +520,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                         signature=self._signer.sign_digest(digest),
                     )
                 )
-        self._log.info("claims signed", count=len(items), **{STATE: kind.name})
+        self._log.info("claims signed", count=len(keys), **{STATE: kind.name})
         return out
 
     # ----

@@ -434,9 +434,9 @@ async def test_a_member_signing_another_root_is_reported_and_not_counted(
     honest = liar._sign_batch
 
     async def drop_last(
-        kind: ClaimKind, items: Sequence[TransferTerms], ledgers: list[LedgerReader]
+        kind: ClaimKind, keys: Sequence[tuple[bytes, bytes]], ledgers: list[LedgerReader]
     ) -> verifier_pb2.SignClaimsResponse:
-        return await honest(kind, items[:-1], ledgers)
+        return await honest(kind, keys[:-1], ledgers)
 
     monkeypatch.setattr(liar, "_sign_batch", drop_last)
     ts = locked(env, 3)
