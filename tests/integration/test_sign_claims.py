@@ -102,6 +102,15 @@ class Committee:
                 db.close()
         return out
 
+    async def decided(self, ts: Sequence[TransferTerms], kind: ClaimKind) -> None:
+        """Wait until EVERY member recorded ``kind`` for every item of ``ts`` (the client
+        returns at t signatures; the last member's answer may still be on its way)."""
+
+        async def done() -> bool:
+            return self.decisions(ts) == {int(kind)}
+
+        await eventually(done, 30, f"every member to record {kind.name}")
+
     def decisions(self, ts: Sequence[TransferTerms]) -> set[int | None]:
         wanted = {t.transfer_id for t in ts}
         seen: set[int | None] = set()
@@ -282,7 +291,7 @@ async def test_commit_batch_settles_both_ledgers_and_a_replay_records_nothing_ne
     await prepared(c, ts)
     ledgers = [c.domain(env.a), c.domain(env.b)]
     certs = await c.client.certify_batch(ClaimKind.COMMIT, ts, ledgers)
-    assert c.decisions(ts) == {int(ClaimKind.COMMIT)}
+    await c.decided(ts, ClaimKind.COMMIT)
     rows = c.votes()
     again = await c.client.certify_batch(ClaimKind.COMMIT, ts, ledgers)
     for name in (env.a.name, env.b.name):
@@ -334,7 +343,8 @@ async def test_one_ineligible_item_refuses_the_whole_batch_and_records_no_vote(
     # The coordinator drops the refused item and asks again.
     certs = await c.client.certify_batch(ClaimKind.COMMIT, ts[:3], ledgers)
     assert certs[env.b.name].certificate.count == 3
-    assert c.decisions(ts[:3]) == {int(ClaimKind.COMMIT)} and c.decisions(ts[3:]) == {None}
+    await c.decided(ts[:3], ClaimKind.COMMIT)
+    assert c.decisions(ts[3:]) == {None}
 
 
 async def test_commit_after_abort_in_another_batch_is_refused(c: Committee) -> None:
@@ -346,7 +356,7 @@ async def test_commit_after_abort_in_another_batch_is_refused(c: Committee) -> N
     assert in_state(env.b, good + bad) == [IN_PREPARED] * 2 + [IN_REJECTED] * 2
     ledgers = [c.domain(env.a), c.domain(env.b)]
     aborts = await c.client.certify_batch(ClaimKind.ABORT, bad, ledgers)
-    assert c.decisions(bad) == {int(ClaimKind.ABORT)}
+    await c.decided(bad, ClaimKind.ABORT)
     rows = c.votes()
     with pytest.raises(BatchItemsRefused) as info:
         await c.client.certify_batch(ClaimKind.COMMIT, [good[0], bad[1], good[1]], ledgers)
