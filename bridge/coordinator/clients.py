@@ -646,11 +646,10 @@ class CommitteeClient:
                         unreachable.append(resp.code().name.lower())
                         continue
                     refusals.append(resp.details() or resp.code().name)
-                    for item in refusal_of(resp):
-                        # SECURITY: a member's list is data; an index outside the batch
-                        # is ignored, never used to drop another item.
-                        if 0 <= item.index < len(terms):
-                            refused.setdefault(item.index, item)
+                    # SECURITY: a member's list is data; it can name only items of this
+                    # batch (refused_items drops anything beyond it).
+                    for item in refusal_of(resp, len(terms)):
+                        refused.setdefault(item.index, item)
                     continue
                 await examine(endpoint, resp)
                 certs = assembled()

@@ -1,6 +1,7 @@
 """The wire form of a refused ``SignClaims`` (ADR 0025): a FAILED_PRECONDITION status whose
 ``google.rpc.Status`` details hold the usual ErrorInfo (reason CLAIM_REFUSED) and a
-``SignClaimsRefusal`` listing every refused item with its typed reason.
+``SignClaimsRefusal`` listing every refused item with its typed reason, grouped by reason
+as bitmaps so that the trailer stays a few KB for any batch.
 
 Server side :func:`with_item_refusals` sends it; client side :func:`refused_items` reads it
 back from the trailer, validating every reason against the closed sets (a peer's details
@@ -38,7 +39,7 @@ _REASONS: dict[str, ErrorReason | BridgeReason] = {
 """Every ``ErrorInfo.reason`` of the closed sets, by its wire name (ADR 0015)."""
 
 MAX_MESSAGE = 200
-"""Longest per-item message sent or kept (a refusal of 5,000 items stays small)."""
+"""Longest message sent or kept per reason group (a refusal stays small)."""
 
 
 def refused_item(index: int, exc: PreconditionFailed) -> RefusedItem:
@@ -48,17 +49,30 @@ def refused_item(index: int, exc: PreconditionFailed) -> RefusedItem:
 
 
 def refusal_status(exc: ClaimsRefused) -> status_pb2.Status:
-    """The ``google.rpc.Status`` of ``exc``: its ErrorInfo, then a SignClaimsRefusal."""
+    """The ``google.rpc.Status`` of ``exc``: its ErrorInfo, then a SignClaimsRefusal with
+    one group per reason (a bitmap of the items, the first item's message).
+
+    Guarantees a bounded size whatever the batch: one bitmap of ``ceil(n / 8)`` bytes per
+    distinct reason (5,000 items: 625 bytes a reason) plus :data:`MAX_MESSAGE` of text,
+    so the trailer stays far below gRPC's 8 KB metadata limit.
+    """
     status = status_details(exc)
+    size = max(i.index for i in exc.items) + 1
+    groups: dict[str, tuple[RefusedItem, bytearray]] = {}
+    for item in exc.items:
+        name = wire_reason(item.reason)
+        if name not in groups:
+            groups[name] = (item, bytearray((size + 7) // 8))
+        groups[name][1][item.index // 8] |= 1 << (item.index % 8)
     detail = verifier_pb2.SignClaimsRefusal(
-        items=[
-            verifier_pb2.RefusedClaim(
-                index=i.index,
-                reason=wire_reason(i.reason),
-                retryable=i.retryable,
-                message=i.message[:MAX_MESSAGE],
+        groups=[
+            verifier_pb2.RefusedClaims(
+                reason=name,
+                retryable=first.retryable,
+                items=bytes(bitmap),
+                message=first.message[:MAX_MESSAGE],
             )
-            for i in exc.items
+            for name, (first, bitmap) in groups.items()
         ]
     )
     status.details.add().Pack(detail)
@@ -81,38 +95,40 @@ def with_item_refusals(method: F) -> F:
     return cast(F, wrapper)
 
 
-def refused_items(trailing: Iterable[tuple[str, str | bytes]] | None) -> tuple[RefusedItem, ...]:
-    """The refused items a peer's SignClaims refusal lists; () when there is none or the
-    details are garbled. Never raises.
+def refused_items(
+    trailing: Iterable[tuple[str, str | bytes]] | None, count: int
+) -> tuple[RefusedItem, ...]:
+    """The refused items (sorted by index) a peer's SignClaims refusal lists for a request
+    of ``count`` items; () when there is none or the details are garbled. Never raises.
 
-    SECURITY: each reason is looked up in the closed sets (anything else is UNKNOWN) and
-    every message is bounded; indices are returned as sent, the caller checks their range.
+    SECURITY: each reason is looked up in the closed sets (anything else is UNKNOWN), bits
+    at or beyond ``count`` are ignored, an item in two groups keeps the first, and every
+    message is bounded; a peer's list can only name items of this request.
     """
     raw = next((v for k, v in (trailing or ()) if k == DETAILS_KEY and isinstance(v, bytes)), None)
     if raw is None:
         return ()
-    out: list[RefusedItem] = []
+    out: dict[int, RefusedItem] = {}
     try:
         status = status_pb2.Status.FromString(raw)
         for any_ in status.details:
-            if any_.Is(verifier_pb2.SignClaimsRefusal.DESCRIPTOR):
-                detail = verifier_pb2.SignClaimsRefusal()
-                any_.Unpack(detail)
-                for item in detail.items:
-                    reason = _REASONS.get(item.reason, BridgeReason.UNKNOWN)
-                    out.append(
-                        RefusedItem(
-                            int(item.index),
-                            reason,
-                            bool(item.retryable),
-                            item.message[:MAX_MESSAGE],
-                        )
-                    )
+            if not any_.Is(verifier_pb2.SignClaimsRefusal.DESCRIPTOR):
+                continue
+            detail = verifier_pb2.SignClaimsRefusal()
+            any_.Unpack(detail)
+            for group in detail.groups:
+                reason = _REASONS.get(group.reason, BridgeReason.UNKNOWN)
+                message = group.message[:MAX_MESSAGE]
+                bitmap = bytes(group.items)[: (count + 7) // 8]
+                for index in range(min(count, len(bitmap) * 8)):
+                    if bitmap[index // 8] >> (index % 8) & 1 and index not in out:
+                        out[index] = RefusedItem(index, reason, bool(group.retryable), message)
     except Exception:
         return ()
-    return tuple(out)
+    return tuple(out[i] for i in sorted(out))
 
 
-def refusal_of(exc: Any) -> tuple[RefusedItem, ...]:
-    """:func:`refused_items` of a failed call (a ``grpc.aio.AioRpcError``)."""
-    return refused_items(cast(Any, exc).trailing_metadata())
+def refusal_of(exc: Any, count: int) -> tuple[RefusedItem, ...]:
+    """:func:`refused_items` of a failed call (a ``grpc.aio.AioRpcError``) of ``count``
+    items."""
+    return refused_items(cast(Any, exc).trailing_metadata(), count)

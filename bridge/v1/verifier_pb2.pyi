@@ -362,54 +362,58 @@ Global___SignClaimsResponse: _TypeAlias = SignClaimsResponse  # noqa: Y015
 
 @_typing.final
 class SignClaimsRefusal(_message.Message):
-    """A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): each refused
-    item with the refusal SignClaim would have given it alone.
+    """A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): every refused
+    item, grouped by the refusal SignClaim would have given it alone. Bitmaps keep the whole
+    status a few KB even for thousands of refused items (gRPC refuses trailers over 8 KB).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ITEMS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedClaim]: ...
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedClaims]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___RefusedClaim] | None = ...,
+        groups: _abc.Iterable[Global___RefusedClaims] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignClaimsRefusal: _TypeAlias = SignClaimsRefusal  # noqa: Y015
 
 @_typing.final
-class RefusedClaim(_message.Message):
+class RefusedClaims(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    INDEX_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
-    index: _builtins.int
-    """The item's position in SignClaimsRequest.items."""
     reason: _builtins.str
     """An ErrorInfo.reason: an ErrorReason member name or a bridge reason (ADR 0015)."""
     retryable: _builtins.bool
+    items: _builtins.bytes
+    """Bit i (byte i / 8, bit i % 8, least significant first) is set when item i of the
+    request was refused with this reason.
+    """
     message: _builtins.str
+    """The refusal of the group's first item, as text to show (bounded)."""
     def __init__(
         self,
         *,
-        index: _builtins.int = ...,
         reason: _builtins.str = ...,
         retryable: _builtins.bool = ...,
+        items: _builtins.bytes = ...,
         message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "message", b"message", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "message", b"message", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RefusedClaim: _TypeAlias = RefusedClaim  # noqa: Y015
+Global___RefusedClaims: _TypeAlias = RefusedClaims  # noqa: Y015

@@ -393,7 +393,7 @@ async def test_malformed_requests_are_invalid_arguments(c: Committee) -> None:
                 )
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, name
             assert message in (info.value.details() or ""), name
-            assert refusal_of(info.value) == (), name
+            assert refusal_of(info.value, len(items)) == (), name
 
 
 async def test_a_refusal_lists_items_on_the_wire(c: Committee) -> None:
@@ -411,7 +411,7 @@ async def test_a_refusal_lists_items_on_the_wire(c: Committee) -> None:
                 timeout=30,
             )
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert [(i.index, i.reason) for i in refusal_of(info.value)] == [
+    assert [(i.index, i.reason) for i in refusal_of(info.value, 4)] == [
         (1, BridgeReason.CLAIM_REFUSED)
     ]
 

@@ -103,22 +103,50 @@ def test_refusal_details_are_read_defensively() -> None:
     exc = ClaimsRefused([
         RefusedItem(7, BridgeReason.CLAIM_REFUSED, False, "x" * 1000),
         RefusedItem(2, ErrorReason.TOO_EARLY, True, "later"),
+        RefusedItem(9, BridgeReason.CLAIM_REFUSED, False, "other text, same reason"),
     ])  # fmt: skip
-    got = refused_items(_trailer(refusal_status(exc)))
+    got = refused_items(_trailer(refusal_status(exc)), 10)
     assert [(i.index, i.reason, i.retryable) for i in got] == [
         (2, ErrorReason.TOO_EARLY, True),
         (7, BridgeReason.CLAIM_REFUSED, False),
+        (9, BridgeReason.CLAIM_REFUSED, False),
     ]
-    assert len(got[1].message) == MAX_MESSAGE
-    # A reason outside the closed sets is UNKNOWN; garbage and absence are no items.
+    assert len(got[1].message) == MAX_MESSAGE, "one bounded message per reason"
+    # Only items of the request: bits beyond its count are ignored.
+    assert [i.index for i in refused_items(_trailer(refusal_status(exc)), 8)] == [2, 7]
+    # A reason outside the closed sets is UNKNOWN; an item in two groups keeps the first;
+    # garbage and absence are no items.
     status = status_pb2.Status(code=9)
     item = any_pb2.Any()
     item.Pack(
-        verifier_pb2.SignClaimsRefusal(items=[verifier_pb2.RefusedClaim(index=1, reason="Nope")])
+        verifier_pb2.SignClaimsRefusal(
+            groups=[
+                verifier_pb2.RefusedClaims(reason="Nope", items=b"\x02"),
+                verifier_pb2.RefusedClaims(reason="CLAIM_REFUSED", items=b"\x03"),
+            ]
+        )
     )
     status.details.append(item)
-    assert [i.reason for i in refused_items(_trailer(status))] == [BridgeReason.UNKNOWN]
-    assert refused_items(((DETAILS_KEY, b"\xff\x00garbage"),)) == ()
-    assert refused_items(None) == ()
+    assert [(i.index, i.reason) for i in refused_items(_trailer(status), 8)] == [
+        (0, BridgeReason.CLAIM_REFUSED),
+        (1, BridgeReason.UNKNOWN),
+    ]
+    assert refused_items(((DETAILS_KEY, b"\xff\x00garbage"),), 8) == ()
+    assert refused_items(None, 8) == ()
     with pytest.raises(ValueError, match="at least one refused item"):
         ClaimsRefused([])
+
+
+def test_a_refusal_of_the_largest_batch_fits_in_a_trailer() -> None:
+    """5,000 refused items under three reasons: a few KB (gRPC refuses trailers over
+    8 KB, and the coordinator would take RESOURCE_EXHAUSTED for an unreachable member)."""
+    reasons: list[ErrorReason | BridgeReason] = [
+        BridgeReason.CLAIM_REFUSED,
+        BridgeReason.PRECONDITION_FAILED,
+        ErrorReason.TOO_EARLY,
+    ]
+    exc = ClaimsRefused([RefusedItem(i, reasons[i % 3], False, "m" * 1000) for i in range(5000)])
+    raw = refusal_status(exc).SerializeToString()
+    assert len(raw) < 4096, len(raw)
+    got = refused_items(((DETAILS_KEY, raw),), 5000)
+    assert [(i.index, i.reason) for i in got] == [(i, reasons[i % 3]) for i in range(5000)]

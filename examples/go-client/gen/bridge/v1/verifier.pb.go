@@ -731,11 +731,12 @@ func (x *SignClaimsResponse) GetSignatures() []*BatchRootSignature {
 	return nil
 }
 
-// A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): each refused
-// item with the refusal SignClaim would have given it alone.
+// A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): every refused
+// item, grouped by the refusal SignClaim would have given it alone. Bitmaps keep the whole
+// status a few KB even for thousands of refused items (gRPC refuses trailers over 8 KB).
 type SignClaimsRefusal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Items         []*RefusedClaim        `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Groups        []*RefusedClaims       `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,39 +771,41 @@ func (*SignClaimsRefusal) Descriptor() ([]byte, []int) {
 	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{12}
 }
 
-func (x *SignClaimsRefusal) GetItems() []*RefusedClaim {
+func (x *SignClaimsRefusal) GetGroups() []*RefusedClaims {
 	if x != nil {
-		return x.Items
+		return x.Groups
 	}
 	return nil
 }
 
-type RefusedClaim struct {
+type RefusedClaims struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The item's position in SignClaimsRequest.items.
-	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	// An ErrorInfo.reason: an ErrorReason member name or a bridge reason (ADR 0015).
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	Retryable     bool   `protobuf:"varint,3,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	Reason    string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Retryable bool   `protobuf:"varint,2,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	// Bit i (byte i / 8, bit i % 8, least significant first) is set when item i of the
+	// request was refused with this reason.
+	Items []byte `protobuf:"bytes,3,opt,name=items,proto3" json:"items,omitempty"`
+	// The refusal of the group's first item, as text to show (bounded).
 	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *RefusedClaim) Reset() {
-	*x = RefusedClaim{}
+func (x *RefusedClaims) Reset() {
+	*x = RefusedClaims{}
 	mi := &file_bridge_v1_verifier_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *RefusedClaim) String() string {
+func (x *RefusedClaims) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*RefusedClaim) ProtoMessage() {}
+func (*RefusedClaims) ProtoMessage() {}
 
-func (x *RefusedClaim) ProtoReflect() protoreflect.Message {
+func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 	mi := &file_bridge_v1_verifier_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -814,33 +817,33 @@ func (x *RefusedClaim) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use RefusedClaim.ProtoReflect.Descriptor instead.
-func (*RefusedClaim) Descriptor() ([]byte, []int) {
+// Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
+func (*RefusedClaims) Descriptor() ([]byte, []int) {
 	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{13}
 }
 
-func (x *RefusedClaim) GetIndex() uint32 {
-	if x != nil {
-		return x.Index
-	}
-	return 0
-}
-
-func (x *RefusedClaim) GetReason() string {
+func (x *RefusedClaims) GetReason() string {
 	if x != nil {
 		return x.Reason
 	}
 	return ""
 }
 
-func (x *RefusedClaim) GetRetryable() bool {
+func (x *RefusedClaims) GetRetryable() bool {
 	if x != nil {
 		return x.Retryable
 	}
 	return false
 }
 
-func (x *RefusedClaim) GetMessage() string {
+func (x *RefusedClaims) GetItems() []byte {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *RefusedClaims) GetMessage() string {
 	if x != nil {
 		return x.Message
 	}
@@ -902,13 +905,13 @@ const file_bridge_v1_verifier_proto_rawDesc = "" +
 	"\x06signer\x18\x01 \x01(\fR\x06signer\x12=\n" +
 	"\n" +
 	"signatures\x18\x02 \x03(\v2\x1d.bridge.v1.BatchRootSignatureR\n" +
-	"signatures\"B\n" +
-	"\x11SignClaimsRefusal\x12-\n" +
-	"\x05items\x18\x01 \x03(\v2\x17.bridge.v1.RefusedClaimR\x05items\"t\n" +
-	"\fRefusedClaim\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1c\n" +
-	"\tretryable\x18\x03 \x01(\bR\tretryable\x12\x18\n" +
+	"signatures\"E\n" +
+	"\x11SignClaimsRefusal\x120\n" +
+	"\x06groups\x18\x01 \x03(\v2\x18.bridge.v1.RefusedClaimsR\x06groups\"u\n" +
+	"\rRefusedClaims\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1c\n" +
+	"\tretryable\x18\x02 \x01(\bR\tretryable\x12\x14\n" +
+	"\x05items\x18\x03 \x01(\fR\x05items\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage2\x8b\x03\n" +
 	"\x0fVerifierService\x12I\n" +
 	"\vGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12F\n" +
@@ -947,7 +950,7 @@ var file_bridge_v1_verifier_proto_goTypes = []any{
 	(*BatchRootSignature)(nil),   // 10: bridge.v1.BatchRootSignature
 	(*SignClaimsResponse)(nil),   // 11: bridge.v1.SignClaimsResponse
 	(*SignClaimsRefusal)(nil),    // 12: bridge.v1.SignClaimsRefusal
-	(*RefusedClaim)(nil),         // 13: bridge.v1.RefusedClaim
+	(*RefusedClaims)(nil),        // 13: bridge.v1.RefusedClaims
 	(ClaimKind)(0),               // 14: bridge.v1.ClaimKind
 	(*Terms)(nil),                // 15: bridge.v1.Terms
 	(*SupplyRecord)(nil),         // 16: bridge.v1.SupplyRecord
@@ -967,7 +970,7 @@ var file_bridge_v1_verifier_proto_depIdxs = []int32{
 	14, // 9: bridge.v1.SignClaimsRequest.kind:type_name -> bridge.v1.ClaimKind
 	15, // 10: bridge.v1.SignClaimsRequest.items:type_name -> bridge.v1.Terms
 	10, // 11: bridge.v1.SignClaimsResponse.signatures:type_name -> bridge.v1.BatchRootSignature
-	13, // 12: bridge.v1.SignClaimsRefusal.items:type_name -> bridge.v1.RefusedClaim
+	13, // 12: bridge.v1.SignClaimsRefusal.groups:type_name -> bridge.v1.RefusedClaims
 	0,  // 13: bridge.v1.VerifierService.GetIdentity:input_type -> bridge.v1.GetIdentityRequest
 	2,  // 14: bridge.v1.VerifierService.SignClaim:input_type -> bridge.v1.SignClaimRequest
 	5,  // 15: bridge.v1.VerifierService.SignSupply:input_type -> bridge.v1.SignSupplyRequest
