@@ -328,6 +328,8 @@ class VerifierConfig:
     standby: bool = False
     """---- active/passive (ADR 0017): wait for the vote log's lock instead of refusing to
     start while another process of this member holds it (same vote log only)."""
+    max_batch_claims: int = 1000
+    """---- batched certificates (ADR 0025): most items one ``SignClaims`` may carry."""
 
 
 def _req(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -769,6 +771,7 @@ def _verifier(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> Ver
         rotation=_rotation_bounds(raw.get("rotation", {})),
         observability=load_observability(raw, str(path)),
         standby=_flag(raw, "standby", str(path)),
+        max_batch_claims=int(raw.get("max_batch_claims", 1000)),
     )
 
 

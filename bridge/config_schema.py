@@ -465,6 +465,10 @@ class VerifierFile(Table):
     """Prometheus metrics."""
     tracing: TracingTable = TracingTable()
     """OpenTelemetry tracing."""
+    max_batch_claims: int = Field(default=1000, gt=0, le=5000)
+    """Most items one ``SignClaims`` request may carry; more is refused as a whole
+    (INVALID_ARGUMENT; ADR 0025). At most 5,000: a request (about 300 bytes an item) stays
+    well inside gRPC's default 4 MiB message limit."""
 
 
 # ---- client files --------------------------------------------------------------------------

@@ -105,6 +105,7 @@ async def run(config_path: Path) -> None:
         later_members=cfg.network.later_members,
         rotations=rotations,
         rotation_bounds=cfg.rotation,
+        max_batch_claims=cfg.max_batch_claims,
     )
     by_name = {name: readers[lc.id.word] for name, lc in cfg.network.ledgers.items()}
     server = BridgeServer(

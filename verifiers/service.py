@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
+from bridge.core.batch import BatchClaim, build_batch
+from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, EpochWindow, recover_signer
 from bridge.domain.errors import (
@@ -25,9 +27,11 @@ from bridge.domain.rotation import (
 )
 from bridge.domain.signer import Signer
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make_record
+from bridge.domain.terms import TransferTerms
 from bridge.ledgers.adapter import LedgerReader
 from bridge.ledgers.kinds import holder_direct_locks
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
+from bridge.rpc.claims_refusal import refused_item, with_item_refusals
 from bridge.rpc.convert import terms_from_pb
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.rotation_convert import proposal_from_pb
@@ -43,7 +47,10 @@ from verifiers.policy import (
 )
 from verifiers.rotation_log import RotationLog
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
-from verifiers.votes import VoteLog
+from verifiers.votes import Vote, VoteLog, VotesRefused
+
+BATCH_READ_CONCURRENCY = 16
+"""---- batched certificates: most leg reads of one SignClaims in flight at a time."""
 
 CATCH_UP_S = 2.0
 """How long a member waits for its own node to reach a proposed supply height."""
@@ -74,8 +81,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         later_members: Collection[bytes] = (),
         rotations: RotationLog | None = None,
         rotation_bounds: RotationBounds | None = None,
+        max_batch_claims: int = 1000,
     ) -> None:
         self._signer = signer
+        self._max_batch_claims = max_batch_claims  # ---- batched certificates (ADR 0025)
         # ---- committee rotation (ADR 0009): ``committee`` is the network file's epoch (the
         # trust anchor); the epochs this member signs under are read from each ledger.
         self._rotations = rotations
@@ -319,25 +328,54 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         self, request: verifier_pb2.SignClaimRequest, context: Context
     ) -> verifier_pb2.SignClaimResponse:
         """Sign LOCKED for the target, or COMMIT/ABORT for both ledgers, if the ledgers agree."""
-        try:
-            kind = ClaimKind(request.kind)
-        except ValueError:
-            raise InvalidInput("kind must be LOCKED, COMMIT or ABORT") from None
+        kind = _claim_kind(request.kind)
         terms = terms_from_pb(request.terms)
-        src = self._reader(terms.src_ledger, terms.src_bridge, "source")
+        src, dst = self._route(kind, terms)
         tid, th = terms.transfer_id, terms.terms_hash
+        confirmed = await self._check_item(kind, terms, (tid, th), src, dst)
+        if kind is not ClaimKind.LOCKED:
+            self._votes.record(tid, kind, th, confirmed=confirmed)
+        return await self._sign(kind, tid, th, _signing_ledgers(kind, src, dst))
+
+    def _route(
+        self, kind: ClaimKind, terms: TransferTerms
+    ) -> tuple[LedgerReader, LedgerReader | None]:
+        """The readers of ``terms``' source and target ledgers; the target is None for an
+        ABORT towards a target this member does not know (NotFound / InvalidInput for any
+        other claim, or an unknown source)."""
+        src = self._reader(terms.src_ledger, terms.src_bridge, "source")
         try:
             dst = self._reader(terms.dst_ledger, terms.dst_bridge, "target")
         except (NotFound, InvalidInput):
             if kind is not ClaimKind.ABORT:
                 raise
+            return src, None
+        return src, dst
+
+    async def _check_item(
+        self,
+        kind: ClaimKind,
+        terms: TransferTerms,
+        key: tuple[bytes, bytes],
+        src: LedgerReader,
+        dst: LedgerReader | None,
+    ) -> bool:
+        """Return if this member may sign ``kind`` for ``terms`` by its own finalized reads
+        of both legs (:mod:`verifiers.policy`), else raise the refusal. The ONE per-item
+        check of SignClaim and SignClaims; records nothing.
+
+        Returns whether a ledger already shows the decision applied (the vote log's
+        ``confirmed``). ``key``: ``terms``' transfer id and terms hash (computed once by
+        the caller). ``dst`` None: an ABORT towards an unknown target.
+        """
+        tid, th = key
+        if dst is None:
             # SECURITY: a target this member does not know was never certified LOCKED by
             # it (nor by any member with the same network file): the source lock can only
             # be released. Signed for the source ledger alone; recorded in the vote log.
             source_leg = await src.get_leg(tid, Leg.OUTBOUND)
             check_abort_unknown_target(th, source_leg)
-            self._votes.record(tid, kind, th, confirmed=source_leg.state is LegState.RELEASED)
-            return await self._sign(kind, tid, th, [src])
+            return source_leg.state is LegState.RELEASED
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
@@ -350,9 +388,142 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         check_claim(kind, th, source, target, instructed=instructed)
         if kind is ClaimKind.COMMIT:  # ---- flow limits: a large transfer's delay
             check_commit_delay(source, target, time.time())
+        return outcome_applied(kind, source, target)
+
+    # ---- batched certificates (issue 14, ADR 0025) -------------------------------------
+    @grpc_errors
+    @with_item_refusals
+    @observed("claims")  # refusals logged and counted like SignClaim's
+    async def SignClaims(
+        self, request: verifier_pb2.SignClaimsRequest, context: Context
+    ) -> verifier_pb2.SignClaimsResponse:
+        """Sign one batch root per ledger and epoch over the claims of many transfers, if
+        this member would sign every item alone (:meth:`sign_claims`)."""
+        kind = _claim_kind(request.kind)
+        count = len(request.items)
+        if not 0 < count <= self._max_batch_claims:
+            raise InvalidInput(f"a batch carries 1 to {self._max_batch_claims} items, not {count}")
+        items: list[TransferTerms] = []
+        for i, pb in enumerate(request.items):
+            try:
+                items.append(terms_from_pb(pb))
+            except InvalidInput as exc:
+                raise InvalidInput(f"item {i}: {exc}") from None
+        return await self.sign_claims(kind, items)
+
+    async def sign_claims(
+        self, kind: ClaimKind, items: Sequence[TransferTerms]
+    ) -> verifier_pb2.SignClaimsResponse:
+        """Check every item exactly as SignClaim does, then record and sign all or nothing.
+
+        Guarantees, in order: 1 to ``max_batch_claims`` items (InvalidInput), distinct
+        transfer ids (InvalidInput naming the duplicates), one source ledger and endpoint
+        and one target ledger and endpoint for all (InvalidInput); the ledgers resolved
+        as SignClaim resolves them. Then every item is checked (:meth:`_check_item`,
+        legs read concurrently, at most :data:`BATCH_READ_CONCURRENCY` at a time); any
+        refusal refuses the batch (ClaimsRefused listing EVERY refused item by index
+        with SignClaim's reason), nothing signed, nothing recorded. For COMMIT/ABORT
+        every item's decision is then recorded in ONE vote-log transaction (a conflict
+        with an earlier decision refuses the batch the same way, nothing recorded) before
+        any signature is made. A replayed batch re-records nothing and signs the same
+        root again.
+
+        SECURITY: the per-item rule is SignClaim's own function, so a batch never
+        certifies what the member would refuse alone, and the vote log's COMMIT/ABORT
+        exclusivity holds per item whether it was signed alone or in any batch.
+        """
+        if not 0 < len(items) <= self._max_batch_claims:
+            raise InvalidInput(
+                f"a batch carries 1 to {self._max_batch_claims} items, not {len(items)}"
+            )
+        keys = [(t.transfer_id, t.terms_hash) for t in items]  # each hashed once
+        first_seen: dict[bytes, int] = {}
+        duplicates: list[str] = []
+        for i, (tid, _) in enumerate(keys):
+            if tid in first_seen:
+                duplicates.append(f"item {i} repeats item {first_seen[tid]}")
+            first_seen.setdefault(tid, i)
+        if duplicates:
+            raise InvalidInput("duplicate transfer ids in the batch: " + ", ".join(duplicates))
+        pair = _ledger_pair(items[0])
+        mixed = [i for i, t in enumerate(items) if _ledger_pair(t) != pair]
+        if mixed:
+            raise InvalidInput(
+                "every item of a batch has item 0's source and target ledgers and endpoints;"
+                f" items {mixed[:10]} do not"
+            )
+        src, dst = self._route(kind, items[0])
+        gate = asyncio.Semaphore(BATCH_READ_CONCURRENCY)
+
+        async def check(i: int, terms: TransferTerms) -> bool | RefusedItem:
+            async with gate:
+                try:
+                    return await self._check_item(kind, terms, keys[i], src, dst)
+                except PreconditionFailed as exc:
+                    return refused_item(i, exc)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(check(i, t)) for i, t in enumerate(items)]
+        except BaseExceptionGroup as failed:
+            # A read that failed (Unavailable...) fails the whole request, typed as it came.
+            raise failed.exceptions[0] from None
+        outcomes = [t.result() for t in tasks]
+        refused = [o for o in outcomes if isinstance(o, RefusedItem)]
+        if refused:
+            raise ClaimsRefused(refused)
         if kind is not ClaimKind.LOCKED:
-            self._votes.record(tid, kind, th, confirmed=outcome_applied(kind, source, target))
-        return await self._sign(kind, tid, th, [dst] if kind is ClaimKind.LOCKED else [src, dst])
+            try:
+                self._votes.record_many(
+                    [
+                        Vote(tid, kind, th, confirmed=bool(o))
+                        for (tid, th), o in zip(keys, outcomes, strict=True)
+                    ]
+                )
+            except VotesRefused as exc:
+                raise ClaimsRefused([refused_item(i, e) for i, e in exc.refused.items()]) from None
+        return await self._sign_batch(kind, keys, _signing_ledgers(kind, src, dst))
+
+    async def _sign_batch(
+        self, kind: ClaimKind, keys: Sequence[tuple[bytes, bytes]], ledgers: list[LedgerReader]
+    ) -> verifier_pb2.SignClaimsResponse:
+        """This member's signatures over the batch root digest of the claims about ``keys``
+        (transfer id, terms hash) for each of ``ledgers`` and each epoch it signs under
+        there (ADR 0025)."""
+        out = verifier_pb2.SignClaimsResponse(signer=self._signer.address)
+        epochs = [await self._signing_epochs(reader) for reader in ledgers]
+        for reader, committees in zip(ledgers, epochs, strict=True):
+            network = await self._network_word(reader)
+            for committee in committees:
+                batch = build_batch(
+                    [
+                        BatchClaim(
+                            network,
+                            reader.ledger.word,
+                            reader.bridge_word,
+                            committee.epoch,
+                            int(kind),
+                            tid,
+                            th,
+                        )
+                        for tid, th in keys
+                    ]
+                )
+                digest = batch.digest
+                out.signatures.append(
+                    verifier_pb2.BatchRootSignature(
+                        ledger_id=reader.ledger.name,
+                        epoch=committee.epoch,
+                        root=batch.root,
+                        count=batch.count,
+                        digest=digest,
+                        signature=self._signer.sign_digest(digest),
+                    )
+                )
+        self._log.info("claims signed", count=len(keys), **{STATE: kind.name})
+        return out
+
+    # ----
 
     async def _sign(
         self, kind: ClaimKind, tid: bytes, th: bytes, ledgers: list[LedgerReader]
@@ -552,3 +723,26 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         raise SupplyRefused(
             f"{security.isin} exists on {ledger}, which the registration leaves out"
         )
+
+
+def _claim_kind(value: int) -> ClaimKind:
+    """The request's claim kind; InvalidInput for anything but LOCKED, COMMIT or ABORT."""
+    try:
+        return ClaimKind(value)
+    except ValueError:
+        raise InvalidInput("kind must be LOCKED, COMMIT or ABORT") from None
+
+
+def _signing_ledgers(
+    kind: ClaimKind, src: LedgerReader, dst: LedgerReader | None
+) -> list[LedgerReader]:
+    """The ledgers a claim is signed for: LOCKED the target; COMMIT and ABORT both (the
+    source alone for an ABORT towards an unknown target)."""
+    if dst is None:
+        return [src]
+    return [dst] if kind is ClaimKind.LOCKED else [src, dst]
+
+
+def _ledger_pair(terms: TransferTerms) -> tuple[bytes, bytes, bytes, bytes]:
+    """What every item of one batch shares: source and target ledger and endpoint."""
+    return (terms.src_ledger, terms.src_bridge, terms.dst_ledger, terms.dst_bridge)

@@ -11,8 +11,16 @@ from typing import Any, cast
 
 import grpc
 
+from bridge.coordinator.batch_certs import (
+    BatchItemsRefused,
+    CertifiedBatch,
+    assemble_batch,
+    check_items,
+    ledger_batch,
+)
 from bridge.coordinator.records import Misbehaviour
 from bridge.core.reasons import ErrorReason
+from bridge.domain.claim_batches import RefusedItem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import (
     Committee,
@@ -41,6 +49,7 @@ from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.channels import ReloadingStub
+from bridge.rpc.claims_refusal import refusal_of
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
 from bridge.rpc.errors import received_error
 from bridge.rpc.flow_convert import flow_status_from_pb
@@ -574,6 +583,123 @@ class CommitteeClient:
             else:
                 return None
         return out
+
+    # ---- batched certificates (issue 14 item 3, ADR 0025) -----------------------------
+    async def certify_batch(
+        self,
+        kind: ClaimKind,
+        terms: Sequence[TransferTerms],
+        ledgers: Sequence[LedgerDomain],
+        epochs: Mapping[str, Sequence[Committee]] | None = None,
+    ) -> Mapping[str, CertifiedBatch]:
+        """Return, per ledger, a batch certificate over the ``kind`` claims of every item of
+        ``terms`` (one ledger pair, distinct transfers) with each item's proof, as soon as
+        t members have validly signed the same root for every ledger.
+
+        ``ledgers`` and ``epochs`` as :meth:`certify`. Every member signature is counted
+        only over the root digest this client computes itself from ``terms`` (the tree is
+        deterministic: leaves sorted), so a member signing another root, count or digest
+        is reported as misbehaving and not counted; the certificate (t signers ascending,
+        one root) and every item's proof are checked with the endpoints' own rules before
+        they are returned (:func:`bridge.coordinator.batch_certs.check_items`).
+        Raises BatchItemsRefused listing the refused items (index and reason) when the
+        members' item refusals make a quorum impossible, PreconditionFailed for other
+        refusals, Unavailable when too many members cannot be reached, InvalidInput for a
+        malformed batch (no item, a transfer twice).
+        """
+        wanted: dict[str, tuple[Committee, ...]] = {
+            d.name: tuple((epochs or {}).get(d.name, ())) or (self.committee,) for d in ledgers
+        }
+        domains = {d.name: d for d in ledgers}
+        committees = {(n, c.epoch): c for n, cs in wanted.items() for c in cs}
+        batches = {
+            (d.name, c.epoch): ledger_batch(d, c.epoch, kind, terms)
+            for d in ledgers
+            for c in wanted[d.name]
+        }
+        subject = f"{kind.name} batch of {len(terms)} transfers"
+        request = verifier_pb2.SignClaimsRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            items=[terms_to_pb(t) for t in terms],
+        )
+        sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in batches}
+        refused: dict[int, RefusedItem] = {}
+        refusals: list[str] = []
+        unreachable: list[str] = []
+
+        async def examine(endpoint: str, resp: verifier_pb2.SignClaimsResponse) -> None:
+            for s in resp.signatures:
+                key = (s.ledger_id, s.epoch)
+                if key not in sigs:
+                    continue
+                b = batches[key]
+                if (s.root, s.count, s.digest) != (b.root, b.count, b.digest):
+                    await self._report(
+                        endpoint, "wrong-batch-digest", subject,
+                        f"signed another batch root than the {kind.name} batch on {s.ledger_id}",
+                        b.digest, s.digest, s.signature,
+                    )  # fmt: skip
+                    continue
+                try:
+                    verify_vote(committees[key], b.digest, s.signature)
+                except InvalidCertificate as exc:
+                    await self._report(
+                        endpoint, "invalid-signature", subject, str(exc), b.digest,
+                        s.digest, s.signature,
+                    )  # fmt: skip
+                    continue
+                sigs[key].append(s.signature)
+
+        def assembled() -> dict[str, CertifiedBatch] | None:
+            out: dict[str, CertifiedBatch] = {}
+            for name, preference in wanted.items():
+                for committee in preference:
+                    key = (name, committee.epoch)
+                    try:
+                        cert = assemble_batch(committee, batches[key], sigs[key])
+                    except InvalidCertificate:
+                        continue
+                    out[name] = check_items(domains[name], committee, batches[key], cert, terms)
+                    break
+                else:
+                    return None
+            return out
+
+        answers = self._ask_all(
+            lambda stub: stub.SignClaims(request, timeout=self._timeout), examine
+        )
+        async with aclosing(answers):
+            async for endpoint, resp in answers:
+                if isinstance(resp, grpc.aio.AioRpcError):
+                    if resp.code() in _TRANSIENT:
+                        unreachable.append(resp.code().name.lower())
+                        continue
+                    refusals.append(resp.details() or resp.code().name)
+                    # SECURITY: a member's list is data; it can name only items of this
+                    # batch (refused_items drops anything beyond it).
+                    for item in refusal_of(resp, len(terms)):
+                        refused.setdefault(item.index, item)
+                    continue
+                await examine(endpoint, resp)
+                certs = assembled()
+                if certs is not None:
+                    return certs
+        need = max(c.threshold for c in committees.values())
+        if refusals and len(refusals) > len(self._stubs) - need:
+            if refused:
+                raise BatchItemsRefused(refused.values())
+            raise PreconditionFailed(
+                f"committee refused the {subject}: " + "; ".join(sorted(set(refusals)))
+            )
+        if unreachable:
+            raise Unavailable(
+                f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable,"
+                f" {len(refusals)} refused; need {need}"
+                + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
+            )
+        raise PreconditionFailed(f"committee did not reach {need} valid signatures for {subject}")
+
+    # ----
 
     async def close(self) -> None:
         """Stop examining late answers and close every channel."""

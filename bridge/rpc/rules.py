@@ -162,6 +162,8 @@ RULES: Mapping[str, Rule] = {
     _V + "GetIdentity": _rule(COORDINATOR),
     _V + "SignClaim": _rule(COORDINATOR),
     _V + "SignSupply": _rule(COORDINATOR),
+    # ---- batched certificates (issue 14, ADR 0025): exactly SignClaim's rule.
+    _V + "SignClaims": _rule(COORDINATOR),
     # ---- depository halt
     # SECURITY: only the depository submits halt orders (the ledgers check its signature
     # anyway; the rule keeps anyone else from filling the coordinator's order book), and

@@ -263,3 +263,157 @@ class SignRotationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignRotationResponse: _TypeAlias = SignRotationResponse  # noqa: Y015
+
+@_typing.final
+class SignClaimsRequest(_message.Message):
+    """---- batched certificates (issue 14, ADR 0025)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    kind: _common_pb2.ClaimKind.ValueType
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Terms]:
+        """1 to the member's `max_batch_claims` items, distinct transfer ids, all with the same
+        source ledger and endpoint and the same target ledger and endpoint.
+        """
+
+    def __init__(
+        self,
+        *,
+        kind: _common_pb2.ClaimKind.ValueType = ...,
+        items: _abc.Iterable[_common_pb2.Terms] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignClaimsRequest: _TypeAlias = SignClaimsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRootSignature(_message.Message):
+    """This member's signature over one batch root digest (ADR 0025): the claims of every item,
+    of the request's kind, for one ledger and epoch. The tree is built from the items' leaves
+    sorted ascending, so the coordinator rebuilds it (and every proof) from the items alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    ledger_id: _builtins.str
+    epoch: _builtins.int
+    root: _builtins.bytes
+    count: _builtins.int
+    digest: _builtins.bytes
+    """keccak256(BATCH_ROOT_TAG, 2, network, ledger, endpoint, epoch, kind, root, count)."""
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        ledger_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+        count: _builtins.int = ...,
+        digest: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "digest", b"digest", "epoch", b"epoch", "ledger_id", b"ledger_id", "root", b"root", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRootSignature: _TypeAlias = BatchRootSignature  # noqa: Y015
+
+@_typing.final
+class SignClaimsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNER_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    signer: _builtins.bytes
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRootSignature]:
+        """One per ledger that must verify the claims (LOCKED: the target; COMMIT and ABORT: both)
+        and per epoch this member signs under there (two during a rotation's overlap).
+        """
+
+    def __init__(
+        self,
+        *,
+        signer: _builtins.bytes = ...,
+        signatures: _abc.Iterable[Global___BatchRootSignature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signatures", b"signatures", "signer", b"signer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignClaimsResponse: _TypeAlias = SignClaimsResponse  # noqa: Y015
+
+@_typing.final
+class SignClaimsRefusal(_message.Message):
+    """A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): every refused
+    item, grouped by the refusal SignClaim would have given it alone. Bitmaps keep the whole
+    status a few KB even for thousands of refused items (gRPC refuses trailers over 8 KB).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedClaims]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___RefusedClaims] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignClaimsRefusal: _TypeAlias = SignClaimsRefusal  # noqa: Y015
+
+@_typing.final
+class RefusedClaims(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """An ErrorInfo.reason: an ErrorReason member name or a bridge reason (ADR 0015)."""
+    retryable: _builtins.bool
+    items: _builtins.bytes
+    """Bit i (byte i / 8, bit i % 8, least significant first) is set when item i of the
+    request was refused with this reason.
+    """
+    message: _builtins.str
+    """The refusal of the group's first item, as text to show (bounded)."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        retryable: _builtins.bool = ...,
+        items: _builtins.bytes = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "message", b"message", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedClaims: _TypeAlias = RefusedClaims  # noqa: Y015

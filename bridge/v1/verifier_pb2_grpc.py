@@ -56,6 +56,11 @@ class VerifierServiceStub:
                 request_serializer=bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.FromString,
                 _registered_method=True)
+        self.SignClaims = channel.unary_unary(
+                '/bridge.v1.VerifierService/SignClaims',
+                request_serializer=bridge_dot_v1_dot_verifier__pb2.SignClaimsRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_verifier__pb2.SignClaimsResponse.FromString,
+                _registered_method=True)
 
 
 class VerifierServiceServicer:
@@ -97,6 +102,17 @@ class VerifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignClaims(self, request, context):
+        """---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+        epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+        SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+        recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+        every refused item. Coordinator only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +135,11 @@ def add_VerifierServiceServicer_to_server(servicer, server):
                     servicer.SignRotation,
                     request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.SerializeToString,
+            ),
+            'SignClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignClaims,
+                    request_deserializer=bridge_dot_v1_dot_verifier__pb2.SignClaimsRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_verifier__pb2.SignClaimsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +252,33 @@ class VerifierService:
             '/bridge.v1.VerifierService/SignRotation',
             bridge_dot_v1_dot_verifier__pb2.SignRotationRequest.SerializeToString,
             bridge_dot_v1_dot_verifier__pb2.SignRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.VerifierService/SignClaims',
+            bridge_dot_v1_dot_verifier__pb2.SignClaimsRequest.SerializeToString,
+            bridge_dot_v1_dot_verifier__pb2.SignClaimsResponse.FromString,
             options,
             channel_credentials,
             insecure,

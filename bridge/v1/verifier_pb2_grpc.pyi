@@ -51,6 +51,13 @@ class VerifierServiceStub:
     this member never signed another committee for next_epoch (durable rotation vote log).
     Bridge operator only (docs/adr/0009-following-the-epoch.md).
     """
+    SignClaims: _grpc.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimsRequest, _verifier_pb2.SignClaimsResponse]
+    """---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+    epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+    SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+    recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+    every refused item. Coordinator only.
+    """
 
 @_typing.type_check_only
 class VerifierServiceAsyncStub(VerifierServiceStub):
@@ -74,6 +81,13 @@ class VerifierServiceAsyncStub(VerifierServiceStub):
     the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
     this member never signed another committee for next_epoch (durable rotation vote log).
     Bridge operator only (docs/adr/0009-following-the-epoch.md).
+    """
+    SignClaims: _aio.UnaryUnaryMultiCallable[_verifier_pb2.SignClaimsRequest, _verifier_pb2.SignClaimsResponse]  # type: ignore[assignment]
+    """---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+    epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+    SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+    recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+    every refused item. Coordinator only.
     """
 
 class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +133,19 @@ class VerifierServiceServicer(metaclass=_abc_1.ABCMeta):
         the proposal is sound (2t > n, distinct members, activation and overlap in bounds) and
         this member never signed another committee for next_epoch (durable rotation vote log).
         Bridge operator only (docs/adr/0009-following-the-epoch.md).
+        """
+
+    @_abc_1.abstractmethod
+    def SignClaims(
+        self,
+        request: _verifier_pb2.SignClaimsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifier_pb2.SignClaimsResponse, _abc.Awaitable[_verifier_pb2.SignClaimsResponse]]:
+        """---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+        epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+        SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+        recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+        every refused item. Coordinator only.
         """
 
 def add_VerifierServiceServicer_to_server(servicer: VerifierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

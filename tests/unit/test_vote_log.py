@@ -9,7 +9,7 @@ import pytest
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import PreconditionFailed
-from verifiers.votes import ConflictingVote, VoteLog
+from verifiers.votes import ConflictingVote, Vote, VoteLog, VotesRefused
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +109,26 @@ def test_survives_reopening(db_path: Path) -> None:
         second.record(TID, ClaimKind.COMMIT, TH)  # idempotent after restart
     finally:
         second.close()
+
+
+# ---- batched certificates (ADR 0025): a batch's votes in one transaction, all or nothing
+@pytest.mark.batch
+@pytest.mark.security
+def test_record_many_is_all_or_nothing_and_names_every_refusal(log: VoteLog) -> None:
+    tid3, tid4 = bytes([0x55]) * 32, bytes([0x66]) * 32
+    log.record(TID, ClaimKind.ABORT, TH)
+    log.record(TID2, ClaimKind.COMMIT, TH)
+    batch = [
+        Vote(tid3, ClaimKind.COMMIT, TH),
+        Vote(TID, ClaimKind.COMMIT, TH),  # ABORT recorded before
+        Vote(TID2, ClaimKind.COMMIT, TH2),  # other terms
+        Vote(tid4, ClaimKind.COMMIT, TH),
+    ]
+    with pytest.raises(VotesRefused) as info:
+        log.record_many(batch)
+    assert sorted(info.value.refused) == [1, 2]
+    assert all(isinstance(e, ConflictingVote) for e in info.value.refused.values())
+    assert log.decision(tid3) is None and log.decision(tid4) is None, "rolled back"
+    log.record_many([batch[0], batch[3], Vote(TID2, ClaimKind.COMMIT, TH)])
+    assert (log.decision(tid3), log.decision(tid4)) == (ClaimKind.COMMIT, ClaimKind.COMMIT)
+    log.record_many([batch[0], batch[3]])  # idempotent replay

@@ -535,6 +535,321 @@ func (x *SignRotationResponse) GetSignatures() []*LedgerSignature {
 	return nil
 }
 
+type SignClaimsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  ClaimKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=bridge.v1.ClaimKind" json:"kind,omitempty"`
+	// 1 to the member's `max_batch_claims` items, distinct transfer ids, all with the same
+	// source ledger and endpoint and the same target ledger and endpoint.
+	Items         []*Terms `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignClaimsRequest) Reset() {
+	*x = SignClaimsRequest{}
+	mi := &file_bridge_v1_verifier_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignClaimsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignClaimsRequest) ProtoMessage() {}
+
+func (x *SignClaimsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_verifier_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignClaimsRequest.ProtoReflect.Descriptor instead.
+func (*SignClaimsRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignClaimsRequest) GetKind() ClaimKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ClaimKind_CLAIM_KIND_UNSPECIFIED
+}
+
+func (x *SignClaimsRequest) GetItems() []*Terms {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// This member's signature over one batch root digest (ADR 0025): the claims of every item,
+// of the request's kind, for one ledger and epoch. The tree is built from the items' leaves
+// sorted ascending, so the coordinator rebuilds it (and every proof) from the items alone.
+type BatchRootSignature struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LedgerId string                 `protobuf:"bytes,1,opt,name=ledger_id,json=ledgerId,proto3" json:"ledger_id,omitempty"`
+	Epoch    uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Root     []byte                 `protobuf:"bytes,3,opt,name=root,proto3" json:"root,omitempty"`
+	Count    uint32                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	// keccak256(BATCH_ROOT_TAG, 2, network, ledger, endpoint, epoch, kind, root, count).
+	Digest        []byte `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	Signature     []byte `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRootSignature) Reset() {
+	*x = BatchRootSignature{}
+	mi := &file_bridge_v1_verifier_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRootSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRootSignature) ProtoMessage() {}
+
+func (x *BatchRootSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_verifier_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRootSignature.ProtoReflect.Descriptor instead.
+func (*BatchRootSignature) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BatchRootSignature) GetLedgerId() string {
+	if x != nil {
+		return x.LedgerId
+	}
+	return ""
+}
+
+func (x *BatchRootSignature) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *BatchRootSignature) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *BatchRootSignature) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *BatchRootSignature) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *BatchRootSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type SignClaimsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Signer []byte                 `protobuf:"bytes,1,opt,name=signer,proto3" json:"signer,omitempty"`
+	// One per ledger that must verify the claims (LOCKED: the target; COMMIT and ABORT: both)
+	// and per epoch this member signs under there (two during a rotation's overlap).
+	Signatures    []*BatchRootSignature `protobuf:"bytes,2,rep,name=signatures,proto3" json:"signatures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignClaimsResponse) Reset() {
+	*x = SignClaimsResponse{}
+	mi := &file_bridge_v1_verifier_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignClaimsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignClaimsResponse) ProtoMessage() {}
+
+func (x *SignClaimsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_verifier_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignClaimsResponse.ProtoReflect.Descriptor instead.
+func (*SignClaimsResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SignClaimsResponse) GetSigner() []byte {
+	if x != nil {
+		return x.Signer
+	}
+	return nil
+}
+
+func (x *SignClaimsResponse) GetSignatures() []*BatchRootSignature {
+	if x != nil {
+		return x.Signatures
+	}
+	return nil
+}
+
+// A google.rpc.Status detail of a refused SignClaims (beside its ErrorInfo): every refused
+// item, grouped by the refusal SignClaim would have given it alone. Bitmaps keep the whole
+// status a few KB even for thousands of refused items (gRPC refuses trailers over 8 KB).
+type SignClaimsRefusal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*RefusedClaims       `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignClaimsRefusal) Reset() {
+	*x = SignClaimsRefusal{}
+	mi := &file_bridge_v1_verifier_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignClaimsRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignClaimsRefusal) ProtoMessage() {}
+
+func (x *SignClaimsRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_verifier_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignClaimsRefusal.ProtoReflect.Descriptor instead.
+func (*SignClaimsRefusal) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SignClaimsRefusal) GetGroups() []*RefusedClaims {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type RefusedClaims struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An ErrorInfo.reason: an ErrorReason member name or a bridge reason (ADR 0015).
+	Reason    string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Retryable bool   `protobuf:"varint,2,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	// Bit i (byte i / 8, bit i % 8, least significant first) is set when item i of the
+	// request was refused with this reason.
+	Items []byte `protobuf:"bytes,3,opt,name=items,proto3" json:"items,omitempty"`
+	// The refusal of the group's first item, as text to show (bounded).
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefusedClaims) Reset() {
+	*x = RefusedClaims{}
+	mi := &file_bridge_v1_verifier_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefusedClaims) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefusedClaims) ProtoMessage() {}
+
+func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_verifier_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
+func (*RefusedClaims) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_verifier_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RefusedClaims) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RefusedClaims) GetRetryable() bool {
+	if x != nil {
+		return x.Retryable
+	}
+	return false
+}
+
+func (x *RefusedClaims) GetItems() []byte {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *RefusedClaims) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_bridge_v1_verifier_proto protoreflect.FileDescriptor
 
 const file_bridge_v1_verifier_proto_rawDesc = "" +
@@ -575,13 +890,37 @@ const file_bridge_v1_verifier_proto_rawDesc = "" +
 	"\x06signer\x18\x01 \x01(\fR\x06signer\x12:\n" +
 	"\n" +
 	"signatures\x18\x02 \x03(\v2\x1a.bridge.v1.LedgerSignatureR\n" +
-	"signatures2\xc0\x02\n" +
+	"signatures\"e\n" +
+	"\x11SignClaimsRequest\x12(\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x14.bridge.v1.ClaimKindR\x04kind\x12&\n" +
+	"\x05items\x18\x02 \x03(\v2\x10.bridge.v1.TermsR\x05items\"\xa7\x01\n" +
+	"\x12BatchRootSignature\x12\x1b\n" +
+	"\tledger_id\x18\x01 \x01(\tR\bledgerId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04root\x18\x03 \x01(\fR\x04root\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\x12\x16\n" +
+	"\x06digest\x18\x05 \x01(\fR\x06digest\x12\x1c\n" +
+	"\tsignature\x18\x06 \x01(\fR\tsignature\"k\n" +
+	"\x12SignClaimsResponse\x12\x16\n" +
+	"\x06signer\x18\x01 \x01(\fR\x06signer\x12=\n" +
+	"\n" +
+	"signatures\x18\x02 \x03(\v2\x1d.bridge.v1.BatchRootSignatureR\n" +
+	"signatures\"E\n" +
+	"\x11SignClaimsRefusal\x120\n" +
+	"\x06groups\x18\x01 \x03(\v2\x18.bridge.v1.RefusedClaimsR\x06groups\"u\n" +
+	"\rRefusedClaims\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1c\n" +
+	"\tretryable\x18\x02 \x01(\bR\tretryable\x12\x14\n" +
+	"\x05items\x18\x03 \x01(\fR\x05items\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage2\x8b\x03\n" +
 	"\x0fVerifierService\x12I\n" +
 	"\vGetIdentity\x12\x1d.bridge.v1.GetIdentityRequest\x1a\x1b.bridge.v1.VerifierIdentity\x12F\n" +
 	"\tSignClaim\x12\x1b.bridge.v1.SignClaimRequest\x1a\x1c.bridge.v1.SignClaimResponse\x12I\n" +
 	"\n" +
 	"SignSupply\x12\x1c.bridge.v1.SignSupplyRequest\x1a\x1d.bridge.v1.SignSupplyResponse\x12O\n" +
-	"\fSignRotation\x12\x1e.bridge.v1.SignRotationRequest\x1a\x1f.bridge.v1.SignRotationResponseB_\n" +
+	"\fSignRotation\x12\x1e.bridge.v1.SignRotationRequest\x1a\x1f.bridge.v1.SignRotationResponse\x12I\n" +
+	"\n" +
+	"SignClaims\x12\x1c.bridge.v1.SignClaimsRequest\x1a\x1d.bridge.v1.SignClaimsResponseB_\n" +
 	"\x12dev.kstb.bridge.v1B\rVerifierProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
 var (
@@ -596,7 +935,7 @@ func file_bridge_v1_verifier_proto_rawDescGZIP() []byte {
 	return file_bridge_v1_verifier_proto_rawDescData
 }
 
-var file_bridge_v1_verifier_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_bridge_v1_verifier_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_bridge_v1_verifier_proto_goTypes = []any{
 	(*GetIdentityRequest)(nil),   // 0: bridge.v1.GetIdentityRequest
 	(*VerifierIdentity)(nil),     // 1: bridge.v1.VerifierIdentity
@@ -607,35 +946,46 @@ var file_bridge_v1_verifier_proto_goTypes = []any{
 	(*SignSupplyResponse)(nil),   // 6: bridge.v1.SignSupplyResponse
 	(*SignRotationRequest)(nil),  // 7: bridge.v1.SignRotationRequest
 	(*SignRotationResponse)(nil), // 8: bridge.v1.SignRotationResponse
-	(ClaimKind)(0),               // 9: bridge.v1.ClaimKind
-	(*Terms)(nil),                // 10: bridge.v1.Terms
-	(*SupplyRecord)(nil),         // 11: bridge.v1.SupplyRecord
-	(*SignedRegistration)(nil),   // 12: bridge.v1.SignedRegistration
-	(*RotationProposal)(nil),     // 13: bridge.v1.RotationProposal
+	(*SignClaimsRequest)(nil),    // 9: bridge.v1.SignClaimsRequest
+	(*BatchRootSignature)(nil),   // 10: bridge.v1.BatchRootSignature
+	(*SignClaimsResponse)(nil),   // 11: bridge.v1.SignClaimsResponse
+	(*SignClaimsRefusal)(nil),    // 12: bridge.v1.SignClaimsRefusal
+	(*RefusedClaims)(nil),        // 13: bridge.v1.RefusedClaims
+	(ClaimKind)(0),               // 14: bridge.v1.ClaimKind
+	(*Terms)(nil),                // 15: bridge.v1.Terms
+	(*SupplyRecord)(nil),         // 16: bridge.v1.SupplyRecord
+	(*SignedRegistration)(nil),   // 17: bridge.v1.SignedRegistration
+	(*RotationProposal)(nil),     // 18: bridge.v1.RotationProposal
 }
 var file_bridge_v1_verifier_proto_depIdxs = []int32{
-	9,  // 0: bridge.v1.SignClaimRequest.kind:type_name -> bridge.v1.ClaimKind
-	10, // 1: bridge.v1.SignClaimRequest.terms:type_name -> bridge.v1.Terms
+	14, // 0: bridge.v1.SignClaimRequest.kind:type_name -> bridge.v1.ClaimKind
+	15, // 1: bridge.v1.SignClaimRequest.terms:type_name -> bridge.v1.Terms
 	3,  // 2: bridge.v1.SignClaimResponse.signatures:type_name -> bridge.v1.LedgerSignature
-	11, // 3: bridge.v1.SignSupplyRequest.record:type_name -> bridge.v1.SupplyRecord
-	12, // 4: bridge.v1.SignSupplyRequest.registration:type_name -> bridge.v1.SignedRegistration
-	11, // 5: bridge.v1.SignSupplyRequest.previous:type_name -> bridge.v1.SupplyRecord
-	13, // 6: bridge.v1.SignRotationRequest.proposal:type_name -> bridge.v1.RotationProposal
+	16, // 3: bridge.v1.SignSupplyRequest.record:type_name -> bridge.v1.SupplyRecord
+	17, // 4: bridge.v1.SignSupplyRequest.registration:type_name -> bridge.v1.SignedRegistration
+	16, // 5: bridge.v1.SignSupplyRequest.previous:type_name -> bridge.v1.SupplyRecord
+	18, // 6: bridge.v1.SignRotationRequest.proposal:type_name -> bridge.v1.RotationProposal
 	3,  // 7: bridge.v1.SignRotationRequest.consents:type_name -> bridge.v1.LedgerSignature
 	3,  // 8: bridge.v1.SignRotationResponse.signatures:type_name -> bridge.v1.LedgerSignature
-	0,  // 9: bridge.v1.VerifierService.GetIdentity:input_type -> bridge.v1.GetIdentityRequest
-	2,  // 10: bridge.v1.VerifierService.SignClaim:input_type -> bridge.v1.SignClaimRequest
-	5,  // 11: bridge.v1.VerifierService.SignSupply:input_type -> bridge.v1.SignSupplyRequest
-	7,  // 12: bridge.v1.VerifierService.SignRotation:input_type -> bridge.v1.SignRotationRequest
-	1,  // 13: bridge.v1.VerifierService.GetIdentity:output_type -> bridge.v1.VerifierIdentity
-	4,  // 14: bridge.v1.VerifierService.SignClaim:output_type -> bridge.v1.SignClaimResponse
-	6,  // 15: bridge.v1.VerifierService.SignSupply:output_type -> bridge.v1.SignSupplyResponse
-	8,  // 16: bridge.v1.VerifierService.SignRotation:output_type -> bridge.v1.SignRotationResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 9: bridge.v1.SignClaimsRequest.kind:type_name -> bridge.v1.ClaimKind
+	15, // 10: bridge.v1.SignClaimsRequest.items:type_name -> bridge.v1.Terms
+	10, // 11: bridge.v1.SignClaimsResponse.signatures:type_name -> bridge.v1.BatchRootSignature
+	13, // 12: bridge.v1.SignClaimsRefusal.groups:type_name -> bridge.v1.RefusedClaims
+	0,  // 13: bridge.v1.VerifierService.GetIdentity:input_type -> bridge.v1.GetIdentityRequest
+	2,  // 14: bridge.v1.VerifierService.SignClaim:input_type -> bridge.v1.SignClaimRequest
+	5,  // 15: bridge.v1.VerifierService.SignSupply:input_type -> bridge.v1.SignSupplyRequest
+	7,  // 16: bridge.v1.VerifierService.SignRotation:input_type -> bridge.v1.SignRotationRequest
+	9,  // 17: bridge.v1.VerifierService.SignClaims:input_type -> bridge.v1.SignClaimsRequest
+	1,  // 18: bridge.v1.VerifierService.GetIdentity:output_type -> bridge.v1.VerifierIdentity
+	4,  // 19: bridge.v1.VerifierService.SignClaim:output_type -> bridge.v1.SignClaimResponse
+	6,  // 20: bridge.v1.VerifierService.SignSupply:output_type -> bridge.v1.SignSupplyResponse
+	8,  // 21: bridge.v1.VerifierService.SignRotation:output_type -> bridge.v1.SignRotationResponse
+	11, // 22: bridge.v1.VerifierService.SignClaims:output_type -> bridge.v1.SignClaimsResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_verifier_proto_init() }
@@ -652,7 +1002,7 @@ func file_bridge_v1_verifier_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_verifier_proto_rawDesc), len(file_bridge_v1_verifier_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

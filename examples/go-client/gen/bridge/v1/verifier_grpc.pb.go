@@ -23,6 +23,7 @@ const (
 	VerifierService_SignClaim_FullMethodName    = "/bridge.v1.VerifierService/SignClaim"
 	VerifierService_SignSupply_FullMethodName   = "/bridge.v1.VerifierService/SignSupply"
 	VerifierService_SignRotation_FullMethodName = "/bridge.v1.VerifierService/SignRotation"
+	VerifierService_SignClaims_FullMethodName   = "/bridge.v1.VerifierService/SignClaims"
 )
 
 // VerifierServiceClient is the client API for VerifierService service.
@@ -46,6 +47,12 @@ type VerifierServiceClient interface {
 	// this member never signed another committee for next_epoch (durable rotation vote log).
 	// Bridge operator only (docs/adr/0009-following-the-epoch.md).
 	SignRotation(ctx context.Context, in *SignRotationRequest, opts ...grpc.CallOption) (*SignRotationResponse, error)
+	// ---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+	// epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+	// SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+	// recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+	// every refused item. Coordinator only.
+	SignClaims(ctx context.Context, in *SignClaimsRequest, opts ...grpc.CallOption) (*SignClaimsResponse, error)
 }
 
 type verifierServiceClient struct {
@@ -96,6 +103,16 @@ func (c *verifierServiceClient) SignRotation(ctx context.Context, in *SignRotati
 	return out, nil
 }
 
+func (c *verifierServiceClient) SignClaims(ctx context.Context, in *SignClaimsRequest, opts ...grpc.CallOption) (*SignClaimsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignClaimsResponse)
+	err := c.cc.Invoke(ctx, VerifierService_SignClaims_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VerifierServiceServer is the server API for VerifierService service.
 // All implementations must embed UnimplementedVerifierServiceServer
 // for forward compatibility.
@@ -117,6 +134,12 @@ type VerifierServiceServer interface {
 	// this member never signed another committee for next_epoch (durable rotation vote log).
 	// Bridge operator only (docs/adr/0009-following-the-epoch.md).
 	SignRotation(context.Context, *SignRotationRequest) (*SignRotationResponse, error)
+	// ---- batched certificates (issue 14, ADR 0025): sign one Merkle root per ledger and
+	// epoch over the claims of many transfers of one ledger pair, after checking EVERY item as
+	// SignClaim does. All or nothing: if any item is refused nothing is signed and no vote is
+	// recorded; the FAILED_PRECONDITION status then carries a SignClaimsRefusal detail listing
+	// every refused item. Coordinator only.
+	SignClaims(context.Context, *SignClaimsRequest) (*SignClaimsResponse, error)
 	mustEmbedUnimplementedVerifierServiceServer()
 }
 
@@ -138,6 +161,9 @@ func (UnimplementedVerifierServiceServer) SignSupply(context.Context, *SignSuppl
 }
 func (UnimplementedVerifierServiceServer) SignRotation(context.Context, *SignRotationRequest) (*SignRotationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignRotation not implemented")
+}
+func (UnimplementedVerifierServiceServer) SignClaims(context.Context, *SignClaimsRequest) (*SignClaimsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignClaims not implemented")
 }
 func (UnimplementedVerifierServiceServer) mustEmbedUnimplementedVerifierServiceServer() {}
 func (UnimplementedVerifierServiceServer) testEmbeddedByValue()                         {}
@@ -232,6 +258,24 @@ func _VerifierService_SignRotation_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VerifierService_SignClaims_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignClaimsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VerifierServiceServer).SignClaims(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VerifierService_SignClaims_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VerifierServiceServer).SignClaims(ctx, req.(*SignClaimsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VerifierService_ServiceDesc is the grpc.ServiceDesc for VerifierService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +298,10 @@ var VerifierService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignRotation",
 			Handler:    _VerifierService_SignRotation_Handler,
+		},
+		{
+			MethodName: "SignClaims",
+			Handler:    _VerifierService_SignClaims_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,152 @@
+"""The coordinator's side of batched certificates (ADR 0025) without a network: the batch
+it expects, the certificate t root signatures make, the endpoints' rules applied before
+anything is handed out, and a member's refusal details read back defensively."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from bridge.coordinator.batch_certs import assemble_batch, check_items, ledger_batch
+from bridge.coordinator.clients import LedgerDomain
+from bridge.core.reasons import ErrorReason
+from bridge.core.words import evm_network_word
+from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
+from bridge.domain.claims import ClaimKind
+from bridge.domain.committee import Committee
+from bridge.domain.errors import BridgeReason, InvalidCertificate, InvalidInput
+from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.signer import LocalKeySigner
+from bridge.domain.terms import TransferTerms
+from bridge.rpc.claims_refusal import MAX_MESSAGE, refusal_status, refused_items
+from bridge.rpc.errors import DETAILS_KEY
+from bridge.v1 import verifier_pb2
+
+pytestmark = [pytest.mark.unit, pytest.mark.security, pytest.mark.batch]
+
+SIGNERS = sorted(
+    (LocalKeySigner(secrets.token_bytes(32)) for _ in range(4)), key=lambda s: s.address
+)
+COMMITTEE = Committee(1, 3, tuple(s.address for s in SIGNERS))
+B = LedgerDomain("b", LedgerId("b").word, bytes(12) + b"\x0b" * 20, evm_network_word(31_337))
+OTHER = LedgerDomain("c", LedgerId("c").word, B.bridge_word, B.network_word)
+
+
+def terms(n: int) -> list[TransferTerms]:
+    return [
+        TransferTerms(
+            nonce=secrets.token_bytes(32),
+            security=SecurityId("KR7005930003").word,
+            amount=1,
+            src_ledger=LedgerId("a").word,
+            src_bridge=bytes(12) + b"\x0a" * 20,
+            dst_ledger=B.ledger_word,
+            dst_bridge=B.bridge_word,
+            sender=bytes(12) + b"\x51" * 20,
+            recipient=bytes(12) + b"\x52" * 20,
+            instructor=bytes(12) + b"\x53" * 20,
+            deadline=2_000_000_000,
+        )
+        for _ in range(n)
+    ]
+
+
+def test_t_root_signatures_make_a_checked_certificate_with_every_proof() -> None:
+    ts = terms(5)
+    batch = ledger_batch(B, 1, ClaimKind.LOCKED, ts)
+    rogue = LocalKeySigner(secrets.token_bytes(32))
+    sigs = [s.sign_digest(batch.digest) for s in reversed(SIGNERS)] + [
+        rogue.sign_digest(batch.digest)
+    ]
+    cert = assemble_batch(COMMITTEE, batch, sigs)
+    assert len(cert.signatures) == 3, "t kept, the rogue dropped"
+    out = check_items(B, COMMITTEE, batch, cert, ts)
+    assert [i.terms for i in out.items] == ts and out.ledger == "b"
+
+
+def test_nothing_a_ledger_would_refuse_is_handed_out() -> None:
+    ts = terms(3)
+    batch = ledger_batch(B, 1, ClaimKind.COMMIT, ts)
+    with pytest.raises(InvalidCertificate, match="only 2 valid signatures"):
+        assemble_batch(COMMITTEE, batch, [s.sign_digest(batch.digest) for s in SIGNERS[:2]])
+    cert = assemble_batch(COMMITTEE, batch, [s.sign_digest(batch.digest) for s in SIGNERS])
+    # The same certificate for another ledger's endpoint: the root digest differs.
+    with pytest.raises(InvalidCertificate) as info:
+        check_items(OTHER, COMMITTEE, ledger_batch(OTHER, 1, ClaimKind.COMMIT, ts), cert, ts)
+    assert info.value.reason is ErrorReason.NOT_COMMITTEE_MEMBER
+    # An item that is not in the batch has no proof.
+    with pytest.raises(InvalidCertificate) as info:
+        check_items(B, COMMITTEE, batch, cert, [*ts[:2], terms(1)[0]])
+    assert info.value.reason is ErrorReason.INVALID_BATCH_PROOF
+    # More items than the root's count.
+    with pytest.raises(InvalidCertificate) as info:
+        check_items(B, COMMITTEE, batch, cert, [*ts, *terms(1)])
+    assert info.value.reason is ErrorReason.INVALID_BATCH
+
+
+def test_a_malformed_batch_is_refused_before_asking() -> None:
+    ts = terms(2)
+    with pytest.raises(InvalidInput, match="DuplicateBatchItem"):
+        ledger_batch(B, 1, ClaimKind.LOCKED, [*ts, ts[0]])
+    with pytest.raises(InvalidInput, match="InvalidBatch"):
+        ledger_batch(B, 1, ClaimKind.LOCKED, [])
+
+
+def _trailer(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
+    return ((DETAILS_KEY, status.SerializeToString()),)
+
+
+def test_refusal_details_are_read_defensively() -> None:
+    exc = ClaimsRefused([
+        RefusedItem(7, BridgeReason.CLAIM_REFUSED, False, "x" * 1000),
+        RefusedItem(2, ErrorReason.TOO_EARLY, True, "later"),
+        RefusedItem(9, BridgeReason.CLAIM_REFUSED, False, "other text, same reason"),
+    ])  # fmt: skip
+    got = refused_items(_trailer(refusal_status(exc)), 10)
+    assert [(i.index, i.reason, i.retryable) for i in got] == [
+        (2, ErrorReason.TOO_EARLY, True),
+        (7, BridgeReason.CLAIM_REFUSED, False),
+        (9, BridgeReason.CLAIM_REFUSED, False),
+    ]
+    assert len(got[1].message) == MAX_MESSAGE, "one bounded message per reason"
+    # Only items of the request: bits beyond its count are ignored.
+    assert [i.index for i in refused_items(_trailer(refusal_status(exc)), 8)] == [2, 7]
+    # A reason outside the closed sets is UNKNOWN; an item in two groups keeps the first;
+    # garbage and absence are no items.
+    status = status_pb2.Status(code=9)
+    item = any_pb2.Any()
+    item.Pack(
+        verifier_pb2.SignClaimsRefusal(
+            groups=[
+                verifier_pb2.RefusedClaims(reason="Nope", items=b"\x02"),
+                verifier_pb2.RefusedClaims(reason="CLAIM_REFUSED", items=b"\x03"),
+            ]
+        )
+    )
+    status.details.append(item)
+    assert [(i.index, i.reason) for i in refused_items(_trailer(status), 8)] == [
+        (0, BridgeReason.CLAIM_REFUSED),
+        (1, BridgeReason.UNKNOWN),
+    ]
+    assert refused_items(((DETAILS_KEY, b"\xff\x00garbage"),), 8) == ()
+    assert refused_items(None, 8) == ()
+    with pytest.raises(ValueError, match="at least one refused item"):
+        ClaimsRefused([])
+
+
+def test_a_refusal_of_the_largest_batch_fits_in_a_trailer() -> None:
+    """5,000 refused items under three reasons: a few KB (gRPC refuses trailers over
+    8 KB, and the coordinator would take RESOURCE_EXHAUSTED for an unreachable member)."""
+    reasons: list[ErrorReason | BridgeReason] = [
+        BridgeReason.CLAIM_REFUSED,
+        BridgeReason.PRECONDITION_FAILED,
+        ErrorReason.TOO_EARLY,
+    ]
+    exc = ClaimsRefused([RefusedItem(i, reasons[i % 3], False, "m" * 1000) for i in range(5000)])
+    raw = refusal_status(exc).SerializeToString()
+    assert len(raw) < 4096, len(raw)
+    got = refused_items(((DETAILS_KEY, raw),), 5000)
+    assert [(i.index, i.reason) for i in got] == [(i, reasons[i % 3]) for i in range(5000)]
