@@ -257,7 +257,7 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
     assert isinstance(held, PreconditionFailed)
     assert (held.reason, held.ledger) == (ErrorReason.SUPPLY_NOT_COUNTED, LEDGER.name)
     relayer = env.client("Org1", "User1")
-    admin = env.client("Org2", "Admin")  # not the issuer's: any organisation admin counts
+    counter = env.client("Org2", "Admin")  # not the issuer's: any organisation admin counts
     try:
         with pytest.raises(LedgerRejected) as not_admin:
             await relayer.submit(CHAINCODE, "CountSupply", [ISIN, "1000"])
@@ -267,8 +267,8 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
         # and only an empty read after the cursor ends a family.
         pages: list[tuple[str, int]] = []
         while True:
-            preview = json.loads(await admin.evaluate(CHAINCODE, "CountSupply", [ISIN, "1000"]))
-            await submit_and_wait(env.net, admin, CHAINCODE, "CountSupply", ISIN, "1000")
+            preview = json.loads(await counter.evaluate(CHAINCODE, "CountSupply", [ISIN, "1000"]))
+            await submit_and_wait(env.net, counter, CHAINCODE, "CountSupply", ISIN, "1000")
             if preview["done"]:
                 break
             pages.append((preview["family"], preview["counted"]))
@@ -276,13 +276,14 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
         assert max(n for _, n in pages) == LIMIT, pages
         holder_pages = [n for family, n in pages if family == "holder"]
         assert holder_pages[:2] == [LIMIT, 2], pages  # a page of 1000 came back with 20
-        state = json.loads(await admin.evaluate(CHAINCODE, "SupplyCounting", [ISIN]))
+        state = json.loads(await counter.evaluate(CHAINCODE, "SupplyCounting", [ISIN]))
         assert state["done"] is True
         # Counted: the next reading round produces a record and admission resumes.
         assert await publisher.publish(ISIN) is not None
         assert await publisher.refusal(ISIN, (LEDGER.name,)) is None
     finally:
         await relayer.close()
+        await counter.close()
         await supply.__aexit__(None, None, None)
 
     # ---- exact now, and after every later write.
@@ -308,6 +309,7 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
     assert (await adapter.holder_status(SECURITY, late)).balance == 7
 
     # A security registered after the upgrade is counted from zero: no CountSupply needed.
+    admin = env.client("Org1", "Admin")
     try:
         await submit_and_wait(env.net, admin, CHAINCODE, "RegisterSecurity", LATER_ISIN)
         later = SecurityId(LATER_ISIN)
