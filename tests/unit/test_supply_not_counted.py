@@ -86,8 +86,8 @@ def raise_(exc: BridgeError) -> Callable[[], SupplyReading]:
 class Ledgers:
     """Two relayers over real gRPC (plaintext, development flag) in this process."""
 
-    def __init__(self) -> None:
-        self.adapters = {name: ScriptedAdapter(name) for name in (FABRIC, EVM)}
+    def __init__(self, names: tuple[str, ...] = (FABRIC, EVM)) -> None:
+        self.adapters = {name: ScriptedAdapter(name) for name in names}
         self.servers: list[grpc.aio.Server] = []
         self.gateways: dict[str, RelayerGateway] = {}
 
@@ -267,3 +267,74 @@ async def test_the_publisher_stops_retrying_on_the_typed_refusal(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert fabric.reads > 1  # transient: retried
+
+
+async def test_the_coordinator_refuses_the_transfer_typed_and_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full admission path (instruction checked, then the supply rule) of a Coordinator
+    on real SQLite: FAILED_PRECONDITION with SUPPLY_NOT_COUNTED naming the ledger on the
+    wire, nothing recorded; accepted once the ledger is counted."""
+    from bridge.config import dump_toml, load_network
+    from bridge.coordinator.engine import Coordinator
+    from bridge.coordinator.records import TransferRequest
+    from bridge.coordinator.store import SqliteTransferStore
+    from bridge.rpc.errors import status_details
+    from tests.unit.test_coordinator_driver import BROKER_A, HOLDER, FakeRelayer, instructed
+    from tests.unit.test_coordinator_driver import FakeCommittee as StepCommittee
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    (tmp_path / "network.toml").write_text(
+        dump_toml(
+            {
+                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
+                "securities": {"isins": [ISIN]},
+                "ledgers": [
+                    {"id": n, "kind": "evm", "rpc_url": "x", "bridge": "0x" + b * 20,
+                     "chain_id": i, "finality_depth": 0}
+                    for i, (n, b) in enumerate((("a", "aa"), ("b", "bb")), 1)
+                ],
+                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
+            }
+        )
+    )  # fmt: skip
+    network = load_network(tmp_path / "network.toml")
+    ledgers = await Ledgers(("a", "b")).start()
+    supply_store = SqliteSupplyStore(tmp_path / "supply.sqlite")
+    await supply_store.register(
+        StoredRegistration(
+            Registration.of(ISIN, 1, {"a": 100, "b": 100}, T0), b"\x5a" * 65, b"\x0a" * 20
+        )
+    )
+    pub = SupplyPublisher(network, supply_store, ledgers.gateways, FakeCommittee(), 0.0)  # type: ignore[arg-type]
+    store = SqliteTransferStore(tmp_path / "c.sqlite")
+    c = Coordinator(
+        network, store, {"a": FakeRelayer("a"), "b": FakeRelayer("b")}, StepCommittee(),  # type: ignore[arg-type,dict-item]
+        transfer_ttl=60, max_backoff=0.2, supply=pub, sweep_every=0.1,
+    )  # fmt: skip
+    await c.start()
+    try:
+        ledgers.adapters["b"].answer = refuse(ErrorReason.SUPPLY_NOT_COUNTED)
+        with pytest.raises(LedgerRejected):
+            await pub.publish(ISIN)
+        req = TransferRequest("k1", ISIN, "a", "b", HOLDER, HOLDER, 5)
+        with pytest.raises(PreconditionFailed) as refused:
+            await c.submit(req, instructed(network, req))
+        assert (refused.value.reason, refused.value.ledger) == (
+            ErrorReason.SUPPLY_NOT_COUNTED,
+            "b",
+        )
+        wire = status_details(refused.value)
+        assert wire.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert b"SUPPLY_NOT_COUNTED" in wire.details[0].value
+        assert await store.get_by_key("a", "k1") is None  # nothing recorded
+
+        ledgers.adapters["b"].answer = lambda: reading("b")
+        assert await pub.publish(ISIN) is not None
+        record, created = await c.submit(req, instructed(network, req))
+        assert created and record.request == req
+    finally:
+        await c.stop()
+        store.close()
+        supply_store.close()
+        await ledgers.stop()
