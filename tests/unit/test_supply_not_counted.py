@@ -35,7 +35,7 @@ from bridge.rpc.tls import INSECURE_ENV
 from bridge.v1 import relayer_pb2_grpc
 from relayers.service import RelayerServicer
 
-pytestmark = [pytest.mark.unit, pytest.mark.batch]
+pytestmark = [pytest.mark.unit, pytest.mark.batch, pytest.mark.security]
 
 ISIN = "KR5701ES0016"
 FABRIC, EVM = "fabric-a", "evm-a"
