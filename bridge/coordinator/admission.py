@@ -70,7 +70,7 @@ class Admission:
                 request.security, (request.source_ledger, request.target_ledger)
             )
             if refusal is not None:
-                raise PreconditionFailed(refusal)
+                raise refusal
         await self._precheck(request)
         await self._flow.precheck(request)
         record = TransferRecord(

@@ -21,8 +21,10 @@ from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.supply_store import Hold, StoredRegistration, SupplyStore
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     InvalidInput,
+    LedgerRejected,
     NotFound,
     PreconditionFailed,
     Unavailable,
@@ -42,10 +44,27 @@ from bridge.domain.supply import (
     assess,
     make_record,
 )
-from bridge.logfields import ELAPSED, ERROR, REASON, SECURITY, SEQUENCE, get_logger
+from bridge.logfields import ELAPSED, ERROR, LEDGER, REASON, SECURITY, SEQUENCE, get_logger
 
 PUBLISH_ATTEMPTS = 12
 FEED_PAGE = 500
+FIRST_CHECK_WAIT = 10.0
+"""---- supply not counted: how long admission waits for a security's first reading round
+since start before refusing as Unavailable (it is normally well under a second)."""
+
+
+# ---- supply not counted (review F16)
+def not_counted(exc: BaseException) -> bool:
+    """True when ``exc`` is a ledger's definitive, typed SupplyNotCounted refusal.
+
+    SECURITY: decided on the typed reason only (the relayer's ErrorInfo, rebuilt by
+    ``clients.translate`` into a LedgerRejected), never on a message; a transport fault
+    (Unavailable) or any other refusal is never taken for it.
+    """
+    return (
+        isinstance(exc, LedgerRejected | PreconditionFailed)
+        and exc.reason is ErrorReason.SUPPLY_NOT_COUNTED
+    )
 
 
 def _figures(readings: tuple[SupplyReading, ...]) -> tuple[tuple[object, ...], ...]:
@@ -86,11 +105,19 @@ class SupplyPublisher:
         self._listeners: set[asyncio.Event] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._log = get_logger()
+        # ---- supply not counted (review F16): security -> ledgers whose last reading was
+        # a typed SupplyNotCounted refusal (admission refuses the security while non-empty),
+        # and, per security registered at start, whether its first reading round is done.
+        self._uncounted: dict[str, frozenset[str]] = {}
+        self._first_round: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Attest every registered security once, then keep the heartbeat."""
         for security in await self._store.registered_securities():
+            # SECURITY (review F16): nothing about counting survives a restart in memory;
+            # admission waits for this first round to re-detect it (see ``refusal``).
+            self._first_round.setdefault(security, asyncio.Event())
             latest = await self._store.latest(security)
             self._last_published[security] = latest.published_at if latest else 0.0
             self.touch(security, force=latest is None)
@@ -106,15 +133,15 @@ class SupplyPublisher:
                 await t
 
     async def _tick(self) -> None:
-        if self._heartbeat <= 0:
-            return
-        every = max(0.2, self._heartbeat / 4)
+        every = max(0.2, self._heartbeat / 4) if self._heartbeat > 0 else 1.0
         while True:
             await asyncio.sleep(every)
             now = time.time()
             for security, at in list(self._last_published.items()):
-                if now - at >= self._heartbeat:
+                if self._heartbeat > 0 and now - at >= self._heartbeat:
                     self.touch(security, force=True)
+            for security in list(self._uncounted):  # ---- supply not counted: re-read
+                self.touch(security)  # soon, so admission resumes once it is counted
 
     # -- triggers ------------------------------------------------------------------------
     def touch(self, security: str, force: bool = False) -> None:
@@ -145,7 +172,12 @@ class SupplyPublisher:
                 return
             except asyncio.CancelledError:
                 raise
-            except (PreconditionFailed, Unavailable, InvalidInput, NotFound) as exc:
+            except (LedgerRejected, PreconditionFailed, Unavailable, InvalidInput, NotFound) as exc:
+                if not_counted(exc):
+                    return  # definitive, logged by _note_counting; re-read on every tick
+                if isinstance(exc, LedgerRejected):
+                    self._log.exception("supply publication failed", **{SECURITY: security})
+                    return
                 if attempt == PUBLISH_ATTEMPTS:
                     self._log.warning(
                         "supply record not produced; retried on the next change or heartbeat",
@@ -155,6 +187,10 @@ class SupplyPublisher:
             except Exception:
                 self._log.exception("supply publication failed", **{SECURITY: security})
                 return
+            finally:
+                first = self._first_round.get(security)
+                if first is not None:
+                    first.set()  # one attempt made, whatever its outcome
             # Jittered: a Fabric ledger that commits a block between the proposal and a
             # member's read refuses the cut; the next attempt proposes a fresh one.
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -170,9 +206,15 @@ class SupplyPublisher:
             return None
         reg = stored.registration
         sid = SecurityId(security)
-        readings = await asyncio.gather(
-            *(self._relayers[name].supply(sid) for name, _ in reg.totals)
+        names = [name for name, _ in reg.totals]
+        outcomes = await asyncio.gather(
+            *(self._relayers[name].supply(sid) for name in names), return_exceptions=True
         )
+        self._note_counting(security, dict(zip(names, outcomes, strict=True)))
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:  # a definitive SupplyNotCounted first: it ends the retries
+            raise next((f for f in failures if not_counted(f)), failures[0])
+        readings = [o for o in outcomes if isinstance(o, SupplyReading)]
         latest = await self._store.latest(security)
         ordered = tuple(sorted(readings, key=lambda r: r.ledger))
         if (
@@ -270,6 +312,12 @@ class SupplyPublisher:
             if named:
                 raise PreconditionFailed(f"{security} is not issued on ledger {ledger}") from None
             return
+        except (LedgerRejected, PreconditionFailed) as exc:
+            # ---- supply not counted: the security IS issued there, its figure is refused;
+            # admission refuses it from now on (before the registration applies).
+            if not not_counted(exc):
+                raise
+            self._note_counting(security, {ledger: exc})
         if not named:
             raise PreconditionFailed(
                 f"{security} is issued on ledger {ledger}; the registration must name it"
@@ -289,25 +337,97 @@ class SupplyPublisher:
         self.touch(release.security, force=True)
 
     # -- what the coordinator and subscribers ask -------------------------------------------
-    async def refusal(self, security: str, ledgers: tuple[str, ...]) -> str | None:
-        """Why new transfers of ``security`` between ``ledgers`` are refused, or None."""
+    async def refusal(self, security: str, ledgers: tuple[str, ...]) -> PreconditionFailed | None:
+        """Why new transfers of ``security`` between ``ledgers`` are refused, or None.
+
+        GUARANTEES: refused while the security has no registration, a ledger of the
+        transfer is not in it, a hold is raised, or (review F16, fail closed) some
+        registered ledger's last reading was the typed SupplyNotCounted refusal: reason
+        ``SUPPLY_NOT_COUNTED`` naming that ledger, lifted by itself by the first reading
+        round in which that ledger answers a figure. After a start, a security registered
+        then is answered only once its first reading round is done (at most
+        ``FIRST_CHECK_WAIT`` s, then Unavailable): the condition is re-detected, never
+        forgotten by a restart. Transient read failures never refuse.
+        """
         stored = await self._store.registration(security)
         if stored is None:
-            return (
+            return PreconditionFailed(
                 f"{security} has no registered issuance; a supply operator must register it"
                 " (bridge supply register)"
             )
         named = dict(stored.registration.totals)
         for name in ledgers:
             if name not in named:
-                return f"ledger {name} is not in the registered issuance of {security}"
+                return PreconditionFailed(
+                    f"ledger {name} is not in the registered issuance of {security}"
+                )
         hold: Hold | None = await self._store.hold(security)
         if hold is not None:
-            return (
+            return PreconditionFailed(
                 f"transfers of {security} are held since supply record #{hold.raised_by}:"
                 f" {hold.reason}; a supply operator must release the hold"
             )
-        return None
+        return await self._counting_refusal(security)
+
+    # ---- supply not counted (review F16)
+    async def _counting_refusal(self, security: str) -> PreconditionFailed | None:
+        first = self._first_round.get(security)
+        if first is not None and not first.is_set():
+            try:
+                await asyncio.wait_for(first.wait(), FIRST_CHECK_WAIT)
+            except TimeoutError:
+                raise Unavailable(
+                    f"the supply of {security} has not been read since the coordinator"
+                    " started; retry shortly"
+                ) from None
+        uncounted = self._uncounted.get(security)
+        if not uncounted:
+            return None
+        ledger = min(uncounted)
+        return PreconditionFailed(
+            f"the supply of {security} cannot be counted exactly on ledger {ledger}"
+            " (its counters are not complete: the ledger's admins run CountSupply to"
+            " completion); transfers of it resume by themselves once it is counted",
+            ErrorReason.SUPPLY_NOT_COUNTED,
+            ledger,
+        )
+
+    def _note_counting(self, security: str, outcomes: Mapping[str, object]) -> None:
+        """Record which ledgers answered SupplyNotCounted in a reading round; log a change.
+
+        SECURITY: a ledger is marked by its typed refusal only and unmarked only by a
+        figure it answered; any other failure (transient or not) leaves its mark as it was.
+        The ledger named is the one whose relayer was asked, never the refusal's claim.
+        """
+        before = self._uncounted.get(security, frozenset())
+        now = set(before)
+        for ledger, outcome in outcomes.items():
+            if isinstance(outcome, SupplyReading):
+                now.discard(ledger)
+            elif isinstance(outcome, BaseException) and not_counted(outcome):
+                now.add(ledger)
+        after = frozenset(now)
+        if after:
+            self._uncounted[security] = after
+        else:
+            self._uncounted.pop(security, None)
+        first = self._first_round.get(security)
+        if first is not None:
+            first.set()
+        for ledger in sorted(after - before):
+            self._log.error(
+                "SUPPLY NOT COUNTED: new transfers of this security are refused",
+                **{
+                    SECURITY: security,
+                    LEDGER: ledger,
+                    REASON: ErrorReason.SUPPLY_NOT_COUNTED.value,
+                },
+            )
+        for ledger in sorted(before - after):
+            self._log.warning(
+                "supply counted again: transfers of this security resume",
+                **{SECURITY: security, LEDGER: ledger},
+            )
 
     async def latest(self, security: str | None) -> list[Attestation]:
         """The latest record of one security, or of every registered security."""

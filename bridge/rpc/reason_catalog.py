@@ -101,7 +101,7 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     R.NOT_TOKEN_ADMIN: "The caller is not the token's admin.",
     R.RECIPIENT_REFUSED: "The recipient may not receive the parked units.",
     R.BRIDGE_HOLDS_PREPARED: "The old bridge endpoint still has units prepared.",
-    R.SUPPLY_NOT_COUNTED: "The security's supply counters are not complete yet (state from before them): its issuer admin runs CountSupply to completion; no partial figure is ever given.",
+    R.SUPPLY_NOT_COUNTED: "The security's supply counters are not complete yet (state from before them): any organisation admin of the ledger runs CountSupply to completion; no partial figure is ever given. The coordinator refuses new transfers of the security meanwhile.",
     # Batched certificates (ADR 0025).
     R.INVALID_BATCH: "A batched step's certificate covers no claim, fewer claims than the call's items, or the call has no item.",
     R.INVALID_BATCH_PROOF: "An item's inclusion proof does not lead to the certified batch root (another root, ledger, epoch or terms).",

@@ -20,6 +20,7 @@ import pytest
 from bridge.domain.claims import ClaimKind
 from tests.unit.test_fabric_chaincode_protocol import (
     ISIN,
+    ORG_ADMINS,
     OTHER_ISIN,
     Env,
     Ledger,
@@ -27,6 +28,7 @@ from tests.unit.test_fabric_chaincode_protocol import (
     cert,
     env,
     finish,
+    identity,
     lock,
     make_terms,
     prepare,
@@ -215,7 +217,7 @@ def test_state_from_before_the_counters_is_refused_until_counted(env: Env) -> No
         env.a, env.admin, "SetFlowLimit", ISIN.isin, "fabric-b", "0", "0", "60", "100", "0", "0"
     )
     assert err.name == "SupplyNotCounted"
-    # Only the issuer admin counts; the page is bounded.
+    # Clients (relayers too) do not count; the page is bounded.
     assert refused(env.a, env.relayer, "CountSupply", ISIN.isin, "5").name == "NotAdmin"
     assert refused(env.a, env.stranger, "CountSupply", ISIN.isin, "5").name == "NotAdmin"
     for bad in ("0", str(protocol.MAX_COUNT_PAGE + 1), "-1", "x"):
@@ -322,4 +324,157 @@ def test_the_cometbft_app_pages_its_committed_state_with_the_overlay(tmp_path: A
         "holder/x/07",
     ]
     assert view.scan_after("holder/x/", "holder/x/07", 10) == []
+    store.close()
+
+
+# --------------------------------------------------------------------------- review F16/F12
+
+
+def other_org_admin() -> str:
+    """An admin (NodeOU) of Org2: not the issuer organisation, not an admin organisation."""
+    admin = identity("Org2MSP")
+    ORG_ADMINS.add(admin)
+    return admin
+
+
+@pytest.mark.security
+def test_any_organisation_admin_counts_but_writes_nothing_else(env: Env) -> None:
+    """F16: counting only counts, so the issuer cannot keep it from finishing; the other
+    organisation's admin still cannot write anything but the counters and the cursor."""
+    senders = holders(env, 5)
+    transfer(env, senders[0], 2, "commit")
+    expected = truth(env.a)
+    legacy(env.a)
+    outsider = other_org_admin()
+    for caller in (env.relayer, env.stranger):  # clients, relayer included
+        assert refused(env.a, caller, "CountSupply", ISIN.isin, "3").name == "NotAdmin"
+    before = {k: v for k, v in env.a.store.data.items() if not k.startswith("tally/")}
+    steps = count_all(env.a, outsider, 3)
+    assert len(steps) > 3
+    assert supply(env.a) == expected == truth(env.a)
+    after = {k: v for k, v in env.a.store.data.items() if not k.startswith("tally/")}
+    assert after == before, "a counting step writes only tally/ keys"
+    h = account()
+    for fn, args in (
+        ("Issue", (ISIN.isin, senders[1], "5")),
+        ("Redeem", (ISIN.isin, senders[1], "1")),
+        ("SetEligible", (ISIN.isin, h, "true")),
+        ("SetFrozen", (ISIN.isin, senders[1], "true")),
+        ("SetPaused", (ISIN.isin, "true")),
+        ("RegisterSecurity", (OTHER_ISIN.isin,)),
+        ("RecountSupply", (ISIN.isin,)),
+        ("SetRelayer", (outsider, "true")),
+    ):
+        assert refused(env.a, outsider, fn, *args).name == "NotAdmin", fn
+
+
+@pytest.mark.security
+def test_a_write_that_would_push_a_figure_past_uint256_is_refused(env: Env) -> None:
+    """F12: each holder is below 2**256, and now so is every counter sum: the write that
+    would overflow is refused (Overflow) and writes nothing."""
+    big = 2**256 - 1
+    first, second = account(), account()
+    for h in (first, second):
+        env.a.call(env.admin, "SetEligible", ISIN.isin, h, "true")
+    err = refused(env.a, env.admin, "Issue", ISIN.isin, first, str(big))
+    assert err.name == "Overflow"
+    assert protocol.ErrorReason.parse(err.name) is protocol.ErrorReason.OVERFLOW
+    # Up to the shard bound a holder is issued; past it, whatever the holders, refused.
+    near = protocol.TALLY_SHARD_BOUND - 1 - supply(env.a)["total_supply"]
+    env.a.call(env.admin, "Issue", ISIN.isin, first, str(near // 2))
+    assert supply(env.a) == truth(env.a)
+    shard_of = protocol._shard_of
+    same = next(
+        h
+        for h in (account() for _ in range(10_000))
+        if shard_of(f"holder/x/{h[2:]}") == shard_of(f"holder/x/{first[2:]}")
+    )
+    env.a.call(env.admin, "SetEligible", ISIN.isin, same, "true")
+    assert refused(env.a, env.admin, "Issue", ISIN.isin, same, str(near)).name == "Overflow"
+    # The bound keeps every figure, and their total, below 2**256.
+    assert 3 * protocol.TALLY_SHARDS * protocol.TALLY_SHARD_BOUND <= 2**256
+    assert supply(env.a) == truth(env.a)
+
+
+@pytest.mark.security
+def test_a_figure_past_uint256_is_never_answered(env: Env) -> None:
+    """Counters written by anything else than the bounded path (a corrupted or foreign
+    state) still never yield a figure no uint256 record can carry: typed Overflow."""
+    sec = ISIN.word.hex()
+    for shard in range(2):
+        env.a.store.data[f"tally/{sec}/{shard:02x}"] = protocol.canonical_json(
+            {"holders": str(2**255)}
+        )
+    assert refused(env.a, "x:y", "Supply", ISIN.isin).name == "Overflow"
+
+
+@pytest.mark.security
+def test_recount_forgets_the_counters_and_another_scheme_is_refused(env: Env) -> None:
+    """F12: counters left stale (the chaincode ran a version without them for a while) are
+    recounted by RecountSupply (admin organisation only) then CountSupply; counters kept by
+    another counting scheme are refused until then."""
+    senders = holders(env, 4)
+    transfer(env, senders[0], 1, "commit")
+    expected = truth(env.a)
+    sec = ISIN.word.hex()
+    # A downgraded chaincode's write: the balance moves, the counters do not.
+    key = f"holder/{sec}/{senders[1][2:]}"
+    env.a.store.data[key] = json.dumps(
+        {**json.loads(env.a.store.data[key]), "balance": "1"}
+    ).encode()
+    assert supply(env.a) != truth(env.a)  # stale, which no code can see by itself
+    assert refused(env.a, env.relayer, "RecountSupply", ISIN.isin).name == "NotAdmin"
+    assert refused(env.a, other_org_admin(), "RecountSupply", ISIN.isin).name == "NotAdmin"
+    env.a.call(env.admin, "RecountSupply", ISIN.isin)
+    assert not any(k.startswith(f"tally/{sec}/") for k in env.a.store.data)
+    assert refused(env.a, "x:y", "Supply", ISIN.isin).name == "SupplyNotCounted"
+    count_all(env.a, env.admin, 2)
+    assert supply(env.a) == truth(env.a) != expected
+    # A state stamped by another counting scheme is not trusted.
+    env.a.store.data[f"tally/{sec}/state"] = protocol.canonical_json({"done": True, "v": 2})
+    err = refused(env.a, "x:y", "Supply", ISIN.isin)
+    assert err.name == "SupplyNotCounted" and "RecountSupply" in err.detail
+
+
+def test_the_cometbft_store_pages_without_reading_the_whole_family(tmp_path: Any) -> None:
+    """F12: a CountSupply step on CometBFT reads its page from SQLite (LIMIT), not the
+    whole family then a filter; deleted keys and this block's writes are honoured."""
+    importlib.import_module("tests.unit.test_cometbft_app")  # puts kstb_cometbft on sys.path
+    from kstb_cometbft.app import _View
+    from kstb_cometbft.store import BlockMeta, VersionedStore
+
+    store = VersionedStore(tmp_path / "app.sqlite")
+    store.commit(BlockMeta(1, 1, b"\0" * 32), {f"f/{i:04d}": b"1" for i in range(2000)})
+    store.commit(BlockMeta(2, 2, b"\1" * 32), {f"f/{i:04d}": None for i in range(0, 2000, 2)})
+    assert [k for k, _ in store.scan_after("f/", "f/0100", 3, 2)] == [
+        "f/0101",
+        "f/0103",
+        "f/0105",
+    ]
+    assert [k for k, _ in store.scan_after("f/", "f/0100", 3, 1)] == [
+        "f/0101",
+        "f/0102",
+        "f/0103",
+    ]
+    calls: list[int] = []
+    original = store.scan_after
+
+    def counting(prefix: str, after: str, limit: int, height: int) -> list[tuple[str, bytes]]:
+        calls.append(limit)
+        return original(prefix, after, limit, height)
+
+    store.scan_after = counting  # type: ignore[method-assign]
+    store.scan = None  # type: ignore[assignment]  # a full read would fail
+    # This block deletes two of the next committed keys and adds one between.
+    view = _View(store, 2, {"f/0101": None, "f/0103": None, "f/0104": b"2", "f/9999": b"3"})
+    assert [k for k, _ in view.scan_after("f/", "f/0100", 3)] == ["f/0104", "f/0105", "f/0107"]
+    assert calls == [3 + 4]
+    assert [k for k, _ in view.scan_after("f/", "f/1990", 10)] == [
+        "f/1991",
+        "f/1993",
+        "f/1995",
+        "f/1997",
+        "f/1999",
+        "f/9999",
+    ]
     store.close()

@@ -134,7 +134,23 @@ class _View:
         return sorted(merged.items())
 
     def scan_after(self, prefix: str, after: str, limit: int) -> list[tuple[str, bytes]]:
-        return [kv for kv in self.scan(prefix) if kv[0] > after][:limit]
+        """The committed page merged with this block's writes; reads at most ``limit`` plus
+        the number of this block's writes in range committed keys (review F12: never the
+        whole prefix). A committed page that came back full is exact up to its last key:
+        the block's writes can hide at most as many keys as they number."""
+        mine = {k: v for k, v in self._overlay.items() if k.startswith(prefix) and k > after}
+        want = limit + len(mine)
+        committed = self._store.scan_after(prefix, after, want, self._height)
+        merged = dict(committed)
+        for k, v in mine.items():
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        rows = sorted(merged.items())
+        if len(committed) == want:  # more may follow: exact only up to the last one read
+            rows = [kv for kv in rows if kv[0] <= committed[-1][0]]
+        return rows[:limit]
 
 
 def _check_key(key: str) -> None:

@@ -82,6 +82,24 @@ class VersionedStore:
         ).fetchall()
         return [(str(k), bytes(v)) for k, v in rows if v is not None]
 
+    # ---- counter bounds (review F12)
+    def scan_after(
+        self, prefix: str, after: str, limit: int, height: int
+    ) -> list[tuple[str, bytes]]:
+        """At most ``limit`` live keys starting with ``prefix``, strictly after ``after``, in
+        key order, as after block ``height``.
+
+        Cost: one index walk from ``after`` that stops at the ``limit``-th live key (it also
+        passes the deleted keys between, inside SQLite), never the whole prefix: a
+        ``CountSupply`` step costs its page, as on Fabric."""
+        rows = self._db.execute(
+            "SELECT k.key, k.value FROM kv k WHERE k.key > ? AND k.key >= ? AND k.key < ?"
+            " AND k.height = (SELECT MAX(height) FROM kv WHERE key = k.key AND height <= ?)"
+            " AND k.value IS NOT NULL ORDER BY k.key LIMIT ?",
+            (after, prefix, prefix + "\x7f", height, limit),
+        ).fetchall()
+        return [(str(k), bytes(v)) for k, v in rows]
+
     def commit(self, meta: BlockMeta, writes: Mapping[str, bytes | None]) -> None:
         """Persist block ``meta`` and its writes (None deletes) atomically."""
         cur = self._db.cursor()

@@ -1508,11 +1508,17 @@ class Endpoint:
     # ---- exact reads (issue 14): see the section of that name below
 
     def count_supply(self, isin: str, page_text: str) -> object:
-        """``CountSupply`` (issuer admin): one bounded step of counting a security registered
-        before the counters existed. Guarantees: at most ``page`` keys read (1..MAX_COUNT_PAGE);
-        the counters become ``done`` only after every family's range after its cursor read
-        empty; idempotent once done (a no-op answering the state)."""
-        self._only_admin()
+        """``CountSupply`` (any organisation admin): one bounded step of counting a security
+        registered before the counters existed. Guarantees: at most ``page`` keys read
+        (1..MAX_COUNT_PAGE); the counters become ``done`` only after every family's range
+        after its cursor read empty; idempotent once done (a no-op answering the state).
+
+        SECURITY (review F16): a step only counts keys that exist and writes nothing but
+        the counters and the cursor, so its result does not depend on who runs it; any
+        organisation's admin (NodeOU ``admin`` of an MSP of the channel) may advance it, so
+        the issuer cannot keep its supply feed dark (and its transfers refused) alone.
+        Clients, relayers included, may not (NotAdmin)."""
+        self._only_counting_admin()
         sec = security_word(isin)
         self._token(sec)
         page = _parse_decimal("page", page_text, MAX_COUNT_PAGE + 1)
@@ -1546,6 +1552,29 @@ class Endpoint:
         self._token(sec)
         raw = self._kv.get(_tally_state_key(sec.hex()))
         return {"isin": isin, **_counting_json(json.loads(raw) if raw is not None else None)}
+
+    def _only_counting_admin(self) -> None:
+        """NotAdmin unless the caller holds the NodeOU ``admin`` role (of any channel MSP:
+        the peer has validated the creator against the channel's MSPs)."""
+        self._require_init()
+        if not self._is_org_admin():
+            raise ChaincodeError("NotAdmin", f"caller={self._ctx.caller}")
+
+    def recount_supply(self, isin: str) -> object:
+        """``RecountSupply`` (admin of an admin organisation): forget the security's counters
+        so that ``CountSupply`` counts it again from the first key; ``Supply`` is refused
+        (SupplyNotCounted) until it has. Guarantees: TALLY_SHARDS + 1 deletes, no amount key
+        touched. The operator procedure after the chaincode ran, even briefly, a version
+        without counters (a downgrade then re-upgrade), whose writes the counters missed
+        (ADR 0024, "Downgrades"; review F12)."""
+        self._only_admin_org(self._governance())
+        sec = security_word(isin)
+        self._token(sec)
+        sec_hex = sec.hex()
+        for key in [_tally_state_key(sec_hex), *_tally_shard_keys(sec_hex)]:
+            if self._kv.get(key) is not None:
+                self._kv.delete(key)
+        return {"isin": isin, "counted": 0, **_counting_json(None)}
 
     # ----
 
@@ -2547,11 +2576,32 @@ def _counts(kv: KeyValue, family: str, sec_hex: str, key: str) -> bool:
     )
 
 
+TALLY_SHARD_BOUND = 2**248
+"""---- counter bounds (review F12): a shard's field stays strictly within +-2**248, so
+every figure (a sum of 64 shards) and total_supply (three such sums) stays below 2**256."""
+
+TALLY_VERSION = 1
+"""The counting scheme of this code; a state stamped with another (``"v"``, absent = 1) is
+refused (SupplyNotCounted) until recounted: counters kept by another scheme are not trusted."""
+
+
+def _tally_shard_keys(sec_hex: str) -> list[str]:
+    return [f"tally/{sec_hex}/{shard:02x}" for shard in range(TALLY_SHARDS)]
+
+
 def _tally_add(kv: KeyValue, sec_hex: str, shard: str, field: str, delta: int) -> None:
+    """Add ``delta`` to one shard's field. SECURITY (review F12): Overflow, and nothing
+    written by the call, when the field would leave +-TALLY_SHARD_BOUND: the counters' sums
+    can never reach 2**256, a figure no uint256 supply record could carry."""
     key = f"tally/{sec_hex}/{shard}"
     raw = kv.get(key)
     record: dict[str, str] = json.loads(raw) if raw is not None else {}
-    record[field] = str(int(record.get(field, "0")) + delta)
+    value = int(record.get(field, "0")) + delta
+    if not -TALLY_SHARD_BOUND < value < TALLY_SHARD_BOUND:
+        raise ChaincodeError(
+            "Overflow", f"securityId=0x{sec_hex}, {field} counter outside +-2**248 (refused)"
+        )
+    record[field] = str(value)
     kv.put(key, canonical_json(record))
 
 
@@ -2567,6 +2617,12 @@ def _tally_figures(kv: KeyValue, sec: bytes) -> dict[str, int]:
         raise ChaincodeError(
             "SupplyNotCounted", f"securityId={_hex(sec)}, counting {where}: run CountSupply"
         )
+    if state.get("v", 1) != TALLY_VERSION:  # ---- counter bounds: another scheme's counters
+        raise ChaincodeError(
+            "SupplyNotCounted",
+            f"securityId={_hex(sec)}, counted by scheme {state.get('v')}, not"
+            f" {TALLY_VERSION}: run RecountSupply, then CountSupply",
+        )
     sums = {field: 0 for _, field in TALLY_FAMILIES}
     for shard in range(TALLY_SHARDS):
         record = kv.get(f"tally/{sec_hex}/{shard:02x}")
@@ -2575,13 +2631,16 @@ def _tally_figures(kv: KeyValue, sec: bytes) -> dict[str, int]:
                 sums[field] += int(value)
     if any(v < 0 for v in sums.values()):  # a broken invariant, never a figure
         raise AssertionError(f"negative supply counter for {_hex(sec)}: {sums}")
-    return {
+    figures = {
         "total_supply": sums["holders"] + sums["escrowed"] + sums["parked"],
         "escrowed": sums["escrowed"],
         "prepared": sums["prepared"],
         "burned_out": sums["burned_out"],
         "minted_in": sums["minted_in"],
     }
+    if any(v >= UINT256_LIMIT for v in figures.values()):  # ---- counter bounds: never
+        raise ChaincodeError("Overflow", f"securityId={_hex(sec)}, a figure >= 2**256")
+    return figures
 
 
 def _counting_json(state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -2644,6 +2703,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     # ---- exact reads (issue 14)
     "CountSupply": ("count_supply", 2, True),
     "SupplyCounting": ("supply_counting", 1, False),
+    "RecountSupply": ("recount_supply", 1, True),
     # ---- depository halt
     "SetDepository": ("set_depository", 1, True),
     "ApplyOrder": ("apply_order", 2, True),

@@ -9,6 +9,12 @@ then serves the current chaincode at the same address (an upgrade of the code on
 state): ``Supply`` is refused with SupplyNotCounted until the issuer admin has run
 ``CountSupply`` to completion (whose pages the peer cuts to 20 without saying so), then it
 is exact, and stays exact with every later write; every leg reads back exactly.
+
+Review F16: meanwhile the coordinator's admission rule (``SupplyPublisher.refusal``, read
+through a real relayer service and gateway over gRPC) refuses new transfers of the security
+with the typed reason SUPPLY_NOT_COUNTED naming this ledger, and admits them again by itself
+once counted; the counting is done by Org2's admin (neither the issuer nor an admin
+organisation), a client (the relayer's identity) may not count.
 """
 
 from __future__ import annotations
@@ -17,24 +23,34 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
+from bridge.coordinator.clients import RelayerGateway
+from bridge.coordinator.publisher import SupplyPublisher
+from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
 from bridge.core.reasons import ErrorReason
 from bridge.devnet.fabric import FabricNetwork
 from bridge.devnet.fabric_bridge import CHAINCODE_DIR, start_bridge_chaincode, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.errors import LedgerRejected, PreconditionFailed, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.issuance import Registration
 from bridge.domain.legs import Action, Leg, LegState
 from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
+from bridge.rpc.tls import INSECURE_ENV
+from bridge.v1 import relayer_pb2_grpc
+from relayers.service import RelayerServicer
 from tests.integration.fabric.support import BridgeEnv as Env
 from tests.integration.fabric.support import instruct, submit_and_wait
+from tests.unit.test_supply_not_counted import FakeCommittee
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.batch]
 
@@ -174,8 +190,35 @@ async def serve_current(servers: dict[str, ManagedProcess], adapter: FabricAdapt
     raise AssertionError("the peer never reached the current chaincode server")
 
 
+@asynccontextmanager
+async def coordinator_supply(
+    adapter: FabricAdapter, db: Path, net_issued: int, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SupplyPublisher]:
+    """The coordinator's supply publisher (real SQLite store, the security registered on
+    this ledger with ``net_issued`` units) reading this ledger through a real relayer
+    service over gRPC."""
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    server = grpc.aio.server()
+    relayer_pb2_grpc.add_RelayerServiceServicer_to_server(RelayerServicer(adapter), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    store = SqliteSupplyStore(db)
+    registration = Registration.of(ISIN, 1, {LEDGER.name: net_issued}, 1_700_000_000_000)
+    await store.register(StoredRegistration(registration, b"\x5a" * 65, b"\x0a" * 20))
+    gateway = RelayerGateway(LEDGER.name, f"127.0.0.1:{port}", 30.0)
+    try:
+        yield SupplyPublisher(None, store, {LEDGER.name: gateway}, FakeCommittee(), 0.0)  # type: ignore[arg-type]
+    finally:
+        store.close()
+        await server.stop(None)
+
+
 async def test_reads_stay_exact_past_the_peers_range_cap(
-    env: Env, adapter: FabricAdapter, servers: dict[str, ManagedProcess]
+    env: Env,
+    adapter: FabricAdapter,
+    servers: dict[str, ManagedProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # ---- state written by the chaincode before the counters, crossing the cap twice:
     # LIMIT + 2 holders, LIMIT + 1 committed outbound transfers (burned entries).
@@ -203,8 +246,18 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
     with pytest.raises(LedgerRejected) as refused:
         await adapter.supply(SECURITY)
     assert refused.value.reason is ErrorReason.SUPPLY_NOT_COUNTED
+    # Review F16: the coordinator refuses new transfers of it, typed, naming this ledger.
+    db = tmp_path / "coord" / "supply.sqlite"
+    supply = coordinator_supply(adapter, db, expected[0] + burned - 4, monkeypatch)
+    publisher = await supply.__aenter__()
+    with pytest.raises(LedgerRejected) as read:
+        await publisher.publish(ISIN)
+    assert (read.value.reason, read.value.ledger) == (ErrorReason.SUPPLY_NOT_COUNTED, LEDGER.name)
+    held = await publisher.refusal(ISIN, (LEDGER.name,))
+    assert isinstance(held, PreconditionFailed)
+    assert (held.reason, held.ledger) == (ErrorReason.SUPPLY_NOT_COUNTED, LEDGER.name)
     relayer = env.client("Org1", "User1")
-    admin = env.client("Org1", "Admin")
+    counter = env.client("Org2", "Admin")  # not the issuer's: any organisation admin counts
     try:
         with pytest.raises(LedgerRejected) as not_admin:
             await relayer.submit(CHAINCODE, "CountSupply", [ISIN, "1000"])
@@ -214,8 +267,8 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
         # and only an empty read after the cursor ends a family.
         pages: list[tuple[str, int]] = []
         while True:
-            preview = json.loads(await admin.evaluate(CHAINCODE, "CountSupply", [ISIN, "1000"]))
-            await submit_and_wait(env.net, admin, CHAINCODE, "CountSupply", ISIN, "1000")
+            preview = json.loads(await counter.evaluate(CHAINCODE, "CountSupply", [ISIN, "1000"]))
+            await submit_and_wait(env.net, counter, CHAINCODE, "CountSupply", ISIN, "1000")
             if preview["done"]:
                 break
             pages.append((preview["family"], preview["counted"]))
@@ -223,10 +276,15 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
         assert max(n for _, n in pages) == LIMIT, pages
         holder_pages = [n for family, n in pages if family == "holder"]
         assert holder_pages[:2] == [LIMIT, 2], pages  # a page of 1000 came back with 20
-        state = json.loads(await admin.evaluate(CHAINCODE, "SupplyCounting", [ISIN]))
+        state = json.loads(await counter.evaluate(CHAINCODE, "SupplyCounting", [ISIN]))
         assert state["done"] is True
+        # Counted: the next reading round produces a record and admission resumes.
+        assert await publisher.publish(ISIN) is not None
+        assert await publisher.refusal(ISIN, (LEDGER.name,)) is None
     finally:
         await relayer.close()
+        await counter.close()
+        await supply.__aexit__(None, None, None)
 
     # ---- exact now, and after every later write.
     assert figures(await adapter.supply(SECURITY)) == expected
@@ -251,6 +309,7 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
     assert (await adapter.holder_status(SECURITY, late)).balance == 7
 
     # A security registered after the upgrade is counted from zero: no CountSupply needed.
+    admin = env.client("Org1", "Admin")
     try:
         await submit_and_wait(env.net, admin, CHAINCODE, "RegisterSecurity", LATER_ISIN)
         later = SecurityId(LATER_ISIN)
