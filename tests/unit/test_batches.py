@@ -268,9 +268,12 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
         ' "recipient": "0x02", "amount": "6"}\n'
     )
-    items = _batch_items(good, A)
+    items, derived = _batch_items(good, good.read_bytes(), A, "batch-1")
     assert [(i.idempotency_key, i.source_ledger, i.amount) for i in items[:1]] == [("k1", A, "5")]
     assert len(items) == 2 and items[1].idempotency_key and items[1].source_ledger == A
+    assert derived == (1,), "only the keyless line gets a derived key"
+    again, _ = _batch_items(good, good.read_bytes(), A, "batch-1")
+    assert again[1].idempotency_key == items[1].idempotency_key, "derived keys are stable"
     for text, message in (
         ("not json\n", "bad.jsonl:1: not JSON"),
         ('["a list"]\n', "bad.jsonl:1: expected a JSON object"),
@@ -279,4 +282,4 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         bad = tmp_path / "bad.jsonl"
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
-            _batch_items(bad, A)
+            _batch_items(bad, bad.read_bytes(), A, "batch-1")
