@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SRC = join(HERE, "src");
-const DEPLOYABLE = ["SecurityToken", "BridgeEndpoint"];
+const DEPLOYABLE = ["SecurityToken", "BridgeEndpoint", "BridgeLens"];
 const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },
   evmVersion: "cancun",
