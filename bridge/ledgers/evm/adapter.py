@@ -399,12 +399,14 @@ class EvmAdapter(StepTemplate):
         if await self._lens_usable():
             assert self._lens is not None
             fn = self._lens.functions.legsOf(
-                self._bridge.address, [t for t, _ in legs], [int(leg) for _, leg in legs]
+                self._bridge.address,
+                [t for t, _ in legs],
+                [0 if leg is Leg.OUTBOUND else 1 for _, leg in legs],  # the endpoint's numbering
             )
             try:
                 views = await self._rpc("legsOf", lambda: fn.call(block_identifier=at))
-            except BadFunctionCallOutput:
-                pass  # no lens at that (older) block: the endpoint's own views
+            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
+                pass  # no lens (or endpoint) at that older block: the endpoint's own views
             else:
                 return [_leg_from_view(leg, v, at) for (_, leg), v in zip(legs, views, strict=True)]
         results = await asyncio.gather(
@@ -508,7 +510,7 @@ class EvmAdapter(StepTemplate):
             lens_fn = self._lens.functions.holderOf(token_addr, who)
             try:
                 views = await self._rpc("holderOf", lambda: lens_fn.call(block_identifier=at))
-            except BadFunctionCallOutput:
+            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
                 views = None  # no lens at that block: the token's own views
         if views is None:
             views = await self._rpc(

@@ -42,41 +42,48 @@ class FreshRead(Generic[T]):
 
     def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
         self._fetch = fetch
-        self._running = False
+        self._current: asyncio.Future[T] | None = None
+        self._started = False
         self._next: asyncio.Future[T] | None = None
-        self._task: asyncio.Future[T] | None = None
+        self._task: asyncio.Future[None] | None = None
         self.fetches = 0
         """Fetches started (for tests and counters)."""
 
     async def get(self) -> T:
         """The value from a fetch started at or after this call."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            self._next.add_done_callback(_retrieve)
-        fut = self._next
-        if not self._running:
-            self._launch()
+        if self._current is not None and not self._started:
+            fut = self._current  # its request is not sent yet: as fresh as our own
+        else:
+            if self._next is None:
+                self._next = asyncio.get_running_loop().create_future()
+                self._next.add_done_callback(_retrieve)
+            fut = self._next
+            if self._current is None:
+                self._launch()
         return await asyncio.shield(fut)
 
     def _launch(self) -> None:
         fut, self._next = self._next, None
         assert fut is not None
-        self._running = True
+        self._current, self._started = fut, False
         self.fetches += 1
-        task = self._task = asyncio.ensure_future(self._fetch())
+        self._task = asyncio.ensure_future(self._run(fut))
 
-        def done(t: asyncio.Future[T]) -> None:
-            self._running = False
-            if t.cancelled():
-                fut.cancel()
-            elif (exc := t.exception()) is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(t.result())
+    async def _run(self, fut: asyncio.Future[T]) -> None:
+        self._started = True  # from here on, a new caller waits for the next fetch
+        try:
+            value = await self._fetch()
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+        finally:
+            self._current = None
             if self._next is not None:  # callers that came during this fetch
                 self._launch()
-
-        task.add_done_callback(done)
 
 
 class Batcher(Generic[K, V]):
