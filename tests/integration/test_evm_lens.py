@@ -58,9 +58,13 @@ def lens_contract(env: TwoLedgers, lens: str) -> Contract:
     return env.a.w3.eth.contract(address=Web3.to_checksum_address(lens), abi=load_abi("BridgeLens"))
 
 
-def with_lens(on: EvmLedger, lens: str | None, writable: bool = True) -> EvmAdapter:
+def with_lens(
+    on: EvmLedger, lens: str | None, writable: bool = True, finality_depth: int = 0
+) -> EvmAdapter:
     """An adapter for ``on`` whose ledger entry names ``lens`` (None: no lens)."""
-    cfg = dataclasses.replace(on.config(), settings=SimpleNamespace(lens=lens, profile="ethereum"))
+    cfg = dataclasses.replace(
+        on.config(finality_depth), settings=SimpleNamespace(lens=lens, profile="ethereum")
+    )
     return EvmAdapter(cfg, on.relayer.private_key if writable else None)
 
 
@@ -143,6 +147,19 @@ async def test_concurrent_reads_are_one_lens_call(two_ledgers: TwoLedgers, lens:
     statuses = await asyncio.gather(*(adapter.get_leg(t, Leg.OUTBOUND) for t in ids))
     assert all(s.state is LegState.NONE for s in statuses)
     assert adapter._legs.batches - before == 2  # 300 legs: two calls of at most 256
+    # Finality depth 0: the lens call at "latest" dates the read itself (no eth_blockNumber).
+    assert adapter._lens_live is True
+    head = env.a.w3.eth.block_number
+    assert {s.height for s in statuses} == {head}
+    heads = adapter._head_read.fetches
+    await adapter.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    assert adapter._head_read.fetches == heads
+    # A finality depth: the head is read first, the lens reads the final block.
+    deep = with_lens(env.a, lens, False, finality_depth=2)
+    deep_statuses = await deep.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    assert deep._lens_ok is True and deep._lens_live is False
+    assert {s.height for s in deep_statuses} == {env.a.w3.eth.block_number - 2}
+    await deep.close()
     await adapter.close()
 
 
@@ -164,9 +181,9 @@ async def test_lens_refuses_more_than_its_bound_and_mismatched_lists(
         f.legsOf(env.a.endpoint.address, ids[:2], [0]).call()
     assert lens_error(exc.value) == ("LengthMismatch", (2, 1))
     # Exactly the bound is read.
-    assert len(f.legsOf(env.a.endpoint.address, ids[:-1], [1] * (len(ids) - 1)).call()) == (
-        LENS_MAX_ITEMS
-    )
+    number, views = f.legsOf(env.a.endpoint.address, ids[:-1], [1] * (len(ids) - 1)).call()
+    assert len(views) == LENS_MAX_ITEMS
+    assert number == env.a.w3.eth.block_number  # the block it read
 
 
 async def test_lens_supply_and_holder_match_the_single_reads(
@@ -187,7 +204,7 @@ async def test_lens_supply_and_holder_match_the_single_reads(
     assert status.balance == 77 and status.eligible
     # One suppliesOf for a registered and an unregistered security: each its own answer.
     contract = lens_contract(env, lens)
-    views = contract.functions.suppliesOf(
+    _, views = contract.functions.suppliesOf(
         env.a.endpoint.address, [SECURITY.word, UNKNOWN.word]
     ).call()
     assert views[0][0] is True and views[1][0] is False

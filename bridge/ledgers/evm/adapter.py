@@ -102,6 +102,8 @@ _LENS_RETRY_S = 30.0
 _BLOCKS_CACHED = 256
 LegKey = tuple[int, bytes, Leg]
 SupplyKey = tuple[int, bytes]
+SupplyAnswer = tuple[int, "tuple[int, ...] | Exception"]
+"""The block read and its five supply figures, or the refusal for that security."""
 
 
 class EvmAdapter(StepTemplate):
@@ -178,15 +180,18 @@ class EvmAdapter(StepTemplate):
             else None
         )
         self._lens_ok = False
+        self._lens_live = False
         self._lens_retry_at = 0.0
         self._lens_check = asyncio.Lock()
         self._legs: Batcher[LegKey, LegStatus | Exception] = Batcher(
             self._read_legs, LENS_MAX_ITEMS
         )
-        self._supplies: Batcher[SupplyKey, tuple[int, ...] | Exception] = Batcher(
+        self._supplies: Batcher[SupplyKey, SupplyAnswer] = Batcher(
             self._read_supplies, LENS_MAX_ITEMS
         )
         self._blocks: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._sent_above: OrderedDict[bytes, int] = OrderedDict()
+        """Per sent transaction, the last head seen before it was sent."""
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -353,6 +358,8 @@ class EvmAdapter(StepTemplate):
             creation = HexStr("0x" + load_bytecode("BridgeLens").hex())
             built = await self._rpc("eth_call", lambda: self._w3.eth.call({"data": creation}))
             self._lens_ok = bool(code) and bytes(code) == bytes(built)
+            if self._lens_ok and self._cfg.finality_depth == 0:
+                self._lens_live = await self._reports_latest_block()
             if not self._lens_ok:
                 self._lens_retry_at = loop.time() + _LENS_RETRY_S
                 self._log.error(
@@ -361,6 +368,27 @@ class EvmAdapter(StepTemplate):
                     has_code=bool(code),
                 )
             return self._lens_ok
+
+    async def _reports_latest_block(self) -> bool:
+        """Whether a lens call at ``latest`` reports the block it read: between two
+        ``eth_blockNumber`` answers around it. SECURITY: a node whose ``block.number`` in
+        ``eth_call`` is another block's (a pending block) would date every live read wrongly;
+        such a node gets the ``eth_blockNumber`` before every read instead."""
+        assert self._lens is not None
+        fn = self._lens.functions.legsOf(self._bridge.address, [], [])
+        before = await self._fetch_head()
+        number, _ = await self._rpc("legsOf", lambda: fn.call(block_identifier="latest"))
+        after = await self._fetch_head()
+        live = before <= int(number) <= after
+        if not live:
+            self._log.warning(
+                "the node's eth_call at latest reports another block number; reading the head"
+                " before every read",
+                before=before,
+                reported=int(number),
+                after=after,
+            )
+        return live
 
     def _resolve(self, spec: int, latest: int | None) -> int:
         if spec == _LATEST:
@@ -377,25 +405,39 @@ class EvmAdapter(StepTemplate):
         latest = await self._head_read.get() if any(h < 0 for h in specs) else None
         return [self._resolve(h, latest) for h in specs]
 
+    async def _live(self) -> bool:
+        """True when a read at the finalized height may be one lens call at ``latest``
+        (which reports its own block number), saving the ``eth_blockNumber``: finality depth
+        0 (the latest block is final) and a lens whose node reports block numbers as
+        checked in :meth:`_lens_usable`."""
+        return self._cfg.finality_depth == 0 and await self._lens_usable() and self._lens_live
+
+    async def _specs(self, specs: list[int]) -> list[int | None]:
+        """Height specs resolved for one batch: None means "latest, as the lens reports it"
+        (:meth:`_live`); otherwise heights from one ``eth_blockNumber`` sent after every
+        caller of the batch asked (so as fresh as each caller's own read)."""
+        if await self._live():
+            return [None if h < 0 else h for h in specs]
+        return list(await self._heights(specs))
+
     async def _read_legs(self, keys: list[LegKey]) -> list[LegStatus | Exception]:
         """The batch behind :meth:`get_leg`: one ``legsOf`` per height."""
-        heights = await self._heights([k[0] for k in keys])
-        groups: dict[int, list[int]] = {}
-        for i, h in enumerate(heights):
+        groups: dict[int | None, list[int]] = {}
+        for i, h in enumerate(await self._specs([k[0] for k in keys])):
             groups.setdefault(h, []).append(i)
         out: list[LegStatus | Exception] = [Unavailable("unread")] * len(keys)
-        for h, idx in zip(
-            groups,
-            await asyncio.gather(
-                *(self._legs_at(h, [keys[i][1:] for i in ix]) for h, ix in groups.items())
-            ),
-            strict=True,
-        ):
-            for i, status in zip(groups[h], idx, strict=True):
+        answers = await asyncio.gather(
+            *(self._legs_at(h, [keys[i][1:] for i in ix]) for h, ix in groups.items())
+        )
+        for ix, statuses in zip(groups.values(), answers, strict=True):
+            for i, status in zip(ix, statuses, strict=True):
                 out[i] = status
         return out
 
-    async def _legs_at(self, at: int, legs: list[tuple[bytes, Leg]]) -> list[LegStatus | Exception]:
+    async def _legs_at(
+        self, at: int | None, legs: list[tuple[bytes, Leg]]
+    ) -> list[LegStatus | Exception]:
+        """``legs`` at block ``at`` (None: the latest, which is final here)."""
         if await self._lens_usable():
             assert self._lens is not None
             fn = self._lens.functions.legsOf(
@@ -403,44 +445,59 @@ class EvmAdapter(StepTemplate):
                 [t for t, _ in legs],
                 [0 if leg is Leg.OUTBOUND else 1 for _, leg in legs],  # the endpoint's numbering
             )
+            block: Any = "latest" if at is None else at
             try:
-                views = await self._rpc("legsOf", lambda: fn.call(block_identifier=at))
+                number, views = await self._rpc("legsOf", lambda: fn.call(block_identifier=block))
             except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
                 pass  # no lens (or endpoint) at that older block: the endpoint's own views
             else:
-                return [_leg_from_view(leg, v, at) for (_, leg), v in zip(legs, views, strict=True)]
+                read = self._lens_block(number, at)
+                return [
+                    _leg_from_view(leg, v, read) for (_, leg), v in zip(legs, views, strict=True)
+                ]
+        height = at if at is not None else await self._head_read.get()
         results = await asyncio.gather(
-            *(self._get_leg_single(t, leg, at) for t, leg in legs), return_exceptions=True
+            *(self._get_leg_single(t, leg, height) for t, leg in legs), return_exceptions=True
         )
         return [_as_result(r) for r in results]
 
-    async def _read_supplies(self, keys: list[SupplyKey]) -> list[tuple[int, ...] | Exception]:
+    def _lens_block(self, number: Any, asked: int | None) -> int:
+        """The block a lens call read; Unavailable when the node read another than asked."""
+        read = int(number)
+        if asked is not None and read != asked:
+            raise Unavailable(f"ledger {self.ledger}: a read of block {asked} answered {read}")
+        return read
+
+    async def _read_supplies(self, keys: list[SupplyKey]) -> list[SupplyAnswer]:
         """The batch behind :meth:`supply`: one ``suppliesOf`` per height; each item is the
-        five figures, or the refusal :meth:`supply` raises for that security."""
-        groups: dict[int, list[int]] = {}
-        for i, (h, _) in enumerate(keys):
+        block read and the five figures, or the refusal :meth:`supply` raises for it."""
+        groups: dict[int | None, list[int]] = {}
+        for i, h in enumerate(await self._specs([k[0] for k in keys])):
             groups.setdefault(h, []).append(i)
-        out: list[tuple[int, ...] | Exception] = [Unavailable("unread")] * len(keys)
+        out: list[SupplyAnswer] = [(0, Unavailable("unread"))] * len(keys)
         for h, ix in groups.items():
             for i, r in zip(ix, await self._supplies_at(h, [keys[i][1] for i in ix]), strict=True):
                 out[i] = r
         return out
 
-    async def _supplies_at(self, at: int, words: list[bytes]) -> list[tuple[int, ...] | Exception]:
+    async def _supplies_at(self, at: int | None, words: list[bytes]) -> list[SupplyAnswer]:
         assert self._lens is not None
         fn = self._lens.functions.suppliesOf(self._bridge.address, words)
+        block: Any = "latest" if at is None else at
         try:
-            views = await self._rpc("suppliesOf", lambda: fn.call(block_identifier=at))
+            number, views = await self._rpc("suppliesOf", lambda: fn.call(block_identifier=block))
         except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
             # No lens (or no endpoint) at that block: the endpoint's own view, item by item.
+            height = at if at is not None else await self._head_read.get()
             results = await asyncio.gather(
-                *(self._supply_single(w, at) for w in words), return_exceptions=True
+                *(self._supply_single(w, height) for w in words), return_exceptions=True
             )
-            return [_as_result(r) for r in results]
-        out: list[tuple[int, ...] | Exception] = []
+            return [(height, _as_result(r)) for r in results]
+        read = self._lens_block(number, at)
+        out: list[SupplyAnswer] = []
         for v in views:
             ok, data, figures = bool(v[0]), bytes(v[1]), tuple(int(x) for x in v[2:7])
-            out.append(figures if ok else self._refusal_from(data))
+            out.append((read, figures if ok else self._refusal_from(data)))
         return out
 
     def _refusal_from(self, data: bytes) -> Exception:
@@ -536,15 +593,21 @@ class EvmAdapter(StepTemplate):
         height above the finalized one; NotFound when the security is not registered (or the
         endpoint did not exist yet) at that height.
         """
-        final = await self.finalized_height()
-        at = final if height is None else height
-        if not 0 <= at <= final:
-            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
+        spec = _FINAL
+        if height is not None or not await self._live():
+            final = await self.finalized_height()
+            at = spec = final if height is None else height
+            if not 0 <= at <= final:
+                raise InvalidInput(
+                    f"height {at} is not finalized on {self.ledger} (final: {final})"
+                )
+        res: tuple[int, ...] | Exception
         try:
             if await self._lens_usable():  # ---- read lens: concurrent reads in one call
-                res = _raised(await self._supplies.get((at, security.word)))
+                at, res = await self._supplies.get((spec, security.word))
             else:
                 res = await self._supply_single(security.word, at)
+            figures = _raised(res)
         except LedgerRejected as exc:
             if exc.reason is ErrorReason.UNKNOWN_SECURITY:
                 raise NotFound(
@@ -558,11 +621,11 @@ class EvmAdapter(StepTemplate):
             ledger=self.ledger.name,
             height=at,
             block_hash=block_hash,
-            total_supply=int(res[0]),
-            escrowed=int(res[1]),
-            prepared=int(res[2]),
-            burned_out=int(res[3]),
-            minted_in=int(res[4]),
+            total_supply=int(figures[0]),
+            escrowed=int(figures[1]),
+            prepared=int(figures[2]),
+            burned_out=int(figures[3]),
+            minted_in=int(figures[4]),
         )
 
     # ---- flow limits (ADR 0010)
@@ -697,6 +760,7 @@ class EvmAdapter(StepTemplate):
                 )
                 # SECURITY: signed through the Signer seam (the key may be in an HSM).
                 raw = sign_transaction(self._signer, tx)
+                before = self._heads.head  # no block up to this one can hold the tx
                 try:
                     tx_hash = await self._send_raw(raw)
                 except Web3RPCError as exc:
@@ -707,6 +771,10 @@ class EvmAdapter(StepTemplate):
                     raise Unavailable(
                         f"ledger {self.ledger} did not accept the transaction: {exc}"
                     ) from exc
+                if before is not None:
+                    self._sent_above[bytes(tx_hash)] = before
+                    while len(self._sent_above) > _MAX_TRACKED:
+                        self._sent_above.popitem(last=False)
                 return bytes(tx_hash)
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
 
@@ -756,7 +824,8 @@ class EvmAdapter(StepTemplate):
         declared earlier than a fresh read would."""
         give_up = asyncio.get_running_loop().time() + limit_s
         height: int | None = None
-        head = -1
+        # The head seen before the send: the receipt is first asked for in a later block.
+        head = self._sent_above.pop(tx_hash, -1)
         try:
             while True:
                 head = await self._heads.wait_above(head, give_up)

@@ -54,12 +54,14 @@ contract BridgeLens {
         uint256 minted;
     }
 
-    /// `legs[i] == 0`: the outbound leg of `ids[i]`; otherwise its inbound leg.
+    /// `legs[i] == 0`: the outbound leg of `ids[i]`; otherwise its inbound leg. `atBlock` is
+    /// the number of the block read (the caller may name "latest" and learn which it was).
     function legsOf(IBridgeEndpoint endpoint, bytes32[] calldata ids, uint8[] calldata legs)
         external
         view
-        returns (LegView[] memory out)
+        returns (uint256 atBlock, LegView[] memory out)
     {
+        atBlock = block.number;
         if (ids.length > MAX_ITEMS) revert TooManyItems(ids.length, MAX_ITEMS);
         if (ids.length != legs.length) revert LengthMismatch(ids.length, legs.length);
         out = new LegView[](ids.length);
@@ -75,12 +77,13 @@ contract BridgeLens {
         }
     }
 
-    /// `supplyOf(securities[i])` for each, in order.
+    /// `supplyOf(securities[i])` for each, in order, and the number of the block read.
     function suppliesOf(IBridgeEndpoint endpoint, bytes32[] calldata securities)
         external
         view
-        returns (SupplyView[] memory out)
+        returns (uint256 atBlock, SupplyView[] memory out)
     {
+        atBlock = block.number;
         if (securities.length > MAX_ITEMS) revert TooManyItems(securities.length, MAX_ITEMS);
         out = new SupplyView[](securities.length);
         for (uint256 i = 0; i < securities.length; i++) {
