@@ -783,8 +783,9 @@ class EvmAdapter(StepTemplate):
         (:func:`bridge.ledgers.evm.profiles.fee_fields`), capped at ``max_gas_price_gwei``;
         only the node values the profile's policy needs are read."""
         # ---- fees once per block (issue 14 item 4). SECURITY: see FeeCache: at most one
-        # block stale (the head is one the node reported within the poll interval), capped.
-        cached = self._fee_cache.get(self._heads.recent(self._poll))
+        # block stale (the head is one the node reported within two poll intervals, a fifth
+        # of a block), capped.
+        cached = self._fee_cache.get(self._heads.recent(2 * self._poll))
         if cached is not None:
             return cached
         cap = int(self._cfg.max_gas_price_gwei * 10**9)

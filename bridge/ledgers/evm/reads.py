@@ -248,10 +248,10 @@ class FeeCache:
     refused send) forgets them, so the next send reads the node again.
 
     SECURITY: a cached value can be one block stale, never more: the head passed in is one the
-    node reported within the poll interval. Staleness can only underprice by at most one
-    block's base-fee change (12.5 % on Ethereum, none on Kaia's fixed base fee), which the fee
-    cap of twice the base fee covers; the configured ``max_gas_price_gwei`` cap is applied
-    before caching, so a cached value never exceeds it.
+    node reported within two poll intervals (a fifth of a block at most). Staleness can only
+    underprice by at most one block's base-fee change (12.5 % on Ethereum, none on Kaia's
+    fixed base fee), which the fee cap of twice the base fee covers; the configured
+    ``max_gas_price_gwei`` cap is applied before caching, so a cached value never exceeds it.
     """
 
     def __init__(self) -> None:
