@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from eth_abi.abi import decode as abi_decode
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractCustomError
+from web3.exceptions import ContractCustomError, Web3RPCError
 
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import NotFound
+from bridge.domain.errors import NotFound, Unavailable
 from bridge.domain.flow import FlowLimit
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
@@ -233,3 +236,40 @@ async def test_a_lens_address_with_other_code_is_never_trusted(
     assert genuine._lens_ok is True
     await genuine.close()
     await plain.close()
+
+
+async def test_fee_fields_once_per_block_and_forgotten_after_a_refused_send(
+    two_ledgers: TwoLedgers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = two_ledgers
+    adapter = with_lens(env.a, None)
+    calls: Counter[str] = Counter()
+    real_rpc = adapter._rpc
+
+    async def counting(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        calls[what] += 1
+        return await real_rpc(what, call)
+
+    monkeypatch.setattr(adapter, "_rpc", counting)
+    loop = asyncio.get_running_loop()
+    head = await adapter._heads.wait_above(-1, loop.time() + 5)
+    first, again = await adapter._fees(), await adapter._fees()
+    assert first == again and calls["eth_getBlockByNumber"] == 1  # one read for the block
+    env.node.rpc("evm_mine", [])
+    await adapter._heads.wait_above(head, loop.time() + 5)
+    await adapter._fees()
+    assert calls["eth_getBlockByNumber"] == 2  # a new block: read again
+
+    async def refused(raw: bytes) -> bytes:
+        raise Web3RPCError("max fee per gas less than block base fee")
+
+    monkeypatch.setattr(adapter, "_send_raw", refused)
+    assert adapter._fee_cache.get(adapter._heads.head) is not None
+    t = env.terms(env.a.holder(5), env.b.holder(), 5)
+    with pytest.raises(Unavailable, match="did not accept"):
+        await adapter.submit(Action.LOCK, t, None, instruct(t))
+    assert adapter._fee_cache.get(adapter._heads.head) is None  # forgotten: read again
+    before = calls["eth_getBlockByNumber"]
+    await adapter._fees()
+    assert calls["eth_getBlockByNumber"] == before + 1
+    await adapter.close()
