@@ -219,3 +219,24 @@ def test_fee_cache_forgets_on_invalidate() -> None:
     cache.put(7, {"gasPrice": 5})
     cache.invalidate()
     assert cache.get(7) is None
+
+
+async def test_head_watch_uses_a_fresh_observation_instead_of_polling() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.05)
+    deadline = asyncio.get_running_loop().time() + 5
+    assert await watch.wait_above(-1, deadline) == 10
+    polls = node.requests
+
+    async def others_read() -> None:  # e.g. leg reads that saw new heads
+        for head in (11, 12, 13):
+            await asyncio.sleep(0.02)
+            watch.observe(head)
+
+    observing = asyncio.ensure_future(others_read())
+    assert await watch.wait_above(12, deadline) == 13
+    await observing
+    assert node.requests - polls <= 1  # served by the observations
+    watch.observe(5)  # an earlier request answering late: ignored
+    assert watch.head == 13
+    await watch.close()

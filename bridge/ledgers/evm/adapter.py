@@ -8,7 +8,6 @@ checks the leg's state and sends nothing when the step was already applied.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -237,8 +236,7 @@ class EvmAdapter(StepTemplate):
 
     async def _fetch_head(self) -> int:
         head = int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
-        if self._heads.head is None or head >= self._heads.head:
-            self._heads.head, self._heads.seen_at = head, time.monotonic()
+        self._heads.observe(head)
         return head
 
     async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
@@ -452,6 +450,8 @@ class EvmAdapter(StepTemplate):
                 pass  # no lens (or endpoint) at that older block: the endpoint's own views
             else:
                 read = self._lens_block(number, at)
+                if at is None:
+                    self._heads.observe(read)  # the latest block, as the node just said
                 return [
                     _leg_from_view(leg, v, read) for (_, leg), v in zip(legs, views, strict=True)
                 ]
@@ -494,6 +494,8 @@ class EvmAdapter(StepTemplate):
             )
             return [(height, _as_result(r)) for r in results]
         read = self._lens_block(number, at)
+        if at is None:
+            self._heads.observe(read)
         out: list[SupplyAnswer] = []
         for v in views:
             ok, data, figures = bool(v[0]), bytes(v[1]), tuple(int(x) for x in v[2:7])

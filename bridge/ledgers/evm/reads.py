@@ -161,12 +161,14 @@ class HeadWatch:
     """One chain-head poll for every waiter of a process's connection to a node.
 
     Guarantees: while anyone waits, exactly one poller reads the head every ``poll_s``
-    seconds (never one request per waiter); :meth:`wait_above` returns the first head it sees
-    above the height given, so a waiter learns of a block at most ``poll_s`` (plus one
-    request) after the node has it, as with its own polling; a failed poll is raised to every
-    waiter of that poll (as its own request would have failed); with no waiter the poller
-    stops. A head value is only ever a head the node reported, possibly up to ``poll_s`` old:
-    a finality wait built on it can be later, never earlier, than one built on a fresh read.
+    seconds (never one request per waiter), unless another request of the process reported
+    the head within that interval (:meth:`observe`), which then serves instead;
+    :meth:`wait_above` returns the first head it sees above the height given, so a waiter
+    learns of a block at most ``poll_s`` (plus one request) after the node has it, as with
+    its own polling; a failed poll is raised to every waiter of that poll (as its own request
+    would have failed); with no waiter the poller stops. A head value is only ever a head the
+    node reported, possibly up to ``poll_s`` old: a finality wait built on it can be later,
+    never earlier, than one built on a fresh read.
     """
 
     def __init__(self, read_head: Callable[[], Awaitable[int]], poll_s: float) -> None:
@@ -180,6 +182,14 @@ class HeadWatch:
         self._task: asyncio.Task[None] | None = None
         self._waiters = 0
         self.polls = 0
+
+    def observe(self, head: int) -> None:
+        """A head the node reported to another request of this process (a fresh read, a lens
+        call at ``latest``): the poller uses it instead of asking while it is under one poll
+        interval old. An older value than :attr:`head` is ignored (an earlier request that
+        answered late)."""
+        if self.head is None or head >= self.head:
+            self.head, self.seen_at = head, time.monotonic()
 
     def recent(self, max_age_s: float) -> int | None:
         """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
@@ -215,6 +225,12 @@ class HeadWatch:
         while self._waiters > 0:
             tick = self._tick
             self._tick = None
+            if self.recent(self._poll) is not None:
+                # Another request just saw the head: as new as a poll would be.
+                if tick is not None:
+                    tick.set_result(None)
+                await asyncio.sleep(self._poll)
+                continue
             self.polls += 1
             try:
                 head = await self._read()
