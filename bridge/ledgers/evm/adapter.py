@@ -292,8 +292,9 @@ class EvmAdapter(StepTemplate):
         """A leg's state at ``height`` (default: finalized).
 
         With a lens, concurrent reads (of any transfers, by any callers in this process) go
-        in one ``eth_call`` per height, after one shared ``eth_blockNumber``; each answer is
-        what :meth:`_get_leg_single` would read at that height."""
+        in one ``eth_call`` per height, after one shared ``eth_blockNumber`` (none with
+        finality depth 0: the lens reports the block it read); each answer is what
+        :meth:`_get_leg_single` would read at that height."""
         if self._lens is None:
             return await self._get_leg_single(transfer_id, leg, height)
         key = (_FINAL if height is None else height, transfer_id, leg)
