@@ -152,7 +152,7 @@ def _lines_rpc(rpc: dict[str, dict[str, int]], committed: int) -> Iterator[str]:
     yield "anvil JSON-RPC requests served during the load (per committed transfer):"
     for ledger, counts in rpc.items():
         total = sum(counts.values())
-        top = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+        top = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         per = f"{total / committed:.1f}" if committed else "-"
         yield f"  {ledger:<12} {total:7d} ({per}/transfer): {top}"
 

@@ -56,6 +56,8 @@ class DeployedEndpoint:
     relayer: DevAccount
     endpoint: Contract
     tokens: dict[str, Contract]
+    lens: str = ""
+    """The read lens's address (``BridgeLens``, issue 14 item 4)."""
 
 
 def fund_and_deploy(
@@ -67,7 +69,8 @@ def fund_and_deploy(
 ) -> DeployedEndpoint:
     """Fresh admin and relayer accounts for ledger ``name``, both funded with ``fund``, and
     the endpoint deployed through ``rpc_url`` (:func:`deploy_evm_endpoint`, with the ledger's
-    brokerage instruction key and ``ctx``'s securities)."""
+    brokerage instruction key and ``ctx``'s securities), and the read lens next to it
+    (:func:`deploy_lens_for`)."""
     admin, relayer = DevAccount.generate(), DevAccount.generate()
     relayer_address = ctx._relayer_address(name, relayer)
     fund(admin.address)
@@ -81,7 +84,16 @@ def fund_and_deploy(
         ctx.instruction_key(name).address,
         ctx.isins,
     )
-    return DeployedEndpoint(admin, relayer, endpoint, tokens)
+    lens = deploy_lens_for(rpc_url, admin)
+    return DeployedEndpoint(admin, relayer, endpoint, tokens, lens)
+
+
+# ---- read lens (issue 14 item 4)
+def deploy_lens_for(rpc_url: str, deployer: DevAccount) -> str:
+    """Deploy a ``BridgeLens`` through ``rpc_url`` (the devnet's step after the endpoint's
+    deploy; the endpoint itself is untouched) and return its address for the ledger entry's
+    ``lens`` key."""
+    return str(deploy.deploy_lens(deploy.connect(rpc_url), deployer.private_key).address)
 
 
 @dataclass(kw_only=True)
@@ -101,6 +113,12 @@ class EvmEndpointLedger:
     block_time: float = 1.0
     relayer_key: dict[str, Any] = field(default_factory=dict)
     """The relayer file's key entry (``key_file`` or a token key table)."""
+    lens: str = ""
+    """The read lens's address (empty: none deployed; the adapters read leg by leg)."""
+
+    def lens_entry(self) -> dict[str, str]:
+        """``{"lens": address}`` for the ``[[ledgers]]`` entry, or nothing without a lens."""
+        return {"lens": self.lens} if self.lens else {}
 
     @property
     def kind(self) -> str:

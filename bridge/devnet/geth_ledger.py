@@ -67,6 +67,7 @@ class GethLedger(EvmEndpointLedger):
             "finality_depth": self.net.finality_depth,
             "block_interval": self.net.empty_interval,
         }
+        entry |= self.lens_entry()
         return entry | ({"tls_ca": self.ca_cert} if self.ca_cert else {})
 
     def relayer_entry(self) -> dict[str, Any]:
@@ -125,6 +126,7 @@ def start_geth_ledger(ctx: StartContext, name: str) -> GethLedger:
             block_time=net.empty_interval,
             relayer_key=ctx._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
             net=net,
+            lens=d.lens,
         )
         if ctx.evm_node_auth:
             ca = ctx._evm_node_ca()

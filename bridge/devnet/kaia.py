@@ -124,6 +124,7 @@ def start_kaia_ledger(ctx: StartContext, name: str) -> KaiaLedger:
             rpc_token_file=ctx._rpc_token_file(name) if ctx.evm_node_auth else None,
             relayer_key=ctx._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
             kaia=kaia,
+            lens=d.lens,
         )
     except BaseException:
         kaia.stop()

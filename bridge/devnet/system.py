@@ -73,6 +73,7 @@ class LedgerHandle(EvmEndpointLedger):
             "finality_depth": 0,
             "block_interval": self.block_time,
         }
+        entry |= self.lens_entry()
         return entry | ({"tls_ca": str(self.node.tls_ca)} if self.node.tls_ca else {})
 
     def relayer_entry(self) -> dict[str, Any]:
@@ -349,6 +350,7 @@ class LocalSystem:
                 block_time=self.block_time,
                 rpc_token_file=self._rpc_token_file(name) if self.evm_node_auth else None,
                 relayer_key=self._key_entry(f"keys/relayer-{name}.key", f"relayer-{name}", relayer),
+                lens=d.lens,
             )
         for name in self.fabric_ledger_names:
             self.fabric[name] = FabricBridgeLedger(name, self.workdir).start(

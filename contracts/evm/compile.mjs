@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SRC = join(HERE, "src");
-const DEPLOYABLE = ["SecurityToken", "BridgeEndpoint"];
+const DEPLOYABLE = ["SecurityToken", "BridgeEndpoint", "BridgeLens"];
 // viaIR (ADR 0025): the IR pipeline makes BridgeEndpoint about 1.6 KB smaller at runtime than
 // the legacy one (room for the batched steps under the 24,576-byte limit) and every single
 // step cheaper (lock -935, prepare -2,395, commit -2,085 / -2,007 gas).

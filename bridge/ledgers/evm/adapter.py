@@ -54,12 +54,14 @@ from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.addresses import EvmAddressCodec
-from bridge.ledgers.evm.artifacts import load_abi
+from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
+from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
 from bridge.ledgers.steps import GovernanceWrite, OrderWrite, RotationWrite, Step, StepTemplate
+from bridge.logfields import LEDGER, get_logger
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
@@ -87,6 +89,20 @@ def _is_transient(exc: BaseException) -> bool:
 
 _MAX_TRACKED = 4096
 """Sent transactions remembered for retries; the oldest are forgotten first."""
+
+# ---- read lens and shared reads (issue 14 item 4)
+LENS_MAX_ITEMS = 256
+"""``BridgeLens.MAX_ITEMS``: the most legs or securities one lens call reads."""
+_FINAL = -1
+_LATEST = -2
+"""Heights a batched read resolves itself: the finalized block, the latest block."""
+_LENS_RETRY_S = 30.0
+"""After a lens check failed (no code yet, other code), reads go leg by leg this long."""
+_BLOCKS_CACHED = 256
+LegKey = tuple[int, bytes, Leg]
+SupplyKey = tuple[int, bytes]
+SupplyAnswer = tuple[int, "tuple[int, ...] | Exception"]
+"""The block read and its five supply figures, or the refusal for that security."""
 
 
 class EvmAdapter(StepTemplate):
@@ -151,6 +167,30 @@ class EvmAdapter(StepTemplate):
         # The last rotateCommittee sent per new epoch, until it is final (as ``_sent``).
         self._sent_rotations: dict[int, bytes] = {}
         self._poll = max(0.05, min(0.25, config.block_interval / 10))
+        # ---- read lens and shared reads (issue 14 item 4)
+        self._log = get_logger(**{LEDGER: config.id.name})
+        self._head_read: FreshRead[int] = FreshRead(self._fetch_head)
+        self._heads = HeadWatch(self._fetch_head, self._poll)
+        self._fee_cache = FeeCache()
+        lens = getattr(config.settings, "lens", None)
+        self._lens = (
+            self._w3.eth.contract(address=to_checksum_address(lens), abi=load_abi("BridgeLens"))
+            if isinstance(lens, str) and lens
+            else None
+        )
+        self._lens_ok = False
+        self._lens_live = False
+        self._lens_retry_at = 0.0
+        self._lens_check = asyncio.Lock()
+        self._legs: Batcher[LegKey, LegStatus | Exception] = Batcher(
+            self._read_legs, LENS_MAX_ITEMS
+        )
+        self._supplies: Batcher[SupplyKey, SupplyAnswer] = Batcher(
+            self._read_supplies, LENS_MAX_ITEMS
+        )
+        self._blocks: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._sent_above: OrderedDict[bytes, int] = OrderedDict()
+        """Per sent transaction, the last head seen before it was sent."""
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -190,9 +230,14 @@ class EvmAdapter(StepTemplate):
         return evm_network_word(int(chain_id))
 
     async def finalized_height(self) -> int:
-        """Latest block minus the configured finality depth."""
-        latest = await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number)
-        return max(0, int(latest) - self._cfg.finality_depth)
+        """Latest block minus the configured finality depth, from an ``eth_blockNumber``
+        sent after this call (concurrent callers share it: :class:`FreshRead`)."""
+        return max(0, await self._head_read.get() - self._cfg.finality_depth)
+
+    async def _fetch_head(self) -> int:
+        head = int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
+        self._heads.observe(head)
+        return head
 
     async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
         """Bridge leg transitions after ``after`` through ``up_to_height``, in ledger order."""
@@ -244,7 +289,29 @@ class EvmAdapter(StepTemplate):
         return list(await self._rpc("eth_getLogs", lambda: self._w3.eth.get_logs(params)))
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
-        """A leg's state at ``height`` (default: finalized)."""
+        """A leg's state at ``height`` (default: finalized).
+
+        With a lens, concurrent reads (of any transfers, by any callers in this process) go
+        in one ``eth_call`` per height, after one shared ``eth_blockNumber`` (none with
+        finality depth 0: the lens reports the block it read); each answer is what
+        :meth:`_get_leg_single` would read at that height."""
+        if self._lens is None:
+            return await self._get_leg_single(transfer_id, leg, height)
+        key = (_FINAL if height is None else height, transfer_id, leg)
+        return _raised(await self._legs.get(key))
+
+    async def get_legs(
+        self, legs: list[tuple[bytes, Leg]], height: int | None = None
+    ) -> list[LegStatus]:
+        """Several legs at ``height`` (default: finalized), in order: one lens call per
+        :data:`LENS_MAX_ITEMS` legs when a lens is configured, else leg by leg."""
+        return list(await asyncio.gather(*(self.get_leg(t, leg, height) for t, leg in legs)))
+
+    async def _get_leg_single(
+        self, transfer_id: bytes, leg: Leg, height: int | None = None
+    ) -> LegStatus:
+        """One leg through the endpoint's own views (``outbound``/``inbound``, then
+        ``notBefore`` for a locked or prepared leg)."""
         at = height if height is not None else await self.finalized_height()
         fn = (
             self._bridge.functions.outbound
@@ -266,6 +333,214 @@ class EvmAdapter(StepTemplate):
             height=at,
             not_before=not_before,
         )
+
+    # ---- read lens (issue 14 item 4)
+    async def _lens_usable(self) -> bool:
+        """True once the configured lens's code is the committed ``BridgeLens``.
+
+        SECURITY: the lens answers for the endpoint, so an address holding other code (a
+        typo, a hostile deployment) could forge every leg a relayer or member reads. Its code
+        is compared once with what the node itself builds from the committed artifact
+        (``eth_call`` of the creation code returns the runtime code); until it matches, every
+        read goes to the endpoint's own views, and the check is retried after
+        :data:`_LENS_RETRY_S` (a lens deployed after the node was first asked)."""
+        if self._lens is None:
+            return False
+        if self._lens_ok:
+            return True
+        loop = asyncio.get_running_loop()
+        async with self._lens_check:
+            if self._lens_ok or loop.time() < self._lens_retry_at:
+                return self._lens_ok
+            lens = self._lens.address
+            code = await self._rpc("eth_getCode", lambda: self._w3.eth.get_code(lens))
+            creation = HexStr("0x" + load_bytecode("BridgeLens").hex())
+            built = await self._rpc("eth_call", lambda: self._w3.eth.call({"data": creation}))
+            self._lens_ok = bool(code) and bytes(code) == bytes(built)
+            if self._lens_ok and self._cfg.finality_depth == 0:
+                self._lens_live = await self._reports_latest_block()
+            if not self._lens_ok:
+                self._lens_retry_at = loop.time() + _LENS_RETRY_S
+                self._log.error(
+                    "the configured lens is not the committed BridgeLens; reading leg by leg",
+                    lens=str(lens),
+                    has_code=bool(code),
+                )
+            return self._lens_ok
+
+    async def _reports_latest_block(self) -> bool:
+        """Whether a lens call at ``latest`` reports the block it read: between two
+        ``eth_blockNumber`` answers around it. SECURITY: a node whose ``block.number`` in
+        ``eth_call`` is another block's (a pending block) would date every live read wrongly;
+        such a node gets the ``eth_blockNumber`` before every read instead."""
+        assert self._lens is not None
+        fn = self._lens.functions.legsOf(self._bridge.address, [], [])
+        before = await self._fetch_head()
+        number, _ = await self._rpc("legsOf", lambda: fn.call(block_identifier="latest"))
+        after = await self._fetch_head()
+        live = before <= int(number) <= after
+        if not live:
+            self._log.warning(
+                "the node's eth_call at latest reports another block number; reading the head"
+                " before every read",
+                before=before,
+                reported=int(number),
+                after=after,
+            )
+        return live
+
+    def _resolve(self, spec: int, latest: int | None) -> int:
+        if spec == _LATEST:
+            assert latest is not None
+            return latest
+        if spec == _FINAL:
+            assert latest is not None
+            return max(0, latest - self._cfg.finality_depth)
+        return spec
+
+    async def _heights(self, specs: list[int]) -> list[int]:
+        """Each height spec resolved, from one ``eth_blockNumber`` sent after every caller
+        of the batch asked (so as fresh as each caller's own read)."""
+        latest = await self._head_read.get() if any(h < 0 for h in specs) else None
+        return [self._resolve(h, latest) for h in specs]
+
+    async def _live(self) -> bool:
+        """True when a read at the finalized height may be one lens call at ``latest``
+        (which reports its own block number), saving the ``eth_blockNumber``: finality depth
+        0 (the latest block is final) and a lens whose node reports block numbers as
+        checked in :meth:`_lens_usable`."""
+        return self._cfg.finality_depth == 0 and await self._lens_usable() and self._lens_live
+
+    async def _specs(self, specs: list[int]) -> list[int | None]:
+        """Height specs resolved for one batch: None means "latest, as the lens reports it"
+        (:meth:`_live`); otherwise heights from one ``eth_blockNumber`` sent after every
+        caller of the batch asked (so as fresh as each caller's own read)."""
+        if await self._live():
+            return [None if h < 0 else h for h in specs]
+        return list(await self._heights(specs))
+
+    async def _read_legs(self, keys: list[LegKey]) -> list[LegStatus | Exception]:
+        """The batch behind :meth:`get_leg`: one ``legsOf`` per height."""
+        groups: dict[int | None, list[int]] = {}
+        for i, h in enumerate(await self._specs([k[0] for k in keys])):
+            groups.setdefault(h, []).append(i)
+        out: list[LegStatus | Exception] = [Unavailable("unread")] * len(keys)
+        answers = await asyncio.gather(
+            *(self._legs_at(h, [keys[i][1:] for i in ix]) for h, ix in groups.items())
+        )
+        for ix, statuses in zip(groups.values(), answers, strict=True):
+            for i, status in zip(ix, statuses, strict=True):
+                out[i] = status
+        return out
+
+    async def _legs_at(
+        self, at: int | None, legs: list[tuple[bytes, Leg]]
+    ) -> list[LegStatus | Exception]:
+        """``legs`` at block ``at`` (None: the latest, which is final here)."""
+        if await self._lens_usable():
+            assert self._lens is not None
+            fn = self._lens.functions.legsOf(
+                self._bridge.address,
+                [t for t, _ in legs],
+                [0 if leg is Leg.OUTBOUND else 1 for _, leg in legs],  # the endpoint's numbering
+            )
+            block: Any = "latest" if at is None else at
+            try:
+                number, views = await self._rpc("legsOf", lambda: fn.call(block_identifier=block))
+            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
+                pass  # no lens (or endpoint) at that older block: the endpoint's own views
+            else:
+                read = self._lens_block(number, at)
+                if at is None:
+                    self._heads.observe(read)  # the latest block, as the node just said
+                return [
+                    _leg_from_view(leg, v, read) for (_, leg), v in zip(legs, views, strict=True)
+                ]
+        height = at if at is not None else await self._head_read.get()
+        results = await asyncio.gather(
+            *(self._get_leg_single(t, leg, height) for t, leg in legs), return_exceptions=True
+        )
+        return [_as_result(r) for r in results]
+
+    def _lens_block(self, number: Any, asked: int | None) -> int:
+        """The block a lens call read; Unavailable when the node read another than asked."""
+        read = int(number)
+        if asked is not None and read != asked:
+            raise Unavailable(f"ledger {self.ledger}: a read of block {asked} answered {read}")
+        return read
+
+    async def _read_supplies(self, keys: list[SupplyKey]) -> list[SupplyAnswer]:
+        """The batch behind :meth:`supply`: one ``suppliesOf`` per height; each item is the
+        block read and the five figures, or the refusal :meth:`supply` raises for it."""
+        groups: dict[int | None, list[int]] = {}
+        for i, h in enumerate(await self._specs([k[0] for k in keys])):
+            groups.setdefault(h, []).append(i)
+        out: list[SupplyAnswer] = [(0, Unavailable("unread"))] * len(keys)
+        for h, ix in groups.items():
+            for i, r in zip(ix, await self._supplies_at(h, [keys[i][1] for i in ix]), strict=True):
+                out[i] = r
+        return out
+
+    async def _supplies_at(self, at: int | None, words: list[bytes]) -> list[SupplyAnswer]:
+        assert self._lens is not None
+        fn = self._lens.functions.suppliesOf(self._bridge.address, words)
+        block: Any = "latest" if at is None else at
+        try:
+            number, views = await self._rpc("suppliesOf", lambda: fn.call(block_identifier=block))
+        except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
+            # No lens (or no endpoint) at that block: the endpoint's own view, item by item.
+            height = at if at is not None else await self._head_read.get()
+            results = await asyncio.gather(
+                *(self._supply_single(w, height) for w in words), return_exceptions=True
+            )
+            return [(height, _as_result(r)) for r in results]
+        read = self._lens_block(number, at)
+        if at is None:
+            self._heads.observe(read)
+        out: list[SupplyAnswer] = []
+        for v in views:
+            ok, data, figures = bool(v[0]), bytes(v[1]), tuple(int(x) for x in v[2:7])
+            out.append((read, figures if ok else self._refusal_from(data)))
+        return out
+
+    def _refusal_from(self, data: bytes) -> Exception:
+        """A ``supplyOf`` revert's data as the single read reports it."""
+        return (
+            refusal(data, str(self.ledger))
+            if data
+            else LedgerRejected(
+                ErrorReason.UNKNOWN_REFUSAL,
+                "supplyOf reverted without data",
+                ledger=str(self.ledger),
+            )
+        )
+
+    async def _supply_single(self, word: bytes, at: int) -> tuple[int, ...]:
+        fn = self._bridge.functions.supplyOf(word)
+        try:
+            res = await self._rpc("supplyOf", lambda: fn.call(block_identifier=at))
+        except (ContractCustomError, ContractLogicError) as exc:
+            raise self._rejection(exc) from exc
+        except BadFunctionCallOutput as exc:  # no code at the endpoint's address yet
+            raise _NoEndpoint() from exc
+        return tuple(int(x) for x in res[:5])
+
+    async def _block_at(self, at: int) -> tuple[bytes, int]:
+        """``(hash, timestamp)`` of block ``at``, which the caller has read as final.
+
+        SECURITY: cached by number only for final blocks (the caller's height is at or
+        below the finalized one), so it is exactly as stable as the finality depth already
+        assumes for every read at that height."""
+        cached = self._blocks.get(at)
+        if cached is not None:
+            return cached
+        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        entry = (bytes(block["hash"]), int(block["timestamp"]))
+        if int(block["number"]) == at:
+            self._blocks[at] = entry
+            while len(self._blocks) > _BLOCKS_CACHED:
+                self._blocks.popitem(last=False)
+        return entry
 
     async def _token(self, security: SecurityId, at: int) -> str | None:
         cached = self._tokens.get(security.isin)
@@ -289,16 +564,26 @@ class EvmAdapter(StepTemplate):
         token = self._w3.eth.contract(address=token_addr, abi=self._token_abi)  # type: ignore[call-overload]
         who = word_to_evm_address(holder)
         f = token.functions
-        balance, status, eligible, frozen, paused = await self._rpc(
-            "holder query",
-            lambda: asyncio.gather(
-                f.balanceOf(who).call(block_identifier=at),
-                f.receiveStatus(who).call(block_identifier=at),
-                f.isEligible(who).call(block_identifier=at),
-                f.isFrozen(who).call(block_identifier=at),
-                f.paused().call(block_identifier=at),
-            ),
-        )
+        views: Any = None
+        if await self._lens_usable():  # ---- read lens: the five views in one call
+            assert self._lens is not None
+            lens_fn = self._lens.functions.holderOf(token_addr, who)
+            try:
+                views = await self._rpc("holderOf", lambda: lens_fn.call(block_identifier=at))
+            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
+                views = None  # no lens at that block: the token's own views
+        if views is None:
+            views = await self._rpc(
+                "holder query",
+                lambda: asyncio.gather(
+                    f.balanceOf(who).call(block_identifier=at),
+                    f.receiveStatus(who).call(block_identifier=at),
+                    f.isEligible(who).call(block_identifier=at),
+                    f.isFrozen(who).call(block_identifier=at),
+                    f.paused().call(block_identifier=at),
+                ),
+            )
+        balance, status, eligible, frozen, paused = views
         return HolderStatus(
             True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
         )
@@ -311,32 +596,39 @@ class EvmAdapter(StepTemplate):
         height above the finalized one; NotFound when the security is not registered (or the
         endpoint did not exist yet) at that height.
         """
-        final = await self.finalized_height()
-        at = final if height is None else height
-        if not 0 <= at <= final:
-            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
-        fn = self._bridge.functions.supplyOf(security.word)
+        spec = _FINAL
+        if height is not None or not await self._live():
+            final = await self.finalized_height()
+            at = spec = final if height is None else height
+            if not 0 <= at <= final:
+                raise InvalidInput(
+                    f"height {at} is not finalized on {self.ledger} (final: {final})"
+                )
+        res: tuple[int, ...] | Exception
         try:
-            res = await self._rpc("supplyOf", lambda: fn.call(block_identifier=at))
-        except (ContractCustomError, ContractLogicError) as exc:
-            rejection = self._rejection(exc)
-            if rejection.reason is ErrorReason.UNKNOWN_SECURITY:
+            if await self._lens_usable():  # ---- read lens: concurrent reads in one call
+                at, res = await self._supplies.get((spec, security.word))
+            else:
+                res = await self._supply_single(security.word, at)
+            figures = _raised(res)
+        except LedgerRejected as exc:
+            if exc.reason is ErrorReason.UNKNOWN_SECURITY:
                 raise NotFound(
                     f"security {security.isin} is not registered on {self.ledger} at {at}"
                 ) from exc
-            raise rejection from exc
-        except BadFunctionCallOutput as exc:  # no code at the endpoint's address yet
+            raise
+        except _NoEndpoint as exc:
             raise NotFound(f"no bridge endpoint on {self.ledger} at height {at}") from exc
-        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        block_hash, _ = await self._block_at(at)
         return SupplyReading(
             ledger=self.ledger.name,
-            height=int(block["number"]),
-            block_hash=bytes(block["hash"]),
-            total_supply=int(res[0]),
-            escrowed=int(res[1]),
-            prepared=int(res[2]),
-            burned_out=int(res[3]),
-            minted_in=int(res[4]),
+            height=at,
+            block_hash=block_hash,
+            total_supply=int(figures[0]),
+            escrowed=int(figures[1]),
+            prepared=int(figures[2]),
+            burned_out=int(figures[3]),
+            minted_in=int(figures[4]),
         )
 
     # ---- flow limits (ADR 0010)
@@ -347,12 +639,12 @@ class EvmAdapter(StepTemplate):
         at = await self.finalized_height()
         fn = self._bridge.functions.flowStatus(security.word, counterpart.word)
         words = await self._rpc("flowStatus", lambda: fn.call(block_identifier=at))
-        block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block(at))
+        _, timestamp = await self._block_at(at)
         return FlowStatus.from_words(
             self.ledger.name,
             counterpart.name,
             security.isin,
-            int(block["timestamp"]),
+            timestamp,
             [int(x) for x in words],
         )
 
@@ -375,7 +667,9 @@ class EvmAdapter(StepTemplate):
 
     async def _read_leg_now(self, transfer_id: bytes, leg: Leg) -> LegStatus:
         """At the latest block: a step mined but not yet final is already applied."""
-        return await self.get_leg(transfer_id, leg, height=await self._latest())
+        if self._lens is None:
+            return await self.get_leg(transfer_id, leg, height=await self._latest())
+        return _raised(await self._legs.get((_LATEST, transfer_id, leg)))
 
     async def _applied_height(self, step: Step, current: LegStatus) -> int:
         """Wait until the leg shows the step at the finalized height."""
@@ -427,17 +721,21 @@ class EvmAdapter(StepTemplate):
     async def _await_leg_final(
         self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0
     ) -> int:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + limit_s
-        while loop.time() < give_up:
-            status = await self.get_leg(transfer_id, leg)
-            if status.state in done:
-                return status.height
-            await asyncio.sleep(self._poll)
-        raise Unavailable(f"step on {self.ledger} not final after {limit_s:.0f}s")
+        """Re-read the leg at the finalized height once per new block (the shared head
+        poll, :class:`HeadWatch`) until it shows ``done``."""
+        give_up = asyncio.get_running_loop().time() + limit_s
+        head = -1
+        try:
+            while True:
+                head = await self._heads.wait_above(head, give_up)
+                status = await self.get_leg(transfer_id, leg)
+                if status.state in done:
+                    return status.height
+        except TimeoutError:
+            raise Unavailable(f"step on {self.ledger} not final after {limit_s:.0f}s") from None
 
     async def _latest(self) -> int:
-        return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
+        return await self._head_read.get()
 
     async def _send(self, fn: Any) -> bytes:
         assert self._signer is not None
@@ -465,15 +763,21 @@ class EvmAdapter(StepTemplate):
                 )
                 # SECURITY: signed through the Signer seam (the key may be in an HSM).
                 raw = sign_transaction(self._signer, tx)
+                before = self._heads.head  # no block up to this one can hold the tx
                 try:
                     tx_hash = await self._send_raw(raw)
                 except Web3RPCError as exc:
+                    self._fee_cache.invalidate()  # e.g. underpriced: read the fees again
                     if attempt < 2 and any(m in str(exc).lower() for m in _NONCE_ERRORS):
                         continue  # raced another writer of this key: read the count again
                     # Not a refusal by the contract: the caller may retry (steps are idempotent).
                     raise Unavailable(
                         f"ledger {self.ledger} did not accept the transaction: {exc}"
                     ) from exc
+                if before is not None:
+                    self._sent_above[bytes(tx_hash)] = before
+                    while len(self._sent_above) > _MAX_TRACKED:
+                        self._sent_above.popitem(last=False)
                 return bytes(tx_hash)
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
 
@@ -481,6 +785,12 @@ class EvmAdapter(StepTemplate):
         """The fee fields of a transaction under the ledger's profile
         (:func:`bridge.ledgers.evm.profiles.fee_fields`), capped at ``max_gas_price_gwei``;
         only the node values the profile's policy needs are read."""
+        # ---- fees once per block (issue 14 item 4). SECURITY: see FeeCache: at most one
+        # block stale (the head is one the node reported within two poll intervals, a fifth
+        # of a block), capped.
+        cached = self._fee_cache.get(self._heads.recent(2 * self._poll))
+        if cached is not None:
+            return cached
         cap = int(self._cfg.max_gas_price_gwei * 10**9)
         block = await self._rpc("eth_getBlockByNumber", lambda: self._w3.eth.get_block("latest"))
         raw_base = block.get("baseFeePerGas")
@@ -492,7 +802,9 @@ class EvmAdapter(StepTemplate):
             price = int(await self._rpc("gas_price", lambda: self._w3.eth.gas_price))
         if want_tip:
             tip = int(await self._rpc("max_priority_fee", lambda: self._w3.eth.max_priority_fee))
-        return fee_fields(policy, cap, base, price, tip)
+        fields = fee_fields(policy, cap, base, price, tip)
+        self._fee_cache.put(int(block["number"]), fields)
+        return fields
 
     async def _send_raw(self, raw: bytes) -> bytes:
         return bytes(await self._rpc("send", lambda: self._w3.eth.send_raw_transaction(raw)))
@@ -508,29 +820,44 @@ class EvmAdapter(StepTemplate):
         return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, str(exc), ledger=str(self.ledger))
 
     async def _await_final(self, tx_hash: bytes, limit_s: float = 120.0) -> int:
-        """Wait for the receipt, then for its block to be final; return the block height."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + limit_s
+        """Wait for the receipt, then for its block to be final; return the block height.
+
+        One shared head poll serves every waiter (:class:`HeadWatch`); the receipt is asked
+        for once per new block until it exists, then nothing more is sent until the head is
+        ``finality_depth`` past it. The head is one the node reported, so finality is never
+        declared earlier than a fresh read would."""
+        give_up = asyncio.get_running_loop().time() + limit_s
         height: int | None = None
-        while loop.time() < give_up:
-            if height is None:
-                try:
-                    receipt = await self._rpc(
-                        "receipt",
-                        lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
-                    )
-                except TransactionNotFound:
-                    receipt = None
-                if receipt is not None:
-                    if int(receipt["status"]) != 1:
-                        # State changed between simulation and inclusion; re-reading the leg
-                        # decides what happens next, so this is retryable, not a refusal.
-                        raise Unavailable(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
-                    height = int(receipt["blockNumber"])
-            if height is not None and await self.finalized_height() >= height:
-                return height
-            await asyncio.sleep(self._poll)
+        # The head seen before the send: the receipt is first asked for in a later block.
+        head = self._sent_above.pop(tx_hash, -1)
+        try:
+            while True:
+                head = await self._heads.wait_above(head, give_up)
+                if height is None:
+                    height = await self._receipt_height(tx_hash)
+                if height is not None and max(0, head - self._cfg.finality_depth) >= height:
+                    return height
+        except TimeoutError:
+            pass
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    async def _receipt_height(self, tx_hash: bytes) -> int | None:
+        """The block of ``tx_hash``'s receipt; None while it has none; Unavailable when it
+        reverted (re-reading the leg decides what happens next)."""
+        try:
+            receipt = await self._rpc(
+                "receipt",
+                lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
+            )
+        except TransactionNotFound:
+            return None
+        if receipt is None:
+            return None
+        if int(receipt["status"]) != 1:
+            # State changed between simulation and inclusion; re-reading the leg decides
+            # what happens next, so this is retryable, not a refusal.
+            raise Unavailable(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+        return int(receipt["blockNumber"])
 
     # ---- committee rotation
 
@@ -667,7 +994,8 @@ class EvmAdapter(StepTemplate):
         return int(chain_id), bytes(code), bytes(word)
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Stop the shared head poll and close the HTTP session."""
+        await self._heads.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -687,6 +1015,43 @@ class EvmAdapter(StepTemplate):
         addr = self._sender
         mined = await self._rpc("nonce", lambda: self._w3.eth.get_transaction_count(addr, "latest"))
         return max(0, await self._pending_count() - int(mined))
+
+
+# ---- read lens (issue 14 item 4)
+class _NoEndpoint(Exception):
+    """No code at the endpoint's address at the block read (mapped to NotFound)."""
+
+
+def _raised(result: T | Exception) -> T:
+    """A batched read's answer, or its refusal raised in the caller."""
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _as_result(result: T | BaseException) -> T | Exception:
+    """A gathered item's outcome as a batch answer (a cancellation is not an answer)."""
+    if isinstance(result, BaseException) and not isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _leg_from_view(leg: Leg, view: Any, at: int) -> LegStatus:
+    """A ``BridgeLens.LegView`` as :meth:`EvmAdapter._get_leg_single` reads the leg: the
+    inbound reason only for an inbound leg, ``notBefore`` only while locked or prepared."""
+    raw_state, terms_hash, reason, not_before = (
+        [view[k] for k in ("state", "termsHash", "reason", "notBefore")]
+        if hasattr(view, "keys")
+        else list(view)
+    )
+    state = leg_state_from_ledger(leg, int(raw_state))
+    return LegStatus(
+        state=state,
+        terms_hash=bytes(terms_hash),
+        reason=int(reason) if leg is Leg.INBOUND else 0,
+        height=at,
+        not_before=int(not_before) if state in (LegState.LOCKED, LegState.PREPARED) else 0,
+    )
 
 
 def _window_from_abi(raw: Any) -> EpochWindow:

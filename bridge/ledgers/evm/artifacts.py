@@ -21,7 +21,7 @@ ARTIFACTS_DIR = (
     if _PACKAGED.is_dir()
     else Path(__file__).resolve().parents[3] / "contracts" / "evm" / "artifacts"
 )
-CONTRACT_NAMES = ("BridgeEndpoint", "SecurityToken")
+CONTRACT_NAMES = ("BridgeEndpoint", "SecurityToken", "BridgeLens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -403,3 +403,11 @@ order_abi_tuple = governance.order_abi_tuple
 def set_depository(w3: Web3, admin_key: bytes, endpoint: Contract, key: str) -> TxReceipt:
     """``setDepository``: admin only, and only while the endpoint has no depository key."""
     return send_tx(w3, admin_key, endpoint.functions.setDepository(Web3.to_checksum_address(key)))
+
+
+# ---- read lens (issue 14 item 4)
+def deploy_lens(w3: Web3, deployer_key: bytes) -> Contract:
+    """Deploy a :file:`BridgeLens` (no arguments, no owner, no state): the read-only view that
+    reads many legs or supplies of any endpoint in one ``eth_call``. One per chain serves
+    every endpoint on it; its address goes in the ledger entry's ``lens`` key."""
+    return deploy_contract(w3, deployer_key, "BridgeLens")

@@ -45,6 +45,10 @@ class EvmTable(LedgerTable):
     profile: Literal["ethereum", "kaia"] = "ethereum"
     """The chain family's node behaviour (:mod:`bridge.ledgers.evm.profiles`): ``kaia``
     admits chain ids 8217/1001 only, needs ``finality_depth = 0`` and prices as Kaia does."""
+    lens: str | None = None
+    """The ``BridgeLens`` read contract on this chain (issue 14 item 4; optional): legs and
+    supplies of many transfers are read in one ``eth_call`` through it. Its code is checked
+    against the committed artifact before it is trusted; without it reads go leg by leg."""
 
 
 class EvmKind:
@@ -65,6 +69,11 @@ class EvmKind:
         if table.tls_ca and not table.rpc_url.startswith("https://"):
             raise InvalidInput(f"ledger {lid}: tls_ca needs an https:// rpc_url")
         check_ledger(get_profile(table.profile), str(lid), table.chain_id, table.finality_depth)
+        if table.lens is not None:  # ---- read lens (issue 14 item 4)
+            try:
+                EvmAddressCodec().parse(table.lens)
+            except InvalidInput as exc:
+                raise InvalidInput(f"ledger {lid}: lens: not a valid evm address: {exc}") from None
         return LedgerConfig(
             id=lid,
             kind=self.name,

@@ -1,0 +1,288 @@
+"""Fewer JSON-RPC requests for the same answers (issue 14 item 4): coalesced reads, batched
+reads, one head poll for every waiter and fee fields per block.
+
+Pure asyncio, no ``web3``: the adapter (:mod:`bridge.ledgers.evm.adapter`) gives each helper
+the request it would otherwise have sent once per caller.
+
+The rule every helper keeps: an answer is never older than the one the caller would have got
+by sending its own request when it called. :class:`FreshRead` and :class:`Batcher` only let a
+caller share a request that *starts after* the caller asked; :class:`HeadWatch` serves waiters
+that can only be made later, never earlier, by an older head; :class:`FeeCache` is the one
+value reused across callers, and only within the block it was read for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Consume an outcome nobody may await any more (no 'exception never retrieved')."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class FreshRead(Generic[T]):
+    """One value read for many concurrent callers, never staler than each caller's own read.
+
+    Guarantees: every caller gets the result (or the exception) of a fetch that started after
+    the caller called :meth:`get`; at most one fetch runs at a time, and callers arriving while
+    one runs share the single next fetch. So N concurrent callers cost at most two requests
+    instead of N, and a caller never sees a value read before it asked (the chain head a
+    relayer just reported final is never older for a member asking afterwards).
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
+        self._fetch = fetch
+        self._current: asyncio.Future[T] | None = None
+        self._started = False
+        self._next: asyncio.Future[T] | None = None
+        self._task: asyncio.Future[None] | None = None
+        self.fetches = 0
+        """Fetches started (for tests and counters)."""
+
+    async def get(self) -> T:
+        """The value from a fetch started at or after this call."""
+        if self._current is not None and not self._started:
+            fut = self._current  # its request is not sent yet: as fresh as our own
+        else:
+            if self._next is None:
+                self._next = asyncio.get_running_loop().create_future()
+                self._next.add_done_callback(_retrieve)
+            fut = self._next
+            if self._current is None:
+                self._launch()
+        return await asyncio.shield(fut)
+
+    def _launch(self) -> None:
+        fut, self._next = self._next, None
+        assert fut is not None
+        self._current, self._started = fut, False
+        self.fetches += 1
+        self._task = asyncio.ensure_future(self._run(fut))
+
+    async def _run(self, fut: asyncio.Future[T]) -> None:
+        self._started = True  # from here on, a new caller waits for the next fetch
+        try:
+            value = await self._fetch()
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+        finally:
+            self._current = None
+            if self._next is not None:  # callers that came during this fetch
+                self._launch()
+
+
+class Batcher(Generic[K, V]):
+    """Many concurrent keyed reads answered by one ``fetch(keys)`` per batch.
+
+    Guarantees: each :meth:`get` is answered by a ``fetch`` call that started after it
+    (callers queued while a batch runs go in the next one, so freshness is as if each had
+    read alone); a batch holds each distinct key once and at most ``max_items`` keys (larger
+    queues are split into concurrent fetches); ``fetch`` must return one value per key, in
+    order, else every caller of that batch gets ``ValueError``; a failing ``fetch`` fails only
+    the callers of its own batch, with its exception. No delay is added: a caller alone is
+    fetched at once (after one turn of the event loop, so callers of the same turn share).
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[Sequence[V]]], max_items: int) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        self._fetch = fetch
+        self._max = max_items
+        self._queue: list[tuple[K, asyncio.Future[V]]] = []
+        self._busy = False
+        self._task: asyncio.Future[None] | None = None
+        self.batches = 0
+        """Fetches made (for tests and counters)."""
+
+    async def get(self, key: K) -> V:
+        """The value for ``key`` from a batch fetched after this call."""
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._queue.append((key, fut))
+        if not self._busy:
+            self._busy = True
+            self._task = asyncio.ensure_future(self._drain())
+        return await asyncio.shield(fut)
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(0)  # callers of this same turn join the first batch
+            while self._queue:
+                queued, self._queue = self._queue, []
+                keys = list(dict.fromkeys(k for k, _ in queued))
+                chunks = [keys[i : i + self._max] for i in range(0, len(keys), self._max)]
+                results = await asyncio.gather(
+                    *(self._fetch_chunk(c) for c in chunks), return_exceptions=True
+                )
+                answers: dict[K, V | BaseException] = {}
+                for chunk, result in zip(chunks, results, strict=True):
+                    if isinstance(result, BaseException):
+                        answers.update((k, result) for k in chunk)
+                    else:
+                        answers.update(zip(chunk, result, strict=True))
+                for key, fut in queued:
+                    if fut.done():
+                        continue
+                    answer = answers[key]
+                    if isinstance(answer, BaseException):
+                        fut.set_exception(answer)
+                    else:
+                        fut.set_result(answer)
+        finally:
+            self._busy = False
+            if self._queue:  # a caller came between the last check and here
+                self._busy = True
+                self._task = asyncio.ensure_future(self._drain())
+
+    async def _fetch_chunk(self, keys: list[K]) -> Sequence[V]:
+        self.batches += 1
+        values = await self._fetch(keys)
+        if len(values) != len(keys):
+            raise ValueError(f"batched read returned {len(values)} answers for {len(keys)} keys")
+        return values
+
+
+class HeadWatch:
+    """One chain-head poll for every waiter of a process's connection to a node.
+
+    Guarantees: while anyone waits, exactly one poller reads the head every ``poll_s``
+    seconds (never one request per waiter), unless another request of the process reported
+    the head within that interval (:meth:`observe`), which then serves instead;
+    :meth:`wait_above` returns the first head it sees above the height given, so a waiter
+    learns of a block at most ``poll_s`` (plus one request) after the node has it, as with
+    its own polling; a failed poll is raised to every waiter of that poll (as its own request
+    would have failed); with no waiter the poller stops. A head value is only ever a head the
+    node reported, possibly up to ``poll_s`` old: a finality wait built on it can be later,
+    never earlier, than one built on a fresh read.
+    """
+
+    def __init__(self, read_head: Callable[[], Awaitable[int]], poll_s: float) -> None:
+        self._read = read_head
+        self._poll = poll_s
+        self.head: int | None = None
+        """The last head the node reported (None before the first poll)."""
+        self.seen_at = 0.0
+        """``time.monotonic()`` of :attr:`head`'s poll."""
+        self._tick: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters = 0
+        self.polls = 0
+
+    def observe(self, head: int) -> None:
+        """A head the node reported to another request of this process (a fresh read, a lens
+        call at ``latest``): the poller uses it instead of asking while it is under one poll
+        interval old. An older value than :attr:`head` is ignored (an earlier request that
+        answered late)."""
+        if self.head is None or head >= self.head:
+            self.head, self.seen_at = head, time.monotonic()
+
+    def recent(self, max_age_s: float) -> int | None:
+        """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
+        if self.head is None or time.monotonic() - self.seen_at > max_age_s:
+            return None
+        return self.head
+
+    async def wait_above(self, height: int, deadline: float) -> int:
+        """The first head the poller sees above ``height``; TimeoutError once the loop's
+        clock passes ``deadline``; a failed poll's exception."""
+        loop = asyncio.get_running_loop()
+        self._waiters += 1
+        try:
+            while self.head is None or self.head <= height:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                tick = self._ensure_poller()
+                await asyncio.wait_for(asyncio.shield(tick), remaining)
+            return self.head
+        finally:
+            self._waiters -= 1
+
+    def _ensure_poller(self) -> asyncio.Future[None]:
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().create_future()
+            self._tick.add_done_callback(_retrieve)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return self._tick
+
+    async def _run(self) -> None:
+        while self._waiters > 0:
+            tick = self._tick
+            self._tick = None
+            if self.recent(self._poll) is not None:
+                # Another request just saw the head: as new as a poll would be.
+                if tick is not None:
+                    tick.set_result(None)
+                await asyncio.sleep(self._poll)
+                continue
+            self.polls += 1
+            try:
+                head = await self._read()
+            except Exception as exc:  # every waiter of this poll sees it
+                if tick is not None:
+                    tick.set_exception(exc)
+            else:
+                self.head, self.seen_at = head, time.monotonic()
+                if tick is not None:
+                    tick.set_result(None)
+            await asyncio.sleep(self._poll)
+
+    async def close(self) -> None:
+        """Stop the poller."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fees:
+    block: int
+    fields: dict[str, int]
+
+
+class FeeCache:
+    """A transaction's fee fields, read once per block and reused for every send in it.
+
+    Guarantees: :meth:`get` returns fields only for the block number they were computed from
+    (the caller passes the head it knows; no head known: nothing); :meth:`invalidate` (on any
+    refused send) forgets them, so the next send reads the node again.
+
+    SECURITY: a cached value can be one block stale, never more: the head passed in is one the
+    node reported within two poll intervals (a fifth of a block at most). Staleness can only
+    underprice by at most one block's base-fee change (12.5 % on Ethereum, none on Kaia's
+    fixed base fee), which the fee cap of twice the base fee covers; the configured
+    ``max_gas_price_gwei`` cap is applied before caching, so a cached value never exceeds it.
+    """
+
+    def __init__(self) -> None:
+        self._fees: _Fees | None = None
+
+    def get(self, head: int | None) -> dict[str, int] | None:
+        """The fields read at block ``head``, or None."""
+        if head is None or self._fees is None or self._fees.block != head:
+            return None
+        return dict(self._fees.fields)
+
+    def put(self, block: int, fields: dict[str, int]) -> None:
+        """Remember ``fields`` as read at ``block``."""
+        self._fees = _Fees(block, dict(fields))
+
+    def invalidate(self) -> None:
+        """Forget the cached fields."""
+        self._fees = None

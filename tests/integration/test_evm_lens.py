@@ -1,0 +1,275 @@
+"""The read lens (``BridgeLens``, issue 14 item 4) against real anvil endpoints.
+
+The lens must read exactly what the endpoint's own views read, item for item: legs in every
+state (unknown ids included, flow-limit delays included), supply figures (an unregistered
+security refused with the endpoint's own reason), a holder's standing. It refuses a list
+longer than its bound, and the adapter trusts a lens only when its code is the committed
+artifact's. Concurrent reads through the adapter are one lens call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from eth_abi.abi import decode as abi_decode
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractCustomError, Web3RPCError
+
+from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import NotFound, Unavailable
+from bridge.domain.flow import FlowLimit
+from bridge.domain.hashing import keccak256
+from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
+from bridge.domain.legs import Action, Leg, LegState
+from bridge.ledgers.evm import deploy
+from bridge.ledgers.evm.adapter import LENS_MAX_ITEMS, EvmAdapter
+from bridge.ledgers.evm.artifacts import load_abi
+from bridge.ledgers.evm.revert import decode_revert
+from tests.integration.conftest import ISIN, EvmLedger, TwoLedgers, instruct
+
+pytestmark = [pytest.mark.integration, pytest.mark.batch]
+
+SECURITY = SecurityId(ISIN)
+UNKNOWN = SecurityId("KR5701ES0016")
+
+
+@pytest.fixture(scope="module")
+def lens(two_ledgers: TwoLedgers) -> str:
+    """One lens on the anvil chain (it serves both endpoints)."""
+    return str(deploy.deploy_lens(two_ledgers.a.w3, two_ledgers.a.admin.private_key).address)
+
+
+def lens_error(exc: ContractCustomError) -> tuple[str, tuple[int, ...]]:
+    """The lens's own custom error in ``exc``: its name and arguments."""
+    data = bytes.fromhex(str(exc.data)[2:])
+    for name in ("TooManyItems", "LengthMismatch"):
+        if data[:4] == keccak256(f"{name}(uint256,uint256)".encode())[:4]:
+            return name, tuple(abi_decode(["uint256", "uint256"], data[4:]))
+    raise AssertionError(f"not a lens error: 0x{data.hex()}")
+
+
+def lens_contract(env: TwoLedgers, lens: str) -> Contract:
+    """The lens bound to its ABI, for direct calls."""
+    return env.a.w3.eth.contract(address=Web3.to_checksum_address(lens), abi=load_abi("BridgeLens"))
+
+
+def with_lens(
+    on: EvmLedger, lens: str | None, writable: bool = True, finality_depth: int = 0
+) -> EvmAdapter:
+    """An adapter for ``on`` whose ledger entry names ``lens`` (None: no lens)."""
+    cfg = dataclasses.replace(
+        on.config(finality_depth), settings=SimpleNamespace(lens=lens, profile="ethereum")
+    )
+    return EvmAdapter(cfg, on.relayer.private_key if writable else None)
+
+
+async def transfers_in_every_state(env: TwoLedgers) -> list[bytes]:
+    """Transfer ids A -> B: locked, prepared, committed on both, committed on A only, and
+    one locked and then large enough for the lane's delay."""
+    a, b = with_lens(env.a, None), with_lens(env.b, None)
+    alice, bob = env.a.holder(1_000), env.b.holder()
+    ids = []
+    for stop in ("locked", "prepared", "half", "committed"):
+        t = env.terms(alice, bob, 10)
+        await a.submit(Action.LOCK, t, None, instruct(t))
+        if stop != "locked":
+            await b.submit(Action.PREPARE, t, env.cert(ClaimKind.LOCKED, t, env.b))
+        if stop in ("half", "committed"):
+            await a.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.a))
+        if stop == "committed":
+            await b.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t, env.b))
+        ids.append(t.transfer_id)
+    await a.close()
+    await b.close()
+    return ids
+
+
+async def test_lens_reads_every_leg_as_the_endpoint_does(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    env = two_ledgers
+    ids = await transfers_in_every_state(env)
+    # A large transfer under a lane delay: both legs carry a notBefore.
+    delay = FlowLimit(large_threshold=50, large_delay=3600)
+    for here, there in ((env.a, env.b), (env.b, env.a)):
+        deploy.set_flow_limit(
+            here.w3, here.admin.private_key, here.endpoint, SECURITY, LedgerId(there.name), delay
+        )
+    plain_a, plain_b = with_lens(env.a, None), with_lens(env.b, None)
+    big = env.terms(env.a.holder(500), env.b.holder(), 100)
+    try:
+        await plain_a.submit(Action.LOCK, big, None, instruct(big))
+        await plain_b.submit(Action.PREPARE, big, env.cert(ClaimKind.LOCKED, big, env.b))
+    finally:  # the other tests' lanes have no limit
+        for here, there in ((env.a, env.b), (env.b, env.a)):
+            deploy.set_flow_limit(
+                here.w3, here.admin.private_key, here.endpoint, SECURITY, LedgerId(there.name),
+                FlowLimit(),
+            )  # fmt: skip
+    ids += [big.transfer_id, secrets.token_bytes(32)]  # and an id nobody used
+
+    lensed_a, lensed_b = with_lens(env.a, lens, False), with_lens(env.b, lens, False)
+    final = await plain_a.finalized_height()
+    for adapter, plain, leg in (
+        (lensed_a, plain_a, Leg.OUTBOUND),
+        (lensed_b, plain_b, Leg.INBOUND),
+    ):
+        for height in (final, final - 3):
+            batch = await adapter.get_legs([(t, leg) for t in ids], height)
+            singles = [await plain.get_leg(t, leg, height) for t in ids]
+            assert batch == singles
+        assert await adapter.get_legs([(t, leg) for t in ids]) == [
+            await plain.get_leg(t, leg) for t in ids
+        ]
+    outbound = await lensed_a.get_legs([(t, Leg.OUTBOUND) for t in ids])
+    inbound = await lensed_b.get_legs([(t, Leg.INBOUND) for t in ids])
+    assert [s.state for s in outbound] == [
+        LegState.LOCKED, LegState.LOCKED, LegState.BURNED, LegState.BURNED, LegState.LOCKED,
+        LegState.NONE,
+    ]  # fmt: skip
+    assert outbound[4].not_before > 0 and inbound[4].not_before > 0  # the delayed transfer
+    assert outbound[5].terms_hash == bytes(32) and inbound[5].state is LegState.NONE
+    for adapter in (plain_a, plain_b, lensed_a, lensed_b):
+        await adapter.close()
+
+
+async def test_concurrent_reads_are_one_lens_call(two_ledgers: TwoLedgers, lens: str) -> None:
+    env = two_ledgers
+    adapter = with_lens(env.a, lens, False)
+    ids = [secrets.token_bytes(32) for _ in range(LENS_MAX_ITEMS + 44)]
+    await adapter.get_leg(ids[0], Leg.OUTBOUND)  # checks the lens once
+    before = adapter._legs.batches
+    statuses = await asyncio.gather(*(adapter.get_leg(t, Leg.OUTBOUND) for t in ids))
+    assert all(s.state is LegState.NONE for s in statuses)
+    assert adapter._legs.batches - before == 2  # 300 legs: two calls of at most 256
+    # Finality depth 0: the lens call at "latest" dates the read itself (no eth_blockNumber).
+    assert adapter._lens_live is True
+    head = env.a.w3.eth.block_number
+    assert {s.height for s in statuses} == {head}
+    heads = adapter._head_read.fetches
+    await adapter.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    assert adapter._head_read.fetches == heads
+    # A finality depth: the head is read first, the lens reads the final block.
+    deep = with_lens(env.a, lens, False, finality_depth=2)
+    deep_statuses = await deep.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    assert deep._lens_ok is True and deep._lens_live is False
+    assert {s.height for s in deep_statuses} == {env.a.w3.eth.block_number - 2}
+    await deep.close()
+    await adapter.close()
+
+
+async def test_lens_refuses_more_than_its_bound_and_mismatched_lists(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    env = two_ledgers
+    contract = lens_contract(env, lens)
+    ids = [secrets.token_bytes(32) for _ in range(LENS_MAX_ITEMS + 1)]
+    f = contract.functions
+    assert int(f.MAX_ITEMS().call()) == LENS_MAX_ITEMS
+    with pytest.raises(ContractCustomError) as exc:
+        f.legsOf(env.a.endpoint.address, ids, [0] * len(ids)).call()
+    assert lens_error(exc.value) == ("TooManyItems", (LENS_MAX_ITEMS + 1, LENS_MAX_ITEMS))
+    with pytest.raises(ContractCustomError) as exc:
+        f.suppliesOf(env.a.endpoint.address, [SECURITY.word] * (LENS_MAX_ITEMS + 1)).call()
+    assert lens_error(exc.value)[0] == "TooManyItems"
+    with pytest.raises(ContractCustomError) as exc:
+        f.legsOf(env.a.endpoint.address, ids[:2], [0]).call()
+    assert lens_error(exc.value) == ("LengthMismatch", (2, 1))
+    # Exactly the bound is read.
+    number, views = f.legsOf(env.a.endpoint.address, ids[:-1], [1] * (len(ids) - 1)).call()
+    assert len(views) == LENS_MAX_ITEMS
+    assert number == env.a.w3.eth.block_number  # the block it read
+
+
+async def test_lens_supply_and_holder_match_the_single_reads(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    env = two_ledgers
+    holder = env.a.holder(77)
+    plain, lensed = with_lens(env.a, None), with_lens(env.a, lens, False)
+    final = await plain.finalized_height()
+    for height in (None, final, final - 2):
+        assert await lensed.supply(SECURITY, height) == await plain.supply(SECURITY, height)
+    for adapter in (plain, lensed):
+        with pytest.raises(NotFound, match="not registered"):
+            await adapter.supply(UNKNOWN)
+    who = evm_address_word(holder.address)
+    assert await lensed.holder_status(SECURITY, who) == await plain.holder_status(SECURITY, who)
+    status = await lensed.holder_status(SECURITY, who)
+    assert status.balance == 77 and status.eligible
+    # One suppliesOf for a registered and an unregistered security: each its own answer.
+    contract = lens_contract(env, lens)
+    _, views = contract.functions.suppliesOf(
+        env.a.endpoint.address, [SECURITY.word, UNKNOWN.word]
+    ).call()
+    assert views[0][0] is True and views[1][0] is False
+    assert decode_revert(bytes(views[1][1]))[0] == "UnknownSecurity"
+    await plain.close()
+    await lensed.close()
+
+
+async def test_a_lens_address_with_other_code_is_never_trusted(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    """SECURITY: a lens answers for the endpoint; an address holding other code (here the
+    token's, or nothing) is refused and every read goes to the endpoint's own views."""
+    env = two_ledgers
+    plain = with_lens(env.a, None)
+    ids = await transfers_in_every_state(env)
+    expected = [await plain.get_leg(t, Leg.OUTBOUND) for t in ids]
+    for address in (env.a.token.address, "0x" + "11" * 20):
+        adapter = with_lens(env.a, address, False)
+        assert await adapter.get_legs([(t, Leg.OUTBOUND) for t in ids]) == expected
+        assert await adapter.supply(SECURITY) == await plain.supply(SECURITY)
+        assert adapter._lens_ok is False
+        await adapter.close()
+    genuine = with_lens(env.a, lens, False)
+    assert await genuine.get_legs([(t, Leg.OUTBOUND) for t in ids]) == expected
+    assert genuine._lens_ok is True
+    await genuine.close()
+    await plain.close()
+
+
+async def test_fee_fields_once_per_block_and_forgotten_after_a_refused_send(
+    two_ledgers: TwoLedgers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = two_ledgers
+    adapter = with_lens(env.a, None)
+    calls: Counter[str] = Counter()
+    real_rpc = adapter._rpc
+
+    async def counting(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        calls[what] += 1
+        return await real_rpc(what, call)
+
+    monkeypatch.setattr(adapter, "_rpc", counting)
+    loop = asyncio.get_running_loop()
+    head = await adapter._heads.wait_above(-1, loop.time() + 5)
+    first, again = await adapter._fees(), await adapter._fees()
+    assert first == again and calls["eth_getBlockByNumber"] == 1  # one read for the block
+    env.node.rpc("evm_mine", [])
+    await adapter._heads.wait_above(head, loop.time() + 5)
+    await adapter._fees()
+    assert calls["eth_getBlockByNumber"] == 2  # a new block: read again
+
+    async def refused(raw: bytes) -> bytes:
+        raise Web3RPCError("max fee per gas less than block base fee")
+
+    monkeypatch.setattr(adapter, "_send_raw", refused)
+    assert adapter._fee_cache.get(adapter._heads.head) is not None
+    t = env.terms(env.a.holder(5), env.b.holder(), 5)
+    with pytest.raises(Unavailable, match="did not accept"):
+        await adapter.submit(Action.LOCK, t, None, instruct(t))
+    assert adapter._fee_cache.get(adapter._heads.head) is None  # forgotten: read again
+    before = calls["eth_getBlockByNumber"]
+    await adapter._fees()
+    assert calls["eth_getBlockByNumber"] == before + 1
+    await adapter.close()

@@ -1,0 +1,242 @@
+"""The shared-read helpers of the EVM adapter (issue 14 item 4): freshness, batching,
+one head poll for every waiter, fee fields per block, and what happens on errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.domain.errors import Unavailable
+from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+class Node:
+    """A fake node: a head that tests move, and a gate that holds requests in flight."""
+
+    def __init__(self) -> None:
+        self.head = 10
+        self.requests = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def read(self) -> int:
+        self.requests += 1
+        value = self.head  # the value as of when the request reached the node
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return value
+
+
+# ---- FreshRead -------------------------------------------------------------------------------
+async def test_fresh_read_shares_one_request_among_concurrent_callers() -> None:
+    node = Node()
+    read = FreshRead(node.read)
+    assert await asyncio.gather(*(read.get() for _ in range(20))) == [10] * 20
+    assert node.requests == 1
+
+
+async def test_fresh_read_never_answers_a_caller_with_a_read_started_before_it() -> None:
+    node = Node()
+    node.gate.clear()
+    read = FreshRead(node.read)
+    early = asyncio.ensure_future(read.get())
+    await asyncio.sleep(0.01)  # the first request is at the node, answering 10
+    node.head = 11  # a block arrives; a caller asking now must see it
+    late = [asyncio.ensure_future(read.get()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    node.gate.set()
+    assert await early == 10
+    assert await asyncio.gather(*late) == [11] * 5
+    assert node.requests == 2  # the late callers shared one request
+
+
+async def test_fresh_read_failure_reaches_its_callers_only_and_the_next_call_reads_again() -> None:
+    node = Node()
+    read = FreshRead(node.read)
+    node.fail = Unavailable("node down")
+    results = await asyncio.gather(read.get(), read.get(), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    node.fail = None
+    assert await read.get() == 10  # nothing cached from the failure
+    assert node.requests == 2
+
+
+# ---- Batcher ---------------------------------------------------------------------------------
+class Reads:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on: int | None = None
+        self.short = False
+
+    async def fetch(self, keys: list[int]) -> list[int]:
+        self.batches.append(list(keys))
+        await self.gate.wait()
+        if self.fail_on is not None and self.fail_on in keys:
+            raise Unavailable(f"batch with {self.fail_on} failed")
+        return [k * 10 for k in keys][: -1 if self.short else None]
+
+
+async def test_batcher_answers_concurrent_callers_with_one_fetch_of_distinct_keys() -> None:
+    reads = Reads()
+    batcher = Batcher(reads.fetch, max_items=256)
+    got = await asyncio.gather(*(batcher.get(k % 7) for k in range(30)))
+    assert got == [(k % 7) * 10 for k in range(30)]
+    assert reads.batches == [list(range(7))]
+
+
+async def test_batcher_splits_at_the_bound_and_fetches_the_chunks_together() -> None:
+    reads = Reads()
+    batcher = Batcher(reads.fetch, max_items=4)
+    got = await asyncio.gather(*(batcher.get(k) for k in range(10)))
+    assert got == [k * 10 for k in range(10)]
+    assert [len(b) for b in reads.batches] == [4, 4, 2]
+
+
+async def test_batcher_queues_callers_during_a_batch_for_the_next_one() -> None:
+    reads = Reads()
+    reads.gate.clear()
+    batcher = Batcher(reads.fetch, max_items=256)
+    first = asyncio.ensure_future(batcher.get(1))
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(batcher.get(k)) for k in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    assert reads.batches == [[1]]  # the later callers wait for a fetch started after them
+    reads.gate.set()
+    assert await first == 10
+    assert await asyncio.gather(*later) == [10, 20, 30]
+    assert reads.batches == [[1], [1, 2, 3]]
+
+
+async def test_batcher_failure_fails_only_the_callers_of_its_chunk() -> None:
+    reads = Reads()
+    reads.fail_on = 5
+    batcher = Batcher(reads.fetch, max_items=4)
+    results = await asyncio.gather(*(batcher.get(k) for k in range(8)), return_exceptions=True)
+    assert results[:4] == [0, 10, 20, 30]
+    assert all(isinstance(r, Unavailable) for r in results[4:])
+    reads.fail_on = None
+    assert await batcher.get(5) == 50  # nothing remembered from the failed batch
+
+
+async def test_batcher_refuses_an_answer_of_the_wrong_length() -> None:
+    reads = Reads()
+    reads.short = True
+    batcher = Batcher(reads.fetch, max_items=8)
+    results = await asyncio.gather(batcher.get(1), batcher.get(2), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+def test_batcher_needs_a_positive_bound() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(Reads().fetch, max_items=0)
+
+
+# ---- HeadWatch -------------------------------------------------------------------------------
+async def test_head_watch_polls_once_per_interval_for_every_waiter() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.02)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+
+    async def bump() -> None:
+        await asyncio.sleep(0.1)
+        node.head = 12
+
+    bumping = asyncio.ensure_future(bump())
+    heads = await asyncio.gather(*(watch.wait_above(11, deadline) for _ in range(50)))
+    await bumping
+    assert heads == [12] * 50
+    assert node.requests <= 12  # about 0.1 s / 0.02 s polls, not 50 waiters' worth
+    await asyncio.sleep(0.06)
+    idle = node.requests
+    await asyncio.sleep(0.1)
+    assert node.requests == idle  # no waiter: no polling
+    await watch.close()
+
+
+async def test_head_watch_known_head_answers_at_once_and_next_head_waits() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    deadline = asyncio.get_running_loop().time() + 5
+    assert await watch.wait_above(-1, deadline) == 10
+    requests = node.requests
+    assert await watch.wait_above(-1, deadline) == 10  # already above: no request
+    assert node.requests == requests
+    with pytest.raises(TimeoutError):
+        await watch.wait_above(10, asyncio.get_running_loop().time() + 0.05)
+    await watch.close()
+
+
+async def test_head_watch_poll_failure_is_raised_to_the_waiters() -> None:
+    node = Node()
+    node.fail = Unavailable("node down")
+    watch = HeadWatch(node.read, poll_s=0.01)
+    deadline = asyncio.get_running_loop().time() + 5
+    results = await asyncio.gather(
+        *(watch.wait_above(-1, deadline) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert watch.head is None  # a failed poll is not a head
+    node.fail = None
+    assert await watch.wait_above(-1, deadline) == 10
+    await watch.close()
+
+
+async def test_head_watch_recent_is_none_once_the_poll_is_older_than_asked() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    assert watch.recent(1.0) is None
+    await watch.wait_above(-1, asyncio.get_running_loop().time() + 5)
+    assert watch.recent(1.0) == 10
+    await asyncio.sleep(0.05)
+    assert watch.recent(0.01) is None
+    await watch.close()
+
+
+# ---- FeeCache --------------------------------------------------------------------------------
+def test_fee_cache_serves_only_the_block_it_was_read_at() -> None:
+    cache = FeeCache()
+    fields = {"maxFeePerGas": 2_000, "maxPriorityFeePerGas": 1}
+    cache.put(7, fields)
+    assert cache.get(7) == fields
+    assert cache.get(8) is None  # a new block: read the fees again
+    assert cache.get(None) is None  # no recent head known: read the fees again
+    got = cache.get(7)
+    assert got is not None
+    got["maxFeePerGas"] = 1
+    assert cache.get(7) == fields  # callers get copies
+
+
+def test_fee_cache_forgets_on_invalidate() -> None:
+    cache = FeeCache()
+    cache.put(7, {"gasPrice": 5})
+    cache.invalidate()
+    assert cache.get(7) is None
+
+
+async def test_head_watch_uses_a_fresh_observation_instead_of_polling() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.05)
+    deadline = asyncio.get_running_loop().time() + 5
+    assert await watch.wait_above(-1, deadline) == 10
+    polls = node.requests
+
+    async def others_read() -> None:  # e.g. leg reads that saw new heads
+        for head in (11, 12, 13):
+            await asyncio.sleep(0.02)
+            watch.observe(head)
+
+    observing = asyncio.ensure_future(others_read())
+    assert await watch.wait_above(12, deadline) == 13
+    await observing
+    assert node.requests - polls <= 1  # served by the observations
+    watch.observe(5)  # an earlier request answering late: ignored
+    assert watch.head == 13
+    await watch.close()
