@@ -123,14 +123,12 @@ async def test_lens_reads_every_leg_as_the_endpoint_does(
         (lensed_b, plain_b, Leg.INBOUND),
     ):
         for height in (final, final - 3):
-            batch = await adapter.get_legs([(t, leg) for t in ids], height)
+            batch = await adapter.get_legs(ids, leg, height)
             singles = [await plain.get_leg(t, leg, height) for t in ids]
             assert batch == singles
-        assert await adapter.get_legs([(t, leg) for t in ids]) == [
-            await plain.get_leg(t, leg) for t in ids
-        ]
-    outbound = await lensed_a.get_legs([(t, Leg.OUTBOUND) for t in ids])
-    inbound = await lensed_b.get_legs([(t, Leg.INBOUND) for t in ids])
+        assert await adapter.get_legs(ids, leg) == [await plain.get_leg(t, leg) for t in ids]
+    outbound = await lensed_a.get_legs(ids, Leg.OUTBOUND)
+    inbound = await lensed_b.get_legs(ids, Leg.INBOUND)
     assert [s.state for s in outbound] == [
         LegState.LOCKED, LegState.LOCKED, LegState.BURNED, LegState.BURNED, LegState.LOCKED,
         LegState.NONE,
@@ -155,11 +153,11 @@ async def test_concurrent_reads_are_one_lens_call(two_ledgers: TwoLedgers, lens:
     head = env.a.w3.eth.block_number
     assert {s.height for s in statuses} == {head}
     heads = adapter._head_read.fetches
-    await adapter.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    await adapter.get_legs(ids[:10], Leg.OUTBOUND)
     assert adapter._head_read.fetches == heads
     # A finality depth: the head is read first, the lens reads the final block.
     deep = with_lens(env.a, lens, False, finality_depth=2)
-    deep_statuses = await deep.get_legs([(t, Leg.OUTBOUND) for t in ids[:10]])
+    deep_statuses = await deep.get_legs(ids[:10], Leg.OUTBOUND)
     assert deep._lens_ok is True and deep._lens_live is False
     assert {s.height for s in deep_statuses} == {env.a.w3.eth.block_number - 2}
     await deep.close()
@@ -227,12 +225,12 @@ async def test_a_lens_address_with_other_code_is_never_trusted(
     expected = [await plain.get_leg(t, Leg.OUTBOUND) for t in ids]
     for address in (env.a.token.address, "0x" + "11" * 20):
         adapter = with_lens(env.a, address, False)
-        assert await adapter.get_legs([(t, Leg.OUTBOUND) for t in ids]) == expected
+        assert await adapter.get_legs(ids, Leg.OUTBOUND) == expected
         assert await adapter.supply(SECURITY) == await plain.supply(SECURITY)
         assert adapter._lens_ok is False
         await adapter.close()
     genuine = with_lens(env.a, lens, False)
-    assert await genuine.get_legs([(t, Leg.OUTBOUND) for t in ids]) == expected
+    assert await genuine.get_legs(ids, Leg.OUTBOUND) == expected
     assert genuine._lens_ok is True
     await genuine.close()
     await plain.close()

@@ -62,3 +62,18 @@ def test_a_many_leg_reader_is_used() -> None:
     got = asyncio.run(read_legs(cast(Any, reader), IDS, Leg.INBOUND))
     assert got == [status(t) for t in IDS]
     assert reader.calls == [40] and reader.peak == 0
+
+
+def test_every_many_leg_reader_has_the_one_signature() -> None:
+    """``read_legs`` picks any adapter with a ``get_legs`` (a runtime-checkable Protocol only
+    checks the name), so every kind's ``get_legs`` must take the Protocol's parameters."""
+    import inspect
+
+    from bridge.ledgers.cometbft.adapter import CometAdapter
+    from bridge.ledgers.evm.adapter import EvmAdapter
+    from bridge.ledgers.fabric.adapter import FabricAdapter
+    from bridge.ledgers.many_legs import ManyLegsReader
+
+    expected = list(inspect.signature(ManyLegsReader.get_legs).parameters)
+    for kind in (EvmAdapter, FabricAdapter, CometAdapter):
+        assert list(inspect.signature(kind.get_legs).parameters) == expected, kind.__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -301,11 +301,12 @@ class EvmAdapter(StepTemplate):
         return _raised(await self._legs.get(key))
 
     async def get_legs(
-        self, legs: list[tuple[bytes, Leg]], height: int | None = None
+        self, transfer_ids: Sequence[bytes], leg: Leg, height: int | None = None
     ) -> list[LegStatus]:
-        """Several legs at ``height`` (default: finalized), in order: one lens call per
-        :data:`LENS_MAX_ITEMS` legs when a lens is configured, else leg by leg."""
-        return list(await asyncio.gather(*(self.get_leg(t, leg, height) for t, leg in legs)))
+        """The ``leg`` side of every transfer in ``transfer_ids`` at ``height`` (default:
+        finalized), in order (:class:`bridge.ledgers.many_legs.ManyLegsReader`): one lens
+        call per :data:`LENS_MAX_ITEMS` legs when a lens is configured, else leg by leg."""
+        return list(await asyncio.gather(*(self.get_leg(t, leg, height) for t in transfer_ids)))
 
     async def _get_leg_single(
         self, transfer_id: bytes, leg: Leg, height: int | None = None
