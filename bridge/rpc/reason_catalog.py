@@ -103,6 +103,8 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     R.BRIDGE_HOLDS_PREPARED: "The old bridge endpoint still has units prepared.",
     R.SUPPLY_NOT_COUNTED: "The security's supply counters are not complete yet (state from before them): any organisation admin of the ledger runs CountSupply to completion; no partial figure is ever given. The coordinator refuses new transfers of the security meanwhile.",
     # Batched certificates (ADR 0025).
+    R.TOO_MANY_ITEMS: "A batched read (the EVM read lens) was asked for more items than its bound (256).",
+    R.LENGTH_MISMATCH: "A batched read (the EVM read lens) was given lists of different lengths.",
     R.INVALID_BATCH: "A batched step's certificate covers no claim, fewer claims than the call's items, or the call has no item.",
     R.INVALID_BATCH_PROOF: "An item's inclusion proof does not lead to the certified batch root (another root, ledger, epoch or terms).",
     R.DUPLICATE_BATCH_ITEM: "The same transfer occurs twice in one batched call (or one claim twice in a batch).",

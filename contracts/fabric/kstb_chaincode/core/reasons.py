@@ -96,6 +96,9 @@ class ErrorReason(enum.StrEnum):
     INVALID_BATCH_PROOF = "InvalidBatchProof"
     DUPLICATE_BATCH_ITEM = "DuplicateBatchItem"
     WRONG_BATCH_KIND = "WrongBatchKind"
+    # ---- the EVM read lens (issue 14 item 4): a batched read asked for too much, or garbled
+    TOO_MANY_ITEMS = "TooManyItems"
+    LENGTH_MISMATCH = "LengthMismatch"
     # ---- structured errors (ADR 0015): refusals an adapter raises before or after the
     # endpoint, never an endpoint's own error name.
     READ_ONLY = "ReadOnly"
