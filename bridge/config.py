@@ -256,6 +256,8 @@ class CoordinatorConfig:
     """---- active/passive coordinators (ADR 0017); None: one coordinator per database."""
     max_batch_items: int = 1000
     """---- batch API (ADR 0023): most items one SubmitTransfers may carry."""
+    max_batch_watches: int = 4
+    """---- batchfix: most concurrent WatchBatch streams per caller (organisation, role)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,6 +581,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         ),
         ha=_ha(raw.get("ha"), database, listen, str(path)),
         max_batch_items=int(raw.get("max_batch_items", 1000)),
+        max_batch_watches=int(raw.get("max_batch_watches", 4)),
     )
 
 

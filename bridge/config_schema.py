@@ -338,6 +338,10 @@ class CoordinatorFile(Table):
     """Most items one ``SubmitTransfers`` batch may carry; more is refused as a whole
     (INVALID_ARGUMENT; ADR 0023). At most 5,000: a batch and its response (about 310 and
     370 bytes an item) stay well inside gRPC's default 4 MiB message limit."""
+    max_batch_watches: int = Field(default=4, gt=0, le=64)
+    """Most ``WatchBatch`` streams one caller (organisation and role) may hold open at
+    once; one more is refused RESOURCE_EXHAUSTED (retryable). Each stream reads the store
+    in pages and holds a few dozen bytes per unfinished item."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

@@ -167,11 +167,12 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
         batch_id=a.batch_id or str(uuid.uuid4()), source_ledger=a.source, items=signed
     )
     resp = stub.SubmitTransfers(request, timeout=a.timeout)
-    refused = 0
+    refused = retryable = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
     for r in resp.results:
         refused += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
+        retryable += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_RETRYABLE  # ---- batchfix
         if a.json:
             row = MessageToDict(r, preserving_proto_field_name=True)
             print(json.dumps({"batch_id": resp.batch_id, **row}, sort_keys=True))
@@ -184,6 +185,11 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
             t = r.transfer
             state = STATE_NAMES.get(t.state, "?")
             print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {t.transfer_id} {state}")
+    if retryable:
+        raise SomeItemsRefused(
+            f"{refused} of {len(resp.results)} items refused, {retryable} retryable (a replay"
+            f" of this exact request, batch {resp.batch_id}, re-evaluates those)"
+        )
     if refused:
         raise SomeItemsRefused(f"{refused} of {len(resp.results)} items refused")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -12,18 +14,24 @@ from google.rpc import error_details_pb2
 from bridge.config import NetworkConfig
 from bridge.coordinator.batches import (
     BatchRecord,
+    BatchRunner,
     BatchStore,
     ItemError,
     ItemResult,
     fingerprint,
     run_items,
-    same_batch,
 )
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import validate_batch_id, validate_submit
 from bridge.coordinator.store import TransferStore
-from bridge.domain.errors import BridgeError, InvalidInput, NotFound, Unavailable
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from bridge.domain.transfer import TransferState
 from bridge.rpc.authz import current_principal
 from bridge.rpc.convert import event_from_pb, instruction_from_pb
@@ -34,6 +42,14 @@ from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_gr
 MAX_PAGE = 500
 DEFAULT_MAX_BATCH_ITEMS = 1000
 """Items per SubmitTransfers unless the coordinator's ``max_batch_items`` says otherwise."""
+DEFAULT_MAX_BATCH_WATCHES = 4
+"""Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
+WATCH_PAGE_ITEMS = 100
+"""Items whose history one WatchBatch store read covers (one page)."""
+WATCH_PAGE_ROWS = 500
+"""Most history rows one WatchBatch store read returns."""
+WATCH_IDLE_S = 5.0
+"""Longest a WatchBatch waits for a state-change notification before reading again."""
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -87,12 +103,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         store: TransferStore,
         batches: BatchStore | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_batch_watches: int = DEFAULT_MAX_BATCH_WATCHES,
     ):
         self._network = network
         self._coordinator = coordinator
         self._store = store
-        self._batches = batches  # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
+        # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
+        self._batches = BatchRunner(batches) if batches is not None else None
         self._max_batch_items = max_batch_items
+        self._max_batch_watches = max_batch_watches
+        self._watches: dict[tuple[str, str], int] = {}  # open WatchBatch streams per caller
 
     @grpc_errors
     async def SubmitTransfer(
@@ -153,7 +173,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 yield await self._update_to_pb(update)
 
     # ---- batch API (ADR 0023)
-    def _batch_store(self) -> BatchStore:
+    def _batch_runner(self) -> BatchRunner:
         if self._batches is None:
             raise Unavailable("this coordinator does not serve the batch API")
         return self._batches
@@ -165,8 +185,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         """Submit every item as SubmitTransfer would, each with its own result, and record
         the batch before answering. A malformed batch (id, ledger, 0 or more than
         ``max_batch_items`` items) is refused as a whole, nothing submitted; a recorded
-        batch id answers its recorded results (same request) or ALREADY_EXISTS (other)."""
-        batches = self._batch_store()
+        batch id answers its recorded results (same request; RETRYABLE items re-evaluated)
+        or ALREADY_EXISTS (other request, nothing submitted). Concurrent copies of one
+        batch run its items once (BatchRunner)."""
+        runner = self._batch_runner()
         validate_batch_id(request.batch_id)
         if request.source_ledger not in self._network.ledgers:
             raise NotFound(f"source_ledger {request.source_ledger!r} is not a connected ledger")
@@ -178,21 +200,24 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 f"a batch may have at most {self._max_batch_items} items, this one has {count}"
             )
         fp = fingerprint(request.SerializeToString(deterministic=True))
-        # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
-        # caller's own: a brokerage can neither read nor block another's batch.
-        stored = await batches.get(request.source_ledger, request.batch_id)
-        if stored is not None:
-            return await self._batch_to_pb(same_batch(stored, fp), created=False)
 
         async def submit_one(item: transfer_pb2.SubmitTransferRequest) -> tuple[bytes, bool]:
             req = validate_submit(self._network, item)
             record, created = await self._coordinator.submit(req, instruction_from_pb(item))
             return record.transfer_id, created
 
-        results = await run_items(request.source_ledger, request.items, submit_one, _item_error)
-        batch = BatchRecord(request.source_ledger, request.batch_id, fp, results, time.time())
-        recorded, created = await batches.create(batch)
-        return await self._batch_to_pb(same_batch(recorded, fp), created=created)
+        async def run(indexes: Collection[int] | None) -> tuple[ItemResult, ...]:
+            return await run_items(
+                request.source_ledger, request.items, submit_one, _item_error, indexes
+            )
+
+        # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
+        # caller's own: a brokerage can neither read nor block another's batch. The id is
+        # reserved before any item runs: another request under a taken id submits nothing.
+        recorded, created = await runner.submit(
+            request.source_ledger, request.batch_id, fp, run, time.time()
+        )
+        return await self._batch_to_pb(recorded, created=created)
 
     async def _batch_to_pb(
         self, batch: BatchRecord, *, created: bool
@@ -218,58 +243,108 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def WatchBatch(
         self, request: transfer_pb2.WatchBatchRequest, context: Context
     ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
-        """Stream every item of a recorded batch: a refused item once (while its
-        ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
-        until terminal (as WatchTransfer); ends when every item has ended."""
-        batch = await self._batch_store().get(request.source_ledger, request.batch_id)
+        """Stream every item of a recorded batch: a refused or retryable item once (while
+        its ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
+        until terminal (as WatchTransfer); ends when every item has ended.
+
+        GUARANTEES (batchfix): one item update per message; the store is read in pages
+        (``WATCH_PAGE_ITEMS`` transfers, at most ``WATCH_PAGE_ROWS`` rows, by sequence)
+        only when the client has taken the previous page, so a slow reader holds no queue;
+        the stream keeps one small cursor per unfinished item, not the batch; a caller
+        holding ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
+        caller = current_principal()
+        who = (caller.org, caller.role)
+        # SECURITY: bound what one caller (organisation and role, whatever its number of
+        # certificates) holds open: every stream costs a task and periodic store reads.
+        if self._watches.get(who, 0) >= self._max_batch_watches:
+            raise ResourceExhausted(
+                f"{caller.org} already holds {self._max_batch_watches} WatchBatch streams"
+                " (max_batch_watches); retry when one has ended"
+            )
+        self._watches[who] = self._watches.get(who, 0) + 1
+        try:
+            async for message in self._watch_batch(request):
+                yield message
+        finally:
+            left = self._watches[who] - 1
+            if left:
+                self._watches[who] = left
+            else:
+                del self._watches[who]
+
+    async def _watch_batch(
+        self, request: transfer_pb2.WatchBatchRequest
+    ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
+        runner = self._batch_runner()
+        batch = await runner.store.get(request.source_ledger, request.batch_id)
         if batch is None:
             raise NotFound(f"no batch {request.batch_id!r} from ledger {request.source_ledger!r}")
+        if not batch.results:
+            raise Unavailable(
+                f"batch {request.batch_id!r} is being submitted; watch it once"
+                " SubmitTransfers has answered (or replay the batch)"
+            )
         after = list(request.after_sequence)
         if len(after) > len(batch.results):
             raise InvalidInput(
                 f"after_sequence has {len(after)} entries; the batch has {len(batch.results)}"
             )
         after += [0] * (len(batch.results) - len(after))
+        # Per unfinished transfer: [index, key, read cursor, last sequence sent].
+        cursors: dict[bytes, list[Any]] = {}
+        refused: list[transfer_pb2.WatchBatchResponse] = []
         for r in batch.results:
             if r.error is not None and after[r.index] == 0:
-                yield transfer_pb2.WatchBatchResponse(
-                    index=r.index,
-                    idempotency_key=r.idempotency_key,
-                    error=_item_error_to_pb(r.error),
+                refused.append(
+                    transfer_pb2.WatchBatchResponse(
+                        index=r.index,
+                        idempotency_key=r.idempotency_key,
+                        error=_item_error_to_pb(r.error),
+                    )
                 )
-        queue: asyncio.Queue[tuple[ItemResult, TransferUpdate] | None] = asyncio.Queue()
-
-        async def follow(r: ItemResult, tid: bytes) -> None:
-            try:
-                async for update in self._coordinator.watch(tid):
-                    if update.sequence > after[r.index]:
-                        await queue.put((r, update))
-            finally:
-                await queue.put(None)
-
-        tasks = [
-            asyncio.create_task(follow(r, r.transfer_id))
-            for r in batch.results
-            if r.transfer_id is not None
-        ]
+            if r.transfer_id is not None:
+                cursors[r.transfer_id] = [r.index, r.idempotency_key, 0, after[r.index]]
+        del batch, after  # SECURITY: the stream keeps the cursors only, not the batch
+        for message in refused:
+            yield message
+        del refused
+        changed = asyncio.Event()
+        self._coordinator.subscribe(list(cursors), changed)
         try:
-            pending = len(tasks)
-            while pending:
-                entry = await queue.get()
-                if entry is None:
-                    pending -= 1
-                    continue
-                r, update = entry
-                yield transfer_pb2.WatchBatchResponse(
-                    index=r.index,
-                    idempotency_key=r.idempotency_key,
-                    update=await self._update_to_pb(update),
-                )
-            for task in tasks:
-                task.result()  # a watch that failed fails the stream (no silent gap)
+            while cursors:
+                changed.clear()
+                progressed = False
+                order = list(cursors)
+                for start in range(0, len(order), WATCH_PAGE_ITEMS):
+                    page = [t for t in order[start : start + WATCH_PAGE_ITEMS] if t in cursors]
+                    rows = await self._batches_store().updates(
+                        [(t, cursors[t][2]) for t in page], WATCH_PAGE_ROWS
+                    )
+                    for update in rows:
+                        entry = cursors.get(update.transfer_id)
+                        if entry is None or update.sequence <= entry[2]:
+                            continue
+                        entry[2] = update.sequence
+                        progressed = True
+                        if update.sequence > entry[3]:
+                            entry[3] = update.sequence
+                            yield transfer_pb2.WatchBatchResponse(
+                                index=entry[0],
+                                idempotency_key=entry[1],
+                                update=await self._update_to_pb(update),
+                            )
+                        if update.state.terminal:
+                            del cursors[update.transfer_id]
+                            self._coordinator.unsubscribe([update.transfer_id], changed)
+                if not progressed:
+                    # The timeout only bounds the wait should a notification be missed.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), timeout=WATCH_IDLE_S)
         finally:
-            for task in tasks:
-                task.cancel()
+            self._coordinator.unsubscribe(list(cursors), changed)
+
+    def _batches_store(self) -> BatchStore:
+        return self._batch_runner().store
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)
