@@ -69,6 +69,10 @@ class Options:
     evm_node_auth: bool = True  # EVM nodes behind the authenticating TLS proxy
     observability: str = "off"  # off | metrics | full (metrics + tracing exported; ADR 0016)
     ledgers: tuple[str, ...] = ("anvil", "anvil")  # devnet kinds in order (--ledgers/--lanes)
+    # ---- batch mode (issue 14, batchfix; bench/transfers_batch.py)
+    batch: int = 0  # items per SubmitTransfers; 0: one SubmitTransfer per transfer
+    scenario: str = "open-loop"  # open-loop | end-of-day (every transfer due at once)
+    curve: tuple[float, ...] = ()  # offered loads (transfers/s) of the --curve sweep
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
