@@ -180,6 +180,9 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         block_time=opts.block_time,
+        # ---- batch mode: a transfer may wait up to --timeout (end of day: the whole run)
+        # before its lock without expiring (the devnet's default deadline is 120 s).
+        transfer_ttl=max(120, int(opts.timeout)),
         evm_node_auth=opts.evm_node_auth,
         transport_security=opts.transport == "mtls",
         metrics=opts.observability != "off",

@@ -186,3 +186,20 @@ def test_bridge_cpu_per_transfer_counts_bridge_processes_only() -> None:
         "total": 35.0,
     }
     assert bridge_cpu_ms(None, 10) == {} and bridge_cpu_ms(table, 0) == {}
+
+
+def test_the_soak_batches_consecutive_moves_per_source_and_sends_each_when_complete() -> None:
+    from soak import Move
+    from soak import plan_batches as soak_batches
+
+    moves = [Move(f"k{i}", "h", "r", "a" if i % 2 else "b", "x", 1) for i in range(7)]
+    batches = soak_batches(moves, 2)
+    assert sorted(m.key for _, group in batches for m in group) == sorted(m.key for m in moves)
+    for due, group in batches:
+        assert len({m.src for m in group}) == 1 and len(group) <= 2
+        assert due >= max(moves.index(m) for m in group)  # sent once its last move is due
+    assert [(due, [m.key for m in g]) for due, g in batches[:2]] == [
+        (2, ["k0", "k2"]),
+        (3, ["k1", "k3"]),
+    ]
+    assert [len(g) for _, g in batches] == [2, 2, 2, 1]
