@@ -111,8 +111,9 @@ def plan_batches(moves: list[Move], size: int) -> list[tuple[int, list[Move]]]:
 
 def submit_batch(system: LocalSystem, batch: list[Move], limit_s: float) -> list[str]:
     """Submit ``batch`` through SubmitTransfers as its source ledger's brokerage, replaying
-    the same request on UNAVAILABLE / DEADLINE_EXCEEDED (a killed or deposed coordinator)
-    and while items are RETRYABLE; returns the problems (refused items), empty if none."""
+    the same request on UNAVAILABLE / DEADLINE_EXCEEDED (a killed or deposed coordinator),
+    RESOURCE_EXHAUSTED (too many of the ledger's batches running) and while items are
+    RETRYABLE; returns the problems (refused items), empty if none."""
     items = [
         system.brokerage.instruct(
             S.SubmitTransferRequest(
@@ -133,7 +134,12 @@ def submit_batch(system: LocalSystem, batch: list[Move], limit_s: float) -> list
                 stub = transfer_pb2_grpc.TransferServiceStub(ch)
                 response = stub.SubmitTransfers(request, timeout=60)
         except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            transient = (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,  # the ledger's running batches: wait
+            )
+            if exc.code() not in transient:
                 return [f"batch {request.batch_id}: {exc.code().name} {exc.details()}"]
             if time.monotonic() > give_up:
                 return [f"batch {request.batch_id} not accepted within {limit_s:.0f} s"]

@@ -267,8 +267,9 @@ async def submit_batch(
     system: LocalSystem, request: transfer_pb2.SubmitTransfersRequest, limit_s: float
 ) -> tuple[transfer_pb2.SubmitTransfersResponse, int]:
     """SubmitTransfers as the source ledger's brokerage; the same request is replayed on
-    UNAVAILABLE / DEADLINE_EXCEEDED and while items are RETRYABLE (bounded). Returns the
-    last response and the number of calls made."""
+    UNAVAILABLE / DEADLINE_EXCEEDED and while items are RETRYABLE (bounded), and sent again
+    after RESOURCE_EXHAUSTED (the coordinator's bound on a ledger's running batches) until
+    ``limit_s``. Returns the last response and the number of calls that reached a batch."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + limit_s
     calls = 0
@@ -281,6 +282,10 @@ async def submit_batch(
                     request, timeout=max(1.0, min(SUBMIT_TIMEOUT * 4, give_up - loop.time()))
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and loop.time() < give_up:
+                    calls -= 1  # the ledger's running batches are at their bound: wait
+                    await asyncio.sleep(1.0)
+                    continue
                 retry = exc.code() in (
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -342,6 +342,11 @@ class CoordinatorFile(Table):
     """Most ``WatchBatch`` streams one caller (organisation and role) may hold open at
     once; one more is refused RESOURCE_EXHAUSTED (retryable). Each stream reads the store
     in pages and holds a few dozen bytes per unfinished item."""
+    max_running_batches: int = Field(default=8, gt=0, le=64)
+    """Most ``SubmitTransfers`` batches of one source ledger the coordinator runs at once
+    (a batch keeps running when its caller gives up); one more is refused
+    RESOURCE_EXHAUSTED (retryable) before anything is reserved. Replays of a running batch
+    wait for it and do not count."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

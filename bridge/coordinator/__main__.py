@@ -201,6 +201,7 @@ async def run(config_path: Path) -> None:
         batch_store,
         max_batch_items=cfg.max_batch_items,
         max_batch_watches=cfg.max_batch_watches,
+        max_running_batches=cfg.max_running_batches,
     )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)

@@ -37,6 +37,7 @@ from bridge.domain.errors import (
     InvalidInput,
     NotLeader,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from bridge.domain.transfer import TransferState
@@ -398,12 +399,16 @@ class BatchRunner:
     The task is not cancelled with the call that started it (a client giving up does not
     leave a half-run batch behind); if it fails (NOT_LEADER, database) the reservation
     stays pending and the next call takes it over. Items that were RETRYABLE are run again
-    by a replay, the others never.
+    by a replay, the others never. At most ``max_running`` batches of one source ledger run
+    at once (a call that would start one more is RESOURCE_EXHAUSTED before anything is
+    reserved): since a batch outlives its call, a client cancelling its calls cannot pile
+    up work the coordinator keeps doing.
     """
 
-    def __init__(self, store: BatchStore, retry_after: float = 0.2) -> None:
+    def __init__(self, store: BatchStore, retry_after: float = 0.2, max_running: int = 8) -> None:
         self._store = store
         self._retry_after = retry_after
+        self._max_running = max_running
         self._running: dict[tuple[str, str], asyncio.Task[tuple[BatchRecord, bool]]] = {}
 
     @property
@@ -421,6 +426,13 @@ class BatchRunner:
             task = self._running.get(key)
             mine = task is None
             if task is None:
+                # SECURITY: bound the work one source ledger (one brokerage) has running.
+                running = sum(1 for ledger, _ in self._running if ledger == source_ledger)
+                if running >= self._max_running:
+                    raise ResourceExhausted(
+                        f"{running} batches from {source_ledger} are running"
+                        " (max_running_batches); retry when one has answered"
+                    )
                 task = asyncio.create_task(self._attempt(key, fp, run, now))
                 self._running[key] = task
                 task.add_done_callback(lambda t: self._forget(key, t))

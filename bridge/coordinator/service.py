@@ -44,6 +44,8 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 """Items per SubmitTransfers unless the coordinator's ``max_batch_items`` says otherwise."""
 DEFAULT_MAX_BATCH_WATCHES = 4
 """Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
+DEFAULT_MAX_RUNNING_BATCHES = 8
+"""Batches of one source ledger running at once unless ``max_running_batches`` says so."""
 WATCH_PAGE_ITEMS = 100
 """Items whose history one WatchBatch store read covers (one page)."""
 WATCH_PAGE_ROWS = 500
@@ -104,12 +106,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         batches: BatchStore | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         max_batch_watches: int = DEFAULT_MAX_BATCH_WATCHES,
+        max_running_batches: int = DEFAULT_MAX_RUNNING_BATCHES,
     ):
         self._network = network
         self._coordinator = coordinator
         self._store = store
         # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
-        self._batches = BatchRunner(batches) if batches is not None else None
+        self._batches = (
+            BatchRunner(batches, max_running=max_running_batches) if batches is not None else None
+        )
         self._max_batch_items = max_batch_items
         self._max_batch_watches = max_batch_watches
         self._watches: dict[tuple[str, str], int] = {}  # open WatchBatch streams per caller

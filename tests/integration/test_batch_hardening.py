@@ -72,6 +72,8 @@ class SlowRelayer(FakeRelayer):
         self.reads: Counter[str] = Counter()
         self.open = asyncio.Event()  # cleared: every transaction waits (transfers stay open)
         self.open.set()
+        self.reading = asyncio.Event()  # cleared: every holder read waits (a batch runs on)
+        self.reading.set()
 
     async def submit(self, *args: Any, **kwargs: Any) -> Any:
         await self.open.wait()
@@ -79,6 +81,7 @@ class SlowRelayer(FakeRelayer):
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
         self.reads[holder] += 1
+        await self.reading.wait()
         await asyncio.sleep(0.01)
         if holder == FLAKY and self.flaky_failures > 0:
             self.flaky_failures -= 1
@@ -97,6 +100,7 @@ class Served:
     relayers: dict[str, SlowRelayer]
     submitted: Counter[str]  # Coordinator.submit calls per idempotency key
     store: SqlTransferStore
+    batches: SqlBatchStore
 
 
 def _network(pki: DevPki, base: Path) -> NetworkConfig:
@@ -168,7 +172,9 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
     await coordinator.start()
     audit = AuditLog(tmp_path / "audit.jsonl")
     server = grpc.aio.server(interceptors=[AuthorisationInterceptor(Authenticator(network), audit)])
-    servicer = TransferServicer(network, coordinator, store, batches, max_batch_watches=2)
+    servicer = TransferServicer(
+        network, coordinator, store, batches, max_batch_watches=2, max_running_batches=1
+    )
     transfer_pb2_grpc.add_TransferServiceServicer_to_server(servicer, server)
     cert = pki.cert_for("coordinator")
     tls = TlsConfig(cert.cert_file, cert.key_file)
@@ -197,9 +203,11 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
             relayers,
             submitted,
             store,
+            batches,
         )
     for relayer in relayers.values():
         relayer.open.set()
+        relayer.reading.set()
     await server.stop(0)
     await coordinator.stop()
     audit.close()
@@ -291,6 +299,34 @@ async def test_a_concurrent_batch_with_other_items_under_the_same_id_runs_nothin
         await served.stub.SubmitTransfers(again, timeout=30)
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert sum(served.submitted.values()) == 6
+
+
+async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> None:
+    """max_running_batches = 1 here. A batch keeps running when its caller gives up, so a
+    second batch of the ledger while one runs is RESOURCE_EXHAUSTED before anything is
+    reserved or submitted; a replay of the running one waits for it instead."""
+    served.relayers["a"].reading.clear()  # the first batch's holder reads hang
+    first = batch("day-6", [item(served, "x-0"), item(served, "x-1")])
+    running = asyncio.ensure_future(served.stub.SubmitTransfers(first, timeout=30))
+
+    async def started() -> bool:
+        return served.submitted["x-0"] == 1
+
+    await eventually(started, 10, "the first batch running")
+    second = batch("day-7", [item(served, "y-0")])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.other_stub.SubmitTransfers(second, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None and "max_running_batches" in status.message
+    assert await served.batches.get("a", "day-7") is None and served.submitted["y-0"] == 0
+    replay = asyncio.ensure_future(served.other_stub.SubmitTransfers(first, timeout=30))
+    served.relayers["a"].reading.set()
+    one, two = await asyncio.gather(running, replay)
+    assert outcomes(one) == outcomes(two) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 2
+    assert served.submitted["x-0"] == served.submitted["x-1"] == 1
+    done = await served.stub.SubmitTransfers(second, timeout=30)
+    assert done.created and outcomes(done) == [OUT.BATCH_ITEM_OUTCOME_CREATED]
 
 
 # ---- defect 2: a transient refusal is not a final result
