@@ -349,3 +349,15 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             _batch_items(bad, A)
+
+
+def test_servers_accept_the_clients_keepalive_pings() -> None:
+    """batchfix: a server must allow pings at least as often as our clients send them on a
+    quiet call, else a long SubmitTransfers or a quiet WatchBatch is cut after about a
+    minute with GOAWAY too_many_pings (gRPC's server default allows one per 5 minutes)."""
+    from bridge.rpc.channels import INTERNAL_OPTIONS
+    from bridge.rpc.server import SERVER_OPTIONS
+
+    client = dict(INTERNAL_OPTIONS)["grpc.keepalive_time_ms"]
+    server = dict(SERVER_OPTIONS)["grpc.http2.min_ping_interval_without_data_ms"]
+    assert isinstance(client, int) and server <= client / 2
