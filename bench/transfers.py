@@ -185,8 +185,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
-    if a.batch < 0 or a.batch > 5000:
-        p.error("--batch must be 0 (off) or 1 .. 5000 (the coordinator's largest max_batch_items)")
+    if a.batch < 0 or a.batch > 2500:
+        p.error("--batch must be 0 (off) or 1 .. 2500 (the coordinator's largest max_batch_items)")
     if a.scenario == "end-of-day" and a.curve:
         p.error("--curve sweeps offered loads; the end-of-day scenario offers everything at once")
     try:

@@ -160,7 +160,7 @@ async def run_items(
             # an item may not move units held on another ledger.
             if item.source_ledger != source_ledger:
                 raise PermissionDenied(
-                    f"item source_ledger {item.source_ledger!r} is not the batch's"
+                    f"item source_ledger {str(item.source_ledger)[:64]!r} is not the batch's"
                     f" source_ledger {source_ledger!r}"
                 )
             tid, created = await submit_one(item)

@@ -23,7 +23,7 @@ from bridge.coordinator.batches import (
 )
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
-from bridge.coordinator.requests import validate_batch_id, validate_submit
+from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
 from bridge.coordinator.store import TransferStore
 from bridge.domain.errors import (
     BridgeError,
@@ -46,6 +46,8 @@ DEFAULT_MAX_BATCH_WATCHES = 4
 """Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
+ITEM_MESSAGE_MAX = 512
+"""Longest item error message recorded and answered (metadata values are capped alike)."""
 WATCH_PAGE_ITEMS = 100
 """Items whose history one WatchBatch store read covers (one page)."""
 WATCH_PAGE_ROWS = 500
@@ -204,6 +206,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             raise InvalidInput(
                 f"a batch may have at most {self._max_batch_items} items, this one has {count}"
             )
+        # SECURITY (review s18 F4): every item's key is checked before anything is stored,
+        # so a batch record holds only well-formed keys (1-128 printable ASCII), whatever
+        # the item's fate; a malformed key refuses the whole batch, nothing submitted.
+        for index, item in enumerate(request.items):
+            if not is_valid_key(item.idempotency_key):
+                raise InvalidInput(
+                    f"items[{index}].idempotency_key must be 1-128 printable ASCII characters;"
+                    " nothing of the batch was submitted"
+                )
         fp = fingerprint(request.SerializeToString(deterministic=True))
 
         async def submit_one(item: transfer_pb2.SubmitTransferRequest) -> tuple[bytes, bool]:
@@ -228,21 +239,25 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, batch: BatchRecord, *, created: bool
     ) -> transfer_pb2.SubmitTransfersResponse:
         out = transfer_pb2.SubmitTransfersResponse(batch_id=batch.batch_id, created=created)
+        # Review s18 F4: the items' transfers in one store read per page, not one per item
+        # (a replayed batch of thousands must not queue thousands of reads on the store).
+        tids = [r.transfer_id for r in batch.results if r.transfer_id is not None]
+        records = await self._store.get_many(tids)
         for r in batch.results:
-            out.results.append(await self._result_to_pb(r))
+            message = transfer_pb2.BatchItemResult(
+                index=r.index,
+                idempotency_key=r.idempotency_key,
+                outcome=int(r.outcome),  # type: ignore[arg-type]
+            )
+            if r.transfer_id is not None:
+                record = records.get(r.transfer_id)
+                if record is None:
+                    raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
+                message.transfer.CopyFrom(transfer_to_pb(record))
+            if r.error is not None:
+                message.error.CopyFrom(_item_error_to_pb(r.error))
+            out.results.append(message)
         return out
-
-    async def _result_to_pb(self, r: ItemResult) -> transfer_pb2.BatchItemResult:
-        message = transfer_pb2.BatchItemResult(
-            index=r.index,
-            idempotency_key=r.idempotency_key,
-            outcome=int(r.outcome),  # type: ignore[arg-type]
-        )
-        if r.transfer_id is not None:
-            message.transfer.CopyFrom(transfer_to_pb(await self._coordinator.get(r.transfer_id)))
-        if r.error is not None:
-            message.error.CopyFrom(_item_error_to_pb(r.error))
-        return message
 
     @grpc_stream_errors
     async def WatchBatch(
@@ -372,7 +387,8 @@ def _item_error(exc: BridgeError) -> ItemError:
     return ItemError(
         code=status_for(exc).name,
         reason=info.reason,
-        message=status.message,
+        # Review s18 F4: what a batch row keeps of a message is bounded.
+        message=status.message[:ITEM_MESSAGE_MAX],
         metadata=dict(info.metadata),
     )
 

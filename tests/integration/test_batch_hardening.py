@@ -329,6 +329,52 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
     assert done.created and outcomes(done) == [OUT.BATCH_ITEM_OUTCOME_CREATED]
 
 
+# ---- review s18 F4: what a batch stores is bounded and validated; a replay is cheap
+
+
+async def test_a_malformed_item_key_refuses_the_batch_and_stores_nothing(served: Served) -> None:
+    for bad in ("k" * 129, "with space", "ctrl\x07", ""):
+        items = [item(served, "ok-1"), item(served, "ok-2")]
+        items[1].idempotency_key = bad  # the instruction no longer matters: refused first
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await served.stub.SubmitTransfers(batch("day-8", items), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "items[1].idempotency_key" in (refused.value.details() or "")
+        assert await served.batches.get("a", "day-8") is None
+        assert sum(served.submitted.values()) == 0
+
+
+async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    foreign = item(served, "f-1")
+    foreign.source_ledger = "z" * 100_000  # refused PERMISSION_DENIED, never validated
+    items = [item(served, f"g-{i}") for i in range(5)] + [foreign]
+    request = batch("day-9", items)
+    first = await served.stub.SubmitTransfers(request, timeout=30)
+    denied = first.results[5]
+    assert denied.outcome == OUT.BATCH_ITEM_OUTCOME_REFUSED
+    assert denied.error.code == "PERMISSION_DENIED" and len(denied.error.message) <= 512
+    stored = await served.batches.get("a", "day-9")
+    assert stored is not None
+    assert sum(len(r.error.message) for r in stored.results if r.error) <= 512
+    # A replay answers from one paged read of the transfers, not one read per item.
+    reads: list[int] = []
+    get_many = SqlTransferStore.get_many
+
+    async def counted(self: SqlTransferStore, tids: Any) -> Any:
+        reads.append(len(tids))
+        return await get_many(self, tids)
+
+    async def refused_get(self: SqlTransferStore, tid: bytes) -> Any:
+        raise AssertionError("a replay read a transfer on its own")
+
+    monkeypatch.setattr(SqlTransferStore, "get_many", counted)
+    monkeypatch.setattr(SqlTransferStore, "get", refused_get)
+    replay = await served.stub.SubmitTransfers(request, timeout=30)
+    assert reads == [5] and outcomes(replay) == outcomes(first)
+
+
 # ---- defect 2: a transient refusal is not a final result
 
 

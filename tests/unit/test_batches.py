@@ -361,3 +361,31 @@ def test_servers_accept_the_clients_keepalive_pings() -> None:
     client = dict(INTERNAL_OPTIONS)["grpc.keepalive_time_ms"]
     server = dict(SERVER_OPTIONS)["grpc.http2.min_ping_interval_without_data_ms"]
     assert isinstance(client, int) and server <= client / 2
+
+
+def test_the_largest_batch_answer_fits_grpcs_default_message_limit() -> None:
+    """Review s18 F5: a SubmitTransfers response of MAX_BATCH_ITEMS_CEILING items, each at
+    its worst (a 128-character key twice, a 240-character reason, every transaction id,
+    long ledger names, the largest amount), stays under gRPC's default 4 MiB."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from bridge.config_schema import MAX_BATCH_ITEMS_CEILING
+
+    ts = Timestamp(seconds=1_796_220_000, nanos=999_999_999)
+    key = "k" * 128
+    transfer = transfer_pb2.Transfer(
+        transfer_id="0x" + "ab" * 32, idempotency_key=key, security_id="KR7005930003",
+        source_ledger="l" * 64, target_ledger="m" * 64, sender="0x" + "11" * 20,
+        recipient="0x" + "22" * 20, amount="9" * 78, state=5, reason="r" * 240,
+        created_at=ts, updated_at=ts, deadline=ts, not_before=ts, parked=True,
+        parked_reason=3, wait_reason=5,
+        transactions={s: "0x" + "cd" * 32
+                      for s in ("lock", "prepare", "expire", "burn", "mint", "release", "abort")},
+    )  # fmt: skip
+    worst = transfer_pb2.BatchItemResult(
+        index=MAX_BATCH_ITEMS_CEILING - 1, idempotency_key=key, outcome=1, transfer=transfer
+    )
+    response = transfer_pb2.SubmitTransfersResponse(
+        batch_id=key, created=True, results=[worst] * MAX_BATCH_ITEMS_CEILING
+    )
+    assert len(response.SerializeToString()) < 4 * 1024 * 1024

@@ -48,7 +48,7 @@ def test_batch_arguments() -> None:
     assert curve.curve == (2.0, 4.0, 8.0, 16.0) and curve.batch == 0
     for bad in (
         ["--batch", "-1"],
-        ["--batch", "5001"],
+        ["--batch", "2501"],
         ["--scenario", "end-of-day", "--curve"],
         ["--curve", "--curve-from", "0"],
         ["--curve", "--curve-from", "8", "--curve-to", "4"],
