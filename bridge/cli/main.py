@@ -9,6 +9,7 @@ prints machine-readable output.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import uuid
@@ -117,10 +118,19 @@ class SomeItemsRefused(Exception):
     """The batch was recorded, and at least one of its items was refused (exit code 3)."""
 
 
-def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferRequest]:
+def _default_key(batch_id: str, line: int) -> str:
+    """---- batchfix (review s18 F7): the key of a line without one, the same at every run
+    of the same file under the same batch id (a fresh UUID made a rerun a second transfer)."""
+    return f"b{hashlib.sha256(batch_id.encode()).hexdigest()[:24]}-{line}"
+
+
+def _batch_items(
+    path: Path, source: str, batch_id: str
+) -> list[transfer_pb2.SubmitTransferRequest]:
     """The items of a JSON-lines file: one object per line with ``security``, ``to``,
-    ``sender``, ``recipient``, ``amount`` and optionally ``idempotency_key`` (default: a
-    fresh UUID); blank lines are skipped. ValueError names the bad line."""
+    ``sender``, ``recipient``, ``amount`` and optionally ``idempotency_key`` (default:
+    derived from the batch id and the line number, so a rerun names the same transfers);
+    blank lines are skipped. ValueError names the bad line."""
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -136,7 +146,7 @@ def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferReq
             raise ValueError(f"{path}:{number}: unknown field(s) {', '.join(unknown)}")
         items.append(
             transfer_pb2.SubmitTransferRequest(
-                idempotency_key=str(entry.get("idempotency_key") or uuid.uuid4()),
+                idempotency_key=str(entry.get("idempotency_key") or _default_key(batch_id, number)),
                 security_id=str(entry.get("security", "")),
                 source_ledger=source,
                 target_ledger=str(entry.get("to", "")),
@@ -148,8 +158,40 @@ def _batch_items(path: Path, source: str) -> list[transfer_pb2.SubmitTransferReq
     return items
 
 
-def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
-    items = _batch_items(a.file, a.source)
+def _sent_file(a: argparse.Namespace) -> Path:
+    """Where the signed batch is kept between runs: beside the input file (or in
+    ``--state-dir``), named by the file and a digest of the batch id."""
+    digest = hashlib.sha256(a.batch_id.encode()).hexdigest()[:16]
+    base: Path = a.state_dir or a.file.parent
+    return base / f"{a.file.name}.{digest}.sent.pb"
+
+
+def _unsigned(item: transfer_pb2.SubmitTransferRequest) -> bytes:
+    bare = transfer_pb2.SubmitTransferRequest()
+    bare.CopyFrom(item)
+    bare.ClearField("instruction")
+    return bare.SerializeToString(deterministic=True)
+
+
+def _batch_request(a: argparse.Namespace) -> transfer_pb2.SubmitTransfersRequest:
+    """The signed batch to send. SECURITY (review s18 F7): a batch is replayed only with
+    identical bytes (ADR 0023), and every run would draw new nonces and deadlines; so the
+    signed request is written (0600) before it is first sent and re-sent as it is by a
+    rerun under the same batch id, after checking the file still lists the same items."""
+    items = _batch_items(a.file, a.source, a.batch_id)
+    sent = _sent_file(a)
+    if sent.exists():
+        request = transfer_pb2.SubmitTransfersRequest.FromString(sent.read_bytes())
+        if (
+            request.batch_id != a.batch_id
+            or request.source_ledger != a.source
+            or [_unsigned(i) for i in request.items] != [_unsigned(i) for i in items]
+        ):
+            raise ValueError(
+                f"{a.file} no longer lists what batch {a.batch_id} sent ({sent}); use a new"
+                " --batch-id for other items"
+            )
+        return request
     ref = (
         load_key_config(a.instruction_key_config)
         if a.instruction_key_config is not None
@@ -164,9 +206,20 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
             # Malformed: sent as it is, so the coordinator refuses it in its own result.
             signed.append(item)
     request = transfer_pb2.SubmitTransfersRequest(
-        batch_id=a.batch_id or str(uuid.uuid4()), source_ledger=a.source, items=signed
+        batch_id=a.batch_id, source_ledger=a.source, items=signed
     )
-    resp = stub.SubmitTransfers(request, timeout=a.timeout)
+    sent.parent.mkdir(parents=True, exist_ok=True)
+    partial = sent.with_name(sent.name + ".tmp")
+    partial.write_bytes(request.SerializeToString(deterministic=True))
+    partial.chmod(0o600)
+    partial.replace(sent)
+    return request
+
+
+def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
+    request = _batch_request(a)
+    # Items run one after the other on the coordinator: give the call time for them.
+    resp = stub.SubmitTransfers(request, timeout=max(a.timeout, 0.5 * len(request.items)))
     refused = retryable = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
@@ -304,8 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from", dest="source", required=True, help="source ledger id")
     b.add_argument(
         "--batch-id",
-        help="the batch's idempotency key (default: a fresh UUID);"
-        " resubmitting the same file with it returns the recorded results",
+        required=True,
+        help="the batch's idempotency key; running the same file again with it re-sends the"
+        " same signed batch (kept beside the file) and prints the recorded results",
+    )
+    b.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the signed batch is kept between runs (default: the file's directory)",
     )
     bkey = b.add_mutually_exclusive_group(required=True)
     bkey.add_argument("--instruction-key", type=Path, help="as for submit")

@@ -337,9 +337,13 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         '{"security": "KR7005930003", "to": "brokerage-b", "sender": "0x01",'
         ' "recipient": "0x02", "amount": "6"}\n'
     )
-    items = _batch_items(good, A)
+    items = _batch_items(good, A, "eod-1")
     assert [(i.idempotency_key, i.source_ledger, i.amount) for i in items[:1]] == [("k1", A, "5")]
     assert len(items) == 2 and items[1].idempotency_key and items[1].source_ledger == A
+    # A line without a key gets the same key at every run of the file under the batch id
+    # (review s18 F7: a fresh UUID made a rerun a second transfer), another under another.
+    assert _batch_items(good, A, "eod-1")[1].idempotency_key == items[1].idempotency_key
+    assert _batch_items(good, A, "eod-2")[1].idempotency_key != items[1].idempotency_key
     for text, message in (
         ("not json\n", "bad.jsonl:1: not JSON"),
         ('["a list"]\n', "bad.jsonl:1: expected a JSON object"),
@@ -348,7 +352,7 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         bad = tmp_path / "bad.jsonl"
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
-            _batch_items(bad, A)
+            _batch_items(bad, A, "eod-1")
 
 
 def test_servers_accept_the_clients_keepalive_pings() -> None:
@@ -389,3 +393,72 @@ def test_the_largest_batch_answer_fits_grpcs_default_message_limit() -> None:
         batch_id=key, created=True, results=[worst] * MAX_BATCH_ITEMS_CEILING
     )
     assert len(response.SerializeToString()) < 4 * 1024 * 1024
+
+
+def test_a_cli_rerun_resends_the_same_signed_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s18 F7: the CLI keeps the signed batch before sending it, so a rerun of the
+    same file under the same batch id sends identical bytes (the coordinator then answers
+    the recorded results instead of ALREADY_EXISTS, and keyless lines are not new
+    transfers); a file that changed since is refused before anything is sent."""
+    import argparse
+    import json
+
+    from bridge.cli.main import _batch_request, _sent_file
+    from bridge.config import dump_toml
+    from bridge.keys.loader import PLAINTEXT_KEYS_ENV
+    from bridge.v1 import transfer_pb2 as T
+    from tests.unit.test_coordinator_driver import BROKER_A, HOLDER, ISIN
+
+    monkeypatch.setenv(PLAINTEXT_KEYS_ENV, "1")
+    network = tmp_path / "network.toml"
+    network.write_text(
+        dump_toml(
+            {
+                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
+                "securities": {"isins": [ISIN]},
+                "ledgers": [
+                    {
+                        "id": "a",
+                        "kind": "evm",
+                        "rpc_url": "x",
+                        "bridge": "0x" + "aa" * 20,
+                        "chain_id": 1,
+                        "finality_depth": 0,
+                    },
+                    {
+                        "id": "b",
+                        "kind": "evm",
+                        "rpc_url": "y",
+                        "bridge": "0x" + "bb" * 20,
+                        "chain_id": 2,
+                        "finality_depth": 0,
+                    },
+                ],
+                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
+            }
+        )
+    )
+    key = tmp_path / "instruction.key"
+    key.write_text((bytes([7]) * 32).hex())
+    key.chmod(0o600)
+    line = {"security": ISIN, "to": "b", "sender": HOLDER, "recipient": HOLDER, "amount": "5"}
+    batch_file = tmp_path / "trades.jsonl"
+    batch_file.write_text(json.dumps(line) + "\n" + json.dumps(line | {"amount": "6"}) + "\n")
+    a = argparse.Namespace(
+        file=batch_file, source="a", batch_id="eod-2026-12-02", state_dir=None,
+        network=network, instruction_key=key, instruction_key_config=None, ttl=60,
+    )  # fmt: skip
+    first = _batch_request(a)
+    assert all(i.HasField("instruction") for i in first.items)
+    assert _sent_file(a).stat().st_mode & 0o777 == 0o600
+    again = _batch_request(a)
+    assert again.SerializeToString(deterministic=True) == first.SerializeToString(
+        deterministic=True
+    )
+    batch_file.write_text(json.dumps(line | {"amount": "7"}) + "\n")
+    with pytest.raises(ValueError, match="no longer lists what batch eod-2026-12-02 sent"):
+        _batch_request(a)
+    other = argparse.Namespace(**{**vars(a), "batch_id": "eod-2"})
+    assert isinstance(_batch_request(other), T.SubmitTransfersRequest)
