@@ -202,6 +202,7 @@ async def run(config_path: Path) -> None:
         max_batch_items=cfg.max_batch_items,
         max_batch_watches=cfg.max_batch_watches,
         max_running_batches=cfg.max_running_batches,
+        audit=audit,
     )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -33,10 +33,12 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.transfer import TransferState
+from bridge.rpc.audit import AuditLog, AuditRecord
+from bridge.rpc.audit import now as audit_now
 from bridge.rpc.authz import current_principal
 from bridge.rpc.convert import event_from_pb, instruction_from_pb
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors, status_details, status_for
-from bridge.rpc.roles import BROKERAGE
+from bridge.rpc.roles import BROKERAGE, Principal
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 MAX_PAGE = 500
@@ -46,6 +48,8 @@ DEFAULT_MAX_BATCH_WATCHES = 4
 """Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
+SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
+"""The audit log's method of a batch item's own authorisation decision (with its index)."""
 ITEM_MESSAGE_MAX = 512
 """Longest item error message recorded and answered (metadata values are capped alike)."""
 WATCH_PAGE_ITEMS = 100
@@ -109,6 +113,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
         max_batch_watches: int = DEFAULT_MAX_BATCH_WATCHES,
         max_running_batches: int = DEFAULT_MAX_RUNNING_BATCHES,
+        audit: AuditLog | None = None,
     ):
         self._network = network
         self._coordinator = coordinator
@@ -120,6 +125,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self._max_batch_items = max_batch_items
         self._max_batch_watches = max_batch_watches
         self._watches: dict[tuple[str, str], int] = {}  # open WatchBatch streams per caller
+        self._audit = audit  # ---- batchfix (review s18 F10): per-item denials audited
 
     @grpc_errors
     async def SubmitTransfer(
@@ -222,10 +228,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             record, created = await self._coordinator.submit(req, instruction_from_pb(item))
             return record.transfer_id, created
 
+        caller = current_principal()
+        peer = context.peer() or ""
+
         async def run(indexes: Collection[int] | None) -> tuple[ItemResult, ...]:
-            return await run_items(
+            results = await run_items(
                 request.source_ledger, request.items, submit_one, _item_error, indexes
             )
+            self._audit_denied_items(caller, peer, request.batch_id, results)
+            return results
 
         # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
         # caller's own: a brokerage can neither read nor block another's batch. The id is
@@ -234,6 +245,32 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             request.source_ledger, request.batch_id, fp, run, time.time()
         )
         return await self._batch_to_pb(recorded, created=created)
+
+    def _audit_denied_items(
+        self, caller: Principal, peer: str, batch_id: str, results: Sequence[ItemResult]
+    ) -> None:
+        """SECURITY (review s18 F10): an item refused PERMISSION_DENIED (it names another
+        brokerage's ledger) is an authorisation decision like a refused call: one denied
+        audit record per item (who, batch id, index), in the same log as the call's."""
+        if self._audit is None:
+            return
+        for r in results:
+            if r.error is None or r.error.code != "PERMISSION_DENIED":
+                continue
+            self._audit.record(
+                AuditRecord(
+                    at=audit_now(),
+                    org=caller.org,
+                    role=caller.role_text,
+                    cn=caller.common_name,
+                    fingerprint=caller.fingerprint,
+                    peer=peer,
+                    method=f"{SUBMIT_TRANSFERS_ITEM}[{r.index}]",
+                    transfer_id="",
+                    allowed=False,
+                    reason=f"batch {batch_id!r} item {r.index}: {r.error.message}",
+                )
+            )
 
     async def _batch_to_pb(
         self, batch: BatchRecord, *, created: bool

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -101,6 +102,7 @@ class Served:
     submitted: Counter[str]  # Coordinator.submit calls per idempotency key
     store: SqlTransferStore
     batches: SqlBatchStore
+    audit_file: Path
 
 
 def _network(pki: DevPki, base: Path) -> NetworkConfig:
@@ -173,7 +175,13 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
     audit = AuditLog(tmp_path / "audit.jsonl")
     server = grpc.aio.server(interceptors=[AuthorisationInterceptor(Authenticator(network), audit)])
     servicer = TransferServicer(
-        network, coordinator, store, batches, max_batch_watches=2, max_running_batches=1
+        network,
+        coordinator,
+        store,
+        batches,
+        max_batch_watches=2,
+        max_running_batches=1,
+        audit=audit,
     )
     transfer_pb2_grpc.add_TransferServiceServicer_to_server(servicer, server)
     cert = pki.cert_for("coordinator")
@@ -204,6 +212,7 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
             submitted,
             store,
             batches,
+            tmp_path / "audit.jsonl",
         )
     for relayer in relayers.values():
         relayer.open.set()
@@ -358,6 +367,11 @@ async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
     stored = await served.batches.get("a", "day-9")
     assert stored is not None
     assert sum(len(r.error.message) for r in stored.results if r.error) <= 512
+    # Review s18 F10: the item's denial is an audited authorisation decision of its own.
+    records = [json.loads(x) for x in served.audit_file.read_text().splitlines()]
+    denied = [r for r in records if r["method"].endswith("SubmitTransfers#item[5]")]
+    assert len(denied) == 1 and denied[0]["allowed"] is False
+    assert denied[0]["org"] == "a" and "batch 'day-9' item 5" in denied[0]["reason"]
     # A replay answers from one paged read of the transfers, not one read per item.
     reads: list[int] = []
     get_many = SqlTransferStore.get_many
