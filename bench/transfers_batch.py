@@ -179,13 +179,17 @@ def gas_summary(
 
 def block_use(blocks: Sequence[dict[str, int]]) -> dict[str, Any]:
     """Gas use of a ledger's blocks in the window: mean and max share of the gas limit, the
-    share of blocks at least GAS_FULL full, the most transactions in one block."""
+    share of blocks at least GAS_FULL full, the most transactions in one block, and the
+    transactions and gas of all of them (every transaction the ledger included, also steps
+    whose id the coordinator did not record because a retry found them applied)."""
     if not blocks:
         return {"blocks": 0, "mean_gas_share": 0.0, "max_gas_share": 0.0, "full_share": 0.0,
-                "max_transactions": 0}  # fmt: skip
+                "max_transactions": 0, "transactions": 0, "gas": 0}  # fmt: skip
     shares = [b["gasUsed"] / b["gasLimit"] for b in blocks if b["gasLimit"]]
     return {
         "blocks": len(blocks),
+        "transactions": sum(b.get("transactions", 0) for b in blocks),
+        "gas": sum(b["gasUsed"] for b in blocks),
         "mean_gas_share": sum(shares) / len(shares) if shares else 0.0,
         "max_gas_share": max(shares, default=0.0),
         "full_share": sum(s >= GAS_FULL for s in shares) / len(blocks),
@@ -200,7 +204,9 @@ def saturation(cpu: dict[str, Any] | None, blocks: dict[str, dict[str, Any]]) ->
        the window's blocks: that ledger's block gas;
     2. else the host's CPU when it was at least HOST_BUSY % busy over the window (all
        cores): the process with the highest CPU share is named as the one that saturated
-       it (a bridge process means the bridge is the bottleneck);
+       it (a bridge process means the bridge is the bottleneck), unless processes outside
+       the run used more CPU than all of the run's together: then the host was taken by
+       them (a contended host) and the run's top process is only named;
     3. else nothing saturated (offered load below capacity); the top process is still named.
     """
     full = sorted(
@@ -219,6 +225,15 @@ def saturation(cpu: dict[str, Any] | None, blocks: dict[str, dict[str, Any]]) ->
             "why": f"{share:.0%} of its blocks were >= {GAS_FULL:.0%} full of gas",
         }
     busy = float(cpu["host_busy_pct"]) if cpu else 0.0
+    ours = sum(float(r["cpu_s"]) for r in cpu["processes"].values()) if cpu else 0.0
+    others = float(cpu.get("other_processes_cpu_s", 0.0)) if cpu else 0.0
+    if busy >= HOST_BUSY and top_name is not None and others > ours:
+        return out | {
+            "what": "host CPU, taken mostly by other processes (contended host)",
+            "why": f"host {busy:.0f}% busy; processes outside the run used {others:.0f}"
+            f" CPU-s, the run's {ours:.0f}; of the run's, {top_name} used the most"
+            f" ({top_pct:.0f}% of one core)",
+        }
     if busy >= HOST_BUSY and top_name is not None:
         return out | {
             "what": f"host CPU, led by {top_name}",

@@ -143,12 +143,14 @@ def test_gas_and_block_use() -> None:
     )
     assert u["mean_gas_share"] == pytest.approx(0.525) and u["max_gas_share"] == 0.95
     assert u["full_share"] == 0.5 and u["max_transactions"] == 7
+    assert (u["transactions"], u["gas"]) == (8, 105)
     assert block_use([])["blocks"] == 0
 
 
-def cpu(busy: float, **procs: float) -> dict[str, Any]:
+def cpu(busy: float, others: float = 0.0, **procs: float) -> dict[str, Any]:
     return {
         "host_busy_pct": busy,
+        "other_processes_cpu_s": others,
         "processes": {n: {"avg_pct": p, "cpu_s": p / 10} for n, p in procs.items()},
     }
 
@@ -162,6 +164,10 @@ def test_what_saturated_first() -> None:
     # A busy host names the process with the highest CPU share.
     s = saturation(cpu(95, coordinator=40, **{"relayer-a": 70}), idle_blocks)
     assert s["what"] == "host CPU, led by relayer-a"
+    # A busy host taken mostly by processes outside the run is a contended host.
+    s = saturation(cpu(100, others=50.0, coordinator=40), idle_blocks)
+    assert s["what"] == "host CPU, taken mostly by other processes (contended host)"
+    assert "coordinator" in s["why"]
     # Neither: nothing saturated (the top process is still named).
     s = saturation(cpu(50, coordinator=40), idle_blocks)
     assert s["what"] == "nothing" and "coordinator" in s["why"]
