@@ -310,14 +310,12 @@ async def measure_curve(
         stats = settle_stats(results)
         terminal = stats["settled"]
         cpu = sampler.table(terminal) if sampler else None
-        starts = [r.submit_start for r in results]
-        span = max(starts) - min(starts) if len(starts) > 1 else 0.0
         sustained = stats["sustained_per_s"]
         point = {
             "offered_per_s": rate,
-            "submitted_per_s": (len(starts) - 1) / span if span > 0 else float("nan"),
+            "accepted_per_s": stats["accepted_per_s"],
             "sustained_per_s": sustained,
-            "latency_p50_s": stats.get("latency_s", {}).get("p50"),
+            "latency_p50_s": stats.get("latency_from_due_s", {}).get("p50"),
             "bridge_cpu_ms": bridge_cpu_ms(cpu, terminal).get("total"),
             "host_busy_pct": cpu["host_busy_pct"] if cpu else float("nan"),
             "saturated": sustained is None or saturated_point(rate, sustained),

@@ -97,8 +97,10 @@ def test_curve_rates_and_stop_rule() -> None:
     assert saturated_point(10, 10 * CURVE_KNEE - 0.01)
 
 
-def result(i: int, start: float, final: str | None, at: float) -> TransferResult:
-    r = TransferResult(spec(i, "a"), submit_start=start)
+def result(
+    i: int, start: float, final: str | None, at: float, due: float = 0.0, rpc: float = 0.5
+) -> TransferResult:
+    r = TransferResult(spec(i, "a", at=due), submit_start=start, submit_rpc=rpc)
     if final is not None:
         r.final_state, r.state_at[final] = final, at
     return r
@@ -115,6 +117,11 @@ def test_settle_stats() -> None:
     assert (s["settled"], s["committed"], s["time_to_settle_s"]) == (3, 2, 10.0)
     assert s["sustained_per_s"] == pytest.approx(0.3)
     assert s["latency_s"]["p50"] == 4.0
+    assert s["accepted_per_s"] == pytest.approx(4 / 2.5)  # last call answered at 2.5 s
+    # Batch mode: a transfer due at 0 s sent with its batch at 3 s waited 3 s for it.
+    batched = [result(0, 3.0, "COMMITTED", 2.0, due=0.0), result(1, 3.0, "COMMITTED", 4.0, 3.0)]
+    b = settle_stats(batched)
+    assert b["time_to_settle_s"] == 7.0 and b["latency_from_due_s"]["p50"] == 4.5
     assert settle_stats([result(0, 0.0, None, 0.0)])["time_to_settle_s"] is None
 
 
