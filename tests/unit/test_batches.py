@@ -462,3 +462,33 @@ def test_a_cli_rerun_resends_the_same_signed_batch(
         _batch_request(a)
     other = argparse.Namespace(**{**vars(a), "batch_id": "eod-2"})
     assert isinstance(_batch_request(other), T.SubmitTransfersRequest)
+
+
+async def test_a_busy_sqlite_store_is_unavailable_not_internal(tmp_path: Path) -> None:
+    """batchfix: a store busy beyond busy_timeout (another process holds the file's write
+    lock) is DatabaseUnavailable (UNAVAILABLE, retryable: a batch item is RETRYABLE), the
+    connection is left usable, and the write succeeds once the lock is released."""
+    import sqlite3
+
+    from bridge.coordinator.db import DatabaseUnavailable
+
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        def mark(c: Any) -> None:
+            c.execute("INSERT INTO ledger_progress VALUES ('busy', 1)")
+
+        with pytest.raises(DatabaseUnavailable, match="busy"):
+            await db.write(mark)
+        assert _item_error(DatabaseUnavailable("busy")).metadata["retryable"] == "true"
+        other.execute("ROLLBACK")
+        other.close()
+        await db.write(mark)
+        rows = await db.read(lambda c: c.execute("SELECT ledger FROM ledger_progress").fetchall())
+        assert [r[0] for r in rows] == ["busy"]
+    finally:
+        db.close()
