@@ -27,11 +27,13 @@ from bridge.cli import health as health_cli
 from bridge.cli import operator as operator_cli
 from bridge.cli import store as store_cli
 from bridge.cli import supply as supply_cli
-from bridge.config import load_network
+from bridge.config import NetworkConfig, load_network
+from bridge.coordinator.requests import terms_for, validate_submit
 from bridge.domain.errors import BridgeError
 from bridge.instructions import Brokerage
 from bridge.keys.loader import load_key_config, open_signer
 from bridge.keys.reference import PlainKeyFile
+from bridge.rpc.convert import instruction_from_pb
 from bridge.rpc.errors import describe_rpc_error
 from bridge.rpc.failover import SyncFailover, parse_targets, serving_target
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
@@ -116,6 +118,52 @@ _ITEM_FIELDS = frozenset(
 
 class SomeItemsRefused(Exception):
     """The batch was recorded, and at least one of its items was refused (exit code 3)."""
+
+
+class AnswerMismatch(Exception):
+    """---- batchfix (review s18 F8): the coordinator's answer names transfers other than
+    the ones the brokerage signed (exit code 1: do not book it)."""
+
+
+def _answer_mismatches(
+    network: NetworkConfig,
+    request: transfer_pb2.SubmitTransfersRequest,
+    resp: transfer_pb2.SubmitTransfersResponse,
+) -> list[str]:
+    """Where the answer disagrees with the signed request. SECURITY: a coordinator (or a
+    bug) cannot make the brokerage book another transfer: every item answered with a
+    transfer must carry the id of exactly the terms this client signed for that item (the
+    id commits to security, ledgers, sender, recipient, amount, nonce and deadline), and
+    its displayed fields must be the item's."""
+    bad = []
+    if len(resp.results) != len(request.items) or resp.batch_id != request.batch_id:
+        bad.append(f"{len(resp.results)} results for batch {resp.batch_id!r}, sent"
+                   f" {len(request.items)} items as {request.batch_id!r}")  # fmt: skip
+    for r in resp.results:
+        if r.index >= len(request.items):
+            bad.append(f"result for item {r.index}, which was not sent")
+            continue
+        item = request.items[r.index]
+        if r.idempotency_key != item.idempotency_key:
+            bad.append(f"item {r.index}: answered for key {r.idempotency_key!r}")
+        if not r.HasField("transfer"):
+            continue
+        try:
+            req = validate_submit(network, item)
+            want = "0x" + terms_for(network, req, instruction_from_pb(item)).transfer_id.hex()
+        except BridgeError:
+            bad.append(f"item {r.index}: a transfer for an item this client did not sign")
+            continue
+        t = r.transfer
+        if t.transfer_id.lower() != want:
+            bad.append(f"item {r.index}: transfer {t.transfer_id} is not the signed {want}")
+        shown = (t.security_id, t.source_ledger, t.target_ledger, t.amount)
+        if shown != (req.security, req.source_ledger, req.target_ledger, str(req.amount)) or (
+            t.sender.lower(),
+            t.recipient.lower(),
+        ) != (req.sender.lower(), req.recipient.lower()):
+            bad.append(f"item {r.index}: the transfer's fields are not the item's")
+    return bad
 
 
 def _default_key(batch_id: str, line: int) -> str:
@@ -220,6 +268,11 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
     request = _batch_request(a)
     # Items run one after the other on the coordinator: give the call time for them.
     resp = stub.SubmitTransfers(request, timeout=max(a.timeout, 0.5 * len(request.items)))
+    wrong = _answer_mismatches(load_network(a.network), request, resp)
+    if wrong:
+        raise AnswerMismatch(
+            "the coordinator's answer does not match the signed batch: " + "; ".join(wrong[:5])
+        )
     refused = retryable = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
@@ -434,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SomeItemsRefused as exc:  # ---- batch API (ADR 0023)
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except AnswerMismatch as exc:  # ---- batchfix
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
         return 1

@@ -461,7 +461,38 @@ def test_a_cli_rerun_resends_the_same_signed_batch(
     with pytest.raises(ValueError, match="no longer lists what batch eod-2026-12-02 sent"):
         _batch_request(a)
     other = argparse.Namespace(**{**vars(a), "batch_id": "eod-2"})
-    assert isinstance(_batch_request(other), T.SubmitTransfersRequest)
+    signed = _batch_request(other)
+    assert isinstance(signed, T.SubmitTransfersRequest)
+
+    # Review s18 F8: the answer must name exactly the transfers signed for the items.
+    from bridge.cli.main import _answer_mismatches
+    from bridge.config import load_network
+    from bridge.coordinator.requests import terms_for, validate_submit
+    from bridge.rpc.convert import instruction_from_pb
+
+    net = load_network(network)
+    item = signed.items[0]
+    req = validate_submit(net, item)
+    tid = "0x" + terms_for(net, req, instruction_from_pb(item)).transfer_id.hex()
+
+    def answer(**changes: Any) -> T.SubmitTransfersResponse:
+        fields = {"transfer_id": tid, "security_id": req.security, "source_ledger": "a",
+                  "target_ledger": "b", "sender": req.sender, "recipient": req.recipient,
+                  "amount": str(req.amount)} | changes  # fmt: skip
+        result = T.BatchItemResult(
+            index=0, idempotency_key=item.idempotency_key, outcome=1, transfer=T.Transfer(**fields)
+        )
+        return T.SubmitTransfersResponse(batch_id="eod-2", results=[result])
+
+    assert _answer_mismatches(net, signed, answer()) == []
+    assert (
+        "is not the signed"
+        in _answer_mismatches(net, signed, answer(transfer_id="0x" + "11" * 32))[0]
+    )
+    assert "fields are not the item's" in _answer_mismatches(net, signed, answer(amount="600"))[0]
+    extra = answer()
+    extra.results.add(index=3, idempotency_key="x")
+    assert any("was not sent" in m for m in _answer_mismatches(net, signed, extra))
 
 
 async def test_a_busy_sqlite_store_is_unavailable_not_internal(tmp_path: Path) -> None:
