@@ -547,21 +547,27 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
     if cpu_ms:
         per = ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items() if k != "total")
         lines.append(f"bridge CPU-ms per transfer: total {cpu_ms['total']:.1f} ({per})")
+    settled = max(1, s["settled"])
     for ledger, n in b["transactions"].items():
         g = b["gas"].get(ledger)
-        tail = ""
+        u = b["blocks"].get(ledger)
+        if u:  # EVM: what the ledger's blocks over the window hold
+            lines.append(
+                f"ledger {ledger}: {u['transactions']} transactions in its {u['blocks']} blocks"
+                f" over the window ({u['transactions'] / settled:.2f}/transfer), gas"
+                f" {u['gas'] / settled:.0f}/transfer; the coordinator recorded {n} tx ids"
+            )
+        else:
+            lines.append(f"ledger {ledger}: {n} transactions recorded ({n / settled:.2f}/transfer)")
         if g:
             steps = ", ".join(f"{k} {v:.0f}" for k, v in g["gas_per_step_p50"].items())
-            tail = f"; gas {g['gas_per_transfer']:.0f}/transfer, steps p50 {steps}"
-        lines.append(
-            f"ledger {ledger}: {n} transactions ({n / max(1, s['settled']):.2f}/transfer){tail}"
-        )
-    for ledger, u in b["blocks"].items():
-        lines.append(
-            f"  {ledger} blocks: {u['blocks']}, gas use mean {u['mean_gas_share']:.1%} max"
-            f" {u['max_gas_share']:.1%}, >= {GAS_FULL:.0%} full {u['full_share']:.0%},"
-            f" most txs in a block {u['max_transactions']}"
-        )
+            lines.append(f"  gas per step, p50 of the recorded receipts: {steps}")
+        if u:
+            lines.append(
+                f"  block gas use mean {u['mean_gas_share']:.1%} max {u['max_gas_share']:.1%},"
+                f" >= {GAS_FULL:.0%} full {u['full_share']:.0%} of blocks, most txs in a block"
+                f" {u['max_transactions']}"
+            )
     sat = b["saturation"]
     lines.append(f"saturated first: {sat['what']} ({sat['why']})")
     return lines
