@@ -21,6 +21,14 @@ holding (no discrepancy). Exit code 1 on a violation.
 
     .venv/bin/python bench/soak.py --transfers 1000 --rate 4 --json .run/soak/result.json
 
+With ``--batch N`` (issue 14) the transfers go through ``SubmitTransfers``: consecutive
+transfers from one source ledger, N at a time, each batch sent when its last transfer is
+due and replayed unchanged (same batch id and signed items) on UNAVAILABLE or while items
+are RETRYABLE, so the invariants also cover the batch path under the same faults; a refused
+item is a violation (its transfer is missing).
+
+    .venv/bin/python bench/soak.py --transfers 300 --batch 20
+
 Bounded: every wait has a limit; everything is stopped on exit.
 """
 
@@ -83,6 +91,70 @@ def plan_moves(
         to = outsider if rng.random() < 0.1 else h
         moves.append(Move(str(uuid.uuid4()), h, to, src, dst, rng.randint(1, 10)))
     return moves
+
+
+# ---- batch mode (issue 14, batchfix)
+def plan_batches(moves: list[Move], size: int) -> list[tuple[int, list[Move]]]:
+    """Consecutive moves from one source ledger, ``size`` at a time: (index of the move
+    that completes the batch, so it is sent when that one is due; the moves)."""
+    batches: list[tuple[int, list[Move]]] = []
+    open_: dict[str, list[Move]] = {}
+    for i, m in enumerate(moves):
+        group = open_.setdefault(m.src, [])
+        group.append(m)
+        if len(group) == size:
+            batches.append((i, open_.pop(m.src)))
+    last = len(moves) - 1
+    batches += [(last, group) for group in open_.values() if group]
+    return batches
+
+
+def submit_batch(system: LocalSystem, batch: list[Move], limit_s: float) -> list[str]:
+    """Submit ``batch`` through SubmitTransfers as its source ledger's brokerage, replaying
+    the same request on UNAVAILABLE / DEADLINE_EXCEEDED (a killed or deposed coordinator),
+    RESOURCE_EXHAUSTED (too many of the ledger's batches running) and while items are
+    RETRYABLE; returns the problems (refused items), empty if none."""
+    items = [
+        system.brokerage.instruct(
+            S.SubmitTransferRequest(
+                idempotency_key=m.key, security_id=DEMO_ISIN, source_ledger=m.src,
+                target_ledger=m.dst, sender=m.holder, recipient=m.recipient,
+                amount=str(m.amount),
+            )
+        )
+        for m in batch
+    ]  # fmt: skip
+    request = S.SubmitTransfersRequest(
+        batch_id=f"soak-{uuid.uuid4()}", source_ledger=batch[0].src, items=items
+    )
+    give_up = time.monotonic() + limit_s
+    while True:
+        try:
+            with system.channel(f"brokerage:{request.source_ledger}") as ch:
+                stub = transfer_pb2_grpc.TransferServiceStub(ch)
+                response = stub.SubmitTransfers(request, timeout=60)
+        except grpc.RpcError as exc:
+            transient = (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,  # the ledger's running batches: wait
+            )
+            if exc.code() not in transient:
+                return [f"batch {request.batch_id}: {exc.code().name} {exc.details()}"]
+            if time.monotonic() > give_up:
+                return [f"batch {request.batch_id} not accepted within {limit_s:.0f} s"]
+            time.sleep(0.5)
+            continue
+        waiting = [r for r in response.results if r.outcome == S.BATCH_ITEM_OUTCOME_RETRYABLE]
+        if waiting and time.monotonic() < give_up:
+            time.sleep(1.0)
+            continue
+        return [
+            f"item {r.idempotency_key}: {S.BatchItemOutcome.Name(r.outcome)}"
+            f" {r.error.code} {r.error.reason} {r.error.message}"
+            for r in response.results
+            if r.outcome not in (S.BATCH_ITEM_OUTCOME_CREATED, S.BATCH_ITEM_OUTCOME_EXISTING)
+        ]
 
 
 def wait_terminal(system: LocalSystem, limit_s: float) -> dict[str, int]:
@@ -190,6 +262,13 @@ def main() -> int:
     p.add_argument("--rotate-at", type=int, default=8, help="fault slot of the rotation")
     p.add_argument("--settle", type=float, default=600.0, help="limit for reaching terminal states")
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="submit through SubmitTransfers, N transfers per batch (0: one by one)",
+    )
     # ---- PostgreSQL and active/passive coordinators (ADR 0013, ADR 0017)
     p.add_argument(
         "--postgres", action="store_true", help="the coordinators' store on a PostgreSQL cluster"
@@ -210,6 +289,8 @@ def main() -> int:
     layout = ledger_layout(kinds)
     if args.coordinators > 1 and not args.postgres:
         p.error("--coordinators above 1 needs --postgres")
+    if not 0 <= args.batch <= 1000:
+        p.error("--batch must be 0 (off) or 1 .. 1000 (the coordinator's max_batch_items)")
     exit_on_sigterm()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
     cluster = start_cluster(workdir / "postgres") if args.postgres else None
@@ -255,9 +336,14 @@ def main() -> int:
         print(f"offering {len(moves)} transfers at {args.rate}/s with faults ...", flush=True)
         started = time.monotonic()
         chaos.start()
+        batch_problems: list[str] = []
         with ThreadPoolExecutor(max_workers=16) as pool:
             futures = []
-            for i, m in enumerate(moves):
+            batches = []
+            for i, group in plan_batches(moves, args.batch) if args.batch else ():
+                time.sleep(max(0.0, started + i / args.rate - time.monotonic()))
+                batches.append(pool.submit(submit_batch, system, group, 300))
+            for i, m in enumerate(moves if not args.batch else ()):
                 time.sleep(max(0.0, started + i / args.rate - time.monotonic()))
                 req = S.SubmitTransferRequest(
                     idempotency_key=m.key, security_id=DEMO_ISIN, source_ledger=m.src,
@@ -267,6 +353,8 @@ def main() -> int:
                 futures.append(pool.submit(system.submit, req, 120))
             for f in futures:
                 f.result()
+            for b in batches:
+                batch_problems += b.result()
         give_up = time.monotonic() + 300  # a short run: inject until the plan is done
         while not chaos.governance_done() and time.monotonic() < give_up:
             time.sleep(0.5)
@@ -278,6 +366,7 @@ def main() -> int:
         recovered = time.monotonic() - faults.last_fault_at
         elapsed = time.monotonic() - started
         violations = check(system, moves, states, holders, outsider, supply)
+        violations += batch_problems
         # The supply identity in every attestation produced under the faults.
         target = system.coordinator_target  # the leader now (several coordinators)
         asyncio.run(settled_position(target, DEMO_ISIN, time.time(), 120, identity=depository))
@@ -297,6 +386,7 @@ def main() -> int:
         )
         rows: list[tuple[str, Any]] = [
             ("transfers", len(moves)),
+            ("batches", len(plan_batches(moves, args.batch)) if args.batch else "off"),
             *((f"  {k.lower()}", v) for k, v in sorted(outcomes.items())),
             ("process kills", sum(faults.kills.values())),
             *((f"  {k}", v) for k, v in sorted(faults.kills.items())),

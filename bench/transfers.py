@@ -29,6 +29,14 @@ by every process while the load ran (``--cpu``, from ``/proc/<pid>/stat``; Fabri
 orderer and chaincode server included) and a conservation check: total supply over all
 ledgers equals what was issued, escrow is empty and every holder's balance matches the
 committed transfers. Every wait is bounded and everything is stopped on exit.
+
+Batch mode (issue 14; ``bench/transfers_batch.py``): ``--batch N`` submits through
+``SubmitTransfers`` in batches of N (offered rate still in transfers/s) and follows each
+batch with ``WatchBatch``; ``--scenario end-of-day`` submits every transfer at once in
+batches over the EVM<->EVM and EVM<->Fabric lanes and reports the time to settle all,
+sustained transfers/s, bridge CPU-ms per transfer by process, ledger transactions and gas
+per transfer (receipts), block gas use and what saturated first; ``--curve`` sweeps offered
+loads on one system up to saturation and prints throughput against offered load.
 """
 
 from __future__ import annotations
@@ -41,9 +49,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.processes import REPO_ROOT
@@ -51,6 +59,22 @@ from bridge.devnet.system import LocalSystem
 from bridge.rpc.tls import INSECURE_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
+from transfers_batch import (
+    BatchSpec,
+    batch_report_lines,
+    bridge_cpu_ms,
+    curve_lines,
+    curve_rates,
+    end_of_day_lanes,
+    gas_summary,
+    ledger_transactions,
+    plan_batches,
+    plan_end_of_day,
+    run_batch_load,
+    saturated_point,
+    saturation,
+    settle_stats,
+)
 from transfers_load import run_load, settle
 from transfers_metrics import (
     CpuSampler,
@@ -78,6 +102,7 @@ from transfers_setup import (
     _say,
     _scrape_forever,
     lanes_of,
+    ledger_layout,
     machine_note,
     make_system,
     mode_of,
@@ -129,21 +154,60 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                         "(development flag; only to measure what mTLS costs)")  # fmt: skip
     p.add_argument("--evm-node-auth", action=argparse.BooleanOptionalAction, default=True,
                    help="EVM nodes behind the authenticating TLS proxy (default on)")  # fmt: skip
+    # ---- batch mode (issue 14, batchfix)
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="submit through SubmitTransfers in batches of N per source ledger\n"
+        "(offered rate still in transfers/s); 0: SubmitTransfer each (default)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=("open-loop", "end-of-day"),
+        default="open-loop",
+        help="end-of-day: every transfer due at once, in batches (--batch, default\n"
+        "100) over EVM<->EVM and EVM<->Fabric lanes (ledgers anvil,anvil,fabric\n"
+        "unless --ledgers); reports time to settle all, gas, saturation",
+    )
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="sweep offered loads (--curve-from .. --curve-to, --curve-points points,\n"
+        "--transfers each) on one system; stop at saturation",
+    )
+    p.add_argument("--curve-from", type=float, default=2.0, help="lowest offered load /s (2)")
+    p.add_argument("--curve-to", type=float, default=32.0, help="highest offered load /s (32)")
+    p.add_argument("--curve-points", type=int, default=5, help="offered loads in the sweep (5)")
     a = p.parse_args(argv)
     if a.transfers < 1 or a.rate <= 0 or a.block_time <= 0 or a.timeout <= 0 or a.holders < 2:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
-    ledgers = tuple(k.strip() for k in a.ledgers.split(",") if k.strip()) or LEDGER_SETS[a.lanes]
+    if a.batch < 0 or a.batch > 2500:
+        p.error("--batch must be 0 (off) or 1 .. 2500 (the coordinator's largest max_batch_items)")
+    if a.scenario == "end-of-day" and a.curve:
+        p.error("--curve sweeps offered loads; the end-of-day scenario offers everything at once")
+    try:
+        curve = tuple(curve_rates(a.curve_from, a.curve_to, a.curve_points)) if a.curve else ()
+    except ValueError as exc:
+        p.error(f"--curve: {exc}")
+    batch = a.batch or (100 if a.scenario == "end-of-day" else 0)
+    preset = ("anvil", "anvil", "fabric") if a.scenario == "end-of-day" else LEDGER_SETS[a.lanes]
+    ledgers = tuple(k.strip() for k in a.ledgers.split(",") if k.strip()) or preset
     unknown = [k for k in ledgers if k not in BUILT_IN and k not in STARTERS]
     if unknown or len(ledgers) < 2:
         p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(STARTERS)}")
-    lanes = a.lanes if not a.ledgers else "custom"
+    lanes = a.lanes if not a.ledgers and a.scenario == "open-loop" else "custom"
+    if a.scenario == "end-of-day" and all(k == "fabric" for k in ledgers):
+        p.error("the end-of-day scenario needs an EVM ledger")
     if a.directions != "both" and len(ledgers) != 2:
         p.error("--directions applies to two ledgers only")
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, lanes,
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
-                   a.transport, a.evm_node_auth, a.observability, ledgers)  # fmt: skip
+                   a.transport, a.evm_node_auth, a.observability, ledgers,
+                   batch, a.scenario, curve)  # fmt: skip
 
 
 async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
@@ -161,6 +225,106 @@ async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Opti
     await settle(system, results, opts.settle)
     committed = sum(r.outcome == "committed" for r in results)
     return Measurement(results, sampler.table(committed) if sampler else None, rpc)
+
+
+# ---- batch mode (issue 14, batchfix)
+def batch_lanes(opts: Options) -> tuple[tuple[str, str], ...]:
+    """The lanes of the run: the end-of-day scenario's hub lanes, else ``lanes_of``."""
+    if opts.scenario != "end-of-day":
+        return lanes_of(opts)
+    layout = ledger_layout(opts.ledgers)
+    return end_of_day_lanes([n for n, _ in layout], [k for _, k in layout])
+
+
+def batch_specs(opts: Options, holders: Sequence[DevAccount], rate: float | None = None) -> list:
+    """The planned transfers: all due at once (end of day) or ``plan`` at ``rate``."""
+    if opts.scenario == "end-of-day":
+        addresses = [h.address for h in holders]
+        return plan_end_of_day(opts.transfers, batch_lanes(opts), addresses, addresses)
+    return plan(replace(opts, rate=rate or opts.rate), holders)
+
+
+async def run_point(
+    system: LocalSystem, holders: Sequence[DevAccount], opts: Options, specs: list, sampler: Any
+) -> tuple[list, dict[str, Any]]:
+    """One load: in batches (``--batch``) or one SubmitTransfer each; then settle."""
+    if opts.batch:
+        batches: list[BatchSpec] = plan_batches(specs, opts.batch)
+        results, stats = await run_batch_load(system, batches, opts, sampler)
+    else:
+        results, _ = await run_load(system, specs, opts, sampler)
+        stats = {"batches": 0}
+    await settle(system, results, opts.settle)
+    return results, stats
+
+
+async def measure_batch(
+    system: LocalSystem, holders: Sequence[DevAccount], opts: Options
+) -> tuple[Measurement, dict[str, Any]]:
+    """The batch load (or end-of-day scenario) with CPU sampling, then the ledgers'
+    transactions, gas and block use of the terminal transfers, and what saturated."""
+    sampler = CpuSampler(process_pids(system)) if opts.cpu else None
+    if sampler is not None and opts.baseline > 0:
+        _say(f"measuring the idle system's CPU for {opts.baseline:g} s ...")
+        await sampler.baseline(opts.baseline)
+    logs = anvil_logs(system)
+    offsets = {name: _log_size(path) for name, path in logs.items()}
+    specs = batch_specs(opts, holders)
+    what = "all at once" if opts.scenario == "end-of-day" else f"at {opts.rate:g}/s"
+    _say(f"offering {len(specs)} transfers {what} in batches of {opts.batch} ...")
+    results, stats = await run_point(system, holders, opts, specs, sampler)
+    rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
+    terminal = sum(1 for r in results if r.final_state)
+    cpu = sampler.table(terminal) if sampler else None
+    _say("reading the ledger transactions of every settled transfer ...")
+    receipts, counts, blocks = await ledger_transactions(system, results)
+    extra = {
+        "scenario": opts.scenario,
+        "batch_size": opts.batch,
+        "stats": stats,
+        "settle": settle_stats(results),
+        "bridge_cpu_ms": bridge_cpu_ms(cpu, terminal),
+        "transactions": counts,
+        "gas": gas_summary(receipts, terminal, stats["batches"]),
+        "blocks": blocks,
+        "saturation": saturation(cpu, blocks),
+    }
+    return Measurement(results, cpu, rpc), extra
+
+
+async def measure_curve(
+    system: LocalSystem, holders: Sequence[DevAccount], opts: Options
+) -> tuple[list, list[dict[str, Any]]]:
+    """``--transfers`` transfers at each offered load of the sweep, one after the other on
+    the same system; stops after the first saturated point. Returns every result (for the
+    conservation check) and one row per point."""
+    everything: list = []
+    points: list[dict[str, Any]] = []
+    for rate in opts.curve:
+        sampler = CpuSampler(process_pids(system)) if opts.cpu else None
+        specs = batch_specs(opts, holders, rate)
+        mode = f"batches of {opts.batch}" if opts.batch else "one SubmitTransfer each"
+        _say(f"curve: {len(specs)} transfers at {rate:g}/s ({mode}) ...")
+        results, _ = await run_point(system, holders, opts, specs, sampler)
+        everything += results
+        stats = settle_stats(results)
+        terminal = stats["settled"]
+        cpu = sampler.table(terminal) if sampler else None
+        sustained = stats["sustained_per_s"]
+        point = {
+            "offered_per_s": rate,
+            "accepted_per_s": stats["accepted_per_s"],
+            "sustained_per_s": sustained,
+            "latency_p50_s": stats.get("latency_from_due_s", {}).get("p50"),
+            "bridge_cpu_ms": bridge_cpu_ms(cpu, terminal).get("total"),
+            "host_busy_pct": cpu["host_busy_pct"] if cpu else float("nan"),
+            "saturated": sustained is None or saturated_point(rate, sustained),
+        }
+        points.append(point)
+        _say(curve_lines([point])[-1])
+        if point["saturated"]:
+            break
+    return everything, points
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -185,22 +349,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         scraping = threading.Event()
         if opts.observability != "off":
             threading.Thread(target=_scrape_forever, args=(system, scraping), daemon=True).start()
+        batch_out: dict[str, Any] | None = None
+        curve_out: list[dict[str, Any]] | None = None
         try:
-            m = asyncio.run(measure(system, holders, opts))
+            if opts.curve:
+                everything, curve_out = asyncio.run(measure_curve(system, holders, opts))
+                m = Measurement(everything, None, {})
+            elif opts.batch or opts.scenario == "end-of-day":
+                m, batch_out = asyncio.run(measure_batch(system, holders, opts))
+            else:
+                m = asyncio.run(measure(system, holders, opts))
         finally:
             scraping.set()
         m.intervals, m.commits = intervals, commits
         system.wait_processes_alive(timeout=1.0)
         cons = conservation(system, holders, m.results)
         summary = summarize(m.results, opts)
-        summary["lanes"] = summarize_lanes(m.results, lanes_of(opts), intervals, commits)
+        summary["lanes"] = summarize_lanes(m.results, batch_lanes(opts), intervals, commits)
         machine = machine_note()
         report(machine, opts, summary, m, cons)
+        for line in batch_report_lines(batch_out) if batch_out else ():
+            _say(line)
+        for line in curve_lines(curve_out) if curve_out else ():
+            _say(line)
         if opts.json_path is not None:
             payload = {"machine": machine, "config": asdict(opts), "mode": mode_of(opts),
                        "summary": summary,
                        "ledger_intervals": intervals, "ledger_commit_s": commits,
                        "cpu": m.cpu, "anvil_rpc": m.rpc, "conservation": cons,
+                       "batch": batch_out, "curve": curve_out,
                        "transfers": [asdict(r) for r in m.results]}  # fmt: skip
             write_json(opts.json_path, payload)
         return 0

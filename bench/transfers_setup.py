@@ -69,6 +69,10 @@ class Options:
     evm_node_auth: bool = True  # EVM nodes behind the authenticating TLS proxy
     observability: str = "off"  # off | metrics | full (metrics + tracing exported; ADR 0016)
     ledgers: tuple[str, ...] = ("anvil", "anvil")  # devnet kinds in order (--ledgers/--lanes)
+    # ---- batch mode (issue 14, batchfix; bench/transfers_batch.py)
+    batch: int = 0  # items per SubmitTransfers; 0: one SubmitTransfer per transfer
+    scenario: str = "open-loop"  # open-loop | end-of-day (every transfer due at once)
+    curve: tuple[float, ...] = ()  # offered loads (transfers/s) of the --curve sweep
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -176,6 +180,9 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         block_time=opts.block_time,
+        # ---- batch mode: a transfer may wait up to --timeout (end of day: the whole run)
+        # before its lock without expiring (the devnet's default deadline is 120 s).
+        transfer_ttl=max(120, int(opts.timeout)),
         evm_node_auth=opts.evm_node_auth,
         transport_security=opts.transport == "mtls",
         metrics=opts.observability != "off",

@@ -257,6 +257,10 @@ class CoordinatorConfig:
     """---- active/passive coordinators (ADR 0017); None: one coordinator per database."""
     max_batch_items: int = 1000
     """---- batch API (ADR 0023): most items one SubmitTransfers may carry."""
+    max_batch_watches: int = 4
+    """---- batchfix: most concurrent WatchBatch streams per caller (organisation, role)."""
+    max_running_batches: int = 8
+    """---- batchfix: most SubmitTransfers batches of one source ledger running at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,6 +586,8 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         ),
         ha=_ha(raw.get("ha"), database, listen, str(path)),
         max_batch_items=int(raw.get("max_batch_items", 1000)),
+        max_batch_watches=int(raw.get("max_batch_watches", 4)),
+        max_running_batches=int(raw.get("max_running_batches", 8)),
     )
 
 

@@ -39,6 +39,11 @@ __all__ = [
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
+MAX_BATCH_ITEMS_CEILING = 2500
+"""---- batchfix: the largest ``max_batch_items`` (a worst-case SubmitTransfers response of
+that many items fits gRPC's default 4 MiB message limit; a unit test measures it)."""
+
+
 class Table(BaseModel):
     """A TOML table: unknown keys refused, strict types, immutable; no ``inf``/``nan``
     (TOML has them, and ``inf`` seconds overflows at start or never polls)."""
@@ -334,10 +339,20 @@ class CoordinatorFile(Table):
     """OpenTelemetry tracing."""
     ha: HaTable | None = None
     """Active/passive coordinators on one PostgreSQL database (ADR 0017)."""
-    max_batch_items: int = Field(default=1000, gt=0, le=5000)
+    max_batch_items: int = Field(default=1000, gt=0, le=MAX_BATCH_ITEMS_CEILING)
     """Most items one ``SubmitTransfers`` batch may carry; more is refused as a whole
-    (INVALID_ARGUMENT; ADR 0023). At most 5,000: a batch and its response (about 310 and
-    370 bytes an item) stay well inside gRPC's default 4 MiB message limit."""
+    (INVALID_ARGUMENT; ADR 0023). At most 2,500: the response's worst case, about 1,500
+    bytes an item (a 128-character key twice, a 240-character reason, every transaction id),
+    stays inside gRPC's default 4 MiB message limit (review s18 F5: 5,000 did not)."""
+    max_batch_watches: int = Field(default=4, gt=0, le=64)
+    """Most ``WatchBatch`` streams one caller (organisation and role) may hold open at
+    once; one more is refused RESOURCE_EXHAUSTED (retryable). Each stream reads the store
+    in pages and holds a few dozen bytes per unfinished item."""
+    max_running_batches: int = Field(default=8, gt=0, le=64)
+    """Most ``SubmitTransfers`` batches of one source ledger the coordinator runs at once
+    (a batch keeps running when its caller gives up); one more is refused
+    RESOURCE_EXHAUSTED (retryable) before anything is reserved. Replays of a running batch
+    wait for it and do not count."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

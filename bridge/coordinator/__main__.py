@@ -195,7 +195,14 @@ async def run(config_path: Path) -> None:
     depository = DepositoryServicer(halts, list(relayers))
     batch_store = SqlBatchStore(db)  # ---- batch API (ADR 0023)
     transfers = TransferServicer(
-        cfg.network, coordinator, store, batch_store, max_batch_items=cfg.max_batch_items
+        cfg.network,
+        coordinator,
+        store,
+        batch_store,
+        max_batch_items=cfg.max_batch_items,
+        max_batch_watches=cfg.max_batch_watches,
+        max_running_batches=cfg.max_running_batches,
+        audit=audit,
     )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)

@@ -8,21 +8,39 @@ error that call would have failed with. A refused item records nothing and never
 another item. The batch itself (its request fingerprint and every item's outcome) is
 recorded before the response, so a retried batch returns the same per-item results and the
 same batch id with other items is a Conflict.
+
+Hardening (issue 14, batchfix): a batch id is reserved (a ``pending`` row owned by the call
+running it) before any item is submitted, so of two concurrent copies exactly one runs the
+items and a batch id taken with other items submits nothing; an item refused for a transient
+reason (``retryable``) is RETRYABLE, not a final result, and a replay of the batch
+re-evaluates those items only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
+import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from bridge.coordinator.db import Conn, Database, as_database
-from bridge.domain.errors import BridgeError, Conflict, InvalidInput, NotLeader, PermissionDenied
+from bridge.coordinator.records import TransferUpdate
+from bridge.domain.errors import (
+    BridgeError,
+    Conflict,
+    InvalidInput,
+    NotLeader,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from bridge.domain.transfer import TransferState
 
 
 class ItemOutcome(enum.IntEnum):
@@ -31,6 +49,10 @@ class ItemOutcome(enum.IntEnum):
     CREATED = 1
     EXISTING = 2
     REFUSED = 3
+    RETRYABLE = 4
+    """---- batchfix: nothing recorded, for a transient reason (the error's ``retryable``
+    metadata is true: a ledger or the store could not answer, a halt, a full flow limit);
+    a replay of the batch re-evaluates this item. REFUSED is final."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +66,16 @@ class ItemError:
     metadata: Mapping[str, str]
 
 
+def is_retryable(error: ItemError) -> bool:
+    """True when the error says the same request may succeed later unchanged (the
+    ``retryable`` metadata of ADR 0015, from ``bridge.rpc.errors.RETRYABLE_REASONS``)."""
+    return error.metadata.get("retryable") == "true"
+
+
 @dataclass(frozen=True, slots=True)
 class ItemResult:
     """One item's result. GUARANTEES: ``transfer_id`` is set exactly when the outcome is
-    not REFUSED, ``error`` exactly when it is."""
+    CREATED or EXISTING, ``error`` exactly when it is REFUSED or RETRYABLE."""
 
     index: int
     idempotency_key: str
@@ -58,13 +86,24 @@ class ItemResult:
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """A recorded batch: its id, scope, request fingerprint and every item's result."""
+    """A recorded batch: its id, scope, request fingerprint and every item's result.
+
+    ``pending``: a call is running (some of) its items now, or one that did died or lost
+    its lease before finishing (its ``owner``); the results are then the last finished
+    ones (none for a batch never finished)."""
 
     source_ledger: str
     batch_id: str
     fingerprint: bytes
     results: tuple[ItemResult, ...]
     created_at: float
+    pending: bool = False
+    owner: str = ""
+
+    @property
+    def to_retry(self) -> tuple[int, ...]:
+        """The indexes of the items a replay re-evaluates (outcome RETRYABLE)."""
+        return tuple(r.index for r in self.results if r.outcome is ItemOutcome.RETRYABLE)
 
 
 class SubmitItem(Protocol):
@@ -93,20 +132,24 @@ async def run_items(
     items: Sequence[Any],
     submit_one: SubmitOne,
     error_of: ErrorOf,
+    indexes: Collection[int] | None = None,
 ) -> tuple[ItemResult, ...]:
-    """Submit every item in order and return one result per item.
+    """Submit every item (or only those at ``indexes``) in order; one result per item run.
 
     GUARANTEES: a refusal (any BridgeError) is confined to its item; an item whose key
     occurs more than once in the batch is refused (INVALID_ARGUMENT) without being
     submitted, every occurrence of it (which one the client meant is not ours to guess);
     an item naming another source ledger than the batch's is refused PERMISSION_DENIED
-    without being submitted. NotLeader is not an item's refusal: it propagates and the
-    whole batch is answered NOT_LEADER (nothing of the batch is recorded; items already
-    submitted are found again by their keys when the client retries on the leader).
+    without being submitted. An error whose ``retryable`` metadata is true is RETRYABLE,
+    not REFUSED: nothing was decided about the item. NotLeader is not an item's refusal:
+    it propagates and the whole batch is answered NOT_LEADER (items already submitted are
+    found again by their keys when the client retries on the leader).
     """
     counts = Counter(str(item.idempotency_key) for item in items)
     results: list[ItemResult] = []
     for index, item in enumerate(items):
+        if indexes is not None and index not in indexes:
+            continue
         key = str(item.idempotency_key)
         try:
             if counts[key] > 1:
@@ -117,18 +160,28 @@ async def run_items(
             # an item may not move units held on another ledger.
             if item.source_ledger != source_ledger:
                 raise PermissionDenied(
-                    f"item source_ledger {item.source_ledger!r} is not the batch's"
+                    f"item source_ledger {str(item.source_ledger)[:64]!r} is not the batch's"
                     f" source_ledger {source_ledger!r}"
                 )
             tid, created = await submit_one(item)
         except NotLeader:
             raise
         except BridgeError as exc:
-            results.append(ItemResult(index, key, ItemOutcome.REFUSED, error=error_of(exc)))
+            error = error_of(exc)
+            outcome = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
+            results.append(ItemResult(index, key, outcome, error=error))
             continue
         outcome = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
         results.append(ItemResult(index, key, outcome, transfer_id=tid))
     return tuple(results)
+
+
+def merge_results(
+    previous: Sequence[ItemResult], fresh: Sequence[ItemResult]
+) -> tuple[ItemResult, ...]:
+    """``previous`` with the items re-evaluated in ``fresh`` replaced (by index)."""
+    by_index = {r.index: r for r in fresh}
+    return tuple(by_index.get(r.index, r) for r in previous)
 
 
 def same_batch(stored: BatchRecord, fp: bytes) -> BatchRecord:
@@ -173,21 +226,54 @@ def _results_from_json(text: str) -> tuple[ItemResult, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`BatchStore.claim` found. ``claimed``: this call now owns the batch (its
+    row is pending under the caller's owner token) and must run its items (all of them when
+    ``record`` is None or has no results, else ``record.to_retry``) and then ``finish``.
+    Not claimed: ``record`` is the stored batch, as it is (another request's fingerprint,
+    finished with nothing to retry, or pending under an owner that just took it)."""
+
+    record: BatchRecord | None
+    claimed: bool
+
+
 class BatchStore(Protocol):
     """Where batches are recorded (the coordinator's database)."""
 
-    async def create(self, batch: BatchRecord) -> tuple[BatchRecord, bool]:
-        """Record ``batch`` unless one with its (source ledger, batch id) exists; return
-        the recorded one and whether it was this. Durable when it returns."""
+    async def claim(
+        self, source_ledger: str, batch_id: str, fp: bytes, owner: str, now: float
+    ) -> Claim:
+        """Reserve the batch id for ``owner`` before any item is submitted (one
+        transaction): a new id is inserted pending; a stored batch with the same
+        fingerprint is taken over when it is pending (its owner died or lost its lease:
+        this process runs one call per batch, see BatchRunner) or has RETRYABLE items; a
+        stored batch with another fingerprint is returned untouched. Durable when it
+        returns."""
+        ...
+
+    async def finish(self, batch: BatchRecord, owner: str) -> tuple[BatchRecord, bool]:
+        """Record ``batch``'s results and end the reservation, only while ``owner`` still
+        holds it; return the stored batch and whether this call wrote it."""
         ...
 
     async def get(self, source_ledger: str, batch_id: str) -> BatchRecord | None:
         """The recorded batch, or None."""
         ...
 
+    async def updates(
+        self, cursors: Sequence[tuple[bytes, int]], limit: int
+    ) -> list[TransferUpdate]:
+        """History rows of the given transfers after each one's sequence, ordered by
+        (transfer id, sequence), at most ``limit`` rows (one page of a WatchBatch)."""
+        ...
+
+
+_COLUMNS = "fingerprint, results, created_at, pending, owner"
+
 
 class SqlBatchStore:
-    """BatchStore on the coordinator's database (SQLite or PostgreSQL; schema version 5)."""
+    """BatchStore on the coordinator's database (SQLite or PostgreSQL; schema version 7)."""
 
     def __init__(self, db: Database) -> None:
         self._db = as_database(db)
@@ -196,42 +282,189 @@ class SqlBatchStore:
         """Release the database (closed with its last store)."""
         self._db.close()
 
-    async def create(self, batch: BatchRecord) -> tuple[BatchRecord, bool]:
-        """See BatchStore.create (one transaction: insert-or-keep, then read back)."""
+    async def claim(
+        self, source_ledger: str, batch_id: str, fp: bytes, owner: str, now: float
+    ) -> Claim:
+        """See BatchStore.claim."""
+
+        def run(db: Conn) -> Claim:
+            stored = _get(db, source_ledger, batch_id, lock=True)
+            if stored is None:
+                cur = db.execute(
+                    "INSERT INTO transfer_batches (source_ledger, batch_id, fingerprint,"
+                    " results, created_at, pending, owner) VALUES (?,?,?,'[]',?,1,?)"
+                    " ON CONFLICT DO NOTHING",
+                    (source_ledger, batch_id, fp, now, owner),
+                )
+                if cur.rowcount == 1:
+                    return Claim(None, True)
+                # PostgreSQL: another transaction inserted it meanwhile (committed now).
+                return Claim(_get(db, source_ledger, batch_id), False)
+            if stored.fingerprint != fp or not (stored.pending or stored.to_retry):
+                return Claim(stored, False)
+            # SECURITY: compare-and-set on the owner we read: of two takers, one wins.
+            cur = db.execute(
+                "UPDATE transfer_batches SET pending = 1, owner = ? WHERE source_ledger = ?"
+                " AND batch_id = ? AND owner = ? AND pending = ?",
+                (owner, source_ledger, batch_id, stored.owner, int(stored.pending)),
+            )
+            if cur.rowcount == 1:
+                return Claim(stored, True)
+            return Claim(_get(db, source_ledger, batch_id), False)
+
+        return await self._db.write(run)
+
+    async def finish(self, batch: BatchRecord, owner: str) -> tuple[BatchRecord, bool]:
+        """See BatchStore.finish."""
 
         def run(db: Conn) -> tuple[BatchRecord | None, bool]:
             cur = db.execute(
-                "INSERT INTO transfer_batches (source_ledger, batch_id, fingerprint, results,"
-                " created_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (
-                    batch.source_ledger,
-                    batch.batch_id,
-                    batch.fingerprint,
-                    _results_json(batch.results),
-                    batch.created_at,
-                ),
+                "UPDATE transfer_batches SET results = ?, pending = 0, owner = ''"
+                " WHERE source_ledger = ? AND batch_id = ? AND owner = ? AND pending = 1",
+                (_results_json(batch.results), batch.source_ledger, batch.batch_id, owner),
             )
             return _get(db, batch.source_ledger, batch.batch_id), cur.rowcount == 1
 
-        stored, created = await self._db.write(run)
-        if stored is None:  # inserted or already there, read in the same transaction
+        stored, written = await self._db.write(run)
+        if stored is None:  # reserved before the items ran, read in the same transaction
             raise RuntimeError(f"batch {batch.batch_id!r} vanished while it was recorded")
-        return stored, created
+        return stored, written
 
     async def get(self, source_ledger: str, batch_id: str) -> BatchRecord | None:
         """See BatchStore.get."""
         return await self._db.read(lambda db: _get(db, source_ledger, batch_id))
 
+    async def updates(
+        self, cursors: Sequence[tuple[bytes, int]], limit: int
+    ) -> list[TransferUpdate]:
+        """See BatchStore.updates (one statement; ``cursors`` is one page, a few hundred)."""
+        if not cursors:
+            return []
+        # Only a constant placeholder clause per transfer is formatted in, never a value.
+        where = " OR ".join("(transfer_id = ? AND sequence > ?)" for _ in cursors)
+        sql = f"SELECT transfer_id, sequence, state, detail, at FROM transfer_updates WHERE {where}"  # noqa: S608
+        args: list[object] = [v for pair in cursors for v in pair]
 
-def _get(db: Conn, source_ledger: str, batch_id: str) -> BatchRecord | None:
+        def run(db: Conn) -> list[TransferUpdate]:
+            rows = db.execute(
+                sql + " ORDER BY transfer_id, sequence LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [
+                TransferUpdate(bytes(t), int(s), TransferState(int(st)), str(d), float(at))
+                for (t, s, st, d, at) in rows
+            ]
+
+        return await self._db.read(run)
+
+
+def _get(db: Conn, source_ledger: str, batch_id: str, lock: bool = False) -> BatchRecord | None:
+    # Only constant column names and the dialect's FOR UPDATE are formatted in.
+    sql = f"SELECT {_COLUMNS} FROM transfer_batches WHERE source_ledger = ? AND batch_id = ?"  # noqa: S608
     row = db.execute(
-        "SELECT fingerprint, results, created_at FROM transfer_batches"
-        " WHERE source_ledger = ? AND batch_id = ?",
+        sql + (db.for_update if lock else ""),
         (source_ledger, batch_id),
     ).fetchone()
     if row is None:
         return None
-    fp, results, created_at = row
+    fp, results, created_at, pending, owner = row
     return BatchRecord(
-        source_ledger, batch_id, bytes(fp), _results_from_json(str(results)), float(created_at)
+        source_ledger,
+        batch_id,
+        bytes(fp),
+        _results_from_json(str(results)),
+        float(created_at),
+        pending=bool(pending),
+        owner=str(owner),
     )
+
+
+# ---- one call per batch at a time (batchfix)
+
+RunItems = Callable[[Collection[int] | None], Awaitable[tuple[ItemResult, ...]]]
+"""Runs the batch's items (None: all; else those indexes) and returns their results."""
+
+CLAIM_ATTEMPTS = 5
+"""How often a call re-reads a batch another coordinator call holds before answering
+UNAVAILABLE (retryable)."""
+
+
+class BatchRunner:
+    """Runs SubmitTransfers batches so that each batch id is run by one call at a time.
+
+    GUARANTEES: in this process at most one task runs a given (source ledger, batch id);
+    concurrent calls for it wait for that task and answer from the stored batch (same
+    request: its results; other request: ALREADY_EXISTS), so the items run once. Across
+    processes the database reservation (``BatchStore.claim``, compare-and-set on the
+    owner) decides; only the lease holder serves the API and writes are fenced (ADR 0017).
+    The task is not cancelled with the call that started it (a client giving up does not
+    leave a half-run batch behind); if it fails (NOT_LEADER, database) the reservation
+    stays pending and the next call takes it over. Items that were RETRYABLE are run again
+    by a replay, the others never. At most ``max_running`` batches of one source ledger run
+    at once (a call that would start one more is RESOURCE_EXHAUSTED before anything is
+    reserved): since a batch outlives its call, a client cancelling its calls cannot pile
+    up work the coordinator keeps doing.
+    """
+
+    def __init__(self, store: BatchStore, retry_after: float = 0.2, max_running: int = 8) -> None:
+        self._store = store
+        self._retry_after = retry_after
+        self._max_running = max_running
+        self._running: dict[tuple[str, str], asyncio.Task[tuple[BatchRecord, bool]]] = {}
+
+    @property
+    def store(self) -> BatchStore:
+        """The batch store."""
+        return self._store
+
+    async def submit(
+        self, source_ledger: str, batch_id: str, fp: bytes, run: RunItems, now: float
+    ) -> tuple[BatchRecord, bool]:
+        """The batch's recorded results after running whatever of it is to run; True when
+        this call's own task recorded it first. Conflict for another request's batch id."""
+        key = (source_ledger, batch_id)
+        for _ in range(CLAIM_ATTEMPTS):
+            task = self._running.get(key)
+            mine = task is None
+            if task is None:
+                # SECURITY: bound the work one source ledger (one brokerage) has running.
+                running = sum(1 for ledger, _ in self._running if ledger == source_ledger)
+                if running >= self._max_running:
+                    raise ResourceExhausted(
+                        f"{running} batches from {source_ledger} are running"
+                        " (max_running_batches); retry when one has answered"
+                    )
+                task = asyncio.create_task(self._attempt(key, fp, run, now))
+                self._running[key] = task
+                task.add_done_callback(lambda t: self._forget(key, t))
+            record, created = await asyncio.shield(task)
+            same_batch(record, fp)  # SECURITY: another request's id: Conflict, nothing run
+            if not record.pending:
+                return record, created and mine
+            await asyncio.sleep(self._retry_after)
+        raise Unavailable(f"batch {batch_id!r} is being submitted by another call; retry")
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: its callers got it
+
+    async def _attempt(
+        self, key: tuple[str, str], fp: bytes, run: RunItems, now: float
+    ) -> tuple[BatchRecord, bool]:
+        source_ledger, batch_id = key
+        owner = uuid.uuid4().hex
+        claim = await self._store.claim(source_ledger, batch_id, fp, owner, now)
+        if not claim.claimed:
+            if claim.record is None:
+                raise RuntimeError(f"batch {batch_id!r} vanished while it was claimed")
+            return claim.record, False
+        previous = claim.record
+        first = previous is None or not previous.results
+        if previous is None or first:
+            results = await run(None)
+        else:
+            results = merge_results(previous.results, await run(set(previous.to_retry)))
+        batch = BatchRecord(source_ledger, batch_id, fp, results, now)
+        recorded, written = await self._store.finish(batch, owner)
+        return recorded, written and first

@@ -257,9 +257,21 @@ class Database:
         return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
 
     def _typed(self, run: Callable[[Callable[[Conn], T]], T], fn: Callable[[Conn], T]) -> T:
-        """``run(fn)``, a lost PostgreSQL connection raised as DatabaseUnavailable."""
+        """``run(fn)``, a lost PostgreSQL connection or a SQLite file busy beyond its
+        ``busy_timeout`` raised as DatabaseUnavailable (nothing applied either way)."""
         if self.dialect is not Dialect.POSTGRES:
-            return run(fn)
+            try:
+                return run(fn)
+            except sqlite3.OperationalError as exc:
+                # ---- batchfix: another process holding the file's write lock longer than
+                # busy_timeout is transient, like a lost PostgreSQL connection: UNAVAILABLE
+                # (retryable; a batch item says RETRYABLE), not an internal error.
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                if self._raw.in_transaction:
+                    self._raw.execute("ROLLBACK")
+                raise DatabaseUnavailable(f"database {self.label} busy: {exc}"[:400]) from exc
         import psycopg
 
         try:

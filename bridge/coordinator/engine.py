@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.admission import Admission
@@ -223,6 +223,22 @@ class Coordinator:
             waiting = watchers.get(tid)
             if waiting is not None:
                 waiting.discard(changed)
+                if not waiting:
+                    del watchers[tid]
+
+    # ---- batch API (batchfix): one wake-up event for many transfers (WatchBatch)
+    def subscribe(self, tids: Iterable[bytes], event: asyncio.Event) -> None:
+        """Set ``event`` whenever one of ``tids`` changes state (until unsubscribed)."""
+        for tid in tids:
+            self._ctx.watchers.setdefault(tid, set()).add(event)
+
+    def unsubscribe(self, tids: Iterable[bytes], event: asyncio.Event) -> None:
+        """Stop setting ``event`` for ``tids`` (a no-op for those it was not set for)."""
+        watchers = self._ctx.watchers
+        for tid in tids:
+            waiting = watchers.get(tid)
+            if waiting is not None:
+                waiting.discard(event)
                 if not waiting:
                     del watchers[tid]
 

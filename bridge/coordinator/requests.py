@@ -104,6 +104,11 @@ def validate_request(
     )
 
 
+def is_valid_key(key: str) -> bool:
+    """True when ``key`` has the idempotency-key format (1-128 printable ASCII, no space)."""
+    return _KEY_RE.fullmatch(key) is not None
+
+
 def validate_batch_id(batch_id: str) -> None:
     """Raise InvalidInput unless ``batch_id`` has the idempotency-key format (ADR 0023)."""
     if not _KEY_RE.fullmatch(batch_id):

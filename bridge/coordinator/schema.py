@@ -239,6 +239,15 @@ ALTER TABLE coordinator_lease ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 ALTER TABLE coordinator_members ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 """
 
+# ---- version 7: the batch API's hardening (issue 14, batchfix): a batch id is reserved
+# (``pending`` 1, ``owner`` the call running it) before any item is submitted, so two
+# concurrent copies of one batch never both run its items and a batch id already taken
+# with other items submits nothing; ``pending`` goes back to 0 with the results.
+_V7 = """
+ALTER TABLE transfer_batches ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transfer_batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -335,6 +344,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "active/passive coordinators: addresses and heartbeats", _V4),
     Migration(5, "batch API: batches and their per-item results", _V5),
     Migration(6, "coordinator lease holder: one process (name and instance id)", _V6),
+    Migration(7, "batch API: a batch id is reserved before its items run", _V7),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -12,28 +14,50 @@ from google.rpc import error_details_pb2
 from bridge.config import NetworkConfig
 from bridge.coordinator.batches import (
     BatchRecord,
+    BatchRunner,
     BatchStore,
     ItemError,
     ItemResult,
     fingerprint,
     run_items,
-    same_batch,
 )
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
-from bridge.coordinator.requests import validate_batch_id, validate_submit
+from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
 from bridge.coordinator.store import TransferStore
-from bridge.domain.errors import BridgeError, InvalidInput, NotFound, Unavailable
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from bridge.domain.transfer import TransferState
+from bridge.rpc.audit import AuditLog, AuditRecord
+from bridge.rpc.audit import now as audit_now
 from bridge.rpc.authz import current_principal
 from bridge.rpc.convert import event_from_pb, instruction_from_pb
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors, status_details, status_for
-from bridge.rpc.roles import BROKERAGE
+from bridge.rpc.roles import BROKERAGE, Principal
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
 MAX_PAGE = 500
 DEFAULT_MAX_BATCH_ITEMS = 1000
 """Items per SubmitTransfers unless the coordinator's ``max_batch_items`` says otherwise."""
+DEFAULT_MAX_BATCH_WATCHES = 4
+"""Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
+DEFAULT_MAX_RUNNING_BATCHES = 8
+"""Batches of one source ledger running at once unless ``max_running_batches`` says so."""
+SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
+"""The audit log's method of a batch item's own authorisation decision (with its index)."""
+ITEM_MESSAGE_MAX = 512
+"""Longest item error message recorded and answered (metadata values are capped alike)."""
+WATCH_PAGE_ITEMS = 100
+"""Items whose history one WatchBatch store read covers (one page)."""
+WATCH_PAGE_ROWS = 500
+"""Most history rows one WatchBatch store read returns."""
+WATCH_IDLE_S = 5.0
+"""Longest a WatchBatch waits for a state-change notification before reading again."""
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -87,12 +111,21 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         store: TransferStore,
         batches: BatchStore | None = None,
         max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
+        max_batch_watches: int = DEFAULT_MAX_BATCH_WATCHES,
+        max_running_batches: int = DEFAULT_MAX_RUNNING_BATCHES,
+        audit: AuditLog | None = None,
     ):
         self._network = network
         self._coordinator = coordinator
         self._store = store
-        self._batches = batches  # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
+        # ---- batch API (ADR 0023); None: SubmitTransfers UNAVAILABLE
+        self._batches = (
+            BatchRunner(batches, max_running=max_running_batches) if batches is not None else None
+        )
         self._max_batch_items = max_batch_items
+        self._max_batch_watches = max_batch_watches
+        self._watches: dict[tuple[str, str], int] = {}  # open WatchBatch streams per caller
+        self._audit = audit  # ---- batchfix (review s18 F10): per-item denials audited
 
     @grpc_errors
     async def SubmitTransfer(
@@ -153,7 +186,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 yield await self._update_to_pb(update)
 
     # ---- batch API (ADR 0023)
-    def _batch_store(self) -> BatchStore:
+    def _batch_runner(self) -> BatchRunner:
         if self._batches is None:
             raise Unavailable("this coordinator does not serve the batch API")
         return self._batches
@@ -165,8 +198,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         """Submit every item as SubmitTransfer would, each with its own result, and record
         the batch before answering. A malformed batch (id, ledger, 0 or more than
         ``max_batch_items`` items) is refused as a whole, nothing submitted; a recorded
-        batch id answers its recorded results (same request) or ALREADY_EXISTS (other)."""
-        batches = self._batch_store()
+        batch id answers its recorded results (same request; RETRYABLE items re-evaluated)
+        or ALREADY_EXISTS (other request, nothing submitted). Concurrent copies of one
+        batch run its items once (BatchRunner)."""
+        runner = self._batch_runner()
         validate_batch_id(request.batch_id)
         if request.source_ledger not in self._network.ledgers:
             raise NotFound(f"source_ledger {request.source_ledger!r} is not a connected ledger")
@@ -177,99 +212,196 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             raise InvalidInput(
                 f"a batch may have at most {self._max_batch_items} items, this one has {count}"
             )
+        # SECURITY (review s18 F4): every item's key is checked before anything is stored,
+        # so a batch record holds only well-formed keys (1-128 printable ASCII), whatever
+        # the item's fate; a malformed key refuses the whole batch, nothing submitted.
+        for index, item in enumerate(request.items):
+            if not is_valid_key(item.idempotency_key):
+                raise InvalidInput(
+                    f"items[{index}].idempotency_key must be 1-128 printable ASCII characters;"
+                    " nothing of the batch was submitted"
+                )
         fp = fingerprint(request.SerializeToString(deterministic=True))
-        # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
-        # caller's own: a brokerage can neither read nor block another's batch.
-        stored = await batches.get(request.source_ledger, request.batch_id)
-        if stored is not None:
-            return await self._batch_to_pb(same_batch(stored, fp), created=False)
 
         async def submit_one(item: transfer_pb2.SubmitTransferRequest) -> tuple[bytes, bool]:
             req = validate_submit(self._network, item)
             record, created = await self._coordinator.submit(req, instruction_from_pb(item))
             return record.transfer_id, created
 
-        results = await run_items(request.source_ledger, request.items, submit_one, _item_error)
-        batch = BatchRecord(request.source_ledger, request.batch_id, fp, results, time.time())
-        recorded, created = await batches.create(batch)
-        return await self._batch_to_pb(same_batch(recorded, fp), created=created)
+        caller = current_principal()
+        peer = context.peer() or ""
+
+        async def run(indexes: Collection[int] | None) -> tuple[ItemResult, ...]:
+            results = await run_items(
+                request.source_ledger, request.items, submit_one, _item_error, indexes
+            )
+            self._audit_denied_items(caller, peer, request.batch_id, results)
+            return results
+
+        # SECURITY: batch ids are scoped per source ledger, which rules.py holds to the
+        # caller's own: a brokerage can neither read nor block another's batch. The id is
+        # reserved before any item runs: another request under a taken id submits nothing.
+        recorded, created = await runner.submit(
+            request.source_ledger, request.batch_id, fp, run, time.time()
+        )
+        return await self._batch_to_pb(recorded, created=created)
+
+    def _audit_denied_items(
+        self, caller: Principal, peer: str, batch_id: str, results: Sequence[ItemResult]
+    ) -> None:
+        """SECURITY (review s18 F10): an item refused PERMISSION_DENIED (it names another
+        brokerage's ledger) is an authorisation decision like a refused call: one denied
+        audit record per item (who, batch id, index), in the same log as the call's."""
+        if self._audit is None:
+            return
+        for r in results:
+            if r.error is None or r.error.code != "PERMISSION_DENIED":
+                continue
+            self._audit.record(
+                AuditRecord(
+                    at=audit_now(),
+                    org=caller.org,
+                    role=caller.role_text,
+                    cn=caller.common_name,
+                    fingerprint=caller.fingerprint,
+                    peer=peer,
+                    method=f"{SUBMIT_TRANSFERS_ITEM}[{r.index}]",
+                    transfer_id="",
+                    allowed=False,
+                    reason=f"batch {batch_id!r} item {r.index}: {r.error.message}",
+                )
+            )
 
     async def _batch_to_pb(
         self, batch: BatchRecord, *, created: bool
     ) -> transfer_pb2.SubmitTransfersResponse:
         out = transfer_pb2.SubmitTransfersResponse(batch_id=batch.batch_id, created=created)
+        # Review s18 F4: the items' transfers in one store read per page, not one per item
+        # (a replayed batch of thousands must not queue thousands of reads on the store).
+        tids = [r.transfer_id for r in batch.results if r.transfer_id is not None]
+        records = await self._store.get_many(tids)
         for r in batch.results:
-            out.results.append(await self._result_to_pb(r))
+            message = transfer_pb2.BatchItemResult(
+                index=r.index,
+                idempotency_key=r.idempotency_key,
+                outcome=int(r.outcome),  # type: ignore[arg-type]
+            )
+            if r.transfer_id is not None:
+                record = records.get(r.transfer_id)
+                if record is None:
+                    raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
+                message.transfer.CopyFrom(transfer_to_pb(record))
+            if r.error is not None:
+                message.error.CopyFrom(_item_error_to_pb(r.error))
+            out.results.append(message)
         return out
-
-    async def _result_to_pb(self, r: ItemResult) -> transfer_pb2.BatchItemResult:
-        message = transfer_pb2.BatchItemResult(
-            index=r.index,
-            idempotency_key=r.idempotency_key,
-            outcome=int(r.outcome),  # type: ignore[arg-type]
-        )
-        if r.transfer_id is not None:
-            message.transfer.CopyFrom(transfer_to_pb(await self._coordinator.get(r.transfer_id)))
-        if r.error is not None:
-            message.error.CopyFrom(_item_error_to_pb(r.error))
-        return message
 
     @grpc_stream_errors
     async def WatchBatch(
         self, request: transfer_pb2.WatchBatchRequest, context: Context
     ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
-        """Stream every item of a recorded batch: a refused item once (while its
-        ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
-        until terminal (as WatchTransfer); ends when every item has ended."""
-        batch = await self._batch_store().get(request.source_ledger, request.batch_id)
+        """Stream every item of a recorded batch: a refused or retryable item once (while
+        its ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
+        until terminal (as WatchTransfer); ends when every item has ended.
+
+        GUARANTEES (batchfix): one item update per message; the store is read in pages
+        (``WATCH_PAGE_ITEMS`` transfers, at most ``WATCH_PAGE_ROWS`` rows, by sequence)
+        only when the client has taken the previous page, so a slow reader holds no queue;
+        the stream keeps one small cursor per unfinished item, not the batch; a caller
+        holding ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
+        caller = current_principal()
+        who = (caller.org, caller.role)
+        # SECURITY: bound what one caller (organisation and role, whatever its number of
+        # certificates) holds open: every stream costs a task and periodic store reads.
+        if self._watches.get(who, 0) >= self._max_batch_watches:
+            raise ResourceExhausted(
+                f"{caller.org} already holds {self._max_batch_watches} WatchBatch streams"
+                " (max_batch_watches); retry when one has ended"
+            )
+        self._watches[who] = self._watches.get(who, 0) + 1
+        try:
+            async for message in self._watch_batch(request):
+                yield message
+        finally:
+            left = self._watches[who] - 1
+            if left:
+                self._watches[who] = left
+            else:
+                del self._watches[who]
+
+    async def _watch_batch(
+        self, request: transfer_pb2.WatchBatchRequest
+    ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
+        runner = self._batch_runner()
+        batch = await runner.store.get(request.source_ledger, request.batch_id)
         if batch is None:
             raise NotFound(f"no batch {request.batch_id!r} from ledger {request.source_ledger!r}")
+        if not batch.results:
+            raise Unavailable(
+                f"batch {request.batch_id!r} is being submitted; watch it once"
+                " SubmitTransfers has answered (or replay the batch)"
+            )
         after = list(request.after_sequence)
         if len(after) > len(batch.results):
             raise InvalidInput(
                 f"after_sequence has {len(after)} entries; the batch has {len(batch.results)}"
             )
         after += [0] * (len(batch.results) - len(after))
+        # Per unfinished transfer: [index, key, read cursor, last sequence sent].
+        cursors: dict[bytes, list[Any]] = {}
+        refused: list[transfer_pb2.WatchBatchResponse] = []
         for r in batch.results:
             if r.error is not None and after[r.index] == 0:
-                yield transfer_pb2.WatchBatchResponse(
-                    index=r.index,
-                    idempotency_key=r.idempotency_key,
-                    error=_item_error_to_pb(r.error),
+                refused.append(
+                    transfer_pb2.WatchBatchResponse(
+                        index=r.index,
+                        idempotency_key=r.idempotency_key,
+                        error=_item_error_to_pb(r.error),
+                    )
                 )
-        queue: asyncio.Queue[tuple[ItemResult, TransferUpdate] | None] = asyncio.Queue()
-
-        async def follow(r: ItemResult, tid: bytes) -> None:
-            try:
-                async for update in self._coordinator.watch(tid):
-                    if update.sequence > after[r.index]:
-                        await queue.put((r, update))
-            finally:
-                await queue.put(None)
-
-        tasks = [
-            asyncio.create_task(follow(r, r.transfer_id))
-            for r in batch.results
-            if r.transfer_id is not None
-        ]
+            if r.transfer_id is not None:
+                cursors[r.transfer_id] = [r.index, r.idempotency_key, 0, after[r.index]]
+        del batch, after  # SECURITY: the stream keeps the cursors only, not the batch
+        for message in refused:
+            yield message
+        del refused
+        changed = asyncio.Event()
+        self._coordinator.subscribe(list(cursors), changed)
         try:
-            pending = len(tasks)
-            while pending:
-                entry = await queue.get()
-                if entry is None:
-                    pending -= 1
-                    continue
-                r, update = entry
-                yield transfer_pb2.WatchBatchResponse(
-                    index=r.index,
-                    idempotency_key=r.idempotency_key,
-                    update=await self._update_to_pb(update),
-                )
-            for task in tasks:
-                task.result()  # a watch that failed fails the stream (no silent gap)
+            while cursors:
+                changed.clear()
+                progressed = False
+                order = list(cursors)
+                for start in range(0, len(order), WATCH_PAGE_ITEMS):
+                    page = [t for t in order[start : start + WATCH_PAGE_ITEMS] if t in cursors]
+                    rows = await self._batches_store().updates(
+                        [(t, cursors[t][2]) for t in page], WATCH_PAGE_ROWS
+                    )
+                    for update in rows:
+                        entry = cursors.get(update.transfer_id)
+                        if entry is None or update.sequence <= entry[2]:
+                            continue
+                        entry[2] = update.sequence
+                        progressed = True
+                        if update.sequence > entry[3]:
+                            entry[3] = update.sequence
+                            yield transfer_pb2.WatchBatchResponse(
+                                index=entry[0],
+                                idempotency_key=entry[1],
+                                update=await self._update_to_pb(update),
+                            )
+                        if update.state.terminal:
+                            del cursors[update.transfer_id]
+                            self._coordinator.unsubscribe([update.transfer_id], changed)
+                if not progressed:
+                    # The timeout only bounds the wait should a notification be missed.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), timeout=WATCH_IDLE_S)
         finally:
-            for task in tasks:
-                task.cancel()
+            self._coordinator.unsubscribe(list(cursors), changed)
+
+    def _batches_store(self) -> BatchStore:
+        return self._batch_runner().store
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         record = await self._coordinator.get(u.transfer_id)
@@ -292,7 +424,8 @@ def _item_error(exc: BridgeError) -> ItemError:
     return ItemError(
         code=status_for(exc).name,
         reason=info.reason,
-        message=status.message,
+        # Review s18 F4: what a batch row keeps of a message is bounded.
+        message=status.message[:ITEM_MESSAGE_MAX],
         metadata=dict(info.metadata),
     )
 

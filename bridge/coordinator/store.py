@@ -42,6 +42,10 @@ class TransferStore(Protocol):
         """The transfer, or None."""
         ...
 
+    async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
+        """---- batchfix: the recorded transfers among ``transfer_ids``, by id (paged reads)."""
+        ...
+
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """The transfer from ``source_ledger`` created with this idempotency key, or None.
 
@@ -335,6 +339,22 @@ class SqlTransferStore:
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""
         return await self._db.read(lambda db: _get(db, transfer_id))
+
+    # ---- batch API (batchfix): many records in one read per page (a batch's answer)
+    async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
+        """The recorded transfers among ``transfer_ids``, by id: one read (one worker-thread
+        call, one snapshot on PostgreSQL) per page of 500 ids, not one per transfer."""
+        out: dict[bytes, TransferRecord] = {}
+        for start in range(0, len(transfer_ids), 500):
+            page = list(dict.fromkeys(transfer_ids[start : start + 500]))
+            marks = ",".join("?" for _ in page)
+            sql = f"SELECT {_COLS} FROM transfers WHERE transfer_id IN ({marks})"  # noqa: S608
+
+            def run(db: Conn, sql: str = sql, page: list[bytes] = page) -> list[TransferRecord]:
+                return _records(db, db.execute(sql, page).fetchall())
+
+            out.update((r.transfer_id, r) for r in await self._db.read(run))
+        return out
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """See TransferStore.get_by_key."""

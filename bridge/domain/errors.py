@@ -43,6 +43,8 @@ class BridgeReason(enum.StrEnum):
     """A standby coordinator (or a deposed leader): call the leader (ErrorInfo ``leader``)."""
     UNKNOWN = "UNKNOWN"
     """A peer reported a reason outside both closed sets, or garbled details."""
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    """---- batchfix: a per-caller bound is reached (e.g. concurrent WatchBatch streams)."""
 
 
 class BridgeError(Exception):
@@ -106,6 +108,13 @@ class Unavailable(BridgeError):
     """A dependency (ledger, relayer, verifier) cannot be reached right now (UNAVAILABLE)."""
 
     kind = BridgeReason.UNAVAILABLE
+
+
+class ResourceExhausted(BridgeError):
+    """---- batchfix: the caller holds as much of a bounded resource as it may (e.g. its
+    concurrent WatchBatch streams); retry when one is released (RESOURCE_EXHAUSTED)."""
+
+    kind = BridgeReason.RESOURCE_EXHAUSTED
 
 
 class NotLeader(Unavailable):

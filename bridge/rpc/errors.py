@@ -37,6 +37,7 @@ from bridge.domain.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    ResourceExhausted,
     Unavailable,
 )
 from bridge.logfields import ERROR, get_logger
@@ -54,6 +55,7 @@ STATUS_OF: tuple[tuple[type[BridgeError], grpc.StatusCode], ...] = (
     (InvalidCertificate, grpc.StatusCode.PERMISSION_DENIED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),  # ---- batchfix
 )
 
 
@@ -91,6 +93,7 @@ RETRYABLE_REASONS: frozenset[ErrorReason | BridgeReason] = frozenset(
         BridgeReason.INTERNAL,
         BridgeReason.NOT_LEADER,
         BridgeReason.UNKNOWN,
+        BridgeReason.RESOURCE_EXHAUSTED,  # ---- batchfix: once the caller released one
     }
 )
 """Reasons after which the same request may succeed later unchanged (``retryable=true``)."""

@@ -14,6 +14,16 @@ from grpc_reflection.v1alpha import reflection
 
 Registrar = Callable[[grpc.aio.Server], None]
 
+# ---- batchfix: our clients ping every 20 s on a quiet connection
+# (``bridge.rpc.channels.INTERNAL_OPTIONS``). With gRPC's server default (one ping at most
+# every 5 minutes without data, then GOAWAY "too_many_pings" after 2 strikes) a call that
+# sends nothing for about a minute (a large SubmitTransfers, a quiet WatchBatch or
+# WatchTransfer) was cut UNAVAILABLE. Allow a ping every 10 s (half the clients' interval).
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
 
 @dataclass(frozen=True)
 class ServerSecurity:
@@ -43,7 +53,7 @@ class BridgeServer:
         self._listen = listen
         self._names = list(service_names)
         self.server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)],
+            options=SERVER_OPTIONS,
             interceptors=[*observers, *([security.interceptor] if security else []), *gates]
             or None,
         )

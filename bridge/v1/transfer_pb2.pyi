@@ -117,7 +117,14 @@ class _BatchItemOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Batc
     BATCH_ITEM_OUTCOME_EXISTING: _BatchItemOutcome.ValueType  # 2
     """The item's idempotency key matched a transfer recorded earlier (same terms)."""
     BATCH_ITEM_OUTCOME_REFUSED: _BatchItemOutcome.ValueType  # 3
-    """Nothing was recorded for this item; see BatchItemResult.error."""
+    """Nothing was recorded for this item; see BatchItemResult.error. Final: a replay of the
+    batch answers the same.
+    """
+    BATCH_ITEM_OUTCOME_RETRYABLE: _BatchItemOutcome.ValueType  # 4
+    """Nothing was recorded for this item, for a transient reason (error.metadata retryable
+    "true": a ledger or the store could not answer, a halt, a full flow limit). Replaying
+    the same batch (same batch_id and items) re-evaluates these items, and only these.
+    """
 
 class BatchItemOutcome(_BatchItemOutcome, metaclass=_BatchItemOutcomeEnumTypeWrapper):
     """What happened to one item of a batch."""
@@ -128,7 +135,14 @@ BATCH_ITEM_OUTCOME_CREATED: BatchItemOutcome.ValueType  # 1
 BATCH_ITEM_OUTCOME_EXISTING: BatchItemOutcome.ValueType  # 2
 """The item's idempotency key matched a transfer recorded earlier (same terms)."""
 BATCH_ITEM_OUTCOME_REFUSED: BatchItemOutcome.ValueType  # 3
-"""Nothing was recorded for this item; see BatchItemResult.error."""
+"""Nothing was recorded for this item; see BatchItemResult.error. Final: a replay of the
+batch answers the same.
+"""
+BATCH_ITEM_OUTCOME_RETRYABLE: BatchItemOutcome.ValueType  # 4
+"""Nothing was recorded for this item, for a transient reason (error.metadata retryable
+"true": a ledger or the store could not answer, a halt, a full flow limit). Replaying
+the same batch (same batch_id and items) re-evaluates these items, and only these.
+"""
 Global___BatchItemOutcome: _TypeAlias = BatchItemOutcome  # noqa: Y015
 
 @_typing.final
@@ -599,11 +613,11 @@ class BatchItemResult(_message.Message):
     outcome: Global___BatchItemOutcome.ValueType
     @_builtins.property
     def transfer(self) -> Global___Transfer:
-        """Set unless REFUSED (its current state)."""
+        """Set when CREATED or EXISTING (its current state)."""
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
-        """Set when REFUSED."""
+        """Set when REFUSED or RETRYABLE."""
 
     def __init__(
         self,
@@ -698,7 +712,7 @@ class WatchBatchResponse(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
-        """Set for a refused item (reported once per watch, no update follows)."""
+        """Set for a refused or retryable item (reported once per watch, no update follows)."""
 
     def __init__(
         self,

@@ -56,7 +56,9 @@ class TransferServiceStub:
     """
     WatchBatch: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]
     """Every state change of every item of a recorded batch (refused items once, with their
-    error), until each item is terminal. Resume with after_sequence per item.
+    error), until each item is terminal. Resume with after_sequence per item. Bounded: one
+    item update per message, the store read in pages; a caller holding the coordinator's
+    max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
     """
 
 @_typing.type_check_only
@@ -87,7 +89,9 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """
     WatchBatch: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]  # type: ignore[assignment]
     """Every state change of every item of a recorded batch (refused items once, with their
-    error), until each item is terminal. Resume with after_sequence per item.
+    error), until each item is terminal. Resume with after_sequence per item. Bounded: one
+    item update per message, the store read in pages; a caller holding the coordinator's
+    max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
     """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -151,7 +155,9 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_transfer_pb2.WatchBatchResponse], _abc.AsyncIterator[_transfer_pb2.WatchBatchResponse]]:
         """Every state change of every item of a recorded batch (refused items once, with their
-        error), until each item is terminal. Resume with after_sequence per item.
+        error), until each item is terminal. Resume with after_sequence per item. Bounded: one
+        item update per message, the store read in pages; a caller holding the coordinator's
+        max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
         """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,11 +13,14 @@ import pytest
 
 from bridge.coordinator.batches import (
     BatchRecord,
+    Claim,
     ItemError,
     ItemOutcome,
     ItemResult,
     SqlBatchStore,
     fingerprint,
+    is_retryable,
+    merge_results,
     run_items,
     same_batch,
 )
@@ -32,6 +35,7 @@ from bridge.domain.errors import (
     NotLeader,
     PermissionDenied,
     PreconditionFailed,
+    Unavailable,
 )
 from bridge.rpc.roles import Principal
 from bridge.rpc.rules import RULES, role_allowed
@@ -103,6 +107,38 @@ async def test_each_item_gets_its_own_result_and_a_refusal_stays_in_its_item() -
     assert all((r.error is None) == (r.transfer_id is not None) for r in results)
 
 
+async def test_a_transient_refusal_is_retryable_and_a_replay_runs_only_those() -> None:
+    """batchfix defect 2: an error whose ``retryable`` metadata is true (UNAVAILABLE, a
+    halt, a full flow limit) is RETRYABLE, not REFUSED; ``indexes`` re-runs only those."""
+    submit = Submitter()
+    items = [
+        Item("k1"),
+        Item("k2", refuse=Unavailable("ledger a: read timed out")),
+        Item("k3", refuse=PreconditionFailed("frozen", ErrorReason.HOLDER_FROZEN, A)),
+    ]
+    first = await run_items(A, items, submit, _item_error)
+    assert [r.outcome for r in first] == [
+        ItemOutcome.CREATED,
+        ItemOutcome.RETRYABLE,
+        ItemOutcome.REFUSED,
+    ]
+    assert first[1].error is not None and is_retryable(first[1].error)
+    assert first[2].error is not None and not is_retryable(first[2].error)
+    record = BatchRecord(A, "b", b"\xaa" * 32, first, 1.0)
+    assert record.to_retry == (1,)
+    items[1] = Item("k2")  # the ledger answers now
+    again = await run_items(A, items, submit, _item_error, set(record.to_retry))
+    assert [(r.index, r.outcome) for r in again] == [(1, ItemOutcome.CREATED)]
+    assert submit.submitted == ["k1", "k2"]
+    merged = merge_results(first, again)
+    assert [r.outcome for r in merged] == [
+        ItemOutcome.CREATED,
+        ItemOutcome.CREATED,
+        ItemOutcome.REFUSED,
+    ]
+    assert merged[2] is first[2]
+
+
 async def test_not_leader_fails_the_whole_batch() -> None:
     items = [Item("k1"), Item("k2", refuse=NotLeader("standby", "10.0.0.2:50051"))]
     with pytest.raises(NotLeader):
@@ -157,20 +193,53 @@ async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None
                 error=ItemError("FAILED_PRECONDITION", "HOLDER_FROZEN", "frozen", {"ledger": A}),
             ),
         )
-        first = BatchRecord(A, "b1", b"\xaa" * 32, results, 1.0)
-        stored, created = await store.create(first)
-        assert created and stored.results == results
-        # A second record of the same batch id (a concurrent retry) keeps the first.
-        later = BatchRecord(A, "b1", b"\xbb" * 32, results[:1], 2.0)
-        stored, created = await store.create(later)
-        assert not created and stored.fingerprint == b"\xaa" * 32 and stored.results == results
+        fp = b"\xaa" * 32
+        claim = await store.claim(A, "b1", fp, "owner-1", 1.0)
+        assert claim == Claim(None, True)
+        # While reserved: pending, no results; the same batch id with other items is kept.
+        pending = await store.get(A, "b1")
+        assert pending is not None and pending.pending and pending.results == ()
+        first = BatchRecord(A, "b1", fp, results, 1.0)
+        stored, written = await store.finish(first, "owner-1")
+        assert written and stored.results == results and not stored.pending
+        # A second claim (a replay) of a finished batch with nothing to retry runs nothing.
+        again = await store.claim(A, "b1", fp, "owner-2", 2.0)
+        assert not again.claimed and again.record == stored
+        other = await store.claim(A, "b1", b"\xbb" * 32, "owner-3", 2.0)
+        assert not other.claimed and other.record is not None
         with pytest.raises(Conflict):
-            same_batch(stored, b"\xbb" * 32)
-        assert same_batch(stored, b"\xaa" * 32) is stored
+            same_batch(other.record, b"\xbb" * 32)
+        assert same_batch(stored, fp) is stored
+        # A finish by an owner that no longer holds the batch writes nothing.
+        late = BatchRecord(A, "b1", fp, results[:1], 3.0)
+        kept, written = await store.finish(late, "owner-1")
+        assert not written and kept.results == results
         # Batch ids are scoped per source ledger.
         assert await store.get(B, "b1") is None
-        _, created = await store.create(BatchRecord(B, "b1", b"\xcc" * 32, results, 3.0))
-        assert created
+        assert (await store.claim(B, "b1", b"\xcc" * 32, "owner-4", 3.0)).claimed
+    finally:
+        store.close()
+
+
+async def test_an_orphaned_reservation_is_taken_over_once(database: Database) -> None:
+    """A call that died (or lost its lease) mid-batch leaves its reservation pending; the
+    next call takes it over by compare-and-set on the owner, and only one of two does."""
+    store = SqlBatchStore(database)
+    try:
+        fp = b"\xaa" * 32
+        assert (await store.claim(A, "b", fp, "dead", 1.0)).claimed
+        taken = await store.claim(A, "b", fp, "second", 2.0)
+        assert taken.claimed and taken.record is not None and taken.record.owner == "dead"
+        # The dead owner's late finish is refused; the new owner's is recorded.
+        result = (ItemResult(0, "k", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),)
+        _, written = await store.finish(BatchRecord(A, "b", fp, result, 1.0), "dead")
+        assert not written
+        stored, written = await store.finish(BatchRecord(A, "b", fp, result, 2.0), "second")
+        assert written and stored.results == result and stored.created_at == 1.0
+        # A reservation under another request's fingerprint is never taken over.
+        assert (await store.claim(A, "c", fp, "x", 1.0)).claimed
+        other = await store.claim(A, "c", b"\xbb" * 32, "y", 2.0)
+        assert not other.claimed and other.record is not None and other.record.owner == "x"
     finally:
         store.close()
 
@@ -283,3 +352,73 @@ def test_the_cli_reads_one_item_per_line_and_names_a_bad_line(tmp_path: Path) ->
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             _batch_items(bad, bad.read_bytes(), A, "batch-1")
+
+
+def test_servers_accept_the_clients_keepalive_pings() -> None:
+    """batchfix: a server must allow pings at least as often as our clients send them on a
+    quiet call, else a long SubmitTransfers or a quiet WatchBatch is cut after about a
+    minute with GOAWAY too_many_pings (gRPC's server default allows one per 5 minutes)."""
+    from bridge.rpc.channels import INTERNAL_OPTIONS
+    from bridge.rpc.server import SERVER_OPTIONS
+
+    client = dict(INTERNAL_OPTIONS)["grpc.keepalive_time_ms"]
+    server = dict(SERVER_OPTIONS)["grpc.http2.min_ping_interval_without_data_ms"]
+    assert isinstance(client, int) and server <= client / 2
+
+
+def test_the_largest_batch_answer_fits_grpcs_default_message_limit() -> None:
+    """Review s18 F5: a SubmitTransfers response of MAX_BATCH_ITEMS_CEILING items, each at
+    its worst (a 128-character key twice, a 240-character reason, every transaction id,
+    long ledger names, the largest amount), stays under gRPC's default 4 MiB."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from bridge.config_schema import MAX_BATCH_ITEMS_CEILING
+
+    ts = Timestamp(seconds=1_796_220_000, nanos=999_999_999)
+    key = "k" * 128
+    transfer = transfer_pb2.Transfer(
+        transfer_id="0x" + "ab" * 32, idempotency_key=key, security_id="KR7005930003",
+        source_ledger="l" * 64, target_ledger="m" * 64, sender="0x" + "11" * 20,
+        recipient="0x" + "22" * 20, amount="9" * 78, state=5, reason="r" * 240,
+        created_at=ts, updated_at=ts, deadline=ts, not_before=ts, parked=True,
+        parked_reason=3, wait_reason=5,
+        transactions={s: "0x" + "cd" * 32
+                      for s in ("lock", "prepare", "expire", "burn", "mint", "release", "abort")},
+    )  # fmt: skip
+    worst = transfer_pb2.BatchItemResult(
+        index=MAX_BATCH_ITEMS_CEILING - 1, idempotency_key=key, outcome=1, transfer=transfer
+    )
+    response = transfer_pb2.SubmitTransfersResponse(
+        batch_id=key, created=True, results=[worst] * MAX_BATCH_ITEMS_CEILING
+    )
+    assert len(response.SerializeToString()) < 4 * 1024 * 1024
+
+
+async def test_a_busy_sqlite_store_is_unavailable_not_internal(tmp_path: Path) -> None:
+    """batchfix: a store busy beyond busy_timeout (another process holds the file's write
+    lock) is DatabaseUnavailable (UNAVAILABLE, retryable: a batch item is RETRYABLE), the
+    connection is left usable, and the write succeeds once the lock is released."""
+    import sqlite3
+
+    from bridge.coordinator.db import DatabaseUnavailable
+
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        def mark(c: Any) -> None:
+            c.execute("INSERT INTO ledger_progress VALUES ('busy', 1)")
+
+        with pytest.raises(DatabaseUnavailable, match="busy"):
+            await db.write(mark)
+        assert _item_error(DatabaseUnavailable("busy")).metadata["retryable"] == "true"
+        other.execute("ROLLBACK")
+        other.close()
+        await db.write(mark)
+        rows = await db.read(lambda c: c.execute("SELECT ledger FROM ledger_progress").fetchall())
+        assert [r[0] for r in rows] == ["busy"]
+    finally:
+        db.close()

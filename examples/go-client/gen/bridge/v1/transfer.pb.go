@@ -172,8 +172,13 @@ const (
 	BatchItemOutcome_BATCH_ITEM_OUTCOME_CREATED BatchItemOutcome = 1
 	// The item's idempotency key matched a transfer recorded earlier (same terms).
 	BatchItemOutcome_BATCH_ITEM_OUTCOME_EXISTING BatchItemOutcome = 2
-	// Nothing was recorded for this item; see BatchItemResult.error.
+	// Nothing was recorded for this item; see BatchItemResult.error. Final: a replay of the
+	// batch answers the same.
 	BatchItemOutcome_BATCH_ITEM_OUTCOME_REFUSED BatchItemOutcome = 3
+	// Nothing was recorded for this item, for a transient reason (error.metadata retryable
+	// "true": a ledger or the store could not answer, a halt, a full flow limit). Replaying
+	// the same batch (same batch_id and items) re-evaluates these items, and only these.
+	BatchItemOutcome_BATCH_ITEM_OUTCOME_RETRYABLE BatchItemOutcome = 4
 )
 
 // Enum value maps for BatchItemOutcome.
@@ -183,12 +188,14 @@ var (
 		1: "BATCH_ITEM_OUTCOME_CREATED",
 		2: "BATCH_ITEM_OUTCOME_EXISTING",
 		3: "BATCH_ITEM_OUTCOME_REFUSED",
+		4: "BATCH_ITEM_OUTCOME_RETRYABLE",
 	}
 	BatchItemOutcome_value = map[string]int32{
 		"BATCH_ITEM_OUTCOME_UNSPECIFIED": 0,
 		"BATCH_ITEM_OUTCOME_CREATED":     1,
 		"BATCH_ITEM_OUTCOME_EXISTING":    2,
 		"BATCH_ITEM_OUTCOME_REFUSED":     3,
+		"BATCH_ITEM_OUTCOME_RETRYABLE":   4,
 	}
 )
 
@@ -1097,9 +1104,9 @@ type BatchItemResult struct {
 	Index          uint32           `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	IdempotencyKey string           `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Outcome        BatchItemOutcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=bridge.v1.BatchItemOutcome" json:"outcome,omitempty"`
-	// Set unless REFUSED (its current state).
+	// Set when CREATED or EXISTING (its current state).
 	Transfer *Transfer `protobuf:"bytes,4,opt,name=transfer,proto3" json:"transfer,omitempty"`
-	// Set when REFUSED.
+	// Set when REFUSED or RETRYABLE.
 	Error         *BatchItemError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1301,7 +1308,7 @@ type WatchBatchResponse struct {
 	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// A state change of the item's transfer (unset for a refused item).
 	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
-	// Set for a refused item (reported once per watch, no update follows).
+	// Set for a refused or retryable item (reported once per watch, no update follows).
 	Error         *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1491,12 +1498,13 @@ const file_bridge_v1_transfer_proto_rawDesc = "" +
 	"$WAIT_REASON_SOURCE_OUTBOUND_CAPACITY\x10\x01\x12'\n" +
 	"#WAIT_REASON_TARGET_INBOUND_CAPACITY\x10\x02\x12'\n" +
 	"#WAIT_REASON_BEHIND_EARLIER_TRANSFER\x10\x03\x12$\n" +
-	" WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x04*\x97\x01\n" +
+	" WAIT_REASON_LARGE_TRANSFER_DELAY\x10\x04*\xb9\x01\n" +
 	"\x10BatchItemOutcome\x12\"\n" +
 	"\x1eBATCH_ITEM_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aBATCH_ITEM_OUTCOME_CREATED\x10\x01\x12\x1f\n" +
 	"\x1bBATCH_ITEM_OUTCOME_EXISTING\x10\x02\x12\x1e\n" +
-	"\x1aBATCH_ITEM_OUTCOME_REFUSED\x10\x032\xf5\x03\n" +
+	"\x1aBATCH_ITEM_OUTCOME_REFUSED\x10\x03\x12 \n" +
+	"\x1cBATCH_ITEM_OUTCOME_RETRYABLE\x10\x042\xf5\x03\n" +
 	"\x0fTransferService\x12U\n" +
 	"\x0eSubmitTransfer\x12 .bridge.v1.SubmitTransferRequest\x1a!.bridge.v1.SubmitTransferResponse\x12A\n" +
 	"\vGetTransfer\x12\x1d.bridge.v1.GetTransferRequest\x1a\x13.bridge.v1.Transfer\x12R\n" +

@@ -51,7 +51,9 @@ type TransferServiceClient interface {
 	// ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
 	SubmitTransfers(ctx context.Context, in *SubmitTransfersRequest, opts ...grpc.CallOption) (*SubmitTransfersResponse, error)
 	// Every state change of every item of a recorded batch (refused items once, with their
-	// error), until each item is terminal. Resume with after_sequence per item.
+	// error), until each item is terminal. Resume with after_sequence per item. Bounded: one
+	// item update per message, the store read in pages; a caller holding the coordinator's
+	// max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
 	WatchBatch(ctx context.Context, in *WatchBatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBatchResponse], error)
 }
 
@@ -165,7 +167,9 @@ type TransferServiceServer interface {
 	// ALREADY_EXISTS. More items than the coordinator's max_batch_items is INVALID_ARGUMENT.
 	SubmitTransfers(context.Context, *SubmitTransfersRequest) (*SubmitTransfersResponse, error)
 	// Every state change of every item of a recorded batch (refused items once, with their
-	// error), until each item is terminal. Resume with after_sequence per item.
+	// error), until each item is terminal. Resume with after_sequence per item. Bounded: one
+	// item update per message, the store read in pages; a caller holding the coordinator's
+	// max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
 	WatchBatch(*WatchBatchRequest, grpc.ServerStreamingServer[WatchBatchResponse]) error
 	mustEmbedUnimplementedTransferServiceServer()
 }

@@ -1,0 +1,542 @@
+"""The batch API's hardening (issue 14, batchfix), each defect with its negative test, on
+a real coordinator engine (in-memory relayers and committee), the real TransferService
+behind the real authorisation interceptor on a real gRPC server over mutual TLS (devnet
+PKI), and a real store: a SQLite file or PostgreSQL.
+
+1. Two concurrent SubmitTransfers with one batch id: exactly one runs the items; the other
+   answers the first's results (same items) or ALREADY_EXISTS (other items, none run).
+2. An item refused for a transient reason (the eligibility read timing out) is RETRYABLE,
+   not recorded as final; a replay re-evaluates those items only, final refusals stay.
+3. WatchBatch is bounded: per caller (RESOURCE_EXHAUSTED), one item update per message,
+   the store read in pages (no per-item watcher task), and it still reports every item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
+from bridge.coordinator.batches import SqlBatchStore
+from bridge.coordinator.db import Database, open_database
+from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.requests import terms_for
+from bridge.coordinator.service import TransferServicer
+from bridge.coordinator.store import SqlTransferStore
+from bridge.core.reasons import ErrorReason
+from bridge.devnet.pki import DevPki
+from bridge.domain.errors import Unavailable
+from bridge.domain.instructions import Instruction, sign_instruction
+from bridge.domain.legs import HolderStatus
+from bridge.domain.signer import LocalKeySigner
+from bridge.rpc.audit import AuditLog
+from bridge.rpc.authn import Authenticator
+from bridge.rpc.authz import AuthorisationInterceptor
+from bridge.rpc.convert import instruction_to_pb
+from bridge.rpc.roles import Role
+from bridge.rpc.tls import ClientIdentity, ServerCredentialSource, server_roots
+from bridge.v1 import transfer_pb2 as S
+from bridge.v1 import transfer_pb2_grpc
+from tests.postgres import fresh_pg_url, pg_database, postgres_cluster
+from tests.support import eventually
+from tests.unit.test_coordinator_driver import ISIN, FakeCommittee, FakeRelayer
+
+pytestmark = [pytest.mark.integration, pytest.mark.batch, pytest.mark.security]
+__all__ = ["fresh_pg_url", "pg_database", "postgres_cluster"]  # the PostgreSQL fixtures
+
+OUT = S.BatchItemOutcome
+BROKER_A = LocalKeySigner(bytes([7]) * 32)
+SENDER = "0x" + "11" * 20
+FROZEN = "0x" + "33" * 20  # a sender the ledger reports frozen: a final refusal
+FLAKY = "0x" + "44" * 20  # a sender whose standing read times out the first time
+
+
+class SlowRelayer(FakeRelayer):
+    """A ledger whose holder reads take a moment (so concurrent batches overlap), one of
+    whose holders is frozen, and whose read of another times out once (UNAVAILABLE)."""
+
+    def __init__(self, ledger: str) -> None:
+        super().__init__(ledger)
+        self.flaky_failures = 0
+        self.reads: Counter[str] = Counter()
+        self.open = asyncio.Event()  # cleared: every transaction waits (transfers stay open)
+        self.open.set()
+        self.reading = asyncio.Event()  # cleared: every holder read waits (a batch runs on)
+        self.reading.set()
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        await self.open.wait()
+        return await super().submit(*args, **kwargs)
+
+    async def holder(self, security: str, holder: str) -> HolderStatus:
+        self.reads[holder] += 1
+        await self.reading.wait()
+        await asyncio.sleep(0.01)
+        if holder == FLAKY and self.flaky_failures > 0:
+            self.flaky_failures -= 1
+            raise Unavailable(f"ledger {self.ledger}: eth_call timed out reading the holder")
+        if holder == FROZEN:
+            return HolderStatus(True, 10**6, 0, True, True, False)
+        return HolderStatus(True, 10**6, 0, True, False, False)
+
+
+@dataclass
+class Served:
+    stub: transfer_pb2_grpc.TransferServiceStub
+    other_stub: transfer_pb2_grpc.TransferServiceStub  # a second certificate of brokerage a
+    coordinator: Coordinator
+    network: NetworkConfig
+    relayers: dict[str, SlowRelayer]
+    submitted: Counter[str]  # Coordinator.submit calls per idempotency key
+    store: SqlTransferStore
+    batches: SqlBatchStore
+    audit_file: Path
+
+
+def _network(pki: DevPki, base: Path) -> NetworkConfig:
+    path = base / "network.toml"
+    path.write_text(
+        dump_toml(
+            {
+                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
+                "securities": {"isins": [ISIN]},
+                "ledgers": [
+                    {
+                        "id": "a",
+                        "kind": "evm",
+                        "rpc_url": "x",
+                        "bridge": "0x" + "aa" * 20,
+                        "chain_id": 1,
+                        "finality_depth": 0,
+                    },
+                    {
+                        "id": "b",
+                        "kind": "evm",
+                        "rpc_url": "y",
+                        "bridge": "0x" + "bb" * 20,
+                        "chain_id": 2,
+                        "finality_depth": 0,
+                    },
+                ],
+                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
+                "organisations": pki.network_entries(base),
+            }
+        )
+    )
+    return load_network(path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The coordinator's database, migrated: a SQLite file or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        db = open_database(tmp_path / "coordinator.sqlite")
+    else:
+        db = open_database(request.getfixturevalue("fresh_pg_url"))
+    yield db
+    db.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
+    pki = DevPki(tmp_path / "pki")
+    pki.organisation("bridge-operator", ["coordinator"])
+    pki.issue("bridge-operator", "coordinator", "coordinator")
+    pki.organisation("a", ["brokerage:a"])
+    pki.issue("a", "brokerage:a", "brokerage-a")
+    second = pki.issue_extra("a", "brokerage:a", "brokerage-a-2")
+    network = _network(pki, tmp_path)
+    store = SqlTransferStore(database)
+    batches = SqlBatchStore(database)
+    relayers = {"a": SlowRelayer("a"), "b": SlowRelayer("b")}
+    coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
+                              max_backoff=0.2, sweep_every=0.1)  # fmt: skip
+    submitted: Counter[str] = Counter()
+    submit = coordinator.submit
+
+    async def counting(req: Any, instruction: Any) -> Any:
+        submitted[req.idempotency_key] += 1
+        return await submit(req, instruction)
+
+    coordinator.submit = counting  # type: ignore[method-assign]
+    await coordinator.start()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    server = grpc.aio.server(interceptors=[AuthorisationInterceptor(Authenticator(network), audit)])
+    servicer = TransferServicer(
+        network,
+        coordinator,
+        store,
+        batches,
+        max_batch_watches=2,
+        max_running_batches=1,
+        audit=audit,
+    )
+    transfer_pb2_grpc.add_TransferServiceServicer_to_server(servicer, server)
+    cert = pki.cert_for("coordinator")
+    tls = TlsConfig(cert.cert_file, cert.key_file)
+    port = server.add_secure_port(
+        "127.0.0.1:0", ServerCredentialSource(tls, server_roots(network, tls)).credentials()
+    )
+    await server.start()
+
+    def channel(name: str) -> grpc.aio.Channel:
+        c = pki.cert_for(name) if name == "brokerage:a" else second
+        ident = ClientIdentity(
+            TlsConfig(c.cert_file, c.key_file),
+            (pki.cas["bridge-operator"].ca_file,),
+            Role("coordinator"),
+        )
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{port}", ident.credentials(), options=ident.options()
+        )
+
+    async with channel("brokerage:a") as ch, channel("brokerage-a-2") as ch2:
+        yield Served(
+            transfer_pb2_grpc.TransferServiceStub(ch),
+            transfer_pb2_grpc.TransferServiceStub(ch2),
+            coordinator,
+            network,
+            relayers,
+            submitted,
+            store,
+            batches,
+            tmp_path / "audit.jsonl",
+        )
+    for relayer in relayers.values():
+        relayer.open.set()
+        relayer.reading.set()
+    await server.stop(0)
+    await coordinator.stop()
+    audit.close()
+    batches.close()
+    store.close()
+
+
+def item(
+    served: Served, key: str, *, sender: str = SENDER, amount: int = 5
+) -> S.SubmitTransferRequest:
+    """A well-formed item from ledger a, instructed by brokerage a's registered key."""
+    from bridge.coordinator.records import TransferRequest
+
+    req = TransferRequest(key, ISIN, "a", "b", sender, SENDER, amount)
+    unsigned = Instruction(
+        nonce=hashlib.sha256(key.encode()).digest(),
+        deadline=int(time.time()) + 50,
+        instructor=BROKER_A.address,
+        signature=bytes(65),
+    )
+    terms = terms_for(served.network, req, unsigned)
+    word = served.network.ledgers["a"].network_word
+    signed = dataclasses.replace(unsigned, signature=sign_instruction(BROKER_A, word, terms))
+    return S.SubmitTransferRequest(
+        idempotency_key=key,
+        security_id=ISIN,
+        source_ledger="a",
+        target_ledger="b",
+        sender=sender,
+        recipient=SENDER,
+        amount=str(amount),
+        instruction=instruction_to_pb(signed),
+    )
+
+
+def batch(batch_id: str, items: list[S.SubmitTransferRequest]) -> S.SubmitTransfersRequest:
+    return S.SubmitTransfersRequest(batch_id=batch_id, source_ledger="a", items=items)
+
+
+def outcomes(resp: S.SubmitTransfersResponse) -> list[int]:
+    return [r.outcome for r in resp.results]
+
+
+# ---- defect 1: concurrent copies of one batch id
+
+
+async def test_two_concurrent_copies_of_a_batch_run_its_items_once(served: Served) -> None:
+    items = [item(served, f"c-{i}") for i in range(8)]
+    request = batch("day-1", items)
+    first, second = await asyncio.gather(
+        served.stub.SubmitTransfers(request, timeout=30),
+        served.other_stub.SubmitTransfers(request, timeout=30),
+    )
+    # Exactly one call ran the items: each key reached the engine once, not twice.
+    assert served.submitted == Counter({f"c-{i}": 1 for i in range(8)})
+    assert sorted([first.created, second.created]) == [False, True]
+    assert outcomes(first) == outcomes(second) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 8
+    assert [r.transfer.transfer_id for r in first.results] == [
+        r.transfer.transfer_id for r in second.results
+    ]
+
+
+async def test_a_concurrent_batch_with_other_items_under_the_same_id_runs_nothing(
+    served: Served,
+) -> None:
+    mine = batch("day-2", [item(served, f"m-{i}") for i in range(6)])
+    theirs = batch("day-2", [item(served, f"t-{i}") for i in range(6)])
+    results = await asyncio.gather(
+        served.stub.SubmitTransfers(mine, timeout=30),
+        served.other_stub.SubmitTransfers(theirs, timeout=30),
+        return_exceptions=True,
+    )
+    won = [r for r in results if isinstance(r, S.SubmitTransfersResponse)]
+    lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert lost[0].code() == grpc.StatusCode.ALREADY_EXISTS
+    status = rpc_status.from_call(lost[0])  # type: ignore[arg-type]
+    assert status is not None and "already used with other items" in status.message
+    winner = "m" if won[0].results[0].idempotency_key.startswith("m-") else "t"
+    loser = "t" if winner == "m" else "m"
+    # The losing request's items never reached the engine, and nothing of them is stored.
+    assert all(not k.startswith(loser) for k in served.submitted), served.submitted
+    assert served.submitted == Counter({f"{winner}-{i}": 1 for i in range(6)})
+    for i in range(6):
+        assert await served.store.get_by_key("a", f"{loser}-{i}") is None
+    # And after the winner has answered, the other request stays refused, still running nothing.
+    again = theirs if winner == "m" else mine
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.stub.SubmitTransfers(again, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert sum(served.submitted.values()) == 6
+
+
+async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> None:
+    """max_running_batches = 1 here. A batch keeps running when its caller gives up, so a
+    second batch of the ledger while one runs is RESOURCE_EXHAUSTED before anything is
+    reserved or submitted; a replay of the running one waits for it instead."""
+    served.relayers["a"].reading.clear()  # the first batch's holder reads hang
+    first = batch("day-6", [item(served, "x-0"), item(served, "x-1")])
+    running = asyncio.ensure_future(served.stub.SubmitTransfers(first, timeout=30))
+
+    async def started() -> bool:
+        return served.submitted["x-0"] == 1
+
+    await eventually(started, 10, "the first batch running")
+    second = batch("day-7", [item(served, "y-0")])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.other_stub.SubmitTransfers(second, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None and "max_running_batches" in status.message
+    assert await served.batches.get("a", "day-7") is None and served.submitted["y-0"] == 0
+    replay = asyncio.ensure_future(served.other_stub.SubmitTransfers(first, timeout=30))
+    served.relayers["a"].reading.set()
+    one, two = await asyncio.gather(running, replay)
+    assert outcomes(one) == outcomes(two) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 2
+    assert served.submitted["x-0"] == served.submitted["x-1"] == 1
+    done = await served.stub.SubmitTransfers(second, timeout=30)
+    assert done.created and outcomes(done) == [OUT.BATCH_ITEM_OUTCOME_CREATED]
+
+
+# ---- review s18 F4: what a batch stores is bounded and validated; a replay is cheap
+
+
+async def test_a_malformed_item_key_refuses_the_batch_and_stores_nothing(served: Served) -> None:
+    for bad in ("k" * 129, "with space", "ctrl\x07", ""):
+        items = [item(served, "ok-1"), item(served, "ok-2")]
+        items[1].idempotency_key = bad  # the instruction no longer matters: refused first
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await served.stub.SubmitTransfers(batch("day-8", items), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "items[1].idempotency_key" in (refused.value.details() or "")
+        assert await served.batches.get("a", "day-8") is None
+        assert sum(served.submitted.values()) == 0
+
+
+async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    foreign = item(served, "f-1")
+    foreign.source_ledger = "z" * 100_000  # refused PERMISSION_DENIED, never validated
+    items = [item(served, f"g-{i}") for i in range(5)] + [foreign]
+    request = batch("day-9", items)
+    first = await served.stub.SubmitTransfers(request, timeout=30)
+    denied = first.results[5]
+    assert denied.outcome == OUT.BATCH_ITEM_OUTCOME_REFUSED
+    assert denied.error.code == "PERMISSION_DENIED" and len(denied.error.message) <= 512
+    stored = await served.batches.get("a", "day-9")
+    assert stored is not None
+    assert sum(len(r.error.message) for r in stored.results if r.error) <= 512
+    # Review s18 F10: the item's denial is an audited authorisation decision of its own.
+    records = [json.loads(x) for x in served.audit_file.read_text().splitlines()]
+    denied = [r for r in records if r["method"].endswith("SubmitTransfers#item[5]")]
+    assert len(denied) == 1 and denied[0]["allowed"] is False
+    assert denied[0]["org"] == "a" and "batch 'day-9' item 5" in denied[0]["reason"]
+    # A replay answers from one paged read of the transfers, not one read per item.
+    reads: list[int] = []
+    get_many = SqlTransferStore.get_many
+
+    async def counted(self: SqlTransferStore, tids: Any) -> Any:
+        reads.append(len(tids))
+        return await get_many(self, tids)
+
+    async def refused_get(self: SqlTransferStore, tid: bytes) -> Any:
+        raise AssertionError("a replay read a transfer on its own")
+
+    monkeypatch.setattr(SqlTransferStore, "get_many", counted)
+    monkeypatch.setattr(SqlTransferStore, "get", refused_get)
+    replay = await served.stub.SubmitTransfers(request, timeout=30)
+    assert reads == [5] and outcomes(replay) == outcomes(first)
+
+
+# ---- defect 2: a transient refusal is not a final result
+
+
+async def test_a_transient_item_is_retryable_and_only_it_is_re_evaluated(served: Served) -> None:
+    src = served.relayers["a"]
+    src.flaky_failures = 1  # the eligibility read of FLAKY times out once
+    items = [
+        item(served, "r-ok"),
+        item(served, "r-flaky", sender=FLAKY),
+        item(served, "r-frozen", sender=FROZEN),
+        item(served, "r-ok-2"),
+    ]
+    request = batch("day-3", items)
+    first = await served.stub.SubmitTransfers(request, timeout=30)
+    assert first.created
+    assert outcomes(first) == [
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_RETRYABLE,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+    ]
+    flaky, frozen = first.results[1], first.results[2]
+    assert (flaky.error.code, flaky.error.reason) == ("UNAVAILABLE", "UNAVAILABLE")
+    assert flaky.error.metadata["retryable"] == "true" and not flaky.HasField("transfer")
+    assert (frozen.error.code, frozen.error.reason) == (
+        "FAILED_PRECONDITION",
+        ErrorReason.HOLDER_FROZEN.name,
+    )
+    assert frozen.error.metadata["retryable"] == "false"
+    assert await served.store.get_by_key("a", "r-flaky") is None  # nothing recorded for it
+    assert served.submitted == Counter({"r-ok": 1, "r-flaky": 1, "r-frozen": 1, "r-ok-2": 1})
+
+    # The replay re-evaluates the retryable item only: it is created now; the final refusal
+    # stays as recorded (the frozen sender is not even read again), the others are EXISTING
+    # in the answer but never re-submitted.
+    frozen_reads = src.reads[FROZEN]
+    replay = await served.stub.SubmitTransfers(request, timeout=30)
+    assert not replay.created
+    assert outcomes(replay) == [
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+        OUT.BATCH_ITEM_OUTCOME_REFUSED,
+        OUT.BATCH_ITEM_OUTCOME_CREATED,
+    ]
+    assert replay.results[2].error == frozen.error
+    assert served.submitted == Counter({"r-ok": 1, "r-flaky": 2, "r-frozen": 1, "r-ok-2": 1})
+    assert src.reads[FROZEN] == frozen_reads
+    assert await served.store.get_by_key("a", "r-flaky") is not None
+    # A third replay has nothing left to re-evaluate and answers the record.
+    third = await served.stub.SubmitTransfers(request, timeout=30)
+    assert outcomes(third) == outcomes(replay)
+    assert sum(served.submitted.values()) == 5
+
+
+# ---- defect 3: WatchBatch bounds
+
+
+async def _first_message(call: Any) -> S.WatchBatchResponse:
+    async for message in call:
+        return message  # type: ignore[no-any-return]
+    raise AssertionError("the stream ended without a message")
+
+
+async def test_watch_batch_streams_are_bounded_per_caller(served: Served) -> None:
+    """max_batch_watches = 2 here: the caller's third stream is RESOURCE_EXHAUSTED (with
+    another certificate of the same organisation too); once one ends, one more is allowed."""
+    served.relayers["a"].open.clear()  # no lock lands: the transfers stay unfinished
+    items = [item(served, "w-0"), item(served, "w-1")]
+    await served.stub.SubmitTransfers(batch("day-4", items), timeout=30)
+    watch = S.WatchBatchRequest(batch_id="day-4", source_ledger="a")
+    one = served.stub.WatchBatch(watch, timeout=30)
+    two = served.other_stub.WatchBatch(watch, timeout=30)
+    await _first_message(one)
+    await _first_message(two)
+    # Both streams now count against organisation a (brokerage role).
+    third = served.stub.WatchBatch(watch, timeout=30)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _first_message(third)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None and "max_batch_watches" in status.message
+    one.cancel()
+    two.cancel()
+
+    async def admitted() -> bool:
+        call = served.stub.WatchBatch(watch, timeout=30)
+        try:
+            await _first_message(call)
+            return True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return False
+        finally:
+            call.cancel()
+
+    assert await eventually(admitted, 10, "a stream admitted once the others ended")
+
+
+async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch larger than one page: every item's updates arrive, each message carries
+    one item's update, the store is read page by page (never more than a page's rows per
+    read) and the stream starts no watcher per item."""
+    import bridge.coordinator.service as service
+
+    monkeypatch.setattr(service, "WATCH_PAGE_ITEMS", 4)
+    monkeypatch.setattr(service, "WATCH_PAGE_ROWS", 7)
+    n = 10
+    items = [item(served, f"p-{i}") for i in range(n)] + [item(served, "p-f", sender=FROZEN)]
+    await served.stub.SubmitTransfers(batch("day-5", items), timeout=30)
+    reads: list[tuple[int, int]] = []
+    store = SqlBatchStore.updates
+
+    async def counted(self: SqlBatchStore, cursors: Any, limit: int) -> Any:
+        rows = await store(self, cursors, limit)
+        reads.append((len(cursors), len(rows)))
+        return rows
+
+    monkeypatch.setattr(SqlBatchStore, "updates", counted)
+    tasks_before = len(asyncio.all_tasks())
+    seen: dict[int, list[int]] = {}
+    errors: list[int] = []
+    async for message in served.stub.WatchBatch(
+        S.WatchBatchRequest(batch_id="day-5", source_ledger="a"), timeout=60
+    ):
+        assert len(message.SerializeToString()) < 4096  # one item's update per message
+        if message.HasField("error"):
+            errors.append(message.index)
+            continue
+        seen.setdefault(message.index, []).append(message.update.sequence)
+        assert len(asyncio.all_tasks()) <= tasks_before + 8  # no task per item
+    assert errors == [n]
+    assert sorted(seen) == list(range(n))
+    for sequences in seen.values():
+        assert sequences == list(range(1, len(sequences) + 1))  # in order, no gap, no repeat
+    assert all(c <= 4 and r <= 7 for c, r in reads), reads
+    for i in range(n):
+        record = await served.store.get_by_key("a", f"p-{i}")
+        assert record is not None and record.state.terminal
+    # Resuming after the last sequence of every item ends at once with nothing new.
+    after = [seen[i][-1] for i in range(n)] + [1]
+    resumed = [
+        m
+        async for m in served.stub.WatchBatch(
+            S.WatchBatchRequest(batch_id="day-5", source_ledger="a", after_sequence=after),
+            timeout=30,
+        )
+    ]
+    assert resumed == []

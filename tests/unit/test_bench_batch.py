@@ -1,0 +1,218 @@
+"""The transfer benchmark's batch mode (issue 14, batchfix): argument handling, the batch
+plan, the end-of-day plan and lanes, the curve's rates and stop rule, and the report maths
+(settle time, gas per transfer, block gas use, what saturated first). Pure logic only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from transfers import parse_args
+from transfers_batch import (
+    CURVE_KNEE,
+    block_use,
+    bridge_cpu_ms,
+    curve_rates,
+    end_of_day_lanes,
+    gas_summary,
+    plan_batches,
+    plan_end_of_day,
+    saturated_point,
+    saturation,
+    settle_stats,
+)
+from transfers_setup import TransferResult, TransferSpec
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+def spec(i: int, source: str, at: float = 0.0) -> TransferSpec:
+    return TransferSpec(i, at, source, "x", "0xs", "0xr", 1)
+
+
+def test_batch_arguments() -> None:
+    o = parse_args(["--batch", "50", "--transfers", "200", "--rate", "40"])
+    assert (o.batch, o.scenario, o.rate, o.curve) == (50, "open-loop", 40.0, ())
+    eod = parse_args(["--scenario", "end-of-day", "--transfers", "2000"])
+    assert eod.batch == 100 and eod.ledgers == ("anvil", "anvil", "fabric")
+    assert eod.lanes == "custom"
+    assert parse_args(["--scenario", "end-of-day", "--ledgers", "anvil,anvil"]).ledgers == (
+        "anvil",
+        "anvil",
+    )
+    curve = parse_args(["--curve", "--curve-from", "2", "--curve-to", "16", "--curve-points", "4"])
+    assert curve.curve == (2.0, 4.0, 8.0, 16.0) and curve.batch == 0
+    for bad in (
+        ["--batch", "-1"],
+        ["--batch", "2501"],
+        ["--scenario", "end-of-day", "--curve"],
+        ["--curve", "--curve-from", "0"],
+        ["--curve", "--curve-from", "8", "--curve-to", "4"],
+        ["--scenario", "end-of-day", "--ledgers", "fabric,fabric"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_batches_group_per_source_in_order_and_are_due_with_their_last_item() -> None:
+    specs = [spec(i, "a" if i % 3 else "b", at=i / 10) for i in range(10)]
+    batches = plan_batches(specs, 3)
+    assert sorted(s.index for b in batches for s in b.items) == list(range(10))
+    for b in batches:
+        assert {s.source for s in b.items} == {b.source} and len(b.items) <= 3
+        assert b.at == b.items[-1].at
+        assert [s.index for s in b.items] == sorted(s.index for s in b.items)
+    assert [b.at for b in batches] == sorted(b.at for b in batches)
+    assert [b.index for b in batches] == list(range(len(batches)))
+    a_items = [s.index for b in batches if b.source == "a" for s in b.items]
+    assert a_items == [i for i in range(10) if i % 3]
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_batches(specs, 0)
+
+
+def test_end_of_day_lanes_and_plan() -> None:
+    lanes = end_of_day_lanes(["A", "B", "F"], ["anvil", "anvil", "fabric"])
+    assert lanes == (("A", "B"), ("B", "A"), ("A", "F"), ("F", "A"))
+    assert end_of_day_lanes(["F", "A"], ["fabric", "anvil"]) == (("A", "F"), ("F", "A"))
+    with pytest.raises(ValueError, match="needs an EVM ledger"):
+        end_of_day_lanes(["F"], ["fabric"])
+    holders = ["h0", "h1", "h2"]
+    plan = plan_end_of_day(9, lanes, holders, holders)
+    assert all(s.at == 0.0 for s in plan)
+    assert [(s.source, s.target) for s in plan[:4]] == list(lanes)
+    assert all(s.sender != s.recipient for s in plan)
+    assert [s.amount for s in plan[:6]] == [1, 2, 3, 4, 5, 1]
+    with pytest.raises(ValueError, match="two holders"):
+        plan_end_of_day(1, lanes, ["h0"], ["h0"])
+
+
+def test_curve_rates_and_stop_rule() -> None:
+    assert curve_rates(2, 32, 5) == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert curve_rates(3, 3, 1) == [3.0]
+    assert not saturated_point(10, 10 * CURVE_KNEE)
+    assert saturated_point(10, 10 * CURVE_KNEE - 0.01)
+
+
+def result(
+    i: int, start: float, final: str | None, at: float, due: float = 0.0, rpc: float = 0.5
+) -> TransferResult:
+    r = TransferResult(spec(i, "a", at=due), submit_start=start, submit_rpc=rpc)
+    if final is not None:
+        r.final_state, r.state_at[final] = final, at
+    return r
+
+
+def test_settle_stats() -> None:
+    results = [
+        result(0, 0.0, "COMMITTED", 4.0),
+        result(1, 1.0, "ABORTED", 9.0),  # ends at 10 s
+        result(2, 2.0, "COMMITTED", 2.0),
+        result(3, 2.0, None, 0.0),  # never terminal: not settled
+    ]
+    s = settle_stats(results)
+    assert (s["settled"], s["committed"], s["time_to_settle_s"]) == (3, 2, 10.0)
+    assert s["sustained_per_s"] == pytest.approx(0.3)
+    assert s["latency_s"]["p50"] == 4.0
+    assert s["accepted_per_s"] == pytest.approx(4 / 2.5)  # last call answered at 2.5 s
+    # Batch mode: a transfer due at 0 s sent with its batch at 3 s waited 3 s for it.
+    batched = [result(0, 3.0, "COMMITTED", 2.0, due=0.0), result(1, 3.0, "COMMITTED", 4.0, 3.0)]
+    b = settle_stats(batched)
+    assert b["time_to_settle_s"] == 7.0 and b["latency_from_due_s"]["p50"] == 4.5
+    assert settle_stats([result(0, 0.0, None, 0.0)])["time_to_settle_s"] is None
+
+
+def test_gas_and_block_use() -> None:
+    receipts = {
+        "a": [
+            {"step": "lock", "gasUsed": 100, "block": 1},
+            {"step": "lock", "gasUsed": 300, "block": 2},
+            {"step": "burn", "gasUsed": 200, "block": 2},
+        ]
+    }
+    g = gas_summary(receipts, transfers=2, batches=1)["a"]
+    assert (g["transactions"], g["gas"], g["gas_per_transfer"], g["gas_per_batch"]) == (
+        3,
+        600,
+        300.0,
+        600.0,
+    )
+    assert g["transactions_per_transfer"] == 1.5
+    assert g["gas_per_step_p50"] == {"lock": 200.0, "burn": 200.0}
+    u = block_use(
+        [
+            {"gasUsed": 95, "gasLimit": 100, "transactions": 7},
+            {"gasUsed": 10, "gasLimit": 100, "transactions": 1},
+        ]
+    )
+    assert u["mean_gas_share"] == pytest.approx(0.525) and u["max_gas_share"] == 0.95
+    assert u["full_share"] == 0.5 and u["max_transactions"] == 7
+    assert (u["transactions"], u["gas"]) == (8, 105)
+    assert block_use([])["blocks"] == 0
+
+
+def cpu(busy: float, others: float = 0.0, **procs: float) -> dict[str, Any]:
+    return {
+        "host_busy_pct": busy,
+        "other_processes_cpu_s": others,
+        "processes": {n: {"avg_pct": p, "cpu_s": p / 10} for n, p in procs.items()},
+    }
+
+
+def test_what_saturated_first() -> None:
+    idle_blocks = {"a": block_use([{"gasUsed": 1, "gasLimit": 100}])}
+    full_blocks = {"a": block_use([{"gasUsed": 99, "gasLimit": 100}] * 3)}
+    # Full blocks win over a busy host: the ledger was the limit.
+    s = saturation(cpu(99, coordinator=80), full_blocks)
+    assert s["what"] == "ledger a block gas" and s["top_process"] == "coordinator"
+    # A busy host names the process with the highest CPU share.
+    s = saturation(cpu(95, coordinator=40, **{"relayer-a": 70}), idle_blocks)
+    assert s["what"] == "host CPU, led by relayer-a"
+    # A busy host taken mostly by processes outside the run is a contended host.
+    s = saturation(cpu(100, others=50.0, coordinator=40), idle_blocks)
+    assert s["what"] == "host CPU, taken mostly by other processes (contended host)"
+    assert "coordinator" in s["why"]
+    # Neither: nothing saturated (the top process is still named).
+    s = saturation(cpu(50, coordinator=40), idle_blocks)
+    assert s["what"] == "nothing" and "coordinator" in s["why"]
+    assert saturation(None, {})["what"] == "nothing"
+
+
+def test_bridge_cpu_per_transfer_counts_bridge_processes_only() -> None:
+    table = {
+        "processes": {
+            "coordinator": {"cpu_s": 1.0},
+            "relayer-brokerage-a": {"cpu_s": 2.0},
+            "verifier-0": {"cpu_s": 0.5},
+            "anvil-brokerage-a": {"cpu_s": 9.0},
+            "bench-client": {"cpu_s": 9.0},
+        }
+    }
+    ms = bridge_cpu_ms(table, transfers=100)
+    assert ms == {
+        "coordinator": 10.0,
+        "relayer-brokerage-a": 20.0,
+        "verifier-0": 5.0,
+        "total": 35.0,
+    }
+    assert bridge_cpu_ms(None, 10) == {} and bridge_cpu_ms(table, 0) == {}
+
+
+def test_the_soak_batches_consecutive_moves_per_source_and_sends_each_when_complete() -> None:
+    from soak import Move
+    from soak import plan_batches as soak_batches
+
+    moves = [Move(f"k{i}", "h", "r", "a" if i % 2 else "b", "x", 1) for i in range(7)]
+    batches = soak_batches(moves, 2)
+    assert sorted(m.key for _, group in batches for m in group) == sorted(m.key for m in moves)
+    for due, group in batches:
+        assert len({m.src for m in group}) == 1 and len(group) <= 2
+        assert due >= max(moves.index(m) for m in group)  # sent once its last move is due
+    assert [(due, [m.key for m in g]) for due, g in batches[:2]] == [
+        (2, ["k0", "k2"]),
+        (3, ["k1", "k3"]),
+    ]
+    assert [len(g) for _, g in batches] == [2, 2, 2, 1]
