@@ -107,12 +107,33 @@ PG_E2E_ALL = $(PG_E2E) tests/e2e/test_batch.py tests/e2e/test_cometbft_lanes.py 
 	tests/e2e/test_observability.py tests/e2e/test_parking.py tests/e2e/test_rotation.py \
 	tests/e2e/test_security_feed.py tests/e2e/test_security_transport.py
 # Every tool the suite needs that is built or installed outside the venv (cold, about ten
-# minutes of CPU for the Go builds; each target is a no-op when its output exists).
-tools: fabric buf geth cometbft helm kubeconform systemd
+# minutes of CPU for the Go builds; each target is a no-op when its output exists). One
+# build at a time (a lock under .run): CI starts one beside lint and the type check, and
+# `make test` its own, which then waits for the first and finds everything there.
+tools:
+	@mkdir -p .run
+	flock .run/tools.lock $(MAKE) --no-print-directory tools-unlocked
 
-test: setup tools
-	$(BIN)/python -m pytest
-	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E)
+.PHONY: tools-unlocked
+tools-unlocked: fabric buf geth cometbft helm kubeconform systemd
+
+# Everything CI must run, in three passes (tests/conftest.py defines the tiers, which are
+# complements): the tests that need no built tool (unit, anvil integration) while the tools
+# build in the background, then every other test, then the PostgreSQL e2e subset. Every
+# pass runs even when an earlier one failed; the target fails when any did.
+TIER_FREE_PATHS = tests/unit tests/integration
+test: setup
+	@mkdir -p .run
+	@$(MAKE) --no-print-directory tools > .run/test-tools.log 2>&1 & tools=$$!; \
+	$(BIN)/python -m pytest --tier=tool-free $(TIER_FREE_PATHS); free=$$?; \
+	if ! wait $$tools; then \
+		cat .run/test-tools.log; echo "building the tools failed" >&2; exit 1; \
+	fi; \
+	tail -n 20 .run/test-tools.log; \
+	$(BIN)/python -m pytest --tier=needs-tools; rest=$$?; \
+	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E); pg=$$?; \
+	echo "make test: tool-free tier exit $$free, needs-tools tier exit $$rest, PostgreSQL e2e exit $$pg"; \
+	[ $$free = 0 ] && [ $$rest = 0 ] && [ $$pg = 0 ]
 
 .PHONY: test-postgres-e2e test-postgres-e2e-all
 test-postgres-e2e-all: setup tools
