@@ -90,8 +90,9 @@ class EvmHarness:
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-evm"))
     profile: str = "ethereum"
     finality_depth: int = 0
-    step_seconds: float = 1.0
-    """One block per transaction: a step is mined and visible on return (tenths of a second)."""
+    step_seconds: float = 2.0
+    """One block per transaction: a step is mined and visible on return (tenths of a second;
+    1 s was too little for the rotation's refusals and install under a load of 20 on 2 cores)."""
 
     @property
     def config(self) -> LedgerConfig:
