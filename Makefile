@@ -100,7 +100,7 @@ demo: setup fabric cometbft
 # left out here refuse before anything is stored, or exercise relayers, members, ledgers
 # and clients the same way on either store; they run in the first pass, and the store's
 # own contract runs on both engines in the unit tier (tests/unit, [postgres] cases). The HA
-# e2e runs on PostgreSQL in the first pass. Every e2e module on PostgreSQL adds about 20
+# e2e runs on PostgreSQL in the first pass. Every e2e module on PostgreSQL adds about 15
 # minutes, over CI's budget: `make test-postgres-e2e-all` (or KSTB_E2E_STORE=postgres pytest
 # tests/e2e/...). test_store_restore (SQLite stores' backups) and test_installed_package
 # (the embedded demo) are SQLite by design.
