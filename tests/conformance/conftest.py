@@ -90,6 +90,9 @@ class EvmHarness:
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-evm"))
     profile: str = "ethereum"
     finality_depth: int = 0
+    step_seconds: float = 2.0
+    """One block per transaction: a step is mined and visible on return (tenths of a second;
+    1 s was too little for the rotation's refusals and install under a load of 20 on 2 cores)."""
 
     @property
     def config(self) -> LedgerConfig:
@@ -238,6 +241,8 @@ class FabricHarness:
     committee: Committee
     kind: str = "fabric"
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-fab"))
+    step_seconds: float = 1.5
+    """Endorsement, ordering and both peers' commit (about half a second here)."""
 
     def config(self, org: str) -> LedgerConfig:
         o = self.net.org(org)
@@ -472,6 +477,8 @@ def geth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GethHarne
         base = evm_endpoint(net, LedgerId("conformance-geth"), workdir)  # type: ignore[arg-type]
         h = GethHarness(**{f.name: getattr(base, f.name) for f in fields(base)}, net=net)
         h.finality_depth = net.finality_depth
+        # A block a second, and a step is final two blocks deep on every node (about 2.5 s).
+        h.step_seconds = 4.0
         h._final()
         yield h
     finally:

@@ -47,6 +47,10 @@ class KindHarness(Protocol):
     network_word: bytes
     signers: Sequence[LocalKeySigner]
     committee: Committee
+    step_seconds: float
+    """Seconds one step may take from its send until :meth:`settled` returns, with room for
+    a loaded machine: the suite sizes the time windows it waits out (a rotation's activation
+    delay and overlap) from it, so a kind with instant steps waits seconds, not minutes."""
 
     def relayer(self) -> LedgerAdapter:
         """A fresh writable adapter with the relayer identity (the caller closes it)."""

@@ -44,6 +44,8 @@ class CometHarness:
     committee: Committee
     kind: str = "cometbft"
     ledger: LedgerId = field(default_factory=lambda: LedgerId("conformance-cmt"))
+    step_seconds: float = 2.0
+    """A commit waits for the next block (at most a second apart; about 0.3 s with traffic)."""
 
     @property
     def config(self) -> LedgerConfig:

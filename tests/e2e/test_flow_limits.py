@@ -27,8 +27,8 @@ from tests.support import eventually_sync
 pytestmark = [pytest.mark.e2e, pytest.mark.governance]
 
 A, B = "brokerage-a", "brokerage-b"
-CAPACITY, WINDOW = 20, 20  # 1 unit per second
-PART, PARTS = 10, 5  # a burst of 50: 20 at once, then one part per 10 s
+CAPACITY, WINDOW = 20, 10  # 2 units per second
+PART, PARTS = 10, 5  # a burst of 50: 20 at once, then one part per 5 s (15 s for the rest)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(
         S.WAIT_REASON_BEHIND_EARLIER_TRANSFER,
     }
     assert all(t.wait_reason == S.WAIT_REASON_UNSPECIFIED for t in transfers)
-    # In submission order, at the refill rate: 20 at once, then 10 units per 10 s.
+    # In submission order, at the refill rate: 20 at once, then 10 units per 5 s.
     times = [lock_time(a, t) for t in transfers]
     assert times == sorted(times)
     span = times[-1] - times[0]
