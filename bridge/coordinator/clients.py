@@ -475,17 +475,25 @@ class CommitteeClient:
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
+        raise self._no_quorum(need, refusals, unreachable, kind.name, kind.name)
+
+    def _no_quorum(
+        self, need: int, refusals: list[str], unreachable: list[str], refused: str, subject: str
+    ) -> PreconditionFailed | Unavailable:
+        """Why every member answered and no ``need`` valid signatures came of it: refused
+        (PreconditionFailed) when too many members refused for the rest to reach ``need``,
+        else Unavailable while some member was unreachable, else too few valid signatures."""
         if refusals and len(refusals) > len(self._stubs) - need:
-            raise PreconditionFailed(
-                f"committee refused {kind.name}: " + "; ".join(sorted(set(refusals)))
+            return PreconditionFailed(
+                f"committee refused {refused}: " + "; ".join(sorted(set(refusals)))
             )
         if unreachable:
-            raise Unavailable(
+            return Unavailable(
                 f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable,"
                 f" {len(refusals)} refused; need {need}"
                 + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
             )
-        raise PreconditionFailed(f"committee did not reach {need} valid signatures for {kind.name}")
+        return PreconditionFailed(f"committee did not reach {need} valid signatures for {subject}")
 
     async def sign_supply(
         self,
@@ -685,19 +693,9 @@ class CommitteeClient:
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
-        if refusals and len(refusals) > len(self._stubs) - need:
-            if refused:
-                raise BatchItemsRefused(refused.values())
-            raise PreconditionFailed(
-                f"committee refused the {subject}: " + "; ".join(sorted(set(refusals)))
-            )
-        if unreachable:
-            raise Unavailable(
-                f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable,"
-                f" {len(refusals)} refused; need {need}"
-                + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
-            )
-        raise PreconditionFailed(f"committee did not reach {need} valid signatures for {subject}")
+        if refused and len(refusals) > len(self._stubs) - need:
+            raise BatchItemsRefused(refused.values())
+        raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject)
 
     # ----
 
