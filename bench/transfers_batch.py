@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from transfers_load import request_for
 from transfers_metrics import percentile
 from transfers_setup import (
     LOAD_MARGIN,
@@ -40,7 +41,7 @@ from transfers_setup import (
 
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.client import instructed
-from bridge.devnet.system import DEMO_ISIN, LocalSystem
+from bridge.devnet.system import LocalSystem
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 WATCH_STREAMS = 3
@@ -271,18 +272,6 @@ def bridge_cpu_ms(cpu: dict[str, Any] | None, transfers: int) -> dict[str, float
 
 
 # -- the batch load --------------------------------------------------------------------------
-def _request(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
-    return transfer_pb2.SubmitTransferRequest(
-        idempotency_key=f"bench-{uuid.uuid4()}",
-        security_id=DEMO_ISIN,
-        source_ledger=spec.source,
-        target_ledger=spec.target,
-        sender=spec.sender,
-        recipient=spec.recipient,
-        amount=str(spec.amount),
-    )
-
-
 RETRYABLE_OUTCOME = transfer_pb2.BATCH_ITEM_OUTCOME_RETRYABLE
 REFUSED_OUTCOME = transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
 
@@ -386,7 +375,7 @@ async def _run_batch(
     await asyncio.sleep(max(0.0, t0 + batch.at - loop.time()))
     start, wall = loop.time() - t0, time.time()
     results = [TransferResult(s, submit_start=start) for s in batch.items]
-    items = [instructed(system.brokerage.instruct, _request(s)) for s in batch.items]
+    items = [instructed(system.brokerage.instruct, request_for(s)) for s in batch.items]
     request = transfer_pb2.SubmitTransfersRequest(
         batch_id=f"bench-{uuid.uuid4()}", source_ledger=batch.source, items=items
     )

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 
 # -- load ------------------------------------------------------------------------------------
-def _request(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
+def request_for(spec: TransferSpec) -> transfer_pb2.SubmitTransferRequest:
+    """The unsigned SubmitTransfer request of ``spec``, under a fresh idempotency key."""
     return transfer_pb2.SubmitTransferRequest(
         idempotency_key=f"bench-{uuid.uuid4()}",
         security_id=DEMO_ISIN,
@@ -50,7 +51,7 @@ async def _submit_and_watch(
     loop = asyncio.get_running_loop()
     start, wall = loop.time(), time.time()
     response = await stub.SubmitTransfer(
-        _request(result.spec), timeout=min(SUBMIT_TIMEOUT, deadline - start)
+        request_for(result.spec), timeout=min(SUBMIT_TIMEOUT, deadline - start)
     )
     result.submit_rpc = loop.time() - start
     result.transfer_id = response.transfer.transfer_id
