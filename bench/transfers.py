@@ -210,14 +210,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    batch, a.scenario, curve)  # fmt: skip
 
 
-async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
-    """Run the load (with the CPU sampler and RPC counting), then let stragglers settle."""
+async def _start_measuring(
+    system: LocalSystem, opts: Options
+) -> tuple[CpuSampler | None, dict[str, Path], dict[str, int]]:
+    """The CPU sampler (its idle baseline taken) and each anvil log with its size now, from
+    which the run's JSON-RPC requests are counted."""
     sampler = CpuSampler(process_pids(system)) if opts.cpu else None
     if sampler is not None and opts.baseline > 0:
         _say(f"measuring the idle system's CPU for {opts.baseline:g} s ...")
         await sampler.baseline(opts.baseline)
     logs = anvil_logs(system)
-    offsets = {name: _log_size(path) for name, path in logs.items()}
+    return sampler, logs, {name: _log_size(path) for name, path in logs.items()}
+
+
+async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
+    """Run the load (with the CPU sampler and RPC counting), then let stragglers settle."""
+    sampler, logs, offsets = await _start_measuring(system, opts)
     specs = plan(opts, holders)
     _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
     results, _ = await run_load(system, specs, opts, sampler)
@@ -263,12 +271,7 @@ async def measure_batch(
 ) -> tuple[Measurement, dict[str, Any]]:
     """The batch load (or end-of-day scenario) with CPU sampling, then the ledgers'
     transactions, gas and block use of the terminal transfers, and what saturated."""
-    sampler = CpuSampler(process_pids(system)) if opts.cpu else None
-    if sampler is not None and opts.baseline > 0:
-        _say(f"measuring the idle system's CPU for {opts.baseline:g} s ...")
-        await sampler.baseline(opts.baseline)
-    logs = anvil_logs(system)
-    offsets = {name: _log_size(path) for name, path in logs.items()}
+    sampler, logs, offsets = await _start_measuring(system, opts)
     specs = batch_specs(opts, holders)
     what = "all at once" if opts.scenario == "end-of-day" else f"at {opts.rate:g}/s"
     _say(f"offering {len(specs)} transfers {what} in batches of {opts.batch} ...")
