@@ -484,6 +484,24 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 raise ClaimsRefused([refused_item(i, e) for i, e in exc.refused.items()]) from None
         return await self._sign_batch(kind, keys, _signing_ledgers(kind, src, dst))
 
+    async def _signing_domains(
+        self, ledgers: list[LedgerReader]
+    ) -> list[tuple[LedgerReader, ClaimDomain]]:
+        """Every claim domain this member signs under for ``ledgers``, in order: each
+        ledger's own endpoint and verified network word, under each epoch it signs in there
+        (a key in both epochs of an overlap signs under each; the coordinator takes the
+        epoch the ledger prefers)."""
+        epochs = [await self._signing_epochs(reader) for reader in ledgers]
+        out = []
+        for reader, committees in zip(ledgers, epochs, strict=True):
+            network = await self._network_word(reader)
+            for committee in committees:
+                domain = ClaimDomain(
+                    reader.ledger.word, reader.bridge_word, committee.epoch, network
+                )
+                out.append((reader, domain))
+        return out
+
     async def _sign_batch(
         self, kind: ClaimKind, keys: Sequence[tuple[bytes, bytes]], ledgers: list[LedgerReader]
     ) -> verifier_pb2.SignClaimsResponse:
@@ -491,35 +509,32 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         (transfer id, terms hash) for each of ``ledgers`` and each epoch it signs under
         there (ADR 0025)."""
         out = verifier_pb2.SignClaimsResponse(signer=self._signer.address)
-        epochs = [await self._signing_epochs(reader) for reader in ledgers]
-        for reader, committees in zip(ledgers, epochs, strict=True):
-            network = await self._network_word(reader)
-            for committee in committees:
-                batch = build_batch(
-                    [
-                        BatchClaim(
-                            network,
-                            reader.ledger.word,
-                            reader.bridge_word,
-                            committee.epoch,
-                            int(kind),
-                            tid,
-                            th,
-                        )
-                        for tid, th in keys
-                    ]
-                )
-                digest = batch.digest
-                out.signatures.append(
-                    verifier_pb2.BatchRootSignature(
-                        ledger_id=reader.ledger.name,
-                        epoch=committee.epoch,
-                        root=batch.root,
-                        count=batch.count,
-                        digest=digest,
-                        signature=self._signer.sign_digest(digest),
+        for reader, domain in await self._signing_domains(ledgers):
+            batch = build_batch(
+                [
+                    BatchClaim(
+                        domain.network,
+                        domain.ledger,
+                        domain.contract,
+                        domain.epoch,
+                        int(kind),
+                        tid,
+                        th,
                     )
+                    for tid, th in keys
+                ]
+            )
+            digest = batch.digest
+            out.signatures.append(
+                verifier_pb2.BatchRootSignature(
+                    ledger_id=reader.ledger.name,
+                    epoch=domain.epoch,
+                    root=batch.root,
+                    count=batch.count,
+                    digest=digest,
+                    signature=self._signer.sign_digest(digest),
                 )
+            )
         self._log.info("claims signed", count=len(keys), **{STATE: kind.name})
         return out
 
@@ -532,24 +547,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         ledger's own claim domain and verified network word)."""
         claim = Claim(kind=kind, transfer_id=tid, terms_hash=th)
         out = verifier_pb2.SignClaimResponse(signer=self._signer.address)
-        epochs = [await self._signing_epochs(reader) for reader in ledgers]
-        for reader, committees in zip(ledgers, epochs, strict=True):
-            network = await self._network_word(reader)
-            # A key in both epochs of an overlap signs under each: the coordinator takes
-            # the epoch the ledger prefers.
-            for committee in committees:
-                domain = ClaimDomain(
-                    reader.ledger.word, reader.bridge_word, committee.epoch, network
+        for reader, domain in await self._signing_domains(ledgers):
+            digest = claim_digest(domain, claim)
+            out.signatures.append(
+                verifier_pb2.LedgerSignature(
+                    ledger_id=reader.ledger.name,
+                    epoch=domain.epoch,
+                    digest=digest,
+                    signature=self._signer.sign_digest(digest),
                 )
-                digest = claim_digest(domain, claim)
-                out.signatures.append(
-                    verifier_pb2.LedgerSignature(
-                        ledger_id=reader.ledger.name,
-                        epoch=committee.epoch,
-                        digest=digest,
-                        signature=self._signer.sign_digest(digest),
-                    )
-                )
+            )
         self._log.info("claim signed", **{TRANSFER: "0x" + tid.hex(), STATE: kind.name})
         return out
 
