@@ -312,12 +312,18 @@ def parse_certificate(text: str) -> Certificate:
     epoch = obj["epoch"]
     if type(epoch) is not int or not 0 <= epoch < UINT64_LIMIT:
         raise _invalid("certificate epoch must be an integer in uint64 range")
-    sigs = obj["signatures"]
+    return Certificate(epoch=epoch, signatures=_parse_signatures(obj["signatures"]))
+
+
+def _parse_signatures(sigs: Any) -> tuple[bytes, ...] | None:
+    """A certificate's signatures: a list of 0x-hex byte strings, else None (which the
+    certificate rule refuses MalformedSignatures, the EVM's error for a blob that does not
+    split into 65-byte parts)."""
     if not isinstance(sigs, list) or not all(
         isinstance(s, str) and _HEX_SIGNATURE.fullmatch(s) for s in sigs
     ):
-        return Certificate(epoch=epoch, signatures=None)
-    return Certificate(epoch=epoch, signatures=tuple(bytes.fromhex(s[2:]) for s in sigs))
+        return None
+    return tuple(bytes.fromhex(s[2:]) for s in sigs)
 
 
 def recover_signer(digest: bytes, signature: bytes) -> bytes | None:
@@ -2362,12 +2368,7 @@ def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
         if type(value) is not int or not 0 <= value < 2**bits:
             raise _invalid(f"batch certificate {name} must be an integer in uint{bits} range")
         numbers[name] = value
-    sigs = obj["signatures"]
-    signatures: tuple[bytes, ...] | None = None
-    if isinstance(sigs, list) and all(
-        isinstance(s, str) and _HEX_SIGNATURE.fullmatch(s) for s in sigs
-    ):
-        signatures = tuple(bytes.fromhex(s[2:]) for s in sigs)
+    signatures = _parse_signatures(obj["signatures"])
     cert = _batch.BatchCertificate(root=_parse_word("root", obj["root"]), signatures=(), **numbers)
     # None (did not split) reaches the core's rule, which refuses it MalformedSignatures.
     return dataclass_replace(cert, signatures=cast(tuple[bytes, ...], signatures))
