@@ -170,6 +170,28 @@ def test_a_lane_to_itself_is_refused(env: Env) -> None:
     rejects(env, env.a, "WrongLedger", env.admin, "SetFlowLimit", *args)
 
 
+def test_two_endorsers_whose_clocks_differ_return_the_same_answer(env: Env) -> None:
+    """SetFlowLimit's answer is endorsed, so it is computed at the proposal's timestamp:
+    two peers one second apart on either side of it sign the same payload and the same
+    writes (the CI failure "ProposalResponsePayloads do not match" of stop 18)."""
+    set_limit(env, env.a, env.b, out=100, window=100)
+    lock(env, make_terms(env, amount=60))
+    Clock.now += 7
+    args = (ISIN.isin, env.b.name, "200", "0", "100", "0", "0", "0")
+    answers = []
+    for skew in (-1, 0, 1):
+        peer = Ledger(name=env.a.name, chaincode=env.a.chaincode, channel=env.a.channel)
+        peer.store.data = dict(env.a.store.data)
+        answers.append(
+            (call(peer, env.admin, "SetFlowLimit", *args, local=Clock.now + skew), peer.store.data)
+        )
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][0]["as_of"] == Clock.now
+    assert (
+        answers[0][0]["outbound_available"] == "47"
+    )  # 40 left, 7 s refill at 1/s; kept as the cap grows
+
+
 def test_share_of_supply_sizes_both_capacities(env: Env) -> None:
     set_limit(env, env.a, env.b, window=3_600, share_bps=250)  # alice holds 10 000
     s = status(env.a, env.b)

@@ -2002,7 +2002,11 @@ class Endpoint:
             units = cap if old_cap == 0 else (level // old_period if level else 0)
             self._store_bucket(sec, lane, kind, min(units, cap) * period, t)
         self._put_json(f"flowlimit/{sec.hex()}/{lane.hex()}", {k: str(v) for k, v in nxt.items()})
-        return self.flow_status(isin, counterpart)
+        # SECURITY (CI flake of stop 18): the answer is part of the endorsed proposal
+        # response, so it is computed at the transaction time, never at a peer's own clock;
+        # two endorsers whose clocks straddle a second would otherwise return different
+        # payloads and the transaction would fail "ProposalResponsePayloads do not match".
+        return self._flow_status_at(sec, lane, self._clock() if now is None else now)
 
     def flow_status(self, isin: str, counterpart: str) -> object:
         """``flowStatus``: the lane's limit and bucket levels now, as decimal strings, with
@@ -2013,9 +2017,13 @@ class Endpoint:
         if not isinstance(counterpart, str) or not _LEDGER_NAME.fullmatch(counterpart):
             raise _invalid(f"counterpart {counterpart!r} is not a ledger name")
         lane = ledger_word(counterpart)
-        f = self._flow_limit(sec, lane)
         now = self._ctx.local_time if self._ctx.local_time is not None else self._ctx.tx_time
-        now = now or 0
+        return self._flow_status_at(sec, lane, now or 0)
+
+    def _flow_status_at(self, sec: bytes, lane: bytes, now: int) -> dict[str, object]:
+        """The lane's limit and bucket levels at ``now`` (``flowStatus``'s answer). A
+        transaction passes its own timestamp, so every endorser returns the same bytes."""
+        f = self._flow_limit(sec, lane)
         return {
             "as_of": now,
             "window": str(f["window"]),
