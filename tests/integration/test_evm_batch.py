@@ -319,7 +319,7 @@ def test_an_item_with_a_proof_for_another_root(env: Env) -> None:
                      evm_batch.step_call(env.b.endpoint, BatchStep.COMMIT, [items[0], foreign], c))  # fmt: skip
     assert detail == "index=1"
     # An item that is not in the root at all, with any proof, does not prove either.
-    stranger = BatchItem(ts[2], items[0].proof)
+    stranger = BatchItem(ts[2], proof=items[0].proof)
     refused(env, ErrorReason.INVALID_BATCH_PROOF,
             evm_batch.step_call(env.b.endpoint, BatchStep.COMMIT, [stranger], c))  # fmt: skip
     assert snapshot(env) == before and [in_leg(env, t)[0] for t in ts] == [PREPARED] * 3
@@ -459,7 +459,7 @@ def test_malformed_batches_and_callers(env: Env) -> None:
     refused(env, ErrorReason.INVALID_BATCH,
             fns.commitBatch([i.terms.as_abi_tuple() for i in items], [list(items[0].proof)],
                             cert_tuple))  # fmt: skip
-    too_long = BatchItem(items[0].terms, items[0].proof + (bytes(32),) * 40)
+    too_long = BatchItem(items[0].terms, proof=items[0].proof + (bytes(32),) * 40)
     refused(env, ErrorReason.INVALID_BATCH_PROOF,
             evm_batch.step_call(env.b.endpoint, BatchStep.COMMIT, [too_long], c))  # fmt: skip
     refused(env, ErrorReason.NOT_RELAYER,
@@ -533,7 +533,7 @@ def test_gas_per_batch_and_per_item(env: Env) -> None:
     # certificate check and one leaf; its gas less the intrinsic 21,000 and calldata.
     ts = prepared_batch(env, 2, amount=1)
     _items, c = certified(env, env.b, ClaimKind.COMMIT, ts)
-    bad = BatchItem(ts[0], (bytes(32),))
+    bad = BatchItem(ts[0], proof=(bytes(32),))
     fn = evm_batch.step_call(env.b.endpoint, BatchStep.COMMIT, [bad], c)
     with pytest.raises(TxReverted) as info:
         send_tx(env.w3, env.relayer.private_key, fn, gas=FIXED_GAS)

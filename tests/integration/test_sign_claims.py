@@ -244,7 +244,7 @@ def locked(env: TwoLedgers, n: int, recipient: DevAccount | None = None) -> list
 def run_step(
     on: EvmLedger, step: BatchStep, certified: CertifiedBatch, only: slice = slice(None)
 ) -> None:
-    items = [BatchItem(i.terms, i.proof) for i in certified.items[only]]
+    items = [BatchItem(i.terms, proof=i.proof) for i in certified.items[only]]
     fn = evm_batch.step_call(on.endpoint, step, items, certified.certificate)
     send_tx(on.w3, on.relayer.private_key, fn)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 
 from bridge.core import batch as core
 from bridge.domain.claims import ClaimDomain, ClaimKind
+from bridge.domain.ledger_batches import BatchItem
 from bridge.domain.terms import TransferTerms
 
 
@@ -37,14 +37,6 @@ class BatchStep(enum.Enum):
     def kind(self) -> ClaimKind:
         """The claim kind the step's certificate must certify."""
         return self.value[1]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One item of a batched step: the terms and the inclusion proof of their claim."""
-
-    terms: TransferTerms
-    proof: tuple[bytes, ...]
 
 
 def endpoint_batch(
@@ -80,7 +72,7 @@ def batch_items(
             domain.network, domain.ledger, domain.contract, batch.epoch, batch.kind,
             t.transfer_id, t.terms_hash,
         )  # fmt: skip
-        out.append(BatchItem(t, batch.proof(claim)))
+        out.append(BatchItem(t, proof=batch.proof(claim)))
     return out
 
 

@@ -17,14 +17,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from bridge.core.batch import BatchCertificate
-from bridge.domain.errors import LedgerRejected
-from bridge.domain.legs import Action, Leg, LegState, leg_state_from_ledger
-from bridge.domain.terms import TransferTerms
+from bridge.domain.ledger_batches import (
+    BatchItem,
+    BatchItemResult,
+    BatchOutcome,
+    leg_of,
+    refused_item,
+)
+from bridge.domain.legs import Action, leg_state_from_ledger
 from bridge.ledgers.fabric import codec
+
+__all__ = [
+    "BATCH_EVENT_NAME",
+    "BATCH_FUNCTIONS",
+    "MAX_BATCH_ITEMS",
+    "BatchItem",
+    "BatchItemResult",
+    "BatchOutcome",
+    "arguments",
+    "certificate_to_json",
+    "items_to_json",
+    "leg_of",
+    "leg_payloads",
+    "refused_item",
+    "results_from_json",
+]
 
 MAX_BATCH_ITEMS = 200
 """The most items one batched invocation carries (the chaincode's bound; InvalidBatch)."""
@@ -39,42 +59,6 @@ BATCH_FUNCTIONS: Mapping[Action, str] = {
     Action.ABORT: "AbortBatch",
 }
 """The batched function of each step that has one (not MARK_EXPIRED)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One item of a batched step: its terms and, for LOCK, the instructor's signature,
-    otherwise its inclusion proof (sibling hashes, bottom up) under the certificate's root."""
-
-    terms: TransferTerms
-    instruction: bytes = b""
-    proof: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItemResult:
-    """What one item's leg is after the invocation; ``skipped``: it already was (replay)."""
-
-    transfer_id: bytes
-    leg: Leg
-    state: LegState
-    terms_hash: bytes
-    reason: int
-    skipped: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    """A committed batched invocation (final on Fabric) and every item's result."""
-
-    tx_id: str
-    height: int
-    items: tuple[BatchItemResult, ...]
-
-    @property
-    def applied(self) -> int:
-        """Items this invocation moved."""
-        return sum(1 for i in self.items if not i.skipped)
 
 
 def items_to_json(action: Action, items: Sequence[BatchItem]) -> str:
@@ -126,15 +110,6 @@ def arguments(
     return [*args, certificate_to_json(certificate)]
 
 
-def leg_of(action: Action, terms: TransferTerms, ledger_word: bytes) -> Leg:
-    """Which leg ``action`` moves for ``terms`` on the ledger ``ledger_word``."""
-    if action is Action.LOCK:
-        return Leg.OUTBOUND
-    if action is Action.PREPARE:
-        return Leg.INBOUND
-    return Leg.OUTBOUND if terms.src_ledger == ledger_word else Leg.INBOUND
-
-
 def results_from_json(
     raw: str | bytes, action: Action, items: Sequence[BatchItem], ledger_word: bytes
 ) -> tuple[BatchItemResult, ...]:
@@ -163,12 +138,6 @@ def results_from_json(
             )
         )
     return tuple(out)
-
-
-def refused_item(refusal: LedgerRejected) -> int | None:
-    """The index of the item a batch refusal names (its ``item`` figure), if any."""
-    item = refusal.figures.get("item")
-    return item if isinstance(item, int) else None
 
 
 def leg_payloads(name: str, payload: str | bytes) -> list[Mapping[str, Any]]:
