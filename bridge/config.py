@@ -261,6 +261,8 @@ class CoordinatorConfig:
     """---- batchfix: most concurrent WatchBatch streams per caller (organisation, role)."""
     max_running_batches: int = 8
     """---- batchfix: most SubmitTransfers batches of one source ledger running at once."""
+    max_transfer_watches: int = 256
+    """Most concurrent WatchTransfer streams per caller (organisation, role)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +590,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         max_batch_items=int(raw.get("max_batch_items", 1000)),
         max_batch_watches=int(raw.get("max_batch_watches", 4)),
         max_running_batches=int(raw.get("max_running_batches", 8)),
+        max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
     )
 
 

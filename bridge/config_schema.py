@@ -353,6 +353,10 @@ class CoordinatorFile(Table):
     (a batch keeps running when its caller gives up); one more is refused
     RESOURCE_EXHAUSTED (retryable) before anything is reserved. Replays of a running batch
     wait for it and do not count."""
+    max_transfer_watches: int = Field(default=256, gt=0, le=10_000)
+    """Most ``WatchTransfer`` streams one caller (organisation and role) may hold open at
+    once; one more is refused RESOURCE_EXHAUSTED (retryable). A brokerage following many
+    transfers watches their batch (``WatchBatch``) or lists them (``ListTransfers``)."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

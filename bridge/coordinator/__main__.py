@@ -203,6 +203,7 @@ async def run(config_path: Path) -> None:
         max_batch_watches=cfg.max_batch_watches,
         max_running_batches=cfg.max_running_batches,
         audit=audit,
+        max_transfer_watches=cfg.max_transfer_watches,
     )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)

@@ -25,11 +25,11 @@ from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
 from bridge.coordinator.store import TransferStore
+from bridge.coordinator.stream_quota import StreamQuota
 from bridge.domain.errors import (
     BridgeError,
     InvalidInput,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from bridge.domain.transfer import TransferState
@@ -46,6 +46,8 @@ DEFAULT_MAX_BATCH_ITEMS = 1000
 """Items per SubmitTransfers unless the coordinator's ``max_batch_items`` says otherwise."""
 DEFAULT_MAX_BATCH_WATCHES = 4
 """Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
+DEFAULT_MAX_TRANSFER_WATCHES = 256
+"""Concurrent WatchTransfer streams per caller unless ``max_transfer_watches`` says so."""
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
 SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
@@ -114,6 +116,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         max_batch_watches: int = DEFAULT_MAX_BATCH_WATCHES,
         max_running_batches: int = DEFAULT_MAX_RUNNING_BATCHES,
         audit: AuditLog | None = None,
+        max_transfer_watches: int = DEFAULT_MAX_TRANSFER_WATCHES,
     ):
         self._network = network
         self._coordinator = coordinator
@@ -123,8 +126,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             BatchRunner(batches, max_running=max_running_batches) if batches is not None else None
         )
         self._max_batch_items = max_batch_items
-        self._max_batch_watches = max_batch_watches
-        self._watches: dict[tuple[str, str], int] = {}  # open WatchBatch streams per caller
+        # SECURITY: bound what one caller (organisation and role, whatever its number of
+        # certificates) holds open: every stream costs a task and periodic store reads.
+        self._batch_watches = StreamQuota("WatchBatch", "max_batch_watches", max_batch_watches)
+        self._transfer_watches = StreamQuota(
+            "WatchTransfer", "max_transfer_watches", max_transfer_watches
+        )
         self._audit = audit  # ---- batchfix (review s18 F10): per-item denials audited
 
     @grpc_errors
@@ -179,11 +186,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> AsyncIterator[transfer_pb2.TransferUpdate]:
         """Stream every state change after ``after_sequence`` (0: from the first) until the
         terminal one. Sequences are per-transfer history rows taken under the transfer's row
-        lock, so a watch resumed on another coordinator sees no gap and no duplicate."""
+        lock, so a watch resumed on another coordinator sees no gap and no duplicate. A
+        caller (organisation and role) holding ``max_transfer_watches`` streams already gets
+        RESOURCE_EXHAUSTED (stop 19; review s18: WatchTransfer had no per-caller bound)."""
         tid = parse_transfer_id(request.transfer_id)
-        async for update in self._coordinator.watch(tid):
-            if update.sequence > request.after_sequence:
-                yield await self._update_to_pb(update)
+        caller = current_principal()
+        with self._transfer_watches.hold((caller.org, caller.role)):
+            async for update in self._coordinator.watch(tid):
+                if update.sequence > request.after_sequence:
+                    yield await self._update_to_pb(update)
 
     # ---- batch API (ADR 0023)
     def _batch_runner(self) -> BatchRunner:
@@ -310,24 +321,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         the stream keeps one small cursor per unfinished item, not the batch; a caller
         holding ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
         caller = current_principal()
-        who = (caller.org, caller.role)
-        # SECURITY: bound what one caller (organisation and role, whatever its number of
-        # certificates) holds open: every stream costs a task and periodic store reads.
-        if self._watches.get(who, 0) >= self._max_batch_watches:
-            raise ResourceExhausted(
-                f"{caller.org} already holds {self._max_batch_watches} WatchBatch streams"
-                " (max_batch_watches); retry when one has ended"
-            )
-        self._watches[who] = self._watches.get(who, 0) + 1
-        try:
+        with self._batch_watches.hold((caller.org, caller.role)):
             async for message in self._watch_batch(request):
                 yield message
-        finally:
-            left = self._watches[who] - 1
-            if left:
-                self._watches[who] = left
-            else:
-                del self._watches[who]
 
     async def _watch_batch(
         self, request: transfer_pb2.WatchBatchRequest

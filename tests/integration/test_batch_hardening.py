@@ -173,7 +173,15 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
     coordinator.submit = counting  # type: ignore[method-assign]
     await coordinator.start()
     audit = AuditLog(tmp_path / "audit.jsonl")
-    server = grpc.aio.server(interceptors=[AuthorisationInterceptor(Authenticator(network), audit)])
+
+    async def ledgers_of(tid: bytes) -> tuple[str, str] | None:  # as the daemon's
+        record = await store.get(tid)
+        return (
+            None if record is None else (record.request.source_ledger, record.request.target_ledger)
+        )
+
+    authz = AuthorisationInterceptor(Authenticator(network), audit, ledgers_of)
+    server = grpc.aio.server(interceptors=[authz])
     servicer = TransferServicer(
         network,
         coordinator,
@@ -182,6 +190,7 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
         max_batch_watches=2,
         max_running_batches=1,
         audit=audit,
+        max_transfer_watches=2,
     )
     transfer_pb2_grpc.add_TransferServiceServicer_to_server(servicer, server)
     cert = pki.cert_for("coordinator")
@@ -486,6 +495,41 @@ async def test_watch_batch_streams_are_bounded_per_caller(served: Served) -> Non
             call.cancel()
 
     assert await eventually(admitted, 10, "a stream admitted once the others ended")
+
+
+async def test_watch_transfer_streams_are_bounded_per_caller(served: Served) -> None:
+    """max_transfer_watches = 2 here: a brokerage's third WatchTransfer (from its second
+    certificate too) is RESOURCE_EXHAUSTED naming the setting, and the slot comes back when
+    a stream is cancelled (review s18: WatchTransfer had no per-caller bound)."""
+    served.relayers["a"].open.clear()  # no lock lands: the transfer stays unfinished
+    done = await served.stub.SubmitTransfers(batch("day-w", [item(served, "t-0")]), timeout=30)
+    watch = S.WatchTransferRequest(transfer_id=done.results[0].transfer.transfer_id)
+    one = served.stub.WatchTransfer(watch, timeout=30)
+    two = served.other_stub.WatchTransfer(watch, timeout=30)
+    await _first_message(one)
+    await _first_message(two)
+    third = served.stub.WatchTransfer(watch, timeout=30)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _first_message(third)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None and "max_transfer_watches" in status.message
+    one.cancel()
+
+    async def admitted() -> bool:
+        call = served.stub.WatchTransfer(watch, timeout=30)
+        try:
+            await _first_message(call)
+            return True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return False
+        finally:
+            call.cancel()
+
+    assert await eventually(admitted, 10, "a stream admitted once another ended")
+    two.cancel()
 
 
 async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
