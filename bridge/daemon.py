@@ -11,6 +11,7 @@ from typing import Any
 from bridge.config_errors import ConfigError
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
+from bridge.obs.native_stderr import route_native_stderr
 from bridge.standby import EXIT_STATE_IN_USE, StateInUse
 from bridge.version import add_version_argument
 
@@ -51,6 +52,7 @@ def run_daemon(
     add_version_argument(parser)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
+    route_native_stderr(component)  # ---- gRPC C-core's own lines as JSON too (before configure)
     configure(component)  # every line, even before ``run`` binds its fields, is one format
     try:
         asyncio.run(run(args.config))

@@ -41,6 +41,7 @@ from bridge.domain.errors import NotLeader
 from bridge.keys.files import refuse_exposed
 from bridge.logfields import configure
 from bridge.obs.daemon import DaemonObservability
+from bridge.obs.native_stderr import route_native_stderr
 from bridge.obs.readiness import Probe
 from bridge.rpc.audit import AuditLog
 from bridge.rpc.roles import MEMBER, RELAYER, Role
@@ -417,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_version_argument(parser)
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
+    route_native_stderr("coordinator")  # gRPC C-core's own lines as JSON (before configure)
     configure("coordinator")  # every line, even a configuration error, is one format
     try:
         asyncio.run(run(args.config))
