@@ -263,6 +263,8 @@ class CoordinatorConfig:
     """---- batchfix: most SubmitTransfers batches of one source ledger running at once."""
     max_transfer_watches: int = 256
     """Most concurrent WatchTransfer streams per caller (organisation, role)."""
+    batch_retention_days: int = 30
+    """Days a batch's record (its id's idempotency window) is kept; transfers stay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +593,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         max_batch_watches=int(raw.get("max_batch_watches", 4)),
         max_running_batches=int(raw.get("max_running_batches", 8)),
         max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
+        batch_retention_days=int(raw.get("batch_retention_days", 30)),
     )
 
 

@@ -357,6 +357,11 @@ class CoordinatorFile(Table):
     """Most ``WatchTransfer`` streams one caller (organisation and role) may hold open at
     once; one more is refused RESOURCE_EXHAUSTED (retryable). A brokerage following many
     transfers watches their batch (``WatchBatch``) or lists them (``ListTransfers``)."""
+    batch_retention_days: int = Field(default=30, ge=1, le=3650)
+    """Days a ``SubmitTransfers`` batch's record is kept: the batch id's idempotency window.
+    Older finished records are deleted hourly by the active coordinator; every transfer
+    and its history stay, so a batch id used again after that runs as a new batch whose
+    items' idempotency keys still answer their existing transfers."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

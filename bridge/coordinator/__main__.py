@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.config import HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
+from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import Database, DatabaseInUse, open_database
@@ -272,10 +273,13 @@ async def run(config_path: Path) -> None:
     await publisher.start()
     await halts.start()
     await rotations.start()
+    # ---- batch API (ADR 0023): the batch ids' idempotency window, by the active one only
+    pruning = prune_batches(batch_store, cfg.batch_retention_days, stop)
     if ha is None:
-        await obs.start(server, probes, stop, metrics_loop)
+        await obs.start(server, probes, stop, metrics_loop, pruning)
     else:
         obs.add_loop(metrics_loop)
+        obs.add_loop(pruning)
         ha.active = True  # calls are served from here (the gate and readiness follow)
         await obs.recheck()  # SERVING now, not at the next probe round
     log.info("coordinator started", listen=cfg.listen, port=server.port, resumed=resumed)

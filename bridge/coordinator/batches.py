@@ -330,6 +330,27 @@ class SqlBatchStore:
             raise RuntimeError(f"batch {batch.batch_id!r} vanished while it was recorded")
         return stored, written
 
+    async def prune(self, created_before: float, limit: int = 1000) -> int:
+        """Delete at most ``limit`` finished batch records created before
+        ``created_before``; return how many. A reserved (running) batch is never deleted.
+
+        What remains true: every transfer and its history stay (this deletes only the
+        batch's request fingerprint and per-item results), so a later SubmitTransfers with
+        a pruned batch id runs as a new batch in which each item's idempotency key still
+        answers its existing transfer; an item refused back then is evaluated again (its
+        instruction's deadline has long passed, so it is refused again)."""
+
+        def run(db: Conn) -> int:
+            cur = db.execute(
+                "DELETE FROM transfer_batches WHERE (source_ledger, batch_id) IN"
+                " (SELECT source_ledger, batch_id FROM transfer_batches"
+                " WHERE created_at < ? AND pending = 0 LIMIT ?)",
+                (created_before, limit),
+            )
+            return int(cur.rowcount)
+
+        return await self._db.write(run)
+
     async def get(self, source_ledger: str, batch_id: str) -> BatchRecord | None:
         """See BatchStore.get."""
         return await self._db.read(lambda db: _get(db, source_ledger, batch_id))

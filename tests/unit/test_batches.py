@@ -3,6 +3,8 @@ recorded batch (SQLite store) and its replay, and the authorisation rules."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import (
     BatchRecord,
     Claim,
@@ -242,6 +245,57 @@ async def test_an_orphaned_reservation_is_taken_over_once(database: Database) ->
         assert not other.claimed and other.record is not None and other.record.owner == "x"
     finally:
         store.close()
+
+
+async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
+    database: Database,
+) -> None:
+    """``prune`` deletes finished records older than the cut-off, a bounded number per
+    statement, never a reserved (running) one nor a newer one; the id is then free."""
+    store = SqlBatchStore(database)
+    try:
+        fp = b"\xaa" * 32
+        result = (ItemResult(0, "k", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),)
+        for i in range(5):  # finished at t = 10..14
+            assert (await store.claim(A, f"old-{i}", fp, "o", 10.0 + i)).claimed
+            await store.finish(BatchRecord(A, f"old-{i}", fp, result, 10.0 + i), "o")
+        assert (await store.claim(A, "running", fp, "o", 1.0)).claimed  # reserved, old
+        assert (await store.claim(B, "new", fp, "o", 100.0)).claimed
+        await store.finish(BatchRecord(B, "new", fp, result, 100.0), "o")
+        assert await store.prune(50.0, limit=3) == 3
+        assert await store.prune(50.0, limit=3) == 2
+        assert await store.prune(50.0, limit=3) == 0
+        assert [await store.get(A, f"old-{i}") for i in range(5)] == [None] * 5
+        running = await store.get(A, "running")
+        assert running is not None and running.pending
+        assert await store.get(B, "new") is not None
+        # A pruned id runs again as a new batch (its items' keys answer their transfers).
+        assert (await store.claim(A, "old-0", b"\xbb" * 32, "o2", 200.0)) == Claim(None, True)
+    finally:
+        store.close()
+
+
+async def test_the_pruning_loop_deletes_in_rounds_and_survives_a_store_failure() -> None:
+    """``prune_batches`` asks with the retention's cut-off until a round deletes fewer
+    than a statement's rows; a store failure waits for the next round."""
+    calls: list[tuple[float, int]] = []
+    answers: list[int | Exception] = [Unavailable("database busy"), 2, 2, 1]
+    stop = asyncio.Event()
+
+    class Store:
+        async def prune(self, created_before: float, limit: int = 1000) -> int:
+            calls.append((created_before, limit))
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            if not answers:
+                stop.set()
+            return answer
+
+    started = time.time()
+    await asyncio.wait_for(prune_batches(Store(), 7, stop, every=0.01, batch_rows=2), 10)
+    assert len(calls) == 4 and all(limit == 2 for _, limit in calls)
+    assert all(abs(cut - (started - 7 * 86_400)) < 5 for cut, _ in calls)
 
 
 @pytest.mark.security
