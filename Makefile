@@ -87,10 +87,13 @@ systemd:
 CHAINCODE_ADDRESS ?= kstb-chaincode:9999
 CHAINCODE_TLS_ROOT ?=
 RELEASE_ALLOW_DIRTY ?=
+RELEASE_KEY_CONFIG ?=
 release: setup
 	$(BIN)/python -m bridge.tools.release --dist dist --chaincode-address $(CHAINCODE_ADDRESS) \
 		$(if $(CHAINCODE_TLS_ROOT),--chaincode-tls-root $(CHAINCODE_TLS_ROOT)) \
 		$(if $(RELEASE_ALLOW_DIRTY),--allow-dirty)
+	$(if $(RELEASE_KEY_CONFIG),$(BIN)/python -m bridge.tools.release_signature sign --dist dist \
+		--key-config $(RELEASE_KEY_CONFIG))
 
 demo: setup fabric cometbft
 	KSTB_PLAINTEXT_KEYS_FOR_DEVELOPMENT=1 $(BIN)/python -m bridge.devnet.demo

@@ -3,9 +3,12 @@ committee and Fabric accept, every misconfiguration refused with its typed error
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from coincurve import PrivateKey
@@ -16,6 +19,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from bridge.config import dump_toml
 from bridge.domain.committee import SECP256K1_N, Committee, assemble_certificate, recover_signer
 from bridge.domain.signer import LocalKeySigner
 from bridge.keys.errors import (
@@ -33,7 +37,7 @@ from bridge.keys.pkcs11_token import (
     TokenSession,
     generate_key,
 )
-from bridge.keys.reference import Pkcs11Key, SecretSource
+from bridge.keys.reference import Pkcs11Key, SecretSource, key_ref_to_toml
 from tests.softhsm import MODULE, SoftHsm, new_label, other_token, process_softhsm
 
 pytestmark = [pytest.mark.integration, pytest.mark.security, pytest.mark.hsm]
@@ -225,3 +229,35 @@ def test_a_second_key_on_the_open_token_needs_the_right_pin(
     with pytest.raises(TokenPinMismatch, match="already open in this process with another PIN"):
         open_signer(Pkcs11Key(MODULE, hsm.token_label, second, SecretSource(file=wrong)))
     assert open_signer(hsm.ref(second)).address != open_signer(hsm.ref(first)).address
+
+
+def test_a_release_is_signed_by_a_key_that_never_leaves_the_token(
+    hsm: SoftHsm, tmp_path: Path
+) -> None:
+    """``release_signature sign --key-config`` with a token key (a child process, as the
+    release manager runs it); ``verify`` accepts it for that address only."""
+    label = new_label("release")
+    generate_key(session(hsm), label, "secp256k1")
+    address = "0x" + open_signer(hsm.ref(label)).address.hex()
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "kstb.tgz").write_bytes(b"chart")
+    (dist / "SHA256SUMS").write_text(hashlib.sha256(b"chart").hexdigest() + "  kstb.tgz\n")
+    key_config = tmp_path / "release-key.toml"
+    key_config.write_text(dump_toml(key_ref_to_toml(hsm.ref(label))))
+    tool = [sys.executable, "-m", "bridge.tools.release_signature"]
+    env = {**os.environ, **hsm.env()}
+    subprocess.run(
+        [*tool, "sign", "--dist", str(dist), "--key-config", str(key_config)],
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    ok = subprocess.run(
+        [*tool, "verify", "--dist", str(dist), "--signer", address],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ok.returncode == 0 and f"signed by {address.lower()}" in ok.stdout, ok.stderr
+    wrong = subprocess.run(
+        [*tool, "verify", "--dist", str(dist), "--signer", "0x" + "11" * 20],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "is not a release signer" in wrong.stderr
