@@ -59,6 +59,8 @@ class CometAdapter(StepTemplate):
     """LedgerAdapter over one node's JSON-RPC; writable when the client holds a signer."""
 
     KIND = "cometbft"
+    max_batch_items = fabric_batch.MAX_BATCH_ITEMS
+    """The most items one ``submit_batch`` carries (the chaincode's bound)."""
     ADDRESSES = _ADDRESSES
 
     def __init__(self, config: LedgerConfig, client: CometClient) -> None:
