@@ -309,13 +309,14 @@ class BatchingTable(Table):
     """``[batching]``: the coordinator's batched steps (issue 14). Locks, prepares, commit
     and abort certificates and their applications of many transfers go out as one ledger
     invocation and one committee signature per ledger; each transfer keeps its own outcome.
-    A lone transfer is never delayed: the first item with nothing in flight goes out at once."""
+    A lone transfer is never delayed: the first item with nothing in flight goes out at once.
+    Turn it on only once every relayer serves ``SubmitBatch`` and every member ``SignClaims``."""
 
     enabled: bool = False
     """Batch the step engine's ledger transactions and committee signatures."""
     max_items: int = Field(default=50, gt=0, le=200)
     """Most transfers one batched call carries; further bounded by the smallest batch limit
-    of the network's ledger kinds (Fabric 200, CometBFT 50)."""
+    of the network's ledger kinds (EVM 100, Fabric 200, CometBFT 50)."""
     max_in_flight: int = Field(default=2, gt=0, le=16)
     """Most batched calls of one kind and ledger (or lane) running at once; items arriving
     meanwhile form the next batch."""

@@ -194,6 +194,16 @@ async def test_a_burst_commits_in_batches(batching) -> None:
     assert set(record.transactions) == {"lock", "prepare", "burn", "mint"}
 
 
+async def test_max_items_is_bounded_by_the_ledger_kinds(batching, tmp_path: Path) -> None:
+    c = batching[0]
+    assert c._batcher.max_items == 8  # as configured, under EVM's 100
+    wide = Coordinator(
+        c._network, batching[3], {}, batching[2], transfer_ttl=60,  # type: ignore[arg-type]
+        batching=BatchingConfig(enabled=True, max_items=150),
+    )  # fmt: skip
+    assert wide._batcher.max_items == 100
+
+
 async def test_a_lone_transfer_is_not_delayed(batching) -> None:
     c, relayers, _, store = batching
     (tid,) = await burst(c, 1, "lone")
@@ -300,3 +310,13 @@ async def test_a_single_decision_is_applied_alone_and_a_batch_one_in_a_batch(bat
         assert all(isinstance(x, SignatureSet) for x in d.certificates.values())
     assert relayers["a"].submitted.count(Action.COMMIT) == 3  # applied alone
     assert ClaimKind.COMMIT in committee.kinds
+
+
+def test_batch_limits_match_the_ledger_kinds() -> None:
+    from bridge.coordinator.step_batches import BATCH_LIMITS
+    from bridge.ledgers.evm.adapter import MAX_EVM_BATCH_ITEMS
+    from bridge.ledgers.fabric.batch import MAX_BATCH_ITEMS
+
+    assert BATCH_LIMITS["evm"] == MAX_EVM_BATCH_ITEMS
+    assert BATCH_LIMITS["fabric"] == MAX_BATCH_ITEMS
+    assert BATCH_LIMITS["cometbft"] <= MAX_BATCH_ITEMS
