@@ -77,7 +77,7 @@ class Coalescer(Generic[K, I, R]):
         lane = self._lanes.setdefault(key, _Lane())
         waiter: _Waiter[I, R] = _Waiter(item, asyncio.get_running_loop().create_future())
         lane.pending.append(waiter)
-        self._pump(key, lane)
+        self._pump(key, lane, arriving=True)
         try:
             return await asyncio.shield(waiter.future)
         except asyncio.CancelledError:
@@ -89,12 +89,14 @@ class Coalescer(Generic[K, I, R]):
                 waiter.future.add_done_callback(_consume)
             raise
 
-    def _pump(self, key: K, lane: _Lane[I, R]) -> None:
+    def _pump(self, key: K, lane: _Lane[I, R], arriving: bool = False) -> None:
         """Start one flush when the key has pending items, room in flight and no flush
         about to take items (a flush takes its items when it first runs, so the items of
         every driver woken in the same loop turn share it)."""
         if lane.pending and lane.in_flight < self._max_in_flight and not lane.starting:
-            linger = self._linger if lane.in_flight else 0.0
+            # Only an item arriving with nothing of its key in flight goes out at once; a
+            # batch that formed behind a flush waits ``linger`` for more.
+            linger = 0.0 if arriving and not lane.in_flight else self._linger
             lane.in_flight += 1
             lane.starting = True
             self._spawn(self._run(key, lane, linger))
@@ -110,7 +112,7 @@ class Coalescer(Generic[K, I, R]):
         batch: list[_Waiter[I, R]] = []
         took = False
         try:
-            if linger:
+            if linger and len(lane.pending) < self._max_items:
                 await asyncio.sleep(linger)
             batch = lane.pending[: self._max_items]
             del lane.pending[: self._max_items]

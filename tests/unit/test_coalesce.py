@@ -100,6 +100,38 @@ async def test_linger_collects_a_later_batch() -> None:
     assert await asyncio.gather(first, second, third) == [10, 20, 30]
 
 
+async def test_linger_holds_the_batch_behind_a_flush_but_not_a_lone_item() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1, linger_ms=100)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(co.call("a", 1))
+    await asyncio.sleep(0.01)
+    assert rec.calls == [("a", [1])]  # at once: nothing was in flight
+    second = asyncio.create_task(co.call("a", 2))
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    assert await first == 10
+    ended = loop.time()
+    await asyncio.sleep(0.05)
+    third = asyncio.create_task(co.call("a", 3))  # joins the lingering batch
+    assert await asyncio.gather(second, third) == [20, 30]
+    assert loop.time() - ended >= 0.09
+    assert rec.calls == [("a", [1]), ("a", [2, 3])]
+    # a full batch does not linger
+    rec.calls.clear()
+    rec.gate.clear()
+    head = asyncio.create_task(co.call("a", 0))
+    await asyncio.sleep(0.01)
+    full = [asyncio.create_task(co.call("a", i)) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    await head
+    t0 = loop.time()
+    await asyncio.gather(*full)
+    assert loop.time() - t0 < 0.08
+
+
 async def test_per_item_exceptions_reach_only_their_callers() -> None:
     rec = Recorder()
     co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1)
