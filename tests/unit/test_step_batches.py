@@ -320,3 +320,87 @@ def test_batch_limits_match_the_ledger_kinds() -> None:
     assert BATCH_LIMITS["evm"] == MAX_EVM_BATCH_ITEMS
     assert BATCH_LIMITS["fabric"] == MAX_BATCH_ITEMS
     assert BATCH_LIMITS["cometbft"] <= MAX_BATCH_ITEMS
+
+
+class FakeEpochs:
+    """The epochs each ledger accepts: always the network file's committee."""
+
+    def __init__(self, committee: object) -> None:
+        self.committee = committee
+        self.invalidated: list[str] = []
+
+    async def accepted(self, ledgers: list[str]) -> dict[str, tuple[object, ...]]:
+        return {n: (self.committee,) for n in ledgers}
+
+    def invalidate(self, ledger: str) -> None:
+        self.invalidated.append(ledger)
+
+
+async def test_a_batch_certificate_refused_for_its_epoch_is_replaced_by_a_single_one(
+    batching,
+) -> None:
+    """The target refuses the COMMIT batch's epoch (a rotation passed): the decision's kind
+    stays, its batch certificate for that ledger is swapped for a single-claim one under
+    the epoch the ledger accepts, and the single step applies it."""
+    c, relayers, committee, store = batching
+    epochs = FakeEpochs(c._network.committee)
+    c._ctx.epochs = epochs
+    b = relayers["b"]
+    original = b.submit_batch
+
+    async def refuse_commit_batches(action, items, certificate):  # type: ignore[no-untyped-def]
+        if action is Action.COMMIT:
+            raise LedgerRejected(ErrorReason.WRONG_EPOCH, "epoch=1")
+        return await original(action, items, certificate)
+
+    b.submit_batch = refuse_commit_batches  # type: ignore[method-assign]
+    tids = await burst(c, 3, "epoch")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+        d = await store.decision(tid)
+        assert d is not None and d.kind is ClaimKind.COMMIT
+        assert isinstance(d.certificates["a"], BatchCertified)  # the source took its batch
+        assert isinstance(d.certificates["b"], SignatureSet)  # re-certified alone
+    assert "b" in epochs.invalidated
+    assert b.submitted.count(Action.COMMIT) == 3  # the mints were single steps
+    assert committee.kinds.count(ClaimKind.COMMIT) == 3
+
+
+@pytest.mark.security
+async def test_an_uninstructed_lock_is_never_batch_certified_locked(batching) -> None:
+    """SECURITY: an adopted lock whose instructor has no authority over the source's
+    accounts gets an ABORT batch certificate (its escrow released), never a LOCKED one."""
+    from bridge.domain.ids import LedgerId
+    from bridge.domain.legs import EventPosition, LedgerEvent, LegStatus
+
+    c, relayers, committee, store = batching
+    seen: list[tuple[ClaimKind, list[bytes]]] = []
+    original = committee.certify_batch
+
+    async def spy(kind, terms, ledgers, epochs=None):  # type: ignore[no-untyped-def]
+        seen.append((kind, [t.transfer_id for t in terms]))
+        return await original(kind, terms, ledgers, epochs)
+
+    committee.certify_batch = spy  # type: ignore[method-assign]
+    word = lambda n: LedgerId(n).word  # noqa: E731
+    holder = b"\0" * 12 + b"\x11" * 20
+    terms = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, word("a"),
+        b"\0" * 12 + b"\xaa" * 20, word("b"), b"\0" * 12 + b"\xbb" * 20, holder, holder,
+        b"\0" * 12 + b"\x66" * 20,  # an instructor no brokerage key of ledger a matches
+        2**40,
+    )  # fmt: skip
+    relayers["a"].legs[(terms.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, terms.terms_hash, 0, 4
+    )
+    event = LedgerEvent(
+        "a", EventPosition(4, 0), b"\0" * 32, "0x02", terms.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, terms.terms_hash, terms,
+    )  # fmt: skip
+    await c.on_events("a", [event], 4)
+    assert await final(store, terms.transfer_id) is TransferState.ABORTED
+    kinds = {k for k, tids in seen if terms.transfer_id in tids}
+    assert kinds == {ClaimKind.ABORT}
+    assert (terms.transfer_id, Leg.INBOUND) not in relayers["b"].legs or relayers["b"].legs[
+        (terms.transfer_id, Leg.INBOUND)
+    ].state is not LegState.PREPARED
