@@ -114,13 +114,15 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
     async def GetLedgerInfo(
         self, request: relayer_pb2.GetLedgerInfoRequest, context: Context
     ) -> relayer_pb2.LedgerInfo:
-        """The ledger's identity and finalized height."""
+        """The ledger's identity and finalized height, and the most items one
+        ``SubmitBatch`` carries on it."""
         return relayer_pb2.LedgerInfo(
             ledger_id=self._adapter.ledger.name,
             kind=self._adapter.kind,
             bridge=self._adapter.bridge_word,
             finalized_height=await self._adapter.finalized_height(),
             operator=self._adapter.operator,
+            max_batch_items=self._adapter.max_batch_items,
         )
 
     @grpc_errors

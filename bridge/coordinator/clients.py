@@ -283,6 +283,19 @@ class RelayerGateway:
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
 
     # ---- batched ledger steps (issue 14 item 2, ADR 0025)
+    async def max_batch_items(self) -> int:
+        """The most items one :meth:`submit_batch` may carry on this ledger, as its relayer
+        reports it (``GetLedgerInfo``); 0 from a relayer that predates ``SubmitBatch``."""
+        try:
+            m = await self._stub.GetLedgerInfo(
+                relayer_pb2.GetLedgerInfoRequest(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
+        if m.ledger_id != self.ledger:
+            raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
+        return int(m.max_batch_items)
+
     async def submit_batch(
         self,
         action: Action,

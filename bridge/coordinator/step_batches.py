@@ -25,6 +25,7 @@ new epoch are never batched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -45,9 +46,13 @@ from bridge.domain.ledger_batches import BatchItem, BatchOutcome, refused_item
 from bridge.domain.legs import Action, TxOutcome
 from bridge.logfields import LEDGER, STATE
 
+LIMIT_RECHECK_S = 60.0
+"""How long a relayer that reported no batched step is believed before it is asked again."""
+
 __all__ = [
     "BATCH_LIMITS",
     "BatchSubmitter",
+    "NoBatches",
     "RunSingle",
     "StepBatcher",
     "submit_alone",
@@ -65,6 +70,11 @@ class RunSingle(Exception):
     (steps are idempotent, so this is always safe)."""
 
 
+class NoBatches(RunSingle):
+    """The ledger's relayer has no batched step (it predates ``SubmitBatch``): a decision
+    recorded with a batch certificate is re-certified alone for that ledger."""
+
+
 @runtime_checkable
 class BatchSubmitter(Protocol):
     """The relayer gateway's batched step (``RelayerGateway.submit_batch``)."""
@@ -74,6 +84,10 @@ class BatchSubmitter(Protocol):
     ) -> BatchOutcome:
         """Apply ``action`` to every item in one invocation (LedgerRejected, Unavailable,
         InvalidInput as the relayer answers)."""
+        ...
+
+    async def max_batch_items(self) -> int:
+        """The most items one ``submit_batch`` may carry (0: the relayer has none)."""
         ...
 
 
@@ -91,10 +105,11 @@ async def submit_alone(
     gateway: object, action: Action, record: TransferRecord, certified: BatchCertified
 ) -> TxOutcome:
     """Apply ``action`` to one transfer under its share of a batch certificate: the single
-    step of a decision recorded from a batch. Raises what the relayer raises; Unavailable
-    when the gateway has no batched step or answers about another transfer."""
-    if not isinstance(gateway, BatchSubmitter):
-        raise Unavailable("the relayer gateway has no batched step for a batch certificate")
+    step of a decision recorded from a batch. Raises what the relayer raises; NoBatches
+    when the relayer has no batched step; Unavailable when it answers about another
+    transfer."""
+    if not isinstance(gateway, BatchSubmitter) or await gateway.max_batch_items() < 1:
+        raise NoBatches()
     item = BatchItem(record.terms, proof=certified.proof)
     outcome = await gateway.submit_batch(action, [item], certified.certificate)
     answers = _read(outcome, [item])
@@ -134,6 +149,7 @@ class StepBatcher:
 
     def __init__(self, ctx: EngineContext, settings: BatchingConfig) -> None:
         self._ctx = ctx
+        self._limits: dict[str, tuple[int, float]] = {}
         kinds = {lc.kind for lc in ctx.network.ledgers.values()}
         limit = min([settings.max_items, *(BATCH_LIMITS.get(k, settings.max_items) for k in kinds)])
         self.max_items = limit
@@ -199,6 +215,8 @@ class StepBatcher:
 
     async def _flush_prepares(self, lane: tuple[str, str], items: Sequence[_Item]) -> list[Answer]:
         _, dst = lane
+        if not await self._takes_batches(dst):
+            return [NoBatches() for _ in items]  # no LOCKED batch for a ledger without them
         certified = await self._certify(ClaimKind.LOCKED, [i.record for i in items], [dst])
         answers: list[Answer | None] = [None] * len(items)
         sendable: list[int] = []
@@ -293,6 +311,29 @@ class StepBatcher:
         return await self._ctx.epochs.accepted(list(ledgers))
 
     # ---- the relayer --------------------------------------------------------------------
+    async def _limit(self, ledger: str, gateway: BatchSubmitter) -> int:
+        """The most items one ``submit_batch`` may carry on ``ledger`` as its relayer
+        reports it, asked once (a relayer without batches, 0, is asked again after
+        :data:`LIMIT_RECHECK_S`: it may have been upgraded). Raises Unavailable."""
+        known = self._limits.get(ledger)
+        now = time.monotonic()
+        if known is not None and (known[0] > 0 or now - known[1] < LIMIT_RECHECK_S):
+            return known[0]
+        limit = max(0, await gateway.max_batch_items())
+        self._limits[ledger] = (limit, now)
+        return limit
+
+    async def _takes_batches(self, ledger: str) -> bool:
+        """Whether ``ledger``'s relayer takes batched steps (True while it cannot be asked:
+        the batch then meets the same Unavailable as its items would)."""
+        gateway = self._ctx.relayers[ledger]
+        if not isinstance(gateway, BatchSubmitter):
+            return False
+        try:
+            return await self._limit(ledger, gateway) > 0
+        except Unavailable:
+            return True
+
     async def _submit(
         self,
         ledger: str,
@@ -300,12 +341,34 @@ class StepBatcher:
         items: Sequence[BatchItem],
         certificate: BatchCertificate | None,
     ) -> list[Answer]:
-        """Submit ``items`` in as few invocations as the ledger allows: an item the ledger
-        refuses by index gets that refusal and the rest go again without it."""
+        """Submit ``items`` in as few invocations as the relayer takes (its
+        ``max_batch_items`` a call; single steps when it takes none)."""
         gateway = self._ctx.relayers[ledger]
-        answers: list[Answer | None] = [None] * len(items)
         if not isinstance(gateway, BatchSubmitter):
-            return [RunSingle() for _ in items]
+            return [NoBatches() for _ in items]
+        try:
+            limit = await self._limit(ledger, gateway)
+        except Unavailable as exc:
+            return [exc for _ in items]
+        if limit == 0:
+            return [NoBatches() for _ in items]  # a relayer before SubmitBatch
+        out: list[Answer] = []
+        for lo in range(0, len(items), limit):
+            chunk = items[lo : lo + limit]
+            out.extend(await self._submit_chunk(gateway, ledger, action, chunk, certificate))
+        return out
+
+    async def _submit_chunk(
+        self,
+        gateway: BatchSubmitter,
+        ledger: str,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: BatchCertificate | None,
+    ) -> list[Answer]:
+        """One batch: an item the ledger refuses by index gets that refusal and the rest go
+        again without it; any other outcome reaches every item still in it."""
+        answers: list[Answer | None] = [None] * len(items)
         live = list(range(len(items)))
         while live:
             sent = [items[n] for n in live]

@@ -18,7 +18,7 @@ from bridge.coordinator.epochs import RECERTIFY_REASONS
 from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.records import Decision, TransferOrigin, TransferRecord
-from bridge.coordinator.step_batches import RunSingle, StepBatcher, submit_alone
+from bridge.coordinator.step_batches import NoBatches, RunSingle, StepBatcher, submit_alone
 from bridge.coordinator.wording import refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
@@ -251,7 +251,13 @@ class Stepper:
         certificate = decision.certificates[gateway.ledger]
         try:
             if isinstance(certificate, BatchCertified):
-                out = await self._apply_batched(gateway, action, record, certificate)
+                try:
+                    out = await self._apply_batched(gateway, action, record, certificate)
+                except NoBatches:
+                    # The relayer takes no batch (batching turned on before it was
+                    # upgraded, or it was replaced by an older one): the same claim alone.
+                    certificate = await self._recertify(record, decision, gateway.ledger)
+                    out = await gateway.submit(action, record.terms, certificate)
             else:
                 out = await gateway.submit(action, record.terms, certificate)
         except LedgerRejected as exc:
@@ -304,8 +310,12 @@ class Stepper:
         certificate when batching is on, else (or when that batch left it in doubt) alone
         under its share of the batch certificate."""
         if self._batcher is not None:
-            with contextlib.suppress(RunSingle):
+            try:
                 return await self._batcher.apply(gateway.ledger, action, record, certified)
+            except NoBatches:
+                raise
+            except RunSingle:
+                pass
         return await submit_alone(gateway, action, record, certified)
 
     # ---- committee rotation (ADR 0009) ------------------------------------------------

@@ -68,6 +68,7 @@ class LedgerInfo(_message.Message):
     BRIDGE_FIELD_NUMBER: _builtins.int
     FINALIZED_HEIGHT_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_ITEMS_FIELD_NUMBER: _builtins.int
     ledger_id: _builtins.str
     kind: _builtins.str
     """"evm" or "fabric"."""
@@ -76,6 +77,8 @@ class LedgerInfo(_message.Message):
     finalized_height: _builtins.int
     operator: _builtins.str
     """The relayer's own ledger account."""
+    max_batch_items: _builtins.int
+    """---- batched ledger steps (ADR 0025): the most items one SubmitBatch carries here."""
     def __init__(
         self,
         *,
@@ -84,10 +87,11 @@ class LedgerInfo(_message.Message):
         bridge: _builtins.bytes = ...,
         finalized_height: _builtins.int = ...,
         operator: _builtins.str = ...,
+        max_batch_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "finalized_height", b"finalized_height", "kind", b"kind", "ledger_id", b"ledger_id", "operator", b"operator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "finalized_height", b"finalized_height", "kind", b"kind", "ledger_id", b"ledger_id", "max_batch_items", b"max_batch_items", "operator", b"operator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -185,6 +185,7 @@ async def test_lock_prepare_commit_batches_settle_exactly_and_replays_move_nothi
     supply_before = supplies(env)
     escrow = env.a.balance(env.a.endpoint.address)  # other tests' transfers share the ledger
     gw_a, gw_b = stack.gateway(env.a), stack.gateway(env.b)
+    assert await gw_a.max_batch_items() == await gw_b.max_batch_items() == 100
 
     locked = await gw_a.submit_batch(Action.LOCK, lock_items(env, ts), None)
     check_outcome(locked, ts, Leg.OUTBOUND, LegState.LOCKED, skipped=False)

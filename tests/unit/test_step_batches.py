@@ -61,6 +61,12 @@ class BatchRelayer(FakeRelayer):
     refuse_whole: int = 0  # refuse this many batches with no item named
     foreign: int = 0  # answer this many batches about another transfer
     certificates: list[BatchCertificate | None] = field(default_factory=list)
+    limit: int = 100  # what GetLedgerInfo reports (0: a relayer before SubmitBatch)
+    limit_asked: int = 0
+
+    async def max_batch_items(self) -> int:
+        self.limit_asked += 1
+        return self.limit
 
     async def submit_batch(
         self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
@@ -202,6 +208,28 @@ async def test_max_items_is_bounded_by_the_ledger_kinds(batching, tmp_path: Path
         batching=BatchingConfig(enabled=True, max_items=150),
     )  # fmt: skip
     assert wide._batcher.max_items == 100
+
+
+async def test_batches_respect_the_relayers_limit_and_a_relayer_without_batches(
+    batching,
+) -> None:
+    c, relayers, committee, store = batching
+    relayers["a"].limit = 3
+    relayers["b"].limit = 0  # predates SubmitBatch: every step on b alone
+    tids = await burst(c, 10, "limits")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert max(n for _, n in relayers["a"].batches) <= 3
+    assert sum(n for act, n in relayers["a"].batches if act is Action.LOCK) == 10
+    assert relayers["b"].batches == []
+    assert relayers["b"].submitted.count(Action.PREPARE) == 10
+    assert relayers["b"].submitted.count(Action.COMMIT) == 10
+    assert relayers["a"].limit_asked == 1  # asked once, then known
+    assert all(k is not ClaimKind.LOCKED for k, _ in committee.batches)  # none wasted on b
+    for tid in tids:  # b's share re-certified alone, a's kept its batch certificate
+        d = await store.decision(tid)
+        assert isinstance(d.certificates["a"], BatchCertified)
+        assert isinstance(d.certificates["b"], SignatureSet)
 
 
 async def test_a_lone_transfer_is_not_delayed(batching) -> None:

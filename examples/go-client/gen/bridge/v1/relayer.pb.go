@@ -124,7 +124,9 @@ type LedgerInfo struct {
 	Bridge          []byte `protobuf:"bytes,3,opt,name=bridge,proto3" json:"bridge,omitempty"`
 	FinalizedHeight uint64 `protobuf:"varint,4,opt,name=finalized_height,json=finalizedHeight,proto3" json:"finalized_height,omitempty"`
 	// The relayer's own ledger account.
-	Operator      string `protobuf:"bytes,5,opt,name=operator,proto3" json:"operator,omitempty"`
+	Operator string `protobuf:"bytes,5,opt,name=operator,proto3" json:"operator,omitempty"`
+	// ---- batched ledger steps (ADR 0025): the most items one SubmitBatch carries here.
+	MaxBatchItems uint32 `protobuf:"varint,6,opt,name=max_batch_items,json=maxBatchItems,proto3" json:"max_batch_items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +194,13 @@ func (x *LedgerInfo) GetOperator() string {
 		return x.Operator
 	}
 	return ""
+}
+
+func (x *LedgerInfo) GetMaxBatchItems() uint32 {
+	if x != nil {
+		return x.MaxBatchItems
+	}
+	return 0
 }
 
 type GetLegRequest struct {
@@ -1231,14 +1240,15 @@ var File_bridge_v1_relayer_proto protoreflect.FileDescriptor
 const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\n" +
 	"\x17bridge/v1/relayer.proto\x12\tbridge.v1\x1a\x16bridge/v1/common.proto\x1a\x14bridge/v1/flow.proto\x1a\x1abridge/v1/depository.proto\x1a\x18bridge/v1/rotation.proto\x1a\x16bridge/v1/supply.proto\"\x16\n" +
-	"\x14GetLedgerInfoRequest\"\x9c\x01\n" +
+	"\x14GetLedgerInfoRequest\"\xc4\x01\n" +
 	"\n" +
 	"LedgerInfo\x12\x1b\n" +
 	"\tledger_id\x18\x01 \x01(\tR\bledgerId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06bridge\x18\x03 \x01(\fR\x06bridge\x12)\n" +
 	"\x10finalized_height\x18\x04 \x01(\x04R\x0ffinalizedHeight\x12\x1a\n" +
-	"\boperator\x18\x05 \x01(\tR\boperator\"R\n" +
+	"\boperator\x18\x05 \x01(\tR\boperator\x12&\n" +
+	"\x0fmax_batch_items\x18\x06 \x01(\rR\rmaxBatchItems\"R\n" +
 	"\rGetLegRequest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\fR\n" +
 	"transferId\x12 \n" +
