@@ -310,7 +310,8 @@ class BatchingTable(Table):
     and abort certificates and their applications of many transfers go out as one ledger
     invocation and one committee signature per ledger; each transfer keeps its own outcome.
     A lone transfer is never delayed: the first item with nothing in flight goes out at once.
-    Turn it on only once every relayer serves ``SubmitBatch`` and every member ``SignClaims``."""
+    A ledger whose relayer reports no batched step (``GetLedgerInfo``) and a committee
+    refusing ``SignClaims`` get single steps."""
 
     enabled: bool = False
     """Batch the step engine's ledger transactions and committee signatures."""
