@@ -164,6 +164,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "(offered rate still in transfers/s); 0: SubmitTransfer each (default)",
     )
     p.add_argument(
+        "--step-batching",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the coordinator batches its steps, up to N transfers per ledger\n"
+        "transaction and committee signature ([batching]); 0: off (default,\n"
+        "or env KSTB_DEVNET_BATCHING)",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -207,7 +216,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, lanes,
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
-                   batch, a.scenario, curve)  # fmt: skip
+                   batch, a.scenario, curve, a.step_batching)  # fmt: skip
 
 
 async def _start_measuring(

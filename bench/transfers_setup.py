@@ -73,6 +73,7 @@ class Options:
     batch: int = 0  # items per SubmitTransfers; 0: one SubmitTransfer per transfer
     scenario: str = "open-loop"  # open-loop | end-of-day (every transfer due at once)
     curve: tuple[float, ...] = ()  # offered loads (transfers/s) of the --curve sweep
+    step_batching: int = 0  # the coordinator's batched steps: max_items; 0: off
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "transport": opts.transport,
         "evm_node_auth": opts.evm_node_auth,
         "observability": opts.observability,
+        "step_batching": opts.step_batching,
     }
 
 
@@ -188,6 +190,12 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         metrics=opts.observability != "off",
         probe_interval=2.0,  # the production default (LocalSystem's 0.5 s suits tests)
         tracing_endpoint=_sink_url() if opts.observability == "full" else "",
+        # ---- batched steps (issue 14): the coordinator's [batching]; else the env default
+        **(
+            {"batching": {"enabled": True, "max_items": opts.step_batching}}
+            if opts.step_batching
+            else {}
+        ),
     )
 
 

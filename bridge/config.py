@@ -226,6 +226,19 @@ class HaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """``[batching]`` of a coordinator file: the step engine's batched steps (issue 14).
+    Off by default; ``max_items`` per batched call (further bounded by the smallest batch
+    limit of the network's ledger kinds), ``max_in_flight`` batched calls per key at once,
+    ``linger_ms`` a batch behind a running one waits for more items (0: none)."""
+
+    enabled: bool = False
+    max_items: int = 50
+    max_in_flight: int = 2
+    linger_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     """The coordinator daemon."""
 
@@ -265,6 +278,8 @@ class CoordinatorConfig:
     """Most concurrent WatchTransfer streams per caller (organisation, role)."""
     batch_retention_days: int = 30
     """Days a batch's record (its id's idempotency window) is kept; transfers stay."""
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    """---- batched steps (issue 14): ``[batching]``; off when absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,6 +609,19 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         max_running_batches=int(raw.get("max_running_batches", 8)),
         max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
         batch_retention_days=int(raw.get("batch_retention_days", 30)),
+        batching=_batching(raw.get("batching")),
+    )
+
+
+def _batching(raw: Any) -> BatchingConfig:
+    """``[batching]`` (already validated by the schema), or the defaults (off)."""
+    if not isinstance(raw, Mapping):
+        return BatchingConfig()
+    return BatchingConfig(
+        enabled=bool(raw.get("enabled", False)),
+        max_items=int(raw.get("max_items", 50)),
+        max_in_flight=int(raw.get("max_in_flight", 2)),
+        linger_ms=float(raw.get("linger_ms", 0.0)),
     )
 
 

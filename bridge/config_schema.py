@@ -305,6 +305,26 @@ class HaTable(Table):
     """Seconds between renewals (at most ``lease_ttl / 3``)."""
 
 
+class BatchingTable(Table):
+    """``[batching]``: the coordinator's batched steps (issue 14). Locks, prepares, commit
+    and abort certificates and their applications of many transfers go out as one ledger
+    invocation and one committee signature per ledger; each transfer keeps its own outcome.
+    A lone transfer is never delayed: the first item with nothing in flight goes out at once.
+    A ledger whose relayer reports no batched step (``GetLedgerInfo``) and a committee
+    refusing ``SignClaims`` get single steps."""
+
+    enabled: bool = False
+    """Batch the step engine's ledger transactions and committee signatures."""
+    max_items: int = Field(default=50, gt=0, le=200)
+    """Most transfers one batched call carries; further bounded by the smallest batch limit
+    of the network's ledger kinds (EVM 100, Fabric 200, CometBFT 50)."""
+    max_in_flight: int = Field(default=2, gt=0, le=16)
+    """Most batched calls of one kind and ledger (or lane) running at once; items arriving
+    meanwhile form the next batch."""
+    linger_ms: float = Field(default=0.0, ge=0, le=5000)
+    """Milliseconds a batch behind a running one waits for more items (0: none)."""
+
+
 class CoordinatorFile(Table):
     """``coordinator.toml``: the coordinator daemon (``bridge-coordinator``)."""
 
@@ -362,6 +382,8 @@ class CoordinatorFile(Table):
     Older finished records are deleted hourly by the active coordinator; every transfer
     and its history stay, so a batch id used again after that runs as a new batch whose
     items' idempotency keys still answer their existing transfers."""
+    batching: BatchingTable = BatchingTable()
+    """The coordinator's batched steps (issue 14); off when absent."""
 
 
 # ---- relayer.toml --------------------------------------------------------------------------

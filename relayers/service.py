@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -16,10 +17,12 @@ from tenacity import (
 
 from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.ledger_batches import BatchOutcome
 from bridge.domain.legs import Action, TxOutcome
 from bridge.ledgers.adapter import LedgerAdapter
 from bridge.ledgers.many_legs import read_legs
 from bridge.logfields import ACTION, COUNT, ERROR, LEDGER, TRANSFER, TX, get_logger
+from bridge.rpc.batch_convert import batch_request_from_pb, outcome_to_pb
 from bridge.rpc.convert import (
     leg_from_pb,
     leg_status_to_pb,
@@ -32,6 +35,8 @@ from bridge.rpc.halt_convert import halt_to_pb, signed_order_from_pb
 from bridge.rpc.rotation_convert import proposal_from_pb, window_to_pb
 from bridge.rpc.supply_convert import reading_to_pb
 from bridge.v1 import depository_pb2, flow_pb2, relayer_pb2, relayer_pb2_grpc, supply_pb2
+
+R = TypeVar("R")
 
 MAX_LEGS_PER_REQUEST = 1000
 """---- batch: the most legs one GetLegs answers (its cost: 5 evaluates on Fabric)."""
@@ -79,6 +84,12 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
     async def _applied(self, key: Hashable, call: Callable[[], Awaitable[TxOutcome]]) -> TxOutcome:
         """``call`` (an idempotent ledger write) under the per-``key`` lock, retried on
         transient faults (Unavailable) with exponential backoff, ``submit_attempts`` times."""
+        async with self._locks.hold(key):
+            return await self._retried(call)
+
+    async def _retried(self, call: Callable[[], Awaitable[R]]) -> R:
+        """``call`` retried on Unavailable with exponential backoff, ``submit_attempts``
+        times; the last fault is raised."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Unavailable),
             stop=stop_after_attempt(self._attempts),
@@ -87,11 +98,10 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             reraise=True,
         )
 
-        async def attempt() -> TxOutcome:  # a coroutine function, so tenacity awaits it
+        async def attempt() -> R:  # a coroutine function, so tenacity awaits it
             return await call()
 
-        async with self._locks.hold(key):
-            return await retrying(attempt)
+        return await retrying(attempt)
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -104,13 +114,15 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
     async def GetLedgerInfo(
         self, request: relayer_pb2.GetLedgerInfoRequest, context: Context
     ) -> relayer_pb2.LedgerInfo:
-        """The ledger's identity and finalized height."""
+        """The ledger's identity and finalized height, and the most items one
+        ``SubmitBatch`` carries on it."""
         return relayer_pb2.LedgerInfo(
             ledger_id=self._adapter.ledger.name,
             kind=self._adapter.kind,
             bridge=self._adapter.bridge_word,
             finalized_height=await self._adapter.finalized_height(),
             operator=self._adapter.operator,
+            max_batch_items=self._adapter.max_batch_items,
         )
 
     @grpc_errors
@@ -201,6 +213,41 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
             **{ACTION: action.name, TRANSFER: "0x" + terms.transfer_id.hex(), TX: outcome.tx_id},
         )
         return _submit_response(outcome)
+
+    # ---- batched ledger steps (issue 14 item 2, ADR 0025)
+    @grpc_errors
+    async def SubmitBatch(
+        self, request: relayer_pb2.SubmitBatchRequest, context: Context
+    ) -> relayer_pb2.SubmitBatchResponse:
+        """Apply one action to many transfers in one ledger invocation and answer every
+        item's leg once it is final.
+
+        INVALID_ARGUMENT for a malformed request (:func:`batch_request_from_pb`, at most the
+        adapter's ``max_batch_items``) or one the adapter refuses to build (a CometBFT
+        transaction above its size limit). SECURITY: holds the per-(action, transfer) lock
+        :meth:`Submit` holds for every item, acquired in transfer-id order, so a batch and
+        concurrent single steps (or another batch) of the same transfers are serialised and
+        never deadlock. Transient faults are retried: an item a lost attempt applied is
+        ``skipped`` on the retry, so a retry moves nothing twice."""
+        batch = batch_request_from_pb(request, self._adapter.max_batch_items)
+        action, items, cert = batch.action, batch.items, batch.certificate
+
+        async def apply() -> BatchOutcome:
+            try:
+                return await self._adapter.submit_batch(action, items, cert)
+            except ValueError as exc:  # the kind cannot carry this batch in one invocation
+                raise InvalidInput(str(exc)) from None
+
+        async with contextlib.AsyncExitStack() as held:
+            for tid in sorted(i.terms.transfer_id for i in items):
+                await held.enter_async_context(self._locks.hold((int(action), tid)))
+            outcome = await self._retried(apply)
+        self._log.info(
+            "batch applied",
+            **{ACTION: action.name, COUNT: len(items), TX: outcome.tx_id},
+            applied=outcome.applied,
+        )
+        return outcome_to_pb(outcome)
 
     # ---- depository halt
 

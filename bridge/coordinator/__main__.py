@@ -179,6 +179,7 @@ async def run(config_path: Path) -> None:
         cfg.transfer_ttl,
         supply=publisher,
         epochs=epochs,
+        batching=cfg.batching,
     )
     rotation_store = SqlRotationStore(db)
     rotations = RotationManager(

@@ -19,6 +19,7 @@ from bridge.coordinator.batch_certs import (
     ledger_batch,
 )
 from bridge.coordinator.records import Misbehaviour
+from bridge.core import batch as core_batch
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claim_batches import RefusedItem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
@@ -41,13 +42,15 @@ from bridge.domain.errors import (
 )
 from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import HaltStatus, SignedOrder
-from bridge.domain.ids import SecurityId
+from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.issuance import Registration
+from bridge.domain.ledger_batches import BatchItem, BatchOutcome, leg_of
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
 from bridge.domain.rotation import RotationProposal
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
+from bridge.rpc.batch_convert import batch_request_to_pb, outcome_from_pb
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.claims_refusal import refusal_of
 from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
@@ -278,6 +281,57 @@ class RelayerGateway:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         return TxOutcome(tx_id=m.tx_id, height=m.height, already_applied=m.already_applied)
+
+    # ---- batched ledger steps (issue 14 item 2, ADR 0025)
+    async def max_batch_items(self) -> int:
+        """The most items one :meth:`submit_batch` may carry on this ledger, as its relayer
+        reports it (``GetLedgerInfo``); 0 from a relayer that predates ``SubmitBatch``."""
+        try:
+            m = await self._stub.GetLedgerInfo(
+                relayer_pb2.GetLedgerInfoRequest(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
+        if m.ledger_id != self.ledger:
+            raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
+        return int(m.max_batch_items)
+
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: core_batch.BatchCertificate | None,
+    ) -> BatchOutcome:
+        """Apply ``action`` to every item in one ledger invocation through the relayer and
+        return once it is final, one result per item in item order (``skipped``: already
+        applied, nothing moved).
+
+        Raises as :meth:`submit`: LedgerRejected with the ledger's reason and, where one item
+        caused the refusal, its index (:func:`bridge.domain.ledger_batches.refused_item`);
+        InvalidInput for a request the relayer finds malformed; Unavailable for transient
+        faults. SECURITY: a relayer is not trusted to report other transfers: an answer
+        whose items are not exactly the sent transfer ids in order, or whose legs are not
+        the ones ``action`` moves on this ledger, is Unavailable."""
+        req = batch_request_to_pb(action, items, certificate)
+        try:
+            m = await self._stub.SubmitBatch(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
+        try:
+            outcome = outcome_from_pb(m)
+        except InvalidInput as exc:
+            raise Unavailable(
+                f"relayer of {self.ledger} sent a malformed batch answer: {exc}"
+            ) from exc
+        word = LedgerId(self.ledger).word
+        sent = [(i.terms.transfer_id, leg_of(action, i.terms, word)) for i in items]
+        got = [(r.transfer_id, r.leg) for r in outcome.items]
+        if got != sent:
+            raise Unavailable(
+                f"relayer of {self.ledger} answered a batch of {len(items)} items with"
+                f" {len(got)} results that are not the sent transfers and legs in order"
+            )
+        return outcome
 
     async def close(self) -> None:
         """Close the channel."""

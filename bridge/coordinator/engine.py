@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from bridge.config import NetworkConfig
+from bridge.config import BatchingConfig, NetworkConfig
 from bridge.coordinator.admission import Admission
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.context import EngineContext
@@ -32,6 +32,7 @@ from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.intake import EventNotConfirmed, Intake
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord, TransferRequest, TransferUpdate
+from bridge.coordinator.step_batches import StepBatcher
 from bridge.coordinator.stepper import ADOPTED_LOCK_GRACE_S, DEFINITIVE_LOCK_REFUSALS, Stepper
 from bridge.coordinator.store import TransferStore
 from bridge.coordinator.supervision import Supervisor, waiting_reason
@@ -70,6 +71,7 @@ class Coordinator:
         sweep_every: float = 15.0,
         halts: HaltBook | None = None,
         epochs: EpochTracker | None = None,
+        batching: BatchingConfig | None = None,
     ) -> None:
         domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
@@ -91,7 +93,11 @@ class Coordinator:
             log=get_logger(),
         )
         self._flow = FlowLimits(self._ctx)
-        self._stepper = Stepper(self._ctx, self._flow)
+        # ---- batched steps (issue 14): off unless configured
+        self._batcher = (
+            StepBatcher(self._ctx, batching) if batching is not None and batching.enabled else None
+        )
+        self._stepper = Stepper(self._ctx, self._flow, self._batcher)
         self._drivers = Supervisor(
             self._ctx, self._stepper.advance, self._flow.note_flow_wait, self._recheck_failed
         )
@@ -138,6 +144,8 @@ class Coordinator:
     async def stop(self) -> None:
         """Cancel the drivers (their work is durable and resumes on the next start)."""
         await self._drivers.stop()
+        if self._batcher is not None:
+            await self._batcher.close()
 
     def _spawn(self, tid: bytes) -> None:
         self._drivers.spawn(tid)

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bridge.domain.batch_certified import LedgerCertificate
 from bridge.domain.claims import ClaimKind
 from bridge.domain.flow import WaitReason
-from bridge.domain.legs import SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
 
@@ -83,10 +83,12 @@ class TransferUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A committee-certified decision with its per-ledger certificates."""
+    """A committee-certified decision with its per-ledger certificates: each either a
+    single-claim ``SignatureSet`` or, certified in a batch, a ``BatchCertified`` (the batch
+    certificate and this transfer's proof)."""
 
     kind: ClaimKind
-    certificates: Mapping[str, SignatureSet]
+    certificates: Mapping[str, LedgerCertificate]
     # Why the committee decided so, for people (e.g. "target rejected: ...").
     cause: str = ""
 

@@ -9,6 +9,7 @@ outcome, so running the same step again after a crash anywhere is always safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from bridge.coordinator.clients import RelayerGateway
@@ -17,14 +18,16 @@ from bridge.coordinator.epochs import RECERTIFY_REASONS
 from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.records import Decision, TransferOrigin, TransferRecord
+from bridge.coordinator.step_batches import NoBatches, RunSingle, StepBatcher, submit_alone
 from bridge.coordinator.wording import refusal
 from bridge.core.reasons import ErrorReason
+from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
 from bridge.domain.errors import LedgerRejected, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import is_instructed
-from bridge.domain.legs import Action, Leg, LegState, RejectReason, SignatureSet
+from bridge.domain.legs import Action, Leg, LegState, RejectReason, SignatureSet, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.kinds import holder_direct_locks
@@ -72,9 +75,13 @@ class Stepper:
     committee certifies LOCKED only for an instructed lock.
     """
 
-    def __init__(self, ctx: EngineContext, flow: FlowLimits) -> None:
+    def __init__(
+        self, ctx: EngineContext, flow: FlowLimits, batcher: StepBatcher | None = None
+    ) -> None:
         self._ctx = ctx
         self._flow = flow
+        # ---- batched steps (issue 14): None steps every transfer alone
+        self._batcher = batcher
 
     async def advance(self, record: TransferRecord) -> bool:
         """Take one step; return True when the transfer is terminal."""
@@ -132,7 +139,7 @@ class Stepper:
                 return True
             await ctx.halt_gate(src_name, record, "the transfer waits before the lock")
             try:
-                out = await src.submit(Action.LOCK, terms, None, record.instruction)
+                out = await self._lock(src, record)
             except LedgerRejected as exc:
                 if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
                     raise  # e.g. a racing duplicate: re-read the leg and go on
@@ -155,14 +162,8 @@ class Stepper:
                     "units stay in escrow; the transfer aborts at its deadline"
                     " unless released first",
                 )
-            certs = await ctx.committee.certify(
-                ClaimKind.LOCKED,
-                terms,
-                [ctx.domains[dst_name]],
-                await self._epochs_of([dst_name]),
-            )
             try:
-                out = await dst.submit(action, terms, certs[dst_name])
+                out = await self._prepare(dst, action, record)
             except LedgerRejected as exc:
                 self._epoch_refused(exc, dst_name)
                 raise
@@ -170,13 +171,19 @@ class Stepper:
             return False
         if step.step is StepKind.CERTIFY:
             assert step.claim is not None
+            cause = refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
+            if self._batcher is not None:
+                try:  # ---- batched steps: certified in a batch, recorded before it returns
+                    await self._batcher.decide(step.claim, record, cause)
+                    return False
+                except RunSingle:
+                    pass
             certs = await ctx.committee.certify(
                 step.claim,
                 terms,
                 [ctx.domains[src_name], ctx.domains[dst_name]],
                 await self._epochs_of([src_name, dst_name]),
             )
-            cause = refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
             await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
             return False
         assert decision is not None
@@ -243,7 +250,16 @@ class Stepper:
     ) -> None:
         certificate = decision.certificates[gateway.ledger]
         try:
-            out = await gateway.submit(action, record.terms, certificate)
+            if isinstance(certificate, BatchCertified):
+                try:
+                    out = await self._apply_batched(gateway, action, record, certificate)
+                except NoBatches:
+                    # The relayer takes no batch (batching turned on before it was
+                    # upgraded, or it was replaced by an older one): the same claim alone.
+                    certificate = await self._recertify(record, decision, gateway.ledger)
+                    out = await gateway.submit(action, record.terms, certificate)
+            else:
+                out = await gateway.submit(action, record.terms, certificate)
         except LedgerRejected as exc:
             if not self._epoch_refused(exc, gateway.ledger):
                 raise
@@ -252,6 +268,55 @@ class Stepper:
             certificate = await self._recertify(record, decision, gateway.ledger)
             out = await gateway.submit(action, record.terms, certificate)
         await self._record_tx(record.transfer_id, action, leg, out.tx_id)
+
+    # ---- batched steps (issue 14) ---------------------------------------------------------
+    async def _lock(self, src: RelayerGateway, record: TransferRecord) -> TxOutcome:
+        """LOCK on the source, in a batch when batching is on (alone when the batch left
+        the item in doubt). The caller has applied the origin, flow and halt gates."""
+        if self._batcher is not None:
+            with contextlib.suppress(RunSingle):
+                return await self._batcher.lock(record)
+        return await src.submit(Action.LOCK, record.terms, None, record.instruction)
+
+    async def _prepare(
+        self, dst: RelayerGateway, action: Action, record: TransferRecord
+    ) -> TxOutcome:
+        """Certify LOCKED for the target and apply ``action`` there: a PREPARE in a batch
+        of its lane when batching is on, MARK_EXPIRED always alone.
+
+        SECURITY: the caller has checked that the lock was instructed (``_instructed``) and
+        the target's halt gate before the item may join a batch.
+        """
+        ctx, terms, dst_name = self._ctx, record.terms, dst.ledger
+        if self._batcher is not None and action is Action.PREPARE:
+            with contextlib.suppress(RunSingle):
+                return await self._batcher.prepare(record)
+        certs = await ctx.committee.certify(
+            ClaimKind.LOCKED,
+            terms,
+            [ctx.domains[dst_name]],
+            await self._epochs_of([dst_name]),
+        )
+        return await dst.submit(action, terms, certs[dst_name])
+
+    async def _apply_batched(
+        self,
+        gateway: RelayerGateway,
+        action: Action,
+        record: TransferRecord,
+        certified: BatchCertified,
+    ) -> TxOutcome:
+        """Apply a decision recorded from a batch: with the other transfers of its batch
+        certificate when batching is on, else (or when that batch left it in doubt) alone
+        under its share of the batch certificate."""
+        if self._batcher is not None:
+            try:
+                return await self._batcher.apply(gateway.ledger, action, record, certified)
+            except NoBatches:
+                raise
+            except RunSingle:
+                pass
+        return await submit_alone(gateway, action, record, certified)
 
     # ---- committee rotation (ADR 0009) ------------------------------------------------
     async def _epochs_of(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]] | None:

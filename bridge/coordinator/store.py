@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +17,8 @@ from bridge.coordinator.records import (
     TransferRequest,
     TransferUpdate,
 )
+from bridge.core.batch import BatchCertificate
+from bridge.domain.batch_certified import BatchCertified, LedgerCertificate
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
 from bridge.domain.flow import WaitReason
@@ -145,7 +147,8 @@ class TransferStore(Protocol):
 
         SECURITY: the decision itself (its kind, its cause, the other ledgers'
         certificates) never changes; only a certificate a ledger refuses after a committee
-        rotation is swapped for one of the same claim under the epoch it accepts now.
+        rotation is swapped for one of the same claim under the epoch it accepts now (a
+        batch certificate, too, is replaced by such a single-claim one).
         """
         ...
 
@@ -271,11 +274,43 @@ def _decision(db: Conn, transfer_id: bytes) -> Decision | None:
     ).fetchone()
     if row is None:
         return None
-    certs = {
-        ledger: SignatureSet(c["epoch"], tuple(bytes.fromhex(x) for x in c["signatures"]))
-        for ledger, c in json.loads(row[1]).items()
-    }
+    certs = {ledger: _certificate_from_json(c) for ledger, c in json.loads(row[1]).items()}
     return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
+
+
+def _certificate_json(c: LedgerCertificate) -> dict[str, Any]:
+    """One ledger's certificate as the decisions table stores it: a single-claim one as
+    before (``epoch``, ``signatures``), a batch one tagged ``"type": "batch"``."""
+    if isinstance(c, BatchCertified):
+        b = c.certificate
+        return {
+            "type": "batch",
+            "epoch": b.epoch,
+            "kind": b.kind,
+            "root": b.root.hex(),
+            "count": b.count,
+            "signatures": [x.hex() for x in b.signatures],
+            "proof": [x.hex() for x in c.proof],
+        }
+    return {"epoch": c.epoch, "signatures": [x.hex() for x in c.signatures]}
+
+
+def _certificate_from_json(c: Mapping[str, Any]) -> LedgerCertificate:
+    """Read :func:`_certificate_json`'s form back; rows written before batches (no
+    ``type``) are single-claim certificates."""
+    signatures = tuple(bytes.fromhex(x) for x in c["signatures"])
+    kind = c.get("type", "single")
+    if kind == "single":
+        return SignatureSet(int(c["epoch"]), signatures)
+    if kind == "batch":
+        return BatchCertified(
+            BatchCertificate(
+                int(c["epoch"]), int(c["kind"]), bytes.fromhex(c["root"]), int(c["count"]),
+                signatures,
+            ),
+            tuple(bytes.fromhex(x) for x in c["proof"]),
+        )  # fmt: skip
+    raise ValueError(f"unknown certificate type {kind!r} in a stored decision")
 
 
 class SqlTransferStore:
@@ -506,10 +541,11 @@ class SqlTransferStore:
 
     async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
         """See TransferStore.record_decision."""
-        certs = {
-            ledger: {"epoch": s.epoch, "signatures": [x.hex() for x in s.signatures]}
-            for ledger, s in decision.certificates.items()
-        }
+        for c in decision.certificates.values():
+            if isinstance(c, BatchCertified) and c.certificate.kind != int(decision.kind):
+                # SECURITY: a batch certificate of another claim kind never backs a decision.
+                raise ValueError("a batch certificate of another kind than the decision")
+        certs = {ledger: _certificate_json(c) for ledger, c in decision.certificates.items()}
 
         def run(db: Conn) -> Decision | None:
             db.execute(
@@ -547,10 +583,7 @@ class SqlTransferStore:
             certs = json.loads(row[1])
             if ledger not in certs:
                 return False
-            certs[ledger] = {
-                "epoch": certificate.epoch,
-                "signatures": [x.hex() for x in certificate.signatures],
-            }
+            certs[ledger] = _certificate_json(certificate)
             db.execute(
                 "UPDATE decisions SET certificates = ? WHERE transfer_id = ? AND kind = ?",
                 (json.dumps(certs, sort_keys=True), transfer_id, int(kind)),

@@ -141,6 +141,18 @@ STORE_ENV = "KSTB_DEVNET_STORE"
 """Environment default for ``LocalSystem.store`` (the e2e suite's PostgreSQL pass)."""
 POSTGRES_ENV = "KSTB_DEVNET_POSTGRES"
 """Environment default for ``LocalSystem.postgres_server``."""
+BATCHING_ENV = "KSTB_DEVNET_BATCHING"
+"""Environment default for ``LocalSystem.batching``: ``1`` turns the coordinator's batched
+steps on with the defaults, or a ``max_items`` figure sets that too."""
+
+
+def _batching_from_env() -> dict[str, Any] | None:
+    value = os.environ.get(BATCHING_ENV, "").strip()
+    if not value or value == "0":
+        return None
+    if value.isdigit() and int(value) > 1:
+        return {"enabled": True, "max_items": int(value)}
+    return {"enabled": True}
 
 
 @dataclass
@@ -227,6 +239,11 @@ class LocalSystem:
     so a test can cut one coordinator from the database."""
     db_proxies: dict[str, TcpProxy] = field(default_factory=dict)
 
+    # ---- batched steps (issue 14)
+    batching: dict[str, Any] | None = field(default_factory=_batching_from_env)
+    """The coordinator's ``[batching]`` table (e.g. ``{"enabled": True}``); None: off
+    (default from env ``KSTB_DEVNET_BATCHING``)."""
+
     @property
     def coordinator_names(self) -> list[str]:
         """Every coordinator's process name (``coordinator`` first)."""
@@ -281,6 +298,8 @@ class LocalSystem:
             "audit_log": f"audit/{name}.jsonl",
             **self._tls_entry("coordinator"),
         }
+        if self.batching is not None:
+            table["batching"] = dict(self.batching)
         if self.coordinators > 1:
             table["ha"] = {
                 "name": name,

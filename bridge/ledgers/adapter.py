@@ -6,12 +6,15 @@ Every read is at the ledger's *finalized* height: nothing a caller sees can be r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from bridge.core.batch import BatchCertificate
 from bridge.domain.committee import CommitteeRotation, EpochWindow
 from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import HaltStatus, Order
 from bridge.domain.ids import LedgerId, SecurityId
+from bridge.domain.ledger_batches import BatchItem, BatchOutcome
 from bridge.domain.legs import (
     Action,
     EventPosition,
@@ -143,6 +146,36 @@ class LedgerAdapter(LedgerReader, Protocol):
         Idempotent: when the step is already applied with the same terms the result has
         ``already_applied`` set and nothing is sent. A step the ledger refuses raises
         LedgerRejected naming the contract's reason; transient faults raise Unavailable.
+        """
+        ...
+
+    # ---- batched ledger steps (issue 14 item 2, ADR 0025)
+    @property
+    def max_batch_items(self) -> int:
+        """The most items one :meth:`submit_batch` carries on this kind (the relayer's
+        bound for ``SubmitBatch``)."""
+        ...
+
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: BatchCertificate | None = None,
+    ) -> BatchOutcome:
+        """Apply ``action`` (LOCK, PREPARE, COMMIT or ABORT) to every item in ONE ledger
+        invocation and return once it is final, one result per item in item order: the leg
+        the action moves, its state and terms hash, and ``skipped`` for an item already
+        where the action puts it (a replay: nothing moves, so a retried batch is safe).
+
+        LOCK takes each item's instruction and no certificate; the other actions take each
+        item's inclusion proof under ONE batch certificate of the matching claim kind. A
+        refusal refuses the whole invocation, nothing applied: LedgerRejected with the
+        ledger's ErrorReason and, where one item caused it, that item's index as the
+        integer figure ``item`` (:func:`bridge.domain.ledger_batches.refused_item`).
+        Transient faults raise Unavailable; ValueError, before anything is sent, for a
+        batch the kind cannot carry (outside 1..:attr:`max_batch_items`, too large for one
+        transaction, a certificate where none belongs or none where one does). A read-only
+        adapter raises LedgerRejected(ReadOnly).
         """
         ...
 

@@ -157,6 +157,8 @@ RULES: Mapping[str, Rule] = {
     _R + "GetLegs": _rule(COORDINATOR),  # ---- batch: many legs, the same reads as GetLeg
     _R + "GetHolder": _rule(COORDINATOR),
     _R + "Submit": _rule(COORDINATOR),
+    # ---- batched ledger steps (ADR 0025): exactly Submit's rule.
+    _R + "SubmitBatch": _rule(COORDINATOR),
     _R + "GetLedgerSupply": _rule(COORDINATOR),
     _R + "GetFlowStatus": _rule(COORDINATOR),  # ---- flow limits: what the queue reads
     _V + "GetIdentity": _rule(COORDINATOR),

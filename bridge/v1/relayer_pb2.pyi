@@ -68,6 +68,7 @@ class LedgerInfo(_message.Message):
     BRIDGE_FIELD_NUMBER: _builtins.int
     FINALIZED_HEIGHT_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_ITEMS_FIELD_NUMBER: _builtins.int
     ledger_id: _builtins.str
     kind: _builtins.str
     """"evm" or "fabric"."""
@@ -76,6 +77,8 @@ class LedgerInfo(_message.Message):
     finalized_height: _builtins.int
     operator: _builtins.str
     """The relayer's own ledger account."""
+    max_batch_items: _builtins.int
+    """---- batched ledger steps (ADR 0025): the most items one SubmitBatch carries here."""
     def __init__(
         self,
         *,
@@ -84,10 +87,11 @@ class LedgerInfo(_message.Message):
         bridge: _builtins.bytes = ...,
         finalized_height: _builtins.int = ...,
         operator: _builtins.str = ...,
+        max_batch_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "finalized_height", b"finalized_height", "kind", b"kind", "ledger_id", b"ledger_id", "operator", b"operator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "finalized_height", b"finalized_height", "kind", b"kind", "ledger_id", b"ledger_id", "max_batch_items", b"max_batch_items", "operator", b"operator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,3 +400,166 @@ class InstallCommitteeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstallCommitteeRequest: _TypeAlias = InstallCommitteeRequest  # noqa: Y015
+
+@_typing.final
+class BatchStepItem(_message.Message):
+    """---- batched ledger steps (issue 14 item 2, ADR 0025)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    instruction: _builtins.bytes
+    """LOCK only: the instructor's signature (empty for a holder's own lock), <= 65 bytes."""
+    @_builtins.property
+    def terms(self) -> _common_pb2.Terms: ...
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """PREPARE, COMMIT, ABORT: the item's inclusion proof under the certificate's root
+        (32-byte sibling hashes, bottom up).
+        """
+
+    def __init__(
+        self,
+        *,
+        terms: _common_pb2.Terms | None = ...,
+        instruction: _builtins.bytes = ...,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["terms", b"terms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "proof", b"proof", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchStepItem: _TypeAlias = BatchStepItem  # noqa: Y015
+
+@_typing.final
+class BatchCertificate(_message.Message):
+    """The committee's t-of-n signatures over one batch root digest for this ledger
+    (BridgeTypes.BatchCertificate): kind is the ClaimKind number, count the batch's size.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    kind: _builtins.int
+    root: _builtins.bytes
+    count: _builtins.int
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        kind: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+        count: _builtins.int = ...,
+        signatures: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "epoch", b"epoch", "kind", b"kind", "root", b"root", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCertificate: _TypeAlias = BatchCertificate  # noqa: Y015
+
+@_typing.final
+class SubmitBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    action: Global___Action.ValueType
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchStepItem]: ...
+    @_builtins.property
+    def certificate(self) -> Global___BatchCertificate:
+        """Required for PREPARE, COMMIT, ABORT; absent for LOCK."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___Action.ValueType = ...,
+        items: _abc.Iterable[Global___BatchStepItem] | None = ...,
+        certificate: Global___BatchCertificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "certificate", b"certificate", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatchRequest: _TypeAlias = SubmitBatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchStepResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    LEG_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TERMS_HASH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.bytes
+    leg: _common_pb2.Leg.ValueType
+    """The leg the action moves on this ledger."""
+    state: _common_pb2.LegState.ValueType
+    terms_hash: _builtins.bytes
+    reason: _builtins.int
+    skipped: _builtins.bool
+    """The leg already was where the action puts it (a replay): nothing moved."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.bytes = ...,
+        leg: _common_pb2.Leg.ValueType = ...,
+        state: _common_pb2.LegState.ValueType = ...,
+        terms_hash: _builtins.bytes = ...,
+        reason: _builtins.int = ...,
+        skipped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leg", b"leg", "reason", b"reason", "skipped", b"skipped", "state", b"state", "terms_hash", b"terms_hash", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchStepResult: _TypeAlias = BatchStepResult  # noqa: Y015
+
+@_typing.final
+class SubmitBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TX_ID_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    tx_id: _builtins.str
+    height: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchStepResult]:
+        """One per request item, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        tx_id: _builtins.str = ...,
+        height: _builtins.int = ...,
+        items: _abc.Iterable[Global___BatchStepResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "items", b"items", "tx_id", b"tx_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015

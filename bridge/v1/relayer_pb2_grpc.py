@@ -94,6 +94,11 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/bridge.v1.RelayerService/SubmitBatch',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
 
 
 class RelayerServiceServicer:
@@ -198,6 +203,22 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """---- batched ledger steps (issue 14 item 2, ADR 0025)
+        Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+        invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+        answer once it is final, one result per item in item order. Idempotent: an item
+        already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+        refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+        ErrorReason and, where one item caused it, that item's index as the figure "item".
+        Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+        LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +276,11 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.GetLegs,
                     request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +582,33 @@ class RelayerService:
             '/bridge.v1.RelayerService/GetLegs',
             bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
             bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/SubmitBatch',
+            bridge_dot_v1_dot_relayer__pb2.SubmitBatchRequest.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.SubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

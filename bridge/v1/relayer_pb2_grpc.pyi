@@ -90,6 +90,18 @@ class RelayerServiceStub:
     Many legs of one side at the ledger's finalized height, in the request's order (one
     evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
     """
+    SubmitBatch: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.SubmitBatchRequest, _relayer_pb2.SubmitBatchResponse]
+    """---- batched ledger steps (issue 14 item 2, ADR 0025)
+    Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+    invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+    answer once it is final, one result per item in item order. Idempotent: an item
+    already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+    refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+    ErrorReason and, where one item caused it, that item's index as the figure "item".
+    Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+    LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+    INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class RelayerServiceAsyncStub(RelayerServiceStub):
@@ -149,6 +161,18 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """---- batch (issue 14 item 4)
     Many legs of one side at the ledger's finalized height, in the request's order (one
     evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+    """
+    SubmitBatch: _aio.UnaryUnaryMultiCallable[_relayer_pb2.SubmitBatchRequest, _relayer_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """---- batched ledger steps (issue 14 item 2, ADR 0025)
+    Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+    invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+    answer once it is final, one result per item in item order. Idempotent: an item
+    already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+    refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+    ErrorReason and, where one item caused it, that item's index as the figure "item".
+    Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+    LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+    INVALID_ARGUMENT.
     """
 
 class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -272,6 +296,24 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         """---- batch (issue 14 item 4)
         Many legs of one side at the ledger's finalized height, in the request's order (one
         evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitBatch(
+        self,
+        request: _relayer_pb2.SubmitBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.SubmitBatchResponse, _abc.Awaitable[_relayer_pb2.SubmitBatchResponse]]:
+        """---- batched ledger steps (issue 14 item 2, ADR 0025)
+        Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+        invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+        answer once it is final, one result per item in item order. Idempotent: an item
+        already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+        refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+        ErrorReason and, where one item caused it, that item's index as the figure "item".
+        Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+        LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+        INVALID_ARGUMENT.
         """
 
 def add_RelayerServiceServicer_to_server(servicer: RelayerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -59,6 +59,9 @@ class CometAdapter(StepTemplate):
     """LedgerAdapter over one node's JSON-RPC; writable when the client holds a signer."""
 
     KIND = "cometbft"
+    max_batch_items = fabric_batch.MAX_BATCH_ITEMS
+    """The most items one ``submit_batch`` carries (the application's bound); the 64 KiB
+    transaction limit is checked per batch and usually binds first (about 50 items)."""
     ADDRESSES = _ADDRESSES
 
     def __init__(self, config: LedgerConfig, client: CometClient) -> None:

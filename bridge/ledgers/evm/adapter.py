@@ -26,6 +26,7 @@ from web3.exceptions import (
 )
 
 from bridge.config import LedgerConfig
+from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
 from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
@@ -38,7 +39,15 @@ from bridge.domain.ids import (
     evm_address_word,
     word_to_evm_address,
 )
+from bridge.domain.ledger_batches import (
+    BATCHED_ACTIONS,
+    BatchItem,
+    BatchItemResult,
+    BatchOutcome,
+    leg_of,
+)
 from bridge.domain.legs import (
+    STEP_DONE,
     Action,
     EventPosition,
     HolderStatus,
@@ -55,6 +64,7 @@ from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.addresses import EvmAddressCodec
 from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
+from bridge.ledgers.evm.batch import BatchStep, batch_results, lock_call, step_call
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
@@ -90,6 +100,35 @@ def _is_transient(exc: BaseException) -> bool:
 _MAX_TRACKED = 4096
 """Sent transactions remembered for retries; the oldest are forgotten first."""
 
+MAX_EVM_BATCH_ITEMS = 100
+"""The most items one batched EVM transaction carries (``submit_batch``).
+
+Measured on anvil (``tests/integration/test_evm_batch_gas.py``, table in ADR 0025): the
+heaviest step, ``lockBatch`` (token transfer into escrow, instruction signature check), costs
+about 115k gas per item and 11.57M for 100 items; ``prepareBatch`` 11.06M, ``commitBatch``
+4.26M (mint) / 3.80M (burn), ``abortBatch`` 3.38M. 100 items stay under 40% of a 30M block
+gas limit, so a batch is never refused for size and leaves room in its block for others."""
+
+_BATCH_LEVEL = frozenset(
+    {
+        ErrorReason.INVALID_BATCH,
+        ErrorReason.WRONG_BATCH_KIND,
+        ErrorReason.WRONG_EPOCH,
+        ErrorReason.EPOCH_NOT_ACTIVE,
+        ErrorReason.TOO_FEW_SIGNATURES,
+        ErrorReason.MALFORMED_SIGNATURES,
+        ErrorReason.INVALID_SIGNATURE,
+        ErrorReason.SIGNERS_NOT_ASCENDING,
+        ErrorReason.NOT_COMMITTEE_MEMBER,
+        ErrorReason.NOT_RELAYER,
+        ErrorReason.UNKNOWN_REFUSAL,
+    }
+)
+"""Refusals of a batched call as a whole (its certificate, its shape, the caller): no
+item is named. Every other refusal is some item's own step refusal."""
+_ITEM_NAMED = frozenset({ErrorReason.INVALID_BATCH_PROOF, ErrorReason.DUPLICATE_BATCH_ITEM})
+"""Refusals whose ABI argument ``index`` is the item's index."""
+
 # ---- read lens and shared reads (issue 14 item 4)
 LENS_MAX_ITEMS = 256
 """``BridgeLens.MAX_ITEMS``: the most legs or securities one lens call reads."""
@@ -114,6 +153,8 @@ class EvmAdapter(StepTemplate):
     """
 
     KIND = "evm"
+    max_batch_items = MAX_EVM_BATCH_ITEMS
+    """The most items one ``submit_batch`` transaction carries."""
     ADDRESSES = EvmAddressCodec()
 
     def __init__(
@@ -163,6 +204,8 @@ class EvmAdapter(StepTemplate):
         # The last transaction sent per (action, transfer id), until it is final: a retried
         # step waits for it while the node still holds it instead of sending another one.
         self._sent: OrderedDict[tuple[Action, bytes], bytes] = OrderedDict()
+        # The same per batch (action, concatenated transfer ids), until it is final.
+        self._sent_batches: OrderedDict[tuple[Action, bytes], bytes] = OrderedDict()
         self._tokens: dict[str, str] = {}
         # The last rotateCommittee sent per new epoch, until it is final (as ``_sent``).
         self._sent_rotations: dict[int, bytes] = {}
@@ -704,6 +747,163 @@ class EvmAdapter(StepTemplate):
         height = await self._await_final(handle, self._confirm_s)
         self._sent.pop((step.action, step.terms.transfer_id), None)
         return TxOutcome(tx_id="0x" + handle.hex(), height=height, already_applied=False)
+
+    # ---- batched ledger steps (issue 14 item 2, ADR 0025)
+    async def submit_batch(
+        self,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: BatchCertificate | None = None,
+    ) -> BatchOutcome:
+        """Apply ``action`` to every item in ONE transaction (``lockBatch``, or
+        ``prepareBatch`` / ``commitBatch`` / ``abortBatch`` under one batch certificate) and
+        return once its block is final, one result per item in item order.
+
+        Exactly the contract of the Fabric adapter's ``submit_batch``: when every item's leg
+        already shows the step at the finalized height (same terms), nothing is sent and
+        every item is ``skipped``. Otherwise the call is simulated first (``eth_estimateGas``)
+        and a refusal raises LedgerRejected with nothing sent: the endpoint's reason and,
+        where one item caused it, its index as the figure ``item`` (named by the endpoint
+        for ``InvalidBatchProof`` / ``DuplicateBatchItem``; for an item's own step refusal
+        found by simulating prefixes of the batch, ``log2(n)`` ``eth_call``s, since the
+        endpoint applies items in order and reverts at the first failing one). The
+        transaction goes through the signer, nonce manager and fee pricing of single steps;
+        a retry while this adapter's earlier transaction for the same batch is pending
+        waits for it instead of sending another. Results come from the receipt's events
+        (``LegStateChanged`` for a moved item, ``BatchItemSkipped`` for a replayed one).
+        ValueError for an action without a batched function, a count outside
+        1..:data:`MAX_EVM_BATCH_ITEMS`, or a certificate where none belongs (or none where
+        one does); Unavailable for transient faults (including a transaction that reverted
+        after simulation: the retry re-simulates)."""
+        # SECURITY: a read-only adapter (a member's reader) never sends.
+        if not self.writable:
+            raise LedgerRejected(ErrorReason.READ_ONLY, self._read_only_detail())
+        if action not in BATCHED_ACTIONS:
+            raise ValueError(f"{action.name} has no batched function")
+        if not 1 <= len(items) <= MAX_EVM_BATCH_ITEMS:
+            raise ValueError(f"a batch has 1 to {MAX_EVM_BATCH_ITEMS} items, got {len(items)}")
+        if (certificate is None) != (action is Action.LOCK):
+            raise ValueError(
+                "a LOCK batch takes no certificate"
+                if action is Action.LOCK
+                else f"a {action.name} batch needs a batch certificate"
+            )
+        legs = [leg_of(action, i.terms, self._ledger.word) for i in items]
+        done = await self._batch_done(action, items, legs)
+        if done is not None:
+            return done
+        fn = self._batch_call(action, items, certificate)
+        key = (action, b"".join(i.terms.transfer_id for i in items))
+        tx_hash = self._sent_batches.get(key)
+        if tx_hash is None or not await self._is_pending(tx_hash):
+            try:
+                tx_hash = await self._send(fn)
+            except LedgerRejected as refusal:
+                raise await self._batch_refusal(refusal, action, items, certificate) from None
+            self._sent_batches[key] = tx_hash
+            while len(self._sent_batches) > _MAX_TRACKED:
+                self._sent_batches.popitem(last=False)
+        height = await self._await_final(tx_hash, self._confirm_s)
+        self._sent_batches.pop(key, None)
+        receipt = await self._rpc(
+            "receipt",
+            lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
+        )
+        try:
+            results = batch_results(self._bridge, receipt["logs"], items, legs)
+        except ValueError as exc:  # a node answering another receipt: ask again
+            raise Unavailable(
+                f"ledger {self.ledger}: batch receipt 0x{tx_hash.hex()}: {exc}"
+            ) from exc
+        return BatchOutcome("0x" + tx_hash.hex(), height, await self._with_reasons(results, height))
+
+    def _batch_call(
+        self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
+    ) -> Any:
+        if action is Action.LOCK:
+            return lock_call(self._bridge, [i.terms for i in items], [i.instruction for i in items])
+        assert certificate is not None
+        return step_call(self._bridge, BatchStep[action.name], items, certificate)
+
+    async def _batch_done(
+        self, action: Action, items: Sequence[BatchItem], legs: Sequence[Leg]
+    ) -> BatchOutcome | None:
+        """Every item skipped at the finalized height when every leg already shows the step
+        with the item's terms (one lens call with a lens); None when anything is left."""
+        statuses = await asyncio.gather(
+            *(self.get_leg(i.terms.transfer_id, leg) for i, leg in zip(items, legs, strict=True))
+        )
+        out = []
+        for item, leg, st in zip(items, legs, statuses, strict=True):
+            if st.state not in STEP_DONE[(action, leg)] or st.terms_hash != item.terms.terms_hash:
+                return None
+            out.append(
+                BatchItemResult(
+                    item.terms.transfer_id, leg, st.state, st.terms_hash, st.reason, True
+                )
+            )
+        return BatchOutcome("", statuses[0].height, tuple(out))
+
+    async def _batch_refusal(
+        self,
+        refusal: LedgerRejected,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: BatchCertificate | None,
+    ) -> LedgerRejected:
+        """``refusal`` with the figure ``item`` where one item caused it."""
+        figures = dict(refusal.figures)
+        index: int | None = None
+        if refusal.reason in _ITEM_NAMED and isinstance(figures.get("index"), int):
+            index = int(figures["index"])
+        elif refusal.reason not in _BATCH_LEVEL:
+            index = await self._first_failing(action, items, certificate)
+        if index is None or not 0 <= index < len(items):
+            return refusal
+        figures["item"] = index
+        return LedgerRejected(refusal.reason, refusal.detail, figures, refusal.ledger)
+
+    async def _first_failing(
+        self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
+    ) -> int | None:
+        """The index of the item the whole batch reverts at: the shortest failing prefix
+        ends with it (the endpoint applies items in order, so every shorter prefix passes).
+        None when no prefix fails now (the state moved since)."""
+        assert self._sender is not None
+        sender = self._sender
+
+        async def fails(n: int) -> bool:
+            fn = self._batch_call(action, items[:n], certificate)
+            try:
+                await self._rpc("eth_call", lambda: fn.call({"from": sender}))
+            except (ContractCustomError, ContractLogicError):
+                return True
+            return False
+
+        lo, hi = 1, len(items)
+        if not await fails(hi):
+            return None
+        while lo < hi:  # the shortest failing prefix is in lo..hi
+            mid = (lo + hi) // 2
+            if await fails(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo - 1
+
+    async def _with_reasons(
+        self, results: Sequence[BatchItemResult], height: int
+    ) -> tuple[BatchItemResult, ...]:
+        """Skipped inbound items with the reason their leg holds (the skip event carries
+        none), read at the transaction's block."""
+        out = list(results)
+        for k, r in enumerate(results):
+            if r.skipped and r.leg is Leg.INBOUND:
+                st = await self.get_leg(r.transfer_id, r.leg, height)
+                out[k] = BatchItemResult(
+                    r.transfer_id, r.leg, r.state, r.terms_hash, st.reason, True
+                )
+        return tuple(out)
 
     async def _is_pending(self, tx_hash: bytes) -> bool:
         """True while the node holds ``tx_hash`` unmined and executable: False once mined or

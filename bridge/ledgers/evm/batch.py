@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Any
 
-from web3.contract import Contract
+from hexbytes import HexBytes
+from web3.contract import AsyncContract, Contract
+from web3.contract.async_contract import AsyncContractFunction
 from web3.contract.contract import ContractFunction
 
 from bridge.core import batch as core
 from bridge.domain.claims import ClaimDomain, ClaimKind
-from bridge.domain.ledger_batches import BatchItem
+from bridge.domain.ledger_batches import BatchItem, BatchItemResult
+from bridge.domain.legs import Leg, leg_state_from_ledger
 from bridge.domain.terms import TransferTerms
+
+Endpoint = Contract | AsyncContract
+"""A web3 endpoint contract (the adapter's is async; tests' are sync)."""
 
 
 class BatchStep(enum.Enum):
@@ -82,8 +89,11 @@ def certificate_tuple(cert: core.BatchCertificate) -> tuple[int, int, bytes, int
 
 
 def step_call(
-    endpoint: Contract, step: BatchStep, items: Sequence[BatchItem], cert: core.BatchCertificate
-) -> ContractFunction:
+    endpoint: Endpoint,
+    step: BatchStep,
+    items: Sequence[BatchItem],
+    cert: core.BatchCertificate,
+) -> ContractFunction | AsyncContractFunction:
     """The ``prepareBatch`` / ``commitBatch`` / ``abortBatch`` call for ``items``."""
     fn = getattr(endpoint.functions, step.function)
     return fn(  # type: ignore[no-any-return]
@@ -94,10 +104,60 @@ def step_call(
 
 
 def lock_call(
-    endpoint: Contract, terms: Sequence[TransferTerms], instructions: Sequence[bytes]
-) -> ContractFunction:
+    endpoint: Endpoint,
+    terms: Sequence[TransferTerms],
+    instructions: Sequence[bytes],
+) -> ContractFunction | AsyncContractFunction:
     """The ``lockBatch`` call: item i is ``terms[i]`` with ``instructions[i]`` (empty for a
     holder's own lock)."""
     if len(terms) != len(instructions):
         raise ValueError("one instruction per item")
     return endpoint.functions.lockBatch([t.as_abi_tuple() for t in terms], list(instructions))
+
+
+def batch_results(
+    endpoint: Endpoint,
+    logs: Sequence[Any],
+    items: Sequence[BatchItem],
+    legs: Sequence[Leg],
+) -> tuple[BatchItemResult, ...]:
+    """Each item's result from the logs of the batched transaction's receipt, in item order:
+    the last ``LegStateChanged`` of its leg (moved), or its ``BatchItemSkipped`` (a replay:
+    the endpoint skips only a leg holding the item's own terms, so its terms hash is the
+    item's; reason 0, the caller reads an inbound leg's). Only the endpoint's own logs
+    count. ValueError when an item has neither (the receipt is not of this batch)."""
+    changed = endpoint.events.LegStateChanged()
+    skipped = endpoint.events.BatchItemSkipped()
+    topics = {HexBytes(changed.topic): changed, HexBytes(skipped.topic): skipped}
+    moved: dict[tuple[bytes, int], tuple[int, int, bytes]] = {}
+    replayed: dict[tuple[bytes, int], int] = {}
+    for log in logs:
+        if str(log["address"]).lower() != str(endpoint.address).lower() or not log["topics"]:
+            continue
+        event = topics.get(HexBytes(log["topics"][0]))
+        if event is None:
+            continue
+        args = event.process_log(log)["args"]
+        key = (bytes(args["transferId"]), int(args["leg"]))
+        if event is changed:
+            moved[key] = (int(args["state"]), int(args["reason"]), bytes(args["termsHash"]))
+        else:
+            replayed[key] = int(args["state"])
+    out = []
+    for item, leg in zip(items, legs, strict=True):
+        tid = item.terms.transfer_id
+        key = (tid, 0 if leg is Leg.OUTBOUND else 1)  # the endpoint's leg numbering
+        if key in moved:
+            state, reason, terms_hash = moved[key]
+            out.append(
+                BatchItemResult(
+                    tid, leg, leg_state_from_ledger(leg, state), terms_hash,
+                    reason if leg is Leg.INBOUND else 0, False,
+                )
+            )  # fmt: skip
+        elif key in replayed:
+            state = leg_state_from_ledger(leg, replayed[key])
+            out.append(BatchItemResult(tid, leg, state, item.terms.terms_hash, 0, True))
+        else:
+            raise ValueError(f"the receipt has no leg event for transfer 0x{tid.hex()}")
+    return tuple(out)

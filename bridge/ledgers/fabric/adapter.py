@@ -79,6 +79,8 @@ class FabricAdapter(StepTemplate):
     """
 
     KIND = "fabric"
+    max_batch_items = batch.MAX_BATCH_ITEMS
+    """The most items one ``submit_batch`` carries (the chaincode's bound)."""
     ADDRESSES = _ADDRESSES
 
     def __init__(

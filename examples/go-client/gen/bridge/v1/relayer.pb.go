@@ -124,7 +124,9 @@ type LedgerInfo struct {
 	Bridge          []byte `protobuf:"bytes,3,opt,name=bridge,proto3" json:"bridge,omitempty"`
 	FinalizedHeight uint64 `protobuf:"varint,4,opt,name=finalized_height,json=finalizedHeight,proto3" json:"finalized_height,omitempty"`
 	// The relayer's own ledger account.
-	Operator      string `protobuf:"bytes,5,opt,name=operator,proto3" json:"operator,omitempty"`
+	Operator string `protobuf:"bytes,5,opt,name=operator,proto3" json:"operator,omitempty"`
+	// ---- batched ledger steps (ADR 0025): the most items one SubmitBatch carries here.
+	MaxBatchItems uint32 `protobuf:"varint,6,opt,name=max_batch_items,json=maxBatchItems,proto3" json:"max_batch_items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +194,13 @@ func (x *LedgerInfo) GetOperator() string {
 		return x.Operator
 	}
 	return ""
+}
+
+func (x *LedgerInfo) GetMaxBatchItems() uint32 {
+	if x != nil {
+		return x.MaxBatchItems
+	}
+	return 0
 }
 
 type GetLegRequest struct {
@@ -876,19 +885,370 @@ func (x *InstallCommitteeRequest) GetCertificate() *Certificate {
 	return nil
 }
 
+// ---- batched ledger steps (issue 14 item 2, ADR 0025)
+type BatchStepItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Terms *Terms                 `protobuf:"bytes,1,opt,name=terms,proto3" json:"terms,omitempty"`
+	// LOCK only: the instructor's signature (empty for a holder's own lock), <= 65 bytes.
+	Instruction []byte `protobuf:"bytes,2,opt,name=instruction,proto3" json:"instruction,omitempty"`
+	// PREPARE, COMMIT, ABORT: the item's inclusion proof under the certificate's root
+	// (32-byte sibling hashes, bottom up).
+	Proof         [][]byte `protobuf:"bytes,3,rep,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStepItem) Reset() {
+	*x = BatchStepItem{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStepItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStepItem) ProtoMessage() {}
+
+func (x *BatchStepItem) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStepItem.ProtoReflect.Descriptor instead.
+func (*BatchStepItem) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BatchStepItem) GetTerms() *Terms {
+	if x != nil {
+		return x.Terms
+	}
+	return nil
+}
+
+func (x *BatchStepItem) GetInstruction() []byte {
+	if x != nil {
+		return x.Instruction
+	}
+	return nil
+}
+
+func (x *BatchStepItem) GetProof() [][]byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+// The committee's t-of-n signatures over one batch root digest for this ledger
+// (BridgeTypes.BatchCertificate): kind is the ClaimKind number, count the batch's size.
+type BatchCertificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Kind          uint32                 `protobuf:"varint,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Root          []byte                 `protobuf:"bytes,3,opt,name=root,proto3" json:"root,omitempty"`
+	Count         uint32                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	Signatures    [][]byte               `protobuf:"bytes,5,rep,name=signatures,proto3" json:"signatures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCertificate) Reset() {
+	*x = BatchCertificate{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCertificate) ProtoMessage() {}
+
+func (x *BatchCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCertificate.ProtoReflect.Descriptor instead.
+func (*BatchCertificate) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BatchCertificate) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *BatchCertificate) GetKind() uint32 {
+	if x != nil {
+		return x.Kind
+	}
+	return 0
+}
+
+func (x *BatchCertificate) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *BatchCertificate) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *BatchCertificate) GetSignatures() [][]byte {
+	if x != nil {
+		return x.Signatures
+	}
+	return nil
+}
+
+type SubmitBatchRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Action Action                 `protobuf:"varint,1,opt,name=action,proto3,enum=bridge.v1.Action" json:"action,omitempty"`
+	Items  []*BatchStepItem       `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	// Required for PREPARE, COMMIT, ABORT; absent for LOCK.
+	Certificate   *BatchCertificate `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitBatchRequest) Reset() {
+	*x = SubmitBatchRequest{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitBatchRequest) ProtoMessage() {}
+
+func (x *SubmitBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitBatchRequest.ProtoReflect.Descriptor instead.
+func (*SubmitBatchRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SubmitBatchRequest) GetAction() Action {
+	if x != nil {
+		return x.Action
+	}
+	return Action_ACTION_UNSPECIFIED
+}
+
+func (x *SubmitBatchRequest) GetItems() []*BatchStepItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *SubmitBatchRequest) GetCertificate() *BatchCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+type BatchStepResult struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TransferId []byte                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	// The leg the action moves on this ledger.
+	Leg       Leg      `protobuf:"varint,2,opt,name=leg,proto3,enum=bridge.v1.Leg" json:"leg,omitempty"`
+	State     LegState `protobuf:"varint,3,opt,name=state,proto3,enum=bridge.v1.LegState" json:"state,omitempty"`
+	TermsHash []byte   `protobuf:"bytes,4,opt,name=terms_hash,json=termsHash,proto3" json:"terms_hash,omitempty"`
+	Reason    uint32   `protobuf:"varint,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The leg already was where the action puts it (a replay): nothing moved.
+	Skipped       bool `protobuf:"varint,6,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStepResult) Reset() {
+	*x = BatchStepResult{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStepResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStepResult) ProtoMessage() {}
+
+func (x *BatchStepResult) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStepResult.ProtoReflect.Descriptor instead.
+func (*BatchStepResult) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *BatchStepResult) GetTransferId() []byte {
+	if x != nil {
+		return x.TransferId
+	}
+	return nil
+}
+
+func (x *BatchStepResult) GetLeg() Leg {
+	if x != nil {
+		return x.Leg
+	}
+	return Leg_LEG_UNSPECIFIED
+}
+
+func (x *BatchStepResult) GetState() LegState {
+	if x != nil {
+		return x.State
+	}
+	return LegState_LEG_STATE_NONE
+}
+
+func (x *BatchStepResult) GetTermsHash() []byte {
+	if x != nil {
+		return x.TermsHash
+	}
+	return nil
+}
+
+func (x *BatchStepResult) GetReason() uint32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+func (x *BatchStepResult) GetSkipped() bool {
+	if x != nil {
+		return x.Skipped
+	}
+	return false
+}
+
+type SubmitBatchResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TxId   string                 `protobuf:"bytes,1,opt,name=tx_id,json=txId,proto3" json:"tx_id,omitempty"`
+	Height uint64                 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	// One per request item, in the request's order.
+	Items         []*BatchStepResult `protobuf:"bytes,3,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitBatchResponse) Reset() {
+	*x = SubmitBatchResponse{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitBatchResponse) ProtoMessage() {}
+
+func (x *SubmitBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitBatchResponse.ProtoReflect.Descriptor instead.
+func (*SubmitBatchResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SubmitBatchResponse) GetTxId() string {
+	if x != nil {
+		return x.TxId
+	}
+	return ""
+}
+
+func (x *SubmitBatchResponse) GetHeight() uint64 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *SubmitBatchResponse) GetItems() []*BatchStepResult {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 var File_bridge_v1_relayer_proto protoreflect.FileDescriptor
 
 const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\n" +
 	"\x17bridge/v1/relayer.proto\x12\tbridge.v1\x1a\x16bridge/v1/common.proto\x1a\x14bridge/v1/flow.proto\x1a\x1abridge/v1/depository.proto\x1a\x18bridge/v1/rotation.proto\x1a\x16bridge/v1/supply.proto\"\x16\n" +
-	"\x14GetLedgerInfoRequest\"\x9c\x01\n" +
+	"\x14GetLedgerInfoRequest\"\xc4\x01\n" +
 	"\n" +
 	"LedgerInfo\x12\x1b\n" +
 	"\tledger_id\x18\x01 \x01(\tR\bledgerId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06bridge\x18\x03 \x01(\fR\x06bridge\x12)\n" +
 	"\x10finalized_height\x18\x04 \x01(\x04R\x0ffinalizedHeight\x12\x1a\n" +
-	"\boperator\x18\x05 \x01(\tR\boperator\"R\n" +
+	"\boperator\x18\x05 \x01(\tR\boperator\x12&\n" +
+	"\x0fmax_batch_items\x18\x06 \x01(\rR\rmaxBatchItems\"R\n" +
 	"\rGetLegRequest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\fR\n" +
 	"transferId\x12 \n" +
@@ -936,14 +1296,43 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\x06epochs\x18\x01 \x03(\v2\x19.bridge.v1.CommitteeEpochR\x06epochs\"\x8c\x01\n" +
 	"\x17InstallCommitteeRequest\x127\n" +
 	"\bproposal\x18\x01 \x01(\v2\x1b.bridge.v1.RotationProposalR\bproposal\x128\n" +
-	"\vcertificate\x18\x02 \x01(\v2\x16.bridge.v1.CertificateR\vcertificate*\x83\x01\n" +
+	"\vcertificate\x18\x02 \x01(\v2\x16.bridge.v1.CertificateR\vcertificate\"o\n" +
+	"\rBatchStepItem\x12&\n" +
+	"\x05terms\x18\x01 \x01(\v2\x10.bridge.v1.TermsR\x05terms\x12 \n" +
+	"\vinstruction\x18\x02 \x01(\fR\vinstruction\x12\x14\n" +
+	"\x05proof\x18\x03 \x03(\fR\x05proof\"\x86\x01\n" +
+	"\x10BatchCertificate\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x12\n" +
+	"\x04root\x18\x03 \x01(\fR\x04root\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\x12\x1e\n" +
+	"\n" +
+	"signatures\x18\x05 \x03(\fR\n" +
+	"signatures\"\xae\x01\n" +
+	"\x12SubmitBatchRequest\x12)\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x11.bridge.v1.ActionR\x06action\x12.\n" +
+	"\x05items\x18\x02 \x03(\v2\x18.bridge.v1.BatchStepItemR\x05items\x12=\n" +
+	"\vcertificate\x18\x03 \x01(\v2\x1b.bridge.v1.BatchCertificateR\vcertificate\"\xd0\x01\n" +
+	"\x0fBatchStepResult\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\fR\n" +
+	"transferId\x12 \n" +
+	"\x03leg\x18\x02 \x01(\x0e2\x0e.bridge.v1.LegR\x03leg\x12)\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x13.bridge.v1.LegStateR\x05state\x12\x1d\n" +
+	"\n" +
+	"terms_hash\x18\x04 \x01(\fR\ttermsHash\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\rR\x06reason\x12\x18\n" +
+	"\askipped\x18\x06 \x01(\bR\askipped\"t\n" +
+	"\x13SubmitBatchResponse\x12\x13\n" +
+	"\x05tx_id\x18\x01 \x01(\tR\x04txId\x12\x16\n" +
+	"\x06height\x18\x02 \x01(\x04R\x06height\x120\n" +
+	"\x05items\x18\x03 \x03(\v2\x1a.bridge.v1.BatchStepResultR\x05items*\x83\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vACTION_LOCK\x10\x01\x12\x12\n" +
 	"\x0eACTION_PREPARE\x10\x02\x12\x17\n" +
 	"\x13ACTION_MARK_EXPIRED\x10\x03\x12\x11\n" +
 	"\rACTION_COMMIT\x10\x04\x12\x10\n" +
-	"\fACTION_ABORT\x10\x052\x9d\x06\n" +
+	"\fACTION_ABORT\x10\x052\xeb\x06\n" +
 	"\x0eRelayerService\x12G\n" +
 	"\rGetLedgerInfo\x12\x1f.bridge.v1.GetLedgerInfoRequest\x1a\x15.bridge.v1.LedgerInfo\x128\n" +
 	"\x06GetLeg\x12\x18.bridge.v1.GetLegRequest\x1a\x14.bridge.v1.LegStatus\x12A\n" +
@@ -956,7 +1345,8 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a\x15.bridge.v1.LedgerHalt\x12G\n" +
 	"\rGetCommittees\x12\x1f.bridge.v1.GetCommitteesRequest\x1a\x15.bridge.v1.Committees\x12Q\n" +
 	"\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponse\x12@\n" +
-	"\aGetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponseB^\n" +
+	"\aGetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponse\x12L\n" +
+	"\vSubmitBatch\x12\x1d.bridge.v1.SubmitBatchRequest\x1a\x1e.bridge.v1.SubmitBatchResponseB^\n" +
 	"\x12dev.kstb.bridge.v1B\fRelayerProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
 var (
@@ -972,7 +1362,7 @@ func file_bridge_v1_relayer_proto_rawDescGZIP() []byte {
 }
 
 var file_bridge_v1_relayer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_bridge_v1_relayer_proto_goTypes = []any{
 	(Action)(0),                     // 0: bridge.v1.Action
 	(*GetLedgerInfoRequest)(nil),    // 1: bridge.v1.GetLedgerInfoRequest
@@ -989,57 +1379,71 @@ var file_bridge_v1_relayer_proto_goTypes = []any{
 	(*GetCommitteesRequest)(nil),    // 12: bridge.v1.GetCommitteesRequest
 	(*Committees)(nil),              // 13: bridge.v1.Committees
 	(*InstallCommitteeRequest)(nil), // 14: bridge.v1.InstallCommitteeRequest
-	(Leg)(0),                        // 15: bridge.v1.Leg
-	(LegState)(0),                   // 16: bridge.v1.LegState
-	(*Terms)(nil),                   // 17: bridge.v1.Terms
-	(*Certificate)(nil),             // 18: bridge.v1.Certificate
-	(*CommitteeEpoch)(nil),          // 19: bridge.v1.CommitteeEpoch
-	(*RotationProposal)(nil),        // 20: bridge.v1.RotationProposal
-	(*GetLaneFlowRequest)(nil),      // 21: bridge.v1.GetLaneFlowRequest
-	(*SignedDepositoryOrder)(nil),   // 22: bridge.v1.SignedDepositoryOrder
-	(*GetHaltStatusRequest)(nil),    // 23: bridge.v1.GetHaltStatusRequest
-	(*LedgerSupply)(nil),            // 24: bridge.v1.LedgerSupply
-	(*FlowStatus)(nil),              // 25: bridge.v1.FlowStatus
-	(*LedgerHalt)(nil),              // 26: bridge.v1.LedgerHalt
+	(*BatchStepItem)(nil),           // 15: bridge.v1.BatchStepItem
+	(*BatchCertificate)(nil),        // 16: bridge.v1.BatchCertificate
+	(*SubmitBatchRequest)(nil),      // 17: bridge.v1.SubmitBatchRequest
+	(*BatchStepResult)(nil),         // 18: bridge.v1.BatchStepResult
+	(*SubmitBatchResponse)(nil),     // 19: bridge.v1.SubmitBatchResponse
+	(Leg)(0),                        // 20: bridge.v1.Leg
+	(LegState)(0),                   // 21: bridge.v1.LegState
+	(*Terms)(nil),                   // 22: bridge.v1.Terms
+	(*Certificate)(nil),             // 23: bridge.v1.Certificate
+	(*CommitteeEpoch)(nil),          // 24: bridge.v1.CommitteeEpoch
+	(*RotationProposal)(nil),        // 25: bridge.v1.RotationProposal
+	(*GetLaneFlowRequest)(nil),      // 26: bridge.v1.GetLaneFlowRequest
+	(*SignedDepositoryOrder)(nil),   // 27: bridge.v1.SignedDepositoryOrder
+	(*GetHaltStatusRequest)(nil),    // 28: bridge.v1.GetHaltStatusRequest
+	(*LedgerSupply)(nil),            // 29: bridge.v1.LedgerSupply
+	(*FlowStatus)(nil),              // 30: bridge.v1.FlowStatus
+	(*LedgerHalt)(nil),              // 31: bridge.v1.LedgerHalt
 }
 var file_bridge_v1_relayer_proto_depIdxs = []int32{
-	15, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
-	15, // 1: bridge.v1.GetLegsRequest.leg:type_name -> bridge.v1.Leg
+	20, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
+	20, // 1: bridge.v1.GetLegsRequest.leg:type_name -> bridge.v1.Leg
 	6,  // 2: bridge.v1.GetLegsResponse.legs:type_name -> bridge.v1.LegStatus
-	16, // 3: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
+	21, // 3: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
 	0,  // 4: bridge.v1.SubmitRequest.action:type_name -> bridge.v1.Action
-	17, // 5: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
-	18, // 6: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
-	19, // 7: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
-	20, // 8: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
-	18, // 9: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
-	1,  // 10: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
-	3,  // 11: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
-	7,  // 12: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
-	9,  // 13: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
-	11, // 14: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
-	21, // 15: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
-	22, // 16: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
-	23, // 17: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
-	12, // 18: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
-	14, // 19: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
-	4,  // 20: bridge.v1.RelayerService.GetLegs:input_type -> bridge.v1.GetLegsRequest
-	2,  // 21: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
-	6,  // 22: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
-	8,  // 23: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
-	10, // 24: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
-	24, // 25: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
-	25, // 26: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
-	10, // 27: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
-	26, // 28: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
-	13, // 29: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
-	10, // 30: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
-	5,  // 31: bridge.v1.RelayerService.GetLegs:output_type -> bridge.v1.GetLegsResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	22, // 5: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
+	23, // 6: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
+	24, // 7: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
+	25, // 8: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
+	23, // 9: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
+	22, // 10: bridge.v1.BatchStepItem.terms:type_name -> bridge.v1.Terms
+	0,  // 11: bridge.v1.SubmitBatchRequest.action:type_name -> bridge.v1.Action
+	15, // 12: bridge.v1.SubmitBatchRequest.items:type_name -> bridge.v1.BatchStepItem
+	16, // 13: bridge.v1.SubmitBatchRequest.certificate:type_name -> bridge.v1.BatchCertificate
+	20, // 14: bridge.v1.BatchStepResult.leg:type_name -> bridge.v1.Leg
+	21, // 15: bridge.v1.BatchStepResult.state:type_name -> bridge.v1.LegState
+	18, // 16: bridge.v1.SubmitBatchResponse.items:type_name -> bridge.v1.BatchStepResult
+	1,  // 17: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
+	3,  // 18: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
+	7,  // 19: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
+	9,  // 20: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
+	11, // 21: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
+	26, // 22: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
+	27, // 23: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
+	28, // 24: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
+	12, // 25: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
+	14, // 26: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
+	4,  // 27: bridge.v1.RelayerService.GetLegs:input_type -> bridge.v1.GetLegsRequest
+	17, // 28: bridge.v1.RelayerService.SubmitBatch:input_type -> bridge.v1.SubmitBatchRequest
+	2,  // 29: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
+	6,  // 30: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
+	8,  // 31: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
+	10, // 32: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
+	29, // 33: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
+	30, // 34: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
+	10, // 35: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
+	31, // 36: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
+	13, // 37: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
+	10, // 38: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
+	5,  // 39: bridge.v1.RelayerService.GetLegs:output_type -> bridge.v1.GetLegsResponse
+	19, // 40: bridge.v1.RelayerService.SubmitBatch:output_type -> bridge.v1.SubmitBatchResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_relayer_proto_init() }
@@ -1058,7 +1462,7 @@ func file_bridge_v1_relayer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_relayer_proto_rawDesc), len(file_bridge_v1_relayer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

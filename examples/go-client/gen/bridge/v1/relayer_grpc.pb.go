@@ -30,6 +30,7 @@ const (
 	RelayerService_GetCommittees_FullMethodName    = "/bridge.v1.RelayerService/GetCommittees"
 	RelayerService_InstallCommittee_FullMethodName = "/bridge.v1.RelayerService/InstallCommittee"
 	RelayerService_GetLegs_FullMethodName          = "/bridge.v1.RelayerService/GetLegs"
+	RelayerService_SubmitBatch_FullMethodName      = "/bridge.v1.RelayerService/SubmitBatch"
 )
 
 // RelayerServiceClient is the client API for RelayerService service.
@@ -81,6 +82,17 @@ type RelayerServiceClient interface {
 	// Many legs of one side at the ledger's finalized height, in the request's order (one
 	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
 	GetLegs(ctx context.Context, in *GetLegsRequest, opts ...grpc.CallOption) (*GetLegsResponse, error)
+	// ---- batched ledger steps (issue 14 item 2, ADR 0025)
+	// Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+	// invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+	// answer once it is final, one result per item in item order. Idempotent: an item
+	// already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+	// refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+	// ErrorReason and, where one item caused it, that item's index as the figure "item".
+	// Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+	// LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+	// INVALID_ARGUMENT.
+	SubmitBatch(ctx context.Context, in *SubmitBatchRequest, opts ...grpc.CallOption) (*SubmitBatchResponse, error)
 }
 
 type relayerServiceClient struct {
@@ -201,6 +213,16 @@ func (c *relayerServiceClient) GetLegs(ctx context.Context, in *GetLegsRequest, 
 	return out, nil
 }
 
+func (c *relayerServiceClient) SubmitBatch(ctx context.Context, in *SubmitBatchRequest, opts ...grpc.CallOption) (*SubmitBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitBatchResponse)
+	err := c.cc.Invoke(ctx, RelayerService_SubmitBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RelayerServiceServer is the server API for RelayerService service.
 // All implementations must embed UnimplementedRelayerServiceServer
 // for forward compatibility.
@@ -250,6 +272,17 @@ type RelayerServiceServer interface {
 	// Many legs of one side at the ledger's finalized height, in the request's order (one
 	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
 	GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error)
+	// ---- batched ledger steps (issue 14 item 2, ADR 0025)
+	// Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
+	// invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
+	// answer once it is final, one result per item in item order. Idempotent: an item
+	// already where the action puts it is skipped (a replayed batch moves nothing). A refusal
+	// refuses the whole invocation, nothing applied: FAILED_PRECONDITION with the ledger's
+	// ErrorReason and, where one item caused it, that item's index as the figure "item".
+	// Malformed (action, 1..the kind's maximum items, certificate iff not LOCK, instruction
+	// LOCK only and <= 65 bytes, proof elements of 32 bytes, a transfer twice):
+	// INVALID_ARGUMENT.
+	SubmitBatch(context.Context, *SubmitBatchRequest) (*SubmitBatchResponse, error)
 	mustEmbedUnimplementedRelayerServiceServer()
 }
 
@@ -292,6 +325,9 @@ func (UnimplementedRelayerServiceServer) InstallCommittee(context.Context, *Inst
 }
 func (UnimplementedRelayerServiceServer) GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLegs not implemented")
+}
+func (UnimplementedRelayerServiceServer) SubmitBatch(context.Context, *SubmitBatchRequest) (*SubmitBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitBatch not implemented")
 }
 func (UnimplementedRelayerServiceServer) mustEmbedUnimplementedRelayerServiceServer() {}
 func (UnimplementedRelayerServiceServer) testEmbeddedByValue()                        {}
@@ -512,6 +548,24 @@ func _RelayerService_GetLegs_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RelayerService_SubmitBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RelayerServiceServer).SubmitBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RelayerService_SubmitBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RelayerServiceServer).SubmitBatch(ctx, req.(*SubmitBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RelayerService_ServiceDesc is the grpc.ServiceDesc for RelayerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -562,6 +616,10 @@ var RelayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLegs",
 			Handler:    _RelayerService_GetLegs_Handler,
+		},
+		{
+			MethodName: "SubmitBatch",
+			Handler:    _RelayerService_SubmitBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

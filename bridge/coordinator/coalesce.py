@@ -1,0 +1,164 @@
+"""A generic coalescer: many callers' items become few batched calls (issue 14).
+
+Drivers ``await coalescer.call(key, item)`` one item at a time; per key the items that
+arrive while at most ``max_in_flight`` flushes of that key run accumulate and go out
+together (at most ``max_items`` a flush). The first item with nothing in flight for its
+key goes out at once (no added latency at low load); ``linger_ms`` (default 0) optionally
+holds a non-first batch open a little longer. Pure asyncio, no I/O of its own: the flush
+handler does the work and answers one result (or one exception) per item, in item order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Coalescer", "Flush", "FlushAnswerMismatch"]
+
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
+
+Flush = Callable[[K, Sequence[I]], Awaitable[Sequence["R | BaseException"]]]
+"""A flush handler: one key's items in arrival order -> one result or exception per item."""
+
+
+class FlushAnswerMismatch(RuntimeError):
+    """The flush handler answered another number of results than it was given items (a
+    bug in the handler): every item of that flush fails with this."""
+
+
+@dataclass(slots=True)
+class _Waiter(Generic[I, R]):
+    item: I
+    future: asyncio.Future[R]
+
+
+@dataclass(slots=True)
+class _Lane(Generic[I, R]):
+    pending: list[_Waiter[I, R]] = field(default_factory=list)
+    in_flight: int = 0
+    starting: bool = False
+
+
+class Coalescer(Generic[K, I, R]):
+    """Coalesces items per key into batched calls of ``flush``.
+
+    Guarantees: every ``call`` gets exactly the result (or exception) its item's flush
+    answered for it; items of one key are flushed in arrival order, at most ``max_items``
+    a flush, at most ``max_in_flight`` flushes of one key at a time; an item that arrives
+    with nothing of its key in flight or pending goes out at once; a handler that raises
+    fails every item of that flush with that exception (and never stalls the key); a
+    caller cancelled while its item waits is dropped before its flush (others unaffected),
+    one cancelled during its flush leaves the flush to run on for the rest.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[K, Sequence[I]], Awaitable[Sequence[R | BaseException]]],
+        max_items: int,
+        max_in_flight: int,
+        linger_ms: float = 0.0,
+    ) -> None:
+        if max_items < 1 or max_in_flight < 1 or linger_ms < 0:
+            raise ValueError("max_items and max_in_flight must be >= 1, linger_ms >= 0")
+        self._flush = flush
+        self._max_items = max_items
+        self._max_in_flight = max_in_flight
+        self._linger = linger_ms / 1000.0
+        self._lanes: dict[K, _Lane[I, R]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, key: K, item: I) -> R:
+        """Queue ``item`` under ``key`` and return its result (or raise its exception)."""
+        lane = self._lanes.setdefault(key, _Lane())
+        waiter: _Waiter[I, R] = _Waiter(item, asyncio.get_running_loop().create_future())
+        lane.pending.append(waiter)
+        self._pump(key, lane, arriving=True)
+        try:
+            return await asyncio.shield(waiter.future)
+        except asyncio.CancelledError:
+            if not waiter.future.done():
+                with contextlib.suppress(ValueError):
+                    lane.pending.remove(waiter)  # not flushed yet: no flush carries it
+                    waiter.future.cancel()
+                # Already being flushed: the flush answers it and nobody reads the answer.
+                waiter.future.add_done_callback(_consume)
+            raise
+
+    def _pump(self, key: K, lane: _Lane[I, R], arriving: bool = False) -> None:
+        """Start one flush when the key has pending items, room in flight and no flush
+        about to take items (a flush takes its items when it first runs, so the items of
+        every driver woken in the same loop turn share it)."""
+        if lane.pending and lane.in_flight < self._max_in_flight and not lane.starting:
+            # Only an item arriving with nothing of its key in flight goes out at once; a
+            # batch that formed behind a flush waits ``linger`` for more.
+            linger = 0.0 if arriving and not lane.in_flight else self._linger
+            lane.in_flight += 1
+            lane.starting = True
+            self._spawn(self._run(key, lane, linger))
+        elif not lane.pending and lane.in_flight == 0:
+            self._lanes.pop(key, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: K, lane: _Lane[I, R], linger: float) -> None:
+        batch: list[_Waiter[I, R]] = []
+        took = False
+        try:
+            if linger and len(lane.pending) < self._max_items:
+                await asyncio.sleep(linger)
+            batch = lane.pending[: self._max_items]
+            del lane.pending[: self._max_items]
+            took, lane.starting = True, False
+            self._pump(key, lane)  # room for another flush: it takes the next items
+            if not batch:
+                return
+            try:
+                answers = await self._flush(key, [w.item for w in batch])
+                if len(answers) != len(batch):
+                    raise FlushAnswerMismatch(
+                        f"flush answered {len(answers)} results for {len(batch)} items"
+                    )
+            except asyncio.CancelledError:
+                for w in batch:
+                    w.future.cancel()
+                raise
+            except Exception as exc:
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+                return
+            for w, answer in zip(batch, answers, strict=True):
+                if w.future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    w.future.set_exception(answer)
+                else:
+                    w.future.set_result(answer)
+        finally:
+            if not took:
+                lane.starting = False
+            lane.in_flight -= 1
+            self._pump(key, lane)
+
+    async def close(self) -> None:
+        """Cancel every running flush (their callers see CancelledError)."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Read a future's outcome nobody awaits any more (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()

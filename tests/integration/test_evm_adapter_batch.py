@@ -1,0 +1,59 @@
+"""``EvmAdapter.submit_batch`` on a stalled anvil (ADR 0025 "Relayer"): a retried batch waits
+for its pending transaction instead of sending a second one; a replay of a settled batch
+sends nothing; an item already locked by a single step is skipped, the rest applied once."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.domain.errors import Unavailable
+from bridge.domain.ledger_batches import BatchItem
+from bridge.domain.legs import Action, Leg, LegState
+from bridge.ledgers.evm.adapter import EvmAdapter
+from tests.integration.conftest import TwoLedgers, instruct
+
+pytestmark = [pytest.mark.integration, pytest.mark.batch]
+
+
+async def test_a_retried_batch_waits_for_its_pending_transaction(two_ledgers: TwoLedgers) -> None:
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=1.5)
+    sender, bob = env.a.holder(6), env.b.holder()
+    ts = [env.terms(sender, bob, 2) for _ in range(3)]
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    relayer = env.a.relayer.address
+    mined_before = env.a.w3.eth.get_transaction_count(relayer)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        for _ in range(2):  # the first attempt, then a retry while it is still pending
+            with pytest.raises(Unavailable, match="not final"):
+                await a.submit_batch(Action.LOCK, items)
+        pending = env.a.w3.eth.get_transaction_count(relayer, "pending")
+        assert pending == mined_before + 1, "the retry sent a second transaction"
+        env.node.rpc("anvil_mine", [hex(1)])
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    again = await a.submit_batch(Action.LOCK, items)
+    assert again.tx_id == "" and [r.skipped for r in again.items] == [True] * 3
+    assert env.a.w3.eth.get_transaction_count(relayer) == mined_before + 1, "one batch sent"
+    assert env.a.balance(sender.address) == 0
+    await a.close()
+
+
+async def test_an_item_a_single_step_locked_first_is_skipped_by_the_batch(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """Item 1 was locked by a single step (same terms) before the batch: the batch mines,
+    skips it and locks the others, so each item is locked once and paid for once."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=5)
+    sender, bob = env.a.holder(3), env.b.holder()
+    ts = [env.terms(sender, bob, 1) for _ in range(3)]
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    await a.submit(Action.LOCK, ts[1], None, instruct(ts[1]))
+    got = await a.submit_batch(Action.LOCK, items)
+    assert [r.skipped for r in got.items] == [False, True, False]
+    assert [r.state for r in got.items] == [LegState.LOCKED] * 3
+    assert env.a.balance(sender.address) == 0
+    assert (await a.get_leg(ts[2].transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    await a.close()

@@ -1,0 +1,434 @@
+"""The coordinator's batched steps (issue 14) with in-memory relayers and committee that
+take batches: per-item control flow only (the real ledgers are in tests/e2e).
+
+Every transfer of a burst reaches the same end it would alone; a ledger refusal naming an
+item fails that item only and the rest go again without it; a refusal naming no item, or an
+answer about transfers the relayer was not sent, falls back to single steps; members
+refusing an item refuse it alone; decisions are recorded with batch certificates and their
+proofs before any leg applies them; the bridge never batch-locks an adopted transfer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bridge.config import BatchingConfig, dump_toml, load_network
+from bridge.coordinator.batch_certs import (
+    BatchItemsRefused,
+    CertifiedBatch,
+    CertifiedItem,
+    ledger_batch,
+)
+from bridge.coordinator.clients import LedgerDomain
+from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.records import TransferOrigin
+from bridge.coordinator.store import SqliteTransferStore
+from bridge.core.batch import BatchCertificate
+from bridge.core.reasons import ErrorReason
+from bridge.domain.batch_certified import BatchCertified
+from bridge.domain.claim_batches import RefusedItem
+from bridge.domain.claims import ClaimKind
+from bridge.domain.errors import BridgeReason, LedgerRejected, PreconditionFailed
+from bridge.domain.ledger_batches import BatchItem, BatchItemResult, BatchOutcome
+from bridge.domain.legs import Action, Leg, LegState, SignatureSet
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+from tests.unit.test_coordinator_driver import (
+    BROKER_A,
+    ISIN,
+    FakeCommittee,
+    FakeRelayer,
+    final,
+    request,
+    submit,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+@dataclass
+class BatchRelayer(FakeRelayer):
+    """A FakeRelayer that also takes batches: one invocation, all items or none."""
+
+    batches: list[tuple[Action, int]] = field(default_factory=list)
+    refuse: dict[bytes, ErrorReason] = field(default_factory=dict)
+    refuse_whole: int = 0  # refuse this many batches with no item named
+    foreign: int = 0  # answer this many batches about another transfer
+    certificates: list[BatchCertificate | None] = field(default_factory=list)
+    limit: int = 100  # what GetLedgerInfo reports (0: a relayer before SubmitBatch)
+    limit_asked: int = 0
+
+    async def max_batch_items(self) -> int:
+        self.limit_asked += 1
+        return self.limit
+
+    async def submit_batch(
+        self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
+    ) -> BatchOutcome:
+        await asyncio.sleep(0.03)  # a ledger round trip: later drivers gather meanwhile
+        self.batches.append((action, len(items)))
+        self.certificates.append(certificate)
+        for i, item in enumerate(items):
+            reason = self.refuse.get(item.terms.transfer_id)
+            if reason is not None:
+                raise LedgerRejected(reason, f"item {i}", {"item": i})
+        if self.refuse_whole:
+            self.refuse_whole -= 1
+            raise LedgerRejected(ErrorReason.INVALID_BATCH, "no item named")
+        results = []
+        tx = "0x" + secrets.token_hex(32)
+        for item in items:
+            await self.submit(action, item.terms, None, item.instruction)
+            self.submitted.pop()  # counted as a batch, not as a single step
+            tid = item.terms.transfer_id
+            if self.foreign:
+                tid = secrets.token_bytes(32)
+            leg = Leg.OUTBOUND if action is Action.LOCK else Leg.INBOUND
+            results.append(
+                BatchItemResult(tid, leg, LegState.LOCKED, item.terms.terms_hash, 0, False)
+            )
+        if self.foreign:
+            self.foreign -= 1
+        return BatchOutcome(tx, 2, tuple(results))
+
+
+class BatchCommittee(FakeCommittee):
+    """Signs batches (one fake signature per root); may refuse chosen items once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[ClaimKind, int]] = []
+        self.refuse_once: set[bytes] = set()
+
+    async def certify_batch(
+        self,
+        kind: ClaimKind,
+        terms: Sequence[TransferTerms],
+        ledgers: Sequence[LedgerDomain],
+        epochs: object = None,
+    ) -> dict[str, CertifiedBatch]:
+        self.batches.append((kind, len(terms)))
+        refused = [
+            RefusedItem(i, BridgeReason.CLAIM_REFUSED, True, "target leg not prepared")
+            for i, t in enumerate(terms)
+            if t.transfer_id in self.refuse_once
+        ]
+        if refused:
+            self.refuse_once -= {terms[r.index].transfer_id for r in refused}
+            raise BatchItemsRefused(refused)
+        out = {}
+        for d in ledgers:
+            batch = ledger_batch(d, 1, kind, terms)
+            cert = BatchCertificate(1, int(kind), batch.root, batch.count, (b"\1" * 65,))
+            items = tuple(CertifiedItem(t, batch.proof(_claim(d, kind, t))) for t in terms)
+            out[d.name] = CertifiedBatch(d.name, cert, items)
+        return out
+
+
+def _claim(d: LedgerDomain, kind: ClaimKind, t: TransferTerms):  # type: ignore[no-untyped-def]
+    from bridge.core.batch import BatchClaim
+
+    return BatchClaim(
+        d.network_word, d.ledger_word, d.bridge_word, 1, int(kind), t.transfer_id, t.terms_hash
+    )
+
+
+@pytest.fixture
+async def batching(tmp_path: Path):
+    (tmp_path / "network.toml").write_text(
+        dump_toml(
+            {
+                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
+                "securities": {"isins": [ISIN]},
+                "ledgers": [
+                    {"id": "a", "kind": "evm", "rpc_url": "x", "bridge": "0x" + "aa" * 20,
+                     "chain_id": 1, "finality_depth": 0},
+                    {"id": "b", "kind": "evm", "rpc_url": "y", "bridge": "0x" + "bb" * 20,
+                     "chain_id": 2, "finality_depth": 0},
+                ],
+                "instruction_keys": {"a": [BROKER_A.address.hex().join(("0x", ""))]},
+            }
+        )
+    )  # fmt: skip
+    network = load_network(tmp_path / "network.toml")
+    store = SqliteTransferStore(tmp_path / "c.sqlite")
+    relayers = {"a": BatchRelayer("a"), "b": BatchRelayer("b")}
+    committee = BatchCommittee()
+    c = Coordinator(
+        network, store, relayers, committee, transfer_ttl=60, max_backoff=0.2,  # type: ignore[arg-type]
+        sweep_every=0.1, batching=BatchingConfig(enabled=True, max_items=8, max_in_flight=1),
+    )  # fmt: skip
+    await c.start()
+    yield c, relayers, committee, store
+    await c.stop()
+    store.close()
+
+
+async def burst(c: Coordinator, n: int, prefix: str = "k") -> list[bytes]:
+    records = await asyncio.gather(*(submit(c, request(f"{prefix}{i}")) for i in range(n)))
+    return [r.transfer_id for r, _ in records]
+
+
+async def test_a_burst_commits_in_batches(batching) -> None:
+    c, relayers, committee, store = batching
+    tids = await burst(c, 20)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    a, b = relayers["a"], relayers["b"]
+    locks = [n for act, n in a.batches if act is Action.LOCK]
+    assert sum(locks) == 20 and len(locks) < 20 and max(locks) <= 8
+    assert sum(n for act, n in b.batches if act is Action.PREPARE) == 20
+    assert sum(n for act, n in a.batches if act is Action.COMMIT) == 20
+    assert sum(n for act, n in b.batches if act is Action.COMMIT) == 20
+    assert a.submitted == [] and b.submitted == []  # no single step was needed
+    assert committee.kinds == []  # no single certificate either
+    assert sum(n for k, n in committee.batches if k is ClaimKind.COMMIT) == 20
+    # every decision holds, per ledger, its batch certificate and its own proof, and each
+    # leg applied it under exactly that certificate
+    for tid in tids:
+        d = await store.decision(tid)
+        assert d is not None and d.kind is ClaimKind.COMMIT
+        assert all(isinstance(x, BatchCertified) for x in d.certificates.values())
+        assert d.certificates["b"].certificate in b.certificates
+    record = await store.get(tids[0])
+    assert set(record.transactions) == {"lock", "prepare", "burn", "mint"}
+
+
+async def test_max_items_is_bounded_by_the_ledger_kinds(batching, tmp_path: Path) -> None:
+    c = batching[0]
+    assert c._batcher.max_items == 8  # as configured, under EVM's 100
+    wide = Coordinator(
+        c._network, batching[3], {}, batching[2], transfer_ttl=60,  # type: ignore[arg-type]
+        batching=BatchingConfig(enabled=True, max_items=150),
+    )  # fmt: skip
+    assert wide._batcher.max_items == 100
+
+
+async def test_batches_respect_the_relayers_limit_and_a_relayer_without_batches(
+    batching,
+) -> None:
+    c, relayers, committee, store = batching
+    relayers["a"].limit = 3
+    relayers["b"].limit = 0  # predates SubmitBatch: every step on b alone
+    tids = await burst(c, 10, "limits")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert max(n for _, n in relayers["a"].batches) <= 3
+    assert sum(n for act, n in relayers["a"].batches if act is Action.LOCK) == 10
+    assert relayers["b"].batches == []
+    assert relayers["b"].submitted.count(Action.PREPARE) == 10
+    assert relayers["b"].submitted.count(Action.COMMIT) == 10
+    assert relayers["a"].limit_asked == 1  # asked once, then known
+    assert all(k is not ClaimKind.LOCKED for k, _ in committee.batches)  # none wasted on b
+    for tid in tids:  # b's share re-certified alone, a's kept its batch certificate
+        d = await store.decision(tid)
+        assert isinstance(d.certificates["a"], BatchCertified)
+        assert isinstance(d.certificates["b"], SignatureSet)
+
+
+async def test_a_lone_transfer_is_not_delayed(batching) -> None:
+    c, relayers, _, store = batching
+    (tid,) = await burst(c, 1, "lone")
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert [n for _, n in relayers["a"].batches] == [1, 1]
+
+
+async def test_a_refusal_naming_an_item_fails_only_that_item(batching) -> None:
+    c, relayers, _, store = batching
+    a = relayers["a"]
+    # the refused transfer's id is known only once submitted: refuse the lock of the third
+    original = a.submit_batch
+    victim: list[bytes] = []
+
+    async def refusing(action, items, certificate):  # type: ignore[no-untyped-def]
+        if action is Action.LOCK and not victim and len(items) > 2:
+            victim.append(items[2].terms.transfer_id)
+            a.refuse[victim[0]] = ErrorReason.INSUFFICIENT_BALANCE
+        return await original(action, items, certificate)
+
+    a.submit_batch = refusing  # type: ignore[method-assign]
+    tids = await burst(c, 12)
+    states = {tid: await final(store, tid) for tid in tids}
+    assert victim, "a lock batch of more than two items was sent"
+    assert states.pop(victim[0]) is TransferState.FAILED
+    assert set(states.values()) == {TransferState.COMMITTED}
+    failed = await store.get(victim[0])
+    assert "InsufficientBalance" in failed.reason
+    assert (victim[0], Leg.INBOUND) not in relayers["b"].legs  # nothing prepared for it
+    assert a.submitted == []  # the rest went again as a batch, not one by one
+
+
+async def test_a_refusal_naming_no_item_falls_back_to_single_steps(batching) -> None:
+    c, relayers, _, store = batching
+    relayers["a"].refuse_whole = 1
+    tids = await burst(c, 6)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert Action.LOCK in relayers["a"].submitted  # single locks for the refused batch
+
+
+@pytest.mark.security
+async def test_an_answer_about_other_transfers_is_not_believed(batching) -> None:
+    c, relayers, _, store = batching
+    relayers["b"].foreign = 1  # the first PREPARE batch answers about another transfer
+    tids = await burst(c, 5)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert Action.PREPARE in relayers["b"].submitted  # re-done alone, idempotently
+    for tid in tids:
+        # no transaction of the disbelieved answer is recorded as a prepare of these
+        assert "prepare" in (await store.get(tid)).transactions
+
+
+async def test_members_refusing_an_item_refuse_it_alone(batching) -> None:
+    c, relayers, committee, store = batching
+    b = relayers["b"]
+    original = committee.certify_batch
+    victim: list[bytes] = []
+
+    async def once(kind, terms, ledgers, epochs=None):  # type: ignore[no-untyped-def]
+        if kind is ClaimKind.COMMIT and not victim and len(terms) > 1:
+            victim.append(terms[1].transfer_id)
+            committee.refuse_once.add(victim[0])
+        return await original(kind, terms, ledgers, epochs)
+
+    committee.certify_batch = once  # type: ignore[method-assign]
+    tids = await burst(c, 8)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert victim
+    commits = [n for k, n in committee.batches if k is ClaimKind.COMMIT]
+    # the refused batch, then the same batch without the refused item, then the item again
+    first = commits.index(max(commits))
+    assert commits[first + 1] == commits[first] - 1
+    d = await store.decision(victim[0])
+    assert d is not None and d.kind is ClaimKind.COMMIT
+    assert sum(n for act, n in b.batches if act is Action.COMMIT) == 8
+
+
+@pytest.mark.security
+async def test_an_adopted_transfer_is_never_batch_locked(batching) -> None:
+    c, _, _, store = batching
+    (tid,) = await burst(c, 1, "adopted")
+    record = dataclasses.replace(await store.get(tid), origin=TransferOrigin.ADOPTED)
+    with pytest.raises(PreconditionFailed, match="adopted"):
+        await c._batcher.lock(record)
+
+
+async def test_a_single_decision_is_applied_alone_and_a_batch_one_in_a_batch(batching) -> None:
+    """Decisions recorded before batching (SignatureSet) still apply through the single
+    step; the batched path is only for batch certificates."""
+    c, relayers, committee, store = batching
+    committee.certify_batch = None  # type: ignore[assignment]  # any batch certify would crash
+
+    async def no_batches(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PreconditionFailed("members refuse batches today")
+
+    committee.certify_batch = no_batches  # type: ignore[assignment]
+    tids = await burst(c, 3, "single")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+        d = await store.decision(tid)
+        assert all(isinstance(x, SignatureSet) for x in d.certificates.values())
+    assert relayers["a"].submitted.count(Action.COMMIT) == 3  # applied alone
+    assert ClaimKind.COMMIT in committee.kinds
+
+
+def test_batch_limits_match_the_ledger_kinds() -> None:
+    from bridge.coordinator.step_batches import BATCH_LIMITS
+    from bridge.ledgers.evm.adapter import MAX_EVM_BATCH_ITEMS
+    from bridge.ledgers.fabric.batch import MAX_BATCH_ITEMS
+
+    assert BATCH_LIMITS["evm"] == MAX_EVM_BATCH_ITEMS
+    assert BATCH_LIMITS["fabric"] == MAX_BATCH_ITEMS
+    assert BATCH_LIMITS["cometbft"] <= MAX_BATCH_ITEMS
+
+
+class FakeEpochs:
+    """The epochs each ledger accepts: always the network file's committee."""
+
+    def __init__(self, committee: object) -> None:
+        self.committee = committee
+        self.invalidated: list[str] = []
+
+    async def accepted(self, ledgers: list[str]) -> dict[str, tuple[object, ...]]:
+        return {n: (self.committee,) for n in ledgers}
+
+    def invalidate(self, ledger: str) -> None:
+        self.invalidated.append(ledger)
+
+
+async def test_a_batch_certificate_refused_for_its_epoch_is_replaced_by_a_single_one(
+    batching,
+) -> None:
+    """The target refuses the COMMIT batch's epoch (a rotation passed): the decision's kind
+    stays, its batch certificate for that ledger is swapped for a single-claim one under
+    the epoch the ledger accepts, and the single step applies it."""
+    c, relayers, committee, store = batching
+    epochs = FakeEpochs(c._network.committee)
+    c._ctx.epochs = epochs
+    b = relayers["b"]
+    original = b.submit_batch
+
+    async def refuse_commit_batches(action, items, certificate):  # type: ignore[no-untyped-def]
+        if action is Action.COMMIT:
+            raise LedgerRejected(ErrorReason.WRONG_EPOCH, "epoch=1")
+        return await original(action, items, certificate)
+
+    b.submit_batch = refuse_commit_batches  # type: ignore[method-assign]
+    tids = await burst(c, 3, "epoch")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+        d = await store.decision(tid)
+        assert d is not None and d.kind is ClaimKind.COMMIT
+        assert isinstance(d.certificates["a"], BatchCertified)  # the source took its batch
+        assert isinstance(d.certificates["b"], SignatureSet)  # re-certified alone
+    assert "b" in epochs.invalidated
+    assert b.submitted.count(Action.COMMIT) == 3  # the mints were single steps
+    assert committee.kinds.count(ClaimKind.COMMIT) == 3
+
+
+@pytest.mark.security
+async def test_an_uninstructed_lock_is_never_batch_certified_locked(batching) -> None:
+    """SECURITY: an adopted lock whose instructor has no authority over the source's
+    accounts gets an ABORT batch certificate (its escrow released), never a LOCKED one."""
+    from bridge.domain.ids import LedgerId
+    from bridge.domain.legs import EventPosition, LedgerEvent, LegStatus
+
+    c, relayers, committee, store = batching
+    seen: list[tuple[ClaimKind, list[bytes]]] = []
+    original = committee.certify_batch
+
+    async def spy(kind, terms, ledgers, epochs=None):  # type: ignore[no-untyped-def]
+        seen.append((kind, [t.transfer_id for t in terms]))
+        return await original(kind, terms, ledgers, epochs)
+
+    committee.certify_batch = spy  # type: ignore[method-assign]
+    word = lambda n: LedgerId(n).word  # noqa: E731
+    holder = b"\0" * 12 + b"\x11" * 20
+    terms = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, word("a"),
+        b"\0" * 12 + b"\xaa" * 20, word("b"), b"\0" * 12 + b"\xbb" * 20, holder, holder,
+        b"\0" * 12 + b"\x66" * 20,  # an instructor no brokerage key of ledger a matches
+        2**40,
+    )  # fmt: skip
+    relayers["a"].legs[(terms.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, terms.terms_hash, 0, 4
+    )
+    event = LedgerEvent(
+        "a", EventPosition(4, 0), b"\0" * 32, "0x02", terms.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, terms.terms_hash, terms,
+    )  # fmt: skip
+    await c.on_events("a", [event], 4)
+    assert await final(store, terms.transfer_id) is TransferState.ABORTED
+    kinds = {k for k, tids in seen if terms.transfer_id in tids}
+    assert kinds == {ClaimKind.ABORT}
+    assert (terms.transfer_id, Leg.INBOUND) not in relayers["b"].legs or relayers["b"].legs[
+        (terms.transfer_id, Leg.INBOUND)
+    ].state is not LegState.PREPARED

@@ -1,0 +1,118 @@
+"""Decisions certified in a batch (issue 14): the store keeps, per ledger, either a
+single-claim SignatureSet or a BatchCertified (batch certificate + the transfer's proof),
+reads rows written before batches, replaces a batch certificate by a single one on
+re-certification, and never records a batch certificate of another kind. SQLite and a real
+PostgreSQL cluster (the store tests' fixture)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge.coordinator.records import Decision
+from bridge.coordinator.store import SqlTransferStore
+from bridge.core.batch import BatchCertificate
+from bridge.domain.batch_certified import BatchCertified
+from bridge.domain.claims import ClaimKind
+from bridge.domain.legs import SignatureSet
+from tests.unit.test_store import db_path, make_record, make_store, store
+
+__all__ = ["db_path", "make_store", "store"]
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+def batch_cert(kind: ClaimKind, epoch: int = 3) -> BatchCertified:
+    return BatchCertified(
+        BatchCertificate(epoch, int(kind), b"\x7a" * 32, 40, (b"\x01" * 65, b"\x02" * 65)),
+        (b"\x11" * 32, b"\x22" * 32, b"\x33" * 32),
+    )
+
+
+async def test_batch_certified_round_trips(store: SqlTransferStore) -> None:
+    rec = make_record(1)
+    await store.create(rec)
+    decision = Decision(
+        ClaimKind.COMMIT,
+        {
+            "brokerage-a": batch_cert(ClaimKind.COMMIT),
+            "brokerage-b": SignatureSet(3, (b"\x05" * 65,)),
+        },
+        "",
+    )
+    assert await store.record_decision(rec.transfer_id, decision) == decision
+    got = await store.decision(rec.transfer_id)
+    assert got == decision
+    assert isinstance(got.certificates["brokerage-a"], BatchCertified)
+    assert got.certificates["brokerage-a"].epoch == 3
+
+
+async def test_rows_written_before_batches_still_read(store: SqlTransferStore) -> None:
+    rec = make_record(2)
+    await store.create(rec)
+    old = {"brokerage-a": {"epoch": 1, "signatures": ["aa" * 65]}}
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (rec.transfer_id, int(ClaimKind.ABORT), json.dumps(old), "why", 1.0),
+        )
+
+    await store._db.write(run)
+    got = await store.decision(rec.transfer_id)
+    assert got == Decision(
+        ClaimKind.ABORT, {"brokerage-a": SignatureSet(1, (b"\xaa" * 65,))}, "why"
+    )
+
+
+async def test_recertify_replaces_a_batch_certificate_by_a_single_one(
+    store: SqlTransferStore,
+) -> None:
+    rec = make_record(3)
+    await store.create(rec)
+    tid = rec.transfer_id
+    other = batch_cert(ClaimKind.ABORT, epoch=2)
+    await store.record_decision(
+        tid,
+        Decision(
+            ClaimKind.ABORT, {"brokerage-a": batch_cert(ClaimKind.ABORT), "brokerage-b": other}
+        ),
+    )
+    single = SignatureSet(4, (b"\x09" * 65,))
+    assert not await store.recertify(
+        tid, ClaimKind.COMMIT, "brokerage-a", single
+    )  # kind never changes
+    assert await store.recertify(tid, ClaimKind.ABORT, "brokerage-a", single)
+    got = await store.decision(tid)
+    assert got is not None and got.kind is ClaimKind.ABORT
+    assert got.certificates == {"brokerage-a": single, "brokerage-b": other}
+
+
+@pytest.mark.security
+async def test_a_batch_certificate_of_another_kind_is_never_recorded(
+    store: SqlTransferStore,
+) -> None:
+    rec = make_record(4)
+    await store.create(rec)
+    forged = Decision(ClaimKind.COMMIT, {"brokerage-a": batch_cert(ClaimKind.ABORT)})
+    with pytest.raises(ValueError, match="another kind"):
+        await store.record_decision(rec.transfer_id, forged)
+    assert await store.decision(rec.transfer_id) is None
+
+
+@pytest.mark.security
+async def test_an_unknown_stored_certificate_type_is_refused(store: SqlTransferStore) -> None:
+    rec = make_record(5)
+    await store.create(rec)
+    row = {"brokerage-a": {"type": "mystery", "epoch": 1, "signatures": []}}
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
+        )
+
+    await store._db.write(run)
+    with pytest.raises(ValueError, match="unknown certificate type"):
+        await store.decision(rec.transfer_id)
