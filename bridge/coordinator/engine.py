@@ -30,6 +30,7 @@ from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.flow_limits import FlowLimits, FlowQueued, LaneFlow
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.intake import EventNotConfirmed, Intake
+from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord, TransferRequest, TransferUpdate
 from bridge.coordinator.step_batches import StepBatcher
@@ -97,7 +98,13 @@ class Coordinator:
         self._batcher = (
             StepBatcher(self._ctx, batching) if batching is not None and batching.enabled else None
         )
-        self._stepper = Stepper(self._ctx, self._flow, self._batcher)
+        # ---- coalesced leg reads (issue 14 item 4): with batching, the drivers' reads too
+        self._reads = (
+            LegReads(self._ctx, batching.max_in_flight)
+            if batching is not None and batching.enabled
+            else None
+        )
+        self._stepper = Stepper(self._ctx, self._flow, self._batcher, self._reads)
         self._drivers = Supervisor(
             self._ctx, self._stepper.advance, self._flow.note_flow_wait, self._recheck_failed
         )
@@ -146,6 +153,8 @@ class Coordinator:
         await self._drivers.stop()
         if self._batcher is not None:
             await self._batcher.close()
+        if self._reads is not None:
+            await self._reads.close()
 
     def _spawn(self, tid: bytes) -> None:
         self._drivers.spawn(tid)

@@ -17,6 +17,7 @@ from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import RECERTIFY_REASONS
 from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.halts import Halted
+from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.records import Decision, TransferOrigin, TransferRecord
 from bridge.coordinator.step_batches import NoBatches, RunSingle, StepBatcher, submit_alone
 from bridge.coordinator.wording import refusal
@@ -76,12 +77,18 @@ class Stepper:
     """
 
     def __init__(
-        self, ctx: EngineContext, flow: FlowLimits, batcher: StepBatcher | None = None
+        self,
+        ctx: EngineContext,
+        flow: FlowLimits,
+        batcher: StepBatcher | None = None,
+        reads: LegReads | None = None,
     ) -> None:
         self._ctx = ctx
         self._flow = flow
         # ---- batched steps (issue 14): None steps every transfer alone
         self._batcher = batcher
+        # ---- coalesced leg reads (issue 14 item 4): None reads every leg alone
+        self._reads = reads
 
     async def advance(self, record: TransferRecord) -> bool:
         """Take one step; return True when the transfer is terminal."""
@@ -90,9 +97,15 @@ class Stepper:
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
         decision = await ctx.store.decision(tid)
-        source, target = await asyncio.gather(
-            src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
-        )
+        if self._reads is not None:
+            source, target = await asyncio.gather(
+                self._reads.get_leg(src_name, tid, Leg.OUTBOUND),
+                self._reads.get_leg(dst_name, tid, Leg.INBOUND),
+            )
+        else:
+            source, target = await asyncio.gather(
+                src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
+            )
         if decision is None:
             for status, ledger in ((source, src_name), (target, dst_name)):
                 if status.state is not LegState.NONE and status.terms_hash != terms.terms_hash:

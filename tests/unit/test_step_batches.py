@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -432,3 +433,75 @@ async def test_an_uninstructed_lock_is_never_batch_certified_locked(batching) ->
     assert (terms.transfer_id, Leg.INBOUND) not in relayers["b"].legs or relayers["b"].legs[
         (terms.transfer_id, Leg.INBOUND)
     ].state is not LegState.PREPARED
+
+
+# ---- coalesced leg reads (issue 14 item 4)
+
+
+async def test_a_burst_reads_its_legs_in_coalesced_calls(batching) -> None:
+    """With batching on, the drivers' per-step leg reads go out as GetLegs calls carrying
+    many transfers: far fewer relayer reads than transfers times steps, and not one
+    single-leg read by a driver."""
+    c, relayers, _, store = batching
+    a, b = relayers["a"], relayers["b"]
+    single = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> object:  # type: ignore[no-untyped-def]
+            single[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    tids = await burst(c, 20, prefix="r")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    # Each transfer takes at least five steps, each reading both legs: >= 100 reads a side.
+    print("GetLegs calls:", a.many_reads, b.many_reads)
+    assert 0 < a.many_reads < 60 and 0 < b.many_reads < 60, (a.many_reads, b.many_reads)
+    # get_leg is now only called by the fakes' own get_legs (once per transfer and read).
+    assert single["a"] >= 100 and single["b"] >= 100
+
+
+async def test_leg_reads_answer_each_transfer_its_own_leg(tmp_path: Path) -> None:
+    """LegReads: the same transfer twice in one read is asked once; each caller gets its
+    own transfer's leg; a failed read fails every caller it carried; a read arriving
+    while one is in flight is not answered from it."""
+    from bridge.coordinator.leg_reads import LegReads
+    from bridge.domain.errors import Unavailable
+    from bridge.domain.legs import LegStatus
+
+    asked: list[list[bytes]] = []
+    gate = asyncio.Event()
+
+    class Relayer:
+        fail = False
+
+        async def get_legs(self, tids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
+            asked.append(list(tids))
+            await gate.wait()
+            if self.fail:
+                raise Unavailable("relayer down")
+            return [LegStatus(LegState.LOCKED, t, 0, len(asked)) for t in tids]
+
+    relayer = Relayer()
+
+    reads = LegReads(SimpleNamespace(relayers={"a": relayer}), max_in_flight=1)  # type: ignore[arg-type]
+    t1, t2 = b"\1" * 32, b"\2" * 32
+    first = asyncio.create_task(reads.get_leg("a", t1, Leg.OUTBOUND))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(reads.get_leg("a", t, Leg.OUTBOUND)) for t in (t1, t2, t1)]
+    await asyncio.sleep(0.01)
+    assert asked == [[t1]]  # the later reads wait for a read of their own
+    gate.set()
+    assert (await first).terms_hash == t1 and (await first).height == 1
+    answers = await asyncio.gather(*later)
+    assert asked == [[t1], [t1, t2]]
+    assert [s.terms_hash for s in answers] == [t1, t2, t1]
+    assert all(s.height == 2 for s in answers)  # read after the first one was asked
+    relayer.fail = True
+    failing = [asyncio.create_task(reads.get_leg("a", t, Leg.OUTBOUND)) for t in (t1, t2)]
+    for task in failing:
+        with pytest.raises(Unavailable):
+            await task
+    await reads.close()
