@@ -111,6 +111,9 @@ demo: setup fabric cometbft
 # minutes, over CI's budget: `make test-postgres-e2e-all` (or KSTB_E2E_STORE=postgres pytest
 # tests/e2e/...). test_store_restore (SQLite stores' backups) and test_installed_package
 # (the embedded demo) are SQLite by design.
+# The PostgreSQL pass also turns the coordinator's batched steps on (KSTB_DEVNET_BATCHING=1,
+# architecture section 22): the first pass covers single steps, this one the configuration a
+# busy production coordinator runs (PostgreSQL and batches), chaos included, at no extra time.
 PG_E2E = tests/e2e/test_chaos.py \
 	tests/e2e/test_transfers.py::test_committed_transfer_in_each_direction \
 	tests/e2e/test_transfers.py::test_ineligible_recipient_aborts_and_releases_to_sender \
@@ -158,7 +161,7 @@ test: setup
 	fi; \
 	tail -n 20 .run/test-tools.log; \
 	$(BIN)/python -m pytest --tier=needs-tools; rest=$$?; \
-	KSTB_E2E_STORE=postgres $(BIN)/python -m pytest $(PG_E2E); pg=$$?; \
+	KSTB_E2E_STORE=postgres KSTB_DEVNET_BATCHING=1 $(BIN)/python -m pytest $(PG_E2E); pg=$$?; \
 	echo "make test: tool-free tier exit $$free, needs-tools tier exit $$rest, PostgreSQL e2e exit $$pg"; \
 	[ $$free = 0 ] && [ $$rest = 0 ] && [ $$pg = 0 ]
 
