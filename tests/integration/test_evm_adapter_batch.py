@@ -4,11 +4,15 @@ sends nothing; an item already locked by a single step is skipped, the rest appl
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import Unavailable
 from bridge.domain.ledger_batches import BatchItem
 from bridge.domain.legs import Action, Leg, LegState
+from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EvmAdapter
 from tests.integration.conftest import TwoLedgers, instruct
 
@@ -56,4 +60,54 @@ async def test_an_item_a_single_step_locked_first_is_skipped_by_the_batch(
     assert [r.state for r in got.items] == [LegState.LOCKED] * 3
     assert env.a.balance(sender.address) == 0
     assert (await a.get_leg(ts[2].transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    await a.close()
+
+
+async def test_a_batch_reverting_when_mined_names_the_item_that_changed(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """The batch passed its simulation, then the issuer froze item 1's holder in the same
+    block, ahead of it: the mined batch reverts as a whole. The adapter answers the item's
+    own refusal naming it (review s19 finding 1), not Unavailable for every item, so the
+    coordinator drops that item and the others go again; nothing moved."""
+    from bridge.domain.errors import LedgerRejected
+    from bridge.domain.ledger_batches import refused_item
+
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=10)
+    good, bad, bob = env.a.holder(2), env.a.holder(2), env.b.holder()
+    ts = [env.terms(good, bob, 2), env.terms(bad, bob, 2)]
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        task = asyncio.create_task(a.submit_batch(Action.LOCK, items))
+        relayer = env.a.relayer.address
+        for _ in range(100):  # the batch is simulated and sent (pending)
+            if env.a.w3.eth.get_transaction_count(
+                relayer, "pending"
+            ) > env.a.w3.eth.get_transaction_count(relayer):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the batch was not sent")
+        # The batch is pending. Take it out of the pool, let the issuer's freeze of item 1's
+        # holder mine first, then put the batch's own signed bytes back: it mines, reverts.
+        pool = env.node.rpc("txpool_content", [])["pending"]
+        (by_nonce,) = [v for k, v in pool.items() if k.lower() == relayer.lower()]
+        (pending,) = by_nonce.values()
+        raw = env.node.rpc("eth_getRawTransactionByHash", [pending["hash"]])
+        env.node.rpc("anvil_dropTransaction", [pending["hash"]])
+        env.node.rpc("evm_setAutomine", [True])
+        deploy.set_frozen(env.a.w3, env.a.admin.private_key, env.a.token, bad.address)
+        env.a.w3.eth.send_raw_transaction(raw)
+        with pytest.raises(LedgerRejected) as info:
+            await asyncio.wait_for(task, 30)
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    assert info.value.reason is ErrorReason.HOLDER_FROZEN, info.value
+    assert refused_item(info.value) == 1
+    assert env.a.balance(good.address) == 2 and env.a.balance(bad.address) == 2
+    # The rest go again without it and lock.
+    again = await a.submit_batch(Action.LOCK, items[:1])
+    assert [r.state for r in again.items] == [LegState.LOCKED]
     await a.close()

@@ -30,7 +30,7 @@ from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
 from bridge.core.words import evm_network_word
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
-from bridge.domain.errors import InvalidInput, LedgerRejected, NotFound, Unavailable
+from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import ZERO_WORD, HaltStatus, order_abi_tuple
 from bridge.domain.ids import (
@@ -142,6 +142,12 @@ LegKey = tuple[int, bytes, Leg]
 SupplyKey = tuple[int, bytes]
 SupplyAnswer = tuple[int, "tuple[int, ...] | Exception"]
 """The block read and its five supply figures, or the refusal for that security."""
+
+
+class TransactionReverted(Unavailable):
+    """A transaction that passed its simulation reverted when mined (the state changed in
+    between). Retryable like any Unavailable: re-reading the leg decides what happens next;
+    a batch names the item it now fails at instead (``EvmAdapter.submit_batch``)."""
 
 
 class EvmAdapter(StepTemplate):
@@ -803,7 +809,11 @@ class EvmAdapter(StepTemplate):
             self._sent_batches[key] = tx_hash
             while len(self._sent_batches) > _MAX_TRACKED:
                 self._sent_batches.popitem(last=False)
-        height = await self._await_final(tx_hash, self._confirm_s)
+        try:
+            height = await self._await_final(tx_hash, self._confirm_s)
+        except TransactionReverted:
+            self._sent_batches.pop(key, None)
+            raise await self._reverted_batch(action, items, certificate) from None
         self._sent_batches.pop(key, None)
         receipt = await self._rpc(
             "receipt",
@@ -862,6 +872,35 @@ class EvmAdapter(StepTemplate):
             return refusal
         figures["item"] = index
         return LedgerRejected(refusal.reason, refusal.detail, figures, refusal.ledger)
+
+    async def _reverted_batch(
+        self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
+    ) -> BridgeError:
+        """What a batch transaction that passed its simulation but reverted when mined
+        answers: the refusal of the item it now fails at, with the figure ``item``, as a
+        refusal at simulation would (the state changed in between: e.g. a holder moved the
+        units its lock needed); Unavailable when no prefix fails any more.
+
+        SECURITY (review s19 finding 1): without the item, one brokerage timing its own
+        holder's balance around the coordinator's simulations made every batch carrying its
+        item revert, and Unavailable sent all the other brokerages' items back into the
+        same batch for ever. Named, the item is dropped and the rest go again."""
+        index = await self._first_failing(action, items, certificate)
+        if index is None:
+            return Unavailable(
+                f"ledger {self.ledger}: a {action.name} batch reverted when mined and passes"
+                " again now; send it again"
+            )
+        fn = self._batch_call(action, items[: index + 1], certificate)
+        assert self._sender is not None
+        sender = self._sender
+        try:
+            await self._rpc("eth_call", lambda: fn.call({"from": sender}))
+        except (ContractCustomError, ContractLogicError) as exc:
+            refusal = self._rejection(exc)
+            figures = {**refusal.figures, "item": index}
+            return LedgerRejected(refusal.reason, refusal.detail, figures, refusal.ledger)
+        return Unavailable(f"ledger {self.ledger}: a reverted {action.name} batch moved again")
 
     async def _first_failing(
         self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
@@ -1057,7 +1096,7 @@ class EvmAdapter(StepTemplate):
         if int(receipt["status"]) != 1:
             # State changed between simulation and inclusion; re-reading the leg decides
             # what happens next, so this is retryable, not a refusal.
-            raise Unavailable(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+            raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
         return int(receipt["blockNumber"])
 
     # ---- committee rotation
