@@ -44,7 +44,7 @@ from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import HaltStatus, SignedOrder
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.issuance import Registration
-from bridge.domain.ledger_batches import BatchItem, BatchOutcome, leg_of
+from bridge.domain.ledger_batches import BatchAnswerMismatch, BatchItem, BatchOutcome, leg_of
 from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSet, TxOutcome
 from bridge.domain.rotation import RotationProposal
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
@@ -311,7 +311,7 @@ class RelayerGateway:
         InvalidInput for a request the relayer finds malformed; Unavailable for transient
         faults. SECURITY: a relayer is not trusted to report other transfers: an answer
         whose items are not exactly the sent transfer ids in order, or whose legs are not
-        the ones ``action`` moves on this ledger, is Unavailable."""
+        the ones ``action`` moves on this ledger, is BatchAnswerMismatch (an Unavailable)."""
         req = batch_request_to_pb(action, items, certificate)
         try:
             m = await self._stub.SubmitBatch(req, timeout=self._timeout)
@@ -320,14 +320,14 @@ class RelayerGateway:
         try:
             outcome = outcome_from_pb(m)
         except InvalidInput as exc:
-            raise Unavailable(
+            raise BatchAnswerMismatch(
                 f"relayer of {self.ledger} sent a malformed batch answer: {exc}"
             ) from exc
         word = LedgerId(self.ledger).word
         sent = [(i.terms.transfer_id, leg_of(action, i.terms, word)) for i in items]
         got = [(r.transfer_id, r.leg) for r in outcome.items]
         if got != sent:
-            raise Unavailable(
+            raise BatchAnswerMismatch(
                 f"relayer of {self.ledger} answered a batch of {len(items)} items with"
                 f" {len(got)} results that are not the sent transfers and legs in order"
             )

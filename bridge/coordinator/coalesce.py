@@ -149,13 +149,21 @@ class Coalescer(Generic[K, I, R]):
             self._pump(key, lane)
 
     async def close(self) -> None:
-        """Cancel every running flush (their callers see CancelledError)."""
+        """Cancel every running flush and every item still waiting for one (their callers
+        see CancelledError; review s19 finding 4: a flush cancelled while it lingered left
+        its waiting callers unanswered)."""
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for lane in self._lanes.values():
+            for w in lane.pending:
+                if not w.future.done():
+                    w.future.cancel()
+            lane.pending.clear()
+        self._lanes.clear()
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

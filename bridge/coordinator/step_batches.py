@@ -41,8 +41,19 @@ from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
-from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed, Unavailable
-from bridge.domain.ledger_batches import BatchItem, BatchOutcome, refused_item
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidInput,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+)
+from bridge.domain.ledger_batches import (
+    BatchAnswerMismatch,
+    BatchItem,
+    BatchOutcome,
+    refused_item,
+)
 from bridge.domain.legs import Action, TxOutcome
 from bridge.logfields import LEDGER, STATE
 
@@ -383,11 +394,21 @@ class StepBatcher:
                     self._ctx.epochs.invalidate(ledger)  # the single steps re-read them
                 self._doubt(ledger, action, exc, len(live))
                 break
+            except BatchAnswerMismatch as exc:
+                # SECURITY (review s19 finding 2): a relayer answering about other transfers
+                # is believed in nothing, and its items are not sent back into the same
+                # batch for ever either: each goes its own single step.
+                self._doubt(ledger, action, exc, len(live))
+                break
             except Unavailable as exc:
                 for n in live:
                     answers[n] = exc
                 break
             except BridgeError as exc:
+                if isinstance(exc, InvalidInput):
+                    # Review s19 finding 3: the relayer now takes fewer items than it said
+                    # (replaced or reconfigured): ask it again before the next batch.
+                    self._limits.pop(ledger, None)
                 self._doubt(ledger, action, exc, len(live))
                 break
             read = _read(outcome, sent)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.domain.errors import LedgerRejected
+from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.legs import Action, Leg, LegState
 from bridge.domain.terms import TransferTerms
 
 __all__ = [
     "BATCHED_ACTIONS",
+    "BatchAnswerMismatch",
     "BatchItem",
     "BatchItemResult",
     "BatchOutcome",
@@ -33,6 +34,12 @@ BATCHED_ACTIONS: frozenset[Action] = frozenset(
     {Action.LOCK, Action.PREPARE, Action.COMMIT, Action.ABORT}
 )
 """The actions with a batched ledger function (MARK_EXPIRED has none)."""
+
+
+class BatchAnswerMismatch(Unavailable):
+    """A relayer answered a batched step with results that are not exactly the sent
+    transfers and legs in order, or malformed: nothing of it is believed. Retryable like
+    any Unavailable; the coordinator's batcher steps those items one by one instead."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,3 +230,19 @@ def test_bounds_are_checked() -> None:
         Coalescer(flush, max_items=0, max_in_flight=1)
     with pytest.raises(ValueError, match="max_items"):
         Coalescer(flush, max_items=1, max_in_flight=0)
+
+
+async def test_close_answers_every_caller_even_one_waiting_behind_a_lingering_flush() -> None:
+    """Review s19 finding 4: a flush cancelled by close() while it lingered must not leave
+    its callers waiting for ever: each one sees CancelledError."""
+    rec = Recorder()
+    rec.gate.clear()
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=2, linger_ms=5_000)
+    first = asyncio.create_task(co.call("a", 1))  # in flight, held by the gate
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(co.call("a", 2))  # lingers behind it
+    await asyncio.sleep(0.01)
+    await co.close()
+    for task in (first, waiting):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)

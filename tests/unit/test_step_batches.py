@@ -35,8 +35,13 @@ from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claim_batches import RefusedItem
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import BridgeReason, LedgerRejected, PreconditionFailed
-from bridge.domain.ledger_batches import BatchItem, BatchItemResult, BatchOutcome
+from bridge.domain.errors import BridgeReason, InvalidInput, LedgerRejected, PreconditionFailed
+from bridge.domain.ledger_batches import (
+    BatchAnswerMismatch,
+    BatchItem,
+    BatchItemResult,
+    BatchOutcome,
+)
 from bridge.domain.legs import Action, Leg, LegState, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -64,6 +69,8 @@ class BatchRelayer(FakeRelayer):
     certificates: list[BatchCertificate | None] = field(default_factory=list)
     limit: int = 100  # what GetLedgerInfo reports (0: a relayer before SubmitBatch)
     limit_asked: int = 0
+    mismatch: int = 0  # answer this many batches as the gateway does a lying relayer
+    shrunk_to: int = 0  # refuse batches above this many items InvalidInput (0: never)
 
     async def max_batch_items(self) -> int:
         self.limit_asked += 1
@@ -73,6 +80,11 @@ class BatchRelayer(FakeRelayer):
         self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
     ) -> BatchOutcome:
         await asyncio.sleep(0.03)  # a ledger round trip: later drivers gather meanwhile
+        if self.mismatch:
+            self.mismatch -= 1
+            raise BatchAnswerMismatch("relayer of x answered about other transfers")
+        if self.shrunk_to and len(items) > self.shrunk_to:
+            raise InvalidInput(f"a batch carries at most {self.shrunk_to} items")
         self.batches.append((action, len(items)))
         self.certificates.append(certificate)
         for i, item in enumerate(items):
@@ -285,6 +297,43 @@ async def test_an_answer_about_other_transfers_is_not_believed(batching) -> None
     for tid in tids:
         # no transaction of the disbelieved answer is recorded as a prepare of these
         assert "prepare" in (await store.get(tid)).transactions
+
+
+@pytest.mark.security
+async def test_a_relayer_lying_about_a_batch_gets_its_items_stepped_alone(batching) -> None:
+    """The gateway's BatchAnswerMismatch (an answer about other transfers, or malformed):
+    those items take single steps rather than going back into a batch (review s19
+    finding 2), and nothing of the lie is recorded."""
+    c, relayers, _, store = batching
+    relayers["a"].mismatch = 1  # the first LOCK batch
+    tids = await burst(c, 5, prefix="m")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert Action.LOCK in relayers["a"].submitted  # stepped alone, idempotently
+    assert relayers["a"].mismatch == 0
+
+
+async def test_a_relayer_taking_fewer_items_than_it_said_is_asked_again(batching) -> None:
+    """A relayer replaced by one taking fewer items refuses the larger batch InvalidInput:
+    those items step alone and the limit is asked again before the next batch (review
+    s19 finding 3), so batches resume at the new size."""
+    c, relayers, _, store = batching
+    a = relayers["a"]
+    (warm,) = await burst(c, 1, prefix="warm")
+    assert await final(store, warm) is TransferState.COMMITTED  # the limit (100) is known
+    asked = a.limit_asked
+    assert asked >= 1
+    a.limit, a.shrunk_to = 2, 2
+    tids = await burst(c, 12, prefix="s")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert a.limit_asked > asked
+    assert c._batcher is not None and c._batcher._limits["a"][0] == 2  # learnt again
+    before = len(a.batches)
+    more = await burst(c, 6, prefix="t")
+    for tid in more:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert len(a.batches) > before and all(n <= 2 for _, n in a.batches[before:])
 
 
 async def test_members_refusing_an_item_refuse_it_alone(batching) -> None:
