@@ -286,8 +286,12 @@ def test_out_of_band_issue_is_detected_held_and_released_by_an_operator(
     h.issue(OTHER_ISIN, holder.address, 25, register=False)  # the issuer bypasses the register
 
     def held() -> Attestation | None:
+        # Only the out-of-band 25: make_holder registers its 10 before they are minted, so
+        # a record cut in between holds the security for -10 until the mint is final (a
+        # real, transient discrepancy; this test failed on it once under load, stop 19).
         a = latest_attestation(system, OTHER_ISIN)
-        return a if a.held and dict(a.signed.record.ledger_discrepancies) else None
+        found = dict(a.signed.record.ledger_discrepancies)
+        return a if a.held and found == {ledger: 25} else None
 
     a = eventually_sync(held, 30, "the discrepancy in an attestation", interval=0.3)
     record = a.signed.record
