@@ -218,6 +218,25 @@ def test_bounds(env: Env) -> None:
     rejects(env, env.a, "NotRelayer", env.stranger, "LockBatch", lock_items(env.a, items[:1]))
 
 
+def test_an_overlong_proof_is_refused_at_its_item_before_its_words_are_parsed(env: Env) -> None:
+    """Review s20 finding 2: a proof over MAX_PROOF_LENGTH is InvalidBatchProof naming its
+    item (as the EVM's InvalidBatchProof(index)) even when its words are not words at all,
+    so no peer parses more than the bound; nothing moves."""
+    items = [make_terms(env, amount=3) for _ in range(2)]
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    rows, cert_json = batch_args(env, env.a, ClaimKind.COMMIT, items)
+    parsed = json.loads(rows)
+    parsed[1]["proof"] = ["not a word"] * (core_batch.MAX_PROOF_LENGTH + 1)
+    before = supply(env.a)
+    detail = rejects(env, env.a, "InvalidBatchProof", env.relayer, "CommitBatch",
+                     json.dumps(parsed), cert_json)  # fmt: skip
+    assert detail.startswith("item=1, ")
+    # at the bound, malformed words are still InvalidArgument (parsed, then refused)
+    parsed[1]["proof"] = ["not a word"] * core_batch.MAX_PROOF_LENGTH
+    rejects(env, env.a, "InvalidArgument", env.relayer, "CommitBatch", json.dumps(parsed), cert_json)
+    assert supply(env.a) == before
+
+
 def test_business_refusal_names_its_item(env: Env) -> None:
     items = [make_terms(env, amount=1), make_terms(env, amount=10**6)]
     detail = rejects(

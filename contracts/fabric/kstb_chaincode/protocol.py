@@ -2334,8 +2334,8 @@ def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple
     """``[{"terms": {...}, "<extra>": ...}, ...]``, at most MAX_BATCH_ITEMS items
     (InvalidBatch above: a Fabric-only cost bound, checked before any item is parsed; an
     empty batch is refused by the certificate rule, or by LockBatch). ``extra`` is
-    ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it
-    never verifies: InvalidBatchProof at its item, as on the EVM) or
+    ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it is
+    refused InvalidBatchProof at its item before any word is parsed, as on the EVM) or
     ``instruction`` (0x hex)."""
     obj = _loads("items", text)
     if not isinstance(obj, list):
@@ -2359,6 +2359,15 @@ def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple
             continue
         if not isinstance(value, list):
             raise _invalid(f"item {i}: proof must be a list of 0x-prefixed 32-byte words")
+        # SECURITY: the length is refused before any word is parsed, so a relayer cannot make
+        # every endorsing peer (or CometBFT validator) parse a proof as long as a transaction
+        # allows; the refusal is the EVM's InvalidBatchProof(index) for the same item.
+        if len(value) > _batch.MAX_PROOF_LENGTH:
+            raise ChaincodeError(
+                "InvalidBatchProof",
+                f"item={i}, proof of {len(value)} hashes, max={_batch.MAX_PROOF_LENGTH}",
+                {"item": i, "index": i},
+            )
         out.append((t, tuple(_parse_word("proof", w) for w in value)))
     return out
 

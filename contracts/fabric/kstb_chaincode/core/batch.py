@@ -62,7 +62,12 @@ def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
 
 def verify_proof(leaf: bytes, proof: Sequence[bytes], root: bytes) -> bool:
     """True exactly when ``proof`` leads from ``leaf`` to ``root`` and is at most
-    :data:`MAX_PROOF_LENGTH` long."""
+    :data:`MAX_PROOF_LENGTH` long.
+
+    SECURITY: ``leaf`` must be one the verifier computed itself with :func:`batch_leaf` from
+    the claim it is checking; an inner node handed in as a "leaf" verifies with its shorter
+    proof. Every caller (contracts, chaincode, members, the coordinator) builds the leaf from
+    the claim's own terms, which is what keeps a leaf and an inner node apart."""
     return len(proof) <= MAX_PROOF_LENGTH and process_proof(leaf, proof) == word32(root)
 
 
