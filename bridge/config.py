@@ -274,6 +274,8 @@ class CoordinatorConfig:
     """---- batchfix: most concurrent WatchBatch streams per caller (organisation, role)."""
     max_running_batches: int = 8
     """---- batchfix: most SubmitTransfers batches of one source ledger running at once."""
+    batch_admission_parallel: int = 16
+    """Items of one SubmitTransfers batch checked at once (recorded in item order)."""
     max_transfer_watches: int = 256
     """Most concurrent WatchTransfer streams per caller (organisation, role)."""
     batch_retention_days: int = 30
@@ -607,6 +609,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         max_batch_items=int(raw.get("max_batch_items", 1000)),
         max_batch_watches=int(raw.get("max_batch_watches", 4)),
         max_running_batches=int(raw.get("max_running_batches", 8)),
+        batch_admission_parallel=int(raw.get("batch_admission_parallel", 16)),
         max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
         batch_retention_days=int(raw.get("batch_retention_days", 30)),
         batching=_batching(raw.get("batching")),

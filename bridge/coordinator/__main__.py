@@ -207,6 +207,7 @@ async def run(config_path: Path) -> None:
         max_running_batches=cfg.max_running_batches,
         audit=audit,
         max_transfer_watches=cfg.max_transfer_watches,
+        batch_admission_parallel=cfg.batch_admission_parallel,
     )
     sink = EventSinkServicer(coordinator)
     supply = SupplyServicer(publisher, rotations, halts=halts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, replace
 
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowLimits
@@ -23,6 +24,16 @@ from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed
 from bridge.domain.instructions import Instruction
 from bridge.domain.transfer import TransferState
 from bridge.logfields import TRANSFER
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A submission that passed every check of :meth:`Admission.check`: the transfer
+    already recorded under its key (``recorded``: a retry) or the record a new transfer is
+    to get (not yet stored, no driver)."""
+
+    record: TransferRecord
+    recorded: bool
 
 
 class Admission:
@@ -41,7 +52,13 @@ class Admission:
     async def submit(
         self, request: TransferRequest, instruction: Instruction
     ) -> tuple[TransferRecord, bool]:
-        """Record a new transfer, or return the recorded one of a retry; True when new.
+        """Record a new transfer, or return the recorded one of a retry; True when new:
+        :meth:`check`, then :meth:`record`."""
+        return await self.record(await self.check(request, instruction))
+
+    async def check(self, request: TransferRequest, instruction: Instruction) -> Admitted:
+        """Every check of a submission, recording nothing: the recorded transfer of a retry,
+        or the record a new transfer would get (Conflict, PreconditionFailed, ... if refused).
 
         SECURITY: the brokerage's instruction is checked first (registered instructor for
         the source ledger, its signature over exactly these terms), before any recorded key
@@ -62,7 +79,7 @@ class Admission:
             # A retry: the same signed terms as recorded (its deadline may have passed since).
             if existing.terms != terms:
                 raise Conflict("idempotency_key was already used with other instructed terms")
-            return existing, False
+            return Admitted(existing, recorded=True)
         now = time.time()
         check_deadline(instruction, now=now, ttl=ctx.ttl)
         if ctx.supply is not None:
@@ -83,9 +100,26 @@ class Admission:
             updated_at=now,
             instruction=instruction.signature,
         )
+        return Admitted(record, recorded=False)
+
+    async def record(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
+        """Record a checked submission (:meth:`check`) and spawn its driver; True when new.
+        A retry's recorded transfer is returned as it is (False). The record is stamped now,
+        so transfers recorded one after the other (a batch's items, in item order) have
+        non-decreasing ``created_at`` as well as increasing store sequence: the order the
+        flow-limit queue of a lane serves them in (ADR 0010)."""
+        if admitted.recorded:
+            return admitted.record, False
+        ctx = self._ctx
+        now = time.time()
+        record = replace(admitted.record, created_at=now, updated_at=now)
+        request = record.request
         stored, created = await ctx.store.create(record)
         if not created:
-            if stored.request.fingerprint() != request.fingerprint() or stored.terms != terms:
+            if (
+                stored.request.fingerprint() != request.fingerprint()
+                or stored.terms != record.terms
+            ):
                 raise Conflict("idempotency_key was already used for a different transfer")
             return stored, False
         ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})

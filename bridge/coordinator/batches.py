@@ -115,8 +115,13 @@ class SubmitItem(Protocol):
     def source_ledger(self) -> str: ...
 
 
-SubmitOne = Callable[[Any], Awaitable[tuple[bytes, bool]]]
-"""Submits one item exactly as SubmitTransfer would: (transfer id, created), or raises."""
+SubmitOne = Callable[[Any], Awaitable[Any]]
+"""Checks one item exactly as SubmitTransfer would, or raises. Without a ``record_one`` it
+also records it and returns (transfer id, created); with one it returns what
+``record_one`` takes (it may run concurrently with other items' checks)."""
+RecordOne = Callable[[Any], Awaitable[tuple[bytes, bool]]]
+"""Records what ``submit_one`` accepted: (transfer id, created), or raises. Called one item
+at a time, in item order."""
 ErrorOf = Callable[[BridgeError], ItemError]
 """The structured error an exception reports at the API."""
 
@@ -127,12 +132,30 @@ def fingerprint(serialized_request: bytes) -> bytes:
     return hashlib.sha256(b"KSTB/batch/v1\x00" + serialized_request).digest()
 
 
+def _batch_refusal(item: Any, counts: Mapping[str, int], source_ledger: str) -> BridgeError | None:
+    """Why ``item`` is refused by the batch's own rules before it is checked, or None."""
+    key = str(item.idempotency_key)
+    if counts[key] > 1:
+        return InvalidInput(f"idempotency_key {key!r} occurs {counts[key]} times in this batch")
+    # SECURITY: the batch's source ledger is the caller's own (rules.py checks it); an item
+    # may not move units held on another ledger.
+    if item.source_ledger != source_ledger:
+        return PermissionDenied(
+            f"item source_ledger {str(item.source_ledger)[:64]!r} is not the batch's"
+            f" source_ledger {source_ledger!r}"
+        )
+    return None
+
+
 async def run_items(
     source_ledger: str,
     items: Sequence[Any],
     submit_one: SubmitOne,
     error_of: ErrorOf,
     indexes: Collection[int] | None = None,
+    *,
+    record_one: RecordOne | None = None,
+    parallel: int = 1,
 ) -> tuple[ItemResult, ...]:
     """Submit every item (or only those at ``indexes``) in order; one result per item run.
 
@@ -144,35 +167,69 @@ async def run_items(
     not REFUSED: nothing was decided about the item. NotLeader is not an item's refusal:
     it propagates and the whole batch is answered NOT_LEADER (items already submitted are
     found again by their keys when the client retries on the leader).
+
+    Concurrency (issue 14): with ``record_one``, up to ``parallel`` items are checked at
+    once (``submit_one``: the instruction, the ledgers' reads, the feed's holds: I/O that
+    dominates an item's admission), while items are recorded (``record_one``) strictly one
+    after the other in item order, each only after every earlier item was recorded or
+    refused. So the store's sequence, which orders a lane's flow-limit queue, follows the
+    batch's order exactly as sequential submission did, and no item is checked more than
+    ``parallel`` positions ahead of the last one recorded. On NotLeader (or cancellation)
+    the checks still running are cancelled and nothing after the failing item is recorded.
+    With ``parallel`` 1 this is sequential submission.
     """
     counts = Counter(str(item.idempotency_key) for item in items)
+    chosen = [
+        (index, item) for index, item in enumerate(items) if indexes is None or index in indexes
+    ]
+    window: list[tuple[int, Any, asyncio.Future[Any] | BridgeError]] = []
+    upcoming = iter(chosen)
+
+    def fill() -> None:
+        while len(window) < max(1, parallel):
+            nxt = next(upcoming, None)
+            if nxt is None:
+                return
+            index, item = nxt
+            refusal = _batch_refusal(item, counts, source_ledger)
+            window.append(
+                (
+                    index,
+                    item,
+                    refusal if refusal is not None else asyncio.ensure_future(submit_one(item)),
+                )
+            )
+
     results: list[ItemResult] = []
-    for index, item in enumerate(items):
-        if indexes is not None and index not in indexes:
-            continue
-        key = str(item.idempotency_key)
-        try:
-            if counts[key] > 1:
-                raise InvalidInput(
-                    f"idempotency_key {key!r} occurs {counts[key]} times in this batch"
-                )
-            # SECURITY: the batch's source ledger is the caller's own (rules.py checks it);
-            # an item may not move units held on another ledger.
-            if item.source_ledger != source_ledger:
-                raise PermissionDenied(
-                    f"item source_ledger {str(item.source_ledger)[:64]!r} is not the batch's"
-                    f" source_ledger {source_ledger!r}"
-                )
-            tid, created = await submit_one(item)
-        except NotLeader:
-            raise
-        except BridgeError as exc:
-            error = error_of(exc)
-            outcome = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
-            results.append(ItemResult(index, key, outcome, error=error))
-            continue
-        outcome = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
-        results.append(ItemResult(index, key, outcome, transfer_id=tid))
+    try:
+        fill()
+        while window:
+            index, item, checking = window.pop(0)
+            key = str(item.idempotency_key)
+            try:
+                if isinstance(checking, BridgeError):
+                    raise checking
+                accepted = await checking
+                if record_one is None:
+                    tid, created = accepted
+                else:
+                    tid, created = await record_one(accepted)
+            except NotLeader:
+                raise
+            except BridgeError as exc:
+                error = error_of(exc)
+                outcome = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
+                results.append(ItemResult(index, key, outcome, error=error))
+            else:
+                outcome = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
+                results.append(ItemResult(index, key, outcome, transfer_id=tid))
+            fill()  # the next check starts once this item is settled (parallel 1: sequential)
+    finally:
+        running = [f for _, _, f in window if isinstance(f, asyncio.Future)]
+        for f in running:
+            f.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
     return tuple(results)
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 from bridge.config import BatchingConfig, NetworkConfig
-from bridge.coordinator.admission import Admission
+from bridge.coordinator.admission import Admission, Admitted
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import EpochTracker
@@ -204,6 +204,16 @@ class Coordinator:
         and not paused; the recipient's eligibility is decided on the target ledger.
         """
         return await self._admission.submit(request, instruction)
+
+    async def check_submit(self, request: TransferRequest, instruction: Instruction) -> Admitted:
+        """Every check of :meth:`submit`, recording nothing (the first half of it, for a
+        batch whose items are checked concurrently and recorded in item order)."""
+        return await self._admission.check(request, instruction)
+
+    async def record_submit(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
+        """Record what :meth:`check_submit` accepted and spawn its driver (the second half
+        of :meth:`submit`); True when new."""
+        return await self._admission.record(admitted)
 
     # ---- flow limits (ADR 0010)
     async def lane_flows(self, security: str) -> list[LaneFlow]:

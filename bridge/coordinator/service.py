@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
 from bridge.config import NetworkConfig
+from bridge.coordinator.admission import Admitted
 from bridge.coordinator.batches import (
     BatchRecord,
     BatchRunner,
@@ -48,6 +49,8 @@ DEFAULT_MAX_BATCH_WATCHES = 4
 """Concurrent WatchBatch streams per caller unless ``max_batch_watches`` says otherwise."""
 DEFAULT_MAX_TRANSFER_WATCHES = 256
 """Concurrent WatchTransfer streams per caller unless ``max_transfer_watches`` says so."""
+DEFAULT_BATCH_ADMISSION_PARALLEL = 16
+"""Items of one SubmitTransfers checked at once unless ``batch_admission_parallel`` says so."""
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
 SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
@@ -117,6 +120,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         max_running_batches: int = DEFAULT_MAX_RUNNING_BATCHES,
         audit: AuditLog | None = None,
         max_transfer_watches: int = DEFAULT_MAX_TRANSFER_WATCHES,
+        batch_admission_parallel: int = DEFAULT_BATCH_ADMISSION_PARALLEL,
     ):
         self._network = network
         self._coordinator = coordinator
@@ -126,6 +130,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             BatchRunner(batches, max_running=max_running_batches) if batches is not None else None
         )
         self._max_batch_items = max_batch_items
+        self._admission_parallel = batch_admission_parallel
         # SECURITY: bound what one caller (organisation and role, whatever its number of
         # certificates) holds open: every stream costs a task and periodic store reads.
         self._batch_watches = StreamQuota("WatchBatch", "max_batch_watches", max_batch_watches)
@@ -234,9 +239,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 )
         fp = fingerprint(request.SerializeToString(deterministic=True))
 
-        async def submit_one(item: transfer_pb2.SubmitTransferRequest) -> tuple[bytes, bool]:
+        async def check_one(item: transfer_pb2.SubmitTransferRequest) -> Admitted:
             req = validate_submit(self._network, item)
-            record, created = await self._coordinator.submit(req, instruction_from_pb(item))
+            return await self._coordinator.check_submit(req, instruction_from_pb(item))
+
+        async def record_one(admitted: Admitted) -> tuple[bytes, bool]:
+            record, created = await self._coordinator.record_submit(admitted)
             return record.transfer_id, created
 
         caller = current_principal()
@@ -244,7 +252,13 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
         async def run(indexes: Collection[int] | None) -> tuple[ItemResult, ...]:
             results = await run_items(
-                request.source_ledger, request.items, submit_one, _item_error, indexes
+                request.source_ledger,
+                request.items,
+                check_one,
+                _item_error,
+                indexes,
+                record_one=record_one,
+                parallel=self._admission_parallel,
             )
             self._audit_denied_items(caller, peer, request.batch_id, results)
             return results

@@ -476,3 +476,70 @@ async def test_a_busy_sqlite_store_is_unavailable_not_internal(tmp_path: Path) -
         assert [r[0] for r in rows] == ["busy"]
     finally:
         db.close()
+
+
+class SlowChecks:
+    """Checks that finish in reverse item order (a later item's ledger read answers first);
+    records what was recorded, in order, and how many checks ran at once at most."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.recorded: list[str] = []
+        self.running = 0
+        self.most = 0
+
+    async def check(self, item: Item) -> Item:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.002 * (self.n - int(item.idempotency_key[1:])))
+            if item.refuse is not None:
+                raise item.refuse
+            return item
+        finally:
+            self.running -= 1
+
+    async def record(self, item: Item) -> tuple[bytes, bool]:
+        # every earlier item is settled (recorded or refused) before this one is recorded
+        self.recorded.append(item.idempotency_key)
+        return item.idempotency_key.encode().ljust(32, b"\0"), True
+
+
+async def test_items_checked_concurrently_are_recorded_in_item_order() -> None:
+    """Issue 14: with ``parallel`` > 1 the checks overlap (and here finish in reverse
+    order), yet records follow the batch's order (the store sequence a lane's flow-limit
+    queue serves in), refusals stay in their items, and no more than ``parallel`` checks
+    run at once."""
+    n = 24
+    items = [Item(f"k{i}") for i in range(n)]
+    items[5] = Item("k5", refuse=PreconditionFailed("frozen", ErrorReason.HOLDER_FROZEN, A))
+    items[9] = Item("k9", source_ledger=B)
+    checks = SlowChecks(n)
+    results = await run_items(
+        A, items, checks.check, _error_of, record_one=checks.record, parallel=6
+    )
+    assert [r.index for r in results] == list(range(n))
+    assert checks.recorded == [f"k{i}" for i in range(n) if i not in (5, 9)]
+    assert [r.index for r in results if r.outcome is ItemOutcome.REFUSED] == [5, 9]
+    assert 1 < checks.most <= 6
+    sequential = SlowChecks(n)
+    again = await run_items(
+        A, items, sequential.check, _error_of, record_one=sequential.record, parallel=1
+    )
+    assert sequential.most == 1
+    assert [(r.index, r.outcome) for r in again] == [(r.index, r.outcome) for r in results]
+
+
+async def test_not_leader_mid_batch_records_nothing_after_it_and_cancels_the_checks() -> None:
+    """NotLeader at item 3 answers the whole batch NOT_LEADER: items 0-2 are recorded (a
+    retry on the leader finds them by key), nothing after item 3 is, and the checks running
+    ahead of it are cancelled, not left behind."""
+    n = 12
+    items = [Item(f"k{i}") for i in range(n)]
+    items[3] = Item("k3", refuse=NotLeader("standby", "10.0.0.2:50051"))
+    checks = SlowChecks(n)
+    with pytest.raises(NotLeader):
+        await run_items(A, items, checks.check, _error_of, record_one=checks.record, parallel=4)
+    assert checks.recorded == ["k0", "k1", "k2"]
+    await asyncio.sleep(0.05)
+    assert checks.running == 0
