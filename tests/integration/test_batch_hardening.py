@@ -99,7 +99,7 @@ class Served:
     coordinator: Coordinator
     network: NetworkConfig
     relayers: dict[str, SlowRelayer]
-    submitted: Counter[str]  # Coordinator.submit calls per idempotency key
+    submitted: Counter[str]  # Coordinator.check_submit calls per idempotency key
     store: SqlTransferStore
     batches: SqlBatchStore
     audit_file: Path
@@ -164,13 +164,13 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
     coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
                               max_backoff=0.2, sweep_every=0.1)  # fmt: skip
     submitted: Counter[str] = Counter()
-    submit = coordinator.submit
+    check = coordinator.check_submit  # a batch item's submission starts with its checks
 
     async def counting(req: Any, instruction: Any) -> Any:
         submitted[req.idempotency_key] += 1
-        return await submit(req, instruction)
+        return await check(req, instruction)
 
-    coordinator.submit = counting  # type: ignore[method-assign]
+    coordinator.check_submit = counting  # type: ignore[method-assign]
     await coordinator.start()
     audit = AuditLog(tmp_path / "audit.jsonl")
 
@@ -584,3 +584,42 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
         )
     ]
     assert resumed == []
+
+
+# ---- issue 14: concurrent admission, recorded in item order
+
+
+async def test_a_batch_is_checked_concurrently_and_recorded_in_item_order(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items' ledger reads overlap (here a later item's read answers first), yet the store
+    records them in batch order (the sequence a lane's flow-limit queue serves in), with
+    one check per item and a refusal confined to its item."""
+    n = 20
+    senders = ["0x" + f"{0x50 + i:02x}" * 20 for i in range(n)]
+    delay = {s: 0.004 * (n - i) for i, s in enumerate(senders)}
+    base = SlowRelayer.holder
+    state = {"running": 0, "most": 0}
+
+    async def overlapping(self: SlowRelayer, security: str, holder: str) -> HolderStatus:
+        state["running"] += 1
+        state["most"] = max(state["most"], state["running"])
+        try:
+            await asyncio.sleep(delay.get(holder, 0.0))
+            return await base(self, security, holder)
+        finally:
+            state["running"] -= 1
+
+    monkeypatch.setattr(SlowRelayer, "holder", overlapping)
+    items = [item(served, f"o-{i}", sender=s) for i, s in enumerate(senders)]
+    items[7] = item(served, "o-7", sender=FROZEN)
+    resp = await served.stub.SubmitTransfers(batch("day-order", items), timeout=60)
+    expect = [OUT.BATCH_ITEM_OUTCOME_CREATED] * n
+    expect[7] = OUT.BATCH_ITEM_OUTCOME_REFUSED
+    assert outcomes(resp) == expect
+    assert state["most"] > 2  # the checks overlapped
+    assert served.submitted == Counter({f"o-{i}": 1 for i in range(n)})
+    recorded, _ = await served.store.list_transfers(None, None, 100, 0)
+    assert [r.request.idempotency_key for r in recorded] == [f"o-{i}" for i in range(n) if i != 7]
+    created = [r.created_at for r in recorded]
+    assert created == sorted(created)
