@@ -106,7 +106,7 @@ def make_app(upstream: str, tokens: Sequence[bytes]) -> web.Application:
         client = web.WebSocketResponse(max_msg_size=MAX_BODY)
         await client.prepare(request)
         ws_upstream = "ws://" + upstream.split("://", 1)[1]
-        async with holder["session"].ws_connect(ws_upstream, timeout=None) as node:
+        async with holder["session"].ws_connect(ws_upstream) as node:
 
             async def down() -> None:
                 async for msg in node:

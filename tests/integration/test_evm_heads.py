@@ -77,7 +77,7 @@ async def test_heads_by_subscription_fallback_and_resubscribe(anvil: AnvilNode) 
         anvil.process.stop()  # type: ignore[union-attr]
         await _until(lambda: not watch.pushed, 10)
         down = http.reads
-        with pytest.raises(OSError):  # the waiter is served by polls again (failing: no node)
+        with pytest.raises(OSError, match="refused"):  # served by polls again (no node)
             await watch.wait_above(head, loop.time() + 5)
         assert http.reads > down
         anvil.start()  # same port

@@ -228,3 +228,49 @@ async def test_wrong_chain_stops_subscription_for_good() -> None:
     assert connect.attempts == 1
     assert sub.sessions == 0 and not watch.pushed
     await watch.close()
+
+
+# ---- configuration -----------------------------------------------------------------------------
+def _table(rpc_url: str, ws_url: str | None, tls_ca: str | None = None) -> object:
+    from bridge.ledgers.evm.kind import EvmTable
+
+    return EvmTable.model_validate(
+        {
+            "id": "eth",
+            "kind": "evm",
+            "rpc_url": rpc_url,
+            "bridge": "0x" + "11" * 20,
+            "chain_id": 31337,
+            "finality_depth": 0,
+            "block_interval": 1.0,
+            "ws_url": ws_url,
+            "tls_ca": tls_ca,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("rpc_url", "ws_url"),
+    [("https://node:8545", "ws://node:8546"), ("http://node:8545", "wss://node:8546")],
+)
+def test_ws_url_must_match_the_http_connections_security(rpc_url: str, ws_url: str) -> None:
+    """SECURITY: an https node's WebSocket must be wss (same CA and token, never in clear)."""
+    from pathlib import Path
+
+    from bridge.domain.errors import InvalidInput
+    from bridge.ledgers.evm.kind import EvmKind
+
+    with pytest.raises(InvalidInput, match="ws_url must start with"):
+        EvmKind().ledger_config(_table(rpc_url, ws_url), Path())  # type: ignore[arg-type]
+
+
+def test_ws_url_accepted_with_matching_scheme() -> None:
+    from pathlib import Path
+
+    from bridge.ledgers.evm.kind import EvmKind
+
+    config = EvmKind().ledger_config(
+        _table("https://node:8545", "wss://node:8546", "/ca.pem"),  # type: ignore[arg-type]
+        Path(),
+    )
+    assert config.settings.ws_url == "wss://node:8546"
