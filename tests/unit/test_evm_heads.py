@@ -274,3 +274,58 @@ def test_ws_url_accepted_with_matching_scheme() -> None:
         Path(),
     )
     assert config.settings.ws_url == "wss://node:8546"
+
+
+# ---- the relayer's event watcher ---------------------------------------------------------------
+class HeadReader:
+    """A reader with wait_new_head: a scan per head the test releases."""
+
+    def __init__(self) -> None:
+        from bridge.domain.ids import LedgerId
+
+        self.ledger = LedgerId("a")
+        self.scans = 0
+        self.head = 5
+        self.new = asyncio.Event()
+
+    async def finalized_height(self) -> int:
+        self.scans += 1
+        return self.head
+
+    async def events(self, after: object, up_to: int) -> list[object]:
+        return []
+
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        if above >= self.head:
+            try:
+                await asyncio.wait_for(self.new.wait(), timeout_s)
+            except TimeoutError:
+                return None
+            self.new.clear()
+        return self.head
+
+
+class NullSink:
+    async def deliver(self, ledger: str, events: object, scanned_height: int) -> None:
+        return None
+
+
+async def test_event_watcher_scans_per_new_head_not_per_poll(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from relayers.checkpoint import CheckpointStore
+    from relayers.watcher import EventWatcher
+
+    reader = HeadReader()
+    store = CheckpointStore(Path(str(tmp_path)) / "cp.sqlite", "a")
+    watcher = EventWatcher(reader, NullSink(), store, poll_interval=0.01)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(watcher.run(stop))
+    await asyncio.sleep(0.3)  # 30 poll intervals
+    assert reader.scans <= 3, "the watcher slept per poll instead of waiting for a head"
+    scans = reader.scans
+    reader.head = 6
+    reader.new.set()
+    await until(lambda: reader.scans > scans)
+    stop.set()
+    await asyncio.wait_for(task, 2)

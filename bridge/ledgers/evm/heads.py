@@ -123,7 +123,9 @@ class HeadSubscription:
         except WrongChain as exc:
             self._log.error("head subscription refused: wrong chain", **{ERROR: str(exc)})
         finally:
-            self._fallback("stopped")
+            if self._watch.pushed:
+                self._log.info("head subscription stopped")
+                self._watch.set_pushed(False)
 
     async def _session(self) -> None:
         """One connection: raises on a failed connect/subscribe (retried with backoff);
