@@ -329,3 +329,37 @@ async def test_event_watcher_scans_per_new_head_not_per_poll(tmp_path: object) -
     await until(lambda: reader.scans > scans)
     stop.set()
     await asyncio.wait_for(task, 2)
+
+
+# ---- the devnet proxy's WebSocket relay ----------------------------------------------------------
+async def test_devnet_proxy_relays_websocket_only_with_the_bearer_token() -> None:
+    """SECURITY: the wss:// relay gets the HTTP path's bearer check before the upgrade."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from bridge.devnet.evm_proxy import make_app
+
+    async def echo(ws: ServerConnection) -> None:
+        async for msg in ws:
+            await ws.send(msg)
+
+    async with serve(echo, "127.0.0.1", 0) as upstream:
+        port = next(iter(upstream.sockets)).getsockname()[1]
+        server = TestServer(make_app(f"http://127.0.0.1:{port}", [b"tok"]))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await session.ws_connect(server.make_url("/"))
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await session.ws_connect(
+                        server.make_url("/"), headers={"Authorization": "Bearer nope"}
+                    )
+                async with session.ws_connect(
+                    server.make_url("/"), headers={"Authorization": "Bearer tok"}
+                ) as ws:
+                    await ws.send_str('{"id":1}')
+                    assert await asyncio.wait_for(ws.receive_str(), 5) == '{"id":1}'
+        finally:
+            await server.close()
