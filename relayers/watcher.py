@@ -31,6 +31,15 @@ class EventSink(Protocol):
         ...
 
 
+class HeadWaiter(Protocol):
+    """A reader that can wait for a new block (the EVM adapter: pushed heads, polling as
+    the fallback; issue 14 item 4)."""
+
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        """A head above ``above`` from an ordinary read, or None after ``timeout_s``."""
+        ...
+
+
 class EventWatcher:
     """Scans finalized blocks from the checkpoint, delivers, then advances the checkpoint.
 
@@ -56,6 +65,9 @@ class EventWatcher:
         self._page_blocks = max(1, page_blocks)
         self._log = get_logger(**{LEDGER: reader.ledger.name})
         self.delivered = 0
+        wait = getattr(reader, "wait_new_head", None)
+        self._heads: HeadWaiter | None = reader if callable(wait) else None  # type: ignore[assignment]
+        self._seen = -1
 
     async def step(self) -> int:
         """Deliver everything newly final once, in pages of at most ``page_blocks`` blocks,
@@ -91,12 +103,19 @@ class EventWatcher:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Loop until ``stop`` is set, backing off while the ledger or coordinator is down."""
+        """Loop until ``stop`` is set, backing off while the ledger or coordinator is down.
+
+        After a successful scan, a reader that can wait for a new block (:class:`HeadWaiter`)
+        is waited on instead of sleeping ``poll_interval`` (the wait itself falls back to
+        polling when heads are not pushed); the scan itself reads finality as always."""
         backoff = self._poll
         while not stop.is_set():
             try:
                 await self.step()
                 backoff = self._poll
+                if self._heads is not None:
+                    await self._next_head(stop)
+                    continue
             except (Unavailable, grpc.aio.AioRpcError, OSError) as exc:
                 self._log.warning("delivery paused, will retry", **{ERROR: str(exc)[:300]})
                 backoff = min(self._max_backoff, backoff * 2)
@@ -106,3 +125,27 @@ class EventWatcher:
                 backoff = min(self._max_backoff, backoff * 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
+
+    async def _next_head(self, stop: asyncio.Event) -> None:
+        """Until a head above the last one seen, ``stop``, or a bounded wait (then rescan)."""
+        assert self._heads is not None
+        waiter = asyncio.ensure_future(
+            self._heads.wait_new_head(self._seen, max(1.0, 20 * self._poll))
+        )
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not waiter.done():
+                waiter.cancel()
+        if waiter.done() and not waiter.cancelled():
+            try:
+                head = waiter.result()
+            except Exception as exc:  # the next scan reports it; do not spin meanwhile
+                self._log.warning("head wait failed", **{ERROR: str(exc)[:300]})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._poll)
+                return
+            if head is not None:
+                self._seen = head

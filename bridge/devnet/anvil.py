@@ -106,6 +106,18 @@ class AnvilNode:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def ws_url(self) -> str:
+        """anvil's WebSocket endpoint (the HTTP port serves both)."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def public_ws_url(self) -> str:
+        """The WebSocket URL the bridge's components use (``wss://`` through the proxy)."""
+        if self.proxy is None:
+            return self.ws_url
+        return "wss://" + self.proxy.url.split("://", 1)[1]
+
+    @property
     def public_rpc_url(self) -> str:
         """The URL the bridge's components use: the proxy's https URL once secured."""
         return self.proxy.url if self.proxy is not None else self.rpc_url

@@ -11,7 +11,10 @@ Guarantees:
   the tokens in the token file (one per line, compared in constant time); any other request
   gets ``401`` with a JSON-RPC error and is not forwarded;
 - forwards only ``POST /`` with a body of at most 10 MiB to the upstream URL, and returns the
-  upstream's status and body unchanged; every refusal is logged without the token.
+  upstream's status and body unchanged; every refusal is logged without the token;
+- a WebSocket upgrade on ``GET /`` (``wss://``, for ``newHeads`` subscriptions) gets the same
+  bearer check before it is accepted, then relays text frames both ways to the upstream's
+  ``ws://`` endpoint until either side closes.
 
 Run as ``python -m bridge.devnet.evm_proxy --port P --upstream URL --cert C --key K
 --token-file T``; :class:`EvmRpcProxy` starts and stops it as a managed process.
@@ -96,7 +99,32 @@ def make_app(upstream: str, tokens: Sequence[bytes]) -> web.Application:
             payload = await resp.read()
             return web.Response(body=payload, status=resp.status, content_type="application/json")
 
+    async def relay(request: web.Request) -> web.StreamResponse:
+        if not authorised(request.headers.get("Authorization"), tokens):
+            log.warning("unauthenticated websocket refused", peer=request.remote)
+            return web.json_response(UNAUTHORIZED_BODY, status=401)
+        client = web.WebSocketResponse(max_msg_size=MAX_BODY)
+        await client.prepare(request)
+        ws_upstream = "ws://" + upstream.split("://", 1)[1]
+        async with holder["session"].ws_connect(ws_upstream) as node:
+
+            async def down() -> None:
+                async for msg in node:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await client.send_str(msg.data)
+
+            pump = asyncio.ensure_future(down())
+            try:
+                async for msg in client:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await node.send_str(msg.data)
+            finally:
+                pump.cancel()
+        await client.close()
+        return client
+
     app.router.add_post("/", forward)
+    app.router.add_get("/", relay)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app

@@ -74,6 +74,11 @@ class LedgerHandle(EvmEndpointLedger):
             "block_interval": self.block_time,
         }
         entry |= self.lens_entry()
+        # Pushed heads (issue 14 item 4): anvil serves WebSocket on its HTTP port; the
+        # secured devnet's TLS proxy relays it as wss:// behind the same bearer check.
+        # KSTB_DEVNET_EVM_WS=0 leaves it out (polling only; bench/README.md compares both).
+        if os.environ.get("KSTB_DEVNET_EVM_WS", "1") != "0":
+            entry["ws_url"] = self.node.public_ws_url
         return entry | ({"tls_ca": str(self.node.tls_ca)} if self.node.tls_ca else {})
 
     def relayer_entry(self) -> dict[str, Any]:

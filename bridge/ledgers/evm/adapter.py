@@ -8,6 +8,7 @@ checks the leg's state and sends nothing when the step was already applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -65,6 +66,7 @@ from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.addresses import EvmAddressCodec
 from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
 from bridge.ledgers.evm.batch import BatchStep, batch_results, lock_call, step_call
+from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
@@ -220,6 +222,25 @@ class EvmAdapter(StepTemplate):
         self._log = get_logger(**{LEDGER: config.id.name})
         self._head_read: FreshRead[int] = FreshRead(self._fetch_head)
         self._heads = HeadWatch(self._fetch_head, self._poll)
+        self._head_sub: HeadSubscription | None = None
+        self._head_sub_task: asyncio.Task[None] | None = None
+        ws_url = getattr(config.settings, "ws_url", None)
+        # SECURITY: only with the network file's own rpc_url: an overridden rpc_url is the
+        # member's node, and the network file's ws_url would name someone else's.
+        if (
+            isinstance(ws_url, str)
+            and ws_url
+            and config.rpc_url == getattr(config.settings, "rpc_url", config.rpc_url)
+        ):
+            self._head_sub = HeadSubscription(
+                websocket_connector(
+                    ws_url, self._transport.ssl_context(), self._transport.headers()
+                ),
+                self._heads,
+                config.chain_id,
+                silence_s=max(1.0, 3 * config.block_interval),
+                ledger=config.id.name,
+            )
         self._fee_cache = FeeCache()
         lens = getattr(config.settings, "lens", None)
         self._lens = (
@@ -282,6 +303,25 @@ class EvmAdapter(StepTemplate):
         """Latest block minus the configured finality depth, from an ``eth_blockNumber``
         sent after this call (concurrent callers share it: :class:`FreshRead`)."""
         return max(0, await self._head_read.get() - self._cfg.finality_depth)
+
+    def start_head_subscription(self) -> None:
+        """Start the ``newHeads`` subscription if ``ws_url`` is configured (idempotent;
+        needs a running loop). Without it, or while it is down, heads are polled."""
+        if self._head_sub is not None and (
+            self._head_sub_task is None or self._head_sub_task.done()
+        ):
+            self._head_sub_task = asyncio.ensure_future(self._head_sub.run())
+
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        """The first head above ``above`` that an ``eth_blockNumber`` read returned (woken by
+        a pushed head, or by the shared poll), or None after ``timeout_s``. Starts the
+        subscription if configured."""
+        self.start_head_subscription()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            return await self._heads.wait_above(above, deadline)
+        except TimeoutError:
+            return None
 
     async def _fetch_head(self) -> int:
         head = int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))
@@ -965,6 +1005,7 @@ class EvmAdapter(StepTemplate):
         poll, :class:`HeadWatch`) until it shows ``done``."""
         give_up = asyncio.get_running_loop().time() + limit_s
         head = -1
+        self.start_head_subscription()
         try:
             while True:
                 head = await self._heads.wait_above(head, give_up)
@@ -1070,6 +1111,7 @@ class EvmAdapter(StepTemplate):
         height: int | None = None
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
+        self.start_head_subscription()
         try:
             while True:
                 head = await self._heads.wait_above(head, give_up)
@@ -1234,7 +1276,12 @@ class EvmAdapter(StepTemplate):
         return int(chain_id), bytes(code), bytes(word)
 
     async def close(self) -> None:
-        """Stop the shared head poll and close the HTTP session."""
+        """Stop the head subscription and shared head poll and close the HTTP session."""
+        if self._head_sub_task is not None:
+            self._head_sub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._head_sub_task
+            self._head_sub_task = None
         await self._heads.close()
         if self._session is not None:
             await self._session.close()

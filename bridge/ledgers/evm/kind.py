@@ -49,6 +49,13 @@ class EvmTable(LedgerTable):
     """The ``BridgeLens`` read contract on this chain (issue 14 item 4; optional): legs and
     supplies of many transfers are read in one ``eth_call`` through it. Its code is checked
     against the committed artifact before it is trusted; without it reads go leg by leg."""
+    ws_url: str | None = None
+    """The same node's WebSocket endpoint (issue 14 item 4; optional): new blocks are learnt
+    by ``eth_subscribe("newHeads")`` instead of polling, with polling as the fallback. It
+    needs ``wss://`` when ``rpc_url`` is ``https://`` (and ``ws://`` only with ``http://``):
+    it gets the same CA and ``Authorization`` header, and its chain id is checked. A pushed
+    head is only a hint; finality is still read over ``rpc_url``. Unused when a member's
+    ``rpc_overrides`` replaces ``rpc_url`` (it would name another party's node)."""
 
 
 class EvmKind:
@@ -74,6 +81,13 @@ class EvmKind:
                 EvmAddressCodec().parse(table.lens)
             except InvalidInput as exc:
                 raise InvalidInput(f"ledger {lid}: lens: not a valid evm address: {exc}") from None
+        if table.ws_url is not None:  # ---- pushed heads (issue 14 item 4)
+            want = "wss://" if table.rpc_url.startswith("https://") else "ws://"
+            if not table.ws_url.startswith(want):
+                raise InvalidInput(
+                    f"ledger {lid}: ws_url must start with {want} to match rpc_url"
+                    f" {table.rpc_url} (same TLS and auth as the HTTP connection)"
+                )
         return LedgerConfig(
             id=lid,
             kind=self.name,

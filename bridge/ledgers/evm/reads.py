@@ -14,6 +14,7 @@ value reused across callers, and only within the block it was read for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,12 @@ class HeadWatch:
     def __init__(self, read_head: Callable[[], Awaitable[int]], poll_s: float) -> None:
         self._read = read_head
         self._poll = poll_s
+        self.pushed = False
+        """True while a head subscription (:class:`~bridge.ledgers.evm.heads.HeadSubscription`)
+        is live: the poller then reads only when :meth:`hint` says a block may be new, or
+        after ``silence_s`` without one (fallback read)."""
+        self.silence_s = 10 * poll_s
+        self._hinted = asyncio.Event()
         self.head: int | None = None
         """The last head the node reported (None before the first poll)."""
         self.seen_at = 0.0
@@ -190,6 +197,20 @@ class HeadWatch:
         answered late)."""
         if self.head is None or head >= self.head:
             self.head, self.seen_at = head, time.monotonic()
+
+    def hint(self, head: int) -> None:
+        """A head the node pushed (``newHeads``): only a hint that a block may be new.
+
+        SECURITY: the pushed number is never stored as :attr:`head` nor given to a waiter; it
+        only makes the poller read ``eth_blockNumber`` now instead of at its next tick, and
+        waiters see what that read returns. A lying push (a head beyond the node's) costs one
+        read and changes nothing; a replayed or stale push (not above :attr:`head`) is
+        ignored. Finality and every leg or event read therefore stay answered by ordinary
+        reads: a push can delay a step (by silencing the poller until ``silence_s``), never
+        make it look final earlier than a read would.
+        """
+        if self.head is None or head > self.head:
+            self._hinted.set()
 
     def recent(self, max_age_s: float) -> int | None:
         """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
@@ -222,14 +243,15 @@ class HeadWatch:
         return self._tick
 
     async def _run(self) -> None:
+        hinted = False
         while self._waiters > 0:
             tick = self._tick
             self._tick = None
-            if self.recent(self._poll) is not None:
+            if not hinted and self.recent(self._poll) is not None:
                 # Another request just saw the head: as new as a poll would be.
                 if tick is not None:
                     tick.set_result(None)
-                await asyncio.sleep(self._poll)
+                hinted = await self._pause()
                 continue
             self.polls += 1
             try:
@@ -241,7 +263,28 @@ class HeadWatch:
                 self.head, self.seen_at = head, time.monotonic()
                 if tick is not None:
                     tick.set_result(None)
+            hinted = await self._pause()
+
+    async def _pause(self) -> bool:
+        """Until the next read: ``poll_s`` when polling; while :attr:`pushed`, until a
+        :meth:`hint` or ``silence_s`` (then one fallback read). True when a hint ended it
+        (the next read is then made even if another request saw a head just now)."""
+        if not self.pushed:
+            self._hinted.clear()
             await asyncio.sleep(self._poll)
+            return False
+        if not self._hinted.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hinted.wait(), self.silence_s)
+        hinted = self._hinted.is_set()
+        self._hinted.clear()
+        return hinted
+
+    def set_pushed(self, live: bool) -> None:
+        """Switch between pushed heads (a subscription is live) and polling; switching
+        wakes the poller so a fallback to polling takes effect at once."""
+        self.pushed = live
+        self._hinted.set()
 
     async def close(self) -> None:
         """Stop the poller."""

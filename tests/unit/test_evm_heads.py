@@ -1,0 +1,365 @@
+"""Pushed heads (issue 14 item 4): HeadWatch hints and the newHeads subscription's fallback
+and reconnect logic, with pure fakes (no node, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bridge.ledgers.evm.heads import HeadSubscription
+from bridge.ledgers.evm.reads import HeadWatch
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+class Node:
+    """A fake node's HTTP side: the real head, counting eth_blockNumber reads."""
+
+    def __init__(self, head: int = 10) -> None:
+        self.head = head
+        self.reads = 0
+
+    async def read(self) -> int:
+        self.reads += 1
+        return self.head
+
+
+class FakeSocket:
+    """One fake WebSocket session: answers eth_chainId and eth_subscribe, then yields what
+    the test puts in ``inbox`` (an exception there is raised by recv)."""
+
+    def __init__(self, chain_id: int = 31337) -> None:
+        self.chain_id = chain_id
+        self.inbox: asyncio.Queue[str | BaseException] = asyncio.Queue()
+        self.closed = False
+
+    async def send(self, message: str) -> None:
+        req = json.loads(message)
+        if req["method"] == "eth_chainId":
+            self.inbox.put_nowait(json.dumps({"id": req["id"], "result": hex(self.chain_id)}))
+        else:
+            self.inbox.put_nowait(json.dumps({"id": req["id"], "result": "0xs"}))
+
+    async def recv(self) -> str:
+        item = await self.inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def push(self, number: int) -> None:
+        self.inbox.put_nowait(
+            json.dumps(
+                {
+                    "method": "eth_subscription",
+                    "params": {"subscription": "0xs", "result": {"number": hex(number)}},
+                }
+            )
+        )
+
+
+class Connector:
+    """Hands out sockets from ``plan``: a FakeSocket, or an exception to raise on connect."""
+
+    def __init__(self, *plan: FakeSocket | BaseException) -> None:
+        self.plan = list(plan)
+        self.attempts = 0
+
+    async def __call__(self) -> FakeSocket:
+        self.attempts += 1
+        if not self.plan:
+            raise OSError("no more sessions")
+        item = self.plan.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+async def until(cond: object, limit_s: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not cond():  # type: ignore[operator]
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_pushed_head_wakes_waiter_with_one_read_and_no_polling() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    watch.silence_s = 30  # no fallback read within the test
+    watch.set_pushed(True)
+    loop = asyncio.get_running_loop()
+    assert await watch.wait_above(-1, loop.time() + 2) == 10
+    waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 5))
+    await asyncio.sleep(0.2)  # 20 poll intervals: a polling watch would have read 20 times
+    reads = node.reads
+    assert reads <= 2 and not waiter.done()
+    node.head = 11
+    watch.hint(11)
+    assert await waiter == 11
+    assert node.reads == reads + 1  # the hint cost exactly one confirming read
+    await watch.close()
+
+
+async def test_lying_push_never_reaches_a_waiter() -> None:
+    """SECURITY: a head pushed beyond the node's real head is not what waiters see: the
+    confirming read is. Without the rule (hint stored as head) the waiter would get 1000."""
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    watch.silence_s = 30
+    watch.set_pushed(True)
+    loop = asyncio.get_running_loop()
+    await watch.wait_above(-1, loop.time() + 2)
+    waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 0.5))
+    await asyncio.sleep(0.02)
+    watch.hint(1000)
+    await asyncio.sleep(0.05)
+    assert watch.head == 10
+    assert not waiter.done()
+    with pytest.raises(TimeoutError):
+        await waiter
+    await watch.close()
+
+
+async def test_stale_or_replayed_push_costs_no_read() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    watch.silence_s = 30
+    watch.set_pushed(True)
+    loop = asyncio.get_running_loop()
+    await watch.wait_above(-1, loop.time() + 2)
+    waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 0.3))
+    await asyncio.sleep(0.02)
+    reads = node.reads
+    for _ in range(5):
+        watch.hint(10)  # not above the head already read
+        watch.hint(7)
+    await asyncio.sleep(0.05)
+    assert node.reads == reads
+    with pytest.raises(TimeoutError):
+        await waiter
+    await watch.close()
+
+
+async def test_silence_falls_back_to_a_read() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    watch.silence_s = 0.05
+    watch.set_pushed(True)
+    loop = asyncio.get_running_loop()
+    await watch.wait_above(-1, loop.time() + 2)
+    node.head = 11  # no push comes
+    assert await watch.wait_above(10, loop.time() + 2) == 11
+    await watch.close()
+
+
+async def test_subscription_feeds_hints_then_falls_back_and_resubscribes() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    first, second = FakeSocket(), FakeSocket()
+    connect = Connector(first, OSError("refused"), second)
+    sub = HeadSubscription(connect, watch, 31337, silence_s=5, min_backoff_s=0.01)
+    task = asyncio.ensure_future(sub.run())
+    loop = asyncio.get_running_loop()
+    await until(lambda: watch.pushed)
+    await watch.wait_above(-1, loop.time() + 2)
+    node.head = 11
+    first.push(11)
+    assert await watch.wait_above(10, loop.time() + 2) == 11
+    assert sub.heads == 1
+    first.inbox.put_nowait(OSError("connection reset"))  # the node goes away
+    await until(lambda: first.closed)
+    await until(lambda: sub.sessions == 2)  # refused once, then resubscribed
+    assert connect.attempts == 3
+    assert watch.pushed
+    node.head = 12
+    second.push(12)
+    assert await watch.wait_above(11, loop.time() + 2) == 12
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not watch.pushed  # cancelled: back to polling
+    await watch.close()
+
+
+async def test_polling_serves_while_subscription_is_down() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    sub = HeadSubscription(
+        Connector(OSError("down"), OSError("down")), watch, 31337, silence_s=5, min_backoff_s=1
+    )
+    task = asyncio.ensure_future(sub.run())
+    loop = asyncio.get_running_loop()
+    await watch.wait_above(-1, loop.time() + 2)
+    node.head = 11
+    assert await watch.wait_above(10, loop.time() + 2) == 11  # polled, no push
+    assert not watch.pushed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watch.close()
+
+
+async def test_silent_subscription_is_dropped() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    quiet = FakeSocket()
+    sub = HeadSubscription(Connector(quiet), watch, 31337, silence_s=0.05, min_backoff_s=5)
+    task = asyncio.ensure_future(sub.run())
+    await until(lambda: sub.sessions == 1)
+    await until(lambda: quiet.closed)
+    assert not watch.pushed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watch.close()
+
+
+async def test_wrong_chain_stops_subscription_for_good() -> None:
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    connect = Connector(FakeSocket(chain_id=1), FakeSocket())
+    sub = HeadSubscription(connect, watch, 31337, silence_s=5, min_backoff_s=0.01)
+    await asyncio.wait_for(sub.run(), 2)  # returns: not retried
+    assert connect.attempts == 1
+    assert sub.sessions == 0 and not watch.pushed
+    await watch.close()
+
+
+# ---- configuration -----------------------------------------------------------------------------
+def _table(rpc_url: str, ws_url: str | None, tls_ca: str | None = None) -> object:
+    from bridge.ledgers.evm.kind import EvmTable
+
+    return EvmTable.model_validate(
+        {
+            "id": "eth",
+            "kind": "evm",
+            "rpc_url": rpc_url,
+            "bridge": "0x" + "11" * 20,
+            "chain_id": 31337,
+            "finality_depth": 0,
+            "block_interval": 1.0,
+            "ws_url": ws_url,
+            "tls_ca": tls_ca,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("rpc_url", "ws_url"),
+    [("https://node:8545", "ws://node:8546"), ("http://node:8545", "wss://node:8546")],
+)
+def test_ws_url_must_match_the_http_connections_security(rpc_url: str, ws_url: str) -> None:
+    """SECURITY: an https node's WebSocket must be wss (same CA and token, never in clear)."""
+    from pathlib import Path
+
+    from bridge.domain.errors import InvalidInput
+    from bridge.ledgers.evm.kind import EvmKind
+
+    with pytest.raises(InvalidInput, match="ws_url must start with"):
+        EvmKind().ledger_config(_table(rpc_url, ws_url), Path())  # type: ignore[arg-type]
+
+
+def test_ws_url_accepted_with_matching_scheme() -> None:
+    from pathlib import Path
+
+    from bridge.ledgers.evm.kind import EvmKind
+
+    config = EvmKind().ledger_config(
+        _table("https://node:8545", "wss://node:8546", "/ca.pem"),  # type: ignore[arg-type]
+        Path(),
+    )
+    assert config.settings.ws_url == "wss://node:8546"
+
+
+# ---- the relayer's event watcher ---------------------------------------------------------------
+class HeadReader:
+    """A reader with wait_new_head: a scan per head the test releases."""
+
+    def __init__(self) -> None:
+        from bridge.domain.ids import LedgerId
+
+        self.ledger = LedgerId("a")
+        self.scans = 0
+        self.head = 5
+        self.new = asyncio.Event()
+
+    async def finalized_height(self) -> int:
+        self.scans += 1
+        return self.head
+
+    async def events(self, after: object, up_to: int) -> list[object]:
+        return []
+
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        if above >= self.head:
+            try:
+                await asyncio.wait_for(self.new.wait(), timeout_s)
+            except TimeoutError:
+                return None
+            self.new.clear()
+        return self.head
+
+
+class NullSink:
+    async def deliver(self, ledger: str, events: object, scanned_height: int) -> None:
+        return None
+
+
+async def test_event_watcher_scans_per_new_head_not_per_poll(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from relayers.checkpoint import CheckpointStore
+    from relayers.watcher import EventWatcher
+
+    reader = HeadReader()
+    store = CheckpointStore(Path(str(tmp_path)) / "cp.sqlite", "a")
+    watcher = EventWatcher(reader, NullSink(), store, poll_interval=0.01)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(watcher.run(stop))
+    await asyncio.sleep(0.3)  # 30 poll intervals
+    assert reader.scans <= 3, "the watcher slept per poll instead of waiting for a head"
+    scans = reader.scans
+    reader.head = 6
+    reader.new.set()
+    await until(lambda: reader.scans > scans)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
+# ---- the devnet proxy's WebSocket relay ----------------------------------------------------------
+async def test_devnet_proxy_relays_websocket_only_with_the_bearer_token() -> None:
+    """SECURITY: the wss:// relay gets the HTTP path's bearer check before the upgrade."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from bridge.devnet.evm_proxy import make_app
+
+    async def echo(ws: ServerConnection) -> None:
+        async for msg in ws:
+            await ws.send(msg)
+
+    async with serve(echo, "127.0.0.1", 0) as upstream:
+        port = next(iter(upstream.sockets)).getsockname()[1]
+        server = TestServer(make_app(f"http://127.0.0.1:{port}", [b"tok"]))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await session.ws_connect(server.make_url("/"))
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await session.ws_connect(
+                        server.make_url("/"), headers={"Authorization": "Bearer nope"}
+                    )
+                async with session.ws_connect(
+                    server.make_url("/"), headers={"Authorization": "Bearer tok"}
+                ) as ws:
+                    await ws.send_str('{"id":1}')
+                    assert await asyncio.wait_for(ws.receive_str(), 5) == '{"id":1}'
+        finally:
+            await server.close()
