@@ -363,3 +363,32 @@ async def test_devnet_proxy_relays_websocket_only_with_the_bearer_token() -> Non
                     assert await asyncio.wait_for(ws.receive_str(), 5) == '{"id":1}'
         finally:
             await server.close()
+
+
+async def test_malformed_pushes_are_ignored_and_the_subscription_lives_on() -> None:
+    """A node's subscription message is untrusted: a result that is not a head object, a
+    number that is not a string, or a message of another subscription is skipped; the
+    session stays up and the next real head still wakes waiters."""
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    sock = FakeSocket()
+    sub = HeadSubscription(Connector(sock), watch, 31337, silence_s=5, min_backoff_s=0.01)
+    task = asyncio.ensure_future(sub.run())
+    loop = asyncio.get_running_loop()
+    await until(lambda: watch.pushed)
+    for result in ("0x0b", ["0x0b"], None, {"number": 11}):
+        sock.inbox.put_nowait(
+            json.dumps(
+                {"method": "eth_subscription", "params": {"subscription": "0xs", "result": result}}
+            )
+        )
+    sock.inbox.put_nowait(json.dumps({"method": "eth_subscription", "params": "junk"}))
+    node.head = 11
+    sock.push(11)
+    assert await watch.wait_above(10, loop.time() + 2) == 11
+    await until(lambda: sub.heads == 1)  # only the real head counted
+    assert (sub.sessions, watch.pushed, task.done()) == (1, True, False)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watch.close()

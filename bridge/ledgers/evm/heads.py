@@ -157,7 +157,10 @@ class HeadSubscription:
                     params = msg.get("params") if isinstance(msg, dict) else None
                     if not isinstance(params, dict) or params.get("subscription") != sub:
                         continue
-                    number = params.get("result", {}).get("number")
+                    result = params.get("result")
+                    # SECURITY: the node's message is untrusted: anything but a head object
+                    # with a hex number is ignored, never a crash of the subscription.
+                    number = result.get("number") if isinstance(result, dict) else None
                     if isinstance(number, str):
                         self.heads += 1
                         self._watch.hint(int(number, 16))
