@@ -395,13 +395,9 @@ def main() -> int:
         postgres_server=cluster.url("postgres") if cluster is not None else "",
         coordinators=args.coordinators,
         database_proxies=args.coordinators > 1,
-        # ---- batched steps (issue 14): the coordinator's [batching]; else the env default
-        **(
-            {"batching": {"enabled": True, "max_items": args.step_batching}}
-            if args.step_batching
-            else {}
-        ),
     )
+    if args.step_batching:  # ---- batched steps (issue 14); else the env default
+        system.batching = {"enabled": True, "max_items": args.step_batching}
     try:
         print(f"starting the system under {workdir} ...", flush=True)
         system.start()
@@ -476,7 +472,8 @@ def main() -> int:
         if plan is not None:
             violations += governance_violations(system, faults.governance)
         step_txs, distinct_txs = transactions_used(system)
-        batching = system.batching is not None and bool(system.batching.get("enabled", True))
+        step_batching = dict(system.batching or {})
+        batching = bool(step_batching.get("enabled", False))
         figures = batching_figures(system) if batching else {}
         outcomes = Counter(
             S.TransferState.Name(S.TransferState.ValueType(s)).removeprefix("TRANSFER_STATE_")
@@ -485,7 +482,7 @@ def main() -> int:
         rows: list[tuple[str, Any]] = [
             ("transfers", len(moves)),
             ("batches", len(plan_batches(moves, args.batch)) if args.batch else "off"),
-            ("step batching", system.batching.get("max_items", "on") if batching else "off"),
+            ("step batching", step_batching.get("max_items", "on") if batching else "off"),
             ("step transactions recorded", step_txs),
             ("  distinct ledger transactions", distinct_txs),
             *((f"  {k}", v) for k, v in figures.items() if not isinstance(v, dict)),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_utils import function_abi_to_4byte_selector
+from eth_utils.abi import event_abi_to_log_topic, function_abi_to_4byte_selector
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
@@ -43,7 +43,7 @@ TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STA
 
 
 def _selector(name: str) -> str:
-    abi = next(f for f in load_abi("BridgeEndpoint") if f.get("name") == name)
+    abi: Any = next(f for f in load_abi("BridgeEndpoint") if f.get("name") == name)
     return "0x" + function_abi_to_4byte_selector(abi).hex()
 
 
@@ -70,6 +70,24 @@ def _pool(rpc: Any, to: str) -> list[dict[str, Any]]:
     for by_nonce in content.get("pending", {}).values():
         out += [tx for tx in by_nonce.values() if str(tx.get("to", "")).lower() == to]
     return out
+
+
+def _items(tx: dict[str, Any]) -> int:
+    """The number of items of a ``lockBatch(Terms[] ts, bytes[] instructions)`` call: the
+    length word of ``ts``, at the offset its head names."""
+    data = bytes.fromhex(str(tx["input"])[2:])[4:]
+    offset = int.from_bytes(data[:32], "big")
+    return int.from_bytes(data[offset : offset + 32], "big")
+
+
+def _pending_items(rpc: Any, to: str) -> int:
+    """How many transfers the pending ``lockBatch`` transactions to ``to`` carry."""
+    return sum(_items(t) for t in _pool(rpc, to) if t["input"].startswith(LOCK_BATCH))
+
+
+def _sizes(rpc: Any, to: str) -> list[int]:
+    """The item counts of the pending ``lockBatch`` transactions to ``to``."""
+    return [_items(t) for t in _pool(rpc, to) if t["input"].startswith(LOCK_BATCH)]
 
 
 def _mined_lock_batches(rpc: Any, to: str, first: int) -> list[dict[str, Any]]:
@@ -116,13 +134,27 @@ def test_killing_coordinator_and_relayer_mid_batch_loses_and_duplicates_nothing(
             answer = transfer_pb2_grpc.TransferServiceStub(ch).SubmitTransfers(request, timeout=60)
         assert [r.outcome for r in answer.results] == [S.BATCH_ITEM_OUTCOME_CREATED] * TRANSFERS
 
-        # The hook: the relayer's batched LOCK transaction is sent and waits in the pool.
+        # The hook: the relayer's batched LOCK transactions are sent and wait in the pool.
+        # The first items admitted go out at once (nothing in flight for the ledger), the
+        # rest gather behind them: one block mines the first flushes, then the gathered
+        # items go out as one batch (or two), which the test catches pending.
         eventually_sync(
-            lambda: any(t["input"].startswith(LOCK_BATCH) for t in _pool(rpc, endpoint)),
+            lambda: _pending_items(rpc, endpoint),
             timeout=60,
             what="a lockBatch transaction pending on the stalled source ledger",
         )
-        pending_before = len(_pool(rpc, endpoint))
+        rpc("evm_mine", [])
+        eventually_sync(
+            lambda: max(_sizes(rpc, endpoint), default=0) > 1,
+            timeout=60,
+            what="a lockBatch of several items pending on the stalled source ledger",
+        )
+        pending_before, since = _pending_items(rpc, endpoint), time.monotonic()
+        while time.monotonic() - since < 3 and pending_before < TRANSFERS:
+            time.sleep(0.2)
+            if (now := _pending_items(rpc, endpoint)) != pending_before:
+                pending_before, since = now, time.monotonic()
+        in_flight = _sizes(rpc, endpoint)
         s.processes["coordinator"].kill9()
         s.processes[f"relayer-{A}"].kill9()
         s.start_process("coordinator")
@@ -130,7 +162,7 @@ def test_killing_coordinator_and_relayer_mid_batch_loses_and_duplicates_nothing(
         # Let the restarted coordinator drive the LOCKs again while the first transaction
         # is still pending (a relayer restarted mid-batch may send the batch again).
         time.sleep(6)
-        pending_after = _pool(rpc, endpoint)
+        pending_after = _pending_items(rpc, endpoint)
     finally:
         resume()
 
@@ -186,8 +218,8 @@ def test_killing_coordinator_and_relayer_mid_batch_loses_and_duplicates_nothing(
     skipping = [r for r in receipts if r not in moving]
     wasted = sum(int(r["gasUsed"], 16) for r in skipping)
     print(
-        f"pending lockBatch before the kills: {pending_before}, after the restarts:"
-        f" {sum(1 for t in pending_after if t['input'].startswith(LOCK_BATCH))};"
+        f"pending before the kills: lockBatch transactions of {in_flight} items,"
+        f" after the restarts: {pending_after} items;"
         f" mined lockBatch transactions: {len(receipts)}, moving units: {len(moving)},"
         f" only skipping items: {len(skipping)} ({wasted} gas)"
     )
@@ -195,9 +227,7 @@ def test_killing_coordinator_and_relayer_mid_batch_loses_and_duplicates_nothing(
 
 
 def _event_topic(name: str) -> str:
-    from eth_utils import event_abi_to_log_topic
-
-    abi = next(e for e in load_abi("BridgeEndpoint") if e.get("name") == name)
+    abi: Any = next(e for e in load_abi("BridgeEndpoint") if e.get("name") == name)
     return "0x" + event_abi_to_log_topic(abi).hex()
 
 
