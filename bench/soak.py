@@ -283,7 +283,7 @@ def batching_figures(system: LocalSystem) -> dict[str, Any]:
         for e in _events(logs / f"relayer-{led}.log", "batch applied"):
             moved = int(e.get("applied", e.get("count", 0)) or 0)
             if not moved:
-                skipped_only += 1  # a re-sent batch every item of which was already applied
+                skipped_only += 1  # every item already applied (a re-sent or re-driven batch)
                 continue
             txs[led] = txs.get(led, 0) + 1
             items[led] = items.get(led, 0) + moved
@@ -292,8 +292,8 @@ def batching_figures(system: LocalSystem) -> dict[str, Any]:
         "batched ledger transactions": sum(txs.values()),
         "batched items": sum(items.values()),
         "per ledger": {led: f"{txs[led]} tx, {items[led]} items" for led in sorted(txs)},
-        "batches with nothing left to apply": skipped_only,
-        "batch signatures (most over members)": max(signed, default=0),
+        "batch answers that moved nothing": skipped_only,
+        "batch signing rounds (most over members)": max(signed, default=0),
     }
 
 
@@ -485,8 +485,15 @@ def main() -> int:
             ("step batching", step_batching.get("max_items", "on") if batching else "off"),
             ("step transactions recorded", step_txs),
             ("  distinct ledger transactions", distinct_txs),
-            *((f"  {k}", v) for k, v in figures.items() if not isinstance(v, dict)),
-            *((f"    {led}", v) for led, v in figures.get("per ledger", {}).items()),
+            *(
+                row
+                for k, v in figures.items()
+                for row in (
+                    [(f"  batched on {led}", x) for led, x in v.items()]
+                    if isinstance(v, dict)
+                    else [(f"  {k}", v)]
+                )
+            ),
             *((f"  {k.lower()}", v) for k, v in sorted(outcomes.items())),
             ("process kills", sum(faults.kills.values())),
             *((f"  {k}", v) for k, v in sorted(faults.kills.items())),
