@@ -29,6 +29,17 @@ item is a violation (its transfer is missing).
 
     .venv/bin/python bench/soak.py --transfers 300 --batch 20
 
+With ``--step-batching N`` (issue 14 item 6; the meaning of ``bench/transfers.py``'s flag)
+the coordinator batches its steps (``[batching] enabled = true, max_items = N``): LOCK,
+PREPARE, CERTIFY and APPLY of many transfers in one ledger transaction under one committee
+signature over a Merkle root, so the same invariants cover batched steps under the same
+faults. The table and the JSON then say how many step transactions the transfers recorded,
+how many distinct ledger transactions carried them, the relayers' batched transactions
+("batch applied" log lines, items per batch) and the members' batch signatures ("claims
+signed" log lines, the most over members).
+
+    .venv/bin/python bench/soak.py --transfers 300 --batch 20 --step-batching 20
+
 Bounded: every wait has a limit; everything is stopped on exit.
 """
 
@@ -59,6 +70,7 @@ from bridge.v1 import operator_pb2, operator_pb2_grpc, transfer_pb2_grpc
 from bridge.v1 import transfer_pb2 as S
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling transfers_setup
+from transfers_batch import SOURCE_STEPS
 from transfers_setup import BUILT_IN, ledger_layout
 
 from bridge.devnet.starters import STARTERS
@@ -218,6 +230,73 @@ def check(
     return bad
 
 
+# ---- batched steps (issue 14 item 6)
+def transactions_used(system: LocalSystem) -> tuple[int, int]:
+    """(step transactions recorded over all transfers, distinct ledger transactions among
+    them): with batched steps many transfers' steps share one transaction."""
+    steps = 0
+    distinct: set[str] = set()
+    with system.channel("depository") as ch:
+        stub = transfer_pb2_grpc.TransferServiceStub(ch)
+        token = ""
+        while True:
+            page = stub.ListTransfers(
+                S.ListTransfersRequest(page_size=500, page_token=token), timeout=30
+            )
+            for t in page.transfers:
+                for step, tx in t.transactions.items():
+                    ledger = t.source_ledger if step in SOURCE_STEPS else t.target_ledger
+                    steps += 1
+                    distinct.add(f"{ledger}:{tx}")
+            token = page.next_page_token
+            if not token:
+                break
+    return steps, len(distinct)
+
+
+def _events(path: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``path`` whose event is ``event`` (others skipped)."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event:
+            out.append(entry)
+    return out
+
+
+def batching_figures(system: LocalSystem) -> dict[str, Any]:
+    """Batched ledger transactions per ledger (the relayers' "batch applied" lines that
+    moved at least one item: count and items) and batch signatures (the members'
+    "claims signed" lines, the most over members, since a certificate needs t of them)."""
+    logs = system.workdir / "logs"
+    txs: dict[str, int] = {}
+    items: dict[str, int] = {}
+    skipped_only = 0
+    for led in system.all_ledgers:
+        for e in _events(logs / f"relayer-{led}.log", "batch applied"):
+            moved = int(e.get("applied", e.get("count", 0)) or 0)
+            if not moved:
+                skipped_only += 1  # every item already applied (a re-sent or re-driven batch)
+                continue
+            txs[led] = txs.get(led, 0) + 1
+            items[led] = items.get(led, 0) + moved
+    signed = [len(_events(path, "claims signed")) for path in sorted(logs.glob("verifier-*.log"))]
+    return {
+        "batched ledger transactions": sum(txs.values()),
+        "batched items": sum(items.values()),
+        "per ledger": {led: f"{txs[led]} tx, {items[led]} items" for led in sorted(txs)},
+        "batch answers that moved nothing": skipped_only,
+        "batch signing rounds (most over members)": max(signed, default=0),
+    }
+
+
 def governance_violations(system: LocalSystem, done: dict[str, float]) -> list[str]:
     """The halt was released and epoch 2 is in force on every ledger."""
     bad = [f"governance step {k} did not run" for k in ("halt", "release", "rotation")
@@ -269,6 +348,14 @@ def main() -> int:
         metavar="N",
         help="submit through SubmitTransfers, N transfers per batch (0: one by one)",
     )
+    p.add_argument(
+        "--step-batching",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the coordinator batches its steps, up to N transfers per ledger transaction"
+        " and committee signature ([batching]); 0: off (default, or env KSTB_DEVNET_BATCHING)",
+    )
     # ---- PostgreSQL and active/passive coordinators (ADR 0013, ADR 0017)
     p.add_argument(
         "--postgres", action="store_true", help="the coordinators' store on a PostgreSQL cluster"
@@ -291,6 +378,8 @@ def main() -> int:
         p.error("--coordinators above 1 needs --postgres")
     if not 0 <= args.batch <= 1000:
         p.error("--batch must be 0 (off) or 1 .. 1000 (the coordinator's max_batch_items)")
+    if args.step_batching < 0:
+        p.error("--step-batching must be 0 (off) or a positive max_items")
     exit_on_sigterm()
     workdir = REPO_ROOT / ".run" / "soak" / time.strftime("run-%Y%m%d-%H%M%S")
     cluster = start_cluster(workdir / "postgres") if args.postgres else None
@@ -307,6 +396,8 @@ def main() -> int:
         coordinators=args.coordinators,
         database_proxies=args.coordinators > 1,
     )
+    if args.step_batching:  # ---- batched steps (issue 14); else the env default
+        system.batching = {"enabled": True, "max_items": args.step_batching}
     try:
         print(f"starting the system under {workdir} ...", flush=True)
         system.start()
@@ -380,6 +471,10 @@ def main() -> int:
         violations += faults.governance_errors
         if plan is not None:
             violations += governance_violations(system, faults.governance)
+        step_txs, distinct_txs = transactions_used(system)
+        step_batching = dict(system.batching or {})
+        batching = bool(step_batching.get("enabled", False))
+        figures = batching_figures(system) if batching else {}
         outcomes = Counter(
             S.TransferState.Name(S.TransferState.ValueType(s)).removeprefix("TRANSFER_STATE_")
             for s in states.values()
@@ -387,6 +482,18 @@ def main() -> int:
         rows: list[tuple[str, Any]] = [
             ("transfers", len(moves)),
             ("batches", len(plan_batches(moves, args.batch)) if args.batch else "off"),
+            ("step batching", step_batching.get("max_items", "on") if batching else "off"),
+            ("step transactions recorded", step_txs),
+            ("  distinct ledger transactions", distinct_txs),
+            *(
+                row
+                for k, v in figures.items()
+                for row in (
+                    [(f"  batched on {led}", x) for led, x in v.items()]
+                    if isinstance(v, dict)
+                    else [(f"  {k}", v)]
+                )
+            ),
             *((f"  {k.lower()}", v) for k, v in sorted(outcomes.items())),
             ("process kills", sum(faults.kills.values())),
             *((f"  {k}", v) for k, v in sorted(faults.kills.items())),
