@@ -233,7 +233,9 @@ def test_an_overlong_proof_is_refused_at_its_item_before_its_words_are_parsed(en
     assert detail.startswith("item=1, ")
     # at the bound, malformed words are still InvalidArgument (parsed, then refused)
     parsed[1]["proof"] = ["not a word"] * core_batch.MAX_PROOF_LENGTH
-    rejects(env, env.a, "InvalidArgument", env.relayer, "CommitBatch", json.dumps(parsed), cert_json)
+    rejects(
+        env, env.a, "InvalidArgument", env.relayer, "CommitBatch", json.dumps(parsed), cert_json
+    )
     assert supply(env.a) == before
 
 
