@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.devnet.processes import ManagedProcess, exit_on_sigterm, free_port
-from bridge.logfields import configure
+from bridge.logfields import configure, get_logger
 
 MAX_BODY = 10 * 1024 * 1024
 UNAUTHORIZED_BODY = {
@@ -66,8 +66,10 @@ def authorised(header: str | None, tokens: Sequence[bytes]) -> bool:
 
 
 def make_app(upstream: str, tokens: Sequence[bytes]) -> web.Application:
-    """The proxy's aiohttp application (no TLS here; :func:`serve` adds it)."""
-    log = configure("evm-proxy")
+    """The proxy's aiohttp application (no TLS here; :func:`serve` adds it). Logs through
+    the process's logging as configured (:func:`serve` configures it; building the app never
+    reconfigures a host process's logging, e.g. a test's)."""
+    log = get_logger()
     app = web.Application(client_max_size=MAX_BODY)
     holder: dict[str, aiohttp.ClientSession] = {}
 
@@ -140,12 +142,13 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 async def serve(port: int, upstream: str, cert: Path, key: Path, token_file: Path) -> None:
     """Serve until cancelled (SIGTERM exits the process)."""
+    log = configure("evm-proxy")
     app = make_app(upstream, read_tokens(token_file))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, LISTEN_HOST, port, ssl_context=server_ssl_context(cert, key))
     await site.start()
-    configure("evm-proxy").info("evm proxy started", port=port, upstream=upstream)
+    log.info("evm proxy started", port=port, upstream=upstream)
     try:
         await asyncio.Event().wait()
     finally:
