@@ -173,19 +173,8 @@ def wait_terminal(system: LocalSystem, limit_s: float) -> dict[str, int]:
     """Poll ListTransfers until every transfer is terminal; idempotency key -> state."""
     give_up = time.monotonic() + limit_s
     while True:
-        states: dict[str, int] = {}
         try:
-            with system.channel("depository") as ch:
-                stub = transfer_pb2_grpc.TransferServiceStub(ch)
-                token = ""
-                while True:
-                    page = stub.ListTransfers(
-                        S.ListTransfersRequest(page_size=500, page_token=token), timeout=30
-                    )
-                    states.update({t.idempotency_key: t.state for t in page.transfers})
-                    token = page.next_page_token
-                    if not token:
-                        break
+            states: dict[str, int] = {t.idempotency_key: t.state for t in system.list_transfers()}
         except grpc.RpcError:
             states = {}
         if states and all(s in TERMINAL for s in states.values()):
@@ -236,21 +225,11 @@ def transactions_used(system: LocalSystem) -> tuple[int, int]:
     them): with batched steps many transfers' steps share one transaction."""
     steps = 0
     distinct: set[str] = set()
-    with system.channel("depository") as ch:
-        stub = transfer_pb2_grpc.TransferServiceStub(ch)
-        token = ""
-        while True:
-            page = stub.ListTransfers(
-                S.ListTransfersRequest(page_size=500, page_token=token), timeout=30
-            )
-            for t in page.transfers:
-                for step, tx in t.transactions.items():
-                    ledger = t.source_ledger if step in SOURCE_STEPS else t.target_ledger
-                    steps += 1
-                    distinct.add(f"{ledger}:{tx}")
-            token = page.next_page_token
-            if not token:
-                break
+    for t in system.list_transfers():
+        for step, tx in t.transactions.items():
+            ledger = t.source_ledger if step in SOURCE_STEPS else t.target_ledger
+            steps += 1
+            distinct.add(f"{ledger}:{tx}")
     return steps, len(distinct)
 
 

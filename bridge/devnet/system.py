@@ -40,7 +40,7 @@ from bridge.rpc.channels import internal_channel, sync_channel
 from bridge.rpc.roles import COORDINATOR, MEMBER, RELAYER, parse_role
 from bridge.rpc.tls import INSECURE_ENV, ClientIdentity
 from bridge.supply_client import SupplyOperator
-from bridge.v1 import transfer_pb2
+from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
 DEMO_ISIN = "KR5701ES0016"  # fictional real-estate trust certificate; valid ISO 6166 check digit
 
@@ -588,6 +588,25 @@ class LocalSystem:
         """A synchronous mTLS channel to the server holding ``peer``, as ``principal``,
         e.g. ``system.channel("brokerage:brokerage-a")``, ``system.channel("depository")``."""
         return sync_channel(self.target_of(peer), self._client_identity(principal, peer, cert))
+
+    def list_transfers(
+        self, principal: str = "depository", timeout: float = 30.0
+    ) -> list[transfer_pb2.Transfer]:
+        """Every transfer ``principal`` may see, read with ``ListTransfers`` page by page
+        (500 a page), in submission order; ``grpc.RpcError`` if a page fails."""
+        out: list[transfer_pb2.Transfer] = []
+        with self.channel(principal) as ch:
+            stub = transfer_pb2_grpc.TransferServiceStub(ch)
+            token = ""
+            while True:
+                page = stub.ListTransfers(
+                    transfer_pb2.ListTransfersRequest(page_size=500, page_token=token),
+                    timeout=timeout,
+                )
+                out.extend(page.transfers)
+                token = page.next_page_token
+                if not token:
+                    return out
 
     def _client_identity(
         self, principal: str, peer: str, cert: IssuedCertificate | None

@@ -170,22 +170,9 @@ def test_killing_coordinator_and_relayer_mid_batch_loses_and_duplicates_nothing(
     seen: list[tuple[str, int]] = []  # (idempotency key, state), one per transfer record
 
     def all_terminal() -> bool:
-        seen.clear()
-        with s.channel("depository") as ch:
-            stub = transfer_pb2_grpc.TransferServiceStub(ch)
-            token = ""
-            while True:
-                page = stub.ListTransfers(
-                    S.ListTransfersRequest(page_size=500, page_token=token), timeout=30
-                )
-                seen.extend(
-                    (t.idempotency_key, t.state)
-                    for t in page.transfers
-                    if t.idempotency_key in wanted
-                )
-                token = page.next_page_token
-                if not token:
-                    break
+        seen[:] = [
+            (t.idempotency_key, t.state) for t in s.list_transfers() if t.idempotency_key in wanted
+        ]
         return len(seen) >= TRANSFERS and all(v in TERMINAL for _, v in seen)
 
     eventually_sync(all_terminal, timeout=240, what="every transfer terminal")

@@ -138,16 +138,7 @@ def audit(system: LocalSystem, component: str) -> list[dict[str, Any]]:
 
 
 def all_transfers(system: LocalSystem, caller: str = "depository") -> list[S.Transfer]:
-    out: list[S.Transfer] = []
-    with system.channel(caller) as ch:
-        stub = transfer_pb2_grpc.TransferServiceStub(ch)
-        token = ""
-        while True:
-            page = stub.ListTransfers(S.ListTransfersRequest(page_token=token), timeout=10)
-            out += page.transfers
-            token = page.next_page_token
-            if not token:
-                return out
+    return system.list_transfers(caller, timeout=10)
 
 
 def request(sender: str, amount: int, src: str, dst: str) -> S.SubmitTransferRequest:

@@ -87,11 +87,18 @@ async def until(cond: object, limit_s: float = 3.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_pushed_head_wakes_waiter_with_one_read_and_no_polling() -> None:
+def pushed_watch(silence_s: float = 30) -> tuple[Node, HeadWatch]:
+    """A fake node (head 10) and a watch on it told that heads are pushed (no polling);
+    ``silence_s`` without a push before it reads again (30: not within a test)."""
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
-    watch.silence_s = 30  # no fallback read within the test
+    watch.silence_s = silence_s
     watch.set_pushed(True)
+    return node, watch
+
+
+async def test_pushed_head_wakes_waiter_with_one_read_and_no_polling() -> None:
+    node, watch = pushed_watch()
     loop = asyncio.get_running_loop()
     assert await watch.wait_above(-1, loop.time() + 2) == 10
     waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 5))
@@ -108,10 +115,7 @@ async def test_pushed_head_wakes_waiter_with_one_read_and_no_polling() -> None:
 async def test_lying_push_never_reaches_a_waiter() -> None:
     """SECURITY: a head pushed beyond the node's real head is not what waiters see: the
     confirming read is. Without the rule (hint stored as head) the waiter would get 1000."""
-    node = Node()
-    watch = HeadWatch(node.read, poll_s=0.01)
-    watch.silence_s = 30
-    watch.set_pushed(True)
+    _, watch = pushed_watch()
     loop = asyncio.get_running_loop()
     await watch.wait_above(-1, loop.time() + 2)
     waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 0.5))
@@ -126,10 +130,7 @@ async def test_lying_push_never_reaches_a_waiter() -> None:
 
 
 async def test_stale_or_replayed_push_costs_no_read() -> None:
-    node = Node()
-    watch = HeadWatch(node.read, poll_s=0.01)
-    watch.silence_s = 30
-    watch.set_pushed(True)
+    node, watch = pushed_watch()
     loop = asyncio.get_running_loop()
     await watch.wait_above(-1, loop.time() + 2)
     waiter = asyncio.ensure_future(watch.wait_above(10, loop.time() + 0.3))
@@ -146,10 +147,7 @@ async def test_stale_or_replayed_push_costs_no_read() -> None:
 
 
 async def test_silence_falls_back_to_a_read() -> None:
-    node = Node()
-    watch = HeadWatch(node.read, poll_s=0.01)
-    watch.silence_s = 0.05
-    watch.set_pushed(True)
+    node, watch = pushed_watch(silence_s=0.05)
     loop = asyncio.get_running_loop()
     await watch.wait_above(-1, loop.time() + 2)
     node.head = 11  # no push comes
