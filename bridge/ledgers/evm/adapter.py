@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
-from eth_typing import ChecksumAddress, HexAddress, HexStr
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -64,8 +64,9 @@ from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
 from bridge.ledgers.evm.addresses import EvmAddressCodec
-from bridge.ledgers.evm.artifacts import load_abi, load_bytecode
+from bridge.ledgers.evm.artifacts import load_bytecode
 from bridge.ledgers.evm.batch import BatchStep, batch_results, lock_call, step_call
+from bridge.ledgers.evm.calls import ContractCalls
 from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
@@ -195,11 +196,9 @@ class EvmAdapter(StepTemplate):
         self._bridge_address = word_to_evm_address(evm_address_word(config.bridge))
         self._ledger = config.id
         self._bridge_word = evm_address_word(self._bridge_address)
-        self._bridge = self._w3.eth.contract(
-            address=ChecksumAddress(HexAddress(HexStr(self._bridge_address))),
-            abi=load_abi("BridgeEndpoint"),
-        )
-        self._token_abi = load_abi("SecurityToken")
+        # Calls encoded with selectors and types worked out once (calls.py; issue 14).
+        self._bridge = ContractCalls(self._w3, "BridgeEndpoint", self._bridge_address)
+        self._token_calls: dict[str, ContractCalls] = {}
         if private_key is not None and signer is not None:
             raise InvalidInput("give the EVM adapter a private key or a signer, not both")
         self._signer: Signer | None = (
@@ -244,9 +243,7 @@ class EvmAdapter(StepTemplate):
         self._fee_cache = FeeCache()
         lens = getattr(config.settings, "lens", None)
         self._lens = (
-            self._w3.eth.contract(address=to_checksum_address(lens), abi=load_abi("BridgeLens"))
-            if isinstance(lens, str) and lens
-            else None
+            ContractCalls(self._w3, "BridgeLens", lens) if isinstance(lens, str) and lens else None
         )
         self._lens_ok = False
         self._lens_live = False
@@ -651,7 +648,11 @@ class EvmAdapter(StepTemplate):
         token_addr = await self._token(security, at)
         if token_addr is None:
             return HolderStatus(False, 0, 1, False, False, False)
-        token = self._w3.eth.contract(address=token_addr, abi=self._token_abi)  # type: ignore[call-overload]
+        token = self._token_calls.get(token_addr)
+        if token is None:
+            token = self._token_calls[token_addr] = ContractCalls(
+                self._w3, "SecurityToken", token_addr
+            )
         who = word_to_evm_address(holder)
         f = token.functions
         views: Any = None

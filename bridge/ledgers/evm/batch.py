@@ -23,9 +23,10 @@ from bridge.domain.claims import ClaimDomain, ClaimKind
 from bridge.domain.ledger_batches import BatchItem, BatchItemResult
 from bridge.domain.legs import Leg, leg_state_from_ledger
 from bridge.domain.terms import TransferTerms
+from bridge.ledgers.evm.calls import BoundCall, ContractCalls
 
-Endpoint = Contract | AsyncContract
-"""A web3 endpoint contract (the adapter's is async; tests' are sync)."""
+Endpoint = Contract | AsyncContract | ContractCalls
+"""An endpoint contract: the adapter's :class:`ContractCalls`, or web3's (tests' are sync)."""
 
 
 class BatchStep(enum.Enum):
@@ -93,7 +94,7 @@ def step_call(
     step: BatchStep,
     items: Sequence[BatchItem],
     cert: core.BatchCertificate,
-) -> ContractFunction | AsyncContractFunction:
+) -> ContractFunction | AsyncContractFunction | BoundCall:
     """The ``prepareBatch`` / ``commitBatch`` / ``abortBatch`` call for ``items``."""
     fn = getattr(endpoint.functions, step.function)
     return fn(  # type: ignore[no-any-return]
@@ -107,7 +108,7 @@ def lock_call(
     endpoint: Endpoint,
     terms: Sequence[TransferTerms],
     instructions: Sequence[bytes],
-) -> ContractFunction | AsyncContractFunction:
+) -> ContractFunction | AsyncContractFunction | BoundCall:
     """The ``lockBatch`` call: item i is ``terms[i]`` with ``instructions[i]`` (empty for a
     holder's own lock)."""
     if len(terms) != len(instructions):

@@ -1,0 +1,284 @@
+"""Contract calls with each function's selector and ABI types worked out once (issue 14).
+
+web3's ``ContractFunction`` re-derives everything on every call: it looks the function up
+in the ABI, validates the ABI, hashes the signature into its selector (a keccak),
+type-checks and normalises every argument, and maps every result through its normaliser
+pipeline. In a relayer under load, profiled with py-spy during a batched soak, that was
+about a third of the event loop's busy time (``prepare_transaction`` alone 17 %); the JSON-RPC
+round trip itself was a small part.
+
+:class:`ContractCalls` stands in for a web3 contract object in the adapter. It has the
+contract's ``address`` and ``events`` (web3's, unchanged), and its ``functions.<name>(*args)``
+returns a :class:`BoundCall` with web3's ``call``, ``estimate_gas`` and
+``build_transaction``. A call is the web3 codec's ``encode`` behind the cached selector, one
+``eth_call`` or ``eth_estimateGas`` through the same ``AsyncWeb3``'s request manager (the
+same provider, session, response validation and revert exceptions; not its request
+formatters, whose work is already done here), and the codec's ``decode``.
+
+Guarantees, checked against web3's own ``ContractFunction`` for every function of every
+committed ABI (``tests/unit/test_evm_calls.py``) and by the adapter conformance suite on
+real nodes:
+
+- the request is exactly what web3 sends: the same calldata (the same codec, web3's strict
+  registry, and selector), fields and block;
+- a result is what web3's ``call`` returns: one output as the value, several as a list,
+  tuples as the codec decodes them, arrays as lists and addresses checksummed (as web3's
+  return normalisers leave them);
+- undecodable return data (no code at the address, for one) raises web3's
+  ``BadFunctionCallOutput``; a revert raises web3's ``ContractLogicError`` /
+  ``ContractCustomError`` (raised by ``eth_call`` itself);
+- a built transaction has ``to``, ``data`` and ``value`` (0 unless given) added to the
+  fields the caller gives, which must include the gas, the fee fields and the chain id:
+  nothing is fetched from the node behind the caller's back.
+
+Overloaded functions are refused when the table is built (no committed contract has any);
+arguments are not coerced (bytes stay bytes, addresses are strings) beyond what the codec
+itself accepts, so a wrong argument fails in ``encode``, before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, cast
+
+from eth_abi.codec import ABICodec
+from eth_abi.exceptions import DecodingError
+from eth_typing import ABIFunction
+from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
+from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
+from web3 import AsyncWeb3
+from web3._utils.method_formatters import get_error_formatters
+from web3._utils.rpc_abi import RPC
+from web3.exceptions import BadFunctionCallOutput
+from web3.types import BlockIdentifier, RPCEndpoint, TxParams
+
+from bridge.ledgers.evm.artifacts import load_abi
+
+
+@dataclass(frozen=True, slots=True)
+class AbiFunction:
+    """One contract function: its selector and its input and output types as the codec
+    names them (tuples collapsed to ``(t1,t2,...)``)."""
+
+    name: str
+    selector: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    normalised: bool
+    """Whether any output holds an address or an array (results then go through
+    :func:`_normalised`)."""
+
+    @classmethod
+    def from_abi(cls, entry: Mapping[str, Any]) -> AbiFunction:
+        """The function an ABI ``function`` entry describes."""
+        outputs = tuple(collapse_if_tuple(dict(o)) for o in entry.get("outputs", ()))
+        return cls(
+            name=str(entry["name"]),
+            selector=bytes(function_abi_to_4byte_selector(cast(ABIFunction, dict(entry)))),
+            inputs=tuple(collapse_if_tuple(dict(i)) for i in entry.get("inputs", ())),
+            outputs=outputs,
+            normalised=any("address" in t or "[" in t for t in outputs),
+        )
+
+    def calldata(self, codec: ABICodec, args: Sequence[Any]) -> str:
+        """``0x`` + selector + the encoded arguments; TypeError for a wrong argument count,
+        the codec's EncodingError for a value its type does not take."""
+        if len(args) != len(self.inputs):
+            raise TypeError(f"{self.name} takes {len(self.inputs)} arguments, not {len(args)}")
+        return "0x" + (self.selector + codec.encode(self.inputs, args)).hex()
+
+    def result(self, codec: ABICodec, data: bytes) -> Any:
+        """The decoded return data as web3's ``call`` returns it; BadFunctionCallOutput
+        when it does not decode (e.g. empty: no code at the address)."""
+        try:
+            values = codec.decode(self.outputs, data)
+        except DecodingError as exc:
+            raise BadFunctionCallOutput(
+                f"could not decode the result of {self.name} ({len(data)} bytes)"
+                f" as {', '.join(self.outputs) or 'nothing'}"
+            ) from exc
+        out = (
+            [_normalised(t, v) for t, v in zip(self.outputs, values, strict=True)]
+            if self.normalised
+            else list(values)
+        )
+        return out[0] if len(out) == 1 else out
+
+
+def _normalised(abi_type: str, value: Any) -> Any:
+    """``value`` as web3's return normalisers leave it: every address checksummed, every
+    array a list (the codec decodes arrays as tuples), tuples kept as tuples."""
+    if "address" not in abi_type and "[" not in abi_type:
+        return value
+    if abi_type == "address":
+        return to_checksum_address(value)
+    if abi_type.endswith("]"):  # an array of the element type before the last bracket
+        inner = abi_type[: abi_type.rindex("[")]
+        return [_normalised(inner, v) for v in value]
+    if abi_type.startswith("("):
+        return tuple(_normalised(t, v) for t, v in zip(_split_tuple(abi_type), value, strict=True))
+    return value
+
+
+def _split_tuple(abi_type: str) -> list[str]:
+    """The component types of ``(t1,t2,...)`` (nested tuples kept whole)."""
+    parts: list[str] = []
+    depth, start = 0, 1
+    for i, ch in enumerate(abi_type[1:-1], start=1):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(abi_type[start:i])
+            start = i + 1
+    last = abi_type[start:-1]
+    if last:
+        parts.append(last)
+    return parts
+
+
+@cache
+def functions_of(contract_name: str) -> Mapping[str, AbiFunction]:
+    """The functions of a committed contract by name (worked out once per process).
+    ValueError for an overloaded name."""
+    table: dict[str, AbiFunction] = {}
+    for entry in load_abi(contract_name):
+        if entry.get("type") != "function":
+            continue
+        fn = AbiFunction.from_abi(entry)
+        if fn.name in table:
+            raise ValueError(f"{contract_name}.{fn.name} is overloaded; use web3's contract")
+        table[fn.name] = fn
+    return table
+
+
+class BoundCall:
+    """One function of one contract with its arguments: web3's ``ContractFunction``
+    surface (``call``, ``estimate_gas``, ``build_transaction``) without its per-call ABI
+    work."""
+
+    __slots__ = ("_w3", "address", "args", "fn")
+
+    def __init__(self, w3: AsyncWeb3[Any], address: str, fn: AbiFunction, args: Sequence[Any]):
+        self._w3 = w3
+        self.address = address
+        self.fn = fn
+        self.args = tuple(args)
+
+    def _tx(self, transaction: TxParams | None) -> TxParams:
+        tx = cast(dict[str, Any], dict(transaction or {}))
+        if "data" in tx or "to" in tx:
+            raise ValueError("a contract call sets its own 'to' and 'data'")
+        tx["to"] = self.address
+        tx["data"] = self.fn.calldata(self._w3.codec, self.args)
+        return cast(TxParams, tx)
+
+    async def _request(
+        self, method: RPCEndpoint, tx: TxParams, block: BlockIdentifier | None
+    ) -> Any:
+        """``method(tx, block)`` through web3's request manager, as ``w3.eth`` sends it but
+        without its request formatters (which map every field of the transaction through
+        the ABI normaliser pipeline: most of the remaining cost of a call). The fields here
+        are already what they would produce: addresses, ``0x`` data, integers in hex. A
+        revert raises web3's ContractLogicError / ContractCustomError, as from ``w3.eth``."""
+        at = self._w3.eth.default_block if block is None else block
+        params = (_json_fields(tx), hex(at) if isinstance(at, int) else at)
+        return await self._w3.manager.coro_request(method, params, error_formatters=_ERRORS[method])
+
+    async def call(
+        self, transaction: TxParams | None = None, block_identifier: BlockIdentifier | None = None
+    ) -> Any:
+        """``eth_call`` of the function at ``block_identifier`` (default: the node's
+        ``latest``), decoded as web3 decodes it."""
+        data = await self._request(RPC.eth_call, self._tx(transaction), block_identifier)
+        return self.fn.result(self._w3.codec, bytes(HexBytes(data)))
+
+    async def estimate_gas(self, transaction: TxParams | None = None) -> int:
+        """``eth_estimateGas`` of the function at the node's ``latest`` block (a revert
+        raises as in ``call``)."""
+        return int(str(await self._request(RPC.eth_estimateGas, self._tx(transaction), None)), 16)
+
+    async def build_transaction(self, transaction: TxParams) -> TxParams:
+        """The transaction to sign: ``transaction`` with ``to``, ``data`` and ``value``
+        (0 unless given). ValueError when gas, chain id or fee fields are missing (they
+        are never fetched here)."""
+        tx = cast(dict[str, Any], self._tx(transaction))
+        missing = [k for k in ("gas", "chainId", "nonce") if k not in tx]
+        if "gasPrice" not in tx and "maxFeePerGas" not in tx:
+            missing.append("gasPrice or maxFeePerGas")
+        if missing:
+            raise ValueError(f"a transaction to build needs {', '.join(missing)}")
+        tx.setdefault("value", 0)
+        return cast(TxParams, tx)
+
+
+_ERRORS = {m: get_error_formatters(m) for m in (RPC.eth_call, RPC.eth_estimateGas)}
+"""web3's own error formatters of ``eth_call`` and ``eth_estimateGas``: a revert's data
+raised as ContractLogicError / ContractCustomError."""
+
+
+def _json_fields(tx: TxParams) -> dict[str, Any]:
+    """The transaction fields as JSON-RPC takes them: integers in hex, bytes as ``0x`` hex,
+    strings (addresses, data already in hex) unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in tx.items():
+        if isinstance(value, bool) or not isinstance(value, int | bytes):
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = hex(value)
+        else:
+            out[key] = "0x" + value.hex()
+    return out
+
+
+class _Functions:
+    """``contract.functions``: ``functions.name(*args)`` is a :class:`BoundCall`."""
+
+    __slots__ = ("_address", "_table", "_w3")
+
+    def __init__(self, w3: AsyncWeb3[Any], address: str, table: Mapping[str, AbiFunction]):
+        self._w3 = w3
+        self._address = address
+        self._table = table
+
+    def __getattr__(self, name: str) -> _Binder:
+        try:
+            fn = self._table[name]
+        except KeyError:
+            raise AttributeError(f"the contract has no function {name!r}") from None
+        return _Binder(self._w3, self._address, fn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Binder:
+    w3: AsyncWeb3[Any]
+    address: str
+    fn: AbiFunction
+
+    def __call__(self, *args: Any) -> BoundCall:
+        return BoundCall(self.w3, self.address, self.fn, args)
+
+
+class ContractCalls:
+    """A deployed contract for the adapter's calls: ``address`` (checksummed), ``events``
+    (web3's, for decoding logs) and ``functions`` (:class:`BoundCall` factories)."""
+
+    def __init__(self, w3: AsyncWeb3[Any], contract_name: str, address: str) -> None:
+        self.address = to_checksum_address(address)
+        self.contract_name = contract_name
+        self.functions = _Functions(w3, self.address, functions_of(contract_name))
+        self._w3 = w3
+        self._events: Any = None
+
+    @property
+    def events(self) -> Any:
+        """web3's event objects for this contract (built on first use)."""
+        if self._events is None:
+            self._events = self._w3.eth.contract(
+                address=self.address, abi=load_abi(self.contract_name)
+            ).events
+        return self._events

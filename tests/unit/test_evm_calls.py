@@ -1,0 +1,241 @@
+"""``bridge.ledgers.evm.calls`` against web3's own ``ContractFunction``, for every function of
+every committed ABI: the same calldata, the same decoded result (addresses checksummed), the
+same transaction fields; refusals for what web3 would not send either.
+
+web3 runs here over a recording provider (pure logic: the provider returns the encoded
+result it is given); the calls on real nodes are covered by the adapter conformance suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from typing import Any
+
+import pytest
+from eth_abi.exceptions import EncodingError
+from eth_utils.address import to_checksum_address
+from web3 import AsyncWeb3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
+from web3.providers.async_base import AsyncBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
+
+from bridge.ledgers.evm.artifacts import CONTRACT_NAMES, load_abi
+from bridge.ledgers.evm.calls import AbiFunction, ContractCalls, functions_of
+
+pytestmark = pytest.mark.batch
+
+ADDRESS = "0x" + "ab" * 20
+
+
+class RecordingProvider(AsyncBaseProvider):
+    """Answers ``eth_call`` with ``result`` and ``eth_estimateGas`` with 21,000; keeps the
+    params of every request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.result = "0x"
+        self.error: dict[str, Any] | None = None
+        self.requests: list[tuple[str, Any]] = []
+
+    async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        self.requests.append((str(method), params))
+        if self.error is not None:
+            return {"jsonrpc": "2.0", "id": 1, "error": self.error}  # type: ignore[typeddict-item]
+        result = self.result if method == "eth_call" else hex(21_000)
+        return {"jsonrpc": "2.0", "id": 1, "result": result}
+
+    async def is_connected(self, show_traceback: bool = False) -> bool:
+        return True
+
+
+CODEC = AsyncWeb3(RecordingProvider()).codec
+"""web3's own codec (its strict registry), which the adapter's calls use too."""
+
+
+def value_of(abi_type: str, rng: random.Random) -> Any:
+    """A random value of ``abi_type`` as the adapter passes it (bytes, checksummed
+    addresses, tuples and lists)."""
+    array = re.fullmatch(r"(.+)\[(\d*)\]", abi_type)
+    if array:
+        n = int(array.group(2)) if array.group(2) else rng.randint(0, 3)
+        return [value_of(array.group(1), rng) for _ in range(n)]
+    if abi_type.startswith("("):
+        return tuple(value_of(t, rng) for t in split(abi_type))
+    if abi_type == "address":
+        return to_checksum_address(rng.randbytes(20))
+    if abi_type == "bool":
+        return rng.random() < 0.5
+    if abi_type in ("bytes", "string"):
+        raw = rng.randbytes(rng.randint(0, 70))
+        return raw if abi_type == "bytes" else raw.hex()
+    if abi_type.startswith("bytes"):
+        return rng.randbytes(int(abi_type[5:]))
+    if abi_type.startswith("uint"):
+        return rng.randrange(2 ** int(abi_type[4:] or 256))
+    if abi_type.startswith("int"):
+        bits = int(abi_type[3:] or 256)
+        return rng.randrange(-(2 ** (bits - 1)), 2 ** (bits - 1))
+    raise AssertionError(f"no generator for {abi_type}")
+
+
+def split(abi_type: str) -> list[str]:
+    depth, start, out = 0, 1, []
+    for i, ch in enumerate(abi_type[1:-1], start=1):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(abi_type[start:i])
+            start = i + 1
+    if abi_type[start:-1]:
+        out.append(abi_type[start:-1])
+    return out
+
+
+def every_function() -> list[tuple[str, AbiFunction]]:
+    return [(c, f) for c in CONTRACT_NAMES for f in functions_of(c).values()]
+
+
+def web3_and_lean(contract: str) -> tuple[RecordingProvider, Any, ContractCalls]:
+    provider = RecordingProvider()
+    w3 = AsyncWeb3(provider, middleware=[])
+    return (
+        provider,
+        w3.eth.contract(address=to_checksum_address(ADDRESS), abi=load_abi(contract)),
+        ContractCalls(w3, contract, ADDRESS),
+    )
+
+
+@pytest.mark.parametrize(
+    ("contract", "fn"), every_function(), ids=lambda x: x if isinstance(x, str) else x.name
+)
+def test_calldata_and_results_are_what_web3_sends_and_returns(
+    contract: str, fn: AbiFunction
+) -> None:
+    rng = random.Random(f"{contract}.{fn.name}")
+    provider, web3_contract, lean = web3_and_lean(contract)
+
+    async def both() -> None:
+        for _ in range(4):
+            args = [value_of(t, rng) for t in fn.inputs]
+            outputs = [value_of(t, rng) for t in fn.outputs]
+            provider.result = "0x" + CODEC.encode(fn.outputs, outputs).hex()
+            ours = await getattr(lean.functions, fn.name)(*args).call(block_identifier=7)
+            theirs = await getattr(web3_contract.functions, fn.name)(*args).call(block_identifier=7)
+            assert provider.requests[-1] == provider.requests[-2]  # calldata, to, block
+            assert ours == theirs
+            assert type(ours) is type(theirs)
+
+    asyncio.run(both())
+
+
+def test_addresses_in_results_are_checksummed_and_arrays_are_lists_at_every_depth() -> None:
+    fn = AbiFunction("f", b"\x00" * 4, (), ("address", "(uint8,address[])", "address[2]"), True)
+    w3 = AsyncWeb3(RecordingProvider())
+    a, b, c = (bytes([i]) * 20 for i in (0xAA, 0xBB, 0xCC))
+    data = w3.codec.encode(fn.outputs, ["0x" + a.hex(), (1, ["0x" + b.hex()]), [c, c]])
+    got = fn.result(w3.codec, data)
+    assert got[0] == to_checksum_address(a) and got[0] != "0x" + a.hex()
+    assert got[1] == (1, [to_checksum_address(b)])
+    assert got[2] == [to_checksum_address(c), to_checksum_address(c)]
+
+
+def test_undecodable_return_data_is_web3s_bad_function_call_output() -> None:
+    provider, _, lean = web3_and_lean("BridgeEndpoint")
+    provider.result = "0x"  # what a node answers for an address without code
+    with pytest.raises(BadFunctionCallOutput, match="ledgerId"):
+        asyncio.run(lean.functions.ledgerId().call())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "0x" + bytes.fromhex("08c379a0").hex() + CODEC.encode(["string"], ["no"]).hex(),
+        "0x" + "deadbeef" + "00" * 32,  # a custom error
+        None,  # a revert without data
+    ],
+    ids=["Error(string)", "custom", "no data"],
+)
+@pytest.mark.parametrize("method", ["call", "estimate_gas"])
+def test_a_revert_raises_what_web3_raises(data: str | None, method: str) -> None:
+    provider, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    provider.error = {"code": 3, "message": "execution reverted"}
+    if data is not None:
+        provider.error["data"] = data
+    raised = []
+    for contract in (lean, web3_contract):
+        with pytest.raises(ContractLogicError) as info:  # or its subclass ContractCustomError
+            asyncio.run(getattr(contract.functions.ledgerId(), method)())
+        raised.append(info.value)
+    ours, theirs = raised
+    assert type(ours) is type(theirs)
+    assert (ours.args, getattr(ours, "data", None)) == (theirs.args, getattr(theirs, "data", None))
+    assert provider.requests[0] == provider.requests[1]
+
+
+def test_wrong_arguments_are_refused_before_anything_is_sent() -> None:
+    provider, _, lean = web3_and_lean("BridgeEndpoint")
+    with pytest.raises(TypeError, match="tokenOf takes 1 arguments, not 2"):
+        asyncio.run(lean.functions.tokenOf(b"\x01" * 32, b"\x02" * 32).call())
+    with pytest.raises(EncodingError):
+        asyncio.run(lean.functions.tokenOf(b"\x01" * 33).call())
+    with pytest.raises(AttributeError, match="no function 'noSuchFunction'"):
+        lean.functions.noSuchFunction  # noqa: B018
+    with pytest.raises(ValueError, match="sets its own 'to' and 'data'"):
+        asyncio.run(lean.functions.ledgerId().call({"to": ADDRESS}))  # type: ignore[typeddict-item]
+    assert provider.requests == []
+
+
+def test_a_built_transaction_has_the_callers_fields_and_never_fetches_any() -> None:
+    provider, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    fields: Any = {
+        "from": to_checksum_address("0x" + "11" * 20),
+        "nonce": 5,
+        "gas": 90_000,
+        "maxFeePerGas": 3,
+        "maxPriorityFeePerGas": 1,
+        "chainId": 31337,
+    }
+    word = b"\x07" * 32
+
+    async def both() -> tuple[Any, Any]:
+        ours = await lean.functions.tokenOf(word).build_transaction(fields)
+        theirs = await web3_contract.functions.tokenOf(word).build_transaction(fields)
+        return ours, theirs
+
+    ours, theirs = asyncio.run(both())
+    assert dict(ours) == dict(theirs)
+    assert provider.requests == []  # every field given: nothing fetched, by either
+    for missing in ("gas", "chainId", "nonce", "maxFeePerGas"):
+        partial = {k: v for k, v in fields.items() if k != missing}
+        with pytest.raises(ValueError, match="a transaction to build needs"):
+            asyncio.run(lean.functions.tokenOf(word).build_transaction(partial))
+    assert provider.requests == []
+
+
+def test_gas_is_estimated_for_the_same_transaction_web3_estimates() -> None:
+    provider, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    sender: Any = {"from": to_checksum_address("0x" + "22" * 20)}
+
+    async def both() -> tuple[int, int]:
+        return (
+            await lean.functions.ledgerId().estimate_gas(sender),
+            await web3_contract.functions.ledgerId().estimate_gas(sender),
+        )
+
+    assert asyncio.run(both()) == (21_000, 21_000)
+    assert provider.requests[0] == provider.requests[1]
+    assert provider.requests[0][0] == "eth_estimateGas"
+
+
+def test_an_overloaded_function_is_refused_when_the_table_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bridge.ledgers.evm.calls as calls
+
+    entry = {"type": "function", "name": "f", "inputs": [], "outputs": []}
+    twin = {**entry, "inputs": [{"name": "x", "type": "uint8"}]}
+    monkeypatch.setattr(calls, "load_abi", lambda _name: [entry, twin])
+    with pytest.raises(ValueError, match="overloaded"):
+        calls.functions_of.__wrapped__("Overloaded")
