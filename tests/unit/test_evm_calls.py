@@ -1,6 +1,6 @@
-"""``bridge.ledgers.evm.calls`` against web3's own ``ContractFunction``, for every function of
-every committed ABI: the same calldata, the same decoded result (addresses checksummed), the
-same transaction fields; refusals for what web3 would not send either.
+"""``bridge.ledgers.evm.calls`` against web3's own ``ContractFunction``, for every function and
+event of every committed ABI: the same requests, the same decoded results and event arguments,
+the same transaction fields, the same exceptions; refusals for what web3 would not send either.
 
 web3 runs here over a recording provider (pure logic: the provider returns the encoded
 result it is given); the calls on real nodes are covered by the adapter conformance suite.
@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from eth_abi.exceptions import EncodingError
+from eth_utils.abi import collapse_if_tuple
 from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import BadFunctionCallOutput, ContractLogicError
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError, LogTopicError, MismatchedABI
 from web3.providers.async_base import AsyncBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
 from bridge.ledgers.evm.artifacts import CONTRACT_NAMES, load_abi
-from bridge.ledgers.evm.calls import AbiFunction, ContractCalls, functions_of
+from bridge.ledgers.evm.calls import AbiEvent, AbiFunction, ContractCalls, events_of, functions_of
 
 pytestmark = pytest.mark.batch
 
@@ -239,3 +242,79 @@ def test_an_overloaded_function_is_refused_when_the_table_is_built(
     monkeypatch.setattr(calls, "load_abi", lambda _name: [entry, twin])
     with pytest.raises(ValueError, match="overloaded"):
         calls.functions_of.__wrapped__("Overloaded")
+
+
+def every_event() -> list[tuple[str, AbiEvent]]:
+    return [(c, e) for c in CONTRACT_NAMES for e in events_of(c).values()]
+
+
+def log_of(event: AbiEvent, rng: random.Random) -> dict[str, Any]:
+    """A log of ``event`` with random arguments, as ``eth_getLogs`` returns it via web3."""
+    topics = [HexBytes(event.topic)] + [
+        HexBytes(
+            CODEC.encode([collapse_if_tuple(dict(i))], [value_of(collapse_if_tuple(dict(i)), rng)])
+        )
+        for i in event.indexed
+    ]
+    data = CODEC.encode(event.data_types, [value_of(t, rng) for t in event.data_types])
+    return {
+        "address": to_checksum_address(ADDRESS),
+        "topics": topics,
+        "data": HexBytes(data),
+        "blockNumber": 9,
+        "logIndex": 2,
+        "transactionIndex": 0,
+        "transactionHash": HexBytes(b"\x01" * 32),
+        "blockHash": HexBytes(b"\x02" * 32),
+    }
+
+
+def plain(value: Any) -> Any:
+    """web3's AttributeDicts as dicts, recursively (for comparing)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("contract", "event"), every_event(), ids=lambda x: x if isinstance(x, str) else x.name
+)
+def test_event_arguments_are_what_web3s_process_log_gives(contract: str, event: AbiEvent) -> None:
+    rng = random.Random(f"{contract}.{event.name}")
+    _, web3_contract, lean = web3_and_lean(contract)
+    ours_event = getattr(lean.events, event.name)()
+    theirs_event = getattr(web3_contract.events, event.name)()
+    assert HexBytes(ours_event.topic) == HexBytes(theirs_event.topic)
+    for _ in range(4):
+        log = log_of(event, rng)
+        ours = ours_event.process_log(log)["args"]
+        theirs = theirs_event.process_log(log)["args"]
+        assert ours == plain(theirs)
+
+
+def test_a_log_of_another_event_or_topic_count_is_refused_as_web3_refuses_it() -> None:
+    rng = random.Random(3)
+    _, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    changed = events_of("BridgeEndpoint")["LegStateChanged"]
+    skipped_log = log_of(events_of("BridgeEndpoint")["BatchItemSkipped"], rng)
+    for contract in (lean, web3_contract):
+        with pytest.raises(MismatchedABI):
+            contract.events.LegStateChanged().process_log(skipped_log)
+    short = log_of(changed, rng)
+    short["topics"] = short["topics"][:-1]
+    for contract in (lean, web3_contract):
+        with pytest.raises(LogTopicError):
+            contract.events.LegStateChanged().process_log(short)
+
+
+def test_a_dynamic_indexed_input_is_refused_when_the_table_is_built() -> None:
+    entry = {
+        "type": "event",
+        "name": "E",
+        "anonymous": False,
+        "inputs": [{"name": "x", "type": "bytes", "indexed": True}],
+    }
+    with pytest.raises(ValueError, match="indexed bytes is a hash in its topic"):
+        AbiEvent.from_abi(entry)
