@@ -50,6 +50,7 @@ import asyncio
 import json
 import random
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -121,6 +122,11 @@ def plan_batches(moves: list[Move], size: int) -> list[tuple[int, list[Move]]]:
     return batches
 
 
+STOP = threading.Event()
+"""Set on Ctrl-C or SIGTERM (``exit_on_sigterm``): the submit workers stop replaying and
+return, so the pool does not hold the exit until every batch's limit has passed."""
+
+
 def submit_batch(system: LocalSystem, batch: list[Move], limit_s: float) -> list[str]:
     """Submit ``batch`` through SubmitTransfers as its source ledger's brokerage, replaying
     the same request on UNAVAILABLE / DEADLINE_EXCEEDED (a killed or deposed coordinator),
@@ -155,11 +161,13 @@ def submit_batch(system: LocalSystem, batch: list[Move], limit_s: float) -> list
                 return [f"batch {request.batch_id}: {exc.code().name} {exc.details()}"]
             if time.monotonic() > give_up:
                 return [f"batch {request.batch_id} not accepted within {limit_s:.0f} s"]
-            time.sleep(0.5)
+            if STOP.wait(0.5):
+                return [f"batch {request.batch_id}: the soak was stopped"]
             continue
         waiting = [r for r in response.results if r.outcome == S.BATCH_ITEM_OUTCOME_RETRYABLE]
         if waiting and time.monotonic() < give_up:
-            time.sleep(1.0)
+            if STOP.wait(1.0):
+                return [f"batch {request.batch_id}: the soak was stopped"]
             continue
         return [
             f"item {r.idempotency_key}: {S.BatchItemOutcome.Name(r.outcome)}"
@@ -407,7 +415,8 @@ def main() -> int:
         started = time.monotonic()
         chaos.start()
         batch_problems: list[str] = []
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        pool = ThreadPoolExecutor(max_workers=16)
+        try:
             futures = []
             batches = []
             for i, group in plan_batches(moves, args.batch) if args.batch else ():
@@ -425,6 +434,11 @@ def main() -> int:
                 f.result()
             for b in batches:
                 batch_problems += b.result()
+        except BaseException:  # Ctrl-C or SIGTERM: stop the workers, then the system
+            STOP.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         give_up = time.monotonic() + 300  # a short run: inject until the plan is done
         while not chaos.governance_done() and time.monotonic() < give_up:
             time.sleep(0.5)

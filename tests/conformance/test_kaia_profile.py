@@ -26,14 +26,17 @@ async def test_a_step_pays_exactly_the_fixed_base_fee_and_is_final_in_its_block(
     kaia_harness: EvmHarness,
 ) -> None:
     h = kaia_harness
-    # The node sits at Kaia's fixed base fee (earlier tests may have mined empty blocks,
-    # which anvil's EIP-1559 update prices lower before the stand-in's watcher resets it).
-    h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
-    h.node.rpc("evm_mine", [])
     relayer = h.relayer()
     try:
         sender = await h.holder(5)
         t = Terms(h).outbound(sender, 5)
+        # The node sits at Kaia's fixed base fee: the latest block (whose base fee the relayer
+        # reads) and the next one (which mines the lock). Pinned here, after the holder's
+        # setup transactions: anvil's EIP-1559 update prices each block after a lightly used
+        # one lower, and the stand-in's watcher (a 20 ms poll) can miss an instant block.
+        h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
+        h.node.rpc("evm_mine", [])
+        h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
         w3 = Web3(Web3.HTTPProvider(h.node.rpc_url))
         # What the node suggests now (no block is made before the lock: one per transaction).
         # The stand-in's suggestion follows the tips of the blocks earlier tests left, so the
