@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,10 @@ class Authenticator:
         self._orgs: Mapping[str, Organisation] = network.organisations
         self._lock = threading.Lock()
         self._files: dict[str, _OrgFiles] = {}
+        self._generation = 0
+        """Bumped whenever any organisation's CA or revocation files are read anew."""
+        self._verified: OrderedDict[bytes, tuple[int, _Verified]] = OrderedDict()
+        """Certificates verified under a generation of the files, most recent last."""
         for o in self._orgs.values():
             stamp = (_stamp(o.ca_file), _stamp(o.revoked_file))
             cas, revoked = _load_org(o)  # SECURITY: refuse to start on an unusable file
@@ -197,6 +202,7 @@ class Authenticator:
                 # SECURITY: fail closed for this organisation only; keep its last good
                 # files to recognise its certificates, never to accept them.
                 self._files[o.id] = _OrgFiles(stamp, old.cas, old.revoked, str(exc))
+                self._replace()
                 log.error(
                     "ALARM: organisation's CA or revocation file is unusable;"
                     " its certificates are refused until it is fixed",
@@ -209,12 +215,48 @@ class Authenticator:
                     "organisation's CA and revocation files usable again", organisation=o.id
                 )
             self._files[o.id] = _OrgFiles(stamp, cas, revoked, None)
+            self._replace()
+
+    def _replace(self) -> None:
+        """Forget every verified certificate (a CA or revocation file changed)."""
+        self._generation += 1
+        self._verified.clear()
 
     def principal(self, pem: bytes) -> Principal:
-        """The principal a PEM leaf certificate stands for; raises Unauthenticated."""
+        """The principal a PEM leaf certificate stands for; raises Unauthenticated.
+
+        SECURITY: what the certificate's bytes prove under the current CA files (its
+        issuing organisation, by signature; its O, OU and role) is kept per exact bytes for
+        the last :data:`VERIFIED_KEPT` certificates, and forgotten whenever any CA file or
+        revocation list is read anew; what time or the files can change is checked on every
+        call: the organisation's files usable, the validity period against the clock, the
+        fingerprint against the revocation list. A new revocation therefore refuses the
+        certificate's very next call, as without the cache. (Every gRPC call and every
+        stream re-check authenticates; a signature check per call was a fifth of a busy
+        coordinator's event loop, issue 14.)"""
         with self._lock:
             self._refresh()
             files = dict(self._files)
+            generation = self._generation
+            kept = self._verified.get(pem)
+            if kept is not None and kept[0] == generation:
+                self._verified.move_to_end(pem)
+        if kept is not None and kept[0] == generation:
+            return _admitted(kept[1], files)
+        verified = self._verify(pem, files)
+        principal = _admitted(verified, files)
+        with self._lock:
+            if self._generation == generation:  # not if the files changed meanwhile
+                self._verified[pem] = (generation, verified)
+                while len(self._verified) > VERIFIED_KEPT:
+                    self._verified.popitem(last=False)
+        return principal
+
+    @staticmethod
+    def _verify(pem: bytes, files: Mapping[str, _OrgFiles]) -> _Verified:
+        """What ``pem`` proves under ``files``: issued directly by an organisation's CA,
+        with O = that organisation and one OU naming a role it holds. Unauthenticated
+        otherwise. Says nothing about time, revocation or the files' usability."""
         cas = [ca for f in files.values() for ca in f.cas]
         try:
             leaf = x509.load_pem_x509_certificate(pem)
@@ -233,18 +275,7 @@ class Authenticator:
         if issuer is None:
             raise Unauthenticated("certificate is not issued by any organisation's CA")
         org = issuer.org
-        problem = files[org.id].problem
-        if problem is not None:
-            raise Unauthenticated(
-                f"certificates of {org.id} are refused until its CA/revocation files are"
-                f" fixed: {problem}"
-            )
-        now = datetime.datetime.now(datetime.UTC)
-        if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
-            raise Unauthenticated("certificate is outside its validity period")
-        fp = fingerprint(leaf)
-        if fp in files[org.id].revoked:
-            raise Unauthenticated(f"certificate {fp[:16]}... of {org.id} is revoked")
+        _usable(org.id, files)
         o_name = _one(leaf, NameOID.ORGANIZATION_NAME, "O")
         if o_name != org.id:
             raise Unauthenticated(
@@ -258,10 +289,51 @@ class Authenticator:
         if role not in org.roles:
             raise Unauthenticated(f"organisation {org.id} does not hold role {role}")
         cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return Principal(
-            org=org.id,
-            role=role.kind,
-            scope=role.scope,
-            common_name=str(cns[0].value) if cns else "",
-            fingerprint=fp,
+        return _Verified(
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            principal=Principal(
+                org=org.id,
+                role=role.kind,
+                scope=role.scope,
+                common_name=str(cns[0].value) if cns else "",
+                fingerprint=fingerprint(leaf),
+            ),
         )
+
+
+VERIFIED_KEPT = 1024
+"""How many verified certificates an :class:`Authenticator` keeps (least recent dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """What a certificate's bytes proved under one generation of the CA files."""
+
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    principal: Principal
+
+
+def _usable(org_id: str, files: Mapping[str, _OrgFiles]) -> None:
+    """Unauthenticated while the organisation's files are unusable (fail closed)."""
+    problem = files[org_id].problem
+    if problem is not None:
+        raise Unauthenticated(
+            f"certificates of {org_id} are refused until its CA/revocation files are"
+            f" fixed: {problem}"
+        )
+
+
+def _admitted(verified: _Verified, files: Mapping[str, _OrgFiles]) -> Principal:
+    """``verified``'s principal if its organisation's files are usable, the clock is
+    within its validity period and its fingerprint is not revoked; Unauthenticated
+    otherwise. Checked on every call, cached certificate or not."""
+    p = verified.principal
+    _usable(p.org, files)
+    now = datetime.datetime.now(datetime.UTC)
+    if not (verified.not_before <= now <= verified.not_after):
+        raise Unauthenticated("certificate is outside its validity period")
+    if p.fingerprint in files[p.org].revoked:
+        raise Unauthenticated(f"certificate {p.fingerprint[:16]}... of {p.org} is revoked")
+    return p
