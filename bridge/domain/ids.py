@@ -76,10 +76,21 @@ def evm_address_word(address: str) -> bytes:
 
 
 def parse_evm_address(address: str) -> bytes:
-    """Parse a 0x-prefixed 20-byte hex address; mixed case must be a valid EIP-55 checksum."""
+    """Parse a 0x-prefixed 20-byte hex address; mixed case must be a valid EIP-55 checksum.
+
+    The last 4,096 accepted addresses are kept (the checksum is a keccak; a coordinator
+    parses the same few holders' addresses for every transfer it admits); a refusal is not
+    kept (it raises)."""
+    if not isinstance(address, str):
+        raise InvalidInput(f"{address!r} is not a 0x-prefixed 20-byte hex address")
+    return _parse_evm_address(address)
+
+
+@lru_cache(maxsize=4096)
+def _parse_evm_address(address: str) -> bytes:
     from eth_utils.address import is_checksum_address
 
-    if not isinstance(address, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
         raise InvalidInput(f"{address!r} is not a 0x-prefixed 20-byte hex address")
     body = address[2:]
     if body != body.lower() and body != body.upper() and not is_checksum_address(address):

@@ -148,6 +148,22 @@ def test_bad_eip55_checksum_is_rejected() -> None:
         parse_evm_address(bad)
 
 
+def test_a_kept_address_never_vouches_for_another_spelling_of_it() -> None:
+    # The same 20 bytes accepted in three spellings first, then a wrong checksum of them: the
+    # kept answers are per exact string, and refusals are never kept.
+    good = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    for spelling in (good, good.lower(), "0x" + good[2:].upper()):
+        assert parse_evm_address(spelling) == parse_evm_address(spelling)
+    bad = good[:-1] + "D"
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="invalid EIP-55 checksum"):
+            parse_evm_address(bad)
+    word = evm_address_word(good)
+    assert word_to_evm_address(word) == word_to_evm_address(word) == good
+    with pytest.raises(InvalidInput, match="does not hold an EVM address"):
+        word_to_evm_address(b"\x01" + word[1:])
+
+
 @pytest.mark.parametrize(
     "address",
     [
