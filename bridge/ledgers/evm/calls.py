@@ -12,14 +12,15 @@ round trip itself was a small part.
 contract's ``address``; its ``functions.<name>(*args)`` returns a :class:`BoundCall` with
 web3's ``call``, ``estimate_gas`` and ``build_transaction``, and its ``events.<Name>()`` a
 :class:`BoundEvent` with web3's ``topic`` and ``process_log`` (``["args"]``; about 0.2 ms of
-web3's pipeline per log, for every leg event a watcher or a batch receipt decodes). A call is the web3 codec's ``encode`` behind the cached selector, one
-``eth_call`` or ``eth_estimateGas`` through the same ``AsyncWeb3``'s request manager (the
-same provider, session, response validation and revert exceptions; not its request
-formatters, whose work is already done here), and the codec's ``decode``.
+web3's pipeline per log, for every leg event a watcher or a batch receipt decodes). A call
+is the web3 codec's ``encode`` behind the cached selector, one ``eth_call`` or
+``eth_estimateGas`` through the same ``AsyncWeb3``'s request manager (the same provider,
+session, response validation and revert exceptions; not its request formatters, whose work
+is already done here), and the codec's ``decode``.
 
-Guarantees, checked against web3's own ``ContractFunction`` for every function of every
-committed ABI (``tests/unit/test_evm_calls.py``) and by the adapter conformance suite on
-real nodes:
+Guarantees, checked against web3's own ``ContractFunction`` and ``ContractEvent`` for every
+function and event of every committed ABI (``tests/unit/test_evm_calls.py``) and by the
+adapter conformance suite on real nodes:
 
 - the request is exactly what web3 sends: the same calldata (the same codec, web3's strict
   registry, and selector), fields and block;
