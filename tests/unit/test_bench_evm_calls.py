@@ -1,0 +1,40 @@
+"""``bench/evm_calls.py`` runs and reports every call it promises (no timing is asserted:
+its figures are the benchmark's output, not a test's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_call_benchmark_reports_every_call_for_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "calls.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "evm_calls.py"), "--rounds", "3", "--json", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["calls"]) == {
+        "legsOf(50)",
+        "holderOf",
+        "flowStatus",
+        "haltStatus",
+        "lockBatch(50) estimate+build",
+    }
+    for row in report["calls"].values():
+        assert row["web3_us"] > 0 and row["calls_us"] > 0
+    assert "legsOf(50)" in done.stdout
