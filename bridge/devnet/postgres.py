@@ -63,6 +63,16 @@ class PostgresCluster:
         )  # fmt: skip
 
 
+def make_traversable(directory: Path) -> None:
+    """Give every parent of ``directory`` that lacks it traversal (``x``) for group and
+    others, never read: every parent, not only those up to the first traversable one."""
+    for p in directory.parents:
+        with contextlib.suppress(OSError):
+            mode = p.stat().st_mode
+            if not mode & 0o001:
+                p.chmod(mode | 0o011)
+
+
 def start_cluster(directory: Path) -> PostgresCluster:
     """initdb + pg_ctl start under ``directory`` on a free loopback port."""
     if not (PG_BINDIR / "initdb").exists():
@@ -71,14 +81,13 @@ def start_cluster(directory: Path) -> PostgresCluster:
     as_user: list[str] = []
     if os.geteuid() == 0:
         # initdb refuses root: run the cluster as the package's system user, in a
-        # directory it owns, reachable through the (0700) pytest basetemp parents.
+        # directory it owns, reachable through the (0700) pytest basetemp parents. Every
+        # parent is checked, not only up to the first traversable one: another pytest
+        # session resets its ``pytest-of-<user>`` root to 0700 while this session's numbered
+        # directory below it keeps the traversal an earlier cluster gave it.
         pg = pwd.getpwnam("postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-        p = directory.parent
-        while p != p.parent and not p.stat().st_mode & 0o001:
-            with contextlib.suppress(OSError):
-                p.chmod(p.stat().st_mode | 0o011)  # traversal only, never read
-            p = p.parent
+        make_traversable(directory)
         os.chown(directory, pg.pw_uid, pg.pw_gid)
     data = directory / "data"
     socket_dir = directory / "sock"
