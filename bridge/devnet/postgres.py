@@ -55,7 +55,12 @@ class PostgresCluster:
         return self.url(name)
 
     def stop(self) -> None:
-        """Stop the cluster (fast shutdown)."""
+        """Stop the cluster (fast shutdown). As root, the data directory's parents are
+        made traversable again first: ``pg_ctl`` runs as the cluster's user, and another
+        pytest session may have closed the basetemp root meanwhile (the cluster would
+        outlive its test)."""
+        if self.as_user:
+            make_traversable(self.data)
         subprocess.run(
             [*self.as_user, str(PG_BINDIR / "pg_ctl"), "-D", str(self.data), "-m", "fast",
              "-w", "stop"],
