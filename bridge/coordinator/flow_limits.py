@@ -93,7 +93,7 @@ class FlowLimits:
         tid = record.transfer_id
         source, target = await self.lane_status(record.request)
         if not (source.outbound.limited or target.inbound.limited):
-            await self.clear_wait(record)
+            await self._leave_queue(record)
             return False
         amount = record.request.amount
         refusal = never_fits(amount, source, target)
@@ -109,7 +109,7 @@ class FlowLimits:
             target,
         )
         if verdict.go:
-            await self.clear_wait(record)
+            await self._leave_queue(record)
             return False
         if time.time() > record.terms.deadline:
             await ctx.set_state(
@@ -157,6 +157,15 @@ class FlowLimits:
                 record.transfer_id, WaitReason.LARGE_TRANSFER_DELAY, float(held)
             )
         raise FlowQueued(reason, max(1, int(held - now)))
+
+    async def _leave_queue(self, record: TransferRecord) -> None:
+        """The lock may go: a QUEUED transfer keeps its wait until the driver's next state
+        (SUBMITTED, "locking") ends it in the same store transaction, so no reader sees
+        QUEUED without its wait reason and ``not_before`` (a separate clear first left such
+        a window; ``tests/e2e/test_flow_limits.py`` failed on it once); any other
+        transfer's stale wait is cleared now."""
+        if record.state is not TransferState.QUEUED:
+            await self.clear_wait(record)
 
     async def clear_wait(self, record: TransferRecord) -> None:
         """Clear ``record``'s recorded wait, if it has one."""

@@ -125,6 +125,34 @@ async def test_a_burst_queues_in_order_and_drains_as_capacity_returns(coordinato
     assert history[:3] == [TransferState.SUBMITTED, TransferState.QUEUED, TransferState.SUBMITTED]
 
 
+async def test_no_reader_ever_sees_a_queued_transfer_without_its_wait(coordinator) -> None:
+    # After every store write, the transfer as a reader would see it: QUEUED always has its
+    # wait reason and not_before (leaving the queue ends the wait with the next state, in
+    # one transaction, instead of clearing it first).
+    c, relayers, store = coordinator
+    a: FakeRelayer = relayers["a"]
+    a.outbound_capacity, a.outbound_available = 10, 4
+    seen: list[tuple[TransferState, WaitReason, float]] = []
+    for name in ("set_wait", "set_state"):
+        write = getattr(store, name)
+
+        async def observed(tid: bytes, *args: object, _write=write) -> object:  # type: ignore[no-untyped-def]
+            out = await _write(tid, *args)
+            r = await store.get(tid)
+            assert r is not None
+            seen.append((r.state, r.wait_reason, r.not_before))
+            return out
+
+        setattr(store, name, observed)
+    tid = await submit(c, "k1", 6)
+    await until(store, tid, TransferState.QUEUED)
+    a.outbound_available = 10
+    assert await final(store, tid) is TransferState.COMMITTED
+    queued = [s for s in seen if s[0] is TransferState.QUEUED]
+    assert queued, "the transfer was never queued"
+    assert all(w is not WaitReason.NONE and nb > 0 for _, w, nb in queued), queued
+
+
 async def test_the_target_inbound_limit_queues_before_the_lock(coordinator) -> None:
     c, relayers, store = coordinator
     b: FakeRelayer = relayers["b"]
