@@ -9,6 +9,7 @@ expiry test without the second. Certificates from the devnet PKI, one per test."
 from __future__ import annotations
 
 import datetime
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,3 +158,40 @@ def test_refusals_are_not_kept_and_the_kept_ones_are_bounded(
     assert len(authn._verified) == 2
     authn.principal(pem(certs[0]))  # dropped as least recent: verified again
     assert counted[-1] == pem(certs[0])
+
+
+def test_a_verification_racing_a_ca_change_is_not_kept(pki: DevPki, tmp_path: Path) -> None:
+    # Review s21 M1: a verification that began under the old CA files and finished after
+    # another call re-read them must not serve later calls, or a certificate of a removed
+    # CA would pass (kept entries are not re-checked against the issuer). Two guards: such
+    # a result is not stored, and an entry only serves calls of the generation it was
+    # verified under; this fails only without both.
+    authn = Authenticator(load_network(network_with(pki, tmp_path)))
+    cert = pki.cert_for(f"brokerage:{A}")
+    started, release = threading.Event(), threading.Event()
+    verify = Authenticator._verify
+
+    def slow(pem: bytes, files: object) -> object:
+        verified = verify(pem, files)  # type: ignore[arg-type]
+        started.set()
+        assert release.wait(10)
+        return verified
+
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(authn.principal(pem(cert))))
+    Authenticator._verify = staticmethod(slow)  # type: ignore[method-assign,assignment]
+    try:
+        first.start()
+        assert started.wait(10)
+    finally:
+        Authenticator._verify = staticmethod(verify)  # type: ignore[method-assign,assignment]
+    # Meanwhile brokerage-a's CA is replaced, and a second call reads the new files.
+    rogue = pki.issue_unknown_ca(A, f"brokerage:{A}", "n").cert_file.read_bytes()
+    pki.cas[A].ca_file.write_bytes(rogue)
+    with pytest.raises(Unauthenticated, match="not issued by any organisation's CA"):
+        authn.principal(pem(cert))
+    release.set()
+    first.join(10)
+    assert len(results) == 1  # the first call answers from its snapshot, as before
+    with pytest.raises(Unauthenticated, match="not issued by any organisation's CA"):
+        authn.principal(pem(cert))  # and what it verified was not kept

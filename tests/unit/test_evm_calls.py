@@ -39,6 +39,7 @@ class RecordingProvider(AsyncBaseProvider):
     def __init__(self) -> None:
         super().__init__()
         self.result = "0x"
+        self.gas: Any = hex(21_000)
         self.error: dict[str, Any] | None = None
         self.requests: list[tuple[str, Any]] = []
 
@@ -46,7 +47,7 @@ class RecordingProvider(AsyncBaseProvider):
         self.requests.append((str(method), params))
         if self.error is not None:
             return {"jsonrpc": "2.0", "id": 1, "error": self.error}  # type: ignore[typeddict-item]
-        result = self.result if method == "eth_call" else hex(21_000)
+        result = self.result if method == "eth_call" else self.gas
         return {"jsonrpc": "2.0", "id": 1, "result": result}
 
     async def is_connected(self, show_traceback: bool = False) -> bool:
@@ -230,6 +231,8 @@ def test_gas_is_estimated_for_the_same_transaction_web3_estimates() -> None:
     assert asyncio.run(both()) == (21_000, 21_000)
     assert provider.requests[0] == provider.requests[1]
     assert provider.requests[0][0] == "eth_estimateGas"
+    provider.gas = 21_000  # a node answering a JSON number, not hex (review s21 L1)
+    assert asyncio.run(both()) == (21_000, 21_000)
 
 
 def test_an_overloaded_function_is_refused_when_the_table_is_built(

@@ -188,6 +188,11 @@ class EvmAdapter(StepTemplate):
                 f"ledger {config.id}: a token is never sent to a node not verified by tls_ca"
             )
         self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
+        # SECURITY: no CCIP read (EIP-3668). web3 follows an ``OffchainLookup`` revert by
+        # fetching the URLs the revert names and calling back with the answer: a lying node
+        # could make this process send HTTP requests wherever it likes. Nothing here reads
+        # off chain, so such a revert is a plain refusal (review s21).
+        self._provider.global_ccip_read_enabled = False
         # No default middleware: every transaction field is set explicitly, results are
         # read by key, and web3's validation middleware would add two eth_chainId calls
         # to every eth_call (the chain id is configuration here).
@@ -339,6 +344,8 @@ class EvmAdapter(StepTemplate):
             hi = min(up_to_height, lo + _LOG_CHUNK - 1)
             logs = await self._get_logs(lo, hi, topics)
             for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
+                if str(log["address"]).lower() != self._bridge_address.lower():
+                    continue  # only the endpoint's own logs (a node ignoring the filter)
                 pos = EventPosition(int(log["blockNumber"]), int(log["logIndex"]))
                 topic0 = bytes(log["topics"][0])
                 if topic0 == locked_topic:

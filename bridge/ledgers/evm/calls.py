@@ -210,7 +210,8 @@ class BoundCall:
     async def estimate_gas(self, transaction: TxParams | None = None) -> int:
         """``eth_estimateGas`` of the function at the node's ``latest`` block (a revert
         raises as in ``call``)."""
-        return int(str(await self._request(RPC.eth_estimateGas, self._tx(transaction), None)), 16)
+        gas = await self._request(RPC.eth_estimateGas, self._tx(transaction), None)
+        return int(gas, 16) if isinstance(gas, str) else int(gas)  # web3's to_integer_if_hex
 
     async def build_transaction(self, transaction: TxParams) -> TxParams:
         """The transaction to sign: ``transaction`` with ``to``, ``data`` and ``value``
