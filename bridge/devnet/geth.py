@@ -227,12 +227,21 @@ class GethNetwork:
         for node in self.nodes:
             assert node.process is not None
             node.process.wait_port(node.http_port, timeout=60)
+            # geth opens its IPC and HTTP endpoints before its devp2p listener: a static peer
+            # dialled in that window fails, and geth redials it only 35 s later.
+            node.process.wait_port(node.p2p_port, timeout=60)
             wait_until(node.ipc.exists, 30, f"geth {self.name} node {node.index} IPC")
-        for node in self.nodes:  # a full mesh of static peers
-            for other in self.nodes:
-                if other is not node:
-                    ipc_call(node.ipc, "admin_addPeer", [other.enode])
-        wait_until(self._peered, 30, f"geth {self.name} peers", interval=0.2)
+        # A full mesh of static peers, each pair dialled from one side only: two nodes dialling
+        # each other at once can each keep their own connection and drop the other's, leaving
+        # the pair unpeered until the redial.
+        for i, node in enumerate(self.nodes):
+            for other in self.nodes[i + 1 :]:
+                ipc_call(node.ipc, "admin_addPeer", [other.enode])
+        try:
+            wait_until(self._peered, 90, f"geth {self.name} peers", interval=0.2)
+        except TimeoutError as exc:
+            counts = [len(ipc_call(n.ipc, "admin_peers", [])) for n in self.nodes]
+            raise TimeoutError(f"{exc}: peers per node {counts}") from exc
         self._start_authority(base)
         wait_until(lambda: self.height(0) >= 1, 60, f"geth {self.name} first block", 0.1)
         return self
