@@ -7,6 +7,14 @@ one at a time in submission order, exactly as the single sqlite3 connection did 
 (ADR 0013). ``write`` runs ``fn`` in one transaction (SQLite ``BEGIN IMMEDIATE``,
 PostgreSQL ``BEGIN``) and commits it before returning; any exception rolls it back.
 
+On SQLite the writes waiting for the worker thread are committed as one group (issue 14):
+each runs in its own savepoint, so an exception rolls back that write alone, and one
+COMMIT (one fsync of the write-ahead log) makes the group durable before any of its
+callers returns. A write's effect, its atomicity and its order among the process's calls
+are what they were with a transaction per write; only the number of fsyncs changes (one
+per group instead of one per write). PostgreSQL keeps a transaction per write (the HA
+lease bounds a leader's transaction, and the server groups its own commits).
+
 The stores write their SQL once, in the subset both engines share; :class:`Conn`
 translates placeholders and exposes the few places the dialects differ
 (:meth:`Conn.json_text`, :meth:`Conn.greatest`, :attr:`Conn.for_update`).
@@ -30,6 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from bridge.domain.errors import InvalidInput, PreconditionFailed, Unavailable
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 # Connection parameters that carry a secret: never in the URL (review 2 finding 5).
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
@@ -144,6 +153,16 @@ class _PgCursor:
         return list(self._cur.fetchall()) if self._cur.description is not None else []
 
 
+class _Write:
+    """A queued write: its function and the future its caller awaits."""
+
+    __slots__ = ("done", "fn")
+
+    def __init__(self, fn: Callable[[Conn], Any]) -> None:
+        self.fn = fn
+        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
 class Database:
     """One connection served by one worker thread; see the module docstring.
 
@@ -173,6 +192,12 @@ class Database:
         self.path: Path | None = None
         """The SQLite file (None on PostgreSQL)."""
         self._fence: Callable[[Conn], None] | None = None
+        self._grouped = dialect is Dialect.SQLITE
+        self._pending: list[_Write] = []
+        self._pending_guard = threading.Lock()
+        self._flush_queued = False
+        self.commits = 0
+        """Write transactions committed so far (a group counts once; a test figure)."""
 
     def set_fence(self, check: Callable[[Conn], None] | None) -> None:
         """Run ``check`` first in every later write transaction (None: no check).
@@ -252,30 +277,116 @@ class Database:
         return await loop.run_in_executor(self._pool, self._typed, self._read, fn)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
-        """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
+        """Run ``fn`` in one transaction in the worker thread (on SQLite, in its own savepoint
+        of a group transaction; see the module docstring); committed when this returns."""
+        if not self._grouped:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
+        job = _Write(fn)
+        with self._pending_guard:
+            self._pending.append(job)
+            queue = not self._flush_queued
+            self._flush_queued = True
+        # No await between queueing the write and queueing its flush: any later call of this
+        # event loop reaches the worker thread after the flush that applies this write.
+        if queue:
+            try:
+                self._pool.submit(self._flush)
+            except RuntimeError as exc:  # the worker thread is shut down (closed)
+                with self._pending_guard:
+                    orphans, self._pending = self._pending, []
+                    self._flush_queued = False
+                for orphan in orphans:
+                    if orphan.done.set_running_or_notify_cancel():
+                        orphan.done.set_exception(exc)
+        return await asyncio.wrap_future(job.done)
 
-    def _typed(self, run: Callable[[Callable[[Conn], T]], T], fn: Callable[[Conn], T]) -> T:
-        """``run(fn)``, a lost PostgreSQL connection or a SQLite file busy beyond its
+    def _flush(self) -> None:
+        """Worker thread: apply every write queued so far, as one group transaction."""
+        with self._pending_guard:
+            jobs, self._pending = self._pending, []
+            self._flush_queued = False
+        # A write whose caller was cancelled before it started never runs.
+        live = [job for job in jobs if job.done.set_running_or_notify_cancel()]
+        if len(live) == 1:
+            job = live[0]
+            try:
+                job.done.set_result(self._typed(self._transaction, job.fn))
+            except BaseException as exc:
+                job.done.set_exception(exc)
+            return
+        if not live:
+            return
+        try:
+            outcomes = self._typed(self._group_transaction, live)
+        except BaseException as exc:  # nothing of the group committed
+            for job in live:
+                job.done.set_exception(exc)
+            return
+        for job, (ok, value) in zip(live, outcomes, strict=True):
+            if ok:
+                job.done.set_result(value)
+            else:
+                job.done.set_exception(value)
+
+    def _group_transaction(self, jobs: Sequence[_Write]) -> list[tuple[bool, Any]]:
+        """One SQLite transaction for ``jobs``, each in its own savepoint: an exception rolls
+        back that job alone and becomes its outcome; the group commits or fails as a whole
+        (BEGIN, the fence, a savepoint that cannot be undone, COMMIT)."""
+        outcomes: list[tuple[bool, Any]] = []
+        self._raw.execute("BEGIN IMMEDIATE")
+        try:
+            if self._fence is not None:
+                self._fence(self._conn)  # SECURITY: fencing token check, same transaction
+            for job in jobs:
+                self._raw.execute("SAVEPOINT kstb_write")
+                try:
+                    value = job.fn(self._conn)
+                except Exception as exc:
+                    self._raw.execute("ROLLBACK TO SAVEPOINT kstb_write")
+                    self._raw.execute("RELEASE SAVEPOINT kstb_write")
+                    outcomes.append((False, self._sqlite_error(exc)))
+                else:
+                    self._raw.execute("RELEASE SAVEPOINT kstb_write")
+                    outcomes.append((True, value))
+        except BaseException:
+            self._end("ROLLBACK")
+            raise
+        self._raw.execute("COMMIT")
+        self.commits += 1
+        return outcomes
+
+    def _sqlite_error(self, exc: BaseException) -> BaseException:
+        """A SQLite busy/locked error as DatabaseUnavailable; any other exception unchanged."""
+        if not isinstance(exc, sqlite3.OperationalError):
+            return exc
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return exc
+        unavailable = DatabaseUnavailable(f"database {self.label} busy: {exc}"[:400])
+        unavailable.__cause__ = exc
+        return unavailable
+
+    def _typed(self, run: Callable[[A], T], arg: A) -> T:
+        """``run(arg)``, a lost PostgreSQL connection or a SQLite file busy beyond its
         ``busy_timeout`` raised as DatabaseUnavailable (nothing applied either way)."""
         if self.dialect is not Dialect.POSTGRES:
             try:
-                return run(fn)
+                return run(arg)
             except sqlite3.OperationalError as exc:
                 # ---- batchfix: another process holding the file's write lock longer than
                 # busy_timeout is transient, like a lost PostgreSQL connection: UNAVAILABLE
                 # (retryable; a batch item says RETRYABLE), not an internal error.
-                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                mapped = self._sqlite_error(exc)
+                if mapped is exc:
                     raise
                 if self._raw.in_transaction:
                     self._raw.execute("ROLLBACK")
-                raise DatabaseUnavailable(f"database {self.label} busy: {exc}"[:400]) from exc
+                raise mapped from exc
         import psycopg
 
         try:
-            return run(fn)
+            return run(arg)
         except psycopg.Error as exc:
             # The server or the path to it failed, or the server ended the session (e.g.
             # its idle-in-transaction timeout: HA review finding 2), not a constraint or an
@@ -325,6 +436,7 @@ class Database:
         # A COMMIT whose connection breaks raises: the caller cannot know whether it
         # applied, exactly as with a crash; every step is idempotent (ADR 0002).
         self._raw.execute("COMMIT")
+        self.commits += 1
         return result
 
     def close(self) -> None:

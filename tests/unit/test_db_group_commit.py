@@ -1,0 +1,213 @@
+"""The coordinator's SQLite writes are committed in groups (issue 14), on a real SQLite file.
+
+Each test checks what a transaction per write guaranteed still holds when writes share a
+group: a write's own exception rolls back that write alone, a failure of the group (the
+fence, a busy file) reaches every write of it and applies none, a cancelled write that had
+not started never runs, a later read sees every earlier write, and each caller returns only
+after the COMMIT that made its write durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.coordinator.db import Conn, Database, DatabaseUnavailable, open_sqlite
+
+pytestmark = pytest.mark.batch
+
+
+def _insert(name: str, value: int = 1) -> Any:
+    def run(c: Conn) -> str:
+        c.execute("INSERT INTO ledger_progress VALUES (?, ?)", (name, value))
+        return name
+
+    return run
+
+
+def _names(path: Path) -> list[str]:
+    """The rows as another connection reads them from the file (what is durable)."""
+    other = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in other.execute("SELECT ledger FROM ledger_progress"))
+    finally:
+        other.close()
+
+
+def _hold_worker(db: Database) -> threading.Event:
+    """Occupy the worker thread until the returned event is set (writes queue up meanwhile)."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    db._pool.submit(block)
+    assert started.wait(5)
+    return release
+
+
+async def _queue_then_release(db: Database, *fns: Any) -> list[Any]:
+    """Queue ``fns`` as writes while the worker is busy, so they form one group."""
+    release = _hold_worker(db)
+    tasks = [asyncio.ensure_future(db.write(fn)) for fn in fns]
+    await asyncio.sleep(0.05)  # every write is queued behind the blocked worker
+    release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_queued_writes_share_one_commit_and_are_durable_when_they_return(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        before = db.commits
+        results = await _queue_then_release(db, *(_insert(f"l{n:03}") for n in range(50)))
+        assert results == [f"l{n:03}" for n in range(50)]
+        assert db.commits == before + 1
+        assert _names(path) == [f"l{n:03}" for n in range(50)]
+    finally:
+        db.close()
+
+
+async def test_a_write_that_raises_rolls_back_alone_and_gets_its_own_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+
+    class Refused(Exception):
+        pass
+
+    def half_then_raise(c: Conn) -> None:
+        c.execute("INSERT INTO ledger_progress VALUES ('half', 1)")
+        raise Refused("no")
+
+    try:
+        results = await _queue_then_release(
+            db, _insert("a"), half_then_raise, _insert("b"), _insert("a"), _insert("c")
+        )
+        assert results[0] == "a" and results[2] == "b" and results[4] == "c"
+        assert isinstance(results[1], Refused)
+        # A constraint violation is that write's own error too (the duplicate "a").
+        assert isinstance(results[3], sqlite3.IntegrityError)
+        assert _names(path) == ["a", "b", "c"]
+    finally:
+        db.close()
+
+
+async def test_a_fence_refusal_reaches_every_write_of_the_group_and_applies_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+
+    class Fenced(Exception):
+        pass
+
+    def fence(c: Conn) -> None:
+        raise Fenced("not the leader")
+
+    try:
+        db.set_fence(fence)
+        results = await _queue_then_release(db, *(_insert(f"f{n}") for n in range(5)))
+        assert all(isinstance(r, Fenced) for r in results), results
+        single = await asyncio.gather(db.write(_insert("alone")), return_exceptions=True)
+        assert isinstance(single[0], Fenced)
+        db.set_fence(None)
+        assert _names(path) == []
+        assert await db.write(_insert("after")) == "after"
+    finally:
+        db.close()
+
+
+async def test_a_busy_file_makes_the_whole_group_unavailable_and_applies_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+        other.execute("ROLLBACK")
+        other.close()
+        assert _names(path) == []
+        results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
+        assert results == ["b0", "b1", "b2", "b3"]
+    finally:
+        db.close()
+
+
+async def test_a_write_cancelled_before_it_started_never_runs(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        release = _hold_worker(db)
+        keep = asyncio.ensure_future(db.write(_insert("kept")))
+        dropped = asyncio.ensure_future(db.write(_insert("dropped")))
+        await asyncio.sleep(0.05)
+        dropped.cancel()
+        await asyncio.sleep(0.01)  # the task takes its cancellation (its future's too)
+        release.set()
+        assert await keep == "kept"
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert _names(path) == ["kept"]
+    finally:
+        db.close()
+
+
+async def test_a_read_queued_after_writes_sees_every_one_of_them(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        release = _hold_worker(db)
+        writes = [asyncio.ensure_future(db.write(_insert(f"w{n:02}"))) for n in range(20)]
+        await asyncio.sleep(0)  # the writes are queued before the read below
+        read = asyncio.ensure_future(
+            db.read(lambda c: c.execute("SELECT COUNT(*) FROM ledger_progress").fetchone()[0])
+        )
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await read == 20
+        await asyncio.gather(*writes)
+    finally:
+        db.close()
+
+
+async def test_concurrent_writers_each_get_their_own_result_in_every_grouping(
+    tmp_path: Path,
+) -> None:
+    """Writers that do not wait for each other: every write applied once, each caller
+    answered with its own value, in however many groups the timing gives."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+
+    async def writer(k: int) -> list[str]:
+        return [await db.write(_insert(f"k{k}-{n}")) for n in range(25)]
+
+    try:
+        before = db.commits
+        results = await asyncio.gather(*(writer(k) for k in range(8)))
+        assert results == [[f"k{k}-{n}" for n in range(25)] for k in range(8)]
+        assert len(_names(path)) == 200
+        assert db.commits - before < 200  # some writes shared a COMMIT
+    finally:
+        db.close()
+
+
+async def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    db = open_sqlite(tmp_path / "coordinator.sqlite")
+    db.close()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(db.write(_insert("late")), 5)
