@@ -350,7 +350,11 @@ class Database:
                     self._raw.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((True, value))
         except BaseException:
-            self._end("ROLLBACK")
+            # SQLite may have rolled the whole transaction back itself (a full disk, an I/O
+            # error): then the savepoint is gone, nothing of the group applied, and the
+            # error that said so is the one every write gets.
+            if self._raw.in_transaction:
+                self._end("ROLLBACK")
             raise
         self._raw.execute("COMMIT")
         self.commits += 1
