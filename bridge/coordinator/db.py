@@ -292,13 +292,17 @@ class Database:
         if queue:
             try:
                 self._pool.submit(self._flush)
-            except RuntimeError as exc:  # the worker thread is shut down (closed)
+            except BaseException as exc:  # closed (RuntimeError), or anything else: none waits
+                # Review (M2): whatever stops the flush from being queued fails every write
+                # queued behind it; none is left waiting for a flush that never comes.
                 with self._pending_guard:
                     orphans, self._pending = self._pending, []
                     self._flush_queued = False
                 for orphan in orphans:
                     if orphan.done.set_running_or_notify_cancel():
                         orphan.done.set_exception(exc)
+                if not isinstance(exc, RuntimeError):
+                    raise
         return await asyncio.wrap_future(job.done)
 
     def _flush(self) -> None:
@@ -306,10 +310,11 @@ class Database:
         with self._pending_guard:
             jobs, self._pending = self._pending, []
             self._flush_queued = False
-        # A write whose caller was cancelled before it started never runs.
-        live = [job for job in jobs if job.done.set_running_or_notify_cancel()]
+        live = [job for job in jobs if not job.done.cancelled()]
         if len(live) == 1:
             job = live[0]
+            if not job.done.set_running_or_notify_cancel():
+                return  # its caller was cancelled before it started: it never runs
             try:
                 job.done.set_result(self._typed(self._transaction, job.fn))
             except BaseException as exc:
@@ -321,28 +326,46 @@ class Database:
             outcomes = self._typed(self._group_transaction, live)
         except BaseException as exc:  # nothing of the group committed
             for job in live:
-                job.done.set_exception(exc)
+                if job.done.done():
+                    continue
+                if job.done.running() or job.done.set_running_or_notify_cancel():
+                    job.done.set_exception(exc)
             return
         for job, (ok, value) in zip(live, outcomes, strict=True):
+            if ok is None:
+                continue  # cancelled before it started: never ran, its caller was told
             if ok:
                 job.done.set_result(value)
             else:
                 job.done.set_exception(value)
 
-    def _group_transaction(self, jobs: Sequence[_Write]) -> list[tuple[bool, Any]]:
+    def _group_transaction(self, jobs: Sequence[_Write]) -> list[tuple[bool | None, Any]]:
         """One SQLite transaction for ``jobs``, each in its own savepoint: an exception rolls
         back that job alone and becomes its outcome; the group commits or fails as a whole
         (BEGIN, the fence, a savepoint that cannot be undone, COMMIT)."""
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[tuple[bool | None, Any]] = []
         self._raw.execute("BEGIN IMMEDIATE")
         try:
             if self._fence is not None:
                 self._fence(self._conn)  # SECURITY: fencing token check, same transaction
             for job in jobs:
+                # Review (L1): a caller cancelled while earlier writes of its group ran is
+                # still one whose write had not started: it never runs.
+                if not job.done.set_running_or_notify_cancel():
+                    outcomes.append((None, None))
+                    continue
                 self._raw.execute("SAVEPOINT kstb_write")
                 try:
                     value = job.fn(self._conn)
                 except Exception as exc:
+                    if not self._raw.in_transaction:
+                        # Review (M1): SQLite rolled the whole transaction back itself (a
+                        # full disk, an I/O error): nothing of the group applied; every
+                        # write gets this error (busy/locked as DatabaseUnavailable).
+                        mapped = self._sqlite_error(exc)
+                        if mapped is exc:
+                            raise
+                        raise mapped from exc
                     self._raw.execute("ROLLBACK TO SAVEPOINT kstb_write")
                     self._raw.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((False, self._sqlite_error(exc)))

@@ -211,3 +211,87 @@ async def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -
     db.close()
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(db.write(_insert("late")), 5)
+
+
+async def test_a_write_filling_the_disk_fails_its_group_with_the_real_error(
+    tmp_path: Path,
+) -> None:
+    """Review M1: SQLite rolls the whole transaction back on a full disk; every write of the
+    group then gets that error (not a missing savepoint) and none is applied."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+
+    def big(c: Conn) -> None:
+        c.execute("INSERT INTO ledger_progress VALUES (?, ?)", ("x" * 400_000, 1))
+
+    try:
+        pages = db.run_sync(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        db.run_sync(lambda c: c.execute(f"PRAGMA max_page_count={pages + 2}"))
+        results = await _queue_then_release(db, _insert("p"), big, _insert("q"))
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+        assert all("full" in str(r) for r in results), results
+        assert _names(path) == []
+        db.run_sync(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+        assert await db.write(_insert("after")) == "after"
+    finally:
+        db.close()
+
+
+async def test_a_caller_cancelled_while_earlier_writes_of_its_group_run_is_never_applied(
+    tmp_path: Path,
+) -> None:
+    """Review L1: the write is marked started only when its own turn in the group comes."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    slow_started = threading.Event()
+    go_on = threading.Event()
+
+    def slow(c: Conn) -> str:
+        slow_started.set()
+        go_on.wait(5)
+        c.execute("INSERT INTO ledger_progress VALUES ('slow', 1)")
+        return "slow"
+
+    try:
+        release = _hold_worker(db)
+        first = asyncio.ensure_future(db.write(slow))
+        victim = asyncio.ensure_future(db.write(_insert("victim")))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.to_thread(slow_started.wait, 5)
+        victim.cancel()
+        await asyncio.sleep(0.01)
+        go_on.set()
+        assert await first == "slow"
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        assert _names(path) == ["slow"]
+    finally:
+        db.close()
+
+
+async def test_a_flush_that_cannot_be_queued_leaves_no_write_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review M2: any error queueing the flush fails the writes behind it; later writes
+    still run."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    real_submit = db._pool.submit
+    calls = {"n": 0}
+
+    def failing_once(fn: Any, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("no memory for the flush")
+        return real_submit(fn, *args)
+
+    try:
+        monkeypatch.setattr(db._pool, "submit", failing_once)
+        with pytest.raises(MemoryError):
+            await asyncio.wait_for(db.write(_insert("lost")), 5)
+        assert await asyncio.wait_for(db.write(_insert("next")), 5) == "next"
+        assert _names(path) == ["next"]
+    finally:
+        monkeypatch.undo()
+        db.close()
