@@ -93,7 +93,11 @@ class Coordinator:
             ledger_by_word={d.ledger_word: name for name, d in domains.items()},
             log=get_logger(),
         )
-        self._flow = FlowLimits(self._ctx)
+        # ---- coalesced lane reads (issue 14): with batching, many transfers share a read
+        self._flow = FlowLimits(
+            self._ctx,
+            batching.max_in_flight if batching is not None and batching.enabled else None,
+        )
         # ---- batched steps (issue 14): off unless configured
         self._batcher = (
             StepBatcher(self._ctx, batching) if batching is not None and batching.enabled else None
@@ -155,6 +159,7 @@ class Coordinator:
             await self._batcher.close()
         if self._reads is not None:
             await self._reads.close()
+        await self._flow.close()
 
     def _spawn(self, tid: bytes) -> None:
         self._drivers.spawn(tid)

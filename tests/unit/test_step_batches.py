@@ -558,3 +558,87 @@ async def test_leg_reads_answer_each_transfer_its_own_leg(tmp_path: Path) -> Non
         with pytest.raises(Unavailable):
             await task
     await reads.close()
+
+
+async def test_a_burst_shares_its_lane_reads(batching) -> None:
+    """With batching on, the flow-limit reads of a burst (each transfer reads both ends of
+    its lane at admission and again before its lock) share GetFlowStatus calls: far fewer
+    than four per transfer, and every transfer still commits."""
+    c, relayers, _, store = batching
+    calls = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original = relayer.flow_status
+
+        async def counted(security: str, counterpart: str, _o=original, _n=name) -> object:  # type: ignore[no-untyped-def]
+            calls[_n] += 1
+            await asyncio.sleep(0.005)  # a relayer round trip, so reads overlap
+            return await _o(security, counterpart)
+
+        relayer.flow_status = counted  # type: ignore[method-assign]
+    tids = await burst(c, 20, prefix="f")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    # Unshared: 20 transfers x (admission + gate) = 40 reads of each ledger.
+    assert 0 < calls["a"] < 30 and 0 < calls["b"] < 30, calls
+
+
+async def test_lane_reads_are_never_answered_by_a_read_older_than_the_call() -> None:
+    """FlowLimits with coalescing: a read arriving while one is in flight waits for a read
+    of its own (it sees a capacity lowered meanwhile); reads of another lane or ledger are
+    never shared; a failed read fails every caller it carried, and nothing more."""
+    import time as _time
+
+    from bridge.coordinator.flow_limits import FlowLimits
+    from bridge.coordinator.records import TransferRequest
+    from bridge.domain.errors import Unavailable
+    from bridge.domain.flow import Bucket, FlowStatus
+
+    asked: list[tuple[str, str, str]] = []
+    gate = asyncio.Event()
+    both_started = asyncio.Event()
+
+    class Relayer:
+        def __init__(self, ledger: str) -> None:
+            self.ledger = ledger
+            self.capacity = 100
+            self.fail = False
+
+        async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
+            asked.append((self.ledger, security, counterpart))
+            if len(asked) == 2:
+                both_started.set()
+            capacity = self.capacity  # the level when the read starts
+            await gate.wait()
+            if self.fail:
+                raise Unavailable("relayer down")
+            return FlowStatus(
+                self.ledger, counterpart, security, int(_time.time()),
+                Bucket(capacity, capacity, 60), Bucket(0, 0, 60), 0, 0, 0, 0, 0,
+            )  # fmt: skip
+
+    a, b = Relayer("a"), Relayer("b")
+    flow = FlowLimits(SimpleNamespace(relayers={"a": a, "b": b}), max_in_flight=1)  # type: ignore[arg-type]
+
+    def request(security: str) -> TransferRequest:
+        return TransferRequest("k", security, "a", "b", "0x" + "11" * 20, "0x" + "22" * 20, 1)
+
+    first = asyncio.create_task(flow.lane_status(request("S1")))
+    await asyncio.wait_for(both_started.wait(), 5)  # both ends of the first read
+    a.capacity = 50  # lowered after the first read started
+    later = [asyncio.create_task(flow.lane_status(request("S1"))) for _ in range(5)]
+    other = asyncio.create_task(flow.lane_status(request("S2")))
+    await asyncio.sleep(0.01)
+    assert sorted(asked) == [("a", "S1", "b"), ("a", "S2", "b"), ("b", "S1", "a"), ("b", "S2", "a")]
+    gate.set()
+    assert (await first)[0].outbound.capacity == 100
+    answers = await asyncio.gather(*later)
+    assert all(src.outbound.capacity == 50 for src, _ in answers)  # read after they asked
+    assert (await other)[0].security == "S2" and (await other)[1].security == "S2"
+    assert len(asked) == 6  # the five later callers shared one read per ledger
+    a.fail = True
+    failing = [asyncio.create_task(flow.lane_status(request("S1"))) for _ in range(3)]
+    for task in failing:
+        with pytest.raises(Unavailable):
+            await task
+    assert len(asked) == 8
+    await flow.close()
