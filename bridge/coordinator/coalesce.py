@@ -16,7 +16,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Coalescer", "Flush", "FlushAnswerMismatch"]
+__all__ = ["FLUSH_TASK_NAME", "Coalescer", "Flush", "FlushAnswerMismatch"]
+
+FLUSH_TASK_NAME = "coalesce-flush"
+"""The name of every flush task (the engine's drivers' reads and steps, not a caller's)."""
 
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741
@@ -104,7 +107,7 @@ class Coalescer(Generic[K, I, R]):
             self._lanes.pop(key, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro, name=FLUSH_TASK_NAME)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
