@@ -361,11 +361,8 @@ class Database:
                     if not self._raw.in_transaction:
                         # Review (M1): SQLite rolled the whole transaction back itself (a
                         # full disk, an I/O error): nothing of the group applied; every
-                        # write gets this error (busy/locked as DatabaseUnavailable).
-                        mapped = self._sqlite_error(exc)
-                        if mapped is exc:
-                            raise
-                        raise mapped from exc
+                        # write gets this error (``_typed`` maps busy/locked).
+                        raise
                     self._raw.execute("ROLLBACK TO SAVEPOINT kstb_write")
                     self._raw.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((False, self._sqlite_error(exc)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ def _names(path: Path) -> list[str]:
         other.close()
 
 
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[tuple[Database, Path]]:
+    """A coordinator store on a real SQLite file, and its path; closed after the test."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    yield db, path
+    db.close()
+
+
 def _hold_worker(db: Database) -> threading.Event:
     """Occupy the worker thread until the returned event is set (writes queue up meanwhile)."""
     release = threading.Event()
@@ -63,25 +73,20 @@ async def _queue_then_release(db: Database, *fns: Any) -> list[Any]:
 
 
 async def test_queued_writes_share_one_commit_and_are_durable_when_they_return(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
-    try:
-        before = db.commits
-        results = await _queue_then_release(db, *(_insert(f"l{n:03}") for n in range(50)))
-        assert results == [f"l{n:03}" for n in range(50)]
-        assert db.commits == before + 1
-        assert _names(path) == [f"l{n:03}" for n in range(50)]
-    finally:
-        db.close()
+    db, path = opened
+    before = db.commits
+    results = await _queue_then_release(db, *(_insert(f"l{n:03}") for n in range(50)))
+    assert results == [f"l{n:03}" for n in range(50)]
+    assert db.commits == before + 1
+    assert _names(path) == [f"l{n:03}" for n in range(50)]
 
 
 async def test_a_write_that_raises_rolls_back_alone_and_gets_its_own_error(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
 
     class Refused(Exception):
         pass
@@ -90,24 +95,20 @@ async def test_a_write_that_raises_rolls_back_alone_and_gets_its_own_error(
         c.execute("INSERT INTO ledger_progress VALUES ('half', 1)")
         raise Refused("no")
 
-    try:
-        results = await _queue_then_release(
-            db, _insert("a"), half_then_raise, _insert("b"), _insert("a"), _insert("c")
-        )
-        assert results[0] == "a" and results[2] == "b" and results[4] == "c"
-        assert isinstance(results[1], Refused)
-        # A constraint violation is that write's own error too (the duplicate "a").
-        assert isinstance(results[3], sqlite3.IntegrityError)
-        assert _names(path) == ["a", "b", "c"]
-    finally:
-        db.close()
+    results = await _queue_then_release(
+        db, _insert("a"), half_then_raise, _insert("b"), _insert("a"), _insert("c")
+    )
+    assert results[0] == "a" and results[2] == "b" and results[4] == "c"
+    assert isinstance(results[1], Refused)
+    # A constraint violation is that write's own error too (the duplicate "a").
+    assert isinstance(results[3], sqlite3.IntegrityError)
+    assert _names(path) == ["a", "b", "c"]
 
 
 async def test_a_fence_refusal_reaches_every_write_of_the_group_and_applies_none(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
 
     class Fenced(Exception):
         pass
@@ -115,95 +116,80 @@ async def test_a_fence_refusal_reaches_every_write_of_the_group_and_applies_none
     def fence(c: Conn) -> None:
         raise Fenced("not the leader")
 
-    try:
-        db.set_fence(fence)
-        results = await _queue_then_release(db, *(_insert(f"f{n}") for n in range(5)))
-        assert all(isinstance(r, Fenced) for r in results), results
-        single = await asyncio.gather(db.write(_insert("alone")), return_exceptions=True)
-        assert isinstance(single[0], Fenced)
-        db.set_fence(None)
-        assert _names(path) == []
-        assert await db.write(_insert("after")) == "after"
-    finally:
-        db.close()
+    db.set_fence(fence)
+    results = await _queue_then_release(db, *(_insert(f"f{n}") for n in range(5)))
+    assert all(isinstance(r, Fenced) for r in results), results
+    single = await asyncio.gather(db.write(_insert("alone")), return_exceptions=True)
+    assert isinstance(single[0], Fenced)
+    db.set_fence(None)
+    assert _names(path) == []
+    assert await db.write(_insert("after")) == "after"
 
 
 async def test_a_busy_file_makes_the_whole_group_unavailable_and_applies_none(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
-    try:
-        db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
-        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
-        other.execute("ROLLBACK")
-        other.close()
-        assert _names(path) == []
-        results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
-        assert results == ["b0", "b1", "b2", "b3"]
-    finally:
-        db.close()
+    db, path = opened
+    db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    other.execute("ROLLBACK")
+    other.close()
+    assert _names(path) == []
+    results = await _queue_then_release(db, *(_insert(f"b{n}") for n in range(4)))
+    assert results == ["b0", "b1", "b2", "b3"]
 
 
-async def test_a_write_cancelled_before_it_started_never_runs(tmp_path: Path) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
-    try:
-        release = _hold_worker(db)
-        keep = asyncio.ensure_future(db.write(_insert("kept")))
-        dropped = asyncio.ensure_future(db.write(_insert("dropped")))
-        await asyncio.sleep(0.05)
-        dropped.cancel()
-        await asyncio.sleep(0.01)  # the task takes its cancellation (its future's too)
-        release.set()
-        assert await keep == "kept"
-        with pytest.raises(asyncio.CancelledError):
-            await dropped
-        assert _names(path) == ["kept"]
-    finally:
-        db.close()
+async def test_a_write_cancelled_before_it_started_never_runs(
+    opened: tuple[Database, Path],
+) -> None:
+    db, path = opened
+    release = _hold_worker(db)
+    keep = asyncio.ensure_future(db.write(_insert("kept")))
+    dropped = asyncio.ensure_future(db.write(_insert("dropped")))
+    await asyncio.sleep(0.05)
+    dropped.cancel()
+    await asyncio.sleep(0.01)  # the task takes its cancellation (its future's too)
+    release.set()
+    assert await keep == "kept"
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert _names(path) == ["kept"]
 
 
-async def test_a_read_queued_after_writes_sees_every_one_of_them(tmp_path: Path) -> None:
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
-    try:
-        release = _hold_worker(db)
-        writes = [asyncio.ensure_future(db.write(_insert(f"w{n:02}"))) for n in range(20)]
-        await asyncio.sleep(0)  # the writes are queued before the read below
-        read = asyncio.ensure_future(
-            db.read(lambda c: c.execute("SELECT COUNT(*) FROM ledger_progress").fetchone()[0])
-        )
-        await asyncio.sleep(0.05)
-        release.set()
-        assert await read == 20
-        await asyncio.gather(*writes)
-    finally:
-        db.close()
+async def test_a_read_queued_after_writes_sees_every_one_of_them(
+    opened: tuple[Database, Path],
+) -> None:
+    db, _ = opened
+    release = _hold_worker(db)
+    writes = [asyncio.ensure_future(db.write(_insert(f"w{n:02}"))) for n in range(20)]
+    await asyncio.sleep(0)  # the writes are queued before the read below
+    read = asyncio.ensure_future(
+        db.read(lambda c: c.execute("SELECT COUNT(*) FROM ledger_progress").fetchone()[0])
+    )
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await read == 20
+    await asyncio.gather(*writes)
 
 
 async def test_concurrent_writers_each_get_their_own_result_in_every_grouping(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
     """Writers that do not wait for each other: every write applied once, each caller
     answered with its own value, in however many groups the timing gives."""
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
 
     async def writer(k: int) -> list[str]:
         return [await db.write(_insert(f"k{k}-{n}")) for n in range(25)]
 
-    try:
-        before = db.commits
-        results = await asyncio.gather(*(writer(k) for k in range(8)))
-        assert results == [[f"k{k}-{n}" for n in range(25)] for k in range(8)]
-        assert len(_names(path)) == 200
-        assert db.commits - before < 200  # some writes shared a COMMIT
-    finally:
-        db.close()
+    before = db.commits
+    results = await asyncio.gather(*(writer(k) for k in range(8)))
+    assert results == [[f"k{k}-{n}" for n in range(25)] for k in range(8)]
+    assert len(_names(path)) == 200
+    assert db.commits - before < 200  # some writes shared a COMMIT
 
 
 async def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -> None:
@@ -214,35 +200,30 @@ async def test_a_write_after_close_is_refused_not_left_waiting(tmp_path: Path) -
 
 
 async def test_a_write_filling_the_disk_fails_its_group_with_the_real_error(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
     """Review M1: SQLite rolls the whole transaction back on a full disk; every write of the
     group then gets that error (not a missing savepoint) and none is applied."""
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
 
     def big(c: Conn) -> None:
         c.execute("INSERT INTO ledger_progress VALUES (?, ?)", ("x" * 400_000, 1))
 
-    try:
-        pages = db.run_sync(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-        db.run_sync(lambda c: c.execute(f"PRAGMA max_page_count={pages + 2}"))
-        results = await _queue_then_release(db, _insert("p"), big, _insert("q"))
-        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
-        assert all("full" in str(r) for r in results), results
-        assert _names(path) == []
-        db.run_sync(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
-        assert await db.write(_insert("after")) == "after"
-    finally:
-        db.close()
+    pages = db.run_sync(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    db.run_sync(lambda c: c.execute(f"PRAGMA max_page_count={pages + 2}"))
+    results = await _queue_then_release(db, _insert("p"), big, _insert("q"))
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+    assert all("full" in str(r) for r in results), results
+    assert _names(path) == []
+    db.run_sync(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+    assert await db.write(_insert("after")) == "after"
 
 
 async def test_a_caller_cancelled_while_earlier_writes_of_its_group_run_is_never_applied(
-    tmp_path: Path,
+    opened: tuple[Database, Path],
 ) -> None:
     """Review L1: the write is marked started only when its own turn in the group comes."""
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
     slow_started = threading.Event()
     go_on = threading.Event()
 
@@ -252,31 +233,27 @@ async def test_a_caller_cancelled_while_earlier_writes_of_its_group_run_is_never
         c.execute("INSERT INTO ledger_progress VALUES ('slow', 1)")
         return "slow"
 
-    try:
-        release = _hold_worker(db)
-        first = asyncio.ensure_future(db.write(slow))
-        victim = asyncio.ensure_future(db.write(_insert("victim")))
-        await asyncio.sleep(0.05)
-        release.set()
-        assert await asyncio.to_thread(slow_started.wait, 5)
-        victim.cancel()
-        await asyncio.sleep(0.01)
-        go_on.set()
-        assert await first == "slow"
-        with pytest.raises(asyncio.CancelledError):
-            await victim
-        assert _names(path) == ["slow"]
-    finally:
-        db.close()
+    release = _hold_worker(db)
+    first = asyncio.ensure_future(db.write(slow))
+    victim = asyncio.ensure_future(db.write(_insert("victim")))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await asyncio.to_thread(slow_started.wait, 5)
+    victim.cancel()
+    await asyncio.sleep(0.01)
+    go_on.set()
+    assert await first == "slow"
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    assert _names(path) == ["slow"]
 
 
 async def test_a_flush_that_cannot_be_queued_leaves_no_write_waiting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    opened: tuple[Database, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review M2: any error queueing the flush fails the writes behind it; later writes
     still run."""
-    path = tmp_path / "coordinator.sqlite"
-    db = open_sqlite(path)
+    db, path = opened
     real_submit = db._pool.submit
     calls = {"n": 0}
 
@@ -286,12 +263,8 @@ async def test_a_flush_that_cannot_be_queued_leaves_no_write_waiting(
             raise MemoryError("no memory for the flush")
         return real_submit(fn, *args)
 
-    try:
-        monkeypatch.setattr(db._pool, "submit", failing_once)
-        with pytest.raises(MemoryError):
-            await asyncio.wait_for(db.write(_insert("lost")), 5)
-        assert await asyncio.wait_for(db.write(_insert("next")), 5) == "next"
-        assert _names(path) == ["next"]
-    finally:
-        monkeypatch.undo()
-        db.close()
+    monkeypatch.setattr(db._pool, "submit", failing_once)
+    with pytest.raises(MemoryError):
+        await asyncio.wait_for(db.write(_insert("lost")), 5)
+    assert await asyncio.wait_for(db.write(_insert("next")), 5) == "next"
+    assert _names(path) == ["next"]
