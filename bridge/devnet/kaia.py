@@ -3,8 +3,9 @@
 Kaia itself is not served by the package registries reachable here, so the devnet stands
 in an anvil node with Kaia's observable RPC behaviour: chain id 1001 (Kairos), a base fee
 held at Kaia's KIP-71 floor of 25 gkei (an uncongested Kaia network), no minimum tip
-(``eth_maxPriorityFeePerGas`` is 0, as Kaia answers while uncongested) and instant blocks
-(each transaction final in the block that includes it; Istanbul BFT never reorganises).
+(``eth_maxPriorityFeePerGas`` is 0, as Kaia answers while uncongested) and near-instant
+blocks (a block as soon as a transaction is pending; each transaction final in the block
+that includes it; Istanbul BFT never reorganises).
 
 What it does not reproduce: Kaia's own transaction types (fee delegation, account keys),
 the ``kaia_``/``klay_`` namespaces, congestion pricing and the pre-Magma fixed unit price;
@@ -31,17 +32,22 @@ KAIA_BASE_FEE = 25 * 10**9
 
 @dataclass
 class KaiaLikeNode:
-    """An anvil node with Kaia's chain id, fee floor and instant blocks.
+    """An anvil node with Kaia's chain id, fee floor and near-instant blocks.
 
-    Guarantees: while started, every block's base fee is :data:`KAIA_BASE_FEE` (anvil's
-    EIP-1559 update would lower it after each block; a watcher sets the next block's base
-    fee back as soon as a block appears, and the fee cap the ``kaia`` profile sends is never
-    below the base fee it read, so a transaction racing the watcher is still valid).
+    Guarantees: while started, every block's base fee is exactly :data:`KAIA_BASE_FEE`.
+    Anvil's EIP-1559 update would price each block after a lightly used one lower, so the
+    node does not mine by itself (``--no-mining``): one miner thread, polling the pool every
+    :attr:`poll_s`, pins the next block's base fee and then mines whatever is pending. Pinning
+    and mining in one thread leaves no window for a block at another base fee (a watcher
+    resetting the fee after anvil's own per-transaction blocks could miss a block two
+    transactions made within its poll; CI saw a relayer's fee cap, read from such a block,
+    refused by the next).
     """
 
     name: str
     workdir: Path
     chain_id: int = KAIA_KAIROS
+    poll_s: float = 0.01
     node: AnvilNode = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -52,29 +58,32 @@ class KaiaLikeNode:
             self.chain_id,
             0,
             self.workdir,
-            extra_args=("--base-fee", str(KAIA_BASE_FEE), "--disable-min-priority-fee"),
-        )
+            extra_args=(
+                "--base-fee", str(KAIA_BASE_FEE), "--disable-min-priority-fee", "--no-mining",
+            ),
+        )  # fmt: skip
 
     def start(self) -> KaiaLikeNode:
-        """Start the node and the base-fee watcher; returns self."""
+        """Start the node and its miner; returns self."""
         self.node.start()
-        self._thread = threading.Thread(target=self._hold_base_fee, daemon=True)
+        self._thread = threading.Thread(target=self._mine, name=f"miner-{self.name}", daemon=True)
         self._thread.start()
         return self
 
-    def _hold_base_fee(self) -> None:
-        last = -1
-        while not self._stop.wait(0.02):
+    def _mine(self) -> None:
+        while not self._stop.wait(self.poll_s):
             try:
-                height = int(self.node.rpc("eth_blockNumber", []), 16)
-                if height != last:
-                    self.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
-                    last = height
+                if int(self.node.rpc("txpool_status", [])["pending"], 16) == 0:
+                    continue
+                self.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
+                self.node.rpc("evm_mine", [])
+                # and at once for the next block, so eth_gasPrice suggests the floor again
+                self.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
             except (OSError, RuntimeError):
                 continue  # the node is stopping or busy; the next poll retries
 
     def stop(self) -> None:
-        """Stop the watcher, then the node."""
+        """Stop the miner, then the node."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -99,7 +108,7 @@ class KaiaLedger(LedgerHandle):
         return super().ledger_entry() | {"profile": "kaia", "finality_depth": 0}
 
     def stop(self) -> None:
-        """Stop the base-fee watcher, the proxy and the node."""
+        """Stop the miner, the proxy and the node."""
         self.kaia.stop()
 
 

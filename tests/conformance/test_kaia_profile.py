@@ -31,12 +31,7 @@ async def test_a_step_pays_exactly_the_fixed_base_fee_and_is_final_in_its_block(
         sender = await h.holder(5)
         t = Terms(h).outbound(sender, 5)
         # The node sits at Kaia's fixed base fee: the latest block (whose base fee the relayer
-        # reads) and the next one (which mines the lock). Pinned here, after the holder's
-        # setup transactions: anvil's EIP-1559 update prices each block after a lightly used
-        # one lower, and the stand-in's watcher (a 20 ms poll) can miss an instant block.
-        h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
-        h.node.rpc("evm_mine", [])
-        h.node.rpc("anvil_setNextBlockBaseFeePerGas", [hex(KAIA_BASE_FEE)])
+        # reads) and the next one (which mines the lock); the stand-in's miner pins it.
         w3 = Web3(Web3.HTTPProvider(h.node.rpc_url))
         # What the node suggests now (no block is made before the lock: one per transaction).
         # The stand-in's suggestion follows the tips of the blocks earlier tests left, so the
@@ -55,6 +50,9 @@ async def test_a_step_pays_exactly_the_fixed_base_fee_and_is_final_in_its_block(
         assert tx["maxPriorityFeePerGas"] == min(tip, cap - KAIA_BASE_FEE)
         receipt = w3.eth.get_transaction_receipt(out.tx_id)  # type: ignore[arg-type]
         assert receipt["effectiveGasPrice"] == KAIA_BASE_FEE + tx["maxPriorityFeePerGas"]
+        # every block the stand-in made, the holder's setup included, sits at the floor
+        fees = {w3.eth.get_block(n)["baseFeePerGas"] for n in range(out.height + 1)}
+        assert fees == {KAIA_BASE_FEE}
     finally:
         await relayer.close()
 
