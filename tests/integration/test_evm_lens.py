@@ -23,6 +23,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError, Web3RPCError
 
+from bridge.devnet.anvil import DevAccount
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import NotFound, Unavailable
 from bridge.domain.flow import FlowLimit
@@ -178,6 +179,10 @@ async def test_lens_refuses_more_than_its_bound_and_mismatched_lists(
     with pytest.raises(ContractCustomError) as exc:
         f.suppliesOf(env.a.endpoint.address, [SECURITY.word] * (LENS_MAX_ITEMS + 1)).call()
     assert lens_error(exc.value)[0] == "TooManyItems"
+    holders = [Web3.to_checksum_address("0x" + "22" * 20)] * (LENS_MAX_ITEMS + 1)
+    with pytest.raises(ContractCustomError) as exc:
+        f.holdersOf(env.a.token.address, holders).call()
+    assert lens_error(exc.value) == ("TooManyItems", (LENS_MAX_ITEMS + 1, LENS_MAX_ITEMS))
     with pytest.raises(ContractCustomError) as exc:
         f.legsOf(env.a.endpoint.address, ids[:2], [0]).call()
     assert lens_error(exc.value) == ("LengthMismatch", (2, 1))
@@ -212,6 +217,44 @@ async def test_lens_supply_and_holder_match_the_single_reads(
     assert decode_revert(bytes(views[1][1]))[0] == "UnknownSecurity"
     await plain.close()
     await lensed.close()
+
+
+async def test_concurrent_holder_reads_are_one_lens_call_each_as_the_token_reads_it(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    """Holders in every standing (funded, empty, never eligible, frozen; then the token
+    paused), read concurrently through the lens: one ``holdersOf`` for all of them, each
+    answer equal to the token's own five views at the same height."""
+    env = two_ledgers
+    funded, empty, frozen = env.a.holder(40), env.a.holder(), env.a.holder(9)
+    stranger = DevAccount.generate()  # never made eligible
+    deploy.set_frozen(env.a.w3, env.a.admin.private_key, env.a.token, frozen.address, True)
+    words = [evm_address_word(x.address) for x in (funded, empty, frozen, stranger)]
+    plain, lensed = with_lens(env.a, None), with_lens(env.a, lens, False)
+    try:
+        for paused in (False, True):
+            deploy.set_paused(env.a.w3, env.a.admin.private_key, env.a.token, paused)
+            expected = [await plain.holder_status(SECURITY, w) for w in words]
+            await lensed.holder_status(SECURITY, words[0])  # checks the lens once
+            before = lensed._holders.batches
+            got = await asyncio.gather(*(lensed.holder_status(SECURITY, w) for w in words))
+            assert lensed._holders.batches - before == 1
+            assert got == expected
+            assert [s.paused for s in got] == [paused] * 4
+        assert [(s.balance, s.eligible, s.frozen) for s in expected] == [
+            (40, True, False), (0, True, False), (9, True, True), (0, False, False)
+        ]  # fmt: skip
+        # An unregistered security: no token, no lens call, as without a lens.
+        before = lensed._holders.batches
+        assert await lensed.holder_status(UNKNOWN, words[0]) == await plain.holder_status(
+            UNKNOWN, words[0]
+        )
+        assert lensed._holders.batches == before
+    finally:
+        deploy.set_paused(env.a.w3, env.a.admin.private_key, env.a.token, False)
+        deploy.set_frozen(env.a.w3, env.a.admin.private_key, env.a.token, frozen.address, False)
+        await plain.close()
+        await lensed.close()
 
 
 async def test_a_lens_address_with_other_code_is_never_trusted(

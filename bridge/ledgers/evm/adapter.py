@@ -145,6 +145,8 @@ LegKey = tuple[int, bytes, Leg]
 SupplyKey = tuple[int, bytes]
 SupplyAnswer = tuple[int, "tuple[int, ...] | Exception"]
 """The block read and its five supply figures, or the refusal for that security."""
+HolderKey = tuple[int, str, str]
+"""A holder read: the block, the token's address and the holder's."""
 
 
 class TransactionReverted(Unavailable):
@@ -259,6 +261,9 @@ class EvmAdapter(StepTemplate):
         )
         self._supplies: Batcher[SupplyKey, SupplyAnswer] = Batcher(
             self._read_supplies, LENS_MAX_ITEMS
+        )
+        self._holders: Batcher[HolderKey, HolderStatus | Exception] = Batcher(
+            self._read_holders, LENS_MAX_ITEMS
         )
         self._blocks: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
         self._sent_above: OrderedDict[bytes, int] = OrderedDict()
@@ -650,28 +655,67 @@ class EvmAdapter(StepTemplate):
         return str(addr)
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
-        """Balance, eligibility, freeze and pause at the finalized height."""
+        """Balance, eligibility, freeze and pause at the finalized height.
+
+        With a lens, concurrent reads (of any holders of any tokens, by any callers in this
+        process) at one height go in one ``holdersOf`` per token (issue 14 item 4); each
+        answer is what the token's own five views return at that height."""
         at = await self.finalized_height()
         token_addr = await self._token(security, at)
         if token_addr is None:
             return HolderStatus(False, 0, 1, False, False, False)
+        who = word_to_evm_address(holder)
+        if self._lens is None:
+            return (await self._holders_at(at, token_addr, [who]))[0]
+        return _raised(await self._holders.get((at, token_addr, who)))
+
+    async def _read_holders(self, keys: list[HolderKey]) -> list[HolderStatus | Exception]:
+        """The batch behind :meth:`holder_status`: one ``holdersOf`` per (height, token)."""
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, (at, token_addr, _) in enumerate(keys):
+            groups.setdefault((at, token_addr), []).append(i)
+        answers = await asyncio.gather(
+            *(self._holders_at(at, t, [keys[i][2] for i in ix]) for (at, t), ix in groups.items()),
+            return_exceptions=True,
+        )
+        out: list[HolderStatus | Exception] = [Unavailable("unread")] * len(keys)
+        for ix, answer in zip(groups.values(), answers, strict=True):
+            for n, i in enumerate(ix):
+                out[i] = _as_result(answer) if isinstance(answer, BaseException) else answer[n]
+        return out
+
+    async def _holders_at(self, at: int, token_addr: str, holders: list[str]) -> list[HolderStatus]:
+        """``holders`` on the token at ``token_addr`` at block ``at``: one lens call when the
+        lens is usable, else the token's own views holder by holder."""
+        if await self._lens_usable():
+            assert self._lens is not None
+            fn = self._lens.functions.holdersOf(token_addr, holders)
+            try:
+                number, paused, views = await self._rpc(
+                    "holdersOf", lambda: fn.call(block_identifier=at)
+                )
+            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
+                pass  # no lens at that block (or one before holdersOf): the token's views
+            else:
+                self._lens_block(number, at)
+                if len(views) != len(holders):
+                    raise Unavailable(
+                        f"ledger {self.ledger}: holdersOf answered {len(views)} holders"
+                        f" for {len(holders)}"
+                    )
+                return [
+                    HolderStatus(True, int(b), int(st), bool(el), bool(fr), bool(paused))
+                    for b, st, el, fr in views
+                ]
         token = self._token_calls.get(token_addr)
         if token is None:
             token = self._token_calls[token_addr] = ContractCalls(
                 self._w3, "SecurityToken", token_addr
             )
-        who = word_to_evm_address(holder)
         f = token.functions
-        views: Any = None
-        if await self._lens_usable():  # ---- read lens: the five views in one call
-            assert self._lens is not None
-            lens_fn = self._lens.functions.holderOf(token_addr, who)
-            try:
-                views = await self._rpc("holderOf", lambda: lens_fn.call(block_identifier=at))
-            except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
-                views = None  # no lens at that block: the token's own views
-        if views is None:
-            views = await self._rpc(
+
+        async def one(who: str) -> HolderStatus:
+            balance, status, eligible, frozen, paused = await self._rpc(
                 "holder query",
                 lambda: asyncio.gather(
                     f.balanceOf(who).call(block_identifier=at),
@@ -681,10 +725,11 @@ class EvmAdapter(StepTemplate):
                     f.paused().call(block_identifier=at),
                 ),
             )
-        balance, status, eligible, frozen, paused = views
-        return HolderStatus(
-            True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
-        )
+            return HolderStatus(
+                True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
+            )
+
+        return list(await asyncio.gather(*(one(w) for w in holders)))
 
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """``supplyOf(security)`` as of block ``height`` (default: finalized) and its hash.

@@ -12,21 +12,22 @@ interface ISecurityTokenViews {
     function paused() external view returns (bool);
 }
 
-/// A read-only lens over a BridgeEndpoint (issue 14 item 4): many legs, or many securities'
-/// supply figures, in one `eth_call`, so a relayer or a committee member pays one JSON-RPC
-/// request per block for every transfer it reads instead of one (or two) per leg.
+/// A read-only lens over a BridgeEndpoint (issue 14 item 4): many legs, many securities'
+/// supply figures, or many holders' standing on one token, in one `eth_call`, so a relayer
+/// or a committee member pays one JSON-RPC request per block for every transfer it reads
+/// instead of one (or two) per leg.
 ///
 /// Guarantees: no state, no owner, no constructor arguments, no writes, no value: the lens
 /// only calls the endpoint's own views (`outbound`, `inbound`, `notBefore`, `supplyOf`) on
-/// the endpoint the caller names (for `holderOf`, the token's `balanceOf`, `receiveStatus`,
-/// `isEligible`, `isFrozen`, `paused`), at the block the `eth_call` names, and returns what
-/// they return, item for item and in order. An unknown transfer id reads as the endpoint
-/// reads it (state 0, zero hash); an unregistered security comes back with `ok = false` and
-/// the endpoint's own revert data. A list longer than `MAX_ITEMS` is refused
-/// (`TooManyItems`) so one call stays bounded in gas and in answer size on every node
-/// (`eth_call` gas caps differ by client).
+/// the endpoint the caller names (for `holderOf` and `holdersOf`, the token's `balanceOf`,
+/// `receiveStatus`, `isEligible`, `isFrozen`, `paused`), at the block the `eth_call` names,
+/// and returns what they return, item for item and in order. An unknown transfer id reads
+/// as the endpoint reads it (state 0, zero hash); an unregistered security comes back with
+/// `ok = false` and the endpoint's own revert data. A list longer than `MAX_ITEMS` is
+/// refused (`TooManyItems`) so one call stays bounded in gas and in answer size on every
+/// node (`eth_call` gas caps differ by client).
 contract BridgeLens {
-    /// The most ids (or securities) one call reads.
+    /// The most ids (securities, holders) one call reads.
     uint256 public constant MAX_ITEMS = 256;
 
     /// `given` items were asked for, more than `max`.
@@ -94,6 +95,34 @@ contract BridgeLens {
             } catch (bytes memory data) {
                 out[i] = SupplyView(false, data, 0, 0, 0, 0, 0);
             }
+        }
+    }
+
+    /// One holder's standing on a token: what `balanceOf`, `receiveStatus`, `isEligible`
+    /// and `isFrozen` return for it.
+    struct HolderView {
+        uint256 balance;
+        uint8 status;
+        bool eligible;
+        bool frozen;
+    }
+
+    /// Many holders' standing on `token` in one call, in order, with the token's `paused()`
+    /// (one figure for all of them) and the number of the block read.
+    function holdersOf(ISecurityTokenViews token, address[] calldata holders)
+        external
+        view
+        returns (uint256 atBlock, bool isPaused, HolderView[] memory out)
+    {
+        atBlock = block.number;
+        if (holders.length > MAX_ITEMS) revert TooManyItems(holders.length, MAX_ITEMS);
+        isPaused = token.paused();
+        out = new HolderView[](holders.length);
+        for (uint256 i = 0; i < holders.length; i++) {
+            address h = holders[i];
+            out[i] = HolderView(
+                token.balanceOf(h), token.receiveStatus(h), token.isEligible(h), token.isFrozen(h)
+            );
         }
     }
 
