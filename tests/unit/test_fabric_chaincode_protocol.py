@@ -201,6 +201,7 @@ def make_terms(
     *,
     amount: int = 10,
     recipient: bytes | None = None,
+    sender: bytes | None = None,
     src: Ledger | None = None,
     dst: Ledger | None = None,
     security: bytes = ISIN.word,
@@ -215,7 +216,7 @@ def make_terms(
         src_bridge=src.bridge,
         dst_ledger=dst.word,
         dst_bridge=dst.bridge,
-        sender=word_of(env.alice),
+        sender=sender if sender is not None else word_of(env.alice),
         recipient=recipient if recipient is not None else word_of(env.bob),
         instructor=bytes(12) + BROKER.address,
         deadline=2_000_000_000,
@@ -1101,9 +1102,8 @@ def test_leg_transactions_of_one_security_do_not_conflict(env: Env) -> None:
     env.a.call(env.admin, "Issue", ISIN.isin, erin, "50")
     env.b.call(env.admin, "SetEligible", ISIN.isin, fred, "true")
     t1 = make_terms(env)
-    t2 = dataclass_replace(
-        other_shard_terms(env, t1, recipient=word_of(fred)), sender=word_of(erin)
-    )
+    # the sender is part of the transfer id: the shard is drawn with it
+    t2 = other_shard_terms(env, t1, recipient=word_of(fred), sender=word_of(erin))
 
     def traced(on: Ledger, fn: str, *args: str) -> TracingStore:
         store = TracingStore(on.store.data)
@@ -1301,9 +1301,8 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
 
     def pair(kind: ClaimKind) -> tuple[TransferTerms, TransferTerms]:
         t1 = make_terms(env, amount=3)
-        t2 = dataclass_replace(
-            other_shard_terms(env, t1, amount=4, recipient=word_of(fred)), sender=word_of(erin)
-        )
+        # the sender is part of the transfer id: the shard is drawn with it
+        t2 = other_shard_terms(env, t1, amount=4, recipient=word_of(fred), sender=word_of(erin))
         for t in (t1, t2):
             traced(env.a, "Lock", *ins(env.a, tj(t)))
             traced(env.b, "Prepare", tj(t), cert(env, env.b, ClaimKind.LOCKED, t))
