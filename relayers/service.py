@@ -20,10 +20,12 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.ledger_batches import BatchOutcome
 from bridge.domain.legs import Action, TxOutcome
 from bridge.ledgers.adapter import LedgerAdapter
+from bridge.ledgers.many_holders import read_holders
 from bridge.ledgers.many_legs import read_legs
 from bridge.logfields import ACTION, COUNT, ERROR, LEDGER, TRANSFER, TX, get_logger
 from bridge.rpc.batch_convert import batch_request_from_pb, outcome_to_pb
 from bridge.rpc.convert import (
+    holder_to_pb,
     leg_from_pb,
     leg_status_to_pb,
     signatures_from_pb,
@@ -40,6 +42,8 @@ R = TypeVar("R")
 
 MAX_LEGS_PER_REQUEST = 1000
 """---- batch: the most legs one GetLegs answers (its cost: 5 evaluates on Fabric)."""
+MAX_HOLDERS_PER_REQUEST = 1000
+"""---- batch: the most holders one GetHolders answers (EVM: 4 lens calls)."""
 
 
 class KeyedLock:
@@ -158,15 +162,22 @@ class RelayerServicer(relayer_pb2_grpc.RelayerServiceServicer):
         """A holder's balance and standing for one security."""
         security = SecurityId(request.security_id)
         holder = self._adapter.parse_address(request.holder)
-        s = await self._adapter.holder_status(security, holder)
-        return relayer_pb2.HolderStatus(
-            security_registered=s.security_registered,
-            balance=str(s.balance),
-            receive_status=s.receive_status,
-            frozen=s.frozen,
-            paused=s.paused,
-            eligible=s.eligible,
-        )
+        return holder_to_pb(await self._adapter.holder_status(security, holder))
+
+    @grpc_errors
+    async def GetHolders(
+        self, request: relayer_pb2.GetHoldersRequest, context: Context
+    ) -> relayer_pb2.GetHoldersResponse:
+        """Many holders' standing for one security, each as :meth:`GetHolder` reads it, in
+        the request's order, in as few ledger calls as the kind allows
+        (``many_holders.read_holders``). INVALID_ARGUMENT for no holder, more than
+        MAX_HOLDERS_PER_REQUEST, or one the ledger cannot parse (nothing is read then)."""
+        if not 1 <= len(request.holders) <= MAX_HOLDERS_PER_REQUEST:
+            raise InvalidInput(f"holders must hold 1 to {MAX_HOLDERS_PER_REQUEST} holders")
+        security = SecurityId(request.security_id)
+        words = [self._adapter.parse_address(h) for h in request.holders]
+        statuses = await read_holders(self._adapter, security, words)
+        return relayer_pb2.GetHoldersResponse(holders=[holder_to_pb(s) for s in statuses])
 
     @grpc_errors
     async def GetLedgerSupply(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowLimits
+from bridge.coordinator.holder_reads import HolderReads
 from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import authorise_instruction, check_deadline
 from bridge.coordinator.supervision import Supervisor
@@ -22,6 +23,7 @@ from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed
 from bridge.domain.instructions import Instruction
+from bridge.domain.legs import HolderStatus
 from bridge.domain.transfer import TransferState
 from bridge.logfields import TRANSFER
 
@@ -44,10 +46,17 @@ class Admission:
     request and one set of signed terms.
     """
 
-    def __init__(self, ctx: EngineContext, flow: FlowLimits, drivers: Supervisor) -> None:
+    def __init__(
+        self,
+        ctx: EngineContext,
+        flow: FlowLimits,
+        drivers: Supervisor,
+        holders: HolderReads | None = None,
+    ) -> None:
         self._ctx = ctx
         self._flow = flow
         self._drivers = drivers
+        self._holders = holders  # ---- batch: coalesced holder reads (issue 14 item 4)
 
     async def submit(
         self, request: TransferRequest, instruction: Instruction
@@ -132,13 +141,16 @@ class Admission:
             raise Conflict("idempotency_key was already used for a different transfer")
         return record
 
+    async def _holder(self, ledger: str, security: str, holder: str) -> HolderStatus:
+        if self._holders is not None:
+            return await self._holders.holder(ledger, security, holder)
+        return await self._ctx.relayers[ledger].holder(security, holder)
+
     async def _precheck(self, request: TransferRequest) -> None:
-        src = self._ctx.relayers[request.source_ledger]
-        dst = self._ctx.relayers[request.target_ledger]
         try:
             sender, target = await asyncio.gather(
-                src.holder(request.security, request.sender),
-                dst.holder(request.security, request.recipient),
+                self._holder(request.source_ledger, request.security, request.sender),
+                self._holder(request.target_ledger, request.security, request.recipient),
             )
         except LedgerRejected as exc:
             raise PreconditionFailed(generic(exc)) from exc

@@ -53,7 +53,12 @@ from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.batch_convert import batch_request_to_pb, outcome_from_pb
 from bridge.rpc.channels import ReloadingStub
 from bridge.rpc.claims_refusal import refusal_of
-from bridge.rpc.convert import leg_status_from_pb, signatures_to_pb, terms_to_pb
+from bridge.rpc.convert import (
+    holder_from_pb,
+    leg_status_from_pb,
+    signatures_to_pb,
+    terms_to_pb,
+)
 from bridge.rpc.errors import received_error
 from bridge.rpc.flow_convert import flow_status_from_pb
 from bridge.rpc.halt_convert import halt_from_pb, signed_order_to_pb
@@ -71,6 +76,8 @@ from bridge.v1 import (
 
 MAX_LEGS_PER_CALL = 1000
 """---- batch: ids per GetLegs call (the relayer's MAX_LEGS_PER_REQUEST)."""
+MAX_HOLDERS_PER_CALL = 1000
+"""---- batch: holders per GetHolders call (the relayer's MAX_HOLDERS_PER_REQUEST)."""
 
 _TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
@@ -172,14 +179,32 @@ class RelayerGateway:
             )
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
-        return HolderStatus(
-            m.security_registered,
-            int(m.balance or "0"),
-            m.receive_status,
-            m.eligible,
-            m.frozen,
-            m.paused,
-        )
+        return holder_from_pb(m)
+
+    async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+        """Many holders' standing on this ledger, in order, in one call per
+        ``MAX_HOLDERS_PER_CALL`` (one GetHolder each from a relayer that predates GetHolders:
+        UNIMPLEMENTED, so a coordinator upgraded first keeps working). Raises like
+        :meth:`holder`; an answer with another number of holders is Unavailable."""
+        out: list[HolderStatus] = []
+        for lo in range(0, len(holders), MAX_HOLDERS_PER_CALL):
+            chunk = list(holders[lo : lo + MAX_HOLDERS_PER_CALL])
+            try:
+                m = await self._stub.GetHolders(
+                    relayer_pb2.GetHoldersRequest(security_id=security, holders=chunk),
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetHolders
+                    out.extend([await self.holder(security, h) for h in chunk])
+                    continue
+                raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
+            if len(m.holders) != len(chunk):
+                raise Unavailable(
+                    f"relayer of {self.ledger} answered {len(m.holders)} holders for {len(chunk)}"
+                )
+            out.extend(holder_from_pb(x) for x in m.holders)
+        return out
 
     async def supply(self, security: SecurityId) -> SupplyReading:
         """The security's figures on this ledger at its finalized height."""

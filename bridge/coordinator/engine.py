@@ -29,6 +29,7 @@ from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.flow_limits import FlowLimits, FlowQueued, LaneFlow
 from bridge.coordinator.halts import HaltBook
+from bridge.coordinator.holder_reads import HolderReads
 from bridge.coordinator.intake import EventNotConfirmed, Intake
 from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.publisher import SupplyPublisher
@@ -113,7 +114,13 @@ class Coordinator:
             self._ctx, self._stepper.advance, self._flow.note_flow_wait, self._recheck_failed
         )
         self._intake = Intake(self._ctx, self._drivers)
-        self._admission = Admission(self._ctx, self._flow, self._drivers)
+        # ---- coalesced holder reads (issue 14 item 4): with batching, admission's too
+        self._holders = (
+            HolderReads(self._ctx, batching.max_in_flight)
+            if batching is not None and batching.enabled
+            else None
+        )
+        self._admission = Admission(self._ctx, self._flow, self._drivers, self._holders)
 
     @property
     def domains(self) -> Mapping[str, LedgerDomain]:
@@ -159,6 +166,8 @@ class Coordinator:
             await self._batcher.close()
         if self._reads is not None:
             await self._reads.close()
+        if self._holders is not None:
+            await self._holders.close()
         await self._flow.close()
 
     def _spawn(self, tid: bytes) -> None:

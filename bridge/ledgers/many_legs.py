@@ -10,15 +10,14 @@ a many-leg read is used without touching them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from bridge.domain.legs import Leg, LegStatus
 from bridge.ledgers.adapter import LedgerReader
+from bridge.ledgers.bounded import READ_CONCURRENCY, gather_bounded
 
-READ_CONCURRENCY = 8
-"""Single-leg reads in flight at once in the fallback."""
+__all__ = ["READ_CONCURRENCY", "ManyLegsReader", "read_legs"]
 
 
 @runtime_checkable
@@ -42,10 +41,4 @@ async def read_legs(
     answer)."""
     if isinstance(reader, ManyLegsReader):
         return await reader.get_legs(transfer_ids, leg)
-    gate = asyncio.Semaphore(READ_CONCURRENCY)
-
-    async def one(tid: bytes) -> LegStatus:
-        async with gate:
-            return await reader.get_leg(tid, leg)
-
-    return list(await asyncio.gather(*(one(t) for t in transfer_ids)))
+    return await gather_bounded(lambda t: reader.get_leg(t, leg), transfer_ids)

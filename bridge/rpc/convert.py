@@ -6,9 +6,10 @@ Every decoder validates, raising InvalidInput with the field name on malformed i
 
 from __future__ import annotations
 
-from bridge.domain.errors import InvalidInput
+from bridge.domain.errors import InvalidInput, Unavailable
 from bridge.domain.instructions import Instruction
 from bridge.domain.legs import (
+    HolderStatus,
     LedgerEvent,
     Leg,
     LegState,
@@ -100,6 +101,29 @@ def leg_status_to_pb(s: LegStatus) -> relayer_pb2.LegStatus:
         reason=s.reason,
         height=s.height,
         not_before=s.not_before,
+    )
+
+
+def holder_to_pb(s: HolderStatus) -> relayer_pb2.HolderStatus:
+    """A holder status message (the balance as a decimal string: it may exceed 64 bits)."""
+    return relayer_pb2.HolderStatus(
+        security_registered=s.security_registered,
+        balance=str(s.balance),
+        receive_status=s.receive_status,
+        frozen=s.frozen,
+        paused=s.paused,
+        eligible=s.eligible,
+    )
+
+
+def holder_from_pb(m: relayer_pb2.HolderStatus) -> HolderStatus:
+    """A holder status from its message; Unavailable for a balance that is not a
+    non-negative decimal integer (a relayer answering garbage)."""
+    raw = m.balance or "0"
+    if not raw.isdecimal() or not raw.isascii():
+        raise Unavailable(f"a relayer answered the balance {raw[:40]!r}")
+    return HolderStatus(
+        m.security_registered, int(raw), m.receive_status, m.eligible, m.frozen, m.paused
     )
 
 

@@ -156,6 +156,7 @@ RULES: Mapping[str, Rule] = {
     _R + "GetLeg": _rule(COORDINATOR),
     _R + "GetLegs": _rule(COORDINATOR),  # ---- batch: many legs, the same reads as GetLeg
     _R + "GetHolder": _rule(COORDINATOR),
+    _R + "GetHolders": _rule(COORDINATOR),  # ---- batch: many holders, GetHolder's reads
     _R + "Submit": _rule(COORDINATOR),
     # ---- batched ledger steps (ADR 0025): exactly Submit's rule.
     _R + "SubmitBatch": _rule(COORDINATOR),

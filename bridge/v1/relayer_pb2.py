@@ -29,7 +29,7 @@ from bridge.v1 import rotation_pb2 as bridge_dot_v1_dot_rotation__pb2
 from bridge.v1 import supply_pb2 as bridge_dot_v1_dot_supply__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62ridge/v1/relayer.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x14\x62ridge/v1/flow.proto\x1a\x1a\x62ridge/v1/depository.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x16\x62ridge/v1/supply.proto\"\x16\n\x14GetLedgerInfoRequest\"\x82\x01\n\nLedgerInfo\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x03 \x01(\x0c\x12\x18\n\x10\x66inalized_height\x18\x04 \x01(\x04\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x17\n\x0fmax_batch_items\x18\x06 \x01(\r\"A\n\rGetLegRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\"C\n\x0eGetLegsRequest\x12\x14\n\x0ctransfer_ids\x18\x01 \x03(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\"5\n\x0fGetLegsResponse\x12\"\n\x04legs\x18\x01 \x03(\x0b\x32\x14.bridge.v1.LegStatus\"w\n\tLegStatus\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x12\n\nterms_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\x04\x12\x12\n\nnot_before\x18\x05 \x01(\x04\"7\n\x10GetHolderRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\"\x86\x01\n\x0cHolderStatus\x12\x1b\n\x13security_registered\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\t\x12\x16\n\x0ereceive_status\x18\x03 \x01(\r\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12\x10\n\x08\x65ligible\x18\x06 \x01(\x08\"\x95\x01\n\rSubmitRequest\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x11.bridge.v1.Action\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\x12+\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x16.bridge.v1.Certificate\x12\x13\n\x0binstruction\x18\x04 \x01(\x0c\"H\n\x0eSubmitResponse\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_applied\x18\x03 \x01(\x08\"=\n\x16GetLedgerSupplyRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\"\x16\n\x14GetCommitteesRequest\"7\n\nCommittees\x12)\n\x06\x65pochs\x18\x01 \x03(\x0b\x32\x19.bridge.v1.CommitteeEpoch\"u\n\x17InstallCommitteeRequest\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.bridge.v1.Certificate\"T\n\rBatchStepItem\x12\x1f\n\x05terms\x18\x01 \x01(\x0b\x32\x10.bridge.v1.Terms\x12\x13\n\x0binstruction\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x03(\x0c\"`\n\x10\x42\x61tchCertificate\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x12\n\nsignatures\x18\x05 \x03(\x0c\"\x92\x01\n\x12SubmitBatchRequest\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x11.bridge.v1.Action\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.bridge.v1.BatchStepItem\x12\x30\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x1b.bridge.v1.BatchCertificate\"\x9c\x01\n\x0f\x42\x61tchStepResult\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x12\n\nterms_hash\x18\x04 \x01(\x0c\x12\x0e\n\x06reason\x18\x05 \x01(\r\x12\x0f\n\x07skipped\x18\x06 \x01(\x08\"_\n\x13SubmitBatchResponse\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.bridge.v1.BatchStepResult*\x83\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_LOCK\x10\x01\x12\x12\n\x0e\x41\x43TION_PREPARE\x10\x02\x12\x17\n\x13\x41\x43TION_MARK_EXPIRED\x10\x03\x12\x11\n\rACTION_COMMIT\x10\x04\x12\x10\n\x0c\x41\x43TION_ABORT\x10\x05\x32\xeb\x06\n\x0eRelayerService\x12G\n\rGetLedgerInfo\x12\x1f.bridge.v1.GetLedgerInfoRequest\x1a\x15.bridge.v1.LedgerInfo\x12\x38\n\x06GetLeg\x12\x18.bridge.v1.GetLegRequest\x1a\x14.bridge.v1.LegStatus\x12\x41\n\tGetHolder\x12\x1b.bridge.v1.GetHolderRequest\x1a\x17.bridge.v1.HolderStatus\x12=\n\x06Submit\x12\x18.bridge.v1.SubmitRequest\x1a\x19.bridge.v1.SubmitResponse\x12M\n\x0fGetLedgerSupply\x12!.bridge.v1.GetLedgerSupplyRequest\x1a\x17.bridge.v1.LedgerSupply\x12\x45\n\rGetFlowStatus\x12\x1d.bridge.v1.GetLaneFlowRequest\x1a\x15.bridge.v1.FlowStatus\x12I\n\nApplyOrder\x12 .bridge.v1.SignedDepositoryOrder\x1a\x19.bridge.v1.SubmitResponse\x12G\n\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a\x15.bridge.v1.LedgerHalt\x12G\n\rGetCommittees\x12\x1f.bridge.v1.GetCommitteesRequest\x1a\x15.bridge.v1.Committees\x12Q\n\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponse\x12@\n\x07GetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponse\x12L\n\x0bSubmitBatch\x12\x1d.bridge.v1.SubmitBatchRequest\x1a\x1e.bridge.v1.SubmitBatchResponseB^\n\x12\x64\x65v.kstb.bridge.v1B\x0cRelayerProtoP\x01Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62ridge/v1/relayer.proto\x12\tbridge.v1\x1a\x16\x62ridge/v1/common.proto\x1a\x14\x62ridge/v1/flow.proto\x1a\x1a\x62ridge/v1/depository.proto\x1a\x18\x62ridge/v1/rotation.proto\x1a\x16\x62ridge/v1/supply.proto\"\x16\n\x14GetLedgerInfoRequest\"\x82\x01\n\nLedgerInfo\x12\x11\n\tledger_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x03 \x01(\x0c\x12\x18\n\x10\x66inalized_height\x18\x04 \x01(\x04\x12\x10\n\x08operator\x18\x05 \x01(\t\x12\x17\n\x0fmax_batch_items\x18\x06 \x01(\r\"A\n\rGetLegRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\"C\n\x0eGetLegsRequest\x12\x14\n\x0ctransfer_ids\x18\x01 \x03(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\"5\n\x0fGetLegsResponse\x12\"\n\x04legs\x18\x01 \x03(\x0b\x32\x14.bridge.v1.LegStatus\"w\n\tLegStatus\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x12\n\nterms_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\x04\x12\x12\n\nnot_before\x18\x05 \x01(\x04\"9\n\x11GetHoldersRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0f\n\x07holders\x18\x02 \x03(\t\">\n\x12GetHoldersResponse\x12(\n\x07holders\x18\x01 \x03(\x0b\x32\x17.bridge.v1.HolderStatus\"7\n\x10GetHolderRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\"\x86\x01\n\x0cHolderStatus\x12\x1b\n\x13security_registered\x18\x01 \x01(\x08\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\t\x12\x16\n\x0ereceive_status\x18\x03 \x01(\r\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12\x10\n\x08\x65ligible\x18\x06 \x01(\x08\"\x95\x01\n\rSubmitRequest\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x11.bridge.v1.Action\x12\x1f\n\x05terms\x18\x02 \x01(\x0b\x32\x10.bridge.v1.Terms\x12+\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x16.bridge.v1.Certificate\x12\x13\n\x0binstruction\x18\x04 \x01(\x0c\"H\n\x0eSubmitResponse\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x17\n\x0f\x61lready_applied\x18\x03 \x01(\x08\"=\n\x16GetLedgerSupplyRequest\x12\x13\n\x0bsecurity_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\"\x16\n\x14GetCommitteesRequest\"7\n\nCommittees\x12)\n\x06\x65pochs\x18\x01 \x03(\x0b\x32\x19.bridge.v1.CommitteeEpoch\"u\n\x17InstallCommitteeRequest\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x1b.bridge.v1.RotationProposal\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.bridge.v1.Certificate\"T\n\rBatchStepItem\x12\x1f\n\x05terms\x18\x01 \x01(\x0b\x32\x10.bridge.v1.Terms\x12\x13\n\x0binstruction\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x03(\x0c\"`\n\x10\x42\x61tchCertificate\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x12\n\nsignatures\x18\x05 \x03(\x0c\"\x92\x01\n\x12SubmitBatchRequest\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x11.bridge.v1.Action\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.bridge.v1.BatchStepItem\x12\x30\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x1b.bridge.v1.BatchCertificate\"\x9c\x01\n\x0f\x42\x61tchStepResult\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x0c\x12\x1b\n\x03leg\x18\x02 \x01(\x0e\x32\x0e.bridge.v1.Leg\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.bridge.v1.LegState\x12\x12\n\nterms_hash\x18\x04 \x01(\x0c\x12\x0e\n\x06reason\x18\x05 \x01(\r\x12\x0f\n\x07skipped\x18\x06 \x01(\x08\"_\n\x13SubmitBatchResponse\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.bridge.v1.BatchStepResult*\x83\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_LOCK\x10\x01\x12\x12\n\x0e\x41\x43TION_PREPARE\x10\x02\x12\x17\n\x13\x41\x43TION_MARK_EXPIRED\x10\x03\x12\x11\n\rACTION_COMMIT\x10\x04\x12\x10\n\x0c\x41\x43TION_ABORT\x10\x05\x32\xb6\x07\n\x0eRelayerService\x12G\n\rGetLedgerInfo\x12\x1f.bridge.v1.GetLedgerInfoRequest\x1a\x15.bridge.v1.LedgerInfo\x12\x38\n\x06GetLeg\x12\x18.bridge.v1.GetLegRequest\x1a\x14.bridge.v1.LegStatus\x12\x41\n\tGetHolder\x12\x1b.bridge.v1.GetHolderRequest\x1a\x17.bridge.v1.HolderStatus\x12=\n\x06Submit\x12\x18.bridge.v1.SubmitRequest\x1a\x19.bridge.v1.SubmitResponse\x12M\n\x0fGetLedgerSupply\x12!.bridge.v1.GetLedgerSupplyRequest\x1a\x17.bridge.v1.LedgerSupply\x12\x45\n\rGetFlowStatus\x12\x1d.bridge.v1.GetLaneFlowRequest\x1a\x15.bridge.v1.FlowStatus\x12I\n\nApplyOrder\x12 .bridge.v1.SignedDepositoryOrder\x1a\x19.bridge.v1.SubmitResponse\x12G\n\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a\x15.bridge.v1.LedgerHalt\x12G\n\rGetCommittees\x12\x1f.bridge.v1.GetCommitteesRequest\x1a\x15.bridge.v1.Committees\x12Q\n\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponse\x12@\n\x07GetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponse\x12I\n\nGetHolders\x12\x1c.bridge.v1.GetHoldersRequest\x1a\x1d.bridge.v1.GetHoldersResponse\x12L\n\x0bSubmitBatch\x12\x1d.bridge.v1.SubmitBatchRequest\x1a\x1e.bridge.v1.SubmitBatchResponseB^\n\x12\x64\x65v.kstb.bridge.v1B\x0cRelayerProtoP\x01Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge.v1.relayer_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.kstb.bridge.v1B\014RelayerProtoP\001Z\'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\252\002\016Kstb.Bridge.V1'
-  _globals['_ACTION']._serialized_start=1904
-  _globals['_ACTION']._serialized_end=2035
+  _globals['_ACTION']._serialized_start=2027
+  _globals['_ACTION']._serialized_end=2158
   _globals['_GETLEDGERINFOREQUEST']._serialized_start=162
   _globals['_GETLEDGERINFOREQUEST']._serialized_end=184
   _globals['_LEDGERINFO']._serialized_start=187
@@ -51,32 +51,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLEGSRESPONSE']._serialized_end=508
   _globals['_LEGSTATUS']._serialized_start=510
   _globals['_LEGSTATUS']._serialized_end=629
-  _globals['_GETHOLDERREQUEST']._serialized_start=631
-  _globals['_GETHOLDERREQUEST']._serialized_end=686
-  _globals['_HOLDERSTATUS']._serialized_start=689
-  _globals['_HOLDERSTATUS']._serialized_end=823
-  _globals['_SUBMITREQUEST']._serialized_start=826
-  _globals['_SUBMITREQUEST']._serialized_end=975
-  _globals['_SUBMITRESPONSE']._serialized_start=977
-  _globals['_SUBMITRESPONSE']._serialized_end=1049
-  _globals['_GETLEDGERSUPPLYREQUEST']._serialized_start=1051
-  _globals['_GETLEDGERSUPPLYREQUEST']._serialized_end=1112
-  _globals['_GETCOMMITTEESREQUEST']._serialized_start=1114
-  _globals['_GETCOMMITTEESREQUEST']._serialized_end=1136
-  _globals['_COMMITTEES']._serialized_start=1138
-  _globals['_COMMITTEES']._serialized_end=1193
-  _globals['_INSTALLCOMMITTEEREQUEST']._serialized_start=1195
-  _globals['_INSTALLCOMMITTEEREQUEST']._serialized_end=1312
-  _globals['_BATCHSTEPITEM']._serialized_start=1314
-  _globals['_BATCHSTEPITEM']._serialized_end=1398
-  _globals['_BATCHCERTIFICATE']._serialized_start=1400
-  _globals['_BATCHCERTIFICATE']._serialized_end=1496
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=1499
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=1645
-  _globals['_BATCHSTEPRESULT']._serialized_start=1648
-  _globals['_BATCHSTEPRESULT']._serialized_end=1804
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1806
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1901
-  _globals['_RELAYERSERVICE']._serialized_start=2038
-  _globals['_RELAYERSERVICE']._serialized_end=2913
+  _globals['_GETHOLDERSREQUEST']._serialized_start=631
+  _globals['_GETHOLDERSREQUEST']._serialized_end=688
+  _globals['_GETHOLDERSRESPONSE']._serialized_start=690
+  _globals['_GETHOLDERSRESPONSE']._serialized_end=752
+  _globals['_GETHOLDERREQUEST']._serialized_start=754
+  _globals['_GETHOLDERREQUEST']._serialized_end=809
+  _globals['_HOLDERSTATUS']._serialized_start=812
+  _globals['_HOLDERSTATUS']._serialized_end=946
+  _globals['_SUBMITREQUEST']._serialized_start=949
+  _globals['_SUBMITREQUEST']._serialized_end=1098
+  _globals['_SUBMITRESPONSE']._serialized_start=1100
+  _globals['_SUBMITRESPONSE']._serialized_end=1172
+  _globals['_GETLEDGERSUPPLYREQUEST']._serialized_start=1174
+  _globals['_GETLEDGERSUPPLYREQUEST']._serialized_end=1235
+  _globals['_GETCOMMITTEESREQUEST']._serialized_start=1237
+  _globals['_GETCOMMITTEESREQUEST']._serialized_end=1259
+  _globals['_COMMITTEES']._serialized_start=1261
+  _globals['_COMMITTEES']._serialized_end=1316
+  _globals['_INSTALLCOMMITTEEREQUEST']._serialized_start=1318
+  _globals['_INSTALLCOMMITTEEREQUEST']._serialized_end=1435
+  _globals['_BATCHSTEPITEM']._serialized_start=1437
+  _globals['_BATCHSTEPITEM']._serialized_end=1521
+  _globals['_BATCHCERTIFICATE']._serialized_start=1523
+  _globals['_BATCHCERTIFICATE']._serialized_end=1619
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1622
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1768
+  _globals['_BATCHSTEPRESULT']._serialized_start=1771
+  _globals['_BATCHSTEPRESULT']._serialized_end=1927
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1929
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=2024
+  _globals['_RELAYERSERVICE']._serialized_start=2161
+  _globals['_RELAYERSERVICE']._serialized_end=3111
 # @@protoc_insertion_point(module_scope)

@@ -203,6 +203,53 @@ class LegStatus(_message.Message):
 Global___LegStatus: _TypeAlias = LegStatus  # noqa: Y015
 
 @_typing.final
+class GetHoldersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECURITY_ID_FIELD_NUMBER: _builtins.int
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    security_id: _builtins.str
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 1,000 of them."""
+
+    def __init__(
+        self,
+        *,
+        security_id: _builtins.str = ...,
+        holders: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders", "security_id", b"security_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldersRequest: _TypeAlias = GetHoldersRequest  # noqa: Y015
+
+@_typing.final
+class GetHoldersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderStatus]:
+        """One per requested holder, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        holders: _abc.Iterable[Global___HolderStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldersResponse: _TypeAlias = GetHoldersResponse  # noqa: Y015
+
+@_typing.final
 class GetHolderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

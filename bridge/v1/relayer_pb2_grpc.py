@@ -94,6 +94,11 @@ class RelayerServiceStub:
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
                 _registered_method=True)
+        self.GetHolders = channel.unary_unary(
+                '/bridge.v1.RelayerService/GetHolders',
+                request_serializer=bridge_dot_v1_dot_relayer__pb2.GetHoldersRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_relayer__pb2.GetHoldersResponse.FromString,
+                _registered_method=True)
         self.SubmitBatch = channel.unary_unary(
                 '/bridge.v1.RelayerService/SubmitBatch',
                 request_serializer=bridge_dot_v1_dot_relayer__pb2.SubmitBatchRequest.SerializeToString,
@@ -203,6 +208,15 @@ class RelayerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHolders(self, request, context):
+        """Many holders' standing for one security, each as GetHolder reads it, in the request's
+        order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+        ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitBatch(self, request, context):
         """---- batched ledger steps (issue 14 item 2, ADR 0025)
         Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
@@ -276,6 +290,11 @@ def add_RelayerServiceServicer_to_server(servicer, server):
                     servicer.GetLegs,
                     request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.SerializeToString,
+            ),
+            'GetHolders': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHolders,
+                    request_deserializer=bridge_dot_v1_dot_relayer__pb2.GetHoldersRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_relayer__pb2.GetHoldersResponse.SerializeToString,
             ),
             'SubmitBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitBatch,
@@ -582,6 +601,33 @@ class RelayerService:
             '/bridge.v1.RelayerService/GetLegs',
             bridge_dot_v1_dot_relayer__pb2.GetLegsRequest.SerializeToString,
             bridge_dot_v1_dot_relayer__pb2.GetLegsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHolders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.RelayerService/GetHolders',
+            bridge_dot_v1_dot_relayer__pb2.GetHoldersRequest.SerializeToString,
+            bridge_dot_v1_dot_relayer__pb2.GetHoldersResponse.FromString,
             options,
             channel_credentials,
             insecure,

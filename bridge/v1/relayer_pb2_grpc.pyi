@@ -90,6 +90,11 @@ class RelayerServiceStub:
     Many legs of one side at the ledger's finalized height, in the request's order (one
     evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
     """
+    GetHolders: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.GetHoldersRequest, _relayer_pb2.GetHoldersResponse]
+    """Many holders' standing for one security, each as GetHolder reads it, in the request's
+    order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+    ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
+    """
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_relayer_pb2.SubmitBatchRequest, _relayer_pb2.SubmitBatchResponse]
     """---- batched ledger steps (issue 14 item 2, ADR 0025)
     Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
@@ -161,6 +166,11 @@ class RelayerServiceAsyncStub(RelayerServiceStub):
     """---- batch (issue 14 item 4)
     Many legs of one side at the ledger's finalized height, in the request's order (one
     evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+    """
+    GetHolders: _aio.UnaryUnaryMultiCallable[_relayer_pb2.GetHoldersRequest, _relayer_pb2.GetHoldersResponse]  # type: ignore[assignment]
+    """Many holders' standing for one security, each as GetHolder reads it, in the request's
+    order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+    ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
     """
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_relayer_pb2.SubmitBatchRequest, _relayer_pb2.SubmitBatchResponse]  # type: ignore[assignment]
     """---- batched ledger steps (issue 14 item 2, ADR 0025)
@@ -296,6 +306,17 @@ class RelayerServiceServicer(metaclass=_abc_1.ABCMeta):
         """---- batch (issue 14 item 4)
         Many legs of one side at the ledger's finalized height, in the request's order (one
         evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
+        """
+
+    @_abc_1.abstractmethod
+    def GetHolders(
+        self,
+        request: _relayer_pb2.GetHoldersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relayer_pb2.GetHoldersResponse, _abc.Awaitable[_relayer_pb2.GetHoldersResponse]]:
+        """Many holders' standing for one security, each as GetHolder reads it, in the request's
+        order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+        ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
         """
 
     @_abc_1.abstractmethod

@@ -18,6 +18,7 @@ from bridge.domain.errors import InvalidInput, LedgerRejected
 from bridge.domain.legs import Action, Leg, LegState, RejectReason, SignatureSet, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.adapter import LedgerAdapter
+from bridge.ledgers.many_holders import read_holders
 from tests.conformance.harness import SECURITY, KindHarness, Terms
 
 pytestmark = [pytest.mark.conformance, pytest.mark.integration]
@@ -225,6 +226,23 @@ async def test_a_read_only_adapter_submits_nothing(harness: KindHarness) -> None
         assert (await reader.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
     finally:
         await reader.close()
+
+
+# -- holder reads -------------------------------------------------------------------------------
+async def test_many_holders_read_each_as_a_single_read(
+    harness: KindHarness, relayer: LedgerAdapter
+) -> None:
+    """The relayer's GetHolders path (``read_holders``: a kind's many-holder read, or
+    bounded single reads): each holder, in order, as ``holder_status`` reads it."""
+    h = harness
+    funded, empty = await h.holder(12), await h.holder()
+    ineligible = await h.holder(eligible=False)
+    holders = [funded, empty, ineligible, funded]
+    many = await read_holders(relayer, SECURITY, holders)
+    assert many == [await relayer.holder_status(SECURITY, w) for w in holders]
+    assert [(s.balance, s.eligible) for s in many] == [
+        (12, True), (0, True), (0, False), (12, True)
+    ]  # fmt: skip
 
 
 # -- supply reads -------------------------------------------------------------------------------

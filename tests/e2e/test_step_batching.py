@@ -5,7 +5,8 @@ One SubmitTransfers batch of 40 transfers from brokerage-a, half to brokerage-b 
 half to brokerage-f (EVM->Fabric), ten of them to recipients not eligible on their target:
 those abort alone, the rest commit, balances and supply exact, nothing left in escrow. The
 records prove the batching: fewer distinct ledger transactions than transfers, and the
-decisions hold batch certificates.
+decisions hold batch certificates; the relayers' audit logs show admission's holder reads
+coalesced into GetHolders calls.
 """
 
 from __future__ import annotations
@@ -149,3 +150,17 @@ def test_a_burst_settles_in_batched_steps_each_transfer_alone(batched: LocalSyst
         c.get("type", "single") for _, certs in decisions for c in json.loads(certs).values()
     )
     assert types["batch"] > types["single"]
+
+    # Admission read the holders in coalesced GetHolders calls (issue 14 item 4): not one
+    # GetHolder; on the source, far fewer calls than the transfers' 40 sender reads.
+    calls = {name: relayer_calls(s, name) for name in (A, B, F)}
+    print("relayer holder reads:", {n: (c["GetHolders"], c["GetHolder"]) for n, c in calls.items()})
+    assert all(c["GetHolder"] == 0 and c["GetHolders"] > 0 for c in calls.values())
+    assert calls[A]["GetHolders"] < TRANSFERS / 2
+
+
+def relayer_calls(s: LocalSystem, ledger: str) -> Counter[str]:
+    """The RPCs the relayer of ``ledger`` allowed, by method name (its audit log)."""
+    lines = (s.workdir / "audit" / f"relayer-{ledger}.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return Counter(e["method"].rsplit("/", 1)[-1] for e in entries if e["allowed"])

@@ -70,6 +70,7 @@ class FakeRelayer:
     locked_ids: list[bytes] = field(default_factory=list)
     not_before: int = 0  # a large-transfer delay on the LOCKED / PREPARED legs made here
     many_reads: int = 0  # ---- batch: GetLegs calls
+    many_holder_reads: int = 0  # ---- batch: GetHolders calls
 
     async def flow_status(self, security: str, counterpart: str) -> FlowStatus:
         return FlowStatus(
@@ -102,6 +103,10 @@ class FakeRelayer:
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
         return HolderStatus(True, 10**6, 0, True, False, False)
+
+    async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+        self.many_holder_reads += 1
+        return [await self.holder(security, h) for h in holders]
 
     async def submit(
         self,

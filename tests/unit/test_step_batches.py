@@ -642,3 +642,108 @@ async def test_lane_reads_are_never_answered_by_a_read_older_than_the_call() -> 
             await task
     assert len(asked) == 8
     await flow.close()
+
+
+# ---- coalesced holder reads (issue 14 item 4)
+
+
+async def test_a_burst_shares_its_holder_reads(batching) -> None:
+    """With batching on, admission's holder reads (the sender on the source, the recipient
+    on the target, for every transfer) go out as GetHolders calls carrying many
+    admissions: far fewer calls than transfers, not one GetHolder, and every transfer
+    still commits."""
+    from bridge.domain.legs import HolderStatus
+
+    c, relayers, _, store = batching
+    calls = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+
+        async def single(security: str, holder: str) -> HolderStatus:
+            raise AssertionError("admission read a holder alone")
+
+        async def many(security: str, holders: Sequence[str], _n=name) -> list[HolderStatus]:  # type: ignore[no-untyped-def]
+            calls[_n] += 1
+            await asyncio.sleep(0.005)  # a relayer round trip, so reads overlap
+            return [HolderStatus(True, 10**6, 0, True, False, False) for _ in holders]
+
+        relayer.holder = single  # type: ignore[method-assign]
+        relayer.holders = many  # type: ignore[method-assign]
+    tids = await burst(c, 20, prefix="h")
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    # Unshared: one read of each ledger per transfer, 20 each.
+    assert 0 < calls["a"] < 10 and 0 < calls["b"] < 10, calls
+
+
+async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
+    """HolderReads: a read arriving while one is in flight waits for a read of its own;
+    the same holder twice in one read is asked once; ledgers and securities are never
+    shared; an unreachable ledger fails every caller of its read; any other refusal of a
+    shared read is never shared: each holder is read alone and only its own caller is
+    refused (one brokerage's holder cannot refuse another's transfer)."""
+    from bridge.coordinator.holder_reads import HolderReads
+    from bridge.domain.errors import Unavailable
+    from bridge.domain.legs import HolderStatus
+
+    asked: list[tuple[str, str, list[str]]] = []
+    gate = asyncio.Event()
+    POISON = "0xpoison"
+
+    class Relayer:
+        fail: Exception | None = None
+
+        def __init__(self, ledger: str) -> None:
+            self.ledger = ledger
+            self.singles: list[str] = []
+
+        async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+            asked.append((self.ledger, security, list(holders)))
+            await gate.wait()
+            if self.fail is not None:
+                raise self.fail
+            if POISON in holders:
+                raise LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, "one holder's refusal")
+            return [HolderStatus(True, len(asked), 0, True, False, False) for _ in holders]
+
+        async def holder(self, security: str, holder: str) -> HolderStatus:
+            self.singles.append(holder)
+            if holder == POISON:
+                raise LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, "one holder's refusal")
+            return HolderStatus(True, 7, 0, True, False, False)
+
+    relayers = {"a": Relayer("a"), "b": Relayer("b")}
+    reads = HolderReads(SimpleNamespace(relayers=relayers), max_in_flight=1)  # type: ignore[arg-type]
+    first = asyncio.create_task(reads.holder("a", ISIN, "0x1"))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(reads.holder("a", ISIN, h)) for h in ("0x1", "0x2", "0x1")]
+    other = [
+        asyncio.create_task(reads.holder("b", ISIN, "0x1")),
+        asyncio.create_task(reads.holder("a", "KR7000660001", "0x1")),
+    ]
+    await asyncio.sleep(0.01)
+    assert sorted(asked) == sorted(
+        [("a", ISIN, ["0x1"]), ("b", ISIN, ["0x1"]), ("a", "KR7000660001", ["0x1"])]
+    )  # the later reads of ("a", ISIN) wait for a read of their own
+    gate.set()
+    assert (await first).balance <= 3
+    answers = await asyncio.gather(*later)
+    await asyncio.gather(*other)
+    assert asked[-1] == ("a", ISIN, ["0x1", "0x2"])
+    assert {s.balance for s in answers} == {4}  # one read, made after the first was asked
+
+    # One holder's refusal: read again alone, only its caller refused.
+    mixed = [asyncio.create_task(reads.holder("a", ISIN, h)) for h in ("0x3", POISON, "0x4")]
+    results = await asyncio.gather(*mixed, return_exceptions=True)
+    assert isinstance(results[1], LedgerRejected)
+    assert [r.balance for r in (results[0], results[2])] == [7, 7]  # type: ignore[union-attr]
+    assert sorted(relayers["a"].singles) == sorted(["0x3", POISON, "0x4"])
+
+    # The ledger unreachable: every caller of that read gets it, nothing is read alone.
+    relayers["a"].fail = Unavailable("relayer down")
+    relayers["a"].singles.clear()
+    failing = [asyncio.create_task(reads.holder("a", ISIN, h)) for h in ("0x5", "0x6")]
+    for task in failing:
+        with pytest.raises(Unavailable):
+            await task
+    assert relayers["a"].singles == []
+    await reads.close()

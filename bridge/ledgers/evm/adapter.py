@@ -669,6 +669,14 @@ class EvmAdapter(StepTemplate):
             return (await self._holders_at(at, token_addr, [who]))[0]
         return _raised(await self._holders.get((at, token_addr, who)))
 
+    async def holder_statuses(
+        self, security: SecurityId, holders: Sequence[bytes]
+    ) -> list[HolderStatus]:
+        """Each of ``holders`` as :meth:`holder_status` reads it, in order
+        (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): with a lens, one
+        ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders at one height."""
+        return list(await asyncio.gather(*(self.holder_status(security, h) for h in holders)))
+
     async def _read_holders(self, keys: list[HolderKey]) -> list[HolderStatus | Exception]:
         """The batch behind :meth:`holder_status`: one ``holdersOf`` per (height, token)."""
         groups: dict[tuple[int, str], list[int]] = {}

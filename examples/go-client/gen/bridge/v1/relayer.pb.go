@@ -432,6 +432,104 @@ func (x *LegStatus) GetNotBefore() uint64 {
 	return 0
 }
 
+type GetHoldersRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SecurityId string                 `protobuf:"bytes,1,opt,name=security_id,json=securityId,proto3" json:"security_id,omitempty"`
+	// 1 to 1,000 of them.
+	Holders       []string `protobuf:"bytes,2,rep,name=holders,proto3" json:"holders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHoldersRequest) Reset() {
+	*x = GetHoldersRequest{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHoldersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHoldersRequest) ProtoMessage() {}
+
+func (x *GetHoldersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHoldersRequest.ProtoReflect.Descriptor instead.
+func (*GetHoldersRequest) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetHoldersRequest) GetSecurityId() string {
+	if x != nil {
+		return x.SecurityId
+	}
+	return ""
+}
+
+func (x *GetHoldersRequest) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+type GetHoldersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per requested holder, in the request's order.
+	Holders       []*HolderStatus `protobuf:"bytes,1,rep,name=holders,proto3" json:"holders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHoldersResponse) Reset() {
+	*x = GetHoldersResponse{}
+	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHoldersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHoldersResponse) ProtoMessage() {}
+
+func (x *GetHoldersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHoldersResponse.ProtoReflect.Descriptor instead.
+func (*GetHoldersResponse) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetHoldersResponse) GetHolders() []*HolderStatus {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
 type GetHolderRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SecurityId    string                 `protobuf:"bytes,1,opt,name=security_id,json=securityId,proto3" json:"security_id,omitempty"`
@@ -442,7 +540,7 @@ type GetHolderRequest struct {
 
 func (x *GetHolderRequest) Reset() {
 	*x = GetHolderRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +552,7 @@ func (x *GetHolderRequest) String() string {
 func (*GetHolderRequest) ProtoMessage() {}
 
 func (x *GetHolderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[6]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +565,7 @@ func (x *GetHolderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHolderRequest.ProtoReflect.Descriptor instead.
 func (*GetHolderRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{6}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetHolderRequest) GetSecurityId() string {
@@ -499,7 +597,7 @@ type HolderStatus struct {
 
 func (x *HolderStatus) Reset() {
 	*x = HolderStatus{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +609,7 @@ func (x *HolderStatus) String() string {
 func (*HolderStatus) ProtoMessage() {}
 
 func (x *HolderStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[7]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +622,7 @@ func (x *HolderStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HolderStatus.ProtoReflect.Descriptor instead.
 func (*HolderStatus) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{7}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HolderStatus) GetSecurityRegistered() bool {
@@ -583,7 +681,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +693,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[8]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +706,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{8}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SubmitRequest) GetAction() Action {
@@ -650,7 +748,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +760,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[9]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +773,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{9}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubmitResponse) GetTxId() string {
@@ -710,7 +808,7 @@ type GetLedgerSupplyRequest struct {
 
 func (x *GetLedgerSupplyRequest) Reset() {
 	*x = GetLedgerSupplyRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +820,7 @@ func (x *GetLedgerSupplyRequest) String() string {
 func (*GetLedgerSupplyRequest) ProtoMessage() {}
 
 func (x *GetLedgerSupplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[10]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +833,7 @@ func (x *GetLedgerSupplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLedgerSupplyRequest.ProtoReflect.Descriptor instead.
 func (*GetLedgerSupplyRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{10}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetLedgerSupplyRequest) GetSecurityId() string {
@@ -760,7 +858,7 @@ type GetCommitteesRequest struct {
 
 func (x *GetCommitteesRequest) Reset() {
 	*x = GetCommitteesRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +870,7 @@ func (x *GetCommitteesRequest) String() string {
 func (*GetCommitteesRequest) ProtoMessage() {}
 
 func (x *GetCommitteesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[11]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +883,7 @@ func (x *GetCommitteesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommitteesRequest.ProtoReflect.Descriptor instead.
 func (*GetCommitteesRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{11}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{13}
 }
 
 type Committees struct {
@@ -797,7 +895,7 @@ type Committees struct {
 
 func (x *Committees) Reset() {
 	*x = Committees{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +907,7 @@ func (x *Committees) String() string {
 func (*Committees) ProtoMessage() {}
 
 func (x *Committees) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[12]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +920,7 @@ func (x *Committees) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Committees.ProtoReflect.Descriptor instead.
 func (*Committees) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{12}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Committees) GetEpochs() []*CommitteeEpoch {
@@ -843,7 +941,7 @@ type InstallCommitteeRequest struct {
 
 func (x *InstallCommitteeRequest) Reset() {
 	*x = InstallCommitteeRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +953,7 @@ func (x *InstallCommitteeRequest) String() string {
 func (*InstallCommitteeRequest) ProtoMessage() {}
 
 func (x *InstallCommitteeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[13]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +966,7 @@ func (x *InstallCommitteeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallCommitteeRequest.ProtoReflect.Descriptor instead.
 func (*InstallCommitteeRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{13}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InstallCommitteeRequest) GetProposal() *RotationProposal {
@@ -900,7 +998,7 @@ type BatchStepItem struct {
 
 func (x *BatchStepItem) Reset() {
 	*x = BatchStepItem{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1010,7 @@ func (x *BatchStepItem) String() string {
 func (*BatchStepItem) ProtoMessage() {}
 
 func (x *BatchStepItem) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[14]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1023,7 @@ func (x *BatchStepItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchStepItem.ProtoReflect.Descriptor instead.
 func (*BatchStepItem) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{14}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BatchStepItem) GetTerms() *Terms {
@@ -964,7 +1062,7 @@ type BatchCertificate struct {
 
 func (x *BatchCertificate) Reset() {
 	*x = BatchCertificate{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1074,7 @@ func (x *BatchCertificate) String() string {
 func (*BatchCertificate) ProtoMessage() {}
 
 func (x *BatchCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[15]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1087,7 @@ func (x *BatchCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCertificate.ProtoReflect.Descriptor instead.
 func (*BatchCertificate) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{15}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BatchCertificate) GetEpoch() uint64 {
@@ -1039,7 +1137,7 @@ type SubmitBatchRequest struct {
 
 func (x *SubmitBatchRequest) Reset() {
 	*x = SubmitBatchRequest{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1149,7 @@ func (x *SubmitBatchRequest) String() string {
 func (*SubmitBatchRequest) ProtoMessage() {}
 
 func (x *SubmitBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[16]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1162,7 @@ func (x *SubmitBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitBatchRequest.ProtoReflect.Descriptor instead.
 func (*SubmitBatchRequest) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{16}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SubmitBatchRequest) GetAction() Action {
@@ -1104,7 +1202,7 @@ type BatchStepResult struct {
 
 func (x *BatchStepResult) Reset() {
 	*x = BatchStepResult{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1214,7 @@ func (x *BatchStepResult) String() string {
 func (*BatchStepResult) ProtoMessage() {}
 
 func (x *BatchStepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[17]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1227,7 @@ func (x *BatchStepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchStepResult.ProtoReflect.Descriptor instead.
 func (*BatchStepResult) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{17}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BatchStepResult) GetTransferId() []byte {
@@ -1186,7 +1284,7 @@ type SubmitBatchResponse struct {
 
 func (x *SubmitBatchResponse) Reset() {
 	*x = SubmitBatchResponse{}
-	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1296,7 @@ func (x *SubmitBatchResponse) String() string {
 func (*SubmitBatchResponse) ProtoMessage() {}
 
 func (x *SubmitBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_relayer_proto_msgTypes[18]
+	mi := &file_bridge_v1_relayer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1309,7 @@ func (x *SubmitBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitBatchResponse.ProtoReflect.Descriptor instead.
 func (*SubmitBatchResponse) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{18}
+	return file_bridge_v1_relayer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SubmitBatchResponse) GetTxId() string {
@@ -1265,7 +1363,13 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\rR\x06reason\x12\x16\n" +
 	"\x06height\x18\x04 \x01(\x04R\x06height\x12\x1d\n" +
 	"\n" +
-	"not_before\x18\x05 \x01(\x04R\tnotBefore\"K\n" +
+	"not_before\x18\x05 \x01(\x04R\tnotBefore\"N\n" +
+	"\x11GetHoldersRequest\x12\x1f\n" +
+	"\vsecurity_id\x18\x01 \x01(\tR\n" +
+	"securityId\x12\x18\n" +
+	"\aholders\x18\x02 \x03(\tR\aholders\"G\n" +
+	"\x12GetHoldersResponse\x121\n" +
+	"\aholders\x18\x01 \x03(\v2\x17.bridge.v1.HolderStatusR\aholders\"K\n" +
 	"\x10GetHolderRequest\x12\x1f\n" +
 	"\vsecurity_id\x18\x01 \x01(\tR\n" +
 	"securityId\x12\x16\n" +
@@ -1332,7 +1436,7 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\x0eACTION_PREPARE\x10\x02\x12\x17\n" +
 	"\x13ACTION_MARK_EXPIRED\x10\x03\x12\x11\n" +
 	"\rACTION_COMMIT\x10\x04\x12\x10\n" +
-	"\fACTION_ABORT\x10\x052\xeb\x06\n" +
+	"\fACTION_ABORT\x10\x052\xb6\a\n" +
 	"\x0eRelayerService\x12G\n" +
 	"\rGetLedgerInfo\x12\x1f.bridge.v1.GetLedgerInfoRequest\x1a\x15.bridge.v1.LedgerInfo\x128\n" +
 	"\x06GetLeg\x12\x18.bridge.v1.GetLegRequest\x1a\x14.bridge.v1.LegStatus\x12A\n" +
@@ -1345,7 +1449,9 @@ const file_bridge_v1_relayer_proto_rawDesc = "" +
 	"\rGetHaltStatus\x12\x1f.bridge.v1.GetHaltStatusRequest\x1a\x15.bridge.v1.LedgerHalt\x12G\n" +
 	"\rGetCommittees\x12\x1f.bridge.v1.GetCommitteesRequest\x1a\x15.bridge.v1.Committees\x12Q\n" +
 	"\x10InstallCommittee\x12\".bridge.v1.InstallCommitteeRequest\x1a\x19.bridge.v1.SubmitResponse\x12@\n" +
-	"\aGetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponse\x12L\n" +
+	"\aGetLegs\x12\x19.bridge.v1.GetLegsRequest\x1a\x1a.bridge.v1.GetLegsResponse\x12I\n" +
+	"\n" +
+	"GetHolders\x12\x1c.bridge.v1.GetHoldersRequest\x1a\x1d.bridge.v1.GetHoldersResponse\x12L\n" +
 	"\vSubmitBatch\x12\x1d.bridge.v1.SubmitBatchRequest\x1a\x1e.bridge.v1.SubmitBatchResponseB^\n" +
 	"\x12dev.kstb.bridge.v1B\fRelayerProtoP\x01Z'kstb.dev/kstb/gen/go/bridge/v1;bridgev1\xaa\x02\x0eKstb.Bridge.V1b\x06proto3"
 
@@ -1362,7 +1468,7 @@ func file_bridge_v1_relayer_proto_rawDescGZIP() []byte {
 }
 
 var file_bridge_v1_relayer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_bridge_v1_relayer_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_bridge_v1_relayer_proto_goTypes = []any{
 	(Action)(0),                     // 0: bridge.v1.Action
 	(*GetLedgerInfoRequest)(nil),    // 1: bridge.v1.GetLedgerInfoRequest
@@ -1371,79 +1477,84 @@ var file_bridge_v1_relayer_proto_goTypes = []any{
 	(*GetLegsRequest)(nil),          // 4: bridge.v1.GetLegsRequest
 	(*GetLegsResponse)(nil),         // 5: bridge.v1.GetLegsResponse
 	(*LegStatus)(nil),               // 6: bridge.v1.LegStatus
-	(*GetHolderRequest)(nil),        // 7: bridge.v1.GetHolderRequest
-	(*HolderStatus)(nil),            // 8: bridge.v1.HolderStatus
-	(*SubmitRequest)(nil),           // 9: bridge.v1.SubmitRequest
-	(*SubmitResponse)(nil),          // 10: bridge.v1.SubmitResponse
-	(*GetLedgerSupplyRequest)(nil),  // 11: bridge.v1.GetLedgerSupplyRequest
-	(*GetCommitteesRequest)(nil),    // 12: bridge.v1.GetCommitteesRequest
-	(*Committees)(nil),              // 13: bridge.v1.Committees
-	(*InstallCommitteeRequest)(nil), // 14: bridge.v1.InstallCommitteeRequest
-	(*BatchStepItem)(nil),           // 15: bridge.v1.BatchStepItem
-	(*BatchCertificate)(nil),        // 16: bridge.v1.BatchCertificate
-	(*SubmitBatchRequest)(nil),      // 17: bridge.v1.SubmitBatchRequest
-	(*BatchStepResult)(nil),         // 18: bridge.v1.BatchStepResult
-	(*SubmitBatchResponse)(nil),     // 19: bridge.v1.SubmitBatchResponse
-	(Leg)(0),                        // 20: bridge.v1.Leg
-	(LegState)(0),                   // 21: bridge.v1.LegState
-	(*Terms)(nil),                   // 22: bridge.v1.Terms
-	(*Certificate)(nil),             // 23: bridge.v1.Certificate
-	(*CommitteeEpoch)(nil),          // 24: bridge.v1.CommitteeEpoch
-	(*RotationProposal)(nil),        // 25: bridge.v1.RotationProposal
-	(*GetLaneFlowRequest)(nil),      // 26: bridge.v1.GetLaneFlowRequest
-	(*SignedDepositoryOrder)(nil),   // 27: bridge.v1.SignedDepositoryOrder
-	(*GetHaltStatusRequest)(nil),    // 28: bridge.v1.GetHaltStatusRequest
-	(*LedgerSupply)(nil),            // 29: bridge.v1.LedgerSupply
-	(*FlowStatus)(nil),              // 30: bridge.v1.FlowStatus
-	(*LedgerHalt)(nil),              // 31: bridge.v1.LedgerHalt
+	(*GetHoldersRequest)(nil),       // 7: bridge.v1.GetHoldersRequest
+	(*GetHoldersResponse)(nil),      // 8: bridge.v1.GetHoldersResponse
+	(*GetHolderRequest)(nil),        // 9: bridge.v1.GetHolderRequest
+	(*HolderStatus)(nil),            // 10: bridge.v1.HolderStatus
+	(*SubmitRequest)(nil),           // 11: bridge.v1.SubmitRequest
+	(*SubmitResponse)(nil),          // 12: bridge.v1.SubmitResponse
+	(*GetLedgerSupplyRequest)(nil),  // 13: bridge.v1.GetLedgerSupplyRequest
+	(*GetCommitteesRequest)(nil),    // 14: bridge.v1.GetCommitteesRequest
+	(*Committees)(nil),              // 15: bridge.v1.Committees
+	(*InstallCommitteeRequest)(nil), // 16: bridge.v1.InstallCommitteeRequest
+	(*BatchStepItem)(nil),           // 17: bridge.v1.BatchStepItem
+	(*BatchCertificate)(nil),        // 18: bridge.v1.BatchCertificate
+	(*SubmitBatchRequest)(nil),      // 19: bridge.v1.SubmitBatchRequest
+	(*BatchStepResult)(nil),         // 20: bridge.v1.BatchStepResult
+	(*SubmitBatchResponse)(nil),     // 21: bridge.v1.SubmitBatchResponse
+	(Leg)(0),                        // 22: bridge.v1.Leg
+	(LegState)(0),                   // 23: bridge.v1.LegState
+	(*Terms)(nil),                   // 24: bridge.v1.Terms
+	(*Certificate)(nil),             // 25: bridge.v1.Certificate
+	(*CommitteeEpoch)(nil),          // 26: bridge.v1.CommitteeEpoch
+	(*RotationProposal)(nil),        // 27: bridge.v1.RotationProposal
+	(*GetLaneFlowRequest)(nil),      // 28: bridge.v1.GetLaneFlowRequest
+	(*SignedDepositoryOrder)(nil),   // 29: bridge.v1.SignedDepositoryOrder
+	(*GetHaltStatusRequest)(nil),    // 30: bridge.v1.GetHaltStatusRequest
+	(*LedgerSupply)(nil),            // 31: bridge.v1.LedgerSupply
+	(*FlowStatus)(nil),              // 32: bridge.v1.FlowStatus
+	(*LedgerHalt)(nil),              // 33: bridge.v1.LedgerHalt
 }
 var file_bridge_v1_relayer_proto_depIdxs = []int32{
-	20, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
-	20, // 1: bridge.v1.GetLegsRequest.leg:type_name -> bridge.v1.Leg
+	22, // 0: bridge.v1.GetLegRequest.leg:type_name -> bridge.v1.Leg
+	22, // 1: bridge.v1.GetLegsRequest.leg:type_name -> bridge.v1.Leg
 	6,  // 2: bridge.v1.GetLegsResponse.legs:type_name -> bridge.v1.LegStatus
-	21, // 3: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
-	0,  // 4: bridge.v1.SubmitRequest.action:type_name -> bridge.v1.Action
-	22, // 5: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
-	23, // 6: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
-	24, // 7: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
-	25, // 8: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
-	23, // 9: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
-	22, // 10: bridge.v1.BatchStepItem.terms:type_name -> bridge.v1.Terms
-	0,  // 11: bridge.v1.SubmitBatchRequest.action:type_name -> bridge.v1.Action
-	15, // 12: bridge.v1.SubmitBatchRequest.items:type_name -> bridge.v1.BatchStepItem
-	16, // 13: bridge.v1.SubmitBatchRequest.certificate:type_name -> bridge.v1.BatchCertificate
-	20, // 14: bridge.v1.BatchStepResult.leg:type_name -> bridge.v1.Leg
-	21, // 15: bridge.v1.BatchStepResult.state:type_name -> bridge.v1.LegState
-	18, // 16: bridge.v1.SubmitBatchResponse.items:type_name -> bridge.v1.BatchStepResult
-	1,  // 17: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
-	3,  // 18: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
-	7,  // 19: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
-	9,  // 20: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
-	11, // 21: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
-	26, // 22: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
-	27, // 23: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
-	28, // 24: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
-	12, // 25: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
-	14, // 26: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
-	4,  // 27: bridge.v1.RelayerService.GetLegs:input_type -> bridge.v1.GetLegsRequest
-	17, // 28: bridge.v1.RelayerService.SubmitBatch:input_type -> bridge.v1.SubmitBatchRequest
-	2,  // 29: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
-	6,  // 30: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
-	8,  // 31: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
-	10, // 32: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
-	29, // 33: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
-	30, // 34: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
-	10, // 35: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
-	31, // 36: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
-	13, // 37: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
-	10, // 38: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
-	5,  // 39: bridge.v1.RelayerService.GetLegs:output_type -> bridge.v1.GetLegsResponse
-	19, // 40: bridge.v1.RelayerService.SubmitBatch:output_type -> bridge.v1.SubmitBatchResponse
-	29, // [29:41] is the sub-list for method output_type
-	17, // [17:29] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	23, // 3: bridge.v1.LegStatus.state:type_name -> bridge.v1.LegState
+	10, // 4: bridge.v1.GetHoldersResponse.holders:type_name -> bridge.v1.HolderStatus
+	0,  // 5: bridge.v1.SubmitRequest.action:type_name -> bridge.v1.Action
+	24, // 6: bridge.v1.SubmitRequest.terms:type_name -> bridge.v1.Terms
+	25, // 7: bridge.v1.SubmitRequest.certificate:type_name -> bridge.v1.Certificate
+	26, // 8: bridge.v1.Committees.epochs:type_name -> bridge.v1.CommitteeEpoch
+	27, // 9: bridge.v1.InstallCommitteeRequest.proposal:type_name -> bridge.v1.RotationProposal
+	25, // 10: bridge.v1.InstallCommitteeRequest.certificate:type_name -> bridge.v1.Certificate
+	24, // 11: bridge.v1.BatchStepItem.terms:type_name -> bridge.v1.Terms
+	0,  // 12: bridge.v1.SubmitBatchRequest.action:type_name -> bridge.v1.Action
+	17, // 13: bridge.v1.SubmitBatchRequest.items:type_name -> bridge.v1.BatchStepItem
+	18, // 14: bridge.v1.SubmitBatchRequest.certificate:type_name -> bridge.v1.BatchCertificate
+	22, // 15: bridge.v1.BatchStepResult.leg:type_name -> bridge.v1.Leg
+	23, // 16: bridge.v1.BatchStepResult.state:type_name -> bridge.v1.LegState
+	20, // 17: bridge.v1.SubmitBatchResponse.items:type_name -> bridge.v1.BatchStepResult
+	1,  // 18: bridge.v1.RelayerService.GetLedgerInfo:input_type -> bridge.v1.GetLedgerInfoRequest
+	3,  // 19: bridge.v1.RelayerService.GetLeg:input_type -> bridge.v1.GetLegRequest
+	9,  // 20: bridge.v1.RelayerService.GetHolder:input_type -> bridge.v1.GetHolderRequest
+	11, // 21: bridge.v1.RelayerService.Submit:input_type -> bridge.v1.SubmitRequest
+	13, // 22: bridge.v1.RelayerService.GetLedgerSupply:input_type -> bridge.v1.GetLedgerSupplyRequest
+	28, // 23: bridge.v1.RelayerService.GetFlowStatus:input_type -> bridge.v1.GetLaneFlowRequest
+	29, // 24: bridge.v1.RelayerService.ApplyOrder:input_type -> bridge.v1.SignedDepositoryOrder
+	30, // 25: bridge.v1.RelayerService.GetHaltStatus:input_type -> bridge.v1.GetHaltStatusRequest
+	14, // 26: bridge.v1.RelayerService.GetCommittees:input_type -> bridge.v1.GetCommitteesRequest
+	16, // 27: bridge.v1.RelayerService.InstallCommittee:input_type -> bridge.v1.InstallCommitteeRequest
+	4,  // 28: bridge.v1.RelayerService.GetLegs:input_type -> bridge.v1.GetLegsRequest
+	7,  // 29: bridge.v1.RelayerService.GetHolders:input_type -> bridge.v1.GetHoldersRequest
+	19, // 30: bridge.v1.RelayerService.SubmitBatch:input_type -> bridge.v1.SubmitBatchRequest
+	2,  // 31: bridge.v1.RelayerService.GetLedgerInfo:output_type -> bridge.v1.LedgerInfo
+	6,  // 32: bridge.v1.RelayerService.GetLeg:output_type -> bridge.v1.LegStatus
+	10, // 33: bridge.v1.RelayerService.GetHolder:output_type -> bridge.v1.HolderStatus
+	12, // 34: bridge.v1.RelayerService.Submit:output_type -> bridge.v1.SubmitResponse
+	31, // 35: bridge.v1.RelayerService.GetLedgerSupply:output_type -> bridge.v1.LedgerSupply
+	32, // 36: bridge.v1.RelayerService.GetFlowStatus:output_type -> bridge.v1.FlowStatus
+	12, // 37: bridge.v1.RelayerService.ApplyOrder:output_type -> bridge.v1.SubmitResponse
+	33, // 38: bridge.v1.RelayerService.GetHaltStatus:output_type -> bridge.v1.LedgerHalt
+	15, // 39: bridge.v1.RelayerService.GetCommittees:output_type -> bridge.v1.Committees
+	12, // 40: bridge.v1.RelayerService.InstallCommittee:output_type -> bridge.v1.SubmitResponse
+	5,  // 41: bridge.v1.RelayerService.GetLegs:output_type -> bridge.v1.GetLegsResponse
+	8,  // 42: bridge.v1.RelayerService.GetHolders:output_type -> bridge.v1.GetHoldersResponse
+	21, // 43: bridge.v1.RelayerService.SubmitBatch:output_type -> bridge.v1.SubmitBatchResponse
+	31, // [31:44] is the sub-list for method output_type
+	18, // [18:31] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_relayer_proto_init() }
@@ -1462,7 +1573,7 @@ func file_bridge_v1_relayer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_relayer_proto_rawDesc), len(file_bridge_v1_relayer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

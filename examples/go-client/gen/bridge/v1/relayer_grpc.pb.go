@@ -30,6 +30,7 @@ const (
 	RelayerService_GetCommittees_FullMethodName    = "/bridge.v1.RelayerService/GetCommittees"
 	RelayerService_InstallCommittee_FullMethodName = "/bridge.v1.RelayerService/InstallCommittee"
 	RelayerService_GetLegs_FullMethodName          = "/bridge.v1.RelayerService/GetLegs"
+	RelayerService_GetHolders_FullMethodName       = "/bridge.v1.RelayerService/GetHolders"
 	RelayerService_SubmitBatch_FullMethodName      = "/bridge.v1.RelayerService/SubmitBatch"
 )
 
@@ -82,6 +83,10 @@ type RelayerServiceClient interface {
 	// Many legs of one side at the ledger's finalized height, in the request's order (one
 	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
 	GetLegs(ctx context.Context, in *GetLegsRequest, opts ...grpc.CallOption) (*GetLegsResponse, error)
+	// Many holders' standing for one security, each as GetHolder reads it, in the request's
+	// order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+	// ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
+	GetHolders(ctx context.Context, in *GetHoldersRequest, opts ...grpc.CallOption) (*GetHoldersResponse, error)
 	// ---- batched ledger steps (issue 14 item 2, ADR 0025)
 	// Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
 	// invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
@@ -213,6 +218,16 @@ func (c *relayerServiceClient) GetLegs(ctx context.Context, in *GetLegsRequest, 
 	return out, nil
 }
 
+func (c *relayerServiceClient) GetHolders(ctx context.Context, in *GetHoldersRequest, opts ...grpc.CallOption) (*GetHoldersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetHoldersResponse)
+	err := c.cc.Invoke(ctx, RelayerService_GetHolders_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *relayerServiceClient) SubmitBatch(ctx context.Context, in *SubmitBatchRequest, opts ...grpc.CallOption) (*SubmitBatchResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SubmitBatchResponse)
@@ -272,6 +287,10 @@ type RelayerServiceServer interface {
 	// Many legs of one side at the ledger's finalized height, in the request's order (one
 	// evaluate per 200 ids on Fabric and CometBFT). At most 1,000 ids (INVALID_ARGUMENT).
 	GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error)
+	// Many holders' standing for one security, each as GetHolder reads it, in the request's
+	// order (EVM: one lens call per 256 holders). 1 to 1,000 holders, each one address the
+	// ledger parses (INVALID_ARGUMENT otherwise); a read that fails fails the whole call.
+	GetHolders(context.Context, *GetHoldersRequest) (*GetHoldersResponse, error)
 	// ---- batched ledger steps (issue 14 item 2, ADR 0025)
 	// Apply one action (LOCK, PREPARE, COMMIT, ABORT) to many transfers in ONE ledger
 	// invocation (an EVM transaction, a chaincode invocation, a CometBFT transaction) and
@@ -325,6 +344,9 @@ func (UnimplementedRelayerServiceServer) InstallCommittee(context.Context, *Inst
 }
 func (UnimplementedRelayerServiceServer) GetLegs(context.Context, *GetLegsRequest) (*GetLegsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLegs not implemented")
+}
+func (UnimplementedRelayerServiceServer) GetHolders(context.Context, *GetHoldersRequest) (*GetHoldersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetHolders not implemented")
 }
 func (UnimplementedRelayerServiceServer) SubmitBatch(context.Context, *SubmitBatchRequest) (*SubmitBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitBatch not implemented")
@@ -548,6 +570,24 @@ func _RelayerService_GetLegs_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RelayerService_GetHolders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHoldersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RelayerServiceServer).GetHolders(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RelayerService_GetHolders_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RelayerServiceServer).GetHolders(ctx, req.(*GetHoldersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RelayerService_SubmitBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SubmitBatchRequest)
 	if err := dec(in); err != nil {
@@ -616,6 +656,10 @@ var RelayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLegs",
 			Handler:    _RelayerService_GetLegs_Handler,
+		},
+		{
+			MethodName: "GetHolders",
+			Handler:    _RelayerService_GetHolders_Handler,
 		},
 		{
 			MethodName: "SubmitBatch",

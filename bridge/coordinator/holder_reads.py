@@ -1,0 +1,88 @@
+"""Coalesced holder reads (issue 14 item 4): admission's per-transfer holder reads become
+one ``GetHolders`` per ledger and security.
+
+Admission reads the sender's standing on the source ledger and the recipient's on the
+target ledger for every submitted transfer (:mod:`bridge.coordinator.admission`): with a
+netted batch of thousands of items, two ``GetHolder`` calls each, most of the
+coordinator's unary calls. :class:`HolderReads` coalesces them per (ledger, security) with
+the step batcher's :class:`~bridge.coordinator.coalesce.Coalescer`: a read arriving with
+none of its key in flight goes out at once (a lone transfer is admitted as fast as
+before); reads arriving while one is in flight go out together next, as one
+``GetHolders`` (on EVM one lens call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from bridge.coordinator.coalesce import Coalescer
+from bridge.coordinator.context import EngineContext
+from bridge.domain.errors import Unavailable
+from bridge.domain.legs import HolderStatus
+
+__all__ = ["MAX_READS_PER_CALL", "HolderReads"]
+
+MAX_READS_PER_CALL = 500
+"""Most holders one coalesced read asks for (the relayer answers up to 1,000 per call)."""
+
+
+class HolderReads:
+    """Reads holders' standing for many admissions at once.
+
+    Guarantees: each call answers the standing of exactly its holder on its ledger and
+    security, read by a ``GetHolders`` that started after the call was made (never an
+    answer from a read already in flight, so a balance moved before the call is seen as a
+    single read would see it); a read the ledger could not serve (Unavailable) fails every
+    call it carried with that error (admission answers each as after a single read: retry);
+    any other refusal of a read of several holders is never shared: each holder is read
+    again alone and gets its own answer; the same holder asked twice in one read is asked
+    once.
+    """
+
+    def __init__(
+        self, ctx: EngineContext, max_in_flight: int, max_items: int = MAX_READS_PER_CALL
+    ) -> None:
+        self._ctx = ctx  # its ``relayers`` as they are at each read
+        self._reads: Coalescer[tuple[str, str], str, HolderStatus] = Coalescer(
+            self._flush, max_items, max_in_flight
+        )
+
+    async def holder(self, ledger: str, security: str, holder: str) -> HolderStatus:
+        """``holder``'s standing for ``security`` on ``ledger`` at its finalized height."""
+        return await self._reads.call((ledger, security), holder)
+
+    async def _flush(
+        self, key: tuple[str, str], holders: Sequence[str]
+    ) -> Sequence[HolderStatus | BaseException]:
+        ledger, security = key
+        relayer = self._ctx.relayers[ledger]
+        unique = list(dict.fromkeys(holders))
+        try:
+            statuses: Sequence[HolderStatus | BaseException] = await relayer.holders(
+                security, unique
+            )
+        except Exception as exc:
+            # SECURITY: a read carries the holders of every brokerage admitting at once; a
+            # refusal that is not the ledger being unreachable may be one holder's own (the
+            # relayer refuses the whole call for it), and must not refuse the others' final.
+            # Each holder is then read alone, so every caller gets its own answer.
+            if isinstance(exc, Unavailable) or len(unique) == 1:
+                raise
+            singles = await asyncio.gather(
+                *(relayer.holder(security, h) for h in unique), return_exceptions=True
+            )
+            for r in singles:
+                if not isinstance(r, (HolderStatus, Exception)):
+                    raise r from None  # a cancellation is not an answer
+            statuses = singles
+        if len(statuses) != len(unique):  # holders() checks this too; never answer for another
+            raise Unavailable(
+                f"relayer of {ledger} answered {len(statuses)} holders for {len(unique)}"
+            )
+        by_holder = dict(zip(unique, statuses, strict=True))
+        return [by_holder[h] for h in holders]
+
+    async def close(self) -> None:
+        """Cancel every read in flight (the admissions waiting on them are stopping too)."""
+        await self._reads.close()
