@@ -14,6 +14,7 @@ import dataclasses
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,7 +32,7 @@ from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.legs import Action, Leg, LegState
 from bridge.ledgers.evm import deploy
-from bridge.ledgers.evm.adapter import LENS_MAX_ITEMS, EvmAdapter
+from bridge.ledgers.evm.adapter import EARLIER_LENSES, LENS_MAX_ITEMS, EvmAdapter
 from bridge.ledgers.evm.artifacts import load_abi
 from bridge.ledgers.evm.revert import decode_revert
 from tests.integration.conftest import ISIN, EvmLedger, TwoLedgers, instruct
@@ -255,6 +256,34 @@ async def test_concurrent_holder_reads_are_one_lens_call_each_as_the_token_reads
         deploy.set_frozen(env.a.w3, env.a.admin.private_key, env.a.token, frozen.address, False)
         await plain.close()
         await lensed.close()
+
+
+async def test_an_earlier_lens_is_trusted_for_what_it_has(two_ledgers: TwoLedgers) -> None:
+    """A lens deployed before ``holdersOf`` (its committed creation code, kept in
+    tests/data): trusted by the hash of its code for legs and supply, as before the
+    upgrade; holders are read through the token's own views. The hash in EARLIER_LENSES is
+    exactly that code's; a lens with any other code is not trusted (next test)."""
+    env = two_ledgers
+    creation = (Path(__file__).parents[1] / "data" / "BridgeLens-before-holdersOf.hex").read_text()
+    factory = env.a.w3.eth.contract(abi=[], bytecode=creation.strip())
+    receipt = deploy.send_tx(env.a.w3, env.a.admin.private_key, factory.constructor())
+    earlier = str(receipt["contractAddress"])
+    assert keccak256(bytes(env.a.w3.eth.get_code(earlier))) in EARLIER_LENSES  # type: ignore[arg-type]
+    plain, adapter = with_lens(env.a, None), with_lens(env.a, earlier, False)
+    holder = evm_address_word(env.a.holder(33).address)
+    ids = await transfers_in_every_state(env)
+    try:
+        assert await adapter.get_legs(ids, Leg.OUTBOUND) == await plain.get_legs(ids, Leg.OUTBOUND)
+        assert adapter._lens_ok is True and adapter._lens_holders is False
+        assert adapter._legs.batches >= 1  # the legs went through the earlier lens
+        assert await adapter.supply(SECURITY) == await plain.supply(SECURITY)
+        assert await adapter.holder_status(SECURITY, holder) == await plain.holder_status(
+            SECURITY, holder
+        )
+        assert (await adapter.holder_status(SECURITY, holder)).balance == 33
+    finally:
+        await plain.close()
+        await adapter.close()
 
 
 async def test_a_lens_address_with_other_code_is_never_trusted(

@@ -34,6 +34,7 @@ from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, NotFound, Unavailable
 from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import ZERO_WORD, HaltStatus, order_abi_tuple
+from bridge.domain.hashing import keccak256
 from bridge.domain.ids import (
     LedgerId,
     SecurityId,
@@ -141,6 +142,15 @@ _LATEST = -2
 _LENS_RETRY_S = 30.0
 """After a lens check failed (no code yet, other code), reads go leg by leg this long."""
 _BLOCKS_CACHED = 256
+EARLIER_LENSES: dict[bytes, str] = {
+    bytes.fromhex("750a6f77a7e148e12c469cab98b9ff8da35586362186965614f52f21bbc535dc"): (
+        "without holdersOf (committed before 2026-12-03)"
+    ),
+}
+"""keccak256 of the runtime code of earlier committed ``BridgeLens`` versions, trusted like
+the current one for what they have (legs, supply, one holder): SECURITY: the hash of the
+exact code, as binding as comparing it. A node running one is read as before its upgrade;
+holders go through the token's own views until the lens is redeployed."""
 LegKey = tuple[int, bytes, Leg]
 SupplyKey = tuple[int, bytes]
 SupplyAnswer = tuple[int, "tuple[int, ...] | Exception"]
@@ -253,6 +263,7 @@ class EvmAdapter(StepTemplate):
             ContractCalls(self._w3, "BridgeLens", lens) if isinstance(lens, str) and lens else None
         )
         self._lens_ok = False
+        self._lens_holders = False  # the lens has holdersOf (not an earlier one)
         self._lens_live = False
         self._lens_retry_at = 0.0
         self._lens_check = asyncio.Lock()
@@ -435,7 +446,8 @@ class EvmAdapter(StepTemplate):
 
     # ---- read lens (issue 14 item 4)
     async def _lens_usable(self) -> bool:
-        """True once the configured lens's code is the committed ``BridgeLens``.
+        """True once the configured lens's code is the committed ``BridgeLens`` (or an
+        earlier committed version, :data:`EARLIER_LENSES`: then without its holder reads).
 
         SECURITY: the lens answers for the endpoint, so an address holding other code (a
         typo, a hostile deployment) could forge every leg a relayer or member reads. Its code
@@ -455,7 +467,17 @@ class EvmAdapter(StepTemplate):
             code = await self._rpc("eth_getCode", lambda: self._w3.eth.get_code(lens))
             creation = HexStr("0x" + load_bytecode("BridgeLens").hex())
             built = await self._rpc("eth_call", lambda: self._w3.eth.call({"data": creation}))
-            self._lens_ok = bool(code) and bytes(code) == bytes(built)
+            current = bool(code) and bytes(code) == bytes(built)
+            earlier = bool(code) and not current and keccak256(bytes(code)) in EARLIER_LENSES
+            self._lens_ok = current or earlier
+            self._lens_holders = current
+            if earlier:
+                self._log.warning(
+                    "the configured lens is an earlier BridgeLens; holders are read through"
+                    " the token's views until it is redeployed",
+                    lens=str(lens),
+                    version=EARLIER_LENSES[keccak256(bytes(code))],
+                )
             if self._lens_ok and self._cfg.finality_depth == 0:
                 self._lens_live = await self._reports_latest_block()
             if not self._lens_ok:
@@ -695,7 +717,7 @@ class EvmAdapter(StepTemplate):
     async def _holders_at(self, at: int, token_addr: str, holders: list[str]) -> list[HolderStatus]:
         """``holders`` on the token at ``token_addr`` at block ``at``: one lens call when the
         lens is usable, else the token's own views holder by holder."""
-        if await self._lens_usable():
+        if await self._lens_usable() and self._lens_holders:
             assert self._lens is not None
             fn = self._lens.functions.holdersOf(token_addr, holders)
             try:
