@@ -10,6 +10,7 @@ for one transfer can never authorise different terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from bridge.core import digests as core
 from bridge.core.digests import TERMS_TAG, TRANSFER_TAG
@@ -45,7 +46,10 @@ class TransferTerms:
 
     def __post_init__(self) -> None:
         for name in core.WORD_FIELDS:
-            _word(name, getattr(self, name))
+            value = getattr(self, name)
+            word = _word(name, value)
+            if type(value) is not bytes:  # a bytearray or memoryview: kept as bytes, hashable
+                object.__setattr__(self, name, word)
         if not 0 < self.amount <= UINT256_MAX:
             raise InvalidInput("amount must be between 1 and 2**256-1")
         if not 0 <= self.deadline <= UINT64_MAX:
@@ -56,14 +60,12 @@ class TransferTerms:
     @property
     def transfer_id(self) -> bytes:
         """The globally unique transfer id."""
-        return transfer_id(
-            self.src_ledger, self.src_bridge, self.sender, self.instructor, self.nonce
-        )
+        return _transfer_id_of(self)
 
     @property
     def terms_hash(self) -> bytes:
         """The digest binding every term; what the committee signs."""
-        return core.terms_hash(self)
+        return _terms_hash_of(self)
 
     def as_abi_tuple(
         self,
@@ -89,3 +91,20 @@ def transfer_id(
 ) -> bytes:
     """Return the transfer id for a source ledger and bridge, sender, instructor and nonce."""
     return core.transfer_id(src_ledger, src_bridge, sender, instructor, nonce)
+
+
+# Both digests are keccak over the terms, asked for on every step, read and claim of a
+# transfer (5 % of the coordinator's CPU under batched load, from objects rebuilt from the
+# store each time): the last answers are kept per terms value. Terms are immutable and
+# compared by every field, so equal terms have equal digests.
+_DIGESTS_KEPT = 1 << 15
+
+
+@lru_cache(maxsize=_DIGESTS_KEPT)
+def _transfer_id_of(t: TransferTerms) -> bytes:
+    return transfer_id(t.src_ledger, t.src_bridge, t.sender, t.instructor, t.nonce)
+
+
+@lru_cache(maxsize=_DIGESTS_KEPT)
+def _terms_hash_of(t: TransferTerms) -> bytes:
+    return core.terms_hash(t)

@@ -113,6 +113,19 @@ def test_terms_hash_and_transfer_id_are_deterministic() -> None:
     assert len(a.terms_hash) == 32
 
 
+def test_words_given_as_bytearrays_are_kept_as_bytes_with_the_same_digests() -> None:
+    """Terms are hashable values (their digests are kept per value): a word given as a
+    bytearray is stored as bytes, the terms equal and hash as the bytes-built ones."""
+    t = make_terms()
+    u = dataclasses.replace(t, nonce=bytearray(t.nonce), sender=bytearray(t.sender))
+    assert type(u.nonce) is bytes and type(u.sender) is bytes
+    assert u == t and hash(u) == hash(t)
+    assert (u.transfer_id, u.terms_hash) == (t.transfer_id, t.terms_hash)
+    # a kept digest never answers for other terms (every term is compared)
+    v = dataclasses.replace(t, amount=t.amount + 1)
+    assert v.transfer_id == t.transfer_id and v.terms_hash != t.terms_hash
+
+
 SENSITIVE_CHANGES: dict[str, object] = {
     "nonce": w(0x02),
     "security": b"US0378331005".ljust(32, b"\0"),
