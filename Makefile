@@ -187,6 +187,7 @@ format: setup
 
 typecheck: setup
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench  # scripts importing their siblings: checked as files
 
 # The Python stubs and the Go client's code (both committed, both drift-tested).
 proto: setup buf

@@ -86,14 +86,16 @@ def run_numbers(result: dict[str, Any]) -> dict[str, Any]:
     window = (result.get("cpu") or {}).get("window_s", 0.0)
 
     def cpu_s(pred: Any) -> float:
-        return sum(r["cpu_s"] for name, r in procs.items() if pred(name))
+        return float(sum(r["cpu_s"] for name, r in procs.items() if pred(name)))
 
     def above_idle_s(pred: Any) -> float:
         """CPU beyond what the idle system used over the same window (baseline sample)."""
-        return sum(
-            r["cpu_s"] - (r.get("idle_pct") or 0.0) / 100 * window
-            for name, r in procs.items()
-            if pred(name)
+        return float(
+            sum(
+                r["cpu_s"] - (r.get("idle_pct") or 0.0) / 100 * window
+                for name, r in procs.items()
+                if pred(name)
+            )
         )
 
     return {

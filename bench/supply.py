@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eth_typing import HexStr
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
@@ -214,7 +216,7 @@ def step_blocks(system: LocalSystem, tids: list[str]) -> set[tuple[str, int]]:
             t = stub.GetTransfer(S.GetTransferRequest(transfer_id=tid))
             for step, tx in t.transactions.items():
                 ledger = t.source_ledger if step in SOURCE_STEPS else t.target_ledger
-                receipt = system.ledgers[ledger].w3.eth.get_transaction_receipt(tx)
+                receipt = system.ledgers[ledger].w3.eth.get_transaction_receipt(HexStr(tx))
                 out.add((ledger, int(receipt["blockNumber"])))
     return out
 

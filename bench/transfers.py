@@ -51,7 +51,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.processes import REPO_ROOT
@@ -99,6 +99,8 @@ from transfers_setup import (
     BUILT_IN,
     LEDGER_SETS,
     Options,
+    TransferResult,
+    TransferSpec,
     _say,
     _scrape_forever,
     lanes_of,
@@ -109,9 +111,6 @@ from transfers_setup import (
     plan,
     start_system,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -253,7 +252,9 @@ def batch_lanes(opts: Options) -> tuple[tuple[str, str], ...]:
     return end_of_day_lanes([n for n, _ in layout], [k for _, k in layout])
 
 
-def batch_specs(opts: Options, holders: Sequence[DevAccount], rate: float | None = None) -> list:
+def batch_specs(
+    opts: Options, holders: Sequence[DevAccount], rate: float | None = None
+) -> list[TransferSpec]:
     """The planned transfers: all due at once (end of day) or ``plan`` at ``rate``."""
     if opts.scenario == "end-of-day":
         addresses = [h.address for h in holders]
@@ -262,8 +263,12 @@ def batch_specs(opts: Options, holders: Sequence[DevAccount], rate: float | None
 
 
 async def run_point(
-    system: LocalSystem, holders: Sequence[DevAccount], opts: Options, specs: list, sampler: Any
-) -> tuple[list, dict[str, Any]]:
+    system: LocalSystem,
+    holders: Sequence[DevAccount],
+    opts: Options,
+    specs: list[TransferSpec],
+    sampler: Any,
+) -> tuple[list[TransferResult], dict[str, Any]]:
     """One load: in batches (``--batch``) or one SubmitTransfer each; then settle."""
     if opts.batch:
         batches: list[BatchSpec] = plan_batches(specs, opts.batch)
@@ -306,11 +311,11 @@ async def measure_batch(
 
 async def measure_curve(
     system: LocalSystem, holders: Sequence[DevAccount], opts: Options
-) -> tuple[list, list[dict[str, Any]]]:
+) -> tuple[list[TransferResult], list[dict[str, Any]]]:
     """``--transfers`` transfers at each offered load of the sweep, one after the other on
     the same system; stops after the first saturated point. Returns every result (for the
     conservation check) and one row per point."""
-    everything: list = []
+    everything: list[TransferResult] = []
     points: list[dict[str, Any]] = []
     for rate in opts.curve:
         sampler = CpuSampler(process_pids(system)) if opts.cpu else None

@@ -176,7 +176,7 @@ def fund_holders(ledger: DevLedger, holders: Sequence[DevAccount], units: int) -
 def make_system(workdir: Path, opts: Options) -> LocalSystem:
     """The (not yet started) system with the ledgers of ``--ledgers`` (or ``--lanes``)."""
     layout = ledger_layout(opts.ledgers)
-    return LocalSystem(
+    system = LocalSystem(  # [batching] from the environment unless --step-batching
         workdir,
         ledger_names=[(n, 31001 + i) for i, (n, k) in enumerate(layout) if k == "anvil"],
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
@@ -190,13 +190,10 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         metrics=opts.observability != "off",
         probe_interval=2.0,  # the production default (LocalSystem's 0.5 s suits tests)
         tracing_endpoint=_sink_url() if opts.observability == "full" else "",
-        # ---- batched steps (issue 14): the coordinator's [batching]; else the env default
-        **(
-            {"batching": {"enabled": True, "max_items": opts.step_batching}}
-            if opts.step_batching
-            else {}
-        ),
     )
+    if opts.step_batching:  # ---- batched steps (issue 14): the coordinator's [batching]
+        system.batching = {"enabled": True, "max_items": opts.step_batching}
+    return system
 
 
 # ---- observability (ADR 0016): what a Prometheus server and an OTLP collector would do
