@@ -13,7 +13,10 @@ COMMIT (one fsync of the write-ahead log) makes the group durable before any of 
 callers returns. A write's effect, its atomicity and its order among the process's calls
 are what they were with a transaction per write; only the number of fsyncs changes (one
 per group instead of one per write). PostgreSQL keeps a transaction per write (the HA
-lease bounds a leader's transaction, and the server groups its own commits).
+lease bounds a leader's transaction, and the server groups its own commits). Reads
+waiting for the worker thread are handed to it in one turn and each answered on its caller's
+event loop as soon as it has run (no thread-pool future per read: 44-51 -> 23-27 us of CPU
+per read at 32 concurrent readers).
 
 The stores write their SQL once, in the subset both engines share; :class:`Conn`
 translates placeholders and exposes the few places the dialects differ
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import fcntl
 import ipaddress
@@ -163,6 +167,37 @@ class _Write:
         self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
+class _Read:
+    """A queued read: its function and the event-loop future its caller awaits."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[Conn], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+    def answer(self, value: Any, error: BaseException | None = None) -> None:
+        """Settle the caller's future with ``value``, or raise ``error`` to it, from any
+        thread; a cancelled caller's answer, or one for a closed loop, is dropped."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
+            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 class Database:
     """One connection served by one worker thread; see the module docstring.
 
@@ -196,6 +231,8 @@ class Database:
         self._pending: list[_Write] = []
         self._pending_guard = threading.Lock()
         self._flush_queued = False
+        self._reads: list[_Read] = []  # guarded by _pending_guard, like the writes
+        self._reads_queued = False
         self.commits = 0
         """Write transactions committed so far (a group counts once; a test figure)."""
 
@@ -272,9 +309,44 @@ class Database:
         return self._pool.submit(self._transaction, fn).result()
 
     async def read(self, fn: Callable[[Conn], T]) -> T:
-        """Run ``fn`` (reads only) in the worker thread."""
+        """Run ``fn`` (reads only) in the worker thread and return its answer (or raise its
+        typed error).
+
+        Reads waiting for the worker thread are handed to it together and run one after
+        the other in call order, each answered as soon as it has run (issue 14: one
+        hand-off to the thread per turn instead of a thread-pool future per read; the
+        coordinator reads several rows per transfer and step). A read runs after every
+        write and read called before it was handed over, as before. A read whose caller
+        was cancelled may still run (it changes nothing); its answer is dropped."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._typed, self._read, fn)
+        future: asyncio.Future[T] = loop.create_future()
+        with self._pending_guard:
+            self._reads.append(_Read(fn, future, loop))
+            queue = not self._reads_queued
+            self._reads_queued = True
+        if queue:  # no await since queueing: a later call reaches the thread after this
+            try:
+                self._pool.submit(self._run_reads)
+            except BaseException as exc:  # closed (RuntimeError): none of them will run
+                with self._pending_guard:
+                    orphans, self._reads = self._reads, []
+                    self._reads_queued = False
+                for orphan in orphans:
+                    orphan.answer(None, exc)
+        return await future
+
+    def _run_reads(self) -> None:
+        """Worker thread: run every read handed over so far, answering each at once."""
+        with self._pending_guard:
+            reads, self._reads = self._reads, []
+            self._reads_queued = False
+        for read in reads:
+            try:
+                value = self._typed(self._read, read.fn)
+            except BaseException as exc:  # the caller's, typed as before (DatabaseUnavailable)
+                read.answer(None, exc)
+            else:
+                read.answer(value)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread (on SQLite, in its own savepoint

@@ -1,0 +1,153 @@
+"""The coordinator's reads are handed to the database thread together (issue 14), on a real
+SQLite file: each caller gets its own answer or its own typed error, reads run in call order
+after every earlier write, a cancelled reader neither breaks nor leaks anything, a busy file
+is DatabaseUnavailable, and a read after close is refused, not left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.coordinator.db import Conn, Database, DatabaseUnavailable, open_sqlite
+from tests.unit.test_db_group_commit import _hold_worker, _insert
+
+pytestmark = pytest.mark.batch
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Database]:
+    db = open_sqlite(tmp_path / "coordinator.sqlite")
+    yield db
+    db.close()
+
+
+def _value_of(name: str) -> Any:
+    def run(c: Conn) -> int | None:
+        row = c.execute("SELECT scanned FROM ledger_progress WHERE ledger = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    return run
+
+
+async def test_queued_reads_go_in_one_hand_off_each_answered_with_its_own_row(
+    opened: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = opened
+    for n in range(30):
+        await db.write(_insert(f"r{n:02}", n))
+    order: list[int] = []
+    handoffs = 0
+    run_reads = db._run_reads
+
+    def counted() -> None:
+        nonlocal handoffs
+        handoffs += 1
+        run_reads()
+
+    monkeypatch.setattr(db, "_run_reads", counted)
+
+    def read(n: int) -> Any:
+        def run(c: Conn) -> int | None:
+            order.append(n)
+            return _value_of(f"r{n:02}")(c)
+
+        return run
+
+    release = _hold_worker(db)
+    tasks = [asyncio.ensure_future(db.read(read(n))) for n in range(30)]
+    await asyncio.sleep(0.05)  # every read is queued behind the blocked worker
+    release.set()
+    assert await asyncio.gather(*tasks) == list(range(30))
+    assert handoffs == 1 and order == list(range(30))
+
+
+async def test_a_read_that_raises_gets_its_own_error_and_the_others_their_rows(
+    opened: Database,
+) -> None:
+    db = opened
+    await db.write(_insert("a", 7))
+
+    def broken(c: Conn) -> None:
+        c.execute("SELECT nope FROM ledger_progress")
+
+    release = _hold_worker(db)
+    tasks = [
+        asyncio.ensure_future(db.read(_value_of("a"))),
+        asyncio.ensure_future(db.read(broken)),
+        asyncio.ensure_future(db.read(_value_of("missing"))),
+    ]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] == 7 and results[2] is None
+    assert isinstance(results[1], sqlite3.OperationalError) and "nope" in str(results[1])
+
+
+async def test_a_read_sees_every_write_called_before_it_and_none_after(
+    opened: Database,
+) -> None:
+    db = opened
+    release = _hold_worker(db)
+    before = asyncio.ensure_future(db.write(_insert("x", 1)))
+    await asyncio.sleep(0)  # the write is queued first
+    read = asyncio.ensure_future(db.read(_value_of("x")))
+    await asyncio.sleep(0)
+    after = asyncio.ensure_future(db.write(_insert("y", 2)))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await read == 1
+    await asyncio.gather(before, after)
+    assert await db.read(_value_of("y")) == 2
+
+
+async def test_a_cancelled_reader_leaves_the_others_answered(
+    opened: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = opened
+    await db.write(_insert("c", 3))
+    release = _hold_worker(db)
+    kept = asyncio.ensure_future(db.read(_value_of("c")))
+    dropped = asyncio.ensure_future(db.read(_value_of("c")))
+    await asyncio.sleep(0.05)
+    dropped.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await kept == 3
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    await db.read(_value_of("c"))  # the dropped answer has been delivered and ignored
+    assert "exception was never retrieved" not in caplog.text
+    assert "InvalidStateError" not in caplog.text  # the dropped answer was not forced on it
+
+
+async def test_a_busy_file_reaches_a_reader_as_unavailable(tmp_path: Path) -> None:
+    """A read function the file's write lock blocks beyond busy_timeout gets
+    DatabaseUnavailable (the typed, retryable error), as on the one-read path before; the
+    next read is served."""
+    path = tmp_path / "coordinator.sqlite"
+    db = open_sqlite(path)
+    try:
+        db.run_sync(lambda c: c.execute("PRAGMA busy_timeout=50"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                await db.read(lambda c: c.execute("BEGIN IMMEDIATE"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await db.read(_value_of("none")) is None
+    finally:
+        db.close()
+
+
+async def test_a_read_after_close_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    db = open_sqlite(tmp_path / "coordinator.sqlite")
+    db.close()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(db.read(_value_of("late")), 5)
