@@ -49,6 +49,7 @@ from bridge.domain.legs import Action, HolderStatus, Leg, LegStatus, SignatureSe
 from bridge.domain.rotation import RotationProposal
 from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord
 from bridge.domain.terms import TransferTerms
+from bridge.ledgers.bounded import gather_bounded
 from bridge.logfields import PEER, REASON, SIGNER, get_logger
 from bridge.rpc.batch_convert import batch_request_to_pb, outcome_from_pb
 from bridge.rpc.channels import ReloadingStub
@@ -147,8 +148,9 @@ class RelayerGateway:
     # ---- batch (issue 14 item 4)
     async def get_legs(self, transfer_ids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
         """Many legs of one side at the ledger's finalized height, in order, in one call
-        per ``MAX_LEGS_PER_CALL`` ids (one GetLeg each from a relayer that predates GetLegs:
-        UNIMPLEMENTED, so a coordinator upgraded first keeps working). Raises like
+        per ``MAX_LEGS_PER_CALL`` ids (one GetLeg each, a bounded number at a time, from a
+        relayer that predates GetLegs: UNIMPLEMENTED, so a coordinator upgraded first keeps
+        working). Raises like
         :meth:`get_leg`; an answer with another number of legs is Unavailable."""
         out: list[LegStatus] = []
         for lo in range(0, len(transfer_ids), MAX_LEGS_PER_CALL):
@@ -160,7 +162,7 @@ class RelayerGateway:
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetLegs
-                    out.extend([await self.get_leg(t, leg) for t in chunk])
+                    out.extend(await gather_bounded(lambda t: self.get_leg(t, leg), chunk))
                     continue
                 raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
             if len(m.legs) != len(chunk):
@@ -183,8 +185,9 @@ class RelayerGateway:
 
     async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
         """Many holders' standing on this ledger, in order, in one call per
-        ``MAX_HOLDERS_PER_CALL`` (one GetHolder each from a relayer that predates GetHolders:
-        UNIMPLEMENTED, so a coordinator upgraded first keeps working). Raises like
+        ``MAX_HOLDERS_PER_CALL`` (one GetHolder each, a bounded number at a time, from a
+        relayer that predates GetHolders: UNIMPLEMENTED, so a coordinator upgraded first
+        keeps working). Raises like
         :meth:`holder`; an answer with another number of holders is Unavailable."""
         out: list[HolderStatus] = []
         for lo in range(0, len(holders), MAX_HOLDERS_PER_CALL):
@@ -196,7 +199,7 @@ class RelayerGateway:
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetHolders
-                    out.extend([await self.holder(security, h) for h in chunk])
+                    out.extend(await gather_bounded(lambda h: self.holder(security, h), chunk))
                     continue
                 raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
             if len(m.holders) != len(chunk):

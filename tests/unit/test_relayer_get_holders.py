@@ -122,10 +122,12 @@ def test_a_kind_without_a_many_holder_read_is_read_a_bounded_number_at_a_time() 
 
 
 def test_a_relayer_without_get_holders_is_read_holder_by_holder() -> None:
+    """A relayer that predates GetHolders: one GetHolder each, a bounded number at once."""
     adapter = ManyAdapter()
-    got = asyncio.run(gateway_reads(OldRelayer(cast(LedgerAdapter, adapter)), HOLDERS[:5]))
-    assert [s.balance for s in got] == [1, 2, 3, 4, 5]
-    assert adapter.single == 5 and adapter.many == []
+    got = asyncio.run(gateway_reads(OldRelayer(cast(LedgerAdapter, adapter)), HOLDERS[:40]))
+    assert [s.balance for s in got] == list(range(1, 41))
+    assert adapter.single == 40 and adapter.many == []
+    assert 1 < adapter.peak <= READ_CONCURRENCY
 
 
 @pytest.mark.parametrize(
