@@ -172,6 +172,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "or env KSTB_DEVNET_BATCHING)",
     )
     p.add_argument(
+        "--step-in-flight",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --step-batching: at most N batched calls per ledger and step at\n"
+        "once ([batching] max_in_flight); 0: the coordinator's default (2)",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -215,7 +223,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, lanes,
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
-                   batch, a.scenario, curve, a.step_batching)  # fmt: skip
+                   batch, a.scenario, curve, a.step_batching, a.step_in_flight)  # fmt: skip
 
 
 async def _start_measuring(

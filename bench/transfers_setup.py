@@ -74,6 +74,7 @@ class Options:
     scenario: str = "open-loop"  # open-loop | end-of-day (every transfer due at once)
     curve: tuple[float, ...] = ()  # offered loads (transfers/s) of the --curve sweep
     step_batching: int = 0  # the coordinator's batched steps: max_items; 0: off
+    step_in_flight: int = 0  # [batching] max_in_flight; 0: the coordinator's default
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "evm_node_auth": opts.evm_node_auth,
         "observability": opts.observability,
         "step_batching": opts.step_batching,
+        "step_in_flight": opts.step_in_flight,
     }
 
 
@@ -193,6 +195,8 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
     )
     if opts.step_batching:  # ---- batched steps (issue 14): the coordinator's [batching]
         system.batching = {"enabled": True, "max_items": opts.step_batching}
+        if opts.step_in_flight:
+            system.batching["max_in_flight"] = opts.step_in_flight
     return system
 
 
