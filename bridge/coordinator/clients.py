@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -74,6 +74,9 @@ from bridge.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 
 MAX_LEGS_PER_CALL = 1000
 """---- batch: ids per GetLegs call (the relayer's MAX_LEGS_PER_REQUEST)."""
@@ -147,30 +150,21 @@ class RelayerGateway:
 
     # ---- batch (issue 14 item 4)
     async def get_legs(self, transfer_ids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
-        """Many legs of one side at the ledger's finalized height, in order, in one call
-        per ``MAX_LEGS_PER_CALL`` ids (one GetLeg each, a bounded number at a time, from a
-        relayer that predates GetLegs: UNIMPLEMENTED, so a coordinator upgraded first keeps
-        working). Raises like
-        :meth:`get_leg`; an answer with another number of legs is Unavailable."""
-        out: list[LegStatus] = []
-        for lo in range(0, len(transfer_ids), MAX_LEGS_PER_CALL):
-            chunk = list(transfer_ids[lo : lo + MAX_LEGS_PER_CALL])
-            try:
-                m = await self._stub.GetLegs(
-                    relayer_pb2.GetLegsRequest(transfer_ids=chunk, leg=int(leg)),  # type: ignore[arg-type]
-                    timeout=self._timeout,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetLegs
-                    out.extend(await gather_bounded(lambda t: self.get_leg(t, leg), chunk))
-                    continue
-                raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
-            if len(m.legs) != len(chunk):
-                raise Unavailable(
-                    f"relayer of {self.ledger} answered {len(m.legs)} legs for {len(chunk)}"
-                )
-            out.extend(leg_status_from_pb(x) for x in m.legs)
-        return out
+        """Many legs of one side at the ledger's finalized height, in order (see
+        :meth:`_in_chunks`: one GetLegs per ``MAX_LEGS_PER_CALL`` ids, GetLeg each from a
+        relayer that predates GetLegs). Raises like :meth:`get_leg`."""
+
+        async def many(chunk: list[bytes]) -> Sequence[Any]:
+            m = await self._stub.GetLegs(
+                relayer_pb2.GetLegsRequest(transfer_ids=chunk, leg=int(leg)),  # type: ignore[arg-type]
+                timeout=self._timeout,
+            )
+            return m.legs
+
+        return await self._in_chunks(
+            transfer_ids, MAX_LEGS_PER_CALL, many, leg_status_from_pb,
+            lambda t: self.get_leg(t, leg), "legs",
+        )  # fmt: skip
 
     async def holder(self, security: str, holder: str) -> HolderStatus:
         """A holder's standing on this ledger."""
@@ -184,29 +178,51 @@ class RelayerGateway:
         return holder_from_pb(m)
 
     async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
-        """Many holders' standing on this ledger, in order, in one call per
-        ``MAX_HOLDERS_PER_CALL`` (one GetHolder each, a bounded number at a time, from a
-        relayer that predates GetHolders: UNIMPLEMENTED, so a coordinator upgraded first
-        keeps working). Raises like
-        :meth:`holder`; an answer with another number of holders is Unavailable."""
-        out: list[HolderStatus] = []
-        for lo in range(0, len(holders), MAX_HOLDERS_PER_CALL):
-            chunk = list(holders[lo : lo + MAX_HOLDERS_PER_CALL])
+        """Many holders' standing on this ledger, in order (see :meth:`_in_chunks`: one
+        GetHolders per ``MAX_HOLDERS_PER_CALL`` holders, GetHolder each from a relayer that
+        predates GetHolders). Raises like :meth:`holder`."""
+
+        async def many(chunk: list[str]) -> Sequence[Any]:
+            m = await self._stub.GetHolders(
+                relayer_pb2.GetHoldersRequest(security_id=security, holders=chunk),
+                timeout=self._timeout,
+            )
+            return m.holders
+
+        return await self._in_chunks(
+            holders, MAX_HOLDERS_PER_CALL, many, holder_from_pb,
+            lambda h: self.holder(security, h), "holders",
+        )  # fmt: skip
+
+    async def _in_chunks(
+        self,
+        items: Sequence[I],
+        size: int,
+        many: Callable[[list[I]], Awaitable[Sequence[Any]]],
+        convert: Callable[[Any], R],
+        one: Callable[[I], Awaitable[R]],
+        noun: str,
+    ) -> list[R]:
+        """``items`` read ``size`` at a time through ``many`` (one relayer call per chunk),
+        each answer ``convert``-ed, in order. A relayer that predates the call answers
+        UNIMPLEMENTED: that chunk is read through ``one`` per item, a bounded number at a
+        time, so a coordinator upgraded first keeps working. Any other refusal is raised
+        typed; an answer with another number of items than asked is Unavailable."""
+        out: list[R] = []
+        for lo in range(0, len(items), size):
+            chunk = list(items[lo : lo + size])
             try:
-                m = await self._stub.GetHolders(
-                    relayer_pb2.GetHoldersRequest(security_id=security, holders=chunk),
-                    timeout=self._timeout,
-                )
+                answers = await many(chunk)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:  # a relayer before GetHolders
-                    out.extend(await gather_bounded(lambda h: self.holder(security, h), chunk))
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    out.extend(await gather_bounded(one, chunk))
                     continue
                 raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
-            if len(m.holders) != len(chunk):
+            if len(answers) != len(chunk):
                 raise Unavailable(
-                    f"relayer of {self.ledger} answered {len(m.holders)} holders for {len(chunk)}"
+                    f"relayer of {self.ledger} answered {len(answers)} {noun} for {len(chunk)}"
                 )
-            out.extend(holder_from_pb(x) for x in m.holders)
+            out.extend(convert(x) for x in answers)
         return out
 
     async def supply(self, security: SecurityId) -> SupplyReading:
