@@ -217,6 +217,11 @@ class HaltBook:
         self._cache_s = cache_s
         self._retry_s = retry_s
         self._cache: dict[tuple[str, str | None], tuple[float, HaltStatus]] = {}
+        # Reads in flight, shared by every caller that misses the cache meanwhile (issue 14:
+        # one GetHaltStatus per key at a time, not one per driver), tagged with the
+        # generation they started in; a delivered order starts a new generation.
+        self._generation = 0
+        self._reading: dict[tuple[str, str | None], tuple[int, asyncio.Task[HaltStatus]]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -230,6 +235,8 @@ class HaltBook:
     async def stop(self) -> None:
         """Stop delivering (pending orders stay recorded and resume on the next start)."""
         self._stopping = True
+        for _, read in self._reading.values():
+            read.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -303,14 +310,38 @@ class HaltBook:
         return [r for r in records if r.signed.order.security in (ZERO_WORD, security.word)]
 
     async def ledger_status(self, ledger: str, security: SecurityId | None) -> HaltStatus:
-        """What ``ledger`` enforces now (read through its relayer, cached ``cache_s``)."""
+        """What ``ledger`` enforces now (read through its relayer, cached ``cache_s``).
+
+        Callers that miss the cache while a read of the same key is in flight share that
+        read (one ``GetHaltStatus`` per key at a time however many drivers ask); a failed
+        read fails each of them alike, and a caller cancelled while waiting does not cancel
+        it for the others.
+
+        SECURITY: a delivered order clears the cache and starts a new generation. A read
+        that started before cannot answer a caller that arrives after (it would be the
+        pre-HALT status), and its answer is not cached: only a read started in the current
+        generation is shared or kept.
+        """
         key = (ledger, None if security is None else security.isin)
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._cache_s:
+        if hit is not None and time.monotonic() - hit[0] < self._cache_s:
             return hit[1]
-        status = await self._relayers[ledger].halt_status(key[1])
-        self._cache[key] = (now, status)
+        reading = self._reading.get(key)
+        if reading is None or reading[0] != self._generation:
+            reading = (self._generation, asyncio.create_task(self._read(key, self._generation)))
+            self._reading[key] = reading
+        return await asyncio.shield(reading[1])
+
+    async def _read(self, key: tuple[str, str | None], generation: int) -> HaltStatus:
+        started = time.monotonic()
+        try:
+            status = await self._relayers[key[0]].halt_status(key[1])
+        finally:
+            mine = self._reading.get(key)
+            if mine is not None and mine[1] is asyncio.current_task():
+                del self._reading[key]
+        if generation == self._generation:
+            self._cache[key] = (started, status)
         return status
 
     async def halted(self, ledger: str, security: SecurityId) -> bool:
@@ -363,6 +394,7 @@ class HaltBook:
                     break  # keep the sequence order: retry this one first
                 done += 1
         if done:
+            self._generation += 1
             self._cache.clear()
             self._on_change()
         return done
