@@ -15,10 +15,11 @@ from bridge.domain.errors import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
+    Unavailable,
 )
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
-from bridge.domain.legs import Leg, LegState
+from bridge.domain.legs import Leg, LegState, LegStatus
 from bridge.domain.rotation import (
     RotationBounds,
     RotationRefused,
@@ -30,6 +31,7 @@ from bridge.domain.supply import SignedRecord, SupplyReading, SupplyRecord, make
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.adapter import LedgerReader
 from bridge.ledgers.kinds import holder_direct_locks
+from bridge.ledgers.many_legs import read_legs
 from bridge.logfields import SECURITY, SEQUENCE, STATE, TRANSFER, get_logger
 from bridge.rpc.claims_refusal import refused_item, with_item_refusals
 from bridge.rpc.convert import terms_from_pb
@@ -48,9 +50,6 @@ from verifiers.policy import (
 from verifiers.rotation_log import RotationLog
 from verifiers.supply_log import PendingAnchor, SupplyAnchorInvalid, SupplyLog, SupplyRefused
 from verifiers.votes import Vote, VoteLog, VotesRefused
-
-BATCH_READ_CONCURRENCY = 16
-"""---- batched certificates: most leg reads of one SignClaims in flight at a time."""
 
 CATCH_UP_S = 2.0
 """How long a member waits for its own node to reach a proposed supply height."""
@@ -361,24 +360,43 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         dst: LedgerReader | None,
     ) -> bool:
         """Return if this member may sign ``kind`` for ``terms`` by its own finalized reads
-        of both legs (:mod:`verifiers.policy`), else raise the refusal. The ONE per-item
-        check of SignClaim and SignClaims; records nothing.
+        of both legs (:meth:`_judge`), else raise the refusal. Records nothing.
 
-        Returns whether a ledger already shows the decision applied (the vote log's
-        ``confirmed``). ``key``: ``terms``' transfer id and terms hash (computed once by
-        the caller). ``dst`` None: an ABORT towards an unknown target.
+        ``key``: ``terms``' transfer id and terms hash (computed once by the caller).
+        ``dst`` None: an ABORT towards an unknown target.
         """
-        tid, th = key
+        tid = key[0]
         if dst is None:
-            # SECURITY: a target this member does not know was never certified LOCKED by
-            # it (nor by any member with the same network file): the source lock can only
-            # be released. Signed for the source ledger alone; recorded in the vote log.
-            source_leg = await src.get_leg(tid, Leg.OUTBOUND)
-            check_abort_unknown_target(th, source_leg)
-            return source_leg.state is LegState.RELEASED
+            source = await src.get_leg(tid, Leg.OUTBOUND)
+            return self._judge(kind, terms, key, src, source, None)
         source, target = await asyncio.gather(
             src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
         )
+        return self._judge(kind, terms, key, src, source, target)
+
+    def _judge(
+        self,
+        kind: ClaimKind,
+        terms: TransferTerms,
+        key: tuple[bytes, bytes],
+        src: LedgerReader,
+        source: LegStatus,
+        target: LegStatus | None,
+    ) -> bool:
+        """Return if this member may sign ``kind`` for ``terms`` given the finalized legs
+        it read itself (:mod:`verifiers.policy`), else raise the refusal. The ONE per-item
+        rule of SignClaim and SignClaims; reads and records nothing.
+
+        Returns whether a ledger already shows the decision applied (the vote log's
+        ``confirmed``). ``target`` None: an ABORT towards an unknown target.
+        """
+        th = key[1]
+        if target is None:
+            # SECURITY: a target this member does not know was never certified LOCKED by
+            # it (nor by any member with the same network file): the source lock can only
+            # be released. Signed for the source ledger alone; recorded in the vote log.
+            check_abort_unknown_target(th, source)
+            return source.state is LegState.RELEASED
         instructed = is_instructed(
             self._instruction_keys.get(src.ledger.name, frozenset()),
             holder_direct_locks(src.kind),
@@ -419,8 +437,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         Guarantees, in order: 1 to ``max_batch_claims`` items (InvalidInput), distinct
         transfer ids (InvalidInput naming the duplicates), one source ledger and endpoint
         and one target ledger and endpoint for all (InvalidInput); the ledgers resolved
-        as SignClaim resolves them. Then every item is checked (:meth:`_check_item`,
-        legs read concurrently, at most :data:`BATCH_READ_CONCURRENCY` at a time); any
+        as SignClaim resolves them. Then every item is checked by SignClaim's rule
+        (:meth:`_judge`) on legs this member read itself at finality, each side of the
+        batch in as few ledger calls as its kind allows (:meth:`_read_legs`); any
         refusal refuses the batch (ClaimsRefused listing EVERY refused item by index
         with SignClaim's reason), nothing signed, nothing recorded. For COMMIT/ABORT
         every item's decision is then recorded in ONE vote-log transaction (a conflict
@@ -453,22 +472,14 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 f" items {mixed[:10]} do not"
             )
         src, dst = self._route(kind, items[0])
-        gate = asyncio.Semaphore(BATCH_READ_CONCURRENCY)
-
-        async def check(i: int, terms: TransferTerms) -> bool | RefusedItem:
-            async with gate:
-                try:
-                    return await self._check_item(kind, terms, keys[i], src, dst)
-                except PreconditionFailed as exc:
-                    return refused_item(i, exc)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(check(i, t)) for i, t in enumerate(items)]
-        except BaseExceptionGroup as failed:
-            # A read that failed (Unavailable...) fails the whole request, typed as it came.
-            raise failed.exceptions[0] from None
-        outcomes = [t.result() for t in tasks]
+        sources, targets = await self._read_legs(keys, src, dst)
+        outcomes: list[bool | RefusedItem] = []
+        for i, terms in enumerate(items):
+            try:
+                target = None if targets is None else targets[i]
+                outcomes.append(self._judge(kind, terms, keys[i], src, sources[i], target))
+            except PreconditionFailed as exc:
+                outcomes.append(refused_item(i, exc))
         refused = [o for o in outcomes if isinstance(o, RefusedItem)]
         if refused:
             raise ClaimsRefused(refused)
@@ -483,6 +494,29 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             except VotesRefused as exc:
                 raise ClaimsRefused([refused_item(i, e) for i, e in exc.refused.items()]) from None
         return await self._sign_batch(kind, keys, _signing_ledgers(kind, src, dst))
+
+    @staticmethod
+    async def _read_legs(
+        keys: Sequence[tuple[bytes, bytes]], src: LedgerReader, dst: LedgerReader | None
+    ) -> tuple[list[LegStatus], list[LegStatus] | None]:
+        """The source (outbound) and target (inbound) legs of every transfer in ``keys``,
+        in order, each at (at least) its ledger's finalized height, as :meth:`_check_item`
+        reads one: one ``get_legs`` per side and chunk where the kind answers many (one lens
+        call on EVM, one ``Legs`` evaluate per chunk on Fabric, not two evaluates per leg),
+        else a bounded number of single reads. A failed read fails the request, typed as it
+        came; an answer of another length is Unavailable (never a leg judged for another
+        transfer)."""
+        tids = [tid for tid, _ in keys]
+        if dst is None:
+            sources, targets = await read_legs(src, tids, Leg.OUTBOUND), None
+        else:
+            sources, targets = await asyncio.gather(
+                read_legs(src, tids, Leg.OUTBOUND), read_legs(dst, tids, Leg.INBOUND)
+            )
+        for side, legs in (("source", sources), ("target", targets)):
+            if legs is not None and len(legs) != len(tids):
+                raise Unavailable(f"{side} ledger answered {len(legs)} legs for {len(tids)}")
+        return sources, targets
 
     async def _signing_domains(
         self, ledgers: list[LedgerReader]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,16 +15,16 @@ from bridge.core import batch as core
 from bridge.domain.claim_batches import ClaimsRefused
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee, EpochWindow
-from bridge.domain.errors import BridgeReason, InvalidInput
+from bridge.domain.errors import BridgeReason, InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId
-from bridge.domain.legs import Leg, LegState
+from bridge.domain.legs import Leg, LegState, LegStatus
 from bridge.domain.terms import TransferTerms
 from bridge.rpc.claims_refusal import refusal_status, refused_items
 from bridge.rpc.errors import DETAILS_KEY
 from bridge.storage.backup import restore
 from bridge.v1 import verifier_pb2
 from tests.unit.test_store_backup import VERIFIER, reopen, restored_member
-from tests.unit.test_verifier_claim_service import BROKER, NETWORK, Member
+from tests.unit.test_verifier_claim_service import BROKER, NETWORK, Member, Reader
 from verifiers.votes import ConflictingVote
 
 pytestmark = [pytest.mark.unit, pytest.mark.security, pytest.mark.batch]
@@ -231,3 +232,48 @@ def test_a_restored_vote_log_refuses_a_batch_with_a_forgotten_item(tmp_path: Pat
         m.set_leg(m.b, t, Leg.INBOUND, LegState.PREPARED)
     assert sign(m, ClaimKind.COMMIT, [x, y]).signatures
     assert [m.votes.decision(t.transfer_id) for t in (x, y)] == [ClaimKind.COMMIT] * 2
+
+
+def many_reads(m: Member, lie: int = 0) -> dict[str, list[int]]:
+    """Give both readers ``get_legs`` (as the EVM, Fabric and CometBFT adapters have); the
+    returned lists record each call's size. ``lie``: the target answers that many legs
+    fewer than asked."""
+    calls: dict[str, list[int]] = {"a": [], "b": []}
+    for reader in (m.a, m.b):
+
+        async def get_legs(tids: Sequence[bytes], leg: Leg, height: int | None = None,
+                           r: Reader = reader) -> list[LegStatus]:  # fmt: skip
+            calls[r.ledger.name].append(len(tids))
+            answered = list(tids)[: len(tids) - lie] if r is m.b else tids
+            return [
+                r.legs.get((t, leg), LegStatus(LegState.NONE, bytes(32), 0, 5)) for t in answered
+            ]
+
+        reader.get_legs = get_legs  # type: ignore[attr-defined]
+    return calls
+
+
+def test_a_batch_reads_each_side_in_one_call_where_the_ledger_answers_many(m: Member) -> None:
+    calls = many_reads(m)
+    ts = prepared(m, 40)
+    m.set_leg(m.b, ts[7], Leg.INBOUND, LegState.REJECTED)
+    refused = refusal(m, ClaimKind.COMMIT, ts)
+    assert [r.index for r in refused.items] == [7], "judged per item on the batched reads"
+    assert calls == {"a": [40], "b": [40]}
+    assert m.a.reads == [] and m.b.reads == [], "no leg read one at a time"
+    ok = ts[:7] + ts[8:]
+    sign(m, ClaimKind.COMMIT, ok)
+    assert [m.votes.decision(t.transfer_id) for t in ok] == [ClaimKind.COMMIT] * 39
+    aborts = [m.terms(dst_ledger=b"\x77" * 32) for _ in range(3)]  # an unknown target
+    for t in aborts:
+        m.set_leg(m.a, t, Leg.OUTBOUND, LegState.LOCKED)
+    sign(m, ClaimKind.ABORT, aborts)
+    assert calls["a"][-1] == 3 and calls["b"] == [40, 39], "only the source is read"
+
+
+def test_a_ledger_answering_fewer_legs_fails_the_batch_and_records_nothing(m: Member) -> None:
+    many_reads(m, lie=1)
+    ts = prepared(m, 5)
+    with pytest.raises(Unavailable, match="target ledger answered 4 legs for 5"):
+        sign(m, ClaimKind.COMMIT, ts)
+    assert votes(m) == []
