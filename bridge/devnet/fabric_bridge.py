@@ -491,7 +491,10 @@ class FabricBridgeLedger:
         transaction, so no MVCC conflicts inside a wave); the issue wave follows the
         eligibility wave's commits. An issue also writes one of the security's supply counter
         shards (ADR 0024), so issues that picked the same shard in one block conflict: those
-        (TransactionInvalid, nothing applied) are resubmitted until every one committed."""
+        (TransactionInvalid, nothing applied) are resubmitted until every one committed. Each
+        wave waits for every organisation's peer to commit it before the next is endorsed (a
+        peer a block behind endorsed an Issue on a holder not yet eligible there:
+        "ProposalResponsePayloads do not match")."""
 
         async def waves(client: GatewayClient) -> None:
             async with asyncio.timeout(120):
@@ -515,6 +518,12 @@ class FabricBridgeLedger:
                             for h, r in zip(todo, results, strict=True)
                             if isinstance(r, TransactionInvalid)
                         ]
+                        last = max(
+                            (r.block_number for r in results if not isinstance(r, BaseException)),
+                            default=-1,
+                        )
+                        if last >= 0:  # the next wave is endorsed by every org's peer
+                            await wait_for_peers(self.net, last)
 
         self._run(waves)
 
