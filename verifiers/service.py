@@ -7,15 +7,16 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 
 from bridge.core.batch import BatchClaim, build_batch
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, EpochWindow, recover_signer
 from bridge.domain.errors import (
     InvalidCertificate,
     InvalidInput,
+    LedgerRejected,
     NotFound,
     PreconditionFailed,
-    Unavailable,
 )
 from bridge.domain.ids import SecurityId
 from bridge.domain.issuance import Registration, verify_instruction
@@ -504,8 +505,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         reads one: one ``get_legs`` per side and chunk where the kind answers many (one lens
         call on EVM, one ``Legs`` evaluate per chunk on Fabric, not two evaluates per leg),
         else a bounded number of single reads. A failed read fails the request, typed as it
-        came; an answer of another length is Unavailable (never a leg judged for another
-        transfer)."""
+        came; an answer of another length is ``LedgerRejected(MALFORMED_ANSWER)``, as the
+        kinds' codecs type a malformed answer (never a leg judged for another transfer)."""
         tids = [tid for tid, _ in keys]
         if dst is None:
             sources, targets = await read_legs(src, tids, Leg.OUTBOUND), None
@@ -515,7 +516,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             )
         for side, legs in (("source", sources), ("target", targets)):
             if legs is not None and len(legs) != len(tids):
-                raise Unavailable(f"{side} ledger answered {len(legs)} legs for {len(tids)}")
+                raise LedgerRejected(
+                    ErrorReason.MALFORMED_ANSWER,
+                    f"{side} ledger answered {len(legs)} legs for {len(tids)}",
+                )
         return sources, targets
 
     async def _signing_domains(

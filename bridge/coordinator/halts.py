@@ -237,6 +237,7 @@ class HaltBook:
         self._stopping = True
         for _, read in self._reading.values():
             read.cancel()
+        self._reading.clear()  # a read cancelled before it ran never removes itself
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -327,10 +328,25 @@ class HaltBook:
         if hit is not None and time.monotonic() - hit[0] < self._cache_s:
             return hit[1]
         reading = self._reading.get(key)
-        if reading is None or reading[0] != self._generation:
-            reading = (self._generation, asyncio.create_task(self._read(key, self._generation)))
+        if reading is None or reading[0] != self._generation or reading[1].done():
+            read = asyncio.create_task(self._read(key, self._generation))
+            read.add_done_callback(_retrieved)  # every caller may have gone
+            reading = (self._generation, read)
             self._reading[key] = reading
-        return await asyncio.shield(reading[1])
+        try:
+            return await asyncio.shield(reading[1])
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if reading[1].cancelled() and (me is None or not me.cancelling()):
+                # The shared read was stopped, not this caller: a typed, retryable answer.
+                raise Unavailable(f"halt status of {ledger}: the read was stopped") from None
+            raise
+
+    def _forget(self) -> None:
+        """Start a new generation: drop every cached status, and let no read already in
+        flight answer a later caller or be cached."""
+        self._generation += 1
+        self._cache.clear()
 
     async def _read(self, key: tuple[str, str | None], generation: int) -> HaltStatus:
         started = time.monotonic()
@@ -394,8 +410,7 @@ class HaltBook:
                     break  # keep the sequence order: retry this one first
                 done += 1
         if done:
-            self._generation += 1
-            self._cache.clear()
+            self._forget()
             self._on_change()
         return done
 
@@ -446,6 +461,9 @@ class HaltBook:
         if shown is None:  # the read lags the ledger: confirm on the next pass
             return OrderState.PENDING
         if shown:
+            # SECURITY (review s21): once APPLIED the order stops gating and ``halted`` rests
+            # on the ledger's status alone; no status read before this point may answer it.
+            self._forget()
             await self._store.set_state(r.ledger, seq, OrderState.APPLIED, "", tx_id)
             log.info("depository order applied", **{REASON: _describe(r.signed)})
             return OrderState.APPLIED
@@ -476,3 +494,9 @@ def _describe(signed: SignedOrder) -> str:
     o = signed.order
     scope = "every security" if o.security == ZERO_WORD else o.security.rstrip(b"\0").decode()
     return f"{OrderAction(o.action).name} {scope} (sequence {o.sequence})"
+
+
+def _retrieved(read: asyncio.Task[HaltStatus]) -> None:
+    """Mark a shared read's failure as seen when no caller is left to see it."""
+    if not read.cancelled():
+        read.exception()

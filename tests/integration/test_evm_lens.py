@@ -31,6 +31,7 @@ from bridge.domain.flow import FlowLimit
 from bridge.domain.hashing import keccak256
 from bridge.domain.ids import LedgerId, SecurityId, evm_address_word
 from bridge.domain.legs import Action, Leg, LegState
+from bridge.ledgers.bounded import READ_CONCURRENCY
 from bridge.ledgers.evm import deploy
 from bridge.ledgers.evm.adapter import EARLIER_LENSES, LENS_MAX_ITEMS, EvmAdapter
 from bridge.ledgers.evm.artifacts import load_abi
@@ -343,3 +344,39 @@ async def test_fee_fields_once_per_block_and_forgotten_after_a_refused_send(
     await adapter._fees()
     assert calls["eth_getBlockByNumber"] == before + 1
     await adapter.close()
+
+
+async def test_without_a_usable_lens_many_legs_are_read_a_bounded_number_at_a_time(
+    two_ledgers: TwoLedgers, lens: str
+) -> None:
+    """A batch of legs with no lens (or an untrusted one) is read leg by leg, at most
+    READ_CONCURRENCY at once (review s21: it was every leg at once on the node's pool),
+    with the same answers."""
+    env = two_ledgers
+    ids = await transfers_in_every_state(env)
+    ids += [secrets.token_bytes(32) for _ in range(60)]
+    genuine = with_lens(env.a, lens, False)
+    expected = await genuine.get_legs(ids, Leg.OUTBOUND)
+    await genuine.close()
+    for address in (None, env.a.token.address):
+        adapter = with_lens(env.a, address, False)
+        inner = adapter._get_leg_single
+        now = peak = 0
+
+        async def counted(t: bytes, leg: Leg, height: int | None = None, inner: Any = inner) -> Any:
+            nonlocal now, peak
+            now += 1
+            peak = max(peak, now)
+            try:
+                await asyncio.sleep(0.005)  # hold it, so that concurrent reads overlap
+                return await inner(t, leg, height)
+            finally:
+                now -= 1
+
+        adapter._get_leg_single = counted  # type: ignore[method-assign]
+        got = await adapter.get_legs(ids, Leg.OUTBOUND)
+        assert [(s.state, s.terms_hash, s.not_before) for s in got] == [
+            (s.state, s.terms_hash, s.not_before) for s in expected
+        ]
+        assert 1 < peak <= READ_CONCURRENCY, (address, peak)
+        await adapter.close()

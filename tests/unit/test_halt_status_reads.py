@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,76 @@ async def test_a_caller_cancelled_while_waiting_does_not_cancel_the_read_for_the
     a.gate.set()
     assert not (await second).halted
     assert first.cancelled() and a.reads == 1
+
+
+@dataclass
+class SlowToApply(GatedRelayer):
+    """Applies orders only once ``applying`` is set (a delivery pass held on this ledger)."""
+
+    applying: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def apply_order(self, signed: Any) -> Any:
+        await self.applying.wait()
+        return await super().apply_order(signed)
+
+
+async def test_an_applied_halt_starts_a_new_generation_before_the_pass_ends(
+    coordinator,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SECURITY (review s21): once the HALT on ``a`` is APPLIED it stops gating; a driver
+    asking while the same pass still delivers to ``b`` must not get a pre-HALT read."""
+    c, _, _ = coordinator
+    d = c.domains
+    a = GatedRelayer("a", network=d["a"].network_word, word=d["a"].ledger_word)
+    b = SlowToApply("b", network=d["b"].network_word, word=d["b"].ledger_word)
+    b.gate.set()
+    store = SqliteHaltStore(tmp_path / "h2.sqlite")
+    book = HaltBook(store, {"a": a, "b": b}, d, cache_s=60)  # type: ignore[arg-type]
+    early_gate = a.gate
+    early = asyncio.create_task(book.ledger_status("a", SEC))  # before the HALT
+    await asyncio.sleep(0.02)
+    a.gate = asyncio.Event()
+    a.gate.set()
+    await book.submit(order(c, "a", OrderAction.HALT, 3))
+    await book.submit(order(c, "b", OrderAction.HALT, 3))
+    passing = asyncio.create_task(book.deliver_pending())  # a first, then held on b
+
+    async def applied_on_a() -> bool:
+        return any(r.ledger == "a" and r.state is OrderState.APPLIED for r in await book.orders())
+
+    for _ in range(200):
+        if await applied_on_a():
+            break
+        await asyncio.sleep(0.01)
+    assert await applied_on_a() and not passing.done()
+    try:  # joining the held pre-HALT read would wait for it: bounded, a failure not a hang
+        halted_now = await asyncio.wait_for(book.halted("a", SEC), 2)
+    except TimeoutError:
+        halted_now = None
+    assert halted_now is True, "the pre-HALT read in flight must not answer"
+    early_gate.set()
+    assert not (await early).halted
+    assert await book.halted("a", SEC)
+    b.applying.set()
+    assert await passing == 2
+    await book.stop()
+    store.close()
+
+
+async def test_a_read_stopped_with_the_book_neither_poisons_the_key_nor_leaks_a_cancel(
+    gated,
+) -> None:
+    _, relayers, book = gated
+    a = relayers["a"]
+    waiting = asyncio.create_task(book.ledger_status("a", SEC))
+    await asyncio.sleep(0.02)
+    never_ran = book._reading.setdefault(
+        ("a", None), (book._generation, asyncio.create_task(asyncio.sleep(3600)))
+    )[1]
+    await book.stop()  # cancels the reads in flight, one of them before it ever ran
+    with pytest.raises(Unavailable, match="the read was stopped"):
+        await waiting  # this caller was not cancelled: a typed, retryable answer
+    assert never_ran.cancelled() and book._reading == {}
+    a.gate.set()
+    assert not (await book.ledger_status("a", None)).halted  # a fresh read, not the corpse

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from bridge.core import batch as core
+from bridge.core.reasons import ErrorReason
 from bridge.domain.claim_batches import ClaimsRefused
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee, EpochWindow
-from bridge.domain.errors import BridgeReason, InvalidInput, Unavailable
+from bridge.domain.errors import BridgeReason, InvalidInput, LedgerRejected
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState, LegStatus
 from bridge.domain.terms import TransferTerms
@@ -274,6 +275,7 @@ def test_a_batch_reads_each_side_in_one_call_where_the_ledger_answers_many(m: Me
 def test_a_ledger_answering_fewer_legs_fails_the_batch_and_records_nothing(m: Member) -> None:
     many_reads(m, lie=1)
     ts = prepared(m, 5)
-    with pytest.raises(Unavailable, match="target ledger answered 4 legs for 5"):
+    with pytest.raises(LedgerRejected, match="target ledger answered 4 legs for 5") as bad:
         sign(m, ClaimKind.COMMIT, ts)
+    assert bad.value.reason is ErrorReason.MALFORMED_ANSWER
     assert votes(m) == []

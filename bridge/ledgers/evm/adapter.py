@@ -64,6 +64,7 @@ from bridge.domain.signer import LocalKeySigner, Signer
 from bridge.domain.supply import SupplyReading
 from bridge.domain.terms import TransferTerms
 from bridge.keys.evm_tx import sign_transaction
+from bridge.ledgers.bounded import gather_bounded
 from bridge.ledgers.evm.addresses import EvmAddressCodec
 from bridge.ledgers.evm.artifacts import load_bytecode
 from bridge.ledgers.evm.batch import BatchStep, batch_results, lock_call, step_call
@@ -414,7 +415,13 @@ class EvmAdapter(StepTemplate):
     ) -> list[LegStatus]:
         """The ``leg`` side of every transfer in ``transfer_ids`` at ``height`` (default:
         finalized), in order (:class:`bridge.ledgers.many_legs.ManyLegsReader`): one lens
-        call per :data:`LENS_MAX_ITEMS` legs when a lens is configured, else leg by leg."""
+        call per :data:`LENS_MAX_ITEMS` legs when a lens is configured, else leg by leg, a
+        bounded number at a time (``READ_CONCURRENCY``: a batch of 1,000 is not 1,000 reads
+        at once on the node's connection pool)."""
+        if self._lens is None:
+            return await gather_bounded(
+                lambda t: self._get_leg_single(t, leg, height), transfer_ids
+            )
         return list(await asyncio.gather(*(self.get_leg(t, leg, height) for t in transfer_ids)))
 
     async def _get_leg_single(
@@ -578,10 +585,14 @@ class EvmAdapter(StepTemplate):
                     _leg_from_view(leg, v, read) for (_, leg), v in zip(legs, views, strict=True)
                 ]
         height = at if at is not None else await self._head_read.get()
-        results = await asyncio.gather(
-            *(self._get_leg_single(t, leg, height) for t, leg in legs), return_exceptions=True
-        )
-        return [_as_result(r) for r in results]
+
+        async def single(item: tuple[bytes, Leg]) -> LegStatus | Exception:
+            try:
+                return await self._get_leg_single(item[0], item[1], height)
+            except Exception as exc:  # each leg answers for itself, as the lens would
+                return exc
+
+        return await gather_bounded(single, legs)
 
     def _lens_block(self, number: Any, asked: int | None) -> int:
         """The block a lens call read; Unavailable when the node read another than asked."""

@@ -403,7 +403,8 @@ def legs_from_json(
 ) -> list[LegStatus]:
     """The ``Legs`` answer as one LegStatus per requested id, in the request's order.
 
-    ValueError when malformed, when it answers another number of legs, or when a record's
+    ValueError when malformed (a record without ``not_before`` included: a missing delay is
+    never read as none), when it answers another number of legs, or when a record's
     ``transfer_id`` is not the id asked for at its position (an answer is never matched to
     a request by guesswork)."""
     data = _object(raw, "Legs answer")
@@ -417,7 +418,10 @@ def legs_from_json(
             raise ValueError(f"Legs answer is out of order at 0x{tid.hex()}")
         out.append(
             leg_status_from_json(
-                rec, leg, height, int_from_json(rec.get("not_before", 0), "not_before")
+                rec,
+                leg,
+                height,
+                int_from_json(_field(rec, "not_before", "Legs record"), "not_before"),
             )
         )
     return out
