@@ -219,7 +219,7 @@ class HaltBook:
         self._cache: dict[tuple[str, str | None], tuple[float, HaltStatus]] = {}
         # Reads in flight, shared by every caller that misses the cache meanwhile (issue 14:
         # one GetHaltStatus per key at a time, not one per driver), tagged with the
-        # generation they started in; a delivered order starts a new generation.
+        # generation they started in; see ``_forget`` for what starts a new one.
         self._generation = 0
         self._reading: dict[tuple[str, str | None], tuple[int, asyncio.Task[HaltStatus]]] = {}
         self._kick = asyncio.Event()
@@ -318,10 +318,11 @@ class HaltBook:
         read fails each of them alike, and a caller cancelled while waiting does not cancel
         it for the others.
 
-        SECURITY: a delivered order clears the cache and starts a new generation. A read
-        that started before cannot answer a caller that arrives after (it would be the
-        pre-HALT status), and its answer is not cached: only a read started in the current
-        generation is shared or kept.
+        SECURITY: an order marked APPLIED (and the end of every delivery pass that settled
+        one) clears the cache and starts a new generation. A read that started before
+        cannot answer a caller that arrives after (it would be the pre-HALT status), and its
+        answer is not cached: only a read started in the current generation is shared or
+        kept.
         """
         key = (ledger, None if security is None else security.isin)
         hit = self._cache.get(key)
