@@ -4,11 +4,21 @@ one head poll for every waiter, fee fields per block, and what happens on errors
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 
 from bridge.domain.errors import Unavailable
-from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
+from bridge.ledgers.evm.reads import (
+    LENS_READ_ATTEMPTS,
+    Batcher,
+    FeeCache,
+    FreshRead,
+    HeadWatch,
+    WrongBlock,
+    read_at_block,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -240,3 +250,47 @@ async def test_head_watch_uses_a_fresh_observation_instead_of_polling() -> None:
     watch.observe(5)  # an earlier request answering late: ignored
     assert watch.head == 13
     await watch.close()
+
+
+def _answers(*numbers: int) -> tuple[list[int], Callable[[], Awaitable[Sequence[Any]]]]:
+    """A lens read that answers block ``numbers[i]`` on its i-th call (and counts calls)."""
+    calls: list[int] = []
+
+    async def read() -> tuple[int, str]:
+        calls.append(1)
+        return numbers[min(len(calls), len(numbers)) - 1], f"figures of {len(calls)}"
+
+    return calls, read
+
+
+async def test_a_lens_answer_for_the_next_block_is_asked_again_and_never_used() -> None:
+    """The e2e flake of 2026-12-04: a read of block 1068 answered 1069 (anvil mining)."""
+    calls, read = _answers(1069, 1068)
+    number, rest = await read_at_block(read, 1068, ledger="x")
+    assert (number, tuple(rest), len(calls)) == (1068, ("figures of 2",), 2)
+
+
+async def test_a_lens_that_keeps_answering_another_block_is_unavailable() -> None:
+    calls, read = _answers(1069)
+    with pytest.raises(WrongBlock, match="a read of block 1068 answered 1069") as err:
+        await read_at_block(read, 1068, ledger="x")
+    assert isinstance(err.value, Unavailable)
+    assert len(calls) == LENS_READ_ATTEMPTS
+
+
+async def test_a_latest_read_takes_the_block_it_reports_in_one_call() -> None:
+    calls, read = _answers(1070)
+    number, _ = await read_at_block(read, None, ledger="x")
+    assert (number, len(calls)) == (1070, 1)
+
+
+async def test_a_lens_read_error_is_not_retried() -> None:
+    calls: list[int] = []
+
+    async def read() -> tuple[int]:
+        calls.append(1)
+        raise Unavailable("node down")
+
+    with pytest.raises(Unavailable, match="node down"):
+        await read_at_block(read, 5, ledger="x")
+    assert len(calls) == 1

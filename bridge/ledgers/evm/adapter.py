@@ -72,7 +72,7 @@ from bridge.ledgers.evm.calls import ContractCalls
 from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
-from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch
+from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch, read_at_block
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
 from bridge.ledgers.steps import GovernanceWrite, OrderWrite, RotationWrite, Step, StepTemplate
@@ -572,13 +572,11 @@ class EvmAdapter(StepTemplate):
                 [t for t, _ in legs],
                 [0 if leg is Leg.OUTBOUND else 1 for _, leg in legs],  # the endpoint's numbering
             )
-            block: Any = "latest" if at is None else at
             try:
-                number, views = await self._rpc("legsOf", lambda: fn.call(block_identifier=block))
+                read, (views,) = await self._lens_read("legsOf", fn, at)
             except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
                 pass  # no lens (or endpoint) at that older block: the endpoint's own views
             else:
-                read = self._lens_block(number, at)
                 if at is None:
                     self._heads.observe(read)  # the latest block, as the node just said
                 return [
@@ -594,12 +592,16 @@ class EvmAdapter(StepTemplate):
 
         return await gather_bounded(single, legs)
 
-    def _lens_block(self, number: Any, asked: int | None) -> int:
-        """The block a lens call read; Unavailable when the node read another than asked."""
-        read = int(number)
-        if asked is not None and read != asked:
-            raise Unavailable(f"ledger {self.ledger}: a read of block {asked} answered {read}")
-        return read
+    async def _lens_read(self, what: str, fn: Any, at: int | None) -> tuple[int, Sequence[Any]]:
+        """One lens view ``fn`` at block ``at`` (None: the latest): the block it read and the
+        rest of its answer, never another block's (:func:`read_at_block`: a node that
+        answers for another block is asked again, then Unavailable)."""
+        block: Any = "latest" if at is None else at
+        return await read_at_block(
+            lambda: self._rpc(what, lambda: fn.call(block_identifier=block)),
+            at,
+            ledger=str(self.ledger),
+        )
 
     async def _read_supplies(self, keys: list[SupplyKey]) -> list[SupplyAnswer]:
         """The batch behind :meth:`supply`: one ``suppliesOf`` per height; each item is the
@@ -616,9 +618,8 @@ class EvmAdapter(StepTemplate):
     async def _supplies_at(self, at: int | None, words: list[bytes]) -> list[SupplyAnswer]:
         assert self._lens is not None
         fn = self._lens.functions.suppliesOf(self._bridge.address, words)
-        block: Any = "latest" if at is None else at
         try:
-            number, views = await self._rpc("suppliesOf", lambda: fn.call(block_identifier=block))
+            read, (views,) = await self._lens_read("suppliesOf", fn, at)
         except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
             # No lens (or no endpoint) at that block: the endpoint's own view, item by item.
             height = at if at is not None else await self._head_read.get()
@@ -626,7 +627,6 @@ class EvmAdapter(StepTemplate):
                 *(self._supply_single(w, height) for w in words), return_exceptions=True
             )
             return [(height, _as_result(r)) for r in results]
-        read = self._lens_block(number, at)
         if at is None:
             self._heads.observe(read)
         out: list[SupplyAnswer] = []
@@ -732,13 +732,10 @@ class EvmAdapter(StepTemplate):
             assert self._lens is not None
             fn = self._lens.functions.holdersOf(token_addr, holders)
             try:
-                number, paused, views = await self._rpc(
-                    "holdersOf", lambda: fn.call(block_identifier=at)
-                )
+                _, (paused, views) = await self._lens_read("holdersOf", fn, at)
             except (BadFunctionCallOutput, ContractCustomError, ContractLogicError):
                 pass  # no lens at that block (or one before holdersOf): the token's views
             else:
-                self._lens_block(number, at)
                 if len(views) != len(holders):
                     raise Unavailable(
                         f"ledger {self.ledger}: holdersOf answered {len(views)} holders"

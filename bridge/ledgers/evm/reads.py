@@ -1,14 +1,15 @@
 """Fewer JSON-RPC requests for the same answers (issue 14 item 4): coalesced reads, batched
 reads, one head poll for every waiter and fee fields per block.
 
-Pure asyncio, no ``web3``: the adapter (:mod:`bridge.ledgers.evm.adapter`) gives each helper
-the request it would otherwise have sent once per caller.
+Pure asyncio and tenacity, no ``web3``: the adapter (:mod:`bridge.ledgers.evm.adapter`) gives
+each helper the request it would otherwise have sent once per caller.
 
 The rule every helper keeps: an answer is never older than the one the caller would have got
 by sending its own request when it called. :class:`FreshRead` and :class:`Batcher` only let a
 caller share a request that *starts after* the caller asked; :class:`HeadWatch` serves waiters
 that can only be made later, never earlier, by an older head; :class:`FeeCache` is the one
-value reused across callers, and only within the block it was read for.
+value reused across callers, and only within the block it was read for. And a lens answer is
+used only for the block it was asked for (:func:`read_at_block`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from bridge.domain.errors import Unavailable
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -329,3 +334,43 @@ class FeeCache:
     def invalidate(self) -> None:
         """Forget the cached fields."""
         self._fees = None
+
+
+LENS_READ_ATTEMPTS = 3
+"""How many times a lens read at an explicit block is sent when the node answers for another
+block (:func:`read_at_block`)."""
+
+
+class WrongBlock(Unavailable):
+    """A lens answer dated another block than the one asked: never used (UNAVAILABLE)."""
+
+
+async def read_at_block(
+    read: Callable[[], Awaitable[Sequence[Any]]],
+    asked: int | None,
+    *,
+    ledger: str,
+    attempts: int = LENS_READ_ATTEMPTS,
+) -> tuple[int, Sequence[Any]]:
+    """One lens view read at block ``asked`` (None: the latest): the block the answer reports
+    (its first field) and the rest of the answer.
+
+    SECURITY: an answer that reports another block than ``asked`` is never returned; the
+    figures in it are another block's. A node answering a call at its head while it mines
+    the next block can report that next block (seen on anvil), so the read, which changes
+    nothing, is sent again, up to ``attempts`` times in all; then :class:`WrongBlock`
+    (an :class:`Unavailable`). Any other error is raised at once, unretried.
+    """
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        retry=retry_if_exception_type(WrongBlock),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            answer = await read()
+            number = int(answer[0])
+            if asked is not None and number != asked:
+                raise WrongBlock(f"ledger {ledger}: a read of block {asked} answered {number}")
+            return number, answer[1:]
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
