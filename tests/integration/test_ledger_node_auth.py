@@ -5,6 +5,7 @@ relayer process refusing to start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -90,6 +91,24 @@ async def test_with_ca_and_token_the_adapter_reads_and_writes(secured: Secured) 
         assert env.a.balance(alice.address) == 30
         reached = await check_reached(secured.config("a"), a)
         assert reached.kind == "evm" and str(env.node.chain_id) in reached.detail
+    finally:
+        await a.close()
+
+
+async def test_every_request_goes_over_the_adapters_one_session(secured: Secured) -> None:
+    """SessionProvider: the adapter's session (the CA, the token) carries every request,
+    web3's own session cache is never filled, and a closed adapter reopens on next use."""
+    a = secured.adapter("a")
+    try:
+        heights = await asyncio.gather(*(a.finalized_height() for _ in range(20)))
+        assert min(heights) >= 0
+        session = a._session
+        assert session is not None and not session.closed
+        assert len(a._provider._request_session_manager.session_cache) == 0
+        await a.close()
+        assert session.closed and a._session is None
+        assert await a.finalized_height() >= max(heights)
+        assert a._session is not None and a._session is not session
     finally:
         await a.close()
 

@@ -17,7 +17,7 @@ import aiohttp
 from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.exceptions import (
     BadFunctionCallOutput,
     ContractCustomError,
@@ -72,6 +72,7 @@ from bridge.ledgers.evm.calls import ContractCalls
 from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
+from bridge.ledgers.evm.provider import SessionProvider
 from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch, read_at_block
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
@@ -200,7 +201,9 @@ class EvmAdapter(StepTemplate):
             raise NodeConnectionRefused(
                 f"ledger {config.id}: a token is never sent to a node not verified by tls_ca"
             )
-        self._provider = AsyncHTTPProvider(config.rpc_url, request_kwargs={"timeout": 10})
+        self._session: aiohttp.ClientSession | None = None
+        # One keep-alive connection pool per adapter, posted to directly (SessionProvider).
+        self._provider = SessionProvider(config.rpc_url, self._http_session)
         # SECURITY: no CCIP read (EIP-3668). web3 follows an ``OffchainLookup`` revert by
         # fetching the URLs the revert names and calling back with the answer: a lying node
         # could make this process send HTTP requests wherever it likes. Nothing here reads
@@ -210,7 +213,6 @@ class EvmAdapter(StepTemplate):
         # read by key, and web3's validation middleware would add two eth_chainId calls
         # to every eth_call (the chain id is configuration here).
         self._w3 = AsyncWeb3(self._provider, middleware=[])
-        self._session: aiohttp.ClientSession | None = None
         self._bridge_address = word_to_evm_address(evm_address_word(config.bridge))
         self._ledger = config.id
         self._bridge_word = evm_address_word(self._bridge_address)
@@ -289,23 +291,21 @@ class EvmAdapter(StepTemplate):
 
     # -- reads ---------------------------------------------------------------------------
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one web3 call, shielded from the caller's cancellation.
-
-        web3 8 guards its session cache with a threading lock acquired in a thread pool; a
-        request cancelled while waiting for it releases a lock it does not hold and leaves
-        the lock taken for good, hanging every later request in the process. A cancelled
-        caller therefore stops waiting while the call itself runs to completion (bounded
-        by the HTTP timeout) in the background.
-        """
+        """Run one web3 call, shielded from the caller's cancellation: a cancelled caller
+        stops waiting while the call runs to completion (bounded by the HTTP timeout) in the
+        background, so a request is never abandoned half-sent or half-read (which would also
+        close a keep-alive TLS connection, and cost a new handshake)."""
         task = asyncio.ensure_future(self._rpc_unshielded(what, call))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _rpc_unshielded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    def _http_session(self) -> aiohttp.ClientSession:
+        """The adapter's one HTTP session to its node, created on first use (in the loop)."""
         if self._session is None:
-            # One keep-alive connection pool per adapter (web3's default closes each one).
             self._session = self._transport.session(limit=32, timeout_s=10)
-            await self._provider.cache_async_session(self._session)
+        return self._session
+
+    async def _rpc_unshielded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except Exception as exc:
