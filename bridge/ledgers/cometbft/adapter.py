@@ -14,7 +14,6 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from bridge.config import LedgerConfig
@@ -31,7 +30,6 @@ from bridge.domain.legs import (
     HolderStatus,
     LedgerEvent,
     Leg,
-    LegState,
     LegStatus,
     TxOutcome,
 )
@@ -159,14 +157,10 @@ class CometAdapter(StepTemplate):
         )
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
-        """The leg's state at ``height`` (default: the latest committed block), exact."""
-        final = await self._final_at_least(height)
-        at = height if height is not None else final
-        raw = await self._view("GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)], at)
-        status = codec.leg_status_from_json(raw, leg, at)
-        if status.state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
-            nb = await self._view("NotBefore", [codec.word_hex(transfer_id)], at)
-            status = replace(status, not_before=codec.not_before_from_json(nb, leg))
+        """The leg's state at ``height`` (default: the latest committed block), exact; read
+        as :meth:`get_legs` reads a list of one (one ``Legs`` query carrying the state and
+        the not-before; a malformed answer is ``LedgerRejected(MALFORMED_ANSWER)``)."""
+        (status,) = await self.get_legs([transfer_id], leg, height)
         return status
 
     # ---- batch (issue 14 item 4): many legs per query

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Any
 
 from bridge.core import words as core_words
@@ -33,7 +32,6 @@ from bridge.domain.legs import (
     HolderStatus,
     LedgerEvent,
     Leg,
-    LegState,
     LegStatus,
     TxOutcome,
 )
@@ -181,17 +179,11 @@ class FabricAdapter(StepTemplate):
         Fabric cannot read state as of a past block: ``height``, when given, is only echoed as
         the reported height. Without it the finalized height is read *before* the state, so
         the state includes every block up to the reported height (and possibly later ones).
+        Read as :meth:`get_legs` reads a list of one: one ``Legs`` evaluate carrying the
+        state and the not-before, and a malformed answer is
+        ``LedgerRejected(MALFORMED_ANSWER)``.
         """
-        at = height if height is not None else await self.finalized_height()
-        raw = await self._client.evaluate(
-            self._chaincode, "GetLeg", [codec.word_hex(transfer_id), codec.leg_name(leg)]
-        )
-        status = codec.leg_status_from_json(raw, leg, at)
-        if status.state in (LegState.LOCKED, LegState.PREPARED):  # ---- flow limits: a delay?
-            raw_nb = await self._client.evaluate(
-                self._chaincode, "NotBefore", [codec.word_hex(transfer_id)]
-            )
-            status = replace(status, not_before=codec.not_before_from_json(raw_nb, leg))
+        (status,) = await self.get_legs([transfer_id], leg, height)
         return status
 
     # ---- batch (issue 14 item 4): many legs per evaluate

@@ -365,13 +365,6 @@ def leg_status_from_json(
     )
 
 
-def not_before_from_json(raw: str | bytes | Mapping[str, Any], leg: Leg) -> int:
-    """The ``NotBefore`` answer's time for ``leg`` (ADR 0010)."""
-    data = _object(raw, "NotBefore answer")
-    key = "outbound" if leg is Leg.OUTBOUND else "inbound"
-    return int_from_json(_field(data, key, "NotBefore answer"), key)
-
-
 def halt_status_from_json(raw: str | bytes | Mapping[str, Any]) -> HaltStatus:
     """The ``HaltStatus`` answer (the depository key as 20 bytes, None when unset)."""
     data = _object(raw, "HaltStatus answer")
