@@ -105,6 +105,12 @@ async def test_every_request_goes_over_the_adapters_one_session(secured: Secured
         session = a._session
         assert session is not None and not session.closed
         assert len(a._provider._request_session_manager.session_cache) == 0
+        # A batch request too: web3's own session (no CA, no token) would be refused here.
+        async with a._w3.batch_requests() as batch:
+            batch.add(a._w3.eth.get_block_number())
+            (number,) = await batch.async_execute()
+        assert int(number) >= max(heights)
+        assert a._session is session
         await a.close()
         assert session.closed and a._session is None
         assert await a.finalized_height() >= max(heights)

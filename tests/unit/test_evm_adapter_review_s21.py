@@ -17,6 +17,7 @@ from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter
 from bridge.ledgers.evm.calls import events_of
+from bridge.ledgers.evm.reads import LENS_READ_ATTEMPTS, WrongBlock
 from bridge.rpc.tls import INSECURE_ENV
 from tests.unit.test_evm_calls import CODEC
 
@@ -114,3 +115,52 @@ def test_events_are_only_the_endpoints_own_logs(
     assert [(e.transfer_id, e.leg, e.state) for e in events] == [
         (own, Leg.OUTBOUND, LegState.LOCKED)
     ]
+
+
+class _AheadLens:
+    """A lens whose every view reports the block after the one it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[object] = []
+        self.functions = self
+
+    def _view(self, *args: object) -> Any:
+        lens = self
+
+        class _Call:
+            async def call(self, block_identifier: object = None) -> tuple[Any, ...]:
+                lens.asked.append(block_identifier)
+                assert isinstance(block_identifier, int)
+                return (block_identifier + 1, False, [])
+
+        return _Call()
+
+    legsOf = suppliesOf = holdersOf = _view
+
+
+@pytest.mark.parametrize("read", ["legs", "supplies", "holders"])
+def test_every_lens_read_at_a_block_refuses_an_answer_for_another_block(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """The anvil race of 2026-12-04 (a read of block 1068 answered 1069) at each caller:
+    asked again, never used, then WrongBlock (an Unavailable), for legs, supplies and
+    holders alike (each passes the block it asked for to the check)."""
+    lens = _AheadLens()
+    adapter._lens = lens  # type: ignore[assignment]
+    adapter._lens_holders = True
+
+    async def usable() -> bool:
+        return True
+
+    monkeypatch.setattr(adapter, "_lens_usable", usable)
+
+    async def run() -> object:
+        if read == "legs":
+            return await adapter._legs_at(1068, [(b"\x01" * 32, Leg.OUTBOUND)])
+        if read == "supplies":
+            return await adapter._supplies_at(1068, [b"\x02" * 32])
+        return await adapter._holders_at(1068, OTHER, [OTHER])
+
+    with pytest.raises(WrongBlock, match="a read of block 1068 answered 1069"):
+        asyncio.run(run())
+    assert lens.asked == [1068] * LENS_READ_ATTEMPTS

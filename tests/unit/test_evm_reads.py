@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.domain.errors import Unavailable
 from bridge.ledgers.evm.reads import (
@@ -266,7 +267,11 @@ def _answers(*numbers: int) -> tuple[list[int], Callable[[], Awaitable[Sequence[
 async def test_a_lens_answer_for_the_next_block_is_asked_again_and_never_used() -> None:
     """The e2e flake of 2026-12-04: a read of block 1068 answered 1069 (anvil mining)."""
     calls, read = _answers(1069, 1068)
-    number, rest = await read_at_block(read, 1068, ledger="x")
+    with capture_logs() as logs:
+        number, rest = await read_at_block(read, 1068, ledger="x")
+    assert [(e["attempt"], e["error"]) for e in logs] == [
+        (1, "ledger x: a read of block 1068 answered 1069")
+    ]
     assert (number, tuple(rest), len(calls)) == (1068, ("figures of 2",), 2)
 
 

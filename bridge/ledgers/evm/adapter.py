@@ -1374,9 +1374,9 @@ class EvmAdapter(StepTemplate):
                 await self._head_sub_task
             self._head_sub_task = None
         await self._heads.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        session, self._session = self._session, None  # a request from now opens a new one
+        if session is not None:
+            await session.close()
 
     # ---- observability (ADR 0016)
     async def gas_balance(self) -> int:

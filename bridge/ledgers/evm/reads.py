@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from bridge.domain.errors import Unavailable
+from bridge.logfields import ERROR, get_logger
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -341,6 +342,17 @@ LENS_READ_ATTEMPTS = 3
 block (:func:`read_at_block`)."""
 
 
+def _log_wrong_block(state: RetryCallState) -> None:
+    """Every repeated lens read is logged: a node often answering for another block (a
+    load balancer over nodes at different heights) shows in the logs, not only in latency."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    get_logger().warning(
+        "a lens answer reported another block than asked; asking again",
+        attempt=state.attempt_number,
+        **{ERROR: str(error)},
+    )
+
+
 class WrongBlock(Unavailable):
     """A lens answer dated another block than the one asked: never used (UNAVAILABLE)."""
 
@@ -364,6 +376,7 @@ async def read_at_block(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts),
         retry=retry_if_exception_type(WrongBlock),
+        before_sleep=_log_wrong_block,
         reraise=True,
     )
     async for attempt in retrying:
