@@ -13,6 +13,8 @@ from web3.exceptions import OffchainLookup
 from web3.types import RPCEndpoint, RPCResponse
 
 from bridge.config import LedgerConfig
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import LedgerRejected
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter
@@ -164,3 +166,26 @@ def test_every_lens_read_at_a_block_refuses_an_answer_for_another_block(
     with pytest.raises(WrongBlock, match="a read of block 1068 answered 1069"):
         asyncio.run(run())
     assert lens.asked == [1068] * LENS_READ_ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        pytest.param({"blockNumber": 153}, "answered a log of block 153", id="past-the-range"),
+        pytest.param({"topics": []}, "with 0 topics", id="no-topic"),
+    ],
+)
+def test_a_log_outside_the_blocks_asked_or_without_topics_is_malformed(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], error: str
+) -> None:
+    """Review s22: a log of block 153 answered for blocks 0..3 was delivered, and the watcher
+    would have checkpointed past blocks it never scanned; a log without topics was a bare
+    IndexError. Both are the node's error now, and nothing is delivered."""
+
+    async def get_logs(lo: int, hi: int, topics: Any) -> list[Any]:
+        return [leg_log(ENDPOINT, b"\xaa" * 32, 0) | change]
+
+    monkeypatch.setattr(adapter, "_get_logs", get_logs)
+    with pytest.raises(LedgerRejected, match=error) as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER

@@ -363,6 +363,15 @@ class EvmAdapter(StepTemplate):
             for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
                 if str(log["address"]).lower() != self._bridge_address.lower():
                     continue  # only the endpoint's own logs (a node ignoring the filter)
+                # SECURITY: a log outside the blocks asked for, or without the topic the
+                # filter named, is a node's error: never delivered, never checkpointed past.
+                if not lo <= int(log["blockNumber"]) <= hi or not log["topics"]:
+                    raise LedgerRejected(
+                        ErrorReason.MALFORMED_ANSWER,
+                        f"eth_getLogs {lo}..{hi} answered a log of block {log['blockNumber']}"
+                        f" with {len(log['topics'])} topics",
+                        ledger=str(self.ledger),
+                    )
                 pos = EventPosition(int(log["blockNumber"]), int(log["logIndex"]))
                 topic0 = bytes(log["topics"][0])
                 if topic0 == locked_topic:
