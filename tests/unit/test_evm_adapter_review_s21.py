@@ -18,6 +18,7 @@ from bridge.domain.errors import LedgerRejected
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter
+from bridge.ledgers.evm.batch import batch_results
 from bridge.ledgers.evm.calls import events_of
 from bridge.ledgers.evm.reads import LENS_READ_ATTEMPTS, WrongBlock
 from bridge.rpc.tls import INSECURE_ENV
@@ -189,3 +190,27 @@ def test_a_log_outside_the_blocks_asked_or_without_topics_is_malformed(
     with pytest.raises(LedgerRejected, match=error) as err:
         asyncio.run(adapter.events(None, 3))
     assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+def test_an_endpoint_log_that_does_not_decode_is_malformed(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s22: a LegStateChanged log with a topic missing was web3's LogTopicError,
+    untyped; now the node's error, and nothing is delivered."""
+
+    async def get_logs(lo: int, hi: int, topics: Any) -> list[Any]:
+        log = leg_log(ENDPOINT, b"\xaa" * 32, 0)
+        return [log | {"topics": log["topics"][:2]}]
+
+    monkeypatch.setattr(adapter, "_get_logs", get_logs)
+    with pytest.raises(LedgerRejected, match="does not decode") as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+def test_a_batch_receipt_log_that_does_not_decode_is_a_value_error(adapter: EvmAdapter) -> None:
+    """``batch_results`` raises ValueError (the adapter: ask the node again) for an endpoint
+    log with the event's topic that does not decode, not web3's LogTopicError (INTERNAL)."""
+    log = leg_log(ENDPOINT, b"\xaa" * 32, 0)
+    with pytest.raises(ValueError, match="does not decode"):
+        batch_results(adapter._bridge, [log | {"topics": log["topics"][:2]}], [], [])

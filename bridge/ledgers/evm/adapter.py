@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
+from eth_abi.exceptions import DecodingError
 from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
@@ -23,6 +24,7 @@ from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
     TransactionNotFound,
+    Web3Exception,
     Web3RPCError,
 )
 
@@ -374,14 +376,21 @@ class EvmAdapter(StepTemplate):
                     )
                 pos = EventPosition(int(log["blockNumber"]), int(log["logIndex"]))
                 topic0 = bytes(log["topics"][0])
-                if topic0 == locked_topic:
-                    decoded = locked_event.process_log(log)
-                    terms = _terms_from_event(decoded["args"]["terms"])
-                    locked_terms[bytes(decoded["args"]["transferId"])] = terms
-                    continue
-                if after is not None and pos <= after:
-                    continue
-                args = leg_event.process_log(log)["args"]
+                try:
+                    if topic0 == locked_topic:
+                        decoded = locked_event.process_log(log)
+                        terms = _terms_from_event(decoded["args"]["terms"])
+                        locked_terms[bytes(decoded["args"]["transferId"])] = terms
+                        continue
+                    if after is not None and pos <= after:
+                        continue
+                    args = leg_event.process_log(log)["args"]
+                except (Web3Exception, DecodingError) as exc:
+                    raise LedgerRejected(
+                        ErrorReason.MALFORMED_ANSWER,
+                        f"an endpoint log of block {pos.height} does not decode: {exc}",
+                        ledger=str(self.ledger),
+                    ) from exc
                 leg = Leg.OUTBOUND if int(args["leg"]) == 0 else Leg.INBOUND
                 state = leg_state_from_ledger(leg, int(args["state"]))
                 tid = bytes(args["transferId"])

@@ -13,10 +13,12 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+from eth_abi.exceptions import DecodingError
 from hexbytes import HexBytes
 from web3.contract import AsyncContract, Contract
 from web3.contract.async_contract import AsyncContractFunction
 from web3.contract.contract import ContractFunction
+from web3.exceptions import Web3Exception
 
 from bridge.core import batch as core
 from bridge.domain.claims import ClaimDomain, ClaimKind
@@ -126,7 +128,8 @@ def batch_results(
     the last ``LegStateChanged`` of its leg (moved), or its ``BatchItemSkipped`` (a replay:
     the endpoint skips only a leg holding the item's own terms, so its terms hash is the
     item's; reason 0, the caller reads an inbound leg's). Only the endpoint's own logs
-    count. ValueError when an item has neither (the receipt is not of this batch)."""
+    count. ValueError when an item has neither (the receipt is not of this batch), or when an
+    endpoint log with one of these topics does not decode as that event."""
     changed = endpoint.events.LegStateChanged()
     skipped = endpoint.events.BatchItemSkipped()
     topics = {HexBytes(changed.topic): changed, HexBytes(skipped.topic): skipped}
@@ -138,7 +141,10 @@ def batch_results(
         event = topics.get(HexBytes(log["topics"][0]))
         if event is None:
             continue
-        args = event.process_log(log)["args"]
+        try:
+            args = event.process_log(log)["args"]
+        except (Web3Exception, DecodingError) as exc:  # the right topic, not the event's shape
+            raise ValueError(f"an endpoint log of the receipt does not decode: {exc}") from exc
         key = (bytes(args["transferId"]), int(args["leg"]))
         if event is changed:
             moved[key] = (int(args["state"]), int(args["reason"]), bytes(args["termsHash"]))
