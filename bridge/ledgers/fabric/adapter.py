@@ -133,6 +133,16 @@ class FabricAdapter(StepTemplate):
         """The last committed block (Fabric commits are final): chain height minus one."""
         return max(0, await self._client.block_height() - 1)
 
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        """A finalized height above ``above``, or None after ``timeout_s`` (the relayer's
+        watcher waits here instead of polling; issue 14 item 4). The height is read first:
+        when it is already above, it is the answer; otherwise the peer is asked for block
+        ``above + 1`` and answers when it commits it (Fabric commits are final)."""
+        final = await self.finalized_height()
+        if final > above:
+            return final
+        return above + 1 if await self._client.wait_block(above + 1, timeout_s) else None
+
     async def events(self, after: EventPosition | None, up_to_height: int) -> list[LedgerEvent]:
         """Every ``LegStateChanged`` event after ``after`` through block ``up_to_height``.
 

@@ -440,6 +440,35 @@ class GatewayClient:
             call.cancel()
         raise Unavailable(f"deliver {start}..{stop} from {self._endpoint} ended without a status")
 
+    async def wait_block(self, number: int, timeout_s: float) -> bool:
+        """True once the peer has committed block ``number`` (at once if it already has);
+        False when ``timeout_s`` passes first.
+
+        One filtered Deliver of that block: the peer holds the request until it commits the
+        block (``BLOCK_UNTIL_READY``) and sends only its number and transaction ids, so
+        waiting costs no polling and no block body. Unavailable on any other answer."""
+        _, deliver = self._stubs()
+        envelope = build_seek_envelope(
+            self._channel_name, self._identity, number, number, cert_hash=self._tls_cert_hash
+        )
+        call = deliver.DeliverFiltered(iter([envelope]), timeout=timeout_s)
+        try:
+            async for response in call:
+                kind = response.WhichOneof("Type")
+                if kind == "filtered_block" and int(response.filtered_block.number) == number:
+                    return True
+                raise Unavailable(
+                    f"deliver of block {number} from {self._endpoint} answered {kind}"
+                    + (f" {common_pb2.Status.Name(response.status)}" if kind == "status" else "")
+                )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return False
+            raise self._fail(exc, f"wait for block {number}") from exc
+        finally:
+            call.cancel()
+        raise Unavailable(f"deliver of block {number} from {self._endpoint} ended without it")
+
     async def block_events(self, chaincode: str, start: int, stop: int) -> list[DeliveredEvent]:
         """Every event of ``chaincode`` in VALID transactions of blocks ``start..stop``.
 

@@ -290,3 +290,27 @@ async def test_unreachable_peer_is_unavailable(env: BridgeEnv, tmp_path: Path) -
     with pytest.raises(Unavailable):
         await adapter.events(None, 3)
     await adapter.close()
+
+
+async def test_the_watcher_waits_for_the_next_block_instead_of_polling(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    """``wait_new_head`` (issue 14 item 4: Fabric Deliver instead of polling): an answer at
+    once when the height is already above; None after the timeout when no block comes; the
+    next block's number as soon as the peer commits it."""
+    final = await relayer.finalized_height()
+    assert await relayer.wait_new_head(final - 1, 5.0) == final
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await relayer.wait_new_head(final, 0.5) is None
+    assert loop.time() - started >= 0.45
+    waiting = asyncio.ensure_future(relayer.wait_new_head(final, 30.0))
+    await asyncio.sleep(0.3)
+    assert not waiting.done(), "no block was committed yet"
+    admin = env.client("Org1", "Admin")
+    holder = await env.holder(ISIN, 0)
+    result = await admin.submit(CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "1"])
+    await admin.close()
+    await wait_for_peers(env.net, result.block_number)
+    head = await asyncio.wait_for(waiting, 10.0)
+    assert head is not None and final < head <= result.block_number
