@@ -416,7 +416,11 @@ class RelayerFile(Table):
     msp_id: str = ""
     """Ledgers whose kind has identities (Fabric): the MSP id."""
     poll_interval: float = Field(default=0.2, gt=0, le=3600)
-    """Seconds between polls of the ledger for new blocks."""
+    """Seconds between the watcher's scans for new blocks on a kind that cannot wait for one
+    (CometBFT). EVM and Fabric ledgers wake it on each new block instead (EVM: ``ws_url`` or
+    the adapter's own head poll; Fabric: a Deliver request the peer answers when it commits
+    the block); it then rescans after at most 20 times this, and backs off from it after an
+    error."""
     standby: bool = False
     """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the
     same store and key; ADR 0017)."""
