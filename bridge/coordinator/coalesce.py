@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from bridge.aio import retrieve
+
 __all__ = ["FLUSH_TASK_NAME", "Coalescer", "Flush", "FlushAnswerMismatch"]
 
 FLUSH_TASK_NAME = "coalesce-flush"
@@ -89,7 +91,7 @@ class Coalescer(Generic[K, I, R]):
                     lane.pending.remove(waiter)  # not flushed yet: no flush carries it
                     waiter.future.cancel()
                 # Already being flushed: the flush answers it and nobody reads the answer.
-                waiter.future.add_done_callback(_consume)
+                waiter.future.add_done_callback(retrieve)
             raise
 
     def _pump(self, key: K, lane: _Lane[I, R], arriving: bool = False) -> None:
@@ -167,9 +169,3 @@ class Coalescer(Generic[K, I, R]):
                     w.future.cancel()
             lane.pending.clear()
         self._lanes.clear()
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Read a future's outcome nobody awaits any more (no 'never retrieved' warning)."""
-    if not future.cancelled():
-        future.exception()

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.aio import retrieve
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.core.reasons import ErrorReason
@@ -331,7 +332,7 @@ class HaltBook:
         reading = self._reading.get(key)
         if reading is None or reading[0] != self._generation or reading[1].done():
             read = asyncio.create_task(self._read(key, self._generation))
-            read.add_done_callback(_retrieved)  # every caller may have gone
+            read.add_done_callback(retrieve)  # every caller may have gone
             reading = (self._generation, read)
             self._reading[key] = reading
         try:
@@ -495,9 +496,3 @@ def _describe(signed: SignedOrder) -> str:
     o = signed.order
     scope = "every security" if o.security == ZERO_WORD else o.security.rstrip(b"\0").decode()
     return f"{OrderAction(o.action).name} {scope} (sequence {o.sequence})"
-
-
-def _retrieved(read: asyncio.Task[HaltStatus]) -> None:
-    """Mark a shared read's failure as seen when no caller is left to see it."""
-    if not read.cancelled():
-        read.exception()

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import structlog
 
+from bridge.aio import retrieve
 from bridge.core.digests import PROTOCOL_VERSION
 from bridge.doctor.convert import status_to_pb
 from bridge.doctor.model import ComponentStatus, LedgerView
@@ -190,7 +191,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         if cached is None or time.monotonic() - cached[0] >= self._cache_seconds:
             if self._building is None:
                 self._building = asyncio.ensure_future(self._build())
-                self._building.add_done_callback(_retrieve)
+                self._building.add_done_callback(retrieve)
             status = await asyncio.shield(self._building)
         else:
             status = cached[1]
@@ -210,11 +211,6 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         """The status now, as much of it as the caller may see."""
         status = for_caller(await self.status(), current_principal().role)
         return status_pb2.GetStatusResponse(status=status_to_pb(status))
-
-
-def _retrieve(future: asyncio.Future[ComponentStatus]) -> None:
-    if not future.cancelled():
-        future.exception()  # a failed build whose callers all left is not "never retrieved"
 
 
 SERVICE_NAME = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name

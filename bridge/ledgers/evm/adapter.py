@@ -28,6 +28,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from bridge.aio import retrieve
 from bridge.config import LedgerConfig
 from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
@@ -93,12 +94,6 @@ _FUNCTION = {
     Action.COMMIT: "commit",
     Action.ABORT: "abort",
 }
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Consume a shielded call's outcome once nobody awaits it (no 'never retrieved')."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -298,7 +293,7 @@ class EvmAdapter(StepTemplate):
         background, so a request is never abandoned half-sent or half-read (which would also
         close a keep-alive TLS connection, and cost a new handshake)."""
         task = asyncio.ensure_future(self._rpc_unshielded(what, call))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
         return await asyncio.shield(task)
 
     def _http_session(self) -> aiohttp.ClientSession:

@@ -23,18 +23,13 @@ from typing import Any, Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from bridge.aio import retrieve
 from bridge.domain.errors import Unavailable
 from bridge.logfields import ERROR, get_logger
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Consume an outcome nobody may await any more (no 'exception never retrieved')."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 class FreshRead(Generic[T]):
@@ -63,7 +58,7 @@ class FreshRead(Generic[T]):
         else:
             if self._next is None:
                 self._next = asyncio.get_running_loop().create_future()
-                self._next.add_done_callback(_retrieve)
+                self._next.add_done_callback(retrieve)
             fut = self._next
             if self._current is None:
                 self._launch()
@@ -119,7 +114,7 @@ class Batcher(Generic[K, V]):
     async def get(self, key: K) -> V:
         """The value for ``key`` from a batch fetched after this call."""
         fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
+        fut.add_done_callback(retrieve)
         self._queue.append((key, fut))
         if not self._busy:
             self._busy = True
@@ -243,7 +238,7 @@ class HeadWatch:
     def _ensure_poller(self) -> asyncio.Future[None]:
         if self._tick is None:
             self._tick = asyncio.get_running_loop().create_future()
-            self._tick.add_done_callback(_retrieve)
+            self._tick.add_done_callback(retrieve)
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         return self._tick
