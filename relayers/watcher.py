@@ -9,7 +9,7 @@ from typing import Protocol
 
 import grpc
 
-from bridge.domain.errors import Unavailable
+from bridge.domain.errors import PermissionDenied, Unavailable
 from bridge.domain.legs import EventPosition, LedgerEvent
 from bridge.ledgers.adapter import LedgerReader
 from bridge.logfields import COUNT, ERROR, HEIGHT, LEDGER, get_logger
@@ -19,6 +19,10 @@ BATCH = 256
 """Events per delivery call."""
 PAGE_BLOCKS = 5_000
 """Blocks per read: the most one ``events`` call scans (bounded pages, checkpointed each)."""
+HEAD_WAIT_RETRY_S = 600.0
+"""After the ledger refuses head waits (``PermissionDenied``), the watcher polls each
+``poll_interval`` for this long before it asks to wait again (an operator may have granted
+the right meanwhile)."""
 
 
 class EventSink(Protocol):
@@ -36,7 +40,9 @@ class HeadWaiter(Protocol):
     the fallback; issue 14 item 4)."""
 
     async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
-        """A head above ``above`` from an ordinary read, or None after ``timeout_s``."""
+        """A head above ``above`` from an ordinary read, or None after ``timeout_s``.
+        ``PermissionDenied`` when the ledger refuses this identity the wait (the watcher
+        then polls instead, and asks again after ``HEAD_WAIT_RETRY_S``)."""
         ...
 
 
@@ -68,6 +74,7 @@ class EventWatcher:
         wait = getattr(reader, "wait_new_head", None)
         self._heads: HeadWaiter | None = reader if callable(wait) else None  # type: ignore[assignment]
         self._seen = -1
+        self._heads_refused_until: float | None = None  # loop time; None: waits not refused
 
     async def step(self) -> int:
         """Deliver everything newly final once, in pages of at most ``page_blocks`` blocks,
@@ -107,13 +114,15 @@ class EventWatcher:
 
         After a successful scan, a reader that can wait for a new block (:class:`HeadWaiter`)
         is waited on instead of sleeping ``poll_interval`` (the wait itself falls back to
-        polling when heads are not pushed); the scan itself reads finality as always."""
+        polling when heads are not pushed); the scan itself reads finality as always. A
+        reader that refuses the wait (``PermissionDenied``) is polled each ``poll_interval``
+        instead, with one warning, and asked again after ``HEAD_WAIT_RETRY_S``."""
         backoff = self._poll
         while not stop.is_set():
             try:
                 await self.step()
                 backoff = self._poll
-                if self._heads is not None:
+                if self._heads is not None and self._may_wait_for_heads():
                     await self._next_head(stop)
                     continue
             except (Unavailable, grpc.aio.AioRpcError, OSError) as exc:
@@ -125,6 +134,12 @@ class EventWatcher:
                 backoff = min(self._max_backoff, backoff * 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
+
+    def _may_wait_for_heads(self) -> bool:
+        """False while a refusal of head waits is recent (the watcher polls meanwhile)."""
+        if self._heads_refused_until is None:
+            return True
+        return asyncio.get_running_loop().time() >= self._heads_refused_until
 
     async def _next_head(self, stop: asyncio.Event) -> None:
         """Until a head above the last one seen, ``stop``, or a bounded wait (then rescan)."""
@@ -142,10 +157,24 @@ class EventWatcher:
         if waiter.done() and not waiter.cancelled():
             try:
                 head = waiter.result()
+            except PermissionDenied as exc:
+                # Not a failure of the ledger: this identity may not wait (e.g. a Fabric
+                # channel's event/FilteredBlock ACL stricter than Readers). Poll instead.
+                if self._heads_refused_until is None:
+                    self._log.warning(
+                        "the ledger refuses head waits; polling each poll_interval, asking"
+                        f" again every {HEAD_WAIT_RETRY_S:.0f} s",
+                        **{ERROR: str(exc)[:300]},
+                    )
+                self._heads_refused_until = asyncio.get_running_loop().time() + HEAD_WAIT_RETRY_S
+                return
             except Exception as exc:  # the next scan reports it; do not spin meanwhile
                 self._log.warning("head wait failed", **{ERROR: str(exc)[:300]})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._poll)
                 return
+            if self._heads_refused_until is not None:
+                self._heads_refused_until = None
+                self._log.info("the ledger accepts head waits again")
             if head is not None:
                 self._seen = head

@@ -137,7 +137,10 @@ class FabricAdapter(StepTemplate):
         """A finalized height above ``above``, or None after ``timeout_s`` (the relayer's
         watcher waits here instead of polling; issue 14 item 4). The height is read first:
         when it is already above, it is the answer; otherwise the peer is asked for block
-        ``above + 1`` and answers when it commits it (Fabric commits are final)."""
+        ``above + 1`` and answers when it commits it (Fabric commits are final).
+
+        Raises ``PermissionDenied`` when the peer refuses this identity the filtered Deliver
+        (the channel's ``event/FilteredBlock`` ACL): the watcher then polls instead."""
         final = await self.finalized_height()
         if final > above:
             return final

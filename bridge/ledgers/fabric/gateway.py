@@ -23,7 +23,13 @@ from typing import Any
 import grpc
 
 from bridge.core.reasons import ErrorReason
-from bridge.domain.errors import BridgeError, InvalidInput, LedgerRejected, Unavailable
+from bridge.domain.errors import (
+    BridgeError,
+    InvalidInput,
+    LedgerRejected,
+    PermissionDenied,
+    Unavailable,
+)
 from bridge.keys.files import refuse_exposed
 from bridge.ledgers.fabric._protos import (
     ab_pb2,
@@ -446,7 +452,12 @@ class GatewayClient:
 
         One filtered Deliver of that block: the peer holds the request until it commits the
         block (``BLOCK_UNTIL_READY``) and sends only its number and transaction ids, so
-        waiting costs no polling and no block body. Unavailable on any other answer."""
+        waiting costs no polling and no block body.
+
+        Raises :class:`PermissionDenied` when the peer refuses this identity a filtered
+        Deliver (a ``FORBIDDEN`` status or ``PERMISSION_DENIED``: the channel's
+        ``event/FilteredBlock`` ACL, ``Readers`` by default, does not admit it), and
+        Unavailable on any other answer."""
         _, deliver = self._stubs()
         envelope = build_seek_envelope(
             self._channel_name, self._identity, number, number, cert_hash=self._tls_cert_hash
@@ -457,6 +468,11 @@ class GatewayClient:
                 kind = response.WhichOneof("Type")
                 if kind == "filtered_block" and int(response.filtered_block.number) == number:
                     return True
+                if kind == "status" and response.status == common_pb2.Status.FORBIDDEN:
+                    raise PermissionDenied(
+                        f"deliver of block {number} from {self._endpoint}: the peer refuses"
+                        f" {self._identity.msp_id}'s filtered Deliver (FORBIDDEN)"
+                    )
                 raise Unavailable(
                     f"deliver of block {number} from {self._endpoint} answered {kind}"
                     + (f" {common_pb2.Status.Name(response.status)}" if kind == "status" else "")
@@ -464,6 +480,10 @@ class GatewayClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return False
+            if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+                raise PermissionDenied(
+                    f"wait for block {number} from {self._endpoint}: {exc.details()}"[:500]
+                ) from exc
             raise self._fail(exc, f"wait for block {number}") from exc
         finally:
             call.cancel()

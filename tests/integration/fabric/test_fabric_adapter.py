@@ -8,6 +8,7 @@ Org1's User1 administers the endpoint; Org2's User1 is the relayer and talks to 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -15,12 +16,16 @@ from contextlib import aclosing
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from bridge.devnet.fabric import FabricNetwork
 from bridge.devnet.fabric_bridge import CHAINCODE_DIR, wait_for_peers
 from bridge.devnet.processes import ManagedProcess, free_port
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.errors import LedgerRejected, PermissionDenied, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import (
     Action,
@@ -33,6 +38,7 @@ from bridge.domain.legs import (
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.ledgers.fabric.gateway import GatewayClient, TransactionInvalid
+from bridge.ledgers.fabric.identity import SigningIdentity
 from tests.integration.fabric.support import (
     BridgeEnv,
     initialise,
@@ -314,3 +320,43 @@ async def test_the_watcher_waits_for_the_next_block_instead_of_polling(
     await wait_for_peers(env.net, result.block_number)
     head = await asyncio.wait_for(waiting, 10.0)
     assert head is not None and final < head <= result.block_number
+
+
+@pytest.mark.security
+async def test_a_peer_refusing_the_filtered_deliver_is_a_typed_refusal(env: BridgeEnv) -> None:
+    """A peer that refuses the caller's filtered Deliver answers a FORBIDDEN status; the
+    head wait raises ``PermissionDenied`` (the relayer's watcher then polls, with one
+    warning) instead of an ``Unavailable`` it would log on every poll. The caller here is a
+    look-alike of Org2's user: Org2MSP's id and TLS pair, a self-signed certificate."""
+    org = env.net.org("Org2")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "User1@org2.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    rogue = GatewayClient(
+        org.peer_endpoint,
+        org.tls_ca_cert,
+        org.peer_host,
+        SigningIdentity(org.msp_id, cert.public_bytes(serialization.Encoding.PEM), key),
+        env.net.channel,
+        tls_client_cert=org.user_tls_cert("User1"),
+        tls_client_key=org.user_tls_key("User1"),
+    )
+    honest = env.client("Org2", "User1")
+    try:
+        final = max(0, await honest.block_height() - 1)
+        assert await honest.wait_block(final, 5.0)  # the same wait, admitted for the real user
+        with pytest.raises(PermissionDenied, match="FORBIDDEN"):
+            await rogue.wait_block(final, 5.0)
+    finally:
+        await rogue.close()
+        await honest.close()
