@@ -180,6 +180,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "once ([batching] max_in_flight); 0: the coordinator's default (2)",
     )
     p.add_argument(
+        "--read-linger-ms",
+        type=float,
+        default=-1.0,
+        metavar="MS",
+        help="with --step-batching: a coalesced ledger read behind a running one\n"
+        "waits MS for more ([batching] read_linger_ms); default: the coordinator's (20)",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -223,7 +231,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(a.transfers, a.rate, a.block_time, a.timeout, a.directions, lanes,
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
-                   batch, a.scenario, curve, a.step_batching, a.step_in_flight)  # fmt: skip
+                   batch, a.scenario, curve, a.step_batching, a.step_in_flight,
+                   a.read_linger_ms)  # fmt: skip
 
 
 async def _start_measuring(

@@ -75,6 +75,7 @@ class Options:
     curve: tuple[float, ...] = ()  # offered loads (transfers/s) of the --curve sweep
     step_batching: int = 0  # the coordinator's batched steps: max_items; 0: off
     step_in_flight: int = 0  # [batching] max_in_flight; 0: the coordinator's default
+    read_linger_ms: float = -1.0  # [batching] read_linger_ms; < 0: the coordinator's default
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "observability": opts.observability,
         "step_batching": opts.step_batching,
         "step_in_flight": opts.step_in_flight,
+        "read_linger_ms": opts.read_linger_ms,
     }
 
 
@@ -197,6 +199,8 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         system.batching = {"enabled": True, "max_items": opts.step_batching}
         if opts.step_in_flight:
             system.batching["max_in_flight"] = opts.step_in_flight
+        if opts.read_linger_ms >= 0:
+            system.batching["read_linger_ms"] = opts.read_linger_ms
     return system
 
 

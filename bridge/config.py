@@ -230,12 +230,14 @@ class BatchingConfig:
     """``[batching]`` of a coordinator file: the step engine's batched steps (issue 14).
     Off by default; ``max_items`` per batched call (further bounded by the smallest batch
     limit of the network's ledger kinds), ``max_in_flight`` batched calls per key at once,
-    ``linger_ms`` a batch behind a running one waits for more items (0: none)."""
+    ``linger_ms`` a batch behind a running one waits for more items (0: none),
+    ``read_linger_ms`` the same for the coalesced ledger reads (legs, lane limits, holders)."""
 
     enabled: bool = False
     max_items: int = 50
     max_in_flight: int = 2
     linger_ms: float = 0.0
+    read_linger_ms: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +627,7 @@ def _batching(raw: Any) -> BatchingConfig:
         max_items=int(raw.get("max_items", 50)),
         max_in_flight=int(raw.get("max_in_flight", 2)),
         linger_ms=float(raw.get("linger_ms", 0.0)),
+        read_linger_ms=float(raw.get("read_linger_ms", 20.0)),
     )
 
 

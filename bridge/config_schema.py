@@ -323,6 +323,11 @@ class BatchingTable(Table):
     meanwhile form the next batch."""
     linger_ms: float = Field(default=0.0, ge=0, le=5000)
     """Milliseconds a batch behind a running one waits for more items (0: none)."""
+    read_linger_ms: float = Field(default=20.0, ge=0, le=1000)
+    """Milliseconds a coalesced ledger read (the drivers' leg reads, lane limits, holders)
+    formed behind a running one of its key waits for more drivers' reads (0: none). A read
+    with none of its key in flight still goes out at once; at load, fewer and larger
+    ``GetLegs``/``GetFlowStatus``/``GetHolders`` calls."""
 
 
 class CoordinatorFile(Table):
@@ -420,7 +425,8 @@ class RelayerFile(Table):
     (CometBFT). EVM and Fabric ledgers wake it on each new block instead (EVM: ``ws_url`` or
     the adapter's own head poll; Fabric: a Deliver request the peer answers when it commits
     the block); it then rescans after at most 20 times this, and backs off from it after an
-    error."""
+    error. A Fabric peer that refuses the relayer that Deliver (the channel's
+    ``event/FilteredBlock`` ACL) is polled at this interval instead."""
     standby: bool = False
     """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the
     same store and key; ADR 0017)."""

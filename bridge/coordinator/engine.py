@@ -95,18 +95,18 @@ class Coordinator:
             log=get_logger(),
         )
         # ---- coalesced lane reads (issue 14): with batching, many transfers share a read
+        batched = batching if batching is not None and batching.enabled else None
         self._flow = FlowLimits(
             self._ctx,
-            batching.max_in_flight if batching is not None and batching.enabled else None,
+            batched.max_in_flight if batched is not None else None,
+            batched.read_linger_ms if batched is not None else 0.0,
         )
         # ---- batched steps (issue 14): off unless configured
-        self._batcher = (
-            StepBatcher(self._ctx, batching) if batching is not None and batching.enabled else None
-        )
+        self._batcher = StepBatcher(self._ctx, batched) if batched is not None else None
         # ---- coalesced leg reads (issue 14 item 4): with batching, the drivers' reads too
         self._reads = (
-            LegReads(self._ctx, batching.max_in_flight)
-            if batching is not None and batching.enabled
+            LegReads(self._ctx, batched.max_in_flight, linger_ms=batched.read_linger_ms)
+            if batched is not None
             else None
         )
         self._stepper = Stepper(self._ctx, self._flow, self._batcher, self._reads)
@@ -116,8 +116,8 @@ class Coordinator:
         self._intake = Intake(self._ctx, self._drivers)
         # ---- coalesced holder reads (issue 14 item 4): with batching, admission's too
         self._holders = (
-            HolderReads(self._ctx, batching.max_in_flight)
-            if batching is not None and batching.enabled
+            HolderReads(self._ctx, batched.max_in_flight, linger_ms=batched.read_linger_ms)
+            if batched is not None
             else None
         )
         self._admission = Admission(self._ctx, self._flow, self._drivers, self._holders)

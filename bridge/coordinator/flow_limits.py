@@ -68,13 +68,15 @@ class FlowLimits:
     are coalesced per (ledger, security, counterpart): a read with none of its key in flight
     goes out at once; reads arriving while one is in flight share the next ``GetFlowStatus``,
     which starts after every one of them was asked (never an answer read before its caller
-    asked: the level-triggered guarantee holds per call).
+    asked: the level-triggered guarantee holds per call), after ``linger_ms`` for more.
     """
 
-    def __init__(self, ctx: EngineContext, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self, ctx: EngineContext, max_in_flight: int | None = None, linger_ms: float = 0.0
+    ) -> None:
         self._ctx = ctx
         self._reads: Coalescer[FlowKey, None, FlowStatus] | None = (
-            Coalescer(self._flush_reads, _MAX_SHARED_READS, max_in_flight)
+            Coalescer(self._flush_reads, _MAX_SHARED_READS, max_in_flight, linger_ms)
             if max_in_flight is not None
             else None
         )

@@ -8,7 +8,8 @@ coordinator's unary calls. :class:`HolderReads` coalesces them per (ledger, secu
 the step batcher's :class:`~bridge.coordinator.coalesce.Coalescer`: a read arriving with
 none of its key in flight goes out at once (a lone transfer is admitted as fast as
 before); reads arriving while one is in flight go out together next, as one
-``GetHolders`` (on EVM one lens call).
+``GetHolders`` (on EVM one lens call), after waiting ``linger_ms`` (``[batching]
+read_linger_ms``) for more.
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ class HolderReads:
     """
 
     def __init__(
-        self, ctx: EngineContext, max_in_flight: int, max_items: int = MAX_READS_PER_CALL
+        self,
+        ctx: EngineContext,
+        max_in_flight: int,
+        max_items: int = MAX_READS_PER_CALL,
+        linger_ms: float = 0.0,
     ) -> None:
         self._ctx = ctx  # its ``relayers`` as they are at each read
         self._reads: Coalescer[tuple[str, str], str, HolderStatus] = Coalescer(
-            self._flush, max_items, max_in_flight
+            self._flush, max_items, max_in_flight, linger_ms
         )
 
     async def holder(self, ledger: str, security: str, holder: str) -> HolderStatus:

@@ -8,7 +8,9 @@ the ledgers' requests. :class:`LegReads` coalesces them per (ledger, leg) with t
 batcher's :class:`~bridge.coordinator.coalesce.Coalescer`: a read arriving with none of its
 key in flight goes out at once (a lone transfer reads as fast as before); reads arriving
 while one is in flight go out together next, as one ``get_legs`` (one relayer call; on EVM
-one lens call, on Fabric a few evaluates).
+one lens call, on Fabric a few evaluates), after waiting ``linger_ms`` (``[batching]
+read_linger_ms``) for more: drivers woken by one batched step reach their reads a few
+event-loop turns apart, and without the wait they split into many small reads.
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ class LegReads:
     """
 
     def __init__(
-        self, ctx: EngineContext, max_in_flight: int, max_items: int = MAX_READS_PER_CALL
+        self,
+        ctx: EngineContext,
+        max_in_flight: int,
+        max_items: int = MAX_READS_PER_CALL,
+        linger_ms: float = 0.0,
     ) -> None:
         self._ctx = ctx  # its ``relayers`` as they are at each read
         self._reads: Coalescer[tuple[str, Leg], bytes, LegStatus] = Coalescer(
-            self._flush, max_items, max_in_flight
+            self._flush, max_items, max_in_flight, linger_ms
         )
 
     async def get_leg(self, ledger: str, transfer_id: bytes, leg: Leg) -> LegStatus:

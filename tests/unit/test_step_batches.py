@@ -747,3 +747,60 @@ async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
             await task
     assert relayers["a"].singles == []
     await reads.close()
+
+
+async def test_leg_reads_behind_a_running_one_wait_read_linger_for_more() -> None:
+    """``[batching] read_linger_ms``: a read with none of its key in flight goes out at
+    once; reads arriving behind it, a few milliseconds apart (drivers woken by one batched
+    step), share one read after the linger instead of splitting into small ones."""
+    from bridge.coordinator.leg_reads import LegReads
+    from bridge.domain.legs import LegStatus
+
+    async def asked_with(linger_ms: float) -> list[list[bytes]]:
+        asked: list[list[bytes]] = []
+        gate = asyncio.Event()
+
+        class Relayer:
+            async def get_legs(self, tids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
+                asked.append(list(tids))
+                await gate.wait()
+                return [LegStatus(LegState.LOCKED, t, 0, 1) for t in tids]
+
+        ctx = SimpleNamespace(relayers={"a": Relayer()})
+        reads = LegReads(ctx, max_in_flight=2, linger_ms=linger_ms)  # type: ignore[arg-type]
+        t1, t2, t3, t4 = (bytes([i]) * 32 for i in range(1, 5))
+        tasks = [asyncio.create_task(reads.get_leg("a", t1, Leg.OUTBOUND))]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert asked == [[t1]], "the first read waited"
+        for t in (t2, t3, t4):
+            tasks.append(asyncio.create_task(reads.get_leg("a", t, Leg.OUTBOUND)))
+            await asyncio.sleep(0.015)
+        await asyncio.sleep(0.1)
+        gate.set()
+        answers = await asyncio.gather(*tasks)
+        assert [s.terms_hash for s in answers] == [t1, t2, t3, t4]
+        await reads.close()
+        return asked
+
+    b = [bytes([i]) * 32 for i in range(1, 5)]
+    assert await asked_with(80.0) == [[b[0]], [b[1], b[2], b[3]]]
+    without = await asked_with(0.0)
+    assert without[:2] == [[b[0]], [b[1]]] and len(without) == 3
+
+
+async def test_read_linger_reaches_every_coalesced_read(batching) -> None:
+    """The coordinator gives ``read_linger_ms`` to its leg, lane-limit and holder reads
+    (default 20 ms), and only them: the steps keep ``linger_ms``."""
+    c = batching[0]
+    for linger, config in (
+        (0.02, BatchingConfig(enabled=True)),
+        (0.035, BatchingConfig(enabled=True, read_linger_ms=35, linger_ms=5)),
+    ):
+        coord = Coordinator(
+            c._network, batching[3], {}, batching[2], transfer_ttl=60,  # type: ignore[arg-type]
+            batching=config,
+        )  # fmt: skip
+        lingers = [coord._reads._reads._linger, coord._holders._reads._linger]
+        assert [*lingers, coord._flow._reads._linger] == [linger] * 3
+        assert coord._batcher._locks._linger == config.linger_ms / 1000
