@@ -422,10 +422,11 @@ class RelayerFile(Table):
     """Ledgers whose kind has identities (Fabric): the MSP id."""
     poll_interval: float = Field(default=0.2, gt=0, le=3600)
     """Seconds between the watcher's scans for new blocks on a kind that cannot wait for one
-    (CometBFT). EVM and Fabric ledgers wake it on each new block instead (EVM: ``ws_url`` or
-    the adapter's own head poll; Fabric: a Deliver request the peer answers when it commits
-    the block); it then rescans after at most 20 times this, and backs off from it after an
-    error. A Fabric peer that refuses the relayer that Deliver (the channel's
+    (a plugin kind without ``wait_new_head``). EVM, Fabric and CometBFT ledgers wake it on
+    each new block instead (EVM: ``ws_url`` or the adapter's own head poll; Fabric: a Deliver
+    request the peer answers when it commits the block; CometBFT: the node's
+    ``NewBlockHeader`` events, or the adapter's own head poll); it then rescans after at most
+    20 times this, and backs off from it after an error. A Fabric peer that refuses the relayer that Deliver (the channel's
     ``event/FilteredBlock`` ACL) is polled at this interval instead."""
     standby: bool = False
     """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from bridge.devnet.anvil import AnvilNode
-from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
-from bridge.ledgers.evm.reads import HeadWatch
+from bridge.ledgers.evm.heads import NewHeads, websocket_connector
+from bridge.ledgers.heads import HeadSubscription, HeadWatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.batch]
 
@@ -58,7 +58,7 @@ async def test_heads_by_subscription_fallback_and_resubscribe(anvil: AnvilNode) 
     sub = HeadSubscription(
         websocket_connector(anvil.ws_url, None, {}),
         watch,
-        CHAIN_ID,
+        NewHeads(CHAIN_ID),
         silence_s=3 * BLOCK_S,
         min_backoff_s=0.1,
         max_backoff_s=0.5,
@@ -116,7 +116,7 @@ async def test_lying_push_does_not_make_a_height_final_early(anvil: AnvilNode) -
         sub = HeadSubscription(
             websocket_connector(f"ws://127.0.0.1:{port}", None, {}),
             watch,
-            CHAIN_ID,
+            NewHeads(CHAIN_ID),
             silence_s=3 * BLOCK_S,
         )
         task = asyncio.ensure_future(sub.run())

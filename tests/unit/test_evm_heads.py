@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from bridge.ledgers.evm.heads import HeadSubscription
-from bridge.ledgers.evm.reads import HeadWatch
+from bridge.ledgers.evm.heads import NewHeads
+from bridge.ledgers.heads import HeadSubscription, HeadWatch
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -160,7 +160,7 @@ async def test_subscription_feeds_hints_then_falls_back_and_resubscribes() -> No
     watch = HeadWatch(node.read, poll_s=0.01)
     first, second = FakeSocket(), FakeSocket()
     connect = Connector(first, OSError("refused"), second)
-    sub = HeadSubscription(connect, watch, 31337, silence_s=5, min_backoff_s=0.01)
+    sub = HeadSubscription(connect, watch, NewHeads(31337), silence_s=5, min_backoff_s=0.01)
     task = asyncio.ensure_future(sub.run())
     loop = asyncio.get_running_loop()
     await until(lambda: watch.pushed)
@@ -188,7 +188,11 @@ async def test_polling_serves_while_subscription_is_down() -> None:
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
     sub = HeadSubscription(
-        Connector(OSError("down"), OSError("down")), watch, 31337, silence_s=5, min_backoff_s=1
+        Connector(OSError("down"), OSError("down")),
+        watch,
+        NewHeads(31337),
+        silence_s=5,
+        min_backoff_s=1,
     )
     task = asyncio.ensure_future(sub.run())
     loop = asyncio.get_running_loop()
@@ -206,7 +210,9 @@ async def test_silent_subscription_is_dropped() -> None:
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
     quiet = FakeSocket()
-    sub = HeadSubscription(Connector(quiet), watch, 31337, silence_s=0.05, min_backoff_s=5)
+    sub = HeadSubscription(
+        Connector(quiet), watch, NewHeads(31337), silence_s=0.05, min_backoff_s=5
+    )
     task = asyncio.ensure_future(sub.run())
     await until(lambda: sub.sessions == 1)
     await until(lambda: quiet.closed)
@@ -221,7 +227,7 @@ async def test_wrong_chain_stops_subscription_for_good() -> None:
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
     connect = Connector(FakeSocket(chain_id=1), FakeSocket())
-    sub = HeadSubscription(connect, watch, 31337, silence_s=5, min_backoff_s=0.01)
+    sub = HeadSubscription(connect, watch, NewHeads(31337), silence_s=5, min_backoff_s=0.01)
     await asyncio.wait_for(sub.run(), 2)  # returns: not retried
     assert connect.attempts == 1
     assert sub.sessions == 0 and not watch.pushed
@@ -370,7 +376,7 @@ async def test_malformed_pushes_are_ignored_and_the_subscription_lives_on() -> N
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
     sock = FakeSocket()
-    sub = HeadSubscription(Connector(sock), watch, 31337, silence_s=5, min_backoff_s=0.01)
+    sub = HeadSubscription(Connector(sock), watch, NewHeads(31337), silence_s=5, min_backoff_s=0.01)
     task = asyncio.ensure_future(sub.run())
     loop = asyncio.get_running_loop()
     await until(lambda: watch.pushed)

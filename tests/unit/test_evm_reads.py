@@ -16,10 +16,10 @@ from bridge.ledgers.evm.reads import (
     Batcher,
     FeeCache,
     FreshRead,
-    HeadWatch,
     WrongBlock,
     read_at_block,
 )
+from bridge.ledgers.heads import HeadWatch
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 

@@ -11,6 +11,7 @@ The endpoint speaks the chaincode protocol's JSON formats (``bridge.ledgers.fabr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -35,10 +36,12 @@ from bridge.domain.legs import (
 )
 from bridge.domain.supply import SupplyReading
 from bridge.ledgers.cometbft.envelope import MAX_TX_BYTES
+from bridge.ledgers.cometbft.heads import NewBlockHeaders, websocket_connector, websocket_url
 from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import batch as fabric_batch
 from bridge.ledgers.fabric import codec
+from bridge.ledgers.heads import HeadSubscription, HeadWatch
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
@@ -68,6 +71,20 @@ class CometAdapter(StepTemplate):
         self._ledger = config.id
         self._client = client
         self._bridge_word = get_kind("cometbft").bridge_word(config)
+        # ---- pushed blocks (issue 14 item 4): the relayer's watcher waits for the next block
+        self._heads = HeadWatch(
+            client.latest_height, max(0.05, min(0.25, config.block_interval / 10))
+        )
+        self._head_sub: HeadSubscription | None = None
+        with contextlib.suppress(ValueError):  # not http(s): no WebSocket to derive, polling
+            self._head_sub = HeadSubscription(
+                websocket_connector(websocket_url(config.rpc_url)),
+                self._heads,
+                NewBlockHeaders(config.channel),
+                silence_s=max(3.0, 3 * config.block_interval),
+                ledger=config.id.name,
+            )
+        self._head_sub_task: asyncio.Task[None] | None = None
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -105,6 +122,23 @@ class CometAdapter(StepTemplate):
     async def finalized_height(self) -> int:
         """The latest committed block (CometBFT commits are final)."""
         return await self._client.latest_height()
+
+    async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        """The first committed height above ``above`` that an ``abci_info`` read returned, or
+        None after ``timeout_s`` (the relayer's watcher waits here instead of polling).
+
+        The node's ``NewBlockHeader`` events (its ``/websocket``, subscribed on first use)
+        wake the shared read; while the subscription is down (no WebSocket, a silent or
+        lost session) the height is polled every block interval / 10 (0.05 to 0.25 s)."""
+        if self._head_sub is not None and (
+            self._head_sub_task is None or self._head_sub_task.done()
+        ):
+            self._head_sub_task = asyncio.ensure_future(self._head_sub.run())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            return await self._heads.wait_above(above, deadline)
+        except TimeoutError:
+            return None
 
     async def _final_at_least(self, height: int | None) -> int:
         """The finalized height, once it reaches ``height`` (a node other than the one that
@@ -324,5 +358,11 @@ class CometAdapter(StepTemplate):
         return TxOutcome(tx_id=done.tx_hash, height=done.height, already_applied=False)
 
     async def close(self) -> None:
-        """Close the node client."""
+        """Stop the block subscription and the shared read; close the node client."""
+        task, self._head_sub_task = self._head_sub_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._heads.close()
         await self._client.close()

@@ -72,13 +72,14 @@ from bridge.ledgers.evm.addresses import EvmAddressCodec
 from bridge.ledgers.evm.artifacts import load_bytecode
 from bridge.ledgers.evm.batch import BatchStep, batch_results, lock_call, step_call
 from bridge.ledgers.evm.calls import ContractCalls
-from bridge.ledgers.evm.heads import HeadSubscription, websocket_connector
+from bridge.ledgers.evm.heads import NewHeads, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.provider import SessionProvider
-from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, HeadWatch, read_at_block
+from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, read_at_block
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
+from bridge.ledgers.heads import HeadSubscription, HeadWatch
 from bridge.ledgers.steps import GovernanceWrite, OrderWrite, RotationWrite, Step, StepTemplate
 from bridge.logfields import LEDGER, get_logger
 
@@ -253,7 +254,7 @@ class EvmAdapter(StepTemplate):
                     ws_url, self._transport.ssl_context(), self._transport.headers()
                 ),
                 self._heads,
-                config.chain_id,
+                NewHeads(config.chain_id),
                 silence_s=max(1.0, 3 * config.block_interval),
                 ledger=config.id.name,
             )

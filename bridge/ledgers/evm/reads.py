@@ -1,13 +1,13 @@
 """Fewer JSON-RPC requests for the same answers (issue 14 item 4): coalesced reads, batched
-reads, one head poll for every waiter and fee fields per block.
+reads and fee fields per block (the head poll every waiter shares is
+:class:`bridge.ledgers.heads.HeadWatch`).
 
 Pure asyncio and tenacity, no ``web3``: the adapter (:mod:`bridge.ledgers.evm.adapter`) gives
 each helper the request it would otherwise have sent once per caller.
 
 The rule every helper keeps: an answer is never older than the one the caller would have got
 by sending its own request when it called. :class:`FreshRead` and :class:`Batcher` only let a
-caller share a request that *starts after* the caller asked; :class:`HeadWatch` serves waiters
-that can only be made later, never earlier, by an older head; :class:`FeeCache` is the one
+caller share a request that *starts after* the caller asked; :class:`FeeCache` is the one
 value reused across callers, and only within the block it was read for. And a lens answer is
 used only for the block it was asked for (:func:`read_at_block`).
 """
@@ -15,8 +15,6 @@ used only for the block it was asked for (:func:`read_at_block`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -157,141 +155,6 @@ class Batcher(Generic[K, V]):
         if len(values) != len(keys):
             raise ValueError(f"batched read returned {len(values)} answers for {len(keys)} keys")
         return values
-
-
-class HeadWatch:
-    """One chain-head poll for every waiter of a process's connection to a node.
-
-    Guarantees: while anyone waits, exactly one poller reads the head every ``poll_s``
-    seconds (never one request per waiter), unless another request of the process reported
-    the head within that interval (:meth:`observe`), which then serves instead;
-    :meth:`wait_above` returns the first head it sees above the height given, so a waiter
-    learns of a block at most ``poll_s`` (plus one request) after the node has it, as with
-    its own polling; a failed poll is raised to every waiter of that poll (as its own request
-    would have failed); with no waiter the poller stops. A head value is only ever a head the
-    node reported, possibly up to ``poll_s`` old: a finality wait built on it can be later,
-    never earlier, than one built on a fresh read.
-    """
-
-    def __init__(self, read_head: Callable[[], Awaitable[int]], poll_s: float) -> None:
-        self._read = read_head
-        self._poll = poll_s
-        self.pushed = False
-        """True while a head subscription (:class:`~bridge.ledgers.evm.heads.HeadSubscription`)
-        is live: the poller then reads only when :meth:`hint` says a block may be new, or
-        after ``silence_s`` without one (fallback read)."""
-        self.silence_s = 10 * poll_s
-        self._hinted = asyncio.Event()
-        self.head: int | None = None
-        """The last head the node reported (None before the first poll)."""
-        self.seen_at = 0.0
-        """``time.monotonic()`` of :attr:`head`'s poll."""
-        self._tick: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._waiters = 0
-        self.polls = 0
-
-    def observe(self, head: int) -> None:
-        """A head the node reported to another request of this process (a fresh read, a lens
-        call at ``latest``): the poller uses it instead of asking while it is under one poll
-        interval old. An older value than :attr:`head` is ignored (an earlier request that
-        answered late)."""
-        if self.head is None or head >= self.head:
-            self.head, self.seen_at = head, time.monotonic()
-
-    def hint(self, head: int) -> None:
-        """A head the node pushed (``newHeads``): only a hint that a block may be new.
-
-        SECURITY: the pushed number is never stored as :attr:`head` nor given to a waiter; it
-        only makes the poller read ``eth_blockNumber`` now instead of at its next tick, and
-        waiters see what that read returns. A lying push (a head beyond the node's) costs one
-        read and changes nothing; a replayed or stale push (not above :attr:`head`) is
-        ignored. Finality and every leg or event read therefore stay answered by ordinary
-        reads: a push can delay a step (by silencing the poller until ``silence_s``), never
-        make it look final earlier than a read would.
-        """
-        if self.head is None or head > self.head:
-            self._hinted.set()
-
-    def recent(self, max_age_s: float) -> int | None:
-        """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
-        if self.head is None or time.monotonic() - self.seen_at > max_age_s:
-            return None
-        return self.head
-
-    async def wait_above(self, height: int, deadline: float) -> int:
-        """The first head the poller sees above ``height``; TimeoutError once the loop's
-        clock passes ``deadline``; a failed poll's exception."""
-        loop = asyncio.get_running_loop()
-        self._waiters += 1
-        try:
-            while self.head is None or self.head <= height:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError
-                tick = self._ensure_poller()
-                await asyncio.wait_for(asyncio.shield(tick), remaining)
-            return self.head
-        finally:
-            self._waiters -= 1
-
-    def _ensure_poller(self) -> asyncio.Future[None]:
-        if self._tick is None:
-            self._tick = asyncio.get_running_loop().create_future()
-            self._tick.add_done_callback(retrieve)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-        return self._tick
-
-    async def _run(self) -> None:
-        hinted = False
-        while self._waiters > 0:
-            tick = self._tick
-            self._tick = None
-            if not hinted and self.recent(self._poll) is not None:
-                # Another request just saw the head: as new as a poll would be.
-                if tick is not None:
-                    tick.set_result(None)
-                hinted = await self._pause()
-                continue
-            self.polls += 1
-            try:
-                head = await self._read()
-            except Exception as exc:  # every waiter of this poll sees it
-                if tick is not None:
-                    tick.set_exception(exc)
-            else:
-                self.head, self.seen_at = head, time.monotonic()
-                if tick is not None:
-                    tick.set_result(None)
-            hinted = await self._pause()
-
-    async def _pause(self) -> bool:
-        """Until the next read: ``poll_s`` when polling; while :attr:`pushed`, until a
-        :meth:`hint` or ``silence_s`` (then one fallback read). True when a hint ended it
-        (the next read is then made even if another request saw a head just now)."""
-        if not self.pushed:
-            self._hinted.clear()
-            await asyncio.sleep(self._poll)
-            return False
-        if not self._hinted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hinted.wait(), self.silence_s)
-        hinted = self._hinted.is_set()
-        self._hinted.clear()
-        return hinted
-
-    def set_pushed(self, live: bool) -> None:
-        """Switch between pushed heads (a subscription is live) and polling; switching
-        wakes the poller so a fallback to polling takes effect at once."""
-        self.pushed = live
-        self._hinted.set()
-
-    async def close(self) -> None:
-        """Stop the poller."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,321 @@
+"""New blocks without polling, for every ledger kind whose node can push them (issue 14
+item 4): one shared head poll (:class:`HeadWatch`) and a WebSocket subscription that wakes it
+(:class:`HeadSubscription`), with the kind's subscription protocol as a :class:`HeadFeed`
+(EVM ``newHeads``: :mod:`bridge.ledgers.evm.heads`; CometBFT ``NewBlockHeader``:
+:mod:`bridge.ledgers.cometbft.heads`).
+
+On disconnect, a refused subscription or silence longer than ``silence_s`` the watch falls
+back to polling and the subscription reconnects with exponential backoff (tenacity); each
+change of state is logged once.
+
+SECURITY: a pushed head is only a hint that a block may be new (:meth:`HeadWatch.hint`): the
+head every waiter sees, and so finality and every leg or event read, still comes from an
+ordinary read over the kind's request connection. A lying or replayed push can delay a step,
+never make it look final earlier. A feed checks the node's chain before any hint from it is
+used (:class:`WrongChain` stops the subscription for good; polling stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from bridge.aio import retrieve
+from bridge.logfields import ERROR, LEDGER, REASON, get_logger
+
+__all__ = [
+    "WS_ERRORS",
+    "Connect",
+    "HeadFeed",
+    "HeadSubscription",
+    "HeadWatch",
+    "Socket",
+    "WrongChain",
+    "receive",
+    "reply",
+]
+
+WS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ValueError, KeyError)
+"""What ends a session and triggers a reconnect (a connector raises OSError, or the
+websockets library's own errors, added below when it is importable)."""
+
+try:  # the [evm] extra brings websockets; the CometBFT connector raises OSError only
+    from websockets.exceptions import WebSocketException
+
+    WS_ERRORS = (*WS_ERRORS, WebSocketException)
+except ImportError:  # pragma: no cover - without it only the CometBFT connector exists
+    pass
+
+
+class HeadWatch:
+    """One chain-head poll for every waiter of a process's connection to a node.
+
+    Guarantees: while anyone waits, exactly one poller reads the head every ``poll_s``
+    seconds (never one request per waiter), unless another request of the process reported
+    the head within that interval (:meth:`observe`), which then serves instead;
+    :meth:`wait_above` returns the first head it sees above the height given, so a waiter
+    learns of a block at most ``poll_s`` (plus one request) after the node has it, as with
+    its own polling; a failed poll is raised to every waiter of that poll (as its own request
+    would have failed); with no waiter the poller stops. A head value is only ever a head the
+    node reported, possibly up to ``poll_s`` old: a finality wait built on it can be later,
+    never earlier, than one built on a fresh read.
+    """
+
+    def __init__(self, read_head: Callable[[], Awaitable[int]], poll_s: float) -> None:
+        self._read = read_head
+        self._poll = poll_s
+        self.pushed = False
+        """True while a head subscription (:class:`HeadSubscription`) is live: the poller
+        then reads only when :meth:`hint` says a block may be new, or
+        after ``silence_s`` without one (fallback read)."""
+        self.silence_s = 10 * poll_s
+        self._hinted = asyncio.Event()
+        self.head: int | None = None
+        """The last head the node reported (None before the first poll)."""
+        self.seen_at = 0.0
+        """``time.monotonic()`` of :attr:`head`'s poll."""
+        self._tick: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters = 0
+        self.polls = 0
+
+    def observe(self, head: int) -> None:
+        """A head the node reported to another request of this process (a fresh read, a lens
+        call at ``latest``): the poller uses it instead of asking while it is under one poll
+        interval old. An older value than :attr:`head` is ignored (an earlier request that
+        answered late)."""
+        if self.head is None or head >= self.head:
+            self.head, self.seen_at = head, time.monotonic()
+
+    def hint(self, head: int) -> None:
+        """A head the node pushed (EVM ``newHeads``, CometBFT ``NewBlockHeader``): only a
+        hint that a block may be new.
+
+        SECURITY: the pushed number is never stored as :attr:`head` nor given to a waiter; it
+        only makes the poller read the head now (``eth_blockNumber``, ``abci_info``) instead
+        of at its next tick, and
+        waiters see what that read returns. A lying push (a head beyond the node's) costs one
+        read and changes nothing; a replayed or stale push (not above :attr:`head`) is
+        ignored. Finality and every leg or event read therefore stay answered by ordinary
+        reads: a push can delay a step (by silencing the poller until ``silence_s``), never
+        make it look final earlier than a read would.
+        """
+        if self.head is None or head > self.head:
+            self._hinted.set()
+
+    def recent(self, max_age_s: float) -> int | None:
+        """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
+        if self.head is None or time.monotonic() - self.seen_at > max_age_s:
+            return None
+        return self.head
+
+    async def wait_above(self, height: int, deadline: float) -> int:
+        """The first head the poller sees above ``height``; TimeoutError once the loop's
+        clock passes ``deadline``; a failed poll's exception."""
+        loop = asyncio.get_running_loop()
+        self._waiters += 1
+        try:
+            while self.head is None or self.head <= height:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                tick = self._ensure_poller()
+                await asyncio.wait_for(asyncio.shield(tick), remaining)
+            return self.head
+        finally:
+            self._waiters -= 1
+
+    def _ensure_poller(self) -> asyncio.Future[None]:
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().create_future()
+            self._tick.add_done_callback(retrieve)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return self._tick
+
+    async def _run(self) -> None:
+        hinted = False
+        while self._waiters > 0:
+            tick = self._tick
+            self._tick = None
+            if not hinted and self.recent(self._poll) is not None:
+                # Another request just saw the head: as new as a poll would be.
+                if tick is not None:
+                    tick.set_result(None)
+                hinted = await self._pause()
+                continue
+            self.polls += 1
+            try:
+                head = await self._read()
+            except Exception as exc:  # every waiter of this poll sees it
+                if tick is not None:
+                    tick.set_exception(exc)
+            else:
+                self.head, self.seen_at = head, time.monotonic()
+                if tick is not None:
+                    tick.set_result(None)
+            hinted = await self._pause()
+
+    async def _pause(self) -> bool:
+        """Until the next read: ``poll_s`` when polling; while :attr:`pushed`, until a
+        :meth:`hint` or ``silence_s`` (then one fallback read). True when a hint ended it
+        (the next read is then made even if another request saw a head just now)."""
+        if not self.pushed:
+            self._hinted.clear()
+            await asyncio.sleep(self._poll)
+            return False
+        if not self._hinted.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hinted.wait(), self.silence_s)
+        hinted = self._hinted.is_set()
+        self._hinted.clear()
+        return hinted
+
+    def set_pushed(self, live: bool) -> None:
+        """Switch between pushed heads (a subscription is live) and polling; switching
+        wakes the poller so a fallback to polling takes effect at once."""
+        self.pushed = live
+        self._hinted.set()
+
+    async def close(self) -> None:
+        """Stop the poller."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+
+class WrongChain(Exception):
+    """The WebSocket endpoint serves another chain than the configured one: never retried."""
+
+
+class Socket(Protocol):
+    """The part of a WebSocket client connection used here."""
+
+    async def send(self, message: str) -> None: ...
+    async def recv(self) -> str | bytes: ...
+    async def close(self) -> None: ...
+
+
+Connect = Callable[[], Any]
+"""Opens one connection: an awaitable yielding a :class:`Socket`."""
+
+
+class HeadFeed(Protocol):
+    """One kind's head subscription protocol over a WebSocket."""
+
+    async def subscribe(self, ws: Socket, limit_s: float) -> object:
+        """Check the node's chain (:class:`WrongChain` when it is another), subscribe, and
+        return what identifies the subscription's messages; raise one of
+        :data:`WS_ERRORS` when the node answers otherwise (the session is retried)."""
+        ...
+
+    def head_of(self, message: object, subscription: object) -> int | None:
+        """The height a parsed message of ``subscription`` pushes, or None for anything else.
+        SECURITY: the message is untrusted; anything malformed is None, never an error."""
+        ...
+
+
+class HeadSubscription:
+    """One subscription feeding ``watch`` with hints; :meth:`run` until cancelled.
+
+    Guarantees: ``watch.pushed`` is True only between a confirmed subscription on a node of
+    the configured chain and the end of that session (close, error, or ``silence_s`` without
+    a message); reconnects back off exponentially up to ``max_backoff_s``; a wrong chain
+    stops the subscription for good (polling stays) and is logged as an error.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        watch: HeadWatch,
+        feed: HeadFeed,
+        silence_s: float,
+        *,
+        ledger: str = "",
+        min_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self._connect = connect
+        self._watch = watch
+        self._feed = feed
+        self._silence = silence_s
+        self._min = min_backoff_s
+        self._max = max_backoff_s
+        self._log = get_logger(**{LEDGER: ledger})
+        self.sessions = 0
+        """Subscriptions confirmed so far."""
+        self.heads = 0
+        """Heads received so far."""
+        watch.silence_s = silence_s
+
+    async def run(self) -> None:
+        """Subscribe, feed hints, fall back and reconnect, until cancelled."""
+        try:
+            while True:
+                async for attempt in AsyncRetrying(
+                    wait=wait_exponential(multiplier=self._min, max=self._max),
+                    retry=retry_if_exception_type(WS_ERRORS),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self._session()
+                # A confirmed session ended: pause briefly so a flapping node is not hammered.
+                await asyncio.sleep(self._min)
+        except WrongChain as exc:
+            self._log.error("head subscription refused: wrong chain", **{ERROR: str(exc)})
+        finally:
+            if self._watch.pushed:
+                self._log.info("head subscription stopped")
+                self._watch.set_pushed(False)
+
+    async def _session(self) -> None:
+        """One connection: raises on a failed connect/subscribe (retried with backoff);
+        returns after a confirmed subscription ends (reconnected at once)."""
+        ws: Socket = await self._connect()
+        try:
+            sub = await self._feed.subscribe(ws, self._silence)
+            self.sessions += 1
+            if not self._watch.pushed:
+                self._log.info("heads pushed by subscription")
+            self._watch.set_pushed(True)
+            try:
+                while True:
+                    try:
+                        raw = await receive(ws, self._silence)
+                    except TimeoutError:
+                        self._fallback("silent")
+                        return
+                    head = self._feed.head_of(json.loads(raw), sub)
+                    if head is not None:
+                        self.heads += 1
+                        self._watch.hint(head)
+            except WS_ERRORS:
+                self._fallback("lost")
+                return
+        finally:
+            await ws.close()
+
+    def _fallback(self, why: str) -> None:
+        if self._watch.pushed:
+            self._log.warning("head subscription ended, polling", **{REASON: why})
+            self._watch.set_pushed(False)
+
+
+async def receive(ws: Socket, limit_s: float) -> str | bytes:
+    """The next message, or TimeoutError after ``limit_s``."""
+    return await asyncio.wait_for(ws.recv(), limit_s)
+
+
+def reply(raw: str | bytes, want_id: int) -> Any:
+    """The ``result`` of the JSON-RPC reply ``want_id``; ValueError for an error reply or
+    anything else."""
+    msg = json.loads(raw)
+    if not isinstance(msg, dict) or msg.get("id") != want_id or "result" not in msg:
+        raise ValueError(f"unexpected ws reply: {str(msg)[:200]}")
+    return msg["result"]

@@ -1,0 +1,157 @@
+"""The CometBFT head feed (issue 14 item 4) with fake sockets: the chain check before
+subscribing, what counts as a pushed height (the node's messages are untrusted), the node
+ending the subscription, and the WebSocket URL derived from the RPC URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bridge.ledgers.cometbft.heads import QUERY, NewBlockHeaders, websocket_url
+from bridge.ledgers.heads import HeadSubscription, HeadWatch, WrongChain
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+class Socket:
+    """Answers status (``network``) and subscribe; then yields what the test puts in inbox."""
+
+    def __init__(self, network: object = "c-1", subscribe_reply: object = None) -> None:
+        self.network = network
+        self.subscribe_reply = subscribe_reply
+        self.inbox: asyncio.Queue[str | BaseException] = asyncio.Queue()
+        self.sent: list[dict[str, object]] = []
+        self.closed = False
+
+    async def send(self, message: str) -> None:
+        req = json.loads(message)
+        self.sent.append(req)
+        if req["method"] == "status":
+            info = {"node_info": {"network": self.network}} if self.network is not None else {}
+            self.inbox.put_nowait(json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": info}))
+        elif req["method"] == "subscribe":
+            answer = self.subscribe_reply or {"jsonrpc": "2.0", "id": req["id"], "result": {}}
+            self.inbox.put_nowait(json.dumps(answer))
+
+    async def recv(self) -> str:
+        item = await self.inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def event(height: object, *, sub_id: object = 2, query: object = QUERY) -> dict[str, object]:
+    header = {"chain_id": "c-1", "height": height}
+    data = {"type": "tendermint/event/NewBlockHeader", "value": {"header": header}}
+    return {"jsonrpc": "2.0", "id": sub_id, "result": {"query": query, "data": data}}
+
+
+async def test_subscribes_only_on_the_configured_chain() -> None:
+    feed = NewBlockHeaders("c-1")
+    ws = Socket()
+    sub = await feed.subscribe(ws, 1.0)
+    assert [m["method"] for m in ws.sent] == ["status", "subscribe"]
+    assert ws.sent[1]["params"] == {"query": QUERY}
+    assert feed.head_of(event("12"), sub) == 12
+    with pytest.raises(WrongChain, match="'c-2'"):
+        await feed.subscribe(Socket(network="c-2"), 1.0)
+    for network in (None, 7):  # no network named: not our chain confirmed, retried
+        with pytest.raises(ValueError, match=r"node_info\.network"):
+            await feed.subscribe(Socket(network=network), 1.0)
+    refused = {"jsonrpc": "2.0", "id": 2, "error": {"code": -32603, "message": "max subs"}}
+    with pytest.raises(ValueError, match="unexpected ws reply"):
+        await feed.subscribe(Socket(subscribe_reply=refused), 1.0)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        event("12", sub_id=3),  # another id
+        event("12", query="tm.event='Tx'"),  # another query
+        event(12),  # a number, not CometBFT's string
+        event("-1"),
+        event("0x0c"),
+        event("\uff11\uff12"),  # fullwidth digits (isdigit, not ASCII)
+        event("9" * 20),  # beyond int64
+        event(None),
+        {"jsonrpc": "2.0", "id": 2, "result": {"query": QUERY, "data": "junk"}},
+        {"jsonrpc": "2.0", "id": 2, "result": {"query": QUERY, "data": {"value": []}}},
+        {"jsonrpc": "2.0", "id": 2, "result": None},
+        ["not", "an", "object"],
+        "text",
+    ],
+)
+def test_anything_but_a_header_of_the_subscription_is_no_head(message: object) -> None:
+    assert NewBlockHeaders("c-1").head_of(message, 2) is None
+
+
+def test_an_error_for_the_subscription_ends_the_session() -> None:
+    """CometBFT cancels a slow subscriber with an error response for its id: the session
+    ends (the watch polls, the subscription reconnects) instead of waiting in silence."""
+    cancelled = {"jsonrpc": "2.0", "id": 2, "error": {"message": "subscription was cancelled"}}
+    with pytest.raises(ValueError, match="subscription was cancelled"):
+        NewBlockHeaders("c-1").head_of(cancelled, 2)
+    assert NewBlockHeaders("c-1").head_of({**cancelled, "id": 5}, 2) is None
+
+
+async def test_a_cancelled_subscription_falls_back_to_polling_and_resubscribes() -> None:
+    reads = 0
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        return 10
+
+    sockets = [Socket(), Socket()]
+    opened: list[Socket] = []
+
+    async def connect() -> Socket:
+        ws = sockets[len(opened)]
+        opened.append(ws)
+        return ws
+
+    watch = HeadWatch(read, poll_s=0.01)
+    sub = HeadSubscription(connect, watch, NewBlockHeaders("c-1"), silence_s=5, min_backoff_s=0.01)
+    task = asyncio.ensure_future(sub.run())
+    try:
+        for _ in range(300):
+            if watch.pushed:
+                break
+            await asyncio.sleep(0.01)
+        assert watch.pushed and len(opened) == 1
+        sockets[0].inbox.put_nowait(json.dumps(event("11")))
+        sockets[0].inbox.put_nowait(
+            json.dumps({"jsonrpc": "2.0", "id": 2, "error": {"message": "cancelled"}})
+        )
+        for _ in range(300):
+            if len(opened) == 2 and watch.pushed:
+                break
+            await asyncio.sleep(0.01)
+        assert (len(opened), sub.sessions, sub.heads, sockets[0].closed) == (2, 2, 1, True)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await watch.close()
+
+
+@pytest.mark.parametrize(
+    ("rpc", "ws"),
+    [
+        ("http://127.0.0.1:26657", "ws://127.0.0.1:26657/websocket"),
+        ("https://node.example:443/", "wss://node.example:443/websocket"),
+        ("https://proxy.example/cometbft", "wss://proxy.example/cometbft/websocket"),
+    ],
+)
+def test_websocket_url_follows_the_rpc_url(rpc: str, ws: str) -> None:
+    assert websocket_url(rpc) == ws
+
+
+def test_a_rpc_url_of_another_scheme_has_no_websocket() -> None:
+    with pytest.raises(ValueError, match="not http"):
+        websocket_url("tcp://127.0.0.1:26657")
