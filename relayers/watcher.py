@@ -85,6 +85,10 @@ class EventWatcher:
         which is delivered again (the coordinator deduplicates)."""
         position = self._checkpoints.load()
         final = await self._reader.finalized_height()
+        # The next head wait is for a block after this one (review s23: a wait for an older
+        # height answers at once without asking the ledger whether it may wait). An EVM
+        # head wait answers raw heads, at least this finalized height: max keeps the larger.
+        self._seen = max(self._seen, final)
         if position is not None and final <= position.height and position.index == END_OF_BLOCK:
             return 0
         total = 0

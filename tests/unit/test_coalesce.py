@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from bridge.coordinator.coalesce import Coalescer, FlushAnswerMismatch
+from bridge.coordinator.coalesce import Coalescer, CoalescerClosed, FlushAnswerMismatch
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -246,3 +246,31 @@ async def test_close_answers_every_caller_even_one_waiting_behind_a_lingering_fl
     for task in (first, waiting):
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 2)
+
+
+async def test_close_starts_no_flush_on_its_way_out_and_the_coalescer_can_start_again() -> None:
+    """Review s23: a flush cancelled by close() used to start the next flush from its
+    ``finally`` (with no linger it ran at once), so items were flushed after close() (a
+    ledger write while the coordinator stops). Now nothing is flushed once close() begins,
+    a call during it is refused, and afterwards the coalescer works as new."""
+    rec = Recorder()
+    rec.gate.clear()
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1)
+    first = asyncio.create_task(co.call("a", 1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(co.call("a", 2))  # waits behind the first flush
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(co.close())
+    await asyncio.sleep(0)  # close() runs: it waits for the cancelled flush
+    assert not closing.done()
+    with pytest.raises(CoalescerClosed):
+        await co.call("a", 3)
+    await closing
+    await asyncio.sleep(0.05)
+    assert rec.calls == [("a", [1])], "a flush started after close()"
+    for task in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    rec.gate.set()
+    assert await co.call("a", 4) == 40  # after close(): as new
+    assert rec.calls == [("a", [1]), ("a", [4])]

@@ -32,16 +32,21 @@ class Reader:
         self.scans = 0
         self.waits = 0
         self.head = 5
+        self.advance = 0  # blocks per scan
         self.new = asyncio.Event()
 
     async def finalized_height(self) -> int:
         self.scans += 1
+        self.head += self.advance
         return self.head
 
     async def events(self, after: object, up_to: int) -> list[object]:
         return []
 
     async def wait_new_head(self, above: int, timeout_s: float) -> int | None:
+        # as the Fabric adapter: the height first, the ledger asked only when not above
+        if self.head > above:
+            return self.head
         self.waits += 1
         if self.refusal is not None:
             raise self.refusal
@@ -125,3 +130,24 @@ async def test_another_failure_of_a_head_wait_does_not_turn_waits_off(tmp_path: 
         await asyncio.wait_for(task, 2)
     events = [e["event"] for e in logs if e["log_level"] == "warning"]
     assert REFUSED not in events and events.count("head wait failed") >= 4
+
+
+async def test_a_chain_making_blocks_is_not_mistaken_for_one_accepting_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s23: after a refusal the watcher asked again for a head above the last one it
+    had waited for; on a chain making blocks the adapter answered that from its height read
+    without asking the peer, and the watcher logged "accepts again", then a new warning,
+    every retry. It now asks for a head above the height it has just scanned."""
+    monkeypatch.setattr(watcher_module, "HEAD_WAIT_RETRY_S", 0.03)
+    reader = Reader(PermissionDenied("FORBIDDEN"))
+    reader.advance = 1  # a block per scan
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.ensure_future(watcher(reader, tmp_path).run(stop))
+        await until(lambda: reader.waits >= 5)  # asked (and refused) after each retry time
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    events = [e["event"] for e in logs if e["log_level"] in ("warning", "info")]
+    assert events.count(REFUSED.replace("600", "0")) == 1
+    assert "the ledger accepts head waits again" not in events
