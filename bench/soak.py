@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling transfer
 from transfers_batch import SOURCE_STEPS
 from transfers_setup import BUILT_IN, ledger_layout
 
-from bridge.devnet.starters import STARTERS
+from bridge.devnet.starters import starter_names
 
 UNITS = 1_000_000
 TERMINAL = {S.TRANSFER_STATE_COMMITTED, S.TRANSFER_STATE_ABORTED, S.TRANSFER_STATE_FAILED}
@@ -316,7 +316,7 @@ def main() -> int:
         "--ledgers",
         default="",
         help="devnet ledgers, comma-separated: anvil, fabric or a devnet starter "
-        f"({', '.join(STARTERS)}); default anvil,anvil (plus fabric with --fabric)",
+        f"({', '.join(starter_names())}); default anvil,anvil (plus fabric with --fabric)",
     )
     p.add_argument(
         "--no-governance",
@@ -358,8 +358,8 @@ def main() -> int:
     kinds = [k.strip() for k in args.ledgers.split(",") if k.strip()] or (
         ["anvil", "anvil"] + (["fabric"] if args.fabric else [])
     )
-    if len(kinds) < 2 or any(k not in BUILT_IN and k not in STARTERS for k in kinds):
-        p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(STARTERS)}")
+    if len(kinds) < 2 or any(k not in BUILT_IN and k not in starter_names() for k in kinds):
+        p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(starter_names())}")
     layout = ledger_layout(kinds)
     if args.coordinators > 1 and not args.postgres:
         p.error("--coordinators above 1 needs --postgres")

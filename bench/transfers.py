@@ -92,7 +92,7 @@ from transfers_metrics import (
 )
 from transfers_report import report, write_json
 
-from bridge.devnet.starters import STARTERS
+from bridge.devnet.starters import starter_names
 
 __all__ = ["machine_note", "main", "percentile"]  # machine_note, percentile: security_overhead
 from transfers_setup import (
@@ -126,7 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                         "all: A->B, B->F, F->A (two anvils and Fabric)")  # fmt: skip
     p.add_argument("--ledgers", default="",
                    help="instead of --lanes: devnet ledgers in order, comma-separated: anvil,\n"
-                        f"fabric or a devnet starter ({', '.join(STARTERS)}); two ledgers:\n"
+                        f"fabric or a devnet starter ({', '.join(starter_names())}); two ledgers:\n"
                         "both directions, more: a ring (e.g. anvil,geth,kaia)")  # fmt: skip
     p.add_argument("--directions", choices=("both", "a2b"), default="both",
                    help="--lanes evm only: both (A->B, B->A) or a2b")  # fmt: skip
@@ -220,9 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     batch = a.batch or (100 if a.scenario == "end-of-day" else 0)
     preset = ("anvil", "anvil", "fabric") if a.scenario == "end-of-day" else LEDGER_SETS[a.lanes]
     ledgers = tuple(k.strip() for k in a.ledgers.split(",") if k.strip()) or preset
-    unknown = [k for k in ledgers if k not in BUILT_IN and k not in STARTERS]
+    unknown = [k for k in ledgers if k not in BUILT_IN and k not in starter_names()]
     if unknown or len(ledgers) < 2:
-        p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(STARTERS)}")
+        p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(starter_names())}")
     lanes = a.lanes if not a.ledgers and a.scenario == "open-loop" else "custom"
     if a.scenario == "end-of-day" and all(k == "fabric" for k in ledgers):
         p.error("the end-of-day scenario needs an EVM ledger")

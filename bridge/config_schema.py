@@ -426,8 +426,9 @@ class RelayerFile(Table):
     each new block instead (EVM: ``ws_url`` or the adapter's own head poll; Fabric: a Deliver
     request the peer answers when it commits the block; CometBFT: the node's
     ``NewBlockHeader`` events, or the adapter's own head poll); it then rescans after at most
-    20 times this, and backs off from it after an error. A Fabric peer that refuses the relayer that Deliver (the channel's
-    ``event/FilteredBlock`` ACL) is polled at this interval instead."""
+    20 times this, and backs off from it after an error. A Fabric peer that refuses the
+    relayer that Deliver (the channel's ``event/FilteredBlock`` ACL) is polled at this
+    interval instead."""
     standby: bool = False
     """Wait for the checkpoint store's lock instead of exiting (a standby relayer on the
     same store and key; ADR 0017)."""

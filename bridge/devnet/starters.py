@@ -70,5 +70,19 @@ def get_starter(name: str) -> Starter:
     return starter
 
 
+def starter_names() -> list[str]:
+    """Every name :func:`get_starter` knows: the lines of :data:`STARTERS` and each
+    registered kind whose ``bridge.devnet.<kind>`` module has a ``start`` (e.g.
+    ``cometbft``), sorted."""
+    by_convention = [
+        k
+        for k in REGISTRY
+        if k not in STARTERS
+        and _has_module(f"bridge.devnet.{k}")
+        and callable(getattr(importlib.import_module(f"bridge.devnet.{k}"), "start", None))
+    ]
+    return sorted([*STARTERS, *by_convention])
+
+
 def _has_module(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

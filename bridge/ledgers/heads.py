@@ -41,7 +41,13 @@ __all__ = [
     "reply",
 ]
 
-WS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ValueError, KeyError)
+WS_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    KeyError,
+    RecursionError,  # review s23: json.loads of deeply nested input from the node
+)
 """What ends a session and triggers a reconnect (a connector raises OSError, or the
 websockets library's own errors, added below when it is importable)."""
 
@@ -226,8 +232,10 @@ class HeadSubscription:
 
     Guarantees: ``watch.pushed`` is True only between a confirmed subscription on a node of
     the configured chain and the end of that session (close, error, or ``silence_s`` without
-    a message); reconnects back off exponentially up to ``max_backoff_s``; a wrong chain
-    stops the subscription for good (polling stays) and is logged as an error.
+    a message when ``silence_ends_session``; otherwise the watch still reads the head once
+    per ``silence_s`` of silence); reconnects back off exponentially up to
+    ``max_backoff_s``; a wrong chain stops the subscription for good (:attr:`refused`;
+    polling stays) and is logged as an error once.
     """
 
     def __init__(
@@ -240,6 +248,7 @@ class HeadSubscription:
         ledger: str = "",
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        silence_ends_session: bool = True,
     ) -> None:
         self._connect = connect
         self._watch = watch
@@ -247,7 +256,11 @@ class HeadSubscription:
         self._silence = silence_s
         self._min = min_backoff_s
         self._max = max_backoff_s
+        self._silence_ends = silence_ends_session
         self._log = get_logger(**{LEDGER: ledger})
+        self.refused = False
+        """True once the node served another chain: :meth:`run` returned for good, and its
+        owner must not start it again (review s23: one error, not one per restart)."""
         self.sessions = 0
         """Subscriptions confirmed so far."""
         self.heads = 0
@@ -268,7 +281,8 @@ class HeadSubscription:
                 # A confirmed session ended: pause briefly so a flapping node is not hammered.
                 await asyncio.sleep(self._min)
         except WrongChain as exc:
-            self._log.error("head subscription refused: wrong chain", **{ERROR: str(exc)})
+            self.refused = True
+            self._log.error("head subscription refused: wrong chain", **{ERROR: str(exc)[:300]})
         finally:
             if self._watch.pushed:
                 self._log.info("head subscription stopped")
@@ -289,6 +303,8 @@ class HeadSubscription:
                     try:
                         raw = await receive(ws, self._silence)
                     except TimeoutError:
+                        if not self._silence_ends:
+                            continue  # a chain without empty blocks; the watch reads anyway
                         self._fallback("silent")
                         return
                     head = self._feed.head_of(json.loads(raw), sub)

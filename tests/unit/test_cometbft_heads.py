@@ -60,6 +60,9 @@ async def test_subscribes_only_on_the_configured_chain() -> None:
     assert feed.head_of(event("12"), sub) == 12
     with pytest.raises(WrongChain, match="'c-2'"):
         await feed.subscribe(Socket(network="c-2"), 1.0)
+    with pytest.raises(WrongChain) as huge:  # the node's text is bounded in the error
+        await feed.subscribe(Socket(network="x" * 900_000), 1.0)
+    assert len(str(huge.value)) < 200
     for network in (None, 7):  # no network named: not our chain confirmed, retried
         with pytest.raises(ValueError, match=r"node_info\.network"):
             await feed.subscribe(Socket(network=network), 1.0)
@@ -93,8 +96,16 @@ def test_anything_but_a_header_of_the_subscription_is_no_head(message: object) -
 def test_an_error_for_the_subscription_ends_the_session() -> None:
     """CometBFT cancels a slow subscriber with an error response for its id: the session
     ends (the watch polls, the subscription reconnects) instead of waiting in silence."""
-    cancelled = {"jsonrpc": "2.0", "id": 2, "error": {"message": "subscription was cancelled"}}
-    with pytest.raises(ValueError, match="subscription was cancelled"):
+    cancelled = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "error": {
+            "code": -32000,
+            "message": "Server error",
+            "data": "subscription was canceled (reason: client is not pulling messages fast enough)",
+        },
+    }  # CometBFT v1's shape (rpc/core/events.go: RPCServerError for the subscription's id)
+    with pytest.raises(ValueError, match="subscription was canceled"):
         NewBlockHeaders("c-1").head_of(cancelled, 2)
     assert NewBlockHeaders("c-1").head_of({**cancelled, "id": 5}, 2) is None
 
@@ -155,3 +166,143 @@ def test_websocket_url_follows_the_rpc_url(rpc: str, ws: str) -> None:
 def test_a_rpc_url_of_another_scheme_has_no_websocket() -> None:
     with pytest.raises(ValueError, match="not http"):
         websocket_url("tcp://127.0.0.1:26657")
+
+
+async def _subscription(
+    sockets: list[Socket], **kw: object
+) -> tuple[HeadWatch, HeadSubscription, list[Socket]]:
+    async def read() -> int:
+        return 10
+
+    opened: list[Socket] = []
+
+    async def connect() -> Socket:
+        ws = sockets[min(len(opened), len(sockets) - 1)]
+        opened.append(ws)
+        return ws
+
+    watch = HeadWatch(read, poll_s=0.01)
+    sub = HeadSubscription(connect, watch, NewBlockHeaders("c-1"), min_backoff_s=0.01, **kw)  # type: ignore[arg-type]
+    return watch, sub, opened
+
+
+async def test_deeply_nested_json_from_the_node_ends_the_session_not_the_subscription() -> None:
+    """Review s23: json.loads of "[[[[..." raised RecursionError, which ended run() (no
+    retry). It now ends one session; the subscription reconnects."""
+    first, second = Socket(), Socket()
+    watch, sub, opened = await _subscription([first, second], silence_s=5)
+    task = asyncio.ensure_future(sub.run())
+    try:
+        for _ in range(300):
+            if watch.pushed:
+                break
+            await asyncio.sleep(0.01)
+        first.inbox.put_nowait("[" * 100_000)
+        for _ in range(300):
+            if len(opened) == 2 and watch.pushed:
+                break
+            await asyncio.sleep(0.01)
+        assert (len(opened), sub.sessions, task.done(), first.closed) == (2, 2, False, True)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await watch.close()
+
+
+async def test_silence_keeps_the_session_when_the_feed_says_so() -> None:
+    """A CometBFT chain without empty blocks is silent while idle: with
+    ``silence_ends_session=False`` the session stays (no reconnect, no warning) and the
+    watch still reads once per ``silence_s``."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        watch, sub, opened = await _subscription(
+            [Socket()], silence_s=0.02, silence_ends_session=False
+        )
+        task = asyncio.ensure_future(sub.run())
+        await asyncio.sleep(0.3)  # 15 silences
+        assert (len(opened), sub.sessions, watch.pushed) == (1, 1, True)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await watch.close()
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    # the default (EVM): silence ends the session, and it reconnects
+    watch, sub, opened = await _subscription([Socket(), Socket()], silence_s=0.02)
+    task = asyncio.ensure_future(sub.run())
+    for _ in range(300):
+        if len(opened) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(opened) >= 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watch.close()
+
+
+async def test_a_wrong_chain_is_refused_once_and_the_adapter_does_not_restart_it() -> None:
+    from bridge.config import LedgerConfig
+    from bridge.domain.ids import LedgerId
+    from bridge.ledgers.cometbft.adapter import CometAdapter
+    from bridge.ledgers.cometbft.rpc import CometClient
+
+    config = LedgerConfig(
+        id=LedgerId("c"), kind="cometbft", rpc_url="http://127.0.0.1:9", bridge="kstb",
+        chain_id=0, finality_depth=0, block_interval=1.0, channel="c-1",
+        genesis_hash=bytes(32),
+    )  # fmt: skip
+    client = CometClient(config.rpc_url, "c-1")
+    heights = iter(range(100, 1000))
+
+    async def latest_height() -> int:
+        return next(heights)
+
+    client.latest_height = latest_height  # type: ignore[method-assign]
+    adapter = CometAdapter(config, client)
+    connects = 0
+
+    async def connect() -> Socket:
+        nonlocal connects
+        connects += 1
+        return Socket(network="c-2")
+
+    adapter._head_sub = HeadSubscription(connect, adapter._heads, NewBlockHeaders("c-1"), 5)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        for _ in range(5):
+            assert await adapter.wait_new_head(0, 1.0) is not None  # polled
+            await asyncio.sleep(0.01)
+    await adapter.close()
+    assert connects == 1 and adapter._head_sub.refused
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "head subscription refused: wrong chain"
+    ]
+
+
+async def test_a_node_that_never_answers_the_upgrade_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s23: the connect timeout did not cover the WebSocket upgrade, so a node that
+    accepted the connection and said nothing held the subscription forever."""
+    import bridge.ledgers.cometbft.heads as heads
+
+    monkeypatch.setattr(heads, "CONNECT_S", 0.2)
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, read nothing, answer nothing
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        opener = heads.websocket_connector(f"ws://127.0.0.1:{port}/websocket")
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(opener(), 5)
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()

@@ -83,6 +83,9 @@ class CometAdapter(StepTemplate):
                 NewBlockHeaders(config.channel),
                 silence_s=max(3.0, 3 * config.block_interval),
                 ledger=config.id.name,
+                # A chain with create_empty_blocks = false is silent while idle: that is no
+                # reason to reconnect (aiohttp's heartbeat finds a dead socket).
+                silence_ends_session=False,
             )
         self._head_sub_task: asyncio.Task[None] | None = None
 
@@ -130,8 +133,10 @@ class CometAdapter(StepTemplate):
         The node's ``NewBlockHeader`` events (its ``/websocket``, subscribed on first use)
         wake the shared read; while the subscription is down (no WebSocket, a silent or
         lost session) the height is polled every block interval / 10 (0.05 to 0.25 s)."""
-        if self._head_sub is not None and (
-            self._head_sub_task is None or self._head_sub_task.done()
+        if (
+            self._head_sub is not None
+            and not self._head_sub.refused  # another chain: polled for good, logged once
+            and (self._head_sub_task is None or self._head_sub_task.done())
         ):
             self._head_sub_task = asyncio.ensure_future(self._head_sub.run())
         deadline = asyncio.get_running_loop().time() + timeout_s

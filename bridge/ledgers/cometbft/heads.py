@@ -12,6 +12,7 @@ height every waiter sees is the ``abci_info`` read over the HTTP connection. The
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -25,6 +26,8 @@ QUERY = "tm.event='NewBlockHeader'"
 
 MAX_MESSAGE = 2**20
 """Largest message accepted from the node (a header event is a few KiB)."""
+CONNECT_S = 10.0
+"""Longest wait for a connection and its WebSocket upgrade."""
 
 
 def websocket_url(rpc_url: str) -> str:
@@ -68,13 +71,15 @@ class _Socket:
 
 def websocket_connector(url: str) -> Connect:
     """A :data:`~bridge.ledgers.heads.Connect` for the node's ``url`` (from
-    :func:`websocket_url`): a fresh session per connection, a 10 s connect limit, a ping
-    every 20 s; ``wss://`` verifies the node with the default trust, as the HTTP client."""
+    :func:`websocket_url`): a fresh session per connection, :data:`CONNECT_S` for the
+    connection and its upgrade, a ping every 20 s; ``wss://`` verifies the node with the
+    default trust, as the HTTP client."""
 
     async def opener() -> _Socket:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
         try:
-            ws = await session.ws_connect(url, heartbeat=20, max_msg_size=MAX_MESSAGE)
+            async with asyncio.timeout(CONNECT_S):  # review s23: the upgrade answer too
+                ws = await session.ws_connect(url, heartbeat=20, max_msg_size=MAX_MESSAGE)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await session.close()
             raise ConnectionError(f"cometbft websocket {url}: {exc!r}") from exc
@@ -115,7 +120,7 @@ class NewBlockHeaders:
         if not isinstance(network, str):
             raise ValueError(f"cometbft status without node_info.network: {str(status)[:200]}")
         if network != self._chain_id:
-            raise WrongChain(f"ws endpoint serves chain {network!r}, not {self._chain_id!r}")
+            raise WrongChain(f"ws endpoint serves chain {network[:64]!r}, not {self._chain_id!r}")
         await ws.send(
             json.dumps(
                 {

@@ -324,8 +324,10 @@ class EvmAdapter(StepTemplate):
     def start_head_subscription(self) -> None:
         """Start the ``newHeads`` subscription if ``ws_url`` is configured (idempotent;
         needs a running loop). Without it, or while it is down, heads are polled."""
-        if self._head_sub is not None and (
-            self._head_sub_task is None or self._head_sub_task.done()
+        if (
+            self._head_sub is not None
+            and not self._head_sub.refused  # another chain: polled for good, logged once
+            and (self._head_sub_task is None or self._head_sub_task.done())
         ):
             self._head_sub_task = asyncio.ensure_future(self._head_sub.run())
 
