@@ -188,7 +188,20 @@ async def _subscription(
 
 async def test_deeply_nested_json_from_the_node_ends_the_session_not_the_subscription() -> None:
     """Review s23: json.loads of "[[[[..." raised RecursionError, which ended run() (no
-    retry). It now ends one session; the subscription reconnects."""
+    retry). It now ends one session; the subscription reconnects. Run at Python's default
+    recursion limit, which the daemons keep (``test_recursion_limit.py``): at web3's
+    100,000 the same message overflows the C stack and kills the process."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        await _nested_message_ends_one_session()
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+async def _nested_message_ends_one_session() -> None:
     first, second = Socket(), Socket()
     watch, sub, opened = await _subscription([first, second], silence_s=5)
     task = asyncio.ensure_future(sub.run())

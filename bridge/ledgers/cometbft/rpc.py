@@ -139,8 +139,9 @@ class CometClient:
         try:
             async with self._session.get(f"{self._url}/{method}", params=params) as resp:
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise Unavailable(f"{self._ledger}: cometbft {method}: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
+            # RecursionError: a deeply nested body (review s23), refused like any malformed one
+            raise Unavailable(f"{self._ledger}: cometbft {method}: {exc!r}"[:500]) from exc
         if not isinstance(body, dict):
             raise Unavailable(f"{self._ledger}: cometbft {method}: malformed answer")
         if "error" in body:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -82,6 +83,16 @@ from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, ch
 from bridge.ledgers.heads import HeadSubscription, HeadWatch
 from bridge.ledgers.steps import GovernanceWrite, OrderWrite, RotationWrite, Step, StepTemplate
 from bridge.logfields import LEDGER, get_logger
+
+PYTHON_RECURSION_LIMIT = 1000
+"""The interpreter's default recursion limit, restored when this module is imported."""
+
+# SECURITY (review s23): importing web3 imports py_ecc, which raises the interpreter's
+# recursion limit to 100,000 for its own arithmetic (unused here). With it, json.loads of a
+# deeply nested answer from any node or peer (a CometBFT node's WebSocket, an HTTP body)
+# overflows the C stack and kills the whole process (a member reading another
+# organisation's ledger) instead of raising RecursionError, which every reader handles.
+sys.setrecursionlimit(PYTHON_RECURSION_LIMIT)
 
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
