@@ -24,7 +24,11 @@ except RecursionError:
 
 def _run(prelude: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", prelude + NESTED], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", prelude + NESTED],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
