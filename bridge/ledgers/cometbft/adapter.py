@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.aio import stop_task
 from bridge.config import LedgerConfig
 from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
@@ -367,6 +366,8 @@ class CometAdapter(StepTemplate):
         """Stop the block subscription and the shared read; close the node client."""
         task, self._head_sub_task = self._head_sub_task, None
         if task is not None:
-            await stop_task(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._heads.close()
         await self._client.close()
