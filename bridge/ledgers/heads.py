@@ -222,8 +222,9 @@ class HeadFeed(Protocol):
         ...
 
     def head_of(self, message: object, subscription: object) -> int | None:
-        """The height a parsed message of ``subscription`` pushes, or None for anything else.
-        SECURITY: the message is untrusted; anything malformed is None, never an error."""
+        """The height a parsed message of ``subscription`` pushes, or None for anything else;
+        one of :data:`WS_ERRORS` only when the node ends the subscription (the session ends).
+        SECURITY: the message is untrusted; anything malformed is None, never a crash."""
         ...
 
 
