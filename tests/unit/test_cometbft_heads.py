@@ -111,23 +111,8 @@ def test_an_error_for_the_subscription_ends_the_session() -> None:
 
 
 async def test_a_cancelled_subscription_falls_back_to_polling_and_resubscribes() -> None:
-    reads = 0
-
-    async def read() -> int:
-        nonlocal reads
-        reads += 1
-        return 10
-
     sockets = [Socket(), Socket()]
-    opened: list[Socket] = []
-
-    async def connect() -> Socket:
-        ws = sockets[len(opened)]
-        opened.append(ws)
-        return ws
-
-    watch = HeadWatch(read, poll_s=0.01)
-    sub = HeadSubscription(connect, watch, NewBlockHeaders("c-1"), silence_s=5, min_backoff_s=0.01)
+    watch, sub, opened = await _subscription(sockets, silence_s=5)
     task = asyncio.ensure_future(sub.run())
     try:
         for _ in range(300):
