@@ -141,9 +141,12 @@ def test_a_burst_queues_in_order_and_drains_at_the_refill_rate(
         S.WAIT_REASON_BEHIND_EARLIER_TRANSFER,
     }
     assert all(t.wait_reason == S.WAIT_REASON_UNSPECIFIED for t in transfers)
-    # In submission order, at the refill rate: 20 at once, then 10 units per 5 s.
+    # In submission order, at the refill rate: 20 at once, then 10 units per 5 s. Transfers
+    # admitted together (the first two; or two whose refill accrued while the coordinator
+    # was down) race to the ledger, so a later one may lock up to a block (1 s of timestamp
+    # at 0.5 s blocks) before an earlier one, never more.
     times = [lock_time(a, t) for t in transfers]
-    assert times == sorted(times)
+    assert all(times[i] <= min(times[i + 1 :]) + 1 for i in range(len(times) - 1)), times
     span = times[-1] - times[0]
     needed = (PART * PARTS - CAPACITY) * WINDOW // CAPACITY
     assert needed - 2 <= span <= needed + 20, times

@@ -2,10 +2,11 @@
 
 The freeze must land after the prepare and before the commit. To make that ordering
 deterministic the test stops brokerage-b's block production while the transfer runs, mines
-the block holding the relayer's prepare by hand, then the block holding the issuer's freeze,
-and only then lets the ledger produce blocks again. Anvil's RPC takes whole seconds there,
-so it cannot restore the 0.5 s blocks of the package's shared system: the test runs on a
-system of its own (module scope) and leaves the shared one untouched.
+the block holding the relayer's prepare by hand, then the block holding the issuer's freeze
+(relayer B is held meanwhile, so its mint cannot join that block), and only then lets the
+ledger produce blocks again. Anvil's RPC takes whole seconds there, so it cannot restore the
+0.5 s blocks of the package's shared system: the test runs on a system of its own (module
+scope) and leaves the shared one untouched.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def test_recipient_frozen_after_prepare_parks_the_units(system: LocalSystem, stu
     supply = a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN)
     issued = (_net_issued(a), _net_issued(b))
     token_b = b.tokens[DEMO_ISIN]
+    relayer_b = system.processes[f"relayer-{B}"]
 
     b.node.rpc("evm_setIntervalMining", [0])
     try:
@@ -94,8 +96,11 @@ def test_recipient_frozen_after_prepare_parks_the_units(system: LocalSystem, stu
         )
         tid_hex = resp.transfer.transfer_id
         tid = bytes.fromhex(tid_hex[2:])
-        # The relayer's prepare waits in brokerage-b's mempool: mine it alone.
+        # The relayer's prepare waits in brokerage-b's mempool: mine it alone. Relayer B is
+        # held (SIGSTOP) until the freeze is mined, so its mint cannot share the freeze's
+        # block however fast the committee certifies COMMIT.
         _until(lambda: _pending_to(b, b.endpoint.address), 60, "no prepare submitted")
+        relayer_b.pause()
         b.node.rpc("evm_mine", [])
         assert b.endpoint.functions.inbound(tid).call()[0] == 1  # Prepared
         # Then the issuer freezes the recipient, in the next block.
@@ -109,7 +114,9 @@ def test_recipient_frozen_after_prepare_parks_the_units(system: LocalSystem, stu
         freeze.join(timeout=30)
         assert token_b.functions.isFrozen(recipient.address).call()
         assert b.endpoint.functions.inbound(tid).call()[0] == 1  # still only Prepared
+        assert not _pending_to(b, b.endpoint.address)  # no mint yet
     finally:
+        relayer_b.resume()
         b.node.rpc("evm_setIntervalMining", [1])  # whole seconds only: this module's system
 
     updates = list(stub.WatchTransfer(S.WatchTransferRequest(transfer_id=tid_hex), timeout=120))
