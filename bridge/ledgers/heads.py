@@ -88,6 +88,7 @@ class HeadWatch:
         """``time.monotonic()`` of :attr:`head`'s poll."""
         self._tick: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._read_at = 0.0  # loop time of the last read
         self._waiters = 0
         self.polls = 0
 
@@ -157,6 +158,7 @@ class HeadWatch:
                 hinted = await self._pause()
                 continue
             self.polls += 1
+            self._read_at = asyncio.get_running_loop().time()
             try:
                 head = await self._read()
             except Exception as exc:  # every waiter of this poll sees it
@@ -180,6 +182,13 @@ class HeadWatch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hinted.wait(), self.silence_s)
         hinted = self._hinted.is_set()
+        if hinted:
+            # SECURITY (review s23): a node pushing ever-higher heads must not turn the
+            # watch into back-to-back reads: at most one hinted read per poll_s / 2 (far
+            # below a block interval, so a real block is not delayed in practice).
+            gap = self._read_at + self._poll / 2 - asyncio.get_running_loop().time()
+            if gap > 0:
+                await asyncio.sleep(gap)
         self._hinted.clear()
         return hinted
 

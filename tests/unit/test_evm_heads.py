@@ -396,3 +396,24 @@ async def test_malformed_pushes_are_ignored_and_the_subscription_lives_on() -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     await watch.close()
+
+
+async def test_a_flood_of_hints_costs_at_most_one_read_per_half_poll() -> None:
+    """SECURITY (review s23): a node pushing ever-higher heads made the watch read
+    back-to-back while anyone waited; hinted reads are now at least poll_s / 2 apart."""
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.05)
+    watch.set_pushed(True)
+    loop = asyncio.get_running_loop()
+
+    async def flood() -> None:
+        for i in range(2_000):
+            watch.hint(10_000 + i)
+            await asyncio.sleep(0.0002)
+
+    flooding = asyncio.ensure_future(flood())
+    with pytest.raises(TimeoutError):  # the node never reaches the pushed heights
+        await watch.wait_above(1_000, loop.time() + 0.5)
+    flooding.cancel()
+    await watch.close()
+    assert 3 <= node.reads <= 0.5 / 0.025 + 3, node.reads

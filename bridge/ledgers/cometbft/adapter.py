@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bridge.aio import stop_task
 from bridge.config import LedgerConfig
 from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
@@ -366,8 +367,6 @@ class CometAdapter(StepTemplate):
         """Stop the block subscription and the shared read; close the node client."""
         task, self._head_sub_task = self._head_sub_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         await self._heads.close()
         await self._client.close()

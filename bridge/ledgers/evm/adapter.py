@@ -8,7 +8,6 @@ checks the leg's state and sends nothing when the step was already applied.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,7 +28,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from bridge.aio import retrieve
+from bridge.aio import retrieve, stop_task
 from bridge.config import LedgerConfig
 from bridge.core.batch import BatchCertificate
 from bridge.core.reasons import ErrorReason
@@ -1395,11 +1394,9 @@ class EvmAdapter(StepTemplate):
 
     async def close(self) -> None:
         """Stop the head subscription and shared head poll and close the HTTP session."""
-        if self._head_sub_task is not None:
-            self._head_sub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._head_sub_task
-            self._head_sub_task = None
+        task, self._head_sub_task = self._head_sub_task, None
+        if task is not None:
+            await stop_task(task)
         await self._heads.close()
         session, self._session = self._session, None  # a request from now opens a new one
         if session is not None:

@@ -1,0 +1,60 @@
+"""bridge.aio: stopping a task without swallowing the caller's own cancellation (review
+s23: the adapters' close() suppressed any CancelledError while waiting for their head
+subscription, including one aimed at close() itself)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.aio import stop_task
+
+pytestmark = [pytest.mark.unit]
+
+
+async def test_stop_task_cancels_and_waits_for_the_task() -> None:
+    finished = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            finished.set()
+
+    task = asyncio.ensure_future(work())
+    await asyncio.sleep(0)
+    await stop_task(task)
+    assert task.cancelled() and finished.is_set()
+
+
+async def test_a_cancelled_caller_is_not_swallowed() -> None:
+    """The task takes a while to wind down; the caller of stop_task is cancelled meanwhile:
+    the caller sees CancelledError, and the task still ends."""
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.1)
+            raise
+
+    task = asyncio.ensure_future(slow_to_stop())
+    await asyncio.sleep(0)
+    caller = asyncio.ensure_future(stop_task(task))
+    await asyncio.sleep(0.02)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled()
+
+
+async def test_a_failed_task_is_consumed(caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    task = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    await stop_task(task)  # returns; the failure is consumed, not raised
+    assert isinstance(task.exception(), ValueError)
