@@ -34,6 +34,7 @@ __all__ = [
     "Connect",
     "HeadFeed",
     "HeadSubscription",
+    "HINT_GAP_S",
     "HeadWatch",
     "Socket",
     "WrongChain",
@@ -50,6 +51,9 @@ WS_ERRORS: tuple[type[BaseException], ...] = (
 )
 """What ends a session and triggers a reconnect (a connector raises OSError, or the
 websockets library's own errors, added below when it is importable)."""
+
+HINT_GAP_S = 0.05
+"""Least time between two reads a push triggers (a flood of pushes: 20 reads a second)."""
 
 try:  # the [evm] extra brings websockets; the CometBFT connector raises OSError only
     from websockets.exceptions import WebSocketException
@@ -184,9 +188,9 @@ class HeadWatch:
         hinted = self._hinted.is_set()
         if hinted:
             # SECURITY (review s23): a node pushing ever-higher heads must not turn the
-            # watch into back-to-back reads: at most one hinted read per poll_s / 2 (far
+            # watch into back-to-back reads: at most one hinted read per HINT_GAP_S (far
             # below a block interval, so a real block is not delayed in practice).
-            gap = self._read_at + self._poll / 2 - asyncio.get_running_loop().time()
+            gap = self._read_at + HINT_GAP_S - asyncio.get_running_loop().time()
             if gap > 0:
                 await asyncio.sleep(gap)
         self._hinted.clear()
