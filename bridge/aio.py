@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 
-__all__ = ["retrieve", "stop_task"]
+__all__ = ["retrieve", "stop_task", "stop_tasks"]
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:
@@ -21,6 +22,19 @@ async def stop_task(task: asyncio.Task[Any]) -> None:
 
     Unlike ``with suppress(CancelledError): await task``, a cancellation of the caller
     itself is never swallowed: it propagates (review s23), and the task still ends."""
-    task.cancel()
-    await asyncio.wait([task])
-    retrieve(task)
+    await stop_tasks([task])
+
+
+async def stop_tasks(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel every task of ``tasks`` and return once all have finished, each outcome
+    (a result, an exception, a cancellation) consumed.
+
+    A cancellation of the caller itself propagates at once (the tasks are cancelled all the
+    same and end on their own); it is never mistaken for a task's own cancellation."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        retrieve(task)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bridge.aio import retrieve
+from bridge.aio import retrieve, stop_tasks
 
 __all__ = ["FLUSH_TASK_NAME", "Coalescer", "CoalescerClosed", "Flush", "FlushAnswerMismatch"]
 
@@ -173,17 +173,12 @@ class Coalescer(Generic[K, I, R]):
         cancelled flush's way out, so nothing is flushed after this returns."""
         self._closing = True
         try:
-            tasks = list(self._tasks)
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await stop_tasks(list(self._tasks))
+        finally:
             for lane in self._lanes.values():
                 for w in lane.pending:
                     if not w.future.done():
                         w.future.cancel()
                 lane.pending.clear()
             self._lanes.clear()
-        finally:
             self._closing = False

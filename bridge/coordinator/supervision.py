@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from bridge.aio import stop_tasks
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.halts import Halted
@@ -92,12 +93,7 @@ class Supervisor:
         """Cancel the sweep and the drivers (their work is durable and resumes on start)."""
         if self._supervisor is not None:
             self._supervisor.cancel()
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop_tasks(list(self._tasks.values()))
 
     def spawn(self, tid: bytes) -> None:
         """Start a driver for ``tid`` unless one is running."""

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from bridge.aio import stop_task
+from bridge.aio import stop_task, stop_tasks
 
 pytestmark = [pytest.mark.unit]
 
@@ -58,3 +58,44 @@ async def test_a_failed_task_is_consumed(caplog: pytest.LogCaptureFixture) -> No
     await asyncio.sleep(0)
     await stop_task(task)  # returns; the failure is consumed, not raised
     assert isinstance(task.exception(), ValueError)
+
+
+async def test_stop_tasks_ends_every_task_and_consumes_each_outcome() -> None:
+    """Several tasks at once (a coalescer's flushes, a supervisor's drivers): each is
+    cancelled and awaited; one that already failed or finished is consumed, not raised."""
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def done() -> int:
+        return 1
+
+    async def waits() -> None:
+        await asyncio.sleep(60)
+
+    failed, finished, waiting = (asyncio.ensure_future(c) for c in (fails(), done(), waits()))
+    await asyncio.sleep(0)
+    await stop_tasks([failed, finished, waiting])
+    assert isinstance(failed.exception(), ValueError)
+    assert finished.result() == 1
+    assert waiting.cancelled()
+    await stop_tasks([])  # nothing to stop: returns
+
+
+async def test_stop_tasks_lets_a_cancelled_caller_go_and_the_tasks_still_end() -> None:
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.1)
+            raise
+
+    tasks = [asyncio.ensure_future(slow_to_stop()) for _ in range(3)]
+    await asyncio.sleep(0)
+    caller = asyncio.ensure_future(stop_tasks(tasks))
+    await asyncio.sleep(0.02)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait(tasks, timeout=2)
+    assert all(t.cancelled() for t in tasks)

@@ -274,3 +274,39 @@ async def test_close_starts_no_flush_on_its_way_out_and_the_coalescer_can_start_
     rec.gate.set()
     assert await co.call("a", 4) == 40  # after close(): as new
     assert rec.calls == [("a", [1]), ("a", [4])]
+
+
+async def test_close_lets_its_own_cancelled_caller_go_and_still_answers_every_caller() -> None:
+    """Review s23: close() suppressed every CancelledError while it waited for its flushes,
+    also one aimed at close() itself (a coordinator stopping under a deadline). Now that one
+    propagates; the callers waiting for a flush are still answered, and nothing is flushed."""
+    rec = Recorder()
+    rec.gate.clear()
+    slow = asyncio.Event()
+
+    async def slow_to_stop(key: str, items: Sequence[int]) -> list[int | BaseException]:
+        try:
+            return await rec(key, items)
+        except asyncio.CancelledError:
+            await slow.wait()  # winds down only when told
+            raise
+
+    co: Coalescer[str, int, int] = Coalescer(slow_to_stop, max_items=10, max_in_flight=1)
+    first = asyncio.create_task(co.call("a", 1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(co.call("a", 2))  # waits behind the first flush
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(co.close())
+    await asyncio.sleep(0.01)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(closing, 2)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(second, 2)  # answered although close() was cut short
+    slow.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, 2)
+    await asyncio.sleep(0.05)
+    assert rec.calls == [("a", [1])], "a flush started after close()"
+    rec.gate.set()
+    assert await co.call("a", 3) == 30  # usable again
