@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bridge.coordinator.context import EngineContext
@@ -52,11 +53,14 @@ class Admission:
         flow: FlowLimits,
         drivers: Supervisor,
         holders: HolderReads | None = None,
+        on_recorded: Callable[[bytes], None] | None = None,
     ) -> None:
         self._ctx = ctx
         self._flow = flow
         self._drivers = drivers
         self._holders = holders  # ---- batch: coalesced holder reads (issue 14 item 4)
+        # ---- told of each new transfer before its driver starts (Stepper.note_new)
+        self._on_recorded = on_recorded
 
     async def submit(
         self, request: TransferRequest, instruction: Instruction
@@ -132,6 +136,8 @@ class Admission:
                 raise Conflict("idempotency_key was already used for a different transfer")
             return stored, False
         ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
+        if self._on_recorded is not None:
+            self._on_recorded(stored.transfer_id)
         self._drivers.spawn(stored.transfer_id)
         return stored, True
 

@@ -120,7 +120,9 @@ class Coordinator:
             if batched is not None
             else None
         )
-        self._admission = Admission(self._ctx, self._flow, self._drivers, self._holders)
+        self._admission = Admission(
+            self._ctx, self._flow, self._drivers, self._holders, self._stepper.note_new
+        )
 
     @property
     def domains(self) -> Mapping[str, LedgerDomain]:
@@ -162,6 +164,7 @@ class Coordinator:
     async def stop(self) -> None:
         """Cancel the drivers (their work is durable and resumes on the next start)."""
         await self._drivers.stop()
+        self._stepper.forget_known()
         if self._batcher is not None:
             await self._batcher.close()
         if self._reads is not None:

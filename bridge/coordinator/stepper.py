@@ -4,6 +4,9 @@ committee.
 Each step reads both legs at finality and the durable decision, derives the next step
 (:func:`bridge.domain.transfer.next_step`), applies it idempotently and records the
 outcome, so running the same step again after a crash anywhere is always safe.
+Two steps take legs this process already knows instead (ADR 0002 amendment): the first
+step of a transfer it has just recorded, and the step applying a decision it has just
+certified.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from bridge.domain.committee import Committee
 from bridge.domain.errors import LedgerRejected, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import is_instructed
-from bridge.domain.legs import Action, Leg, LegState, RejectReason, SignatureSet, TxOutcome
+from bridge.domain.legs import (
+    Action,
+    Leg,
+    LegState,
+    LegStatus,
+    RejectReason,
+    SignatureSet,
+    TxOutcome,
+)
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.kinds import holder_direct_locks
@@ -62,6 +73,12 @@ DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
     }
 )
 
+KNOWN_LEGS_MAX = 100_000
+"""Most transfers whose legs a :class:`Stepper` holds as known without a read; past it a
+new one is simply read (each entry is used by the very next step of its transfer)."""
+
+_NO_LEG = LegStatus(state=LegState.NONE, terms_hash=b"", reason=0, height=0)
+
 ADOPTED_LOCK_GRACE_S = 120
 """How long past its deadline an adopted transfer whose source shows no lock waits before
 it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes it)."""
@@ -89,6 +106,47 @@ class Stepper:
         self._batcher = batcher
         # ---- coalesced leg reads (issue 14 item 4): None reads every leg alone
         self._reads = reads
+        # ---- legs known without a read (issue 14 item 4), each for the next step only
+        self._known: dict[bytes, tuple[LegStatus, LegStatus]] = {}
+
+    # ---- legs known without a read (issue 14 item 4) --------------------------------------
+    def note_new(self, transfer_id: bytes) -> None:
+        """``transfer_id`` was just recorded by this process, so nothing was ever submitted
+        for it: its first step takes both legs as NONE instead of reading them.
+
+        SECURITY: a view that is wrong here (the id locked by someone else meanwhile) only
+        makes the LOCK one the ledger refuses or reports as already applied, as it checks
+        every step against its own state; the driver then reads the legs as after any
+        failed step. Nothing is decided from the assumed legs."""
+        self._remember(transfer_id, _NO_LEG, _NO_LEG)
+
+    def forget_known(self) -> None:
+        """Drop every leg held as known (the engine stops: another coordinator may move the
+        transfers before this one drives them again)."""
+        self._known.clear()
+
+    def _remember(self, tid: bytes, source: LegStatus, target: LegStatus) -> None:
+        if tid in self._known or len(self._known) < KNOWN_LEGS_MAX:
+            self._known[tid] = (source, target)
+
+    async def _legs(self, record: TransferRecord) -> tuple[LegStatus, LegStatus]:
+        """The source and target legs of ``record``: known from this process's previous
+        step when it left them as they were, else read at finality (coalesced)."""
+        tid = record.transfer_id
+        known = self._known.pop(tid, None)
+        if known is not None:
+            return known
+        src_name, dst_name = record.request.source_ledger, record.request.target_ledger
+        if self._reads is not None:
+            return await asyncio.gather(
+                self._reads.get_leg(src_name, tid, Leg.OUTBOUND),
+                self._reads.get_leg(dst_name, tid, Leg.INBOUND),
+            )
+        relayers = self._ctx.relayers
+        return await asyncio.gather(
+            relayers[src_name].get_leg(tid, Leg.OUTBOUND),
+            relayers[dst_name].get_leg(tid, Leg.INBOUND),
+        )
 
     async def advance(self, record: TransferRecord) -> bool:
         """Take one step; return True when the transfer is terminal."""
@@ -97,15 +155,7 @@ class Stepper:
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
         decision = await ctx.store.decision(tid)
-        if self._reads is not None:
-            source, target = await asyncio.gather(
-                self._reads.get_leg(src_name, tid, Leg.OUTBOUND),
-                self._reads.get_leg(dst_name, tid, Leg.INBOUND),
-            )
-        else:
-            source, target = await asyncio.gather(
-                src.get_leg(tid, Leg.OUTBOUND), dst.get_leg(tid, Leg.INBOUND)
-            )
+        source, target = await self._legs(record)
         if decision is None:
             for status, ledger in ((source, src_name), (target, dst_name)):
                 if status.state is not LegState.NONE and status.terms_hash != terms.terms_hash:
@@ -185,9 +235,14 @@ class Stepper:
         if step.step is StepKind.CERTIFY:
             assert step.claim is not None
             cause = refusal(target.state, target.reason) if step.claim is ClaimKind.ABORT else ""
+            # Certifying writes to no ledger, so the next step (applying the decision) takes
+            # the legs just read. SECURITY: as for note_new, each ledger checks the burn,
+            # release, mint or abort against its own state and the certificate; a leg that
+            # moved meanwhile only makes a step it refuses or skips, and the driver reads.
             if self._batcher is not None:
                 try:  # ---- batched steps: certified in a batch, recorded before it returns
                     await self._batcher.decide(step.claim, record, cause)
+                    self._remember(tid, source, target)
                     return False
                 except RunSingle:
                     pass
@@ -198,6 +253,7 @@ class Stepper:
                 await self._epochs_of([src_name, dst_name]),
             )
             await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
+            self._remember(tid, source, target)
             return False
         assert decision is not None
         assert step.step is StepKind.APPLY

@@ -248,6 +248,64 @@ async def test_happy_path_commits(coordinator) -> None:
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
 
 
+async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decision(
+    coordinator,
+) -> None:
+    """Issue 14 item 4: a transfer this coordinator has just recorded takes its first step
+    (the lock) without reading the legs, and the step applying a decision it has just
+    certified takes the legs read before certifying: 3 reads a side, not one per step (5)."""
+    c, relayers, store = coordinator
+    reads = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    record, _ = await submit(c, request())
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].submitted == [Action.LOCK, Action.COMMIT]
+    assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
+    assert reads == {"a": 3, "b": 3}
+    assert c._stepper._known == {}, "each known pair is used by the very next step"
+
+
+async def test_a_new_transfer_whose_id_is_already_taken_reads_after_the_refused_lock(
+    coordinator,
+) -> None:
+    """The one case where 'just recorded, so both legs are NONE' is wrong: the id is already
+    locked on the source under other terms. The lock taken on that assumption is refused by
+    the ledger; the driver then reads the leg and fails the transfer, moving nothing."""
+    c, relayers, store = coordinator
+    req = request("taken")
+    instruction = instructed(c._network, req)
+    tid = terms_for(c._network, req, instruction).transfer_id
+    relayers["a"].legs[(tid, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, secrets.token_bytes(32), 0, 1
+    )
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.TRANSFER_EXISTS, "id taken")
+    record, created = await c.submit(req, instruction)
+    assert created and record.transfer_id == tid
+    assert await final(store, tid) is TransferState.FAILED
+    got = await store.get(tid)
+    assert got is not None and "held on a by other terms" in got.reason
+    assert relayers["a"].submitted == [Action.LOCK], "one lock, refused, then a read"
+    assert relayers["b"].submitted == []
+
+
+async def test_stopping_forgets_the_known_legs(coordinator) -> None:
+    """Another coordinator may move the transfers while this one is stopped (a lost lease),
+    so nothing assumed before the stop is used after it."""
+    c, _, _ = coordinator
+    c._stepper.note_new(b"\x01" * 32)
+    assert c._stepper._known
+    await c.stop()
+    assert c._stepper._known == {}
+    await c.start()
+
+
 async def test_transfer_id_held_by_other_terms_fails_without_moving_anything(coordinator) -> None:
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected(ErrorReason.TRANSFER_EXISTS, "front-run")
