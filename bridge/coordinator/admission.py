@@ -37,6 +37,8 @@ class Admitted:
 
     record: TransferRecord
     recorded: bool
+    lane_open: bool = False
+    """The lane read open (no rate limit at either end) by this check (FlowLimits.note_open)."""
 
 
 class Admission:
@@ -102,7 +104,7 @@ class Admission:
             if refusal is not None:
                 raise refusal
         await self._precheck(request)
-        await self._flow.precheck(request)
+        lane_open = await self._flow.precheck(request)
         record = TransferRecord(
             transfer_id=terms.transfer_id,
             request=request,
@@ -113,7 +115,7 @@ class Admission:
             updated_at=now,
             instruction=instruction.signature,
         )
-        return Admitted(record, recorded=False)
+        return Admitted(record, recorded=False, lane_open=lane_open)
 
     async def record(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
         """Record a checked submission (:meth:`check`) and spawn its driver; True when new.
@@ -138,6 +140,8 @@ class Admission:
         ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
         if self._on_recorded is not None:
             self._on_recorded(stored.transfer_id)
+        if admitted.lane_open:
+            self._flow.note_open(stored.transfer_id)
         self._drivers.spawn(stored.transfer_id)
         return stored, True
 

@@ -26,6 +26,10 @@ from bridge.domain.legs import LegStatus
 from bridge.domain.transfer import NextStep, StepKind, TransferState
 
 _MAX_SHARED_READS = 10_000
+
+OPEN_LANES_MAX = 100_000
+"""Most new transfers held as having an open lane (:meth:`FlowLimits.note_open`); past it
+a new one's gate simply reads (each entry is used by its transfer's first gate)."""
 """Most callers one coalesced lane read answers (they share one answer: no per-item cost)."""
 
 
@@ -80,6 +84,7 @@ class FlowLimits:
             if max_in_flight is not None
             else None
         )
+        self._open: set[bytes] = set()  # ---- lanes read open at admission (note_open)
 
     async def lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
         """The source's limit towards the target and the target's from the source."""
@@ -103,12 +108,16 @@ class FlowLimits:
         return [status] * len(items)
 
     async def close(self) -> None:
-        """Answer (with an error) any read still waiting; stop the flushes in flight."""
+        """Answer (with an error) any read still waiting; stop the flushes in flight; forget
+        the lanes held as open (another coordinator may act while this one is stopped)."""
+        self._open.clear()
         if self._reads is not None:
             await self._reads.close()
 
-    async def precheck(self, request: TransferRequest) -> None:
-        """Refuse (PreconditionFailed) an amount above a lane capacity: it could never go."""
+    async def precheck(self, request: TransferRequest) -> bool:
+        """Refuse (PreconditionFailed) an amount above a lane capacity: it could never go.
+        Returns whether the lane is open: neither its source's outbound nor its target's
+        inbound rate is limited, so :meth:`gate` would let any transfer go."""
         try:
             source, target = await self.lane_status(request)
         except LedgerRejected as exc:
@@ -116,6 +125,19 @@ class FlowLimits:
         refusal = never_fits(request.amount, source, target)
         if refusal is not None:
             raise PreconditionFailed(refusal)
+        return not (source.outbound.limited or target.inbound.limited)
+
+    # ---- an open lane known without a read (issue 14 item 4) -------------------------------
+    def note_open(self, transfer_id: bytes) -> None:
+        """``transfer_id`` was just recorded after :meth:`precheck` found its lane open:
+        its first :meth:`gate` lets it go without reading the lane again.
+
+        SECURITY: the limits are the ledgers' own: a lane limited in the moment between
+        admission and the lock is still enforced by the source (and target) on the lock
+        itself (``FLOW_LIMIT_EXCEEDED``), after which the driver's next gate reads the lane
+        and queues the transfer. Only the first gate of each transfer is spared."""
+        if len(self._open) < OPEN_LANES_MAX:
+            self._open.add(transfer_id)
 
     async def gate(self, record: TransferRecord) -> bool:
         """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
@@ -129,6 +151,10 @@ class FlowLimits:
         """
         ctx = self._ctx
         tid = record.transfer_id
+        if tid in self._open:  # admission has just read this lane open (note_open)
+            self._open.discard(tid)
+            await self._leave_queue(record)
+            return False
         source, target = await self.lane_status(record.request)
         if not (source.outbound.limited or target.inbound.limited):
             await self._leave_queue(record)

@@ -249,3 +249,57 @@ async def _with_wait(
 ) -> TransferRecord | None:
     r = await store.get(tid)
     return r if r is not None and r.wait_reason is reason else None
+
+
+# ------------------------------------------------- an open lane known without a read (issue 14)
+
+
+def _count_flow_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
+    reads = {name: 0 for name in relayers}
+    for name, relayer in relayers.items():
+        original = relayer.flow_status
+
+        async def counted(security: str, counterpart: str, _o=original, _n=name) -> FlowStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(security, counterpart)
+
+        relayer.flow_status = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
+    """Admission reads both ends of the lane; when neither limits its rate, the new
+    transfer's first gate takes that as known instead of reading both ends again."""
+    c, relayers, store = coordinator
+    reads = _count_flow_reads(relayers)
+    tid = await submit(c, "open", 5)
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert reads == {"a": 1, "b": 1}
+    assert c._flow._open == set(), "the entry is used by the transfer's first gate"
+
+
+async def test_a_lane_limited_after_admission_is_still_enforced_then_queued(coordinator) -> None:
+    """SECURITY: the lane read open at admission is limited before the lock. The source
+    ledger refuses the lock itself (FLOW_LIMIT_EXCEEDED); the driver's next gate reads the
+    lane, queues the transfer with the reason, and it goes once capacity returns. Nothing
+    moved meanwhile; the transfer commits once."""
+    c, relayers, store = coordinator
+    a = relayers["a"]
+    original = a.flow_status
+
+    async def open_then_limited(security: str, counterpart: str) -> FlowStatus:
+        answer = await original(security, counterpart)
+        a.outbound_capacity, a.outbound_available = 10, 0  # the admin acts right after
+        return answer
+
+    a.flow_status = open_then_limited  # type: ignore[method-assign]
+    tid = await submit(c, "limited-later", 5)
+    a.flow_status = original  # type: ignore[method-assign]
+    queued = await until(store, tid, TransferState.QUEUED)
+    assert queued.wait_reason is WaitReason.SOURCE_OUTBOUND_CAPACITY
+    assert a.submitted == [Action.LOCK], "one lock, refused by the ledger's own bucket"
+    assert a.locked_ids == [] and not relayers["b"].submitted  # nothing locked or prepared
+    a.outbound_available = 10  # capacity returns
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert a.submitted == [Action.LOCK, Action.LOCK, Action.COMMIT]
+    assert a.locked_ids == [tid]
