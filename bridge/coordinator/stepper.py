@@ -4,9 +4,9 @@ committee.
 Each step reads both legs at finality and the durable decision, derives the next step
 (:func:`bridge.domain.transfer.next_step`), applies it idempotently and records the
 outcome, so running the same step again after a crash anywhere is always safe.
-Two steps take legs this process already knows instead (ADR 0002 amendment): the first
-step of a transfer it has just recorded, and the step applying a decision it has just
-certified.
+Three steps take legs this process already knows instead (ADR 0002 amendment): the first
+step of a transfer it has just recorded, the prepare after a lock it has just landed, and
+the step applying a decision it has just certified.
 """
 
 from __future__ import annotations
@@ -215,6 +215,15 @@ class Stepper:
                 )
                 return True
             await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
+            if not out.already_applied:
+                # Our lock landed, final, under these terms (the adapters answer only once
+                # it is final), and the target was not touched: the next step (the prepare)
+                # takes these legs. Its not_before is not known here; it matters only for
+                # COMMIT, and the step before certifying COMMIT reads the legs again.
+                # SECURITY: as for note_new; the members read the lock themselves before
+                # they certify LOCKED for the prepare.
+                locked = LegStatus(LegState.LOCKED, terms.terms_hash, 0, out.height)
+                self._remember(tid, locked, target)
             return False
         if step.step is StepKind.PREPARE:
             action = Action.MARK_EXPIRED if time.time() > terms.deadline else Action.PREPARE

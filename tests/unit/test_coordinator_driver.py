@@ -252,8 +252,10 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     coordinator,
 ) -> None:
     """Issue 14 item 4: a transfer this coordinator has just recorded takes its first step
-    (the lock) without reading the legs, and the step applying a decision it has just
-    certified takes the legs read before certifying: 3 reads a side, not one per step (5)."""
+    (the lock) without reading the legs, the prepare after the lock it has just landed takes
+    the lock as known, and the step applying a decision it has just certified takes the legs
+    read before certifying: 2 reads a side (before certifying, and at the end), not one per
+    step (5)."""
     c, relayers, store = coordinator
     reads = {"a": 0, "b": 0}
     for name, relayer in relayers.items():
@@ -268,8 +270,35 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.LOCK, Action.COMMIT]
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
-    assert reads == {"a": 3, "b": 3}
+    assert reads == {"a": 2, "b": 2}
     assert c._stepper._known == {}, "each known pair is used by the very next step"
+
+
+async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordinator) -> None:
+    """Only a lock this coordinator has just landed is taken as known: one the ledger
+    reports already applied (an earlier attempt, or someone else's under the same id) is
+    read before anything else is done for the transfer."""
+    c, relayers, store = coordinator
+    reads = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original_read = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    a = relayers["a"]
+    original_submit = a.submit
+
+    async def lock_already_applied(action: Action, *args: object) -> TxOutcome:
+        out = await original_submit(action, *args)  # type: ignore[arg-type]
+        return dataclasses.replace(out, already_applied=action is Action.LOCK)
+
+    a.submit = lock_already_applied  # type: ignore[method-assign]
+    record, _ = await submit(c, request("applied"))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert reads == {"a": 3, "b": 3}, "the prepare step read both legs first"
 
 
 async def test_a_new_transfer_whose_id_is_already_taken_reads_after_the_refused_lock(
