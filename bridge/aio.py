@@ -33,8 +33,6 @@ async def stop_tasks(tasks: Collection[asyncio.Task[Any]]) -> None:
     same and end on their own); it is never mistaken for a task's own cancellation."""
     for task in tasks:
         task.cancel()
-    if not tasks:
-        return
-    await asyncio.wait(tasks)
-    for task in tasks:
-        retrieve(task)
+        task.add_done_callback(retrieve)  # also when the caller leaves before they end
+    if tasks:
+        await asyncio.wait(tasks)

@@ -28,6 +28,10 @@ from bridge.domain.legs import HolderStatus
 from bridge.domain.transfer import TransferState
 from bridge.logfields import TRANSFER
 
+ADMISSION_FRESH_S = 2.0
+"""How long after its checks a new transfer's first step may take what they read (both
+legs NONE, an open lane) instead of reading again (:meth:`Admission.record`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -39,6 +43,8 @@ class Admitted:
     recorded: bool
     lane_open: bool = False
     """The lane read open (no rate limit at either end) by this check (FlowLimits.note_open)."""
+    checked_at: float = 0.0
+    """``time.monotonic()`` when the checks read both ledgers (0: unknown, never fresh)."""
 
 
 class Admission:
@@ -115,7 +121,7 @@ class Admission:
             updated_at=now,
             instruction=instruction.signature,
         )
-        return Admitted(record, recorded=False, lane_open=lane_open)
+        return Admitted(record, recorded=False, lane_open=lane_open, checked_at=time.monotonic())
 
     async def record(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
         """Record a checked submission (:meth:`check`) and spawn its driver; True when new.
@@ -138,10 +144,15 @@ class Admission:
                 raise Conflict("idempotency_key was already used for a different transfer")
             return stored, False
         ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
-        if self._on_recorded is not None:
-            self._on_recorded(stored.transfer_id)
-        if admitted.lane_open:
-            self._flow.note_open(stored.transfer_id)
+        # SECURITY: what the checks read stands in for the first step's reads only while it
+        # is fresh: a batch item recorded after a slow sibling's check (a relayer timing
+        # out) reads both ledgers again before its lock, so no units are escrowed towards
+        # a target that stopped answering after this item was checked.
+        if time.monotonic() - admitted.checked_at <= ADMISSION_FRESH_S:
+            if self._on_recorded is not None:
+                self._on_recorded(stored.transfer_id)
+            if admitted.lane_open:
+                self._flow.note_open(stored.transfer_id)
         self._drivers.spawn(stored.transfer_id)
         return stored, True
 

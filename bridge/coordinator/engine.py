@@ -159,19 +159,23 @@ class Coordinator:
         leg of recently FAILED transfers, so a lock that lands after the coordinator
         concluded it could not (and whose event was missed) is still driven to an end.
         """
+        self._stepper.forget_known()  # nothing assumed before a stop is used after it
         return await self._drivers.start()
 
     async def stop(self) -> None:
-        """Cancel the drivers (their work is durable and resumes on the next start)."""
-        await self._drivers.stop()
+        """Cancel the drivers (their work is durable and resumes on the next start). Every
+        part is stopped even when the caller is cancelled meanwhile."""
         self._stepper.forget_known()
-        if self._batcher is not None:
-            await self._batcher.close()
-        if self._reads is not None:
-            await self._reads.close()
-        if self._holders is not None:
-            await self._holders.close()
-        await self._flow.close()
+        try:
+            await self._drivers.stop()
+        finally:  # the coalescers are closed even when the caller is cancelled meanwhile
+            if self._batcher is not None:
+                await self._batcher.close()
+            if self._reads is not None:
+                await self._reads.close()
+            if self._holders is not None:
+                await self._holders.close()
+            await self._flow.close()
 
     def _spawn(self, tid: bytes) -> None:
         self._drivers.spawn(tid)

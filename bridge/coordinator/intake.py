@@ -102,7 +102,8 @@ class Intake:
                 return await self._adopt(ledger, event)
             return False
         if not record.state.terminal:
-            # A wake-up only: the driver reads both legs itself before any step.
+            # A wake-up only: the driver reads both legs itself before any step (but those
+            # that follow its own steps, ADR 0002 amendment; the ledgers check those).
             self._drivers.spawn(event.transfer_id)  # replaces a driver that died
             self._drivers.wake(event.transfer_id)
         elif record.state is TransferState.FAILED and event.state is LegState.LOCKED:

@@ -130,12 +130,8 @@ class Stepper:
             self._known[tid] = (source, target)
 
     async def _legs(self, record: TransferRecord) -> tuple[LegStatus, LegStatus]:
-        """The source and target legs of ``record``: known from this process's previous
-        step when it left them as they were, else read at finality (coalesced)."""
+        """The source and target legs of ``record``, read at finality (coalesced)."""
         tid = record.transfer_id
-        known = self._known.pop(tid, None)
-        if known is not None:
-            return known
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         if self._reads is not None:
             return await asyncio.gather(
@@ -154,8 +150,9 @@ class Stepper:
         terms, tid = record.terms, record.transfer_id
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
+        known = self._known.pop(tid, None)  # first: a failed step never leaves it behind
         decision = await ctx.store.decision(tid)
-        source, target = await self._legs(record)
+        source, target = known if known is not None else await self._legs(record)
         if decision is None:
             for status, ledger in ((source, src_name), (target, dst_name)):
                 if status.state is not LegState.NONE and status.terms_hash != terms.terms_hash:

@@ -91,9 +91,8 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Cancel the sweep and the drivers (their work is durable and resumes on start)."""
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-        await stop_tasks(list(self._tasks.values()))
+        sweep, self._supervisor = self._supervisor, None
+        await stop_tasks([*([sweep] if sweep is not None else []), *self._tasks.values()])
 
     def spawn(self, tid: bytes) -> None:
         """Start a driver for ``tid`` unless one is running."""

@@ -274,6 +274,40 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     assert c._stepper._known == {}, "each known pair is used by the very next step"
 
 
+async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
+    coordinator,
+) -> None:
+    """SECURITY: admission's reads stand in for the first step's only while fresh
+    (ADMISSION_FRESH_S). A batch item recorded after a slow sibling's check reads both legs
+    and the lane again before its lock, so the target still answered just before escrow."""
+    from bridge.coordinator.admission import ADMISSION_FRESH_S
+
+    c, relayers, store = coordinator
+    reads = {"a": 0, "b": 0}
+    flows = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original_read, original_flow = relayer.get_leg, relayer.flow_status
+
+        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        async def flow(security: str, counterpart: str, _o=original_flow, _n=name):  # type: ignore[no-untyped-def]
+            flows[_n] += 1
+            return await _o(security, counterpart)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+        relayer.flow_status = flow  # type: ignore[method-assign]
+    req = request("late")
+    admitted = await c.check_submit(req, instructed(c._network, req))
+    late = dataclasses.replace(admitted, checked_at=time.monotonic() - ADMISSION_FRESH_S - 1)
+    record, created = await c.record_submit(late)
+    assert created
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert reads == {"a": 3, "b": 3}, "the lock step read both legs first"
+    assert flows == {"a": 2, "b": 2}, "the gate read the lane again"
+
+
 async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordinator) -> None:
     """Only a lock this coordinator has just landed is taken as known: one the ledger
     reports already applied (an earlier attempt, or someone else's under the same id) is
@@ -322,6 +356,16 @@ async def test_a_new_transfer_whose_id_is_already_taken_reads_after_the_refused_
     assert got is not None and "held on a by other terms" in got.reason
     assert relayers["a"].submitted == [Action.LOCK], "one lock, refused, then a read"
     assert relayers["b"].submitted == []
+
+
+async def test_stop_ends_the_sweep_too(coordinator) -> None:
+    """Supervisor.stop waits for its sweep as for the drivers (it was only cancelled)."""
+    c, _, _ = coordinator
+    sweep = c._drivers._supervisor
+    assert sweep is not None and not sweep.done()
+    await c.stop()
+    assert sweep.done()
+    await c.start()
 
 
 async def test_stopping_forgets_the_known_legs(coordinator) -> None:
