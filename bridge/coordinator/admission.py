@@ -148,11 +148,12 @@ class Admission:
         # is fresh: a batch item recorded after a slow sibling's check (a relayer timing
         # out) reads both ledgers again before its lock, so no units are escrowed towards
         # a target that stopped answering after this item was checked.
-        if time.monotonic() - admitted.checked_at <= ADMISSION_FRESH_S:
+        until = admitted.checked_at + ADMISSION_FRESH_S
+        if time.monotonic() <= until:
             if self._on_recorded is not None:
                 self._on_recorded(stored.transfer_id)
             if admitted.lane_open:
-                self._flow.note_open(stored.transfer_id)
+                self._flow.note_open(stored.transfer_id, until)
         self._drivers.spawn(stored.transfer_id)
         return stored, True
 

@@ -160,6 +160,7 @@ class Coordinator:
         concluded it could not (and whose event was missed) is still driven to an end.
         """
         self._stepper.forget_known()  # nothing assumed before a stop is used after it
+        self._flow.forget_open()
         return await self._drivers.start()
 
     async def stop(self) -> None:

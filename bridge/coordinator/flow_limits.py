@@ -26,11 +26,11 @@ from bridge.domain.legs import LegStatus
 from bridge.domain.transfer import NextStep, StepKind, TransferState
 
 _MAX_SHARED_READS = 10_000
+"""Most callers one coalesced lane read answers (they share one answer: no per-item cost)."""
 
 OPEN_LANES_MAX = 100_000
 """Most new transfers held as having an open lane (:meth:`FlowLimits.note_open`); past it
 a new one's gate simply reads (each entry is used by its transfer's first gate)."""
-"""Most callers one coalesced lane read answers (they share one answer: no per-item cost)."""
 
 
 # ---- flow limits (ADR 0010)
@@ -84,7 +84,8 @@ class FlowLimits:
             if max_in_flight is not None
             else None
         )
-        self._open: set[bytes] = set()  # ---- lanes read open at admission (note_open)
+        # ---- lanes read open at admission (note_open): transfer id -> usable until
+        self._open: dict[bytes, float] = {}
 
     async def lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
         """The source's limit towards the target and the target's from the source."""
@@ -128,16 +129,26 @@ class FlowLimits:
         return not (source.outbound.limited or target.inbound.limited)
 
     # ---- an open lane known without a read (issue 14 item 4) -------------------------------
-    def note_open(self, transfer_id: bytes) -> None:
+    def note_open(self, transfer_id: bytes, until: float) -> None:
         """``transfer_id`` was just recorded after :meth:`precheck` found its lane open:
-        its first :meth:`gate` lets it go without reading the lane again.
+        its first :meth:`gate` lets it go without reading the lane again, if it comes by
+        ``until`` (``time.monotonic()``; admission allows 2 s after its read).
 
-        SECURITY: the limits are the ledgers' own: a lane limited in the moment between
-        admission and the lock is still enforced by the source (and target) on the lock
-        itself (``FLOW_LIMIT_EXCEEDED``), after which the driver's next gate reads the lane
-        and queues the transfer. Only the first gate of each transfer is spared."""
+        SECURITY: the limits are the ledgers' own. A rate limit set on the lane in that
+        moment is still enforced: by the source on the lock (``FlowLimitExceeded``; the
+        next gate reads and queues) and by the target on the prepare (the transfer waits
+        there, in escrow, until it fits or its deadline aborts it). What is lost in that
+        moment is only the coordinator's queue order for that one transfer, as it was
+        before when a limit was set between the gate's read and the lock."""
+        now = time.monotonic()
+        if len(self._open) >= OPEN_LANES_MAX:  # entries whose first gate never came
+            self._open = {t: u for t, u in self._open.items() if u >= now}
         if len(self._open) < OPEN_LANES_MAX:
-            self._open.add(transfer_id)
+            self._open[transfer_id] = until
+
+    def forget_open(self) -> None:
+        """Drop every lane held as open (the engine starts or stops)."""
+        self._open.clear()
 
     async def gate(self, record: TransferRecord) -> bool:
         """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
@@ -151,8 +162,8 @@ class FlowLimits:
         """
         ctx = self._ctx
         tid = record.transfer_id
-        if tid in self._open:  # admission has just read this lane open (note_open)
-            self._open.discard(tid)
+        until = self._open.pop(tid, None)  # admission has just read this lane open
+        if until is not None and time.monotonic() <= until:
             await self._leave_queue(record)
             return False
         source, target = await self.lane_status(record.request)

@@ -308,6 +308,65 @@ async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     assert flows == {"a": 2, "b": 2}, "the gate read the lane again"
 
 
+async def test_a_failed_step_leaves_no_known_legs_behind(coordinator, monkeypatch) -> None:
+    """The known pair is taken before the step's first await: a step that fails (the store
+    unavailable once, here) is retried with a read, however long the outage lasted."""
+    from bridge.domain.errors import Unavailable
+
+    c, relayers, store = coordinator
+    reads = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original_read = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    original = store.decision
+    failing = {"once": True}
+
+    async def decision(tid: bytes):  # type: ignore[no-untyped-def]
+        if failing.pop("once", False):
+            raise Unavailable("store down")
+        return await original(tid)
+
+    monkeypatch.setattr(store, "decision", decision)
+    record, _ = await submit(c, request("store-blip"))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert reads == {"a": 3, "b": 3}, "the retried lock step read the legs"
+    assert c._stepper._known == {}
+
+
+async def test_a_lock_is_taken_as_known_only_towards_an_untouched_target(coordinator) -> None:
+    """The lock's known pair serves the prepare only: when the target already showed a leg
+    (here PREPARED before any lock, as a lying relayer could report it), the step after the
+    lock reads both legs, so certifying COMMIT never uses a source leg it did not read (its
+    large-transfer notBefore)."""
+    from bridge.coordinator.admission import ADMISSION_FRESH_S
+
+    c, relayers, store = coordinator
+    reads = {"a": 0, "b": 0}
+    for name, relayer in relayers.items():
+        original_read = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    req = request("target-first")
+    admitted = await c.check_submit(req, instructed(c._network, req))
+    terms = admitted.record.terms
+    relayers["b"].legs[(terms.transfer_id, Leg.INBOUND)] = LegStatus(
+        LegState.PREPARED, terms.terms_hash, 0, 1
+    )
+    late = dataclasses.replace(admitted, checked_at=time.monotonic() - ADMISSION_FRESH_S - 1)
+    record, _ = await c.record_submit(late)  # late: the lock step reads the legs
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert reads == {"a": 3, "b": 3}, "lock step, after the lock, and at the end"
+
+
 async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordinator) -> None:
     """Only a lock this coordinator has just landed is taken as known: one the ledger
     reports already applied (an earlier attempt, or someone else's under the same id) is

@@ -275,7 +275,7 @@ async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
     tid = await submit(c, "open", 5)
     assert await final(store, tid) is TransferState.COMMITTED
     assert reads == {"a": 1, "b": 1}
-    assert c._flow._open == set(), "the entry is used by the transfer's first gate"
+    assert c._flow._open == {}, "the entry is used by the transfer's first gate"
 
 
 async def test_a_lane_limited_after_admission_is_still_enforced_then_queued(coordinator) -> None:
@@ -303,3 +303,59 @@ async def test_a_lane_limited_after_admission_is_still_enforced_then_queued(coor
     assert await final(store, tid) is TransferState.COMMITTED
     assert a.submitted == [Action.LOCK, Action.LOCK, Action.COMMIT]
     assert a.locked_ids == [tid]
+
+
+async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open lane stands in for the gate's read only until ADMISSION_FRESH_S after
+    admission's read, judged at the gate: a first step held up (here the store, slow once)
+    reads the lane, so a queue formed meanwhile keeps its order."""
+    import asyncio
+
+    import bridge.coordinator.admission as admission
+
+    c, relayers, store = coordinator
+    monkeypatch.setattr(admission, "ADMISSION_FRESH_S", 0.2)
+    reads = _count_flow_reads(relayers)
+    original = store.decision
+    slow = {"once": True}
+
+    async def decision(tid: bytes):  # type: ignore[no-untyped-def]
+        if slow.pop("once", False):
+            await asyncio.sleep(0.4)
+        return await original(tid)
+
+    monkeypatch.setattr(store, "decision", decision)
+    tid = await submit(c, "slow-first-step", 5)
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert reads == {"a": 2, "b": 2}, "admission, then the gate again"
+
+
+async def test_a_target_inbound_limit_set_after_admission_holds_the_prepare(coordinator) -> None:
+    """SECURITY: the target's inbound limit, set between admission (lane open) and the lock,
+    is enforced by the target on the prepare: the transfer waits locked, nothing is minted
+    beyond the bucket, and it commits once the bucket refills."""
+    c, relayers, store = coordinator
+    b = relayers["b"]
+    original = b.flow_status
+
+    async def open_then_limited(security: str, counterpart: str) -> FlowStatus:
+        answer = await original(security, counterpart)
+        b.inbound_capacity, b.inbound_available = 10, 0  # the target's admin acts
+        return answer
+
+    b.flow_status = open_then_limited  # type: ignore[method-assign]
+    tid = await submit(c, "inbound-later", 5)
+    b.flow_status = original  # type: ignore[method-assign]
+
+    async def refused_prepare() -> bool | None:
+        return True if b.submitted.count(Action.PREPARE) >= 1 else None
+
+    await eventually(refused_prepare, 10, "a prepare refused by the target's bucket")
+    record = await state_of(store, tid)
+    assert record.state is TransferState.SOURCE_LOCKED
+    assert Action.COMMIT not in b.submitted
+    b.inbound_available = 10  # the bucket refills
+    assert await final(store, tid) is TransferState.COMMITTED
+    assert b.submitted.count(Action.COMMIT) == 1
