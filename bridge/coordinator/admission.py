@@ -44,7 +44,7 @@ class Admitted:
     lane_open: bool = False
     """The lane read open (no rate limit at either end) by this check (FlowLimits.note_open)."""
     checked_at: float = 0.0
-    """``time.monotonic()`` when the checks read both ledgers (0: unknown, never fresh)."""
+    """``time.monotonic()`` just before the checks read both ledgers (0: never fresh)."""
 
 
 class Admission:
@@ -109,6 +109,7 @@ class Admission:
             )
             if refusal is not None:
                 raise refusal
+        checked_at = time.monotonic()  # before the reads: the freshness of the oldest
         await self._precheck(request)
         lane_open = await self._flow.precheck(request)
         record = TransferRecord(
@@ -121,7 +122,7 @@ class Admission:
             updated_at=now,
             instruction=instruction.signature,
         )
-        return Admitted(record, recorded=False, lane_open=lane_open, checked_at=time.monotonic())
+        return Admitted(record, recorded=False, lane_open=lane_open, checked_at=checked_at)
 
     async def record(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
         """Record a checked submission (:meth:`check`) and spawn its driver; True when new.

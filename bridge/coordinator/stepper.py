@@ -215,8 +215,9 @@ class Stepper:
             if not out.already_applied and target.state is LegState.NONE:
                 # Our lock landed, final, under these terms (the adapters answer only once
                 # it is final), and the target shows no leg: the next step (the prepare)
-                # takes these legs; a target that showed one is read again first. Its not_before is not known here; it matters only for
-                # COMMIT, and the step before certifying COMMIT reads the legs again.
+                # takes these legs; a target that showed one is read again first. Its
+                # not_before is not known here; it matters only for COMMIT, and the step
+                # before certifying COMMIT reads the legs again.
                 # SECURITY: as for note_new; the members read the lock themselves before
                 # they certify LOCKED for the prepare.
                 locked = LegStatus(LegState.LOCKED, terms.terms_hash, 0, out.height)
