@@ -248,6 +248,34 @@ async def test_happy_path_commits(coordinator) -> None:
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
 
 
+def count_leg_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
+    """Count each fake relayer's single-leg reads (the coalesced reads call them too)."""
+    reads = {name: 0 for name in relayers}
+    for name, relayer in relayers.items():
+        original = relayer.get_leg
+
+        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(tid, leg)
+
+        relayer.get_leg = counted  # type: ignore[method-assign]
+    return reads
+
+
+def count_flow_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
+    """Count each fake relayer's lane reads (``GetFlowStatus``)."""
+    reads = {name: 0 for name in relayers}
+    for name, relayer in relayers.items():
+        original = relayer.flow_status
+
+        async def counted(security: str, counterpart: str, _o=original, _n=name) -> FlowStatus:  # type: ignore[no-untyped-def]
+            reads[_n] += 1
+            return await _o(security, counterpart)
+
+        relayer.flow_status = counted  # type: ignore[method-assign]
+    return reads
+
+
 async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decision(
     coordinator,
 ) -> None:
@@ -257,15 +285,7 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     read before certifying: 2 reads a side (before certifying, and at the end), not one per
     step (5)."""
     c, relayers, store = coordinator
-    reads = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original = relayer.get_leg
-
-        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
+    reads = count_leg_reads(relayers)
     record, _ = await submit(c, request())
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.LOCK, Action.COMMIT]
@@ -283,21 +303,7 @@ async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     from bridge.coordinator.admission import ADMISSION_FRESH_S
 
     c, relayers, store = coordinator
-    reads = {"a": 0, "b": 0}
-    flows = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original_read, original_flow = relayer.get_leg, relayer.flow_status
-
-        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
-
-        async def flow(security: str, counterpart: str, _o=original_flow, _n=name):  # type: ignore[no-untyped-def]
-            flows[_n] += 1
-            return await _o(security, counterpart)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
-        relayer.flow_status = flow  # type: ignore[method-assign]
+    reads, flows = count_leg_reads(relayers), count_flow_reads(relayers)
     req = request("late")
     admitted = await c.check_submit(req, instructed(c._network, req))
     late = dataclasses.replace(admitted, checked_at=time.monotonic() - ADMISSION_FRESH_S - 1)
@@ -314,15 +320,7 @@ async def test_a_failed_step_leaves_no_known_legs_behind(coordinator, monkeypatc
     from bridge.domain.errors import Unavailable
 
     c, relayers, store = coordinator
-    reads = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original_read = relayer.get_leg
-
-        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
+    reads = count_leg_reads(relayers)
     original = store.decision
     failing = {"once": True}
 
@@ -346,15 +344,7 @@ async def test_a_lock_is_taken_as_known_only_towards_an_untouched_target(coordin
     from bridge.coordinator.admission import ADMISSION_FRESH_S
 
     c, relayers, store = coordinator
-    reads = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original_read = relayer.get_leg
-
-        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
+    reads = count_leg_reads(relayers)
     req = request("target-first")
     admitted = await c.check_submit(req, instructed(c._network, req))
     terms = admitted.record.terms
@@ -372,15 +362,7 @@ async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordi
     reports already applied (an earlier attempt, or someone else's under the same id) is
     read before anything else is done for the transfer."""
     c, relayers, store = coordinator
-    reads = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original_read = relayer.get_leg
-
-        async def counted(tid: bytes, leg: Leg, _o=original_read, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
+    reads = count_leg_reads(relayers)
     a = relayers["a"]
     original_submit = a.submit
 

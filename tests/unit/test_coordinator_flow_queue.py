@@ -25,6 +25,7 @@ from tests.unit.test_coordinator_driver import (
     FakeCommittee,
     FakeRelayer,
     coordinator,
+    count_flow_reads,
     final,
     instructed,
 )
@@ -254,24 +255,11 @@ async def _with_wait(
 # ------------------------------------------------- an open lane known without a read (issue 14)
 
 
-def _count_flow_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
-    reads = {name: 0 for name in relayers}
-    for name, relayer in relayers.items():
-        original = relayer.flow_status
-
-        async def counted(security: str, counterpart: str, _o=original, _n=name) -> FlowStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(security, counterpart)
-
-        relayer.flow_status = counted  # type: ignore[method-assign]
-    return reads
-
-
 async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
     """Admission reads both ends of the lane; when neither limits its rate, the new
     transfer's first gate takes that as known instead of reading both ends again."""
     c, relayers, store = coordinator
-    reads = _count_flow_reads(relayers)
+    reads = count_flow_reads(relayers)
     tid = await submit(c, "open", 5)
     assert await final(store, tid) is TransferState.COMMITTED
     assert reads == {"a": 1, "b": 1}
@@ -317,7 +305,7 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
 
     c, relayers, store = coordinator
     monkeypatch.setattr(admission, "ADMISSION_FRESH_S", 0.2)
-    reads = _count_flow_reads(relayers)
+    reads = count_flow_reads(relayers)
     original = store.decision
     slow = {"once": True}
 
