@@ -13,6 +13,15 @@ from bridge.aio import stop_task, stop_tasks
 pytestmark = [pytest.mark.unit]
 
 
+async def _slow_to_stop() -> None:
+    """Waits a minute; takes 0.1 s to wind down once cancelled."""
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.1)
+        raise
+
+
 async def test_stop_task_cancels_and_waits_for_the_task() -> None:
     finished = asyncio.Event()
 
@@ -32,14 +41,7 @@ async def test_a_cancelled_caller_is_not_swallowed() -> None:
     """The task takes a while to wind down; the caller of stop_task is cancelled meanwhile:
     the caller sees CancelledError, and the task still ends."""
 
-    async def slow_to_stop() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            await asyncio.sleep(0.1)
-            raise
-
-    task = asyncio.ensure_future(slow_to_stop())
+    task = asyncio.ensure_future(_slow_to_stop())
     await asyncio.sleep(0)
     caller = asyncio.ensure_future(stop_task(task))
     await asyncio.sleep(0.02)
@@ -83,14 +85,7 @@ async def test_stop_tasks_ends_every_task_and_consumes_each_outcome() -> None:
 
 
 async def test_stop_tasks_lets_a_cancelled_caller_go_and_the_tasks_still_end() -> None:
-    async def slow_to_stop() -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            await asyncio.sleep(0.1)
-            raise
-
-    tasks = [asyncio.ensure_future(slow_to_stop()) for _ in range(3)]
+    tasks = [asyncio.ensure_future(_slow_to_stop()) for _ in range(3)]
     await asyncio.sleep(0)
     caller = asyncio.ensure_future(stop_tasks(tasks))
     await asyncio.sleep(0.02)

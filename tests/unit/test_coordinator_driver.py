@@ -248,32 +248,20 @@ async def test_happy_path_commits(coordinator) -> None:
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
 
 
-def count_leg_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
-    """Count each fake relayer's single-leg reads (the coalesced reads call them too)."""
-    reads = {name: 0 for name in relayers}
+def count_calls(relayers: dict[str, FakeRelayer], method: str) -> dict[str, int]:
+    """Count each fake relayer's calls of the async ``method`` (wrapped in place): its
+    single-leg reads (``get_leg``, which the coalesced reads call too), its lane reads
+    (``flow_status``)."""
+    calls = {name: 0 for name in relayers}
     for name, relayer in relayers.items():
-        original = relayer.get_leg
+        original = getattr(relayer, method)
 
-        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> LegStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(tid, leg)
+        async def counted(*args: object, _o=original, _n=name) -> object:  # type: ignore[no-untyped-def]
+            calls[_n] += 1
+            return await _o(*args)
 
-        relayer.get_leg = counted  # type: ignore[method-assign]
-    return reads
-
-
-def count_flow_reads(relayers: dict[str, FakeRelayer]) -> dict[str, int]:
-    """Count each fake relayer's lane reads (``GetFlowStatus``)."""
-    reads = {name: 0 for name in relayers}
-    for name, relayer in relayers.items():
-        original = relayer.flow_status
-
-        async def counted(security: str, counterpart: str, _o=original, _n=name) -> FlowStatus:  # type: ignore[no-untyped-def]
-            reads[_n] += 1
-            return await _o(security, counterpart)
-
-        relayer.flow_status = counted  # type: ignore[method-assign]
-    return reads
+        setattr(relayer, method, counted)
+    return calls
 
 
 async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decision(
@@ -285,7 +273,7 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     read before certifying: 2 reads a side (before certifying, and at the end), not one per
     step (5)."""
     c, relayers, store = coordinator
-    reads = count_leg_reads(relayers)
+    reads = count_calls(relayers, "get_leg")
     record, _ = await submit(c, request())
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.LOCK, Action.COMMIT]
@@ -303,7 +291,7 @@ async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     from bridge.coordinator.admission import ADMISSION_FRESH_S
 
     c, relayers, store = coordinator
-    reads, flows = count_leg_reads(relayers), count_flow_reads(relayers)
+    reads, flows = count_calls(relayers, "get_leg"), count_calls(relayers, "flow_status")
     req = request("late")
     admitted = await c.check_submit(req, instructed(c._network, req))
     late = dataclasses.replace(admitted, checked_at=time.monotonic() - ADMISSION_FRESH_S - 1)
@@ -320,7 +308,7 @@ async def test_a_failed_step_leaves_no_known_legs_behind(coordinator, monkeypatc
     from bridge.domain.errors import Unavailable
 
     c, relayers, store = coordinator
-    reads = count_leg_reads(relayers)
+    reads = count_calls(relayers, "get_leg")
     original = store.decision
     failing = {"once": True}
 
@@ -344,7 +332,7 @@ async def test_a_lock_is_taken_as_known_only_towards_an_untouched_target(coordin
     from bridge.coordinator.admission import ADMISSION_FRESH_S
 
     c, relayers, store = coordinator
-    reads = count_leg_reads(relayers)
+    reads = count_calls(relayers, "get_leg")
     req = request("target-first")
     admitted = await c.check_submit(req, instructed(c._network, req))
     terms = admitted.record.terms
@@ -362,7 +350,7 @@ async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordi
     reports already applied (an earlier attempt, or someone else's under the same id) is
     read before anything else is done for the transfer."""
     c, relayers, store = coordinator
-    reads = count_leg_reads(relayers)
+    reads = count_calls(relayers, "get_leg")
     a = relayers["a"]
     original_submit = a.submit
 

@@ -25,7 +25,7 @@ from tests.unit.test_coordinator_driver import (
     FakeCommittee,
     FakeRelayer,
     coordinator,
-    count_flow_reads,
+    count_calls,
     final,
     instructed,
 )
@@ -259,7 +259,7 @@ async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
     """Admission reads both ends of the lane; when neither limits its rate, the new
     transfer's first gate takes that as known instead of reading both ends again."""
     c, relayers, store = coordinator
-    reads = count_flow_reads(relayers)
+    reads = count_calls(relayers, "flow_status")
     tid = await submit(c, "open", 5)
     assert await final(store, tid) is TransferState.COMMITTED
     assert reads == {"a": 1, "b": 1}
@@ -305,7 +305,7 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
 
     c, relayers, store = coordinator
     monkeypatch.setattr(admission, "ADMISSION_FRESH_S", 0.2)
-    reads = count_flow_reads(relayers)
+    reads = count_calls(relayers, "flow_status")
     original = store.decision
     slow = {"once": True}
 

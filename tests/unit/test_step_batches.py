@@ -50,6 +50,7 @@ from tests.unit.test_coordinator_driver import (
     ISIN,
     FakeCommittee,
     FakeRelayer,
+    count_calls,
     final,
     request,
     submit,
@@ -497,15 +498,7 @@ async def test_a_burst_reads_its_legs_in_coalesced_calls(batching) -> None:
     single-leg read by a driver."""
     c, relayers, _, store = batching
     a, b = relayers["a"], relayers["b"]
-    single = {"a": 0, "b": 0}
-    for name, relayer in relayers.items():
-        original = relayer.get_leg
-
-        async def counted(tid: bytes, leg: Leg, _o=original, _n=name) -> object:  # type: ignore[no-untyped-def]
-            single[_n] += 1
-            return await _o(tid, leg)
-
-        relayer.get_leg = counted  # type: ignore[method-assign]
+    single = count_calls(relayers, "get_leg")
     tids = await burst(c, 20, prefix="r")
     for tid in tids:
         assert await final(store, tid) is TransferState.COMMITTED
