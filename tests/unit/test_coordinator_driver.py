@@ -264,6 +264,7 @@ def count_calls(relayers: dict[str, FakeRelayer], method: str) -> dict[str, int]
     return calls
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decision(
     coordinator,
 ) -> None:
@@ -282,6 +283,7 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     assert c._stepper._known == {}, "each known pair is used by the very next step"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     coordinator,
 ) -> None:
@@ -302,6 +304,7 @@ async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     assert flows == {"a": 2, "b": 2}, "the gate read the lane again"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_failed_step_leaves_no_known_legs_behind(coordinator, monkeypatch) -> None:
     """The known pair is taken before the step's first await: a step that fails (the store
     unavailable once, here) is retried with a read, however long the outage lasted."""
@@ -324,6 +327,7 @@ async def test_a_failed_step_leaves_no_known_legs_behind(coordinator, monkeypatc
     assert c._stepper._known == {}
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_lock_is_taken_as_known_only_towards_an_untouched_target(coordinator) -> None:
     """The lock's known pair serves the prepare only: when the target already showed a leg
     (here PREPARED before any lock, as a lying relayer could report it), the step after the
@@ -345,6 +349,7 @@ async def test_a_lock_is_taken_as_known_only_towards_an_untouched_target(coordin
     assert reads == {"a": 3, "b": 3}, "lock step, after the lock, and at the end"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordinator) -> None:
     """Only a lock this coordinator has just landed is taken as known: one the ledger
     reports already applied (an earlier attempt, or someone else's under the same id) is
@@ -364,6 +369,7 @@ async def test_a_lock_reported_already_applied_is_read_before_the_prepare(coordi
     assert reads == {"a": 3, "b": 3}, "the prepare step read both legs first"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_new_transfer_whose_id_is_already_taken_reads_after_the_refused_lock(
     coordinator,
 ) -> None:
@@ -387,6 +393,7 @@ async def test_a_new_transfer_whose_id_is_already_taken_reads_after_the_refused_
     assert relayers["b"].submitted == []
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_stop_ends_the_sweep_too(coordinator) -> None:
     """Supervisor.stop waits for its sweep as for the drivers (it was only cancelled)."""
     c, _, _ = coordinator
@@ -397,6 +404,7 @@ async def test_stop_ends_the_sweep_too(coordinator) -> None:
     await c.start()
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_stopping_forgets_the_known_legs(coordinator) -> None:
     """Another coordinator may move the transfers while this one is stopped (a lost lease),
     so nothing assumed before the stop is used after it."""

@@ -255,6 +255,7 @@ async def _with_wait(
 # ------------------------------------------------- an open lane known without a read (issue 14)
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
     """Admission reads both ends of the lane; when neither limits its rate, the new
     transfer's first gate takes that as known instead of reading both ends again."""
@@ -266,6 +267,7 @@ async def test_an_open_lane_is_read_once_per_new_transfer(coordinator) -> None:
     assert c._flow._open == {}, "the entry is used by the transfer's first gate"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_lane_limited_after_admission_is_still_enforced_then_queued(coordinator) -> None:
     """SECURITY: the lane read open at admission is limited before the lock. The source
     ledger refuses the lock itself (FLOW_LIMIT_EXCEEDED); the driver's next gate reads the
@@ -293,6 +295,7 @@ async def test_a_lane_limited_after_admission_is_still_enforced_then_queued(coor
     assert a.locked_ids == [tid]
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
     coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,6 +323,7 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
     assert reads == {"a": 2, "b": 2}, "admission, then the gate again"
 
 
+@pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_target_inbound_limit_set_after_admission_holds_the_prepare(coordinator) -> None:
     """SECURITY: the target's inbound limit, set between admission (lane open) and the lock,
     is enforced by the target on the prepare: the transfer waits locked, nothing is minted
