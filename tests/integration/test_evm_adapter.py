@@ -224,3 +224,53 @@ async def test_the_price_paid_does_not_compound_when_the_relayer_is_all_the_traf
     assert max(paid) <= 2 * max(paid[:3]), f"prices paid grew: {paid}"
     cap = int(env.a.config().max_gas_price_gwei * 10**9)
     assert all(p <= cap for p in paid)
+
+
+async def test_a_receipt_dropped_by_a_reorg_shallower_than_the_depth_is_not_final(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """SECURITY: with ``finality_depth`` 2, a lock whose receipt was seen and whose block is
+    then reorganised away (anvil's ``evm_revert``) is not reported final; the retry sends it
+    again and only the re-mined one, ``finality_depth`` deep, counts."""
+    env = two_ledgers
+    deep = EvmAdapter(env.a.config(finality_depth=2), env.a.relayer.private_key, confirm_s=6)
+    reader = EvmAdapter(env.a.config())
+    t = env.terms(env.a.holder(1), env.b.holder(), 1)
+    seen = asyncio.Event()
+    receipt_height = deep._receipt_height
+
+    async def watched(tx_hash: bytes) -> int | None:
+        height = await receipt_height(tx_hash)
+        if height is not None:
+            seen.set()
+        return height
+
+    deep._receipt_height = watched  # type: ignore[method-assign]
+    snapshot = env.node.rpc("evm_snapshot", [])
+    submit = asyncio.create_task(deep.submit(Action.LOCK, t, None, instruct(t)))
+    await asyncio.wait_for(seen.wait(), 30)
+    mined_at = env.a.w3.eth.block_number
+    env.node.rpc("evm_revert", [snapshot])
+    env.node.rpc("anvil_mine", [hex(4)])  # the head passes the old receipt's block by 3
+    assert env.a.w3.eth.block_number == mined_at + 3
+    assert (await reader.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    with pytest.raises(Unavailable, match="not final"):
+        await submit
+    assert (await deep.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    # The retry sends the lock again; it is final once two blocks cover its new block.
+    again = asyncio.create_task(deep.submit(Action.LOCK, t, None, instruct(t)))
+    await eventually(
+        lambda: _leg_is(reader, t.transfer_id, LegState.LOCKED), 30, "the lock re-mined"
+    )
+    assert not again.done()
+    env.node.rpc("anvil_mine", [hex(2)])
+    out = await again
+    assert not out.already_applied
+    assert out.height == env.a.w3.eth.block_number - 2
+    assert (await deep.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.LOCKED
+    await deep.close()
+    await reader.close()
+
+
+async def _leg_is(adapter: EvmAdapter, transfer_id: bytes, state: LegState) -> bool:
+    return (await adapter.get_leg(transfer_id, Leg.OUTBOUND)).state is state

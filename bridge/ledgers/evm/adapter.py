@@ -1223,8 +1223,13 @@ class EvmAdapter(StepTemplate):
         One shared head poll serves every waiter (:class:`HeadWatch`); the receipt is asked
         for once per new block until it exists, then nothing more is sent until the head is
         ``finality_depth`` past it. The head is one the node reported, so finality is never
-        declared earlier than a fresh read would."""
+        declared earlier than a fresh read would. With a depth above 0 the receipt is read
+        once more when the depth has passed, and only a receipt then at a final block
+        counts: a reorg shallower than the depth may have moved or dropped the transaction
+        since its receipt was first seen (a dropped one times out Unavailable, and the
+        retry sends it again)."""
         give_up = asyncio.get_running_loop().time() + limit_s
+        depth = self._cfg.finality_depth
         height: int | None = None
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
@@ -1234,7 +1239,15 @@ class EvmAdapter(StepTemplate):
                 head = await self._heads.wait_above(head, give_up)
                 if height is None:
                     height = await self._receipt_height(tx_hash)
-                if height is not None and max(0, head - self._cfg.finality_depth) >= height:
+                if height is None or max(0, head - depth) < height:
+                    continue
+                if depth == 0:
+                    return height
+                # SECURITY: the node answers receipts from its canonical chain, so this
+                # read shows where the transaction is now; the first one may predate a
+                # reorg within the depth.
+                height = await self._receipt_height(tx_hash)
+                if height is not None and max(0, head - depth) >= height:
                     return height
         except TimeoutError:
             pass
