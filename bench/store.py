@@ -5,8 +5,11 @@ Each engine runs the same workload through the real store classes (``SqlTransfer
 the coordinator uses them): ``--transfers`` transfers, each created and driven through the
 coordinator's write pattern (create; SOURCE_LOCKED, TARGET_PREPARED, COMMITTING with a
 recorded decision and two transactions; COMMITTED; a history read), ``--concurrency`` of
-them at a time, plus ``--records`` supply-feed appends. SQLite writes a WAL file with
-``synchronous=FULL`` under a temporary directory; PostgreSQL is a throwaway cluster
+them at a time, plus ``--records`` supply-feed appends. Then the driver's read pattern:
+``--reads`` rounds of ``get`` for every transfer (the record a driver reads before each
+step), ``--concurrency`` at a time, and the same rounds of ``get_many`` by pages of 500
+(a batch's answer), with the process CPU (all threads) per record read. SQLite writes a
+WAL file with ``synchronous=FULL`` under a temporary directory; PostgreSQL is a throwaway cluster
 (``initdb``/``pg_ctl``, default settings: fsync on, synchronous_commit on) on loopback.
 
 Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
@@ -66,8 +69,8 @@ def transfer(n: int) -> TransferRecord:
     return TransferRecord(terms.transfer_id, request, terms, TransferState.SUBMITTED, "", now, now)
 
 
-async def drive(store: SqlTransferStore, n: int) -> None:
-    """One transfer through the coordinator's write pattern."""
+async def drive(store: SqlTransferStore, n: int) -> bytes:
+    """One transfer through the coordinator's write pattern; returns its id."""
     rec = transfer(n)
     await store.create(rec)
     tid = rec.transfer_id
@@ -80,22 +83,52 @@ async def drive(store: SqlTransferStore, n: int) -> None:
     await store.add_transaction(tid, "mint", f"0x{n + 1:064x}")
     await store.set_state(tid, TransferState.COMMITTED, "", "done")
     await store.history(tid, 0)
+    return tid
+
+
+async def read_records(
+    store: SqlTransferStore, tids: list[bytes], concurrency: int, rounds: int
+) -> dict[str, float]:
+    """``rounds`` of ``get`` per transfer, then of ``get_many`` by pages of 500: records
+    read per second and process CPU microseconds per record, for each."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(tid: bytes) -> None:
+        async with sem:
+            assert await store.get(tid) is not None
+
+    out: dict[str, float] = {}
+    for name in ("get", "get_many"):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(rounds):
+            if name == "get":
+                await asyncio.gather(*(one(tid) for tid in tids))
+            else:
+                for start in range(0, len(tids), 500):
+                    page = tids[start : start + 500]
+                    assert len(await store.get_many(page)) == len(page)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        n = len(tids) * rounds
+        out[f"{name}_records_per_s"] = n / wall if wall else 0.0
+        out[f"{name}_cpu_us_per_record"] = cpu / n * 1e6 if n else 0.0
+    return out
 
 
 async def run_engine(
-    db: Database, transfers: int, concurrency: int, records: int
+    db: Database, transfers: int, concurrency: int, records: int, reads: int = 0
 ) -> dict[str, float]:
-    """The workload on ``db``; figures in operations per second."""
+    """The workload on ``db``; figures in operations per second (reads: see read_records)."""
     store, supply = SqlTransferStore(db), SqlSupplyStore(db)
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(n: int) -> None:
+    async def one(n: int) -> bytes:
         async with sem:
-            await drive(store, n)
+            return await drive(store, n)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(n) for n in range(transfers)))
+    tids = list(await asyncio.gather(*(one(n) for n in range(transfers))))
     t_transfers = time.perf_counter() - t0
+    read_figures = await read_records(store, tids, concurrency, reads) if reads else {}
     t0 = time.perf_counter()
     previous = GENESIS_HASH
     for seq in range(1, records + 1):
@@ -112,7 +145,7 @@ async def run_engine(
         "feed_appends_per_s": records / t_records,
         "transfer_seconds": t_transfers,
         "record_seconds": t_records,
-    }
+    } | read_figures
 
 
 def machine() -> dict[str, Any]:
@@ -137,16 +170,21 @@ def main() -> None:
     p.add_argument("--transfers", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--records", type=int, default=200)
+    p.add_argument("--reads", type=int, default=3, help="rounds of record reads (3; 0: none)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
     with tempfile.TemporaryDirectory(prefix="kstb-bench-store-") as tmp:
         sqlite_db = open_database(Path(tmp) / "coordinator.sqlite")
-        out["sqlite"] = asyncio.run(run_engine(sqlite_db, a.transfers, a.concurrency, a.records))
+        out["sqlite"] = asyncio.run(
+            run_engine(sqlite_db, a.transfers, a.concurrency, a.records, a.reads)
+        )
         cluster = start_cluster(Path(tmp) / "pg")
         try:
             pg_db = open_database(cluster.create_database("bench"))
-            out["postgres"] = asyncio.run(run_engine(pg_db, a.transfers, a.concurrency, a.records))
+            out["postgres"] = asyncio.run(
+                run_engine(pg_db, a.transfers, a.concurrency, a.records, a.reads)
+            )
         finally:
             cluster.stop()
     out["ratio_postgres_over_sqlite"] = {
@@ -156,6 +194,11 @@ def main() -> None:
         f = out[engine]
         print(f"{engine:9s} {f['transfers_per_s']:8.1f} transfers/s"
               f" {f['feed_appends_per_s']:8.1f} feed appends/s")  # fmt: skip
+        if a.reads:
+            print(f"{'':9s} reads: get {f['get_records_per_s']:8.0f} records/s"
+                  f" ({f['get_cpu_us_per_record']:.0f} CPU-us each),"
+                  f" get_many {f['get_many_records_per_s']:8.0f} records/s"
+                  f" ({f['get_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
     r = out["ratio_postgres_over_sqlite"]
     print(f"ratio pg/sqlite: transfers {r['transfers_per_s']:.2f}x,"
           f" feed appends {r['feed_appends_per_s']:.2f}x")  # fmt: skip
