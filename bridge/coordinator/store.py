@@ -221,50 +221,55 @@ def _append_update(
     )
 
 
-_COLS = "transfer_id, request, terms, state, reason, created_at, updated_at, transactions, origin"
+# A transfer's record is one row: its decision kind, parked reason and flow wait come from
+# tables keyed by transfer_id (at most one row each), joined in the same statement.
+_COLS = (
+    "t.transfer_id, t.request, t.terms, t.state, t.reason, t.created_at, t.updated_at,"
+    " t.transactions, t.origin, d.kind, p.reason, w.reason, w.not_before"
+)
+_FROM = (
+    "transfers t"
+    " LEFT JOIN decisions d ON d.transfer_id = t.transfer_id"
+    " LEFT JOIN parked_transfers p ON p.transfer_id = t.transfer_id"
+    " LEFT JOIN flow_waits w ON w.transfer_id = t.transfer_id"
+)
 _TERMINAL = tuple(int(s) for s in TransferState if s.terminal)
 
 
-def _record(db: Conn, row: tuple[Any, ...] | None) -> TransferRecord | None:
+def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
+    """The record of one ``SELECT {_COLS} FROM {_FROM}`` row; None for no row."""
     if row is None:
         return None
-    (tid, request, terms, state, reason, created, updated, txs, origin) = row
-    tid = bytes(tid)
-    decision_row = db.execute("SELECT kind FROM decisions WHERE transfer_id = ?", (tid,)).fetchone()
-    parked_row = db.execute(
-        "SELECT reason FROM parked_transfers WHERE transfer_id = ?", (tid,)
-    ).fetchone()
-    wait_row = db.execute(
-        "SELECT reason, not_before FROM flow_waits WHERE transfer_id = ?", (tid,)
-    ).fetchone()
+    (tid, request, terms, state, reason, created, updated, txs, origin) = row[:9]
+    (decision, parked, wait, not_before) = row[9:]
     return TransferRecord(
-        transfer_id=tid,
+        transfer_id=bytes(tid),
         request=TransferRequest(**json.loads(str(request))),
         terms=_terms_from_json(str(terms)),
         state=TransferState(int(state)),
         reason=str(reason),
         created_at=float(created),
         updated_at=float(updated),
-        decision=ClaimKind(int(decision_row[0])) if decision_row else None,
+        decision=ClaimKind(int(decision)) if decision is not None else None,
         transactions=json.loads(str(txs)),
         origin=TransferOrigin(str(origin)),
         instruction=_instruction_from_json(str(terms)),
-        parked_reason=int(parked_row[0]) if parked_row else 0,
-        wait_reason=WaitReason(int(wait_row[0])) if wait_row else WaitReason.NONE,
-        not_before=float(wait_row[1]) if wait_row else 0.0,
+        parked_reason=int(parked) if parked is not None else 0,
+        wait_reason=WaitReason(int(wait)) if wait is not None else WaitReason.NONE,
+        not_before=float(not_before) if not_before is not None else 0.0,
     )
 
 
-def _records(db: Conn, rows: list[Any]) -> list[TransferRecord]:
-    return [r for r in (_record(db, tuple(row)) for row in rows) if r is not None]
+def _records(rows: list[Any]) -> list[TransferRecord]:
+    return [r for r in (_record(tuple(row)) for row in rows) if r is not None]
 
 
 def _get(db: Conn, transfer_id: bytes) -> TransferRecord | None:
     row = db.execute(
-        f"SELECT {_COLS} FROM transfers WHERE transfer_id = ?",  # noqa: S608
+        f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id = ?",  # noqa: S608
         (transfer_id,),
     ).fetchone()
-    return _record(db, row)
+    return _record(row)
 
 
 def _decision(db: Conn, transfer_id: bytes) -> Decision | None:
@@ -356,11 +361,11 @@ class SqlTransferStore:
                     (record.transfer_id, int(record.state), "accepted", record.created_at),
                 )
             row = db.execute(
-                f"SELECT {_COLS} FROM transfers"  # noqa: S608
-                " WHERE source_ledger = ? AND idempotency_key = ?",
+                f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
+                " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
                 (r.source_ledger, r.idempotency_key),
             ).fetchone()
-            return _record(db, row), created
+            return _record(row), created
 
         stored, created = await self._db.write(run)
         if stored is None:
@@ -383,10 +388,10 @@ class SqlTransferStore:
         for start in range(0, len(transfer_ids), 500):
             page = list(dict.fromkeys(transfer_ids[start : start + 500]))
             marks = ",".join("?" for _ in page)
-            sql = f"SELECT {_COLS} FROM transfers WHERE transfer_id IN ({marks})"  # noqa: S608
+            sql = f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id IN ({marks})"  # noqa: S608
 
             def run(db: Conn, sql: str = sql, page: list[bytes] = page) -> list[TransferRecord]:
-                return _records(db, db.execute(sql, page).fetchall())
+                return _records(db.execute(sql, page).fetchall())
 
             out.update((r.transfer_id, r) for r in await self._db.read(run))
         return out
@@ -396,11 +401,11 @@ class SqlTransferStore:
 
         def run(db: Conn) -> TransferRecord | None:
             row = db.execute(
-                f"SELECT {_COLS} FROM transfers"  # noqa: S608
-                " WHERE source_ledger = ? AND idempotency_key = ?",
+                f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
+                " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
                 (source_ledger, idempotency_key),
             ).fetchone()
-            return _record(db, row)
+            return _record(row)
 
         return await self._db.read(run)
 
@@ -415,25 +420,25 @@ class SqlTransferStore:
         """See TransferStore.list."""
 
         def run(db: Conn) -> tuple[list[TransferRecord], int]:
-            sql = f"SELECT seq, {_COLS} FROM transfers WHERE seq > ?"  # noqa: S608
+            sql = f"SELECT t.seq, {_COLS} FROM {_FROM} WHERE t.seq > ?"  # noqa: S608
             args: list[object] = [after]
             if ledger is not None:
                 # SECURITY: a brokerage's listing is scoped in the query itself.
                 sql += (
-                    f" AND ({db.json_text('request', 'source_ledger')} = ?"
-                    f" OR {db.json_text('request', 'target_ledger')} = ?)"
+                    f" AND ({db.json_text('t.request', 'source_ledger')} = ?"
+                    f" OR {db.json_text('t.request', 'target_ledger')} = ?)"
                 )
                 args += [ledger, ledger]
             if state is not None:
-                sql += " AND state = ?"
+                sql += " AND t.state = ?"
                 args.append(int(state))
             if security:
-                sql += " AND security = ?"
+                sql += " AND t.security = ?"
                 args.append(security)
-            sql += " ORDER BY seq LIMIT ?"
+            sql += " ORDER BY t.seq LIMIT ?"
             args.append(limit + 1)
             rows = db.execute(sql, args).fetchall()
-            records = _records(db, [row[1:] for row in rows[:limit]])
+            records = _records([row[1:] for row in rows[:limit]])
             cursor = int(rows[limit - 1][0]) if len(rows) > limit else 0
             return records, cursor
 
@@ -444,10 +449,10 @@ class SqlTransferStore:
 
         def run(db: Conn) -> list[TransferRecord]:
             rows = db.execute(
-                f"SELECT {_COLS} FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",  # noqa: S608
+                f"SELECT {_COLS} FROM {_FROM} WHERE t.state NOT IN (?,?,?) ORDER BY t.seq",  # noqa: S608
                 _TERMINAL,
             ).fetchall()
-            return _records(db, rows)
+            return _records(rows)
 
         return await self._db.read(run)
 
@@ -646,11 +651,11 @@ class SqlTransferStore:
 
         def run(db: Conn) -> list[TransferRecord]:
             rows = db.execute(
-                f"SELECT {_COLS} FROM transfers WHERE state NOT IN (?,?,?)"  # noqa: S608
-                " AND created_at < ? ORDER BY seq LIMIT ?",
+                f"SELECT {_COLS} FROM {_FROM} WHERE t.state NOT IN (?,?,?)"  # noqa: S608
+                " AND t.created_at < ? ORDER BY t.seq LIMIT ?",
                 [*_TERMINAL, created_before, limit],
             ).fetchall()
-            return _records(db, rows)
+            return _records(rows)
 
         return await self._db.read(run)
 
@@ -659,11 +664,11 @@ class SqlTransferStore:
 
         def run(db: Conn) -> list[TransferRecord]:
             rows = db.execute(
-                f"SELECT {_COLS} FROM transfers WHERE state = ? AND updated_at > ?"  # noqa: S608
-                " ORDER BY seq",
+                f"SELECT {_COLS} FROM {_FROM} WHERE t.state = ? AND t.updated_at > ?"  # noqa: S608
+                " ORDER BY t.seq",
                 (int(TransferState.FAILED), updated_after),
             ).fetchall()
-            return _records(db, rows)
+            return _records(rows)
 
         return await self._db.read(run)
 
