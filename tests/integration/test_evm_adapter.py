@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -237,15 +239,15 @@ async def test_a_receipt_dropped_by_a_reorg_shallower_than_the_depth_is_not_fina
     reader = EvmAdapter(env.a.config())
     t = env.terms(env.a.holder(1), env.b.holder(), 1)
     seen = asyncio.Event()
-    receipt_height = deep._receipt_height
+    receipt_of = deep._receipt
 
-    async def watched(tx_hash: bytes) -> int | None:
-        height = await receipt_height(tx_hash)
-        if height is not None:
+    async def watched(tx_hash: bytes) -> Mapping[str, Any] | None:
+        receipt = await receipt_of(tx_hash)
+        if receipt is not None:
             seen.set()
-        return height
+        return receipt
 
-    deep._receipt_height = watched  # type: ignore[method-assign]
+    deep._receipt = watched  # type: ignore[method-assign]
     snapshot = env.node.rpc("evm_snapshot", [])
     submit = asyncio.create_task(deep.submit(Action.LOCK, t, None, instruct(t)))
     await asyncio.wait_for(seen.wait(), 30)

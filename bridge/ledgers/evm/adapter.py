@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -19,6 +19,7 @@ from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
+from web3._utils.rpc_abi import RPC
 from web3.exceptions import (
     BadFunctionCallOutput,
     ContractCustomError,
@@ -967,17 +968,15 @@ class EvmAdapter(StepTemplate):
             while len(self._sent_batches) > _MAX_TRACKED:
                 self._sent_batches.popitem(last=False)
         try:
-            height = await self._await_final(tx_hash, self._confirm_s)
+            receipt = await self._final_receipt(tx_hash, self._confirm_s)
         except TransactionReverted:
             self._sent_batches.pop(key, None)
             raise await self._reverted_batch(action, items, certificate) from None
         self._sent_batches.pop(key, None)
-        receipt = await self._rpc(
-            "receipt",
-            lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
-        )
+        height = _receipt_block(receipt)
         try:
-            results = batch_results(self._bridge, receipt["logs"], items, legs)
+            # The receipt read at the final block: its logs are the batch's results.
+            results = batch_results(self._bridge, receipt.get("logs") or [], items, legs)
         except ValueError as exc:  # a node answering another receipt: ask again
             raise Unavailable(
                 f"ledger {self.ledger}: batch receipt 0x{tx_hash.hex()}: {exc}"
@@ -1218,7 +1217,13 @@ class EvmAdapter(StepTemplate):
         return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, str(exc), ledger=str(self.ledger))
 
     async def _await_final(self, tx_hash: bytes, limit_s: float = 120.0) -> int:
-        """Wait for the receipt, then for its block to be final; return the block height.
+        """Wait for the receipt, then for its block to be final; return the block height
+        (:meth:`_final_receipt`)."""
+        return _receipt_block(await self._final_receipt(tx_hash, limit_s))
+
+    async def _final_receipt(self, tx_hash: bytes, limit_s: float = 120.0) -> Mapping[str, Any]:
+        """Wait for the receipt, then for its block to be final; return that receipt, as the
+        node sent it (:meth:`_receipt`).
 
         One shared head poll serves every waiter (:class:`HeadWatch`); the receipt is asked
         for once per new block until it exists, then nothing more is sent until the head is
@@ -1227,49 +1232,60 @@ class EvmAdapter(StepTemplate):
         once more when the depth has passed, and only a receipt then at a final block
         counts: a reorg shallower than the depth may have moved or dropped the transaction
         since its receipt was first seen (a dropped one times out Unavailable, and the
-        retry sends it again)."""
+        retry sends it again). TransactionReverted when the receipt shows a revert."""
         give_up = asyncio.get_running_loop().time() + limit_s
         depth = self._cfg.finality_depth
-        height: int | None = None
+        receipt: Mapping[str, Any] | None = None
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
         self.start_head_subscription()
         try:
             while True:
                 head = await self._heads.wait_above(head, give_up)
-                if height is None:
-                    height = await self._receipt_height(tx_hash)
-                if height is None or max(0, head - depth) < height:
+                if receipt is None:
+                    receipt = await self._receipt(tx_hash)
+                if receipt is None or max(0, head - depth) < _receipt_block(receipt):
                     continue
                 if depth == 0:
-                    return height
+                    return receipt
                 # SECURITY: the node answers receipts from its canonical chain, so this
                 # read shows where the transaction is now; the first one may predate a
                 # reorg within the depth.
-                height = await self._receipt_height(tx_hash)
-                if height is not None and max(0, head - depth) >= height:
-                    return height
+                receipt = await self._receipt(tx_hash)
+                if receipt is not None and max(0, head - depth) >= _receipt_block(receipt):
+                    return receipt
         except TimeoutError:
             pass
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
 
-    async def _receipt_height(self, tx_hash: bytes) -> int | None:
-        """The block of ``tx_hash``'s receipt; None while it has none; Unavailable when it
-        reverted (re-reading the leg decides what happens next)."""
-        try:
-            receipt = await self._rpc(
-                "receipt",
-                lambda: self._w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
-            )
-        except TransactionNotFound:
-            return None
+    async def _receipt(self, tx_hash: bytes) -> Mapping[str, Any] | None:
+        """``tx_hash``'s receipt as the node sent it (quantities in hex, logs' topics and
+        data as ``0x`` hex); None while it has none. Unavailable for an answer without a
+        block number or status; TransactionReverted when it reverted (re-reading the leg
+        decides what happens next).
+
+        Sent without web3's result formatters: for a batch's receipt they checksummed every
+        log's address and converted every field, most of a relayer's cost of a receipt
+        (issue 14). Every reader here takes what it needs from the hex fields."""
+        receipt: Any = await self._rpc(
+            "receipt",
+            lambda: self._w3.manager.coro_request(
+                RPC.eth_getTransactionReceipt, ("0x" + tx_hash.hex(),)
+            ),
+        )
         if receipt is None:
             return None
-        if int(receipt["status"]) != 1:
+        try:
+            block, status = _quantity(receipt["blockNumber"]), _quantity(receipt["status"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unavailable(
+                f"ledger {self.ledger}: malformed receipt for tx 0x{tx_hash.hex()}: {exc!r}"[:400]
+            ) from exc
+        if status != 1:
             # State changed between simulation and inclusion; re-reading the leg decides
             # what happens next, so this is retryable, not a refusal.
             raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
-        return int(receipt["blockNumber"])
+        return {**receipt, "blockNumber": block, "status": status}
 
     # ---- committee rotation
 
@@ -1435,6 +1451,21 @@ class EvmAdapter(StepTemplate):
 # ---- read lens (issue 14 item 4)
 class _NoEndpoint(Exception):
     """No code at the endpoint's address at the block read (mapped to NotFound)."""
+
+
+def _quantity(value: Any) -> int:
+    """A JSON-RPC quantity (``0x`` hex; an int as a node's middleware may give it) as an int;
+    ValueError/TypeError for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+        return int(value, 16)
+    raise ValueError(f"not a quantity: {value!r}"[:200])
+
+
+def _receipt_block(receipt: Mapping[str, Any]) -> int:
+    """The block number of a receipt returned by :meth:`EvmAdapter._receipt`."""
+    return int(receipt["blockNumber"])
 
 
 def _raised(result: T | Exception) -> T:
