@@ -421,9 +421,31 @@ class EvmAdapter(StepTemplate):
         return out
 
     async def _get_logs(self, lo: int, hi: int, topics: Any) -> list[Any]:
-        params: Any = {"address": self._bridge_address, "fromBlock": lo, "toBlock": hi}
-        params["topics"] = topics
-        return list(await self._rpc("eth_getLogs", lambda: self._w3.eth.get_logs(params)))
+        """``eth_getLogs`` of the endpoint for blocks ``lo..hi``: each log with its block
+        number and index as ints, its topics and hashes as bytes (:func:`_log_fields`).
+
+        Sent without web3's request and result formatters (issue 14: they checksummed every
+        log's address and mapped every field, about a twentieth of a relayer's CPU under
+        load). LedgerRejected(MALFORMED_ANSWER) for an answer that is not a list of logs."""
+        params = {
+            "address": self._bridge_address,
+            "fromBlock": hex(lo),
+            "toBlock": hex(hi),
+            "topics": topics,
+        }
+        answer: Any = await self._rpc(
+            "eth_getLogs", lambda: self._w3.manager.coro_request(RPC.eth_getLogs, (params,))
+        )
+        try:
+            if not isinstance(answer, list):
+                raise TypeError(f"a {type(answer).__name__}, not a list")
+            return [_log_fields(log) for log in answer]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LedgerRejected(
+                ErrorReason.MALFORMED_ANSWER,
+                f"eth_getLogs {lo}..{hi}: malformed answer: {exc!r}"[:400],
+                ledger=str(self.ledger),
+            ) from exc
 
     async def get_leg(self, transfer_id: bytes, leg: Leg, height: int | None = None) -> LegStatus:
         """A leg's state at ``height`` (default: finalized).
@@ -1461,6 +1483,36 @@ def _quantity(value: Any) -> int:
     if isinstance(value, str) and value[:2] in ("0x", "0X"):
         return int(value, 16)
     raise ValueError(f"not a quantity: {value!r}"[:200])
+
+
+def _data(value: Any) -> bytes:
+    """``0x`` hex (or bytes, as middleware may give it) as bytes; ValueError/TypeError for
+    anything else."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+        return bytes.fromhex(value[2:])
+    raise ValueError(f"not hex data: {value!r}"[:200])
+
+
+def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
+    """One raw ``eth_getLogs`` entry as :meth:`EvmAdapter.events` reads it: ``blockNumber``
+    and ``logIndex`` ints, ``topics`` a list of 32-byte values, ``blockHash`` and
+    ``transactionHash`` 32 bytes, ``data`` bytes, ``address`` the node's text. KeyError,
+    TypeError or ValueError for a log without these or with a hash or topic of another
+    length."""
+    hashes = {k: _data(log[k]) for k in ("blockHash", "transactionHash")}
+    topics = [_data(t) for t in log["topics"]]
+    if any(len(h) != 32 for h in (*hashes.values(), *topics)):
+        raise ValueError("a log's hash or topic is not 32 bytes")
+    return {
+        "address": str(log["address"]),
+        "blockNumber": _quantity(log["blockNumber"]),
+        "logIndex": _quantity(log["logIndex"]),
+        "topics": topics,
+        "data": _data(log["data"]),
+        **hashes,
+    }
 
 
 def _receipt_block(receipt: Mapping[str, Any]) -> int:

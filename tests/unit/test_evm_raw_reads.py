@@ -1,6 +1,6 @@
-"""The EVM adapter's receipt reads without web3's result formatters (issue 14): what a node's
-answer must hold, and what a missing, reverted or malformed receipt becomes. Pure logic:
-the adapter's provider answers from the test (no node, no network)."""
+"""The EVM adapter's receipt and log reads without web3's result formatters (issue 14): what
+a node's answer must hold, and what a missing, reverted or malformed one becomes. Pure
+logic: the adapter's provider answers from the test (no node, no network)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import pytest
 from web3.types import RPCEndpoint, RPCResponse
 
 from bridge.config import LedgerConfig
-from bridge.domain.errors import Unavailable
+from bridge.core.reasons import ErrorReason
+from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.ids import LedgerId
+from bridge.domain.legs import Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter, TransactionReverted
 from bridge.rpc.tls import INSECURE_ENV
+from tests.unit.test_evm_adapter_review_s21 import ENDPOINT, leg_log
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -24,7 +27,7 @@ TX = b"\x42" * 32
 @pytest.fixture
 def adapter(monkeypatch: pytest.MonkeyPatch) -> EvmAdapter:
     monkeypatch.setenv(INSECURE_ENV, "1")  # plain http to a node that is never reached
-    cfg = LedgerConfig(LedgerId("l"), "evm", "http://127.0.0.1:1", "0x" + "11" * 20, 1, 0, 1.0)
+    cfg = LedgerConfig(LedgerId("l"), "evm", "http://127.0.0.1:1", ENDPOINT, 1, 0, 1.0)
     return EvmAdapter(cfg)
 
 
@@ -85,3 +88,60 @@ def test_a_malformed_receipt_is_unavailable_not_an_internal_error(
     answering(adapter, monkeypatch, answer)
     with pytest.raises(Unavailable, match="malformed receipt"):
         asyncio.run(adapter._receipt(TX))
+
+
+def raw(log: dict[str, Any]) -> dict[str, Any]:
+    """A formatted log as a node sends it: quantities and bytes as ``0x`` hex."""
+    return {
+        k: hex(v) if isinstance(v, int) else "0x" + v.hex() if isinstance(v, bytes) else v
+        for k, v in log.items()
+    } | {"topics": ["0x" + bytes(t).hex() for t in log["topics"]]}
+
+
+def test_events_read_raw_logs(adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = raw(leg_log(ENDPOINT, b"\xaa" * 32, 4))
+    sent = answering(adapter, monkeypatch, [log])
+    events = asyncio.run(adapter.events(None, 3))
+    assert sent[0][0] == "eth_getLogs"
+    assert sent[0][1][0]["fromBlock"] == "0x0" and sent[0][1][0]["toBlock"] == "0x3"
+    assert [(e.position.height, e.position.index) for e in events] == [(3, 4)]
+    (event,) = events
+    assert (event.transfer_id, event.leg, event.state) == (
+        b"\xaa" * 32,
+        Leg.OUTBOUND,
+        LegState.LOCKED,
+    )
+    assert event.block_hash == b"\x02" * 32 and event.tx_id == "0x" + "01" * 32
+    assert event.terms_hash == b"\x07" * 32
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"topics": ["0x" + "aa" * 31]},  # a topic of 31 bytes
+        {"blockHash": "0x" + "02" * 33},
+        {"transactionHash": None},
+        {"blockNumber": "3"},  # not a quantity
+        {"logIndex": "0x"},
+        {"data": "not hex"},
+        {"topics": "0x" + "aa" * 32},  # a string, not a list of topics
+    ],
+)
+def test_a_malformed_log_is_the_nodes_error_and_nothing_is_delivered(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    good = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
+    answering(adapter, monkeypatch, [good, raw(leg_log(ENDPOINT, b"\xbb" * 32, 1)) | change])
+    with pytest.raises(LedgerRejected, match="malformed answer") as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+@pytest.mark.parametrize("answer", [None, {"logs": []}, "0x"])
+def test_an_answer_that_is_not_a_list_of_logs_is_malformed(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, answer: Any
+) -> None:
+    answering(adapter, monkeypatch, answer)
+    with pytest.raises(LedgerRejected, match="not a list") as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
