@@ -225,7 +225,8 @@ def _append_update(
 # tables keyed by transfer_id (at most one row each), joined in the same statement.
 _COLS = (
     "t.transfer_id, t.request, t.terms, t.state, t.reason, t.created_at, t.updated_at,"
-    " t.transactions, t.origin, d.kind, p.reason, w.reason, w.not_before"
+    " t.transactions, t.origin, d.kind AS decision_kind, p.reason AS parked_reason,"
+    " w.reason AS wait_reason, w.not_before AS wait_not_before"
 )
 _FROM = (
     "transfers t"

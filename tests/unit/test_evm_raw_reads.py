@@ -31,6 +31,123 @@ def adapter(monkeypatch: pytest.MonkeyPatch) -> EvmAdapter:
     return EvmAdapter(cfg)
 
 
+def receipt_of(tx: bytes, block: Any, status: Any, logs: Any) -> dict[str, Any]:
+    """A receipt as a node sends it."""
+    return {"transactionHash": "0x" + tx.hex(), "blockNumber": block, "status": status,
+            "logs": logs}  # fmt: skip
+
+
+def raw(log: dict[str, Any]) -> dict[str, Any]:
+    """A formatted log as a node sends it: quantities and bytes as ``0x`` hex."""
+    return {
+        k: hex(v) if isinstance(v, int) else "0x" + v.hex() if isinstance(v, bytes) else v
+        for k, v in log.items()
+    } | {"topics": ["0x" + bytes(t).hex() for t in log["topics"]]}
+
+
+def deep_adapter(monkeypatch: pytest.MonkeyPatch, depth: int) -> EvmAdapter:
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    cfg = LedgerConfig(LedgerId("l"), "evm", "http://127.0.0.1:1", ENDPOINT, 1, depth, 1.0)
+    return EvmAdapter(cfg)
+
+
+def scripted(
+    adapter: EvmAdapter,
+    monkeypatch: pytest.MonkeyPatch,
+    heads: list[int],
+    receipts: list[tuple[int, int] | None],
+) -> list[int]:
+    """The adapter sees ``heads`` one by one (then times out) and its receipt reads answer
+    ``receipts`` in order ((block, status) or None); returns the heads at which it read."""
+    seen = iter(heads)
+    answers = iter(receipts)
+    reads_at: list[int] = []
+    current = [-1]
+
+    async def wait_above(height: int, deadline: float) -> int:
+        head = next(seen, None)
+        if head is None:
+            raise TimeoutError
+        assert head > height
+        current[0] = head
+        return head
+
+    async def receipt(tx_hash: bytes) -> dict[str, Any] | None:
+        reads_at.append(current[0])
+        answer = next(answers)
+        if answer is None:
+            return None
+        return {"blockNumber": answer[0], "status": answer[1], "logs": []}
+
+    monkeypatch.setattr(adapter._heads, "wait_above", wait_above)
+    monkeypatch.setattr(adapter, "start_head_subscription", lambda: None)
+    monkeypatch.setattr(adapter, "_receipt", receipt)
+    return reads_at
+
+
+def final_block(adapter: EvmAdapter) -> int:
+    return int(asyncio.run(adapter._final_receipt(TX, 5))["blockNumber"])
+
+
+def test_a_receipt_read_when_already_final_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    reads = scripted(adapter, monkeypatch, [20], [(10, 1)])
+    assert final_block(adapter) == 10
+    assert reads == [20]
+
+
+def test_depth_zero_reads_once_and_never_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = deep_adapter(monkeypatch, 0)
+    reads = scripted(adapter, monkeypatch, [9, 10, 11], [(10, 1)])
+    assert final_block(adapter) == 10
+    assert reads == [9]  # at head 9 the block-10 receipt was not final; at 10 it is
+
+
+def test_a_receipt_moved_by_a_reorg_waits_for_its_new_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    reads = scripted(adapter, monkeypatch, [10, 11, 12, 13], [(10, 1), (11, 1), (11, 1)])
+    assert final_block(adapter) == 11
+    assert reads == [10, 12, 13]  # nothing read at 11; re-read when each block is due
+
+
+def test_a_receipt_dropped_and_mined_again_counts_only_at_its_new_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    reads = scripted(adapter, monkeypatch, [10, 12, 13, 15], [(10, 1), None, (13, 1), (13, 1)])
+    assert final_block(adapter) == 13
+    assert reads == [10, 12, 13, 15]
+
+
+def test_a_revert_on_a_dropped_branch_is_not_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reverted in block 10, which a shallow reorg replaced; mined again, successfully.
+    adapter = deep_adapter(monkeypatch, 2)
+    reads = scripted(adapter, monkeypatch, [10, 12, 14], [(10, 0), (12, 1), (12, 1)])
+    assert final_block(adapter) == 12
+    assert reads == [10, 12, 14]
+
+
+def test_a_revert_at_a_final_block_is_transaction_reverted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    scripted(adapter, monkeypatch, [10, 12], [(10, 0), (10, 0)])
+    with pytest.raises(TransactionReverted, match="reverted"):
+        asyncio.run(adapter._final_receipt(TX, 5))
+
+
+def test_a_receipt_that_never_becomes_final_times_out_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    reads = scripted(adapter, monkeypatch, [10, 12, 13], [(10, 1), None, None])
+    with pytest.raises(Unavailable, match="not final"):
+        asyncio.run(adapter._final_receipt(TX, 5))
+    assert reads == [10, 12, 13]
+
+
 def answering(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, result: Any
 ) -> list[tuple[str, Any]]:
@@ -48,37 +165,46 @@ def answering(
 def test_a_receipt_is_read_raw_with_its_quantities_as_ints(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = {"address": "0x" + "11" * 20, "topics": ["0x" + "aa" * 32], "data": "0x"}
-    sent = answering(adapter, monkeypatch, {"blockNumber": "0x1f", "status": "0x1", "logs": [log]})
+    log = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
+    sent = answering(adapter, monkeypatch, receipt_of(TX, "0x1f", "0x1", [log]))
     receipt = asyncio.run(adapter._receipt(TX))
     assert sent == [("eth_getTransactionReceipt", ("0x" + TX.hex(),))]
     assert receipt is not None
     assert (receipt["blockNumber"], receipt["status"]) == (31, 1)
-    assert receipt["logs"][0]["topics"] == log["topics"]  # left as the node sent them
+    assert receipt["logs"][0]["topics"][1] == b"\xaa" * 32
 
 
-def test_no_receipt_yet_is_none(adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
-    answering(adapter, monkeypatch, None)
+@pytest.mark.parametrize("answer", [None, {"blockNumber": None, "status": None}])
+def test_no_receipt_yet_is_none(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, answer: Any
+) -> None:
+    answering(adapter, monkeypatch, answer)  # none, or a pending one as some nodes answer
     assert asyncio.run(adapter._receipt(TX)) is None
 
 
-def test_a_reverted_receipt_is_transaction_reverted(
+def test_a_reverted_receipt_carries_its_status(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answering(adapter, monkeypatch, {"blockNumber": "0x2", "status": "0x0", "logs": []})
-    with pytest.raises(TransactionReverted, match="reverted"):
-        asyncio.run(adapter._receipt(TX))
+    answering(adapter, monkeypatch, receipt_of(TX, "0x2", "0x0", []))
+    receipt = asyncio.run(adapter._receipt(TX))
+    assert receipt is not None and receipt["status"] == 0
 
 
 @pytest.mark.parametrize(
     "answer",
     [
-        {"status": "0x1", "logs": []},  # no block number
-        {"blockNumber": "0x2", "logs": []},  # no status
-        {"blockNumber": "12", "status": "0x1"},  # a decimal string is not a quantity
-        {"blockNumber": "0xzz", "status": "0x1"},
-        {"blockNumber": None, "status": "0x1"},
-        {"blockNumber": True, "status": "0x1"},
+        {"blockNumber": "0x2", "transactionHash": "0x" + TX.hex(), "logs": []},  # no status
+        receipt_of(TX, "12", "0x1", []),  # a decimal string is not a quantity
+        receipt_of(TX, "0xzz", "0x1", []),
+        receipt_of(TX, "0x-1", "0x1", []),  # int() would take the sign
+        receipt_of(TX, "0x1_0", "0x1", []),  # ... and an underscore
+        receipt_of(TX, -1, "0x1", []),
+        receipt_of(TX, True, "0x1", []),
+        receipt_of(b"\x43" * 32, "0x2", "0x1", []),  # another transaction's receipt
+        {"blockNumber": "0x2", "status": "0x1", "logs": []},  # no transaction hash
+        receipt_of(TX, "0x2", "0x1", "0x"),  # logs not a list
+        receipt_of(TX, "0x2", "0x1", [{"address": ENDPOINT}]),  # a log without topics
+        receipt_of(TX, "0x2", "0x1", [None]),
         ["not", "an", "object"],
     ],
 )
@@ -88,14 +214,6 @@ def test_a_malformed_receipt_is_unavailable_not_an_internal_error(
     answering(adapter, monkeypatch, answer)
     with pytest.raises(Unavailable, match="malformed receipt"):
         asyncio.run(adapter._receipt(TX))
-
-
-def raw(log: dict[str, Any]) -> dict[str, Any]:
-    """A formatted log as a node sends it: quantities and bytes as ``0x`` hex."""
-    return {
-        k: hex(v) if isinstance(v, int) else "0x" + v.hex() if isinstance(v, bytes) else v
-        for k, v in log.items()
-    } | {"topics": ["0x" + bytes(t).hex() for t in log["topics"]]}
 
 
 def test_events_read_raw_logs(adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,6 @@ from eth_typing import ChecksumAddress, HexStr
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3._utils.rpc_abi import RPC
 from web3.exceptions import (
     BadFunctionCallOutput,
     ContractCustomError,
@@ -28,6 +27,7 @@ from web3.exceptions import (
     Web3Exception,
     Web3RPCError,
 )
+from web3.types import RPCEndpoint
 
 from bridge.aio import retrieve, stop_task
 from bridge.config import LedgerConfig
@@ -434,7 +434,8 @@ class EvmAdapter(StepTemplate):
             "topics": topics,
         }
         answer: Any = await self._rpc(
-            "eth_getLogs", lambda: self._w3.manager.coro_request(RPC.eth_getLogs, (params,))
+            "eth_getLogs",
+            lambda: self._w3.manager.coro_request(RPCEndpoint("eth_getLogs"), (params,)),
         )
         try:
             if not isinstance(answer, list):
@@ -998,7 +999,7 @@ class EvmAdapter(StepTemplate):
         height = _receipt_block(receipt)
         try:
             # The receipt read at the final block: its logs are the batch's results.
-            results = batch_results(self._bridge, receipt.get("logs") or [], items, legs)
+            results = batch_results(self._bridge, receipt["logs"], items, legs)
         except ValueError as exc:  # a node answering another receipt: ask again
             raise Unavailable(
                 f"ledger {self.ledger}: batch receipt 0x{tx_hash.hex()}: {exc}"
@@ -1244,18 +1245,22 @@ class EvmAdapter(StepTemplate):
         return _receipt_block(await self._final_receipt(tx_hash, limit_s))
 
     async def _final_receipt(self, tx_hash: bytes, limit_s: float = 120.0) -> Mapping[str, Any]:
-        """Wait for the receipt, then for its block to be final; return that receipt, as the
-        node sent it (:meth:`_receipt`).
+        """Wait for the receipt, then for its block to be final; return that receipt
+        (:meth:`_receipt`). TransactionReverted when the receipt at a final block shows a
+        revert; Unavailable after ``limit_s`` (every read included).
 
         One shared head poll serves every waiter (:class:`HeadWatch`); the receipt is asked
         for once per new block until it exists, then nothing more is sent until the head is
         ``finality_depth`` past it. The head is one the node reported, so finality is never
-        declared earlier than a fresh read would. With a depth above 0 the receipt is read
-        once more when the depth has passed, and only a receipt then at a final block
-        counts: a reorg shallower than the depth may have moved or dropped the transaction
-        since its receipt was first seen (a dropped one times out Unavailable, and the
-        retry sends it again). TransactionReverted when the receipt shows a revert."""
-        give_up = asyncio.get_running_loop().time() + limit_s
+        declared earlier than a fresh read would. A receipt counts only when read while its
+        block was final: with a depth above 0, one first seen earlier is read again once
+        the depth has passed, since a reorg shallower than the depth may have moved it,
+        dropped it or changed its outcome meanwhile. A moved one waits for its new block's
+        depth; a dropped one is waited for again (a node usually puts it back in its pool
+        and mines it again; otherwise the wait times out Unavailable and the retry sends
+        it, unless it is still pending)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
         depth = self._cfg.finality_depth
         receipt: Mapping[str, Any] | None = None
         # The head seen before the send: the receipt is first asked for in a later block.
@@ -1264,50 +1269,60 @@ class EvmAdapter(StepTemplate):
         try:
             while True:
                 head = await self._heads.wait_above(head, give_up)
-                if receipt is None:
-                    receipt = await self._receipt(tx_hash)
-                if receipt is None or max(0, head - depth) < _receipt_block(receipt):
+                final = max(0, head - depth)
+                # SECURITY: a receipt read before its block was final is read again once
+                # it should be (the node answers receipts from its canonical chain, so a
+                # new read shows where the transaction is now); one read after this head
+                # was seen, and already final at it, counts as it is.
+                if receipt is None or (depth > 0 and final >= _receipt_block(receipt)):
+                    receipt = await asyncio.wait_for(
+                        self._receipt(tx_hash), max(0.0, give_up - loop.time())
+                    )
+                if receipt is None or final < _receipt_block(receipt):
                     continue
-                if depth == 0:
-                    return receipt
-                # SECURITY: the node answers receipts from its canonical chain, so this
-                # read shows where the transaction is now; the first one may predate a
-                # reorg within the depth.
-                receipt = await self._receipt(tx_hash)
-                if receipt is not None and max(0, head - depth) >= _receipt_block(receipt):
-                    return receipt
+                if receipt["status"] != 1:
+                    # State changed between simulation and inclusion; re-reading the leg
+                    # decides what happens next, so this is retryable, not a refusal.
+                    raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+                return receipt
         except TimeoutError:
             pass
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
 
     async def _receipt(self, tx_hash: bytes) -> Mapping[str, Any] | None:
-        """``tx_hash``'s receipt as the node sent it (quantities in hex, logs' topics and
-        data as ``0x`` hex); None while it has none. Unavailable for an answer without a
-        block number or status; TransactionReverted when it reverted (re-reading the leg
-        decides what happens next).
+        """``tx_hash``'s receipt: ``blockNumber`` and ``status`` as ints, ``logs`` as
+        :func:`_log_fields` gives them; None while it has none (no receipt, or one without
+        a block yet). Unavailable for any other answer: not this transaction's receipt, a
+        block number or status that is not a quantity, logs that are not a list of logs.
 
         Sent without web3's result formatters: for a batch's receipt they checksummed every
         log's address and converted every field, most of a relayer's cost of a receipt
-        (issue 14). Every reader here takes what it needs from the hex fields."""
+        (issue 14)."""
         receipt: Any = await self._rpc(
             "receipt",
             lambda: self._w3.manager.coro_request(
-                RPC.eth_getTransactionReceipt, ("0x" + tx_hash.hex(),)
+                RPCEndpoint("eth_getTransactionReceipt"), ("0x" + tx_hash.hex(),)
             ),
         )
         if receipt is None:
             return None
         try:
-            block, status = _quantity(receipt["blockNumber"]), _quantity(receipt["status"])
+            if receipt["blockNumber"] is None:
+                return None  # pending, as some nodes answer
+            if _data(receipt["transactionHash"]) != tx_hash:
+                raise ValueError(f"the receipt of {receipt['transactionHash']!r}"[:200])
+            logs = receipt["logs"]
+            if not isinstance(logs, list):
+                raise TypeError(f"logs are a {type(logs).__name__}, not a list")
+            return {
+                "blockNumber": _quantity(receipt["blockNumber"]),
+                "status": _quantity(receipt["status"]),
+                "logs": [_log_fields(log) for log in logs],
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise Unavailable(
                 f"ledger {self.ledger}: malformed receipt for tx 0x{tx_hash.hex()}: {exc!r}"[:400]
             ) from exc
-        if status != 1:
-            # State changed between simulation and inclusion; re-reading the leg decides
-            # what happens next, so this is retryable, not a refusal.
-            raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
-        return {**receipt, "blockNumber": block, "status": status}
 
     # ---- committee rotation
 
@@ -1475,13 +1490,21 @@ class _NoEndpoint(Exception):
     """No code at the endpoint's address at the block read (mapped to NotFound)."""
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_hex(digits: str, empty: bool = False) -> bool:
+    """Only hex digits (no sign, space or underscore, which ``int``/``fromhex`` accept)."""
+    return (empty or bool(digits)) and _HEX_DIGITS.issuperset(digits)
+
+
 def _quantity(value: Any) -> int:
-    """A JSON-RPC quantity (``0x`` hex; an int as a node's middleware may give it) as an int;
-    ValueError/TypeError for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """A JSON-RPC quantity (``0x`` hex, or a non-negative int) as an int; ValueError for
+    anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value[:2] in ("0x", "0X"):
-        return int(value, 16)
+    if isinstance(value, str) and value[:2] in ("0x", "0X") and _is_hex(value[2:]):
+        return int(value[2:], 16)
     raise ValueError(f"not a quantity: {value!r}"[:200])
 
 
@@ -1490,7 +1513,7 @@ def _data(value: Any) -> bytes:
     anything else."""
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+    if isinstance(value, str) and value[:2] in ("0x", "0X") and _is_hex(value[2:], empty=True):
         return bytes.fromhex(value[2:])
     raise ValueError(f"not hex data: {value!r}"[:200])
 
