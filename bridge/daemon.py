@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge.collector import tune_collector
 from bridge.config_errors import ConfigError
 from bridge.ledgers.startup import LedgerMismatch
 from bridge.logfields import configure
@@ -54,6 +55,7 @@ def run_daemon(
     args = parser.parse_args(argv)
     route_native_stderr(component)  # ---- gRPC C-core's own lines as JSON too (before configure)
     configure(component)  # every line, even before ``run`` binds its fields, is one format
+    tune_collector()  # ---- issue 14: the collector's share of a busy daemon's CPU
     try:
         asyncio.run(run(args.config))
     except ConfigError as exc:

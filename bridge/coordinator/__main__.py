@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge.collector import tune_collector
 from bridge.config import HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
 from bridge.coordinator.batch_retention import prune_batches
@@ -426,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     route_native_stderr("coordinator")  # gRPC C-core's own lines as JSON (before configure)
     configure("coordinator")  # every line, even a configuration error, is one format
+    tune_collector()  # ---- issue 14: the collector's share of a busy daemon's CPU
     try:
         asyncio.run(run(args.config))
     except ConfigError as exc:
