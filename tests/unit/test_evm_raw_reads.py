@@ -45,6 +45,10 @@ def raw(log: dict[str, Any]) -> dict[str, Any]:
     } | {"topics": ["0x" + bytes(t).hex() for t in log["topics"]]}
 
 
+LOG = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
+"""A well-formed endpoint log as a node sends it."""
+
+
 def deep_adapter(monkeypatch: pytest.MonkeyPatch, depth: int) -> EvmAdapter:
     monkeypatch.setenv(INSECURE_ENV, "1")
     cfg = LedgerConfig(LedgerId("l"), "evm", "http://127.0.0.1:1", ENDPOINT, 1, depth, 1.0)
@@ -203,7 +207,8 @@ def test_a_reverted_receipt_carries_its_status(
         receipt_of(b"\x43" * 32, "0x2", "0x1", []),  # another transaction's receipt
         {"blockNumber": "0x2", "status": "0x1", "logs": []},  # no transaction hash
         receipt_of(TX, "0x2", "0x1", "0x"),  # logs not a list
-        receipt_of(TX, "0x2", "0x1", [{"address": ENDPOINT}]),  # a log without topics
+        receipt_of(TX, "0x2", "0x1", [{k: v for k, v in LOG.items() if k != "topics"}]),
+        receipt_of(TX, "0x2", "0x1", [LOG | {"removed": True}]),  # a reorged-away log
         receipt_of(TX, "0x2", "0x1", [None]),
         ["not", "an", "object"],
     ],
@@ -243,6 +248,7 @@ def test_events_read_raw_logs(adapter: EvmAdapter, monkeypatch: pytest.MonkeyPat
         {"logIndex": "0x"},
         {"data": "not hex"},
         {"topics": "0x" + "aa" * 32},  # a string, not a list of topics
+        {"removed": True},  # a log of a block no longer in the chain
     ],
 )
 def test_a_malformed_log_is_the_nodes_error_and_nothing_is_delivered(
@@ -261,5 +267,99 @@ def test_an_answer_that_is_not_a_list_of_logs_is_malformed(
 ) -> None:
     answering(adapter, monkeypatch, answer)
     with pytest.raises(LedgerRejected, match="not a list") as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+def test_a_receipt_read_that_hangs_ends_at_the_waits_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    scripted(adapter, monkeypatch, [10], [])
+    never = asyncio.Event()
+
+    async def hanging(tx_hash: bytes) -> dict[str, Any] | None:
+        await never.wait()
+        return None
+
+    monkeypatch.setattr(adapter, "_receipt", hanging)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(Unavailable, match="not final"):
+            await adapter._final_receipt(TX, 0.3)
+        return loop.time() - start
+
+    assert asyncio.run(run()) < 5  # the 0.3 s limit, not the read's own timeouts
+
+
+def test_cancelling_the_waiter_during_a_receipt_read_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapter = deep_adapter(monkeypatch, 2)
+    scripted(adapter, monkeypatch, [10], [])
+    reading = asyncio.Event()
+
+    async def hanging(tx_hash: bytes) -> dict[str, Any] | None:
+        reading.set()
+        await asyncio.Event().wait()
+        return None
+
+    monkeypatch.setattr(adapter, "_receipt", hanging)
+
+    async def run() -> None:
+        waiter = asyncio.create_task(adapter._final_receipt(TX, 60))
+        await reading.wait()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("method", ["receipt", "logs"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "error": {"code": -32000, "message": "transaction indexing is in progress"},
+        },
+        {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": "limit exceeded"}},
+        ["not", "a", "json-rpc", "answer"],
+    ],
+)
+def test_a_node_error_on_a_raw_read_is_unavailable(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, method: str, answer: Any
+) -> None:
+    async def node(m: RPCEndpoint, params: Any) -> RPCResponse:
+        return answer  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(adapter._provider, "make_request", node)
+    read = adapter._receipt(TX) if method == "receipt" else adapter.events(None, 3)
+    with pytest.raises(Unavailable, match="answered"):
+        asyncio.run(read)
+
+
+def test_two_logs_at_one_position_are_the_nodes_error(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = raw(leg_log(ENDPOINT, b"\xaa" * 32, 4))
+    second = raw(leg_log(ENDPOINT, b"\xbb" * 32, 4))  # another transfer, the same position
+    answering(adapter, monkeypatch, [first, second])
+    with pytest.raises(LedgerRejected, match="two logs") as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+def test_two_hashes_for_one_block_are_the_nodes_error(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = raw(leg_log(ENDPOINT, b"\xaa" * 32, 4))
+    second = raw(leg_log(ENDPOINT, b"\xbb" * 32, 5)) | {"blockHash": "0x" + "03" * 32}
+    answering(adapter, monkeypatch, [first, second])
+    with pytest.raises(LedgerRejected, match="two hashes") as err:
         asyncio.run(adapter.events(None, 3))
     assert err.value.reason is ErrorReason.MALFORMED_ANSWER

@@ -371,6 +371,8 @@ class EvmAdapter(StepTemplate):
         while lo <= up_to_height:
             hi = min(up_to_height, lo + _LOG_CHUNK - 1)
             logs = await self._get_logs(lo, hi, topics)
+            seen: set[EventPosition] = set()
+            blocks: dict[int, bytes] = {}
             for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
                 if str(log["address"]).lower() != self._bridge_address.lower():
                     continue  # only the endpoint's own logs (a node ignoring the filter)
@@ -384,6 +386,17 @@ class EvmAdapter(StepTemplate):
                         ledger=str(self.ledger),
                     )
                 pos = EventPosition(int(log["blockNumber"]), int(log["logIndex"]))
+                # SECURITY: one log per position, one hash per block: a node answering
+                # otherwise would have a position's event decided by the order it sent.
+                block_hash = bytes(log["blockHash"])
+                if pos in seen or blocks.setdefault(pos.height, block_hash) != block_hash:
+                    raise LedgerRejected(
+                        ErrorReason.MALFORMED_ANSWER,
+                        f"eth_getLogs {lo}..{hi} answered two logs at {pos} or two hashes"
+                        f" for block {pos.height}",
+                        ledger=str(self.ledger),
+                    )
+                seen.add(pos)
                 topic0 = bytes(log["topics"][0])
                 try:
                     if topic0 == locked_topic:
@@ -407,7 +420,7 @@ class EvmAdapter(StepTemplate):
                     LedgerEvent(
                         ledger=self.ledger.name,
                         position=pos,
-                        block_hash=bytes(log["blockHash"]),
+                        block_hash=block_hash,
                         tx_id="0x" + bytes(log["transactionHash"]).hex(),
                         transfer_id=tid,
                         leg=leg,
@@ -433,10 +446,7 @@ class EvmAdapter(StepTemplate):
             "toBlock": hex(hi),
             "topics": topics,
         }
-        answer: Any = await self._rpc(
-            "eth_getLogs",
-            lambda: self._w3.manager.coro_request(RPCEndpoint("eth_getLogs"), (params,)),
-        )
+        answer: Any = await self._read_raw("eth_getLogs", (params,))
         try:
             if not isinstance(answer, list):
                 raise TypeError(f"a {type(answer).__name__}, not a list")
@@ -1259,35 +1269,50 @@ class EvmAdapter(StepTemplate):
         depth; a dropped one is waited for again (a node usually puts it back in its pool
         and mines it again; otherwise the wait times out Unavailable and the retry sends
         it, unless it is still pending)."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + limit_s
+        give_up = asyncio.get_running_loop().time() + limit_s
         depth = self._cfg.finality_depth
         receipt: Mapping[str, Any] | None = None
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
         self.start_head_subscription()
         try:
-            while True:
-                head = await self._heads.wait_above(head, give_up)
-                final = max(0, head - depth)
-                # SECURITY: a receipt read before its block was final is read again once
-                # it should be (the node answers receipts from its canonical chain, so a
-                # new read shows where the transaction is now); one read after this head
-                # was seen, and already final at it, counts as it is.
-                if receipt is None or (depth > 0 and final >= _receipt_block(receipt)):
-                    receipt = await asyncio.wait_for(
-                        self._receipt(tx_hash), max(0.0, give_up - loop.time())
-                    )
-                if receipt is None or final < _receipt_block(receipt):
-                    continue
-                if receipt["status"] != 1:
-                    # State changed between simulation and inclusion; re-reading the leg
-                    # decides what happens next, so this is retryable, not a refusal.
-                    raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
-                return receipt
+            # One deadline for the head waits and the receipt reads alike (``timeout_at``,
+            # not ``wait_for``, which on 3.11 can drop a cancellation of its caller).
+            async with asyncio.timeout_at(give_up):
+                while True:
+                    head = await self._heads.wait_above(head, give_up)
+                    final = max(0, head - depth)
+                    # SECURITY: a receipt read before its block was final is read again
+                    # once it should be (the node answers receipts from its canonical
+                    # chain, so a new read shows where the transaction is now); one read
+                    # after this head was seen, and already final at it, counts as it is.
+                    if receipt is None or (depth > 0 and final >= _receipt_block(receipt)):
+                        receipt = await self._receipt(tx_hash)
+                    if receipt is None or final < _receipt_block(receipt):
+                        continue
+                    if receipt["status"] != 1:
+                        # State changed between simulation and inclusion; re-reading the
+                        # leg decides what happens next: retryable, not a refusal.
+                        raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+                    return receipt
         except TimeoutError:
             pass
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
+
+    async def _read_raw(self, method: str, params: tuple[Any, ...]) -> Any:
+        """``method(params)``'s result as the node sent it (web3's request manager, no
+        formatters). A read, so anything the node answers instead of a result is
+        Unavailable, to be asked again: an error object (geth's "transaction indexing is
+        in progress" after a restart, a provider's rate or range limit) or a body that is
+        not a JSON-RPC answer; the transport's faults are Unavailable as for every call."""
+        try:
+            return await self._rpc(
+                method, lambda: self._w3.manager.coro_request(RPCEndpoint(method), params)
+            )
+        except (Web3Exception, AttributeError, TypeError, ValueError) as exc:
+            raise Unavailable(
+                f"ledger {self.ledger}: {method} answered {type(exc).__name__}: {exc}"[:400]
+            ) from exc
 
     async def _receipt(self, tx_hash: bytes) -> Mapping[str, Any] | None:
         """``tx_hash``'s receipt: ``blockNumber`` and ``status`` as ints, ``logs`` as
@@ -1298,12 +1323,7 @@ class EvmAdapter(StepTemplate):
         Sent without web3's result formatters: for a batch's receipt they checksummed every
         log's address and converted every field, most of a relayer's cost of a receipt
         (issue 14)."""
-        receipt: Any = await self._rpc(
-            "receipt",
-            lambda: self._w3.manager.coro_request(
-                RPCEndpoint("eth_getTransactionReceipt"), ("0x" + tx_hash.hex(),)
-            ),
-        )
+        receipt: Any = await self._read_raw("eth_getTransactionReceipt", ("0x" + tx_hash.hex(),))
         if receipt is None:
             return None
         try:
@@ -1523,7 +1543,11 @@ def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
     and ``logIndex`` ints, ``topics`` a list of 32-byte values, ``blockHash`` and
     ``transactionHash`` 32 bytes, ``data`` bytes, ``address`` the node's text. KeyError,
     TypeError or ValueError for a log without these or with a hash or topic of another
-    length."""
+    length, or one the node marks ``removed``."""
+    if not isinstance(log, Mapping):
+        raise TypeError(f"a log is a {type(log).__name__}, not an object")
+    if log.get("removed") is True:  # a log of a block no longer in the chain
+        raise ValueError("a removed log")
     hashes = {k: _data(log[k]) for k in ("blockHash", "transactionHash")}
     topics = [_data(t) for t in log["topics"]]
     if any(len(h) != 32 for h in (*hashes.values(), *topics)):
