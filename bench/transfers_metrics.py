@@ -119,6 +119,17 @@ def _proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """``pid``'s peak resident set (``VmHWM``) in MiB, or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _host_cpu() -> tuple[float, float, float]:
     """(busy, iowait, total) jiffies of the whole host, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -189,10 +200,14 @@ class CpuSampler:
             "peak_pct": max(peaks, default=0.0),
             "idle_pct": idle if idle is not None else float("nan"),
             "cpu_ms_per_commit": used / committed * 1000 if committed else float("nan"),
+            "peak_rss_mb": rss
+            if (rss := _peak_rss_mb(self.pids[name])) is not None
+            else float("nan"),
         }
 
     def table(self, committed: int) -> dict[str, Any]:
-        """Per process: CPU-s, avg/peak/idle % of one core, CPU per committed transfer;
+        """Per process: CPU-s, avg/peak/idle % of one core, CPU per committed transfer,
+        peak resident set (MiB, read now);
         the host's busy share, other processes' CPU, and a CPU-bound capacity estimate."""
         if len(self.samples) < 2:
             return {}

@@ -129,11 +129,13 @@ def _lines_cpu(cpu: dict[str, Any]) -> Iterator[str]:
     yield f"CPU while the load ran ({cpu['window_s']:.1f} s window; 100% = one core):"
     yield (
         f"  {'process':<22} {'cpu-s':>8} {'avg %':>7} {'peak %':>7} {'idle %':>7} {'ms/commit':>10}"
+        f" {'peak MiB':>9}"
     )
     for name, r in cpu["processes"].items():
         yield (
             f"  {name:<22} {r['cpu_s']:8.2f} {r['avg_pct']:7.1f} {r['peak_pct']:7.1f}"
             f" {r['idle_pct']:7.1f} {r['cpu_ms_per_commit']:10.1f}"
+            f" {r.get('peak_rss_mb', float('nan')):9.1f}"
         )
     yield f"  {'other host processes':<22} {cpu['other_processes_cpu_s']:8.2f}"
     yield (
