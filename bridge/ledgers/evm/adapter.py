@@ -1309,7 +1309,7 @@ class EvmAdapter(StepTemplate):
             return await self._rpc(
                 method, lambda: self._w3.manager.coro_request(RPCEndpoint(method), params)
             )
-        except (Web3Exception, AttributeError, TypeError, ValueError) as exc:
+        except (Web3Exception, AttributeError) as exc:  # web3: ``response.get`` of a non-object
             raise Unavailable(
                 f"ledger {self.ledger}: {method} answered {type(exc).__name__}: {exc}"[:400]
             ) from exc
