@@ -169,13 +169,38 @@ def answering(
 def test_a_receipt_is_read_raw_with_its_quantities_as_ints(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
-    sent = answering(adapter, monkeypatch, receipt_of(TX, "0x1f", "0x1", [log]))
+    late, early = (own_log(tid, index) for tid, index in ((b"\xaa" * 32, 7), (b"\xbb" * 32, 2)))
+    sent = answering(adapter, monkeypatch, receipt_of(TX, "0x1f", "0x1", [late, early]))
     receipt = asyncio.run(adapter._receipt(TX))
     assert sent == [("eth_getTransactionReceipt", ("0x" + TX.hex(),))]
     assert receipt is not None
     assert (receipt["blockNumber"], receipt["status"]) == (31, 1)
-    assert receipt["logs"][0]["topics"][1] == b"\xaa" * 32
+    # In log order whatever order the node sent them in: a batch takes each leg's last.
+    assert [lg["topics"][1] for lg in receipt["logs"]] == [b"\xbb" * 32, b"\xaa" * 32]
+
+
+def own_log(tid: bytes, index: int, tx: bytes = TX, block: int = 31) -> dict[str, Any]:
+    """A leg log of transaction ``tx`` in block ``block``, as a node sends it."""
+    return raw(leg_log(ENDPOINT, tid, index)) | {
+        "transactionHash": "0x" + tx.hex(),
+        "blockNumber": hex(block),
+    }
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        own_log(b"\xaa" * 32, 0, tx=b"\x43" * 32),  # another transaction's log
+        own_log(b"\xaa" * 32, 0, block=30),  # a log of another block
+        own_log(b"\xaa" * 32, 0) | {"address": 17},  # an address that is not text
+    ],
+)
+def test_a_receipt_log_not_of_this_transaction_is_malformed(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, log: dict[str, Any]
+) -> None:
+    answering(adapter, monkeypatch, receipt_of(TX, "0x1f", "0x1", [own_log(b"\xbb" * 32, 1), log]))
+    with pytest.raises(Unavailable, match="malformed receipt"):
+        asyncio.run(adapter._receipt(TX))
 
 
 @pytest.mark.parametrize("answer", [None, {"blockNumber": None, "status": None}])

@@ -1331,14 +1331,16 @@ class EvmAdapter(StepTemplate):
                 return None  # pending, as some nodes answer
             if _data(receipt["transactionHash"]) != tx_hash:
                 raise ValueError(f"the receipt of {receipt['transactionHash']!r}"[:200])
-            logs = receipt["logs"]
-            if not isinstance(logs, list):
-                raise TypeError(f"logs are a {type(logs).__name__}, not a list")
-            return {
-                "blockNumber": _quantity(receipt["blockNumber"]),
-                "status": _quantity(receipt["status"]),
-                "logs": [_log_fields(log) for log in logs],
-            }
+            raw_logs = receipt["logs"]
+            if not isinstance(raw_logs, list):
+                raise TypeError(f"logs are a {type(raw_logs).__name__}, not a list")
+            block = _quantity(receipt["blockNumber"])
+            logs = sorted((_log_fields(log) for log in raw_logs), key=lambda lg: lg["logIndex"])
+            # SECURITY: every log is this transaction's, in this block, in log order (a
+            # batch's results take the last event of each leg).
+            if any(lg["transactionHash"] != tx_hash or lg["blockNumber"] != block for lg in logs):
+                raise ValueError("a log of another transaction or block")
+            return {"blockNumber": block, "status": _quantity(receipt["status"]), "logs": logs}
         except (KeyError, TypeError, ValueError) as exc:
             raise Unavailable(
                 f"ledger {self.ledger}: malformed receipt for tx 0x{tx_hash.hex()}: {exc!r}"[:400]
@@ -1541,7 +1543,8 @@ def _data(value: Any) -> bytes:
 def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
     """One raw ``eth_getLogs`` entry as :meth:`EvmAdapter.events` reads it: ``blockNumber``
     and ``logIndex`` ints, ``topics`` a list of 32-byte values, ``blockHash`` and
-    ``transactionHash`` 32 bytes, ``data`` bytes, ``address`` the node's text. KeyError,
+    ``transactionHash`` 32 bytes, ``data`` bytes, ``address`` the node's text (checked
+    against the endpoint's address by the reader). KeyError,
     TypeError or ValueError for a log without these or with a hash or topic of another
     length, or one the node marks ``removed``."""
     if not isinstance(log, Mapping):
@@ -1552,8 +1555,10 @@ def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
     topics = [_data(t) for t in log["topics"]]
     if any(len(h) != 32 for h in (*hashes.values(), *topics)):
         raise ValueError("a log's hash or topic is not 32 bytes")
+    if not isinstance(log["address"], str):
+        raise TypeError(f"an address is a {type(log['address']).__name__}, not text")
     return {
-        "address": str(log["address"]),
+        "address": log["address"],
         "blockNumber": _quantity(log["blockNumber"]),
         "logIndex": _quantity(log["logIndex"]),
         "topics": topics,
