@@ -3,7 +3,7 @@
 Under load a relayer spent about a tenth of its CPU, and the coordinator about 7 %, in
 CPython's cyclic collector (``py-spy record --native`` during ``bench/transfers.py``): the
 youngest generation filled every 700 allocations, and each full collection walked every
-object the daemon holds, its imported modules (web3, gRPC, the ABIs) included.
+object the daemon holds, its imported modules included.
 :func:`tune_collector` is called once, after the imports and before the event loop starts.
 """
 
@@ -19,10 +19,14 @@ garbage (exceptions with tracebacks, closed coroutines) waits longer, a bounded 
 
 def tune_collector() -> None:
     """Collect once, move every object alive now out of the collector's reach for good
-    (``gc.freeze``: what is alive before the event loop starts lives as long as the
-    process), and collect the youngest generation every :data:`GEN0_THRESHOLD` allocations;
-    the older generations keep their ratios. Idempotent in effect; affects this process
-    only."""
+    (``gc.freeze``), and collect the youngest generation every :data:`GEN0_THRESHOLD`
+    allocations; the older generations keep their ratios. Affects this process only.
+
+    Called before the event loop starts, it freezes the modules imported at the top of the
+    entry point (gRPC, protobuf, pydantic, structlog, the bridge's own) and the logging
+    set-up; these live as long as the process. What ``run`` creates later (the parsed
+    configuration, web3 and the ABIs, which the EVM kind imports when it opens a ledger)
+    is not frozen and is still walked by full collections."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
