@@ -34,7 +34,7 @@ def adapter(monkeypatch: pytest.MonkeyPatch) -> EvmAdapter:
 def receipt_of(tx: bytes, block: Any, status: Any, logs: Any) -> dict[str, Any]:
     """A receipt as a node sends it."""
     return {"transactionHash": "0x" + tx.hex(), "blockNumber": block, "status": status,
-            "logs": logs}  # fmt: skip
+            "blockHash": "0x" + "02" * 32, "logs": logs}  # fmt: skip
 
 
 def raw(log: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +45,11 @@ def raw(log: dict[str, Any]) -> dict[str, Any]:
     } | {"topics": ["0x" + bytes(t).hex() for t in log["topics"]]}
 
 
-LOG = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
-"""A well-formed endpoint log as a node sends it."""
+LOG2 = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0)) | {
+    "transactionHash": "0x" + TX.hex(),
+    "blockNumber": "0x2",
+}
+"""A well-formed endpoint log of TX in block 2 as a node sends it."""
 
 
 def deep_adapter(monkeypatch: pytest.MonkeyPatch, depth: int) -> EvmAdapter:
@@ -193,6 +196,7 @@ def own_log(tid: bytes, index: int, tx: bytes = TX, block: int = 31) -> dict[str
         own_log(b"\xaa" * 32, 0, tx=b"\x43" * 32),  # another transaction's log
         own_log(b"\xaa" * 32, 0, block=30),  # a log of another block
         own_log(b"\xaa" * 32, 0) | {"address": 17},  # an address that is not text
+        own_log(b"\xaa" * 32, 0) | {"blockHash": "0x" + "03" * 32},  # another block's hash
     ],
 )
 def test_a_receipt_log_not_of_this_transaction_is_malformed(
@@ -232,8 +236,8 @@ def test_a_reverted_receipt_carries_its_status(
         receipt_of(b"\x43" * 32, "0x2", "0x1", []),  # another transaction's receipt
         {"blockNumber": "0x2", "status": "0x1", "logs": []},  # no transaction hash
         receipt_of(TX, "0x2", "0x1", "0x"),  # logs not a list
-        receipt_of(TX, "0x2", "0x1", [{k: v for k, v in LOG.items() if k != "topics"}]),
-        receipt_of(TX, "0x2", "0x1", [LOG | {"removed": True}]),  # a reorged-away log
+        receipt_of(TX, "0x2", "0x1", [{k: v for k, v in LOG2.items() if k != "topics"}]),
+        receipt_of(TX, "0x2", "0x1", [LOG2 | {"removed": True}]),  # a reorged-away log
         receipt_of(TX, "0x2", "0x1", [None]),
         ["not", "an", "object"],
     ],
@@ -388,3 +392,41 @@ def test_two_hashes_for_one_block_are_the_nodes_error(
     with pytest.raises(LedgerRejected, match="two hashes") as err:
         asyncio.run(adapter.events(None, 3))
     assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+def test_the_malformed_cases_each_fail_on_their_own(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base of the one-field-off receipts above is a good receipt."""
+    answering(adapter, monkeypatch, receipt_of(TX, "0x2", "0x1", [LOG2]))
+    receipt = asyncio.run(adapter._receipt(TX))
+    assert receipt is not None and len(receipt["logs"]) == 1
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>bad gateway</html>", b"\xff\xfe", b'"text"'])
+def test_a_body_that_is_not_a_json_rpc_object_is_unavailable(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    async def post(*args: Any, **kwargs: Any) -> bytes:
+        return body
+
+    sessions = adapter._provider._request_session_manager
+    monkeypatch.setattr(sessions, "async_make_post_request", post)
+    with pytest.raises(Unavailable, match=r"not JSON|not a JSON-RPC object"):
+        asyncio.run(adapter._receipt(TX))
+    with pytest.raises(Unavailable, match=r"not JSON|not a JSON-RPC object"):
+        asyncio.run(adapter.events(None, 3))
+
+
+def test_an_error_of_this_process_is_not_taken_for_the_nodes(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug here (a TypeError, an AttributeError) propagates: retrying it as Unavailable
+    would hide it for ever."""
+
+    async def broken(method: RPCEndpoint, params: Any) -> RPCResponse:
+        raise AttributeError("a bug of ours")
+
+    monkeypatch.setattr(adapter._provider, "make_request", broken)
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        asyncio.run(adapter._receipt(TX))

@@ -8,6 +8,7 @@ checks the leg's state and sends nothing when the step was already applied.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -1300,19 +1301,30 @@ class EvmAdapter(StepTemplate):
         raise Unavailable(f"tx 0x{tx_hash.hex()} not final on {self.ledger} after {limit_s:.0f}s")
 
     async def _read_raw(self, method: str, params: tuple[Any, ...]) -> Any:
-        """``method(params)``'s result as the node sent it (web3's request manager, no
-        formatters). A read, so anything the node answers instead of a result is
-        Unavailable, to be asked again: an error object (geth's "transaction indexing is
-        in progress" after a restart, a provider's rate or range limit) or a body that is
-        not a JSON-RPC answer; the transport's faults are Unavailable as for every call."""
+        """``method(params)``'s ``result`` as the node sent it: straight through the provider
+        (no web3 request manager, no formatters). A read, so anything the node answers
+        instead of a result is Unavailable, to be asked again: an error object (geth's
+        "transaction indexing is in progress" after a restart, a provider's rate or range
+        limit), a body that is not JSON or not a JSON-RPC object. The transport's faults are
+        Unavailable as for every call; an error of this process's own propagates."""
         try:
-            return await self._rpc(
-                method, lambda: self._w3.manager.coro_request(RPCEndpoint(method), params)
+            answer: Any = await self._rpc(
+                method, lambda: self._provider.make_request(RPCEndpoint(method), params)
             )
-        except (Web3Exception, AttributeError) as exc:  # web3: ``response.get`` of a non-object
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the body, decoded
             raise Unavailable(
-                f"ledger {self.ledger}: {method} answered {type(exc).__name__}: {exc}"[:400]
+                f"ledger {self.ledger}: {method} answered a body that is not JSON: {exc}"[:400]
             ) from exc
+        if not isinstance(answer, Mapping):
+            raise Unavailable(
+                f"ledger {self.ledger}: {method} answered a {type(answer).__name__}, not a"
+                " JSON-RPC object"
+            )
+        if answer.get("error") is not None or "result" not in answer:
+            raise Unavailable(
+                f"ledger {self.ledger}: {method} answered no result: {answer.get('error')!r}"[:400]
+            )
+        return answer["result"]
 
     async def _receipt(self, tx_hash: bytes) -> Mapping[str, Any] | None:
         """``tx_hash``'s receipt: ``blockNumber`` and ``status`` as ints, ``logs`` as
@@ -1334,11 +1346,16 @@ class EvmAdapter(StepTemplate):
             raw_logs = receipt["logs"]
             if not isinstance(raw_logs, list):
                 raise TypeError(f"logs are a {type(raw_logs).__name__}, not a list")
-            block = _quantity(receipt["blockNumber"])
+            block, block_hash = _quantity(receipt["blockNumber"]), _data(receipt["blockHash"])
             logs = sorted((_log_fields(log) for log in raw_logs), key=lambda lg: lg["logIndex"])
             # SECURITY: every log is this transaction's, in this block, in log order (a
-            # batch's results take the last event of each leg).
-            if any(lg["transactionHash"] != tx_hash or lg["blockNumber"] != block for lg in logs):
+            # batch's results take the last event of each leg; logs a node numbers alike
+            # keep its order).
+            if any(
+                (lg["transactionHash"], lg["blockNumber"], lg["blockHash"])
+                != (tx_hash, block, block_hash)
+                for lg in logs
+            ):
                 raise ValueError("a log of another transaction or block")
             return {"blockNumber": block, "status": _quantity(receipt["status"]), "logs": logs}
         except (KeyError, TypeError, ValueError) as exc:
