@@ -372,24 +372,20 @@ def test_a_node_error_on_a_raw_read_is_unavailable(
         asyncio.run(read)
 
 
-def test_two_logs_at_one_position_are_the_nodes_error(
-    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        # another transfer at the same position
+        (raw(leg_log(ENDPOINT, b"\xbb" * 32, 4)), "two logs"),
+        # the next position, under another hash for the same block
+        (raw(leg_log(ENDPOINT, b"\xbb" * 32, 5)) | {"blockHash": "0x" + "03" * 32}, "two hashes"),
+    ],
+)
+def test_two_logs_at_one_position_or_two_hashes_for_one_block_are_the_nodes_error(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, second: dict[str, Any], error: str
 ) -> None:
-    first = raw(leg_log(ENDPOINT, b"\xaa" * 32, 4))
-    second = raw(leg_log(ENDPOINT, b"\xbb" * 32, 4))  # another transfer, the same position
-    answering(adapter, monkeypatch, [first, second])
-    with pytest.raises(LedgerRejected, match="two logs") as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
-
-
-def test_two_hashes_for_one_block_are_the_nodes_error(
-    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = raw(leg_log(ENDPOINT, b"\xaa" * 32, 4))
-    second = raw(leg_log(ENDPOINT, b"\xbb" * 32, 5)) | {"blockHash": "0x" + "03" * 32}
-    answering(adapter, monkeypatch, [first, second])
-    with pytest.raises(LedgerRejected, match="two hashes") as err:
+    answering(adapter, monkeypatch, [raw(leg_log(ENDPOINT, b"\xaa" * 32, 4)), second])
+    with pytest.raises(LedgerRejected, match=error) as err:
         asyncio.run(adapter.events(None, 3))
     assert err.value.reason is ErrorReason.MALFORMED_ANSWER
 
