@@ -256,16 +256,27 @@ class StepBatcher:
     ) -> list[Decision | BaseException]:
         kind, src, dst = key
         certified = await self._certify(kind, [i.record for i in items], [src, dst])
-        out: list[Decision | BaseException] = []
-        for item, got in zip(items, certified, strict=True):
-            if isinstance(got, BaseException):
-                out.append(got)
-                continue
-            decision = Decision(kind, got, item.cause)
-            # SECURITY: recorded (first one wins, never replaced) before any leg is asked
-            # to apply it: the drivers read it back from the store for the APPLY step.
-            out.append(await self._ctx.store.record_decision(item.record.transfer_id, decision))
-        return out
+        decided = {
+            n: Decision(kind, got, item.cause)
+            for n, (item, got) in enumerate(zip(items, certified, strict=True))
+            if not isinstance(got, BaseException)
+        }
+        # SECURITY: recorded (first one wins, never replaced) before any leg is asked to
+        # apply it: the drivers read it back from the store for the APPLY step. One
+        # transaction for the batch: a failed write records none and reaches every
+        # certified item (each item the members refused keeps its own refusal).
+        stored: Sequence[Decision | BaseException]
+        try:
+            stored = await self._ctx.store.record_decisions(
+                [(items[n].record.transfer_id, d) for n, d in decided.items()]
+            )
+        except Exception as exc:
+            stored = [exc] * len(decided)
+        recorded = dict(zip(decided, stored, strict=True))
+        return [
+            got if isinstance(got, BaseException) else recorded[n]
+            for n, got in enumerate(certified)
+        ]
 
     # ---- the committee ------------------------------------------------------------------
     async def _certify(

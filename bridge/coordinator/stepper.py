@@ -151,7 +151,13 @@ class Stepper:
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
         known = self._known.pop(tid, None)  # first: a failed step never leaves it behind
-        decision = await ctx.store.decision(tid)
+        # The record was read at this step's start and carries the decision's kind: the
+        # decision (with its certificates) is read only once there is one. SECURITY: only
+        # this transfer's own driver records its decision (its CERTIFY step, alone or in a
+        # batch), so no decision appears between that read and this step; and a step that
+        # certified again anyway would get the recorded decision back (first one wins), with
+        # the members' vote logs refusing the other kind.
+        decision = await ctx.store.decision(tid) if record.decision is not None else None
         source, target = known if known is not None else await self._legs(record)
         if decision is None:
             for status, ledger in ((source, src_name), (target, dst_name)):

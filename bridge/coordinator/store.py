@@ -105,6 +105,12 @@ class TransferStore(Protocol):
         """Store the first decision for a transfer; returns the stored one (never replaced)."""
         ...
 
+    async def record_decisions(self, decisions: Sequence[tuple[bytes, Decision]]) -> list[Decision]:
+        """``record_decision`` for many transfers in one transaction: per item, in order, the
+        stored decision (the item's own, or the one recorded first, never replaced). All or
+        nothing: a refused item (ValueError) or a failed write records none of them."""
+        ...
+
     async def decision(self, transfer_id: bytes) -> Decision | None:
         """The recorded decision, if any."""
         ...
@@ -282,6 +288,18 @@ def _decision(db: Conn, transfer_id: bytes) -> Decision | None:
         return None
     certs = {ledger: _certificate_from_json(c) for ledger, c in json.loads(row[1]).items()}
     return Decision(kind=ClaimKind(int(row[0])), certificates=certs, cause=str(row[2]))
+
+
+def _decision_certificates_json(decision: Decision) -> str:
+    """The ``certificates`` column of ``decision``'s row. Raises ValueError for a batch
+    certificate of another claim kind than the decision.
+
+    SECURITY: a batch certificate of another claim kind never backs a decision."""
+    for c in decision.certificates.values():
+        if isinstance(c, BatchCertified) and c.certificate.kind != int(decision.kind):
+            raise ValueError("a batch certificate of another kind than the decision")
+    certs = {ledger: _certificate_json(c) for ledger, c in decision.certificates.items()}
+    return json.dumps(certs, sort_keys=True)
 
 
 def _certificate_json(c: LedgerCertificate) -> dict[str, Any]:
@@ -547,28 +565,29 @@ class SqlTransferStore:
 
     async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
         """See TransferStore.record_decision."""
-        for c in decision.certificates.values():
-            if isinstance(c, BatchCertified) and c.certificate.kind != int(decision.kind):
-                # SECURITY: a batch certificate of another claim kind never backs a decision.
-                raise ValueError("a batch certificate of another kind than the decision")
-        certs = {ledger: _certificate_json(c) for ledger, c in decision.certificates.items()}
-
-        def run(db: Conn) -> Decision | None:
-            db.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    transfer_id,
-                    int(decision.kind),
-                    json.dumps(certs, sort_keys=True),
-                    decision.cause,
-                    time.time(),
-                ),
-            )
-            return _decision(db, transfer_id)
-
-        stored = await self._db.write(run)
-        assert stored is not None
+        (stored,) = await self.record_decisions([(transfer_id, decision)])
         return stored
+
+    async def record_decisions(self, decisions: Sequence[tuple[bytes, Decision]]) -> list[Decision]:
+        """See TransferStore.record_decisions."""
+        rows = [(tid, d, _decision_certificates_json(d)) for tid, d in decisions]
+
+        def run(db: Conn) -> list[Decision]:
+            now = time.time()
+            out: list[Decision] = []
+            for tid, decision, certs in rows:
+                inserted = db.execute(
+                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (tid, int(decision.kind), certs, decision.cause, now),
+                ).rowcount
+                # One inserted row is exactly ``decision``: only an item that found one
+                # already there (an earlier decision, never replaced) reads it back.
+                stored = decision if inserted == 1 else _decision(db, tid)
+                assert stored is not None
+                out.append(stored)
+            return out
+
+        return await self._db.write(run) if rows else []
 
     async def decision(self, transfer_id: bytes) -> Decision | None:
         """See TransferStore.decision."""

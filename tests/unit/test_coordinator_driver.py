@@ -283,6 +283,27 @@ async def test_known_legs_spare_the_reads_of_a_new_transfer_and_of_a_fresh_decis
     assert c._stepper._known == {}, "each known pair is used by the very next step"
 
 
+@pytest.mark.batch  # issue 14: the decision read only once there is one
+async def test_the_decision_is_read_only_once_one_is_recorded(coordinator) -> None:
+    """Every step reads its record, which carries the decision's kind; the decision itself
+    (its certificates) is read only by the steps after it was recorded: applying it, and
+    the step that finds the transfer COMMITTED."""
+    c, _, store = coordinator
+    original = store.decision
+    answers: list[object] = []
+
+    async def counted(tid: bytes) -> object:
+        got = await original(tid)
+        answers.append(got)
+        return got
+
+    store.decision = counted  # type: ignore[method-assign]
+    record, _ = await submit(c, request())
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert len(answers) == 2
+    assert all(a is not None and a.kind is ClaimKind.COMMIT for a in answers)  # type: ignore[attr-defined]
+
+
 @pytest.mark.batch  # issue 14: legs and lanes known without a read
 async def test_a_transfer_recorded_long_after_its_checks_reads_before_the_lock(
     coordinator,

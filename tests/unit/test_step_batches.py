@@ -27,6 +27,7 @@ from bridge.coordinator.batch_certs import (
     ledger_batch,
 )
 from bridge.coordinator.clients import LedgerDomain
+from bridge.coordinator.db import DatabaseUnavailable
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferOrigin
 from bridge.coordinator.store import SqliteTransferStore
@@ -365,6 +366,52 @@ async def test_members_refusing_an_item_refuse_it_alone(batching) -> None:
     d = await store.decision(victim[0])
     assert d is not None and d.kind is ClaimKind.COMMIT
     assert sum(n for act, n in b.batches if act is Action.COMMIT) == 8
+
+
+async def test_a_batch_of_decisions_is_recorded_in_one_store_write(batching) -> None:
+    """Each certified COMMIT batch is recorded by one ``record_decisions`` (one transaction),
+    not one write per item; each item's decision carries its own share of its batch."""
+    c, _, committee, store = batching
+    writes: list[int] = []
+    original = store.record_decisions
+
+    async def counted(items):  # type: ignore[no-untyped-def]
+        writes.append(len(items))
+        return await original(items)
+
+    store.record_decisions = counted  # type: ignore[method-assign]
+    tids = await burst(c, 12)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert writes == [n for k, n in committee.batches if k is ClaimKind.COMMIT]
+    assert sum(writes) == 12 and max(writes) > 1
+    shares = [(await store.decision(tid)).certificates["a"] for tid in tids]
+    assert len({(s.certificate.root, s.proof) for s in shares}) == 12  # each its own share
+
+
+async def test_a_failed_decision_write_reaches_every_item_and_they_certify_again(
+    batching,
+) -> None:
+    """The batch's decisions are written all or nothing: when the write fails, every
+    certified item gets the error, none is recorded, and the drivers certify again."""
+    c, _, committee, store = batching
+    original = store.record_decisions
+    failed: list[list[bytes]] = []
+
+    async def fails_once(items):  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append([tid for tid, _ in items])
+            raise DatabaseUnavailable("disk full")
+        return await original(items)
+
+    store.record_decisions = fails_once  # type: ignore[method-assign]
+    tids = await burst(c, 6)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+        assert (await store.decision(tid)).kind is ClaimKind.COMMIT
+    assert failed and len(failed[0]) >= 1
+    # the failed batch's items were certified COMMIT twice in all
+    assert sum(n for k, n in committee.batches if k is ClaimKind.COMMIT) == 6 + len(failed[0])
 
 
 @pytest.mark.security

@@ -116,3 +116,76 @@ async def test_an_unknown_stored_certificate_type_is_refused(store: SqlTransferS
     await store._db.write(run)
     with pytest.raises(ValueError, match="unknown certificate type"):
         await store.decision(rec.transfer_id)
+
+
+def commit_decision(n: int) -> Decision:
+    """A COMMIT decision backed, on each ledger, by a batch certificate and item ``n``'s
+    proof (distinct per item)."""
+    cert = batch_cert(ClaimKind.COMMIT)
+    mine = BatchCertified(cert.certificate, (bytes([n]) * 32,))
+    return Decision(ClaimKind.COMMIT, {"brokerage-a": mine, "brokerage-b": mine}, f"c{n}")
+
+
+async def test_a_batch_of_decisions_is_recorded_in_one_transaction(
+    store: SqlTransferStore,
+) -> None:
+    records = [make_record(10 + n) for n in range(5)]
+    for rec in records:
+        await store.create(rec)
+    decisions = [commit_decision(n) for n in range(5)]
+    commits = store._db.commits
+    stored = await store.record_decisions(
+        [(r.transfer_id, d) for r, d in zip(records, decisions, strict=True)]
+    )
+    assert store._db.commits == commits + 1
+    assert stored == decisions
+    for rec, d in zip(records, decisions, strict=True):
+        assert await store.decision(rec.transfer_id) == d  # what the store reads back
+        assert (await store.get(rec.transfer_id)).decision is ClaimKind.COMMIT
+    assert await store.record_decisions([]) == []
+    assert store._db.commits == commits + 1  # an empty batch writes nothing
+
+
+@pytest.mark.security
+async def test_a_batch_never_replaces_a_recorded_decision(store: SqlTransferStore) -> None:
+    """First one wins per item, whether the earlier decision came alone, earlier in the same
+    batch (a repeated transfer id) or in another batch; the others of the batch are
+    recorded."""
+    records = [make_record(20 + n) for n in range(3)]
+    for rec in records:
+        await store.create(rec)
+    first = Decision(ClaimKind.ABORT, {"brokerage-a": SignatureSet(3, (b"\x05" * 65,))}, "x")
+    await store.record_decision(records[0].transfer_id, first)
+    tids = [r.transfer_id for r in records]
+    stored = await store.record_decisions(
+        [
+            (tids[0], commit_decision(0)),
+            (tids[1], commit_decision(1)),
+            (tids[1], commit_decision(9)),
+            (tids[2], commit_decision(2)),
+        ]
+    )
+    assert stored == [first, commit_decision(1), commit_decision(1), commit_decision(2)]
+    assert await store.decision(tids[0]) == first
+    assert await store.decision(tids[1]) == commit_decision(1)
+    again = await store.record_decisions([(tids[2], commit_decision(7))])
+    assert again == [commit_decision(2)]
+
+
+@pytest.mark.security
+async def test_a_batch_with_one_forged_item_records_nothing(store: SqlTransferStore) -> None:
+    records = [make_record(30 + n) for n in range(3)]
+    for rec in records:
+        await store.create(rec)
+    forged = Decision(ClaimKind.COMMIT, {"brokerage-a": batch_cert(ClaimKind.ABORT)})
+    items = [
+        (records[0].transfer_id, commit_decision(0)),
+        (records[1].transfer_id, forged),
+        (records[2].transfer_id, commit_decision(2)),
+    ]
+    commits = store._db.commits
+    with pytest.raises(ValueError, match="another kind"):
+        await store.record_decisions(items)
+    assert store._db.commits == commits
+    for rec in records:
+        assert await store.decision(rec.transfer_id) is None
