@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from bridge.coordinator.context import EngineContext
@@ -130,21 +130,50 @@ class Admission:
         so transfers recorded one after the other (a batch's items, in item order) have
         non-decreasing ``created_at`` as well as increasing store sequence: the order the
         flow-limit queue of a lane serves them in (ADR 0010)."""
-        if admitted.recorded:
-            return admitted.record, False
+        (outcome,) = await self.record_many([admitted])
+        if isinstance(outcome, Conflict):
+            raise outcome
+        return outcome
+
+    async def record_many(
+        self, admitted: Sequence[Admitted]
+    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+        """:meth:`record` for many checked submissions at once (a batch's items, in item
+        order), in one store transaction: per item, in order, the record and whether it is
+        new, or its Conflict (confined to its item). Every new record is stamped with one
+        time and stored in item order, so the store sequence and ``created_at`` order them
+        as recording them one after the other would. Raises what the store raises (nothing
+        is recorded then)."""
         ctx = self._ctx
         now = time.time()
-        record = replace(admitted.record, created_at=now, updated_at=now)
-        request = record.request
-        stored, created = await ctx.store.create(record)
+        fresh = [
+            replace(a.record, created_at=now, updated_at=now) for a in admitted if not a.recorded
+        ]
+        created_iter = iter(await ctx.store.create_many(fresh) if fresh else [])
+        out: list[tuple[TransferRecord, bool] | Conflict] = []
+        for a in admitted:
+            if a.recorded:
+                out.append((a.record, False))
+            else:
+                out.append(self._recorded(a, next(created_iter)))
+        return out
+
+    def _recorded(
+        self, admitted: Admitted, outcome: tuple[TransferRecord, bool] | Conflict
+    ) -> tuple[TransferRecord, bool] | Conflict:
+        """What storing ``admitted`` gave, with its driver spawned when it is new."""
+        if isinstance(outcome, Conflict):
+            return outcome
+        stored, created = outcome
+        request = admitted.record.request
         if not created:
             if (
                 stored.request.fingerprint() != request.fingerprint()
-                or stored.terms != record.terms
+                or stored.terms != admitted.record.terms
             ):
-                raise Conflict("idempotency_key was already used for a different transfer")
+                return Conflict("idempotency_key was already used for a different transfer")
             return stored, False
-        ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
+        self._ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
         # SECURITY: what the checks read stands in for the first step's reads only while it
         # is fresh: a batch item recorded after a slow sibling's check (a relayer timing
         # out) reads both ledgers again before its lock, so no units are escrowed towards

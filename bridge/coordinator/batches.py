@@ -116,12 +116,13 @@ class SubmitItem(Protocol):
 
 
 SubmitOne = Callable[[Any], Awaitable[Any]]
-"""Checks one item exactly as SubmitTransfer would, or raises. Without a ``record_one`` it
-also records it and returns (transfer id, created); with one it returns what
-``record_one`` takes (it may run concurrently with other items' checks)."""
-RecordOne = Callable[[Any], Awaitable[tuple[bytes, bool]]]
-"""Records what ``submit_one`` accepted: (transfer id, created), or raises. Called one item
-at a time, in item order."""
+"""Checks one item exactly as SubmitTransfer would, or raises. Without a ``record_many``
+it also records it and returns (transfer id, created); with one it returns what
+``record_many`` takes (it may run concurrently with other items' checks)."""
+RecordMany = Callable[[Sequence[Any]], Awaitable[Sequence[tuple[bytes, bool] | BridgeError]]]
+"""Records what ``submit_one`` accepted for consecutive items, in item order, at once (one
+store transaction): per item (transfer id, created) or its refusal; raises when nothing
+could be recorded (the error then reaches each of those items)."""
 ErrorOf = Callable[[BridgeError], ItemError]
 """The structured error an exception reports at the API."""
 
@@ -154,7 +155,7 @@ async def run_items(
     error_of: ErrorOf,
     indexes: Collection[int] | None = None,
     *,
-    record_one: RecordOne | None = None,
+    record_many: RecordMany | None = None,
     parallel: int = 1,
 ) -> tuple[ItemResult, ...]:
     """Submit every item (or only those at ``indexes``) in order; one result per item run.
@@ -168,15 +169,17 @@ async def run_items(
     it propagates and the whole batch is answered NOT_LEADER (items already submitted are
     found again by their keys when the client retries on the leader).
 
-    Concurrency (issue 14): with ``record_one``, up to ``parallel`` items are checked at
+    Concurrency (issue 14): with ``record_many``, up to ``parallel`` items are checked at
     once (``submit_one``: the instruction, the ledgers' reads, the feed's holds: I/O that
-    dominates an item's admission), while items are recorded (``record_one``) strictly one
-    after the other in item order, each only after every earlier item was recorded or
-    refused. So the store's sequence, which orders a lane's flow-limit queue, follows the
-    batch's order exactly as sequential submission did, and no item is checked more than
-    ``parallel`` positions ahead of the last one recorded. On NotLeader (or cancellation)
-    the checks still running are cancelled and nothing after the failing item is recorded.
-    With ``parallel`` 1 this is sequential submission.
+    dominates an item's admission), while items are recorded (``record_many``) strictly in
+    item order, each only after every earlier item was recorded or refused: the next item
+    once its check ends, together with every item after it whose check has already ended
+    (up to the first refused or unfinished one), in one call. So the store's sequence,
+    which orders a lane's flow-limit queue, follows the batch's order exactly as
+    sequential submission did, and no item is checked more than ``parallel`` positions
+    ahead of the last one recorded. On NotLeader (or cancellation) the checks still
+    running are cancelled and nothing after the failing item is recorded. With
+    ``parallel`` 1 this is sequential submission, one item per call.
     """
     counts = Counter(str(item.idempotency_key) for item in items)
     chosen = [
@@ -201,29 +204,65 @@ async def run_items(
             )
 
     results: list[ItemResult] = []
+
+    def settle(index: int, item: Any, outcome: tuple[bytes, bool] | BridgeError) -> None:
+        key = str(item.idempotency_key)
+        if isinstance(outcome, BridgeError):
+            error = error_of(outcome)
+            kind = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
+            results.append(ItemResult(index, key, kind, error=error))
+        else:
+            tid, created = outcome
+            kind = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
+            results.append(ItemResult(index, key, kind, transfer_id=tid))
+
+    def checked(entry: tuple[int, Any, asyncio.Future[Any] | BridgeError]) -> bool:
+        """The entry's check has ended and accepted its item."""
+        f = entry[2]
+        return (
+            isinstance(f, asyncio.Future)
+            and f.done()
+            and not f.cancelled()
+            and f.exception() is None
+        )
+
     try:
         fill()
         while window:
             index, item, checking = window.pop(0)
-            key = str(item.idempotency_key)
             try:
                 if isinstance(checking, BridgeError):
                     raise checking
                 accepted = await checking
-                if record_one is None:
-                    tid, created = accepted
-                else:
-                    tid, created = await record_one(accepted)
             except NotLeader:
                 raise
             except BridgeError as exc:
-                error = error_of(exc)
-                outcome = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
-                results.append(ItemResult(index, key, outcome, error=error))
-            else:
-                outcome = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
-                results.append(ItemResult(index, key, outcome, transfer_id=tid))
-            fill()  # the next check starts once this item is settled (parallel 1: sequential)
+                settle(index, item, exc)
+                fill()  # the next check starts once this item is settled
+                continue
+            if record_many is None:
+                settle(index, item, accepted)
+                fill()
+                continue
+            # The items right behind it whose checks have already accepted them are
+            # recorded with it, in item order, in one call.
+            group = [(index, item, accepted)]
+            while window and checked(window[0]):
+                nxt_index, nxt_item, done = window.pop(0)
+                assert isinstance(done, asyncio.Future)
+                group.append((nxt_index, nxt_item, done.result()))
+            outcomes: Sequence[tuple[bytes, bool] | BridgeError]
+            try:
+                outcomes = await record_many([a for _, _, a in group])
+            except NotLeader:
+                raise
+            except BridgeError as exc:
+                outcomes = [exc] * len(group)
+            if len(outcomes) != len(group):
+                raise AssertionError(f"{len(outcomes)} outcomes recorded for {len(group)} items")
+            for (i, it, _), outcome in zip(group, outcomes, strict=True):
+                settle(i, it, outcome)
+            fill()  # the next checks start once these items are settled
     finally:
         running = [f for _, _, f in window if isinstance(f, asyncio.Future)]
         for f in running:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 from bridge.config import BatchingConfig, NetworkConfig
 from bridge.coordinator.admission import Admission, Admitted
@@ -40,7 +40,7 @@ from bridge.coordinator.store import TransferStore
 from bridge.coordinator.supervision import Supervisor, waiting_reason
 from bridge.coordinator.wording import iso
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import NotFound, PreconditionFailed
+from bridge.domain.errors import Conflict, NotFound, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction
 from bridge.domain.legs import LedgerEvent, Leg, LegState
@@ -236,6 +236,14 @@ class Coordinator:
         """Record what :meth:`check_submit` accepted and spawn its driver (the second half
         of :meth:`submit`); True when new."""
         return await self._admission.record(admitted)
+
+    async def record_submits(
+        self, admitted: Sequence[Admitted]
+    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+        """:meth:`record_submit` for many, in order, in one store transaction
+        (:meth:`Admission.record_many`): per item its record and whether it is new, or its
+        Conflict."""
+        return await self._admission.record_many(admitted)
 
     # ---- flow limits (ADR 0010)
     async def lane_flows(self, security: str) -> list[LaneFlow]:

@@ -29,6 +29,7 @@ from bridge.coordinator.store import TransferStore
 from bridge.coordinator.stream_quota import StreamQuota
 from bridge.domain.errors import (
     BridgeError,
+    Conflict,
     InvalidInput,
     NotFound,
     Unavailable,
@@ -243,9 +244,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             req = validate_submit(self._network, item)
             return await self._coordinator.check_submit(req, instruction_from_pb(item))
 
-        async def record_one(admitted: Admitted) -> tuple[bytes, bool]:
-            record, created = await self._coordinator.record_submit(admitted)
-            return record.transfer_id, created
+        async def record_many(admitted: Sequence[Admitted]) -> list[tuple[bytes, bool] | Conflict]:
+            return [
+                o if isinstance(o, Conflict) else (o[0].transfer_id, o[1])
+                for o in await self._coordinator.record_submits(admitted)
+            ]
 
         caller = current_principal()
         peer = context.peer() or ""
@@ -257,7 +260,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 check_one,
                 _item_error,
                 indexes,
-                record_one=record_one,
+                record_many=record_many,
                 parallel=self._admission_parallel,
             )
             self._audit_denied_items(caller, peer, request.batch_id, results)

@@ -40,6 +40,15 @@ class TransferStore(Protocol):
         Raises Conflict when the transfer id is already recorded under another key."""
         ...
 
+    async def create_many(
+        self, records: Sequence[TransferRecord]
+    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+        """``create`` for many records in one transaction, inserted in order (so their store
+        sequence follows it): per record, in order, the stored one and whether it was
+        created, or the Conflict ``create`` would raise (confined to its record). A failed
+        write records none of them."""
+        ...
+
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """The transfer, or None."""
         ...
@@ -337,6 +346,42 @@ def _certificate_from_json(c: Mapping[str, Any]) -> LedgerCertificate:
     raise ValueError(f"unknown certificate type {kind!r} in a stored decision")
 
 
+def _create(db: Conn, record: TransferRecord) -> tuple[TransferRecord | None, bool]:
+    """Insert ``record`` unless its key (or its transfer id) is taken; the row stored under
+    its key (None: the id is taken under another key) and whether it was inserted."""
+    r = record.request
+    cur = db.execute(
+        "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"
+        " security, state, reason, created_at, updated_at, origin, source_ledger)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (
+            record.transfer_id,
+            r.idempotency_key,
+            json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
+            _terms_json(record.terms, record.instruction),
+            r.security,
+            int(record.state),
+            record.reason,
+            record.created_at,
+            record.updated_at,
+            record.origin.value,
+            r.source_ledger,
+        ),
+    )
+    created = cur.rowcount == 1
+    if created:
+        db.execute(
+            "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
+            (record.transfer_id, int(record.state), "accepted", record.created_at),
+        )
+    row = db.execute(
+        f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
+        " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
+        (r.source_ledger, r.idempotency_key),
+    ).fetchone()
+    return _record(row), created
+
+
 class SqlTransferStore:
     """TransferStore on the coordinator's database (SQLite file or PostgreSQL; ADR 0013).
 
@@ -352,48 +397,33 @@ class SqlTransferStore:
 
     async def create(self, record: TransferRecord) -> tuple[TransferRecord, bool]:
         """See TransferStore.create."""
-        r = record.request
+        (outcome,) = await self.create_many([record])
+        if isinstance(outcome, Conflict):
+            raise outcome
+        return outcome
 
-        def run(db: Conn) -> tuple[TransferRecord | None, bool]:
-            cur = db.execute(
-                "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"
-                " security, state, reason, created_at, updated_at, origin, source_ledger)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                (
-                    record.transfer_id,
-                    r.idempotency_key,
-                    json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
-                    _terms_json(record.terms, record.instruction),
-                    r.security,
-                    int(record.state),
-                    record.reason,
-                    record.created_at,
-                    record.updated_at,
-                    record.origin.value,
-                    r.source_ledger,
-                ),
-            )
-            created = cur.rowcount == 1
-            if created:
-                db.execute(
-                    "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
-                    (record.transfer_id, int(record.state), "accepted", record.created_at),
+    async def create_many(
+        self, records: Sequence[TransferRecord]
+    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+        """See TransferStore.create_many."""
+
+        def run(db: Conn) -> list[tuple[TransferRecord | None, bool]]:
+            return [_create(db, record) for record in records]
+
+        rows = await self._db.write(run) if records else []
+        out: list[tuple[TransferRecord, bool] | Conflict] = []
+        for record, (stored, created) in zip(records, rows, strict=True):
+            if stored is None:
+                # Ignored, yet no row has this key: the transfer id is recorded under another.
+                out.append(
+                    Conflict(
+                        f"transfer 0x{record.transfer_id.hex()} (the same instruction) was"
+                        " already submitted under another idempotency_key"
+                    )
                 )
-            row = db.execute(
-                f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
-                " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
-                (r.source_ledger, r.idempotency_key),
-            ).fetchone()
-            return _record(row), created
-
-        stored, created = await self._db.write(run)
-        if stored is None:
-            # Ignored, yet no row has this key: the transfer id is recorded under another.
-            raise Conflict(
-                f"transfer 0x{record.transfer_id.hex()} (the same instruction) was already"
-                " submitted under another idempotency_key"
-            )
-        return stored, created
+            else:
+                out.append((stored, created))
+        return out
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""

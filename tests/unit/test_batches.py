@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from bridge.coordinator.batches import (
     run_items,
     same_batch,
 )
-from bridge.coordinator.db import Database, open_database, open_sqlite
+from bridge.coordinator.db import Database, DatabaseUnavailable, open_database, open_sqlite
 from bridge.coordinator.ha import StandbyGate
 from bridge.coordinator.service import _item_error
 from bridge.core.reasons import ErrorReason
@@ -485,6 +485,9 @@ class SlowChecks:
     def __init__(self, n: int) -> None:
         self.n = n
         self.recorded: list[str] = []
+        self.calls: list[list[str]] = []  # the items of each record call
+        self.conflicts: set[str] = set()  # keys the store answers Conflict for
+        self.fail_calls = 0  # fail this many record calls as a whole
         self.running = 0
         self.most = 0
 
@@ -499,10 +502,20 @@ class SlowChecks:
         finally:
             self.running -= 1
 
-    async def record(self, item: Item) -> tuple[bytes, bool]:
-        # every earlier item is settled (recorded or refused) before this one is recorded
-        self.recorded.append(item.idempotency_key)
-        return item.idempotency_key.encode().ljust(32, b"\0"), True
+    async def record(self, items: Sequence[Item]) -> list[tuple[bytes, bool] | BridgeError]:
+        # every earlier item is settled (recorded or refused) before these are recorded
+        self.calls.append([item.idempotency_key for item in items])
+        if self.fail_calls:
+            self.fail_calls -= 1
+            raise DatabaseUnavailable("database locked")  # nothing recorded
+        out: list[tuple[bytes, bool] | BridgeError] = []
+        for item in items:
+            if item.idempotency_key in self.conflicts:
+                out.append(Conflict("the same instruction under another key"))
+                continue
+            self.recorded.append(item.idempotency_key)
+            out.append((item.idempotency_key.encode().ljust(32, b"\0"), True))
+        return out
 
 
 async def test_items_checked_concurrently_are_recorded_in_item_order() -> None:
@@ -516,7 +529,7 @@ async def test_items_checked_concurrently_are_recorded_in_item_order() -> None:
     items[9] = Item("k9", source_ledger=B)
     checks = SlowChecks(n)
     results = await run_items(
-        A, items, checks.check, _error_of, record_one=checks.record, parallel=6
+        A, items, checks.check, _error_of, record_many=checks.record, parallel=6
     )
     assert [r.index for r in results] == list(range(n))
     assert checks.recorded == [f"k{i}" for i in range(n) if i not in (5, 9)]
@@ -524,10 +537,55 @@ async def test_items_checked_concurrently_are_recorded_in_item_order() -> None:
     assert 1 < checks.most <= 6
     sequential = SlowChecks(n)
     again = await run_items(
-        A, items, sequential.check, _error_of, record_one=sequential.record, parallel=1
+        A, items, sequential.check, _error_of, record_many=sequential.record, parallel=1
     )
     assert sequential.most == 1
     assert [(r.index, r.outcome) for r in again] == [(r.index, r.outcome) for r in results]
+    assert all(len(call) == 1 for call in sequential.calls)  # parallel 1: one at a time
+
+
+async def test_items_whose_checks_ended_are_recorded_together_in_item_order() -> None:
+    """Issue 14: the next item is recorded together with every item right behind it whose
+    check already accepted it (here, checks finishing in reverse order, a whole window at
+    once), in one call and in item order; a refused item ends a group and keeps its own
+    result; the calls, one after the other, cover exactly the accepted items in order."""
+    n = 24
+    items = [Item(f"k{i}") for i in range(n)]
+    items[7] = Item("k7", refuse=PreconditionFailed("frozen", ErrorReason.HOLDER_FROZEN, A))
+    checks = SlowChecks(n)
+    results = await run_items(
+        A, items, checks.check, _error_of, record_many=checks.record, parallel=6
+    )
+    flat = [key for call in checks.calls for key in call]
+    assert flat == [f"k{i}" for i in range(n) if i != 7]
+    assert len(checks.calls) < n - 1 and max(len(c) for c in checks.calls) > 1
+    assert max(len(c) for c in checks.calls) <= 6  # never more than the window
+    assert not any("k6" in c and "k8" in c for c in checks.calls)  # the refusal splits them
+    assert [r.outcome for r in results].count(ItemOutcome.CREATED) == n - 1
+    assert results[7].outcome is ItemOutcome.REFUSED
+
+
+async def test_a_conflict_stays_in_its_item_and_a_failed_record_call_reaches_its_items() -> None:
+    """An item the store answers Conflict is refused alone; a record call failing as a
+    whole (the database unavailable) makes each of its items RETRYABLE, and the items
+    after them are still recorded."""
+    n = 12
+    items = [Item(f"k{i}") for i in range(n)]
+    checks = SlowChecks(n)
+    checks.conflicts = {"k2"}
+    checks.fail_calls = 1
+    results = await run_items(
+        A, items, checks.check, _item_error, record_many=checks.record, parallel=4
+    )
+    failed = checks.calls[0]
+    by_key = {r.idempotency_key: r for r in results}
+    assert [by_key[k].outcome for k in failed] == [ItemOutcome.RETRYABLE] * len(failed)
+    assert by_key["k2"].outcome is (
+        ItemOutcome.RETRYABLE if "k2" in failed else ItemOutcome.REFUSED
+    )
+    rest = [f"k{i}" for i in range(n) if f"k{i}" not in failed and i != 2]
+    assert checks.recorded == rest
+    assert all(by_key[k].outcome is ItemOutcome.CREATED for k in rest)
 
 
 async def test_not_leader_mid_batch_records_nothing_after_it_and_cancels_the_checks() -> None:
@@ -539,7 +597,7 @@ async def test_not_leader_mid_batch_records_nothing_after_it_and_cancels_the_che
     items[3] = Item("k3", refuse=NotLeader("standby", "10.0.0.2:50051"))
     checks = SlowChecks(n)
     with pytest.raises(NotLeader):
-        await run_items(A, items, checks.check, _error_of, record_one=checks.record, parallel=4)
+        await run_items(A, items, checks.check, _error_of, record_many=checks.record, parallel=4)
     assert checks.recorded == ["k0", "k1", "k2"]
     await asyncio.sleep(0.05)
     assert checks.running == 0

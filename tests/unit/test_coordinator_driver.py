@@ -248,6 +248,39 @@ async def test_happy_path_commits(coordinator) -> None:
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
 
 
+@pytest.mark.batch  # issue 14: a batch's checked items recorded in one transaction
+async def test_checked_submissions_are_recorded_together_and_each_gets_its_driver(
+    coordinator,
+) -> None:
+    """``record_submits`` stores new items in one transaction, in order, spawns a driver for
+    each new one, returns a retry's record as it is, and confines a Conflict (the same
+    instruction under another key) to its item."""
+    c, _, store = coordinator
+    old, _ = await submit(c, request("old"))
+    reqs = [request(f"new-{n}") for n in range(3)]
+    admitted = [await c.check_submit(r, instructed(c._network, r)) for r in reqs]
+    retry = await c.check_submit(request("old"), instructed(c._network, request("old")))
+    assert retry.recorded
+    thief = dataclasses.replace(
+        admitted[1],
+        record=dataclasses.replace(
+            admitted[1].record,
+            request=dataclasses.replace(admitted[1].record.request, idempotency_key="thief"),
+        ),
+    )  # item 1's instruction under another key, recorded after item 1 in the same call
+    commits = store._db.commits
+    outcomes = await c.record_submits([admitted[0], retry, admitted[1], thief, admitted[2]])
+    assert store._db.commits == commits + 1
+    assert isinstance(outcomes[3], Conflict)
+    assert outcomes[1] == (retry.record, False) and retry.record.transfer_id == old.transfer_id
+    new = [outcomes[0], outcomes[2], outcomes[4]]
+    assert all(not isinstance(o, Conflict) and o[1] for o in new)
+    for o in new:
+        assert not isinstance(o, Conflict)
+        assert await final(store, o[0].transfer_id) is TransferState.COMMITTED
+    assert await store.get_by_key("a", "thief") is None
+
+
 def count_calls(relayers: dict[str, FakeRelayer], method: str) -> dict[str, int]:
     """Count each fake relayer's calls of the async ``method`` (wrapped in place): its
     single-leg reads (``get_leg``, which the coalesced reads call too), its lane reads

@@ -316,9 +316,9 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
         task = asyncio.current_task()
         # the driver's first read of its record (not the test's polling): the first step
         # starts late
-        if task is not None and task.get_name().startswith("transfer-"):
-            if slow.pop("once", False):
-                await asyncio.sleep(0.4)
+        is_driver = task is not None and task.get_name().startswith("transfer-")
+        if is_driver and slow.pop("once", False):
+            await asyncio.sleep(0.4)
         return await original(tid)
 
     monkeypatch.setattr(store, "get", get)

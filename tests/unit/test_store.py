@@ -159,6 +159,35 @@ async def test_same_transfer_under_another_key_is_a_conflict(store: SqlTransferS
     assert len(await store.history(rec.transfer_id, 0)) == 1
 
 
+@pytest.mark.batch  # issue 14: a batch's items recorded in one transaction
+async def test_create_many_records_in_order_in_one_transaction(store: SqlTransferStore) -> None:
+    """Each record as ``create`` would have it (created, an existing key's stored record, or
+    its Conflict, confined to it), in one transaction, the store sequence in item order."""
+    first = make_record(1, key="first")
+    await store.create(first)
+    fresh = [make_record(10 + n, key=f"batch-{n}") for n in range(4)]
+    retry = make_record(2, key="first", amount=555)  # the existing key, other terms
+    stolen = dataclasses.replace(
+        first, request=dataclasses.replace(first.request, idempotency_key="stolen")
+    )  # the existing transfer id under a new key
+    commits = store._db.commits
+    outcomes = await store.create_many([fresh[0], retry, fresh[1], stolen, fresh[2], fresh[3]])
+    assert store._db.commits == commits + 1
+    assert outcomes[0] == (fresh[0], True)
+    assert outcomes[1] == (first, False)
+    assert isinstance(outcomes[3], Conflict)
+    assert [outcomes[2], outcomes[4], outcomes[5]] == [(r, True) for r in fresh[1:]]
+    assert await store.get_by_key("brokerage-a", "stolen") is None
+    listed, _ = await store.list_transfers(None, None, 10, 0)
+    assert [r.request.idempotency_key for r in listed] == ["first"] + [
+        f"batch-{n}" for n in range(4)
+    ]
+    for r in fresh:
+        assert [h.detail for h in await store.history(r.transfer_id, 0)] == ["accepted"]
+    assert await store.create_many([]) == []
+    assert store._db.commits == commits + 1
+
+
 _V1_TRANSFERS = """
 CREATE TABLE transfers (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
