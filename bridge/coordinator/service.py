@@ -390,6 +390,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     rows = await self._batches_store().updates(
                         [(t, cursors[t][2]) for t in page], WATCH_PAGE_ROWS
                     )
+                    # The transfers of the updates to send, in one store read per page (not
+                    # one per update), read after the updates: each is at least as recent
+                    # as every update of its transfer in the page.
+                    records = await self._records_of(
+                        [u for u in rows if u.transfer_id in cursors]
+                    )
                     for update in rows:
                         entry = cursors.get(update.transfer_id)
                         if entry is None or update.sequence <= entry[2]:
@@ -401,7 +407,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                             yield transfer_pb2.WatchBatchResponse(
                                 index=entry[0],
                                 idempotency_key=entry[1],
-                                update=await self._update_to_pb(update),
+                                update=_update_pb(update, records[update.transfer_id]),
                             )
                         if update.state.terminal:
                             del cursors[update.transfer_id]
@@ -417,14 +423,28 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         return self._batch_runner().store
 
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
-        record = await self._coordinator.get(u.transfer_id)
-        return transfer_pb2.TransferUpdate(
-            sequence=u.sequence,
-            state=int(u.state),  # type: ignore[arg-type]
-            detail=u.detail,
-            at=_ts(u.at),
-            transfer=transfer_to_pb(record),
-        )
+        return _update_pb(u, await self._coordinator.get(u.transfer_id))
+
+    async def _records_of(self, updates: Sequence[TransferUpdate]) -> dict[bytes, TransferRecord]:
+        """The current record of every transfer ``updates`` name, in one store read
+        (NotFound, as a single read says, for one the store does not hold)."""
+        tids = list(dict.fromkeys(u.transfer_id for u in updates))
+        records = await self._store.get_many(tids) if tids else {}
+        for tid in tids:
+            if tid not in records:
+                raise NotFound(f"transfer 0x{tid.hex()} does not exist")
+        return records
+
+
+def _update_pb(u: TransferUpdate, record: TransferRecord) -> transfer_pb2.TransferUpdate:
+    """One update of ``record``'s transfer as the API sends it, with the transfer as it is."""
+    return transfer_pb2.TransferUpdate(
+        sequence=u.sequence,
+        state=int(u.state),  # type: ignore[arg-type]
+        detail=u.detail,
+        at=_ts(u.at),
+        transfer=transfer_to_pb(record),
+    )
 
 
 def _item_error(exc: BridgeError) -> ItemError:

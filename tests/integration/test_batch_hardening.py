@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -532,6 +533,17 @@ async def test_watch_transfer_streams_are_bounded_per_caller(served: Served) -> 
     two.cancel()
 
 
+def _in_stream() -> bool:
+    """Called from the WatchBatch stream (its generator is on the await chain), not from a
+    driver or another handler."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_watch_batch":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -554,6 +566,21 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
         return rows
 
     monkeypatch.setattr(SqlBatchStore, "updates", counted)
+    record_reads: list[tuple[str, int]] = []  # the transfers' reads of the stream
+    get_many, get = SqlTransferStore.get_many, SqlTransferStore.get
+
+    async def many(self: SqlTransferStore, tids: Any) -> Any:
+        if _in_stream():
+            record_reads.append(("get_many", len(tids)))
+        return await get_many(self, tids)
+
+    async def one(self: SqlTransferStore, tid: bytes) -> Any:
+        if _in_stream():
+            record_reads.append(("get", 1))
+        return await get(self, tid)
+
+    monkeypatch.setattr(SqlTransferStore, "get_many", many)
+    monkeypatch.setattr(SqlTransferStore, "get", one)
     from bridge.coordinator.coalesce import FLUSH_TASK_NAME
 
     def stream_tasks() -> int:
@@ -587,6 +614,10 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
     for sequences in seen.values():
         assert sequences == list(range(1, len(sequences) + 1))  # in order, no gap, no repeat
     assert all(c <= 4 and r <= 7 for c, r in reads), reads
+    # the updates' transfers are read once per page of updates, never once per update
+    assert record_reads and all(kind == "get_many" for kind, _ in record_reads), record_reads
+    assert len(record_reads) <= len(reads)
+    assert sum(len(v) for v in seen.values()) > len(record_reads)
     for i in range(n):
         record = await served.store.get_by_key("a", f"p-{i}")
         assert record is not None and record.state.terminal
