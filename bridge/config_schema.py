@@ -380,8 +380,9 @@ class CoordinatorFile(Table):
     wait for it and do not count."""
     batch_admission_parallel: int = Field(default=16, gt=0, le=256)
     """Items of one ``SubmitTransfers`` batch checked at once (instruction, ledger reads,
-    the feed's holds); they are still recorded one by one in item order, so a lane's
-    flow-limit queue serves them in batch order. 1: one item after the other."""
+    the feed's holds); they are still recorded in item order (the next item with every
+    item behind it whose check has ended, in one transaction), so a lane's flow-limit
+    queue serves them in batch order. 1: one item after the other."""
     max_transfer_watches: int = Field(default=256, gt=0, le=10_000)
     """Most ``WatchTransfer`` streams one caller (organisation and role) may hold open at
     once; one more is refused RESOURCE_EXHAUSTED (retryable). A brokerage following many

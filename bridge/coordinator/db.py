@@ -12,11 +12,14 @@ each runs in its own savepoint, so an exception rolls back that write alone, and
 COMMIT (one fsync of the write-ahead log) makes the group durable before any of its
 callers returns. A write's effect, its atomicity and its order among the process's calls
 are what they were with a transaction per write; only the number of fsyncs changes (one
-per group instead of one per write). PostgreSQL keeps a transaction per write (the HA
-lease bounds a leader's transaction, and the server groups its own commits). Reads
+per group instead of one per write), and the group's callers are answered on their event
+loop in one hand-off (one wake-up of the loop per group, not one per write). PostgreSQL
+keeps a transaction per write (the HA lease bounds a leader's transaction, and the server
+groups its own commits). Reads
 waiting for the worker thread are handed to it in one turn and each answered on its caller's
-event loop as soon as it has run (no thread-pool future per read: 44-51 -> 23-27 us of CPU
-per read at 32 concurrent readers).
+event loop once it has run (no thread-pool future per read: 44-51 -> 23-27 us of CPU per
+read at 32 concurrent readers), the answers of one turn together (held at most
+:data:`READ_ANSWER_HOLD_S`).
 
 The stores write their SQL once, in the subset both engines share; :class:`Conn`
 translates placeholders and exposes the few places the dialects differ
@@ -34,6 +37,7 @@ import ipaddress
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -158,13 +162,57 @@ class _PgCursor:
 
 
 class _Write:
-    """A queued write: its function and the future its caller awaits."""
+    """A queued write: its function, the thread-safe future the worker thread runs it under
+    (``done``: its cancellation, from the caller, means it never starts) and the caller's
+    future on its event loop (``future``), settled from ``done`` by :func:`_answer_writes`."""
 
-    __slots__ = ("done", "fn")
+    __slots__ = ("done", "fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[Conn], Any]) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Conn], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.fn = fn
         self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.future = future
+        self.loop = loop
+        # A caller cancelled before its write started: the write never runs (as
+        # ``asyncio.wrap_future`` did); once it runs it commits or rolls back as a whole.
+        future.add_done_callback(self._cancel_if_cancelled)
+
+    def _cancel_if_cancelled(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self.done.cancel()
+
+
+def _answer_writes(jobs: Sequence[_Write]) -> None:
+    """Worker thread (or the loop, for writes never handed over): settle the callers'
+    futures of ``jobs``, whose ``done`` futures are settled (or cancelled), with ONE
+    hand-off to each event loop for all of them, not one per write."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
+    for job in jobs:
+        by_loop.setdefault(job.loop, []).append(job)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits them
+            loop.call_soon_threadsafe(_settle_writes, mine)
+
+
+def _settle_writes(jobs: Sequence[_Write]) -> None:
+    """On the callers' loop: each caller gets its write's result or exception (a caller
+    that was cancelled meanwhile gets nothing)."""
+    for job in jobs:
+        if job.future.done() or not job.done.done():
+            continue
+        if job.done.cancelled():
+            job.future.cancel()
+            continue
+        error = job.done.exception()
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(job.done.result())
 
 
 class _Read:
@@ -185,17 +233,36 @@ class _Read:
     def answer(self, value: Any, error: BaseException | None = None) -> None:
         """Settle the caller's future with ``value``, or raise ``error`` to it, from any
         thread; a cancelled caller's answer, or one for a closed loop, is dropped."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
-            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
+        _answer_reads([(self, value, error)])
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+_ReadAnswer = tuple[_Read, Any, BaseException | None]
+
+READ_ANSWER_HOLD_S = 0.001
+"""How long the worker thread may hold the answers of reads it has run, to hand them to
+their event loop together (one wake-up of the loop for several reads): held answers go
+before the next read starts once the oldest is this old, and all at the end of the turn."""
+
+
+def _answer_reads(answers: Sequence[_ReadAnswer]) -> None:
+    """From any thread: settle each read's future with its value or error, with ONE hand-off
+    to each event loop; a cancelled caller's answer, or one for a closed loop, is dropped."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_ReadAnswer]] = {}
+    for answer in answers:
+        by_loop.setdefault(answer[0].loop, []).append(answer)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits them
+            loop.call_soon_threadsafe(_settle_reads, mine)
+
+
+def _settle_reads(answers: Sequence[_ReadAnswer]) -> None:
+    for read, value, error in answers:
+        if read.future.done():  # cancelled meanwhile
+            continue
+        if error is not None:
+            read.future.set_exception(error)
+        else:
+            read.future.set_result(value)
 
 
 class Database:
@@ -336,17 +403,26 @@ class Database:
         return await future
 
     def _run_reads(self) -> None:
-        """Worker thread: run every read handed over so far, answering each at once."""
+        """Worker thread: run every read handed over so far; their answers go to the event
+        loop together (:data:`READ_ANSWER_HOLD_S`)."""
         with self._pending_guard:
             reads, self._reads = self._reads, []
             self._reads_queued = False
-        for read in reads:
-            try:
-                value = self._typed(self._read, read.fn)
-            except BaseException as exc:  # the caller's, typed as before (DatabaseUnavailable)
-                read.answer(None, exc)
-            else:
-                read.answer(value)
+        held: list[_ReadAnswer] = []
+        since = 0.0
+        try:
+            for read in reads:
+                if held and time.monotonic() - since >= READ_ANSWER_HOLD_S:
+                    _answer_reads(held)
+                    held = []
+                try:
+                    held.append((read, self._typed(self._read, read.fn), None))
+                except BaseException as exc:  # the caller's, typed (DatabaseUnavailable)
+                    held.append((read, None, exc))
+                if len(held) == 1:
+                    since = time.monotonic()
+        finally:
+            _answer_reads(held)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread (on SQLite, in its own savepoint
@@ -354,7 +430,8 @@ class Database:
         if not self._grouped:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
-        job = _Write(fn)
+        loop = asyncio.get_running_loop()
+        job = _Write(fn, loop.create_future(), loop)
         with self._pending_guard:
             self._pending.append(job)
             queue = not self._flush_queued
@@ -373,15 +450,25 @@ class Database:
                 for orphan in orphans:
                     if orphan.done.set_running_or_notify_cancel():
                         orphan.done.set_exception(exc)
+                _answer_writes(orphans)
                 if not isinstance(exc, RuntimeError):
                     raise
-        return await asyncio.wrap_future(job.done)
+        result: T = await job.future
+        return result
 
     def _flush(self) -> None:
-        """Worker thread: apply every write queued so far, as one group transaction."""
+        """Worker thread: apply every write queued so far, as one group transaction, then
+        answer all of their callers at once (:func:`_answer_writes`)."""
         with self._pending_guard:
             jobs, self._pending = self._pending, []
             self._flush_queued = False
+        try:
+            self._apply(jobs)
+        finally:
+            _answer_writes(jobs)
+
+    def _apply(self, jobs: Sequence[_Write]) -> None:
+        """Worker thread: run ``jobs`` (those not cancelled) and settle each ``done``."""
         live = [job for job in jobs if not job.done.cancelled()]
         if len(live) == 1:
             job = live[0]

@@ -393,9 +393,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # The transfers of the updates to send, in one store read per page (not
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
-                    records = await self._records_of(
-                        [u for u in rows if u.transfer_id in cursors]
-                    )
+                    records = await self._records_of([u for u in rows if u.transfer_id in cursors])
                     for update in rows:
                         entry = cursors.get(update.transfer_id)
                         if entry is None or update.sequence <= entry[2]:

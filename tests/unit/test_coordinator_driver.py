@@ -257,6 +257,7 @@ async def test_checked_submissions_are_recorded_together_and_each_gets_its_drive
     instruction under another key) to its item."""
     c, _, store = coordinator
     old, _ = await submit(c, request("old"))
+    assert await final(store, old.transfer_id) is TransferState.COMMITTED  # no writes after
     reqs = [request(f"new-{n}") for n in range(3)]
     admitted = [await c.check_submit(r, instructed(c._network, r)) for r in reqs]
     retry = await c.check_submit(request("old"), instructed(c._network, request("old")))

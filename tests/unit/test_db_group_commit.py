@@ -83,6 +83,35 @@ async def test_queued_writes_share_one_commit_and_are_durable_when_they_return(
     assert _names(path) == [f"l{n:03}" for n in range(50)]
 
 
+async def test_a_groups_callers_are_answered_in_one_hand_off_to_their_loop(
+    opened: tuple[Database, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: the worker thread wakes the callers' event loop once per group (one
+    ``call_soon_threadsafe`` for all of its writes, results and errors alike), not once
+    per write; each caller still gets its own answer."""
+    db, _ = opened
+    loop = asyncio.get_running_loop()
+    handoffs: list[int] = []
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread() and not str(
+            getattr(callback, "__module__", "")
+        ).startswith("asyncio"):  # the database thread's answers (not to_thread's)
+            handoffs.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+        return original(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+
+    def refused(c: Conn) -> None:
+        raise ValueError("refused")
+
+    results = await _queue_then_release(db, *(_insert(f"h{n}") for n in range(20)), refused)
+    assert results[:20] == [f"h{n}" for n in range(20)]
+    assert isinstance(results[20], ValueError)
+    assert handoffs == [21]
+
+
 async def test_a_write_that_raises_rolls_back_alone_and_gets_its_own_error(
     opened: tuple[Database, Path],
 ) -> None:
