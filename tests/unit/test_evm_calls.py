@@ -235,6 +235,38 @@ def test_gas_is_estimated_for_the_same_transaction_web3_estimates() -> None:
     assert asyncio.run(both()) == (21_000, 21_000)
 
 
+def test_a_call_encodes_its_arguments_once_for_the_estimate_and_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: a send estimates gas, then builds the transaction, from one encoding of the
+    arguments (a 50-item batch's are the relayer's largest ABI cost); both carry exactly
+    the calldata web3 would send."""
+    provider, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    sender: Any = {"from": to_checksum_address("0x" + "22" * 20)}
+    fields: Any = {**sender, "nonce": 5, "gas": 90_000, "gasPrice": 3, "chainId": 31337}
+    word = b"\x07" * 32
+    encodes: list[str] = []
+    original = AbiFunction.calldata
+
+    def counted(self: AbiFunction, codec: Any, args: Any) -> str:
+        encodes.append(self.name)
+        return original(self, codec, args)
+
+    monkeypatch.setattr(AbiFunction, "calldata", counted)
+    call = lean.functions.tokenOf(word)
+
+    async def send() -> tuple[int, Any, Any]:
+        gas = await call.estimate_gas(sender)
+        return gas, await call.build_transaction(fields), await call.build_transaction(fields)
+
+    gas, built, again = asyncio.run(send())
+    assert gas > 0
+    assert encodes == ["tokenOf"]
+    theirs = asyncio.run(web3_contract.functions.tokenOf(word).build_transaction(fields))
+    assert built["data"] == again["data"] == theirs["data"]
+    assert provider.requests[0][1][0]["data"] == theirs["data"]
+
+
 def test_an_overloaded_function_is_refused_when_the_table_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -169,22 +169,32 @@ def functions_of(contract_name: str) -> Mapping[str, AbiFunction]:
 class BoundCall:
     """One function of one contract with its arguments: web3's ``ContractFunction``
     surface (``call``, ``estimate_gas``, ``build_transaction``) without its per-call ABI
-    work."""
+    work. The arguments are encoded once, on first use, and that calldata serves every
+    later use (a send estimates gas, then builds the transaction: a 50-item batch's
+    arguments were encoded twice); the arguments are not to be changed in place after."""
 
-    __slots__ = ("_w3", "address", "args", "fn")
+    __slots__ = ("_data", "_w3", "address", "args", "fn")
 
     def __init__(self, w3: AsyncWeb3[Any], address: str, fn: AbiFunction, args: Sequence[Any]):
         self._w3 = w3
         self.address = address
         self.fn = fn
         self.args = tuple(args)
+        self._data: str | None = None
+
+    def calldata(self) -> str:
+        """``0x`` + selector + the encoded arguments (encoded on the first call; TypeError
+        or the codec's EncodingError as :meth:`AbiFunction.calldata`, each time)."""
+        if self._data is None:
+            self._data = self.fn.calldata(self._w3.codec, self.args)
+        return self._data
 
     def _tx(self, transaction: TxParams | None) -> TxParams:
         tx = cast(dict[str, Any], dict(transaction or {}))
         if "data" in tx or "to" in tx:
             raise ValueError("a contract call sets its own 'to' and 'data'")
         tx["to"] = self.address
-        tx["data"] = self.fn.calldata(self._w3.codec, self.args)
+        tx["data"] = self.calldata()
         return cast(TxParams, tx)
 
     async def _request(
