@@ -24,6 +24,7 @@ from web3.exceptions import BadFunctionCallOutput, ContractLogicError, LogTopicE
 from web3.providers.async_base import AsyncBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
+from bridge.ledgers.evm import calls
 from bridge.ledgers.evm.artifacts import CONTRACT_NAMES, load_abi
 from bridge.ledgers.evm.calls import AbiEvent, AbiFunction, ContractCalls, events_of, functions_of
 
@@ -265,6 +266,75 @@ def test_a_call_encodes_its_arguments_once_for_the_estimate_and_the_build(
     theirs = asyncio.run(web3_contract.functions.tokenOf(word).build_transaction(fields))
     assert built["data"] == again["data"] == theirs["data"]
     assert provider.requests[0][1][0]["data"] == theirs["data"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_word_arrays_are_encoded_exactly_as_the_codec_encodes_them(seed: int) -> None:
+    """Issue 14: ``bytes32[]`` and ``uintN[]`` arguments (the lens's ``legsOf``) are encoded
+    without eth_abi's per-element layers, to the same bytes as the codec, beside static
+    words of every kind taken and other arrays; any other type is the codec's alone."""
+    rng = random.Random(seed)
+    codec = AsyncWeb3().codec
+    types = ["address", "bytes32[]", "uint8[]", "uint256", "bool", "uint64[]", "bytes32"]
+    for _ in range(20):
+        n, m = rng.randrange(0, 60), rng.randrange(0, 5)
+        args = [
+            to_checksum_address(rng.randbytes(20)),
+            [rng.randbytes(32) for _ in range(n)],
+            tuple(rng.randrange(256) for _ in range(n)),
+            rng.randrange(2**256),
+            rng.random() < 0.5,
+            [rng.choice((0, 2**64 - 1, rng.randrange(2**64))) for _ in range(m)],
+            rng.randbytes(32),
+        ]
+        order = list(range(len(types)))
+        rng.shuffle(order)
+        ts, vs = [types[i] for i in order], [args[i] for i in order]
+        fast = calls._encode_word_arrays(codec, ts, vs)
+        assert fast is not None and fast == codec.encode(ts, vs)
+    assert calls._encode_word_arrays(codec, ["address", "uint8"], [ADDRESS, 1]) is None
+    assert calls._encode_word_arrays(codec, ["string[]"], [["a"]]) is None
+    assert calls._encode_word_arrays(codec, ["(bytes32,uint8)[]"], [[(b"", 1)]]) is None
+
+
+@pytest.mark.parametrize(
+    ("abi_type", "bad"),
+    [
+        ("bytes32[]", b"\x01" * 33),  # too long
+        ("bytes32[]", b"\x01" * 31),  # too short: web3's strict codec refuses it
+        ("bytes32[]", "0x" + "01" * 32),  # text, not bytes
+        ("bytes32[]", bytearray(32)),  # another bytes-like: the codec decides
+        ("uint8[]", 256),  # out of range
+        ("uint8[]", -1),
+        ("uint8[]", True),  # a bool is no integer to the codec
+        ("uint8[]", 1.0),
+        ("uint8[]", "1"),
+    ],
+)
+def test_an_array_element_the_fast_path_does_not_take_goes_to_the_codec(
+    abi_type: str, bad: Any
+) -> None:
+    """Such a value is left to the codec: a calldata then has exactly the codec's answer,
+    its encoding or its own error."""
+    codec = AsyncWeb3().codec
+    fn = functions_of("BridgeLens")["legsOf"]
+    ids: list[Any] = [b"\x02" * 32]
+    legs: list[Any] = [1]
+    if abi_type == "bytes32[]":
+        ids.append(bad)
+        legs.append(0)
+    else:
+        ids.append(b"\x03" * 32)
+        legs.append(bad)
+    args = [ADDRESS, ids, legs]
+    assert calls._encode_word_arrays(codec, fn.inputs, args) is None
+    try:
+        expected: Any = "0x" + (fn.selector + codec.encode(fn.inputs, args)).hex()
+    except Exception as exc:  # the codec's own error, raised the same through calldata
+        with pytest.raises(type(exc)):
+            fn.calldata(codec, args)
+    else:
+        assert fn.calldata(codec, args) == expected
 
 
 def test_an_overloaded_function_is_refused_when_the_table_is_built(
