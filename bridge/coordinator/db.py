@@ -15,11 +15,10 @@ are what they were with a transaction per write; only the number of fsyncs chang
 per group instead of one per write), and the group's callers are answered on their event
 loop in one hand-off (one wake-up of the loop per group, not one per write). PostgreSQL
 keeps a transaction per write (the HA lease bounds a leader's transaction, and the server
-groups its own commits). Reads
-waiting for the worker thread are handed to it in one turn and each answered on its caller's
-event loop once it has run (no thread-pool future per read: 44-51 -> 23-27 us of CPU per
-read at 32 concurrent readers), the answers of one turn together (held at most
-:data:`READ_ANSWER_HOLD_S`).
+groups its own commits). Reads waiting for the worker thread are handed to it in one turn
+and each answered on its caller's event loop as soon as it has run (no thread-pool future
+per read: 44-51 -> 23-27 us of CPU per read at 32 concurrent readers; an answer is not held
+back for the reads after it, one of which may be a long listing).
 
 The stores write their SQL once, in the subset both engines share; :class:`Conn`
 translates placeholders and exposes the few places the dialects differ
@@ -37,7 +36,6 @@ import ipaddress
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -201,7 +199,7 @@ def _answer_writes(jobs: Sequence[_Write]) -> None:
 
 def _settle_writes(jobs: Sequence[_Write]) -> None:
     """On the callers' loop: each caller gets its write's result or exception (a caller
-    that was cancelled meanwhile gets nothing)."""
+    that was cancelled meanwhile gets nothing), each on its own (:func:`_settle`)."""
     for job in jobs:
         if job.future.done() or not job.done.done():
             continue
@@ -209,10 +207,7 @@ def _settle_writes(jobs: Sequence[_Write]) -> None:
             job.future.cancel()
             continue
         error = job.done.exception()
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(job.done.result())
+        _settle(job.future, None if error is not None else job.done.result(), error)
 
 
 class _Read:
@@ -233,36 +228,23 @@ class _Read:
     def answer(self, value: Any, error: BaseException | None = None) -> None:
         """Settle the caller's future with ``value``, or raise ``error`` to it, from any
         thread; a cancelled caller's answer, or one for a closed loop, is dropped."""
-        _answer_reads([(self, value, error)])
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits it
+            self.loop.call_soon_threadsafe(_settle, self.future, value, error)
 
 
-_ReadAnswer = tuple[_Read, Any, BaseException | None]
-
-READ_ANSWER_HOLD_S = 0.001
-"""How long the worker thread may hold the answers of reads it has run, to hand them to
-their event loop together (one wake-up of the loop for several reads): held answers go
-before the next read starts once the oldest is this old, and all at the end of the turn."""
-
-
-def _answer_reads(answers: Sequence[_ReadAnswer]) -> None:
-    """From any thread: settle each read's future with its value or error, with ONE hand-off
-    to each event loop; a cancelled caller's answer, or one for a closed loop, is dropped."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_ReadAnswer]] = {}
-    for answer in answers:
-        by_loop.setdefault(answer[0].loop, []).append(answer)
-    for loop, mine in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits them
-            loop.call_soon_threadsafe(_settle_reads, mine)
-
-
-def _settle_reads(answers: Sequence[_ReadAnswer]) -> None:
-    for read, value, error in answers:
-        if read.future.done():  # cancelled meanwhile
-            continue
-        if error is not None:
-            read.future.set_exception(error)
-        else:
-            read.future.set_result(value)
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    """On the caller's loop: ``future`` gets ``value`` or ``error`` (nothing if it was
+    cancelled meanwhile). An error a future cannot carry (StopIteration) reaches it as a
+    RuntimeError, so no caller is left waiting."""
+    if future.done():  # cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(value)
+        return
+    try:
+        future.set_exception(error)
+    except TypeError:
+        future.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
 
 
 class Database:
@@ -403,26 +385,17 @@ class Database:
         return await future
 
     def _run_reads(self) -> None:
-        """Worker thread: run every read handed over so far; their answers go to the event
-        loop together (:data:`READ_ANSWER_HOLD_S`)."""
+        """Worker thread: run every read handed over so far, answering each at once."""
         with self._pending_guard:
             reads, self._reads = self._reads, []
             self._reads_queued = False
-        held: list[_ReadAnswer] = []
-        since = 0.0
-        try:
-            for read in reads:
-                if held and time.monotonic() - since >= READ_ANSWER_HOLD_S:
-                    _answer_reads(held)
-                    held = []
-                try:
-                    held.append((read, self._typed(self._read, read.fn), None))
-                except BaseException as exc:  # the caller's, typed (DatabaseUnavailable)
-                    held.append((read, None, exc))
-                if len(held) == 1:
-                    since = time.monotonic()
-        finally:
-            _answer_reads(held)
+        for read in reads:
+            try:
+                value = self._typed(self._read, read.fn)
+            except BaseException as exc:  # the caller's, typed as before (DatabaseUnavailable)
+                read.answer(None, exc)
+            else:
+                read.answer(value)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread (on SQLite, in its own savepoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -393,7 +393,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # The transfers of the updates to send, in one store read per page (not
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
-                    records = await self._records_of([u for u in rows if u.transfer_id in cursors])
+                    records = await self._records_of([u for u in rows if _to_send(cursors, u)])
                     for update in rows:
                         entry = cursors.get(update.transfer_id)
                         if entry is None or update.sequence <= entry[2]:
@@ -432,6 +432,13 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             if tid not in records:
                 raise NotFound(f"transfer 0x{tid.hex()} does not exist")
         return records
+
+
+def _to_send(cursors: Mapping[bytes, list[Any]], u: TransferUpdate) -> bool:
+    """Whether WatchBatch will send ``u``: its transfer is still watched and ``u`` is past
+    both what was read and what the client already has (a resumed stream skips the rest)."""
+    entry = cursors.get(u.transfer_id)
+    return entry is not None and u.sequence > max(entry[2], entry[3])
 
 
 def _update_pb(u: TransferUpdate, record: TransferRecord) -> transfer_pb2.TransferUpdate:

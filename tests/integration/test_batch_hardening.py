@@ -621,7 +621,9 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
     for i in range(n):
         record = await served.store.get_by_key("a", f"p-{i}")
         assert record is not None and record.state.terminal
-    # Resuming after the last sequence of every item ends at once with nothing new.
+    # Resuming after the last sequence of every item ends at once with nothing new, and
+    # reads no transfer (nothing is sent).
+    record_reads.clear()
     after = [seen[i][-1] for i in range(n)] + [1]
     resumed = [
         m
@@ -631,6 +633,7 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
         )
     ]
     assert resumed == []
+    assert record_reads == []
 
 
 # ---- issue 14: concurrent admission, recorded in item order

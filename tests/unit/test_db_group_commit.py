@@ -112,6 +112,24 @@ async def test_a_groups_callers_are_answered_in_one_hand_off_to_their_loop(
     assert handoffs == [21]
 
 
+async def test_an_error_a_future_cannot_carry_leaves_no_caller_of_its_group_waiting(
+    opened: tuple[Database, Path],
+) -> None:
+    """A write raising StopIteration (which an asyncio future refuses to carry) gets it as a
+    RuntimeError, and the writes answered in the same hand-off after it get theirs."""
+    db, path = opened
+
+    def stops(c: Conn) -> None:
+        raise StopIteration("no more")
+
+    results = await asyncio.wait_for(
+        _queue_then_release(db, _insert("s1"), stops, _insert("s2"), _insert("s3")), 5
+    )
+    assert results[0] == "s1" and results[2:] == ["s2", "s3"]
+    assert isinstance(results[1], RuntimeError) and "StopIteration" in str(results[1])
+    assert _names(path) == ["s1", "s2", "s3"]
+
+
 async def test_a_write_that_raises_rolls_back_alone_and_gets_its_own_error(
     opened: tuple[Database, Path],
 ) -> None:

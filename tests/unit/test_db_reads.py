@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.coordinator.db import (
-    READ_ANSWER_HOLD_S,
-    Conn,
-    Database,
-    DatabaseUnavailable,
-    open_sqlite,
-)
+from bridge.coordinator.db import Conn, Database, DatabaseUnavailable, open_sqlite
 from tests.unit.test_db_group_commit import _hold_worker, _insert
 
 pytestmark = pytest.mark.batch
@@ -72,81 +64,6 @@ async def test_queued_reads_go_in_one_hand_off_each_answered_with_its_own_row(
     release.set()
     assert await asyncio.gather(*tasks) == list(range(30))
     assert handoffs == 1 and order == list(range(30))
-
-
-def _count_loop_handoffs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of answers in each hand-off the worker thread makes to the running loop."""
-    loop = asyncio.get_running_loop()
-    handoffs: list[int] = []
-    original = loop.call_soon_threadsafe
-
-    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread() and not str(
-            getattr(callback, "__module__", "")
-        ).startswith("asyncio"):  # the database thread's answers (not to_thread's)
-            handoffs.append(len(args[0]) if args and isinstance(args[0], list) else 1)
-        return original(callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
-    return handoffs
-
-
-async def test_the_answers_of_one_turn_reach_the_loop_together(
-    opened: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Issue 14: quick reads handed over together are answered in one hand-off to the loop
-    (one wake-up), an error among them too."""
-    db = opened
-    await db.write(_insert("q", 5))
-    handoffs = _count_loop_handoffs(monkeypatch)
-
-    def broken(c: Conn) -> None:
-        c.execute("SELECT nope FROM ledger_progress")
-
-    release = _hold_worker(db)
-    tasks = [asyncio.ensure_future(db.read(_value_of("q"))) for _ in range(10)]
-    tasks.append(asyncio.ensure_future(db.read(broken)))
-    await asyncio.sleep(0.05)
-    release.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert results[:10] == [5] * 10 and isinstance(results[10], sqlite3.OperationalError)
-    assert handoffs == [11]
-
-
-async def test_a_slow_read_does_not_hold_the_answers_before_it(
-    opened: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Answers already held go to the loop before a read starts once they are
-    READ_ANSWER_HOLD_S old: a quick read's caller has its answer while a slow read that was
-    handed over after it still runs."""
-    db = opened
-    await db.write(_insert("s", 9))
-    handoffs = _count_loop_handoffs(monkeypatch)
-    started = threading.Event()
-    finish = threading.Event()
-
-    def pause(c: Conn) -> int | None:
-        time.sleep(2 * READ_ANSWER_HOLD_S)  # the answers before it are old enough to go
-        return _value_of("s")(c)
-
-    def slow(c: Conn) -> int:
-        started.set()
-        finish.wait(5)
-        return 1
-
-    release = _hold_worker(db)
-    quick = asyncio.ensure_future(db.read(_value_of("s")))
-    paused = asyncio.ensure_future(db.read(pause))
-    late = asyncio.ensure_future(db.read(slow))
-    await asyncio.sleep(0.05)
-    release.set()
-    assert await asyncio.wait_for(quick, 5) == 9  # answered while ``slow`` still runs
-    assert await asyncio.wait_for(paused, 5) == 9
-    assert await asyncio.to_thread(started.wait, 5)
-    assert not late.done()
-    finish.set()
-    assert await late == 1
-    assert handoffs == [2, 1]  # the two held answers together, then the slow one
 
 
 async def test_a_read_that_raises_gets_its_own_error_and_the_others_their_rows(
