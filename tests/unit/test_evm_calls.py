@@ -9,6 +9,7 @@ result it is given); the calls on real nodes are covered by the adapter conforma
 from __future__ import annotations
 
 import asyncio
+import enum
 import random
 import re
 from collections.abc import Mapping
@@ -295,6 +296,9 @@ def test_word_arrays_are_encoded_exactly_as_the_codec_encodes_them(seed: int) ->
     assert calls._encode_word_arrays(codec, ["address", "uint8"], [ADDRESS, 1]) is None
     assert calls._encode_word_arrays(codec, ["string[]"], [["a"]]) is None
     assert calls._encode_word_arrays(codec, ["(bytes32,uint8)[]"], [[(b"", 1)]]) is None
+    for other in ("bytes32[2]", "uint8[][]", "uint[]", "int256[]"):  # the codec's alone
+        value: Any = [[1]] if other == "uint8[][]" else [1, 2]
+        assert calls._encode_word_arrays(codec, [other], [value]) is None, other
 
 
 @pytest.mark.parametrize(
@@ -307,6 +311,8 @@ def test_word_arrays_are_encoded_exactly_as_the_codec_encodes_them(seed: int) ->
         ("uint8[]", 256),  # out of range
         ("uint8[]", -1),
         ("uint8[]", True),  # a bool is no integer to the codec
+        ("uint8[]", enum.IntEnum("Leg", "IN")["IN"]),  # an int subclass: the codec decides
+        ("bytes32[]", HexBytes(b"\x04" * 32)),  # a bytes subclass: the codec decides
         ("uint8[]", 1.0),
         ("uint8[]", "1"),
     ],
