@@ -159,12 +159,11 @@ class _PgCursor:
         return list(self._cur.fetchall()) if self._cur.description is not None else []
 
 
-class _Write:
-    """A queued write: its function, the thread-safe future the worker thread runs it under
-    (``done``: its cancellation, from the caller, means it never starts) and the caller's
-    future on its event loop (``future``), settled from ``done`` by :func:`_answer_writes`."""
+class _Job:
+    """A queued call: its function, and the event-loop future its caller awaits on
+    ``loop``."""
 
-    __slots__ = ("done", "fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop")
 
     def __init__(
         self,
@@ -173,9 +172,25 @@ class _Write:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.fn = fn
-        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.future = future
         self.loop = loop
+
+
+class _Write(_Job):
+    """A queued write: a job with the thread-safe future the worker thread runs it under
+    (``done``: its cancellation, from the caller, means it never starts); the caller's
+    ``future`` is settled from ``done`` by :func:`_answer_writes`."""
+
+    __slots__ = ("done",)
+
+    def __init__(
+        self,
+        fn: Callable[[Conn], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(fn, future, loop)
+        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         # A caller cancelled before its write started: the write never runs (as
         # ``asyncio.wrap_future`` did); once it runs it commits or rolls back as a whole.
         future.add_done_callback(self._cancel_if_cancelled)
@@ -210,20 +225,10 @@ def _settle_writes(jobs: Sequence[_Write]) -> None:
         _settle(job.future, None if error is not None else job.done.result(), error)
 
 
-class _Read:
-    """A queued read: its function and the event-loop future its caller awaits."""
+class _Read(_Job):
+    """A queued read: a job answered on its caller's loop as soon as it has run."""
 
-    __slots__ = ("fn", "future", "loop")
-
-    def __init__(
-        self,
-        fn: Callable[[Conn], Any],
-        future: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.loop = loop
+    __slots__ = ()
 
     def answer(self, value: Any, error: BaseException | None = None) -> None:
         """Settle the caller's future with ``value``, or raise ``error`` to it, from any

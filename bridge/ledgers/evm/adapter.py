@@ -1561,9 +1561,9 @@ def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
     """One raw ``eth_getLogs`` entry as :meth:`EvmAdapter.events` reads it: ``blockNumber``
     and ``logIndex`` ints, ``topics`` a list of 32-byte values, ``blockHash`` and
     ``transactionHash`` 32 bytes, ``data`` bytes, ``address`` the node's text (checked
-    against the endpoint's address by the reader). KeyError,
-    TypeError or ValueError for a log without these or with a hash or topic of another
-    length, or one the node marks ``removed``."""
+    against the endpoint's address by the reader). KeyError, TypeError or ValueError for a
+    log without these or with a hash or topic of another length, or one the node marks
+    ``removed``."""
     if not isinstance(log, Mapping):
         raise TypeError(f"a log is a {type(log).__name__}, not an object")
     if log.get("removed") is True:  # a log of a block no longer in the chain
