@@ -103,6 +103,14 @@ def leg_log(address: str, tid: bytes, log_index: int) -> dict[str, Any]:
     }
 
 
+def assert_events_malformed(adapter: EvmAdapter, match: str) -> None:
+    """Reading events from height 3 is refused as the node's malformed answer whose message
+    matches ``match`` (nothing delivered)."""
+    with pytest.raises(LedgerRejected, match=match) as err:
+        asyncio.run(adapter.events(None, 3))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
 def test_events_are_only_the_endpoints_own_logs(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,9 +195,7 @@ def test_a_log_outside_the_blocks_asked_or_without_topics_is_malformed(
         return [leg_log(ENDPOINT, b"\xaa" * 32, 0) | change]
 
     monkeypatch.setattr(adapter, "_get_logs", get_logs)
-    with pytest.raises(LedgerRejected, match=error) as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    assert_events_malformed(adapter, error)
 
 
 def test_an_endpoint_log_that_does_not_decode_is_malformed(
@@ -203,9 +209,7 @@ def test_an_endpoint_log_that_does_not_decode_is_malformed(
         return [log | {"topics": log["topics"][:2]}]
 
     monkeypatch.setattr(adapter, "_get_logs", get_logs)
-    with pytest.raises(LedgerRejected, match="does not decode") as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    assert_events_malformed(adapter, "does not decode")
 
 
 def test_a_batch_receipt_log_that_does_not_decode_is_a_value_error(adapter: EvmAdapter) -> None:

@@ -11,13 +11,12 @@ import pytest
 from web3.types import RPCEndpoint, RPCResponse
 
 from bridge.config import LedgerConfig
-from bridge.core.reasons import ErrorReason
-from bridge.domain.errors import LedgerRejected, Unavailable
+from bridge.domain.errors import Unavailable
 from bridge.domain.ids import LedgerId
 from bridge.domain.legs import Leg, LegState
 from bridge.ledgers.evm.adapter import EvmAdapter, TransactionReverted
 from bridge.rpc.tls import INSECURE_ENV
-from tests.unit.test_evm_adapter_review_s21 import ENDPOINT, leg_log
+from tests.unit.test_evm_adapter_review_s21 import ENDPOINT, assert_events_malformed, leg_log
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -285,9 +284,7 @@ def test_a_malformed_log_is_the_nodes_error_and_nothing_is_delivered(
 ) -> None:
     good = raw(leg_log(ENDPOINT, b"\xaa" * 32, 0))
     answering(adapter, monkeypatch, [good, raw(leg_log(ENDPOINT, b"\xbb" * 32, 1)) | change])
-    with pytest.raises(LedgerRejected, match="malformed answer") as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    assert_events_malformed(adapter, "malformed answer")
 
 
 @pytest.mark.parametrize("answer", [None, {"logs": []}, "0x"])
@@ -295,23 +292,28 @@ def test_an_answer_that_is_not_a_list_of_logs_is_malformed(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, answer: Any
 ) -> None:
     answering(adapter, monkeypatch, answer)
-    with pytest.raises(LedgerRejected, match="not a list") as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    assert_events_malformed(adapter, "not a list")
+
+
+def hanging_receipt_reads(adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Head 10, and receipt reads that never answer; the event is set once one has begun."""
+    scripted(adapter, monkeypatch, [10], [])
+    reading = asyncio.Event()
+
+    async def hanging(tx_hash: bytes) -> dict[str, Any] | None:
+        reading.set()
+        await asyncio.Event().wait()
+        return None
+
+    monkeypatch.setattr(adapter, "_receipt", hanging)
+    return reading
 
 
 def test_a_receipt_read_that_hangs_ends_at_the_waits_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     adapter = deep_adapter(monkeypatch, 2)
-    scripted(adapter, monkeypatch, [10], [])
-    never = asyncio.Event()
-
-    async def hanging(tx_hash: bytes) -> dict[str, Any] | None:
-        await never.wait()
-        return None
-
-    monkeypatch.setattr(adapter, "_receipt", hanging)
+    hanging_receipt_reads(adapter, monkeypatch)
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
@@ -327,15 +329,7 @@ def test_cancelling_the_waiter_during_a_receipt_read_cancels_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     adapter = deep_adapter(monkeypatch, 2)
-    scripted(adapter, monkeypatch, [10], [])
-    reading = asyncio.Event()
-
-    async def hanging(tx_hash: bytes) -> dict[str, Any] | None:
-        reading.set()
-        await asyncio.Event().wait()
-        return None
-
-    monkeypatch.setattr(adapter, "_receipt", hanging)
+    reading = hanging_receipt_reads(adapter, monkeypatch)
 
     async def run() -> None:
         waiter = asyncio.create_task(adapter._final_receipt(TX, 60))
@@ -385,9 +379,7 @@ def test_two_logs_at_one_position_or_two_hashes_for_one_block_are_the_nodes_erro
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, second: dict[str, Any], error: str
 ) -> None:
     answering(adapter, monkeypatch, [raw(leg_log(ENDPOINT, b"\xaa" * 32, 4)), second])
-    with pytest.raises(LedgerRejected, match=error) as err:
-        asyncio.run(adapter.events(None, 3))
-    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    assert_events_malformed(adapter, error)
 
 
 def test_the_malformed_cases_each_fail_on_their_own(
