@@ -188,6 +188,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "waits MS for more ([batching] read_linger_ms); default: the coordinator's (20)",
     )
     p.add_argument(
+        "--watch-group",
+        type=int,
+        default=500,
+        metavar="N",
+        help="with --batch: WatchBatch reports up to N item updates per message\n"
+        "(max_items_per_message; default 500, the coordinator's cap); 1: one each",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -232,7 +240,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
                    batch, a.scenario, curve, a.step_batching, a.step_in_flight,
-                   a.read_linger_ms)  # fmt: skip
+                   a.read_linger_ms, a.watch_group)  # fmt: skip
 
 
 async def _start_measuring(

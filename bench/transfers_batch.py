@@ -320,27 +320,30 @@ async def _watch(
     walls: dict[int, float],
     deadline: float,
     streams: asyncio.Semaphore,
+    group: int,
 ) -> None:
     """Follow one batch with WatchBatch until every item is terminal (state times from the
-    coordinator's stamps); a broken stream is resumed from the last sequences received."""
+    coordinator's stamps), ``group`` reports per message at most; a broken stream is
+    resumed from the last sequences received."""
     loop = asyncio.get_running_loop()
     after = [0] * len(request.items)
     async with streams, system.aio_channel("depository") as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         while loop.time() < deadline:
-            watch = S_WatchBatchRequest(request, after)
+            watch = S_WatchBatchRequest(request, after, group)
             try:
                 async for m in stub.WatchBatch(watch, timeout=max(1.0, deadline - loop.time())):
-                    r = results.get(m.index)
-                    if r is None or not m.HasField("update"):
-                        continue
-                    after[m.index] = m.update.sequence
-                    name = STATE_NAMES.get(m.update.state, str(m.update.state))
-                    r.state_at[name] = m.update.at.ToNanoseconds() / 1e9 - walls[m.index]
-                    if name in TERMINAL:
-                        r.final_state = name
-                        r.end_to_end = r.state_at[name]
-                        r.outcome = "committed" if name == "COMMITTED" else name.lower()
+                    for item in m.items if group > 1 else (m,):
+                        r = results.get(item.index)
+                        if r is None or not item.HasField("update"):
+                            continue
+                        after[item.index] = item.update.sequence
+                        name = STATE_NAMES.get(item.update.state, str(item.update.state))
+                        r.state_at[name] = item.update.at.ToNanoseconds() / 1e9 - walls[item.index]
+                        if name in TERMINAL:
+                            r.final_state = name
+                            r.end_to_end = r.state_at[name]
+                            r.outcome = "committed" if name == "COMMITTED" else name.lower()
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (
@@ -354,11 +357,15 @@ async def _watch(
 
 
 def S_WatchBatchRequest(
-    request: transfer_pb2.SubmitTransfersRequest, after: Sequence[int]
+    request: transfer_pb2.SubmitTransfersRequest, after: Sequence[int], group: int = 1
 ) -> transfer_pb2.WatchBatchRequest:
-    """The WatchBatch request resuming ``request``'s batch after ``after``."""
+    """The WatchBatch request resuming ``request``'s batch after ``after``, asking for up
+    to ``group`` reports per message."""
     return transfer_pb2.WatchBatchRequest(
-        batch_id=request.batch_id, source_ledger=request.source_ledger, after_sequence=after
+        batch_id=request.batch_id,
+        source_ledger=request.source_ledger,
+        after_sequence=after,
+        max_items_per_message=group,
     )
 
 
@@ -369,6 +376,7 @@ async def _run_batch(
     budget: float,
     streams: asyncio.Semaphore,
     stats: dict[str, Any],
+    group: int,
 ) -> list[TransferResult]:
     """Wait for the batch's slot, submit it, follow it; never raises."""
     loop = asyncio.get_running_loop()
@@ -401,7 +409,7 @@ async def _run_batch(
         following[item.index] = r
     if following:
         walls = dict.fromkeys(following, wall)
-        await _watch(system, request, following, walls, deadline, streams)
+        await _watch(system, request, following, walls, deadline, streams, group)
     for r in following.values():
         if not r.final_state and r.outcome == "pending":
             r.outcome = "timed-out"
@@ -422,7 +430,10 @@ async def run_batch_load(
     try:
         async with asyncio.timeout(bound):
             groups = await asyncio.gather(
-                *(_run_batch(system, b, t0, opts.timeout, streams, stats) for b in batches)
+                *(
+                    _run_batch(system, b, t0, opts.timeout, streams, stats, opts.watch_group)
+                    for b in batches
+                )
             )
     finally:
         stop.set()

@@ -76,6 +76,7 @@ class Options:
     step_batching: int = 0  # the coordinator's batched steps: max_items; 0: off
     step_in_flight: int = 0  # [batching] max_in_flight; 0: the coordinator's default
     read_linger_ms: float = -1.0  # [batching] read_linger_ms; < 0: the coordinator's default
+    watch_group: int = 500  # WatchBatch max_items_per_message; 1: one report per message
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -87,6 +88,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "step_batching": opts.step_batching,
         "step_in_flight": opts.step_in_flight,
         "read_linger_ms": opts.read_linger_ms,
+        "watch_group": opts.watch_group,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -64,6 +64,15 @@ WATCH_PAGE_ROWS = 500
 """Most history rows one WatchBatch store read returns."""
 WATCH_IDLE_S = 5.0
 """Longest a WatchBatch waits for a state-change notification before reading again."""
+WATCH_GROUP_MAX = WATCH_PAGE_ROWS
+"""Most item reports one WatchBatch message carries (``max_items_per_message`` above it is
+taken as this): a page's reports can go in one message."""
+WATCH_GROUP_BYTES = 1 << 20
+"""Most serialized bytes of reports one grouped WatchBatch message carries (a report alone
+may exceed it), a quarter of gRPC's default 4 MiB receive limit."""
+
+_Report = dict[str, Any]
+"""One WatchBatch report: the fields of a ``WatchBatchItem`` (index, key, update or error)."""
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -332,19 +341,26 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         its ``after_sequence`` is 0), each transfer's updates after its ``after_sequence``
         until terminal (as WatchTransfer); ends when every item has ended.
 
-        GUARANTEES (batchfix): one item update per message; the store is read in pages
-        (``WATCH_PAGE_ITEMS`` transfers, at most ``WATCH_PAGE_ROWS`` rows, by sequence)
-        only when the client has taken the previous page, so a slow reader holds no queue;
-        the stream keeps one small cursor per unfinished item, not the batch; a caller
-        holding ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
+        GUARANTEES (batchfix): one item report per message, or with
+        ``max_items_per_message`` above 1 up to that many (at most ``WATCH_GROUP_MAX``) in
+        ``items``, never holding a report back for a later page; the reports and their order
+        are the same either way. The store is read in pages (``WATCH_PAGE_ITEMS`` transfers,
+        at most ``WATCH_PAGE_ROWS`` rows, by sequence) only when the client has taken the
+        previous page, so a slow reader holds no queue; the stream keeps one small cursor per
+        unfinished item, not the batch; a caller holding ``max_batch_watches`` streams
+        already gets RESOURCE_EXHAUSTED."""
         caller = current_principal()
+        group = min(max(request.max_items_per_message, 1), WATCH_GROUP_MAX)
         with self._batch_watches.hold((caller.org, caller.role)):
-            async for message in self._watch_batch(request):
-                yield message
+            async for reports in self._watch_batch(request):
+                for message in _watch_messages(reports, group):
+                    yield message
 
     async def _watch_batch(
         self, request: transfer_pb2.WatchBatchRequest
-    ) -> AsyncIterator[transfer_pb2.WatchBatchResponse]:
+    ) -> AsyncIterator[list[_Report]]:
+        """The reports of ``request``'s batch, one list per store page (the refusals first),
+        each list non-empty, until every item has ended."""
         runner = self._batch_runner()
         batch = await runner.store.get(request.source_ledger, request.batch_id)
         if batch is None:
@@ -362,21 +378,21 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         after += [0] * (len(batch.results) - len(after))
         # Per unfinished transfer: [index, key, read cursor, last sequence sent].
         cursors: dict[bytes, list[Any]] = {}
-        refused: list[transfer_pb2.WatchBatchResponse] = []
+        refused: list[_Report] = []
         for r in batch.results:
             if r.error is not None and after[r.index] == 0:
                 refused.append(
-                    transfer_pb2.WatchBatchResponse(
-                        index=r.index,
-                        idempotency_key=r.idempotency_key,
-                        error=_item_error_to_pb(r.error),
-                    )
+                    {
+                        "index": r.index,
+                        "idempotency_key": r.idempotency_key,
+                        "error": _item_error_to_pb(r.error),
+                    }
                 )
             if r.transfer_id is not None:
                 cursors[r.transfer_id] = [r.index, r.idempotency_key, 0, after[r.index]]
         del batch, after  # SECURITY: the stream keeps the cursors only, not the batch
-        for message in refused:
-            yield message
+        for start in range(0, len(refused), WATCH_GROUP_MAX):
+            yield refused[start : start + WATCH_GROUP_MAX]
         del refused
         changed = asyncio.Event()
         self._coordinator.subscribe(list(cursors), changed)
@@ -394,6 +410,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
                     records = await self._records_of([u for u in rows if _to_send(cursors, u)])
+                    reports: list[_Report] = []
                     for update in rows:
                         entry = cursors.get(update.transfer_id)
                         if entry is None or update.sequence <= entry[2]:
@@ -402,14 +419,18 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                         progressed = True
                         if update.sequence > entry[3]:
                             entry[3] = update.sequence
-                            yield transfer_pb2.WatchBatchResponse(
-                                index=entry[0],
-                                idempotency_key=entry[1],
-                                update=_update_pb(update, records[update.transfer_id]),
+                            reports.append(
+                                {
+                                    "index": entry[0],
+                                    "idempotency_key": entry[1],
+                                    "update": _update_pb(update, records[update.transfer_id]),
+                                }
                             )
                         if update.state.terminal:
                             del cursors[update.transfer_id]
                             self._coordinator.unsubscribe([update.transfer_id], changed)
+                    if reports:
+                        yield reports
                 if not progressed:
                     # The timeout only bounds the wait should a notification be missed.
                     with contextlib.suppress(TimeoutError):
@@ -432,6 +453,30 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             if tid not in records:
                 raise NotFound(f"transfer 0x{tid.hex()} does not exist")
         return records
+
+
+def _watch_messages(
+    reports: Sequence[_Report], group: int
+) -> Iterator[transfer_pb2.WatchBatchResponse]:
+    """``reports`` as WatchBatch messages, in order: each in its own message's fields when
+    ``group`` is 1, else in ``items``, at most ``group`` reports and (unless one report is
+    larger alone) ``WATCH_GROUP_BYTES`` bytes of them per message."""
+    if group == 1:
+        for report in reports:
+            yield transfer_pb2.WatchBatchResponse(**report)
+        return
+    items: list[transfer_pb2.WatchBatchItem] = []
+    size = 0
+    for report in reports:
+        item = transfer_pb2.WatchBatchItem(**report)
+        item_size = item.ByteSize() + 8  # the field's tag and length
+        if items and (len(items) == group or size + item_size > WATCH_GROUP_BYTES):
+            yield transfer_pb2.WatchBatchResponse(items=items)
+            items, size = [], 0
+        items.append(item)
+        size += item_size
+    if items:
+        yield transfer_pb2.WatchBatchResponse(items=items)
 
 
 def _to_send(cursors: Mapping[bytes, list[Any]], u: TransferUpdate) -> bool:

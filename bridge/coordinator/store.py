@@ -199,8 +199,8 @@ _TERMS_FIELDS = (
 )  # fmt: skip
 
 
-def _terms_from_json(text: str) -> TransferTerms:
-    raw = json.loads(text)
+def _terms_from_json(raw: Mapping[str, Any]) -> TransferTerms:
+    """The terms of a parsed ``terms`` column."""
     w = {k: bytes.fromhex(raw[k]) for k in _TERMS_FIELDS if k not in ("amount", "deadline")}
     return TransferTerms(
         nonce=w["nonce"],
@@ -217,8 +217,9 @@ def _terms_from_json(text: str) -> TransferTerms:
     )
 
 
-def _instruction_from_json(text: str) -> bytes:
-    return bytes.fromhex(str(json.loads(text).get("instruction", "")))
+def _instruction_from_json(raw: Mapping[str, Any]) -> bytes:
+    """The instruction signature a parsed ``terms`` column holds (empty for none)."""
+    return bytes.fromhex(str(raw.get("instruction", "")))
 
 
 def _append_update(
@@ -258,10 +259,11 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
         return None
     (tid, request, terms, state, reason, created, updated, txs, origin) = row[:9]
     (decision, parked, wait, not_before) = row[9:]
+    terms_json = json.loads(str(terms))  # the terms and the instruction: parsed once
     return TransferRecord(
         transfer_id=bytes(tid),
         request=TransferRequest(**json.loads(str(request))),
-        terms=_terms_from_json(str(terms)),
+        terms=_terms_from_json(terms_json),
         state=TransferState(int(state)),
         reason=str(reason),
         created_at=float(created),
@@ -269,7 +271,7 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
         decision=ClaimKind(int(decision)) if decision is not None else None,
         transactions=json.loads(str(txs)),
         origin=TransferOrigin(str(origin)),
-        instruction=_instruction_from_json(str(terms)),
+        instruction=_instruction_from_json(terms_json),
         parked_reason=int(parked) if parked is not None else 0,
         wait_reason=WaitReason(int(wait)) if wait is not None else WaitReason.NONE,
         not_before=float(not_before) if not_before is not None else 0.0,

@@ -672,8 +672,15 @@ class WatchBatchRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     SOURCE_LEDGER_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     source_ledger: _builtins.str
+    max_items_per_message: _builtins.int
+    """0 or 1: one item report per message, in the message's own fields (as before this
+    field existed). More: each message carries up to this many reports in `items` (at most
+    the coordinator's cap, 500; a larger value is taken as the cap) and leaves its own
+    fields unset. The reports, their order and the resume rule are the same either way.
+    """
     @_builtins.property
     def after_sequence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Resume: after_sequence[i] is the last TransferUpdate.sequence received for item i
@@ -686,17 +693,20 @@ class WatchBatchRequest(_message.Message):
         batch_id: _builtins.str = ...,
         source_ledger: _builtins.str = ...,
         after_sequence: _abc.Iterable[_builtins.int] | None = ...,
+        max_items_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batch_id", b"batch_id", "source_ledger", b"source_ledger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batch_id", b"batch_id", "max_items_per_message", b"max_items_per_message", "source_ledger", b"source_ledger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchBatchRequest: _TypeAlias = WatchBatchRequest  # noqa: Y015
 
 @_typing.final
-class WatchBatchResponse(_message.Message):
+class WatchBatchItem(_message.Message):
+    """One report of a WatchBatch: a state change of one item's transfer, or its refusal."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -725,6 +735,49 @@ class WatchBatchResponse(_message.Message):
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "index", b"index", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchBatchItem: _TypeAlias = WatchBatchItem  # noqa: Y015
+
+@_typing.final
+class WatchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Fields 1-4 hold the one report of this message when max_items_per_message is 0 or 1.
+    The item's position in the batch.
+    """
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def update(self) -> Global___TransferUpdate:
+        """A state change of the item's transfer (unset for a refused item)."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchItemError:
+        """Set for a refused or retryable item (reported once per watch, no update follows)."""
+
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchBatchItem]:
+        """When max_items_per_message > 1: this message's reports, in stream order (one or more)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        update: Global___TransferUpdate | None = ...,
+        error: Global___BatchItemError | None = ...,
+        items: _abc.Iterable[Global___WatchBatchItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "index", b"index", "items", b"items", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

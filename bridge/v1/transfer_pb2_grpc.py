@@ -116,8 +116,10 @@ class TransferServiceServicer:
     def WatchBatch(self, request, context):
         """Every state change of every item of a recorded batch (refused items once, with their
         error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-        item update per message, the store read in pages; a caller holding the coordinator's
-        max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+        item report per message unless max_items_per_message asks for more (then up to that
+        many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+        pages; a caller holding the coordinator's max_batch_watches streams already is answered
+        RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,8 +57,10 @@ class TransferServiceStub:
     WatchBatch: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]
     """Every state change of every item of a recorded batch (refused items once, with their
     error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-    item update per message, the store read in pages; a caller holding the coordinator's
-    max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+    item report per message unless max_items_per_message asks for more (then up to that
+    many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+    pages; a caller holding the coordinator's max_batch_watches streams already is answered
+    RESOURCE_EXHAUSTED.
     """
 
 @_typing.type_check_only
@@ -90,8 +92,10 @@ class TransferServiceAsyncStub(TransferServiceStub):
     WatchBatch: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchBatchRequest, _transfer_pb2.WatchBatchResponse]  # type: ignore[assignment]
     """Every state change of every item of a recorded batch (refused items once, with their
     error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-    item update per message, the store read in pages; a caller holding the coordinator's
-    max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+    item report per message unless max_items_per_message asks for more (then up to that
+    many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+    pages; a caller holding the coordinator's max_batch_watches streams already is answered
+    RESOURCE_EXHAUSTED.
     """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -156,8 +160,10 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_transfer_pb2.WatchBatchResponse], _abc.AsyncIterator[_transfer_pb2.WatchBatchResponse]]:
         """Every state change of every item of a recorded batch (refused items once, with their
         error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-        item update per message, the store read in pages; a caller holding the coordinator's
-        max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+        item report per message unless max_items_per_message asks for more (then up to that
+        many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+        pages; a caller holding the coordinator's max_batch_watches streams already is answered
+        RESOURCE_EXHAUSTED.
         """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

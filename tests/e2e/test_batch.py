@@ -151,11 +151,24 @@ def test_a_batch_commits_the_eligible_items_and_aborts_the_ineligible(
     }
     # Resuming after the last update of every item: only nothing new (the stream ends).
     last = [0] * 8
+    single = []
     for m in brokerage_a.WatchBatch(
         S.WatchBatchRequest(batch_id=request.batch_id, source_ledger=A), timeout=30
     ):
+        single.append(m)
         if m.HasField("update"):
             last[m.index] = m.update.sequence
+    # Asking for up to 100 reports per message: the same reports in fewer messages.
+    grouped = list(
+        brokerage_a.WatchBatch(
+            S.WatchBatchRequest(
+                batch_id=request.batch_id, source_ledger=A, max_items_per_message=100
+            ),
+            timeout=30,
+        )
+    )
+    assert 1 <= len(grouped) < len(single)
+    assert [S.WatchBatchResponse(**_fields(i)) for m in grouped for i in m.items] == single
     resumed = list(
         brokerage_a.WatchBatch(
             S.WatchBatchRequest(
@@ -175,6 +188,11 @@ def test_a_batch_commits_the_eligible_items_and_aborts_the_ineligible(
     assert all(b.balance(DEMO_ISIN, r.address) == 0 for r in bad)
     assert a.escrowed(DEMO_ISIN) == b.escrowed(DEMO_ISIN) == 0
     assert a.total_supply(DEMO_ISIN) + b.total_supply(DEMO_ISIN) == supply
+
+
+def _fields(item: S.WatchBatchItem) -> dict[str, object]:
+    """A grouped report's fields, as a one-report message holds them."""
+    return {f.name: v for f, v in item.ListFields()}
 
 
 def test_a_batch_is_refused_whole_when_oversized_or_from_another_ledger(

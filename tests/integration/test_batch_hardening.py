@@ -7,8 +7,9 @@ PKI), and a real store: a SQLite file or PostgreSQL.
    answers the first's results (same items) or ALREADY_EXISTS (other items, none run).
 2. An item refused for a transient reason (the eligibility read timing out) is RETRYABLE,
    not recorded as final; a replay re-evaluates those items only, final refusals stay.
-3. WatchBatch is bounded: per caller (RESOURCE_EXHAUSTED), one item update per message,
-   the store read in pages (no per-item watcher task), and it still reports every item.
+3. WatchBatch is bounded: per caller (RESOURCE_EXHAUSTED), one item update per message
+   (or, asked for, a bounded group of them), the store read in pages (no per-item watcher
+   task), and it still reports every item.
 """
 
 from __future__ import annotations
@@ -634,6 +635,132 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
     ]
     assert resumed == []
     assert record_reads == []
+
+
+def _reports(messages: list[S.WatchBatchResponse], grouped: bool) -> list[tuple[Any, ...]]:
+    """Every report of a watch, in stream order, whichever way the messages carry them."""
+    out = []
+    for m in messages:
+        if grouped:
+            assert not m.HasField("update") and not m.HasField("error") and m.index == 0
+            assert len(m.items) >= 1  # never an empty message
+        else:
+            assert len(m.items) == 0
+        for r in m.items if grouped else [m]:
+            update = (r.update.sequence, r.update.state) if r.HasField("update") else None
+            error = r.error.reason if r.HasField("error") else None
+            out.append((r.index, r.idempotency_key, update, error))
+    return out
+
+
+async def _watched(served: Served, request: S.WatchBatchRequest) -> list[S.WatchBatchResponse]:
+    return [m async for m in served.stub.WatchBatch(request, timeout=60)]
+
+
+async def test_watch_batch_groups_reports_when_asked_and_reports_the_same(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_items_per_message > 1: each message carries up to that many reports in
+    ``items`` (its own fields unset), a page's reports together, never an empty message;
+    the reports, their order and the resume rule are those of one report per message."""
+    import bridge.coordinator.service as service
+
+    monkeypatch.setattr(service, "WATCH_PAGE_ITEMS", 4)
+    monkeypatch.setattr(service, "WATCH_PAGE_ROWS", 7)
+    n = 10
+    refused = [item(served, f"gf-{i}", sender=FROZEN) for i in range(3)]
+    items = [item(served, f"g-{i}") for i in range(n)] + refused
+    await served.stub.SubmitTransfers(batch("day-g", items), timeout=30)
+    # Watched live, grouped by 3: every item reported, in order, no gap, no repeat.
+    live = await _watched(
+        served, S.WatchBatchRequest(batch_id="day-g", source_ledger="a", max_items_per_message=3)
+    )
+    reports = _reports(live, grouped=True)
+    assert all(len(m.items) <= 3 for m in live)
+    assert len(live) < len(reports)  # grouped: fewer messages than reports
+    assert [r[0] for r in reports[:3]] == [n, n + 1, n + 2]  # the refusals first, together
+    assert len(live[0].items) == 3 and all(r[3] == "HOLDER_FROZEN" for r in reports[:3])
+    seen: dict[int, list[int]] = {}
+    for index, key, update, _error in reports[3:]:
+        assert key == f"g-{index}" and update is not None
+        seen.setdefault(index, []).append(update[0])
+    assert sorted(seen) == list(range(n))
+    assert all(s == list(range(1, len(s) + 1)) for s in seen.values())
+    # Watched again after the end: the same reports one per message and grouped (one page
+    # per message when the group is large enough; a value past the cap is taken as it).
+    single = _reports(
+        await _watched(served, S.WatchBatchRequest(batch_id="day-g", source_ledger="a")), False
+    )
+    grouped = await _watched(
+        served,
+        S.WatchBatchRequest(batch_id="day-g", source_ledger="a", max_items_per_message=2**32 - 1),
+    )
+    assert _reports(grouped, grouped=True) == single
+    # The live watch saw the same reports (interleaved as they happened).
+    assert sorted(r for r in single if r[2]) == sorted(r for r in reports if r[2])
+    assert max(len(m.items) for m in grouped) > 3 and all(len(m.items) <= 7 for m in grouped)
+    # max_items_per_message 1 is one report per message, as 0 is.
+    one = await _watched(
+        served, S.WatchBatchRequest(batch_id="day-g", source_ledger="a", max_items_per_message=1)
+    )
+    assert _reports(one, grouped=False) == single
+    # Resumed after every item's last update, grouped: the refusals are not reported again
+    # (their entries are not 0) and the stream ends with nothing.
+    after = [seen[i][-1] for i in range(n)] + [1, 1, 1]
+    resumed = await _watched(
+        served,
+        S.WatchBatchRequest(
+            batch_id="day-g", source_ledger="a", after_sequence=after, max_items_per_message=50
+        ),
+    )
+    assert resumed == []
+    # Resumed half way: exactly the reports after each item's cursor.
+    half = [seen[i][len(seen[i]) // 2 - 1] if len(seen[i]) > 1 else 0 for i in range(n)] + [1] * 3
+    rest = _reports(
+        await _watched(
+            served,
+            S.WatchBatchRequest(
+                batch_id="day-g", source_ledger="a", after_sequence=half, max_items_per_message=5
+            ),
+        ),
+        grouped=True,
+    )
+    expected = [r for r in single if r[2] is not None and r[2][0] > half[r[0]]]
+    assert rest == expected
+
+
+async def test_a_grouped_watch_message_is_bounded_in_bytes_and_by_the_cap(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grouped message holds at most WATCH_GROUP_BYTES of reports (a report alone may be
+    larger: then it goes alone) and at most WATCH_GROUP_MAX reports, whatever was asked."""
+    import bridge.coordinator.service as service
+
+    items = [item(served, f"b-{i}") for i in range(4)] + [item(served, "b-f", sender=FROZEN)]
+    await served.stub.SubmitTransfers(batch("day-b", items), timeout=30)
+
+    async def all_terminal() -> bool:
+        records = [await served.store.get_by_key("a", f"b-{i}") for i in range(4)]
+        return all(r is not None and r.state.terminal for r in records)
+
+    await eventually(all_terminal, 30, "every item terminal")
+    request = S.WatchBatchRequest(batch_id="day-b", source_ledger="a", max_items_per_message=100)
+    whole = await _watched(served, request)
+    monkeypatch.setattr(service, "WATCH_GROUP_BYTES", 1)  # smaller than any report
+    alone = await _watched(served, request)
+    assert all(len(m.items) == 1 for m in alone)
+    assert _reports(alone, grouped=True) == _reports(whole, grouped=True)
+    assert len(alone) == len(_reports(whole, grouped=True)) > len(whole)
+    size = max(m.items[0].ByteSize() for m in alone)
+    monkeypatch.setattr(service, "WATCH_GROUP_BYTES", 2 * size + 16)  # two reports fit
+    pairs = await _watched(served, request)
+    assert max(len(m.items) for m in pairs) == 2
+    assert _reports(pairs, grouped=True) == _reports(whole, grouped=True)
+    monkeypatch.setattr(service, "WATCH_GROUP_BYTES", 1 << 20)
+    monkeypatch.setattr(service, "WATCH_GROUP_MAX", 3)
+    capped = await _watched(served, request)
+    assert max(len(m.items) for m in capped) == 3
+    assert _reports(capped, grouped=True) == _reports(whole, grouped=True)
 
 
 # ---- issue 14: concurrent admission, recorded in item order

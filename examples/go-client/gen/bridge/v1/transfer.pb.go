@@ -1246,8 +1246,13 @@ type WatchBatchRequest struct {
 	// Resume: after_sequence[i] is the last TransferUpdate.sequence received for item i
 	// (missing or 0: every update from 1; a refused item is reported while it is 0).
 	AfterSequence []uint64 `protobuf:"varint,3,rep,packed,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// 0 or 1: one item report per message, in the message's own fields (as before this
+	// field existed). More: each message carries up to this many reports in `items` (at most
+	// the coordinator's cap, 500; a larger value is taken as the cap) and leaves its own
+	// fields unset. The reports, their order and the resume rule are the same either way.
+	MaxItemsPerMessage uint32 `protobuf:"varint,4,opt,name=max_items_per_message,json=maxItemsPerMessage,proto3" json:"max_items_per_message,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *WatchBatchRequest) Reset() {
@@ -1301,7 +1306,15 @@ func (x *WatchBatchRequest) GetAfterSequence() []uint64 {
 	return nil
 }
 
-type WatchBatchResponse struct {
+func (x *WatchBatchRequest) GetMaxItemsPerMessage() uint32 {
+	if x != nil {
+		return x.MaxItemsPerMessage
+	}
+	return 0
+}
+
+// One report of a WatchBatch: a state change of one item's transfer, or its refusal.
+type WatchBatchItem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The item's position in the batch.
 	Index          uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -1314,9 +1327,83 @@ type WatchBatchResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *WatchBatchItem) Reset() {
+	*x = WatchBatchItem{}
+	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchBatchItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchBatchItem) ProtoMessage() {}
+
+func (x *WatchBatchItem) ProtoReflect() protoreflect.Message {
+	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchBatchItem.ProtoReflect.Descriptor instead.
+func (*WatchBatchItem) Descriptor() ([]byte, []int) {
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchBatchItem) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchBatchItem) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *WatchBatchItem) GetUpdate() *TransferUpdate {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *WatchBatchItem) GetError() *BatchItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type WatchBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fields 1-4 hold the one report of this message when max_items_per_message is 0 or 1.
+	// The item's position in the batch.
+	Index          uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// A state change of the item's transfer (unset for a refused item).
+	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
+	// Set for a refused or retryable item (reported once per watch, no update follows).
+	Error *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// When max_items_per_message > 1: this message's reports, in stream order (one or more).
+	Items         []*WatchBatchItem `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
 func (x *WatchBatchResponse) Reset() {
 	*x = WatchBatchResponse{}
-	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	mi := &file_bridge_v1_transfer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1415,7 @@ func (x *WatchBatchResponse) String() string {
 func (*WatchBatchResponse) ProtoMessage() {}
 
 func (x *WatchBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bridge_v1_transfer_proto_msgTypes[14]
+	mi := &file_bridge_v1_transfer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1428,7 @@ func (x *WatchBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchBatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchBatchResponse) Descriptor() ([]byte, []int) {
-	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{14}
+	return file_bridge_v1_transfer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchBatchResponse) GetIndex() uint32 {
@@ -1368,6 +1455,13 @@ func (x *WatchBatchResponse) GetUpdate() *TransferUpdate {
 func (x *WatchBatchResponse) GetError() *BatchItemError {
 	if x != nil {
 		return x.Error
+	}
+	return nil
+}
+
+func (x *WatchBatchResponse) GetItems() []*WatchBatchItem {
+	if x != nil {
+		return x.Items
 	}
 	return nil
 }
@@ -1471,16 +1565,23 @@ const file_bridge_v1_transfer_proto_rawDesc = "" +
 	"\x17SubmitTransfersResponse\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x124\n" +
 	"\aresults\x18\x02 \x03(\v2\x1a.bridge.v1.BatchItemResultR\aresults\x12\x18\n" +
-	"\acreated\x18\x03 \x01(\bR\acreated\"z\n" +
+	"\acreated\x18\x03 \x01(\bR\acreated\"\xad\x01\n" +
 	"\x11WatchBatchRequest\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12#\n" +
 	"\rsource_ledger\x18\x02 \x01(\tR\fsourceLedger\x12%\n" +
-	"\x0eafter_sequence\x18\x03 \x03(\x04R\rafterSequence\"\xb7\x01\n" +
+	"\x0eafter_sequence\x18\x03 \x03(\x04R\rafterSequence\x121\n" +
+	"\x15max_items_per_message\x18\x04 \x01(\rR\x12maxItemsPerMessage\"\xb3\x01\n" +
+	"\x0eWatchBatchItem\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x121\n" +
+	"\x06update\x18\x03 \x01(\v2\x19.bridge.v1.TransferUpdateR\x06update\x12/\n" +
+	"\x05error\x18\x04 \x01(\v2\x19.bridge.v1.BatchItemErrorR\x05error\"\xe8\x01\n" +
 	"\x12WatchBatchResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12'\n" +
 	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\x121\n" +
 	"\x06update\x18\x03 \x01(\v2\x19.bridge.v1.TransferUpdateR\x06update\x12/\n" +
-	"\x05error\x18\x04 \x01(\v2\x19.bridge.v1.BatchItemErrorR\x05error*\xbf\x02\n" +
+	"\x05error\x18\x04 \x01(\v2\x19.bridge.v1.BatchItemErrorR\x05error\x12/\n" +
+	"\x05items\x18\x05 \x03(\v2\x19.bridge.v1.WatchBatchItemR\x05items*\xbf\x02\n" +
 	"\rTransferState\x12\x1e\n" +
 	"\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18TRANSFER_STATE_SUBMITTED\x10\x01\x12 \n" +
@@ -1528,7 +1629,7 @@ func file_bridge_v1_transfer_proto_rawDescGZIP() []byte {
 }
 
 var file_bridge_v1_transfer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_bridge_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_bridge_v1_transfer_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_bridge_v1_transfer_proto_goTypes = []any{
 	(TransferState)(0),              // 0: bridge.v1.TransferState
 	(WaitReason)(0),                 // 1: bridge.v1.WaitReason
@@ -1547,51 +1648,55 @@ var file_bridge_v1_transfer_proto_goTypes = []any{
 	(*BatchItemResult)(nil),         // 14: bridge.v1.BatchItemResult
 	(*SubmitTransfersResponse)(nil), // 15: bridge.v1.SubmitTransfersResponse
 	(*WatchBatchRequest)(nil),       // 16: bridge.v1.WatchBatchRequest
-	(*WatchBatchResponse)(nil),      // 17: bridge.v1.WatchBatchResponse
-	nil,                             // 18: bridge.v1.Transfer.TransactionsEntry
-	nil,                             // 19: bridge.v1.BatchItemError.MetadataEntry
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*WatchBatchItem)(nil),          // 17: bridge.v1.WatchBatchItem
+	(*WatchBatchResponse)(nil),      // 18: bridge.v1.WatchBatchResponse
+	nil,                             // 19: bridge.v1.Transfer.TransactionsEntry
+	nil,                             // 20: bridge.v1.BatchItemError.MetadataEntry
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_bridge_v1_transfer_proto_depIdxs = []int32{
 	4,  // 0: bridge.v1.SubmitTransferRequest.instruction:type_name -> bridge.v1.Instruction
 	6,  // 1: bridge.v1.SubmitTransferResponse.transfer:type_name -> bridge.v1.Transfer
 	0,  // 2: bridge.v1.Transfer.state:type_name -> bridge.v1.TransferState
-	20, // 3: bridge.v1.Transfer.created_at:type_name -> google.protobuf.Timestamp
-	20, // 4: bridge.v1.Transfer.updated_at:type_name -> google.protobuf.Timestamp
-	20, // 5: bridge.v1.Transfer.deadline:type_name -> google.protobuf.Timestamp
-	18, // 6: bridge.v1.Transfer.transactions:type_name -> bridge.v1.Transfer.TransactionsEntry
+	21, // 3: bridge.v1.Transfer.created_at:type_name -> google.protobuf.Timestamp
+	21, // 4: bridge.v1.Transfer.updated_at:type_name -> google.protobuf.Timestamp
+	21, // 5: bridge.v1.Transfer.deadline:type_name -> google.protobuf.Timestamp
+	19, // 6: bridge.v1.Transfer.transactions:type_name -> bridge.v1.Transfer.TransactionsEntry
 	1,  // 7: bridge.v1.Transfer.wait_reason:type_name -> bridge.v1.WaitReason
-	20, // 8: bridge.v1.Transfer.not_before:type_name -> google.protobuf.Timestamp
+	21, // 8: bridge.v1.Transfer.not_before:type_name -> google.protobuf.Timestamp
 	0,  // 9: bridge.v1.ListTransfersRequest.state:type_name -> bridge.v1.TransferState
 	6,  // 10: bridge.v1.ListTransfersResponse.transfers:type_name -> bridge.v1.Transfer
 	0,  // 11: bridge.v1.TransferUpdate.state:type_name -> bridge.v1.TransferState
-	20, // 12: bridge.v1.TransferUpdate.at:type_name -> google.protobuf.Timestamp
+	21, // 12: bridge.v1.TransferUpdate.at:type_name -> google.protobuf.Timestamp
 	6,  // 13: bridge.v1.TransferUpdate.transfer:type_name -> bridge.v1.Transfer
 	3,  // 14: bridge.v1.SubmitTransfersRequest.items:type_name -> bridge.v1.SubmitTransferRequest
-	19, // 15: bridge.v1.BatchItemError.metadata:type_name -> bridge.v1.BatchItemError.MetadataEntry
+	20, // 15: bridge.v1.BatchItemError.metadata:type_name -> bridge.v1.BatchItemError.MetadataEntry
 	2,  // 16: bridge.v1.BatchItemResult.outcome:type_name -> bridge.v1.BatchItemOutcome
 	6,  // 17: bridge.v1.BatchItemResult.transfer:type_name -> bridge.v1.Transfer
 	13, // 18: bridge.v1.BatchItemResult.error:type_name -> bridge.v1.BatchItemError
 	14, // 19: bridge.v1.SubmitTransfersResponse.results:type_name -> bridge.v1.BatchItemResult
-	11, // 20: bridge.v1.WatchBatchResponse.update:type_name -> bridge.v1.TransferUpdate
-	13, // 21: bridge.v1.WatchBatchResponse.error:type_name -> bridge.v1.BatchItemError
-	3,  // 22: bridge.v1.TransferService.SubmitTransfer:input_type -> bridge.v1.SubmitTransferRequest
-	7,  // 23: bridge.v1.TransferService.GetTransfer:input_type -> bridge.v1.GetTransferRequest
-	8,  // 24: bridge.v1.TransferService.ListTransfers:input_type -> bridge.v1.ListTransfersRequest
-	10, // 25: bridge.v1.TransferService.WatchTransfer:input_type -> bridge.v1.WatchTransferRequest
-	12, // 26: bridge.v1.TransferService.SubmitTransfers:input_type -> bridge.v1.SubmitTransfersRequest
-	16, // 27: bridge.v1.TransferService.WatchBatch:input_type -> bridge.v1.WatchBatchRequest
-	5,  // 28: bridge.v1.TransferService.SubmitTransfer:output_type -> bridge.v1.SubmitTransferResponse
-	6,  // 29: bridge.v1.TransferService.GetTransfer:output_type -> bridge.v1.Transfer
-	9,  // 30: bridge.v1.TransferService.ListTransfers:output_type -> bridge.v1.ListTransfersResponse
-	11, // 31: bridge.v1.TransferService.WatchTransfer:output_type -> bridge.v1.TransferUpdate
-	15, // 32: bridge.v1.TransferService.SubmitTransfers:output_type -> bridge.v1.SubmitTransfersResponse
-	17, // 33: bridge.v1.TransferService.WatchBatch:output_type -> bridge.v1.WatchBatchResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	11, // 20: bridge.v1.WatchBatchItem.update:type_name -> bridge.v1.TransferUpdate
+	13, // 21: bridge.v1.WatchBatchItem.error:type_name -> bridge.v1.BatchItemError
+	11, // 22: bridge.v1.WatchBatchResponse.update:type_name -> bridge.v1.TransferUpdate
+	13, // 23: bridge.v1.WatchBatchResponse.error:type_name -> bridge.v1.BatchItemError
+	17, // 24: bridge.v1.WatchBatchResponse.items:type_name -> bridge.v1.WatchBatchItem
+	3,  // 25: bridge.v1.TransferService.SubmitTransfer:input_type -> bridge.v1.SubmitTransferRequest
+	7,  // 26: bridge.v1.TransferService.GetTransfer:input_type -> bridge.v1.GetTransferRequest
+	8,  // 27: bridge.v1.TransferService.ListTransfers:input_type -> bridge.v1.ListTransfersRequest
+	10, // 28: bridge.v1.TransferService.WatchTransfer:input_type -> bridge.v1.WatchTransferRequest
+	12, // 29: bridge.v1.TransferService.SubmitTransfers:input_type -> bridge.v1.SubmitTransfersRequest
+	16, // 30: bridge.v1.TransferService.WatchBatch:input_type -> bridge.v1.WatchBatchRequest
+	5,  // 31: bridge.v1.TransferService.SubmitTransfer:output_type -> bridge.v1.SubmitTransferResponse
+	6,  // 32: bridge.v1.TransferService.GetTransfer:output_type -> bridge.v1.Transfer
+	9,  // 33: bridge.v1.TransferService.ListTransfers:output_type -> bridge.v1.ListTransfersResponse
+	11, // 34: bridge.v1.TransferService.WatchTransfer:output_type -> bridge.v1.TransferUpdate
+	15, // 35: bridge.v1.TransferService.SubmitTransfers:output_type -> bridge.v1.SubmitTransfersResponse
+	18, // 36: bridge.v1.TransferService.WatchBatch:output_type -> bridge.v1.WatchBatchResponse
+	31, // [31:37] is the sub-list for method output_type
+	25, // [25:31] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_bridge_v1_transfer_proto_init() }
@@ -1605,7 +1710,7 @@ func file_bridge_v1_transfer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bridge_v1_transfer_proto_rawDesc), len(file_bridge_v1_transfer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

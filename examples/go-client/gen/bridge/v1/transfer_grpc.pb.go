@@ -52,8 +52,10 @@ type TransferServiceClient interface {
 	SubmitTransfers(ctx context.Context, in *SubmitTransfersRequest, opts ...grpc.CallOption) (*SubmitTransfersResponse, error)
 	// Every state change of every item of a recorded batch (refused items once, with their
 	// error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-	// item update per message, the store read in pages; a caller holding the coordinator's
-	// max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+	// item report per message unless max_items_per_message asks for more (then up to that
+	// many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+	// pages; a caller holding the coordinator's max_batch_watches streams already is answered
+	// RESOURCE_EXHAUSTED.
 	WatchBatch(ctx context.Context, in *WatchBatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBatchResponse], error)
 }
 
@@ -168,8 +170,10 @@ type TransferServiceServer interface {
 	SubmitTransfers(context.Context, *SubmitTransfersRequest) (*SubmitTransfersResponse, error)
 	// Every state change of every item of a recorded batch (refused items once, with their
 	// error), until each item is terminal. Resume with after_sequence per item. Bounded: one
-	// item update per message, the store read in pages; a caller holding the coordinator's
-	// max_batch_watches streams already is answered RESOURCE_EXHAUSTED.
+	// item report per message unless max_items_per_message asks for more (then up to that
+	// many, at most the coordinator's cap, in WatchBatchResponse.items), the store read in
+	// pages; a caller holding the coordinator's max_batch_watches streams already is answered
+	// RESOURCE_EXHAUSTED.
 	WatchBatch(*WatchBatchRequest, grpc.ServerStreamingServer[WatchBatchResponse]) error
 	mustEmbedUnimplementedTransferServiceServer()
 }
