@@ -72,8 +72,8 @@ class LedgerId:
 
 @lru_cache(maxsize=1024)
 def _ledger_word(name: str) -> bytes:
-    """keccak256 of a ledger's name, kept: a member signs under every claim's ledger words
-    (issue 14: 5 % of a member's busy time was hashing the same few names)."""
+    """keccak256 of a ledger's name, kept: a member works out the ledger words of every
+    claim it signs, always of the same few names (issue 14)."""
     return core.ledger_word(name)
 
 

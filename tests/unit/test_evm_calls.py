@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from eth_abi.exceptions import EncodingError
+from eth_abi.exceptions import DecodingError, EncodingError, NonEmptyPaddingBytes
 from eth_utils.abi import collapse_if_tuple
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
@@ -403,6 +403,97 @@ def test_event_arguments_are_what_web3s_process_log_gives(contract: str, event: 
         ours = ours_event.process_log(log)["args"]
         theirs = theirs_event.process_log(log)["args"]
         assert ours == plain(theirs)
+
+
+def _random_static_type(rng: random.Random, depth: int = 0) -> str:
+    """A static ABI type :func:`calls._decode_static` takes, tuples nested up to twice."""
+    roll = rng.randrange(7 if depth < 2 else 5)
+    if roll == 0:
+        return "address"
+    if roll == 1:
+        return "bool"
+    if roll == 2:
+        return f"uint{8 * rng.randint(1, 32)}"
+    if roll == 3:
+        return "bytes32"
+    if roll == 4:
+        return f"bytes{rng.randint(1, 32)}"
+    return (
+        "(" + ",".join(_random_static_type(rng, depth + 1) for _ in range(rng.randint(1, 4))) + ")"
+    )
+
+
+def _codec_answer(types: list[str], data: bytes) -> Any:
+    """The codec's decoding of ``data``, or the type of its refusal."""
+    try:
+        return CODEC.decode(types, data)
+    except Exception as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_static_words_are_decoded_exactly_as_the_codec_decodes_them(seed: int) -> None:
+    """Issue 14: an event's static words (every committed event's are) are decoded without
+    eth_abi's layers, to the codec's very values; a word the strict codec refuses (padding
+    not zero, a bool other than 0 or 1, a uintN out of range), data of another length and
+    any type not taken are the codec's alone, which then decodes or refuses them."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        types = [_random_static_type(rng) for _ in range(rng.randint(1, 6))]
+        data = CODEC.encode(types, [value_of(t, rng) for t in types])
+        fast = calls._decode_static(types, data)
+        assert fast is not None and fast == CODEC.decode(types, data)
+        assert [type(v) for v in fast] == [type(v) for v in CODEC.decode(types, data)]
+        # One byte changed anywhere: decoded alike, or left to the codec, which refuses it
+        # or decodes it to what the fast path would have.
+        at = rng.randrange(len(data))
+        bent = data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+        mine = calls._decode_static(types, bent)
+        theirs = _codec_answer(types, bent)
+        assert mine is None or mine == theirs, (types, at)
+        if mine is None:
+            assert isinstance(theirs, type) and issubclass(theirs, Exception), (types, at)
+        for cut in (data[:-1], data + b"\0", data[:-32], data + bytes(32)):  # other lengths
+            assert calls._decode_static(types, cut) is None
+    for other in ("int8", "bytes", "string", "uint8[]", "bytes32[2]", "uint", "()"):
+        assert calls._decode_static([other], bytes(64)) is None
+    word = (1).to_bytes(32, "big")
+    refused = {  # a word each type's strict decoder refuses: left to the codec, which raises
+        "bool": (2).to_bytes(32, "big"),
+        "address": b"\1" + bytes(31),
+        "uint8": (256).to_bytes(32, "big"),
+        "uint64": (2**64).to_bytes(32, "big"),
+        "bytes4": bytes(4) + word[4:],
+        "(uint8,bool)": (1).to_bytes(32, "big") + (3).to_bytes(32, "big"),
+    }
+    for abi_type, data in refused.items():
+        assert calls._decode_static([abi_type], data) is None, abi_type
+        with pytest.raises(DecodingError):
+            CODEC.decode([abi_type], data)
+
+
+def test_a_malformed_log_word_gets_the_codecs_answer() -> None:
+    """A log whose word the strict codec refuses is refused as before (the codec's own
+    error); one it accepts decodes to what web3 gives."""
+    rng = random.Random(11)
+    _, web3_contract, lean = web3_and_lean("BridgeEndpoint")
+    event = events_of("BridgeEndpoint")["LegStateChanged"]  # data: uint8, uint8, uint8, ...
+    log = log_of(event, rng)
+    data = bytearray(bytes(log["data"]))
+    data[0] = 1  # the first uint8's padding
+    log["data"] = HexBytes(bytes(data))
+    for contract in (lean, web3_contract):
+        with pytest.raises(NonEmptyPaddingBytes):
+            contract.events.LegStateChanged().process_log(log)
+    log = log_of(event, rng)
+    log["data"] = HexBytes(bytes(log["data"]) + bytes(32))  # a word too many
+    try:
+        theirs = plain(web3_contract.events.LegStateChanged().process_log(log)["args"])
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            lean.events.LegStateChanged().process_log(log)
+    else:
+        assert lean.events.LegStateChanged().process_log(log)["args"] == theirs
 
 
 def test_a_log_of_another_event_or_topic_count_is_refused_as_web3_refuses_it() -> None:

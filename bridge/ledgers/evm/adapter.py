@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -1529,12 +1530,12 @@ class _NoEndpoint(Exception):
     """No code at the endpoint's address at the block read (mapped to NotFound)."""
 
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
 
 
 def _is_hex(digits: str, empty: bool = False) -> bool:
     """Only hex digits (no sign, space or underscore, which ``int``/``fromhex`` accept)."""
-    return (empty or bool(digits)) and _HEX_DIGITS.issuperset(digits)
+    return (empty or bool(digits)) and _HEX_DIGITS.fullmatch(digits) is not None
 
 
 def _quantity(value: Any) -> int:

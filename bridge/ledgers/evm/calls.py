@@ -170,6 +170,79 @@ def _words(element: str, values: Sequence[Any]) -> bytes | None:
     return b"".join(v.to_bytes(32, "big") for v in values)
 
 
+_ZERO_WORD = bytes(32)
+
+
+@cache
+def _static_words(abi_type: str) -> int | None:
+    """The 32-byte words of ``abi_type`` when :func:`_decode_static` decodes it itself:
+    ``address``, ``bool``, ``uintN``, ``bytesN`` and tuples of them; else None."""
+    if abi_type in ("address", "bool") or abi_type in _ARRAY_ELEMENTS:
+        return 1
+    if abi_type.startswith("bytes") and abi_type[5:].isdigit() and 1 <= int(abi_type[5:]) <= 32:
+        return 1
+    if abi_type.startswith("(") and abi_type.endswith(")") and abi_type != "()":
+        sizes = [_static_words(t) for t in _components(abi_type)]
+        return None if None in sizes else sum(cast(list[int], sizes))
+    return None
+
+
+class _NotTaken(Exception):
+    """A word :func:`_decode_static` leaves to the codec (which decodes it or refuses it)."""
+
+
+def _decode_static(types: Sequence[str], data: bytes) -> tuple[Any, ...] | None:
+    """``data`` decoded as ``types`` when each is a static type :func:`_static_words`
+    takes and ``data`` is exactly their words, each word what web3's strict codec accepts
+    (zero padding, a ``bool`` 0 or 1); else None, and the codec decodes or refuses it.
+    The values are the codec's: ``bytes``, ``int``, ``bool``, an address as lowercase
+    ``0x`` text, tuples as tuples. Equal to ``codec.decode`` wherever it answers
+    (tests/unit/test_evm_calls.py compares them). An event's logs are all such types:
+    eth_abi's decoder layers were most of a relayer's cost per log."""
+    sizes = [_static_words(t) for t in types]
+    if None in sizes or len(data) != 32 * sum(cast(list[int], sizes)):
+        return None
+    try:
+        values, _end = _decode_words(types, data, 0)
+    except _NotTaken:
+        return None
+    return values
+
+
+def _decode_words(types: Sequence[str], data: bytes, at: int) -> tuple[tuple[Any, ...], int]:
+    """The values of ``types`` from the word at byte ``at`` on, and the offset after them;
+    _NotTaken for a word the strict codec would refuse."""
+    out: list[Any] = []
+    for abi_type in types:
+        if abi_type.startswith("("):
+            components, at = _decode_words(_components(abi_type), data, at)
+            out.append(components)
+            continue
+        word = data[at : at + 32]
+        at += 32
+        if abi_type == "bytes32":
+            out.append(word)
+        elif abi_type == "address":
+            if word[:12] != _ZERO_WORD[:12]:
+                raise _NotTaken
+            out.append("0x" + word[12:].hex())
+        elif abi_type == "bool":
+            if word[:31] != _ZERO_WORD[:31] or word[31] > 1:
+                raise _NotTaken
+            out.append(word[31] == 1)
+        elif abi_type.startswith("uint"):
+            value = int.from_bytes(word, "big")
+            if value >> int(abi_type[4:]):
+                raise _NotTaken
+            out.append(value)
+        else:  # bytesN, N < 32: N bytes, then zero padding
+            size = int(abi_type[5:])
+            if word[size:] != _ZERO_WORD[size:]:
+                raise _NotTaken
+            out.append(word[:size])
+    return tuple(out), at
+
+
 def _normalised(abi_type: str, value: Any) -> Any:
     """``value`` as web3's return normalisers leave it: every address checksummed, every
     array a list (the codec decodes arrays as tuples), tuples kept as tuples."""
@@ -183,6 +256,12 @@ def _normalised(abi_type: str, value: Any) -> Any:
     if abi_type.startswith("("):
         return tuple(_normalised(t, v) for t, v in zip(_split_tuple(abi_type), value, strict=True))
     return value
+
+
+@cache
+def _components(abi_type: str) -> tuple[str, ...]:
+    """:func:`_split_tuple`, worked out once per type."""
+    return tuple(_split_tuple(abi_type))
 
 
 def _split_tuple(abi_type: str) -> list[str]:
@@ -347,6 +426,7 @@ class AbiEvent:
     indexed: tuple[Mapping[str, Any], ...]
     data: tuple[Mapping[str, Any], ...]
     data_types: tuple[str, ...]
+    indexed_types: tuple[str, ...]
 
     @classmethod
     def from_abi(cls, entry: Mapping[str, Any]) -> AbiEvent:
@@ -367,6 +447,7 @@ class AbiEvent:
             indexed=indexed,
             data=data,
             data_types=tuple(collapse_if_tuple(i) for i in data),
+            indexed_types=tuple(collapse_if_tuple(i) for i in indexed),
         )
 
     def args(self, codec: ABICodec, log: Mapping[str, Any]) -> dict[str, Any]:
@@ -380,10 +461,15 @@ class AbiEvent:
         if len(topics) - 1 != len(self.indexed):
             raise LogTopicError(f"Expected {len(self.indexed)} log topics.  Got {len(topics) - 1}")
         out: dict[str, Any] = {}
-        for entry, topic in zip(self.indexed, topics[1:], strict=True):
-            t = collapse_if_tuple(dict(entry))
-            out[str(entry["name"])] = _normalised(t, codec.decode([t], topic)[0])
-        values = codec.decode(self.data_types, bytes(HexBytes(log["data"])))
+        for entry, t, topic in zip(self.indexed, self.indexed_types, topics[1:], strict=True):
+            value = _decode_static((t,), topic)
+            if value is None:
+                value = codec.decode([t], topic)
+            out[str(entry["name"])] = _normalised(t, value[0])
+        data = bytes(HexBytes(log["data"]))
+        values = _decode_static(self.data_types, data)
+        if values is None:
+            values = codec.decode(self.data_types, data)
         for entry, t, value in zip(self.data, self.data_types, values, strict=True):
             out[str(entry["name"])] = _named(entry, _normalised(t, value))
         return out
