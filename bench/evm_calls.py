@@ -5,8 +5,9 @@ figure is the Python work per call that the relayers and members spend around ea
 round trip (encoding, ABI lookup, decoding, normalising), not the node's time or the
 network's. The calls are the adapter's hot ones under batched load (py-spy during
 ``bench/soak.py --step-batching``): ``BridgeLens.legsOf`` of 50 legs, ``holderOf``,
-``BridgeEndpoint.flowStatus``, ``haltStatus``, and estimating and building a ``lockBatch``
-transaction of 50 items.
+``BridgeEndpoint.flowStatus``, ``haltStatus``, estimating and building a ``lockBatch``
+transaction of 50 items, and decoding a ``LegStateChanged`` and a ``TransferLocked`` log
+(every step's event, read by the watchers and from batch receipts).
 
     .venv/bin/python bench/evm_calls.py --rounds 300 --json .run/bench/evm_calls.json
 
@@ -23,9 +24,12 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from eth_typing import ABIEvent
+from eth_utils.abi import collapse_if_tuple, event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.providers.async_base import AsyncBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
@@ -155,6 +159,40 @@ async def build_timed(make: Callable[[], Any], rounds: int) -> float:
     return (time.process_time() - start) / rounds * 1e6
 
 
+def log_of(w3: AsyncWeb3[Any], name: str) -> dict[str, Any]:
+    """A log of ``BridgeEndpoint``'s event ``name`` as web3's ``eth_getLogs`` gives it."""
+    event = next(
+        e for e in load_abi("BridgeEndpoint") if e.get("type") == "event" and e["name"] == name
+    )
+    indexed = [i for i in event["inputs"] if i.get("indexed")]
+    data = [i for i in event["inputs"] if not i.get("indexed")]
+    data_types = [collapse_if_tuple(i) for i in data]
+    topics = [HexBytes(event_abi_to_log_topic(cast(ABIEvent, event)))] + [
+        HexBytes(w3.codec.encode([collapse_if_tuple(i)], [sample(collapse_if_tuple(i), 3)]))
+        for i in indexed
+    ]
+    return {
+        "address": ENDPOINT,
+        "topics": topics,
+        "data": HexBytes(w3.codec.encode(data_types, [sample(t, 3) for t in data_types])),
+        "blockNumber": 9,
+        "logIndex": 2,
+        "transactionIndex": 0,
+        "transactionHash": HexBytes(b"\1" * 32),
+        "blockHash": HexBytes(b"\2" * 32),
+    }
+
+
+def decode_timed(event: Any, log: dict[str, Any], rounds: int) -> float:
+    """CPU microseconds per ``event.process_log(log)`` (the arguments decoded)."""
+    for _ in range(5):
+        event.process_log(log)
+    start = time.process_time()
+    for _ in range(rounds):
+        event.process_log(log)
+    return (time.process_time() - start) / rounds * 1e6
+
+
 async def run(rounds: int) -> dict[str, Any]:
     provider = Answering()
     w3 = AsyncWeb3(provider, middleware=[])
@@ -175,6 +213,11 @@ async def run(rounds: int) -> dict[str, Any]:
     theirs = await build_timed(lambda: end_w3.functions.lockBatch(items, instructions), rounds)
     ours = await build_timed(lambda: end.functions.lockBatch(items, instructions), rounds)
     rows["lockBatch(50) estimate+build"] = {"web3_us": round(theirs, 1), "calls_us": round(ours, 1)}
+    for event in ("LegStateChanged", "TransferLocked"):
+        log = log_of(w3, event)
+        theirs = decode_timed(getattr(end_w3.events, event)(), log, rounds)
+        ours = decode_timed(getattr(end.events, event)(), log, rounds)
+        rows[f"{event} log decoded"] = {"web3_us": round(theirs, 1), "calls_us": round(ours, 1)}
     for row in rows.values():
         row["ratio"] = round(row["web3_us"] / row["calls_us"], 2)
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,6 +200,27 @@ _TERMS_FIELDS = (
 )  # fmt: skip
 
 
+PARSED_KEPT = 4096
+"""Distinct ``request`` and ``terms`` texts whose parsed values are kept (each a few hundred
+bytes of text and one frozen value): the transfers being driven, read again at every step."""
+
+
+@lru_cache(maxsize=PARSED_KEPT)
+def _request_of(text: str) -> TransferRequest:
+    """The request a ``request`` column holds. A pure function of the text (the values are
+    frozen), so the answers for the last texts are kept: a transfer's record is read at
+    every step of its driver, and these two columns never change."""
+    return TransferRequest(**json.loads(text))
+
+
+@lru_cache(maxsize=PARSED_KEPT)
+def _terms_of(text: str) -> tuple[TransferTerms, bytes]:
+    """The terms and the instruction signature a ``terms`` column holds (kept as
+    :func:`_request_of`)."""
+    raw = json.loads(text)
+    return _terms_from_json(raw), _instruction_from_json(raw)
+
+
 def _terms_from_json(raw: Mapping[str, Any]) -> TransferTerms:
     """The terms of a parsed ``terms`` column."""
     w = {k: bytes.fromhex(raw[k]) for k in _TERMS_FIELDS if k not in ("amount", "deadline")}
@@ -259,11 +281,11 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
         return None
     (tid, request, terms, state, reason, created, updated, txs, origin) = row[:9]
     (decision, parked, wait, not_before) = row[9:]
-    terms_json = json.loads(str(terms))  # the terms and the instruction: parsed once
+    transfer_terms, instruction = _terms_of(str(terms))
     return TransferRecord(
         transfer_id=bytes(tid),
-        request=TransferRequest(**json.loads(str(request))),
-        terms=_terms_from_json(terms_json),
+        request=_request_of(str(request)),
+        terms=transfer_terms,
         state=TransferState(int(state)),
         reason=str(reason),
         created_at=float(created),
@@ -271,7 +293,7 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
         decision=ClaimKind(int(decision)) if decision is not None else None,
         transactions=json.loads(str(txs)),
         origin=TransferOrigin(str(origin)),
-        instruction=_instruction_from_json(terms_json),
+        instruction=instruction,
         parked_reason=int(parked) if parked is not None else 0,
         wait_reason=WaitReason(int(wait)) if wait is not None else WaitReason.NONE,
         not_before=float(not_before) if not_before is not None else 0.0,

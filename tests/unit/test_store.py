@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,6 +119,42 @@ async def test_create_then_get(store: SqlTransferStore) -> None:
     assert await store.get_by_key(rec.request.source_ledger, "key-1") == rec
     assert await store.get(w(0x99)) is None
     assert await store.get_by_key(rec.request.source_ledger, "nope") is None
+
+
+async def test_a_record_is_read_from_its_columns_as_they_are_now(store: SqlTransferStore) -> None:
+    """The parsed request and terms are kept per column text, never per transfer: a row
+    whose columns read otherwise now (here rewritten behind the store's back) reads as
+    they are, and a column that does not parse raises on every read."""
+    from bridge.coordinator.db import Conn
+
+    rec = make_record(1)
+    await store.create(rec)
+    assert await store.get(rec.transfer_id) == rec  # parsed once, then kept
+    other = make_record(2, key="key-other", amount=7)
+    await store.create(other)
+    row = await store._db.read(
+        lambda db: db.execute(
+            "SELECT request, terms FROM transfers WHERE transfer_id = ?", (other.transfer_id,)
+        ).fetchone()
+    )
+
+    def rewrite(request: str, terms: str) -> Callable[[Conn], None]:
+        def run(db: Conn) -> None:
+            db.execute(
+                "UPDATE transfers SET request = ?, terms = ? WHERE transfer_id = ?",
+                (request, terms, rec.transfer_id),
+            )
+
+        return run
+
+    await store._db.write(rewrite(str(row[0]), str(row[1])))
+    now = await store.get(rec.transfer_id)
+    assert now is not None
+    assert (now.request, now.terms) == (other.request, other.terms)
+    await store._db.write(rewrite("{not json", str(row[1])))
+    for _ in range(2):
+        with pytest.raises(json.JSONDecodeError):
+            await store.get(rec.transfer_id)
 
 
 async def test_create_is_idempotent_per_key(store: SqlTransferStore) -> None:
