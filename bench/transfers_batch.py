@@ -333,7 +333,9 @@ async def _watch(
             watch = S_WatchBatchRequest(request, after, group)
             try:
                 async for m in stub.WatchBatch(watch, timeout=max(1.0, deadline - loop.time())):
-                    for item in m.items if group > 1 else (m,):
+                    # A message without items is one report (a coordinator that predates
+                    # max_items_per_message answers so, whatever was asked).
+                    for item in m.items or (m,):
                         r = results.get(item.index)
                         if r is None or not item.HasField("update"):
                             continue

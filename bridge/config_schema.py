@@ -372,7 +372,8 @@ class CoordinatorFile(Table):
     max_batch_watches: int = Field(default=4, gt=0, le=64)
     """Most ``WatchBatch`` streams one caller (organisation and role) may hold open at
     once; one more is refused RESOURCE_EXHAUSTED (retryable). Each stream reads the store
-    in pages and holds a few dozen bytes per unfinished item."""
+    in pages and holds a few dozen bytes per unfinished item, and while it sends a page,
+    that page (at most 500 history rows and their transfers' records)."""
     max_running_batches: int = Field(default=8, gt=0, le=64)
     """Most ``SubmitTransfers`` batches of one source ledger the coordinator runs at once
     (a batch keeps running when its caller gives up); one more is refused

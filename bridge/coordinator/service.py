@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -71,8 +72,26 @@ WATCH_GROUP_BYTES = 1 << 20
 """Most serialized bytes of reports one grouped WatchBatch message carries (a report alone
 may exceed it), a quarter of gRPC's default 4 MiB receive limit."""
 
-_Report = dict[str, Any]
-"""One WatchBatch report: the fields of a ``WatchBatchItem`` (index, key, update or error)."""
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """One WatchBatch report, turned into protobuf only as its message is built: an update
+    of an item's transfer (with the record it is sent with), or the item's refusal."""
+
+    index: int
+    key: str
+    update: TransferUpdate | None = None
+    record: TransferRecord | None = None
+    error: ItemError | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The report as the fields of a ``WatchBatchItem`` (or of a one-report message)."""
+        out: dict[str, Any] = {"index": self.index, "idempotency_key": self.key}
+        if self.update is not None and self.record is not None:
+            out["update"] = _update_pb(self.update, self.record)
+        if self.error is not None:
+            out["error"] = _item_error_to_pb(self.error)
+        return out
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -352,13 +371,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         caller = current_principal()
         group = min(max(request.max_items_per_message, 1), WATCH_GROUP_MAX)
         with self._batch_watches.hold((caller.org, caller.role)):
-            async for reports in self._watch_batch(request):
-                for message in _watch_messages(reports, group):
-                    yield message
+            # The page generator is closed here, on any exit (its finally unsubscribes),
+            # not later by the event loop's finaliser.
+            async with contextlib.aclosing(self._watch_batch(request)) as pages:
+                async for reports in pages:
+                    for message in _watch_messages(reports, group):
+                        yield message
 
     async def _watch_batch(
         self, request: transfer_pb2.WatchBatchRequest
-    ) -> AsyncIterator[list[_Report]]:
+    ) -> AsyncGenerator[list[_Report], None]:
         """The reports of ``request``'s batch, one list per store page (the refusals first),
         each list non-empty, until every item has ended."""
         runner = self._batch_runner()
@@ -381,13 +403,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         refused: list[_Report] = []
         for r in batch.results:
             if r.error is not None and after[r.index] == 0:
-                refused.append(
-                    {
-                        "index": r.index,
-                        "idempotency_key": r.idempotency_key,
-                        "error": _item_error_to_pb(r.error),
-                    }
-                )
+                refused.append(_Report(r.index, r.idempotency_key, error=r.error))
             if r.transfer_id is not None:
                 cursors[r.transfer_id] = [r.index, r.idempotency_key, 0, after[r.index]]
         del batch, after  # SECURITY: the stream keeps the cursors only, not the batch
@@ -419,13 +435,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                         progressed = True
                         if update.sequence > entry[3]:
                             entry[3] = update.sequence
-                            reports.append(
-                                {
-                                    "index": entry[0],
-                                    "idempotency_key": entry[1],
-                                    "update": _update_pb(update, records[update.transfer_id]),
-                                }
-                            )
+                            record = records[update.transfer_id]
+                            reports.append(_Report(entry[0], entry[1], update, record))
                         if update.state.terminal:
                             del cursors[update.transfer_id]
                             self._coordinator.unsubscribe([update.transfer_id], changed)
@@ -458,25 +469,30 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 def _watch_messages(
     reports: Sequence[_Report], group: int
 ) -> Iterator[transfer_pb2.WatchBatchResponse]:
-    """``reports`` as WatchBatch messages, in order: each in its own message's fields when
-    ``group`` is 1, else in ``items``, at most ``group`` reports and (unless one report is
-    larger alone) ``WATCH_GROUP_BYTES`` bytes of them per message."""
+    """``reports`` as WatchBatch messages, in order, each built as it is sent: one per
+    message in the message's own fields when ``group`` is 1, else in ``items``, at most
+    ``group`` reports and (unless one report is larger alone) ``WATCH_GROUP_BYTES`` bytes
+    of them per message, never an empty message."""
     if group == 1:
         for report in reports:
-            yield transfer_pb2.WatchBatchResponse(**report)
+            yield transfer_pb2.WatchBatchResponse(**report.fields())
         return
-    items: list[transfer_pb2.WatchBatchItem] = []
+    message = transfer_pb2.WatchBatchResponse()
     size = 0
     for report in reports:
-        item = transfer_pb2.WatchBatchItem(**report)
-        item_size = item.ByteSize() + 8  # the field's tag and length
-        if items and (len(items) == group or size + item_size > WATCH_GROUP_BYTES):
-            yield transfer_pb2.WatchBatchResponse(items=items)
-            items, size = [], 0
-        items.append(item)
+        fields = report.fields()
+        item = message.items.add(**fields)
+        item_size = item.ByteSize() + 8  # with the field's tag and length
+        if len(message.items) > 1 and (
+            len(message.items) > group or size + item_size > WATCH_GROUP_BYTES
+        ):
+            del message.items[-1]
+            yield message
+            message, size = transfer_pb2.WatchBatchResponse(), 0
+            message.items.add(**fields)
         size += item_size
-    if items:
-        yield transfer_pb2.WatchBatchResponse(items=items)
+    if message.items:
+        yield message
 
 
 def _to_send(cursors: Mapping[bytes, list[Any]], u: TransferUpdate) -> bool:

@@ -680,6 +680,8 @@ class WatchBatchRequest(_message.Message):
     field existed). More: each message carries up to this many reports in `items` (at most
     the coordinator's cap, 500; a larger value is taken as the cap) and leaves its own
     fields unset. The reports, their order and the resume rule are the same either way.
+    Read a message as: `items` if it has any, else the message itself is one report (a
+    coordinator older than this field answers so whatever you ask, e.g. during an upgrade).
     """
     @_builtins.property
     def after_sequence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -764,7 +766,9 @@ class WatchBatchResponse(_message.Message):
 
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchBatchItem]:
-        """When max_items_per_message > 1: this message's reports, in stream order (one or more)."""
+        """When max_items_per_message > 1: this message's reports, in stream order (one or more;
+        empty only when the message itself is the one report).
+        """
 
     def __init__(
         self,

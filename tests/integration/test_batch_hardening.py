@@ -736,7 +736,8 @@ async def test_a_grouped_watch_message_is_bounded_in_bytes_and_by_the_cap(
     larger: then it goes alone) and at most WATCH_GROUP_MAX reports, whatever was asked."""
     import bridge.coordinator.service as service
 
-    items = [item(served, f"b-{i}") for i in range(4)] + [item(served, "b-f", sender=FROZEN)]
+    frozen = [item(served, f"b-f{i}", sender=FROZEN) for i in range(4)]
+    items = [item(served, f"b-{i}") for i in range(4)] + frozen
     await served.stub.SubmitTransfers(batch("day-b", items), timeout=30)
 
     async def all_terminal() -> bool:
@@ -752,15 +753,21 @@ async def test_a_grouped_watch_message_is_bounded_in_bytes_and_by_the_cap(
     assert _reports(alone, grouped=True) == _reports(whole, grouped=True)
     assert len(alone) == len(_reports(whole, grouped=True)) > len(whole)
     size = max(m.items[0].ByteSize() for m in alone)
-    monkeypatch.setattr(service, "WATCH_GROUP_BYTES", 2 * size + 16)  # two reports fit
+    bound = 2 * size + 16  # two of the largest reports fit
+    monkeypatch.setattr(service, "WATCH_GROUP_BYTES", bound)
     pairs = await _watched(served, request)
-    assert max(len(m.items) for m in pairs) == 2
+    assert max(len(m.items) for m in pairs) >= 2
+    assert all(sum(i.ByteSize() + 8 for i in m.items) <= bound for m in pairs)
+    assert len(pairs) > len(whole)  # the bound split what one message held
     assert _reports(pairs, grouped=True) == _reports(whole, grouped=True)
     monkeypatch.setattr(service, "WATCH_GROUP_BYTES", 1 << 20)
     monkeypatch.setattr(service, "WATCH_GROUP_MAX", 3)
     capped = await _watched(served, request)
     assert max(len(m.items) for m in capped) == 3
     assert _reports(capped, grouped=True) == _reports(whole, grouped=True)
+    # The four refusals come first, split by the cap (3, then 1), each reported once.
+    assert [len(m.items) for m in capped[:2]] == [3, 1]
+    assert [r[0] for m in capped[:2] for r in _reports([m], grouped=True)] == [4, 5, 6, 7]
 
 
 # ---- issue 14: concurrent admission, recorded in item order

@@ -455,7 +455,9 @@ def test_static_words_are_decoded_exactly_as_the_codec_decodes_them(seed: int) -
             assert isinstance(theirs, type) and issubclass(theirs, Exception), (types, at)
         for cut in (data[:-1], data + b"\0", data[:-32], data + bytes(32)):  # other lengths
             assert calls._decode_static(types, cut) is None
-    for other in ("int8", "bytes", "string", "uint8[]", "bytes32[2]", "uint", "()"):
+    others = ("int8", "bytes", "string", "uint8[]", "bytes32[2]", "uint", "()", "(uint256,)",
+              "bytes01", "bytes\u0663", "bytes\u00b2", "bytes0", "bytes33", "(uint256, bool)")  # fmt: skip
+    for other in others:  # not canonical, or not static: the codec's to parse or refuse
         assert calls._decode_static([other], bytes(64)) is None
     word = (1).to_bytes(32, "big")
     refused = {  # a word each type's strict decoder refuses: left to the codec, which raises

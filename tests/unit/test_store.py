@@ -129,7 +129,12 @@ async def test_a_record_is_read_from_its_columns_as_they_are_now(store: SqlTrans
 
     rec = make_record(1)
     await store.create(rec)
-    assert await store.get(rec.transfer_id) == rec  # parsed once, then kept
+    from bridge.coordinator import store as store_module
+
+    hits = store_module._terms_of.cache_info().hits
+    assert await store.get(rec.transfer_id) == rec
+    assert await store.get(rec.transfer_id) == rec
+    assert store_module._terms_of.cache_info().hits >= hits + 1  # parsed once, then kept
     other = make_record(2, key="key-other", amount=7)
     await store.create(other)
     row = await store._db.read(

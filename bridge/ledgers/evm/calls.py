@@ -171,18 +171,24 @@ def _words(element: str, values: Sequence[Any]) -> bytes | None:
 
 
 _ZERO_WORD = bytes(32)
+_SINGLE_WORDS = frozenset(
+    {"address", "bool", *_ARRAY_ELEMENTS, *(f"bytes{n}" for n in range(1, 33))}
+)
+"""The one-word types :func:`_decode_static` decodes itself, spelled exactly as the ABI's
+canonical types are (``bytes01`` or ``uint`` are the codec's to parse or refuse)."""
 
 
 @cache
 def _static_words(abi_type: str) -> int | None:
     """The 32-byte words of ``abi_type`` when :func:`_decode_static` decodes it itself:
     ``address``, ``bool``, ``uintN``, ``bytesN`` and tuples of them; else None."""
-    if abi_type in ("address", "bool") or abi_type in _ARRAY_ELEMENTS:
+    if abi_type in _SINGLE_WORDS:
         return 1
-    if abi_type.startswith("bytes") and abi_type[5:].isdigit() and 1 <= int(abi_type[5:]) <= 32:
-        return 1
-    if abi_type.startswith("(") and abi_type.endswith(")") and abi_type != "()":
-        sizes = [_static_words(t) for t in _components(abi_type)]
+    if abi_type.startswith("(") and abi_type.endswith(")"):
+        parts = _components(abi_type)
+        if not parts or ",".join(parts) != abi_type[1:-1]:  # "()", "(uint8,)": not canonical
+            return None
+        sizes = [_static_words(t) for t in parts]
         return None if None in sizes else sum(cast(list[int], sizes))
     return None
 

@@ -1250,6 +1250,8 @@ type WatchBatchRequest struct {
 	// field existed). More: each message carries up to this many reports in `items` (at most
 	// the coordinator's cap, 500; a larger value is taken as the cap) and leaves its own
 	// fields unset. The reports, their order and the resume rule are the same either way.
+	// Read a message as: `items` if it has any, else the message itself is one report (a
+	// coordinator older than this field answers so whatever you ask, e.g. during an upgrade).
 	MaxItemsPerMessage uint32 `protobuf:"varint,4,opt,name=max_items_per_message,json=maxItemsPerMessage,proto3" json:"max_items_per_message,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
@@ -1395,7 +1397,8 @@ type WatchBatchResponse struct {
 	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
 	// Set for a refused or retryable item (reported once per watch, no update follows).
 	Error *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	// When max_items_per_message > 1: this message's reports, in stream order (one or more).
+	// When max_items_per_message > 1: this message's reports, in stream order (one or more;
+	// empty only when the message itself is the one report).
 	Items         []*WatchBatchItem `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
