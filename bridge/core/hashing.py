@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from Crypto.Hash import keccak as _keccak
+from sha3 import keccak_256 as _keccak_256  # type: ignore[import-untyped]
 
 
 def keccak256(data: bytes) -> bytes:
     """Return the 32-byte Keccak-256 digest of ``data`` (Ethereum's, not SHA3-256)."""
-    return _keccak.new(digest_bits=256, data=data).digest()
+    return bytes(_keccak_256(data).digest())
 
 
 def tag(name: str) -> bytes:

@@ -31,6 +31,27 @@ def w(byte: int) -> bytes:
     return bytes([byte]) * 32
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_keccak256_is_pycryptodomes_keccak(seed: int) -> None:
+    """The core's Keccak-256 (safe-pysha3, C) equals pycryptodome's for every length up to
+    three sponge blocks (the 136-byte rate boundaries included), on random bytes and on
+    bytes-like inputs; and it is Keccak, not NIST SHA3-256."""
+    import hashlib
+    import random
+
+    rng = random.Random(seed)
+    for n in range(3 * 136 + 2):
+        data = rng.randbytes(n)
+        assert keccak256(data) == kk(data), n
+        assert type(keccak256(data)) is bytes
+    data = rng.randbytes(200)
+    assert keccak256(bytearray(data)) == keccak256(memoryview(data)) == kk(data)
+    assert keccak256(b"").hex() == (
+        "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    )
+    assert keccak256(b"") != hashlib.sha3_256(b"").digest()
+
+
 def make_terms(**overrides: object) -> TransferTerms:
     fields: dict[str, object] = {
         "nonce": w(0x01),

@@ -24,7 +24,7 @@ Environment:
 - ``KSTB_CHAINCODE_LOG_LEVEL`` (default INFO) for this chaincode's own log lines.
 
 Run with ``PYTHONPATH=contracts/fabric`` in an environment that has fabric-chaincode-python,
-coincurve and pycryptodome.
+coincurve and safe-pysha3.
 """
 
 from __future__ import annotations
