@@ -418,3 +418,48 @@ def test_an_error_of_this_process_is_not_taken_for_the_nodes(
     monkeypatch.setattr(adapter._provider, "make_request", broken)
     with pytest.raises(AttributeError, match="a bug of ours"):
         asyncio.run(adapter._receipt(TX))
+
+
+def _old_data(value: Any) -> bytes:
+    """``_data`` as it was: a regex of hex digits, then fromhex."""
+    import re
+
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if (
+        isinstance(value, str)
+        and value[:2] in ("0x", "0X")
+        and re.fullmatch(r"[0-9a-fA-F]*", value[2:]) is not None
+    ):
+        return bytes.fromhex(value[2:])
+    raise ValueError(f"not hex data: {value!r}"[:200])
+
+
+def test_hex_data_is_taken_and_refused_exactly_as_before() -> None:
+    """``_data`` checks hex in one fromhex pass: every string the digit check took is
+    taken to the same bytes, every one it refused (whitespace, signs, underscores,
+    non-ASCII digits, odd lengths, no prefix) is refused with the same error type (the
+    message now always names the value: an odd length used to give fromhex's)."""
+    import random
+
+    from bridge.ledgers.evm.adapter import _data
+
+    rng = random.Random(5)
+    alphabet = "0123456789abcdefABCDEF xX_+-\t\n\u0663\uff10g"
+    cases: list[Any] = ["0x", "0X", "", "0x0", "0x 00", "0x00 ", " 0x00", "0x\u0663\u0663"]
+    cases += ["0x" + "ab" * n for n in range(40)] + [b"\x01", bytearray(b"\x02"), 5, None]
+    for _ in range(5000):
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+        cases.append(rng.choice(("0x", "0X", "", "x0")) + body)
+    for value in cases:
+        try:
+            expected: Any = _old_data(value)
+        except (ValueError, TypeError) as exc:
+            expected = type(exc)
+        try:
+            got: Any = _data(value)
+        except (ValueError, TypeError) as exc:
+            got = (type(exc), str(exc).startswith("not hex data: "))
+        else:
+            got = (got, True)
+        assert got == (expected, True), value
