@@ -34,7 +34,30 @@ def test_the_call_benchmark_reports_every_call_for_both_paths(tmp_path: Path) ->
         "flowStatus",
         "haltStatus",
         "lockBatch(50) estimate+build",
+        "LegStateChanged log decoded",
+        "TransferLocked log decoded",
     }
     for row in report["calls"].values():
         assert row["web3_us"] > 0 and row["calls_us"] > 0
     assert "legsOf(50)" in done.stdout
+
+
+def test_the_batch_tree_benchmark_builds_and_checks_every_proof(tmp_path: Path) -> None:
+    """``bench/batch_tree.py`` runs (every proof it takes verifies, else it fails) and
+    reports per batch and per item."""
+    out = tmp_path / "tree.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "batch_tree.py"), "--items", "7", "--rounds", "3",
+         "--json", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["items"] == 7 and report["rounds"] == 3
+    assert report["batch_us"] > 0 and report["item_us"] > 0
+    assert "7 claims:" in done.stdout
