@@ -35,7 +35,7 @@ def w(byte: int) -> bytes:
 def test_keccak256_is_pycryptodomes_keccak(seed: int) -> None:
     """The core's Keccak-256 (safe-pysha3, C) equals pycryptodome's for every length up to
     three sponge blocks (the 136-byte rate boundaries included), on random bytes and on
-    bytes-like inputs; and it is Keccak, not NIST SHA3-256."""
+    bytearray; anything else is a TypeError; and it is Keccak, not NIST SHA3-256."""
     import hashlib
     import random
 
@@ -45,7 +45,10 @@ def test_keccak256_is_pycryptodomes_keccak(seed: int) -> None:
         assert keccak256(data) == kk(data), n
         assert type(keccak256(data)) is bytes
     data = rng.randbytes(200)
-    assert keccak256(bytearray(data)) == keccak256(memoryview(data)) == kk(data)
+    assert keccak256(bytearray(data)) == kk(data)
+    for other in (None, "", "ab", 0, [], memoryview(data)):
+        with pytest.raises(TypeError):
+            keccak256(other)  # type: ignore[arg-type]
     assert keccak256(b"").hex() == (
         "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
     )

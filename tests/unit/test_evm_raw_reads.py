@@ -445,7 +445,7 @@ def test_hex_data_is_taken_and_refused_exactly_as_before() -> None:
     from bridge.ledgers.evm.adapter import _data
 
     rng = random.Random(5)
-    alphabet = "0123456789abcdefABCDEF xX_+-\t\n\u0663\uff10g"
+    alphabet = "0123456789abcdefABCDEF xX_+-\t\n\x0b\x0c\r\x1c\x1f\u3000\u0663\uff10g"
     cases: list[Any] = ["0x", "0X", "", "0x0", "0x 00", "0x00 ", " 0x00", "0x\u0663\u0663"]
     cases += ["0x" + "ab" * n for n in range(40)] + [b"\x01", bytearray(b"\x02"), 5, None]
     for _ in range(5000):

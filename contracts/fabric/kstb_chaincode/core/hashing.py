@@ -7,7 +7,12 @@ from sha3 import keccak_256 as _keccak_256  # type: ignore[import-untyped]
 
 
 def keccak256(data: bytes) -> bytes:
-    """Return the 32-byte Keccak-256 digest of ``data`` (Ethereum's, not SHA3-256)."""
+    """Return the 32-byte Keccak-256 digest of ``data`` (Ethereum's, not SHA3-256).
+    TypeError for anything but ``bytes`` or ``bytearray``: what is hashed never depends on
+    how one Keccak library reads other objects (pycryptodome hashed ``None`` or ``""`` as
+    empty, and a wide memoryview's first ``len()`` bytes only)."""
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError(f"keccak256 takes bytes, not {type(data).__name__}")
     return bytes(_keccak_256(data).digest())
 
 
