@@ -381,8 +381,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def _watch_batch(
         self, request: transfer_pb2.WatchBatchRequest
     ) -> AsyncGenerator[list[_Report], None]:
-        """The reports of ``request``'s batch, one list per store page (the refusals first),
-        each list non-empty, until every item has ended."""
+        """The reports of ``request``'s batch: the refusals in one list, then one list per
+        store page, each list non-empty, until every item has ended."""
         runner = self._batch_runner()
         batch = await runner.store.get(request.source_ledger, request.batch_id)
         if batch is None:
@@ -407,8 +407,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             if r.transfer_id is not None:
                 cursors[r.transfer_id] = [r.index, r.idempotency_key, 0, after[r.index]]
         del batch, after  # SECURITY: the stream keeps the cursors only, not the batch
-        for start in range(0, len(refused), WATCH_GROUP_MAX):
-            yield refused[start : start + WATCH_GROUP_MAX]
+        if refused:  # already held whole; _watch_messages bounds each message
+            yield refused
         del refused
         changed = asyncio.Event()
         self._coordinator.subscribe(list(cursors), changed)

@@ -15,10 +15,10 @@ pytestmark = [pytest.mark.unit, pytest.mark.batch]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_call_benchmark_reports_every_call_for_both_paths(tmp_path: Path) -> None:
-    out = tmp_path / "calls.json"
+def run_bench(script: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` with ``args`` and ``--json out``; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "evm_calls.py"), "--rounds", "3", "--json", str(out)],
+        [sys.executable, str(REPO / "bench" / script), *args, "--json", str(out)],
         check=False,
         capture_output=True,
         text=True,
@@ -27,6 +27,12 @@ def test_the_call_benchmark_reports_every_call_for_both_paths(tmp_path: Path) ->
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_call_benchmark_reports_every_call_for_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "calls.json"
+    done = run_bench("evm_calls.py", out, "--rounds", "3")
     report = json.loads(out.read_text())
     assert set(report["calls"]) == {
         "legsOf(50)",
@@ -46,17 +52,7 @@ def test_the_batch_tree_benchmark_builds_and_checks_every_proof(tmp_path: Path) 
     """``bench/batch_tree.py`` runs (every proof it takes verifies, else it fails) and
     reports per batch and per item."""
     out = tmp_path / "tree.json"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "batch_tree.py"), "--items", "7", "--rounds", "3",
-         "--json", str(out)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    done = run_bench("batch_tree.py", out, "--items", "7", "--rounds", "3")
     report = json.loads(out.read_text())
     assert report["items"] == 7 and report["rounds"] == 3
     assert report["batch_us"] > 0 and report["item_us"] > 0

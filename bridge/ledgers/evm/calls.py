@@ -171,9 +171,7 @@ def _words(element: str, values: Sequence[Any]) -> bytes | None:
 
 
 _ZERO_WORD = bytes(32)
-_SINGLE_WORDS = frozenset(
-    {"address", "bool", *_ARRAY_ELEMENTS, *(f"bytes{n}" for n in range(1, 33))}
-)
+_SINGLE_WORDS = _STATIC_WORDS | {f"bytes{n}" for n in range(1, 33)}
 """The one-word types :func:`_decode_static` decodes itself, spelled exactly as the ABI's
 canonical types are (``bytes01`` or ``uint`` are the codec's to parse or refuse)."""
 
@@ -213,6 +211,13 @@ def _decode_static(types: Sequence[str], data: bytes) -> tuple[Any, ...] | None:
     except _NotTaken:
         return None
     return values
+
+
+def _decode(codec: ABICodec, types: Sequence[str], data: bytes) -> tuple[Any, ...]:
+    """``data`` decoded as ``types``: by :func:`_decode_static` where it answers, else by
+    the codec (which decodes it or raises its own error)."""
+    values = _decode_static(types, data)
+    return values if values is not None else tuple(codec.decode(types, data))
 
 
 def _decode_words(types: Sequence[str], data: bytes, at: int) -> tuple[tuple[Any, ...], int]:
@@ -468,14 +473,8 @@ class AbiEvent:
             raise LogTopicError(f"Expected {len(self.indexed)} log topics.  Got {len(topics) - 1}")
         out: dict[str, Any] = {}
         for entry, t, topic in zip(self.indexed, self.indexed_types, topics[1:], strict=True):
-            value = _decode_static((t,), topic)
-            if value is None:
-                value = codec.decode([t], topic)
-            out[str(entry["name"])] = _normalised(t, value[0])
-        data = bytes(HexBytes(log["data"]))
-        values = _decode_static(self.data_types, data)
-        if values is None:
-            values = codec.decode(self.data_types, data)
+            out[str(entry["name"])] = _normalised(t, _decode(codec, (t,), topic)[0])
+        values = _decode(codec, self.data_types, bytes(HexBytes(log["data"])))
         for entry, t, value in zip(self.data, self.data_types, values, strict=True):
             out[str(entry["name"])] = _named(entry, _normalised(t, value))
         return out
