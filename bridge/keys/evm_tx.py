@@ -11,16 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from eth_account import Account
 from eth_account._utils.signing import sign_transaction_dict
 from eth_keys.datatypes import PrivateKey, Signature
 
+from bridge.core.reasons import ProtocolError
+from bridge.core.signatures import recover_signer
 from bridge.domain.signer import Signer
 from bridge.keys.errors import KeyCustodyError
 
 
 class _DigestKey:
-    """Presents a Signer as the one method eth-account's transaction signer calls."""
+    """Presents a Signer as the one method eth-account's transaction signer calls.
+
+    SECURITY: the signature is checked to recover to the signer's address over the very
+    digest eth-account asked for before eth-account may put it into the raw bytes."""
 
     __slots__ = ("_signer",)
 
@@ -28,7 +32,14 @@ class _DigestKey:
         self._signer = signer
 
     def sign_msg_hash(self, message_hash: bytes) -> Signature:
-        sig = self._signer.sign_digest(bytes(message_hash))
+        digest = bytes(message_hash)
+        sig = self._signer.sign_digest(digest)
+        try:
+            signed_by = recover_signer(digest, sig)  # low s, v in {27, 28}, 65 bytes
+        except ProtocolError:
+            signed_by = None
+        if signed_by != self._signer.address:
+            raise KeyCustodyError("the signed transaction does not recover to the signer")
         # Signer returns v in {27, 28}; eth-keys wants the raw recovery id {0, 1}.
         return Signature(signature_bytes=sig[:64] + bytes([sig[64] - 27]))
 
@@ -36,17 +47,16 @@ class _DigestKey:
 def sign_transaction(signer: Signer, tx: Mapping[str, Any]) -> bytes:
     """The raw signed transaction for ``tx`` (a web3 transaction dict) signed by ``signer``.
 
-    A ``from`` field must equal the signer's address. SECURITY: the sender recovered from the
-    signed bytes is checked against the signer's address, so a device that signed with another
-    key cannot make the relayer send from an unexpected account.
+    A ``from`` field must equal the signer's address. SECURITY: the address the signature
+    recovers to over the transaction's signing digest (the one eth-account put into the raw
+    bytes with it) is checked against the signer's address, so a device that signed with
+    another key, or returned a high-s or malformed signature, cannot make the relayer send
+    from an unexpected account. (It was ``Account.recover_transaction`` on the raw bytes,
+    which decodes and hashes the whole transaction again: 4 % of a relayer under load.)
     """
     fields = dict(tx)
     sender = fields.pop("from", None)
     if sender is not None and bytes.fromhex(str(sender).removeprefix("0x")) != signer.address:
         raise KeyCustodyError("transaction 'from' is not the signer's address")
-    key = cast(PrivateKey, _DigestKey(signer))
-    _v, _r, _s, raw = sign_transaction_dict(key, fields)
-    recovered = Account.recover_transaction(raw)
-    if bytes.fromhex(recovered.removeprefix("0x")) != signer.address:
-        raise KeyCustodyError("the signed transaction does not recover to the signer")
+    _v, _r, _s, raw = sign_transaction_dict(cast(PrivateKey, _DigestKey(signer)), fields)
     return bytes(raw)

@@ -463,3 +463,25 @@ def test_hex_data_is_taken_and_refused_exactly_as_before() -> None:
         else:
             got = (got, True)
         assert got == (expected, True), value
+
+
+def test_the_head_is_read_raw_as_a_quantity(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = answering(adapter, monkeypatch, "0x1f")
+    assert asyncio.run(adapter.finalized_height()) == 31
+    assert sent == [("eth_blockNumber", ())]
+
+
+@pytest.mark.parametrize(
+    "answer", ["0x", "1f", "0x-1", "0x 1f", "0x1_f", -1, True, 31.0, None, ["0x1f"]]
+)
+def test_a_head_that_is_not_a_quantity_is_unavailable(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, answer: Any
+) -> None:
+    """A node (or something in front of it) answering anything but a quantity: the head is
+    not taken (no height is observed) and the read is asked again."""
+    answering(adapter, monkeypatch, answer)
+    with pytest.raises(Unavailable, match="eth_blockNumber answered"):
+        asyncio.run(adapter.finalized_height())
+    assert adapter._heads.head is None

@@ -443,6 +443,36 @@ def test_transaction_from_another_key_is_never_returned() -> None:
         sign_transaction(signer, {**TXS[0], "from": "0x" + "33" * 20})
 
 
+class _TamperingSigner:
+    """The right key, but the device hands back something other than its signature over
+    the asked digest: the high-s twin, a signature over another digest, or bad bytes."""
+
+    def __init__(self, how: str) -> None:
+        self._inner = LocalKeySigner(secrets.token_bytes(32))
+        self._how = how
+
+    @property
+    def address(self) -> bytes:
+        return self._inner.address
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        if self._how == "other-digest":
+            return self._inner.sign_digest(bytes(32))
+        sig = self._inner.sign_digest(digest)
+        if self._how == "high-s":
+            s = SECP256K1_N - int.from_bytes(sig[32:64], "big")
+            return sig[:32] + s.to_bytes(32, "big") + bytes([55 - sig[64]])  # 27 <-> 28
+        return sig[:64] + bytes([29])  # "bad-v": not a recovery id eth-keys takes
+
+
+@pytest.mark.parametrize("how", ["high-s", "other-digest", "bad-v"])
+def test_a_signature_other_than_over_the_digest_is_never_returned(how: str) -> None:
+    """SECURITY: the check is on the digest eth-account signed, so the malleable twin, a
+    replayed signature and malformed bytes are refused before anything is sent."""
+    with pytest.raises(KeyCustodyError, match="does not recover to the signer"):
+        sign_transaction(_TamperingSigner(how), TXS[0])
+
+
 # -- Fabric identity through the P-256 seam ----------------------------------------------------
 
 
