@@ -73,6 +73,14 @@ DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
     }
 )
 
+_FIXED_TEXTS = {
+    TransferState.SUBMITTED: "locking units on the source ledger",
+    TransferState.TARGET_PREPARED: "target prepared; gathering the COMMIT certificate",
+    TransferState.COMMITTING: "COMMIT certified; burning on source, minting on target",
+    TransferState.COMMITTED: "minted on the target, burned on the source",
+}
+"""The reasons :meth:`Stepper._describe` gives that depend on nothing but the state."""
+
 KNOWN_LEGS_MAX = 100_000
 """Most transfers whose legs a :class:`Stepper` holds as known without a read; past it a
 new one is simply read (each entry is used by the very next step of its transfer)."""
@@ -455,21 +463,22 @@ class Stepper:
     def _describe(
         step: NextStep, target: LegState, reason_code: int, decision: Decision | None
     ) -> str:
-        refused = target in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
+        """What the transfer is doing in ``step.state``, as a brokerage reads it (only the
+        text of that state is built: this runs at every step of every transfer)."""
+        state = step.state
+        if state in _FIXED_TEXTS:
+            return _FIXED_TEXTS[state]
         why = decision.cause if decision is not None else refusal(target, reason_code)
-        texts = {
-            TransferState.SUBMITTED: "locking units on the source ledger",
-            TransferState.SOURCE_LOCKED: (
-                f"{why}; gathering the ABORT certificate" if refused
-                else "units in escrow; preparing the target ledger"
-            ),
-            TransferState.TARGET_PREPARED: "target prepared; gathering the COMMIT certificate",
-            TransferState.COMMITTING: "COMMIT certified; burning on source, minting on target",
-            TransferState.COMMITTED: "minted on the target, burned on the source",
-            TransferState.ABORTING: f"ABORT certified{' (' + why + ')' if why else ''}; releasing",
-            TransferState.ABORTED: f"units released to the sender{' (' + why + ')' if why else ''}",
-        }  # fmt: skip
-        return texts.get(step.state, "")
+        if state is TransferState.SOURCE_LOCKED:
+            refused = target in (LegState.REJECTED, LegState.EXPIRED, LegState.ABORTED)
+            if refused:
+                return f"{why}; gathering the ABORT certificate"
+            return "units in escrow; preparing the target ledger"
+        if state is TransferState.ABORTING:
+            return f"ABORT certified{' (' + why + ')' if why else ''}; releasing"
+        if state is TransferState.ABORTED:
+            return f"units released to the sender{' (' + why + ')' if why else ''}"
+        return ""
 
     def _instructed(self, source_ledger: str, terms: TransferTerms) -> bool:
         """Whether ``terms``' instructor has authority over the source ledger's accounts."""

@@ -291,14 +291,101 @@ def test_word_arrays_are_encoded_exactly_as_the_codec_encodes_them(seed: int) ->
         order = list(range(len(types)))
         rng.shuffle(order)
         ts, vs = [types[i] for i in order], [args[i] for i in order]
-        fast = calls._encode_word_arrays(codec, ts, vs)
+        fast = calls._encode_fast(codec, ts, vs)
         assert fast is not None and fast == codec.encode(ts, vs)
-    assert calls._encode_word_arrays(codec, ["address", "uint8"], [ADDRESS, 1]) is None
-    assert calls._encode_word_arrays(codec, ["string[]"], [["a"]]) is None
-    assert calls._encode_word_arrays(codec, ["(bytes32,uint8)[]"], [[(b"", 1)]]) is None
-    for other in ("bytes32[2]", "uint8[][]", "uint[]", "int256[]"):  # the codec's alone
-        value: Any = [[1]] if other == "uint8[][]" else [1, 2]
-        assert calls._encode_word_arrays(codec, [other], [value]) is None, other
+    for other in ("string[]", "bytes32[2]", "uint[]", "int256[]", "bytes31", "(bytes32,string)"):
+        value: Any = ["a"] if other == "string[]" else [1, 2]
+        assert calls._encode_fast(codec, [other], [value]) is None, other  # the codec's alone
+
+
+_WORDS = ("bytes32", "uint8", "uint64", "uint256", "address", "bool")
+
+
+def _random_type(rng: random.Random, depth: int = 0) -> str:
+    """A type built of what the fast encoder takes: words, ``bytes``, ``T[]``, tuples."""
+    pick = rng.randrange(10) if depth < 3 else 0
+    if pick <= 4:
+        return rng.choice(_WORDS)
+    if pick == 5:
+        return "bytes"
+    if pick <= 7:
+        return _random_type(rng, depth + 1) + "[]"
+    return "(" + ",".join(_random_type(rng, depth + 1) for _ in range(rng.randrange(1, 4))) + ")"
+
+
+def _random_value(rng: random.Random, abi_type: str) -> Any:
+    if abi_type.endswith("[]"):
+        return [_random_value(rng, abi_type[:-2]) for _ in range(rng.randrange(0, 4))]
+    if abi_type.startswith("("):
+        return tuple(_random_value(rng, t) for t in calls._components(abi_type))
+    if abi_type == "bytes":
+        return rng.randbytes(rng.choice((0, 1, 31, 32, 33, 65, 100)))
+    if abi_type == "bytes32":
+        return rng.randbytes(32)
+    if abi_type == "address":
+        return to_checksum_address(rng.randbytes(20))
+    if abi_type == "bool":
+        return rng.random() < 0.5
+    bits = int(abi_type[4:])
+    return rng.choice((0, 2**bits - 1, rng.randrange(2**bits)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_tuples_bytes_and_nested_arrays_are_encoded_exactly_as_the_codec(seed: int) -> None:
+    """Issue 14: the batch calls' arguments (arrays of term tuples, ``bytes32[][]``
+    proofs, a certificate tuple holding ``bytes``) and any other nesting of the types the
+    fast encoder takes give the codec's bytes, offsets included."""
+    rng = random.Random(seed)
+    codec = AsyncWeb3().codec
+    for _ in range(40):
+        types = [_random_type(rng) for _ in range(rng.randrange(1, 5))]
+        values = [_random_value(rng, t) for t in types]
+        fast = calls._encode_fast(codec, types, values)
+        assert fast is not None, types
+        assert fast == codec.encode(types, values), types
+
+
+def test_the_batch_calls_are_encoded_without_the_codec() -> None:
+    """The four batch functions of the endpoint take the fast path, to the codec's bytes."""
+    rng = random.Random(7)
+    codec = AsyncWeb3().codec
+    fns = functions_of("BridgeEndpoint")
+    term = (
+        *(rng.randbytes(32) for _ in range(2)),
+        10**30,
+        *(rng.randbytes(32) for _ in range(7)),
+        9,
+    )
+    cert = (3, 2, rng.randbytes(32), 50, rng.randbytes(195))
+    proofs = [[rng.randbytes(32) for _ in range(6)], []]
+    for name, args in (
+        ("lockBatch", [[term, term], [rng.randbytes(65), b""]]),
+        ("prepareBatch", [[term, term], proofs, cert]),
+        ("commitBatch", [[term, term], proofs, cert]),
+        ("abortBatch", [[term], proofs[:1], cert]),
+    ):
+        fast = calls._encode_fast(codec, fns[name].inputs, args)
+        assert fast is not None and fast == codec.encode(fns[name].inputs, args), name
+
+
+@pytest.mark.parametrize(
+    ("abi_type", "bad"),
+    [
+        ("bytes", bytearray(b"\x01")),  # another bytes-like: the codec decides
+        ("bytes", HexBytes(b"\x01")),  # a bytes subclass
+        ("bytes", "0x01"),  # text
+        ("(bytes32,uint8)", (b"\x01" * 32,)),  # a tuple one short
+        ("(bytes32,uint8)", (b"\x01" * 32, 1, 2)),  # one too many
+        ("(bytes32,uint8)", {"a": b"\x01" * 32, "b": 1}),  # a mapping
+        ("(bytes32,uint8)", (b"\x01" * 31, 1)),  # a bad component
+        ("bytes32[][]", [[b"\x01" * 32], "not a list"]),
+        ("(uint8,bytes)[]", [(1, b""), (256, b"")]),  # out of range deep down
+    ],
+)
+def test_a_value_the_fast_encoder_does_not_take_is_the_codecs(abi_type: str, bad: Any) -> None:
+    """Such a value goes to the codec: its encoding or its own error, never other bytes."""
+    codec = AsyncWeb3().codec
+    assert calls._encode_fast(codec, [abi_type], [bad]) is None
 
 
 @pytest.mark.parametrize(
@@ -333,7 +420,7 @@ def test_an_array_element_the_fast_path_does_not_take_goes_to_the_codec(
         ids.append(b"\x03" * 32)
         legs.append(bad)
     args = [ADDRESS, ids, legs]
-    assert calls._encode_word_arrays(codec, fn.inputs, args) is None
+    assert calls._encode_fast(codec, fn.inputs, args) is None
     try:
         expected: Any = "0x" + (fn.selector + codec.encode(fn.inputs, args)).hex()
     except Exception as exc:  # the codec's own error, raised the same through calldata

@@ -98,7 +98,7 @@ class AbiFunction:
         the codec's EncodingError for a value its type does not take."""
         if len(args) != len(self.inputs):
             raise TypeError(f"{self.name} takes {len(self.inputs)} arguments, not {len(args)}")
-        fast = _encode_word_arrays(codec, self.inputs, args)
+        fast = _encode_fast(codec, self.inputs, args)
         encoded = fast if fast is not None else codec.encode(self.inputs, args)
         return "0x" + (self.selector + encoded).hex()
 
@@ -121,40 +121,113 @@ class AbiFunction:
 
 
 _ARRAY_ELEMENTS = frozenset({"bytes32", *(f"uint{n}" for n in range(8, 257, 8))})
-"""Element types of the dynamic arrays :func:`_encode_word_arrays` encodes itself."""
+"""The word types :func:`_encode_fast` encodes itself at any depth."""
 _STATIC_WORDS = frozenset({"address", "bool", *_ARRAY_ELEMENTS})
-"""Single-word argument types it hands to the codec one by one."""
+"""Single-word types: ``address`` and ``bool`` are handed to the codec one by one."""
 
 
-def _encode_word_arrays(codec: ABICodec, types: Sequence[str], args: Sequence[Any]) -> bytes | None:
-    """The ABI encoding of ``args`` when every type is a single-word static type or a
-    dynamic array of ``bytes32`` or ``uintN`` (the lens's ``legsOf(address, bytes32[],
-    uint8[])``: eth_abi validates each element through several layers, a fifth of a
-    member's CPU under load), else None; also None for any element these rules do not
-    take, so the codec encodes it or raises its own error. An array element taken here is
-    ``bytes`` of exactly 32 bytes (web3's strict codec refuses a shorter one, a lax one
-    pads it: either way the codec decides) or an ``int`` (not a ``bool``) in ``uintN``'s
-    range. Equal to ``codec.encode`` wherever it answers (tests/unit/test_evm_calls.py
-    compares them)."""
-    if not any(t.endswith("[]") for t in types):
+def _encode_fast(codec: ABICodec, types: Sequence[str], args: Sequence[Any]) -> bytes | None:
+    """The ABI encoding of ``args`` when every type is built of ``bytes32``, ``uintN``,
+    ``address``, ``bool``, ``bytes``, dynamic arrays ``T[]`` and tuples of them (the lens's
+    ``legsOf(address, bytes32[], uint8[])``; the endpoint's ``lockBatch``, ``prepareBatch``,
+    ``commitBatch`` and ``abortBatch``, arrays of 11-word term tuples, ``bytes32[][]``
+    proofs, a certificate tuple with ``bytes``), else None; also None for any value these
+    rules do not take, so the codec encodes it or raises its own error. eth_abi validates
+    every element through several layers: a fifth of a member's CPU under load for
+    ``legsOf``, 5 % of a relayer for the batch calls.
+
+    A value taken here is ``bytes`` of exactly 32 bytes for ``bytes32`` (web3's strict
+    codec refuses a shorter one, a lax one pads it: either way the codec decides), an
+    ``int`` (not a ``bool`` nor a subclass) in range for ``uintN``, ``bytes`` (exactly) for
+    ``bytes``, a list or tuple for an array, a list or tuple of the right length for a
+    tuple; ``address`` and ``bool`` are the codec's own encoding of that one word. Equal to
+    ``codec.encode`` wherever it answers (tests/unit/test_evm_calls.py compares them on
+    random types and values)."""
+    if len(types) != len(args):
         return None
     head: list[bytes] = []
     tail: list[bytes] = []
-    offset = 32 * len(types)
+    offset = 0
+    for abi_type in types:
+        size = _head_size(abi_type)
+        if size is None:
+            return None
+        offset += size
     for abi_type, value in zip(types, args, strict=True):
-        if abi_type in _STATIC_WORDS:
-            head.append(codec.encode([abi_type], [value]))
-            continue
-        element = abi_type[:-2] if abi_type.endswith("[]") else ""
-        if element not in _ARRAY_ELEMENTS or not isinstance(value, list | tuple):
+        encoded = _encode_value(codec, abi_type, value)
+        if encoded is None:
             return None
-        words = _words(element, value)
-        if words is None:
-            return None
-        head.append(offset.to_bytes(32, "big"))
-        tail.append(len(value).to_bytes(32, "big") + words)
-        offset += 32 * (len(value) + 1)
+        if _is_dynamic(abi_type):
+            head.append(offset.to_bytes(32, "big"))
+            tail.append(encoded)
+            offset += len(encoded)
+        else:
+            head.append(encoded)
     return b"".join(head) + b"".join(tail)
+
+
+def _encode_value(codec: ABICodec, abi_type: str, value: Any) -> bytes | None:
+    """One value of ``abi_type`` encoded (a dynamic one without its offset), or None."""
+    if abi_type == "bytes32":
+        return value if type(value) is bytes and len(value) == 32 else None
+    if abi_type in _ARRAY_ELEMENTS:  # uintN
+        ok = type(value) is int and 0 <= value < _UINT_BOUNDS[abi_type]
+        return value.to_bytes(32, "big") if ok else None
+    if abi_type in _STATIC_WORDS:  # address, bool
+        return codec.encode([abi_type], [value])
+    if abi_type == "bytes":
+        if type(value) is not bytes:
+            return None
+        return len(value).to_bytes(32, "big") + value + bytes(-len(value) % 32)
+    if abi_type.endswith("[]"):
+        if not isinstance(value, list | tuple):
+            return None
+        element = abi_type[:-2]
+        if element in _ARRAY_ELEMENTS:  # the common case, without a call per element
+            words = _words(element, value)
+            return None if words is None else len(value).to_bytes(32, "big") + words
+        body = _encode_fast(codec, [element] * len(value), value)
+        return None if body is None else len(value).to_bytes(32, "big") + body
+    if abi_type.startswith("("):
+        components = _components(abi_type)
+        if not isinstance(value, list | tuple) or len(value) != len(components):
+            return None
+        return _encode_fast(codec, components, value)
+    return None
+
+
+_UINT_BOUNDS = {f"uint{n}": 1 << n for n in range(8, 257, 8)}
+
+
+@cache
+def _is_dynamic(abi_type: str) -> bool:
+    """Whether ``abi_type`` is encoded behind an offset (``bytes``, ``T[]``, or a tuple
+    holding one); only asked of types :func:`_head_size` takes."""
+    if abi_type == "bytes" or abi_type.endswith("[]"):
+        return True
+    if abi_type.startswith("("):
+        return any(_is_dynamic(t) for t in _components(abi_type))
+    return False
+
+
+@cache
+def _head_size(abi_type: str) -> int | None:
+    """The bytes ``abi_type`` takes in its enclosing head (32 for a word or a dynamic type,
+    a static tuple's words inline), or None for a type :func:`_encode_fast` leaves to the
+    codec (``string``, fixed-size arrays, ``intN``, ``bytesN`` but ``bytes32``, spellings
+    that are not canonical)."""
+    if abi_type in _STATIC_WORDS or abi_type == "bytes":
+        return 32
+    if abi_type.endswith("[]"):
+        return 32 if _head_size(abi_type[:-2]) is not None else None
+    if abi_type.startswith("(") and abi_type.endswith(")"):
+        sizes = [_head_size(t) for t in _components(abi_type)]
+        if not sizes or any(size is None for size in sizes):
+            return None
+        if _is_dynamic(abi_type):
+            return 32
+        return sum(cast(list[int], sizes))
+    return None
 
 
 def _words(element: str, values: Sequence[Any]) -> bytes | None:
@@ -164,7 +237,7 @@ def _words(element: str, values: Sequence[Any]) -> bytes | None:
         if not all(type(v) is bytes and len(v) == 32 for v in values):
             return None
         return b"".join(values)
-    bound = 1 << int(element[4:])
+    bound = _UINT_BOUNDS[element]
     if not all(type(v) is int and 0 <= v < bound for v in values):
         return None
     return b"".join(v.to_bytes(32, "big") for v in values)
