@@ -33,9 +33,9 @@ from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.records import TransferUpdate
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     Conflict,
     InvalidInput,
-    NotLeader,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
@@ -165,9 +165,10 @@ async def run_items(
     submitted, every occurrence of it (which one the client meant is not ours to guess);
     an item naming another source ledger than the batch's is refused PERMISSION_DENIED
     without being submitted. An error whose ``retryable`` metadata is true is RETRYABLE,
-    not REFUSED: nothing was decided about the item. NotLeader is not an item's refusal:
-    it propagates and the whole batch is answered NOT_LEADER (items already submitted are
-    found again by their keys when the client retries on the leader).
+    not REFUSED: nothing was decided about the item. NOT_LEADER (NotLeader, or the store's
+    Fenced: this coordinator lost its lease) is not an item's refusal, from a check or
+    from ``record_many``: it propagates and the whole batch is answered NOT_LEADER (items
+    already submitted are found again by their keys when the client retries on the leader).
 
     Concurrency (issue 14): with ``record_many``, up to ``parallel`` items are checked at
     once (``submit_one``: the instruction, the ledgers' reads, the feed's holds: I/O that
@@ -177,7 +178,7 @@ async def run_items(
     (up to the first refused or unfinished one), in one call. So the store's sequence,
     which orders a lane's flow-limit queue, follows the batch's order exactly as
     sequential submission did, and no item is checked more than ``parallel`` positions
-    ahead of the last one recorded. On NotLeader (or cancellation) the checks still
+    ahead of the last one recorded. On NOT_LEADER (or cancellation) the checks still
     running are cancelled and nothing after the failing item is recorded. With
     ``parallel`` 1 this is sequential submission, one item per call.
     """
@@ -234,9 +235,9 @@ async def run_items(
                 if isinstance(checking, BridgeError):
                     raise checking
                 accepted = await checking
-            except NotLeader:
-                raise
             except BridgeError as exc:
+                if _not_leader(exc):
+                    raise
                 settle(index, item, exc)
                 fill()  # the next check starts once this item is settled
                 continue
@@ -254,9 +255,9 @@ async def run_items(
             outcomes: Sequence[tuple[bytes, bool] | BridgeError]
             try:
                 outcomes = await record_many([a for _, _, a in group])
-            except NotLeader:
-                raise
             except BridgeError as exc:
+                if _not_leader(exc):
+                    raise
                 outcomes = [exc] * len(group)
             for (i, it, _), outcome in zip(group, outcomes, strict=True):  # one per item
                 settle(i, it, outcome)
@@ -268,6 +269,13 @@ async def run_items(
         if running:
             await asyncio.gather(*running, return_exceptions=True)
     return tuple(results)
+
+
+def _not_leader(exc: BridgeError) -> bool:
+    """Whether ``exc`` says this coordinator may not serve (NOT_LEADER: a standby's
+    NotLeader, or a leader fenced out of its lease by the store, ``lease.Fenced``): the
+    whole batch is answered so, never one item (the client goes to another coordinator)."""
+    return exc.kind is BridgeReason.NOT_LEADER
 
 
 def merge_results(

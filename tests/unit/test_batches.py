@@ -29,10 +29,12 @@ from bridge.coordinator.batches import (
 )
 from bridge.coordinator.db import Database, DatabaseUnavailable, open_database, open_sqlite
 from bridge.coordinator.ha import StandbyGate
+from bridge.coordinator.lease import Fenced
 from bridge.coordinator.service import _item_error
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     Conflict,
     InvalidInput,
     NotLeader,
@@ -586,6 +588,50 @@ async def test_a_conflict_stays_in_its_item_and_a_failed_record_call_reaches_its
     rest = [f"k{i}" for i in range(n) if f"k{i}" not in failed and i != 2]
     assert checks.recorded == rest
     assert all(by_key[k].outcome is ItemOutcome.CREATED for k in rest)
+
+
+def _fenced() -> Fenced:
+    return Fenced("coordinator-1", 7, 8, "coordinator-2")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [lambda: NotLeader("lease lost", "10.0.0.2:50051"), _fenced],
+    ids=["not-leader", "fenced"],
+)
+async def test_not_leader_from_the_store_mid_batch_ends_the_batch(
+    error: Callable[[], BridgeError],
+) -> None:
+    """The store refusing to record (NotLeader, or Fenced: this coordinator lost its lease
+    while the batch ran) answers the whole batch NOT_LEADER: the items recorded before stay
+    recorded (a retry on the leader finds them by key), nothing after is recorded or
+    answered as an item's refusal, and the checks running ahead are cancelled."""
+    n = 12
+    items = [Item(f"k{i}") for i in range(n)]
+    checks = SlowChecks(n)
+    record = checks.record
+
+    async def losing_the_lease(group: Sequence[Item]) -> list[tuple[bytes, bool] | BridgeError]:
+        if any(it.idempotency_key == "k5" for it in group):
+            raise error()
+        return await record(group)
+
+    with pytest.raises(BridgeError) as raised:
+        await run_items(A, items, checks.check, _error_of, record_many=losing_the_lease, parallel=4)
+    assert raised.value.kind is BridgeReason.NOT_LEADER
+    assert checks.recorded == [f"k{i}" for i in range(5)][: len(checks.recorded)]
+    assert "k5" not in checks.recorded and len(checks.recorded) <= 5
+    assert all(call[0] != "k6" for call in checks.calls)  # nothing after k5 was offered
+    await asyncio.sleep(0.05)
+    assert checks.running == 0
+
+
+async def test_fenced_in_a_check_fails_the_whole_batch() -> None:
+    items = [Item("k1"), Item("k2", refuse=_fenced()), Item("k3")]
+    submit = Submitter()
+    with pytest.raises(Fenced):
+        await run_items(A, items, submit, _error_of)
+    assert submit.submitted == ["k1"]
 
 
 async def test_not_leader_mid_batch_records_nothing_after_it_and_cancels_the_checks() -> None:
