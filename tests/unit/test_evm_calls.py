@@ -561,6 +561,55 @@ def test_static_words_are_decoded_exactly_as_the_codec_decodes_them(seed: int) -
             CODEC.decode([abi_type], data)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_arrays_of_static_types_are_decoded_exactly_as_the_codec(seed: int) -> None:
+    """Issue 14: answers holding dynamic arrays of static types (the lens's ``legsOf``
+    ``(uint256, (uint8,bytes32,uint8,uint64)[])``) are decoded without eth_abi's layers
+    when laid out canonically, to the codec's values; any other layout (an offset
+    elsewhere, a length beyond the data, bytes left over or missing) and any refused word
+    are the codec's alone, which decodes or refuses them."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        types = [
+            _random_static_type(rng) + ("[]" if rng.random() < 0.4 else "")
+            for _ in range(rng.randint(1, 4))
+        ]
+        values = [
+            [value_of(t[:-2], rng) for _ in range(rng.randrange(0, 5))]
+            if t.endswith("[]")
+            else value_of(t, rng)
+            for t in types
+        ]
+        data = CODEC.encode(types, values)
+        fast = calls._decode_static(types, data)
+        assert fast is not None and fast == CODEC.decode(types, data), types
+        assert [type(v) for v in fast] == [type(v) for v in CODEC.decode(types, data)]
+        for _ in range(4):  # one byte changed anywhere
+            at = rng.randrange(len(data))
+            bent = data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+            mine = calls._decode_static(types, bent)
+            assert mine is None or mine == _codec_answer(types, bent), (types, at)
+        for cut in (data[:-1], data + b"\0", data[:-32], data + bytes(32)):  # other lengths
+            mine = calls._decode_static(types, cut)
+            assert mine is None or mine == _codec_answer(types, cut), types
+
+
+def test_an_array_laid_out_otherwise_is_the_codecs() -> None:
+    """A node's non-canonical layout (the codec may still decode it) or a length it cannot
+    hold is never decoded here."""
+    types = ["uint256", "(uint8,bytes32)[]"]
+    data = CODEC.encode(types, [7, [(1, b"\x01" * 32), (2, b"\x02" * 32)]])
+    assert calls._decode_static(types, data) == CODEC.decode(types, data)
+    later = data[:32] + (96).to_bytes(32, "big") + bytes(32) + data[64:]  # a gap before it
+    assert calls._decode_static(types, later) is None
+    assert CODEC.decode(types, later) == CODEC.decode(types, data)  # the codec takes it
+    huge = data[:64] + (2**255).to_bytes(32, "big") + data[96:]
+    assert calls._decode_static(types, huge) is None
+    assert isinstance(_codec_answer(types, huge), type)
+    for other in ("uint8[2][]", "uint8[][]", "bytes[]", "string[]", "(uint8,bytes)[]"):
+        assert calls._decode_static([other], (32).to_bytes(32, "big") + bytes(32)) is None
+
+
 def test_a_malformed_log_word_gets_the_codecs_answer() -> None:
     """A log whose word the strict codec refuses is refused as before (the codec's own
     error); one it accepts decodes to what web3 gives."""
