@@ -26,20 +26,23 @@ class _DigestKey:
     SECURITY: the signature is checked to recover to the signer's address over the very
     digest eth-account asked for before eth-account may put it into the raw bytes."""
 
-    __slots__ = ("_signer",)
+    __slots__ = ("_signer", "checked")
 
     def __init__(self, signer: Signer) -> None:
         self._signer = signer
+        self.checked: list[bytes] = []
+        """Every signature checked (and handed to eth-account), in order."""
 
     def sign_msg_hash(self, message_hash: bytes) -> Signature:
         digest = bytes(message_hash)
-        sig = self._signer.sign_digest(digest)
+        sig = bytes(self._signer.sign_digest(digest))  # a copy: checked is what is used
         try:
             signed_by = recover_signer(digest, sig)  # low s, v in {27, 28}, 65 bytes
         except ProtocolError:
             signed_by = None
         if signed_by != self._signer.address:
             raise KeyCustodyError("the signed transaction does not recover to the signer")
+        self.checked.append(sig)
         # Signer returns v in {27, 28}; eth-keys wants the raw recovery id {0, 1}.
         return Signature(signature_bytes=sig[:64] + bytes([sig[64] - 27]))
 
@@ -58,5 +61,25 @@ def sign_transaction(signer: Signer, tx: Mapping[str, Any]) -> bytes:
     sender = fields.pop("from", None)
     if sender is not None and bytes.fromhex(str(sender).removeprefix("0x")) != signer.address:
         raise KeyCustodyError("transaction 'from' is not the signer's address")
-    _v, _r, _s, raw = sign_transaction_dict(cast(PrivateKey, _DigestKey(signer)), fields)
+    key = _DigestKey(signer)
+    v, r, s, raw = sign_transaction_dict(cast(PrivateKey, key), fields)
+    # SECURITY: eth-account signed once and put that very signature into the raw bytes
+    # (r, s and the recovery id; a legacy v is 27/28 or EIP-155's 35 + 2 * chainId + id).
+    if len(key.checked) != 1 or (r, s, _recovery_id(v)) != _parts(key.checked[0]):
+        raise KeyCustodyError("the signed transaction does not carry the checked signature")
     return bytes(raw)
+
+
+def _parts(sig: bytes) -> tuple[int, int, int]:
+    """``(r, s, recovery id)`` of a 65-byte ``r || s || v`` signature, v in {27, 28}."""
+    return int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64] - 27
+
+
+def _recovery_id(v: int) -> int:
+    """The recovery id eth-account encoded as ``v``: typed transactions carry it as is, a
+    legacy one as 27/28, or 35 + 2 * chainId + id under EIP-155."""
+    if v in (0, 1):
+        return v
+    if v in (27, 28):
+        return v - 27
+    return (v - 35) % 2 if v >= 35 else -1

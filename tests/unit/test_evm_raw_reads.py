@@ -474,7 +474,12 @@ def test_the_head_is_read_raw_as_a_quantity(
 
 
 @pytest.mark.parametrize(
-    "answer", ["0x", "1f", "0x-1", "0x 1f", "0x1_f", -1, True, 31.0, None, ["0x1f"]]
+    "answer",
+    [
+        *("0x", "1f", "0x-1", "-0x1", " 0x1f", "0x 1f", "0x1_f"),
+        *(-1, True, 31.0, None, ["0x1f"]),
+        *(hex(2**63), 2**63, "0x" + "f" * 64),
+    ],
 )
 def test_a_head_that_is_not_a_quantity_is_unavailable(
     adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch, answer: Any
@@ -483,5 +488,24 @@ def test_a_head_that_is_not_a_quantity_is_unavailable(
     not taken (no height is observed) and the read is asked again."""
     answering(adapter, monkeypatch, answer)
     with pytest.raises(Unavailable, match="eth_blockNumber answered"):
+        asyncio.run(adapter.finalized_height())
+    assert adapter._heads.head is None
+
+
+def test_the_highest_head_believed_is_taken(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answering(adapter, monkeypatch, hex(2**63 - 1))
+    assert asyncio.run(adapter.finalized_height()) == 2**63 - 1
+
+
+def test_an_error_answer_to_the_head_read_is_unavailable(
+    adapter: EvmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def node(method: RPCEndpoint, params: Any) -> RPCResponse:
+        return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "syncing"}}
+
+    monkeypatch.setattr(adapter._provider, "make_request", node)
+    with pytest.raises(Unavailable, match="eth_blockNumber answered no result"):
         asyncio.run(adapter.finalized_height())
     assert adapter._heads.head is None

@@ -20,6 +20,7 @@ from bridge.config_errors import ConfigError
 from bridge.domain.committee import SECP256K1_N, recover_signer
 from bridge.domain.errors import InvalidInput
 from bridge.domain.signer import LocalKeySigner, read_key_file
+from bridge.keys import evm_tx
 from bridge.keys.__main__ import main as keys_main
 from bridge.keys.errors import (
     KeyCustodyError,
@@ -465,12 +466,34 @@ class _TamperingSigner:
         return sig[:64] + bytes([29])  # "bad-v": not a recovery id eth-keys takes
 
 
+@pytest.mark.parametrize("tx", TXS, ids=["eip1559", "legacy-eip155"])
 @pytest.mark.parametrize("how", ["high-s", "other-digest", "bad-v"])
-def test_a_signature_other_than_over_the_digest_is_never_returned(how: str) -> None:
+def test_a_signature_other_than_over_the_digest_is_never_returned(
+    how: str, tx: dict[str, Any]
+) -> None:
     """SECURITY: the check is on the digest eth-account signed, so the malleable twin, a
     replayed signature and malformed bytes are refused before anything is sent."""
     with pytest.raises(KeyCustodyError, match="does not recover to the signer"):
-        sign_transaction(_TamperingSigner(how), TXS[0])
+        sign_transaction(_TamperingSigner(how), tx)
+
+
+@pytest.mark.parametrize("field", ["v", "r", "s", "twice"])
+def test_raw_bytes_without_the_checked_signature_are_never_returned(
+    field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SECURITY: should eth-account (another version) encode anything but the signature
+    that was checked, or ask for two, the transaction is refused."""
+    real = evm_tx.sign_transaction_dict
+
+    def drifting(key: Any, fields: Any) -> Any:
+        v, r, s, raw = real(key, fields)
+        if field == "twice":
+            real(key, fields)
+        return (v ^ 1 if field == "v" else v, r + (field == "r"), s + (field == "s"), raw)
+
+    monkeypatch.setattr(evm_tx, "sign_transaction_dict", drifting)
+    with pytest.raises(KeyCustodyError, match="checked signature"):
+        sign_transaction(LocalKeySigner(secrets.token_bytes(32)), TXS[1])
 
 
 # -- Fabric identity through the P-256 seam ----------------------------------------------------

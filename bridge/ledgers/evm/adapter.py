@@ -362,6 +362,8 @@ class EvmAdapter(StepTemplate):
         answer = await self._read_raw("eth_blockNumber", ())
         try:
             head = _quantity(answer)
+            if head > MAX_HEAD:  # SECURITY: never a head that would stick (observe keeps
+                raise ValueError(f"a head beyond 2**63 - 1: {answer!r}"[:200])  # the highest)
         except ValueError as exc:
             raise Unavailable(f"ledger {self.ledger}: eth_blockNumber answered {exc}") from exc
         self._heads.observe(head)
@@ -1543,6 +1545,12 @@ _HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
 def _is_hex(digits: str, empty: bool = False) -> bool:
     """Only hex digits (no sign, space or underscore, which ``int``/``fromhex`` accept)."""
     return (empty or bool(digits)) and _HEX_DIGITS.fullmatch(digits) is not None
+
+
+MAX_HEAD = 2**63 - 1
+"""The highest block number a node's ``eth_blockNumber`` is believed (a node's own bound:
+geth and anvil number blocks in 64 bits). Above it the answer is Unavailable: a head is
+kept as the highest one seen, so one absurd answer would otherwise stand for good."""
 
 
 def _quantity(value: Any) -> int:
