@@ -44,10 +44,14 @@ class Fenced(Unavailable):
     kind = BridgeReason.NOT_LEADER
 
     def __init__(self, holder: str, token: int, current_token: int, current_holder: str) -> None:
+        # The message reaches clients (a brokerage's batch answer): lease tokens only, no
+        # coordinator names; those stay on the exception for this process's own logs.
         super().__init__(
-            f"coordinator {holder!r} is fenced: it holds lease token {token}, the database is"
-            f" at token {current_token} held by {current_holder!r}"
+            f"this coordinator no longer holds the lease (it wrote under token {token}, the"
+            f" store is at token {current_token}); try another coordinator"
         )
+        self.holder = holder
+        self.current_holder = current_holder
         self.token = token
         self.current_token = current_token
 

@@ -293,7 +293,9 @@ def test_word_arrays_are_encoded_exactly_as_the_codec_encodes_them(seed: int) ->
         ts, vs = [types[i] for i in order], [args[i] for i in order]
         fast = calls._encode_fast(codec, ts, vs)
         assert fast is not None and fast == codec.encode(ts, vs)
-    for other in ("string[]", "bytes32[2]", "uint[]", "int256[]", "bytes31", "(bytes32,string)"):
+    others = ("string[]", "bytes32[2]", "uint[]", "int256[]", "bytes31", "(bytes32,string)",
+              "(uint8,)", "((uint8,),uint8)", "(bytes32,bytes32,)", "()", "(uint8, uint8)")  # fmt: skip
+    for other in others:
         value: Any = ["a"] if other == "string[]" else [1, 2]
         assert calls._encode_fast(codec, [other], [value]) is None, other  # the codec's alone
 

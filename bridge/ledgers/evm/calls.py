@@ -221,7 +221,10 @@ def _head_size(abi_type: str) -> int | None:
     if abi_type.endswith("[]"):
         return 32 if _head_size(abi_type[:-2]) is not None else None
     if abi_type.startswith("(") and abi_type.endswith(")"):
-        sizes = [_head_size(t) for t in _components(abi_type)]
+        parts = _components(abi_type)
+        if ",".join(parts) != abi_type[1:-1]:  # "(uint8,)": not canonical, the codec's
+            return None
+        sizes = [_head_size(t) for t in parts]
         if not sizes or any(size is None for size in sizes):
             return None
         if _is_dynamic(abi_type):
