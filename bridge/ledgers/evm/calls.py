@@ -220,12 +220,10 @@ def _head_size(abi_type: str) -> int | None:
         return 32
     if abi_type.endswith("[]"):
         return 32 if _head_size(abi_type[:-2]) is not None else None
-    if abi_type.startswith("(") and abi_type.endswith(")"):
-        parts = _components(abi_type)
-        if ",".join(parts) != abi_type[1:-1]:  # "(uint8,)": not canonical, the codec's
-            return None
+    parts = _tuple_parts(abi_type)
+    if parts is not None:
         sizes = [_head_size(t) for t in parts]
-        if not sizes or any(size is None for size in sizes):
+        if any(size is None for size in sizes):
             return None
         if _is_dynamic(abi_type):
             return 32
@@ -258,13 +256,22 @@ def _static_words(abi_type: str) -> int | None:
     ``address``, ``bool``, ``uintN``, ``bytesN`` and tuples of them; else None."""
     if abi_type in _SINGLE_WORDS:
         return 1
-    if abi_type.startswith("(") and abi_type.endswith(")"):
-        parts = _components(abi_type)
-        if not parts or ",".join(parts) != abi_type[1:-1]:  # "()", "(uint8,)": not canonical
-            return None
+    parts = _tuple_parts(abi_type)
+    if parts is not None:
         sizes = [_static_words(t) for t in parts]
         return None if None in sizes else sum(cast(list[int], sizes))
     return None
+
+
+def _tuple_parts(abi_type: str) -> tuple[str, ...] | None:
+    """The components of ``abi_type`` when it is a tuple spelled canonically, else None
+    (not a tuple, or ``()``, ``(uint8,)``: the codec's to parse or refuse; a component
+    spelled with a space is refused by the callers, as no such type is theirs). The one
+    rule the fast encoder and decoder both apply."""
+    if not (abi_type.startswith("(") and abi_type.endswith(")")):
+        return None
+    parts = _components(abi_type)
+    return parts if parts and ",".join(parts) == abi_type[1:-1] else None
 
 
 class _NotTaken(Exception):
@@ -318,9 +325,8 @@ def _decode_static(types: Sequence[str], data: bytes) -> tuple[Any, ...] | None:
 def _head_words(abi_type: str) -> int | None:
     """The words ``abi_type`` takes in the head when :func:`_decode_static` decodes it: a
     static type's own words, one (the offset) for ``T[]`` of a static ``T``; else None."""
-    if abi_type.endswith("[]"):
-        element = abi_type[:-2]
-        return 1 if not element.endswith("]") and _static_words(element) is not None else None
+    if abi_type.endswith("[]"):  # (_static_words takes no array, so no T[k][] nor T[][])
+        return 1 if _static_words(abi_type[:-2]) is not None else None
     return _static_words(abi_type)
 
 
@@ -387,8 +393,8 @@ CHECKSUMMED_KEPT = 4096
 @lru_cache(maxsize=CHECKSUMMED_KEPT)
 def _checksummed(address: str) -> str:
     """``to_checksum_address`` of a decoded address (a lowercase ``0x`` string), worked out
-    once per address: a Keccak-256 and a per-character pass, for every holder of every leg
-    a member reads (5 % of a member under load)."""
+    once per address: a Keccak-256 and a per-character pass, for every address of every
+    answer (a member's reads of the committee windows were 5 % of its CPU under load)."""
     return to_checksum_address(address)
 
 
