@@ -196,6 +196,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "(max_items_per_message; default 500, the coordinator's cap); 1: one each",
     )
     p.add_argument(
+        "--block-gas-limit",
+        type=int,
+        default=0,
+        metavar="GAS",
+        help="each anvil ledger's block gas limit (anvil --gas-limit); 0: anvil's\n"
+        "default, 30,000,000 (raise it to see what saturates after the ledgers' gas)",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -217,6 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
+    if a.block_gas_limit < 0:
+        p.error("--block-gas-limit must be 0 (anvil's default) or a positive gas amount")
     if a.batch < 0 or a.batch > 2500:
         p.error("--batch must be 0 (off) or 1 .. 2500 (the coordinator's largest max_batch_items)")
     if a.scenario == "end-of-day" and a.curve:
@@ -240,7 +250,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
                    batch, a.scenario, curve, a.step_batching, a.step_in_flight,
-                   a.read_linger_ms, a.watch_group)  # fmt: skip
+                   a.read_linger_ms, a.watch_group, a.block_gas_limit)  # fmt: skip
 
 
 async def _start_measuring(

@@ -77,6 +77,7 @@ class Options:
     step_in_flight: int = 0  # [batching] max_in_flight; 0: the coordinator's default
     read_linger_ms: float = -1.0  # [batching] read_linger_ms; < 0: the coordinator's default
     watch_group: int = 500  # WatchBatch max_items_per_message; 1: one report per message
+    block_gas_limit: int = 0  # each anvil's block gas limit; 0: anvil's default (30 M)
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "step_in_flight": opts.step_in_flight,
         "read_linger_ms": opts.read_linger_ms,
         "watch_group": opts.watch_group,
+        "block_gas_limit": opts.block_gas_limit,
     }
 
 
@@ -188,6 +190,7 @@ def make_system(workdir: Path, opts: Options) -> LocalSystem:
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         block_time=opts.block_time,
+        block_gas_limit=opts.block_gas_limit,
         # ---- batch mode: a transfer may wait up to --timeout (end of day: the whole run)
         # before its lock without expiring (the devnet's default deadline is 120 s).
         transfer_ttl=max(120, int(opts.timeout)),

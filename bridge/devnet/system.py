@@ -167,6 +167,10 @@ class LocalSystem:
     workdir: Path
     ledger_names: Sequence[tuple[str, int]] = (("brokerage-a", 31001), ("brokerage-b", 31002))
     block_time: float = 1.0
+    block_gas_limit: int = 0
+    """Each anvil ledger's block gas limit (anvil ``--gas-limit``); 0: anvil's default
+    (30,000,000). A permissioned network sets its own in genesis; benchmarks raise it to
+    find what saturates after the ledgers' gas (issue 14)."""
     committee_size: int = 4
     threshold: int = 3
     isins: Sequence[str] = (DEMO_ISIN,)
@@ -359,7 +363,9 @@ class LocalSystem:
         self.workdir.mkdir(parents=True, exist_ok=True)
         committee = self.committee = self._start_custody()
         for name, chain_id in self.ledger_names:
-            node = AnvilNode(name, chain_id, self.block_time, self.workdir).start()
+            gas = ("--gas-limit", str(self.block_gas_limit)) if self.block_gas_limit else ()
+            node = AnvilNode(name, chain_id, self.block_time, self.workdir, extra_args=gas)
+            node.start()
             if self.evm_node_auth:
                 node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))
             d = fund_and_deploy(self, name, committee, node.rpc_url, node.fund)

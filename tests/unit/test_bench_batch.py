@@ -25,7 +25,7 @@ from transfers_batch import (
     saturation,
     settle_stats,
 )
-from transfers_setup import TransferResult, TransferSpec
+from transfers_setup import TransferResult, TransferSpec, make_system, mode_of
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -46,7 +46,13 @@ def test_batch_arguments() -> None:
     )
     curve = parse_args(["--curve", "--curve-from", "2", "--curve-to", "16", "--curve-points", "4"])
     assert curve.curve == (2.0, 4.0, 8.0, 16.0) and curve.batch == 0
+    assert (o.block_gas_limit, mode_of(o)["block_gas_limit"]) == (0, 0), "anvil's default"
+    big = parse_args(["--block-gas-limit", "300000000"])
+    assert big.block_gas_limit == 300_000_000 and mode_of(big)["block_gas_limit"] == 300_000_000
+    system = make_system(Path("/nonexistent"), big)
+    assert system.block_gas_limit == 300_000_000, "each anvil gets --gas-limit"
     for bad in (
+        ["--block-gas-limit", "-1"],
         ["--batch", "-1"],
         ["--batch", "2501"],
         ["--scenario", "end-of-day", "--curve"],
