@@ -227,15 +227,24 @@ class HaltBook:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._log = get_logger()
+        # ---- the orders that gate, per ledger (issue 14): read once while this book runs,
+        # read again after any write of its own (see ``_gating_orders``).
+        self._gating: dict[str, tuple[OrderRecord, ...]] = {}
+        self._orders_generation = 0
+        self._keep_gating = False
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start delivering pending orders (those recorded before a restart included)."""
+        self._forget_orders()
+        self._keep_gating = True
         self._task = asyncio.create_task(self._deliver_forever(), name="depository-orders")
 
     async def stop(self) -> None:
         """Stop delivering (pending orders stay recorded and resume on the next start)."""
         self._stopping = True
+        self._keep_gating = False
+        self._forget_orders()
         for _, read in self._reading.values():
             read.cancel()
         self._reading.clear()  # a read cancelled before it ran never removes itself
@@ -293,7 +302,10 @@ class HaltBook:
                     raise
                 raise PreconditionFailed(f"{exc} (ledger {ledger})") from None
             record = OrderRecord(ledger, signed, OrderState.PENDING, "", "", time.time())
-            stored, created = await self._store.add(record)
+            try:
+                stored, created = await self._store.add(record)
+            finally:
+                self._forget_orders()  # SECURITY: a recorded HALT gates from the next read
             if created:
                 self._log.info(
                     "depository order recorded",
@@ -369,7 +381,7 @@ class HaltBook:
         SECURITY: a SKIPPED HALT gates like a pending one until its expiry (review finding 5);
         so does a REFUSED one (review 2 finding 1: the refusal may be one peer's view, and a
         depository HALT errs on the side of stopping)."""
-        for r in await self._store.orders(ledger, gating=True):
+        for r in await self._gating_orders(ledger):
             o = r.signed.order
             if (
                 o.action == OrderAction.HALT
@@ -430,7 +442,7 @@ class HaltBook:
             state, refusal = OrderState.REFUSED, str(exc)
             if exc.reason == ErrorReason.ORDER_EXPIRED:
                 state = OrderState.EXPIRED
-            await self._store.set_state(r.ledger, seq, state, refusal)
+            await self._set_state(r.ledger, seq, state, refusal)
             if state is OrderState.REFUSED:
                 # SECURITY: a refused HALT keeps gating until its expiry (see ``halted``).
                 log.error(
@@ -466,13 +478,51 @@ class HaltBook:
             # SECURITY (review s21): once APPLIED the order stops gating and ``halted`` rests
             # on the ledger's status alone; no status read before this point may answer it.
             self._forget()
-            await self._store.set_state(r.ledger, seq, OrderState.APPLIED, "", tx_id)
+            await self._set_state(r.ledger, seq, OrderState.APPLIED, "", tx_id)
             log.info("depository order applied", **{REASON: _describe(r.signed)})
             return OrderState.APPLIED
         refusal = "skipped: the ledger's sequence passed this order without its effect"
-        await self._store.set_state(r.ledger, seq, OrderState.SKIPPED, refusal, tx_id)
+        await self._set_state(r.ledger, seq, OrderState.SKIPPED, refusal, tx_id)
         log.error("ALARM depository order skipped", **{REASON: _describe(r.signed)})
         return OrderState.SKIPPED
+
+    async def _set_state(
+        self, ledger: str, sequence: int, state: OrderState, refusal: str = "", tx_id: str = ""
+    ) -> None:
+        """The store's ``set_state``; the gating orders are read again after it."""
+        try:
+            await self._store.set_state(ledger, sequence, state, refusal, tx_id)
+        finally:
+            self._forget_orders()
+
+    def _forget_orders(self) -> None:
+        """Start a new generation of the gating orders: none kept, and no read already in
+        flight is kept when it returns."""
+        self._orders_generation += 1
+        self._gating.clear()
+
+    async def _gating_orders(self, ledger: str) -> tuple[OrderRecord, ...]:
+        """The orders of ``ledger`` the drivers still obey (pending, skipped or refused), as
+        the store holds them: read once while this book runs, then kept until this book
+        writes an order again (a lock, prepare and mint each ask; issue 14).
+
+        SECURITY: kept, not cached for a while, and exact: while this book runs (started
+        once this coordinator leads), it is the only writer of depository orders. A standby
+        refuses the DepositoryService (the HA gate), a coordinator that loses its lease
+        exits (ADR 0017, fail-stop) and the database refuses any other term's writes (the
+        fence). Every write of this book starts a new generation once it returns or fails,
+        so a HALT gates from the first read after ``submit`` recorded it; a read that began
+        before a write answers its caller (as an uncached read racing the write would) but
+        is not kept. Before ``start`` and after ``stop`` every call reads the store."""
+        if self._keep_gating:
+            kept = self._gating.get(ledger)
+            if kept is not None:
+                return kept
+        generation = self._orders_generation
+        records = tuple(await self._store.orders(ledger, gating=True))
+        if self._keep_gating and generation == self._orders_generation:
+            self._gating[ledger] = records
+        return records
 
     async def _shows(self, r: OrderRecord) -> bool | None:
         """Whether ``r.ledger`` shows ``r``'s effect now: True when its sequence is exactly

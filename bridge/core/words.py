@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .hashing import keccak256
@@ -25,12 +26,23 @@ def isin_check_digit(body: str) -> int:
 
 
 def is_valid_isin(value: object) -> bool:
-    """True when ``value`` is a well-formed ISIN with a correct check digit."""
-    return (
-        isinstance(value, str)
-        and bool(_ISIN_RE.fullmatch(value))
-        and isin_check_digit(value[:11]) == int(value[11])
-    )
+    """True when ``value`` is a well-formed ISIN with a correct check digit.
+
+    The answers for the last 4,096 distinct twelve-character strings are kept: every step
+    of every transfer names its security (issue 14). Nothing longer is kept, so the memory
+    a caller can make it hold is bounded whatever it sends."""
+    if type(value) is str:
+        return len(value) == 12 and _is_valid_isin_text(value)
+    return isinstance(value, str) and _check_isin(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_valid_isin_text(value: str) -> bool:
+    return _check_isin(value)
+
+
+def _check_isin(value: str) -> bool:
+    return bool(_ISIN_RE.fullmatch(value)) and isin_check_digit(value[:11]) == int(value[11])
 
 
 def is_valid_ledger_name(value: object) -> bool:

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from bridge.logfields import get_logger
@@ -26,6 +26,15 @@ class AuditRecord:
     transfer_id: str
     allowed: bool
     reason: str
+
+    def as_fields(self) -> dict[str, object]:
+        """Every field by name, as ``dataclasses.asdict`` gives them (every field is a
+        str, float or bool, so a shallow copy is the deep one; about a tenth of the cost:
+        it runs on every RPC a server answers)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
 class AuditLog:
@@ -47,7 +56,7 @@ class AuditLog:
 
     def record(self, rec: AuditRecord) -> None:
         """Write and log one decision."""
-        fields = asdict(rec)
+        fields = rec.as_fields()
         if rec.allowed:
             self._log.info("authorisation", **fields)
         else:

@@ -3,6 +3,7 @@ organisations and the audit log (pure logic; certificates made by the devnet PKI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -401,6 +402,14 @@ def test_audit_log_appends_json_lines(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.jsonl"
     AuditLog(fresh).close()
     assert fresh.stat().st_mode & 0o777 == 0o600
+
+
+def test_audit_record_fields_are_asdicts() -> None:
+    """The audit line's fields (written on every RPC) are exactly ``asdict``'s: every
+    field, by name, in declaration order, values unchanged."""
+    rec = AuditRecord(2.5, A, "member", "cn", "ff", "ipv6:[::1]:9", "/m", "", True, "")
+    assert rec.as_fields() == dataclasses.asdict(rec)
+    assert list(rec.as_fields()) == [f.name for f in dataclasses.fields(AuditRecord)]
 
 
 # ---- depository halt

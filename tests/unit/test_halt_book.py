@@ -8,6 +8,7 @@ queued). The ledgers' enforcement itself is tested on anvil and in the chaincode
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -341,3 +342,125 @@ async def test_a_refused_release_does_not_lift_a_halt(halting) -> None:
     assert [r.state for r in await book.orders()] == [OrderState.APPLIED, OrderState.REFUSED]
     assert await book.halted("a", SecurityId(ISIN)), "a refused RELEASE lifts nothing"
     relayers["a"].apply_order = real_apply  # type: ignore[method-assign]
+
+
+# ---- the gating orders, read once and again after each write (issue 14)
+
+
+class _CountingStore(SqliteHaltStore):
+    """The real SQLite halt store, counting the gating reads and able to hold one read
+    back until released (to race it against a write)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gating_reads = 0
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+        self.fail_set_state = False
+
+    async def orders(
+        self, ledger: str | None = None, pending_only: bool = False, gating: bool = False
+    ) -> list[Any]:
+        got = await super().orders(ledger, pending_only, gating)
+        if gating:
+            self.gating_reads += 1
+            if self.hold is not None:
+                hold, self.hold = self.hold, None
+                self.held.set()
+                await hold.wait()  # answers what it read before the write
+        return got
+
+    async def set_state(self, *args: Any, **kwargs: Any) -> None:
+        await super().set_state(*args, **kwargs)
+        if self.fail_set_state:
+            raise Unavailable("the database went away after the commit")
+
+
+@pytest.fixture
+async def counted(coordinator, tmp_path: Path):  # noqa: F811
+    c, relayers, _ = coordinator
+    for name in ("a", "b"):
+        d = c.domains[name]
+        relayers[name] = HaltingRelayer(name, network=d.network_word, word=d.ledger_word)
+    hstore = _CountingStore(tmp_path / "h.sqlite")
+    book = HaltBook(hstore, relayers, c.domains, cache_s=0, retry_s=3600)  # type: ignore[arg-type]
+    yield c, relayers, hstore, book
+    await book.stop()
+    hstore.close()
+
+
+@pytest.mark.security
+async def test_gating_orders_are_read_once_then_again_after_each_write(counted) -> None:
+    """A driver's halt gate reads the orders once per ledger while the book runs; a HALT
+    recorded gates from the very next call, and so does each later state change."""
+    c, relayers, hstore, book = counted
+    sec = SecurityId(ISIN)
+    await book.start()
+    assert not await book.halted("a", sec) and not await book.halted("a", sec)
+    assert not await book.halted("b", sec)
+    assert hstore.gating_reads == 2, "one read per ledger, then kept"
+    await book.submit(order(c, "a", OrderAction.HALT, 7))
+    assert await book.halted("a", sec), "a recorded HALT gates at once (no lifetime to wait)"
+    assert hstore.gating_reads == 3
+    await applied(book, "a", 7)  # delivered in the background: no longer a gating order
+    assert relayers["a"].applied == [7]
+    read = hstore.gating_reads
+    assert await book.halted("a", sec), "the ledger's status halts it now"
+    assert hstore.gating_reads == read + 1, "read again after the APPLIED write"
+    relayers["a"].flags.clear()  # the ledger shows it released (cache_s=0: read each time)
+    assert not await book.halted("a", sec), "an APPLIED order no longer gates"
+    assert hstore.gating_reads == read + 1, "and the orders are kept again"
+
+
+@pytest.mark.security
+async def test_a_gating_read_racing_a_write_is_not_kept(counted) -> None:
+    """A read that began before a HALT was recorded answers its caller what it read, but
+    is not kept: the next call reads again and sees the HALT."""
+    c, _, hstore, book = counted
+    sec = SecurityId(ISIN)
+    await book.start()
+    hstore.hold = asyncio.Event()
+    release = hstore.hold
+    early = asyncio.create_task(book.halted("a", sec))
+    await hstore.held.wait()  # the read is done, its answer not yet returned
+    await book.submit(order(c, "a", OrderAction.HALT, 3))
+    release.set()
+    assert not await early, "the racing read answers what it read"
+    assert await book.halted("a", sec), "and is not kept: the HALT gates"
+
+
+@pytest.mark.security
+async def test_a_failed_order_write_still_forgets_the_gating_orders(counted) -> None:
+    """A write whose answer was lost (it may have committed) starts a new generation too."""
+    c, relayers, hstore, book = counted
+    sec = SecurityId(ISIN)
+
+    async def refuse(signed: SignedOrder) -> Any:
+        raise LedgerRejected(ErrorReason.ORDER_EXPIRED, "expired on the ledger")
+
+    relayers["a"].apply_order = refuse  # type: ignore[method-assign]
+    hstore.fail_set_state = True
+    await book.submit(order(c, "a", OrderAction.HALT, 3))  # before start: not delivered
+    book._keep_gating = True  # the book runs, without its delivery loop racing this test
+    assert await book.halted("a", sec)
+    with pytest.raises(Unavailable):
+        await book.deliver_pending()  # EXPIRED committed, then the answer failed
+    hstore.fail_set_state = False
+    assert [r.state for r in await book.orders()] == [OrderState.EXPIRED]
+    assert not await book.halted("a", sec), "an EXPIRED order no longer gates"
+
+
+async def test_gating_orders_are_read_every_time_unless_the_book_runs(counted) -> None:
+    """Before ``start`` (a standby's book) and after ``stop`` nothing is kept."""
+    _, _, hstore, book = counted
+    sec = SecurityId(ISIN)
+    await book.halted("a", sec)
+    await book.halted("a", sec)
+    assert hstore.gating_reads == 2
+    await book.start()
+    await book.halted("a", sec)
+    await book.halted("a", sec)
+    assert hstore.gating_reads == 3
+    await book.stop()
+    await book.halted("a", sec)
+    assert hstore.gating_reads == 4

@@ -69,6 +69,29 @@ def test_isin_with_trailing_newline_is_invalid() -> None:
     assert not is_valid_isin("US0378331005\n")
 
 
+def test_isin_answers_kept_are_the_same_answers() -> None:
+    """``is_valid_isin`` keeps its answers for twelve-character strings (issue 14): asked
+    again, every answer is the same, a str subclass and a non-str are answered without it,
+    and nothing longer than an ISIN is kept (what a caller makes it hold is bounded)."""
+    from bridge.core import words
+
+    class Text(str):
+        pass
+
+    for value in ("KR7005930003", "KR7005930004", "us0378331005", "US037833100X"):
+        first = [is_valid_isin(value) for _ in range(3)]
+        assert first == [words._check_isin(value)] * 3
+        assert is_valid_isin(Text(value)) is first[0]
+    for value in (b"KR7005930003", 7, None, ["KR7005930003"]):
+        assert is_valid_isin(value) is False
+    words._is_valid_isin_text.cache_clear()
+    assert not is_valid_isin("KR7005930003" * 1000)
+    assert not is_valid_isin("X" * 11)
+    assert words._is_valid_isin_text.cache_info().currsize == 0, "only ISIN-sized text is kept"
+    assert is_valid_isin("KR7005930003")
+    assert words._is_valid_isin_text.cache_info().currsize == 1
+
+
 def test_security_id_word_is_right_padded_ascii_and_round_trips() -> None:
     sid = SecurityId("KR7005930003")
     assert sid.word == b"KR7005930003" + b"\0" * 20
