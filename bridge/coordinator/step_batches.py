@@ -54,20 +54,32 @@ from bridge.domain.ledger_batches import (
     BatchOutcome,
     refused_item,
 )
-from bridge.domain.legs import Action, TxOutcome
-from bridge.logfields import LEDGER, STATE
+from bridge.domain.legs import Action, Leg, TxOutcome
+from bridge.logfields import COUNT, LEDGER, STATE, TX
 
 LIMIT_RECHECK_S = 60.0
 """How long a relayer that reported no batched step is believed before it is asked again."""
 
 __all__ = [
     "BATCH_LIMITS",
+    "STEP_NAMES",
     "BatchSubmitter",
     "NoBatches",
     "RunSingle",
     "StepBatcher",
     "submit_alone",
 ]
+
+STEP_NAMES: Mapping[tuple[Action, Leg], str] = {
+    (Action.LOCK, Leg.OUTBOUND): "lock",
+    (Action.PREPARE, Leg.INBOUND): "prepare",
+    (Action.MARK_EXPIRED, Leg.INBOUND): "expire",
+    (Action.COMMIT, Leg.OUTBOUND): "burn",
+    (Action.COMMIT, Leg.INBOUND): "mint",
+    (Action.ABORT, Leg.OUTBOUND): "release",
+    (Action.ABORT, Leg.INBOUND): "abort",
+}
+"""The name a transfer's record gives the transaction of each step (``Transfer.transactions``)."""
 
 BATCH_LIMITS: Mapping[str, int] = {"evm": 100, "fabric": 200, "cometbft": 50}
 """Most items the coordinator puts in one batched invocation per ledger kind: the EVM
@@ -129,6 +141,11 @@ async def submit_alone(
     return answers[0]
 
 
+def _step_name(action: Action, outbound: bool) -> str:
+    """The name of ``action``'s step on a transfer's outbound (source) or inbound leg."""
+    return STEP_NAMES[(action, Leg.OUTBOUND if outbound else Leg.INBOUND)]
+
+
 def _read(outcome: BatchOutcome, items: Sequence[BatchItem]) -> list[TxOutcome] | None:
     """Each item's outcome, or None when the answer is not about exactly ``items`` in
     order. SECURITY: nothing a relayer answers about transfers it was not sent is
@@ -179,7 +196,9 @@ class StepBatcher:
 
     # ---- what the stepper calls -------------------------------------------------------
     async def lock(self, record: TransferRecord) -> TxOutcome:
-        """LOCK ``record`` on its source ledger in a batch (its instruction carried)."""
+        """LOCK ``record`` on its source ledger in a batch (its instruction carried). Like
+        ``prepare`` and ``apply``: the outcome's transaction is already recorded in the
+        transfer's record (with the batch's other items, in one store write)."""
         if record.origin is not TransferOrigin.SUBMITTED:
             # SECURITY: the bridge locks only for a transfer a brokerage submitted.
             raise PreconditionFailed("the bridge never locks for an adopted transfer")
@@ -245,9 +264,8 @@ class StepBatcher:
                 mine = certified[n]
                 assert not isinstance(mine, BaseException)
                 batch.append(BatchItem(items[n].record.terms, proof=mine[dst].proof))
-            for n, answer in zip(
-                sendable, await self._submit(dst, Action.PREPARE, batch, certificate), strict=True
-            ):
+            prepared = await self._submit(dst, Action.PREPARE, batch, certificate)
+            for n, answer in zip(sendable, prepared, strict=True):
                 answers[n] = answer
         return [a if a is not None else RunSingle() for a in answers]
 
@@ -389,7 +407,10 @@ class StepBatcher:
         certificate: BatchCertificate | None,
     ) -> list[Answer]:
         """One batch: an item the ledger refuses by index gets that refusal and the rest go
-        again without it; any other outcome reaches every item still in it."""
+        again without it; any other outcome reaches every item still in it. The
+        transactions of the items it moved are recorded in one store write before they are
+        answered (a failed write reaches each of them as that error, as a failed record of
+        a single step reaches its driver)."""
         answers: list[Answer | None] = [None] * len(items)
         live = list(range(len(items)))
         while live:
@@ -426,10 +447,41 @@ class StepBatcher:
             if read is None:
                 self._doubt(ledger, action, None, len(live))
                 break
-            for n, answer in zip(live, read, strict=True):
+            settled: list[Answer] = list(read)
+            try:
+                await self._record_transactions(ledger, action, sent, read)
+            except Exception as exc:
+                settled = [exc] * len(read)
+            for n, answer in zip(live, settled, strict=True):
                 answers[n] = answer
             break
         return [a if a is not None else RunSingle() for a in answers]
+
+    async def _record_transactions(
+        self,
+        ledger: str,
+        action: Action,
+        items: Sequence[BatchItem],
+        outcomes: Sequence[TxOutcome],
+    ) -> None:
+        """Record the batch's transaction for every item it moved, under the name of that
+        item's step (its leg read from its own terms: outbound where ``ledger`` is its
+        source); a skipped item has none: the records never name a transaction that did not
+        move it. Logged once for the batch."""
+        word = self._ctx.domains[ledger].ledger_word
+        moved = [
+            (item.terms.transfer_id, _step_name(action, item.terms.src_ledger == word), out.tx_id)
+            for item, out in zip(items, outcomes, strict=True)
+            if out.tx_id
+        ]
+        if not moved:
+            return
+        await self._ctx.store.add_transactions(moved)
+        self._ctx.log.info(
+            "steps applied",
+            **{LEDGER: ledger, STATE: action.name, TX: moved[0][2], COUNT: len(moved)},
+            items=len(items),
+        )
 
     def _doubt(self, ledger: str, action: Action, exc: BaseException | None, items: int) -> None:
         self._ctx.log.warning(

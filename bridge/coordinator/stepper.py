@@ -22,7 +22,13 @@ from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.records import Decision, TransferOrigin, TransferRecord
-from bridge.coordinator.step_batches import NoBatches, RunSingle, StepBatcher, submit_alone
+from bridge.coordinator.step_batches import (
+    STEP_NAMES,
+    NoBatches,
+    RunSingle,
+    StepBatcher,
+    submit_alone,
+)
 from bridge.coordinator.wording import refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
@@ -44,17 +50,6 @@ from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import NextStep, StepKind, TransferState, next_step
 from bridge.ledgers.kinds import holder_direct_locks
 from bridge.logfields import LEDGER, STATE, TRANSFER, TX
-
-_STEP_NAMES = {
-    (Action.LOCK, Leg.OUTBOUND): "lock",
-    (Action.PREPARE, Leg.INBOUND): "prepare",
-    (Action.MARK_EXPIRED, Leg.INBOUND): "expire",
-    (Action.COMMIT, Leg.OUTBOUND): "burn",
-    (Action.COMMIT, Leg.INBOUND): "mint",
-    (Action.ABORT, Leg.OUTBOUND): "release",
-    (Action.ABORT, Leg.INBOUND): "abort",
-}
-
 
 # Contract refusals that prove the lock did not and cannot happen for these terms.
 DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
@@ -213,7 +208,7 @@ class Stepper:
                 return True
             await ctx.halt_gate(src_name, record, "the transfer waits before the lock")
             try:
-                out = await self._lock(src, record)
+                out, recorded = await self._lock(src, record)
             except LedgerRejected as exc:
                 if exc.reason not in DEFINITIVE_LOCK_REFUSALS:
                     raise  # e.g. a racing duplicate: re-read the leg and go on
@@ -225,7 +220,8 @@ class Stepper:
                     f"source ledger refused the lock ({exc.reason.value})",
                 )
                 return True
-            await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
+            if not recorded:
+                await self._record_tx(tid, Action.LOCK, Leg.OUTBOUND, out.tx_id)
             if not out.already_applied and target.state is LegState.NONE:
                 # Our lock landed, final, under these terms (the adapters answer only once
                 # it is final), and the target shows no leg: the next step (the prepare)
@@ -247,11 +243,12 @@ class Stepper:
                     " unless released first",
                 )
             try:
-                out = await self._prepare(dst, action, record)
+                out, recorded = await self._prepare(dst, action, record)
             except LedgerRejected as exc:
                 self._epoch_refused(exc, dst_name)
                 raise
-            await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
+            if not recorded:
+                await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
             return False
         if step.step is StepKind.CERTIFY:
             assert step.claim is not None
@@ -339,10 +336,11 @@ class Stepper:
         decision: Decision,
     ) -> None:
         certificate = decision.certificates[gateway.ledger]
+        recorded = False
         try:
             if isinstance(certificate, BatchCertified):
                 try:
-                    out = await self._apply_batched(gateway, action, record, certificate)
+                    out, recorded = await self._apply_batched(gateway, action, record, certificate)
                 except NoBatches:
                     # The relayer takes no batch (batching turned on before it was
                     # upgraded, or it was replaced by an older one): the same claim alone.
@@ -356,23 +354,27 @@ class Stepper:
             # The ledger no longer accepts the stored certificate's epoch (a rotation and
             # its overlap passed): gather the same claim again under the epoch it accepts.
             certificate = await self._recertify(record, decision, gateway.ledger)
-            out = await gateway.submit(action, record.terms, certificate)
-        await self._record_tx(record.transfer_id, action, leg, out.tx_id)
+            out, recorded = await gateway.submit(action, record.terms, certificate), False
+        if not recorded:
+            await self._record_tx(record.transfer_id, action, leg, out.tx_id)
 
     # ---- batched steps (issue 14) ---------------------------------------------------------
-    async def _lock(self, src: RelayerGateway, record: TransferRecord) -> TxOutcome:
+    async def _lock(self, src: RelayerGateway, record: TransferRecord) -> tuple[TxOutcome, bool]:
         """LOCK on the source, in a batch when batching is on (alone when the batch left
-        the item in doubt). The caller has applied the origin, flow and halt gates."""
+        the item in doubt); and whether its transaction is recorded already (a batch
+        records its items' together). The caller has applied the origin, flow and halt
+        gates."""
         if self._batcher is not None:
             with contextlib.suppress(RunSingle):
-                return await self._batcher.lock(record)
-        return await src.submit(Action.LOCK, record.terms, None, record.instruction)
+                return await self._batcher.lock(record), True
+        return await src.submit(Action.LOCK, record.terms, None, record.instruction), False
 
     async def _prepare(
         self, dst: RelayerGateway, action: Action, record: TransferRecord
-    ) -> TxOutcome:
+    ) -> tuple[TxOutcome, bool]:
         """Certify LOCKED for the target and apply ``action`` there: a PREPARE in a batch
-        of its lane when batching is on, MARK_EXPIRED always alone.
+        of its lane when batching is on, MARK_EXPIRED always alone; and whether its
+        transaction is recorded already (as ``_lock``).
 
         SECURITY: the caller has checked that the lock was instructed (``_instructed``) and
         the target's halt gate before the item may join a batch.
@@ -380,14 +382,14 @@ class Stepper:
         ctx, terms, dst_name = self._ctx, record.terms, dst.ledger
         if self._batcher is not None and action is Action.PREPARE:
             with contextlib.suppress(RunSingle):
-                return await self._batcher.prepare(record)
+                return await self._batcher.prepare(record), True
         certs = await ctx.committee.certify(
             ClaimKind.LOCKED,
             terms,
             [ctx.domains[dst_name]],
             await self._epochs_of([dst_name]),
         )
-        return await dst.submit(action, terms, certs[dst_name])
+        return await dst.submit(action, terms, certs[dst_name]), False
 
     async def _apply_batched(
         self,
@@ -395,18 +397,19 @@ class Stepper:
         action: Action,
         record: TransferRecord,
         certified: BatchCertified,
-    ) -> TxOutcome:
+    ) -> tuple[TxOutcome, bool]:
         """Apply a decision recorded from a batch: with the other transfers of its batch
         certificate when batching is on, else (or when that batch left it in doubt) alone
-        under its share of the batch certificate."""
+        under its share of the batch certificate; and whether its transaction is recorded
+        already (as ``_lock``)."""
         if self._batcher is not None:
             try:
-                return await self._batcher.apply(gateway.ledger, action, record, certified)
+                return await self._batcher.apply(gateway.ledger, action, record, certified), True
             except NoBatches:
                 raise
             except RunSingle:
                 pass
-        return await submit_alone(gateway, action, record, certified)
+        return await submit_alone(gateway, action, record, certified), False
 
     # ---- committee rotation (ADR 0009) ------------------------------------------------
     async def _epochs_of(self, ledgers: list[str]) -> dict[str, tuple[Committee, ...]] | None:
@@ -454,7 +457,7 @@ class Stepper:
 
     async def _record_tx(self, tid: bytes, action: Action, leg: Leg, tx_id: str) -> None:
         if tx_id:
-            await self._ctx.store.add_transaction(tid, _STEP_NAMES[(action, leg)], tx_id)
+            await self._ctx.store.add_transaction(tid, STEP_NAMES[(action, leg)], tx_id)
             self._ctx.log.info(
                 "step applied", **{TRANSFER: "0x" + tid.hex(), TX: tx_id, STATE: action.name}
             )

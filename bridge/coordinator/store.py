@@ -111,6 +111,11 @@ class TransferStore(Protocol):
         """Remember the ledger transaction that applied ``step``."""
         ...
 
+    async def add_transactions(self, steps: Sequence[tuple[bytes, str, str]]) -> None:
+        """``add_transaction`` for each (transfer id, step, transaction) in order, in one
+        transaction: all or nothing (a batched step's items are recorded together)."""
+        ...
+
     async def record_decision(self, transfer_id: bytes, decision: Decision) -> Decision:
         """Store the first decision for a transfer; returns the stored one (never replaced)."""
         ...
@@ -600,20 +605,30 @@ class SqlTransferStore:
 
     async def add_transaction(self, transfer_id: bytes, step: str, tx_id: str) -> None:
         """See TransferStore.add_transaction."""
+        await self.add_transactions([(transfer_id, step, tx_id)])
+
+    async def add_transactions(self, steps: Sequence[tuple[bytes, str, str]]) -> None:
+        """See TransferStore.add_transactions. KeyError (nothing recorded) when a transfer
+        is unknown."""
+        if not steps:
+            return
 
         def run(db: Conn) -> None:
-            (txs,) = db.execute(
-                "SELECT transactions FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
-                (transfer_id,),
-            ).fetchone()
-            current = json.loads(txs)
-            if current.get(step) == tx_id:
-                return
-            current[step] = tx_id
-            db.execute(
-                "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
-                (json.dumps(current, sort_keys=True), transfer_id),
-            )
+            for transfer_id, step, tx_id in steps:
+                row = db.execute(
+                    "SELECT transactions FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
+                    (transfer_id,),
+                ).fetchone()
+                if row is None:
+                    raise KeyError(transfer_id.hex())
+                current = json.loads(row[0])
+                if current.get(step) == tx_id:
+                    continue
+                current[step] = tx_id
+                db.execute(
+                    "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
+                    (json.dumps(current, sort_keys=True), transfer_id),
+                )
 
         await self._db.write(run)
 

@@ -73,6 +73,8 @@ class BatchRelayer(FakeRelayer):
     limit_asked: int = 0
     mismatch: int = 0  # answer this many batches as the gateway does a lying relayer
     shrunk_to: int = 0  # refuse batches above this many items InvalidInput (0: never)
+    skip: set[bytes] = field(default_factory=set)  # applied, but answered as skipped
+    txs: list[tuple[Action, str, tuple[bytes, ...]]] = field(default_factory=list)
 
     async def max_batch_items(self) -> int:
         self.limit_asked += 1
@@ -105,11 +107,13 @@ class BatchRelayer(FakeRelayer):
             if self.foreign:
                 tid = secrets.token_bytes(32)
             leg = Leg.OUTBOUND if action is Action.LOCK else Leg.INBOUND
+            skipped = tid in self.skip
             results.append(
-                BatchItemResult(tid, leg, LegState.LOCKED, item.terms.terms_hash, 0, False)
+                BatchItemResult(tid, leg, LegState.LOCKED, item.terms.terms_hash, 0, skipped)
             )
         if self.foreign:
             self.foreign -= 1
+        self.txs.append((action, tx, tuple(r.transfer_id for r in results if not r.skipped)))
         return BatchOutcome(tx, 2, tuple(results))
 
 
@@ -412,6 +416,72 @@ async def test_a_failed_decision_write_reaches_every_item_and_they_certify_again
     assert failed and len(failed[0]) >= 1
     # the failed batch's items were certified COMMIT twice in all
     assert sum(n for k, n in committee.batches if k is ClaimKind.COMMIT) == 6 + len(failed[0])
+
+
+async def test_a_batch_records_its_transactions_in_one_store_write(batching) -> None:
+    """Issue 14: the transactions of a batched step are recorded by one ``add_transactions``
+    per batch (not one write per item), each item under its own step's name (burn on the
+    source, mint on the target) with the batch's transaction; an item the batch skipped
+    (already applied) is recorded with none."""
+    c, relayers, _, store = batching
+    writes: list[list[tuple[bytes, str, str]]] = []
+    singles: list[str] = []
+    batch_write, single_write = store.add_transactions, store.add_transaction
+
+    async def counted(steps):  # type: ignore[no-untyped-def]
+        writes.append(list(steps))
+        return await batch_write(steps)
+
+    async def single(tid, step, tx):  # type: ignore[no-untyped-def]
+        singles.append(step)
+        return await single_write(tid, step, tx)
+
+    store.add_transactions = counted  # type: ignore[method-assign]
+    store.add_transaction = single  # type: ignore[method-assign]
+    a, b = relayers["a"], relayers["b"]
+    tids = await burst(c, 12)
+    a.skip.add(tids[0])  # its lock lands, answered as already applied
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    assert singles == [], "no step of a batch is recorded alone"
+    moved = [(act, tx, items) for act, tx, items in a.txs + b.txs if items]
+    assert len(writes) == len(moved) and max(len(w) for w in writes) > 1
+    names = {(Action.LOCK, "a"): "lock", (Action.PREPARE, "b"): "prepare",
+             (Action.COMMIT, "a"): "burn", (Action.COMMIT, "b"): "mint"}  # fmt: skip
+    expected: dict[bytes, dict[str, str]] = {tid: {} for tid in tids}
+    for ledger, relayer in (("a", a), ("b", b)):
+        for act, tx, items in relayer.txs:
+            for tid in items:
+                expected[tid][names[(act, ledger)]] = tx
+    for tid in tids:
+        assert dict((await store.get(tid)).transactions) == expected[tid]
+    assert "lock" not in expected[tids[0]], "a skipped item names no transaction"
+    assert set(expected[tids[1]]) == {"lock", "prepare", "burn", "mint"}
+
+
+async def test_a_failed_transactions_write_reaches_every_item_and_they_go_on(batching) -> None:
+    """When a batch's transactions cannot be recorded, every item it moved gets the error
+    (as a single step's driver does), reads its legs again and goes on: nothing is sent
+    twice, and every transfer commits."""
+    c, relayers, _, store = batching
+    original = store.add_transactions
+    failed: list[int] = []
+
+    async def fails_once(steps):  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append(len(steps))
+            raise DatabaseUnavailable("disk full")
+        return await original(steps)
+
+    store.add_transactions = fails_once  # type: ignore[method-assign]
+    tids = await burst(c, 6)
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
+    a = relayers["a"]
+    assert failed and failed[0] >= 1
+    assert sum(n for act, n in a.batches if act is Action.LOCK) == 6, "no lock sent twice"
+    unrecorded = [tid for tid in tids if "lock" not in (await store.get(tid)).transactions]
+    assert len(unrecorded) == failed[0], "the failed write's locks stay unnamed, no others"
 
 
 @pytest.mark.security
