@@ -83,6 +83,11 @@ class TransferStore(Protocol):
         """Every transfer not yet terminal."""
         ...
 
+    async def unfinished_ids(self) -> list[bytes]:
+        """The id of every transfer not yet terminal, in the order ``unfinished`` gives
+        them (the sweep needs no more: it parses no record)."""
+        ...
+
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
     ) -> TransferRecord:
@@ -531,6 +536,18 @@ class SqlTransferStore:
                 _TERMINAL,
             ).fetchall()
             return _records(rows)
+
+        return await self._db.read(run)
+
+    async def unfinished_ids(self) -> list[bytes]:
+        """See TransferStore.unfinished_ids."""
+
+        def run(db: Conn) -> list[bytes]:
+            rows = db.execute(
+                "SELECT transfer_id FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",
+                _TERMINAL,
+            ).fetchall()
+            return [bytes(row[0]) for row in rows]
 
         return await self._db.read(run)
 

@@ -484,6 +484,8 @@ async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     assert [r.request.idempotency_key for r in unfinished] == ["key-1", "key-3", "key-6"]
     await store.set_state(make_record(3).transfer_id, TransferState.COMMITTED, "", "done")
     assert [r.request.idempotency_key for r in await store.unfinished()] == ["key-1", "key-6"]
+    assert await store.unfinished_ids() == [r.transfer_id for r in await store.unfinished()]
+    assert await store.unfinished_ids() == [make_record(n).transfer_id for n in (1, 6)]
 
 
 # -- durability ----------------------------------------------------------------------------
