@@ -19,7 +19,7 @@ from prometheus_client import Gauge, Histogram
 
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.records import TransferRecord
-from bridge.coordinator.store import TransferStore
+from bridge.coordinator.store import TransferStore, UnfinishedSummary, summarise
 from bridge.coordinator.supply_store import SupplyStore
 from bridge.domain.flow import WaitReason
 from bridge.domain.transfer import TransferState
@@ -40,6 +40,15 @@ class StateCounter(Protocol):
 
     async def count_by_state(self) -> dict[TransferState, int]:
         """Transfers per state."""
+        ...
+
+
+@runtime_checkable
+class UnfinishedCounter(Protocol):
+    """A store that summarises its unfinished transfers in the database."""
+
+    async def unfinished_summary(self, created_before: float) -> UnfinishedSummary:
+        """Stuck count, oldest creation time and waits of the unfinished transfers."""
         ...
 
 
@@ -136,24 +145,35 @@ class CoordinatorMetrics:
         ledgers: Iterable[str],
         securities: Iterable[str],
     ) -> None:
-        """Recompute every gauge from the stores (one pass over the unfinished transfers)."""
+        """Recompute every gauge from the stores: counted by the database where the store
+        can (no unfinished record parsed but the first :data:`HALT_SCAN_LIMIT`, for the
+        halted gauge), else one pass over the unfinished transfers."""
         now = time.time()
-        unfinished = await store.unfinished()
+        unfinished: list[TransferRecord] | None = None
+        if isinstance(store, UnfinishedCounter):
+            summary = await store.unfinished_summary(now - self._ttl)
+            scanned = await store.unfinished(limit=HALT_SCAN_LIMIT)
+        else:
+            unfinished = await store.unfinished()
+            summary = summarise(unfinished, now - self._ttl)
+            scanned = unfinished[:HALT_SCAN_LIMIT]
         counts: Mapping[TransferState, int]
         if isinstance(store, StateCounter):
             counts = await store.count_by_state()
         else:  # a store without the count: unfinished states only
+            if unfinished is None:
+                unfinished = await store.unfinished()
             counts = Counter(r.state for r in unfinished)
         for state in TransferState:
             self.transfers.labels(state.name).set(counts.get(state, 0))
-        self.stuck.set(sum(1 for r in unfinished if r.created_at < now - self._ttl))
-        self.oldest.set(max((now - r.created_at for r in unfinished), default=0.0))
-        waits = Counter(r.wait_reason for r in unfinished)
+        self.stuck.set(summary.stuck)
+        oldest = summary.oldest_created_at
+        self.oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         for reason in WaitReason:
             if reason is not WaitReason.NONE:
-                self.waiting.labels(reason.name).set(waits.get(reason, 0))
+                self.waiting.labels(reason.name).set(summary.waits.get(reason, 0))
         halted = 0
-        for r in unfinished[:HALT_SCAN_LIMIT]:
+        for r in scanned:
             if await engine.halted_on(r):
                 halted += 1
         self.halted.set(halted)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,8 +81,8 @@ class TransferStore(Protocol):
         the query, so a page is never short of matching transfers)."""
         ...
 
-    async def unfinished(self) -> list[TransferRecord]:
-        """Every transfer not yet terminal."""
+    async def unfinished(self, limit: int | None = None) -> list[TransferRecord]:
+        """Every transfer not yet terminal (the first ``limit`` of them, in arrival order)."""
         ...
 
     async def unfinished_ids(self) -> list[bytes]:
@@ -283,6 +285,29 @@ _FROM = (
     " LEFT JOIN flow_waits w ON w.transfer_id = t.transfer_id"
 )
 _TERMINAL = tuple(int(s) for s in TransferState if s.terminal)
+
+
+@dataclass(frozen=True, slots=True)
+class UnfinishedSummary:
+    """The unfinished transfers as the coordinator's gauges count them (ADR 0016)."""
+
+    stuck: int
+    """How many were created before the time asked about."""
+    oldest_created_at: float | None
+    """When the oldest was created (None: there is none)."""
+    waits: Mapping[WaitReason, int]
+    """How many wait for each reason (``NONE``: not waiting); reasons with none absent."""
+
+
+def summarise(records: Sequence[TransferRecord], created_before: float) -> UnfinishedSummary:
+    """The summary of ``records`` (unfinished ones), as
+    :meth:`SqlTransferStore.unfinished_summary` counts it in the database."""
+    waits = Counter(r.wait_reason for r in records)
+    return UnfinishedSummary(
+        stuck=sum(1 for r in records if r.created_at < created_before),
+        oldest_created_at=min((r.created_at for r in records), default=None),
+        waits=dict(waits),
+    )
 
 
 def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
@@ -527,17 +552,42 @@ class SqlTransferStore:
 
         return await self._db.read(run)
 
-    async def unfinished(self) -> list[TransferRecord]:
+    async def unfinished(self, limit: int | None = None) -> list[TransferRecord]:
         """See TransferStore.unfinished."""
+        query = f"SELECT {_COLS} FROM {_FROM} WHERE t.state NOT IN (?,?,?) ORDER BY t.seq"  # noqa: S608
+        args: tuple[int, ...] = _TERMINAL
+        if limit is not None:
+            query, args = query + " LIMIT ?", (*_TERMINAL, max(0, int(limit)))
 
         def run(db: Conn) -> list[TransferRecord]:
-            rows = db.execute(
-                f"SELECT {_COLS} FROM {_FROM} WHERE t.state NOT IN (?,?,?) ORDER BY t.seq",  # noqa: S608
-                _TERMINAL,
-            ).fetchall()
-            return _records(rows)
+            return _records(db.execute(query, args).fetchall())
 
         return await self._db.read(run)
+
+    async def unfinished_summary(self, created_before: float) -> UnfinishedSummary:
+        """The unfinished transfers' summary for the gauges (:func:`summarise`), counted by
+        the database in one query: no record is read or parsed (issue 14: the metrics
+        refresh parsed every unfinished record, every few seconds, however many)."""
+
+        def run(db: Conn) -> list[Any]:
+            return list(
+                db.execute(
+                    "SELECT w.reason, COUNT(*), MIN(t.created_at),"
+                    " SUM(CASE WHEN t.created_at < ? THEN 1 ELSE 0 END)"
+                    " FROM transfers t LEFT JOIN flow_waits w ON w.transfer_id = t.transfer_id"
+                    " WHERE t.state NOT IN (?,?,?) GROUP BY w.reason",
+                    (created_before, *_TERMINAL),
+                ).fetchall()
+            )
+
+        waits: Counter[WaitReason] = Counter()
+        stuck, oldest = 0, None
+        for reason, count, first, before in await self._db.read(run):
+            waits[WaitReason(int(reason)) if reason is not None else WaitReason.NONE] += int(count)
+            stuck += int(before or 0)
+            if first is not None and (oldest is None or float(first) < oldest):
+                oldest = float(first)
+        return UnfinishedSummary(stuck, oldest, dict(waits))
 
     async def unfinished_ids(self) -> list[bytes]:
         """See TransferStore.unfinished_ids."""

@@ -12,9 +12,10 @@ import pytest
 
 from bridge.coordinator.db import open_database
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore
+from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore, summarise
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
+from bridge.domain.flow import WaitReason
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
@@ -486,6 +487,41 @@ async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     assert [r.request.idempotency_key for r in await store.unfinished()] == ["key-1", "key-6"]
     assert await store.unfinished_ids() == [r.transfer_id for r in await store.unfinished()]
     assert await store.unfinished_ids() == [make_record(n).transfer_id for n in (1, 6)]
+
+
+async def test_unfinished_summary_counts_what_the_records_say(store: SqlTransferStore) -> None:
+    """Issue 14: the gauges' summary of the unfinished transfers, counted by the database
+    (no record parsed), equals the one computed from the records themselves: stuck ones
+    (created before the time asked), the oldest, the waits per reason; terminal transfers
+    are not counted; ``unfinished(limit)`` is the first ones in arrival order."""
+    assert await store.unfinished_summary(2000.0) == summarise([], 2000.0)
+    states = [TransferState.SUBMITTED, TransferState.QUEUED, TransferState.QUEUED,
+              TransferState.COMMITTED, TransferState.SOURCE_LOCKED, TransferState.FAILED,
+              TransferState.QUEUED]  # fmt: skip
+    for n, state in enumerate(states, start=1):
+        await store.create(make_record(n, state=state))
+    await store.set_wait(make_record(2).transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 0.0)
+    await store.set_wait(make_record(3).transfer_id, WaitReason.LARGE_TRANSFER_DELAY, 9.0)
+    await store.set_wait(make_record(7).transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 0.0)
+    await store.set_wait(make_record(4).transfer_id, WaitReason.TARGET_INBOUND_CAPACITY, 0.0)
+    records = await store.unfinished()
+    assert [r.request.idempotency_key for r in records] == [
+        "key-1", "key-2", "key-3", "key-5", "key-7"
+    ]  # fmt: skip
+    for before in (0.0, 1003.0, 1003.5, 5000.0):
+        got = await store.unfinished_summary(before)
+        assert got == summarise(records, before)
+    got = await store.unfinished_summary(1003.5)
+    assert (got.stuck, got.oldest_created_at) == (3, 1001.0)
+    assert got.waits == {
+        WaitReason.NONE: 2,
+        WaitReason.SOURCE_OUTBOUND_CAPACITY: 2,
+        WaitReason.LARGE_TRANSFER_DELAY: 1,
+    }, "a terminal transfer's wait is not counted"
+    assert [r.transfer_id for r in await store.unfinished(limit=2)] == [
+        r.transfer_id for r in records[:2]
+    ]
+    assert await store.unfinished(limit=0) == []
 
 
 # -- durability ----------------------------------------------------------------------------
