@@ -12,6 +12,11 @@ step), ``--concurrency`` at a time, and the same rounds of ``get_many`` by pages
 WAL file with ``synchronous=FULL`` under a temporary directory; PostgreSQL is a throwaway cluster
 (``initdb``/``pg_ctl``, default settings: fsync on, synchronous_commit on) on loopback.
 
+``--unfinished N`` then leaves N more transfers unfinished and times what the coordinator's
+periodic passes read of them (issue 14): ``unfinished()`` (every record, parsed: what the
+driver sweep and the metrics refresh read before), ``unfinished_ids()`` (the sweep now) and
+``unfinished_summary()`` (the metrics refresh now), as process CPU milliseconds per call.
+
 Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
 machine (CPU count and model, kernel). ``--json PATH`` writes every figure.
 """
@@ -25,6 +30,7 @@ import platform
 import secrets
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +120,35 @@ async def read_records(
     return out
 
 
+async def time_unfinished(store: SqlTransferStore, count: int) -> dict[str, float]:
+    """Leave ``count`` more transfers unfinished, then the process CPU milliseconds of one
+    call (best of three) of each periodic read of them."""
+    for start in range(0, count, 500):
+        page = [transfer(10_000_000 + n) for n in range(start, min(count, start + 500))]
+        await store.create_many(page)
+    reads: dict[str, Callable[[], Awaitable[object]]] = {
+        "unfinished": store.unfinished,
+        "unfinished_ids": store.unfinished_ids,
+        "unfinished_summary": lambda: store.unfinished_summary(time.time()),
+    }
+    out: dict[str, float] = {}
+    for name, read in reads.items():
+        best = float("inf")
+        for _ in range(3):
+            c0 = time.process_time()
+            await read()
+            best = min(best, time.process_time() - c0)
+        out[f"{name}_cpu_ms"] = best * 1e3
+    return out
+
+
 async def run_engine(
-    db: Database, transfers: int, concurrency: int, records: int, reads: int = 0
+    db: Database,
+    transfers: int,
+    concurrency: int,
+    records: int,
+    reads: int = 0,
+    unfinished: int = 0,
 ) -> dict[str, float]:
     """The workload on ``db``; figures in operations per second (reads: see read_records)."""
     store, supply = SqlTransferStore(db), SqlSupplyStore(db)
@@ -138,14 +171,19 @@ async def run_engine(
         await supply.append(SignedRecord(rec, (b"\x5a" * 65,)), Assessment((), (), {}), seq)
         previous = rec.digest
     t_records = time.perf_counter() - t0
+    sweep = await time_unfinished(store, unfinished) if unfinished else {}
     store.close()
     supply.close()
-    return {
-        "transfers_per_s": transfers / t_transfers,
-        "feed_appends_per_s": records / t_records,
-        "transfer_seconds": t_transfers,
-        "record_seconds": t_records,
-    } | read_figures
+    return (
+        {
+            "transfers_per_s": transfers / t_transfers,
+            "feed_appends_per_s": records / t_records,
+            "transfer_seconds": t_transfers,
+            "record_seconds": t_records,
+        }
+        | read_figures
+        | sweep
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -171,19 +209,25 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--records", type=int, default=200)
     p.add_argument("--reads", type=int, default=3, help="rounds of record reads (3; 0: none)")
+    p.add_argument(
+        "--unfinished",
+        type=int,
+        default=0,
+        help="then leave N transfers unfinished and time the periodic reads of them",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
     with tempfile.TemporaryDirectory(prefix="kstb-bench-store-") as tmp:
         sqlite_db = open_database(Path(tmp) / "coordinator.sqlite")
         out["sqlite"] = asyncio.run(
-            run_engine(sqlite_db, a.transfers, a.concurrency, a.records, a.reads)
+            run_engine(sqlite_db, a.transfers, a.concurrency, a.records, a.reads, a.unfinished)
         )
         cluster = start_cluster(Path(tmp) / "pg")
         try:
             pg_db = open_database(cluster.create_database("bench"))
             out["postgres"] = asyncio.run(
-                run_engine(pg_db, a.transfers, a.concurrency, a.records, a.reads)
+                run_engine(pg_db, a.transfers, a.concurrency, a.records, a.reads, a.unfinished)
             )
         finally:
             cluster.stop()
@@ -199,6 +243,11 @@ def main() -> None:
                   f" ({f['get_cpu_us_per_record']:.0f} CPU-us each),"
                   f" get_many {f['get_many_records_per_s']:8.0f} records/s"
                   f" ({f['get_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
+        if a.unfinished:
+            print(f"{'':9s} {a.unfinished} unfinished, CPU ms per call:"
+                  f" unfinished() {f['unfinished_cpu_ms']:.1f},"
+                  f" unfinished_ids() {f['unfinished_ids_cpu_ms']:.1f},"
+                  f" unfinished_summary() {f['unfinished_summary_cpu_ms']:.1f}")  # fmt: skip
     r = out["ratio_postgres_over_sqlite"]
     print(f"ratio pg/sqlite: transfers {r['transfers_per_s']:.2f}x,"
           f" feed appends {r['feed_appends_per_s']:.2f}x")  # fmt: skip
