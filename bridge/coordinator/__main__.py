@@ -194,7 +194,14 @@ async def run(config_path: Path) -> None:
     )
     # ---- depository halt
     halt_store = SqlHaltStore(db)
-    halts = HaltBook(halt_store, relayers, coordinator.domains, on_change=coordinator.wake_all)
+    halts = HaltBook(
+        halt_store,
+        relayers,
+        coordinator.domains,
+        on_change=coordinator.wake_all,
+        # ---- HA: orders kept only while the lease is surely held (ADR 0017)
+        leading=ha.keeper.holds_now if ha is not None else lambda: True,
+    )
     coordinator.set_halts(halts)
     depository = DepositoryServicer(halts, list(relayers))
     batch_store = SqlBatchStore(db)  # ---- batch API (ADR 0023)

@@ -210,8 +210,10 @@ class HaltBook:
         on_change: Callable[[], None] = lambda: None,
         cache_s: float = 2.0,
         retry_s: float = 2.0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        self._leading = leading  # ---- HA (ADR 0017): LeaseKeeper.holds_now
         self._relayers = dict(relayers)
         self._domains = dict(domains)
         self._on_change = on_change
@@ -238,6 +240,7 @@ class HaltBook:
         """Start delivering pending orders (those recorded before a restart included)."""
         self._forget_orders()
         self._keep_gating = True
+        self._stopping = False
         self._task = asyncio.create_task(self._deliver_forever(), name="depository-orders")
 
     async def stop(self) -> None:
@@ -506,21 +509,28 @@ class HaltBook:
         the store holds them: read once while this book runs, then kept until this book
         writes an order again (a lock, prepare and mint each ask; issue 14).
 
-        SECURITY: kept, not cached for a while, and exact: while this book runs (started
-        once this coordinator leads), it is the only writer of depository orders. A standby
-        refuses the DepositoryService (the HA gate), a coordinator that loses its lease
-        exits (ADR 0017, fail-stop) and the database refuses any other term's writes (the
-        fence). Every write of this book starts a new generation once it returns or fails,
-        so a HALT gates from the first read after ``submit`` recorded it; a read that began
-        before a write answers its caller (as an uncached read racing the write would) but
-        is not kept. Before ``start`` and after ``stop`` every call reads the store."""
-        if self._keep_gating:
+        SECURITY: kept, not cached for a while, and exact while this coordinator leads: a
+        standby refuses the DepositoryService (the HA gate) and the database refuses any
+        other term's writes (the fence), so the leader is the only writer of depository
+        orders. The kept orders are used only while ``leading()`` says so (with HA,
+        ``LeaseKeeper.holds_now``: within ``hold_for`` of the last successful renewal,
+        before any standby can be elected); a leader stalled past its term, or stopping,
+        reads the store again, where a new leader's HALT is (attacker review: reads are not
+        fenced, so a deposed leader must not answer from memory). Every write of this book
+        starts a new generation once it returns or fails, so a HALT gates from the first
+        read after ``submit`` recorded it; a read that began before a write answers its
+        caller (as an uncached read racing the write would) but is not kept. Before
+        ``start`` and after ``stop`` every call reads the store. RESIDUAL: a migration run
+        by a newer standby on the shared database (ADR 0017 point 3) must not change
+        ``depository_orders`` rows; none does."""
+        keep = self._keep_gating and self._leading()
+        if keep:
             kept = self._gating.get(ledger)
             if kept is not None:
                 return kept
         generation = self._orders_generation
         records = tuple(await self._store.orders(ledger, gating=True))
-        if self._keep_gating and generation == self._orders_generation:
+        if keep and generation == self._orders_generation:
             self._gating[ledger] = records
         return records
 

@@ -326,18 +326,33 @@ class LeaseKeeper:
         self.timing = timing
         self._on_change = on_change
         self.leading = False
+        self._renewed: float | None = None
+        """Local monotonic time of the start of the last successful renewal (or election)."""
         self._log = get_logger().bind(holder=lease.holder)
+
+    def holds_now(self) -> bool:
+        """Whether this process may still act on what it learnt while leading: it was
+        elected, has not lost the term, and the last successful renewal started less than
+        ``hold_for`` ago (the window in which :meth:`hold` guarantees no standby can take
+        over). False the moment that window has passed, even before :meth:`hold` returns
+        (a process stalled past its term answers False when it wakes)."""
+        if not self.leading or self._renewed is None or self.lease.fenced:
+            return False
+        loop = asyncio.get_running_loop()
+        return loop.time() - self._renewed < self.timing.hold_for
 
     async def elect(self, stop: asyncio.Event) -> int | None:
         """Poll every renew interval until this process holds the lease: its token (None
         when ``stop`` was set first). Database errors are logged and retried."""
         while not stop.is_set():
+            started = asyncio.get_running_loop().time()
             try:
                 token = await asyncio.wait_for(self.lease.acquire(), self.timing.hold_for)
             except Exception as exc:  # the database is down or unreachable: keep polling
                 self._log.warning("lease poll failed", error=repr(exc))
                 token = None
             if token is not None:
+                self._renewed = started
                 self.leading = True
                 self._log.info("elected leader", token=token)
                 if self._on_change is not None:
@@ -382,7 +397,7 @@ class LeaseKeeper:
             if got != token:
                 why = LeaderLost.TAKEN
                 break
-            renewed = started
+            renewed = self._renewed = started
         self.leading = False
         self._log.warning("leadership ended", token=token, why=why.value)
         if self._on_change is not None:

@@ -43,6 +43,7 @@ from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
 from bridge.domain.errors import (
     BridgeError,
+    BridgeReason,
     InvalidInput,
     LedgerRejected,
     PreconditionFailed,
@@ -139,6 +140,12 @@ async def submit_alone(
     if answers is None:
         raise Unavailable("the relayer answered about other transfers than it was sent")
     return answers[0]
+
+
+def _not_leader(answer: Answer) -> bool:
+    """Whether ``answer`` says this coordinator may no longer lead (NOT_LEADER: a store
+    write fenced out of its lease, ``lease.Fenced``)."""
+    return isinstance(answer, BridgeError) and answer.kind is BridgeReason.NOT_LEADER
 
 
 def _step_name(action: Action, outbound: bool) -> str:
@@ -396,6 +403,12 @@ class StepBatcher:
         for lo in range(0, len(items), limit):
             chunk = items[lo : lo + limit]
             out.extend(await self._submit_chunk(gateway, ledger, action, chunk, certificate))
+            deposed = next((a for a in out if _not_leader(a)), None)
+            if deposed is not None:
+                # This coordinator may no longer lead (its store write was fenced): the
+                # chunks not yet sent are not sent; their drivers stop with the same answer.
+                out.extend(deposed for _ in items[lo + limit :])
+                break
         return out
 
     async def _submit_chunk(
@@ -410,7 +423,7 @@ class StepBatcher:
         again without it; any other outcome reaches every item still in it. The
         transactions of the items it moved are recorded in one store write before they are
         answered (a failed write reaches each of them as that error, as a failed record of
-        a single step reaches its driver)."""
+        a single step reaches its driver; a skipped item keeps its answer)."""
         answers: list[Answer | None] = [None] * len(items)
         live = list(range(len(items)))
         while live:
@@ -451,7 +464,20 @@ class StepBatcher:
             try:
                 await self._record_transactions(ledger, action, sent, read)
             except Exception as exc:
-                settled = [exc] * len(read)
+                # Each item the transaction moved gets the error (its driver reads its legs
+                # again, as after a single step's failed record); a skipped one had nothing
+                # to record and keeps its answer.
+                settled = [exc if out.tx_id else out for out in read]
+                self._ctx.log.warning(
+                    "steps applied but not recorded",
+                    **{LEDGER: ledger, STATE: action.name, TX: outcome.tx_id},
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                    transfer_ids=[
+                        "0x" + item.terms.transfer_id.hex()
+                        for item, out in zip(sent, read, strict=True)
+                        if out.tx_id
+                    ],
+                )
             for n, answer in zip(live, settled, strict=True):
                 answers[n] = answer
             break

@@ -464,3 +464,34 @@ async def test_gating_orders_are_read_every_time_unless_the_book_runs(counted) -
     await book.stop()
     await book.halted("a", sec)
     assert hstore.gating_reads == 4
+
+
+@pytest.mark.security
+async def test_kept_orders_are_not_used_once_leadership_may_be_gone(counted, tmp_path) -> None:
+    """Attacker review M1: database reads are not fenced, so a leader stalled past its term
+    must not answer from the orders it kept; a HALT a new leader recorded in the shared
+    store gates this book's drivers as soon as ``leading()`` says the lease may be gone."""
+    c, relayers, hstore, _ = counted
+    leading = [True]
+    book = HaltBook(
+        hstore, relayers, c.domains, cache_s=0, retry_s=3600, leading=lambda: leading[0]
+    )  # type: ignore[arg-type]
+    sec = SecurityId(ISIN)
+    await book.start()
+    try:
+        assert not await book.halted("a", sec)
+        assert not await book.halted("a", sec)
+        assert hstore.gating_reads == 1, "kept while leading"
+        other = SqliteHaltStore(tmp_path / "h.sqlite")  # the new leader, same database
+        try:
+            new_leader = HaltBook(other, relayers, c.domains)  # type: ignore[arg-type]
+            await new_leader.submit(order(c, "a", OrderAction.HALT, 4))
+        finally:
+            other.close()
+        assert not await book.halted("a", sec), "kept: this book has not written anything"
+        leading[0] = False  # the lease keeper's window has passed
+        assert await book.halted("a", sec), "read from the store: the new leader's HALT"
+        assert await book.halted("a", sec)
+        assert hstore.gating_reads == 3, "nothing kept while leadership is in doubt"
+    finally:
+        await book.stop()

@@ -169,3 +169,35 @@ async def test_the_keeper_steps_down_when_its_renewals_stop(
     finally:
         db_a.close()
         db_b.close()
+
+
+async def test_holds_now_only_within_hold_for_of_the_last_renewal(
+    open_db: Callable[[], Database],
+) -> None:
+    """``LeaseKeeper.holds_now`` (what may act on state learnt while leading, e.g. the halt
+    book's kept orders): False before election, True while renewals keep the term, False
+    as soon as ``hold_for`` has passed since the last renewal began, even while the keeper
+    has not yet noticed (a process stalled past its term), and False once it stepped down."""
+    import time
+
+    from bridge.coordinator.lease import LeaseKeeper, LeaseTiming
+
+    db = open_db()
+    timing = LeaseTiming(ttl=1.5, renew_interval=0.1)  # hold_for 1.2 s
+    keeper = LeaseKeeper(Lease(db, "coord-a", 1.5), timing)
+    stop = asyncio.Event()
+    try:
+        assert not keeper.holds_now(), "not elected yet"
+        assert await keeper.elect(stop) == 1
+        assert keeper.holds_now()
+        time.sleep(timing.hold_for + 0.05)  # noqa: ASYNC251 - the loop stalls, as a stopped process
+        assert keeper.leading, "the keeper has not noticed yet"
+        assert not keeper.holds_now(), "but the window has passed"
+        hold = asyncio.create_task(keeper.hold(stop))
+        await asyncio.sleep(0.25)  # hold() renews (the term is still ours: no one took it)
+        assert keeper.holds_now(), "a successful renewal opens the window again"
+        stop.set()
+        await asyncio.wait_for(hold, 2)
+        assert not keeper.holds_now(), "stepped down (clean stop)"
+    finally:
+        db.close()

@@ -29,6 +29,7 @@ from bridge.coordinator.batch_certs import (
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.db import DatabaseUnavailable
 from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.lease import Fenced
 from bridge.coordinator.records import TransferOrigin
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.core.batch import BatchCertificate
@@ -43,7 +44,7 @@ from bridge.domain.ledger_batches import (
     BatchItemResult,
     BatchOutcome,
 )
-from bridge.domain.legs import Action, Leg, LegState, SignatureSet
+from bridge.domain.legs import Action, Leg, LegState, SignatureSet, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
 from tests.unit.test_coordinator_driver import (
@@ -482,6 +483,58 @@ async def test_a_failed_transactions_write_reaches_every_item_and_they_go_on(bat
     assert sum(n for act, n in a.batches if act is Action.LOCK) == 6, "no lock sent twice"
     unrecorded = [tid for tid in tids if "lock" not in (await store.get(tid)).transactions]
     assert len(unrecorded) == failed[0], "the failed write's locks stay unnamed, no others"
+
+
+def _terms(c: Coordinator, n: int) -> TransferTerms:
+    a, b = c.domains["a"], c.domains["b"]
+    return TransferTerms(
+        nonce=n.to_bytes(32, "big"), security=ISIN.encode().ljust(32, b"\0"), amount=1,
+        src_ledger=a.ledger_word, src_bridge=a.bridge_word, dst_ledger=b.ledger_word,
+        dst_bridge=b.bridge_word, sender=bytes(12) + b"\x11" * 20,
+        recipient=bytes(12) + b"\x22" * 20, instructor=bytes(12) + b"\x33" * 20,
+        deadline=2**40,
+    )  # fmt: skip
+
+
+async def test_a_failed_record_reaches_only_the_items_the_transaction_moved(batching) -> None:
+    """Attacker review L3: an item the batch skipped (already applied) had nothing to
+    record and keeps its answer; each moved item gets the write's error."""
+    c, relayers, _, store = batching
+    items = [BatchItem(_terms(c, n)) for n in range(3)]
+    relayers["a"].skip.add(items[1].terms.transfer_id)
+    failure = DatabaseUnavailable("disk full")
+
+    async def fails(steps):  # type: ignore[no-untyped-def]
+        raise failure
+
+    store.add_transactions = fails  # type: ignore[method-assign]
+    answers = await c._batcher._submit("a", Action.LOCK, items, None)  # type: ignore[union-attr]
+    assert answers[0] is failure and answers[2] is failure
+    skipped = answers[1]
+    assert isinstance(skipped, TxOutcome) and skipped.already_applied and skipped.tx_id == ""
+
+
+@pytest.mark.ha
+async def test_a_fenced_record_leaves_the_chunks_not_yet_sent_unsent(batching) -> None:
+    """Attacker review L4: once a chunk's record is refused NOT_LEADER (the store fenced
+    this coordinator out of its lease), the chunks of the batch not yet sent are not sent;
+    every item gets the same answer."""
+    c, relayers, _, store = batching
+    a = relayers["a"]
+    a.limit = 2  # chunks of 2 items
+    fenced = Fenced("coord-a", 1, 2, "coord-b")
+    writes: list[int] = []
+
+    async def fences(steps):  # type: ignore[no-untyped-def]
+        writes.append(len(steps))
+        raise fenced
+
+    store.add_transactions = fences  # type: ignore[method-assign]
+    items = [BatchItem(_terms(c, n)) for n in range(5)]
+    answers = await c._batcher._submit("a", Action.LOCK, items, None)  # type: ignore[union-attr]
+    assert a.batches == [(Action.LOCK, 2)], "one chunk sent; the other two never"
+    assert writes == [2]
+    assert all(answer is fenced for answer in answers)
 
 
 @pytest.mark.security
