@@ -61,7 +61,7 @@ class Admission:
         flow: FlowLimits,
         drivers: Supervisor,
         holders: HolderReads | None = None,
-        on_recorded: Callable[[bytes], None] | None = None,
+        on_recorded: Callable[[TransferRecord], None] | None = None,
     ) -> None:
         self._ctx = ctx
         self._flow = flow
@@ -181,7 +181,7 @@ class Admission:
         until = admitted.checked_at + ADMISSION_FRESH_S
         if time.monotonic() <= until:
             if self._on_recorded is not None:
-                self._on_recorded(stored.transfer_id)
+                self._on_recorded(stored)
             if admitted.lane_open:
                 self._flow.note_open(stored.transfer_id, until)
         self._drivers.spawn(stored.transfer_id)

@@ -58,15 +58,19 @@ class EngineContext:
         for event in self.watchers.get(tid, ()):
             event.set()
 
-    async def set_state(self, record: TransferRecord, state: TransferState, reason: str) -> None:
+    async def set_state(
+        self, record: TransferRecord, state: TransferState, reason: str
+    ) -> TransferRecord:
         """Record ``state`` and ``reason`` for ``record`` (nothing when both are unchanged);
-        a new state is logged, counted and announced to the transfer's watchers."""
+        a new state is logged, counted and announced to the transfer's watchers. Returns the
+        record as the store returned it from that write (read in the same transaction), or
+        ``record`` itself when nothing was written."""
         if record.state is state and record.reason == reason:
-            return
+            return record
         # ---- flow limits: a new state (but QUEUED) ends the old wait, in the same
         # transaction as the state change (store.set_state), so no reader sees one
         # without the other now that store calls really suspend (ADR 0013).
-        await self.store.set_state(record.transfer_id, state, reason, reason)
+        stored = await self.store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
             observe_transition(record, state)  # ---- observability (ADR 0016)
             self.log.info(
@@ -74,6 +78,7 @@ class EngineContext:
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
             )
             self.notify(record.transfer_id)
+        return stored
 
     async def halt_gate(self, ledger: str, record: TransferRecord, what: str) -> None:
         """Raise Halted when the transfer's security is halted on ``ledger`` (the driver

@@ -111,7 +111,11 @@ class Coordinator:
         )
         self._stepper = Stepper(self._ctx, self._flow, self._batcher, self._reads)
         self._drivers = Supervisor(
-            self._ctx, self._stepper.advance, self._flow.note_flow_wait, self._recheck_failed
+            self._ctx,
+            self._stepper.advance,
+            self._flow.note_flow_wait,
+            self._recheck_failed,
+            self._stepper.record_for_step,
         )
         self._intake = Intake(self._ctx, self._drivers)
         # ---- coalesced holder reads (issue 14 item 4): with batching, admission's too

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, replace
 
 from bridge.coordinator.clients import RelayerGateway
 from bridge.coordinator.context import EngineContext
@@ -35,6 +36,7 @@ from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
 from bridge.domain.errors import LedgerRejected, PreconditionFailed
+from bridge.domain.flow import WaitReason
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import is_instructed
 from bridge.domain.legs import (
@@ -77,10 +79,23 @@ _FIXED_TEXTS = {
 """The reasons :meth:`Stepper._describe` gives that depend on nothing but the state."""
 
 KNOWN_LEGS_MAX = 100_000
-"""Most transfers whose legs a :class:`Stepper` holds as known without a read; past it a
-new one is simply read (each entry is used by the very next step of its transfer)."""
+"""Most transfers whose legs (and, separately, whose records) a :class:`Stepper` holds as
+known without a read; past it a new one is simply read (each entry is used by the very next
+step of its transfer)."""
 
 _NO_LEG = LegStatus(state=LegState.NONE, terms_hash=b"", reason=0, height=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """What a successful step left for the next step of its transfer, instead of reads."""
+
+    record: TransferRecord
+    """The record as the step's own state write returned it (or as the step found it, when
+    it wrote nothing), with the decision the step recorded."""
+    decision: Decision | None
+    """The recorded decision (None: there is none, or it is read again)."""
+
 
 ADOPTED_LOCK_GRACE_S = 120
 """How long past its deadline an adopted transfer whose source shows no lock waits before
@@ -111,26 +126,69 @@ class Stepper:
         self._reads = reads
         # ---- legs known without a read (issue 14 item 4), each for the next step only
         self._known: dict[bytes, tuple[LegStatus, LegStatus]] = {}
+        # ---- records known without a read (issue 14), each for the next step only
+        self._kept: dict[bytes, _Kept] = {}
+        self._recertified = 0  # how many decisions this process has re-certified
 
     # ---- legs known without a read (issue 14 item 4) --------------------------------------
-    def note_new(self, transfer_id: bytes) -> None:
-        """``transfer_id`` was just recorded by this process, so nothing was ever submitted
-        for it: its first step takes both legs as NONE instead of reading them.
+    def note_new(self, record: TransferRecord) -> None:
+        """``record`` was just stored by this process (as the store returned it), so nothing
+        was ever submitted for it: its first step takes both legs as NONE instead of reading
+        them, and this record instead of reading it.
 
         SECURITY: a view that is wrong here (the id locked by someone else meanwhile) only
         makes the LOCK one the ledger refuses or reports as already applied, as it checks
         every step against its own state; the driver then reads the legs as after any
         failed step. Nothing is decided from the assumed legs."""
-        self._remember(transfer_id, _NO_LEG, _NO_LEG)
+        self._remember(record.transfer_id, _NO_LEG, _NO_LEG)
+        self._keep(record, record, None)
 
     def forget_known(self) -> None:
-        """Drop every leg held as known (the engine stops: another coordinator may move the
-        transfers before this one drives them again)."""
+        """Drop every leg and record held as known (the engine stops: another coordinator
+        may move the transfers before this one drives them again)."""
         self._known.clear()
+        self._kept.clear()
 
     def _remember(self, tid: bytes, source: LegStatus, target: LegStatus) -> None:
         if tid in self._known or len(self._known) < KNOWN_LEGS_MAX:
             self._known[tid] = (source, target)
+
+    # ---- records known without a read (issue 14) -----------------------------------------
+    async def record_for_step(self, transfer_id: bytes) -> TransferRecord | None:
+        """The record the next step of ``transfer_id`` takes: the one its last step left
+        (``_keep``), else read from the store (None: there is no such transfer).
+
+        Guarantees: a kept record equals the stored one in every field the step engine
+        reads (state, reason, decision, flow wait, parked reason; the request, terms,
+        origin and instruction never change), since while a driver runs only its own steps
+        write those fields, and a step keeps a record only when it ended without an error;
+        ``transactions`` and ``updated_at`` may lag (a step records its transactions after
+        its state, event intake may record a lock's), and nothing here reads them. A kept
+        record serves one step: ``advance`` drops it first.
+        """
+        kept = self._kept.get(transfer_id)
+        if kept is not None:
+            return kept.record
+        return await self._ctx.store.get(transfer_id)
+
+    def _keep(
+        self, before: TransferRecord, after: TransferRecord, decision: Decision | None
+    ) -> None:
+        """Keep ``after`` (what the step's state write returned, or ``before`` when it
+        wrote none) and ``decision`` for the transfer's next step.
+
+        A step that wrote no state keeps its record only when the record had no flow wait:
+        the flow limits clear a stale wait before the state write (``_leave_queue``,
+        ``hold_for_delay``), and the record without a state write does not show that clear.
+        SECURITY: the same argument as for the known legs (``note_new``): a kept record is
+        never a source of authority; each ledger checks every step against its own state
+        and the committee's certificates, and a decision kept is the one the store returned
+        as recorded (first one wins, never replaced)."""
+        if after is before and before.wait_reason is not WaitReason.NONE:
+            return
+        tid = after.transfer_id
+        if tid in self._kept or len(self._kept) < KNOWN_LEGS_MAX:
+            self._kept[tid] = _Kept(after, decision)
 
     async def _legs(self, record: TransferRecord) -> tuple[LegStatus, LegStatus]:
         """The source and target legs of ``record``, read at finality (coalesced)."""
@@ -154,13 +212,20 @@ class Stepper:
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
         known = self._known.pop(tid, None)  # first: a failed step never leaves it behind
-        # The record was read at this step's start and carries the decision's kind: the
-        # decision (with its certificates) is read only once there is one. SECURITY: only
-        # this transfer's own driver records its decision (its CERTIFY step, alone or in a
+        kept = self._kept.pop(tid, None)  # likewise
+        # The record was read at this step's start (or kept by the last step) and carries
+        # the decision's kind: the decision (with its certificates) is read only once there
+        # is one, and not when the last step recorded or used it. SECURITY: only this
+        # transfer's own driver records its decision (its CERTIFY step, alone or in a
         # batch), so no decision appears between that read and this step; and a step that
         # certified again anyway would get the recorded decision back (first one wins), with
         # the members' vote logs refusing the other kind.
-        decision = await ctx.store.decision(tid) if record.decision is not None else None
+        decision: Decision | None = None
+        if record.decision is not None:
+            if kept is not None and kept.record is record and kept.decision is not None:
+                decision = kept.decision
+            else:
+                decision = await ctx.store.decision(tid)
         source, target = known if known is not None else await self._legs(record)
         if decision is None:
             for status, ledger in ((source, src_name), (target, dst_name)):
@@ -188,7 +253,7 @@ class Stepper:
             step = NextStep(TransferState.SOURCE_LOCKED, StepKind.CERTIFY, claim=ClaimKind.ABORT)
             reason = "the lock was not instructed by a registered brokerage key: releasing it"
         await self._flow.hold_for_delay(record, step, decision, source, target)  # ---- flow limits
-        await ctx.set_state(record, step.state, reason)
+        after = await ctx.set_state(record, step.state, reason)
         if step.step is StepKind.DONE:
             return True
         if step.step is StepKind.LOCK:
@@ -232,6 +297,7 @@ class Stepper:
                 # they certify LOCKED for the prepare.
                 locked = LegStatus(LegState.LOCKED, terms.terms_hash, 0, out.height)
                 self._remember(tid, locked, target)
+            self._keep(record, after, None)
             return False
         if step.step is StepKind.PREPARE:
             action = Action.MARK_EXPIRED if time.time() > terms.deadline else Action.PREPARE
@@ -249,6 +315,7 @@ class Stepper:
                 raise
             if not recorded:
                 await self._record_tx(tid, action, Leg.INBOUND, out.tx_id)
+            self._keep(record, after, None)
             return False
         if step.step is StepKind.CERTIFY:
             assert step.claim is not None
@@ -257,25 +324,27 @@ class Stepper:
             # the legs just read. SECURITY: as for note_new, each ledger checks the burn,
             # release, mint or abort against its own state and the certificate; a leg that
             # moved meanwhile only makes a step it refuses or skips, and the driver reads.
+            stored: Decision | None = None
             if self._batcher is not None:
-                try:  # ---- batched steps: certified in a batch, recorded before it returns
-                    await self._batcher.decide(step.claim, record, cause)
-                    self._remember(tid, source, target)
-                    return False
-                except RunSingle:
-                    pass
-            certs = await ctx.committee.certify(
-                step.claim,
-                terms,
-                [ctx.domains[src_name], ctx.domains[dst_name]],
-                await self._epochs_of([src_name, dst_name]),
-            )
-            await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
+                with contextlib.suppress(RunSingle):
+                    # ---- batched steps: certified in a batch, recorded before it returns
+                    stored = await self._batcher.decide(step.claim, record, cause)
+            if stored is None:
+                certs = await ctx.committee.certify(
+                    step.claim,
+                    terms,
+                    [ctx.domains[src_name], ctx.domains[dst_name]],
+                    await self._epochs_of([src_name, dst_name]),
+                )
+                stored = await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
             self._remember(tid, source, target)
+            # The stored decision (an earlier one if there was: first one wins) and its kind.
+            self._keep(record, replace(after, decision=stored.kind), stored)
             return False
         assert decision is not None
         assert step.step is StepKind.APPLY
         jobs = []
+        recertified = self._recertified
         target_action = step.target_action
         held: Halted | None = None
         if target_action is Action.COMMIT:  # ---- depository halt: the mint waits (COMMIT final)
@@ -293,6 +362,9 @@ class Stepper:
                 raise r
         if held is not None:
             raise held
+        # A step that re-certified (this transfer or, meanwhile, another) keeps no decision:
+        # the stored one has a new certificate.
+        self._keep(record, after, decision if self._recertified == recertified else None)
         return False
 
     # ---- parking
@@ -446,6 +518,7 @@ class Stepper:
             decision.kind, record.terms, [ctx.domains[ledger]], epochs
         )
         certificate = certs[ledger]
+        self._recertified += 1  # before the write: a failed one may have landed
         if not await ctx.store.recertify(tid, decision.kind, ledger, certificate):
             raise PreconditionFailed("the recorded decision changed meanwhile; re-reading")
         ctx.log.warning(

@@ -27,6 +27,10 @@ from bridge.obs.tracing import step_span
 Advance = Callable[[TransferRecord], Awaitable[bool]]
 """One step of a transfer; True when it is terminal (``Stepper.advance``)."""
 
+ReadRecord = Callable[[bytes], Awaitable[TransferRecord | None]]
+"""The record a transfer's next step takes (``Stepper.record_for_step``: the one its last
+step left, else read from the store)."""
+
 NoteWait = Callable[[bytes, BaseException], Awaitable[None]]
 """Records what a failed step says about the transfer's wait (``FlowLimits.note_flow_wait``)."""
 
@@ -55,10 +59,16 @@ class Supervisor:
     """
 
     def __init__(
-        self, ctx: EngineContext, advance: Advance, note_wait: NoteWait, sweep: Sweep
+        self,
+        ctx: EngineContext,
+        advance: Advance,
+        note_wait: NoteWait,
+        sweep: Sweep,
+        read: ReadRecord,
     ) -> None:
         self._ctx = ctx
         self._advance = advance
+        self._read = read
         self._note_wait = note_wait
         self._sweep = sweep
         self._tasks: dict[bytes, asyncio.Task[None]] = {}
@@ -124,7 +134,7 @@ class Supervisor:
         log = ctx.log.bind(**{TRANSFER: "0x" + tid.hex()})
         while True:
             try:
-                record = await ctx.store.get(tid)
+                record = await self._read(tid)
                 if record is None or record.state.terminal:
                     break
                 if await step_span(self._advance, record):  # ---- observability: a span

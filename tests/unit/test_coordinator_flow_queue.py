@@ -300,7 +300,7 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
     coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The open lane stands in for the gate's read only until ADMISSION_FRESH_S after
-    admission's read, judged at the gate: a first step held up (here the store, slow once)
+    admission's read, judged at the gate: a first step held up (here its start, slow once)
     reads the lane, so a queue formed meanwhile keeps its order."""
     import asyncio
 
@@ -309,19 +309,17 @@ async def test_an_open_lane_read_too_long_ago_is_read_again_at_the_gate(
     c, relayers, store = coordinator
     monkeypatch.setattr(admission, "ADMISSION_FRESH_S", 0.2)
     reads = count_calls(relayers, "flow_status")
-    original = store.get
+    original = c._drivers._read
     slow = {"once": True}
 
-    async def get(tid: bytes):  # type: ignore[no-untyped-def]
-        task = asyncio.current_task()
-        # the driver's first read of its record (not the test's polling): the first step
+    async def read(tid: bytes):  # type: ignore[no-untyped-def]
+        # the driver's first read of its record (kept by admission): the first step
         # starts late
-        is_driver = task is not None and task.get_name().startswith("transfer-")
-        if is_driver and slow.pop("once", False):
+        if slow.pop("once", False):
             await asyncio.sleep(0.4)
         return await original(tid)
 
-    monkeypatch.setattr(store, "get", get)
+    monkeypatch.setattr(c._drivers, "_read", read)
     tid = await submit(c, "slow-first-step", 5)
     assert await final(store, tid) is TransferState.COMMITTED
     assert reads == {"a": 2, "b": 2}, "admission, then the gate again"

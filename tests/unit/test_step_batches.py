@@ -52,6 +52,7 @@ from tests.unit.test_coordinator_driver import (
     ISIN,
     FakeCommittee,
     FakeRelayer,
+    check_kept,
     count_calls,
     final,
     request,
@@ -197,9 +198,11 @@ async def burst(c: Coordinator, n: int, prefix: str = "k") -> list[bytes]:
 
 async def test_a_burst_commits_in_batches(batching) -> None:
     c, relayers, committee, store = batching
+    checked = check_kept(c, store)  # issue 14: each step's kept record is the stored one
     tids = await burst(c, 20)
     for tid in tids:
         assert await final(store, tid) is TransferState.COMMITTED
+    assert len(checked) == 20 * 4 and not [m for m in checked if m.startswith("MISMATCH")]
     a, b = relayers["a"], relayers["b"]
     locks = [n for act, n in a.batches if act is Action.LOCK]
     assert sum(locks) == 20 and len(locks) < 20 and max(locks) <= 8
@@ -607,6 +610,7 @@ async def test_a_batch_certificate_refused_for_its_epoch_is_replaced_by_a_single
         return await original(action, items, certificate)
 
     b.submit_batch = refuse_commit_batches  # type: ignore[method-assign]
+    checked = check_kept(c, store)  # a re-certified decision is not kept with its old one
     tids = await burst(c, 3, "epoch")
     for tid in tids:
         assert await final(store, tid) is TransferState.COMMITTED
@@ -614,6 +618,7 @@ async def test_a_batch_certificate_refused_for_its_epoch_is_replaced_by_a_single
         assert d is not None and d.kind is ClaimKind.COMMIT
         assert isinstance(d.certificates["a"], BatchCertified)  # the source took its batch
         assert isinstance(d.certificates["b"], SignatureSet)  # re-certified alone
+    assert checked and not [m for m in checked if m.startswith("MISMATCH")]
     assert "b" in epochs.invalidated
     assert b.submitted.count(Action.COMMIT) == 3  # the mints were single steps
     assert committee.kinds.count(ClaimKind.COMMIT) == 3
