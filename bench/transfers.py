@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.devnet.anvil import DevAccount
+from bridge.devnet.postgres import start_cluster
 from bridge.devnet.processes import REPO_ROOT
 from bridge.devnet.system import LocalSystem
 from bridge.rpc.tls import INSECURE_ENV
@@ -204,6 +205,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "default, 30,000,000 (raise it to see what saturates after the ledgers' gas)",
     )
     p.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the coordinator's database: sqlite (a file, the default) or postgres (a\n"
+        "throwaway cluster under the run directory, fsync on; its server processes'\n"
+        "CPU is counted as the bridge's)",
+    )
+    p.add_argument(
         "--scenario",
         choices=("open-loop", "end-of-day"),
         default="open-loop",
@@ -250,7 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
                    batch, a.scenario, curve, a.step_batching, a.step_in_flight,
-                   a.read_linger_ms, a.watch_group, a.block_gas_limit)  # fmt: skip
+                   a.read_linger_ms, a.watch_group, a.block_gas_limit, a.store)  # fmt: skip
 
 
 async def _start_measuring(
@@ -392,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[INSECURE_ENV] = "1"
     root = REPO_ROOT / ".run" / "bench"
     workdir = root / time.strftime("run-%Y%m%d-%H%M%S")
-    system = make_system(workdir, opts)
+    cluster = start_cluster(workdir / "postgres") if opts.store == "postgres" else None
+    system = make_system(workdir, opts, cluster.url("postgres") if cluster else "")
     try:
         holders = start_system(system, opts)
         intervals = ledger_intervals(system)
@@ -444,7 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _say(f"stopping the system (logs kept in {workdir}) ...")
-        system.stop()
+        try:
+            system.stop()
+        finally:
+            if cluster is not None:
+                cluster.stop()
 
 
 if __name__ == "__main__":

@@ -259,15 +259,16 @@ def saturation(cpu: dict[str, Any] | None, blocks: dict[str, dict[str, Any]]) ->
 
 def bridge_cpu_ms(cpu: dict[str, Any] | None, transfers: int) -> dict[str, float]:
     """CPU-ms per terminal transfer of every bridge process (coordinator, relayers,
-    verifiers; not ledgers, not the benchmark client) and their sum under ``total``."""
+    verifiers and, with ``--store postgres``, the coordinator's database server; not
+    ledgers, not the benchmark client) and their sum under ``total``."""
     if not cpu or not transfers:
         return {}
-    bridge = ("coordinator", "relayer", "verifier")
-    rows = {
-        name: r["cpu_s"] / transfers * 1000
-        for name, r in cpu.get("processes", {}).items()
-        if name.startswith(bridge)
-    }
+    bridge = ("coordinator", "relayer", "verifier", "postgres")
+    rows: dict[str, float] = {}
+    for name, r in cpu.get("processes", {}).items():
+        if name.startswith(bridge):
+            key = "postgres" if name.startswith("postgres") else name  # its processes summed
+            rows[key] = rows.get(key, 0.0) + r["cpu_s"] / transfers * 1000
     return rows | {"total": sum(rows.values())}
 
 

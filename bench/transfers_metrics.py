@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import statistics
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from transfers_setup import (
     _CLK_TCK,
@@ -138,14 +140,51 @@ def _host_cpu() -> tuple[float, float, float]:
 
 
 def process_pids(system: LocalSystem) -> dict[str, int]:
-    """Every process of the run by name (each ledger's own ``pids()``), this client included."""
+    """Every process of the run by name (each ledger's own ``pids()``; with ``--store
+    postgres``, the database server's, named ``postgres:...``), this client included."""
     pids = {name: proc.pid for name, proc in system.processes.items()}
     for name, ledger in system.dev_ledgers.items():
         own = getattr(ledger, "pids", None)
         if callable(own):
             pids |= {(p if name in p else f"{name}:{p}"): pid for p, pid in own().items()}
+    if system.store == "postgres" and system.postgres_server:
+        port = urlsplit(system.postgres_server).port
+        pids |= postgres_pids(port) if port else {}
     pids["bench-client"] = os.getpid()
     return pids
+
+
+def postgres_pids(port: int, proc: Path = Path("/proc")) -> dict[str, int]:
+    """The PostgreSQL server listening on ``port`` as named processes: its postmaster
+    (``postgres:postmaster``) and every process it has forked so far (``postgres:<pid>``:
+    the coordinator's connections' backends, the checkpointer, the WAL writer...). A
+    backend forked after this call is not counted (the coordinator's pool and lease
+    connections are open once the system runs)."""
+    stats: dict[int, tuple[int, list[str]]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            stats[int(entry.name)] = (ppid, argv)
+    masters = [
+        pid
+        for pid, (_, argv) in stats.items()
+        if argv and argv[0].endswith("/postgres") and _listens_on(argv, port)
+    ]
+    if len(masters) != 1:
+        return {}
+    master = masters[0]
+    children = {f"postgres:{pid}": pid for pid, (ppid, _) in stats.items() if ppid == master}
+    return {"postgres:postmaster": master} | children
+
+
+def _listens_on(argv: Sequence[str], port: int) -> bool:
+    """Whether a postmaster's command line (``pg_ctl -o '-p PORT ...'``) names ``port``."""
+    words = " ".join(argv).split()
+    return any(a == "-p" and b == str(port) for a, b in itertools.pairwise(words))
 
 
 Sample = tuple[float, dict[str, float], tuple[float, float, float]]

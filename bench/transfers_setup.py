@@ -78,6 +78,7 @@ class Options:
     read_linger_ms: float = -1.0  # [batching] read_linger_ms; < 0: the coordinator's default
     watch_group: int = 500  # WatchBatch max_items_per_message; 1: one report per message
     block_gas_limit: int = 0  # each anvil's block gas limit; 0: anvil's default (30 M)
+    store: str = "sqlite"  # the coordinator's database: sqlite | postgres (a throwaway cluster)
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -91,6 +92,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "read_linger_ms": opts.read_linger_ms,
         "watch_group": opts.watch_group,
         "block_gas_limit": opts.block_gas_limit,
+        "store": opts.store,
     }
 
 
@@ -181,11 +183,14 @@ def fund_holders(ledger: DevLedger, holders: Sequence[DevAccount], units: int) -
         ledger.issue(DEMO_ISIN, address, units, register=False)
 
 
-def make_system(workdir: Path, opts: Options) -> LocalSystem:
-    """The (not yet started) system with the ledgers of ``--ledgers`` (or ``--lanes``)."""
+def make_system(workdir: Path, opts: Options, postgres_server: str = "") -> LocalSystem:
+    """The (not yet started) system with the ledgers of ``--ledgers`` (or ``--lanes``); with
+    ``--store postgres`` its coordinator's database is created on ``postgres_server``."""
     layout = ledger_layout(opts.ledgers)
     system = LocalSystem(  # [batching] from the environment unless --step-batching
         workdir,
+        store=opts.store,
+        postgres_server=postgres_server,
         ledger_names=[(n, 31001 + i) for i, (n, k) in enumerate(layout) if k == "anvil"],
         fabric_ledger_names=[n for n, k in layout if k == "fabric"],
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],

@@ -205,6 +205,44 @@ def test_bridge_cpu_per_transfer_counts_bridge_processes_only() -> None:
         "total": 35.0,
     }
     assert bridge_cpu_ms(None, 10) == {} and bridge_cpu_ms(table, 0) == {}
+    # --store postgres: the database server's processes are the bridge's, summed
+    table["processes"] |= {"postgres:postmaster": {"cpu_s": 0.1}, "postgres:77": {"cpu_s": 0.4}}
+    assert bridge_cpu_ms(table, transfers=100)["postgres"] == pytest.approx(5.0)
+    assert bridge_cpu_ms(table, transfers=100)["total"] == pytest.approx(40.0)
+
+
+def test_store_argument_and_the_database_servers_processes(tmp_path: Path) -> None:
+    """``--store postgres`` reaches the system (on the cluster the run starts) and its
+    mode; ``postgres_pids`` finds the postmaster listening on the port and what it forked,
+    never another cluster's nor an unrelated process."""
+    from transfers_metrics import postgres_pids
+
+    assert (parse_args([]).store, mode_of(parse_args([]))["store"]) == ("sqlite", "sqlite")
+    pg = parse_args(["--store", "postgres"])
+    system = make_system(Path("/nonexistent"), pg, "postgresql://postgres@127.0.0.1:5999/postgres")
+    assert (system.store, system.postgres_server, mode_of(pg)["store"]) == (
+        "postgres", "postgresql://postgres@127.0.0.1:5999/postgres", "postgres",
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parse_args(["--store", "mysql"])
+
+    def proc(pid: int, ppid: int, *argv: str, comm: str = "postgres") -> None:
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} 1 1 0 -1\n")
+        (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    proc(10, 1, "/usr/lib/postgresql/15/bin/postgres", "-D", "/d", "-p", "5999", "-k", "/s")
+    proc(11, 10, "postgres: checkpointer")
+    proc(12, 10, "postgres: postgres bench 127.0.0.1(4242) idle")
+    proc(20, 1, "/usr/lib/postgresql/15/bin/postgres", "-D", "/e", "-p", "6000")  # another
+    proc(21, 20, "postgres: checkpointer")
+    proc(30, 1, "/bin/sleep", "-p", "5999", comm="sleep (x) y")  # not a postmaster
+    (tmp_path / "self").mkdir()
+    assert postgres_pids(5999, tmp_path) == {
+        "postgres:postmaster": 10, "postgres:11": 11, "postgres:12": 12,
+    }  # fmt: skip
+    assert postgres_pids(6001, tmp_path) == {}, "nothing listens there"
 
 
 def test_the_soak_batches_consecutive_moves_per_source_and_sends_each_when_complete() -> None:
