@@ -7,15 +7,22 @@ one at a time in submission order, exactly as the single sqlite3 connection did 
 (ADR 0013). ``write`` runs ``fn`` in one transaction (SQLite ``BEGIN IMMEDIATE``,
 PostgreSQL ``BEGIN``) and commits it before returning; any exception rolls it back.
 
-On SQLite the writes waiting for the worker thread are committed as one group (issue 14):
-each runs in its own savepoint, so an exception rolls back that write alone, and one
-COMMIT (one fsync of the write-ahead log) makes the group durable before any of its
-callers returns. A write's effect, its atomicity and its order among the process's calls
-are what they were with a transaction per write; only the number of fsyncs changes (one
-per group instead of one per write), and the group's callers are answered on their event
-loop in one hand-off (one wake-up of the loop per group, not one per write). PostgreSQL
-keeps a transaction per write (the HA lease bounds a leader's transaction, and the server
-groups its own commits). Reads waiting for the worker thread are handed to it in one turn
+The writes waiting for the worker thread are committed as one group (issue 14): each runs
+in its own savepoint, so an exception rolls back that write alone, and one COMMIT (one
+fsync of the write-ahead log) makes the group durable before any of its callers returns.
+A write's effect, its atomicity and its order among the process's calls are what they were
+with a transaction per write; only the number of fsyncs changes (one per group instead of
+one per write), and the group's callers are answered on their event loop in one hand-off
+(one wake-up of the loop per group, not one per write). On PostgreSQL a group is also one
+BEGIN, one fencing check (ADR 0017: the lease row's FOR KEY SHARE lock, held until the
+group's COMMIT, so a takeover waits for the group as it waited for one write) and one
+COMMIT instead of one each per write (the one connection's round trips and commit waits
+were the coordinator's bottleneck there); a group holds at most
+:data:`PG_GROUP_MAX_WRITES` writes, so its savepoints never overflow the server's
+per-transaction cache of subtransactions. A write's server-side failure (a statement
+timeout, a serialization failure) is that write's own DatabaseUnavailable, as it was with a
+transaction per write; a connection lost fails its whole group, which applies nothing.
+Reads waiting for the worker thread are handed to it in one turn
 and each answered on its caller's event loop as soon as it has run (no thread-pool future
 per read: 44-51 -> 23-27 us of CPU per read at 32 concurrent readers; an answer is not held
 back for the reads after it, one of which may be a long listing).
@@ -252,6 +259,12 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_exception(RuntimeError(f"{type(error).__name__}: {error}"))
 
 
+PG_GROUP_MAX_WRITES = 64
+"""Most writes in one PostgreSQL group transaction: PostgreSQL caches 64 subtransaction ids
+per transaction (PGPROC_MAX_CACHED_SUBXIDS); past them every snapshot of every session
+consults pg_subtrans (subtransaction overflow) until the transaction ends."""
+
+
 class Database:
     """One connection served by one worker thread; see the module docstring.
 
@@ -281,7 +294,7 @@ class Database:
         self.path: Path | None = None
         """The SQLite file (None on PostgreSQL)."""
         self._fence: Callable[[Conn], None] | None = None
-        self._grouped = dialect is Dialect.SQLITE
+        self._group_max = PG_GROUP_MAX_WRITES if dialect is Dialect.POSTGRES else None
         self._pending: list[_Write] = []
         self._pending_guard = threading.Lock()
         self._flush_queued = False
@@ -403,11 +416,8 @@ class Database:
                 read.answer(value)
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
-        """Run ``fn`` in one transaction in the worker thread (on SQLite, in its own savepoint
-        of a group transaction; see the module docstring); committed when this returns."""
-        if not self._grouped:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self._typed, self._transaction, fn)
+        """Run ``fn`` in one transaction in the worker thread (in its own savepoint of a
+        group transaction; see the module docstring); committed when this returns."""
         loop = asyncio.get_running_loop()
         job = _Write(fn, loop.create_future(), loop)
         with self._pending_guard:
@@ -446,8 +456,15 @@ class Database:
             _answer_writes(jobs)
 
     def _apply(self, jobs: Sequence[_Write]) -> None:
-        """Worker thread: run ``jobs`` (those not cancelled) and settle each ``done``."""
+        """Worker thread: run ``jobs`` (those not cancelled) and settle each ``done``, in
+        groups of at most ``_group_max`` (PostgreSQL), one after the other."""
         live = [job for job in jobs if not job.done.cancelled()]
+        size = self._group_max or len(live) or 1
+        for start in range(0, len(live), size):
+            self._apply_group(live[start : start + size])
+
+    def _apply_group(self, live: Sequence[_Write]) -> None:
+        """Worker thread: run ``live`` as one group (one write: its own transaction)."""
         if len(live) == 1:
             job = live[0]
             if not job.done.set_running_or_notify_cancel():
@@ -477,11 +494,13 @@ class Database:
                 job.done.set_exception(value)
 
     def _group_transaction(self, jobs: Sequence[_Write]) -> list[tuple[bool | None, Any]]:
-        """One SQLite transaction for ``jobs``, each in its own savepoint: an exception rolls
-        back that job alone and becomes its outcome; the group commits or fails as a whole
-        (BEGIN, the fence, a savepoint that cannot be undone, COMMIT)."""
+        """One transaction for ``jobs``, each in its own savepoint: an exception rolls back
+        that job alone and becomes its outcome; the group commits or fails as a whole
+        (BEGIN, the fence, a savepoint that cannot be undone, a connection left unusable,
+        COMMIT)."""
         outcomes: list[tuple[bool | None, Any]] = []
-        self._raw.execute("BEGIN IMMEDIATE")
+        self._ensure_connected()
+        self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
             if self._fence is not None:
                 self._fence(self._conn)  # SECURITY: fencing token check, same transaction
@@ -495,14 +514,15 @@ class Database:
                 try:
                     value = job.fn(self._conn)
                 except Exception as exc:
-                    if not self._raw.in_transaction:
+                    if not self._savepoint_usable(exc):
                         # Review (M1): SQLite rolled the whole transaction back itself (a
-                        # full disk, an I/O error): nothing of the group applied; every
-                        # write gets this error (``_typed`` maps busy/locked).
+                        # full disk, an I/O error), or the PostgreSQL connection is unusable:
+                        # nothing of the group applied; every write gets this error
+                        # (``_typed`` maps busy/locked, and a lost connection).
                         raise
                     self._raw.execute("ROLLBACK TO SAVEPOINT kstb_write")
                     self._raw.execute("RELEASE SAVEPOINT kstb_write")
-                    outcomes.append((False, self._sqlite_error(exc)))
+                    outcomes.append((False, self._write_error(exc)))
                 else:
                     self._raw.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((True, value))
@@ -510,12 +530,36 @@ class Database:
             # SQLite may have rolled the whole transaction back itself (a full disk, an I/O
             # error): then the savepoint is gone, nothing of the group applied, and the
             # error that said so is the one every write gets.
-            if self._raw.in_transaction:
+            if self.dialect is Dialect.POSTGRES or self._raw.in_transaction:
                 self._end("ROLLBACK")
             raise
         self._raw.execute("COMMIT")
         self.commits += 1
         return outcomes
+
+    def _savepoint_usable(self, exc: BaseException) -> bool:
+        """Whether the group's transaction survives ``exc`` raised by one of its writes, so
+        rolling back to that write's savepoint undoes it alone: not after SQLite rolled the
+        whole transaction back, nor on a PostgreSQL connection that is closed (lost, or
+        ended by the server). A rollback to the savepoint that fails fails the group."""
+        if self.dialect is Dialect.SQLITE:
+            return bool(self._raw.in_transaction)
+        return not self._raw.closed
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        """What one write of a group that raised ``exc`` gets, as ``_typed`` gave a write
+        of its own: a busy SQLite file or a PostgreSQL OperationalError (a statement
+        timeout, a serialization failure, a deadlock) as DatabaseUnavailable; any other
+        exception unchanged."""
+        if self.dialect is Dialect.SQLITE:
+            return self._sqlite_error(exc)
+        import psycopg
+
+        if not isinstance(exc, psycopg.OperationalError):
+            return exc
+        unavailable = DatabaseUnavailable(f"database {self.label} unavailable: {exc}"[:400])
+        unavailable.__cause__ = exc
+        return unavailable
 
     def _sqlite_error(self, exc: BaseException) -> BaseException:
         """A SQLite busy/locked error as DatabaseUnavailable; any other exception unchanged."""

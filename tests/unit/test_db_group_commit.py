@@ -1,4 +1,5 @@
-"""The coordinator's SQLite writes are committed in groups (issue 14), on a real SQLite file.
+"""The coordinator's writes are committed in groups (issue 14), on a real SQLite file and a
+real PostgreSQL cluster.
 
 Each test checks what a transaction per write guaranteed still holds when writes share a
 group: a write's own exception rolls back that write alone, a failure of the group (the
@@ -18,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from bridge.coordinator.db import Conn, Database, DatabaseUnavailable, open_sqlite
+from bridge.coordinator.db import (
+    PG_GROUP_MAX_WRITES,
+    Conn,
+    Database,
+    DatabaseUnavailable,
+    open_database,
+    open_sqlite,
+    postgres_params,
+)
 
 pytestmark = pytest.mark.batch
 
@@ -315,3 +324,123 @@ async def test_a_flush_that_cannot_be_queued_leaves_no_write_waiting(
         await asyncio.wait_for(db.write(_insert("lost")), 5)
     assert await asyncio.wait_for(db.write(_insert("next")), 5) == "next"
     assert _names(path) == ["next"]
+
+
+# ---- PostgreSQL (issue 14): the same groups, at most PG_GROUP_MAX_WRITES each -----------------
+@pytest.fixture
+def pg_opened(fresh_pg_url: str) -> Iterator[tuple[Database, str]]:
+    """A coordinator store on a real PostgreSQL schema, and its URL; closed after the test."""
+    db = open_database(fresh_pg_url)
+    yield db, fresh_pg_url
+    db.close()
+
+
+def _pg_names(url: str) -> list[str]:
+    """The rows as another connection reads them (what is committed)."""
+    import psycopg
+
+    with psycopg.connect(**postgres_params(url)) as other:
+        return sorted(r[0] for r in other.execute("SELECT ledger FROM ledger_progress"))
+
+
+@pytest.mark.postgres
+async def test_postgres_writes_share_one_commit_per_bounded_group(
+    pg_opened: tuple[Database, str],
+) -> None:
+    """Queued writes commit together, at most PG_GROUP_MAX_WRITES a transaction (the
+    server's cache of subtransaction ids), each durable when its caller returns."""
+    db, url = pg_opened
+    before = db.commits
+    n = PG_GROUP_MAX_WRITES + 6
+    results = await _queue_then_release(db, *(_insert(f"l{i:03}") for i in range(n)))
+    assert results == [f"l{i:03}" for i in range(n)]
+    assert db.commits == before + 2, "one commit per group of at most 64"
+    assert _pg_names(url) == [f"l{i:03}" for i in range(n)]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_write_that_raises_rolls_back_alone(
+    pg_opened: tuple[Database, str],
+) -> None:
+    """Its own exception and a constraint violation each undo that write alone (its
+    savepoint); the group's other writes commit."""
+    import psycopg
+
+    db, url = pg_opened
+
+    class Refused(Exception):
+        pass
+
+    def half_then_raise(c: Conn) -> None:
+        c.execute("INSERT INTO ledger_progress VALUES ('half', 1)")
+        raise Refused("no")
+
+    results = await _queue_then_release(
+        db, _insert("a"), half_then_raise, _insert("b"), _insert("a"), _insert("c")
+    )
+    assert results[0] == "a" and results[2] == "b" and results[4] == "c"
+    assert isinstance(results[1], Refused)
+    assert isinstance(results[3], psycopg.errors.UniqueViolation)
+    assert _pg_names(url) == ["a", "b", "c"]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_write_the_server_cancels_is_unavailable_alone(
+    pg_opened: tuple[Database, str],
+) -> None:
+    """A statement timeout in one write (an OperationalError the transaction survives once
+    rolled back to the write's savepoint) is that write's own DatabaseUnavailable, as with
+    a transaction per write; the group's other writes commit."""
+    db, url = pg_opened
+
+    def times_out(c: Conn) -> None:
+        c.execute("INSERT INTO ledger_progress VALUES ('half', 1)")
+        c.execute("SET LOCAL statement_timeout = 10")
+        c.execute("SELECT pg_sleep(1)")
+
+    results = await _queue_then_release(db, _insert("a"), times_out, _insert("b"))
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], DatabaseUnavailable), results
+    assert _pg_names(url) == ["a", "b"]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_fence_refusal_reaches_every_write_of_the_group(
+    pg_opened: tuple[Database, str],
+) -> None:
+    db, url = pg_opened
+
+    class Fenced(Exception):
+        pass
+
+    checks: list[int] = []
+
+    def fence(c: Conn) -> None:
+        checks.append(1)
+        raise Fenced("not the leader")
+
+    db.set_fence(fence)
+    results = await _queue_then_release(db, *(_insert(f"f{n}") for n in range(5)))
+    assert all(isinstance(r, Fenced) for r in results), results
+    assert len(checks) == 1, "one check for the group"
+    db.set_fence(None)
+    assert _pg_names(url) == []
+    assert await db.write(_insert("after")) == "after"
+
+
+@pytest.mark.postgres
+async def test_postgres_a_lost_connection_fails_the_group_and_the_next_one_reconnects(
+    pg_opened: tuple[Database, str],
+) -> None:
+    """The server ends the session between groups: the next group fails as
+    DatabaseUnavailable with nothing applied; the one after reconnects and commits."""
+    import psycopg
+
+    db, url = pg_opened
+    pid = db.run_sync(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+    with psycopg.connect(**postgres_params(url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    results = await _queue_then_release(db, _insert("x"), _insert("y"))
+    assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+    assert await _queue_then_release(db, _insert("x"), _insert("y")) == ["x", "y"]
+    assert _pg_names(url) == ["x", "y"]
