@@ -131,6 +131,18 @@ class Conn:
         result: Cursor = self._raw.execute(sql, tuple(args))
         return result
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """Run one statement with ``?`` placeholders once per row of ``rows`` (PostgreSQL:
+        pipelined, one round trip for all of them); nothing when there is no row."""
+        if not rows:
+            return
+        if self.dialect is Dialect.POSTGRES:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+            with self._raw.cursor() as cur:
+                cur.executemany(sql, [tuple(r) for r in rows])
+            return
+        self._raw.executemany(sql, [tuple(r) for r in rows])
+
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of top-level ``key`` of the JSON object in ``column``."""
         if self.dialect is Dialect.POSTGRES:

@@ -260,14 +260,13 @@ def _append_update(
     db: Conn, transfer_id: bytes, state: TransferState, detail: str, now: float
 ) -> None:
     """Append the next update (sequence = last + 1) of ``transfer_id`` inside the caller's
-    transaction (which holds the transfer's row lock, so sequences never collide)."""
-    (seq,) = db.execute(
-        "SELECT COALESCE(MAX(sequence), 0) + 1 FROM transfer_updates WHERE transfer_id = ?",
-        (transfer_id,),
-    ).fetchone()
+    transaction (which holds the transfer's row lock, so sequences never collide): one
+    statement, the sequence computed by the server."""
     db.execute(
-        "INSERT INTO transfer_updates VALUES (?, ?, ?, ?, ?)",
-        (transfer_id, seq, int(state), detail, now),
+        "INSERT INTO transfer_updates"
+        " SELECT ?, COALESCE(MAX(sequence), 0) + 1, ?, ?, ? FROM transfer_updates"
+        " WHERE transfer_id = ?",
+        (transfer_id, int(state), detail, now, transfer_id),
     )
 
 
@@ -681,21 +680,31 @@ class SqlTransferStore:
             return
 
         def run(db: Conn) -> None:
+            # Every row read (and locked) at once, per page of 500 ids, and every changed
+            # one written in one executemany: two statements per page of a batch, not two
+            # per item (PostgreSQL pipelines the updates: one round trip).
+            ids = list(dict.fromkeys(tid for tid, _, _ in steps))
+            current: dict[bytes, dict[str, str]] = {}
+            for start in range(0, len(ids), 500):
+                page = ids[start : start + 500]
+                marks = ",".join("?" for _ in page)
+                rows = db.execute(
+                    f"SELECT transfer_id, transactions FROM transfers"  # noqa: S608
+                    f" WHERE transfer_id IN ({marks})" + db.for_update,
+                    page,
+                ).fetchall()
+                current |= {bytes(r[0]): json.loads(r[1]) for r in rows}
+            changed: dict[bytes, None] = {}
             for transfer_id, step, tx_id in steps:
-                row = db.execute(
-                    "SELECT transactions FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
-                    (transfer_id,),
-                ).fetchone()
-                if row is None:
+                if transfer_id not in current:
                     raise KeyError(transfer_id.hex())
-                current = json.loads(row[0])
-                if current.get(step) == tx_id:
-                    continue
-                current[step] = tx_id
-                db.execute(
-                    "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
-                    (json.dumps(current, sort_keys=True), transfer_id),
-                )
+                if current[transfer_id].get(step) != tx_id:
+                    current[transfer_id][step] = tx_id
+                    changed[transfer_id] = None
+            db.executemany(
+                "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
+                [(json.dumps(current[tid], sort_keys=True), tid) for tid in changed],
+            )
 
         await self._db.write(run)
 

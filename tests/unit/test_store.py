@@ -367,6 +367,37 @@ async def test_set_reason_and_transactions(store: SqlTransferStore) -> None:
     assert len(await store.history(rec.transfer_id, 0)) == 1
 
 
+@pytest.mark.batch  # issue 14: a batch's transactions in two statements a page
+async def test_add_transactions_records_every_item_of_a_batch_or_none(
+    store: SqlTransferStore,
+) -> None:
+    """Many transfers (past a page of 500 ids), two steps of one transfer, a step recorded
+    again (the same transaction: unchanged; another: replaced, in item order), each item
+    under its own step; a call naming an unknown transfer records nothing of its items."""
+    records = [make_record(n) for n in range(1, 603)]
+    await store.create_many(records)
+    first, second = records[0].transfer_id, records[1].transfer_id
+    await store.add_transaction(second, "lock", "0x01")
+    steps = [(r.transfer_id, "lock", f"0x{n:04x}") for n, r in enumerate(records)]
+    steps += [(first, "prepare", "0xbb"), (second, "lock", "0x0001"), (first, "lock", "0xff")]
+    await store.add_transactions(steps)
+    got = await store.get_many([r.transfer_id for r in records])
+    assert dict(got[first].transactions) == {"lock": "0xff", "prepare": "0xbb"}
+    assert dict(got[second].transactions) == {"lock": "0x0001"}
+    assert all(
+        dict(got[r.transfer_id].transactions) == {"lock": f"0x{n:04x}"}
+        for n, r in enumerate(records)
+        if n > 1
+    )
+    with pytest.raises(KeyError):
+        await store.add_transactions(
+            [(records[5].transfer_id, "burn", "0xee"), (w(0x42), "x", "y")]
+        )
+    again = await store.get(records[5].transfer_id)
+    assert again is not None and "burn" not in again.transactions
+    await store.add_transactions([])
+
+
 # -- decisions -----------------------------------------------------------------------------
 
 
