@@ -419,6 +419,9 @@ class Database:
         with self._pending_guard:
             reads, self._reads = self._reads, []
             self._reads_queued = False
+        if self.dialect is Dialect.POSTGRES and len(reads) > 1:
+            self._run_pg_reads(reads)
+            return
         for read in reads:
             try:
                 value = self._typed(self._read, read.fn)
@@ -426,6 +429,39 @@ class Database:
                 read.answer(None, exc)
             else:
                 read.answer(value)
+
+    def _run_pg_reads(self, reads: Sequence[_Read]) -> None:
+        """Worker thread, PostgreSQL: the reads of one turn in ONE read-only snapshot (one
+        ``BEGIN`` and one ``ROLLBACK`` for all of them, not one each), each answered as soon
+        as it has run. Every read of the turn was called before the turn began, so the
+        snapshot, taken when its first read runs, is at least as new as each read needs
+        (it sees every write that returned before the read was called). A read that
+        raises gets its own error and ends the snapshot; the next read begins a new one."""
+        in_snapshot = False
+        try:
+            for read in reads:
+                try:
+                    if not in_snapshot:
+                        self._typed(self._begin_snapshot, None)
+                        in_snapshot = True
+                    value = self._typed(read.fn, self._conn)
+                except BaseException as exc:  # the caller's, typed as before
+                    read.answer(None, exc)
+                    if in_snapshot:
+                        in_snapshot = False
+                        with contextlib.suppress(Exception):
+                            self._end("ROLLBACK")
+                else:
+                    read.answer(value)
+        finally:
+            if in_snapshot:
+                with contextlib.suppress(Exception):
+                    self._end("ROLLBACK")
+
+    def _begin_snapshot(self, _: None) -> None:
+        """PostgreSQL: reconnect if the connection broke, then open a read-only snapshot."""
+        self._ensure_connected()
+        self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread (in its own savepoint of a
@@ -632,9 +668,8 @@ class Database:
     def _read(self, fn: Callable[[Conn], T]) -> T:
         if self.dialect is Dialect.SQLITE:
             return fn(self._conn)
-        self._ensure_connected()
         # PostgreSQL: a read of several statements sees one snapshot.
-        self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._begin_snapshot(None)
         try:
             return fn(self._conn)
         finally:

@@ -1,5 +1,5 @@
 """The coordinator's reads are handed to the database thread together (issue 14), on a real
-SQLite file: each caller gets its own answer or its own typed error, reads run in call order
+SQLite file and a real PostgreSQL cluster (where the reads of one turn share one snapshot): each caller gets its own answer or its own typed error, reads run in call order
 after every earlier write, a cancelled reader neither breaks nor leaks anything, a busy file
 is DatabaseUnavailable, and a read after close is refused, not left waiting."""
 
@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from bridge.coordinator.db import Conn, Database, DatabaseUnavailable, open_sqlite
+from bridge.coordinator.db import (
+    Conn,
+    Database,
+    DatabaseUnavailable,
+    open_database,
+    open_sqlite,
+    postgres_params,
+)
 from tests.unit.test_db_group_commit import _hold_worker, _insert
 
 pytestmark = pytest.mark.batch
@@ -151,3 +158,85 @@ async def test_a_read_after_close_is_refused_not_left_waiting(tmp_path: Path) ->
     db.close()
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(db.read(_value_of("late")), 5)
+
+
+# ---- PostgreSQL (issue 14): the reads of one turn share one snapshot ------------------------
+def _now() -> Any:
+    """A read answering its transaction's start time (the same for every statement of one
+    transaction) and a row of ``ledger_progress``."""
+
+    def run(c: Conn) -> tuple[Any, int | None]:
+        (started,) = c.execute("SELECT transaction_timestamp()").fetchone()
+        row = c.execute("SELECT scanned FROM ledger_progress WHERE ledger = 'x'").fetchone()
+        return started, None if row is None else int(row[0])
+
+    return run
+
+
+async def _turn(db: Database, *fns: Any) -> list[Any]:
+    """Hand ``fns`` to the worker as reads in one turn (queued while it is busy)."""
+    release = _hold_worker(db)
+    tasks = [asyncio.ensure_future(db.read(fn)) for fn in fns]
+    await asyncio.sleep(0.05)
+    release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def pg_db(fresh_pg_url: str) -> Iterator[tuple[Database, str]]:
+    db = open_database(fresh_pg_url)
+    yield db, fresh_pg_url
+    db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_of_one_turn_share_one_snapshot_that_sees_earlier_writes(
+    pg_db: tuple[Database, str],
+) -> None:
+    """One BEGIN for the turn (every read answers the same transaction start), taken after
+    every write called before the reads; the next turn is a new snapshot."""
+    db, _ = pg_db
+    await db.write(_insert("x", 7))
+    first = await _turn(db, *(_now() for _ in range(5)))
+    assert len({started for started, _ in first}) == 1, "one snapshot for the turn"
+    assert {value for _, value in first} == {7}
+    await db.write(lambda c: c.execute("UPDATE ledger_progress SET scanned = 8"))
+    second = await _turn(db, _now(), _now())
+    assert {value for _, value in second} == {8}, "a write before the turn is seen"
+    assert second[0][0] > first[0][0], "a new snapshot"
+
+
+@pytest.mark.postgres
+async def test_postgres_a_read_that_raises_ends_the_snapshot_and_the_next_begins_one(
+    pg_db: tuple[Database, str],
+) -> None:
+    """A failing statement aborts PostgreSQL's transaction: that read gets its own error,
+    the reads after it in the turn run in a new snapshot and get their rows."""
+    import psycopg
+
+    db, _ = pg_db
+    await db.write(_insert("x", 3))
+
+    def divides_by_zero(c: Conn) -> None:
+        c.execute("SELECT 1 / 0")
+
+    got = await _turn(db, _now(), divides_by_zero, _now(), _now())
+    assert isinstance(got[1], psycopg.errors.DivisionByZero)
+    assert [g[1] for g in (got[0], got[2], got[3])] == [3, 3, 3]
+    assert got[2][0] == got[3][0] > got[0][0], "a new snapshot after the error"
+
+
+@pytest.mark.postgres
+async def test_postgres_a_lost_connection_fails_one_read_and_the_next_reconnects(
+    pg_db: tuple[Database, str],
+) -> None:
+    import psycopg
+
+    db, url = pg_db
+    await db.write(_insert("x", 5))
+    pid = db.run_sync(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+    with psycopg.connect(**postgres_params(url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    got = await _turn(db, _now(), _now(), _now())
+    assert isinstance(got[0], DatabaseUnavailable), got
+    assert [g[1] for g in got[1:]] == [5, 5]
