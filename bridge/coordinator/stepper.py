@@ -175,7 +175,8 @@ class Stepper:
         self, before: TransferRecord, after: TransferRecord, decision: Decision | None
     ) -> None:
         """Keep ``after`` (what the step's state write returned, or ``before`` when it
-        wrote none) and ``decision`` for the transfer's next step.
+        wrote none) and ``decision`` for the transfer's next step, the record showing the
+        decision's kind (a step that recorded one wrote it after its state).
 
         A step that wrote no state keeps its record only when the record had no flow wait:
         the flow limits clear a stale wait before the state write (``_leave_queue``,
@@ -186,6 +187,8 @@ class Stepper:
         as recorded (first one wins, never replaced)."""
         if after is before and before.wait_reason is not WaitReason.NONE:
             return
+        if decision is not None and after.decision is not decision.kind:
+            after = replace(after, decision=decision.kind)
         tid = after.transfer_id
         if tid in self._kept or len(self._kept) < KNOWN_LEGS_MAX:
             self._kept[tid] = _Kept(after, decision)
@@ -338,8 +341,7 @@ class Stepper:
                 )
                 stored = await ctx.store.record_decision(tid, Decision(step.claim, certs, cause))
             self._remember(tid, source, target)
-            # The stored decision (an earlier one if there was: first one wins) and its kind.
-            self._keep(record, replace(after, decision=stored.kind), stored)
+            self._keep(record, after, stored)  # an earlier one if there was: first one wins
             return False
         assert decision is not None
         assert step.step is StepKind.APPLY

@@ -461,6 +461,17 @@ async def test_a_step_that_wrote_no_state_keeps_a_record_only_without_a_flow_wai
     stepper._keep(waiting, written, None)
     assert stepper._kept[tid].record is written
     stepper._kept.clear()
+    # a decision recorded by a step that wrote no state: the same rule, then its kind shown
+    decided = await store.decision(tid)
+    assert decided is not None
+    undecided = dataclasses.replace(waiting, decision=None)
+    stepper._keep(undecided, undecided, decided)
+    assert tid not in stepper._kept
+    plain = dataclasses.replace(record, decision=None)
+    stepper._keep(plain, plain, decided)
+    assert stepper._kept[tid].record.decision is ClaimKind.COMMIT
+    assert stepper._kept[tid].decision is decided
+    stepper._kept.clear()
 
 
 @pytest.mark.batch  # issue 14: records known without a read
