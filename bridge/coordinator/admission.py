@@ -179,12 +179,15 @@ class Admission:
         # out) reads both ledgers again before its lock, so no units are escrowed towards
         # a target that stopped answering after this item was checked.
         until = admitted.checked_at + ADMISSION_FRESH_S
-        if time.monotonic() <= until:
-            if self._on_recorded is not None:
-                self._on_recorded(stored)
-            if admitted.lane_open:
-                self._flow.note_open(stored.transfer_id, until)
-        self._drivers.spawn(stored.transfer_id)
+        fresh = time.monotonic() <= until
+        if fresh and admitted.lane_open:
+            self._flow.note_open(stored.transfer_id, until)
+        # The stored record stands in for the first step's read only when this call starts
+        # the transfer's driver (the sweep may have started one since the record committed,
+        # and that driver may have stepped already); it runs at our next await at the
+        # earliest, so it is told before its first step.
+        if self._drivers.spawn(stored.transfer_id) and fresh and self._on_recorded is not None:
+            self._on_recorded(stored)
         return stored, True
 
     async def _existing(self, request: TransferRequest) -> TransferRecord | None:

@@ -85,6 +85,9 @@ step of its transfer)."""
 
 _NO_LEG = LegStatus(state=LegState.NONE, terms_hash=b"", reason=0, height=0)
 
+Legs = tuple[LegStatus, LegStatus]
+"""A transfer's source and target legs."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
@@ -125,9 +128,11 @@ class Stepper:
         # ---- coalesced leg reads (issue 14 item 4): None reads every leg alone
         self._reads = reads
         # ---- legs known without a read (issue 14 item 4), each for the next step only
-        self._known: dict[bytes, tuple[LegStatus, LegStatus]] = {}
+        self._known: dict[bytes, Legs] = {}
         # ---- records known without a read (issue 14), each for the next step only
         self._kept: dict[bytes, _Kept] = {}
+        # what record_for_step handed out (kept entries and known legs), for ``advance``
+        self._handed: dict[bytes, tuple[TransferRecord, _Kept | None, Legs | None]] = {}
         self._recertified = 0  # how many decisions this process has re-certified
 
     # ---- legs known without a read (issue 14 item 4) --------------------------------------
@@ -148,6 +153,7 @@ class Stepper:
         may move the transfers before this one drives them again)."""
         self._known.clear()
         self._kept.clear()
+        self._handed.clear()
 
     def _remember(self, tid: bytes, source: LegStatus, target: LegStatus) -> None:
         if tid in self._known or len(self._known) < KNOWN_LEGS_MAX:
@@ -162,14 +168,20 @@ class Stepper:
         reads (state, reason, decision, flow wait, parked reason; the request, terms,
         origin and instruction never change), since while a driver runs only its own steps
         write those fields, and a step keeps a record only when it ended without an error;
-        ``transactions`` and ``updated_at`` may lag (a step records its transactions after
-        its state, event intake may record a lock's), and nothing here reads them. A kept
-        record serves one step: ``advance`` drops it first.
+        ``transactions`` may lag (a step records its transactions after its state, event
+        intake may record a lock's), and the step engine does not read them. Whatever is
+        kept for the transfer (record, decision, known legs) is taken here, before anything
+        that can fail, and handed to the next ``advance`` of this very record only: a step
+        that fails before using it, or never runs, leaves nothing behind.
         """
-        kept = self._kept.get(transfer_id)
-        if kept is not None:
-            return kept.record
-        return await self._ctx.store.get(transfer_id)
+        kept = self._kept.pop(transfer_id, None)
+        known = self._known.pop(transfer_id, None)
+        record = kept.record if kept is not None else await self._ctx.store.get(transfer_id)
+        if record is not None and (kept is not None or known is not None):
+            self._handed[transfer_id] = (record, kept, known)
+        else:
+            self._handed.pop(transfer_id, None)
+        return record
 
     def _keep(
         self, before: TransferRecord, after: TransferRecord, decision: Decision | None
@@ -184,7 +196,8 @@ class Stepper:
         SECURITY: the same argument as for the known legs (``note_new``): a kept record is
         never a source of authority; each ledger checks every step against its own state
         and the committee's certificates, and a decision kept is the one the store returned
-        as recorded (first one wins, never replaced)."""
+        as recorded (first one wins; its kind never changes, and a step that re-certified,
+        replacing a certificate, keeps none)."""
         if after is before and before.wait_reason is not WaitReason.NONE:
             return
         if decision is not None and after.decision is not decision.kind:
@@ -213,9 +226,11 @@ class Stepper:
         ctx = self._ctx
         terms, tid = record.terms, record.transfer_id
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
+        handed = self._handed.pop(tid, None)  # first: a failed step never leaves it behind
+        kept, known = (
+            (handed[1], handed[2]) if handed is not None and handed[0] is record else (None, None)
+        )
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
-        known = self._known.pop(tid, None)  # first: a failed step never leaves it behind
-        kept = self._kept.pop(tid, None)  # likewise
         # The record was read at this step's start (or kept by the last step) and carries
         # the decision's kind: the decision (with its certificates) is read only once there
         # is one, and not when the last step recorded or used it. SECURITY: only this
@@ -225,7 +240,7 @@ class Stepper:
         # the members' vote logs refusing the other kind.
         decision: Decision | None = None
         if record.decision is not None:
-            if kept is not None and kept.record is record and kept.decision is not None:
+            if kept is not None and kept.decision is not None:
                 decision = kept.decision
             else:
                 decision = await ctx.store.decision(tid)
@@ -520,7 +535,7 @@ class Stepper:
             decision.kind, record.terms, [ctx.domains[ledger]], epochs
         )
         certificate = certs[ledger]
-        self._recertified += 1  # before the write: a failed one may have landed
+        self._recertified += 1
         if not await ctx.store.recertify(tid, decision.kind, ledger, certificate):
             raise PreconditionFailed("the recorded decision changed meanwhile; re-reading")
         ctx.log.warning(

@@ -106,14 +106,17 @@ class Supervisor:
         sweep, self._supervisor = self._supervisor, None
         await stop_tasks([*([sweep] if sweep is not None else []), *self._tasks.values()])
 
-    def spawn(self, tid: bytes) -> None:
-        """Start a driver for ``tid`` unless one is running."""
+    def spawn(self, tid: bytes) -> bool:
+        """Start a driver for ``tid`` unless one is running; True when this call started
+        it (its first step runs at the caller's next await at the earliest)."""
         task = self._tasks.get(tid)
         if task is None or task.done():
             self._wakeups[tid] = asyncio.Event()
             self._tasks[tid] = asyncio.create_task(
                 self._drive(tid), name=f"transfer-{tid.hex()[:12]}"
             )
+            return True
+        return False
 
     def wake(self, tid: bytes) -> None:
         """Make the transfer's driver re-read the ledgers now."""

@@ -354,13 +354,33 @@ async def test_the_decision_is_read_only_by_a_step_that_did_not_keep_it(coordina
     assert all(a is not None and a.kind is ClaimKind.COMMIT for a in answers)  # type: ignore[attr-defined]
 
 
-def check_kept(c: Coordinator, store: SqliteTransferStore) -> list[str]:
+def check_kept(
+    c: Coordinator, store: SqliteTransferStore, used: list[str] | None = None
+) -> list[str]:
     """Make every step of ``c``'s drivers compare the record and decision it keeps for the
-    next step with the store's own (all but ``transactions``, which may lag); returns the
-    list of kept records compared, with a mismatch's description instead where one was
-    found. The list is appended to as steps run."""
+    next step with the store's own (all but ``transactions``, which may lag), at the end of
+    the step and again when the next step takes it (``used``, when given, gets one entry
+    per kept record taken); returns the list of kept records compared at the end of a step,
+    with a mismatch's description instead where one was found (at either time). The lists
+    are appended to as steps run."""
     checked: list[str] = []
     original = c._drivers._advance
+    original_read = c._drivers._read
+
+    async def read(tid: bytes) -> TransferRecord | None:
+        kept = c._stepper._kept.get(tid)
+        got = await original_read(tid)
+        if kept is not None:
+            stored = await store.get(tid)
+            assert got is kept.record and stored is not None
+            mine = dataclasses.replace(got, transactions={})
+            if mine != dataclasses.replace(stored, transactions={}):
+                checked.append(f"MISMATCH at use {mine} != {stored}")
+            if used is not None:
+                used.append(got.state.name)
+        return got
+
+    c._drivers._read = read  # type: ignore[method-assign]
 
     async def advance(record: TransferRecord) -> bool:
         done = await original(record)
@@ -390,10 +410,12 @@ async def test_kept_records_equal_the_stored_ones_at_every_step(coordinator) -> 
     from bridge.domain.errors import Unavailable
 
     c, relayers, store = coordinator
-    checked = check_kept(c, store)
+    used: list[str] = []
+    checked = check_kept(c, store, used)
     record, _ = await submit(c, request("plain"))
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert checked == ["SUBMITTED", "SOURCE_LOCKED", "TARGET_PREPARED", "COMMITTING"]
+    assert used == ["SUBMITTED", "SUBMITTED", "SOURCE_LOCKED", "TARGET_PREPARED", "COMMITTING"]
     # an adopted lock nobody instructed: released, never prepared
     rogue = LocalKeySigner(secrets.token_bytes(32))
     terms = TransferTerms(
@@ -433,9 +455,31 @@ async def test_kept_records_equal_the_stored_ones_at_every_step(coordinator) -> 
     a.outbound_available = 10
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert not fail, "the prepare failed once"
+    # a lock that fails once, and a legs read that fails once (the step after the prepare
+    # reads both legs before anything else): each retried step reads, nothing stale is used
+    a.outbound_capacity = 0
+    original_lock, original_leg = a.submit, b.get_leg
+    fails = {"lock": True, "leg": True}
+
+    async def lock_fails_once(action: Action, *args: object) -> TxOutcome:
+        if action is Action.LOCK and fails.pop("lock", False):
+            raise Unavailable("relayer a restarting")
+        return await original_lock(action, *args)  # type: ignore[arg-type]
+
+    async def leg_fails_once(tid: bytes, leg: Leg) -> LegStatus:
+        if leg is Leg.INBOUND and fails.pop("leg", False):
+            raise Unavailable("relayer b restarting")
+        return await original_leg(tid, leg)
+
+    a.submit = lock_fails_once  # type: ignore[method-assign]
+    b.get_leg = leg_fails_once  # type: ignore[method-assign]
+    record, _ = await submit(c, request("retried"))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    assert not fails, "the lock and a leg read failed once"
     mismatches = [m for m in checked if m.startswith("MISMATCH")]
     assert mismatches == []
-    assert len(checked) >= 4 + 2 + 3, checked
+    assert len(checked) >= 4 + 2 + 3 + 3, checked
+    assert c._stepper._kept == {} and c._stepper._handed == {}
 
 
 @pytest.mark.batch  # issue 14: records known without a read
@@ -632,8 +676,10 @@ async def test_stopping_forgets_the_known_legs(coordinator) -> None:
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     c._stepper.note_new(record)
     assert c._stepper._known and c._stepper._kept
+    await c._stepper.record_for_step(record.transfer_id)  # handed to a step never run
+    assert c._stepper._handed and not c._stepper._kept
     await c.stop()
-    assert c._stepper._known == {} and c._stepper._kept == {}
+    assert c._stepper._known == {} and c._stepper._kept == {} and c._stepper._handed == {}
     await c.start()
 
 
