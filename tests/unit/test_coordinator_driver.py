@@ -322,7 +322,6 @@ async def test_the_decision_is_read_only_by_a_step_that_did_not_keep_it(coordina
     """The step that records a decision keeps it (and the record with its kind) for the
     step applying it, which keeps it for the step finding the transfer COMMITTED: none of
     them reads it. After a failed step the retry reads the record and the decision once."""
-    from bridge.domain.errors import Unavailable
 
     c, relayers, store = coordinator
     original = store.decision
@@ -337,21 +336,29 @@ async def test_the_decision_is_read_only_by_a_step_that_did_not_keep_it(coordina
     record, _ = await submit(c, request())
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert answers == []
-    b = relayers["b"]
-    original_submit = b.submit
-    fail = {"once": True}
-
-    async def commit_fails_once(action: Action, *args: object) -> TxOutcome:
-        if action is Action.COMMIT and fail.pop("once", False):
-            raise Unavailable("relayer b restarting")
-        return await original_submit(action, *args)  # type: ignore[arg-type]
-
-    b.submit = commit_fails_once  # type: ignore[method-assign]
+    fail = fail_submit_once(relayers["b"], Action.COMMIT)
     record, _ = await submit(c, request("retried"))
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert not fail, "the mint failed once"
     assert len(answers) == 1, "the retried APPLY read it; the step after it kept it"
     assert all(a is not None and a.kind is ClaimKind.COMMIT for a in answers)  # type: ignore[attr-defined]
+
+
+def fail_submit_once(relayer: FakeRelayer, action: Action) -> dict[str, bool]:
+    """Make ``relayer``'s next submit of ``action`` raise Unavailable (a relayer
+    restarting), once; the returned flag is emptied when that happened."""
+    from bridge.domain.errors import Unavailable
+
+    original = relayer.submit
+    pending = {"once": True}
+
+    async def fails_once(act: Action, *args: object) -> TxOutcome:
+        if act is action and pending.pop("once", False):
+            raise Unavailable(f"relayer {relayer.ledger} restarting")
+        return await original(act, *args)  # type: ignore[arg-type]
+
+    relayer.submit = fails_once  # type: ignore[method-assign]
+    return pending
 
 
 def check_kept(
@@ -436,15 +443,7 @@ async def test_kept_records_equal_the_stored_ones_at_every_step(coordinator) -> 
     # a lane that queues the transfer first, then a prepare that fails once
     a, b = relayers["a"], relayers["b"]
     a.outbound_capacity, a.outbound_available = 10, 3
-    original_submit = b.submit
-    fail = {"once": True}
-
-    async def prepare_fails_once(action: Action, *args: object) -> TxOutcome:
-        if action is Action.PREPARE and fail.pop("once", False):
-            raise Unavailable("relayer b restarting")
-        return await original_submit(action, *args)  # type: ignore[arg-type]
-
-    b.submit = prepare_fails_once  # type: ignore[method-assign]
+    fail = fail_submit_once(b, Action.PREPARE)
     record, _ = await submit(c, request("queued"))
 
     async def queued() -> bool:
@@ -458,24 +457,19 @@ async def test_kept_records_equal_the_stored_ones_at_every_step(coordinator) -> 
     # a lock that fails once, and a legs read that fails once (the step after the prepare
     # reads both legs before anything else): each retried step reads, nothing stale is used
     a.outbound_capacity = 0
-    original_lock, original_leg = a.submit, b.get_leg
-    fails = {"lock": True, "leg": True}
-
-    async def lock_fails_once(action: Action, *args: object) -> TxOutcome:
-        if action is Action.LOCK and fails.pop("lock", False):
-            raise Unavailable("relayer a restarting")
-        return await original_lock(action, *args)  # type: ignore[arg-type]
+    locks = fail_submit_once(a, Action.LOCK)
+    original_leg = b.get_leg
+    fails = {"leg": True}
 
     async def leg_fails_once(tid: bytes, leg: Leg) -> LegStatus:
         if leg is Leg.INBOUND and fails.pop("leg", False):
             raise Unavailable("relayer b restarting")
         return await original_leg(tid, leg)
 
-    a.submit = lock_fails_once  # type: ignore[method-assign]
     b.get_leg = leg_fails_once  # type: ignore[method-assign]
     record, _ = await submit(c, request("retried"))
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
-    assert not fails, "the lock and a leg read failed once"
+    assert not fails and not locks, "the lock and a leg read failed once"
     mismatches = [m for m in checked if m.startswith("MISMATCH")]
     assert mismatches == []
     assert len(checked) >= 4 + 2 + 3 + 3, checked
@@ -568,20 +562,10 @@ async def test_a_failed_step_leaves_no_known_legs_behind(coordinator) -> None:
     """The known pair (and the kept record) is taken before the step's first await: a step
     that fails (the target's relayer unavailable once for the mint, here) is retried with
     reads, however long the outage lasted."""
-    from bridge.domain.errors import Unavailable
 
     c, relayers, store = coordinator
     reads = count_calls(relayers, "get_leg")
-    b = relayers["b"]
-    original_submit = b.submit
-    failing = {"once": True}
-
-    async def commit_fails_once(action: Action, *args: object) -> TxOutcome:
-        if action is Action.COMMIT and failing.pop("once", False):
-            raise Unavailable("relayer b restarting")
-        return await original_submit(action, *args)  # type: ignore[arg-type]
-
-    b.submit = commit_fails_once  # type: ignore[method-assign]
+    failing = fail_submit_once(relayers["b"], Action.COMMIT)
     record, _ = await submit(c, request("store-blip"))
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     assert not failing
