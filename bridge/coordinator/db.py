@@ -39,6 +39,7 @@ import concurrent.futures
 import contextlib
 import enum
 import fcntl
+import functools
 import ipaddress
 import os
 import sqlite3
@@ -115,19 +116,23 @@ class Cursor(Protocol):
 
 
 class Conn:
-    """A connection as the stores see it, inside the database's worker thread only."""
+    """A connection as the stores see it, inside the database's worker thread only.
+
+    PostgreSQL: every statement runs on one psycopg cursor kept for the connection (its
+    adapters and loaders are built once, not per statement) and its rows are taken when it
+    runs, so a result stays readable after the next statement (:class:`_PgResult`)."""
 
     def __init__(self, raw: Any, dialect: Dialect) -> None:
         self._raw = raw
         self.dialect = dialect
+        self._cursor: Any = raw.cursor() if dialect is Dialect.POSTGRES else None
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor:
         """Run one statement with ``?`` placeholders (translated for PostgreSQL)."""
         if self.dialect is Dialect.POSTGRES:
-            sql = sql.replace("%", "%%").replace("?", "%s")
-            cur = self._raw.cursor()
-            cur.execute(sql, tuple(args))
-            return _PgCursor(cur)
+            cur = self._cursor
+            cur.execute(_pg_sql(sql), tuple(args))
+            return _PgResult(cur)
         result: Cursor = self._raw.execute(sql, tuple(args))
         return result
 
@@ -137,9 +142,7 @@ class Conn:
         if not rows:
             return
         if self.dialect is Dialect.POSTGRES:
-            sql = sql.replace("%", "%%").replace("?", "%s")
-            with self._raw.cursor() as cur:
-                cur.executemany(sql, [tuple(r) for r in rows])
+            self._cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])
             return
         self._raw.executemany(sql, [tuple(r) for r in rows])
 
@@ -161,21 +164,45 @@ class Conn:
         return " FOR UPDATE" if self.dialect is Dialect.POSTGRES else ""
 
 
-class _PgCursor:
-    """A psycopg cursor whose rows are plain tuples (``bytes`` for BYTEA)."""
+@functools.lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """``sql`` with ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled),
+    translated once per statement text."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_TUPLES_OK = 2
+"""libpq's PGRES_TUPLES_OK (``psycopg.pq.ExecStatus.TUPLES_OK``): the statement returned
+rows (a SELECT, or a write with RETURNING)."""
+
+
+class _PgResult:
+    """One PostgreSQL statement's outcome as plain tuples (``bytes`` for BYTEA): its row
+    count and every row it returned, taken from the connection's cursor when it ran (the
+    cursor runs the next statement). No rows for a statement that returns none."""
+
+    __slots__ = ("_pos", "_rows", "rowcount")
 
     def __init__(self, cur: Any) -> None:
-        self._cur = cur
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cur.rowcount)
+        self.rowcount = int(cur.rowcount)
+        res = cur.pgresult
+        self._rows: list[Any] = (
+            cur.fetchall() if res is not None and res.status == _TUPLES_OK else []
+        )
+        self._pos = 0
 
     def fetchone(self) -> Any:
-        return self._cur.fetchone() if self._cur.description is not None else None
+        """The next row, or None after the last."""
+        if self._pos >= len(self._rows):
+            return None
+        self._pos += 1
+        return self._rows[self._pos - 1]
 
     def fetchall(self) -> list[Any]:
-        return list(self._cur.fetchall()) if self._cur.description is not None else []
+        """The rows not yet fetched."""
+        rest = self._rows[self._pos :]
+        self._pos = len(self._rows)
+        return rest
 
 
 class _Job:
@@ -461,7 +488,7 @@ class Database:
     def _begin_snapshot(self, _: None) -> None:
         """PostgreSQL: reconnect if the connection broke, then open a read-only snapshot."""
         self._ensure_connected()
-        self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in one transaction in the worker thread (in its own savepoint of a
@@ -548,7 +575,7 @@ class Database:
         COMMIT)."""
         outcomes: list[tuple[bool | None, Any]] = []
         self._ensure_connected()
-        self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
+        self._conn.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
             if self._fence is not None:
                 self._fence(self._conn)  # SECURITY: fencing token check, same transaction
@@ -558,7 +585,7 @@ class Database:
                 if not job.done.set_running_or_notify_cancel():
                     outcomes.append((None, None))
                     continue
-                self._raw.execute("SAVEPOINT kstb_write")
+                self._conn.execute("SAVEPOINT kstb_write")
                 try:
                     value = job.fn(self._conn)
                 except Exception as exc:
@@ -568,11 +595,18 @@ class Database:
                         # nothing of the group applied; every write gets this error
                         # (``_typed`` maps busy/locked, and a lost connection).
                         raise
-                    self._raw.execute("ROLLBACK TO SAVEPOINT kstb_write")
-                    self._raw.execute("RELEASE SAVEPOINT kstb_write")
+                    self._conn.execute("ROLLBACK TO SAVEPOINT kstb_write")
+                    self._conn.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((False, self._write_error(exc)))
                 else:
-                    self._raw.execute("RELEASE SAVEPOINT kstb_write")
+                    if self.dialect is Dialect.SQLITE:
+                        # PostgreSQL keeps it (a round trip saved per write): the next
+                        # write's savepoint nests in it, a ROLLBACK TO undoes the newest
+                        # (that write alone), and COMMIT commits them all. The group bound
+                        # keeps the nesting within the server's cached subtransactions.
+                        # SQLite releases: its cost per page written grows with the open
+                        # savepoints, and its groups have no bound.
+                        self._conn.execute("RELEASE SAVEPOINT kstb_write")
                     outcomes.append((True, value))
         except BaseException:
             # SQLite may have rolled the whole transaction back itself (a full disk, an I/O
@@ -581,7 +615,7 @@ class Database:
             if self.dialect is Dialect.POSTGRES or self._raw.in_transaction:
                 self._end("ROLLBACK")
             raise
-        self._raw.execute("COMMIT")
+        self._conn.execute("COMMIT")
         self.commits += 1
         return outcomes
 
@@ -663,7 +697,7 @@ class Database:
         """ROLLBACK/COMMIT; a rollback on a broken connection is moot (nothing applied)."""
         if self.dialect is Dialect.POSTGRES and self._raw.closed and statement == "ROLLBACK":
             return
-        self._raw.execute(statement)
+        self._conn.execute(statement)
 
     def _read(self, fn: Callable[[Conn], T]) -> T:
         if self.dialect is Dialect.SQLITE:
@@ -677,7 +711,7 @@ class Database:
 
     def _transaction(self, fn: Callable[[Conn], T]) -> T:
         self._ensure_connected()
-        self._raw.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
+        self._conn.execute("BEGIN IMMEDIATE" if self.dialect is Dialect.SQLITE else "BEGIN")
         try:
             if self._fence is not None:
                 self._fence(self._conn)  # SECURITY: fencing token check, same transaction
@@ -687,7 +721,7 @@ class Database:
             raise
         # A COMMIT whose connection breaks raises: the caller cannot know whether it
         # applied, exactly as with a crash; every step is idempotent (ADR 0002).
-        self._raw.execute("COMMIT")
+        self._conn.execute("COMMIT")
         self.commits += 1
         return result
 

@@ -309,6 +309,20 @@ def summarise(records: Sequence[TransferRecord], created_before: float) -> Unfin
     )
 
 
+_RETURNING_RECORD = (
+    " RETURNING transfer_id, request, terms, state, reason, created_at, updated_at,"
+    " transactions, origin,"
+    " (SELECT kind FROM decisions WHERE transfer_id = ?),"
+    " (SELECT reason FROM parked_transfers WHERE transfer_id = ?),"
+    " (SELECT reason FROM flow_waits WHERE transfer_id = ?),"
+    " (SELECT not_before FROM flow_waits WHERE transfer_id = ?)"
+)
+"""The columns of ``_COLS``, in its order, as the RETURNING clause of a statement that
+updates the row of ``transfers`` of one transfer: the row as updated, with the rows of the
+joined tables as the transaction sees them then. Its four parameters are that transfer's
+id each (not a reference to the updated row: SQLite would scan each table for it)."""
+
+
 def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
     """The record of one ``SELECT {_COLS} FROM {_FROM}`` row; None for no row."""
     if row is None:
@@ -613,16 +627,19 @@ class SqlTransferStore:
             ).fetchone()
             if row is None:
                 raise KeyError(transfer_id.hex())
-            db.execute(
-                "UPDATE transfers SET state = ?, reason = ?, updated_at = ? WHERE transfer_id = ?",
-                (int(state), reason, now, transfer_id),
-            )
             if int(row[0]) != int(state):
                 _append_update(db, transfer_id, state, detail, now)
                 if state is not TransferState.QUEUED:
                     # ---- flow limits: a new state ends the old wait (ADR 0010)
                     db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
-            return _get(db, transfer_id)
+            # The update returns the stored record (after the statements above, in this
+            # transaction): no read of it after.
+            (stored,) = db.execute(
+                "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"  # noqa: S608
+                " WHERE transfer_id = ?" + _RETURNING_RECORD,
+                (int(state), reason, now, transfer_id, *(transfer_id,) * 4),
+            ).fetchall()
+            return _record(tuple(stored))
 
         record = await self._db.write(run)
         assert record is not None

@@ -240,3 +240,26 @@ async def test_postgres_a_lost_connection_fails_one_read_and_the_next_reconnects
     got = await _turn(db, _now(), _now(), _now())
     assert isinstance(got[0], DatabaseUnavailable), got
     assert [g[1] for g in got[1:]] == [5, 5]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_statement_s_rows_stay_readable_after_the_next_statement(
+    pg_db: tuple[Database, str],
+) -> None:
+    """Every statement runs on the connection's one cursor; its rows are taken when it runs,
+    so a result fetched after later statements still has its own rows (and a statement
+    without rows has none)."""
+    db, _ = pg_db
+    await db.write(_insert("x", 1))
+    await db.write(_insert("y", 2))
+
+    def run(c: Conn) -> tuple[Any, ...]:
+        both = c.execute("SELECT ledger, scanned FROM ledger_progress ORDER BY ledger")
+        one = c.execute("SELECT scanned FROM ledger_progress WHERE ledger = 'y'")
+        none = c.execute("SELECT scanned FROM ledger_progress WHERE ledger = 'z'")
+        first = both.fetchone()
+        return first, both.fetchall(), both.fetchone(), one.fetchall(), none.fetchone()
+
+    assert await db.read(run) == (("x", 1), [("y", 2)], None, [(2,)], None)
+    written = await db.write(lambda c: c.execute("UPDATE ledger_progress SET scanned = 5"))
+    assert (written.rowcount, written.fetchone(), written.fetchall()) == (2, None, [])

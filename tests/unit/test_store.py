@@ -602,3 +602,70 @@ async def test_a_new_state_ends_the_flow_wait_in_the_same_transaction(
     )
     moved = await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
     assert (moved.wait_reason, moved.not_before) == (WaitReason.NONE, 0.0)
+
+
+async def test_set_state_returns_the_record_a_read_gives_after_it(
+    store: SqlTransferStore,
+) -> None:
+    """set_state's record comes from its own UPDATE (RETURNING), not a read after it: every
+    column and every joined table (decision, parked reason, flow wait, transactions) must
+    read as a read after the write gives them, whether the state changes or not."""
+    rec = make_record(1)
+    await store.create(rec)
+    tid = rec.transfer_id
+    other = make_record(2, key="key-2")
+    await store.create(other)
+
+    async def same(state: TransferState, reason: str) -> TransferRecord:
+        got = await store.set_state(tid, state, reason, "detail")
+        assert got == await store.get(tid)
+        assert (got.state, got.reason) == (state, reason)
+        return got
+
+    await store.set_wait(tid, WaitReason.TARGET_INBOUND_CAPACITY, 1_900_000_000.5)
+    await store.set_wait(other.transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 7.0)
+    queued = await same(TransferState.QUEUED, "queued")
+    assert (queued.wait_reason, queued.not_before) == (
+        WaitReason.TARGET_INBOUND_CAPACITY,
+        1_900_000_000.5,
+    )
+    await same(TransferState.QUEUED, "still queued")  # no change: the wait stays
+    await store.add_transaction(tid, "lock", "0xaa")
+    locked = await same(TransferState.SOURCE_LOCKED, "locked")  # the wait ends
+    assert (locked.wait_reason, locked.transactions) == (WaitReason.NONE, {"lock": "0xaa"})
+    await store.record_decision(
+        tid, Decision(ClaimKind.COMMIT, {"brokerage-a": SignatureSet(2, (b"\x01" * 65,))})
+    )
+    await store.record_parked(tid, 2)
+    committing = await same(TransferState.COMMITTING, "")
+    assert (committing.decision, committing.parked_reason) == (ClaimKind.COMMIT, 2)
+    assert (await same(TransferState.COMMITTING, "again")).updated_at >= committing.updated_at
+    # Another transfer's rows never leak into this one's record, nor this write into it.
+    assert (await store.get(other.transfer_id)) == dataclasses.replace(
+        other,
+        wait_reason=WaitReason.SOURCE_OUTBOUND_CAPACITY,
+        not_before=7.0,
+    )
+
+
+def test_set_state_s_returning_clause_reads_each_table_by_its_key(tmp_path: Path) -> None:
+    """SQLite does not use an index for a subquery of RETURNING that refers to the updated
+    row (it scanned every decision, parked transfer and flow wait per state change: twice
+    the coordinator's CPU in the benchmark); the clause takes the id as parameters."""
+    from bridge.coordinator.store import _RETURNING_RECORD
+
+    db = open_database(tmp_path / "plan.db")
+    try:
+        tid = w(1)
+        plan = db.run_sync(
+            lambda c: c.execute(
+                "EXPLAIN QUERY PLAN UPDATE transfers SET state = ?, reason = ?, updated_at = ?"
+                " WHERE transfer_id = ?" + _RETURNING_RECORD,
+                (1, "", 0.0, tid, tid, tid, tid, tid),
+            ).fetchall()
+        )
+    finally:
+        db.close()
+    steps = [str(row[3]) for row in plan]
+    assert not [s for s in steps if s.startswith("SCAN")], steps
+    assert sum(s.startswith("SEARCH") for s in steps) == 5, steps
