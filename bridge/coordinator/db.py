@@ -118,9 +118,9 @@ class Cursor(Protocol):
 class Conn:
     """A connection as the stores see it, inside the database's worker thread only.
 
-    PostgreSQL: every statement runs on one psycopg cursor kept for the connection (its
-    adapters and loaders are built once, not per statement) and its rows are taken when it
-    runs, so a result stays readable after the next statement (:class:`_PgResult`)."""
+    PostgreSQL: every statement runs on one psycopg cursor kept for the connection (no
+    cursor made, and no column description built, per statement) and its rows are taken
+    when it runs, so a result stays readable after the next statement (:class:`_PgResult`)."""
 
     def __init__(self, raw: Any, dialect: Dialect) -> None:
         self._raw = raw
