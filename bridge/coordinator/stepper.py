@@ -100,6 +100,16 @@ class _Kept:
     """The recorded decision (None: there is none, or it is read again)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    """What ``record_for_step`` took for a transfer, for the next ``advance`` of ``record``
+    (that very object) only."""
+
+    record: TransferRecord
+    kept: _Kept | None
+    known: Legs | None
+
+
 ADOPTED_LOCK_GRACE_S = 120
 """How long past its deadline an adopted transfer whose source shows no lock waits before
 it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes it)."""
@@ -132,7 +142,7 @@ class Stepper:
         # ---- records known without a read (issue 14), each for the next step only
         self._kept: dict[bytes, _Kept] = {}
         # what record_for_step handed out (kept entries and known legs), for ``advance``
-        self._handed: dict[bytes, tuple[TransferRecord, _Kept | None, Legs | None]] = {}
+        self._handed: dict[bytes, _Handed] = {}
         self._recertified = 0  # how many decisions this process has re-certified
 
     # ---- legs known without a read (issue 14 item 4) --------------------------------------
@@ -178,7 +188,7 @@ class Stepper:
         known = self._known.pop(transfer_id, None)
         record = kept.record if kept is not None else await self._ctx.store.get(transfer_id)
         if record is not None and (kept is not None or known is not None):
-            self._handed[transfer_id] = (record, kept, known)
+            self._handed[transfer_id] = _Handed(record, kept, known)
         else:
             self._handed.pop(transfer_id, None)
         return record
@@ -227,9 +237,9 @@ class Stepper:
         terms, tid = record.terms, record.transfer_id
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         handed = self._handed.pop(tid, None)  # first: a failed step never leaves it behind
-        kept, known = (
-            (handed[1], handed[2]) if handed is not None and handed[0] is record else (None, None)
-        )
+        if handed is None or handed.record is not record:
+            handed = _Handed(record, None, None)
+        kept, known = handed.kept, handed.known
         src, dst = ctx.relayers[src_name], ctx.relayers[dst_name]
         # The record was read at this step's start (or kept by the last step) and carries
         # the decision's kind: the decision (with its certificates) is read only once there

@@ -272,9 +272,13 @@ def _append_update(
 
 # A transfer's record is one row: its decision kind, parked reason and flow wait come from
 # tables keyed by transfer_id (at most one row each), joined in the same statement.
+_TRANSFER_COLS = (
+    "transfer_id, request, terms, state, reason, created_at, updated_at, transactions, origin"
+)
+"""The ``transfers`` columns of a record, in the order ``_record`` reads them."""
 _COLS = (
-    "t.transfer_id, t.request, t.terms, t.state, t.reason, t.created_at, t.updated_at,"
-    " t.transactions, t.origin, d.kind AS decision_kind, p.reason AS parked_reason,"
+    ", ".join(f"t.{c}" for c in _TRANSFER_COLS.split(", "))
+    + ", d.kind AS decision_kind, p.reason AS parked_reason,"
     " w.reason AS wait_reason, w.not_before AS wait_not_before"
 )
 _FROM = (
@@ -310,8 +314,7 @@ def summarise(records: Sequence[TransferRecord], created_before: float) -> Unfin
 
 
 _RETURNING_RECORD = (
-    " RETURNING transfer_id, request, terms, state, reason, created_at, updated_at,"
-    " transactions, origin,"
+    f" RETURNING {_TRANSFER_COLS},"  # noqa: S608 (constant column names)
     " (SELECT kind FROM decisions WHERE transfer_id = ?),"
     " (SELECT reason FROM parked_transfers WHERE transfer_id = ?),"
     " (SELECT reason FROM flow_waits WHERE transfer_id = ?),"
