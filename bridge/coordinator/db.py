@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bridge.domain.errors import InvalidInput, PreconditionFailed, Unavailable
+from bridge.domain.errors import BridgeReason, InvalidInput, PreconditionFailed, Unavailable
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -87,9 +87,12 @@ class DatabaseInUse(PreconditionFailed):
 
 
 class DatabaseUnavailable(Unavailable):
-    """The PostgreSQL server cannot be reached or dropped the connection (UNAVAILABLE: the
-    call may be retried, here or on another coordinator). The transaction did not commit,
-    or (a failure at COMMIT) its outcome is unknown; every step is idempotent (ADR 0002)."""
+    """The PostgreSQL server cannot be reached or dropped the connection (UNAVAILABLE,
+    reason DATABASE_UNAVAILABLE: the call may be retried, here or on another coordinator,
+    and failing-over clients do move on). The transaction did not commit, or (a failure at
+    COMMIT) its outcome is unknown; every step is idempotent (ADR 0002)."""
+
+    kind = BridgeReason.DATABASE_UNAVAILABLE
 
 
 class DatabaseSettingRefused(InvalidInput):

@@ -43,6 +43,10 @@ class BridgeReason(enum.StrEnum):
     """A standby coordinator (or a deposed leader): call the leader (ErrorInfo ``leader``)."""
     UNKNOWN = "UNKNOWN"
     """A peer reported a reason outside both closed sets, or garbled details."""
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    """The coordinator cannot use its own database right now (the server is down, or it
+    ended the session); nothing was done, or a write's outcome is unknown. Unlike a ledger's
+    UNAVAILABLE, another coordinator may serve the call: clients fail over on it."""
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     """---- batchfix: a per-caller bound is reached (e.g. concurrent WatchBatch streams)."""
 

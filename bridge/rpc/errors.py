@@ -93,6 +93,7 @@ RETRYABLE_REASONS: frozenset[ErrorReason | BridgeReason] = frozenset(
         BridgeReason.INTERNAL,
         BridgeReason.NOT_LEADER,
         BridgeReason.UNKNOWN,
+        BridgeReason.DATABASE_UNAVAILABLE,
         BridgeReason.RESOURCE_EXHAUSTED,  # ---- batchfix: once the caller released one
     }
 )

@@ -51,18 +51,25 @@ def parse_targets(value: str | Sequence[str]) -> tuple[str, ...]:
     return targets
 
 
+FAILOVER_REASONS = frozenset(
+    {BridgeReason.NOT_LEADER, BridgeReason.DATABASE_UNAVAILABLE, BridgeReason.UNKNOWN}
+)
+"""Reasons (with a code of :data:`FAILOVER_CODES`) that say THIS coordinator cannot serve
+now: a standby, one whose database session the server ended, or no reason at all."""
+
+
 def should_fail_over(exc: BaseException) -> bool:
     """True for a failed call another coordinator may serve: UNAVAILABLE or a deadline
-    (the coordinator is down or hung: no bridge reason in the status) or NOT_LEADER. A
-    bridge-level refusal from the leader (a ledger unavailable, HALTED) is its answer and
-    is not failed over."""
+    (the coordinator is down or hung: no bridge reason in the status), NOT_LEADER, or
+    DATABASE_UNAVAILABLE (its database session broke: a standby, or the same coordinator
+    once it reconnects, serves the retry). A bridge-level refusal from the leader (a ledger
+    unavailable, HALTED) is its answer and is not failed over."""
     if not isinstance(exc, grpc.RpcError):
         return False
     call: Any = exc
     if call.code() not in FAILOVER_CODES:
         return False
-    reason = received_error(call.trailing_metadata()).reason
-    return reason in (BridgeReason.NOT_LEADER, BridgeReason.UNKNOWN)
+    return received_error(call.trailing_metadata()).reason in FAILOVER_REASONS
 
 
 def leader_hint(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,17 @@ import grpc
 import pytest
 
 from bridge.config import load_coordinator, load_relayer
+from bridge.coordinator.db import DatabaseUnavailable
 from bridge.coordinator.halts import Halted
 from bridge.domain.errors import InvalidInput, NotLeader, Unavailable
 from bridge.rpc.errors import DETAILS_KEY, received_error, status_details, status_for
-from bridge.rpc.failover import TargetRing, leader_hint, parse_targets, should_fail_over
+from bridge.rpc.failover import (
+    SyncFailover,
+    TargetRing,
+    leader_hint,
+    parse_targets,
+    should_fail_over,
+)
 from bridge.standby import StateInUse, StateLock
 from tests.unit.test_config import network_data, write
 
@@ -47,14 +55,58 @@ def test_not_leader_carries_the_leaders_address_and_is_retryable() -> None:
     assert leader_hint(call) == "10.0.0.2:50051" and should_fail_over(call)
 
 
-def test_only_transport_failures_and_not_leader_fail_over() -> None:
+def test_only_transport_failures_not_leader_and_a_broken_database_fail_over() -> None:
     assert should_fail_over(_Call(grpc.StatusCode.UNAVAILABLE))  # down: no details at all
     assert should_fail_over(_Call(grpc.StatusCode.DEADLINE_EXCEEDED))  # hung
+    # The coordinator's own database session broke (the server ended it): another
+    # coordinator, or this one once reconnected, serves the retry.
+    lost = _wire(DatabaseUnavailable("database coordinator unavailable: server closed"))
+    got = received_error(lost.trailing_metadata())  # type: ignore[arg-type]
+    assert lost.code() == grpc.StatusCode.UNAVAILABLE
+    assert (got.reason.value, got.retryable) == ("DATABASE_UNAVAILABLE", True)
+    assert should_fail_over(lost)
     # The leader's own answers are not failed over: a ledger unavailable, a halt.
     assert not should_fail_over(_wire(Unavailable("relayer of evm-b unreachable")))
     assert not should_fail_over(_wire(Halted("evm-b", "KR7005930003", "halted")))
     assert not should_fail_over(_Call(grpc.StatusCode.INVALID_ARGUMENT))
     assert not should_fail_over(ValueError("not an rpc error"))
+
+
+def test_a_watch_whose_coordinator_lost_its_database_resumes_on_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The e2e HA test's flake (stop 30): a WatchTransfer served by a coordinator whose
+    PostgreSQL session the server ended got DATABASE_UNAVAILABLE and the watch ended; it
+    now moves to the next address and resumes there, as after the coordinator's death."""
+    monkeypatch.setenv("KSTB_INSECURE_PLAINTEXT_FOR_DEVELOPMENT", "1")  # never dialled
+    failover = SyncFailover(["127.0.0.1:1", "127.0.0.1:2"], None, give_up_after=5.0)
+    served: list[str] = []
+
+    def watch(channel: object, progressed: Callable[[], None]) -> str:
+        served.append(failover.ring.current)
+        if len(served) == 1:
+            raise _wire(DatabaseUnavailable("database coordinator unavailable: closed"))
+        return "terminal"
+
+    try:
+        assert failover.follow(watch) == "terminal"
+        assert served == ["127.0.0.1:1", "127.0.0.1:2"]
+    finally:
+        failover.close()
+    # A ledger's UNAVAILABLE stays the leader's answer: raised at once, not failed over.
+    ledger_down = SyncFailover(["127.0.0.1:1", "127.0.0.1:2"], None, give_up_after=5.0)
+    tries: list[str] = []
+
+    def refused(channel: object, progressed: Callable[[], None]) -> str:
+        tries.append(ledger_down.ring.current)
+        raise _wire(Unavailable("relayer of evm-b unreachable"))
+
+    try:
+        with pytest.raises(grpc.RpcError):
+            ledger_down.follow(refused)
+        assert tries == ["127.0.0.1:1"]
+    finally:
+        ledger_down.close()
 
 
 def test_the_ring_follows_a_hint_only_to_a_configured_address() -> None:
