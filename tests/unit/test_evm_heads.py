@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bridge.ledgers.evm.heads import NewHeads
+from bridge.ledgers.evm.quantities import MAX_HEAD
 from bridge.ledgers.heads import HINT_GAP_S, HeadSubscription, HeadWatch
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
@@ -30,15 +31,17 @@ class FakeSocket:
     """One fake WebSocket session: answers eth_chainId and eth_subscribe, then yields what
     the test puts in ``inbox`` (an exception there is raised by recv)."""
 
-    def __init__(self, chain_id: int = 31337) -> None:
+    def __init__(self, chain_id: int = 31337, chain_answer: str | None = None) -> None:
         self.chain_id = chain_id
+        self.chain_answer = chain_answer  # eth_chainId's result as sent, when not hex(chain_id)
         self.inbox: asyncio.Queue[str | BaseException] = asyncio.Queue()
         self.closed = False
 
     async def send(self, message: str) -> None:
         req = json.loads(message)
         if req["method"] == "eth_chainId":
-            self.inbox.put_nowait(json.dumps({"id": req["id"], "result": hex(self.chain_id)}))
+            answer = self.chain_answer if self.chain_answer is not None else hex(self.chain_id)
+            self.inbox.put_nowait(json.dumps({"id": req["id"], "result": answer}))
         else:
             self.inbox.put_nowait(json.dumps({"id": req["id"], "result": "0xs"}))
 
@@ -231,6 +234,46 @@ async def test_wrong_chain_stops_subscription_for_good() -> None:
     await asyncio.wait_for(sub.run(), 2)  # returns: not retried
     assert connect.attempts == 1
     assert sub.sessions == 0 and not watch.pushed
+    await watch.close()
+
+
+@pytest.mark.parametrize(
+    ("number", "head"),
+    [
+        ("0x0b", 11),
+        ("0X0B", 11),
+        ("0x7fffffffffffffff", MAX_HEAD),
+        # Not JSON-RPC quantities, though int(x, 16) takes each of them: no head.
+        ("-0x5", None),
+        ("+0x5", None),
+        (" 0x5", None),
+        ("0x5 ", None),
+        ("0x_5", None),
+        ("0x0_5", None),
+        ("5", None),
+        ("0x", None),
+        ("0x0x5", None),
+        # Above any node's block numbering: a hint that would only ever wake a read.
+        ("0x8000000000000000", None),
+    ],
+)
+def test_a_pushed_number_is_a_head_only_as_a_strict_quantity(number: str, head: int | None) -> None:
+    message = {"params": {"subscription": "0xs", "result": {"number": number}}}
+    assert NewHeads(31337).head_of(message, "0xs") == head
+
+
+@pytest.mark.parametrize("answer", ["+0x7a69", " 0x7a69", "0x7a_69", "7a69", "0x"])
+async def test_a_chain_id_that_is_not_a_strict_quantity_stops_the_subscription(
+    answer: str,
+) -> None:
+    """31337 is 0x7a69; each answer here is 31337 to ``int(x, 16)`` (or an error), and none
+    is a JSON-RPC quantity: the node is not trusted to be the configured chain."""
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    connect = Connector(FakeSocket(chain_answer=answer), FakeSocket())
+    sub = HeadSubscription(connect, watch, NewHeads(31337), silence_s=5, min_backoff_s=0.01)
+    await asyncio.wait_for(sub.run(), 2)  # returns: not retried
+    assert (connect.attempts, sub.sessions, watch.pushed) == (1, 0, False)
     await watch.close()
 
 

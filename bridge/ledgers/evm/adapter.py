@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -79,6 +78,7 @@ from bridge.ledgers.evm.heads import NewHeads, websocket_connector
 from bridge.ledgers.evm.nonces import NonceManager
 from bridge.ledgers.evm.profiles import fee_fields, needs, profile_of
 from bridge.ledgers.evm.provider import SessionProvider
+from bridge.ledgers.evm.quantities import MAX_HEAD, quantity
 from bridge.ledgers.evm.reads import Batcher, FeeCache, FreshRead, read_at_block
 from bridge.ledgers.evm.revert import refusal
 from bridge.ledgers.evm.transport import EvmTransport, NodeConnectionRefused, check_node_trust
@@ -361,7 +361,7 @@ class EvmAdapter(StepTemplate):
         that is not a quantity, as for a node error: the head is read again."""
         answer = await self._read_raw("eth_blockNumber", ())
         try:
-            head = _quantity(answer)
+            head = quantity(answer)
             if head > MAX_HEAD:  # SECURITY: never a head that would stick (observe keeps
                 raise ValueError(f"a head beyond 2**63 - 1: {answer!r}"[:200])  # the highest)
         except ValueError as exc:
@@ -1356,7 +1356,7 @@ class EvmAdapter(StepTemplate):
             raw_logs = receipt["logs"]
             if not isinstance(raw_logs, list):
                 raise TypeError(f"logs are a {type(raw_logs).__name__}, not a list")
-            block, block_hash = _quantity(receipt["blockNumber"]), _data(receipt["blockHash"])
+            block, block_hash = quantity(receipt["blockNumber"]), _data(receipt["blockHash"])
             logs = sorted((_log_fields(log) for log in raw_logs), key=lambda lg: lg["logIndex"])
             # SECURITY: every log is this transaction's, in this block, in log order (a
             # batch's results take the last event of each leg; logs a node numbers alike
@@ -1367,7 +1367,7 @@ class EvmAdapter(StepTemplate):
                 for lg in logs
             ):
                 raise ValueError("a log of another transaction or block")
-            return {"blockNumber": block, "status": _quantity(receipt["status"]), "logs": logs}
+            return {"blockNumber": block, "status": quantity(receipt["status"]), "logs": logs}
         except (KeyError, TypeError, ValueError) as exc:
             raise Unavailable(
                 f"ledger {self.ledger}: malformed receipt for tx 0x{tx_hash.hex()}: {exc!r}"[:400]
@@ -1539,30 +1539,6 @@ class _NoEndpoint(Exception):
     """No code at the endpoint's address at the block read (mapped to NotFound)."""
 
 
-_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
-
-
-def _is_hex(digits: str, empty: bool = False) -> bool:
-    """Only hex digits (no sign, space or underscore, which ``int``/``fromhex`` accept)."""
-    return (empty or bool(digits)) and _HEX_DIGITS.fullmatch(digits) is not None
-
-
-MAX_HEAD = 2**63 - 1
-"""The highest block number a node's ``eth_blockNumber`` is believed (a node's own bound:
-geth and anvil number blocks in 64 bits). Above it the answer is Unavailable: a head is
-kept as the highest one seen, so one absurd answer would otherwise stand for good."""
-
-
-def _quantity(value: Any) -> int:
-    """A JSON-RPC quantity (``0x`` hex, or a non-negative int) as an int; ValueError for
-    anything else."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value[:2] in ("0x", "0X") and _is_hex(value[2:]):
-        return int(value[2:], 16)
-    raise ValueError(f"not a quantity: {value!r}"[:200])
-
-
 def _data(value: Any) -> bytes:
     """``0x`` hex (or bytes, as middleware may give it) as bytes; ValueError/TypeError for
     anything else."""
@@ -1600,8 +1576,8 @@ def _log_fields(log: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"an address is a {type(log['address']).__name__}, not text")
     return {
         "address": log["address"],
-        "blockNumber": _quantity(log["blockNumber"]),
-        "logIndex": _quantity(log["logIndex"]),
+        "blockNumber": quantity(log["blockNumber"]),
+        "logIndex": quantity(log["logIndex"]),
         "topics": topics,
         "data": _data(log["data"]),
         **hashes,

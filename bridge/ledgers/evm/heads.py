@@ -12,6 +12,7 @@ import json
 import ssl
 from typing import Any
 
+from bridge.ledgers.evm.quantities import MAX_HEAD, quantity
 from bridge.ledgers.heads import Connect, Socket, WrongChain, receive, reply
 
 __all__ = ["NewHeads", "websocket_connector"]
@@ -43,7 +44,7 @@ class NewHeads:
 
     Guarantees: no subscription on a node whose ``eth_chainId`` is another chain
     (:class:`~bridge.ledgers.heads.WrongChain`); only a message of this subscription with a
-    head object and a hex ``number`` is a head."""
+    head object and a strict hex ``number`` (at most MAX_HEAD) is a head."""
 
     def __init__(self, chain_id: int) -> None:
         self._chain_id = chain_id
@@ -51,7 +52,11 @@ class NewHeads:
     async def subscribe(self, ws: Socket, limit_s: float) -> object:
         """Check ``eth_chainId``, then ``eth_subscribe("newHeads")``: its subscription id."""
         await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}))
-        chain = int(str(reply(await receive(ws, limit_s), 1)), 16)
+        answer = reply(await receive(ws, limit_s), 1)
+        try:
+            chain = quantity(answer)
+        except ValueError:
+            raise WrongChain(f"ws endpoint answered eth_chainId {answer!r}"[:200]) from None
         if chain != self._chain_id:
             raise WrongChain(f"ws endpoint serves chain {chain}, not {self._chain_id}")
         await ws.send(
@@ -67,12 +72,15 @@ class NewHeads:
         if not isinstance(params, dict) or params.get("subscription") != subscription:
             return None
         result = params.get("result")
-        # SECURITY: the node's message is untrusted: anything but a head object with a hex
-        # number is ignored, never a crash of the subscription.
+        # SECURITY: the node's message is untrusted: anything but a head object whose number
+        # is a JSON-RPC quantity (strictly ``0x`` hex: no sign, space or underscore, which
+        # ``int(x, 16)`` takes) no higher than MAX_HEAD is ignored, never a crash of the
+        # subscription. Even a valid one is only a hint (it wakes an ordinary head read).
         number = result.get("number") if isinstance(result, dict) else None
         if not isinstance(number, str):
             return None
         try:
-            return int(number, 16)
+            head = quantity(number)
         except ValueError:
             return None
+        return head if head <= MAX_HEAD else None
