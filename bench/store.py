@@ -17,6 +17,11 @@ periodic passes read of them (issue 14): ``unfinished()`` (every record, parsed:
 driver sweep and the metrics refresh read before), ``unfinished_ids()`` (the sweep now) and
 ``unfinished_summary()`` (the metrics refresh now), as process CPU milliseconds per call.
 
+``--batches N`` then records N batches of ``--batch-items`` new transfers with
+``create_many`` (what a ``SubmitTransfers`` call's admission writes, one transaction per
+batch), one batch after the other, and reports records/s and the process CPU (all threads)
+per record.
+
 Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
 machine (CPU count and model, kernel). ``--json PATH`` writes every figure.
 """
@@ -142,6 +147,22 @@ async def time_unfinished(store: SqlTransferStore, count: int) -> dict[str, floa
     return out
 
 
+async def time_create_many(store: SqlTransferStore, batches: int, items: int) -> dict[str, float]:
+    """Record ``batches`` batches of ``items`` new transfers, one ``create_many`` each, one
+    after the other: records per second and process CPU microseconds per record."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in range(batches):
+        page = [transfer(20_000_000 + b * items + n) for n in range(items)]
+        outcomes = await store.create_many(page)
+        assert all(o == (r, True) for o, r in zip(outcomes, page, strict=True))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = batches * items
+    return {
+        "create_many_records_per_s": n / wall if wall else 0.0,
+        "create_many_cpu_us_per_record": cpu / n * 1e6 if n else 0.0,
+    }
+
+
 async def run_engine(
     db: Database,
     transfers: int,
@@ -149,6 +170,8 @@ async def run_engine(
     records: int,
     reads: int = 0,
     unfinished: int = 0,
+    batches: int = 0,
+    batch_items: int = 50,
 ) -> dict[str, float]:
     """The workload on ``db``; figures in operations per second (reads: see read_records)."""
     store, supply = SqlTransferStore(db), SqlSupplyStore(db)
@@ -172,6 +195,7 @@ async def run_engine(
         previous = rec.digest
     t_records = time.perf_counter() - t0
     sweep = await time_unfinished(store, unfinished) if unfinished else {}
+    created = await time_create_many(store, batches, batch_items) if batches else {}
     store.close()
     supply.close()
     return (
@@ -183,6 +207,7 @@ async def run_engine(
         }
         | read_figures
         | sweep
+        | created
     )
 
 
@@ -215,19 +240,44 @@ def main() -> None:
         default=0,
         help="then leave N transfers unfinished and time the periodic reads of them",
     )
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=0,
+        help="then record N batches of --batch-items new transfers with create_many",
+    )
+    p.add_argument("--batch-items", type=int, default=50)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
     with tempfile.TemporaryDirectory(prefix="kstb-bench-store-") as tmp:
         sqlite_db = open_database(Path(tmp) / "coordinator.sqlite")
         out["sqlite"] = asyncio.run(
-            run_engine(sqlite_db, a.transfers, a.concurrency, a.records, a.reads, a.unfinished)
+            run_engine(
+                sqlite_db,
+                a.transfers,
+                a.concurrency,
+                a.records,
+                a.reads,
+                a.unfinished,
+                a.batches,
+                a.batch_items,
+            )
         )
         cluster = start_cluster(Path(tmp) / "pg")
         try:
             pg_db = open_database(cluster.create_database("bench"))
             out["postgres"] = asyncio.run(
-                run_engine(pg_db, a.transfers, a.concurrency, a.records, a.reads, a.unfinished)
+                run_engine(
+                    pg_db,
+                    a.transfers,
+                    a.concurrency,
+                    a.records,
+                    a.reads,
+                    a.unfinished,
+                    a.batches,
+                    a.batch_items,
+                )
             )
         finally:
             cluster.stop()
@@ -248,6 +298,9 @@ def main() -> None:
                   f" unfinished() {f['unfinished_cpu_ms']:.1f},"
                   f" unfinished_ids() {f['unfinished_ids_cpu_ms']:.1f},"
                   f" unfinished_summary() {f['unfinished_summary_cpu_ms']:.1f}")  # fmt: skip
+        if a.batches:
+            print(f"{'':9s} create_many of {a.batch_items}: {f['create_many_records_per_s']:8.0f}"
+                  f" records/s ({f['create_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
     r = out["ratio_postgres_over_sqlite"]
     print(f"ratio pg/sqlite: transfers {r['transfers_per_s']:.2f}x,"
           f" feed appends {r['feed_appends_per_s']:.2f}x")  # fmt: skip

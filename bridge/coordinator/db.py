@@ -87,10 +87,12 @@ class DatabaseInUse(PreconditionFailed):
 
 
 class DatabaseUnavailable(Unavailable):
-    """The PostgreSQL server cannot be reached or dropped the connection (UNAVAILABLE,
-    reason DATABASE_UNAVAILABLE: the call may be retried, here or on another coordinator,
-    and failing-over clients do move on). The transaction did not commit, or (a failure at
-    COMMIT) its outcome is unknown; every step is idempotent (ADR 0002)."""
+    """The database cannot serve the call now: the PostgreSQL server cannot be reached or
+    dropped the connection, a statement timed out, deadlocked or failed serialization, or
+    SQLite stayed busy (UNAVAILABLE, reason DATABASE_UNAVAILABLE: the call may be retried,
+    here or on another coordinator, and failing-over clients do move on). The transaction
+    did not commit, or (a failure at COMMIT) its outcome is unknown; every step is
+    idempotent (ADR 0002)."""
 
     kind = BridgeReason.DATABASE_UNAVAILABLE
 
@@ -148,6 +150,26 @@ class Conn:
             self._cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])
             return
         self._raw.executemany(sql, [tuple(r) for r in rows])
+
+    def execute_each(self, sql: str, rows: Sequence[Sequence[object]]) -> list[list[Any]]:
+        """Run one statement (with ``?`` placeholders and a ``RETURNING`` clause) once per
+        row of ``rows``, in order: per row, the rows its statement returned. PostgreSQL:
+        pipelined, one round trip for all of them; SQLite: one after the other (in
+        process). Nothing when there is no row."""
+        if not rows:
+            return []
+        if self.dialect is Dialect.POSTGRES:
+            cur = self._cursor
+            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows], returning=True)
+            out: list[list[Any]] = []
+            while True:
+                out.append(cur.fetchall())
+                if not cur.nextset():
+                    break
+            if len(out) != len(rows):  # psycopg gives one result set per row run
+                raise RuntimeError(f"{len(out)} results for {len(rows)} rows")
+            return out
+        return [self._raw.execute(sql, tuple(r)).fetchall() for r in rows]
 
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of top-level ``key`` of the JSON object in ``column``."""

@@ -421,40 +421,90 @@ def _certificate_from_json(c: Mapping[str, Any]) -> LedgerCertificate:
     raise ValueError(f"unknown certificate type {kind!r} in a stored decision")
 
 
-def _create(db: Conn, record: TransferRecord) -> tuple[TransferRecord | None, bool]:
-    """Insert ``record`` unless its key (or its transfer id) is taken; the row stored under
-    its key (None: the id is taken under another key) and whether it was inserted."""
-    r = record.request
-    cur = db.execute(
+def _create_many(
+    db: Conn, records: Sequence[TransferRecord]
+) -> list[tuple[TransferRecord | None, bool]]:
+    """Insert each of ``records``, in order, unless its key (or its transfer id) is taken by
+    then (an earlier record of the same call included); per record, the row stored under
+    its key (None: the id is taken under another key) and whether it was inserted.
+
+    On PostgreSQL three round trips whatever the count (the inserts pipelined, their
+    history entries pipelined, one read of the stored rows per source ledger and 500 keys),
+    where each record took three; SQLite runs one insert per record and the rest as one
+    statement each, in process. The inserts run one per record in record order, so the
+    store sequence (``seq``) follows it as before; ``RETURNING`` says which ones inserted,
+    and each record is answered as an insert and read of its own, in order, would have
+    answered it."""
+    inserted = db.execute_each(
         "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"
         " security, state, reason, created_at, updated_at, origin, source_ledger)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-        (
-            record.transfer_id,
-            r.idempotency_key,
-            json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
-            _terms_json(record.terms, record.instruction),
-            r.security,
-            int(record.state),
-            record.reason,
-            record.created_at,
-            record.updated_at,
-            record.origin.value,
-            r.source_ledger,
-        ),
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq",
+        [
+            (
+                record.transfer_id,
+                record.request.idempotency_key,
+                json.dumps(
+                    {f: getattr(record.request, f) for f in TransferRequest.__dataclass_fields__}
+                ),
+                _terms_json(record.terms, record.instruction),
+                record.request.security,
+                int(record.state),
+                record.reason,
+                record.created_at,
+                record.updated_at,
+                record.origin.value,
+                record.request.source_ledger,
+            )
+            for record in records
+        ],
     )
-    created = cur.rowcount == 1
-    if created:
-        db.execute(
-            "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
-            (record.transfer_id, int(record.state), "accepted", record.created_at),
-        )
-    row = db.execute(
-        f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
-        " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
-        (r.source_ledger, r.idempotency_key),
-    ).fetchone()
-    return _record(row), created
+    created = [len(rows) == 1 for rows in inserted]
+    # The first record of this call that inserted under each key: a record not inserted
+    # before it found its key free (its transfer id was taken: a Conflict), as one insert
+    # and read per record found it; a record after it, or a key stored before the call,
+    # gets the stored record.
+    claimed: dict[tuple[str, str], int] = {}
+    for i, (record, new) in enumerate(zip(records, created, strict=True)):
+        if new:
+            claimed.setdefault((record.request.source_ledger, record.request.idempotency_key), i)
+    db.executemany(
+        "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
+        [
+            (record.transfer_id, int(record.state), "accepted", record.created_at)
+            for record, new in zip(records, created, strict=True)
+            if new
+        ],
+    )
+    keys = [(r.request.source_ledger, r.request.idempotency_key) for r in records]
+    stored = _by_keys(db, keys)
+    return [
+        (None if claimed.get(key, -1) > i else stored.get(key), new)
+        for i, (key, new) in enumerate(zip(keys, created, strict=True))
+    ]
+
+
+def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
+    """The stored records under ``keys`` ((source ledger, idempotency key)), by key; a key
+    with no record is absent. One statement per source ledger and 500 keys, each an
+    index lookup on the ``(source_ledger, idempotency_key)`` key."""
+    by_ledger: dict[str, list[str]] = {}
+    for ledger, key in dict.fromkeys(keys):
+        by_ledger.setdefault(ledger, []).append(key)
+    out: dict[tuple[str, str], TransferRecord] = {}
+    for ledger, ledger_keys in by_ledger.items():
+        for start in range(0, len(ledger_keys), 500):
+            page = ledger_keys[start : start + 500]
+            marks = ",".join("?" for _ in page)
+            rows = db.execute(
+                f"SELECT {_COLS}, t.idempotency_key FROM {_FROM}"  # noqa: S608 (marks only)
+                f" WHERE t.source_ledger = ? AND t.idempotency_key IN ({marks})",
+                [ledger, *page],
+            ).fetchall()
+            for row in rows:
+                record = _record(tuple(row[:-1]))
+                if record is not None:
+                    out[(ledger, str(row[-1]))] = record
+    return out
 
 
 class SqlTransferStore:
@@ -483,7 +533,7 @@ class SqlTransferStore:
         """See TransferStore.create_many."""
 
         def run(db: Conn) -> list[tuple[TransferRecord | None, bool]]:
-            return [_create(db, record) for record in records]
+            return _create_many(db, records)
 
         rows = await self._db.write(run) if records else []
         out: list[tuple[TransferRecord, bool] | Conflict] = []

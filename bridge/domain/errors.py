@@ -44,9 +44,11 @@ class BridgeReason(enum.StrEnum):
     UNKNOWN = "UNKNOWN"
     """A peer reported a reason outside both closed sets, or garbled details."""
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
-    """The coordinator cannot use its own database right now (the server is down, or it
-    ended the session); nothing was done, or a write's outcome is unknown. Unlike a ledger's
-    UNAVAILABLE, another coordinator may serve the call: clients fail over on it."""
+    """The coordinator's own database cannot serve the call right now (unreachable, the
+    session ended, SQLite busy, a statement timeout, a deadlock or serialization failure);
+    nothing was done, or a write's outcome is unknown. Unlike a ledger's UNAVAILABLE, the
+    fault is this coordinator's: failing-over clients try the next one (a standby answers
+    NOT_LEADER naming the leader, which is then tried again after the backoff)."""
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     """---- batchfix: a per-caller bound is reached (e.g. concurrent WatchBatch streams)."""
 

@@ -55,15 +55,16 @@ FAILOVER_REASONS = frozenset(
     {BridgeReason.NOT_LEADER, BridgeReason.DATABASE_UNAVAILABLE, BridgeReason.UNKNOWN}
 )
 """Reasons (with a code of :data:`FAILOVER_CODES`) that say THIS coordinator cannot serve
-now: a standby, one whose database session the server ended, or no reason at all."""
+now: a standby, one whose database failed the call, or no reason at all."""
 
 
 def should_fail_over(exc: BaseException) -> bool:
     """True for a failed call another coordinator may serve: UNAVAILABLE or a deadline
     (the coordinator is down or hung: no bridge reason in the status), NOT_LEADER, or
-    DATABASE_UNAVAILABLE (its database session broke: a standby, or the same coordinator
-    once it reconnects, serves the retry). A bridge-level refusal from the leader (a ledger
-    unavailable, HALTED) is its answer and is not failed over."""
+    DATABASE_UNAVAILABLE (this coordinator's database failed the call: the next address is
+    tried, and a standby there answers NOT_LEADER naming the leader, tried again after the
+    backoff, by then reconnected or replaced). A bridge-level refusal from the leader (a
+    ledger unavailable, HALTED) is its answer and is not failed over."""
     if not isinstance(exc, grpc.RpcError):
         return False
     call: Any = exc

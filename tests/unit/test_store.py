@@ -669,3 +669,59 @@ def test_set_state_s_returning_clause_reads_each_table_by_its_key(tmp_path: Path
     steps = [str(row[3]) for row in plan]
     assert not [s for s in steps if s.startswith("SCAN")], steps
     assert sum(s.startswith("SEARCH") for s in steps) == 5, steps
+
+
+@pytest.mark.batch
+async def test_create_many_gives_a_key_repeated_in_one_call_its_first_record(
+    store: SqlTransferStore,
+) -> None:
+    """The inserts of one call run in record order: a key given twice is created by its
+    first record and the second gets that stored record (not created), as two calls would;
+    the same transfer id twice under two keys is the second key's Conflict."""
+    a = make_record(1, key="dup")
+    b = make_record(2, key="dup")  # the same key, another transfer
+    c = dataclasses.replace(a, request=dataclasses.replace(a.request, idempotency_key="other"))
+    outcomes = await store.create_many([a, b, c])
+    assert outcomes[0] == (a, True)
+    assert outcomes[1] == (a, False)
+    assert isinstance(outcomes[2], Conflict)
+    assert await store.get(b.transfer_id) is None
+    assert [h.detail for h in await store.history(a.transfer_id, 0)] == ["accepted"]
+
+
+@pytest.mark.batch
+async def test_create_many_answers_a_key_taken_later_in_the_call_as_free_then(
+    store: SqlTransferStore,
+) -> None:
+    """Review helper-93: the stored rows are read after every insert, yet each record is
+    answered as its own insert and read would have answered it. Here r1's key K is free
+    when r1 is inserted (its transfer id is r0's: nothing inserted, a Conflict), and r2
+    takes K afterwards: r1 is still the Conflict, not r2's record."""
+    r0 = make_record(1, key="k0")
+    r1 = dataclasses.replace(r0, request=dataclasses.replace(r0.request, idempotency_key="k"))
+    r2 = make_record(2, key="k")
+    outcomes = await store.create_many([r0, r1, r2])
+    assert outcomes[0] == (r0, True)
+    assert isinstance(outcomes[1], Conflict)
+    assert outcomes[2] == (r2, True)
+    assert await store.get_by_key("brokerage-a", "k") == r2
+
+
+def test_records_read_by_keys_use_the_key_index(tmp_path: Path) -> None:
+    """create_many reads its stored records back with one ``IN`` over the keys of a source
+    ledger: an index search on (source_ledger, idempotency_key), never a scan."""
+    from bridge.coordinator.store import _COLS, _FROM
+
+    db = open_database(tmp_path / "plan.db")
+    try:
+        plan = db.run_sync(
+            lambda c: c.execute(
+                f"EXPLAIN QUERY PLAN SELECT {_COLS}, t.idempotency_key FROM {_FROM}"
+                " WHERE t.source_ledger = ? AND t.idempotency_key IN (?,?,?)",
+                ("brokerage-a", "k1", "k2", "k3"),
+            ).fetchall()
+        )
+    finally:
+        db.close()
+    steps = [str(row[3]) for row in plan]
+    assert not [s for s in steps if s.startswith("SCAN")], steps
