@@ -142,34 +142,24 @@ class Conn:
         return result
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        """Run one statement with ``?`` placeholders once per row of ``rows`` (PostgreSQL:
-        pipelined, one round trip for all of them); nothing when there is no row."""
+        """Run one statement with ``?`` placeholders once per row of ``rows``, in order;
+        nothing when there is no row. PostgreSQL: one statement after the other, NEVER
+        pipelined.
+
+        SECURITY (HA): psycopg's ``executemany`` pipelines its statements, and a process
+        frozen (SIGSTOP, a hung host) between a pipeline's statements leaves its server
+        session waiting for the pipeline's Sync, a state in which neither
+        ``statement_timeout`` nor ``idle_in_transaction_session_timeout`` ends it: the
+        transaction's locks (the lease row's ``FOR KEY SHARE``) then held every takeover
+        back until the frozen process died (``tests/e2e/test_ha.py``). Batched writes are
+        single statements over many rows instead (:func:`values_rows`)."""
         if not rows:
             return
         if self.dialect is Dialect.POSTGRES:
-            self._cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+            for r in rows:
+                self._cursor.execute(_pg_sql(sql), tuple(r))
             return
         self._raw.executemany(sql, [tuple(r) for r in rows])
-
-    def execute_each(self, sql: str, rows: Sequence[Sequence[object]]) -> list[list[Any]]:
-        """Run one statement (with ``?`` placeholders and a ``RETURNING`` clause) once per
-        row of ``rows``, in order: per row, the rows its statement returned. PostgreSQL:
-        pipelined, one round trip for all of them; SQLite: one after the other (in
-        process). Nothing when there is no row."""
-        if not rows:
-            return []
-        if self.dialect is Dialect.POSTGRES:
-            cur = self._cursor
-            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows], returning=True)
-            out: list[list[Any]] = []
-            while True:
-                out.append(cur.fetchall())
-                if not cur.nextset():
-                    break
-            if len(out) != len(rows):  # psycopg gives one result set per row run
-                raise RuntimeError(f"{len(out)} results for {len(rows)} rows")
-            return out
-        return [self._raw.execute(sql, tuple(r)).fetchall() for r in rows]
 
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of top-level ``key`` of the JSON object in ``column``."""
@@ -187,6 +177,20 @@ class Conn:
         """`` FOR UPDATE`` on PostgreSQL (row lock until commit); SQLite's write
         transactions (BEGIN IMMEDIATE) already exclude every other writer."""
         return " FOR UPDATE" if self.dialect is Dialect.POSTGRES else ""
+
+
+MAX_ROWS_PER_STATEMENT = 500
+"""Most rows one multi-row statement carries (:func:`values_rows`): 500 rows of up to 11
+values stay far below both engines' bound on parameters (SQLite 32,766; PostgreSQL 65,535)."""
+
+
+def values_rows(columns: int, rows: int) -> str:
+    """``(?,?,...),(?,?,...)``: the placeholders of ``rows`` rows of ``columns`` values,
+    for a multi-row ``VALUES`` (constant text: only placeholders, never a value)."""
+    if columns < 1 or not 1 <= rows <= MAX_ROWS_PER_STATEMENT:
+        raise ValueError(f"{rows} rows of {columns} values")
+    one = "(" + ",".join("?" * columns) + ")"
+    return ",".join([one] * rows)
 
 
 @functools.lru_cache(maxsize=1024)

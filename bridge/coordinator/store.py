@@ -11,7 +11,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridge.coordinator.db import Conn, Database, as_database
+from bridge.coordinator.db import (
+    MAX_ROWS_PER_STATEMENT,
+    Conn,
+    Database,
+    as_database,
+    values_rows,
+)
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
@@ -428,54 +434,63 @@ def _create_many(
     then (an earlier record of the same call included); per record, the row stored under
     its key (None: the id is taken under another key) and whether it was inserted.
 
-    On PostgreSQL three round trips whatever the count (the inserts pipelined, their
-    history entries pipelined, one read of the stored rows per source ledger and 500 keys),
-    where each record took three; SQLite runs one insert per record and the rest as one
-    statement each, in process. The inserts run one per record in record order, so the
-    store sequence (``seq``) follows it as before; ``RETURNING`` says which ones inserted,
-    and each record is answered as an insert and read of its own, in order, would have
-    answered it."""
-    inserted = db.execute_each(
-        "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"
-        " security, state, reason, created_at, updated_at, origin, source_ledger)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq",
-        [
-            (
+    One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 500 records (rows are
+    inserted in ``VALUES`` order, so the store sequence ``seq`` follows the records as
+    before), one multi-row insert of their history entries, one read of the stored rows
+    per source ledger and 500 keys: three statements for a batch where each record took
+    three. No pipeline (see :meth:`Conn.executemany`). Each record is answered as an insert
+    and read of its own, in order, would have answered it."""
+    inserted: dict[tuple[str, str], bytes] = {}  # key -> the transfer id inserted under it
+    for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
+        page = records[start : start + MAX_ROWS_PER_STATEMENT]
+        args: list[object] = []
+        for record in page:
+            r = record.request
+            args += [
                 record.transfer_id,
-                record.request.idempotency_key,
-                json.dumps(
-                    {f: getattr(record.request, f) for f in TransferRequest.__dataclass_fields__}
-                ),
+                r.idempotency_key,
+                json.dumps({f: getattr(r, f) for f in TransferRequest.__dataclass_fields__}),
                 _terms_json(record.terms, record.instruction),
-                record.request.security,
+                r.security,
                 int(record.state),
                 record.reason,
                 record.created_at,
                 record.updated_at,
                 record.origin.value,
-                record.request.source_ledger,
-            )
-            for record in records
-        ],
-    )
-    created = [len(rows) == 1 for rows in inserted]
-    # The first record of this call that inserted under each key: a record not inserted
-    # before it found its key free (its transfer id was taken: a Conflict), as one insert
-    # and read per record found it; a record after it, or a key stored before the call,
-    # gets the stored record.
-    claimed: dict[tuple[str, str], int] = {}
-    for i, (record, new) in enumerate(zip(records, created, strict=True)):
-        if new:
-            claimed.setdefault((record.request.source_ledger, record.request.idempotency_key), i)
-    db.executemany(
-        "INSERT INTO transfer_updates VALUES (?, 1, ?, ?, ?)",
-        [
-            (record.transfer_id, int(record.state), "accepted", record.created_at)
-            for record, new in zip(records, created, strict=True)
-            if new
-        ],
-    )
+                r.source_ledger,
+            ]
+        rows = db.execute(
+            "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"  # noqa: S608
+            " security, state, reason, created_at, updated_at, origin, source_ledger)"
+            f" VALUES {values_rows(11, len(page))} ON CONFLICT DO NOTHING"
+            " RETURNING transfer_id, source_ledger, idempotency_key",
+            args,
+        ).fetchall()
+        inserted |= {(str(row[1]), str(row[2])): bytes(row[0]) for row in rows}
+    # The record that inserted under each key is the first one with that key and the
+    # inserted transfer id; a record before it found the key free (its transfer id was
+    # taken: a Conflict), one after it, or a key stored before the call, gets the stored
+    # record.
     keys = [(r.request.source_ledger, r.request.idempotency_key) for r in records]
+    claimed: dict[tuple[str, str], int] = {}
+    created: list[bool] = []
+    for i, (record, key) in enumerate(zip(records, keys, strict=True)):
+        new = inserted.get(key) == record.transfer_id and key not in claimed
+        if new:
+            claimed[key] = i
+        created.append(new)
+    history = [
+        (record.transfer_id, int(record.state), "accepted", record.created_at)
+        for record, new in zip(records, created, strict=True)
+        if new
+    ]
+    for start in range(0, len(history), MAX_ROWS_PER_STATEMENT):
+        page_rows = history[start : start + MAX_ROWS_PER_STATEMENT]
+        db.execute(
+            "INSERT INTO transfer_updates (transfer_id, state, detail, at, sequence)"  # noqa: S608
+            f" VALUES {values_rows(5, len(page_rows))}",
+            [v for row in page_rows for v in (*row, 1)],
+        )
     stored = _by_keys(db, keys)
     return [
         (None if claimed.get(key, -1) > i else stored.get(key), new)
@@ -751,8 +766,8 @@ class SqlTransferStore:
 
         def run(db: Conn) -> None:
             # Every row read (and locked) at once, per page of 500 ids, and every changed
-            # one written in one executemany: two statements per page of a batch, not two
-            # per item (PostgreSQL pipelines the updates: one round trip).
+            # one written by one UPDATE per page: two statements per page of a batch, not
+            # two per item.
             ids = list(dict.fromkeys(tid for tid, _, _ in steps))
             current: dict[bytes, dict[str, str]] = {}
             for start in range(0, len(ids), 500):
@@ -771,10 +786,21 @@ class SqlTransferStore:
                 if current[transfer_id].get(step) != tx_id:
                     current[transfer_id][step] = tx_id
                     changed[transfer_id] = None
-            db.executemany(
-                "UPDATE transfers SET transactions = ? WHERE transfer_id = ?",
-                [(json.dumps(current[tid], sort_keys=True), tid) for tid in changed],
-            )
+            # One UPDATE per 500 changed rows (a CASE over their ids), never a pipeline
+            # (see Conn.executemany).
+            changed_ids = list(changed)
+            for start in range(0, len(changed_ids), MAX_ROWS_PER_STATEMENT):
+                page = changed_ids[start : start + MAX_ROWS_PER_STATEMENT]
+                cases = " ".join("WHEN ? THEN ?" for _ in page)
+                marks = ",".join("?" for _ in page)
+                args: list[object] = []
+                for tid in page:
+                    args += [tid, json.dumps(current[tid], sort_keys=True)]
+                db.execute(
+                    f"UPDATE transfers SET transactions = CASE transfer_id {cases} END"  # noqa: S608
+                    f" WHERE transfer_id IN ({marks})",
+                    [*args, *page],
+                )
 
         await self._db.write(run)
 

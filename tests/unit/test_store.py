@@ -725,3 +725,38 @@ def test_records_read_by_keys_use_the_key_index(tmp_path: Path) -> None:
         db.close()
     steps = [str(row[3]) for row in plan]
     assert not [s for s in steps if s.startswith("SCAN")], steps
+
+
+@pytest.mark.postgres
+@pytest.mark.ha
+async def test_postgres_store_writes_never_open_a_pipeline(
+    fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader frozen between a pipeline's statements left its session waiting for the
+    pipeline's Sync, where neither statement_timeout nor idle_in_transaction_session_timeout
+    ends it, so its lease-row lock held every takeover back until the process died
+    (tests/e2e/test_ha.py, with create_many pipelined). Every batched write is a plain
+    multi-row statement: a pipeline opened anywhere in these writes fails the test. The
+    records span two statements (600 > 500 rows) and keep their order in the store."""
+    import psycopg
+
+    def no_pipeline(*_: object, **__: object) -> object:
+        raise AssertionError("a store write opened a psycopg pipeline")
+
+    # executemany opens its pipeline through _pipeline_nolock (psycopg 3.3), the public
+    # pipeline() through the same: both refused.
+    monkeypatch.setattr(psycopg.Connection, "pipeline", no_pipeline)
+    monkeypatch.setattr(psycopg.Connection, "_pipeline_nolock", no_pipeline)
+    store = SqlTransferStore(open_database(fresh_pg_url))
+    try:
+        records = [make_record(n, key=f"p-{n:04d}") for n in range(1, 601)]
+        outcomes = await store.create_many(records)
+        assert outcomes == [(r, True) for r in records]
+        await store.add_transactions([(r.transfer_id, "lock", "0x01") for r in records])
+        await store.set_state(records[0].transfer_id, TransferState.SOURCE_LOCKED, "x", "y")
+        listed, _ = await store.list_transfers(None, None, 600, 0)
+        assert [r.request.idempotency_key for r in listed] == [f"p-{n:04d}" for n in range(1, 601)]
+        got = await store.get_many([r.transfer_id for r in records])
+        assert all(dict(g.transactions) == {"lock": "0x01"} for g in got.values())
+    finally:
+        store.close()
