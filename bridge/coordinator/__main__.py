@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,12 @@ from bridge.config_errors import ConfigError
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
-from bridge.coordinator.db import Database, DatabaseInUse, open_database
+from bridge.coordinator.db import (
+    Database,
+    DatabaseInUse,
+    coordinator_session_name,
+    open_database,
+)
 from bridge.coordinator.depository_service import DepositoryServicer
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
@@ -106,7 +112,12 @@ async def run(config_path: Path) -> None:
     # claim_shared takes it in shared mode: several HA coordinators share the database
     # under the fenced lease (ADR 0017), never beside a coordinator without [ha].
     password = _database_password(cfg.database_password_file)
-    db = open_database(cfg.database, password, exclusive=True)
+    # Every PostgreSQL session of this process is named after its lease instance, so a
+    # standby can end them should this process freeze holding the lease row (ADR 0017).
+    instance = secrets.token_hex(8)
+    db = open_database(
+        cfg.database, password, exclusive=True, session_name=coordinator_session_name(instance)
+    )
     try:
         if cfg.ha is None:
             db.claim_exclusive()  # SECURITY: one coordinator per database (review 2 finding 4)
@@ -122,7 +133,7 @@ async def run(config_path: Path) -> None:
     # (renewals never queue behind store calls or status reads, and a store write never
     # holds a lock a renewal waits for: HA review findings 2, 7); standbys refuse calls
     # with NOT_LEADER.
-    ha = _HaParts(cfg.ha, cfg.database, password, obs, db) if cfg.ha is not None else None
+    ha = _HaParts(cfg.ha, cfg.database, password, obs, db, instance) if cfg.ha is not None else None
     store = SqlTransferStore(db)
 
     async def transfer_ledgers(tid: bytes) -> tuple[str, str] | None:
@@ -344,9 +355,10 @@ class _HaParts:
         password: str | None,
         obs: DaemonObservability,
         status_db: Database,
+        instance: str,
     ) -> None:
         self.name = ha.name
-        self.db = open_database(database, password)
+        self.db = open_database(database, password, session_name=coordinator_session_name(instance))
         self.status_db = status_db
         """Where GetClusterStatus reads (the stores' connection): never the lease's, so a
         monitoring poll cannot delay a renewal (HA review finding 7)."""
@@ -359,6 +371,7 @@ class _HaParts:
             ha.advertise,
             timeout=timing.renew_interval / 2,
             write_timeout=timing.hold_for,
+            instance=instance,
         )
         self.keeper = LeaseKeeper(lease, timing, on_change=metrics.observe)
         self.active = False

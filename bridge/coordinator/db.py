@@ -141,26 +141,6 @@ class Conn:
         result: Cursor = self._raw.execute(sql, tuple(args))
         return result
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        """Run one statement with ``?`` placeholders once per row of ``rows``, in order;
-        nothing when there is no row. PostgreSQL: one statement after the other, NEVER
-        pipelined.
-
-        SECURITY (HA): psycopg's ``executemany`` pipelines its statements, and a process
-        frozen (SIGSTOP, a hung host) between a pipeline's statements leaves its server
-        session waiting for the pipeline's Sync, a state in which neither
-        ``statement_timeout`` nor ``idle_in_transaction_session_timeout`` ends it: the
-        transaction's locks (the lease row's ``FOR KEY SHARE``) then held every takeover
-        back until the frozen process died (``tests/e2e/test_ha.py``). Batched writes are
-        single statements over many rows instead (:func:`values_rows`)."""
-        if not rows:
-            return
-        if self.dialect is Dialect.POSTGRES:
-            for r in rows:
-                self._cursor.execute(_pg_sql(sql), tuple(r))
-            return
-        self._raw.executemany(sql, [tuple(r) for r in rows])
-
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of top-level ``key`` of the JSON object in ``column``."""
         if self.dialect is Dialect.POSTGRES:
@@ -181,12 +161,23 @@ class Conn:
 
 MAX_ROWS_PER_STATEMENT = 500
 """Most rows one multi-row statement carries (:func:`values_rows`): 500 rows of up to 11
-values stay far below both engines' bound on parameters (SQLite 32,766; PostgreSQL 65,535)."""
+values stay below both engines' bound on parameters (PostgreSQL 65,535; SQLite 32,766 since
+3.32, the version bundled here is 3.40)."""
 
 
 def values_rows(columns: int, rows: int) -> str:
     """``(?,?,...),(?,?,...)``: the placeholders of ``rows`` rows of ``columns`` values,
-    for a multi-row ``VALUES`` (constant text: only placeholders, never a value)."""
+    for a multi-row ``VALUES`` (constant text: only placeholders, never a value).
+
+    SECURITY (HA): batched store writes are such single statements, never psycopg's
+    ``executemany``, which pipelines its statements: a process frozen (SIGSTOP, a hung
+    host) between a pipeline's statements leaves its server session waiting for the
+    pipeline's Sync, where neither ``statement_timeout`` nor
+    ``idle_in_transaction_session_timeout`` ends it, and the transaction's locks (the lease
+    row's ``FOR KEY SHARE``) held every takeover back until the frozen process died
+    (``tests/e2e/test_ha.py``). A process frozen part-way through sending one large
+    statement is not timed out either: the takeover ends such a term's sessions
+    (``Lease.end_stale_term``, ADR 0017)."""
     if columns < 1 or not 1 <= rows <= MAX_ROWS_PER_STATEMENT:
         raise ValueError(f"{rows} rows of {columns} values")
     one = "(" + ",".join("?" * columns) + ")"
@@ -841,13 +832,25 @@ def _check_migrated(path: Path) -> None:
         raw.close()
 
 
-def open_postgres(url: str, password: str | None = None) -> Database:
+def coordinator_session_name(instance: str) -> str:
+    """The PostgreSQL ``application_name`` of every session of the coordinator process whose
+    lease ``instance`` (:class:`~bridge.coordinator.lease.Lease`) this is: how a standby
+    finds the sessions of an expired term that still hold the lease row (ADR 0017)."""
+    return f"kstb-coordinator/{instance}"
+
+
+def open_postgres(
+    url: str, password: str | None = None, session_name: str | None = None
+) -> Database:
     """A PostgreSQL database (``postgresql://user@host:port/name``), migrated to the latest
-    schema version. SECURITY: the password comes from ``password`` (a file or environment
+    schema version; every session it opens is named ``session_name`` (``application_name``)
+    when given. SECURITY: the password comes from ``password`` (a file or environment
     variable read by the caller), never from the URL, so the URL can be logged."""
     import psycopg
 
     params = {**_KEEPALIVES, **postgres_params(url)}
+    if session_name is not None:
+        params["application_name"] = session_name
 
     def connect() -> Any:
         kwargs: dict[str, Any] = {**params, "autocommit": True, "connect_timeout": 10}
@@ -968,14 +971,19 @@ def is_postgres_url(value: str) -> bool:
 
 
 def open_database(
-    spec: str | Path, password: str | None = None, *, exclusive: bool = False
+    spec: str | Path,
+    password: str | None = None,
+    *,
+    exclusive: bool = False,
+    session_name: str | None = None,
 ) -> Database:
-    """The database ``spec`` names: a PostgreSQL URL, else a SQLite file path (with
-    ``exclusive``, its lock taken before it is opened: see :func:`open_sqlite`)."""
+    """The database ``spec`` names: a PostgreSQL URL (its sessions named ``session_name``
+    when given), else a SQLite file path (with ``exclusive``, its lock taken before it is
+    opened: see :func:`open_sqlite`)."""
     if isinstance(spec, str) and is_postgres_url(spec):
         if password is None:
             password = os.environ.get("BRIDGE_DATABASE_PASSWORD")
-        return open_postgres(spec, password)
+        return open_postgres(spec, password, session_name)
     return open_sqlite(Path(spec), exclusive=exclusive)
 
 

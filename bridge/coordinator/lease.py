@@ -17,6 +17,11 @@ so coordinators' clocks may disagree.
   non-key ``expires_at``) never waits for them (HA review finding 2); a leader deposed
   while hung (SIGSTOP, GC, partition) cannot write when it wakes, whatever its own clock
   says.
+- A takeover that still meets the row locked once the term has been expired for longer than
+  ``ttl`` ends that term's sessions (:meth:`Lease.end_stale_term`): every bound on a fenced
+  write (its statement and idle timeouts) has passed by then, so a session still holding the
+  row is one the server cannot time out (a process frozen mid-message, or while the server
+  writes it a large answer), which would otherwise hold every takeover back until it died.
 - :class:`LeaseKeeper` is the election loop of one coordinator process.
 """
 
@@ -30,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bridge.coordinator.db import Conn, Database, Dialect
+from bridge.coordinator.db import Conn, Database, Dialect, coordinator_session_name
 from bridge.domain.errors import BridgeReason, InvalidInput, Unavailable
-from bridge.logfields import get_logger
+from bridge.logfields import COUNT, get_logger
 
 T = TypeVar("T")
 
@@ -107,13 +112,15 @@ class Lease:
         *,
         timeout: float | None = None,
         write_timeout: float | None = None,
+        instance: str | None = None,
     ) -> None:
         if not holder:
             raise ValueError("a lease holder needs a name")
         self._db = db
         self.holder = holder
-        self.instance = secrets.token_hex(8)
-        """This process's random id (the lease row's ``instance`` while it leads)."""
+        self.instance = instance if instance is not None else secrets.token_hex(8)
+        """This process's random id (the lease row's ``instance`` while it leads; its
+        PostgreSQL sessions are named :func:`coordinator_session_name` of it)."""
         self.ttl = ttl
         self.address = address
         self.timeout = timeout if timeout is not None else ttl / 4
@@ -224,10 +231,66 @@ class Lease:
         try:
             got, self.leader, self.leader_address = await self._db.write(guarded)
         except _LeaseBusy:
+            await self.end_stale_term()
             return None
         if got is not None:
             self.token = got
         return got
+
+    async def end_stale_term(self) -> int:
+        """PostgreSQL: when the lease row is still locked although its term expired more
+        than ``ttl`` ago (by the database's clock), end every session of that term's
+        process (``pg_terminate_backend`` on the sessions named after its instance); the
+        number ended. The next :meth:`acquire` then takes the row.
+
+        SECURITY: only sessions of the EXPIRED term's own process are ended, never this
+        process's nor any other; by then that process has stopped writing by its own rule
+        (no renewal within ``hold_for`` < ``ttl``), and a write it still has in flight is
+        rolled back, never half-applied (every step is idempotent, nothing it wrote was
+        acknowledged). Needs the coordinators to share the database role (or
+        ``pg_signal_backend``); without it the refusal is logged and nothing is ended."""
+        if self._db.dialect is not Dialect.POSTGRES:
+            return 0
+        ttl, bound, mine = self.ttl, self.timeout, self.instance
+
+        def run(c: Conn) -> tuple[str, int]:
+            _set_local(c, statement_timeout=bound, idle_in_transaction_session_timeout=bound)
+            # No lock: the committed row (the locker holds it FOR KEY SHARE or FOR UPDATE).
+            row = c.execute(
+                f"SELECT holder, instance, expires_at < {db_now(c)} - ?"  # noqa: S608
+                " FROM coordinator_lease WHERE id = 1",
+                (ttl,),
+            ).fetchone()
+            if row is None or not bool(row[2]) or not str(row[1]) or str(row[1]) == mine:
+                return "", 0
+            # The sessions are chosen first (MATERIALIZED), so the terminating call never
+            # runs on a row another condition would have excluded.
+            ended = c.execute(
+                "WITH victims AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = ? AND pid <> pg_backend_pid())"
+                " SELECT pg_terminate_backend(pid) FROM victims",
+                (coordinator_session_name(str(row[1])),),
+            ).fetchall()
+            return str(row[0]), sum(1 for (done,) in ended if done)
+
+        import psycopg.errors
+
+        try:
+            holder, ended = await self._db.write(run)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            get_logger().error(
+                "cannot end the sessions of an expired term that still hold the lease row"
+                " (give the coordinators one database role, or pg_signal_backend)",
+                error=str(exc)[:200],
+            )
+            return 0
+        if ended:
+            get_logger().warning(
+                "ended the sessions of an expired term that still held the lease row",
+                holder=holder,
+                **{COUNT: ended},
+            )
+        return ended
 
     async def release(self) -> None:
         """Give the lease up at once (clean shutdown), if this process still has it."""

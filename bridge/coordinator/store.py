@@ -434,12 +434,13 @@ def _create_many(
     then (an earlier record of the same call included); per record, the row stored under
     its key (None: the id is taken under another key) and whether it was inserted.
 
-    One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 500 records (rows are
-    inserted in ``VALUES`` order, so the store sequence ``seq`` follows the records as
-    before), one multi-row insert of their history entries, one read of the stored rows
+    One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 500 records (both
+    engines insert a ``VALUES`` list row by row in order, so the store sequence ``seq``
+    follows the records as before; PostgreSQL does not document it, the ordering tests
+    check it), one multi-row insert of their history entries, one read of the stored rows
     per source ledger and 500 keys: three statements for a batch where each record took
-    three. No pipeline (see :meth:`Conn.executemany`). Each record is answered as an insert
-    and read of its own, in order, would have answered it."""
+    three. No pipeline (see :func:`~bridge.coordinator.db.values_rows`). Each record is
+    answered as an insert and read of its own, in order, would have answered it."""
     inserted: dict[tuple[str, str], bytes] = {}  # key -> the transfer id inserted under it
     for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
         page = records[start : start + MAX_ROWS_PER_STATEMENT]
@@ -787,7 +788,7 @@ class SqlTransferStore:
                     current[transfer_id][step] = tx_id
                     changed[transfer_id] = None
             # One UPDATE per 500 changed rows (a CASE over their ids), never a pipeline
-            # (see Conn.executemany).
+            # (see db.values_rows).
             changed_ids = list(changed)
             for start in range(0, len(changed_ids), MAX_ROWS_PER_STATEMENT):
                 page = changed_ids[start : start + MAX_ROWS_PER_STATEMENT]

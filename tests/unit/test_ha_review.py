@@ -377,9 +377,20 @@ async def test_cluster_status_reads_never_use_the_lease_connection(fresh_pg_url:
 
     stores = open_database(fresh_pg_url)
     obs = DaemonObservability("coordinator", ObservabilityConfig())
-    ha = _HaParts(HaConfig("coord-a", "10.0.0.1:50051", 3.0, 1.0), fresh_pg_url, None, obs, stores)
+    ha = _HaParts(
+        HaConfig("coord-a", "10.0.0.1:50051", 3.0, 1.0), fresh_pg_url, None, obs, stores, "9" * 16
+    )
     try:
         assert await ha.keeper.elect(asyncio.Event()) == 1
+        # The lease's session carries the instance's name (ADR 0017 rule 10: how a standby
+        # finds a frozen term's sessions), the instance the lease row records.
+        named = stores.run_sync(
+            lambda c: c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = ?",
+                ("kstb-coordinator/" + "9" * 16,),
+            ).fetchone()
+        )
+        assert int(named[0]) >= 1 and ha.keeper.lease.instance == "9" * 16
         busy = asyncio.create_task(ha.db.read(lambda c: time.sleep(1.5)))
         await asyncio.sleep(0.1)
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.coordinator.db import Conn, Database, open_database
 from bridge.coordinator.lease import Fenced, Lease
-from bridge.domain.errors import InvalidInput
+from bridge.domain.errors import InvalidInput, Unavailable
 
 pytestmark = [pytest.mark.unit, pytest.mark.ha]
 
@@ -96,6 +96,66 @@ async def test_a_takeover_waits_for_the_old_leaders_write_in_flight(fresh_pg_url
             await a.fenced_write(mark("a-after"))
         assert marks(db_a) == ["a-slow"]
     finally:
+        db_a.close()
+        db_b.close()
+
+
+@pytest.mark.postgres
+async def test_a_term_frozen_holding_the_lease_row_is_ended_by_the_takeover(
+    fresh_pg_url: str,
+) -> None:
+    """PostgreSQL cannot time out every session: one frozen mid-message, or while the server
+    writes it a large answer, held the lease row's FOR KEY SHARE until its process died
+    (review helper-94 of d8022c2). Once the term has been expired for longer than ``ttl``
+    the takeover ends that term's process's sessions, and only those, then takes over; before
+    that it waits, as for any write in flight."""
+    import psycopg
+
+    from bridge.coordinator.db import coordinator_session_name
+
+    a_id, b_id = "a" * 16, "b" * 16
+    db_a = open_database(fresh_pg_url, session_name=coordinator_session_name(a_id))
+    db_b = open_database(fresh_pg_url, session_name=coordinator_session_name(b_id))
+    a = Lease(db_a, "coord-a", ttl=0.4, instance=a_id)
+    b = Lease(db_b, "coord-b", ttl=0.4, instance=b_id)
+
+    def session(name: str) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(fresh_pg_url, application_name=name, autocommit=True)
+
+    bystander = session("kstb-coordinator/" + "c" * 16)  # a third process: never ended
+    frozen = session(coordinator_session_name(a_id))
+    try:
+        assert await a.acquire() == 1
+        # A session of a's process the server will not time out (timeouts off), holding the
+        # row as a fenced write does.
+        frozen.execute("SET statement_timeout = 0")
+        frozen.execute("SET idle_in_transaction_session_timeout = 0")
+        frozen.execute("BEGIN")
+        frozen.execute("SELECT 1 FROM coordinator_lease WHERE id = 1 FOR KEY SHARE")
+        await asyncio.sleep(0.5)  # a's term expired 0.1 s ago: within ttl, nothing ended
+        assert await b.acquire() is None
+        assert await b.end_stale_term() == 0
+        frozen.execute("SELECT 1")  # still alive
+        await asyncio.sleep(0.5)  # now expired for longer than ttl
+        assert await b.acquire() is None  # met the lock, ended a's sessions
+        for _ in range(20):
+            got = await b.acquire()
+            if got is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert got == 2
+        with pytest.raises(psycopg.OperationalError):
+            frozen.execute("SELECT 1")
+        bystander.execute("SELECT 1")  # another process's session is untouched
+        assert await b.end_stale_term() == 0  # b's own term: nothing to end
+        with pytest.raises((Fenced, Unavailable)):  # a's store session was ended too
+            await a.fenced_write(mark("a-late"))
+        with pytest.raises(Fenced):  # reconnected: refused by the token
+            await a.fenced_write(mark("a-late"))
+        assert marks(db_b) == []
+    finally:
+        frozen.close()
+        bystander.close()
         db_a.close()
         db_b.close()
 
