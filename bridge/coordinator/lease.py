@@ -18,7 +18,8 @@ so coordinators' clocks may disagree.
   while hung (SIGSTOP, GC, partition) cannot write when it wakes, whatever its own clock
   says.
 - A takeover that still meets the row locked once the term has been expired for longer than
-  ``ttl`` ends that term's sessions (:meth:`Lease.end_stale_term`): every bound on a fenced
+  ``ttl`` ends that term's process's sessions of the coordinators' own role and database
+  (:meth:`Lease.end_stale_term`): every bound on a fenced
   write (its statement and idle timeouts) has passed by then, so a session still holding the
   row is one the server cannot time out (a process frozen mid-message, or while the server
   writes it a large answer), which would otherwise hold every takeover back until it died.
@@ -243,12 +244,16 @@ class Lease:
         process (``pg_terminate_backend`` on the sessions named after its instance); the
         number ended. The next :meth:`acquire` then takes the row.
 
-        SECURITY: only sessions of the EXPIRED term's own process are ended, never this
-        process's nor any other; by then that process has stopped writing by its own rule
-        (no renewal within ``hold_for`` < ``ttl``), and a write it still has in flight is
-        rolled back, never half-applied (every step is idempotent, nothing it wrote was
-        acknowledged). Needs the coordinators to share the database role (or
-        ``pg_signal_backend``); without it the refusal is logged and nothing is ended."""
+        SECURITY: only client sessions of the EXPIRED term's own process are ended: named
+        after its instance AND logged in with this coordinator's own role to this same
+        database (review helper-95: a session of any other login may carry that name; it is
+        neither ended nor able to make the ending fail, and a session with the
+        coordinators' role can take the lease anyway). By then that process has stopped
+        renewing by its own rule (no renewal within ``hold_for`` < ``ttl``); a write it
+        still has in flight is rolled back whole, or, ended at its COMMIT, committed before
+        its session ends (its callers see DatabaseUnavailable: every step is idempotent).
+        Needs the coordinators to share one database role: sessions of another role are not
+        ended (the takeover then waits for the frozen process to die, as before)."""
         if self._db.dialect is not Dialect.POSTGRES:
             return 0
         ttl, bound, mine = self.ttl, self.timeout, self.instance
@@ -267,7 +272,9 @@ class Lease:
             # runs on a row another condition would have excluded.
             ended = c.execute(
                 "WITH victims AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
-                " WHERE application_name = ? AND pid <> pg_backend_pid())"
+                " WHERE application_name = ? AND usename = current_user"
+                " AND datname = current_database() AND backend_type = 'client backend'"
+                " AND pid <> pg_backend_pid())"
                 " SELECT pg_terminate_backend(pid) FROM victims",
                 (coordinator_session_name(str(row[1])),),
             ).fetchall()
@@ -279,8 +286,7 @@ class Lease:
             holder, ended = await self._db.write(run)
         except psycopg.errors.InsufficientPrivilege as exc:
             get_logger().error(
-                "cannot end the sessions of an expired term that still hold the lease row"
-                " (give the coordinators one database role, or pg_signal_backend)",
+                "cannot end the sessions of an expired term that still hold the lease row",
                 error=str(exc)[:200],
             )
             return 0

@@ -124,6 +124,15 @@ async def test_a_term_frozen_holding_the_lease_row_is_ended_by_the_takeover(
 
     bystander = session("kstb-coordinator/" + "c" * 16)  # a third process: never ended
     frozen = session(coordinator_session_name(a_id))
+    # Review helper-95: a session of ANOTHER role carrying a's name (anyone with a login
+    # can read the names) must neither be ended nor make the ending fail.
+    admin = session("test-admin")
+    admin.execute("DROP ROLE IF EXISTS kstb_outsider")
+    admin.execute("CREATE ROLE kstb_outsider LOGIN")
+    outsider = psycopg.connect(
+        fresh_pg_url, user="kstb_outsider", application_name=coordinator_session_name(a_id),
+        autocommit=True,
+    )  # fmt: skip
     try:
         assert await a.acquire() == 1
         # A session of a's process the server will not time out (timeouts off), holding the
@@ -147,6 +156,7 @@ async def test_a_term_frozen_holding_the_lease_row_is_ended_by_the_takeover(
         with pytest.raises(psycopg.OperationalError):
             frozen.execute("SELECT 1")
         bystander.execute("SELECT 1")  # another process's session is untouched
+        outsider.execute("SELECT 1")  # another role's session with a's name: untouched
         assert await b.end_stale_term() == 0  # b's own term: nothing to end
         with pytest.raises((Fenced, Unavailable)):  # a's store session was ended too
             await a.fenced_write(mark("a-late"))
@@ -156,6 +166,9 @@ async def test_a_term_frozen_holding_the_lease_row_is_ended_by_the_takeover(
     finally:
         frozen.close()
         bystander.close()
+        outsider.close()
+        admin.execute("DROP ROLE IF EXISTS kstb_outsider")
+        admin.close()
         db_a.close()
         db_b.close()
 
