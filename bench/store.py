@@ -251,25 +251,11 @@ def main() -> None:
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
     with tempfile.TemporaryDirectory(prefix="kstb-bench-store-") as tmp:
-        sqlite_db = open_database(Path(tmp) / "coordinator.sqlite")
-        out["sqlite"] = asyncio.run(
-            run_engine(
-                sqlite_db,
-                a.transfers,
-                a.concurrency,
-                a.records,
-                a.reads,
-                a.unfinished,
-                a.batches,
-                a.batch_items,
-            )
-        )
-        cluster = start_cluster(Path(tmp) / "pg")
-        try:
-            pg_db = open_database(cluster.create_database("bench"))
-            out["postgres"] = asyncio.run(
+
+        def workload(db: Database) -> dict[str, float]:
+            return asyncio.run(
                 run_engine(
-                    pg_db,
+                    db,
                     a.transfers,
                     a.concurrency,
                     a.records,
@@ -279,6 +265,11 @@ def main() -> None:
                     a.batch_items,
                 )
             )
+
+        out["sqlite"] = workload(open_database(Path(tmp) / "coordinator.sqlite"))
+        cluster = start_cluster(Path(tmp) / "pg")
+        try:
+            out["postgres"] = workload(open_database(cluster.create_database("bench")))
         finally:
             cluster.stop()
     out["ratio_postgres_over_sqlite"] = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.coordinator.db import (
     MAX_ROWS_PER_STATEMENT,
@@ -427,6 +427,15 @@ def _certificate_from_json(c: Mapping[str, Any]) -> LedgerCertificate:
     raise ValueError(f"unknown certificate type {kind!r} in a stored decision")
 
 
+P = TypeVar("P")
+
+
+def _pages(items: Sequence[P], size: int = MAX_ROWS_PER_STATEMENT) -> Iterator[Sequence[P]]:
+    """``items`` in order, ``size`` at a time: the pages of a many-row statement."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _create_many(
     db: Conn, records: Sequence[TransferRecord]
 ) -> list[tuple[TransferRecord | None, bool]]:
@@ -442,8 +451,7 @@ def _create_many(
     three. No pipeline (see :func:`~bridge.coordinator.db.values_rows`). Each record is
     answered as an insert and read of its own, in order, would have answered it."""
     inserted: dict[tuple[str, str], bytes] = {}  # key -> the transfer id inserted under it
-    for start in range(0, len(records), MAX_ROWS_PER_STATEMENT):
-        page = records[start : start + MAX_ROWS_PER_STATEMENT]
+    for page in _pages(records):
         args: list[object] = []
         for record in page:
             r = record.request
@@ -485,8 +493,7 @@ def _create_many(
         for record, new in zip(records, created, strict=True)
         if new
     ]
-    for start in range(0, len(history), MAX_ROWS_PER_STATEMENT):
-        page_rows = history[start : start + MAX_ROWS_PER_STATEMENT]
+    for page_rows in _pages(history):
         db.execute(
             "INSERT INTO transfer_updates (transfer_id, state, detail, at, sequence)"  # noqa: S608
             f" VALUES {values_rows(5, len(page_rows))}",
@@ -508,8 +515,7 @@ def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
         by_ledger.setdefault(ledger, []).append(key)
     out: dict[tuple[str, str], TransferRecord] = {}
     for ledger, ledger_keys in by_ledger.items():
-        for start in range(0, len(ledger_keys), 500):
-            page = ledger_keys[start : start + 500]
+        for page in _pages(ledger_keys):
             marks = ",".join("?" for _ in page)
             rows = db.execute(
                 f"SELECT {_COLS}, t.idempotency_key FROM {_FROM}"  # noqa: S608 (marks only)
@@ -575,8 +581,8 @@ class SqlTransferStore:
         """The recorded transfers among ``transfer_ids``, by id: one read (one worker-thread
         call, one snapshot on PostgreSQL) per page of 500 ids, not one per transfer."""
         out: dict[bytes, TransferRecord] = {}
-        for start in range(0, len(transfer_ids), 500):
-            page = list(dict.fromkeys(transfer_ids[start : start + 500]))
+        for ids in _pages(transfer_ids):
+            page = list(dict.fromkeys(ids))
             marks = ",".join("?" for _ in page)
             sql = f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id IN ({marks})"  # noqa: S608
 
@@ -771,8 +777,7 @@ class SqlTransferStore:
             # two per item.
             ids = list(dict.fromkeys(tid for tid, _, _ in steps))
             current: dict[bytes, dict[str, str]] = {}
-            for start in range(0, len(ids), 500):
-                page = ids[start : start + 500]
+            for page in _pages(ids):
                 marks = ",".join("?" for _ in page)
                 rows = db.execute(
                     f"SELECT transfer_id, transactions FROM transfers"  # noqa: S608
@@ -789,9 +794,7 @@ class SqlTransferStore:
                     changed[transfer_id] = None
             # One UPDATE per 500 changed rows (a CASE over their ids), never a pipeline
             # (see db.values_rows).
-            changed_ids = list(changed)
-            for start in range(0, len(changed_ids), MAX_ROWS_PER_STATEMENT):
-                page = changed_ids[start : start + MAX_ROWS_PER_STATEMENT]
+            for page in _pages(list(changed)):
                 cases = " ".join("WHEN ? THEN ?" for _ in page)
                 marks = ",".join("?" for _ in page)
                 args: list[object] = []
