@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.holder_reads import HolderReads
+from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import authorise_instruction, check_deadline
 from bridge.coordinator.supervision import Supervisor
@@ -62,11 +63,13 @@ class Admission:
         drivers: Supervisor,
         holders: HolderReads | None = None,
         on_recorded: Callable[[TransferRecord], None] | None = None,
+        keys: KeyReads | None = None,
     ) -> None:
         self._ctx = ctx
         self._flow = flow
         self._drivers = drivers
         self._holders = holders  # ---- batch: coalesced holder reads (issue 14 item 4)
+        self._keys = keys  # ---- batch: coalesced idempotency-key reads (issue 14)
         # ---- told of each new transfer before its driver starts (Stepper.note_new)
         self._on_recorded = on_recorded
 
@@ -191,7 +194,12 @@ class Admission:
         return stored, True
 
     async def _existing(self, request: TransferRequest) -> TransferRecord | None:
-        record = await self._ctx.store.get_by_key(request.source_ledger, request.idempotency_key)
+        if self._keys is not None:
+            record = await self._keys.get(request.source_ledger, request.idempotency_key)
+        else:
+            record = await self._ctx.store.get_by_key(
+                request.source_ledger, request.idempotency_key
+            )
         if record is not None and record.request.fingerprint() != request.fingerprint():
             raise Conflict("idempotency_key was already used for a different transfer")
         return record

@@ -31,6 +31,7 @@ from bridge.coordinator.flow_limits import FlowLimits, FlowQueued, LaneFlow
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.holder_reads import HolderReads
 from bridge.coordinator.intake import EventNotConfirmed, Intake
+from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord, TransferRequest, TransferUpdate
@@ -124,8 +125,17 @@ class Coordinator:
             if batched is not None
             else None
         )
+        # ---- coalesced idempotency-key reads (issue 14): with batching, one store read
+        # per source ledger for the keys of every admission waiting at once (no linger: a
+        # store read is short, the keys that arrive during one go out together next)
+        self._keys = KeyReads(self._ctx.store, batched.max_in_flight) if batched else None
         self._admission = Admission(
-            self._ctx, self._flow, self._drivers, self._holders, self._stepper.note_new
+            self._ctx,
+            self._flow,
+            self._drivers,
+            self._holders,
+            self._stepper.note_new,
+            self._keys,
         )
 
     @property
@@ -180,6 +190,8 @@ class Coordinator:
                 await self._reads.close()
             if self._holders is not None:
                 await self._holders.close()
+            if self._keys is not None:
+                await self._keys.close()
             await self._flow.close()
 
     def _spawn(self, tid: bytes) -> None:

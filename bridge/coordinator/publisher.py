@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
+from bridge.coordinator.coalesce import Coalescer
 from bridge.coordinator.epochs import EpochTracker
-from bridge.coordinator.supply_store import Hold, StoredRegistration, SupplyStore
+from bridge.coordinator.supply_store import Gate, StoredRegistration, SupplyStore
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     InvalidInput,
@@ -48,6 +49,9 @@ from bridge.logfields import ELAPSED, ERROR, LEDGER, REASON, SECURITY, SEQUENCE,
 
 PUBLISH_ATTEMPTS = 12
 FEED_PAGE = 500
+GATE_READS_IN_FLIGHT = 2
+"""---- batch: at most this many gate reads (registration and hold) of one security at
+once; admissions arriving meanwhile share the next one (issue 14)."""
 FIRST_CHECK_WAIT = 10.0
 """---- supply not counted: how long admission waits for a security's first reading round
 since start before refusing as Unavailable (it is normally well under a second)."""
@@ -99,6 +103,11 @@ class SupplyPublisher:
         self._heartbeat = heartbeat
         self._max_age_ms = int(instruction_max_age * 1000)
         self._slots = asyncio.Semaphore(concurrency)
+        # ---- batch (issue 14): admission's per-transfer registration and hold reads,
+        # coalesced per security (a lone admission's read goes out at once).
+        self._gates: Coalescer[str, None, Gate] = Coalescer(
+            self._read_gates, max_items=10_000, max_in_flight=GATE_READS_IN_FLIGHT
+        )
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: dict[str, bool] = {}
         self._last_published: dict[str, float] = {}
@@ -124,13 +133,17 @@ class SupplyPublisher:
         self._ticker = asyncio.create_task(self._tick(), name="supply-heartbeat")
 
     async def stop(self) -> None:
-        """Cancel publications in flight (an unfinished one is simply redone later)."""
+        """Cancel publications in flight (an unfinished one is simply redone later) and
+        the admissions' gate reads."""
         tasks = [t for t in (self._ticker, *self._running.values()) if t is not None]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        try:
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        finally:
+            await self._gates.close()
 
     async def _tick(self) -> None:
         every = max(0.2, self._heartbeat / 4) if self._heartbeat > 0 else 1.0
@@ -349,7 +362,10 @@ class SupplyPublisher:
         ``FIRST_CHECK_WAIT`` s, then Unavailable): the condition is re-detected, never
         forgotten by a restart. Transient read failures never refuse.
         """
-        stored = await self._store.registration(security)
+        # One read of the registration and the hold, started after this call, shared with
+        # the admissions of the same security waiting at once (never an earlier read).
+        gate = await self._gates.call(security, None)
+        stored = gate.registration
         if stored is None:
             return PreconditionFailed(
                 f"{security} has no registered issuance; a supply operator must register it"
@@ -361,13 +377,18 @@ class SupplyPublisher:
                 return PreconditionFailed(
                     f"ledger {name} is not in the registered issuance of {security}"
                 )
-        hold: Hold | None = await self._store.hold(security)
+        hold = gate.hold
         if hold is not None:
             return PreconditionFailed(
                 f"transfers of {security} are held since supply record #{hold.raised_by}:"
                 f" {hold.reason}; a supply operator must release the hold"
             )
         return await self._counting_refusal(security)
+
+    async def _read_gates(self, security: str, waiting: Sequence[None]) -> list[Gate]:
+        """One gate read answers every admission of ``security`` that waited for it."""
+        gate = await self._store.gate(security)
+        return [gate] * len(waiting)
 
     # ---- supply not counted (review F16)
     async def _counting_refusal(self, security: str) -> PreconditionFailed | None:

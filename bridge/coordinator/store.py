@@ -73,6 +73,15 @@ class TransferStore(Protocol):
         brokerage can learn or squat another's keys."""
         ...
 
+    async def get_by_keys(
+        self, source_ledger: str, idempotency_keys: Sequence[str]
+    ) -> dict[str, TransferRecord]:
+        """---- batch: ``get_by_key`` for many keys of one source ledger at once, by key (a
+        key with no transfer is absent); one snapshot, one statement per 500 keys.
+
+        SECURITY: scoped to ``source_ledger`` exactly as ``get_by_key``."""
+        ...
+
     async def list_transfers(
         self,
         state: TransferState | None,
@@ -604,6 +613,14 @@ class SqlTransferStore:
             return _record(row)
 
         return await self._db.read(run)
+
+    async def get_by_keys(
+        self, source_ledger: str, idempotency_keys: Sequence[str]
+    ) -> dict[str, TransferRecord]:
+        """See TransferStore.get_by_keys."""
+        keys = [(source_ledger, k) for k in idempotency_keys]
+        found = await self._db.read(lambda db: _by_keys(db, keys)) if keys else {}
+        return {key: record for (_, key), record in found.items()}
 
     async def list_transfers(
         self,

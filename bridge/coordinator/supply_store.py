@@ -45,6 +45,15 @@ class StoredRegistration:
     operator: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What admission reads of a security's supply standing (SupplyStore.gate): its
+    registration in force and its hold, read together in one snapshot."""
+
+    registration: StoredRegistration | None
+    hold: Hold | None
+
+
 class SupplyStore(Protocol):
     """Durable supply state; see the module docstring."""
 
@@ -87,6 +96,11 @@ class SupplyStore(Protocol):
 
     async def hold(self, security: str) -> Hold | None:
         """The security's hold, or None."""
+        ...
+
+    async def gate(self, security: str) -> Gate:
+        """The registration in force and the hold of ``security`` in one read (one
+        snapshot): what admission checks of every new transfer."""
         ...
 
     async def release(self, release: HoldRelease, operator: bytes) -> None:
@@ -144,6 +158,13 @@ def _in_force(db: Conn, security: str) -> StoredRegistration | None:
         (security,),
     ).fetchone()
     return _reg_from_row(row) if row else None
+
+
+def _hold(db: Conn, security: str) -> Hold | None:
+    row = db.execute(
+        "SELECT raised_by, reason, at FROM supply_holds WHERE security = ?", (security,)
+    ).fetchone()
+    return Hold(security, int(row[0]), str(row[1]), float(row[2])) if row else None
 
 
 def next_feed_position(db: Conn) -> int:
@@ -327,12 +348,11 @@ class SqlSupplyStore:
 
     async def hold(self, security: str) -> Hold | None:
         """See SupplyStore.hold."""
-        row = await self._db.read(
-            lambda db: db.execute(
-                "SELECT raised_by, reason, at FROM supply_holds WHERE security = ?", (security,)
-            ).fetchone()
-        )
-        return Hold(security, int(row[0]), str(row[1]), float(row[2])) if row else None
+        return await self._db.read(lambda db: _hold(db, security))
+
+    async def gate(self, security: str) -> Gate:
+        """See SupplyStore.gate."""
+        return await self._db.read(lambda db: Gate(_in_force(db, security), _hold(db, security)))
 
     async def release(self, release: HoldRelease, operator: bytes) -> None:
         """See SupplyStore.release."""

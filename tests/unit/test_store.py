@@ -190,6 +190,23 @@ async def test_keys_are_scoped_per_source_ledger(store: SqlTransferStore) -> Non
 
 
 @pytest.mark.security
+@pytest.mark.batch  # issue 14: admission's key lookups read together (KeyReads)
+async def test_keys_read_together_answer_only_their_own_ledger(store: SqlTransferStore) -> None:
+    """``get_by_keys`` answers exactly what ``get_by_key`` answers for each key, scoped to
+    its source ledger (another brokerage's same key is not an answer), over several pages."""
+    mine = [make_record(n, key=f"order-{n}") for n in range(1, 1103)]
+    theirs = make_record(5000, key="order-7", source_ledger="brokerage-c")
+    await store.create_many([*mine, theirs])
+    asked = ["order-7", "nope", *(f"order-{n}" for n in range(1, 1103)), "order-7"]
+    found = await store.get_by_keys("brokerage-a", asked)
+    assert set(found) == {f"order-{n}" for n in range(1, 1103)}
+    assert all(found[r.request.idempotency_key] == r for r in mine)
+    assert (await store.get_by_keys("brokerage-c", ["order-7", "order-8"])) == {"order-7": theirs}
+    assert await store.get_by_keys("brokerage-b", ["order-7"]) == {}
+    assert await store.get_by_keys("brokerage-a", []) == {}
+
+
+@pytest.mark.security
 async def test_same_transfer_under_another_key_is_a_conflict(store: SqlTransferStore) -> None:
     rec = make_record(1, key="first")
     await store.create(rec)

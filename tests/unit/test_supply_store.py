@@ -11,6 +11,7 @@ import pytest
 
 from bridge.coordinator.db import open_database
 from bridge.coordinator.supply_store import (
+    Gate,
     Hold,
     SqliteSupplyStore,
     SqlSupplyStore,
@@ -300,6 +301,21 @@ async def test_a_hold_reason_raises_a_hold_that_later_records_carry(
     stored_latest = await store.latest(ISIN)
     assert stored_latest is not None
     assert (stored_latest.held, stored_latest.hold_reason) == (True, fixed.hold_reason)
+
+
+async def test_the_gate_is_the_registration_in_force_and_the_hold(store: SqlSupplyStore) -> None:
+    """``gate``: what admission checks, read together (issue 14): the same registration and
+    hold the two single reads answer, for the security asked only."""
+    assert await store.gate(ISIN) == Gate(None, None)
+    await store.register(stored(ISIN, 1, {"a": 1000}))
+    await store.register(stored(ISIN, 2, {"a": 1000, "b": 0}))
+    await store.register(stored(OTHER_ISIN, 1, {"a": 5}))
+    assert await store.gate(ISIN) == Gate(await store.registration(ISIN), None)
+    assert (await store.gate(ISIN)).registration.registration.version == 2  # type: ignore[union-attr]
+    await append_next(store, {"a": 1005, "b": 0}, now=20.0)
+    gate = await store.gate(ISIN)
+    assert gate.hold is not None and gate.hold == await store.hold(ISIN)
+    assert await store.gate(OTHER_ISIN) == Gate(await store.registration(OTHER_ISIN), None)
 
 
 async def test_several_hold_reasons_are_joined(store: SqlSupplyStore) -> None:
