@@ -311,7 +311,10 @@ class BatchingTable(Table):
     invocation and one committee signature per ledger; each transfer keeps its own outcome.
     A lone transfer is never delayed: the first item with nothing in flight goes out at once.
     A ledger whose relayer reports no batched step (``GetLedgerInfo``) and a committee
-    refusing ``SignClaims`` get single steps."""
+    refusing ``SignClaims`` get single steps. With batching on, admission's idempotency-key
+    lookups are read together too (one store read per source ledger); admission's supply
+    gate (a security's registration and hold) is read once for the admissions of a
+    security waiting at once whether batching is on or not."""
 
     enabled: bool = False
     """Batch the step engine's ledger transactions and committee signatures."""

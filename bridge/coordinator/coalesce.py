@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bridge.aio import retrieve, stop_tasks
+from bridge.domain.errors import Unavailable
 
 __all__ = ["FLUSH_TASK_NAME", "Coalescer", "CoalescerClosed", "Flush", "FlushAnswerMismatch"]
 
@@ -31,8 +32,10 @@ Flush = Callable[[K, Sequence[I]], Awaitable[Sequence["R | BaseException"]]]
 """A flush handler: one key's items in arrival order -> one result or exception per item."""
 
 
-class CoalescerClosed(RuntimeError):
-    """A call made while :meth:`Coalescer.close` runs (its owner is stopping)."""
+class CoalescerClosed(Unavailable):
+    """A call made while :meth:`Coalescer.close` runs (its owner is stopping): UNAVAILABLE,
+    retryable, as for any coordinator that is going away (the call may be made again, here
+    after a restart or on the next coordinator)."""
 
 
 class FlushAnswerMismatch(RuntimeError):

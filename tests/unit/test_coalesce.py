@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from bridge.coordinator.coalesce import Coalescer, CoalescerClosed, FlushAnswerMismatch
+from bridge.domain.errors import Unavailable
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -263,8 +264,10 @@ async def test_close_starts_no_flush_on_its_way_out_and_the_coalescer_can_start_
     closing = asyncio.ensure_future(co.close())
     await asyncio.sleep(0)  # close() runs: it waits for the cancelled flush
     assert not closing.done()
-    with pytest.raises(CoalescerClosed):
+    with pytest.raises(CoalescerClosed) as closed:
         await co.call("a", 3)
+    # UNAVAILABLE (retryable) at the RPC boundary, never INTERNAL.
+    assert isinstance(closed.value, Unavailable)
     await closing
     await asyncio.sleep(0.05)
     assert rec.calls == [("a", [1])], "a flush started after close()"

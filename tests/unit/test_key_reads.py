@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
 
 class Watched(SqliteTransferStore):
-    """The real store, with its coalesced reads recorded and, on demand, held back."""
+    """The real store, with its coalesced reads recorded and, on demand, their answers
+    held back (the read itself is made when asked)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -32,10 +33,11 @@ class Watched(SqliteTransferStore):
         self, source_ledger: str, idempotency_keys: Sequence[str]
     ) -> dict[str, TransferRecord]:
         self.asked.append((source_ledger, list(idempotency_keys)))
-        await self.release.wait()
         if self.fail is not None:
             raise self.fail
-        return await super().get_by_keys(source_ledger, idempotency_keys)
+        read = await super().get_by_keys(source_ledger, idempotency_keys)
+        await self.release.wait()  # read, but not yet answered
+        return read
 
 
 @pytest.fixture
@@ -43,28 +45,34 @@ def store(tmp_path: Path) -> Watched:
     return Watched(tmp_path / "coordinator.sqlite")
 
 
-async def test_lookups_waiting_together_share_one_read_of_their_ledger(store: Watched) -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_lookups_waiting_together_share_one_read_of_their_ledger(
+    store: Watched, in_flight: int
+) -> None:
     """A lookup with none of its ledger's in flight goes out at once and alone; lookups
-    arriving while it runs share the next read (the same key asked once), which starts
-    after they were made: a key recorded meanwhile is found. Ledgers are never shared."""
+    arriving while it runs share a read of their own (the same key asked once), never the
+    one already in flight: a key recorded after that read was made is found by them, not
+    by it. Ledgers are never shared."""
     a1, a2 = make_record(1, key="k1"), make_record(2, key="k2")
     await store.create(a1)
-    reads = KeyReads(store, max_in_flight=1)
+    reads = KeyReads(store, max_in_flight=in_flight)
     store.release.clear()
-    first = asyncio.create_task(reads.get("brokerage-a", "k1"))
+    first = asyncio.create_task(reads.get("brokerage-a", "k2"))
     await asyncio.sleep(0.01)
-    assert store.asked == [("brokerage-a", ["k1"])]
-    await store.create(a2)  # recorded while the first read is held in flight
+    assert store.asked == [("brokerage-a", ["k2"])]  # made (k2 absent), answer held back
+    await store.create(a2)
     later = [asyncio.create_task(reads.get("brokerage-a", k)) for k in ("k2", "k1", "k2", "no")]
     other = asyncio.create_task(reads.get("brokerage-c", "k1"))
     await asyncio.sleep(0.01)
-    assert store.asked == [("brokerage-a", ["k1"]), ("brokerage-c", ["k1"])]
+    mine = ("brokerage-a", ["k2", "k1", "no"])
+    theirs = ("brokerage-c", ["k1"])
+    # One more read of their own: at once with room for two in flight, else after the first.
+    assert store.asked[1:] == ([mine, theirs] if in_flight == 2 else [theirs])
     store.release.set()
-    assert await first == a1
+    assert await first is None  # read before k2 was recorded
     assert await asyncio.gather(*later) == [a2, a1, a2, None]
     assert await other is None  # SECURITY: brokerage-a's key is no answer for brokerage-c
-    assert store.asked[-1] == ("brokerage-a", ["k2", "k1", "no"])
-    assert len(store.asked) == 3
+    assert sorted(store.asked[1:]) == sorted([mine, theirs])
     await reads.close()
 
 
@@ -78,6 +86,7 @@ async def test_a_failed_read_fails_each_lookup_it_carried_and_no_other(store: Wa
         *(reads.get("brokerage-a", k) for k in ("k1", "k2", "k3")), return_exceptions=True
     )
     assert all(isinstance(f, DatabaseUnavailable) for f in failed)
+    assert store.asked == [("brokerage-a", ["k1", "k2", "k3"])]  # one read carried them
     store.fail = None
     assert (await reads.get("brokerage-a", "k1")) is not None
     await reads.close()

@@ -847,6 +847,41 @@ async def test_a_burst_shares_its_holder_reads(batching) -> None:
     assert 0 < calls["a"] < 10 and 0 < calls["b"] < 10, calls
 
 
+async def test_a_burst_shares_its_key_lookups_and_each_keeps_its_own_answer(batching) -> None:
+    """With batching on, admission's idempotency-key lookups go out as store reads
+    carrying many admissions (far fewer than submissions), and each submission is answered
+    as alone: a retry of a recorded transfer is that transfer (not new), a key reused for
+    another request is a Conflict recording nothing, fresh keys are new."""
+    from bridge.domain.errors import Conflict
+
+    c, _, _, store = batching
+    first = await burst(c, 10, prefix="r")
+    reads: list[int] = []
+    real = store.get_by_keys
+
+    async def counted(ledger: str, keys: Sequence[str]):  # type: ignore[no-untyped-def]
+        reads.append(len(keys))
+        return await real(ledger, keys)
+
+    store.get_by_keys = counted  # type: ignore[method-assign]
+    other = dataclasses.replace(request("r3"), amount=6)  # r3 taken by another request
+    outcomes = await asyncio.gather(
+        *(submit(c, request(f"r{i}")) for i in range(10)),  # retries
+        *(submit(c, request(f"n{i}")) for i in range(10)),  # new
+        submit(c, other),
+        return_exceptions=True,
+    )
+    retries, fresh, conflict = outcomes[:10], outcomes[10:20], outcomes[20]
+    assert [(r.transfer_id, new) for r, new in retries] == [(t, False) for t in first]  # type: ignore[union-attr,misc]
+    assert all(new for _, new in fresh)  # type: ignore[misc]
+    assert isinstance(conflict, Conflict)
+    # Unshared: 21 reads of one key each. Shared: 20 distinct keys in a few reads (a key
+    # asked twice in one read is asked once).
+    assert 20 <= sum(reads) <= 21 and len(reads) < 10, reads
+    kept = await store.get_by_key("a", "r3")  # the conflicting request recorded nothing
+    assert kept is not None and kept.transfer_id == first[3] and kept.request == request("r3")
+
+
 async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
     """HolderReads: a read arriving while one is in flight waits for a read of its own;
     the same holder twice in one read is asked once; ledgers and securities are never

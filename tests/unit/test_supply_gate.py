@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bridge.coordinator.db import DatabaseUnavailable
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.supply_store import Gate, SqliteSupplyStore
 from bridge.domain.errors import PreconditionFailed
@@ -28,9 +29,12 @@ class Watched(SqliteSupplyStore):
         self.asked: list[str] = []
         self.release = asyncio.Event()
         self.release.set()
+        self.fail: Exception | None = None
 
     async def gate(self, security: str) -> Gate:
         self.asked.append(security)
+        if self.fail is not None:
+            raise self.fail
         read = await super().gate(security)
         await self.release.wait()  # read, but not yet answered
         return read
@@ -88,12 +92,28 @@ async def test_admissions_waiting_together_share_one_gate_read(store: Watched) -
 async def test_a_failed_gate_read_refuses_nothing_and_the_next_read_answers(
     store: Watched,
 ) -> None:
-    """A store failure reaches every admission of that read (each answers as after a
-    failed read: retry), and is never taken for a refusal; the next read is unaffected."""
+    """A store failure reaches every admission of that read as the store's retryable
+    error (never taken for a refusal); the next read is unaffected."""
     pub = publisher(store)
-    store.close()  # the database goes away under the publisher
+    store.fail = DatabaseUnavailable("the database is unavailable")
     failed = await asyncio.gather(
         pub.refusal(ISIN, ("a",)), pub.refusal(ISIN, ("b",)), return_exceptions=True
     )
-    assert all(isinstance(f, Exception) and not isinstance(f, PreconditionFailed) for f in failed)
+    assert all(isinstance(f, DatabaseUnavailable) for f in failed)
+    assert store.asked == [ISIN]  # one read carried both
+    store.fail = None
+    assert await pub.refusal(ISIN, ("a", "b")) is None
+    assert store.asked == [ISIN, ISIN]
+    await pub.stop()
+
+
+async def test_the_gate_reads_again_after_a_stop(store: Watched) -> None:
+    """A stopped publisher (a coordinator's shutdown, or a term's end) that starts again
+    admits through fresh reads: a hold raised while it was stopped is seen."""
+    pub = publisher(store)
+    assert await pub.refusal(ISIN, ("a",)) is None
+    await pub.stop()
+    await append_next(store, {"a": 1005, "b": 0}, now=20.0)
+    refused = await pub.refusal(ISIN, ("a",))
+    assert isinstance(refused, PreconditionFailed) and "held since" in str(refused)
     await pub.stop()
