@@ -163,11 +163,20 @@ def settle_stats(results: Sequence[TransferResult]) -> dict[str, Any]:
     }
 
 
+def distinct_transactions(recorded: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (step, transaction id) pairs the transfers recorded, each transaction once (in
+    first-recorded order): every item of a batched step records the batch's one
+    transaction, whose receipt must be counted once, not once per item."""
+    return list(dict.fromkeys(recorded))
+
+
 def gas_summary(
     receipts: dict[str, list[dict[str, int]]], transfers: int, batches: int
 ) -> dict[str, Any]:
     """Per EVM ledger: transactions and gas, per transfer and per batch (from receipts:
-    ``gasUsed`` and ``step``); ``transfers`` counts the terminal transfers."""
+    ``gasUsed`` and ``step``, one per distinct transaction, :func:`distinct_transactions`);
+    ``transfers`` counts the terminal transfers. ``gas_per_step_p50`` is per transaction:
+    a batched step's transaction carries many items."""
     out: dict[str, Any] = {}
     for ledger, rows in receipts.items():
         gas = sum(r["gasUsed"] for r in rows)
@@ -516,7 +525,8 @@ async def ledger_transactions(
     counts = {ledger: len(rows) for ledger, rows in txs.items()}
     receipts: dict[str, list[dict[str, int]]] = {}
     blocks: dict[str, dict[str, Any]] = {}
-    for ledger, rows in txs.items():
+    for ledger, recorded in txs.items():
+        rows = distinct_transactions(recorded)
         url = _node_url(system, ledger)
         if url is None:
             continue  # Fabric: transactions counted, no gas
@@ -585,7 +595,10 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
             lines.append(f"ledger {ledger}: {n} transactions recorded ({n / settled:.2f}/transfer)")
         if g:
             steps = ", ".join(f"{k} {v:.0f}" for k, v in g["gas_per_step_p50"].items())
-            lines.append(f"  gas per step, p50 of the recorded receipts: {steps}")
+            lines.append(
+                f"  gas per transaction by step, p50 of the {g['transactions']} distinct"
+                f" receipts (a batched step's transaction carries many items): {steps}"
+            )
         if u:
             lines.append(
                 f"  block gas use mean {u['mean_gas_share']:.1%} max {u['max_gas_share']:.1%},"

@@ -17,6 +17,7 @@ from transfers_batch import (
     block_use,
     bridge_cpu_ms,
     curve_rates,
+    distinct_transactions,
     end_of_day_lanes,
     gas_summary,
     plan_batches,
@@ -148,6 +149,9 @@ def test_gas_and_block_use() -> None:
     )
     assert g["transactions_per_transfer"] == 1.5
     assert g["gas_per_step_p50"] == {"lock": 200.0, "burn": 200.0}
+    # A batched step's one transaction, recorded by each of its items, is counted once.
+    recorded = [("lock", "0x1"), ("lock", "0x1"), ("burn", "0x2"), ("lock", "0x1"), ("lock", "0x3")]
+    assert distinct_transactions(recorded) == [("lock", "0x1"), ("burn", "0x2"), ("lock", "0x3")]
     u = block_use(
         [
             {"gasUsed": 95, "gasLimit": 100, "transactions": 7},
