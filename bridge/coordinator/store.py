@@ -602,17 +602,8 @@ class SqlTransferStore:
         return out
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
-        """See TransferStore.get_by_key."""
-
-        def run(db: Conn) -> TransferRecord | None:
-            row = db.execute(
-                f"SELECT {_COLS} FROM {_FROM}"  # noqa: S608
-                " WHERE t.source_ledger = ? AND t.idempotency_key = ?",
-                (source_ledger, idempotency_key),
-            ).fetchone()
-            return _record(row)
-
-        return await self._db.read(run)
+        """See TransferStore.get_by_key (the read of :meth:`get_by_keys`, for one key)."""
+        return (await self.get_by_keys(source_ledger, [idempotency_key])).get(idempotency_key)
 
     async def get_by_keys(
         self, source_ledger: str, idempotency_keys: Sequence[str]

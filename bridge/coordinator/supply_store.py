@@ -284,11 +284,8 @@ class SqlSupplyStore:
                     "INSERT INTO supply_holds VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (record.security, record.sequence, "; ".join(assessment.hold_reasons), now),
                 )
-            hold = db.execute(
-                "SELECT raised_by, reason FROM supply_holds WHERE security = ?",
-                (record.security,),
-            ).fetchone()
-            hold_reason = f"held since record #{hold[0]}: {hold[1]}" if hold else ""
+            hold = _hold(db, record.security)
+            hold_reason = f"held since record #{hold.raised_by}: {hold.reason}" if hold else ""
             db.execute(
                 "INSERT INTO supply_records (feed_seq, security, sequence, digest, body,"
                 " signatures, alerts, clean, held, hold_reason, at)"
@@ -359,14 +356,12 @@ class SqlSupplyStore:
 
         def run(db: Conn) -> None:
             db.execute("SELECT last FROM supply_feed_head WHERE id = 1" + db.for_update)  # noqa: S608
-            hold = db.execute(
-                "SELECT raised_by FROM supply_holds WHERE security = ?", (release.security,)
-            ).fetchone()
+            hold = _hold(db, release.security)
             if hold is None:
                 raise NotFound(f"{release.security} is not held")
-            if int(hold[0]) != release.hold_sequence:
+            if hold.raised_by != release.hold_sequence:
                 raise PreconditionFailed(
-                    f"the hold on {release.security} was raised by record #{hold[0]},"
+                    f"the hold on {release.security} was raised by record #{hold.raised_by},"
                     f" not #{release.hold_sequence}"
                 )
             latest = db.execute(
