@@ -303,6 +303,7 @@ async def test_a_hold_reason_raises_a_hold_that_later_records_carry(
     assert (stored_latest.held, stored_latest.hold_reason) == (True, fixed.hold_reason)
 
 
+@pytest.mark.batch  # issue 14: admission's supply gate read once
 async def test_the_gate_is_the_registration_in_force_and_the_hold(store: SqlSupplyStore) -> None:
     """``gate``: what admission checks, read together (issue 14): the same registration and
     hold the two single reads answer, for the security asked only."""
