@@ -26,6 +26,7 @@ from tests.unit.test_fabric_chaincode_protocol import (
     ISIN,
     LOCKED,
     MINTED,
+    OTHER_ISIN,
     PREPARED,
     REJECTED,
     Env,
@@ -293,3 +294,67 @@ def test_legs_answers_what_get_leg_and_not_before_answer(env: Env) -> None:
             "not_before": nb if one["state"] == LOCKED else 0,
         }
     assert got[1]["not_before"] > 0 and got[0]["state"] == BURNED
+
+
+# ---- HolderStatuses: many holders of one security per read (issue 14 item 4)
+
+
+def _statuses(env: Env, on: Ledger, isin: str, holders: Sequence[str]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = on.call(
+        env.stranger, "HolderStatuses", isin, json.dumps(holders)
+    )["holders"]
+    return records
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_holder_statuses_answer_what_holder_status_answers(env: Env, paused: bool) -> None:
+    if paused:
+        env.b.call(env.admin, "SetPaused", ISIN.isin, "true")
+    zero = "0x" + "00" * 20
+    # eligible with units, eligible, not eligible, eligible but frozen, unknown, the zero
+    # account, and one holder again (answered twice) in upper case
+    holders = [
+        env.alice, env.bob, env.carol, env.dave, "0x" + "ab" * 20, zero,
+        "0x" + env.bob[2:].upper(),
+    ]  # fmt: skip
+    for on in (env.a, env.b):
+        got = _statuses(env, on, ISIN.isin, holders)
+        assert len(got) == len(holders)
+        for holder, rec in zip(holders, got, strict=True):
+            one = on.call(env.stranger, "HolderStatus", ISIN.isin, holder)
+            assert rec == {**one, "holder": holder.lower()}
+    b = dict(zip(holders, _statuses(env, env.b, ISIN.isin, holders), strict=True))
+    # ok, not eligible, frozen (all paused: 4 while the token is), the zero account 5
+    assert [b[h]["receive_status"] for h in (env.bob, env.carol, env.dave, zero)] == (
+        [4, 4, 4, 5] if paused else [0, 2, 3, 5]
+    )
+    assert {r["paused"] for r in b.values()} == {paused}
+    assert (
+        int(_statuses(env, env.a, ISIN.isin, [env.alice])[0]["balance"])
+        == balance(env.a, env.alice)
+        > 0
+    )
+
+
+def test_holder_statuses_of_an_unregistered_security(env: Env) -> None:
+    got = _statuses(env, env.a, OTHER_ISIN.isin, [env.alice])
+    one = env.a.call(env.stranger, "HolderStatus", OTHER_ISIN.isin, env.alice)
+    assert got == [{**one, "holder": env.alice.lower()}]
+    assert got[0]["registered"] is False and got[0]["receive_status"] == 1
+
+
+def test_holder_statuses_bounds_and_malformed_lists_are_refused(env: Env) -> None:
+    over = json.dumps([env.alice] * (p.MAX_HOLDER_READS + 1))
+    detail = rejects(env, env.a, "InvalidBatch", env.stranger, "HolderStatuses", ISIN.isin, over)
+    assert detail == f"count={p.MAX_HOLDER_READS + 1}, max={p.MAX_HOLDER_READS}"
+    at_bound = _statuses(env, env.a, ISIN.isin, [env.alice] * p.MAX_HOLDER_READS)
+    assert len(at_bound) == p.MAX_HOLDER_READS
+    assert _statuses(env, env.a, ISIN.isin, []) == []
+    for bad in (
+        '{"holder": 1}', "not json", json.dumps([env.alice, "0x1234"]), json.dumps([env.alice, 7]),
+    ):  # fmt: skip
+        rejects(env, env.a, "InvalidArgument", env.stranger, "HolderStatuses", ISIN.isin, bad)
+    rejects(
+        env, env.a, "InvalidArgument", env.stranger, "HolderStatuses", "NOT-AN-ISIN",
+        json.dumps([env.alice]),
+    )  # fmt: skip

@@ -42,6 +42,7 @@ from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import batch as fabric_batch
 from bridge.ledgers.fabric import codec
+from bridge.ledgers.fabric.holders import holder_statuses as read_holder_statuses
 from bridge.ledgers.heads import HeadSubscription, HeadWatch
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
@@ -229,6 +230,16 @@ class CometAdapter(StepTemplate):
         """Registration, balance and standing at the latest committed block."""
         raw = await self._view("HolderStatus", [security.isin, self.format_address(holder)])
         return codec.holder_from_json(raw)
+
+    async def holder_statuses(
+        self, security: SecurityId, holders: Sequence[bytes]
+    ) -> list[HolderStatus]:
+        """Each of ``holders`` as :meth:`holder_status` reads it, in order
+        (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): one ``HolderStatuses``
+        query per ``codec.MAX_HOLDER_READS`` holders
+        (:func:`bridge.ledgers.fabric.holders.holder_statuses`)."""
+        accounts = [self.format_address(h) for h in holders]
+        return await read_holder_statuses(self._view, security, accounts)
 
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """The ``Supply`` figures as of block ``height`` (default: the latest), exactly (the

@@ -46,6 +46,7 @@ from bridge.ledgers.fabric.blocks import (
     keys_written_in_block,
 )
 from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
+from bridge.ledgers.fabric.holders import holder_statuses as read_holder_statuses
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
@@ -231,6 +232,19 @@ class FabricAdapter(StepTemplate):
             self._chaincode, "HolderStatus", [security.isin, self.format_address(holder)]
         )
         return codec.holder_from_json(raw)
+
+    async def holder_statuses(
+        self, security: SecurityId, holders: Sequence[bytes]
+    ) -> list[HolderStatus]:
+        """Each of ``holders`` as :meth:`holder_status` reads it, in order
+        (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): one ``HolderStatuses``
+        evaluate per ``codec.MAX_HOLDER_READS`` holders
+        (:func:`bridge.ledgers.fabric.holders.holder_statuses`)."""
+        accounts = [self.format_address(h) for h in holders]
+        return await read_holder_statuses(self._evaluate, security, accounts)
+
+    async def _evaluate(self, function: str, args: list[str]) -> bytes:
+        return await self._client.evaluate(self._chaincode, function, args)
 
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """The ``Supply`` figures at the finalized height, with that block's header hash.

@@ -386,6 +386,36 @@ MAX_LEG_READS = 200
 """The most transfer ids one ``Legs`` evaluation answers (the chaincode's bound)."""
 
 
+MAX_HOLDER_READS = 200
+"""The most holders one ``HolderStatuses`` evaluation answers (the chaincode's bound)."""
+
+
+def holders_to_json(accounts: Sequence[str]) -> str:
+    """``HolderStatuses``' holder list: a JSON list of the accounts (``0x`` + 40 hex)."""
+    return json.dumps(list(accounts), separators=(",", ":"))
+
+
+def holders_from_json(
+    raw: str | bytes | Mapping[str, Any], accounts: Sequence[str]
+) -> list[HolderStatus]:
+    """The ``HolderStatuses`` answer as one HolderStatus per requested account, in the
+    request's order. ValueError when malformed, when it answers another number of holders,
+    or when a record's ``holder`` is not the account asked for at its position (compared
+    case-insensitively; an answer is never matched to a request by guesswork)."""
+    data = _object(raw, "HolderStatuses answer")
+    records = _field(data, "holders", "HolderStatuses answer")
+    if not isinstance(records, list) or len(records) != len(accounts):
+        raise ValueError(f"HolderStatuses answer must list {len(accounts)} holders")
+    out = []
+    for account, record in zip(accounts, records, strict=True):
+        rec = _object(record, "HolderStatuses record")
+        echoed = _field(rec, "holder", "HolderStatuses record")
+        if not isinstance(echoed, str) or echoed.lower() != account.lower():
+            raise ValueError(f"HolderStatuses answer is out of order at {account}")
+        out.append(holder_from_json(rec))
+    return out
+
+
 def transfer_ids_to_json(transfer_ids: Sequence[bytes]) -> str:
     """``Legs``' id list: a JSON list of 0x words."""
     return json.dumps([word_hex(t) for t in transfer_ids], separators=(",", ":"))

@@ -1473,7 +1473,11 @@ class Endpoint:
         self._require_init()
         sec = security_word(isin)
         address = parse_holder(holder)
-        token = self._registered(sec)
+        return self._holder_record(sec, self._registered(sec), address)
+
+    def _holder_record(
+        self, sec: bytes, token: Mapping[str, Any] | None, address: bytes
+    ) -> dict[str, Any]:
         h = self._holder(sec, address)
         if token is None:
             status = REASON_UNKNOWN_SECURITY
@@ -2168,6 +2172,33 @@ class Endpoint:
             out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
         return {"legs": out}
 
+    def holder_statuses(self, isin: str, holders_json: str) -> object:
+        """Many holders of one security in one read: ``{"holders": [...]}``, one record per
+        requested holder, in the request's order (``HolderStatus``'s record plus ``holder``,
+        lowercase). Guarantees: exactly the answers ``HolderStatus`` gives for each holder
+        on the same state; point reads only (no range read, so no peer cap can shorten
+        it); at most MAX_HOLDER_READS holders (InvalidBatch above, with the figures
+        ``count`` and ``max``), checked before any holder is parsed. Duplicated holders
+        are answered twice."""
+        obj = _loads("holders", holders_json)
+        if not isinstance(obj, list):
+            raise _invalid("holders must be a JSON list of 0x-prefixed 20-byte accounts")
+        if len(obj) > MAX_HOLDER_READS:
+            raise ChaincodeError(
+                "InvalidBatch",
+                f"count={len(obj)}, max={MAX_HOLDER_READS}",
+                {"count": len(obj), "max": MAX_HOLDER_READS},
+            )
+        self._require_init()
+        sec = security_word(isin)
+        addresses = [parse_holder(v) for v in obj]
+        token = self._registered(sec)
+        return {
+            "holders": [
+                {**self._holder_record(sec, token, a), "holder": _hex(a)} for a in addresses
+            ]
+        }
+
     # Batched steps: many items of one step in one invocation (ADR 0025, Fabric notes),
     # checked in the EVM endpoint's order (``BridgeEndpoint._batch``), so both ledgers
     # refuse a batch with the same reason and item.
@@ -2318,6 +2349,10 @@ class Endpoint:
 
 MAX_LEG_READS = 200
 """The most transfer ids one ``Legs`` read answers (its cost bound: 2 point reads each)."""
+
+MAX_HOLDER_READS = 200
+"""The most holders one ``HolderStatuses`` read answers (its cost bound: one point read
+each, and the security's record once)."""
 
 
 MAX_BATCH_ITEMS = 200
@@ -2729,6 +2764,7 @@ FUNCTIONS: Mapping[str, tuple[str, int, bool]] = {
     "OrderDigest": ("order_digest_of", 1, False),
     # ---- batch (issue 14 items 2-4)
     "Legs": ("legs", 2, False),
+    "HolderStatuses": ("holder_statuses", 2, False),
     "LockBatch": ("lock_batch", 1, True),
     "PrepareBatch": ("prepare_batch", 2, True),
     "CommitBatch": ("commit_batch", 2, True),

@@ -138,6 +138,14 @@ def test_batches_through_a_cometbft_node(harness: CometHarness) -> None:
                 LegState.BURNED, LegState.BURNED, LegState.RELEASED,
             ]  # fmt: skip
             assert (await adapter.holder_status(SECURITY, sender)).balance == 89
+            # many holders in one query (HolderStatuses), each as HolderStatus answers it
+            stranger = bytes(12) + bytes(range(1, 21))
+            asked = [sender, stranger, bytes(32), sender]
+            many = await adapter.holder_statuses(SECURITY, asked)
+            assert many == [await adapter.holder_status(SECURITY, h) for h in asked]
+            assert [(h.balance, h.receive_status) for h in many] == [
+                (89, 0), (0, 2), (0, 5), (89, 0),
+            ]  # fmt: skip
             supply = await adapter.supply(SECURITY)
             assert (supply.total_supply, supply.escrowed, supply.burned_out) == (89, 0, 11)
         finally:

@@ -34,7 +34,7 @@ from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.rpc.convert import leg_status_from_pb
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc
 from relayers.service import RelayerServicer
-from tests.integration.fabric.support import BridgeEnv, instruct, network_word
+from tests.integration.fabric.support import BridgeEnv, instruct, network_word, submit_and_wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.fabric, pytest.mark.batch]
 
@@ -310,6 +310,37 @@ async def test_relayer_get_legs_over_grpc(env: BridgeEnv, relayer: FabricAdapter
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await server.stop(None)
+
+
+async def test_holder_statuses_answer_each_holder_as_holder_status(
+    env: BridgeEnv, relayer: FabricAdapter
+) -> None:
+    """``HolderStatuses`` through the adapter (what the relayer's GetHolders calls): one
+    evaluate per 200 holders, in order, each exactly ``HolderStatus``'s answer; a holder
+    with units, one frozen, one never made eligible, the zero account, one repeated; the
+    chaincode's bound refused InvalidBatch with its figures."""
+    rich, frozen = await env.holder(ISIN, 7), await env.holder(ISIN, 3)
+    admin = env.client("Org1", "Admin")
+    try:
+        await submit_and_wait(
+            env.net, admin, CHAINCODE, "SetFrozen", ISIN, relayer.format_address(frozen), "true"
+        )
+    finally:
+        await admin.close()
+    stranger, zero = bytes(12) + secrets.token_bytes(20), bytes(32)
+    asked = [rich, frozen, stranger, zero, rich] * 41  # 205: two evaluates
+    got = await relayer.holder_statuses(SECURITY, asked)
+    singles = {h: await relayer.holder_status(SECURITY, h) for h in (rich, frozen, stranger, zero)}
+    assert got == [singles[h] for h in asked]
+    assert (singles[rich].balance, singles[rich].receive_status) == (7, 0)
+    assert (singles[frozen].frozen, singles[frozen].receive_status) == (True, 3)
+    assert (singles[stranger].eligible, singles[stranger].receive_status) == (False, 2)
+    assert singles[zero].receive_status == 5
+    many = json.dumps([relayer.format_address(rich)] * (batch.MAX_BATCH_ITEMS + 1))
+    with pytest.raises(LedgerRejected) as info:
+        await relayer.client.evaluate(CHAINCODE, "HolderStatuses", [ISIN, many])
+    assert info.value.reason is ErrorReason.INVALID_BATCH
+    assert (info.value.figures["count"], info.value.figures["max"]) == (201, 200)
 
 
 async def test_time_per_item_commit_batch_vs_single(env: BridgeEnv, relayer: FabricAdapter) -> None:
