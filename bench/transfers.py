@@ -61,6 +61,7 @@ from bridge.rpc.tls import INSECURE_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below
 from transfers_batch import (
+    BATCH_BY,
     BatchSpec,
     batch_report_lines,
     bridge_cpu_ms,
@@ -74,6 +75,7 @@ from transfers_batch import (
     run_batch_load,
     saturated_point,
     saturation,
+    settle_by_lane,
     settle_stats,
 )
 from transfers_load import run_load, settle
@@ -205,6 +207,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "default, 30,000,000 (raise it to see what saturates after the ledgers' gas)",
     )
     p.add_argument(
+        "--anvil-states",
+        type=int,
+        default=0,
+        metavar="N",
+        help="states each anvil ledger keeps for reads at past blocks (anvil\n"
+        "--prune-history N); 0: anvil's default, 500 in memory and more on disk (anvil\n"
+        "copies its whole state per block: a long run needs a bound to fit in memory)",
+    )
+    p.add_argument(
+        "--batch-by",
+        choices=BATCH_BY,
+        default="source",
+        help="batch mode: one batch per source ledger, mixing its targets (default), or\n"
+        "per lane; the 8 calls a source keeps open are shared by its lanes",
+    )
+    p.add_argument(
         "--store",
         choices=("sqlite", "postgres"),
         default="sqlite",
@@ -236,6 +254,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         p.error("need --commit-samples >= 1")
     if a.block_gas_limit < 0:
         p.error("--block-gas-limit must be 0 (anvil's default) or a positive gas amount")
+    if a.anvil_states < 0:
+        p.error("--anvil-states must be 0 (anvil's default) or a positive number of states")
     if a.batch < 0 or a.batch > 2500:
         p.error("--batch must be 0 (off) or 1 .. 2500 (the coordinator's largest max_batch_items)")
     if a.scenario == "end-of-day" and a.curve:
@@ -259,7 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    a.commit_samples, a.holders, a.settle, a.cpu, a.baseline, a.json,
                    a.transport, a.evm_node_auth, a.observability, ledgers,
                    batch, a.scenario, curve, a.step_batching, a.step_in_flight,
-                   a.read_linger_ms, a.watch_group, a.block_gas_limit, a.store)  # fmt: skip
+                   a.read_linger_ms, a.watch_group, a.block_gas_limit, a.store,
+                   a.anvil_states, a.batch_by)  # fmt: skip
 
 
 async def _start_measuring(
@@ -315,7 +336,7 @@ async def run_point(
 ) -> tuple[list[TransferResult], dict[str, Any]]:
     """One load: in batches (``--batch``) or one SubmitTransfer each; then settle."""
     if opts.batch:
-        batches: list[BatchSpec] = plan_batches(specs, opts.batch)
+        batches: list[BatchSpec] = plan_batches(specs, opts.batch, opts.batch_by)
         results, stats = await run_batch_load(system, batches, opts, sampler)
     else:
         results, _ = await run_load(system, specs, opts, sampler)
@@ -342,8 +363,10 @@ async def measure_batch(
     extra = {
         "scenario": opts.scenario,
         "batch_size": opts.batch,
+        "batch_by": opts.batch_by,
         "stats": stats,
         "settle": settle_stats(results),
+        "settle_by_lane": settle_by_lane(results),
         "bridge_cpu_ms": bridge_cpu_ms(cpu, terminal),
         "transactions": counts,
         "gas": gas_summary(receipts, terminal, stats["batches"]),

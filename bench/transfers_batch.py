@@ -73,22 +73,47 @@ class BatchSpec:
     items: tuple[TransferSpec, ...]
 
 
-def plan_batches(specs: Sequence[TransferSpec], size: int) -> list[BatchSpec]:
-    """Group ``specs`` per source ledger, in their order, ``size`` at a time (the last group
-    of a ledger may be smaller); a group is due when its last transfer is. Sorted by due
-    time (then source), every spec in exactly one group."""
+BATCH_BY = ("source", "lane")
+"""How the client groups transfers into batches: per source ledger (a brokerage's batch
+mixes its target ledgers), or per lane (source and target ledger)."""
+
+
+def plan_batches(specs: Sequence[TransferSpec], size: int, by: str = "source") -> list[BatchSpec]:
+    """Group ``specs`` per source ledger (``by="lane"``: per source and target ledger), in
+    their order, ``size`` at a time (a group's last batch may be smaller); a batch is due
+    when its last transfer is. Sorted by due time (then source, then target), every spec in
+    exactly one batch."""
     if size < 1:
         raise ValueError("batch size must be at least 1")
-    by_source: dict[str, list[TransferSpec]] = {}
+    if by not in BATCH_BY:
+        raise ValueError(f"batches are grouped by one of {', '.join(BATCH_BY)}")
+    grouped: dict[tuple[str, str], list[TransferSpec]] = {}
     for s in specs:
-        by_source.setdefault(s.source, []).append(s)
+        grouped.setdefault((s.source, s.target if by == "lane" else ""), []).append(s)
     groups = [
-        (chunk[-1].at, source, tuple(chunk))
-        for source, mine in by_source.items()
+        (chunk[-1].at, key, tuple(chunk))
+        for key, mine in grouped.items()
         for chunk in (mine[i : i + size] for i in range(0, len(mine), size))
     ]
     groups.sort(key=lambda g: (g[0], g[1]))
-    return [BatchSpec(i, at, source, items) for i, (at, source, items) in enumerate(groups)]
+    return [BatchSpec(i, at, key[0], items) for i, (at, key, items) in enumerate(groups)]
+
+
+def submit_slots(batches: Sequence[BatchSpec], by: str = "source") -> dict[tuple[str, str], int]:
+    """SubmitTransfers calls the client keeps open at once per group of ``plan_batches``:
+    SUBMITS_PER_LEDGER per source ledger (the coordinator's bound on a ledger's running
+    batches), shared evenly by its lanes when batching per lane (at least one each), so a
+    lane whose target is slow to admit cannot hold every call of its source."""
+    keys = sorted({slot_key(b, by) for b in batches})
+    lanes: dict[str, int] = {}
+    for source, _ in keys:
+        lanes[source] = lanes.get(source, 0) + 1
+    return {k: max(1, SUBMITS_PER_LEDGER // lanes[k[0]]) for k in keys}
+
+
+def slot_key(batch: BatchSpec, by: str = "source") -> tuple[str, str]:
+    """The group a batch's SubmitTransfers call counts against (:func:`submit_slots`)."""
+    return (batch.source, batch.items[0].target if by == "lane" else "")
 
 
 def end_of_day_lanes(names: Sequence[str], kinds: Sequence[str]) -> tuple[Lane, ...]:
@@ -161,6 +186,16 @@ def settle_stats(results: Sequence[TransferResult]) -> dict[str, Any]:
         "latency_s": {f"p{q}": percentile(latency, q) for q in (50, 95, 99)},
         "latency_from_due_s": {f"p{q}": percentile(from_due, q) for q in (50, 95, 99)},
     }
+
+
+def settle_by_lane(results: Sequence[TransferResult]) -> dict[str, dict[str, Any]]:
+    """:func:`settle_stats` of each lane's transfers (``source->target``), in lane order of
+    first appearance: with every transfer due at once, each lane's time to settle shows
+    whether it ran at its own pace or waited for another's."""
+    lanes: dict[str, list[TransferResult]] = {}
+    for r in results:
+        lanes.setdefault(f"{r.spec.source}->{r.spec.target}", []).append(r)
+    return {lane: settle_stats(mine) for lane, mine in lanes.items()}
 
 
 def distinct_transactions(recorded: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -446,7 +481,7 @@ async def run_batch_load(
     # (``max_running_batches``): a thousand batches due at once otherwise each re-sent
     # every second on RESOURCE_EXHAUSTED (a 100,000-transfer run: about a tenth of the
     # coordinator's CPU spent refusing them).
-    submits = {b.source: asyncio.Semaphore(SUBMITS_PER_LEDGER) for b in batches}
+    submits = {k: asyncio.Semaphore(n) for k, n in submit_slots(batches, opts.batch_by).items()}
     stats: dict[str, Any] = {"batches": len(batches), "rpc_s": []}
     sampling = asyncio.create_task(sampler.run(stop)) if sampler else None
     t0 = asyncio.get_running_loop().time()
@@ -463,7 +498,7 @@ async def run_batch_load(
                         streams,
                         stats,
                         opts.watch_group,
-                        submits[b.source],
+                        submits[slot_key(b, opts.batch_by)],
                     )
                     for b in batches
                 )
@@ -568,7 +603,8 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
     s = b["settle"]
     st = b["stats"]
     lines = [
-        f"batch mode: {b['batch_size']} items per SubmitTransfers, {st['batches']} batches,"
+        f"batch mode: {b['batch_size']} items per SubmitTransfers (one batch per"
+        f" {b.get('batch_by', 'source')}), {st['batches']} batches,"
         f" {st.get('calls', 0)} calls (replays included), SubmitTransfers p50"
         f" {st['submit_rpc_p50_s']:.2f} s, max {st['submit_rpc_max_s']:.2f} s"
     ]
@@ -577,6 +613,13 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
             f"time to settle all: {s['time_to_settle_s']:.1f} s for {s['settled']} transfers"
             f" ({s['committed']} committed); sustained {s['sustained_per_s']:.2f} transfers/s"
         )
+    by_lane = [
+        f"{lane} {x['time_to_settle_s']:.1f} s ({x['sustained_per_s']:.1f}/s)"
+        for lane, x in b.get("settle_by_lane", {}).items()
+        if x["time_to_settle_s"] is not None and x["sustained_per_s"] is not None
+    ]
+    if by_lane:
+        lines.append("time to settle by lane: " + ", ".join(by_lane))
     cpu_ms = b["bridge_cpu_ms"]
     if cpu_ms:
         per = ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items() if k != "total")

@@ -79,6 +79,8 @@ class Options:
     watch_group: int = 500  # WatchBatch max_items_per_message; 1: one report per message
     block_gas_limit: int = 0  # each anvil's block gas limit; 0: anvil's default (30 M)
     store: str = "sqlite"  # the coordinator's database: sqlite | postgres (a throwaway cluster)
+    anvil_states: int = 0  # states each anvil keeps (--prune-history); 0: anvil's default
+    batch_by: str = "source"  # batch mode: one batch per source ledger | per lane
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -93,6 +95,8 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "watch_group": opts.watch_group,
         "block_gas_limit": opts.block_gas_limit,
         "store": opts.store,
+        "anvil_states": opts.anvil_states,
+        "batch_by": opts.batch_by,
     }
 
 
@@ -196,6 +200,7 @@ def make_system(workdir: Path, opts: Options, postgres_server: str = "") -> Loca
         extra_ledgers=[(n, k) for n, k in layout if k not in BUILT_IN],
         block_time=opts.block_time,
         block_gas_limit=opts.block_gas_limit,
+        anvil_states=opts.anvil_states,
         # ---- batch mode: a transfer may wait up to --timeout (end of day: the whole run)
         # before its lock without expiring (the devnet's default deadline is 120 s).
         transfer_ttl=max(120, int(opts.timeout)),

@@ -171,6 +171,12 @@ class LocalSystem:
     """Each anvil ledger's block gas limit (anvil ``--gas-limit``); 0: anvil's default
     (30,000,000). A permissioned network sets its own in genesis; benchmarks raise it to
     find what saturates after the ledgers' gas (issue 14)."""
+    anvil_states: int = 0
+    """States each anvil ledger keeps for reads at past blocks; 0: anvil's default (500 in
+    memory, older ones on disk). N: ``--prune-history N``, N in memory and none on disk.
+    Anvil keeps every state as a full copy, so with the default a long benchmark's anvil
+    grows by 500 times its state (about 11 GB at 30,000 transfers, issue 14); N must
+    still cover how far behind the finalized height a reader may read."""
     committee_size: int = 4
     threshold: int = 3
     isins: Sequence[str] = (DEMO_ISIN,)
@@ -364,7 +370,8 @@ class LocalSystem:
         committee = self.committee = self._start_custody()
         for name, chain_id in self.ledger_names:
             gas = ("--gas-limit", str(self.block_gas_limit)) if self.block_gas_limit else ()
-            node = AnvilNode(name, chain_id, self.block_time, self.workdir, extra_args=gas)
+            states = ("--prune-history", str(self.anvil_states)) if self.anvil_states else ()
+            node = AnvilNode(name, chain_id, self.block_time, self.workdir, extra_args=gas + states)
             node.start()
             if self.evm_node_auth:
                 node.secure(self._evm_node_ca(), write_token_file(self._rpc_token_file(name)))

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from transfers import parse_args
 from transfers_batch import (
     CURVE_KNEE,
+    SUBMITS_PER_LEDGER,
     block_use,
     bridge_cpu_ms,
     curve_rates,
@@ -24,7 +25,10 @@ from transfers_batch import (
     plan_end_of_day,
     saturated_point,
     saturation,
+    settle_by_lane,
     settle_stats,
+    slot_key,
+    submit_slots,
 )
 from transfers_setup import TransferResult, TransferSpec, make_system, mode_of
 
@@ -79,6 +83,53 @@ def test_batches_group_per_source_in_order_and_are_due_with_their_last_item() ->
     assert a_items == [i for i in range(10) if i % 3]
     with pytest.raises(ValueError, match="at least 1"):
         plan_batches(specs, 0)
+
+
+def test_batches_per_lane_never_mix_targets_and_share_their_source_calls() -> None:
+    lanes = [("A", "B"), ("B", "A"), ("A", "F"), ("F", "A")]
+    specs = [
+        TransferSpec(i, 0.0, *lanes[i % 4], "0xs", "0xr", 1)  # the end-of-day round-robin
+        for i in range(40)
+    ]
+    mixed = plan_batches(specs, 5)
+    assert any(len({s.target for s in b.items}) > 1 for b in mixed), "per source: mixed"
+    batches = plan_batches(specs, 5, by="lane")
+    assert sorted(s.index for b in batches for s in b.items) == list(range(40))
+    for b in batches:
+        assert len({(s.source, s.target) for s in b.items}) == 1 and len(b.items) == 5
+        assert [s.index for s in b.items] == sorted(s.index for s in b.items)
+    assert len(batches) == 8 and len(mixed) == 8
+    slots = submit_slots(batches, "lane")
+    # A's two lanes share its 8 calls; B and F have one lane each
+    assert slots == {("A", "B"): 4, ("A", "F"): 4, ("B", "A"): 8, ("F", "A"): 8}
+    assert {slot_key(b, "lane") for b in batches} == set(slots)
+    assert submit_slots(mixed) == {("A", ""): 8, ("B", ""): 8, ("F", ""): 8}
+    assert SUBMITS_PER_LEDGER == 8
+    many = [TransferSpec(i, 0.0, "A", f"T{i}", "0xs", "0xr", 1) for i in range(12)]
+    assert set(submit_slots(plan_batches(many, 1, by="lane"), "lane").values()) == {1}
+    with pytest.raises(ValueError, match="grouped by one of source, lane"):
+        plan_batches(specs, 5, by="target")
+    o = parse_args(["--scenario", "end-of-day", "--batch-by", "lane", "--anvil-states", "64"])
+    assert (o.batch_by, o.anvil_states) == ("lane", 64)
+    assert mode_of(o)["batch_by"] == "lane" and make_system(Path("/x"), o).anvil_states == 64
+    assert parse_args([]).anvil_states == 0 and parse_args([]).batch_by == "source"
+    for bad in (["--anvil-states", "-1"], ["--batch-by", "target"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_settle_by_lane_is_each_lanes_own_span() -> None:
+    def done(i: int, source: str, target: str, end: float) -> TransferResult:
+        r = TransferResult(TransferSpec(i, 0.0, source, target, "0xs", "0xr", 1))
+        r.final_state, r.state_at = "COMMITTED", {"COMMITTED": end}
+        return r
+
+    got = settle_by_lane(
+        [done(0, "A", "B", 10.0), done(1, "A", "F", 40.0), done(2, "A", "B", 20.0)]
+    )
+    assert list(got) == ["A->B", "A->F"]
+    assert (got["A->B"]["time_to_settle_s"], got["A->B"]["sustained_per_s"]) == (20.0, 0.1)
+    assert got["A->F"]["time_to_settle_s"] == 40.0 and got["A->F"]["settled"] == 1
 
 
 def test_end_of_day_lanes_and_plan() -> None:
