@@ -344,9 +344,16 @@ def test_holder_statuses_of_an_unregistered_security(env: Env) -> None:
 
 
 def test_holder_statuses_bounds_and_malformed_lists_are_refused(env: Env) -> None:
-    over = json.dumps([env.alice] * (p.MAX_HOLDER_READS + 1))
-    detail = rejects(env, env.a, "InvalidBatch", env.stranger, "HolderStatuses", ISIN.isin, over)
-    assert detail == f"count={p.MAX_HOLDER_READS + 1}, max={p.MAX_HOLDER_READS}"
+    for entry in (env.alice, "not an account"):  # the bound is checked before any entry
+        over = json.dumps([entry] * (p.MAX_HOLDER_READS + 1))
+        detail = rejects(
+            env, env.a, "InvalidBatch", env.stranger, "HolderStatuses", ISIN.isin, over
+        )
+        assert detail == f"count={p.MAX_HOLDER_READS + 1}, max={p.MAX_HOLDER_READS}"
+    fresh = Ledger("fabric-c", "kstb")  # never initialised
+    with pytest.raises(p.ChaincodeError) as info:
+        fresh.call(env.stranger, "HolderStatuses", ISIN.isin, json.dumps([env.alice]))
+    assert info.value.name == "NotInitialized"
     at_bound = _statuses(env, env.a, ISIN.isin, [env.alice] * p.MAX_HOLDER_READS)
     assert len(at_bound) == p.MAX_HOLDER_READS
     assert _statuses(env, env.a, ISIN.isin, []) == []

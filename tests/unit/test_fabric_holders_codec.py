@@ -20,6 +20,7 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.ledgers.cometbft.adapter import CometAdapter
 from bridge.ledgers.fabric import codec
 from bridge.ledgers.fabric.adapter import FabricAdapter
+from bridge.ledgers.fabric.holders import REPROBE_S, HolderReads
 from bridge.ledgers.many_holders import ManyHoldersReader, read_holders
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
@@ -63,6 +64,10 @@ def test_a_well_formed_answer_is_read_in_order() -> None:
         (lambda recs: [{**r, "holder": 5} for r in recs], "out of order"),
         (lambda recs: [{**r, "eligible": "yes"} for r in recs], "must be a boolean"),
         (lambda recs: "holders", "must list 3 holders"),
+        (lambda recs: [*recs, recs[0]], "must list 3 holders"),
+        (lambda recs: [7, *recs[1:]], "must be a JSON object, got int"),
+        (lambda recs: [None, *recs[1:]], "must be a JSON object, got NoneType"),
+        (lambda recs: [json.dumps(recs[0]), *recs[1:]], "must be a JSON object, got str"),
     ],
 )
 def test_a_short_reordered_or_malformed_answer_is_refused(mangle: Any, error: str) -> None:
@@ -84,13 +89,17 @@ class _Peer:
         self.mangle = mangle
         self.refuse = refuse
         self.calls: list[tuple[str, list[str]]] = []
+        self.heights: list[int] = []
+        self.refuse_from = 0  # HolderStatuses calls answered before ``refuse`` applies
+        self.single: object = None  # replaces every HolderStatus answer when set
 
     def answer(self, function: str, args: list[str]) -> bytes:
         self.calls.append((function, args))
         if function == "HolderStatus":
-            return json.dumps(status(args[1])).encode()
+            return json.dumps(self.single or status(args[1])).encode()
         assert function == "HolderStatuses"
-        if self.refuse is not None:
+        asked = sum(f == "HolderStatuses" for f, _ in self.calls)
+        if self.refuse is not None and asked > self.refuse_from:
             raise LedgerRejected(self.refuse, f"{self.refuse.value}: refused")
         recs: list[dict[str, object]] = [{**status(a), "holder": a} for a in json.loads(args[1])]
         return json.dumps(self.mangle(recs) if self.mangle else {"holders": recs}).encode()
@@ -99,20 +108,28 @@ class _Peer:
         return self.answer(function, args)
 
     async def query(self, function: str, args: list[str], height: int) -> tuple[bytes, int]:
+        self.heights.append(height)
         return self.answer(function, args), height
 
 
-def _fabric(peer: _Peer) -> FabricAdapter:
+def _fabric(peer: _Peer, reads: HolderReads | None = None) -> FabricAdapter:
     adapter = FabricAdapter.__new__(FabricAdapter)
     adapter._client = peer  # type: ignore[assignment]
     adapter._chaincode = "bridge"
+    adapter._holder_reads = reads or HolderReads()
     return adapter
 
 
-def _comet(peer: _Peer) -> CometAdapter:
+def _comet(peer: _Peer, reads: HolderReads | None = None) -> CometAdapter:
     adapter = CometAdapter.__new__(CometAdapter)
     adapter._ledger = LedgerId("unit-cmt")
     adapter._client = peer  # type: ignore[assignment]
+    adapter._holder_reads = reads or HolderReads()
+
+    async def final() -> int:
+        return 9
+
+    adapter.finalized_height = final  # type: ignore[method-assign]
     return adapter
 
 
@@ -148,6 +165,12 @@ def test_many_holders_are_one_read_per_bound_in_order(make: Callable[[_Peer], An
         pytest.param(lambda recs: {"holders": recs[::-1]}, id="reordered"),
         pytest.param(lambda recs: {"legs": recs}, id="another-shape"),
         pytest.param(lambda recs: "text", id="not-an-object"),
+        pytest.param(lambda recs: {"holders": [*recs, recs[0]]}, id="longer"),
+        pytest.param(lambda recs: {"holders": [7, *recs[1:]]}, id="a-number-record"),
+        pytest.param(lambda recs: {"holders": [None, *recs[1:]]}, id="a-null-record"),
+        pytest.param(
+            lambda recs: {"holders": [json.dumps(r) for r in recs]}, id="records-as-strings"
+        ),
     ],
 )
 def test_a_malformed_answer_is_typed_malformed(make: Callable[[_Peer], Any], mangle: Any) -> None:
@@ -181,3 +204,60 @@ def test_other_refusals_propagate_without_single_reads(
         asyncio.run(make(peer).holder_statuses(ISIN, words(accounts(2))))
     assert err.value.reason is reason
     assert [f for f, _ in peer.calls] == ["HolderStatuses"]
+
+
+@pytest.mark.parametrize("make", KINDS)
+def test_unknown_function_after_an_answered_chunk_is_a_refusal(
+    make: Callable[..., Any],
+) -> None:
+    """An endpoint cannot both have and lack HolderStatuses: no single reads, no half answer."""
+    peer = _Peer(refuse=ErrorReason.UNKNOWN_FUNCTION)
+    peer.refuse_from = 1
+    with pytest.raises(LedgerRejected) as err:
+        asyncio.run(make(peer).holder_statuses(ISIN, words(accounts(codec.MAX_HOLDER_READS + 1))))
+    assert err.value.reason is ErrorReason.UNKNOWN_FUNCTION
+    assert [f for f, _ in peer.calls] == ["HolderStatuses"] * 2
+
+
+@pytest.mark.parametrize("make", KINDS)
+def test_a_malformed_single_answer_is_typed_malformed(make: Callable[..., Any]) -> None:
+    """Both the fallback's single reads and holder_status itself (was a bare ValueError)."""
+    peer = _Peer(refuse=ErrorReason.UNKNOWN_FUNCTION)
+    peer.single = {"registered": True}
+    adapter = make(peer)
+    with pytest.raises(LedgerRejected) as err:
+        asyncio.run(adapter.holder_statuses(ISIN, words(accounts(2))))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+    with pytest.raises(LedgerRejected) as err:
+        asyncio.run(adapter.holder_status(ISIN, words(accounts(1))[0]))
+    assert err.value.reason is ErrorReason.MALFORMED_ANSWER
+
+
+@pytest.mark.parametrize("make", KINDS)
+def test_an_endpoint_without_holder_statuses_is_probed_again_only_later(
+    make: Callable[..., Any],
+) -> None:
+    now = [1000.0]
+    peer = _Peer(refuse=ErrorReason.UNKNOWN_FUNCTION)
+    adapter = make(peer, HolderReads(clock=lambda: now[0]))
+    for _ in range(3):
+        asyncio.run(adapter.holder_statuses(ISIN, words(accounts(2))))
+    assert [f for f, _ in peer.calls].count("HolderStatuses") == 1
+    assert [f for f, _ in peer.calls].count("HolderStatus") == 6
+    now[0] += REPROBE_S  # the chaincode may have been upgraded meanwhile
+    peer.refuse = None
+    got = asyncio.run(adapter.holder_statuses(ISIN, words(accounts(2))))
+    assert len(got) == 2 and [f for f, _ in peer.calls][-1] == "HolderStatuses"
+
+
+def test_cometbft_reads_every_chunk_at_one_height() -> None:
+    peer = _Peer()
+    asyncio.run(_comet(peer).holder_statuses(ISIN, words(accounts(codec.MAX_HOLDER_READS + 1))))
+    assert peer.heights == [9, 9]
+
+
+def test_the_adapters_bound_is_the_chaincodes() -> None:
+    from kstb_chaincode import protocol
+
+    assert codec.MAX_HOLDER_READS == protocol.MAX_HOLDER_READS
+    assert codec.MAX_LEG_READS == protocol.MAX_LEG_READS

@@ -42,7 +42,7 @@ from bridge.ledgers.cometbft.kind import CometAddressCodec
 from bridge.ledgers.cometbft.rpc import CometClient, TxEvent, refusal
 from bridge.ledgers.fabric import batch as fabric_batch
 from bridge.ledgers.fabric import codec
-from bridge.ledgers.fabric.holders import holder_statuses as read_holder_statuses
+from bridge.ledgers.fabric.holders import HolderReads, read_holder_status
 from bridge.ledgers.heads import HeadSubscription, HeadWatch
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
@@ -73,6 +73,7 @@ class CometAdapter(StepTemplate):
         self._ledger = config.id
         self._client = client
         self._bridge_word = get_kind("cometbft").bridge_word(config)
+        self._holder_reads = HolderReads()
         # ---- pushed blocks (issue 14 item 4): the relayer's watcher waits for the next block
         self._heads = HeadWatch(
             client.latest_height, max(0.05, min(0.25, config.block_interval / 10))
@@ -228,18 +229,22 @@ class CometAdapter(StepTemplate):
 
     async def holder_status(self, security: SecurityId, holder: bytes) -> HolderStatus:
         """Registration, balance and standing at the latest committed block."""
-        raw = await self._view("HolderStatus", [security.isin, self.format_address(holder)])
-        return codec.holder_from_json(raw)
+        return await read_holder_status(self._view, security, self.format_address(holder))
 
     async def holder_statuses(
         self, security: SecurityId, holders: Sequence[bytes]
     ) -> list[HolderStatus]:
         """Each of ``holders`` as :meth:`holder_status` reads it, in order
         (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): one ``HolderStatuses``
-        query per ``codec.MAX_HOLDER_READS`` holders
-        (:func:`bridge.ledgers.fabric.holders.holder_statuses`)."""
+        query per ``codec.MAX_HOLDER_READS`` holders, all at one height
+        (:class:`bridge.ledgers.fabric.holders.HolderReads`)."""
         accounts = [self.format_address(h) for h in holders]
-        return await read_holder_statuses(self._view, security, accounts)
+        at = await self.finalized_height()  # every chunk at one height
+
+        async def view(function: str, args: list[str]) -> bytes:
+            return await self._view(function, args, at)
+
+        return await self._holder_reads.read(view, security, accounts)
 
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """The ``Supply`` figures as of block ``height`` (default: the latest), exactly (the

@@ -46,7 +46,7 @@ from bridge.ledgers.fabric.blocks import (
     keys_written_in_block,
 )
 from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
-from bridge.ledgers.fabric.holders import holder_statuses as read_holder_statuses
+from bridge.ledgers.fabric.holders import HolderReads, read_holder_status
 from bridge.ledgers.steps import GovernanceWrite, RotationWrite, Step, StepTemplate
 
 EVENT_NAME = "LegStateChanged"
@@ -92,6 +92,7 @@ class FabricAdapter(StepTemplate):
         self._chaincode = chaincode
         self._operator = operator
         self._bridge_word = fabric_bridge_word(client.channel, chaincode)
+        self._holder_reads = HolderReads()
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -228,10 +229,7 @@ class FabricAdapter(StepTemplate):
 
         ``holder`` must be a Fabric address word (12 zero bytes + 20); InvalidInput otherwise.
         """
-        raw = await self._client.evaluate(
-            self._chaincode, "HolderStatus", [security.isin, self.format_address(holder)]
-        )
-        return codec.holder_from_json(raw)
+        return await read_holder_status(self._evaluate, security, self.format_address(holder))
 
     async def holder_statuses(
         self, security: SecurityId, holders: Sequence[bytes]
@@ -239,9 +237,9 @@ class FabricAdapter(StepTemplate):
         """Each of ``holders`` as :meth:`holder_status` reads it, in order
         (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): one ``HolderStatuses``
         evaluate per ``codec.MAX_HOLDER_READS`` holders
-        (:func:`bridge.ledgers.fabric.holders.holder_statuses`)."""
+        (:class:`bridge.ledgers.fabric.holders.HolderReads`)."""
         accounts = [self.format_address(h) for h in holders]
-        return await read_holder_statuses(self._evaluate, security, accounts)
+        return await self._holder_reads.read(self._evaluate, security, accounts)
 
     async def _evaluate(self, function: str, args: list[str]) -> bytes:
         return await self._client.evaluate(self._chaincode, function, args)

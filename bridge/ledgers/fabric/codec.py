@@ -79,6 +79,8 @@ def int_from_json(value: object, field: str) -> int:
 def _object(raw: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if isinstance(raw, Mapping):
         return raw
+    if not isinstance(raw, (str, bytes, bytearray)):  # an answer's element of another type
+        raise ValueError(f"{what} must be a JSON object, got {type(raw).__name__}")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -86,6 +88,13 @@ def _object(raw: str | bytes | Mapping[str, Any], what: str) -> Mapping[str, Any
     if not isinstance(data, dict):
         raise ValueError(f"{what} must be a JSON object")
     return data
+
+
+def _record(value: object, what: str) -> Mapping[str, Any]:
+    """An element of an answer's list: a JSON object itself (never a string to parse)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _field(data: Mapping[str, Any], name: str, what: str) -> Any:
@@ -256,7 +265,7 @@ def committees_from_json(raw: str | bytes | Mapping[str, Any]) -> tuple[EpochWin
         raise ValueError("Committees answer: committees must be a list")
     out = []
     for item in items:
-        obj = _object(item, "committee window")
+        obj = _record(item, "committee window")
         members = _field(obj, "members", "committee window")
         if not isinstance(members, list) or not all(
             isinstance(m, str) and _ADDRESS_RE.fullmatch(m) for m in members
@@ -408,7 +417,7 @@ def holders_from_json(
         raise ValueError(f"HolderStatuses answer must list {len(accounts)} holders")
     out = []
     for account, record in zip(accounts, records, strict=True):
-        rec = _object(record, "HolderStatuses record")
+        rec = _record(record, "HolderStatuses record")
         echoed = _field(rec, "holder", "HolderStatuses record")
         if not isinstance(echoed, str) or echoed.lower() != account.lower():
             raise ValueError(f"HolderStatuses answer is out of order at {account}")
@@ -436,7 +445,7 @@ def legs_from_json(
         raise ValueError(f"Legs answer must list {len(transfer_ids)} legs")
     out = []
     for tid, record in zip(transfer_ids, records, strict=True):
-        rec = _object(record, "Legs record")
+        rec = _record(record, "Legs record")
         if word_from_json(_field(rec, "transfer_id", "Legs record"), "transfer_id") != tid:
             raise ValueError(f"Legs answer is out of order at 0x{tid.hex()}")
         out.append(

@@ -29,7 +29,7 @@ from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.legs import Action, Leg, LegState
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
-from bridge.ledgers.fabric import batch
+from bridge.ledgers.fabric import batch, codec
 from bridge.ledgers.fabric.adapter import FabricAdapter
 from bridge.rpc.convert import leg_status_from_pb
 from bridge.v1 import relayer_pb2, relayer_pb2_grpc
@@ -336,7 +336,7 @@ async def test_holder_statuses_answer_each_holder_as_holder_status(
     assert (singles[frozen].frozen, singles[frozen].receive_status) == (True, 3)
     assert (singles[stranger].eligible, singles[stranger].receive_status) == (False, 2)
     assert singles[zero].receive_status == 5
-    many = json.dumps([relayer.format_address(rich)] * (batch.MAX_BATCH_ITEMS + 1))
+    many = json.dumps([relayer.format_address(rich)] * (codec.MAX_HOLDER_READS + 1))
     with pytest.raises(LedgerRejected) as info:
         await relayer.client.evaluate(CHAINCODE, "HolderStatuses", [ISIN, many])
     assert info.value.reason is ErrorReason.INVALID_BATCH
