@@ -39,6 +39,9 @@ from pathlib import Path
 
 PLAINTEXT_ENV = "KSTB_CHAINCODE_INSECURE_PLAINTEXT_FOR_DEVELOPMENT"
 """Set to ``1`` to serve without (mutual) TLS: development only, warned at every start."""
+CHECK_ASSUMED_ENV = "KSTB_CHAINCODE_CHECK_ASSUMED"
+"""``1``: ``protocol.CHECK_ASSUMED``, warned at start (the test suite sets it; never in
+production)."""
 
 TLS_ENVS = ("CHAINCODE_TLS_KEY_FILE", "CHAINCODE_TLS_CERT_FILE", "CHAINCODE_TLS_CLIENT_CA_FILE")
 
@@ -98,6 +101,11 @@ def main() -> int:
     logging.getLogger().setLevel(logging.WARNING)
     level = os.environ.get("KSTB_CHAINCODE_LOG_LEVEL", "INFO").upper()
     logging.getLogger("kstb_chaincode").setLevel(level)
+    if os.environ.get(CHECK_ASSUMED_ENV) == "1":  # read by kstb_chaincode.protocol
+        logging.getLogger("kstb_chaincode").warning(
+            "%s=1: values taken from leg records are read and compared too (tests only)",
+            CHECK_ASSUMED_ENV,
+        )
     if client_ca is None:
         logging.getLogger("kstb_chaincode").warning(
             "%s=1: serving WITHOUT mutual TLS to the peers (development only)", PLAINTEXT_ENV

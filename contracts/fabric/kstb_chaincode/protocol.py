@@ -32,7 +32,10 @@ and ``minted/<word>/<transfer id>`` (an inbound leg committed, Minted), written 
 never deleted (hex without 0x). ``Supply`` does not sum those keys (a range read the peer
 caps at ``totalQueryLimit`` would be silently short at scale): the per-security counters
 ``tally/<word>/<nn>`` (sharded, so two transactions of a security rarely conflict) and
-``tally/<word>/state`` are kept in step by every write, see ``# ---- exact reads``.
+``tally/<word>/state`` are kept in step by every write, see ``# ---- exact reads``. A leg
+record (``out/``, ``in/``) also stores ``delayed`` (never reported): whether the leg has a
+``notbefore/`` record; with it, a leg's index key and delay are known without reading them,
+see ``# ---- fewer state reads``.
 
 Error messages are ``"<ErrorName>: <detail>"``; the detail uses the EVM adapter's
 ``name=value, ...`` form (bytes and addresses as lowercase 0x-hex).
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -530,6 +534,9 @@ class _Leg:
     amount: int = 0
     security: bytes = ZERO_WORD
     reason: int = 0
+    delayed: bool | None = None
+    """Stored, never reported (``# ---- fewer state reads``): whether the leg has a
+    ``notbefore`` record; None for a leg whose record predates the field."""
 
 
 def _parse_bool(name: str, text: str) -> bool:
@@ -666,7 +673,8 @@ class Endpoint:
     """One call's view of the bridge endpoint and its tokens over a (buffered) store."""
 
     def __init__(self, store: KeyValue, ctx: Context, emit: Emit) -> None:
-        self._kv: KeyValue = _Tallying(store)  # ---- exact reads: counters on every write
+        self._tally = _Tallying(store)  # ---- exact reads: counters on every write
+        self._kv: KeyValue = self._tally
         self._ctx = ctx
         self._emit = emit
         self._cfg: _Config | None = None
@@ -736,17 +744,40 @@ class Endpoint:
         obj = self._get_json(f"{direction}/{tid.hex()}")
         if obj is None:
             return _Leg()
+        delayed = obj.get("delayed")
         return _Leg(
             state=int(obj["state"]),
             terms_hash=bytes.fromhex(obj["terms_hash"][2:]),
             amount=int(obj["amount"]),
             security=bytes.fromhex(obj["security"][2:]),
             reason=int(obj["reason"]),
+            delayed=bool(delayed) if delayed is not None else None,
         )
+
+    # ---- fewer state reads (issue 14): a leg this code recorded (``delayed`` is not None)
+    # has its index key (escrow while Locked, prepared while Prepared, burned/minted once
+    # committed) written in the same call as every change of its state, so the leg's state
+    # and amount say what that key holds: the counters' old value is taken from the leg,
+    # not read (one state round trip less per key). A leg recorded by an earlier version
+    # (``delayed`` None) has its keys read as before.
+
+    def _index_put(self, leg: _Leg, key: str, value: bytes, old: bytes | None) -> None:
+        if leg.delayed is None:
+            self._kv.put(key, value)
+        else:
+            self._tally.put_known(key, value, old)
+
+    def _index_delete(self, leg: _Leg, key: str) -> None:
+        """Delete the index key of ``leg``'s current state, which holds ``leg.amount``."""
+        if leg.delayed is None:
+            self._kv.delete(key)
+        else:
+            self._tally.delete_known(key, str(leg.amount).encode())
 
     def _put_leg(self, direction: str, tid: bytes, leg: _Leg, terms: Terms | None = None) -> None:
         record = _leg_json(leg)
-        self._put_json(f"{direction}/{tid.hex()}", record)
+        stored = record if leg.delayed is None else {**record, "delayed": leg.delayed}
+        self._put_json(f"{direction}/{tid.hex()}", stored)
         event: dict[str, Any] = {
             **record,
             "transfer_id": _hex(tid),
@@ -1066,7 +1097,7 @@ class Endpoint:
         self._require_not_halted(t.security)  # ---- depository halt
         if self._leg("out", tid).state != OUT_NONE:
             raise ChaincodeError("TransferExists", f"transferId={_hex(tid)}")
-        self._flow_take(t.security, t.dst_ledger, tid, t.amount, FLOW_OUT)
+        delayed = self._flow_take(t.security, t.dst_ledger, tid, t.amount, FLOW_OUT)
         # SecurityToken.bridgeEscrow
         if token["paused"]:
             raise ChaincodeError("TokenPaused", f"securityId={_hex(t.security)}")
@@ -1075,8 +1106,11 @@ class Endpoint:
         self._require_balance(sender, h, t.amount)
         h.balance -= t.amount
         self._put_holder(t.security, sender, h)
-        self._kv.put(f"escrow/{t.security.hex()}/{tid.hex()}", str(t.amount).encode())
-        leg = _Leg(OUT_LOCKED, t.terms_hash, t.amount, t.security)
+        # A new leg (it was NONE: no record), so its escrow key is absent: not read.
+        self._tally.put_known(
+            f"escrow/{t.security.hex()}/{tid.hex()}", str(t.amount).encode(), None
+        )
+        leg = _Leg(OUT_LOCKED, t.terms_hash, t.amount, t.security, delayed=delayed)
         self._put_leg("out", tid, leg, terms=t)
         return {"transfer_id": _hex(tid), **_leg_json(leg)}
 
@@ -1097,12 +1131,13 @@ class Endpoint:
             leg = self._leg("out", tid)
             self._require_state(tid, leg, OUT_LOCKED)
             self._require_hash(tid, leg, thash)
-            self._require_delay_over(tid, "out")
+            self._require_delay_over(tid, "out", leg)
             leg.state = OUT_BURNED
             sec = leg.security
-            self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")  # burned
+            escrow, burned = f"escrow/{sec.hex()}/{tid.hex()}", f"burned/{sec.hex()}/{tid.hex()}"
+            self._index_delete(leg, escrow)  # burned
             # The cumulative burned_out term of Supply: one key per transfer, never a counter.
-            self._kv.put(f"burned/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
+            self._index_put(leg, burned, str(leg.amount).encode(), None)
             self._put_leg("out", tid, leg)
         elif self._is_target(t):
             leg = self._leg("in", tid)
@@ -1110,14 +1145,14 @@ class Endpoint:
             self._require_hash(tid, leg, thash)
             self._require_not_halted(leg.security)  # ---- depository halt: the mint waits
             # review finding 9: TooEarly before the pause, as on EVM (bridgeMint comes last)
-            self._require_delay_over(tid, "in")
+            self._require_delay_over(tid, "in", leg)
             self._require_not_paused(leg.security)  # ---- depository halt: bridgeMint
             leg.state = IN_MINTED
             sec = leg.security
             self._flow_credit(sec, t.src_ledger, FLOW_OUT, leg.amount)  # inbound offsets outbound
-            self._kv.delete(f"prepared/{sec.hex()}/{tid.hex()}")
+            self._index_delete(leg, f"prepared/{sec.hex()}/{tid.hex()}")
             # The cumulative minted_in term of Supply: one key per transfer, never a counter.
-            self._kv.put(f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
+            self._index_put(leg, f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode(), None)
             # bridgeMint (the pause is checked above); recipient validated at prepare, its
             # eligibility and freeze re-checked below (parking).
             recipient = _address_of_word(t.recipient)
@@ -1153,7 +1188,7 @@ class Endpoint:
             leg.state = OUT_RELEASED
             sec = leg.security
             self._flow_credit(sec, t.dst_ledger, FLOW_OUT, leg.amount)  # never left
-            self._kv.delete(f"escrow/{sec.hex()}/{tid.hex()}")
+            self._index_delete(leg, f"escrow/{sec.hex()}/{tid.hex()}")
             sender = _address_of_word(t.sender)
             assert sender is not None  # validated at lock
             # bridgeRelease: no eligibility/freeze checks (only the pause, checked above).
@@ -1167,10 +1202,11 @@ class Endpoint:
                 raise ChaincodeError("BadState", f"transferId={_hex(tid)}, state={leg.state}")
             if leg.state == IN_NONE:  # a tombstone: a late prepare can no longer succeed
                 leg.terms_hash, leg.amount, leg.security = thash, t.amount, t.security
+                leg.delayed = False
             else:
                 self._require_hash(tid, leg, thash)
             if leg.state == IN_PREPARED:
-                self._kv.delete(f"prepared/{leg.security.hex()}/{tid.hex()}")
+                self._index_delete(leg, f"prepared/{leg.security.hex()}/{tid.hex()}")
                 self._flow_credit(leg.security, t.src_ledger, FLOW_IN, leg.amount)
             leg.state = IN_ABORTED
             self._put_leg("in", tid, leg)
@@ -1221,10 +1257,14 @@ class Endpoint:
             t.security,
             reason,
         )
+        leg.delayed = False
         if reason == 0:
-            self._flow_take(t.security, t.src_ledger, tid, t.amount, FLOW_IN)
+            leg.delayed = self._flow_take(t.security, t.src_ledger, tid, t.amount, FLOW_IN)
             leg.state = IN_PREPARED
-            self._kv.put(f"prepared/{t.security.hex()}/{tid.hex()}", str(t.amount).encode())
+            # A new leg (it was NONE: no record), so its prepared key is absent: not read.
+            self._tally.put_known(
+                f"prepared/{t.security.hex()}/{tid.hex()}", str(t.amount).encode(), None
+            )
         else:
             leg.state = IN_REJECTED
         self._put_leg("in", tid, leg)
@@ -1245,7 +1285,7 @@ class Endpoint:
         if now <= t.deadline:
             raise ChaincodeError("NotExpired", f"deadline={t.deadline}, nowTs={now}")
         leg.terms_hash, leg.amount, leg.security = t.terms_hash, t.amount, t.security
-        leg.state = IN_EXPIRED
+        leg.state, leg.delayed = IN_EXPIRED, False
         self._put_leg("in", tid, leg)
         return {"transfer_id": _hex(tid), **_leg_json(leg)}
 
@@ -1883,14 +1923,16 @@ class Endpoint:
             f"flowbucket/{sec.hex()}/{lane.hex()}/{kind}", {"level": str(level), "updated": now}
         )
 
-    def _flow_take(self, sec: bytes, lane: bytes, tid: bytes, amount: int, kind: int) -> None:
+    def _flow_take(self, sec: bytes, lane: bytes, tid: bytes, amount: int, kind: int) -> bool:
         """Lock (FLOW_OUT) / prepare (FLOW_IN) hook: consume capacity or FlowLimitExceeded;
-        beyond the lane's large allowance the leg gets a not-before (see the EVM twin)."""
+        beyond the lane's large allowance the leg gets a not-before (see the EVM twin).
+        True when it did (the leg records it: ``_Leg.delayed``)."""
         f = self._flow_limit(sec, lane)
         cap, period = self._flow_params(f, kind)
         large = FLOW_LARGE_OUT if kind == FLOW_OUT else FLOW_LARGE_IN
+        delayed = False
         if cap == 0 and f["large_threshold"] == 0:
-            return
+            return delayed
         now = self._clock()
         if cap:
             level, t = self._bucket_at(sec, lane, kind, f, now)
@@ -1918,8 +1960,10 @@ class Endpoint:
                         "lane": lane.hex(),
                     },
                 )
+                delayed = True
                 need = level
             self._store_bucket(sec, lane, large, level - need, t)
+        return delayed
 
     def _flow_credit(self, sec: bytes, lane: bytes, kind: int, amount: int) -> None:
         """Give ``amount`` back to a rate bucket, bounded by its capacity."""
@@ -1930,10 +1974,14 @@ class Endpoint:
         level, t = self._bucket_at(sec, lane, kind, f, self._clock())
         self._store_bucket(sec, lane, kind, min(level + amount * period, cap * period), t)
 
-    def _not_before(self, tid: bytes, direction: str) -> int:
+    def _not_before(self, tid: bytes, direction: str, leg: _Leg | None = None) -> int:
         """The leg's effective not-before: min(stored, delayed-at + the lane's CURRENT
         large delay), so lowering or removing a lane's delay shortens legs already delayed
-        (review finding 3; the EVM endpoint's ``_effectiveNotBefore``). 0: no delay."""
+        (review finding 3; the EVM endpoint's ``_effectiveNotBefore``). 0: no delay.
+        ``leg`` (already read) saves the read of a leg this code recorded as not delayed:
+        its ``notbefore`` record is written in the call that writes the leg, or never."""
+        if leg is not None and leg.delayed is False:
+            return 0
         d = self._get_json(f"notbefore/{direction}/{tid.hex()}")
         if d is None:
             return 0
@@ -1941,8 +1989,8 @@ class Endpoint:
         current = self._flow_limit(bytes.fromhex(d["sec"]), bytes.fromhex(d["lane"]))
         return min(at, since + current["large_delay"])
 
-    def _require_delay_over(self, tid: bytes, direction: str) -> None:
-        at = self._not_before(tid, direction)
+    def _require_delay_over(self, tid: bytes, direction: str, leg: _Leg) -> None:
+        at = self._not_before(tid, direction, leg)
         if at == 0:
             return
         now = self._clock()
@@ -2168,7 +2216,7 @@ class Endpoint:
         out = []
         for tid in ids:
             leg = self._leg(d, tid)
-            nb = self._not_before(tid, d) if leg.state in (OUT_LOCKED, IN_PREPARED) else 0
+            nb = self._not_before(tid, d, leg) if leg.state in (OUT_LOCKED, IN_PREPARED) else 0
             out.append({**_leg_json(leg), "transfer_id": _hex(tid), "not_before": nb})
         return {"legs": out}
 
@@ -2532,6 +2580,13 @@ def _committee_json(c: _Committee) -> dict[str, Any]:
 TALLY_SHARDS = 64
 """Counter records per security: a Supply read costs this many point reads."""
 
+CHECK_ASSUMED = os.environ.get("KSTB_CHAINCODE_CHECK_ASSUMED", "") == "1"
+"""Tests: every value taken from a leg instead of read (``# ---- fewer state reads``) is
+read as well and compared; a difference raises. Off in production (it is the read saved);
+``KSTB_CHAINCODE_CHECK_ASSUMED=1`` in the environment turns it on (the test suite sets it,
+so its chaincode servers and CometBFT nodes inherit it). Every endorser and validator must
+run with the same setting (it adds reads to the read set)."""
+
 TALLY_FAMILIES: tuple[tuple[str, str], ...] = (
     ("holder", "holders"),
     ("escrow", "escrowed"),
@@ -2588,14 +2643,34 @@ class _Tallying:
         return self._inner.scan_after(prefix, after, limit)
 
     def put(self, key: str, value: bytes) -> None:
-        self._account(key, value)
+        self._account(key, value, self._inner.get(key))
         self._inner.put(key, value)
 
     def delete(self, key: str) -> None:
-        self._account(key, None)
+        self._account(key, None, self._inner.get(key))
         self._inner.delete(key)
 
-    def _account(self, key: str, new: bytes | None) -> None:
+    def put_known(self, key: str, value: bytes, old: bytes | None) -> None:
+        """``put`` of a key whose current value the caller knows to be ``old`` (None:
+        absent), without reading it. SECURITY: only for a leg's index keys, whose value the
+        leg's own record determines (``Endpoint._index_put``); with CHECK_ASSUMED (tests)
+        the key is read as well and any other value raises AssertionError."""
+        self._account(key, value, self._known(key, old))
+        self._inner.put(key, value)
+
+    def delete_known(self, key: str, old: bytes) -> None:
+        """``delete`` of a key known to hold ``old`` (see :meth:`put_known`)."""
+        self._account(key, None, self._known(key, old))
+        self._inner.delete(key)
+
+    def _known(self, key: str, old: bytes | None) -> bytes | None:
+        if CHECK_ASSUMED:
+            actual = self._inner.get(key)
+            if actual != old:
+                raise AssertionError(f"{key} holds {actual!r}, its leg says {old!r}")
+        return old
+
+    def _account(self, key: str, new: bytes | None, old: bytes | None) -> None:
         family, _, rest = key.partition("/")
         field = _TALLY_FIELD.get(family)
         sec_hex, _, word = rest.partition("/")
@@ -2603,7 +2678,7 @@ class _Tallying:
             return
         if not _counts(self._inner, family, sec_hex, key):
             return
-        delta = _amount_of(family, new) - _amount_of(family, self._inner.get(key))
+        delta = _amount_of(family, new) - _amount_of(family, old)
         if delta:
             shard = self._shard.setdefault(sec_hex, _shard_of(key))
             _tally_add(self._inner, sec_hex, shard, field, delta)

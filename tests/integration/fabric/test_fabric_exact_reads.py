@@ -67,12 +67,17 @@ CLAIMS = {
     Action.ABORT: ClaimKind.ABORT,
 }
 
-# The chaincode before ADR 0024, as a patch of today's: no counter is written, and Supply
-# sums range reads (verbatim the old method). Every other key it writes is unchanged.
+# The chaincode before ADR 0024, as a patch of today's: no counter is written, Supply
+# sums range reads (verbatim the old method), and leg records have no ``delayed`` (ADR 0024
+# item 9, later still). Every other key it writes is unchanged.
 _LEGACY_PATCHES = (
     (
-        "        self._kv: KeyValue = _Tallying(store)  # ---- exact reads: counters on every write\n",
-        "        self._kv: KeyValue = store\n",
+        "        self._tally = _Tallying(store)  # ---- exact reads: counters on every write\n",
+        "        self._tally = _Untallied(store)  # type: ignore[assignment]\n",
+    ),
+    (
+        '        stored = record if leg.delayed is None else {**record, "delayed": leg.delayed}\n',
+        "        stored = record\n",
     ),
     (
         '        self._put_json(_tally_state_key(sec.hex()), {"done": True})  # ---- exact reads\n',
@@ -100,6 +105,20 @@ def _scanning_supply(self: Endpoint, isin: str) -> object:
         "burned_out": str(total(f"burned/{sec.hex()}/")),
         "minted_in": str(total(f"minted/{sec.hex()}/")),
     }
+
+
+class _Untallied:
+    # The store itself: writes move no counter (the index-key writes included).
+
+    def __init__(self, inner: KeyValue) -> None:
+        self.get, self.put, self.delete = inner.get, inner.put, inner.delete
+        self.scan, self.scan_after = inner.scan, inner.scan_after
+
+    def put_known(self, key: str, value: bytes, old: bytes | None) -> None:
+        self.put(key, value)
+
+    def delete_known(self, key: str, old: bytes) -> None:
+        self.delete(key)
 
 
 Endpoint.supply = _scanning_supply  # type: ignore[method-assign]
