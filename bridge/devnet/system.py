@@ -173,10 +173,10 @@ class LocalSystem:
     find what saturates after the ledgers' gas (issue 14)."""
     anvil_states: int = 0
     """States each anvil ledger keeps for reads at past blocks; 0: anvil's default (500 in
-    memory, older ones on disk). N: ``--prune-history N``, N in memory and none on disk.
-    Anvil keeps every state as a full copy, so with the default a long benchmark's anvil
-    grows by 500 times its state (about 11 GB at 30,000 transfers, issue 14); N must
-    still cover how far behind the finalized height a reader may read."""
+    memory, older ones on disk). N: ``--prune-history N``, N in memory and none on disk;
+    N must cover how far behind the finalized height a reader may read. It does not bound
+    a long benchmark's anvil: with 64, the hub still grew about 1 GB a minute (5.5 GB at
+    23,000 transfers, issue 14, bench/README)."""
     committee_size: int = 4
     threshold: int = 3
     isins: Sequence[str] = (DEMO_ISIN,)

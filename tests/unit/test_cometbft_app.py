@@ -519,3 +519,17 @@ def test_the_governance_disables_and_re_enables_a_genesis_account(tmp_path: Path
     assert app.query("/nonce", account_id(second.address).encode(), 0).value == b"0"
     assert _block(app, _tx(ADMIN, 1, "SetRelayer", identity, "true")) == [0]
     assert _block(app, refused) == [0]  # enabled again
+
+
+def test_a_cometbft_validator_with_the_other_check_setting_has_another_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So it refuses the chain's genesis instead of computing another app hash."""
+    from kstb_cometbft.fingerprint import code_fingerprint
+
+    monkeypatch.setenv("KSTB_CHAINCODE_CHECK_ASSUMED", "1")
+    checked = code_fingerprint()
+    monkeypatch.setenv("KSTB_CHAINCODE_CHECK_ASSUMED", "0")
+    assert code_fingerprint() != checked
+    monkeypatch.delenv("KSTB_CHAINCODE_CHECK_ASSUMED")
+    assert len(code_fingerprint()) == 64 and code_fingerprint() != checked

@@ -107,7 +107,10 @@ def test_a_delayed_leg_still_reads_and_enforces_its_delay(env: Env) -> None:
         "50", "600",
     )  # fmt: skip
     large = make_terms(env, amount=60)
-    lock(env, large)
+    locked = traced(env, env.a, "Lock", *ins(env.a, tj(large)))
+    delay = f"notbefore/out/{large.transfer_id.hex()}"
+    # written blind: a key the counters do not cover is not read before it is written
+    assert delay in locked.writes and delay not in locked.reads
     assert stored_leg(env.a, "out", large)["delayed"] is True
     store = TracingStore(env.a.store.data)
     commit = (tj(large), cert_of(env, env.a, ClaimKind.COMMIT, large))
@@ -173,3 +176,17 @@ def test_the_delay_marker_is_stored_but_never_reported(env: Env) -> None:
     assert stored_leg(env.b, "in", t)["delayed"] is False
     for name, payload in env.a.events + env.b.events:
         assert "delayed" not in payload, name
+
+
+def test_check_assumed_refuses_a_delay_its_leg_does_not_say(env: Env) -> None:
+    t = make_terms(env, amount=4)
+    lock(env, t)
+    env.a.store.put(
+        f"notbefore/out/{t.transfer_id.hex()}",
+        p.canonical_json({"at": env.a.now + 100, "since": env.a.now, "sec": ISIN.word.hex(),
+                          "lane": env.b.word.hex()}),
+    )  # fmt: skip
+    before = dict(env.a.store.data)
+    with pytest.raises(AssertionError, match="has a delay its leg does not say"):
+        finish(env, env.a, ClaimKind.COMMIT, t)
+    assert env.a.store.data == before

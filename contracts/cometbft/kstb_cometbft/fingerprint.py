@@ -12,6 +12,7 @@ The core itself is the vendored copy ``kstb_chaincode.core``, which ``bridge.too
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -26,11 +27,21 @@ SOURCES: tuple[Path, ...] = (
 )
 
 
+CHECK_ASSUMED_MARK = b"check-assumed"
+"""Hashed after the sources when the protocol's ``CHECK_ASSUMED`` is on (the test suite):
+it adds reads to a transaction and can fail one the unchecked code applies, so a validator
+with the other setting computes another fingerprint and refuses genesis instead of
+another app hash."""
+
+
 def code_fingerprint() -> str:
-    """SHA-256 hex over (relative path, length, bytes) of every file in :data:`SOURCES`."""
+    """SHA-256 hex over (relative path, length, bytes) of every file in :data:`SOURCES`,
+    then :data:`CHECK_ASSUMED_MARK` when ``KSTB_CHAINCODE_CHECK_ASSUMED=1``."""
     h = hashlib.sha256()
     for path in SOURCES:
         data = path.read_bytes()
         name = path.relative_to(_ROOT).as_posix().encode()
         h.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
+    if os.environ.get("KSTB_CHAINCODE_CHECK_ASSUMED", "") == "1":
+        h.update(CHECK_ASSUMED_MARK)
     return h.hexdigest()

@@ -293,8 +293,12 @@ class KstbHandler(Handler):  # type: ignore[misc]
                 )
             if self.state == STATES.READY and message.type in replies:
                 # Resolves the waiting state call; with one call in flight per transaction
-                # (the protocol's worker is synchronous) nothing else is queued to send.
-                await self.msg_queue_handler.handle_msg_response(message)
+                # (the protocol's worker is synchronous) nothing else is queued to send. A
+                # reply that cannot be delivered ends only its own call, never the stream.
+                try:
+                    await self.msg_queue_handler.handle_msg_response(message)
+                except Exception:
+                    LOG.exception("[%s] reply to a state call not delivered", message.txid)
             else:
                 self._track_task(self.handle_message(message))
         if self._pending_tasks:

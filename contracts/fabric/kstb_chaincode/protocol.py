@@ -1981,6 +1981,8 @@ class Endpoint:
         ``leg`` (already read) saves the read of a leg this code recorded as not delayed:
         its ``notbefore`` record is written in the call that writes the leg, or never."""
         if leg is not None and leg.delayed is False:
+            if CHECK_ASSUMED and self._kv.get(f"notbefore/{direction}/{tid.hex()}") is not None:
+                raise AssertionError(f"{direction}/{tid.hex()} has a delay its leg does not say")
             return 0
         d = self._get_json(f"notbefore/{direction}/{tid.hex()}")
         if d is None:
@@ -2643,11 +2645,11 @@ class _Tallying:
         return self._inner.scan_after(prefix, after, limit)
 
     def put(self, key: str, value: bytes) -> None:
-        self._account(key, value, self._inner.get(key))
+        self._account(key, value, partial(self._inner.get, key))
         self._inner.put(key, value)
 
     def delete(self, key: str) -> None:
-        self._account(key, None, self._inner.get(key))
+        self._account(key, None, partial(self._inner.get, key))
         self._inner.delete(key)
 
     def put_known(self, key: str, value: bytes, old: bytes | None) -> None:
@@ -2655,22 +2657,25 @@ class _Tallying:
         absent), without reading it. SECURITY: only for a leg's index keys, whose value the
         leg's own record determines (``Endpoint._index_put``); with CHECK_ASSUMED (tests)
         the key is read as well and any other value raises AssertionError."""
-        self._account(key, value, self._known(key, old))
+        self._check_known(key, old)
+        self._account(key, value, lambda: old)
         self._inner.put(key, value)
 
     def delete_known(self, key: str, old: bytes) -> None:
         """``delete`` of a key known to hold ``old`` (see :meth:`put_known`)."""
-        self._account(key, None, self._known(key, old))
+        self._check_known(key, old)
+        self._account(key, None, lambda: old)
         self._inner.delete(key)
 
-    def _known(self, key: str, old: bytes | None) -> bytes | None:
+    def _check_known(self, key: str, old: bytes | None) -> None:
         if CHECK_ASSUMED:
             actual = self._inner.get(key)
             if actual != old:
                 raise AssertionError(f"{key} holds {actual!r}, its leg says {old!r}")
-        return old
 
-    def _account(self, key: str, new: bytes | None, old: bytes | None) -> None:
+    def _account(self, key: str, new: bytes | None, old: Callable[[], bytes | None]) -> None:
+        """Move the counters by the key's delta; ``old`` (its current value) is asked for
+        only when the key is an amount key the counters cover (no read otherwise)."""
         family, _, rest = key.partition("/")
         field = _TALLY_FIELD.get(family)
         sec_hex, _, word = rest.partition("/")
@@ -2678,7 +2683,7 @@ class _Tallying:
             return
         if not _counts(self._inner, family, sec_hex, key):
             return
-        delta = _amount_of(family, new) - _amount_of(family, old)
+        delta = _amount_of(family, new) - _amount_of(family, old())
         if delta:
             shard = self._shard.setdefault(sec_hex, _shard_of(key))
             _tally_add(self._inner, sec_hex, shard, field, delta)
