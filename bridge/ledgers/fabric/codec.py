@@ -404,6 +404,19 @@ def holders_to_json(accounts: Sequence[str]) -> str:
     return json.dumps(list(accounts), separators=(",", ":"))
 
 
+def _answer_records(
+    raw: str | bytes | Mapping[str, Any], what: str, field: str, count: int
+) -> list[Mapping[str, Any]]:
+    """A many-item read's answer ``{"<field>": [record, ...]}``: exactly ``count`` records,
+    each a JSON object (ValueError otherwise: ``<what> answer must list <count> <field>``,
+    ``<what> record must be a JSON object``); the caller matches each to its request."""
+    data = _object(raw, f"{what} answer")
+    records = _field(data, field, f"{what} answer")
+    if not isinstance(records, list) or len(records) != count:
+        raise ValueError(f"{what} answer must list {count} {field}")
+    return [_record(r, f"{what} record") for r in records]
+
+
 def holders_from_json(
     raw: str | bytes | Mapping[str, Any], accounts: Sequence[str]
 ) -> list[HolderStatus]:
@@ -411,13 +424,10 @@ def holders_from_json(
     request's order. ValueError when malformed, when it answers another number of holders,
     or when a record's ``holder`` is not the account asked for at its position (compared
     case-insensitively; an answer is never matched to a request by guesswork)."""
-    data = _object(raw, "HolderStatuses answer")
-    records = _field(data, "holders", "HolderStatuses answer")
-    if not isinstance(records, list) or len(records) != len(accounts):
-        raise ValueError(f"HolderStatuses answer must list {len(accounts)} holders")
     out = []
-    for account, record in zip(accounts, records, strict=True):
-        rec = _record(record, "HolderStatuses record")
+    for account, rec in zip(
+        accounts, _answer_records(raw, "HolderStatuses", "holders", len(accounts)), strict=True
+    ):
         echoed = _field(rec, "holder", "HolderStatuses record")
         if not isinstance(echoed, str) or echoed.lower() != account.lower():
             raise ValueError(f"HolderStatuses answer is out of order at {account}")
@@ -439,13 +449,10 @@ def legs_from_json(
     never read as none), when it answers another number of legs, or when a record's
     ``transfer_id`` is not the id asked for at its position (an answer is never matched to
     a request by guesswork)."""
-    data = _object(raw, "Legs answer")
-    records = _field(data, "legs", "Legs answer")
-    if not isinstance(records, list) or len(records) != len(transfer_ids):
-        raise ValueError(f"Legs answer must list {len(transfer_ids)} legs")
     out = []
-    for tid, record in zip(transfer_ids, records, strict=True):
-        rec = _record(record, "Legs record")
+    for tid, rec in zip(
+        transfer_ids, _answer_records(raw, "Legs", "legs", len(transfer_ids)), strict=True
+    ):
         if word_from_json(_field(rec, "transfer_id", "Legs record"), "transfer_id") != tid:
             raise ValueError(f"Legs answer is out of order at 0x{tid.hex()}")
         out.append(

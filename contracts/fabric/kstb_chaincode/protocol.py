@@ -761,11 +761,12 @@ class Endpoint:
     # not read (one state round trip less per key). A leg recorded by an earlier version
     # (``delayed`` None) has its keys read as before.
 
-    def _index_put(self, leg: _Leg, key: str, value: bytes, old: bytes | None) -> None:
+    def _index_put_new(self, leg: _Leg, key: str, value: bytes) -> None:
+        """Write the index key of ``leg``'s new state, which it never had (absent)."""
         if leg.delayed is None:
             self._kv.put(key, value)
         else:
-            self._tally.put_known(key, value, old)
+            self._tally.put_known(key, value, None)
 
     def _index_delete(self, leg: _Leg, key: str) -> None:
         """Delete the index key of ``leg``'s current state, which holds ``leg.amount``."""
@@ -1137,7 +1138,7 @@ class Endpoint:
             escrow, burned = f"escrow/{sec.hex()}/{tid.hex()}", f"burned/{sec.hex()}/{tid.hex()}"
             self._index_delete(leg, escrow)  # burned
             # The cumulative burned_out term of Supply: one key per transfer, never a counter.
-            self._index_put(leg, burned, str(leg.amount).encode(), None)
+            self._index_put_new(leg, burned, str(leg.amount).encode())
             self._put_leg("out", tid, leg)
         elif self._is_target(t):
             leg = self._leg("in", tid)
@@ -1152,7 +1153,7 @@ class Endpoint:
             self._flow_credit(sec, t.src_ledger, FLOW_OUT, leg.amount)  # inbound offsets outbound
             self._index_delete(leg, f"prepared/{sec.hex()}/{tid.hex()}")
             # The cumulative minted_in term of Supply: one key per transfer, never a counter.
-            self._index_put(leg, f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode(), None)
+            self._index_put_new(leg, f"minted/{sec.hex()}/{tid.hex()}", str(leg.amount).encode())
             # bridgeMint (the pause is checked above); recipient validated at prepare, its
             # eligibility and freeze re-checked below (parking).
             recipient = _address_of_word(t.recipient)
@@ -2230,15 +2231,9 @@ class Endpoint:
         it); at most MAX_HOLDER_READS holders (InvalidBatch above, with the figures
         ``count`` and ``max``), checked before any holder is parsed. Duplicated holders
         are answered twice."""
-        obj = _loads("holders", holders_json)
-        if not isinstance(obj, list):
-            raise _invalid("holders must be a JSON list of 0x-prefixed 20-byte accounts")
-        if len(obj) > MAX_HOLDER_READS:
-            raise ChaincodeError(
-                "InvalidBatch",
-                f"count={len(obj)}, max={MAX_HOLDER_READS}",
-                {"count": len(obj), "max": MAX_HOLDER_READS},
-            )
+        obj = _bounded_list(
+            "holders", holders_json, MAX_HOLDER_READS, "a JSON list of 0x-prefixed 20-byte accounts"
+        )
         self._require_init()
         sec = security_word(isin)
         addresses = [parse_holder(v) for v in obj]
@@ -2422,15 +2417,7 @@ def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple
     ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it is
     refused InvalidBatchProof at its item before any word is parsed, as on the EVM) or
     ``instruction`` (0x hex)."""
-    obj = _loads("items", text)
-    if not isinstance(obj, list):
-        raise _invalid("items must be a JSON list")
-    if len(obj) > MAX_BATCH_ITEMS:
-        raise ChaincodeError(
-            "InvalidBatch",
-            f"count={len(obj)}, max={MAX_BATCH_ITEMS}",
-            {"count": len(obj), "max": MAX_BATCH_ITEMS},
-        )
+    obj = _bounded_list("items", text, MAX_BATCH_ITEMS, "a JSON list")
     out: list[tuple[Terms, bytes | tuple[bytes, ...]]] = []
     for i, item in enumerate(obj):
         if not isinstance(item, dict) or set(item) != {"terms", extra}:
@@ -2505,15 +2492,24 @@ def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"items": results, "applied": len(results) - skipped, "skipped": skipped}
 
 
-def _parse_id_list(text: str, bound: int) -> list[bytes]:
-    """A JSON list of at most ``bound`` transfer ids (0x words); InvalidBatch above it."""
-    obj = _loads("transfer ids", text)
+def _bounded_list(name: str, text: str, bound: int, expected: str) -> list[Any]:
+    """The JSON list ``text`` with at most ``bound`` entries, not parsed further: a read's or
+    a batch's cost bound, checked before any entry is. InvalidArgument (``<name> must be
+    <expected>``) when it is not a list; InvalidBatch above the bound (figures ``count``
+    and ``max``)."""
+    obj = _loads(name, text)
     if not isinstance(obj, list):
-        raise _invalid("transfer ids must be a JSON list of 0x-prefixed 32-byte words")
+        raise _invalid(f"{name} must be {expected}")
     if len(obj) > bound:
         raise ChaincodeError(
             "InvalidBatch", f"count={len(obj)}, max={bound}", {"count": len(obj), "max": bound}
         )
+    return obj
+
+
+def _parse_id_list(text: str, bound: int) -> list[bytes]:
+    """A JSON list of at most ``bound`` transfer ids (0x words); InvalidBatch above it."""
+    obj = _bounded_list("transfer ids", text, bound, "a JSON list of 0x-prefixed 32-byte words")
     return [_parse_word("transfer_id", v) for v in obj]
 
 
@@ -2655,7 +2651,7 @@ class _Tallying:
     def put_known(self, key: str, value: bytes, old: bytes | None) -> None:
         """``put`` of a key whose current value the caller knows to be ``old`` (None:
         absent), without reading it. SECURITY: only for a leg's index keys, whose value the
-        leg's own record determines (``Endpoint._index_put``); with CHECK_ASSUMED (tests)
+        leg's own record determines (``Endpoint._index_put_new``); with CHECK_ASSUMED (tests)
         the key is read as well and any other value raises AssertionError."""
         self._check_known(key, old)
         self._account(key, value, lambda: old)
