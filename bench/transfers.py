@@ -203,8 +203,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         type=int,
         default=0,
         metavar="GAS",
-        help="each anvil ledger's block gas limit (anvil --gas-limit); 0: anvil's\n"
-        "default, 30,000,000 (raise it to see what saturates after the ledgers' gas)",
+        help="each anvil or geth ledger's block gas limit (anvil --gas-limit, geth's\n"
+        "genesis and --miner.gaslimit); 0: the node's default, 30,000,000 (raise it\n"
+        "to see what saturates after the ledgers' gas)",
     )
     p.add_argument(
         "--anvil-states",
@@ -253,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
     if a.block_gas_limit < 0:
-        p.error("--block-gas-limit must be 0 (anvil's default) or a positive gas amount")
+        p.error("--block-gas-limit must be 0 (the node's default) or a positive gas amount")
     if a.anvil_states < 0:
         p.error("--anvil-states must be 0 (anvil's default) or a positive number of states")
     if a.batch < 0 or a.batch > 2500:

@@ -77,7 +77,7 @@ class Options:
     step_in_flight: int = 0  # [batching] max_in_flight; 0: the coordinator's default
     read_linger_ms: float = -1.0  # [batching] read_linger_ms; < 0: the coordinator's default
     watch_group: int = 500  # WatchBatch max_items_per_message; 1: one report per message
-    block_gas_limit: int = 0  # each anvil's block gas limit; 0: anvil's default (30 M)
+    block_gas_limit: int = 0  # each anvil or geth ledger's block gas limit; 0: 30 M
     store: str = "sqlite"  # the coordinator's database: sqlite | postgres (a throwaway cluster)
     anvil_states: int = 0  # states each anvil keeps (--prune-history N); 0: anvil's default
     batch_by: str = "source"  # batch mode: one batch per source ledger | per lane

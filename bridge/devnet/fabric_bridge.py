@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
 from bridge.config import Credentials, LedgerAuth
 from bridge.core.digests import init_parameters_digest
 from bridge.core.words import fabric_bridge_word
@@ -25,9 +27,10 @@ from bridge.devnet.anvil import DevAccount
 from bridge.devnet.fabric import FabricNetwork, chaincode_python
 from bridge.devnet.processes import REPO_ROOT, ManagedProcess, free_port
 from bridge.domain.committee import Committee
+from bridge.domain.errors import Unavailable
 from bridge.domain.flow import FlowLimit
 from bridge.ledgers.fabric.errors import TransactionInvalid
-from bridge.ledgers.fabric.gateway import GatewayClient
+from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
 from bridge.ledgers.fabric.identity import SigningIdentity
 
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
@@ -103,6 +106,31 @@ def org_gateway_client(
         tls_client_cert=o.user_tls_cert(user),
         tls_client_key=o.user_tls_key(user),
     )
+
+
+ENDORSE_ATTEMPTS = 5
+"""How often the devnet's admin calls ask for endorsements before giving up."""
+
+
+async def endorse_agreed(
+    client: GatewayClient, chaincode: str, fn: str, args: Sequence[str], is_init: bool = False
+) -> PreparedTransaction:
+    """Both organisations' endorsements of ``fn(*args)``, asked again (up to
+    :data:`ENDORSE_ATTEMPTS` times) while the gateway reports them unavailable.
+
+    :func:`wait_for_peers` reads each peer's height, which a peer can report a moment
+    before its state database holds that block: the two peers then simulate on different
+    state and the gateway answers ABORTED (ProposalResponsePayloads do not match). Nothing
+    was ordered, so asking again is safe; a refusal by the chaincode is never retried."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        stop=stop_after_attempt(ENDORSE_ATTEMPTS),
+        wait=wait_fixed(0.2),
+        reraise=True,
+    ):
+        with attempt:
+            return await client.endorse(chaincode, fn, list(args), is_init=is_init)
+    raise AssertionError("unreachable: tenacity reraises the last attempt")
 
 
 async def wait_for_peers(net: FabricNetwork, block_number: int, limit_s: float = 15.0) -> None:
@@ -356,7 +384,8 @@ class FabricBridgeLedger:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
                 # Init is the definition's one --init-required invocation.
-                result = await client.submit(self.chaincode, fn, list(args), is_init=fn == "Init")
+                prepared = await endorse_agreed(client, self.chaincode, fn, args, fn == "Init")
+                result = await client.submit_prepared(prepared)
                 await wait_for_peers(self.net, result.block_number)
 
         self._run(run, org)

@@ -51,8 +51,14 @@ def _write_secret(path: Path, text: str) -> Path:
     return path
 
 
-def genesis(chain_id: int, alloc: dict[str, int]) -> dict[str, Any]:
-    """A merged-from-genesis chain with Cancun rules (the contracts' EVM version)."""
+DEFAULT_GAS_LIMIT = 30_000_000
+
+
+def genesis(
+    chain_id: int, alloc: dict[str, int], gas_limit: int = DEFAULT_GAS_LIMIT
+) -> dict[str, Any]:
+    """A merged-from-genesis chain with Cancun rules (the contracts' EVM version) whose
+    blocks hold ``gas_limit`` gas from the first one."""
     config: dict[str, Any] = {"chainId": chain_id}
     for fork in (
         "homestead", "eip150", "eip155", "eip158", "byzantium", "constantinople",
@@ -69,7 +75,7 @@ def genesis(chain_id: int, alloc: dict[str, int]) -> dict[str, Any]:
     return {
         "config": config,
         "difficulty": "0x0",
-        "gasLimit": hex(30_000_000),
+        "gasLimit": hex(gas_limit),
         "baseFeePerGas": hex(GENESIS_BASE_FEE),
         "timestamp": hex(int(time.time())),
         "extraData": "0x",
@@ -156,6 +162,9 @@ class GethNetwork:
     size: int = 3
     finality_depth: int = 2
     empty_interval: float = 1.0
+    gas_limit: int = DEFAULT_GAS_LIMIT
+    """Every block's gas limit: the genesis block's and every node's ``--miner.gaslimit``
+    (geth would otherwise move a block's limit towards its own default, 1/1024 a block)."""
     nodes: list[GethNode] = field(default_factory=list)
     faucet: DevAccount = field(default_factory=DevAccount.generate)
     authority: ManagedProcess | None = None
@@ -181,7 +190,8 @@ class GethNetwork:
         base = self.workdir / f"geth-{self.name}"
         base.mkdir(parents=True, exist_ok=True)
         gen = base / "genesis.json"
-        gen.write_text(json.dumps(genesis(self.chain_id, {self.faucet.address: 10**27})))
+        alloc = {self.faucet.address: 10**27}
+        gen.write_text(json.dumps(genesis(self.chain_id, alloc, self.gas_limit)))
         self.nodes = [GethNode(i, base / f"node{i}") for i in range(self.size)]
         for node in self.nodes:
             node.datadir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +220,7 @@ class GethNetwork:
                     # A devnet node needs little: geth's default 4 GB cache also sizes the
                     # database's write-ahead logs (about 1 GB of disk per node, per start).
                     "--cache", "128",
+                    "--miner.gaslimit", str(self.gas_limit),
                     "--state.scheme", "hash",
                     "--nodekeyhex", node.nodekey.hex(),
                     "--port", str(node.p2p_port),

@@ -16,7 +16,7 @@ from typing import Any
 from bridge.devnet.anvil import write_token_file
 from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy
 from bridge.devnet.evm_proxy import EvmRpcProxy
-from bridge.devnet.geth import GethNetwork
+from bridge.devnet.geth import DEFAULT_GAS_LIMIT, GethNetwork
 from bridge.devnet.ledger import Fault
 from bridge.devnet.starters import StartContext
 
@@ -113,7 +113,14 @@ class GethLedger(EvmEndpointLedger):
 def start_geth_ledger(ctx: StartContext, name: str) -> GethLedger:
     """The ``geth`` starter: a three-node network, the endpoint deployed through node 0."""
     assert ctx.committee is not None
-    net = GethNetwork(name, GETH_CHAIN_ID, ctx.workdir, size=3, finality_depth=2).start()
+    net = GethNetwork(
+        name,
+        GETH_CHAIN_ID,
+        ctx.workdir,
+        size=3,
+        finality_depth=2,
+        gas_limit=ctx.block_gas_limit or DEFAULT_GAS_LIMIT,
+    ).start()
     try:
         d = fund_and_deploy(ctx, name, ctx.committee, net.rpc_url, net.fund)
         admin, relayer, endpoint, tokens = d.admin, d.relayer, d.endpoint, d.tokens

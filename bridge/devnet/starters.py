@@ -36,6 +36,8 @@ class StartContext(Protocol):
     committee: Committee | None
     isins: Sequence[str]
     block_time: float
+    block_gas_limit: int
+    """An EVM ledger's block gas limit; 0: the starter's own default."""
     evm_node_auth: bool
 
     def instruction_key(self, ledger: str) -> DevAccount:

@@ -168,9 +168,10 @@ class LocalSystem:
     ledger_names: Sequence[tuple[str, int]] = (("brokerage-a", 31001), ("brokerage-b", 31002))
     block_time: float = 1.0
     block_gas_limit: int = 0
-    """Each anvil ledger's block gas limit (anvil ``--gas-limit``); 0: anvil's default
-    (30,000,000). A permissioned network sets its own in genesis; benchmarks raise it to
-    find what saturates after the ledgers' gas (issue 14)."""
+    """Each anvil ledger's block gas limit (anvil ``--gas-limit``) and a geth network's
+    (genesis and ``--miner.gaslimit``); 0: the node's default (30,000,000). A permissioned
+    network sets its own in genesis; benchmarks raise it to find what saturates after the
+    ledgers' gas (issue 14)."""
     anvil_states: int = 0
     """States each anvil ledger keeps for reads at past blocks; 0: anvil's default (500 in
     memory, older ones on disk). N: ``--prune-history N``, N in memory and none on disk;

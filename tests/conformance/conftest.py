@@ -472,7 +472,10 @@ def geth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GethHarne
             raise
         pytest.skip(str(exc))
     workdir = tmp_path_factory.mktemp("conformance-geth")
-    net = GethNetwork("conformance", 1337, workdir, size=3, finality_depth=2).start()
+    # 40 M gas a block: neither genesis's default nor geth's own (so a test sees it is set).
+    net = GethNetwork(
+        "conformance", 1337, workdir, size=3, finality_depth=2, gas_limit=40_000_000
+    ).start()
     try:
         base = evm_endpoint(net, LedgerId("conformance-geth"), workdir)  # type: ignore[arg-type]
         h = GethHarness(**{f.name: getattr(base, f.name) for f in fields(base)}, net=net)

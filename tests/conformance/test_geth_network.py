@@ -30,6 +30,17 @@ def test_every_node_holds_the_same_finalized_chain(geth_harness: GethHarness) ->
     assert head - height <= net.finality_depth + 1, "finalized trails the head by the depth"
 
 
+def test_every_block_holds_the_networks_gas_limit(geth_harness: GethHarness) -> None:
+    """Genesis and every node's ``--miner.gaslimit`` carry ``GethNetwork.gas_limit``: the
+    head's limit is that figure, not one moving towards geth's own default (1/1024 a block)."""
+    net = geth_harness.net
+    assert net is not None
+    assert net.height(0) >= 2, "blocks were built after genesis"
+    for i in range(net.size):
+        head = net.rpc("eth_getBlockByNumber", ["latest", False], i)
+        assert int(head["gasLimit"], 16) == net.gas_limit, f"node {i}"
+
+
 @pytest.mark.security
 def test_the_engine_api_refuses_a_caller_without_the_nodes_secret(
     geth_harness: GethHarness,

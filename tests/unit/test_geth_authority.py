@@ -45,3 +45,10 @@ def test_a_young_chain_finalizes_genesis(monkeypatch: pytest.MonkeyPatch) -> Non
     authority = Authority([EngineNode("http://127.0.0.1:1", b"k")], "x", "0x" + "00" * 20, 3, 1)
     assert authority._forkchoice()["finalizedBlockHash"] == _hash(0)
     assert authority._forkchoice()["headBlockHash"] == _hash(1)
+
+
+def test_genesis_carries_the_block_gas_limit() -> None:
+    from bridge.devnet.geth import DEFAULT_GAS_LIMIT, genesis
+
+    assert int(genesis(1337, {})["gasLimit"], 16) == DEFAULT_GAS_LIMIT
+    assert int(genesis(1337, {}, 300_000_000)["gasLimit"], 16) == 300_000_000
