@@ -213,8 +213,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default=0,
         metavar="N",
         help="states each anvil ledger keeps for reads at past blocks (anvil\n"
-        "--prune-history N); 0: anvil's default, 500 in memory and more on disk (64 did\n"
-        "not bound anvil's memory in a 100,000-transfer run: bench/README)",
+        "--prune-history N); 0: anvil's default, 500 in memory and more on disk (it does\n"
+        "not bound anvil's memory, which grows with state x blocks: for long runs use\n"
+        "geth ledgers, --ledgers geth,geth,fabric; bench/README)",
     )
     p.add_argument(
         "--batch-by",

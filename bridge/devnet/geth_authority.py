@@ -36,7 +36,25 @@ from typing import Any
 
 ZERO32 = "0x" + "00" * 32
 FILL_S = 0.15
-"""How long the leader may fill a block from its pool before the authority takes it."""
+"""How long the leader first gets to fill a block from its pool before the authority takes
+it."""
+FILL_MAX_S = 4.0
+"""The longest it gets (see :func:`next_fill`)."""
+
+
+def next_fill(fill: float, included: int) -> float:
+    """How long the leader gets to fill its next block, after a build that waited ``fill``
+    seconds for a non-empty pool and came back with ``included`` transactions.
+
+    geth answers ``engine_getPayload`` with the best block its builder has finished and
+    stops building; a pass over a deep pool of heavy transactions (hundreds of batched
+    steps, millions of gas each, on a busy host) can take longer than :data:`FILL_S`, and
+    taking the block sooner each time made empty blocks forever while the pool grew (a
+    100,000-transfer benchmark, issue 14). So an empty build doubles the wait, up to
+    :data:`FILL_MAX_S`, and a filled one shortens it by a tenth, towards :data:`FILL_S`."""
+    if included == 0:
+        return min(fill * 2, FILL_MAX_S)
+    return max(FILL_S, fill * 0.9)
 
 
 def jwt_token(secret: bytes, now: float | None = None) -> str:
@@ -148,6 +166,7 @@ class Authority:
         self._base_height = height
         self._head_time = int(head["timestamp"], 16)
         self._last = 0.0
+        self._fill = FILL_S
 
     def _forkchoice(self) -> dict[str, str]:
         head = self._chain[-1]
@@ -163,22 +182,9 @@ class Authority:
 
         geth answers ``engine_getPayload`` with the best block built so far, and the first
         one it builds is empty; with ``with_transactions`` the authority gives the leader
-        :data:`FILL_S` to fill the block from its pool before asking for it."""
+        time to fill the block from its pool before asking for it (:func:`next_fill`)."""
         ts = max(int(time.time()), self._head_time + 1)
-        attrs = {
-            "timestamp": hex(ts),
-            "prevRandao": "0x" + secrets.token_hex(32),
-            "suggestedFeeRecipient": self._fee_recipient,
-            "withdrawals": [],
-            "parentBeaconBlockRoot": ZERO32,
-        }
-        res = self._leader.call("engine_forkchoiceUpdatedV3", [self._forkchoice(), attrs])
-        if res["payloadStatus"]["status"] != "VALID" or not res.get("payloadId"):
-            raise RuntimeError(f"leader refused to build: {res}")
-        if with_transactions:
-            time.sleep(FILL_S)
-        built = self._leader.call("engine_getPayloadV3", [res["payloadId"]])
-        payload = built["executionPayload"]
+        payload = self._build(ts, with_transactions)
         for node in self._nodes:
             status = node.call("engine_newPayloadV3", [payload, [], ZERO32])
             if status["status"] != "VALID":
@@ -193,6 +199,34 @@ class Authority:
                 raise RuntimeError(f"{node.url} refused the head {choice}: {res}")
         self._last = time.monotonic()
         return str(payload["blockHash"])
+
+    def _build(self, ts: int, with_transactions: bool) -> dict[str, Any]:
+        """The leader's next payload. With ``with_transactions``, an empty build is thrown
+        away (nothing was published) and asked for again with a longer wait, until one
+        holds transactions or the wait is :data:`FILL_MAX_S` (then a pool of transactions
+        no block can include does not stop the chain)."""
+        while True:
+            attrs = {
+                "timestamp": hex(ts),
+                # a fresh value each time, so a second build gets its own payload id
+                "prevRandao": "0x" + secrets.token_hex(32),
+                "suggestedFeeRecipient": self._fee_recipient,
+                "withdrawals": [],
+                "parentBeaconBlockRoot": ZERO32,
+            }
+            res = self._leader.call("engine_forkchoiceUpdatedV3", [self._forkchoice(), attrs])
+            if res["payloadStatus"]["status"] != "VALID" or not res.get("payloadId"):
+                raise RuntimeError(f"leader refused to build: {res}")
+            if with_transactions:
+                waited = self._fill
+                time.sleep(waited)
+            built = self._leader.call("engine_getPayloadV3", [res["payloadId"]])
+            payload: dict[str, Any] = built["executionPayload"]
+            if not with_transactions:
+                return payload
+            self._fill = next_fill(waited, len(payload["transactions"]))
+            if payload["transactions"] or waited >= FILL_MAX_S:
+                return payload
 
     def run(self, poll: float = 0.05) -> None:
         """Produce blocks until the process is stopped."""

@@ -52,3 +52,69 @@ def test_genesis_carries_the_block_gas_limit() -> None:
 
     assert int(genesis(1337, {})["gasLimit"], 16) == DEFAULT_GAS_LIMIT
     assert int(genesis(1337, {}, 300_000_000)["gasLimit"], 16) == 300_000_000
+
+
+def test_the_fill_time_doubles_after_an_empty_build_and_shrinks_back() -> None:
+    from bridge.devnet.geth_authority import FILL_MAX_S, FILL_S, next_fill
+
+    assert next_fill(FILL_S, 0) == 2 * FILL_S
+    assert next_fill(FILL_MAX_S, 0) == FILL_MAX_S, "bounded"
+    assert next_fill(1.0, 40) == 0.9
+    assert next_fill(FILL_S, 3) == FILL_S, "never below the first wait"
+
+
+class _SlowBuilder:
+    """A leader whose builder finishes its first pass ``pass_s`` after the build starts:
+    asked sooner, it answers the empty block (geth's behaviour); every node accepts."""
+
+    def __init__(self, clock: list[float], pass_s: float) -> None:
+        self.clock = clock
+        self.pass_s = pass_s
+        self.started = 0.0
+        self.blocks: list[int] = []
+        self.published: list[int] = []
+        self.url = "fake"
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        if method == "engine_forkchoiceUpdatedV3":
+            if params[1] is not None:
+                self.started = self.clock[0]
+            return {"payloadStatus": {"status": "VALID"}, "payloadId": "0x01"}
+        if method == "engine_getPayloadV3":
+            txs = ["0xaa"] * 5 if self.clock[0] - self.started >= self.pass_s else []
+            self.blocks.append(len(txs))
+            n = len(self.blocks)
+            return {"executionPayload": {"blockHash": _hash(100 + n), "transactions": txs}}
+        assert method == "engine_newPayloadV3"
+        self.published.append(len(params[0]["transactions"]))
+        return {"status": "VALID"}
+
+
+def test_a_slow_builder_gets_blocks_with_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder needing 0.5 s a pass: the authority took its block after 0.15 s each time
+    (empty blocks forever while the pool grew); now an empty build is thrown away and
+    asked for again with a longer wait, so every published block holds transactions."""
+    _chain(1, monkeypatch)
+    clock = [0.0]
+    monkeypatch.setattr("time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    leader = _SlowBuilder(clock, pass_s=0.5)
+    authority = Authority([leader], "x", "0x" + "00" * 20, 2, 1)  # type: ignore[list-item]
+    published = [authority.produce(with_transactions=True) for _ in range(8)]
+    assert leader.blocks[:3] == [0, 0, 5], "0.15 s and 0.3 s were too short, 0.6 s was not"
+    assert len(published) == 8 and leader.published == [5] * 8, leader.published
+    assert authority._fill < 0.6, "filled builds shorten the wait again"
+
+
+def test_a_pool_no_block_can_include_does_not_stop_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.devnet.geth_authority import FILL_MAX_S
+
+    _chain(1, monkeypatch)
+    clock = [0.0]
+    monkeypatch.setattr("time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    leader = _SlowBuilder(clock, pass_s=float("inf"))
+    authority = Authority([leader], "x", "0x" + "00" * 20, 2, 1)  # type: ignore[list-item]
+    authority.produce(with_transactions=True)
+    assert leader.published == [0], "an empty block after the longest wait"
+    assert authority._fill == FILL_MAX_S
