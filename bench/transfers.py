@@ -204,8 +204,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default=0,
         metavar="GAS",
         help="each anvil or geth ledger's block gas limit (anvil --gas-limit, geth's\n"
-        "genesis and --miner.gaslimit); 0: the node's default, 30,000,000 (raise it\n"
-        "to see what saturates after the ledgers' gas)",
+        "genesis and --miner.gaslimit); 0: 30,000,000 (anvil's default; geth ledgers\n"
+        "are held there too); raise it to see what saturates after the ledgers' gas",
     )
     p.add_argument(
         "--anvil-states",

@@ -18,7 +18,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 
 from bridge.config import Credentials, LedgerAuth
 from bridge.core.digests import init_parameters_digest
@@ -30,8 +36,9 @@ from bridge.domain.committee import Committee
 from bridge.domain.errors import Unavailable
 from bridge.domain.flow import FlowLimit
 from bridge.ledgers.fabric.errors import TransactionInvalid
-from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
+from bridge.ledgers.fabric.gateway import CommitResult, GatewayClient, PreparedTransaction
 from bridge.ledgers.fabric.identity import SigningIdentity
+from bridge.logfields import get_logger
 
 CHAINCODE_DIR = REPO_ROOT / "contracts" / "fabric"
 
@@ -109,28 +116,49 @@ def org_gateway_client(
 
 
 ENDORSE_ATTEMPTS = 5
-"""How often the devnet's admin calls ask for endorsements before giving up."""
+"""How often the devnet asks for a transaction's endorsements before giving up."""
+ENDORSE_WAIT_S = 0.2
+"""Seconds between two asks."""
+
+
+def _log_ask_again(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    get_logger().warning("endorsements asked again", attempt=state.attempt_number, error=str(error))
 
 
 async def endorse_agreed(
     client: GatewayClient, chaincode: str, fn: str, args: Sequence[str], is_init: bool = False
 ) -> PreparedTransaction:
     """Both organisations' endorsements of ``fn(*args)``, asked again (up to
-    :data:`ENDORSE_ATTEMPTS` times) while the gateway reports them unavailable.
+    :data:`ENDORSE_ATTEMPTS` times, each retry logged) while the gateway reports them
+    unavailable.
 
-    :func:`wait_for_peers` reads each peer's height, which a peer can report a moment
-    before its state database holds that block: the two peers then simulate on different
-    state and the gateway answers ABORTED (ProposalResponsePayloads do not match). Nothing
-    was ordered, so asking again is safe; a refusal by the chaincode is never retried."""
+    The two organisations' peers simulate one after the other, and a block committed on one
+    of them in between (the devnet's own waves of concurrent submits, or the bridge's
+    traffic during a benchmark's setup) makes them read different state: the gateway then
+    answers ABORTED (ProposalResponsePayloads do not match). Nothing was ordered, and each
+    ask is a new transaction id, so asking again is safe; a refusal by the chaincode is
+    never retried. A mismatch on every ask (a chaincode that is not deterministic) still
+    fails."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(Unavailable),
         stop=stop_after_attempt(ENDORSE_ATTEMPTS),
-        wait=wait_fixed(0.2),
+        wait=wait_fixed(ENDORSE_WAIT_S),
+        before_sleep=_log_ask_again,
         reraise=True,
     ):
         with attempt:
             return await client.endorse(chaincode, fn, list(args), is_init=is_init)
     raise AssertionError("unreachable: tenacity reraises the last attempt")
+
+
+async def submit_agreed(
+    client: GatewayClient, chaincode: str, fn: str, args: Sequence[str], is_init: bool = False
+) -> CommitResult:
+    """:func:`endorse_agreed`, then order the transaction and wait for its VALID commit
+    (:meth:`GatewayClient.submit_prepared`)."""
+    prepared = await endorse_agreed(client, chaincode, fn, args, is_init)
+    return await client.submit_prepared(prepared)
 
 
 async def wait_for_peers(net: FabricNetwork, block_number: int, limit_s: float = 15.0) -> None:
@@ -384,8 +412,7 @@ class FabricBridgeLedger:
         async def run(client: GatewayClient) -> None:
             for fn, args in calls:
                 # Init is the definition's one --init-required invocation.
-                prepared = await endorse_agreed(client, self.chaincode, fn, args, fn == "Init")
-                result = await client.submit_prepared(prepared)
+                result = await submit_agreed(client, self.chaincode, fn, args, fn == "Init")
                 await wait_for_peers(self.net, result.block_number)
 
         self._run(run, org)
@@ -532,7 +559,7 @@ class FabricBridgeLedger:
                     while todo:
                         results = await asyncio.gather(
                             *(
-                                client.submit(self.chaincode, fn, [isin, h.lower(), extra])
+                                submit_agreed(client, self.chaincode, fn, [isin, h.lower(), extra])
                                 for h in todo
                             ),
                             return_exceptions=True,
@@ -567,7 +594,7 @@ class FabricBridgeLedger:
                 for i in range(n + 1):
                     args = [isin, DevAccount.generate().address.lower(), "true"]
                     began = time.perf_counter()
-                    await client.submit(self.chaincode, "SetEligible", args)
+                    await submit_agreed(client, self.chaincode, "SetEligible", args)
                     if i:
                         samples.append(time.perf_counter() - began)
             return samples

@@ -164,7 +164,8 @@ class GethNetwork:
     empty_interval: float = 1.0
     gas_limit: int = DEFAULT_GAS_LIMIT
     """Every block's gas limit: the genesis block's and every node's ``--miner.gaslimit``
-    (geth would otherwise move a block's limit towards its own default, 1/1024 a block)."""
+    (geth would otherwise move a block's limit towards its own default, 60,000,000 in
+    1.17, by 1/1024 a block)."""
     nodes: list[GethNode] = field(default_factory=list)
     faucet: DevAccount = field(default_factory=DevAccount.generate)
     authority: ManagedProcess | None = None

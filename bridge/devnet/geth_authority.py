@@ -51,10 +51,10 @@ def next_fill(fill: float, included: int) -> float:
     steps, millions of gas each, on a busy host) can take longer than :data:`FILL_S`, and
     taking the block sooner each time made empty blocks forever while the pool grew (a
     100,000-transfer benchmark, issue 14). So an empty build doubles the wait, up to
-    :data:`FILL_MAX_S`, and a filled one shortens it by a tenth, towards :data:`FILL_S`."""
+    :data:`FILL_MAX_S`, and a filled one shortens it by a fifth, towards :data:`FILL_S`."""
     if included == 0:
         return min(fill * 2, FILL_MAX_S)
-    return max(FILL_S, fill * 0.9)
+    return max(FILL_S, fill * 0.8)
 
 
 def jwt_token(secret: bytes, now: float | None = None) -> str:
@@ -183,8 +183,7 @@ class Authority:
         geth answers ``engine_getPayload`` with the best block built so far, and the first
         one it builds is empty; with ``with_transactions`` the authority gives the leader
         time to fill the block from its pool before asking for it (:func:`next_fill`)."""
-        ts = max(int(time.time()), self._head_time + 1)
-        payload = self._build(ts, with_transactions)
+        ts, payload = self._build(with_transactions)
         for node in self._nodes:
             status = node.call("engine_newPayloadV3", [payload, [], ZERO32])
             if status["status"] != "VALID":
@@ -200,33 +199,49 @@ class Authority:
         self._last = time.monotonic()
         return str(payload["blockHash"])
 
-    def _build(self, ts: int, with_transactions: bool) -> dict[str, Any]:
-        """The leader's next payload. With ``with_transactions``, an empty build is thrown
-        away (nothing was published) and asked for again with a longer wait, until one
-        holds transactions or the wait is :data:`FILL_MAX_S` (then a pool of transactions
-        no block can include does not stop the chain)."""
+    def _build(self, with_transactions: bool) -> tuple[int, dict[str, Any]]:
+        """The leader's next payload and its timestamp. With ``with_transactions``, an empty
+        build is thrown away (nothing was published) and asked for again with a longer wait,
+        until one holds transactions or the wait was :data:`FILL_MAX_S`: then the pool holds
+        only transactions no block includes now (a fee cap below the base fee), the empty
+        block is published so the chain goes on, and the next build starts again from
+        :data:`FILL_S`."""
+        if not with_transactions:
+            ts = self._next_timestamp()
+            return ts, self._payload(ts, 0.0)
         while True:
-            attrs = {
-                "timestamp": hex(ts),
-                # a fresh value each time, so a second build gets its own payload id
-                "prevRandao": "0x" + secrets.token_hex(32),
-                "suggestedFeeRecipient": self._fee_recipient,
-                "withdrawals": [],
-                "parentBeaconBlockRoot": ZERO32,
-            }
-            res = self._leader.call("engine_forkchoiceUpdatedV3", [self._forkchoice(), attrs])
-            if res["payloadStatus"]["status"] != "VALID" or not res.get("payloadId"):
-                raise RuntimeError(f"leader refused to build: {res}")
-            if with_transactions:
-                waited = self._fill
-                time.sleep(waited)
-            built = self._leader.call("engine_getPayloadV3", [res["payloadId"]])
-            payload: dict[str, Any] = built["executionPayload"]
-            if not with_transactions:
-                return payload
-            self._fill = next_fill(waited, len(payload["transactions"]))
-            if payload["transactions"] or waited >= FILL_MAX_S:
-                return payload
+            ts = self._next_timestamp()
+            waited = self._fill
+            payload = self._payload(ts, waited)
+            if payload["transactions"]:
+                self._fill = next_fill(waited, len(payload["transactions"]))
+                return ts, payload
+            if waited >= FILL_MAX_S:
+                self._fill = FILL_S
+                return ts, payload
+            self._fill = next_fill(waited, 0)
+
+    def _next_timestamp(self) -> int:
+        return max(int(time.time()), self._head_time + 1)
+
+    def _payload(self, ts: int, wait: float) -> dict[str, Any]:
+        """One build on the leader, taken after ``wait`` seconds."""
+        attrs = {
+            "timestamp": hex(ts),
+            # a fresh value each build, so a second build gets its own payload id
+            "prevRandao": "0x" + secrets.token_hex(32),
+            "suggestedFeeRecipient": self._fee_recipient,
+            "withdrawals": [],
+            "parentBeaconBlockRoot": ZERO32,
+        }
+        res = self._leader.call("engine_forkchoiceUpdatedV3", [self._forkchoice(), attrs])
+        if res["payloadStatus"]["status"] != "VALID" or not res.get("payloadId"):
+            raise RuntimeError(f"leader refused to build: {res}")
+        if wait:
+            time.sleep(wait)
+        built = self._leader.call("engine_getPayloadV3", [res["payloadId"]])
+        payload: dict[str, Any] = built["executionPayload"]
+        return payload
 
     def run(self, poll: float = 0.05) -> None:
         """Produce blocks until the process is stopped."""

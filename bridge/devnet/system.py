@@ -169,7 +169,8 @@ class LocalSystem:
     block_time: float = 1.0
     block_gas_limit: int = 0
     """Each anvil ledger's block gas limit (anvil ``--gas-limit``) and a geth network's
-    (genesis and ``--miner.gaslimit``); 0: the node's default (30,000,000). A permissioned
+    (genesis and ``--miner.gaslimit``); 0: 30,000,000 (anvil's default, and the geth
+    network's: its blocks no longer drift towards geth's own 60,000,000). A permissioned
     network sets its own in genesis; benchmarks raise it to find what saturates after the
     ledgers' gas (issue 14)."""
     anvil_states: int = 0

@@ -28,6 +28,11 @@ class _Endorser:
         return "prepared"
 
 
+@pytest.fixture(autouse=True)
+def _no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bridge.devnet.fabric_bridge.ENDORSE_WAIT_S", 0.0)
+
+
 def _run(endorser: _Endorser) -> Any:
     client = cast(GatewayClient, endorser)
     return asyncio.run(endorse_agreed(client, "kstb", "Issue", ("ISIN", "h", "5")))

@@ -4,6 +4,8 @@ before the restart, not the head itself."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -59,29 +61,38 @@ def test_the_fill_time_doubles_after_an_empty_build_and_shrinks_back() -> None:
 
     assert next_fill(FILL_S, 0) == 2 * FILL_S
     assert next_fill(FILL_MAX_S, 0) == FILL_MAX_S, "bounded"
-    assert next_fill(1.0, 40) == 0.9
+    assert next_fill(1.0, 40) == 0.8
     assert next_fill(FILL_S, 3) == FILL_S, "never below the first wait"
 
 
 class _SlowBuilder:
-    """A leader whose builder finishes its first pass ``pass_s`` after the build starts:
-    asked sooner, it answers the empty block (geth's behaviour); every node accepts."""
+    """A leader whose builder finishes its first pass ``pass_s`` after a build starts:
+    asked sooner, it answers the empty block and stops (geth's behaviour). The payload id
+    comes from the attributes, as geth's does: the same attributes again answer the stored
+    (stopped) payload. Every node accepts every block."""
 
     def __init__(self, clock: list[float], pass_s: float) -> None:
         self.clock = clock
         self.pass_s = pass_s
-        self.started = 0.0
+        self.builds: dict[str, float] = {}
+        self.taken: dict[str, list[str]] = {}
         self.blocks: list[int] = []
         self.published: list[int] = []
         self.url = "fake"
 
     def call(self, method: str, params: list[Any]) -> Any:
         if method == "engine_forkchoiceUpdatedV3":
-            if params[1] is not None:
-                self.started = self.clock[0]
-            return {"payloadStatus": {"status": "VALID"}, "payloadId": "0x01"}
+            if params[1] is None:
+                return {"payloadStatus": {"status": "VALID"}, "payloadId": None}
+            pid = "0x" + hashlib.sha256(json.dumps(params[1], sort_keys=True).encode()).hexdigest()
+            self.builds.setdefault(pid, self.clock[0])
+            return {"payloadStatus": {"status": "VALID"}, "payloadId": pid}
         if method == "engine_getPayloadV3":
-            txs = ["0xaa"] * 5 if self.clock[0] - self.started >= self.pass_s else []
+            pid = params[0]
+            if pid not in self.taken:
+                done = self.clock[0] - self.builds[pid] >= self.pass_s
+                self.taken[pid] = ["0xaa"] * 5 if done else []
+            txs = self.taken[pid]
             self.blocks.append(len(txs))
             n = len(self.blocks)
             return {"executionPayload": {"blockHash": _hash(100 + n), "transactions": txs}}
@@ -108,13 +119,17 @@ def test_a_slow_builder_gets_blocks_with_transactions(monkeypatch: pytest.Monkey
 def test_a_pool_no_block_can_include_does_not_stop_the_chain(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bridge.devnet.geth_authority import FILL_MAX_S
+    """Builds stay empty (a fee cap below the base fee): after the longest wait the empty
+    block is published, and the next build starts again from the shortest wait."""
+    from bridge.devnet.geth_authority import FILL_MAX_S, FILL_S
 
     _chain(1, monkeypatch)
     clock = [0.0]
     monkeypatch.setattr("time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     leader = _SlowBuilder(clock, pass_s=float("inf"))
     authority = Authority([leader], "x", "0x" + "00" * 20, 2, 1)  # type: ignore[list-item]
+    began = clock[0]
     authority.produce(with_transactions=True)
     assert leader.published == [0], "an empty block after the longest wait"
-    assert authority._fill == FILL_MAX_S
+    assert FILL_MAX_S <= clock[0] - began < 3 * FILL_MAX_S, "the doubling waits, bounded"
+    assert authority._fill == FILL_S
