@@ -67,7 +67,6 @@ from transfers_batch import (
     bridge_cpu_ms,
     curve_lines,
     curve_rates,
-    end_of_day_lanes,
     gas_summary,
     ledger_transactions,
     plan_batches,
@@ -107,7 +106,6 @@ from transfers_setup import (
     _say,
     _scrape_forever,
     lanes_of,
-    ledger_layout,
     machine_note,
     make_system,
     mode_of,
@@ -311,21 +309,13 @@ async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Opti
 
 
 # ---- batch mode (issue 14, batchfix)
-def batch_lanes(opts: Options) -> tuple[tuple[str, str], ...]:
-    """The lanes of the run: the end-of-day scenario's hub lanes, else ``lanes_of``."""
-    if opts.scenario != "end-of-day":
-        return lanes_of(opts)
-    layout = ledger_layout(opts.ledgers)
-    return end_of_day_lanes([n for n, _ in layout], [k for _, k in layout])
-
-
 def batch_specs(
     opts: Options, holders: Sequence[DevAccount], rate: float | None = None
 ) -> list[TransferSpec]:
     """The planned transfers: all due at once (end of day) or ``plan`` at ``rate``."""
     if opts.scenario == "end-of-day":
         addresses = [h.address for h in holders]
-        return plan_end_of_day(opts.transfers, batch_lanes(opts), addresses, addresses)
+        return plan_end_of_day(opts.transfers, lanes_of(opts), addresses, addresses)
     return plan(replace(opts, rate=rate or opts.rate), holders)
 
 
@@ -452,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         system.wait_processes_alive(timeout=1.0)
         cons = conservation(system, holders, m.results)
         summary = summarize(m.results, opts)
-        summary["lanes"] = summarize_lanes(m.results, batch_lanes(opts), intervals, commits)
+        summary["lanes"] = summarize_lanes(m.results, lanes_of(opts), intervals, commits)
         machine = machine_note()
         report(machine, opts, summary, m, cons)
         for line in batch_report_lines(batch_out) if batch_out else ():

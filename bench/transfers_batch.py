@@ -116,16 +116,6 @@ def slot_key(batch: BatchSpec, by: str = "source") -> tuple[str, str]:
     return (batch.source, batch.items[0].target if by == "lane" else "")
 
 
-def end_of_day_lanes(names: Sequence[str], kinds: Sequence[str]) -> tuple[Lane, ...]:
-    """Both directions between the first EVM ledger and every other ledger: EVM<->EVM and
-    EVM<->Fabric with the scenario's ledgers (anvil, anvil, fabric)."""
-    evm = [n for n, k in zip(names, kinds, strict=True) if k != "fabric"]
-    if not evm:
-        raise ValueError("the end-of-day scenario needs an EVM ledger")
-    hub = evm[0]
-    return tuple(lane for other in names if other != hub for lane in ((hub, other), (other, hub)))
-
-
 def plan_end_of_day(
     n: int, lanes: Sequence[Lane], senders: Sequence[str], recipients: Sequence[str]
 ) -> list[TransferSpec]:

@@ -183,8 +183,13 @@ def report(
     _say(f"machine: {machine['nproc']} cpus ({machine['cpu_model']}), python {machine['python']}")
     lanes = ", ".join(lane_name(lane) for lane in lanes_of(opts))
     _say(f"mode: {mode_label(opts)}")
+    offered = (
+        "all at once (end of day)"
+        if opts.scenario == "end-of-day"
+        else f"at {opts.rate:g}/s offered (open loop)"
+    )
     _say(
-        f"config: {opts.transfers} transfers at {opts.rate:g}/s offered (open loop),"
+        f"config: {opts.transfers} transfers {offered},"
         f" lanes={opts.lanes} ({lanes}), {opts.holders} holders, block time"
         f" {opts.block_time:g} s, per-transfer timeout {opts.timeout:g} s"
     )

@@ -281,10 +281,28 @@ def start_system(system: LocalSystem, opts: Options) -> list[DevAccount]:
     return holders
 
 
+NOT_EVM = frozenset({"fabric", "cometbft"})
+"""Devnet kinds of ``--ledgers`` that are not EVM ledgers (the end-of-day hub is not one)."""
+
+
+def end_of_day_lanes(names: Sequence[str], kinds: Sequence[str]) -> tuple[Lane, ...]:
+    """Both directions between the first EVM ledger (the hub) and every other ledger:
+    EVM<->EVM and EVM<->Fabric with the scenario's ledgers (anvil, anvil, fabric)."""
+    evm = [n for n, k in zip(names, kinds, strict=True) if k not in NOT_EVM]
+    if not evm:
+        raise ValueError("the end-of-day scenario needs an EVM ledger")
+    hub = evm[0]
+    return tuple(lane for other in names if other != hub for lane in ((hub, other), (other, hub)))
+
+
 def lanes_of(opts: Options) -> tuple[Lane, ...]:
-    """The lanes transfers alternate over: both directions between two ledgers (only the
+    """The lanes transfers alternate over. The end-of-day scenario: the hub's lanes
+    (:func:`end_of_day_lanes`). Otherwise both directions between two ledgers (only the
     first with ``--directions a2b``), else a ring over the ledgers in ``--ledgers`` order."""
-    names = [n for n, _ in ledger_layout(opts.ledgers)]
+    layout = ledger_layout(opts.ledgers)
+    names = [n for n, _ in layout]
+    if opts.scenario == "end-of-day":
+        return end_of_day_lanes(names, [k for _, k in layout])
     if len(names) == 2:
         a, b = names
         return ((a, b),) if opts.directions == "a2b" else ((a, b), (b, a))

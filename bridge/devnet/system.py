@@ -177,8 +177,8 @@ class LocalSystem:
     """States each anvil ledger keeps for reads at past blocks; 0: anvil's default (500 in
     memory, older ones on disk). N: ``--prune-history N``, N in memory and none on disk;
     N must cover how far behind the finalized height a reader may read. It does not bound
-    anvil's memory: anvil 1.7.1 keeps about 80 bytes per storage slot per block whatever
-    N is (a burst of 100,000 slots, then empty blocks: 8 MB more a block), so a long
+    anvil's memory: anvil 1.7.1 keeps about 100 bytes per storage slot per block whatever
+    N is (slots written in a burst, then only empty blocks: 8 MB more a block), so a long
     benchmark grows with state x blocks (issue 14, bench/README); long runs use geth
     ledgers (``bridge.devnet.geth``), which keep their history on disk."""
     committee_size: int = 4

@@ -19,7 +19,6 @@ from transfers_batch import (
     bridge_cpu_ms,
     curve_rates,
     distinct_transactions,
-    end_of_day_lanes,
     gas_summary,
     plan_batches,
     plan_end_of_day,
@@ -30,7 +29,14 @@ from transfers_batch import (
     slot_key,
     submit_slots,
 )
-from transfers_setup import TransferResult, TransferSpec, make_system, mode_of
+from transfers_setup import (
+    TransferResult,
+    TransferSpec,
+    end_of_day_lanes,
+    lanes_of,
+    make_system,
+    mode_of,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
@@ -132,12 +138,24 @@ def test_settle_by_lane_is_each_lanes_own_span() -> None:
     assert got["A->F"]["time_to_settle_s"] == 40.0 and got["A->F"]["settled"] == 1
 
 
+def test_the_runs_lanes_are_the_hubs_in_the_end_of_day_scenario() -> None:
+    """The report's config line and the per-lane summary use these: a ring over three
+    ledgers was printed for the end-of-day scenario, whose transfers run the hub's lanes."""
+    geth = parse_args(["--scenario", "end-of-day", "--ledgers", "geth,geth,fabric"])
+    hub, other, fabric = "brokerage-geth", "brokerage-geth2", "brokerage-f"
+    assert lanes_of(geth) == ((hub, other), (other, hub), (hub, fabric), (fabric, hub))
+    ring = parse_args(["--ledgers", "geth,geth,fabric"])
+    assert lanes_of(ring) == ((hub, other), (other, fabric), (fabric, hub))
+
+
 def test_end_of_day_lanes_and_plan() -> None:
     lanes = end_of_day_lanes(["A", "B", "F"], ["anvil", "anvil", "fabric"])
     assert lanes == (("A", "B"), ("B", "A"), ("A", "F"), ("F", "A"))
     assert end_of_day_lanes(["F", "A"], ["fabric", "anvil"]) == (("A", "F"), ("F", "A"))
     with pytest.raises(ValueError, match="needs an EVM ledger"):
         end_of_day_lanes(["F"], ["fabric"])
+    hub_last = end_of_day_lanes(["C", "F", "G"], ["cometbft", "fabric", "geth"])
+    assert hub_last == (("G", "C"), ("C", "G"), ("G", "F"), ("F", "G")), "CometBFT is no hub"
     holders = ["h0", "h1", "h2"]
     plan = plan_end_of_day(9, lanes, holders, holders)
     assert all(s.at == 0.0 for s in plan)
