@@ -256,11 +256,14 @@ async def test_checked_submissions_are_recorded_together_and_each_gets_its_drive
     each new one, returns a retry's record as it is, and confines a Conflict (the same
     instruction under another key) to its item."""
     c, _, store = coordinator
-    old, _ = await submit(c, request("old"))
+    # The retry carries the recorded instruction itself: one made again later could take
+    # another deadline (``int(time.time()) + 50`` across a second boundary), a Conflict.
+    first = instructed(c._network, request("old"))
+    old, _ = await c.submit(request("old"), first)
     assert await final(store, old.transfer_id) is TransferState.COMMITTED  # no writes after
     reqs = [request(f"new-{n}") for n in range(3)]
     admitted = [await c.check_submit(r, instructed(c._network, r)) for r in reqs]
-    retry = await c.check_submit(request("old"), instructed(c._network, request("old")))
+    retry = await c.check_submit(request("old"), first)
     assert retry.recorded
     thief = dataclasses.replace(
         admitted[1],
