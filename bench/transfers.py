@@ -100,6 +100,7 @@ __all__ = ["machine_note", "main", "percentile"]  # machine_note, percentile: se
 from transfers_setup import (
     BUILT_IN,
     LEDGER_SETS,
+    NOT_EVM,
     Options,
     TransferResult,
     TransferSpec,
@@ -253,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
     if a.block_gas_limit < 0:
-        p.error("--block-gas-limit must be 0 (the node's default) or a positive gas amount")
+        p.error("--block-gas-limit must be 0 (30,000,000) or a positive gas amount")
     if a.anvil_states < 0:
         p.error("--anvil-states must be 0 (anvil's default) or a positive number of states")
     if a.batch < 0 or a.batch > 2500:
@@ -271,7 +272,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if unknown or len(ledgers) < 2:
         p.error(f"--ledgers needs two or more of anvil, fabric, {', '.join(starter_names())}")
     lanes = a.lanes if not a.ledgers and a.scenario == "open-loop" else "custom"
-    if a.scenario == "end-of-day" and all(k == "fabric" for k in ledgers):
+    if a.scenario == "end-of-day" and all(k in NOT_EVM for k in ledgers):
         p.error("the end-of-day scenario needs an EVM ledger")
     if a.directions != "both" and len(ledgers) != 2:
         p.error("--directions applies to two ledgers only")

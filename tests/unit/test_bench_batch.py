@@ -49,6 +49,8 @@ def test_batch_arguments() -> None:
     o = parse_args(["--batch", "50", "--transfers", "200", "--rate", "40"])
     assert (o.batch, o.scenario, o.rate, o.curve) == (50, "open-loop", 40.0, ())
     eod = parse_args(["--scenario", "end-of-day", "--transfers", "2000"])
+    with pytest.raises(SystemExit):  # no EVM ledger for the hub: refused before anything starts
+        parse_args(["--scenario", "end-of-day", "--ledgers", "cometbft,fabric"])
     assert eod.batch == 100 and eod.ledgers == ("anvil", "anvil", "fabric")
     assert eod.lanes == "custom"
     assert parse_args(["--scenario", "end-of-day", "--ledgers", "anvil,anvil"]).ledgers == (

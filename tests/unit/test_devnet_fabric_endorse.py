@@ -13,6 +13,8 @@ from bridge.devnet.fabric_bridge import ENDORSE_ATTEMPTS, endorse_agreed
 from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.ledgers.fabric.gateway import GatewayClient
 
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
 
 class _Endorser:
     """Raises the given errors in turn, then answers."""

@@ -1,6 +1,7 @@
-"""The devnet's geth block authority after a restart (attacker review s17, item 10): the
+"""The devnet's geth block authority: after a restart (attacker review s17, item 10) the
 first forkchoice it announces finalizes the block ``finality_depth`` below the head, as
-before the restart, not the head itself."""
+before the restart, not the head itself; under a deep pool (issue 14) it publishes only
+blocks with transactions, however long the leader's builder takes (up to the bound)."""
 
 from __future__ import annotations
 
