@@ -41,6 +41,7 @@ from transfers_setup import (
 
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.client import instructed
+from bridge.devnet.evm_endpoint import EvmEndpointLedger
 from bridge.devnet.system import LocalSystem
 from bridge.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -517,10 +518,12 @@ def _rpc_batch(url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
     return [by_id.get(i) for i in range(len(calls))]
 
 
-def _node_url(system: LocalSystem, ledger: str) -> str | None:
-    node = getattr(system.dev_ledgers[ledger], "node", None)
-    url = getattr(node, "rpc_url", None)
-    return url if isinstance(url, str) else None
+def node_url(system: LocalSystem, ledger: str) -> str | None:
+    """The JSON-RPC URL the devnet administers an EVM ledger through (anvil itself, a geth
+    network's leader, a Kaia-like node), where its receipts and blocks are read; None for a
+    ledger without one (Fabric, CometBFT: transactions counted, no gas)."""
+    dev = system.dev_ledgers[ledger]
+    return dev.admin_rpc_url if isinstance(dev, EvmEndpointLedger) else None
 
 
 async def ledger_transactions(
@@ -552,9 +555,9 @@ async def ledger_transactions(
     blocks: dict[str, dict[str, Any]] = {}
     for ledger, recorded in txs.items():
         rows = distinct_transactions(recorded)
-        url = _node_url(system, ledger)
+        url = node_url(system, ledger)
         if url is None:
-            continue  # Fabric: transactions counted, no gas
+            continue
         got: list[dict[str, Any]] = []
         for i in range(0, len(rows), 200):
             chunk = rows[i : i + 200]
