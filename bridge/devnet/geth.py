@@ -125,6 +125,11 @@ class GethNode:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def ws_url(self) -> str:
+        """The node's WebSocket endpoint (``eth``, ``net``, ``web3``; on the HTTP port)."""
+        return f"ws://127.0.0.1:{self.http_port}"
+
+    @property
     def engine_url(self) -> str:
         """The node's Engine API URL (JWT-authenticated; the authority only)."""
         return f"http://127.0.0.1:{self.auth_port}"
@@ -229,6 +234,10 @@ class GethNetwork:
                     "--netrestrict", "127.0.0.1/32",
                     "--http", "--http.addr", "127.0.0.1", "--http.port", str(node.http_port),
                     "--http.api", "eth,net,web3,txpool",
+                    # Pushed heads (issue 14 item 4): WebSocket on the HTTP port, as anvil
+                    # serves it, so the TLS proxy relays wss:// to the same address.
+                    "--ws", "--ws.addr", "127.0.0.1", "--ws.port", str(node.http_port),
+                    "--ws.api", "eth,net,web3",
                     "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(node.auth_port),
                     "--authrpc.jwtsecret", str(node.jwt),
                     "--ipcpath", str(node.ipc),

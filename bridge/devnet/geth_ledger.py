@@ -2,13 +2,15 @@
 
 Three geth nodes and their block authority (:mod:`bridge.devnet.geth`). The devnet deploys
 and administers through node 0; the ledger's relayer and the coordinator use node 1 (the
-network file's ``rpc_url``); EVERY committee member reads through node 2 (its
-``rpc_overrides``), so no member's view of the ledger is the relayer's node. Nodes 1 and 2
-sit behind the devnet's authenticating TLS proxy, as production nodes do.
+network file's ``rpc_url``, and its ``ws_url`` for pushed heads); EVERY committee member
+reads through node 2 (its ``rpc_overrides``), so no member's view of the ledger is the
+relayer's node. Nodes 1 and 2 sit behind the devnet's authenticating TLS proxy, as
+production nodes do.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,14 @@ class GethLedger(EvmEndpointLedger):
         proxy = self.proxies.get(index)
         return proxy.url if proxy is not None else self.net.nodes[index].rpc_url
 
+    def _ws_url(self, index: int) -> str:
+        """Node ``index``'s WebSocket: ``wss://`` through its proxy (the same bearer check),
+        or the node's own ``ws://`` without one."""
+        proxy = self.proxies.get(index)
+        if proxy is None:
+            return self.net.nodes[index].ws_url
+        return "wss://" + proxy.url.split("://", 1)[1]
+
     # ---- DevLedger: configuration
     def describe(self) -> list[str]:
         """Chain id, nodes and endpoint."""
@@ -57,7 +67,8 @@ class GethLedger(EvmEndpointLedger):
         ]
 
     def ledger_entry(self) -> dict[str, Any]:
-        """Node 1 (the relayer's and coordinator's), the authority's finality depth."""
+        """Node 1 (the relayer's and coordinator's) and its WebSocket, the authority's
+        finality depth."""
         entry: dict[str, Any] = {
             "id": self.name,
             "kind": "evm",
@@ -68,6 +79,11 @@ class GethLedger(EvmEndpointLedger):
             "block_interval": self.net.empty_interval,
         }
         entry |= self.lens_entry()
+        # Pushed heads (issue 14 item 4), node 1's like its rpc_url; the members' overrides
+        # name node 2, and an adapter with an overridden rpc_url never uses this ws_url.
+        # KSTB_DEVNET_EVM_WS=0 leaves it out (polling only), as for anvil.
+        if os.environ.get("KSTB_DEVNET_EVM_WS", "1") != "0":
+            entry["ws_url"] = self._ws_url(1)
         return entry | ({"tls_ca": self.ca_cert} if self.ca_cert else {})
 
     def relayer_entry(self) -> dict[str, Any]:

@@ -41,6 +41,33 @@ def test_every_block_holds_the_networks_gas_limit(geth_harness: GethHarness) -> 
         assert int(head["gasLimit"], 16) == net.gas_limit, f"node {i}"
 
 
+def test_every_node_pushes_new_heads_on_its_websocket(geth_harness: GethHarness) -> None:
+    """Each node serves ``newHeads`` on its HTTP port's WebSocket (``--ws``, as anvil does,
+    so the devnet's TLS proxy relays ``wss://`` to it): the adapters' own subscriber gets
+    a head at or above the node's height, pushed as the authority seals blocks."""
+    import asyncio
+
+    from bridge.ledgers.evm.heads import NewHeads, websocket_connector
+    from bridge.ledgers.heads import receive
+
+    net = geth_harness.net
+    assert net is not None
+
+    async def first_pushed(i: int) -> int:
+        feed = NewHeads(net.chain_id)
+        async with websocket_connector(net.nodes[i].ws_url, None, {})() as ws:
+            subscription = await feed.subscribe(ws, 10)
+            for _ in range(20):
+                head = feed.head_of(json.loads(await receive(ws, 10)), subscription)
+                if head is not None:
+                    return head
+        raise AssertionError(f"node {i} pushed no head")
+
+    for i in range(net.size):
+        before = net.height(i)
+        assert asyncio.run(first_pushed(i)) > before, f"node {i}"
+
+
 @pytest.mark.security
 def test_the_engine_api_refuses_a_caller_without_the_nodes_secret(
     geth_harness: GethHarness,

@@ -134,3 +134,24 @@ def test_ineligible_recipient_on_geth_aborts_and_releases(lane: LocalSystem, stu
     assert evm.balance(DEMO_ISIN, holder.address) == 7
     assert geth.balance(DEMO_ISIN, outsider.address) == 0
     assert evm.total_supply(DEMO_ISIN) + geth.total_supply(DEMO_ISIN) == before
+
+
+def test_the_geth_relayer_learns_of_blocks_by_subscription(lane: LocalSystem) -> None:
+    """Issue 14 item 4 on geth: the network file gives node 1's WebSocket (``wss://``
+    through its TLS proxy, the same bearer check), and the relayer that waited for the
+    transfers' blocks above got them pushed, not only polled."""
+    import json
+
+    _, geth = ledgers(lane)
+    network = tomllib.loads((lane.workdir / "network.toml").read_text())
+    entry = next(e for e in network["ledgers"] if e["id"] == GETH)
+    assert entry["ws_url"] == "wss://" + geth._url(1).split("://", 1)[1]
+    log = lane.workdir / "logs" / f"relayer-{GETH}.log"
+    events = []
+    for line in log.read_text().splitlines():
+        try:
+            events.append(json.loads(line).get("event"))
+        except ValueError:
+            continue
+    assert "heads pushed by subscription" in events
+    assert "head subscription refused: wrong chain" not in events
