@@ -392,3 +392,71 @@ async def test_resume_failed_is_a_compare_and_set(tmp_path: Path) -> None:
         assert len(await store.history(rec.transfer_id, 0)) == 2
     finally:
         store.close()
+
+
+def _counting_reads(store: SqliteTransferStore) -> dict[str, list[object]]:
+    """Wrap the store's record reads on this instance: what each call asked and got."""
+    calls: dict[str, list[object]] = {"get_many": [], "get": []}
+    get_many, get = store.get_many, store.get
+
+    async def counted_many(ids):  # type: ignore[no-untyped-def]
+        calls["get_many"].append(list(ids))
+        return await get_many(ids)
+
+    async def counted_get(tid):  # type: ignore[no-untyped-def]
+        got = await get(tid)
+        calls["get"].append(got)
+        return got
+
+    store.get_many = counted_many  # type: ignore[method-assign]
+    store.get = counted_get  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.batch
+async def test_a_deliverys_records_are_read_together_and_a_repeat_sees_the_earlier_event(
+    coordinator,
+) -> None:
+    """Issue 14: one store read for a delivery's transfers, not one per event; a transfer
+    named twice is read again, so its second event sees the adoption its first made."""
+    c, relayers, store = coordinator
+    t1, t2 = terms(), terms()
+    show_lock(relayers["a"], t1)
+    show_lock(relayers["a"], t2)
+    first = locked_event(t1, height=5)
+    again = LedgerEvent(
+        "a", EventPosition(6, 0), b"\0" * 32, "0x" + secrets.token_hex(32), t1.transfer_id,
+        Leg.OUTBOUND, LegState.LOCKED, 0, t1.terms_hash, t1,
+    )  # fmt: skip
+    calls = _counting_reads(store)
+    assert await c.on_events("a", [first, locked_event(t2, height=7), again], 7) == 3
+    assert calls["get_many"][0] == [t1.transfer_id, t2.transfer_id, t1.transfer_id]
+    repeat = calls["get"][0]
+    assert isinstance(repeat, TransferRecord) and repeat.origin is TransferOrigin.ADOPTED
+    assert repeat.transactions["lock"] == first.tx_id, "adopted once, by the first event"
+    for t in (t1, t2):
+        assert await final(store, t.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].submitted == [Action.COMMIT, Action.COMMIT], "no bridge lock"
+
+
+@pytest.mark.batch
+async def test_a_lock_named_twice_in_a_delivery_resumes_a_failed_transfer_once(
+    coordinator,
+) -> None:
+    """The second LOCKED event of a FAILED transfer in the same delivery sees the resume
+    the first made (read again), so nothing is resumed twice."""
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
+    record, _ = await driver_tests.submit(c, request("k-failed-twice"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].lock_refusal = None
+    relayers["a"].submitted.clear()
+    t = record.terms
+    show_lock(relayers["a"], t)
+    events = [locked_event(t, height=9), locked_event(t, height=10)]
+    calls = _counting_reads(store)
+    assert await c.on_events("a", events, 9) == 2
+    second = calls["get"][0]
+    assert isinstance(second, TransferRecord) and second.state is not TransferState.FAILED
+    assert await final(store, t.transfer_id) is TransferState.COMMITTED
+    assert relayers["a"].submitted == [Action.COMMIT], "resumed once, without locking again"
