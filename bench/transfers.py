@@ -81,14 +81,13 @@ from transfers_load import run_load, settle
 from transfers_metrics import (
     CpuSampler,
     Measurement,
-    _log_size,
-    anvil_logs,
+    RpcCounter,
     conservation,
     ledger_intervals,
     measure_commits,
     percentile,
     process_pids,
-    rpc_counts,
+    rpc_counters,
     summarize,
     summarize_lanes,
 )
@@ -286,24 +285,38 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
 async def _start_measuring(
     system: LocalSystem, opts: Options
-) -> tuple[CpuSampler | None, dict[str, Path], dict[str, int]]:
-    """The CPU sampler (its idle baseline taken) and each anvil log with its size now, from
-    which the run's JSON-RPC requests are counted."""
+) -> tuple[CpuSampler | None, dict[str, RpcCounter]]:
+    """The CPU sampler (its idle baseline taken) and each EVM ledger's JSON-RPC request
+    counter, started now."""
     sampler = CpuSampler(process_pids(system)) if opts.cpu else None
     if sampler is not None and opts.baseline > 0:
         _say(f"measuring the idle system's CPU for {opts.baseline:g} s ...")
         await sampler.baseline(opts.baseline)
-    logs = anvil_logs(system)
-    return sampler, logs, {name: _log_size(path) for name, path in logs.items()}
+    counters = rpc_counters(system)
+    for counter in counters.values():
+        await asyncio.to_thread(counter.start)
+    return sampler, counters
+
+
+async def _rpc_served(counters: dict[str, RpcCounter]) -> dict[str, dict[str, int]]:
+    """Each counter's requests per method since it started; a ledger whose counts cannot
+    be read is left out (said, never the end of a long run's report)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, counter in counters.items():
+        try:
+            out[name] = dict(await asyncio.to_thread(counter.counts))
+        except OSError as exc:
+            _say(f"{name}: JSON-RPC requests not counted ({exc})")
+    return out
 
 
 async def measure(system: LocalSystem, holders: Sequence[DevAccount], opts: Options) -> Measurement:
     """Run the load (with the CPU sampler and RPC counting), then let stragglers settle."""
-    sampler, logs, offsets = await _start_measuring(system, opts)
+    sampler, counters = await _start_measuring(system, opts)
     specs = plan(opts, holders)
     _say(f"offering {len(specs)} transfers at {opts.rate:g}/s ...")
     results, _ = await run_load(system, specs, opts, sampler)
-    rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
+    rpc = await _rpc_served(counters)
     await settle(system, results, opts.settle)
     committed = sum(r.outcome == "committed" for r in results)
     return Measurement(results, sampler.table(committed) if sampler else None, rpc)
@@ -343,12 +356,12 @@ async def measure_batch(
 ) -> tuple[Measurement, dict[str, Any]]:
     """The batch load (or end-of-day scenario) with CPU sampling, then the ledgers'
     transactions, gas and block use of the terminal transfers, and what saturated."""
-    sampler, logs, offsets = await _start_measuring(system, opts)
+    sampler, counters = await _start_measuring(system, opts)
     specs = batch_specs(opts, holders)
     what = "all at once" if opts.scenario == "end-of-day" else f"at {opts.rate:g}/s"
     _say(f"offering {len(specs)} transfers {what} in batches of {opts.batch} ...")
     results, stats = await run_point(system, holders, opts, specs, sampler)
-    rpc = {name: dict(rpc_counts(path, offsets[name])) for name, path in logs.items()}
+    rpc = await _rpc_served(counters)
     terminal = sum(1 for r in results if r.final_state)
     cpu = sampler.table(terminal) if sampler else None
     _say("reading the ledger transactions of every settled transfer ...")
@@ -454,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload = {"machine": machine, "config": asdict(opts), "mode": mode_of(opts),
                        "summary": summary,
                        "ledger_intervals": intervals, "ledger_commit_s": commits,
-                       "cpu": m.cpu, "anvil_rpc": m.rpc, "conservation": cons,
+                       "cpu": m.cpu, "evm_rpc": m.rpc, "conservation": cons,
                        "batch": batch_out, "curve": curve_out,
                        "transfers": [asdict(r) for r in m.results]}  # fmt: skip
             write_json(opts.json_path, payload)

@@ -37,6 +37,7 @@ from transfers_setup import (
     Options,
     TransferResult,
     TransferSpec,
+    _say,
 )
 
 from bridge.cli.main import STATE_NAMES
@@ -570,6 +571,12 @@ async def ledger_transactions(
                         {"step": step, "gasUsed": int(rec["gasUsed"], 16),
                          "block": int(rec["blockNumber"], 16)}
                     )  # fmt: skip
+        if len(got) < len(rows):
+            # e.g. geth's "transaction indexing is in progress": said, not a silent figure
+            _say(
+                f"{ledger}: {len(rows) - len(got)} of {len(rows)} transactions' receipts not"
+                " read; the gas figures below leave them out"
+            )
         receipts[ledger] = got
         numbers = sorted({r["block"] for r in got})
         if numbers:

@@ -9,13 +9,15 @@ import contextlib
 import itertools
 import os
 import random
+import re
 import statistics
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from transfers_setup import (
@@ -30,6 +32,7 @@ from transfers_setup import (
 )
 
 from bridge.devnet.anvil import AnvilNode, DevAccount
+from bridge.devnet.geth_ledger import GethLedger
 from bridge.devnet.ledger import DevLedger
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 
@@ -291,14 +294,92 @@ def rpc_counts(log: Path, offset: int) -> Counter[str]:
     return Counter()
 
 
-def anvil_logs(system: LocalSystem) -> dict[str, Path]:
-    """Each anvil ledger's log, where anvil prints every JSON-RPC method it serves."""
-    logs = {}
+class RpcCounter(Protocol):
+    """The JSON-RPC requests one EVM ledger's nodes served between :meth:`start` and
+    :meth:`counts`, by method."""
+
+    def start(self) -> None:
+        """Begin counting now."""
+
+    def counts(self) -> Counter[str]:
+        """Requests per method since :meth:`start`."""
+
+
+@dataclass
+class AnvilLogCounter:
+    """anvil prints every method it serves to its log: the lines written after ``start``."""
+
+    log: Path
+    offset: int = 0
+
+    def start(self) -> None:
+        """Remember the log's size now."""
+        self.offset = _log_size(self.log)
+
+    def counts(self) -> Counter[str]:
+        """The methods logged since ``start``."""
+        return rpc_counts(self.log, self.offset)
+
+
+_GETH_RPC = re.compile(r"^rpc_duration_(\w+?)_(?:success|failure)_count (\d+)$", re.MULTILINE)
+
+
+DEVNET_METHODS = ("engine_",)
+"""Methods only the devnet's block authority calls (the Engine API): not counted."""
+
+
+def geth_rpc_counts(prometheus: str) -> Counter[str]:
+    """Requests per method in a geth node's Prometheus text: each method's success and
+    failure counts, but the block authority's Engine API calls."""
+    out: Counter[str] = Counter()
+    for method, n in _GETH_RPC.findall(prometheus):
+        if int(n) and not method.startswith(DEVNET_METHODS):
+            out[method] += int(n)
+    return out
+
+
+@dataclass
+class GethMetricsCounter:
+    """The requests the bridge's nodes of a geth network served: nodes 1 (relayer and
+    coordinator) and 2 (the members), not node 0, where only the devnet administers and
+    its authority polls. Each node counts the requests it serves per method
+    (``--metrics``) and resets the counts whenever they are read: ``start`` reads (and so
+    resets) them, ``counts`` reads them again and sums over the nodes. Nothing else may
+    read them between the two. Not counted: the Engine API (:data:`DEVNET_METHODS`) and
+    what :attr:`bridge.devnet.geth.GethNode.metrics_url` says geth leaves out."""
+
+    urls: tuple[str, ...]
+
+    @staticmethod
+    def _read(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return str(reply.read().decode())
+
+    def start(self) -> None:
+        """Reset every node's counts."""
+        for url in self.urls:
+            self._read(url)
+
+    def counts(self) -> Counter[str]:
+        """Every node's requests since ``start``, summed."""
+        out: Counter[str] = Counter()
+        for url in self.urls:
+            out += geth_rpc_counts(self._read(url))
+        return out
+
+
+def rpc_counters(system: LocalSystem) -> dict[str, RpcCounter]:
+    """A counter per EVM ledger whose nodes report what they serve: anvil (its log) and the
+    geth network (the metrics of the nodes the bridge uses, summed); none for other kinds."""
+    counters: dict[str, RpcCounter] = {}
     for name, ledger in system.dev_ledgers.items():
         node = getattr(ledger, "node", None)
         if isinstance(node, AnvilNode) and node.process is not None:
-            logs[name] = node.process.log_path
-    return logs
+            counters[name] = AnvilLogCounter(node.process.log_path)
+        elif isinstance(ledger, GethLedger):
+            bridge_nodes = ledger.net.nodes[1:] or ledger.net.nodes
+            counters[name] = GethMetricsCounter(tuple(n.metrics_url for n in bridge_nodes))
+    return counters
 
 
 # -- conservation ----------------------------------------------------------------------------

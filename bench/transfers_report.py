@@ -151,7 +151,10 @@ def _lines_cpu(cpu: dict[str, Any]) -> Iterator[str]:
 
 
 def _lines_rpc(rpc: dict[str, dict[str, int]], committed: int) -> Iterator[str]:
-    yield "anvil JSON-RPC requests served during the load (per committed transfer):"
+    yield (
+        "EVM JSON-RPC requests served during the load (per committed transfer; anvil: its log,"
+        " geth: the metrics of the bridge's nodes 1 and 2, without the Engine API):"
+    )
     for ledger, counts in rpc.items():
         total = sum(counts.values())
         top = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))

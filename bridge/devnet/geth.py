@@ -109,12 +109,15 @@ def ipc_call(path: Path, method: str, params: list[Any]) -> Any:
 
 @dataclass
 class GethNode:
-    """One geth process: public HTTP (eth, net, web3, txpool), Engine API, devp2p."""
+    """One geth process: public HTTP and WebSocket on one port (eth, net, web3; txpool over
+    HTTP), Engine API, devp2p, and its metrics (loopback only, unauthenticated: counters,
+    nothing secret)."""
 
     index: int
     datadir: Path
     http_port: int = field(default_factory=free_port)
     auth_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     p2p_port: int = field(default_factory=free_port)
     nodekey: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     process: ManagedProcess | None = None
@@ -128,6 +131,16 @@ class GethNode:
     def ws_url(self) -> str:
         """The node's WebSocket endpoint (``eth``, ``net``, ``web3``; on the HTTP port)."""
         return f"ws://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The node's metrics in Prometheus text (``--metrics``; 127.0.0.1 only): per
+        JSON-RPC method, ``rpc_duration_<method>_<success|failure>_count`` counts the
+        requests served since the previous read of the node's metrics (this URL or
+        ``/debug/metrics``: geth resets those histograms when read). Not counted:
+        ``eth_subscribe``, unknown methods and requests with bad parameters. Every caller
+        of every port is counted, the Engine API's (``engine_*``) too."""
+        return f"http://127.0.0.1:{self.metrics_port}/debug/metrics/prometheus"
 
     @property
     def engine_url(self) -> str:
@@ -238,6 +251,13 @@ class GethNetwork:
                     # serves it, so the TLS proxy relays wss:// to the same address.
                     "--ws", "--ws.addr", "127.0.0.1", "--ws.port", str(node.http_port),
                     "--ws.api", "eth,net,web3",
+                    # No browser origin: a page served from any localhost port could drive
+                    # the node over WebSocket otherwise (the proxy and the adapters send no
+                    # Origin header, so they are unaffected).
+                    "--ws.origins", "kstb-devnet.invalid",
+                    # Requests served per method, for the benchmarks (GethNode.metrics_url).
+                    "--metrics", "--metrics.addr", "127.0.0.1",
+                    "--metrics.port", str(node.metrics_port),
                     "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(node.auth_port),
                     "--authrpc.jwtsecret", str(node.jwt),
                     "--ipcpath", str(node.ipc),
@@ -251,6 +271,8 @@ class GethNetwork:
             # geth opens its IPC and HTTP endpoints before its devp2p listener: a static peer
             # dialled in that window fails, and geth redials it only 35 s later.
             node.process.wait_port(node.p2p_port, timeout=60)
+            # geth only logs a metrics port it could not bind, and runs on without it.
+            node.process.wait_port(node.metrics_port, timeout=60)
             wait_until(node.ipc.exists, 30, f"geth {self.name} node {node.index} IPC")
         # A full mesh of static peers, each pair dialled from one side only: two nodes dialling
         # each other at once can each keep their own connection and drop the other's, leaving

@@ -68,6 +68,40 @@ def test_every_node_pushes_new_heads_on_its_websocket(geth_harness: GethHarness)
         assert asyncio.run(first_pushed(i)) > before, f"node {i}"
 
 
+def test_the_bridges_nodes_count_the_requests_they_served_since_the_last_read(
+    geth_harness: GethHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the benchmark's request counts rest on (``GethMetricsCounter``): nodes 1 and 2
+    give each method's requests since the previous read of their metrics, batch items
+    included; what came before ``start`` is not counted."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    from transfers_metrics import GethMetricsCounter
+
+    net = geth_harness.net
+    assert net is not None
+    for i in (1, 2):
+        net.rpc("web3_clientVersion", [], i)  # before start: reset, not counted
+    counter = GethMetricsCounter((net.nodes[1].metrics_url, net.nodes[2].metrics_url))
+    counter.start()
+    for i in (1, 2, 2):
+        net.rpc("web3_clientVersion", [], i)
+    body = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": i, "method": "web3_clientVersion", "params": []}
+            for i in range(4)
+        ]
+    ).encode()
+    request = urllib.request.Request(
+        net.nodes[2].rpc_url, data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert len(json.loads(reply.read())) == 4
+    assert counter.counts()["web3_clientVersion"] == 7
+    assert counter.counts()["web3_clientVersion"] == 0, "reading resets the counts"
+
+
 @pytest.mark.security
 def test_the_engine_api_refuses_a_caller_without_the_nodes_secret(
     geth_harness: GethHarness,

@@ -242,6 +242,8 @@ def test_gas_is_read_on_every_evm_ledgers_node(tmp_path: Path) -> None:
     from types import SimpleNamespace
     from typing import cast
 
+    from transfers_metrics import GethMetricsCounter, rpc_counters
+
     from bridge.devnet.anvil import AnvilNode, DevAccount
     from bridge.devnet.fabric_bridge import FabricBridgeLedger
     from bridge.devnet.geth import GethNetwork, GethNode
@@ -263,6 +265,10 @@ def test_gas_is_read_on_every_evm_ledgers_node(tmp_path: Path) -> None:
     assert node_url(system, "g") == net.nodes[0].rpc_url
     assert node_url(system, "a") == anvil.node.rpc_url
     assert node_url(system, "f") is None
+    counters = rpc_counters(system)  # anvil's log only once it runs (no process here)
+    assert set(counters) == {"g"}
+    bridge_nodes = tuple(n.metrics_url for n in net.nodes[1:])  # node 0: the devnet's own
+    assert counters["g"] == GethMetricsCounter(bridge_nodes)
 
 
 def cpu(busy: float, others: float = 0.0, **procs: float) -> dict[str, Any]:
@@ -365,3 +371,25 @@ def test_the_soak_batches_consecutive_moves_per_source_and_sends_each_when_compl
         (3, ["k1", "k3"]),
     ]
     assert [len(g) for _, g in batches] == [2, 2, 2, 1]
+
+
+def test_geth_request_counts_are_read_per_method() -> None:
+    """Each method's success and failure counts, but the devnet authority's."""
+    from transfers_metrics import geth_rpc_counts
+
+    text = "\n".join(
+        [
+            "# TYPE rpc_duration_all_count counter",
+            "rpc_duration_all_count 14",
+            "rpc_duration_eth_blockNumber_success_count 4",
+            'rpc_duration_eth_blockNumber_success {quantile="0.5"} 27073.5',
+            "rpc_duration_eth_call_success_count 7",
+            "rpc_duration_eth_call_failure_count 2",
+            "rpc_duration_eth_chainId_success_count 0",
+            "rpc_duration_engine_forkchoiceUpdatedV3_success_count 1",
+            "rpc_requests 99",
+        ]
+    )
+    # every method together (no _success/_failure), zero counts and the block authority's
+    # Engine API calls are not the bridge's methods
+    assert geth_rpc_counts(text) == {"eth_blockNumber": 4, "eth_call": 9}
