@@ -7,6 +7,7 @@ import json
 import secrets
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -74,8 +75,6 @@ def test_the_bridges_nodes_count_the_requests_they_served_since_the_last_read(
     """What the benchmark's request counts rest on (``GethMetricsCounter``): nodes 1 and 2
     give each method's requests since the previous read of their metrics, batch items
     included; what came before ``start`` is not counted."""
-    from pathlib import Path
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from transfers_metrics import GethMetricsCounter
 
@@ -100,6 +99,47 @@ def test_the_bridges_nodes_count_the_requests_they_served_since_the_last_read(
         assert len(json.loads(reply.read())) == 4
     assert counter.counts()["web3_clientVersion"] == 7
     assert counter.counts()["web3_clientVersion"] == 0, "reading resets the counts"
+
+
+@pytest.mark.batch
+def test_the_bench_reads_gas_and_counts_requests_on_a_geth_ledgers_nodes(
+    geth_harness: GethHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transfer benchmark reads a geth ledger's receipts and blocks through node 0 and
+    counts its requests on nodes 1 and 2 (a geth ledger has a network, not a ``node``: geth
+    runs printed no gas before); an anvil ledger through anvil, Fabric through none."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    from transfers_batch import node_url
+    from transfers_metrics import GethMetricsCounter, rpc_counters
+
+    from bridge.devnet.anvil import AnvilNode, DevAccount
+    from bridge.devnet.fabric_bridge import FabricBridgeLedger
+    from bridge.devnet.geth_ledger import GethLedger
+    from bridge.devnet.system import LedgerHandle, LocalSystem
+
+    net = geth_harness.net
+    assert net is not None
+    keys = {"admin": DevAccount.generate(), "relayer": DevAccount.generate()}
+    geth = GethLedger(name="g", net=net, endpoint=cast(Any, None), **keys)
+    anvil = LedgerHandle(
+        name="a",
+        node=AnvilNode(name="a", chain_id=31001, block_time=1.0, workdir=tmp_path),
+        endpoint=cast(Any, None),
+        **keys,
+    )
+    fabric = object.__new__(FabricBridgeLedger)
+    system = cast(LocalSystem, SimpleNamespace(dev_ledgers={"g": geth, "a": anvil, "f": fabric}))
+    assert node_url(system, "g") == net.nodes[0].rpc_url
+    assert int(net.rpc("eth_blockNumber", [], 0), 16) >= 1, "node 0 answers the reads"
+    assert node_url(system, "a") == anvil.node.rpc_url
+    assert node_url(system, "f") is None
+    counters = rpc_counters(system)  # anvil's log only once it runs (no process here)
+    assert set(counters) == {"g"}
+    bridge_nodes = tuple(n.metrics_url for n in net.nodes[1:])  # node 0: the devnet's own
+    assert counters["g"] == GethMetricsCounter(bridge_nodes)
 
 
 @pytest.mark.security

@@ -20,7 +20,6 @@ from transfers_batch import (
     curve_rates,
     distinct_transactions,
     gas_summary,
-    node_url,
     plan_batches,
     plan_end_of_day,
     saturated_point,
@@ -234,41 +233,6 @@ def test_gas_and_block_use() -> None:
     assert u["full_share"] == 0.5 and u["max_transactions"] == 7
     assert (u["transactions"], u["gas"]) == (8, 105)
     assert block_use([])["blocks"] == 0
-
-
-def test_gas_is_read_on_every_evm_ledgers_node(tmp_path: Path) -> None:
-    """anvil and geth ledgers are read through their admin node, Fabric through none: a geth
-    ledger has a network, not a ``node``, and geth runs printed no gas before."""
-    from types import SimpleNamespace
-    from typing import cast
-
-    from transfers_metrics import GethMetricsCounter, rpc_counters
-
-    from bridge.devnet.anvil import AnvilNode, DevAccount
-    from bridge.devnet.fabric_bridge import FabricBridgeLedger
-    from bridge.devnet.geth import GethNetwork, GethNode
-    from bridge.devnet.geth_ledger import GethLedger
-    from bridge.devnet.system import LedgerHandle, LocalSystem
-
-    net = GethNetwork(name="g", chain_id=1337, workdir=tmp_path)
-    net.nodes = [GethNode(index=i, datadir=tmp_path / str(i)) for i in range(3)]
-    keys = {"admin": DevAccount.generate(), "relayer": DevAccount.generate()}
-    geth = GethLedger(name="g", net=net, endpoint=cast(Any, None), **keys)
-    anvil = LedgerHandle(
-        name="a",
-        node=AnvilNode(name="a", chain_id=31001, block_time=1.0, workdir=tmp_path),
-        endpoint=cast(Any, None),
-        **keys,
-    )
-    fabric = object.__new__(FabricBridgeLedger)
-    system = cast(LocalSystem, SimpleNamespace(dev_ledgers={"g": geth, "a": anvil, "f": fabric}))
-    assert node_url(system, "g") == net.nodes[0].rpc_url
-    assert node_url(system, "a") == anvil.node.rpc_url
-    assert node_url(system, "f") is None
-    counters = rpc_counters(system)  # anvil's log only once it runs (no process here)
-    assert set(counters) == {"g"}
-    bridge_nodes = tuple(n.metrics_url for n in net.nodes[1:])  # node 0: the devnet's own
-    assert counters["g"] == GethMetricsCounter(bridge_nodes)
 
 
 def cpu(busy: float, others: float = 0.0, **procs: float) -> dict[str, Any]:
