@@ -58,28 +58,21 @@ class Intake:
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
         # ---- batch (issue 14): the delivery's records in one read, not one per event (a
-        # relayer delivers a block's events together: a batched step's are one per item),
-        # as of the start of the delivery. That is enough to wake a driver (it reads the
-        # record and both legs itself). An event that may adopt or resume (a LOCKED one for
-        # no record or a FAILED one), or whose transfer an earlier event of this delivery
-        # named, is read again just before it is acted on, as a read per event did; the
-        # resume's compare-and-set and the adoption key's create stay the backstops.
+        # relayer delivers a block's events together: a batched step's are one per item).
+        # A transfer named again in the delivery is read again, so each event sees what
+        # the earlier ones did to it (an adoption, a resume), as a read per event did.
         records = await ctx.store.get_many([e.transfer_id for e in events])
         named: set[bytes] = set()
         for e in events:
-            record = records.get(e.transfer_id)
-            if e.transfer_id in named or (
-                e.state is LegState.LOCKED
-                and (record is None or record.state is TransferState.FAILED)
-            ):
+            if e.transfer_id in named:
                 record = await ctx.store.get(e.transfer_id)
-            named.add(e.transfer_id)
+            else:
+                record = records.get(e.transfer_id)
+                named.add(e.transfer_id)
             try:
                 known = await self._on_event(ledger, e, record)
             except Unavailable:
-                # Nothing recorded (earlier events may have been acted on, idempotently):
-                # the relayer re-delivers the batch.
-                raise
+                raise  # not acted on: the relayer re-delivers the batch
             except EventNotConfirmed as exc:
                 ctx.log.error(
                     "ledger event refused: the ledger does not show it; not adopted",

@@ -63,9 +63,7 @@ class TransferStore(Protocol):
         ...
 
     async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
-        """---- batchfix: the recorded transfers among ``transfer_ids``, by id; an id with no
-        transfer is absent. Ids may repeat; an empty list reads nothing. One snapshot per
-        page of 500 ids, none across pages."""
+        """---- batchfix: the recorded transfers among ``transfer_ids``, by id (paged reads)."""
         ...
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
