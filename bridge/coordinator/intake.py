@@ -57,18 +57,8 @@ class Intake:
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
-        # ---- batch (issue 14): the delivery's records in one read, not one per event (a
-        # relayer delivers a block's events together: a batched step's are one per item).
-        # A transfer named again in the delivery is read again, so each event sees what
-        # the earlier ones did to it (an adoption, a resume), as a read per event did.
-        records = await ctx.store.get_many([e.transfer_id for e in events])
-        named: set[bytes] = set()
         for e in events:
-            if e.transfer_id in named:
-                record = await ctx.store.get(e.transfer_id)
-            else:
-                record = records.get(e.transfer_id)
-                named.add(e.transfer_id)
+            record = await ctx.store.get(e.transfer_id)
             try:
                 known = await self._on_event(ledger, e, record)
             except Unavailable:
