@@ -113,9 +113,7 @@ class AnvilNode:
     @property
     def public_ws_url(self) -> str:
         """The WebSocket URL the bridge's components use (``wss://`` through the proxy)."""
-        if self.proxy is None:
-            return self.ws_url
-        return "wss://" + self.proxy.url.split("://", 1)[1]
+        return self.ws_url if self.proxy is None else self.proxy.ws_url
 
     @property
     def public_rpc_url(self) -> str:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,16 @@ def deploy_lens_for(rpc_url: str, deployer: DevAccount) -> str:
     deploy; the endpoint itself is untouched) and return its address for the ledger entry's
     ``lens`` key."""
     return str(deploy.deploy_lens(deploy.connect(rpc_url), deployer.private_key).address)
+
+
+PUSHED_HEADS_ENV = "KSTB_DEVNET_EVM_WS"
+"""``0`` leaves ``ws_url`` out of every devnet EVM ledger's entry (polling only;
+bench/README.md compares both)."""
+
+
+def pushed_heads() -> bool:
+    """Whether devnet EVM ledger entries carry a ``ws_url`` (the default)."""
+    return os.environ.get(PUSHED_HEADS_ENV, "1") != "0"
 
 
 @dataclass(kw_only=True)

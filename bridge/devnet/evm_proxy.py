@@ -186,6 +186,11 @@ class EvmRpcProxy:
         """The https URL clients use."""
         return f"https://{LISTEN_HOST}:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        """The ``wss://`` URL of the same listener (WebSocket, the same bearer check)."""
+        return f"wss://{LISTEN_HOST}:{self.port}"
+
     def start(self) -> EvmRpcProxy:
         """Start the proxy and wait until it listens; returns self."""
         import sys

@@ -10,13 +10,12 @@ production nodes do.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.devnet.anvil import write_token_file
-from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy
+from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy, pushed_heads
 from bridge.devnet.evm_proxy import EvmRpcProxy
 from bridge.devnet.geth import DEFAULT_GAS_LIMIT, GethNetwork
 from bridge.devnet.ledger import Fault
@@ -52,9 +51,7 @@ class GethLedger(EvmEndpointLedger):
         """Node ``index``'s WebSocket: ``wss://`` through its proxy (the same bearer check),
         or the node's own ``ws://`` without one."""
         proxy = self.proxies.get(index)
-        if proxy is None:
-            return self.net.nodes[index].ws_url
-        return "wss://" + proxy.url.split("://", 1)[1]
+        return self.net.nodes[index].ws_url if proxy is None else proxy.ws_url
 
     # ---- DevLedger: configuration
     def describe(self) -> list[str]:
@@ -81,8 +78,7 @@ class GethLedger(EvmEndpointLedger):
         entry |= self.lens_entry()
         # Pushed heads (issue 14 item 4), node 1's like its rpc_url; the members' overrides
         # name node 2, and an adapter with an overridden rpc_url never uses this ws_url.
-        # KSTB_DEVNET_EVM_WS=0 leaves it out (polling only), as for anvil.
-        if os.environ.get("KSTB_DEVNET_EVM_WS", "1") != "0":
+        if pushed_heads():
             entry["ws_url"] = self._ws_url(1)
         return entry | ({"tls_ca": self.ca_cert} if self.ca_cert else {})
 

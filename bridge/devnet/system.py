@@ -22,7 +22,7 @@ from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.devnet.anvil import AnvilNode, DevAccount, write_key_file, write_token_file
 from bridge.devnet.client import Brokerage, instructed, submit_retrying
 from bridge.devnet.custody import DevToken, create_dev_token
-from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy
+from bridge.devnet.evm_endpoint import EvmEndpointLedger, fund_and_deploy, pushed_heads
 from bridge.devnet.fabric_bridge import FabricBridgeLedger
 from bridge.devnet.ledger import DevLedger, Fault
 from bridge.devnet.ledger_tls import DevCA
@@ -76,8 +76,7 @@ class LedgerHandle(EvmEndpointLedger):
         entry |= self.lens_entry()
         # Pushed heads (issue 14 item 4): anvil serves WebSocket on its HTTP port; the
         # secured devnet's TLS proxy relays it as wss:// behind the same bearer check.
-        # KSTB_DEVNET_EVM_WS=0 leaves it out (polling only; bench/README.md compares both).
-        if os.environ.get("KSTB_DEVNET_EVM_WS", "1") != "0":
+        if pushed_heads():
             entry["ws_url"] = self.node.public_ws_url
         return entry | ({"tls_ca": str(self.node.tls_ca)} if self.node.tls_ca else {})
 
