@@ -42,6 +42,7 @@ def test_every_block_holds_the_networks_gas_limit(geth_harness: GethHarness) -> 
         assert int(head["gasLimit"], 16) == net.gas_limit, f"node {i}"
 
 
+@pytest.mark.batch
 def test_every_node_pushes_new_heads_on_its_websocket(geth_harness: GethHarness) -> None:
     """Each node serves ``newHeads`` on its HTTP port's WebSocket (``--ws``, as anvil does,
     so the devnet's TLS proxy relays ``wss://`` to it): the adapters' own subscriber gets
@@ -69,6 +70,7 @@ def test_every_node_pushes_new_heads_on_its_websocket(geth_harness: GethHarness)
         assert asyncio.run(first_pushed(i)) > before, f"node {i}"
 
 
+@pytest.mark.batch
 def test_the_bridges_nodes_count_the_requests_they_served_since_the_last_read(
     geth_harness: GethHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,6 +136,7 @@ def test_ineligible_recipient_on_geth_aborts_and_releases(lane: LocalSystem, stu
     assert evm.total_supply(DEMO_ISIN) + geth.total_supply(DEMO_ISIN) == before
 
 
+@pytest.mark.batch
 def test_the_geth_relayer_learns_of_blocks_by_subscription(lane: LocalSystem) -> None:
     """Issue 14 item 4 on geth: the network file gives node 1's WebSocket (``wss://``,
     through the same bearer-checked TLS proxy as its ``rpc_url``), the relayer subscribes
