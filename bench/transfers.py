@@ -77,6 +77,7 @@ from transfers_batch import (
     settle_by_lane,
     settle_stats,
 )
+from transfers_feed import feed_delta, read_feed_counts
 from transfers_load import run_load, settle
 from transfers_metrics import (
     CpuSampler,
@@ -360,7 +361,10 @@ async def measure_batch(
     specs = batch_specs(opts, holders)
     what = "all at once" if opts.scenario == "end-of-day" else f"at {opts.rate:g}/s"
     _say(f"offering {len(specs)} transfers {what} in batches of {opts.batch} ...")
+    logs = system.workdir / "logs"
+    feed_before = await asyncio.to_thread(read_feed_counts, logs)
     results, stats = await run_point(system, holders, opts, specs, sampler)
+    feed = feed_delta(feed_before, await asyncio.to_thread(read_feed_counts, logs))
     rpc = await _rpc_served(counters)
     terminal = sum(1 for r in results if r.final_state)
     cpu = sampler.table(terminal) if sampler else None
@@ -378,6 +382,7 @@ async def measure_batch(
         "gas": gas_summary(receipts, terminal, stats["batches"]),
         "blocks": blocks,
         "saturation": saturation(cpu, blocks),
+        "supply_feed": feed,
     }
     return Measurement(results, cpu, rpc), extra
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from transfers_feed import feed_lines
 from transfers_load import request_for
 from transfers_metrics import percentile
 from transfers_setup import (
@@ -650,6 +651,8 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
             )
     sat = b["saturation"]
     lines.append(f"saturated first: {sat['what']} ({sat['why']})")
+    if b.get("supply_feed"):
+        lines += feed_lines(b["supply_feed"])
     return lines
 
 

@@ -4,6 +4,7 @@ plan, the end-of-day plan and lanes, the curve's rates and stop rule, and the re
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,47 @@ def test_geth_request_counts_are_read_per_method() -> None:
     # every method together (no _success/_failure), zero counts and the block authority's
     # Engine API calls are not the bridge's methods
     assert geth_rpc_counts(text) == {"eth_blockNumber": 4, "eth_call": 9}
+
+
+def _log(path: Path, *entries: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as out:
+        for e in entries:
+            out.write(json.dumps(e) + "\n")
+
+
+def test_the_supply_feed_is_counted_from_the_log_fields(tmp_path: Path) -> None:
+    """Records published and given up (coordinator), each member's signed records and its
+    refused supply proposals by reason; other refusals, other events and non-JSON lines do
+    not count; the delta is the load's window."""
+    from transfers_feed import FeedCounts, feed_delta, feed_lines, read_feed_counts
+
+    published = {"event": "supply record published", "security": "KR", "sequence": 1}
+    gave_up = {"event": "supply record not produced; retried on the next change or heartbeat"}
+    signed = {"event": "supply record signed"}
+    refused = {"event": "request refused", "method": "supply", "reason": "SupplyRefused"}
+    _log(tmp_path / "coordinator.log", published, {"event": "authorisation", "x": "supply"})
+    _log(tmp_path / "verifier-0.log", signed, refused)
+    _log(tmp_path / "verifier-1.log", signed)
+    before = read_feed_counts(tmp_path)
+    assert before == FeedCounts(1, 0, {"verifier-0": 1, "verifier-1": 1},
+                                {"verifier-0": {"SupplyRefused": 1}, "verifier-1": {}})  # fmt: skip
+    _log(tmp_path / "coordinator.log", published, published, gave_up)
+    with (tmp_path / "coordinator.log").open("a") as out:
+        out.write("not json, supply\n")
+    _log(tmp_path / "verifier-0.log", signed, signed, refused, refused,
+         {**refused, "reason": "SupplyAnchorInvalid"},
+         {**refused, "method": "sign"})  # fmt: skip
+    _log(tmp_path / "verifier-1.log", signed, signed)
+    feed = feed_delta(before, read_feed_counts(tmp_path))
+    assert feed == {
+        "published": 2,
+        "gave_up": 1,
+        "signed": {"verifier-0": 2, "verifier-1": 2},
+        "refused": {"verifier-0": {"SupplyRefused": 2, "SupplyAnchorInvalid": 1}, "verifier-1": {}},
+    }
+    assert feed_lines(feed) == [
+        "supply feed during the load: 2 records published, 1 publications given up;"
+        " verifier-0 signed 2 refused 3, verifier-1 signed 2 refused 0"
+        " (SupplyRefused 2, SupplyAnchorInvalid 1)"
+    ]
+    assert read_feed_counts(tmp_path / "absent") == FeedCounts()

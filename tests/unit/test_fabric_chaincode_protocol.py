@@ -1355,10 +1355,12 @@ class _RecordingStore(p.MemoryStore):
 
 
 def test_supply_reads_only_the_keys_the_adapter_replays(env: Env) -> None:
-    """FabricAdapter.supply answers a past height when no later block wrote a key that
-    ``codec.is_supply_key`` names: that must be every key ``Supply`` reads (besides the
-    write-once ``config``), or a change could go unseen."""
-    from bridge.ledgers.fabric.codec import is_supply_key
+    """FabricAdapter.supply rebuilds a past height from the blocks since (past_supply): every
+    key ``Supply`` reads (besides the write-once ``config``) must be the security record, its
+    counting state or a counter shard, or a change could go unseen."""
+    from bridge.ledgers.fabric.codec import is_amount_key, is_counter_shard_key, is_supply_key
+
+    sec = ISIN.word.hex()
 
     t = make_terms(env, amount=25)
     lock(env, t)
@@ -1379,6 +1381,12 @@ def test_supply_reads_only_the_keys_the_adapter_replays(env: Env) -> None:
         assert len(store.gets) <= p.TALLY_SHARDS + 4, store.gets
         for key in store.gets:
             assert key == "config" or is_supply_key(key, ISIN.word), key
+            # past_supply rebuilds a past height from the shards alone and refuses any
+            # write of the security record or the counting state: Supply reads no amount key.
+            assert not is_amount_key(key, ISIN.word), key
+            assert key in ("config", f"security/{sec}", f"tally/{sec}/state") or (
+                is_counter_shard_key(key, ISIN.word)
+            ), key
         for prefix in store.scans:
             assert prefix.endswith("/") and is_supply_key(prefix + "00", ISIN.word), prefix
         # ... and every key the security's transfers wrote is one of them.

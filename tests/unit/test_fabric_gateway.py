@@ -39,7 +39,8 @@ from bridge.ledgers.fabric._protos import (
 )
 from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.codec import is_supply_key
+from bridge.ledgers.fabric.blocks import KeyVersion, TxStateAccess, state_access_in_block
+from bridge.ledgers.fabric.codec import is_amount_key, is_counter_shard_key, is_supply_key
 from bridge.ledgers.fabric.gateway import (
     GatewayClient,
     block_header_hash,
@@ -254,15 +255,20 @@ def test_block_header_hash_matches_fabric_asn1() -> None:
 
 def _endorser_tx(writes: dict[str, list[str]]) -> bytes:
     """An endorser transaction envelope whose one action writes ``namespace -> keys``."""
+    sets = {}
+    for ns, keys in writes.items():
+        sets[ns] = kv_rwset_pb2.KVRWSet(
+            writes=[kv_rwset_pb2.KVWrite(key=k, value=b"1") for k in keys]
+        )
+    return _rwset_tx(sets)
+
+
+def _rwset_tx(rwsets: dict[str, kv_rwset_pb2.KVRWSet]) -> bytes:
+    """An endorser transaction envelope whose one action has ``namespace -> KVRWSet``."""
     results = rwset_pb2.TxReadWriteSet(
         ns_rwset=[
-            rwset_pb2.NsReadWriteSet(
-                namespace=ns,
-                rwset=kv_rwset_pb2.KVRWSet(
-                    writes=[kv_rwset_pb2.KVWrite(key=k, value=b"1") for k in keys]
-                ).SerializeToString(),
-            )
-            for ns, keys in writes.items()
+            rwset_pb2.NsReadWriteSet(namespace=ns, rwset=kv.SerializeToString())
+            for ns, kv in rwsets.items()
         ]
     ).SerializeToString()
     prp = proposal_response_pb2.ProposalResponsePayload(
@@ -305,6 +311,57 @@ def test_keys_written_by_valid_transactions_of_one_chaincode() -> None:
     assert keys_written_in_block(block, "kstb") == [f"holder/{sec}/ab", "relayer/x"]
     assert keys_written_in_block(block, "other") == [f"holder/{sec}/cd"]
     assert keys_written_in_block(_block(txs, None), "kstb") == [], "not validated yet"
+
+
+def test_state_access_reports_each_valid_transactions_reads_and_writes() -> None:
+    """Reads with their versions (none: the key was absent), writes with their values (none:
+    deleted), only the chaincode's namespace, only VALID transactions, each with its index
+    in the block (Fabric's version counts every transaction, valid or not)."""
+    kv = kv_rwset_pb2
+    first = kv.KVRWSet(
+        reads=[
+            kv.KVRead(key="tally/x/07", version=kv.Version(block_num=4, tx_num=2)),
+            kv.KVRead(key="new"),
+        ],
+        writes=[
+            kv.KVWrite(key="gone", is_delete=True),
+            kv.KVWrite(key="tally/x/07", value=b'{"holders":"5"}'),
+        ],
+    )
+    other = kv.KVRWSet(writes=[kv.KVWrite(key="tally/x/08", value=b"{}")])
+    txs = [
+        _rwset_tx({"kstb": first, "lscc": other}),
+        _rwset_tx({"kstb": other}),  # invalid below
+        _rwset_tx({"other": other}),
+        _rwset_tx({"kstb": other}),
+    ]
+    block = _block(txs, bytes([0, 11, 0, 0]))
+    assert state_access_in_block(block, "kstb") == [
+        TxStateAccess(
+            9,
+            0,
+            {"tally/x/07": KeyVersion(4, 2), "new": None},
+            {"gone": None, "tally/x/07": b'{"holders":"5"}'},
+        ),
+        TxStateAccess(9, 3, {}, {"tally/x/08": b"{}"}),
+    ]
+    assert keys_written_in_block(block, "kstb") == ["gone", "tally/x/07", "tally/x/08"]
+    assert state_access_in_block(_block(txs, None), "kstb") == [], "not validated yet"
+
+
+def test_counter_shards_and_amount_keys_of_the_security() -> None:
+    word = SecurityId("KR7005930003").word
+    sec, other = word.hex(), SecurityId("US0378331005").word.hex()
+    assert is_counter_shard_key(f"tally/{sec}/00", word)
+    assert is_counter_shard_key(f"tally/{sec}/3f", word)
+    for key in (f"tally/{sec}/state", f"tally/{sec}/7", f"tally/{sec}/3F", f"tally/{sec}/07/x",
+                f"tally/{other}/07", f"holder/{sec}/07", f"security/{sec}"):  # fmt: skip
+        assert not is_counter_shard_key(key, word), key
+    for family in ("holder", "escrow", "prepared", "parked", "burned", "minted"):
+        assert is_amount_key(f"{family}/{sec}/ab", word)
+        assert not is_amount_key(f"{family}/{other}/ab", word)
+    for key in (f"tally/{sec}/07", f"security/{sec}", f"out/{sec}/ab", "config"):
+        assert not is_amount_key(key, word), key
 
 
 def test_supply_keys_are_those_of_the_security() -> None:

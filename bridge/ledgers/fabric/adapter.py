@@ -13,6 +13,7 @@ nothing when it is already applied with the same terms.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
@@ -36,14 +37,16 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
-from bridge.ledgers.fabric import batch, codec
+from bridge.ledgers.fabric import batch, codec, past_supply
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
 from bridge.ledgers.fabric.blocks import (
     DeliveredEvent,
+    KeyVersion,
+    TxStateAccess,
     block_header_hash,
     block_validated,
-    keys_written_in_block,
+    state_access_in_block,
 )
 from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
 from bridge.ledgers.fabric.holders import HolderReads, read_holder_status
@@ -254,12 +257,14 @@ class FabricAdapter(StepTemplate):
         lock, so equal heights around the query mean the figures are those of that block.
         (All three reads go to the gateway's peer, like :meth:`finalized_height`.)
 
-        A past ``height`` (at most SUPPLY_REPLAY_BLOCKS back) is answered with the current
-        figures when no VALID transaction in the blocks after it wrote a key that ``Supply``
-        reads for this security (``codec.is_supply_key``): then the figures at ``height``
-        are the current ones. Otherwise, or further back, InvalidInput ("Fabric cannot read
-        supply at a past height: ..."); a height not yet finalized is InvalidInput too.
-        An unregistered security raises NotFound.
+        A past ``height`` (at most SUPPLY_REPLAY_BLOCKS back) is answered exactly from the
+        current figures and the blocks after it (:mod:`bridge.ledgers.fabric.past_supply`):
+        the counter shards those blocks' VALID transactions wrote are taken back to the
+        values they had at ``height``, read from the transactions that wrote them, with
+        ``height``'s header hash. When a block after it registered, paused or recounted the
+        security, or further back, InvalidInput ("Fabric cannot read supply at a past
+        height: ..."); a height not yet finalized is InvalidInput too. An unregistered
+        security raises NotFound.
         """
         for _ in range(SUPPLY_ATTEMPTS):
             chain_height, block_hash = await self._chain_info()
@@ -285,7 +290,7 @@ class FabricAdapter(StepTemplate):
             figures = codec.supply_from_json(raw)
             at = final
             if height is not None and height < final:
-                block_hash = await self._unchanged_since(security, height, final)
+                block_hash, figures = await self._past_figures(security, height, final, figures)
                 at = height
             elif len(block_hash) != 32:  # a peer that does not report it: read the header
                 block_hash = await self._block_hash(final)
@@ -326,10 +331,16 @@ class FabricAdapter(StepTemplate):
         info = ledger_pb2.BlockchainInfo.FromString(raw)
         return int(info.height), bytes(info.currentBlockHash)
 
-    async def _unchanged_since(self, security: SecurityId, height: int, final: int) -> bytes:
-        """Block ``height``'s header hash, once blocks ``height + 1 .. final`` are shown to
-        write no key of ``security``'s supply; InvalidInput naming the block otherwise."""
+    async def _past_figures(
+        self, security: SecurityId, height: int, final: int, figures_now: Mapping[str, int]
+    ) -> tuple[bytes, dict[str, int]]:
+        """Block ``height``'s header hash and ``security``'s figures at it, from
+        ``figures_now`` (read at ``final``), the reads and writes of blocks ``height + 1 ..
+        final`` and the transactions that wrote the changed shards' earlier values
+        (:mod:`bridge.ledgers.fabric.past_supply`: exact, or InvalidInput naming why not)."""
         block_hash = b""
+        accesses: list[TxStateAccess] = []
+        delivered = False
         async with aclosing(self._client.blocks(height, final)) as blocks:
             async for block in blocks:
                 number = int(block.header.number)
@@ -338,22 +349,35 @@ class FabricAdapter(StepTemplate):
                     continue
                 if not block_validated(block):  # cannot tell which writes count
                     raise Unavailable(f"{self._ledger}: block {number} carries no validity flags")
-                written = keys_written_in_block(block, self._chaincode)
-                if any(codec.is_supply_key(k, security.word) for k in written):
-                    raise InvalidInput(
-                        f"Fabric cannot read supply at a past height: block {number} changed"
-                        f" {security.isin} after {height}"
-                    )
+                accesses.extend(state_access_in_block(block, self._chaincode))
                 if number == final:
-                    return block_hash
-        raise Unavailable(f"{self._ledger}: blocks {height}..{final} were not delivered")
+                    delivered = True
+                    break
+        if not delivered or not block_hash:
+            raise Unavailable(f"{self._ledger}: blocks {height}..{final} were not delivered")
+        changes = past_supply.shard_changes(security, height, accesses)
+        origins = sorted({v.block_number for v in changes.origins()})
+        blocks_read = await asyncio.gather(*(self._read_block(n) for n in origins))
+        origin_writes = {
+            KeyVersion(tx.block_number, tx.tx_number): tx.writes
+            for block in blocks_read
+            for tx in state_access_in_block(block, self._chaincode)
+        }
+        try:
+            return block_hash, past_supply.figures_at(figures_now, changes, origin_writes)
+        except ValueError as exc:
+            raise Unavailable(f"{self._ledger}: malformed counter shard: {exc}") from exc
+
+    async def _read_block(self, number: int) -> Any:
+        """Block ``number``, read through Deliver."""
+        async with aclosing(self._client.blocks(number, number)) as blocks:
+            async for block in blocks:
+                return block
+        raise Unavailable(f"{self._ledger}: block {number} was not delivered")
 
     async def _block_hash(self, number: int) -> bytes:
         """The header hash of block ``number``, read through Deliver."""
-        async with aclosing(self._client.blocks(number, number)) as blocks:
-            async for block in blocks:
-                return block_header_hash(block.header)
-        raise Unavailable(f"{self._ledger}: block {number} was not delivered")
+        return block_header_hash((await self._read_block(number)).header)
 
     # -- writes --------------------------------------------------------------------------
     # ---- the step template (bridge.ledgers.steps): send, wait final

@@ -1,14 +1,14 @@
 """Fabric block and response parsing (pure; fabric-gateway's block/response layer).
 
-Reads what a peer returns: validity flags, VALID transactions' chaincode events and written
-keys, block header hashes, the chaincode response inside an endorsed envelope, and
+Reads what a peer returns: validity flags, VALID transactions' chaincode events and state
+reads and writes, block header hashes, the chaincode response inside an endorsed envelope, and
 validation code names. No I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from bridge.ledgers.fabric._protos import (
@@ -90,6 +90,12 @@ def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
     A transaction's validity is its byte in the block's TRANSACTIONS_FILTER metadata; a block
     without that metadata (not yet validated) yields nothing.
     """
+    for _, action in _valid_chaincode_actions_numbered(block):
+        yield action
+
+
+def _valid_chaincode_actions_numbered(block: Any) -> Iterator[tuple[int, Any]]:
+    """:func:`_valid_chaincode_actions`, each with its transaction's index in the block."""
     flags = _validity_flags(block)
     for i, raw in enumerate(block.data.data):
         if i >= len(flags) or flags[i] != TX_VALID:
@@ -104,7 +110,7 @@ def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
             prp = proposal_response_pb2.ProposalResponsePayload.FromString(
                 cap.action.proposal_response_payload
             )
-            yield proposal_pb2.ChaincodeAction.FromString(prp.extension)
+            yield i, proposal_pb2.ChaincodeAction.FromString(prp.extension)
 
 
 def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent]:
@@ -127,11 +133,57 @@ def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent
 def keys_written_in_block(block: Any, chaincode: str) -> list[str]:
     """The world-state keys of ``chaincode`` written or deleted by ``block``'s VALID
     transactions, in block order (a block not yet validated yields nothing)."""
-    out: list[str] = []
-    for cc_action in _valid_chaincode_actions(block):
+    return [key for tx in state_access_in_block(block, chaincode) for key in tx.writes]
+
+
+class KeyVersion(NamedTuple):
+    """Where a key's committed value was written: Fabric's (block number, transaction index
+    in that block), as a transaction's read set records it."""
+
+    block_number: int
+    tx_number: int
+
+
+class TxStateAccess(NamedTuple):
+    """One VALID transaction's point reads and writes of one chaincode's world state.
+
+    ``reads`` maps each key read to the version it had when the transaction was endorsed
+    (None: the key did not exist); Fabric committed the transaction only because that was
+    still the key's version, so it is the version the key had just before this transaction.
+    ``writes`` maps each key written to its new value (None: deleted), in the order the
+    write set lists them (Fabric sorts them by key).
+    """
+
+    block_number: int
+    tx_number: int
+    reads: Mapping[str, KeyVersion | None]
+    writes: Mapping[str, bytes | None]
+
+
+def state_access_in_block(block: Any, chaincode: str) -> list[TxStateAccess]:
+    """The point reads and writes of ``chaincode``'s world state by ``block``'s VALID
+    transactions, in block order (a block not yet validated yields nothing). Range reads are
+    not reported."""
+    number = int(block.header.number)
+    out: list[TxStateAccess] = []
+    for tx_number, cc_action in _valid_chaincode_actions_numbered(block):
+        reads: dict[str, KeyVersion | None] = {}
+        writes: dict[str, bytes | None] = {}
         for ns in rwset_pb2.TxReadWriteSet.FromString(cc_action.results).ns_rwset:
-            if ns.namespace == chaincode:
-                out.extend(str(w.key) for w in kv_rwset_pb2.KVRWSet.FromString(ns.rwset).writes)
+            if ns.namespace != chaincode:
+                continue
+            kv = kv_rwset_pb2.KVRWSet.FromString(ns.rwset)
+            for r in kv.reads:
+                version = r.version if r.HasField("version") else None
+                reads[str(r.key)] = (
+                    None
+                    if version is None
+                    else KeyVersion(int(version.block_num), int(version.tx_num))
+                )
+            for w in kv.writes:
+                writes[str(w.key)] = None if w.is_delete else bytes(w.value)
+        if reads or writes:
+            out.append(TxStateAccess(number, tx_number, reads, writes))
     return out
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bridge.core.tally import SUPPLY_FIGURES
 from bridge.domain.committee import Committee, CommitteeRotation, EpochWindow
 from bridge.domain.errors import InvalidInput
 from bridge.domain.governance import HaltStatus
@@ -206,7 +207,7 @@ def field(data: Mapping[str, Any], name: str, what: str) -> Any:
     return _field(data, name, what)
 
 
-SUPPLY_FIELDS = ("total_supply", "escrowed", "prepared", "burned_out", "minted_in")
+SUPPLY_FIELDS = SUPPLY_FIGURES
 """The figures of the chaincode's ``Supply`` answer, each a decimal string."""
 
 
@@ -236,6 +237,30 @@ def is_supply_key(key: str, security: bytes) -> bool:
         return True
     family, sep, rest = key.partition("/")
     return bool(sep) and family in SUPPLY_KEY_PREFIXES and rest.startswith(f"{sec}/")
+
+
+_COUNTER_SHARD = re.compile(r"tally/([0-9a-f]{64})/[0-9a-f]{2}")
+
+
+def is_counter_shard_key(key: str, security: bytes) -> bool:
+    """True when ``key`` is one of ``security``'s counter shards ``tally/<id>/<nn>`` (two
+    lowercase hex digits), the records whose sums ``Supply`` answers (bridge.core.tally);
+    False for its counting state ``tally/<id>/state`` and every other key."""
+    match = _COUNTER_SHARD.fullmatch(key)
+    return match is not None and match.group(1) == security.hex()
+
+
+def is_amount_key(key: str, security: bytes) -> bool:
+    """True when ``key`` holds units of ``security`` (a holder's balance, an escrowed,
+    prepared or parked leg, a burned or minted record). ``Supply`` never reads these: every
+    transaction that writes one moves the counters by the same amount (ADR 0024)."""
+    family, sep, rest = key.partition("/")
+    return (
+        bool(sep)
+        and family != "tally"
+        and family in SUPPLY_KEY_PREFIXES
+        and rest.startswith(f"{security.hex()}/")
+    )
 
 
 # ---- committee rotation

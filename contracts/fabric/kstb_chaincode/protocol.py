@@ -58,6 +58,7 @@ from typing import Any, Protocol, cast
 from kstb_chaincode.core import batch as _batch
 from kstb_chaincode.core import digests as _digests
 from kstb_chaincode.core import epochs as _epochs
+from kstb_chaincode.core import tally as _tally_core
 from kstb_chaincode.core import words as _words
 from kstb_chaincode.core.digests import (
     CLAIM_ABORT,
@@ -2598,8 +2599,11 @@ TALLY_FAMILIES: tuple[tuple[str, str], ...] = (
 _TALLY_FIELD = dict(TALLY_FAMILIES)
 _FAMILY_INDEX = {family: i for i, (family, _) in enumerate(TALLY_FAMILIES)}
 
-SUPPLY_FIGURES = ("total_supply", "escrowed", "prepared", "burned_out", "minted_in")
+SUPPLY_FIGURES = _tally_core.SUPPLY_FIGURES
 """The ``Supply`` answer's figures (the adapters' codec reads exactly these)."""
+
+if sorted(field for _, field in TALLY_FAMILIES) != sorted(_tally_core.COUNTER_FIELDS):
+    raise ImportError("TALLY_FAMILIES and the core's COUNTER_FIELDS name different counters")
 
 MAX_COUNT_PAGE = 10_000
 """The largest ``page`` of one ``CountSupply`` step (its cost bound)."""
@@ -2752,21 +2756,15 @@ def _tally_figures(kv: KeyValue, sec: bytes) -> dict[str, int]:
             f"securityId={_hex(sec)}, counted by scheme {state.get('v')}, not"
             f" {TALLY_VERSION}: run RecountSupply, then CountSupply",
         )
-    sums = {field: 0 for _, field in TALLY_FAMILIES}
+    sums = dict.fromkeys(_tally_core.COUNTER_FIELDS, 0)
     for shard in range(TALLY_SHARDS):
         record = kv.get(f"tally/{sec_hex}/{shard:02x}")
         if record is not None:
-            for field, value in json.loads(record).items():
-                sums[field] += int(value)
+            for field, value in _tally_core.shard_counters(record).items():
+                sums[field] += value
     if any(v < 0 for v in sums.values()):  # a broken invariant, never a figure
         raise AssertionError(f"negative supply counter for {_hex(sec)}: {sums}")
-    figures = {
-        "total_supply": sums["holders"] + sums["escrowed"] + sums["parked"],
-        "escrowed": sums["escrowed"],
-        "prepared": sums["prepared"],
-        "burned_out": sums["burned_out"],
-        "minted_in": sums["minted_in"],
-    }
+    figures = _tally_core.figures_of(sums)
     if any(v >= UINT256_LIMIT for v in figures.values()):  # ---- counter bounds: never
         raise ChaincodeError("Overflow", f"securityId={_hex(sec)}, a figure >= 2**256")
     return figures
