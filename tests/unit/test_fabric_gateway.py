@@ -39,7 +39,12 @@ from bridge.ledgers.fabric._protos import (
 )
 from bridge.ledgers.fabric.adapter import FabricAdapter, fabric_bridge_word
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
-from bridge.ledgers.fabric.blocks import KeyVersion, TxStateAccess, state_access_in_block
+from bridge.ledgers.fabric.blocks import (
+    KeyVersion,
+    TxStateAccess,
+    definition_changed_in_block,
+    state_access_in_block,
+)
 from bridge.ledgers.fabric.codec import is_amount_key, is_counter_shard_key, is_supply_key
 from bridge.ledgers.fabric.gateway import (
     GatewayClient,
@@ -47,7 +52,6 @@ from bridge.ledgers.fabric.gateway import (
     build_proposal,
     build_seek_envelope,
     chaincode_refusal,
-    keys_written_in_block,
     map_rpc_error,
     sign_proposal,
     transaction_id,
@@ -308,9 +312,13 @@ def test_keys_written_by_valid_transactions_of_one_chaincode() -> None:
         _endorser_tx({"other": [f"holder/{sec}/cd"]}),
     ]
     block = _block(txs, bytes([0, 11, 0]))  # 11 = MVCC_READ_CONFLICT
-    assert keys_written_in_block(block, "kstb") == [f"holder/{sec}/ab", "relayer/x"]
-    assert keys_written_in_block(block, "other") == [f"holder/{sec}/cd"]
-    assert keys_written_in_block(_block(txs, None), "kstb") == [], "not validated yet"
+
+    def written(chaincode: str, b: object = block) -> list[str]:
+        return [k for tx in state_access_in_block(b, chaincode) for k in tx.writes]
+
+    assert written("kstb") == [f"holder/{sec}/ab", "relayer/x"]
+    assert written("other") == [f"holder/{sec}/cd"]
+    assert written("kstb", _block(txs, None)) == [], "not validated yet"
 
 
 def test_state_access_reports_each_valid_transactions_reads_and_writes() -> None:
@@ -345,8 +353,49 @@ def test_state_access_reports_each_valid_transactions_reads_and_writes() -> None
         ),
         TxStateAccess(9, 3, {}, {"tally/x/08": b"{}"}),
     ]
-    assert keys_written_in_block(block, "kstb") == ["gone", "tally/x/07", "tally/x/08"]
+    assert state_access_in_block(block, "kstb", lambda key: key.startswith("tally/")) == [
+        TxStateAccess(9, 0, {"tally/x/07": KeyVersion(4, 2)}, {"tally/x/07": b'{"holders":"5"}'}),
+        TxStateAccess(9, 3, {}, {"tally/x/08": b"{}"}),
+    ]
+    assert state_access_in_block(block, "kstb", lambda key: key == "none") == []
     assert state_access_in_block(_block(txs, None), "kstb") == [], "not validated yet"
+    with pytest.raises(TypeError):  # read-only views
+        state_access_in_block(block, "kstb")[0].writes["gone"] = b"x"  # type: ignore[index]
+
+
+def test_a_transaction_of_two_actions_cannot_be_read() -> None:
+    """Fabric endorses one action per transaction; two could not be ordered: refused."""
+    kv = kv_rwset_pb2
+    one = kv.KVRWSet(writes=[kv.KVWrite(key="tally/x/07", value=b"{}")])
+    envelope = common_pb2.Envelope.FromString(_rwset_tx({"kstb": one}))
+    payload = common_pb2.Payload.FromString(envelope.payload)
+    tx = transaction_pb2.Transaction.FromString(payload.data)
+    tx.actions.append(tx.actions[0])
+    payload.data = tx.SerializeToString()
+    envelope.payload = payload.SerializeToString()
+    block = _block([envelope.SerializeToString()], bytes([0]))
+    with pytest.raises(ValueError, match="transaction 0 of block 9 has 2 actions"):
+        state_access_in_block(block, "kstb")
+
+
+def test_a_definition_of_the_chaincode_is_seen_in_its_block() -> None:
+    kv = kv_rwset_pb2
+
+    def lifecycle(*keys: str) -> bytes:
+        return _rwset_tx({"_lifecycle": kv.KVRWSet(writes=[kv.KVWrite(key=k) for k in keys])})
+
+    defined = lifecycle("namespaces/fields/kstb/Sequence", "namespaces/metadata/kstb")
+    assert definition_changed_in_block(_block([defined], bytes([0])), "kstb")
+    assert definition_changed_in_block(
+        _block([lifecycle("namespaces/metadata/kstb")], b"\0"), "kstb"
+    )
+    assert not definition_changed_in_block(_block([defined], bytes([11])), "kstb"), "invalid"
+    for other in ("namespaces/fields/kstbx/Sequence", "namespaces/metadata/other"):
+        assert not definition_changed_in_block(_block([lifecycle(other)], b"\0"), "kstb")
+    same_key_elsewhere = _rwset_tx(
+        {"kstb": kv.KVRWSet(writes=[kv.KVWrite(key="namespaces/metadata/kstb", value=b"1")])}
+    )
+    assert not definition_changed_in_block(_block([same_key_elsewhere], b"\0"), "kstb")
 
 
 def test_counter_shards_and_amount_keys_of_the_security() -> None:

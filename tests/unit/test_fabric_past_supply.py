@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 
 import pytest
 
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import InvalidInput, Unavailable
+from bridge.domain.terms import TransferTerms
 from bridge.ledgers.fabric.blocks import KeyVersion, TxStateAccess
-from bridge.ledgers.fabric.past_supply import REFUSAL, figures_at, shard_changes
+from bridge.ledgers.fabric.past_supply import REFUSAL, ShardChanges, figures_at, shard_changes
+from tests.unit.test_fabric_chaincode_batch import batch_args, lock_items
 from tests.unit.test_fabric_chaincode_protocol import (
     ISIN,
     OTHER_ISIN,
@@ -32,7 +35,6 @@ from tests.unit.test_fabric_chaincode_protocol import (
     p,
     prepare,
     supply,
-    word_of,
 )
 
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
@@ -92,13 +94,16 @@ def figures_now(ledger: Ledger, store: RecordingStore) -> dict[str, int]:
 
 
 def test_every_past_height_reads_what_supply_answered_then(env: Env) -> None:  # noqa: F811
-    """Random issues, locks, commits, aborts and prepares, 1-4 per block, on both ledgers;
-    the figures rebuilt for every past height equal ``Supply``'s answer at that height."""
+    """Random issues, redemptions, locks (single and batched), commits and aborts (single and
+    batched), prepares, and issues of another security, 1-4 per block on two ledgers; the
+    figures rebuilt for every past height equal ``Supply``'s answer at that height."""
     rng = random.Random(20261206)
     holders = [env.alice]
+    env.a.call(env.admin, "RegisterSecurity", OTHER_ISIN.isin)
     for _ in range(5):
         holder = account()
         env.a.call(env.admin, "SetEligible", ISIN.isin, holder, "true")
+        env.a.call(env.admin, "SetEligible", OTHER_ISIN.isin, holder, "true")
         holders.append(holder)
     stores = {}
     for ledger in env.ledgers():
@@ -107,31 +112,51 @@ def test_every_past_height_reads_what_supply_answered_then(env: Env) -> None:  #
     figures: dict[str, dict[int, dict[str, int]]] = {
         led.name: {0: figures_now(led, stores[led.name])} for led in env.ledgers()
     }
-    locked: list = []
-    prepared: list = []
+    locked: list[TransferTerms] = []
+    prepared: list[TransferTerms] = []
+    ops = ["issue", "redeem", "other", "lock", "lock_batch", "finish", "finish_batch",
+           "prepare", "end"]  # fmt: skip
+
+    def op_call(op: str) -> tuple[Ledger, Callable[[], object], Callable[[], None]] | None:
+        """The ledger, the call and what to note once it committed; None: not possible now."""
+        holder = rng.choice(holders)
+        if op == "issue":
+            return env.a, lambda: env.a.call(env.admin, "Issue", ISIN.isin, holder, "7"), noop
+        if op == "redeem":
+            return env.a, lambda: env.a.call(env.admin, "Redeem", ISIN.isin, holder, "2"), noop
+        if op == "other":
+            return env.a, lambda: env.a.call(env.admin, "Issue", OTHER_ISIN.isin, holder, "3"), noop
+        if op in ("lock", "lock_batch"):
+            ts = [make_terms(env, amount=rng.randint(1, 9)) for _ in range(rng.randint(1, 3))]
+            if op == "lock":
+                return env.a, lambda: lock(env, ts[0]), lambda: locked.append(ts[0])
+            run = lambda: env.a.call(env.relayer, "LockBatch", lock_items(env.a, ts))  # noqa: E731
+            return env.a, run, lambda: locked.extend(ts)
+        if op in ("finish", "finish_batch") and locked:
+            ts = rng.sample(locked, min(len(locked), 1 if op == "finish" else 3))
+            kind = rng.choice([ClaimKind.COMMIT, ClaimKind.ABORT])
+            done = lambda: [locked.remove(t) for t in ts] and None  # noqa: E731
+            if op == "finish":
+                return env.a, lambda: finish(env, env.a, kind, ts[0]), done
+            fn = "CommitBatch" if kind is ClaimKind.COMMIT else "AbortBatch"
+            args = batch_args(env, env.a, kind, ts)
+            return env.a, lambda: env.a.call(env.relayer, fn, *args), done
+        if op == "prepare" and locked:
+            t = rng.choice(locked)
+            return env.b, lambda: prepare(env, t), lambda: prepared.append(t)
+        if op == "end" and prepared:
+            t = prepared.pop(rng.randrange(len(prepared)))
+            kind = rng.choice([ClaimKind.COMMIT, ClaimKind.ABORT])
+            return env.b, lambda: finish(env, env.b, kind, t), noop
+        return None
+
+    applied = 0
     for block in range(1, 41):
         for tx in range(rng.randint(1, 4)):
-            op, call = rng.choice(["issue", "lock", "finish", "prepare", "end"]), None
-            if op == "issue":
-                holder = rng.choice(holders)
-                call = (env.a, lambda h=holder: env.a.call(env.admin, "Issue", ISIN.isin, h, "7"))
-            elif op == "lock":
-                t = make_terms(env, amount=rng.randint(1, 9), sender=word_of(env.alice))
-                call, after = (env.a, lambda t=t: lock(env, t)), (locked, t)
-            elif op == "finish" and locked:
-                t = locked.pop(rng.randrange(len(locked)))
-                kind = rng.choice([ClaimKind.COMMIT, ClaimKind.ABORT])
-                call = (env.a, lambda t=t, k=kind: finish(env, env.a, k, t))
-            elif op == "prepare" and locked:
-                t = locked[rng.randrange(len(locked))]
-                call, after = (env.b, lambda t=t: prepare(env, t)), (prepared, t)
-            elif op == "end" and prepared:
-                t = prepared.pop(rng.randrange(len(prepared)))
-                kind = rng.choice([ClaimKind.COMMIT, ClaimKind.ABORT])
-                call = (env.b, lambda t=t, k=kind: finish(env, env.b, k, t))
-            if call is None:
+            planned = op_call(rng.choice(ops))
+            if planned is None:
                 continue
-            on, run = call
+            on, run, note = planned
             store = stores[on.name]
             try:
                 run()
@@ -139,10 +164,11 @@ def test_every_past_height_reads_what_supply_answered_then(env: Env) -> None:  #
                 store.discard()  # refused: no write reaches the ledger
                 continue
             history[on.name].append(store.commit(block, tx))
-            if op in ("lock", "prepare"):
-                after[0].append(after[1])
+            note()
+            applied += 1
         for led in env.ledgers():
             figures[led.name][block] = figures_now(led, stores[led.name])
+    assert applied > 60, applied
 
     checked = 0
     for led in env.ledgers():
@@ -161,6 +187,10 @@ def test_every_past_height_reads_what_supply_answered_then(env: Env) -> None:  #
     assert checked == 80
     assert figures[env.a.name][0] != figures[env.a.name][40]
     assert figures[env.b.name][0] != figures[env.b.name][40]
+
+
+def noop() -> None:
+    """Nothing to note."""
 
 
 # --------------------------------------------------------------------------- refusals
@@ -196,7 +226,7 @@ def test_only_the_counter_shards_move_the_figures() -> None:
             {SHARD: counters(holders=45, escrowed=5), created: counters(prepared=2)},
         ),
         tx(12, 0, {OTHER_SHARD: KeyVersion(4, 1)}, {OTHER_SHARD: None}),
-        tx(12, 1, {}, {f"tally/{OTHER_ISIN.word.hex()}/07": b"{}", f"escrow/{SEC}/01": b"5"}),
+        tx(12, 1, {}, {f"tally/{OTHER_ISIN.word.hex()}/07": b"{}", f"holder/{SEC}/01": b"{}"}),
     ]
     changes = shard_changes(ISIN, 10, txs)
     assert changes.before == {SHARD: KeyVersion(9, 2), created: None, OTHER_SHARD: KeyVersion(4, 1)}
@@ -284,12 +314,34 @@ def test_origins_that_do_not_hold_the_value_are_unavailable() -> None:
         figures_at(FIGURES, changes, {KeyVersion(9, 2): {OTHER_SHARD: counters(holders=1)}})
     with pytest.raises(Unavailable, match="negative figures"):  # 100 - (10 - (-200))
         figures_at(FIGURES, changes, {KeyVersion(9, 2): {SHARD: counters(holders=-200)}})
-    with pytest.raises(ValueError, match="not a counter"):
+    with pytest.raises(Unavailable, match=r"malformed counter shard .*not a counter"):
         figures_at(FIGURES, changes, {KeyVersion(9, 2): {SHARD: b'{"forged": "1"}'}})
-    with pytest.raises(ValueError, match="not a JSON object"):
+    with pytest.raises(Unavailable, match="not a JSON object"):
         figures_at(FIGURES, changes, {KeyVersion(9, 2): {SHARD: json.dumps([1]).encode()}})
     # the origin's value itself
     assert figures_at(FIGURES, changes, {KeyVersion(9, 2): {SHARD: counters(holders=4)}}) == {
         **FIGURES,
         "total_supply": 94,
     }
+
+
+@pytest.mark.security
+def test_units_moved_without_the_counters_are_refused() -> None:
+    """A leg's amount key written without one of the security's shards: code without the
+    counters wrote the block (a downgrade), so the shards do not hold what moved. A holder's
+    record alone (eligibility, freeze) moves no unit and is no reason to refuse."""
+    for family in ("escrow", "prepared", "parked", "burned", "minted"):
+        key = f"{family}/{SEC}/01"
+        txs = [tx(11, 2, {key: None}, {key: b"5"})]
+        with pytest.raises(InvalidInput) as exc:
+            shard_changes(ISIN, 10, txs)
+        assert str(exc.value) == (
+            f"{REFUSAL}: block 11 moved units of {ISIN.isin} after 10 without its counters"
+        )
+        other = f"tally/{OTHER_ISIN.word.hex()}/07"  # another security's shard does not count
+        with pytest.raises(InvalidInput, match="without its counters"):
+            shard_changes(ISIN, 10, [tx(11, 2, {other: None}, {key: b"5", other: b"{}"})])
+        with_shard = tx(11, 2, {SHARD: None}, {key: b"5", SHARD: counters(escrowed=5)})
+        assert shard_changes(ISIN, 10, [with_shard]).now == {SHARD: counters(escrowed=5)}
+    eligibility = tx(11, 0, {f"holder/{SEC}/ab": None}, {f"holder/{SEC}/ab": b"{}"})
+    assert shard_changes(ISIN, 10, [eligibility]) == ShardChanges(height=10)

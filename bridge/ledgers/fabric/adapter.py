@@ -13,10 +13,10 @@ nothing when it is already applied with the same terms.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 from bridge.core import words as core_words
@@ -37,6 +37,7 @@ from bridge.domain.legs import (
     TxOutcome,
 )
 from bridge.domain.supply import SupplyReading
+from bridge.ledgers.bounded import gather_bounded
 from bridge.ledgers.fabric import batch, codec, past_supply
 from bridge.ledgers.fabric._protos import ledger_pb2
 from bridge.ledgers.fabric.addresses import FabricAddressCodec
@@ -46,6 +47,7 @@ from bridge.ledgers.fabric.blocks import (
     TxStateAccess,
     block_header_hash,
     block_validated,
+    definition_changed_in_block,
     state_access_in_block,
 )
 from bridge.ledgers.fabric.gateway import GatewayClient, PreparedTransaction
@@ -60,6 +62,8 @@ SUPPLY_ATTEMPTS = 5
 """Reads of ``Supply`` before giving up when every one raced a new block."""
 SUPPLY_REPLAY_BLOCKS = 128
 """How far back :meth:`FabricAdapter.supply` answers by replaying the blocks since."""
+ORIGIN_READS = 4
+"""Deliver reads at once of the blocks that wrote a past height's counter values."""
 
 
 _ADDRESSES = FabricAddressCodec()
@@ -262,9 +266,10 @@ class FabricAdapter(StepTemplate):
         the counter shards those blocks' VALID transactions wrote are taken back to the
         values they had at ``height``, read from the transactions that wrote them, with
         ``height``'s header hash. When a block after it registered, paused or recounted the
-        security, or further back, InvalidInput ("Fabric cannot read supply at a past
-        height: ..."); a height not yet finalized is InvalidInput too. An unregistered
-        security raises NotFound.
+        security, committed a definition of the chaincode or moved units without the
+        counters, or further back, InvalidInput ("Fabric cannot read supply at a past
+        height: ..."); blocks that do not add up are Unavailable; a height not yet finalized
+        is InvalidInput too. An unregistered security raises NotFound.
         """
         for _ in range(SUPPLY_ATTEMPTS):
             chain_height, block_hash = await self._chain_info()
@@ -290,7 +295,9 @@ class FabricAdapter(StepTemplate):
             figures = codec.supply_from_json(raw)
             at = final
             if height is not None and height < final:
-                block_hash, figures = await self._past_figures(security, height, final, figures)
+                block_hash, figures = await self._past_figures(
+                    security, height, final, block_hash, figures
+                )
                 at = height
             elif len(block_hash) != 32:  # a peer that does not report it: read the header
                 block_hash = await self._block_hash(final)
@@ -332,41 +339,75 @@ class FabricAdapter(StepTemplate):
         return int(info.height), bytes(info.currentBlockHash)
 
     async def _past_figures(
-        self, security: SecurityId, height: int, final: int, figures_now: Mapping[str, int]
+        self,
+        security: SecurityId,
+        height: int,
+        final: int,
+        final_hash: bytes,
+        figures_now: Mapping[str, int],
     ) -> tuple[bytes, dict[str, int]]:
         """Block ``height``'s header hash and ``security``'s figures at it, from
-        ``figures_now`` (read at ``final``), the reads and writes of blocks ``height + 1 ..
-        final`` and the transactions that wrote the changed shards' earlier values
-        (:mod:`bridge.ledgers.fabric.past_supply`: exact, or InvalidInput naming why not)."""
+        ``figures_now`` (read at ``final``, whose header hash is ``final_hash``), the reads and
+        writes of blocks ``height + 1 .. final`` and the transactions that wrote the changed
+        shards' earlier values (:mod:`bridge.ledgers.fabric.past_supply`). InvalidInput when
+        the height cannot be answered exactly (a block after it registered, paused or
+        recounted the security, committed a definition of the chaincode, or moved units
+        without the counters); Unavailable when the blocks do not add up (a block missing or
+        not validated, ``final`` not the block the figures were read at, a read set that
+        contradicts them)."""
+        word = security.word
+        shards = partial(codec.is_counter_shard_key, security=word)
         block_hash = b""
         accesses: list[TxStateAccess] = []
+        at_height: list[TxStateAccess] = []
         delivered = False
-        async with aclosing(self._client.blocks(height, final)) as blocks:
-            async for block in blocks:
-                number = int(block.header.number)
-                if number == height:
-                    block_hash = block_header_hash(block.header)
-                    continue
-                if not block_validated(block):  # cannot tell which writes count
-                    raise Unavailable(f"{self._ledger}: block {number} carries no validity flags")
-                accesses.extend(state_access_in_block(block, self._chaincode))
-                if number == final:
-                    delivered = True
-                    break
+        try:
+            async with aclosing(self._client.blocks(height, final)) as blocks:
+                async for block in blocks:
+                    number = int(block.header.number)
+                    if not block_validated(block):  # cannot tell which writes count
+                        raise Unavailable(
+                            f"{self._ledger}: block {number} carries no validity flags"
+                        )
+                    if number == height:
+                        block_hash = block_header_hash(block.header)
+                        at_height = state_access_in_block(
+                            block,
+                            self._chaincode,
+                            partial(codec.is_counter_shard_key, security=word),
+                        )
+                        continue
+                    if definition_changed_in_block(block, self._chaincode):
+                        raise InvalidInput(
+                            f"{past_supply.REFUSAL}: block {number} committed a definition of"
+                            f" {self._chaincode} after {height}"
+                        )
+                    accesses += state_access_in_block(
+                        block, self._chaincode, partial(codec.is_supply_key, security=word)
+                    )
+                    if number == final:
+                        if len(final_hash) == 32 and block_header_hash(block.header) != final_hash:
+                            raise Unavailable(
+                                f"{self._ledger}: block {final} delivered is not the block the"
+                                " supply was read at"
+                            )
+                        delivered = True
+                        break
+        except ValueError as exc:  # a transaction the parser cannot order
+            raise Unavailable(f"{self._ledger}: {exc}") from exc
         if not delivered or not block_hash:
             raise Unavailable(f"{self._ledger}: blocks {height}..{final} were not delivered")
         changes = past_supply.shard_changes(security, height, accesses)
-        origins = sorted({v.block_number for v in changes.origins()})
-        blocks_read = await asyncio.gather(*(self._read_block(n) for n in origins))
-        origin_writes = {
-            KeyVersion(tx.block_number, tx.tx_number): tx.writes
-            for block in blocks_read
-            for tx in state_access_in_block(block, self._chaincode)
-        }
+        origins = sorted({v.block_number for v in changes.origins()} - {height})
         try:
-            return block_hash, past_supply.figures_at(figures_now, changes, origin_writes)
+            blocks_read = await gather_bounded(self._read_block, origins, ORIGIN_READS)
+            origin_txs = at_height + [
+                tx for b in blocks_read for tx in state_access_in_block(b, self._chaincode, shards)
+            ]
         except ValueError as exc:
-            raise Unavailable(f"{self._ledger}: malformed counter shard: {exc}") from exc
+            raise Unavailable(f"{self._ledger}: {exc}") from exc
+        origin_writes = {KeyVersion(tx.block_number, tx.tx_number): tx.writes for tx in origin_txs}
+        return block_hash, past_supply.figures_at(figures_now, changes, origin_writes)
 
     async def _read_block(self, number: int) -> Any:
         """Block ``number``, read through Deliver."""

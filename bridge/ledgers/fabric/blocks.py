@@ -8,7 +8,8 @@ validation code names. No I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from bridge.ledgers.fabric._protos import (
@@ -90,12 +91,14 @@ def _valid_chaincode_actions(block: Any) -> Iterator[Any]:
     A transaction's validity is its byte in the block's TRANSACTIONS_FILTER metadata; a block
     without that metadata (not yet validated) yields nothing.
     """
-    for _, action in _valid_chaincode_actions_numbered(block):
-        yield action
+    for _, actions in _valid_transactions(block):
+        yield from actions
 
 
-def _valid_chaincode_actions_numbered(block: Any) -> Iterator[tuple[int, Any]]:
-    """:func:`_valid_chaincode_actions`, each with its transaction's index in the block."""
+def _valid_transactions(block: Any) -> Iterator[tuple[int, list[Any]]]:
+    """Each VALID endorser transaction of ``block``: its index among the block's
+    transactions (valid or not, as Fabric's key versions count them) and the
+    ``ChaincodeAction`` of each of its actions."""
     flags = _validity_flags(block)
     for i, raw in enumerate(block.data.data):
         if i >= len(flags) or flags[i] != TX_VALID:
@@ -105,12 +108,14 @@ def _valid_chaincode_actions_numbered(block: Any) -> Iterator[tuple[int, Any]]:
         if header.type != common_pb2.HeaderType.ENDORSER_TRANSACTION:
             continue
         tx = transaction_pb2.Transaction.FromString(payload.data)
+        actions = []
         for action in tx.actions:
             cap = transaction_pb2.ChaincodeActionPayload.FromString(action.payload)
             prp = proposal_response_pb2.ProposalResponsePayload.FromString(
                 cap.action.proposal_response_payload
             )
-            yield i, proposal_pb2.ChaincodeAction.FromString(prp.extension)
+            actions.append(proposal_pb2.ChaincodeAction.FromString(prp.extension))
+        yield i, actions
 
 
 def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent]:
@@ -130,12 +135,6 @@ def chaincode_events_in_block(block: Any, chaincode: str) -> list[ChaincodeEvent
     return out
 
 
-def keys_written_in_block(block: Any, chaincode: str) -> list[str]:
-    """The world-state keys of ``chaincode`` written or deleted by ``block``'s VALID
-    transactions, in block order (a block not yet validated yields nothing)."""
-    return [key for tx in state_access_in_block(block, chaincode) for key in tx.writes]
-
-
 class KeyVersion(NamedTuple):
     """Where a key's committed value was written: Fabric's (block number, transaction index
     in that block), as a transaction's read set records it."""
@@ -151,7 +150,7 @@ class TxStateAccess(NamedTuple):
     (None: the key did not exist); Fabric committed the transaction only because that was
     still the key's version, so it is the version the key had just before this transaction.
     ``writes`` maps each key written to its new value (None: deleted), in the order the
-    write set lists them (Fabric sorts them by key).
+    write set lists them (Fabric sorts them by key). Both are read-only views.
     """
 
     block_number: int
@@ -160,31 +159,62 @@ class TxStateAccess(NamedTuple):
     writes: Mapping[str, bytes | None]
 
 
-def state_access_in_block(block: Any, chaincode: str) -> list[TxStateAccess]:
+def state_access_in_block(
+    block: Any, chaincode: str, keep: Callable[[str], bool] | None = None
+) -> list[TxStateAccess]:
     """The point reads and writes of ``chaincode``'s world state by ``block``'s VALID
-    transactions, in block order (a block not yet validated yields nothing). Range reads are
-    not reported."""
+    transactions, in block order, of the keys ``keep`` accepts (every key without it); a
+    transaction with none of them is left out, and a block not yet validated yields nothing.
+    Range reads are not reported. ValueError for a VALID transaction with more than one
+    action (Fabric endorses one per transaction): its read-write sets could not be ordered.
+    """
     number = int(block.header.number)
     out: list[TxStateAccess] = []
-    for tx_number, cc_action in _valid_chaincode_actions_numbered(block):
+    for tx_number, actions in _valid_transactions(block):
+        if len(actions) != 1:
+            raise ValueError(
+                f"transaction {tx_number} of block {number} has {len(actions)} actions"
+            )
         reads: dict[str, KeyVersion | None] = {}
         writes: dict[str, bytes | None] = {}
-        for ns in rwset_pb2.TxReadWriteSet.FromString(cc_action.results).ns_rwset:
+        for ns in rwset_pb2.TxReadWriteSet.FromString(actions[0].results).ns_rwset:
             if ns.namespace != chaincode:
                 continue
             kv = kv_rwset_pb2.KVRWSet.FromString(ns.rwset)
             for r in kv.reads:
-                version = r.version if r.HasField("version") else None
-                reads[str(r.key)] = (
-                    None
-                    if version is None
-                    else KeyVersion(int(version.block_num), int(version.tx_num))
-                )
+                if keep is None or keep(r.key):
+                    v = r.version if r.HasField("version") else None
+                    reads[str(r.key)] = (
+                        None if v is None else KeyVersion(int(v.block_num), int(v.tx_num))
+                    )
             for w in kv.writes:
-                writes[str(w.key)] = None if w.is_delete else bytes(w.value)
+                if keep is None or keep(w.key):
+                    writes[str(w.key)] = None if w.is_delete else bytes(w.value)
         if reads or writes:
-            out.append(TxStateAccess(number, tx_number, reads, writes))
+            out.append(
+                TxStateAccess(number, tx_number, MappingProxyType(reads), MappingProxyType(writes))
+            )
     return out
+
+
+LIFECYCLE = "_lifecycle"
+"""The namespace where a channel's chaincode definitions are committed (Fabric 2.x)."""
+
+
+def definition_changed_in_block(block: Any, chaincode: str) -> bool:
+    """True when a VALID transaction of ``block`` commits a definition of ``chaincode`` (a
+    write of ``namespaces/metadata/<name>`` or ``namespaces/fields/<name>/...`` in the
+    ``_lifecycle`` namespace): the code that wrote the blocks after it may differ."""
+    metadata, fields = f"namespaces/metadata/{chaincode}", f"namespaces/fields/{chaincode}/"
+    for _, actions in _valid_transactions(block):
+        for action in actions:
+            for ns in rwset_pb2.TxReadWriteSet.FromString(action.results).ns_rwset:
+                if ns.namespace != LIFECYCLE:
+                    continue
+                for w in kv_rwset_pb2.KVRWSet.FromString(ns.rwset).writes:
+                    if w.key == metadata or w.key.startswith(fields):
+                        return True
+    return False
 
 
 def _der_length(n: int) -> bytes:

@@ -244,8 +244,10 @@ _COUNTER_SHARD = re.compile(r"tally/([0-9a-f]{64})/[0-9a-f]{2}")
 
 def is_counter_shard_key(key: str, security: bytes) -> bool:
     """True when ``key`` is one of ``security``'s counter shards ``tally/<id>/<nn>`` (two
-    lowercase hex digits), the records whose sums ``Supply`` answers (bridge.core.tally);
-    False for its counting state ``tally/<id>/state`` and every other key."""
+    lowercase hex digits, 00 to ff: the chaincode writes 00 to 3f, TALLY_SHARDS, and a later
+    one with more shards stays readable), the records whose sums ``Supply`` answers
+    (bridge.core.tally); False for its counting state ``tally/<id>/state`` and every other
+    key."""
     match = _COUNTER_SHARD.fullmatch(key)
     return match is not None and match.group(1) == security.hex()
 

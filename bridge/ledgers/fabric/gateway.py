@@ -46,7 +46,6 @@ from bridge.ledgers.fabric.blocks import (
     block_header_hash,
     block_validated,
     chaincode_events_in_block,
-    keys_written_in_block,
     response_payload,
     validation_code_name,
 )
@@ -94,7 +93,6 @@ __all__ = [
     "check_client_pair",
     "decode_chaincode_message",
     "error_details",
-    "keys_written_in_block",
     "map_rpc_error",
     "new_nonce",
     "sign_proposal",

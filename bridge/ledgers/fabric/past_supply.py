@@ -15,10 +15,14 @@ shards ``tally/<id>/<nn>``, whose field-wise sums give the figures
 - the figures at ``h`` are the current ones less ``figures_of`` the shards' changes.
 
 SECURITY: the answer is exact or refused. A write of the security record or the counting
-state after ``h``, a shard written without the read that names its earlier value, or a
-version that contradicts the blocks is refused (InvalidInput "Fabric cannot read supply at a
-past height: ...", and the coordinator proposes a fresh cut), never guessed. The blocks and
-the origin transactions come from the member's own peer, the source of its current reads.
+state after ``h``, a shard written without the read that names its earlier value, or a leg's
+units moved without a shard (code without the counters; the adapter also refuses a block
+that commits a definition of the chaincode) is refused (InvalidInput "Fabric cannot read
+supply at a past height: ...", and the coordinator proposes a fresh cut); blocks that
+contradict each other are Unavailable; nothing is guessed. The blocks and the origin
+transactions come from the member's own peer, the source of its current reads. Only the
+chaincode writes its namespace, under the channel's endorsement policy: the feed assumes a
+policy no single other organisation satisfies (as every leg does).
 """
 
 from __future__ import annotations
@@ -59,8 +63,10 @@ def shard_changes(
 ) -> ShardChanges:
     """Collect the shard changes of ``security`` from the VALID transactions of the blocks
     after ``height``, given in ledger order. InvalidInput (REFUSAL) when one of them wrote
-    the security record or its counting state, or wrote a shard it did not read; Unavailable
-    when a transaction is not after ``height`` or a read contradicts an earlier write."""
+    the security record or its counting state, wrote a shard it did not read, or wrote a
+    leg's amount key of the security without one of its shards (code without the counters:
+    the shards would not hold what moved); Unavailable when a transaction is not after
+    ``height`` or a read contradicts an earlier write."""
     word = security.word
     before: dict[str, KeyVersion | None] = {}
     now: dict[str, bytes | None] = {}
@@ -69,9 +75,16 @@ def shard_changes(
         if tx.block_number <= height:
             raise Unavailable(f"block {tx.block_number} is not after height {height}")
         at = KeyVersion(tx.block_number, tx.tx_number)
+        legs_moved = wrote_shard = False
         for key, value in tx.writes.items():
-            if not is_supply_key(key, word) or is_amount_key(key, word):
-                continue  # amount keys move the shards in the same transaction
+            if not is_supply_key(key, word):
+                continue
+            if is_amount_key(key, word):
+                # A leg's amount key (escrow, prepared, parked, burned, minted) is written
+                # only with a non-zero amount, so the same transaction moves a shard; a
+                # holder's record may change without its balance (eligibility, freeze).
+                legs_moved = legs_moved or not key.startswith("holder/")
+                continue
             if not is_counter_shard_key(key, word):
                 raise InvalidInput(
                     f"{REFUSAL}: block {tx.block_number} changed {security.isin}"
@@ -98,6 +111,12 @@ def shard_changes(
                 before[key] = read
             now[key] = value
             last_writer[key] = at
+            wrote_shard = True
+        if legs_moved and not wrote_shard:  # code without the counters wrote this block
+            raise InvalidInput(
+                f"{REFUSAL}: block {tx.block_number} moved units of {security.isin} after"
+                f" {height} without its counters"
+            )
     return ShardChanges(height=height, before=before, now=now)
 
 
@@ -111,7 +130,7 @@ def figures_at(
 
     ``origin_writes`` maps every version of ``changes.origins()`` to that transaction's
     writes (a VALID transaction of the chaincode). Unavailable when one is missing, did not
-    write the shard, or the result is negative; ValueError from a malformed shard record."""
+    write the shard, holds a malformed shard record, or the result is negative."""
     delta = dict.fromkeys(COUNTER_FIELDS, 0)
     for key, version in changes.before.items():
         earlier: bytes | None = None
@@ -120,7 +139,10 @@ def figures_at(
             if writes is None or key not in writes:
                 raise Unavailable(f"the transaction at {version} did not write {key}")
             earlier = writes[key]
-        current, old = shard_counters(changes.now[key]), shard_counters(earlier)
+        try:
+            current, old = shard_counters(changes.now[key]), shard_counters(earlier)
+        except ValueError as exc:
+            raise Unavailable(f"malformed counter shard {key}: {exc}") from exc
         for name in COUNTER_FIELDS:
             delta[name] += current[name] - old[name]
     moved = figures_of(delta)

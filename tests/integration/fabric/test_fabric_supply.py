@@ -164,20 +164,54 @@ async def test_a_past_height_reads_the_figures_the_security_had_then(
     # Blocks that change this security's counters: issues (several holders at once, so
     # several shards in a block), a lock, a commit, an inbound prepare and an abort.
     readings = [now]
-    holders = await asyncio.gather(*(env.holder(ISIN, 5 + i) for i in range(4)))
+    holders = [f"0x{i + 0x10:02x}" + secrets.token_hex(19) for i in range(4)]  # shards 0x10-0x13
+    clients = [env.client("Org1", "Admin") for _ in holders]
+    try:
+        for holder in holders:
+            await submit(env.net, clients[0], "SetEligible", ISIN, holder, "true")
+        await asyncio.gather(
+            *(submit(env.net, c, "Issue", ISIN, h, str(5 + i))
+              for i, (c, h) in enumerate(zip(clients, holders, strict=True)))
+        )  # fmt: skip
+    finally:
+        for c in clients:
+            await c.close()
     readings.append(await adapter.supply(SECURITY))
-    out = env.outbound(SECURITY, holders[0], 3, OTHER)
+    words = [bytes(12) + bytes.fromhex(h[2:]) for h in holders]
+    out = env.outbound(SECURITY, words[0], 3, OTHER)
     await step(env, adapter, Action.LOCK, out)
     readings.append(await adapter.supply(SECURITY))
     await step(env, adapter, Action.COMMIT, out)
     readings.append(await adapter.supply(SECURITY))
-    back = env.inbound(SECURITY, holders[1], 4, OTHER)
+    back = env.inbound(SECURITY, words[1], 4, OTHER)
     await step(env, adapter, Action.PREPARE, back)
     readings.append(await adapter.supply(SECURITY))
     await step(env, adapter, Action.ABORT, back)
+    readings.append(await adapter.supply(SECURITY))
+    # Two holders in one counter shard (0x07... and 0x47...: 0x47 mod 64 = 7), issued to a
+    # block apart, and four issues to one holder at once: those that land in one block
+    # conflict on its record (MVCC), and the invalid ones must not count.
+    same_shard = ["0x07" + secrets.token_hex(19), "0x47" + secrets.token_hex(19)]
+    clients = [env.client("Org1", "Admin") for _ in range(4)]
+    try:
+        for holder in same_shard:
+            await submit(env.net, clients[0], "SetEligible", ISIN, holder, "true")
+        for holder in same_shard:
+            await submit(env.net, clients[0], "Issue", ISIN, holder, "2")
+            readings.append(await adapter.supply(SECURITY))
+        raced = await asyncio.gather(
+            *(submit(env.net, c, "Issue", ISIN, same_shard[0], "1") for c in clients),
+            return_exceptions=True,
+        )
+    finally:
+        for c in clients:
+            await c.close()
+    issued = sum(isinstance(r, int) for r in raced)
+    assert issued >= 1, raced
     later = await adapter.supply(SECURITY)
-    assert figures(later)[0] == now.total_supply + 5 + 6 + 7 + 8 - 3
-    assert len({figures(r) for r in readings}) == len(readings), "each step moved a figure"
+    assert figures(later)[0] == now.total_supply + 5 + 6 + 7 + 8 - 3 + 4 + issued
+    assert len({figures(r) for r in readings}) == len(readings) - 1  # the abort undid one
+    assert [r.height for r in readings] == sorted({r.height for r in readings})
     for reading in readings:
         assert await adapter.supply(SECURITY, height=reading.height) == reading, reading
 
