@@ -4,9 +4,9 @@ item 4): one shared head poll (:class:`HeadWatch`) and a WebSocket subscription 
 (EVM ``newHeads``: :mod:`bridge.ledgers.evm.heads`; CometBFT ``NewBlockHeader``:
 :mod:`bridge.ledgers.cometbft.heads`).
 
-On disconnect, a refused subscription or silence longer than ``silence_s`` the watch falls
-back to polling and the subscription reconnects with exponential backoff (tenacity); each
-change of state is logged once.
+On disconnect, a refused subscription, or a subscription that stays silent while the chain
+moves on (:class:`HeadSubscription`), the watch falls back to polling and the subscription
+reconnects with exponential backoff (tenacity); each change of state is logged once.
 
 SECURITY: a pushed head is only a hint that a block may be new (:meth:`HeadWatch.hint`): the
 head every waiter sees, and so finality and every leg or event read, still comes from an
@@ -119,6 +119,13 @@ class HeadWatch:
         """
         if self.head is None or head > self.head:
             self._hinted.set()
+
+    async def read_now(self) -> int:
+        """Read the head now (one ordinary read over the kind's request connection), keep it
+        as :meth:`observe` does and return it; the read's own exception when it fails."""
+        head = await self._read()
+        self.observe(head)
+        return head
 
     def recent(self, max_age_s: float) -> int | None:
         """:attr:`head` if it was polled at most ``max_age_s`` ago, else None."""
@@ -245,11 +252,16 @@ class HeadSubscription:
     """One subscription feeding ``watch`` with hints; :meth:`run` until cancelled.
 
     Guarantees: ``watch.pushed`` is True only between a confirmed subscription on a node of
-    the configured chain and the end of that session (close, error, or ``silence_s`` without
-    a message when ``silence_ends_session``; otherwise the watch still reads the head once
-    per ``silence_s`` of silence); reconnects back off exponentially up to
-    ``max_backoff_s``; a wrong chain stops the subscription for good (:attr:`refused`;
-    polling stays) and is logged as an error once.
+    the configured chain and the end of that session: a close or error, or a subscription
+    that missed a block. The session reads the head when it begins and after each
+    ``silence_s`` without a message (:meth:`HeadWatch.read_now`); when the head read at the
+    previous silence is still above every head pushed and the head read at the start, the
+    node has had a block the subscription did not push for at least ``silence_s``, and the
+    session ends ("silent"). A chain that makes no block (CometBFT without empty blocks, a
+    geth authority filling a block) keeps its session however long it is silent, at one read
+    per ``silence_s``. A failed read at a silence ends the session too. Reconnects back off
+    exponentially up to ``max_backoff_s``; a wrong chain stops the subscription for good
+    (:attr:`refused`; polling stays) and is logged as an error once.
     """
 
     def __init__(
@@ -262,7 +274,6 @@ class HeadSubscription:
         ledger: str = "",
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
-        silence_ends_session: bool = True,
     ) -> None:
         self._connect = connect
         self._watch = watch
@@ -270,7 +281,6 @@ class HeadSubscription:
         self._silence = silence_s
         self._min = min_backoff_s
         self._max = max_backoff_s
-        self._silence_ends = silence_ends_session
         self._log = get_logger(**{LEDGER: ledger})
         self.refused = False
         """True once the node served another chain: :meth:`run` returned for good, and its
@@ -312,24 +322,43 @@ class HeadSubscription:
             if not self._watch.pushed:
                 self._log.info("heads pushed by subscription")
             self._watch.set_pushed(True)
+            covered = await self._head_or_none()  # pushes are for blocks after this one
+            unpushed: int | None = None  # the head read at the last silence, if above covered
             try:
                 while True:
                     try:
                         raw = await receive(ws, self._silence)
                     except TimeoutError:
-                        if not self._silence_ends:
-                            continue  # a chain without empty blocks; the watch reads anyway
-                        self._fallback("silent")
-                        return
+                        if unpushed is not None and (covered is None or unpushed > covered):
+                            self._fallback("silent")  # a block unpushed for silence_s
+                            return
+                        try:
+                            read = await self._watch.read_now()
+                        except Exception:  # the node's request side fails too: poll
+                            self._fallback("silent")
+                            return
+                        if covered is None:
+                            covered = read  # the first head known: the session's start
+                        unpushed = read if read > covered else None
+                        continue
                     head = self._feed.head_of(json.loads(raw), sub)
                     if head is not None:
                         self.heads += 1
                         self._watch.hint(head)
+                        covered = head if covered is None else max(covered, head)
             except WS_ERRORS:
                 self._fallback("lost")
                 return
         finally:
             await ws.close()
+
+    async def _head_or_none(self) -> int | None:
+        """The head read now, or None when the read fails (the first silence's read then
+        takes its place)."""
+        try:
+            return await self._watch.read_now()
+        except Exception:  # the subscription's liveness only: a waiter's read raises its own
+            return None
 
     def _fallback(self, why: str) -> None:
         if self._watch.pushed:

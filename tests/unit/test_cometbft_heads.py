@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -154,10 +155,10 @@ def test_a_rpc_url_of_another_scheme_has_no_websocket() -> None:
 
 
 async def _subscription(
-    sockets: list[Socket], **kw: object
+    sockets: list[Socket], height: Callable[[], int] = lambda: 10, **kw: object
 ) -> tuple[HeadWatch, HeadSubscription, list[Socket]]:
     async def read() -> int:
-        return 10
+        return height()
 
     opened: list[Socket] = []
 
@@ -208,36 +209,32 @@ async def _nested_message_ends_one_session() -> None:
         await watch.close()
 
 
-async def test_silence_keeps_the_session_when_the_feed_says_so() -> None:
-    """A CometBFT chain without empty blocks is silent while idle: with
-    ``silence_ends_session=False`` the session stays (no reconnect, no warning) and the
-    watch still reads once per ``silence_s``."""
+async def test_silence_keeps_the_session_while_the_chain_makes_no_block() -> None:
+    """A CometBFT chain without empty blocks is silent while idle: the session stays (no
+    reconnect, no warning) and reads the height once per ``silence_s``. Once the node has
+    a block the subscription does not push, the session ends and reconnects."""
     from structlog.testing import capture_logs
 
+    heights = [10]
     with capture_logs() as logs:
         watch, sub, opened = await _subscription(
-            [Socket()], silence_s=0.02, silence_ends_session=False
+            [Socket(), Socket()], silence_s=0.02, height=lambda: heights[0]
         )
         task = asyncio.ensure_future(sub.run())
         await asyncio.sleep(0.3)  # 15 silences
         assert (len(opened), sub.sessions, watch.pushed) == (1, 1, True)
+        assert not [e for e in logs if e["log_level"] == "warning"]
+        heights[0] = 11  # a block the subscription never pushes
+        for _ in range(300):
+            if len(opened) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(opened) >= 2
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await watch.close()
-    assert not [e for e in logs if e["log_level"] == "warning"]
-    # the default (EVM): silence ends the session, and it reconnects
-    watch, sub, opened = await _subscription([Socket(), Socket()], silence_s=0.02)
-    task = asyncio.ensure_future(sub.run())
-    for _ in range(300):
-        if len(opened) >= 2:
-            break
-        await asyncio.sleep(0.01)
-    assert len(opened) >= 2
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await watch.close()
+    assert [e.get("reason") for e in logs if e["log_level"] == "warning"][:1] == ["silent"]
 
 
 async def test_a_wrong_chain_is_refused_once_and_the_adapter_does_not_restart_it() -> None:

@@ -209,21 +209,57 @@ async def test_polling_serves_while_subscription_is_down() -> None:
     await watch.close()
 
 
-async def test_silent_subscription_is_dropped() -> None:
+async def test_a_subscription_that_misses_blocks_is_dropped() -> None:
+    """The node makes blocks the subscription never pushes: a head read at one silence is
+    still unpushed at the next, so the session ends ("silent") and the watch polls."""
+    from structlog.testing import capture_logs
+
     node = Node()
     watch = HeadWatch(node.read, poll_s=0.01)
     quiet = FakeSocket()
     sub = HeadSubscription(
         Connector(quiet), watch, NewHeads(31337), silence_s=0.05, min_backoff_s=5
     )
-    task = asyncio.ensure_future(sub.run())
-    await until(lambda: sub.sessions == 1)
-    await until(lambda: quiet.closed)
-    assert not watch.pushed
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await watch.close()
+    with capture_logs() as logs:
+        task = asyncio.ensure_future(sub.run())
+        await until(lambda: sub.sessions == 1)
+        node.head = 11  # a block, never pushed
+        await until(lambda: quiet.closed)
+        assert not watch.pushed
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await watch.close()
+    assert [e.get("reason") for e in logs if e["log_level"] == "warning"] == ["silent"]
+
+
+async def test_silence_without_a_new_block_keeps_the_session() -> None:
+    """A node that makes no block (a geth authority filling one, CometBFT without empty
+    blocks) is silent: the session stays (no reconnect, no warning), reading the head once
+    per silence; a block pushed after a silence's read is not a missed one."""
+    from structlog.testing import capture_logs
+
+    node = Node()
+    watch = HeadWatch(node.read, poll_s=0.01)
+    sock = FakeSocket()
+    connect = Connector(sock, FakeSocket())
+    sub = HeadSubscription(connect, watch, NewHeads(31337), silence_s=0.02, min_backoff_s=0.01)
+    with capture_logs() as logs:
+        task = asyncio.ensure_future(sub.run())
+        await until(lambda: sub.sessions == 1)
+        await asyncio.sleep(0.3)  # 15 silences without a block
+        assert 10 <= node.reads <= 17, node.reads  # the start's read and one per silence
+        node.head = 11  # a block the next silence's read sees, pushed just after it
+        await until(lambda: watch.head == 11)
+        sock.push(11)
+        await until(lambda: sub.heads == 1)
+        await asyncio.sleep(0.2)
+        assert (connect.attempts, sub.sessions, watch.pushed, sock.closed) == (1, 1, True, False)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await watch.close()
+    assert not [e for e in logs if e["log_level"] == "warning"]
 
 
 async def test_wrong_chain_stops_subscription_for_good() -> None:

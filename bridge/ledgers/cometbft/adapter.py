@@ -86,9 +86,6 @@ class CometAdapter(StepTemplate):
                 NewBlockHeaders(config.channel),
                 silence_s=max(3.0, 3 * config.block_interval),
                 ledger=config.id.name,
-                # A chain with create_empty_blocks = false is silent while idle: that is no
-                # reason to reconnect (aiohttp's heartbeat finds a dead socket).
-                silence_ends_session=False,
             )
         self._head_sub_task: asyncio.Task[None] | None = None
 
