@@ -847,22 +847,19 @@ class EvmAdapter(StepTemplate):
         that covers the chain's reorganisations the pair is of one block. InvalidInput for a
         height above the finalized one; NotFound when the security is not registered (or the
         endpoint did not exist yet) at that height.
-
-        SECURITY: never a live read at ``latest`` (:meth:`_live`), even at finality depth 0:
-        a supply reading is a proposal every member re-reads at the height it names, and
-        anvil 1.7 under load answers a few ``eth_call`` at ``latest`` in a thousand with one
-        block's ``block.number`` and another block's state, so a live reading would name a
-        height whose figures it does not hold (members refuse it; the feed retries). The
-        head read this costs is shared by concurrent callers and rare (one per proposal).
         """
-        final = await self.finalized_height()
-        at = final if height is None else height
-        if not 0 <= at <= final:
-            raise InvalidInput(f"height {at} is not finalized on {self.ledger} (final: {final})")
+        spec = _FINAL
+        if height is not None or not await self._live():
+            final = await self.finalized_height()
+            at = spec = final if height is None else height
+            if not 0 <= at <= final:
+                raise InvalidInput(
+                    f"height {at} is not finalized on {self.ledger} (final: {final})"
+                )
         res: tuple[int, ...] | Exception
         try:
             if await self._lens_usable():  # ---- read lens: concurrent reads in one call
-                at, res = await self._supplies.get((at, security.word))
+                at, res = await self._supplies.get((spec, security.word))
             else:
                 res = await self._supply_single(security.word, at)
             figures = _raised(res)
