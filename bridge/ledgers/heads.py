@@ -99,10 +99,17 @@ class HeadWatch:
     def observe(self, head: int) -> None:
         """A head the node reported to another request of this process (a fresh read, a lens
         call at ``latest``): the poller uses it instead of asking while it is under one poll
-        interval old. An older value than :attr:`head` is ignored (an earlier request that
-        answered late)."""
+        interval old, and a head above :attr:`head` wakes the waiters at once (they would
+        otherwise sleep until the next poll, and the push of that block, no longer above
+        :attr:`head`, would not wake them). An older value than :attr:`head` is ignored (an
+        earlier request that answered late)."""
         if self.head is None or head >= self.head:
+            higher = self.head is None or head > self.head
             self.head, self.seen_at = head, time.monotonic()
+            tick = self._tick
+            if higher and tick is not None and not tick.done():
+                self._tick = None  # waiters re-check, and the next wait takes a new tick
+                tick.set_result(None)
 
     def hint(self, head: int) -> None:
         """A head the node pushed (EVM ``newHeads``, CometBFT ``NewBlockHeader``): only a
@@ -164,7 +171,7 @@ class HeadWatch:
             self._tick = None
             if not hinted and self.recent(self._poll) is not None:
                 # Another request just saw the head: as new as a poll would be.
-                if tick is not None:
+                if tick is not None and not tick.done():
                     tick.set_result(None)
                 hinted = await self._pause()
                 continue
@@ -173,11 +180,11 @@ class HeadWatch:
             try:
                 head = await self._read()
             except Exception as exc:  # every waiter of this poll sees it
-                if tick is not None:
+                if tick is not None and not tick.done():
                     tick.set_exception(exc)
             else:
                 self.head, self.seen_at = head, time.monotonic()
-                if tick is not None:
+                if tick is not None and not tick.done():
                     tick.set_result(None)
             hinted = await self._pause()
 
@@ -259,9 +266,12 @@ class HeadSubscription:
     node has had a block the subscription did not push for at least ``silence_s``, and the
     session ends ("silent"). A chain that makes no block (CometBFT without empty blocks, a
     geth authority filling a block) keeps its session however long it is silent, at one read
-    per ``silence_s``. A failed read at a silence ends the session too. Reconnects back off
-    exponentially up to ``max_backoff_s``; a wrong chain stops the subscription for good
-    (:attr:`refused`; polling stays) and is logged as an error once.
+    per ``silence_s``. A failed read keeps the session (polling would read the same failing
+    side) and counts as no evidence. A pushed head the node does not serve a silence later
+    was a lie: the floor falls back to the head read, so one lying push cannot keep a dead
+    session alive. Reconnects back off exponentially up to ``max_backoff_s``; a wrong chain
+    stops the subscription for good (:attr:`refused`; polling stays) and is logged as an
+    error once.
     """
 
     def __init__(
@@ -332,13 +342,13 @@ class HeadSubscription:
                         if unpushed is not None and (covered is None or unpushed > covered):
                             self._fallback("silent")  # a block unpushed for silence_s
                             return
-                        try:
-                            read = await self._watch.read_now()
-                        except Exception:  # the node's request side fails too: poll
-                            self._fallback("silent")
-                            return
-                        if covered is None:
-                            covered = read  # the first head known: the session's start
+                        read = await self._head_or_none()
+                        if read is None:  # the request side fails: polling would fail alike;
+                            continue  # the session stays and is judged at the next silence
+                        if covered is None or covered > read:
+                            # The start is unknown, or a head was pushed that the node still
+                            # does not serve a silence later (a lie): count from this read.
+                            covered = read
                         unpushed = read if read > covered else None
                         continue
                     head = self._feed.head_of(json.loads(raw), sub)
@@ -353,8 +363,8 @@ class HeadSubscription:
             await ws.close()
 
     async def _head_or_none(self) -> int | None:
-        """The head read now, or None when the read fails (the first silence's read then
-        takes its place)."""
+        """The head read now, or None when the read fails (at the start, the first silence's
+        read then takes its place; at a silence, it is no evidence either way)."""
         try:
             return await self._watch.read_now()
         except Exception:  # the subscription's liveness only: a waiter's read raises its own
