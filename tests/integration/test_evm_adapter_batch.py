@@ -111,3 +111,51 @@ async def test_a_batch_reverting_when_mined_names_the_item_that_changed(
     again = await a.submit_batch(Action.LOCK, items[:1])
     assert [r.state for r in again.items] == [LegState.LOCKED]
     await a.close()
+
+
+async def test_a_batch_the_node_dropped_is_not_waited_for(two_ledgers: TwoLedgers) -> None:
+    """anvil skipped a batch that did not fit a full block and dropped it; the relayer asked
+    for its receipt once a block until the coordinator's 30 s deadline (the end-of-day
+    bench's 20-25 s tails). Now, from the third block without a receipt, it asks whether
+    the node still holds it, and Unavailable says it was dropped; the retry sends it again
+    and every item is locked once."""
+    from bridge.ledgers.evm.adapter import LOST_AFTER_BLOCKS
+
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=60)
+    sender, bob = env.a.holder(6), env.b.holder()
+    ts = [env.terms(sender, bob, 2) for _ in range(3)]
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    relayer = env.a.relayer.address
+    mined_before = env.a.w3.eth.get_transaction_count(relayer)
+    env.node.rpc("evm_setAutomine", [False])
+    try:
+        task = asyncio.create_task(a.submit_batch(Action.LOCK, items))
+        for _ in range(100):  # simulated and sent (pending)
+            if env.a.w3.eth.get_transaction_count(relayer, "pending") > mined_before:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the batch was not sent")
+        pool = env.node.rpc("txpool_content", [])["pending"]
+        (by_nonce,) = [v for k, v in pool.items() if k.lower() == relayer.lower()]
+        (pending,) = by_nonce.values()
+        env.node.rpc("anvil_dropTransaction", [pending["hash"]])
+        began = asyncio.get_running_loop().time()
+        for _ in range(LOST_AFTER_BLOCKS + 3):  # blocks without it
+            env.node.rpc("anvil_mine", [hex(1)])
+            await asyncio.sleep(0.3)
+            if task.done():
+                break
+        with pytest.raises(Unavailable, match="was dropped by"):
+            await asyncio.wait_for(task, 10)
+        assert asyncio.get_running_loop().time() - began < 10, "waited as for a live one"
+    finally:
+        env.node.rpc("evm_setAutomine", [True])
+    assert env.a.w3.eth.get_transaction_count(relayer) == mined_before, "nothing mined"
+    again = await a.submit_batch(Action.LOCK, items)  # the retry sends it again
+    assert [r.skipped for r in again.items] == [False] * 3
+    assert [r.state for r in again.items] == [LegState.LOCKED] * 3
+    assert env.a.w3.eth.get_transaction_count(relayer) == mined_before + 1, "one batch mined"
+    assert env.a.balance(sender.address) == 0
+    await a.close()

@@ -116,6 +116,10 @@ def _is_transient(exc: BaseException) -> bool:
 
 _MAX_TRACKED = 4096
 """Sent transactions remembered for retries; the oldest are forgotten first."""
+LOST_AFTER_BLOCKS = 3
+"""New blocks without a receipt after which a wait for a sent transaction asks each block
+whether the node still holds it (a transaction usually mines in the next block; a full
+block's queue takes a few)."""
 
 MAX_EVM_BATCH_ITEMS = 100
 """The most items one batched EVM transaction carries (``submit_batch``).
@@ -1158,6 +1162,13 @@ class EvmAdapter(StepTemplate):
             return False
         return int(tx["nonce"]) < await self._pending_count()
 
+    async def _dropped(self, tx_hash: bytes) -> bool:
+        """True when the node holds ``tx_hash`` neither mined nor pending (:meth:`_is_pending`
+        False, and no receipt read after it: one mined in between is not dropped)."""
+        if await self._is_pending(tx_hash):
+            return False
+        return await self._receipt(tx_hash) is None
+
     async def _await_leg_final(
         self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0
     ) -> int:
@@ -1278,11 +1289,20 @@ class EvmAdapter(StepTemplate):
         the depth has passed, since a reorg shallower than the depth may have moved it,
         dropped it or changed its outcome meanwhile. A moved one waits for its new block's
         depth; a dropped one is waited for again (a node usually puts it back in its pool
-        and mines it again; otherwise the wait times out Unavailable and the retry sends
-        it, unless it is still pending)."""
+        and mines it again).
+
+        A transaction the node no longer holds is not waited for: from the LOST_AFTER_BLOCKS-th
+        new block without a receipt on, each new block asks whether the node still holds it
+        pending (:meth:`_is_pending`); when it does not and there is still no receipt, the
+        node dropped it (evicted from its pool; anvil skips a transaction that does not fit
+        a block and later drops it), and Unavailable says so at once, so the caller's retry
+        re-reads the legs and sends again (each step and batch item is idempotent on the
+        ledger). Before, the wait lasted ``limit_s`` (120 s), past the coordinator's 30 s
+        deadline."""
         give_up = asyncio.get_running_loop().time() + limit_s
         depth = self._cfg.finality_depth
         receipt: Mapping[str, Any] | None = None
+        blocks_without = 0
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
         self.start_head_subscription()
@@ -1299,7 +1319,16 @@ class EvmAdapter(StepTemplate):
                     # after this head was seen, and already final at it, counts as it is.
                     if receipt is None or (depth > 0 and final >= _receipt_block(receipt)):
                         receipt = await self._receipt(tx_hash)
-                    if receipt is None or final < _receipt_block(receipt):
+                    if receipt is None:
+                        blocks_without += 1
+                        if blocks_without >= LOST_AFTER_BLOCKS and await self._dropped(tx_hash):
+                            raise Unavailable(
+                                f"tx 0x{tx_hash.hex()} was dropped by {self.ledger} (neither"
+                                f" mined nor pending after {blocks_without} blocks): the"
+                                " retry sends it again"
+                            )
+                        continue
+                    if final < _receipt_block(receipt):
                         continue
                     if receipt["status"] != 1:
                         # State changed between simulation and inclusion; re-reading the
