@@ -142,13 +142,13 @@ async def test_a_batch_the_node_dropped_is_not_waited_for(two_ledgers: TwoLedger
         (pending,) = by_nonce.values()
         env.node.rpc("anvil_dropTransaction", [pending["hash"]])
         began = asyncio.get_running_loop().time()
-        for _ in range(LOST_AFTER_BLOCKS + 3):  # blocks without it
+        for _ in range(LOST_AFTER_BLOCKS + 20):  # blocks without it, until the verdict
             env.node.rpc("anvil_mine", [hex(1)])
             await asyncio.sleep(0.3)
             if task.done():
                 break
         with pytest.raises(Unavailable, match="was dropped by"):
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(task, 1)
         assert asyncio.get_running_loop().time() - began < 10, "waited as for a live one"
     finally:
         env.node.rpc("evm_setAutomine", [True])
@@ -158,4 +158,49 @@ async def test_a_batch_the_node_dropped_is_not_waited_for(two_ledgers: TwoLedger
     assert [r.state for r in again.items] == [LegState.LOCKED] * 3
     assert env.a.w3.eth.get_transaction_count(relayer) == mined_before + 1, "one batch mined"
     assert env.a.balance(sender.address) == 0
+    await a.close()
+
+
+async def test_a_batch_queued_behind_a_nonce_gap_is_waited_for_not_resent(
+    two_ledgers: TwoLedgers,
+) -> None:
+    """Review helper-105: a transaction the node holds queued behind a nonce gap is known,
+    not dropped. Resending it would fill the gap and mine both copies; it is waited for
+    while blocks pass, and mines once the gap is filled."""
+    from eth_account import Account
+
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=60)
+    sender, bob = env.a.holder(4), env.b.holder()
+    ts = [env.terms(sender, bob, 2) for _ in range(2)]
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    relayer = env.a.relayer.address
+    gap = env.a.w3.eth.get_transaction_count(relayer, "pending")
+    real = a._nonces.next_nonce
+
+    async def one_ahead() -> int:  # the batch takes nonce gap + 1: queued, not executable
+        return await real() + 1
+
+    a._nonces.next_nonce = one_ahead  # type: ignore[method-assign]
+    task = asyncio.create_task(a.submit_batch(Action.LOCK, items))
+    for _ in range(100):
+        if env.node.rpc("txpool_content", [])["queued"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the batch was not queued")
+    a._nonces.next_nonce = real  # type: ignore[method-assign]
+    for _ in range(8):  # blocks pass; the batch is known (queued): no verdict
+        env.node.rpc("anvil_mine", [hex(1)])
+        await asyncio.sleep(0.3)
+    assert not task.done(), task
+    fill = Account.sign_transaction(
+        {"to": relayer, "value": 0, "gas": 21_000, "nonce": gap, "chainId": env.a.w3.eth.chain_id,
+         "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9},
+        env.a.relayer.private_key,
+    )  # fmt: skip
+    env.a.w3.eth.send_raw_transaction(fill.raw_transaction)
+    done = await asyncio.wait_for(task, 20)
+    assert [r.state for r in done.items] == [LegState.LOCKED] * 2
+    assert env.a.w3.eth.get_transaction_count(relayer) == gap + 2, "the fill and one batch"
     await a.close()

@@ -1007,7 +1007,9 @@ class EvmAdapter(StepTemplate):
         fn = self._batch_call(action, items, certificate)
         key = (action, b"".join(i.terms.transfer_id for i in items))
         tx_hash = self._sent_batches.get(key)
-        if tx_hash is None or not await self._is_pending(tx_hash):
+        if tx_hash is None or not (
+            await self._is_pending(tx_hash) or await self._receipt(tx_hash) is not None
+        ):  # neither pending nor mined (a mined one not yet final is waited for, not resent)
             try:
                 tx_hash = await self._send(fn)
             except LedgerRejected as refusal:
@@ -1162,12 +1164,17 @@ class EvmAdapter(StepTemplate):
             return False
         return int(tx["nonce"]) < await self._pending_count()
 
-    async def _dropped(self, tx_hash: bytes) -> bool:
-        """True when the node holds ``tx_hash`` neither mined nor pending (:meth:`_is_pending`
-        False, and no receipt read after it: one mined in between is not dropped)."""
-        if await self._is_pending(tx_hash):
+    async def _unknown(self, tx_hash: bytes) -> bool:
+        """True when the node does not know ``tx_hash`` at all: ``eth_getTransactionByHash``
+        answers null and a receipt read after it answers null too (one mined in between is
+        known). A transaction the node holds queued behind a nonce gap is known: resending
+        it would fill the gap and mine both copies. Any fault of these reads is False (no
+        verdict; the wait goes on)."""
+        try:
+            tx: Any = await self._read_raw("eth_getTransactionByHash", ("0x" + tx_hash.hex(),))
+            return tx is None and await self._receipt(tx_hash) is None
+        except (Unavailable, Web3Exception):
             return False
-        return await self._receipt(tx_hash) is None
 
     async def _await_leg_final(
         self, transfer_id: bytes, leg: Leg, done: frozenset[LegState], limit_s: float = 120.0
@@ -1291,20 +1298,23 @@ class EvmAdapter(StepTemplate):
         depth; a dropped one is waited for again (a node usually puts it back in its pool
         and mines it again).
 
-        A transaction the node no longer holds is not waited for: from the LOST_AFTER_BLOCKS-th
-        new block without a receipt on, each new block asks whether the node still holds it
-        pending (:meth:`_is_pending`); when it does not and there is still no receipt, the
-        node dropped it (evicted from its pool; anvil skips a transaction that does not fit
-        a block and later drops it), and Unavailable says so at once, so the caller's retry
-        re-reads the legs and sends again (each step and batch item is idempotent on the
-        ledger). Before, the wait lasted ``limit_s`` (120 s), past the coordinator's 30 s
-        deadline."""
+        A transaction the node no longer knows is not waited for: from the
+        LOST_AFTER_BLOCKS-th new block without a receipt on, each new block asks whether the
+        node knows it (:meth:`_unknown`); when two blocks in a row say it does not, the node
+        dropped it (evicted from its pool; anvil skips a transaction that does not fit a
+        block and later drops it), and Unavailable says so at once, so the caller's retry
+        re-reads the legs and sends again (a copy that mined after all reverts or skips its
+        items on the ledger: gas, never a second effect). A transaction queued behind a
+        nonce gap is known, and waited for as before. Before, a dropped one was waited for
+        ``limit_s`` (120 s), past the coordinator's 30 s deadline."""
         give_up = asyncio.get_running_loop().time() + limit_s
         depth = self._cfg.finality_depth
         receipt: Mapping[str, Any] | None = None
-        blocks_without = 0
+        blocks_without = 0  # new blocks since the send (or the last receipt) without one
+        unknown_in_a_row = 0
         # The head seen before the send: the receipt is first asked for in a later block.
         head = self._sent_above.pop(tx_hash, -1)
+        started = head >= 0  # else the first wake is the current head, not a new block
         self.start_head_subscription()
         try:
             # One deadline for the head waits and the receipt reads alike (``timeout_at``,
@@ -1320,14 +1330,21 @@ class EvmAdapter(StepTemplate):
                     if receipt is None or (depth > 0 and final >= _receipt_block(receipt)):
                         receipt = await self._receipt(tx_hash)
                     if receipt is None:
-                        blocks_without += 1
-                        if blocks_without >= LOST_AFTER_BLOCKS and await self._dropped(tx_hash):
-                            raise Unavailable(
-                                f"tx 0x{tx_hash.hex()} was dropped by {self.ledger} (neither"
-                                f" mined nor pending after {blocks_without} blocks): the"
-                                " retry sends it again"
-                            )
+                        if started:  # the first wake may be the head at the call, not new
+                            blocks_without += 1
+                        started = True
+                        if blocks_without >= LOST_AFTER_BLOCKS:
+                            unknown = await self._unknown(tx_hash)
+                            unknown_in_a_row = unknown_in_a_row + 1 if unknown else 0
+                            if unknown_in_a_row >= 2:  # SECURITY: not one answer's word
+                                raise Unavailable(
+                                    f"tx 0x{tx_hash.hex()} was dropped by {self.ledger} (not"
+                                    f" known after {blocks_without} blocks): the retry sends"
+                                    " it again"
+                                )
                         continue
+                    blocks_without = unknown_in_a_row = 0
+                    started = True
                     if final < _receipt_block(receipt):
                         continue
                     if receipt["status"] != 1:
