@@ -371,11 +371,7 @@ class FabricAdapter(StepTemplate):
                         )
                     if number == height:
                         block_hash = block_header_hash(block.header)
-                        at_height = state_access_in_block(
-                            block,
-                            self._chaincode,
-                            partial(codec.is_counter_shard_key, security=word),
-                        )
+                        at_height = state_access_in_block(block, self._chaincode, shards)
                         continue
                     if definition_changed_in_block(block, self._chaincode):
                         raise InvalidInput(
