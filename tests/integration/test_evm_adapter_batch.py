@@ -19,6 +19,23 @@ from tests.integration.conftest import TwoLedgers, instruct
 pytestmark = [pytest.mark.integration, pytest.mark.batch]
 
 
+async def pending_batch_hash(env: TwoLedgers, relayer: str) -> str:
+    """The hash of the relayer's one pending transaction, once the adapter has simulated and
+    sent it (automine off, so it stays in the pool)."""
+    for _ in range(100):
+        if env.a.w3.eth.get_transaction_count(
+            relayer, "pending"
+        ) > env.a.w3.eth.get_transaction_count(relayer):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the batch was not sent")
+    pool = env.node.rpc("txpool_content", [])["pending"]
+    (by_nonce,) = [v for k, v in pool.items() if k.lower() == relayer.lower()]
+    (pending,) = by_nonce.values()
+    return str(pending["hash"])
+
+
 async def test_a_retried_batch_waits_for_its_pending_transaction(two_ledgers: TwoLedgers) -> None:
     env = two_ledgers
     a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=1.5)
@@ -81,22 +98,11 @@ async def test_a_batch_reverting_when_mined_names_the_item_that_changed(
     env.node.rpc("evm_setAutomine", [False])
     try:
         task = asyncio.create_task(a.submit_batch(Action.LOCK, items))
-        relayer = env.a.relayer.address
-        for _ in range(100):  # the batch is simulated and sent (pending)
-            if env.a.w3.eth.get_transaction_count(
-                relayer, "pending"
-            ) > env.a.w3.eth.get_transaction_count(relayer):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the batch was not sent")
         # The batch is pending. Take it out of the pool, let the issuer's freeze of item 1's
         # holder mine first, then put the batch's own signed bytes back: it mines, reverts.
-        pool = env.node.rpc("txpool_content", [])["pending"]
-        (by_nonce,) = [v for k, v in pool.items() if k.lower() == relayer.lower()]
-        (pending,) = by_nonce.values()
-        raw = env.node.rpc("eth_getRawTransactionByHash", [pending["hash"]])
-        env.node.rpc("anvil_dropTransaction", [pending["hash"]])
+        pending = await pending_batch_hash(env, env.a.relayer.address)
+        raw = env.node.rpc("eth_getRawTransactionByHash", [pending])
+        env.node.rpc("anvil_dropTransaction", [pending])
         env.node.rpc("evm_setAutomine", [True])
         deploy.set_frozen(env.a.w3, env.a.admin.private_key, env.a.token, bad.address)
         env.a.w3.eth.send_raw_transaction(raw)
@@ -117,8 +123,8 @@ async def test_a_batch_the_node_dropped_is_not_waited_for(two_ledgers: TwoLedger
     """anvil skipped a batch that did not fit a full block and dropped it; the relayer asked
     for its receipt once a block until the coordinator's 30 s deadline (the end-of-day
     bench's 20-25 s tails). Now, from the third block without a receipt, it asks whether
-    the node still holds it, and Unavailable says it was dropped; the retry sends it again
-    and every item is locked once."""
+    the node knows it, and when two blocks in a row say not, Unavailable says it was
+    dropped; the retry sends it again and every item is locked once."""
     from bridge.ledgers.evm.adapter import LOST_AFTER_BLOCKS
 
     env = two_ledgers
@@ -131,16 +137,7 @@ async def test_a_batch_the_node_dropped_is_not_waited_for(two_ledgers: TwoLedger
     env.node.rpc("evm_setAutomine", [False])
     try:
         task = asyncio.create_task(a.submit_batch(Action.LOCK, items))
-        for _ in range(100):  # simulated and sent (pending)
-            if env.a.w3.eth.get_transaction_count(relayer, "pending") > mined_before:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the batch was not sent")
-        pool = env.node.rpc("txpool_content", [])["pending"]
-        (by_nonce,) = [v for k, v in pool.items() if k.lower() == relayer.lower()]
-        (pending,) = by_nonce.values()
-        env.node.rpc("anvil_dropTransaction", [pending["hash"]])
+        env.node.rpc("anvil_dropTransaction", [await pending_batch_hash(env, relayer)])
         began = asyncio.get_running_loop().time()
         for _ in range(LOST_AFTER_BLOCKS + 20):  # blocks without it, until the verdict
             env.node.rpc("anvil_mine", [hex(1)])
