@@ -99,6 +99,14 @@ sys.setrecursionlimit(PYTHON_RECURSION_LIMIT)
 T = TypeVar("T")
 _LOG_CHUNK = 2_000
 _GAS_HEADROOM = 1.25
+"""A transaction's gas limit over the gas ``eth_estimateGas`` says it needs."""
+_USED_GAS_HEADROOM = 1.25
+"""A transaction's gas limit over the gas its ``eth_createAccessList`` simulation used
+(``EvmAdapter._gas_limit``): the same margin as over an estimate, which was 0.8% above the
+figure used for a 50-item ``lockBatch`` on anvil."""
+_METHOD_MISSING = frozenset({-32601, -32004})
+"""JSON-RPC error codes of a method the node does not have: "method not found" (JSON-RPC
+2.0) and "method not supported" (EIP-1474)."""
 _NONCE_ERRORS = ("nonce too low", "already known", "nonce too high", "replacement transaction")
 
 _FUNCTION = {
@@ -295,6 +303,12 @@ class EvmAdapter(StepTemplate):
             self._read_holders, LENS_MAX_ITEMS
         )
         self._blocks: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        # ---- gas sizing (issue 14): a send is simulated once (eth_createAccessList) while
+        # that sizes transactions well; False for good once the node lacks the method or a
+        # transaction so sized ran out of gas (then eth_estimateGas, as before).
+        self._size_by_access_list = True
+        self._sized_by_access_list: OrderedDict[bytes, int] = OrderedDict()
+        """Per transaction sized by its access-list simulation, the gas limit it was sent with."""
         self._sent_above: OrderedDict[bytes, int] = OrderedDict()
         """Per sent transaction, the last head seen before it was sent."""
 
@@ -1196,14 +1210,67 @@ class EvmAdapter(StepTemplate):
     async def _latest(self) -> int:
         return await self._head_read.get()
 
-    async def _send(self, fn: Any) -> bytes:
-        assert self._signer is not None
-        assert self._sender is not None
-        sender = self._sender
+    async def _gas_limit(self, fn: Any, sender: ChecksumAddress) -> tuple[int, bool]:
+        """The gas limit to send ``fn`` with, after simulating it at the node's latest block,
+        and whether it was sized by ``eth_createAccessList``. A revert of the simulation is
+        the call's refusal (LedgerRejected), with nothing sent.
+
+        ``eth_createAccessList`` executes the call once; anvil's ``eth_estimateGas``
+        executes it about twenty times in a binary search, and for the relayers' batches
+        that search was most of the node's CPU (``bench/README.md``, "Gas sized by one
+        simulation"). Its figure is the gas used after refunds and with the access list
+        applied, which the transaction (sent without the list) may exceed by the refunds
+        (at most a quarter of it since EIP-3529), the list's saving and the 1/64 each call
+        keeps back: the headroom covers them in practice, and a transaction so sized that
+        runs out of gas turns this sizing off for good (:meth:`_out_of_gas`), so its retry
+        is sized by ``eth_estimateGas``. A node without the method turns it off too; a node
+        that reports the revert inside the result (go-ethereum) is asked
+        ``eth_estimateGas`` for that call, whose revert carries the typed reason."""
+        if self._size_by_access_list:
+            try:
+                used = await self._rpc(
+                    "eth_createAccessList", lambda: fn.access_list_gas({"from": sender})
+                )
+            except (ContractCustomError, ContractLogicError) as exc:
+                raise self._rejection(exc) from exc
+            except Web3RPCError as exc:
+                error = exc.rpc_response.get("error") if exc.rpc_response else None
+                if isinstance(error, Mapping) and error.get("code") in _METHOD_MISSING:
+                    self._size_by_access_list = False
+                    self._log.info(
+                        "the node has no eth_createAccessList: gas is sized by"
+                        " eth_estimateGas from now on",
+                        error=str(error.get("message"))[:200],
+                    )
+                used = None  # anything else: the estimate answers it as it did before
+            if used is not None:
+                return int(used * _USED_GAS_HEADROOM) + 1, True
         try:
             gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._rejection(exc) from exc
+        return int(gas * _GAS_HEADROOM), False
+
+    def _out_of_gas(self, tx_hash: bytes, receipt: Mapping[str, Any]) -> None:
+        """A reverted ``tx_hash`` that used all the gas it was sent with, after sizing by
+        its access-list simulation: the sizing fell short (a larger refund than the headroom
+        covers, or state that changed the path), so every later send is sized by
+        ``eth_estimateGas``. Its retry re-simulates as for any revert."""
+        limit = self._sized_by_access_list.pop(tx_hash, None)
+        if limit is not None and receipt.get("gasUsed") == limit and self._size_by_access_list:
+            self._size_by_access_list = False
+            self._log.warning(
+                "a transaction sized by its access-list simulation ran out of gas: gas is"
+                " sized by eth_estimateGas from now on",
+                tx_id="0x" + tx_hash.hex(),
+                gas=limit,
+            )
+
+    async def _send(self, fn: Any) -> bytes:
+        assert self._signer is not None
+        assert self._sender is not None
+        sender = self._sender
+        gas, sized = await self._gas_limit(fn, sender)
         fees = await self._fees()
         async with self._nonces.lock:
             for attempt in range(3):
@@ -1215,7 +1282,7 @@ class EvmAdapter(StepTemplate):
                     {
                         "from": sender,
                         "nonce": nonce,
-                        "gas": int(gas * _GAS_HEADROOM),
+                        "gas": gas,
                         **fees,
                         "chainId": self._cfg.chain_id,
                     }
@@ -1237,6 +1304,10 @@ class EvmAdapter(StepTemplate):
                     self._sent_above[bytes(tx_hash)] = before
                     while len(self._sent_above) > _MAX_TRACKED:
                         self._sent_above.popitem(last=False)
+                if sized:
+                    self._sized_by_access_list[bytes(tx_hash)] = gas
+                    while len(self._sized_by_access_list) > _MAX_TRACKED:
+                        self._sized_by_access_list.popitem(last=False)
                 return bytes(tx_hash)
         raise Unavailable(f"ledger {self.ledger}: nonce could not be resynchronised")
 
@@ -1348,9 +1419,12 @@ class EvmAdapter(StepTemplate):
                     if final < _receipt_block(receipt):
                         continue
                     if receipt["status"] != 1:
-                        # State changed between simulation and inclusion; re-reading the
-                        # leg decides what happens next: retryable, not a refusal.
+                        # State changed between simulation and inclusion, or the gas it was
+                        # sized with fell short; re-reading the leg decides what happens
+                        # next: retryable, not a refusal.
+                        self._out_of_gas(tx_hash, receipt)
                         raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
+                    self._sized_by_access_list.pop(tx_hash, None)
                     return receipt
         except TimeoutError:
             pass
@@ -1383,10 +1457,11 @@ class EvmAdapter(StepTemplate):
         return answer["result"]
 
     async def _receipt(self, tx_hash: bytes) -> Mapping[str, Any] | None:
-        """``tx_hash``'s receipt: ``blockNumber`` and ``status`` as ints, ``logs`` as
-        :func:`_log_fields` gives them; None while it has none (no receipt, or one without
-        a block yet). Unavailable for any other answer: not this transaction's receipt, a
-        block number or status that is not a quantity, logs that are not a list of logs.
+        """``tx_hash``'s receipt: ``blockNumber``, ``status`` and ``gasUsed`` (None if the
+        node sent none) as ints, ``logs`` as :func:`_log_fields` gives them; None while it
+        has none (no receipt, or one without a block yet). Unavailable for any other answer:
+        not this transaction's receipt, a block number or status that is not a quantity,
+        logs that are not a list of logs.
 
         Sent without web3's result formatters: for a batch's receipt they checksummed every
         log's address and converted every field, most of a relayer's cost of a receipt
@@ -1413,7 +1488,13 @@ class EvmAdapter(StepTemplate):
                 for lg in logs
             ):
                 raise ValueError("a log of another transaction or block")
-            return {"blockNumber": block, "status": quantity(receipt["status"]), "logs": logs}
+            used = receipt.get("gasUsed")
+            return {
+                "blockNumber": block,
+                "status": quantity(receipt["status"]),
+                "logs": logs,
+                "gasUsed": None if used is None else quantity(used),
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise Unavailable(
                 f"ledger {self.ledger}: malformed receipt for tx 0x{tx_hash.hex()}: {exc!r}"[:400]

@@ -494,6 +494,22 @@ class BoundCall:
         gas = await self._request(RPC.eth_estimateGas, self._tx(transaction), None)
         return int(gas, 16) if isinstance(gas, str) else int(gas)  # web3's to_integer_if_hex
 
+    async def access_list_gas(self, transaction: TxParams | None = None) -> int | None:
+        """The gas ``eth_createAccessList`` says the function uses at the node's ``latest``
+        block: one execution of it, where ``eth_estimateGas`` searches over many (anvil 1.7.1,
+        a 50-item ``lockBatch``: 8-14 ms of the node's CPU against 80-150 ms).
+
+        A revert raises as in ``call`` when the node answers it as a JSON-RPC error (anvil);
+        None when the node reports it inside the result instead (go-ethereum's ``error``
+        field, without the revert data) or answers no ``gasUsed``: the caller then asks
+        ``eth_estimateGas``, whose revert is typed. The figure is what the call used, after
+        refunds and with the access list applied, so a gas limit needs headroom over it."""
+        result = await self._request(RPC.eth_createAccessList, self._tx(transaction), None)
+        if not isinstance(result, Mapping) or result.get("error") or "gasUsed" not in result:
+            return None
+        gas = result["gasUsed"]
+        return int(gas, 16) if isinstance(gas, str) else int(gas)
+
     async def build_transaction(self, transaction: TxParams) -> TxParams:
         """The transaction to sign: ``transaction`` with ``to``, ``data`` and ``value``
         (0 unless given). ValueError when gas, chain id or fee fields are missing (they
@@ -509,8 +525,10 @@ class BoundCall:
 
 
 _ERRORS = {m: get_error_formatters(m) for m in (RPC.eth_call, RPC.eth_estimateGas)}
+_ERRORS[RPC.eth_createAccessList] = _ERRORS[RPC.eth_call]
 """web3's own error formatters of ``eth_call`` and ``eth_estimateGas``: a revert's data
-raised as ContractLogicError / ContractCustomError."""
+raised as ContractLogicError / ContractCustomError (``eth_createAccessList``, which web3 has
+none for, takes ``eth_call``'s: the same error object, the same revert data)."""
 
 
 def _json_fields(tx: TxParams) -> dict[str, Any]:
