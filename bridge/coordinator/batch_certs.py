@@ -56,8 +56,9 @@ class CertifiedBatch:
 
 class BatchItemsRefused(PreconditionFailed):
     """Members refused the batch because of ``items`` (by index, each with the reason the
-    first refusing member gave): drop them and ask again. Nothing was signed by a member
-    that refused."""
+    first refusing member gave; items too few members would sign): drop them and ask
+    again. No item: members named items, but none so many that it could not be certified
+    alone; certify them one at a time. Nothing was signed by a member that refused."""
 
     kind = BridgeReason.CLAIM_REFUSED
 
@@ -66,6 +67,8 @@ class BatchItemsRefused(PreconditionFailed):
         super().__init__(
             f"committee refused {len(self.items)} items of the batch: "
             + ", ".join(f"{i.index} ({i.reason})" for i in self.items[:10])
+            if self.items
+            else "committee refused the batch, but no item by enough members to refuse it"
         )
 
 

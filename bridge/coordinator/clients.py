@@ -708,10 +708,17 @@ class CommitteeClient:
         is reported as misbehaving and not counted; the certificate (t signers ascending,
         one root) and every item's proof are checked with the endpoints' own rules before
         they are returned (:func:`bridge.coordinator.batch_certs.check_items`).
-        Raises BatchItemsRefused listing the refused items (index and reason) when the
-        members' item refusals make a quorum impossible, PreconditionFailed for other
-        refusals, Unavailable when too many members cannot be reached, InvalidInput for a
-        malformed batch (no item, a transfer twice).
+        Raises BatchItemsRefused when the members' refusals make a quorum impossible and
+        they named items: it lists only the items so many members refused that fewer than
+        t could sign them (index, the first refuser's reason), or none when no item was
+        refused by that many (the batch then goes one item at a time). PreconditionFailed
+        for other refusals, Unavailable when too many members cannot be reached,
+        InvalidInput for a malformed batch (no item, a transfer twice).
+
+        SECURITY (review helper-107): an item is dropped for the refusals of more than
+        ``n - t`` members, never for one member's word: one member refusing every item
+        (below the threshold, faulty or hostile) beside an honest refusal of one item
+        drops that item, not the batch.
         """
         wanted: dict[str, tuple[Committee, ...]] = {
             d.name: tuple((epochs or {}).get(d.name, ())) or (self.committee,) for d in ledgers
@@ -730,6 +737,7 @@ class CommitteeClient:
         )
         sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in batches}
         refused: dict[int, RefusedItem] = {}
+        refusers: dict[int, int] = {}  # per item index, how many members refused it
         refusals: list[str] = []
         unreachable: list[str] = []
 
@@ -783,16 +791,19 @@ class CommitteeClient:
                     refusals.append(resp.details() or resp.code().name)
                     # SECURITY: a member's list is data; it can name only items of this
                     # batch (refused_items drops anything beyond it).
-                    for item in refusal_of(resp, len(terms)):
-                        refused.setdefault(item.index, item)
+                    named = {item.index: item for item in refusal_of(resp, len(terms))}
+                    for index, item in named.items():
+                        refused.setdefault(index, item)
+                        refusers[index] = refusers.get(index, 0) + 1
                     continue
                 await examine(endpoint, resp)
                 certs = assembled()
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
-        if refused and len(refusals) > len(self._stubs) - need:
-            raise BatchItemsRefused(refused.values())
+        spare = len(self._stubs) - need  # refusals the committee can absorb
+        if refused and len(refusals) > spare:
+            raise BatchItemsRefused(item for i, item in refused.items() if refusers[i] > spare)
         raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject)
 
     # ----

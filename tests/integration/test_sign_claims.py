@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,9 +20,10 @@ from bridge.coordinator.clients import CommitteeClient, LedgerDomain
 from bridge.coordinator.records import Misbehaviour
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.pki import DevPki
+from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import recover_signer
-from bridge.domain.errors import BridgeReason
+from bridge.domain.errors import BridgeReason, PreconditionFailed
 from bridge.domain.ids import LedgerId
 from bridge.domain.terms import TransferTerms
 from bridge.ledgers.adapter import LedgerReader
@@ -467,6 +469,78 @@ async def test_a_member_signing_another_root_is_reported_and_not_counted(
     assert incident.expected_digest == digest != incident.signed_digest
     run_step(env.b, BatchStep.PREPARE, got)
     assert in_state(env.b, ts) == [IN_PREPARED] * 3
+
+
+def refusing_every_item(servicer: VerifierServicer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``servicer`` refuses every item of every batch (a member below the threshold, faulty
+    or hostile)."""
+
+    async def refuse(
+        kind: ClaimKind, keys: Sequence[tuple[bytes, bytes]], ledgers: list[LedgerReader]
+    ) -> verifier_pb2.SignClaimsResponse:
+        raise ClaimsRefused(
+            [RefusedItem(i, BridgeReason.CLAIM_REFUSED, False, "no") for i in range(len(keys))]
+        )
+
+    monkeypatch.setattr(servicer, "_sign_batch", refuse)
+
+
+def refusing(servicer: VerifierServicer, t: TransferTerms, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``servicer`` refuses ``t`` alone, in a batch or by itself (as a member whose node has
+    not reached the block that shows it would)."""
+    judge = servicer._judge
+
+    def lagging(kind: ClaimKind, terms: TransferTerms, *rest: Any) -> bool:
+        if terms.transfer_id == t.transfer_id:
+            raise PreconditionFailed("the leg is not final on this member's node yet")
+        return judge(kind, terms, *rest)
+
+    monkeypatch.setattr(servicer, "_judge", lagging)
+
+
+async def test_one_member_refusing_every_item_drops_only_what_another_member_refused(
+    c: Committee, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-107: member 0 refuses every item; member 1 refuses item 2 alone. Only
+    item 2 is dropped (two refusals: at most two members could sign it, t = 3), not the
+    batch; the rest, asked again, is certified by members 1-3 and prepares on B."""
+    env = c.env
+    ts = locked(env, 4)
+    refusing_every_item(c.servicers[0], monkeypatch)
+    refusing(c.servicers[1], ts[2], monkeypatch)
+    ledgers = [c.domain(env.b)]
+    with pytest.raises(BatchItemsRefused) as info:
+        await c.client.certify_batch(ClaimKind.LOCKED, ts, ledgers)
+    assert [(i.index, i.reason) for i in info.value.items] == [(2, BridgeReason.CLAIM_REFUSED)]
+    rest = [ts[0], ts[1], ts[3]]
+    certs = await c.client.certify_batch(ClaimKind.LOCKED, rest, ledgers)
+    got = certs[env.b.name]
+    b = c.domain(env.b)
+    digest = got.certificate.digest(b.network_word, b.ledger_word, b.bridge_word)
+    signers = [recover_signer(digest, sig) for sig in got.certificate.signatures]
+    assert signers == sorted(s.address for s in env.signers[1:])
+    run_step(env.b, BatchStep.PREPARE, got)
+    assert in_state(env.b, rest) == [IN_PREPARED] * 3
+    assert in_state(env.b, ts[2:3]) == [0]
+
+
+async def test_refusals_no_item_gets_from_enough_members_go_one_item_at_a_time(
+    c: Committee, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Member 1 refuses item 1 and member 2 item 2: no quorum for the batch, but each item
+    has three members that would sign it. None is named refused (the coordinator then
+    certifies them one at a time); each alone is certified."""
+    env = c.env
+    ts = locked(env, 3)
+    refusing(c.servicers[1], ts[1], monkeypatch)
+    refusing(c.servicers[2], ts[2], monkeypatch)
+    ledgers = [c.domain(env.b)]
+    with pytest.raises(BatchItemsRefused) as info:
+        await c.client.certify_batch(ClaimKind.LOCKED, ts, ledgers)
+    assert info.value.items == ()
+    for t in ts:
+        sigs = await c.client.certify(ClaimKind.LOCKED, t, ledgers)
+        assert len(sigs[env.b.name].signatures) == env.committee.threshold
 
 
 @pytest.fixture
