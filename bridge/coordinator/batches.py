@@ -333,8 +333,10 @@ class Claim:
     """What :meth:`BatchStore.claim` found. ``claimed``: this call now owns the batch (its
     row is pending under the caller's owner token) and must run its items (all of them when
     ``record`` is None or has no results, else ``record.to_retry``) and then ``finish``.
-    Not claimed: ``record`` is the stored batch, as it is (another request's fingerprint,
-    finished with nothing to retry, or pending under an owner that just took it)."""
+    Not claimed: ``record`` is the stored batch, as it is (finished with nothing to retry,
+    or pending under an owner that just took it), or, for another request's fingerprint,
+    the stored batch without its results (the caller answers Conflict from the
+    fingerprint alone)."""
 
     record: BatchRecord | None
     claimed: bool
@@ -387,7 +389,16 @@ class SqlBatchStore:
     async def claim(
         self, source_ledger: str, batch_id: str, fp: bytes, owner: str, now: float
     ) -> Claim:
-        """See BatchStore.claim."""
+        """See BatchStore.claim.
+
+        SECURITY (review helper-106 M1): a request under another request's batch id is
+        answered from the stored fingerprint alone, in a read: neither the stored results
+        (up to thousands of items) are parsed nor a write transaction taken for it, so a
+        brokerage replaying small conflicting requests under its large batches' ids does
+        not hold the coordinator's one database thread."""
+        head = await self._db.read(lambda db: _head(db, source_ledger, batch_id))
+        if head is not None and head.fingerprint != fp:
+            return Claim(head, False)
 
         def run(db: Conn) -> Claim:
             stored = _get(db, source_ledger, batch_id, lock=True)
@@ -478,6 +489,21 @@ class SqlBatchStore:
             ]
 
         return await self._db.read(run)
+
+
+def _head(db: Conn, source_ledger: str, batch_id: str) -> BatchRecord | None:
+    """The recorded batch without its results (none read, none parsed), or None."""
+    row = db.execute(
+        "SELECT fingerprint, created_at, pending, owner FROM transfer_batches"
+        " WHERE source_ledger = ? AND batch_id = ?",
+        (source_ledger, batch_id),
+    ).fetchone()
+    if row is None:
+        return None
+    fp, created_at, pending, owner = row
+    return BatchRecord(
+        source_ledger, batch_id, bytes(fp), (), float(created_at), bool(pending), str(owner)
+    )
 
 
 def _get(db: Conn, source_ledger: str, batch_id: str, lock: bool = False) -> BatchRecord | None:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from bridge.coordinator import batches as batches_module
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import (
     BatchRecord,
@@ -222,6 +223,42 @@ async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None
         # Batch ids are scoped per source ledger.
         assert await store.get(B, "b1") is None
         assert (await store.claim(B, "b1", b"\xcc" * 32, "owner-4", 3.0)).claimed
+    finally:
+        store.close()
+
+
+async def test_a_conflicting_request_is_answered_from_the_fingerprint_alone(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-106 M1: another request under a recorded batch's id is answered Conflict
+    without parsing the stored results and without a write transaction (a brokerage
+    replaying small conflicting requests under its large batches' ids held the database
+    thread's write lock while each parse ran)."""
+    store = SqlBatchStore(database)
+    try:
+        fp = b"\xaa" * 32
+        assert (await store.claim(A, "big", fp, "o", 1.0)).claimed
+        results = tuple(
+            ItemResult(i, f"k{i}", ItemOutcome.CREATED, transfer_id=i.to_bytes(32, "big"))
+            for i in range(1000)
+        )
+        await store.finish(BatchRecord(A, "big", fp, results, 1.0), "o")
+        parsed: list[int] = []
+        real_parse = batches_module._results_from_json
+        monkeypatch.setattr(
+            batches_module, "_results_from_json", lambda text: parsed.append(1) or real_parse(text)
+        )
+        writes: list[int] = []
+        real_write = database.write
+        monkeypatch.setattr(database, "write", lambda fn: writes.append(1) or real_write(fn))
+        other = await store.claim(A, "big", b"\xbb" * 32, "o2", 2.0)
+        assert not other.claimed and other.record is not None
+        with pytest.raises(Conflict):
+            same_batch(other.record, b"\xbb" * 32)
+        assert parsed == [] and writes == []
+        # The same request (a replay) still gets its stored results.
+        again = await store.claim(A, "big", fp, "o3", 2.0)
+        assert not again.claimed and again.record is not None and again.record.results == results
     finally:
         store.close()
 
