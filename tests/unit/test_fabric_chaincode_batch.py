@@ -162,6 +162,8 @@ def test_prepare_batch_rejects_ineligible_recipient_per_item(env: Env) -> None:
         ("duplicate", "DuplicateBatchItem"),
         ("too_few", "TooFewSignatures"),
         ("wrong_kind", "WrongBatchKind"),
+        # Review helper-107: kind before epoch, as the EVM endpoint checks them.
+        ("wrong_kind_unknown_epoch", "WrongBatchKind"),
         ("outsider", "NotCommitteeMember"),
     ],
 )
@@ -181,6 +183,8 @@ def test_whole_batch_refusals_change_nothing(env: Env, case: str, error: str) ->
         kw["signers"] = env.signers[:2]
     elif case == "wrong_kind":
         kw["cert_kind"] = ClaimKind.ABORT
+    elif case == "wrong_kind_unknown_epoch":
+        kw["cert_kind"], kw["epoch"] = ClaimKind.ABORT, EPOCH + 7
     elif case == "outsider":
         kw["signers"] = [*env.signers[:2], env.outsider]
     on = env.a

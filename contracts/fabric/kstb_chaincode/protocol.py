@@ -2311,6 +2311,7 @@ class Endpoint:
         cert = _parse_batch_certificate(cert_json)
         cfg = self.cfg
         try:
+            _batch.check_batch_shape(cert, kind, len(items))  # before the epoch, as the EVM
             committee = self._verifying_epoch(cert.epoch)
             _batch.check_batch_certificate(
                 cert,

@@ -275,6 +275,18 @@ class BatchCertificate:
         )
 
 
+def check_batch_shape(cert: BatchCertificate, kind: int, items: int) -> None:
+    """The checks of :func:`check_batch_certificate` that need no committee, in its order:
+    the kind is ``kind`` (WRONG_BATCH_KIND), then ``1 <= items <= count`` (INVALID_BATCH).
+    A ledger that resolves the certificate's epoch before :func:`check_batch_certificate`
+    runs these first, so a certificate of the wrong kind or size gets the same reason on
+    every ledger whatever its epoch (the EVM endpoint checks kind, count, then epoch)."""
+    if cert.kind != kind:
+        raise ProtocolError(ErrorReason.WRONG_BATCH_KIND, f"got={cert.kind}, needed={kind}")
+    if not 1 <= items <= cert.count:
+        raise ProtocolError(ErrorReason.INVALID_BATCH, f"items={items}, count={cert.count}")
+
+
 def check_batch_certificate(
     cert: BatchCertificate,
     kind: int,
@@ -293,10 +305,7 @@ def check_batch_certificate(
     (:func:`~.signatures.check_certificate`) over the root digest bound to this endpoint's
     ``network``, ``ledger`` and ``bridge``. Raises ProtocolError on the first failure.
     """
-    if cert.kind != kind:
-        raise ProtocolError(ErrorReason.WRONG_BATCH_KIND, f"got={cert.kind}, needed={kind}")
-    if not 1 <= items <= cert.count:
-        raise ProtocolError(ErrorReason.INVALID_BATCH, f"items={items}, count={cert.count}")
+    check_batch_shape(cert, kind, items)
     check_certificate(
         cert.digest(network, ledger, bridge),
         cert.epoch,
