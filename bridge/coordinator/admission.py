@@ -23,11 +23,11 @@ from bridge.coordinator.requests import authorise_instruction, check_deadline
 from bridge.coordinator.supervision import Supervisor
 from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
-from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed
+from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed, Unavailable
 from bridge.domain.instructions import Instruction
 from bridge.domain.legs import HolderStatus
 from bridge.domain.transfer import TransferState
-from bridge.logfields import TRANSFER
+from bridge.logfields import LEDGER, TRANSFER
 
 ADMISSION_FRESH_S = 2.0
 """How long after its checks a new transfer's first step may take what they read (both
@@ -209,14 +209,29 @@ class Admission:
             return await self._holders.holder(ledger, security, holder)
         return await self._ctx.relayers[ledger].holder(security, holder)
 
-    async def _precheck(self, request: TransferRequest) -> None:
+    async def _standing(self, ledger: str, security: str, holder: str) -> HolderStatus:
+        """``holder``'s standing on ``ledger`` as :meth:`_holder` reads it; a failure as the
+        brokerage may read it.
+
+        SECURITY (review helper-106 L2): the recipient's ledger may be another
+        organisation's, and its relayer's own text (node errors, addresses, URLs) stays in
+        this coordinator's log: the caller gets the ledger, the typed reason of a refusal,
+        or that the ledger could not be read now."""
         try:
-            sender, target = await asyncio.gather(
-                self._holder(request.source_ledger, request.security, request.sender),
-                self._holder(request.target_ledger, request.security, request.recipient),
-            )
+            return await self._holder(ledger, security, holder)
         except LedgerRejected as exc:
             raise PreconditionFailed(generic(exc)) from exc
+        except Unavailable as exc:
+            self._ctx.log.warning(
+                "holder standing not read", **{LEDGER: ledger}, error=str(exc)[:500]
+            )
+            raise Unavailable(f"{ledger} could not be read now; retry") from exc
+
+    async def _precheck(self, request: TransferRequest) -> None:
+        sender, target = await asyncio.gather(
+            self._standing(request.source_ledger, request.security, request.sender),
+            self._standing(request.target_ledger, request.security, request.recipient),
+        )
         src_name, dst_name = request.source_ledger, request.target_ledger
         # The ledger refusal each failed check predicts travels as the ErrorInfo reason.
         if not sender.security_registered:

@@ -39,6 +39,21 @@ async def test_the_precheck_never_reveals_the_senders_balance(coordinator) -> No
     assert await store.get_by_key("a", "leak") is None, "nothing recorded"
 
 
+async def test_an_unreadable_recipient_ledger_is_named_not_its_relayers_text(coordinator) -> None:  # noqa: F811
+    """Review helper-106 L2: the recipient's ledger is another organisation's; its relayer's
+    failure text (a node's address) is not what the submitting brokerage reads."""
+    c, relayers, store = coordinator
+
+    async def down(security: str, holder: str) -> HolderStatus:
+        raise Unavailable("relayer of b failed (internal): http://10.20.30.40:8545 " + PEER_TEXT)
+
+    relayers["b"].holder = down  # type: ignore[method-assign]
+    with pytest.raises(Unavailable) as exc:
+        await submit(c, request("down"))
+    assert str(exc.value) == "b could not be read now; retry"
+    assert await store.get_by_key("a", "down") is None, "nothing recorded"
+
+
 async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, PEER_TEXT)
