@@ -127,6 +127,11 @@ ErrorOf = Callable[[BridgeError], ItemError]
 """The structured error an exception reports at the API."""
 
 
+YIELD_EVERY = 64
+"""Items refused by the batch's own rules (:func:`_batch_refusal`, no await) between two
+yields of the event loop in :func:`run_items`."""
+
+
 def fingerprint(serialized_request: bytes) -> bytes:
     """SHA-256 of the batch request's deterministic serialisation: equal exactly when the
     batch id, source ledger and every item (with its instruction) are equal."""
@@ -205,6 +210,7 @@ async def run_items(
             )
 
     results: list[ItemResult] = []
+    refused_unchecked = 0
 
     def settle(index: int, item: Any, outcome: tuple[bytes, bool] | BridgeError) -> None:
         key = str(item.idempotency_key)
@@ -233,6 +239,11 @@ async def run_items(
             index, item, checking = window.pop(0)
             try:
                 if isinstance(checking, BridgeError):
+                    refused_unchecked += 1
+                    if refused_unchecked % YIELD_EVERY == 0:
+                        # Review helper-106 L1: items refused by the batch's own rules never
+                        # await; thousands of them would hold the event loop.
+                        await asyncio.sleep(0)
                     raise checking
                 accepted = await checking
             except BridgeError as exc:

@@ -56,6 +56,8 @@ DEFAULT_BATCH_ADMISSION_PARALLEL = 16
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
 SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
+AUDIT_INDEXES = 32
+"""Item indexes a batch's one denied audit record names (the count names them all)."""
 """The audit log's method of a batch item's own authorisation decision (with its index)."""
 ITEM_MESSAGE_MAX = 512
 """Longest item error message recorded and answered (metadata values are capped alike)."""
@@ -305,28 +307,36 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def _audit_denied_items(
         self, caller: Principal, peer: str, batch_id: str, results: Sequence[ItemResult]
     ) -> None:
-        """SECURITY (review s18 F10): an item refused PERMISSION_DENIED (it names another
-        brokerage's ledger) is an authorisation decision like a refused call: one denied
-        audit record per item (who, batch id, index), in the same log as the call's."""
+        """SECURITY (review s18 F10): items refused PERMISSION_DENIED (naming another
+        brokerage's ledger, an unregistered instructor) are authorisation decisions like a
+        refused call, audited in the same log as the call's: ONE denied record per call
+        naming how many items, their indexes (the first :data:`AUDIT_INDEXES`) and the first
+        one's message. Review helper-106 M2: one record per item let a caller write
+        thousands of audit lines (and as many log lines) per call."""
         if self._audit is None:
             return
-        for r in results:
-            if r.error is None or r.error.code != "PERMISSION_DENIED":
-                continue
-            self._audit.record(
-                AuditRecord(
-                    at=audit_now(),
-                    org=caller.org,
-                    role=caller.role_text,
-                    cn=caller.common_name,
-                    fingerprint=caller.fingerprint,
-                    peer=peer,
-                    method=f"{SUBMIT_TRANSFERS_ITEM}[{r.index}]",
-                    transfer_id="",
-                    allowed=False,
-                    reason=f"batch {batch_id!r} item {r.index}: {r.error.message}",
-                )
+        denied = [r for r in results if r.error is not None and r.error.code == "PERMISSION_DENIED"]
+        if not denied:
+            return
+        first = denied[0]
+        assert first.error is not None
+        shown = ", ".join(str(r.index) for r in denied[:AUDIT_INDEXES])
+        more = "" if len(denied) <= AUDIT_INDEXES else f" and {len(denied) - AUDIT_INDEXES} more"
+        self._audit.record(
+            AuditRecord(
+                at=audit_now(),
+                org=caller.org,
+                role=caller.role_text,
+                cn=caller.common_name,
+                fingerprint=caller.fingerprint,
+                peer=peer,
+                method=f"{SUBMIT_TRANSFERS_ITEM}[{first.index}]",
+                transfer_id="",
+                allowed=False,
+                reason=f"batch {batch_id!r}: {len(denied)} items denied (items {shown}{more});"
+                f" item {first.index}: {first.error.message}",
             )
+        )
 
     async def _batch_to_pb(
         self, batch: BatchRecord, *, created: bool

@@ -364,6 +364,24 @@ async def test_a_malformed_item_key_refuses_the_batch_and_stores_nothing(served:
         assert sum(served.submitted.values()) == 0
 
 
+async def test_a_batch_of_denied_items_writes_one_audit_record(served: Served) -> None:
+    """Review helper-106 M2: 300 items naming another ledger are one denied audit record
+    (their count, the first indexes), not 300."""
+    items = [item(served, f"h-{i}") for i in range(300)]
+    for it in items[1:]:
+        it.source_ledger = "b"
+    before = len(served.audit_file.read_text().splitlines())
+    got = await served.stub.SubmitTransfers(batch("day-11", items), timeout=30)
+    assert (
+        outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED] + [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 299
+    )
+    records = [json.loads(x) for x in served.audit_file.read_text().splitlines()[before:]]
+    denied = [r for r in records if "#item[" in r["method"]]
+    assert len(denied) == 1 and denied[0]["method"].endswith("SubmitTransfers#item[1]")
+    assert "299 items denied (items 1, 2, " in denied[0]["reason"]
+    assert "and 267 more); item 1:" in denied[0]["reason"]
+
+
 async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,11 +396,12 @@ async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
     stored = await served.batches.get("a", "day-9")
     assert stored is not None
     assert sum(len(r.error.message) for r in stored.results if r.error) <= 512
-    # Review s18 F10: the item's denial is an audited authorisation decision of its own.
+    # Review s18 F10: the item's denial is an audited authorisation decision.
     records = [json.loads(x) for x in served.audit_file.read_text().splitlines()]
     denied = [r for r in records if r["method"].endswith("SubmitTransfers#item[5]")]
     assert len(denied) == 1 and denied[0]["allowed"] is False
-    assert denied[0]["org"] == "a" and "batch 'day-9' item 5" in denied[0]["reason"]
+    assert denied[0]["org"] == "a"
+    assert "batch 'day-9': 1 items denied (items 5); item 5:" in denied[0]["reason"]
     # A replay answers from one paged read of the transfers, not one read per item.
     reads: list[int] = []
     get_many = SqlTransferStore.get_many

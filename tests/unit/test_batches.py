@@ -16,6 +16,7 @@ import pytest
 from bridge.coordinator import batches as batches_module
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import (
+    YIELD_EVERY,
     BatchRecord,
     Claim,
     ItemError,
@@ -111,6 +112,28 @@ async def test_each_item_gets_its_own_result_and_a_refusal_stays_in_its_item() -
         6: "InvalidInput",
     }
     assert all((r.error is None) == (r.transfer_id is not None) for r in results)
+
+
+async def test_items_refused_by_the_batchs_own_rules_let_the_event_loop_run() -> None:
+    """Review helper-106 L1: 2,500 items naming another ledger are refused without an
+    await; the loop still runs other tasks while they are settled (before: not once)."""
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    items = [Item(f"k{i}", source_ledger=B) for i in range(2500)]
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)  # the ticker starts
+    started = turns
+    results = await run_items(A, items, Submitter(), _error_of)
+    during = turns - started
+    task.cancel()
+    assert [r.outcome for r in results] == [ItemOutcome.REFUSED] * 2500
+    assert during >= 2500 // YIELD_EVERY - 1, during
 
 
 async def test_a_transient_refusal_is_retryable_and_a_replay_runs_only_those() -> None:
