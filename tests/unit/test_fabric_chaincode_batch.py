@@ -244,6 +244,38 @@ def test_an_overlong_proof_is_refused_at_its_item_before_its_words_are_parsed(en
     assert supply(env.a) == before
 
 
+def test_oversized_batch_text_is_refused_before_it_is_decoded(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-107: items or a certificate longer than the bound allows are
+    InvalidBatch before any JSON is decoded (a relayer could make every endorsing peer
+    decode a proposal-sized text first); nothing moves. At the bound they are decoded."""
+    from kstb_chaincode import protocol
+
+    items = [make_terms(env, amount=3) for _ in range(2)]
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    rows, cert_json = batch_args(env, env.a, ClaimKind.COMMIT, items)
+    decoded: list[str] = []
+    loads = protocol._loads
+
+    def counted(name: str, text: str) -> Any:
+        decoded.append(name)
+        return loads(name, text)
+
+    monkeypatch.setattr(protocol, "_loads", counted)
+    before = supply(env.a)
+    limit = protocol.MAX_BATCH_ITEMS * protocol.MAX_ENTRY_CHARS
+    huge = rows[:-1] + "," + " " * limit + "]"
+    detail = rejects(env, env.a, "InvalidBatch", env.relayer, "CommitBatch", huge, cert_json)
+    assert f"max={limit}" in detail and "items" not in decoded
+    padded = cert_json[:-1] + " " * protocol.MAX_CERTIFICATE_CHARS + "}"
+    rejects(env, env.a, "InvalidBatch", env.relayer, "CommitBatch", rows, padded)
+    assert "batch certificate" not in decoded
+    assert supply(env.a) == before
+    out = env.a.call(env.relayer, "CommitBatch", rows, cert_json)
+    assert out["applied"] == 2
+
+
 def test_business_refusal_names_its_item(env: Env) -> None:
     items = [make_terms(env, amount=1), make_terms(env, amount=10**6)]
     detail = rejects(

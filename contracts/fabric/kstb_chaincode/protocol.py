@@ -2410,6 +2410,9 @@ BATCH_EVENT_NAME = "LegStatesChanged"
 single step's ``LegStateChanged`` would carry for that leg, in item order."""
 
 _BATCH_CERT_KEYS = frozenset(("epoch", "kind", "root", "count", "signatures"))
+MAX_CERTIFICATE_CHARS = 65_536
+"""The longest batch certificate text decoded (InvalidBatch above, before decoding): the
+fields and 400 signatures of 65 bytes in hex fit."""
 
 
 def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple[bytes, ...]]]:
@@ -2450,6 +2453,12 @@ def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
     """``{"epoch", "kind", "root", "count", "signatures"}``. Signatures that are not a list
     of 0x hex byte strings fail verification with MalformedSignatures, as in
     :func:`parse_certificate`; any other malformed field is InvalidArgument."""
+    if len(text) > MAX_CERTIFICATE_CHARS:
+        raise ChaincodeError(
+            "InvalidBatch",
+            f"batch certificate: {len(text)} characters, max={MAX_CERTIFICATE_CHARS}",
+            {"chars": len(text), "max": MAX_CERTIFICATE_CHARS},
+        )
     obj = _loads("batch certificate", text)
     if not isinstance(obj, dict) or set(obj) != _BATCH_CERT_KEYS:
         raise _invalid(f"batch certificate must have exactly the keys {sorted(_BATCH_CERT_KEYS)}")
@@ -2494,11 +2503,26 @@ def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"items": results, "applied": len(results) - skipped, "skipped": skipped}
 
 
+MAX_ENTRY_CHARS = 8192
+"""The longest JSON text an entry of a bounded list may take on average: a batch item (terms
+about 1 KB, a proof of ``MAX_PROOF_LENGTH`` words about 2.2 KB, compact JSON as the relayer
+sends it) with room to spare; an id or an account far less."""
+
+
 def _bounded_list(name: str, text: str, bound: int, expected: str) -> list[Any]:
     """The JSON list ``text`` with at most ``bound`` entries, not parsed further: a read's or
-    a batch's cost bound, checked before any entry is. InvalidArgument (``<name> must be
+    a batch's cost bound, checked before any entry is. InvalidBatch (figures ``chars`` and
+    ``max``) when the text is longer than ``bound`` entries could be, before it is decoded
+    (review helper-107: a relayer's text as long as a proposal allows was decoded whole on
+    every endorsing peer before the bound applied); InvalidArgument (``<name> must be
     <expected>``) when it is not a list; InvalidBatch above the bound (figures ``count``
     and ``max``)."""
+    if len(text) > bound * MAX_ENTRY_CHARS:
+        raise ChaincodeError(
+            "InvalidBatch",
+            f"{name}: {len(text)} characters, max={bound * MAX_ENTRY_CHARS}",
+            {"chars": len(text), "max": bound * MAX_ENTRY_CHARS},
+        )
     obj = _loads(name, text)
     if not isinstance(obj, list):
         raise _invalid(f"{name} must be {expected}")
