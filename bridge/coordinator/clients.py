@@ -91,6 +91,13 @@ _TRANSIENT = (
 )
 
 
+class PeerFailed(Unavailable):
+    """The peer answered INTERNAL, UNKNOWN, UNIMPLEMENTED or another code that is neither a
+    refusal nor its being unreachable: it failed on this request. Retryable like any
+    Unavailable, but not proof that the peer is down: the request itself may be what made it
+    fail (a shared read splits on it, :class:`bridge.coordinator.holder_reads.HolderReads`)."""
+
+
 def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeError:
     """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
 
@@ -116,8 +123,8 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
         return InvalidInput(f"{who}: {msg}")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(f"{who}: {msg}")
-    # INTERNAL, UNKNOWN, UNIMPLEMENTED...: the peer failed, not our request; retry later.
-    return Unavailable(f"{who} failed ({code.name.lower()}): {msg}")
+    # INTERNAL, UNKNOWN, UNIMPLEMENTED...: the peer failed on it; retry later.
+    return PeerFailed(f"{who} failed ({code.name.lower()}): {msg}")
 
 
 class RelayerGateway:

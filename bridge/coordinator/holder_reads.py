@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from bridge.coordinator.clients import PeerFailed
 from bridge.coordinator.coalesce import Coalescer
 from bridge.coordinator.context import EngineContext
 from bridge.domain.errors import Unavailable
@@ -36,9 +37,9 @@ class HolderReads:
     answer from a read already in flight, so a balance moved before the call is seen as a
     single read would see it); a read the ledger could not serve (Unavailable) fails every
     call it carried with that error (admission answers each as after a single read: retry);
-    any other refusal of a read of several holders is never shared: each holder is read
-    again alone and gets its own answer; the same holder asked twice in one read is asked
-    once.
+    any other refusal or failure of a read of several holders (the relayer failing on the
+    call, :class:`PeerFailed`, included) is never shared: each holder is read again alone
+    and gets its own answer; the same holder asked twice in one read is asked once.
     """
 
     def __init__(
@@ -71,8 +72,11 @@ class HolderReads:
             # SECURITY: a read carries the holders of every brokerage admitting at once; a
             # refusal that is not the ledger being unreachable may be one holder's own (the
             # relayer refuses the whole call for it), and must not refuse the others' final.
-            # Each holder is then read alone, so every caller gets its own answer.
-            if isinstance(exc, Unavailable) or len(unique) == 1:
+            # Each holder is then read alone, so every caller gets its own answer. So is a
+            # relayer failing on the call (INTERNAL: PeerFailed): one holder may be what
+            # made it fail; only the ledger or relayer being unreachable is shared.
+            unreachable = isinstance(exc, Unavailable) and not isinstance(exc, PeerFailed)
+            if unreachable or len(unique) == 1:
                 raise
             singles = await asyncio.gather(
                 *(relayer.holder(security, h) for h in unique), return_exceptions=True

@@ -945,6 +945,18 @@ async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
     assert [r.balance for r in (results[0], results[2])] == [7, 7]  # type: ignore[union-attr]
     assert sorted(relayers["a"].singles) == sorted(["0x3", POISON, "0x4"])
 
+    # The relayer failing on the call (INTERNAL): maybe one holder's doing, so each is read
+    # alone (review helper-106: a crafted holder must not fail other brokerages' reads).
+    from bridge.coordinator.clients import PeerFailed
+
+    relayers["a"].fail = PeerFailed("relayer of a failed (internal): ...")
+    relayers["a"].singles.clear()
+    crashed = [asyncio.create_task(reads.holder("a", ISIN, h)) for h in ("0x7", POISON, "0x8")]
+    results = await asyncio.gather(*crashed, return_exceptions=True)
+    assert isinstance(results[1], LedgerRejected)
+    assert [r.balance for r in (results[0], results[2])] == [7, 7]  # type: ignore[union-attr]
+    assert sorted(relayers["a"].singles) == sorted(["0x7", POISON, "0x8"])
+
     # The ledger unreachable: every caller of that read gets it, nothing is read alone.
     relayers["a"].fail = Unavailable("relayer down")
     relayers["a"].singles.clear()
