@@ -551,9 +551,10 @@ UNAVAILABLE (retryable)."""
 class BatchRunner:
     """Runs SubmitTransfers batches so that each batch id is run by one call at a time.
 
-    GUARANTEES: in this process at most one task runs a given (source ledger, batch id);
-    concurrent calls for it wait for that task and answer from the stored batch (same
-    request: its results; other request: ALREADY_EXISTS), so the items run once. Across
+    GUARANTEES: in this process at most one task runs a given request under a given
+    (source ledger, batch id); concurrent calls with that request wait for that task and
+    answer from the stored batch (its results), calls with another request run their own
+    attempt, which answers ALREADY_EXISTS from the stored fingerprint, so the items run once. Across
     processes the database reservation (``BatchStore.claim``, compare-and-set on the
     owner) decides; only the lease holder serves the API and writes are fenced (ADR 0017).
     The task is not cancelled with the call that started it (a client giving up does not
@@ -569,7 +570,11 @@ class BatchRunner:
         self._store = store
         self._retry_after = retry_after
         self._max_running = max_running
-        self._running: dict[tuple[str, str], asyncio.Task[tuple[BatchRecord, bool]]] = {}
+        # Per (source ledger, batch id, request fingerprint): a request under a batch id
+        # never shares the task of another request under it (review helper-108 M1: a
+        # replay awaiting a conflicting request's task got its answer, the stored batch
+        # without results).
+        self._running: dict[tuple[str, str, bytes], asyncio.Task[tuple[BatchRecord, bool]]] = {}
 
     @property
     def store(self) -> BatchStore:
@@ -581,13 +586,13 @@ class BatchRunner:
     ) -> tuple[BatchRecord, bool]:
         """The batch's recorded results after running whatever of it is to run; True when
         this call's own task recorded it first. Conflict for another request's batch id."""
-        key = (source_ledger, batch_id)
+        key = (source_ledger, batch_id, fp)
         for _ in range(CLAIM_ATTEMPTS):
             task = self._running.get(key)
             mine = task is None
             if task is None:
                 # SECURITY: bound the work one source ledger (one brokerage) has running.
-                running = sum(1 for ledger, _ in self._running if ledger == source_ledger)
+                running = sum(1 for ledger, _, _ in self._running if ledger == source_ledger)
                 if running >= self._max_running:
                     raise ResourceExhausted(
                         f"{running} batches from {source_ledger} are running"
@@ -603,16 +608,16 @@ class BatchRunner:
             await asyncio.sleep(self._retry_after)
         raise Unavailable(f"batch {batch_id!r} is being submitted by another call; retry")
 
-    def _forget(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
+    def _forget(self, key: tuple[str, str, bytes], task: asyncio.Task[Any]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
         if not task.cancelled():
             task.exception()  # retrieved: its callers got it
 
     async def _attempt(
-        self, key: tuple[str, str], fp: bytes, run: RunItems, now: float
+        self, key: tuple[str, str, bytes], fp: bytes, run: RunItems, now: float
     ) -> tuple[BatchRecord, bool]:
-        source_ledger, batch_id = key
+        source_ledger, batch_id, _ = key
         owner = uuid.uuid4().hex
         claim = await self._store.claim(source_ledger, batch_id, fp, owner, now)
         if not claim.claimed:

@@ -18,6 +18,7 @@ from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import (
     YIELD_EVERY,
     BatchRecord,
+    BatchRunner,
     Claim,
     ItemError,
     ItemOutcome,
@@ -282,6 +283,35 @@ async def test_a_conflicting_request_is_answered_from_the_fingerprint_alone(
         # The same request (a replay) still gets its stored results.
         again = await store.claim(A, "big", fp, "o3", 2.0)
         assert not again.claimed and again.record is not None and again.record.results == results
+    finally:
+        store.close()
+
+
+async def test_a_replay_beside_a_conflicting_request_gets_its_results(database: Database) -> None:
+    """Review helper-108 M1: a conflicting request under a recorded batch's id is running
+    when the batch's own replay arrives; the replay does not share its answer (the stored
+    batch without results): it gets the recorded results, the other request Conflict."""
+    store = SqlBatchStore(database)
+    try:
+        fp, other = b"\xaa" * 32, b"\xbb" * 32
+        assert (await store.claim(A, "big", fp, "o", 1.0)).claimed
+        results = tuple(
+            ItemResult(i, f"k{i}", ItemOutcome.CREATED, transfer_id=i.to_bytes(32, "big"))
+            for i in range(3)
+        )
+        await store.finish(BatchRecord(A, "big", fp, results, 1.0), "o")
+        runner = BatchRunner(store)
+
+        async def never(indexes: Any) -> tuple[ItemResult, ...]:
+            raise AssertionError("a finished batch ran again")
+
+        conflicting = asyncio.ensure_future(runner.submit(A, "big", other, never, 2.0))
+        await asyncio.sleep(0)  # its task is running
+        replay = asyncio.ensure_future(runner.submit(A, "big", fp, never, 2.0))
+        with pytest.raises(Conflict):
+            await conflicting
+        record, created = await replay
+        assert record.results == results and not created
     finally:
         store.close()
 
