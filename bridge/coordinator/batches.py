@@ -592,7 +592,11 @@ class BatchRunner:
             mine = task is None
             if task is None:
                 # SECURITY: bound the work one source ledger (one brokerage) has running.
-                running = sum(1 for ledger, _, _ in self._running if ledger == source_ledger)
+                # Batch ids, not requests: another request under a running id answers from
+                # the stored fingerprint and takes no slot of its own.
+                running = len(
+                    {i for ledger, i, _ in self._running if ledger == source_ledger} - {batch_id}
+                )
                 if running >= self._max_running:
                     raise ResourceExhausted(
                         f"{running} batches from {source_ledger} are running"
