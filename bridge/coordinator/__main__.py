@@ -171,6 +171,7 @@ async def run(config_path: Path) -> None:
         identities=[
             client_identity(cfg.network, cfg.tls, Role(MEMBER, m)) if m else None for m in members
         ],
+        members=[bytes.fromhex(m[2:]) if m else None for m in members],
     )
     epochs = EpochTracker(cfg.network.committee, relayers)
     supply_store = SqlSupplyStore(db)

@@ -417,8 +417,15 @@ class CommitteeClient:
         timeout: float,
         on_misbehaviour: MisbehaviourSink | None = None,
         identities: Sequence[ClientIdentity | None] | None = None,
+        members: Sequence[bytes | None] | None = None,
     ) -> None:
         self.committee = committee
+        # The member address behind each endpoint (None: not known): refusals are counted
+        # against the committee each refusing member belongs to (certify_batch).
+        addresses = list(members) if members is not None else [None] * len(endpoints)
+        if len(addresses) != len(endpoints):
+            raise ValueError("one member address (or None) per endpoint")
+        self._member_at: dict[str, bytes | None] = dict(zip(endpoints, addresses, strict=True))
         # SECURITY: with identities, the server at endpoint i must hold member role i.
         idents = list(identities) if identities is not None else [None] * len(endpoints)
         self._conns: list[ReloadingStub[verifier_pb2_grpc.VerifierServiceAsyncStub]] = [
@@ -725,7 +732,10 @@ class CommitteeClient:
         SECURITY (review helper-107): an item is dropped for the refusals of more than
         ``n - t`` members, never for one member's word: one member refusing every item
         (below the threshold, faulty or hostile) beside an honest refusal of one item
-        drops that item, not the batch.
+        drops that item, not the batch. Review helper-108: ``n`` and ``t`` are those of each
+        committee a ledger accepts (the endpoints also reach members of other epochs): an
+        item is refused when, for some ledger, every committee it accepts has more
+        refusing members than its size less its threshold (:meth:`_beyond_spare`).
         """
         wanted: dict[str, tuple[Committee, ...]] = {
             d.name: tuple((epochs or {}).get(d.name, ())) or (self.committee,) for d in ledgers
@@ -744,7 +754,8 @@ class CommitteeClient:
         )
         sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in batches}
         refused: dict[int, RefusedItem] = {}
-        refusers: dict[int, int] = {}  # per item index, how many members refused it
+        refusers: dict[int, set[str]] = {}  # per item index, the endpoints that refused it
+        refusing: set[str] = set()
         refusals: list[str] = []
         unreachable: list[str] = []
 
@@ -798,20 +809,38 @@ class CommitteeClient:
                     refusals.append(resp.details() or resp.code().name)
                     # SECURITY: a member's list is data; it can name only items of this
                     # batch (refused_items drops anything beyond it).
+                    refusing.add(endpoint)
                     named = {item.index: item for item in refusal_of(resp, len(terms))}
                     for index, item in named.items():
                         refused.setdefault(index, item)
-                        refusers[index] = refusers.get(index, 0) + 1
+                        refusers.setdefault(index, set()).add(endpoint)
                     continue
                 await examine(endpoint, resp)
                 certs = assembled()
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
-        spare = len(self._stubs) - need  # refusals the committee can absorb
-        if refused and len(refusals) > spare:
-            raise BatchItemsRefused(item for i, item in refused.items() if refusers[i] > spare)
+        if refused and self._beyond_spare(refusing, wanted):
+            raise BatchItemsRefused(
+                item for i, item in refused.items() if self._beyond_spare(refusers[i], wanted)
+            )
         raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject)
+
+    def _beyond_spare(self, refusers: set[str], wanted: Mapping[str, Sequence[Committee]]) -> bool:
+        """Whether refusals by the members at ``refusers`` leave some ledger of ``wanted``
+        without a committee that could still reach its threshold: each committee can
+        absorb as many refusals by its own members as its size less its threshold. With an
+        endpoint whose member is not known, every refusal counts against every committee,
+        and the committees' largest threshold against all the endpoints (the rule before
+        member addresses were known: never fewer refusals absorbed than members asked)."""
+        if any(self._member_at.get(e) is None for e in self._endpoints):
+            need = max(c.threshold for cs in wanted.values() for c in cs)
+            return len(refusers) > len(self._endpoints) - need
+        who = {self._member_at[e] for e in refusers}
+        return any(
+            all(len(who & set(c.members)) > len(c.members) - c.threshold for c in preference)
+            for preference in wanted.values()
+        )
 
     # ----
 

@@ -5,24 +5,32 @@ anything is handed out, and a member's refusal details read back defensively."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from bridge.coordinator.batch_certs import assemble_batch, check_items, ledger_batch
-from bridge.coordinator.clients import LedgerDomain
+from bridge.coordinator.batch_certs import (
+    BatchItemsRefused,
+    assemble_batch,
+    check_items,
+    ledger_batch,
+)
+from bridge.coordinator.clients import CommitteeClient, LedgerDomain
 from bridge.core.reasons import ErrorReason
 from bridge.core.words import evm_network_word
 from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
-from bridge.domain.errors import BridgeReason, InvalidCertificate, InvalidInput
+from bridge.domain.errors import BridgeReason, InvalidCertificate, InvalidInput, Unavailable
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
 from bridge.rpc.claims_refusal import MAX_MESSAGE, refusal_status, refused_items
 from bridge.rpc.errors import DETAILS_KEY
+from bridge.rpc.tls import INSECURE_ENV
 from bridge.v1 import verifier_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.security, pytest.mark.batch]
@@ -150,3 +158,61 @@ def test_a_refusal_of_the_largest_batch_fits_in_a_trailer() -> None:
     assert len(raw) < 4096, len(raw)
     got = refused_items(((DETAILS_KEY, raw),), 5000)
     assert [(i.index, i.reason) for i in got] == [(i, reasons[i % 3]) for i in range(5000)]
+
+
+# ---- review helper-108 M2: refusals counted against the committees the ledgers accept
+
+
+def _refused_rpc(indexes: list[int]) -> grpc.aio.AioRpcError:
+    status = refusal_status(
+        ClaimsRefused([RefusedItem(i, BridgeReason.CLAIM_REFUSED, False, "no") for i in indexes])
+    )
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((DETAILS_KEY, status.SerializeToString())),
+        details="refused",
+    )
+
+
+def _unreachable_rpc() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
+    )
+
+
+@pytest.mark.parametrize("members_known", [True, False])
+async def test_after_a_rotation_an_item_two_current_members_refuse_is_dropped(
+    members_known: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator asks the genesis members (retired, unreachable) and the current
+    committee (4, t = 3); two current members refuse item 0, two sign. Item 0 cannot be
+    certified by the committee the ledger accepts: it is dropped, the rest asked again
+    (before: the refusals were counted against all eight endpoints and the whole batch was
+    Unavailable). Without the endpoints' member addresses the rule stays the old one."""
+    monkeypatch.setenv(INSECURE_ENV, "1")  # channels to the (never dialled) endpoints
+    old = Committee(1, 3, tuple(bytes([i]) * 20 for i in range(1, 5)))
+    new = Committee(2, 3, tuple(bytes([i]) * 20 for i in range(5, 9)))
+    endpoints = [f"m{i}:1" for i in range(8)]
+    members = [*old.members, *new.members] if members_known else None
+    client = CommitteeClient(old, endpoints, 1.0, members=members)
+    answers: list[object] = [_unreachable_rpc()] * 4 + [
+        _refused_rpc([0]),
+        _refused_rpc([0]),
+        verifier_pb2.SignClaimsResponse(),
+        verifier_pb2.SignClaimsResponse(),
+    ]
+
+    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
+        for endpoint, answer in zip(endpoints, answers, strict=True):
+            yield endpoint, answer
+
+    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
+    if members_known:
+        with pytest.raises(BatchItemsRefused) as info:
+            await client.certify_batch(ClaimKind.LOCKED, terms(5), [domain], {"b": (new,)})
+        assert [i.index for i in info.value.items] == [0]
+    else:
+        with pytest.raises(Unavailable):
+            await client.certify_batch(ClaimKind.LOCKED, terms(5), [domain], {"b": (new,)})
