@@ -100,6 +100,9 @@ T = TypeVar("T")
 _LOG_CHUNK = 2_000
 _GAS_HEADROOM = 1.25
 """A transaction's gas limit over the gas ``eth_estimateGas`` says it needs."""
+_SIMULATED_GAS = range(21_000, 1 << 32)
+"""The gas an ``eth_createAccessList`` answer may report: from a plain transfer's intrinsic
+gas to far above any block's limit; anything else is asked of ``eth_estimateGas``."""
 _USED_GAS_HEADROOM = 1.25
 """A transaction's gas limit over the gas its ``eth_createAccessList`` simulation used
 (``EvmAdapter._gas_limit``): the same margin as over an estimate, which was 0.8% above the
@@ -116,6 +119,11 @@ _FUNCTION = {
     Action.COMMIT: "commit",
     Action.ABORT: "abort",
 }
+
+
+def _call_key(fn: Any) -> bytes:
+    """A contract call's key: the keccak of its calldata (``BoundCall.calldata``)."""
+    return keccak256(bytes.fromhex(str(fn.calldata())[2:]))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -307,8 +315,12 @@ class EvmAdapter(StepTemplate):
         # that sizes transactions well; False for good once the node lacks the method or a
         # transaction so sized ran out of gas (then eth_estimateGas, as before).
         self._size_by_access_list = True
-        self._sized_by_access_list: OrderedDict[bytes, int] = OrderedDict()
-        """Per transaction sized by its access-list simulation, the gas limit it was sent with."""
+        self._sized_by_access_list: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
+        """Per transaction sized by its access-list simulation, the gas limit it was sent with
+        and its call's key (the keccak of its calldata)."""
+        self._check_sizing: OrderedDict[bytes, None] = OrderedDict()
+        """Calls (by key) whose access-list-sized transaction reverted: their next sizing asks
+        ``eth_estimateGas`` as well (:meth:`_gas_limit`)."""
         self._sent_above: OrderedDict[bytes, int] = OrderedDict()
         """Per sent transaction, the last head seen before it was sent."""
 
@@ -987,7 +999,7 @@ class EvmAdapter(StepTemplate):
 
         Exactly the contract of the Fabric adapter's ``submit_batch``: when every item's leg
         already shows the step at the finalized height (same terms), nothing is sent and
-        every item is ``skipped``. Otherwise the call is simulated first (``eth_estimateGas``)
+        every item is ``skipped``. Otherwise the call is simulated first (:meth:`_gas_limit`)
         and a refusal raises LedgerRejected with nothing sent: the endpoint's reason and,
         where one item caused it, its index as the figure ``item`` (named by the endpoint
         for ``InvalidBatchProof`` / ``DuplicateBatchItem``; for an item's own step refusal
@@ -1221,11 +1233,18 @@ class EvmAdapter(StepTemplate):
         simulation"). Its figure is the gas used after refunds and with the access list
         applied, which the transaction (sent without the list) may exceed by the refunds
         (at most a quarter of it since EIP-3529), the list's saving and the 1/64 each call
-        keeps back: the headroom covers them in practice, and a transaction so sized that
-        runs out of gas turns this sizing off for good (:meth:`_out_of_gas`), so its retry
-        is sized by ``eth_estimateGas``. A node without the method turns it off too; a node
-        that reports the revert inside the result (go-ethereum) is asked
-        ``eth_estimateGas`` for that call, whose revert carries the typed reason."""
+        keeps back. The 1.25 headroom covers the refund cap alone, not all three at their
+        worst; the bridge's steps measured 1.008-1.027 (estimate over gas used). A
+        transaction so sized that reverts is checked (:meth:`_sized_reverted`): out of gas
+        at the top, the sizing is off for good; otherwise the same call's retry is sized by
+        the estimate, and turns the sizing off when it needs more than the sizing gave. A
+        node without the method turns it off too; an answer that reports the revert inside
+        the result (go-ethereum) or a gas figure that is not a quantity between 21,000 and
+        2**32 is asked ``eth_estimateGas`` for that call, whose revert carries the typed
+        reason."""
+        key = _call_key(fn)
+        recheck = key in self._check_sizing
+        self._check_sizing.pop(key, None)
         if self._size_by_access_list:
             try:
                 used = await self._rpc(
@@ -1243,28 +1262,57 @@ class EvmAdapter(StepTemplate):
                         error=str(error.get("message"))[:200],
                     )
                 used = None  # anything else: the estimate answers it as it did before
-            if used is not None:
-                return int(used * _USED_GAS_HEADROOM) + 1, True
+            if used is not None and used in _SIMULATED_GAS:
+                sized = int(used * _USED_GAS_HEADROOM) + 1
+                if not recheck:
+                    return sized, True
+                # Review helper-108 L1: this call's access-list-sized transaction reverted
+                # without using all its gas, which an inner call running out of gas also
+                # does (the endpoint bubbles the token's revert up). Its retry is sized by
+                # the estimate; an estimate above what the sizing gives turns it off.
+                needed = await self._estimate(fn, sender)
+                if needed > sized:
+                    self._sizing_fell_short(needed=needed, sized=sized)
+                return int(needed * _GAS_HEADROOM), False
+        return int(await self._estimate(fn, sender) * _GAS_HEADROOM), False
+
+    async def _estimate(self, fn: Any, sender: ChecksumAddress) -> int:
+        """``eth_estimateGas`` of ``fn``; its revert is the call's refusal (LedgerRejected)."""
         try:
             gas = await self._rpc("estimate_gas", lambda: fn.estimate_gas({"from": sender}))
         except (ContractCustomError, ContractLogicError) as exc:
             raise self._rejection(exc) from exc
-        return int(gas * _GAS_HEADROOM), False
+        return int(gas)
 
-    def _out_of_gas(self, tx_hash: bytes, receipt: Mapping[str, Any]) -> None:
-        """A reverted ``tx_hash`` that used all the gas it was sent with, after sizing by
-        its access-list simulation: the sizing fell short (a larger refund than the headroom
-        covers, or state that changed the path), so every later send is sized by
-        ``eth_estimateGas``. Its retry re-simulates as for any revert."""
-        limit = self._sized_by_access_list.pop(tx_hash, None)
-        if limit is not None and receipt.get("gasUsed") == limit and self._size_by_access_list:
+    def _sizing_fell_short(self, **figures: int | str) -> None:
+        """Every later send is sized by ``eth_estimateGas`` (logged once)."""
+        if self._size_by_access_list:
             self._size_by_access_list = False
             self._log.warning(
                 "a transaction sized by its access-list simulation ran out of gas: gas is"
                 " sized by eth_estimateGas from now on",
-                tx_id="0x" + tx_hash.hex(),
-                gas=limit,
+                **figures,
             )
+
+    def _sized_reverted(self, tx_hash: bytes, receipt: Mapping[str, Any]) -> None:
+        """``tx_hash`` reverted. If its gas was sized by its access-list simulation: when it
+        used all of it (it ran out at the top), every later send is sized by
+        ``eth_estimateGas``; otherwise (it may have run out inside a call, whose revert the
+        endpoint bubbles up, or the state changed) the same call's next sizing asks the
+        estimate too and turns the sizing off if the estimate is above it. Its retry
+        re-simulates as for any revert."""
+        sent = self._sized_by_access_list.pop(tx_hash, None)
+        if sent is None:
+            return
+        limit, key = sent
+        if receipt.get("gasUsed") == limit:
+            self._sizing_fell_short(tx_id="0x" + tx_hash.hex(), gas=limit)
+            return
+        # It may have run out inside a call (or the state changed): the call's next sizing
+        # asks the estimate too.
+        self._check_sizing[key] = None
+        while len(self._check_sizing) > _MAX_TRACKED:
+            self._check_sizing.popitem(last=False)
 
     async def _send(self, fn: Any) -> bytes:
         assert self._signer is not None
@@ -1305,7 +1353,7 @@ class EvmAdapter(StepTemplate):
                     while len(self._sent_above) > _MAX_TRACKED:
                         self._sent_above.popitem(last=False)
                 if sized:
-                    self._sized_by_access_list[bytes(tx_hash)] = gas
+                    self._sized_by_access_list[bytes(tx_hash)] = (gas, _call_key(fn))
                     while len(self._sized_by_access_list) > _MAX_TRACKED:
                         self._sized_by_access_list.popitem(last=False)
                 return bytes(tx_hash)
@@ -1422,7 +1470,7 @@ class EvmAdapter(StepTemplate):
                         # State changed between simulation and inclusion, or the gas it was
                         # sized with fell short; re-reading the leg decides what happens
                         # next: retryable, not a refusal.
-                        self._out_of_gas(tx_hash, receipt)
+                        self._sized_reverted(tx_hash, receipt)
                         raise TransactionReverted(f"tx 0x{tx_hash.hex()} reverted on {self.ledger}")
                     self._sized_by_access_list.pop(tx_hash, None)
                     return receipt
@@ -1547,7 +1595,7 @@ class EvmAdapter(StepTemplate):
         return None
 
     async def _installed_height(self, write: RotationWrite) -> int:
-        """The dry run (``estimate_gas``) reverted ``RotationAlreadyInstalled``: wait until
+        """The dry run (:meth:`_gas_limit`) reverted ``RotationAlreadyInstalled``: wait until
         the rotation is installed at the finalized height."""
         return await self._rotation_final(write.rotation)
 

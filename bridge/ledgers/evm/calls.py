@@ -66,6 +66,7 @@ from web3.exceptions import BadFunctionCallOutput, LogTopicError, MismatchedABI
 from web3.types import BlockIdentifier, RPCEndpoint, TxParams
 
 from bridge.ledgers.evm.artifacts import load_abi
+from bridge.ledgers.evm.quantities import quantity
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,12 +504,16 @@ class BoundCall:
         None when the node reports it inside the result instead (go-ethereum's ``error``
         field, without the revert data) or answers no ``gasUsed``: the caller then asks
         ``eth_estimateGas``, whose revert is typed. The figure is what the call used, after
-        refunds and with the access list applied, so a gas limit needs headroom over it."""
+        refunds and with the access list applied, so a gas limit needs headroom over it;
+        None too for a ``gasUsed`` that is not a JSON-RPC quantity (a sign, decimal text)."""
         result = await self._request(RPC.eth_createAccessList, self._tx(transaction), None)
         if not isinstance(result, Mapping) or result.get("error") or "gasUsed" not in result:
             return None
-        gas = result["gasUsed"]
-        return int(gas, 16) if isinstance(gas, str) else int(gas)
+        try:
+            gas = quantity(result["gasUsed"])
+        except ValueError:
+            return None  # not a JSON-RPC quantity (review helper-108 L2): ask the estimate
+        return gas
 
     async def build_transaction(self, transaction: TxParams) -> TxParams:
         """The transaction to sign: ``transaction`` with ``to``, ``data`` and ``value``
