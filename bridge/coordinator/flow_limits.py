@@ -20,7 +20,7 @@ from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
 from bridge.coordinator.wording import generic, iso
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed
+from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed, Unavailable
 from bridge.domain.flow import FlowStatus, WaitReason
 from bridge.domain.legs import LegStatus
 from bridge.domain.transfer import NextStep, StepKind, TransferState
@@ -123,6 +123,12 @@ class FlowLimits:
             source, target = await self.lane_status(request)
         except LedgerRejected as exc:
             raise PreconditionFailed(generic(exc)) from exc
+        except Unavailable as exc:
+            # SECURITY (review helper-108 L4): the target's relayer may be another
+            # organisation's; its text (node errors, addresses) stays in this log.
+            lane = f"{request.source_ledger} -> {request.target_ledger}"
+            self._ctx.log.warning("lane flow limits not read", lane=lane, error=str(exc)[:500])
+            raise Unavailable(f"the flow limits of {lane} could not be read now; retry") from exc
         refusal = never_fits(request.amount, source, target)
         if refusal is not None:
             raise PreconditionFailed(refusal)

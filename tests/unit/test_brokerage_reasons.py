@@ -54,6 +54,20 @@ async def test_an_unreadable_recipient_ledger_is_named_not_its_relayers_text(coo
     assert await store.get_by_key("a", "down") is None, "nothing recorded"
 
 
+async def test_an_unreadable_lane_is_named_not_its_relayers_text(coordinator) -> None:  # noqa: F811
+    """Review helper-108 L4: the same for the lane's flow limits read at admission."""
+    c, relayers, store = coordinator
+
+    async def down(security: str, counterpart: str) -> None:
+        raise Unavailable("relayer of b failed (internal): http://10.20.30.40:8545 " + PEER_TEXT)
+
+    relayers["b"].flow_status = down  # type: ignore[method-assign,assignment]
+    with pytest.raises(Unavailable) as exc:
+        await submit(c, request("flow-down"))
+    assert str(exc.value) == "the flow limits of a -> b could not be read now; retry"
+    assert await store.get_by_key("a", "flow-down") is None, "nothing recorded"
+
+
 async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, PEER_TEXT)
