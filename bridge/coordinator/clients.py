@@ -102,13 +102,17 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
     """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
 
     The ledger's refusal is rebuilt from the status's ``ErrorInfo`` details alone (reason,
-    figures), never from the message; the message is kept only as text to show. Its ledger
+    figures), never from the message; the message is kept only as text to show, and an
+    unreachable or failing peer's error has a ``public`` text without it (the peer may be
+    another organisation's relayer: its node errors and addresses stay in this log). Its ledger
     is always ``ledger``, the one the caller talks to, never the peer's claim.
     Transport codes are Unavailable whatever the details say.
     """
     code, msg = exc.code(), exc.details() or ""
     if code in _TRANSIENT:
-        return Unavailable(f"{who} unreachable ({code.name.lower()}): {msg}")
+        down = Unavailable(f"{who} unreachable ({code.name.lower()}): {msg}")
+        down.public = f"{who} unreachable ({code.name.lower()})"  # SECURITY: not its text
+        return down
     got = received_error(cast(Any, exc.trailing_metadata()))
     if isinstance(got.reason, ErrorReason) and code == grpc.StatusCode.FAILED_PRECONDITION:
         # SECURITY (review 2 finding 8): the ledger is the one this client talks to; a
@@ -124,7 +128,9 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(f"{who}: {msg}")
     # INTERNAL, UNKNOWN, UNIMPLEMENTED...: the peer failed on it; retry later.
-    return PeerFailed(f"{who} failed ({code.name.lower()}): {msg}")
+    failed = PeerFailed(f"{who} failed ({code.name.lower()}): {msg}")
+    failed.public = f"{who} failed ({code.name.lower()})"  # SECURITY: not its text
+    return failed
 
 
 class RelayerGateway:

@@ -20,7 +20,13 @@ from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.records import TransferRecord
 from bridge.coordinator.wording import bounded, generic, iso
-from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed, Unavailable
+from bridge.domain.errors import (
+    BridgeError,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+    public_text,
+)
 from bridge.logfields import ERROR, REASON, TRANSFER
 from bridge.obs.tracing import step_span
 
@@ -42,11 +48,9 @@ def waiting_reason(exc: BaseException, since: float) -> str:
     """Why a transfer waits, as a brokerage may read it: bounded, never a ledger's text."""
     if isinstance(exc, Halted):  # ---- depository halt
         return f"{bounded(str(exc))} (since {iso(since)})"
-    if isinstance(exc, Unavailable):
-        return f"waiting since {iso(since)}: {bounded(str(exc))}"
     if isinstance(exc, LedgerRejected):
         return f"waiting since {iso(since)}: {generic(exc)}"
-    return f"waiting since {iso(since)}: {bounded(str(exc))}"
+    return f"waiting since {iso(since)}: {bounded(public_text(exc))}"
 
 
 class Supervisor:

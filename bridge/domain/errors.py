@@ -57,9 +57,20 @@ class BridgeError(Exception):
     """Base class of every error the bridge reports to a caller.
 
     ``kind`` is the bridge-level reason the class reports when it carries no ledger reason.
+    ``public``: when set, the text another organisation may read instead of the message
+    (the message then carries a peer's own words for this process's log: a relayer's node
+    errors and addresses); :func:`public_text`.
     """
 
     kind: ClassVar[BridgeReason] = BridgeReason.INTERNAL
+    public: str | None = None
+
+
+def public_text(exc: BaseException) -> str:
+    """``exc``'s text as another organisation may read it: its ``public`` text when it has
+    one, else its message."""
+    public = getattr(exc, "public", None)
+    return public if isinstance(public, str) else str(exc)
 
 
 class InvalidInput(BridgeError):

@@ -39,6 +39,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     ResourceExhausted,
     Unavailable,
+    public_text,
 )
 from bridge.logfields import ERROR, get_logger
 
@@ -142,7 +143,11 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
         item.Pack(d)
         packed.append(item)
     code = status_for(exc)
-    return status_pb2.Status(code=code.value[0], message=str(exc)[:_MAX_META], details=packed)
+    # SECURITY: the caller may be another organisation: an error's public text, when it has
+    # one, never a peer's own words (BridgeError.public).
+    return status_pb2.Status(
+        code=code.value[0], message=public_text(exc)[:_MAX_META], details=packed
+    )
 
 
 def _wire_figures(figures: Mapping[str, Figure]) -> dict[str, str]:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 
+from bridge.coordinator.clients import translate
 from bridge.coordinator.engine import Coordinator
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import LedgerRejected, PreconditionFailed, Unavailable
 from bridge.domain.legs import HolderStatus
 from bridge.domain.transfer import TransferState
+from bridge.rpc.errors import status_details
 from tests.unit.test_coordinator_driver import (  # noqa: F401 (the fixture)
     coordinator,
     final,
@@ -90,3 +93,30 @@ def test_waiting_reasons_are_generic_and_bounded() -> None:
         Unavailable("relayer of b unreachable " + "x" * 10_000), since
     )
     assert "relayer of b unreachable" in down and len(down) < 300
+
+
+@pytest.mark.parametrize(
+    ("code", "public"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "relayer of b unreachable (unavailable)"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "relayer of b unreachable (deadline_exceeded)"),
+        (grpc.StatusCode.INTERNAL, "relayer of b failed (internal)"),
+        (grpc.StatusCode.UNKNOWN, "relayer of b failed (unknown)"),
+    ],
+)
+def test_a_peers_own_words_stay_in_the_log_not_in_what_a_brokerage_reads(
+    code: grpc.StatusCode, public: str
+) -> None:
+    """Review helper-108 L4: an unreachable or failing relayer (another organisation's) is
+    named in a transfer's waiting reason and in a status a brokerage receives; its own
+    message (node errors, addresses) is kept in the coordinator's log text only."""
+    peer = "upstream http://10.20.30.40:8545 refused; " + PEER_TEXT
+    exc = translate(
+        grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=peer),
+        "relayer of b",
+        "b",
+    )
+    assert isinstance(exc, Unavailable) and "10.20.30.40" in str(exc)  # the log's text
+    reason = Coordinator._waiting_reason(exc, time.time())
+    assert reason.endswith(": " + public) and "10.20.30.40" not in reason
+    assert status_details(exc).message == public
