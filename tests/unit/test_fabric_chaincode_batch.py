@@ -244,6 +244,36 @@ def test_an_overlong_proof_is_refused_at_its_item_before_its_words_are_parsed(en
     assert supply(env.a) == before
 
 
+def test_an_overlong_proof_is_refused_in_the_evms_order(env: Env) -> None:
+    """Review helper-108 L3: an overlong proof is refused at its item's turn, after the
+    certificate and the earlier items (the EVM's order): a wrong-kind certificate is
+    WrongBatchKind, an unknown epoch WrongEpoch, an earlier item's repeat
+    DuplicateBatchItem, whatever a later item's proof length."""
+    items = [make_terms(env, amount=3) for _ in range(2)]
+    env.a.call(env.relayer, "LockBatch", lock_items(env.a, items))
+    long_proof = ["not a word"] * (core_batch.MAX_PROOF_LENGTH + 1)
+
+    def with_long_proof(rows: str, at: int) -> str:
+        parsed = json.loads(rows)
+        parsed[at]["proof"] = long_proof
+        return json.dumps(parsed)
+
+    before = supply(env.a)
+    rows, wrong_kind = batch_args(env, env.a, ClaimKind.COMMIT, items, cert_kind=ClaimKind.ABORT)
+    rejects(env, env.a, "WrongBatchKind", env.relayer, "CommitBatch",
+            with_long_proof(rows, 1), wrong_kind)  # fmt: skip
+    rows, unknown = batch_args(env, env.a, ClaimKind.COMMIT, items, epoch=EPOCH + 7)
+    rejects(env, env.a, "WrongEpoch", env.relayer, "CommitBatch",
+            with_long_proof(rows, 1), unknown)  # fmt: skip
+    batch = [items[0], items[0], items[1]]  # item 1 repeats item 0, item 2's proof is long
+    rows, cert_json = batch_args(env, env.a, ClaimKind.COMMIT, batch,
+                                 tree_of=[*items, make_terms(env)])  # fmt: skip
+    detail = rejects(env, env.a, "DuplicateBatchItem", env.relayer, "CommitBatch",
+                     with_long_proof(rows, 2), cert_json)  # fmt: skip
+    assert detail == "item=1"
+    assert supply(env.a) == before
+
+
 def test_oversized_batch_text_is_refused_before_it_is_decoded(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2335,6 +2335,12 @@ class Endpoint:
         seen: set[bytes] = set()
         with self._batch_events():
             for i, (t, proof) in enumerate(items):
+                if isinstance(proof, int):  # longer than MAX_PROOF_LENGTH, never parsed
+                    raise ChaincodeError(
+                        "InvalidBatchProof",
+                        f"item={i}, proof of {proof} hashes, max={_batch.MAX_PROOF_LENGTH}",
+                        {"item": i, "index": i},
+                    )
                 assert isinstance(proof, tuple)
                 tid = t.transfer_id
                 try:
@@ -2415,15 +2421,17 @@ MAX_CERTIFICATE_CHARS = 65_536
 fields and 400 signatures of 65 bytes in hex fit."""
 
 
-def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple[bytes, ...]]]:
+def _parse_batch_items(
+    text: str, extra: str
+) -> list[tuple[Terms, bytes | tuple[bytes, ...] | int]]:
     """``[{"terms": {...}, "<extra>": ...}, ...]``, at most MAX_BATCH_ITEMS items
     (InvalidBatch above: a Fabric-only cost bound, checked before any item is parsed; an
     empty batch is refused by the certificate rule, or by LockBatch). ``extra`` is
     ``proof`` (a list of 0x words, bottom up; longer than ``batch.MAX_PROOF_LENGTH`` it is
-    refused InvalidBatchProof at its item before any word is parsed, as on the EVM) or
-    ``instruction`` (0x hex)."""
+    not parsed and stands as its length, which the step refuses InvalidBatchProof at its
+    item, as on the EVM) or ``instruction`` (0x hex)."""
     obj = _bounded_list("items", text, MAX_BATCH_ITEMS, "a JSON list")
-    out: list[tuple[Terms, bytes | tuple[bytes, ...]]] = []
+    out: list[tuple[Terms, bytes | tuple[bytes, ...] | int]] = []
     for i, item in enumerate(obj):
         if not isinstance(item, dict) or set(item) != {"terms", extra}:
             raise _invalid(f"item {i} must be an object with exactly the keys terms, {extra}")
@@ -2436,15 +2444,14 @@ def _parse_batch_items(text: str, extra: str) -> list[tuple[Terms, bytes | tuple
             continue
         if not isinstance(value, list):
             raise _invalid(f"item {i}: proof must be a list of 0x-prefixed 32-byte words")
-        # SECURITY: the length is refused before any word is parsed, so a relayer cannot make
+        # SECURITY: an overlong proof's words are never parsed, so a relayer cannot make
         # every endorsing peer (or CometBFT validator) parse a proof as long as a transaction
-        # allows; the refusal is the EVM's InvalidBatchProof(index) for the same item.
+        # allows; it stands as its length, refused InvalidBatchProof(index) when its item's
+        # turn comes, after the certificate and the earlier items, as on the EVM (review
+        # helper-108 L3).
         if len(value) > _batch.MAX_PROOF_LENGTH:
-            raise ChaincodeError(
-                "InvalidBatchProof",
-                f"item={i}, proof of {len(value)} hashes, max={_batch.MAX_PROOF_LENGTH}",
-                {"item": i, "index": i},
-            )
+            out.append((t, len(value)))
+            continue
         out.append((t, tuple(_parse_word("proof", w) for w in value)))
     return out
 
