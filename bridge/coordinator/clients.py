@@ -83,6 +83,20 @@ MAX_LEGS_PER_CALL = 1000
 MAX_HOLDERS_PER_CALL = 1000
 """---- batch: holders per GetHolders call (the relayer's MAX_HOLDERS_PER_REQUEST)."""
 
+_MEMBER_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+"""The codes by which a committee member refuses what it was asked. Any other code
+(unreachable, INTERNAL, UNKNOWN...) is a member that failed to answer: counted as
+unreachable, by its code only (review helper-109: a crashing member's text, e.g. its node's
+address, reached brokerages as a "refusal", and a crash counted as a final refusal)."""
+
 _TRANSIENT = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -583,7 +597,7 @@ class CommitteeClient:
         async with aclosing(answers):
             async for endpoint, resp in answers:
                 if isinstance(resp, grpc.aio.AioRpcError):
-                    if resp.code() in _TRANSIENT:
+                    if resp.code() not in _MEMBER_REFUSALS:
                         unreachable.append(resp.code().name.lower())
                     else:
                         refusals.append(resp.details() or resp.code().name)
@@ -668,7 +682,7 @@ class CommitteeClient:
         async with aclosing(answers):
             async for endpoint, resp in answers:
                 if isinstance(resp, grpc.aio.AioRpcError):
-                    if resp.code() in _TRANSIENT:
+                    if resp.code() not in _MEMBER_REFUSALS:
                         unreachable += 1
                     else:
                         refusals.append(resp.details() or resp.code().name)
@@ -809,7 +823,7 @@ class CommitteeClient:
         async with aclosing(answers):
             async for endpoint, resp in answers:
                 if isinstance(resp, grpc.aio.AioRpcError):
-                    if resp.code() in _TRANSIENT:
+                    if resp.code() not in _MEMBER_REFUSALS:
                         unreachable.append(resp.code().name.lower())
                         continue
                     refusals.append(resp.details() or resp.code().name)

@@ -25,6 +25,9 @@ from bridge.domain.legs import HolderStatus
 
 __all__ = ["MAX_READS_PER_CALL", "HolderReads"]
 
+SPLIT_CONCURRENCY = 8
+"""Single reads in flight at once when a shared read is split (review helper-109: up to
+:data:`MAX_READS_PER_CALL` at once on a relayer that had just failed)."""
 MAX_READS_PER_CALL = 500
 """Most holders one coalesced read asks for (the relayer answers up to 1,000 per call)."""
 
@@ -78,9 +81,13 @@ class HolderReads:
             unreachable = isinstance(exc, Unavailable) and not isinstance(exc, PeerFailed)
             if unreachable or len(unique) == 1:
                 raise
-            singles = await asyncio.gather(
-                *(relayer.holder(security, h) for h in unique), return_exceptions=True
-            )
+            gate = asyncio.Semaphore(SPLIT_CONCURRENCY)
+
+            async def alone(holder: str) -> HolderStatus:
+                async with gate:
+                    return await relayer.holder(security, holder)
+
+            singles = await asyncio.gather(*(alone(h) for h in unique), return_exceptions=True)
             for r in singles:
                 if not isinstance(r, (HolderStatus, Exception)):
                     raise r from None  # a cancellation is not an answer

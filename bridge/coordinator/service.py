@@ -56,9 +56,9 @@ DEFAULT_BATCH_ADMISSION_PARALLEL = 16
 DEFAULT_MAX_RUNNING_BATCHES = 8
 """Batches of one source ledger running at once unless ``max_running_batches`` says so."""
 SUBMIT_TRANSFERS_ITEM = "/bridge.v1.TransferService/SubmitTransfers#item"
-AUDIT_INDEXES = 32
-"""Item indexes a batch's one denied audit record names (the count names them all)."""
 """The audit log's method of a batch item's own authorisation decision (with its index)."""
+AUDIT_INDEXES = 32
+"""Item indexes a batch's one denied audit record names per reason (the counts name all)."""
 ITEM_MESSAGE_MAX = 512
 """Longest item error message recorded and answered (metadata values are capped alike)."""
 WATCH_PAGE_ITEMS = 100
@@ -308,20 +308,35 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, caller: Principal, peer: str, batch_id: str, results: Sequence[ItemResult]
     ) -> None:
         """SECURITY (review s18 F10): items refused PERMISSION_DENIED (naming another
-        brokerage's ledger, an unregistered instructor) are authorisation decisions like a
-        refused call, audited in the same log as the call's: ONE denied record per call
-        naming how many items, their indexes (the first :data:`AUDIT_INDEXES`) and the first
-        one's message. Review helper-106 M2: one record per item let a caller write
-        thousands of audit lines (and as many log lines) per call."""
+        brokerage's ledger, an unregistered instructor, a forged instruction) are
+        authorisation decisions like a refused call, audited in the same log as the call's:
+        ONE denied record per call (review helper-106 M2: one per item let a caller write
+        thousands of audit lines per call) that names, per reason (a closed set), how many
+        items, their indexes (the first :data:`AUDIT_INDEXES`) and the first one's message,
+        so a forged instruction is not hidden behind a harmless first item (review
+        helper-109)."""
         if self._audit is None:
             return
-        denied = [r for r in results if r.error is not None and r.error.code == "PERMISSION_DENIED"]
-        if not denied:
+        by_reason: dict[str, list[ItemResult]] = {}
+        for r in results:
+            if r.error is not None and r.error.code == "PERMISSION_DENIED":
+                by_reason.setdefault(r.error.reason, []).append(r)
+        if not by_reason:
             return
-        first = denied[0]
-        assert first.error is not None
-        shown = ", ".join(str(r.index) for r in denied[:AUDIT_INDEXES])
-        more = "" if len(denied) <= AUDIT_INDEXES else f" and {len(denied) - AUDIT_INDEXES} more"
+        parts = []
+        for reason, denied in sorted(by_reason.items()):
+            first = denied[0]
+            assert first.error is not None
+            shown = ", ".join(str(r.index) for r in denied[:AUDIT_INDEXES])
+            more = (
+                "" if len(denied) <= AUDIT_INDEXES else f" and {len(denied) - AUDIT_INDEXES} more"
+            )
+            parts.append(
+                f"{reason}: {len(denied)} (items {shown}{more}; item {first.index}:"
+                f" {first.error.message})"
+            )
+        count = sum(len(d) for d in by_reason.values())
+        first_index = min(d[0].index for d in by_reason.values())
         self._audit.record(
             AuditRecord(
                 at=audit_now(),
@@ -330,11 +345,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 cn=caller.common_name,
                 fingerprint=caller.fingerprint,
                 peer=peer,
-                method=f"{SUBMIT_TRANSFERS_ITEM}[{first.index}]",
+                method=f"{SUBMIT_TRANSFERS_ITEM}[{first_index}]",
                 transfer_id="",
                 allowed=False,
-                reason=f"batch {batch_id!r}: {len(denied)} items denied (items {shown}{more});"
-                f" item {first.index}: {first.error.message}",
+                reason=f"batch {batch_id!r}: {count} items denied; " + "; ".join(parts),
             )
         )
 

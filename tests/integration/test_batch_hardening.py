@@ -365,21 +365,29 @@ async def test_a_malformed_item_key_refuses_the_batch_and_stores_nothing(served:
 
 
 async def test_a_batch_of_denied_items_writes_one_audit_record(served: Served) -> None:
-    """Review helper-106 M2: 300 items naming another ledger are one denied audit record
-    (their count, the first indexes), not 300."""
-    items = [item(served, f"h-{i}") for i in range(300)]
-    for it in items[1:]:
+    """Review helper-106 M2: 299 items naming another ledger and a forged instruction are
+    one denied audit record (per reason: the count, the first indexes, a message), not 300;
+    review helper-109: the forgery is named beside them, not hidden behind them."""
+    items = [item(served, f"h-{i}") for i in range(301)]
+    for it in items[1:300]:
         it.source_ledger = "b"
+    forged = bytearray(items[300].instruction.signature)
+    forged[5] ^= 1
+    items[300].instruction.signature = bytes(forged)
     before = len(served.audit_file.read_text().splitlines())
     got = await served.stub.SubmitTransfers(batch("day-11", items), timeout=30)
-    assert (
-        outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED] + [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 299
-    )
+    refused = [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 300
+    assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED, *refused]
+    forged_reason = got.results[300].error.reason
+    assert got.results[300].error.code == "PERMISSION_DENIED" != forged_reason
     records = [json.loads(x) for x in served.audit_file.read_text().splitlines()[before:]]
     denied = [r for r in records if "#item[" in r["method"]]
     assert len(denied) == 1 and denied[0]["method"].endswith("SubmitTransfers#item[1]")
-    assert "299 items denied (items 1, 2, " in denied[0]["reason"]
-    assert "and 267 more); item 1:" in denied[0]["reason"]
+    reason = denied[0]["reason"]
+    assert reason.startswith("batch 'day-11': 300 items denied; ")
+    assert "PERMISSION_DENIED: 299 (items 1, 2, " in reason
+    assert " and 267 more; item 1: " in reason
+    assert f"{forged_reason}: 1 (items 300; item 300: " in reason
 
 
 async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
@@ -401,7 +409,8 @@ async def test_a_refused_item_stores_a_bounded_message_and_a_replay_reads_once(
     denied = [r for r in records if r["method"].endswith("SubmitTransfers#item[5]")]
     assert len(denied) == 1 and denied[0]["allowed"] is False
     assert denied[0]["org"] == "a"
-    assert "batch 'day-9': 1 items denied (items 5); item 5:" in denied[0]["reason"]
+    assert denied[0]["reason"].startswith("batch 'day-9': 1 items denied; ")
+    assert ": 1 (items 5; item 5: " in denied[0]["reason"]
     # A replay answers from one paged read of the transfers, not one read per item.
     reads: list[int] = []
     get_many = SqlTransferStore.get_many

@@ -211,3 +211,37 @@ async def test_a_sized_transaction_out_of_gas_inside_the_token_call_is_resized_b
     await a.submit(Action.LOCK, t2, None, instruct(t2))
     assert log.count("eth_estimateGas") == probes + 2
     await a.close()
+
+
+async def test_a_sized_batch_out_of_gas_inside_a_call_turns_the_sizing_off(
+    two_ledgers: TwoLedgers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-109: a batch whose sizing falls short inside the token's call reverts
+    without using all its gas, and no item fails when simulated again; its retry is another
+    call (here one more item joins it), so the sizing is turned off at the revert and the
+    retry is sized by the estimate and locks every item once."""
+    env = two_ledgers
+    a = EvmAdapter(env.a.config(), env.a.relayer.private_key, confirm_s=10)
+    log = MethodLog(a)
+    senders, bob = [env.a.holder(4) for _ in range(3)], env.b.holder()
+    ts = [env.terms(s, bob, 4) for s in senders]  # each the whole balance
+    items = [BatchItem(t, instruct(t)) for t in ts]
+    fn = a._batch_call(Action.LOCK, items[:2], None)
+    used = await fn.access_list_gas({"from": a._sender})
+    needed = await fn.estimate_gas({"from": a._sender})
+    assert used is not None and needed > used
+    monkeypatch.setattr(adapter_module, "_USED_GAS_HEADROOM", (needed - 300) / used)
+    nonce = env.a.w3.eth.get_transaction_count(env.a.relayer.address)
+    with pytest.raises(Unavailable, match="passes again"):
+        await a.submit_batch(Action.LOCK, items[:2])
+    block = env.a.w3.eth.get_block("latest", full_transactions=True)
+    (tx,) = [x for x in block["transactions"] if x["nonce"] == nonce]
+    limit, spent = _gas_limit(env, tx["hash"].hex())
+    assert spent < limit, "it reverted without using all its gas"
+    probes = log.count("eth_estimateGas")
+    got = await a.submit_batch(Action.LOCK, items)
+    assert [r.state for r in got.items] == [LegState.LOCKED] * 3
+    assert [r.skipped for r in got.items] == [False] * 3
+    assert log.count("eth_estimateGas") == probes + 1
+    assert [env.a.balance(s.address) for s in senders] == [0, 0, 0]
+    await a.close()

@@ -216,3 +216,38 @@ async def test_after_a_rotation_an_item_two_current_members_refuse_is_dropped(
     else:
         with pytest.raises(Unavailable):
             await client.certify_batch(ClaimKind.LOCKED, terms(5), [domain], {"b": (new,)})
+
+
+async def test_a_member_failing_internally_is_unreachable_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review helper-109: two members answer INTERNAL with their own text (a node's
+    address): they count as unreachable (retryable), not as refusals, and their text is
+    not in what the coordinator reports."""
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    committee = Committee(1, 3, tuple(bytes([i]) * 20 for i in range(1, 5)))
+    endpoints = [f"m{i}:1" for i in range(4)]
+    client = CommitteeClient(committee, endpoints, 1.0, members=list(committee.members))
+    crash = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="geth http://10.1.2.3:8545 connection refused",
+    )
+    answers: list[object] = [
+        crash,
+        crash,
+        verifier_pb2.SignClaimsResponse(),
+        verifier_pb2.SignClaimsResponse(),
+    ]
+
+    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
+        for endpoint, answer in zip(endpoints, answers, strict=True):
+            yield endpoint, answer
+
+    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
+    with pytest.raises(Unavailable) as info:
+        await client.certify_batch(ClaimKind.LOCKED, terms(2), [domain])
+    assert "10.1.2.3" not in str(info.value)
+    assert "2 of 4 members unreachable" in str(info.value)

@@ -968,6 +968,44 @@ async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
     await reads.close()
 
 
+async def test_a_split_holder_read_reads_a_few_holders_at_a_time() -> None:
+    """Review helper-109: a shared read the relayer failed on is split into single reads at
+    most SPLIT_CONCURRENCY at a time (not hundreds at once on a relayer that just failed);
+    every caller still gets its own answer."""
+    from bridge.coordinator.clients import PeerFailed
+    from bridge.coordinator.holder_reads import SPLIT_CONCURRENCY, HolderReads
+    from bridge.domain.legs import HolderStatus
+
+    in_flight = most = 0
+    gate = asyncio.Event()
+
+    class Relayer:
+        async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+            await gate.wait()
+            if len(holders) == 1:
+                return [await self.holder(security, holders[0])]
+            raise PeerFailed("relayer of a failed (internal)")
+
+        async def holder(self, security: str, holder: str) -> HolderStatus:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.001)
+            in_flight -= 1
+            return HolderStatus(True, int(holder[2:]), 0, True, False, False)
+
+    reads = HolderReads(SimpleNamespace(relayers={"a": Relayer()}), max_in_flight=1)  # type: ignore[arg-type]
+    first = asyncio.create_task(reads.holder("a", ISIN, "0x0"))
+    await asyncio.sleep(0)
+    many = [asyncio.create_task(reads.holder("a", ISIN, f"0x{i}")) for i in range(1, 101)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    answers = await asyncio.gather(first, *many)
+    assert [a.balance for a in answers] == list(range(101))
+    assert 1 < most <= SPLIT_CONCURRENCY, most
+    await reads.close()
+
+
 async def test_leg_reads_behind_a_running_one_wait_read_linger_for_more() -> None:
     """``[batching] read_linger_ms``: a read with none of its key in flight goes out at
     once; reads arriving behind it, a few milliseconds apart (drivers woken by one batched

@@ -318,6 +318,9 @@ class EvmAdapter(StepTemplate):
         self._sized_by_access_list: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         """Per transaction sized by its access-list simulation, the gas limit it was sent with
         and its call's key (the keccak of its calldata)."""
+        self._reverted_sized: OrderedDict[bytes, int] = OrderedDict()
+        """Transactions sized by their access-list simulation that reverted without using
+        all their gas, with the limit they were sent with (:meth:`_reverted_batch`)."""
         self._check_sizing: OrderedDict[bytes, None] = OrderedDict()
         """Calls (by key) whose access-list-sized transaction reverted: their next sizing asks
         ``eth_estimateGas`` as well (:meth:`_gas_limit`)."""
@@ -1047,7 +1050,7 @@ class EvmAdapter(StepTemplate):
             receipt = await self._final_receipt(tx_hash, self._confirm_s)
         except TransactionReverted:
             self._sent_batches.pop(key, None)
-            raise await self._reverted_batch(action, items, certificate) from None
+            raise await self._reverted_batch(action, items, certificate, tx_hash) from None
         self._sent_batches.pop(key, None)
         height = _receipt_block(receipt)
         try:
@@ -1106,7 +1109,11 @@ class EvmAdapter(StepTemplate):
         return LedgerRejected(refusal.reason, refusal.detail, figures, refusal.ledger)
 
     async def _reverted_batch(
-        self, action: Action, items: Sequence[BatchItem], certificate: BatchCertificate | None
+        self,
+        action: Action,
+        items: Sequence[BatchItem],
+        certificate: BatchCertificate | None,
+        tx_hash: bytes = b"",
     ) -> BridgeError:
         """What a batch transaction that passed its simulation but reverted when mined
         answers: the refusal of the item it now fails at, with the figure ``item``, as a
@@ -1118,6 +1125,13 @@ class EvmAdapter(StepTemplate):
         item revert, and Unavailable sent all the other brokerages' items back into the
         same batch for ever. Named, the item is dropped and the rest go again."""
         index = await self._first_failing(action, items, certificate)
+        limit = self._reverted_sized.pop(tx_hash, None)
+        if index is None and limit is not None:
+            # Review helper-109: no item fails now, so the state does not explain the
+            # revert, and the transaction was sized by its access-list simulation: gas does
+            # (out inside a call). Its retry is another call (other items, other signers),
+            # so the per-call check would never see it: the sizing is off from now on.
+            self._sizing_fell_short(tx_id="0x" + tx_hash.hex(), gas=limit)
         if index is None:
             return Unavailable(
                 f"ledger {self.ledger}: a {action.name} batch reverted when mined and passes"
@@ -1309,10 +1323,13 @@ class EvmAdapter(StepTemplate):
             self._sizing_fell_short(tx_id="0x" + tx_hash.hex(), gas=limit)
             return
         # It may have run out inside a call (or the state changed): the call's next sizing
-        # asks the estimate too.
+        # asks the estimate too; a batch is judged by :meth:`_reverted_batch` (its retry is
+        # another call: other items join it, other members sign its certificate).
         self._check_sizing[key] = None
-        while len(self._check_sizing) > _MAX_TRACKED:
-            self._check_sizing.popitem(last=False)
+        self._reverted_sized[tx_hash] = limit
+        for tracked in (self._check_sizing, self._reverted_sized):
+            while len(tracked) > _MAX_TRACKED:
+                tracked.popitem(last=False)
 
     async def _send(self, fn: Any) -> bytes:
         assert self._signer is not None
