@@ -566,6 +566,7 @@ class CommitteeClient:
         request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
         sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in digests}
         refusals: list[str] = []
+        refusing: set[str] = set()
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
@@ -601,21 +602,31 @@ class CommitteeClient:
                         unreachable.append(resp.code().name.lower())
                     else:
                         refusals.append(resp.details() or resp.code().name)
+                        refusing.add(endpoint)
                     continue
                 await examine(endpoint, resp)
                 certs = self._try_assemble(digests, sigs, wanted)
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
-        raise self._no_quorum(need, refusals, unreachable, kind.name, kind.name)
+        refused = self._beyond_spare(refusing, wanted)
+        raise self._no_quorum(need, refusals, unreachable, kind.name, kind.name, refused)
 
     def _no_quorum(
-        self, need: int, refusals: list[str], unreachable: list[str], refused: str, subject: str
+        self,
+        need: int,
+        refusals: list[str],
+        unreachable: list[str],
+        refused: str,
+        subject: str,
+        beyond: bool,
     ) -> PreconditionFailed | Unavailable:
         """Why every member answered and no ``need`` valid signatures came of it: refused
-        (PreconditionFailed) when too many members refused for the rest to reach ``need``,
-        else Unavailable while some member was unreachable, else too few valid signatures."""
-        if refusals and len(refusals) > len(self._stubs) - need:
+        (PreconditionFailed) when the refusals leave a ledger without a committee that could
+        still sign (``beyond``, :meth:`_beyond_spare`: review helper-109, counted per
+        committee, not against every endpoint), else Unavailable while some member was
+        unreachable, else too few valid signatures."""
+        if refusals and beyond:
             return PreconditionFailed(
                 f"committee refused {refused}: " + "; ".join(sorted(set(refusals)))
             )
@@ -844,12 +855,14 @@ class CommitteeClient:
             raise BatchItemsRefused(
                 item for i, item in refused.items() if self._beyond_spare(refusers[i], wanted)
             )
-        raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject)
+        refused_all = self._beyond_spare(refusing, wanted)
+        raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject, refused_all)
 
     def _beyond_spare(self, refusers: set[str], wanted: Mapping[str, Sequence[Committee]]) -> bool:
         """Whether refusals by the members at ``refusers`` leave some ledger of ``wanted``
         without a committee that could still reach its threshold: each committee can
-        absorb as many refusals by its own members as its size less its threshold. With an
+        absorb as many refusals by its own members as it has members this client asks
+        (members without an endpoint sign nothing) less its threshold. With an
         endpoint whose member is not known, every refusal counts against every committee,
         and the committees' largest threshold against all the endpoints (the rule before
         member addresses were known: never fewer refusals absorbed than members asked)."""
@@ -857,8 +870,12 @@ class CommitteeClient:
             need = max(c.threshold for cs in wanted.values() for c in cs)
             return len(refusers) > len(self._endpoints) - need
         who = {self._member_at[e] for e in refusers}
+        asked = set(self._member_at.values())  # a member without an endpoint signs nothing
         return any(
-            all(len(who & set(c.members)) > len(c.members) - c.threshold for c in preference)
+            all(
+                len(who & set(c.members)) > len(asked & set(c.members)) - c.threshold
+                for c in preference
+            )
             for preference in wanted.values()
         )
 

@@ -511,7 +511,8 @@ async def test_one_member_refusing_every_item_drops_only_what_another_member_ref
     ledgers = [c.domain(env.b)]
     with pytest.raises(BatchItemsRefused) as info:
         await c.client.certify_batch(ClaimKind.LOCKED, ts, ledgers)
-    assert [(i.index, i.reason) for i in info.value.items] == [(2, BridgeReason.CLAIM_REFUSED)]
+    # (its reason is the first refuser's: either member may answer first)
+    assert [i.index for i in info.value.items] == [2]
     rest = [ts[0], ts[1], ts[3]]
     certs = await c.client.certify_batch(ClaimKind.LOCKED, rest, ledgers)
     got = certs[env.b.name]

@@ -24,7 +24,13 @@ from bridge.core.words import evm_network_word
 from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
-from bridge.domain.errors import BridgeReason, InvalidCertificate, InvalidInput, Unavailable
+from bridge.domain.errors import (
+    BridgeReason,
+    InvalidCertificate,
+    InvalidInput,
+    PreconditionFailed,
+    Unavailable,
+)
 from bridge.domain.ids import LedgerId, SecurityId
 from bridge.domain.signer import LocalKeySigner
 from bridge.domain.terms import TransferTerms
@@ -251,3 +257,50 @@ async def test_a_member_failing_internally_is_unreachable_not_a_refusal(
         await client.certify_batch(ClaimKind.LOCKED, terms(2), [domain])
     assert "10.1.2.3" not in str(info.value)
     assert "2 of 4 members unreachable" in str(info.value)
+
+
+async def test_refusals_are_weighed_per_committee_without_items_and_without_endpoints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review helper-109: (1) after a rotation, two current members refusing the whole batch
+    (no item named) with the retired members unreachable is a refusal, not Unavailable;
+    (2) a committee of five (t = 3) with an endpoint for four members: two refusing item 0
+    leave two that could sign it, so it is dropped."""
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
+    old = Committee(1, 3, tuple(bytes([i]) * 20 for i in range(1, 5)))
+    new = Committee(2, 3, tuple(bytes([i]) * 20 for i in range(5, 9)))
+    endpoints = [f"m{i}:1" for i in range(8)]
+    client = CommitteeClient(old, endpoints, 1.0, members=[*old.members, *new.members])
+    whole = grpc.aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(), "no"
+    )
+    answers: list[object] = [_unreachable_rpc()] * 4 + [
+        whole,
+        whole,
+        verifier_pb2.SignClaimsResponse(),
+        verifier_pb2.SignClaimsResponse(),
+    ]
+
+    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
+        for endpoint, answer in zip(endpoints, answers, strict=True):
+            yield endpoint, answer
+
+    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    with pytest.raises(PreconditionFailed) as refused:
+        await client.certify_batch(ClaimKind.LOCKED, terms(3), [domain], {"b": (new,)})
+    assert not isinstance(refused.value, BatchItemsRefused)
+
+    five = Committee(3, 3, tuple(bytes([i]) * 20 for i in range(10, 15)))
+    endpoints = [f"n{i}:1" for i in range(4)]
+    client = CommitteeClient(five, endpoints, 1.0, members=list(five.members[:4]))
+    answers = [
+        _refused_rpc([0]),
+        _refused_rpc([0]),
+        verifier_pb2.SignClaimsResponse(),
+        verifier_pb2.SignClaimsResponse(),
+    ]
+    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    with pytest.raises(BatchItemsRefused) as info:
+        await client.certify_batch(ClaimKind.LOCKED, terms(3), [domain])
+    assert [i.index for i in info.value.items] == [0]
