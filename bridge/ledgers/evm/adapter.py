@@ -1236,7 +1236,7 @@ class EvmAdapter(StepTemplate):
     async def _latest(self) -> int:
         return await self._head_read.get()
 
-    async def _gas_limit(self, fn: Any, sender: ChecksumAddress) -> tuple[int, bool]:
+    async def _gas_limit(self, fn: Any, sender: ChecksumAddress, key: bytes) -> tuple[int, bool]:
         """The gas limit to send ``fn`` with, after simulating it at the node's latest block,
         and whether it was sized by ``eth_createAccessList``. A revert of the simulation is
         the call's refusal (LedgerRejected), with nothing sent.
@@ -1255,8 +1255,7 @@ class EvmAdapter(StepTemplate):
         node without the method turns it off too; an answer that reports the revert inside
         the result (go-ethereum) or a gas figure that is not a quantity between 21,000 and
         2**32 is asked ``eth_estimateGas`` for that call, whose revert carries the typed
-        reason."""
-        key = _call_key(fn)
+        reason. ``key`` is the call's (:func:`_call_key`)."""
         recheck = key in self._check_sizing
         self._check_sizing.pop(key, None)
         if self._size_by_access_list:
@@ -1335,7 +1334,8 @@ class EvmAdapter(StepTemplate):
         assert self._signer is not None
         assert self._sender is not None
         sender = self._sender
-        gas, sized = await self._gas_limit(fn, sender)
+        key = _call_key(fn)
+        gas, sized = await self._gas_limit(fn, sender, key)
         fees = await self._fees()
         async with self._nonces.lock:
             for attempt in range(3):
@@ -1370,7 +1370,7 @@ class EvmAdapter(StepTemplate):
                     while len(self._sent_above) > _MAX_TRACKED:
                         self._sent_above.popitem(last=False)
                 if sized:
-                    self._sized_by_access_list[bytes(tx_hash)] = (gas, _call_key(fn))
+                    self._sized_by_access_list[bytes(tx_hash)] = (gas, key)
                     while len(self._sized_by_access_list) > _MAX_TRACKED:
                         self._sized_by_access_list.popitem(last=False)
                 return bytes(tx_hash)
