@@ -14,7 +14,6 @@ read_linger_ms``) for more.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from bridge.coordinator.clients import PeerFailed
@@ -22,12 +21,10 @@ from bridge.coordinator.coalesce import Coalescer
 from bridge.coordinator.context import EngineContext
 from bridge.domain.errors import Unavailable
 from bridge.domain.legs import HolderStatus
+from bridge.ledgers.bounded import gather_bounded
 
 __all__ = ["MAX_READS_PER_CALL", "HolderReads"]
 
-SPLIT_CONCURRENCY = 8
-"""Single reads in flight at once when a shared read is split (review helper-109: up to
-:data:`MAX_READS_PER_CALL` at once on a relayer that had just failed)."""
 MAX_READS_PER_CALL = 500
 """Most holders one coalesced read asks for (the relayer answers up to 1,000 per call)."""
 
@@ -81,13 +78,11 @@ class HolderReads:
             unreachable = isinstance(exc, Unavailable) and not isinstance(exc, PeerFailed)
             if unreachable or len(unique) == 1:
                 raise
-            gate = asyncio.Semaphore(SPLIT_CONCURRENCY)
-
-            async def alone(holder: str) -> HolderStatus:
-                async with gate:
-                    return await relayer.holder(security, holder)
-
-            singles = await asyncio.gather(*(alone(h) for h in unique), return_exceptions=True)
+            # READ_CONCURRENCY at a time (review helper-109: not hundreds at once on a
+            # relayer that has just failed).
+            singles = await gather_bounded(
+                lambda h: relayer.holder(security, h), unique, return_exceptions=True
+            )
             for r in singles:
                 if not isinstance(r, (HolderStatus, Exception)):
                     raise r from None  # a cancellation is not an answer

@@ -970,11 +970,12 @@ async def test_holder_reads_answer_each_holder_its_own_standing() -> None:
 
 async def test_a_split_holder_read_reads_a_few_holders_at_a_time() -> None:
     """Review helper-109: a shared read the relayer failed on is split into single reads at
-    most SPLIT_CONCURRENCY at a time (not hundreds at once on a relayer that just failed);
+    most READ_CONCURRENCY at a time (not hundreds at once on a relayer that just failed);
     every caller still gets its own answer."""
     from bridge.coordinator.clients import PeerFailed
-    from bridge.coordinator.holder_reads import SPLIT_CONCURRENCY, HolderReads
+    from bridge.coordinator.holder_reads import HolderReads
     from bridge.domain.legs import HolderStatus
+    from bridge.ledgers.bounded import READ_CONCURRENCY
 
     in_flight = most = 0
     gate = asyncio.Event()
@@ -1002,7 +1003,7 @@ async def test_a_split_holder_read_reads_a_few_holders_at_a_time() -> None:
     gate.set()
     answers = await asyncio.gather(first, *many)
     assert [a.balance for a in answers] == list(range(101))
-    assert 1 < most <= SPLIT_CONCURRENCY, most
+    assert 1 < most <= READ_CONCURRENCY, most
     await reads.close()
 
 
