@@ -446,6 +446,10 @@ class CommitteeClient:
         if len(addresses) != len(endpoints):
             raise ValueError("one member address (or None) per endpoint")
         self._member_at: dict[str, bytes | None] = dict(zip(endpoints, addresses, strict=True))
+        # The members this client asks, or None when some endpoint's member is not known.
+        self._asked: frozenset[bytes] | None = (
+            None if None in addresses else frozenset(a for a in addresses if a is not None)
+        )
         # SECURITY: with identities, the server at endpoint i must hold member role i.
         idents = list(identities) if identities is not None else [None] * len(endpoints)
         self._conns: list[ReloadingStub[verifier_pb2_grpc.VerifierServiceAsyncStub]] = [
@@ -851,11 +855,11 @@ class CommitteeClient:
                 if certs is not None:
                     return certs
         need = max(c.threshold for c in committees.values())
-        if refused and self._beyond_spare(refusing, wanted):
+        refused_all = self._beyond_spare(refusing, wanted)
+        if refused and refused_all:
             raise BatchItemsRefused(
                 item for i, item in refused.items() if self._beyond_spare(refusers[i], wanted)
             )
-        refused_all = self._beyond_spare(refusing, wanted)
         raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject, refused_all)
 
     def _beyond_spare(self, refusers: set[str], wanted: Mapping[str, Sequence[Committee]]) -> bool:
@@ -866,11 +870,11 @@ class CommitteeClient:
         endpoint whose member is not known, every refusal counts against every committee,
         and the committees' largest threshold against all the endpoints (the rule before
         member addresses were known: never fewer refusals absorbed than members asked)."""
-        if any(self._member_at.get(e) is None for e in self._endpoints):
+        asked = self._asked  # a member without an endpoint signs nothing
+        if asked is None:
             need = max(c.threshold for cs in wanted.values() for c in cs)
             return len(refusers) > len(self._endpoints) - need
         who = {self._member_at[e] for e in refusers}
-        asked = set(self._member_at.values())  # a member without an endpoint signs nothing
         return any(
             all(
                 len(who & set(c.members)) > len(asked & set(c.members)) - c.threshold
