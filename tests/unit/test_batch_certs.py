@@ -5,7 +5,7 @@ anything is handed out, and a member's refusal details read back defensively."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
@@ -187,6 +187,18 @@ def _unreachable_rpc() -> grpc.aio.AioRpcError:
     )
 
 
+def answering(client: CommitteeClient, endpoints: Sequence[str], answers: Sequence[object]) -> None:
+    """The members at ``endpoints`` answer each of ``client``'s questions with ``answers``
+    (one each, in order): a stand-in for their servers in these tests of the client's own
+    counting."""
+
+    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
+        for endpoint, answer in zip(endpoints, answers, strict=True):
+            yield endpoint, answer
+
+    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+
+
 @pytest.mark.parametrize("members_known", [True, False])
 async def test_after_a_rotation_an_item_two_current_members_refuse_is_dropped(
     members_known: bool, monkeypatch: pytest.MonkeyPatch
@@ -209,19 +221,14 @@ async def test_after_a_rotation_an_item_two_current_members_refuse_is_dropped(
         verifier_pb2.SignClaimsResponse(),
     ]
 
-    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
-        for endpoint, answer in zip(endpoints, answers, strict=True):
-            yield endpoint, answer
-
-    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
-    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
+    answering(client, endpoints, answers)
     if members_known:
         with pytest.raises(BatchItemsRefused) as info:
-            await client.certify_batch(ClaimKind.LOCKED, terms(5), [domain], {"b": (new,)})
+            await client.certify_batch(ClaimKind.LOCKED, terms(5), [B], {"b": (new,)})
         assert [i.index for i in info.value.items] == [0]
     else:
         with pytest.raises(Unavailable):
-            await client.certify_batch(ClaimKind.LOCKED, terms(5), [domain], {"b": (new,)})
+            await client.certify_batch(ClaimKind.LOCKED, terms(5), [B], {"b": (new,)})
 
 
 async def test_a_member_failing_internally_is_unreachable_not_a_refusal(
@@ -247,14 +254,9 @@ async def test_a_member_failing_internally_is_unreachable_not_a_refusal(
         verifier_pb2.SignClaimsResponse(),
     ]
 
-    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
-        for endpoint, answer in zip(endpoints, answers, strict=True):
-            yield endpoint, answer
-
-    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
-    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
+    answering(client, endpoints, answers)
     with pytest.raises(Unavailable) as info:
-        await client.certify_batch(ClaimKind.LOCKED, terms(2), [domain])
+        await client.certify_batch(ClaimKind.LOCKED, terms(2), [B])
     assert "10.1.2.3" not in str(info.value)
     assert "2 of 4 members unreachable" in str(info.value)
 
@@ -267,7 +269,6 @@ async def test_refusals_are_weighed_per_committee_without_items_and_without_endp
     (2) a committee of five (t = 3) with an endpoint for four members: two refusing item 0
     leave two that could sign it, so it is dropped."""
     monkeypatch.setenv(INSECURE_ENV, "1")
-    domain = LedgerDomain("b", b"\x03" * 32, b"\x04" * 32, evm_network_word(31337))
     old = Committee(1, 3, tuple(bytes([i]) * 20 for i in range(1, 5)))
     new = Committee(2, 3, tuple(bytes([i]) * 20 for i in range(5, 9)))
     endpoints = [f"m{i}:1" for i in range(8)]
@@ -282,13 +283,9 @@ async def test_refusals_are_weighed_per_committee_without_items_and_without_endp
         verifier_pb2.SignClaimsResponse(),
     ]
 
-    async def ask_all(call: object, examine: object) -> AsyncIterator[tuple[str, object]]:
-        for endpoint, answer in zip(endpoints, answers, strict=True):
-            yield endpoint, answer
-
-    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    answering(client, endpoints, answers)
     with pytest.raises(PreconditionFailed) as refused:
-        await client.certify_batch(ClaimKind.LOCKED, terms(3), [domain], {"b": (new,)})
+        await client.certify_batch(ClaimKind.LOCKED, terms(3), [B], {"b": (new,)})
     assert not isinstance(refused.value, BatchItemsRefused)
 
     five = Committee(3, 3, tuple(bytes([i]) * 20 for i in range(10, 15)))
@@ -300,7 +297,7 @@ async def test_refusals_are_weighed_per_committee_without_items_and_without_endp
         verifier_pb2.SignClaimsResponse(),
         verifier_pb2.SignClaimsResponse(),
     ]
-    client._ask_all = ask_all  # type: ignore[method-assign,assignment]
+    answering(client, endpoints, answers)
     with pytest.raises(BatchItemsRefused) as info:
-        await client.certify_batch(ClaimKind.LOCKED, terms(3), [domain])
+        await client.certify_batch(ClaimKind.LOCKED, terms(3), [B])
     assert [i.index for i in info.value.items] == [0]
