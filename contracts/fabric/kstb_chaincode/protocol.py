@@ -2460,12 +2460,7 @@ def _parse_batch_certificate(text: str) -> _batch.BatchCertificate:
     """``{"epoch", "kind", "root", "count", "signatures"}``. Signatures that are not a list
     of 0x hex byte strings fail verification with MalformedSignatures, as in
     :func:`parse_certificate`; any other malformed field is InvalidArgument."""
-    if len(text) > MAX_CERTIFICATE_CHARS:
-        raise ChaincodeError(
-            "InvalidBatch",
-            f"batch certificate: {len(text)} characters, max={MAX_CERTIFICATE_CHARS}",
-            {"chars": len(text), "max": MAX_CERTIFICATE_CHARS},
-        )
+    _refuse_longer("batch certificate", text, MAX_CERTIFICATE_CHARS)
     obj = _loads("batch certificate", text)
     if not isinstance(obj, dict) or set(obj) != _BATCH_CERT_KEYS:
         raise _invalid(f"batch certificate must have exactly the keys {sorted(_BATCH_CERT_KEYS)}")
@@ -2510,6 +2505,17 @@ def _batch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"items": results, "applied": len(results) - skipped, "skipped": skipped}
 
 
+def _refuse_longer(name: str, text: str, limit: int) -> None:
+    """InvalidBatch (figures ``chars`` and ``max``) when ``text`` is longer than ``limit``
+    characters: checked before it is decoded (review helper-107)."""
+    if len(text) > limit:
+        raise ChaincodeError(
+            "InvalidBatch",
+            f"{name}: {len(text)} characters, max={limit}",
+            {"chars": len(text), "max": limit},
+        )
+
+
 MAX_ENTRY_CHARS = 8192
 """The longest JSON text an entry of a bounded list may take on average: a batch item (terms
 about 1 KB, a proof of ``MAX_PROOF_LENGTH`` words about 2.2 KB, compact JSON as the relayer
@@ -2524,12 +2530,7 @@ def _bounded_list(name: str, text: str, bound: int, expected: str) -> list[Any]:
     every endorsing peer before the bound applied); InvalidArgument (``<name> must be
     <expected>``) when it is not a list; InvalidBatch above the bound (figures ``count``
     and ``max``)."""
-    if len(text) > bound * MAX_ENTRY_CHARS:
-        raise ChaincodeError(
-            "InvalidBatch",
-            f"{name}: {len(text)} characters, max={bound * MAX_ENTRY_CHARS}",
-            {"chars": len(text), "max": bound * MAX_ENTRY_CHARS},
-        )
+    _refuse_longer(name, text, bound * MAX_ENTRY_CHARS)
     obj = _loads(name, text)
     if not isinstance(obj, list):
         raise _invalid(f"{name} must be {expected}")
