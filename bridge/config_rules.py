@@ -416,7 +416,7 @@ def coordinator_rules(model: CoordinatorFile, network: NetworkConfig) -> list[Co
     """Every ledger has exactly one relayer and every relayer a ledger; verifier endpoints
     and named members distinct and committee members; enough genesis members reachable for
     a quorum (t <= reachable members) unless members of later epochs are reachable; with
-    ``[tls]`` each endpoint names its member."""
+    ``[tls]`` each endpoint names its member; a day's batch quota holds a full batch."""
     problems = [
         ConfigProblem(f"relayers.{name}", f"relayer for unknown ledger {name!r}")
         for name in model.relayers
@@ -474,6 +474,14 @@ def coordinator_rules(model: CoordinatorFile, network: NetworkConfig) -> list[Co
                 "verifiers",
                 f"quorum unreachable: {reachable} of the {n} genesis members have an endpoint,"
                 f" {t} must sign",
+            )
+        )
+    if model.max_batch_items_per_day < model.max_batch_items:
+        problems.append(
+            ConfigProblem(
+                "max_batch_items_per_day",
+                f"{model.max_batch_items_per_day} is below max_batch_items"
+                f" ({model.max_batch_items}): a full batch could never be submitted",
             )
         )
     return problems + _listen_clash(model.listen, model.metrics.listen)

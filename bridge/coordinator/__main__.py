@@ -15,7 +15,7 @@ from bridge.collector import tune_collector
 from bridge.config import HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
 from bridge.coordinator.batch_retention import prune_batches
-from bridge.coordinator.batches import SqlBatchStore
+from bridge.coordinator.batches import BatchQuota, SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import (
     Database,
@@ -216,7 +216,10 @@ async def run(config_path: Path) -> None:
     )
     coordinator.set_halts(halts)
     depository = DepositoryServicer(halts, list(relayers))
-    batch_store = SqlBatchStore(db)  # ---- batch API (ADR 0023)
+    # ---- batch API (ADR 0023), held to its quota per source ledger
+    batch_store = SqlBatchStore(
+        db, BatchQuota(cfg.max_batch_items_per_day, cfg.max_refused_batch_items_per_day)
+    )
     transfers = TransferServicer(
         cfg.network,
         coordinator,

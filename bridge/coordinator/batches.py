@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from bridge.coordinator.batch_retention import DAY_S
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.records import TransferUpdate
 from bridge.domain.errors import (
@@ -357,10 +358,18 @@ class BatchStore(Protocol):
     """Where batches are recorded (the coordinator's database)."""
 
     async def claim(
-        self, source_ledger: str, batch_id: str, fp: bytes, owner: str, now: float
+        self,
+        source_ledger: str,
+        batch_id: str,
+        fp: bytes,
+        owner: str,
+        now: float,
+        *,
+        items: int = 0,
     ) -> Claim:
         """Reserve the batch id for ``owner`` before any item is submitted (one
-        transaction): a new id is inserted pending; a stored batch with the same
+        transaction): a new id (of ``items`` items) is inserted pending, or refused
+        ResourceExhausted by the store's quota; a stored batch with the same
         fingerprint is taken over when it is pending (its owner died or lost its lease:
         this process runs one call per batch, see BatchRunner) or has RETRYABLE items; a
         stored batch with another fingerprint is returned untouched. Durable when it
@@ -387,38 +396,81 @@ class BatchStore(Protocol):
 _COLUMNS = "fingerprint, results, created_at, pending, owner"
 
 
-class SqlBatchStore:
-    """BatchStore on the coordinator's database (SQLite or PostgreSQL; schema version 7)."""
+@dataclass(frozen=True, slots=True)
+class BatchQuota:
+    """How much one source ledger's batches may record in a rolling day (schema version 8).
 
-    def __init__(self, db: Database) -> None:
+    SECURITY (the threat model's "batch rows" limitation): a batch row keeps every item's
+    result for ``batch_retention_days``, so a brokerage's TLS certificate alone (no
+    instruction key: items refused for another ledger, a malformed field or a bad
+    signature are stored too) could grow the coordinator's database without bound. A new
+    batch id is refused RESOURCE_EXHAUSTED, nothing reserved, when the ledger's batches
+    recorded in the last ``window`` seconds hold ``refused_per_day`` items with an error
+    (REFUSED or RETRYABLE) or more, or when their items and the new batch's would exceed
+    ``items_per_day``. Replays of a recorded batch id are never refused by it. Concurrent
+    new batches may each pass the check: the refused count can end at most
+    ``max_running_batches`` x ``max_batch_items`` items above its bound."""
+
+    items_per_day: int
+    refused_per_day: int
+    window: float = float(DAY_S)
+
+    def __post_init__(self) -> None:
+        if self.items_per_day <= 0 or self.refused_per_day <= 0 or self.window <= 0:
+            raise ValueError("a batch quota's bounds and window must be positive")
+
+
+class SqlBatchStore:
+    """BatchStore on the coordinator's database (SQLite or PostgreSQL; schema version 8).
+    With a ``quota``, new batch ids are held to it (:class:`BatchQuota`)."""
+
+    def __init__(self, db: Database, quota: BatchQuota | None = None) -> None:
         self._db = as_database(db)
+        self._quota = quota
 
     def close(self) -> None:
         """Release the database (closed with its last store)."""
         self._db.close()
 
     async def claim(
-        self, source_ledger: str, batch_id: str, fp: bytes, owner: str, now: float
+        self,
+        source_ledger: str,
+        batch_id: str,
+        fp: bytes,
+        owner: str,
+        now: float,
+        *,
+        items: int = 0,
     ) -> Claim:
-        """See BatchStore.claim.
+        """See BatchStore.claim. A new batch id of ``items`` items is held to the quota
+        (ResourceExhausted, nothing reserved).
 
         SECURITY (review helper-106 M1): a request under another request's batch id is
         answered from the stored fingerprint alone, in a read: neither the stored results
         (up to thousands of items) are parsed nor a write transaction taken for it, so a
         brokerage replaying small conflicting requests under its large batches' ids does
-        not hold the coordinator's one database thread."""
-        head = await self._db.read(lambda db: _head(db, source_ledger, batch_id))
+        not hold the coordinator's one database thread. A new id past the quota is refused
+        from a read too, and checked again in the write that reserves it."""
+
+        def look(db: Conn) -> BatchRecord | None:
+            head = _head(db, source_ledger, batch_id)
+            if head is None:
+                self._check_quota(db, source_ledger, items, now)
+            return head
+
+        head = await self._db.read(look)
         if head is not None and head.fingerprint != fp:
             return Claim(head, False)
 
         def run(db: Conn) -> Claim:
             stored = _get(db, source_ledger, batch_id, lock=True)
             if stored is None:
+                self._check_quota(db, source_ledger, items, now)
                 cur = db.execute(
                     "INSERT INTO transfer_batches (source_ledger, batch_id, fingerprint,"
-                    " results, created_at, pending, owner) VALUES (?,?,?,'[]',?,1,?)"
+                    " results, created_at, pending, owner, items) VALUES (?,?,?,'[]',?,1,?,?)"
                     " ON CONFLICT DO NOTHING",
-                    (source_ledger, batch_id, fp, now, owner),
+                    (source_ledger, batch_id, fp, now, owner, items),
                 )
                 if cur.rowcount == 1:
                     return Claim(None, True)
@@ -441,18 +493,48 @@ class SqlBatchStore:
     async def finish(self, batch: BatchRecord, owner: str) -> tuple[BatchRecord, bool]:
         """See BatchStore.finish."""
 
+        refused = sum(1 for r in batch.results if r.error is not None)
+
         def run(db: Conn) -> tuple[BatchRecord | None, bool]:
             cur = db.execute(
-                "UPDATE transfer_batches SET results = ?, pending = 0, owner = ''"
+                "UPDATE transfer_batches SET results = ?, refused = ?, pending = 0, owner = ''"
                 " WHERE source_ledger = ? AND batch_id = ? AND owner = ? AND pending = 1",
-                (_results_json(batch.results), batch.source_ledger, batch.batch_id, owner),
-            )
+                (_results_json(batch.results), refused, batch.source_ledger, batch.batch_id,
+                 owner),
+            )  # fmt: skip
             return _get(db, batch.source_ledger, batch.batch_id), cur.rowcount == 1
 
         stored, written = await self._db.write(run)
         if stored is None:  # reserved before the items ran, read in the same transaction
             raise RuntimeError(f"batch {batch.batch_id!r} vanished while it was recorded")
         return stored, written
+
+    def _check_quota(self, db: Conn, source_ledger: str, items: int, now: float) -> None:
+        """Raise ResourceExhausted when a new batch of ``items`` items from
+        ``source_ledger`` would break the quota (:class:`BatchQuota`); one read of the
+        covering index ``transfer_batches_recent``."""
+        quota = self._quota
+        if quota is None:
+            return
+        recorded, refused = db.execute(
+            "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(refused), 0) FROM transfer_batches"
+            " WHERE source_ledger = ? AND created_at > ?",
+            (source_ledger, now - quota.window),
+        ).fetchone()
+        hours = f"{quota.window / 3600:g} h"
+        if int(refused) >= quota.refused_per_day:
+            raise ResourceExhausted(
+                f"batches from {source_ledger} recorded {int(refused)} refused or retryable"
+                f" items in the last {hours}, the most allowed"
+                f" (max_refused_batch_items_per_day {quota.refused_per_day});"
+                " new batch ids are refused until older ones leave the window"
+            )
+        if int(recorded) + items > quota.items_per_day:
+            raise ResourceExhausted(
+                f"batches from {source_ledger} recorded {int(recorded)} items in the last"
+                f" {hours}; {items} more would pass max_batch_items_per_day"
+                f" ({quota.items_per_day})"
+            )
 
     async def prune(self, created_before: float, limit: int = 1000) -> int:
         """Delete at most ``limit`` finished batch records created before
@@ -582,10 +664,18 @@ class BatchRunner:
         return self._store
 
     async def submit(
-        self, source_ledger: str, batch_id: str, fp: bytes, run: RunItems, now: float
+        self,
+        source_ledger: str,
+        batch_id: str,
+        fp: bytes,
+        run: RunItems,
+        now: float,
+        *,
+        items: int = 0,
     ) -> tuple[BatchRecord, bool]:
         """The batch's recorded results after running whatever of it is to run; True when
-        this call's own task recorded it first. Conflict for another request's batch id."""
+        this call's own task recorded it first. Conflict for another request's batch id;
+        ResourceExhausted for a new batch id (of ``items`` items) past the store's quota."""
         key = (source_ledger, batch_id, fp)
         for _ in range(CLAIM_ATTEMPTS):
             task = self._running.get(key)
@@ -602,7 +692,7 @@ class BatchRunner:
                         f"{running} batches from {source_ledger} are running"
                         " (max_running_batches); retry when one has answered"
                     )
-                task = asyncio.create_task(self._attempt(key, fp, run, now))
+                task = asyncio.create_task(self._attempt(key, fp, run, now, items))
                 self._running[key] = task
                 task.add_done_callback(lambda t: self._forget(key, t))
             record, created = await asyncio.shield(task)
@@ -619,11 +709,11 @@ class BatchRunner:
             task.exception()  # retrieved: its callers got it
 
     async def _attempt(
-        self, key: tuple[str, str, bytes], fp: bytes, run: RunItems, now: float
+        self, key: tuple[str, str, bytes], fp: bytes, run: RunItems, now: float, items: int
     ) -> tuple[BatchRecord, bool]:
         source_ledger, batch_id, _ = key
         owner = uuid.uuid4().hex
-        claim = await self._store.claim(source_ledger, batch_id, fp, owner, now)
+        claim = await self._store.claim(source_ledger, batch_id, fp, owner, now, items=items)
         if not claim.claimed:
             if claim.record is None:
                 raise RuntimeError(f"batch {batch_id!r} vanished while it was claimed")

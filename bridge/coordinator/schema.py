@@ -248,6 +248,17 @@ ALTER TABLE transfer_batches ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE transfer_batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 """
 
+# ---- version 8: the batch API's quota per source ledger (threat model, "batch rows"): each
+# batch's item count (set when its id is reserved) and how many of its items carry an error
+# (set with its results), summed over a rolling day from a covering index, so a brokerage's
+# certificate alone cannot grow the database without bound. Rows of older releases count 0.
+_V8 = """
+ALTER TABLE transfer_batches ADD COLUMN items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transfer_batches ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS transfer_batches_recent
+  ON transfer_batches(source_ledger, created_at, items, refused);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -345,6 +356,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "batch API: batches and their per-item results", _V5),
     Migration(6, "coordinator lease holder: one process (name and instance id)", _V6),
     Migration(7, "batch API: a batch id is reserved before its items run", _V7),
+    Migration(8, "batch API: items and refused items per batch, for a daily quota", _V8),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

@@ -300,7 +300,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         # caller's own: a brokerage can neither read nor block another's batch. The id is
         # reserved before any item runs: another request under a taken id submits nothing.
         recorded, created = await runner.submit(
-            request.source_ledger, request.batch_id, fp, run, time.time()
+            request.source_ledger, request.batch_id, fp, run, time.time(), items=count
         )
         return await self._batch_to_pb(recorded, created=created)
 

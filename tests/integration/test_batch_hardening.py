@@ -31,7 +31,7 @@ import pytest
 from grpc_status import rpc_status
 
 from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
-from bridge.coordinator.batches import SqlBatchStore
+from bridge.coordinator.batches import BatchQuota, SqlBatchStore
 from bridge.coordinator.db import Database, open_database
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.requests import terms_for
@@ -152,7 +152,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 
 @pytest.fixture
-async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
+async def served(
+    request: pytest.FixtureRequest, tmp_path: Path, database: Database
+) -> AsyncIterator[Served]:
+    """The served coordinator; ``request.param`` (indirect) is its batch store's quota."""
     pki = DevPki(tmp_path / "pki")
     pki.organisation("bridge-operator", ["coordinator"])
     pki.issue("bridge-operator", "coordinator", "coordinator")
@@ -161,7 +164,7 @@ async def served(tmp_path: Path, database: Database) -> AsyncIterator[Served]:
     second = pki.issue_extra("a", "brokerage:a", "brokerage-a-2")
     network = _network(pki, tmp_path)
     store = SqlTransferStore(database)
-    batches = SqlBatchStore(database)
+    batches = SqlBatchStore(database, getattr(request, "param", None))
     relayers = {"a": SlowRelayer("a"), "b": SlowRelayer("b")}
     coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
                               max_backoff=0.2, sweep_every=0.1)  # fmt: skip
@@ -347,6 +350,38 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
     assert served.submitted["x-0"] == served.submitted["x-1"] == 1
     done = await served.stub.SubmitTransfers(second, timeout=30)
     assert done.created and outcomes(done) == [OUT.BATCH_ITEM_OUTCOME_CREATED]
+
+
+@pytest.mark.parametrize(
+    "served", [BatchQuota(items_per_day=1000, refused_per_day=3)], indirect=True
+)
+async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
+    served: Served,
+) -> None:
+    """Threat model, "batch rows": items refused before any instruction is checked (here
+    naming another ledger) are stored with their batch, so they are held to a daily quota
+    per source ledger. Past it, the brokerage's next batch id is RESOURCE_EXHAUSTED naming
+    the setting, with nothing reserved or submitted, while a replay of its recorded batch
+    still answers the same results."""
+    items = [item(served, "q-0"), *(item(served, f"q-{i}") for i in range(1, 4))]
+    for it in items[1:]:
+        it.source_ledger = "b"
+    first = batch("quota-1", items)
+    got = await served.stub.SubmitTransfers(first, timeout=30)
+    refused = [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 3
+    assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED, *refused]
+    nxt = batch("quota-2", [item(served, "q-9")])
+    with pytest.raises(grpc.aio.AioRpcError) as exhausted:
+        await served.other_stub.SubmitTransfers(nxt, timeout=30)
+    assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(exhausted.value)  # type: ignore[arg-type]
+    assert status is not None
+    assert "recorded 3 refused or retryable items in the last 24 h" in status.message
+    assert "(max_refused_batch_items_per_day 3)" in status.message
+    assert await served.batches.get("a", "quota-2") is None and served.submitted["q-9"] == 0
+    replay = await served.stub.SubmitTransfers(first, timeout=30)
+    assert outcomes(replay) == outcomes(got) and not replay.created
+    assert served.submitted["q-0"] == 1
 
 
 # ---- review s18 F4: what a batch stores is bounded and validated; a replay is cheap

@@ -17,6 +17,7 @@ from bridge.coordinator import batches as batches_module
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import (
     YIELD_EVERY,
+    BatchQuota,
     BatchRecord,
     BatchRunner,
     Claim,
@@ -43,6 +44,7 @@ from bridge.domain.errors import (
     NotLeader,
     PermissionDenied,
     PreconditionFailed,
+    ResourceExhausted,
     Unavailable,
 )
 from bridge.rpc.roles import Principal
@@ -365,6 +367,99 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         assert (await store.claim(A, "old-0", b"\xbb" * 32, "o2", 200.0)) == Claim(None, True)
     finally:
         store.close()
+
+
+def _refused(index: int, retryable: bool = False) -> ItemResult:
+    """An item refused (or RETRYABLE) with an error stored beside it."""
+    meta = {"retryable": "true"} if retryable else {}
+    outcome = ItemOutcome.RETRYABLE if retryable else ItemOutcome.REFUSED
+    error = ItemError("PERMISSION_DENIED", "PERMISSION_DENIED", "another ledger", meta)
+    return ItemResult(index, f"r{index}", outcome, error=error)
+
+
+async def test_refused_items_past_the_daily_quota_refuse_new_batch_ids(database: Database) -> None:
+    """Threat model, "batch rows": a brokerage's certificate alone (items refused before any
+    instruction is checked) can no longer grow the batch rows without bound. Once its
+    batches of the last day hold ``refused_per_day`` items with an error (REFUSED or
+    RETRYABLE), a new batch id of that ledger is refused RESOURCE_EXHAUSTED and nothing is
+    reserved; replays of recorded ids still answer; another ledger is not held by it; the
+    window rolls."""
+    store = SqlBatchStore(database, BatchQuota(items_per_day=1000, refused_per_day=5))
+    fp = b"\xaa" * 32
+    try:
+        assert (await store.claim(A, "d1", fp, "o", 100.0, items=4)).claimed
+        mixed = (*(_refused(i) for i in range(3)), _refused(3, retryable=True))
+        await store.finish(BatchRecord(A, "d1", fp, mixed, 100.0), "o")
+        # 4 of 5: a new id still runs; an all-created batch adds nothing refused.
+        assert (await store.claim(A, "d2", fp, "o", 101.0, items=2)).claimed
+        created = tuple(
+            ItemResult(i, f"c{i}", ItemOutcome.CREATED, transfer_id=bytes([i + 1]) * 32)
+            for i in range(2)
+        )
+        await store.finish(BatchRecord(A, "d2", fp, created, 101.0), "o")
+        assert (await store.claim(A, "d3", fp, "o", 102.0, items=1)).claimed
+        await store.finish(BatchRecord(A, "d3", fp, (_refused(0),), 102.0), "o")
+        with pytest.raises(ResourceExhausted) as refused:
+            await store.claim(A, "d4", fp, "o", 103.0, items=1)
+        assert refused.value.kind is BridgeReason.RESOURCE_EXHAUSTED
+        assert str(refused.value) == (
+            f"batches from {A} recorded 5 refused or retryable items in the last 24 h,"
+            " the most allowed (max_refused_batch_items_per_day 5); new batch ids are"
+            " refused until older ones leave the window"
+        )
+        assert await store.get(A, "d4") is None  # nothing reserved
+        # A replay of a recorded id is served: it re-runs its RETRYABLE item (then answers
+        # its results); a conflicting request gets the fingerprint (Conflict).
+        replay = await store.claim(A, "d1", fp, "o2", 103.0, items=4)
+        assert replay.claimed and replay.record is not None
+        assert replay.record.results == mixed and replay.record.to_retry == (3,)
+        final = (*mixed[:3], _refused(3))
+        await store.finish(BatchRecord(A, "d1", fp, final, 100.0), "o2")
+        answered = await store.claim(A, "d1", fp, "o3", 103.0, items=4)
+        assert not answered.claimed and answered.record is not None
+        assert answered.record.results == final
+        other = await store.claim(A, "d1", b"\xbb" * 32, "o2", 103.0, items=4)
+        assert other.record is not None and other.record.fingerprint == fp
+        # Another ledger's batches are not held by A's refusals.
+        assert (await store.claim(B, "d4", fp, "o", 103.0, items=1)).claimed
+        # The window rolls: a day after d1, its 4 leave the count.
+        assert (await store.claim(A, "d4", fp, "o", 100.0 + 86_400 + 1, items=1)).claimed
+    finally:
+        store.close()
+
+
+async def test_items_past_the_daily_quota_refuse_a_new_batch_id(database: Database) -> None:
+    """Every item of a reserved batch counts from its reservation (a running batch too);
+    a new id whose items would pass ``items_per_day`` is refused, nothing reserved, and
+    one that fits exactly still runs. A retryable batch's replay (a takeover of its row)
+    is never refused by the quota."""
+    store = SqlBatchStore(database, BatchQuota(items_per_day=10, refused_per_day=1000))
+    fp = b"\xaa" * 32
+    try:
+        assert (await store.claim(A, "e1", fp, "o", 50.0, items=6)).claimed  # still pending
+        with pytest.raises(ResourceExhausted) as refused:
+            await store.claim(A, "e2", fp, "o", 51.0, items=5)
+        assert str(refused.value) == (
+            f"batches from {A} recorded 6 items in the last 24 h; 5 more would pass"
+            " max_batch_items_per_day (10)"
+        )
+        assert await store.get(A, "e2") is None
+        assert (await store.claim(A, "e2", fp, "o", 51.0, items=4)).claimed
+        retry = (_refused(0, retryable=True),)
+        await store.finish(BatchRecord(A, "e2", fp, retry, 51.0), "o")
+        # At the quota: a new id is refused, but the retryable batch is taken over.
+        with pytest.raises(ResourceExhausted):
+            await store.claim(A, "e3", fp, "o", 52.0, items=1)
+        again = await store.claim(A, "e2", fp, "o2", 52.0, items=4)
+        assert again.claimed and again.record is not None and again.record.to_retry == (0,)
+    finally:
+        store.close()
+
+
+def test_a_batch_quota_needs_positive_bounds() -> None:
+    for bad in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            BatchQuota(*bad)
 
 
 async def test_the_pruning_loop_deletes_in_rounds_and_survives_a_store_failure() -> None:

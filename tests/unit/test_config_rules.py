@@ -258,6 +258,13 @@ def test_a_kind_with_deterministic_finality_needs_no_depth(tmp_path: Path) -> No
             {"metrics": {"listen": "127.0.0.1:7000"}},
             ("metrics.listen", "127.0.0.1:7000 is also the gRPC listen address"),
         ),
+        (
+            {"max_batch_items": 500, "max_batch_items_per_day": 499},
+            (
+                "max_batch_items_per_day",
+                "499 is below max_batch_items (500): a full batch could never be submitted",
+            ),
+        ),
     ],
     ids=[
         "relayer-unknown-ledger",
@@ -269,6 +276,7 @@ def test_a_kind_with_deterministic_finality_needs_no_depth(tmp_path: Path) -> No
         "tls-unnamed",
         "member-checksum",
         "metrics-clash",
+        "batch-quota-below-a-batch",
     ],
 )
 def test_coordinator_rules(
