@@ -2,7 +2,8 @@
 single-claim SignatureSet or a BatchCertified (batch certificate + the transfer's proof),
 reads rows written before batches, replaces a batch certificate by a single one on
 re-certification, and never records a batch certificate of another kind. SQLite and a real
-PostgreSQL cluster (the store tests' fixture)."""
+PostgreSQL cluster (the store tests' fixture). Since schema version 9 a batch certificate is
+stored once and each item names it beside its own proof."""
 
 from __future__ import annotations
 
@@ -189,3 +190,94 @@ async def test_a_batch_with_one_forged_item_records_nothing(store: SqlTransferSt
     assert store._db.commits == commits
     for rec in records:
         assert await store.decision(rec.transfer_id) is None
+
+
+def _rows(store: SqlTransferStore, sql: str) -> list[tuple[object, ...]]:
+    return [tuple(r) for r in store._db.run_sync(lambda db: db.execute(sql).fetchall())]
+
+
+async def test_a_batch_certificate_is_stored_once_and_each_item_keeps_its_proof(
+    store: SqlTransferStore,
+) -> None:
+    """Schema version 9: the items of a batch name its certificate (one row per batch and
+    ledger) beside their own proof, instead of each repeating its signatures and root;
+    every decision reads back whole. A certificate over the same root with other
+    signatures (a re-assembly from other members) is a row of its own."""
+    records = [make_record(40 + n) for n in range(6)]
+    for rec in records:
+        await store.create(rec)
+    a = batch_cert(ClaimKind.COMMIT).certificate
+    b = BatchCertificate(a.epoch, a.kind, a.root, a.count, (b"\x03" * 65, b"\x04" * 65))
+
+    def decision(n: int) -> Decision:
+        return Decision(
+            ClaimKind.COMMIT,
+            {
+                "brokerage-a": BatchCertified(a, (bytes([n]) * 32,)),
+                "brokerage-b": BatchCertified(b, (bytes([n + 100]) * 32,)),
+            },
+            f"c{n}",
+        )
+
+    decisions = [decision(n) for n in range(6)]
+    await store.record_decisions(
+        [(r.transfer_id, d) for r, d in zip(records[:3], decisions[:3], strict=True)]
+    )
+    # A later write naming the same certificates adds no row.
+    await store.record_decisions(
+        [(r.transfer_id, d) for r, d in zip(records[3:], decisions[3:], strict=True)]
+    )
+    assert _rows(store, "SELECT COUNT(*) FROM batch_certificates") == [(2,)]
+    for rec, d in zip(records, decisions, strict=True):
+        assert await store.decision(rec.transfer_id) == d
+    texts = _rows(store, "SELECT certificates FROM decisions")
+    assert len(texts) == 6
+    for (text,) in texts:
+        row = json.loads(str(text))
+        assert {e["type"] for e in row.values()} == {"batch-ref"}
+        assert all("signatures" not in e and "root" not in e for e in row.values())
+        assert len(str(text)) < 500  # the whole certificate per ledger was about 900
+
+
+async def test_rows_with_an_inline_batch_certificate_still_read(store: SqlTransferStore) -> None:
+    """Decisions written before version 9 carry their batch certificate inline."""
+    rec = make_record(50)
+    await store.create(rec)
+    cert = batch_cert(ClaimKind.ABORT)
+    b = cert.certificate
+    inline = {
+        "brokerage-a": {
+            "type": "batch", "epoch": b.epoch, "kind": b.kind, "root": b.root.hex(),
+            "count": b.count, "signatures": [x.hex() for x in b.signatures],
+            "proof": [x.hex() for x in cert.proof],
+        }
+    }  # fmt: skip
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (rec.transfer_id, int(ClaimKind.ABORT), json.dumps(inline), "old", 1.0),
+        )
+
+    await store._db.write(run)
+    got = await store.decision(rec.transfer_id)
+    assert got == Decision(ClaimKind.ABORT, {"brokerage-a": cert}, "old")
+
+
+@pytest.mark.security
+async def test_a_decision_naming_a_missing_batch_certificate_is_refused(
+    store: SqlTransferStore,
+) -> None:
+    rec = make_record(51)
+    await store.create(rec)
+    row = {"brokerage-a": {"type": "batch-ref", "certificate": "ab" * 32, "proof": []}}
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
+        )
+
+    await store._db.write(run)
+    with pytest.raises(ValueError, match="missing batch certificate " + "ab" * 32):
+        await store.decision(rec.transfer_id)
