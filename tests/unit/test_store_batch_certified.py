@@ -7,6 +7,7 @@ stored once and each item names it beside its own proof."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -236,7 +237,7 @@ async def test_a_batch_certificate_is_stored_once_and_each_item_keeps_its_proof(
         row = json.loads(str(text))
         assert {e["type"] for e in row.values()} == {"batch-ref"}
         assert all("signatures" not in e and "root" not in e for e in row.values())
-        assert len(str(text)) < 500  # the whole certificate per ledger was about 900
+        assert len(str(text)) < 350  # the same decision inline, in hex: about 1,000
 
 
 async def test_rows_with_an_inline_batch_certificate_still_read(store: SqlTransferStore) -> None:
@@ -265,12 +266,41 @@ async def test_rows_with_an_inline_batch_certificate_still_read(store: SqlTransf
 
 
 @pytest.mark.security
+@pytest.mark.parametrize(
+    ("proof", "certificate", "error"),
+    [
+        ("AAAA", None, "not a whole number of 32-byte siblings"),
+        ("not base64!", None, "proof is not base64"),
+        ("", "zz", "certificate id is not base64"),
+    ],
+)
+async def test_a_malformed_batch_reference_is_refused(
+    store: SqlTransferStore, proof: str, certificate: str | None, error: str
+) -> None:
+    rec = make_record(52)
+    await store.create(rec)
+    cid = certificate or base64.b64encode(b"\x01" * 32).decode()
+    row = {"brokerage-a": {"type": "batch-ref", "certificate": cid, "proof": proof}}
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
+        )
+
+    await store._db.write(run)
+    with pytest.raises(ValueError, match=error):
+        await store.decision(rec.transfer_id)
+
+
+@pytest.mark.security
 async def test_a_decision_naming_a_missing_batch_certificate_is_refused(
     store: SqlTransferStore,
 ) -> None:
     rec = make_record(51)
     await store.create(rec)
-    row = {"brokerage-a": {"type": "batch-ref", "certificate": "ab" * 32, "proof": []}}
+    missing = base64.b64encode(b"\xab" * 32).decode()
+    row = {"brokerage-a": {"type": "batch-ref", "certificate": missing, "proof": ""}}
 
     def run(db):  # type: ignore[no-untyped-def]
         db.execute(
