@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.collector import tune_collector
-from bridge.config import HaConfig, load_coordinator
+from bridge.config import CoordinatorConfig, HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import BatchQuota, SqlBatchStore
@@ -68,6 +68,13 @@ from bridge.v1 import (
     transfer_pb2_grpc,
 )
 from bridge.version import add_version_argument
+
+
+def batch_store_of(db: Database, cfg: CoordinatorConfig) -> SqlBatchStore:
+    """The batch API's store (ADR 0023), held to the configured quota per source ledger
+    (``max_batch_items_per_day``, ``max_unauthenticated_batch_items_per_day``)."""
+    quota = BatchQuota(cfg.max_batch_items_per_day, cfg.max_unauthenticated_batch_items_per_day)
+    return SqlBatchStore(db, quota)
 
 
 # ---- doctor (issue 12)
@@ -216,10 +223,7 @@ async def run(config_path: Path) -> None:
     )
     coordinator.set_halts(halts)
     depository = DepositoryServicer(halts, list(relayers))
-    # ---- batch API (ADR 0023), held to its quota per source ledger
-    batch_store = SqlBatchStore(
-        db, BatchQuota(cfg.max_batch_items_per_day, cfg.max_refused_batch_items_per_day)
-    )
+    batch_store = batch_store_of(db, cfg)  # ---- batch API (ADR 0023)
     transfers = TransferServicer(
         cfg.network,
         coordinator,

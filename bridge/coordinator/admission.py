@@ -19,7 +19,7 @@ from bridge.coordinator.flow_limits import FlowLimits
 from bridge.coordinator.holder_reads import HolderReads
 from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.records import TransferRecord, TransferRequest
-from bridge.coordinator.requests import authorise_instruction, check_deadline
+from bridge.coordinator.requests import Authorised, authorised, check_deadline
 from bridge.coordinator.supervision import Supervisor
 from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
@@ -80,7 +80,12 @@ class Admission:
         :meth:`check`, then :meth:`record`."""
         return await self.record(await self.check(request, instruction))
 
-    async def check(self, request: TransferRequest, instruction: Instruction) -> Admitted:
+    async def check(
+        self,
+        request: TransferRequest,
+        instruction: Instruction,
+        auth: Authorised | None = None,
+    ) -> Admitted:
         """Every check of a submission, recording nothing: the recorded transfer of a retry,
         or the record a new transfer would get (Conflict, PreconditionFailed, ... if refused).
 
@@ -92,12 +97,18 @@ class Admission:
         instruction; the same instruction under a new key is a Conflict. The coordinator
         chooses no term: the nonce and the deadline are the instructor's. Pre-checks the
         sender's balance and standing and that both tokens are registered and not paused;
-        the recipient's eligibility is decided on the target ledger.
+        the recipient's eligibility is decided on the target ledger. ``auth``: this
+        request's instruction as :func:`~bridge.coordinator.requests.authorised` already
+        authenticated it (used only if it is of exactly this request and instruction).
         """
         ctx = self._ctx
         # SECURITY: authenticate the instruction (registered instructor, signature) before
         # any recorded key is read: a caller without one learns nothing about keys in use.
-        terms = authorise_instruction(ctx.network, request, instruction)
+        # An authentication handed in counts only for the very request and instruction it
+        # was made of (compared by value), never for another.
+        if auth is None or auth.request != request or auth.instruction != instruction:
+            auth = authorised(ctx.network, request, instruction)
+        terms = auth.terms
         existing = await self._existing(request)
         if existing is not None:
             # A retry: the same signed terms as recorded (its deadline may have passed since).

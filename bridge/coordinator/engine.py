@@ -35,6 +35,7 @@ from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord, TransferRequest, TransferUpdate
+from bridge.coordinator.requests import Authorised, authorised
 from bridge.coordinator.step_batches import StepBatcher
 from bridge.coordinator.stepper import ADOPTED_LOCK_GRACE_S, DEFINITIVE_LOCK_REFUSALS, Stepper
 from bridge.coordinator.store import TransferStore
@@ -243,10 +244,21 @@ class Coordinator:
         """
         return await self._admission.submit(request, instruction)
 
-    async def check_submit(self, request: TransferRequest, instruction: Instruction) -> Admitted:
+    async def check_submit(
+        self,
+        request: TransferRequest,
+        instruction: Instruction,
+        auth: Authorised | None = None,
+    ) -> Admitted:
         """Every check of :meth:`submit`, recording nothing (the first half of it, for a
-        batch whose items are checked concurrently and recorded in item order)."""
-        return await self._admission.check(request, instruction)
+        batch whose items are checked concurrently and recorded in item order); ``auth``:
+        the instruction as :meth:`authorise_submit` authenticated it."""
+        return await self._admission.check(request, instruction, auth)
+
+    def authorise_submit(self, request: TransferRequest, instruction: Instruction) -> Authorised:
+        """Authenticate ``request``'s instruction (registered instructor, signature over
+        exactly its terms) without reading anything: the first check of :meth:`submit`."""
+        return authorised(self._ctx.network, request, instruction)
 
     async def record_submit(self, admitted: Admitted) -> tuple[TransferRecord, bool]:
         """Record what :meth:`check_submit` accepted and spawn its driver (the second half

@@ -4,6 +4,7 @@ including the brokerage's signed instruction (protocol v2)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.config import NetworkConfig
@@ -194,6 +195,27 @@ def authorise_instruction(
         network.ledgers[request.source_ledger].network_word, terms, instruction.signature
     )
     return terms
+
+
+@dataclass(frozen=True, slots=True)
+class Authorised:
+    """An instruction authenticated for exactly ``request``: the terms
+    :func:`authorise_instruction` returned for this request and instruction (built only by
+    :func:`authorised`)."""
+
+    request: TransferRequest
+    instruction: Instruction
+    terms: TransferTerms
+
+
+def authorised(
+    network: NetworkConfig, request: TransferRequest, instruction: Instruction
+) -> Authorised:
+    """:func:`authorise_instruction`, kept with what it authenticated: a caller that must
+    know whether an item was refused before its instruction was authenticated (the batch
+    quota) authenticates first and hands the result to ``Admission.check``, which then does
+    not verify the signature again."""
+    return Authorised(request, instruction, authorise_instruction(network, request, instruction))
 
 
 def check_deadline(instruction: Instruction, *, now: float, ttl: int) -> None:

@@ -20,6 +20,7 @@ from bridge.coordinator.batches import (
     BatchStore,
     ItemError,
     ItemResult,
+    RefusedBeforeAuthentication,
     fingerprint,
     run_items,
 )
@@ -271,8 +272,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         fp = fingerprint(request.SerializeToString(deterministic=True))
 
         async def check_one(item: transfer_pb2.SubmitTransferRequest) -> Admitted:
-            req = validate_submit(self._network, item)
-            return await self._coordinator.check_submit(req, instruction_from_pb(item))
+            # SECURITY (the batch quota): a refusal before the instruction is authenticated
+            # (a malformed field, an unregistered instructor, a bad signature) is marked so,
+            # and only those count against the ledger's unauthenticated items per day.
+            try:
+                req = validate_submit(self._network, item)
+                instruction = instruction_from_pb(item)
+                auth = self._coordinator.authorise_submit(req, instruction)
+            except BridgeError as exc:
+                raise RefusedBeforeAuthentication(exc) from exc
+            return await self._coordinator.check_submit(req, instruction, auth)
 
         async def record_many(admitted: Sequence[Admitted]) -> list[tuple[bytes, bool] | Conflict]:
             return [

@@ -171,9 +171,9 @@ async def served(
     submitted: Counter[str] = Counter()
     check = coordinator.check_submit  # a batch item's submission starts with its checks
 
-    async def counting(req: Any, instruction: Any) -> Any:
+    async def counting(req: Any, instruction: Any, auth: Any = None) -> Any:
         submitted[req.idempotency_key] += 1
-        return await check(req, instruction)
+        return await check(req, instruction, auth)
 
     coordinator.check_submit = counting  # type: ignore[method-assign]
     await coordinator.start()
@@ -353,20 +353,32 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
 
 
 @pytest.mark.parametrize(
-    "served", [BatchQuota(items_per_day=1000, refused_per_day=3)], indirect=True
+    "served", [BatchQuota(items_per_day=1000, unauthenticated_per_day=3)], indirect=True
 )
-async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
+async def test_a_brokerage_past_its_unauthenticated_items_quota_records_no_new_batch(
     served: Served,
 ) -> None:
-    """Threat model, "batch rows": items refused before any instruction is checked (here
-    naming another ledger) are stored with their batch, so they are held to a daily quota
-    per source ledger. Past it, the brokerage's next batch id is RESOURCE_EXHAUSTED naming
-    the setting, with nothing reserved or submitted, while a replay of its recorded batch
-    still answers the same results."""
-    items = [item(served, "q-0"), *(item(served, f"q-{i}") for i in range(1, 4))]
-    for it in items[1:]:
+    """Threat model, "batch rows": items refused before any instruction is authenticated
+    (here a forged signature and items naming another ledger) are stored with their batch,
+    so they are held to a daily quota per source ledger. Items refused for a transient
+    reason (the recipient's ledger unreadable: another organisation's relayer) are not
+    counted (review helper-110 H1). Past the quota, the brokerage's next batch id is
+    RESOURCE_EXHAUSTED naming the setting, with nothing reserved or submitted, while a
+    replay of its recorded batch still answers the same results."""
+    served.relayers["a"].flaky_failures = 2  # the sender's standing read times out twice
+    transient = batch(
+        "quota-0", [item(served, "t-0", sender=FLAKY), item(served, "t-1", sender=FLAKY)]
+    )
+    got = await served.stub.SubmitTransfers(transient, timeout=30)
+    assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_RETRYABLE] * 2
+    forged = item(served, "q-1")
+    signature = bytearray(forged.instruction.signature)
+    signature[5] ^= 1
+    forged.instruction.signature = bytes(signature)
+    others = [item(served, f"q-{i}") for i in (2, 3)]
+    for it in others:
         it.source_ledger = "b"
-    first = batch("quota-1", items)
+    first = batch("quota-1", [item(served, "q-0"), forged, *others])
     got = await served.stub.SubmitTransfers(first, timeout=30)
     refused = [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 3
     assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED, *refused]
@@ -376,8 +388,8 @@ async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(exhausted.value)  # type: ignore[arg-type]
     assert status is not None
-    assert "recorded 3 refused or retryable items in the last 24 h" in status.message
-    assert "(max_refused_batch_items_per_day 3)" in status.message
+    assert "recorded 3 items refused before any instruction was authenticated" in status.message
+    assert "(max_unauthenticated_batch_items_per_day 3)" in status.message
     assert await served.batches.get("a", "quota-2") is None and served.submitted["q-9"] == 0
     replay = await served.stub.SubmitTransfers(first, timeout=30)
     assert outcomes(replay) == outcomes(got) and not replay.created

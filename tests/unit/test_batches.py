@@ -24,6 +24,7 @@ from bridge.coordinator.batches import (
     ItemError,
     ItemOutcome,
     ItemResult,
+    RefusedBeforeAuthentication,
     SqlBatchStore,
     fingerprint,
     is_retryable,
@@ -60,7 +61,7 @@ A, B = "brokerage-a", "brokerage-b"
 class Item:
     idempotency_key: str
     source_ledger: str = A
-    refuse: BridgeError | None = None
+    refuse: BridgeError | RefusedBeforeAuthentication | None = None
 
 
 def _error_of(exc: BridgeError) -> ItemError:
@@ -115,6 +116,29 @@ async def test_each_item_gets_its_own_result_and_a_refusal_stays_in_its_item() -
         6: "InvalidInput",
     }
     assert all((r.error is None) == (r.transfer_id is not None) for r in results)
+
+
+async def test_only_refusals_before_authentication_are_marked_unauthenticated() -> None:
+    """The batch quota counts ``unauthenticated`` items: the batch's own rules (a repeated
+    key, another ledger) and what ``submit_one`` refuses as RefusedBeforeAuthentication (a
+    malformed field, a bad signature). A refusal after authentication (a frozen holder, a
+    relayer's answer, an outage), whatever its code, is not marked (review helper-110 H1)."""
+    bad_signature = PermissionDenied("instruction signature is not the instructor's")
+    items = [
+        Item("k1"),
+        Item("k2", refuse=RefusedBeforeAuthentication(bad_signature)),
+        Item("k3", source_ledger=B),
+        Item("dup"),
+        Item("dup"),
+        Item("k4", refuse=PermissionDenied("a relayer's PERMISSION_DENIED")),
+        Item("k5", refuse=PreconditionFailed("frozen", ErrorReason.HOLDER_FROZEN, A)),
+        Item("k6", refuse=Unavailable("brokerage-b could not be read now; retry")),
+    ]
+    results = await run_items(A, items, Submitter(), _item_error)
+    assert [r.unauthenticated for r in results] == [False, True, True, True, True] + [False] * 3
+    assert results[1].error is not None and results[1].error.code == "PERMISSION_DENIED"
+    assert results[1].outcome is ItemOutcome.REFUSED
+    assert results[7].outcome is ItemOutcome.RETRYABLE
 
 
 async def test_items_refused_by_the_batchs_own_rules_let_the_event_loop_run() -> None:
@@ -369,28 +393,38 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         store.close()
 
 
-def _refused(index: int, retryable: bool = False) -> ItemResult:
-    """An item refused (or RETRYABLE) with an error stored beside it."""
+def _refused(index: int, retryable: bool = False, unauthenticated: bool = False) -> ItemResult:
+    """An item refused (or RETRYABLE) with an error stored beside it; ``unauthenticated``:
+    refused before its instruction was authenticated."""
     meta = {"retryable": "true"} if retryable else {}
     outcome = ItemOutcome.RETRYABLE if retryable else ItemOutcome.REFUSED
     error = ItemError("PERMISSION_DENIED", "PERMISSION_DENIED", "another ledger", meta)
-    return ItemResult(index, f"r{index}", outcome, error=error)
+    return ItemResult(index, f"r{index}", outcome, error=error, unauthenticated=unauthenticated)
 
 
-async def test_refused_items_past_the_daily_quota_refuse_new_batch_ids(database: Database) -> None:
+async def test_unauthenticated_items_past_the_daily_quota_refuse_new_batch_ids(
+    database: Database,
+) -> None:
     """Threat model, "batch rows": a brokerage's certificate alone (items refused before any
-    instruction is checked) can no longer grow the batch rows without bound. Once its
-    batches of the last day hold ``refused_per_day`` items with an error (REFUSED or
-    RETRYABLE), a new batch id of that ledger is refused RESOURCE_EXHAUSTED and nothing is
-    reserved; replays of recorded ids still answer; another ledger is not held by it; the
-    window rolls."""
-    store = SqlBatchStore(database, BatchQuota(items_per_day=1000, refused_per_day=5))
+    instruction is authenticated) can no longer grow the batch rows without bound. Once its
+    batches of the last day hold ``unauthenticated_per_day`` such items, a new batch id of
+    that ledger is refused RESOURCE_EXHAUSTED and nothing is reserved; refusals after
+    authentication and RETRYABLE items (a ledger's, a peer's or an outage's doing: review
+    helper-110 H1) are not counted; replays of recorded ids still answer; another ledger is
+    not held by it; the window rolls."""
+    quota = BatchQuota(items_per_day=1000, unauthenticated_per_day=5)
+    store = SqlBatchStore(database, quota)
     fp = b"\xaa" * 32
     try:
-        assert (await store.claim(A, "d1", fp, "o", 100.0, items=4)).claimed
-        mixed = (*(_refused(i) for i in range(3)), _refused(3, retryable=True))
+        assert (await store.claim(A, "d1", fp, "o", 100.0, items=6)).claimed
+        mixed = (
+            *(_refused(i, unauthenticated=True) for i in range(3)),
+            _refused(3, retryable=True),  # an outage: not counted
+            _refused(4),  # a ledger's refusal: not counted
+            _refused(5, unauthenticated=True),
+        )
         await store.finish(BatchRecord(A, "d1", fp, mixed, 100.0), "o")
-        # 4 of 5: a new id still runs; an all-created batch adds nothing refused.
+        # 4 of 5: a new id still runs; an all-created batch adds nothing.
         assert (await store.claim(A, "d2", fp, "o", 101.0, items=2)).claimed
         created = tuple(
             ItemResult(i, f"c{i}", ItemOutcome.CREATED, transfer_id=bytes([i + 1]) * 32)
@@ -398,27 +432,31 @@ async def test_refused_items_past_the_daily_quota_refuse_new_batch_ids(database:
         )
         await store.finish(BatchRecord(A, "d2", fp, created, 101.0), "o")
         assert (await store.claim(A, "d3", fp, "o", 102.0, items=1)).claimed
-        await store.finish(BatchRecord(A, "d3", fp, (_refused(0),), 102.0), "o")
+        await store.finish(
+            BatchRecord(A, "d3", fp, (_refused(0, unauthenticated=True),), 102.0), "o"
+        )
         with pytest.raises(ResourceExhausted) as refused:
             await store.claim(A, "d4", fp, "o", 103.0, items=1)
         assert refused.value.kind is BridgeReason.RESOURCE_EXHAUSTED
         assert str(refused.value) == (
-            f"batches from {A} recorded 5 refused or retryable items in the last 24 h,"
-            " the most allowed (max_refused_batch_items_per_day 5); new batch ids are"
-            " refused until older ones leave the window"
+            f"batches from {A} recorded 5 items refused before any instruction was"
+            " authenticated in the last 24 h, the most allowed"
+            " (max_unauthenticated_batch_items_per_day 5); new batch ids are refused until"
+            " older ones leave the window"
         )
         assert await store.get(A, "d4") is None  # nothing reserved
         # A replay of a recorded id is served: it re-runs its RETRYABLE item (then answers
         # its results); a conflicting request gets the fingerprint (Conflict).
-        replay = await store.claim(A, "d1", fp, "o2", 103.0, items=4)
+        replay = await store.claim(A, "d1", fp, "o2", 103.0, items=6)
         assert replay.claimed and replay.record is not None
         assert replay.record.results == mixed and replay.record.to_retry == (3,)
-        final = (*mixed[:3], _refused(3))
+        final = (*mixed[:3], _refused(3), *mixed[4:])
         await store.finish(BatchRecord(A, "d1", fp, final, 100.0), "o2")
-        answered = await store.claim(A, "d1", fp, "o3", 103.0, items=4)
+        answered = await store.claim(A, "d1", fp, "o3", 103.0, items=6)
         assert not answered.claimed and answered.record is not None
-        assert answered.record.results == final
-        other = await store.claim(A, "d1", b"\xbb" * 32, "o2", 103.0, items=4)
+        assert answered.record.results == final  # the marks are stored with the results
+        assert [r.unauthenticated for r in answered.record.results] == [1, 1, 1, 0, 0, 1]
+        other = await store.claim(A, "d1", b"\xbb" * 32, "o2", 103.0, items=6)
         assert other.record is not None and other.record.fingerprint == fp
         # Another ledger's batches are not held by A's refusals.
         assert (await store.claim(B, "d4", fp, "o", 103.0, items=1)).claimed
@@ -428,12 +466,46 @@ async def test_refused_items_past_the_daily_quota_refuse_new_batch_ids(database:
         store.close()
 
 
+async def test_refusals_after_authentication_never_exhaust_the_quota(database: Database) -> None:
+    """Review helper-110 H1: RETRYABLE items (another ledger's relayer down, a halt) and
+    refusals that need a ledger's word are stored but not counted, however many."""
+    store = SqlBatchStore(database, BatchQuota(items_per_day=1000, unauthenticated_per_day=1))
+    fp = b"\xaa" * 32
+    try:
+        for n in range(3):
+            assert (await store.claim(A, f"f{n}", fp, "o", 10.0 + n, items=50)).claimed
+            results = tuple(_refused(i, retryable=i % 2 == 0) for i in range(50))
+            await store.finish(BatchRecord(A, f"f{n}", fp, results, 10.0 + n), "o")
+        assert (await store.claim(A, "f3", fp, "o", 20.0, items=1)).claimed
+    finally:
+        store.close()
+
+
+async def test_the_reserving_write_checks_the_quota_again(database: Database) -> None:
+    """Review helper-110 L2: concurrent new batch ids all pass the check made in a read;
+    the check again inside the transaction that reserves each id admits only what fits."""
+    store = SqlBatchStore(database, BatchQuota(items_per_day=10, unauthenticated_per_day=5))
+    fp = b"\xaa" * 32
+    try:
+        got = await asyncio.gather(
+            *(store.claim(A, f"g{n}", fp, "o", 30.0, items=4) for n in range(5)),
+            return_exceptions=True,
+        )
+        claimed = [g for g in got if isinstance(g, Claim) and g.claimed]
+        refused = [g for g in got if isinstance(g, ResourceExhausted)]
+        assert (len(claimed), len(refused)) == (2, 3), got
+        stored = [await store.get(A, f"g{n}") for n in range(5)]
+        assert sum(1 for b in stored if b is not None) == 2
+    finally:
+        store.close()
+
+
 async def test_items_past_the_daily_quota_refuse_a_new_batch_id(database: Database) -> None:
     """Every item of a reserved batch counts from its reservation (a running batch too);
     a new id whose items would pass ``items_per_day`` is refused, nothing reserved, and
     one that fits exactly still runs. A retryable batch's replay (a takeover of its row)
     is never refused by the quota."""
-    store = SqlBatchStore(database, BatchQuota(items_per_day=10, refused_per_day=1000))
+    store = SqlBatchStore(database, BatchQuota(items_per_day=10, unauthenticated_per_day=1000))
     fp = b"\xaa" * 32
     try:
         assert (await store.claim(A, "e1", fp, "o", 50.0, items=6)).claimed  # still pending
@@ -834,3 +906,26 @@ async def test_not_leader_mid_batch_records_nothing_after_it_and_cancels_the_che
     assert checks.recorded == ["k0", "k1", "k2"]
     await asyncio.sleep(0.05)
     assert checks.running == 0
+
+
+def test_the_daemon_holds_its_batch_store_to_the_configured_quota(tmp_path: Path) -> None:
+    """Review helper-110 L2: the quota in ``coordinator.toml`` is the one the daemon's batch
+    store applies (and the defaults when it is absent)."""
+    from bridge.config import load_coordinator
+    from bridge.coordinator.__main__ import batch_store_of
+    from tests.unit.test_config_rules import coordinator
+
+    for extra, quota in (
+        (
+            {"max_batch_items_per_day": 7000, "max_unauthenticated_batch_items_per_day": 3},
+            BatchQuota(7000, 3),
+        ),
+        ({}, BatchQuota(1_000_000, 10_000)),
+    ):
+        cfg = load_coordinator(coordinator(tmp_path, **extra))
+        db = open_sqlite(tmp_path / "quota.sqlite")
+        store = batch_store_of(db, cfg)
+        try:
+            assert store.quota == quota
+        finally:
+            store.close()

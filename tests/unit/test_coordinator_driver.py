@@ -248,6 +248,32 @@ async def test_happy_path_commits(coordinator) -> None:
     assert relayers["b"].submitted == [Action.PREPARE, Action.COMMIT]
 
 
+@pytest.mark.batch
+@pytest.mark.security
+async def test_an_authentication_made_for_another_request_is_never_reused(coordinator) -> None:
+    """A batch item's instruction is authenticated once (``authorise_submit``, so a refusal
+    there is known to come before authentication) and handed to ``check_submit``; handed
+    with another request or instruction, it is ignored and this one's own is checked: a
+    forged instruction is refused whatever authentication comes with it."""
+    c, _, _ = coordinator
+    genuine = request("auth-1")
+    auth = c.authorise_submit(genuine, instructed(c._network, genuine))
+    admitted = await c.check_submit(genuine, auth.instruction, auth)
+    assert admitted.record.terms == auth.terms and not admitted.recorded
+    other = request("auth-2")
+    good = instructed(c._network, other)
+    forged = dataclasses.replace(good, signature=good.signature[:5] + b"\x00" + good.signature[6:])
+    with pytest.raises(InvalidInstruction):
+        await c.check_submit(other, forged, auth)  # another request's authentication
+    with pytest.raises(InvalidInstruction):
+        await c.check_submit(genuine, forged, auth)  # another instruction
+    with pytest.raises(InvalidInstruction):
+        c.authorise_submit(other, forged)
+    assert (
+        await c.check_submit(other, good, auth)
+    ).record.terms.transfer_id != auth.terms.transfer_id
+
+
 @pytest.mark.batch  # issue 14: a batch's checked items recorded in one transaction
 async def test_checked_submissions_are_recorded_together_and_each_gets_its_driver(
     coordinator,
