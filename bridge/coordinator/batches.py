@@ -396,7 +396,7 @@ class BatchStore(Protocol):
         owner: str,
         now: float,
         *,
-        items: int = 0,
+        items: int,
     ) -> Claim:
         """Reserve the batch id for ``owner`` before any item is submitted (one
         transaction): a new id (of ``items`` items) is inserted pending, or refused
@@ -479,7 +479,7 @@ class SqlBatchStore:
         owner: str,
         now: float,
         *,
-        items: int = 0,
+        items: int,
     ) -> Claim:
         """See BatchStore.claim. A new batch id of ``items`` items is held to the quota
         (ResourceExhausted, nothing reserved).
@@ -712,7 +712,7 @@ class BatchRunner:
         run: RunItems,
         now: float,
         *,
-        items: int = 0,
+        items: int,
     ) -> tuple[BatchRecord, bool]:
         """The batch's recorded results after running whatever of it is to run; True when
         this call's own task recorded it first. Conflict for another request's batch id;

@@ -250,7 +250,7 @@ async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None
             ),
         )
         fp = b"\xaa" * 32
-        claim = await store.claim(A, "b1", fp, "owner-1", 1.0)
+        claim = await store.claim(A, "b1", fp, "owner-1", 1.0, items=1)
         assert claim == Claim(None, True)
         # While reserved: pending, no results; the same batch id with other items is kept.
         pending = await store.get(A, "b1")
@@ -259,9 +259,9 @@ async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None
         stored, written = await store.finish(first, "owner-1")
         assert written and stored.results == results and not stored.pending
         # A second claim (a replay) of a finished batch with nothing to retry runs nothing.
-        again = await store.claim(A, "b1", fp, "owner-2", 2.0)
+        again = await store.claim(A, "b1", fp, "owner-2", 2.0, items=1)
         assert not again.claimed and again.record == stored
-        other = await store.claim(A, "b1", b"\xbb" * 32, "owner-3", 2.0)
+        other = await store.claim(A, "b1", b"\xbb" * 32, "owner-3", 2.0, items=1)
         assert not other.claimed and other.record is not None
         with pytest.raises(Conflict):
             same_batch(other.record, b"\xbb" * 32)
@@ -272,7 +272,7 @@ async def test_a_recorded_batch_is_kept_and_replayed(database: Database) -> None
         assert not written and kept.results == results
         # Batch ids are scoped per source ledger.
         assert await store.get(B, "b1") is None
-        assert (await store.claim(B, "b1", b"\xcc" * 32, "owner-4", 3.0)).claimed
+        assert (await store.claim(B, "b1", b"\xcc" * 32, "owner-4", 3.0, items=1)).claimed
     finally:
         store.close()
 
@@ -287,7 +287,7 @@ async def test_a_conflicting_request_is_answered_from_the_fingerprint_alone(
     store = SqlBatchStore(database)
     try:
         fp = b"\xaa" * 32
-        assert (await store.claim(A, "big", fp, "o", 1.0)).claimed
+        assert (await store.claim(A, "big", fp, "o", 1.0, items=1)).claimed
         results = tuple(
             ItemResult(i, f"k{i}", ItemOutcome.CREATED, transfer_id=i.to_bytes(32, "big"))
             for i in range(1000)
@@ -301,13 +301,13 @@ async def test_a_conflicting_request_is_answered_from_the_fingerprint_alone(
         writes: list[int] = []
         real_write = database.write
         monkeypatch.setattr(database, "write", lambda fn: writes.append(1) or real_write(fn))
-        other = await store.claim(A, "big", b"\xbb" * 32, "o2", 2.0)
+        other = await store.claim(A, "big", b"\xbb" * 32, "o2", 2.0, items=1)
         assert not other.claimed and other.record is not None
         with pytest.raises(Conflict):
             same_batch(other.record, b"\xbb" * 32)
         assert parsed == [] and writes == []
         # The same request (a replay) still gets its stored results.
-        again = await store.claim(A, "big", fp, "o3", 2.0)
+        again = await store.claim(A, "big", fp, "o3", 2.0, items=1)
         assert not again.claimed and again.record is not None and again.record.results == results
     finally:
         store.close()
@@ -320,7 +320,7 @@ async def test_a_replay_beside_a_conflicting_request_gets_its_results(database: 
     store = SqlBatchStore(database)
     try:
         fp, other = b"\xaa" * 32, b"\xbb" * 32
-        assert (await store.claim(A, "big", fp, "o", 1.0)).claimed
+        assert (await store.claim(A, "big", fp, "o", 1.0, items=1)).claimed
         results = tuple(
             ItemResult(i, f"k{i}", ItemOutcome.CREATED, transfer_id=i.to_bytes(32, "big"))
             for i in range(3)
@@ -331,9 +331,9 @@ async def test_a_replay_beside_a_conflicting_request_gets_its_results(database: 
         async def never(indexes: Any) -> tuple[ItemResult, ...]:
             raise AssertionError("a finished batch ran again")
 
-        conflicting = asyncio.ensure_future(runner.submit(A, "big", other, never, 2.0))
+        conflicting = asyncio.ensure_future(runner.submit(A, "big", other, never, 2.0, items=1))
         await asyncio.sleep(0)  # its task is running
-        replay = asyncio.ensure_future(runner.submit(A, "big", fp, never, 2.0))
+        replay = asyncio.ensure_future(runner.submit(A, "big", fp, never, 2.0, items=1))
         with pytest.raises(Conflict):
             await conflicting
         record, created = await replay
@@ -348,8 +348,8 @@ async def test_an_orphaned_reservation_is_taken_over_once(database: Database) ->
     store = SqlBatchStore(database)
     try:
         fp = b"\xaa" * 32
-        assert (await store.claim(A, "b", fp, "dead", 1.0)).claimed
-        taken = await store.claim(A, "b", fp, "second", 2.0)
+        assert (await store.claim(A, "b", fp, "dead", 1.0, items=1)).claimed
+        taken = await store.claim(A, "b", fp, "second", 2.0, items=1)
         assert taken.claimed and taken.record is not None and taken.record.owner == "dead"
         # The dead owner's late finish is refused; the new owner's is recorded.
         result = (ItemResult(0, "k", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),)
@@ -358,8 +358,8 @@ async def test_an_orphaned_reservation_is_taken_over_once(database: Database) ->
         stored, written = await store.finish(BatchRecord(A, "b", fp, result, 2.0), "second")
         assert written and stored.results == result and stored.created_at == 1.0
         # A reservation under another request's fingerprint is never taken over.
-        assert (await store.claim(A, "c", fp, "x", 1.0)).claimed
-        other = await store.claim(A, "c", b"\xbb" * 32, "y", 2.0)
+        assert (await store.claim(A, "c", fp, "x", 1.0, items=1)).claimed
+        other = await store.claim(A, "c", b"\xbb" * 32, "y", 2.0, items=1)
         assert not other.claimed and other.record is not None and other.record.owner == "x"
     finally:
         store.close()
@@ -375,10 +375,10 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         fp = b"\xaa" * 32
         result = (ItemResult(0, "k", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),)
         for i in range(5):  # finished at t = 10..14
-            assert (await store.claim(A, f"old-{i}", fp, "o", 10.0 + i)).claimed
+            assert (await store.claim(A, f"old-{i}", fp, "o", 10.0 + i, items=1)).claimed
             await store.finish(BatchRecord(A, f"old-{i}", fp, result, 10.0 + i), "o")
-        assert (await store.claim(A, "running", fp, "o", 1.0)).claimed  # reserved, old
-        assert (await store.claim(B, "new", fp, "o", 100.0)).claimed
+        assert (await store.claim(A, "running", fp, "o", 1.0, items=1)).claimed  # reserved, old
+        assert (await store.claim(B, "new", fp, "o", 100.0, items=1)).claimed
         await store.finish(BatchRecord(B, "new", fp, result, 100.0), "o")
         assert await store.prune(50.0, limit=3) == 3
         assert await store.prune(50.0, limit=3) == 2
@@ -388,7 +388,9 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         assert running is not None and running.pending
         assert await store.get(B, "new") is not None
         # A pruned id runs again as a new batch (its items' keys answer their transfers).
-        assert (await store.claim(A, "old-0", b"\xbb" * 32, "o2", 200.0)) == Claim(None, True)
+        assert (await store.claim(A, "old-0", b"\xbb" * 32, "o2", 200.0, items=1)) == Claim(
+            None, True
+        )
     finally:
         store.close()
 
