@@ -284,9 +284,9 @@ class CoordinatorConfig:
     """Days a batch's record (its id's idempotency window) is kept; transfers stay."""
     max_batch_items_per_day: int = 1_000_000
     """Most items one source ledger's batches may record in a rolling day."""
-    max_unauthenticated_batch_items_per_day: int = 10_000
-    """Most items refused before any instruction was authenticated one source ledger's
-    batches may record in a rolling day; past it, new batch ids are refused."""
+    max_refused_batch_items_per_day: int = 10_000
+    """Most items refused on their own input one source ledger's batches may record in a
+    rolling day; past it, new batch ids are refused."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     """---- batched steps (issue 14): ``[batching]``; off when absent."""
 
@@ -620,9 +620,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
         batch_retention_days=int(raw.get("batch_retention_days", 30)),
         max_batch_items_per_day=int(raw.get("max_batch_items_per_day", 1_000_000)),
-        max_unauthenticated_batch_items_per_day=int(
-            raw.get("max_unauthenticated_batch_items_per_day", 10_000)
-        ),
+        max_refused_batch_items_per_day=int(raw.get("max_refused_batch_items_per_day", 10_000)),
         batching=_batching(raw.get("batching")),
     )
 

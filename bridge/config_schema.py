@@ -401,18 +401,18 @@ class CoordinatorFile(Table):
     rolling 24 hours (each batch's items counted when its id is reserved); a new batch id
     that would pass it is refused RESOURCE_EXHAUSTED before anything is reserved, replays
     of recorded batch ids still answer. At least ``max_batch_items``. This bounds the batch
-    rows a brokerage with its instruction key can make the database keep
+    rows a brokerage can make the database keep with items that are not refused
     (``batch_retention_days`` days of them)."""
-    max_unauthenticated_batch_items_per_day: int = Field(default=10_000, gt=0, le=1_000_000_000)
-    """Most items refused before any instruction was authenticated (another ledger, a
-    malformed field, an unregistered instructor, a bad signature, a key repeated in its
-    batch) in the batches of one source ledger recorded in a rolling 24 hours; once
-    reached, new batch ids of that ledger are refused RESOURCE_EXHAUSTED until older
-    batches leave the window. Such items are stored with their batch: this bounds what a
-    brokerage's TLS certificate alone, with no instruction key, makes the coordinator keep.
-    Refusals that depend on a ledger, a peer or an outage are not counted. Running batches
-    count once finished: the count can end up to ``max_running_batches`` x
-    ``max_batch_items`` above."""
+    max_refused_batch_items_per_day: int = Field(default=10_000, gt=0, le=1_000_000_000)
+    """Most items refused on their own input (another ledger, a malformed field, an
+    instruction that does not authenticate, a deadline passed or too far, a key repeated in
+    its batch or already used, a signed instruction replayed under a new key) in the
+    batches of one source ledger recorded in a rolling 24 hours; once reached, new batch
+    ids of that ledger are refused RESOURCE_EXHAUSTED until older batches leave the window.
+    Such items are stored with their batch: this bounds what a brokerage's TLS certificate
+    alone, with no instruction key, makes the coordinator keep. Refusals that depend on a
+    ledger, a peer or an outage are not counted. Running batches count once finished: the
+    count can end up to ``max_running_batches`` x ``max_batch_items`` above."""
     batching: BatchingTable = BatchingTable()
     """The coordinator's batched steps (issue 14); off when absent."""
 

@@ -72,8 +72,8 @@ from bridge.version import add_version_argument
 
 def batch_store_of(db: Database, cfg: CoordinatorConfig) -> SqlBatchStore:
     """The batch API's store (ADR 0023), held to the configured quota per source ledger
-    (``max_batch_items_per_day``, ``max_unauthenticated_batch_items_per_day``)."""
-    quota = BatchQuota(cfg.max_batch_items_per_day, cfg.max_unauthenticated_batch_items_per_day)
+    (``max_batch_items_per_day``, ``max_refused_batch_items_per_day``)."""
+    quota = BatchQuota(cfg.max_batch_items_per_day, cfg.max_refused_batch_items_per_day)
     return SqlBatchStore(db, quota)
 
 

@@ -23,7 +23,14 @@ from bridge.coordinator.requests import Authorised, authorised, check_deadline
 from bridge.coordinator.supervision import Supervisor
 from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
-from bridge.domain.errors import Conflict, LedgerRejected, PreconditionFailed, Unavailable
+from bridge.domain.errors import (
+    Conflict,
+    InvalidInput,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+    refused_on_input,
+)
 from bridge.domain.instructions import Instruction
 from bridge.domain.legs import HolderStatus
 from bridge.domain.transfer import TransferState
@@ -113,10 +120,15 @@ class Admission:
         if existing is not None:
             # A retry: the same signed terms as recorded (its deadline may have passed since).
             if existing.terms != terms:
-                raise Conflict("idempotency_key was already used with other instructed terms")
+                raise refused_on_input(
+                    Conflict("idempotency_key was already used with other instructed terms")
+                )
             return Admitted(existing, recorded=True)
         now = time.time()
-        check_deadline(instruction, now=now, ttl=ctx.ttl)
+        try:
+            check_deadline(instruction, now=now, ttl=ctx.ttl)
+        except InvalidInput as exc:
+            raise refused_on_input(exc) from None
         if ctx.supply is not None:
             refusal = await ctx.supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)
@@ -177,7 +189,9 @@ class Admission:
     ) -> tuple[TransferRecord, bool] | Conflict:
         """What storing ``admitted`` gave, with its driver spawned when it is new."""
         if isinstance(outcome, Conflict):
-            return outcome
+            # Its transfer id is recorded under another key: the signed instruction of
+            # another request, replayed (the caller's own input, marked for the batch quota).
+            return refused_on_input(outcome)
         stored, created = outcome
         request = admitted.record.request
         if not created:
@@ -185,7 +199,9 @@ class Admission:
                 stored.request.fingerprint() != request.fingerprint()
                 or stored.terms != admitted.record.terms
             ):
-                return Conflict("idempotency_key was already used for a different transfer")
+                return refused_on_input(
+                    Conflict("idempotency_key was already used for a different transfer")
+                )
             return stored, False
         self._ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
         # SECURITY: what the checks read stands in for the first step's reads only while it
@@ -212,7 +228,9 @@ class Admission:
                 request.source_ledger, request.idempotency_key
             )
         if record is not None and record.request.fingerprint() != request.fingerprint():
-            raise Conflict("idempotency_key was already used for a different transfer")
+            raise refused_on_input(
+                Conflict("idempotency_key was already used for a different transfer")
+            )
         return record
 
     async def _holder(self, ledger: str, security: str, holder: str) -> HolderStatus:

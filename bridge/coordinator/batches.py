@@ -83,10 +83,12 @@ class ItemResult:
     outcome: ItemOutcome
     transfer_id: bytes | None = None
     error: ItemError | None = None
-    unauthenticated: bool = False
-    """Refused before any instruction was authenticated (the batch's own rules, a
-    malformed field, an unregistered instructor or a bad signature): what a caller's TLS
-    certificate alone can make the coordinator store, counted by :class:`BatchQuota`.
+    on_input: bool = False
+    """Refused on the caller's own input, by this coordinator alone: the batch's own
+    rules, or an error marked :attr:`~bridge.domain.errors.BridgeError.on_input` (a
+    malformed field, an instruction that does not authenticate, a deadline, a key or
+    transfer id already used). What a caller's TLS certificate alone, with one signed
+    instruction seen, can make the coordinator store; counted by :class:`BatchQuota`.
     Never set for a refusal that depends on a ledger, a peer or an outage."""
 
 
@@ -133,16 +135,6 @@ ErrorOf = Callable[[BridgeError], ItemError]
 """The structured error an exception reports at the API."""
 
 
-class RefusedBeforeAuthentication(Exception):
-    """Raised by a ``SubmitOne`` for an item refused before its instruction was
-    authenticated; ``error`` is the refusal the item reports (its result is marked
-    ``unauthenticated``)."""
-
-    def __init__(self, error: BridgeError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 YIELD_EVERY = 64
 """Items refused by the batch's own rules (:func:`_batch_refusal`, no await) between two
 yields of the event loop in :func:`run_items`."""
@@ -185,8 +177,8 @@ async def run_items(
     occurs more than once in the batch is refused (INVALID_ARGUMENT) without being
     submitted, every occurrence of it (which one the client meant is not ours to guess);
     an item naming another source ledger than the batch's is refused PERMISSION_DENIED
-    without being submitted; those two, and items ``submit_one`` refuses with
-    :class:`RefusedBeforeAuthentication`, are marked ``unauthenticated``. An error whose
+    without being submitted; those two, and refusals marked ``on_input`` (from
+    ``submit_one`` or ``record_many``), are marked ``on_input`` in their result. An error whose
     ``retryable`` metadata is true is RETRYABLE,
     not REFUSED: nothing was decided about the item. NOT_LEADER (NotLeader, or the store's
     Fenced: this coordinator lost its lease) is not an item's refusal, from a check or
@@ -234,15 +226,14 @@ async def run_items(
         index: int,
         item: Any,
         outcome: tuple[bytes, bool] | BridgeError,
-        unauthenticated: bool = False,
+        own_rules: bool = False,
     ) -> None:
         key = str(item.idempotency_key)
         if isinstance(outcome, BridgeError):
             error = error_of(outcome)
             kind = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
-            results.append(
-                ItemResult(index, key, kind, error=error, unauthenticated=unauthenticated)
-            )
+            marked = own_rules or outcome.on_input
+            results.append(ItemResult(index, key, kind, error=error, on_input=marked))
         else:
             tid, created = outcome
             kind = ItemOutcome.CREATED if created else ItemOutcome.EXISTING
@@ -269,12 +260,10 @@ async def run_items(
                         # Review helper-106 L1: items refused by the batch's own rules never
                         # await; thousands of them would hold the event loop.
                         await asyncio.sleep(0)
-                    raise RefusedBeforeAuthentication(checking)
+                    settle(index, item, checking, own_rules=True)
+                    fill()
+                    continue
                 accepted = await checking
-            except RefusedBeforeAuthentication as refusal:
-                settle(index, item, refusal.error, unauthenticated=True)
-                fill()
-                continue
             except BridgeError as exc:
                 if _not_leader(exc):
                     raise
@@ -340,7 +329,7 @@ def _results_json(results: Sequence[ItemResult]) -> str:
     out = []
     for r in results:
         entry: dict[str, Any] = {"i": r.index, "k": r.idempotency_key, "o": int(r.outcome)}
-        if r.unauthenticated:
+        if r.on_input:
             entry["u"] = 1
         if r.transfer_id is not None:
             entry["t"] = r.transfer_id.hex()
@@ -365,7 +354,7 @@ def _results_from_json(text: str) -> tuple[ItemResult, ...]:
                 outcome=ItemOutcome(int(entry["o"])),
                 transfer_id=bytes.fromhex(entry["t"]) if "t" in entry else None,
                 error=error,
-                unauthenticated=bool(entry.get("u", 0)),
+                on_input=bool(entry.get("u", 0)),
             )
         )
     return tuple(out)
@@ -432,25 +421,26 @@ class BatchQuota:
     """How much one source ledger's batches may record in a rolling day (schema version 8).
 
     SECURITY (the threat model's "batch rows" limitation): a batch row keeps every item's
-    result for ``batch_retention_days``, and items refused before any instruction is
-    authenticated (another ledger, a malformed field, an unregistered instructor, a bad
-    signature) are stored too, so a brokerage's TLS certificate alone could grow the
-    coordinator's database without bound. A new batch id is refused RESOURCE_EXHAUSTED,
-    nothing reserved, when the ledger's batches recorded in the last ``window`` seconds
-    hold ``unauthenticated_per_day`` such items (``ItemResult.unauthenticated``) or more,
-    or when their items and the new batch's would exceed ``items_per_day``. Refusals that
-    depend on a ledger, a peer or an outage (RETRYABLE items, a frozen holder, a relayer's
-    answer) are not counted: no other organisation can spend a brokerage's quota. Replays
-    of a recorded batch id are never refused by it. Running batches count their items
-    but none of their refusals until they finish, so the count can end at most
-    ``max_running_batches`` x ``max_batch_items`` above its bound."""
+    result for ``batch_retention_days``, and items refused on their own input (another
+    ledger, a malformed field, an instruction that does not authenticate, an expired
+    deadline, a signed instruction replayed under a new key) are stored too, so a
+    brokerage's TLS certificate alone could grow the coordinator's database without bound.
+    A new batch id is refused RESOURCE_EXHAUSTED, nothing reserved, when the ledger's
+    batches recorded in the last ``window`` seconds hold ``refused_per_day`` such items
+    (``ItemResult.on_input``) or more, or when their items and the new batch's would exceed
+    ``items_per_day``. Refusals that depend on a ledger, a peer or an outage (RETRYABLE
+    items, a frozen holder, a relayer's answer) are not counted: no other organisation can
+    spend a brokerage's quota. Replays of a recorded batch id are never refused by it.
+    Running batches count their items but none of their refusals until they finish, so
+    the count can end at most ``max_running_batches`` x ``max_batch_items`` above its
+    bound."""
 
     items_per_day: int
-    unauthenticated_per_day: int
+    refused_per_day: int
     window: float = float(DAY_S)
 
     def __post_init__(self) -> None:
-        if self.items_per_day <= 0 or self.unauthenticated_per_day <= 0 or self.window <= 0:
+        if self.items_per_day <= 0 or self.refused_per_day <= 0 or self.window <= 0:
             raise ValueError("a batch quota's bounds and window must be positive")
 
 
@@ -532,14 +522,14 @@ class SqlBatchStore:
     async def finish(self, batch: BatchRecord, owner: str) -> tuple[BatchRecord, bool]:
         """See BatchStore.finish."""
 
-        unauthenticated = sum(1 for r in batch.results if r.unauthenticated)
+        refused = sum(1 for r in batch.results if r.on_input)
 
         def run(db: Conn) -> tuple[BatchRecord | None, bool]:
             cur = db.execute(
-                "UPDATE transfer_batches SET results = ?, unauthenticated = ?, pending = 0,"
+                "UPDATE transfer_batches SET results = ?, refused = ?, pending = 0,"
                 " owner = '' WHERE source_ledger = ? AND batch_id = ? AND owner = ?"
                 " AND pending = 1",
-                (_results_json(batch.results), unauthenticated, batch.source_ledger,
+                (_results_json(batch.results), refused, batch.source_ledger,
                  batch.batch_id, owner),
             )  # fmt: skip
             return _get(db, batch.source_ledger, batch.batch_id), cur.rowcount == 1
@@ -556,19 +546,18 @@ class SqlBatchStore:
         quota = self._quota
         if quota is None:
             return
-        recorded, unauthenticated = db.execute(
-            "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(unauthenticated), 0)"
+        recorded, refused = db.execute(
+            "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(refused), 0)"
             " FROM transfer_batches WHERE source_ledger = ? AND created_at > ?",
             (source_ledger, now - quota.window),
         ).fetchone()
         hours = f"{quota.window / 3600:g} h"
-        if int(unauthenticated) >= quota.unauthenticated_per_day:
+        if int(refused) >= quota.refused_per_day:
             raise ResourceExhausted(
-                f"batches from {source_ledger} recorded {int(unauthenticated)} items refused"
-                f" before any instruction was authenticated in the last {hours}, the most"
-                " allowed (max_unauthenticated_batch_items_per_day"
-                f" {quota.unauthenticated_per_day}); new batch ids are refused until older"
-                " ones leave the window"
+                f"batches from {source_ledger} recorded {int(refused)} items refused on their"
+                f" own input in the last {hours}, the most allowed"
+                f" (max_refused_batch_items_per_day {quota.refused_per_day}); new batch ids"
+                " are refused until older ones leave the window"
             )
         if int(recorded) + items > quota.items_per_day:
             raise ResourceExhausted(

@@ -249,15 +249,15 @@ ALTER TABLE transfer_batches ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 """
 
 # ---- version 8: the batch API's quota per source ledger (threat model, "batch rows"): each
-# batch's item count (set when its id is reserved) and how many of its items were refused
-# before any instruction was authenticated (set with its results), summed over a rolling day
-# from a covering index, so a brokerage's certificate alone cannot grow the database without
-# bound. Rows of older releases count 0.
+# batch's item count (set when its id is reserved) and how many of its items were refused on
+# their own input (set with its results), summed over a rolling day from a covering index, so
+# a brokerage's certificate alone cannot grow the database without bound. Rows of older
+# releases count 0.
 _V8 = """
 ALTER TABLE transfer_batches ADD COLUMN items INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE transfer_batches ADD COLUMN unauthenticated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transfer_batches ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS transfer_batches_recent
-  ON transfer_batches(source_ledger, created_at, items, unauthenticated);
+  ON transfer_batches(source_ledger, created_at, items, refused);
 """
 
 # ---- version 9: a batch certificate is stored once (issue 14): the decisions of a batch's
@@ -368,7 +368,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "batch API: batches and their per-item results", _V5),
     Migration(6, "coordinator lease holder: one process (name and instance id)", _V6),
     Migration(7, "batch API: a batch id is reserved before its items run", _V7),
-    Migration(8, "batch API: items and unauthenticated items per batch, for a daily quota", _V8),
+    Migration(8, "batch API: items and items refused on input per batch, for a daily quota", _V8),
     Migration(9, "decisions name a batch certificate stored once", _V9),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""

@@ -20,7 +20,6 @@ from bridge.coordinator.batches import (
     BatchStore,
     ItemError,
     ItemResult,
-    RefusedBeforeAuthentication,
     fingerprint,
     run_items,
 )
@@ -35,6 +34,7 @@ from bridge.domain.errors import (
     InvalidInput,
     NotFound,
     Unavailable,
+    refused_on_input,
 )
 from bridge.domain.transfer import TransferState
 from bridge.rpc.audit import AuditLog, AuditRecord
@@ -273,14 +273,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
         async def check_one(item: transfer_pb2.SubmitTransferRequest) -> Admitted:
             # SECURITY (the batch quota): a refusal before the instruction is authenticated
-            # (a malformed field, an unregistered instructor, a bad signature) is marked so,
-            # and only those count against the ledger's unauthenticated items per day.
+            # (a malformed field, an unregistered instructor, a bad signature) is of the
+            # caller's own input; the admission marks the rest of those (deadline, keys and
+            # transfer ids already used). Only marked refusals count against the ledger's
+            # refused items per day.
             try:
                 req = validate_submit(self._network, item)
                 instruction = instruction_from_pb(item)
                 auth = self._coordinator.authorise_submit(req, instruction)
             except BridgeError as exc:
-                raise RefusedBeforeAuthentication(exc) from exc
+                raise refused_on_input(exc) from None
             return await self._coordinator.check_submit(req, instruction, auth)
 
         async def record_many(admitted: Sequence[Admitted]) -> list[tuple[bytes, bool] | Conflict]:

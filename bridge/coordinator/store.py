@@ -483,7 +483,10 @@ def _shared_certificate(db: Conn, cid: bytes) -> BatchCertificate:
     row = db.execute("SELECT certificate FROM batch_certificates WHERE id = ?", (cid,)).fetchone()
     if row is None:
         raise ValueError(f"a stored decision names a missing batch certificate {cid.hex()}")
-    return _batch_certificate_of(json.loads(str(row[0])))
+    text = str(row[0])
+    if _batch_certificate_id(text) != cid:  # review helper-111: a row altered since
+        raise ValueError(f"the stored batch certificate {cid.hex()} does not match its id")
+    return _batch_certificate_of(json.loads(text))
 
 
 def _certificate_from_json(

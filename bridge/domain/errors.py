@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from bridge.core.reasons import ErrorReason
 
@@ -64,6 +64,21 @@ class BridgeError(Exception):
 
     kind: ClassVar[BridgeReason] = BridgeReason.INTERNAL
     public: str | None = None
+    on_input: bool = False
+    """Set (by :func:`refused_on_input`, only where this coordinator raises it) when the
+    refusal is of the caller's own request, decided by this coordinator alone from what the
+    request says and the transfers it already recorded: a malformed field, an instruction
+    that does not authenticate, a deadline, a key or transfer id already used. Never set
+    for what a ledger, a peer or an outage answered. The batch quota counts these."""
+
+
+E = TypeVar("E", bound=BridgeError)
+
+
+def refused_on_input(exc: E) -> E:
+    """``exc``, marked a refusal of the caller's own input (:attr:`BridgeError.on_input`)."""
+    exc.on_input = True
+    return exc
 
 
 def public_text(exc: BaseException) -> str:

@@ -239,15 +239,21 @@ async def served(
 
 
 def item(
-    served: Served, key: str, *, sender: str = SENDER, amount: int = 5
+    served: Served,
+    key: str,
+    *,
+    sender: str = SENDER,
+    amount: int = 5,
+    deadline: int | None = None,
 ) -> S.SubmitTransferRequest:
-    """A well-formed item from ledger a, instructed by brokerage a's registered key."""
+    """A well-formed item from ledger a, instructed by brokerage a's registered key
+    (its deadline 50 s from now unless given)."""
     from bridge.coordinator.records import TransferRequest
 
     req = TransferRequest(key, ISIN, "a", "b", sender, SENDER, amount)
     unsigned = Instruction(
         nonce=hashlib.sha256(key.encode()).digest(),
-        deadline=int(time.time()) + 50,
+        deadline=int(time.time()) + 50 if deadline is None else deadline,
         instructor=BROKER_A.address,
         signature=bytes(65),
     )
@@ -353,24 +359,32 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
 
 
 @pytest.mark.parametrize(
-    "served", [BatchQuota(items_per_day=1000, unauthenticated_per_day=3)], indirect=True
+    "served", [BatchQuota(items_per_day=1000, refused_per_day=5)], indirect=True
 )
-async def test_a_brokerage_past_its_unauthenticated_items_quota_records_no_new_batch(
+async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     served: Served,
 ) -> None:
-    """Threat model, "batch rows": items refused before any instruction is authenticated
-    (here a forged signature and items naming another ledger) are stored with their batch,
-    so they are held to a daily quota per source ledger. Items refused for a transient
+    """Threat model, "batch rows": items refused on their own input (here a forged
+    signature, items naming another ledger, and a signed instruction replayed under a new
+    key, expired or not: review helper-111 M1) are stored with their batch, so they are
+    held to a daily quota per source ledger. Items refused for a transient
     reason (the recipient's ledger unreadable: another organisation's relayer) are not
     counted (review helper-110 H1). Past the quota, the brokerage's next batch id is
     RESOURCE_EXHAUSTED naming the setting, with nothing reserved or submitted, while a
     replay of its recorded batch still answers the same results."""
     served.relayers["a"].flaky_failures = 2  # the sender's standing read times out twice
-    transient = batch(
-        "quota-0", [item(served, "t-0", sender=FLAKY), item(served, "t-1", sender=FLAKY)]
+    ledgers_word = batch(
+        "quota-0",
+        [
+            item(served, "t-0", sender=FLAKY),
+            item(served, "t-1", sender=FLAKY),
+            item(served, "t-2", sender=FROZEN),  # the ledger's refusal: not counted either
+        ],
     )
-    got = await served.stub.SubmitTransfers(transient, timeout=30)
-    assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_RETRYABLE] * 2
+    got = await served.stub.SubmitTransfers(ledgers_word, timeout=30)
+    assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_RETRYABLE] * 2 + [
+        OUT.BATCH_ITEM_OUTCOME_REFUSED
+    ]
     forged = item(served, "q-1")
     signature = bytearray(forged.instruction.signature)
     signature[5] ^= 1
@@ -378,18 +392,27 @@ async def test_a_brokerage_past_its_unauthenticated_items_quota_records_no_new_b
     others = [item(served, f"q-{i}") for i in (2, 3)]
     for it in others:
         it.source_ledger = "b"
-    first = batch("quota-1", [item(served, "q-0"), forged, *others])
+    replayed = item(served, "q-0")
+    replayed.idempotency_key = "q-0-again"  # q-0's signed instruction under a new key
+    first = batch("quota-1", [item(served, "q-0"), forged, *others, replayed])
     got = await served.stub.SubmitTransfers(first, timeout=30)
-    refused = [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 3
+    refused = [OUT.BATCH_ITEM_OUTCOME_REFUSED] * 4
     assert outcomes(got) == [OUT.BATCH_ITEM_OUTCOME_CREATED, *refused]
+    assert got.results[4].error.code == "ALREADY_EXISTS"
+    # An instruction signed with a deadline now passed, replayed under a new key.
+    old = item(served, "q-5", deadline=int(time.time()) + 1)
+    await asyncio.sleep(1.5)
+    late = await served.stub.SubmitTransfers(batch("quota-1b", [old]), timeout=30)
+    assert outcomes(late) == [OUT.BATCH_ITEM_OUTCOME_REFUSED]
+    assert "deadline has passed" in late.results[0].error.message
     nxt = batch("quota-2", [item(served, "q-9")])
     with pytest.raises(grpc.aio.AioRpcError) as exhausted:
         await served.other_stub.SubmitTransfers(nxt, timeout=30)
     assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(exhausted.value)  # type: ignore[arg-type]
     assert status is not None
-    assert "recorded 3 items refused before any instruction was authenticated" in status.message
-    assert "(max_unauthenticated_batch_items_per_day 3)" in status.message
+    assert "recorded 5 items refused on their own input in the last 24 h" in status.message
+    assert "(max_refused_batch_items_per_day 5)" in status.message
     assert await served.batches.get("a", "quota-2") is None and served.submitted["q-9"] == 0
     replay = await served.stub.SubmitTransfers(first, timeout=30)
     assert outcomes(replay) == outcomes(got) and not replay.created

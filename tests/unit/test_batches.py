@@ -24,7 +24,6 @@ from bridge.coordinator.batches import (
     ItemError,
     ItemOutcome,
     ItemResult,
-    RefusedBeforeAuthentication,
     SqlBatchStore,
     fingerprint,
     is_retryable,
@@ -47,6 +46,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     ResourceExhausted,
     Unavailable,
+    refused_on_input,
 )
 from bridge.rpc.roles import Principal
 from bridge.rpc.rules import RULES, role_allowed
@@ -61,7 +61,7 @@ A, B = "brokerage-a", "brokerage-b"
 class Item:
     idempotency_key: str
     source_ledger: str = A
-    refuse: BridgeError | RefusedBeforeAuthentication | None = None
+    refuse: BridgeError | None = None
 
 
 def _error_of(exc: BridgeError) -> ItemError:
@@ -118,15 +118,16 @@ async def test_each_item_gets_its_own_result_and_a_refusal_stays_in_its_item() -
     assert all((r.error is None) == (r.transfer_id is not None) for r in results)
 
 
-async def test_only_refusals_before_authentication_are_marked_unauthenticated() -> None:
-    """The batch quota counts ``unauthenticated`` items: the batch's own rules (a repeated
-    key, another ledger) and what ``submit_one`` refuses as RefusedBeforeAuthentication (a
-    malformed field, a bad signature). A refusal after authentication (a frozen holder, a
-    relayer's answer, an outage), whatever its code, is not marked (review helper-110 H1)."""
+async def test_only_refusals_of_the_callers_own_input_are_marked() -> None:
+    """The batch quota counts items refused on their own input: the batch's own rules (a
+    repeated key, another ledger) and refusals marked ``on_input`` where the coordinator
+    raises them (a malformed field, a bad signature, a deadline, a key or transfer id
+    already used). A refusal from a ledger, a relayer or an outage, whatever its code, is
+    not marked (review helper-110 H1)."""
     bad_signature = PermissionDenied("instruction signature is not the instructor's")
     items = [
         Item("k1"),
-        Item("k2", refuse=RefusedBeforeAuthentication(bad_signature)),
+        Item("k2", refuse=refused_on_input(bad_signature)),
         Item("k3", source_ledger=B),
         Item("dup"),
         Item("dup"),
@@ -135,7 +136,7 @@ async def test_only_refusals_before_authentication_are_marked_unauthenticated() 
         Item("k6", refuse=Unavailable("brokerage-b could not be read now; retry")),
     ]
     results = await run_items(A, items, Submitter(), _item_error)
-    assert [r.unauthenticated for r in results] == [False, True, True, True, True] + [False] * 3
+    assert [r.on_input for r in results] == [False, True, True, True, True] + [False] * 3
     assert results[1].error is not None and results[1].error.code == "PERMISSION_DENIED"
     assert results[1].outcome is ItemOutcome.REFUSED
     assert results[7].outcome is ItemOutcome.RETRYABLE
@@ -395,35 +396,34 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         store.close()
 
 
-def _refused(index: int, retryable: bool = False, unauthenticated: bool = False) -> ItemResult:
-    """An item refused (or RETRYABLE) with an error stored beside it; ``unauthenticated``:
-    refused before its instruction was authenticated."""
+def _refused(index: int, retryable: bool = False, on_input: bool = False) -> ItemResult:
+    """An item refused (or RETRYABLE) with an error stored beside it; ``on_input``:
+    refused on its own input (counted by the quota)."""
     meta = {"retryable": "true"} if retryable else {}
     outcome = ItemOutcome.RETRYABLE if retryable else ItemOutcome.REFUSED
     error = ItemError("PERMISSION_DENIED", "PERMISSION_DENIED", "another ledger", meta)
-    return ItemResult(index, f"r{index}", outcome, error=error, unauthenticated=unauthenticated)
+    return ItemResult(index, f"r{index}", outcome, error=error, on_input=on_input)
 
 
-async def test_unauthenticated_items_past_the_daily_quota_refuse_new_batch_ids(
+async def test_items_refused_on_input_past_the_daily_quota_refuse_new_batch_ids(
     database: Database,
 ) -> None:
-    """Threat model, "batch rows": a brokerage's certificate alone (items refused before any
-    instruction is authenticated) can no longer grow the batch rows without bound. Once its
-    batches of the last day hold ``unauthenticated_per_day`` such items, a new batch id of
-    that ledger is refused RESOURCE_EXHAUSTED and nothing is reserved; refusals after
-    authentication and RETRYABLE items (a ledger's, a peer's or an outage's doing: review
-    helper-110 H1) are not counted; replays of recorded ids still answer; another ledger is
+    """Threat model, "batch rows": a brokerage's certificate alone (items refused on their
+    own input) can no longer grow the batch rows without bound. Once its batches of the
+    last day hold ``refused_per_day`` such items, a new batch id of that ledger is refused
+    RESOURCE_EXHAUSTED and nothing is reserved; a ledger's refusals and RETRYABLE items (a
+    ledger's, a peer's or an outage's doing: review helper-110 H1) are not counted; replays of recorded ids still answer; another ledger is
     not held by it; the window rolls."""
-    quota = BatchQuota(items_per_day=1000, unauthenticated_per_day=5)
+    quota = BatchQuota(items_per_day=1000, refused_per_day=5)
     store = SqlBatchStore(database, quota)
     fp = b"\xaa" * 32
     try:
         assert (await store.claim(A, "d1", fp, "o", 100.0, items=6)).claimed
         mixed = (
-            *(_refused(i, unauthenticated=True) for i in range(3)),
+            *(_refused(i, on_input=True) for i in range(3)),
             _refused(3, retryable=True),  # an outage: not counted
             _refused(4),  # a ledger's refusal: not counted
-            _refused(5, unauthenticated=True),
+            _refused(5, on_input=True),
         )
         await store.finish(BatchRecord(A, "d1", fp, mixed, 100.0), "o")
         # 4 of 5: a new id still runs; an all-created batch adds nothing.
@@ -434,17 +434,14 @@ async def test_unauthenticated_items_past_the_daily_quota_refuse_new_batch_ids(
         )
         await store.finish(BatchRecord(A, "d2", fp, created, 101.0), "o")
         assert (await store.claim(A, "d3", fp, "o", 102.0, items=1)).claimed
-        await store.finish(
-            BatchRecord(A, "d3", fp, (_refused(0, unauthenticated=True),), 102.0), "o"
-        )
+        await store.finish(BatchRecord(A, "d3", fp, (_refused(0, on_input=True),), 102.0), "o")
         with pytest.raises(ResourceExhausted) as refused:
             await store.claim(A, "d4", fp, "o", 103.0, items=1)
         assert refused.value.kind is BridgeReason.RESOURCE_EXHAUSTED
         assert str(refused.value) == (
-            f"batches from {A} recorded 5 items refused before any instruction was"
-            " authenticated in the last 24 h, the most allowed"
-            " (max_unauthenticated_batch_items_per_day 5); new batch ids are refused until"
-            " older ones leave the window"
+            f"batches from {A} recorded 5 items refused on their own input in the last 24 h,"
+            " the most allowed (max_refused_batch_items_per_day 5); new batch ids are"
+            " refused until older ones leave the window"
         )
         assert await store.get(A, "d4") is None  # nothing reserved
         # A replay of a recorded id is served: it re-runs its RETRYABLE item (then answers
@@ -457,7 +454,7 @@ async def test_unauthenticated_items_past_the_daily_quota_refuse_new_batch_ids(
         answered = await store.claim(A, "d1", fp, "o3", 103.0, items=6)
         assert not answered.claimed and answered.record is not None
         assert answered.record.results == final  # the marks are stored with the results
-        assert [r.unauthenticated for r in answered.record.results] == [1, 1, 1, 0, 0, 1]
+        assert [r.on_input for r in answered.record.results] == [1, 1, 1, 0, 0, 1]
         other = await store.claim(A, "d1", b"\xbb" * 32, "o2", 103.0, items=6)
         assert other.record is not None and other.record.fingerprint == fp
         # Another ledger's batches are not held by A's refusals.
@@ -471,7 +468,7 @@ async def test_unauthenticated_items_past_the_daily_quota_refuse_new_batch_ids(
 async def test_refusals_after_authentication_never_exhaust_the_quota(database: Database) -> None:
     """Review helper-110 H1: RETRYABLE items (another ledger's relayer down, a halt) and
     refusals that need a ledger's word are stored but not counted, however many."""
-    store = SqlBatchStore(database, BatchQuota(items_per_day=1000, unauthenticated_per_day=1))
+    store = SqlBatchStore(database, BatchQuota(items_per_day=1000, refused_per_day=1))
     fp = b"\xaa" * 32
     try:
         for n in range(3):
@@ -486,7 +483,7 @@ async def test_refusals_after_authentication_never_exhaust_the_quota(database: D
 async def test_the_reserving_write_checks_the_quota_again(database: Database) -> None:
     """Review helper-110 L2: concurrent new batch ids all pass the check made in a read;
     the check again inside the transaction that reserves each id admits only what fits."""
-    store = SqlBatchStore(database, BatchQuota(items_per_day=10, unauthenticated_per_day=5))
+    store = SqlBatchStore(database, BatchQuota(items_per_day=10, refused_per_day=5))
     fp = b"\xaa" * 32
     try:
         got = await asyncio.gather(
@@ -507,7 +504,7 @@ async def test_items_past_the_daily_quota_refuse_a_new_batch_id(database: Databa
     a new id whose items would pass ``items_per_day`` is refused, nothing reserved, and
     one that fits exactly still runs. A retryable batch's replay (a takeover of its row)
     is never refused by the quota."""
-    store = SqlBatchStore(database, BatchQuota(items_per_day=10, unauthenticated_per_day=1000))
+    store = SqlBatchStore(database, BatchQuota(items_per_day=10, refused_per_day=1000))
     fp = b"\xaa" * 32
     try:
         assert (await store.claim(A, "e1", fp, "o", 50.0, items=6)).claimed  # still pending
@@ -919,7 +916,7 @@ def test_the_daemon_holds_its_batch_store_to_the_configured_quota(tmp_path: Path
 
     for extra, quota in (
         (
-            {"max_batch_items_per_day": 7000, "max_unauthenticated_batch_items_per_day": 3},
+            {"max_batch_items_per_day": 7000, "max_refused_batch_items_per_day": 3},
             BatchQuota(7000, 3),
         ),
         ({}, BatchQuota(1_000_000, 10_000)),

@@ -311,3 +311,25 @@ async def test_a_decision_naming_a_missing_batch_certificate_is_refused(
     await store._db.write(run)
     with pytest.raises(ValueError, match="missing batch certificate " + "ab" * 32):
         await store.decision(rec.transfer_id)
+
+
+@pytest.mark.security
+async def test_a_batch_certificate_altered_since_it_was_stored_is_refused(
+    store: SqlTransferStore,
+) -> None:
+    """A ``batch_certificates`` row whose text no longer hashes to its id (edited in the
+    database) is refused when a decision naming it is read."""
+    rec = make_record(53)
+    await store.create(rec)
+    decision = commit_decision(1)
+    await store.record_decision(rec.transfer_id, decision)
+    assert await store.decision(rec.transfer_id) == decision
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "UPDATE batch_certificates SET certificate = REPLACE(certificate, '\"epoch\":3', '\"epoch\":4')"
+        )
+
+    await store._db.write(run)
+    with pytest.raises(ValueError, match="does not match its id"):
+        await store.decision(rec.transfer_id)
