@@ -20,6 +20,7 @@ from bridge.coordinator.holder_reads import HolderReads
 from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import Authorised, authorised, check_deadline
+from bridge.coordinator.store import replayed_instruction
 from bridge.coordinator.supervision import Supervisor
 from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
@@ -53,6 +54,11 @@ class Admitted:
     """The lane read open (no rate limit at either end) by this check (FlowLimits.note_open)."""
     checked_at: float = 0.0
     """``time.monotonic()`` just before the checks read both ledgers (0: never fresh)."""
+
+
+def _key_taken() -> Conflict:
+    """The refusal of a key recorded for another transfer (the caller's own input)."""
+    return refused_on_input(Conflict("idempotency_key was already used for a different transfer"))
 
 
 class Admission:
@@ -129,6 +135,13 @@ class Admission:
             check_deadline(instruction, now=now, ttl=ctx.ttl)
         except InvalidInput as exc:
             raise refused_on_input(exc) from None
+        # SECURITY (review helper-112): a signed instruction already recorded under another
+        # key (replayed under a new one) is refused from this coordinator's own records
+        # before any ledger is read, so it counts against the batch quota whatever the
+        # ledgers would answer (the original may hold the sender's units by now) and costs
+        # no relayer a read. The store refuses it again at recording (a concurrent copy).
+        if await ctx.store.recorded(terms.transfer_id):
+            raise replayed_instruction(terms.transfer_id)
         if ctx.supply is not None:
             refusal = await ctx.supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)
@@ -189,9 +202,7 @@ class Admission:
     ) -> tuple[TransferRecord, bool] | Conflict:
         """What storing ``admitted`` gave, with its driver spawned when it is new."""
         if isinstance(outcome, Conflict):
-            # Its transfer id is recorded under another key: the signed instruction of
-            # another request, replayed (the caller's own input, marked for the batch quota).
-            return refused_on_input(outcome)
+            return outcome  # replayed_instruction: recorded under another key since checked
         stored, created = outcome
         request = admitted.record.request
         if not created:
@@ -199,9 +210,7 @@ class Admission:
                 stored.request.fingerprint() != request.fingerprint()
                 or stored.terms != admitted.record.terms
             ):
-                return refused_on_input(
-                    Conflict("idempotency_key was already used for a different transfer")
-                )
+                return _key_taken()
             return stored, False
         self._ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
         # SECURITY: what the checks read stands in for the first step's reads only while it
@@ -228,9 +237,7 @@ class Admission:
                 request.source_ledger, request.idempotency_key
             )
         if record is not None and record.request.fingerprint() != request.fingerprint():
-            raise refused_on_input(
-                Conflict("idempotency_key was already used for a different transfer")
-            )
+            raise _key_taken()
         return record
 
     async def _holder(self, ledger: str, security: str, holder: str) -> HolderStatus:

@@ -232,7 +232,8 @@ async def run_items(
         if isinstance(outcome, BridgeError):
             error = error_of(outcome)
             kind = ItemOutcome.RETRYABLE if is_retryable(error) else ItemOutcome.REFUSED
-            marked = own_rules or outcome.on_input
+            # A RETRYABLE item is never counted: nothing was decided about it.
+            marked = kind is ItemOutcome.REFUSED and (own_rules or outcome.on_input)
             results.append(ItemResult(index, key, kind, error=error, on_input=marked))
         else:
             tid, created = outcome
@@ -421,9 +422,10 @@ class BatchQuota:
     """How much one source ledger's batches may record in a rolling day (schema version 8).
 
     SECURITY (the threat model's "batch rows" limitation): a batch row keeps every item's
-    result for ``batch_retention_days``, and items refused on their own input (another
-    ledger, a malformed field, an instruction that does not authenticate, an expired
-    deadline, a signed instruction replayed under a new key) are stored too, so a
+    result for ``batch_retention_days``, and items refused on their own input (the list is
+    ADR 0023's last amendment: another ledger, a key repeated in the batch, a malformed
+    field, an instruction that does not authenticate, a deadline passed or too far, a key
+    already used, a signed instruction replayed under a new key) are stored too, so a
     brokerage's TLS certificate alone could grow the coordinator's database without bound.
     A new batch id is refused RESOURCE_EXHAUSTED, nothing reserved, when the ledger's
     batches recorded in the last ``window`` seconds hold ``refused_per_day`` such items

@@ -32,7 +32,7 @@ from bridge.coordinator.records import (
 from bridge.core.batch import BatchCertificate
 from bridge.domain.batch_certified import BatchCertified, LedgerCertificate
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import Conflict
+from bridge.domain.errors import Conflict, refused_on_input
 from bridge.domain.flow import WaitReason
 from bridge.domain.legs import LedgerEvent, SignatureSet
 from bridge.domain.terms import TransferTerms
@@ -63,6 +63,10 @@ class TransferStore(Protocol):
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """The transfer, or None."""
+        ...
+
+    async def recorded(self, transfer_id: bytes) -> bool:
+        """Whether a transfer with this id is recorded (one index read, nothing parsed)."""
         ...
 
     async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
@@ -381,6 +385,18 @@ def _get(db: Conn, transfer_id: bytes) -> TransferRecord | None:
     return _record(row)
 
 
+def replayed_instruction(transfer_id: bytes) -> Conflict:
+    """The refusal of a signed instruction already recorded under another key: the
+    caller's own input (marked :attr:`~bridge.domain.errors.BridgeError.on_input`, counted
+    by the batch quota), found from the records alone, before or at recording."""
+    return refused_on_input(
+        Conflict(
+            f"transfer 0x{transfer_id.hex()} (the same instruction) was already submitted"
+            " under another idempotency_key"
+        )
+    )
+
+
 def _decision(db: Conn, transfer_id: bytes) -> Decision | None:
     row = db.execute(
         "SELECT kind, certificates, cause FROM decisions WHERE transfer_id = ?",
@@ -645,12 +661,7 @@ class SqlTransferStore:
         for record, (stored, created) in zip(records, rows, strict=True):
             if stored is None:
                 # Ignored, yet no row has this key: the transfer id is recorded under another.
-                out.append(
-                    Conflict(
-                        f"transfer 0x{record.transfer_id.hex()} (the same instruction) was"
-                        " already submitted under another idempotency_key"
-                    )
-                )
+                out.append(replayed_instruction(record.transfer_id))
             else:
                 out.append((stored, created))
         return out
@@ -658,6 +669,17 @@ class SqlTransferStore:
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""
         return await self._db.read(lambda db: _get(db, transfer_id))
+
+    async def recorded(self, transfer_id: bytes) -> bool:
+        """See TransferStore.recorded."""
+
+        def run(db: Conn) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM transfers WHERE transfer_id = ?", (transfer_id,)
+            ).fetchone()
+            return row is not None
+
+        return await self._db.read(run)
 
     # ---- batch API (batchfix): many records in one read per page (a batch's answer)
     async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
@@ -943,10 +965,11 @@ class SqlTransferStore:
             certs = json.loads(row[1])
             if ledger not in certs:
                 return False
-            certs[ledger] = _certificate_json(certificate, {})  # a single-claim one
+            # A single-claim certificate (its type says so): it names no shared row.
+            certs[ledger] = _certificate_json(certificate, {})
             db.execute(
                 "UPDATE decisions SET certificates = ? WHERE transfer_id = ? AND kind = ?",
-                (json.dumps(certs, sort_keys=True), transfer_id, int(kind)),
+                (json.dumps(certs, sort_keys=True, separators=(",", ":")), transfer_id, int(kind)),
             )
             return True
 

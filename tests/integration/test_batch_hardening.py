@@ -359,7 +359,7 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
 
 
 @pytest.mark.parametrize(
-    "served", [BatchQuota(items_per_day=1000, refused_per_day=5)], indirect=True
+    "served", [BatchQuota(items_per_day=1000, refused_per_day=6)], indirect=True
 )
 async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     served: Served,
@@ -405,14 +405,23 @@ async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     late = await served.stub.SubmitTransfers(batch("quota-1b", [old]), timeout=30)
     assert outcomes(late) == [OUT.BATCH_ITEM_OUTCOME_REFUSED]
     assert "deadline has passed" in late.results[0].error.message
+    # Review helper-112: q-0's instruction again, now that q-0 is recorded, is refused from
+    # the coordinator's records before any ledger is read (whatever the ledgers would say).
+    reads = sum(r.reads.total() for r in served.relayers.values())
+    again = item(served, "q-0")
+    again.idempotency_key = "q-0-third"
+    third = await served.stub.SubmitTransfers(batch("quota-1c", [again]), timeout=30)
+    assert outcomes(third) == [OUT.BATCH_ITEM_OUTCOME_REFUSED]
+    assert third.results[0].error.code == "ALREADY_EXISTS"
+    assert sum(r.reads.total() for r in served.relayers.values()) == reads
     nxt = batch("quota-2", [item(served, "q-9")])
     with pytest.raises(grpc.aio.AioRpcError) as exhausted:
         await served.other_stub.SubmitTransfers(nxt, timeout=30)
     assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(exhausted.value)  # type: ignore[arg-type]
     assert status is not None
-    assert "recorded 5 items refused on their own input in the last 24 h" in status.message
-    assert "(max_refused_batch_items_per_day 5)" in status.message
+    assert "recorded 6 items refused on their own input in the last 24 h" in status.message
+    assert "(max_refused_batch_items_per_day 6)" in status.message
     assert await served.batches.get("a", "quota-2") is None and served.submitted["q-9"] == 0
     replay = await served.stub.SubmitTransfers(first, timeout=30)
     assert outcomes(replay) == outcomes(got) and not replay.created
