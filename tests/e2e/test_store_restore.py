@@ -205,7 +205,12 @@ def to_previous_release(path: Path, kind: str) -> None:
             db.execute("DROP TABLE schema_version")
         else:  # release 287b48a's coordinator stopped at schema version 3
             db.execute("DROP TABLE coordinator_members")  # version 4 (ADR 0017)
-            db.execute("DROP TABLE transfer_batches")  # version 5 (ADR 0023)
+            db.execute("DROP TABLE transfer_batches")  # version 5 (ADR 0023), 7 and 8
+            # Version 9 (ADR 0025): batch certificates stored once. This system runs single
+            # steps, so no decision names one and the table goes with nothing lost.
+            shared = db.execute("SELECT COUNT(*) FROM batch_certificates").fetchone()[0]
+            assert shared == 0, "a decision of a batched step has no previous-release form"
+            db.execute("DROP TABLE batch_certificates")
             db.execute("ALTER TABLE coordinator_lease DROP COLUMN instance")  # version 6
             db.execute("DELETE FROM schema_version WHERE version > 3")
         if kind == "verifier":
