@@ -178,9 +178,9 @@ async def run_items(
     submitted, every occurrence of it (which one the client meant is not ours to guess);
     an item naming another source ledger than the batch's is refused PERMISSION_DENIED
     without being submitted; those two, and refusals marked ``on_input`` (from
-    ``submit_one`` or ``record_many``), are marked ``on_input`` in their result. An error whose
-    ``retryable`` metadata is true is RETRYABLE,
-    not REFUSED: nothing was decided about the item. NOT_LEADER (NotLeader, or the store's
+    ``submit_one`` or ``record_many``), are marked ``on_input`` in their result. An error
+    whose ``retryable`` metadata is true is RETRYABLE, not REFUSED: nothing was decided
+    about the item. NOT_LEADER (NotLeader, or the store's
     Fenced: this coordinator lost its lease) is not an item's refusal, from a check or
     from ``record_many``: it propagates and the whole batch is answered NOT_LEADER (items
     already submitted are found again by their keys when the client retries on the leader).

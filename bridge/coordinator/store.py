@@ -426,6 +426,11 @@ def _decision_certificates_json(decision: Decision, shared: SharedCertificates) 
         if isinstance(c, BatchCertified) and c.certificate.kind != int(decision.kind):
             raise ValueError("a batch certificate of another kind than the decision")
     certs = {ledger: _certificate_json(c, shared) for ledger, c in decision.certificates.items()}
+    return _certificates_text(certs)
+
+
+def _certificates_text(certs: Mapping[str, Any]) -> str:
+    """A decision's ``certificates`` column from its per-ledger entries (compact JSON)."""
     return json.dumps(certs, sort_keys=True, separators=(",", ":"))
 
 
@@ -969,7 +974,7 @@ class SqlTransferStore:
             certs[ledger] = _certificate_json(certificate, {})
             db.execute(
                 "UPDATE decisions SET certificates = ? WHERE transfer_id = ? AND kind = ?",
-                (json.dumps(certs, sort_keys=True, separators=(",", ":")), transfer_id, int(kind)),
+                (_certificates_text(certs), transfer_id, int(kind)),
             )
             return True
 
