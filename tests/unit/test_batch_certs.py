@@ -181,10 +181,13 @@ def _refused_rpc(indexes: list[int]) -> grpc.aio.AioRpcError:
     )
 
 
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """A member's failed call: ``code`` and ``details``, no status details."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
 def _unreachable_rpc() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
-    )
+    return _rpc_error(grpc.StatusCode.UNAVAILABLE, "down")
 
 
 def answering(client: CommitteeClient, endpoints: Sequence[str], answers: Sequence[object]) -> None:
@@ -241,12 +244,7 @@ async def test_a_member_failing_internally_is_unreachable_not_a_refusal(
     committee = Committee(1, 3, tuple(bytes([i]) * 20 for i in range(1, 5)))
     endpoints = [f"m{i}:1" for i in range(4)]
     client = CommitteeClient(committee, endpoints, 1.0, members=list(committee.members))
-    crash = grpc.aio.AioRpcError(
-        grpc.StatusCode.INTERNAL,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details="geth http://10.1.2.3:8545 connection refused",
-    )
+    crash = _rpc_error(grpc.StatusCode.INTERNAL, "geth http://10.1.2.3:8545 connection refused")
     answers: list[object] = [
         crash,
         crash,
@@ -273,9 +271,7 @@ async def test_refusals_are_weighed_per_committee_without_items_and_without_endp
     new = Committee(2, 3, tuple(bytes([i]) * 20 for i in range(5, 9)))
     endpoints = [f"m{i}:1" for i in range(8)]
     client = CommitteeClient(old, endpoints, 1.0, members=[*old.members, *new.members])
-    whole = grpc.aio.AioRpcError(
-        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(), "no"
-    )
+    whole = _rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "no")
     answers: list[object] = [_unreachable_rpc()] * 4 + [
         whole,
         whole,

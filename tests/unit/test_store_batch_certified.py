@@ -32,6 +32,21 @@ def batch_cert(kind: ClaimKind, epoch: int = 3) -> BatchCertified:
     )
 
 
+async def write_row(
+    store: SqlTransferStore, tid: bytes, kind: ClaimKind, certificates: object, cause: str
+) -> None:
+    """A decision row written as it stands, bypassing the store's encoder (older forms,
+    malformed ones)."""
+
+    def run(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
+            (tid, int(kind), json.dumps(certificates), cause, 1.0),
+        )
+
+    await store._db.write(run)
+
+
 async def test_batch_certified_round_trips(store: SqlTransferStore) -> None:
     rec = make_record(1)
     await store.create(rec)
@@ -55,13 +70,7 @@ async def test_rows_written_before_batches_still_read(store: SqlTransferStore) -
     await store.create(rec)
     old = {"brokerage-a": {"epoch": 1, "signatures": ["aa" * 65]}}
 
-    def run(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (rec.transfer_id, int(ClaimKind.ABORT), json.dumps(old), "why", 1.0),
-        )
-
-    await store._db.write(run)
+    await write_row(store, rec.transfer_id, ClaimKind.ABORT, old, "why")
     got = await store.decision(rec.transfer_id)
     assert got == Decision(
         ClaimKind.ABORT, {"brokerage-a": SignatureSet(1, (b"\xaa" * 65,))}, "why"
@@ -109,13 +118,7 @@ async def test_an_unknown_stored_certificate_type_is_refused(store: SqlTransferS
     await store.create(rec)
     row = {"brokerage-a": {"type": "mystery", "epoch": 1, "signatures": []}}
 
-    def run(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
-        )
-
-    await store._db.write(run)
+    await write_row(store, rec.transfer_id, ClaimKind.COMMIT, row, "")
     with pytest.raises(ValueError, match="unknown certificate type"):
         await store.decision(rec.transfer_id)
 
@@ -254,13 +257,7 @@ async def test_rows_with_an_inline_batch_certificate_still_read(store: SqlTransf
         }
     }  # fmt: skip
 
-    def run(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (rec.transfer_id, int(ClaimKind.ABORT), json.dumps(inline), "old", 1.0),
-        )
-
-    await store._db.write(run)
+    await write_row(store, rec.transfer_id, ClaimKind.ABORT, inline, "old")
     got = await store.decision(rec.transfer_id)
     assert got == Decision(ClaimKind.ABORT, {"brokerage-a": cert}, "old")
 
@@ -282,13 +279,7 @@ async def test_a_malformed_batch_reference_is_refused(
     cid = certificate or base64.b64encode(b"\x01" * 32).decode()
     row = {"brokerage-a": {"type": "batch-ref", "certificate": cid, "proof": proof}}
 
-    def run(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
-        )
-
-    await store._db.write(run)
+    await write_row(store, rec.transfer_id, ClaimKind.COMMIT, row, "")
     with pytest.raises(ValueError, match=error):
         await store.decision(rec.transfer_id)
 
@@ -302,13 +293,7 @@ async def test_a_decision_naming_a_missing_batch_certificate_is_refused(
     missing = base64.b64encode(b"\xab" * 32).decode()
     row = {"brokerage-a": {"type": "batch-ref", "certificate": missing, "proof": ""}}
 
-    def run(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
-            (rec.transfer_id, int(ClaimKind.COMMIT), json.dumps(row), "", 1.0),
-        )
-
-    await store._db.write(run)
+    await write_row(store, rec.transfer_id, ClaimKind.COMMIT, row, "")
     with pytest.raises(ValueError, match="missing batch certificate " + "ab" * 32):
         await store.decision(rec.transfer_id)
 
