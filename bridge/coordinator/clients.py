@@ -39,6 +39,8 @@ from bridge.domain.errors import (
     NotFound,
     PreconditionFailed,
     Unavailable,
+    reason_name,
+    with_public,
 )
 from bridge.domain.flow import FlowStatus
 from bridge.domain.governance import HaltStatus, SignedOrder
@@ -112,13 +114,48 @@ class PeerFailed(Unavailable):
     fail (a shared read splits on it, :class:`bridge.coordinator.holder_reads.HolderReads`)."""
 
 
+MAX_MEMBER_TEXT = 200
+"""Most characters of one member's own refusal text kept for this coordinator's log."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRefusal:
+    """One committee member's refusal, as this coordinator keeps it: ``reason``, the wire
+    name of the reason its status details carry (validated against the closed sets,
+    ``UNKNOWN`` when they carry none or garbage), and ``text``, its own words, bounded.
+
+    SECURITY: a member is another organisation (or a compromised one). Its words go to
+    this coordinator's log only; what a brokerage or the depository may read of a refusal
+    (``BridgeError.public``) is built from the typed reasons alone (:func:`refused_text`).
+    """
+
+    reason: str
+    text: str
+
+
+def member_refusal(resp: grpc.aio.AioRpcError) -> MemberRefusal:
+    """``resp`` (a member's refusing answer) as a :class:`MemberRefusal`; never raises."""
+    got = received_error(cast(Any, resp.trailing_metadata()))
+    text = (resp.details() or resp.code().name)[:MAX_MEMBER_TEXT]
+    return MemberRefusal(reason_name(got.reason), text)
+
+
+def refused_text(refusals: Sequence[MemberRefusal]) -> tuple[str, str]:
+    """The members' own words (for this log) and their typed reasons only (for a caller of
+    another organisation), each deduplicated and sorted."""
+    words = "; ".join(sorted({r.text for r in refusals}))
+    reasons = ", ".join(sorted({r.reason for r in refusals}))
+    return words, f"{len(refusals)} refused ({reasons})"
+
+
 def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeError:
     """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
 
     The ledger's refusal is rebuilt from the status's ``ErrorInfo`` details alone (reason,
-    figures), never from the message; the message is kept only as text to show, and an
-    unreachable or failing peer's error has a ``public`` text without it (the peer may be
-    another organisation's relayer: its node errors and addresses stay in this log). Its ledger
+    figures), never from the message; the message is kept only as text for this log, and
+    every other error has a ``public`` text without it, only its code or typed reason (the
+    peer may be another organisation's relayer: its node errors and addresses, or any
+    words it chooses, stay in this log). Its ledger
     is always ``ledger``, the one the caller talks to, never the peer's claim.
     Transport codes are Unavailable whatever the details say.
     """
@@ -136,11 +173,14 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
         if got.reason is BridgeReason.UNKNOWN:
             # SECURITY: a refusal without valid details is never taken as a known reason.
             return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, f"{who}: {msg}", ledger=ledger)
-        return PreconditionFailed(f"{who}: {msg}")
+        # SECURITY: the peer's words for this log; its typed reason for other organisations.
+        return with_public(
+            PreconditionFailed(f"{who}: {msg}"), f"{who} refused ({reason_name(got.reason)})"
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidInput(f"{who}: {msg}")
+        return with_public(InvalidInput(f"{who}: {msg}"), f"{who}: invalid argument")
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(f"{who}: {msg}")
+        return with_public(NotFound(f"{who}: {msg}"), f"{who}: not found")
     # INTERNAL, UNKNOWN, UNIMPLEMENTED...: the peer failed on it; retry later.
     failed = PeerFailed(f"{who} failed ({code.name.lower()}): {msg}")
     failed.public = f"{who} failed ({code.name.lower()})"  # SECURITY: not its text
@@ -569,7 +609,7 @@ class CommitteeClient:
         subject = f"{kind.name} for transfer 0x{terms.transfer_id.hex()}"
         request = verifier_pb2.SignClaimRequest(kind=int(kind), terms=terms_to_pb(terms))  # type: ignore[arg-type]
         sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in digests}
-        refusals: list[str] = []
+        refusals: list[MemberRefusal] = []
         refusing: set[str] = set()
         unreachable: list[str] = []
 
@@ -605,7 +645,7 @@ class CommitteeClient:
                     if resp.code() not in _MEMBER_REFUSALS:
                         unreachable.append(resp.code().name.lower())
                     else:
-                        refusals.append(resp.details() or resp.code().name)
+                        refusals.append(member_refusal(resp))
                         refusing.add(endpoint)
                     continue
                 await examine(endpoint, resp)
@@ -619,7 +659,7 @@ class CommitteeClient:
     def _no_quorum(
         self,
         need: int,
-        refusals: list[str],
+        refusals: list[MemberRefusal],
         unreachable: list[str],
         refused: str,
         subject: str,
@@ -629,16 +669,22 @@ class CommitteeClient:
         (PreconditionFailed) when the refusals leave a ledger without a committee that could
         still sign (``beyond``, :meth:`_beyond_spare`: review helper-109, counted per
         committee, not against every endpoint), else Unavailable while some member was
-        unreachable, else too few valid signatures."""
+        unreachable, else too few valid signatures. The members' own words are in the
+        message only; the public text names their typed reasons (:class:`MemberRefusal`)."""
+        words, reasons = refused_text(refusals)
         if refusals and beyond:
-            return PreconditionFailed(
-                f"committee refused {refused}: " + "; ".join(sorted(set(refusals)))
+            return with_public(
+                PreconditionFailed(f"committee refused {refused}: {words}"),
+                f"committee refused {refused}: {reasons}",
             )
         if unreachable:
-            return Unavailable(
-                f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable,"
-                f" {len(refusals)} refused; need {need}"
-                + ("" if not refusals else " (" + "; ".join(sorted(set(refusals))) + ")")
+            head = f"committee: {len(unreachable)} of {len(self._stubs)} members unreachable"
+            return with_public(
+                Unavailable(
+                    f"{head}, {len(refusals)} refused; need {need}"
+                    + (f" ({words})" if refusals else "")
+                ),
+                f"{head}; need {need}" + (f"; {reasons}" if refusals else ""),
             )
         return PreconditionFailed(f"committee did not reach {need} valid signatures for {subject}")
 
@@ -670,7 +716,7 @@ class CommitteeClient:
         signing = committee or self.committee
         subject = f"supply record {record.security}#{record.sequence}"
         valid: dict[bytes, bytes] = {}
-        refusals: list[str] = []
+        refusals: list[MemberRefusal] = []
         unreachable = 0
 
         async def examine(endpoint: str, resp: verifier_pb2.SignSupplyResponse) -> None:
@@ -700,21 +746,23 @@ class CommitteeClient:
                     if resp.code() not in _MEMBER_REFUSALS:
                         unreachable += 1
                     else:
-                        refusals.append(resp.details() or resp.code().name)
+                        refusals.append(member_refusal(resp))
                     continue
                 await examine(endpoint, resp)
                 if len(valid) >= signing.threshold:
                     return tuple(valid[k] for k in sorted(valid))
         need = signing.threshold
-        summary = "; ".join(sorted(set(refusals)))
+        words, reasons = refused_text(refusals)
         if unreachable and len(self._stubs) - unreachable < need:
-            raise Unavailable(
-                f"committee: {unreachable} of {len(self._stubs)} members unreachable"
-                + (f" ({summary})" if summary else "")
+            head = f"committee: {unreachable} of {len(self._stubs)} members unreachable"
+            raise with_public(
+                Unavailable(head + (f" ({words})" if refusals else "")),
+                head + (f"; {reasons}" if refusals else ""),
             )
-        raise PreconditionFailed(
-            f"committee did not sign supply record {record.security}#{record.sequence}: "
-            + (summary or "too few valid signatures")
+        head = f"committee did not sign supply record {record.security}#{record.sequence}: "
+        raise with_public(
+            PreconditionFailed(head + (words or "too few valid signatures")),
+            head + (reasons if refusals else "too few valid signatures"),
         )
 
     def _try_assemble(
@@ -791,7 +839,7 @@ class CommitteeClient:
         refused: dict[int, RefusedItem] = {}
         refusers: dict[int, set[str]] = {}  # per item index, the endpoints that refused it
         refusing: set[str] = set()
-        refusals: list[str] = []
+        refusals: list[MemberRefusal] = []
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimsResponse) -> None:
@@ -841,7 +889,7 @@ class CommitteeClient:
                     if resp.code() not in _MEMBER_REFUSALS:
                         unreachable.append(resp.code().name.lower())
                         continue
-                    refusals.append(resp.details() or resp.code().name)
+                    refusals.append(member_refusal(resp))
                     # SECURITY: a member's list is data; it can name only items of this
                     # batch (refused_items drops anything beyond it).
                     refusing.add(endpoint)

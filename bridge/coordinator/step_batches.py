@@ -48,6 +48,8 @@ from bridge.domain.errors import (
     LedgerRejected,
     PreconditionFailed,
     Unavailable,
+    reason_name,
+    with_public,
 )
 from bridge.domain.ledger_batches import (
     BatchAnswerMismatch,
@@ -327,8 +329,13 @@ class StepBatcher:
                     break  # nothing named among ours: RunSingle for the rest
                 for index, item in refused.items():
                     reason = item.reason if isinstance(item.reason, ErrorReason) else None
-                    answers[live[index]] = PreconditionFailed(
-                        f"committee refused {kind.name}: {item.message}", reason
+                    # SECURITY: the member's words stay in this log; a brokerage reads
+                    # the item's typed reason only (MemberRefusal).
+                    answers[live[index]] = with_public(
+                        PreconditionFailed(
+                            f"committee refused {kind.name}: {item.message}", reason
+                        ),
+                        f"committee refused {kind.name}: {reason_name(item.reason)}",
                     )
                 live = [n for j, n in enumerate(live) if j not in refused]
                 continue

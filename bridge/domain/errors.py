@@ -81,6 +81,19 @@ def refused_on_input(exc: E) -> E:
     return exc
 
 
+def reason_name(reason: ErrorReason | BridgeReason) -> str:
+    """``reason``'s name on the wire (``ErrorInfo.reason``, ADR 0015): an endpoint's
+    UPPER_SNAKE_CASE member name, or the bridge reason's value."""
+    return reason.name if isinstance(reason, ErrorReason) else reason.value
+
+
+def with_public(exc: E, public: str) -> E:
+    """``exc`` with ``public`` as the text another organisation reads of it (its message,
+    a peer's own words included, stays for this process's log)."""
+    exc.public = public
+    return exc
+
+
 def public_text(exc: BaseException) -> str:
     """``exc``'s text as another organisation may read it: its ``public`` text when it has
     one, else its message."""

@@ -40,6 +40,7 @@ from bridge.domain.errors import (
     ResourceExhausted,
     Unavailable,
     public_text,
+    reason_name,
 )
 from bridge.logfields import ERROR, get_logger
 
@@ -112,7 +113,7 @@ def reason_of(exc: BridgeError) -> ErrorReason | BridgeReason:
 
 def wire_reason(reason: ErrorReason | BridgeReason) -> str:
     """``ErrorInfo.reason`` for ``reason``: the member's UPPER_SNAKE_CASE name."""
-    return reason.name if isinstance(reason, ErrorReason) else reason.value
+    return reason_name(reason)
 
 
 def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Status:

@@ -47,6 +47,7 @@ from bridge.domain.ledger_batches import (
 from bridge.domain.legs import Action, Leg, LegState, SignatureSet, TxOutcome
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
+from tests.support import eventually
 from tests.unit.test_coordinator_driver import (
     BROKER_A,
     ISIN,
@@ -126,6 +127,8 @@ class BatchCommittee(FakeCommittee):
         super().__init__()
         self.batches: list[tuple[ClaimKind, int]] = []
         self.refuse_once: set[bytes] = set()
+        self.refuse_always: set[bytes] = set()
+        self.refusal_text = "target leg not prepared"
 
     async def certify_batch(
         self,
@@ -136,9 +139,9 @@ class BatchCommittee(FakeCommittee):
     ) -> dict[str, CertifiedBatch]:
         self.batches.append((kind, len(terms)))
         refused = [
-            RefusedItem(i, BridgeReason.CLAIM_REFUSED, True, "target leg not prepared")
+            RefusedItem(i, BridgeReason.CLAIM_REFUSED, True, self.refusal_text)
             for i, t in enumerate(terms)
-            if t.transfer_id in self.refuse_once
+            if t.transfer_id in self.refuse_once | self.refuse_always
         ]
         if refused:
             self.refuse_once -= {terms[r.index].transfer_id for r in refused}
@@ -374,6 +377,38 @@ async def test_members_refusing_an_item_refuse_it_alone(batching) -> None:
     d = await store.decision(victim[0])
     assert d is not None and d.kind is ClaimKind.COMMIT
     assert sum(n for act, n in b.batches if act is Action.COMMIT) == 8
+
+
+@pytest.mark.security
+async def test_a_brokerage_reads_the_members_reason_not_their_words(batching) -> None:
+    """Members refusing one item of a batch: the transfer waits with the item's typed
+    reason as its public waiting reason; the members' own text (another organisation's
+    words) is not in it. Once they sign, it commits."""
+    c, _, committee, store = batching
+    committee.refusal_text = "URGENT: call +82-2-0000-0000 to release your units"
+    original = committee.certify_batch
+    victim: list[bytes] = []
+
+    async def refusing(kind, terms, ledgers, epochs=None):  # type: ignore[no-untyped-def]
+        if kind is ClaimKind.COMMIT and not victim and len(terms) > 1:
+            victim.append(terms[1].transfer_id)
+            committee.refuse_always.add(victim[0])
+        return await original(kind, terms, ledgers, epochs)
+
+    committee.certify_batch = refusing  # type: ignore[method-assign]
+    tids = await burst(c, 6)
+
+    async def waiting() -> str | None:
+        if not victim:
+            return None
+        r = await store.get(victim[0])
+        return r.reason if r is not None and "committee refused" in r.reason else None
+
+    reason = await eventually(waiting, 10, "the refused item's waiting reason", interval=0.02)
+    assert "CLAIM_REFUSED" in reason and "URGENT" not in reason and "+82" not in reason
+    committee.refuse_always.clear()
+    for tid in tids:
+        assert await final(store, tid) is TransferState.COMMITTED
 
 
 async def test_a_batch_of_decisions_is_recorded_in_one_store_write(batching) -> None:
