@@ -13,6 +13,7 @@ import time
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
+from bridge.coordinator.store import UnreadableRecord
 from bridge.coordinator.supervision import Supervisor
 from bridge.domain.errors import (
     BridgeError,
@@ -58,7 +59,21 @@ class Intake:
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
         for e in events:
-            record = await ctx.store.get(e.transfer_id)
+            try:
+                record = await ctx.store.get(e.transfer_id)
+            except UnreadableRecord as exc:
+                # SECURITY: an unreadable record is never "no transfer" (nothing adopted);
+                # its event is kept as seen and named for the operator, and the batch's
+                # other events go on (before, every re-delivery failed on it: the ledger's
+                # whole intake stopped).
+                ctx.log.error(
+                    "ledger event for a transfer whose record cannot be read; not acted on,"
+                    " operator attention needed",
+                    **{LEDGER: ledger, TRANSFER: "0x" + e.transfer_id.hex(), TX: e.tx_id,
+                       STATE: e.state.name, ERROR: str(exc)},
+                )  # fmt: skip
+                kept.append(e)
+                continue
             try:
                 known = await self._on_event(ledger, e, record)
             except Unavailable:

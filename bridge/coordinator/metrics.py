@@ -19,7 +19,12 @@ from prometheus_client import Gauge, Histogram
 
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.records import TransferRecord
-from bridge.coordinator.store import TransferStore, UnfinishedSummary, summarise
+from bridge.coordinator.store import (
+    TransferStore,
+    UnfinishedSummary,
+    UnreadableRows,
+    summarise,
+)
 from bridge.coordinator.supply_store import SupplyStore
 from bridge.domain.flow import WaitReason
 from bridge.domain.transfer import TransferState
@@ -49,6 +54,16 @@ class UnfinishedCounter(Protocol):
 
     async def unfinished_summary(self, created_before: float) -> UnfinishedSummary:
         """Stuck count, oldest creation time and waits of the unfinished transfers."""
+        ...
+
+
+@runtime_checkable
+class UnreadableReporter(Protocol):
+    """A store that leaves unreadable transfer rows out of its scans and reports them."""
+
+    @property
+    def unreadable(self) -> UnreadableRows:
+        """The rows its scans found unreadable."""
         ...
 
 
@@ -123,6 +138,12 @@ class CoordinatorMetrics:
             ["security"],
             registry=reg,
         )
+        self.unreadable = Gauge(
+            "kstb_transfer_rows_unreadable",
+            "Transfer rows this coordinator's scans found it cannot parse since it started"
+            " (left out of its sweeps; operator attention).",
+            registry=reg,
+        )
         self.halt_orders = Gauge(
             "kstb_halt_orders", "Depository orders per delivery state.", ["state"], registry=reg
         )
@@ -167,6 +188,8 @@ class CoordinatorMetrics:
         for state in TransferState:
             self.transfers.labels(state.name).set(counts.get(state, 0))
         self.stuck.set(summary.stuck)
+        if isinstance(store, UnreadableReporter):
+            self.unreadable.set(store.unreadable.count)
         oldest = summary.oldest_created_at
         self.oldest.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         for reason in WaitReason:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,11 +33,12 @@ from bridge.coordinator.records import (
 from bridge.core.batch import BatchCertificate
 from bridge.domain.batch_certified import BatchCertified, LedgerCertificate
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import Conflict, refused_on_input
+from bridge.domain.errors import BridgeError, BridgeReason, Conflict, refused_on_input
 from bridge.domain.flow import WaitReason
 from bridge.domain.legs import LedgerEvent, SignatureSet
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
+from bridge.logfields import ERROR, TRANSFER, get_logger
 
 
 class TransferStore(Protocol):
@@ -348,10 +350,76 @@ joined tables as the transaction sees them then. Its four parameters are that tr
 id each (not a reference to the updated row: SQLite would scan each table for it)."""
 
 
+class UnreadableRecord(BridgeError):
+    """A stored transfer row this release cannot parse: damaged, or written by a newer
+    release (a state, origin or field this one does not know).
+
+    SECURITY: never read as "no transfer": nothing is adopted, created or answered in its
+    place. A read of that transfer (``get``, ``get_many``, a key lookup) raises it; scans of
+    many transfers (``unfinished``, ``stuck``, ``failed_since``, listings) leave the row out
+    and report it (:class:`UnreadableRows`), so one row never stops the coordinator's start,
+    sweeps, metrics or another transfer's events. INTERNAL to a caller, whose public text
+    names the transfer only."""
+
+    kind = BridgeReason.INTERNAL
+
+    def __init__(self, transfer_id: bytes, cause: BaseException) -> None:
+        super().__init__(
+            f"transfer 0x{transfer_id.hex()}: its stored record cannot be read"
+            f" ({type(cause).__name__}: {str(cause)[:200]})"
+        )
+        self.transfer_id = transfer_id
+        self.public = (
+            f"transfer 0x{transfer_id.hex()}: its record cannot be read now;"
+            " the coordinator's operator is alerted"
+        )
+
+
+MAX_UNREADABLE_KEPT = 10_000
+"""Most distinct unreadable transfer ids one store remembers (and logs once each)."""
+
+
+class UnreadableRows:
+    """The transfer rows a store found unreadable since the process started (its scans
+    leave them out; its reads of them raise UnreadableRecord). Each is logged once (an
+    error naming the transfer and the fault), and ``count`` feeds the
+    ``kstb_transfer_rows_unreadable`` gauge. Thread-safe: reports come from the database's
+    worker thread."""
+
+    def __init__(self) -> None:
+        self._ids: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._log = get_logger()
+
+    @property
+    def count(self) -> int:
+        """Distinct unreadable transfers found so far (at most :data:`MAX_UNREADABLE_KEPT`)."""
+        return len(self._ids)
+
+    def report(self, exc: UnreadableRecord) -> None:
+        """Note ``exc``'s transfer; log it the first time."""
+        with self._lock:
+            if exc.transfer_id in self._ids or len(self._ids) >= MAX_UNREADABLE_KEPT:
+                return
+            self._ids.add(exc.transfer_id)
+        self._log.error(
+            "transfer row unreadable; left out of the coordinator's scans until repaired",
+            **{TRANSFER: "0x" + exc.transfer_id.hex(), ERROR: str(exc)},
+        )
+
+
 def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
-    """The record of one ``SELECT {_COLS} FROM {_FROM}`` row; None for no row."""
+    """The record of one ``SELECT {_COLS} FROM {_FROM}`` row; None for no row;
+    UnreadableRecord when the row cannot be parsed."""
     if row is None:
         return None
+    try:
+        return _parse_record(row)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise UnreadableRecord(bytes(row[0]), exc) from exc
+
+
+def _parse_record(row: tuple[Any, ...]) -> TransferRecord:
     (tid, request, terms, state, reason, created, updated, txs, origin) = row[:9]
     (decision, parked, wait, not_before) = row[9:]
     transfer_terms, instruction = _terms_of(str(terms))
@@ -373,8 +441,21 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
     )
 
 
-def _records(rows: list[Any]) -> list[TransferRecord]:
-    return [r for r in (_record(tuple(row)) for row in rows) if r is not None]
+def _records(rows: list[Any], unreadable: UnreadableRows | None = None) -> list[TransferRecord]:
+    """The records of ``rows``: an unreadable row raises UnreadableRecord, or, for a scan
+    that passes ``unreadable``, is reported there and left out."""
+    out: list[TransferRecord] = []
+    for row in rows:
+        try:
+            record = _record(tuple(row))
+        except UnreadableRecord as exc:
+            if unreadable is None:
+                raise
+            unreadable.report(exc)
+            continue
+        if record is not None:
+            out.append(record)
+    return out
 
 
 def _get(db: Conn, transfer_id: bytes) -> TransferRecord | None:
@@ -532,6 +613,7 @@ def _certificate_from_json(
 
 
 P = TypeVar("P")
+R = TypeVar("R")
 
 
 def _pages(items: Sequence[P], size: int = MAX_ROWS_PER_STATEMENT) -> Iterator[Sequence[P]]:
@@ -641,6 +723,12 @@ class SqlTransferStore:
 
     def __init__(self, db: Database | Path) -> None:
         self._db = as_database(db)
+        self._unreadable = UnreadableRows()
+
+    @property
+    def unreadable(self) -> UnreadableRows:
+        """The rows this store found unreadable (UnreadableRecord)."""
+        return self._unreadable
 
     def close(self) -> None:
         """Release the database (closed with its last store)."""
@@ -671,9 +759,18 @@ class SqlTransferStore:
                 out.append((stored, created))
         return out
 
+    async def _read_records(self, run: Callable[[Conn], R]) -> R:
+        """``self._db.read(run)`` for a read of named transfers: an UnreadableRecord is
+        reported (:class:`UnreadableRows`) and raised."""
+        try:
+            return await self._db.read(run)
+        except UnreadableRecord as exc:
+            self._unreadable.report(exc)
+            raise
+
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""
-        return await self._db.read(lambda db: _get(db, transfer_id))
+        return await self._read_records(lambda db: _get(db, transfer_id))
 
     async def recorded(self, transfer_id: bytes) -> bool:
         """See TransferStore.recorded."""
@@ -699,7 +796,7 @@ class SqlTransferStore:
             def run(db: Conn, sql: str = sql, page: list[bytes] = page) -> list[TransferRecord]:
                 return _records(db.execute(sql, page).fetchall())
 
-            out.update((r.transfer_id, r) for r in await self._db.read(run))
+            out.update((r.transfer_id, r) for r in await self._read_records(run))
         return out
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
@@ -711,7 +808,7 @@ class SqlTransferStore:
     ) -> dict[str, TransferRecord]:
         """See TransferStore.get_by_keys."""
         keys = [(source_ledger, k) for k in idempotency_keys]
-        found = await self._db.read(lambda db: _by_keys(db, keys)) if keys else {}
+        found = await self._read_records(lambda db: _by_keys(db, keys)) if keys else {}
         return {key: record for (_, key), record in found.items()}
 
     async def list_transfers(
@@ -743,7 +840,7 @@ class SqlTransferStore:
             sql += " ORDER BY t.seq LIMIT ?"
             args.append(limit + 1)
             rows = db.execute(sql, args).fetchall()
-            records = _records([row[1:] for row in rows[:limit]])
+            records = _records([row[1:] for row in rows[:limit]], self._unreadable)
             cursor = int(rows[limit - 1][0]) if len(rows) > limit else 0
             return records, cursor
 
@@ -757,7 +854,7 @@ class SqlTransferStore:
             query, args = query + " LIMIT ?", (*_TERMINAL, max(0, int(limit)))
 
         def run(db: Conn) -> list[TransferRecord]:
-            return _records(db.execute(query, args).fetchall())
+            return _records(db.execute(query, args).fetchall(), self._unreadable)
 
         return await self._db.read(run)
 
@@ -1038,7 +1135,7 @@ class SqlTransferStore:
                 " AND t.created_at < ? ORDER BY t.seq LIMIT ?",
                 [*_TERMINAL, created_before, limit],
             ).fetchall()
-            return _records(rows)
+            return _records(rows, self._unreadable)
 
         return await self._db.read(run)
 
@@ -1051,7 +1148,7 @@ class SqlTransferStore:
                 " ORDER BY t.seq",
                 (int(TransferState.FAILED), updated_after),
             ).fetchall()
-            return _records(rows)
+            return _records(rows, self._unreadable)
 
         return await self._db.read(run)
 
@@ -1165,7 +1262,10 @@ class SqlTransferStore:
             )
 
         rows = await self._db.read(run)
-        return {TransferState(int(state)): int(n) for state, n in rows}
+        known = {int(s) for s in TransferState}
+        # A state this release does not know (an unreadable row, UnreadableRecord) is not
+        # counted here: it must not fail the readiness probe or the other states' gauges.
+        return {TransferState(int(state)): int(n) for state, n in rows if int(state) in known}
 
 
 class SqliteTransferStore(SqlTransferStore):

@@ -12,7 +12,12 @@ import pytest
 
 from bridge.coordinator.db import open_database
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.store import SqliteTransferStore, SqlTransferStore, summarise
+from bridge.coordinator.store import (
+    SqliteTransferStore,
+    SqlTransferStore,
+    UnreadableRecord,
+    summarise,
+)
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict
 from bridge.domain.flow import WaitReason
@@ -159,8 +164,9 @@ async def test_a_record_is_read_from_its_columns_as_they_are_now(store: SqlTrans
     assert (now.request, now.terms) == (other.request, other.terms)
     await store._db.write(rewrite("{not json", str(row[1])))
     for _ in range(2):
-        with pytest.raises(json.JSONDecodeError):
+        with pytest.raises(UnreadableRecord) as info:
             await store.get(rec.transfer_id)
+        assert isinstance(info.value.__cause__, json.JSONDecodeError)
 
 
 async def test_create_is_idempotent_per_key(store: SqlTransferStore) -> None:

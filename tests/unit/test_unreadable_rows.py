@@ -1,0 +1,161 @@
+"""One transfer row the coordinator cannot parse (damaged, or written by a newer release)
+stops nothing else: its reads raise a typed UnreadableRecord, never "no transfer"; scans
+leave it out and report it once; the coordinator starts and drives every other transfer;
+a relayer's batch of events goes on past it (before, every re-delivery failed on it and
+the ledger's whole intake stopped)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.coordinator.engine import Coordinator
+from bridge.coordinator.metrics import CoordinatorMetrics
+from bridge.coordinator.store import SqlTransferStore, UnreadableRecord
+from bridge.domain.errors import Unavailable, public_text
+from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, LegStatus
+from bridge.domain.terms import TransferTerms
+from bridge.domain.transfer import TransferState
+from bridge.obs.metrics import CommonMetrics
+from bridge.rpc.errors import status_for
+from tests.unit.test_coordinator_driver import (
+    ISIN,
+    FakeCommittee,
+    _word,
+    coordinator,
+    final,
+    request,
+    submit,
+)
+from tests.unit.test_store import db_path, make_record, make_store, store
+
+pytestmark = [pytest.mark.unit]
+
+__all__ = ["coordinator", "db_path", "make_store", "store"]  # fixtures
+
+DAMAGES = {
+    "request not JSON": ("request", "{not json"),
+    "a state of a newer release": ("state", 99),
+    "terms missing a field": ("terms", '{"nonce": "00"}'),
+    "an origin of a newer release": ("origin", "from-the-future"),
+}
+
+
+async def damage(store: SqlTransferStore, tid: bytes, column: str, value: Any) -> None:
+    """Overwrite one column of a stored transfer row as it stands (no encoder)."""
+
+    def run(db):  # type: ignore[no-untyped-def]
+        # Only the test's constant column names are formatted in.
+        db.execute(f"UPDATE transfers SET {column} = ? WHERE transfer_id = ?", (value, tid))
+
+    await store._db.write(run)
+
+
+@pytest.mark.parametrize("how", list(DAMAGES))
+async def test_an_unreadable_row_is_typed_on_reads_and_left_out_of_scans(
+    store: SqlTransferStore, how: str
+) -> None:
+    records = [make_record(n) for n in range(3)]
+    for r in records:
+        await store.create(r)
+    bad = records[1].transfer_id
+    await damage(store, bad, *DAMAGES[how])
+
+    with pytest.raises(UnreadableRecord) as info:
+        await store.get(bad)
+    assert info.value.transfer_id == bad
+    assert status_for(info.value).name == "INTERNAL"
+    assert bad.hex() in public_text(info.value) and "{not json" not in public_text(info.value)
+    with pytest.raises(UnreadableRecord):
+        await store.get_many([records[0].transfer_id, bad])
+    with pytest.raises(UnreadableRecord):
+        await store.get_by_key("brokerage-a", records[1].request.idempotency_key)
+    assert await store.get(records[0].transfer_id) == records[0]
+
+    others = [records[0].transfer_id, records[2].transfer_id]
+    assert [r.transfer_id for r in await store.unfinished()] == others
+    assert [r.transfer_id for r in await store.stuck(time.time() + 1, 10)] == others
+    page, cursor = await store.list_transfers(None, None, 2, 0)
+    assert [r.transfer_id for r in page] == [records[0].transfer_id], "the page holds 2 rows"
+    assert cursor != 0
+    rest, _ = await store.list_transfers(None, None, 2, cursor)
+    assert [r.transfer_id for r in rest] == [records[2].transfer_id], "paging goes past it"
+    assert store.unreadable.count == 1, "reported once however often it is scanned"
+
+    gauge = CoordinatorMetrics(CommonMetrics.create("coordinator"), 60.0)
+    await gauge.refresh(store, _NoHalts(), None, None, [], [])
+    assert gauge.unreadable._value.get() == 1
+
+
+class _NoHalts:
+    async def halted_on(self, record: object) -> list[str]:
+        return []
+
+
+async def test_the_coordinator_starts_and_drives_the_others_past_one(
+    coordinator: Any, tmp_path: Path
+) -> None:
+    """Three transfers wait (the source relayer is down); one's row is damaged; a new
+    coordinator on the same store starts, drives the other two to COMMITTED, and never
+    treats the damaged one as absent."""
+    c, relayers, store = coordinator
+    a = relayers["a"]
+    up = a.submit
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("relayer of a unreachable")
+
+    a.submit = down
+    tids = [(await submit(c, request(f"w{i}")))[0].transfer_id for i in range(3)]
+    await c.stop()
+    await damage(store, tids[1], "request", "{not json")
+    a.submit = up
+
+    again = Coordinator(c._network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
+                        max_backoff=0.2, sweep_every=0.1)  # fmt: skip
+    await again.start()
+    try:
+        assert await final(store, tids[0]) is TransferState.COMMITTED
+        assert await final(store, tids[2]) is TransferState.COMMITTED
+        assert store.unreadable.count == 1
+        with pytest.raises(UnreadableRecord):
+            await store.get(tids[1])
+    finally:
+        await again.stop()
+
+
+async def test_a_batch_of_events_goes_on_past_an_unreadable_transfer(coordinator: Any) -> None:
+    """A relayer delivers two events: one for a transfer whose row is damaged, one for a
+    lock nobody instructed (adopted, then released). The batch is accepted, the second is
+    acted on, and the first is never adopted as a transfer of its own."""
+    c, relayers, store = coordinator
+    record, _ = await submit(c, request("damaged"))
+    assert await final(store, record.transfer_id) is TransferState.COMMITTED
+    await damage(store, record.transfer_id, "state", 99)
+    t = record.terms
+    on_bad = LedgerEvent(
+        "a", EventPosition(3, 0), b"\0" * 32, "0x01", t.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, t.terms_hash, t,
+    )  # fmt: skip
+    rogue = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
+        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
+        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + b"\x13" * 20,
+        int(time.time()) + 60,
+    )  # fmt: skip
+    relayers["a"].legs[(rogue.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, rogue.terms_hash, 0, 3
+    )
+    adopted = LedgerEvent(
+        "a", EventPosition(3, 1), b"\0" * 32, "0x02", rogue.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, rogue.terms_hash, rogue,
+    )  # fmt: skip
+    assert await c.on_events("a", [on_bad, adopted], 3) == 2
+    assert await final(store, rogue.transfer_id) is TransferState.ABORTED
+    assert await c.on_events("a", [on_bad, adopted], 3) == 0, "both recorded as seen"
+    with pytest.raises(UnreadableRecord):
+        await store.get(t.transfer_id)  # still the damaged row: nothing adopted over it
