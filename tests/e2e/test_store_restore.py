@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from bridge.cli.main import main as cli_main
+from bridge.coordinator.store import _terms_of
 from bridge.devnet.anvil import DevAccount
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
 from bridge.domain.claims import ClaimKind
@@ -32,6 +33,7 @@ from bridge.v1 import transfer_pb2 as S
 from bridge.v1 import transfer_pb2_grpc
 from tests.e2e.conftest import eligible_everywhere
 from tests.support import eventually_sync
+from tests.unit.test_store import legacy_terms_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ops]
 
@@ -212,6 +214,13 @@ def to_previous_release(path: Path, kind: str) -> None:
             assert shared == 0, "a decision of a batched step has no previous-release form"
             db.execute("DROP TABLE batch_certificates")
             db.execute("ALTER TABLE coordinator_lease DROP COLUMN instance")  # version 6
+            # Version 10: terms in the compact form; the previous release wrote JSON.
+            for tid, text in db.execute("SELECT transfer_id, terms FROM transfers").fetchall():
+                terms, instruction = _terms_of(text)
+                db.execute(
+                    "UPDATE transfers SET terms = ? WHERE transfer_id = ?",
+                    (legacy_terms_json(terms, instruction), tid),
+                )
             db.execute("DELETE FROM schema_version WHERE version > 3")
         if kind == "verifier":
             db.execute("DROP TABLE restores")

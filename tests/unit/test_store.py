@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,6 +168,67 @@ async def test_a_record_is_read_from_its_columns_as_they_are_now(store: SqlTrans
         with pytest.raises(UnreadableRecord) as info:
             await store.get(rec.transfer_id)
         assert isinstance(info.value.__cause__, json.JSONDecodeError)
+
+
+def legacy_terms_json(t: TransferTerms, instruction: bytes) -> str:
+    """A ``terms`` column as releases before schema version 10 wrote it (a JSON object of
+    hex words, the two integers, and the instruction in hex)."""
+    names = (
+        "nonce", "security", "amount", "src_ledger", "src_bridge", "dst_ledger",
+        "dst_bridge", "sender", "recipient", "instructor", "deadline",
+    )  # fmt: skip
+    data = {
+        k: (v.hex() if isinstance(v, bytes) else v)
+        for k, v in zip(names, t.as_abi_tuple(), strict=True)
+    }
+    data["instruction"] = instruction.hex()
+    return json.dumps(data)
+
+
+async def terms_column(store: SqlTransferStore, tid: bytes) -> str:
+    row = await store._db.read(
+        lambda db: db.execute(
+            "SELECT terms FROM transfers WHERE transfer_id = ?", (tid,)
+        ).fetchone()
+    )
+    return str(row[0])
+
+
+@pytest.mark.batch  # issue 14: storage per transfer
+@pytest.mark.parametrize("instruction", [b"", bytes(range(65))], ids=["adopted", "instructed"])
+async def test_terms_are_stored_compact_and_rows_of_older_releases_still_read(
+    store: SqlTransferStore, instruction: bytes
+) -> None:
+    """Schema version 10: a transfer's terms and instruction are written in the compact
+    form, under half the JSON object's length, and read back equal (the largest amount
+    and deadline included); a row written in the JSON form of older releases reads the
+    same record."""
+    from bridge.coordinator.store import TERMS_FORM
+    from bridge.domain.terms import UINT64_MAX, UINT256_MAX
+
+    big = make_record(1)
+    terms = dataclasses.replace(big.terms, amount=UINT256_MAX, deadline=UINT64_MAX)
+    rec = dataclasses.replace(
+        big, terms=terms, transfer_id=terms.transfer_id, instruction=instruction
+    )
+    await store.create(rec)
+    text = await terms_column(store, rec.transfer_id)
+    assert text.startswith(TERMS_FORM)
+    assert len(text) < len(legacy_terms_json(terms, instruction)) * 0.6
+    assert await store.get(rec.transfer_id) == rec
+
+    old = dataclasses.replace(make_record(2), instruction=instruction)
+    await store.create(old)
+
+    def rewrite(db: Any) -> None:
+        db.execute(
+            "UPDATE transfers SET terms = ? WHERE transfer_id = ?",
+            (legacy_terms_json(old.terms, instruction), old.transfer_id),
+        )
+
+    await store._db.write(rewrite)
+    assert (await terms_column(store, old.transfer_id)).startswith("{")
+    assert await store.get(old.transfer_id) == old
 
 
 async def test_create_is_idempotent_per_key(store: SqlTransferStore) -> None:

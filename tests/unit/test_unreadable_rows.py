@@ -42,6 +42,9 @@ DAMAGES = {
     "a state of a newer release": ("state", 99),
     "terms missing a field": ("terms", '{"nonce": "00"}'),
     "an origin of a newer release": ("origin", "from-the-future"),
+    "compact terms not base64": ("terms", "t1:not*base64"),
+    "compact terms too short": ("terms", "t1:AAAA"),
+    "compact terms with a zero amount": ("terms", "t1:" + "A" * 472),
 }
 
 
