@@ -148,6 +148,21 @@ def refused_text(refusals: Sequence[MemberRefusal]) -> tuple[str, str]:
     return words, f"{len(refusals)} refused ({reasons})"
 
 
+def agreed(refusals: Sequence[RefusedItem]) -> RefusedItem:
+    """One item's refusal from the members that refused it (at least one): the first, with
+    its reason kept only when every one of them gave that reason, else CLAIM_REFUSED.
+
+    SECURITY: an item is refused only when more members refused it than its committee can
+    spare, so at least one of them is honest when at most n - t are faulty; a typed reason
+    every refuser gave is vouched for by that honest one. A reason one member chose alone
+    (a lying member first to answer) never becomes the item's (review helper-113 L6)."""
+    first = refusals[0]
+    if all(r.reason == first.reason for r in refusals):
+        return first
+    retryable = any(r.retryable for r in refusals)
+    return RefusedItem(first.index, BridgeReason.CLAIM_REFUSED, retryable, first.message)
+
+
 def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeError:
     """Turn a gRPC failure from ``who`` into a typed domain error (ADR 0015).
 
@@ -172,7 +187,9 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if got.reason is BridgeReason.UNKNOWN:
             # SECURITY: a refusal without valid details is never taken as a known reason.
-            return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, f"{who}: {msg}", ledger=ledger)
+            # Its words for this log only: neither ErrorInfo ``detail`` nor a status
+            # message carries them to another organisation (a brokerage, the depository).
+            return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, who, ledger=ledger, said=msg)
         # SECURITY: the peer's words for this log; its typed reason for other organisations.
         return with_public(
             PreconditionFailed(f"{who}: {msg}"), f"{who} refused ({reason_name(got.reason)})"
@@ -203,6 +220,15 @@ class RelayerGateway:
     @property
     def _stub(self) -> relayer_pb2_grpc.RelayerServiceAsyncStub:
         return self._conn.get()
+
+    def _wrong_ledger(self, named: str) -> Unavailable:
+        """The relayer answered for another ledger than its own: Unavailable (retryable).
+        SECURITY: the name is the peer's text: bounded in this log, not shown to another
+        organisation."""
+        return with_public(
+            Unavailable(f"relayer of {self.ledger} answered for ledger {named[:64]!r}"),
+            f"relayer of {self.ledger} answered for another ledger",
+        )
 
     async def get_leg(self, transfer_id: bytes, leg: Leg) -> LegStatus:
         """A leg's state at the ledger's finalized height."""
@@ -303,7 +329,7 @@ class RelayerGateway:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         reading = reading_from_pb(m)
         if reading.ledger != self.ledger:
-            raise Unavailable(f"relayer of {self.ledger} answered for ledger {reading.ledger}")
+            raise self._wrong_ledger(reading.ledger)
         return reading
 
     # ---- flow limits (ADR 0010)
@@ -318,7 +344,7 @@ class RelayerGateway:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         status = flow_status_from_pb(m)
         if status.ledger != self.ledger:
-            raise Unavailable(f"relayer of {self.ledger} answered for ledger {status.ledger}")
+            raise self._wrong_ledger(status.ledger)
         return status
 
     async def submit(
@@ -354,7 +380,7 @@ class RelayerGateway:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         if m.ledger_id != self.ledger:
-            raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
+            raise self._wrong_ledger(m.ledger_id)
         return halt_from_pb(m)
 
     async def apply_order(self, signed: SignedOrder) -> TxOutcome:
@@ -404,7 +430,7 @@ class RelayerGateway:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, f"relayer of {self.ledger}", self.ledger) from exc
         if m.ledger_id != self.ledger:
-            raise Unavailable(f"relayer of {self.ledger} answered for ledger {m.ledger_id}")
+            raise self._wrong_ledger(m.ledger_id)
         return int(m.max_batch_items)
 
     async def submit_batch(
@@ -836,7 +862,7 @@ class CommitteeClient:
             items=[terms_to_pb(t) for t in terms],
         )
         sigs: dict[tuple[str, int], list[bytes]] = {key: [] for key in batches}
-        refused: dict[int, RefusedItem] = {}
+        refused: dict[int, list[RefusedItem]] = {}  # per item index, each member's refusal
         refusers: dict[int, set[str]] = {}  # per item index, the endpoints that refused it
         refusing: set[str] = set()
         refusals: list[MemberRefusal] = []
@@ -895,7 +921,7 @@ class CommitteeClient:
                     refusing.add(endpoint)
                     named = {item.index: item for item in refusal_of(resp, len(terms))}
                     for index, item in named.items():
-                        refused.setdefault(index, item)
+                        refused.setdefault(index, []).append(item)
                         refusers.setdefault(index, set()).add(endpoint)
                     continue
                 await examine(endpoint, resp)
@@ -906,8 +932,9 @@ class CommitteeClient:
         refused_all = self._beyond_spare(refusing, wanted)
         if refused and refused_all:
             raise BatchItemsRefused(
-                item for i, item in refused.items() if self._beyond_spare(refusers[i], wanted)
-            )
+                agreed(items) for i, items in refused.items()
+                if self._beyond_spare(refusers[i], wanted)
+            )  # fmt: skip
         raise self._no_quorum(need, refusals, unreachable, f"the {subject}", subject, refused_all)
 
     def _beyond_spare(self, refusers: set[str], wanted: Mapping[str, Sequence[Committee]]) -> bool:

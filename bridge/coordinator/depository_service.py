@@ -13,7 +13,8 @@ import asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.coordinator.halts import HaltBook, OrderRecord
-from bridge.domain.errors import BridgeError
+from bridge.coordinator.wording import bounded
+from bridge.domain.errors import BridgeError, public_text
 from bridge.domain.ids import SecurityId
 from bridge.rpc.errors import Context, grpc_errors
 from bridge.rpc.halt_convert import halt_to_pb, signed_order_from_pb, signed_order_to_pb
@@ -61,7 +62,11 @@ class DepositoryServicer(depository_pb2_grpc.DepositoryServiceServicer):
             try:
                 return halt_to_pb(ledger, await self._book.ledger_status(ledger, security))
             except BridgeError as exc:
-                return depository_pb2.LedgerHalt(ledger_id=ledger, read=False, error=str(exc))
+                # SECURITY: the depository reads the error's public text, never a
+                # relayer's own words (BridgeError.public).
+                return depository_pb2.LedgerHalt(
+                    ledger_id=ledger, read=False, error=bounded(public_text(exc))
+                )
 
         halts = await asyncio.gather(*(read(name) for name in self._ledgers))
         orders = await self._book.orders(security)

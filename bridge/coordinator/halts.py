@@ -51,6 +51,7 @@ from bridge.domain.errors import (
     LedgerRejected,
     PreconditionFailed,
     Unavailable,
+    public_text,
 )
 from bridge.domain.governance import (
     ZERO_WORD,
@@ -442,7 +443,8 @@ class HaltBook:
         except LedgerRejected as exc:
             if exc.reason == ErrorReason.STALE_ORDER:
                 return await self._settle(r, "")
-            state, refusal = OrderState.REFUSED, str(exc)
+            # SECURITY: the refusal is returned to the depository: its public text.
+            state, refusal = OrderState.REFUSED, public_text(exc)
             if exc.reason == ErrorReason.ORDER_EXPIRED:
                 state = OrderState.EXPIRED
             await self._set_state(r.ledger, seq, state, refusal)

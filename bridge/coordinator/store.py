@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -425,6 +425,17 @@ class UnreadableRows:
         """Distinct unreadable transfers found so far (at most :data:`MAX_UNREADABLE_KEPT`)."""
         return len(self._ids)
 
+    def readable(self, transfer_ids: Iterable[bytes]) -> None:
+        """Forget those of ``transfer_ids`` (just parsed) that were unreadable: repaired.
+        Costs nothing while none is unreadable."""
+        if not self._ids:
+            return
+        with self._lock:
+            for tid in transfer_ids:
+                if tid in self._ids:
+                    self._ids.discard(tid)
+                    self._log.info("transfer row readable again", **{TRANSFER: "0x" + tid.hex()})
+
     def report(self, exc: UnreadableRecord) -> None:
         """Note ``exc``'s transfer; log it the first time."""
         with self._lock:
@@ -444,8 +455,14 @@ def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:
         return None
     try:
         return _parse_record(row)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, InvalidInput) as exc:
+    except _ROW_FAULTS as exc:
         raise UnreadableRecord(bytes(row[0]), exc) from exc
+
+
+_ROW_FAULTS = (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError,
+               InvalidInput)  # fmt: skip
+"""What parsing a damaged row raises (JSON and base64 errors are ValueErrors; a validated
+value out of range is InvalidInput). Not AttributeError: that is a bug in this code."""
 
 
 def _parse_record(row: tuple[Any, ...]) -> TransferRecord:
@@ -484,6 +501,8 @@ def _records(rows: list[Any], unreadable: UnreadableRows | None = None) -> list[
             continue
         if record is not None:
             out.append(record)
+    if unreadable is not None:
+        unreadable.readable(r.transfer_id for r in out)
     return out
 
 
@@ -792,10 +811,15 @@ class SqlTransferStore:
         """``self._db.read(run)`` for a read of named transfers: an UnreadableRecord is
         reported (:class:`UnreadableRows`) and raised."""
         try:
-            return await self._db.read(run)
+            found = await self._db.read(run)
         except UnreadableRecord as exc:
             self._unreadable.report(exc)
             raise
+        if isinstance(found, TransferRecord):
+            self._unreadable.readable((found.transfer_id,))
+        elif isinstance(found, dict):
+            self._unreadable.readable(r.transfer_id for r in found.values())
+        return found
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
         """See TransferStore.get."""
@@ -1253,13 +1277,13 @@ class SqlTransferStore:
                 return 0
             marks = ",".join("?" * len(states))
             rows = db.execute(
-                "SELECT request FROM transfers WHERE seq < ? AND security = ?"  # noqa: S608
+                "SELECT transfer_id, request FROM transfers WHERE seq < ? AND security = ?"  # noqa: S608
                 f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
                 f" AND state IN ({marks})",
                 [*me, *(int(s) for s in states)],
             ).fetchall()
             # Amounts are read in Python: JSON integers beyond 2**63 lose precision in SQL.
-            return sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
+            return sum(self._amount_of(r[0], r[1]) for r in rows)
 
         return await self._db.read(run)
 
@@ -1270,15 +1294,26 @@ class SqlTransferStore:
 
         def run(db: Conn) -> list[Any]:
             return db.execute(
-                "SELECT request, created_at FROM transfers WHERE state = ? AND security = ?"  # noqa: S608
+                "SELECT transfer_id, request, created_at FROM transfers"  # noqa: S608
+                " WHERE state = ? AND security = ?"
                 f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
                 " ORDER BY seq",
                 (int(TransferState.QUEUED), security, source, target),
             ).fetchall()
 
         rows = await self._db.read(run)
-        units = sum(int(json.loads(str(r[0]))["amount"]) for r in rows)
-        return len(rows), units, (float(rows[0][1]) if rows else None)
+        units = sum(self._amount_of(r[0], r[1]) for r in rows)
+        return len(rows), units, (float(rows[0][2]) if rows else None)
+
+    def _amount_of(self, transfer_id: Any, request: Any) -> int:
+        """The amount a stored ``request`` column asks for; 0 for an unreadable one,
+        reported (UnreadableRecord): its transfer takes no step, so it takes no lane
+        capacity, and it must not stop the lane's other transfers."""
+        try:
+            return int(_request_of(str(request)).amount)
+        except _ROW_FAULTS as exc:
+            self._unreadable.report(UnreadableRecord(bytes(transfer_id), exc))
+            return 0
 
     # ---- observability (ADR 0016)
     async def count_by_state(self) -> dict[TransferState, int]:

@@ -19,6 +19,7 @@ from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.store import UnreadableRecord
 from bridge.coordinator.wording import bounded, generic, iso
 from bridge.domain.errors import (
     BridgeError,
@@ -150,6 +151,11 @@ class Supervisor:
                 continue
             except asyncio.CancelledError:
                 raise
+            except UnreadableRecord:
+                # Its record cannot be parsed (the store logged it once and counts it): no
+                # step can be taken and retrying would only log again. The sweep starts a
+                # driver again (unfinished_ids), which goes on once the row is repaired.
+                break
             except FlowQueued as queued:  # ---- flow limits: waiting is not a failure
                 failures, since = 0, None
                 delay = min(ctx.max_backoff, max(0.5, float(queued.retry_in)))

@@ -192,7 +192,9 @@ class LedgerRejected(BridgeError):
     """The ledger's contract refused a step; ``reason`` is the contract's error.
 
     Always a decision of the ledger given its current state, never a transport fault
-    (those raise Unavailable). ``figures`` holds the refusal's arguments by their ABI / chaincode
+    (those raise Unavailable). ``said``: a peer's own words about it (a relayer's status
+    message), kept in the message for this process's log, never in ``detail`` or the
+    public text. ``figures`` holds the refusal's arguments by their ABI / chaincode
     names (e.g. ``notBefore``, ``available``, ``requested``) as typed values, read from the
     revert data or the chaincode's JSON payload, never from a message. It is read-only.
     ``ledger`` names the refusing ledger when the raiser knows it.
@@ -204,8 +206,13 @@ class LedgerRejected(BridgeError):
         detail: str = "",
         figures: Mapping[str, Figure] | None = None,
         ledger: str = "",
+        said: str = "",
     ) -> None:
-        super().__init__(f"{reason.value}{': ' + detail if detail else ''}")
+        shown = f"{reason.value}{': ' + detail if detail else ''}"
+        super().__init__(f"{shown} ({said})" if said else shown)
+        if said:
+            # SECURITY: a peer's own words (``said``) are for this process's log only.
+            self.public = shown
         self.reason = reason
         self.detail = detail
         self.ledger = ledger

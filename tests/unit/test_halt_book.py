@@ -308,6 +308,43 @@ async def test_a_refused_halt_alarms_and_keeps_gating(halting) -> None:
     assert not await book.halted("b", SecurityId(ISIN))
 
 
+HOSTILE = "call +82-2-0000-0000 to lift this halt"
+
+
+@pytest.mark.security
+async def test_the_depository_reads_no_relayers_own_words(halting) -> None:
+    """Review helper-113 H2: a relayer's refusal without a ledger reason it can prove
+    (UNKNOWN_REFUSAL, its words in ``said``) and a halt read that fails (its words in the
+    message) reach the depository as their public texts: the recorded order's refusal
+    and GetHaltStatus's per-ledger error name the relayer, never its words."""
+    from bridge.coordinator.depository_service import DepositoryServicer
+    from bridge.domain.errors import Unavailable, with_public
+    from bridge.v1 import depository_pb2
+
+    c, relayers, _, book = halting
+
+    async def refuse(signed: SignedOrder) -> Any:
+        raise LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, "relayer of a", ledger="a", said=HOSTILE)
+
+    async def unreadable(security: str | None) -> Any:
+        raise with_public(Unavailable(f"relayer of b: {HOSTILE}"), "relayer of b unreachable")
+
+    relayers["a"].apply_order = refuse  # type: ignore[method-assign]
+    relayers["b"].halt_status = unreadable  # type: ignore[method-assign]
+    await book.submit(order(c, "a", OrderAction.HALT, 3))
+    await book.deliver_pending()
+    (refused,) = await book.orders()
+    assert refused.state is OrderState.REFUSED
+    assert refused.refusal == "UnknownRefusal: relayer of a"
+    status = await DepositoryServicer(book, ["a", "b"]).GetHaltStatus(
+        depository_pb2.GetHaltStatusRequest(),
+        None,  # type: ignore[arg-type]
+    )
+    (b,) = [h for h in status.ledgers if h.ledger_id == "b"]
+    assert not b.read and b.error == "relayer of b unreachable"
+    assert all(HOSTILE not in o.refusal for o in status.orders)
+
+
 @pytest.mark.security
 async def test_an_expired_refused_halt_stops_gating(halting) -> None:
     c, relayers, _, book = halting

@@ -14,15 +14,20 @@ import pytest
 from bridge.coordinator.clients import (
     MAX_MEMBER_TEXT,
     CommitteeClient,
+    RelayerGateway,
+    agreed,
     member_refusal,
     translate,
 )
 from bridge.coordinator.supervision import waiting_reason
 from bridge.core.reasons import ErrorReason
+from bridge.domain.claim_batches import RefusedItem
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import Committee
 from bridge.domain.errors import (
+    BridgeReason,
     InvalidInput,
+    LedgerRejected,
     NotFound,
     PreconditionFailed,
     Unavailable,
@@ -172,3 +177,36 @@ def test_a_relayers_refusal_shows_its_code_not_its_words(
     assert isinstance(exc, kind)
     assert HOSTILE in str(exc)
     assert public_text(exc) == shown
+
+
+def test_a_relayers_refusal_without_a_reason_keeps_its_words_out_of_the_wire() -> None:
+    """A FAILED_PRECONDITION without valid details is UNKNOWN_REFUSAL from that relayer:
+    the log's message keeps its words; the public text and the ErrorInfo ``detail`` a
+    brokerage or the depository would receive do not (review helper-113 H2)."""
+    exc = translate(refusing(HOSTILE), "relayer of b", "b")
+    assert isinstance(exc, LedgerRejected) and exc.reason is ErrorReason.UNKNOWN_REFUSAL
+    assert HOSTILE in str(exc)
+    assert public_text(exc) == "UnknownRefusal: relayer of b"
+    wire = status_details(exc)
+    assert HOSTILE not in wire.message and HOSTILE not in wire.SerializeToString().decode("latin-1")
+
+
+async def test_a_relayer_answering_for_another_ledger_is_named_without_its_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    gateway = RelayerGateway("b", "127.0.0.1:1", 1.0)
+    exc = gateway._wrong_ledger(HOSTILE * 10)
+    assert isinstance(exc, Unavailable)
+    assert public_text(exc) == "relayer of b answered for another ledger"
+    assert len(str(exc)) < 160
+
+
+def test_an_items_reason_is_kept_only_when_every_refuser_gave_it() -> None:
+    """Review helper-113 L6: a lone member answering first cannot choose the typed reason
+    a brokerage reads for an item (the others refused it for another reason)."""
+    lie = RefusedItem(3, ErrorReason.HOLDER_FROZEN, False, HOSTILE)
+    honest = RefusedItem(3, ErrorReason.TERMS_MISMATCH, False, "terms differ")
+    mixed = agreed([lie, honest])
+    assert (mixed.index, mixed.reason) == (3, BridgeReason.CLAIM_REFUSED)
+    assert agreed([honest, honest]) == honest

@@ -6,6 +6,7 @@ the ledger's whole intake stopped)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from tests.unit.test_coordinator_driver import (
     request,
     submit,
 )
-from tests.unit.test_store import db_path, make_record, make_store, store
+from tests.unit.test_store import db_path, legacy_terms_json, make_record, make_store, store
 
 pytestmark = [pytest.mark.unit]
 
@@ -45,6 +46,10 @@ DAMAGES = {
     "compact terms not base64": ("terms", "t1:not*base64"),
     "compact terms too short": ("terms", "t1:AAAA"),
     "compact terms with a zero amount": ("terms", "t1:" + "A" * 472),
+    "JSON terms with a zero amount": (
+        "terms",
+        legacy_terms_json(make_record(9).terms, b"").replace('"amount": 100', '"amount": 0'),
+    ),
 }
 
 
@@ -162,3 +167,66 @@ async def test_a_batch_of_events_goes_on_past_an_unreadable_transfer(coordinator
     assert await c.on_events("a", [on_bad, adopted], 3) == 0, "both recorded as seen"
     with pytest.raises(UnreadableRecord):
         await store.get(t.transfer_id)  # still the damaged row: nothing adopted over it
+
+
+async def test_a_repaired_row_is_read_again_and_no_longer_counted(store: SqlTransferStore) -> None:
+    rec = make_record(1)
+    await store.create(rec)
+    text = await store._db.read(
+        lambda db: db.execute(
+            "SELECT request FROM transfers WHERE transfer_id = ?", (rec.transfer_id,)
+        ).fetchone()[0]
+    )
+    await damage(store, rec.transfer_id, "request", "{not json")
+    assert await store.unfinished() == [] and store.unreadable.count == 1
+    await damage(store, rec.transfer_id, "request", str(text))  # repaired from a backup
+    assert await store.unfinished() == [rec]
+    assert store.unreadable.count == 0, "the gauge (and its alert) clears"
+
+
+async def test_a_lanes_queue_goes_on_past_an_unreadable_amount(store: SqlTransferStore) -> None:
+    """Review helper-113 M4: a queued transfer whose request names no readable amount
+    takes no lane capacity (it takes no step) and does not stop its lane's other
+    transfers' queue reads."""
+    import json
+
+    from bridge.domain.transfer import TransferState
+
+    queued = [make_record(n, state=TransferState.QUEUED, amount=10 + n) for n in range(3)]
+    for r in queued:
+        await store.create(r)
+    bad = dataclasses.asdict(queued[0].request) | {"amount": "lots"}
+    await damage(store, queued[0].transfer_id, "request", json.dumps(bad))
+    count, units, _ = await store.queued_on_lane("KR7005930003", "brokerage-a", "brokerage-b")
+    assert (count, units) == (3, 11 + 12)
+    ahead = await store.lane_backlog(queued[2].transfer_id, [TransferState.QUEUED])
+    assert ahead == 11
+    assert store.unreadable.count == 1
+
+
+async def test_coalesced_key_lookups_fail_only_the_unreadable_key(
+    store: SqlTransferStore,
+) -> None:
+    """Review helper-113 M3: admission's key lookups of one source ledger go out as one
+    read; one unreadable row among them fails only its own key's lookup (each key is read
+    alone after such a failure), so the ledger's other submissions are admitted."""
+    import asyncio
+
+    from bridge.coordinator.key_reads import KeyReads
+
+    records = [make_record(n) for n in range(3)]
+    for r in records:
+        await store.create(r)
+    await damage(store, records[1].transfer_id, "state", 99)
+    reads = KeyReads(store, max_in_flight=1, linger_ms=20)
+    try:
+        got = await asyncio.gather(
+            *(reads.get("brokerage-a", r.request.idempotency_key) for r in records),
+            reads.get("brokerage-a", "never-used"),
+            return_exceptions=True,
+        )
+    finally:
+        await reads.close()
+    assert got[0] == records[0] and got[2] == records[2] and got[3] is None
+    assert isinstance(got[1], UnreadableRecord)
+    assert got[1].transfer_id == records[1].transfer_id
