@@ -14,10 +14,12 @@ from typing import Any
 from bridge.collector import tune_collector
 from bridge.config import CoordinatorConfig, HaConfig, load_coordinator
 from bridge.config_errors import ConfigError
+from bridge.coordinator import schema
 from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import BatchQuota, SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import (
+    Conn,
     Database,
     DatabaseInUse,
     coordinator_session_name,
@@ -55,6 +57,7 @@ from bridge.rpc.audit import AuditLog
 from bridge.rpc.roles import MEMBER, RELAYER, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
+from bridge.storage.migrations import StoreTooNew
 from bridge.v1 import (
     depository_pb2,
     depository_pb2_grpc,
@@ -294,6 +297,17 @@ async def run(config_path: Path) -> None:
             metrics_loop.close()
             await _shutdown_standby(obs, server, ha, db, audit, log)
             return
+        # SECURITY (review helper-114 M2): a newer release may have migrated the database
+        # while this process stood by (its transfers' rows may then be in a form this one
+        # cannot read): read the version again before acting on anything as leader.
+        have = await db.read(_schema_version)
+        if have > schema.LATEST:
+            exc = StoreTooNew(schema.KIND, have, schema.LATEST)
+            log.error("database upgraded by a newer release; stepping down", error=str(exc))
+            await ha.keeper.release()
+            metrics_loop.close()
+            await _shutdown_standby(obs, server, ha, db, audit, log)
+            raise SystemExit(EXIT_STORE_TOO_NEW) from None
         # SECURITY: from here every store write carries this term's fencing token.
         db.set_fence(ha.keeper.lease.check)
         # Renewals start now, not after the (possibly long) resumption below.
@@ -435,6 +449,16 @@ EXIT_DEPOSED = 5
 
 EXIT_DATABASE_IN_USE = 4
 """Exit status when another coordinator holds the database (review 2 finding 4)."""
+
+
+def _schema_version(c: Conn) -> int:
+    """The database's schema version as it stands (a read; nothing created)."""
+    return int(c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+
+
+EXIT_STORE_TOO_NEW = 6
+"""Exit status of a standby elected after a newer release upgraded the database (it gives
+the lease up at once; run the newer release)."""
 
 
 def _database_password(path: Path | None) -> str | None:

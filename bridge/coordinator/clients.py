@@ -183,7 +183,12 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
     if isinstance(got.reason, ErrorReason) and code == grpc.StatusCode.FAILED_PRECONDITION:
         # SECURITY (review 2 finding 8): the ledger is the one this client talks to; a
         # peer's ErrorInfo cannot attribute its refusal to another ledger.
-        return LedgerRejected(got.reason, got.detail, got.figures, ledger)
+        # SECURITY (review helper-114 M1): the detail another organisation reads (a
+        # brokerage, the depository) is rebuilt from the validated integer figures; the
+        # relayer's own text (a node's revert message, addresses) is for this log only.
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(got.figures.items()))
+        said = got.detail if got.detail != shown else ""
+        return LedgerRejected(got.reason, shown, got.figures, ledger, said=said)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if got.reason is BridgeReason.UNKNOWN:
             # SECURITY: a refusal without valid details is never taken as a known reason.

@@ -272,7 +272,7 @@ CREATE TABLE IF NOT EXISTS batch_certificates (
 """
 
 # ---- version 10: a transfer's terms in a compact form (issue 14): base64 of its eleven words
-# and its instruction's signature behind a "t1:" prefix (about 530 characters, not the JSON
+# and its instruction's signature behind a "t1:" prefix (about 560 characters, not the JSON
 # object's 910), so three rows of ``transfers`` fit a 4 KiB page instead of two. No DDL: rows
 # of older releases keep their JSON and are read as before; the version stops an older
 # release (which could not read the new rows) from opening the database.

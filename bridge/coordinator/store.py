@@ -230,10 +230,12 @@ class TransferStore(Protocol):
 TERMS_FORM = "t1:"
 """The prefix of a ``terms`` column in its compact form (schema version 10): base64 of the
 terms' eleven Solidity words in declaration order (amount and deadline as uint256 words),
-then the instruction signature's bytes (none for an adopted lock). About 530 characters
+then the instruction signature's bytes (none for an adopted lock). About 560 characters
 where the JSON object of older rows takes about 910 (still read, :func:`_terms_of`)."""
 
 _TERMS_WORDS = 11 * 32
+_COMPACT_LENGTHS = frozenset({_TERMS_WORDS, _TERMS_WORDS + 65})
+"""The terms alone (an adopted lock) or with a 65-byte instruction signature."""
 
 
 def _terms_text(t: TransferTerms, instruction: bytes = b"") -> str:
@@ -275,8 +277,12 @@ def _terms_of(text: str) -> tuple[TransferTerms, bytes]:
 def _terms_from_compact(text: str) -> tuple[TransferTerms, bytes]:
     """The terms and instruction of a compact ``terms`` column (:data:`TERMS_FORM`)."""
     raw = base64.b64decode(text[len(TERMS_FORM) :], validate=True)
-    if len(raw) < _TERMS_WORDS:
-        raise ValueError(f"a compact terms column holds {len(raw)} bytes, not 11 words")
+    if len(raw) not in _COMPACT_LENGTHS:
+        # Review helper-114 L1: a column cut short would otherwise read as a shorter
+        # instruction (and drive a LOCK with a bad signature), not as a damaged row.
+        raise ValueError(
+            f"a compact terms column holds {len(raw)} bytes, not 11 words and an instruction"
+        )
     w = [raw[i : i + 32] for i in range(0, _TERMS_WORDS, 32)]
     terms = TransferTerms(
         nonce=w[0], security=w[1], amount=int.from_bytes(w[2], "big"), src_ledger=w[3],

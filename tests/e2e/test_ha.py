@@ -371,3 +371,42 @@ def test_transfers_and_feed_survive_kill_hang_and_partition_of_the_leader(
     assert feed.error is None, repr(feed.error)
     assert not feed.failures, feed.failures
     assert feed.positions[:end] == list(range(1, end + 1)), "no gap, no duplicate"
+
+
+def test_a_standby_elected_after_a_newer_release_upgraded_the_database_steps_down(
+    ha: LocalSystem,
+) -> None:
+    """Review helper-114 M2: the database is stamped with a newer schema version while the
+    coordinators run (a newer release migrated it), then the leader dies. Each standby that
+    wins the lease reads the version again, gives the lease up and exits
+    EXIT_STORE_TOO_NEW, writing nothing as leader. Runs last in the module: the stamp is
+    then removed and every coordinator restarted."""
+    import psycopg
+
+    from bridge.coordinator import schema
+    from bridge.coordinator.__main__ import EXIT_STORE_TOO_NEW
+
+    newer = schema.LATEST + 1
+    with psycopg.connect(ha.coordinator_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (%s, 'from a newer release', 0)", (newer,))
+    try:
+        old = ha.leader()
+        before = int(ha.query_coordinator("SELECT MAX(token) FROM coordinator_lease")[0][0])
+        ha.processes[old].kill9()
+        standbys = [n for n in ha.coordinator_names if n != old]
+        wait_until(
+            lambda: not any(ha.processes[n].alive() for n in standbys),
+            60,
+            "every standby elected after the upgrade steps down",
+        )
+        codes = {n: ha.processes[n].proc.returncode for n in standbys}  # type: ignore[union-attr]
+        assert set(codes.values()) == {EXIT_STORE_TOO_NEW}, codes
+        after = int(ha.query_coordinator("SELECT MAX(token) FROM coordinator_lease")[0][0])
+        assert after > before, "each was elected (a new term), then stepped down"
+    finally:
+        with psycopg.connect(ha.coordinator_database, autocommit=True) as conn:
+            conn.execute("DELETE FROM schema_version WHERE version = %s", (newer,))
+        for name in ha.coordinator_names:
+            if not ha.processes[name].alive():
+                ha.start_process(name)
+    ha.leader(timeout=60)

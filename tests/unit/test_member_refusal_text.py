@@ -210,3 +210,24 @@ def test_an_items_reason_is_kept_only_when_every_refuser_gave_it() -> None:
     mixed = agreed([lie, honest])
     assert (mixed.index, mixed.reason) == (3, BridgeReason.CLAIM_REFUSED)
     assert agreed([honest, honest]) == honest
+
+
+def test_a_ledgers_refusal_shows_its_figures_not_the_relayers_text() -> None:
+    """Review helper-114 M1: a typed refusal's ErrorInfo ``detail`` is the relayer's text
+    (a node's revert message, its address). What another organisation reads is the reason
+    and the detail rebuilt from the validated integer figures; the text is this log's."""
+    sent = LedgerRejected(ErrorReason.TOO_EARLY, f"node 10.0.0.7:8545 {HOSTILE}", {"notBefore": 5})
+    raw = status_details(sent).SerializeToString()
+    call = grpc.aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((DETAILS_KEY, raw)),
+        details=str(sent),
+    )
+    exc = translate(call, "relayer of b", "b")
+    assert isinstance(exc, LedgerRejected) and exc.reason is ErrorReason.TOO_EARLY
+    assert exc.detail == "notBefore=5" and exc.not_before == 5
+    assert HOSTILE in str(exc) and "10.0.0.7" in str(exc)
+    assert public_text(exc) == "TooEarly: notBefore=5"
+    wire = status_details(exc).SerializeToString().decode("latin-1")
+    assert HOSTILE not in wire and "10.0.0.7" not in wire

@@ -200,7 +200,7 @@ async def test_terms_are_stored_compact_and_rows_of_older_releases_still_read(
     store: SqlTransferStore, instruction: bytes
 ) -> None:
     """Schema version 10: a transfer's terms and instruction are written in the compact
-    form, under half the JSON object's length, and read back equal (the largest amount
+    form, at most 60 % of the JSON object's length, and read back equal (the largest amount
     and deadline included); a row written in the JSON form of older releases reads the
     same record."""
     from bridge.coordinator.store import TERMS_FORM

@@ -24,6 +24,7 @@ from bridge.domain.errors import (
     PreconditionFailed,
     StaleVersion,
     Unavailable,
+    public_text,
 )
 from bridge.domain.hashing import keccak256
 from bridge.ledgers.evm.artifacts import load_abi
@@ -184,8 +185,12 @@ def test_every_reason_round_trips_a_grpc_status_with_error_info(reason: ErrorRea
     assert status.details[1].Unpack(retry) and retry.retry_delay.seconds == 60
     back = translate(_over_the_wire(sent), "relayer of x", "other")
     assert isinstance(back, LedgerRejected)
-    # The ledger is the client's own (review 2 finding 8), not the peer's claim.
-    assert (back.reason, back.detail, back.ledger) == (reason, "why", "other")
+    # The ledger is the client's own (review 2 finding 8), not the peer's claim. The detail
+    # is rebuilt from the validated figures; the peer's own text ("why") is kept for this
+    # process's log only (review helper-114 M1).
+    assert (back.reason, back.ledger) == (reason, "other")
+    assert back.detail == "available=2, notBefore=1060"
+    assert "why" in str(back) and "why" not in public_text(back)
     assert (back.not_before, back.available) == (1_060, 2)
 
 

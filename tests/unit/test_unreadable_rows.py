@@ -16,7 +16,7 @@ import pytest
 
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.metrics import CoordinatorMetrics
-from bridge.coordinator.store import SqlTransferStore, UnreadableRecord
+from bridge.coordinator.store import SqlTransferStore, UnreadableRecord, _terms_text
 from bridge.domain.errors import Unavailable, public_text
 from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, LegStatus
 from bridge.domain.terms import TransferTerms
@@ -45,6 +45,10 @@ DAMAGES = {
     "an origin of a newer release": ("origin", "from-the-future"),
     "compact terms not base64": ("terms", "t1:not*base64"),
     "compact terms too short": ("terms", "t1:AAAA"),
+    "compact terms with a cut instruction": (
+        "terms",
+        _terms_text(make_record(9).terms, bytes(range(65)))[:-8],
+    ),
     "compact terms with a zero amount": ("terms", "t1:" + "A" * 472),
     "JSON terms with a zero amount": (
         "terms",
