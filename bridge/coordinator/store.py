@@ -981,7 +981,11 @@ class SqlTransferStore:
             ).fetchall()
             return _record(tuple(stored))
 
-        record = await self._db.write(run)
+        try:
+            record = await self._db.write(run)
+        except UnreadableRecord as exc:  # rolled back: nothing recorded
+            self._unreadable.report(exc)
+            raise
         assert record is not None
         return record
 

@@ -234,3 +234,24 @@ async def test_coalesced_key_lookups_fail_only_the_unreadable_key(
     assert got[0] == records[0] and got[2] == records[2] and got[3] is None
     assert isinstance(got[1], UnreadableRecord)
     assert got[1].transfer_id == records[1].transfer_id
+
+
+async def test_a_state_change_of_an_unreadable_row_records_nothing(store: SqlTransferStore) -> None:
+    """Review helper-114 L3: a state change whose returned row cannot be parsed is rolled
+    back (nothing recorded, no history entry) and the row reported like a read's."""
+    from bridge.domain.transfer import TransferState
+
+    rec = make_record(1)
+    await store.create(rec)
+    await damage(store, rec.transfer_id, "request", "{not json")
+    with pytest.raises(UnreadableRecord):
+        await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "locked", "locked")
+    assert store.unreadable.count == 1
+    history = await store.history(rec.transfer_id, 0)
+    assert [h.state for h in history] == [TransferState.SUBMITTED]
+    state = await store._db.read(
+        lambda db: db.execute(
+            "SELECT state FROM transfers WHERE transfer_id = ?", (rec.transfer_id,)
+        ).fetchone()[0]
+    )
+    assert int(state) == int(TransferState.SUBMITTED)
