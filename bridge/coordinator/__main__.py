@@ -457,8 +457,8 @@ def _schema_version(c: Conn) -> int:
 
 
 EXIT_STORE_TOO_NEW = 6
-"""Exit status of a standby elected after a newer release upgraded the database (it gives
-the lease up at once; run the newer release)."""
+"""Exit status when a newer release upgraded the database: at start, or as a standby
+elected after the upgrade (it gives the lease up at once). Run the newer release."""
 
 
 def _database_password(path: Path | None) -> str | None:
@@ -487,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DatabaseInUse as exc:
         configure("coordinator").error("database in use, refusing to start", error=str(exc))
         raise SystemExit(EXIT_DATABASE_IN_USE) from None
+    except StoreTooNew as exc:
+        # A newer release migrated the database: restarting this one cannot fix that.
+        configure("coordinator").error("database of a newer release, refusing to start",
+                                       error=str(exc))  # fmt: skip
+        raise SystemExit(EXIT_STORE_TOO_NEW) from None
 
 
 if __name__ == "__main__":

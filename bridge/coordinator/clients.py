@@ -117,6 +117,9 @@ class PeerFailed(Unavailable):
 MAX_MEMBER_TEXT = 200
 """Most characters of one member's own refusal text kept for this coordinator's log."""
 
+MAX_PEER_TEXT = 512
+"""Most characters of a relayer's own refusal text kept (``LedgerRejected.said``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class MemberRefusal:
@@ -187,14 +190,16 @@ def translate(exc: grpc.aio.AioRpcError, who: str, ledger: str = "") -> BridgeEr
         # brokerage, the depository) is rebuilt from the validated integer figures; the
         # relayer's own text (a node's revert message, addresses) is for this log only.
         shown = ", ".join(f"{k}={v}" for k, v in sorted(got.figures.items()))
-        said = got.detail if got.detail != shown else ""
+        said = got.detail[:MAX_PEER_TEXT] if got.detail != shown else ""
         return LedgerRejected(got.reason, shown, got.figures, ledger, said=said)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if got.reason is BridgeReason.UNKNOWN:
             # SECURITY: a refusal without valid details is never taken as a known reason.
             # Its words for this log only: neither ErrorInfo ``detail`` nor a status
             # message carries them to another organisation (a brokerage, the depository).
-            return LedgerRejected(ErrorReason.UNKNOWN_REFUSAL, who, ledger=ledger, said=msg)
+            return LedgerRejected(
+                ErrorReason.UNKNOWN_REFUSAL, who, ledger=ledger, said=msg[:MAX_PEER_TEXT]
+            )
         # SECURITY: the peer's words for this log; its typed reason for other organisations.
         return with_public(
             PreconditionFailed(f"{who}: {msg}"), f"{who} refused ({reason_name(got.reason)})"

@@ -42,6 +42,7 @@ from pathlib import Path
 from bridge.aio import retrieve
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
 from bridge.coordinator.db import Conn, Database, as_database
+from bridge.coordinator.wording import bounded
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
@@ -444,7 +445,7 @@ class HaltBook:
             if exc.reason == ErrorReason.STALE_ORDER:
                 return await self._settle(r, "")
             # SECURITY: the refusal is returned to the depository: its public text.
-            state, refusal = OrderState.REFUSED, public_text(exc)
+            state, refusal = OrderState.REFUSED, bounded(public_text(exc))
             if exc.reason == ErrorReason.ORDER_EXPIRED:
                 state = OrderState.EXPIRED
             await self._set_state(r.ledger, seq, state, refusal)

@@ -825,6 +825,8 @@ class SqlTransferStore:
             self._unreadable.readable((found.transfer_id,))
         elif isinstance(found, dict):
             self._unreadable.readable(r.transfer_id for r in found.values())
+        elif isinstance(found, list):
+            self._unreadable.readable(r.transfer_id for r in found)
         return found
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:

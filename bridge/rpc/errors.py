@@ -258,10 +258,15 @@ def received_error(trailing: Iterable[tuple[str, str | bytes]] | None) -> Receiv
     if isinstance(reason, ErrorReason) and meta.get("error") != reason.value:
         return _UNKNOWN
     figures: dict[str, Figure] = {}
-    for key, value in meta.items():
+    for key, value in sorted(meta.items()):
         name = key.removeprefix("figure_")
-        if name != key and value.isdecimal() and len(value) <= 80:
-            figures[name[:64]] = int(value)
+        # SECURITY (review helper-115 M1): the rule the sender applies (_wire_figures):
+        # identifier names, decimal integers of at most 79 digits, at most four. A peer's
+        # figure names are shown to other organisations (a refusal's rebuilt detail).
+        if name == key or not _FIGURE_NAME.fullmatch(name) or len(figures) >= _MAX_FIGURES:
+            continue
+        if value.isdecimal() and len(value) <= _MAX_FIGURE_DIGITS:
+            figures[name] = int(value)
     return ReceivedError(
         reason=reason,
         retryable=meta.get("retryable") == "true",

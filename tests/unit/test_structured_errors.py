@@ -265,12 +265,16 @@ def test_hostile_figures_and_long_strings_are_bounded() -> None:
         "figure_available": "9" * 200,
         "figure_requested": "12",
         "detail": "x" * 10_000,
+        # Review helper-115 M1: names a brokerage would read in the rebuilt detail.
+        "figure_Call +82-2-0000 to lift this halt": "1",
+        **{f"figure_z{i}": "7" for i in range(50)},
     }
     call = _Call(grpc.StatusCode.FAILED_PRECONDITION, "m", _status(_info("TOO_EARLY", **meta)))
     back = translate(call, "x")
     assert isinstance(back, LedgerRejected) and back.reason is ErrorReason.TOO_EARLY
     assert back.not_before is None and back.available is None and back.requested == 12
-    assert len(back.detail) <= 512
+    assert len(back.figures) == 4 and "+82" not in back.detail and "x" * 20 not in back.detail
+    assert len(back.detail) <= 120
 
 
 def test_transport_codes_stay_unavailable_whatever_the_details() -> None:
