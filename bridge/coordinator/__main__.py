@@ -19,7 +19,6 @@ from bridge.coordinator.batch_retention import prune_batches
 from bridge.coordinator.batches import BatchQuota, SqlBatchStore
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.db import (
-    Conn,
     Database,
     DatabaseInUse,
     coordinator_session_name,
@@ -57,7 +56,7 @@ from bridge.rpc.audit import AuditLog
 from bridge.rpc.roles import MEMBER, RELAYER, Role
 from bridge.rpc.security import client_identity, server_security
 from bridge.rpc.server import BridgeServer, install_stop_signals
-from bridge.storage.migrations import StoreTooNew
+from bridge.storage.migrations import StoreTooNew, applied_version
 from bridge.v1 import (
     depository_pb2,
     depository_pb2_grpc,
@@ -300,7 +299,7 @@ async def run(config_path: Path) -> None:
         # SECURITY (review helper-114 M2): a newer release may have migrated the database
         # while this process stood by (its transfers' rows may then be in a form this one
         # cannot read): read the version again before acting on anything as leader.
-        have = await db.read(_schema_version)
+        have = await db.read(applied_version)
         if have > schema.LATEST:
             exc = StoreTooNew(schema.KIND, have, schema.LATEST)
             log.error("database upgraded by a newer release; stepping down", error=str(exc))
@@ -449,11 +448,6 @@ EXIT_DEPOSED = 5
 
 EXIT_DATABASE_IN_USE = 4
 """Exit status when another coordinator holds the database (review 2 finding 4)."""
-
-
-def _schema_version(c: Conn) -> int:
-    """The database's schema version as it stands (a read; nothing created)."""
-    return int(c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
 
 
 EXIT_STORE_TOO_NEW = 6

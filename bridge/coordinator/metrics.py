@@ -63,7 +63,7 @@ class UnreadableReporter(Protocol):
 
     @property
     def unreadable(self) -> UnreadableRows:
-        """The rows its scans found unreadable."""
+        """The rows it found unreadable and has not read again since."""
         ...
 
 
@@ -140,8 +140,8 @@ class CoordinatorMetrics:
         )
         self.unreadable = Gauge(
             "kstb_transfer_rows_unreadable",
-            "Transfer rows this coordinator's scans found it cannot parse since it started"
-            " (left out of its sweeps; operator attention).",
+            "Transfer rows this coordinator found it cannot parse and has not read again"
+            " since (left out of its sweeps; operator attention).",
             registry=reg,
         )
         self.halt_orders = Gauge(

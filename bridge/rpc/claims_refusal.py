@@ -18,7 +18,7 @@ from google.rpc import status_pb2
 
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claim_batches import ClaimsRefused, RefusedItem
-from bridge.domain.errors import BridgeReason, PreconditionFailed
+from bridge.domain.errors import BridgeReason, PreconditionFailed, reason_name
 from bridge.rpc.errors import (
     DETAILS_KEY,
     RETRYABLE_REASONS,
@@ -26,7 +26,6 @@ from bridge.rpc.errors import (
     reason_of,
     status_details,
     status_for,
-    wire_reason,
 )
 from bridge.v1 import verifier_pb2
 
@@ -60,7 +59,7 @@ def refusal_status(exc: ClaimsRefused) -> status_pb2.Status:
     size = max(i.index for i in exc.items) + 1
     groups: dict[str, tuple[RefusedItem, bytearray]] = {}
     for item in exc.items:
-        name = wire_reason(item.reason)
+        name = reason_name(item.reason)
         if name not in groups:
             groups[name] = (item, bytearray((size + 7) // 8))
         groups[name][1][item.index // 8] |= 1 << (item.index % 8)

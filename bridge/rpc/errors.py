@@ -111,11 +111,6 @@ def reason_of(exc: BridgeError) -> ErrorReason | BridgeReason:
     return exc.kind
 
 
-def wire_reason(reason: ErrorReason | BridgeReason) -> str:
-    """``ErrorInfo.reason`` for ``reason``: the member's UPPER_SNAKE_CASE name."""
-    return reason_name(reason)
-
-
 def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Status:
     """The ``google.rpc.Status`` (code, message, ErrorInfo, RetryInfo) for ``exc``."""
     reason = reason_of(exc)
@@ -132,7 +127,7 @@ def status_details(exc: BridgeError, now: float | None = None) -> status_pb2.Sta
         if exc.detail:
             meta["detail"] = exc.detail[:_MAX_META]
         meta.update(_wire_figures(exc.figures))
-    info = error_details_pb2.ErrorInfo(reason=wire_reason(reason), domain=DOMAIN, metadata=meta)
+    info = error_details_pb2.ErrorInfo(reason=reason_name(reason), domain=DOMAIN, metadata=meta)
     details = [info]
     retry: error_details_pb2.RetryInfo | None = None
     if isinstance(exc, LedgerRejected) and exc.not_before is not None:
@@ -164,12 +159,16 @@ def _wire_figures(figures: Mapping[str, Figure]) -> dict[str, str]:
             break
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        if not _FIGURE_NAME.fullmatch(name):
-            continue
         text = str(value)
-        if len(text) <= _MAX_FIGURE_DIGITS:
+        if _figure_kept(name, text):
             out[f"figure_{name}"] = text
     return out
+
+
+def _figure_kept(name: str, text: str) -> bool:
+    """The rule for a figure sent or received: an identifier name, at most
+    :data:`_MAX_FIGURE_DIGITS` characters of value."""
+    return bool(_FIGURE_NAME.fullmatch(name)) and len(text) <= _MAX_FIGURE_DIGITS
 
 
 async def abort_reason(
@@ -263,9 +262,9 @@ def received_error(trailing: Iterable[tuple[str, str | bytes]] | None) -> Receiv
         # SECURITY (review helper-115 M1): the rule the sender applies (_wire_figures):
         # identifier names, decimal integers of at most 79 digits, at most four. A peer's
         # figure names are shown to other organisations (a refusal's rebuilt detail).
-        if name == key or not _FIGURE_NAME.fullmatch(name) or len(figures) >= _MAX_FIGURES:
+        if name == key or len(figures) >= _MAX_FIGURES:
             continue
-        if value.isdecimal() and len(value) <= _MAX_FIGURE_DIGITS:
+        if value.isdecimal() and _figure_kept(name, value):
             figures[name] = int(value)
     return ReceivedError(
         reason=reason,
@@ -282,7 +281,7 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
     """``CODE [REASON]: message`` for a failed call, the reason from its validated details."""
     call = cast(Any, exc)
     got = received_error(call.trailing_metadata())
-    return f"{call.code().name} [{wire_reason(got.reason)}]: {call.details()}"
+    return f"{call.code().name} [{reason_name(got.reason)}]: {call.details()}"
 
 
 def _name_ledger(servicer: Any, exc: BridgeError) -> None:

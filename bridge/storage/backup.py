@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.logfields import get_logger
-from bridge.storage.migrations import StoreError, StoreTooNew, WrongOwner, WrongStore, store_kind
+from bridge.storage.migrations import (
+    StoreError,
+    StoreTooNew,
+    WrongOwner,
+    WrongStore,
+    applied_version,
+    store_kind,
+)
 from bridge.storage.schema import Schema, check_schema, harden, inspect
 from bridge.storage.sqlite import hold_lock
 
@@ -109,7 +116,7 @@ def schema_version_of(db: sqlite3.Connection) -> int:
     """The store's schema version, read without creating anything (0: none)."""
     if not has_table(db, "schema_version"):
         return 0
-    return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+    return applied_version(db)
 
 
 def has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -100,6 +100,12 @@ _IDENTITY = (
 def current_version(c: Executes) -> int:
     """The highest applied version (0: none); creates ``schema_version`` if missing."""
     c.execute(_SCHEMA_VERSION)
+    return applied_version(c)
+
+
+def applied_version(c: Executes) -> int:
+    """The highest applied version of a store that has ``schema_version`` (0: none
+    applied); a read only, nothing created."""
     row = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
     return int(row[0])
 

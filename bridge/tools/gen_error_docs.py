@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bridge.core.reasons import ErrorReason
-from bridge.domain.errors import BridgeReason
-from bridge.rpc.errors import DOMAIN, RETRYABLE_REASONS, wire_reason
+from bridge.domain.errors import BridgeReason, reason_name
+from bridge.rpc.errors import DOMAIN, RETRYABLE_REASONS
 from bridge.rpc.reason_catalog import MEANING
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operators" / "brokerage-errors.md"
@@ -65,7 +65,7 @@ def render() -> str:
         for member in members:
             error = f"`{member.value}`" if isinstance(member, ErrorReason) else ""
             retry = "yes" if member in RETRYABLE_REASONS else "no"
-            lines.append(f"| `{wire_reason(member)}` | {error} | {retry} | {MEANING[member]} |")
+            lines.append(f"| `{reason_name(member)}` | {error} | {retry} | {MEANING[member]} |")
         lines.append("")
     return "\n".join(lines)
 

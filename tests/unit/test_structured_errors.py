@@ -25,6 +25,7 @@ from bridge.domain.errors import (
     StaleVersion,
     Unavailable,
     public_text,
+    reason_name,
 )
 from bridge.domain.hashing import keccak256
 from bridge.ledgers.evm.artifacts import load_abi
@@ -37,7 +38,6 @@ from bridge.rpc.errors import (
     received_error,
     status_details,
     status_for,
-    wire_reason,
 )
 
 _FABRIC = Path(__file__).resolve().parents[2] / "contracts" / "fabric"
@@ -208,7 +208,7 @@ def test_bridge_level_errors_carry_their_reason(sent: Exception, kind: type) -> 
     status = status_details(sent)
     call = _Call(status_for(sent), status.message, status.SerializeToString())
     got = received_error(call.trailing_metadata())  # type: ignore[arg-type]
-    assert got.reason is sent.kind and wire_reason(got.reason) == sent.kind.value
+    assert got.reason is sent.kind and reason_name(got.reason) == sent.kind.value
     back = translate(call, "x")
     assert isinstance(back, kind) and not isinstance(back, LedgerRejected)
 
