@@ -161,6 +161,36 @@ def _word(name: str) -> bytes:
     return LedgerId(name).word
 
 
+def lock_event(terms: TransferTerms, height: int, index: int = 0, tx: str = "0x01") -> LedgerEvent:
+    """The event of ``terms``'s outbound leg LOCKED on ledger ``a`` at (height, index)."""
+    return LedgerEvent(
+        "a", EventPosition(height, index), b"\0" * 32, tx, terms.transfer_id, Leg.OUTBOUND,
+        LegState.LOCKED, 0, terms.terms_hash, terms,
+    )  # fmt: skip
+
+
+def holder_lock(
+    relayers: dict[str, FakeRelayer],
+    instructor: bytes,
+    height: int,
+    index: int = 0,
+    tx: str = "0x01",
+) -> tuple[TransferTerms, LedgerEvent]:
+    """A lock of 3 units on ledger ``a`` towards ``b`` made on the ledger itself (not through
+    this coordinator) by ``instructor`` (an address), shown LOCKED by relayer ``a`` at
+    ``height``; its terms and its event."""
+    terms = TransferTerms(
+        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
+        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
+        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + instructor,
+        int(time.time()) + 60,
+    )  # fmt: skip
+    relayers["a"].legs[(terms.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.LOCKED, terms.terms_hash, 0, height
+    )
+    return terms, lock_event(terms, height, index, tx)
+
+
 @pytest.fixture
 async def coordinator(tmp_path: Path):
     (tmp_path / "network.toml").write_text(
@@ -454,19 +484,7 @@ async def test_kept_records_equal_the_stored_ones_at_every_step(coordinator) -> 
     assert used == ["SUBMITTED", "SUBMITTED", "SOURCE_LOCKED", "TARGET_PREPARED", "COMMITTING"]
     # an adopted lock nobody instructed: released, never prepared
     rogue = LocalKeySigner(secrets.token_bytes(32))
-    terms = TransferTerms(
-        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
-        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
-        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + rogue.address,
-        int(time.time()) + 60,
-    )  # fmt: skip
-    relayers["a"].legs[(terms.transfer_id, Leg.OUTBOUND)] = LegStatus(
-        LegState.LOCKED, terms.terms_hash, 0, 3
-    )
-    event = LedgerEvent(
-        "a", EventPosition(3, 0), b"\0" * 32, "0x01", terms.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, terms.terms_hash, terms,
-    )  # fmt: skip
+    terms, event = holder_lock(relayers, rogue.address, 3)
     assert await c.on_events("a", [event], 3) == 1
     assert await final(store, terms.transfer_id) is TransferState.ABORTED
     # a lane that queues the transfer first, then a prepare that fails once
@@ -740,20 +758,14 @@ async def test_lock_towards_an_unknown_bridge_is_not_adopted(coordinator) -> Non
         secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"), b"\0" * 12 + b"\xaa" * 20,
         _word("b"), b"\0" * 12 + b"\xcc" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x11" * 20, 2**40,
     )  # fmt: skip
-    event = LedgerEvent(
-        "a", EventPosition(3, 0), b"\0" * 32, "0x01", terms.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, terms.terms_hash, terms,
-    )  # fmt: skip
+    event = lock_event(terms, 3)
     assert await c.on_events("a", [event], 3) == 1
     assert await store.get(terms.transfer_id) is None
     good = TransferTerms(
         terms.nonce, terms.security, 3, terms.src_ledger, terms.src_bridge, terms.dst_ledger,
         b"\0" * 12 + b"\xbb" * 20, terms.sender, terms.recipient, terms.instructor, terms.deadline,
     )  # fmt: skip
-    adopted = LedgerEvent(
-        "a", EventPosition(4, 0), b"\0" * 32, "0x02", good.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, good.terms_hash, good,
-    )  # fmt: skip
+    adopted = lock_event(good, 4, tx="0x02")
     relayers["a"].legs[(good.transfer_id, Leg.OUTBOUND)] = LegStatus(
         LegState.LOCKED, good.terms_hash, 0, 4
     )  # adopted only once the ledger shows the lock (tests/unit/test_event_intake.py)
@@ -894,18 +906,8 @@ async def test_an_uninstructed_lock_is_released_never_prepared(coordinator, inst
     c, relayers, store = coordinator
     rogue = LocalKeySigner(secrets.token_bytes(32))
     instructor = BROKER_A.address if instructed else rogue.address
-    terms = TransferTerms(
-        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
-        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
-        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + instructor,
-        int(time.time()) + 60,
-    )  # fmt: skip
+    terms, event = holder_lock(relayers, instructor, 3)
     tid = terms.transfer_id
-    relayers["a"].legs[(tid, Leg.OUTBOUND)] = LegStatus(LegState.LOCKED, terms.terms_hash, 0, 3)
-    event = LedgerEvent(
-        "a", EventPosition(3, 0), b"\0" * 32, "0x01", tid, Leg.OUTBOUND, LegState.LOCKED, 0,
-        terms.terms_hash, terms,
-    )  # fmt: skip
     assert await c.on_events("a", [event], 3) == 1
     committee = c._committee
     if instructed:

@@ -342,10 +342,7 @@ async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordin
     relayers["a"].legs[(t.transfer_id, Leg.OUTBOUND)] = LegStatus(
         LegState.RELEASED, t.terms_hash, 0, 5
     )
-    event = LedgerEvent(
-        "a", EventPosition(9, 0), b"\0" * 32, "0xf2", t.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, t.terms_hash, t,
-    )  # fmt: skip
+    event = driver_tests.lock_event(t, 9, tx="0xf2")
     await c.on_events("a", [event], 9)
     await asyncio.sleep(0.3)
     got = await store.get(t.transfer_id)

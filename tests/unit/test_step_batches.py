@@ -56,6 +56,7 @@ from tests.unit.test_coordinator_driver import (
     check_kept,
     count_calls,
     final,
+    lock_event,
     request,
     submit,
 )
@@ -664,7 +665,7 @@ async def test_an_uninstructed_lock_is_never_batch_certified_locked(batching) ->
     """SECURITY: an adopted lock whose instructor has no authority over the source's
     accounts gets an ABORT batch certificate (its escrow released), never a LOCKED one."""
     from bridge.domain.ids import LedgerId
-    from bridge.domain.legs import EventPosition, LedgerEvent, LegStatus
+    from bridge.domain.legs import LegStatus
 
     c, relayers, committee, store = batching
     seen: list[tuple[ClaimKind, list[bytes]]] = []
@@ -686,10 +687,7 @@ async def test_an_uninstructed_lock_is_never_batch_certified_locked(batching) ->
     relayers["a"].legs[(terms.transfer_id, Leg.OUTBOUND)] = LegStatus(
         LegState.LOCKED, terms.terms_hash, 0, 4
     )
-    event = LedgerEvent(
-        "a", EventPosition(4, 0), b"\0" * 32, "0x02", terms.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, terms.terms_hash, terms,
-    )  # fmt: skip
+    event = lock_event(terms, 4, tx="0x02")
     await c.on_events("a", [event], 4)
     assert await final(store, terms.transfer_id) is TransferState.ABORTED
     kinds = {k for k, tids in seen if terms.transfer_id in tids}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,15 @@ from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.metrics import CoordinatorMetrics
 from bridge.coordinator.store import SqlTransferStore, UnreadableRecord, _terms_text
 from bridge.domain.errors import Unavailable, public_text
-from bridge.domain.legs import EventPosition, LedgerEvent, Leg, LegState, LegStatus
-from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
 from bridge.obs.metrics import CommonMetrics
 from bridge.rpc.errors import status_for
 from tests.unit.test_coordinator_driver import (
-    ISIN,
     FakeCommittee,
-    _word,
     coordinator,
     final,
+    holder_lock,
+    lock_event,
     request,
     submit,
 )
@@ -150,23 +147,8 @@ async def test_a_batch_of_events_goes_on_past_an_unreadable_transfer(coordinator
     assert await final(store, record.transfer_id) is TransferState.COMMITTED
     await damage(store, record.transfer_id, "state", 99)
     t = record.terms
-    on_bad = LedgerEvent(
-        "a", EventPosition(3, 0), b"\0" * 32, "0x01", t.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, t.terms_hash, t,
-    )  # fmt: skip
-    rogue = TransferTerms(
-        secrets.token_bytes(32), ISIN.encode().ljust(32, b"\0"), 3, _word("a"),
-        b"\0" * 12 + b"\xaa" * 20, _word("b"), b"\0" * 12 + b"\xbb" * 20,
-        b"\0" * 12 + b"\x11" * 20, b"\0" * 12 + b"\x12" * 20, b"\0" * 12 + b"\x13" * 20,
-        int(time.time()) + 60,
-    )  # fmt: skip
-    relayers["a"].legs[(rogue.transfer_id, Leg.OUTBOUND)] = LegStatus(
-        LegState.LOCKED, rogue.terms_hash, 0, 3
-    )
-    adopted = LedgerEvent(
-        "a", EventPosition(3, 1), b"\0" * 32, "0x02", rogue.transfer_id, Leg.OUTBOUND,
-        LegState.LOCKED, 0, rogue.terms_hash, rogue,
-    )  # fmt: skip
+    on_bad = lock_event(t, 3)
+    rogue, adopted = holder_lock(relayers, b"\x13" * 20, 3, index=1, tx="0x02")
     assert await c.on_events("a", [on_bad, adopted], 3) == 2
     assert await final(store, rogue.transfer_id) is TransferState.ABORTED
     assert await c.on_events("a", [on_bad, adopted], 3) == 0, "both recorded as seen"
