@@ -111,7 +111,12 @@ def check_batch(
             f"batch {batch_id}: {len(resp.results)} results for {len(expected)} items,"
             " or out of order"
         )
+    recorded = (transfer_pb2.BATCH_ITEM_OUTCOME_CREATED, transfer_pb2.BATCH_ITEM_OUTCOME_EXISTING)
     for r in resp.results:
-        if r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED:
-            continue
-        check_transfer(expected[r.index], r.transfer, f"batch {batch_id} item {r.index}")
+        what = f"batch {batch_id} item {r.index}"
+        if r.HasField("transfer"):
+            check_transfer(expected[r.index], r.transfer, what)
+        elif r.outcome in recorded and not r.HasField("error"):
+            # A recorded item comes with its transfer, or with the error that says why it
+            # cannot be read now (RETRYABLE and REFUSED items never have one).
+            raise AnswerMismatch(f"{what}: recorded, yet answered without its transfer or an error")

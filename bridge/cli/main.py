@@ -175,6 +175,12 @@ class SomeItemsRefused(Exception):
     """The batch was recorded, and at least one of its items was refused (exit code 3)."""
 
 
+class SomeItemsPending(Exception):
+    """The batch was recorded, and at least one of its items is RETRYABLE (nothing recorded
+    for it, for a transient reason) or recorded but not readable now: running the same
+    command again later re-evaluates or re-reads those items only (exit code 5)."""
+
+
 def _batch_items(
     path: Path, data: bytes, source: str, batch_id: str
 ) -> tuple[list[transfer_pb2.SubmitTransferRequest], tuple[int, ...]]:
@@ -278,11 +284,14 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
     expected = [expected_of(network, item) for item in request.items]
     resp = stub.SubmitTransfers(request, timeout=a.timeout)
     check_batch(expected, resp, request.batch_id)
-    refused = 0
+    refused = pending = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
     for r in resp.results:
         refused += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
+        pending += r.outcome == transfer_pb2.BATCH_ITEM_OUTCOME_RETRYABLE or (
+            r.HasField("error") and r.outcome != transfer_pb2.BATCH_ITEM_OUTCOME_REFUSED
+        )
         if a.json:
             row = MessageToDict(r, preserving_proto_field_name=True)
             if r.index in derived:
@@ -297,6 +306,12 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
             t = r.transfer
             state = STATE_NAMES.get(t.state, "?")
             print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {t.transfer_id} {state}")
+    if pending:
+        raise SomeItemsPending(
+            f"{pending} of {len(resp.results)} items need another run (retryable, or recorded"
+            f" but not readable now){f', {refused} refused' if refused else ''}: run the same"
+            " command again later; it re-evaluates or re-reads only those items"
+        )
     if refused:
         raise SomeItemsRefused(f"{refused} of {len(resp.results)} items refused")
 
@@ -421,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = tr.add_parser(  # ---- batch API (ADR 0023)
         "submit-batch",
         help="submit many transfers from one ledger, one JSON object per line; each item"
-        " gets its own result (exit 3 when some were refused)",
+        " gets its own result (exit 3 when some were refused, 5 when some are retryable or"
+        " not readable now: run it again later)",
         description="The signed batch is written to a journal (0600) before it is sent. If"
         " the call fails or times out (the batch may be partly recorded), run the SAME"
         " command again: it resends the journaled request byte for byte, so items already"
@@ -529,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SomeItemsRefused as exc:  # ---- batch API (ADR 0023)
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except SomeItemsPending as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
     except AnswerMismatch as exc:  # ---- submission journal (review F7/F8)
         print(f"error: {exc}", file=sys.stderr)
         return 4

@@ -26,7 +26,7 @@ from bridge.coordinator.batches import (
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
-from bridge.coordinator.store import TransferStore
+from bridge.coordinator.store import ManyRecords, TransferStore
 from bridge.coordinator.stream_quota import StreamQuota
 from bridge.domain.errors import (
     BridgeError,
@@ -370,20 +370,27 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         # Review s18 F4: the items' transfers in one store read per page, not one per item
         # (a replayed batch of thousands must not queue thousands of reads on the store).
         tids = [r.transfer_id for r in batch.results if r.transfer_id is not None]
-        records = await self._store.get_many(tids)
+        read = await self._store.get_many(tids)
         for r in batch.results:
             message = transfer_pb2.BatchItemResult(
                 index=r.index,
                 idempotency_key=r.idempotency_key,
                 outcome=int(r.outcome),  # type: ignore[arg-type]
             )
-            if r.transfer_id is not None:
-                record = records.get(r.transfer_id)
-                if record is None:
-                    raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
-                message.transfer.CopyFrom(transfer_to_pb(record))
             if r.error is not None:
                 message.error.CopyFrom(_item_error_to_pb(r.error))
+            if r.transfer_id is not None:
+                record = read.found.get(r.transfer_id)
+                unreadable = read.unreadable.get(r.transfer_id)
+                if record is not None:
+                    message.transfer.CopyFrom(transfer_to_pb(record))
+                elif unreadable is not None:
+                    # A recorded item whose row cannot be read now: its outcome stands, its
+                    # transfer is unset, and the error (INTERNAL, its public text) says why;
+                    # the batch's other items are answered (issue 14: never all-or-nothing).
+                    message.error.CopyFrom(_item_error_to_pb(_item_error(unreadable)))
+                else:
+                    raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
             out.results.append(message)
         return out
 
@@ -460,14 +467,27 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # The transfers of the updates to send, in one store read per page (not
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
-                    records = await self._records_of([u for u in rows if _to_send(cursors, u)])
+                    read = await self._records_of([u for u in rows if _to_send(cursors, u)])
+                    records = read.found
                     reports: list[_Report] = []
                     for update in rows:
                         entry = cursors.get(update.transfer_id)
                         if entry is None or update.sequence <= entry[2]:
                             continue
-                        entry[2] = update.sequence
                         progressed = True
+                        unreadable = read.unreadable.get(update.transfer_id)
+                        if unreadable is not None:
+                            # Its record cannot be read now: reported once (INTERNAL, no
+                            # update) and no longer followed by this stream, whose other
+                            # items go on; a later watch resumes it from the client's
+                            # after_sequence once the operator has repaired the row.
+                            reports.append(
+                                _Report(entry[0], entry[1], error=_item_error(unreadable))
+                            )
+                            del cursors[update.transfer_id]
+                            self._coordinator.unsubscribe([update.transfer_id], changed)
+                            continue
+                        entry[2] = update.sequence
                         if update.sequence > entry[3]:
                             entry[3] = update.sequence
                             record = records[update.transfer_id]
@@ -490,15 +510,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
         return _update_pb(u, await self._coordinator.get(u.transfer_id))
 
-    async def _records_of(self, updates: Sequence[TransferUpdate]) -> dict[bytes, TransferRecord]:
-        """The current record of every transfer ``updates`` name, in one store read
-        (NotFound, as a single read says, for one the store does not hold)."""
+    async def _records_of(self, updates: Sequence[TransferUpdate]) -> ManyRecords:
+        """The current record of every transfer ``updates`` name, in one store read, those
+        that cannot be read apart (NotFound, as a single read says, for one the store does
+        not hold)."""
         tids = list(dict.fromkeys(u.transfer_id for u in updates))
-        records = await self._store.get_many(tids) if tids else {}
+        read = await self._store.get_many(tids) if tids else ManyRecords({}, {})
         for tid in tids:
-            if tid not in records:
+            if tid not in read.found and tid not in read.unreadable:
                 raise NotFound(f"transfer 0x{tid.hex()} does not exist")
-        return records
+        return read
 
 
 def _watch_messages(

@@ -77,8 +77,10 @@ class TransferStore(Protocol):
         """Whether a transfer with this id is recorded (one index read, nothing parsed)."""
         ...
 
-    async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
-        """---- batchfix: the recorded transfers among ``transfer_ids``, by id (paged reads)."""
+    async def get_many(self, transfer_ids: Sequence[bytes]) -> ManyRecords:
+        """---- batchfix: the recorded transfers among ``transfer_ids``, by id (paged reads),
+        and apart from them those whose stored row cannot be parsed (UnreadableRecord): one
+        damaged row fails no other transfer of the read."""
         ...
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
@@ -410,6 +412,18 @@ class UnreadableRecord(BridgeError):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ManyRecords:
+    """What a read of many named transfers found (:meth:`TransferStore.get_many`): the
+    records that parse, by id, and apart from them each transfer whose stored row cannot
+    be parsed, by id. GUARANTEES: an id is in at most one of the two; an id in neither is
+    not recorded. A caller answers an unreadable transfer alone (typed, INTERNAL), never as
+    "no transfer", and goes on with the others."""
+
+    found: Mapping[bytes, TransferRecord]
+    unreadable: Mapping[bytes, UnreadableRecord]
+
+
 MAX_UNREADABLE_KEPT = 10_000
 """Most distinct unreadable transfer ids one store remembers (and logs once each)."""
 
@@ -496,20 +510,31 @@ def _parse_record(row: tuple[Any, ...]) -> TransferRecord:
 def _records(rows: list[Any], unreadable: UnreadableRows | None = None) -> list[TransferRecord]:
     """The records of ``rows``: an unreadable row raises UnreadableRecord, or, for a scan
     that passes ``unreadable``, is reported there and left out."""
+    out, bad = _records_apart(rows)
+    if unreadable is None:
+        if bad:
+            raise bad[0]
+        return out
+    for exc in bad:
+        unreadable.report(exc)
+    unreadable.readable(r.transfer_id for r in out)
+    return out
+
+
+def _records_apart(rows: list[Any]) -> tuple[list[TransferRecord], list[UnreadableRecord]]:
+    """The records of ``rows`` that parse, in order, and an UnreadableRecord for each row
+    that does not."""
     out: list[TransferRecord] = []
+    bad: list[UnreadableRecord] = []
     for row in rows:
         try:
             record = _record(tuple(row))
         except UnreadableRecord as exc:
-            if unreadable is None:
-                raise
-            unreadable.report(exc)
+            bad.append(exc)
             continue
         if record is not None:
             out.append(record)
-    if unreadable is not None:
-        unreadable.readable(r.transfer_id for r in out)
-    return out
+    return out, bad
 
 
 def _get(db: Conn, transfer_id: bytes) -> TransferRecord | None:
@@ -825,8 +850,6 @@ class SqlTransferStore:
             self._unreadable.readable((found.transfer_id,))
         elif isinstance(found, dict):
             self._unreadable.readable(r.transfer_id for r in found.values())
-        elif isinstance(found, list):
-            self._unreadable.readable(r.transfer_id for r in found)
         return found
 
     async def get(self, transfer_id: bytes) -> TransferRecord | None:
@@ -845,20 +868,29 @@ class SqlTransferStore:
         return await self._db.read(run)
 
     # ---- batch API (batchfix): many records in one read per page (a batch's answer)
-    async def get_many(self, transfer_ids: Sequence[bytes]) -> dict[bytes, TransferRecord]:
-        """The recorded transfers among ``transfer_ids``, by id: one read (one worker-thread
-        call, one snapshot on PostgreSQL) per page of 500 ids, not one per transfer."""
-        out: dict[bytes, TransferRecord] = {}
+    async def get_many(self, transfer_ids: Sequence[bytes]) -> ManyRecords:
+        """See TransferStore.get_many: one read (one worker-thread call, one snapshot on
+        PostgreSQL) per page of 500 ids, not one per transfer. An unreadable row is reported
+        (:class:`UnreadableRows`) and answered apart; the others' rows leave the report."""
+        found: dict[bytes, TransferRecord] = {}
+        unreadable: dict[bytes, UnreadableRecord] = {}
         for ids in _pages(transfer_ids):
             page = list(dict.fromkeys(ids))
             marks = ",".join("?" for _ in page)
             sql = f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id IN ({marks})"  # noqa: S608
 
-            def run(db: Conn, sql: str = sql, page: list[bytes] = page) -> list[TransferRecord]:
-                return _records(db.execute(sql, page).fetchall())
+            def run(
+                db: Conn, sql: str = sql, page: list[bytes] = page
+            ) -> tuple[list[TransferRecord], list[UnreadableRecord]]:
+                return _records_apart(db.execute(sql, page).fetchall())
 
-            out.update((r.transfer_id, r) for r in await self._read_records(run))
-        return out
+            records, bad = await self._db.read(run)
+            for exc in bad:
+                self._unreadable.report(exc)
+                unreadable[exc.transfer_id] = exc
+            self._unreadable.readable(r.transfer_id for r in records)
+            found.update((r.transfer_id, r) for r in records)
+        return ManyRecords(found, unreadable)
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """See TransferStore.get_by_key (the read of :meth:`get_by_keys`, for one key)."""

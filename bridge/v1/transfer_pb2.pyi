@@ -617,7 +617,11 @@ class BatchItemResult(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
-        """Set when REFUSED or RETRYABLE."""
+        """Set when REFUSED or RETRYABLE. Also set beside CREATED or EXISTING, `transfer` then
+        unset, when the item's transfer is recorded but its stored record cannot be read now
+        (code INTERNAL; the coordinator's operator is alerted): a replay answers it once
+        repaired, and the batch's other items are answered as usual.
+        """
 
     def __init__(
         self,
@@ -724,7 +728,10 @@ class WatchBatchItem(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
-        """Set for a refused or retryable item (reported once per watch, no update follows)."""
+        """Set for a refused or retryable item (reported once per watch, no update follows), or
+        for an item whose transfer's record cannot be read now (code INTERNAL): this stream
+        stops following that item; a later watch resumes it from its after_sequence.
+        """
 
     def __init__(
         self,
@@ -762,7 +769,9 @@ class WatchBatchResponse(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
-        """Set for a refused or retryable item (reported once per watch, no update follows)."""
+        """Set for a refused or retryable item (reported once per watch, no update follows), or
+        for an item whose transfer's record cannot be read now (as WatchBatchItem.error).
+        """
 
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchBatchItem]:

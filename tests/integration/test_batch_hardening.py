@@ -914,3 +914,70 @@ async def test_a_batch_is_checked_concurrently_and_recorded_in_item_order(
     assert [r.request.idempotency_key for r in recorded] == [f"o-{i}" for i in range(n) if i != 7]
     created = [r.created_at for r in recorded]
     assert created == sorted(created)
+
+
+# ---- one unreadable item (issue 14: a batch is never all-or-nothing across items)
+
+
+async def test_an_unreadable_item_fails_only_its_own_result_and_report(served: Served) -> None:
+    """One item's stored transfer row cannot be parsed (damaged, or of a newer release).
+    Before, the batch's replayed answer and its WatchBatch failed as a whole (INTERNAL):
+    a brokerage learned nothing of its other items. Now that item alone carries the error
+    (INTERNAL, a public text naming the transfer, never the row's content; its outcome as
+    recorded, no transfer), the others are answered and watched to their end, and once the
+    operator repaired the row a replay answers it and a watch resumes it to COMMITTED."""
+    from tests.unit.test_unreadable_rows import damage
+
+    served.relayers["a"].open.clear()  # the transfers stay open while the row is damaged
+    request = batch("day-u", [item(served, f"u-{i}") for i in range(3)])
+    first = await served.stub.SubmitTransfers(request, timeout=30)
+    assert outcomes(first) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 3
+    bad = bytes.fromhex(first.results[1].transfer.transfer_id[2:])
+
+    def request_column(db: Any) -> str:
+        return str(db.execute("SELECT request FROM transfers WHERE transfer_id = ?", (bad,))
+                   .fetchone()[0])  # fmt: skip
+
+    original = await served.store._db.read(request_column)
+    await damage(served.store, bad, "request", '{"not": json')
+
+    replay = await served.stub.SubmitTransfers(request, timeout=30)
+    assert outcomes(replay) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 3, "the outcomes stand"
+    assert [r.HasField("transfer") for r in replay.results] == [True, False, True]
+    assert [r.HasField("error") for r in replay.results] == [False, True, False]
+    error = replay.results[1].error
+    assert (error.code, error.reason) == ("INTERNAL", "INTERNAL")
+    assert bad.hex() in error.message and "json" not in error.message
+    assert [r.transfer.transfer_id for r in replay.results[::2]] == [
+        r.transfer.transfer_id for r in first.results[::2]
+    ]
+
+    served.relayers["a"].open.set()
+    messages = await _watched(
+        served, S.WatchBatchRequest(batch_id="day-u", source_ledger="a", max_items_per_message=8)
+    )
+    reports = _reports(messages, grouped=True)
+    assert [r for r in reports if r[3] is not None] == [(1, "u-1", None, "INTERNAL")]
+    last: dict[int, tuple[int, int]] = {}
+    for index, _, update, _ in reports:
+        if update is not None:
+            assert index != 1, "no update of the unreadable item follows its error"
+            last[index] = update
+    assert sorted(last) == [0, 2]
+    assert all(state == S.TRANSFER_STATE_COMMITTED for _, state in last.values())
+
+    await damage(served.store, bad, "request", original)  # the operator's repair
+    repaired = await served.stub.SubmitTransfers(request, timeout=30)
+    assert [r.HasField("error") for r in repaired.results] == [False] * 3
+    assert repaired.results[1].transfer.transfer_id == "0x" + bad.hex()
+    after = [last[0][0], 0, last[2][0]]
+    resumed = _reports(
+        await _watched(
+            served,
+            S.WatchBatchRequest(batch_id="day-u", source_ledger="a", after_sequence=after),
+        ),
+        grouped=False,
+    )
+    assert {index for index, *_ in resumed} == {1}, "the others' updates are not sent again"
+    assert resumed[-1][2][1] == S.TRANSFER_STATE_COMMITTED and resumed[-1][3] is None
+    assert served.store.unreadable.count == 0

@@ -65,6 +65,10 @@ class FakeCoordinator:
         self.fail_after: int | None = None
         self.lie = False
         self.calls: list[bytes] = []
+        # Per idempotency key, how the answer is shaped: "retryable" (nothing recorded, a
+        # transient reason), "unreadable" (recorded, its record not readable now: no
+        # transfer, an INTERNAL error), "bare" (recorded, answered with neither).
+        self.shape: dict[str, str] = {}
 
     def _transfer(self, item: S.SubmitTransferRequest) -> S.Transfer:
         expected = expected_of(self.network, item)
@@ -92,12 +96,27 @@ class FakeCoordinator:
                 index=index, idempotency_key=key, outcome=OUT.BATCH_ITEM_OUTCOME_REFUSED,
                 error=S.BatchItemError(code="ALREADY_EXISTS", reason="CONFLICT"),
             )  # fmt: skip
+        shape = self.shape.get(key)
+        if shape == "retryable":
+            return S.BatchItemResult(
+                index=index, idempotency_key=key, outcome=OUT.BATCH_ITEM_OUTCOME_RETRYABLE,
+                error=S.BatchItemError(code="UNAVAILABLE", reason="UNAVAILABLE",
+                                       metadata={"retryable": "true"}),
+            )  # fmt: skip
         outcome = OUT.BATCH_ITEM_OUTCOME_EXISTING if key in self.transfers else None
         self.transfers[key] = raw
-        return S.BatchItemResult(
+        result = S.BatchItemResult(
             index=index, idempotency_key=key,
             outcome=outcome or OUT.BATCH_ITEM_OUTCOME_CREATED, transfer=self._transfer(item),
         )  # fmt: skip
+        if shape in ("unreadable", "bare"):
+            result.ClearField("transfer")
+        if shape == "unreadable":
+            result.error.CopyFrom(S.BatchItemError(
+                code="INTERNAL", reason="INTERNAL",
+                message="transfer 0x..: its record cannot be read now",
+            ))  # fmt: skip
+        return result
 
     def SubmitTransfers(self, request: S.SubmitTransfersRequest, timeout: float) -> Any:
         raw = request.SerializeToString(deterministic=True)
@@ -294,6 +313,42 @@ def test_an_answer_that_is_not_the_signed_transfer_is_refused(
     err = capsys.readouterr().err
     assert "not the one signed: transfer_id '0x" + "ab" * 32 in err
     assert "do not book it" in err
+
+
+def test_retryable_and_unreadable_items_are_not_a_mismatch_and_exit_5(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A RETRYABLE item (nothing recorded) and a recorded item whose record the
+    coordinator cannot read now come without a transfer: that is not an answer about
+    another transfer (before, both were checked as an empty transfer and the CLI exited 4,
+    "do not book it"). They exit 5 (run the same command again), after the refused count;
+    the other items are checked as before."""
+    fake: FakeCoordinator = env["fake"]
+    fake.shape = {"k-r": "retryable", "k-u": "unreadable"}
+    lines = [_line("1", "k-ok"), _line("2", "k-r"), _line("3", "k-u"), _line("-4", "k-bad")]
+    assert cli.main(_batch(env, _file(env["dir"] / "p.jsonl", lines), "eod-5")) == 5
+    captured = capsys.readouterr()
+    assert "2 of 4 items need another run" in captured.err and "1 refused" in captured.err
+    rows = _rows(captured.out)
+    assert [r["outcome"] for r in rows] == [
+        "BATCH_ITEM_OUTCOME_CREATED", "BATCH_ITEM_OUTCOME_RETRYABLE",
+        "BATCH_ITEM_OUTCOME_CREATED", "BATCH_ITEM_OUTCOME_REFUSED",
+    ]  # fmt: skip
+    assert "transfer" not in rows[2] and rows[2]["error"]["code"] == "INTERNAL"
+    assert "k-r" not in fake.transfers and "k-u" in fake.transfers
+    # Only refusals left: exit 3, as before.
+    fake.shape = {}
+    lines = [_line("1", "k-ok-2"), _line("-4", "k-bad-2")]
+    assert cli.main(_batch(env, _file(env["dir"] / "q.jsonl", lines), "eod-6")) == 3
+
+
+def test_a_recorded_item_without_its_transfer_or_an_error_is_a_mismatch(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    env["fake"].shape = {"k-bare": "bare"}
+    file = _file(env["dir"] / "bare.jsonl", [_line("1", "k-bare")])
+    assert cli.main(_batch(env, file, "eod-7")) == 4
+    assert "recorded, yet answered without its transfer or an error" in capsys.readouterr().err
 
 
 # ---- the journal itself

@@ -466,7 +466,7 @@ async def test_add_transactions_records_every_item_of_a_batch_or_none(
     steps = [(r.transfer_id, "lock", f"0x{n:04x}") for n, r in enumerate(records)]
     steps += [(first, "prepare", "0xbb"), (second, "lock", "0x0001"), (first, "lock", "0xff")]
     await store.add_transactions(steps)
-    got = await store.get_many([r.transfer_id for r in records])
+    got = (await store.get_many([r.transfer_id for r in records])).found
     assert dict(got[first].transactions) == {"lock": "0xff", "prepare": "0xbb"}
     assert dict(got[second].transactions) == {"lock": "0x0001"}
     assert all(
@@ -842,6 +842,7 @@ async def test_postgres_store_writes_never_open_a_pipeline(
         listed, _ = await store.list_transfers(None, None, 600, 0)
         assert [r.request.idempotency_key for r in listed] == [f"p-{n:04d}" for n in range(1, 601)]
         got = await store.get_many([r.transfer_id for r in records])
-        assert all(dict(g.transactions) == {"lock": "0x01"} for g in got.values())
+        assert got.unreadable == {} and len(got.found) == 600
+        assert all(dict(g.transactions) == {"lock": "0x01"} for g in got.found.values())
     finally:
         store.close()

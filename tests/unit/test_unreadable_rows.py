@@ -80,8 +80,9 @@ async def test_an_unreadable_row_is_typed_on_reads_and_left_out_of_scans(
     assert info.value.transfer_id == bad
     assert status_for(info.value).name == "INTERNAL"
     assert bad.hex() in public_text(info.value) and "{not json" not in public_text(info.value)
-    with pytest.raises(UnreadableRecord):
-        await store.get_many([records[0].transfer_id, bad])
+    many = await store.get_many([records[0].transfer_id, bad, records[2].transfer_id])
+    assert many.found == {r.transfer_id: r for r in (records[0], records[2])}
+    assert list(many.unreadable) == [bad] and many.unreadable[bad].transfer_id == bad
     with pytest.raises(UnreadableRecord):
         await store.get_by_key("brokerage-a", records[1].request.idempotency_key)
     assert await store.get(records[0].transfer_id) == records[0]

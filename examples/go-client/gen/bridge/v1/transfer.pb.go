@@ -1106,7 +1106,10 @@ type BatchItemResult struct {
 	Outcome        BatchItemOutcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=bridge.v1.BatchItemOutcome" json:"outcome,omitempty"`
 	// Set when CREATED or EXISTING (its current state).
 	Transfer *Transfer `protobuf:"bytes,4,opt,name=transfer,proto3" json:"transfer,omitempty"`
-	// Set when REFUSED or RETRYABLE.
+	// Set when REFUSED or RETRYABLE. Also set beside CREATED or EXISTING, `transfer` then
+	// unset, when the item's transfer is recorded but its stored record cannot be read now
+	// (code INTERNAL; the coordinator's operator is alerted): a replay answers it once
+	// repaired, and the batch's other items are answered as usual.
 	Error         *BatchItemError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1323,7 +1326,9 @@ type WatchBatchItem struct {
 	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// A state change of the item's transfer (unset for a refused item).
 	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
-	// Set for a refused or retryable item (reported once per watch, no update follows).
+	// Set for a refused or retryable item (reported once per watch, no update follows), or
+	// for an item whose transfer's record cannot be read now (code INTERNAL): this stream
+	// stops following that item; a later watch resumes it from its after_sequence.
 	Error         *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1395,7 +1400,8 @@ type WatchBatchResponse struct {
 	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// A state change of the item's transfer (unset for a refused item).
 	Update *TransferUpdate `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
-	// Set for a refused or retryable item (reported once per watch, no update follows).
+	// Set for a refused or retryable item (reported once per watch, no update follows), or
+	// for an item whose transfer's record cannot be read now (as WatchBatchItem.error).
 	Error *BatchItemError `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	// When max_items_per_message > 1: this message's reports, in stream order (one or more;
 	// empty only when the message itself is the one report).
