@@ -278,7 +278,12 @@ def _terms_of(text: str) -> tuple[TransferTerms, bytes]:
 
 def _terms_from_compact(text: str) -> tuple[TransferTerms, bytes]:
     """The terms and instruction of a compact ``terms`` column (:data:`TERMS_FORM`)."""
-    raw = base64.b64decode(text[len(TERMS_FORM) :], validate=True)
+    body = text[len(TERMS_FORM) :]
+    raw = base64.b64decode(body, validate=True)
+    if base64.b64encode(raw).decode("ascii") != body:
+        # One text per terms: padding bits set (a text this code never writes) make the
+        # row damaged, not a second spelling of the same terms.
+        raise ValueError("a compact terms column is not in canonical base64")
     if len(raw) not in _COMPACT_LENGTHS:
         # Review helper-114 L1: a column cut short would otherwise read as a shorter
         # instruction (and drive a LOCK with a bad signature), not as a damaged row.

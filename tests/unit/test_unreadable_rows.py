@@ -36,6 +36,18 @@ pytestmark = [pytest.mark.unit]
 
 __all__ = ["coordinator", "db_path", "make_store", "store"]  # fixtures
 
+
+def _noncanonical(text: str) -> str:
+    """``text`` (compact terms without an instruction: 352 bytes, so base64 ending in "==")
+    with the lowest unused bit of its last character set: the same bytes decoded."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert text.endswith("==")
+    last = alphabet[alphabet.index(text[-3]) ^ 1]
+    changed = text[:-3] + last + "=="
+    assert base64.b64decode(changed[3:]) == base64.b64decode(text[3:]) and changed != text
+    return changed
+
+
 DAMAGES = {
     "request not JSON": ("request", "{not json"),
     "a state of a newer release": ("state", 99),
@@ -46,6 +58,10 @@ DAMAGES = {
     "compact terms with a cut instruction": (
         "terms",
         _terms_text(make_record(9).terms, bytes(range(65)))[:-8],
+    ),
+    "compact terms with padding bits set": (
+        "terms",
+        _noncanonical(_terms_text(make_record(9).terms)),
     ),
     "compact terms with a zero amount": ("terms", "t1:" + base64.b64encode(bytes(352)).decode()),
     "JSON terms with a zero amount": (
