@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from bridge.coordinator.coalesce import Coalescer
 from bridge.coordinator.records import TransferRecord
-from bridge.coordinator.store import TransferStore, UnreadableRecord
+from bridge.coordinator.store import TransferStore
 
 __all__ = ["MAX_KEYS_PER_READ", "KeyReads"]
 
@@ -33,8 +33,8 @@ class KeyReads:
     call is seen as :meth:`TransferStore.get_by_key` would see it. SECURITY: lookups are
     coalesced per source ledger and the read is scoped to it, so one brokerage's keys never
     answer another's. A failed read fails every lookup it carried with the store's error
-    (admission answers each as after a single failed read), except an unreadable row
-    (UnreadableRecord): then each key is read alone and only that key's lookups fail.
+    (admission answers each as after a single failed read); an unreadable row
+    (UnreadableRecord) fails only its own key's lookups.
     """
 
     def __init__(
@@ -56,19 +56,9 @@ class KeyReads:
     async def _flush(
         self, source_ledger: str, keys: Sequence[str]
     ) -> Sequence[TransferRecord | BaseException | None]:
-        unique = list(dict.fromkeys(keys))
-        try:
-            found = await self._store.get_by_keys(source_ledger, unique)
-        except UnreadableRecord:
-            # One key's row cannot be parsed: each key alone (a rare path), so only the
-            # lookups of that key fail and the other admissions of the ledger go on.
-            alone: dict[str, TransferRecord | BaseException | None] = {}
-            for key in unique:
-                try:
-                    alone[key] = await self._store.get_by_key(source_ledger, key)
-                except UnreadableRecord as exc:
-                    alone[key] = exc
-            return [alone[k] for k in keys]
+        # A key whose row cannot be parsed is answered its UnreadableRecord by the same
+        # read, so only that key's lookups fail and the ledger's other admissions go on.
+        found = await self._store.get_by_keys(source_ledger, list(dict.fromkeys(keys)))
         return [found.get(k) for k in keys]
 
     async def close(self) -> None:

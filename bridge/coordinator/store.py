@@ -92,9 +92,11 @@ class TransferStore(Protocol):
 
     async def get_by_keys(
         self, source_ledger: str, idempotency_keys: Sequence[str]
-    ) -> dict[str, TransferRecord]:
+    ) -> dict[str, TransferRecord | UnreadableRecord]:
         """---- batch: ``get_by_key`` for many keys of one source ledger at once, by key (a
-        key with no transfer is absent); one snapshot, one statement per 500 keys.
+        key with no transfer is absent; a key whose row cannot be parsed maps to its
+        UnreadableRecord, so one damaged row fails no other key of the read); one snapshot,
+        one statement per 500 keys.
 
         SECURITY: scoped to ``source_ledger`` exactly as ``get_by_key``."""
         ...
@@ -697,7 +699,6 @@ def _certificate_from_json(
 
 
 P = TypeVar("P")
-R = TypeVar("R")
 
 
 def _pages(items: Sequence[P], size: int = MAX_ROWS_PER_STATEMENT) -> Iterator[Sequence[P]]:
@@ -778,12 +779,25 @@ def _create_many(
 
 def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
     """The stored records under ``keys`` ((source ledger, idempotency key)), by key; a key
-    with no record is absent. One statement per source ledger and 500 keys, each an
-    index lookup on the ``(source_ledger, idempotency_key)`` key."""
+    with no record is absent; an unreadable row raises UnreadableRecord."""
+    out: dict[tuple[str, str], TransferRecord] = {}
+    for key, found in _by_keys_apart(db, keys).items():
+        if isinstance(found, UnreadableRecord):
+            raise found
+        out[key] = found
+    return out
+
+
+def _by_keys_apart(
+    db: Conn, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], TransferRecord | UnreadableRecord]:
+    """:func:`_by_keys`, with an unreadable row's UnreadableRecord under its key instead of
+    raised. One statement per source ledger and 500 keys, each an index lookup on the
+    ``(source_ledger, idempotency_key)`` key."""
     by_ledger: dict[str, list[str]] = {}
     for ledger, key in dict.fromkeys(keys):
         by_ledger.setdefault(ledger, []).append(key)
-    out: dict[tuple[str, str], TransferRecord] = {}
+    out: dict[tuple[str, str], TransferRecord | UnreadableRecord] = {}
     for ledger, ledger_keys in by_ledger.items():
         for page in _pages(ledger_keys):
             marks = ",".join("?" for _ in page)
@@ -793,7 +807,11 @@ def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
                 [ledger, *page],
             ).fetchall()
             for row in rows:
-                record = _record(tuple(row[:-1]))
+                try:
+                    record = _record(tuple(row[:-1]))
+                except UnreadableRecord as exc:
+                    out[(ledger, str(row[-1]))] = exc
+                    continue
                 if record is not None:
                     out[(ledger, str(row[-1]))] = record
     return out
@@ -843,23 +861,17 @@ class SqlTransferStore:
                 out.append((stored, created))
         return out
 
-    async def _read_records(self, run: Callable[[Conn], R]) -> R:
-        """``self._db.read(run)`` for a read of named transfers: an UnreadableRecord is
-        reported (:class:`UnreadableRows`) and raised."""
+    async def get(self, transfer_id: bytes) -> TransferRecord | None:
+        """See TransferStore.get. An unreadable row is reported (:class:`UnreadableRows`)
+        and raised; a row that parses leaves the report."""
         try:
-            found = await self._db.read(run)
+            found = await self._db.read(lambda db: _get(db, transfer_id))
         except UnreadableRecord as exc:
             self._unreadable.report(exc)
             raise
-        if isinstance(found, TransferRecord):
+        if found is not None:
             self._unreadable.readable((found.transfer_id,))
-        elif isinstance(found, dict):
-            self._unreadable.readable(r.transfer_id for r in found.values())
         return found
-
-    async def get(self, transfer_id: bytes) -> TransferRecord | None:
-        """See TransferStore.get."""
-        return await self._read_records(lambda db: _get(db, transfer_id))
 
     async def recorded(self, transfer_id: bytes) -> bool:
         """See TransferStore.recorded."""
@@ -899,15 +911,25 @@ class SqlTransferStore:
 
     async def get_by_key(self, source_ledger: str, idempotency_key: str) -> TransferRecord | None:
         """See TransferStore.get_by_key (the read of :meth:`get_by_keys`, for one key)."""
-        return (await self.get_by_keys(source_ledger, [idempotency_key])).get(idempotency_key)
+        found = (await self.get_by_keys(source_ledger, [idempotency_key])).get(idempotency_key)
+        if isinstance(found, UnreadableRecord):
+            raise found
+        return found
 
     async def get_by_keys(
         self, source_ledger: str, idempotency_keys: Sequence[str]
-    ) -> dict[str, TransferRecord]:
-        """See TransferStore.get_by_keys."""
+    ) -> dict[str, TransferRecord | UnreadableRecord]:
+        """See TransferStore.get_by_keys. An unreadable row is reported
+        (:class:`UnreadableRows`); the others' rows leave the report."""
         keys = [(source_ledger, k) for k in idempotency_keys]
-        found = await self._read_records(lambda db: _by_keys(db, keys)) if keys else {}
-        return {key: record for (_, key), record in found.items()}
+        found = await self._db.read(lambda db: _by_keys_apart(db, keys)) if keys else {}
+        for value in found.values():
+            if isinstance(value, UnreadableRecord):
+                self._unreadable.report(value)
+        self._unreadable.readable(
+            v.transfer_id for v in found.values() if isinstance(v, TransferRecord)
+        )
+        return {key: value for (_, key), value in found.items()}
 
     async def list_transfers(
         self,

@@ -212,8 +212,9 @@ async def test_coalesced_key_lookups_fail_only_the_unreadable_key(
     store: SqlTransferStore,
 ) -> None:
     """Review helper-113 M3: admission's key lookups of one source ledger go out as one
-    read; one unreadable row among them fails only its own key's lookup (each key is read
-    alone after such a failure), so the ledger's other submissions are admitted."""
+    read; one unreadable row among them fails only its own key's lookup, so the ledger's
+    other submissions are admitted. The store answers that key its UnreadableRecord in the
+    same read (before, the read failed and every key was read again alone: up to 500)."""
     import asyncio
 
     from bridge.coordinator.key_reads import KeyReads
@@ -222,6 +223,17 @@ async def test_coalesced_key_lookups_fail_only_the_unreadable_key(
     for r in records:
         await store.create(r)
     await damage(store, records[1].transfer_id, "state", 99)
+    reads_of_many: list[int] = []
+    many, one = store.get_by_keys, store.get_by_key
+
+    async def counted(ledger: str, keys: Any) -> Any:
+        reads_of_many.append(len(keys))
+        return await many(ledger, keys)
+
+    async def alone(ledger: str, key: str) -> Any:
+        raise AssertionError("a key was read alone")
+
+    store.get_by_keys, store.get_by_key = counted, alone  # type: ignore[method-assign]
     reads = KeyReads(store, max_in_flight=1, linger_ms=20)
     try:
         got = await asyncio.gather(
@@ -232,7 +244,15 @@ async def test_coalesced_key_lookups_fail_only_the_unreadable_key(
     finally:
         await reads.close()
     assert got[0] == records[0] and got[2] == records[2] and got[3] is None
-    assert isinstance(got[1], UnreadableRecord)
+    assert isinstance(got[1], UnreadableRecord) and got[1].transfer_id == records[1].transfer_id
+    assert sum(reads_of_many) == 4 and len(reads_of_many) <= 2, reads_of_many
+    store.get_by_key = one  # type: ignore[method-assign]
+    with pytest.raises(UnreadableRecord):
+        await store.get_by_key("brokerage-a", records[1].request.idempotency_key)
+    found = await many("brokerage-a", [r.request.idempotency_key for r in records])
+    assert isinstance(found[records[1].request.idempotency_key], UnreadableRecord)
+    assert found[records[0].request.idempotency_key] == records[0]
+    assert store.unreadable.count == 1
     assert got[1].transfer_id == records[1].transfer_id
 
 
