@@ -100,10 +100,17 @@ def check_transfer(expected: Expected | None, t: transfer_pb2.Transfer, what: st
 
 
 def check_batch(
-    expected: list[Expected | None], resp: transfer_pb2.SubmitTransfersResponse, batch_id: str
+    expected: list[Expected | None],
+    keys: list[str],
+    resp: transfer_pb2.SubmitTransfersResponse,
+    batch_id: str,
 ) -> None:
     """Raise AnswerMismatch unless ``resp`` answers this batch: its id, one result per
-    item in order, each result's key the item's, and each transfer the one signed."""
+    item in order, each result's key the item's (``keys``), an outcome this client knows,
+    each answered transfer the one signed, and a shape that fits the outcome: REFUSED and
+    RETRYABLE with an error and no transfer (nothing was recorded); CREATED and EXISTING
+    for an item that makes a transfer, with that transfer or, when its record cannot be
+    read now, an error."""
     if resp.batch_id != batch_id:
         raise AnswerMismatch(f"answered batch {resp.batch_id!r}, not {batch_id!r}")
     if [r.index for r in resp.results] != list(range(len(expected))):
@@ -111,12 +118,28 @@ def check_batch(
             f"batch {batch_id}: {len(resp.results)} results for {len(expected)} items,"
             " or out of order"
         )
-    recorded = (transfer_pb2.BATCH_ITEM_OUTCOME_CREATED, transfer_pb2.BATCH_ITEM_OUTCOME_EXISTING)
+    out = transfer_pb2.BatchItemOutcome
+    recorded = (out.BATCH_ITEM_OUTCOME_CREATED, out.BATCH_ITEM_OUTCOME_EXISTING)
+    not_recorded = (out.BATCH_ITEM_OUTCOME_REFUSED, out.BATCH_ITEM_OUTCOME_RETRYABLE)
     for r in resp.results:
         what = f"batch {batch_id} item {r.index}"
-        if r.HasField("transfer"):
-            check_transfer(expected[r.index], r.transfer, what)
-        elif r.outcome in recorded and not r.HasField("error"):
-            # A recorded item comes with its transfer, or with the error that says why it
-            # cannot be read now (RETRYABLE and REFUSED items never have one).
-            raise AnswerMismatch(f"{what}: recorded, yet answered without its transfer or an error")
+        if r.idempotency_key != keys[r.index]:
+            raise AnswerMismatch(
+                f"{what}: answered key {r.idempotency_key!r}, not {keys[r.index]!r}"
+            )
+        if r.outcome in not_recorded:
+            if r.HasField("transfer") or not r.HasField("error"):
+                raise AnswerMismatch(
+                    f"{what}: {out.Name(r.outcome)} must come with an error and no transfer"
+                )
+        elif r.outcome in recorded:
+            if r.HasField("transfer"):
+                check_transfer(expected[r.index], r.transfer, what)
+            elif expected[r.index] is None:
+                raise AnswerMismatch(f"{what}: answered recorded for a request that makes none")
+            elif not r.HasField("error"):
+                raise AnswerMismatch(
+                    f"{what}: recorded, yet answered without its transfer or an error"
+                )
+        else:
+            raise AnswerMismatch(f"{what}: an outcome this client does not know ({r.outcome})")

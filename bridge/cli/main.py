@@ -283,7 +283,7 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
         )
     expected = [expected_of(network, item) for item in request.items]
     resp = stub.SubmitTransfers(request, timeout=a.timeout)
-    check_batch(expected, resp, request.batch_id)
+    check_batch(expected, [i.idempotency_key for i in request.items], resp, request.batch_id)
     refused = pending = 0
     if not a.json:
         print(f"batch {resp.batch_id}: " + ("recorded" if resp.created else "already recorded"))
@@ -299,13 +299,13 @@ def _submit_batch(stub: Any, a: argparse.Namespace) -> None:
             print(json.dumps({"batch_id": resp.batch_id, **row}, sort_keys=True))
             continue
         outcome = OUTCOME_NAMES.get(r.outcome, "?")
-        if r.HasField("error"):
-            print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {r.error.code} {r.error.reason}")
-            print(f"      {r.error.message}")
-        else:
+        if r.HasField("transfer"):
             t = r.transfer
             state = STATE_NAMES.get(t.state, "?")
             print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {t.transfer_id} {state}")
+        if r.HasField("error"):
+            print(f"{r.index:>5} {r.idempotency_key}  {outcome}  {r.error.code} {r.error.reason}")
+            print(f"      {r.error.message}")
     if pending:
         raise SomeItemsPending(
             f"{pending} of {len(resp.results)} items need another run (retryable, or recorded"

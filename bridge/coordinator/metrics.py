@@ -22,7 +22,7 @@ from bridge.coordinator.records import TransferRecord
 from bridge.coordinator.store import (
     TransferStore,
     UnfinishedSummary,
-    UnreadableRows,
+    UnreadableReporter,
     summarise,
 )
 from bridge.coordinator.supply_store import SupplyStore
@@ -54,16 +54,6 @@ class UnfinishedCounter(Protocol):
 
     async def unfinished_summary(self, created_before: float) -> UnfinishedSummary:
         """Stuck count, oldest creation time and waits of the unfinished transfers."""
-        ...
-
-
-@runtime_checkable
-class UnreadableReporter(Protocol):
-    """A store that leaves unreadable transfer rows out of its scans and reports them."""
-
-    @property
-    def unreadable(self) -> UnreadableRows:
-        """The rows it found unreadable and has not read again since."""
         ...
 
 

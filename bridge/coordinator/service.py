@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from bridge.coordinator.batches import (
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
-from bridge.coordinator.store import ManyRecords, TransferStore
+from bridge.coordinator.store import (
+    ManyRecords,
+    TransferStore,
+    UnreadableRecord,
+    UnreadableReporter,
+)
 from bridge.coordinator.stream_quota import StreamQuota
 from bridge.domain.errors import (
     BridgeError,
@@ -388,7 +394,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # A recorded item whose row cannot be read now: its outcome stands, its
                     # transfer is unset, and the error (INTERNAL, its public text) says why;
                     # the batch's other items are answered (issue 14: never all-or-nothing).
-                    message.error.CopyFrom(_item_error_to_pb(_item_error(unreadable)))
+                    assert r.error is None  # ItemResult: a transfer or an error, never both
+                    message.error.CopyFrom(_item_error_to_pb(_unreadable_error(unreadable)))
                 else:
                     raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
             out.results.append(message)
@@ -482,7 +489,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                             # items go on; a later watch resumes it from the client's
                             # after_sequence once the operator has repaired the row.
                             reports.append(
-                                _Report(entry[0], entry[1], error=_item_error(unreadable))
+                                _Report(entry[0], entry[1], error=_unreadable_error(unreadable))
                             )
                             del cursors[update.transfer_id]
                             self._coordinator.unsubscribe([update.transfer_id], changed)
@@ -498,11 +505,43 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     if reports:
                         yield reports
                 if not progressed:
+                    # Review helper-116 M1: an unreadable item with nothing new to send
+                    # (the client has its last update, or the row broke after it was sent)
+                    # is never read above, and its driver no longer moves it: without this
+                    # the stream would wait for it forever.
+                    reports = await self._unreadable_reports(cursors, changed)
+                    if reports:
+                        yield reports
+                        continue
                     # The timeout only bounds the wait should a notification be missed.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), timeout=WATCH_IDLE_S)
         finally:
             self._coordinator.unsubscribe(list(cursors), changed)
+
+    async def _unreadable_reports(
+        self, cursors: dict[bytes, list[Any]], changed: asyncio.Event
+    ) -> list[_Report]:
+        """The reports of the watched items whose rows the store found unreadable (and has
+        not read again since), confirmed by one read of those rows only; each is dropped
+        from ``cursors``, as when its record is read with an update. Reads nothing while
+        the store knows of no unreadable row."""
+        store = self._store
+        if not isinstance(store, UnreadableReporter):
+            return []
+        suspects = store.unreadable.among(cursors)
+        if not suspects:
+            return []
+        read = await store.get_many(suspects)
+        reports: list[_Report] = []
+        for tid in suspects:
+            exc = read.unreadable.get(tid)
+            if exc is None:
+                continue  # repaired meanwhile: followed as any other item
+            index, key, _, _ = cursors.pop(tid)
+            self._coordinator.unsubscribe([tid], changed)
+            reports.append(_Report(index, key, error=_unreadable_error(exc)))
+        return reports
 
     def _batches_store(self) -> BatchStore:
         return self._batch_runner().store
@@ -582,6 +621,17 @@ def _item_error(exc: BridgeError) -> ItemError:
         # Review s18 F4: what a batch row keeps of a message is bounded.
         message=status.message[:ITEM_MESSAGE_MAX],
         metadata=dict(info.metadata),
+    )
+
+
+def _unreadable_error(exc: UnreadableRecord) -> ItemError:
+    """The error of a recorded item whose transfer's record cannot be read now: INTERNAL,
+    its public text (the transfer id only), and metadata ``recorded`` "true" and
+    ``retryable`` "false" (review helper-116 M3: INTERNAL alone says retryable, which a
+    batch client reads as "nothing recorded, submit again"; this transfer exists)."""
+    error = _item_error(exc)
+    return dataclasses.replace(
+        error, metadata={**error.metadata, "retryable": "false", "recorded": "true"}
     )
 
 

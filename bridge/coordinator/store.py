@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from bridge.coordinator.db import (
     MAX_ROWS_PER_STATEMENT,
@@ -452,6 +452,14 @@ class UnreadableRows:
         """Distinct unreadable transfers found so far (at most :data:`MAX_UNREADABLE_KEPT`)."""
         return len(self._ids)
 
+    def among(self, transfer_ids: Iterable[bytes]) -> list[bytes]:
+        """Those of ``transfer_ids`` found unreadable and not read again since, in order.
+        Costs nothing while none is unreadable."""
+        if not self._ids:
+            return []
+        with self._lock:
+            return [tid for tid in transfer_ids if tid in self._ids]
+
     def readable(self, transfer_ids: Iterable[bytes]) -> None:
         """Forget those of ``transfer_ids`` (just parsed) that were unreadable: repaired.
         Costs nothing while none is unreadable."""
@@ -473,6 +481,16 @@ class UnreadableRows:
             "transfer row unreadable; left out of the coordinator's scans until repaired",
             **{TRANSFER: "0x" + exc.transfer_id.hex(), ERROR: str(exc)},
         )
+
+
+@runtime_checkable
+class UnreadableReporter(Protocol):
+    """A store that leaves unreadable transfer rows out of its scans and reports them."""
+
+    @property
+    def unreadable(self) -> UnreadableRows:
+        """The rows it found unreadable and has not read again since."""
+        ...
 
 
 def _record(row: tuple[Any, ...] | None) -> TransferRecord | None:

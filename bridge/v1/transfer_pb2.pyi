@@ -613,14 +613,17 @@ class BatchItemResult(_message.Message):
     outcome: Global___BatchItemOutcome.ValueType
     @_builtins.property
     def transfer(self) -> Global___Transfer:
-        """Set when CREATED or EXISTING (its current state)."""
+        """Set when CREATED or EXISTING (its current state), unless `error` says its record
+        cannot be read now.
+        """
 
     @_builtins.property
     def error(self) -> Global___BatchItemError:
         """Set when REFUSED or RETRYABLE. Also set beside CREATED or EXISTING, `transfer` then
         unset, when the item's transfer is recorded but its stored record cannot be read now
-        (code INTERNAL; the coordinator's operator is alerted): a replay answers it once
-        repaired, and the batch's other items are answered as usual.
+        (code INTERNAL, metadata recorded "true" and retryable "false": never submit it again;
+        the coordinator's operator is alerted): a replay answers it once repaired, and the
+        batch's other items are answered as usual.
         """
 
     def __init__(

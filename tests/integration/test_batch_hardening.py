@@ -947,7 +947,11 @@ async def test_an_unreadable_item_fails_only_its_own_result_and_report(served: S
     assert [r.HasField("error") for r in replay.results] == [False, True, False]
     error = replay.results[1].error
     assert (error.code, error.reason) == ("INTERNAL", "INTERNAL")
-    assert bad.hex() in error.message and "json" not in error.message
+    public = f"transfer 0x{bad.hex()}: its record cannot be read now; the coordinator's operator is alerted"
+    assert error.message == public, "the transfer id only, nothing of the row"
+    # Review helper-116 M3: INTERNAL alone would say retryable, which a batch client reads
+    # as "nothing recorded, submit again": this transfer exists.
+    assert dict(error.metadata) == {"retryable": "false", "recorded": "true"}
     assert [r.transfer.transfer_id for r in replay.results[::2]] == [
         r.transfer.transfer_id for r in first.results[::2]
     ]
@@ -958,6 +962,8 @@ async def test_an_unreadable_item_fails_only_its_own_result_and_report(served: S
     )
     reports = _reports(messages, grouped=True)
     assert [r for r in reports if r[3] is not None] == [(1, "u-1", None, "INTERNAL")]
+    (watched_error,) = [i.error for m in messages for i in m.items if i.HasField("error")]
+    assert watched_error == error
     last: dict[int, tuple[int, int]] = {}
     for index, _, update, _ in reports:
         if update is not None:
@@ -965,6 +971,23 @@ async def test_an_unreadable_item_fails_only_its_own_result_and_report(served: S
             last[index] = update
     assert sorted(last) == [0, 2]
     assert all(state == S.TRANSFER_STATE_COMMITTED for _, state in last.values())
+
+    # Review helper-116 M1: a client that already has the item's last update (or a row
+    # broken after it was sent): nothing of it is read with an update, and its driver no
+    # longer moves it; the stream still reports it and ends.
+    def last_sequence(db: Any) -> int:
+        return int(db.execute("SELECT MAX(sequence) FROM transfer_updates WHERE transfer_id = ?",
+                              (bad,)).fetchone()[0])  # fmt: skip
+
+    up_to_date = [last[0][0], await served.store._db.read(last_sequence), last[2][0]]
+    caught_up = await asyncio.wait_for(
+        _watched(
+            served,
+            S.WatchBatchRequest(batch_id="day-u", source_ledger="a", after_sequence=up_to_date),
+        ),
+        timeout=20,
+    )
+    assert _reports(caught_up, grouped=False) == [(1, "u-1", None, "INTERNAL")]
 
     await damage(served.store, bad, "request", original)  # the operator's repair
     repaired = await served.stub.SubmitTransfers(request, timeout=30)

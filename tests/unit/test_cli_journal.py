@@ -109,8 +109,15 @@ class FakeCoordinator:
             index=index, idempotency_key=key,
             outcome=outcome or OUT.BATCH_ITEM_OUTCOME_CREATED, transfer=self._transfer(item),
         )  # fmt: skip
-        if shape in ("unreadable", "bare"):
+        if shape in ("unreadable", "bare", "unknown"):
             result.ClearField("transfer")
+        if shape == "unknown":
+            result.outcome = OUT.BATCH_ITEM_OUTCOME_UNSPECIFIED
+        if shape == "refused-with-transfer":
+            result.outcome = OUT.BATCH_ITEM_OUTCOME_REFUSED
+            result.error.CopyFrom(S.BatchItemError(code="FAILED_PRECONDITION", reason="X"))
+        if shape == "other-key":
+            result.idempotency_key = "someone-else"
         if shape == "unreadable":
             result.error.CopyFrom(S.BatchItemError(
                 code="INTERNAL", reason="INTERNAL",
@@ -342,13 +349,24 @@ def test_retryable_and_unreadable_items_are_not_a_mismatch_and_exit_5(
     assert cli.main(_batch(env, _file(env["dir"] / "q.jsonl", lines), "eod-6")) == 3
 
 
-def test_a_recorded_item_without_its_transfer_or_an_error_is_a_mismatch(
-    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [
+        ("bare", "recorded, yet answered without its transfer or an error"),
+        # Review helper-116 M2: an outcome it does not know, no transfer, no error (exit 0
+        # before the shapes were checked).
+        ("unknown", "an outcome this client does not know (0)"),
+        ("refused-with-transfer", "BATCH_ITEM_OUTCOME_REFUSED must come with an error and no"),
+        ("other-key", "answered key 'someone-else', not 'k-x'"),
+    ],
+)
+def test_an_answer_whose_shape_does_not_fit_its_outcome_is_a_mismatch(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str], shape: str, said: str
 ) -> None:
-    env["fake"].shape = {"k-bare": "bare"}
-    file = _file(env["dir"] / "bare.jsonl", [_line("1", "k-bare")])
+    env["fake"].shape = {"k-x": shape}
+    file = _file(env["dir"] / "x.jsonl", [_line("1", "k-x")])
     assert cli.main(_batch(env, file, "eod-7")) == 4
-    assert "recorded, yet answered without its transfer or an error" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
 
 
 # ---- the journal itself

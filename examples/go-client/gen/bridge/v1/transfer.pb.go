@@ -1104,12 +1104,14 @@ type BatchItemResult struct {
 	Index          uint32           `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	IdempotencyKey string           `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Outcome        BatchItemOutcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=bridge.v1.BatchItemOutcome" json:"outcome,omitempty"`
-	// Set when CREATED or EXISTING (its current state).
+	// Set when CREATED or EXISTING (its current state), unless `error` says its record
+	// cannot be read now.
 	Transfer *Transfer `protobuf:"bytes,4,opt,name=transfer,proto3" json:"transfer,omitempty"`
 	// Set when REFUSED or RETRYABLE. Also set beside CREATED or EXISTING, `transfer` then
 	// unset, when the item's transfer is recorded but its stored record cannot be read now
-	// (code INTERNAL; the coordinator's operator is alerted): a replay answers it once
-	// repaired, and the batch's other items are answered as usual.
+	// (code INTERNAL, metadata recorded "true" and retryable "false": never submit it again;
+	// the coordinator's operator is alerted): a replay answers it once repaired, and the
+	// batch's other items are answered as usual.
 	Error         *BatchItemError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
