@@ -29,7 +29,7 @@ back for the reads after it, one of which may be a long listing).
 
 The stores write their SQL once, in the subset both engines share; :class:`Conn`
 translates placeholders and exposes the few places the dialects differ
-(:meth:`Conn.json_text`, :meth:`Conn.greatest`, :attr:`Conn.for_update`).
+(:meth:`Conn.greatest`, :attr:`Conn.for_update`).
 """
 
 from __future__ import annotations
@@ -140,12 +140,6 @@ class Conn:
             return _PgResult(cur)
         result: Cursor = self._raw.execute(sql, tuple(args))
         return result
-
-    def json_text(self, column: str, key: str) -> str:
-        """SQL for the text of top-level ``key`` of the JSON object in ``column``."""
-        if self.dialect is Dialect.POSTGRES:
-            return f"({column}::jsonb ->> '{key}')"
-        return f"json_extract({column}, '$.{key}')"
 
     def greatest(self, a: str, b: str) -> str:
         """SQL for the larger of two scalar expressions."""

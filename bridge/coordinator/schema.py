@@ -14,6 +14,7 @@ starting on one database never apply a migration twice.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +279,50 @@ CREATE TABLE IF NOT EXISTS batch_certificates (
 # release (which could not read the new rows) from opening the database.
 _V10 = ""
 
+# ---- version 11: a transfer's target ledger in a column of its own (issue 14), as its source
+# ledger already is. A lane's queue reads and a brokerage's ledger-scoped listing compared
+# the request JSON's ``target_ledger`` in SQL, parsing every candidate row's JSON, and a row
+# whose JSON was damaged failed the whole query on both engines (and the listing). Rows of
+# older releases get theirs from their request (:func:`_v11_target_ledgers`); one whose
+# request does not parse keeps NULL: in no lane, listed by its source ledger only.
+_V11 = """
+ALTER TABLE transfers ADD COLUMN target_ledger TEXT;
+"""
+
+_BACKFILL_PAGE = 2000
+"""Rows one backfill read takes (one UPDATE per 500 of them)."""
+
+
+def _v11_target_ledgers(c: Conn) -> None:
+    """Fill ``target_ledger`` of every existing row from its request JSON, in pages by
+    ``seq`` (one pass; the migration's transaction holds the table)."""
+    last = 0
+    while True:
+        rows = c.execute(
+            "SELECT seq, request FROM transfers WHERE seq > ? ORDER BY seq LIMIT ?",
+            (last, _BACKFILL_PAGE),
+        ).fetchall()
+        if not rows:
+            return
+        last = int(rows[-1][0])
+        found: list[tuple[int, str]] = []
+        for seq, request in rows:
+            try:
+                target = json.loads(str(request))["target_ledger"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # unreadable (UnreadableRecord to the store's readers): NULL
+            if isinstance(target, str):
+                found.append((int(seq), target))
+        for start in range(0, len(found), 500):
+            page = found[start : start + 500]
+            cases = " ".join("WHEN ? THEN ?" for _ in page)
+            marks = ",".join("?" for _ in page)
+            c.execute(
+                f"UPDATE transfers SET target_ledger = CASE seq {cases} END"  # noqa: S608
+                f" WHERE seq IN ({marks})",
+                [*(v for row in page for v in row), *(seq for seq, _ in page)],
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -288,6 +333,8 @@ class Migration:
     name: str
     sql: str
     sqlite_before: Callable[[Conn], None] | None = None
+    after: Callable[[Conn], None] | None = None
+    """Run on both engines after the SQL, in the same transaction (a data backfill)."""
 
     def apply(self, c: Conn) -> None:
         """Run the step on ``c`` (inside the runner's transaction)."""
@@ -296,6 +343,8 @@ class Migration:
         script = self.sql if c.dialect is Dialect.SQLITE else to_postgres(self.sql)
         for statement in _statements(script):
             c.execute(statement)
+        if self.after is not None:
+            self.after(c)
 
 
 def _statements(script: str) -> list[str]:
@@ -379,6 +428,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "decisions name a batch certificate stored once", _V9),
     Migration(10, "a transfer's terms in a compact form (older releases cannot read them)",
               _V10),
+    Migration(11, "a transfer's target ledger in a column", _V11,
+              after=_v11_target_ledgers),
 )  # fmt: skip
 """Every migration, in version order (append-only)."""
 

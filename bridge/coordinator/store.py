@@ -756,11 +756,13 @@ def _create_many(
                 record.updated_at,
                 record.origin.value,
                 r.source_ledger,
+                r.target_ledger,
             ]
         rows = db.execute(
             "INSERT INTO transfers (transfer_id, idempotency_key, request, terms,"  # noqa: S608
-            " security, state, reason, created_at, updated_at, origin, source_ledger)"
-            f" VALUES {values_rows(11, len(page))} ON CONFLICT DO NOTHING"
+            " security, state, reason, created_at, updated_at, origin, source_ledger,"
+            " target_ledger)"
+            f" VALUES {values_rows(12, len(page))} ON CONFLICT DO NOTHING"
             " RETURNING transfer_id, source_ledger, idempotency_key",
             args,
         ).fetchall()
@@ -964,10 +966,7 @@ class SqlTransferStore:
             args: list[object] = [after]
             if ledger is not None:
                 # SECURITY: a brokerage's listing is scoped in the query itself.
-                sql += (
-                    f" AND ({db.json_text('t.request', 'source_ledger')} = ?"
-                    f" OR {db.json_text('t.request', 'target_ledger')} = ?)"
-                )
+                sql += " AND (t.source_ledger = ? OR t.target_ledger = ?)"
                 args += [ledger, ledger]
             if state is not None:
                 sql += " AND t.state = ?"
@@ -1358,16 +1357,16 @@ class SqlTransferStore:
 
         def run(db: Conn) -> int:
             me = db.execute(
-                f"SELECT seq, security, source_ledger, {db.json_text('request', 'target_ledger')}"  # noqa: S608
+                "SELECT seq, security, source_ledger, target_ledger"
                 " FROM transfers WHERE transfer_id = ?",
                 (transfer_id,),
             ).fetchone()
-            if me is None or not states:
-                return 0
+            if me is None or me[3] is None or not states:
+                return 0  # none, or no lane: its request is unreadable
             marks = ",".join("?" * len(states))
             rows = db.execute(
                 "SELECT transfer_id, request FROM transfers WHERE seq < ? AND security = ?"  # noqa: S608
-                f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
+                " AND source_ledger = ? AND target_ledger = ?"
                 f" AND state IN ({marks})",
                 [*me, *(int(s) for s in states)],
             ).fetchall()
@@ -1383,9 +1382,9 @@ class SqlTransferStore:
 
         def run(db: Conn) -> list[Any]:
             return db.execute(
-                "SELECT transfer_id, request, created_at FROM transfers"  # noqa: S608
+                "SELECT transfer_id, request, created_at FROM transfers"
                 " WHERE state = ? AND security = ?"
-                f" AND source_ledger = ? AND {db.json_text('request', 'target_ledger')} = ?"
+                " AND source_ledger = ? AND target_ledger = ?"
                 " ORDER BY seq",
                 (int(TransferState.QUEUED), security, source, target),
             ).fetchall()

@@ -846,3 +846,57 @@ async def test_postgres_store_writes_never_open_a_pipeline(
         assert all(dict(g.transactions) == {"lock": "0x01"} for g in got.found.values())
     finally:
         store.close()
+
+
+async def test_schema_11_fills_the_target_ledger_of_older_rows(store: SqlTransferStore) -> None:
+    """Migration 11's backfill (both engines): every row written before the column existed
+    gets its request's target ledger, so lane reads and ledger-scoped listings find it; a
+    row whose request does not parse keeps NULL (in no lane, listed by its source only)."""
+    from bridge.coordinator.schema import _v11_target_ledgers
+
+    records = [make_record(n) for n in range(1, 4)]
+    other = make_record(4)
+    other = dataclasses.replace(
+        other, request=dataclasses.replace(other.request, target_ledger="brokerage-c")
+    )
+    await store.create_many([*records, other])
+
+    def as_before_11(db: Any) -> None:
+        db.execute("UPDATE transfers SET target_ledger = NULL")
+        db.execute(
+            "UPDATE transfers SET request = '{not json' WHERE transfer_id = ?",
+            (records[1].transfer_id,),
+        )
+
+    await store._db.write(as_before_11)
+    assert (await store.list_transfers(None, None, 10, 0, ledger="brokerage-b"))[0] == []
+    await store._db.write(_v11_target_ledgers)
+
+    def targets(db: Any) -> list[Any]:
+        rows = db.execute("SELECT target_ledger FROM transfers ORDER BY seq").fetchall()
+        return [row[0] for row in rows]
+
+    assert await store._db.read(targets) == ["brokerage-b", None, "brokerage-b", "brokerage-c"]
+    listed, _ = await store.list_transfers(None, None, 10, 0, ledger="brokerage-b")
+    assert [r.transfer_id for r in listed] == [records[0].transfer_id, records[2].transfer_id]
+    listed, _ = await store.list_transfers(None, None, 10, 0, ledger="brokerage-c")
+    assert [r.transfer_id for r in listed] == [other.transfer_id]
+
+
+async def test_schema_11_backfill_pages_through_many_rows(
+    store: SqlTransferStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill reads in pages by seq and writes 500 rows per UPDATE: rows past the
+    first page and past the first 500 are filled too."""
+    import bridge.coordinator.schema as schema_module
+
+    monkeypatch.setattr(schema_module, "_BACKFILL_PAGE", 7)
+    await store.create_many([make_record(n) for n in range(1, 24)])
+    await store._db.write(lambda db: db.execute("UPDATE transfers SET target_ledger = NULL"))
+    await store._db.write(schema_module._v11_target_ledgers)
+    count = await store._db.read(
+        lambda db: db.execute(
+            "SELECT COUNT(*) FROM transfers WHERE target_ledger = 'brokerage-b'"
+        ).fetchone()[0]
+    )
+    assert count == 23

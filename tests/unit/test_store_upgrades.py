@@ -110,6 +110,9 @@ async def test_the_previous_coordinator_log_upgrades_and_works(tmp_path: Path) -
         created = await store.create(make_record(6))
         assert created[1], "a new transfer is recorded after the upgrade"
         assert len((await store.list_transfers(None, None, 100, 0))[0]) == 6
+        # Schema 11: the older rows' target ledgers came from their requests.
+        by_target, _ = await store.list_transfers(None, None, 100, 0, ledger="brokerage-b")
+        assert len(by_target) == 6
     finally:
         store.close()
     supply = SqliteSupplyStore(path)

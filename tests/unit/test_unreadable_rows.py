@@ -111,6 +111,11 @@ async def test_an_unreadable_row_is_typed_on_reads_and_left_out_of_scans(
     assert cursor != 0
     rest, _ = await store.list_transfers(None, None, 2, cursor)
     assert [r.transfer_id for r in rest] == [records[2].transfer_id], "paging goes past it"
+    # A brokerage's ledger-scoped listing (the target ledger is a column since schema 11:
+    # before, SQL parsed the request JSON, and a malformed one failed the whole listing).
+    for ledger in ("brokerage-a", "brokerage-b"):
+        scoped, _ = await store.list_transfers(None, None, 10, 0, ledger=ledger)
+        assert [r.transfer_id for r in scoped] == others
     assert store.unreadable.count == 1, "reported once however often it is scanned"
 
     gauge = CoordinatorMetrics(CommonMetrics.create("coordinator"), 60.0)
@@ -186,6 +191,24 @@ async def test_a_repaired_row_is_read_again_and_no_longer_counted(store: SqlTran
     await damage(store, rec.transfer_id, "request", str(text))  # repaired from a backup
     assert await store.unfinished() == [rec]
     assert store.unreadable.count == 0, "the gauge (and its alert) clears"
+
+
+async def test_a_lanes_queue_goes_on_past_a_request_that_is_not_json(
+    store: SqlTransferStore,
+) -> None:
+    """A queued row whose request column is not JSON at all: before schema 11 the lane's
+    reads compared the request's target ledger in SQL, and the malformed JSON failed every
+    read of the lane (both engines); now the row counts 0 and the lane goes on."""
+    from bridge.domain.transfer import TransferState
+
+    queued = [make_record(n, state=TransferState.QUEUED, amount=10 + n) for n in range(3)]
+    for r in queued:
+        await store.create(r)
+    await damage(store, queued[0].transfer_id, "request", "{not json")
+    count, units, _ = await store.queued_on_lane("KR7005930003", "brokerage-a", "brokerage-b")
+    assert (count, units) == (3, 11 + 12)
+    assert await store.lane_backlog(queued[2].transfer_id, [TransferState.QUEUED]) == 11
+    assert store.unreadable.count == 1
 
 
 async def test_a_lanes_queue_goes_on_past_an_unreadable_amount(store: SqlTransferStore) -> None:
