@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -498,6 +498,31 @@ class LedgerDomain:
 MisbehaviourSink = Callable[[Misbehaviour], Awaitable[None]]
 
 
+_S = TypeVar("_S", verifier_pb2.LedgerSignature, verifier_pb2.BatchRootSignature)
+
+
+def _first_per_key(entries: Sequence[_S], wanted: Collection[tuple[str, int]]) -> list[_S]:
+    """The entries of one member's answer worth checking: the first for each (ledger,
+    epoch) this client asked for, in order; the rest are not looked at.
+
+    SECURITY (review helper-117 #1): an answer is a member's data, up to the 4 MiB message
+    limit. One member repeating an entry about 29,000 times made this client recover a
+    signer (and, for a wrong digest, log and record a misbehaviour row) per copy, on the
+    event loop and the database thread, at every certification: seconds of CPU and
+    thousands of rows per call. A member signs each (ledger, epoch) once, so nothing valid
+    is lost; the checks per answer are bounded by the keys asked for."""
+    seen: set[tuple[str, int]] = set()
+    out: list[_S] = []
+    for entry in entries:
+        key = (entry.ledger_id, entry.epoch)
+        if key in wanted and key not in seen:
+            seen.add(key)
+            out.append(entry)
+            if len(seen) == len(wanted):
+                break
+    return out
+
+
 class CommitteeClient:
     """Gathers t-of-n certificates, checking every signature before counting it.
 
@@ -650,10 +675,8 @@ class CommitteeClient:
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimResponse) -> None:
-            for s in resp.signatures:
+            for s in _first_per_key(resp.signatures, sigs):
                 key = (s.ledger_id, s.epoch)
-                if key not in sigs:
-                    continue
                 expected = digests[key]
                 if s.digest != expected:
                     await self._report(
@@ -879,10 +902,8 @@ class CommitteeClient:
         unreachable: list[str] = []
 
         async def examine(endpoint: str, resp: verifier_pb2.SignClaimsResponse) -> None:
-            for s in resp.signatures:
+            for s in _first_per_key(resp.signatures, sigs):
                 key = (s.ledger_id, s.epoch)
-                if key not in sigs:
-                    continue
                 b = batches[key]
                 if (s.root, s.count, s.digest) != (b.root, b.count, b.digest):
                     await self._report(

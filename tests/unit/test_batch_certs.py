@@ -297,3 +297,84 @@ async def test_refusals_are_weighed_per_committee_without_items_and_without_endp
     with pytest.raises(BatchItemsRefused) as info:
         await client.certify_batch(ClaimKind.LOCKED, terms(3), [B])
     assert [i.index for i in info.value.items] == [0]
+
+
+# ---- review helper-117 #1: one member's answer flooding the client with copies
+
+
+def _claim_entry(signer: LocalKeySigner, t: TransferTerms, wrong: bool) -> object:
+    from bridge.domain.claims import Claim, ClaimDomain, claim_digest
+
+    digest = claim_digest(
+        ClaimDomain(B.ledger_word, B.bridge_word, 1, B.network_word),
+        Claim(kind=ClaimKind.LOCKED, transfer_id=t.transfer_id, terms_hash=t.terms_hash),
+    )
+    signed = b"\x01" * 32 if wrong else digest
+    return verifier_pb2.LedgerSignature(
+        ledger_id="b", epoch=1, digest=signed, signature=signer.sign_digest(signed)
+    )
+
+
+def _batch_entry(signer: LocalKeySigner, ts: list[TransferTerms], wrong: bool) -> object:
+    b = ledger_batch(B, 1, ClaimKind.LOCKED, ts)
+    signed = b"\x01" * 32 if wrong else b.digest
+    return verifier_pb2.BatchRootSignature(
+        ledger_id="b", epoch=1, root=b.root, count=b.count, digest=signed,
+        signature=signer.sign_digest(signed),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["its own signature", "a wrong digest"])
+@pytest.mark.parametrize("batched", [False, True], ids=["single claim", "batch"])
+async def test_a_member_repeating_an_entry_costs_one_check_and_one_report(
+    monkeypatch: pytest.MonkeyPatch, wrong: bool, batched: bool
+) -> None:
+    """One member answers with the same entry 20,000 times (a 4 MiB answer holds about
+    29,000): before, the client recovered a signer for every copy, and for a wrong digest
+    logged and recorded a misbehaviour per copy (seconds of CPU on the event loop and
+    thousands of rows, at every certification). Now one entry per (ledger, epoch) asked is
+    checked: the certificate is the other members', one report at most."""
+    import bridge.coordinator.clients as clients
+
+    monkeypatch.setenv(INSECURE_ENV, "1")
+    checked: list[bytes] = []
+    verify = clients.verify_vote
+
+    def counted(committee: Committee, digest: bytes, signature: bytes) -> object:
+        checked.append(signature)
+        return verify(committee, digest, signature)
+
+    monkeypatch.setattr(clients, "verify_vote", counted)
+    reports: list[object] = []
+
+    async def sink(incident: object) -> None:
+        reports.append(incident)
+
+    endpoints = [f"m{i}:1" for i in range(4)]
+    client = CommitteeClient(COMMITTEE, endpoints, 1.0, on_misbehaviour=sink,
+                             members=list(COMMITTEE.members))  # fmt: skip
+    ts = terms(3 if batched else 1)
+    if batched:
+
+        def entry(signer: LocalKeySigner, bad: bool) -> object:
+            return _batch_entry(signer, ts, bad)
+
+        response: type = verifier_pb2.SignClaimsResponse
+    else:
+
+        def entry(signer: LocalKeySigner, bad: bool) -> object:
+            return _claim_entry(signer, ts[0], bad)
+
+        response = verifier_pb2.SignClaimResponse
+    flood = response(signatures=[entry(SIGNERS[0], wrong)] * 20_000)
+    honest = [response(signatures=[entry(s, False)]) for s in SIGNERS[1:]]
+    answering(client, endpoints, [flood, *honest])
+    if batched:
+        got = await client.certify_batch(ClaimKind.LOCKED, ts, [B])
+        signers = got["b"].certificate.signatures
+    else:
+        certs = await client.certify(ClaimKind.LOCKED, ts[0], [B])
+        signers = certs["b"].signatures
+    assert len(signers) == 3
+    assert len(reports) == (1 if wrong else 0)
+    assert len(checked) <= 1 + 3 + 3 * 3, f"{len(checked)} signature checks"
