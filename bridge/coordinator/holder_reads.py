@@ -14,7 +14,10 @@ read_linger_ms``) for more.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from bridge.coordinator.clients import PeerFailed
 from bridge.coordinator.coalesce import Coalescer
@@ -23,7 +26,11 @@ from bridge.domain.errors import Unavailable
 from bridge.domain.legs import HolderStatus
 from bridge.ledgers.bounded import gather_bounded
 
-__all__ = ["MAX_READS_PER_CALL", "HolderReads"]
+__all__ = ["ALONE_BUDGET_S", "MAX_READS_PER_CALL", "HolderReads"]
+
+ALONE_BUDGET_S = 30.0
+"""Longest the holders of a failed shared read are read alone, all of them together (the
+default ``rpc_timeout`` of one call)."""
 
 MAX_READS_PER_CALL = 500
 """Most holders one coalesced read asks for (the relayer answers up to 1,000 per call)."""
@@ -48,8 +55,10 @@ class HolderReads:
         max_in_flight: int,
         max_items: int = MAX_READS_PER_CALL,
         linger_ms: float = 0.0,
+        alone_budget_s: float = ALONE_BUDGET_S,
     ) -> None:
         self._ctx = ctx  # its ``relayers`` as they are at each read
+        self._alone_budget_s = alone_budget_s
         self._reads: Coalescer[tuple[str, str], str, HolderStatus] = Coalescer(
             self._flush, max_items, max_in_flight, linger_ms
         )
@@ -78,21 +87,37 @@ class HolderReads:
             unreachable = isinstance(exc, Unavailable) and not isinstance(exc, PeerFailed)
             if unreachable or len(unique) == 1:
                 raise
-            # READ_CONCURRENCY at a time (review helper-109: not hundreds at once on a
-            # relayer that has just failed).
-            singles = await gather_bounded(
-                lambda h: relayer.holder(security, h), unique, return_exceptions=True
-            )
-            for r in singles:
-                if not isinstance(r, (HolderStatus, Exception)):
-                    raise r from None  # a cancellation is not an answer
-            statuses = singles
+            statuses = await self._alone(ledger, relayer, security, unique)
         if len(statuses) != len(unique):  # holders() checks this too; never answer for another
             raise Unavailable(
                 f"relayer of {ledger} answered {len(statuses)} holders for {len(unique)}"
             )
         by_holder = dict(zip(unique, statuses, strict=True))
         return [by_holder[h] for h in holders]
+
+    async def _alone(
+        self, ledger: str, relayer: Any, security: str, unique: Sequence[str]
+    ) -> list[HolderStatus | BaseException]:
+        """Each of ``unique`` read alone, READ_CONCURRENCY at a time (review helper-109:
+        not hundreds at once on a relayer that has just failed), all within one budget.
+
+        SECURITY (review helper-117 #4): a relayer that fails the shared read and lets each
+        single read hang would hold the (ledger, security) key for ceil(500 / 8) call
+        timeouts (half an hour), and every admission on it behind that; the holders not
+        answered within the budget (one call timeout) get Unavailable (retry)."""
+        answers: dict[str, HolderStatus | BaseException] = {}
+
+        async def one(holder: str) -> None:
+            try:
+                answers[holder] = await relayer.holder(security, holder)
+            except Exception as exc:  # that holder's own answer
+                answers[holder] = exc
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._alone_budget_s):
+                await gather_bounded(one, unique)
+        late = Unavailable(f"relayer of {ledger} did not answer the holders' reads in time")
+        return [answers.get(h, late) for h in unique]
 
     async def close(self) -> None:
         """Cancel every read in flight (the admissions waiting on them are stopping too)."""

@@ -1040,6 +1040,41 @@ async def test_a_split_holder_read_reads_a_few_holders_at_a_time() -> None:
     await reads.close()
 
 
+async def test_a_split_holder_read_is_bounded_by_one_budget() -> None:
+    """Review helper-117 #4: a relayer fails the shared read and lets single reads hang.
+    Before, the split read every holder alone (8 at a time, each up to a call timeout):
+    ceil(500 / 8) call timeouts on the key, every admission on it waiting behind. Now the
+    singles share one budget: those answered keep their answers, the others are
+    Unavailable (retry) when it runs out, and the key is free again."""
+    from bridge.coordinator.clients import PeerFailed
+    from bridge.coordinator.holder_reads import HolderReads
+    from bridge.domain.errors import Unavailable
+    from bridge.domain.legs import HolderStatus
+
+    class Relayer:
+        async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+            raise PeerFailed("relayer of a failed (internal)")
+
+        async def holder(self, security: str, holder: str) -> HolderStatus:
+            if holder != "0x1":
+                await asyncio.sleep(3600)  # hangs (a call timeout would end it, 30 s)
+            return HolderStatus(True, 1, 0, True, False, False)
+
+    reads = HolderReads(SimpleNamespace(relayers={"a": Relayer()}), max_in_flight=1,  # type: ignore[arg-type]
+                        alone_budget_s=0.2)  # fmt: skip
+    # 40 hanging holders, 8 at a time: without the budget this never ends (wait_for fails).
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(reads.holder("a", ISIN, f"0x{i}") for i in range(1, 41)), return_exceptions=True
+        ),
+        timeout=10,
+    )
+    assert isinstance(answers[0], HolderStatus) and answers[0].balance == 1
+    assert all(isinstance(a, Unavailable) for a in answers[1:])
+    assert "did not answer the holders' reads in time" in str(answers[1])
+    await reads.close()
+
+
 async def test_leg_reads_behind_a_running_one_wait_read_linger_for_more() -> None:
     """``[batching] read_linger_ms``: a read with none of its key in flight goes out at
     once; reads arriving behind it, a few milliseconds apart (drivers woken by one batched
