@@ -58,6 +58,7 @@ class Intake:
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
+        adoptions = _Adoptions(ctx, ledger)
         for e in events:
             try:
                 record = await ctx.store.get(e.transfer_id)
@@ -75,7 +76,7 @@ class Intake:
                 kept.append(e)
                 continue
             try:
-                known = await self._on_event(ledger, e, record)
+                known = await self._on_event(ledger, e, record, adoptions)
             except Unavailable:
                 raise  # not acted on: the relayer re-delivers the batch
             except EventNotConfirmed as exc:
@@ -109,13 +110,25 @@ class Intake:
         return None
 
     async def _on_event(
-        self, ledger: str, event: LedgerEvent, record: TransferRecord | None
+        self,
+        ledger: str,
+        event: LedgerEvent,
+        record: TransferRecord | None,
+        adoptions: _Adoptions,
     ) -> bool:
         """Act on one event; True when it concerns a transfer the coordinator drives."""
         if record is None:
             if event.state is LegState.LOCKED and event.terms is not None:
-                return await self._adopt(ledger, event)
+                return await self._adopt(ledger, event, adoptions)
             return False
+        if ledger not in (record.request.source_ledger, record.request.target_ledger):
+            # SECURITY (review helper-117 #3): a transfer's legs are on its two ledgers
+            # only. A relayer of another ledger naming it (compromised, or confused) would
+            # wake its driver past its backoff, as often as it delivers.
+            raise EventNotConfirmed(
+                f"an event from {ledger} for a transfer between"
+                f" {record.request.source_ledger} and {record.request.target_ledger}"
+            )
         if not record.state.terminal:
             # A wake-up only: the driver reads both legs itself before any step (but those
             # that follow its own steps, ADR 0002 amendment; the ledgers check those).
@@ -217,7 +230,7 @@ class Intake:
         ctx.notify(tid)
         self._drivers.spawn(tid)
 
-    async def _adopt(self, ledger: str, event: LedgerEvent) -> bool:
+    async def _adopt(self, ledger: str, event: LedgerEvent, adoptions: _Adoptions) -> bool:
         """Record the transfer of a holder-direct lock, origin ADOPTED, if the ledger shows
         it; True when it is (or already was) recorded."""
         ctx = self._ctx
@@ -240,6 +253,7 @@ class Intake:
             return False
         # SECURITY: adopt only what the source ledger shows (see _confirmed_lock).
         await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
+        await adoptions.take()
         try:
             recipient = codec_for(ctx.network.ledgers[dst].kind).format(terms.recipient)
         except InvalidInput:
@@ -278,3 +292,41 @@ class Intake:
             )
             self._drivers.spawn(event.transfer_id)
         return True
+
+
+MAX_UNFINISHED_ADOPTED = 1_000
+"""Most transfers adopted from one ledger that may be unfinished at once; past it, that
+ledger's deliveries are refused Unavailable (re-delivered later) until some end."""
+
+
+class _Adoptions:
+    """How many more transfers one delivery of a ledger's events may adopt.
+
+    SECURITY (review helper-117 #3): "the source ledger shows the lock" is its relayer's
+    word (``_confirmed_lock``). A compromised relayer could deliver thousands of LOCKED
+    events for locks that do not exist; each would be adopted and driven until its
+    deadline (the event's own term), the committee refusing it every time: a place in
+    every certification batch, leg reads and a driver per fake transfer. The unfinished
+    adoptions of a ledger are bounded; past the bound its delivery is refused Unavailable,
+    so nothing is lost: an honest relayer re-delivers the batch once some have ended."""
+
+    def __init__(self, ctx: EngineContext, ledger: str) -> None:
+        self._ctx = ctx
+        self._ledger = ledger
+        self._room: int | None = None  # read once per delivery, on its first adoption
+
+    async def take(self) -> None:
+        """Count one adoption, or raise Unavailable when the ledger has no room."""
+        if self._room is None:
+            unfinished = await self._ctx.store.unfinished_adopted(self._ledger)
+            self._room = MAX_UNFINISHED_ADOPTED - unfinished
+        if self._room <= 0:
+            self._ctx.log.error(
+                "adoptions paused: too many unfinished adopted transfers from this ledger",
+                **{LEDGER: self._ledger, "most": MAX_UNFINISHED_ADOPTED},
+            )
+            raise Unavailable(
+                f"{MAX_UNFINISHED_ADOPTED} transfers adopted from {self._ledger} are unfinished;"
+                " deliver again later"
+            )
+        self._room -= 1

@@ -124,6 +124,11 @@ class TransferStore(Protocol):
         them (the sweep needs no more: it parses no record)."""
         ...
 
+    async def unfinished_adopted(self, source_ledger: str) -> int:
+        """How many transfers adopted from ``source_ledger`` (origin ADOPTED) are not yet
+        terminal (one count; nothing parsed)."""
+        ...
+
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
     ) -> TransferRecord:
@@ -1019,6 +1024,19 @@ class SqlTransferStore:
             if first is not None and (oldest is None or float(first) < oldest):
                 oldest = float(first)
         return UnfinishedSummary(stuck, oldest, dict(waits))
+
+    async def unfinished_adopted(self, source_ledger: str) -> int:
+        """See TransferStore.unfinished_adopted."""
+
+        def run(db: Conn) -> int:
+            row = db.execute(
+                "SELECT COUNT(*) FROM transfers WHERE source_ledger = ? AND origin = ?"
+                " AND state NOT IN (?,?,?)",
+                (source_ledger, TransferOrigin.ADOPTED.value, *_TERMINAL),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._db.read(run)
 
     async def unfinished_ids(self) -> list[bytes]:
         """See TransferStore.unfinished_ids."""

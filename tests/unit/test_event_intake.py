@@ -389,3 +389,99 @@ async def test_resume_failed_is_a_compare_and_set(tmp_path: Path) -> None:
         assert len(await store.history(rec.transfer_id, 0)) == 2
     finally:
         store.close()
+
+
+# ---- review helper-117 #3: a compromised relayer's events
+
+
+def hold(relayer: FakeRelayer) -> asyncio.Event:
+    """Every transaction ``relayer`` submits waits until the returned event is set."""
+    gate = asyncio.Event()
+    submit = relayer.submit
+
+    async def held(*args: object, **kwargs: object) -> object:
+        await gate.wait()
+        return await submit(*args, **kwargs)  # type: ignore[arg-type]
+
+    relayer.submit = held  # type: ignore[assignment,method-assign]
+    return gate
+
+
+async def test_a_ledgers_unfinished_adoptions_are_bounded_and_nothing_is_lost(
+    coordinator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relayer's LOCKED events (its word that the locks exist) adopt at most
+    MAX_UNFINISHED_ADOPTED unfinished transfers of its ledger: past it the delivery is
+    refused Unavailable, nothing of the rest adopted and no event recorded as seen, so an
+    honest relayer's re-delivery adopts them once earlier ones ended. Before, any number
+    were adopted and each driven until its deadline (a term the event itself chose)."""
+    import bridge.coordinator.intake as intake
+
+    monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 2)
+    c, relayers, store = coordinator
+    locks = [terms() for _ in range(3)]
+    for t in locks:
+        show_lock(relayers["a"], t)
+    held = hold(relayers["b"])  # the target does not prepare yet: adoptions stay unfinished
+    events = [locked_event(t, height=5 + i) for i, t in enumerate(locks)]
+    with pytest.raises(Unavailable, match="2 transfers adopted from a are unfinished"):
+        await c.on_events("a", events, 7)
+    adopted = [await store.get(t.transfer_id) for t in locks]
+    assert [r is not None for r in adopted] == [True, True, False]
+    assert recorded_events(tmp_path) == 0, "not recorded: the relayer delivers them again"
+    assert await store.unfinished_adopted("a") == 2
+    held.set()
+    for t in locks[:2]:
+        assert await final(store, t.transfer_id) is TransferState.COMMITTED
+    assert await store.unfinished_adopted("a") == 0
+    assert await c.on_events("a", events, 7) == 3, "the re-delivery adopts the third"
+    assert await final(store, locks[2].transfer_id) is TransferState.COMMITTED
+
+
+async def test_an_event_from_neither_of_a_transfers_ledgers_is_refused(tmp_path: Path) -> None:
+    """A relayer of a third ledger naming a transfer between two others: refused, not
+    recorded, the transfer's driver not woken by it (it could wake it past its backoff as
+    often as it delivers)."""
+    from bridge.config import dump_toml, load_network
+    from bridge.coordinator.engine import Coordinator
+    from tests.unit.test_coordinator_driver import BROKER_A, FakeCommittee, submit
+
+    ledgers = [
+        {"id": n, "kind": "evm", "rpc_url": n, "bridge": "0x" + f"{0xA0 + i:02x}" * 20,
+         "chain_id": i + 1, "finality_depth": 0}
+        for i, n in enumerate(("a", "b", "c"))
+    ]  # fmt: skip
+    (tmp_path / "network.toml").write_text(
+        dump_toml(
+            {
+                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
+                "securities": {"isins": [ISIN]},
+                "ledgers": ledgers,
+                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
+            }
+        )
+    )
+    store = SqliteTransferStore(tmp_path / "c.sqlite")
+    relayers = {n: FakeRelayer(n) for n in ("a", "b", "c")}
+    hold(relayers["a"])  # the lock does not go: the transfer stays unfinished
+    c = Coordinator(load_network(tmp_path / "network.toml"), store, relayers, FakeCommittee(),  # type: ignore[arg-type]
+                    transfer_ttl=60, max_backoff=0.2, sweep_every=0.1)  # fmt: skip
+    await c.start()
+    try:
+        record, _ = await submit(c, request("k-third"))
+        woken: list[bytes] = []
+        wake = c._drivers.wake
+        c._drivers.wake = lambda tid: (woken.append(tid), wake(tid))[1]  # type: ignore[method-assign]
+        event = LedgerEvent(
+            "c", EventPosition(5, 0), b"\0" * 32, "0x" + secrets.token_hex(32),
+            record.transfer_id, Leg.INBOUND, LegState.PREPARED, 0, record.terms.terms_hash, None,
+        )  # fmt: skip
+        with capture_logs() as logs:
+            assert await c.on_events("c", [event], 5) == 0
+        refused = [e for e in logs if e["event"].startswith("ledger event refused")]
+        assert refused and "an event from c for a transfer between a and b" in refused[0]["reason"]
+        assert woken == []
+        assert recorded_events(tmp_path) == 0
+    finally:
+        await c.stop()
+        store.close()
