@@ -160,10 +160,11 @@ class FlowLimits:
         """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
 
         Level-triggered: everything it needs is re-read each time (both ledgers' buckets
-        through the relayers, the lane's earlier transfers from the store; once per
-        transfer an open lane admission has just read stands in, :meth:`note_open`), so a
-        restarted coordinator finds its queue in the store and resumes it in the same
-        order. A queued
+        through the relayers, the lane's earlier transfers from the store, whose reads of
+        a whole lane are kept for up to a second and never count less than a read now,
+        ADR 0010 amendment; once per transfer an open lane admission has just read stands
+        in, :meth:`note_open`), so a restarted coordinator finds its queue in the store and
+        resumes it in the same order. A queued
         transfer is never locked after its deadline: it ends FAILED with the reason and
         nothing moved (the deadline is the instructor's signed term; the bridge cannot
         extend it, and a lock that late could only expire and be released).

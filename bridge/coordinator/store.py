@@ -22,6 +22,7 @@ from bridge.coordinator.db import (
     as_database,
     values_rows,
 )
+from bridge.coordinator.lane_backlogs import Lane, LaneBacklogs
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
@@ -731,11 +732,12 @@ def _pages(items: Sequence[P], size: int = MAX_ROWS_PER_STATEMENT) -> Iterator[S
 
 
 def _create_many(
-    db: Conn, records: Sequence[TransferRecord]
+    db: Conn, records: Sequence[TransferRecord], seqs: dict[bytes, int] | None = None
 ) -> list[tuple[TransferRecord | None, bool]]:
     """Insert each of ``records``, in order, unless its key (or its transfer id) is taken by
     then (an earlier record of the same call included); per record, the row stored under
-    its key (None: the id is taken under another key) and whether it was inserted.
+    its key (None: the id is taken under another key) and whether it was inserted; and
+    into ``seqs``, when given, the store sequence of each inserted row by transfer id.
 
     One multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 500 records (both
     engines insert a ``VALUES`` list row by row in order, so the store sequence ``seq``
@@ -768,10 +770,12 @@ def _create_many(
             " security, state, reason, created_at, updated_at, origin, source_ledger,"
             " target_ledger)"
             f" VALUES {values_rows(12, len(page))} ON CONFLICT DO NOTHING"
-            " RETURNING transfer_id, source_ledger, idempotency_key",
+            " RETURNING transfer_id, source_ledger, idempotency_key, seq",
             args,
         ).fetchall()
         inserted |= {(str(row[1]), str(row[2])): bytes(row[0]) for row in rows}
+        if seqs is not None:
+            seqs.update((bytes(row[0]), int(row[3])) for row in rows)
     # The record that inserted under each key is the first one with that key and the
     # inserted transfer id; a record before it found the key free (its transfer id was
     # taken: a Conflict), one after it, or a key stored before the call, gets the stored
@@ -800,6 +804,11 @@ def _create_many(
         (None if claimed.get(key, -1) > i else stored.get(key), new)
         for i, (key, new) in enumerate(zip(keys, created, strict=True))
     ]
+
+
+def _lane_of(request: TransferRequest) -> Lane:
+    """The flow-limit lane of ``request``: (security, source ledger, target ledger)."""
+    return (request.security, request.source_ledger, request.target_ledger)
 
 
 def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
@@ -851,6 +860,7 @@ class SqlTransferStore:
     def __init__(self, db: Database | Path) -> None:
         self._db = as_database(db)
         self._unreadable = UnreadableRows()
+        self._backlogs = LaneBacklogs()
 
     @property
     def unreadable(self) -> UnreadableRows:
@@ -873,10 +883,21 @@ class SqlTransferStore:
     ) -> list[tuple[TransferRecord, bool] | Conflict]:
         """See TransferStore.create_many."""
 
+        seqs: dict[bytes, int] = {}
+
         def run(db: Conn) -> list[tuple[TransferRecord | None, bool]]:
-            return _create_many(db, records)
+            seqs.clear()  # a retried write starts again
+            return _create_many(db, records, seqs)
 
         rows = await self._db.write(run) if records else []
+        for record, (_, created) in zip(records, rows, strict=True):
+            if created:  # committed: a lane's kept backlog counts it from now on
+                self._backlogs.created(
+                    _lane_of(record.request),
+                    seqs[record.transfer_id],
+                    record.request.amount,
+                    int(record.state),
+                )
         out: list[tuple[TransferRecord, bool] | Conflict] = []
         for record, (stored, created) in zip(records, rows, strict=True):
             if stored is None:
@@ -1056,7 +1077,7 @@ class SqlTransferStore:
         """See TransferStore.set_state."""
         now = time.time()
 
-        def run(db: Conn) -> TransferRecord | None:
+        def run(db: Conn) -> tuple[TransferRecord | None, int]:
             row = db.execute(
                 "SELECT state FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
                 (transfer_id,),
@@ -1075,14 +1096,18 @@ class SqlTransferStore:
                 " WHERE transfer_id = ?" + _RETURNING_RECORD,
                 (int(state), reason, now, transfer_id, *(transfer_id,) * 4),
             ).fetchall()
-            return _record(tuple(stored))
+            return _record(tuple(stored)), int(row[0])
 
         try:
-            record = await self._db.write(run)
+            record, old = await self._db.write(run)
         except UnreadableRecord as exc:  # rolled back: nothing recorded
             self._unreadable.report(exc)
             raise
         assert record is not None
+        # Committed: a lane's kept backlog (LaneBacklogs) still counts a transfer that left
+        # its states until the next read (never less than now); one entering them makes
+        # it read again.
+        self._backlogs.moved(_lane_of(record.request), old, int(state))
         return record
 
     async def resume_failed(
@@ -1104,7 +1129,10 @@ class SqlTransferStore:
             _append_update(db, transfer_id, state, detail, now)
             return True
 
-        return await self._db.write(run)
+        moved = await self._db.write(run)
+        if moved:  # its lane is not read here: every lane's kept sums are read again
+            self._backlogs.changed_all()
+        return moved
 
     # ---- parking
     async def record_parked(self, transfer_id: bytes, reason: int) -> None:
@@ -1371,27 +1399,52 @@ class SqlTransferStore:
         await self._db.write(run)
 
     async def lane_backlog(self, transfer_id: bytes, states: Sequence[TransferState]) -> int:
-        """See TransferStore.lane_backlog."""
+        """See TransferStore.lane_backlog: one point read, then the lane's last read and
+        what was created since (:class:`~bridge.coordinator.lane_backlogs.LaneBacklogs`),
+        or one read of the lane's rows in ``states`` when that is older than a second
+        (review helper-117 #2: not one read of every earlier row per question). Never less
+        than a read now; more by transfers that left ``states`` since that read."""
+        if not states:
+            return 0
 
-        def run(db: Conn) -> int:
-            me = db.execute(
+        def position(db: Conn) -> Any:
+            return db.execute(
                 "SELECT seq, security, source_ledger, target_ledger"
                 " FROM transfers WHERE transfer_id = ?",
                 (transfer_id,),
             ).fetchone()
-            if me is None or me[3] is None or not states:
-                return 0  # none, or no lane: its request is unreadable
-            marks = ",".join("?" * len(states))
+
+        me = await self._db.read(position)
+        if me is None or me[3] is None:
+            return 0  # none, or no lane: its request is unreadable
+        seq, lane = int(me[0]), (str(me[1]), str(me[2]), str(me[3]))
+        wanted = tuple(sorted(int(s) for s in states))
+        known = self._backlogs.ahead(lane, wanted, seq)
+        if known is not None:
+            return known
+        epoch = self._backlogs.begin(lane, wanted)  # before the read's snapshot
+        marks = ",".join("?" * len(wanted))
+
+        def lane_rows(db: Conn) -> tuple[int, list[tuple[int, int]]]:
+            # The last sequence first, then the rows up to it: the read holds exactly
+            # the rows committed by then (one writer commits in sequence order).
+            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM transfers").fetchone()
             rows = db.execute(
-                "SELECT transfer_id, request FROM transfers WHERE seq < ? AND security = ?"  # noqa: S608
-                " AND source_ledger = ? AND target_ledger = ?"
-                f" AND state IN ({marks})",
-                [*me, *(int(s) for s in states)],
+                "SELECT seq, transfer_id, request FROM transfers"  # noqa: S608
+                " WHERE security = ? AND source_ledger = ? AND target_ledger = ?"
+                f" AND state IN ({marks}) AND seq <= ? ORDER BY seq",
+                [*lane, *wanted, int(last)],
             ).fetchall()
             # Amounts are read in Python: JSON integers beyond 2**63 lose precision in SQL.
-            return sum(self._amount_of(r[0], r[1]) for r in rows)
+            return int(last), [(int(r[0]), self._amount_of(r[1], r[2])) for r in rows]
 
-        return await self._db.read(run)
+        try:
+            last, units = await self._db.read(lane_rows)
+        except BaseException:
+            self._backlogs.abandon(lane, wanted)
+            raise
+        self._backlogs.keep(lane, wanted, epoch, last, units)
+        return sum(u for s, u in units if s < seq)
 
     async def queued_on_lane(
         self, security: str, source: str, target: str
