@@ -889,7 +889,13 @@ class SqlTransferStore:
             seqs.clear()  # a retried write starts again
             return _create_many(db, records, seqs)
 
-        rows = await self._db.write(run) if records else []
+        try:
+            rows = await self._db.write(run) if records else []
+        except BaseException:
+            # Cancelled or failed, perhaps after the commit: creations this store cannot
+            # record may be on a lane it keeps, so every kept lane read is stale.
+            self._backlogs.changed_all()
+            raise
         for record, (_, created) in zip(records, rows, strict=True):
             if created:  # committed: a lane's kept backlog counts it from now on
                 self._backlogs.created(
@@ -1103,6 +1109,9 @@ class SqlTransferStore:
         except UnreadableRecord as exc:  # rolled back: nothing recorded
             self._unreadable.report(exc)
             raise
+        except BaseException:
+            self._backlogs.changed_all()  # perhaps committed (see create_many)
+            raise
         assert record is not None
         # Committed: a lane's kept backlog (LaneBacklogs) still counts a transfer that left
         # its states until the next read (never less than now); one entering them makes
@@ -1129,7 +1138,11 @@ class SqlTransferStore:
             _append_update(db, transfer_id, state, detail, now)
             return True
 
-        moved = await self._db.write(run)
+        try:
+            moved = await self._db.write(run)
+        except BaseException:
+            self._backlogs.changed_all()  # perhaps committed (see create_many)
+            raise
         if moved:  # its lane is not read here: every lane's kept sums are read again
             self._backlogs.changed_all()
         return moved

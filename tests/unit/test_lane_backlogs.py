@@ -182,3 +182,30 @@ def test_kept_reads_answer_only_while_current_and_young() -> None:
     assert lanes.ahead(LANE, states, 9) == 10
     lanes.moved(LANE, 5, 2)  # enters them from outside: read again
     assert lanes.ahead(LANE, states, 9) is None
+
+
+async def test_a_creation_whose_caller_was_cancelled_after_the_commit_is_not_missed(
+    store: SqlTransferStore,
+) -> None:
+    """A create_many cancelled while its write commits cannot record the creation: every
+    kept lane read is dropped, so a later transfer is not answered without it."""
+    import asyncio
+
+    clocked(store)
+    first = make_record(1, state=TransferState.QUEUED, amount=5)
+    await store.create(first)
+    assert await store.lane_backlog(first.transfer_id, AHEAD[:2]) == 0  # a read kept
+    write = store._db.write
+
+    async def commits_then_cancelled(fn: Any) -> Any:
+        await write(fn)
+        raise asyncio.CancelledError
+
+    store._db.write = commits_then_cancelled  # type: ignore[method-assign]
+    lost = make_record(2, state=TransferState.QUEUED, amount=7)
+    with pytest.raises(asyncio.CancelledError):
+        await store.create(lost)
+    store._db.write = write  # type: ignore[method-assign]
+    later = make_record(3, state=TransferState.QUEUED, amount=1)
+    await store.create(later)
+    assert await store.lane_backlog(later.transfer_id, AHEAD[:2]) == 5 + 7
