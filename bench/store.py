@@ -22,6 +22,12 @@ driver sweep and the metrics refresh read before), ``unfinished_ids()`` (the swe
 batch), one batch after the other, and reports records/s and the process CPU (all threads)
 per record.
 
+``--queued N`` then records N QUEUED transfers on one flow-limited lane and times a round of
+their gates' backlog questions (``lane_backlog`` for the source's and the target's states,
+2N questions; review helper-117 #2): with the lane's reads kept (at most a second old, the
+coordinator's way) and with every question reading the lane (``MAX_AGE_S`` below zero),
+as seconds and process CPU per round.
+
 Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
 machine (CPU count and model, kernel). ``--json PATH`` writes every figure.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import secrets
@@ -165,6 +172,33 @@ async def time_create_many(store: SqlTransferStore, batches: int, items: int) ->
     }
 
 
+async def time_queued(store: SqlTransferStore, count: int) -> dict[str, float]:
+    """A round of ``count`` queued transfers' backlog questions, kept and uncached."""
+    from bridge.coordinator import lane_backlogs
+    from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET
+
+    queued = []
+    for n in range(count):
+        r = transfer(30_000_000 + n)
+        queued.append(dataclasses.replace(r, state=TransferState.QUEUED))
+    for start in range(0, count, 500):
+        await store.create_many(queued[start : start + 500])
+    out: dict[str, float] = {}
+    kept = lane_backlogs.MAX_AGE_S
+    try:
+        for label, age in (("kept", kept), ("uncached", -1.0)):
+            lane_backlogs.MAX_AGE_S = age
+            t0, c0 = time.perf_counter(), time.process_time()
+            for r in queued:
+                await store.lane_backlog(r.transfer_id, AHEAD_AT_SOURCE)
+                await store.lane_backlog(r.transfer_id, AHEAD_AT_TARGET)
+            out[f"queued_{label}_round_s"] = time.perf_counter() - t0
+            out[f"queued_{label}_round_cpu_s"] = time.process_time() - c0
+    finally:
+        lane_backlogs.MAX_AGE_S = kept
+    return out
+
+
 async def run_engine(
     db: Database,
     transfers: int,
@@ -174,6 +208,7 @@ async def run_engine(
     unfinished: int = 0,
     batches: int = 0,
     batch_items: int = 50,
+    queued: int = 0,
 ) -> dict[str, float]:
     """The workload on ``db``; figures in operations per second (reads: see read_records)."""
     store, supply = SqlTransferStore(db), SqlSupplyStore(db)
@@ -198,6 +233,7 @@ async def run_engine(
     t_records = time.perf_counter() - t0
     sweep = await time_unfinished(store, unfinished) if unfinished else {}
     created = await time_create_many(store, batches, batch_items) if batches else {}
+    lanes = await time_queued(store, queued) if queued else {}
     store.close()
     supply.close()
     return (
@@ -210,6 +246,7 @@ async def run_engine(
         | read_figures
         | sweep
         | created
+        | lanes
     )
 
 
@@ -249,6 +286,12 @@ def main() -> None:
         help="then record N batches of --batch-items new transfers with create_many",
     )
     p.add_argument("--batch-items", type=int, default=50)
+    p.add_argument(
+        "--queued",
+        type=int,
+        default=0,
+        help="then queue N transfers on one lane and time a round of their backlog questions",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
@@ -265,6 +308,7 @@ def main() -> None:
                     a.unfinished,
                     a.batches,
                     a.batch_items,
+                    a.queued,
                 )
             )
 
@@ -294,6 +338,11 @@ def main() -> None:
         if a.batches:
             print(f"{'':9s} create_many of {a.batch_items}: {f['create_many_records_per_s']:8.0f}"
                   f" records/s ({f['create_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
+        if a.queued:
+            print(f"{'':9s} a round of {a.queued} queued transfers' backlog questions:"
+                  f" kept {f['queued_kept_round_s']:.2f} s ({f['queued_kept_round_cpu_s']:.2f}"
+                  f" CPU-s), every question reading the lane {f['queued_uncached_round_s']:.2f} s"
+                  f" ({f['queued_uncached_round_cpu_s']:.2f} CPU-s)")  # fmt: skip
     r = out["ratio_postgres_over_sqlite"]
     print(f"ratio pg/sqlite: transfers {r['transfers_per_s']:.2f}x,"
           f" feed appends {r['feed_appends_per_s']:.2f}x")  # fmt: skip
