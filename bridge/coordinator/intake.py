@@ -13,7 +13,7 @@ import time
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
-from bridge.coordinator.store import UnreadableRecord
+from bridge.coordinator.store import ManyRecords, UnreadableRecord
 from bridge.coordinator.supervision import Supervisor
 from bridge.domain.errors import (
     BridgeError,
@@ -59,9 +59,21 @@ class Intake:
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
         adoptions = _Adoptions(ctx, ledger)
+        # The batch's transfers in one read per page (issue 14: a delivery of thousands of
+        # events was a read per event). A transfer an event has acted on (adopted, resumed,
+        # woken) is read again for a later event of the same batch: the snapshot may be
+        # older than what that event wrote.
+        ids = list(dict.fromkeys(e.transfer_id for e in events))
+        read = await ctx.store.get_many(ids) if ids else ManyRecords({}, {})
+        acted: set[bytes] = set()
         for e in events:
             try:
-                record = await ctx.store.get(e.transfer_id)
+                if e.transfer_id in acted:
+                    record = await ctx.store.get(e.transfer_id)
+                elif (unreadable := read.unreadable.get(e.transfer_id)) is not None:
+                    raise unreadable
+                else:
+                    record = read.found.get(e.transfer_id)
             except UnreadableRecord as exc:
                 # SECURITY: an unreadable record is never "no transfer" (nothing adopted);
                 # its event is kept as seen and named for the operator, and the batch's
@@ -75,6 +87,7 @@ class Intake:
                 )  # fmt: skip
                 kept.append(e)
                 continue
+            acted.add(e.transfer_id)
             try:
                 known = await self._on_event(ledger, e, record, adoptions)
             except Unavailable:

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -485,3 +486,47 @@ async def test_an_event_from_neither_of_a_transfers_ledgers_is_refused(tmp_path:
     finally:
         await c.stop()
         store.close()
+
+
+async def test_a_delivery_reads_its_transfers_together_and_again_after_acting(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: a delivery's transfers are read in one read per page, not one per event;
+    a transfer an earlier event of the batch acted on is read again for its next event
+    (here a duplicate of an adoption's event, which must see the adopted row: with room for
+    one adoption, taken as new again it would refuse the delivery)."""
+    import bridge.coordinator.intake as intake
+    from tests.unit.test_coordinator_driver import lock_event, submit
+
+    monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 1)
+    c, relayers, store = coordinator
+    records = [(await submit(c, request(f"k-{i}")))[0] for i in range(6)]
+    for r in records:
+        await final(store, r.transfer_id)
+    holder = terms()
+    show_lock(relayers["a"], holder)
+    events = [lock_event(r.terms, 10 + i) for i, r in enumerate(records)]
+    events += [locked_event(holder, height=30), locked_event(holder, height=31)]
+    singles: list[bytes] = []
+    many: list[int] = []
+    get, get_many = store.get, store.get_many
+
+    async def one(tid: bytes) -> Any:
+        singles.append(tid)
+        return await get(tid)
+
+    async def together(tids: Any) -> Any:
+        many.append(len(tids))
+        return await get_many(tids)
+
+    store.get, store.get_many = one, together  # type: ignore[method-assign]
+    try:
+        assert await c.on_events("a", events, 31) == len(events)
+    finally:
+        store.get, store.get_many = get, get_many  # type: ignore[method-assign]
+    assert many == [7], "one read of the batch's 7 transfers"
+    # Only the adopted transfer is read alone: again for its second event (and by the
+    # driver its adoption started); none of the six.
+    assert set(singles) == {holder.transfer_id}
+    adopted = await store.get(holder.transfer_id)
+    assert adopted is not None and adopted.origin is TransferOrigin.ADOPTED
