@@ -8,6 +8,7 @@ it is adopted or resumes a FAILED transfer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from bridge.coordinator.context import EngineContext
@@ -48,13 +49,22 @@ class Intake:
     def __init__(self, ctx: EngineContext, drivers: Supervisor) -> None:
         self._ctx = ctx
         self._drivers = drivers
+        # One delivery of a ledger at a time (review helper-118 #2: the adoption bound is
+        # counted per delivery; concurrent deliveries each counted the same room).
+        self._delivering: dict[str, asyncio.Lock] = {}
 
     async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
         """Record relayer-delivered events (deduplicated) and wake the transfers they touch;
-        returns how many were new (see ``Coordinator.on_events``)."""
-        ctx = self._ctx
-        if ledger not in ctx.domains:
+        returns how many were new (see ``Coordinator.on_events``). A ledger's deliveries
+        are acted on one at a time."""
+        if ledger not in self._ctx.domains:
             raise NotFound(f"ledger {ledger!r} is not connected")
+        lock = self._delivering.setdefault(ledger, asyncio.Lock())
+        async with lock:
+            return await self._deliver(ledger, events, scanned)
+
+    async def _deliver(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
+        ctx = self._ctx
         # Act first, then record the events as seen: acting is idempotent, so a crash in
         # between only means the relayer's re-delivery is acted on again, never skipped.
         kept: list[LedgerEvent] = []
@@ -264,9 +274,10 @@ class Intake:
                 **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
             )
             return False
+        await adoptions.room()  # before asking the relayer (review helper-118 #2)
         # SECURITY: adopt only what the source ledger shows (see _confirmed_lock).
         await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
-        await adoptions.take()
+        adoptions.take()
         try:
             recipient = codec_for(ctx.network.ledgers[dst].kind).format(terms.recipient)
         except InvalidInput:
@@ -328,8 +339,8 @@ class _Adoptions:
         self._ledger = ledger
         self._room: int | None = None  # read once per delivery, on its first adoption
 
-    async def take(self) -> None:
-        """Count one adoption, or raise Unavailable when the ledger has no room."""
+    async def room(self) -> None:
+        """Raise Unavailable when the ledger has no room for one more adoption."""
         if self._room is None:
             unfinished = await self._ctx.store.unfinished_adopted(self._ledger)
             self._room = MAX_UNFINISHED_ADOPTED - unfinished
@@ -342,4 +353,8 @@ class _Adoptions:
                 f"{MAX_UNFINISHED_ADOPTED} transfers adopted from {self._ledger} are unfinished;"
                 " deliver again later"
             )
+
+    def take(self) -> None:
+        """Count one adoption (after :meth:`room`)."""
+        assert self._room is not None
         self._room -= 1

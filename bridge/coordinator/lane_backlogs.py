@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_AGE_S", "MAX_ARRIVALS", "MAX_KEPT", "Lane", "LaneBacklogs"]
@@ -26,7 +26,8 @@ Lane = tuple[str, str, str]
 
 MAX_AGE_S = 1.0
 """Longest a lane's read answers: transfers that left the states since (locked, failed)
-are still counted until then, so a transfer behind them may wait up to this long more."""
+are still counted until then, so a transfer behind them computes its wait from a larger
+backlog (up to its driver's longest backoff more)."""
 
 MAX_KEPT = 256
 """Most (lane, states) reads kept; past it all are dropped and read again as asked."""
@@ -38,7 +39,8 @@ dropped."""
 
 @dataclass(frozen=True, slots=True)
 class _Read:
-    epoch: int
+    epoch: tuple[int, int]
+    """(every lane's epoch, this lane's epoch) when the read began."""
     read_at: float
     last_seq: int
     """The highest store sequence when the lane was read: the read holds exactly the rows
@@ -69,15 +71,16 @@ class LaneBacklogs:
         self._reads: dict[tuple[Lane, tuple[int, ...]], _Read] = {}
         self._arrivals: dict[Lane, list[tuple[int, int, int]]] = {}  # (seq, units, state)
         self._reading: dict[tuple[Lane, tuple[int, ...]], int] = {}  # begun, not kept
+        self._lane_epochs: dict[Lane, int] = {}
 
-    def begin(self, lane: Lane, states: tuple[int, ...]) -> int:
+    def begin(self, lane: Lane, states: tuple[int, ...]) -> tuple[int, int]:
         """A read of ``lane``'s transfers in ``states`` begins (its snapshot starts after
         this): the epoch to pass to :meth:`keep`. Creations and moves recorded from now on
         are taken into account for it."""
         with self._lock:
             key = (lane, states)
             self._reading[key] = self._reading.get(key, 0) + 1
-            return self._epoch
+            return (self._epoch, self._lane_epochs.get(lane, 0))
 
     def abandon(self, lane: Lane, states: tuple[int, ...]) -> None:
         """A read begun with :meth:`begin` failed."""
@@ -114,6 +117,18 @@ class LaneBacklogs:
             if len(arrivals) > MAX_ARRIVALS:
                 self._forget(lane)
 
+    def changed(self, lanes: Iterable[Lane]) -> None:
+        """Transfers of ``lanes`` may have been created or moved without being recorded
+        (a write cancelled or failed, perhaps after its commit): those lanes' reads, kept
+        or running, are stale; other lanes' stay."""
+        with self._lock:
+            for lane in set(lanes):
+                self._lane_epochs[lane] = self._lane_epochs.get(lane, 0) + 1
+                for key in [k for k in self._reads if k[0] == lane]:
+                    del self._reads[key]
+                if not any(k[0] == lane for k in self._reading):
+                    self._arrivals.pop(lane, None)
+
     def changed_all(self) -> None:
         """A transfer of a lane not known here entered the states from outside them (a
         resume from FAILED): every read is stale."""
@@ -125,7 +140,7 @@ class LaneBacklogs:
         or None: read the lane and :meth:`keep` it."""
         with self._lock:
             read = self._reads.get((lane, states))
-            if read is None or read.epoch != self._epoch:
+            if read is None or read.epoch != (self._epoch, self._lane_epochs.get(lane, 0)):
                 return None
             if self._clock() - read.read_at > MAX_AGE_S:
                 return None
@@ -141,7 +156,7 @@ class LaneBacklogs:
         self,
         lane: Lane,
         states: tuple[int, ...],
-        epoch: int,
+        epoch: tuple[int, int],
         last_seq: int,
         rows: Sequence[tuple[int, int]],
     ) -> None:
@@ -153,11 +168,13 @@ class LaneBacklogs:
         read = _Read(epoch, self._clock(), last_seq, [s for s, _ in rows], prefix)
         with self._lock:
             self._done((lane, states))
-            if epoch != self._epoch:
-                return  # a resume since it began: stale
+            if epoch != (self._epoch, self._lane_epochs.get(lane, 0)):
+                return  # a resume, or an unrecorded write of the lane, since it began
             if len(self._reads) >= MAX_KEPT:
                 self._reads.clear()
-                reading = {k[0] for k in self._reading}
+                # Review helper-118 #1: not this lane's creations, which the read being
+                # kept needs (it is no longer among those being read).
+                reading = {k[0] for k in self._reading} | {lane}
                 self._arrivals = {k: v for k, v in self._arrivals.items() if k in reading}
             self._reads[(lane, states)] = read
             # Creations the oldest read of the lane holds are no longer needed (unless a

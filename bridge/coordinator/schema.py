@@ -284,9 +284,12 @@ _V10 = ""
 # the request JSON's ``target_ledger`` in SQL, parsing every candidate row's JSON, and a row
 # whose JSON was damaged failed the whole query on both engines (and the listing). Rows of
 # older releases get theirs from their request (:func:`_v11_target_ledgers`); one whose
-# request does not parse keeps NULL: in no lane, listed by its source ledger only.
+# request does not parse keeps NULL: in no lane, listed by its source ledger only. A partial
+# index counts a ledger's unfinished adoptions (the intake's bound) without a scan.
 _V11 = """
 ALTER TABLE transfers ADD COLUMN target_ledger TEXT;
+CREATE INDEX IF NOT EXISTS transfers_adopted ON transfers(source_ledger, state)
+  WHERE origin = 'adopted';
 """
 
 _BACKFILL_PAGE = 2000

@@ -893,8 +893,10 @@ class SqlTransferStore:
             rows = await self._db.write(run) if records else []
         except BaseException:
             # Cancelled or failed, perhaps after the commit: creations this store cannot
-            # record may be on a lane it keeps, so every kept lane read is stale.
-            self._backlogs.changed_all()
+            # record may be on these records' lanes, whose reads are stale (review
+            # helper-118 #3: not every lane's, which a brokerage cancelling its own
+            # submissions could force again and again).
+            self._backlogs.changed(_lane_of(r.request) for r in records)
             raise
         for record, (_, created) in zip(records, rows, strict=True):
             if created:  # committed: a lane's kept backlog counts it from now on
@@ -1056,10 +1058,11 @@ class SqlTransferStore:
         """See TransferStore.unfinished_adopted."""
 
         def run(db: Conn) -> int:
+            # The literal origin lets both engines use the partial index transfers_adopted.
             row = db.execute(
-                "SELECT COUNT(*) FROM transfers WHERE source_ledger = ? AND origin = ?"
-                " AND state NOT IN (?,?,?)",
-                (source_ledger, TransferOrigin.ADOPTED.value, *_TERMINAL),
+                "SELECT COUNT(*) FROM transfers WHERE source_ledger = ?"
+                " AND origin = 'adopted' AND state NOT IN (?,?,?)",
+                (source_ledger, *_TERMINAL),
             ).fetchone()
             return int(row[0])
 

@@ -221,7 +221,9 @@ def to_previous_release(path: Path, kind: str) -> None:
                     "UPDATE transfers SET terms = ? WHERE transfer_id = ?",
                     (legacy_terms_json(terms, instruction), tid),
                 )
-            # Version 11: the target ledger in a column (filled again from the request).
+            # Version 11: the target ledger in a column (filled again from the request), and
+            # the partial index of adopted transfers.
+            db.execute("DROP INDEX transfers_adopted")
             db.execute("ALTER TABLE transfers DROP COLUMN target_ledger")
             db.execute("DELETE FROM schema_version WHERE version > 3")
         if kind == "verifier":

@@ -228,6 +228,7 @@ async def test_a_store_written_before_origins_marks_old_adoptions(tmp_path: Path
     )  # fmt: skip
     store.close()
     db = sqlite3.connect(path)
+    db.execute("DROP INDEX transfers_adopted")  # schema 11's, on the column
     db.execute("ALTER TABLE transfers DROP COLUMN origin")
     _predates_schema_versions(db)
     db.commit()
@@ -317,6 +318,7 @@ async def test_the_origin_migration_does_not_label_a_squatting_row_adopted(
     squatter = await _squat(store, terms())
     store.close()
     db = sqlite3.connect(path)
+    db.execute("DROP INDEX transfers_adopted")  # schema 11's, on the column
     db.execute("ALTER TABLE transfers DROP COLUMN origin")
     _predates_schema_versions(db)
     db.commit()
@@ -437,6 +439,28 @@ async def test_a_ledgers_unfinished_adoptions_are_bounded_and_nothing_is_lost(
     assert await store.unfinished_adopted("a") == 0
     assert await c.on_events("a", events, 7) == 3, "the re-delivery adopts the third"
     assert await final(store, locks[2].transfer_id) is TransferState.COMMITTED
+
+
+async def test_concurrent_deliveries_of_a_ledger_share_its_adoption_bound(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-118 #2: the bound was counted once per delivery, so K concurrent
+    deliveries each adopted up to it. A ledger's deliveries are acted on one at a time."""
+    import bridge.coordinator.intake as intake
+
+    monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 2)
+    c, relayers, store = coordinator
+    hold(relayers["b"])  # adoptions stay unfinished
+    locks = [terms() for _ in range(8)]
+    for t in locks:
+        show_lock(relayers["a"], t)
+    pairs = [
+        [locked_event(t, 10 + j) for j, t in enumerate(locks) if j // 2 == i] for i in range(4)
+    ]
+    deliveries = [c.on_events("a", pair, 20) for pair in pairs]
+    results = await asyncio.gather(*deliveries, return_exceptions=True)
+    assert sum(isinstance(r, Unavailable) for r in results) == 3
+    assert await store.unfinished_adopted("a") == 2
 
 
 async def test_an_event_from_neither_of_a_transfers_ledgers_is_refused(tmp_path: Path) -> None:

@@ -209,3 +209,41 @@ async def test_a_creation_whose_caller_was_cancelled_after_the_commit_is_not_mis
     later = make_record(3, state=TransferState.QUEUED, amount=1)
     await store.create(later)
     assert await store.lane_backlog(later.transfer_id, AHEAD[:2]) == 5 + 7
+
+
+def test_a_full_cache_keeps_the_creations_of_the_read_it_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review helper-118 #1: keeping a read when MAX_KEPT reads are kept clears them; it
+    dropped the creations of the lane being kept too (no longer among those being read),
+    so a later transfer was answered without an earlier one created during the read."""
+    import bridge.coordinator.lane_backlogs as module
+
+    monkeypatch.setattr(module, "MAX_KEPT", 2)
+    lanes = LaneBacklogs(clock=lambda: 100.0)
+    states = (1, 2)
+    for other in ("X", "Y"):
+        lane = (other, "a", "b")
+        lanes.keep(lane, states, lanes.begin(lane, states), 5, [(1, 1)])
+    epoch = lanes.begin(LANE, states)
+    lanes.created(LANE, 20, 100, 1)  # A: after the read's snapshot
+    lanes.keep(LANE, states, epoch, 10, [(3, 7)])  # the cache is full: cleared first
+    lanes.created(LANE, 21, 1, 1)  # B
+    assert lanes.ahead(LANE, states, 21) == 7 + 100
+
+
+def test_an_unrecorded_write_of_a_lane_makes_only_that_lanes_reads_stale() -> None:
+    """Review helper-118 #3: a cancelled or failed create drops the reads of its records'
+    lanes (kept or running), not every lane's."""
+    lanes = LaneBacklogs(clock=lambda: 100.0)
+    states = (1, 2)
+    other = ("X", "a", "b")
+    lanes.keep(other, states, lanes.begin(other, states), 5, [(1, 1)])
+    lanes.keep(LANE, states, lanes.begin(LANE, states), 5, [(2, 3)])
+    running = lanes.begin(LANE, (1,))
+    assert lanes.ahead(LANE, states, 4) == 3
+    lanes.changed([LANE])
+    assert lanes.ahead(LANE, states, 4) is None
+    assert lanes.ahead(other, states, 4) == 1, "another lane's read stays"
+    lanes.keep(LANE, (1,), running, 5, [(2, 3)])
+    assert lanes.ahead(LANE, (1,), 4) is None, "a read running across it is not kept"

@@ -900,3 +900,30 @@ async def test_schema_11_backfill_pages_through_many_rows(
         ).fetchone()[0]
     )
     assert count == 23
+
+
+async def test_unfinished_adoptions_are_counted_on_their_partial_index(tmp_path: Path) -> None:
+    """Review helper-118 #2: the intake counts a ledger's unfinished adoptions per delivery;
+    the count searches the partial index transfers_adopted, never every row of the ledger,
+    and counts only unfinished adopted rows of that ledger."""
+    from bridge.coordinator.records import TransferOrigin
+
+    s = SqliteTransferStore(tmp_path / "c.sqlite")
+    try:
+        adopted = [
+            dataclasses.replace(make_record(n), origin=TransferOrigin.ADOPTED) for n in range(3)
+        ]
+        await s.create_many([*adopted, make_record(9)])
+        await s.set_state(adopted[0].transfer_id, TransferState.COMMITTED, "done", "x")
+        assert await s.unfinished_adopted("brokerage-a") == 2
+        assert await s.unfinished_adopted("brokerage-b") == 0
+        plan = s._db.run_sync(
+            lambda c: c.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM transfers WHERE source_ledger = ?"
+                " AND origin = 'adopted' AND state NOT IN (?,?,?)",
+                ("brokerage-a", 1, 2, 3),
+            ).fetchall()
+        )
+    finally:
+        s.close()
+    assert any("transfers_adopted" in str(row[3]) for row in plan), plan
