@@ -1075,6 +1075,47 @@ async def test_a_split_holder_read_is_bounded_by_one_budget() -> None:
     await reads.close()
 
 
+async def test_one_holder_failing_the_shared_read_is_found_by_halves() -> None:
+    """Review helper-118 #6: a holder that makes the relayer fail the shared read (a
+    brokerage's crafted holder) is found by reading the others in halves: about
+    2 x log2(n) shared reads, not n single ones, so every other holder is answered
+    quickly even over a slow link; the crafted one gets its own error."""
+    from bridge.coordinator.clients import PeerFailed
+    from bridge.coordinator.holder_reads import HolderReads
+    from bridge.domain.legs import HolderStatus
+
+    shared: list[int] = []
+    singles: list[str] = []
+
+    class Relayer:
+        async def holders(self, security: str, holders: Sequence[str]) -> list[HolderStatus]:
+            shared.append(len(holders))
+            await asyncio.sleep(0.005)  # a slow link
+            if "0xbad" in holders:
+                raise PeerFailed("relayer of a failed (internal)")
+            return [HolderStatus(True, len(h), 0, True, False, False) for h in holders]
+
+        async def holder(self, security: str, holder: str) -> HolderStatus:
+            singles.append(holder)
+            if holder == "0xbad":
+                raise PeerFailed("relayer of a failed (internal)")
+            return HolderStatus(True, len(holder), 0, True, False, False)
+
+    reads = HolderReads(SimpleNamespace(relayers={"a": Relayer()}), max_in_flight=1)  # type: ignore[arg-type]
+    names = [f"0x{i:03x}" for i in range(499)] + ["0xbad"]
+    first = asyncio.create_task(reads.holder("a", ISIN, "0xfirst"))
+    await asyncio.sleep(0)
+    answers = await asyncio.gather(
+        *(reads.holder("a", ISIN, n) for n in names), return_exceptions=True
+    )
+    await first
+    assert isinstance(answers[-1], PeerFailed)
+    assert all(isinstance(a, HolderStatus) for a in answers[:-1])
+    assert "0xbad" in singles and len(singles) <= 2, singles  # it and its last sibling
+    assert len(shared) <= 2 + 2 * 9, shared  # the shared read, then halves
+    await reads.close()
+
+
 async def test_leg_reads_behind_a_running_one_wait_read_linger_for_more() -> None:
     """``[batching] read_linger_ms``: a read with none of its key in flight goes out at
     once; reads arriving behind it, a few milliseconds apart (drivers woken by one batched
