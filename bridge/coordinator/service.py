@@ -394,8 +394,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # A recorded item whose row cannot be read now: its outcome stands, its
                     # transfer is unset, and the error (INTERNAL, its public text) says why;
                     # the batch's other items are answered (issue 14: never all-or-nothing).
-                    assert r.error is None  # ItemResult: a transfer or an error, never both
-                    message.error.CopyFrom(_item_error_to_pb(_unreadable_error(unreadable)))
+                    # (ItemResult never holds both a transfer and an error; a damaged batch
+                    # row that does keeps its own error.)
+                    if r.error is None:
+                        message.error.CopyFrom(_item_error_to_pb(_unreadable_error(unreadable)))
                 else:
                     raise NotFound(f"transfer 0x{r.transfer_id.hex()} does not exist")
             out.results.append(message)
