@@ -57,12 +57,13 @@ class LaneBacklogs:
     GUARANTEES: :meth:`ahead` answers at least what a read of the lane now would (never
     less: no transfer overtakes an earlier one because of it), and exactly that while no
     counted transfer has left the states since the read; it answers None (the caller reads
-    the lane and :meth:`keep` s it) when the read is older than :data:`MAX_AGE_S`, when
-    :meth:`changed_all` was called after it (a transfer entered the states from outside:
-    a resume), or for a position created after it that was not recorded with
-    :meth:`created`. Callers record creations after their commits, call :meth:`begin`
-    before reading a lane and :meth:`keep` (or :meth:`abandon`) after, so a creation
-    committed after a read's snapshot is remembered for it. Thread-safe."""
+    the lane and :meth:`keep` s it) when the read is older than :data:`MAX_AGE_S`, when a
+    transfer entered its states from outside since (:meth:`moved`, :meth:`changed_all`: a
+    resume), when a write of its lane may have gone unrecorded (:meth:`changed`), or for a
+    position created after it that was not recorded with :meth:`created`. Callers record
+    creations and moves after their commits, call :meth:`begin` before reading a lane and
+    :meth:`keep` (or :meth:`abandon`) after, so a creation committed after a read's
+    snapshot is remembered for it. Thread-safe."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
