@@ -38,6 +38,7 @@ from bridge.rpc.claims_refusal import MAX_MESSAGE, refusal_status, refused_items
 from bridge.rpc.errors import DETAILS_KEY
 from bridge.rpc.tls import INSECURE_ENV
 from bridge.v1 import verifier_pb2
+from tests.support import signatures_checked
 
 pytestmark = [pytest.mark.unit, pytest.mark.security, pytest.mark.batch]
 
@@ -337,14 +338,7 @@ async def test_a_member_repeating_an_entry_costs_one_check_and_one_report(
     import bridge.coordinator.clients as clients
 
     monkeypatch.setenv(INSECURE_ENV, "1")
-    checked: list[bytes] = []
-    verify = clients.verify_vote
-
-    def counted(committee: Committee, digest: bytes, signature: bytes) -> object:
-        checked.append(signature)
-        return verify(committee, digest, signature)
-
-    monkeypatch.setattr(clients, "verify_vote", counted)
+    checked = signatures_checked(monkeypatch, clients)
     reports: list[object] = []
 
     async def sink(incident: object) -> None:

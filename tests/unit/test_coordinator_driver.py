@@ -191,36 +191,30 @@ def holder_lock(
     return terms, lock_event(terms, height, index, tx)
 
 
-@pytest.fixture
-async def coordinator(tmp_path: Path):
+def network_file(tmp_path: Path, ids: Sequence[str] = ("a", "b")) -> NetworkConfig:
+    """EVM ledgers ``ids`` (one letter each; bridges 0xaa.., 0xbb..; chain ids 1, 2...), a committee
+    of one, BROKER_A instructing transfers out of a; written to ``tmp_path`` and loaded."""
+    ledgers = [
+        {"id": n, "kind": "evm", "rpc_url": n, "bridge": "0x" + n * 40, "chain_id": i,
+         "finality_depth": 0}
+        for i, n in enumerate(ids, start=1)
+    ]  # fmt: skip
     (tmp_path / "network.toml").write_text(
         dump_toml(
             {
                 "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
                 "securities": {"isins": [ISIN]},
-                "ledgers": [
-                    {
-                        "id": "a",
-                        "kind": "evm",
-                        "rpc_url": "x",
-                        "bridge": "0x" + "aa" * 20,
-                        "chain_id": 1,
-                        "finality_depth": 0,
-                    },
-                    {
-                        "id": "b",
-                        "kind": "evm",
-                        "rpc_url": "y",
-                        "bridge": "0x" + "bb" * 20,
-                        "chain_id": 2,
-                        "finality_depth": 0,
-                    },
-                ],
-                "instruction_keys": {"a": [BROKER_A.address.hex().join(("0x", ""))]},
+                "ledgers": ledgers,
+                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
             }
         )
     )
-    network = load_network(tmp_path / "network.toml")
+    return load_network(tmp_path / "network.toml")
+
+
+@pytest.fixture
+async def coordinator(tmp_path: Path):
+    network = network_file(tmp_path)
     store = SqliteTransferStore(tmp_path / "c.sqlite")
     relayers = {"a": FakeRelayer("a"), "b": FakeRelayer("b")}
     c = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60, max_backoff=0.2,  # type: ignore[arg-type]

@@ -467,29 +467,14 @@ async def test_an_event_from_neither_of_a_transfers_ledgers_is_refused(tmp_path:
     """A relayer of a third ledger naming a transfer between two others: refused, not
     recorded, the transfer's driver not woken by it (it could wake it past its backoff as
     often as it delivers)."""
-    from bridge.config import dump_toml, load_network
     from bridge.coordinator.engine import Coordinator
-    from tests.unit.test_coordinator_driver import BROKER_A, FakeCommittee, submit
+    from tests.unit.test_coordinator_driver import FakeCommittee, network_file, submit
 
-    ledgers = [
-        {"id": n, "kind": "evm", "rpc_url": n, "bridge": "0x" + f"{0xA0 + i:02x}" * 20,
-         "chain_id": i + 1, "finality_depth": 0}
-        for i, n in enumerate(("a", "b", "c"))
-    ]  # fmt: skip
-    (tmp_path / "network.toml").write_text(
-        dump_toml(
-            {
-                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
-                "securities": {"isins": [ISIN]},
-                "ledgers": ledgers,
-                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
-            }
-        )
-    )
+    network = network_file(tmp_path, ("a", "b", "c"))
     store = SqliteTransferStore(tmp_path / "c.sqlite")
     relayers = {n: FakeRelayer(n) for n in ("a", "b", "c")}
     hold(relayers["a"])  # the lock does not go: the transfer stays unfinished
-    c = Coordinator(load_network(tmp_path / "network.toml"), store, relayers, FakeCommittee(),  # type: ignore[arg-type]
+    c = Coordinator(network, store, relayers, FakeCommittee(),  # type: ignore[arg-type]
                     transfer_ttl=60, max_backoff=0.2, sweep_every=0.1)  # fmt: skip
     await c.start()
     try:

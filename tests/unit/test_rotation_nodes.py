@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from bridge.config import NetworkConfig, dump_toml, load_network
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.epochs import EpochTracker
@@ -67,7 +66,14 @@ from bridge.rpc.rotation_convert import proposal_to_pb
 from bridge.supply_client import FeedVerifier
 from bridge.v1 import verifier_pb2, verifier_pb2_grpc
 from tests.support import eventually
-from tests.unit.test_coordinator_driver import BROKER_A, ISIN, FakeRelayer, final, request, submit
+from tests.unit.test_coordinator_driver import (
+    ISIN,
+    FakeRelayer,
+    final,
+    network_file,
+    request,
+    submit,
+)
 from tests.unit.test_verifier_claim_service import NETWORK, Member
 from verifiers.policy import ClaimRefused
 from verifiers.rotation_log import ConflictingRotation, RotationLog
@@ -421,32 +427,6 @@ class EpochCommittee:
         wanted = {d.name: (epochs[d.name][0].epoch if epochs else 1) for d in ledgers}
         self.calls.append((kind, wanted))
         return {name: SignatureSet(e, (bytes([e]) * 65,)) for name, e in wanted.items()}
-
-
-def network_file(tmp_path: Path) -> NetworkConfig:
-    """Two EVM ledgers a and b, BROKER_A instructs transfers out of a."""
-    ledgers = [
-        {
-            "id": n,
-            "kind": "evm",
-            "rpc_url": "x",
-            "bridge": "0x" + c * 20,
-            "chain_id": i,
-            "finality_depth": 0,
-        }
-        for i, (n, c) in enumerate((("a", "aa"), ("b", "bb")), start=1)
-    ]
-    (tmp_path / "network.toml").write_text(
-        dump_toml(
-            {
-                "committee": {"epoch": 1, "threshold": 1, "members": ["0x" + "22" * 20]},
-                "securities": {"isins": [ISIN]},
-                "ledgers": ledgers,
-                "instruction_keys": {"a": ["0x" + BROKER_A.address.hex()]},
-            }
-        )
-    )
-    return load_network(tmp_path / "network.toml")
 
 
 async def test_refused_decision_is_recertified_under_the_new_epoch_and_never_changes(

@@ -20,6 +20,7 @@ from bridge.domain.supply import (
     SupplyRecord,
     make_record,
 )
+from tests.support import signatures_checked
 from verifiers import supply_log as supply_log_module
 from verifiers.supply_log import (
     PendingAnchor,
@@ -539,14 +540,7 @@ def test_an_anchor_with_more_signatures_than_members_is_refused_before_any_recov
     """60,000 copies of one signature used to cost 60,000 recoveries on the event loop."""
     com, signers = committee
     r6 = rec(6, {"a": 13}, prev=secrets.token_bytes(32))
-    recovered: list[bytes] = []
-    real = supply_log_module.verify_vote
-
-    def counting(c: Committee, digest: bytes, sig: bytes) -> object:
-        recovered.append(sig)
-        return real(c, digest, sig)
-
-    monkeypatch.setattr(supply_log_module, "verify_vote", counting)
+    recovered = signatures_checked(monkeypatch, supply_log_module)
     flood = SignedRecord(r6, (signers[0].sign_digest(r6.digest),) * 60_000)
     with pytest.raises(
         SupplyAnchorInvalid, match=rf"^anchor {ISIN}#6: 60000 signatures, the committee has 4"
@@ -566,14 +560,7 @@ def test_anchor_recovery_drops_duplicates_and_stops_at_the_threshold(
 ) -> None:
     com, signers = committee
     r6 = rec(6, {"a": 13}, prev=secrets.token_bytes(32))
-    recovered: list[bytes] = []
-    real = supply_log_module.verify_vote
-
-    def counting(c: Committee, digest: bytes, sig: bytes) -> object:
-        recovered.append(sig)
-        return real(c, digest, sig)
-
-    monkeypatch.setattr(supply_log_module, "verify_vote", counting)
+    recovered = signatures_checked(monkeypatch, supply_log_module)
     sigs = certify(r6, signers).signatures
     assert verify_anchor(SignedRecord(r6, sigs), com) == r6
     assert recovered == list(sigs[:3]), "t = 3 valid signatures are enough"
