@@ -127,13 +127,15 @@ class HolderReads:
                     # shared by these holders, not split further onto it.
                     answers.update((h, exc) for h in holders)
                     return
-                half = len(holders) // 2
-                await asyncio.gather(read(holders[:half]), read(holders[half:]))
+                await halves(holders)
+
+        async def halves(holders: Sequence[str]) -> None:
+            half = len(holders) // 2
+            await asyncio.gather(read(holders[:half]), read(holders[half:]))
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._alone_budget_s):
-                half = len(unique) // 2
-                await asyncio.gather(read(unique[:half]), read(unique[half:]))
+                await halves(unique)  # the read of them all has just failed
         late = Unavailable(f"relayer of {ledger} did not answer the holders' reads in time")
         return [answers.get(h, late) for h in unique]
 

@@ -103,14 +103,12 @@ class LaneBacklogs:
     def created(self, lane: Lane, seq: int, units: int, state: int) -> None:
         """A transfer was created on ``lane`` (committed) with store sequence ``seq``."""
         with self._lock:
-            if not any(k[0] == lane for k in self._reading):
+            if not self._is_reading(lane):
                 now = self._clock()
-                reads = [r for k, r in self._reads.items() if k[0] == lane]
-                if all(now - r.read_at > MAX_AGE_S for r in reads):
+                if all(now - r.read_at > MAX_AGE_S for r in self._reads_of(lane).values()):
                     # No read of the lane begun, none young enough to answer: the next
                     # question reads it again, with this transfer.
-                    for key in [k for k in self._reads if k[0] == lane]:
-                        del self._reads[key]
+                    self._drop(lane)
                     self._arrivals.pop(lane, None)
                     return
             arrivals = self._arrivals.setdefault(lane, [])
@@ -125,9 +123,8 @@ class LaneBacklogs:
         with self._lock:
             for lane in set(lanes):
                 self._lane_epochs[lane] = self._lane_epochs.get(lane, 0) + 1
-                for key in [k for k in self._reads if k[0] == lane]:
-                    del self._reads[key]
-                if not any(k[0] == lane for k in self._reading):
+                self._drop(lane)
+                if not self._is_reading(lane):
                     self._arrivals.pop(lane, None)
 
     def changed_all(self) -> None:
@@ -180,8 +177,8 @@ class LaneBacklogs:
             self._reads[(lane, states)] = read
             # Creations the oldest read of the lane holds are no longer needed (unless a
             # read of it is still running: its snapshot may be older).
-            if lane in self._arrivals and not any(k[0] == lane for k in self._reading):
-                oldest = min(r.last_seq for key, r in self._reads.items() if key[0] == lane)
+            if lane in self._arrivals and not self._is_reading(lane):
+                oldest = min(r.last_seq for r in self._reads_of(lane).values())
                 self._arrivals[lane] = [a for a in self._arrivals[lane] if a[0] > oldest]
 
     def _done(self, key: tuple[Lane, tuple[int, ...]]) -> None:
@@ -200,6 +197,18 @@ class LaneBacklogs:
 
     def _forget(self, lane: Lane) -> None:
         self._epoch += 1  # a read of it still running must not be kept without these
-        for key in [k for k in self._reads if k[0] == lane]:
-            del self._reads[key]
+        self._drop(lane)
         self._arrivals.pop(lane, None)
+
+    def _reads_of(self, lane: Lane) -> dict[tuple[Lane, tuple[int, ...]], _Read]:
+        """The kept reads of ``lane``, by (lane, states) (the lock is held)."""
+        return {k: r for k, r in self._reads.items() if k[0] == lane}
+
+    def _is_reading(self, lane: Lane) -> bool:
+        """Whether a read of ``lane`` has begun and is not kept yet (the lock is held)."""
+        return any(k[0] == lane for k in self._reading)
+
+    def _drop(self, lane: Lane) -> None:
+        """Drop the kept reads of ``lane`` (the lock is held)."""
+        for key in self._reads_of(lane):
+            del self._reads[key]

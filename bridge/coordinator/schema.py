@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from bridge.coordinator.db import Conn, Database, Dialect
+from bridge.coordinator.db import MAX_ROWS_PER_STATEMENT, Conn, Database, Dialect
 from bridge.storage import migrations as runner
 from bridge.storage.schema import Schema, schema_of
 
@@ -316,8 +316,8 @@ def _v11_target_ledgers(c: Conn) -> None:
                 continue  # unreadable (UnreadableRecord to the store's readers): NULL
             if isinstance(target, str):
                 found.append((int(seq), target))
-        for start in range(0, len(found), 500):
-            page = found[start : start + 500]
+        for start in range(0, len(found), MAX_ROWS_PER_STATEMENT):
+            page = found[start : start + MAX_ROWS_PER_STATEMENT]
             cases = " ".join("WHEN ? THEN ?" for _ in page)
             marks = ",".join("?" for _ in page)
             c.execute(

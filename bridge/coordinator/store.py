@@ -466,6 +466,13 @@ class UnreadableRows:
         with self._lock:
             return [tid for tid in transfer_ids if tid in self._ids]
 
+    def seen(self, parsed: Iterable[TransferRecord], bad: Iterable[UnreadableRecord]) -> None:
+        """One read's outcome: each of ``bad`` reported, the rows of ``parsed`` forgotten
+        (read again: repaired)."""
+        for exc in bad:
+            self.report(exc)
+        self.readable(r.transfer_id for r in parsed)
+
     def readable(self, transfer_ids: Iterable[bytes]) -> None:
         """Forget those of ``transfer_ids`` (just parsed) that were unreadable: repaired.
         Costs nothing while none is unreadable."""
@@ -546,9 +553,7 @@ def _records(rows: list[Any], unreadable: UnreadableRows | None = None) -> list[
         if bad:
             raise bad[0]
         return out
-    for exc in bad:
-        unreadable.report(exc)
-    unreadable.readable(r.transfer_id for r in out)
+    unreadable.seen(out, bad)
     return out
 
 
@@ -886,7 +891,6 @@ class SqlTransferStore:
         seqs: dict[bytes, int] = {}
 
         def run(db: Conn) -> list[tuple[TransferRecord | None, bool]]:
-            seqs.clear()  # a retried write starts again
             return _create_many(db, records, seqs)
 
         try:
@@ -956,10 +960,8 @@ class SqlTransferStore:
                 return _records_apart(db.execute(sql, page).fetchall())
 
             records, bad = await self._db.read(run)
-            for exc in bad:
-                self._unreadable.report(exc)
-                unreadable[exc.transfer_id] = exc
-            self._unreadable.readable(r.transfer_id for r in records)
+            self._unreadable.seen(records, bad)
+            unreadable.update((exc.transfer_id, exc) for exc in bad)
             found.update((r.transfer_id, r) for r in records)
         return ManyRecords(found, unreadable)
 
@@ -977,11 +979,9 @@ class SqlTransferStore:
         (:class:`UnreadableRows`); the others' rows leave the report."""
         keys = [(source_ledger, k) for k in idempotency_keys]
         found = await self._db.read(lambda db: _by_keys_apart(db, keys)) if keys else {}
-        for value in found.values():
-            if isinstance(value, UnreadableRecord):
-                self._unreadable.report(value)
-        self._unreadable.readable(
-            v.transfer_id for v in found.values() if isinstance(v, TransferRecord)
+        self._unreadable.seen(
+            (v for v in found.values() if isinstance(v, TransferRecord)),
+            (v for v in found.values() if isinstance(v, UnreadableRecord)),
         )
         return {key: value for (_, key), value in found.items()}
 
