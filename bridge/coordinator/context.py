@@ -9,12 +9,12 @@ them but explicit calls.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import structlog
 
 from bridge.config import NetworkConfig
+from bridge.coordinator.changes import Changes
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.halts import HaltBook, Halted
@@ -51,12 +51,13 @@ class EngineContext:
     domains: dict[str, LedgerDomain]
     ledger_by_word: dict[bytes, str]
     log: structlog.stdlib.BoundLogger
-    watchers: dict[bytes, set[asyncio.Event]] = field(default_factory=dict)
+    watchers: dict[bytes, set[Changes]] = field(default_factory=dict)
 
     def notify(self, tid: bytes) -> None:
-        """Wake every ``watch`` of ``tid`` to read its history again."""
-        for event in self.watchers.get(tid, ()):
-            event.set()
+        """Wake every watch of ``tid`` to read its history again, marking ``tid`` as the
+        transfer that changed."""
+        for changes in self.watchers.get(tid, ()):
+            changes.mark(tid)
 
     async def set_state(
         self, record: TransferRecord, state: TransferState, reason: str

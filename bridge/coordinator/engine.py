@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 from bridge.config import BatchingConfig, NetworkConfig
 from bridge.coordinator.admission import Admission, Admitted
+from bridge.coordinator.changes import Changes
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import EpochTracker
@@ -290,12 +291,12 @@ class Coordinator:
         """Every update of the transfer from the first, ending after the terminal one."""
         await self.get(tid)
         watchers = self._ctx.watchers
-        changed = asyncio.Event()
+        changed = Changes()
         watchers.setdefault(tid, set()).add(changed)
         try:
             last = 0
             while True:
-                changed.clear()
+                changed.take()
                 for update in await self._ctx.store.history(tid, last):
                     last = update.sequence
                     yield update
@@ -303,7 +304,7 @@ class Coordinator:
                         return
                 # The timeout only bounds the wait should a notification ever be missed.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=5.0)
+                    await asyncio.wait_for(changed.event.wait(), timeout=5.0)
         finally:
             waiting = watchers.get(tid)
             if waiting is not None:
@@ -311,19 +312,19 @@ class Coordinator:
                 if not waiting:
                     del watchers[tid]
 
-    # ---- batch API (batchfix): one wake-up event for many transfers (WatchBatch)
-    def subscribe(self, tids: Iterable[bytes], event: asyncio.Event) -> None:
-        """Set ``event`` whenever one of ``tids`` changes state (until unsubscribed)."""
+    # ---- batch API (batchfix): one subscription for many transfers (WatchBatch)
+    def subscribe(self, tids: Iterable[bytes], changes: Changes) -> None:
+        """Mark in ``changes`` each of ``tids`` that changes state (until unsubscribed)."""
         for tid in tids:
-            self._ctx.watchers.setdefault(tid, set()).add(event)
+            self._ctx.watchers.setdefault(tid, set()).add(changes)
 
-    def unsubscribe(self, tids: Iterable[bytes], event: asyncio.Event) -> None:
-        """Stop setting ``event`` for ``tids`` (a no-op for those it was not set for)."""
+    def unsubscribe(self, tids: Iterable[bytes], changes: Changes) -> None:
+        """Stop marking ``tids`` in ``changes`` (a no-op for those it was not marking)."""
         watchers = self._ctx.watchers
         for tid in tids:
             waiting = watchers.get(tid)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.discard(changes)
                 if not waiting:
                     del watchers[tid]
 

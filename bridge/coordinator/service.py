@@ -24,6 +24,7 @@ from bridge.coordinator.batches import (
     fingerprint,
     run_items,
 )
+from bridge.coordinator.changes import Changes, WatchReads
 from bridge.coordinator.engine import Coordinator
 from bridge.coordinator.records import TransferRecord, TransferUpdate
 from bridge.coordinator.requests import is_valid_key, validate_batch_id, validate_submit
@@ -73,7 +74,8 @@ WATCH_PAGE_ITEMS = 100
 WATCH_PAGE_ROWS = 500
 """Most history rows one WatchBatch store read returns."""
 WATCH_IDLE_S = 5.0
-"""Longest a WatchBatch waits for a state-change notification before reading again."""
+"""How often a WatchBatch reads every unfinished item (between, it reads the items announced
+as changed): the bound on how late it reports an update that was never announced."""
 WATCH_GROUP_MAX = WATCH_PAGE_ROWS
 """Most item reports one WatchBatch message carries (``max_items_per_message`` above it is
 taken as this): a page's reports can go in one message."""
@@ -416,9 +418,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         ``items``, never holding a report back for a later page; the reports and their order
         are the same either way. The store is read in pages (``WATCH_PAGE_ITEMS`` transfers,
         at most ``WATCH_PAGE_ROWS`` rows, by sequence) only when the client has taken the
-        previous page, so a slow reader holds no queue; the stream keeps one small cursor per
-        unfinished item, not the batch; a caller holding ``max_batch_watches`` streams
-        already gets RESOURCE_EXHAUSTED."""
+        previous page, so a slow reader holds no queue; a wake reads only the items announced
+        as changed since the last pass, and all unfinished items at the first pass and every
+        ``WATCH_IDLE_S`` (:class:`~bridge.coordinator.changes.WatchReads`); the stream keeps
+        one small cursor per unfinished item, not the batch; a caller holding
+        ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
         caller = current_principal()
         group = min(max(request.max_items_per_message, 1), WATCH_GROUP_MAX)
         with self._batch_watches.hold((caller.org, caller.role)):
@@ -461,18 +465,23 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         if refused:  # already held whole; _watch_messages bounds each message
             yield refused
         del refused
-        changed = asyncio.Event()
+        changed = Changes()
         self._coordinator.subscribe(list(cursors), changed)
+        wakes = WatchReads(changed, WATCH_IDLE_S)
         try:
             while cursors:
-                changed.clear()
                 progressed = False
-                order = list(cursors)
+                # The items announced since the last pass (all of them at the first pass
+                # and every WATCH_IDLE_S), in item order: a wake costs what moved, not the
+                # batch (helper-117 #5).
+                order = sorted(wakes.due(cursors), key=lambda t: cursors[t][0])
                 for start in range(0, len(order), WATCH_PAGE_ITEMS):
                     page = [t for t in order[start : start + WATCH_PAGE_ITEMS] if t in cursors]
                     rows = await self._batches_store().updates(
                         [(t, cursors[t][2]) for t in page], WATCH_PAGE_ROWS
                     )
+                    if len(rows) >= WATCH_PAGE_ROWS:
+                        wakes.again(page)  # the page's rows past the limit: the next pass
                     # The transfers of the updates to send, in one store read per page (not
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
@@ -515,14 +524,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     if reports:
                         yield reports
                         continue
-                    # The timeout only bounds the wait should a notification be missed.
+                    # The timeout (the next sweep) bounds how late an update that was never
+                    # announced is read.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), timeout=WATCH_IDLE_S)
+                        await asyncio.wait_for(changed.event.wait(), timeout=wakes.wait_s())
         finally:
             self._coordinator.unsubscribe(list(cursors), changed)
 
     async def _unreadable_reports(
-        self, cursors: dict[bytes, list[Any]], changed: asyncio.Event
+        self, cursors: dict[bytes, list[Any]], changed: Changes
     ) -> list[_Report]:
         """The reports of the watched items whose rows the store found unreadable (and has
         not read again since), confirmed by one read of those rows only; each is dropped

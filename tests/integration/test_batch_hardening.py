@@ -744,6 +744,92 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
     assert record_reads == []
 
 
+async def test_a_wake_reads_only_the_items_announced_and_a_sweep_finds_the_rest(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-117 #5: a wake of a WatchBatch stream read every unfinished item again,
+    so each state change of any item cost a probe of the whole batch (page by page). Now a
+    wake reads the items announced as changed; every ``WATCH_IDLE_S`` the stream reads all of
+    them, which reports an update that was never announced."""
+    import bridge.coordinator.service as service
+
+    monkeypatch.setattr(service, "WATCH_PAGE_ITEMS", 4)
+    monkeypatch.setattr(service, "WATCH_IDLE_S", 3600.0)  # no sweep but the first pass
+    n = 12
+    for relayer in served.relayers.values():
+        relayer.open.clear()  # every lock waits: the transfers stay open
+    await served.stub.SubmitTransfers(
+        batch("day-w", [item(served, f"w-{i}") for i in range(n)]), timeout=30
+    )
+    tids = []
+    for i in range(n):
+        record = await served.store.get_by_key("a", f"w-{i}")
+        assert record is not None
+        tids.append(record.transfer_id)
+    reads: list[int] = []  # cursors per store read of the stream
+    store = SqlBatchStore.updates
+
+    async def counted(self: SqlBatchStore, cursors: Any, limit: int) -> Any:
+        reads.append(len(cursors))
+        return await store(self, cursors, limit)
+
+    monkeypatch.setattr(SqlBatchStore, "updates", counted)
+    last: dict[int, int] = {}
+
+    async def follow(call: Any) -> None:
+        async for message in call:
+            if not message.HasField("error"):
+                last[message.index] = message.update.sequence
+
+    async def caught_up() -> bool:
+        for i, tid in enumerate(tids):
+            history = await served.store.history(tid, 0)
+            if not history or last.get(i) != history[-1].sequence:
+                return False
+        return True
+
+    watching = asyncio.create_task(
+        follow(served.stub.WatchBatch(S.WatchBatchRequest(batch_id="day-w", source_ledger="a")))
+    )
+    try:
+        await eventually(caught_up, 10, "every item's updates so far reported")
+        assert sum(reads) >= n  # the first pass reads every item
+        await asyncio.sleep(0.3)
+        reads.clear()
+        served.coordinator._ctx.notify(tids[5])  # one item announced
+        await eventually(lambda: asyncio.sleep(0, reads), 5, "the announced item read")
+        await asyncio.sleep(0.3)
+        assert reads == [1], reads  # that item alone, once (it was n, in pages of 4)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    # A second stream (a fresh client) while one item's announcements are lost: the
+    # periodic sweep reports its updates all the same, in order, up to its terminal one.
+    monkeypatch.setattr(service, "WATCH_IDLE_S", 0.3)
+    from bridge.coordinator.context import EngineContext
+
+    notify = EngineContext.notify
+
+    def losing(ctx: EngineContext, tid: bytes) -> None:
+        if tid != tids[7]:
+            notify(ctx, tid)
+
+    monkeypatch.setattr(EngineContext, "notify", losing)
+    seen: dict[int, list[int]] = {}
+    call = served.stub.WatchBatch(S.WatchBatchRequest(batch_id="day-w", source_ledger="a"))
+    for relayer in served.relayers.values():
+        relayer.open.set()
+    async for message in call:
+        assert not message.HasField("error"), message
+        seen.setdefault(message.index, []).append(message.update.sequence)
+    assert sorted(seen) == list(range(n))
+    for i, tid in enumerate(tids):
+        history = await served.store.history(tid, 0)
+        assert history[-1].state.terminal
+        assert seen[i] == [u.sequence for u in history]  # every update, in order, once
+
+
 def _reports(messages: list[S.WatchBatchResponse], grouped: bool) -> list[tuple[Any, ...]]:
     """Every report of a watch, in stream order, whichever way the messages carry them."""
     out = []
