@@ -44,7 +44,8 @@ class Changes:
 
 class WatchReads:
     """Which of a batch watch's unfinished transfers its next pass reads: those marked since
-    the last pass, and all of them at the first pass and again every ``sweep_s`` seconds.
+    the last pass, and all of them at the first pass and again ``sweep_s`` seconds after the
+    end of the last such pass.
 
     SECURITY (helper-117 #5): a wake used to read every unfinished item of the batch, so one
     caller's four streams over batches of ``max_batch_items`` made every state change of any
@@ -53,7 +54,7 @@ class WatchReads:
     never announced (written by another process, or a notification missed) is reported,
     even while other items keep waking the stream."""
 
-    __slots__ = ("_changes", "_clock", "_last_sweep", "_sweep_s")
+    __slots__ = ("_changes", "_clock", "_last_sweep", "_sweep_s", "_sweeping")
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class WatchReads:
         self._sweep_s = sweep_s
         self._clock = clock
         self._last_sweep = -math.inf
+        self._sweeping = False
 
     def due(self, unfinished: Collection[bytes]) -> set[bytes]:
         """The transfers of ``unfinished`` to read now: all of them when a sweep is due,
@@ -72,9 +74,16 @@ class WatchReads:
         marked = self._changes.take()
         now = self._clock()
         if now - self._last_sweep >= self._sweep_s:
-            self._last_sweep = now
+            self._last_sweep, self._sweeping = now, True
             return set(unfinished)
         return {tid for tid in marked if tid in unfinished}
+
+    def passed(self) -> None:
+        """The pass ended: after a sweep, the period to the next one starts now, so a sweep
+        slower than the period (a busy database) is not followed at once by another
+        (review helper-119 M1)."""
+        if self._sweeping:
+            self._last_sweep, self._sweeping = self._clock(), False
 
     def again(self, tids: Collection[bytes]) -> None:
         """Read ``tids`` at the next pass as well (their page stopped at its row limit)."""

@@ -74,8 +74,9 @@ WATCH_PAGE_ITEMS = 100
 WATCH_PAGE_ROWS = 500
 """Most history rows one WatchBatch store read returns."""
 WATCH_IDLE_S = 5.0
-"""How often a WatchBatch reads every unfinished item (between, it reads the items announced
-as changed): the bound on how late it reports an update that was never announced."""
+"""How long after its last read of every unfinished item a WatchBatch reads them all again
+(between, it reads the items announced as changed): an update that was never announced is
+reported within this plus one pass (and the client's own reading of the stream)."""
 WATCH_GROUP_MAX = WATCH_PAGE_ROWS
 """Most item reports one WatchBatch message carries (``max_items_per_message`` above it is
 taken as this): a page's reports can go in one message."""
@@ -515,6 +516,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                             self._coordinator.unsubscribe([update.transfer_id], changed)
                     if reports:
                         yield reports
+                wakes.passed()
                 if not progressed:
                     # Review helper-116 M1: an unreadable item with nothing new to send
                     # (the client has its last update, or the row broke after it was sent)

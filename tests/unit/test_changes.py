@@ -78,3 +78,19 @@ def test_the_wait_ends_at_the_next_sweep_and_again_reads_a_page_at_the_next_pass
     reads.again([A, C])  # their page stopped at its row limit
     assert changes.event.is_set()
     assert reads.due([A, B, C]) == {A, C}
+
+
+def test_a_sweep_slower_than_the_period_is_not_followed_at_once_by_another() -> None:
+    """Review helper-119 M1: the period counted from the sweep's start, so a sweep that
+    took longer than the period (a busy database) was followed at once by another one."""
+    clock, changes = Clock(), Changes()
+    reads = WatchReads(changes, 5.0, clock)
+    assert reads.due([A, B]) == {A, B}
+    clock.now += 6.0  # the sweep's pages took 6 s
+    reads.passed()
+    assert reads.wait_s() == 5.0
+    assert reads.due([A, B]) == set()
+    reads.passed()  # a pass of marks only does not move the period
+    clock.now += 5.0
+    assert reads.wait_s() == 0.0
+    assert reads.due([A, B]) == {A, B}
