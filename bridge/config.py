@@ -282,6 +282,8 @@ class CoordinatorConfig:
     """Most concurrent WatchTransfer streams per caller (organisation, role)."""
     batch_retention_days: int = 30
     """Days a batch's record (its id's idempotency window) is kept; transfers stay."""
+    max_unfinished_per_ledger: int = 100_000
+    """Most unfinished transfers from one source ledger; admission refuses more."""
     max_batch_items_per_day: int = 1_000_000
     """Most items one source ledger's batches may record in a rolling day."""
     max_refused_batch_items_per_day: int = 10_000
@@ -619,6 +621,7 @@ def _coordinator(path: Path, raw: Mapping[str, Any], network: NetworkConfig) -> 
         batch_admission_parallel=int(raw.get("batch_admission_parallel", 16)),
         max_transfer_watches=int(raw.get("max_transfer_watches", 256)),
         batch_retention_days=int(raw.get("batch_retention_days", 30)),
+        max_unfinished_per_ledger=int(raw.get("max_unfinished_per_ledger", 100_000)),
         max_batch_items_per_day=int(raw.get("max_batch_items_per_day", 1_000_000)),
         max_refused_batch_items_per_day=int(raw.get("max_refused_batch_items_per_day", 10_000)),
         batching=_batching(raw.get("batching")),

@@ -396,6 +396,15 @@ class CoordinatorFile(Table):
     Older finished records are deleted hourly by the active coordinator; every transfer
     and its history stay, so a batch id used again after that runs as a new batch whose
     items' idempotency keys still answer their existing transfers."""
+    max_unfinished_per_ledger: int = Field(default=100_000, gt=0, le=10_000_000)
+    """Most unfinished transfers from one source ledger (its brokerage's submissions, and
+    locks adopted from it); a new transfer from a ledger that has them is refused
+    RESOURCE_EXHAUSTED (retryable; a batch item RETRYABLE) before any ledger is read, and
+    a retry of a recorded transfer is still answered. Each unfinished transfer costs the
+    coordinator every institution shares a driver, ledger reads and, on a flow-limited
+    lane, a place in its queue: this keeps one brokerage's submissions from taking it.
+    Counted in memory and by the store at every sweep; one batch's items, checked
+    together, can pass it by up to ``max_batch_items``."""
     max_batch_items_per_day: int = Field(default=1_000_000, gt=0, le=1_000_000_000)
     """Most items the ``SubmitTransfers`` batches of one source ledger may record in a
     rolling 24 hours (each batch's items counted when its id is reserved); a new batch id

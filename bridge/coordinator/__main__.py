@@ -202,6 +202,7 @@ async def run(config_path: Path) -> None:
         supply=publisher,
         epochs=epochs,
         batching=cfg.batching,
+        max_unfinished_per_ledger=cfg.max_unfinished_per_ledger,
     )
     rotation_store = SqlRotationStore(db)
     rotations = RotationManager(

@@ -2,9 +2,9 @@
 transfer with a driver.
 
 Order of checks: the instruction (registered instructor, signature over exactly these
-terms), the idempotency key, the deadline bounds, the supply feed's holds, both ledgers'
-standing of the sender and the security, and the lanes' flow capacity; only then is the
-transfer recorded and its driver spawned.
+terms), the idempotency key, the deadline bounds, the source ledger's bound on unfinished
+transfers, the supply feed's holds, both ledgers' standing of the sender and the security,
+and the lanes' flow capacity; only then is the transfer recorded and its driver spawned.
 """
 
 from __future__ import annotations
@@ -142,6 +142,10 @@ class Admission:
         # no relayer a read. The store refuses it again at recording (a concurrent copy).
         if await ctx.store.recorded(terms.transfer_id):
             raise replayed_instruction(terms.transfer_id)
+        # SECURITY: one source ledger's unfinished transfers are bounded, so one brokerage's
+        # submissions cannot take the coordinator every institution shares (drivers, ledger
+        # reads, a lane's queue); a retry of a recorded transfer was answered above.
+        ctx.unfinished.check(request.source_ledger)
         if ctx.supply is not None:
             refusal = await ctx.supply.refusal(
                 request.security, (request.source_ledger, request.target_ledger)
@@ -213,6 +217,7 @@ class Admission:
                 return _key_taken()
             return stored, False
         self._ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
+        self._ctx.unfinished.created(request.source_ledger)
         # SECURITY: what the checks read stands in for the first step's reads only while it
         # is fresh: a batch item recorded after a slow sibling's check (a relayer timing
         # out) reads both ledgers again before its lock, so no units are escrowed towards

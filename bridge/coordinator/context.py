@@ -22,6 +22,7 @@ from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord
 from bridge.coordinator.store import TransferStore
+from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.domain.ids import SecurityId
 from bridge.domain.transfer import TransferState
 from bridge.logfields import REASON, STATE, TRANSFER
@@ -52,6 +53,8 @@ class EngineContext:
     ledger_by_word: dict[bytes, str]
     log: structlog.stdlib.BoundLogger
     watchers: dict[bytes, set[Changes]] = field(default_factory=dict)
+    # ---- unfinished transfers per source ledger, and admission's bound on them
+    unfinished: UnfinishedCounts = field(default_factory=UnfinishedCounts)
 
     def notify(self, tid: bytes) -> None:
         """Wake every watch of ``tid`` to read its history again, marking ``tid`` as the
@@ -73,6 +76,8 @@ class EngineContext:
         # without the other now that store calls really suspend (ADR 0013).
         stored = await self.store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
+            if state.terminal and not record.state.terminal:
+                self.unfinished.ended(record.request.source_ledger)
             observe_transition(record, state)  # ---- observability (ADR 0016)
             self.log.info(
                 "transfer state",

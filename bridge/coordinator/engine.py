@@ -41,6 +41,7 @@ from bridge.coordinator.step_batches import StepBatcher
 from bridge.coordinator.stepper import ADOPTED_LOCK_GRACE_S, DEFINITIVE_LOCK_REFUSALS, Stepper
 from bridge.coordinator.store import TransferStore
 from bridge.coordinator.supervision import Supervisor, waiting_reason
+from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.coordinator.wording import iso
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import Conflict, NotFound, PreconditionFailed
@@ -77,6 +78,7 @@ class Coordinator:
         halts: HaltBook | None = None,
         epochs: EpochTracker | None = None,
         batching: BatchingConfig | None = None,
+        max_unfinished_per_ledger: int | None = None,
     ) -> None:
         domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
@@ -96,6 +98,7 @@ class Coordinator:
             domains=domains,
             ledger_by_word={d.ledger_word: name for name, d in domains.items()},
             log=get_logger(),
+            unfinished=UnfinishedCounts(max_unfinished_per_ledger),
         )
         # ---- coalesced lane reads (issue 14): with batching, many transfers share a read
         batched = batching if batching is not None and batching.enabled else None

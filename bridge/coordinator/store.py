@@ -125,6 +125,11 @@ class TransferStore(Protocol):
         them (the sweep needs no more: it parses no record)."""
         ...
 
+    async def unfinished_sources(self) -> list[tuple[bytes, str]]:
+        """:meth:`unfinished_ids`, each with its source ledger (the sweep's one read: it
+        spawns the drivers and counts each ledger's unfinished transfers)."""
+        ...
+
     async def unfinished_adopted(self, source_ledger: str) -> int:
         """How many transfers adopted from ``source_ledger`` (origin ADOPTED) are not yet
         terminal (one count; nothing parsed)."""
@@ -1070,13 +1075,18 @@ class SqlTransferStore:
 
     async def unfinished_ids(self) -> list[bytes]:
         """See TransferStore.unfinished_ids."""
+        return [tid for tid, _ in await self.unfinished_sources()]
 
-        def run(db: Conn) -> list[bytes]:
+    async def unfinished_sources(self) -> list[tuple[bytes, str]]:
+        """See TransferStore.unfinished_sources."""
+
+        def run(db: Conn) -> list[tuple[bytes, str]]:
             rows = db.execute(
-                "SELECT transfer_id FROM transfers WHERE state NOT IN (?,?,?) ORDER BY seq",
+                "SELECT transfer_id, source_ledger FROM transfers WHERE state NOT IN (?,?,?)"
+                " ORDER BY seq",
                 _TERMINAL,
             ).fetchall()
-            return [bytes(row[0]) for row in rows]
+            return [(bytes(row[0]), str(row[1])) for row in rows]
 
         return await self._db.read(run)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from bridge.aio import stop_tasks
@@ -91,9 +92,11 @@ class Supervisor:
         """Spawn a driver for every unfinished transfer without a live one; returns how many
         transfers are unfinished."""
         # Ids only (issue 14): with tens of thousands in flight, parsing every record at
-        # each sweep cost more than the drivers' own reads of them.
-        unfinished = await self._ctx.store.unfinished_ids()
-        for tid in unfinished:
+        # each sweep cost more than the drivers' own reads of them. The same read counts
+        # each source ledger's unfinished transfers (max_unfinished_per_ledger).
+        unfinished = await self._ctx.store.unfinished_sources()
+        self._ctx.unfinished.recount(Counter(ledger for _, ledger in unfinished))
+        for tid, _ in unfinished:
             self.spawn(tid)
         return len(unfinished)
 

@@ -35,7 +35,7 @@ _MEANING: dict[ErrorReason | BridgeReason, str] = {
     B.NOT_LEADER: "This coordinator is a standby (or lost its lease); call the leader named in the `leader` detail, or another coordinator.",
     B.UNKNOWN: "The peer sent no valid details (or a reason outside this list); treat as unknown.",
     B.DATABASE_UNAVAILABLE: "The coordinator cannot use its database right now; retry the same (idempotent) request, here or on another coordinator.",
-    B.RESOURCE_EXHAUSTED: "You hold as much of a bounded resource as a caller may (e.g. concurrent WatchBatch streams); retry once one ends.",
+    B.RESOURCE_EXHAUSTED: "You hold as much of a bounded resource as a caller may (e.g. concurrent WatchBatch streams, or `max_unfinished_per_ledger` unfinished transfers from your ledger); retry once one ends.",
     # Authorisation on the ledger.
     R.NOT_ADMIN: "The caller is not the endpoint's admin.",
     R.NOT_RELAYER: "The caller is not a registered relayer of the endpoint.",

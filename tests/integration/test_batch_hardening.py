@@ -155,7 +155,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 async def served(
     request: pytest.FixtureRequest, tmp_path: Path, database: Database
 ) -> AsyncIterator[Served]:
-    """The served coordinator; ``request.param`` (indirect) is its batch store's quota."""
+    """The served coordinator; ``request.param`` (indirect), a dict, may hold its batch
+    store's ``quota`` and its ``max_unfinished_per_ledger``."""
     pki = DevPki(tmp_path / "pki")
     pki.organisation("bridge-operator", ["coordinator"])
     pki.issue("bridge-operator", "coordinator", "coordinator")
@@ -164,10 +165,12 @@ async def served(
     second = pki.issue_extra("a", "brokerage:a", "brokerage-a-2")
     network = _network(pki, tmp_path)
     store = SqlTransferStore(database)
-    batches = SqlBatchStore(database, getattr(request, "param", None))
+    param: dict[str, Any] = getattr(request, "param", {})
+    batches = SqlBatchStore(database, param.get("quota"))
     relayers = {"a": SlowRelayer("a"), "b": SlowRelayer("b")}
     coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
-                              max_backoff=0.2, sweep_every=0.1)  # fmt: skip
+                              max_backoff=0.2, sweep_every=0.1,
+                              max_unfinished_per_ledger=param.get("max_unfinished_per_ledger"))  # fmt: skip
     submitted: Counter[str] = Counter()
     check = coordinator.check_submit  # a batch item's submission starts with its checks
 
@@ -359,7 +362,7 @@ async def test_running_batches_are_bounded_per_source_ledger(served: Served) -> 
 
 
 @pytest.mark.parametrize(
-    "served", [BatchQuota(items_per_day=1000, refused_per_day=6)], indirect=True
+    "served", [{"quota": BatchQuota(items_per_day=1000, refused_per_day=6)}], indirect=True
 )
 async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     served: Served,
@@ -426,6 +429,66 @@ async def test_a_brokerage_past_its_refused_items_quota_records_no_new_batch(
     replay = await served.stub.SubmitTransfers(first, timeout=30)
     assert outcomes(replay) == outcomes(got) and not replay.created
     assert served.submitted["q-0"] == 1
+
+
+@pytest.mark.parametrize("served", [{"max_unfinished_per_ledger": 3}], indirect=True)
+async def test_a_ledger_past_its_unfinished_bound_records_no_new_transfer(served: Served) -> None:
+    """Threat model, "coordinator resources": a brokerage may submit as many transfers as
+    its holders' balances cover, each checked alone. Past ``max_unfinished_per_ledger``
+    unfinished transfers from its ledger, a new one is RESOURCE_EXHAUSTED (retryable; a
+    batch item RETRYABLE) before any ledger is read, and nothing is recorded; a retry of a
+    recorded transfer is still answered; once transfers finish, new ones are taken. The
+    sweep's count from the store stands in for the memory a restarted process lacks."""
+    for relayer in served.relayers.values():
+        relayer.open.clear()  # every lock waits: the transfers stay unfinished
+    items = [item(served, f"u-{i}") for i in range(3)]
+    first = await served.stub.SubmitTransfers(batch("cap-1", items), timeout=30)
+    assert outcomes(first) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 3
+    reads = sum(r.reads.total() for r in served.relayers.values())
+
+    async def refused_alone(key: str) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as exhausted:
+            await served.stub.SubmitTransfer(item(served, key), timeout=30)
+        assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = rpc_status.from_call(exhausted.value)  # type: ignore[arg-type]
+        assert status is not None
+        assert "(max_unfinished_per_ledger 3)" in status.message
+        assert await served.store.get_by_key("a", key) is None
+
+    await refused_alone("u-3")
+    later = batch("cap-2", [item(served, "u-4"), item(served, "u-5")])
+    second = await served.stub.SubmitTransfers(later, timeout=30)
+    assert outcomes(second) == [OUT.BATCH_ITEM_OUTCOME_RETRYABLE] * 2
+    for result in second.results:
+        assert result.error.code == "RESOURCE_EXHAUSTED"
+        assert result.error.metadata["retryable"] == "true"
+    assert await served.store.get_by_key("a", "u-4") is None
+    assert sum(r.reads.total() for r in served.relayers.values()) == reads  # no ledger read
+    # A retry of a recorded transfer is answered, not refused.
+    retry = await served.stub.SubmitTransfer(items[0], timeout=30)  # the same signed request
+    recorded = await served.store.get_by_key("a", "u-0")
+    assert not retry.created and recorded is not None
+    assert retry.transfer.transfer_id == "0x" + recorded.transfer_id.hex()
+    # A process that has not counted (restarted): the sweep's count from the store.
+    served.coordinator._ctx.unfinished.recount({})
+    await eventually(
+        lambda: asyncio.sleep(0, served.coordinator._ctx.unfinished.of("a") == 3),
+        5,
+        "the sweep's count of ledger a's unfinished transfers",
+    )
+    await refused_alone("u-3")
+    # Once they finish, new transfers are taken.
+    for relayer in served.relayers.values():
+        relayer.open.set()
+    for i in range(3):
+        await eventually(lambda i=i: _terminal(served, f"u-{i}"), 30, f"transfer u-{i} terminal")
+    again = await served.stub.SubmitTransfers(later, timeout=30)  # the batch's replay
+    assert outcomes(again) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 2
+
+
+async def _terminal(served: Served, key: str) -> bool:
+    record = await served.store.get_by_key("a", key)
+    return record is not None and record.state.terminal
 
 
 # ---- review s18 F4: what a batch stores is bounded and validated; a replay is cheap
@@ -662,6 +725,9 @@ async def test_watch_batch_reports_every_item_in_pages_without_a_task_per_item(
 
     monkeypatch.setattr(service, "WATCH_PAGE_ITEMS", 4)
     monkeypatch.setattr(service, "WATCH_PAGE_ROWS", 7)
+    # No sweep but the first pass (review helper-119 M2): a page stopped at its row limit is
+    # read again at the next pass, or the stream stalls past the call's timeout.
+    monkeypatch.setattr(service, "WATCH_IDLE_S", 3600.0)
     n = 10
     items = [item(served, f"p-{i}") for i in range(n)] + [item(served, "p-f", sender=FROZEN)]
     await served.stub.SubmitTransfers(batch("day-5", items), timeout=30)
@@ -817,12 +883,15 @@ async def test_a_wake_reads_only_the_items_announced_and_a_sweep_finds_the_rest(
 
     monkeypatch.setattr(EngineContext, "notify", losing)
     seen: dict[int, list[int]] = {}
-    call = served.stub.WatchBatch(S.WatchBatchRequest(batch_id="day-w", source_ledger="a"))
-    for relayer in served.relayers.values():
-        relayer.open.set()
+    call = served.stub.WatchBatch(
+        S.WatchBatchRequest(batch_id="day-w", source_ledger="a"), timeout=60
+    )
     async for message in call:
         assert not message.HasField("error"), message
         seen.setdefault(message.index, []).append(message.update.sequence)
+        if len(seen) == 1:  # the stream's first pass is done: now the items move
+            for relayer in served.relayers.values():
+                relayer.open.set()
     assert sorted(seen) == list(range(n))
     for i, tid in enumerate(tids):
         history = await served.store.history(tid, 0)

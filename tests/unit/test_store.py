@@ -603,6 +603,9 @@ async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     assert [r.request.idempotency_key for r in await store.unfinished()] == ["key-1", "key-6"]
     assert await store.unfinished_ids() == [r.transfer_id for r in await store.unfinished()]
     assert await store.unfinished_ids() == [make_record(n).transfer_id for n in (1, 6)]
+    assert await store.unfinished_sources() == [
+        (r.transfer_id, r.request.source_ledger) for r in await store.unfinished()
+    ]
 
 
 async def test_unfinished_summary_counts_what_the_records_say(store: SqlTransferStore) -> None:
