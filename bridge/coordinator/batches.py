@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from bridge.coordinator.batch_retention import DAY_S
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.records import TransferUpdate
+from bridge.coordinator.store import UnreadableRecord
 from bridge.domain.errors import (
     BridgeError,
     BridgeReason,
@@ -42,6 +43,7 @@ from bridge.domain.errors import (
     Unavailable,
 )
 from bridge.domain.transfer import TransferState
+from bridge.logfields import TRANSFER, get_logger
 
 
 class ItemOutcome(enum.IntEnum):
@@ -408,9 +410,12 @@ class BatchStore(Protocol):
 
     async def updates(
         self, cursors: Sequence[tuple[bytes, int]], limit: int
-    ) -> list[TransferUpdate]:
+    ) -> list[TransferUpdate | UnreadableUpdate]:
         """History rows of the given transfers after each one's sequence, ordered by
-        (transfer id, sequence), at most ``limit`` rows (one page of a WatchBatch)."""
+        (transfer id, sequence), at most ``limit`` rows (one page of a WatchBatch). A row
+        this release cannot parse (a state it does not know: damaged, or written by a newer
+        release) is an :class:`UnreadableUpdate` in its place, so it fails that transfer's
+        reports only, never the page."""
         ...
 
 
@@ -595,7 +600,7 @@ class SqlBatchStore:
 
     async def updates(
         self, cursors: Sequence[tuple[bytes, int]], limit: int
-    ) -> list[TransferUpdate]:
+    ) -> list[TransferUpdate | UnreadableUpdate]:
         """See BatchStore.updates (one statement; ``cursors`` is one page, a few hundred)."""
         if not cursors:
             return []
@@ -604,16 +609,39 @@ class SqlBatchStore:
         sql = f"SELECT transfer_id, sequence, state, detail, at FROM transfer_updates WHERE {where}"  # noqa: S608
         args: list[object] = [v for pair in cursors for v in pair]
 
-        def run(db: Conn) -> list[TransferUpdate]:
+        def run(db: Conn) -> list[TransferUpdate | UnreadableUpdate]:
             rows = db.execute(
                 sql + " ORDER BY transfer_id, sequence LIMIT ?", (*args, limit)
             ).fetchall()
-            return [
-                TransferUpdate(bytes(t), int(s), TransferState(int(st)), str(d), float(at))
-                for (t, s, st, d, at) in rows
-            ]
+            return [_update(tuple(row)) for row in rows]
 
         return await self._db.read(run)
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableUpdate:
+    """A ``transfer_updates`` row this release cannot parse, in its place in a page."""
+
+    transfer_id: bytes
+    sequence: int
+    error: UnreadableRecord
+
+
+def _update(row: tuple[Any, ...]) -> TransferUpdate | UnreadableUpdate:
+    """One ``transfer_updates`` row, or an UnreadableUpdate (review helper-116 L5: a state
+    this release does not know failed the whole WatchBatch), logged."""
+    t, s, st, d, at = row
+    try:
+        return TransferUpdate(bytes(t), int(s), TransferState(int(st)), str(d), float(at))
+    except (TypeError, ValueError) as exc:
+        unreadable = UnreadableUpdate(bytes(t), int(s), UnreadableRecord(bytes(t), exc))
+        get_logger().error(
+            "transfer history row unreadable",
+            **{TRANSFER: "0x" + bytes(t).hex()},
+            sequence=s,
+            error=str(unreadable.error),
+        )
+        return unreadable
 
 
 def _head(db: Conn, source_ledger: str, batch_id: str) -> BatchRecord | None:

@@ -21,6 +21,7 @@ from bridge.coordinator.batches import (
     BatchStore,
     ItemError,
     ItemResult,
+    UnreadableUpdate,
     fingerprint,
     run_items,
 )
@@ -486,7 +487,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # The transfers of the updates to send, in one store read per page (not
                     # one per update), read after the updates: each is at least as recent
                     # as every update of its transfer in the page.
-                    read = await self._records_of([u for u in rows if _to_send(cursors, u)])
+                    read = await self._records_of(
+                        [u for u in rows if isinstance(u, TransferUpdate) and _to_send(cursors, u)]
+                    )
                     records = read.found
                     reports: list[_Report] = []
                     for update in rows:
@@ -494,17 +497,20 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                         if entry is None or update.sequence <= entry[2]:
                             continue
                         progressed = True
+                        # Its record, or a history row the client has not got, cannot be
+                        # read now: reported once (INTERNAL, no update) and no longer
+                        # followed by this stream, whose other items go on; a later watch
+                        # resumes it from the client's after_sequence once the operator has
+                        # repaired the row. A row the client already has is passed over.
+                        if isinstance(update, UnreadableUpdate):
+                            if update.sequence <= entry[3]:
+                                entry[2] = update.sequence
+                            else:
+                                reports.append(self._drop(cursors, update.error, changed))
+                            continue
                         unreadable = read.unreadable.get(update.transfer_id)
                         if unreadable is not None:
-                            # Its record cannot be read now: reported once (INTERNAL, no
-                            # update) and no longer followed by this stream, whose other
-                            # items go on; a later watch resumes it from the client's
-                            # after_sequence once the operator has repaired the row.
-                            reports.append(
-                                _Report(entry[0], entry[1], error=_unreadable_error(unreadable))
-                            )
-                            del cursors[update.transfer_id]
-                            self._coordinator.unsubscribe([update.transfer_id], changed)
+                            reports.append(self._drop(cursors, unreadable, changed))
                             continue
                         entry[2] = update.sequence
                         if update.sequence > entry[3]:
@@ -547,15 +553,20 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         if not suspects:
             return []
         read = await store.get_many(suspects)
-        reports: list[_Report] = []
-        for tid in suspects:
-            exc = read.unreadable.get(tid)
-            if exc is None:
-                continue  # repaired meanwhile: followed as any other item
-            index, key, _, _ = cursors.pop(tid)
-            self._coordinator.unsubscribe([tid], changed)
-            reports.append(_Report(index, key, error=_unreadable_error(exc)))
-        return reports
+        return [
+            self._drop(cursors, exc, changed)
+            for tid in suspects
+            if (exc := read.unreadable.get(tid)) is not None  # else repaired meanwhile
+        ]
+
+    def _drop(
+        self, cursors: dict[bytes, list[Any]], exc: UnreadableRecord, changed: Changes
+    ) -> _Report:
+        """The one report of a watched item that cannot be read (INTERNAL, no update); the
+        stream follows it no more."""
+        index, key, _, _ = cursors.pop(exc.transfer_id)
+        self._coordinator.unsubscribe([exc.transfer_id], changed)
+        return _Report(index, key, error=_unreadable_error(exc))
 
     def _batches_store(self) -> BatchStore:
         return self._batch_runner().store

@@ -1074,6 +1074,57 @@ async def test_a_batch_is_checked_concurrently_and_recorded_in_item_order(
 # ---- one unreadable item (issue 14: a batch is never all-or-nothing across items)
 
 
+async def test_an_unreadable_history_row_fails_only_its_items_report(served: Served) -> None:
+    """Review helper-116 L5: a ``transfer_updates`` row whose state this release does not
+    know (damaged, or written by a newer release) made every read of the page fail, so the
+    whole WatchBatch failed INTERNAL. Now that item alone is reported INTERNAL once, after
+    its readable updates, and no longer followed; the others go on to their end. A client
+    that already has that row resumes past it and gets the item's later updates."""
+    request = batch("day-h", [item(served, f"h-{i}") for i in range(3)])
+    first = await served.stub.SubmitTransfers(request, timeout=30)
+    assert outcomes(first) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 3
+    for i in range(3):
+        await eventually(lambda i=i: _terminal(served, f"h-{i}"), 30, f"transfer h-{i} terminal")
+    bad = bytes.fromhex(first.results[1].transfer.transfer_id[2:])
+    history = await served.store.history(bad, 0)
+    assert len(history) >= 3
+
+    async def set_second_state(value: int) -> None:
+        def run(db: Any) -> None:
+            db.execute(
+                "UPDATE transfer_updates SET state = ? WHERE transfer_id = ? AND sequence = 2",
+                (value, bad),
+            )
+
+        await served.store._db.write(run)
+
+    await set_second_state(99)  # no TransferState has it
+    reports = _reports(
+        await _watched(served, S.WatchBatchRequest(batch_id="day-h", source_ledger="a")), False
+    )
+    mine = [r for r in reports if r[0] == 1]
+    assert [(r[2][0] if r[2] else None, r[3]) for r in mine] == [(1, None), (None, "INTERNAL")]
+    for index in (0, 2):
+        theirs = [r[2] for r in reports if r[0] == index]
+        assert theirs[-1][1] == S.TRANSFER_STATE_COMMITTED
+        assert [u[0] for u in theirs] == list(range(1, len(theirs) + 1))
+    # A client that has the bad row (it was readable when sent): passed over, not an error.
+    resumed = _reports(
+        await _watched(
+            served,
+            S.WatchBatchRequest(batch_id="day-h", source_ledger="a", after_sequence=[99, 2, 99]),
+        ),
+        False,
+    )
+    assert [(r[0], r[2][0], r[3]) for r in resumed] == [(1, u.sequence, None) for u in history[2:]]
+    assert resumed[-1][2][1] == S.TRANSFER_STATE_COMMITTED
+    await set_second_state(int(history[1].state))  # the operator's repair
+    repaired = _reports(
+        await _watched(served, S.WatchBatchRequest(batch_id="day-h", source_ledger="a")), False
+    )
+    assert [r[2][0] for r in repaired if r[0] == 1] == [u.sequence for u in history]
+
+
 async def test_an_unreadable_item_fails_only_its_own_result_and_report(served: Served) -> None:
     """One item's stored transfer row cannot be parsed (damaged, or of a newer release).
     Before, the batch's replayed answer and its WatchBatch failed as a whole (INTERNAL):
