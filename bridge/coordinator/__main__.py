@@ -203,6 +203,7 @@ async def run(config_path: Path) -> None:
         epochs=epochs,
         batching=cfg.batching,
         max_unfinished_per_ledger=cfg.max_unfinished_per_ledger,
+        rpc_timeout=cfg.rpc_timeout,
     )
     rotation_store = SqlRotationStore(db)
     rotations = RotationManager(

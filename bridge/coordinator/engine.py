@@ -30,7 +30,7 @@ from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.flow_limits import FlowLimits, FlowQueued, LaneFlow
 from bridge.coordinator.halts import HaltBook
-from bridge.coordinator.holder_reads import HolderReads
+from bridge.coordinator.holder_reads import ALONE_BUDGET_S, HolderReads
 from bridge.coordinator.intake import EventNotConfirmed, Intake
 from bridge.coordinator.key_reads import KeyReads
 from bridge.coordinator.leg_reads import LegReads
@@ -79,6 +79,7 @@ class Coordinator:
         epochs: EpochTracker | None = None,
         batching: BatchingConfig | None = None,
         max_unfinished_per_ledger: int | None = None,
+        rpc_timeout: float = ALONE_BUDGET_S,
     ) -> None:
         domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
@@ -126,7 +127,12 @@ class Coordinator:
         self._intake = Intake(self._ctx, self._drivers)
         # ---- coalesced holder reads (issue 14 item 4): with batching, admission's too
         self._holders = (
-            HolderReads(self._ctx, batched.max_in_flight, linger_ms=batched.read_linger_ms)
+            HolderReads(
+                self._ctx,
+                batched.max_in_flight,
+                linger_ms=batched.read_linger_ms,
+                alone_budget_s=rpc_timeout,  # one call's timeout for the whole split
+            )
             if batched is not None
             else None
         )

@@ -29,8 +29,8 @@ from bridge.ledgers.bounded import READ_CONCURRENCY
 __all__ = ["ALONE_BUDGET_S", "MAX_READS_PER_CALL", "HolderReads"]
 
 ALONE_BUDGET_S = 30.0
-"""Longest the holders of a failed shared read are read alone, all of them together (the
-default ``rpc_timeout`` of one call)."""
+"""Longest the holders of a failed shared read are read alone, all of them together, unless
+the coordinator's configured ``rpc_timeout`` (one call's timeout) says otherwise."""
 
 MAX_READS_PER_CALL = 500
 """Most holders one coalesced read asks for (the relayer answers up to 1,000 per call)."""

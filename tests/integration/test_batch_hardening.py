@@ -30,7 +30,7 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from bridge.config import NetworkConfig, TlsConfig, dump_toml, load_network
+from bridge.config import BatchingConfig, NetworkConfig, TlsConfig, dump_toml, load_network
 from bridge.coordinator.batches import BatchQuota, SqlBatchStore
 from bridge.coordinator.db import Database, open_database
 from bridge.coordinator.engine import Coordinator
@@ -156,7 +156,7 @@ async def served(
     request: pytest.FixtureRequest, tmp_path: Path, database: Database
 ) -> AsyncIterator[Served]:
     """The served coordinator; ``request.param`` (indirect), a dict, may hold its batch
-    store's ``quota`` and its ``max_unfinished_per_ledger``."""
+    store's ``quota``, its ``max_unfinished_per_ledger``, ``batching`` and ``rpc_timeout``."""
     pki = DevPki(tmp_path / "pki")
     pki.organisation("bridge-operator", ["coordinator"])
     pki.issue("bridge-operator", "coordinator", "coordinator")
@@ -170,7 +170,9 @@ async def served(
     relayers = {"a": SlowRelayer("a"), "b": SlowRelayer("b")}
     coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
                               max_backoff=0.2, sweep_every=0.1,
-                              max_unfinished_per_ledger=param.get("max_unfinished_per_ledger"))  # fmt: skip
+                              max_unfinished_per_ledger=param.get("max_unfinished_per_ledger"),
+                              batching=param.get("batching"),
+                              rpc_timeout=param.get("rpc_timeout", 30.0))  # fmt: skip
     submitted: Counter[str] = Counter()
     check = coordinator.check_submit  # a batch item's submission starts with its checks
 
@@ -484,6 +486,47 @@ async def test_a_ledger_past_its_unfinished_bound_records_no_new_transfer(served
         await eventually(lambda i=i: _terminal(served, f"u-{i}"), 30, f"transfer u-{i} terminal")
     again = await served.stub.SubmitTransfers(later, timeout=30)  # the batch's replay
     assert outcomes(again) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 2
+
+
+@pytest.mark.parametrize(
+    "served",
+    [{"batching": BatchingConfig(enabled=True, max_in_flight=1), "rpc_timeout": 0.3}],
+    indirect=True,
+)
+async def test_the_holder_split_budget_is_the_configured_call_timeout(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split of a failed shared holder read (review helper-117 #4) runs within one
+    budget; it was the constant 30 s, whatever ``rpc_timeout`` the coordinator's file set.
+    With 0.3 s configured, a relayer that fails the shared read and lets single reads hang
+    gives the batch's items RETRYABLE well inside the client's 10 s deadline; with the
+    constant the call ran out of its own deadline first. (The first item's read goes out
+    alone and fails as its own; the next two share a read, which is split.)"""
+    from bridge.coordinator.clients import PeerFailed
+
+    holders_of, holder_of = SlowRelayer.holders, SlowRelayer.holder
+
+    async def failing(self: SlowRelayer, security: str, holders: Any) -> Any:
+        if self.ledger != "a":  # the recipient's ledger answers
+            return await holders_of(self, security, holders)
+        await asyncio.sleep(0.2)  # the other items' reads queue behind the first one
+        raise PeerFailed("relayer of a failed (internal)")
+
+    async def hanging(self: SlowRelayer, security: str, holder: str) -> Any:
+        if self.ledger != "a":
+            return await holder_of(self, security, holder)
+        await asyncio.sleep(3600)
+        raise AssertionError("the budget did not end the single read")
+
+    monkeypatch.setattr(SlowRelayer, "holders", failing)
+    monkeypatch.setattr(SlowRelayer, "holder", hanging)
+    senders = ["0x" + f"{n}" * 40 for n in (5, 6, 7)]
+    items = [item(served, f"budget-{i}", sender=s) for i, s in enumerate(senders)]
+    answer = await served.stub.SubmitTransfers(batch("budget", items), timeout=10)
+    assert outcomes(answer) == [OUT.BATCH_ITEM_OUTCOME_RETRYABLE] * 3
+    assert all(r.error.code == "UNAVAILABLE" for r in answer.results)
+    for i in range(3):
+        assert await served.store.get_by_key("a", f"budget-{i}") is None
 
 
 async def _terminal(served: Served, key: str) -> bool:
