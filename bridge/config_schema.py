@@ -397,14 +397,16 @@ class CoordinatorFile(Table):
     and its history stay, so a batch id used again after that runs as a new batch whose
     items' idempotency keys still answer their existing transfers."""
     max_unfinished_per_ledger: int = Field(default=100_000, gt=0, le=10_000_000)
-    """Most unfinished transfers from one source ledger (its brokerage's submissions, and
-    locks adopted from it); a new transfer from a ledger that has them is refused
-    RESOURCE_EXHAUSTED (retryable; a batch item RETRYABLE) before any ledger is read, and
-    a retry of a recorded transfer is still answered. Each unfinished transfer costs the
-    coordinator every institution shares a driver, ledger reads and, on a flow-limited
-    lane, a place in its queue: this keeps one brokerage's submissions from taking it.
-    Counted in memory and by the store at every sweep; one batch's items, checked
-    together, can pass it by up to ``max_batch_items``."""
+    """Most unfinished transfers submitted from one source ledger (locks adopted from its
+    events are bounded apart); a new transfer from a ledger that has them is refused
+    RESOURCE_EXHAUSTED (retryable; a batch item RETRYABLE) with nothing recorded, and a
+    retry of a recorded transfer is still answered. Room is taken just before the write,
+    so concurrent submissions cannot pass it together. Each unfinished transfer holds a
+    driver, ledger reads at each step, its rows and, on a flow-limited lane, a place in the
+    queue of the coordinator every institution shares: this bounds one brokerage's share
+    of those. It does not bound CPU over time: size it to the host (the end-of-day bench's
+    100,000 transfers saturate two cores for about 40 minutes). Counted in memory and
+    replaced by the store's count at every sweep."""
     max_batch_items_per_day: int = Field(default=1_000_000, gt=0, le=1_000_000_000)
     """Most items the ``SubmitTransfers`` batches of one source ledger may record in a
     rolling 24 hours (each batch's items counted when its id is reserved); a new batch id

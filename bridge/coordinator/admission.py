@@ -25,6 +25,7 @@ from bridge.coordinator.supervision import Supervisor
 from bridge.coordinator.wording import generic
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
+    BridgeError,
     Conflict,
     InvalidInput,
     LedgerRejected,
@@ -143,8 +144,9 @@ class Admission:
         if await ctx.store.recorded(terms.transfer_id):
             raise replayed_instruction(terms.transfer_id)
         # SECURITY: one source ledger's unfinished transfers are bounded, so one brokerage's
-        # submissions cannot take the coordinator every institution shares (drivers, ledger
-        # reads, a lane's queue); a retry of a recorded transfer was answered above.
+        # submissions cannot hold an unbounded share of the coordinator every institution
+        # shares (drivers, ledger reads, a lane's queue); a retry of a recorded transfer was
+        # answered above. Here early, before any ledger is read; record_many decides.
         ctx.unfinished.check(request.source_ledger)
         if ctx.supply is not None:
             refusal = await ctx.supply.refusal(
@@ -174,29 +176,44 @@ class Admission:
         non-decreasing ``created_at`` as well as increasing store sequence: the order the
         flow-limit queue of a lane serves them in (ADR 0010)."""
         (outcome,) = await self.record_many([admitted])
-        if isinstance(outcome, Conflict):
+        if isinstance(outcome, BridgeError):
             raise outcome
         return outcome
 
     async def record_many(
         self, admitted: Sequence[Admitted]
-    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+    ) -> list[tuple[TransferRecord, bool] | BridgeError]:
         """:meth:`record` for many checked submissions at once (a batch's items, in item
         order), in one store transaction: per item, in order, the record and whether it is
-        new, or its Conflict (confined to its item). Every new record is stamped with one
-        time and stored in item order, so the store sequence and ``created_at`` order them
-        as recording them one after the other would. Raises what the store raises (nothing
-        is recorded then)."""
+        new, or its error confined to its item (Conflict; ResourceExhausted when its source
+        ledger has no room left for an unfinished transfer). Every new record is stamped
+        with one time and stored in item order, so the store sequence and ``created_at``
+        order them as recording them one after the other would. Raises what the store
+        raises (nothing is recorded then)."""
         ctx = self._ctx
         now = time.time()
-        fresh = [
-            replace(a.record, created_at=now, updated_at=now) for a in admitted if not a.recorded
-        ]
-        created_iter = iter(await ctx.store.create_many(fresh) if fresh else [])
-        out: list[tuple[TransferRecord, bool] | Conflict] = []
-        for a in admitted:
+        new = [i for i, a in enumerate(admitted) if not a.recorded]
+        # SECURITY (review helper-120 H1): room is taken here, with no await before the
+        # write is counted in flight, so concurrent submissions cannot pass the bound
+        # together; the check in :meth:`check` only refuses early.
+        fits = ctx.unfinished.begin_writes([admitted[i].record.request.source_ledger for i in new])
+        room = {i for i, fit in zip(new, fits, strict=True) if fit}
+        writing = [admitted[i] for i in new if i in room]
+        written = [a.record.request.source_ledger for a in writing]
+        fresh = [replace(a.record, created_at=now, updated_at=now) for a in writing]
+        try:
+            stored = await ctx.store.create_many(fresh) if fresh else []
+        except BaseException:
+            ctx.unfinished.end_writes(written, None)  # perhaps committed: counted till the sweep
+            raise
+        ctx.unfinished.end_writes(written, [isinstance(o, tuple) and o[1] for o in stored])
+        created_iter = iter(stored)
+        out: list[tuple[TransferRecord, bool] | BridgeError] = []
+        for i, a in enumerate(admitted):
             if a.recorded:
                 out.append((a.record, False))
+            elif i not in room:
+                out.append(ctx.unfinished.refusal(a.record.request.source_ledger))
             else:
                 out.append(self._recorded(a, next(created_iter)))
         return out
@@ -217,7 +234,6 @@ class Admission:
                 return _key_taken()
             return stored, False
         self._ctx.log.info("transfer accepted", **{TRANSFER: "0x" + stored.transfer_id.hex()})
-        self._ctx.unfinished.created(request.source_ledger)
         # SECURITY: what the checks read stands in for the first step's reads only while it
         # is fresh: a batch item recorded after a slow sibling's check (a relayer timing
         # out) reads both ledgers again before its lock, so no units are escrowed towards

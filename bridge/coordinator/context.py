@@ -20,7 +20,7 @@ from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
-from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.records import TransferOrigin, TransferRecord
 from bridge.coordinator.store import TransferStore
 from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.domain.ids import SecurityId
@@ -76,7 +76,11 @@ class EngineContext:
         # without the other now that store calls really suspend (ADR 0013).
         stored = await self.store.set_state(record.transfer_id, state, reason, reason)
         if record.state is not state:
-            if state.terminal and not record.state.terminal:
+            if (
+                state.terminal
+                and not record.state.terminal
+                and record.origin is TransferOrigin.SUBMITTED
+            ):
                 self.unfinished.ended(record.request.source_ledger)
             observe_transition(record, state)  # ---- observability (ADR 0016)
             self.log.info(

@@ -44,7 +44,7 @@ from bridge.coordinator.supervision import Supervisor, waiting_reason
 from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.coordinator.wording import iso
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import Conflict, NotFound, PreconditionFailed
+from bridge.domain.errors import BridgeError, NotFound, PreconditionFailed
 from bridge.domain.ids import SecurityId
 from bridge.domain.instructions import Instruction
 from bridge.domain.legs import LedgerEvent, Leg, LegState
@@ -277,10 +277,10 @@ class Coordinator:
 
     async def record_submits(
         self, admitted: Sequence[Admitted]
-    ) -> list[tuple[TransferRecord, bool] | Conflict]:
+    ) -> list[tuple[TransferRecord, bool] | BridgeError]:
         """:meth:`record_submit` for many, in order, in one store transaction
         (:meth:`Admission.record_many`): per item its record and whether it is new, or its
-        Conflict."""
+        own error (Conflict, ResourceExhausted)."""
         return await self._admission.record_many(admitted)
 
     # ---- flow limits (ADR 0010)

@@ -38,7 +38,6 @@ from bridge.coordinator.store import (
 from bridge.coordinator.stream_quota import StreamQuota
 from bridge.domain.errors import (
     BridgeError,
-    Conflict,
     InvalidInput,
     NotFound,
     Unavailable,
@@ -295,9 +294,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 raise refused_on_input(exc) from None
             return await self._coordinator.check_submit(req, instruction, auth)
 
-        async def record_many(admitted: Sequence[Admitted]) -> list[tuple[bytes, bool] | Conflict]:
+        async def record_many(
+            admitted: Sequence[Admitted],
+        ) -> list[tuple[bytes, bool] | BridgeError]:
             return [
-                o if isinstance(o, Conflict) else (o[0].transfer_id, o[1])
+                o if isinstance(o, BridgeError) else (o[0].transfer_id, o[1])
                 for o in await self._coordinator.record_submits(admitted)
             ]
 

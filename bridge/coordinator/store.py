@@ -125,9 +125,9 @@ class TransferStore(Protocol):
         them (the sweep needs no more: it parses no record)."""
         ...
 
-    async def unfinished_sources(self) -> list[tuple[bytes, str]]:
-        """:meth:`unfinished_ids`, each with its source ledger (the sweep's one read: it
-        spawns the drivers and counts each ledger's unfinished transfers)."""
+    async def unfinished_sources(self) -> list[tuple[bytes, str, TransferOrigin]]:
+        """:meth:`unfinished_ids`, each with its source ledger and origin (the sweep's one
+        read: it spawns the drivers and counts each ledger's unfinished submissions)."""
         ...
 
     async def unfinished_adopted(self, source_ledger: str) -> int:
@@ -1075,18 +1075,23 @@ class SqlTransferStore:
 
     async def unfinished_ids(self) -> list[bytes]:
         """See TransferStore.unfinished_ids."""
-        return [tid for tid, _ in await self.unfinished_sources()]
+        return [tid for tid, _, _ in await self.unfinished_sources()]
 
-    async def unfinished_sources(self) -> list[tuple[bytes, str]]:
-        """See TransferStore.unfinished_sources."""
+    async def unfinished_sources(self) -> list[tuple[bytes, str, TransferOrigin]]:
+        """See TransferStore.unfinished_sources (an origin this release does not know reads
+        as ADOPTED: never counted as a brokerage's submission)."""
 
-        def run(db: Conn) -> list[tuple[bytes, str]]:
+        def run(db: Conn) -> list[tuple[bytes, str, TransferOrigin]]:
             rows = db.execute(
-                "SELECT transfer_id, source_ledger FROM transfers WHERE state NOT IN (?,?,?)"
-                " ORDER BY seq",
+                "SELECT transfer_id, source_ledger, origin FROM transfers"
+                " WHERE state NOT IN (?,?,?) ORDER BY seq",
                 _TERMINAL,
             ).fetchall()
-            return [(bytes(row[0]), str(row[1])) for row in rows]
+            submitted = TransferOrigin.SUBMITTED
+            return [
+                (bytes(t), str(s), submitted if o == submitted.value else TransferOrigin.ADOPTED)
+                for t, s, o in rows
+            ]
 
         return await self._db.read(run)
 

@@ -19,7 +19,7 @@ from bridge.aio import stop_tasks
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.halts import Halted
-from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.records import TransferOrigin, TransferRecord
 from bridge.coordinator.store import UnreadableRecord
 from bridge.coordinator.wording import bounded, generic, iso
 from bridge.domain.errors import (
@@ -31,6 +31,8 @@ from bridge.domain.errors import (
 )
 from bridge.logfields import ERROR, REASON, TRANSFER
 from bridge.obs.tracing import step_span
+
+SUBMITTED = TransferOrigin.SUBMITTED
 
 Advance = Callable[[TransferRecord], Awaitable[bool]]
 """One step of a transfer; True when it is terminal (``Stepper.advance``)."""
@@ -93,10 +95,12 @@ class Supervisor:
         transfers are unfinished."""
         # Ids only (issue 14): with tens of thousands in flight, parsing every record at
         # each sweep cost more than the drivers' own reads of them. The same read counts
-        # each source ledger's unfinished transfers (max_unfinished_per_ledger).
+        # each source ledger's unfinished submissions (max_unfinished_per_ledger).
         unfinished = await self._ctx.store.unfinished_sources()
-        self._ctx.unfinished.recount(Counter(ledger for _, ledger in unfinished))
-        for tid, _ in unfinished:
+        self._ctx.unfinished.recount(
+            Counter(ledger for _, ledger, origin in unfinished if origin is SUBMITTED)
+        )
+        for tid, _, _ in unfinished:
             self.spawn(tid)
         return len(unfinished)
 

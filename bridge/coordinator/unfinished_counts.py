@@ -1,17 +1,17 @@
-"""How many unfinished transfers each source ledger has, and the bound admission holds a
-ledger's new transfers to (``max_unfinished_per_ledger``).
+"""How many unfinished transfers each source ledger's brokerage has submitted, and the bound
+admission holds a ledger's new transfers to (``max_unfinished_per_ledger``).
 
 Every unfinished transfer costs the one coordinator all institutions share: a driver task,
 its reads of both ledgers through the relayers at each step, its records, and (on a
 flow-limited lane) a place in the lane's queue that each later transfer's gate counts. A
 brokerage may submit any number of transfers its holders' balances cover, each checked
 alone (a holder with a million units can send a million transfers of one), so without a
-bound one brokerage's submissions could take the coordinator from every other one.
+bound one brokerage's submissions could hold an unbounded share of the coordinator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from bridge.domain.errors import ResourceExhausted
 
@@ -19,35 +19,36 @@ __all__ = ["UnfinishedCounts"]
 
 
 class UnfinishedCounts:
-    """Unfinished transfers per source ledger, counted in memory between the store's counts.
+    """Unfinished submitted transfers per source ledger, counted in memory between the
+    store's counts, and the writes of new ones in flight.
 
-    Guarantees: the supervisor's sweep replaces every figure with the store's count
-    (``recount``, at start and every ``sweep_every``), so a drift (a transfer adopted from a
-    ledger event, a FAILED one resumed, a write whose outcome was not seen) lasts one sweep
-    at most; between sweeps, each transfer admission records adds one and each move of a
-    transfer to a terminal state by this coordinator takes one away. ``check`` is a soft
-    bound: submissions checked at the same moment (one batch's items, checked concurrently)
-    are recorded after all their checks, so a ledger can end up that many above it."""
+    Guarantees: a new transfer is written only after :meth:`begin_writes` found room for it,
+    with no await between that and the count of its write in flight, so concurrent
+    submissions (single calls, batches) never take a ledger past the bound together (review
+    helper-120 H1: a check before the ledger reads alone let 60 concurrent calls through a
+    bound of 3). The supervisor's sweep replaces the counts with the store's (``recount``,
+    at start and every ``sweep_every``); a write whose outcome was not seen (cancelled,
+    failed) counts as created until then, so the figure may be above the truth for one sweep,
+    never below it because of this coordinator's own writes. Transfers adopted from a
+    ledger's events are not counted (``MAX_UNFINISHED_ADOPTED`` bounds them; review
+    helper-120 L1: another organisation's relayer could otherwise fill a ledger's room)."""
 
-    __slots__ = ("_counts", "most")
+    __slots__ = ("_counts", "_writing", "most")
 
     def __init__(self, most: int | None = None) -> None:
         if most is not None and most <= 0:
             raise ValueError("max_unfinished_per_ledger must be positive")
         self.most = most
         self._counts: dict[str, int] = {}
+        self._writing: dict[str, int] = {}
 
     def recount(self, counts: Mapping[str, int]) -> None:
-        """Take the store's count of unfinished transfers per source ledger (a ledger it
-        does not name has none)."""
+        """Take the store's count of unfinished submitted transfers per source ledger (a
+        ledger it does not name has none); writes in flight stay counted apart."""
         self._counts = {ledger: n for ledger, n in counts.items() if n > 0}
 
-    def created(self, ledger: str) -> None:
-        """One more unfinished transfer from ``ledger`` was recorded."""
-        self._counts[ledger] = self._counts.get(ledger, 0) + 1
-
     def ended(self, ledger: str) -> None:
-        """One unfinished transfer from ``ledger`` reached a terminal state."""
+        """One unfinished submitted transfer from ``ledger`` reached a terminal state."""
         n = self._counts.get(ledger, 0) - 1
         if n > 0:
             self._counts[ledger] = n
@@ -55,16 +56,47 @@ class UnfinishedCounts:
             self._counts.pop(ledger, None)
 
     def of(self, ledger: str) -> int:
-        """The unfinished transfers from ``ledger`` as counted now."""
-        return self._counts.get(ledger, 0)
+        """The unfinished transfers from ``ledger`` as counted now, writes in flight too."""
+        return self._counts.get(ledger, 0) + self._writing.get(ledger, 0)
 
     def check(self, ledger: str) -> None:
-        """Raise ResourceExhausted (retryable) when ``ledger`` already has the most
-        unfinished transfers allowed; a new transfer from it may be submitted again once
-        some have finished."""
-        most = self.most
-        if most is not None and self._counts.get(ledger, 0) >= most:
-            raise ResourceExhausted(
-                f"{most} transfers from ledger {ledger} are unfinished"
-                f" (max_unfinished_per_ledger {most}); submit again once some have finished"
-            )
+        """Raise ResourceExhausted (retryable) when ``ledger`` has no room for one more (the
+        early check, before any ledger is read; :meth:`begin_writes` decides)."""
+        if not self._room(ledger):
+            raise self.refusal(ledger)
+
+    def refusal(self, ledger: str) -> ResourceExhausted:
+        """The refusal of a new transfer from ``ledger`` for want of room."""
+        return ResourceExhausted(
+            f"at least {self.most} transfers from ledger {ledger} are unfinished"
+            f" (max_unfinished_per_ledger {self.most}); submit again once some have finished"
+        )
+
+    def begin_writes(self, ledgers: Sequence[str]) -> list[bool]:
+        """For new transfers about to be written, one per entry of ``ledgers`` (their source
+        ledgers, in order): whether each has room, counting those that have as in flight.
+        Each one counted must be ended by exactly one :meth:`end_writes`."""
+        fits: list[bool] = []
+        for ledger in ledgers:
+            fit = self._room(ledger)
+            if fit:
+                self._writing[ledger] = self._writing.get(ledger, 0) + 1
+            fits.append(fit)
+        return fits
+
+    def end_writes(self, ledgers: Sequence[str], created: Sequence[bool] | None) -> None:
+        """The write of the transfers counted in flight for ``ledgers`` ended: each that
+        ``created`` says is new counts as unfinished; with ``created`` None (the write
+        failed or was cancelled, perhaps after it committed) every one does, until the
+        next recount."""
+        for i, ledger in enumerate(ledgers):
+            n = self._writing.get(ledger, 0) - 1
+            if n > 0:
+                self._writing[ledger] = n
+            else:
+                self._writing.pop(ledger, None)
+            if created is None or created[i]:
+                self._counts[ledger] = self._counts.get(ledger, 0) + 1
+
+    def _room(self, ledger: str) -> bool:
+        return self.most is None or self.of(ledger) < self.most

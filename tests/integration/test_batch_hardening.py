@@ -156,7 +156,8 @@ async def served(
     request: pytest.FixtureRequest, tmp_path: Path, database: Database
 ) -> AsyncIterator[Served]:
     """The served coordinator; ``request.param`` (indirect), a dict, may hold its batch
-    store's ``quota``, its ``max_unfinished_per_ledger``, ``batching`` and ``rpc_timeout``."""
+    store's ``quota``, its ``max_unfinished_per_ledger``, ``batching``, ``rpc_timeout`` and
+    ``sweep_every``."""
     pki = DevPki(tmp_path / "pki")
     pki.organisation("bridge-operator", ["coordinator"])
     pki.issue("bridge-operator", "coordinator", "coordinator")
@@ -169,7 +170,7 @@ async def served(
     batches = SqlBatchStore(database, param.get("quota"))
     relayers = {"a": SlowRelayer("a"), "b": SlowRelayer("b")}
     coordinator = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60,  # type: ignore[arg-type]
-                              max_backoff=0.2, sweep_every=0.1,
+                              max_backoff=0.2, sweep_every=param.get("sweep_every", 0.1),
                               max_unfinished_per_ledger=param.get("max_unfinished_per_ledger"),
                               batching=param.get("batching"),
                               rpc_timeout=param.get("rpc_timeout", 30.0))  # fmt: skip
@@ -527,6 +528,51 @@ async def test_the_holder_split_budget_is_the_configured_call_timeout(
     assert all(r.error.code == "UNAVAILABLE" for r in answer.results)
     for i in range(3):
         assert await served.store.get_by_key("a", f"budget-{i}") is None
+
+
+@pytest.mark.parametrize(
+    "served", [{"max_unfinished_per_ledger": 3, "sweep_every": 3600.0}], indirect=True
+)
+async def test_concurrent_submissions_do_not_pass_the_unfinished_bound_together(
+    served: Served,
+) -> None:
+    """Review helper-120 H1: the bound was checked before the ledger reads and counted
+    after the write, so 60 concurrent calls all passed a bound of 3. Now room is taken
+    just before each write: of 20 concurrent calls (held together at their holder reads),
+    exactly 3 are recorded and the rest are RESOURCE_EXHAUSTED with nothing recorded. No
+    sweep runs here (``sweep_every`` is an hour), so the room that comes back once those 3
+    finish is the engine's own count of their ends (``EngineContext.set_state``)."""
+    for relayer in served.relayers.values():
+        relayer.open.clear()  # the recorded transfers stay unfinished
+        relayer.reading.clear()  # every admission waits at its holder reads
+    items = [item(served, f"c-{i}", sender="0x" + f"{i + 10:040x}") for i in range(20)]
+    calls = [asyncio.ensure_future(served.stub.SubmitTransfer(i, timeout=30)) for i in items]
+    await eventually(
+        lambda: asyncio.sleep(0, sum(served.relayers["a"].reads.values()) >= 20),
+        10,
+        "every admission at its holder reads",
+    )
+    for relayer in served.relayers.values():
+        relayer.reading.set()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    created = [a for a in answers if not isinstance(a, BaseException)]
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(created) == 3 and len(refused) == 17, answers
+    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+    recorded = [await served.store.get_by_key("a", f"c-{i}") for i in range(20)]
+    assert sum(r is not None for r in recorded) == 3
+    # Their ends give the room back, without a sweep.
+    for relayer in served.relayers.values():
+        relayer.open.set()
+    for i, record in enumerate(recorded):
+        if record is not None:
+            await eventually(lambda i=i: _terminal(served, f"c-{i}"), 30, f"c-{i} terminal")
+    later = await served.stub.SubmitTransfers(
+        batch("cap-c", [item(served, f"d-{i}") for i in range(4)]), timeout=30
+    )
+    assert outcomes(later) == [OUT.BATCH_ITEM_OUTCOME_CREATED] * 3 + [
+        OUT.BATCH_ITEM_OUTCOME_RETRYABLE
+    ]
 
 
 async def _terminal(served: Served, key: str) -> bool:

@@ -604,7 +604,7 @@ async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     assert await store.unfinished_ids() == [r.transfer_id for r in await store.unfinished()]
     assert await store.unfinished_ids() == [make_record(n).transfer_id for n in (1, 6)]
     assert await store.unfinished_sources() == [
-        (r.transfer_id, r.request.source_ledger) for r in await store.unfinished()
+        (r.transfer_id, r.request.source_ledger, r.origin) for r in await store.unfinished()
     ]
 
 

@@ -1,7 +1,7 @@
-"""Admission's bound on one source ledger's unfinished transfers
-(bridge.coordinator.unfinished_counts): counted in memory between the sweep's counts from
-the store. Pure logic; the bound over gRPC on both engines is in
-tests/integration/test_batch_hardening.py."""
+"""Admission's bound on one source ledger's unfinished submitted transfers
+(bridge.coordinator.unfinished_counts): room taken before each write, counted in memory
+between the sweep's counts from the store. Pure logic; the bound over gRPC on both engines,
+concurrent calls included, is in tests/integration/test_batch_hardening.py."""
 
 from __future__ import annotations
 
@@ -15,38 +15,53 @@ from bridge.domain.errors import ResourceExhausted
 pytestmark = [pytest.mark.batch, pytest.mark.security]
 
 
-def test_a_ledger_at_its_bound_is_refused_and_others_are_not() -> None:
-    counts = UnfinishedCounts(2)
-    counts.created("a")
-    counts.check("a")
-    counts.created("a")
-    with pytest.raises(ResourceExhausted, match=r"\(max_unfinished_per_ledger 2\)"):
+def test_room_is_taken_before_the_write_so_writes_in_flight_count() -> None:
+    """Review helper-120 H1: writes in flight count, so submissions recorded at the same
+    time cannot pass the bound together."""
+    counts = UnfinishedCounts(3)
+    assert counts.begin_writes(["a", "a"]) == [True, True]
+    assert counts.begin_writes(["a", "a", "b"]) == [True, False, True]  # a: 3 in flight
+    with pytest.raises(ResourceExhausted, match=r"\(max_unfinished_per_ledger 3\)"):
         counts.check("a")
     counts.check("b")  # another brokerage's ledger is not held by a's transfers
+    counts.end_writes(["a", "a"], [True, False])  # the second key was recorded before
+    assert counts.of("a") == 2  # one unfinished, one still in flight
+    counts.end_writes(["a", "b"], [True, True])
+    assert (counts.of("a"), counts.of("b")) == (2, 1)
     counts.ended("a")
-    counts.check("a")
+    assert counts.begin_writes(["a", "a", "a"]) == [True, True, False]
 
 
-def test_the_sweeps_count_replaces_the_memory_either_way() -> None:
-    counts = UnfinishedCounts(3)
-    counts.recount({"a": 5, "b": 0})
+def test_a_write_whose_outcome_was_not_seen_counts_until_the_recount() -> None:
+    """Review helper-120 M1: a write cancelled after it committed recorded its transfers;
+    they count (perhaps one too many) until the sweep's count replaces the figure."""
+    counts = UnfinishedCounts(2)
+    counts.begin_writes(["a", "a"])
+    counts.end_writes(["a", "a"], None)
     with pytest.raises(ResourceExhausted):
         counts.check("a")
-    assert counts.of("b") == 0
-    counts.recount({"a": 1})  # transfers finished that this process did not see end
+    counts.recount({"a": 1})  # the store holds one of them unfinished
     counts.check("a")
     assert counts.of("a") == 1
+
+
+def test_the_recount_replaces_the_counts_and_keeps_the_writes_in_flight() -> None:
+    counts = UnfinishedCounts(3)
+    counts.recount({"a": 5, "b": 0})
+    with pytest.raises(ResourceExhausted, match="at least 3 transfers from ledger a"):
+        counts.check("a")
+    assert counts.of("b") == 0
+    assert counts.begin_writes(["b"]) == [True]
+    counts.recount({"a": 1})  # transfers finished that this process did not see end
+    assert (counts.of("a"), counts.of("b")) == (1, 1)  # b's write is still in flight
     counts.ended("a")
-    counts.ended("a")  # an end not counted in (adopted since the sweep): never below 0
+    counts.ended("a")  # an end not counted in: never below 0
     assert counts.of("a") == 0
-    counts.created("a")
-    assert counts.of("a") == 1
 
 
 def test_no_bound_refuses_nothing_and_a_bound_must_be_positive() -> None:
     counts = UnfinishedCounts()
-    for _ in range(1000):
-        counts.created("a")
+    assert counts.begin_writes(["a"] * 1000) == [True] * 1000
     counts.check("a")
     for bad in (0, -1):
         with pytest.raises(ValueError, match="positive"):
