@@ -167,6 +167,9 @@ _RETRY_HINTS: dict[grpc.StatusCode | None, str] = {
     " again (it resends the journaled request; nothing moves twice)",
     grpc.StatusCode.ALREADY_EXISTS: "this batch id or key is recorded with another request"
     " (not the journaled one): nothing was submitted now; use a new batch id or key",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "nothing was recorded now: the coordinator holds"
+    " your ledger to a bound (unfinished transfers, running batches); run the same command"
+    " again once some have finished",
     None: "rerunning the same command resends the same journaled request",
 }
 

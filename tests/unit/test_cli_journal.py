@@ -63,6 +63,7 @@ class FakeCoordinator:
         self.transfers: dict[str, bytes] = {}
         self.batches: dict[str, tuple[bytes, S.SubmitTransfersResponse]] = {}
         self.fail_after: int | None = None
+        self.exhausted = False  # SubmitTransfer answers RESOURCE_EXHAUSTED, records nothing
         self.lie = False
         self.calls: list[bytes] = []
         # Per idempotency key, how the answer is shaped: "retryable" (nothing recorded, a
@@ -148,6 +149,8 @@ class FakeCoordinator:
 
     def SubmitTransfer(self, request: S.SubmitTransferRequest, timeout: float) -> Any:
         self.calls.append(request.SerializeToString(deterministic=True))
+        if self.exhausted:
+            raise Failed(grpc.StatusCode.RESOURCE_EXHAUSTED, "max_unfinished_per_ledger 3")
         if self.fail_after == 0:
             self.fail_after = None
             self.transfers[request.idempotency_key] = request.SerializeToString(deterministic=True)
@@ -309,6 +312,25 @@ def test_submit_without_a_key_derives_one_and_a_retry_is_the_same_transfer(
     assert cli.main(argv) == 2
     assert "does not hold this request" in capsys.readouterr().err
     assert len(fake.calls) == 2
+
+
+def test_a_submission_past_a_bound_says_nothing_was_recorded_and_a_rerun_sends_it(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RESOURCE_EXHAUSTED (max_unfinished_per_ledger): the operator reads that nothing was
+    recorded and that the same command is to be run again later; it resends the same
+    journaled request."""
+    fake: FakeCoordinator = env["fake"]
+    argv = ["--json", "transfer", "submit", "--security", ISIN, "--from", A, "--to", B,
+            "--sender", "0x" + "11" * 20, "--recipient", "0x" + "22" * 20, "--amount", "4",
+            "--network", str(env["network"]), "--instruction-key", str(env["key"])]  # fmt: skip
+    fake.exhausted = True
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "nothing was recorded now" in err and "run the same command again" in err
+    fake.exhausted = False
+    assert cli.main(argv) == 0
+    assert fake.calls[0] == fake.calls[1] and len(fake.transfers) == 1
 
 
 def test_an_answer_that_is_not_the_signed_transfer_is_refused(
