@@ -150,6 +150,12 @@ class Coordinator:
         )
 
     @property
+    def unfinished(self) -> UnfinishedCounts:
+        """Each source ledger's unfinished submissions as admission counts them, and the
+        bound it holds them to (``max_unfinished_per_ledger``; the metrics read it)."""
+        return self._ctx.unfinished
+
+    @property
     def domains(self) -> Mapping[str, LedgerDomain]:
         """Per ledger, the words its claims and rotations are bound to."""
         return self._ctx.domains

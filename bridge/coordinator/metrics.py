@@ -26,6 +26,7 @@ from bridge.coordinator.store import (
     summarise,
 )
 from bridge.coordinator.supply_store import SupplyStore
+from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.domain.flow import WaitReason
 from bridge.domain.transfer import TransferState
 from bridge.logfields import ERROR, get_logger
@@ -54,6 +55,16 @@ class UnfinishedCounter(Protocol):
 
     async def unfinished_summary(self, created_before: float) -> UnfinishedSummary:
         """Stuck count, oldest creation time and waits of the unfinished transfers."""
+        ...
+
+
+@runtime_checkable
+class UnfinishedView(Protocol):
+    """What the metrics read from the engine about each ledger's unfinished submissions."""
+
+    @property
+    def unfinished(self) -> UnfinishedCounts:
+        """The engine's count per source ledger and its bound."""
         ...
 
 
@@ -137,6 +148,19 @@ class CoordinatorMetrics:
         self.halt_orders = Gauge(
             "kstb_halt_orders", "Depository orders per delivery state.", ["state"], registry=reg
         )
+        self.unfinished_submitted = Gauge(
+            "kstb_transfers_unfinished_submitted",
+            "Unfinished transfers submitted from each source ledger, as admission counts them"
+            " against max_unfinished_per_ledger (writes in flight included).",
+            ["ledger"],
+            registry=reg,
+        )
+        self.unfinished_bound = Gauge(
+            "kstb_unfinished_per_ledger_bound",
+            "max_unfinished_per_ledger: past it a ledger's new transfers are refused"
+            " RESOURCE_EXHAUSTED (0: no bound).",
+            registry=reg,
+        )
         self._log = get_logger()
 
     # -- observed by the engine --------------------------------------------------------------
@@ -194,6 +218,10 @@ class CoordinatorMetrics:
             height = await store.scanned_height(ledger)
             if height is not None:
                 self.scanned.labels(ledger).set(height)
+            if isinstance(engine, UnfinishedView):
+                self.unfinished_submitted.labels(ledger).set(engine.unfinished.of(ledger))
+        if isinstance(engine, UnfinishedView):
+            self.unfinished_bound.set(engine.unfinished.most or 0)
         if supply is not None:
             for security in securities:
                 latest = await supply.latest(security)

@@ -97,3 +97,34 @@ async def test_the_halt_scan_reads_no_more_than_its_limit(store, monkeypatch) ->
     assert halts.asked == [make_record(n).transfer_id for n in (1, 2, 3)]
     assert HALT_SCAN_LIMIT == 1000
     assert _gauges(m)["kstb_transfers[('state', 'SUBMITTED')]"] == 7
+
+
+async def test_each_ledgers_unfinished_submissions_and_the_bound_are_gauged(
+    store: SqliteTransferStore,
+) -> None:
+    """max_unfinished_per_ledger: the operator sees each source ledger's count as admission
+    holds it (writes in flight included) and the bound, for the alert near it."""
+    from bridge.coordinator.unfinished_counts import UnfinishedCounts
+
+    class Engine(_Halts):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unfinished = UnfinishedCounts(5)
+
+    engine = Engine()
+    engine.unfinished.recount({"a": 3})
+    engine.unfinished.begin_writes(["a", "b"])
+    m = CoordinatorMetrics(CommonMetrics.create("c"), 60)
+    await m.refresh(store, engine, None, None, ["a", "b", "c"], [])
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in m.common.registry.collect()
+        for s in family.samples
+        if "unfinished_submitted" in s.name or "unfinished_per_ledger" in s.name
+    }
+    assert samples == {
+        ("kstb_transfers_unfinished_submitted", (("ledger", "a"),)): 4,
+        ("kstb_transfers_unfinished_submitted", (("ledger", "b"),)): 1,
+        ("kstb_transfers_unfinished_submitted", (("ledger", "c"),)): 0,
+        ("kstb_unfinished_per_ledger_bound", ()): 5,
+    }
