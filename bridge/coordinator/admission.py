@@ -200,9 +200,11 @@ class Admission:
         room = {i for i, fit in zip(new, fits, strict=True) if fit}
         writing = [admitted[i] for i in new if i in room]
         written = [a.record.request.source_ledger for a in writing]
-        fresh = [replace(a.record, created_at=now, updated_at=now) for a in writing]
         try:
+            fresh = [replace(a.record, created_at=now, updated_at=now) for a in writing]
             stored = await ctx.store.create_many(fresh) if fresh else []
+            if len(stored) != len(fresh):
+                raise Unavailable(f"the store answered {len(stored)} writes for {len(fresh)}")
         except BaseException:
             ctx.unfinished.end_writes(written, None)  # perhaps committed: counted till the sweep
             raise

@@ -250,6 +250,10 @@ class Intake:
         ctx.log.error(
             "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
         )
+        if record.origin is TransferOrigin.SUBMITTED:
+            # Unfinished again: its next terminal state is counted as an end (review
+            # helper-121: without this, each resume left the bound's count one too low).
+            ctx.unfinished.resumed(record.request.source_ledger)
         ctx.notify(tid)
         self._drivers.spawn(tid)
 

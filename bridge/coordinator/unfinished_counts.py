@@ -29,9 +29,13 @@ class UnfinishedCounts:
     bound of 3). The supervisor's sweep replaces the counts with the store's (``recount``,
     at start and every ``sweep_every``); a write whose outcome was not seen (cancelled,
     failed) counts as created until then, so the figure may be above the truth for one sweep,
-    never below it because of this coordinator's own writes. Transfers adopted from a
-    ledger's events are not counted (``MAX_UNFINISHED_ADOPTED`` bounds them; review
-    helper-120 L1: another organisation's relayer could otherwise fill a ledger's room)."""
+    never below it because of this coordinator's own writes and state changes (a FAILED
+    transfer resumed by event intake counts again: ``resumed``). This relies on the
+    store's one worker thread: its answers, and so the counts' updates, come in commit
+    order, so a recount never misses a write whose answer was applied before it.
+    Transfers adopted from a ledger's events are not counted (``MAX_UNFINISHED_ADOPTED``
+    bounds them; review helper-120 L1: another organisation's relayer could otherwise
+    fill a ledger's room)."""
 
     __slots__ = ("_counts", "_writing", "most")
 
@@ -46,6 +50,10 @@ class UnfinishedCounts:
         """Take the store's count of unfinished submitted transfers per source ledger (a
         ledger it does not name has none); writes in flight stay counted apart."""
         self._counts = {ledger: n for ledger, n in counts.items() if n > 0}
+
+    def resumed(self, ledger: str) -> None:
+        """A terminal (FAILED) submitted transfer from ``ledger`` is unfinished again."""
+        self._counts[ledger] = self._counts.get(ledger, 0) + 1
 
     def ended(self, ledger: str) -> None:
         """One unfinished submitted transfer from ``ledger`` reached a terminal state."""
@@ -88,7 +96,11 @@ class UnfinishedCounts:
         """The write of the transfers counted in flight for ``ledgers`` ended: each that
         ``created`` says is new counts as unfinished; with ``created`` None (the write
         failed or was cancelled, perhaps after it committed) every one does, until the
-        next recount."""
+        next recount. A ``created`` of another length than ``ledgers`` is taken as None:
+        every entry in flight is ended whatever it holds (review helper-121: an index error
+        part-way left writes in flight for good, which no recount clears)."""
+        if created is not None and len(created) != len(ledgers):
+            created = None
         for i, ledger in enumerate(ledgers):
             n = self._writing.get(ledger, 0) - 1
             if n > 0:
