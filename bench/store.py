@@ -14,7 +14,7 @@ WAL file with ``synchronous=FULL`` under a temporary directory; PostgreSQL is a 
 
 ``--unfinished N`` then leaves N more transfers unfinished and times what the coordinator's
 periodic passes read of them (issue 14): ``unfinished()`` (every record, parsed: what the
-driver sweep and the metrics refresh read before), ``unfinished_ids()`` (the sweep now) and
+driver sweep and the metrics refresh read before), ``unfinished_sources()`` (the sweep now) and
 ``unfinished_summary()`` (the metrics refresh now), as process CPU milliseconds per call.
 
 ``--batches N`` then records N batches of ``--batch-items`` new transfers with
@@ -142,7 +142,7 @@ async def time_unfinished(store: SqlTransferStore, count: int) -> dict[str, floa
         await store.create_many(page)
     reads: dict[str, Callable[[], Awaitable[object]]] = {
         "unfinished": store.unfinished,
-        "unfinished_ids": store.unfinished_ids,
+        "unfinished_sources": store.unfinished_sources,
         "unfinished_summary": lambda: store.unfinished_summary(time.time()),
     }
     out: dict[str, float] = {}
@@ -333,7 +333,7 @@ def main() -> None:
         if a.unfinished:
             print(f"{'':9s} {a.unfinished} unfinished, CPU ms per call:"
                   f" unfinished() {f['unfinished_cpu_ms']:.1f},"
-                  f" unfinished_ids() {f['unfinished_ids_cpu_ms']:.1f},"
+                  f" unfinished_sources() {f['unfinished_sources_cpu_ms']:.1f},"
                   f" unfinished_summary() {f['unfinished_summary_cpu_ms']:.1f}")  # fmt: skip
         if a.batches:
             print(f"{'':9s} create_many of {a.batch_items}: {f['create_many_records_per_s']:8.0f}"

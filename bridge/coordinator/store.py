@@ -120,14 +120,10 @@ class TransferStore(Protocol):
         """Every transfer not yet terminal (the first ``limit`` of them, in arrival order)."""
         ...
 
-    async def unfinished_ids(self) -> list[bytes]:
-        """The id of every transfer not yet terminal, in the order ``unfinished`` gives
-        them (the sweep needs no more: it parses no record)."""
-        ...
-
     async def unfinished_sources(self) -> list[tuple[bytes, str, TransferOrigin]]:
-        """:meth:`unfinished_ids`, each with its source ledger and origin (the sweep's one
-        read: it spawns the drivers and counts each ledger's unfinished submissions)."""
+        """The id, source ledger and origin of every transfer not yet terminal, in the order
+        ``unfinished`` gives them: the sweep's one read (it spawns the drivers and counts
+        each ledger's unfinished submissions; no record is parsed)."""
         ...
 
     async def unfinished_adopted(self, source_ledger: str) -> int:
@@ -1072,10 +1068,6 @@ class SqlTransferStore:
             return int(row[0])
 
         return await self._db.read(run)
-
-    async def unfinished_ids(self) -> list[bytes]:
-        """See TransferStore.unfinished_ids."""
-        return [tid for tid, _, _ in await self.unfinished_sources()]
 
     async def unfinished_sources(self) -> list[tuple[bytes, str, TransferOrigin]]:
         """See TransferStore.unfinished_sources (an origin this release does not know reads

@@ -32,8 +32,6 @@ from bridge.domain.errors import (
 from bridge.logfields import ERROR, REASON, TRANSFER
 from bridge.obs.tracing import step_span
 
-SUBMITTED = TransferOrigin.SUBMITTED
-
 Advance = Callable[[TransferRecord], Awaitable[bool]]
 """One step of a transfer; True when it is terminal (``Stepper.advance``)."""
 
@@ -97,8 +95,9 @@ class Supervisor:
         # each sweep cost more than the drivers' own reads of them. The same read counts
         # each source ledger's unfinished submissions (max_unfinished_per_ledger).
         unfinished = await self._ctx.store.unfinished_sources()
+        submitted = TransferOrigin.SUBMITTED
         self._ctx.unfinished.recount(
-            Counter(ledger for _, ledger, origin in unfinished if origin is SUBMITTED)
+            Counter(ledger for _, ledger, origin in unfinished if origin is submitted)
         )
         for tid, _, _ in unfinished:
             self.spawn(tid)
@@ -161,7 +160,7 @@ class Supervisor:
             except UnreadableRecord:
                 # Its record cannot be parsed (the store logged it once and counts it): no
                 # step can be taken and retrying would only log again. The sweep starts a
-                # driver again (unfinished_ids), which goes on once the row is repaired.
+                # driver again (unfinished_sources), which goes on once the row is repaired.
                 break
             except FlowQueued as queued:  # ---- flow limits: waiting is not a failure
                 failures, since = 0, None

@@ -601,8 +601,9 @@ async def test_unfinished_excludes_terminal(store: SqlTransferStore) -> None:
     assert [r.request.idempotency_key for r in unfinished] == ["key-1", "key-3", "key-6"]
     await store.set_state(make_record(3).transfer_id, TransferState.COMMITTED, "", "done")
     assert [r.request.idempotency_key for r in await store.unfinished()] == ["key-1", "key-6"]
-    assert await store.unfinished_ids() == [r.transfer_id for r in await store.unfinished()]
-    assert await store.unfinished_ids() == [make_record(n).transfer_id for n in (1, 6)]
+    assert [t for t, _, _ in await store.unfinished_sources()] == [
+        make_record(n).transfer_id for n in (1, 6)
+    ]
     assert await store.unfinished_sources() == [
         (r.transfer_id, r.request.source_ledger, r.origin) for r in await store.unfinished()
     ]
