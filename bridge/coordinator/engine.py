@@ -305,9 +305,8 @@ class Coordinator:
     async def watch(self, tid: bytes) -> AsyncIterator[TransferUpdate]:
         """Every update of the transfer from the first, ending after the terminal one."""
         await self.get(tid)
-        watchers = self._ctx.watchers
         changed = Changes()
-        watchers.setdefault(tid, set()).add(changed)
+        self.subscribe([tid], changed)
         try:
             last = 0
             while True:
@@ -321,11 +320,7 @@ class Coordinator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.event.wait(), timeout=5.0)
         finally:
-            waiting = watchers.get(tid)
-            if waiting is not None:
-                waiting.discard(changed)
-                if not waiting:
-                    del watchers[tid]
+            self.unsubscribe([tid], changed)
 
     # ---- batch API (batchfix): one subscription for many transfers (WatchBatch)
     def subscribe(self, tids: Iterable[bytes], changes: Changes) -> None:

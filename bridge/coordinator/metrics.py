@@ -214,14 +214,15 @@ class CoordinatorMetrics:
             if await engine.halted_on(r):
                 halted += 1
         self.halted.set(halted)
+        per_ledger = engine.unfinished if isinstance(engine, UnfinishedView) else None
         for ledger in ledgers:
             height = await store.scanned_height(ledger)
             if height is not None:
                 self.scanned.labels(ledger).set(height)
-            if isinstance(engine, UnfinishedView):
-                self.unfinished_submitted.labels(ledger).set(engine.unfinished.of(ledger))
-        if isinstance(engine, UnfinishedView):
-            self.unfinished_bound.set(engine.unfinished.most or 0)
+            if per_ledger is not None:
+                self.unfinished_submitted.labels(ledger).set(per_ledger.of(ledger))
+        if per_ledger is not None:
+            self.unfinished_bound.set(per_ledger.most or 0)
         if supply is not None:
             for security in securities:
                 latest = await supply.latest(security)

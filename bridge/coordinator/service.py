@@ -422,8 +422,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         are the same either way. The store is read in pages (``WATCH_PAGE_ITEMS`` transfers,
         at most ``WATCH_PAGE_ROWS`` rows, by sequence) only when the client has taken the
         previous page, so a slow reader holds no queue; a wake reads only the items announced
-        as changed since the last pass, and all unfinished items at the first pass and every
-        ``WATCH_IDLE_S`` (:class:`~bridge.coordinator.changes.WatchReads`); the stream keeps
+        as changed since the last pass, and all unfinished items at the first pass and
+        ``WATCH_IDLE_S`` after the end of the last such pass
+        (:class:`~bridge.coordinator.changes.WatchReads`); the stream keeps
         one small cursor per unfinished item, not the batch; a caller holding
         ``max_batch_watches`` streams already gets RESOURCE_EXHAUSTED."""
         caller = current_principal()
@@ -475,8 +476,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             while cursors:
                 progressed = False
                 # The items announced since the last pass (all of them at the first pass
-                # and every WATCH_IDLE_S), in item order: a wake costs what moved, not the
-                # batch (helper-117 #5).
+                # and WATCH_IDLE_S after the last such pass), in item order: a wake costs
+                # what moved, not the batch (helper-117 #5).
                 order = sorted(wakes.due(cursors), key=lambda t: cursors[t][0])
                 for start in range(0, len(order), WATCH_PAGE_ITEMS):
                     page = [t for t in order[start : start + WATCH_PAGE_ITEMS] if t in cursors]

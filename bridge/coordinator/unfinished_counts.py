@@ -57,11 +57,7 @@ class UnfinishedCounts:
 
     def ended(self, ledger: str) -> None:
         """One unfinished submitted transfer from ``ledger`` reached a terminal state."""
-        n = self._counts.get(ledger, 0) - 1
-        if n > 0:
-            self._counts[ledger] = n
-        else:
-            self._counts.pop(ledger, None)
+        _less(self._counts, ledger)
 
     def of(self, ledger: str) -> int:
         """The unfinished transfers from ``ledger`` as counted now, writes in flight too."""
@@ -102,13 +98,18 @@ class UnfinishedCounts:
         if created is not None and len(created) != len(ledgers):
             created = None
         for i, ledger in enumerate(ledgers):
-            n = self._writing.get(ledger, 0) - 1
-            if n > 0:
-                self._writing[ledger] = n
-            else:
-                self._writing.pop(ledger, None)
+            _less(self._writing, ledger)
             if created is None or created[i]:
                 self._counts[ledger] = self._counts.get(ledger, 0) + 1
 
     def _room(self, ledger: str) -> bool:
         return self.most is None or self.of(ledger) < self.most
+
+
+def _less(counts: dict[str, int], ledger: str) -> None:
+    """One less for ``ledger`` in ``counts``, never below 0 (a ledger at 0 is dropped)."""
+    n = counts.get(ledger, 0) - 1
+    if n > 0:
+        counts[ledger] = n
+    else:
+        counts.pop(ledger, None)
