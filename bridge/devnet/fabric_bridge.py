@@ -23,7 +23,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_fixed,
+    wait_exponential,
 )
 
 from bridge.config import Credentials, LedgerAuth
@@ -115,10 +115,13 @@ def org_gateway_client(
     )
 
 
-ENDORSE_ATTEMPTS = 5
+ENDORSE_ATTEMPTS = 10
 """How often the devnet asks for a transaction's endorsements before giving up."""
 ENDORSE_WAIT_S = 0.2
-"""Seconds between two asks."""
+"""Seconds before the second ask; each wait doubles, up to :data:`ENDORSE_WAIT_MAX_S` (about
+26 s over all the attempts)."""
+ENDORSE_WAIT_MAX_S = 5.0
+"""The longest wait between two asks: a gossip alive interval of the devnet's peers."""
 
 
 def _log_ask_again(state: RetryCallState) -> None:
@@ -130,20 +133,23 @@ async def endorse_agreed(
     client: GatewayClient, chaincode: str, fn: str, args: Sequence[str], is_init: bool = False
 ) -> PreparedTransaction:
     """Both organisations' endorsements of ``fn(*args)``, asked again (up to
-    :data:`ENDORSE_ATTEMPTS` times, each retry logged) while the gateway reports them
-    unavailable.
+    :data:`ENDORSE_ATTEMPTS` times, each retry logged, the waits growing) while the gateway
+    reports them unavailable.
 
     The two organisations' peers simulate one after the other, and a block committed on one
     of them in between (the devnet's own waves of concurrent submits, or the bridge's
     traffic during a benchmark's setup) makes them read different state: the gateway then
-    answers ABORTED (ProposalResponsePayloads do not match). Nothing was ordered, and each
+    answers ABORTED (ProposalResponsePayloads do not match). And a gateway whose discovery
+    misses the other organisation's peer for a moment (its gossip membership, on a loaded
+    host) answers FAILED_PRECONDITION (no combination of peers can be derived which satisfy
+    the endorsement policy) until the next alive message. Nothing was ordered, and each
     ask is a new transaction id, so asking again is safe; a refusal by the chaincode is
     never retried. A mismatch on every ask (a chaincode that is not deterministic) still
     fails."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(Unavailable),
         stop=stop_after_attempt(ENDORSE_ATTEMPTS),
-        wait=wait_fixed(ENDORSE_WAIT_S),
+        wait=wait_exponential(multiplier=ENDORSE_WAIT_S, max=ENDORSE_WAIT_MAX_S),
         before_sleep=_log_ask_again,
         reraise=True,
     ):

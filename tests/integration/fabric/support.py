@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bridge.core import digests as core
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import pin_init, wait_for_peers
+from bridge.devnet.fabric_bridge import pin_init, submit_agreed, wait_for_peers
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, assemble_certificate
 from bridge.domain.ids import LedgerId, SecurityId
@@ -143,8 +143,9 @@ async def submit_and_wait(
     net: FabricNetwork, client: GatewayClient, chaincode: str, fn: str, *args: str
 ) -> int:
     """Submit and wait until both orgs' peers committed it (the next call reads it); return
-    its block."""
-    result = await client.submit(chaincode, fn, list(args), is_init=fn == "Init")
+    its block. Endorsements the gateway could not collect are asked again
+    (:func:`submit_agreed`); a refusal is not."""
+    result = await submit_agreed(client, chaincode, fn, list(args), is_init=fn == "Init")
     await wait_for_peers(net, result.block_number)
     return result.block_number
 
