@@ -3,7 +3,9 @@
 Exit codes: 0 success, 1 the server refused (its status and message are printed),
 2 usage errors (and a batch id or key journaled for another input), 3 a batch was
 recorded but some of its items were refused, 4 the coordinator answered a transfer other
-than the one signed (do not book it), 78 a configuration file refused (``bridge config
+than the one signed (do not book it), 5 a submission to run again later (``transfer
+submit`` or ``submit-batch`` timed out, found the coordinator unavailable or at a bound,
+or some batch items are retryable), 78 a configuration file refused (``bridge config
 check``). ``--json`` prints machine-readable output.
 """
 
@@ -172,6 +174,14 @@ _RETRY_HINTS: dict[grpc.StatusCode | None, str] = {
     " again once some have finished",
     None: "rerunning the same command resends the same journaled request",
 }
+_RUN_AGAIN = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+"""A submission's errors after which the same command is to be run again (exit 5)."""
 
 
 class SomeItemsRefused(Exception):
@@ -558,6 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {describe_rpc_error(exc)}", file=sys.stderr)
         if getattr(args, "cmd", "") in ("submit", "submit-batch"):
             _note(_RETRY_HINTS.get(exc.code(), _RETRY_HINTS[None]))
+            if exc.code() in _RUN_AGAIN:
+                return 5  # as a batch's RETRYABLE items: the same command, later
         return 1
     except (ValueError, BridgeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -209,7 +209,7 @@ def test_a_timed_out_batch_rerun_resends_the_same_bytes_and_moves_nothing_twice(
     fake: FakeCoordinator = env["fake"]
     file = _file(env["dir"] / "eod.jsonl", [_line("1", "k-1"), _line("2"), _line("3")])
     fake.fail_after = 2  # items 0 and 1 recorded, then the call times out
-    assert cli.main(_batch(env, file, "eod-1")) == 1
+    assert cli.main(_batch(env, file, "eod-1")) == 5  # run it again later
     err = capsys.readouterr().err
     assert "DEADLINE_EXCEEDED" in err and "run the same command again" in err
     assert set(fake.transfers) >= {"k-1"} and len(fake.transfers) == 2
@@ -263,7 +263,7 @@ def test_a_tampered_journal_is_refused(
     fake: FakeCoordinator = env["fake"]
     file = _file(env["dir"] / "t.jsonl", [_line("1", "k-t")])
     fake.fail_after = 0
-    assert cli.main(_batch(env, file, "eod-3")) == 1
+    assert cli.main(_batch(env, file, "eod-3")) == 5
     (path,) = env["dir"].glob(".kstb-batch-*.journal.json")
     data = json.loads(path.read_text())
     request = S.SubmitTransfersRequest.FromString(base64.b64decode(data["request"]))
@@ -287,7 +287,7 @@ def test_submit_without_a_key_derives_one_and_a_retry_is_the_same_transfer(
             "--sender", "0x" + "11" * 20, "--recipient", "0x" + "22" * 20, "--amount", "4",
             "--network", str(env["network"]), "--instruction-key", str(env["key"])]  # fmt: skip
     fake.fail_after = 0  # recorded, but the answer is lost
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 5  # as a batch's retryable items: run it again
     err = capsys.readouterr().err
     assert "idempotency key derived from the request: cli-" in err
     assert cli.main(argv) == 0
@@ -325,7 +325,7 @@ def test_a_submission_past_a_bound_says_nothing_was_recorded_and_a_rerun_sends_i
             "--sender", "0x" + "11" * 20, "--recipient", "0x" + "22" * 20, "--amount", "4",
             "--network", str(env["network"]), "--instruction-key", str(env["key"])]  # fmt: skip
     fake.exhausted = True
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 5
     err = capsys.readouterr().err
     assert "nothing was recorded now" in err and "run the same command again" in err
     fake.exhausted = False
@@ -474,3 +474,19 @@ def test_check_transfer_refuses_any_field_that_differs() -> None:
             check_transfer(want, bad, "t")
     with pytest.raises(AnswerMismatch, match="makes none"):
         check_transfer(None, good, "t")
+
+
+def test_only_a_submission_to_run_again_exits_5(
+    env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 5 means "the same command, later" (a timeout, an unavailable coordinator, a
+    bound: as a batch's RETRYABLE items); a refusal that running it again cannot change
+    exits 1. Here another request holds the batch id at the coordinator (not in the
+    journal): ALREADY_EXISTS."""
+    fake: FakeCoordinator = env["fake"]
+    fake.batches["eod-taken"] = (b"another request", S.SubmitTransfersResponse())
+    file = _file(env["dir"] / "x.jsonl", [_line("1", "k-x")])
+    assert cli.main(_batch(env, file, "eod-taken")) == 1
+    err = capsys.readouterr().err
+    assert "ALREADY_EXISTS" in err and "use a new batch id or key" in err
+    assert fake.transfers == {}
