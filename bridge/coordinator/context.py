@@ -9,6 +9,7 @@ them but explicit calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +28,9 @@ from bridge.domain.ids import SecurityId
 from bridge.domain.transfer import TransferState
 from bridge.logfields import REASON, STATE, TRANSFER
 
+_BEFORE_LOCK = frozenset({TransferState.SUBMITTED, TransferState.QUEUED})
+"""States of a transfer that its lane's later transfers still count ahead of them."""
+
 
 @dataclass(slots=True, eq=False)
 class EngineContext:
@@ -42,6 +46,7 @@ class EngineContext:
     committee: CommitteeClient
     ttl: int
     max_backoff: float
+    queue_recheck_max: float
     supply: SupplyPublisher | None
     sweep_every: float
     # ---- depository halt
@@ -55,6 +60,9 @@ class EngineContext:
     watchers: dict[bytes, set[Changes]] = field(default_factory=dict)
     # ---- unfinished transfers per source ledger, and admission's bound on them
     unfinished: UnfinishedCounts = field(default_factory=UnfinishedCounts)
+    # ---- flow limits: told of a transfer that ended FAILED before its lock (it leaves
+    # its lane without taking the capacity the transfers behind it counted)
+    released: Callable[[TransferRecord], None] | None = None
 
     def notify(self, tid: bytes) -> None:
         """Wake every watch of ``tid`` to read its history again, marking ``tid`` as the
@@ -82,6 +90,10 @@ class EngineContext:
                 and record.origin is TransferOrigin.SUBMITTED
             ):
                 self.unfinished.ended(record.request.source_ledger)
+            # ---- flow limits: a transfer failed before its lock wakes its lane behind it
+            released = self.released
+            if released and state is TransferState.FAILED and record.state in _BEFORE_LOCK:
+                released(record)
             observe_transition(record, state)  # ---- observability (ADR 0016)
             self.log.info(
                 "transfer state",

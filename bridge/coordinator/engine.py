@@ -29,6 +29,7 @@ from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGat
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.flow_limits import FlowLimits, FlowQueued, LaneFlow
+from bridge.coordinator.flow_queue import QUEUE_RECHECK_MAX_S
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.holder_reads import ALONE_BUDGET_S, HolderReads
 from bridge.coordinator.intake import EventNotConfirmed, Intake
@@ -80,6 +81,7 @@ class Coordinator:
         batching: BatchingConfig | None = None,
         max_unfinished_per_ledger: int | None = None,
         rpc_timeout: float = ALONE_BUDGET_S,
+        queue_recheck_max: float = QUEUE_RECHECK_MAX_S,
     ) -> None:
         domains = {
             name: LedgerDomain(name, lc.id.word, bridge_word_of(lc), lc.network_word)
@@ -92,6 +94,7 @@ class Coordinator:
             committee=committee,
             ttl=transfer_ttl,
             max_backoff=max_backoff,
+            queue_recheck_max=queue_recheck_max,
             supply=supply,
             sweep_every=sweep_every,
             halts=halts,  # ---- depository halt
@@ -107,7 +110,9 @@ class Coordinator:
             self._ctx,
             batched.max_in_flight if batched is not None else None,
             batched.read_linger_ms if batched is not None else 0.0,
+            wake=self.wake,  # a queued transfer's driver (built below)
         )
+        self._ctx.released = self._flow.released  # ---- flow limits: a departure wakes
         # ---- batched steps (issue 14): off unless configured
         self._batcher = StepBatcher(self._ctx, batched) if batched is not None else None
         # ---- coalesced leg reads (issue 14 item 4): with batching, the drivers' reads too
@@ -222,9 +227,9 @@ class Coordinator:
 
     _waiting_reason = staticmethod(waiting_reason)
 
-    def wake(self, tid: bytes) -> None:
-        """Make the transfer's driver re-read the ledgers now."""
-        self._drivers.wake(tid)
+    def wake(self, tid: bytes) -> bool:
+        """Make the transfer's driver re-read the ledgers now; False when it has none."""
+        return self._drivers.wake(tid)
 
     # ---- depository halt
     def set_halts(self, halts: HaltBook) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.coordinator.coalesce import Coalescer
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admit, never_fits
+from bridge.coordinator.lane_backlogs import lane_of
+from bridge.coordinator.lane_wakes import LaneWakes
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
 from bridge.coordinator.wording import generic, iso
 from bridge.core.reasons import ErrorReason
@@ -35,11 +37,17 @@ a new one's gate simply reads (each entry is used by its transfer's first gate).
 
 # ---- flow limits (ADR 0010)
 class FlowQueued(Exception):
-    """The transfer was (re)queued on a lane's limit; its driver checks again later."""
+    """The transfer was (re)queued on a lane's limit, or is held by a ledger's delay; its
+    driver checks again later.
 
-    def __init__(self, detail: str, retry_in: int) -> None:
+    ``deadline``: the transfer's, when the wait is before its lock (the driver never sleeps
+    past it: :func:`~bridge.coordinator.flow_queue.recheck_in`); None for a locked
+    transfer held by a delay, which waits past it."""
+
+    def __init__(self, detail: str, retry_in: int, deadline: int | None = None) -> None:
         super().__init__(detail)
         self.retry_in = retry_in
+        self.deadline = deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +84,15 @@ class FlowLimits:
     """
 
     def __init__(
-        self, ctx: EngineContext, max_in_flight: int | None = None, linger_ms: float = 0.0
+        self,
+        ctx: EngineContext,
+        max_in_flight: int | None = None,
+        linger_ms: float = 0.0,
+        wake: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._ctx = ctx
+        # ---- a lane's queued transfers, woken when one ahead leaves without its capacity
+        self._wakes = LaneWakes(wake or (lambda _: False), ctx.max_backoff)
         self._reads: Coalescer[FlowKey, None, FlowStatus] | None = (
             Coalescer(self._flush_reads, _MAX_SHARED_READS, max_in_flight, linger_ms)
             if max_in_flight is not None
@@ -110,8 +124,10 @@ class FlowLimits:
 
     async def close(self) -> None:
         """Answer (with an error) any read still waiting; stop the flushes in flight; forget
-        the lanes held as open (another coordinator may act while this one is stopped)."""
+        the lanes held as open (another coordinator may act while this one is stopped)
+        and the queued transfers (their drivers are stopped)."""
         self._open.clear()
+        self._wakes.close()
         if self._reads is not None:
             await self._reads.close()
 
@@ -156,6 +172,13 @@ class FlowLimits:
         """Drop every lane held as open (the engine starts or stops)."""
         self._open.clear()
 
+    # ---- a deep queue sleeps toward its estimate (issue 14, ADR 0010 amendment) ----------
+    def released(self, record: TransferRecord) -> None:
+        """``record`` ended FAILED before its lock (``EngineContext.set_state``): the
+        transfers queued behind it on its lane are woken (:class:`LaneWakes`; review
+        helper-122 M1, helper-123 M-a: each slept toward an estimate that counted it)."""
+        self._wakes.freed(lane_of(record.request), record.transfer_id, record.created_at)
+
     async def gate(self, record: TransferRecord) -> bool:
         """Before the lock: go (False), queue (raises FlowQueued), or FAILED (True).
 
@@ -182,8 +205,7 @@ class FlowLimits:
         amount = record.request.amount
         refusal = never_fits(amount, source, target)
         if refusal is not None:  # the admin lowered a capacity after the submission
-            await ctx.set_state(record, TransferState.FAILED, f"not locked: {refusal}")
-            await self.clear_wait(record)
+            await self._fail(record, f"not locked: {refusal}")
             return True
         verdict = admit(
             amount,
@@ -192,22 +214,32 @@ class FlowLimits:
             source,
             target,
         )
+        # SECURITY (review helper-122 H1): the deadline first, room or not. A gate after
+        # it would send a lock the instructor's term no longer covers (the chaincode has
+        # no clock to refuse it by; EVM reverts it).
+        if time.time() > record.terms.deadline:
+            if verdict.go and record.state is not TransferState.QUEUED:
+                reason = "not locked: its deadline passed before the lock, nothing moved"
+            else:  # the room came too late, or not at all
+                detail = verdict.detail or "room on the lane came after it"
+                reason = f"queued until its deadline passed, nothing moved: {detail}"
+            await self._fail(record, reason)
+            return True
         if verdict.go:
             await self._leave_queue(record)
             return False
-        if time.time() > record.terms.deadline:
-            await ctx.set_state(
-                record,
-                TransferState.FAILED,
-                f"queued until its deadline passed, nothing moved: {verdict.detail}",
-            )
-            await self.clear_wait(record)
-            return True
         not_before = time.time() + verdict.retry_in
         if record.wait_reason is not verdict.reason or record.state is not TransferState.QUEUED:
             await ctx.store.set_wait(tid, verdict.reason, not_before)
         await ctx.set_state(record, TransferState.QUEUED, f"queued: {verdict.detail}")
-        raise FlowQueued(verdict.detail, verdict.retry_in)
+        self._wakes.sleeps(lane_of(record.request), tid, record.created_at)
+        raise FlowQueued(verdict.detail, verdict.retry_in, record.terms.deadline)
+
+    async def _fail(self, record: TransferRecord, reason: str) -> None:
+        """End ``record`` FAILED before its lock (nothing moved; the state change wakes the
+        lane's queue behind it: :meth:`released`), its wait cleared."""
+        await self._ctx.set_state(record, TransferState.FAILED, reason)
+        await self.clear_wait(record)
 
     async def hold_for_delay(
         self,
@@ -248,6 +280,7 @@ class FlowLimits:
         QUEUED without its wait reason and ``not_before`` (a separate clear first left such
         a window; ``tests/e2e/test_flow_limits.py`` failed on it once); any other
         transfer's stale wait is cleared now."""
+        self._wakes.leaves(lane_of(record.request), record.transfer_id)
         if record.state is not TransferState.QUEUED:
             await self.clear_wait(record)
 

@@ -106,3 +106,44 @@ def admit(
     if inn is not None:
         return inn
     return Admission(True)
+
+
+QUEUE_RECHECK_MAX_S = 60.0
+"""The longest a transfer waiting on flow limits sleeps between reads of its lane when its
+own estimate is far off (issue 14): a limit raised on a ledger is seen within this. (A
+transfer ahead that fails wakes the lane's queue: ``FlowLimits``.)"""
+
+LAST_LOOK_S = 3.0
+"""A queued transfer whose sleep would cross its deadline reads its lane this long before
+it, for a last chance to lock in time (a lock sent then still lands in a block or two of
+1 s before the deadline)."""
+
+
+def recheck_in(
+    retry_in: float, max_backoff: float, recheck_max: float, to_deadline: float | None
+) -> float:
+    """Seconds a transfer waiting on flow limits sleeps before it reads its lane again.
+
+    ``retry_in``: the wait's own estimate (:attr:`Admission.retry_in`, or a held leg's
+    remaining delay); ``to_deadline``: seconds until the transfer's deadline for a wait
+    before its lock, None for a locked transfer held by a delay (it waits past it).
+
+    Guarantees: an estimate within ``max_backoff`` is slept as before (``max_backoff`` at
+    most; at least 0.5 s unless ``max_backoff`` is less); a longer one sleeps half of it,
+    at least ``max_backoff`` and at most ``recheck_max`` (never less than ``max_backoff``),
+    so a deep queue's reads per second follow its lane's throughput, not its depth, and
+    the sleeps close in on the estimate. Before the lock the deadline bounds every sleep: a
+    sleep that would cross it ends :data:`LAST_LOOK_S` before it (a last read while a lock
+    is still in time), or, when less than :data:`LAST_LOOK_S` + 0.5 s remain, one second
+    after it (the gate then ends it FAILED); past it already, the sleep is at most 0.5 s.
+    """
+    if retry_in <= max_backoff:
+        delay = min(max_backoff, max(0.5, retry_in))
+    else:
+        delay = min(max(max_backoff, retry_in / 2), max(max_backoff, recheck_max))
+    if to_deadline is None or delay < to_deadline:
+        return delay
+    if to_deadline <= 0:
+        return min(delay, 0.5)
+    look = to_deadline - LAST_LOOK_S
+    return look if look >= 0.5 else to_deadline + 1.0

@@ -18,11 +18,21 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["MAX_AGE_S", "MAX_ARRIVALS", "MAX_KEPT", "Lane", "LaneBacklogs"]
+if TYPE_CHECKING:
+    from bridge.coordinator.records import TransferRequest
+
+__all__ = ["MAX_AGE_S", "MAX_ARRIVALS", "MAX_KEPT", "Lane", "LaneBacklogs", "lane_of"]
 
 Lane = tuple[str, str, str]
 """(security, source ledger, target ledger)."""
+
+
+def lane_of(request: TransferRequest) -> Lane:
+    """The flow-limit lane of ``request``: (security, source ledger, target ledger)."""
+    return (request.security, request.source_ledger, request.target_ledger)
+
 
 MAX_AGE_S = 1.0
 """Longest a lane's read answers: transfers that left the states since (locked, failed)

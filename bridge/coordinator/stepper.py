@@ -300,6 +300,18 @@ class Stepper:
                 )
                 return True
             await ctx.halt_gate(src_name, record, "the transfer waits before the lock")
+            if time.time() > terms.deadline:
+                # SECURITY (review helper-123 L-c): never a lock the instructor's deadline
+                # no longer covers, whatever delayed this step (a gate's last look before
+                # the deadline, a slow store, a relayer down until after it). EVM reverts
+                # it; the chaincode has no clock to refuse it by. An earlier attempt that
+                # lands after all resumes the transfer (event intake's resume_failed).
+                await ctx.set_state(
+                    record,
+                    TransferState.FAILED,
+                    "not locked: its deadline passed before the lock, nothing moved",
+                )
+                return True
             try:
                 out, recorded = await self._lock(src, record)
             except LedgerRejected as exc:

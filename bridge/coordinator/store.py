@@ -22,7 +22,7 @@ from bridge.coordinator.db import (
     as_database,
     values_rows,
 )
-from bridge.coordinator.lane_backlogs import Lane, LaneBacklogs
+from bridge.coordinator.lane_backlogs import LaneBacklogs, lane_of
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
@@ -812,11 +812,6 @@ def _create_many(
     ]
 
 
-def _lane_of(request: TransferRequest) -> Lane:
-    """The flow-limit lane of ``request``: (security, source ledger, target ledger)."""
-    return (request.security, request.source_ledger, request.target_ledger)
-
-
 def _by_keys(db: Conn, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
     """The stored records under ``keys`` ((source ledger, idempotency key)), by key; a key
     with no record is absent; an unreadable row raises UnreadableRecord."""
@@ -901,12 +896,12 @@ class SqlTransferStore:
             # record may be on these records' lanes, whose reads are stale (review
             # helper-118 #3: not every lane's, which a brokerage cancelling its own
             # submissions could force again and again).
-            self._backlogs.changed(_lane_of(r.request) for r in records)
+            self._backlogs.changed(lane_of(r.request) for r in records)
             raise
         for record, (_, created) in zip(records, rows, strict=True):
             if created:  # committed: a lane's kept backlog counts it from now on
                 self._backlogs.created(
-                    _lane_of(record.request),
+                    lane_of(record.request),
                     seqs[record.transfer_id],
                     record.request.amount,
                     int(record.state),
@@ -1126,7 +1121,7 @@ class SqlTransferStore:
         # Committed: a lane's kept backlog (LaneBacklogs) still counts a transfer that left
         # its states until the next read (never less than now); one entering them makes
         # it read again.
-        self._backlogs.moved(_lane_of(record.request), old, int(state))
+        self._backlogs.moved(lane_of(record.request), old, int(state))
         return record
 
     async def resume_failed(

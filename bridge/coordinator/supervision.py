@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from bridge.aio import stop_tasks
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
+from bridge.coordinator.flow_queue import recheck_in
 from bridge.coordinator.halts import Halted
 from bridge.coordinator.records import TransferOrigin, TransferRecord
 from bridge.coordinator.store import UnreadableRecord
@@ -129,11 +130,13 @@ class Supervisor:
             return True
         return False
 
-    def wake(self, tid: bytes) -> None:
-        """Make the transfer's driver re-read the ledgers now."""
+    def wake(self, tid: bytes) -> bool:
+        """Make the transfer's driver re-read the ledgers now; False when it has none."""
         ev = self._wakeups.get(tid)
-        if ev is not None:
-            ev.set()
+        if ev is None:
+            return False
+        ev.set()
+        return True
 
     def wake_all(self) -> None:
         """Make every driver re-read the ledgers now."""
@@ -164,7 +167,13 @@ class Supervisor:
                 break
             except FlowQueued as queued:  # ---- flow limits: waiting is not a failure
                 failures, since = 0, None
-                delay = min(ctx.max_backoff, max(0.5, float(queued.retry_in)))
+                # Issue 14: a deep queue sleeps toward its estimate, not max_backoff each.
+                delay = recheck_in(
+                    queued.retry_in,
+                    ctx.max_backoff,
+                    ctx.queue_recheck_max,
+                    None if queued.deadline is None else queued.deadline - time.time(),
+                )
                 wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=delay)

@@ -217,8 +217,10 @@ async def coordinator(tmp_path: Path):
     network = network_file(tmp_path)
     store = SqliteTransferStore(tmp_path / "c.sqlite")
     relayers = {"a": FakeRelayer("a"), "b": FakeRelayer("b")}
+    # A fake bucket changes at once (an admin's raise): queued transfers re-read it as
+    # often as max_backoff, not toward their own estimate (QUEUE_RECHECK_MAX_S).
     c = Coordinator(network, store, relayers, FakeCommittee(), transfer_ttl=60, max_backoff=0.2,  # type: ignore[arg-type]
-                    sweep_every=0.1)  # fmt: skip
+                    sweep_every=0.1, queue_recheck_max=0.2)  # fmt: skip
     await c.start()
     yield c, relayers, store
     await c.stop()

@@ -197,7 +197,7 @@ async def test_the_queue_survives_a_restart(coordinator, tmp_path: Path) -> None
     await c.stop()  # the queue is only in the store
     again = Coordinator(
         c._network, store, relayers, FakeCommittee(), transfer_ttl=60, max_backoff=0.2,  # type: ignore[arg-type]
-        sweep_every=0.1,
+        sweep_every=0.1, queue_recheck_max=0.2,
     )  # fmt: skip
     assert await again.start() == 3
     try:

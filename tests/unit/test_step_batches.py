@@ -822,7 +822,7 @@ async def test_lane_reads_are_never_answered_by_a_read_older_than_the_call() -> 
             )  # fmt: skip
 
     a, b = Relayer("a"), Relayer("b")
-    flow = FlowLimits(SimpleNamespace(relayers={"a": a, "b": b}), max_in_flight=1)  # type: ignore[arg-type]
+    flow = FlowLimits(SimpleNamespace(relayers={"a": a, "b": b}, max_backoff=10.0), max_in_flight=1)  # type: ignore[arg-type]
 
     def request(security: str) -> TransferRequest:
         return TransferRequest("k", security, "a", "b", "0x" + "11" * 20, "0x" + "22" * 20, 1)
