@@ -18,6 +18,7 @@ from bridge.config import NetworkConfig
 from bridge.coordinator.changes import Changes
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.epochs import EpochTracker
+from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE
 from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
@@ -27,9 +28,6 @@ from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.domain.ids import SecurityId
 from bridge.domain.transfer import TransferState
 from bridge.logfields import REASON, STATE, TRANSFER
-
-_BEFORE_LOCK = frozenset({TransferState.SUBMITTED, TransferState.QUEUED})
-"""States of a transfer that its lane's later transfers still count ahead of them."""
 
 
 @dataclass(slots=True, eq=False)
@@ -92,7 +90,7 @@ class EngineContext:
                 self.unfinished.ended(record.request.source_ledger)
             # ---- flow limits: a transfer failed before its lock wakes its lane behind it
             released = self.released
-            if released and state is TransferState.FAILED and record.state in _BEFORE_LOCK:
+            if released and state is TransferState.FAILED and record.state in AHEAD_AT_SOURCE:
                 released(record)
             observe_transition(record, state)  # ---- observability (ADR 0016)
             self.log.info(

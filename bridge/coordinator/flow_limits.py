@@ -19,7 +19,7 @@ from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admi
 from bridge.coordinator.lane_backlogs import lane_of
 from bridge.coordinator.lane_wakes import LaneWakes
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.wording import generic, iso
+from bridge.coordinator.wording import NOT_LOCKED_PAST_DEADLINE, generic, iso
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed, Unavailable
@@ -219,7 +219,7 @@ class FlowLimits:
         # no clock to refuse it by; EVM reverts it).
         if time.time() > record.terms.deadline:
             if verdict.go and record.state is not TransferState.QUEUED:
-                reason = "not locked: its deadline passed before the lock, nothing moved"
+                reason = NOT_LOCKED_PAST_DEADLINE
             else:  # the room came too late, or not at all
                 detail = verdict.detail or "room on the lane came after it"
                 reason = f"queued until its deadline passed, nothing moved: {detail}"

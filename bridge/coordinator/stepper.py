@@ -30,7 +30,7 @@ from bridge.coordinator.step_batches import (
     StepBatcher,
     submit_alone,
 )
-from bridge.coordinator.wording import refusal
+from bridge.coordinator.wording import NOT_LOCKED_PAST_DEADLINE, refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claims import ClaimKind
@@ -306,11 +306,7 @@ class Stepper:
                 # the deadline, a slow store, a relayer down until after it). EVM reverts
                 # it; the chaincode has no clock to refuse it by. An earlier attempt that
                 # lands after all resumes the transfer (event intake's resume_failed).
-                await ctx.set_state(
-                    record,
-                    TransferState.FAILED,
-                    "not locked: its deadline passed before the lock, nothing moved",
-                )
+                await ctx.set_state(record, TransferState.FAILED, NOT_LOCKED_PAST_DEADLINE)
                 return True
             try:
                 out, recorded = await self._lock(src, record)

@@ -18,6 +18,10 @@ from bridge.domain.legs import LegState, RejectReason
 # The full detail is in the coordinator's log.
 _REASON_MAX = 240
 
+NOT_LOCKED_PAST_DEADLINE = "not locked: its deadline passed before the lock, nothing moved"
+"""Why a transfer that was let go to its lock after its deadline ended FAILED (the flow
+gate and the lock step say it alike)."""
+
 
 def generic(exc: LedgerRejected) -> str:
     """``exc`` as a brokerage may read it: the ledger and the typed reason."""
