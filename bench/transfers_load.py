@@ -21,6 +21,7 @@ from transfers_setup import (
     _say,
 )
 
+from bridge.aio import within
 from bridge.cli.main import STATE_NAMES
 from bridge.devnet.client import AsyncRoutedTransferStub
 from bridge.devnet.system import DEMO_ISIN, LocalSystem
@@ -99,7 +100,7 @@ async def run_load(
     # Each request is instructed by its source ledger's devnet brokerage key (protocol v2).
     stub: Any = AsyncRoutedTransferStub(system, instruct=system.brokerage.instruct)
     try:
-        await asyncio.wait_for(stub.channel("depository").channel_ready(), timeout=10)
+        await within(stub.channel("depository").channel_ready(), 10)
         sampling = asyncio.create_task(sampler.run(stop)) if sampler else None
         t0 = asyncio.get_running_loop().time()
         bound = (specs[-1].at if specs else 0.0) + opts.timeout + LOAD_MARGIN

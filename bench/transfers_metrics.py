@@ -31,6 +31,7 @@ from transfers_setup import (
     lane_name,
 )
 
+from bridge.aio import within
 from bridge.devnet.anvil import AnvilNode, DevAccount
 from bridge.devnet.geth_ledger import GethLedger
 from bridge.devnet.ledger import DevLedger
@@ -225,7 +226,7 @@ class CpuSampler:
         self.samples.append(self.snapshot())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                await within(stop.wait(), self.interval)
             self.samples.append(self.snapshot())
 
     def _row(self, name: str, wall: float, committed: int) -> dict[str, float] | None:

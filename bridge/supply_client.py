@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import grpc
 
+from bridge.aio import within
 from bridge.config import NetworkConfig
 from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import BridgeReason, InvalidCertificate
@@ -488,9 +489,7 @@ async def watch_feed(
         while True:
             item: Verdict | Exception | None = None
             with contextlib.suppress(TimeoutError):
-                item = await asyncio.wait_for(
-                    queue.get(), timeout=max(0.0, next_check - loop.time())
-                )
+                item = await within(queue.get(), max(0.0, next_check - loop.time()))
             if isinstance(item, Exception):
                 raise item
             if item is not None:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import grpc
 
+from bridge.aio import within
 from bridge.domain.errors import PermissionDenied, Unavailable
 from bridge.domain.legs import EventPosition, LedgerEvent
 from bridge.ledgers.adapter import LedgerReader
@@ -137,7 +138,7 @@ class EventWatcher:
                 self._log.exception("event scan failed, will retry")
                 backoff = min(self._max_backoff, backoff * 2)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=backoff)
+                await within(stop.wait(), backoff)
 
     def _may_wait_for_heads(self) -> bool:
         """False while a refusal of head waits is recent (the watcher polls meanwhile)."""
@@ -175,7 +176,7 @@ class EventWatcher:
             except Exception as exc:  # the next scan reports it; do not spin meanwhile
                 self._log.warning("head wait failed", **{ERROR: str(exc)[:300]})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._poll)
+                    await within(stop.wait(), self._poll)
                 return
             if self._heads_refused_until is not None:
                 self._heads_refused_until = None

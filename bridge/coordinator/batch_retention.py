@@ -10,6 +10,7 @@ import contextlib
 import time
 from typing import Protocol
 
+from bridge.aio import within
 from bridge.domain.errors import BridgeError
 from bridge.logfields import COUNT, get_logger
 
@@ -55,4 +56,4 @@ async def prune_batches(
         if deleted:
             log.info("expired batch records deleted", **{COUNT: deleted}, days=retention_days)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+            await within(stop.wait(), every)

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
+from bridge.aio import within
 from bridge.config import BatchingConfig, NetworkConfig
 from bridge.coordinator.admission import Admission, Admitted
 from bridge.coordinator.changes import Changes
@@ -323,7 +324,7 @@ class Coordinator:
                         return
                 # The timeout only bounds the wait should a notification ever be missed.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.event.wait(), timeout=5.0)
+                    await within(changed.event.wait(), 5.0)
         finally:
             self.unsubscribe([tid], changed)
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from bridge.aio import within
 from bridge.coordinator.db import Conn, Database, Dialect, coordinator_session_name
 from bridge.domain.errors import BridgeReason, InvalidInput, Unavailable
 from bridge.logfields import COUNT, get_logger
@@ -416,7 +417,7 @@ class LeaseKeeper:
         while not stop.is_set():
             started = asyncio.get_running_loop().time()
             try:
-                token = await asyncio.wait_for(self.lease.acquire(), self.timing.hold_for)
+                token = await within(self.lease.acquire(), self.timing.hold_for)
             except Exception as exc:  # the database is down or unreachable: keep polling
                 self._log.warning("lease poll failed", error=repr(exc))
                 token = None
@@ -428,7 +429,7 @@ class LeaseKeeper:
                     self._on_change(True, token)
                 return token
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.timing.renew_interval)
+                await within(stop.wait(), self.timing.renew_interval)
         return None
 
     async def hold(self, stop: asyncio.Event) -> LeaderLost:
@@ -447,7 +448,7 @@ class LeaseKeeper:
         while True:
             left = renewed + self.timing.hold_for - loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, min(self.timing.renew_interval, left)))
+                await within(stop.wait(), max(0.0, min(self.timing.renew_interval, left)))
             if stop.is_set():
                 break
             if self.lease.fenced:
@@ -459,7 +460,7 @@ class LeaseKeeper:
                 why = LeaderLost.EXPIRED
                 break
             try:
-                got = await asyncio.wait_for(self.lease.acquire(), remaining)
+                got = await within(self.lease.acquire(), remaining)
             except Exception as exc:  # TimeoutError included: retried until the deadline
                 self._log.warning("lease renewal failed", token=token, error=repr(exc))
                 continue
@@ -478,6 +479,6 @@ class LeaseKeeper:
         stopped): give the lease up so a standby takes over at once. Errors are logged
         (the term then simply expires)."""
         try:
-            await asyncio.wait_for(self.lease.release(), self.timing.renew_interval)
+            await within(self.lease.release(), self.timing.renew_interval)
         except Exception as exc:
             self._log.warning("lease release failed", error=repr(exc))

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from prometheus_client import Gauge, Histogram
 
+from bridge.aio import within
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.records import TransferRecord
 from bridge.coordinator.store import (
@@ -256,7 +257,7 @@ class CoordinatorMetrics:
             except Exception as exc:
                 self._log.warning("metrics refresh failed", **{ERROR: repr(exc)[:300]})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                await within(stop.wait(), interval)
 
 
 _installed: CoordinatorMetrics | None = None

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from bridge.aio import within
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.coalesce import Coalescer
@@ -395,7 +396,7 @@ class SupplyPublisher:
         first = self._first_round.get(security)
         if first is not None and not first.is_set():
             try:
-                await asyncio.wait_for(first.wait(), FIRST_CHECK_WAIT)
+                await within(first.wait(), FIRST_CHECK_WAIT)
             except TimeoutError:
                 raise Unavailable(
                     f"the supply of {security} has not been read since the coordinator"
@@ -491,7 +492,7 @@ class SupplyPublisher:
                 if len(page) == FEED_PAGE:
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=5.0)
+                    await within(changed.wait(), 5.0)
         finally:
             self._listeners.discard(changed)
 

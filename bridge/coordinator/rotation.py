@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.aio import within
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.records import Misbehaviour
@@ -337,7 +338,7 @@ class RotationManager:
                 self._log.exception("rotation pass failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                await within(self._wake.wait(), self._poll)
 
     async def install_pending(self) -> None:
         """One level-triggered pass: for every recorded rotation and ledger not yet shown

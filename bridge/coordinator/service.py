@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import time
@@ -13,6 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
+from bridge.aio import within
 from bridge.config import NetworkConfig
 from bridge.coordinator.admission import Admitted
 from bridge.coordinator.batches import (
@@ -537,7 +537,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     # The timeout (the next sweep) bounds how late an update that was never
                     # announced is read.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.event.wait(), timeout=wakes.wait_s())
+                        await within(changed.event.wait(), wakes.wait_s())
         finally:
             self._coordinator.unsubscribe(list(cursors), changed)
 

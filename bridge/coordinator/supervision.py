@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from bridge.aio import stop_tasks
+from bridge.aio import stop_tasks, within
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.flow_queue import recheck_in
@@ -176,7 +176,7 @@ class Supervisor:
                 )
                 wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                    await within(wakeup.wait(), delay)
                 continue
             except (Unavailable, LedgerRejected, PreconditionFailed, BridgeError) as exc:
                 failures += 1
@@ -200,6 +200,6 @@ class Supervisor:
             delay = min(ctx.max_backoff, 0.25 * 2 ** min(failures, 8))
             wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                await within(wakeup.wait(), delay)
         self._tasks.pop(tid, None)
         self._wakeups.pop(tid, None)

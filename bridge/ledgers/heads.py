@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from bridge.aio import retrieve
+from bridge.aio import retrieve, within
 from bridge.logfields import ERROR, LEDGER, REASON, get_logger
 
 __all__ = [
@@ -151,7 +151,7 @@ class HeadWatch:
                 if remaining <= 0:
                     raise TimeoutError
                 tick = self._ensure_poller()
-                await asyncio.wait_for(asyncio.shield(tick), remaining)
+                await within(asyncio.shield(tick), remaining)
             return self.head
         finally:
             self._waiters -= 1
@@ -198,7 +198,7 @@ class HeadWatch:
             return False
         if not self._hinted.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hinted.wait(), self.silence_s)
+                await within(self._hinted.wait(), self.silence_s)
         hinted = self._hinted.is_set()
         if hinted:
             # SECURITY (review s23): a node pushing ever-higher heads must not turn the
@@ -378,7 +378,7 @@ class HeadSubscription:
 
 async def receive(ws: Socket, limit_s: float) -> str | bytes:
     """The next message, or TimeoutError after ``limit_s``."""
-    return await asyncio.wait_for(ws.recv(), limit_s)
+    return await within(ws.recv(), limit_s)
 
 
 def reply(raw: str | bytes, want_id: int) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.aio import within
 from bridge.logfields import ERROR, get_logger
 from bridge.obs.metrics import CommonMetrics
 
@@ -64,7 +65,7 @@ class Readiness:
 
     async def _one(self, probe: Probe) -> str | None:
         try:
-            await asyncio.wait_for(probe.check(), timeout=self._timeout)
+            await within(probe.check(), self._timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -93,4 +94,4 @@ class Readiness:
         while not stop.is_set():
             await self.check_once()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
+                await within(stop.wait(), self._interval)

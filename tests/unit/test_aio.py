@@ -1,6 +1,8 @@
 """bridge.aio: stopping a task without swallowing the caller's own cancellation (review
 s23: the adapters' close() suppressed any CancelledError while waiting for their head
-subscription, including one aimed at close() itself)."""
+subscription, including one aimed at close() itself); waiting with a time limit without
+losing the caller's cancellation (CI on 72eaccd: Python 3.11's wait_for lost it and a test
+waited for a cancelled head subscription until the run's 90 minutes were up)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 
 import pytest
 
-from bridge.aio import stop_task, stop_tasks
+from bridge.aio import stop_task, stop_tasks, within
 
 pytestmark = [pytest.mark.unit]
 
@@ -94,3 +96,37 @@ async def test_stop_tasks_lets_a_cancelled_caller_go_and_the_tasks_still_end() -
         await caller
     await asyncio.wait(tasks, timeout=2)
     assert all(t.cancelled() for t in tasks)
+
+
+async def _cancelled_while_the_inner_call_completes() -> int:
+    """Asks for its own cancellation, then calls something that completes on its first
+    step: the cancellation and the completion land in the same loop iteration (the race
+    that 3.11's ``asyncio.wait_for`` loses). Afterwards it would sleep and return 1."""
+    asyncio.get_running_loop().call_soon(asyncio.current_task().cancel)  # type: ignore[union-attr]
+
+    async def completes_at_once() -> int:
+        return 1
+
+    value = await within(asyncio.ensure_future(completes_at_once()), 5)
+    await asyncio.sleep(0.05)
+    return value
+
+
+async def test_within_never_loses_the_callers_cancellation() -> None:
+    task = asyncio.ensure_future(_cancelled_while_the_inner_call_completes())
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled()  # with asyncio.wait_for in within: the task returned 1
+
+
+async def test_within_returns_the_result_or_raises_timeout() -> None:
+    async def value_after(delay: float) -> str:
+        await asyncio.sleep(delay)
+        return "v"
+
+    assert await within(value_after(0), 1) == "v"
+    assert await within(value_after(0.01), None) == "v"  # no limit
+    with pytest.raises(TimeoutError):
+        await within(value_after(5), 0.02)
+    event = asyncio.Event()
+    with pytest.raises(TimeoutError):
+        await within(event.wait(), 0)  # an expired limit: at the first suspension

@@ -237,6 +237,32 @@ async def test_silence_keeps_the_session_while_the_chain_makes_no_block() -> Non
     assert [e.get("reason") for e in logs if e["log_level"] == "warning"][:1] == ["silent"]
 
 
+async def test_a_cancelled_subscription_ends_at_whatever_step_the_cancel_lands() -> None:
+    """CI on 72eaccd hung for 85 minutes in the test above: its cancel landed in the loop
+    iteration in which the node's reply completed a ``wait_for`` read, Python 3.11's
+    ``wait_for`` returned the reply, and run() went on for ever (as would a relayer's
+    shutdown). The cancel is tried at every loop iteration of a connect, subscribe, silence
+    and reconnect: run() ends cancelled each time."""
+    loop = asyncio.get_running_loop()
+
+    def cancel_after(iterations: int, task: asyncio.Task[None]) -> None:
+        if iterations == 0:
+            task.cancel()
+        else:
+            loop.call_soon(cancel_after, iterations - 1, task)
+
+    heights = iter(range(10, 10_000))  # a new block at every read: sessions end and reconnect
+    for iterations in range(120):
+        watch, sub, _ = await _subscription(
+            [Socket(), Socket()], silence_s=0.001, height=lambda: next(heights)
+        )
+        task = asyncio.ensure_future(sub.run())
+        cancel_after(iterations, task)
+        await asyncio.wait([task], timeout=2)
+        await watch.close()
+        assert task.cancelled(), iterations
+
+
 async def test_a_wrong_chain_is_refused_once_and_the_adapter_does_not_restart_it() -> None:
     from bridge.config import LedgerConfig
     from bridge.domain.ids import LedgerId
