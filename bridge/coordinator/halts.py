@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.aio import retrieve
+from bridge.aio import retrieve, within
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.wording import bounded
@@ -409,11 +409,8 @@ class HaltBook:
                 raise
             except Exception:
                 self._log.exception("depository order delivery failed")
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # races the event, and stop() would wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._retry_s):
-                    await self._kick.wait()
+            with contextlib.suppress(TimeoutError):  # within: never loses stop()'s cancel
+                await within(self._kick.wait(), self._retry_s)
 
     async def deliver_pending(self) -> int:
         """One pass: per ledger, deliver pending orders in ascending sequence until one

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.devnet.custody import issue_client_certificate
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import pin_init
+from bridge.devnet.fabric_bridge import pin_init, submit_agreed
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected
@@ -116,7 +116,7 @@ async def submit(env: Env, client: GatewayClient, fn: str, *args: str) -> None:
 
 async def refused(client: GatewayClient, name: str, fn: str, *args: str) -> None:
     with pytest.raises(LedgerRejected) as exc:
-        await client.submit(CHAINCODE, fn, list(args))
+        await submit_agreed(client, CHAINCODE, fn, list(args))
     assert exc.value.reason == name, str(exc.value)
 
 

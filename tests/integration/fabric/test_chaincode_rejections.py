@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.fabric_bridge import submit_agreed
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.committee import SECP256K1_N
@@ -100,7 +101,7 @@ async def refused(client: GatewayClient, name: str, fn: str, *args: str) -> None
     """The call is refused with error ``name`` (``a|b``: either, where the exact one depends
     on random bytes, e.g. whether a corrupted signature still recovers to some key)."""
     with pytest.raises(LedgerRejected) as exc:
-        await client.submit(CHAINCODE, fn, list(args))
+        await submit_agreed(client, CHAINCODE, fn, list(args))
     assert exc.value.reason in name.split("|"), str(exc.value)
 
 

@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import CHAINCODE_DIR, wait_for_peers
+from bridge.devnet.fabric_bridge import (
+    CHAINCODE_DIR,
+    endorse_agreed,
+    submit_agreed,
+    wait_for_peers,
+)
 from bridge.devnet.processes import ManagedProcess, free_port
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected, PermissionDenied, Unavailable
@@ -114,7 +119,9 @@ async def test_evaluate_submit_round_trip_and_height_grows(
     before = await relayer.holder_status(SECURITY, holder)
     assert before.security_registered and before.eligible and before.balance == 0
     admin = env.client("Org1", "Admin")
-    result = await admin.submit(CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "25"])
+    result = await submit_agreed(
+        admin, CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "25"]
+    )
     await admin.close()
     assert result.code == 0 and len(result.tx_id) == 64
     assert result.block_number > h0
@@ -142,7 +149,7 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
 
     admin_only = env.client("Org2", "User1")  # the relayer is not the admin
     with pytest.raises(LedgerRejected) as info:
-        await admin_only.submit(CHAINCODE, "RegisterSecurity", ["US5949181045"])
+        await submit_agreed(admin_only, CHAINCODE, "RegisterSecurity", ["US5949181045"])
     assert info.value.reason == "NotAdmin"
     await admin_only.close()
 
@@ -219,8 +226,8 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
     start = await relayer.finalized_height()
     client = relayer.client
     # Both endorsed against the same state (the holder's balance), then both ordered.
-    a = await client.endorse(CHAINCODE, "Lock", lock_args(_json_terms(first)))
-    b = await client.endorse(CHAINCODE, "Lock", lock_args(_json_terms(second)))
+    a = await endorse_agreed(client, CHAINCODE, "Lock", lock_args(_json_terms(first)))
+    b = await endorse_agreed(client, CHAINCODE, "Lock", lock_args(_json_terms(second)))
     assert json.loads(a.result)["transfer_id"] == "0x" + first.transfer_id.hex()
     ok = await client.submit_prepared(a)
     with pytest.raises(TransactionInvalid) as info:
@@ -315,7 +322,9 @@ async def test_the_watcher_waits_for_the_next_block_instead_of_polling(
     assert not waiting.done(), "no block was committed yet"
     admin = env.client("Org1", "Admin")
     holder = await env.holder(ISIN, 0)
-    result = await admin.submit(CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "1"])
+    result = await submit_agreed(
+        admin, CHAINCODE, "Issue", [ISIN, relayer.format_address(holder), "1"]
+    )
     await admin.close()
     await wait_for_peers(env.net, result.block_number)
     head = await asyncio.wait_for(waiting, 10.0)

@@ -21,7 +21,7 @@ from bridge.core import batch as core_batch
 from bridge.core.digests import claim_digest
 from bridge.core.reasons import ErrorReason
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import wait_for_peers
+from bridge.devnet.fabric_bridge import submit_agreed, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected
@@ -277,7 +277,7 @@ async def test_bounds_are_refused_by_the_chaincode(env: BridgeEnv, relayer: Fabr
     t = env.outbound(SECURITY, sender, 1, OTHER)
     row = json.loads(batch.items_to_json(Action.LOCK, [batch.BatchItem(t, instruct(t))]))[0]
     with pytest.raises(LedgerRejected) as info:
-        await relayer.client.submit(CHAINCODE, "LockBatch", [json.dumps([row] * 201)])
+        await submit_agreed(relayer.client, CHAINCODE, "LockBatch", [json.dumps([row] * 201)])
     assert info.value.reason is ErrorReason.INVALID_BATCH
     assert await balance(relayer, sender) == 1
 

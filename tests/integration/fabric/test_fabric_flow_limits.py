@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
+from bridge.devnet.fabric_bridge import submit_agreed
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected
@@ -51,7 +52,7 @@ async def relayer(env: Env) -> AsyncIterator[GatewayClient]:
 
 async def refused(client: GatewayClient, name: str, fn: str, *args: str) -> LedgerRejected:
     with pytest.raises(LedgerRejected) as exc:
-        await client.submit(CHAINCODE, fn, list(args))
+        await submit_agreed(client, CHAINCODE, fn, list(args))
     assert exc.value.reason == name, str(exc.value)
     return exc.value
 
