@@ -10,7 +10,7 @@ them but explicit calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -74,31 +74,37 @@ class EngineContext:
         """Record ``state`` and ``reason`` for ``record`` (nothing when both are unchanged);
         a new state is logged, counted and announced to the transfer's watchers. Returns the
         record as the store returned it from that write (read in the same transaction), or
-        ``record`` itself when nothing was written."""
+        ``record`` itself when nothing was written.
+
+        What counts as new is the state the store held at the write, not ``record``'s (a
+        caller's copy can be stale: event intake and a driver both move a transfer), so two
+        writers of one change count, release and announce it once (review helper-119 L3)."""
         if record.state is state and record.reason == reason:
             return record
         # ---- flow limits: a new state (but QUEUED) ends the old wait, in the same
         # transaction as the state change (store.set_state), so no reader sees one
         # without the other now that store calls really suspend (ADR 0013).
-        stored = await self.store.set_state(record.transfer_id, state, reason, reason)
-        if record.state is not state:
+        write = await self.store.set_state(record.transfer_id, state, reason, reason)
+        previous = write.previous
+        if previous is not state:
             if (
                 state.terminal
-                and not record.state.terminal
+                and not previous.terminal
                 and record.origin is TransferOrigin.SUBMITTED
             ):
                 self.unfinished.ended(record.request.source_ledger)
             # ---- flow limits: a transfer failed before its lock wakes its lane behind it
             released = self.released
-            if released and state is TransferState.FAILED and record.state in AHEAD_AT_SOURCE:
+            if released and state is TransferState.FAILED and previous in AHEAD_AT_SOURCE:
                 released(record)
-            observe_transition(record, state)  # ---- observability (ADR 0016)
+            # ---- observability (ADR 0016): the time spent in the stored previous state
+            observe_transition(replace(record, state=previous, updated_at=write.previous_at), state)
             self.log.info(
                 "transfer state",
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
             )
             self.notify(record.transfer_id)
-        return stored
+        return write.record
 
     async def halt_gate(self, ledger: str, record: TransferRecord, what: str) -> None:
         """Raise Halted when the transfer's security is halted on ``ledger`` (the driver

@@ -71,6 +71,19 @@ class TransferRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StateWrite:
+    """What one state write recorded: the transfer as stored after it, and the state and
+    ``updated_at`` the store held just before it, read in the same transaction (row-locked).
+
+    ``previous`` is the store's truth, not the caller's copy of the record, which may be
+    stale (event intake and a driver can both move a transfer)."""
+
+    record: TransferRecord
+    previous: TransferState
+    previous_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class TransferUpdate:
     """One entry of a transfer's history (sequence starts at 1)."""
 

@@ -26,6 +26,7 @@ from bridge.coordinator.lane_backlogs import LaneBacklogs, lane_of
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
+    StateWrite,
     TransferOrigin,
     TransferRecord,
     TransferRequest,
@@ -133,10 +134,11 @@ class TransferStore(Protocol):
 
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
-    ) -> TransferRecord:
+    ) -> StateWrite:
         """Change state/reason; appends a history entry when the state changes. A change to
         any state but QUEUED also ends the transfer's flow wait, in the same transaction
-        (no reader sees the new state with the old wait, nor QUEUED without its wait)."""
+        (no reader sees the new state with the old wait, nor QUEUED without its wait).
+        Returns the stored record and the state it held before, read in that transaction."""
         ...
 
     async def resume_failed(
@@ -1084,13 +1086,14 @@ class SqlTransferStore:
 
     async def set_state(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
-    ) -> TransferRecord:
+    ) -> StateWrite:
         """See TransferStore.set_state."""
         now = time.time()
 
-        def run(db: Conn) -> tuple[TransferRecord | None, int]:
+        def run(db: Conn) -> tuple[TransferRecord | None, int, float]:
             row = db.execute(
-                "SELECT state FROM transfers WHERE transfer_id = ?" + db.for_update,  # noqa: S608
+                "SELECT state, updated_at FROM transfers WHERE transfer_id = ?"  # noqa: S608
+                + db.for_update,
                 (transfer_id,),
             ).fetchone()
             if row is None:
@@ -1107,10 +1110,10 @@ class SqlTransferStore:
                 " WHERE transfer_id = ?" + _RETURNING_RECORD,
                 (int(state), reason, now, transfer_id, *(transfer_id,) * 4),
             ).fetchall()
-            return _record(tuple(stored)), int(row[0])
+            return _record(tuple(stored)), int(row[0]), float(row[1])
 
         try:
-            record, old = await self._db.write(run)
+            record, old, old_at = await self._db.write(run)
         except UnreadableRecord as exc:  # rolled back: nothing recorded
             self._unreadable.report(exc)
             raise
@@ -1122,7 +1125,7 @@ class SqlTransferStore:
         # its states until the next read (never less than now); one entering them makes
         # it read again.
         self._backlogs.moved(lane_of(record.request), old, int(state))
-        return record
+        return StateWrite(record, TransferState(old), old_at)
 
     async def resume_failed(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str

@@ -402,10 +402,11 @@ async def test_set_state_appends_history_only_on_change(store: SqlTransferStore)
     rec = make_record(1)
     await store.create(rec)
     tid = rec.transfer_id
-    r = await store.set_state(tid, TransferState.SOURCE_LOCKED, "locked", "lock seen")
-    assert (r.state, r.reason) == (TransferState.SOURCE_LOCKED, "locked")
-    r = await store.set_state(tid, TransferState.SOURCE_LOCKED, "still locked", "ignored")
-    assert r.reason == "still locked"
+    w = await store.set_state(tid, TransferState.SOURCE_LOCKED, "locked", "lock seen")
+    assert (w.record.state, w.record.reason) == (TransferState.SOURCE_LOCKED, "locked")
+    assert (w.previous, w.previous_at) == (TransferState.SUBMITTED, rec.updated_at)
+    w = await store.set_state(tid, TransferState.SOURCE_LOCKED, "still locked", "ignored")
+    assert (w.record.reason, w.previous) == ("still locked", TransferState.SOURCE_LOCKED)
     await store.set_state(tid, TransferState.TARGET_PREPARED, "prepared", "prepare seen")
     await store.set_state(tid, TransferState.COMMITTING, "", "commit certified")
     history = await store.history(tid, 0)
@@ -684,12 +685,14 @@ async def test_a_new_state_ends_the_flow_wait_in_the_same_transaction(
     rec = make_record(1)
     await store.create(rec)
     await store.set_wait(rec.transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 2_000_000_000.0)
-    queued = await store.set_state(rec.transfer_id, TransferState.QUEUED, "queued: x", "q")
+    queued = (await store.set_state(rec.transfer_id, TransferState.QUEUED, "queued: x", "q")).record
     assert (queued.wait_reason, queued.not_before) == (
         WaitReason.SOURCE_OUTBOUND_CAPACITY,
         2_000_000_000.0,
     )
-    moved = await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
+    moved = (
+        await store.set_state(rec.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
+    ).record
     assert (moved.wait_reason, moved.not_before) == (WaitReason.NONE, 0.0)
 
 
@@ -706,7 +709,7 @@ async def test_set_state_returns_the_record_a_read_gives_after_it(
     await store.create(other)
 
     async def same(state: TransferState, reason: str) -> TransferRecord:
-        got = await store.set_state(tid, state, reason, "detail")
+        got = (await store.set_state(tid, state, reason, "detail")).record
         assert got == await store.get(tid)
         assert (got.state, got.reason) == (state, reason)
         return got

@@ -1,0 +1,87 @@
+"""EngineContext.set_state judges a change by the state the store held at the write, not by
+the caller's copy of the record (review helper-119 L3): event intake and a driver can both
+move one transfer, and a stale copy made the second writer count, release and announce the
+same change again (an unfinished count one below the truth until the next sweep, against
+UnfinishedCounts' guarantee; a second wake of the lane; a second log line and metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from bridge.coordinator.changes import Changes
+from bridge.coordinator.context import EngineContext
+from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.store import SqliteTransferStore
+from bridge.domain.transfer import TransferState
+from tests.unit.test_store import make_record
+
+pytestmark = [pytest.mark.unit, pytest.mark.batch]
+
+
+def _context(store: SqliteTransferStore, released: list[TransferRecord]) -> EngineContext:
+    none: Any = None  # the layers set_state does not touch
+    return EngineContext(
+        network=none, store=store, relayers={}, committee=none, ttl=60, max_backoff=1.0,
+        queue_recheck_max=1.0, supply=None, sweep_every=1.0, halts=None, epochs=None,
+        domains={}, ledger_by_word={}, log=structlog.get_logger("test"),
+        released=released.append,
+    )  # fmt: skip
+
+
+async def test_two_writers_of_one_change_count_release_and_announce_it_once(
+    tmp_path: Path,
+) -> None:
+    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
+    try:
+        stale = make_record(1)  # SUBMITTED: ahead at its source, unfinished
+        await store.create(stale)
+        released: list[TransferRecord] = []
+        ctx = _context(store, released)
+        ledger = stale.request.source_ledger
+        ctx.unfinished.recount({ledger: 2})
+        changes = Changes()
+        ctx.watchers[stale.transfer_id] = {changes}
+        with capture_logs() as logs:
+            first = await ctx.set_state(stale, TransferState.FAILED, "deadline passed")
+            assert changes.take() == {stale.transfer_id}
+            # The other writer still holds the SUBMITTED copy and records the same state.
+            second = await ctx.set_state(stale, TransferState.FAILED, "not locked: deadline")
+        assert (first.state, second.state) == (TransferState.FAILED, TransferState.FAILED)
+        assert second.reason == "not locked: deadline"  # the reason is still recorded
+        assert ctx.unfinished.of(ledger) == 1  # ended once (it was 0 with the stale copy)
+        assert [r.transfer_id for r in released] == [stale.transfer_id]
+        assert changes.take() == set()  # announced once
+        said = [e for e in logs if e["event"] == "transfer state"]
+        assert len(said) == 1
+        history = await store.history(stale.transfer_id, 0)
+        assert [h.state for h in history].count(TransferState.FAILED) == 1
+    finally:
+        store.close()
+
+
+async def test_a_stale_copy_still_announces_a_change_the_store_had_not_seen(
+    tmp_path: Path,
+) -> None:
+    """The other way round: the store moved on (SOURCE_LOCKED) while the caller's copy says
+    SUBMITTED; a write of FAILED is a change from SOURCE_LOCKED, not from SUBMITTED, so the
+    lane behind it is not woken (the transfer had left the queue when it locked)."""
+    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
+    try:
+        stale = make_record(2)
+        await store.create(stale)
+        await store.set_state(stale.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
+        released: list[TransferRecord] = []
+        ctx = _context(store, released)
+        ctx.unfinished.recount({stale.request.source_ledger: 1})
+        with capture_logs() as logs:
+            await ctx.set_state(stale, TransferState.FAILED, "refused")
+        assert released == []
+        assert ctx.unfinished.of(stale.request.source_ledger) == 0
+        assert [e["state"] for e in logs if e["event"] == "transfer state"] == ["FAILED"]
+    finally:
+        store.close()
