@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import grpc
 
-from bridge.aio import within
+from bridge.aio import stop_task, within
 from bridge.config import NetworkConfig
 from bridge.domain.committee import Committee, EpochWindow
 from bridge.domain.errors import BridgeReason, InvalidCertificate
@@ -500,9 +500,7 @@ async def watch_feed(
                     for alarm in verifier.alarms():
                         yield alarm
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)  # the caller's own cancel is never swallowed
 
 
 # -- supply operator calls (synchronous: used from scripts, the CLI and the devnet) ---------

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.aio import retrieve, within
+from bridge.aio import retrieve, stop_task, within
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.wording import bounded
@@ -254,9 +254,7 @@ class HaltBook:
             read.cancel()
         self._reading.clear()  # a read cancelled before it ran never removes itself
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)  # the caller's own cancel is never swallowed
 
     # -- the depository API --------------------------------------------------------------
     def ledgers_of(self, signed: SignedOrder) -> list[str]:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from bridge.aio import within
+from bridge.aio import stop_tasks, within
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.coalesce import Coalescer
@@ -137,12 +137,8 @@ class SupplyPublisher:
         """Cancel publications in flight (an unfinished one is simply redone later) and
         the admissions' gate reads."""
         tasks = [t for t in (self._ticker, *self._running.values()) if t is not None]
-        for t in tasks:
-            t.cancel()
         try:
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await stop_tasks(tasks)  # the caller's own cancel is never swallowed
         finally:
             await self._gates.close()
 

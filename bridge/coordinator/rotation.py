@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.aio import within
+from bridge.aio import stop_task, within
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.records import Misbehaviour
@@ -324,9 +324,7 @@ class RotationManager:
     async def stop(self) -> None:
         """Stop the loop (its work is durable)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)  # the caller's own cancel is never swallowed
 
     async def _run(self) -> None:
         while True:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
 import grpc
 
+from bridge.aio import stop_tasks
 from bridge.logfields import get_logger
 from bridge.obs import tracing
 from bridge.obs.config import ObservabilityConfig
@@ -67,11 +67,7 @@ class DaemonObservability:
 
     async def close(self) -> None:
         """Stop the probes and loops, the ``/metrics`` server and the span exporter."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)  # the caller's own cancel is never swallowed
         if self.endpoint is not None:
             self.endpoint.close()
         tracing.shutdown()

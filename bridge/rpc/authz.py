@@ -8,13 +8,13 @@ never look at certificates themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from bridge.aio import stop_task
 from bridge.domain.errors import BridgeError, BridgeReason
 from bridge.rpc.audit import AuditLog, AuditRecord, now
 from bridge.rpc.authn import Authenticator, Unauthenticated, describe, require_tls13
@@ -216,9 +216,7 @@ class AuthorisationInterceptor(_InterceptorBase):
                 await self._recheck(method, request, context)
         finally:
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await stop_task(task)  # the caller's own cancel is never swallowed
 
     def _write(
         self,

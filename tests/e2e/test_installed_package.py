@@ -29,7 +29,9 @@ import pytest
 
 from bridge.devnet.processes import REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ops, pytest.mark.fabric]
+# pytest-timeout's 20-minute backstop (pyproject.toml) leaves too little room here: this module
+# builds a wheel, creates venvs and installs about 80 wheels (its own limits add up past 20 minutes).
+pytestmark = [pytest.mark.e2e, pytest.mark.ops, pytest.mark.fabric, pytest.mark.timeout(3600)]
 
 EXTRAS = "evm,fabric,cometbft,hsm,postgres,tracing"
 ENTRY_POINTS = ("bridge", "bridge-coordinator", "bridge-relayer", "bridge-verifier")

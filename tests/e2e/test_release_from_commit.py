@@ -13,7 +13,9 @@ import pytest
 
 from bridge.devnet.processes import REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ops]
+# pytest-timeout's 20-minute backstop (pyproject.toml) leaves too little room here: this module
+# builds a release from a clean checkout (up to 15 minutes).
+pytestmark = [pytest.mark.e2e, pytest.mark.ops, pytest.mark.timeout(3600)]
 
 
 def _release(clone: Path, dist: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,8 @@ waited for a cancelled head subscription until the run's 90 minutes were up)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -112,8 +114,27 @@ async def _cancelled_while_the_inner_call_completes() -> int:
     return value
 
 
-async def test_within_never_loses_the_callers_cancellation() -> None:
-    task = asyncio.ensure_future(_cancelled_while_the_inner_call_completes())
+async def _cancelled_after_the_awaited_future_resolved() -> int:
+    """Awaits a future that resolves, then asks for its own cancellation in the same loop
+    iteration, before it has resumed (review helper-124: the case above cancels the inner
+    task before it starts)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
+    loop.call_soon(future.set_result, 1)
+    loop.call_soon(asyncio.current_task().cancel)  # type: ignore[union-attr]
+    value = await within(future, 5)
+    await asyncio.sleep(0.05)
+    return value
+
+
+@pytest.mark.parametrize(
+    "race",
+    [_cancelled_while_the_inner_call_completes, _cancelled_after_the_awaited_future_resolved],
+)
+async def test_within_never_loses_the_callers_cancellation(
+    race: Callable[[], Coroutine[Any, Any, int]],
+) -> None:
+    task = asyncio.ensure_future(race())
     await asyncio.wait([task], timeout=2)
     assert task.cancelled()  # with asyncio.wait_for in within: the task returned 1
 

@@ -257,10 +257,13 @@ async def test_a_cancelled_subscription_ends_at_whatever_step_the_cancel_lands()
             [Socket(), Socket()], silence_s=0.001, height=lambda: next(heights)
         )
         task = asyncio.ensure_future(sub.run())
-        cancel_after(iterations, task)
-        await asyncio.wait([task], timeout=2)
-        await watch.close()
-        assert task.cancelled(), iterations
+        try:
+            cancel_after(iterations, task)
+            await asyncio.wait([task], timeout=2)
+            assert task.cancelled(), iterations
+        finally:
+            task.cancel()  # a run() that lost its cancel must not outlive the test
+            await watch.close()
 
 
 async def test_a_wrong_chain_is_refused_once_and_the_adapter_does_not_restart_it() -> None:
