@@ -300,13 +300,19 @@ class Lease:
         return ended
 
     async def release(self) -> None:
-        """Give the lease up at once (clean shutdown), if this process still has it."""
-        holder, token, instance = self.holder, self.token, self.instance
+        """Give the lease up at once (clean shutdown), if this process still has it.
+
+        Matched on this process's holder name and random ``instance``, not on
+        :attr:`token`: a term this process won but whose answer it never saw (its
+        :meth:`acquire` cancelled as the database answered; review helper-124) is released
+        too, instead of making a standby wait out the ttl. No other process has this
+        instance, so no one else's term is ever released."""
+        holder, instance = self.holder, self.instance
         await self._db.write(
             lambda c: c.execute(
                 "UPDATE coordinator_lease SET expires_at = 0 WHERE id = 1 AND holder = ?"
-                " AND token = ? AND instance = ?",
-                (holder, token, instance),
+                " AND instance = ?",
+                (holder, instance),
             )
         )
 

@@ -67,6 +67,26 @@ async def test_one_leader_and_a_deposed_leader_cannot_write(
         db_b.close()
 
 
+async def test_a_release_frees_a_term_whose_answer_this_process_never_saw(
+    open_db: Callable[[], Database],
+) -> None:
+    """Review helper-124: elect() cancelled in the loop iteration in which acquire's write
+    answered leaves the row held by this process under a token it never recorded; a release
+    matched on the token freed nothing and a standby waited out the whole ttl."""
+    db_a, db_b = open_db(), open_db()
+    a, b = Lease(db_a, "coord-a", ttl=30), Lease(db_b, "coord-b", ttl=30)
+    try:
+        assert await a.acquire() == 1
+        a.token = 0  # the answer of that acquire was lost to a cancellation
+        await a.release()
+        assert await b.acquire() == 2, "freed at once, not after the 30 s ttl"
+        await a.release()  # another process's term is never released by this one
+        assert await a.acquire() is None
+    finally:
+        db_a.close()
+        db_b.close()
+
+
 @pytest.mark.postgres
 async def test_a_takeover_waits_for_the_old_leaders_write_in_flight(fresh_pg_url: str) -> None:
     """PostgreSQL: the old leader's fenced write holds the lease row FOR KEY SHARE, so the
