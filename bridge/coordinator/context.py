@@ -77,14 +77,23 @@ class EngineContext:
         ``record`` itself when nothing was written.
 
         What counts as new is the state the store held at the write, not ``record``'s (a
-        caller's copy can be stale: event intake and a driver both move a transfer), so two
-        writers of one change count, release and announce it once (review helper-119 L3)."""
+        caller's copy can be stale: the stepper ends a transfer FAILED with the record it
+        read when its step began), so two writers of one change count, release and
+        announce it once (review helper-119 L3). A write whose outcome the caller does not
+        see (an error, a cancellation: it may have committed) still marks the transfer for
+        its watchers, which read it again (review helper-125). ``record`` must show the
+        state the caller last read: when it shows ``state`` and ``reason`` already, nothing
+        is written."""
         if record.state is state and record.reason == reason:
             return record
         # ---- flow limits: a new state (but QUEUED) ends the old wait, in the same
         # transaction as the state change (store.set_state), so no reader sees one
         # without the other now that store calls really suspend (ADR 0013).
-        write = await self.store.set_state(record.transfer_id, state, reason, reason)
+        try:
+            write = await self.store.set_state(record.transfer_id, state, reason, reason)
+        except BaseException:
+            self.notify(record.transfer_id)  # perhaps committed: the watchers read again
+            raise
         previous = write.previous
         if previous is not state:
             if (

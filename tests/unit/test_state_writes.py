@@ -2,7 +2,9 @@
 the caller's copy of the record (review helper-119 L3): event intake and a driver can both
 move one transfer, and a stale copy made the second writer count, release and announce the
 same change again (an unfinished count one below the truth until the next sweep, against
-UnfinishedCounts' guarantee; a second wake of the lane; a second log line and metric)."""
+UnfinishedCounts' guarantee; a second wake of the lane; a second log line and metric).
+The stepper is such a writer: it ends a transfer FAILED with the record it read when its
+step began."""
 
 from __future__ import annotations
 
@@ -83,5 +85,46 @@ async def test_a_stale_copy_still_announces_a_change_the_store_had_not_seen(
         assert released == []
         assert ctx.unfinished.of(stale.request.source_ledger) == 0
         assert [e["state"] for e in logs if e["event"] == "transfer state"] == ["FAILED"]
+    finally:
+        store.close()
+
+
+async def test_a_stale_copy_of_a_finished_transfer_does_not_end_it_twice(
+    tmp_path: Path,
+) -> None:
+    """The store already holds a terminal state (FAILED) and a copy still showing SUBMITTED
+    writes another (ABORTED): a terminal-to-terminal change, not one more transfer ended
+    (review helper-125: the test above passed with only this condition on the copy)."""
+    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
+    try:
+        stale = make_record(3)
+        await store.create(stale)
+        await store.set_state(stale.transfer_id, TransferState.FAILED, "deadline", "failed")
+        released: list[TransferRecord] = []
+        ctx = _context(store, released)
+        ctx.unfinished.recount({stale.request.source_ledger: 1})  # another transfer's
+        await ctx.set_state(stale, TransferState.ABORTED, "aborted")
+        assert ctx.unfinished.of(stale.request.source_ledger) == 1
+        assert released == []
+    finally:
+        store.close()
+
+
+async def test_a_write_whose_outcome_is_unknown_still_marks_the_transfer(
+    tmp_path: Path,
+) -> None:
+    """A state write that raises may have committed: the transfer's watchers are marked so
+    they read it again (review helper-125), and the error reaches the caller."""
+    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
+    try:
+        rec = make_record(4)
+        await store.create(rec)
+        ctx = _context(store, [])
+        changes = Changes()
+        ctx.watchers[rec.transfer_id] = {changes}
+        store.close()  # every write now fails
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the store's own error type
+            await ctx.set_state(rec, TransferState.FAILED, "deadline passed")
+        assert changes.take() == {rec.transfer_id}
     finally:
         store.close()
