@@ -1,13 +1,13 @@
 """EngineContext.set_state judges a change by the state the store held at the write, not by
-the caller's copy of the record (review helper-119 L3): event intake and a driver can both
-move one transfer, and a stale copy made the second writer count, release and announce the
-same change again (an unfinished count one below the truth until the next sweep, against
-UnfinishedCounts' guarantee; a second wake of the lane; a second log line and metric).
-The stepper is such a writer: it ends a transfer FAILED with the record it read when its
-step began."""
+the caller's copy of the record (review helper-119 L3): a stale copy made a second writer
+of one change count, release and announce it again (an unfinished count one below the truth
+until the next sweep, against UnfinishedCounts' guarantee; a second wake of the lane; a
+second log line and metric). The stepper is such a writer: it ends a transfer FAILED with
+the record it read when its step began."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,25 @@ from tests.unit.test_store import make_record
 pytestmark = [pytest.mark.unit, pytest.mark.batch]
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteTransferStore]:
+    s = SqliteTransferStore(tmp_path / "coordinator.sqlite")
+    yield s
+    s.close()
+
+
+async def _stale_copy(
+    store: SqliteTransferStore, n: int, stored: TransferState | None = None
+) -> TransferRecord:
+    """A new transfer's record as created (SUBMITTED); the store then moves it to
+    ``stored`` (if given), so the copy returned is stale."""
+    record = make_record(n)
+    await store.create(record)
+    if stored is not None:
+        await store.set_state(record.transfer_id, stored, "", "moved on")
+    return record
+
+
 def _context(store: SqliteTransferStore, released: list[TransferRecord]) -> EngineContext:
     none: Any = None  # the layers set_state does not touch
     return EngineContext(
@@ -36,95 +55,73 @@ def _context(store: SqliteTransferStore, released: list[TransferRecord]) -> Engi
 
 
 async def test_two_writers_of_one_change_count_release_and_announce_it_once(
-    tmp_path: Path,
+    store: SqliteTransferStore,
 ) -> None:
-    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
-    try:
-        stale = make_record(1)  # SUBMITTED: ahead at its source, unfinished
-        await store.create(stale)
-        released: list[TransferRecord] = []
-        ctx = _context(store, released)
-        ledger = stale.request.source_ledger
-        ctx.unfinished.recount({ledger: 2})
-        changes = Changes()
-        ctx.watchers[stale.transfer_id] = {changes}
-        with capture_logs() as logs:
-            first = await ctx.set_state(stale, TransferState.FAILED, "deadline passed")
-            assert changes.take() == {stale.transfer_id}
-            # The other writer still holds the SUBMITTED copy and records the same state.
-            second = await ctx.set_state(stale, TransferState.FAILED, "not locked: deadline")
-        assert (first.state, second.state) == (TransferState.FAILED, TransferState.FAILED)
-        assert second.reason == "not locked: deadline"  # the reason is still recorded
-        assert ctx.unfinished.of(ledger) == 1  # ended once (it was 0 with the stale copy)
-        assert [r.transfer_id for r in released] == [stale.transfer_id]
-        assert changes.take() == set()  # announced once
-        said = [e for e in logs if e["event"] == "transfer state"]
-        assert len(said) == 1
-        history = await store.history(stale.transfer_id, 0)
-        assert [h.state for h in history].count(TransferState.FAILED) == 1
-    finally:
-        store.close()
+    stale = await _stale_copy(store, 1)  # SUBMITTED: ahead at its source, unfinished
+    released: list[TransferRecord] = []
+    ctx = _context(store, released)
+    ledger = stale.request.source_ledger
+    ctx.unfinished.recount({ledger: 2})
+    changes = Changes()
+    ctx.watchers[stale.transfer_id] = {changes}
+    with capture_logs() as logs:
+        first = await ctx.set_state(stale, TransferState.FAILED, "deadline passed")
+        assert changes.take() == {stale.transfer_id}
+        # The other writer still holds the SUBMITTED copy and records the same state.
+        second = await ctx.set_state(stale, TransferState.FAILED, "not locked: deadline")
+    assert (first.state, second.state) == (TransferState.FAILED, TransferState.FAILED)
+    assert second.reason == "not locked: deadline"  # the reason is still recorded
+    assert ctx.unfinished.of(ledger) == 1  # ended once (it was 0 with the stale copy)
+    assert [r.transfer_id for r in released] == [stale.transfer_id]
+    assert changes.take() == set()  # announced once
+    said = [e for e in logs if e["event"] == "transfer state"]
+    assert len(said) == 1
+    history = await store.history(stale.transfer_id, 0)
+    assert [h.state for h in history].count(TransferState.FAILED) == 1
 
 
 async def test_a_stale_copy_still_announces_a_change_the_store_had_not_seen(
-    tmp_path: Path,
+    store: SqliteTransferStore,
 ) -> None:
     """The other way round: the store moved on (SOURCE_LOCKED) while the caller's copy says
     SUBMITTED; a write of FAILED is a change from SOURCE_LOCKED, not from SUBMITTED, so the
     lane behind it is not woken (the transfer had left the queue when it locked)."""
-    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
-    try:
-        stale = make_record(2)
-        await store.create(stale)
-        await store.set_state(stale.transfer_id, TransferState.SOURCE_LOCKED, "", "locked")
-        released: list[TransferRecord] = []
-        ctx = _context(store, released)
-        ctx.unfinished.recount({stale.request.source_ledger: 1})
-        with capture_logs() as logs:
-            await ctx.set_state(stale, TransferState.FAILED, "refused")
-        assert released == []
-        assert ctx.unfinished.of(stale.request.source_ledger) == 0
-        assert [e["state"] for e in logs if e["event"] == "transfer state"] == ["FAILED"]
-    finally:
-        store.close()
+    stale = await _stale_copy(store, 2, TransferState.SOURCE_LOCKED)
+    released: list[TransferRecord] = []
+    ctx = _context(store, released)
+    ctx.unfinished.recount({stale.request.source_ledger: 1})
+    with capture_logs() as logs:
+        await ctx.set_state(stale, TransferState.FAILED, "refused")
+    assert released == []
+    assert ctx.unfinished.of(stale.request.source_ledger) == 0
+    assert [e["state"] for e in logs if e["event"] == "transfer state"] == ["FAILED"]
 
 
 async def test_a_stale_copy_of_a_finished_transfer_does_not_end_it_twice(
-    tmp_path: Path,
+    store: SqliteTransferStore,
 ) -> None:
     """The store already holds a terminal state (FAILED) and a copy still showing SUBMITTED
     writes another (ABORTED): a terminal-to-terminal change, not one more transfer ended
     (review helper-125: the test above passed with only this condition on the copy)."""
-    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
-    try:
-        stale = make_record(3)
-        await store.create(stale)
-        await store.set_state(stale.transfer_id, TransferState.FAILED, "deadline", "failed")
-        released: list[TransferRecord] = []
-        ctx = _context(store, released)
-        ctx.unfinished.recount({stale.request.source_ledger: 1})  # another transfer's
-        await ctx.set_state(stale, TransferState.ABORTED, "aborted")
-        assert ctx.unfinished.of(stale.request.source_ledger) == 1
-        assert released == []
-    finally:
-        store.close()
+    stale = await _stale_copy(store, 3, TransferState.FAILED)
+    released: list[TransferRecord] = []
+    ctx = _context(store, released)
+    ctx.unfinished.recount({stale.request.source_ledger: 1})  # another transfer's
+    await ctx.set_state(stale, TransferState.ABORTED, "aborted")
+    assert ctx.unfinished.of(stale.request.source_ledger) == 1
+    assert released == []
 
 
 async def test_a_write_whose_outcome_is_unknown_still_marks_the_transfer(
-    tmp_path: Path,
+    store: SqliteTransferStore,
 ) -> None:
     """A state write that raises may have committed: the transfer's watchers are marked so
     they read it again (review helper-125), and the error reaches the caller."""
-    store = SqliteTransferStore(tmp_path / "coordinator.sqlite")
-    try:
-        rec = make_record(4)
-        await store.create(rec)
-        ctx = _context(store, [])
-        changes = Changes()
-        ctx.watchers[rec.transfer_id] = {changes}
-        store.close()  # every write now fails
-        with pytest.raises(Exception):  # noqa: B017, PT011 - the store's own error type
-            await ctx.set_state(rec, TransferState.FAILED, "deadline passed")
-        assert changes.take() == {rec.transfer_id}
-    finally:
-        store.close()
+    rec = await _stale_copy(store, 4)
+    ctx = _context(store, [])
+    changes = Changes()
+    ctx.watchers[rec.transfer_id] = {changes}
+    store.close()  # every write now fails
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the store's own error type
+        await ctx.set_state(rec, TransferState.FAILED, "deadline passed")
+    assert changes.take() == {rec.transfer_id}
