@@ -10,7 +10,7 @@ them but explicit calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -106,8 +106,7 @@ class EngineContext:
             released = self.released
             if released and state is TransferState.FAILED and previous in AHEAD_AT_SOURCE:
                 released(record)
-            # ---- observability (ADR 0016): the time spent in the stored previous state
-            observe_transition(replace(record, state=previous, updated_at=write.previous_at), state)
+            observe_transition(write)  # ---- observability (ADR 0016)
             self.log.info(
                 "transfer state",
                 **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},

@@ -19,7 +19,7 @@ from prometheus_client import Gauge, Histogram
 
 from bridge.aio import within
 from bridge.coordinator.halts import HaltBook
-from bridge.coordinator.records import TransferRecord
+from bridge.coordinator.records import StateWrite, TransferRecord
 from bridge.coordinator.store import (
     TransferStore,
     UnfinishedSummary,
@@ -165,11 +165,13 @@ class CoordinatorMetrics:
         self._log = get_logger()
 
     # -- observed by the engine --------------------------------------------------------------
-    def transition(self, record: TransferRecord, state: TransferState, now: float) -> None:
-        """Observe the time ``record`` spent in its state before moving to ``state``."""
-        if record.state is state:
+    def transition(self, write: StateWrite, now: float) -> None:
+        """Observe the time a transfer spent in the state ``write`` moved it from (the
+        store's, since its ``previous_at``) before the state it recorded."""
+        before, after = write.previous, write.record.state
+        if before is after:
             return
-        self.phase.labels(record.state.name, state.name).observe(max(0.0, now - record.updated_at))
+        self.phase.labels(before.name, after.name).observe(max(0.0, now - write.previous_at))
 
     # -- recomputed from the stores ----------------------------------------------------------
     async def refresh(
@@ -269,10 +271,10 @@ def install(metrics: CoordinatorMetrics | None) -> None:
     _installed = metrics
 
 
-def observe_transition(record: TransferRecord, state: TransferState) -> None:
+def observe_transition(write: StateWrite) -> None:
     """The engine's one-line hook at each state change (no-op when metrics are off)."""
     if _installed is not None:
-        _installed.transition(record, state, time.time())
+        _installed.transition(write, time.time())
 
 
 def coordinator_probes(store: TransferStore) -> list[Probe]:

@@ -76,7 +76,8 @@ class StateWrite:
     ``updated_at`` the store held just before it, read in the same transaction (row-locked).
 
     ``previous`` is the store's truth, not the caller's copy of the record, which may be
-    stale (event intake and a driver can both move a transfer)."""
+    stale (the stepper ends a transfer FAILED with the record it read when its step
+    began)."""
 
     record: TransferRecord
     previous: TransferState
