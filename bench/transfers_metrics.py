@@ -31,7 +31,7 @@ from transfers_setup import (
     lane_name,
 )
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.devnet.anvil import AnvilNode, DevAccount
 from bridge.devnet.geth_ledger import GethLedger
 from bridge.devnet.ledger import DevLedger
@@ -225,8 +225,7 @@ class CpuSampler:
         """Sample until ``stop`` is set (and once more at the end)."""
         self.samples.append(self.snapshot())
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), self.interval)
+            await wait_event(stop, self.interval)
             self.samples.append(self.snapshot())
 
     def _row(self, name: str, wall: float, committed: int) -> dict[str, float] | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Collection
 from typing import Any, TypeVar
 
-__all__ = ["retrieve", "stop_task", "stop_tasks", "within"]
+__all__ = ["retrieve", "stop_task", "stop_tasks", "wait_event", "within"]
 
 T = TypeVar("T")
 
@@ -52,3 +53,16 @@ async def within(awaitable: Awaitable[T], timeout_s: float | None) -> T:
     ``wait_for`` (ruff TID251 refuses ``asyncio.wait_for`` outside the tests)."""
     async with asyncio.timeout(timeout_s):
         return await awaitable
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` has passed (None: no limit); True when
+    it is set on return. A loop's sleep that a wake-up, a kick or its stop event cuts short.
+
+    Bounded by :func:`within`, so the caller's own cancellation is always raised, never
+    taken for the timeout; an event already set returns at once without yielding."""
+    if event.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        await within(event.wait(), timeout_s)
+    return event.is_set()

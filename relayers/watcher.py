@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.domain.errors import PermissionDenied, Unavailable
 from bridge.domain.legs import EventPosition, LedgerEvent
 from bridge.ledgers.adapter import LedgerReader
@@ -137,8 +136,7 @@ class EventWatcher:
                 # Never skip past an event we could not handle: the checkpoint stays put.
                 self._log.exception("event scan failed, will retry")
                 backoff = min(self._max_backoff, backoff * 2)
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), backoff)
+            await wait_event(stop, backoff)
 
     def _may_wait_for_heads(self) -> bool:
         """False while a refusal of head waits is recent (the watcher polls meanwhile)."""
@@ -175,8 +173,7 @@ class EventWatcher:
                 return
             except Exception as exc:  # the next scan reports it; do not spin meanwhile
                 self._log.warning("head wait failed", **{ERROR: str(exc)[:300]})
-                with contextlib.suppress(TimeoutError):
-                    await within(stop.wait(), self._poll)
+                await wait_event(stop, self._poll)
                 return
             if self._heads_refused_until is not None:
                 self._heads_refused_until = None

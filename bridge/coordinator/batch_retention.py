@@ -6,11 +6,10 @@ results are, once older than ``batch_retention_days``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Protocol
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.domain.errors import BridgeError
 from bridge.logfields import COUNT, get_logger
 
@@ -55,5 +54,4 @@ async def prune_batches(
             log.warning("batch records not pruned; next round", error=str(exc))
         if deleted:
             log.info("expired batch records deleted", **{COUNT: deleted}, days=retention_days)
-        with contextlib.suppress(TimeoutError):
-            await within(stop.wait(), every)
+        await wait_event(stop, every)

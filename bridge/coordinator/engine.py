@@ -18,11 +18,10 @@ A crash anywhere is recovered by running the same loops again on start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.config import BatchingConfig, NetworkConfig
 from bridge.coordinator.admission import Admission, Admitted
 from bridge.coordinator.changes import Changes
@@ -323,8 +322,7 @@ class Coordinator:
                     if update.state.terminal:
                         return
                 # The timeout only bounds the wait should a notification ever be missed.
-                with contextlib.suppress(TimeoutError):
-                    await within(changed.event.wait(), 5.0)
+                await wait_event(changed.event, 5.0)
         finally:
             self.unsubscribe([tid], changed)
 

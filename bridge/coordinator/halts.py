@@ -32,14 +32,13 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.aio import retrieve, stop_task, within
+from bridge.aio import retrieve, stop_task, wait_event
 from bridge.coordinator.clients import LedgerDomain, RelayerGateway
 from bridge.coordinator.db import Conn, Database, as_database
 from bridge.coordinator.wording import bounded
@@ -407,8 +406,7 @@ class HaltBook:
                 raise
             except Exception:
                 self._log.exception("depository order delivery failed")
-            with contextlib.suppress(TimeoutError):  # within: never loses stop()'s cancel
-                await within(self._kick.wait(), self._retry_s)
+            await wait_event(self._kick, self._retry_s)  # never loses stop()'s cancel
 
     async def deliver_pending(self) -> int:
         """One pass: per ledger, deliver pending orders in ascending sequence until one

@@ -29,14 +29,13 @@ so coordinators' clocks may disagree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bridge.aio import within
+from bridge.aio import wait_event, within
 from bridge.coordinator.db import Conn, Database, Dialect, coordinator_session_name
 from bridge.domain.errors import BridgeReason, InvalidInput, Unavailable
 from bridge.logfields import COUNT, get_logger
@@ -434,8 +433,7 @@ class LeaseKeeper:
                 if self._on_change is not None:
                     self._on_change(True, token)
                 return token
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), self.timing.renew_interval)
+            await wait_event(stop, self.timing.renew_interval)
         return None
 
     async def hold(self, stop: asyncio.Event) -> LeaderLost:
@@ -446,38 +444,47 @@ class LeaseKeeper:
         scheduling) after the start of the last successful renewal, before any standby can
         take over. On STOPPED the lease is NOT released here: the caller stops every
         leader activity first and then calls :meth:`release` (no planned-switchover
-        overlap)."""
+        overlap). However it ends once it has started, a cancellation included, the keeper
+        has stepped down: ``leading`` is False and ``on_change(False, token)`` was called
+        (a task cancelled before its first step never runs this; ``holds_now`` still ends
+        ``hold_for`` after the last renewal)."""
         loop = asyncio.get_running_loop()
         token = self.lease.token
         renewed = loop.time()
         why = LeaderLost.STOPPED
-        while True:
-            left = renewed + self.timing.hold_for - loop.time()
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), max(0.0, min(self.timing.renew_interval, left)))
-            if stop.is_set():
-                break
-            if self.lease.fenced:
-                why = LeaderLost.FENCED
-                break
-            started = loop.time()
-            remaining = renewed + self.timing.hold_for - started
-            if remaining <= 0:
-                why = LeaderLost.EXPIRED
-                break
-            try:
-                got = await within(self.lease.acquire(), remaining)
-            except Exception as exc:  # TimeoutError included: retried until the deadline
-                self._log.warning("lease renewal failed", token=token, error=repr(exc))
-                continue
-            if got != token:
-                why = LeaderLost.TAKEN
-                break
-            renewed = self._renewed = started
-        self.leading = False
-        self._log.warning("leadership ended", token=token, why=why.value)
-        if self._on_change is not None:
-            self._on_change(False, token)
+        ended = ""
+        try:
+            while True:
+                left = renewed + self.timing.hold_for - loop.time()
+                if await wait_event(stop, max(0.0, min(self.timing.renew_interval, left))):
+                    break
+                if self.lease.fenced:
+                    why = LeaderLost.FENCED
+                    break
+                started = loop.time()
+                remaining = renewed + self.timing.hold_for - started
+                if remaining <= 0:
+                    why = LeaderLost.EXPIRED
+                    break
+                try:
+                    got = await within(self.lease.acquire(), remaining)
+                except Exception as exc:  # TimeoutError included: retried until the deadline
+                    self._log.warning("lease renewal failed", token=token, error=repr(exc))
+                    continue
+                if got != token:
+                    why = LeaderLost.TAKEN
+                    break
+                renewed = self._renewed = started
+        except asyncio.CancelledError:
+            ended = "cancelled"  # not a clean stop: the log says so
+            raise
+        finally:
+            # Review helper-124: a cancelled hold() steps down too, so `leading` and the
+            # leader gauge never outlive the renewals.
+            self.leading = False
+            self._log.warning("leadership ended", token=token, why=ended or why.value)
+            if self._on_change is not None:
+                self._on_change(False, token)
         return why
 
     async def release(self) -> None:

@@ -9,7 +9,6 @@ and reason enums, ledger names and securities of the network file only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -17,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from prometheus_client import Gauge, Histogram
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.coordinator.halts import HaltBook
 from bridge.coordinator.records import StateWrite, TransferRecord
 from bridge.coordinator.store import (
@@ -258,8 +257,7 @@ class CoordinatorMetrics:
                 await self.refresh(store, engine, supply, halts, ledgers, securities)
             except Exception as exc:
                 self._log.warning("metrics refresh failed", **{ERROR: repr(exc)[:300]})
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), interval)
+            await wait_event(stop, interval)
 
 
 _installed: CoordinatorMetrics | None = None

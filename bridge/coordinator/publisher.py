@@ -12,12 +12,11 @@ securities are registered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from bridge.aio import stop_tasks, within
+from bridge.aio import stop_tasks, wait_event, within
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.coalesce import Coalescer
@@ -487,8 +486,7 @@ class SupplyPublisher:
                     yield a
                 if len(page) == FEED_PAGE:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await within(changed.wait(), 5.0)
+                await wait_event(changed, 5.0)
         finally:
             self._listeners.discard(changed)
 

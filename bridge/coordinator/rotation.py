@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.aio import stop_task, within
+from bridge.aio import stop_task, wait_event
 from bridge.coordinator.clients import LedgerDomain
 from bridge.coordinator.epochs import EpochTracker
 from bridge.coordinator.records import Misbehaviour
@@ -335,8 +335,7 @@ class RotationManager:
             except Exception:
                 self._log.exception("rotation pass failed")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await within(self._wake.wait(), self._poll)
+            await wait_event(self._wake, self._poll)
 
     async def install_pending(self) -> None:
         """One level-triggered pass: for every recorded rotation and ledger not yet shown

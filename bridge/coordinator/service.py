@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 
-from bridge.aio import within
+from bridge.aio import wait_event
 from bridge.config import NetworkConfig
 from bridge.coordinator.admission import Admitted
 from bridge.coordinator.batches import (
@@ -536,8 +536,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                         continue
                     # The timeout (the next sweep) bounds how late an update that was never
                     # announced is read.
-                    with contextlib.suppress(TimeoutError):
-                        await within(changed.event.wait(), wakes.wait_s())
+                    await wait_event(changed.event, wakes.wait_s())
         finally:
             self._coordinator.unsubscribe(list(cursors), changed)
 

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from bridge.aio import stop_tasks, within
+from bridge.aio import stop_tasks, wait_event
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.flow_limits import FlowQueued
 from bridge.coordinator.flow_queue import recheck_in
@@ -175,8 +175,7 @@ class Supervisor:
                     None if queued.deadline is None else queued.deadline - time.time(),
                 )
                 wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await within(wakeup.wait(), delay)
+                await wait_event(wakeup, delay)
                 continue
             except (Unavailable, LedgerRejected, PreconditionFailed, BridgeError) as exc:
                 failures += 1
@@ -199,7 +198,6 @@ class Supervisor:
                     )
             delay = min(ctx.max_backoff, 0.25 * 2 ** min(failures, 8))
             wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await within(wakeup.wait(), delay)
+            await wait_event(wakeup, delay)
         self._tasks.pop(tid, None)
         self._wakeups.pop(tid, None)

@@ -18,7 +18,6 @@ used (:class:`WrongChain` stops the subscription for good; polling stays).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from bridge.aio import retrieve, within
+from bridge.aio import retrieve, wait_event, within
 from bridge.logfields import ERROR, LEDGER, REASON, get_logger
 
 __all__ = [
@@ -196,10 +195,7 @@ class HeadWatch:
             self._hinted.clear()
             await asyncio.sleep(self._poll)
             return False
-        if not self._hinted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await within(self._hinted.wait(), self.silence_s)
-        hinted = self._hinted.is_set()
+        hinted = await wait_event(self._hinted, self.silence_s)
         if hinted:
             # SECURITY (review s23): a node pushing ever-higher heads must not turn the
             # watch into back-to-back reads: at most one hinted read per HINT_GAP_S (far

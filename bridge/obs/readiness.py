@@ -10,12 +10,11 @@ Non-gating probes (a dependency the daemon can work around) are only reported in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.aio import within
+from bridge.aio import wait_event, within
 from bridge.logfields import ERROR, get_logger
 from bridge.obs.metrics import CommonMetrics
 
@@ -93,5 +92,4 @@ class Readiness:
         """Probe until ``stop`` is set."""
         while not stop.is_set():
             await self.check_once()
-            with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), self._interval)
+            await wait_event(stop, self._interval)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bridge.aio import stop_task, stop_tasks, within
+from bridge.aio import stop_task, stop_tasks, wait_event, within
 
 pytestmark = [pytest.mark.unit]
 
@@ -151,3 +151,34 @@ async def test_within_returns_the_result_or_raises_timeout() -> None:
     event = asyncio.Event()
     with pytest.raises(TimeoutError):
         await within(event.wait(), 0)  # an expired limit: at the first suspension
+
+
+async def test_wait_event_answers_whether_the_event_was_set() -> None:
+    """A loop's interruptible sleep: True as soon as the event is set (also when already
+    set, without yielding), False once the time has passed with the event still clear."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await wait_event(event, 0.05) is False
+    assert loop.time() - started >= 0.04
+    loop.call_later(0.02, event.set)
+    assert await wait_event(event, 5) is True
+    assert await wait_event(event, 0) is True  # already set: at once
+
+
+async def test_wait_event_never_loses_the_callers_cancellation() -> None:
+    """The event is set in the loop iteration in which the waiting task is cancelled: the
+    task ends cancelled (it does not go on as if woken)."""
+
+    async def sleeper(event: asyncio.Event) -> bool:
+        woke = await wait_event(event, 5)
+        await asyncio.sleep(0.05)
+        return woke
+
+    event = asyncio.Event()
+    task = asyncio.ensure_future(sleeper(event))
+    await asyncio.sleep(0)  # the task waits on the event
+    event.set()
+    task.cancel()
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled()

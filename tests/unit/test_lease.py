@@ -264,6 +264,32 @@ async def test_the_keeper_steps_down_when_its_renewals_stop(
         db_b.close()
 
 
+async def test_a_cancelled_keeper_steps_down(open_db: Callable[[], Database]) -> None:
+    """Review helper-124: hold() cancelled (not stopped through its event) still steps down:
+    ``leading`` False, the metrics hook told, ``holds_now`` False; the term is not released
+    (the caller decides), so another process still cannot take it before it expires."""
+    from bridge.coordinator.lease import LeaseKeeper, LeaseTiming
+
+    db_a, db_b = open_db(), open_db()
+    seen: list[tuple[bool, int]] = []
+    timing = LeaseTiming(ttl=30, renew_interval=0.05)
+    keeper = LeaseKeeper(Lease(db_a, "coord-a", 30), timing, lambda *x: seen.append(x))
+    stop = asyncio.Event()
+    try:
+        assert await keeper.elect(stop) == 1
+        hold = asyncio.create_task(keeper.hold(stop))
+        await asyncio.sleep(0.2)  # a few renewals, and cancels landing in either wait
+        hold.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hold
+        assert not keeper.leading and not keeper.holds_now()
+        assert seen == [(True, 1), (False, 1)]
+        assert await Lease(db_b, "coord-b", 30).acquire() is None, "still held, not released"
+    finally:
+        db_a.close()
+        db_b.close()
+
+
 async def test_holds_now_only_within_hold_for_of_the_last_renewal(
     open_db: Callable[[], Database],
 ) -> None:
