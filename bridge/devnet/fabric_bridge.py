@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -129,6 +129,29 @@ def _log_ask_again(state: RetryCallState) -> None:
     get_logger().warning("endorsements asked again", attempt=state.attempt_number, error=str(error))
 
 
+T = TypeVar("T")
+
+
+async def until_agreed(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, one idempotent write to the devnet's Fabric network (an adapter's step, a
+    batch), asked again while it raises Unavailable, as a relayer does (up to
+    :data:`ENDORSE_ATTEMPTS` times, each retry logged, the waits growing; then the last
+    Unavailable is raised). For the faults :func:`endorse_agreed` names, which a test's own
+    write meets as well; a refusal (``LedgerRejected``) is raised at once, never retried.
+    Not for a test that expects Unavailable, nor one that counts read conflicts
+    (``TransactionInvalid`` is an Unavailable)."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        stop=stop_after_attempt(ENDORSE_ATTEMPTS),
+        wait=wait_exponential(multiplier=ENDORSE_WAIT_S, max=ENDORSE_WAIT_MAX_S),
+        before_sleep=_log_ask_again,
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
+
+
 async def endorse_agreed(
     client: GatewayClient, chaincode: str, fn: str, args: Sequence[str], is_init: bool = False
 ) -> PreparedTransaction:
@@ -146,16 +169,7 @@ async def endorse_agreed(
     ask is a new transaction id, so asking again is safe; a refusal by the chaincode is
     never retried. A mismatch on every ask (a chaincode that is not deterministic) still
     fails."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(Unavailable),
-        stop=stop_after_attempt(ENDORSE_ATTEMPTS),
-        wait=wait_exponential(multiplier=ENDORSE_WAIT_S, max=ENDORSE_WAIT_MAX_S),
-        before_sleep=_log_ask_again,
-        reraise=True,
-    ):
-        with attempt:
-            return await client.endorse(chaincode, fn, list(args), is_init=is_init)
-    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
+    return await until_agreed(lambda: client.endorse(chaincode, fn, list(args), is_init=is_init))
 
 
 async def submit_agreed(

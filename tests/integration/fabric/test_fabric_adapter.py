@@ -26,6 +26,7 @@ from bridge.devnet.fabric_bridge import (
     CHAINCODE_DIR,
     endorse_agreed,
     submit_agreed,
+    until_agreed,
     wait_for_peers,
 )
 from bridge.devnet.processes import ManagedProcess, free_port
@@ -94,7 +95,8 @@ async def _step(
     A submit returns once the gateway's own peer committed; the next write is endorsed by
     both orgs, and a peer still a block behind would endorse it on stale state.
     """
-    out = await adapter.submit(action, t, cert, instruct(t) if action is Action.LOCK else b"")
+    lock = instruct(t) if action is Action.LOCK else b""
+    out = await until_agreed(lambda: adapter.submit(action, t, cert, lock))
     await wait_for_peers(env.net, out.height)
     return out
 
@@ -137,7 +139,7 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
     sender = await env.holder(ISIN, 3)
     t = env.outbound(SECURITY, sender, 5)
     with pytest.raises(LedgerRejected) as info:
-        await relayer.submit(Action.LOCK, t, None, instruct(t))
+        await until_agreed(lambda: relayer.submit(Action.LOCK, t, None, instruct(t)))
     assert info.value.reason == "InsufficientBalance"
     assert "balance=3" in info.value.detail
     assert (await relayer.get_leg(t.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
@@ -155,7 +157,7 @@ async def test_chaincode_refusal_is_ledger_rejected_with_its_name(
 
     read_only = FabricAdapter(LEDGER, env.client("Org1", "Admin"), CHAINCODE, "")
     with pytest.raises(LedgerRejected, match="ReadOnly"):
-        await read_only.submit(Action.LOCK, ok, None, instruct(ok))
+        await until_agreed(lambda: read_only.submit(Action.LOCK, ok, None, instruct(ok)))
     await read_only.close()
 
 
@@ -244,9 +246,10 @@ async def test_read_conflicts_are_retryable_and_leave_no_event(
     assert (await relayer.get_leg(second.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
     await wait_for_peers(env.net, conflict.block_number)  # both orgs hold the first lock
     # The retry (re-read, then submit) applies it exactly once.
-    retry = await relayer.submit(Action.LOCK, second, None, instruct(second))
+    retry = await until_agreed(lambda: relayer.submit(Action.LOCK, second, None, instruct(second)))
     assert not retry.already_applied
-    assert (await relayer.submit(Action.LOCK, second, None, instruct(second))).already_applied
+    again = await until_agreed(lambda: relayer.submit(Action.LOCK, second, None, instruct(second)))
+    assert again.already_applied
     assert (await relayer.holder_status(SECURITY, sender)).balance == 8
 
     # The Gateway's live stream skips the invalid transaction too.

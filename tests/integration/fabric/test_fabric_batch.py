@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from bridge.core import batch as core_batch
 from bridge.core.digests import claim_digest
 from bridge.core.reasons import ErrorReason
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import submit_agreed, wait_for_peers
+from bridge.devnet.fabric_bridge import submit_agreed, until_agreed, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected
@@ -103,7 +104,7 @@ async def send(
     cert: core_batch.BatchCertificate | None = None,
 ) -> batch.BatchOutcome:
     """submit_batch, then wait until both peers committed it (the next call reads it)."""
-    outcome = await relayer.submit_batch(action, items, cert)
+    outcome = await until_agreed(lambda: relayer.submit_batch(action, items, cert))
     await wait_for_peers(env.net, outcome.height)
     return outcome
 
@@ -179,7 +180,7 @@ async def test_a_batch_mixing_committed_and_aborted_items(
     a_items, a_cert = certified(env, ClaimKind.ABORT, abort)
     # a COMMIT root can never abort (and the kind is checked, not assumed)
     with pytest.raises(LedgerRejected) as info:
-        await relayer.submit_batch(Action.ABORT, c_items, c_cert)
+        await until_agreed(lambda: relayer.submit_batch(Action.ABORT, c_items, c_cert))
     assert info.value.reason is ErrorReason.WRONG_BATCH_KIND
     assert (info.value.figures["got"], info.value.figures["needed"]) == (2, 3)  # as on EVM
     assert await states(relayer, terms, Leg.OUTBOUND) == [LegState.LOCKED] * 4
@@ -192,7 +193,7 @@ async def test_a_batch_mixing_committed_and_aborted_items(
     # an aborted item under a COMMIT root over the same transfers cannot commit any more
     late, late_cert = certified(env, ClaimKind.COMMIT, abort)
     with pytest.raises(LedgerRejected) as info:
-        await relayer.submit_batch(Action.COMMIT, late, late_cert)
+        await until_agreed(lambda: relayer.submit_batch(Action.COMMIT, late, late_cert))
     assert info.value.reason is ErrorReason.BAD_STATE and batch.refused_item(info.value) == 0
 
 
@@ -256,7 +257,7 @@ async def test_whole_batch_refusals_apply_nothing(
         )
     before = (await figures(relayer), await balance(relayer, sender))
     with pytest.raises(LedgerRejected) as info:
-        await relayer.submit_batch(Action.COMMIT, items, cert)
+        await until_agreed(lambda: relayer.submit_batch(Action.COMMIT, items, cert))
     assert info.value.reason is reason, info.value
     assert batch.refused_item(info.value) == item
     if reason in (ErrorReason.INVALID_BATCH_PROOF, ErrorReason.DUPLICATE_BATCH_ITEM):
@@ -350,7 +351,8 @@ async def test_time_per_item_commit_batch_vs_single(env: BridgeEnv, relayer: Fab
     singles = await lock_all(env, relayer, sender, [1] * 10)
     started = time.perf_counter()
     for t in singles:
-        out = await relayer.submit(Action.COMMIT, t, env.cert(ClaimKind.COMMIT, t))
+        cert = env.cert(ClaimKind.COMMIT, t)
+        out = await until_agreed(partial(relayer.submit, Action.COMMIT, t, cert))
         await wait_for_peers(env.net, out.height)
     rows.append(("single Commit", 10, (time.perf_counter() - started) / 10))
     for n in (1, 10, 100):

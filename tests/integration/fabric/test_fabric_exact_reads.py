@@ -35,7 +35,13 @@ from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.supply_store import SqliteSupplyStore, StoredRegistration
 from bridge.core.reasons import ErrorReason
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import CHAINCODE_DIR, start_bridge_chaincode, wait_for_peers
+from bridge.devnet.fabric_bridge import (
+    CHAINCODE_DIR,
+    start_bridge_chaincode,
+    submit_agreed,
+    until_agreed,
+    wait_for_peers,
+)
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import LedgerRejected, PreconditionFailed, Unavailable
@@ -183,7 +189,8 @@ async def adapter(env: Env) -> AsyncIterator[FabricAdapter]:
 async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerms) -> None:
     kind = CLAIMS.get(action)
     cert = env.cert(kind, t) if kind is not None else None
-    outcome = await adapter.submit(action, t, cert, instruct(t) if action is Action.LOCK else b"")
+    lock = instruct(t) if action is Action.LOCK else b""
+    outcome = await until_agreed(lambda: adapter.submit(action, t, cert, lock))
     await wait_for_peers(env.net, outcome.height)
 
 
@@ -279,7 +286,7 @@ async def test_reads_stay_exact_past_the_peers_range_cap(
     counter = env.client("Org2", "Admin")  # not the issuer's: any organisation admin counts
     try:
         with pytest.raises(LedgerRejected) as not_admin:
-            await relayer.submit(CHAINCODE, "CountSupply", [ISIN, "1000"])
+            await submit_agreed(relayer, CHAINCODE, "CountSupply", [ISIN, "1000"])
         assert not_admin.value.reason is ErrorReason.NOT_ADMIN
 
         # Counting in steps of up to 1000 keys: the peer cuts each page to LIMIT silently,

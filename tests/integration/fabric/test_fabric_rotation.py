@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import wait_for_peers
+from bridge.devnet.fabric_bridge import until_agreed, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import Claim, ClaimDomain, ClaimKind, claim_digest
 from bridge.domain.committee import Committee, CommitteeRotation
@@ -74,7 +74,7 @@ async def abort_with(
     ordered = sorted(signers, key=lambda s: s.address)[:3]
     cert = SignatureSet(epoch, tuple(s.sign_digest(digest) for s in ordered))
     try:
-        outcome = await relayer.submit(Action.ABORT, t, cert)
+        outcome = await until_agreed(lambda: relayer.submit(Action.ABORT, t, cert))
     except LedgerRejected as exc:
         assert (await relayer.get_leg(t.transfer_id, Leg.INBOUND)).state is LegState.NONE
         return exc.reason

@@ -14,7 +14,7 @@ from contextlib import aclosing
 import pytest
 
 from bridge.devnet.fabric import FabricNetwork
-from bridge.devnet.fabric_bridge import wait_for_peers
+from bridge.devnet.fabric_bridge import until_agreed, wait_for_peers
 from bridge.devnet.processes import ManagedProcess
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import InvalidInput, NotFound
@@ -62,7 +62,8 @@ async def adapter(env: Env) -> AsyncIterator[FabricAdapter]:
 async def step(env: Env, adapter: FabricAdapter, action: Action, t: TransferTerms) -> None:
     kind = CLAIMS.get(action)
     cert = env.cert(kind, t) if kind is not None else None
-    outcome = await adapter.submit(action, t, cert, instruct(t) if action is Action.LOCK else b"")
+    lock = instruct(t) if action is Action.LOCK else b""
+    outcome = await until_agreed(lambda: adapter.submit(action, t, cert, lock))
     await wait_for_peers(env.net, outcome.height)
 
 
