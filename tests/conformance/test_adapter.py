@@ -7,6 +7,7 @@ supply reads. A kind passes when this module passes for it unchanged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -180,6 +181,14 @@ async def test_lock_refusals_are_typed_and_apply_nothing(
         await relayer.submit(Action.LOCK, too_much, None, tt.instruction(too_much))
     assert exc.value.reason == ErrorReason.INSUFFICIENT_BALANCE
     assert (await relayer.get_leg(too_much.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
+    # An instruction authorises a lock only before its deadline, by the ledger's own time
+    # (EVM block.timestamp; Fabric's proposal and CometBFT's block timestamp, since
+    # 2026-12-07: Fabric locked past it before).
+    late = replace(tt.outbound(sender, 5), deadline=int(time.time()) - 3600)
+    with pytest.raises(LedgerRejected) as exc:
+        await relayer.submit(Action.LOCK, late, None, tt.instruction(late))
+    assert exc.value.reason == ErrorReason.DEADLINE_PASSED
+    assert (await relayer.get_leg(late.transfer_id, Leg.OUTBOUND)).state is LegState.NONE
     assert await balance(relayer, sender) == 5
 
 

@@ -314,6 +314,17 @@ def test_business_refusal_names_its_item(env: Env) -> None:
     assert detail.startswith("item=1, ")
 
 
+def test_a_lock_item_past_its_deadline_names_its_item(env: Env) -> None:
+    """A LockBatch item whose deadline the ledger time has reached refuses the batch at that
+    item (as a single Lock would), and nothing of the batch is escrowed."""
+    items = [make_terms(env, amount=1), make_terms(env, amount=2)]
+    items[1] = dataclass_replace(items[1], deadline=env.a.now)
+    detail = rejects(
+        env, env.a, "DeadlinePassed", env.relayer, "LockBatch", lock_items(env.a, items)
+    )
+    assert detail.startswith("item=1, ")
+
+
 def test_settled_leg_with_other_terms_is_terms_mismatch(env: Env) -> None:
     t = make_terms(env, amount=4)
     env.a.call(env.relayer, "LockBatch", lock_items(env.a, [t]))

@@ -256,7 +256,7 @@ def test_a_timestamp_going_back_refills_nothing(env: Env) -> None:
     )
 
 
-def test_release_gives_capacity_back_and_an_unlimited_lane_needs_no_time(env: Env) -> None:
+def test_release_gives_capacity_back_and_a_lock_needs_the_ledger_time(env: Env) -> None:
     set_limit(env, env.a, env.b, out=100, window=2_592_000)
     t = make_terms(env, amount=70)
     lock(env, t)
@@ -265,7 +265,11 @@ def test_release_gives_capacity_back_and_an_unlimited_lane_needs_no_time(env: En
     set_limit(env, env.a, env.b)  # all zero: no limit
     ctx = p.Context(caller=env.relayer, channel_id=env.a.channel, chaincode_name=env.a.chaincode)
     u = make_terms(env, amount=5)
-    p.execute(env.a.store, ctx, "Lock", list(ins(env.a, tj(u))), lambda n, b: None)  # no clock
+    before = snapshot(env)
+    with pytest.raises(p.ChaincodeError, match="no timestamp"):  # its deadline needs a clock
+        p.execute(env.a.store, ctx, "Lock", list(ins(env.a, tj(u))), lambda n, b: None)
+    assert snapshot(env) == before
+    lock(env, u)  # with the proposal's timestamp, no limit: locked
 
 
 def test_inbound_over_capacity_refuses_prepare_and_expiry_still_ends_it(env: Env) -> None:
@@ -283,7 +287,7 @@ def test_inbound_over_capacity_refuses_prepare_and_expiry_still_ends_it(env: Env
     assert leg_state(env.b, t, "inbound") == EXPIRED
     finish(env, env.b, ClaimKind.ABORT, t)
     finish(env, env.a, ClaimKind.ABORT, t)
-    small = make_terms(env, amount=15)
+    small = replace(make_terms(env, amount=15), deadline=Clock.now + 3600)  # t's has passed
     lock(env, small)
     prepare(env, small)
     assert leg_state(env.b, small, "inbound") == PREPARED

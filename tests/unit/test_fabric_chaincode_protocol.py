@@ -984,6 +984,30 @@ def test_lock_for_the_wrong_source_ledger(env: Env) -> None:
     )
 
 
+def test_lock_at_or_after_its_deadline_is_refused(env: Env) -> None:
+    """As the EVM endpoint's ``DeadlinePassed``: an instruction authorises a lock only before
+    the deadline its brokerage signed, by the ledger time (the proposal timestamp); at the
+    deadline itself already refused, nothing escrowed; a second before, locked."""
+    t = make_terms(env)
+    alice0 = balance(env.a, env.alice)
+    env.a.now = t.deadline
+    with pytest.raises(p.ChaincodeError) as info:
+        env.a.call(env.relayer, "Lock", *ins(env.a, tj(t)))
+    assert (info.value.name, info.value.figures) == (
+        "DeadlinePassed",
+        {"deadline": t.deadline, "nowTs": t.deadline},
+    )
+    env.a.now = t.deadline + 1
+    detail = rejects(env, env.a, "DeadlinePassed", env.relayer, "Lock", *ins(env.a, tj(t)))
+    assert detail == f"deadline={t.deadline}, nowTs={t.deadline + 1}"
+    assert out_leg(env, t)["state"] == OUT_NONE and balance(env.a, env.alice) == alice0
+    env.a.now = None  # a proposal without a timestamp cannot show the deadline is ahead
+    rejects(env, env.a, "InvalidArgument", env.relayer, "Lock", *ins(env.a, tj(t)))
+    env.a.now = t.deadline - 1
+    env.a.call(env.relayer, "Lock", *ins(env.a, tj(t)))
+    assert balance(env.a, env.alice) == alice0 - t.amount
+
+
 def test_lock_of_zero_amount_or_unknown_security_or_invalid_sender(env: Env) -> None:
     t = make_terms(env)
     assert (
@@ -1107,7 +1131,9 @@ def test_leg_transactions_of_one_security_do_not_conflict(env: Env) -> None:
 
     def traced(on: Ledger, fn: str, *args: str) -> TracingStore:
         store = TracingStore(on.store.data)
-        ctx = p.Context(caller=env.relayer, channel_id=on.channel, chaincode_name=on.chaincode)
+        ctx = p.Context(
+            caller=env.relayer, channel_id=on.channel, chaincode_name=on.chaincode, tx_time=on.now
+        )
         p.execute(store, ctx, fn, list(args), lambda *_: None)
         return store
 
@@ -1295,7 +1321,9 @@ def test_two_transfers_of_one_security_touch_disjoint_keys_even_when_they_commit
 
     def traced(on: Ledger, fn: str, *args: str) -> TracingStore:
         store = TracingStore(on.store.data)
-        ctx = p.Context(caller=env.relayer, channel_id=on.channel, chaincode_name=on.chaincode)
+        ctx = p.Context(
+            caller=env.relayer, channel_id=on.channel, chaincode_name=on.chaincode, tx_time=on.now
+        )
         p.execute(store, ctx, fn, list(args), lambda *_: None)
         return store
 

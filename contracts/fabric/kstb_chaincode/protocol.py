@@ -7,8 +7,9 @@ is a tiny key-value interface (:class:`KeyValue`) and events go to a callback, s
 state machine is unit-testable. ``kstb_chaincode.chaincode`` binds it to the Fabric shim.
 
 Determinism (every endorsing peer must compute the same write set): no peer clock in any
-result (the only time is the transaction timestamp, identical on every endorser, read only by
-the committee-epoch rules; a peer's own clock only refuses a skewed timestamp), no randomness,
+result (the only time is the transaction timestamp, identical on every endorser, read by the
+committee-epoch rules, the flow limits and the deadlines of Lock and MarkExpired; a peer's own
+clock only refuses a skewed timestamp), no randomness,
 no floating point, no iteration over unordered containers that reaches the output; JSON is
 written with ``sort_keys`` and compact separators; amounts are Python ints stored as decimal
 strings; amounts and balances are bounded to ``< 2**256`` like the EVM's uint256 (the EVM's
@@ -1056,9 +1057,13 @@ class Endpoint:
     # ------------------------------------------------------------------ source side
 
     def lock(self, terms_json: str, instruction_hex: str) -> object:
-        """``BridgeEndpoint.lock`` (relayer only; no deadline check: no trustworthy clock).
+        """``BridgeEndpoint.lock`` (relayer only).
 
-        SECURITY: the lock carries the brokerage's instruction, a signature by
+        SECURITY: as the EVM endpoint, DeadlinePassed once the ledger time (``_clock``: the
+        proposal timestamp, which every organisation's server keeps within MAX_TX_SKEW of
+        its own clock) has reached the terms' deadline, so an instruction authorises a lock
+        only until the deadline its brokerage signed (a relayer can stretch that by at most
+        the skew). The lock carries the brokerage's instruction, a signature by
         ``t.instructor`` over ``instruction_digest(network, termsHash)``, and ``t.instructor``
         must be a key the admin registered (``SetInstructor``); without it
         (MissingInstruction), for an unregistered key (UnknownInstructor) or with any other
@@ -1091,6 +1096,13 @@ class Endpoint:
         if not self._is_source(t) or t.dst_ledger == self.cfg.ledger_word:
             raise ChaincodeError("WrongLedger", "terms do not name this endpoint as source")
         self._require_nonzero(t.amount)
+        now = self._clock()
+        if t.deadline <= now:
+            raise ChaincodeError(
+                "DeadlinePassed",
+                f"deadline={t.deadline}, nowTs={now}",
+                {"deadline": t.deadline, "nowTs": now},
+            )
         sender = _address_of_word(t.sender)
         if sender is None:
             raise ChaincodeError("InvalidSender", f"sender={_hex(t.sender)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -185,6 +186,11 @@ async def test_lock_refusals(env: Env, admin: GatewayClient, relayer: GatewayCli
     await refused(relayer, "ZeroAmount", "Lock", *lock_args(json.dumps(zero)))
     foreign = json.loads(codec.terms_to_json(t)) | {"src_ledger": "0x" + OTHER.word.hex()}
     await refused(relayer, "WrongLedger", "Lock", *lock_args(json.dumps(foreign)))
+    # As on EVM: an instruction authorises a lock only before its deadline, by the ledger
+    # time (the proposal timestamp, which the peers keep within MAX_TX_SKEW of their clocks).
+    late = dataclasses.replace(t, deadline=int(time.time()) - 120)
+    await refused(relayer, "DeadlinePassed", "Lock", *lock_args(codec.terms_to_json(late)))
+    assert await leg(relayer, late, Leg.OUTBOUND) == (LegState.NONE, 0)
     await submit(env.net, admin, "SetFrozen", ISIN, alice, "true")
     await refused(relayer, "HolderFrozen", "Lock", *lock_args(codec.terms_to_json(t)))
     await submit(env.net, admin, "SetFrozen", ISIN, alice, "false")
