@@ -215,8 +215,8 @@ class FlowLimits:
             target,
         )
         # SECURITY (review helper-122 H1): the deadline first, room or not. A gate after
-        # it would send a lock the instructor's term no longer covers (the chaincode has
-        # no clock to refuse it by; EVM reverts it).
+        # it would send a lock the instructor's term no longer covers (every ledger now
+        # refuses it too, but a Fabric envelope endorsed in time can still be ordered).
         if time.time() > record.terms.deadline:
             if verdict.go and record.state is not TransferState.QUEUED:
                 reason = NOT_LOCKED_PAST_DEADLINE

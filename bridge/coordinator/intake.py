@@ -206,8 +206,9 @@ class Intake:
         """Re-read the source leg of recently FAILED transfers and resume each whose lock
         landed after all (a sweep's work: the lock's event may have been missed)."""
         ctx = self._ctx
-        # A lock can land until the transfer's deadline (later on Fabric, which has no clock):
-        # look back one transfer lifetime and ten minutes more.
+        # A lock can land until the transfer's deadline (later on Fabric: its endorsement
+        # is bounded by the deadline, its ordering is not): look back one transfer
+        # lifetime and ten minutes more.
         since = time.time() - ctx.ttl - 600
         by_ledger: dict[str, list[TransferRecord]] = {}
         for record in await ctx.store.failed_since(since):

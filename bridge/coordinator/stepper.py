@@ -112,7 +112,8 @@ class _Handed:
 
 ADOPTED_LOCK_GRACE_S = 120
 """How long past its deadline an adopted transfer whose source shows no lock waits before
-it is FAILED (a lock cannot land after the deadline on EVM; a later one resumes it)."""
+it is FAILED (a lock cannot land after the deadline on EVM or CometBFT, nor be endorsed
+after it on Fabric; a later one resumes it)."""
 
 
 class Stepper:
@@ -303,8 +304,9 @@ class Stepper:
             if time.time() > terms.deadline:
                 # SECURITY (review helper-123 L-c): never a lock the instructor's deadline
                 # no longer covers, whatever delayed this step (a gate's last look before
-                # the deadline, a slow store, a relayer down until after it). EVM reverts
-                # it; the chaincode has no clock to refuse it by. An earlier attempt that
+                # the deadline, a slow store, a relayer down until after it). EVM and
+                # CometBFT revert it, Fabric refuses its endorsement (but an envelope
+                # endorsed in time can still be ordered later). An earlier attempt that
                 # lands after all resumes the transfer (event intake's resume_failed).
                 await ctx.set_state(record, TransferState.FAILED, NOT_LOCKED_PAST_DEADLINE)
                 return True

@@ -149,8 +149,8 @@ async def test_a_transfer_ahead_that_fails_wakes_the_queue_behind_it(deep) -> No
 
 async def test_a_gate_after_the_deadline_never_locks_even_with_room(deep) -> None:
     """Review helper-122 H1: the gate's read of the lane ends after the deadline, and the
-    lane has room by then. The transfer ends FAILED with nothing locked (it went, and a
-    ledger with no clock of its own would have taken the lock)."""
+    lane has room by then. The transfer ends FAILED with nothing locked (before
+    2026-12-07, the Fabric chaincode would have taken such a lock)."""
     c, a, store, tid, deadline = await _queued_far(deep, seconds=3)
     original = a.flow_status
 
@@ -231,7 +231,7 @@ async def test_a_lock_refused_after_its_gate_wakes_the_queue_behind_it(deep) -> 
 async def test_no_lock_is_sent_after_the_deadline_on_an_open_lane(deep) -> None:
     """Review helper-123 L-c: whatever delays the lock step past the deadline (here the
     gate of an open lane, as a slow store would), the lock is not sent: FAILED, nothing
-    moved. (EVM would revert it; the chaincode has no clock to.)"""
+    moved. (Every ledger kind refuses it since 2026-12-07; Fabric did not before.)"""
     c, relayers, store = deep
     a = relayers["a"]
     deadline = int(time.time()) + 2

@@ -1062,10 +1062,14 @@ class Endpoint:
         SECURITY: as the EVM endpoint, DeadlinePassed once the ledger time (``_clock``: the
         proposal timestamp, which every organisation's server keeps within MAX_TX_SKEW of
         its own clock) has reached the terms' deadline, so an instruction authorises a lock
-        only until the deadline its brokerage signed (a relayer can stretch that by at most
-        the skew). The lock carries the brokerage's instruction, a signature by
-        ``t.instructor`` over ``instruction_digest(network, termsHash)``, and ``t.instructor``
-        must be a key the admin registered (``SetInstructor``); without it
+        only until the deadline its brokerage signed. On Fabric this bounds the endorsement
+        (by the deadline plus the skew), not the ordering: an envelope endorsed in time and
+        held back still commits later unless a key it read changed (ADR 0008's residual).
+        CometBFT runs this at inclusion, by the block time.
+
+        SECURITY: the lock carries the brokerage's instruction, a signature by
+        ``t.instructor`` over ``instruction_digest(network, termsHash)``, and
+        ``t.instructor`` must be a key the admin registered (``SetInstructor``); without it
         (MissingInstruction), for an unregistered key (UnknownInstructor) or with any other
         signature (InvalidInstruction) nothing is escrowed, so a relayer alone cannot move a
         holder's units.
