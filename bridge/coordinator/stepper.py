@@ -422,29 +422,13 @@ class Stepper:
         was read on the ledger before adoption; seeing none now means the relayer's view
         went back (or lied). Past the deadline no lock can land any more: FAILED (a lock
         that does show up later resumes it, after being read on the ledger again).
-
-        SECURITY (threat model, review helper-117 #3): also FAILED once it was adopted
-        longer than a transfer's lifetime (``transfer_ttl``) ago and the source still shows
-        no lock. The deadline is the event's, so a compromised relayer's fake adoptions
-        could choose one years ahead and hold the ledger's adoption bound
-        (``MAX_UNFINISHED_ADOPTED``) full after that relayer was replaced: the replacement
-        shows no lock for them, and they now end within ``transfer_ttl``.
         """
-        now = time.time()
-        if now > record.terms.deadline + ADOPTED_LOCK_GRACE_S:
+        if time.time() > record.terms.deadline + ADOPTED_LOCK_GRACE_S:
             await self._ctx.set_state(
                 record,
                 TransferState.FAILED,
                 "adopted from a ledger event, but the source ledger shows no lock with its"
                 " terms, and its deadline has passed; the bridge never locks for it",
-            )
-            return True
-        if now > record.created_at + self._ctx.ttl:
-            await self._ctx.set_state(
-                record,
-                TransferState.FAILED,
-                "adopted from a ledger event, but the source ledger has shown no lock with its"
-                " terms for longer than a transfer's lifetime; the bridge never locks for it",
             )
             return True
         raise PreconditionFailed(

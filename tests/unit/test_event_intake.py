@@ -146,10 +146,8 @@ async def test_a_relayer_that_cannot_read_the_ledger_gets_the_batch_refused(
     assert await store.get(t.transfer_id) is not None
 
 
-async def _adopted(
-    store: SqliteTransferStore, t: TransferTerms, age_s: float = 0.0
-) -> TransferRecord:
-    now = time.time() - age_s
+async def _adopted(store: SqliteTransferStore, t: TransferTerms) -> TransferRecord:
+    now = time.time()
     req = TransferRequest(f"onchain:0x{t.transfer_id.hex()}", ISIN, "a", "b", HOLDER, HOLDER, 3)
     record = TransferRecord(
         t.transfer_id, req, t, TransferState.SOURCE_LOCKED, "locked directly on-chain", now, now,
@@ -192,28 +190,6 @@ async def test_an_adopted_transfer_with_no_lock_past_its_deadline_fails(coordina
         " and its deadline has passed; the bridge never locks for it"
     )
     assert relayers["a"].submitted == []
-
-
-async def test_an_adopted_transfer_with_no_lock_for_a_lifetime_fails_before_its_deadline(
-    coordinator,
-) -> None:
-    """Threat model, review helper-117 #3: a fake adoption's deadline is the event's (here
-    a year ahead); once the source has shown no lock for longer than transfer_ttl (60 s
-    here) since the adoption, the transfer fails and frees its place under the ledger's
-    adoption bound. One adopted a moment ago still waits (the test above)."""
-    c, relayers, store = coordinator
-    t = terms(deadline=int(time.time()) + 365 * 86_400)
-    await _adopted(store, t, age_s=61)
-    c._spawn(t.transfer_id)
-    assert await final(store, t.transfer_id) is TransferState.FAILED
-    record = await store.get(t.transfer_id)
-    assert record is not None
-    assert record.reason == (
-        "adopted from a ledger event, but the source ledger has shown no lock with its"
-        " terms for longer than a transfer's lifetime; the bridge never locks for it"
-    )
-    assert relayers["a"].submitted == []
-    assert await store.unfinished_adopted("a") == 0
 
 
 async def test_origin_survives_a_restart(tmp_path: Path) -> None:
