@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-from bridge.aio import stop_tasks, wait_event, within
+from bridge.aio import stop_tasks, wait_event
 from bridge.config import NetworkConfig
 from bridge.coordinator.clients import CommitteeClient, RelayerGateway
 from bridge.coordinator.coalesce import Coalescer
@@ -389,14 +389,11 @@ class SupplyPublisher:
     # ---- supply not counted (review F16)
     async def _counting_refusal(self, security: str) -> PreconditionFailed | None:
         first = self._first_round.get(security)
-        if first is not None and not first.is_set():
-            try:
-                await within(first.wait(), FIRST_CHECK_WAIT)
-            except TimeoutError:
-                raise Unavailable(
-                    f"the supply of {security} has not been read since the coordinator"
-                    " started; retry shortly"
-                ) from None
+        if first is not None and not await wait_event(first, FIRST_CHECK_WAIT):
+            raise Unavailable(
+                f"the supply of {security} has not been read since the coordinator"
+                " started; retry shortly"
+            )
         uncounted = self._uncounted.get(security)
         if not uncounted:
             return None

@@ -8,12 +8,12 @@ state machine is unit-testable. ``kstb_chaincode.chaincode`` binds it to the Fab
 
 Determinism (every endorsing peer must compute the same write set): no peer clock in any
 result (the only time is the transaction timestamp, identical on every endorser, read by the
-committee-epoch rules, the flow limits and the deadlines of Lock and MarkExpired; a peer's own
-clock only refuses a skewed timestamp), no randomness,
-no floating point, no iteration over unordered containers that reaches the output; JSON is
-written with ``sort_keys`` and compact separators; amounts are Python ints stored as decimal
-strings; amounts and balances are bounded to ``< 2**256`` like the EVM's uint256 (the EVM's
-bound on totalSupply is not enforced: it would need a per-security counter, see Keys).
+committee-epoch rules, the flow limits and the deadlines of Lock and MarkExpired; a peer's
+own clock only refuses a skewed timestamp), no randomness, no floating point, no iteration
+over unordered containers that reaches the output; JSON is written with ``sort_keys`` and
+compact separators; amounts are Python ints stored as decimal strings; amounts and balances
+are bounded to ``< 2**256`` like the EVM's uint256 (the EVM's bound on totalSupply is not
+enforced: it would need a per-security counter, see Keys).
 
 Atomicity: :func:`execute` runs a call over a write buffer and an event buffer. Only a call
 that succeeds writes (in sorted key order) and emits; a failing call leaves the store
