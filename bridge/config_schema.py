@@ -393,9 +393,10 @@ class CoordinatorFile(Table):
     transfers watches their batch (``WatchBatch``) or lists them (``ListTransfers``)."""
     batch_retention_days: int = Field(default=30, ge=1, le=3650)
     """Days a ``SubmitTransfers`` batch's record is kept: the batch id's idempotency window.
-    Older finished records are deleted hourly by the active coordinator; every transfer
-    and its history stay, so a batch id used again after that runs as a new batch whose
-    items' idempotency keys still answer their existing transfers."""
+    Older finished records are deleted hourly by the active coordinator, and so are older
+    reservations no call of it is running (a call that died mid-batch, never replayed);
+    every transfer and its history stay, so a batch id used again after that runs as a new
+    batch whose items' idempotency keys still answer their existing transfers."""
     max_unfinished_per_ledger: int = Field(default=100_000, gt=0, le=10_000_000)
     """Most unfinished transfers submitted from one source ledger (locks adopted from its
     events are bounded apart); a new transfer from a ledger that has them is refused

@@ -318,7 +318,9 @@ async def run(config_path: Path) -> None:
     await halts.start()
     await rotations.start()
     # ---- batch API (ADR 0023): the batch ids' idempotency window, by the active one only
-    pruning = prune_batches(batch_store, cfg.batch_retention_days, stop)
+    # (through the runner: reservations older than the retention that no attempt here
+    # runs, left by a crash or a lost lease and never replayed, are deleted too)
+    pruning = prune_batches(transfers.batches or batch_store, cfg.batch_retention_days, stop)
     if ha is None:
         await obs.start(server, probes, stop, metrics_loop, pruning)
     else:

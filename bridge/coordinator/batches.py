@@ -408,6 +408,14 @@ class BatchStore(Protocol):
         """The recorded batch, or None."""
         ...
 
+    async def prune(
+        self, created_before: float, limit: int = 1000, live: Collection[str] | None = None
+    ) -> int:
+        """Delete at most ``limit`` batch records created before ``created_before``: the
+        finished ones, and with ``live`` the reservations whose owner is not in it (see
+        ``SqlBatchStore.prune``); return how many."""
+        ...
+
     async def updates(
         self, cursors: Sequence[tuple[bytes, int]], limit: int
     ) -> list[TransferUpdate | UnreadableUpdate]:
@@ -573,9 +581,18 @@ class SqlBatchStore:
                 f" ({quota.items_per_day})"
             )
 
-    async def prune(self, created_before: float, limit: int = 1000) -> int:
+    async def prune(
+        self, created_before: float, limit: int = 1000, live: Collection[str] | None = None
+    ) -> int:
         """Delete at most ``limit`` finished batch records created before
-        ``created_before``; return how many. A reserved (running) batch is never deleted.
+        ``created_before``; return how many. Without ``live`` a reserved (pending) batch
+        is never deleted. With ``live``, the owners of the attempts this process runs now
+        (:meth:`BatchRunner.prune` reads them just before this call, and this call queues
+        its statement before it suspends), a reservation created before the cut-off whose
+        owner is not among them is deleted too: its attempt ended without finishing (the
+        process died or lost its lease) and no replay took it over since. A replay that
+        takes it over now either was queued before this statement, under an owner in
+        ``live`` (kept), or is queued after it and reserves the id afresh.
 
         What remains true: every transfer and its history stay (this deletes only the
         batch's request fingerprint and per-item results), so a later SubmitTransfers with
@@ -583,12 +600,20 @@ class SqlBatchStore:
         answers its existing transfer; an item refused back then is evaluated again (its
         instruction's deadline has long passed, so it is refused again)."""
 
+        owners = sorted(live) if live is not None else []
+        if live is None:
+            ended = "pending = 0"
+        elif owners:  # SECURITY: a reservation whose attempt runs here is never deleted
+            ended = f"(pending = 0 OR owner NOT IN ({','.join('?' for _ in owners)}))"
+        else:
+            ended = "1 = 1"
+
         def run(db: Conn) -> int:
             cur = db.execute(
-                "DELETE FROM transfer_batches WHERE (source_ledger, batch_id) IN"
+                "DELETE FROM transfer_batches WHERE (source_ledger, batch_id) IN"  # noqa: S608
                 " (SELECT source_ledger, batch_id FROM transfer_batches"
-                " WHERE created_at < ? AND pending = 0 LIMIT ?)",
-                (created_before, limit),
+                f" WHERE created_at < ? AND {ended} LIMIT ?)",
+                (created_before, *owners, limit),
             )
             return int(cur.rowcount)
 
@@ -717,6 +742,9 @@ class BatchRunner:
         # replay awaiting a conflicting request's task got its answer, the stored batch
         # without results).
         self._running: dict[tuple[str, str, bytes], asyncio.Task[tuple[BatchRecord, bool]]] = {}
+        # The owner token of every attempt running now, from before its claim is queued
+        # until it ends (finished or not): the reservations ``prune`` keeps.
+        self._owners: set[str] = set()
 
     @property
     def store(self) -> BatchStore:
@@ -773,17 +801,32 @@ class BatchRunner:
     ) -> tuple[BatchRecord, bool]:
         source_ledger, batch_id, _ = key
         owner = uuid.uuid4().hex
-        claim = await self._store.claim(source_ledger, batch_id, fp, owner, now, items=items)
-        if not claim.claimed:
-            if claim.record is None:
-                raise RuntimeError(f"batch {batch_id!r} vanished while it was claimed")
-            return claim.record, False
-        previous = claim.record
-        first = previous is None or not previous.results
-        if previous is None or first:
-            results = await run(None)
-        else:
-            results = merge_results(previous.results, await run(set(previous.to_retry)))
-        batch = BatchRecord(source_ledger, batch_id, fp, results, now)
-        recorded, written = await self._store.finish(batch, owner)
-        return recorded, written and first
+        self._owners.add(owner)  # before the claim is queued: ``prune`` keeps its row
+        try:
+            claim = await self._store.claim(source_ledger, batch_id, fp, owner, now, items=items)
+            if not claim.claimed:
+                if claim.record is None:
+                    raise RuntimeError(f"batch {batch_id!r} vanished while it was claimed")
+                return claim.record, False
+            previous = claim.record
+            first = previous is None or not previous.results
+            if previous is None or first:
+                results = await run(None)
+            else:
+                results = merge_results(previous.results, await run(set(previous.to_retry)))
+            batch = BatchRecord(source_ledger, batch_id, fp, results, now)
+            recorded, written = await self._store.finish(batch, owner)
+            return recorded, written and first
+        finally:
+            self._owners.discard(owner)
+
+    async def prune(self, created_before: float, limit: int = 1000) -> int:
+        """Delete at most ``limit`` batch records created before ``created_before``: the
+        finished ones, and the reservations no attempt of this process runs (an attempt
+        that died with its process or lost its lease, never replayed since); return how
+        many. The pruning loop's store (``prune_batches``) on the active coordinator.
+
+        SECURITY: the owners are read and the store's statement queued in one step (no
+        suspension between), so a replay running here is never deleted mid-run; the
+        store's writes are fenced (ADR 0017), so only the lease holder deletes."""
+        return await self._store.prune(created_before, limit, live=frozenset(self._owners))

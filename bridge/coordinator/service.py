@@ -243,6 +243,13 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     yield await self._update_to_pb(update)
 
     # ---- batch API (ADR 0023)
+    @property
+    def batches(self) -> BatchRunner | None:
+        """What runs this servicer's batches (None: it serves no batch API): also what the
+        coordinator's pruning loop prunes through (``BatchRunner.prune`` keeps the
+        reservations of the batches running here)."""
+        return self._batches
+
     def _batch_runner(self) -> BatchRunner:
         if self._batches is None:
             raise Unavailable("this coordinator does not serve the batch API")

@@ -396,6 +396,69 @@ async def test_expired_finished_batches_are_pruned_and_running_ones_kept(
         store.close()
 
 
+async def test_abandoned_reservations_are_pruned_and_those_running_here_kept(
+    database: Database,
+) -> None:
+    """A reservation left pending by an attempt that died (a crash, a lost lease) and was
+    never replayed is deleted once older than the cut-off, when the caller names the owners
+    of the attempts it runs (``live``); one under a live owner, or newer, is kept; without
+    ``live`` nothing pending is deleted."""
+    store = SqlBatchStore(database)
+    try:
+        fp = b"\xaa" * 32
+        for owner in ("dead-1", "dead-2", "running"):
+            assert (await store.claim(A, owner, fp, owner, 1.0, items=1)).claimed
+        assert (await store.claim(A, "young", fp, "dead-3", 100.0, items=1)).claimed
+        assert await store.prune(50.0) == 0  # no owners named: every reservation kept
+        assert await store.prune(50.0, limit=1, live={"running"}) == 1
+        assert await store.prune(50.0, live={"running"}) == 1
+        assert await store.get(A, "dead-1") is None and await store.get(A, "dead-2") is None
+        for kept in ("running", "young"):
+            record = await store.get(A, kept)
+            assert record is not None and record.pending
+        assert await store.prune(50.0, live=set()) == 1  # "running" ended: abandoned now
+        assert await store.get(A, "running") is None
+        # The id is free again: a replay reserves it afresh.
+        assert await store.claim(A, "dead-1", fp, "o", 200.0, items=1) == Claim(None, True)
+    finally:
+        store.close()
+
+
+async def test_a_replay_taking_over_an_old_reservation_is_never_pruned_mid_run(
+    database: Database,
+) -> None:
+    """Review helper-126: a replay that takes over an old reservation keeps its
+    ``created_at``, so pruning by age alone would delete the row under a running replay.
+    ``BatchRunner.prune`` keeps every reservation an attempt of this process holds: the
+    replay runs to its end and records its results; the abandoned one beside it goes."""
+    store = SqlBatchStore(database)
+    try:
+        fp = b"\xaa" * 32
+        assert (await store.claim(A, "taken", fp, "dead", 1.0, items=1)).claimed
+        assert (await store.claim(A, "left", fp, "dead", 1.0, items=1)).claimed
+        runner = BatchRunner(store)
+        running, release = asyncio.Event(), asyncio.Event()
+        result = (ItemResult(0, "k", ItemOutcome.CREATED, transfer_id=b"\x01" * 32),)
+
+        async def run(indexes: Any) -> tuple[ItemResult, ...]:
+            running.set()
+            await release.wait()
+            return result
+
+        replay = asyncio.ensure_future(runner.submit(A, "taken", fp, run, 300.0, items=1))
+        await asyncio.wait_for(running.wait(), 10)
+        assert await runner.prune(50.0) == 1  # "left" only
+        assert await store.get(A, "left") is None
+        held = await store.get(A, "taken")
+        assert held is not None and held.pending and held.created_at == 1.0
+        release.set()
+        record, _ = await asyncio.wait_for(replay, 10)
+        assert record.results == result and not record.pending
+        assert await runner.prune(50.0) == 1  # finished now, and old: its window is over
+    finally:
+        store.close()
+
+
 def _refused(index: int, retryable: bool = False, on_input: bool = False) -> ItemResult:
     """An item refused (or RETRYABLE) with an error stored beside it; ``on_input``:
     refused on its own input (counted by the quota)."""
