@@ -27,7 +27,7 @@ from bridge.domain.ids import SecurityId
 from bridge.domain.legs import LedgerEvent, Leg, LegState, LegStatus
 from bridge.domain.transfer import TransferState
 from bridge.ledgers.addresses import codec_for
-from bridge.logfields import ERROR, LEDGER, REASON, STATE, TRANSFER, TX
+from bridge.logfields import COUNT, ERROR, LEDGER, REASON, STATE, TRANSFER, TX
 
 # Outbound leg states that prove a lock with the leg's terms hash happened (a leg leaves
 # LOCKED only for BURNED or RELEASED, keeping its terms hash).
@@ -163,6 +163,11 @@ class Intake:
                     f"a LOCKED event from {ledger} for a transfer whose source is"
                     f" {record.request.source_ledger}"
                 )
+            if record.origin is TransferOrigin.ADOPTED:
+                # SECURITY (review helper-128): a resumed adoption is unfinished again, so
+                # it takes room under the ledger's bound as a new one does, and before the
+                # relayer is asked (Unavailable: re-delivered once some have ended).
+                await adoptions.room()
             # SECURITY: the event only says where to look; the resume needs the lock itself,
             # still held: a lock already RELEASED (refunded) or BURNED has nothing to resume.
             source = await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
@@ -173,7 +178,7 @@ class Intake:
                        STATE: source.state.name},
                 )  # fmt: skip
                 return True
-            await self.resume_failed(record, source.terms_hash, event.tx_id)
+            await self.resume_failed(record, source.terms_hash, event.tx_id, adoptions)
         return True
 
     async def _confirmed_lock(self, ledger: str, tid: bytes, terms_hash: bytes) -> LegStatus:
@@ -221,12 +226,63 @@ class Intake:
                 )
             except BridgeError:
                 continue  # the ledger is unreachable: the next sweep tries again
-            for record, source in zip(records, legs, strict=True):
-                if source.state is LegState.LOCKED:
-                    await self.resume_failed(record, source.terms_hash, "")
+            found = [
+                (r, s) for r, s in zip(records, legs, strict=True) if s.state is LegState.LOCKED
+            ]
+            if not found:
+                continue
+            # The ledger's adoption bound is counted as a delivery counts it, and under its
+            # lock, so a delivery running meanwhile does not count the same room. SECURITY
+            # (review helper-130 M1): never waited for, since a delivery holds it while its
+            # relayer answers (a compromised one slowly): the sweep of every ledger would
+            # wait. A busy ledger's adopted transfers wait for a later sweep instead.
+            lock = self._delivering.setdefault(ledger, asyncio.Lock())
+            if lock.locked():
+                await self._resume_found(ledger, found, adopting=False)
+            else:
+                async with lock:  # free: taken at once
+                    await self._resume_found(ledger, found, adopting=True)
 
-    async def resume_failed(self, record: TransferRecord, terms_hash: bytes, tx_id: str) -> None:
-        """A lock landed after we concluded it could not: never leave units in escrow."""
+    async def _resume_found(
+        self, ledger: str, found: list[tuple[TransferRecord, LegStatus]], adopting: bool
+    ) -> None:
+        """Resume each FAILED transfer of ``ledger`` whose lock the sweep found; adopted
+        ones only when ``adopting`` (the caller holds the ledger's delivery lock) and while
+        the ledger's adoptions are below their bound. Those passed over are logged, by
+        count and first ids: a later sweep (within ``transfer_ttl`` + 600 s of their
+        failure) or the lock's event resumes them."""
+        adoptions = _Adoptions(self._ctx, ledger)
+        passed: list[bytes] = []
+        for record, source in found:
+            if record.origin is TransferOrigin.ADOPTED and (not adopting or passed):
+                passed.append(record.transfer_id)
+                continue
+            try:
+                await self.resume_failed(record, source.terms_hash, "", adoptions)
+            except AdoptionsAtBound:
+                passed.append(record.transfer_id)
+        if passed:
+            self._ctx.log.warning(
+                "locks found for failed adopted transfers; not resumed this sweep",
+                **{LEDGER: ledger, COUNT: len(passed),
+                   "first": ["0x" + t.hex() for t in passed[:5]],
+                   REASON: "adoption bound reached" if adopting else "a delivery is running"},
+            )  # fmt: skip
+
+    async def resume_failed(
+        self,
+        record: TransferRecord,
+        terms_hash: bytes,
+        tx_id: str,
+        adoptions: _Adoptions | None = None,
+    ) -> None:
+        """A lock landed after we concluded it could not: never leave units in escrow.
+
+        An adopted transfer is resumed only while its source ledger's unfinished adoptions
+        are below their bound (``adoptions``, the caller's count for this delivery or
+        sweep; a new one when None): Unavailable otherwise, nothing moved. SECURITY
+        (review helper-128): without it a compromised relayer could grow them past the
+        bound, adopting fakes up to it, letting them fail, then "showing" their locks."""
         ctx = self._ctx
         tid = record.transfer_id
         if terms_hash != record.terms.terms_hash:
@@ -235,6 +291,9 @@ class Intake:
                 **{TRANSFER: "0x" + tid.hex(), TX: tx_id},
             )
             return
+        if record.origin is TransferOrigin.ADOPTED:
+            adoptions = adoptions or _Adoptions(ctx, record.request.source_ledger)
+            await adoptions.room()
         # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
         moved = await ctx.store.resume_failed(
             tid,
@@ -248,6 +307,8 @@ class Intake:
                 **{TRANSFER: "0x" + tid.hex()},
             )
             return
+        if record.origin is TransferOrigin.ADOPTED and adoptions is not None:
+            adoptions.take()
         ctx.log.error(
             "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
         )
@@ -328,6 +389,11 @@ MAX_UNFINISHED_ADOPTED = 1_000
 ledger's deliveries are refused Unavailable (re-delivered later) until some end."""
 
 
+class AdoptionsAtBound(Unavailable):
+    """A ledger has ``MAX_UNFINISHED_ADOPTED`` unfinished adopted transfers: no more is
+    adopted or resumed from it now (UNAVAILABLE: its relayer delivers again later)."""
+
+
 class _Adoptions:
     """How many more transfers one delivery of a ledger's events may adopt.
 
@@ -354,7 +420,7 @@ class _Adoptions:
                 "adoptions paused: too many unfinished adopted transfers from this ledger",
                 **{LEDGER: self._ledger, "most": MAX_UNFINISHED_ADOPTED},
             )
-            raise Unavailable(
+            raise AdoptionsAtBound(
                 f"{MAX_UNFINISHED_ADOPTED} transfers adopted from {self._ledger} are unfinished;"
                 " deliver again later"
             )

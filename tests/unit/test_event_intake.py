@@ -539,3 +539,115 @@ async def test_a_delivery_reads_its_transfers_together_and_again_after_acting(
     assert set(singles) == {holder.transfer_id}
     adopted = await store.get(holder.transfer_id)
     assert adopted is not None and adopted.origin is TransferOrigin.ADOPTED
+
+
+async def test_a_failed_adoption_is_resumed_only_within_the_ledgers_adoption_bound(
+    coordinator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review helper-128: a resumed adoption is unfinished again, so it takes room under
+    its ledger's bound like a new one. Before, a relayer could adopt fakes up to the bound,
+    let them fail, "show" their locks and resume them all, past the bound, while adopting
+    more. At the bound the event is refused Unavailable (not recorded as seen: delivered
+    again), the sweep passes it over, and nothing moves; with room again, it resumes."""
+    import bridge.coordinator.intake as intake
+
+    monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 1)
+    c, relayers, store = coordinator
+    held = hold(relayers["b"])  # the target does not prepare yet: adoptions stay unfinished
+    failed, other = terms(), terms()
+    await _adopted(store, failed)
+    await store.set_state(failed.transfer_id, TransferState.FAILED, "no lock", "failed")
+    for t in (failed, other):
+        show_lock(relayers["a"], t)
+    assert await c.on_events("a", [locked_event(other, height=5)], 5) == 1  # fills the bound
+    assert await store.unfinished_adopted("a") == 1
+    asked: list[bytes] = []
+    get_leg = relayers["a"].get_leg
+
+    async def counted(tid: bytes, leg: Leg) -> LegStatus:
+        asked.append(tid)
+        return await get_leg(tid, leg)
+
+    relayers["a"].get_leg = counted  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="1 transfers adopted from a are unfinished"):
+        await c.on_events("a", [locked_event(failed, height=6)], 6)
+    assert failed.transfer_id not in asked, "refused before the relayer is asked"
+    await c._recheck_failed()  # the sweep finds the lock too, and passes it over
+    got = await store.get(failed.transfer_id)
+    assert got is not None and got.state is TransferState.FAILED
+    assert await store.unfinished_adopted("a") == 1
+    assert recorded_events(tmp_path) == 1, "the refused event is delivered again"
+    held.set()
+    assert await final(store, other.transfer_id) is TransferState.COMMITTED
+    assert await c.on_events("a", [locked_event(failed, height=6)], 6) == 1
+    assert await final(store, failed.transfer_id) is TransferState.COMMITTED
+
+
+async def test_a_sweep_resumes_adoptions_only_while_room_is_left(
+    coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each adoption a sweep resumes takes room (review helper-130 L5): with room for one
+    more, of two FAILED adoptions whose locks the ledger shows, one is resumed and the
+    other is passed over, named in the log."""
+    import bridge.coordinator.intake as intake
+
+    monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 2)
+    c, relayers, store = coordinator
+    hold(relayers["b"])  # resumed adoptions stay unfinished
+    first, second = terms(), terms()
+    for t in (first, second):
+        await _adopted(store, t)
+        await store.set_state(t.transfer_id, TransferState.FAILED, "no lock", "failed")
+        show_lock(relayers["a"], t)
+    await _adopted(store, terms())  # one unfinished: room for one more
+    with capture_logs() as logs:
+        await c._recheck_failed()
+    states = [(await store.get(t.transfer_id)).state for t in (first, second)]  # type: ignore[union-attr]
+    assert sorted(s.name for s in states) == ["FAILED", "SOURCE_LOCKED"]
+    assert await store.unfinished_adopted("a") == 2
+    said = [e for e in logs if e["event"].startswith("locks found for failed adopted")]
+    assert len(said) == 1 and said[0]["count"] == 1
+
+
+async def test_a_slow_delivery_never_holds_the_sweep(coordinator) -> None:
+    """Review helper-130 M1: the sweep took a ledger's delivery lock for its adoption
+    count, so a delivery held inside its relayer's reads (a compromised relayer answering
+    slowly) stalled the sweep of every ledger. The sweep now leaves that ledger's adopted
+    transfers to a later sweep and resumes its submitted ones at once."""
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
+    record, _ = await driver_tests.submit(c, request("k-swept"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    relayers["a"].lock_refusal = None
+    adopted = terms()
+    await _adopted(store, adopted)
+    await store.set_state(adopted.transfer_id, TransferState.FAILED, "no lock", "failed")
+    for t in (record.terms, adopted):
+        show_lock(relayers["a"], t)
+    stuck, asked = asyncio.Event(), asyncio.Event()
+    get_leg = relayers["a"].get_leg
+
+    async def slow(tid: bytes, leg: Leg) -> LegStatus:
+        if tid == slow_id:
+            asked.set()
+            await stuck.wait()
+        return await get_leg(tid, leg)
+
+    fake = terms()
+    slow_id = fake.transfer_id
+    relayers["a"].get_leg = slow  # type: ignore[method-assign]
+    delivery = asyncio.ensure_future(c.on_events("a", [locked_event(fake, height=9)], 9))
+    await asyncio.wait_for(asked.wait(), 5)
+    with capture_logs() as logs:
+        await asyncio.wait_for(c._recheck_failed(), 5)
+    resumed = await store.get(record.transfer_id)
+    assert resumed is not None and resumed.state is not TransferState.FAILED
+    waiting = await store.get(adopted.transfer_id)
+    assert waiting is not None and waiting.state is TransferState.FAILED
+    said = [e for e in logs if e["event"].startswith("locks found for failed adopted")]
+    assert len(said) == 1 and said[0]["reason"] == "a delivery is running"
+    stuck.set()
+    await asyncio.wait_for(delivery, 5)
+    await c._recheck_failed()  # the ledger is free again: the adoption is resumed
+    again = await store.get(adopted.transfer_id)
+    assert again is not None and again.state is not TransferState.FAILED
