@@ -28,6 +28,14 @@ their gates' backlog questions (``lane_backlog`` for the source's and the target
 coordinator's way) and with every question reading the lane (``MAX_AGE_S`` below zero),
 as seconds and process CPU per round.
 
+``--state-writes N`` then records N new transfers and moves them through four states,
+``--concurrency`` of them at a time in one loop turn (what the drivers a flushed step
+answered do), once with a ``set_state`` each (a write job, a savepoint and four statements
+per change, grouped by the database thread) and once through ``StateWrites`` (the changes of
+a turn in one ``set_states`` write, issue 14): state writes per second and process CPU
+microseconds per write, for each. The parsed-record cache holds 4,096 transfers, so keep N
+at most that (the coordinator's drivers re-read the transfers they drive).
+
 Reported per engine: transfers/s, feed appends/s; then the PostgreSQL/SQLite ratios and the
 machine (CPU count and model, kernel). ``--json PATH`` writes every figure.
 """
@@ -172,6 +180,36 @@ async def time_create_many(store: SqlTransferStore, batches: int, items: int) ->
     }
 
 
+async def time_state_writes(
+    store: SqlTransferStore, count: int, concurrency: int
+) -> dict[str, float]:
+    """``count`` new transfers moved through four states, ``concurrency`` changes at once,
+    with a ``set_state`` each and then through ``StateWrites``: state writes per second
+    and process CPU microseconds per write, for each."""
+    from bridge.coordinator.state_writes import StateWrites
+
+    out: dict[str, float] = {}
+    steps = (TransferState.SOURCE_LOCKED, TransferState.TARGET_PREPARED,
+             TransferState.COMMITTING, TransferState.COMMITTED)  # fmt: skip
+    for label, base in (("alone", 40_000_000), ("coalesced", 50_000_000)):
+        records = [transfer(base + n) for n in range(count)]
+        for start in range(0, count, 500):
+            await store.create_many(records[start : start + 500])
+        tids = [r.transfer_id for r in records]
+        writer = StateWrites(store, max_in_flight=2) if label == "coalesced" else store
+        t0, c0 = time.perf_counter(), time.process_time()
+        for state in steps:
+            for start in range(0, count, concurrency):
+                page = tids[start : start + concurrency]
+                done = await asyncio.gather(*(writer.set_state(t, state, "", "") for t in page))
+                assert all(w.record.state is state for w in done)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        n = count * len(steps)
+        out[f"state_writes_{label}_per_s"] = n / wall if wall else 0.0
+        out[f"state_writes_{label}_cpu_us"] = cpu / n * 1e6 if n else 0.0
+    return out
+
+
 async def time_queued(store: SqlTransferStore, count: int) -> dict[str, float]:
     """A round of ``count`` queued transfers' backlog questions, kept and uncached."""
     from bridge.coordinator import lane_backlogs
@@ -209,6 +247,7 @@ async def run_engine(
     batches: int = 0,
     batch_items: int = 50,
     queued: int = 0,
+    state_writes: int = 0,
 ) -> dict[str, float]:
     """The workload on ``db``; figures in operations per second (reads: see read_records)."""
     store, supply = SqlTransferStore(db), SqlSupplyStore(db)
@@ -234,6 +273,7 @@ async def run_engine(
     sweep = await time_unfinished(store, unfinished) if unfinished else {}
     created = await time_create_many(store, batches, batch_items) if batches else {}
     lanes = await time_queued(store, queued) if queued else {}
+    states = await time_state_writes(store, state_writes, concurrency) if state_writes else {}
     store.close()
     supply.close()
     return (
@@ -247,6 +287,7 @@ async def run_engine(
         | sweep
         | created
         | lanes
+        | states
     )
 
 
@@ -292,6 +333,13 @@ def main() -> None:
         default=0,
         help="then queue N transfers on one lane and time a round of their backlog questions",
     )
+    p.add_argument(
+        "--state-writes",
+        type=int,
+        default=0,
+        help="then move N new transfers through four states, --concurrency at once, with a"
+        " set_state each and through StateWrites",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     out: dict[str, Any] = {"machine": machine(), "params": vars(a) | {"json": str(a.json)}}
@@ -309,6 +357,7 @@ def main() -> None:
                     a.batches,
                     a.batch_items,
                     a.queued,
+                    a.state_writes,
                 )
             )
 
@@ -338,6 +387,12 @@ def main() -> None:
         if a.batches:
             print(f"{'':9s} create_many of {a.batch_items}: {f['create_many_records_per_s']:8.0f}"
                   f" records/s ({f['create_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
+        if a.state_writes:
+            print(f"{'':9s} state writes, {a.concurrency} at once:"
+                  f" set_state each {f['state_writes_alone_per_s']:8.0f}/s"
+                  f" ({f['state_writes_alone_cpu_us']:.0f} CPU-us each),"
+                  f" StateWrites {f['state_writes_coalesced_per_s']:8.0f}/s"
+                  f" ({f['state_writes_coalesced_cpu_us']:.0f} CPU-us each)")  # fmt: skip
         if a.queued:
             print(f"{'':9s} a round of {a.queued} queued transfers' backlog questions:"
                   f" kept {f['queued_kept_round_s']:.2f} s ({f['queued_kept_round_cpu_s']:.2f}"

@@ -18,11 +18,12 @@ from bridge.config import NetworkConfig
 from bridge.coordinator.changes import Changes
 from bridge.coordinator.clients import CommitteeClient, LedgerDomain, RelayerGateway
 from bridge.coordinator.epochs import EpochTracker
-from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE
+from bridge.coordinator.flow_queue import AHEAD_AT_TARGET
 from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferOrigin, TransferRecord
+from bridge.coordinator.state_writes import StateWrites
 from bridge.coordinator.store import TransferStore
 from bridge.coordinator.unfinished_counts import UnfinishedCounts
 from bridge.domain.ids import SecurityId
@@ -58,9 +59,12 @@ class EngineContext:
     watchers: dict[bytes, set[Changes]] = field(default_factory=dict)
     # ---- unfinished transfers per source ledger, and admission's bound on them
     unfinished: UnfinishedCounts = field(default_factory=UnfinishedCounts)
-    # ---- flow limits: told of a transfer that ended FAILED before its lock (it leaves
+    # ---- flow limits: told of a transfer that ended FAILED before its prepare (it leaves
     # its lane without taking the capacity the transfers behind it counted)
     released: Callable[[TransferRecord], None] | None = None
+    # ---- coalesced state writes (issue 14): with batching, the drivers' state changes
+    # made at once are one store write (None: each its own)
+    state_writes: StateWrites | None = None
 
     def notify(self, tid: bytes) -> None:
         """Wake every watch of ``tid`` to read its history again, marking ``tid`` as the
@@ -90,7 +94,8 @@ class EngineContext:
         # transaction as the state change (store.set_state), so no reader sees one
         # without the other now that store calls really suspend (ADR 0013).
         try:
-            write = await self.store.set_state(record.transfer_id, state, reason, reason)
+            writer = self.state_writes or self.store
+            write = await writer.set_state(record.transfer_id, state, reason, reason)
         except BaseException:
             self.notify(record.transfer_id)  # perhaps committed: the watchers read again
             raise
@@ -102,9 +107,12 @@ class EngineContext:
                 and record.origin is TransferOrigin.SUBMITTED
             ):
                 self.unfinished.ended(record.request.source_ledger)
-            # ---- flow limits: a transfer failed before its lock wakes its lane behind it
+            # ---- flow limits: a transfer failed before its prepare wakes its lane behind
+            # it: the queued transfers' estimates counted it ahead at the source (before
+            # its lock) or at the target (SOURCE_LOCKED: an adoption whose source shows no
+            # lock fails from there; review helper-128)
             released = self.released
-            if released and state is TransferState.FAILED and previous in AHEAD_AT_SOURCE:
+            if released and state is TransferState.FAILED and previous in AHEAD_AT_TARGET:
                 released(record)
             observe_transition(write)  # ---- observability (ADR 0016)
             self.log.info(

@@ -38,6 +38,7 @@ from bridge.coordinator.leg_reads import LegReads
 from bridge.coordinator.publisher import SupplyPublisher
 from bridge.coordinator.records import TransferRecord, TransferRequest, TransferUpdate
 from bridge.coordinator.requests import Authorised, authorised
+from bridge.coordinator.state_writes import StateWrites
 from bridge.coordinator.step_batches import StepBatcher
 from bridge.coordinator.stepper import ADOPTED_LOCK_GRACE_S, DEFINITIVE_LOCK_REFUSALS, Stepper
 from bridge.coordinator.store import TransferStore
@@ -145,6 +146,10 @@ class Coordinator:
         # per source ledger for the keys of every admission waiting at once (no linger: a
         # store read is short, the keys that arrive during one go out together next)
         self._keys = KeyReads(self._ctx.store, batched.max_in_flight) if batched else None
+        # ---- coalesced state writes (issue 14): with batching, the state changes of every
+        # driver a flushed step answered are one store write
+        if batched is not None:
+            self._ctx.state_writes = StateWrites(self._ctx.store, batched.max_in_flight)
         self._admission = Admission(
             self._ctx,
             self._flow,
@@ -214,6 +219,8 @@ class Coordinator:
                 await self._holders.close()
             if self._keys is not None:
                 await self._keys.close()
+            if self._ctx.state_writes is not None:
+                await self._ctx.state_writes.close()
             await self._flow.close()
 
     def _spawn(self, tid: bytes) -> None:

@@ -174,7 +174,7 @@ class FlowLimits:
 
     # ---- a deep queue sleeps toward its estimate (issue 14, ADR 0010 amendment) ----------
     def released(self, record: TransferRecord) -> None:
-        """``record`` ended FAILED before its lock (``EngineContext.set_state``): the
+        """``record`` ended FAILED before its prepare (``EngineContext.set_state``): the
         transfers queued behind it on its lane are woken (:class:`LaneWakes`; review
         helper-122 M1, helper-123 M-a: each slept toward an estimate that counted it)."""
         self._wakes.freed(lane_of(record.request), record.transfer_id, record.created_at)

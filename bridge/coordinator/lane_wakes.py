@@ -78,7 +78,7 @@ class LaneWakes:
                 del self._queued[lane]
 
     def freed(self, lane: Lane, tid: bytes, created_at: float) -> None:
-        """``tid`` left ``lane`` without its capacity (FAILED before its lock): wake the
+        """``tid`` left ``lane`` without its capacity (FAILED before its prepare): wake the
         transfers queued behind it (see the class guarantees)."""
         self.leaves(lane, tid)
         if lane not in self._queued:

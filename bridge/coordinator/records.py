@@ -71,6 +71,18 @@ class TransferRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StateChange:
+    """One state write asked of the store (:meth:`TransferStore.set_states`): the
+    transfer's new ``state`` and ``reason``, and the ``detail`` its history entry records
+    when the state changes."""
+
+    transfer_id: bytes
+    state: TransferState
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class StateWrite:
     """What one state write recorded: the transfer as stored after it, and the state and
     ``updated_at`` the store held just before it, read in the same transaction (row-locked).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import threading
@@ -26,6 +27,7 @@ from bridge.coordinator.lane_backlogs import LaneBacklogs, lane_of
 from bridge.coordinator.records import (
     Decision,
     Misbehaviour,
+    StateChange,
     StateWrite,
     TransferOrigin,
     TransferRecord,
@@ -139,6 +141,16 @@ class TransferStore(Protocol):
         any state but QUEUED also ends the transfer's flow wait, in the same transaction
         (no reader sees the new state with the old wait, nor QUEUED without its wait).
         Returns the stored record and the state it held before, read in that transaction."""
+        ...
+
+    async def set_states(self, changes: Sequence[StateChange]) -> list[StateWrite | Exception]:
+        """---- batch: ``set_state`` for each change, in order, in one transaction (issue
+        14): per change, what ``set_state`` would have returned had the changes been made
+        one after the other (a later change of the same transfer sees the earlier one), or
+        the error that change alone gets, with nothing of it written: the KeyError of an
+        unknown transfer, the UnreadableRecord of a row that cannot be parsed or holds a
+        state this release does not know. Any other error fails the whole call, which then
+        wrote nothing (or, an outcome the caller cannot see, perhaps all of it)."""
         ...
 
     async def resume_failed(
@@ -739,6 +751,208 @@ def _pages(items: Sequence[P], size: int = MAX_ROWS_PER_STATEMENT) -> Iterator[S
         yield items[start : start + size]
 
 
+_Written = tuple[TransferRecord, TransferState, float]
+"""What one state change wrote: the record after it, and the state and ``updated_at`` the
+row held just before it."""
+
+
+def _held_state(transfer_id: bytes, value: object) -> TransferState:
+    """The state a row holds; UnreadableRecord for one this release does not know (written
+    by a newer release, or damaged)."""
+    try:
+        return TransferState(int(value))  # type: ignore[call-overload]
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UnreadableRecord(transfer_id, exc) from exc
+
+
+def _set_state(db: Conn, change: StateChange, now: float) -> _Written:
+    """``set_state``'s statements inside the caller's transaction: the row read and locked,
+    a history entry appended and the flow wait ended (but for QUEUED) when the state
+    changes, the row updated and returned. KeyError for an unknown transfer;
+    UnreadableRecord for a row that cannot be parsed (the caller rolls back)."""
+    tid = change.transfer_id
+    row = db.execute(
+        "SELECT state, updated_at FROM transfers WHERE transfer_id = ?"  # noqa: S608
+        + db.for_update,
+        (tid,),
+    ).fetchone()
+    if row is None:
+        raise KeyError(tid.hex())
+    old = _held_state(tid, row[0])
+    if old is not change.state:
+        _append_update(db, tid, change.state, change.detail, now)
+        if change.state is not TransferState.QUEUED:
+            # ---- flow limits: a new state ends the old wait (ADR 0010)
+            db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (tid,))
+    # The update returns the stored record (after the statements above, in this
+    # transaction): no read of it after.
+    (stored,) = db.execute(
+        "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"  # noqa: S608
+        " WHERE transfer_id = ?" + _RETURNING_RECORD,
+        (int(change.state), change.reason, now, tid, *(tid,) * 4),
+    ).fetchall()
+    record = _record(tuple(stored))
+    assert record is not None
+    return record, old, float(row[1])
+
+
+def _rounds(changes: Sequence[StateChange]) -> list[list[tuple[int, StateChange]]]:
+    """``changes`` with their indexes, in rounds of distinct transfers: a transfer's n-th
+    change is in round n, so each round's statements name a row once and a later change
+    of a transfer is applied after its earlier one."""
+    seen: Counter[bytes] = Counter()
+    rounds: list[list[tuple[int, StateChange]]] = []
+    for i, change in enumerate(changes):
+        n = seen[change.transfer_id]
+        seen[change.transfer_id] += 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append((i, change))
+    return rounds
+
+
+def _set_states(
+    db: Conn, changes: Sequence[StateChange], now: float
+) -> list[_Written | KeyError | UnreadableRecord]:
+    """``set_state``'s statements for every change at once, inside the caller's
+    transaction: per change, in order, what :func:`_set_state` would have returned had the
+    changes been made one after the other, or its KeyError or UnreadableRecord (nothing of
+    that change written). Per round (:func:`_rounds`) and page of 500: the rows read and
+    locked, and their records read and parsed, before anything is written; for those whose
+    state changes, the history's last sequences read, their entries appended and their
+    flow waits ended (but for QUEUED); one UPDATE per new state. Each answer is the record
+    read, with what the change wrote. A page with a row that cannot be parsed is made one
+    change at a time instead, each in a savepoint of its own, so only that row's changes
+    fail and the order stays the call's (no savepoint otherwise: on PostgreSQL each one
+    that writes takes one of the transaction's 64 cached subtransaction ids)."""
+    out: list[_Written | KeyError | UnreadableRecord | None] = [None] * len(changes)
+    for round_ in _rounds(changes):
+        for page in _pages(round_):
+            for i, written in _set_page(db, page, now):
+                out[i] = written
+    assert all(o is not None for o in out)
+    return [o for o in out if o is not None]
+
+
+def _set_apart(db: Conn, change: StateChange, now: float) -> _Written | KeyError | UnreadableRecord:
+    """One change in a savepoint of its own: what it wrote, or its error (undone)."""
+    db.execute("SAVEPOINT kstb_state")
+    try:
+        written: _Written | KeyError | UnreadableRecord = _set_state(db, change, now)
+    except (KeyError, UnreadableRecord) as exc:
+        db.execute("ROLLBACK TO SAVEPOINT kstb_state")
+        written = exc
+    db.execute("RELEASE SAVEPOINT kstb_state")
+    return written
+
+
+def _set_page(
+    db: Conn, page: Sequence[tuple[int, StateChange]], now: float
+) -> list[tuple[int, _Written | KeyError | UnreadableRecord]]:
+    """One page of distinct transfers' changes (see :func:`_set_states`)."""
+    ids = [c.transfer_id for _, c in page]
+    marks = ",".join("?" for _ in ids)
+    locked = db.execute(
+        "SELECT transfer_id, state, updated_at FROM transfers"  # noqa: S608
+        f" WHERE transfer_id IN ({marks})" + db.for_update,
+        ids,
+    ).fetchall()
+    read, bad = _records_apart(
+        db.execute(f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id IN ({marks})", ids).fetchall()  # noqa: S608
+    )
+    held: dict[bytes, tuple[TransferState, float]] = {}
+    try:
+        for tid, state, updated_at in locked:
+            held[bytes(tid)] = (_held_state(bytes(tid), state), float(updated_at))
+    except UnreadableRecord as exc:
+        bad.append(exc)
+    if bad:  # nothing of the page written yet: each change on its own
+        return [(i, _set_apart(db, c, now)) for i, c in page]
+    before = {r.transfer_id: r for r in read}
+    present = [c for _, c in page if c.transfer_id in held]
+    _append_updates(db, [c for c in present if held[c.transfer_id][0] is not c.state], now)
+    # One UPDATE per new state (a batched step's changes share it); the reason as one
+    # parameter when they share it too, else a CASE over the ids (QUEUED reasons name
+    # each transfer's figures).
+    by_state: dict[TransferState, list[StateChange]] = {}
+    for c in present:
+        by_state.setdefault(c.state, []).append(c)
+    for state, group in by_state.items():
+        reasons = {c.reason for c in group}
+        reason_args: list[object]
+        if len(reasons) == 1:
+            reason_sql, reason_args = "?", [group[0].reason]
+        else:
+            reason_sql = "CASE transfer_id " + " ".join("WHEN ? THEN ?" for _ in group) + " END"
+            reason_args = [v for c in group for v in (c.transfer_id, c.reason)]
+        db.execute(
+            f"UPDATE transfers SET state = ?, reason = {reason_sql}, updated_at = ?"  # noqa: S608
+            f" WHERE transfer_id IN ({','.join('?' for _ in group)})",
+            [int(state), *reason_args, now, *(c.transfer_id for c in group)],
+        )
+    out: list[tuple[int, _Written | KeyError | UnreadableRecord]] = []
+    for i, c in page:
+        if c.transfer_id not in held:
+            out.append((i, KeyError(c.transfer_id.hex())))
+            continue
+        old, old_at = held[c.transfer_id]
+        out.append((i, (_after(before[c.transfer_id], old, c, now), old, old_at)))
+    return out
+
+
+def _after(
+    record: TransferRecord, old: TransferState, change: StateChange, now: float
+) -> TransferRecord:
+    """``record`` as read before ``change`` (whose row held ``old``), with what
+    :func:`_set_page` wrote: the state, the reason, ``updated_at``, and no flow wait when
+    the state changed to one but QUEUED (the row deleted). The rest of the record (its
+    request, terms, decision, transactions, parking) no state write touches."""
+    ended = old is not change.state and change.state is not TransferState.QUEUED
+    return dataclasses.replace(
+        record,
+        state=change.state,
+        reason=change.reason,
+        updated_at=now,
+        wait_reason=WaitReason.NONE if ended else record.wait_reason,
+        not_before=0.0 if ended else record.not_before,
+    )
+
+
+def _append_updates(db: Conn, changed: Sequence[StateChange], now: float) -> None:
+    """:func:`_append_update` for each of ``changed`` (distinct transfers whose state
+    changes), and their flow waits ended (but for QUEUED), in the caller's transaction,
+    which holds their rows' locks: the last sequences read in one statement, the entries
+    appended in another, the waits deleted in a third."""
+    if not changed:
+        return
+    ids = [c.transfer_id for c in changed]
+    marks = ",".join("?" for _ in ids)
+    last = {
+        bytes(r[0]): int(r[1])
+        for r in db.execute(
+            "SELECT transfer_id, MAX(sequence) FROM transfer_updates"  # noqa: S608
+            f" WHERE transfer_id IN ({marks}) GROUP BY transfer_id",
+            ids,
+        ).fetchall()
+    }
+    db.execute(
+        "INSERT INTO transfer_updates (transfer_id, sequence, state, detail, at)"  # noqa: S608
+        f" VALUES {values_rows(5, len(changed))}",
+        [
+            v
+            for c in changed
+            for v in (c.transfer_id, last.get(c.transfer_id, 0) + 1, int(c.state), c.detail, now)
+        ],
+    )
+    ended = [c.transfer_id for c in changed if c.state is not TransferState.QUEUED]
+    if ended:
+        db.execute(
+            "DELETE FROM flow_waits"  # noqa: S608
+            f" WHERE transfer_id IN ({','.join('?' for _ in ended)})",
+            ended,
+        )
+
+
 def _create_many(
     db: Conn, records: Sequence[TransferRecord], seqs: dict[bytes, int] | None = None
 ) -> list[tuple[TransferRecord | None, bool]]:
@@ -1089,43 +1303,44 @@ class SqlTransferStore:
     ) -> StateWrite:
         """See TransferStore.set_state."""
         now = time.time()
-
-        def run(db: Conn) -> tuple[TransferRecord | None, int, float]:
-            row = db.execute(
-                "SELECT state, updated_at FROM transfers WHERE transfer_id = ?"  # noqa: S608
-                + db.for_update,
-                (transfer_id,),
-            ).fetchone()
-            if row is None:
-                raise KeyError(transfer_id.hex())
-            if int(row[0]) != int(state):
-                _append_update(db, transfer_id, state, detail, now)
-                if state is not TransferState.QUEUED:
-                    # ---- flow limits: a new state ends the old wait (ADR 0010)
-                    db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (transfer_id,))
-            # The update returns the stored record (after the statements above, in this
-            # transaction): no read of it after.
-            (stored,) = db.execute(
-                "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"  # noqa: S608
-                " WHERE transfer_id = ?" + _RETURNING_RECORD,
-                (int(state), reason, now, transfer_id, *(transfer_id,) * 4),
-            ).fetchall()
-            return _record(tuple(stored)), int(row[0]), float(row[1])
-
+        change = StateChange(transfer_id, state, reason, detail)
         try:
-            record, old, old_at = await self._db.write(run)
+            record, old, old_at = await self._db.write(lambda db: _set_state(db, change, now))
         except UnreadableRecord as exc:  # rolled back: nothing recorded
             self._unreadable.report(exc)
             raise
         except BaseException:
             self._backlogs.changed_all()  # perhaps committed (see create_many)
             raise
-        assert record is not None
         # Committed: a lane's kept backlog (LaneBacklogs) still counts a transfer that left
         # its states until the next read (never less than now); one entering them makes
         # it read again.
-        self._backlogs.moved(lane_of(record.request), old, int(state))
-        return StateWrite(record, TransferState(old), old_at)
+        self._backlogs.moved(lane_of(record.request), int(old), int(state))
+        return StateWrite(record, old, old_at)
+
+    async def set_states(self, changes: Sequence[StateChange]) -> list[StateWrite | Exception]:
+        """See TransferStore.set_states: one write job with a handful of statements per
+        round of distinct transfers and page of 500 (:func:`_set_states`), instead of a
+        job, a savepoint and four statements per change."""
+        if not changes:
+            return []
+        now = time.time()
+        try:
+            written = await self._db.write(lambda db: _set_states(db, changes, now))
+        except BaseException:
+            self._backlogs.changed_all()  # perhaps committed (see create_many)
+            raise
+        out: list[StateWrite | Exception] = []
+        for change, done in zip(changes, written, strict=True):
+            if isinstance(done, Exception):
+                if isinstance(done, UnreadableRecord):
+                    self._unreadable.report(done)
+                out.append(done)
+                continue
+            record, old, old_at = done
+            self._backlogs.moved(lane_of(record.request), int(old), int(change.state))
+            out.append(StateWrite(record, old, old_at))
+        return out
 
     async def resume_failed(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
