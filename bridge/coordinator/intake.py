@@ -163,11 +163,6 @@ class Intake:
                     f"a LOCKED event from {ledger} for a transfer whose source is"
                     f" {record.request.source_ledger}"
                 )
-            if record.origin is TransferOrigin.ADOPTED:
-                # SECURITY (review helper-128): a resumed adoption is unfinished again, so
-                # it takes room under the ledger's bound as a new one does, and before the
-                # relayer is asked (Unavailable: re-delivered once some have ended).
-                await adoptions.room()
             # SECURITY: the event only says where to look; the resume needs the lock itself,
             # still held: a lock already RELEASED (refunded) or BURNED has nothing to resume.
             source = await self._confirmed_lock(ledger, event.transfer_id, event.terms_hash)
@@ -178,6 +173,14 @@ class Intake:
                        STATE: source.state.name},
                 )  # fmt: skip
                 return True
+            if record.origin is TransferOrigin.ADOPTED:
+                # SECURITY (review helper-128): a resumed adoption is unfinished again, so
+                # it takes room under the ledger's bound as a new one does (Unavailable:
+                # re-delivered once some have ended). Checked after the read, unlike a new
+                # adoption's: an event for a lock since released is dismissed, not held
+                # (review helper-130 L1); the delivery stops at the first one refused, so
+                # a relayer at the bound gets one read a delivery, as before.
+                await adoptions.room()
             await self.resume_failed(record, source.terms_hash, event.tx_id, adoptions)
         return True
 

@@ -548,7 +548,9 @@ async def test_a_failed_adoption_is_resumed_only_within_the_ledgers_adoption_bou
     its ledger's bound like a new one. Before, a relayer could adopt fakes up to the bound,
     let them fail, "show" their locks and resume them all, past the bound, while adopting
     more. At the bound the event is refused Unavailable (not recorded as seen: delivered
-    again), the sweep passes it over, and nothing moves; with room again, it resumes."""
+    again), the sweep passes it over, and nothing moves; with room again, it resumes. An
+    event for a FAILED adoption whose lock was released since is dismissed even at the
+    bound: it does not hold the ledger's delivery (review helper-130 L1)."""
     import bridge.coordinator.intake as intake
 
     monkeypatch.setattr(intake, "MAX_UNFINISHED_ADOPTED", 1)
@@ -571,12 +573,19 @@ async def test_a_failed_adoption_is_resumed_only_within_the_ledgers_adoption_bou
     relayers["a"].get_leg = counted  # type: ignore[method-assign]
     with pytest.raises(Unavailable, match="1 transfers adopted from a are unfinished"):
         await c.on_events("a", [locked_event(failed, height=6)], 6)
-    assert failed.transfer_id not in asked, "refused before the relayer is asked"
+    assert asked.count(failed.transfer_id) == 1, "one read, then refused"
     await c._recheck_failed()  # the sweep finds the lock too, and passes it over
     got = await store.get(failed.transfer_id)
     assert got is not None and got.state is TransferState.FAILED
     assert await store.unfinished_adopted("a") == 1
     assert recorded_events(tmp_path) == 1, "the refused event is delivered again"
+    released = terms()
+    await _adopted(store, released)
+    await store.set_state(released.transfer_id, TransferState.FAILED, "no lock", "failed")
+    relayers["a"].legs[(released.transfer_id, Leg.OUTBOUND)] = LegStatus(
+        LegState.RELEASED, released.terms_hash, 0, 5
+    )
+    assert await c.on_events("a", [locked_event(released, height=7)], 7) == 1
     held.set()
     assert await final(store, other.transfer_id) is TransferState.COMMITTED
     assert await c.on_events("a", [locked_event(failed, height=6)], 6) == 1
