@@ -17,6 +17,7 @@ import structlog
 COMPONENT = "component"
 LEDGER = "ledger"
 TRANSFER = "transfer_id"
+TRANSFERS = "transfer_ids"  # a list of some of them (the first few), beside COUNT
 STATE = "state"
 ACTION = "action"
 TX = "tx_id"

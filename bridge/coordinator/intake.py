@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 from bridge.coordinator.context import EngineContext
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
@@ -27,7 +28,7 @@ from bridge.domain.ids import SecurityId
 from bridge.domain.legs import LedgerEvent, Leg, LegState, LegStatus
 from bridge.domain.transfer import TransferState
 from bridge.ledgers.addresses import codec_for
-from bridge.logfields import COUNT, ERROR, LEDGER, REASON, STATE, TRANSFER, TX
+from bridge.logfields import COUNT, ERROR, LEDGER, REASON, STATE, TRANSFER, TRANSFERS, TX
 
 # Outbound leg states that prove a lock with the leg's terms hash happened (a leg leaves
 # LOCKED only for BURNED or RELEASED, keeping its terms hash).
@@ -52,6 +53,9 @@ class Intake:
         # One delivery of a ledger at a time (review helper-118 #2: the adoption bound is
         # counted per delivery; concurrent deliveries each counted the same room).
         self._delivering: dict[str, asyncio.Lock] = {}
+        # Deliveries of a ledger waiting for its lock or holding it: the sweep takes the
+        # lock only when none is (then it is taken at once; review helper-131 M1).
+        self._deliveries: Counter[str] = Counter()
 
     async def on_events(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
         """Record relayer-delivered events (deduplicated) and wake the transfers they touch;
@@ -60,8 +64,12 @@ class Intake:
         if ledger not in self._ctx.domains:
             raise NotFound(f"ledger {ledger!r} is not connected")
         lock = self._delivering.setdefault(ledger, asyncio.Lock())
-        async with lock:
-            return await self._deliver(ledger, events, scanned)
+        self._deliveries[ledger] += 1
+        try:
+            async with lock:
+                return await self._deliver(ledger, events, scanned)
+        finally:
+            self._deliveries[ledger] -= 1
 
     async def _deliver(self, ledger: str, events: list[LedgerEvent], scanned: int) -> int:
         ctx = self._ctx
@@ -234,42 +242,48 @@ class Intake:
             ]
             if not found:
                 continue
-            # The ledger's adoption bound is counted as a delivery counts it, and under its
-            # lock, so a delivery running meanwhile does not count the same room. SECURITY
-            # (review helper-130 M1): never waited for, since a delivery holds it while its
-            # relayer answers (a compromised one slowly): the sweep of every ledger would
-            # wait. A busy ledger's adopted transfers wait for a later sweep instead.
-            lock = self._delivering.setdefault(ledger, asyncio.Lock())
-            if lock.locked():
-                await self._resume_found(ledger, found, adopting=False)
-            else:
-                async with lock:  # free: taken at once
-                    await self._resume_found(ledger, found, adopting=True)
+            await self._resume_found(ledger, found)
 
     async def _resume_found(
-        self, ledger: str, found: list[tuple[TransferRecord, LegStatus]], adopting: bool
+        self, ledger: str, found: list[tuple[TransferRecord, LegStatus]]
     ) -> None:
-        """Resume each FAILED transfer of ``ledger`` whose lock the sweep found; adopted
-        ones only when ``adopting`` (the caller holds the ledger's delivery lock) and while
-        the ledger's adoptions are below their bound. Those passed over are logged, by
-        count and first ids: a later sweep (within ``transfer_ttl`` + 600 s of their
-        failure) or the lock's event resumes them."""
-        adoptions = _Adoptions(self._ctx, ledger)
-        passed: list[bytes] = []
+        """Resume each FAILED transfer of ``ledger`` whose lock the sweep found: submitted
+        ones at once; adopted ones while the ledger's adoptions are below their bound,
+        counted as a delivery counts it and under its lock, so a delivery running meanwhile
+        does not count the same room. SECURITY (review helper-130 M1, helper-131 M1): that
+        lock is never waited for, since a delivery holds it while its relayer answers (a
+        compromised one slowly) and the sweep of every ledger would wait: when a delivery
+        of the ledger waits for it or holds it, the adopted ones wait for a later sweep.
+        Those passed over are logged, by count and first ids: a later sweep (within
+        ``transfer_ttl`` + 600 s of their failure) or the lock's event resumes them."""
+        adopted = [(r, s) for r, s in found if r.origin is TransferOrigin.ADOPTED]
         for record, source in found:
-            if record.origin is TransferOrigin.ADOPTED and (not adopting or passed):
-                passed.append(record.transfer_id)
-                continue
-            try:
-                await self.resume_failed(record, source.terms_hash, "", adoptions)
-            except AdoptionsAtBound:
-                passed.append(record.transfer_id)
+            if record.origin is not TransferOrigin.ADOPTED:
+                await self.resume_failed(record, source.terms_hash, "")
+        if not adopted:
+            return
+        passed: list[bytes] = []
+        lock = self._delivering.setdefault(ledger, asyncio.Lock())
+        busy = lock.locked() or self._deliveries[ledger] > 0
+        if busy:
+            passed = [r.transfer_id for r, _ in adopted]
+        else:
+            async with lock:  # no delivery holds it or waits for it: taken at once
+                adoptions = _Adoptions(self._ctx, ledger)
+                for record, source in adopted:
+                    if passed:  # the bound is reached: the rest wait too
+                        passed.append(record.transfer_id)
+                        continue
+                    try:
+                        await self.resume_failed(record, source.terms_hash, "", adoptions)
+                    except AdoptionsAtBound:
+                        passed.append(record.transfer_id)
         if passed:
             self._ctx.log.warning(
                 "locks found for failed adopted transfers; not resumed this sweep",
                 **{LEDGER: ledger, COUNT: len(passed),
-                   "first": ["0x" + t.hex() for t in passed[:5]],
-                   REASON: "adoption bound reached" if adopting else "a delivery is running"},
+                   TRANSFERS: ["0x" + t.hex() for t in passed[:5]],
+                   REASON: "a delivery is running" if busy else "adoption bound reached"},
             )  # fmt: skip
 
     async def resume_failed(

@@ -756,11 +756,11 @@ _Written = tuple[TransferRecord, TransferState, float]
 row held just before it."""
 
 
-def _held_state(transfer_id: bytes, value: object) -> TransferState:
-    """The state a row holds; UnreadableRecord for one this release does not know (written
-    by a newer release, or damaged)."""
+def _held(transfer_id: bytes, state: object, updated_at: object) -> tuple[TransferState, float]:
+    """The state and ``updated_at`` a row holds; UnreadableRecord for a state this release
+    does not know (written by a newer release, or damaged) or a damaged time."""
     try:
-        return TransferState(int(value))  # type: ignore[call-overload]
+        return TransferState(int(state)), float(updated_at)  # type: ignore[call-overload,arg-type]
     except (ValueError, TypeError, OverflowError) as exc:
         raise UnreadableRecord(transfer_id, exc) from exc
 
@@ -778,7 +778,7 @@ def _set_state(db: Conn, change: StateChange, now: float) -> _Written:
     ).fetchone()
     if row is None:
         raise KeyError(tid.hex())
-    old = _held_state(tid, row[0])
+    old, old_at = _held(tid, row[0], row[1])
     if old is not change.state:
         _append_update(db, tid, change.state, change.detail, now)
         if change.state is not TransferState.QUEUED:
@@ -793,7 +793,7 @@ def _set_state(db: Conn, change: StateChange, now: float) -> _Written:
     ).fetchall()
     record = _record(tuple(stored))
     assert record is not None
-    return record, old, float(row[1])
+    return record, old, old_at
 
 
 def _rounds(changes: Sequence[StateChange]) -> list[list[tuple[int, StateChange]]]:
@@ -821,10 +821,13 @@ def _set_states(
     locked, and their records read and parsed, before anything is written; for those whose
     state changes, the history's last sequences read, their entries appended and their
     flow waits ended (but for QUEUED); one UPDATE per new state. Each answer is the record
-    read, with what the change wrote. A page with a row that cannot be parsed is made one
-    change at a time instead, each in a savepoint of its own, so only that row's changes
-    fail and the order stays the call's (no savepoint otherwise: on PostgreSQL each one
-    that writes takes one of the transaction's 64 cached subtransaction ids)."""
+    read, with what the change wrote. A row that cannot be parsed (or holds a state or time
+    this release cannot read) is found before anything is written: its change is answered
+    its UnreadableRecord and left out, the others are made (no savepoint: what a change
+    writes never makes a row unreadable, and on PostgreSQL every savepoint that writes
+    takes one of the transaction's 64 cached subtransaction ids). A damaged flow wait that
+    the change would have deleted still fails it, where ``set_state`` alone would succeed:
+    the row stays as it is for the operator to repair."""
     out: list[_Written | KeyError | UnreadableRecord | None] = [None] * len(changes)
     for round_ in _rounds(changes):
         for page in _pages(round_):
@@ -832,18 +835,6 @@ def _set_states(
                 out[i] = written
     assert all(o is not None for o in out)
     return [o for o in out if o is not None]
-
-
-def _set_apart(db: Conn, change: StateChange, now: float) -> _Written | KeyError | UnreadableRecord:
-    """One change in a savepoint of its own: what it wrote, or its error (undone)."""
-    db.execute("SAVEPOINT kstb_state")
-    try:
-        written: _Written | KeyError | UnreadableRecord = _set_state(db, change, now)
-    except (KeyError, UnreadableRecord) as exc:
-        db.execute("ROLLBACK TO SAVEPOINT kstb_state")
-        written = exc
-    db.execute("RELEASE SAVEPOINT kstb_state")
-    return written
 
 
 def _set_page(
@@ -860,16 +851,15 @@ def _set_page(
     read, bad = _records_apart(
         db.execute(f"SELECT {_COLS} FROM {_FROM} WHERE t.transfer_id IN ({marks})", ids).fetchall()  # noqa: S608
     )
+    unreadable = {exc.transfer_id: exc for exc in bad}
     held: dict[bytes, tuple[TransferState, float]] = {}
-    try:
-        for tid, state, updated_at in locked:
-            held[bytes(tid)] = (_held_state(bytes(tid), state), float(updated_at))
-    except UnreadableRecord as exc:
-        bad.append(exc)
-    if bad:  # nothing of the page written yet: each change on its own
-        return [(i, _set_apart(db, c, now)) for i, c in page]
+    for tid, state, updated_at in locked:
+        try:
+            held[bytes(tid)] = _held(bytes(tid), state, updated_at)
+        except UnreadableRecord as exc:
+            unreadable.setdefault(exc.transfer_id, exc)
     before = {r.transfer_id: r for r in read}
-    present = [c for _, c in page if c.transfer_id in held]
+    present = [c for _, c in page if c.transfer_id in held and c.transfer_id not in unreadable]
     _append_updates(db, [c for c in present if held[c.transfer_id][0] is not c.state], now)
     # One UPDATE per new state (a batched step's changes share it); the reason as one
     # parameter when they share it too, else a CASE over the ids (QUEUED reasons name
@@ -892,6 +882,9 @@ def _set_page(
         )
     out: list[tuple[int, _Written | KeyError | UnreadableRecord]] = []
     for i, c in page:
+        if (damaged := unreadable.get(c.transfer_id)) is not None:
+            out.append((i, damaged))
+            continue
         if c.transfer_id not in held:
             out.append((i, KeyError(c.transfer_id.hex())))
             continue

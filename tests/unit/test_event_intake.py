@@ -660,3 +660,28 @@ async def test_a_slow_delivery_never_holds_the_sweep(coordinator) -> None:
     await c._recheck_failed()  # the ledger is free again: the adoption is resumed
     again = await store.get(adopted.transfer_id)
     assert again is not None and again.state is not TransferState.FAILED
+
+
+async def test_a_delivery_waiting_for_the_lock_also_defers_adoptions(coordinator) -> None:
+    """Review helper-131 M1: between one delivery releasing the ledger's lock and the next
+    one, queued behind it, taking it, the lock reads free; a sweep taking it then would
+    queue behind that next delivery (and its relayer's reads). A delivery waiting for the
+    lock counts as running: the sweep defers the ledger's adopted transfers."""
+    c, relayers, store = coordinator
+    adopted = terms()
+    await _adopted(store, adopted)
+    await store.set_state(adopted.transfer_id, TransferState.FAILED, "no lock", "failed")
+    show_lock(relayers["a"], adopted)
+    c._intake._deliveries["a"] += 1  # one waits for the (free) lock
+    try:
+        with capture_logs() as logs:
+            await asyncio.wait_for(c._recheck_failed(), 5)
+    finally:
+        c._intake._deliveries["a"] -= 1
+    waiting = await store.get(adopted.transfer_id)
+    assert waiting is not None and waiting.state is TransferState.FAILED
+    said = [e for e in logs if e["event"].startswith("locks found for failed adopted")]
+    assert len(said) == 1 and said[0]["transfer_ids"] == ["0x" + adopted.transfer_id.hex()]
+    await c._recheck_failed()
+    again = await store.get(adopted.transfer_id)
+    assert again is not None and again.state is not TransferState.FAILED

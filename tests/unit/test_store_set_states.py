@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.coordinator.db import DatabaseUnavailable
+from bridge.coordinator.db import DatabaseUnavailable, Dialect
 from bridge.coordinator.records import StateChange, StateWrite, TransferRecord
 from bridge.coordinator.state_writes import StateWrites
 from bridge.coordinator.store import SqlTransferStore, UnreadableRecord
@@ -300,3 +300,29 @@ async def test_a_row_holding_a_state_this_release_does_not_know_fails_its_change
         ).fetchone()[0]
 
     assert await store._db.read(state_of) == 99
+
+
+async def test_a_damaged_time_fails_its_own_change_only(store: SqlTransferStore) -> None:
+    """Review helper-131 M2: a row whose ``updated_at`` is not a number (SQLite keeps text
+    in a REAL column) failed the whole coalesced write with a ValueError, every change of
+    it; it is that change's UnreadableRecord now, here and in ``set_state``."""
+    damaged, sound = await _created(store, 81, 2)
+
+    def damage(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (damaged.transfer_id,)
+        )
+
+    if store._db.dialect is Dialect.POSTGRES:
+        pytest.skip("PostgreSQL types the column: a time is always a number there")
+    await store._db.write(damage)
+    answers = await store.set_states(
+        [
+            StateChange(damaged.transfer_id, S.FAILED, "f", "f"),
+            StateChange(sound.transfer_id, S.FAILED, "f", "f"),
+        ]
+    )
+    assert isinstance(answers[0], UnreadableRecord) and isinstance(answers[1], StateWrite)
+    with pytest.raises(UnreadableRecord):
+        await store.set_state(damaged.transfer_id, S.FAILED, "f", "f")
+    assert [h.state for h in await store.history(damaged.transfer_id, 0)] == [S.SUBMITTED]
