@@ -1512,18 +1512,29 @@ class SqlTransferStore:
     async def record_events(
         self, ledger: str, events: Sequence[LedgerEvent], scanned: int
     ) -> list[LedgerEvent]:
-        """See TransferStore.record_events."""
+        """See TransferStore.record_events: one multi-row insert per 500 events (issue 14;
+        it was one statement per event), whose RETURNING names the positions it inserted.
+        Of two events of the call at one position, the first is the one recorded."""
+        first: dict[tuple[int, int], LedgerEvent] = {}
+        for e in events:
+            first.setdefault((e.position.height, e.position.index), e)
+        unique = list(first.values())
 
         def run(db: Conn) -> list[LedgerEvent]:
-            fresh: list[LedgerEvent] = []
-            for e in events:
-                cur = db.execute(
-                    "INSERT INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (ledger, e.position.height, e.position.index, e.transfer_id, int(e.leg),
-                     int(e.state), e.tx_id),
-                )  # fmt: skip
-                if cur.rowcount == 1:
-                    fresh.append(e)
+            inserted: set[tuple[int, int]] = set()
+            for page in _pages(unique):
+                rows = db.execute(
+                    f"INSERT INTO ledger_events VALUES {values_rows(7, len(page))}"  # noqa: S608
+                    " ON CONFLICT DO NOTHING RETURNING height, idx",
+                    [v for e in page for v in (ledger, e.position.height, e.position.index,
+                                               e.transfer_id, int(e.leg), int(e.state), e.tx_id)],
+                ).fetchall()  # fmt: skip
+                inserted.update((int(h), int(i)) for h, i in rows)
+            fresh = [
+                e
+                for e in events
+                if (pos := (e.position.height, e.position.index)) in inserted and first[pos] is e
+            ]
             db.execute(
                 "INSERT INTO ledger_progress VALUES (?, ?) ON CONFLICT(ledger) DO UPDATE SET"  # noqa: S608
                 f" scanned = {db.greatest('ledger_progress.scanned', 'excluded.scanned')}",

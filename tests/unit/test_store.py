@@ -523,6 +523,31 @@ async def test_record_events_dedupes_by_position(store: SqlTransferStore) -> Non
     assert await store.record_events("brokerage-b", [e1], scanned=10) == [e1]
 
 
+async def test_record_events_in_pages_keeps_the_first_of_a_position(
+    store: SqlTransferStore,
+) -> None:
+    """More events than one statement's page (500), one position twice in the call with
+    other content, some recorded before: the fresh ones, in the call's order, each once,
+    and the first of a repeated position is the one recorded."""
+    tid = w(0x03)
+    before = [event(tid, 1, i) for i in range(0, 600, 3)]  # every third position
+    assert await store.record_events("brokerage-a", before, scanned=1) == before
+    batch = [event(tid, 1, i) for i in range(600)]
+    twice = event(w(0x04), 1, 599, LegState.RELEASED)  # position (1, 599), other content
+    fresh = await store.record_events("brokerage-a", [*batch, twice], scanned=2)
+    assert fresh == [e for i, e in enumerate(batch) if i % 3]
+
+    def stored(db):  # type: ignore[no-untyped-def]
+        return db.execute(
+            "SELECT COUNT(*), MAX(CASE WHEN idx = 599 THEN state END) FROM ledger_events"
+            " WHERE ledger = 'brokerage-a' AND height = 1"
+        ).fetchone()
+
+    count, state_599 = await store._db.read(stored)
+    assert (count, state_599) == (600, int(batch[599].state))
+    assert await store.record_events("brokerage-a", [twice], scanned=2) == []
+
+
 async def test_scanned_height_never_decreases(store: SqlTransferStore) -> None:
     assert await store.scanned_height("brokerage-a") is None
     await store.record_events("brokerage-a", [], scanned=20)
