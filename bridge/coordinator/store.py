@@ -1514,7 +1514,8 @@ class SqlTransferStore:
     ) -> list[LedgerEvent]:
         """See TransferStore.record_events: one multi-row insert per 500 events (issue 14;
         it was one statement per event), whose RETURNING names the positions it inserted.
-        Of two events of the call at one position, the first is the one recorded."""
+        Of two events of the call at one position, the first is the one recorded and
+        answered (once, in the call's order)."""
         first: dict[tuple[int, int], LedgerEvent] = {}
         for e in events:
             first.setdefault((e.position.height, e.position.index), e)
@@ -1530,11 +1531,7 @@ class SqlTransferStore:
                                                e.transfer_id, int(e.leg), int(e.state), e.tx_id)],
                 ).fetchall()  # fmt: skip
                 inserted.update((int(h), int(i)) for h, i in rows)
-            fresh = [
-                e
-                for e in events
-                if (pos := (e.position.height, e.position.index)) in inserted and first[pos] is e
-            ]
+            fresh = [e for pos, e in first.items() if pos in inserted]
             db.execute(
                 "INSERT INTO ledger_progress VALUES (?, ?) ON CONFLICT(ledger) DO UPDATE SET"  # noqa: S608
                 f" scanned = {db.greatest('ledger_progress.scanned', 'excluded.scanned')}",

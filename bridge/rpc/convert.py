@@ -160,6 +160,11 @@ def event_to_pb(e: LedgerEvent) -> events_pb2.LedgerEvent:
     return m
 
 
+MAX_HEIGHT = 2**63 - 1
+"""The highest block height a message may carry: the stores keep heights in signed 64-bit
+columns (a larger one failed the whole delivery with an untyped overflow)."""
+
+
 def event_from_pb(ledger: str, m: events_pb2.LedgerEvent) -> LedgerEvent:
     """A validated ledger event from its message."""
     from bridge.domain.legs import EventPosition
@@ -170,6 +175,9 @@ def event_from_pb(ledger: str, m: events_pb2.LedgerEvent) -> LedgerEvent:
         state = LegState(m.state)
     except ValueError:
         raise InvalidInput(f"unknown leg state {m.state}") from None
+    if m.height > MAX_HEIGHT:
+        # A uint64 past a signed 64-bit column: no ledger's height, and no store keeps it.
+        raise InvalidInput(f"event height {m.height} is past {MAX_HEIGHT}")
     return LedgerEvent(
         ledger=ledger,
         position=EventPosition(m.height, m.index),

@@ -210,3 +210,44 @@ def test_event_with_malformed_terms_is_rejected() -> None:
     m.terms.amount = b"\x01" * 33
     with pytest.raises(InvalidInput, match=r"terms\.amount exceeds 32 bytes"):
         event_from_pb("brokerage-a", m)
+
+
+def test_an_event_height_past_a_signed_64_bit_column_is_refused() -> None:
+    """A uint64 height no store can keep (a relayer's, honest or not) is the delivery's
+    INVALID_ARGUMENT, not an untyped overflow while it is recorded."""
+    from bridge.rpc.convert import MAX_HEIGHT
+
+    m = event_to_pb(make_event(None))
+    m.height = MAX_HEIGHT
+    assert event_from_pb("brokerage-a", m).position.height == MAX_HEIGHT
+    m.height = MAX_HEIGHT + 1
+    with pytest.raises(InvalidInput, match=f"event height {MAX_HEIGHT + 1} is past"):
+        event_from_pb("brokerage-a", m)
+
+
+async def test_a_scanned_height_past_a_signed_64_bit_column_is_refused() -> None:
+    import grpc
+
+    from bridge.coordinator.service import EventSinkServicer
+    from bridge.rpc.convert import MAX_HEIGHT
+    from bridge.v1 import events_pb2
+    from tests.unit.test_rpc_errors import FakeContext
+
+    class Coordinator:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        async def on_events(self, ledger: str, events: object, scanned: int) -> int:
+            self.calls.append(scanned)
+            return 0
+
+    coordinator = Coordinator()
+    servicer = EventSinkServicer(coordinator)  # type: ignore[arg-type]
+    ctx = FakeContext()
+    ok = events_pb2.DeliverEventsRequest(ledger_id="brokerage-a", scanned_height=MAX_HEIGHT)
+    await servicer.DeliverEvents(ok, ctx)  # type: ignore[arg-type]
+    assert ctx.aborted is None and coordinator.calls == [MAX_HEIGHT]
+    past = events_pb2.DeliverEventsRequest(ledger_id="brokerage-a", scanned_height=MAX_HEIGHT + 1)
+    await servicer.DeliverEvents(past, ctx)  # type: ignore[arg-type]
+    assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert coordinator.calls == [MAX_HEIGHT], "nothing recorded"

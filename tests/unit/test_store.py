@@ -534,7 +534,10 @@ async def test_record_events_in_pages_keeps_the_first_of_a_position(
     assert await store.record_events("brokerage-a", before, scanned=1) == before
     batch = [event(tid, 1, i) for i in range(600)]
     twice = event(w(0x04), 1, 599, LegState.RELEASED)  # position (1, 599), other content
-    fresh = await store.record_events("brokerage-a", [*batch, twice], scanned=2)
+    early = event(w(0x05), 1, 1, LegState.RELEASED)  # repeats a position of the first page
+    fresh = await store.record_events(
+        "brokerage-a", [*batch, twice, early, batch[4]], scanned=2
+    )  # batch[4] itself twice: answered once (review helper-132)
     assert fresh == [e for i, e in enumerate(batch) if i % 3]
 
     def stored(db):  # type: ignore[no-untyped-def]
