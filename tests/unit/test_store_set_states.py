@@ -272,6 +272,22 @@ async def test_a_call_of_more_changes_than_a_page_writes_each_in_order(
     assert [h.sequence for h in await store.history(records[0].transfer_id, 0)] == [1, 2, 3]
 
 
+async def _refused_alone(
+    store: SqlTransferStore, damaged: TransferRecord, sound: TransferRecord
+) -> None:
+    """``damaged``'s change is refused UnreadableRecord and ``sound``'s made, in one
+    ``set_states``; ``set_state`` alone refuses ``damaged`` the same way."""
+    answers = await store.set_states(
+        [
+            StateChange(damaged.transfer_id, S.FAILED, "f", "f"),
+            StateChange(sound.transfer_id, S.FAILED, "f", "f"),
+        ]
+    )
+    assert isinstance(answers[0], UnreadableRecord) and isinstance(answers[1], StateWrite)
+    with pytest.raises(UnreadableRecord):
+        await store.set_state(damaged.transfer_id, S.FAILED, "f", "f")
+
+
 async def test_a_row_holding_a_state_this_release_does_not_know_fails_its_change_only(
     store: SqlTransferStore,
 ) -> None:
@@ -284,15 +300,7 @@ async def test_a_row_holding_a_state_this_release_does_not_know_fails_its_change
         db.execute("UPDATE transfers SET state = 99 WHERE transfer_id = ?", (newer.transfer_id,))
 
     await store._db.write(newer_state)
-    answers = await store.set_states(
-        [
-            StateChange(newer.transfer_id, S.FAILED, "f", "f"),
-            StateChange(sound.transfer_id, S.FAILED, "f", "f"),
-        ]
-    )
-    assert isinstance(answers[0], UnreadableRecord) and isinstance(answers[1], StateWrite)
-    with pytest.raises(UnreadableRecord):
-        await store.set_state(newer.transfer_id, S.FAILED, "f", "f")
+    await _refused_alone(store, newer, sound)
 
     def state_of(db):  # type: ignore[no-untyped-def]
         return db.execute(
@@ -316,13 +324,5 @@ async def test_a_damaged_time_fails_its_own_change_only(store: SqlTransferStore)
     if store._db.dialect is Dialect.POSTGRES:
         pytest.skip("PostgreSQL types the column: a time is always a number there")
     await store._db.write(damage)
-    answers = await store.set_states(
-        [
-            StateChange(damaged.transfer_id, S.FAILED, "f", "f"),
-            StateChange(sound.transfer_id, S.FAILED, "f", "f"),
-        ]
-    )
-    assert isinstance(answers[0], UnreadableRecord) and isinstance(answers[1], StateWrite)
-    with pytest.raises(UnreadableRecord):
-        await store.set_state(damaged.transfer_id, S.FAILED, "f", "f")
+    await _refused_alone(store, damaged, sound)
     assert [h.state for h in await store.history(damaged.transfer_id, 0)] == [S.SUBMITTED]
