@@ -181,14 +181,11 @@ class Intake:
                        STATE: source.state.name},
                 )  # fmt: skip
                 return True
-            if record.origin is TransferOrigin.ADOPTED:
-                # SECURITY (review helper-128): a resumed adoption is unfinished again, so
-                # it takes room under the ledger's bound as a new one does (Unavailable:
-                # re-delivered once some have ended). Checked after the read, unlike a new
-                # adoption's: an event for a lock since released is dismissed, not held
-                # (review helper-130 L1); the delivery stops at the first one refused, so
-                # a relayer at the bound gets one read a delivery, as before.
-                await adoptions.room()
+            # SECURITY (review helper-128): a resumed adoption takes room under the ledger's
+            # bound (``resume_failed``; Unavailable: re-delivered once some have ended).
+            # Checked after the read, unlike a new adoption's: an event for a lock since
+            # released is dismissed, not held (review helper-130 L1); the delivery stops at
+            # the first one refused, so a relayer at the bound gets one read a delivery.
             await self.resume_failed(record, source.terms_hash, event.tx_id, adoptions)
         return True
 

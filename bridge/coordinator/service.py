@@ -47,7 +47,7 @@ from bridge.domain.transfer import TransferState
 from bridge.rpc.audit import AuditLog, AuditRecord
 from bridge.rpc.audit import now as audit_now
 from bridge.rpc.authz import current_principal
-from bridge.rpc.convert import MAX_HEIGHT, event_from_pb, instruction_from_pb
+from bridge.rpc.convert import event_from_pb, height_from_pb, instruction_from_pb
 from bridge.rpc.errors import Context, grpc_errors, grpc_stream_errors, status_details, status_for
 from bridge.rpc.roles import BROKERAGE, Principal
 from bridge.v1 import events_pb2, events_pb2_grpc, transfer_pb2, transfer_pb2_grpc
@@ -686,7 +686,6 @@ class EventSinkServicer(events_pb2_grpc.LedgerEventSinkServicer):
     ) -> events_pb2.DeliverEventsResponse:
         """Record and act on a batch of finalized events (duplicates are ignored)."""
         events = [event_from_pb(request.ledger_id, e) for e in request.events]
-        if request.scanned_height > MAX_HEIGHT:
-            raise InvalidInput(f"scanned height {request.scanned_height} is past {MAX_HEIGHT}")
-        fresh = await self._coordinator.on_events(request.ledger_id, events, request.scanned_height)
+        scanned = height_from_pb(request.scanned_height, "scanned height")
+        fresh = await self._coordinator.on_events(request.ledger_id, events, scanned)
         return events_pb2.DeliverEventsResponse(accepted=fresh)

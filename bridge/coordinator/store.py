@@ -780,10 +780,7 @@ def _set_state(db: Conn, change: StateChange, now: float) -> _Written:
         raise KeyError(tid.hex())
     old, old_at = _held(tid, row[0], row[1])
     if old is not change.state:
-        _append_update(db, tid, change.state, change.detail, now)
-        if change.state is not TransferState.QUEUED:
-            # ---- flow limits: a new state ends the old wait (ADR 0010)
-            db.execute("DELETE FROM flow_waits WHERE transfer_id = ?", (tid,))
+        _append_updates(db, [change], now)
     # The update returns the stored record (after the statements above, in this
     # transaction): no read of it after.
     (stored,) = db.execute(
@@ -913,30 +910,41 @@ def _after(
 
 def _append_updates(db: Conn, changed: Sequence[StateChange], now: float) -> None:
     """:func:`_append_update` for each of ``changed`` (distinct transfers whose state
-    changes), and their flow waits ended (but for QUEUED), in the caller's transaction,
-    which holds their rows' locks: the last sequences read in one statement, the entries
-    appended in another, the waits deleted in a third."""
+    changes), and their flow waits ended (but for QUEUED: flow limits, ADR 0010), in the
+    caller's transaction, which holds their rows' locks. One change: its entry in one
+    statement (the sequence computed by the server). More: the last sequences read in one
+    statement, the entries appended in another. The waits are deleted in one more."""
     if not changed:
         return
-    ids = [c.transfer_id for c in changed]
-    marks = ",".join("?" for _ in ids)
-    last = {
-        bytes(r[0]): int(r[1])
-        for r in db.execute(
-            "SELECT transfer_id, MAX(sequence) FROM transfer_updates"  # noqa: S608
-            f" WHERE transfer_id IN ({marks}) GROUP BY transfer_id",
-            ids,
-        ).fetchall()
-    }
-    db.execute(
-        "INSERT INTO transfer_updates (transfer_id, sequence, state, detail, at)"  # noqa: S608
-        f" VALUES {values_rows(5, len(changed))}",
-        [
-            v
-            for c in changed
-            for v in (c.transfer_id, last.get(c.transfer_id, 0) + 1, int(c.state), c.detail, now)
-        ],
-    )
+    if len(changed) == 1:
+        (c,) = changed
+        _append_update(db, c.transfer_id, c.state, c.detail, now)
+    else:
+        ids = [c.transfer_id for c in changed]
+        marks = ",".join("?" for _ in ids)
+        last = {
+            bytes(r[0]): int(r[1])
+            for r in db.execute(
+                "SELECT transfer_id, MAX(sequence) FROM transfer_updates"  # noqa: S608
+                f" WHERE transfer_id IN ({marks}) GROUP BY transfer_id",
+                ids,
+            ).fetchall()
+        }
+        db.execute(
+            "INSERT INTO transfer_updates (transfer_id, sequence, state, detail, at)"  # noqa: S608
+            f" VALUES {values_rows(5, len(changed))}",
+            [
+                v
+                for c in changed
+                for v in (
+                    c.transfer_id,
+                    last.get(c.transfer_id, 0) + 1,
+                    int(c.state),
+                    c.detail,
+                    now,
+                )
+            ],
+        )
     ended = [c.transfer_id for c in changed if c.state is not TransferState.QUEUED]
     if ended:
         db.execute(

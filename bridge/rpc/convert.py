@@ -165,6 +165,14 @@ MAX_HEIGHT = 2**63 - 1
 columns (a larger one failed the whole delivery with an untyped overflow)."""
 
 
+def height_from_pb(height: int, what: str) -> int:
+    """``height`` (a uint64 field), or InvalidInput naming ``what`` when it is past
+    :data:`MAX_HEIGHT`: no ledger's height, and no store keeps it."""
+    if height > MAX_HEIGHT:
+        raise InvalidInput(f"{what} {height} is past {MAX_HEIGHT}")
+    return height
+
+
 def event_from_pb(ledger: str, m: events_pb2.LedgerEvent) -> LedgerEvent:
     """A validated ledger event from its message."""
     from bridge.domain.legs import EventPosition
@@ -175,12 +183,9 @@ def event_from_pb(ledger: str, m: events_pb2.LedgerEvent) -> LedgerEvent:
         state = LegState(m.state)
     except ValueError:
         raise InvalidInput(f"unknown leg state {m.state}") from None
-    if m.height > MAX_HEIGHT:
-        # A uint64 past a signed 64-bit column: no ledger's height, and no store keeps it.
-        raise InvalidInput(f"event height {m.height} is past {MAX_HEIGHT}")
     return LedgerEvent(
         ledger=ledger,
-        position=EventPosition(m.height, m.index),
+        position=EventPosition(height_from_pb(m.height, "event height"), m.index),
         block_hash=m.block_hash,
         tx_id=m.tx_id,
         transfer_id=m.transfer_id,
