@@ -20,7 +20,8 @@ driver sweep and the metrics refresh read before), ``unfinished_sources()`` (the
 ``--batches N`` then records N batches of ``--batch-items`` new transfers with
 ``create_many`` (what a ``SubmitTransfers`` call's admission writes, one transaction per
 batch), one batch after the other, and reports records/s and the process CPU (all threads)
-per record.
+per record; then each batch's COMMIT decisions with one ``record_decisions`` (what a
+certified batch's step records), decisions/s and CPU per decision.
 
 ``--queued N`` then records N QUEUED transfers on one flow-limited lane and times a round of
 their gates' backlog questions (``lane_backlog`` for the source's and the target's states,
@@ -166,17 +167,40 @@ async def time_unfinished(store: SqlTransferStore, count: int) -> dict[str, floa
 
 async def time_create_many(store: SqlTransferStore, batches: int, items: int) -> dict[str, float]:
     """Record ``batches`` batches of ``items`` new transfers, one ``create_many`` each, one
-    after the other: records per second and process CPU microseconds per record."""
+    after the other: records per second and process CPU microseconds per record. Then each
+    batch's COMMIT decisions, one ``record_decisions`` a batch (what a certified batch's
+    step records), each item naming the batch's certificate on two ledgers with its own
+    proof: decisions per second and process CPU microseconds per decision."""
+    from bridge.core.batch import BatchCertificate
+    from bridge.domain.batch_certified import BatchCertified
+
     t0, c0 = time.perf_counter(), time.process_time()
+    pages: list[list[TransferRecord]] = []
     for b in range(batches):
         page = [transfer(20_000_000 + b * items + n) for n in range(items)]
         outcomes = await store.create_many(page)
         assert all(o == (r, True) for o, r in zip(outcomes, page, strict=True))
+        pages.append(page)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b, page in enumerate(pages):
+        cert = BatchCertificate(3, int(ClaimKind.COMMIT), b.to_bytes(32, "big"), items,
+                                (b"\x01" * 65, b"\x02" * 65, b"\x03" * 65))  # fmt: skip
+        decided = [
+            (r.transfer_id, Decision(ClaimKind.COMMIT, {
+                ledger: BatchCertified(cert, (r.transfer_id, bytes(32), bytes(32)))
+                for ledger in ("brokerage-a", "brokerage-b")}))
+            for r in page
+        ]  # fmt: skip
+        stored = await store.record_decisions(decided)
+        assert stored == [d for _, d in decided]
+    d_wall, d_cpu = time.perf_counter() - t0, time.process_time() - c0
     n = batches * items
     return {
         "create_many_records_per_s": n / wall if wall else 0.0,
         "create_many_cpu_us_per_record": cpu / n * 1e6 if n else 0.0,
+        "record_decisions_per_s": n / d_wall if d_wall else 0.0,
+        "record_decisions_cpu_us": d_cpu / n * 1e6 if n else 0.0,
     }
 
 
@@ -324,7 +348,8 @@ def main() -> None:
         "--batches",
         type=int,
         default=0,
-        help="then record N batches of --batch-items new transfers with create_many",
+        help="then record N batches of --batch-items new transfers with create_many, and"
+        " their decisions with record_decisions",
     )
     p.add_argument("--batch-items", type=int, default=50)
     p.add_argument(
@@ -386,7 +411,9 @@ def main() -> None:
                   f" unfinished_summary() {f['unfinished_summary_cpu_ms']:.1f}")  # fmt: skip
         if a.batches:
             print(f"{'':9s} create_many of {a.batch_items}: {f['create_many_records_per_s']:8.0f}"
-                  f" records/s ({f['create_many_cpu_us_per_record']:.0f} CPU-us each)")  # fmt: skip
+                  f" records/s ({f['create_many_cpu_us_per_record']:.0f} CPU-us each),"
+                  f" then record_decisions: {f['record_decisions_per_s']:8.0f} decisions/s"
+                  f" ({f['record_decisions_cpu_us']:.0f} CPU-us each)")  # fmt: skip
         if a.state_writes:
             print(f"{'':9s} state writes, {a.concurrency} at once:"
                   f" set_state each {f['state_writes_alone_per_s']:8.0f}/s"

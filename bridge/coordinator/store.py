@@ -1444,33 +1444,50 @@ class SqlTransferStore:
         return stored
 
     async def record_decisions(self, decisions: Sequence[tuple[bytes, Decision]]) -> list[Decision]:
-        """See TransferStore.record_decisions."""
+        """See TransferStore.record_decisions: the batch certificates, then the items, each
+        in one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 500 (issue 14;
+        it was one statement per item). An item whose transfer has a decision already (an
+        earlier call's, or an earlier item's of this call) is answered the stored one."""
         shared: SharedCertificates = {}
-        rows = [(tid, d, _decision_certificates_json(d, shared)) for tid, d in decisions]
+        first: dict[bytes, tuple[Decision, str]] = {}
+        for tid, d in decisions:
+            certs = _decision_certificates_json(d, shared)  # every item checked, repeats too
+            first.setdefault(tid, (d, certs))
+        unique = list(first.items())
 
         def run(db: Conn) -> list[Decision]:
             now = time.time()
-            out: list[Decision] = []
             # Each batch certificate once (one row per batch and ledger), before the items'
             # rows that name it, in the same transaction.
-            for cid, text in shared.values():
+            for page in _pages(list(shared.values())):
                 db.execute(
-                    "INSERT INTO batch_certificates VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    (cid, text),
+                    f"INSERT INTO batch_certificates VALUES {values_rows(2, len(page))}"  # noqa: S608
+                    " ON CONFLICT DO NOTHING",
+                    [v for row in page for v in row],
                 )
-            for tid, decision, certs in rows:
-                inserted = db.execute(
-                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (tid, int(decision.kind), certs, decision.cause, now),
-                ).rowcount
-                # One inserted row is exactly ``decision``: only an item that found one
-                # already there (an earlier decision, never replaced) reads it back.
-                stored = decision if inserted == 1 else _decision(db, tid)
-                assert stored is not None
-                out.append(stored)
+            inserted: set[bytes] = set()
+            for items in _pages(unique):
+                rows = db.execute(
+                    f"INSERT INTO decisions VALUES {values_rows(5, len(items))}"  # noqa: S608
+                    " ON CONFLICT DO NOTHING RETURNING transfer_id",
+                    [v for tid, (d, certs) in items
+                     for v in (tid, int(d.kind), certs, d.cause, now)],
+                ).fetchall()  # fmt: skip
+                inserted.update(bytes(r[0]) for r in rows)
+            # An inserted row is exactly its item's decision: only a transfer that had one
+            # already (never replaced) is read back.
+            stored = {
+                tid: d if tid in inserted else _decision(db, tid)
+                for tid, (d, _) in unique
+            }  # fmt: skip
+            out: list[Decision] = []
+            for tid, _ in decisions:
+                found = stored[tid]
+                assert found is not None
+                out.append(found)
             return out
 
-        return await self._db.write(run) if rows else []
+        return await self._db.write(run) if unique else []
 
     async def decision(self, transfer_id: bytes) -> Decision | None:
         """See TransferStore.decision."""

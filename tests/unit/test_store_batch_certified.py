@@ -127,7 +127,7 @@ def commit_decision(n: int) -> Decision:
     """A COMMIT decision backed, on each ledger, by a batch certificate and item ``n``'s
     proof (distinct per item)."""
     cert = batch_cert(ClaimKind.COMMIT)
-    mine = BatchCertified(cert.certificate, (bytes([n]) * 32,))
+    mine = BatchCertified(cert.certificate, (bytes([n % 256]) * 32,))
     return Decision(ClaimKind.COMMIT, {"brokerage-a": mine, "brokerage-b": mine}, f"c{n}")
 
 
@@ -175,6 +175,32 @@ async def test_a_batch_never_replaces_a_recorded_decision(store: SqlTransferStor
     assert await store.decision(tids[1]) == commit_decision(1)
     again = await store.record_decisions([(tids[2], commit_decision(7))])
     assert again == [commit_decision(2)]
+
+
+@pytest.mark.security
+async def test_a_batch_across_pages_answers_each_item_its_stored_decision(
+    store: SqlTransferStore,
+) -> None:
+    """601 items (two pages of the multi-row insert): a transfer decided before the call
+    (on the second page) and one repeated across the page boundary are answered the first
+    decision, never their own; every other item is recorded and answered its own."""
+    records = [make_record(1000 + n) for n in range(600)]
+    for rec in records:
+        await store.create(rec)
+    tids = [r.transfer_id for r in records]
+    earlier = Decision(ClaimKind.ABORT, {"brokerage-a": SignatureSet(3, (b"\x05" * 65,))}, "x")
+    await store.record_decision(tids[550], earlier)
+    items = [(tid, commit_decision(n)) for n, tid in enumerate(tids)]
+    items.insert(501, (tids[498], commit_decision(9999)))  # a repeat, on the second page
+    stored = await store.record_decisions(items)
+    expected = [d for _, d in items]
+    expected[501] = commit_decision(498)
+    expected[551] = earlier
+    assert stored == expected
+    assert await store.decision(tids[498]) == commit_decision(498)
+    assert await store.decision(tids[550]) == earlier
+    assert await store.decision(tids[599]) == commit_decision(599)
+    assert _rows(store, "SELECT COUNT(*) FROM decisions") == [(600,)]
 
 
 @pytest.mark.security
