@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 from bridge.coordinator.context import EngineContext
+from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
 from bridge.coordinator.store import ManyRecords, UnreadableRecord
@@ -309,13 +310,9 @@ class Intake:
             adoptions = adoptions or _Adoptions(ctx, record.request.source_ledger)
             await adoptions.room()
         # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
-        moved = await ctx.store.resume_failed(
-            tid,
-            TransferState.SOURCE_LOCKED,
-            "lock found on-chain after failure; resuming",
-            "resumed",
-        )
-        if not moved:
+        reason = "lock found on-chain after failure; resuming"
+        write = await ctx.store.resume_failed(tid, TransferState.SOURCE_LOCKED, reason, "resumed")
+        if write is None:
             ctx.log.warning(
                 "failed transfer changed state meanwhile; not resumed",
                 **{TRANSFER: "0x" + tid.hex()},
@@ -325,6 +322,12 @@ class Intake:
             adoptions.take()
         ctx.log.error(
             "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
+        )
+        # Logged and counted as every state change is (EngineContext.set_state).
+        observe_transition(write)  # ---- observability (ADR 0016)
+        ctx.log.info(
+            "transfer state",
+            **{TRANSFER: "0x" + tid.hex(), STATE: write.record.state.name, REASON: reason},
         )
         if record.origin is TransferOrigin.SUBMITTED:
             # Unfinished again: its next terminal state is counted as an end (review

@@ -155,9 +155,10 @@ class TransferStore(Protocol):
 
     async def resume_failed(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
-    ) -> bool:
+    ) -> StateWrite | None:
         """Move the transfer from FAILED to ``state`` if, at that instant, it is FAILED
-        (compare-and-set); True when it moved. Appends a history entry when it does."""
+        (compare-and-set), appending a history entry: what the write recorded (previous
+        FAILED, since its ``updated_at``) when it moved, None when it did not."""
         ...
 
     async def set_reason(self, transfer_id: bytes, reason: str) -> None:
@@ -1345,31 +1346,46 @@ class SqlTransferStore:
 
     async def resume_failed(
         self, transfer_id: bytes, state: TransferState, reason: str, detail: str
-    ) -> bool:
+    ) -> StateWrite | None:
         """See TransferStore.resume_failed."""
         now = time.time()
+        failed = TransferState.FAILED
 
-        def run(db: Conn) -> bool:
+        def run(db: Conn) -> _Written | None:
             # SECURITY: compare-and-set: a transfer that left FAILED meanwhile (another
-            # resume, or an operator) is never moved by a stale decision.
-            cur = db.execute(
-                "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"
-                " WHERE transfer_id = ? AND state = ?",
-                (int(state), reason, now, transfer_id, int(TransferState.FAILED)),
-            )
-            if cur.rowcount != 1:
-                return False
+            # resume, or an operator) is never moved by a stale decision. The row is
+            # locked while FAILED (PostgreSQL re-checks the condition on the locked row).
+            row = db.execute(
+                "SELECT updated_at FROM transfers WHERE transfer_id = ? AND state = ?"  # noqa: S608
+                + db.for_update,
+                (transfer_id, int(failed)),
+            ).fetchone()
+            if row is None:
+                return None
+            _, failed_at = _held(transfer_id, int(failed), row[0])
             _append_update(db, transfer_id, state, detail, now)
-            return True
+            (stored,) = db.execute(
+                "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"  # noqa: S608
+                " WHERE transfer_id = ?" + _RETURNING_RECORD,
+                (int(state), reason, now, transfer_id, *(transfer_id,) * 4),
+            ).fetchall()
+            record = _record(tuple(stored))
+            assert record is not None
+            return record, failed, failed_at
 
         try:
             moved = await self._db.write(run)
+        except UnreadableRecord as exc:  # rolled back: nothing recorded
+            self._unreadable.report(exc)
+            raise
         except BaseException:
             self._backlogs.changed_all()  # perhaps committed (see create_many)
             raise
-        if moved:  # its lane is not read here: every lane's kept sums are read again
-            self._backlogs.changed_all()
-        return moved
+        if moved is None:
+            return None
+        # Its lane is not read here: every lane's kept sums are read again.
+        self._backlogs.changed_all()
+        return StateWrite(*moved)
 
     # ---- parking
     async def record_parked(self, transfer_id: bytes, reason: int) -> None:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from bridge.coordinator.engine import ADOPTED_LOCK_GRACE_S
+from bridge.coordinator.metrics import CoordinatorMetrics, install
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.store import SqliteTransferStore
 from bridge.core.reasons import ErrorReason
@@ -26,6 +28,8 @@ from bridge.domain.errors import LedgerRejected, Unavailable
 from bridge.domain.legs import Action, EventPosition, LedgerEvent, Leg, LegState, LegStatus
 from bridge.domain.terms import TransferTerms
 from bridge.domain.transfer import TransferState
+from bridge.logfields import STATE, TRANSFER
+from bridge.obs.metrics import CommonMetrics
 from tests.support import eventually
 from tests.unit import test_coordinator_driver as driver_tests
 from tests.unit.test_coordinator_driver import HOLDER, ISIN, FakeRelayer, _word, final, request
@@ -267,12 +271,26 @@ async def test_a_forged_lock_event_does_not_resume_a_failed_transfer(coordinator
     got = await store.get(t.transfer_id)
     assert got is not None and got.state is TransferState.FAILED
     assert relayers["a"].submitted == [] and relayers["b"].submitted == []
-    # The real lock, seen on the ledger, does resume it (units never stay in escrow).
+    # The real lock, seen on the ledger, does resume it (units never stay in escrow),
+    # logged and counted as any state change is.
     del relayers["b"].legs[(t.transfer_id, Leg.OUTBOUND)]
     show_lock(relayers["a"], t)
-    assert await c.on_events("a", [forged], 9) == 1
+    metrics = CoordinatorMetrics(CommonMetrics.create("coordinator"), 60.0)
+    install(metrics)
+    try:
+        with capture_logs() as logs:
+            assert await c.on_events("a", [forged], 9) == 1
+    finally:
+        install(None)
     assert await final(store, t.transfer_id) is TransferState.COMMITTED
     assert relayers["a"].submitted == [Action.COMMIT], "resumed without locking again"
+    said = [(e[TRANSFER], e[STATE]) for e in logs if e["event"] == "transfer state"]
+    assert said[0] == ("0x" + t.transfer_id.hex(), "SOURCE_LOCKED")
+    text = generate_latest(metrics.common.registry).decode()
+    assert (
+        'kstb_transfer_phase_seconds_count{from_state="FAILED",to_state="SOURCE_LOCKED"} 1.0'
+        in text
+    )
 
 
 async def _squat(store: SqliteTransferStore, victim: TransferTerms) -> TransferRecord:
@@ -380,11 +398,15 @@ async def test_resume_failed_is_a_compare_and_set(tmp_path: Path) -> None:
             TransferRecord(b"\x09" * 32, request("k-cas"), terms(), TransferState.FAILED, "",
                            1.0, 1.0)
         )  # fmt: skip
-        assert await store.resume_failed(
+        write = await store.resume_failed(
             rec.transfer_id, TransferState.SOURCE_LOCKED, "resuming", "resumed"
         )
+        assert write is not None
         got = await store.get(rec.transfer_id)
         assert got is not None and got.state is TransferState.SOURCE_LOCKED
+        # What it recorded, and what it moved from: FAILED since the row's updated_at.
+        assert write.record == got
+        assert (write.previous, write.previous_at) == (TransferState.FAILED, 1.0)
         assert (await store.history(rec.transfer_id, 0))[-1].detail == "resumed"
         assert not await store.resume_failed(
             rec.transfer_id, TransferState.SOURCE_LOCKED, "again", "resumed"
