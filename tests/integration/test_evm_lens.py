@@ -243,6 +243,13 @@ async def test_concurrent_holder_reads_are_one_lens_call_each_as_the_token_reads
             assert lensed._holders.batches - before == 1
             assert got == expected
             assert [s.paused for s in got] == [paused] * 4
+            # Many holders in one call: one lens call, the same answers in order.
+            before = lensed._holders.batches
+            assert await lensed.holder_statuses(SECURITY, [*words, words[0]]) == [
+                *expected,
+                expected[0],
+            ]
+            assert lensed._holders.batches - before == 1
         assert [(s.balance, s.eligible, s.frozen) for s in expected] == [
             (40, True, False), (0, True, False), (9, True, True), (0, False, False)
         ]  # fmt: skip
@@ -251,6 +258,11 @@ async def test_concurrent_holder_reads_are_one_lens_call_each_as_the_token_reads
         assert await lensed.holder_status(UNKNOWN, words[0]) == await plain.holder_status(
             UNKNOWN, words[0]
         )
+        assert lensed._holders.batches == before
+        assert await lensed.holder_statuses(UNKNOWN, words[:2]) == [
+            await plain.holder_status(UNKNOWN, w) for w in words[:2]
+        ]
+        assert await lensed.holder_statuses(SECURITY, []) == []
         assert lensed._holders.batches == before
     finally:
         deploy.set_paused(env.a.w3, env.a.admin.private_key, env.a.token, False)

@@ -144,6 +144,57 @@ async def test_batcher_refuses_an_answer_of_the_wrong_length() -> None:
     assert all(isinstance(r, ValueError) for r in results)
 
 
+async def test_batcher_get_many_answers_in_order_with_the_callers_of_its_turn() -> None:
+    """A caller's many keys (repeats included) join the same batch as the single callers of
+    its turn, each key fetched once, the answers in the caller's order."""
+    reads = Reads()
+    batcher = Batcher(reads.fetch, max_items=4)
+    many, one = await asyncio.gather(batcher.get_many([3, 1, 3, 2, 5, 6]), batcher.get(1))
+    assert (many, one) == ([30, 10, 30, 20, 50, 60], 10)
+    assert reads.batches == [[3, 1, 2, 5], [6]]
+    assert await batcher.get_many([]) == []
+    assert len(reads.batches) == 2  # nothing fetched for no keys
+
+
+async def test_batcher_get_many_waits_for_a_batch_started_after_it() -> None:
+    reads = Reads()
+    reads.gate.clear()
+    batcher = Batcher(reads.fetch, max_items=256)
+    first = asyncio.ensure_future(batcher.get(1))
+    await asyncio.sleep(0.01)
+    later = asyncio.ensure_future(batcher.get_many([1, 2]))
+    await asyncio.sleep(0.01)
+    assert reads.batches == [[1]] and not later.done()
+    reads.gate.set()
+    assert (await first, await later) == (10, [10, 20])
+    assert reads.batches == [[1], [1, 2]]
+
+
+async def test_batcher_get_many_raises_a_failed_chunks_error_after_every_key_is_answered() -> None:
+    reads = Reads()
+    reads.fail_on = 5
+    batcher = Batcher(reads.fetch, max_items=4)
+    with pytest.raises(Unavailable, match="with 5 failed"):
+        await batcher.get_many(list(range(8)))
+    assert len(reads.batches) == 2  # both chunks were fetched, the good one answered too
+    reads.fail_on = None
+    assert await batcher.get_many([5, 0]) == [50, 0]
+
+
+async def test_a_cancelled_get_many_leaves_the_batch_to_answer_the_others() -> None:
+    reads = Reads()
+    reads.gate.clear()
+    batcher = Batcher(reads.fetch, max_items=256)
+    cancelled = asyncio.ensure_future(batcher.get_many([1, 2]))
+    other = asyncio.ensure_future(batcher.get(2))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    reads.gate.set()
+    assert await other == 20
+    assert cancelled.cancelled()
+    assert await batcher.get_many([1]) == [10]
+
+
 def test_batcher_needs_a_positive_bound() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Reads().fetch, max_items=0)

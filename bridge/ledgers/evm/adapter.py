@@ -526,7 +526,8 @@ class EvmAdapter(StepTemplate):
             return await gather_bounded(
                 lambda t: self._get_leg_single(t, leg, height), transfer_ids
             )
-        return list(await asyncio.gather(*(self.get_leg(t, leg, height) for t in transfer_ids)))
+        at = _FINAL if height is None else height
+        return [_raised(v) for v in await self._legs.get_many([(at, t, leg) for t in transfer_ids])]
 
     async def _get_leg_single(
         self, transfer_id: bytes, leg: Leg, height: int | None = None
@@ -811,8 +812,16 @@ class EvmAdapter(StepTemplate):
     ) -> list[HolderStatus]:
         """Each of ``holders`` as :meth:`holder_status` reads it, in order
         (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): with a lens, one
-        ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders at one height."""
-        return list(await asyncio.gather(*(self.holder_status(security, h) for h in holders)))
+        ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders at one height (one finalized
+        height and token read for all of them, no task per holder)."""
+        if self._lens is None or not holders:
+            return list(await asyncio.gather(*(self.holder_status(security, h) for h in holders)))
+        at = await self.finalized_height()
+        token_addr = await self._token(security, at)
+        if token_addr is None:
+            return [HolderStatus(False, 0, 1, False, False, False) for _ in holders]
+        keys = [(at, token_addr, word_to_evm_address(h)) for h in holders]
+        return [_raised(v) for v in await self._holders.get_many(keys)]
 
     async def _read_holders(self, keys: list[HolderKey]) -> list[HolderStatus | Exception]:
         """The batch behind :meth:`holder_status`: one ``holdersOf`` per (height, token)."""

@@ -111,13 +111,32 @@ class Batcher(Generic[K, V]):
 
     async def get(self, key: K) -> V:
         """The value for ``key`` from a batch fetched after this call."""
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(retrieve)
-        self._queue.append((key, fut))
-        if not self._busy:
+        (fut,) = self._enqueue((key,))
+        return await asyncio.shield(fut)
+
+    async def get_many(self, keys: Sequence[K]) -> list[V]:
+        """The value of each of ``keys``, in order, each as :meth:`get` would answer it
+        (from a batch fetched after this call), without a task per key (issue 14: a
+        batch's legs were one coroutine, task and shield each). The first failed key's
+        exception is raised (as ``asyncio.gather`` would), after every key is answered."""
+        futures = self._enqueue(keys)
+        if futures:
+            await asyncio.shield(asyncio.wait(futures))
+        return [f.result() for f in futures]
+
+    def _enqueue(self, keys: Sequence[K]) -> list[asyncio.Future[V]]:
+        """Queue ``keys`` for the next batch (starting its drain if none runs)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[V]] = []
+        for key in keys:
+            fut: asyncio.Future[V] = loop.create_future()
+            fut.add_done_callback(retrieve)
+            self._queue.append((key, fut))
+            futures.append(fut)
+        if futures and not self._busy:
             self._busy = True
             self._task = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(fut)
+        return futures
 
     async def _drain(self) -> None:
         try:
