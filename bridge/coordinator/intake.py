@@ -311,7 +311,15 @@ class Intake:
             await adoptions.room()
         # SECURITY: compare-and-set, so a transfer that left FAILED meanwhile stays put.
         reason = "lock found on-chain after failure; resuming"
-        write = await ctx.store.resume_failed(tid, TransferState.SOURCE_LOCKED, reason, "resumed")
+        try:
+            write = await ctx.store.resume_failed(
+                tid, TransferState.SOURCE_LOCKED, reason, "resumed"
+            )
+        except UnreadableRecord:
+            # Rolled back, and reported by the store (logged once, counted): the operator
+            # repairs the row, and a later sweep resumes it. Neither the delivery nor the
+            # sweep's other resumes fail for it (review helper-133 L2).
+            return
         if write is None:
             ctx.log.warning(
                 "failed transfer changed state meanwhile; not resumed",

@@ -1363,7 +1363,9 @@ class SqlTransferStore:
             if row is None:
                 return None
             _, failed_at = _held(transfer_id, int(failed), row[0])
-            _append_update(db, transfer_id, state, detail, now)
+            # Its history entry, and any flow wait ended, as set_state does (review helper-133
+            # L4: a wait written by a stale driver after FAILED is not carried over).
+            _append_updates(db, [StateChange(transfer_id, state, reason, detail)], now)
             (stored,) = db.execute(
                 "UPDATE transfers SET state = ?, reason = ?, updated_at = ?"  # noqa: S608
                 " WHERE transfer_id = ?" + _RETURNING_RECORD,
@@ -1383,9 +1385,9 @@ class SqlTransferStore:
             raise
         if moved is None:
             return None
-        # Its lane is not read here: every lane's kept sums are read again.
-        self._backlogs.changed_all()
-        return StateWrite(*moved)
+        record, _, failed_at = moved
+        self._backlogs.moved(lane_of(record.request), int(failed), int(state))
+        return StateWrite(record, failed, failed_at)
 
     # ---- parking
     async def record_parked(self, transfer_id: bytes, reason: int) -> None:
@@ -1469,13 +1471,15 @@ class SqlTransferStore:
         for tid, d in decisions:
             certs = _decision_certificates_json(d, shared)  # every item checked, repeats too
             first.setdefault(tid, (d, certs))
-        unique = list(first.items())
+        # Inserted in key order (answered in the call's): two writers of overlapping
+        # transfers take their rows' locks in one order (review helper-133 L6).
+        unique = sorted(first.items())
 
         def run(db: Conn) -> list[Decision]:
             now = time.time()
             # Each batch certificate once (one row per batch and ledger), before the items'
             # rows that name it, in the same transaction.
-            for page in _pages(list(shared.values())):
+            for page in _pages(sorted(shared.values())):
                 db.execute(
                     f"INSERT INTO batch_certificates VALUES {values_rows(2, len(page))}"  # noqa: S608
                     " ON CONFLICT DO NOTHING",

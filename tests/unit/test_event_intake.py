@@ -391,6 +391,38 @@ async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordi
     assert history[-1].state is TransferState.COMMITTED
 
 
+async def test_a_resume_of_an_unreadable_row_fails_neither_the_delivery_nor_the_sweep(
+    coordinator,
+) -> None:
+    """Review helper-133 L2: a FAILED row damaged before its resume is refused by the store
+    (rolled back, reported once) and left for the operator; the caller (a delivery, the
+    sweep with the ledger's other resumes to make) goes on."""
+    c, relayers, store = coordinator
+    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
+    record, _ = await driver_tests.submit(c, request("k-damaged"))
+    assert await final(store, record.transfer_id) is TransferState.FAILED
+    failed = await store.get(record.transfer_id)
+    assert failed is not None
+
+    def damage(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (record.transfer_id,)
+        )
+
+    await store._db.write(damage)
+    with capture_logs() as logs:
+        await c._resume_failed(failed, failed.terms.terms_hash, "0xf4")  # no error
+    assert not [e for e in logs if e["event"] == "transfer state"]
+
+    def state_of(db):  # type: ignore[no-untyped-def]
+        return db.execute(
+            "SELECT state FROM transfers WHERE transfer_id = ?", (record.transfer_id,)
+        ).fetchone()[0]
+
+    assert await store._db.read(state_of) == int(TransferState.FAILED)
+    assert relayers["b"].submitted == []
+
+
 async def test_resume_failed_is_a_compare_and_set(tmp_path: Path) -> None:
     store = SqliteTransferStore(tmp_path / "cas.sqlite")
     try:

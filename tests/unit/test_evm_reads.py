@@ -195,6 +195,38 @@ async def test_a_cancelled_get_many_leaves_the_batch_to_answer_the_others() -> N
     assert await batcher.get_many([1]) == [10]
 
 
+async def test_a_batch_that_cannot_be_made_answers_every_caller_in_it() -> None:
+    """Review helper-133 L1: a failure outside the fetch (here an unhashable key) or the
+    drain cancelled mid-fetch answers every caller taken into the batch (the others'
+    plain ``get`` too), never leaves one waiting, and the next call is fetched."""
+    reads = Reads()
+    batcher: Batcher[Any, int] = Batcher(reads.fetch, max_items=8)
+    bad, other = await asyncio.wait_for(
+        asyncio.gather(batcher.get_many([[1], 2]), batcher.get(3), return_exceptions=True), 2
+    )
+    assert isinstance(bad, TypeError) and isinstance(other, TypeError)
+    assert await batcher.get(3) == 30
+    reads.gate.clear()
+    waiting = asyncio.ensure_future(batcher.get_many([4, 5]))
+    await asyncio.sleep(0.01)
+    assert batcher._task is not None
+    batcher._task.cancel()
+    with pytest.raises(Unavailable, match="cancelled"):
+        await asyncio.wait_for(waiting, 2)
+    reads.gate.set()
+    assert await batcher.get_many([4]) == [40]
+
+
+async def test_a_fetch_cancelled_from_within_is_unavailable_to_callers_not_cancelled() -> None:
+    async def fetch(keys: list[int]) -> list[int]:
+        raise asyncio.CancelledError
+
+    batcher = Batcher(fetch, max_items=8)
+    with pytest.raises(Unavailable, match="cancelled"):
+        await asyncio.wait_for(batcher.get_many([1, 2]), 2)
+    assert not batcher._busy
+
+
 def test_batcher_needs_a_positive_bound() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(Reads().fetch, max_items=0)

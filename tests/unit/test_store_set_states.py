@@ -326,3 +326,52 @@ async def test_a_damaged_time_fails_its_own_change_only(store: SqlTransferStore)
     await store._db.write(damage)
     await _refused_alone(store, damaged, sound)
     assert [h.state for h in await store.history(damaged.transfer_id, 0)] == [S.SUBMITTED]
+
+
+async def test_a_resume_from_failed_answers_what_it_wrote_and_ends_the_wait(
+    store: SqlTransferStore,
+) -> None:
+    """``resume_failed`` answers the record it wrote and FAILED since its time; like a
+    state change it appends one history entry and ends a flow wait (one a stale driver
+    wrote after FAILED; review helper-133 L4). A transfer no longer FAILED is not moved,
+    and nothing is appended."""
+    (rec,) = await _created(store, 91, 1)
+    failed = (await store.set_state(rec.transfer_id, S.FAILED, "deadline", "failed")).record
+    await store.set_wait(rec.transfer_id, WaitReason.SOURCE_OUTBOUND_CAPACITY, 9.0)
+    write = await store.resume_failed(rec.transfer_id, S.SOURCE_LOCKED, "lock found", "resumed")
+    assert write is not None
+    assert (write.previous, write.previous_at) == (S.FAILED, failed.updated_at)
+    assert write.record == await store.get(rec.transfer_id)
+    assert (write.record.state, write.record.reason) == (S.SOURCE_LOCKED, "lock found")
+    assert (write.record.wait_reason, write.record.not_before) == (WaitReason.NONE, 0.0)
+    history = [(h.state, h.detail) for h in await store.history(rec.transfer_id, 0)]
+    assert history == [(S.SUBMITTED, "accepted"), (S.FAILED, "failed"),
+                       (S.SOURCE_LOCKED, "resumed")]  # fmt: skip
+    assert await store.resume_failed(rec.transfer_id, S.SOURCE_LOCKED, "again", "again") is None
+    assert len(await store.history(rec.transfer_id, 0)) == 3
+
+
+async def test_a_resume_of_a_row_with_a_damaged_time_is_refused_and_changes_nothing(
+    store: SqlTransferStore,
+) -> None:
+    (rec,) = await _created(store, 95, 1)
+    await store.set_state(rec.transfer_id, S.FAILED, "deadline", "failed")
+
+    def damage(db):  # type: ignore[no-untyped-def]
+        db.execute(
+            "UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (rec.transfer_id,)
+        )
+
+    if store._db.dialect is Dialect.POSTGRES:
+        pytest.skip("PostgreSQL types the column: a time is always a number there")
+    await store._db.write(damage)
+    with pytest.raises(UnreadableRecord):
+        await store.resume_failed(rec.transfer_id, S.SOURCE_LOCKED, "lock found", "resumed")
+
+    def state_of(db):  # type: ignore[no-untyped-def]
+        return db.execute(
+            "SELECT state FROM transfers WHERE transfer_id = ?", (rec.transfer_id,)
+        ).fetchone()[0]
+
+    assert await store._db.read(state_of) == int(S.FAILED)
+    assert [h.state for h in await store.history(rec.transfer_id, 0)] == [S.SUBMITTED, S.FAILED]

@@ -814,8 +814,10 @@ class EvmAdapter(StepTemplate):
         (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): with a lens, one
         ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders at one height (one finalized
         height and token read for all of them, no task per holder)."""
-        if self._lens is None or not holders:
-            return list(await asyncio.gather(*(self.holder_status(security, h) for h in holders)))
+        if self._lens is None:  # a bounded number at a time (review helper-133 L8)
+            return await gather_bounded(lambda h: self.holder_status(security, h), holders)
+        if not holders:
+            return []
         at = await self.finalized_height()
         token_addr = await self._token(security, at)
         if token_addr is None:

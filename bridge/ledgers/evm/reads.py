@@ -139,6 +139,7 @@ class Batcher(Generic[K, V]):
         return futures
 
     async def _drain(self) -> None:
+        queued: list[tuple[K, asyncio.Future[V]]] = []
         try:
             await asyncio.sleep(0)  # callers of this same turn join the first batch
             while self._queue:
@@ -151,7 +152,13 @@ class Batcher(Generic[K, V]):
                 answers: dict[K, V | BaseException] = {}
                 for chunk, result in zip(chunks, results, strict=True):
                     if isinstance(result, BaseException):
-                        answers.update((k, result) for k in chunk)
+                        # A fetch cancelled from within: its callers were not cancelled.
+                        error = (
+                            Unavailable("batched read cancelled")
+                            if isinstance(result, asyncio.CancelledError)
+                            else result
+                        )
+                        answers.update((k, error) for k in chunk)
                     else:
                         answers.update(zip(chunk, result, strict=True))
                 for key, fut in queued:
@@ -162,6 +169,17 @@ class Batcher(Generic[K, V]):
                         fut.set_exception(answer)
                     else:
                         fut.set_result(answer)
+                queued = []
+        except BaseException as exc:
+            # A failure outside the fetch (an unusable key) or the drain cancelled: every
+            # caller taken from the queue is answered, never left waiting (review
+            # helper-133 L1). A failure is theirs to see; a cancellation, Unavailable.
+            failure = exc if isinstance(exc, Exception) else Unavailable("batched read cancelled")
+            for _, fut in queued:
+                if not fut.done():
+                    fut.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._busy = False
             if self._queue:  # a caller came between the last check and here
