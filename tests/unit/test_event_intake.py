@@ -372,13 +372,20 @@ async def test_a_lock_already_released_does_not_resume_a_failed_transfer(coordin
     assert relayers["a"].submitted == [] and relayers["b"].submitted == []
 
 
-async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordinator) -> None:
+async def _failed(coordinator: Any, key: str) -> TransferRecord:
+    """A transfer submitted under ``key`` whose lock the source refused: FAILED, as read."""
     c, relayers, store = coordinator
     relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
-    record, _ = await driver_tests.submit(c, request("k-race"))
+    record, _ = await driver_tests.submit(c, request(key))
     assert await final(store, record.transfer_id) is TransferState.FAILED
-    stale = await store.get(record.transfer_id)
-    assert stale is not None
+    failed = await store.get(record.transfer_id)
+    assert failed is not None
+    return failed
+
+
+async def test_a_resume_never_moves_a_transfer_that_left_failed_meanwhile(coordinator) -> None:
+    c, _, store = coordinator
+    stale = record = await _failed(coordinator, "k-race")
     # Meanwhile something else finished it (an operator, another resume that completed).
     await store.set_state(record.transfer_id, TransferState.COMMITTED, "done", "committed")
     await c._resume_failed(stale, stale.terms.terms_hash, "0xf3")
@@ -398,11 +405,7 @@ async def test_a_resume_of_an_unreadable_row_fails_neither_the_delivery_nor_the_
     (rolled back, reported once) and left for the operator; the caller (a delivery, the
     sweep with the ledger's other resumes to make) goes on."""
     c, relayers, store = coordinator
-    relayers["a"].lock_refusal = LedgerRejected(ErrorReason.INSUFFICIENT_BALANCE, "balance=1")
-    record, _ = await driver_tests.submit(c, request("k-damaged"))
-    assert await final(store, record.transfer_id) is TransferState.FAILED
-    failed = await store.get(record.transfer_id)
-    assert failed is not None
+    failed = record = await _failed(coordinator, "k-damaged")
 
     def damage(db):  # type: ignore[no-untyped-def]
         db.execute(

@@ -110,18 +110,23 @@ async def test_batcher_splits_at_the_bound_and_fetches_the_chunks_together() -> 
     assert [len(b) for b in reads.batches] == [4, 4, 2]
 
 
-async def test_batcher_queues_callers_during_a_batch_for_the_next_one() -> None:
+@pytest.mark.parametrize("many", [False, True], ids=["get", "get_many"])
+async def test_batcher_queues_callers_during_a_batch_for_the_next_one(many: bool) -> None:
     reads = Reads()
     reads.gate.clear()
     batcher = Batcher(reads.fetch, max_items=256)
     first = asyncio.ensure_future(batcher.get(1))
     await asyncio.sleep(0.01)
-    later = [asyncio.ensure_future(batcher.get(k)) for k in (1, 2, 3)]
+    if many:
+        later = asyncio.ensure_future(batcher.get_many([1, 2, 3]))
+    else:
+        later = asyncio.gather(*(batcher.get(k) for k in (1, 2, 3)))
     await asyncio.sleep(0.01)
     assert reads.batches == [[1]]  # the later callers wait for a fetch started after them
+    assert not later.done()
     reads.gate.set()
     assert await first == 10
-    assert await asyncio.gather(*later) == [10, 20, 30]
+    assert await later == [10, 20, 30]
     assert reads.batches == [[1], [1, 2, 3]]
 
 
@@ -154,20 +159,6 @@ async def test_batcher_get_many_answers_in_order_with_the_callers_of_its_turn() 
     assert reads.batches == [[3, 1, 2, 5], [6]]
     assert await batcher.get_many([]) == []
     assert len(reads.batches) == 2  # nothing fetched for no keys
-
-
-async def test_batcher_get_many_waits_for_a_batch_started_after_it() -> None:
-    reads = Reads()
-    reads.gate.clear()
-    batcher = Batcher(reads.fetch, max_items=256)
-    first = asyncio.ensure_future(batcher.get(1))
-    await asyncio.sleep(0.01)
-    later = asyncio.ensure_future(batcher.get_many([1, 2]))
-    await asyncio.sleep(0.01)
-    assert reads.batches == [[1]] and not later.done()
-    reads.gate.set()
-    assert (await first, await later) == (10, [10, 20])
-    assert reads.batches == [[1], [1, 2]]
 
 
 async def test_batcher_get_many_raises_a_failed_chunks_error_after_every_key_is_answered() -> None:

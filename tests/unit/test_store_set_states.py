@@ -310,20 +310,24 @@ async def test_a_row_holding_a_state_this_release_does_not_know_fails_its_change
     assert await store._db.read(state_of) == 99
 
 
+async def _damage_time(store: SqlTransferStore, transfer_id: bytes) -> None:
+    """Make the row's ``updated_at`` text that is not a number (SQLite keeps it in a REAL
+    column); skips on PostgreSQL, which types the column."""
+
+    def damage(db):  # type: ignore[no-untyped-def]
+        db.execute("UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (transfer_id,))
+
+    if store._db.dialect is Dialect.POSTGRES:
+        pytest.skip("PostgreSQL types the column: a time is always a number there")
+    await store._db.write(damage)
+
+
 async def test_a_damaged_time_fails_its_own_change_only(store: SqlTransferStore) -> None:
     """Review helper-131 M2: a row whose ``updated_at`` is not a number (SQLite keeps text
     in a REAL column) failed the whole coalesced write with a ValueError, every change of
     it; it is that change's UnreadableRecord now, here and in ``set_state``."""
     damaged, sound = await _created(store, 81, 2)
-
-    def damage(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (damaged.transfer_id,)
-        )
-
-    if store._db.dialect is Dialect.POSTGRES:
-        pytest.skip("PostgreSQL types the column: a time is always a number there")
-    await store._db.write(damage)
+    await _damage_time(store, damaged.transfer_id)
     await _refused_alone(store, damaged, sound)
     assert [h.state for h in await store.history(damaged.transfer_id, 0)] == [S.SUBMITTED]
 
@@ -356,15 +360,7 @@ async def test_a_resume_of_a_row_with_a_damaged_time_is_refused_and_changes_noth
 ) -> None:
     (rec,) = await _created(store, 95, 1)
     await store.set_state(rec.transfer_id, S.FAILED, "deadline", "failed")
-
-    def damage(db):  # type: ignore[no-untyped-def]
-        db.execute(
-            "UPDATE transfers SET updated_at = 'x' WHERE transfer_id = ?", (rec.transfer_id,)
-        )
-
-    if store._db.dialect is Dialect.POSTGRES:
-        pytest.skip("PostgreSQL types the column: a time is always a number there")
-    await store._db.write(damage)
+    await _damage_time(store, rec.transfer_id)
     with pytest.raises(UnreadableRecord):
         await store.resume_failed(rec.transfer_id, S.SOURCE_LOCKED, "lock found", "resumed")
 
