@@ -1469,7 +1469,9 @@ class SqlTransferStore:
         shared: SharedCertificates = {}
         first: dict[bytes, tuple[Decision, str]] = {}
         for tid, d in decisions:
-            certs = _decision_certificates_json(d, shared)  # every item checked, repeats too
+            # Every item checked, repeats too; a repeat's certificates are not stored (no
+            # row would name them; review helper-133 L7).
+            certs = _decision_certificates_json(d, {} if tid in first else shared)
             first.setdefault(tid, (d, certs))
         # Inserted in key order (answered in the call's): two writers of overlapping
         # transfers take their rows' locks in one order (review helper-133 L6).

@@ -203,6 +203,29 @@ async def test_a_batch_across_pages_answers_each_item_its_stored_decision(
     assert _rows(store, "SELECT COUNT(*) FROM decisions") == [(600,)]
 
 
+async def test_more_batch_certificates_than_a_page_are_each_stored_once(
+    store: SqlTransferStore,
+) -> None:
+    """501 items, each under a certificate of its own (the certificates' insert in two
+    pages), and a repeat naming another: every decision reads back whole, one row per
+    certificate a decision names (none for the repeat's)."""
+    records = [make_record(3000 + n) for n in range(501)]
+    for rec in records:
+        await store.create(rec)
+    base = batch_cert(ClaimKind.COMMIT).certificate
+
+    def decision(n: int) -> Decision:
+        cert = BatchCertificate(base.epoch, base.kind, n.to_bytes(32, "big"), 1, base.signatures)
+        return Decision(ClaimKind.COMMIT, {"brokerage-a": BatchCertified(cert, ())}, f"c{n}")
+
+    items = [(r.transfer_id, decision(n)) for n, r in enumerate(records)]
+    stored = await store.record_decisions([*items, (records[0].transfer_id, decision(900))])
+    assert stored == [d for _, d in items] + [decision(0)]
+    for tid, d in items[::50]:
+        assert await store.decision(tid) == d
+    assert _rows(store, "SELECT COUNT(*) FROM batch_certificates") == [(501,)]
+
+
 @pytest.mark.security
 async def test_a_batch_with_one_forged_item_records_nothing(store: SqlTransferStore) -> None:
     records = [make_record(30 + n) for n in range(3)]
@@ -220,6 +243,12 @@ async def test_a_batch_with_one_forged_item_records_nothing(store: SqlTransferSt
     assert store._db.commits == commits
     for rec in records:
         assert await store.decision(rec.transfer_id) is None
+    # The same forgery as a repeat of a valid first item (which alone would be recorded
+    # and answered for both) is refused too: every item is checked.
+    with pytest.raises(ValueError, match="another kind"):
+        await store.record_decisions([items[0], (records[0].transfer_id, forged)])
+    assert store._db.commits == commits
+    assert await store.decision(records[0].transfer_id) is None
 
 
 def _rows(store: SqlTransferStore, sql: str) -> list[tuple[object, ...]]:

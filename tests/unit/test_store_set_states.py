@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.coordinator.db import DatabaseUnavailable, Dialect
+from bridge.coordinator.db import DatabaseUnavailable, Dialect, open_database
 from bridge.coordinator.records import StateChange, StateWrite, TransferRecord
 from bridge.coordinator.state_writes import StateWrites
 from bridge.coordinator.store import SqlTransferStore, UnreadableRecord
@@ -371,3 +371,37 @@ async def test_a_resume_of_a_row_with_a_damaged_time_is_refused_and_changes_noth
 
     assert await store._db.read(state_of) == int(S.FAILED)
     assert [h.state for h in await store.history(rec.transfer_id, 0)] == [S.SUBMITTED, S.FAILED]
+
+
+@pytest.mark.postgres
+@pytest.mark.security
+async def test_a_resume_waits_for_a_concurrent_writer_and_never_moves_what_it_finished(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL, READ COMMITTED: another session that moved the FAILED row on (an operator,
+    another coordinator's term before fencing) and has not committed holds the row; the
+    resume waits for it, then finds the row no longer FAILED and moves nothing."""
+    import psycopg
+
+    url = request.getfixturevalue("fresh_pg_url")
+    store = SqlTransferStore(open_database(url))
+    try:
+        (rec,) = await _created(store, 97, 1)
+        await store.set_state(rec.transfer_id, S.FAILED, "deadline", "failed")
+        with psycopg.connect(url) as other:
+            other.execute(
+                "UPDATE transfers SET state = %s WHERE transfer_id = %s",
+                (int(S.COMMITTED), rec.transfer_id),
+            )
+            resume = asyncio.ensure_future(
+                store.resume_failed(rec.transfer_id, S.SOURCE_LOCKED, "lock found", "resumed")
+            )
+            await asyncio.sleep(0.5)
+            assert not resume.done(), "the resume waits for the row"
+            other.commit()
+            assert await asyncio.wait_for(resume, 10) is None
+        got = await store.get(rec.transfer_id)
+        assert got is not None and got.state is S.COMMITTED
+        assert [h.state for h in await store.history(rec.transfer_id, 0)] == [S.SUBMITTED, S.FAILED]
+    finally:
+        store.close()
