@@ -22,7 +22,7 @@ from bridge.coordinator.flow_queue import AHEAD_AT_TARGET
 from bridge.coordinator.halts import HaltBook, Halted
 from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.publisher import SupplyPublisher
-from bridge.coordinator.records import TransferOrigin, TransferRecord
+from bridge.coordinator.records import StateWrite, TransferOrigin, TransferRecord
 from bridge.coordinator.state_writes import StateWrites
 from bridge.coordinator.store import TransferStore
 from bridge.coordinator.unfinished_counts import UnfinishedCounts
@@ -114,13 +114,19 @@ class EngineContext:
             released = self.released
             if released and state is TransferState.FAILED and previous in AHEAD_AT_TARGET:
                 released(record)
-            observe_transition(write)  # ---- observability (ADR 0016)
-            self.log.info(
-                "transfer state",
-                **{TRANSFER: "0x" + record.transfer_id.hex(), STATE: state.name, REASON: reason},
-            )
-            self.notify(record.transfer_id)
+            self.announce(write, reason)
         return write.record
+
+    def announce(self, write: StateWrite, reason: str) -> None:
+        """A new state the store recorded (``write``): observed in the phase metric, logged
+        as a "transfer state" line, and announced to the transfer's watchers."""
+        tid = write.record.transfer_id
+        observe_transition(write)  # ---- observability (ADR 0016)
+        self.log.info(
+            "transfer state",
+            **{TRANSFER: "0x" + tid.hex(), STATE: write.record.state.name, REASON: reason},
+        )
+        self.notify(tid)
 
     async def halt_gate(self, ledger: str, record: TransferRecord, what: str) -> None:
         """Raise Halted when the transfer's security is halted on ``ledger`` (the driver

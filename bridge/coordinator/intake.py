@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 from bridge.coordinator.context import EngineContext
-from bridge.coordinator.metrics import observe_transition
 from bridge.coordinator.records import TransferOrigin, TransferRecord, TransferRequest
 from bridge.coordinator.requests import ADOPTED_KEY_PREFIX
 from bridge.coordinator.store import ManyRecords, UnreadableRecord
@@ -331,17 +330,11 @@ class Intake:
         ctx.log.error(
             "lock found for a failed transfer; resuming it", **{TRANSFER: "0x" + tid.hex()}
         )
-        # Logged and counted as every state change is (EngineContext.set_state).
-        observe_transition(write)  # ---- observability (ADR 0016)
-        ctx.log.info(
-            "transfer state",
-            **{TRANSFER: "0x" + tid.hex(), STATE: write.record.state.name, REASON: reason},
-        )
         if record.origin is TransferOrigin.SUBMITTED:
             # Unfinished again: its next terminal state is counted as an end (review
             # helper-121: without this, each resume left the bound's count one too low).
             ctx.unfinished.resumed(record.request.source_ledger)
-        ctx.notify(tid)
+        ctx.announce(write, reason)  # counted, logged and announced as every state change
         self._drivers.spawn(tid)
 
     async def _adopt(self, ledger: str, event: LedgerEvent, adoptions: _Adoptions) -> bool:

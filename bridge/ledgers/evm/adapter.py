@@ -798,32 +798,29 @@ class EvmAdapter(StepTemplate):
         With a lens, concurrent reads (of any holders of any tokens, by any callers in this
         process) at one height go in one ``holdersOf`` per token (issue 14 item 4); each
         answer is what the token's own five views return at that height."""
-        at = await self.finalized_height()
-        token_addr = await self._token(security, at)
-        if token_addr is None:
-            return HolderStatus(False, 0, 1, False, False, False)
-        who = word_to_evm_address(holder)
-        if self._lens is None:
-            return (await self._holders_at(at, token_addr, [who]))[0]
-        return _raised(await self._holders.get((at, token_addr, who)))
+        (status,) = await self.holder_statuses(security, [holder])
+        return status
 
     async def holder_statuses(
         self, security: SecurityId, holders: Sequence[bytes]
     ) -> list[HolderStatus]:
         """Each of ``holders`` as :meth:`holder_status` reads it, in order
-        (:class:`bridge.ledgers.many_holders.ManyHoldersReader`): with a lens, one
-        ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders at one height (one finalized
-        height and token read for all of them, no task per holder)."""
-        if self._lens is None:  # a bounded number at a time (review helper-133 L8)
-            return await gather_bounded(lambda h: self.holder_status(security, h), holders)
+        (:class:`bridge.ledgers.many_holders.ManyHoldersReader`), all at one finalized
+        height: with a lens, one ``holdersOf`` per :data:`LENS_MAX_ITEMS` holders (no task
+        per holder, the call's holders joining other callers' in the next batch); without,
+        the token's views a bounded number of holders at a time (review helper-133 L8)."""
         if not holders:
             return []
         at = await self.finalized_height()
         token_addr = await self._token(security, at)
         if token_addr is None:
             return [HolderStatus(False, 0, 1, False, False, False) for _ in holders]
-        keys = [(at, token_addr, word_to_evm_address(h)) for h in holders]
-        return [_raised(v) for v in await self._holders.get_many(keys)]
+        whos = [word_to_evm_address(h) for h in holders]
+        if self._lens is None:
+            return await self._holders_at(at, token_addr, whos)
+        return [
+            _raised(v) for v in await self._holders.get_many([(at, token_addr, w) for w in whos])
+        ]
 
     async def _read_holders(self, keys: list[HolderKey]) -> list[HolderStatus | Exception]:
         """The batch behind :meth:`holder_status`: one ``holdersOf`` per (height, token)."""
@@ -842,7 +839,8 @@ class EvmAdapter(StepTemplate):
 
     async def _holders_at(self, at: int, token_addr: str, holders: list[str]) -> list[HolderStatus]:
         """``holders`` on the token at ``token_addr`` at block ``at``: one lens call when the
-        lens is usable, else the token's own views holder by holder."""
+        lens is usable, else the token's own views holder by holder, a bounded number at a
+        time."""
         if await self._lens_usable() and self._lens_holders:
             assert self._lens is not None
             fn = self._lens.functions.holdersOf(token_addr, holders)
@@ -882,7 +880,7 @@ class EvmAdapter(StepTemplate):
                 True, int(balance), int(status), bool(eligible), bool(frozen), bool(paused)
             )
 
-        return list(await asyncio.gather(*(one(w) for w in holders)))
+        return await gather_bounded(one, holders)
 
     async def supply(self, security: SecurityId, height: int | None = None) -> SupplyReading:
         """``supplyOf(security)`` as of block ``height`` (default: finalized) and its hash.
