@@ -263,34 +263,46 @@ class Admission:
             raise _key_taken()
         return record
 
-    async def _holder(self, ledger: str, security: str, holder: str) -> HolderStatus:
-        if self._holders is not None:
-            return await self._holders.holder(ledger, security, holder)
-        return await self._ctx.relayers[ledger].holder(security, holder)
-
-    async def _standing(self, ledger: str, security: str, holder: str) -> HolderStatus:
-        """``holder``'s standing on ``ledger`` as :meth:`_holder` reads it; a failure as the
-        brokerage may read it.
+    async def _standings(self, request: TransferRequest) -> tuple[HolderStatus, HolderStatus]:
+        """The sender's standing on the source ledger and the recipient's on the target,
+        read together (through the coalesced holder reads, a future each: no task each);
+        a failure as the brokerage may read it, the sender's first.
 
         SECURITY (review helper-106 L2): the recipient's ledger may be another
         organisation's, and its relayer's own text (node errors, addresses, URLs) stays in
         this coordinator's log: the caller gets the ledger, the typed reason of a refusal,
         or that the ledger could not be read now."""
-        try:
-            return await self._holder(ledger, security, holder)
-        except LedgerRejected as exc:
-            raise PreconditionFailed(generic(exc)) from exc
-        except Unavailable as exc:
-            self._ctx.log.warning(
-                "holder standing not read", **{LEDGER: ledger}, error=str(exc)[:500]
-            )
-            raise Unavailable(f"{ledger} could not be read now; retry") from exc
+        security = request.security
+        reads = (
+            (request.source_ledger, request.sender),
+            (request.target_ledger, request.recipient),
+        )
+        holders, relayers = self._holders, self._ctx.relayers
+        got = await asyncio.gather(
+            *(
+                holders.holder_later(ledger, security, holder)
+                if holders is not None
+                else relayers[ledger].holder(security, holder)
+                for ledger, holder in reads
+            ),
+            return_exceptions=True,
+        )
+        standings: list[HolderStatus] = []
+        for (ledger, _), answer in zip(reads, got, strict=True):
+            if isinstance(answer, LedgerRejected):
+                raise PreconditionFailed(generic(answer)) from answer
+            if isinstance(answer, Unavailable):
+                self._ctx.log.warning(
+                    "holder standing not read", **{LEDGER: ledger}, error=str(answer)[:500]
+                )
+                raise Unavailable(f"{ledger} could not be read now; retry") from answer
+            if isinstance(answer, BaseException):
+                raise answer
+            standings.append(answer)
+        return standings[0], standings[1]
 
     async def _precheck(self, request: TransferRequest) -> None:
-        sender, target = await asyncio.gather(
-            self._standing(request.source_ledger, request.security, request.sender),
-            self._standing(request.target_ledger, request.security, request.recipient),
-        )
+        sender, target = await self._standings(request)
         src_name, dst_name = request.source_ledger, request.target_ledger
         # The ledger refusal each failed check predicts travels as the ErrorInfo reason.
         if not sender.security_registered:

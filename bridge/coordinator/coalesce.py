@@ -11,12 +11,11 @@ handler does the work and answers one result (or one exception) per item, in ite
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bridge.aio import retrieve, stop_tasks
+from bridge.aio import stop_tasks
 from bridge.domain.errors import Unavailable
 
 __all__ = ["FLUSH_TASK_NAME", "Coalescer", "CoalescerClosed", "Flush", "FlushAnswerMismatch"]
@@ -87,24 +86,29 @@ class Coalescer(Generic[K, I, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def call(self, key: K, item: I) -> R:
-        """Queue ``item`` under ``key`` and return its result (or raise its exception)."""
+    def enqueue(self, key: K, item: I) -> asyncio.Future[R]:
+        """Queue ``item`` under ``key`` and return the future its flush answers (its
+        result, or its exception), without a task or a coroutine of its own: a caller with
+        several items (a transfer's two legs) awaits their futures together.
+
+        Cancelling the future before a flush takes the item drops the item (nothing is
+        flushed for it); cancelling it later leaves the flush to run on for the others,
+        its answer for this item dropped. Raises :class:`CoalescerClosed` while
+        :meth:`close` runs."""
         if self._closing:
             raise CoalescerClosed("closing: nothing more is flushed")
-        lane = self._lanes.setdefault(key, _Lane())
-        waiter: _Waiter[I, R] = _Waiter(item, asyncio.get_running_loop().create_future())
-        lane.pending.append(waiter)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        lane.pending.append(_Waiter(item, future))
         self._pump(key, lane, arriving=True)
-        try:
-            return await asyncio.shield(waiter.future)
-        except asyncio.CancelledError:
-            if not waiter.future.done():
-                with contextlib.suppress(ValueError):
-                    lane.pending.remove(waiter)  # not flushed yet: no flush carries it
-                    waiter.future.cancel()
-                # Already being flushed: the flush answers it and nobody reads the answer.
-                waiter.future.add_done_callback(retrieve)
-            raise
+        return future
+
+    async def call(self, key: K, item: I) -> R:
+        """Queue ``item`` under ``key`` and return its result (or raise its exception).
+        A caller cancelled meanwhile cancels the item's future (see :meth:`enqueue`)."""
+        return await self.enqueue(key, item)  # a task woken by an answer reads it
 
     def _pump(self, key: K, lane: _Lane[I, R], arriving: bool = False) -> None:
         """Start one flush when the key has pending items, room in flight and no flush
@@ -135,8 +139,9 @@ class Coalescer(Generic[K, I, R]):
         try:
             if linger and len(lane.pending) < self._max_items:
                 await asyncio.sleep(linger)
-            batch = lane.pending[: self._max_items]
-            del lane.pending[: self._max_items]
+            # An item whose caller was cancelled before this flush took it goes nowhere.
+            live = [w for w in lane.pending if not w.future.cancelled()]
+            batch, lane.pending = live[: self._max_items], live[self._max_items :]
             took, lane.starting = True, False
             self._pump(key, lane)  # room for another flush: it takes the next items
             if not batch:

@@ -103,16 +103,18 @@ class FlowLimits:
 
     async def lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
         """The source's limit towards the target and the target's from the source."""
-        source, target = await asyncio.gather(
-            self._read(request.source_ledger, request.security, request.target_ledger),
-            self._read(request.target_ledger, request.security, request.source_ledger),
-        )
+        src, dst, security = request.source_ledger, request.target_ledger, request.security
+        if self._reads is not None:  # a future each, no task each
+            source, target = await asyncio.gather(
+                self._reads.enqueue((src, security, dst), None),
+                self._reads.enqueue((dst, security, src), None),
+            )
+        else:
+            source, target = await asyncio.gather(
+                self._ctx.relayers[src].flow_status(security, dst),
+                self._ctx.relayers[dst].flow_status(security, src),
+            )
         return source, target
-
-    async def _read(self, ledger: str, security: str, counterpart: str) -> FlowStatus:
-        if self._reads is None:
-            return await self._ctx.relayers[ledger].flow_status(security, counterpart)
-        return await self._reads.call((ledger, security, counterpart), None)
 
     async def _flush_reads(
         self, key: FlowKey, items: Sequence[None]

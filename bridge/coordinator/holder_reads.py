@@ -67,6 +67,11 @@ class HolderReads:
         """``holder``'s standing for ``security`` on ``ledger`` at its finalized height."""
         return await self._reads.call((ledger, security), holder)
 
+    def holder_later(self, ledger: str, security: str, holder: str) -> asyncio.Future[HolderStatus]:
+        """:meth:`holder` as a future, queued now (a caller reading two holders awaits
+        both futures together, without a task each)."""
+        return self._reads.enqueue((ledger, security), holder)
+
     async def _flush(
         self, key: tuple[str, str], holders: Sequence[str]
     ) -> Sequence[HolderStatus | BaseException]:

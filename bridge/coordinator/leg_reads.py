@@ -15,6 +15,7 @@ event-loop turns apart, and without the wait they split into many small reads.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from bridge.coordinator.coalesce import Coalescer
@@ -53,6 +54,17 @@ class LegReads:
     async def get_leg(self, ledger: str, transfer_id: bytes, leg: Leg) -> LegStatus:
         """The leg of ``transfer_id`` on ``ledger`` at its finalized height."""
         return await self._reads.call((ledger, leg), transfer_id)
+
+    async def get_both(
+        self, transfer_id: bytes, source: str, target: str
+    ) -> tuple[LegStatus, LegStatus]:
+        """The outbound leg of ``transfer_id`` on ``source`` and its inbound leg on
+        ``target``, each as :meth:`get_leg` reads it, queued together (no task each)."""
+        outbound, inbound = await asyncio.gather(
+            self._reads.enqueue((source, Leg.OUTBOUND), transfer_id),
+            self._reads.enqueue((target, Leg.INBOUND), transfer_id),
+        )
+        return outbound, inbound
 
     async def _flush(
         self, key: tuple[str, Leg], transfer_ids: Sequence[bytes]

@@ -222,10 +222,7 @@ class Stepper:
         tid = record.transfer_id
         src_name, dst_name = record.request.source_ledger, record.request.target_ledger
         if self._reads is not None:
-            return await asyncio.gather(
-                self._reads.get_leg(src_name, tid, Leg.OUTBOUND),
-                self._reads.get_leg(dst_name, tid, Leg.INBOUND),
-            )
+            return await self._reads.get_both(tid, src_name, dst_name)
         relayers = self._ctx.relayers
         return await asyncio.gather(
             relayers[src_name].get_leg(tid, Leg.OUTBOUND),

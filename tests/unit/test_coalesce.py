@@ -5,6 +5,7 @@ handler, cancellation of a waiting caller, and no added latency for a lone item.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Sequence
 
 import pytest
@@ -223,6 +224,61 @@ async def test_every_cancelled_caller_before_its_flush_leaves_nothing_to_flush()
     await asyncio.sleep(0.01)
     assert rec.calls == [("a", [1])]
     assert co._lanes == {}
+
+
+async def test_enqueued_items_share_a_flush_and_a_cancelled_future_is_never_flushed() -> None:
+    """``enqueue`` answers through futures without a task each; cancelling a future before
+    its flush takes it drops the item, after it drops only the answer."""
+    rec = Recorder()
+    rec.gate.clear()
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1)
+    first = co.enqueue("a", 1)  # nothing in flight: goes out at once
+    await asyncio.sleep(0.01)
+    behind = [co.enqueue("a", i) for i in (2, -3, 4)]
+    behind[0].cancel()  # before any flush took it
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    assert await first == 10
+    answers = await asyncio.gather(behind[1], behind[2], return_exceptions=True)
+    assert isinstance(answers[0], ValueError) and answers[1] == 40
+    assert rec.calls == [("a", [1]), ("a", [-3, 4])]
+    rec.gate.clear()
+    taken = [co.enqueue("a", i) for i in (5, 6)]
+    await asyncio.sleep(0.01)
+    assert rec.calls[-1] == ("a", [5, 6])
+    taken[0].cancel()  # already in its flush: the flush runs on for the other
+    rec.gate.set()
+    assert await taken[1] == 60
+    assert taken[0].cancelled()
+    await asyncio.sleep(0.01)
+    assert co._lanes == {}
+
+
+async def test_a_caller_cancelled_as_its_exception_arrives_leaves_no_unread_exception() -> None:
+    """The answer (an exception) and the caller's cancellation land in the same loop turn:
+    the caller sees CancelledError, and the exception is marked read (no "Future exception
+    was never retrieved" report from the loop)."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    caller: asyncio.Task[int] | None = None
+
+    async def flush(key: str, items: Sequence[int]) -> list[int | BaseException]:
+        assert caller is not None
+        loop.call_soon(caller.cancel)  # runs after the answer is set, before the caller
+        return [ValueError("refused")]
+
+    co: Coalescer[str, int, int] = Coalescer(flush, max_items=10, max_in_flight=1)
+    try:
+        caller = asyncio.create_task(co.call("a", 1))
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        caller = None
+        gc.collect()
+        await asyncio.sleep(0)
+        assert reports == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 def test_bounds_are_checked() -> None:

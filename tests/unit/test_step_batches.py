@@ -37,7 +37,13 @@ from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claim_batches import RefusedItem
 from bridge.domain.claims import ClaimKind
-from bridge.domain.errors import BridgeReason, InvalidInput, LedgerRejected, PreconditionFailed
+from bridge.domain.errors import (
+    BridgeReason,
+    InvalidInput,
+    LedgerRejected,
+    PreconditionFailed,
+    Unavailable,
+)
 from bridge.domain.ledger_batches import (
     BatchAnswerMismatch,
     BatchItem,
@@ -765,6 +771,48 @@ async def test_leg_reads_answer_each_transfer_its_own_leg(tmp_path: Path) -> Non
     await reads.close()
 
 
+async def test_leg_reads_get_both_queues_each_side_in_its_own_read() -> None:
+    """LegReads.get_both: the outbound leg on the source and the inbound leg on the target,
+    each read with its ledger and side's other callers (no task each); a caller cancelled
+    before the reads went out leaves nothing of its own in them."""
+    from bridge.coordinator.leg_reads import LegReads
+    from bridge.domain.legs import LegStatus
+
+    asked: list[tuple[str, Leg, list[bytes]]] = []
+    gate = asyncio.Event()
+
+    class Relayer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def get_legs(self, tids: Sequence[bytes], leg: Leg) -> list[LegStatus]:
+            asked.append((self.name, leg, list(tids)))
+            await gate.wait()
+            state = LegState.LOCKED if leg is Leg.OUTBOUND else LegState.PREPARED
+            return [LegStatus(state, t, 0, 7) for t in tids]
+
+    ctx = SimpleNamespace(relayers={"a": Relayer("a"), "b": Relayer("b")})
+    reads = LegReads(ctx, max_in_flight=1)  # type: ignore[arg-type]
+    t1, t2, t3 = b"\1" * 32, b"\2" * 32, b"\3" * 32
+    first = asyncio.create_task(reads.get_both(t1, "a", "b"))
+    await asyncio.sleep(0.01)
+    assert sorted(asked) == [("a", Leg.OUTBOUND, [t1]), ("b", Leg.INBOUND, [t1])]
+    behind = [asyncio.create_task(reads.get_both(t, "a", "b")) for t in (t2, t3)]
+    await asyncio.sleep(0.01)
+    behind[0].cancel()  # its two reads had not gone out: neither carries it
+    await asyncio.sleep(0.01)
+    gate.set()
+    source, target = await first
+    assert (source.state, source.terms_hash) == (LegState.LOCKED, t1)
+    assert (target.state, target.terms_hash) == (LegState.PREPARED, t1)
+    source, target = await behind[1]
+    assert (source.terms_hash, target.terms_hash) == (t3, t3)
+    with pytest.raises(asyncio.CancelledError):
+        await behind[0]
+    assert sorted(asked[2:]) == [("a", Leg.OUTBOUND, [t3]), ("b", Leg.INBOUND, [t3])]
+    await reads.close()
+
+
 async def test_a_burst_shares_its_lane_reads(batching) -> None:
     """With batching on, the flow-limit reads of a burst (each transfer reads both ends of
     its lane at admission and again before its lock) share GetFlowStatus calls: far fewer
@@ -1171,3 +1219,51 @@ async def test_read_linger_reaches_every_coalesced_read(batching) -> None:
         lingers = [coord._reads._reads._linger, coord._holders._reads._linger]
         assert [*lingers, coord._flow._reads._linger] == [linger] * 3
         assert coord._batcher._locks._linger == config.linger_ms / 1000
+
+
+async def test_admission_reads_both_holders_together_and_names_a_failed_ledger(batching) -> None:
+    """With batching, admission reads the sender's and the recipient's standing through the
+    coalesced holder reads, a future each: a ledger that cannot be read is named without
+    its relayer's text, a refusal is its reason's name only, both failing name the sender's
+    ledger, and nothing is recorded for any of them."""
+    c, relayers, _, store = batching
+    text = "relayer of b failed (internal): http://10.20.30.40:8545 peer0.org1 Org1MSP"
+
+    async def down(*_: object) -> None:
+        raise Unavailable(text)
+
+    async def refused(*_: object) -> None:
+        raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, text)
+
+    for name in ("holder", "holders"):
+        setattr(relayers["b"], name, down)
+    with pytest.raises(Unavailable) as unreadable:
+        await submit(c, request("b-down"))
+    assert str(unreadable.value) == "b could not be read now; retry"
+    for name in ("holder", "holders"):
+        setattr(relayers["b"], name, refused)
+    with pytest.raises(PreconditionFailed) as refusal:
+        await submit(c, request("b-refuses"))
+    assert str(refusal.value) == "the ledger refused the step (UnknownSecurity)"
+    for name in ("holder", "holders"):
+        setattr(relayers["a"], name, down)
+    with pytest.raises(Unavailable) as both:
+        await submit(c, request("both-down"))
+    assert str(both.value) == "a could not be read now; retry"
+    for key in ("b-down", "b-refuses", "both-down"):
+        assert await store.get_by_key("a", key) is None, key
+
+
+async def test_admission_names_a_lane_it_cannot_read_through_coalesced_reads(batching) -> None:
+    """The lane's flow limits, read on both ledgers together (a future each): an unreadable
+    one is named without its relayer's text, and nothing is recorded."""
+    c, relayers, _, store = batching
+
+    async def down(*_: object) -> None:
+        raise Unavailable("relayer of b failed (internal): http://10.20.30.40:8545")
+
+    relayers["b"].flow_status = down  # type: ignore[method-assign,assignment]
+    with pytest.raises(Unavailable) as exc:
+        await submit(c, request("lane-down"))
+    assert str(exc.value) == "the flow limits of a -> b could not be read now; retry"
+    assert await store.get_by_key("a", "lane-down") is None
