@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from bridge.coordinator.context import EngineContext
@@ -277,16 +277,13 @@ class Admission:
             (request.source_ledger, request.sender),
             (request.target_ledger, request.recipient),
         )
-        holders, relayers = self._holders, self._ctx.relayers
-        got = await asyncio.gather(
-            *(
-                holders.holder_later(ledger, security, holder)
-                if holders is not None
-                else relayers[ledger].holder(security, holder)
-                for ledger, holder in reads
-            ),
-            return_exceptions=True,
-        )
+        reading: list[Awaitable[HolderStatus]]
+        if self._holders is not None:
+            reading = [self._holders.holder_later(ledger, security, h) for ledger, h in reads]
+        else:
+            relayers = [self._ctx.relayers[ledger] for ledger, _ in reads]  # before any read
+            reading = [r.holder(security, h) for r, (_, h) in zip(relayers, reads, strict=True)]
+        got = await asyncio.gather(*reading, return_exceptions=True)
         standings: list[HolderStatus] = []
         for (ledger, _), answer in zip(reads, got, strict=True):
             if isinstance(answer, LedgerRejected):

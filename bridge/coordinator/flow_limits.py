@@ -110,9 +110,9 @@ class FlowLimits:
                 self._reads.enqueue((dst, security, src), None),
             )
         else:
+            ends = self._ctx.relayers[src], self._ctx.relayers[dst]  # both before any read
             source, target = await asyncio.gather(
-                self._ctx.relayers[src].flow_status(security, dst),
-                self._ctx.relayers[dst].flow_status(security, src),
+                ends[0].flow_status(security, dst), ends[1].flow_status(security, src)
             )
         return source, target
 

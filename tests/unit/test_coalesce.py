@@ -281,6 +281,29 @@ async def test_a_caller_cancelled_as_its_exception_arrives_leaves_no_unread_exce
         loop.set_exception_handler(None)
 
 
+async def test_an_item_after_a_cancelled_one_goes_out_at_once() -> None:
+    """Review helper-135 L2: an item cancelled while it waited behind a flush starts no
+    flush of its own, so the next item (nothing else of its key in flight) goes out at
+    once instead of behind a flush lingering for nobody."""
+    rec = Recorder()
+    rec.gate.clear()
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1, linger_ms=300)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(co.call("a", 1))
+    await asyncio.sleep(0.01)
+    behind = asyncio.create_task(co.call("a", 2))
+    await asyncio.sleep(0.01)
+    behind.cancel()
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    assert await first == 10
+    await asyncio.sleep(0)  # the first flush has ended
+    t0 = loop.time()
+    assert await co.call("a", 3) == 30
+    assert loop.time() - t0 < 0.15, "the next item waited behind a flush for a cancelled one"
+    assert rec.calls == [("a", [1]), ("a", [3])]
+
+
 def test_bounds_are_checked() -> None:
     async def flush(key: str, items: Sequence[int]) -> list[int | BaseException]:
         return list(items)
@@ -326,6 +349,10 @@ async def test_close_starts_no_flush_on_its_way_out_and_the_coalescer_can_start_
         await co.call("a", 3)
     # UNAVAILABLE (retryable) at the RPC boundary, never INTERNAL.
     assert isinstance(closed.value, Unavailable)
+    # enqueue() never raises it: its future carries it (review helper-135 L1: a caller
+    # awaiting two futures meets it with every other answer).
+    refused = co.enqueue("a", 5)
+    assert isinstance(refused.exception(), CoalescerClosed)
     await closing
     await asyncio.sleep(0.05)
     assert rec.calls == [("a", [1])], "a flush started after close()"

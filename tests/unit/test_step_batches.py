@@ -1245,13 +1245,48 @@ async def test_admission_reads_both_holders_together_and_names_a_failed_ledger(b
     with pytest.raises(PreconditionFailed) as refusal:
         await submit(c, request("b-refuses"))
     assert str(refusal.value) == "the ledger refused the step (UnknownSecurity)"
+
+    async def slowly_down(*_: object) -> None:
+        await asyncio.sleep(0.05)  # the recipient's ledger fails first
+        raise Unavailable(text)
+
     for name in ("holder", "holders"):
-        setattr(relayers["a"], name, down)
+        setattr(relayers["a"], name, slowly_down)
+        setattr(relayers["b"], name, down)
     with pytest.raises(Unavailable) as both:
         await submit(c, request("both-down"))
     assert str(both.value) == "a could not be read now; retry"
     for key in ("b-down", "b-refuses", "both-down"):
         assert await store.get_by_key("a", key) is None, key
+
+
+async def test_admission_while_the_holder_reads_close_is_told_to_retry(batching) -> None:
+    """Review helper-135 L1: a submission reaching admission while its coalesced holder
+    reads are closing (the coordinator stopping) is UNAVAILABLE naming the ledger, as any
+    unread standing is; nothing is recorded."""
+    c, relayers, _, store = batching
+    reading = asyncio.Event()
+
+    async def hanging(*_: object) -> None:
+        reading.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.2)  # close() waits for this flush meanwhile
+
+    relayers["a"].holders = hanging  # type: ignore[method-assign,assignment]
+    first = asyncio.create_task(submit(c, request("in-flight")))
+    await reading.wait()
+    closing = asyncio.create_task(c._holders.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    with pytest.raises(Unavailable) as exc:
+        await submit(c, request("while-closing"))
+    assert str(exc.value) == "a could not be read now; retry"
+    await closing
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await store.get_by_key("a", "while-closing") is None
 
 
 async def test_admission_names_a_lane_it_cannot_read_through_coalesced_reads(batching) -> None:
