@@ -57,3 +57,15 @@ def test_the_batch_tree_benchmark_builds_and_checks_every_proof(tmp_path: Path) 
     assert report["items"] == 7 and report["rounds"] == 3
     assert report["batch_us"] > 0 and report["item_us"] > 0
     assert "7 claims:" in done.stdout
+
+
+def test_the_coalescer_benchmark_times_both_ways_of_reading_two_keys(tmp_path: Path) -> None:
+    """``bench/coalesce.py`` runs both modes (each driver checks it got its own answers,
+    else it fails) and reports one figure per run."""
+    out = tmp_path / "coalesce.json"
+    done = run_bench("coalesce.py", out, "--rounds", "5", "--drivers", "7", "--repeat", "2")
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 5 and report["drivers"] == 7
+    assert set(report["us_per_step"]) == {"call", "enqueue"}
+    assert all(len(v) == 2 and min(v) > 0 for v in report["us_per_step"].values())
+    assert "enqueue" in done.stdout
