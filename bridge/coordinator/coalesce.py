@@ -125,7 +125,7 @@ class Coalescer(Generic[K, I, R]):
             # that lingered for them held back the next item, which should go out at once).
             # Looked at only when a flush could start: once per flush, not per item.
             lane.pending = [w for w in lane.pending if not w.future.cancelled()]
-        if lane.pending and lane.in_flight < self._max_in_flight and not lane.starting:
+        if lane.pending and room:
             # Only an item arriving with nothing of its key in flight goes out at once; a
             # batch that formed behind a flush waits ``linger`` for more (with
             # ``max_in_flight`` 1 that is after the flush ended: the only way to collect).

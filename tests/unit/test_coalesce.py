@@ -398,3 +398,41 @@ async def test_close_lets_its_own_cancelled_caller_go_and_still_answers_every_ca
     assert rec.calls == [("a", [1])], "a flush started after close()"
     rec.gate.set()
     assert await co.call("a", 3) == 30  # usable again
+
+
+async def test_a_flush_ending_after_a_cut_short_close_leaves_the_new_lane_alone() -> None:
+    """Review helper-135: close() cut short returns before its cancelled flush has wound
+    down; when that flush ends it must not drop the lane a new call made for its key since
+    (which let a third item go out beside the new lane's flush: two flushes of a key with
+    ``max_in_flight`` 1)."""
+    rec = Recorder()
+    rec.gate.clear()
+    slow = asyncio.Event()
+
+    async def slow_to_stop(key: str, items: Sequence[int]) -> list[int | BaseException]:
+        try:
+            return await rec(key, items)
+        except asyncio.CancelledError:
+            await slow.wait()  # winds down only when told
+            raise
+
+    co: Coalescer[str, int, int] = Coalescer(slow_to_stop, max_items=10, max_in_flight=1)
+    old = asyncio.create_task(co.call("a", 1))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(co.close())
+    await asyncio.sleep(0.01)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    new = asyncio.create_task(co.call("a", 2))  # a new lane; its flush waits on the gate
+    await asyncio.sleep(0.01)
+    slow.set()  # the old flush now ends
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    await asyncio.sleep(0.01)
+    third = asyncio.create_task(co.call("a", 3))
+    await asyncio.sleep(0.01)
+    assert rec.peak == 1, "a second flush of the key ran beside the new lane's"
+    assert rec.calls == [("a", [1]), ("a", [2])]
+    rec.gate.set()
+    assert (await new, await third) == (20, 30)
