@@ -210,9 +210,12 @@ async def test_caller_cancelled_during_its_flush_leaves_the_flush_to_the_others(
 
 
 async def test_every_cancelled_caller_before_its_flush_leaves_nothing_to_flush() -> None:
+    """Nothing is flushed for the cancelled item, and (review helper-135 L2) no flush
+    lingers for it either: the next item, with nothing of its key in flight, goes out at
+    once."""
     rec = Recorder()
     rec.gate.clear()
-    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1)
+    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1, linger_ms=300)
     first = asyncio.create_task(co.call("a", 1))
     await asyncio.sleep(0.01)
     waiting = asyncio.create_task(co.call("a", 2))
@@ -224,6 +227,11 @@ async def test_every_cancelled_caller_before_its_flush_leaves_nothing_to_flush()
     await asyncio.sleep(0.01)
     assert rec.calls == [("a", [1])]
     assert co._lanes == {}
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await co.call("a", 3) == 30
+    assert loop.time() - t0 < 0.15, "the next item waited behind a flush for a cancelled one"
+    assert rec.calls == [("a", [1]), ("a", [3])]
 
 
 async def test_enqueued_items_share_a_flush_and_a_cancelled_future_is_never_flushed() -> None:
@@ -279,29 +287,6 @@ async def test_a_caller_cancelled_as_its_exception_arrives_leaves_no_unread_exce
         assert reports == []
     finally:
         loop.set_exception_handler(None)
-
-
-async def test_an_item_after_a_cancelled_one_goes_out_at_once() -> None:
-    """Review helper-135 L2: an item cancelled while it waited behind a flush starts no
-    flush of its own, so the next item (nothing else of its key in flight) goes out at
-    once instead of behind a flush lingering for nobody."""
-    rec = Recorder()
-    rec.gate.clear()
-    co: Coalescer[str, int, int] = Coalescer(rec, max_items=10, max_in_flight=1, linger_ms=300)
-    loop = asyncio.get_running_loop()
-    first = asyncio.create_task(co.call("a", 1))
-    await asyncio.sleep(0.01)
-    behind = asyncio.create_task(co.call("a", 2))
-    await asyncio.sleep(0.01)
-    behind.cancel()
-    await asyncio.sleep(0.01)
-    rec.gate.set()
-    assert await first == 10
-    await asyncio.sleep(0)  # the first flush has ended
-    t0 = loop.time()
-    assert await co.call("a", 3) == 30
-    assert loop.time() - t0 < 0.15, "the next item waited behind a flush for a cancelled one"
-    assert rec.calls == [("a", [1]), ("a", [3])]
 
 
 def test_bounds_are_checked() -> None:
@@ -364,22 +349,28 @@ async def test_close_starts_no_flush_on_its_way_out_and_the_coalescer_can_start_
     assert rec.calls == [("a", [1]), ("a", [4])]
 
 
-async def test_close_lets_its_own_cancelled_caller_go_and_still_answers_every_caller() -> None:
-    """Review s23: close() suppressed every CancelledError while it waited for its flushes,
-    also one aimed at close() itself (a coordinator stopping under a deadline). Now that one
-    propagates; the callers waiting for a flush are still answered, and nothing is flushed."""
+def slow_to_stop() -> tuple[Recorder, asyncio.Event, Coalescer[str, int, int]]:
+    """A coalescer (``max_in_flight`` 1) whose flushes wait on the recorder's gate (closed)
+    and, once cancelled, wind down only when the returned event is set."""
     rec = Recorder()
     rec.gate.clear()
     slow = asyncio.Event()
 
-    async def slow_to_stop(key: str, items: Sequence[int]) -> list[int | BaseException]:
+    async def flush(key: str, items: Sequence[int]) -> list[int | BaseException]:
         try:
             return await rec(key, items)
         except asyncio.CancelledError:
             await slow.wait()  # winds down only when told
             raise
 
-    co: Coalescer[str, int, int] = Coalescer(slow_to_stop, max_items=10, max_in_flight=1)
+    return rec, slow, Coalescer(flush, max_items=10, max_in_flight=1)
+
+
+async def test_close_lets_its_own_cancelled_caller_go_and_still_answers_every_caller() -> None:
+    """Review s23: close() suppressed every CancelledError while it waited for its flushes,
+    also one aimed at close() itself (a coordinator stopping under a deadline). Now that one
+    propagates; the callers waiting for a flush are still answered, and nothing is flushed."""
+    rec, slow, co = slow_to_stop()
     first = asyncio.create_task(co.call("a", 1))
     await asyncio.sleep(0.01)
     second = asyncio.create_task(co.call("a", 2))  # waits behind the first flush
@@ -405,18 +396,7 @@ async def test_a_flush_ending_after_a_cut_short_close_leaves_the_new_lane_alone(
     down; when that flush ends it must not drop the lane a new call made for its key since
     (which let a third item go out beside the new lane's flush: two flushes of a key with
     ``max_in_flight`` 1)."""
-    rec = Recorder()
-    rec.gate.clear()
-    slow = asyncio.Event()
-
-    async def slow_to_stop(key: str, items: Sequence[int]) -> list[int | BaseException]:
-        try:
-            return await rec(key, items)
-        except asyncio.CancelledError:
-            await slow.wait()  # winds down only when told
-            raise
-
-    co: Coalescer[str, int, int] = Coalescer(slow_to_stop, max_items=10, max_in_flight=1)
+    rec, slow, co = slow_to_stop()
     old = asyncio.create_task(co.call("a", 1))
     await asyncio.sleep(0.01)
     closing = asyncio.ensure_future(co.close())
