@@ -55,6 +55,11 @@ class _Lane(Generic[I, R]):
     starting: bool = False
 
 
+def _live(waiters: list[_Waiter[I, R]]) -> list[_Waiter[I, R]]:
+    """``waiters`` without those whose callers cancelled them: no flush carries those."""
+    return [w for w in waiters if not w.future.cancelled()]
+
+
 class Coalescer(Generic[K, I, R]):
     """Coalesces items per key into batched calls of ``flush``.
 
@@ -124,7 +129,7 @@ class Coalescer(Generic[K, I, R]):
             # Items whose callers were cancelled start no flush (review helper-135 L2: one
             # that lingered for them held back the next item, which should go out at once).
             # Looked at only when a flush could start: once per flush, not per item.
-            lane.pending = [w for w in lane.pending if not w.future.cancelled()]
+            lane.pending = _live(lane.pending)
         if lane.pending and room:
             # Only an item arriving with nothing of its key in flight goes out at once; a
             # batch that formed behind a flush waits ``linger`` for more (with
@@ -149,7 +154,7 @@ class Coalescer(Generic[K, I, R]):
             if linger and len(lane.pending) < self._max_items:
                 await asyncio.sleep(linger)
             # An item whose caller was cancelled before this flush took it goes nowhere.
-            live = [w for w in lane.pending if not w.future.cancelled()]
+            live = _live(lane.pending)
             batch, lane.pending = live[: self._max_items], live[self._max_items :]
             took, lane.starting = True, False
             self._pump(key, lane)  # room for another flush: it takes the next items
