@@ -22,7 +22,7 @@ from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import Authorised, authorised, check_deadline
 from bridge.coordinator.store import replayed_instruction
 from bridge.coordinator.supervision import Supervisor
-from bridge.coordinator.wording import generic
+from bridge.coordinator.wording import generic_refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
@@ -270,8 +270,9 @@ class Admission:
 
         SECURITY (review helper-106 L2): the recipient's ledger may be another
         organisation's, and its relayer's own text (node errors, addresses, URLs) stays in
-        this coordinator's log: the caller gets the ledger, the typed reason of a refusal,
-        or that the ledger could not be read now."""
+        this coordinator's log: the caller gets the ledger and the typed reason of a refusal
+        (as the error's reason, :func:`generic_refusal`), or that the ledger could not be
+        read now."""
         security = request.security
         reads = (
             (request.source_ledger, request.sender),
@@ -287,7 +288,7 @@ class Admission:
         standings: list[HolderStatus] = []
         for (ledger, _), answer in zip(reads, got, strict=True):
             if isinstance(answer, LedgerRejected):
-                raise PreconditionFailed(generic(answer)) from answer
+                raise generic_refusal(answer, ledger) from answer
             if isinstance(answer, Unavailable):
                 self._ctx.log.warning(
                     "holder standing not read", **{LEDGER: ledger}, error=str(answer)[:500]

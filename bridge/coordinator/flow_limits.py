@@ -19,7 +19,7 @@ from bridge.coordinator.flow_queue import AHEAD_AT_SOURCE, AHEAD_AT_TARGET, admi
 from bridge.coordinator.lane_backlogs import lane_of
 from bridge.coordinator.lane_wakes import LaneWakes
 from bridge.coordinator.records import Decision, TransferRecord, TransferRequest
-from bridge.coordinator.wording import NOT_LOCKED_PAST_DEADLINE, generic, iso
+from bridge.coordinator.wording import NOT_LOCKED_PAST_DEADLINE, generic_refusal, iso
 from bridge.core.reasons import ErrorReason
 from bridge.domain.claims import ClaimKind
 from bridge.domain.errors import BridgeError, LedgerRejected, PreconditionFailed, Unavailable
@@ -140,7 +140,7 @@ class FlowLimits:
         try:
             source, target = await self.lane_status(request)
         except LedgerRejected as exc:
-            raise PreconditionFailed(generic(exc)) from exc
+            raise generic_refusal(exc) from exc
         except Unavailable as exc:
             # SECURITY (review helper-108 L4): the target's relayer may be another
             # organisation's; its text (node errors, addresses) stays in this log.

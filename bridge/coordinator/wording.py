@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bridge.domain.errors import LedgerRejected
+from bridge.domain.errors import LedgerRejected, PreconditionFailed
 from bridge.domain.legs import LegState, RejectReason
 
 # SECURITY (review 2 finding 6): a transfer's ``reason`` is read by brokerages. A ledger's
@@ -23,10 +23,20 @@ NOT_LOCKED_PAST_DEADLINE = "not locked: its deadline passed before the lock, not
 gate and the lock step say it alike)."""
 
 
-def generic(exc: LedgerRejected) -> str:
-    """``exc`` as a brokerage may read it: the ledger and the typed reason."""
-    where = exc.ledger or "the ledger"
+def generic(exc: LedgerRejected, ledger: str = "") -> str:
+    """``exc`` as a brokerage may read it: the ledger (``exc``'s, else ``ledger``) and the
+    typed reason."""
+    where = exc.ledger or ledger or "the ledger"
     return f"{where} refused the step ({exc.reason.value})"
+
+
+def generic_refusal(exc: LedgerRejected, ledger: str = "") -> PreconditionFailed:
+    """``exc`` as a brokerage may receive it when it refuses a request: :func:`generic`'s
+    words, with the typed reason and the ledger (``exc``'s, else ``ledger``: the one that
+    was asked) as the error's ``reason`` and ``ledger`` (its ErrorInfo), so the caller acts
+    on the reason without reading it out of the text. The refusal's own text and figures
+    stay with ``exc`` (the cause it is raised from), never in what the caller receives."""
+    return PreconditionFailed(generic(exc, ledger), exc.reason, exc.ledger or ledger)
 
 
 def bounded(text: str) -> str:

@@ -5,9 +5,11 @@ balance or a ledger's free text (a Fabric peer's MSP and address, chaincode inte
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from bridge.coordinator.clients import translate
 from bridge.coordinator.engine import Coordinator
@@ -69,6 +71,66 @@ async def test_an_unreadable_lane_is_named_not_its_relayers_text(coordinator) ->
         await submit(c, request("flow-down"))
     assert str(exc.value) == "the flow limits of a -> b could not be read now; retry"
     assert await store.get_by_key("a", "flow-down") is None, "nothing recorded"
+
+
+def _error_info(exc: PreconditionFailed) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo()
+    assert status_details(exc).details[0].Unpack(info)
+    return info
+
+
+async def test_a_refused_holder_read_is_typed_with_its_reason_and_ledger(coordinator) -> None:  # noqa: F811
+    """A relayer refusing a holder read (the security is not issued there) reaches the
+    brokerage as the typed reason and the ledger asked, in the error's ErrorInfo (no
+    parsing of the text), and never the relayer's own words."""
+    c, relayers, store = coordinator
+
+    async def refused(security: str, holder: str) -> HolderStatus:
+        raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, PEER_TEXT)
+
+    relayers["b"].holder = refused  # type: ignore[method-assign]
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request("unknown-there"))
+    assert exc.value.reason is ErrorReason.UNKNOWN_SECURITY and exc.value.ledger == "b"
+    assert str(exc.value) == "b refused the step (UnknownSecurity)"
+    info = _error_info(exc.value)
+    assert info.reason == "UNKNOWN_SECURITY" and info.metadata["ledger"] == "b", info
+    assert info.metadata["error"] == "UnknownSecurity"
+    assert "Org1MSP" not in status_details(exc.value).message
+    assert await store.get_by_key("a", "unknown-there") is None, "nothing recorded"
+
+
+async def test_both_holder_reads_refused_name_the_senders_ledger(coordinator) -> None:  # noqa: F811
+    c, relayers, store = coordinator
+
+    def refusing(reason: ErrorReason) -> Callable[[str, str], Awaitable[HolderStatus]]:
+        async def refused(security: str, holder: str) -> HolderStatus:
+            raise LedgerRejected(reason, PEER_TEXT)
+
+        return refused
+
+    relayers["a"].holder = refusing(ErrorReason.TOKEN_PAUSED)  # type: ignore[method-assign]
+    relayers["b"].holder = refusing(ErrorReason.UNKNOWN_SECURITY)  # type: ignore[method-assign]
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request("both-refused"))
+    assert exc.value.reason is ErrorReason.TOKEN_PAUSED and exc.value.ledger == "a"
+    assert await store.get_by_key("a", "both-refused") is None, "nothing recorded"
+
+
+async def test_a_refused_lane_read_is_typed_with_its_reason_and_ledger(coordinator) -> None:  # noqa: F811
+    """The same for the lane's flow limits read at admission."""
+    c, relayers, store = coordinator
+
+    async def refused(security: str, counterpart: str) -> None:
+        raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, PEER_TEXT, ledger="b")
+
+    relayers["b"].flow_status = refused  # type: ignore[method-assign,assignment]
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request("flow-refused"))
+    assert exc.value.reason is ErrorReason.UNKNOWN_SECURITY and exc.value.ledger == "b"
+    assert str(exc.value) == "b refused the step (UnknownSecurity)"
+    assert _error_info(exc.value).metadata["ledger"] == "b"
+    assert await store.get_by_key("a", "flow-refused") is None, "nothing recorded"
 
 
 async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
