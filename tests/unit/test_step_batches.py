@@ -1224,7 +1224,8 @@ async def test_read_linger_reaches_every_coalesced_read(batching) -> None:
 async def test_admission_reads_both_holders_together_and_names_a_failed_ledger(batching) -> None:
     """With batching, admission reads the sender's and the recipient's standing through the
     coalesced holder reads, a future each: a ledger that cannot be read is named without
-    its relayer's text, a refusal is its reason's name only, both failing name the sender's
+    its relayer's text, a refusal is its ledger and its reason's name only (typed as the
+    error's reason), both failing name the sender's
     ledger, and nothing is recorded for any of them."""
     c, relayers, _, store = batching
     text = "relayer of b failed (internal): http://10.20.30.40:8545 peer0.org1 Org1MSP"
@@ -1244,7 +1245,8 @@ async def test_admission_reads_both_holders_together_and_names_a_failed_ledger(b
         setattr(relayers["b"], name, refused)
     with pytest.raises(PreconditionFailed) as refusal:
         await submit(c, request("b-refuses"))
-    assert str(refusal.value) == "the ledger refused the step (UnknownSecurity)"
+    assert str(refusal.value) == "b refused the step (UnknownSecurity)"
+    assert refusal.value.reason is ErrorReason.UNKNOWN_SECURITY and refusal.value.ledger == "b"
 
     async def slowly_down(*_: object) -> None:
         await asyncio.sleep(0.05)  # the recipient's ledger fails first
