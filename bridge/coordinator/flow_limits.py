@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.coordinator.coalesce import Coalescer
@@ -102,18 +102,23 @@ class FlowLimits:
         self._open: dict[bytes, float] = {}
 
     async def lane_status(self, request: TransferRequest) -> tuple[FlowStatus, FlowStatus]:
-        """The source's limit towards the target and the target's from the source."""
+        """The source's limit towards the target and the target's from the source, read
+        together; when both fail, the source's failure is raised (whichever came first)."""
         src, dst, security = request.source_ledger, request.target_ledger, request.security
+        reading: tuple[Awaitable[FlowStatus], Awaitable[FlowStatus]]
         if self._reads is not None:  # a future each, no task each
-            source, target = await asyncio.gather(
+            reading = (
                 self._reads.enqueue((src, security, dst), None),
                 self._reads.enqueue((dst, security, src), None),
             )
         else:
             ends = self._ctx.relayers[src], self._ctx.relayers[dst]  # both before any read
-            source, target = await asyncio.gather(
-                ends[0].flow_status(security, dst), ends[1].flow_status(security, src)
-            )
+            reading = (ends[0].flow_status(security, dst), ends[1].flow_status(security, src))
+        source, target = await asyncio.gather(*reading, return_exceptions=True)
+        if isinstance(source, BaseException):
+            raise source
+        if isinstance(target, BaseException):
+            raise target
         return source, target
 
     async def _flush_reads(

@@ -35,12 +35,14 @@ from bridge.coordinator.db import Database, DatabaseUnavailable, open_database, 
 from bridge.coordinator.ha import StandbyGate
 from bridge.coordinator.lease import Fenced
 from bridge.coordinator.service import _item_error
+from bridge.coordinator.wording import generic_refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
     BridgeReason,
     Conflict,
     InvalidInput,
+    LedgerRejected,
     NotLeader,
     PermissionDenied,
     PreconditionFailed,
@@ -194,6 +196,28 @@ async def test_a_transient_refusal_is_retryable_and_a_replay_runs_only_those() -
         ItemOutcome.REFUSED,
     ]
     assert merged[2] is first[2]
+
+
+async def test_a_read_the_ledger_refused_is_retryable_only_for_a_retryable_reason() -> None:
+    """Review helper-137 L: a holder or lane read refused at admission carries the ledger's
+    typed reason (``generic_refusal``), so its item is RETRYABLE when that reason is (a paused
+    token on the recipient's ledger) and REFUSED when it is not (a security not issued
+    there); neither is the caller's own input, so neither counts against the batch quota."""
+    items = [
+        Item(
+            "paused",
+            refuse=generic_refusal(LedgerRejected(ErrorReason.TOKEN_PAUSED, "peer0 said"), B),
+        ),
+        Item("unknown", refuse=generic_refusal(LedgerRejected(ErrorReason.UNKNOWN_SECURITY), B)),
+    ]
+    paused, unknown = await run_items(A, items, Submitter(), _item_error)
+    assert paused.outcome is ItemOutcome.RETRYABLE and unknown.outcome is ItemOutcome.REFUSED
+    for r in (paused, unknown):
+        assert r.error is not None and r.error.metadata["ledger"] == B, r
+        assert not r.on_input
+    assert paused.error is not None and paused.error.reason == "TOKEN_PAUSED"
+    assert unknown.error is not None and unknown.error.reason == "UNKNOWN_SECURITY"
+    assert "peer0" not in paused.error.message
 
 
 async def test_not_leader_fails_the_whole_batch() -> None:

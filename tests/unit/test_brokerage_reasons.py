@@ -4,6 +4,7 @@ balance or a ledger's free text (a Fabric peer's MSP and address, chaincode inte
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -131,6 +132,26 @@ async def test_a_refused_lane_read_is_typed_with_its_reason_and_ledger(coordinat
     assert str(exc.value) == "b refused the step (UnknownSecurity)"
     assert _error_info(exc.value).metadata["ledger"] == "b"
     assert await store.get_by_key("a", "flow-refused") is None, "nothing recorded"
+
+
+async def test_both_lane_reads_refused_name_the_sources_ledger(coordinator) -> None:  # noqa: F811
+    """Review helper-137 nit: when both ends of a lane refuse, the source's refusal is the
+    one reported, even when the target's relayer answers first."""
+    c, relayers, store = coordinator
+
+    async def slowly_refused(security: str, counterpart: str) -> None:
+        await asyncio.sleep(0.05)  # the target's ledger refuses first
+        raise LedgerRejected(ErrorReason.TOKEN_PAUSED, PEER_TEXT, ledger="a")
+
+    async def refused(security: str, counterpart: str) -> None:
+        raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, PEER_TEXT, ledger="b")
+
+    relayers["a"].flow_status = slowly_refused  # type: ignore[method-assign,assignment]
+    relayers["b"].flow_status = refused  # type: ignore[method-assign,assignment]
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request("both-lane-refused"))
+    assert exc.value.reason is ErrorReason.TOKEN_PAUSED and exc.value.ledger == "a"
+    assert await store.get_by_key("a", "both-lane-refused") is None, "nothing recorded"
 
 
 async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
