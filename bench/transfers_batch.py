@@ -309,6 +309,15 @@ def bridge_cpu_ms(cpu: dict[str, Any] | None, transfers: int) -> dict[str, float
     return rows | {"total": sum(rows.values())}
 
 
+def one_core_at(cpu_ms: dict[str, float]) -> dict[str, float]:
+    """Per bridge process of :func:`bridge_cpu_ms` (not the database server, whose work
+    spreads over many processes): the transfers/s at which it would fill one core of its
+    own, ``1000 / CPU-ms per transfer``, linear in its load, lowest first. Where each
+    process runs on its own machine, the lowest bounds the deployment's rate (ADR 0026)."""
+    rows = {k: 1000 / v for k, v in cpu_ms.items() if k not in ("total", "postgres") and v > 0}
+    return dict(sorted(rows.items(), key=lambda kv: kv[1]))
+
+
 # -- the batch load --------------------------------------------------------------------------
 SUBMITS_PER_LEDGER = 8
 """SubmitTransfers calls one source ledger's client has open at once: the coordinator's
@@ -625,6 +634,11 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
     if cpu_ms:
         per = ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items() if k != "total")
         lines.append(f"bridge CPU-ms per transfer: total {cpu_ms['total']:.1f} ({per})")
+        alone = ", ".join(f"{k} ~{v:,.0f}/s" for k, v in one_core_at(cpu_ms).items())
+        lines.append(
+            "each bridge process would fill a core of its own at (linear in its CPU per"
+            f" transfer): {alone}"
+        )
     settled = max(1, s["settled"])
     for ledger, n in b["transactions"].items():
         g = b["gas"].get(ledger)

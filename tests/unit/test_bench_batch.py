@@ -21,6 +21,7 @@ from transfers_batch import (
     curve_rates,
     distinct_transactions,
     gas_summary,
+    one_core_at,
     plan_batches,
     plan_end_of_day,
     saturated_point,
@@ -285,6 +286,18 @@ def test_bridge_cpu_per_transfer_counts_bridge_processes_only() -> None:
     table["processes"] |= {"postgres:postmaster": {"cpu_s": 0.1}, "postgres:77": {"cpu_s": 0.4}}
     assert bridge_cpu_ms(table, transfers=100)["postgres"] == pytest.approx(5.0)
     assert bridge_cpu_ms(table, transfers=100)["total"] == pytest.approx(40.0)
+
+
+def test_each_bridge_process_alone_fills_a_core_at_its_own_rate() -> None:
+    """``one_core_at``: 1000 / CPU-ms per transfer per bridge process, lowest first; not the
+    total, not the database server (many processes), never a division by zero."""
+    ms = {"relayer-brokerage-a": 1.25, "coordinator": 2.5, "verifier-0": 0.4, "postgres": 3.0}
+    alone = one_core_at(ms | {"idle": 0.0, "total": 7.15})
+    assert list(alone) == ["coordinator", "relayer-brokerage-a", "verifier-0"]
+    assert alone["coordinator"] == pytest.approx(400.0)
+    assert alone["relayer-brokerage-a"] == pytest.approx(800.0)
+    assert alone["verifier-0"] == pytest.approx(2500.0)
+    assert one_core_at({}) == {}
 
 
 def test_store_argument_and_the_database_servers_processes(tmp_path: Path) -> None:
