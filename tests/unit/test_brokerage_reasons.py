@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -38,11 +39,9 @@ async def test_the_precheck_never_reveals_the_senders_balance(coordinator) -> No
         return HolderStatus(True, 3, 0, True, False, False)
 
     relayers["a"].holder = poor  # type: ignore[method-assign]
-    with pytest.raises(PreconditionFailed) as exc:
-        await submit(c, request("leak"))
-    assert exc.value.reason is ErrorReason.INSUFFICIENT_BALANCE and exc.value.ledger == "a"
-    assert "3" not in str(exc.value) and "5" not in str(exc.value), str(exc.value)
-    assert await store.get_by_key("a", "leak") is None, "nothing recorded"
+    refusal = await _refused(c, store, "leak")
+    assert refusal.reason is ErrorReason.INSUFFICIENT_BALANCE and refusal.ledger == "a"
+    assert "3" not in str(refusal) and "5" not in str(refusal), str(refusal)
 
 
 async def test_an_unreadable_recipient_ledger_is_named_not_its_relayers_text(coordinator) -> None:  # noqa: F811
@@ -74,6 +73,14 @@ async def test_an_unreadable_lane_is_named_not_its_relayers_text(coordinator) ->
     assert await store.get_by_key("a", "flow-down") is None, "nothing recorded"
 
 
+async def _refused(c: Coordinator, store: Any, key: str) -> PreconditionFailed:
+    """Submit ``key`` from ledger a; it must be refused PreconditionFailed, nothing recorded."""
+    with pytest.raises(PreconditionFailed) as exc:
+        await submit(c, request(key))
+    assert await store.get_by_key("a", key) is None, "nothing recorded"
+    return exc.value
+
+
 def _error_info(exc: PreconditionFailed) -> error_details_pb2.ErrorInfo:
     info = error_details_pb2.ErrorInfo()
     assert status_details(exc).details[0].Unpack(info)
@@ -90,15 +97,13 @@ async def test_a_refused_holder_read_is_typed_with_its_reason_and_ledger(coordin
         raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, PEER_TEXT)
 
     relayers["b"].holder = refused  # type: ignore[method-assign]
-    with pytest.raises(PreconditionFailed) as exc:
-        await submit(c, request("unknown-there"))
-    assert exc.value.reason is ErrorReason.UNKNOWN_SECURITY and exc.value.ledger == "b"
-    assert str(exc.value) == "b refused the step (UnknownSecurity)"
-    info = _error_info(exc.value)
+    refusal = await _refused(c, store, "unknown-there")
+    assert refusal.reason is ErrorReason.UNKNOWN_SECURITY and refusal.ledger == "b"
+    assert str(refusal) == "b refused the step (UnknownSecurity)"
+    info = _error_info(refusal)
     assert info.reason == "UNKNOWN_SECURITY" and info.metadata["ledger"] == "b", info
     assert info.metadata["error"] == "UnknownSecurity"
-    assert "Org1MSP" not in status_details(exc.value).message
-    assert await store.get_by_key("a", "unknown-there") is None, "nothing recorded"
+    assert "Org1MSP" not in status_details(refusal).message
 
 
 async def test_both_holder_reads_refused_name_the_senders_ledger(coordinator) -> None:  # noqa: F811
@@ -112,10 +117,8 @@ async def test_both_holder_reads_refused_name_the_senders_ledger(coordinator) ->
 
     relayers["a"].holder = refusing(ErrorReason.TOKEN_PAUSED)  # type: ignore[method-assign]
     relayers["b"].holder = refusing(ErrorReason.UNKNOWN_SECURITY)  # type: ignore[method-assign]
-    with pytest.raises(PreconditionFailed) as exc:
-        await submit(c, request("both-refused"))
-    assert exc.value.reason is ErrorReason.TOKEN_PAUSED and exc.value.ledger == "a"
-    assert await store.get_by_key("a", "both-refused") is None, "nothing recorded"
+    refusal = await _refused(c, store, "both-refused")
+    assert refusal.reason is ErrorReason.TOKEN_PAUSED and refusal.ledger == "a"
 
 
 async def test_a_refused_lane_read_is_typed_with_its_reason_and_ledger(coordinator) -> None:  # noqa: F811
@@ -126,12 +129,10 @@ async def test_a_refused_lane_read_is_typed_with_its_reason_and_ledger(coordinat
         raise LedgerRejected(ErrorReason.UNKNOWN_SECURITY, PEER_TEXT, ledger="b")
 
     relayers["b"].flow_status = refused  # type: ignore[method-assign,assignment]
-    with pytest.raises(PreconditionFailed) as exc:
-        await submit(c, request("flow-refused"))
-    assert exc.value.reason is ErrorReason.UNKNOWN_SECURITY and exc.value.ledger == "b"
-    assert str(exc.value) == "b refused the step (UnknownSecurity)"
-    assert _error_info(exc.value).metadata["ledger"] == "b"
-    assert await store.get_by_key("a", "flow-refused") is None, "nothing recorded"
+    refusal = await _refused(c, store, "flow-refused")
+    assert refusal.reason is ErrorReason.UNKNOWN_SECURITY and refusal.ledger == "b"
+    assert str(refusal) == "b refused the step (UnknownSecurity)"
+    assert _error_info(refusal).metadata["ledger"] == "b"
 
 
 async def test_both_lane_reads_refused_name_the_sources_ledger(coordinator) -> None:  # noqa: F811
@@ -148,10 +149,8 @@ async def test_both_lane_reads_refused_name_the_sources_ledger(coordinator) -> N
 
     relayers["a"].flow_status = slowly_refused  # type: ignore[method-assign,assignment]
     relayers["b"].flow_status = refused  # type: ignore[method-assign,assignment]
-    with pytest.raises(PreconditionFailed) as exc:
-        await submit(c, request("both-lane-refused"))
-    assert exc.value.reason is ErrorReason.TOKEN_PAUSED and exc.value.ledger == "a"
-    assert await store.get_by_key("a", "both-lane-refused") is None, "nothing recorded"
+    refusal = await _refused(c, store, "both-lane-refused")
+    assert refusal.reason is ErrorReason.TOKEN_PAUSED and refusal.ledger == "a"
 
 
 async def test_a_refused_lock_reports_the_reason_not_the_ledgers_text(coordinator) -> None:  # noqa: F811
