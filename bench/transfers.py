@@ -93,6 +93,7 @@ from transfers_metrics import (
     summarize,
     summarize_lanes,
 )
+from transfers_pin import pin_alone
 from transfers_report import report, write_json
 
 from bridge.devnet.starters import starter_names
@@ -140,6 +141,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=True,
                    help="sample per-process CPU (default on)")  # fmt: skip
     p.add_argument("--baseline", type=float, default=3.0, help="idle CPU sample s before load")
+    p.add_argument("--pin", default="", metavar="PROCESS",
+                   help="before the load, bind PROCESS (a name of the CPU table, e.g.\n"
+                        "coordinator) alone to one CPU and every other process of the\n"
+                        "run to the others: its CPU share is then its own core's")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
     p.add_argument(
         "--observability",
@@ -254,6 +259,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         p.error("need --transfers >= 1, --holders >= 2 and positive rate, times")
     if a.commit_samples < 1:
         p.error("need --commit-samples >= 1")
+    if a.pin and len(os.sched_getaffinity(0)) < 2:
+        p.error("--pin needs at least two CPUs to put one process alone on one")
     if a.block_gas_limit < 0:
         p.error("--block-gas-limit must be 0 (30,000,000) or a positive gas amount")
     if a.anvil_states < 0:
@@ -282,7 +289,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    a.transport, a.evm_node_auth, a.observability, ledgers,
                    batch, a.scenario, curve, a.step_batching, a.step_in_flight,
                    a.read_linger_ms, a.watch_group, a.block_gas_limit, a.store,
-                   a.anvil_states, a.batch_by)  # fmt: skip
+                   a.anvil_states, a.batch_by, a.pin)  # fmt: skip
 
 
 async def _start_measuring(
@@ -444,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         intervals = ledger_intervals(system)
         _say(f"timing {opts.commit_samples} sequential admin writes per ledger ...")
         commits = measure_commits(system, opts.commit_samples, intervals)
+        if opts.pin:
+            plan = pin_alone(process_pids(system), opts.pin)
+            _say(f"pinned {opts.pin} alone to CPU {sorted(plan[opts.pin])}, the rest to the others")
         scraping = threading.Event()
         if opts.observability != "off":
             threading.Thread(target=_scrape_forever, args=(system, scraping), daemon=True).start()

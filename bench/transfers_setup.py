@@ -81,6 +81,7 @@ class Options:
     store: str = "sqlite"  # the coordinator's database: sqlite | postgres (a throwaway cluster)
     anvil_states: int = 0  # states each anvil keeps (--prune-history N); 0: anvil's default
     batch_by: str = "source"  # batch mode: one batch per source ledger | per lane
+    pin: str = ""  # a process of the run bound alone to one CPU before the load; "": none
 
 
 def mode_of(opts: Options) -> dict[str, Any]:
@@ -97,6 +98,7 @@ def mode_of(opts: Options) -> dict[str, Any]:
         "store": opts.store,
         "anvil_states": opts.anvil_states,
         "batch_by": opts.batch_by,
+        "pin": opts.pin,
     }
 
 
