@@ -378,6 +378,7 @@ async def measure_batch(
     cpu = sampler.table(terminal) if sampler else None
     _say("reading the ledger transactions of every settled transfer ...")
     receipts, counts, blocks = await ledger_transactions(system, results)
+    cpu_ms = bridge_cpu_ms(cpu, terminal)
     extra = {
         "scenario": opts.scenario,
         "batch_size": opts.batch,
@@ -385,8 +386,8 @@ async def measure_batch(
         "stats": stats,
         "settle": settle_stats(results),
         "settle_by_lane": settle_by_lane(results),
-        "bridge_cpu_ms": bridge_cpu_ms(cpu, terminal),
-        "one_core_at_per_s": one_core_at(bridge_cpu_ms(cpu, terminal)),
+        "bridge_cpu_ms": cpu_ms,
+        "one_core_at_per_s": one_core_at(cpu_ms),
         "transactions": counts,
         "gas": gas_summary(receipts, terminal, stats["batches"]),
         "blocks": blocks,

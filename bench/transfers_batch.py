@@ -634,7 +634,7 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
     if cpu_ms:
         per = ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items() if k != "total")
         lines.append(f"bridge CPU-ms per transfer: total {cpu_ms['total']:.1f} ({per})")
-        alone = ", ".join(f"{k} ~{v:,.0f}/s" for k, v in one_core_at(cpu_ms).items())
+        alone = ", ".join(f"{k} ~{v:,.0f}/s" for k, v in b["one_core_at_per_s"].items())
         lines.append(
             "each bridge process would fill a core of its own at (linear in its CPU per"
             f" transfer): {alone}"
