@@ -112,11 +112,41 @@ def _ts(seconds: float) -> Timestamp:
     return ts
 
 
-def transfer_to_pb(r: TransferRecord) -> transfer_pb2.Transfer:
-    """A transfer record as the API message."""
+SOURCE_SIDE_TEXTS = {
+    TransferState.SUBMITTED: "locking units on the source ledger",
+    TransferState.FAILED: "the source ledger did not lock the units; nothing moved",
+}
+"""What a brokerage of the target ledger reads as the reason (and an update's detail) of a
+transfer in these states: before the lock, the reason is about the sender and the source
+ledger only (a refusal such as ``HolderFrozen`` is the sender's standing there)."""
+
+
+def viewer_ledger() -> str | None:
+    """The ledger of the brokerage making the current call; None for every other role,
+    which reads a transfer whole (the depository, the bridge operator)."""
+    caller = current_principal()
+    return caller.scope if caller.role == BROKERAGE else None
+
+
+def _target_side(r: TransferRecord, viewer: str | None) -> bool:
+    return viewer is not None and viewer != r.request.source_ledger
+
+
+def transfer_to_pb(r: TransferRecord, viewer: str | None = None) -> transfer_pb2.Transfer:
+    """A transfer record as the API message, as ``viewer`` may read it: a brokerage's
+    ledger (:func:`viewer_ledger`), or None for the whole record.
+
+    SECURITY (review helper-140 #5): a brokerage of the target ledger reads the transfer
+    without the source brokerage's idempotency key (its own order reference) and, before
+    the lock, without the source side's reason (:data:`SOURCE_SIDE_TEXTS`); the source's
+    brokerage, the depository and the operator read everything."""
+    target_side = _target_side(r, viewer)
+    reason = r.reason
+    if target_side:
+        reason = SOURCE_SIDE_TEXTS.get(r.state, reason)
     return transfer_pb2.Transfer(
         transfer_id="0x" + r.transfer_id.hex(),
-        idempotency_key=r.request.idempotency_key,
+        idempotency_key="" if target_side else r.request.idempotency_key,
         security_id=r.request.security,
         source_ledger=r.request.source_ledger,
         target_ledger=r.request.target_ledger,
@@ -124,7 +154,7 @@ def transfer_to_pb(r: TransferRecord) -> transfer_pb2.Transfer:
         recipient=r.request.recipient,
         amount=str(r.request.amount),
         state=int(r.state),  # type: ignore[arg-type]
-        reason=r.reason,
+        reason=reason,
         created_at=_ts(r.created_at),
         updated_at=_ts(r.updated_at),
         deadline=_ts(float(r.terms.deadline)),
@@ -195,7 +225,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> transfer_pb2.Transfer:
         """One transfer, with why it waits if it is not terminal."""
         record = await self._coordinator.get(parse_transfer_id(request.transfer_id))
-        message = transfer_to_pb(record)
+        message = transfer_to_pb(record, viewer_ledger())
         message.halted_on.extend(await self._coordinator.halted_on(record))  # ---- depository halt
         return message
 
@@ -222,7 +252,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             state, request.security_id or None, size, after, ledger=scope
         )
         return transfer_pb2.ListTransfersResponse(
-            transfers=[transfer_to_pb(r) for r in records],
+            transfers=[transfer_to_pb(r, scope) for r in records],
             next_page_token=str(cursor) if cursor else "",
         )
 
@@ -237,10 +267,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         RESOURCE_EXHAUSTED (stop 19; review s18: WatchTransfer had no per-caller bound)."""
         tid = parse_transfer_id(request.transfer_id)
         caller = current_principal()
+        viewer = viewer_ledger()
         with self._transfer_watches.hold((caller.org, caller.role)):
             async for update in self._coordinator.watch(tid):
                 if update.sequence > request.after_sequence:
-                    yield await self._update_to_pb(update)
+                    yield _update_pb(update, await self._coordinator.get(tid), viewer)
 
     # ---- batch API (ADR 0023)
     @property
@@ -579,9 +610,6 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def _batches_store(self) -> BatchStore:
         return self._batch_runner().store
 
-    async def _update_to_pb(self, u: TransferUpdate) -> transfer_pb2.TransferUpdate:
-        return _update_pb(u, await self._coordinator.get(u.transfer_id))
-
     async def _records_of(self, updates: Sequence[TransferUpdate]) -> ManyRecords:
         """The current record of every transfer ``updates`` name, in one store read, those
         that cannot be read apart (NotFound, as a single read says, for one the store does
@@ -630,14 +658,21 @@ def _to_send(cursors: Mapping[bytes, list[Any]], u: TransferUpdate) -> bool:
     return entry is not None and u.sequence > max(entry[2], entry[3])
 
 
-def _update_pb(u: TransferUpdate, record: TransferRecord) -> transfer_pb2.TransferUpdate:
-    """One update of ``record``'s transfer as the API sends it, with the transfer as it is."""
+def _update_pb(
+    u: TransferUpdate, record: TransferRecord, viewer: str | None = None
+) -> transfer_pb2.TransferUpdate:
+    """One update of ``record``'s transfer as the API sends it, with the transfer as it is,
+    both as ``viewer`` may read them (:func:`transfer_to_pb`; an update's detail is the
+    reason its state was entered with)."""
+    detail = u.detail
+    if _target_side(record, viewer):
+        detail = SOURCE_SIDE_TEXTS.get(u.state, detail)
     return transfer_pb2.TransferUpdate(
         sequence=u.sequence,
         state=int(u.state),  # type: ignore[arg-type]
-        detail=u.detail,
+        detail=detail,
         at=_ts(u.at),
-        transfer=transfer_to_pb(record),
+        transfer=transfer_to_pb(record, viewer),
     )
 
 

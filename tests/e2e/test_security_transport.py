@@ -401,9 +401,12 @@ def test_brokerages_see_only_their_own_transfers(system: LocalSystem) -> None:
         assert all(ledger in (t.source_ledger, t.target_ledger) for t in listed)
         ids = {t.transfer_id for t in listed}
         assert mine in ids and theirs not in ids
+        # Review helper-140 #5: the target's brokerage reads no source order reference.
+        assert all(t.idempotency_key == "" for t in listed if t.source_ledger != ledger)
         with system.channel(caller) as ch:
             stub = transfer_pb2_grpc.TransferServiceStub(ch)
-            assert stub.GetTransfer(S.GetTransferRequest(transfer_id=mine), timeout=10).amount
+            got = stub.GetTransfer(S.GetTransferRequest(transfer_id=mine), timeout=10)
+            assert got.amount and got.target_ledger == ledger and got.idempotency_key == ""
             get = S.GetTransferRequest(transfer_id=theirs)
             watch = S.WatchTransferRequest(transfer_id=theirs)
             for err in (
@@ -424,8 +427,11 @@ def test_brokerages_see_only_their_own_transfers(system: LocalSystem) -> None:
                 if not token:
                     break
             assert set(seen) == ids
-    everything = {t.transfer_id for t in all_transfers(system, "depository")}
-    assert {to_b, to_c} <= everything, "the depository reads every transfer"
+    everything = {t.transfer_id: t for t in all_transfers(system, "depository")}
+    assert {to_b, to_c} <= everything.keys(), "the depository reads every transfer"
+    assert everything[to_b].idempotency_key, "and reads it whole"
+    own = {t.transfer_id: t for t in all_transfers(system, f"brokerage:{A}")}
+    assert own[to_b].idempotency_key == everything[to_b].idempotency_key, "as its source does"
 
 
 def test_committee_signs_only_for_the_coordinator_and_the_feed_goes_on(
