@@ -313,7 +313,9 @@ def one_core_at(cpu_ms: dict[str, float]) -> dict[str, float]:
     """Per bridge process of :func:`bridge_cpu_ms` (not the database server, whose work
     spreads over many processes): the transfers/s at which it would fill one core of its
     own, ``1000 / CPU-ms per transfer``, linear in its load, lowest first. Where each
-    process runs on its own machine, the lowest bounds the deployment's rate (ADR 0026)."""
+    process runs on its own machine, the lowest bounds the deployment's rate (ADR 0026).
+    The work a process does whatever the load is charged to each transfer here, so this is
+    a floor; ``bench/cost_fit.py`` separates it over runs at several rates."""
     rows = {k: 1000 / v for k, v in cpu_ms.items() if k not in ("total", "postgres") and v > 0}
     return dict(sorted(rows.items(), key=lambda kv: kv[1]))
 
@@ -637,7 +639,8 @@ def batch_report_lines(b: dict[str, Any]) -> list[str]:
         alone = ", ".join(f"{k} ~{v:,.0f}/s" for k, v in b["one_core_at_per_s"].items())
         lines.append(
             "each bridge process would fill a core of its own at (linear in its CPU per"
-            f" transfer): {alone}"
+            " transfer, its fixed work counted per transfer: a floor; bench/cost_fit.py over"
+            f" runs at several rates separates it): {alone}"
         )
     settled = max(1, s["settled"])
     for ledger, n in b["transactions"].items():
