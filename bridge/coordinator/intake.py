@@ -351,8 +351,10 @@ class Intake:
             or terms.src_ledger != ctx.domains[ledger].ledger_word
             or terms.dst_bridge != ctx.domains[dst].bridge_word
         ):
-            # The committee cannot certify it either: units escrowed towards an endpoint we
-            # do not know need an operator (see docs/architecture.md, known limitations).
+            # Members would certify only an ABORT on the source alone for it
+            # (verifiers/policy.py:check_abort_unknown_target), and nothing asks them: units
+            # escrowed towards an endpoint we do not know need an operator (see
+            # docs/architecture.md, known limitations).
             ctx.log.error(
                 "lock towards an unknown ledger or bridge endpoint; not adopted",
                 **{LEDGER: ledger, TRANSFER: "0x" + event.transfer_id.hex(), TX: event.tx_id},
