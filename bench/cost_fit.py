@@ -55,21 +55,26 @@ def cost_fit(points: Sequence[dict[str, Any]], at: float = COST_FIT_AT) -> dict[
     (:func:`run_point`; empty ones left out): fixed cores, marginal CPU-ms per transfer, the
     rate at which it would fill one core of its own (None where its load does not grow) and
     its cores at ``at``/s, lowest one-core rate first; ``sum`` adds the cores at ``at``/s up
-    per kind (bridge, ledgers, proxies, client). Empty with fewer than two distinct rates.
-    Linear in the load: batches filling as they did over the runs."""
+    per kind (bridge, ledgers, proxies, client). Empty with fewer than two distinct rates;
+    a process is fitted over the runs that had it, and left out with fewer than two rates
+    among them. Linear in the load, which it is not quite (batches fill more as the rate
+    grows, so the CPU per extra transfer falls): compare the fits over slower and faster
+    runs before quoting a projection far beyond the fastest run."""
     rows = [p for p in points if p]
     xs = [float(r["rate_per_s"]) for r in rows]
     if len(set(xs)) < 2:
         return {}
-    mean_x = sum(xs) / len(xs)
-    sxx = sum((x - mean_x) ** 2 for x in xs)
     names = sorted(set().union(*(r["cores"] for r in rows)))
     fit: dict[str, dict[str, float | None]] = {}
     for name in names:
-        ys = [float(r["cores"].get(name, 0.0)) for r in rows]
-        mean_y = sum(ys) / len(ys)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sxx
-        fixed = mean_y - slope * mean_x
+        # A process only some runs had (the devnet's TLS proxies of runs with node auth) is
+        # fitted over those runs alone, never counted as idle in the others.
+        seen = [
+            (float(r["rate_per_s"]), float(r["cores"][name])) for r in rows if name in r["cores"]
+        ]
+        if len({x for x, _ in seen}) < 2:
+            continue
+        fixed, slope = _line(seen)
         fit[name] = {
             "fixed_cores": fixed,
             "marginal_ms": slope * 1000,
@@ -83,6 +88,16 @@ def cost_fit(points: Sequence[dict[str, Any]], at: float = COST_FIT_AT) -> dict[
         kinds[kind] = kinds.get(kind, 0.0) + float(row["cores_at"] or 0.0)
     return {"at_per_s": at, "rates_per_s": xs, "processes": {n: fit[n] for n in order},
             "sum": kinds}  # fmt: skip
+
+
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The least-squares line through ``points`` (at least two distinct x): (intercept,
+    slope)."""
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    return mean_y - slope * mean_x, slope
 
 
 def _kind(name: str) -> str:

@@ -137,9 +137,11 @@ def transfer_to_pb(r: TransferRecord, viewer: str | None = None) -> transfer_pb2
     ledger (:func:`viewer_ledger`), or None for the whole record.
 
     SECURITY (review helper-140 #5): a brokerage of the target ledger reads the transfer
-    without the source brokerage's idempotency key (its own order reference) and, before
-    the lock, without the source side's reason (:data:`SOURCE_SIDE_TEXTS`); the source's
-    brokerage, the depository and the operator read everything."""
+    without the source brokerage's idempotency key (its own order reference) and,
+    while ``SUBMITTED`` or ``FAILED``, without the source side's reason
+    (:data:`SOURCE_SIDE_TEXTS`; a ``FAILED`` reason about the target, such as its inbound
+    capacity, is replaced too, the fixed words still true); the source's brokerage, the
+    depository and the operator read everything."""
     target_side = _target_side(r, viewer)
     reason = r.reason
     if target_side:

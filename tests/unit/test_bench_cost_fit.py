@@ -86,3 +86,19 @@ def test_the_command_line_fits_json_files_and_refuses_a_single_rate(
     assert written["processes"]["coordinator"]["cores_at"] == pytest.approx(1.2)
     assert main([str(paths[0])]) == 2
     assert "two different rates" in capsys.readouterr().err
+
+
+def test_a_process_only_some_runs_had_is_fitted_over_those_alone() -> None:
+    """Runs with the devnet's TLS proxies mixed with runs without them: a proxy is fitted
+    over the runs that had it (never read as idle in the others), and left out when those
+    are at one rate only."""
+    runs = _runs()
+    for run in runs[:1]:
+        del run["cpu"]["processes"]["evm-proxy-a"]
+    fit = cost_fit([run_point(r) for r in runs])
+    assert fit["processes"]["evm-proxy-a"]["marginal_ms"] == pytest.approx(0.5)
+    assert fit["processes"]["evm-proxy-a"]["fixed_cores"] == pytest.approx(0.0, abs=1e-9)
+    del runs[1]["cpu"]["processes"]["evm-proxy-a"]
+    fit = cost_fit([run_point(r) for r in runs])
+    assert "evm-proxy-a" not in fit["processes"] and "proxies" not in fit["sum"]
+    assert fit["processes"]["coordinator"]["marginal_ms"] == pytest.approx(2.0)

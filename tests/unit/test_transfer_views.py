@@ -55,3 +55,19 @@ def test_after_the_lock_the_target_brokerage_reads_the_reason() -> None:
     assert (seen.idempotency_key, seen.reason) == ("", aborted)
     update = TransferUpdate(record.transfer_id, 5, TransferState.ABORTED, aborted, 1.0)
     assert _update_pb(update, record, "brokerage-b").detail == aborted
+
+
+def test_a_resumed_transfers_failed_row_stays_redacted() -> None:
+    """A FAILED transfer whose lock landed after all is resumed (SOURCE_LOCKED): a watch
+    replays its FAILED row, whose detail is redacted by the row's own state, not by the
+    record's (review helper-142 L4)."""
+    resumed = "lock found on-chain after failure; resuming"
+    record = dataclasses.replace(
+        make_record(3, key="order-7733", state=TransferState.SOURCE_LOCKED), reason=resumed
+    )
+    failed_row = TransferUpdate(record.transfer_id, 2, TransferState.FAILED, FROZEN, 1.0)
+    sent = _update_pb(failed_row, record, "brokerage-b")
+    assert sent.detail == SOURCE_SIDE_TEXTS[TransferState.FAILED]
+    assert (sent.transfer.reason, sent.transfer.idempotency_key) == (resumed, "")
+    assert "HolderFrozen" not in str(sent)
+    assert _update_pb(failed_row, record, "brokerage-a").detail == FROZEN
