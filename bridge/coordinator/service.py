@@ -247,9 +247,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             state = TransferState(request.state) if request.state else None
         except ValueError:
             raise InvalidInput(f"unknown state filter {request.state}") from None
-        caller = current_principal()
         # SECURITY: a brokerage lists only transfers of its own ledger (source or target).
-        scope = caller.scope if caller.role == BROKERAGE else None
+        scope = viewer_ledger()
         records, cursor = await self._store.list_transfers(
             state, request.security_id or None, size, after, ledger=scope
         )
