@@ -27,12 +27,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COST_FIT_AT", "cost_fit", "cost_fit_lines", "main", "run_point"]
+__all__ = ["BRIDGE_PROCESSES", "COST_FIT_AT", "cost_fit", "cost_fit_lines", "main", "run_point"]
 
 COST_FIT_AT = 1000.0
 """The rate issue 14 asks for: :func:`cost_fit` projects each process's cores there."""
 
 _TERMINAL = ("committed", "aborted", "failed")
+
+BRIDGE_PROCESSES = ("coordinator", "relayer", "verifier", "postgres")
+"""Name prefixes of the bridge's own processes in a run's CPU table (with ``--store
+postgres``, the coordinator's database server's too); everything else is a ledger, a
+devnet TLS proxy or the benchmark client."""
 
 
 def run_point(run: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +107,7 @@ def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 def _kind(name: str) -> str:
     """The kind a process of the run counts under in :func:`cost_fit`'s sum."""
-    if name.startswith(("coordinator", "relayer", "verifier", "postgres")):
+    if name.startswith(BRIDGE_PROCESSES):
         return "bridge"
     if name.startswith("evm-proxy"):
         return "proxies"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from cost_fit import BRIDGE_PROCESSES
 from transfers_feed import feed_lines
 from transfers_load import request_for
 from transfers_metrics import percentile
@@ -300,10 +301,9 @@ def bridge_cpu_ms(cpu: dict[str, Any] | None, transfers: int) -> dict[str, float
     ledgers, not the benchmark client) and their sum under ``total``."""
     if not cpu or not transfers:
         return {}
-    bridge = ("coordinator", "relayer", "verifier", "postgres")
     rows: dict[str, float] = {}
     for name, r in cpu.get("processes", {}).items():
-        if name.startswith(bridge):
+        if name.startswith(BRIDGE_PROCESSES):
             key = "postgres" if name.startswith("postgres") else name  # its processes summed
             rows[key] = rows.get(key, 0.0) + r["cpu_s"] / transfers * 1000
     return rows | {"total": sum(rows.values())}
