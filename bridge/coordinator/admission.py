@@ -22,7 +22,7 @@ from bridge.coordinator.records import TransferRecord, TransferRequest
 from bridge.coordinator.requests import Authorised, authorised, check_deadline
 from bridge.coordinator.store import replayed_instruction
 from bridge.coordinator.supervision import Supervisor
-from bridge.coordinator.wording import generic_refusal
+from bridge.coordinator.wording import LOCKING, generic_refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.errors import (
     BridgeError,
@@ -162,7 +162,7 @@ class Admission:
             request=request,
             terms=terms,
             state=TransferState.SUBMITTED,
-            reason="locking units on the source ledger",
+            reason=LOCKING,
             created_at=now,
             updated_at=now,
             instruction=instruction.signature,

@@ -36,6 +36,7 @@ from bridge.coordinator.store import (
     UnreadableReporter,
 )
 from bridge.coordinator.stream_quota import StreamQuota
+from bridge.coordinator.wording import LOCKING
 from bridge.domain.errors import (
     BridgeError,
     InvalidInput,
@@ -113,7 +114,7 @@ def _ts(seconds: float) -> Timestamp:
 
 
 SOURCE_SIDE_TEXTS = {
-    TransferState.SUBMITTED: "locking units on the source ledger",
+    TransferState.SUBMITTED: LOCKING,
     TransferState.FAILED: "the source ledger did not lock the units; nothing moved",
 }
 """What a brokerage of the target ledger reads as the reason (and an update's detail) of a

@@ -30,7 +30,7 @@ from bridge.coordinator.step_batches import (
     StepBatcher,
     submit_alone,
 )
-from bridge.coordinator.wording import NOT_LOCKED_PAST_DEADLINE, refusal
+from bridge.coordinator.wording import LOCKING, NOT_LOCKED_PAST_DEADLINE, refusal
 from bridge.core.reasons import ErrorReason
 from bridge.domain.batch_certified import BatchCertified
 from bridge.domain.claims import ClaimKind
@@ -71,7 +71,7 @@ DEFINITIVE_LOCK_REFUSALS: frozenset[ErrorReason] = frozenset(
 )
 
 _FIXED_TEXTS = {
-    TransferState.SUBMITTED: "locking units on the source ledger",
+    TransferState.SUBMITTED: LOCKING,
     TransferState.TARGET_PREPARED: "target prepared; gathering the COMMIT certificate",
     TransferState.COMMITTING: "COMMIT certified; burning on source, minting on target",
     TransferState.COMMITTED: "minted on the target, burned on the source",

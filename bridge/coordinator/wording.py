@@ -18,6 +18,11 @@ from bridge.domain.legs import LegState, RejectReason
 # The full detail is in the coordinator's log.
 _REASON_MAX = 240
 
+LOCKING = "locking units on the source ledger"
+"""The reason of a SUBMITTED transfer whose lock is under way (admission writes it, the
+stepper repeats it, and a brokerage of the target ledger reads it in place of the source
+side's reason)."""
+
 NOT_LOCKED_PAST_DEADLINE = "not locked: its deadline passed before the lock, nothing moved"
 """Why a transfer that was let go to its lock after its deadline ended FAILED (the flow
 gate and the lock step say it alike)."""
